@@ -1,0 +1,74 @@
+/**
+ * Time, injectable: actors read time and set timers only through a Clock, so
+ * fault tests can run on a manual clock, fast and deterministic.
+ */
+export interface Timer {
+  cancel(): void;
+}
+
+export interface Clock {
+  now(): number;
+  setTimeout(fn: () => void, ms: number): Timer;
+  setInterval(fn: () => void, ms: number): Timer;
+}
+
+export const systemClock: Clock = {
+  now: () => performance.now(),
+  setTimeout(fn, ms) {
+    const t = setTimeout(fn, ms);
+    t.unref?.();
+    return { cancel: () => clearTimeout(t) };
+  },
+  setInterval(fn, ms) {
+    const t = setInterval(fn, ms);
+    t.unref?.();
+    return { cancel: () => clearInterval(t) };
+  },
+};
+
+/**
+ * A clock that moves only when told to: `advance(ms)` runs every timer due,
+ * in order.
+ */
+export class ManualClock implements Clock {
+  private t = 0;
+  private seq = 0;
+  private timers = new Map<number, { at: number; fn: () => void; every?: number }>();
+
+  now(): number {
+    return this.t;
+  }
+
+  setTimeout(fn: () => void, ms: number): Timer {
+    const id = ++this.seq;
+    this.timers.set(id, { at: this.t + Math.max(0, ms), fn });
+    return { cancel: () => this.timers.delete(id) };
+  }
+
+  setInterval(fn: () => void, ms: number): Timer {
+    const id = ++this.seq;
+    const every = Math.max(1, ms);
+    this.timers.set(id, { at: this.t + every, fn, every });
+    return { cancel: () => this.timers.delete(id) };
+  }
+
+  advance(ms: number): void {
+    const until = this.t + ms;
+    for (;;) {
+      let nextId = -1;
+      let next: { at: number; fn: () => void; every?: number } | undefined;
+      for (const [id, timer] of this.timers) {
+        if (timer.at <= until && (!next || timer.at < next.at)) {
+          next = timer;
+          nextId = id;
+        }
+      }
+      if (!next) break;
+      this.t = next.at;
+      if (next.every) next.at += next.every;
+      else this.timers.delete(nextId);
+      next.fn();
+    }
+    this.t = until;
+  }
+}

@@ -1,0 +1,136 @@
+/**
+ * A policy pool: the round-robin cursor machine. Members are kept in
+ * registration order; one cursor per policy, shared by every client.
+ *
+ * States: `empty` (requests are refused with NO_SERVER) and `serving`.
+ * Events: JOIN (appended), LEAVE (the rotation stays fair), ROUTE (a batch of
+ * requests, each given the next member in turn; one event per read, not per request).
+ */
+import { assign, enqueueActions, setup } from 'xstate';
+
+/** The cursor as plain data, so the rotation rules can be tested on their own. */
+export interface Rotation {
+  members: readonly string[];
+  /** Index of the member that gets the next request. */
+  cursor: number;
+}
+
+export const emptyRotation: Rotation = { members: [], cursor: 0 };
+
+/** A member that joins goes to the end of the rotation. Joining twice changes nothing. */
+export function join(r: Rotation, id: string): Rotation {
+  if (r.members.includes(id)) return r;
+  return { members: [...r.members, id], cursor: r.cursor };
+}
+
+/**
+ * A member that leaves: whoever was next stays next, so nobody is skipped and
+ * nobody is served twice in a row because of the removal (except when one
+ * member is left, which then serves every request).
+ */
+export function leave(r: Rotation, id: string): Rotation {
+  const i = r.members.indexOf(id);
+  if (i < 0) return r;
+  const members = r.members.filter((m) => m !== id);
+  let cursor = i < r.cursor ? r.cursor - 1 : r.cursor;
+  if (cursor >= members.length) cursor = 0;
+  return { members, cursor };
+}
+
+/**
+ * Pick the next member that `eligible` accepts, starting at the cursor.
+ * Returns the member (or undefined when none is eligible) and the new cursor.
+ */
+export function pick(r: Rotation, eligible?: (id: string) => boolean): { member: string | undefined; cursor: number } {
+  const n = r.members.length;
+  for (let k = 0; k < n; k++) {
+    const i = (r.cursor + k) % n;
+    const id = r.members[i]!;
+    if (!eligible || eligible(id)) return { member: id, cursor: (i + 1) % n };
+  }
+  return { member: undefined, cursor: r.cursor };
+}
+
+/** Hands routed requests to members; `member` is undefined for requests no member can take. */
+export type Deliver<R> = (member: string | undefined, requests: R[]) => void;
+
+export interface PoolInput<R = unknown> {
+  policy: string;
+  deliver: Deliver<R>;
+  /** Whether a member may take requests now (for example: not ejected, not draining). */
+  eligible?: (id: string) => boolean;
+}
+
+export interface PoolContext<R = unknown> extends Rotation {
+  policy: string;
+  deliver: Deliver<R>;
+  eligible?: (id: string) => boolean;
+  routed: number;
+}
+
+export type PoolEvent<R = unknown> =
+  | { type: 'JOIN'; id: string }
+  | { type: 'LEAVE'; id: string; reason?: string }
+  | { type: 'ROUTE'; requests: R[] };
+
+export const poolMachine = setup({
+  types: {
+    context: {} as PoolContext,
+    events: {} as PoolEvent,
+    input: {} as PoolInput,
+  },
+  actions: {
+    join: assign(({ context, event }) => (event.type === 'JOIN' ? join(context, event.id) : {})),
+    leave: assign(({ context, event }) => (event.type === 'LEAVE' ? leave(context, event.id) : {})),
+    refuse: ({ context, event }) => {
+      if (event.type === 'ROUTE') context.deliver(undefined, event.requests);
+    },
+    route: enqueueActions(({ context, event, enqueue }) => {
+      if (event.type !== 'ROUTE') return;
+      const groups = new Map<string | undefined, unknown[]>();
+      let cursor = context.cursor;
+      for (const req of event.requests) {
+        const p = pick({ members: context.members, cursor }, context.eligible);
+        cursor = p.cursor;
+        let group = groups.get(p.member);
+        if (!group) groups.set(p.member, (group = []));
+        group.push(req);
+      }
+      enqueue.assign({ cursor, routed: context.routed + event.requests.length });
+      const deliver = context.deliver;
+      enqueue(() => {
+        for (const [member, reqs] of groups) deliver(member, reqs);
+      });
+    }),
+  },
+  guards: {
+    isLastMember: ({ context, event }) =>
+      event.type === 'LEAVE' && context.members.length === 1 && context.members[0] === event.id,
+  },
+}).createMachine({
+  id: 'pool',
+  context: ({ input }) => ({
+    policy: input.policy,
+    deliver: input.deliver,
+    eligible: input.eligible,
+    members: [],
+    cursor: 0,
+    routed: 0,
+  }),
+  initial: 'empty',
+  states: {
+    empty: {
+      on: {
+        JOIN: { target: 'serving', actions: 'join' },
+        ROUTE: { actions: 'refuse' },
+      },
+    },
+    serving: {
+      on: {
+        JOIN: { actions: 'join' },
+        LEAVE: [{ guard: 'isLastMember', target: 'empty', actions: 'leave' }, { actions: 'leave' }],
+        ROUTE: { actions: 'route' },
+      },
+    },
+  },
+});

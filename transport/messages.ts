@@ -1,0 +1,209 @@
+/**
+ * The message model, in one place. Both wires (MessagePack frames and the old
+ * JSON objects) decode into these types, and every decoded value goes through
+ * `toMessage` before any actor sees it.
+ */
+import { ErrorCode, ERROR_CODES, ProtocolError } from './errors.js';
+
+export const MsgType = {
+  DATA: 0,
+  SETUP: 1,
+  ACK: 2,
+  ERROR: 3,
+  PING: 4,
+  PONG: 5,
+  DEREGISTER: 6,
+} as const;
+export type MsgType = (typeof MsgType)[keyof typeof MsgType];
+
+/** Client -> proxy -> server. `seq` correlates the answer on the same connection. */
+export interface DataMsg {
+  type: 0;
+  seq: number;
+  srcid: string;
+  privPoliId: string;
+  payload: string;
+  payloadsize?: number;
+}
+/** Server -> proxy: announce id, policy and listen port. Sent on a connection kept open. */
+export interface SetupMsg {
+  type: 1;
+  id: string;
+  privPolyId: string;
+  listenport: number;
+  token?: string;
+}
+/** Server -> proxy -> client: SHA1 hex of the payload. */
+export interface AckMsg {
+  type: 2;
+  seq: number;
+  srcid: string;
+  destid: string;
+  payload: string;
+  payloadsize: number;
+}
+/** Anyone -> peer: a request failed, or the peer sent something wrong. */
+export interface ErrorMsg {
+  type: 3;
+  seq?: number;
+  code: ErrorCode;
+  message: string;
+}
+/** Liveness on a registration connection. */
+export interface PingMsg { type: 4; seq: number }
+export interface PongMsg { type: 5; seq: number }
+/** Server -> proxy on its registration connection: stop sending me new requests. */
+export interface DeregisterMsg { type: 6; id: string }
+
+export type Message = DataMsg | SetupMsg | AckMsg | ErrorMsg | PingMsg | PongMsg | DeregisterMsg;
+
+/** Largest seq value; seqs wrap to 0 after it. */
+export const MAX_SEQ = 0xffffffff;
+
+const MAX_ID_LENGTH = 256;
+
+type Raw = Record<string, unknown>;
+
+function fail(message: string): never {
+  throw new ProtocolError(ErrorCode.BAD_REQUEST, message);
+}
+
+function isPlainObject(v: unknown): v is Raw {
+  if (typeof v !== 'object' || v === null || Array.isArray(v) || v instanceof Uint8Array) return false;
+  const proto = Object.getPrototypeOf(v);
+  return proto === Object.prototype || proto === null;
+}
+
+function own(o: Raw, key: string): unknown {
+  return Object.prototype.hasOwnProperty.call(o, key) ? o[key] : undefined;
+}
+
+/** An id-like field: a non-empty string, or a finite integer written as a number. */
+function idField(o: Raw, key: string): string {
+  const v = own(o, key);
+  if (typeof v === 'string') {
+    if (v.length === 0) fail(`field '${key}' is empty`);
+    if (v.length > MAX_ID_LENGTH) fail(`field '${key}' is longer than ${MAX_ID_LENGTH} characters`);
+    return v;
+  }
+  if (typeof v === 'number' && Number.isSafeInteger(v)) return String(v);
+  if (v === undefined) fail(`missing field '${key}'`);
+  fail(`field '${key}' must be a string, got ${describe(v)}`);
+}
+
+/** An integer field, accepting the old wire's decimal strings. */
+function intField(o: Raw, key: string, min: number, max: number, required: true): number;
+function intField(o: Raw, key: string, min: number, max: number, required: false): number | undefined;
+function intField(o: Raw, key: string, min: number, max: number, required: boolean): number | undefined {
+  let v = own(o, key);
+  if (v === undefined) {
+    if (required) fail(`missing field '${key}'`);
+    return undefined;
+  }
+  if (typeof v === 'string' && /^[0-9]{1,10}$/.test(v)) v = Number(v);
+  if (typeof v !== 'number' || !Number.isInteger(v)) fail(`field '${key}' must be an integer, got ${describe(v)}`);
+  if (v < min || v > max) fail(`field '${key}' must be between ${min} and ${max}, got ${v}`);
+  return v;
+}
+
+function strField(o: Raw, key: string): string {
+  const v = own(o, key);
+  if (typeof v === 'string') return v;
+  if (v === undefined) fail(`missing field '${key}'`);
+  fail(`field '${key}' must be a string, got ${describe(v)}`);
+}
+
+function describe(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  if (v instanceof Uint8Array) return 'binary';
+  return typeof v;
+}
+
+function typeOf(o: Raw): number {
+  const t = own(o, 'type');
+  if (typeof t === 'number' && Number.isInteger(t)) return t;
+  if (typeof t === 'string' && /^[0-9]$/.test(t)) return Number(t);
+  if (t === undefined) fail("missing field 'type'");
+  fail(`field 'type' must be an integer 0-6, got ${describe(t)}`);
+}
+
+export interface ValidateOptions {
+  /**
+   * The old JSON wire has no correlation field: requests are answered in
+   * order, one at a time. There a missing `seq` is allowed (taken as 0).
+   */
+  seqOptional?: boolean;
+}
+
+/**
+ * Check a decoded value against the message model and return a fresh,
+ * normalised message holding only the model's fields. Throws a
+ * `ProtocolError` (`BAD_REQUEST`) naming the first thing that is wrong.
+ */
+export function toMessage(value: unknown, opts: ValidateOptions = {}): Message {
+  if (!isPlainObject(value)) fail(`a message must be a map, got ${describe(value)}`);
+  const o = value;
+  const seqReq = !opts.seqOptional;
+  const seq = (): number => (seqReq ? intField(o, 'seq', 0, MAX_SEQ, true) : intField(o, 'seq', 0, MAX_SEQ, false) ?? 0);
+  const t = typeOf(o);
+  switch (t) {
+    case MsgType.DATA: {
+      const m: DataMsg = {
+        type: 0,
+        seq: seq(),
+        srcid: idField(o, 'srcid'),
+        // Clients write privPoliId; accept the setup spelling too, as some old clients did.
+        privPoliId: own(o, 'privPoliId') !== undefined ? idField(o, 'privPoliId') : idField(o, 'privPolyId'),
+        payload: strField(o, 'payload'),
+      };
+      const size = intField(o, 'payloadsize', 0, MAX_SEQ, false);
+      if (size !== undefined) m.payloadsize = size;
+      return m;
+    }
+    case MsgType.SETUP: {
+      const m: SetupMsg = {
+        type: 1,
+        id: idField(o, 'id'),
+        privPolyId: own(o, 'privPolyId') !== undefined ? idField(o, 'privPolyId') : idField(o, 'privPoliId'),
+        listenport: intField(o, 'listenport', 1, 65535, true),
+      };
+      const token = own(o, 'token');
+      if (token !== undefined) {
+        if (typeof token !== 'string') fail(`field 'token' must be a string, got ${describe(token)}`);
+        m.token = token;
+      }
+      return m;
+    }
+    case MsgType.ACK:
+      return {
+        type: 2,
+        seq: seq(),
+        srcid: idField(o, 'srcid'),
+        destid: idField(o, 'destid'),
+        payload: strField(o, 'payload'),
+        payloadsize: intField(o, 'payloadsize', 0, MAX_SEQ, false) ?? 0,
+      };
+    case MsgType.ERROR: {
+      const code = strField(o, 'code');
+      if (!(ERROR_CODES as readonly string[]).includes(code)) fail(`unknown error code '${code.slice(0, 40)}'`);
+      const m: ErrorMsg = { type: 3, code: code as ErrorCode, message: strField(o, 'message') };
+      const s = intField(o, 'seq', 0, MAX_SEQ, false);
+      if (s !== undefined) m.seq = s;
+      return m;
+    }
+    case MsgType.PING:
+      return { type: 4, seq: intField(o, 'seq', 0, MAX_SEQ, true) };
+    case MsgType.PONG:
+      return { type: 5, seq: intField(o, 'seq', 0, MAX_SEQ, true) };
+    case MsgType.DEREGISTER:
+      return { type: 6, id: idField(o, 'id') };
+    default:
+      fail(`unknown message type ${t}`);
+  }
+}
+
+/** Build an ERROR message. */
+export function errorMsg(code: ErrorCode, message: string, seq?: number): ErrorMsg {
+  return seq === undefined ? { type: 3, code, message } : { type: 3, seq, code, message };
+}

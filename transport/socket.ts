@@ -1,0 +1,156 @@
+/**
+ * The thin socket layer: a socket becomes an RxJS stream of message batches
+ * (one batch per read) and a writer that coalesces and honours `drain`.
+ * All protocol knowledge stays in the codecs.
+ */
+import type { Socket } from 'node:net';
+import { Observable } from 'rxjs';
+import { ProtocolError } from './errors.js';
+import { encodeFrame, FrameDecoder, type Decoder } from './frame.js';
+import type { Message } from './messages.js';
+
+/** Turns messages into the bytes of one wire. */
+export type Encoder = (msg: Message) => Buffer;
+
+export interface ConnectionOptions {
+  decoder?: Decoder;
+  encoder?: Encoder;
+  maxFrameBytes?: number;
+}
+
+let nextConnId = 1;
+
+/**
+ * One TCP (or TLS) connection speaking one wire. `messages$` emits a batch of
+ * validated messages for every read; it errors with a `ProtocolError` on bad
+ * input and completes when the peer closes. `send` coalesces writes made in
+ * the same tick into one syscall (cork/uncork) and tracks the socket's
+ * buffer, so callers can stop reading from elsewhere while `congested`.
+ */
+export class Connection {
+  readonly id = nextConnId++;
+  readonly socket: Socket;
+  decoder: Decoder;
+  encoder: Encoder;
+  readonly remoteAddress: string;
+  readonly remotePort: number;
+  /** Set by whoever owns the connection: what it is used for (client, registration, upstream). */
+  role: 'unknown' | 'client' | 'registration' | 'upstream' | 'server-link' = 'unknown';
+  closed = false;
+  /** Requests this peer sent that are still unanswered (kept by the proxy for backpressure). */
+  outstanding = 0;
+  /** Whether reads are paused because `outstanding` hit its limit. */
+  throttled = false;
+  private corked = false;
+  private pauses = 0;
+  private drainWaiters: Array<() => void> = [];
+  readonly messages$: Observable<Message[]>;
+
+  constructor(socket: Socket, opts: ConnectionOptions = {}) {
+    this.socket = socket;
+    this.decoder = opts.decoder ?? new FrameDecoder({ maxFrameBytes: opts.maxFrameBytes });
+    this.encoder = opts.encoder ?? encodeFrame;
+    this.remoteAddress = socket.remoteAddress ?? 'unknown';
+    this.remotePort = socket.remotePort ?? 0;
+    socket.setNoDelay(true);
+    socket.on('close', () => {
+      this.closed = true;
+      const waiters = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const w of waiters) w();
+    });
+    socket.on('drain', () => {
+      const waiters = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const w of waiters) w();
+    });
+    this.messages$ = new Observable<Message[]>((sub) => {
+      const onData = (chunk: Buffer): void => {
+        const { messages, error } = this.decoder.push(chunk);
+        if (messages.length > 0) sub.next(messages);
+        if (error) {
+          socket.off('data', onData);
+          sub.error(error);
+        }
+      };
+      const onEnd = (): void => sub.complete();
+      const onError = (err: Error): void => sub.error(err);
+      socket.on('data', onData);
+      socket.on('end', onEnd);
+      socket.on('close', onEnd);
+      socket.on('error', onError);
+      return () => {
+        socket.off('data', onData);
+        socket.off('end', onEnd);
+        socket.off('close', onEnd);
+        socket.off('error', onError);
+      };
+    });
+  }
+
+  /** Queue one message; writes made in the same tick leave in one syscall. Returns false once the socket's buffer is full. */
+  send(msg: Message): boolean {
+    if (this.closed || this.socket.destroyed) return false;
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(this.uncork);
+    }
+    return this.socket.write(this.encoder(msg));
+  }
+
+  /** Bytes accepted by `send` but not yet handed to the kernel. */
+  get pendingBytes(): number {
+    return this.socket.writableLength;
+  }
+
+  /** Whether the socket's write buffer is over its high-water mark. */
+  get congested(): boolean {
+    return this.socket.writableNeedDrain;
+  }
+
+  /** Resolves when the write buffer has drained (or the connection closed). */
+  whenDrained(): Promise<void> {
+    if (!this.congested || this.closed) return Promise.resolve();
+    return new Promise((resolve) => this.drainWaiters.push(resolve));
+  }
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+  };
+
+  /** Stop reading (nested: each pause needs its resume). */
+  pause(): void {
+    if (this.pauses++ === 0) this.socket.pause();
+  }
+
+  resume(): void {
+    if (this.pauses > 0 && --this.pauses === 0) this.socket.resume();
+  }
+
+  /** Send a last message, then close the write side once it has left. */
+  endWith(msg?: Message): void {
+    if (this.closed) return;
+    if (msg) this.send(msg);
+    this.closed = true;
+    this.socket.end();
+    // A peer that never reads must not keep a half-closed socket alive.
+    const timer = setTimeout(() => this.socket.destroy(), 2000);
+    timer.unref();
+    this.socket.once('close', () => clearTimeout(timer));
+  }
+
+  destroy(err?: Error): void {
+    this.closed = true;
+    this.socket.destroy(err);
+  }
+
+  describe(): string {
+    return `${this.remoteAddress}:${this.remotePort}`;
+  }
+}
+
+export function isProtocolError(err: unknown): err is ProtocolError {
+  return err instanceof ProtocolError;
+}
