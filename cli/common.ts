@@ -1,0 +1,106 @@
+/** Helpers shared by the CLI's commands: options, loggers, endpoints, packet files. */
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { InvalidArgumentError, Option } from 'commander';
+import { jsonSink, LEVELS, Logger, textSink, type Level, type LogSink } from '../actors/logger.js';
+import type { Packet } from '../actors/client.js';
+import type { Endpoint } from '../actors/server.js';
+import { MsgType, toMessage } from '../transport/messages.js';
+
+/** A CLI usage error: printed without a stack, exit code 2. */
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+/**
+ * The seed's command lines use single-dash long flags (`-port 2100`). Turn
+ * `-word` into `--word` so one parser handles both spellings; single letters
+ * (`-h`) and negative numbers are left alone.
+ */
+export function normaliseArgv(argv: string[]): string[] {
+  return argv.map((a) => (/^-[a-zA-Z][a-zA-Z0-9-]+(=.*)?$/.test(a) ? `-${a}` : a));
+}
+
+export const logOptions = (): Option[] => [
+  new Option('--log-level <level>', 'least severe log level printed').choices(LEVELS).default('info'),
+  new Option('--log-format <format>', 'text for people, json for machines (one object per line)').choices(['text', 'json']).default('text'),
+  new Option('--no-color', 'plain text even on a terminal'),
+];
+
+export interface LogFlags {
+  logLevel: Level;
+  logFormat: 'text' | 'json';
+  color: boolean;
+}
+
+export function makeSink(flags: LogFlags, width = 0): LogSink {
+  if (flags.logFormat === 'json') return jsonSink(process.stdout);
+  const color = flags.color && process.stdout.isTTY === true && !process.env.NO_COLOR;
+  return textSink(process.stdout, { color, width });
+}
+
+export function makeLogger(actor: string, flags: LogFlags, width = 0): Logger {
+  return new Logger(actor, makeSink(flags, width), flags.logLevel);
+}
+
+export function parsePort(value: string, what = 'port'): number {
+  if (!/^\d{1,5}$/.test(value) || Number(value) > 65535) throw new InvalidArgumentError(`${what} must be a number from 0 to 65535, got '${value}'`);
+  return Number(value);
+}
+
+export function parseIntOption(name: string, min: number) {
+  return (value: string): number => {
+    if (!/^\d+$/.test(value) || Number(value) < min) throw new InvalidArgumentError(`${name} must be a whole number of at least ${min}, got '${value}'`);
+    return Number(value);
+  };
+}
+
+/** `2100`, `host:2100` or `[::1]:2100`. */
+export function parseEndpoint(value: string): Endpoint {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(value);
+  if (m) return { host: m[1] ?? m[2]!, port: parsePort(m[3]!, `port in '${value}'`) };
+  return { host: '127.0.0.1', port: parsePort(value, 'the reverse proxy port') };
+}
+
+/**
+ * Packets from files: each path is a JSON file holding one data packet, or a
+ * folder whose *.json files are read in numeric order.
+ */
+export function loadPackets(paths: string[], defaultSrcid: string): Array<Packet & { file: string }> {
+  const files: string[] = [];
+  for (const p of paths) {
+    let st;
+    try {
+      st = statSync(p);
+    } catch {
+      throw new UsageError(`packet file '${p}' does not exist`);
+    }
+    if (st.isDirectory()) {
+      const names = readdirSync(p)
+        .filter((n) => n.endsWith('.json'))
+        .sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
+      if (names.length === 0) throw new UsageError(`folder '${p}' holds no .json packet files`);
+      files.push(...names.map((n) => join(p, n)));
+    } else files.push(p);
+  }
+  return files.map((file) => {
+    let raw: unknown;
+    try {
+      raw = JSON.parse(readFileSync(file, 'utf8'));
+    } catch (err) {
+      throw new UsageError(`packet file '${file}' is not valid JSON: ${(err as Error).message}`);
+    }
+    if (raw && typeof raw === 'object' && !Array.isArray(raw) && !('srcid' in raw)) (raw as Record<string, unknown>).srcid = defaultSrcid;
+    let msg;
+    try {
+      msg = toMessage(raw, { seqOptional: true });
+    } catch (err) {
+      throw new UsageError(`packet file '${file}' is not a data packet: ${(err as Error).message}`);
+    }
+    if (msg.type !== MsgType.DATA) throw new UsageError(`packet file '${file}' has type ${msg.type}; a client sends data packets (type "0")`);
+    return { file, srcid: msg.srcid, privPoliId: msg.privPoliId, payload: msg.payload };
+  });
+}

@@ -1,0 +1,148 @@
+/**
+ * `revproxy`: the command line. Subcommands launch the actors; the seed's
+ * single-dash flags (`-port 2100`) work as well as `--port 2100`.
+ */
+import { readFileSync } from 'node:fs';
+import { Command, CommanderError, Option } from 'commander';
+import { runClient, startProxy, startServer, StartError } from '../actors/index.js';
+import type { Result } from '../actors/client.js';
+import { runDemo } from './demo.js';
+import {
+  loadPackets, logOptions, makeLogger, normaliseArgv, parseEndpoint, parseIntOption, parsePort, UsageError, type LogFlags,
+} from './common.js';
+
+const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+
+function withLogOptions(cmd: Command): Command {
+  for (const o of logOptions()) cmd.addOption(o);
+  return cmd;
+}
+
+/** Resolves when the actor stops; SIGINT and SIGTERM stop it. */
+function runUntilStopped(actor: { getSnapshot(): { status: string }; subscribe(o: { complete?: () => void; next?: () => void; error?: (e: unknown) => void }): unknown }, stop: () => Promise<void>): Promise<void> {
+  return new Promise((resolve) => {
+    const onSignal = (): void => void stop();
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    const check = (): void => {
+      if (actor.getSnapshot().status !== 'active') {
+        process.off('SIGINT', onSignal);
+        process.off('SIGTERM', onSignal);
+        resolve();
+      }
+    };
+    actor.subscribe({ next: check, complete: check, error: check });
+    check();
+  });
+}
+
+export function buildProgram(setExit: (code: number) => void): Command {
+  const program = new Command('revproxy')
+    .description('Reverse proxy with policy-based round-robin load balancing.\nSingle-dash long flags (-port 2100) are accepted as well as --port 2100.')
+    .version(pkg.version)
+    .showHelpAfterError('(add --help for usage)')
+    .configureHelp({ showGlobalOptions: false });
+
+  withLogOptions(
+    program
+      .command('proxy')
+      .description('run the reverse proxy')
+      .addOption(new Option('-p, --port <port>', 'port to listen on (0 picks a free one)').default(2100).argParser((v) => parsePort(v)))
+      .option('--host <address>', 'address to listen on', '127.0.0.1')
+      .addOption(new Option('--timeout <ms>', 'request timeout').default(5000).argParser(parseIntOption('--timeout', 1)))
+      .addOption(new Option('--max-frame <bytes>', 'largest frame accepted from any peer').default(1024 * 1024).argParser(parseIntOption('--max-frame', 16)))
+      .addOption(new Option('--max-client-inflight <n>', 'unanswered requests per client connection before its reads pause').default(4096).argParser(parseIntOption('--max-client-inflight', 1)))
+      .addHelpText('after', '\nExample:\n  revproxy proxy -port 2100'),
+  ).action(async (o: LogFlags & { port: number; host: string; timeout: number; maxFrame: number; maxClientInflight: number }) => {
+    const logger = makeLogger('proxy', o);
+    const proxy = await startProxy({ port: o.port, host: o.host, timeoutMs: o.timeout, maxFrameBytes: o.maxFrame, maxClientInflight: o.maxClientInflight, logger });
+    await runUntilStopped(proxy.actor, proxy.stop);
+    setExit(0);
+  });
+
+  withLogOptions(
+    program
+      .command('server')
+      .description('run a server of one privacy policy, registered with the reverse proxy')
+      .requiredOption('--id <id>', 'this server\'s id')
+      .option('--pp <policy>', 'the privacy policy it serves (also --policy)')
+      .addOption(new Option('--policy <policy>').hideHelp())
+      .addOption(new Option('--listen <port>', 'port to listen on for the proxy\'s requests (0 picks a free one)').default(0).argParser((v) => parsePort(v)))
+      .option('--host <address>', 'address to listen on', '127.0.0.1')
+      .addOption(new Option('--revproc <endpoint>', 'the reverse proxy: PORT or HOST:PORT').default(parseEndpoint('2100'), '2100').argParser(parseEndpoint))
+      .addOption(new Option('--behaviour <kind>', 'normal answers; silent accepts requests and never answers (for fault tests)').choices(['normal', 'silent']).default('normal'))
+      .addHelpText('after', '\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100'),
+  ).action(async (o: LogFlags & { id: string; pp?: string; policy?: string; listen: number; host: string; revproc: { host: string; port: number }; behaviour: 'normal' | 'silent' }) => {
+    const policy = o.pp ?? o.policy;
+    if (!policy) throw new UsageError("required option '--pp <policy>' not specified");
+    const logger = makeLogger(`server ${o.id}`, o);
+    const server = await startServer({ id: o.id, policy, listenPort: o.listen, listenHost: o.host, proxy: o.revproc, behaviour: o.behaviour, logger });
+    await runUntilStopped(server.actor, server.stop);
+    setExit(server.actor.getSnapshot().value === 'failed' ? 1 : 0);
+  });
+
+  withLogOptions(
+    program
+      .command('client')
+      .description('send packets through the reverse proxy and verify every answer')
+      .option('--id <id>', 'client id, used for packets that carry no srcid', '0')
+      .addOption(new Option('--revproc <endpoint>', 'the reverse proxy: PORT or HOST:PORT').default(parseEndpoint('2100'), '2100').argParser(parseEndpoint))
+      .requiredOption('--pkt <paths...>', 'packet files (JSON), or folders of them')
+      .addOption(new Option('--timeout <ms>', 'time to wait for each answer').default(5000).argParser(parseIntOption('--timeout', 1)))
+      .addOption(new Option('--window <n>', 'requests in flight at once on the connection').default(64).argParser(parseIntOption('--window', 1)))
+      .option('--json', 'print the results as one JSON object at the end')
+      .addHelpText('after', '\nExit status: 0 when every answer is correct, 1 when any is wrong or missing.\n\nExample:\n  revproxy client -id 1 -revproc 2100 -pkt pktfiles/1.json'),
+  ).action(async (o: LogFlags & { id: string; revproc: { host: string; port: number }; pkt: string[]; timeout: number; window: number; json?: boolean }) => {
+    const packets = loadPackets(o.pkt, o.id);
+    const logger = makeLogger(`client ${o.id}`, o.json ? { ...o, logFormat: 'text', logLevel: 'silent' } : o);
+    const results = await runClient({ id: o.id, proxy: o.revproc, packets, timeoutMs: o.timeout, window: o.window, logger });
+    const ok = results.filter((r) => r.correct).length;
+    if (o.json) process.stdout.write(`${JSON.stringify(summarise(results, packets.map((p) => p.file)))}\n`);
+    else if (results.length > 1 || ok < results.length) logger.info('summary', `${ok}/${results.length} answers verified`, { verified: ok, total: results.length });
+    setExit(ok === results.length ? 0 : 1);
+  });
+
+  withLogOptions(
+    program
+      .command('demo')
+      .description("run the seed's demo in one terminal: proxy, servers 100/111 200/222 300/111 400/222, clients 1-6")
+      .addOption(new Option('-p, --port <port>', 'proxy port; servers listen on port+5, +10, +15, +20 (0 picks free ports)').default(2100).argParser((v) => parsePort(v)))
+      .option('--pkt <dir>', 'folder with the clients\' packet files', new URL('../pktfiles', import.meta.url).pathname)
+      .option('--keep', 'keep the proxy and servers running after the clients finish (Ctrl-C stops)'),
+  ).action(async (o: LogFlags & { port: number; pkt: string; keep?: boolean }) => {
+    setExit(await runDemo(o));
+  });
+
+  return program;
+}
+
+function summarise(results: Result[], files: string[]) {
+  return {
+    verified: results.filter((r) => r.correct).length,
+    total: results.length,
+    results: results.map((r, i) => ({ file: files[i], ...r.packet, server: r.server, hash: r.hash, correct: r.correct ?? false, error: r.error, message: r.message })),
+  };
+}
+
+/** Run the CLI; returns the process exit code. */
+export async function main(argv: string[]): Promise<number> {
+  let code = 0;
+  const program = buildProgram((c) => (code = c));
+  program.exitOverride();
+  for (const c of program.commands) c.exitOverride();
+  try {
+    await program.parseAsync(normaliseArgv(argv), { from: 'user' });
+    return code;
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode === 1 ? 2 : err.exitCode;
+    if (err instanceof UsageError) {
+      process.stderr.write(`revproxy: ${err.message}\n(add --help for usage)\n`);
+      return 2;
+    }
+    if (err instanceof StartError) {
+      process.stderr.write(`revproxy: ${err.message}\n`);
+      return 1;
+    }
+    throw err;
+  }
+}
