@@ -11,7 +11,11 @@ import { assign, enqueueActions, setup } from 'xstate';
 /** The cursor as plain data, so the rotation rules can be tested on their own. */
 export interface Rotation {
   members: readonly string[];
-  /** Index of the member that gets the next request. */
+  /**
+   * Index of the member that gets the next request; equal to
+   * `members.length` at the end of a round, so a member that joins then is
+   * served next rather than after the first member again.
+   */
   cursor: number;
 }
 
@@ -32,9 +36,8 @@ export function leave(r: Rotation, id: string): Rotation {
   const i = r.members.indexOf(id);
   if (i < 0) return r;
   const members = r.members.filter((m) => m !== id);
-  let cursor = i < r.cursor ? r.cursor - 1 : r.cursor;
-  if (cursor >= members.length) cursor = 0;
-  return { members, cursor };
+  const cursor = i < r.cursor ? r.cursor - 1 : r.cursor;
+  return { members, cursor: Math.min(cursor, members.length) };
 }
 
 /**
@@ -43,10 +46,11 @@ export function leave(r: Rotation, id: string): Rotation {
  */
 export function pick(r: Rotation, eligible?: (id: string) => boolean): { member: string | undefined; cursor: number } {
   const n = r.members.length;
+  const start = r.cursor >= n ? 0 : r.cursor;
   for (let k = 0; k < n; k++) {
-    const i = (r.cursor + k) % n;
+    const i = (start + k) % n;
     const id = r.members[i]!;
-    if (!eligible || eligible(id)) return { member: id, cursor: (i + 1) % n };
+    if (!eligible || eligible(id)) return { member: id, cursor: i + 1 };
   }
   return { member: undefined, cursor: r.cursor };
 }

@@ -1,0 +1,90 @@
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { killAll, revproxy } from './procs.js';
+
+const cli = suite('cli');
+cli.after.each(killAll);
+
+cli("the assignment's example through the CLI with the seed's single-dash flags: 1, 2, 1, 2, 1", async () => {
+  const proxy = revproxy(['proxy', '-port', '0']);
+  const port = (await proxy.waitFor(/Running the reverse proxy on port (\d+)/))[1]!;
+  const s1 = revproxy(['server', '-id', '1', '-pp', 'PP_1', '-listen', '0', '-revproc', port]);
+  await s1.waitFor(/Connecting to the reverse proxy/);
+  await proxy.waitFor(/Received setup message from server id 1 /);
+  const s2 = revproxy(['server', '-id', '2', '-pp', 'PP_1', '-listen', '0', '-revproc', `127.0.0.1:${port}`]);
+  await proxy.waitFor(/Received setup message from server id 2 /);
+  const dir = mkdtempSync(join(tmpdir(), 'pkt-'));
+  for (let i = 1; i <= 5; i++) writeFileSync(join(dir, `${i}.json`), JSON.stringify({ type: '0', srcid: '7', privPoliId: 'PP_1', payload: `m${i}` }));
+  const client = revproxy(['client', '-id', '7', '-revproc', port, '-pkt', dir, '-window', '1', '--json']);
+  assert.is(await client.exited, 0, client.out.join('\n'));
+  const report = JSON.parse(client.out.find((l) => l.startsWith('{'))!);
+  assert.equal(report.results.map((r: { server: string }) => r.server), ['1', '2', '1', '2', '1']);
+  assert.is(report.verified, 5);
+  s1.kill();
+  s2.kill();
+  proxy.kill();
+  assert.is(await proxy.exited, 0, 'SIGTERM stops the proxy cleanly');
+});
+
+cli("the client prints the seed's lines and exits 0 when the hash is correct", async () => {
+  const proxy = revproxy(['proxy', '-port', '0']);
+  const port = (await proxy.waitFor(/port (\d+)/))[1]!;
+  revproxy(['server', '-id', '100', '-pp', '111', '-listen', '0', '-revproc', port]);
+  await proxy.waitFor(/Received setup message from server id 100 privacy policy 111 port \d+/);
+  const client = revproxy(['client', '-id', '1', '-revproc', port, '-pkt', 'pktfiles/1.json']);
+  assert.is(await client.exited, 0);
+  const text = client.out.join('\n');
+  assert.match(text, /Sending message xyz1 to privacy policy 111 through reverse proxy running on port \d+/);
+  assert.match(text, /Receiving a response from the server payload: b0400cf1f3919fdba057dbd2acc52f148fbb43ac/);
+  assert.match(text, /Hash of payload is correct/);
+  await proxy.waitFor(/Forwarding a data message to server id 100 .*payload xyz1/);
+  await proxy.waitFor(/Received a data message from server id 100 payload b0400c/);
+});
+
+cli('the client exits 1 when an answer is missing, saying why', async () => {
+  const proxy = revproxy(['proxy', '-port', '0']);
+  const port = (await proxy.waitFor(/port (\d+)/))[1]!;
+  const client = revproxy(['client', '-id', '1', '-revproc', port, '-pkt', 'pktfiles/1.json']);
+  assert.is(await client.exited, 1);
+  assert.match(client.out.join('\n'), /NO_SERVER/);
+});
+
+cli('the demo runs the seed topology and exits 0 with a table of who answered whom', async () => {
+  const demo = revproxy(['demo', '--port', '0']);
+  assert.is(await demo.exited, 0, demo.out.join('\n'));
+  const text = demo.out.join('\n');
+  assert.match(text, /client\s+policy\s+payload\s+server\s+verified/);
+  assert.match(text, /^1\s+111\s+xyz1\s+100\s+yes$/m);
+  assert.match(text, /^2\s+111\s+xyz2\s+300\s+yes$/m);
+  assert.match(text, /^6\s+222\s+xyz6\s+200\s+yes$/m);
+  assert.match(text, /6\/6 clients verified/);
+  assert.match(text, /^client 3\s+\| Hash of payload is correct$/m);
+});
+
+cli('usage errors exit 2 with a message that says what is wrong', async () => {
+  const bad = revproxy(['proxy', '-port', 'abc']);
+  assert.is(await bad.exited, 2);
+  assert.match(bad.out.join('\n'), /port must be a number/);
+  const missing = revproxy(['server', '-pp', '1']);
+  assert.is(await missing.exited, 2);
+  assert.match(missing.out.join('\n'), /--id/);
+  const nofile = revproxy(['client', '-pkt', 'no/such.json']);
+  assert.is(await nofile.exited, 2);
+  assert.match(nofile.out.join('\n'), /packet file 'no\/such.json' does not exist/);
+  const help = revproxy(['--help']);
+  assert.is(await help.exited, 0);
+  assert.match(help.out.join('\n'), /proxy \[options\]/);
+});
+
+cli('a second proxy on a port in use fails with a clear message', async () => {
+  const first = revproxy(['proxy', '-port', '0']);
+  const port = (await first.waitFor(/port (\d+)/))[1]!;
+  const second = revproxy(['proxy', '-port', port]);
+  assert.is(await second.exited, 1);
+  assert.match(second.out.join('\n'), new RegExp(`port ${port} on 127.0.0.1 is already in use`));
+});
+
+cli.run();

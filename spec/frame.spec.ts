@@ -1,0 +1,112 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { Packr } from 'msgpackr';
+import { encodeFrame, FrameDecoder, nativeAcceleration } from '../transport/frame.js';
+import { ErrorCode } from '../transport/errors.js';
+import type { Message } from '../transport/messages.js';
+
+const msgs: Message[] = [
+  { type: 0, seq: 1, srcid: '1', privPoliId: '111', payload: 'xyz1' },
+  { type: 1, id: '100', privPolyId: '111', listenport: 2105 },
+  { type: 2, seq: 7, srcid: '100', destid: '1', payload: 'b0400cf1f3919fdba057dbd2acc52f148fbb43ac', payloadsize: 40 },
+  { type: 3, seq: 9, code: 'NO_SERVER', message: 'no server' },
+];
+const bytes = Buffer.concat(msgs.map((m) => encodeFrame(m)));
+
+test('a frame is a 4-byte big-endian length and one MessagePack map', () => {
+  const f = encodeFrame(msgs[0]!);
+  assert.is(f.readUInt32BE(0), f.length - 4);
+  assert.ok((f[4]! & 0xf0) === 0x80 || f[4] === 0xde, 'a MessagePack map marker (fixmap or map16)');
+});
+
+test('many frames in one read decode exactly once, in order', () => {
+  const { messages, error } = new FrameDecoder().push(bytes);
+  assert.is(error, undefined);
+  assert.equal(messages, msgs);
+});
+
+test('frames fed one byte at a time decode exactly once', () => {
+  const d = new FrameDecoder();
+  const out: Message[] = [];
+  for (let i = 0; i < bytes.length; i++) {
+    const r = d.push(bytes.subarray(i, i + 1));
+    assert.is(r.error, undefined);
+    out.push(...r.messages);
+  }
+  assert.equal(out, msgs);
+  assert.is(d.buffered, 0);
+});
+
+test('a frame split across three reads at every pair of cut points decodes once', () => {
+  const one = encodeFrame(msgs[2]!);
+  for (let a = 1; a < one.length - 1; a++) {
+    for (let b = a + 1; b < one.length; b++) {
+      const d = new FrameDecoder();
+      const out = [...d.push(one.subarray(0, a)).messages, ...d.push(one.subarray(a, b)).messages, ...d.push(one.subarray(b)).messages];
+      assert.equal(out, [msgs[2]], `cut at ${a},${b}`);
+    }
+  }
+});
+
+test('a declared length over the limit is refused from the header alone', () => {
+  const d = new FrameDecoder({ maxFrameBytes: 1000 });
+  const header = Buffer.alloc(4);
+  header.writeUInt32BE(1001);
+  const r = d.push(header);
+  assert.is(r.error?.code, ErrorCode.BAD_REQUEST);
+  assert.match(r.error!.message, /1001 bytes, over the limit of 1000/);
+  assert.is(d.buffered, 0, 'nothing buffered');
+});
+
+test('the default limit is 1 MiB', () => {
+  const header = Buffer.alloc(4);
+  header.writeUInt32BE(1024 * 1024 + 1);
+  assert.ok(new FrameDecoder().push(header).error);
+  header.writeUInt32BE(1024 * 1024);
+  assert.not.ok(new FrameDecoder().push(header).error, 'exactly 1 MiB waits for its body');
+});
+
+test('good frames before a bad one are delivered, then the decoder stays failed', () => {
+  const garbage = Buffer.from([0, 0, 0, 2, 0xc1, 0xc1]); // 0xc1 is never used in MessagePack
+  const d = new FrameDecoder();
+  const r = d.push(Buffer.concat([encodeFrame(msgs[0]!), garbage, encodeFrame(msgs[1]!)]));
+  assert.equal(r.messages, [msgs[0]]);
+  assert.is(r.error?.code, ErrorCode.BAD_REQUEST);
+  assert.match(r.error!.message, new RegExp(`frame at byte ${encodeFrame(msgs[0]!).length} is not one MessagePack value`));
+  assert.is(d.push(encodeFrame(msgs[1]!)).messages.length, 0, 'nothing after the error');
+});
+
+const badFrames: Array<[string, Buffer, RegExp]> = [
+  ['an empty frame', Buffer.from([0, 0, 0, 0]), /empty frame/],
+  ['two values in one frame', (() => { const p = new Packr().pack(1); const b = Buffer.concat([p, p]); const h = Buffer.alloc(4); h.writeUInt32BE(b.length); return Buffer.concat([h, b]); })(), /not one MessagePack value/],
+  ['a frame whose body is shorter than its value', (() => { const b = new Packr({ useRecords: false }).pack({ a: 'long string here' }).subarray(0, 5); const h = Buffer.alloc(4); h.writeUInt32BE(b.length); return Buffer.concat([h, b]); })(), /not one MessagePack value/],
+  ['a number instead of a map', encodeFrame(42 as never), /must be a map/],
+  ['an array instead of a map', encodeFrame([1, 2] as never), /must be a map/],
+  ['an unknown type', encodeFrame({ type: 9 }), /unknown message type 9/],
+  ['data without a payload', encodeFrame({ type: 0, seq: 1, srcid: '1', privPoliId: '1' }), /missing field 'payload'/],
+  ['data with a numeric payload', encodeFrame({ type: 0, seq: 1, srcid: '1', privPoliId: '1', payload: 5 }), /'payload' must be a string/],
+  ['setup with a port out of range', encodeFrame({ type: 1, id: '1', privPolyId: '1', listenport: 70000 }), /listenport/],
+];
+for (const [name, buf, re] of badFrames) {
+  test(`refuses ${name} with BAD_REQUEST`, () => {
+    const r = new FrameDecoder().push(buf);
+    assert.equal(r.messages, []);
+    assert.is(r.error?.code, ErrorCode.BAD_REQUEST);
+    assert.match(r.error!.message, re);
+  });
+}
+
+test('__proto__ keys cannot pollute prototypes', () => {
+  const body = Buffer.from('83a474797065 00 a3736571 01 a95f5f70726f746f5f5f 81a178a179'.replace(/ /g, ''), 'hex');
+  const h = Buffer.alloc(4);
+  h.writeUInt32BE(body.length);
+  const r = new FrameDecoder({ validate: false }).push(Buffer.concat([h, body]));
+  assert.is(({} as Record<string, unknown>).x, undefined);
+  assert.ok(r.messages.length === 1 || r.error);
+});
+
+test("msgpackr's native addon is in use", () => {
+  assert.ok(nativeAcceleration, 'msgpackr-extract should be installed (optional dependency of msgpackr)');
+});
+
+test.run();

@@ -1,0 +1,60 @@
+/** Test helpers: raw sockets, frames, waiting. */
+import { connect, type Socket } from 'node:net';
+import { encodeFrame, FrameDecoder } from '../transport/frame.js';
+import type { Message } from '../transport/messages.js';
+
+export const LOCAL = '127.0.0.1';
+
+export function rawConnect(port: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ host: LOCAL, port }, () => resolve(s));
+    s.once('error', reject);
+  });
+}
+
+/** Collects every message a socket receives; `until(n)` waits for n of them. */
+export function collector(socket: Socket) {
+  const decoder = new FrameDecoder({ validate: true });
+  const got: Message[] = [];
+  let closed = false;
+  const waiters: Array<() => void> = [];
+  socket.on('data', (chunk: Buffer) => {
+    const { messages } = decoder.push(chunk);
+    got.push(...messages);
+    for (const w of waiters.splice(0)) w();
+  });
+  socket.on('close', () => {
+    closed = true;
+    for (const w of waiters.splice(0)) w();
+  });
+  return {
+    got,
+    get closed() {
+      return closed;
+    },
+    async until(pred: () => boolean, ms = 3000): Promise<void> {
+      const end = Date.now() + ms;
+      while (!pred()) {
+        if (Date.now() > end) throw new Error(`timed out after ${ms} ms; got ${JSON.stringify(got).slice(0, 300)}`);
+        await new Promise<void>((r) => {
+          waiters.push(r);
+          setTimeout(r, 20);
+        });
+      }
+    },
+  };
+}
+
+export function frame(msg: Record<string, unknown>): Buffer {
+  return encodeFrame(msg);
+}
+
+export async function eventually(pred: () => boolean, ms = 3000, what = 'condition'): Promise<void> {
+  const end = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

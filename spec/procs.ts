@@ -1,0 +1,80 @@
+/** Helpers to run `revproxy` as real processes in specs. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = fileURLToPath(new URL('..', import.meta.url));
+export const BIN = fileURLToPath(new URL('../cli/revproxy.js', import.meta.url));
+
+export interface Proc {
+  child: ChildProcess;
+  out: string[];
+  /** Resolves with the first stdout line matching `re`. */
+  waitFor(re: RegExp, ms?: number): Promise<RegExpMatchArray>;
+  exited: Promise<number>;
+  kill(signal?: NodeJS.Signals): void;
+}
+
+const live = new Set<ChildProcess>();
+
+export function revproxy(args: string[], opts: { env?: Record<string, string> } = {}): Proc {
+  const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: { ...process.env, NO_COLOR: '1', ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  live.add(child);
+  const out: string[] = [];
+  let buf = '';
+  const listeners = new Set<() => void>();
+  const onText = (t: string): void => {
+    buf += t;
+    const lines = buf.split('\n');
+    buf = lines.pop()!;
+    out.push(...lines);
+    for (const l of listeners) l();
+  };
+  child.stdout!.setEncoding('utf8').on('data', onText);
+  child.stderr!.setEncoding('utf8').on('data', onText);
+  const exited = new Promise<number>((resolve) =>
+    child.on('exit', (code, sig) => {
+      live.delete(child);
+      if (buf) out.push(buf);
+      for (const l of listeners) l();
+      resolve(code ?? (sig ? 128 : 1));
+    }),
+  );
+  return {
+    child,
+    out,
+    exited,
+    kill: (signal = 'SIGTERM') => child.kill(signal),
+    waitFor(re, ms = 10000) {
+      return new Promise((resolve, reject) => {
+        const check = (): boolean => {
+          for (const l of out) {
+            const m = l.match(re);
+            if (m) {
+              listeners.delete(check);
+              clearTimeout(timer);
+              resolve(m);
+              return true;
+            }
+          }
+          if (child.exitCode !== null) {
+            listeners.delete(check);
+            clearTimeout(timer);
+            reject(new Error(`process exited before printing ${re}; output:\n${out.join('\n')}`));
+            return true;
+          }
+          return false;
+        };
+        const timer = setTimeout(() => {
+          listeners.delete(check);
+          reject(new Error(`timed out waiting for ${re}; output:\n${out.join('\n')}`));
+        }, ms);
+        if (!check()) listeners.add(check);
+      });
+    },
+  };
+}
+
+/** Kill every process a spec started (call in `after`). */
+export function killAll(): void {
+  for (const c of live) c.kill('SIGKILL');
+}

@@ -1,0 +1,177 @@
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { createServer, type Server } from 'node:net';
+import { runClient, startProxy, startServer, sha1Hex, Logger, memorySink, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import { MsgType, type AckMsg, type ErrorMsg } from '../transport/messages.js';
+import { collector, eventually, frame, LOCAL, rawConnect } from './helpers.js';
+
+interface Ctx {
+  proxy: ProxyHandle;
+  servers: ServerHandle[];
+  logs: LogRecord[];
+  extra: Array<{ close(): void }>;
+}
+
+const ctx = {} as Ctx;
+
+async function addServer(id: string, policy: string, behaviour: 'normal' | 'silent' = 'normal'): Promise<ServerHandle> {
+  const s = await startServer({ id, policy, listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, behaviour });
+  ctx.servers.push(s);
+  await eventually(() => ctx.proxy.pools()[policy]?.members.includes(id) ?? false, 2000, `server ${id} in pool ${policy}`);
+  return s;
+}
+
+const packets = (policy: string, n: number, tag = 'p') => Array.from({ length: n }, (_, i) => ({ srcid: 'c1', privPoliId: policy, payload: `${tag}${i}` }));
+
+function fresh(name: string, timeoutMs = 5000) {
+  const s = suite<Ctx>(name, ctx);
+  s.before.each(async () => {
+    ctx.logs = [];
+    ctx.servers = [];
+    ctx.extra = [];
+    ctx.proxy = await startProxy({ port: 0, timeoutMs, logger: new Logger('proxy', memorySink(ctx.logs), 'debug') });
+  });
+  s.after.each(async () => {
+    for (const s of ctx.servers) await s.stop();
+    for (const e of ctx.extra) e.close();
+    await ctx.proxy.stop();
+  });
+  return s;
+}
+
+const routing = fresh('routing');
+
+routing("the assignment's example end to end: servers 1 and 2 of PP_1, five messages go 1, 2, 1, 2, 1", async () => {
+  await addServer('1', 'PP_1');
+  await addServer('2', 'PP_1');
+  const results = await runClient({ id: 'c1', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('PP_1', 5), window: 1 });
+  assert.equal(results.map((r) => r.server), ['1', '2', '1', '2', '1']);
+  assert.ok(results.every((r) => r.correct));
+});
+
+routing('one cursor per policy is shared by all clients', async () => {
+  await addServer('1', 'P');
+  await addServer('2', 'P');
+  const port = ctx.proxy.port;
+  const a = await runClient({ id: 'a', proxy: { host: LOCAL, port }, packets: packets('P', 1) });
+  const b = await runClient({ id: 'b', proxy: { host: LOCAL, port }, packets: packets('P', 1) });
+  const c = await runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: packets('P', 1) });
+  assert.equal([a[0]!.server, b[0]!.server, c[0]!.server], ['1', '2', '1']);
+});
+
+routing('100 requests pipelined on one client connection are all answered correctly', async () => {
+  await addServer('1', 'P');
+  await addServer('2', 'P');
+  const sock = await rawConnect(ctx.proxy.port);
+  ctx.extra.push({ close: () => sock.destroy() });
+  const c = collector(sock);
+  sock.write(Buffer.concat(Array.from({ length: 100 }, (_, i) => frame({ type: 0, seq: i, srcid: 'c', privPoliId: 'P', payload: `m${i}` }))));
+  await c.until(() => c.got.length >= 100);
+  const seen = new Set<number>();
+  for (const m of c.got as AckMsg[]) {
+    assert.is(m.type, MsgType.ACK);
+    assert.not.ok(seen.has(m.seq), `seq ${m.seq} answered once`);
+    seen.add(m.seq);
+    assert.is(m.payload, sha1Hex(`m${m.seq}`));
+  }
+  assert.is(seen.size, 100);
+  const servers = new Map<string, number>();
+  for (const m of c.got as AckMsg[]) servers.set(m.srcid, (servers.get(m.srcid) ?? 0) + 1);
+  assert.equal(Object.fromEntries(servers), { '1': 50, '2': 50 });
+});
+
+routing('a packet for a policy nobody serves gets NO_SERVER at once, and the proxy keeps serving', async () => {
+  await addServer('1', 'P');
+  const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: [...packets('nobody', 1), ...packets('P', 1)], timeoutMs: 1000 });
+  assert.is(results[0]!.error, 'NO_SERVER');
+  assert.ok(results[0]!.latencyMs! < 500, 'answered at once');
+  assert.ok(results[1]!.correct, 'the next request on the same connection is served');
+});
+
+routing('a server that leaves is removed from its pool and the rest keep serving', async () => {
+  await addServer('1', 'P');
+  const s2 = await addServer('2', 'P');
+  await addServer('3', 'P');
+  await s2.stop();
+  await eventually(() => !ctx.proxy.pools().P!.members.includes('2'), 2000, 'server 2 removed');
+  const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('P', 4), window: 1 });
+  assert.equal(results.map((r) => r.server), ['1', '3', '1', '3']);
+  assert.ok(ctx.logs.some((l) => l.event === 'deregister' && l.id === '2'), 'the removal is logged');
+});
+
+routing('a second setup claiming a live id is refused with DUPLICATE_ID', async () => {
+  await addServer('1', 'P');
+  const sock = await rawConnect(ctx.proxy.port);
+  ctx.extra.push({ close: () => sock.destroy() });
+  const c = collector(sock);
+  sock.write(frame({ type: 1, id: '1', privPolyId: 'P', listenport: 9 }));
+  await c.until(() => c.closed);
+  assert.is((c.got[0] as ErrorMsg).code, 'DUPLICATE_ID');
+  assert.equal(ctx.proxy.pools().P!.members, ['1']);
+});
+
+const badInput = fresh('bad input');
+
+badInput('garbage bytes on one connection get BAD_REQUEST and a close, while another client is served', async () => {
+  await addServer('1', 'P');
+  const bad = await rawConnect(ctx.proxy.port);
+  ctx.extra.push({ close: () => bad.destroy() });
+  const c = collector(bad);
+  const good = runClient({ id: 'g', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('P', 50), window: 5 });
+  bad.write(Buffer.from([0, 0, 0, 4, 0xc1, 0xff, 0x00, 0x13]));
+  await c.until(() => c.closed);
+  assert.is(c.got.length, 1);
+  assert.is((c.got[0] as ErrorMsg).type, MsgType.ERROR);
+  assert.is((c.got[0] as ErrorMsg).code, 'BAD_REQUEST');
+  const results = await good;
+  assert.ok(results.every((r) => r.correct), 'the other client got every answer');
+});
+
+const badCases: Array<[string, Buffer, RegExp]> = [
+  ['a length prefix over the limit', Buffer.from([0x7f, 0xff, 0xff, 0xff]), /over the limit/],
+  ['an unknown message type', frame({ type: 42, seq: 1 }), /unknown message type 42/],
+  ['a data message missing its payload', frame({ type: 0, seq: 1, srcid: 'x', privPoliId: 'P' }), /missing field 'payload'/],
+  ['an ack from a client', frame({ type: 2, seq: 1, srcid: 'x', destid: 'y', payload: 'z', payloadsize: 1 }), /not allowed/],
+];
+for (const [name, bytes, re] of badCases) {
+  badInput(`${name} is answered with BAD_REQUEST naming the problem, then the connection closes`, async () => {
+    const sock = await rawConnect(ctx.proxy.port);
+    ctx.extra.push({ close: () => sock.destroy() });
+    const c = collector(sock);
+    sock.write(bytes);
+    await c.until(() => c.closed);
+    const err = c.got[0] as ErrorMsg;
+    assert.is(err.code, 'BAD_REQUEST');
+    assert.match(err.message, re);
+  });
+}
+
+const faults = fresh('faults', 300);
+
+faults('a server that accepts but never answers: the client gets TIMEOUT after the timeout', async () => {
+  await addServer('s', 'P', 'silent');
+  const t0 = Date.now();
+  const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('P', 3), timeoutMs: 3000 });
+  assert.ok(results.every((r) => r.error === 'TIMEOUT'), JSON.stringify(results));
+  assert.ok(Date.now() - t0 >= 290, 'not before the timeout');
+});
+
+faults('a server whose listen port refuses connections is removed, and its requests fail with UPSTREAM_FAILED', async () => {
+  // Register by hand, announcing a port where nothing listens.
+  const closed: Server = createServer();
+  await new Promise<void>((r) => closed.listen(0, LOCAL, r));
+  const deadPort = (closed.address() as { port: number }).port;
+  await new Promise<void>((r) => closed.close(() => r()));
+  const reg = await rawConnect(ctx.proxy.port);
+  ctx.extra.push({ close: () => reg.destroy() });
+  const c = collector(reg);
+  reg.write(frame({ type: 1, id: 'ghost', privPolyId: 'P', listenport: deadPort }));
+  await c.until(() => c.closed);
+  assert.is((c.got[0] as ErrorMsg).code, 'UPSTREAM_FAILED');
+  assert.match((c.got[0] as ErrorMsg).message, /cannot reach your listen port/);
+  assert.equal(ctx.proxy.pools().P?.members ?? [], []);
+});
+
+routing.run();
+badInput.run();
+faults.run();
