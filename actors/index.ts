@@ -64,8 +64,10 @@ export interface ServerHandle {
   actor: ServerActor;
   port: number;
   id: string;
-  /** Resolves when the proxy has the registration (the setup message was sent). */
+  /** Graceful: leave the proxy's pool, finish what is in flight, then stop. */
   stop(): Promise<void>;
+  /** Abrupt, as SIGKILL: close every socket now. */
+  kill(): void;
 }
 
 /** Start a server; resolves once it listens and its setup message is on the wire. */
@@ -81,6 +83,9 @@ export async function startServer(opts: ServerOptions & Inspect): Promise<Server
     id: opts.id,
     async stop() {
       if (actor.getSnapshot().status === 'active') actor.send({ type: 'STOP' });
+      actor.stop();
+    },
+    kill() {
       actor.stop();
     },
   };

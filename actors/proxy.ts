@@ -11,7 +11,7 @@
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import { assign, enqueueActions, fromCallback, setup, type ActorRefFrom, type AnyActorRef } from 'xstate';
-import { ErrorCode, ProtocolError } from '../transport/errors.js';
+import { ErrorCode, ProtocolError, type ErrorCode as Code } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, MsgType, type AckMsg, type DataMsg, type ErrorMsg, type SetupMsg } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
@@ -36,6 +36,21 @@ export interface ProxyOptions {
   clock?: Clock;
   /** How the proxy dials servers (tests inject failures here). */
   connect?: SocketFactory;
+  /** Told of every answer (and, as the proxy grows, retries and ejections): feeds metrics and the inspector. */
+  observer?: ProxyObserver;
+}
+
+/**
+ * Hooks for metrics and inspection. Called synchronously on the hot path:
+ * keep them cheap (count, don't format).
+ */
+export interface ProxyObserver {
+  /** A request got its one answer: `outcome` is 'ok' for an ACK, else the error code. */
+  answered?(policy: string, member: string | undefined, outcome: 'ok' | Code, latencyMs: number): void;
+  /** A request was sent to `member` again after `failed` failed it. */
+  retried?(policy: string, failed: string, reason: string): void;
+  /** A member was taken out of rotation (or put back, with `back` true). */
+  ejected?(policy: string, member: string, reason: string, back: boolean): void;
 }
 
 interface ServerEntry {
@@ -48,7 +63,8 @@ interface ServerEntry {
 }
 
 export interface ProxyContext {
-  opts: Required<Omit<ProxyOptions, 'logger' | 'clock' | 'connect'>>;
+  opts: Required<Omit<ProxyOptions, 'logger' | 'clock' | 'connect' | 'observer'>>;
+  observer?: ProxyObserver;
   logger: Logger;
   clock: Clock;
   connect: SocketFactory;
@@ -293,6 +309,7 @@ export const proxyMachine = setup({
     logger: input.logger ?? silentLogger,
     clock: input.clock ?? systemClock,
     connect: input.connect ?? tcpConnect,
+    observer: input.observer,
     port: input.port ?? 2100,
     pools: new Map(),
     servers: new Map(),
@@ -386,8 +403,11 @@ function makeDeliver(context: ProxyContext) {
 /** Every request gets exactly one answer through here. */
 function makeReply(context: ProxyContext) {
   const limit = context.opts.maxClientInflight;
-  return (req: ProxyRequest, answer: AckMsg | ErrorMsg): void => {
+  const observer = context.observer?.answered ? context.observer : undefined;
+  const clock = context.clock;
+  return (req: ProxyRequest, answer: AckMsg | ErrorMsg, member?: string): void => {
     const client = req.client;
+    observer?.answered!(req.msg.privPoliId, member, answer.type === MsgType.ACK ? 'ok' : answer.code, clock.now() - req.arrived);
     client.outstanding--;
     if (client.throttled && client.outstanding <= limit >> 1) {
       client.throttled = false;
