@@ -1,0 +1,153 @@
+/**
+ * The scenario format, written once. The loader reads files with it, the
+ * runner gets its types from it, and every refusal message names what these
+ * schemas expect. docs/SCENARIOS.md describes the same format for people.
+ */
+import { ERROR_CODES } from '../transport/errors.js';
+import {
+  anything, dict, flag, fraction, lazy, list, located, name, object, oneOf, opt, refine, req, scalar, tagged, text, whole,
+  type Infer, type Schema,
+} from './schema.js';
+
+/** A key the format knows but this build cannot honour yet: refused with the reason, never silently ignored. */
+function planned<T>(schema: Schema<T>, why: string): Schema<T> {
+  return refine(schema, () => why);
+}
+
+const ms = whole('milliseconds');
+
+/** Codes an answer can carry: the proxy's, and the client's own outcomes. */
+export const OUTCOME_CODES = [...ERROR_CODES, 'CLIENT_TIMEOUT', 'CONNECTION_LOST', 'CONNECT_FAILED'] as const;
+const code = oneOf(OUTCOME_CODES);
+
+export const proxySpec = object('proxy', {
+  timeout: opt(whole('the request timeout in milliseconds', 1), 'request timeout (--timeout)'),
+  max_frame: opt(whole('the largest frame in bytes', 16), 'largest frame accepted (--max-frame)'),
+  max_client_inflight: opt(whole('unanswered requests per client connection', 1), '--max-client-inflight'),
+  retries: opt(planned(whole('retries', 0), 'retries are not in this build yet: the proxy learns them with fault tolerance (issue 4)')),
+  token: opt(planned(text, 'registration secrets are not in this build yet (issue 5)')),
+});
+
+export const serverSpec = object('server', {
+  id: req(name, "the server's id"),
+  policy: req(name, 'the privacy policy it serves'),
+  wire: opt(
+    refine(oneOf(['msgpack', 'json'] as const), (w) =>
+      w === 'json' ? "wire: json needs the old JSON wire, which is not in this build yet (issue 3); use wire: msgpack" : undefined,
+    ),
+    'msgpack (default) or json',
+  ),
+  behaviour: opt(oneOf(['normal', 'silent'] as const), 'normal answers; silent accepts requests and never answers'),
+  token: opt(planned(text, 'registration secrets are not in this build yet (issue 5)')),
+});
+
+const hex = scalar('hex digits, two per byte (spaces allowed)', (v) => {
+  const s = typeof v === 'string' ? v.replace(/\s+/g, '') : typeof v === 'number' && Number.isInteger(v) ? String(v) : undefined;
+  return s !== undefined && s.length > 0 && s.length % 2 === 0 && /^[0-9a-fA-F]+$/.test(s) ? s.toLowerCase() : undefined;
+});
+
+const exactlyOne = (v: Record<string, unknown>, keys: string[]): string | undefined => {
+  const given = keys.filter((k) => v[k] !== undefined);
+  if (given.length === 1) return undefined;
+  return given.length === 0 ? `needs one of ${keys.join(', ')}` : `takes one of ${keys.join(', ')}, got ${given.join(' and ')}`;
+};
+
+export const sendSpec = object(
+  'send',
+  {
+    client: opt(name, 'client id, the srcid of every packet'),
+    policy: opt(name, 'privacy policy of every packet'),
+    payload: opt(text, 'one payload, sent `count` times'),
+    payloads: opt(list(text, { min: 1 }), 'payloads sent one after another'),
+    pkt: opt(list(text, { min: 1 }), 'packet files (JSON, the old format), relative to the scenario file'),
+    count: opt(whole('how many times to send `payload`', 1)),
+    concurrency: opt(whole('requests in flight at once', 1), 'default 1: one after another'),
+  },
+  (v) =>
+    exactlyOne(v, ['payload', 'payloads', 'pkt']) ??
+    (v.count !== undefined && v.payload === undefined ? '`count` goes with `payload`' : undefined) ??
+    (v.pkt === undefined && (v.client === undefined || v.policy === undefined) ? 'needs `client` and `policy` (only packet files carry their own)' : undefined),
+);
+
+export const sendExpect = object('expect of send', {
+  servers: opt(list(name), 'who answered each request, in order'),
+  verified: opt(flag, 'every ACK carried the right SHA1 (and at least one came)'),
+  error: opt(code, 'the code every answer carried'),
+  acked_at_least: opt(fraction, 'the least share of requests answered with an ACK'),
+  acked: opt(whole('ACKs')),
+  per_server: opt(dict(whole('answers')), 'how many answers each server gave'),
+});
+
+export const rawSpec = object('raw', { hex: opt(hex), text: opt(text), frame: opt(anything, 'a message, encoded as one MessagePack frame') }, (v) =>
+  exactlyOne(v, ['hex', 'text', 'frame']),
+);
+
+export const rawExpect = object('expect of raw', {
+  error: opt(code, 'the code of every ERROR that came back (at least one)'),
+  closed: opt(flag, 'the proxy closed the connection'),
+  answers: opt(whole('messages that came back')),
+});
+
+export const startExpect = object('expect of start', {
+  refused: opt(code, 'the proxy refuses the registration with this code'),
+});
+
+const common = {
+  name: opt(text, 'a label for the report'),
+  timeout: opt(ms, 'deadline for this step (default: the scenario timeout)'),
+  delay: opt(ms, 'wait this long before the step (useful inside parallel)'),
+};
+const serverRef = (what: string) => object(what, { server: req(name, 'server id') });
+
+const leafKinds = {
+  send: object('send step', { send: req(sendSpec), expect: opt(sendExpect), ...common }),
+  raw: object('raw step', { raw: req(rawSpec), expect: opt(rawExpect), ...common }),
+  start: object('start step', { start: req(object('start', { server: req(serverSpec) })), expect: opt(startExpect), ...common }),
+  kill: object('kill step', { kill: req(serverRef('kill')), ...common }),
+  stop: object('stop step', { stop: req(serverRef('stop')), ...common }),
+  wait: object('wait step', { wait: req(ms), ...common }),
+  restart: object('restart step', { restart: req(oneOf(['proxy'] as const)), ...common }),
+  expect_pool: object('expect_pool step', {
+    expect_pool: req(object('expect_pool', { policy: req(name), members: req(list(name), 'in rotation order') })),
+    ...common,
+  }),
+};
+
+type LeafKind = keyof typeof leafKinds;
+type StepOf<K extends LeafKind> = Infer<(typeof leafKinds)[K]> & { kind: K; line: number };
+/** Steps run at the same time; the step ends when all of them have. */
+export interface ParallelStep {
+  kind: 'parallel';
+  line: number;
+  parallel: Step[];
+  name?: string;
+  timeout?: number;
+  delay?: number;
+}
+export type Step = { [K in LeafKind]: StepOf<K> }[LeafKind] | ParallelStep;
+export type StepKind = Step['kind'];
+export type SendStep = StepOf<'send'>;
+export type RawStep = StepOf<'raw'>;
+
+const stepKinds = {
+  ...leafKinds,
+  parallel: object('parallel step', { parallel: req(list(lazy<Step>(() => step, 'a step'), { min: 2 })), ...common }),
+};
+export const STEP_KINDS = Object.keys(stepKinds) as StepKind[];
+
+const step = located(tagged('step', stepKinds)) as Schema<Step>;
+
+export const scenarioSpec = object('scenario', {
+  name: req(text, 'what the scenario shows'),
+  description: opt(text),
+  timeout: opt(ms, 'default deadline of every step (5000)'),
+  proxy: opt(proxySpec, 'proxy options'),
+  servers: opt(list(located(serverSpec)), 'started in order, each registered before the next'),
+  steps: req(list(step), 'the story, one step after another'),
+});
+
+export type ServerSpec = Infer<typeof serverSpec>;
+export type ProxySpec = Infer<typeof proxySpec>;
+export type SendExpect = Infer<typeof sendExpect>;
+export type RawExpect = Infer<typeof rawExpect>;
+export type Scenario = Infer<typeof scenarioSpec> & { file: string; servers: Array<ServerSpec & { line: number }> };

@@ -1,0 +1,308 @@
+/**
+ * A small schema language over YAML syntax nodes. A schema reads a node and
+ * either returns a typed value or records an issue at the node's line and
+ * column saying what was expected. Every issue in a file is collected, so a
+ * user fixes them all in one go. The scenario format (format.ts) is written
+ * once with these combinators; the loader, the types and the error messages
+ * all come from that one description.
+ */
+import { isAlias, isMap, isScalar, isSeq, type Document, type LineCounter, type Pair } from 'yaml';
+
+/** One problem in a file: where it is and what was expected there. */
+export interface Issue {
+  line: number;
+  col: number;
+  /** Where in the document, e.g. `steps[2].send.count`. */
+  path: string;
+  message: string;
+}
+
+export interface ReadContext {
+  doc: Document;
+  lines: LineCounter;
+  issues: Issue[];
+}
+
+/** Where a value sits: its path, and an offset in the source for its line number. */
+export interface At {
+  path: string;
+  offset: number;
+}
+
+export const INVALID: unique symbol = Symbol('invalid');
+export type Read<T> = T | typeof INVALID;
+
+export interface Schema<T> {
+  /** What a user must write here, in words: "a whole number of milliseconds". */
+  readonly expected: string;
+  read(node: unknown, at: At, ctx: ReadContext): Read<T>;
+}
+
+export type Infer<S> = S extends Schema<infer T> ? T : never;
+
+export function report(ctx: ReadContext, at: At, message: string): typeof INVALID {
+  const { line, col } = ctx.lines.linePos(at.offset);
+  ctx.issues.push({ line, col, path: at.path, message });
+  return INVALID;
+}
+
+/** The source offset of a node, or the parent's when the node is absent. */
+export function offsetOf(node: unknown, fallback: number): number {
+  const range = (node as { range?: [number, number, number] } | null)?.range;
+  return range ? range[0] : fallback;
+}
+
+function resolve(node: unknown, ctx: ReadContext): unknown {
+  return isAlias(node) ? node.resolve(ctx.doc) : node;
+}
+
+/** Short, readable rendering of what the user wrote. */
+export function shown(node: unknown, ctx: ReadContext): string {
+  const n = resolve(node, ctx);
+  if (n === null || n === undefined) return 'nothing';
+  if (isMap(n)) return 'a mapping';
+  if (isSeq(n)) return 'a list';
+  if (isScalar(n)) {
+    const text = JSON.stringify(n.value);
+    return text === undefined ? String(n.value) : text.length > 40 ? `${text.slice(0, 37)}...` : text;
+  }
+  return String(n);
+}
+
+/** A scalar converted by `convert`; `undefined` from it means "not what was expected". */
+export function scalar<T>(expected: string, convert: (value: unknown) => T | undefined): Schema<T> {
+  return {
+    expected,
+    read(node, at, ctx) {
+      const n = resolve(node, ctx);
+      const value = isScalar(n) ? convert(n.value) : undefined;
+      if (value === undefined) return report(ctx, { ...at, offset: offsetOf(n, at.offset) }, `expected ${expected}, got ${shown(n, ctx)}`);
+      return value;
+    },
+  };
+}
+
+export const text = scalar('a string', (v) => (typeof v === 'string' ? v : undefined));
+
+/** Ids and policies: a string, or a whole number read as its decimal string (as on the wire). */
+export const name = scalar('a string or a whole number', (v) => {
+  if (typeof v === 'string' && v.length > 0) return v;
+  if (typeof v === 'number' && Number.isInteger(v) && v >= 0) return String(v);
+  return undefined;
+});
+
+export function whole(expected: string, min = 0): Schema<number> {
+  return scalar(`${expected} (a whole number, at least ${min})`, (v) =>
+    typeof v === 'number' && Number.isInteger(v) && v >= min ? v : undefined,
+  );
+}
+
+export const fraction = scalar('a fraction from 0 to 1 (e.g. 0.99)', (v) => (typeof v === 'number' && v >= 0 && v <= 1 ? v : undefined));
+export const flag = scalar('true or false', (v) => (typeof v === 'boolean' ? v : undefined));
+
+export function oneOf<const V extends string>(values: readonly V[]): Schema<V> {
+  return scalar(`one of ${values.join(', ')}`, (v) => (typeof v === 'string' && (values as readonly string[]).includes(v) ? (v as V) : undefined));
+}
+
+/** Any YAML value, as plain JSON-like data. */
+export const anything: Schema<unknown> = {
+  expected: 'any value',
+  read: (node, _at, ctx) => {
+    const n = resolve(node, ctx) as { toJSON?: () => unknown } | null;
+    return n && typeof n.toJSON === 'function' ? n.toJSON() : n;
+  },
+};
+
+export function list<T>(item: Schema<T>, opts: { min?: number } = {}): Schema<T[]> {
+  const min = opts.min ?? 0;
+  const expected = `a list${min ? ` of at least ${min}` : ''} of ${item.expected}`;
+  return {
+    expected,
+    read(node, at, ctx) {
+      const n = resolve(node, ctx);
+      const offset = offsetOf(n, at.offset);
+      if (!isSeq(n)) return report(ctx, { ...at, offset }, `expected ${expected}, got ${shown(n, ctx)}`);
+      if (n.items.length < min) return report(ctx, { ...at, offset }, `expected ${expected}, got ${n.items.length}`);
+      const out: T[] = [];
+      let ok = true;
+      n.items.forEach((el, i) => {
+        const v = item.read(el, { path: `${at.path}[${i}]`, offset: offsetOf(el, offset) }, ctx);
+        if (v === INVALID) ok = false;
+        else out.push(v);
+      });
+      return ok ? out : INVALID;
+    },
+  };
+}
+
+/** A mapping whose keys are free (ids) and whose values all follow one schema. */
+export function dict<T>(value: Schema<T>): Schema<Record<string, T>> {
+  const expected = `a mapping of names to ${value.expected}`;
+  return {
+    expected,
+    read(node, at, ctx) {
+      const n = resolve(node, ctx);
+      const offset = offsetOf(n, at.offset);
+      if (!isMap(n)) return report(ctx, { ...at, offset }, `expected ${expected}, got ${shown(n, ctx)}`);
+      const out: Record<string, T> = {};
+      let ok = true;
+      for (const pair of n.items) {
+        const key = String(isScalar(pair.key) ? pair.key.value : pair.key);
+        const v = value.read(pair.value, { path: `${at.path}.${key}`, offset: offsetOf(pair.key, offset) }, ctx);
+        if (v === INVALID) ok = false;
+        else out[key] = v;
+      }
+      return ok ? out : INVALID;
+    },
+  };
+}
+
+export interface Field<T, R extends boolean> {
+  schema: Schema<T>;
+  required: R;
+  doc: string;
+}
+export const req = <T>(schema: Schema<T>, doc = ''): Field<T, true> => ({ schema, required: true, doc });
+export const opt = <T>(schema: Schema<T>, doc = ''): Field<T, false> => ({ schema, required: false, doc });
+
+type Fields = Record<string, Field<any, boolean>>;
+type Simplify<T> = { [K in keyof T]: T[K] } & {};
+export type ObjectOf<F extends Fields> = Simplify<
+  { [K in keyof F as F[K]['required'] extends true ? K : never]: Infer<F[K]['schema']> } & {
+    [K in keyof F as F[K]['required'] extends true ? never : K]?: Infer<F[K]['schema']>;
+  }
+>;
+
+export interface ObjectSchema<F extends Fields> extends Schema<ObjectOf<F>> {
+  readonly fields: F;
+}
+
+/**
+ * A mapping with known keys. An unknown key is refused with the keys allowed
+ * (and the nearest one, when it looks like a typo). `check` adds rules that
+ * span fields; it returns a problem in words, or nothing.
+ */
+export function object<F extends Fields>(what: string, fields: F, check?: (v: ObjectOf<F>) => string | undefined): ObjectSchema<F> {
+  const keys = Object.keys(fields);
+  const expected = `a mapping (${what}) with keys ${keys.join(', ')}`;
+  return {
+    expected,
+    fields,
+    read(node, at, ctx) {
+      const n = resolve(node, ctx);
+      const offset = offsetOf(n, at.offset);
+      if (!isMap(n)) return report(ctx, { ...at, offset }, `expected ${expected}, got ${shown(n, ctx)}`);
+      const out: Record<string, unknown> = {};
+      const seen = new Set<string>();
+      let ok = true;
+      for (const pair of n.items as Pair[]) {
+        const key = String(isScalar(pair.key) ? pair.key.value : pair.key);
+        const keyAt = { path: at.path ? `${at.path}.${key}` : key, offset: offsetOf(pair.key, offset) };
+        const field = fields[key];
+        if (!field) {
+          report(ctx, keyAt, `unknown key '${key}' in ${what}; expected one of: ${keys.join(', ')}${suggest(key, keys)}`);
+          ok = false;
+          continue;
+        }
+        seen.add(key);
+        const v = field.schema.read(pair.value, { ...keyAt, offset: offsetOf(pair.value, keyAt.offset) }, ctx);
+        if (v === INVALID) ok = false;
+        else out[key] = v;
+      }
+      for (const key of keys) {
+        if (fields[key]!.required && !seen.has(key)) {
+          report(ctx, { ...at, offset }, `${what} needs '${key}': ${fields[key]!.schema.expected}`);
+          ok = false;
+        }
+      }
+      if (!ok) return INVALID;
+      const problem = check?.(out as ObjectOf<F>);
+      return problem ? report(ctx, { ...at, offset }, `${what}: ${problem}`) : (out as ObjectOf<F>);
+    },
+  };
+}
+
+/**
+ * A mapping that is one of several kinds, told apart by which kind's key it
+ * holds (`send:`, `kill:`, ...). Each kind is an object schema that holds its
+ * own key as a field.
+ */
+export function tagged<K extends Record<string, ObjectSchema<Fields>>>(what: string, kinds: K): Schema<{ [T in keyof K]: Infer<K[T]> & { kind: T } }[keyof K]> {
+  const names = Object.keys(kinds);
+  const expected = `a ${what}: a mapping with one of ${names.join(', ')}`;
+  return {
+    expected,
+    read(node, at, ctx) {
+      const n = resolve(node, ctx);
+      const offset = offsetOf(n, at.offset);
+      if (!isMap(n)) return report(ctx, { ...at, offset }, `expected ${expected}, got ${shown(n, ctx)}`);
+      const keys = (n.items as Pair[]).map((p) => String(isScalar(p.key) ? p.key.value : p.key));
+      const found = keys.filter((k) => k in kinds);
+      if (found.length === 0) {
+        const common = new Set(Object.values(kinds).flatMap((s) => Object.keys(s.fields)));
+        const odd = keys.filter((k) => !common.has(k));
+        const pair = (n.items as Pair[])[keys.indexOf(odd[0] ?? '')];
+        const where = { ...at, offset: pair ? offsetOf(pair.key, offset) : offset };
+        return report(ctx, where, `${odd.length ? `unknown ${what} '${odd[0]}'` : `no ${what} given`}; expected one of: ${names.join(', ')}${suggest(odd[0] ?? '', names)}`);
+      }
+      if (found.length > 1) return report(ctx, { ...at, offset }, `one ${what} per entry, got ${found.join(' and ')}; split them into separate ${what}s`);
+      const kind = found[0]!;
+      const v = kinds[kind]!.read(n, at, ctx);
+      return v === INVALID ? INVALID : ({ ...v, kind } as never);
+    },
+  };
+}
+
+/** Adds the line the value starts on, for reports that point back into the file. */
+export function located<T extends object>(schema: Schema<T>): Schema<T & { line: number }> {
+  return {
+    expected: schema.expected,
+    read(node, at, ctx) {
+      const v = schema.read(node, at, ctx);
+      return v === INVALID ? v : { ...v, line: ctx.lines.linePos(offsetOf(node, at.offset)).line };
+    },
+  };
+}
+
+/** Defers to a schema defined later: for recursive formats. */
+export function lazy<T>(get: () => Schema<T>, expected: string): Schema<T> {
+  return { expected, read: (node, at, ctx) => get().read(node, at, ctx) };
+}
+
+/** A schema with one more rule on the value it read. */
+export function refine<T>(schema: Schema<T>, check: (v: T) => string | undefined): Schema<T> {
+  return {
+    expected: schema.expected,
+    read(node, at, ctx) {
+      const v = schema.read(node, at, ctx);
+      if (v === INVALID) return v;
+      const problem = check(v);
+      return problem ? report(ctx, { ...at, offset: offsetOf(node, at.offset) }, problem) : v;
+    },
+  };
+}
+
+/** ` (did you mean 'payload'?)` when a key is one or two edits from a known one. */
+function suggest(word: string, candidates: string[]): string {
+  let best: string | undefined;
+  let bestD = 3;
+  for (const c of candidates) {
+    const d = distance(word, c);
+    if (d < bestD) [best, bestD] = [c, d];
+  }
+  return best && word ? ` (did you mean '${best}'?)` : '';
+}
+
+function distance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    let prev = row[0]!;
+    row[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const tmp = row[j]!;
+      row[j] = Math.min(row[j]! + 1, row[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
+      prev = tmp;
+    }
+  }
+  return row[b.length]!;
+}
