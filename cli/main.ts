@@ -7,6 +7,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { runClient, startProxy, startServer, StartError } from '../actors/index.js';
 import type { Result } from '../actors/client.js';
 import { runDemo } from './demo.js';
+import { scenarioCommand } from './scenario.js';
 import {
   loadPackets, logOptions, makeLogger, normaliseArgv, parseEndpoint, parseIntOption, parsePort, UsageError, type LogFlags,
 } from './common.js';
@@ -112,6 +113,8 @@ export function buildProgram(setExit: (code: number) => void): Command {
   ).action(async (o: LogFlags & { port: number; pkt: string; keep?: boolean }) => {
     setExit(await runDemo(o));
   });
+
+  program.addCommand(scenarioCommand(setExit));
 
   return program;
 }

@@ -4,7 +4,8 @@
  * it is stopped, ids are unique). Any problem refuses the file before anything
  * starts, naming file:line:column and what was expected there.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
 import { scenarioSpec, type Scenario, type Step } from './format.js';
 import { INVALID, type Issue, type ReadContext } from './schema.js';
@@ -66,11 +67,17 @@ function checkStory(sc: Scenario, issues: Issue[]): void {
   const walk = (steps: Step[], path: string): void => {
     steps.forEach((st, i) => {
       const at = `${path}[${i}]`;
+      const target = st.kind === 'kill' ? st.kill.server : st.kind === 'stop' ? st.stop.server : undefined;
       if (st.kind === 'start') started.add(st.start.server.id);
-      else if ((st.kind === 'kill' || st.kind === 'stop') && !started.has(st[st.kind].server)) {
+      else if (target !== undefined && !started.has(target)) {
         const known = [...started].join(', ') || 'none';
-        issues.push({ line: st.line, col: 1, path: `${at}.${st.kind}`, message: `server ${st[st.kind].server} is never started before this step (started: ${known})` });
+        issues.push({ line: st.line, col: 1, path: `${at}.${st.kind}`, message: `server ${target} is never started before this step (started: ${known})` });
       } else if (st.kind === 'parallel') walk(st.parallel, `${at}.parallel`);
+      else if (st.kind === 'send') {
+        for (const p of st.send.pkt ?? []) {
+          if (!existsSync(resolve(dirname(sc.file), p))) issues.push({ line: st.line, col: 1, path: `${at}.send.pkt`, message: `packet file ${p} does not exist (paths are relative to the scenario file)` });
+        }
+      }
     });
   };
   walk(sc.steps, 'steps');

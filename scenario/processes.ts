@@ -1,0 +1,133 @@
+/**
+ * Scenario actors as real `revproxy` processes, started with the same command
+ * lines a user types. The proxy runs with `--log-format json`: its register
+ * and deregister records (carrying id and policy) are how this side sees the
+ * pools, as any log reader can.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import type { LogRecord } from '../actors/logger.js';
+import type { ProxySpec, ServerSpec } from './format.js';
+import { ProxyEvents, type RunningServer, type Topology } from './topology.js';
+
+const BIN = fileURLToPath(new URL('../cli/revproxy.js', import.meta.url));
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const START_MS = 15_000;
+
+/** One child process: its last lines of output, and a promise of its exit. */
+class Child {
+  readonly proc: ChildProcess;
+  readonly tail: string[] = [];
+  readonly exited: Promise<number>;
+
+  constructor(args: string[], onLine: (line: string) => void) {
+    this.proc = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const lines = (stream: NodeJS.ReadableStream): void => {
+      let buf = '';
+      stream.setEncoding('utf8');
+      stream.on('data', (t: string) => {
+        const parts = (buf + t).split('\n');
+        buf = parts.pop()!;
+        for (const l of parts) {
+          this.tail.push(l);
+          if (this.tail.length > 20) this.tail.shift();
+          onLine(l);
+        }
+      });
+    };
+    lines(this.proc.stdout!);
+    lines(this.proc.stderr!);
+    this.exited = new Promise((resolve) => this.proc.once('exit', (code, sig) => resolve(code ?? (sig ? 128 : 1))));
+  }
+
+  /** Why it ended, in its own words: its last error line, or its last line. */
+  async why(): Promise<string> {
+    const code = await this.exited;
+    const said = this.tail.map(readable).filter(Boolean);
+    return `exited with status ${code}${said.length ? `: ${said[said.length - 1]}` : ''}`;
+  }
+
+  stop(signal: NodeJS.Signals): Promise<number> {
+    if (this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill(signal);
+    return this.exited;
+  }
+}
+
+/** A JSON log line's sentence, or the line itself. */
+function readable(line: string): string {
+  try {
+    const rec = JSON.parse(line) as LogRecord;
+    return rec.msg ?? line;
+  } catch {
+    return line.trim();
+  }
+}
+
+export class ProcessTopology implements Topology {
+  readonly mode = 'processes';
+  readonly events = new ProxyEvents();
+  port = 0;
+  private proxy?: Child;
+  private spec: ProxySpec = {};
+  private readonly servers = new Map<string, Child>();
+
+  async startProxy(spec: ProxySpec): Promise<void> {
+    this.spec = spec;
+    const args = ['proxy', '--port', String(this.port), '--log-format', 'json', '--log-level', 'info'];
+    if (spec.timeout !== undefined) args.push('--timeout', String(spec.timeout));
+    if (spec.max_frame !== undefined) args.push('--max-frame', String(spec.max_frame));
+    if (spec.max_client_inflight !== undefined) args.push('--max-client-inflight', String(spec.max_client_inflight));
+    const since = this.events.mark();
+    const child = new Child(args, (line) => {
+      if (!line.startsWith('{')) return;
+      try {
+        this.events.push(JSON.parse(line) as LogRecord);
+      } catch {
+        // not a log record: kept in the tail for messages
+      }
+    });
+    this.proxy = child;
+    const up = await this.events.next(since, (r) => r.event === 'listening', START_MS, child.exited);
+    if (!up) throw new Error(`the proxy process did not start: ${child.proc.exitCode !== null ? await child.why() : `no 'listening' record within ${START_MS} ms`}`);
+    this.port = Number(up.port);
+  }
+
+  async restartProxy(): Promise<void> {
+    await this.proxy?.stop('SIGTERM');
+    this.events.forgetPools();
+    await this.startProxy(this.spec);
+  }
+
+  async startServer(spec: ServerSpec): Promise<RunningServer> {
+    const args = ['server', '--id', spec.id, '--pp', spec.policy, '--listen', '0', '--revproc', `127.0.0.1:${this.port}`, '--log-format', 'json', '--log-level', 'warn'];
+    if (spec.behaviour) args.push('--behaviour', spec.behaviour);
+    const child = new Child(args, () => {});
+    this.servers.set(spec.id, child);
+    return { ended: child.why() };
+  }
+
+  async stopServer(id: string): Promise<void> {
+    await this.take(id).stop('SIGTERM');
+  }
+
+  async killServer(id: string): Promise<void> {
+    await this.take(id).stop('SIGKILL');
+  }
+
+  pools(): Record<string, string[]> {
+    return this.events.pools();
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.servers.values(), ...(this.proxy ? [this.proxy] : [])];
+    this.servers.clear();
+    await Promise.all(all.map((c) => c.stop('SIGKILL')));
+  }
+
+  private take(id: string): Child {
+    const child = this.servers.get(id);
+    if (!child) throw new Error(`server ${id} is not running`);
+    this.servers.delete(id);
+    return child;
+  }
+}

@@ -1,0 +1,97 @@
+/**
+ * The actors a scenario drives, behind one interface with two builds: actors
+ * in this process (through actors/index.ts, as a library user has them) and
+ * real `revproxy` processes (processes.ts). Both feed the proxy's own log
+ * records into `ProxyEvents`: registration and leaving are read from there,
+ * the same way in both modes.
+ */
+import type { LogRecord } from '../actors/logger.js';
+import type { ProxySpec, ServerSpec } from './format.js';
+
+/** The proxy's log events the runner follows; the rest are dropped to keep memory flat. */
+const LIFECYCLE = new Set(['listening', 'register', 'register_refused', 'deregister', 'stopped']);
+
+/**
+ * The proxy's lifecycle log records, in order, with pool membership derived
+ * from them (register appends, deregister removes: the pool's own rule).
+ */
+export class ProxyEvents {
+  private readonly records: LogRecord[] = [];
+  private readonly waiters = new Set<() => void>();
+  private readonly members = new Map<string, string[]>();
+
+  push(rec: LogRecord): void {
+    if (!LIFECYCLE.has(rec.event)) return;
+    this.records.push(rec);
+    const id = String(rec.id ?? '');
+    const policy = String(rec.policy ?? '');
+    if (rec.event === 'register') this.members.set(policy, [...(this.members.get(policy) ?? []), id]);
+    if (rec.event === 'deregister') this.members.set(policy, (this.members.get(policy) ?? []).filter((m) => m !== id));
+    for (const w of this.waiters) w();
+  }
+
+  /** A position: `next(since)` looks only at records after it. */
+  mark(): number {
+    return this.records.length;
+  }
+
+  /** The proxy restarted: its pools start empty. */
+  forgetPools(): void {
+    this.members.clear();
+  }
+
+  pools(): Record<string, string[]> {
+    return Object.fromEntries([...this.members].filter(([, m]) => m.length > 0));
+  }
+
+  isMember(id: string): boolean {
+    return [...this.members.values()].some((m) => m.includes(id));
+  }
+
+  /** The first record after `since` that matches, or undefined once `ms` have passed or `stop` settles. */
+  next(since: number, match: (r: LogRecord) => boolean, ms: number, stop?: Promise<unknown>): Promise<LogRecord | undefined> {
+    return new Promise((resolve) => {
+      let i = since;
+      const finish = (r: LogRecord | undefined): void => {
+        this.waiters.delete(check);
+        clearTimeout(timer);
+        resolve(r);
+      };
+      const check = (): void => {
+        for (; i < this.records.length; i++) if (match(this.records[i]!)) return finish(this.records[i]);
+      };
+      const timer = setTimeout(() => finish(undefined), ms);
+      this.waiters.add(check);
+      void stop?.then(() => {
+        check();
+        finish(undefined);
+      });
+      check();
+    });
+  }
+}
+
+export interface RunningServer {
+  /** Settles with the reason when the server stops or fails on its own. */
+  ended: Promise<string>;
+}
+
+export interface Topology {
+  readonly mode: 'in-process' | 'processes';
+  /** The proxy's port (fresh and ephemeral; kept across a restart). */
+  readonly port: number;
+  readonly events: ProxyEvents;
+  startProxy(spec: ProxySpec): Promise<void>;
+  /** Stop the proxy and start it again on the same port. */
+  restartProxy(): Promise<void>;
+  /** Resolves once the server runs and has sent its setup; the runner waits for the proxy's answer. */
+  startServer(spec: ServerSpec): Promise<RunningServer>;
+  /** Graceful: as SIGTERM. */
+  stopServer(id: string): Promise<void>;
+  /** Abrupt: as SIGKILL. */
+  killServer(id: string): Promise<void>;
+  /** Each policy's members in rotation order. */
+  pools(): Record<string, string[]>;
+  /** End everything still running. */
+  close(): Promise<void>;
+}
