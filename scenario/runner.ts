@@ -150,7 +150,7 @@ class Run {
     }
     const got = rec.event === 'register' ? 'registered' : String(rec.code ?? 'refused');
     if (refused !== undefined) return { diffs: got === refused ? [] : [{ what: 'refused', expected: refused, got, note: rec.msg }], got };
-    if (rec.event !== 'register') throw new Error(`the proxy refused server ${spec.id}: ${rec.msg}`);
+    if (rec.event !== 'register') throw new Error(`the proxy refused server ${spec.id} (${String(rec.code ?? "?")}): ${rec.msg}`);
     return { diffs: [], got };
   }
 

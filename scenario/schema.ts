@@ -200,7 +200,9 @@ export function object<F extends Fields>(what: string, fields: F, check?: (v: Ob
         const keyAt = { path: at.path ? `${at.path}.${key}` : key, offset: offsetOf(pair.key, offset) };
         const field = fields[key];
         if (!field) {
-          report(ctx, keyAt, `unknown key '${key}' in ${what}; expected one of: ${keys.join(', ')}${suggest(key, keys)}`);
+          const near = nearest(key, keys);
+          report(ctx, keyAt, `unknown key '${key}' in ${what}; expected one of: ${keys.join(', ')}${near ? ` (did you mean '${near}'?)` : ''}`);
+          if (near) seen.add(near); // a misspelt key is reported once, not also as missing
           ok = false;
           continue;
         }
@@ -282,15 +284,20 @@ export function refine<T>(schema: Schema<T>, check: (v: T) => string | undefined
   };
 }
 
-/** ` (did you mean 'payload'?)` when a key is one or two edits from a known one. */
-function suggest(word: string, candidates: string[]): string {
+/** The known word one or two edits away, when there is one: for "did you mean". */
+function nearest(word: string, candidates: string[]): string | undefined {
   let best: string | undefined;
   let bestD = 3;
   for (const c of candidates) {
     const d = distance(word, c);
     if (d < bestD) [best, bestD] = [c, d];
   }
-  return best && word ? ` (did you mean '${best}'?)` : '';
+  return word ? best : undefined;
+}
+
+function suggest(word: string, candidates: string[]): string {
+  const near = nearest(word, candidates);
+  return near ? ` (did you mean '${near}'?)` : '';
 }
 
 function distance(a: string, b: string): number {
