@@ -4,7 +4,8 @@
  */
 import type { Result } from '../actors/client.js';
 import { MsgType, type Message } from '../transport/messages.js';
-import type { RawExpect, SendExpect } from './format.js';
+import type { PoolExpect, RawExpect, SendExpect } from './format.js';
+import type { PoolState } from './topology.js';
 
 /** One way what happened differs from what was expected. */
 export interface Diff {
@@ -112,8 +113,12 @@ export function describeAnswer(m: Message): string {
   return `message type ${m.type}`;
 }
 
-export function checkPool(policy: string, expected: string[], got: string[]): Diff[] {
-  return firstDifference(expected, got) < 0 ? [] : [{ what: `pool ${policy}`, expected, got, note: got.length ? undefined : `no live member serves policy ${policy}` }];
+export function checkPool(expect: PoolExpect, got: PoolState): Diff[] {
+  const diffs: Diff[] = [];
+  const none = got.members.length ? undefined : `no server is registered for policy ${expect.policy}`;
+  if (expect.members && firstDifference(expect.members, got.members) >= 0) diffs.push({ what: `pool ${expect.policy} members`, expected: expect.members, got: got.members, note: none });
+  if (expect.serving && firstDifference(expect.serving, got.serving) >= 0) diffs.push({ what: `pool ${expect.policy} serving`, expected: expect.serving, got: got.serving, note: none });
+  return diffs;
 }
 
 function firstDifference(a: string[], b: string[]): number {

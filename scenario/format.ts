@@ -6,7 +6,7 @@
 import { ERROR_CODES } from '../transport/errors.js';
 import {
   anything, dict, flag, fraction, lazy, list, located, name, object, oneOf, opt, refine, req, scalar, tagged, text, whole,
-  type Infer, type Schema,
+  type Field, type Infer, type Schema,
 } from './schema.js';
 
 /** A key the format knows but this build cannot honour yet: refused with the reason, never silently ignored. */
@@ -20,11 +20,33 @@ const ms = whole('milliseconds');
 export const OUTCOME_CODES = [...ERROR_CODES, 'CLIENT_TIMEOUT', 'CONNECTION_LOST', 'CONNECT_FAILED'] as const;
 const code = oneOf(OUTCOME_CODES);
 
+/**
+ * Proxy options a scenario may set: the key in the file, the library's option
+ * (in-process) and the `revproxy proxy` flag (--processes), in one table.
+ */
+export const PROXY_OPTIONS = {
+  timeout: { option: 'timeoutMs', flag: '--timeout', min: 1, doc: 'every request is answered within this many ms' },
+  retries: { option: 'retries', flag: '--retries', min: 0, doc: 'retries of a failed try on other servers of the policy' },
+  try_timeout: { option: 'tryTimeoutMs', flag: '--try-timeout', min: 1, doc: 'timeout of one try in ms' },
+  max_frame: { option: 'maxFrameBytes', flag: '--max-frame', min: 16, doc: 'largest frame accepted, in bytes' },
+  max_connections: { option: 'maxConnections', flag: '--max-connections', min: 1, doc: 'connections open at once' },
+  max_client_inflight: { option: 'maxClientInflight', flag: '--max-client-inflight', min: 1, doc: 'unanswered requests per client connection' },
+  max_server_inflight: { option: 'maxServerInflight', flag: '--max-server-inflight', min: 1, doc: 'requests in flight to one server' },
+  queue_limit: { option: 'queueLimit', flag: '--queue-limit', min: 0, doc: 'requests a policy may hold waiting' },
+  ping_interval: { option: 'pingIntervalMs', flag: '--ping-interval', min: 10, doc: 'ms between PINGs to each server' },
+  ping_misses: { option: 'pingMisses', flag: '--ping-misses', min: 1, doc: 'missed PONGs that remove a server' },
+  eject_after: { option: 'ejectAfter', flag: '--eject-after', min: 1, doc: 'consecutive failures that eject a server' },
+  eject_time: { option: 'ejectBaseMs', flag: '--eject-time', min: 1, doc: 'ejection time in ms, times the ejections' },
+  drain_timeout: { option: 'drainTimeoutMs', flag: '--drain-timeout', min: 0, doc: 'longest drain on stop, in ms' },
+} as const;
+export type ProxyOptionKey = keyof typeof PROXY_OPTIONS;
+
+const proxyFields = Object.fromEntries(
+  Object.entries(PROXY_OPTIONS).map(([k, o]) => [k, opt(whole(`${o.doc}`, o.min), o.flag)]),
+) as { [K in ProxyOptionKey]: Field<number, false> };
+
 export const proxySpec = object('proxy', {
-  timeout: opt(whole('the request timeout in milliseconds', 1), 'request timeout (--timeout)'),
-  max_frame: opt(whole('the largest frame in bytes', 16), 'largest frame accepted (--max-frame)'),
-  max_client_inflight: opt(whole('unanswered requests per client connection', 1), '--max-client-inflight'),
-  retries: opt(planned(whole('retries', 0), 'retries are not in this build yet: the proxy learns them with fault tolerance (issue 4)')),
+  ...proxyFields,
   token: opt(planned(text, 'registration secrets are not in this build yet (issue 5)')),
 });
 
@@ -37,7 +59,7 @@ export const serverSpec = object('server', {
     ),
     'msgpack (default) or json',
   ),
-  behaviour: opt(oneOf(['normal', 'silent'] as const), 'normal answers; silent accepts requests and never answers'),
+  behaviour: opt(oneOf(['normal', 'silent', 'fail'] as const), 'normal answers; silent accepts requests and never answers; fail answers every request with an error'),
   token: opt(planned(text, 'registration secrets are not in this build yet (issue 5)')),
 });
 
@@ -108,7 +130,13 @@ const leafKinds = {
   wait: object('wait step', { wait: req(ms), ...common }),
   restart: object('restart step', { restart: req(oneOf(['proxy'] as const)), ...common }),
   expect_pool: object('expect_pool step', {
-    expect_pool: req(object('expect_pool', { policy: req(name), members: req(list(name), 'in rotation order') })),
+    expect_pool: req(
+      object('expect_pool', {
+        policy: req(name),
+        members: opt(list(name), 'every member, in rotation order'),
+        serving: opt(list(name), 'the members taking requests now (not down, not ejected), in rotation order'),
+      }, (v) => (v.members === undefined && v.serving === undefined ? 'needs `members`, `serving` or both' : undefined)),
+    ),
     ...common,
   }),
 };
@@ -150,4 +178,5 @@ export type ServerSpec = Infer<typeof serverSpec>;
 export type ProxySpec = Infer<typeof proxySpec>;
 export type SendExpect = Infer<typeof sendExpect>;
 export type RawExpect = Infer<typeof rawExpect>;
+export type PoolExpect = StepOf<'expect_pool'>['expect_pool'];
 export type Scenario = Infer<typeof scenarioSpec> & { file: string; servers: Array<ServerSpec & { line: number }> };

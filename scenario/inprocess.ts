@@ -2,9 +2,9 @@
  * Scenario actors in this process, started through the library's public
  * surface (actors/index.ts): startProxy, startServer, ProxyHandle.pools().
  */
-import { Logger, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
-import type { ProxySpec, ServerSpec } from './format.js';
-import { ProxyEvents, type RunningServer, type Topology } from './topology.js';
+import { Logger, startProxy, startServer, type LogRecord, type ProxyHandle, type ProxyOptions, type ServerHandle } from '../actors/index.js';
+import { PROXY_OPTIONS, type ProxyOptionKey, type ProxySpec, type ServerSpec } from './format.js';
+import { ProxyEvents, type PoolState, type RunningServer, type Topology } from './topology.js';
 
 const LOCAL = '127.0.0.1';
 
@@ -15,18 +15,18 @@ export class InProcessTopology implements Topology {
   private proxy?: ProxyHandle;
   private spec: ProxySpec = {};
   private readonly servers = new Map<string, ServerHandle>();
+  /** Every server started, also those a later one with the same id replaced in `servers`. */
+  private readonly all: ServerHandle[] = [];
 
   async startProxy(spec: ProxySpec): Promise<void> {
     this.spec = spec;
-    const logger = new Logger('proxy', (rec: LogRecord) => this.events.push(rec), 'info');
-    this.proxy = await startProxy({
-      port: this.port,
-      host: LOCAL,
-      timeoutMs: spec.timeout,
-      maxFrameBytes: spec.max_frame,
-      maxClientInflight: spec.max_client_inflight,
-      logger,
-    });
+    // Debug: 'serving' (the proxy reaches a new server) is a debug record.
+    const logger = new Logger('proxy', (rec: LogRecord) => this.events.push(rec), 'debug');
+    const options: Record<string, number> = {};
+    for (const key of Object.keys(PROXY_OPTIONS) as ProxyOptionKey[]) {
+      if (spec[key] !== undefined) options[PROXY_OPTIONS[key].option] = spec[key];
+    }
+    this.proxy = await startProxy({ ...(options as ProxyOptions), port: this.port, host: LOCAL, logger });
     this.port = this.proxy.port;
   }
 
@@ -44,8 +44,11 @@ export class InProcessTopology implements Topology {
       listenHost: LOCAL,
       proxy: { host: LOCAL, port: this.port },
       behaviour: spec.behaviour,
+      // As `revproxy server` does: the runner waits for the proxy's word itself.
+      waitForRegistration: false,
     });
     this.servers.set(spec.id, handle);
+    this.all.push(handle);
     const ended = new Promise<string>((resolve) => {
       const done = (): void => {
         const snap = handle.actor.getSnapshot();
@@ -65,14 +68,14 @@ export class InProcessTopology implements Topology {
     this.take(id).kill();
   }
 
-  pools(): Record<string, string[]> {
-    const out: Record<string, string[]> = {};
-    for (const [policy, p] of Object.entries(this.proxy?.pools() ?? {})) if (p.members.length) out[policy] = p.members;
+  pools(): Record<string, PoolState> {
+    const out: Record<string, PoolState> = {};
+    for (const [policy, p] of Object.entries(this.proxy?.pools() ?? {})) if (p.members.length) out[policy] = { members: p.members, serving: p.serving };
     return out;
   }
 
   async close(): Promise<void> {
-    for (const s of this.servers.values()) s.kill();
+    for (const s of this.all) s.kill();
     this.servers.clear();
     await this.proxy?.stop();
   }

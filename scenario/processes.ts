@@ -7,8 +7,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { LogRecord } from '../actors/logger.js';
-import type { ProxySpec, ServerSpec } from './format.js';
-import { ProxyEvents, type RunningServer, type Topology } from './topology.js';
+import { PROXY_OPTIONS, type ProxyOptionKey, type ProxySpec, type ServerSpec } from './format.js';
+import { ProxyEvents, type PoolState, type RunningServer, type Topology } from './topology.js';
 
 const BIN = fileURLToPath(new URL('../cli/revproxy.js', import.meta.url));
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -70,13 +70,16 @@ export class ProcessTopology implements Topology {
   private proxy?: Child;
   private spec: ProxySpec = {};
   private readonly servers = new Map<string, Child>();
+  /** Every server started, also those a later one with the same id replaced in `servers`. */
+  private readonly all: Child[] = [];
 
   async startProxy(spec: ProxySpec): Promise<void> {
     this.spec = spec;
-    const args = ['proxy', '--port', String(this.port), '--log-format', 'json', '--log-level', 'info'];
-    if (spec.timeout !== undefined) args.push('--timeout', String(spec.timeout));
-    if (spec.max_frame !== undefined) args.push('--max-frame', String(spec.max_frame));
-    if (spec.max_client_inflight !== undefined) args.push('--max-client-inflight', String(spec.max_client_inflight));
+    // Debug: 'serving' (the proxy reaches a new server) is a debug record.
+    const args = ['proxy', '--port', String(this.port), '--log-format', 'json', '--log-level', 'debug'];
+    for (const key of Object.keys(PROXY_OPTIONS) as ProxyOptionKey[]) {
+      if (spec[key] !== undefined) args.push(PROXY_OPTIONS[key].flag, String(spec[key]));
+    }
     const since = this.events.mark();
     const child = new Child(args, (line) => {
       if (!line.startsWith('{')) return;
@@ -103,6 +106,7 @@ export class ProcessTopology implements Topology {
     if (spec.behaviour) args.push('--behaviour', spec.behaviour);
     const child = new Child(args, () => {});
     this.servers.set(spec.id, child);
+    this.all.push(child);
     return { ended: child.why() };
   }
 
@@ -114,12 +118,12 @@ export class ProcessTopology implements Topology {
     await this.take(id).stop('SIGKILL');
   }
 
-  pools(): Record<string, string[]> {
+  pools(): Record<string, PoolState> {
     return this.events.pools();
   }
 
   async close(): Promise<void> {
-    const all = [...this.servers.values(), ...(this.proxy ? [this.proxy] : [])];
+    const all = [...this.all, ...(this.proxy ? [this.proxy] : [])];
     this.servers.clear();
     await Promise.all(all.map((c) => c.stop('SIGKILL')));
   }

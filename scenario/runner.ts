@@ -11,7 +11,7 @@ import { runClient, type Packet } from '../actors/index.js';
 import { loadPackets } from '../cli/common.js';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import { checkPool, checkRaw, checkSend, rawSettled, summariseSend, type Diff, type RawSummary } from './expect.js';
-import type { RawStep, Scenario, SendStep, ServerSpec, Step } from './format.js';
+import type { PoolExpect, RawStep, Scenario, SendStep, ServerSpec, Step } from './format.js';
 import { InProcessTopology } from './inprocess.js';
 import { ProcessTopology } from './processes.js';
 import type { Topology } from './topology.js';
@@ -131,7 +131,7 @@ class Run {
       case 'restart':
         return this.timed(head, t, () => this.topo.restartProxy().then(() => ({ diffs: [], got: { port: this.topo.port } })));
       case 'expect_pool':
-        return this.timed(head, undefined, () => this.pool(st.expect_pool.policy, st.expect_pool.members, t));
+        return this.timed(head, undefined, () => this.pool(st.expect_pool, t));
       case 'parallel':
         return this.timed(head, undefined, async () => ({ diffs: [], steps: await Promise.all(st.parallel.map((s) => this.step(s))) }));
       default:
@@ -150,8 +150,12 @@ class Run {
     }
     const got = rec.event === 'register' ? 'registered' : String(rec.code ?? 'refused');
     if (refused !== undefined) return { diffs: got === refused ? [] : [{ what: 'refused', expected: refused, got, note: rec.msg }], got };
-    if (rec.event !== 'register') throw new Error(`the proxy refused server ${spec.id} (${String(rec.code ?? "?")}): ${rec.msg}`);
-    return { diffs: [], got };
+    if (rec.event !== 'register') throw new Error(`the proxy refused server ${spec.id} (${String(rec.code ?? '?')}): ${rec.msg}`);
+    // Registered is not yet serving: the proxy first connects to the server's listen port.
+    const up = await this.topo.events.next(since, (r) => (r.event === 'serving' || r.event === 'down') && String(r.id) === spec.id, ms, running.ended);
+    if (!up) throw new Error(`the proxy registered server ${spec.id} but did not reach it within ${ms} ms`);
+    if (up.event === 'down') throw new Error(`the proxy registered server ${spec.id} but cannot reach it: ${up.msg}`);
+    return { diffs: [], got: 'serving' };
   }
 
   /** Kill or stop a server; done when the proxy has taken it out of its pool. */
@@ -219,11 +223,11 @@ class Run {
   }
 
   /** Pools change as the proxy hears of arrivals and departures: wait up to the deadline for the expected members. */
-  async pool(policy: string, members: string[], ms: number): Promise<Outcome> {
+  async pool(expect: PoolExpect, ms: number): Promise<Outcome> {
     const until = performance.now() + ms;
     for (;;) {
-      const got = this.topo.pools()[policy] ?? [];
-      const diffs = checkPool(policy, members, got);
+      const got = this.topo.pools()[expect.policy] ?? { members: [], serving: [] };
+      const diffs = checkPool(expect, got);
       if (diffs.length === 0 || performance.now() >= until) return { diffs, got };
       await sleep(10);
     }
@@ -260,8 +264,11 @@ export function labelOf(st: Step): string {
       return `wait ${st.wait} ms`;
     case 'restart':
       return 'restart proxy';
-    case 'expect_pool':
-      return `pool ${st.expect_pool.policy} is [${st.expect_pool.members.join(', ')}]`;
+    case 'expect_pool': {
+      const e = st.expect_pool;
+      const parts = [e.members && `[${e.members.join(', ')}]`, e.serving && `serving [${e.serving.join(', ')}]`].filter(Boolean);
+      return `pool ${e.policy} is ${parts.join(', ')}`;
+    }
     case 'parallel':
       return `in parallel: ${st.parallel.length} steps`;
   }

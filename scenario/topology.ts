@@ -9,7 +9,15 @@ import type { LogRecord } from '../actors/logger.js';
 import type { ProxySpec, ServerSpec } from './format.js';
 
 /** The proxy's log events the runner follows; the rest are dropped to keep memory flat. */
-const LIFECYCLE = new Set(['listening', 'register', 'register_refused', 'deregister', 'stopped']);
+const LIFECYCLE = new Set(['listening', 'register', 'register_refused', 'serving', 'down', 'eject', 'readmit', 'deregister', 'stopped']);
+
+/** A pool as a scenario sees it. */
+export interface PoolState {
+  /** Every member, in rotation order. */
+  members: string[];
+  /** Members taking requests now: reachable, not ejected. */
+  serving: string[];
+}
 
 /**
  * The proxy's lifecycle log records, in order, with pool membership derived
@@ -19,6 +27,7 @@ export class ProxyEvents {
   private readonly records: LogRecord[] = [];
   private readonly waiters = new Set<() => void>();
   private readonly members = new Map<string, string[]>();
+  private readonly serving = new Set<string>();
 
   push(rec: LogRecord): void {
     if (!LIFECYCLE.has(rec.event)) return;
@@ -26,7 +35,11 @@ export class ProxyEvents {
     const id = String(rec.id ?? '');
     const policy = String(rec.policy ?? '');
     if (rec.event === 'register') this.members.set(policy, [...(this.members.get(policy) ?? []), id]);
-    if (rec.event === 'deregister') this.members.set(policy, (this.members.get(policy) ?? []).filter((m) => m !== id));
+    if (rec.event === 'deregister') {
+      for (const [p, m] of this.members) this.members.set(p, m.filter((x) => x !== id));
+    }
+    if (rec.event === 'serving' || rec.event === 'readmit') this.serving.add(id);
+    if (rec.event === 'down' || rec.event === 'eject' || rec.event === 'deregister') this.serving.delete(id);
     for (const w of this.waiters) w();
   }
 
@@ -38,10 +51,15 @@ export class ProxyEvents {
   /** The proxy restarted: its pools start empty. */
   forgetPools(): void {
     this.members.clear();
+    this.serving.clear();
   }
 
-  pools(): Record<string, string[]> {
-    return Object.fromEntries([...this.members].filter(([, m]) => m.length > 0));
+  pools(): Record<string, PoolState> {
+    const out: Record<string, PoolState> = {};
+    for (const [policy, members] of this.members) {
+      if (members.length) out[policy] = { members, serving: members.filter((m) => this.serving.has(m)) };
+    }
+    return out;
   }
 
   isMember(id: string): boolean {
@@ -90,8 +108,8 @@ export interface Topology {
   stopServer(id: string): Promise<void>;
   /** Abrupt: as SIGKILL. */
   killServer(id: string): Promise<void>;
-  /** Each policy's members in rotation order. */
-  pools(): Record<string, string[]>;
+  /** Each policy's members in rotation order, and those serving. */
+  pools(): Record<string, PoolState>;
   /** End everything still running. */
   close(): Promise<void>;
 }

@@ -17,7 +17,9 @@ function failures(r: ScenarioReport): string {
 const inProcess = suite('scenarios, in-process');
 
 inProcess('spec/scenarios holds the scenarios the issue asks for', () => {
-  for (const f of ['demo.yaml', 'round-robin.yaml', 'join-leave.yaml', 'no-server.yaml', 'bad-input.yaml']) assert.ok(files.includes(f), f);
+  for (const f of ['demo.yaml', 'round-robin.yaml', 'join-leave.yaml', 'no-server.yaml', 'bad-input.yaml', 'failover.yaml', 'drain.yaml', 'proxy-restart.yaml']) {
+    assert.ok(files.includes(f), f);
+  }
 });
 
 for (const f of files) {
@@ -34,11 +36,12 @@ inProcess.run();
 const processes = suite('scenarios, as revproxy processes');
 processes.after.each(killAll);
 
-processes("`revproxy scenario --processes --json` runs the assignment's example with real proxy and server processes", async () => {
-  const run = revproxy(['scenario', '--processes', '--json', 'spec/scenarios/round-robin.yaml']);
+processes("`revproxy scenario --processes --json` runs the assignment's example and a proxy restart with real processes", async () => {
+  const run = revproxy(['scenario', '--processes', '--json', 'spec/scenarios/round-robin.yaml', 'spec/scenarios/proxy-restart.yaml']);
   assert.is(await run.exited, 0, run.out.join('\n'));
   const report = JSON.parse(run.out.find((l) => l.startsWith('{'))!);
   assert.is(report.ok, true);
+  assert.is(report.passed, 2);
   const [sc] = report.scenarios;
   assert.is(sc.mode, 'processes');
   const five = sc.steps.find((s: { line?: number }) => s.line === 7);
