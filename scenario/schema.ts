@@ -113,15 +113,24 @@ export const anything: Schema<unknown> = {
   },
 };
 
+const keyOf = (pair: Pair): string => String(isScalar(pair.key) ? pair.key.value : pair.key);
+
+/** Resolves aliases and checks the node's kind; refuses anything else with what was expected. */
+function shaped<N>(node: unknown, at: At, ctx: ReadContext, is: (n: unknown) => n is N, expected: string): { n: N; offset: number } | typeof INVALID {
+  const n = resolve(node, ctx);
+  const offset = offsetOf(n, at.offset);
+  return is(n) ? { n, offset } : report(ctx, { ...at, offset }, `expected ${expected}, got ${shown(n, ctx)}`);
+}
+
 export function list<T>(item: Schema<T>, opts: { min?: number } = {}): Schema<T[]> {
   const min = opts.min ?? 0;
   const expected = `a list${min ? ` of at least ${min}` : ''} of ${item.expected}`;
   return {
     expected,
     read(node, at, ctx) {
-      const n = resolve(node, ctx);
-      const offset = offsetOf(n, at.offset);
-      if (!isSeq(n)) return report(ctx, { ...at, offset }, `expected ${expected}, got ${shown(n, ctx)}`);
+      const got = shaped(node, at, ctx, isSeq, expected);
+      if (got === INVALID) return got;
+      const { n, offset } = got;
       if (n.items.length < min) return report(ctx, { ...at, offset }, `expected ${expected}, got ${n.items.length}`);
       const out: T[] = [];
       let ok = true;
@@ -141,13 +150,13 @@ export function dict<T>(value: Schema<T>): Schema<Record<string, T>> {
   return {
     expected,
     read(node, at, ctx) {
-      const n = resolve(node, ctx);
-      const offset = offsetOf(n, at.offset);
-      if (!isMap(n)) return report(ctx, { ...at, offset }, `expected ${expected}, got ${shown(n, ctx)}`);
+      const got = shaped(node, at, ctx, isMap, expected);
+      if (got === INVALID) return got;
+      const { n, offset } = got;
       const out: Record<string, T> = {};
       let ok = true;
       for (const pair of n.items) {
-        const key = String(isScalar(pair.key) ? pair.key.value : pair.key);
+        const key = keyOf(pair);
         const v = value.read(pair.value, { path: `${at.path}.${key}`, offset: offsetOf(pair.key, offset) }, ctx);
         if (v === INVALID) ok = false;
         else out[key] = v;
@@ -189,14 +198,14 @@ export function object<F extends Fields>(what: string, fields: F, check?: (v: Ob
     expected,
     fields,
     read(node, at, ctx) {
-      const n = resolve(node, ctx);
-      const offset = offsetOf(n, at.offset);
-      if (!isMap(n)) return report(ctx, { ...at, offset }, `expected ${expected}, got ${shown(n, ctx)}`);
+      const got = shaped(node, at, ctx, isMap, expected);
+      if (got === INVALID) return got;
+      const { n, offset } = got;
       const out: Record<string, unknown> = {};
       const seen = new Set<string>();
       let ok = true;
       for (const pair of n.items as Pair[]) {
-        const key = String(isScalar(pair.key) ? pair.key.value : pair.key);
+        const key = keyOf(pair);
         const keyAt = { path: at.path ? `${at.path}.${key}` : key, offset: offsetOf(pair.key, offset) };
         const field = fields[key];
         if (!field) {
@@ -235,10 +244,10 @@ export function tagged<K extends Record<string, ObjectSchema<Fields>>>(what: str
   return {
     expected,
     read(node, at, ctx) {
-      const n = resolve(node, ctx);
-      const offset = offsetOf(n, at.offset);
-      if (!isMap(n)) return report(ctx, { ...at, offset }, `expected ${expected}, got ${shown(n, ctx)}`);
-      const keys = (n.items as Pair[]).map((p) => String(isScalar(p.key) ? p.key.value : p.key));
+      const got = shaped(node, at, ctx, isMap, expected);
+      if (got === INVALID) return got;
+      const { n, offset } = got;
+      const keys = (n.items as Pair[]).map(keyOf);
       const found = keys.filter((k) => k in kinds);
       if (found.length === 0) {
         const common = new Set(Object.values(kinds).flatMap((s) => Object.keys(s.fields)));
