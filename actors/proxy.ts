@@ -101,6 +101,8 @@ export interface ServerEntry {
   state: MemberState;
   ejections: number;
   probeDelay: number;
+  /** Requests the pool has picked this member for in the batch being routed, not yet handed to its link. */
+  planned: number;
   /** Set while the member is down or being probed: when it went down. */
   downSince?: number;
   timer?: Timer;
@@ -297,7 +299,7 @@ export const proxyMachine = setup({
       });
       enqueue.assign(({ spawn }) => {
         const host = normaliseHost(conn.remoteAddress);
-        const entry = { id: s.id, policy: s.privPolyId, host, port: s.listenport, registration: conn, state: 'connecting', ejections: 0, probeDelay: context.opts.probeInitialMs } as ServerEntry;
+        const entry = { id: s.id, policy: s.privPolyId, host, port: s.listenport, registration: conn, state: 'connecting', planned: 0, ejections: 0, probeDelay: context.opts.probeInitialMs } as ServerEntry;
         const linkSeq = spawnLink(context, entry, spawn);
         context.servers.set(s.id, entry);
         if (!context.pools.has(s.privPolyId)) {
@@ -731,14 +733,20 @@ function refuse(context: ProxyContext, reqs: ProxyRequest[], code: Code, message
   for (const r of reqs) reply(r, errorMsg(code, message));
 }
 
-/** Whether `id` may take `req` now. */
+/**
+ * Whether `id` may take `req` now. The pool picks the first member this
+ * accepts, so a yes is a pick: it is counted in `planned` until the batch is
+ * handed to the link, keeping the in-flight limit exact within one batch.
+ */
 function makeEligible(context: ProxyContext) {
   const max = context.opts.maxServerInflight;
   return (id: string, req: unknown): boolean => {
     const entry = context.servers.get(id);
-    if (!entry || entry.state !== 'serving' || entry.inflight.size >= max) return false;
+    if (!entry || entry.state !== 'serving' || entry.inflight.size + entry.planned >= max) return false;
     const tried = (req as ProxyRequest).tried;
-    return !tried || !tried.includes(id);
+    if (tried && tried.includes(id)) return false;
+    entry.planned++;
+    return true;
   };
 }
 
@@ -754,6 +762,7 @@ function makeDeliver(context: ProxyContext) {
     if (member !== undefined) {
       const entry = context.servers.get(member);
       if (entry) {
+        entry.planned = Math.max(0, entry.planned - reqs.length);
         entry.link.send({ type: 'SEND', requests: reqs });
         return;
       }

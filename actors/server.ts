@@ -44,6 +44,8 @@ export interface ServerOptions {
   maxFrameBytes?: number;
   /** `normal` answers; `silent` accepts requests and never answers; `fail` answers every request with an error (for fault tests). */
   behaviour?: Behaviour;
+  /** Answer each batch of requests this many ms late (for drain and timeout tests). Default 0. */
+  delayMs?: number;
   /** First delay before re-registering with a proxy that went away (ms); doubles up to `reconnectMaxMs`. Default 200. */
   reconnectInitialMs?: number;
   /** Default 5000. */
@@ -226,6 +228,24 @@ export function sha1Hex(payload: string): string {
   return createHash('sha1').update(payload).digest('hex');
 }
 
+function answer(context: ServerContext, conn: Connection, requests: DataMsg[], behaviour: Behaviour): void {
+  const log = context.logger;
+  const verbose = log.enabled('info');
+  const id = context.opts.id;
+  for (const req of requests) {
+    if (behaviour === 'fail') {
+      conn.send(errorMsg(ErrorCode.UPSTREAM_FAILED, `server ${id} is configured to fail every request`, req.seq));
+      continue;
+    }
+    const hash = sha1Hex(req.payload);
+    if (verbose) {
+      log.info('request', `Received a message from client ${req.srcid} payload ${req.payload}`, { client: req.srcid, payload: req.payload });
+      log.info('answer', `Sending a message to the client ${req.srcid} payload ${hash}`, { client: req.srcid, payload: hash });
+    }
+    conn.send({ type: MsgType.ACK, seq: req.seq, srcid: id, destid: req.srcid, payload: hash, payloadsize: hash.length });
+  }
+}
+
 export const serverMachine = setup({
   types: {
     context: {} as ServerContext,
@@ -249,30 +269,17 @@ export const serverMachine = setup({
       if (event.type !== 'REQUESTS') return {};
       const behaviour = context.opts.behaviour ?? 'normal';
       if (behaviour === 'silent') return {};
-      const { conn, requests } = event;
-      const log = context.logger;
-      const verbose = log.enabled('info');
-      const id = context.opts.id;
-      for (const req of requests) {
-        if (behaviour === 'fail') {
-          conn.send(errorMsg(ErrorCode.UPSTREAM_FAILED, `server ${id} is configured to fail every request`, req.seq));
-          continue;
-        }
-        const hash = sha1Hex(req.payload);
-        if (verbose) {
-          log.info('request', `Received a message from client ${req.srcid} payload ${req.payload}`, { client: req.srcid, payload: req.payload });
-          log.info('answer', `Sending a message to the client ${req.srcid} payload ${hash}`, { client: req.srcid, payload: hash });
-        }
-        conn.send({ type: MsgType.ACK, seq: req.seq, srcid: id, destid: req.srcid, payload: hash, payloadsize: hash.length });
-      }
-      return { answered: context.answered + requests.length };
+      const delay = context.opts.delayMs ?? 0;
+      if (delay > 0) context.clock.setTimeout(() => answer(context, event.conn, event.requests, behaviour), delay);
+      else answer(context, event.conn, event.requests, behaviour);
+      return { answered: context.answered + event.requests.length };
     }),
     registered: assign(({ context, event }) => {
       if (event.type !== 'REGISTERED') return {};
       if (event.again) {
         context.logger.info('reregistered', `Registered again with the reverse proxy at ${event.proxy}`, { proxy: event.proxy });
       } else {
-        context.logger.debug('registered', `Registered with the reverse proxy at ${event.proxy}`, { proxy: event.proxy });
+        context.logger.info('registered', `Registered with the reverse proxy at ${event.proxy}`, { proxy: event.proxy });
       }
       return { registered: [...context.registered.filter((p) => p !== event.proxy), event.proxy] };
     }),

@@ -91,15 +91,16 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .option('--host <address>', 'address to listen on', '127.0.0.1')
       .addOption(new Option('--revproc <endpoints>', 'the reverse proxy or proxies to register with: PORT or HOST:PORT, comma-separated').default(parseEndpoints('2100'), '2100').argParser(parseEndpoints))
       .addOption(new Option('--behaviour <kind>', 'normal answers; silent accepts requests and never answers; fail answers every request with an error (for fault tests)').choices(['normal', 'silent', 'fail']).default('normal'))
+      .addOption(new Option('--delay <ms>', 'answer each request this much later (for tests)').default(0).argParser(parseIntOption('--delay', 0)))
       .addOption(new Option('--drain-timeout <ms>', 'on SIGTERM, the longest wait for the proxies to let go').default(5000).argParser(parseIntOption('--drain-timeout', 0)))
       .addHelpText('after', '\nA lost proxy is retried with backoff and the server registers again.\nSIGTERM or SIGINT drains: tells the proxies it is leaving, finishes requests in flight, exits 0.\n\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100\n  revproxy server -id 100 -pp 111 -revproc 2100,2200'),
-  ).action(async (o: LogFlags & { id: string; pp?: string; policy?: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout: number }) => {
+  ).action(async (o: LogFlags & { id: string; pp?: string; policy?: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout: number; delay: number }) => {
     const policy = o.pp ?? o.policy;
     if (!policy) throw new UsageError("required option '--pp <policy>' not specified");
     const logger = makeLogger(`server ${o.id}`, o);
     const server = await startServer({
       id: o.id, policy, listenPort: o.listen, listenHost: o.host, proxies: o.revproc, behaviour: o.behaviour,
-      drainTimeoutMs: o.drainTimeout, logger, waitForRegistration: false,
+      drainTimeoutMs: o.drainTimeout, delayMs: o.delay, logger, waitForRegistration: false,
     });
     await runUntilStopped(server.actor, server.stop);
     setExit(server.actor.getSnapshot().value === 'failed' ? 1 : 0);
