@@ -7,6 +7,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { runClient, startProxy, startServer, StartError } from '../actors/index.js';
 import type { Result } from '../actors/client.js';
 import { runDemo } from './demo.js';
+import { inspectCommand, inspectOptions, startInspection, type InspectFlags } from './inspect.js';
 import {
   loadPackets, logOptions, makeLogger, normaliseArgv, parseEndpoint, parseIntOption, parsePort, UsageError, type LogFlags,
 } from './common.js';
@@ -15,6 +16,11 @@ const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url),
 
 function withLogOptions(cmd: Command): Command {
   for (const o of logOptions()) cmd.addOption(o);
+  return cmd;
+}
+
+function withInspectOptions(cmd: Command): Command {
+  for (const o of inspectOptions()) cmd.addOption(o);
   return cmd;
 }
 
@@ -43,7 +49,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .showHelpAfterError('(add --help for usage)')
     .configureHelp({ showGlobalOptions: false });
 
-  withLogOptions(
+  withLogOptions(withInspectOptions(
     program
       .command('proxy')
       .description('run the reverse proxy')
@@ -53,14 +59,16 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('--max-frame <bytes>', 'largest frame accepted from any peer').default(1024 * 1024).argParser(parseIntOption('--max-frame', 16)))
       .addOption(new Option('--max-client-inflight <n>', 'unanswered requests per client connection before its reads pause').default(4096).argParser(parseIntOption('--max-client-inflight', 1)))
       .addHelpText('after', '\nExample:\n  revproxy proxy -port 2100'),
-  ).action(async (o: LogFlags & { port: number; host: string; timeout: number; maxFrame: number; maxClientInflight: number }) => {
+  )).action(async (o: LogFlags & InspectFlags & { port: number; host: string; timeout: number; maxFrame: number; maxClientInflight: number }) => {
     const logger = makeLogger('proxy', o);
-    const proxy = await startProxy({ port: o.port, host: o.host, timeoutMs: o.timeout, maxFrameBytes: o.maxFrame, maxClientInflight: o.maxClientInflight, logger });
+    const insp = await startInspection(o, 'proxy');
+    const proxy = await startProxy({ port: o.port, host: o.host, timeoutMs: o.timeout, maxFrameBytes: o.maxFrame, maxClientInflight: o.maxClientInflight, logger, ...insp.attach });
     await runUntilStopped(proxy.actor, proxy.stop);
+    await insp.close();
     setExit(0);
   });
 
-  withLogOptions(
+  withLogOptions(withInspectOptions(
     program
       .command('server')
       .description('run a server of one privacy policy, registered with the reverse proxy')
@@ -72,16 +80,18 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('--revproc <endpoint>', 'the reverse proxy: PORT or HOST:PORT').default(parseEndpoint('2100'), '2100').argParser(parseEndpoint))
       .addOption(new Option('--behaviour <kind>', 'normal answers; silent accepts requests and never answers (for fault tests)').choices(['normal', 'silent']).default('normal'))
       .addHelpText('after', '\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100'),
-  ).action(async (o: LogFlags & { id: string; pp?: string; policy?: string; listen: number; host: string; revproc: { host: string; port: number }; behaviour: 'normal' | 'silent' }) => {
+  )).action(async (o: LogFlags & InspectFlags & { id: string; pp?: string; policy?: string; listen: number; host: string; revproc: { host: string; port: number }; behaviour: 'normal' | 'silent' }) => {
     const policy = o.pp ?? o.policy;
     if (!policy) throw new UsageError("required option '--pp <policy>' not specified");
     const logger = makeLogger(`server ${o.id}`, o);
-    const server = await startServer({ id: o.id, policy, listenPort: o.listen, listenHost: o.host, proxy: o.revproc, behaviour: o.behaviour, logger });
+    const insp = await startInspection(o, `server ${o.id}`);
+    const server = await startServer({ id: o.id, policy, listenPort: o.listen, listenHost: o.host, proxy: o.revproc, behaviour: o.behaviour, logger, inspect: insp.attach.inspect });
     await runUntilStopped(server.actor, server.stop);
+    await insp.close();
     setExit(server.actor.getSnapshot().value === 'failed' ? 1 : 0);
   });
 
-  withLogOptions(
+  withLogOptions(withInspectOptions(
     program
       .command('client')
       .description('send packets through the reverse proxy and verify every answer')
@@ -91,27 +101,34 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('--timeout <ms>', 'time to wait for each answer').default(5000).argParser(parseIntOption('--timeout', 1)))
       .addOption(new Option('--window <n>', 'requests in flight at once on the connection').default(64).argParser(parseIntOption('--window', 1)))
       .option('--json', 'print the results as one JSON object at the end')
-      .addHelpText('after', '\nExit status: 0 when every answer is correct, 1 when any is wrong or missing.\n\nExample:\n  revproxy client -id 1 -revproc 2100 -pkt pktfiles/1.json'),
-  ).action(async (o: LogFlags & { id: string; revproc: { host: string; port: number }; pkt: string[]; timeout: number; window: number; json?: boolean }) => {
+      .addHelpText('after', '\nExit status: 0 when every answer is correct, 1 when any is wrong or missing.\nWith --inspect the page stays up after the answers are in, until Ctrl-C.\n\nExample:\n  revproxy client -id 1 -revproc 2100 -pkt pktfiles/1.json'),
+  )).action(async (o: LogFlags & InspectFlags & { id: string; revproc: { host: string; port: number }; pkt: string[]; timeout: number; window: number; json?: boolean }) => {
     const packets = loadPackets(o.pkt, o.id);
     const logger = makeLogger(`client ${o.id}`, o.json ? { ...o, logFormat: 'text', logLevel: 'silent' } : o);
-    const results = await runClient({ id: o.id, proxy: o.revproc, packets, timeoutMs: o.timeout, window: o.window, logger });
+    const insp = await startInspection(o, `client ${o.id}`);
+    const results = await runClient({ id: o.id, proxy: o.revproc, packets, timeoutMs: o.timeout, window: o.window, logger, inspect: insp.attach.inspect });
     const ok = results.filter((r) => r.correct).length;
     if (o.json) process.stdout.write(`${JSON.stringify(summarise(results, packets.map((p) => p.file)))}\n`);
     else if (results.length > 1 || ok < results.length) logger.info('summary', `${ok}/${results.length} answers verified`, { verified: ok, total: results.length });
     setExit(ok === results.length ? 0 : 1);
+    await insp.hold();
+    await insp.close();
   });
 
-  withLogOptions(
+  withLogOptions(withInspectOptions(
     program
       .command('demo')
       .description("run the seed's demo in one terminal: proxy, servers 100/111 200/222 300/111 400/222, clients 1-6")
       .addOption(new Option('-p, --port <port>', 'proxy port; servers listen on port+5, +10, +15, +20 (0 picks free ports)').default(2100).argParser((v) => parsePort(v)))
       .option('--pkt <dir>', 'folder with the clients\' packet files', new URL('../pktfiles', import.meta.url).pathname)
-      .option('--keep', 'keep the proxy and servers running after the clients finish (Ctrl-C stops)'),
-  ).action(async (o: LogFlags & { port: number; pkt: string; keep?: boolean }) => {
-    setExit(await runDemo(o));
+      .option('--keep', 'keep the proxy and servers running after the clients finish (Ctrl-C stops); implied by --inspect'),
+  )).action(async (o: LogFlags & InspectFlags & { port: number; pkt: string; keep?: boolean }) => {
+    const insp = await startInspection(o, 'demo');
+    setExit(await runDemo({ ...o, keep: o.keep || insp.url !== undefined, attach: insp.attach }));
+    await insp.close();
   });
+
+  program.addCommand(inspectCommand(setExit));
 
   return program;
 }
