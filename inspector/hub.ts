@@ -326,13 +326,7 @@ export class Hub {
 
   /** Pools, connections and figures, read from live snapshots. */
   private readLive(now: number): void {
-    const pools: PoolView[] = [];
-    for (const info of this.actors.values()) {
-      if (info.machine !== 'pool' || !info.ref) continue;
-      const snap = info.ref.getSnapshot() as { value: unknown; context: Parameters<typeof poolView>[1] };
-      pools.push(poolView(snap.value, snap.context, (p, m) => this.metrics?.tally(p, m), info.leaves ?? new Map()));
-    }
-    pools.sort((a, b) => a.policy.localeCompare(b.policy));
+    const pools = this.livePools();
     const pj = JSON.stringify(pools);
     if (pj !== this.lastPools) {
       this.lastPools = pj;
@@ -360,6 +354,17 @@ export class Hub {
         this.record({ k: 'figures', t: now, figures });
       }
     }
+  }
+
+  /** The pools of every live proxy, read from their snapshots now. */
+  livePools(): PoolView[] {
+    const pools: PoolView[] = [];
+    for (const info of this.actors.values()) {
+      if (info.machine !== 'pool' || !info.ref) continue;
+      const snap = info.ref.getSnapshot() as { value: unknown; context: Parameters<typeof poolView>[1] };
+      pools.push(poolView(snap.value, snap.context, (p, m) => this.metrics?.tally(p, m), info.leaves ?? new Map()));
+    }
+    return pools.sort((a, b) => a.policy.localeCompare(b.policy));
   }
 
   /** In-flight requests of every live proxy (for metrics and figures). */

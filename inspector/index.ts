@@ -53,7 +53,7 @@ export async function startInspector(opts: InspectorOptions = {}): Promise<Inspe
     });
   }
   const hub = new Hub({ ...opts, sink: log ? (lines) => void log!.write(lines) : undefined });
-  const metrics = new Metrics({ pools: () => hub.pools, inflight: () => hub.inflight(), actorCounts: () => hub.actorCounts() }, opts.flushMs ?? 200);
+  const metrics = new Metrics({ pools: () => hub.livePools(), inflight: () => hub.inflight(), actorCounts: () => hub.actorCounts() }, opts.flushMs ?? 200);
   hub.metrics = metrics;
   hub.start();
   let server: InspectorServer | undefined;
