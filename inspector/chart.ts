@@ -56,6 +56,13 @@ function guardName(g: unknown): string | undefined {
   return 'guard';
 }
 
+/** Delayed transitions' events (`xstate.after.drainTimeout.server.online.draining`) read as `after drainTimeout`. */
+function delayName(event: string, nodeId: string): string {
+  if (!event.startsWith('xstate.after.')) return event;
+  const rest = event.slice('xstate.after.'.length);
+  return `after ${rest.endsWith(`.${nodeId}`) ? rest.slice(0, -nodeId.length - 1) : rest}`;
+}
+
 /**
  * Read the states and transitions of a machine. `edgeOf` maps each
  * transition object of the definition to its edge id, so an inspector can
@@ -73,7 +80,7 @@ export function readChart(root: StateNodeLike): { root: ChartState; edges: Chart
       edges.push({ id, source: node.id, targets: (t.target ?? []).map((s) => s.id), event, guard: guardName(t.guard) });
       edgeOf.set(t, id);
     };
-    for (const [event, list] of node.transitions) for (const t of list) add(t, event);
+    for (const [event, list] of node.transitions) for (const t of list) add(t, delayName(event, node.id));
     for (const t of node.always ?? []) add(t, 'always');
     const children = Object.values(node.states).map(visit);
     return { id: node.id, key: node.key, type: node.type, children, initial: node.initial?.target?.[0]?.id };

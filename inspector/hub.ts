@@ -16,7 +16,7 @@ import { chartOf, type Chart, type StateNodeLike } from './chart.js';
 import type { Metrics } from './metrics.js';
 import { Ring } from './ring.js';
 import { CONTEXT_LIMITS, connView, project, projectEvent, stateName, type ConnView, type Json } from './sanitise.js';
-import { poolView, proxyInflight, type Figures, type PoolView } from './views.js';
+import { memberStateIn, poolView, proxyInflight, type Figures, type PoolView } from './views.js';
 
 /** One line of the inspection log, and one item of the page's feed. */
 export type Rec =
@@ -366,7 +366,9 @@ export class Hub {
     for (const info of this.actors.values()) {
       if (info.machine !== 'pool' || !info.ref) continue;
       const snap = info.ref.getSnapshot() as { value: unknown; context: Parameters<typeof poolView>[1] };
-      pools.push(poolView(snap.value, snap.context, (p, m) => this.metrics?.tally(p, m), info.leaves ?? new Map()));
+      const proxy = info.parent ? this.actors.get(info.parent)?.ref?.getSnapshot() : undefined;
+      const stateOf = memberStateIn((proxy as { context?: unknown } | undefined)?.context);
+      pools.push(poolView(snap.value, snap.context, (p, m) => this.metrics?.tally(p, m), info.leaves ?? new Map(), stateOf));
     }
     return pools.sort((a, b) => a.policy.localeCompare(b.policy));
   }

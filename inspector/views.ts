@@ -5,7 +5,7 @@
  */
 import type { ConnView } from './sanitise.js';
 
-/** One member of a pool. `state` is `serving` today; `ejected` and `draining` when the pool marks them; `gone` once it left. */
+/** One member of a pool. `state` is the proxy's state of that server (`serving`, `connecting`, `down`, `ejected`, `draining`...), or `gone` once it left. */
 export interface MemberView {
   id: string;
   state: string;
@@ -45,40 +45,33 @@ export interface Tally {
   errors: number;
 }
 
-/** The parts of a pool's context the view reads; `memberStates` is how a pool can report ejected or draining members. */
+/** The parts of a pool's context the view reads. */
 interface PoolContextLike {
   policy: string;
   members: readonly string[];
   cursor: number;
   routed?: number;
-  eligible?: (id: string) => boolean;
-  memberStates?: Record<string, string>;
 }
 
 const MAX_GONE = 8;
 
-export function memberState(ctx: PoolContextLike, id: string): string {
-  const s = ctx.memberStates?.[id];
-  if (s) return s;
-  if (ctx.eligible && !ctx.eligible(id)) return 'ejected';
-  return 'serving';
-}
-
 /**
- * A pool as the page shows it. `left` holds the members that left (and why),
- * oldest first, so they show as gone.
+ * A pool as the page shows it. `stateOf` gives each member's state as the
+ * proxy keeps it; `left` holds the members that left (and why), oldest
+ * first, so they show as gone.
  */
 export function poolView(
   value: unknown,
   ctx: PoolContextLike,
   tally: (policy: string, member: string) => Tally | undefined,
   left: ReadonlyMap<string, string>,
+  stateOf: (member: string) => string = () => 'serving',
 ): PoolView {
   const counts = (id: string): Tally => {
     const t = tally(ctx.policy, id);
     return { answered: t?.answered ?? 0, errors: t?.errors ?? 0 };
   };
-  const members = ctx.members.map((id) => ({ id, state: memberState(ctx, id), ...counts(id) }));
+  const members = ctx.members.map((id) => ({ id, state: stateOf(id), ...counts(id) }));
   const gone: MemberView[] = [];
   for (const [id, reason] of left) if (!ctx.members.includes(id)) gone.unshift({ id, state: 'gone', ...counts(id), reason });
   const n = members.length;
@@ -86,12 +79,23 @@ export function poolView(
   return { policy: ctx.policy, state: String(value), members, cursor: ctx.cursor, next, routed: ctx.routed ?? 0, gone: gone.slice(0, MAX_GONE) };
 }
 
-/** Requests the proxy has sent upstream or queued for a link, not yet answered. */
-export function proxyInflight(ctx: { busy?: Set<{ size: number }>; servers?: Map<string, { link: { getSnapshot(): { context?: { queue?: unknown[] } } } }> }): number {
+/** Requests the proxy has sent upstream, queued for a link or holds waiting for a member, not yet answered. */
+export function proxyInflight(ctx: {
+  busy?: Set<{ size: number }>;
+  waiting?: Map<string, unknown[]>;
+  servers?: Map<string, { link: { getSnapshot(): { context?: { queue?: unknown[] } } } }>;
+}): number {
   let n = 0;
   for (const t of ctx.busy ?? []) n += t.size;
+  for (const q of ctx.waiting?.values() ?? []) n += q.length;
   for (const s of ctx.servers?.values() ?? []) n += s.link.getSnapshot().context?.queue?.length ?? 0;
   return n;
+}
+
+/** A member's state as a proxy keeps it (its `servers` table), for the pool view. */
+export function memberStateIn(proxyContext: unknown): (member: string) => string {
+  const servers = (proxyContext as { servers?: Map<string, { state?: string }> } | undefined)?.servers;
+  return (member) => servers?.get(member)?.state ?? 'serving';
 }
 
 export interface ConnsView {

@@ -41,6 +41,8 @@ export class Connection {
   outstanding = 0;
   /** Whether reads are paused because `outstanding` hit its limit. */
   throttled = false;
+  /** PINGs sent on this connection without a PONG since (liveness of a registration connection). */
+  missedPings = 0;
   private corked = false;
   private pauses = 0;
   private drainWaiters: Array<() => void> = [];
