@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
 import { runClient, startProxy, startServer, StartError } from '../actors/index.js';
 import type { Result } from '../actors/client.js';
+import { benchCommand } from './bench.js';
 import { runDemo } from './demo.js';
 import {
   loadPackets, logOptions, makeLogger, normaliseArgv, parseEndpoint, parseIntOption, parsePort, UsageError, type LogFlags,
@@ -112,6 +113,8 @@ export function buildProgram(setExit: (code: number) => void): Command {
   ).action(async (o: LogFlags & { port: number; pkt: string; keep?: boolean }) => {
     setExit(await runDemo(o));
   });
+
+  program.addCommand(benchCommand(setExit));
 
   return program;
 }
