@@ -414,6 +414,6 @@ function makeReply(context: ProxyContext) {
       client.resume();
     }
     if (client.closed) return;
-    client.send({ ...answer, seq: req.msg.seq });
+    client.send(answer, req.msg.seq);
   };
 }

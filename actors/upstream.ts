@@ -121,7 +121,7 @@ export const upstreamMachine = setup({
           context.logger.debug('late_answer', `Dropped an answer from server id ${context.member} for no pending request (seq ${m.seq})`, { server: context.member, seq: m.seq });
           continue;
         }
-        if (m.type === MsgType.ACK) {
+        if (m.type === MsgType.ACK && context.logger.enabled('info')) {
           context.logger.info('ack', `Received a data message from server id ${context.member} payload ${m.payload}`, {
             server: context.member, client: m.destid, payload: m.payload,
           });
@@ -217,7 +217,7 @@ function write(context: UpstreamContext, requests: ProxyRequest[]): void {
         server: context.member, client: req.msg.srcid, policy: context.policy, payload: req.msg.payload,
       });
     }
-    conn.send({ ...req.msg, seq: upSeq });
+    conn.send(req.msg, upSeq);
   }
 }
 

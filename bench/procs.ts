@@ -83,8 +83,8 @@ export function spawnChild(name: string, cmd: string, args: string[]): Child {
 }
 
 /** `node cli/revproxy.js <args> --log-level warn` as its own process. */
-export function spawnRevproxy(name: string, args: string[]): Child {
-  return spawnChild(name, process.execPath, [BIN, ...args, '--log-level', 'warn', '--no-color']);
+export function spawnRevproxy(name: string, args: string[], bin = BIN): Child {
+  return spawnChild(name, process.execPath, [bin, ...args, '--log-level', 'warn', '--no-color']);
 }
 
 /** Stop every child still running (also on Ctrl-C). */

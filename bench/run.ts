@@ -18,7 +18,7 @@ import { registerMany } from './stub.js';
 
 export const WORKLOADS = ['pipelined', 'serial', 'per-request', 'many'] as const;
 export type Workload = (typeof WORKLOADS)[number];
-export const TARGETS = ['direct', 'proxy', 'haproxy'] as const;
+export const TARGETS = ['direct', 'proxy', 'haproxy', 'baseline'] as const;
 export type Target = (typeof TARGETS)[number];
 
 export interface BenchOptions {
@@ -37,6 +37,8 @@ export interface BenchOptions {
   routing: boolean;
   outDir: string;
   progress: boolean;
+  /** Another checkout of revproxy whose proxy runs as the `baseline` target (before/after comparisons in one run). */
+  baseline?: string;
 }
 
 export const DEFAULT_RESULTS_DIR = fileURLToPath(new URL('./results', import.meta.url));
@@ -84,6 +86,7 @@ interface Topology {
   proxyPort: number;
   servers: Array<{ id: string; policy: string; port: number; child: Child }>;
   haproxy?: { child: Child; ports: Map<string, number>; cleanup(): void };
+  baseline?: { child: Child; port: number; close(): void };
 }
 
 function workloadConfig(w: Workload, o: BenchOptions): { label: string; load: Omit<LoadOptions, 'target'> } {
@@ -107,6 +110,7 @@ function endpoints(t: Target, topo: Topology): (i: number) => LoadEndpoint {
   const policyOf = (i: number): string => POLICIES[i % POLICIES.length]!;
   if (t === 'proxy') return (i) => ({ host: HOST, port: topo.proxyPort, policy: policyOf(i) });
   if (t === 'haproxy') return (i) => ({ host: HOST, port: topo.haproxy!.ports.get(policyOf(i))!, policy: policyOf(i) });
+  if (t === 'baseline') return (i) => ({ host: HOST, port: topo.baseline!.port, policy: policyOf(i) });
   const byPolicy = new Map(POLICIES.map((p) => [p, topo.servers.filter((s) => s.policy === p)]));
   return (i) => {
     const policy = policyOf(i);
@@ -115,7 +119,7 @@ function endpoints(t: Target, topo: Topology): (i: number) => LoadEndpoint {
   };
 }
 
-async function startTopology(haproxyBin: string | undefined): Promise<Topology> {
+async function startTopology(haproxyBin: string | undefined, baselineDir?: string): Promise<Topology> {
   const proxyPort = await freePort();
   const proxy = spawnRevproxy('proxy', ['proxy', '--port', String(proxyPort)]);
   await waitForPort(proxyPort, proxy);
@@ -149,7 +153,17 @@ async function startTopology(haproxyBin: string | undefined): Promise<Topology> 
     for (const port of ports.values()) await waitForPort(port, h.child);
     haproxy = { child: h.child, ports, cleanup: h.cleanup };
   }
-  return { proxy, proxyPort, servers, haproxy };
+  let baseline: Topology['baseline'];
+  if (baselineDir) {
+    // The same servers, registered with the baseline proxy by stand-ins that point at their ports.
+    const port = await freePort();
+    const child = spawnRevproxy('baseline proxy', ['proxy', '--port', String(port)], join(baselineDir, 'cli', 'revproxy.js'));
+    await waitForPort(port, child);
+    const regs = await Promise.all(servers.map((s) => registerMany(port, s.policy, [s.port], 1, `base${s.id}`)));
+    for (const p of POLICIES) await probe(port, p, 4);
+    baseline = { child, port, close: () => regs.forEach((r) => r.close()) };
+  }
+  return { proxy, proxyPort, servers, haproxy, baseline };
 }
 
 /** Progress: a bar on a terminal, one line per step otherwise. */
@@ -190,7 +204,7 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
   if (o.targets.includes('haproxy') && !haproxyBin) {
     notes.push(`HAProxy is not installed, so its column is skipped. Install it with: ${HAPROXY_INSTALL}`);
   }
-  const targets = o.targets.filter((t) => t !== 'haproxy' || haproxyBin);
+  const targets = o.targets.filter((t) => (t !== 'haproxy' || haproxyBin) && (t !== 'baseline' || o.baseline));
   if (haproxyBin && o.workloads.includes('many')) {
     const holds = Math.floor((limits.hard - 100) / 2);
     if (holds < o.many) notes.push(`HAProxy needs two descriptors per proxied connection: with a hard limit of ${limits.hard} open files it holds about ${holds.toLocaleString('en')} connections at once, fewer than ${o.many.toLocaleString('en')}.`);
@@ -207,12 +221,18 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
   let topo: Topology | undefined;
   try {
     bar.step('starting proxy, servers' + (haproxyBin ? ' and HAProxy' : ''));
-    topo = await startTopology(haproxyBin);
+    topo = await startTopology(haproxyBin, o.baseline);
+    // Warm every target's code paths (the JIT, connection set-up) so the first measured cell is not penalised.
+    bar.step('warming up every target');
+    for (const t of targets) {
+      await runLoad({ target: endpoints(t, topo), connections: o.connections, depth: o.depth, durationMs: 300 });
+      await runLoad({ target: endpoints(t, topo), connections: 1, depth: 1, perRequest: true, durationMs: 200 });
+    }
     for (const w of o.workloads) {
       const { label, load } = workloadConfig(w, o);
       for (const t of targets) {
         bar.step(`${label} / ${t}`);
-        const watched = t === 'proxy' ? topo.proxy.pid : t === 'haproxy' ? topo.haproxy!.child.pid : undefined;
+        const watched = t === 'proxy' ? topo.proxy.pid : t === 'haproxy' ? topo.haproxy!.child.pid : t === 'baseline' ? topo.baseline!.child.pid : undefined;
         const watch = watched === undefined ? undefined : new ProcWatch(watched);
         const result = await runLoad({
           ...load,
@@ -243,6 +263,7 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
   } finally {
     bar.stop();
     topo?.haproxy?.cleanup();
+    topo?.baseline?.close();
     await stopAll();
   }
   const report: BenchReport = {
@@ -361,7 +382,7 @@ export function formatReport(rep: BenchReport, markdown = false): string {
   const head = ['workload', 'target', 'requests/s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'errors', 'proxy CPU', 'proxy peak RSS'];
   const body = rep.rows.map((r) => [
     r.label,
-    r.target === 'haproxy' ? 'HAProxy' : r.target,
+    r.target === 'haproxy' ? 'HAProxy' : r.target === 'baseline' ? 'baseline proxy' : r.target,
     Math.round(r.result.rps).toLocaleString('en'),
     fmtMs(r.result.latency.p50),
     fmtMs(r.result.latency.p99),
@@ -370,7 +391,8 @@ export function formatReport(rep: BenchReport, markdown = false): string {
     r.proxyCpu === undefined ? '-' : `${Math.round(r.proxyCpu * 100)}%`,
     r.peakRss === undefined ? '-' : `${(r.peakRss / MB).toFixed(0)} MB`,
   ]);
-  const ratioHead = ['workload', 'req/s proxy/direct', 'req/s proxy/HAProxy', 'p50 proxy/direct', 'p50 proxy/HAProxy'];
+  const withBase = rep.rows.some((r) => r.target === 'baseline');
+  const ratioHead = ['workload', 'req/s proxy/direct', 'req/s proxy/HAProxy', 'p50 proxy/direct', 'p50 proxy/HAProxy', ...(withBase ? ['req/s proxy/baseline', 'p50 proxy/baseline'] : [])];
   const labels = [...new Set(rep.rows.map((r) => r.workload))];
   const ratioRows = labels.map((w) => {
     const get = (t: Target): Row | undefined => find(rep.rows, w, t);
@@ -382,6 +404,7 @@ export function formatReport(rep: BenchReport, markdown = false): string {
       q(p?.result.rps, get('haproxy')?.result.rps),
       q(p?.result.latency.p50, get('direct')?.result.latency.p50),
       q(p?.result.latency.p50, get('haproxy')?.result.latency.p50),
+      ...(withBase ? [q(p?.result.rps, get('baseline')?.result.rps), q(p?.result.latency.p50, get('baseline')?.result.latency.p50)] : []),
     ];
   });
   const checkRows = rep.checks.map((c) => [c.pass === undefined ? 'n/a' : c.pass ? 'PASS' : 'FAIL', c.what, c.detail]);
@@ -417,7 +440,7 @@ export function formatReport(rep: BenchReport, markdown = false): string {
     '',
     textTable(head, body, new Set([2, 3, 4, 5, 7, 8])),
     '',
-    textTable(ratioHead, ratioRows, new Set([1, 2, 3, 4])),
+    textTable(ratioHead, ratioRows, new Set([1, 2, 3, 4, 5, 6])),
     ...(routingRows.length ? ['', textTable(['routing', 'rate', 'errors'], routingRows, new Set([1]))] : []),
     '',
     textTable(['', 'target', 'measured'], checkRows, new Set()),

@@ -22,6 +22,7 @@ interface BenchFlags {
   out: string;
   progress: boolean;
   markdown?: boolean;
+  baseline?: string;
 }
 
 function list<T extends string>(value: string, allowed: readonly T[], what: string): T[] {
@@ -65,11 +66,12 @@ export function benchCommand(setExit: (code: number) => void): Command {
     .addOption(new Option('--many <n>', 'many-connections workload: concurrent connections').default(10_000).argParser(parseIntOption('--many', 1)))
     .addOption(new Option('--registered <n>', 'routing comparison: registered servers, against 4').default(10_000).argParser(parseIntOption('--registered', 5)))
     .option('--workloads <list>', `comma-separated: ${WORKLOADS.join(', ')}`, WORKLOADS.join(','))
-    .option('--targets <list>', `comma-separated: ${TARGETS.join(', ')}`, TARGETS.join(','))
+    .option('--targets <list>', `comma-separated: ${TARGETS.join(', ')} (baseline needs --baseline)`, 'direct,proxy,haproxy')
     .option('--no-routing', 'skip the routing comparison (4 against 10,000 registered servers)')
     .option('--out <dir>', 'folder for the JSON results', DEFAULT_RESULTS_DIR)
     .option('--no-progress', 'no progress bar')
     .option('--markdown', 'also print the tables as Markdown (for the README)')
+    .option('--baseline <dir>', 'another checkout of revproxy (with node_modules): its proxy runs as target "baseline", for before/after ratios in one run')
     .addHelpText(
       'after',
       `
@@ -87,6 +89,7 @@ Examples:
     .action(async (f: BenchFlags) => {
       const workloads = list<Workload>(f.workloads, WORKLOADS, 'workload');
       const targets = list<Target>(f.targets, TARGETS, 'target');
+      if (f.baseline && !targets.includes('baseline')) targets.push('baseline');
       let many = f.many;
       const need = Math.max(workloads.includes('many') ? many : 0, f.routing ? f.registered : 0) + 200;
       const limit = ensureFileLimit(need, process.argv.slice(1));
@@ -112,6 +115,7 @@ Examples:
           routing: f.routing,
           outDir: f.out,
           progress: f.progress,
+          baseline: f.baseline,
         });
         process.stdout.write(`${formatReport(report)}\n`);
         if (f.markdown) process.stdout.write(`\n${formatReport(report, true)}\n`);
