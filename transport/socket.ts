@@ -56,6 +56,8 @@ export class Connection {
   outstanding = 0;
   /** Whether reads are paused because `outstanding` hit its limit. */
   throttled = false;
+  /** PINGs sent on this connection without a PONG since (liveness of a registration connection). */
+  missedPings = 0;
   /** Encoded messages waiting for the end of this turn (bodies only when `framed`). */
   private out: Buffer[] = [];
   private outCount = 0;
