@@ -8,6 +8,7 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import cliProgress from 'cli-progress';
+import { nativeAcceleration } from '../transport/frame.js';
 import { runLoad, type LoadEndpoint, type LoadOptions, type LoadResult } from './loadgen.js';
 import {
   fdCount, fileLimits, findHaproxy, freePort, HAPROXY_INSTALL, haproxyVersion, HOST, probe, ProcWatch, spawnRevproxy, startHaproxy,
@@ -52,6 +53,13 @@ const SERVERS = [
 ];
 const POLICIES = ['111', '222'];
 
+/**
+ * The proxy's own limits are sized for the many-connections workload (one
+ * request in flight on each of 10,000 connections, over two servers per
+ * policy); its defaults would answer part of them OVERLOADED by design.
+ */
+export const PROXY_FLAGS = ['--max-server-inflight', '10000', '--queue-limit', '10000'];
+
 export interface Row {
   workload: Workload;
   label: string;
@@ -72,7 +80,7 @@ export interface Check {
 
 export interface BenchReport {
   date: string;
-  machine: { cpus: number; model: string; node: string; haproxy?: string; fileLimit: number };
+  machine: { cpus: number; model: string; node: string; haproxy?: string; fileLimit: number; msgpackrNative: boolean };
   options: BenchOptions;
   notes: string[];
   rows: Row[];
@@ -121,7 +129,7 @@ function endpoints(t: Target, topo: Topology): (i: number) => LoadEndpoint {
 
 async function startTopology(haproxyBin: string | undefined, baselineDir?: string): Promise<Topology> {
   const proxyPort = await freePort();
-  const proxy = spawnRevproxy('proxy', ['proxy', '--port', String(proxyPort)]);
+  const proxy = spawnRevproxy('proxy', ['proxy', '--port', String(proxyPort), ...PROXY_FLAGS]);
   await waitForPort(proxyPort, proxy);
   const servers = await Promise.all(
     SERVERS.map(async (s) => {
@@ -157,7 +165,7 @@ async function startTopology(haproxyBin: string | undefined, baselineDir?: strin
   if (baselineDir) {
     // The same servers, registered with the baseline proxy by stand-ins that point at their ports.
     const port = await freePort();
-    const child = spawnRevproxy('baseline proxy', ['proxy', '--port', String(port)], join(baselineDir, 'cli', 'revproxy.js'));
+    const child = spawnRevproxy('baseline proxy', ['proxy', '--port', String(port), ...PROXY_FLAGS], join(baselineDir, 'cli', 'revproxy.js'));
     await waitForPort(port, child);
     const regs = await Promise.all(servers.map((s) => registerMany(port, s.policy, [s.port], 1, `base${s.id}`)));
     for (const p of POLICIES) await probe(port, p, 4);
@@ -198,7 +206,7 @@ function progress(enabled: boolean, total: number) {
 }
 
 export async function runBench(o: BenchOptions): Promise<BenchReport> {
-  const notes: string[] = [];
+  const notes: string[] = [`The proxies run with ${PROXY_FLAGS.join(' ')} (the defaults refuse part of 10,000 concurrent requests with OVERLOADED).`];
   const limits = fileLimits();
   const haproxyBin = o.targets.includes('haproxy') ? findHaproxy() : undefined;
   if (o.targets.includes('haproxy') && !haproxyBin) {
@@ -274,6 +282,7 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
       node: process.version,
       haproxy: haproxyBin ? haproxyVersion(haproxyBin) : undefined,
       fileLimit: limits.soft,
+      msgpackrNative: nativeAcceleration,
     },
     options: o,
     notes,
@@ -419,7 +428,7 @@ export function formatReport(rep: BenchReport, markdown = false): string {
       ]
     : [];
   const m = rep.machine;
-  const about = `${m.cpus} CPUs (${m.model}), Node ${m.node}${m.haproxy ? `, HAProxy ${m.haproxy}` : ', no HAProxy'}, ${rep.options.quick ? 'quick run' : 'full run'}: ${rep.options.durationMs / 1000} s measured per cell after ${rep.options.warmupMs / 1000} s warm-up`;
+  const about = `${m.cpus} CPUs (${m.model}), Node ${m.node}, msgpackr native addon ${m.msgpackrNative ? 'on' : 'OFF'}${m.haproxy ? `, HAProxy ${m.haproxy}` : ', no HAProxy'}, ${rep.options.quick ? 'quick run' : 'full run'}: ${rep.options.durationMs / 1000} s measured per cell after ${rep.options.warmupMs / 1000} s warm-up`;
   if (markdown) {
     const md = (h: string[], rows: string[][]): string =>
       [`| ${h.join(' | ')} |`, `|${h.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
