@@ -283,7 +283,7 @@ function write(context: UpstreamContext, requests: ProxyRequest[]): void {
         server: context.member, client: req.msg.srcid, policy: context.policy, payload: req.msg.payload,
       });
     }
-    conn.send({ ...req.msg, seq: upSeq });
+    conn.send(req.msg, upSeq);
   }
 }
 
