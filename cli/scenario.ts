@@ -7,12 +7,13 @@
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command } from 'commander';
+import { inspectOptions, startInspection, type InspectFlags } from './inspect.js';
 import {
   jsonRefusal, jsonReport, loadScenario, runScenario, scenarioFooter, scenarioHeader, ScenarioError, stepLines,
   type Scenario, type ScenarioReport,
 } from '../scenario/index.js';
 
-interface ScenarioFlags {
+interface ScenarioFlags extends InspectFlags {
   processes?: boolean;
   json?: boolean;
   color: boolean;
@@ -36,7 +37,9 @@ export function expandScenarioPaths(paths: string[]): string[] {
 }
 
 export function scenarioCommand(setExit: (code: number) => void): Command {
-  return new Command('scenario')
+  const cmd = new Command('scenario');
+  for (const o of inspectOptions()) cmd.addOption(o);
+  return cmd
     .description('run scripted scenarios: a topology and a story in YAML, every step checked (docs/SCENARIOS.md)')
     .argument('<files...>', 'scenario files (YAML), or folders of them')
     .option('--processes', 'run the proxy and the servers as real revproxy processes instead of in-process actors')
@@ -46,8 +49,10 @@ export function scenarioCommand(setExit: (code: number) => void): Command {
       'after',
       '\nEvery scenario runs on fresh ephemeral ports. Files are checked before anything starts:\n' +
         'a malformed file, an unknown key or step is refused with file:line:column.\n\n' +
+        'With --inspect the inspector shows the actors while the scenarios run (with --processes: the\n' +
+        "proxy process's own page), and stays up after them until Ctrl-C.\n\n" +
         'Exit status: 0 when every step passed, 1 when any failed, 2 when a file was refused.\n\n' +
-        'Examples:\n  revproxy scenario spec/scenarios/round-robin.yaml\n  revproxy scenario --processes --json spec/scenarios',
+        'Examples:\n  revproxy scenario spec/scenarios/round-robin.yaml\n  revproxy scenario --processes --json spec/scenarios\n  revproxy scenario spec/scenarios --inspect      (files before --inspect, or give it a port)',
     )
     .action(async (paths: string[], o: ScenarioFlags) => {
       const files = expandScenarioPaths(paths);
@@ -72,12 +77,24 @@ export function scenarioCommand(setExit: (code: number) => void): Command {
       const say = (line: string): void => {
         if (!o.json) process.stdout.write(`${line}\n`);
       };
+      const insp = await startInspection(o, 'scenarios');
       const reports: ScenarioReport[] = [];
-      for (const sc of scenarios) {
-        say(scenarioHeader(sc, o.processes ? 'processes' : 'in-process'));
-        const r = await runScenario(sc, { processes: o.processes, onStep: (s) => say(stepLines(s, style).join('\n')) });
-        say(`${scenarioFooter(r, style)}\n`);
-        reports.push(r);
+      try {
+        for (const sc of scenarios) {
+          say(scenarioHeader(sc, o.processes ? 'processes' : 'in-process'));
+          const r = await runScenario(sc, {
+            processes: o.processes,
+            attach: insp.attach,
+            inspectProxy: o.processes && o.inspect !== undefined,
+            onNote: (line) => process.stderr.write(`${line}\n`),
+            onStep: (s) => say(stepLines(s, style).join('\n')),
+          });
+          say(`${scenarioFooter(r, style)}\n`);
+          reports.push(r);
+        }
+        if (!o.processes) await insp.hold();
+      } finally {
+        await insp.close();
       }
       const failed = reports.filter((r) => !r.ok).length;
       if (o.json) process.stdout.write(`${JSON.stringify(jsonReport(reports))}\n`);

@@ -47,7 +47,8 @@ const proxyFields = Object.fromEntries(
 
 export const proxySpec = object('proxy', {
   ...proxyFields,
-  token: opt(planned(text, 'registration secrets are not in this build yet (issue 5)')),
+  token: opt(text, 'registration secret every server must present (--token)'),
+  tokens: opt(dict(refine(text, (t) => (t.length < 8 ? 'a per-policy secret needs at least 8 characters' : undefined))), 'per-policy secrets (--tokens FILE)'),
 });
 
 export const serverSpec = object('server', {
@@ -60,7 +61,7 @@ export const serverSpec = object('server', {
     'msgpack (default) or json',
   ),
   behaviour: opt(oneOf(['normal', 'silent', 'fail'] as const), 'normal answers; silent accepts requests and never answers; fail answers every request with an error'),
-  token: opt(planned(text, 'registration secrets are not in this build yet (issue 5)')),
+  token: opt(text, 'the registration secret it presents'),
 });
 
 const hex = scalar('hex digits, two per byte (spaces allowed)', (v) => {

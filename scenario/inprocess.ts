@@ -4,7 +4,7 @@
  */
 import { Logger, startProxy, startServer, type LogRecord, type ProxyHandle, type ProxyOptions, type ServerHandle } from '../actors/index.js';
 import { PROXY_OPTIONS, type ProxyOptionKey, type ProxySpec, type ServerSpec } from './format.js';
-import { ProxyEvents, type PoolState, type RunningServer, type Topology } from './topology.js';
+import { ProxyEvents, type Attach, type PoolState, type RunningServer, type Topology } from './topology.js';
 
 const LOCAL = '127.0.0.1';
 
@@ -18,6 +18,8 @@ export class InProcessTopology implements Topology {
   /** Every server started, also those a later one with the same id replaced in `servers`. */
   private readonly all: ServerHandle[] = [];
 
+  constructor(private readonly attach: Attach = {}) {}
+
   async startProxy(spec: ProxySpec): Promise<void> {
     this.spec = spec;
     // Debug: 'serving' (the proxy reaches a new server) is a debug record.
@@ -26,7 +28,7 @@ export class InProcessTopology implements Topology {
     for (const key of Object.keys(PROXY_OPTIONS) as ProxyOptionKey[]) {
       if (spec[key] !== undefined) options[PROXY_OPTIONS[key].option] = spec[key];
     }
-    this.proxy = await startProxy({ ...(options as ProxyOptions), port: this.port, host: LOCAL, logger });
+    this.proxy = await startProxy({ ...(options as ProxyOptions), token: spec.token, tokens: spec.tokens, port: this.port, host: LOCAL, logger, ...this.attach });
     this.port = this.proxy.port;
   }
 
@@ -44,6 +46,8 @@ export class InProcessTopology implements Topology {
       listenHost: LOCAL,
       proxy: { host: LOCAL, port: this.port },
       behaviour: spec.behaviour,
+      token: spec.token,
+      inspect: this.attach.inspect,
       // As `revproxy server` does: the runner waits for the proxy's word itself.
       waitForRegistration: false,
     });

@@ -5,7 +5,11 @@
  * pools, as any log reader can.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { stringify } from 'yaml';
 import type { LogRecord } from '../actors/logger.js';
 import { PROXY_OPTIONS, type ProxyOptionKey, type ProxySpec, type ServerSpec } from './format.js';
 import { ProxyEvents, type PoolState, type RunningServer, type Topology } from './topology.js';
@@ -21,7 +25,10 @@ class Child {
   readonly exited: Promise<number>;
 
   constructor(args: string[], onLine: (line: string) => void) {
-    this.proc = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    // The scenario says which secrets are in force, not the caller's environment.
+    const env: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: '1' };
+    delete env.REVPROXY_TOKEN;
+    this.proc = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
     const lines = (stream: NodeJS.ReadableStream): void => {
       let buf = '';
       stream.setEncoding('utf8');
@@ -72,6 +79,9 @@ export class ProcessTopology implements Topology {
   private readonly servers = new Map<string, Child>();
   /** Every server started, also those a later one with the same id replaced in `servers`. */
   private readonly all: Child[] = [];
+  private tmp?: string;
+
+  constructor(private readonly opts: { inspect?: boolean; onNote?: (line: string) => void } = {}) {}
 
   async startProxy(spec: ProxySpec): Promise<void> {
     this.spec = spec;
@@ -80,8 +90,12 @@ export class ProcessTopology implements Topology {
     for (const key of Object.keys(PROXY_OPTIONS) as ProxyOptionKey[]) {
       if (spec[key] !== undefined) args.push(PROXY_OPTIONS[key].flag, String(spec[key]));
     }
+    if (spec.token !== undefined) args.push('--token', spec.token);
+    if (spec.tokens) args.push('--tokens', this.tokensFile(spec.tokens));
+    if (this.opts.inspect) args.push('--inspect');
     const since = this.events.mark();
     const child = new Child(args, (line) => {
+      if (line.startsWith('Inspector for proxy')) this.opts.onNote?.(line);
       if (!line.startsWith('{')) return;
       try {
         this.events.push(JSON.parse(line) as LogRecord);
@@ -104,6 +118,7 @@ export class ProcessTopology implements Topology {
   async startServer(spec: ServerSpec): Promise<RunningServer> {
     const args = ['server', '--id', spec.id, '--pp', spec.policy, '--listen', '0', '--revproc', `127.0.0.1:${this.port}`, '--log-format', 'json', '--log-level', 'warn'];
     if (spec.behaviour) args.push('--behaviour', spec.behaviour);
+    if (spec.token !== undefined) args.push('--token', spec.token);
     const child = new Child(args, () => {});
     this.servers.set(spec.id, child);
     this.all.push(child);
@@ -126,6 +141,15 @@ export class ProcessTopology implements Topology {
     const all = [...this.all, ...(this.proxy ? [this.proxy] : [])];
     this.servers.clear();
     await Promise.all(all.map((c) => c.stop('SIGKILL')));
+    if (this.tmp) rmSync(this.tmp, { recursive: true, force: true });
+  }
+
+  /** `revproxy proxy --tokens` reads a file: write the scenario's table to a private one. */
+  private tokensFile(tokens: Record<string, string>): string {
+    this.tmp ??= mkdtempSync(join(tmpdir(), 'revproxy-scenario-'));
+    const file = join(this.tmp, 'tokens.yaml');
+    writeFileSync(file, stringify(tokens), { mode: 0o600 });
+    return file;
   }
 
   private take(id: string): Child {

@@ -14,7 +14,7 @@ import { checkPool, checkRaw, checkSend, rawSettled, summariseSend, type Diff, t
 import type { PoolExpect, RawStep, Scenario, SendStep, ServerSpec, Step } from './format.js';
 import { InProcessTopology } from './inprocess.js';
 import { ProcessTopology } from './processes.js';
-import type { Topology } from './topology.js';
+import { REFUSALS, type Attach, type Topology } from './topology.js';
 
 export type StepStatus = 'passed' | 'failed' | 'skipped';
 
@@ -47,6 +47,12 @@ export interface ScenarioReport {
 export interface RunOptions {
   /** Run the proxy and servers as `revproxy` processes. */
   processes?: boolean;
+  /** The inspector, for in-process actors (clients too, in both modes). */
+  attach?: Attach;
+  /** With --processes: start the proxy process with its own inspector page; its address goes to `onNote`. */
+  inspectProxy?: boolean;
+  /** Lines for the user that are not steps (where the inspector is). */
+  onNote?: (line: string) => void;
   /** Told of each top-level step as it ends, for live output. */
   onStep?: (step: StepReport) => void;
 }
@@ -55,8 +61,8 @@ const DEFAULT_TIMEOUT = 5000;
 
 /** Run a loaded scenario (see loader.ts); never throws for a failing step, only reports it. */
 export async function runScenario(sc: Scenario, opts: RunOptions = {}): Promise<ScenarioReport> {
-  const topo: Topology = opts.processes ? new ProcessTopology() : new InProcessTopology();
-  const run = new Run(sc, topo);
+  const topo: Topology = opts.processes ? new ProcessTopology({ inspect: opts.inspectProxy, onNote: opts.onNote }) : new InProcessTopology(opts.attach);
+  const run = new Run(sc, topo, opts.attach);
   const t0 = performance.now();
   const steps: StepReport[] = [];
   const emit = (r: StepReport): void => {
@@ -91,6 +97,7 @@ class Run {
   constructor(
     private readonly sc: Scenario,
     private readonly topo: Topology,
+    private readonly attach: Attach = {},
   ) {}
 
   stepTimeout(step?: { timeout?: number }): number {
@@ -143,7 +150,7 @@ class Run {
   async start(spec: ServerSpec, refused: string | undefined, ms: number): Promise<Outcome> {
     const since = this.topo.events.mark();
     const running = await this.topo.startServer(spec);
-    const rec = await this.topo.events.next(since, (r) => (r.event === 'register' || r.event === 'register_refused') && String(r.id) === spec.id, ms, running.ended);
+    const rec = await this.topo.events.next(since, (r) => (r.event === 'register' || REFUSALS.has(r.event)) && String(r.id) === spec.id, ms, running.ended);
     if (!rec) {
       const why = await Promise.race([running.ended, sleep(0).then(() => undefined)]);
       throw new Error(why ? `server ${spec.id} ended before the proxy registered it: ${why}` : `the proxy did not register server ${spec.id} within ${ms} ms`);
@@ -185,6 +192,7 @@ class Run {
       packets: packets.map(({ srcid, privPoliId, payload }) => ({ srcid, privPoliId, payload })),
       window: s.concurrency ?? 1,
       timeoutMs,
+      inspect: this.attach.inspect,
     });
     const summary = summariseSend(results);
     return { diffs: st.expect ? checkSend(st.expect, summary) : [], got: summary };

@@ -5,11 +5,13 @@
  * records into `ProxyEvents`: registration and leaving are read from there,
  * the same way in both modes.
  */
+import type { InspectionEvent } from 'xstate';
 import type { LogRecord } from '../actors/logger.js';
+import type { ProxyObserver } from '../actors/proxy.js';
 import type { ProxySpec, ServerSpec } from './format.js';
 
 /** The proxy's log events the runner follows; the rest are dropped to keep memory flat. */
-const LIFECYCLE = new Set(['listening', 'register', 'register_refused', 'serving', 'down', 'eject', 'readmit', 'deregister', 'stopped']);
+const LIFECYCLE = new Set(['listening', 'register', 'register_refused', 'unauthorized', 'serving', 'down', 'eject', 'readmit', 'deregister', 'stopped']);
 
 /** A pool as a scenario sees it. */
 export interface PoolState {
@@ -87,6 +89,15 @@ export class ProxyEvents {
       check();
     });
   }
+}
+
+/** Records of a setup the proxy refused: a duplicate id, a missing or wrong secret. */
+export const REFUSALS = new Set(['register_refused', 'unauthorized']);
+
+/** How to watch the actors (the inspector): given to the in-process actors as they start. */
+export interface Attach {
+  inspect?: (event: InspectionEvent) => void;
+  observer?: ProxyObserver;
 }
 
 export interface RunningServer {

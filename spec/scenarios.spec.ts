@@ -17,7 +17,7 @@ function failures(r: ScenarioReport): string {
 const inProcess = suite('scenarios, in-process');
 
 inProcess('spec/scenarios holds the scenarios the issue asks for', () => {
-  for (const f of ['demo.yaml', 'round-robin.yaml', 'join-leave.yaml', 'no-server.yaml', 'bad-input.yaml', 'failover.yaml', 'drain.yaml', 'proxy-restart.yaml']) {
+  for (const f of ['demo.yaml', 'round-robin.yaml', 'join-leave.yaml', 'no-server.yaml', 'bad-input.yaml', 'failover.yaml', 'drain.yaml', 'proxy-restart.yaml', 'tokens.yaml']) {
     assert.ok(files.includes(f), f);
   }
 });
@@ -56,6 +56,17 @@ processes('the text report ticks every step, with its line and time', async () =
   assert.match(text, /^ {2}✔ +\d+ ms {2}start proxy$/m);
   assert.match(text, /2 scenarios: 2 passed, 0 failed/);
   assert.not.match(text, /✘/);
+});
+
+processes('--inspect-log records what the in-process actors did during the run', async () => {
+  const { mkdtempSync, readFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const log = join(mkdtempSync(join(tmpdir(), 'scenario-insp-')), 'run.ndjson');
+  const run = revproxy(['scenario', '--inspect-log', log, 'spec/scenarios/round-robin.yaml']);
+  assert.is(await run.exited, 0, run.out.join('\n'));
+  const lines = readFileSync(log, 'utf8').split('\n').filter(Boolean);
+  assert.ok(lines.length > 10, `${lines.length} inspection records`);
+  assert.ok(lines.every((l) => JSON.parse(l)));
 });
 
 processes.run();
