@@ -7,7 +7,9 @@ import type { Socket } from 'node:net';
 import { Observable } from 'rxjs';
 import { ProtocolError } from './errors.js';
 import { encodeFrame, FrameDecoder, type Decoder } from './frame.js';
+import { jsonWire } from './json.js';
 import type { Message } from './messages.js';
+import { SniffDecoder, type Wire } from './sniff.js';
 
 /** Turns messages into the bytes of one wire. */
 export type Encoder = (msg: Message) => Buffer;
@@ -16,6 +18,8 @@ export interface ConnectionOptions {
   decoder?: Decoder;
   encoder?: Encoder;
   maxFrameBytes?: number;
+  /** `frames` (default), the old `json` wire, or `sniff`: decided by the peer's first byte. Ignored when `decoder` is given. */
+  wire?: Wire | 'sniff';
 }
 
 let nextConnId = 1;
@@ -32,6 +36,8 @@ export class Connection {
   readonly socket: Socket;
   decoder: Decoder;
   encoder: Encoder;
+  /** The wire this connection speaks; with `sniff`, `frames` until the first byte says otherwise. */
+  wire: Wire;
   readonly remoteAddress: string;
   readonly remotePort: number;
   /** Set by whoever owns the connection: what it is used for (client, registration, upstream). */
@@ -48,8 +54,19 @@ export class Connection {
 
   constructor(socket: Socket, opts: ConnectionOptions = {}) {
     this.socket = socket;
-    this.decoder = opts.decoder ?? new FrameDecoder({ maxFrameBytes: opts.maxFrameBytes });
+    this.wire = opts.wire === 'json' ? 'json' : 'frames';
     this.encoder = opts.encoder ?? encodeFrame;
+    if (opts.decoder) this.decoder = opts.decoder;
+    else if (opts.wire === 'json') ({ decoder: this.decoder, encoder: this.encoder } = jsonWire(opts.maxFrameBytes));
+    else if (opts.wire === 'sniff') {
+      this.decoder = new SniffDecoder({
+        maxFrameBytes: opts.maxFrameBytes,
+        onWire: (wire, encoder) => {
+          this.wire = wire;
+          if (encoder) this.encoder = encoder;
+        },
+      });
+    } else this.decoder = new FrameDecoder({ maxFrameBytes: opts.maxFrameBytes });
     this.remoteAddress = socket.remoteAddress ?? 'unknown';
     this.remotePort = socket.remotePort ?? 0;
     socket.setNoDelay(true);
