@@ -26,8 +26,10 @@ export interface ClientOptions {
   packets: Packet[];
   /** Per-request timeout in ms (default 5000). */
   timeoutMs?: number;
-  /** Requests in flight at once on the connection (default 64). */
+  /** Requests in flight at once on the connection (default 64; always 1 on the json wire). */
   window?: number;
+  /** `frames` (default), or `json`: the old wire, one request at a time, for the old Python proxy. */
+  wire?: 'frames' | 'json';
   logger?: Logger;
   clock?: Clock;
 }
@@ -63,9 +65,10 @@ export type ClientEvent =
   | { type: 'CLOSED'; error: string }
   | { type: 'TICK' };
 
-const clientSocket = fromCallback<ClientEvent, { proxy: Endpoint }>(({ sendBack, input }) => {
+const clientSocket = fromCallback<ClientEvent, { proxy: Endpoint; wire?: 'frames' | 'json' }>(({ sendBack, input }) => {
   const socket = netConnect({ host: input.proxy.host, port: input.proxy.port });
-  const conn = new Connection(socket);
+  // On the json wire answers carry no seq: the decoder numbers them in arrival order, which is request order.
+  const conn = new Connection(socket, { wire: input.wire });
   conn.role = 'client';
   let connected = false;
   socket.once('connect', () => {
@@ -95,7 +98,7 @@ const ticker = fromCallback<ClientEvent, { clock: Clock; every: number }>(({ sen
 
 function sendMore(context: ClientContext): Partial<ClientContext> {
   const { conn, opts } = context;
-  const window = opts.window ?? 64;
+  const window = opts.wire === 'json' ? 1 : opts.window ?? 64;
   let { next, inflight } = context;
   if (!conn) return {};
   const log = context.logger;
@@ -202,7 +205,7 @@ export const clientMachine = setup({
     inflight: 0,
     remaining: input.packets.length,
   }),
-  invoke: { id: 'socket', src: 'clientSocket', input: ({ context }) => ({ proxy: context.opts.proxy }) },
+  invoke: { id: 'socket', src: 'clientSocket', input: ({ context }) => ({ proxy: context.opts.proxy, wire: context.opts.wire }) },
   initial: 'connecting',
   states: {
     connecting: {

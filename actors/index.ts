@@ -4,6 +4,7 @@
  */
 import { createActor, toPromise, type InspectionEvent } from 'xstate';
 import { clientMachine, type ClientOptions, type Result } from './client.js';
+import { jsonRegistration } from './json-registration.js';
 import { proxyMachine, type ProxyActor, type ProxyOptions } from './proxy.js';
 import { serverMachine, type ServerActor, type ServerOptions } from './server.js';
 
@@ -14,6 +15,7 @@ export { poolMachine, join, leave, pick, type Rotation } from './pool.js';
 export { proxyMachine, type ProxyOptions, type ProxyActor } from './proxy.js';
 export { serverMachine, sha1Hex, type ServerOptions, type ServerActor, type Endpoint } from './server.js';
 export { upstreamMachine } from './upstream.js';
+export { upstreamJsonMachine, type OldServerOptions } from './upstream-json.js';
 
 export interface Inspect {
   inspect?: (event: InspectionEvent) => void;
@@ -72,7 +74,8 @@ export interface ServerHandle {
 
 /** Start a server; resolves once it listens and its setup message is on the wire. */
 export async function startServer(opts: ServerOptions & Inspect): Promise<ServerHandle> {
-  const actor = createActor(serverMachine, { input: opts, inspect: opts.inspect });
+  const machine = opts.wire === 'json' ? serverMachine.provide({ actors: { registration: jsonRegistration } }) : serverMachine;
+  const actor = createActor(machine, { input: opts, inspect: opts.inspect });
   actor.start();
   await waitUntil(actor, (s) => s.status !== 'active' || s.matches({ online: 'registered' }));
   const snap = actor.getSnapshot();

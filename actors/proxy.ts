@@ -20,6 +20,7 @@ import type { Inflight } from './inflight.js';
 import { silentLogger, type Logger } from './logger.js';
 import { poolMachine } from './pool.js';
 import { tcpConnect, upstreamMachine, type ProxyRequest, type SocketFactory, type UpstreamRef } from './upstream.js';
+import { OLD_SERVER_DEFAULTS, upstreamJsonMachine, type OldServerOptions } from './upstream-json.js';
 
 export interface ProxyOptions {
   /** Port to listen on; 0 picks a free one. Default 2100. */
@@ -38,6 +39,8 @@ export interface ProxyOptions {
   connect?: SocketFactory;
   /** Told of every answer (and, as the proxy grows, retries and ejections): feeds metrics and the inspector. */
   observer?: ProxyObserver;
+  /** Servers that registered over the old JSON wire: connections per server, timeouts before one leaves. */
+  oldServers?: OldServerOptions;
 }
 
 /**
@@ -60,6 +63,8 @@ interface ServerEntry {
   port: number;
   registration: Connection;
   link: UpstreamRef;
+  /** `json`: an old server, reached one request per connection; its setup connection closing is not its leaving. */
+  wire: Connection['wire'];
 }
 
 export interface ProxyContext {
@@ -91,7 +96,7 @@ export type ProxyEvent =
 const listener = fromCallback<ProxyEvent, { host: string; port: number; maxFrameBytes: number }>(({ sendBack, input }) => {
   const conns = new Set<Connection>();
   const server: Server = createServer((socket: Socket) => {
-    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes });
+    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'sniff' });
     conns.add(conn);
     socket.on('error', () => {});
     conn.messages$.subscribe({
@@ -172,7 +177,7 @@ export const proxyMachine = setup({
     events: {} as ProxyEvent,
     input: {} as ProxyOptions,
   },
-  actors: { listener, sweeper, pool: poolMachine, upstream: upstreamMachine },
+  actors: { listener, sweeper, pool: poolMachine, upstream: upstreamMachine, upstreamJson: upstreamJsonMachine },
   actions: {
     setPort: assign(({ event }) => (event.type === 'LISTENING' ? { port: event.port } : {})),
     logListening: ({ context }) =>
@@ -183,7 +188,10 @@ export const proxyMachine = setup({
       if (event.type !== 'REGISTER') return;
       const { conn, setup: s } = event;
       const log = context.logger;
-      if (context.servers.has(s.id)) {
+      const held = context.servers.get(s.id);
+      // An old server that restarts sends its setup again, and cannot read a refusal: take the new one.
+      if (held && held.wire === 'json' && conn.wire === 'json') removeServer(context, held, 'it sent a new setup message', enqueue);
+      else if (held) {
         log.warn('register_refused', `Refused setup from ${conn.describe()}: server id ${s.id} is already registered`, {
           id: s.id, peer: conn.describe(), code: ErrorCode.DUPLICATE_ID,
         });
@@ -196,9 +204,10 @@ export const proxyMachine = setup({
       const linkSeq = context.linkSeq + 1;
       enqueue.assign(({ spawn }) => {
         const host = normaliseHost(conn.remoteAddress);
-        const link = spawn('upstream', {
+        const link = spawn(conn.wire === 'json' ? 'upstreamJson' : 'upstream', {
           id: `upstream:${s.id}#${linkSeq}`,
           input: {
+            old: context.opts.oldServers,
             member: s.id,
             policy: s.privPolyId,
             host,
@@ -212,7 +221,7 @@ export const proxyMachine = setup({
             logger: context.logger,
           },
         }) as UpstreamRef;
-        context.servers.set(s.id, { id: s.id, policy: s.privPolyId, host, port: s.listenport, registration: conn, link });
+        context.servers.set(s.id, { id: s.id, policy: s.privPolyId, host, port: s.listenport, registration: conn, link, wire: conn.wire });
         if (!context.pools.has(s.privPolyId)) {
           const pool = spawn('pool', {
             id: `pool:${s.privPolyId}`,
@@ -259,7 +268,7 @@ export const proxyMachine = setup({
       const conn = event.conn;
       if (conn.role !== 'registration') return;
       for (const entry of context.servers.values()) {
-        if (entry.registration !== conn) continue;
+        if (entry.registration !== conn || entry.wire === 'json') continue;
         const reason =
           event.type === 'DEREGISTER' ? event.reason
           : event.type === 'BAD_INPUT' ? `bad input on its registration connection: ${event.error.message}`
@@ -305,6 +314,7 @@ export const proxyMachine = setup({
       timeoutMs: input.timeoutMs ?? 5000,
       maxFrameBytes: input.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
       maxClientInflight: input.maxClientInflight ?? 4096,
+      oldServers: { ...OLD_SERVER_DEFAULTS, ...input.oldServers },
     },
     logger: input.logger ?? silentLogger,
     clock: input.clock ?? systemClock,

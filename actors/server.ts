@@ -33,6 +33,12 @@ export interface ServerOptions {
   /** The proxy to register with. */
   proxy: Endpoint;
   maxFrameBytes?: number;
+  /**
+   * How to register: `frames` (default) on a connection kept open; `json` the
+   * old way, for the old Python proxy (see json-registration.ts). Requests are
+   * read in either wire, decided by their first byte.
+   */
+  wire?: 'frames' | 'json';
   /** `normal` answers; `silent` accepts requests and never answers (for fault tests). */
   behaviour?: 'normal' | 'silent';
   logger?: Logger;
@@ -60,7 +66,8 @@ const requestListener = fromCallback<ServerEvent, { host: string; port: number; 
   ({ sendBack, input }) => {
     const conns = new Set<Connection>();
     const server = createServer((socket: Socket) => {
-      const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes });
+      // Either wire: the old proxy talks JSON here, ours frames.
+      const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'sniff' });
       conn.role = 'server-link';
       conns.add(conn);
       socket.on('error', () => {});

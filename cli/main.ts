@@ -8,7 +8,7 @@ import { runClient, startProxy, startServer, StartError } from '../actors/index.
 import type { Result } from '../actors/client.js';
 import { runDemo } from './demo.js';
 import {
-  loadPackets, logOptions, makeLogger, normaliseArgv, parseEndpoint, parseIntOption, parsePort, UsageError, type LogFlags,
+  loadPackets, logOptions, makeLogger, normaliseArgv, parseEndpoint, parseIntOption, parsePort, UsageError, wireOption, type LogFlags,
 } from './common.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -52,10 +52,11 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('--timeout <ms>', 'request timeout').default(5000).argParser(parseIntOption('--timeout', 1)))
       .addOption(new Option('--max-frame <bytes>', 'largest frame accepted from any peer').default(1024 * 1024).argParser(parseIntOption('--max-frame', 16)))
       .addOption(new Option('--max-client-inflight <n>', 'unanswered requests per client connection before its reads pause').default(4096).argParser(parseIntOption('--max-client-inflight', 1)))
-      .addHelpText('after', '\nExample:\n  revproxy proxy -port 2100'),
-  ).action(async (o: LogFlags & { port: number; host: string; timeout: number; maxFrame: number; maxClientInflight: number }) => {
+      .addOption(new Option('--old-server-connections <n>', 'connections opened to each old (JSON) server, one request on each at a time').default(8).argParser(parseIntOption('--old-server-connections', 1)))
+      .addHelpText('after', '\nOld JSON clients and servers use the same port: the first byte of a connection decides.\n\nExample:\n  revproxy proxy -port 2100'),
+  ).action(async (o: LogFlags & { port: number; host: string; timeout: number; maxFrame: number; maxClientInflight: number; oldServerConnections: number }) => {
     const logger = makeLogger('proxy', o);
-    const proxy = await startProxy({ port: o.port, host: o.host, timeoutMs: o.timeout, maxFrameBytes: o.maxFrame, maxClientInflight: o.maxClientInflight, logger });
+    const proxy = await startProxy({ port: o.port, host: o.host, timeoutMs: o.timeout, maxFrameBytes: o.maxFrame, maxClientInflight: o.maxClientInflight, oldServers: { connections: o.oldServerConnections }, logger });
     await runUntilStopped(proxy.actor, proxy.stop);
     setExit(0);
   });
@@ -71,12 +72,13 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .option('--host <address>', 'address to listen on', '127.0.0.1')
       .addOption(new Option('--revproc <endpoint>', 'the reverse proxy: PORT or HOST:PORT').default(parseEndpoint('2100'), '2100').argParser(parseEndpoint))
       .addOption(new Option('--behaviour <kind>', 'normal answers; silent accepts requests and never answers (for fault tests)').choices(['normal', 'silent']).default('normal'))
+      .addOption(wireOption('register the old way (setup on its own connection, then closed), for the old Python proxy'))
       .addHelpText('after', '\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100'),
-  ).action(async (o: LogFlags & { id: string; pp?: string; policy?: string; listen: number; host: string; revproc: { host: string; port: number }; behaviour: 'normal' | 'silent' }) => {
+  ).action(async (o: LogFlags & { id: string; pp?: string; policy?: string; listen: number; host: string; revproc: { host: string; port: number }; behaviour: 'normal' | 'silent'; wire: 'frames' | 'json' }) => {
     const policy = o.pp ?? o.policy;
     if (!policy) throw new UsageError("required option '--pp <policy>' not specified");
     const logger = makeLogger(`server ${o.id}`, o);
-    const server = await startServer({ id: o.id, policy, listenPort: o.listen, listenHost: o.host, proxy: o.revproc, behaviour: o.behaviour, logger });
+    const server = await startServer({ id: o.id, policy, listenPort: o.listen, listenHost: o.host, proxy: o.revproc, behaviour: o.behaviour, wire: o.wire, logger });
     await runUntilStopped(server.actor, server.stop);
     setExit(server.actor.getSnapshot().value === 'failed' ? 1 : 0);
   });
@@ -91,11 +93,12 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('--timeout <ms>', 'time to wait for each answer').default(5000).argParser(parseIntOption('--timeout', 1)))
       .addOption(new Option('--window <n>', 'requests in flight at once on the connection').default(64).argParser(parseIntOption('--window', 1)))
       .option('--json', 'print the results as one JSON object at the end')
+      .addOption(wireOption('speak the old format, one request at a time, for the old Python proxy'))
       .addHelpText('after', '\nExit status: 0 when every answer is correct, 1 when any is wrong or missing.\n\nExample:\n  revproxy client -id 1 -revproc 2100 -pkt pktfiles/1.json'),
-  ).action(async (o: LogFlags & { id: string; revproc: { host: string; port: number }; pkt: string[]; timeout: number; window: number; json?: boolean }) => {
+  ).action(async (o: LogFlags & { id: string; revproc: { host: string; port: number }; pkt: string[]; timeout: number; window: number; json?: boolean; wire: 'frames' | 'json' }) => {
     const packets = loadPackets(o.pkt, o.id);
     const logger = makeLogger(`client ${o.id}`, o.json ? { ...o, logFormat: 'text', logLevel: 'silent' } : o);
-    const results = await runClient({ id: o.id, proxy: o.revproc, packets, timeoutMs: o.timeout, window: o.window, logger });
+    const results = await runClient({ id: o.id, proxy: o.revproc, packets, timeoutMs: o.timeout, window: o.window, wire: o.wire, logger });
     const ok = results.filter((r) => r.correct).length;
     if (o.json) process.stdout.write(`${JSON.stringify(summarise(results, packets.map((p) => p.file)))}\n`);
     else if (results.length > 1 || ok < results.length) logger.info('summary', `${ok}/${results.length} answers verified`, { verified: ok, total: results.length });
