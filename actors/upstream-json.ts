@@ -17,7 +17,7 @@ import { ErrorCode } from '../transport/errors.js';
 import { errorMsg, MsgType, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
 import { Inflight } from './inflight.js';
-import type { ProxyRequest, UpstreamInput } from './upstream.js';
+import type { ProxyRequest, UpstreamEvent, UpstreamInput } from './upstream.js';
 
 /** How the proxy treats servers of the old JSON wire. */
 export interface OldServerOptions {
@@ -57,10 +57,9 @@ export interface UpstreamJsonContext extends UpstreamInput {
   gone?: string;
 }
 
+/** The proxy's events are `upstream.ts`'s; the rest come from the link's own connections. */
 export type UpstreamJsonEvent =
-  | { type: 'SEND'; requests: ProxyRequest[] }
-  | { type: 'EXPIRE'; now: number }
-  | { type: 'RETIRE' }
+  | Extract<UpstreamEvent, { type: 'SEND' | 'EXPIRE' | 'RETIRE' }>
   | { type: 'CONN_UP'; conn: Connection }
   | { type: 'CONN_ANSWERS'; conn: Connection; messages: Message[] }
   | { type: 'CONN_DOWN'; conn: Connection; connected: boolean; error: string };
@@ -101,6 +100,15 @@ const jsonSockets = fromCallback<UpstreamJsonEvent, Pick<UpstreamInput, 'host' |
     };
   },
 );
+
+/** What both live states do with work and with their connections' news: act on it, then put waiting requests on free connections. */
+const serving = {
+  SEND: { actions: ['accept', 'dispatch'] },
+  CONN_UP: { actions: ['connUp', 'dispatch'] },
+  CONN_ANSWERS: { actions: ['answer', 'dispatch'] },
+  CONN_DOWN: { actions: ['connDown', 'dispatch'] },
+  EXPIRE: { actions: ['expire', 'dispatch'] },
+} as const;
 
 export const upstreamJsonMachine = setup({
   types: {
@@ -224,7 +232,7 @@ export const upstreamJsonMachine = setup({
     inflight: new Inflight<ProxyRequest>(input.busy, self),
     queue: [],
     misses: 0,
-    lastProbe: input.clock.now(),
+    lastProbe: -Infinity,
     answered: 0,
     failed: 0,
   }),
@@ -238,11 +246,7 @@ export const upstreamJsonMachine = setup({
     open: {
       always: { guard: 'gone', target: 'down', actions: ['failAll', 'notifyDown'] },
       on: {
-        SEND: { actions: ['accept', 'dispatch'] },
-        CONN_UP: { actions: ['connUp', 'dispatch'] },
-        CONN_ANSWERS: { actions: ['answer', 'dispatch'] },
-        CONN_DOWN: { actions: ['connDown', 'dispatch'] },
-        EXPIRE: { actions: ['expire', 'dispatch'] },
+        ...serving,
         RETIRE: [{ guard: 'idle', target: 'retired' }, { target: 'retiring' }],
       },
     },
@@ -251,13 +255,7 @@ export const upstreamJsonMachine = setup({
         { guard: 'gone', target: 'retired', actions: 'failAll' },
         { guard: 'idle', target: 'retired' },
       ],
-      on: {
-        SEND: { actions: ['accept', 'dispatch'] },
-        CONN_UP: { actions: ['connUp', 'dispatch'] },
-        CONN_ANSWERS: { actions: ['answer', 'dispatch'] },
-        CONN_DOWN: { actions: ['connDown', 'dispatch'] },
-        EXPIRE: { actions: ['expire', 'dispatch'] },
-      },
+      on: serving,
     },
     down: { type: 'final' },
     retired: { type: 'final' },
