@@ -16,6 +16,7 @@ import { assign, enqueueActions, fromCallback, sendParent, setup, type ActorRefF
 import { ErrorCode } from '../transport/errors.js';
 import { errorMsg, MsgType, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
+import type { Timer } from './clock.js';
 import { Inflight } from './inflight.js';
 import type { ProxyRequest, UpstreamEvent, UpstreamInput } from './upstream.js';
 
@@ -37,6 +38,8 @@ export interface UpstreamJsonInput extends UpstreamInput {
 interface Slot {
   conn: Connection;
   upSeq?: number;
+  /** Answers this connection has brought. */
+  served: number;
 }
 
 export interface UpstreamJsonContext extends UpstreamInput {
@@ -48,9 +51,15 @@ export interface UpstreamJsonContext extends UpstreamInput {
   inflight: Inflight<ProxyRequest>;
   /** Requests (by seq in `inflight`) waiting for a free connection, oldest first. */
   queue: number[];
+  /** Whether connections are kept for the next request (until the server is seen to close them after answering). */
+  reuse: boolean;
+  /** Requests already sent a second time after their connection closed under them. */
+  resent: Set<number>;
   /** Timeouts in a row on requests the server received. */
   misses: number;
+  /** When the link last dialed; a PROBE is due (`probeLater`) when nothing is open. */
   lastProbe: number;
+  probeLater: boolean;
   answered: number;
   failed: number;
   /** Set when the server is judged gone; the machine then leaves `open`. */
@@ -62,13 +71,18 @@ export type UpstreamJsonEvent =
   | Extract<UpstreamEvent, { type: 'SEND' | 'EXPIRE' | 'RETIRE' }>
   | { type: 'CONN_UP'; conn: Connection }
   | { type: 'CONN_ANSWERS'; conn: Connection; messages: Message[] }
-  | { type: 'CONN_DOWN'; conn: Connection; connected: boolean; error: string };
+  | { type: 'CONN_DOWN'; conn: Connection; connected: boolean; error: string }
+  | { type: 'PROBE' };
 
 /** Dials a connection for every DIAL (and one at start, to learn at once whether the port answers); reports each connection's life. */
-const jsonSockets = fromCallback<UpstreamJsonEvent, Pick<UpstreamInput, 'host' | 'port' | 'connect' | 'maxFrameBytes'>, { type: 'DIAL' }>(
+const jsonSockets = fromCallback<
+  { type: 'DIAL' } | { type: 'PROBE_LATER'; ms: number },
+  Pick<UpstreamInput, 'host' | 'port' | 'connect' | 'maxFrameBytes' | 'clock'>
+>(
   ({ sendBack, receive, input }) => {
     const conns = new Set<Connection>();
     let stopped = false;
+    let later: Timer | undefined;
     const dial = (): void => {
       const socket = input.connect(input.host, input.port);
       const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'json' });
@@ -92,10 +106,14 @@ const jsonSockets = fromCallback<UpstreamJsonEvent, Pick<UpstreamInput, 'host' |
         complete: () => down(connected ? 'connection closed by the server' : 'connection closed before it was established'),
       });
     };
-    receive(() => dial());
+    receive((ev) => {
+      if (ev.type === 'DIAL') dial();
+      else later = input.clock.setTimeout(() => sendBack({ type: 'PROBE' }), ev.ms);
+    });
     dial();
     return () => {
       stopped = true;
+      later?.cancel();
       for (const c of conns) c.destroy();
     };
   },
@@ -108,6 +126,7 @@ const serving = {
   CONN_ANSWERS: { actions: ['answer', 'dispatch'] },
   CONN_DOWN: { actions: ['connDown', 'dispatch'] },
   EXPIRE: { actions: ['expire', 'dispatch'] },
+  PROBE: { actions: ['probeDue', 'dispatch'] },
 } as const;
 
 export const upstreamJsonMachine = setup({
@@ -124,7 +143,7 @@ export const upstreamJsonMachine = setup({
     },
     connUp: assign(({ context, event }) => {
       if (event.type !== 'CONN_UP') return {};
-      context.slots.set(event.conn, { conn: event.conn });
+      context.slots.set(event.conn, { conn: event.conn, served: 0 });
       return { dialing: context.dialing - 1 };
     }),
     answer: assign(({ context, event }) => {
@@ -135,7 +154,9 @@ export const upstreamJsonMachine = setup({
       for (const m of event.messages) {
         if (m.type !== MsgType.ACK && m.type !== MsgType.ERROR) continue;
         const p = slot.upSeq === undefined ? undefined : context.inflight.take(slot.upSeq);
+        if (p) context.resent.delete(p.upSeq);
         slot.upSeq = undefined;
+        slot.served++;
         if (!p) {
           context.logger.debug('late_answer', `Dropped an answer from server id ${context.member} that no request was waiting for`, { server: context.member });
           continue;
@@ -148,6 +169,10 @@ export const upstreamJsonMachine = setup({
         context.reply(p.req, m, context.member);
         answered++;
       }
+      if (!context.reuse) {
+        slot.conn.destroy();
+        context.slots.delete(slot.conn);
+      }
       return { answered: context.answered + answered, misses: answered ? 0 : context.misses };
     }),
     connDown: assign(({ context, event }) => {
@@ -159,7 +184,20 @@ export const upstreamJsonMachine = setup({
       const slot = context.slots.get(event.conn);
       if (!slot) return {};
       context.slots.delete(event.conn);
-      const p = slot.upSeq === undefined ? undefined : context.inflight.take(slot.upSeq);
+      if (slot.upSeq === undefined) return {};
+      if (slot.served > 0 && !context.resent.has(slot.upSeq)) {
+        // A reused connection the server closed as the request went out: the server closes
+        // its connections after answering, and never read the request. Send it again on a new
+        // connection, and from now on give this server a connection per request, as the old proxy did.
+        context.resent.add(slot.upSeq);
+        context.queue.unshift(slot.upSeq);
+        if (context.reuse) {
+          context.logger.info('no_reuse', `Server id ${context.member} closes its connections after answering: one connection per request from now on`, { server: context.member });
+        }
+        return { reuse: false };
+      }
+      const p = context.inflight.take(slot.upSeq);
+      context.resent.delete(slot.upSeq);
       if (!p) return {};
       context.reply(p.req, errorMsg(ErrorCode.UPSTREAM_FAILED, `server ${context.member} failed before answering: ${event.error}`), context.member);
       return { failed: context.failed + 1 };
@@ -168,6 +206,7 @@ export const upstreamJsonMachine = setup({
       if (event.type !== 'EXPIRE') return {};
       let misses = context.misses;
       for (const p of context.inflight.takeExpired(event.now)) {
+        context.resent.delete(p.upSeq);
         const waiting = context.queue.indexOf(p.upSeq);
         if (waiting >= 0) context.queue.splice(waiting, 1);
         else {
@@ -187,6 +226,7 @@ export const upstreamJsonMachine = setup({
       const gone = misses >= context.limits.missesToLeave ? `it stopped answering (${misses} requests in a row timed out)` : undefined;
       return { misses, gone };
     }),
+    probeDue: assign({ probeLater: false }),
     /** Put waiting requests on idle connections; dial more, up to the limit, for the rest. */
     dispatch: enqueueActions(({ context, enqueue }) => {
       if (context.gone) return;
@@ -195,9 +235,17 @@ export const upstreamJsonMachine = setup({
         if (slot.upSeq === undefined) write(context, slot, context.queue.shift()!);
       }
       let dials = Math.min(context.queue.length - context.dialing, context.limits.connections - context.slots.size - context.dialing);
-      // With nothing open any more, check (at most once per timeout) that the port still answers.
+      // With nothing open any more, check that the port still answers: at once, or (at most
+      // once per timeout) later - a dial can land just before a dying server's port closes.
       const now = context.clock.now();
-      if (dials <= 0 && context.slots.size === 0 && context.dialing === 0 && now - context.lastProbe >= context.timeoutMs) dials = 1;
+      if (dials <= 0 && context.slots.size === 0 && context.dialing === 0) {
+        const wait = context.lastProbe + context.timeoutMs - now;
+        if (wait <= 0) dials = 1;
+        else if (!context.probeLater) {
+          enqueue.sendTo('sockets', { type: 'PROBE_LATER', ms: wait });
+          enqueue.assign({ probeLater: true });
+        }
+      }
       if (dials <= 0) return;
       for (let i = 0; i < dials; i++) enqueue.sendTo('sockets', { type: 'DIAL' });
       enqueue.assign({ dialing: context.dialing + dials, lastProbe: now });
@@ -206,6 +254,7 @@ export const upstreamJsonMachine = setup({
       const why = context.gone ?? 'link closed';
       const all = context.inflight.takeAll();
       context.queue.length = 0;
+      context.resent.clear();
       for (const p of all) {
         context.reply(p.req, errorMsg(ErrorCode.UPSTREAM_FAILED, `server ${context.member} failed before answering: ${why}`), context.member);
       }
@@ -231,15 +280,18 @@ export const upstreamJsonMachine = setup({
     dialing: 1, // the socket actor dials once at start
     inflight: new Inflight<ProxyRequest>(input.busy, self),
     queue: [],
+    resent: new Set(),
+    reuse: true,
     misses: 0,
     lastProbe: -Infinity,
+    probeLater: false,
     answered: 0,
     failed: 0,
   }),
   invoke: {
     id: 'sockets',
     src: 'jsonSockets',
-    input: ({ context }) => ({ host: context.host, port: context.port, connect: context.connect, maxFrameBytes: context.maxFrameBytes }),
+    input: ({ context }) => ({ host: context.host, port: context.port, connect: context.connect, maxFrameBytes: context.maxFrameBytes, clock: context.clock }),
   },
   initial: 'open',
   states: {

@@ -106,6 +106,16 @@ oldThroughOurs('new clients through old servers: a pipelined client is served ov
   noBreakage(a, b);
 });
 
+oldThroughOurs('an old server that closes each connection after one answer is still served, request after request', async () => {
+  const a = await oldServer('1', 'P', ['-once']);
+  const packets = Array.from({ length: 30 }, (_, i) => ({ srcid: 'c', privPoliId: 'P', payload: `o${i}` }));
+  const one = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets, window: 1 });
+  const many = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets, window: 30 });
+  assert.ok([...one, ...many].every((r) => r.correct), JSON.stringify([...one, ...many].filter((r) => !r.correct)));
+  assert.equal(members('P'), ['1']);
+  noBreakage(a);
+});
+
 oldThroughOurs('a mixed pool: the round robin goes across old and new servers, and any client reaches any server', async () => {
   const a = await oldServer('1', 'M');
   await newServer('2', 'M');
@@ -200,9 +210,11 @@ reverse.after.each(killAll);
 reverse('revproxy server --wire json and revproxy client --wire json work with the old Python proxy', async () => {
   const proxy = python('old_proxy', ['-port', '0']);
   const port = (await proxy.waitFor(/Running the reverse proxy on port (\d+)/))[1]!;
-  const servers = ['1', '2'].map((id) => revproxy(['server', '-id', id, '-pp', 'PP_1', '-listen', '0', '-revproc', port, '--wire', 'json']));
-  await proxy.waitFor(/Received setup message from server id 1 privacy policy PP_1 port \d+/);
-  await proxy.waitFor(/Received setup message from server id 2 privacy policy PP_1 port \d+/);
+  const servers: Proc[] = [];
+  for (const id of ['1', '2']) {
+    servers.push(revproxy(['server', '-id', id, '-pp', 'PP_1', '-listen', '0', '-revproc', port, '--wire', 'json']));
+    await proxy.waitFor(new RegExp(`Received setup message from server id ${id} privacy policy PP_1 port \\d+`));
+  }
   const dir = mkdtempSync(join(tmpdir(), 'oldwire-'));
   for (let i = 1; i <= 5; i++) writeFileSync(join(dir, `${i}.json`), JSON.stringify({ type: '0', srcid: '7', privPoliId: 'PP_1', payload: `m${i}` }));
   const client = revproxy(['client', '-id', '7', '-revproc', port, '-pkt', dir, '--wire', 'json', '--json']);
