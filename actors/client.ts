@@ -22,7 +22,10 @@ export interface Packet {
 
 export interface ClientOptions {
   id: string;
-  proxy: Endpoint;
+  /** The proxy to send through (or use `proxies`). */
+  proxy?: Endpoint;
+  /** Several proxies: the client uses the first and fails over to the next when one is down. */
+  proxies?: Endpoint[];
   packets: Packet[];
   /** Per-request timeout in ms (default 5000). */
   timeoutMs?: number;
@@ -30,6 +33,10 @@ export interface ClientOptions {
   window?: number;
   /** `frames` (default), or `json`: the old wire, one request at a time, for the old Python proxy. */
   wire?: 'frames' | 'json';
+  /** Consecutive failed connection attempts before giving up (default: 2 per proxy). */
+  maxAttempts?: number;
+  /** Pause before trying the next proxy (ms, default 100). */
+  failoverDelayMs?: number;
   logger?: Logger;
   clock?: Clock;
 }
@@ -40,7 +47,7 @@ export interface Result {
   server?: string;
   hash?: string;
   correct?: boolean;
-  /** Error code when no ack came: a proxy error code, or CLIENT_TIMEOUT / CONNECTION_LOST. */
+  /** Error code when no ack came: a proxy error code, or CLIENT_TIMEOUT / CONNECTION_LOST / CONNECT_FAILED. */
   error?: string;
   message?: string;
   latencyMs?: number;
@@ -48,14 +55,19 @@ export interface Result {
 
 export interface ClientContext {
   opts: ClientOptions;
+  proxies: Endpoint[];
+  proxyIndex: number;
+  attempts: number;
   logger: Logger;
   clock: Clock;
   conn?: Connection;
   results: Result[];
-  sentAt: number[];
-  next: number;
+  sentAt: Array<number | undefined>;
+  /** Packet indexes not sent yet on the current connection, in order. */
+  toSend: number[];
   inflight: number;
   remaining: number;
+  lastError?: string;
 }
 
 export type ClientEvent =
@@ -67,7 +79,7 @@ export type ClientEvent =
 
 const clientSocket = fromCallback<ClientEvent, { proxy: Endpoint; wire?: 'frames' | 'json' }>(({ sendBack, input }) => {
   const socket = netConnect({ host: input.proxy.host, port: input.proxy.port });
-  // On the json wire answers carry no seq: the decoder numbers them in arrival order, which is request order.
+  // On the json wire answers carry no seq: the connection gives each the seq of the oldest unanswered request.
   const conn = new Connection(socket, { wire: input.wire });
   conn.role = 'client';
   let connected = false;
@@ -99,29 +111,36 @@ const ticker = fromCallback<ClientEvent, { clock: Clock; every: number }>(({ sen
 function sendMore(context: ClientContext): Partial<ClientContext> {
   const { conn, opts } = context;
   const window = opts.wire === 'json' ? 1 : opts.window ?? 64;
-  let { next, inflight } = context;
+  let { inflight } = context;
   if (!conn) return {};
   const log = context.logger;
   const now = context.clock.now();
-  while (next < opts.packets.length && inflight < window) {
-    const p = opts.packets[next]!;
-    log.info('send', `Sending message ${p.payload} to privacy policy ${p.privPoliId} through reverse proxy running on port ${opts.proxy.port}`, {
-      client: p.srcid, policy: p.privPoliId, payload: p.payload, seq: next,
+  const port = context.proxies[context.proxyIndex]!.port;
+  while (context.toSend.length && inflight < window) {
+    const i = context.toSend.shift()!;
+    if (settled(context.results[i]!)) continue;
+    const p = opts.packets[i]!;
+    log.info('send', `Sending message ${p.payload} to privacy policy ${p.privPoliId} through reverse proxy running on port ${port}`, {
+      client: p.srcid, policy: p.privPoliId, payload: p.payload, seq: i,
     });
-    const msg: DataMsg = { type: MsgType.DATA, seq: next, srcid: p.srcid, privPoliId: p.privPoliId, payload: p.payload, payloadsize: Buffer.byteLength(p.payload) };
-    context.sentAt[next] = now;
+    const msg: DataMsg = { type: MsgType.DATA, seq: i, srcid: p.srcid, privPoliId: p.privPoliId, payload: p.payload, payloadsize: Buffer.byteLength(p.payload) };
+    context.sentAt[i] = now;
     conn.send(msg);
-    next++;
     inflight++;
   }
-  return { next, inflight };
+  return { inflight };
+}
+
+function settled(r: Result): boolean {
+  return r.correct !== undefined || r.error !== undefined;
 }
 
 function settle(context: ClientContext, index: number, result: Omit<Result, 'packet'>): boolean {
   const r = context.results[index];
-  if (!r || r.correct !== undefined || r.error !== undefined) return false;
+  if (!r || settled(r) || context.sentAt[index] === undefined) return false;
   Object.assign(r, result);
-  if (context.sentAt[index] !== undefined) r.latencyMs = context.clock.now() - context.sentAt[index]!;
+  r.latencyMs = context.clock.now() - context.sentAt[index]!;
+  context.sentAt[index] = undefined;
   context.remaining--;
   context.inflight--;
   return true;
@@ -135,10 +154,13 @@ export const clientMachine = setup({
     output: {} as { results: Result[] },
   },
   actors: { clientSocket, ticker },
+  delays: {
+    failoverDelay: ({ context }) => context.opts.failoverDelayMs ?? 100,
+  },
   actions: {
     start: assign(({ context, event }) => {
       if (event.type !== 'CONNECTED') return {};
-      return { conn: event.conn, ...sendMore({ ...context, conn: event.conn }) };
+      return { conn: event.conn, attempts: 0, ...sendMore({ ...context, conn: event.conn }) };
     }),
     receive: assign(({ context, event }) => {
       if (event.type !== 'ANSWERS') return {};
@@ -167,20 +189,37 @@ export const clientMachine = setup({
     expire: assign(({ context }) => {
       const timeout = context.opts.timeoutMs ?? 5000;
       const now = context.clock.now();
-      for (let i = 0; i < context.next; i++) {
-        const sent = context.sentAt[i];
+      context.sentAt.forEach((sent, i) => {
         if (sent !== undefined && now - sent >= timeout && settle(context, i, { error: 'CLIENT_TIMEOUT', message: `no answer within ${timeout} ms` })) {
           context.logger.error('request_failed', `Request ${i} got no answer within ${timeout} ms`, { seq: i, code: 'CLIENT_TIMEOUT' });
         }
-      }
+      });
       return { remaining: context.remaining, inflight: context.inflight, ...sendMore(context) };
     }),
-    failRest: assign(({ context, event }) => {
-      const why = event.type === 'CONNECT_FAILED' || event.type === 'CLOSED' ? event.error : 'stopped';
-      const code = event.type === 'CONNECT_FAILED' ? 'CONNECT_FAILED' : 'CONNECTION_LOST';
+    /** Requests sent on the lost connection go out again, first, on the next one. */
+    failover: assign(({ context, event }) => {
+      const why = event.type === 'CONNECT_FAILED' || event.type === 'CLOSED' ? event.error : 'connection lost';
+      const resend: number[] = [];
+      context.sentAt.forEach((sent, i) => {
+        if (sent !== undefined) resend.push(i);
+      });
+      for (const i of resend) context.sentAt[i] = undefined;
+      const next = (context.proxyIndex + 1) % context.proxies.length;
+      const attempts = context.attempts + 1;
+      const target = context.proxies[next]!;
+      if (attempts < maxAttempts(context)) {
+        context.logger.warn('failover', `${why}; trying the reverse proxy at ${target.host}:${target.port}${resend.length ? ` and sending ${resend.length} unanswered request(s) again` : ''}`, {
+          reason: why, proxy: `${target.host}:${target.port}`, resend: resend.length,
+        });
+      }
+      return { toSend: [...resend, ...context.toSend], inflight: 0, conn: undefined, proxyIndex: next, attempts, lastError: why };
+    }),
+    failRest: assign(({ context }) => {
+      const why = context.lastError ?? 'stopped';
+      const code = context.results.some((r) => r.correct !== undefined) ? 'CONNECTION_LOST' : 'CONNECT_FAILED';
       let failed = 0;
       for (const r of context.results) {
-        if (r.correct === undefined && r.error === undefined) {
+        if (!settled(r)) {
           r.error = code;
           r.message = why;
           failed++;
@@ -192,46 +231,64 @@ export const clientMachine = setup({
   },
   guards: {
     allAnswered: ({ context }) => context.remaining === 0,
+    givesUp: ({ context }) => context.attempts >= maxAttempts(context),
   },
 }).createMachine({
   id: 'client',
-  context: ({ input }) => ({
-    opts: input,
-    logger: input.logger ?? silentLogger,
-    clock: input.clock ?? systemClock,
-    results: input.packets.map((packet) => ({ packet })),
-    sentAt: [],
-    next: 0,
-    inflight: 0,
-    remaining: input.packets.length,
-  }),
-  invoke: { id: 'socket', src: 'clientSocket', input: ({ context }) => ({ proxy: context.opts.proxy, wire: context.opts.wire }) },
-  initial: 'connecting',
+  context: ({ input }) => {
+    const proxies = input.proxies ?? (input.proxy ? [input.proxy] : [{ host: '127.0.0.1', port: 2100 }]);
+    return {
+      opts: input,
+      proxies,
+      proxyIndex: 0,
+      attempts: 0,
+      logger: input.logger ?? silentLogger,
+      clock: input.clock ?? systemClock,
+      results: input.packets.map((packet) => ({ packet })),
+      sentAt: [],
+      toSend: input.packets.map((_, i) => i),
+      inflight: 0,
+      remaining: input.packets.length,
+    };
+  },
+  initial: 'session',
   states: {
-    connecting: {
+    session: {
+      invoke: { id: 'socket', src: 'clientSocket', input: ({ context }) => ({ proxy: context.proxies[context.proxyIndex]!, wire: context.opts.wire }) },
       always: { guard: 'allAnswered', target: 'done' },
       on: {
-        CONNECTED: { target: 'sending', actions: 'start' },
-        CONNECT_FAILED: { target: 'done', actions: 'failRest' },
-        CLOSED: { target: 'done', actions: 'failRest' },
+        CONNECT_FAILED: { target: 'failover', actions: 'failover' },
+        CLOSED: { target: 'failover', actions: 'failover' },
+      },
+      initial: 'connecting',
+      states: {
+        connecting: {
+          on: { CONNECTED: { target: 'sending', actions: 'start' } },
+        },
+        sending: {
+          invoke: {
+            id: 'ticker',
+            src: 'ticker',
+            input: ({ context }) => ({ clock: context.clock, every: Math.max(10, Math.min(250, (context.opts.timeoutMs ?? 5000) / 10)) }),
+          },
+          on: {
+            ANSWERS: { actions: 'receive' },
+            TICK: { actions: 'expire' },
+          },
+        },
       },
     },
-    sending: {
-      invoke: {
-        id: 'ticker',
-        src: 'ticker',
-        input: ({ context }) => ({ clock: context.clock, every: Math.max(10, Math.min(250, (context.opts.timeoutMs ?? 5000) / 10)) }),
-      },
-      always: { guard: 'allAnswered', target: 'done' },
-      on: {
-        ANSWERS: { actions: 'receive' },
-        TICK: { actions: 'expire' },
-        CLOSED: { target: 'done', actions: 'failRest' },
-      },
+    failover: {
+      always: { guard: 'givesUp', target: 'done', actions: 'failRest' },
+      after: { failoverDelay: 'session' },
     },
     done: { type: 'final' },
   },
   output: ({ context }) => ({ results: context.results }),
 });
+
+function maxAttempts(context: ClientContext): number {
+  return context.opts.maxAttempts ?? 2 * context.proxies.length;
+}
 
 export type ClientActor = ActorRefFrom<typeof clientMachine>;

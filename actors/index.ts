@@ -4,15 +4,15 @@
  */
 import { createActor, toPromise, type InspectionEvent } from 'xstate';
 import { clientMachine, type ClientOptions, type Result } from './client.js';
-import { jsonRegistration } from './json-registration.js';
-import { proxyMachine, type ProxyActor, type ProxyOptions } from './proxy.js';
+import { jsonRegistrations } from './json-registration.js';
+import { proxyMachine, type MemberState, type ProxyActor, type ProxyOptions } from './proxy.js';
 import { serverMachine, type ServerActor, type ServerOptions } from './server.js';
 
 export { clientMachine, type ClientOptions, type Packet, type Result } from './client.js';
 export { systemClock, ManualClock, type Clock } from './clock.js';
 export { Logger, textSink, jsonSink, memorySink, silentLogger, type LogRecord, type Level } from './logger.js';
 export { poolMachine, join, leave, pick, type Rotation } from './pool.js';
-export { proxyMachine, type ProxyOptions, type ProxyActor } from './proxy.js';
+export { proxyMachine, type ProxyOptions, type ProxyActor, type ProxyObserver, type MemberState } from './proxy.js';
 export { serverMachine, sha1Hex, type ServerOptions, type ServerActor, type Endpoint } from './server.js';
 export { upstreamMachine } from './upstream.js';
 export { upstreamJsonMachine, type OldServerOptions } from './upstream-json.js';
@@ -28,13 +28,28 @@ export class StartError extends Error {
   }
 }
 
+export interface PoolView {
+  /** Members in rotation order. */
+  members: string[];
+  /** Index of the member that gets the next request (may equal members.length: end of round). */
+  cursor: number;
+  /** The pool machine's state: empty or serving. */
+  state: string;
+  /** Each member's state: connecting, serving, down or ejected. */
+  states: Record<string, MemberState>;
+  /** Members taking requests now, in rotation order. */
+  serving: string[];
+}
+
 export interface ProxyHandle {
   actor: ProxyActor;
   port: number;
-  /** Stop accepting, close every connection. */
+  /** Graceful: stop accepting, answer everything in flight (at most the drain timeout), then close. */
   stop(): Promise<void>;
-  /** Members of each pool, in rotation order, with the cursor. */
-  pools(): Record<string, { members: string[]; cursor: number; state: string }>;
+  /** Abrupt, as SIGKILL: close every socket now. */
+  kill(): void;
+  /** Each pool: members in rotation order, the cursor, each member's state. */
+  pools(): Record<string, PoolView>;
 }
 
 /** Start a proxy; resolves once it listens. */
@@ -48,14 +63,24 @@ export async function startProxy(opts: ProxyOptions & Inspect = {}): Promise<Pro
     actor,
     port: snap.context.port,
     async stop() {
-      if (actor.getSnapshot().status === 'active') actor.send({ type: 'STOP' });
+      if (actor.getSnapshot().status === 'active') {
+        actor.send({ type: 'STOP' });
+        await waitUntil(actor, (s) => s.status !== 'active');
+      }
+      actor.stop();
+    },
+    kill() {
       actor.stop();
     },
     pools() {
-      const out: Record<string, { members: string[]; cursor: number; state: string }> = {};
-      for (const [policy, ref] of actor.getSnapshot().context.pools) {
+      const ctx = actor.getSnapshot().context;
+      const out: Record<string, PoolView> = {};
+      for (const [policy, ref] of ctx.pools) {
         const s = ref.getSnapshot();
-        out[policy] = { members: [...s.context.members], cursor: s.context.cursor, state: String(s.value) };
+        const members: string[] = [...s.context.members];
+        const states: Record<string, MemberState> = {};
+        for (const id of members) states[id] = ctx.servers.get(id)?.state ?? 'down';
+        out[policy] = { members, cursor: s.context.cursor, state: String(s.value), states, serving: members.filter((id) => states[id] === 'serving') };
       }
       return out;
     },
@@ -72,20 +97,46 @@ export interface ServerHandle {
   kill(): void;
 }
 
-/** Start a server; resolves once it listens and its setup message is on the wire. */
-export async function startServer(opts: ServerOptions & Inspect): Promise<ServerHandle> {
-  const machine = opts.wire === 'json' ? serverMachine.provide({ actors: { registration: jsonRegistration } }) : serverMachine;
+/**
+ * Start a server; resolves once it listens and is registered with at least
+ * one proxy (the setup message is on the wire). Rejects with a StartError
+ * when it cannot listen, is refused, or reaches no proxy within `registerTimeoutMs`.
+ */
+export async function startServer(opts: ServerOptions & Inspect & { registerTimeoutMs?: number; waitForRegistration?: boolean }): Promise<ServerHandle> {
+  const machine = opts.wire === 'json' ? serverMachine.provide({ actors: { registrations: jsonRegistrations } }) : serverMachine;
   const actor = createActor(machine, { input: opts, inspect: opts.inspect });
   actor.start();
-  await waitUntil(actor, (s) => s.status !== 'active' || s.matches({ online: 'registered' }));
+  if (opts.waitForRegistration === false) {
+    // Listening is enough: registrations keep being retried in the background.
+    await waitUntil(actor, (s) => s.status !== 'active' || s.value !== 'starting');
+    const snap = actor.getSnapshot();
+    if (snap.status !== 'active') throw new StartError(snap.context.error ?? `server ${opts.id} failed to start`);
+    return serverHandle(actor, opts.id);
+  }
+  const wait = opts.registerTimeoutMs ?? 5000;
+  let timedOut = false;
+  const timer = setTimeout(() => (timedOut = true), wait);
+  await waitUntil(actor, (s) => s.status !== 'active' || s.context.registered.length > 0, wait + 10).catch(() => undefined);
+  clearTimeout(timer);
   const snap = actor.getSnapshot();
-  if (snap.value === 'failed') throw new StartError(snap.context.error ?? 'the server failed to start');
+  if (snap.value === 'failed' || snap.status !== 'active' || timedOut || snap.context.registered.length === 0) {
+    actor.stop();
+    const proxies = snap.context.proxies.map((p) => `${p.host}:${p.port}`).join(', ');
+    throw new StartError(snap.context.error ?? `server ${opts.id} could not register with any reverse proxy (${proxies}) within ${wait} ms`);
+  }
+  return serverHandle(actor, opts.id);
+}
+
+function serverHandle(actor: ServerActor, id: string): ServerHandle {
   return {
     actor,
-    port: snap.context.port,
-    id: opts.id,
+    port: actor.getSnapshot().context.port,
+    id,
     async stop() {
-      if (actor.getSnapshot().status === 'active') actor.send({ type: 'STOP' });
+      if (actor.getSnapshot().status === 'active') {
+        actor.send({ type: 'STOP' });
+        await waitUntil(actor, (s) => s.status !== 'active');
+      }
       actor.stop();
     },
     kill() {
@@ -107,17 +158,26 @@ interface Watchable<S> {
   subscribe(o: { next: (s: S) => void; error?: (e: unknown) => void }): { unsubscribe(): void };
 }
 
-function waitUntil<S>(actor: Watchable<S>, pred: (s: S) => boolean): Promise<void> {
+/** Resolves when `pred` holds for the actor's snapshot; rejects after `timeoutMs` when given. */
+export function waitUntil<S>(actor: Watchable<S>, pred: (s: S) => boolean, timeoutMs?: number): Promise<void> {
   return new Promise((resolve, reject) => {
     if (pred(actor.getSnapshot())) return resolve();
+    let timer: NodeJS.Timeout | undefined;
     const sub = actor.subscribe({
       next: (s) => {
         if (pred(s)) {
           sub.unsubscribe();
+          clearTimeout(timer);
           resolve();
         }
       },
       error: (e) => reject(e),
     });
+    if (timeoutMs !== undefined) {
+      timer = setTimeout(() => {
+        sub.unsubscribe();
+        reject(new Error(`timed out after ${timeoutMs} ms`));
+      }, timeoutMs);
+    }
   });
 }

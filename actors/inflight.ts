@@ -1,7 +1,8 @@
 /**
  * Requests sent on one upstream link and not yet answered, keyed by the seq
- * the proxy gave them on that link. Insertion order is deadline order (one
- * timeout for all), so expiry looks only at the oldest entries.
+ * the proxy gave them on that link. Each entry has its own deadline (the
+ * earlier of the try timeout and the request's deadline); `minDeadline`
+ * tells a sweeper cheaply whether anything may have expired.
  */
 export interface Pending<R> {
   upSeq: number;
@@ -12,14 +13,16 @@ export interface Pending<R> {
 export class Inflight<R> {
   private readonly map = new Map<number, Pending<R>>();
   private seq = 0;
+  /** No entry expires before this (it may be stale-low after removals; a scan refreshes it). */
+  private min = Infinity;
 
   /**
    * @param busy a set shared by all tables of one proxy: holds the tables
    *   that have entries, so one sweeper can find what may expire.
+   * @param owner who is told when entries expire (the upstream link actor).
    */
   constructor(
     private readonly busy?: Set<Inflight<R>>,
-    /** Who is told when entries expire (the upstream link actor). */
     readonly owner?: { send(event: { type: 'EXPIRE'; now: number }): void },
   ) {}
 
@@ -31,6 +34,7 @@ export class Inflight<R> {
     this.seq = this.seq >= 0xffffffff ? 1 : this.seq + 1;
     const upSeq = this.seq;
     this.map.set(upSeq, { upSeq, req, deadline });
+    if (deadline < this.min) this.min = deadline;
     if (this.map.size === 1) this.busy?.add(this);
     return upSeq;
   }
@@ -44,32 +48,38 @@ export class Inflight<R> {
     const p = this.map.get(upSeq);
     if (p) {
       this.map.delete(upSeq);
-      if (this.map.size === 0) this.busy?.delete(this);
+      if (this.map.size === 0) this.clear();
     }
     return p;
   }
 
-  /** Deadline of the oldest entry, or Infinity when empty. */
+  /** Earliest deadline of any entry (a lower bound), or Infinity when empty. */
   oldestDeadline(): number {
-    for (const p of this.map.values()) return p.deadline;
-    return Infinity;
+    return this.min;
   }
 
   takeExpired(now: number): Array<Pending<R>> {
     const out: Array<Pending<R>> = [];
+    let min = Infinity;
     for (const p of this.map.values()) {
-      if (p.deadline > now) break;
-      out.push(p);
+      if (p.deadline <= now) out.push(p);
+      else if (p.deadline < min) min = p.deadline;
     }
     for (const p of out) this.map.delete(p.upSeq);
-    if (out.length && this.map.size === 0) this.busy?.delete(this);
+    this.min = min;
+    if (this.map.size === 0) this.clear();
     return out;
   }
 
   takeAll(): Array<Pending<R>> {
     const out = [...this.map.values()];
     this.map.clear();
-    this.busy?.delete(this);
+    this.clear();
     return out;
+  }
+
+  private clear(): void {
+    this.min = Infinity;
+    this.busy?.delete(this);
   }
 }

@@ -2,37 +2,51 @@
  * How a server registers on the old JSON wire (`revproxy server --wire json`),
  * for the old Python proxy: the setup message on a connection of its own,
  * closed right after it, as the old servers did. The old proxy sends no
- * answer and keeps no connection, so there is nothing more to watch: once the
- * setup is written the server counts as registered.
+ * answer, keeps no connection and knows no deregistration, so once the setup
+ * is written there is nothing more to watch. A proxy not listening yet is
+ * retried with backoff, as the frames registration does.
  *
- * Swapped in for the server machine's `registration` actor:
- * `serverMachine.provide({ actors: { registration: jsonRegistration } })`.
+ * Swapped in for the server machine's `registrations` actor:
+ * `serverMachine.provide({ actors: { registrations: jsonRegistrations } })`.
  */
 import { connect as netConnect } from 'node:net';
 import { fromCallback } from 'xstate';
-import type { SetupMsg } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
-import type { Endpoint, ServerEvent } from './server.js';
+import type { Timer } from './clock.js';
+import type { Endpoint, RegistrationInput, ServerEvent } from './server.js';
 
-export const jsonRegistration = fromCallback<ServerEvent, { proxy: Endpoint; setup: SetupMsg; maxFrameBytes: number }>(({ sendBack, input }) => {
-  const socket = netConnect({ host: input.proxy.host, port: input.proxy.port });
-  const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'json' });
-  conn.role = 'registration';
-  let sent = false;
-  socket.once('connect', () => {
-    sent = true;
-    conn.endWith(input.setup);
-    sendBack({ type: 'REGISTERED' });
-  });
-  socket.on('error', (err: NodeJS.ErrnoException) => {
-    if (sent) return;
-    sent = true;
-    sendBack({
-      type: 'REGISTRATION_LOST',
-      error: err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${input.proxy.host}:${input.proxy.port}` : err.message,
+export const jsonRegistrations = fromCallback<ServerEvent, RegistrationInput>(({ sendBack, input }) => {
+  let stopping = false;
+  const timers = new Set<Timer>();
+  const conns = new Set<Connection>();
+
+  const dial = (ep: Endpoint, delay: number): void => {
+    const key = `${ep.host}:${ep.port}`;
+    const socket = netConnect({ host: ep.host, port: ep.port });
+    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'json' });
+    conn.role = 'registration';
+    conns.add(conn);
+    socket.once('close', () => conns.delete(conn));
+    socket.once('connect', () => {
+      conn.endWith(input.setup);
+      sendBack({ type: 'REGISTERED', proxy: key, again: false });
     });
-  });
+    socket.once('error', (err: NodeJS.ErrnoException) => {
+      if (stopping || socket.bytesWritten > 0) return;
+      const error = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${key}` : err.message;
+      sendBack({ type: 'REGISTRATION_LOST', proxy: key, error, retryInMs: delay });
+      const t = input.clock.setTimeout(() => {
+        timers.delete(t);
+        if (!stopping) dial(ep, Math.min(delay * 2, input.maxMs));
+      }, delay);
+      timers.add(t);
+    });
+  };
+
+  for (const ep of input.proxies) dial(ep, input.initialMs);
   return () => {
-    if (!conn.closed) conn.destroy();
+    stopping = true;
+    for (const t of timers) t.cancel();
+    for (const c of conns) if (!c.closed) c.destroy();
   };
 });

@@ -44,13 +44,13 @@ export function leave(r: Rotation, id: string): Rotation {
  * Pick the next member that `eligible` accepts, starting at the cursor.
  * Returns the member (or undefined when none is eligible) and the new cursor.
  */
-export function pick(r: Rotation, eligible?: (id: string) => boolean): { member: string | undefined; cursor: number } {
+export function pick<R>(r: Rotation, eligible?: (id: string, req?: R) => boolean, req?: R): { member: string | undefined; cursor: number } {
   const n = r.members.length;
   const start = r.cursor >= n ? 0 : r.cursor;
   for (let k = 0; k < n; k++) {
     const i = (start + k) % n;
     const id = r.members[i]!;
-    if (!eligible || eligible(id)) return { member: id, cursor: i + 1 };
+    if (!eligible || eligible(id, req)) return { member: id, cursor: i + 1 };
   }
   return { member: undefined, cursor: r.cursor };
 }
@@ -61,14 +61,17 @@ export type Deliver<R> = (member: string | undefined, requests: R[]) => void;
 export interface PoolInput<R = unknown> {
   policy: string;
   deliver: Deliver<R>;
-  /** Whether a member may take requests now (for example: not ejected, not draining). */
-  eligible?: (id: string) => boolean;
+  /**
+   * Whether a member may take this request now (for example: not ejected,
+   * not at its in-flight limit, not already tried for this request).
+   */
+  eligible?: (id: string, req: R) => boolean;
 }
 
 export interface PoolContext<R = unknown> extends Rotation {
   policy: string;
   deliver: Deliver<R>;
-  eligible?: (id: string) => boolean;
+  eligible?: (id: string, req: R) => boolean;
   routed: number;
 }
 
@@ -94,7 +97,7 @@ export const poolMachine = setup({
       const groups = new Map<string | undefined, unknown[]>();
       let cursor = context.cursor;
       for (const req of event.requests) {
-        const p = pick({ members: context.members, cursor }, context.eligible);
+        const p = pick({ members: context.members, cursor }, context.eligible, req);
         cursor = p.cursor;
         let group = groups.get(p.member);
         if (!group) groups.set(p.member, (group = []));

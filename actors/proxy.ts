@@ -1,25 +1,33 @@
 /**
  * The reverse proxy. Registers servers into per-policy pools, forwards each
  * client request to the pool's next member over a persistent upstream link,
- * and returns the one answer every request gets.
+ * and returns the one answer every request gets: an ACK, or an ERROR with a
+ * stable code, within the request timeout.
  *
- * starting --LISTENING--> running --STOP--> stopped
+ * starting --LISTENING--> running --STOP--> draining --DRAINED / drain timeout--> stopped
  *     \--LISTEN_FAILED--> failed
  *
  * Transitions are driven by the socket streams: every read of a client
  * connection becomes one FORWARD event carrying the whole batch.
+ *
+ * Members of a pool are `connecting` (link not verified yet), `serving`,
+ * `down` (link failed: probed with backoff until it answers again) or
+ * `ejected` (too many consecutive failures: out for a while). Only serving
+ * members below their in-flight limit take requests; a failed try is retried
+ * on the next member; requests that find every member busy wait in a bounded
+ * queue, and past it get OVERLOADED.
  */
 import { createServer, type Server, type Socket } from 'node:net';
-import { assign, enqueueActions, fromCallback, setup, type ActorRefFrom, type AnyActorRef } from 'xstate';
+import { assign, enqueueActions, fromCallback, sendTo, setup, type ActorRefFrom, type AnyActorRef } from 'xstate';
 import { ErrorCode, ProtocolError, type ErrorCode as Code } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, MsgType, type AckMsg, type DataMsg, type ErrorMsg, type SetupMsg } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
-import { systemClock, type Clock } from './clock.js';
+import { systemClock, type Clock, type Timer } from './clock.js';
 import type { Inflight } from './inflight.js';
 import { silentLogger, type Logger } from './logger.js';
 import { poolMachine } from './pool.js';
-import { tcpConnect, upstreamMachine, type ProxyRequest, type SocketFactory, type UpstreamRef } from './upstream.js';
+import { tcpConnect, upstreamMachine, type ProxyRequest, type SocketFactory, type UpstreamRef, type UpstreamReport } from './upstream.js';
 import { OLD_SERVER_DEFAULTS, upstreamJsonMachine, type OldServerOptions } from './upstream-json.js';
 
 export interface ProxyOptions {
@@ -27,17 +35,41 @@ export interface ProxyOptions {
   port?: number;
   /** Address to listen on. Default 127.0.0.1. */
   host?: string;
-  /** Request timeout in ms. Default 5000. */
+  /** Whole-request timeout in ms: every request is answered within it. Default 5000. */
   timeoutMs?: number;
+  /** Retries of a failed try on other members of the pool. Default 2. */
+  retries?: number;
+  /** Timeout of one try, in ms. Default: the request timeout divided by (retries + 1). */
+  tryTimeoutMs?: number;
   /** Largest frame accepted from any peer. Default 1 MiB. */
   maxFrameBytes?: number;
   /** Unanswered requests one client connection may have before its reads pause. Default 4096. */
   maxClientInflight?: number;
+  /** Requests in flight to one server; past it the server takes no more until answers come. Default 1024. */
+  maxServerInflight?: number;
+  /** Requests one pool may hold waiting for a member with room; past it, OVERLOADED. Default 1024. */
+  queueLimit?: number;
+  /** Connections the proxy accepts at once (clients and servers). Default 20000. */
+  maxConnections?: number;
+  /** PING every registration connection this often (ms). Default 1000. */
+  pingIntervalMs?: number;
+  /** Missed PONGs after which a server is removed. Default 3. */
+  pingMisses?: number;
+  /** First delay before probing a server that went down (ms); doubles per failed probe. Default 1000. */
+  probeInitialMs?: number;
+  /** Longest delay between probes (ms). Default 30000. */
+  probeMaxMs?: number;
+  /** Consecutive failures (try timeouts, error answers) that eject a server. Default 5. */
+  ejectAfter?: number;
+  /** An ejected server stays out this long times the number of its ejections (ms). Default 30000. */
+  ejectBaseMs?: number;
+  /** On STOP, how long to wait for requests in flight before answering them SHUTTING_DOWN (ms). Default 5000. */
+  drainTimeoutMs?: number;
   logger?: Logger;
   clock?: Clock;
   /** How the proxy dials servers (tests inject failures here). */
   connect?: SocketFactory;
-  /** Told of every answer (and, as the proxy grows, retries and ejections): feeds metrics and the inspector. */
+  /** Told of every answer, retry and ejection: feeds metrics and the inspector. */
   observer?: ProxyObserver;
   /** Servers that registered over the old JSON wire: connections per server, timeouts before one leaves. */
   oldServers?: OldServerOptions;
@@ -50,25 +82,41 @@ export interface ProxyOptions {
 export interface ProxyObserver {
   /** A request got its one answer: `outcome` is 'ok' for an ACK, else the error code. */
   answered?(policy: string, member: string | undefined, outcome: 'ok' | Code, latencyMs: number): void;
-  /** A request was sent to `member` again after `failed` failed it. */
+  /** A request that failed on `failed` is being tried again on another member. */
   retried?(policy: string, failed: string, reason: string): void;
   /** A member was taken out of rotation (or put back, with `back` true). */
   ejected?(policy: string, member: string, reason: string, back: boolean): void;
 }
 
-interface ServerEntry {
+export type MemberState = 'connecting' | 'serving' | 'down' | 'ejected';
+
+/** A registered server. Mutable record owned by the proxy machine; only its actions change it. */
+export interface ServerEntry {
   id: string;
   policy: string;
   host: string;
   port: number;
-  registration: Connection;
-  link: UpstreamRef;
-  /** `json`: an old server, reached one request per connection; its setup connection closing is not its leaving. */
+  /** The connection the server registered on; its closing is the server leaving. None for an old server. */
+  registration?: Connection;
+  /** `json`: an old server, reached one request per connection (upstream-json.ts); it leaves when its link goes down. */
   wire: Connection['wire'];
+  link: UpstreamRef;
+  /** The link's table of unanswered requests (for the in-flight limit). */
+  inflight: Inflight<ProxyRequest>;
+  state: MemberState;
+  ejections: number;
+  probeDelay: number;
+  /** Requests the pool has picked this member for in the batch being routed, not yet handed to its link. */
+  planned: number;
+  /** Set while the member is down or being probed: when it went down. */
+  downSince?: number;
+  timer?: Timer;
 }
 
+type Opts = Required<Omit<ProxyOptions, 'logger' | 'clock' | 'connect' | 'observer' | 'tryTimeoutMs'>> & { tryTimeoutMs: number };
+
 export interface ProxyContext {
-  opts: Required<Omit<ProxyOptions, 'logger' | 'clock' | 'connect' | 'observer'>>;
+  opts: Opts;
   observer?: ProxyObserver;
   logger: Logger;
   clock: Clock;
@@ -76,9 +124,13 @@ export interface ProxyContext {
   port: number;
   pools: Map<string, AnyActorRef>;
   servers: Map<string, ServerEntry>;
+  /** Requests waiting for a member with room, per policy (bounded by queueLimit). */
+  waiting: Map<string, ProxyRequest[]>;
   busy: Set<Inflight<ProxyRequest>>;
   linkSeq: number;
   error?: string;
+  /** The proxy actor itself, for timers that send it events later. */
+  self?: AnyActorRef;
 }
 
 export type ProxyEvent =
@@ -89,79 +141,128 @@ export type ProxyEvent =
   | { type: 'DEREGISTER'; conn: Connection; reason: string }
   | { type: 'BAD_INPUT'; conn: Connection; error: ProtocolError }
   | { type: 'CONN_CLOSED'; conn: Connection; error?: string }
-  | { type: 'UPSTREAM_DOWN'; member: string; linkId: string; error: string }
+  | UpstreamReport
+  | { type: 'PROBE'; member: string }
+  | { type: 'READMIT'; member: string }
+  | { type: 'DRAIN_WAITING'; policy: string }
+  | { type: 'EXPIRE_WAITING'; now: number }
+  | { type: 'DRAINED' }
   | { type: 'STOP' };
 
 /** Owns the listening socket; turns each accepted connection's reads into proxy events. */
-const listener = fromCallback<ProxyEvent, { host: string; port: number; maxFrameBytes: number }>(({ sendBack, input }) => {
-  const conns = new Set<Connection>();
-  const server: Server = createServer((socket: Socket) => {
-    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'sniff' });
-    conns.add(conn);
-    socket.on('error', () => {});
-    conn.messages$.subscribe({
-      next: (messages) => {
-        let data: DataMsg[] | undefined;
-        const flush = (): void => {
-          if (data) sendBack({ type: 'FORWARD', conn, requests: data });
-          data = undefined;
-        };
-        for (const m of messages) {
-          if (conn.closed) return;
-          if (m.type === MsgType.DATA && conn.role !== 'registration') {
-            conn.role = 'client';
-            (data ??= []).push(m);
-            continue;
+const listener = fromCallback<ProxyEvent, { host: string; port: number; maxFrameBytes: number; maxConnections: number; logger: Logger }>(
+  ({ sendBack, receive, input }) => {
+    const conns = new Set<Connection>();
+    const server: Server = createServer((socket: Socket) => {
+      const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'sniff' });
+      conns.add(conn);
+      socket.on('error', () => {});
+      conn.messages$.subscribe({
+        next: (messages) => {
+          let data: DataMsg[] | undefined;
+          const flush = (): void => {
+            if (data) sendBack({ type: 'FORWARD', conn, requests: data });
+            data = undefined;
+          };
+          for (const m of messages) {
+            if (conn.closed) return;
+            if (m.type === MsgType.DATA && conn.role !== 'registration') {
+              conn.role = 'client';
+              (data ??= []).push(m);
+              continue;
+            }
+            if (m.type === MsgType.PONG && conn.role === 'registration') {
+              conn.missedPings = 0; // liveness bookkeeping only: no event
+              continue;
+            }
+            flush();
+            if (m.type === MsgType.SETUP && conn.role === 'unknown') {
+              conn.role = 'registration';
+              sendBack({ type: 'REGISTER', conn, setup: m });
+            } else if (m.type === MsgType.DEREGISTER && conn.role === 'registration') {
+              sendBack({ type: 'DEREGISTER', conn, reason: 'the server is draining' });
+            } else {
+              const what = conn.role === 'unknown' ? 'a first message' : `a ${conn.role} connection`;
+              sendBack({
+                type: 'BAD_INPUT',
+                conn,
+                error: new ProtocolError(ErrorCode.BAD_REQUEST, `message type ${m.type} is not allowed as ${what}`),
+              });
+              return;
+            }
           }
           flush();
-          if (m.type === MsgType.SETUP && conn.role === 'unknown') {
-            conn.role = 'registration';
-            sendBack({ type: 'REGISTER', conn, setup: m });
-          } else if (m.type === MsgType.DEREGISTER && conn.role === 'registration') {
-            sendBack({ type: 'DEREGISTER', conn, reason: 'the server asked to leave' });
-          } else if (m.type === MsgType.PONG && conn.role === 'registration') {
-            // Liveness answers carry nothing more for now.
-          } else {
-            const what = conn.role === 'unknown' ? 'a first message' : `a ${conn.role} connection`;
-            sendBack({
-              type: 'BAD_INPUT',
-              conn,
-              error: new ProtocolError(ErrorCode.BAD_REQUEST, `message type ${m.type} is not allowed as ${what}`),
-            });
-            return;
-          }
-        }
-        flush();
-      },
-      error: (err: Error) => {
-        conns.delete(conn);
-        if (err instanceof ProtocolError) sendBack({ type: 'BAD_INPUT', conn, error: err });
-        else sendBack({ type: 'CONN_CLOSED', conn, error: err.message });
-      },
-      complete: () => {
-        conns.delete(conn);
-        sendBack({ type: 'CONN_CLOSED', conn });
-      },
+        },
+        error: (err: Error) => {
+          conns.delete(conn);
+          if (err instanceof ProtocolError) sendBack({ type: 'BAD_INPUT', conn, error: err });
+          else sendBack({ type: 'CONN_CLOSED', conn, error: err.message });
+        },
+        complete: () => {
+          conns.delete(conn);
+          sendBack({ type: 'CONN_CLOSED', conn });
+        },
+      });
     });
-  });
-  server.on('error', (err) => sendBack({ type: 'LISTEN_FAILED', error: describeListenError(err, input.host, input.port) }));
-  server.listen(input.port, input.host, () => {
-    const addr = server.address();
-    sendBack({ type: 'LISTENING', port: typeof addr === 'object' && addr ? addr.port : input.port });
-  });
-  return () => {
-    server.close();
-    for (const c of conns) c.destroy();
-  };
-});
+    server.maxConnections = input.maxConnections;
+    server.on('drop', () => input.logger.warn('conn_refused', `Refused a connection: ${input.maxConnections} connections are open (--max-connections)`, { limit: input.maxConnections }));
+    server.on('error', (err) => sendBack({ type: 'LISTEN_FAILED', error: describeListenError(err, input.host, input.port) }));
+    server.listen(input.port, input.host, () => {
+      const addr = server.address();
+      sendBack({ type: 'LISTENING', port: typeof addr === 'object' && addr ? addr.port : input.port });
+    });
+    receive((e) => {
+      if (e.type === 'STOP') server.close(); // stop accepting; open connections stay
+    });
+    return () => {
+      server.close();
+      // Let answers already written leave before the sockets close.
+      for (const c of conns) c.endWith();
+    };
+  },
+);
 
-/** Checks the in-flight tables for requests past their deadline, without an event when none is. */
-const sweeper = fromCallback<ProxyEvent, { busy: Set<Inflight<ProxyRequest>>; clock: Clock; every: number }>(({ input }) => {
+/** Finds requests past their deadline without an event when none is. */
+const sweeper = fromCallback<ProxyEvent, { busy: Set<Inflight<ProxyRequest>>; waiting: Map<string, ProxyRequest[]>; timeoutMs: number; clock: Clock; every: number }>(
+  ({ sendBack, input }) => {
+    const timer = input.clock.setInterval(() => {
+      const now = input.clock.now();
+      for (const table of input.busy) if (table.oldestDeadline() <= now) table.owner?.send({ type: 'EXPIRE', now });
+      for (const q of input.waiting.values()) {
+        if (q.length && q[0]!.arrived + input.timeoutMs <= now) {
+          sendBack({ type: 'EXPIRE_WAITING', now });
+          break;
+        }
+      }
+    }, input.every);
+    return () => timer.cancel();
+  },
+);
+
+/** Liveness: PING each registration connection; a server that misses too many PONGs is removed. */
+const pinger = fromCallback<ProxyEvent, { servers: Map<string, ServerEntry>; clock: Clock; every: number; misses: number }>(({ sendBack, input }) => {
   const timer = input.clock.setInterval(() => {
-    const now = input.clock.now();
-    for (const table of input.busy) if (table.oldestDeadline() <= now) table.owner?.send({ type: 'EXPIRE', now });
+    for (const entry of input.servers.values()) {
+      const conn = entry.registration;
+      if (!conn || conn.closed) continue;
+      if (conn.missedPings >= input.misses) {
+        sendBack({ type: 'DEREGISTER', conn, reason: `it missed ${conn.missedPings} PINGs in a row on its registration connection` });
+        conn.missedPings = -Infinity; // reported once
+        continue;
+      }
+      conn.missedPings++;
+      conn.send({ type: MsgType.PING, seq: 0 });
+    }
   }, input.every);
   return () => timer.cancel();
+});
+
+/** While draining: reports when nothing is in flight any more. */
+const drainWatch = fromCallback<ProxyEvent, { busy: Set<unknown>; waiting: Map<string, unknown[]> }>(({ sendBack, input }) => {
+  const check = (): boolean => input.busy.size === 0 && [...input.waiting.values()].every((q) => q.length === 0);
+  const t = setInterval(() => check() && sendBack({ type: 'DRAINED' }), 10);
+  if (check()) queueMicrotask(() => sendBack({ type: 'DRAINED' }));
+  return () => clearInterval(t);
 });
 
 export function describeListenError(err: NodeJS.ErrnoException, host: string, port: number): string {
@@ -177,7 +278,10 @@ export const proxyMachine = setup({
     events: {} as ProxyEvent,
     input: {} as ProxyOptions,
   },
-  actors: { listener, sweeper, pool: poolMachine, upstream: upstreamMachine, upstreamJson: upstreamJsonMachine },
+  actors: { listener, sweeper, pinger, drainWatch, pool: poolMachine, upstream: upstreamMachine, upstreamJson: upstreamJsonMachine },
+  delays: {
+    drainTimeout: ({ context }) => context.opts.drainTimeoutMs,
+  },
   actions: {
     setPort: assign(({ event }) => (event.type === 'LISTENING' ? { port: event.port } : {})),
     logListening: ({ context }) =>
@@ -201,31 +305,17 @@ export const proxyMachine = setup({
       log.info('register', `Received setup message from server id ${s.id} privacy policy ${s.privPolyId} port ${s.listenport}`, {
         id: s.id, policy: s.privPolyId, port: s.listenport, host: conn.remoteAddress,
       });
-      const linkSeq = context.linkSeq + 1;
       enqueue.assign(({ spawn }) => {
         const host = normaliseHost(conn.remoteAddress);
-        const link = spawn(conn.wire === 'json' ? 'upstreamJson' : 'upstream', {
-          id: `upstream:${s.id}#${linkSeq}`,
-          input: {
-            old: context.opts.oldServers,
-            member: s.id,
-            policy: s.privPolyId,
-            host,
-            port: s.listenport,
-            connect: context.connect,
-            clock: context.clock,
-            timeoutMs: context.opts.timeoutMs,
-            maxFrameBytes: context.opts.maxFrameBytes,
-            busy: context.busy,
-            reply: makeReply(context),
-            logger: context.logger,
-          },
-        }) as UpstreamRef;
-        context.servers.set(s.id, { id: s.id, policy: s.privPolyId, host, port: s.listenport, registration: conn, link, wire: conn.wire });
+        // An old server's setup connection closes at once: it is not its presence.
+        const registration = conn.wire === 'json' ? undefined : conn;
+        const entry = { id: s.id, policy: s.privPolyId, host, port: s.listenport, registration, wire: conn.wire, state: 'connecting', planned: 0, ejections: 0, probeDelay: context.opts.probeInitialMs } as ServerEntry;
+        const linkSeq = spawnLink(context, entry, spawn);
+        context.servers.set(s.id, entry);
         if (!context.pools.has(s.privPolyId)) {
           const pool = spawn('pool', {
             id: `pool:${s.privPolyId}`,
-            input: { policy: s.privPolyId, deliver: makeDeliver(context) },
+            input: { policy: s.privPolyId, deliver: makeDeliver(context), eligible: makeEligible(context) },
           });
           context.pools.set(s.privPolyId, pool);
         }
@@ -259,20 +349,29 @@ export const proxyMachine = setup({
       for (const [policy, reqs] of byPolicy) {
         const pool = context.pools.get(policy);
         if (pool) enqueue.sendTo(pool, { type: 'ROUTE', requests: reqs });
-        else refuseNoServer(context, reqs, policy);
+        else refuse(context, reqs, ErrorCode.NO_SERVER, `no server is registered for privacy policy ${policy}`);
       }
     }),
+
+    refuseNew: ({ context, event }) => {
+      if (event.type !== 'FORWARD') return;
+      event.conn.outstanding += event.requests.length;
+      const reply = makeReply(context);
+      for (const msg of event.requests) {
+        reply({ client: event.conn, msg, arrived: context.clock.now() }, errorMsg(ErrorCode.SHUTTING_DOWN, 'the proxy is shutting down and takes no new requests; try another proxy'));
+      }
+    },
 
     deregister: enqueueActions(({ context, event, enqueue }) => {
       if (event.type !== 'DEREGISTER' && event.type !== 'CONN_CLOSED' && event.type !== 'BAD_INPUT') return;
       const conn = event.conn;
       if (conn.role !== 'registration') return;
       for (const entry of context.servers.values()) {
-        if (entry.registration !== conn || entry.wire === 'json') continue;
+        if (entry.registration !== conn) continue;
         const reason =
           event.type === 'DEREGISTER' ? event.reason
           : event.type === 'BAD_INPUT' ? `bad input on its registration connection: ${event.error.message}`
-          : event.error ? `registration connection failed: ${event.error}` : 'registration connection closed';
+          : event.error ? `its registration connection failed: ${event.error}` : 'its registration connection closed';
         removeServer(context, entry, reason, enqueue);
       }
     }),
@@ -289,47 +388,175 @@ export const proxyMachine = setup({
       if (event.type === 'CONN_CLOSED') event.conn.closed = true;
     },
 
-    upstreamDown: enqueueActions(({ context, event, enqueue }) => {
-      if (event.type !== 'UPSTREAM_DOWN') return;
-      const entry = context.servers.get(event.member);
+    upstreamUp: enqueueActions(({ context, event, enqueue }) => {
+      if (event.type !== 'UPSTREAM_UP') return;
+      const entry = current(context, event.member, event.linkId);
       if (!entry) return;
-      if (entry.link.id !== event.linkId) return; // an older link of a server that registered again
-      removeServer(context, entry, `cannot reach its listen port ${entry.host}:${entry.port}: ${event.error}`, enqueue);
-      entry.registration.endWith(
-        errorMsg(ErrorCode.UPSTREAM_FAILED, `the proxy cannot reach your listen port ${entry.host}:${entry.port} (${event.error}); check that the server listens there`),
-      );
+      const wasDown = entry.downSince !== undefined;
+      entry.state = 'serving';
+      entry.downSince = undefined;
+      entry.probeDelay = context.opts.probeInitialMs;
+      if (wasDown) {
+        context.logger.info('readmit', `Server id ${entry.id} answers again; back in rotation for privacy policy ${entry.policy}`, {
+          id: entry.id, policy: entry.policy, reason: 'probe succeeded',
+        });
+        context.observer?.ejected?.(entry.policy, entry.id, 'probe succeeded', true);
+      } else {
+        context.logger.debug('serving', `Server id ${entry.id} is reachable and serving privacy policy ${entry.policy}`, { id: entry.id, policy: entry.policy });
+      }
+      drainWaiting(context, entry.policy, enqueue);
     }),
 
+    upstreamDown: enqueueActions(({ context, event, enqueue }) => {
+      if (event.type !== 'UPSTREAM_DOWN') return;
+      const entry = current(context, event.member, event.linkId);
+      if (entry?.wire === 'json') {
+        // An old server that restarts sends its setup again: nothing to probe for.
+        removeServer(context, entry, `it is gone from ${entry.host}:${entry.port}: ${event.error}`, enqueue);
+      } else if (entry) {
+        entry.state = 'down';
+        entry.downSince ??= context.clock.now();
+        const delay = entry.probeDelay;
+        entry.probeDelay = Math.min(entry.probeDelay * 2, context.opts.probeMaxMs);
+        context.logger.warn('down', `Server id ${entry.id} is unreachable at ${entry.host}:${entry.port} (${event.error}); out of rotation, next probe in ${delay} ms`, {
+          id: entry.id, policy: entry.policy, reason: event.error, probeInMs: delay,
+        });
+        context.observer?.ejected?.(entry.policy, entry.id, event.error, false);
+        const self = context.self;
+        entry.timer?.cancel();
+        entry.timer = context.clock.setTimeout(() => self?.send({ type: 'PROBE', member: entry.id }), delay);
+      }
+      retry(context, event.member, event.requests, ErrorCode.UPSTREAM_FAILED, `server ${event.member} failed: ${event.error}`, enqueue);
+    }),
+
+    upstreamRetry: enqueueActions(({ context, event, enqueue }) => {
+      if (event.type !== 'UPSTREAM_RETRY') return;
+      const entry = current(context, event.member, event.linkId);
+      if (entry && entry.state === 'serving' && event.failures >= context.opts.ejectAfter) eject(context, entry, event.failures);
+      retry(context, event.member, event.requests, event.code, event.reason, enqueue);
+    }),
+
+    probe: enqueueActions(({ context, event, enqueue }) => {
+      if (event.type !== 'PROBE') return;
+      const entry = context.servers.get(event.member);
+      if (!entry || entry.state !== 'down') return;
+      context.logger.debug('probe', `Probing server id ${entry.id} at ${entry.host}:${entry.port}`, { id: entry.id });
+      entry.state = 'connecting';
+      enqueue.assign(({ spawn }) => ({ linkSeq: spawnLink(context, entry, spawn) }));
+    }),
+
+    readmit: enqueueActions(({ context, event, enqueue }) => {
+      if (event.type !== 'READMIT') return;
+      const entry = context.servers.get(event.member);
+      if (!entry || entry.state !== 'ejected') return;
+      entry.state = 'serving';
+      enqueue.sendTo(entry.link, { type: 'RESET_FAILURES' });
+      context.logger.info('readmit', `Server id ${entry.id} is back in rotation for privacy policy ${entry.policy} after its ejection`, {
+        id: entry.id, policy: entry.policy, reason: 'ejection time over',
+      });
+      context.observer?.ejected?.(entry.policy, entry.id, 'ejection time over', true);
+      drainWaiting(context, entry.policy, enqueue);
+    }),
+
+    drainWaitingQueue: enqueueActions(({ context, event, enqueue }) => {
+      if (event.type === 'DRAIN_WAITING') drainWaiting(context, event.policy, enqueue, true);
+    }),
+
+    expireWaiting: ({ context, event }) => {
+      if (event.type !== 'EXPIRE_WAITING') return;
+      const reply = makeReply(context);
+      for (const [policy, q] of context.waiting) {
+        let n = 0;
+        while (n < q.length && q[n]!.arrived + context.opts.timeoutMs <= event.now) n++;
+        if (n === 0) continue;
+        for (const req of q.splice(0, n)) {
+          reply(req, errorMsg(ErrorCode.TIMEOUT, `no server of privacy policy ${policy} had room within ${context.opts.timeoutMs} ms`));
+        }
+      }
+    },
+
+    stopAccepting: ({ context }) => {
+      context.logger.info('draining', `Draining: no new connections; answering the requests in flight (at most ${context.opts.drainTimeoutMs} ms)`, {
+        drainTimeoutMs: context.opts.drainTimeoutMs,
+      });
+    },
+
+    failRemaining: ({ context }) => {
+      const reply = makeReply(context);
+      let n = 0;
+      for (const entry of context.servers.values()) {
+        for (const p of entry.inflight.takeAll()) {
+          reply(p.req, errorMsg(ErrorCode.SHUTTING_DOWN, 'the proxy shut down before the server answered'));
+          n++;
+        }
+      }
+      for (const q of context.waiting.values()) {
+        for (const req of q.splice(0)) {
+          reply(req, errorMsg(ErrorCode.SHUTTING_DOWN, 'the proxy shut down before a server had room'));
+          n++;
+        }
+      }
+      if (n) context.logger.warn('drain_timeout', `Drain timeout: answered ${n} request(s) SHUTTING_DOWN`, { count: n });
+    },
+
     stopAll: ({ context }) => {
-      for (const entry of context.servers.values()) entry.registration.destroy();
+      for (const entry of context.servers.values()) {
+        entry.timer?.cancel();
+        entry.registration?.endWith();
+      }
       context.logger.info('stopped', 'Reverse proxy stopped', { port: context.port });
     },
   },
 }).createMachine({
   id: 'proxy',
-  context: ({ input }) => ({
-    opts: {
+  context: ({ input, self }) => {
+    const retries = input.retries ?? 2;
+    const timeoutMs = input.timeoutMs ?? 5000;
+    const ctx: ProxyContext = {
+      opts: {
+        port: input.port ?? 2100,
+        host: input.host ?? '127.0.0.1',
+        timeoutMs,
+        retries,
+        tryTimeoutMs: input.tryTimeoutMs ?? Math.ceil(timeoutMs / (retries + 1)),
+        maxFrameBytes: input.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
+        maxClientInflight: input.maxClientInflight ?? 4096,
+        maxServerInflight: input.maxServerInflight ?? 1024,
+        queueLimit: input.queueLimit ?? 1024,
+        maxConnections: input.maxConnections ?? 20000,
+        pingIntervalMs: input.pingIntervalMs ?? 1000,
+        pingMisses: input.pingMisses ?? 3,
+        probeInitialMs: input.probeInitialMs ?? 1000,
+        probeMaxMs: input.probeMaxMs ?? 30000,
+        ejectAfter: input.ejectAfter ?? 5,
+        ejectBaseMs: input.ejectBaseMs ?? 30000,
+        drainTimeoutMs: input.drainTimeoutMs ?? 5000,
+        oldServers: { ...OLD_SERVER_DEFAULTS, ...input.oldServers },
+      },
+      logger: input.logger ?? silentLogger,
+      clock: input.clock ?? systemClock,
+      connect: input.connect ?? tcpConnect,
+      observer: input.observer,
       port: input.port ?? 2100,
-      host: input.host ?? '127.0.0.1',
-      timeoutMs: input.timeoutMs ?? 5000,
-      maxFrameBytes: input.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
-      maxClientInflight: input.maxClientInflight ?? 4096,
-      oldServers: { ...OLD_SERVER_DEFAULTS, ...input.oldServers },
-    },
-    logger: input.logger ?? silentLogger,
-    clock: input.clock ?? systemClock,
-    connect: input.connect ?? tcpConnect,
-    observer: input.observer,
-    port: input.port ?? 2100,
-    pools: new Map(),
-    servers: new Map(),
-    busy: new Set(),
-    linkSeq: 0,
-  }),
+      pools: new Map(),
+      servers: new Map(),
+      waiting: new Map(),
+      busy: new Set(),
+      linkSeq: 0,
+      self,
+    };
+    return ctx;
+  },
   invoke: {
     id: 'listener',
     src: 'listener',
-    input: ({ context }) => ({ host: context.opts.host, port: context.opts.port, maxFrameBytes: context.opts.maxFrameBytes }),
+    input: ({ context }) => ({
+      host: context.opts.host,
+      port: context.opts.port,
+      maxFrameBytes: context.opts.maxFrameBytes,
+      maxConnections: context.opts.maxConnections,
+      logger: context.logger,
+    }),
   },
   initial: 'starting',
   states: {
@@ -340,30 +567,66 @@ export const proxyMachine = setup({
       },
     },
     running: {
-      invoke: {
-        id: 'sweeper',
-        src: 'sweeper',
-        input: ({ context }) => ({ busy: context.busy, clock: context.clock, every: sweepInterval(context.opts.timeoutMs) }),
-      },
+      invoke: [
+        {
+          id: 'sweeper',
+          src: 'sweeper',
+          input: ({ context }) => ({ busy: context.busy, waiting: context.waiting, timeoutMs: context.opts.timeoutMs, clock: context.clock, every: sweepInterval(context.opts.tryTimeoutMs) }),
+        },
+        {
+          id: 'pinger',
+          src: 'pinger',
+          input: ({ context }) => ({ servers: context.servers, clock: context.clock, every: context.opts.pingIntervalMs, misses: context.opts.pingMisses }),
+        },
+      ],
       on: {
         REGISTER: { actions: 'register' },
         FORWARD: { actions: 'forward' },
-        DEREGISTER: { actions: 'deregister' },
-        BAD_INPUT: { actions: ['badInput', 'deregister'] },
-        CONN_CLOSED: { actions: ['connClosed', 'deregister'] },
-        UPSTREAM_DOWN: { actions: 'upstreamDown' },
-        STOP: { target: 'stopped' },
+        STOP: { target: 'draining' },
+      },
+    },
+    draining: {
+      entry: ['stopAccepting', sendTo('listener', { type: 'STOP' })],
+      invoke: [
+        {
+          id: 'sweeper',
+          src: 'sweeper',
+          input: ({ context }) => ({ busy: context.busy, waiting: context.waiting, timeoutMs: context.opts.timeoutMs, clock: context.clock, every: sweepInterval(context.opts.tryTimeoutMs) }),
+        },
+        { id: 'drainWatch', src: 'drainWatch', input: ({ context }) => ({ busy: context.busy, waiting: context.waiting }) },
+      ],
+      after: { drainTimeout: { target: 'stopped', actions: 'failRemaining' } },
+      on: {
+        FORWARD: { actions: 'refuseNew' },
+        REGISTER: { actions: ({ event }) => event.conn.endWith(errorMsg(ErrorCode.SHUTTING_DOWN, 'the proxy is shutting down; register with another proxy')) },
+        DRAINED: { target: 'stopped' },
+        STOP: { target: 'stopped', actions: 'failRemaining' },
       },
     },
     stopped: { type: 'final', entry: 'stopAll' },
     failed: { type: 'final' },
   },
+  on: {
+    DEREGISTER: { actions: 'deregister' },
+    BAD_INPUT: { actions: ['badInput', 'deregister'] },
+    CONN_CLOSED: { actions: ['connClosed', 'deregister'] },
+    UPSTREAM_UP: { actions: 'upstreamUp' },
+    UPSTREAM_DOWN: { actions: 'upstreamDown' },
+    UPSTREAM_RETRY: { actions: 'upstreamRetry' },
+    PROBE: { actions: 'probe' },
+    READMIT: { actions: 'readmit' },
+    DRAIN_WAITING: { actions: 'drainWaitingQueue' },
+    EXPIRE_WAITING: { actions: 'expireWaiting' },
+  },
 });
 
 export type ProxyActor = ActorRefFrom<typeof proxyMachine>;
 
-function sweepInterval(timeoutMs: number): number {
-  return Math.max(5, Math.min(100, Math.floor(timeoutMs / 20)));
+type Enqueue = { sendTo: (ref: AnyActorRef, ev: { type: string; [k: string]: unknown }) => void };
+type Spawn = (src: 'upstream' | 'upstreamJson', opts: { id: string; input: unknown }) => AnyActorRef;
+
+function sweepInterval(tryTimeoutMs: number): number {
+  return Math.max(5, Math.min(100, Math.floor(tryTimeoutMs / 20)));
 }
 
 /** IPv4-mapped IPv6 addresses (::ffff:127.0.0.1) dial as plain IPv4. */
@@ -371,14 +634,42 @@ function normaliseHost(addr: string): string {
   return addr.startsWith('::ffff:') ? addr.slice(7) : addr;
 }
 
-function removeServer(
-  context: ProxyContext,
-  entry: ServerEntry,
-  reason: string,
-  enqueue: { sendTo: (ref: AnyActorRef, ev: { type: string; [k: string]: unknown }) => void },
-): void {
+/** The entry for `member` if `linkId` is its current link (reports from older links are stale). */
+function current(context: ProxyContext, member: string, linkId: string): ServerEntry | undefined {
+  const entry = context.servers.get(member);
+  return entry && entry.link.id === linkId ? entry : undefined;
+}
+
+function spawnLink(context: ProxyContext, entry: ServerEntry, spawn: unknown): number {
+  const linkSeq = context.linkSeq + 1;
+  context.linkSeq = linkSeq;
+  const link = (spawn as Spawn)(entry.wire === 'json' ? 'upstreamJson' : 'upstream', {
+    id: `upstream:${entry.id}#${linkSeq}`,
+    input: {
+      old: context.opts.oldServers,
+      member: entry.id,
+      policy: entry.policy,
+      host: entry.host,
+      port: entry.port,
+      connect: context.connect,
+      clock: context.clock,
+      timeoutMs: context.opts.timeoutMs,
+      tryTimeoutMs: context.opts.tryTimeoutMs,
+      maxFrameBytes: context.opts.maxFrameBytes,
+      busy: context.busy,
+      reply: makeReply(context),
+      logger: context.logger,
+    },
+  }) as UpstreamRef;
+  entry.link = link;
+  entry.inflight = link.getSnapshot().context.inflight;
+  return linkSeq;
+}
+
+function removeServer(context: ProxyContext, entry: ServerEntry, reason: string, enqueue: Enqueue): void {
   if (context.servers.get(entry.id) !== entry) return;
   context.servers.delete(entry.id);
+  entry.timer?.cancel();
   context.logger.info('deregister', `Server id ${entry.id} left privacy policy ${entry.policy}: ${reason}`, {
     id: entry.id, policy: entry.policy, reason,
   });
@@ -387,27 +678,157 @@ function removeServer(
   if (entry.link.getSnapshot().status === 'active') enqueue.sendTo(entry.link, { type: 'RETIRE' });
 }
 
-function refuseNoServer(context: ProxyContext, reqs: ProxyRequest[], policy: string): void {
-  const reply = makeReply(context);
-  context.logger.warn('no_server', `No server serves privacy policy ${policy}; refused ${reqs.length} request(s)`, {
-    policy, count: reqs.length, code: ErrorCode.NO_SERVER,
+function eject(context: ProxyContext, entry: ServerEntry, failures: number): void {
+  const pool = context.pools.get(entry.policy);
+  const members: string[] = pool?.getSnapshot().context.members ?? [];
+  const othersServing = members.some((id) => id !== entry.id && context.servers.get(id)?.state === 'serving');
+  const reason = `${failures} consecutive failures`;
+  if (!othersServing) {
+    context.logger.warn('eject_skipped', `Server id ${entry.id} has ${reason} but is the last healthy server of privacy policy ${entry.policy}; kept in rotation`, {
+      id: entry.id, policy: entry.policy, reason,
+    });
+    return;
+  }
+  entry.state = 'ejected';
+  entry.ejections++;
+  const ms = context.opts.ejectBaseMs * entry.ejections;
+  context.logger.warn('eject', `Ejected server id ${entry.id} from privacy policy ${entry.policy} for ${ms} ms after ${reason}`, {
+    id: entry.id, policy: entry.policy, reason, ejectedForMs: ms, ejections: entry.ejections,
   });
-  for (const r of reqs) {
-    reply(r, errorMsg(ErrorCode.NO_SERVER, `no server is registered for privacy policy ${policy}`));
+  context.observer?.ejected?.(entry.policy, entry.id, reason, false);
+  const self = context.self;
+  entry.timer?.cancel();
+  entry.timer = context.clock.setTimeout(() => self?.send({ type: 'READMIT', member: entry.id }), ms);
+}
+
+/**
+ * A try failed on `member`: send each request to another member of its pool,
+ * or answer it when its retries or its time are used up.
+ */
+function retry(context: ProxyContext, member: string, requests: ProxyRequest[], code: Code, reason: string, enqueue: Enqueue): void {
+  if (requests.length === 0) return;
+  const now = context.clock.now();
+  const reply = makeReply(context);
+  const again = new Map<string, ProxyRequest[]>();
+  let failedNow = 0;
+  for (const req of requests) {
+    (req.tried ??= []).push(member);
+    req.lastCode = code;
+    const expired = now >= req.arrived + context.opts.timeoutMs;
+    if (expired || req.tried.length > context.opts.retries) {
+      const finalCode = expired ? ErrorCode.TIMEOUT : code;
+      const why = expired ? `no answer within ${context.opts.timeoutMs} ms (last try: ${reason})` : `${reason}; tried ${req.tried.join(', ')}`;
+      reply(req, errorMsg(finalCode, why));
+      failedNow++;
+      continue;
+    }
+    context.observer?.retried?.(req.msg.privPoliId, member, reason);
+    let group = again.get(req.msg.privPoliId);
+    if (!group) again.set(req.msg.privPoliId, (group = []));
+    group.push(req);
+  }
+  for (const [policy, reqs] of again) {
+    context.logger.warn('retry', `Retrying ${reqs.length} request(s) of privacy policy ${policy} on another server: ${reason}`, {
+      policy, server: member, count: reqs.length, reason,
+    });
+    const pool = context.pools.get(policy);
+    if (pool) enqueue.sendTo(pool, { type: 'ROUTE', requests: reqs });
+    else refuse(context, reqs, ErrorCode.NO_SERVER, `no server is registered for privacy policy ${policy}`);
+  }
+  if (failedNow) {
+    context.logger.warn('request_failed', `${failedNow} request(s) failed after server id ${member}: ${reason}`, { server: member, count: failedNow, code, reason });
   }
 }
 
-/** The pool hands each member its share of a batch; requests no member can take get NO_SERVER. */
+function refuse(context: ProxyContext, reqs: ProxyRequest[], code: Code, message: string): void {
+  const reply = makeReply(context);
+  context.logger.warn(code === ErrorCode.NO_SERVER ? 'no_server' : 'refused', `${message}; refused ${reqs.length} request(s)`, {
+    policy: reqs[0]?.msg.privPoliId, count: reqs.length, code,
+  });
+  for (const r of reqs) reply(r, errorMsg(code, message));
+}
+
+/**
+ * Whether `id` may take `req` now. The pool picks the first member this
+ * accepts, so a yes is a pick: it is counted in `planned` until the batch is
+ * handed to the link, keeping the in-flight limit exact within one batch.
+ */
+function makeEligible(context: ProxyContext) {
+  const max = context.opts.maxServerInflight;
+  return (id: string, req: unknown): boolean => {
+    const entry = context.servers.get(id);
+    if (!entry || entry.state !== 'serving' || entry.inflight.size + entry.planned >= max) return false;
+    const tried = (req as ProxyRequest).tried;
+    if (tried && tried.includes(id)) return false;
+    entry.planned++;
+    return true;
+  };
+}
+
+/**
+ * The pool hands each member its share of a batch. Requests no member can
+ * take now either wait (some member is busy or still connecting), or are
+ * answered: OVERLOADED when the wait queue is full, NO_SERVER when nobody
+ * could serve them, or the last failure when every other member was tried.
+ */
 function makeDeliver(context: ProxyContext) {
   return (member: string | undefined, requests: unknown[]): void => {
     const reqs = requests as ProxyRequest[];
-    const entry = member === undefined ? undefined : context.servers.get(member);
-    if (!entry) {
-      refuseNoServer(context, reqs, reqs[0]?.msg.privPoliId ?? '?');
-      return;
+    if (member !== undefined) {
+      const entry = context.servers.get(member);
+      if (entry) {
+        entry.planned = Math.max(0, entry.planned - reqs.length);
+        entry.link.send({ type: 'SEND', requests: reqs });
+        return;
+      }
     }
-    entry.link.send({ type: 'SEND', requests: reqs });
+    const policy = reqs[0]!.msg.privPoliId;
+    const pool = context.pools.get(policy);
+    const members: string[] = pool?.getSnapshot().context.members ?? [];
+    const reply = makeReply(context);
+    const queue = context.waiting.get(policy) ?? [];
+    let overloaded = 0;
+    let noServer = 0;
+    for (const req of reqs) {
+      const candidates = members.filter((id) => !req.tried?.includes(id));
+      const couldServe = candidates.some((id) => {
+        const s = context.servers.get(id)?.state;
+        return s === 'serving' || s === 'connecting';
+      });
+      if (!couldServe) {
+        if (req.tried?.length) {
+          const code = req.lastCode ?? ErrorCode.UPSTREAM_FAILED;
+          const how = code === ErrorCode.TIMEOUT ? 'timed out on' : 'failed on';
+          reply(req, errorMsg(code, `this request ${how} every server of privacy policy ${policy} it could go to (tried ${req.tried.join(', ')})`));
+        } else {
+          reply(req, errorMsg(ErrorCode.NO_SERVER, `no live server serves privacy policy ${policy}`));
+          noServer++;
+        }
+      } else if (queue.length < context.opts.queueLimit) {
+        queue.push(req);
+      } else {
+        reply(req, errorMsg(ErrorCode.OVERLOADED, `every server of privacy policy ${policy} is at its limit and ${context.opts.queueLimit} requests are waiting; try again later`));
+        overloaded++;
+      }
+    }
+    if (queue.length) context.waiting.set(policy, queue);
+    if (noServer) context.logger.warn('no_server', `No live server serves privacy policy ${policy}; refused ${noServer} request(s)`, { policy, count: noServer, code: ErrorCode.NO_SERVER });
+    if (overloaded) context.logger.warn('overloaded', `Privacy policy ${policy} is at its limits; refused ${overloaded} request(s) with OVERLOADED`, { policy, count: overloaded, code: ErrorCode.OVERLOADED });
   };
+}
+
+/** Route the requests waiting for room in `policy` again (after a member got room or came back). */
+function drainWaiting(context: ProxyContext, policy: string, enqueue: Enqueue, now = false): void {
+  const q = context.waiting.get(policy);
+  if (!q || q.length === 0) return;
+  const pool = context.pools.get(policy);
+  if (!pool) return;
+  if (!now) {
+    enqueue.sendTo(context.self!, { type: 'DRAIN_WAITING', policy });
+    return;
+  }
+  const reqs = q.splice(0);
+  enqueue.sendTo(pool, { type: 'ROUTE', requests: reqs });
 }
 
 /** Every request gets exactly one answer through here. */
@@ -423,7 +844,21 @@ function makeReply(context: ProxyContext) {
       client.throttled = false;
       client.resume();
     }
+    // A request that freed room at a busy server lets waiting requests of its policy go.
+    if (member !== undefined) {
+      const q = context.waiting.get(req.msg.privPoliId);
+      if (q && q.length && !pendingDrains.has(q)) {
+        pendingDrains.add(q);
+        const self = context.self;
+        queueMicrotask(() => {
+          pendingDrains.delete(q);
+          self?.send({ type: 'DRAIN_WAITING', policy: req.msg.privPoliId });
+        });
+      }
+    }
     if (client.closed) return;
     client.send({ ...answer, seq: req.msg.seq });
   };
 }
+
+const pendingDrains = new WeakSet<ProxyRequest[]>();

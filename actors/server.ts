@@ -1,20 +1,25 @@
 /**
- * A server of one privacy policy: listens on its own port, registers with the
- * proxy over a connection it keeps open (its leaving is that connection
- * closing), and answers every DATA request with the SHA1 hex of its payload.
+ * A server of one privacy policy: listens on its own port, registers with
+ * one or more proxies over connections it keeps open (its leaving is that
+ * connection closing, or a DEREGISTER on it), and answers every DATA request
+ * with the SHA1 hex of its payload.
  *
- * starting --LISTENING--> online.registering --REGISTERED--> online.registered
- *    |                         |
- *    +--LISTEN_FAILED-->failed +--REFUSED / REGISTRATION_LOST--> failed
- * STOP from anywhere --> stopped
+ * starting --LISTENING--> online.serving --STOP--> online.draining --DRAINED / drain timeout--> stopped
+ *    \--LISTEN_FAILED--> failed            \--REFUSED--> failed
+ *
+ * A registration that is lost (the proxy went away) is retried with backoff
+ * and the server registers again, so restarting a proxy heals on its own.
+ * Draining: DEREGISTER on every registration, keep answering what the proxies
+ * already sent, stop once every proxy has closed its connections to us.
  */
 import { createHash } from 'node:crypto';
 import { connect as netConnect, createServer, type Socket } from 'node:net';
-import { assign, fromCallback, setup, type ActorRefFrom } from 'xstate';
+import { assign, fromCallback, sendTo, setup, type ActorRefFrom } from 'xstate';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, MsgType, type DataMsg, type Message, type SetupMsg } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
+import { systemClock, type Clock, type Timer } from './clock.js';
 import { silentLogger, type Logger } from './logger.js';
 import { describeListenError } from './proxy.js';
 
@@ -23,6 +28,8 @@ export interface Endpoint {
   port: number;
 }
 
+export type Behaviour = 'normal' | 'silent' | 'fail';
+
 export interface ServerOptions {
   id: string;
   policy: string;
@@ -30,25 +37,40 @@ export interface ServerOptions {
   listenPort: number;
   /** Address to listen on. Default 127.0.0.1. */
   listenHost?: string;
-  /** The proxy to register with. */
-  proxy: Endpoint;
+  /** The proxy to register with (or use `proxies`). */
+  proxy?: Endpoint;
+  /** Several proxies: the server registers with each of them. */
+  proxies?: Endpoint[];
   maxFrameBytes?: number;
+  /** `normal` answers; `silent` accepts requests and never answers; `fail` answers every request with an error (for fault tests). */
+  behaviour?: Behaviour;
   /**
-   * How to register: `frames` (default) on a connection kept open; `json` the
+   * How to register: `frames` (default) on connections kept open; `json` the
    * old way, for the old Python proxy (see json-registration.ts). Requests are
    * read in either wire, decided by their first byte.
    */
   wire?: 'frames' | 'json';
-  /** `normal` answers; `silent` accepts requests and never answers (for fault tests). */
-  behaviour?: 'normal' | 'silent';
+  /** Answer each batch of requests this many ms late (for drain and timeout tests). Default 0. */
+  delayMs?: number;
+  /** First delay before re-registering with a proxy that went away (ms); doubles up to `reconnectMaxMs`. Default 200. */
+  reconnectInitialMs?: number;
+  /** Default 5000. */
+  reconnectMaxMs?: number;
+  /** On STOP, the longest wait for the proxies to let go (ms). Default 5000. */
+  drainTimeoutMs?: number;
   logger?: Logger;
+  clock?: Clock;
 }
 
 export interface ServerContext {
   opts: ServerOptions;
+  proxies: Endpoint[];
   logger: Logger;
+  clock: Clock;
   port: number;
   answered: number;
+  /** Proxies we are registered with now (`host:port`). */
+  registered: string[];
   error?: string;
 }
 
@@ -56,21 +78,32 @@ export type ServerEvent =
   | { type: 'LISTENING'; port: number }
   | { type: 'LISTEN_FAILED'; error: string }
   | { type: 'REQUESTS'; conn: Connection; requests: DataMsg[] }
-  | { type: 'REGISTERED' }
-  | { type: 'REFUSED'; code: string; message: string }
-  | { type: 'REGISTRATION_LOST'; error: string }
+  | { type: 'REGISTERED'; proxy: string; again: boolean }
+  | { type: 'REFUSED'; proxy: string; code: string; message: string }
+  | { type: 'REGISTRATION_LOST'; proxy: string; error: string; retryInMs: number }
+  | { type: 'DEREGISTER_ALL' }
+  | { type: 'DRAIN' }
+  | { type: 'DRAINED' }
   | { type: 'STOP' };
 
-/** Accepts the proxy's connections; each read becomes one REQUESTS batch. */
+/** Accepts the proxies' connections; each read becomes one REQUESTS batch. */
 const requestListener = fromCallback<ServerEvent, { host: string; port: number; maxFrameBytes: number; logger: Logger }>(
-  ({ sendBack, input }) => {
+  ({ sendBack, receive, input }) => {
     const conns = new Set<Connection>();
+    let draining = false;
+    const checkDrained = (): void => {
+      if (draining && conns.size === 0) sendBack({ type: 'DRAINED' });
+    };
     const server = createServer((socket: Socket) => {
       // Either wire: the old proxy talks JSON here, ours frames.
       const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'sniff' });
       conn.role = 'server-link';
       conns.add(conn);
       socket.on('error', () => {});
+      const gone = (): void => {
+        conns.delete(conn);
+        checkDrained();
+      };
       conn.messages$.subscribe({
         next: (messages) => {
           const requests: DataMsg[] = [];
@@ -86,10 +119,10 @@ const requestListener = fromCallback<ServerEvent, { host: string; port: number; 
           if (requests.length) sendBack({ type: 'REQUESTS', conn, requests });
         },
         error: (err: Error) => {
-          conns.delete(conn);
           if (err instanceof ProtocolError) refuse(conn, err, input.logger);
+          gone();
         },
-        complete: () => conns.delete(conn),
+        complete: gone,
       });
     });
     server.on('error', (err) => sendBack({ type: 'LISTEN_FAILED', error: describeListenError(err, input.host, input.port) }));
@@ -97,9 +130,16 @@ const requestListener = fromCallback<ServerEvent, { host: string; port: number; 
       const addr = server.address();
       sendBack({ type: 'LISTENING', port: typeof addr === 'object' && addr ? addr.port : input.port });
     });
+    receive((e) => {
+      if (e.type === 'DRAIN') {
+        draining = true;
+        server.close();
+        checkDrained();
+      }
+    });
     return () => {
       server.close();
-      for (const c of conns) c.destroy();
+      for (const c of conns) c.endWith();
     };
   },
 );
@@ -109,44 +149,108 @@ function refuse(conn: Connection, err: ProtocolError, logger: Logger): void {
   conn.endWith(errorMsg(err.code, err.message));
 }
 
-/** The registration connection: sends SETUP, then stays open as the server's presence. */
-const registration = fromCallback<ServerEvent, { proxy: Endpoint; setup: SetupMsg; maxFrameBytes: number }>(({ sendBack, input }) => {
-  const socket = netConnect({ host: input.proxy.host, port: input.proxy.port });
-  const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes });
-  conn.role = 'registration';
-  let done = false;
-  const lost = (error: string): void => {
-    if (done) return;
-    done = true;
-    sendBack({ type: 'REGISTRATION_LOST', error });
-  };
-  socket.once('connect', () => {
-    conn.send(input.setup);
-    sendBack({ type: 'REGISTERED' });
-  });
-  const sub = conn.messages$.subscribe({
-    next: (messages: Message[]) => {
-      for (const m of messages) {
-        if (m.type === MsgType.PING) conn.send({ type: MsgType.PONG, seq: m.seq });
-        else if (m.type === MsgType.ERROR) {
-          done = true;
-          sendBack({ type: 'REFUSED', code: m.code, message: m.message });
+export interface RegistrationInput {
+  proxies: Endpoint[];
+  setup: SetupMsg;
+  maxFrameBytes: number;
+  clock: Clock;
+  initialMs: number;
+  maxMs: number;
+}
+
+/**
+ * One registration connection per proxy: sends SETUP, answers PINGs, and
+ * stays open as the server's presence. Lost -> reconnect with backoff.
+ */
+const registrations = fromCallback<ServerEvent, RegistrationInput>(({ sendBack, receive, input }) => {
+  let stopping = false;
+  const live = new Map<string, Connection>();
+  const timers = new Set<Timer>();
+
+  const dial = (ep: Endpoint, delay: number, everRegistered: boolean): void => {
+    const key = `${ep.host}:${ep.port}`;
+    const socket = netConnect({ host: ep.host, port: ep.port });
+    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes });
+    conn.role = 'registration';
+    let registered = everRegistered;
+    let over = false;
+    const lost = (error: string): void => {
+      if (over) return;
+      over = true;
+      live.delete(key);
+      conn.destroy();
+      if (stopping) return;
+      const wait = delay;
+      sendBack({ type: 'REGISTRATION_LOST', proxy: key, error, retryInMs: wait });
+      const t = input.clock.setTimeout(() => {
+        timers.delete(t);
+        if (!stopping) dial(ep, Math.min(delay * 2, input.maxMs), registered);
+      }, wait);
+      timers.add(t);
+    };
+    socket.once('connect', () => {
+      live.set(key, conn);
+      conn.send(input.setup);
+      sendBack({ type: 'REGISTERED', proxy: key, again: registered });
+      registered = true;
+      delay = input.initialMs;
+    });
+    conn.messages$.subscribe({
+      next: (messages: Message[]) => {
+        for (const m of messages) {
+          if (m.type === MsgType.PING) conn.send({ type: MsgType.PONG, seq: m.seq });
+          else if (m.type === MsgType.ERROR) {
+            // A duplicate id right after we lost the proxy is our own stale registration: retry.
+            if (m.code === ErrorCode.DUPLICATE_ID && everRegistered) lost(`${m.code}: ${m.message}`);
+            else if (m.code === ErrorCode.SHUTTING_DOWN) lost(`${m.code}: ${m.message}`);
+            else {
+              over = true;
+              live.delete(key);
+              sendBack({ type: 'REFUSED', proxy: key, code: m.code, message: m.message });
+            }
+          }
         }
-      }
-    },
-    error: (err: NodeJS.ErrnoException) =>
-      lost(err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${input.proxy.host}:${input.proxy.port}` : err.message),
-    complete: () => lost('the reverse proxy closed the registration connection'),
+      },
+      error: (err: NodeJS.ErrnoException) => lost(err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${key}` : err.message),
+      complete: () => lost('the reverse proxy closed the registration connection'),
+    });
+  };
+
+  for (const ep of input.proxies) dial(ep, input.initialMs, false);
+
+  receive((e) => {
+    if (e.type !== 'DEREGISTER_ALL') return;
+    stopping = true;
+    for (const t of timers) t.cancel();
+    for (const conn of live.values()) conn.send({ type: MsgType.DEREGISTER, id: input.setup.id });
   });
   return () => {
-    done = true;
-    sub.unsubscribe();
-    conn.destroy();
+    stopping = true;
+    for (const t of timers) t.cancel();
+    for (const conn of live.values()) conn.endWith();
   };
 });
 
 export function sha1Hex(payload: string): string {
   return createHash('sha1').update(payload).digest('hex');
+}
+
+function answer(context: ServerContext, conn: Connection, requests: DataMsg[], behaviour: Behaviour): void {
+  const log = context.logger;
+  const verbose = log.enabled('info');
+  const id = context.opts.id;
+  for (const req of requests) {
+    if (behaviour === 'fail') {
+      conn.send(errorMsg(ErrorCode.UPSTREAM_FAILED, `server ${id} is configured to fail every request`, req.seq));
+      continue;
+    }
+    const hash = sha1Hex(req.payload);
+    if (verbose) {
+      log.info('request', `Received a message from client ${req.srcid} payload ${req.payload}`, { client: req.srcid, payload: req.payload });
+      log.info('answer', `Sending a message to the client ${req.srcid} payload ${hash}`, { client: req.srcid, payload: hash });
+    }
+    conn.send({ type: MsgType.ACK, seq: req.seq, srcid: id, destid: req.srcid, payload: hash, payloadsize: hash.length });
+  }
 }
 
 export const serverMachine = setup({
@@ -155,7 +259,10 @@ export const serverMachine = setup({
     events: {} as ServerEvent,
     input: {} as ServerOptions,
   },
-  actors: { requestListener, registration },
+  actors: { requestListener, registrations },
+  delays: {
+    drainTimeout: ({ context }) => context.opts.drainTimeoutMs ?? 5000,
+  },
   actions: {
     setPort: assign(({ event }) => (event.type === 'LISTENING' ? { port: event.port } : {})),
     logStart: ({ context }) => {
@@ -163,36 +270,54 @@ export const serverMachine = setup({
       log.info('start', `Server running with id ${context.opts.id}`, { id: context.opts.id });
       log.info('policy', `Server serving privacy policy ${context.opts.policy}`, { policy: context.opts.policy });
       log.info('listening', `Listening on port ${context.port}`, { port: context.port });
-      log.info('connecting', `Connecting to the reverse proxy on port ${context.opts.proxy.port}`, { proxy: context.opts.proxy });
+      for (const p of context.proxies) log.info('connecting', `Connecting to the reverse proxy on port ${p.port}`, { proxy: `${p.host}:${p.port}` });
     },
     respond: assign(({ context, event }) => {
       if (event.type !== 'REQUESTS') return {};
-      if (context.opts.behaviour === 'silent') return {};
-      const { conn, requests } = event;
-      const log = context.logger;
-      const verbose = log.enabled('info');
-      for (const req of requests) {
-        const hash = sha1Hex(req.payload);
-        if (verbose) {
-          log.info('request', `Received a message from client ${req.srcid} payload ${req.payload}`, { client: req.srcid, payload: req.payload });
-          log.info('answer', `Sending a message to the client ${req.srcid} payload ${hash}`, { client: req.srcid, payload: hash });
-        }
-        conn.send({ type: MsgType.ACK, seq: req.seq, srcid: context.opts.id, destid: req.srcid, payload: hash, payloadsize: hash.length });
+      const behaviour = context.opts.behaviour ?? 'normal';
+      if (behaviour === 'silent') return {};
+      const delay = context.opts.delayMs ?? 0;
+      if (delay > 0) context.clock.setTimeout(() => answer(context, event.conn, event.requests, behaviour), delay);
+      else answer(context, event.conn, event.requests, behaviour);
+      return { answered: context.answered + event.requests.length };
+    }),
+    registered: assign(({ context, event }) => {
+      if (event.type !== 'REGISTERED') return {};
+      if (event.again) {
+        context.logger.info('reregistered', `Registered again with the reverse proxy at ${event.proxy}`, { proxy: event.proxy });
+      } else {
+        context.logger.info('registered', `Registered with the reverse proxy at ${event.proxy}`, { proxy: event.proxy });
       }
-      return { answered: context.answered + requests.length };
+      return { registered: [...context.registered.filter((p) => p !== event.proxy), event.proxy] };
+    }),
+    lost: assign(({ context, event }) => {
+      if (event.type !== 'REGISTRATION_LOST') return {};
+      context.logger.warn('registration_lost', `Not registered with the reverse proxy at ${event.proxy}: ${event.error}; retrying in ${event.retryInMs} ms`, {
+        proxy: event.proxy, reason: event.error, retryInMs: event.retryInMs,
+      });
+      return { registered: context.registered.filter((p) => p !== event.proxy) };
     }),
     setError: assign(({ event }) => {
-      if (event.type === 'LISTEN_FAILED' || event.type === 'REGISTRATION_LOST') return { error: event.error };
-      if (event.type === 'REFUSED') return { error: `the reverse proxy refused the registration (${event.code}): ${event.message}` };
+      if (event.type === 'LISTEN_FAILED') return { error: event.error };
+      if (event.type === 'REFUSED') return { error: `the reverse proxy at ${event.proxy} refused the registration (${event.code}): ${event.message}` };
       return {};
     }),
     logError: ({ context }) => context.logger.error('failed', context.error ?? 'unknown error', { id: context.opts.id }),
-    logRegistered: ({ context }) =>
-      context.logger.debug('registered', `Registered with the reverse proxy on port ${context.opts.proxy.port}`, { proxy: context.opts.proxy }),
+    logDraining: ({ context }) =>
+      context.logger.info('draining', `Draining: told the reverse proxy we are leaving; finishing requests in flight`, { id: context.opts.id }),
+    logStopped: ({ context }) => context.logger.info('stopped', `Server ${context.opts.id} stopped after answering ${context.answered} request(s)`, { id: context.opts.id, answered: context.answered }),
   },
 }).createMachine({
   id: 'server',
-  context: ({ input }) => ({ opts: input, logger: input.logger ?? silentLogger, port: input.listenPort, answered: 0 }),
+  context: ({ input }) => ({
+    opts: input,
+    proxies: input.proxies ?? (input.proxy ? [input.proxy] : [{ host: '127.0.0.1', port: 2100 }]),
+    logger: input.logger ?? silentLogger,
+    clock: input.clock ?? systemClock,
+    port: input.listenPort,
+    answered: 0,
+    registered: [],
+  }),
   invoke: {
     id: 'listener',
     src: 'requestListener',
@@ -209,33 +334,46 @@ export const serverMachine = setup({
       on: {
         LISTENING: { target: 'online', actions: ['setPort', 'logStart'] },
         LISTEN_FAILED: { target: 'failed', actions: ['setError', 'logError'] },
+        STOP: { target: 'stopped' },
       },
     },
     online: {
       invoke: {
-        id: 'registration',
-        src: 'registration',
+        id: 'registrations',
+        src: 'registrations',
         input: ({ context }) => ({
-          proxy: context.opts.proxy,
+          proxies: context.proxies,
           maxFrameBytes: context.opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
           setup: { type: MsgType.SETUP, id: context.opts.id, privPolyId: context.opts.policy, listenport: context.port },
+          clock: context.clock,
+          initialMs: context.opts.reconnectInitialMs ?? 200,
+          maxMs: context.opts.reconnectMaxMs ?? 5000,
         }),
       },
       on: {
         REQUESTS: { actions: 'respond' },
-        REFUSED: { target: '#server.failed', actions: ['setError', 'logError'] },
-        REGISTRATION_LOST: { target: '#server.failed', actions: ['setError', 'logError'] },
+        REGISTERED: { actions: 'registered' },
+        REGISTRATION_LOST: { actions: 'lost' },
+        REFUSED: { target: 'failed', actions: ['setError', 'logError'] },
       },
-      initial: 'registering',
+      initial: 'serving',
       states: {
-        registering: { on: { REGISTERED: { target: 'registered', actions: 'logRegistered' } } },
-        registered: {},
+        serving: {
+          on: { STOP: 'draining' },
+        },
+        draining: {
+          entry: ['logDraining', sendTo('registrations', { type: 'DEREGISTER_ALL' }), sendTo('listener', { type: 'DRAIN' })],
+          after: { drainTimeout: '#server.stopped' },
+          on: {
+            DRAINED: '#server.stopped',
+            STOP: '#server.stopped',
+          },
+        },
       },
     },
-    stopped: { type: 'final' },
+    stopped: { type: 'final', entry: 'logStopped' },
     failed: { type: 'final' },
   },
-  on: { STOP: '.stopped' },
 });
 
 export type ServerActor = ActorRefFrom<typeof serverMachine>;

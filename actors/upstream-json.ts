@@ -3,28 +3,29 @@
  * wire. Such a server parses each read as one whole object, so each of its
  * connections carries at most one request at a time; to serve many clients at
  * once the link opens more connections, up to a limit. Its setup connection
- * closed right after setup, so its presence is judged here: it leaves (the
- * parent is told UPSTREAM_DOWN, as with `upstream.ts`) when its listen port
- * refuses a connection or it stops answering.
+ * closed right after setup, so its presence is judged here: it is gone when
+ * its listen port refuses a connection or it stops answering.
  *
- * Accepts the same events as `upstream.ts` (SEND / EXPIRE / RETIRE):
+ * Speaks to the proxy exactly as `upstream.ts` does: takes SEND / EXPIRE /
+ * RETIRE / RESET_FAILURES, answers ACKs through `reply`, and hands every
+ * request it cannot finish back to the proxy (UPSTREAM_RETRY, UPSTREAM_DOWN).
  *
  * open --(a dial refused, or too many timeouts in a row)--> down
  *   \--RETIRE--> retiring --(nothing in flight)--> retired
  */
 import { assign, enqueueActions, fromCallback, sendParent, setup, type ActorRefFrom } from 'xstate';
 import { ErrorCode } from '../transport/errors.js';
-import { errorMsg, MsgType, type Message } from '../transport/messages.js';
+import { MsgType, type ErrorMsg, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
 import type { Timer } from './clock.js';
 import { Inflight } from './inflight.js';
-import type { ProxyRequest, UpstreamEvent, UpstreamInput } from './upstream.js';
+import type { ProxyRequest, UpstreamEvent, UpstreamInput, UpstreamReport } from './upstream.js';
 
 /** How the proxy treats servers of the old JSON wire. */
 export interface OldServerOptions {
   /** Connections opened to one old server at most (each carries one request at a time). Default 8. */
   connections?: number;
-  /** Requests in a row that time out before the server is taken out of its pool. Default 3. */
+  /** Tries in a row that time out before the server counts as gone. Default 3. */
   missesToLeave?: number;
 }
 
@@ -47,7 +48,7 @@ export interface UpstreamJsonContext extends UpstreamInput {
   slots: Map<Connection, Slot>;
   /** Dials under way. */
   dialing: number;
-  /** Every request accepted and not yet answered, waiting or on a connection: one table, one deadline rule. */
+  /** Every request accepted and not yet finished, waiting or on a connection: one table, one deadline rule. */
   inflight: Inflight<ProxyRequest>;
   /** Requests (by seq in `inflight`) waiting for a free connection, oldest first. */
   queue: number[];
@@ -55,69 +56,80 @@ export interface UpstreamJsonContext extends UpstreamInput {
   reuse: boolean;
   /** Requests already sent a second time after their connection closed under them. */
   resent: Set<number>;
-  /** Timeouts in a row on requests the server received. */
+  /** Whether the proxy has been told the server answers (UPSTREAM_UP). */
+  up: boolean;
+  /** Tries in a row that timed out on requests the server received. */
   misses: number;
+  /** Failures since the last ACK (timeouts, lost connections, error answers): for the proxy's ejection. */
+  consecutiveFailures: number;
   /** When the link last dialed; a PROBE is due (`probeLater`) when nothing is open. */
   lastProbe: number;
   probeLater: boolean;
   answered: number;
-  failed: number;
   /** Set when the server is judged gone; the machine then leaves `open`. */
   gone?: string;
 }
 
 /** The proxy's events are `upstream.ts`'s; the rest come from the link's own connections. */
 export type UpstreamJsonEvent =
-  | Extract<UpstreamEvent, { type: 'SEND' | 'EXPIRE' | 'RETIRE' }>
+  | Extract<UpstreamEvent, { type: 'SEND' | 'EXPIRE' | 'RETIRE' | 'RESET_FAILURES' }>
   | { type: 'CONN_UP'; conn: Connection }
   | { type: 'CONN_ANSWERS'; conn: Connection; messages: Message[] }
   | { type: 'CONN_DOWN'; conn: Connection; connected: boolean; error: string }
   | { type: 'PROBE' };
 
-/** Dials a connection for every DIAL (and one at start, to learn at once whether the port answers); reports each connection's life. */
-const jsonSockets = fromCallback<
-  { type: 'DIAL' } | { type: 'PROBE_LATER'; ms: number },
-  Pick<UpstreamInput, 'host' | 'port' | 'connect' | 'maxFrameBytes' | 'clock'>
->(
-  ({ sendBack, receive, input }) => {
-    const conns = new Set<Connection>();
-    let stopped = false;
-    let later: Timer | undefined;
-    const dial = (): void => {
-      const socket = input.connect(input.host, input.port);
-      const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'json' });
-      conn.role = 'upstream';
-      conns.add(conn);
-      let connected = false;
-      let done = false;
-      const down = (error: string): void => {
-        conns.delete(conn);
-        if (done || stopped) return;
-        done = true;
-        sendBack({ type: 'CONN_DOWN', conn, connected, error });
-      };
-      socket.once('connect', () => {
-        connected = true;
-        sendBack({ type: 'CONN_UP', conn });
-      });
-      conn.messages$.subscribe({
-        next: (messages) => sendBack({ type: 'CONN_ANSWERS', conn, messages }),
-        error: (err: Error) => down(err.message),
-        complete: () => down(connected ? 'connection closed by the server' : 'connection closed before it was established'),
-      });
+type SocketsInput = Pick<UpstreamInput, 'host' | 'port' | 'connect' | 'maxFrameBytes' | 'clock' | 'tryTimeoutMs'>;
+
+/**
+ * Dials a connection for every DIAL (and one at start, to learn at once
+ * whether the port answers); reports each connection's life. A dial that does
+ * not connect within one try's timeout fails.
+ */
+const jsonSockets = fromCallback<{ type: 'DIAL' } | { type: 'PROBE_LATER'; ms: number }, SocketsInput>(({ sendBack, receive, input }) => {
+  const conns = new Set<Connection>();
+  let stopped = false;
+  let later: Timer | undefined;
+  const dial = (): void => {
+    const socket = input.connect(input.host, input.port);
+    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'json' });
+    conn.role = 'upstream';
+    conns.add(conn);
+    let connected = false;
+    let done = false;
+    const down = (error: string): void => {
+      conns.delete(conn);
+      connectTimer.cancel();
+      if (done || stopped) return;
+      done = true;
+      sendBack({ type: 'CONN_DOWN', conn, connected, error });
     };
-    receive((ev) => {
-      if (ev.type === 'DIAL') dial();
-      else later = input.clock.setTimeout(() => sendBack({ type: 'PROBE' }), ev.ms);
+    const connectTimer = input.clock.setTimeout(() => {
+      if (connected) return;
+      down('connect timed out');
+      conn.destroy();
+    }, input.tryTimeoutMs);
+    socket.once('connect', () => {
+      connected = true;
+      connectTimer.cancel();
+      sendBack({ type: 'CONN_UP', conn });
     });
-    dial();
-    return () => {
-      stopped = true;
-      later?.cancel();
-      for (const c of conns) c.destroy();
-    };
-  },
-);
+    conn.messages$.subscribe({
+      next: (messages) => sendBack({ type: 'CONN_ANSWERS', conn, messages }),
+      error: (err: NodeJS.ErrnoException) => down(err.code === 'ECONNREFUSED' ? 'connection refused' : err.message),
+      complete: () => down(connected ? 'connection closed by the server' : 'connection closed before it was established'),
+    });
+  };
+  receive((ev) => {
+    if (ev.type === 'DIAL') dial();
+    else later = input.clock.setTimeout(() => sendBack({ type: 'PROBE' }), ev.ms);
+  });
+  dial();
+  return () => {
+    stopped = true;
+    later?.cancel();
+    for (const c of conns) c.destroy();
+  };
+});
 
 /** What both live states do with work and with their connections' news: act on it, then put waiting requests on free connections. */
 const serving = {
@@ -127,6 +139,7 @@ const serving = {
   CONN_DOWN: { actions: ['connDown', 'dispatch'] },
   EXPIRE: { actions: ['expire', 'dispatch'] },
   PROBE: { actions: ['probeDue', 'dispatch'] },
+  RESET_FAILURES: { actions: 'resetFailures' },
 } as const;
 
 export const upstreamJsonMachine = setup({
@@ -139,52 +152,73 @@ export const upstreamJsonMachine = setup({
   actions: {
     accept: ({ context, event }) => {
       if (event.type !== 'SEND') return;
-      for (const req of event.requests) context.queue.push(context.inflight.add(req, req.arrived + context.timeoutMs));
+      const now = context.clock.now();
+      for (const req of event.requests) {
+        context.queue.push(context.inflight.add(req, Math.min(now + context.tryTimeoutMs, req.arrived + context.timeoutMs)));
+      }
     },
-    connUp: assign(({ context, event }) => {
-      if (event.type !== 'CONN_UP') return {};
+    connUp: enqueueActions(({ context, event, enqueue, self }) => {
+      if (event.type !== 'CONN_UP') return;
       context.slots.set(event.conn, { conn: event.conn, served: 0 });
-      return { dialing: context.dialing - 1 };
+      enqueue.assign({ dialing: context.dialing - 1, up: true });
+      // A connection accepted is all an old server can show of being there (it knows no PING).
+      if (!context.up) enqueue.sendParent({ type: 'UPSTREAM_UP', member: context.member, linkId: self.id } satisfies UpstreamReport);
     }),
-    answer: assign(({ context, event }) => {
-      if (event.type !== 'CONN_ANSWERS') return {};
+    answer: enqueueActions(({ context, event, enqueue, self }) => {
+      if (event.type !== 'CONN_ANSWERS') return;
       const slot = context.slots.get(event.conn);
-      if (!slot) return {};
+      if (!slot) return;
       let answered = 0;
+      let failures = context.consecutiveFailures;
+      let failed: ProxyRequest[] | undefined;
+      let lastFailure: ErrorMsg | undefined;
+      const log = context.logger;
       for (const m of event.messages) {
         if (m.type !== MsgType.ACK && m.type !== MsgType.ERROR) continue;
         const p = slot.upSeq === undefined ? undefined : context.inflight.take(slot.upSeq);
-        if (p) context.resent.delete(p.upSeq);
         slot.upSeq = undefined;
         slot.served++;
         if (!p) {
-          context.logger.debug('late_answer', `Dropped an answer from server id ${context.member} that no request was waiting for`, { server: context.member });
+          log.debug('late_answer', `Dropped an answer from server id ${context.member} that no request was waiting for`, { server: context.member });
           continue;
         }
+        context.resent.delete(p.upSeq);
         if (m.type === MsgType.ACK) {
-          context.logger.info('ack', `Received a data message from server id ${context.member} payload ${m.payload}`, {
-            server: context.member, client: m.destid, payload: m.payload,
-          });
+          if (log.enabled('info')) {
+            log.info('ack', `Received a data message from server id ${context.member} payload ${m.payload}`, { server: context.member, client: m.destid, payload: m.payload });
+          }
+          failures = 0;
+          answered++;
+          context.reply(p.req, m, context.member);
+        } else {
+          failures++;
+          lastFailure = m;
+          (failed ??= []).push(p.req);
         }
-        context.reply(p.req, m, context.member);
-        answered++;
       }
       if (!context.reuse) {
         slot.conn.destroy();
         context.slots.delete(slot.conn);
       }
-      return { answered: context.answered + answered, misses: answered ? 0 : context.misses };
+      enqueue.assign({ answered: context.answered + answered, consecutiveFailures: failures, misses: answered ? 0 : context.misses });
+      if (failed) {
+        enqueue.sendParent({
+          type: 'UPSTREAM_RETRY', member: context.member, linkId: self.id, requests: failed,
+          code: lastFailure!.code, reason: `server ${context.member} answered ${lastFailure!.code}: ${lastFailure!.message}`, failures,
+        } satisfies UpstreamReport);
+      }
     }),
-    connDown: assign(({ context, event }) => {
-      if (event.type !== 'CONN_DOWN') return {};
+    connDown: enqueueActions(({ context, event, enqueue, self }) => {
+      if (event.type !== 'CONN_DOWN') return;
       if (!event.connected) {
         // Any dial that fails means the listen port no longer takes connections.
-        return { dialing: context.dialing - 1, gone: `its listen port refuses connections (${event.error})` };
+        enqueue.assign({ dialing: context.dialing - 1, gone: `its listen port ${context.host}:${context.port} refuses connections (${event.error})` });
+        return;
       }
       const slot = context.slots.get(event.conn);
-      if (!slot) return {};
+      if (!slot) return;
       context.slots.delete(event.conn);
-      if (slot.upSeq === undefined) return {};
+      if (slot.upSeq === undefined) return;
       if (slot.served > 0 && !context.resent.has(slot.upSeq)) {
         // A reused connection the server closed as the request went out: the server closes
         // its connections after answering, and never read the request. Send it again on a new
@@ -194,38 +228,48 @@ export const upstreamJsonMachine = setup({
         if (context.reuse) {
           context.logger.info('no_reuse', `Server id ${context.member} closes its connections after answering: one connection per request from now on`, { server: context.member });
         }
-        return { reuse: false };
+        enqueue.assign({ reuse: false });
+        return;
       }
       const p = context.inflight.take(slot.upSeq);
       context.resent.delete(slot.upSeq);
-      if (!p) return {};
-      context.reply(p.req, errorMsg(ErrorCode.UPSTREAM_FAILED, `server ${context.member} failed before answering: ${event.error}`), context.member);
-      return { failed: context.failed + 1 };
+      if (!p) return;
+      const failures = context.consecutiveFailures + 1;
+      enqueue.assign({ consecutiveFailures: failures });
+      enqueue.sendParent({
+        type: 'UPSTREAM_RETRY', member: context.member, linkId: self.id, requests: [p.req],
+        code: ErrorCode.UPSTREAM_FAILED, reason: `server ${context.member} failed before answering: ${event.error}`, failures,
+      } satisfies UpstreamReport);
     }),
-    expire: assign(({ context, event }) => {
-      if (event.type !== 'EXPIRE') return {};
+    expire: enqueueActions(({ context, event, enqueue, self }) => {
+      if (event.type !== 'EXPIRE') return;
+      const expired = context.inflight.takeExpired(event.now);
+      if (expired.length === 0) return;
       let misses = context.misses;
-      for (const p of context.inflight.takeExpired(event.now)) {
+      for (const p of expired) {
         context.resent.delete(p.upSeq);
         const waiting = context.queue.indexOf(p.upSeq);
-        if (waiting >= 0) context.queue.splice(waiting, 1);
-        else {
-          misses++;
-          // A late answer on this connection would be taken for the next request's: close it.
-          for (const slot of context.slots.values()) {
-            if (slot.upSeq !== p.upSeq) continue;
-            slot.conn.destroy();
-            context.slots.delete(slot.conn);
-          }
+        if (waiting >= 0) {
+          context.queue.splice(waiting, 1);
+          continue;
         }
-        context.logger.warn('timeout', `No answer from server id ${context.member} within ${context.timeoutMs} ms for client ${p.req.msg.srcid}`, {
-          server: context.member, client: p.req.msg.srcid, code: ErrorCode.TIMEOUT,
-        });
-        context.reply(p.req, errorMsg(ErrorCode.TIMEOUT, `server ${context.member} did not answer within ${context.timeoutMs} ms`), context.member);
+        misses++;
+        // A late answer on this connection would be taken for the next request's: close it.
+        for (const slot of context.slots.values()) {
+          if (slot.upSeq !== p.upSeq) continue;
+          slot.conn.destroy();
+          context.slots.delete(slot.conn);
+        }
       }
-      const gone = misses >= context.limits.missesToLeave ? `it stopped answering (${misses} requests in a row timed out)` : undefined;
-      return { misses, gone };
+      const failures = context.consecutiveFailures + expired.length;
+      const gone = misses >= context.limits.missesToLeave ? `it stopped answering (${misses} tries in a row timed out)` : undefined;
+      enqueue.assign({ misses, consecutiveFailures: failures, gone });
+      enqueue.sendParent({
+        type: 'UPSTREAM_RETRY', member: context.member, linkId: self.id, requests: expired.map((p) => p.req),
+        code: ErrorCode.TIMEOUT, reason: `server ${context.member} did not answer within ${context.tryTimeoutMs} ms`, failures,
+      } satisfies UpstreamReport);
     }),
+    resetFailures: assign({ consecutiveFailures: 0 }),
     probeDue: assign({ probeLater: false }),
     /** Put waiting requests on idle connections; dial more, up to the limit, for the rest. */
     dispatch: enqueueActions(({ context, enqueue }) => {
@@ -236,10 +280,10 @@ export const upstreamJsonMachine = setup({
       }
       let dials = Math.min(context.queue.length - context.dialing, context.limits.connections - context.slots.size - context.dialing);
       // With nothing open any more, check that the port still answers: at once, or (at most
-      // once per timeout) later - a dial can land just before a dying server's port closes.
+      // once per try timeout) later - a dial can land just before a dying server's port closes.
       const now = context.clock.now();
       if (dials <= 0 && context.slots.size === 0 && context.dialing === 0) {
-        const wait = context.lastProbe + context.timeoutMs - now;
+        const wait = context.lastProbe + context.tryTimeoutMs - now;
         if (wait <= 0) dials = 1;
         else if (!context.probeLater) {
           enqueue.sendTo('sockets', { type: 'PROBE_LATER', ms: wait });
@@ -250,22 +294,28 @@ export const upstreamJsonMachine = setup({
       for (let i = 0; i < dials; i++) enqueue.sendTo('sockets', { type: 'DIAL' });
       enqueue.assign({ dialing: context.dialing + dials, lastProbe: now });
     }),
-    failAll: assign(({ context }) => {
-      const why = context.gone ?? 'link closed';
-      const all = context.inflight.takeAll();
+    /** The server is gone: every unfinished request goes back to the proxy with the reason. */
+    notifyDown: sendParent(({ context, self }) => {
       context.queue.length = 0;
       context.resent.clear();
-      for (const p of all) {
-        context.reply(p.req, errorMsg(ErrorCode.UPSTREAM_FAILED, `server ${context.member} failed before answering: ${why}`), context.member);
-      }
-      return { failed: context.failed + all.length };
+      return {
+        type: 'UPSTREAM_DOWN' as const,
+        member: context.member,
+        linkId: self.id,
+        error: context.gone ?? 'link closed',
+        requests: context.inflight.takeAll().map((p) => p.req),
+      } satisfies UpstreamReport;
     }),
-    notifyDown: sendParent(({ context, self }) => ({
-      type: 'UPSTREAM_DOWN' as const,
-      member: context.member,
-      linkId: self.id,
-      error: context.gone ?? 'unknown',
-    })),
+    /** Gone while retiring: unfinished requests go back to be routed elsewhere. */
+    returnAll: enqueueActions(({ context, enqueue, self }) => {
+      const requests = context.inflight.takeAll().map((p) => p.req);
+      context.queue.length = 0;
+      if (requests.length === 0) return;
+      enqueue.sendParent({
+        type: 'UPSTREAM_RETRY', member: context.member, linkId: self.id, requests,
+        code: ErrorCode.UPSTREAM_FAILED, reason: `server ${context.member} left before answering`, failures: 0,
+      } satisfies UpstreamReport);
+    }),
   },
   guards: {
     idle: ({ context }) => context.inflight.size === 0,
@@ -280,23 +330,26 @@ export const upstreamJsonMachine = setup({
     dialing: 1, // the socket actor dials once at start
     inflight: new Inflight<ProxyRequest>(input.busy, self),
     queue: [],
-    resent: new Set(),
     reuse: true,
+    resent: new Set(),
+    up: false,
     misses: 0,
+    consecutiveFailures: 0,
     lastProbe: -Infinity,
     probeLater: false,
     answered: 0,
-    failed: 0,
   }),
   invoke: {
     id: 'sockets',
     src: 'jsonSockets',
-    input: ({ context }) => ({ host: context.host, port: context.port, connect: context.connect, maxFrameBytes: context.maxFrameBytes, clock: context.clock }),
+    input: ({ context }) => ({
+      host: context.host, port: context.port, connect: context.connect, maxFrameBytes: context.maxFrameBytes, clock: context.clock, tryTimeoutMs: context.tryTimeoutMs,
+    }),
   },
   initial: 'open',
   states: {
     open: {
-      always: { guard: 'gone', target: 'down', actions: ['failAll', 'notifyDown'] },
+      always: { guard: 'gone', target: 'down' },
       on: {
         ...serving,
         RETIRE: [{ guard: 'idle', target: 'retired' }, { target: 'retiring' }],
@@ -304,12 +357,12 @@ export const upstreamJsonMachine = setup({
     },
     retiring: {
       always: [
-        { guard: 'gone', target: 'retired', actions: 'failAll' },
+        { guard: 'gone', target: 'retired', actions: 'returnAll' },
         { guard: 'idle', target: 'retired' },
       ],
       on: serving,
     },
-    down: { type: 'final' },
+    down: { type: 'final', entry: 'notifyDown' },
     retired: { type: 'final' },
   },
 });
@@ -324,7 +377,7 @@ function write(context: UpstreamJsonContext, slot: Slot, upSeq: number): void {
       server: context.member, client: req.msg.srcid, policy: context.policy, payload: req.msg.payload,
     });
   }
-  slot.conn.send(req.msg);
+  slot.conn.send({ ...req.msg, seq: upSeq });
 }
 
 export type UpstreamJsonRef = ActorRefFrom<typeof upstreamJsonMachine>;

@@ -3,14 +3,18 @@
  * server, reused for every request routed to that server. Requests are
  * pipelined; answers come back in any order and are matched by seq.
  *
- * connecting --CONNECTED--> open --DISCONNECTED--> down
- *      |                      |
- *      +--FAILED--> down      +--RETIRE (when idle)--> retired
+ * connecting --CONNECTED--> verifying --PONG--> open --DISCONNECTED--> down
+ *      |                        |                 |
+ *      +--fail / timeout--> down+                 +--RETIRE--> retiring --idle--> retired
+ *
+ * The link never answers a failed request itself: requests it cannot finish
+ * (connection lost, try timed out, the server answered with an error) go
+ * back to the proxy, which retries them on another member or answers them.
  */
 import { connect as netConnect, type Socket } from 'node:net';
-import { assign, fromCallback, sendParent, setup, type ActorRefFrom } from 'xstate';
-import { ErrorCode, type ErrorCode as Code } from '../transport/errors.js';
-import { errorMsg, MsgType, type AckMsg, type DataMsg, type ErrorMsg, type Message } from '../transport/messages.js';
+import { assign, enqueueActions, fromCallback, sendParent, setup, type ActorRefFrom } from 'xstate';
+import { ErrorCode } from '../transport/errors.js';
+import { MsgType, type AckMsg, type DataMsg, type ErrorMsg, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
 import type { Clock } from './clock.js';
 import { Inflight } from './inflight.js';
@@ -25,6 +29,8 @@ export interface ProxyRequest {
   arrived: number;
   /** Members already tried for this request, in order. */
   tried?: string[];
+  /** How the last try failed, for the answer when no member is left to try. */
+  lastCode?: ErrorMsg['code'];
 }
 
 /** Sends the one answer a request gets. */
@@ -40,7 +46,10 @@ export interface UpstreamInput {
   port: number;
   connect: SocketFactory;
   clock: Clock;
+  /** Whole-request timeout: no try outlives `arrived + timeoutMs`. */
   timeoutMs: number;
+  /** One try's timeout; also bounds connecting and the first PING. */
+  tryTimeoutMs: number;
   maxFrameBytes: number;
   busy: Set<Inflight<ProxyRequest>>;
   reply: Reply;
@@ -52,7 +61,8 @@ export interface UpstreamContext extends UpstreamInput {
   inflight: Inflight<ProxyRequest>;
   queue: ProxyRequest[];
   answered: number;
-  failed: number;
+  /** Failures since the last ACK (try timeouts, error answers): for outlier ejection. */
+  consecutiveFailures: number;
   lastError?: string;
 }
 
@@ -62,7 +72,14 @@ export type UpstreamEvent =
   | { type: 'ANSWERS'; messages: Message[] }
   | { type: 'DISCONNECTED'; error?: string }
   | { type: 'EXPIRE'; now: number }
-  | { type: 'RETIRE' };
+  | { type: 'RETIRE' }
+  | { type: 'RESET_FAILURES' };
+
+/** What a link tells the proxy. */
+export type UpstreamReport =
+  | { type: 'UPSTREAM_UP'; member: string; linkId: string }
+  | { type: 'UPSTREAM_DOWN'; member: string; linkId: string; error: string; requests: ProxyRequest[] }
+  | { type: 'UPSTREAM_RETRY'; member: string; linkId: string; requests: ProxyRequest[]; code: ErrorMsg['code']; reason: string; failures: number };
 
 /** Owns the socket: dials, then turns its reads into ANSWERS batches. */
 const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number; connect: SocketFactory; maxFrameBytes: number }>(
@@ -77,10 +94,9 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
       sendBack({ type: 'DISCONNECTED', error });
     };
     socket.once('connect', () => sendBack({ type: 'CONNECTED', conn }));
-    socket.once('secureConnect', () => sendBack({ type: 'CONNECTED', conn }));
     const sub = conn.messages$.subscribe({
       next: (messages) => sendBack({ type: 'ANSWERS', messages }),
-      error: (err: Error) => down(err.message),
+      error: (err: NodeJS.ErrnoException) => down(err.code === 'ECONNREFUSED' ? 'connection refused' : err.message),
       complete: () => down('connection closed by the server'),
     });
     return () => {
@@ -91,6 +107,8 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
   },
 );
 
+const PING_SEQ = 0;
+
 export const upstreamMachine = setup({
   types: {
     context: {} as UpstreamContext,
@@ -98,12 +116,16 @@ export const upstreamMachine = setup({
     input: {} as UpstreamInput,
   },
   actors: { upstreamSocket },
+  delays: {
+    tryTimeout: ({ context }) => context.tryTimeoutMs,
+  },
   actions: {
-    enqueue: assign(({ context, event }) => {
+    enqueue: ({ context, event }) => {
       if (event.type === 'SEND') for (const r of event.requests) context.queue.push(r);
-      return {};
-    }),
+    },
     setConn: assign(({ event }) => (event.type === 'CONNECTED' ? { conn: event.conn } : {})),
+    ping: ({ context }) => context.conn?.send({ type: MsgType.PING, seq: PING_SEQ }),
+    notifyUp: sendParent(({ context, self }) => ({ type: 'UPSTREAM_UP' as const, member: context.member, linkId: self.id })),
     flushQueue: ({ context }) => {
       const queued = context.queue.splice(0);
       if (queued.length) write(context, queued);
@@ -111,52 +133,77 @@ export const upstreamMachine = setup({
     write: ({ context, event }) => {
       if (event.type === 'SEND') write(context, event.requests);
     },
-    respond: assign(({ context, event }) => {
-      if (event.type !== 'ANSWERS') return {};
+    respond: enqueueActions(({ context, event, enqueue, self }) => {
+      if (event.type !== 'ANSWERS') return;
       let answered = 0;
+      let failures = context.consecutiveFailures;
+      let failed: ProxyRequest[] | undefined;
+      let lastFailure: ErrorMsg | undefined;
+      const log = context.logger;
       for (const m of event.messages) {
         if (m.type !== MsgType.ACK && m.type !== MsgType.ERROR) continue;
         const p = m.seq === undefined ? undefined : context.inflight.take(m.seq);
         if (!p) {
-          context.logger.debug('late_answer', `Dropped an answer from server id ${context.member} for no pending request (seq ${m.seq})`, { server: context.member, seq: m.seq });
+          log.debug('late_answer', `Dropped an answer from server id ${context.member} for no pending request (seq ${m.seq})`, { server: context.member, seq: m.seq });
           continue;
         }
         if (m.type === MsgType.ACK) {
-          context.logger.info('ack', `Received a data message from server id ${context.member} payload ${m.payload}`, {
-            server: context.member, client: m.destid, payload: m.payload,
-          });
+          if (log.enabled('info')) {
+            log.info('ack', `Received a data message from server id ${context.member} payload ${m.payload}`, { server: context.member, client: m.destid, payload: m.payload });
+          }
+          failures = 0;
+          answered++;
+          context.reply(p.req, m, context.member);
+        } else {
+          failures++;
+          lastFailure = m;
+          (failed ??= []).push(p.req);
         }
-        context.reply(p.req, m, context.member);
-        answered++;
       }
-      return { answered: context.answered + answered };
+      enqueue.assign({ answered: context.answered + answered, consecutiveFailures: failures });
+      if (failed) {
+        enqueue.sendParent({
+          type: 'UPSTREAM_RETRY', member: context.member, linkId: self.id, requests: failed,
+          code: lastFailure!.code, reason: `server ${context.member} answered ${lastFailure!.code}: ${lastFailure!.message}`, failures,
+        } satisfies UpstreamReport);
+      }
     }),
-    expire: ({ context, event }) => {
+    expire: enqueueActions(({ context, event, enqueue, self }) => {
       if (event.type !== 'EXPIRE') return;
-      for (const p of context.inflight.takeExpired(event.now)) {
-        context.logger.warn('timeout', `No answer from server id ${context.member} within ${context.timeoutMs} ms for client ${p.req.msg.srcid}`, {
-          server: context.member, client: p.req.msg.srcid, code: ErrorCode.TIMEOUT,
-        });
-        context.reply(p.req, errorMsg(ErrorCode.TIMEOUT, `server ${context.member} did not answer within ${context.timeoutMs} ms`), context.member);
-      }
-    },
-    failAll: assign(({ context, event }) => {
-      const why = event.type === 'DISCONNECTED' ? event.error ?? 'connection lost' : 'link closed';
-      const all = [...context.inflight.takeAll().map((p) => p.req), ...context.queue.splice(0)];
-      for (const req of all) {
-        context.reply(req, errorMsg(ErrorCode.UPSTREAM_FAILED, `server ${context.member} failed before answering: ${why}`), context.member);
-      }
-      return { failed: context.failed + all.length, lastError: why, conn: undefined };
+      const expired = context.inflight.takeExpired(event.now);
+      if (expired.length === 0) return;
+      const failures = context.consecutiveFailures + expired.length;
+      enqueue.assign({ consecutiveFailures: failures });
+      enqueue.sendParent({
+        type: 'UPSTREAM_RETRY', member: context.member, linkId: self.id, requests: expired.map((p) => p.req),
+        code: ErrorCode.TIMEOUT, reason: `server ${context.member} did not answer within ${context.tryTimeoutMs} ms`, failures,
+      } satisfies UpstreamReport);
     }),
+    setError: assign(({ event }) => ({
+      lastError: event.type === 'DISCONNECTED' ? event.error ?? 'connection lost' : 'no answer to PING in time',
+      conn: undefined,
+    })),
+    /** Hand every unfinished request back to the proxy, with the reason. */
     notifyDown: sendParent(({ context, self }) => ({
       type: 'UPSTREAM_DOWN' as const,
       member: context.member,
       linkId: self.id,
-      error: context.lastError ?? 'unknown',
+      error: context.lastError ?? 'connection lost',
+      requests: [...context.inflight.takeAll().map((p) => p.req), ...context.queue.splice(0)],
     })),
+    /** A retired link's unsent requests go back to be routed elsewhere. */
+    returnQueue: enqueueActions(({ context, enqueue, self }) => {
+      const requests = [...context.inflight.takeAll().map((p) => p.req), ...context.queue.splice(0)];
+      if (requests.length === 0) return;
+      enqueue.sendParent({
+        type: 'UPSTREAM_RETRY', member: context.member, linkId: self.id, requests,
+        code: ErrorCode.UPSTREAM_FAILED, reason: `server ${context.member} left before answering`, failures: 0,
+      } satisfies UpstreamReport);
+    }),
   },
   guards: {
     idle: ({ context }) => context.inflight.size === 0 && context.queue.length === 0,
+    hasPong: ({ event }) => event.type === 'ANSWERS' && event.messages.some((m) => m.type === MsgType.PONG),
   },
 }).createMachine({
   id: 'upstream',
@@ -165,22 +212,34 @@ export const upstreamMachine = setup({
     inflight: new Inflight<ProxyRequest>(input.busy, self),
     queue: [],
     answered: 0,
-    failed: 0,
+    consecutiveFailures: 0,
   }),
   invoke: {
     id: 'socket',
     src: 'upstreamSocket',
     input: ({ context }) => ({ host: context.host, port: context.port, connect: context.connect, maxFrameBytes: context.maxFrameBytes }),
   },
+  on: {
+    RESET_FAILURES: { actions: assign({ consecutiveFailures: 0 }) },
+  },
   initial: 'connecting',
   states: {
     connecting: {
+      after: { tryTimeout: { target: 'down', actions: assign({ lastError: 'connect timed out' }) } },
       on: {
         SEND: { actions: 'enqueue' },
-        CONNECTED: { target: 'open', actions: ['setConn', 'flushQueue'] },
-        DISCONNECTED: { target: 'down', actions: ['failAll', 'notifyDown'] },
-        EXPIRE: { actions: 'expire' },
-        RETIRE: { target: 'retired', actions: 'failAll' },
+        CONNECTED: { target: 'verifying', actions: ['setConn', 'ping'] },
+        DISCONNECTED: { target: 'down', actions: 'setError' },
+        RETIRE: { target: 'retired', actions: 'returnQueue' },
+      },
+    },
+    verifying: {
+      after: { tryTimeout: { target: 'down', actions: assign({ lastError: 'no answer to PING in time' }) } },
+      on: {
+        SEND: { actions: 'enqueue' },
+        ANSWERS: { guard: 'hasPong', target: 'open', actions: ['notifyUp', 'flushQueue'] },
+        DISCONNECTED: { target: 'down', actions: 'setError' },
+        RETIRE: { target: 'retired', actions: 'returnQueue' },
       },
     },
     open: {
@@ -188,7 +247,7 @@ export const upstreamMachine = setup({
         SEND: { actions: 'write' },
         ANSWERS: { actions: 'respond' },
         EXPIRE: { actions: 'expire' },
-        DISCONNECTED: { target: 'down', actions: ['failAll', 'notifyDown'] },
+        DISCONNECTED: { target: 'down', actions: 'setError' },
         RETIRE: [{ guard: 'idle', target: 'retired' }, { target: 'retiring' }],
       },
     },
@@ -198,22 +257,28 @@ export const upstreamMachine = setup({
         SEND: { actions: 'write' },
         ANSWERS: { actions: 'respond' },
         EXPIRE: { actions: 'expire' },
-        DISCONNECTED: { target: 'retired', actions: 'failAll' },
+        DISCONNECTED: { target: 'retired', actions: ['setError', 'returnQueue'] },
       },
     },
-    down: { type: 'final' },
+    down: { type: 'final', entry: 'notifyDown' },
     retired: { type: 'final' },
   },
 });
 
 function write(context: UpstreamContext, requests: ProxyRequest[]): void {
   const conn = context.conn;
-  if (!conn) return;
-  const deadlineBase = context.timeoutMs;
+  if (!conn) {
+    for (const r of requests) context.queue.push(r);
+    return;
+  }
+  const now = context.clock.now();
+  const log = context.logger;
+  const verbose = log.enabled('info');
   for (const req of requests) {
-    const upSeq = context.inflight.add(req, req.arrived + deadlineBase);
-    if (context.logger.enabled('info')) {
-      context.logger.info('forward', `Forwarding a data message to server id ${context.member} from client ${req.msg.srcid} payload ${req.msg.payload}`, {
+    const deadline = Math.min(now + context.tryTimeoutMs, req.arrived + context.timeoutMs);
+    const upSeq = context.inflight.add(req, deadline);
+    if (verbose) {
+      log.info('forward', `Forwarding a data message to server id ${context.member} from client ${req.msg.srcid} payload ${req.msg.payload}`, {
         server: context.member, client: req.msg.srcid, policy: context.policy, payload: req.msg.payload,
       });
     }
@@ -222,4 +287,3 @@ function write(context: UpstreamContext, requests: ProxyRequest[]): void {
 }
 
 export type UpstreamRef = ActorRefFrom<typeof upstreamMachine>;
-export type { Code };

@@ -62,6 +62,13 @@ export function parseIntOption(name: string, min: number) {
   };
 }
 
+/** A comma-separated list of endpoints: `2100,2200` or `a:2100,b:2100`. */
+export function parseEndpoints(value: string): Endpoint[] {
+  const parts = value.split(',').map((p) => p.trim()).filter(Boolean);
+  if (parts.length === 0) throw new InvalidArgumentError('give at least one PORT or HOST:PORT');
+  return parts.map(parseEndpoint);
+}
+
 /** `2100`, `host:2100` or `[::1]:2100`. */
 export function parseEndpoint(value: string): Endpoint {
   const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(value);

@@ -72,10 +72,10 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   }
 }
 
-/** Setup messages travel on their own connections: wait until the proxy has them all. */
-async function waitForMembers(pools: () => Record<string, { members: string[] }>, n: number): Promise<void> {
+/** Setup messages travel on their own connections: wait until the proxy serves through them all. */
+async function waitForMembers(pools: () => Record<string, { serving: string[] }>, n: number): Promise<void> {
   const until = Date.now() + 5000;
-  while (Object.values(pools()).reduce((k, p) => k + p.members.length, 0) < n) {
+  while (Object.values(pools()).reduce((k, p) => k + p.serving.length, 0) < n) {
     if (Date.now() > until) throw new Error('servers did not register within 5 s');
     await new Promise((r) => setTimeout(r, 5));
   }

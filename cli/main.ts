@@ -8,8 +8,9 @@ import { runClient, startProxy, startServer, StartError } from '../actors/index.
 import type { Result } from '../actors/client.js';
 import { runDemo } from './demo.js';
 import {
-  loadPackets, logOptions, makeLogger, normaliseArgv, parseEndpoint, parseIntOption, parsePort, UsageError, wireOption, type LogFlags,
+  loadPackets, logOptions, makeLogger, normaliseArgv, parseEndpoints, parseIntOption, parsePort, UsageError, wireOption, type LogFlags,
 } from './common.js';
+import type { Behaviour, Endpoint } from '../actors/server.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -49,14 +50,33 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .description('run the reverse proxy')
       .addOption(new Option('-p, --port <port>', 'port to listen on (0 picks a free one)').default(2100).argParser((v) => parsePort(v)))
       .option('--host <address>', 'address to listen on', '127.0.0.1')
-      .addOption(new Option('--timeout <ms>', 'request timeout').default(5000).argParser(parseIntOption('--timeout', 1)))
+      .addOption(new Option('--timeout <ms>', 'every request is answered within this time').default(5000).argParser(parseIntOption('--timeout', 1)))
+      .addOption(new Option('--retries <n>', 'retries of a failed try on other servers of the policy').default(2).argParser(parseIntOption('--retries', 0)))
+      .addOption(new Option('--try-timeout <ms>', 'timeout of one try (default: timeout / (retries + 1))').argParser(parseIntOption('--try-timeout', 1)))
       .addOption(new Option('--max-frame <bytes>', 'largest frame accepted from any peer').default(1024 * 1024).argParser(parseIntOption('--max-frame', 16)))
+      .addOption(new Option('--max-connections <n>', 'connections open at once (clients and servers)').default(20000).argParser(parseIntOption('--max-connections', 1)))
       .addOption(new Option('--max-client-inflight <n>', 'unanswered requests per client connection before its reads pause').default(4096).argParser(parseIntOption('--max-client-inflight', 1)))
+      .addOption(new Option('--max-server-inflight <n>', 'requests in flight to one server').default(1024).argParser(parseIntOption('--max-server-inflight', 1)))
+      .addOption(new Option('--queue-limit <n>', 'requests one policy may hold waiting for a server with room; beyond it OVERLOADED').default(1024).argParser(parseIntOption('--queue-limit', 0)))
+      .addOption(new Option('--ping-interval <ms>', 'PING each server on its registration connection this often').default(1000).argParser(parseIntOption('--ping-interval', 10)))
+      .addOption(new Option('--ping-misses <n>', 'missed PONGs after which a server is removed').default(3).argParser(parseIntOption('--ping-misses', 1)))
+      .addOption(new Option('--eject-after <n>', 'consecutive failures that eject a server for a while').default(5).argParser(parseIntOption('--eject-after', 1)))
+      .addOption(new Option('--eject-time <ms>', 'ejection time, times the number of ejections').default(30000).argParser(parseIntOption('--eject-time', 1)))
+      .addOption(new Option('--drain-timeout <ms>', 'on SIGTERM, the longest wait for requests in flight').default(5000).argParser(parseIntOption('--drain-timeout', 0)))
       .addOption(new Option('--old-server-connections <n>', 'connections opened to each old (JSON) server, one request on each at a time').default(8).argParser(parseIntOption('--old-server-connections', 1)))
-      .addHelpText('after', '\nOld JSON clients and servers use the same port: the first byte of a connection decides.\n\nExample:\n  revproxy proxy -port 2100'),
-  ).action(async (o: LogFlags & { port: number; host: string; timeout: number; maxFrame: number; maxClientInflight: number; oldServerConnections: number }) => {
+      .addHelpText('after', '\nOld JSON clients and servers use the same port: the first byte of a connection decides.\nSIGTERM or SIGINT drains: no new connections, every request in flight answered, then exit 0.\n\nExample:\n  revproxy proxy -port 2100'),
+  ).action(async (o: LogFlags & {
+    port: number; host: string; timeout: number; retries: number; tryTimeout?: number; maxFrame: number; maxConnections: number;
+    maxClientInflight: number; maxServerInflight: number; queueLimit: number; pingInterval: number; pingMisses: number;
+    ejectAfter: number; ejectTime: number; drainTimeout: number; oldServerConnections: number;
+  }) => {
     const logger = makeLogger('proxy', o);
-    const proxy = await startProxy({ port: o.port, host: o.host, timeoutMs: o.timeout, maxFrameBytes: o.maxFrame, maxClientInflight: o.maxClientInflight, oldServers: { connections: o.oldServerConnections }, logger });
+    const proxy = await startProxy({
+      port: o.port, host: o.host, timeoutMs: o.timeout, retries: o.retries, tryTimeoutMs: o.tryTimeout, maxFrameBytes: o.maxFrame,
+      maxConnections: o.maxConnections, maxClientInflight: o.maxClientInflight, maxServerInflight: o.maxServerInflight,
+      queueLimit: o.queueLimit, pingIntervalMs: o.pingInterval, pingMisses: o.pingMisses, ejectAfter: o.ejectAfter,
+      ejectBaseMs: o.ejectTime, drainTimeoutMs: o.drainTimeout, oldServers: { connections: o.oldServerConnections }, logger,
+    });
     await runUntilStopped(proxy.actor, proxy.stop);
     setExit(0);
   });
@@ -70,15 +90,20 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('--policy <policy>').hideHelp())
       .addOption(new Option('--listen <port>', 'port to listen on for the proxy\'s requests (0 picks a free one)').default(0).argParser((v) => parsePort(v)))
       .option('--host <address>', 'address to listen on', '127.0.0.1')
-      .addOption(new Option('--revproc <endpoint>', 'the reverse proxy: PORT or HOST:PORT').default(parseEndpoint('2100'), '2100').argParser(parseEndpoint))
-      .addOption(new Option('--behaviour <kind>', 'normal answers; silent accepts requests and never answers (for fault tests)').choices(['normal', 'silent']).default('normal'))
+      .addOption(new Option('--revproc <endpoints>', 'the reverse proxy or proxies to register with: PORT or HOST:PORT, comma-separated').default(parseEndpoints('2100'), '2100').argParser(parseEndpoints))
+      .addOption(new Option('--behaviour <kind>', 'normal answers; silent accepts requests and never answers; fail answers every request with an error (for fault tests)').choices(['normal', 'silent', 'fail']).default('normal'))
+      .addOption(new Option('--delay <ms>', 'answer each request this much later (for tests)').default(0).argParser(parseIntOption('--delay', 0)))
+      .addOption(new Option('--drain-timeout <ms>', 'on SIGTERM, the longest wait for the proxies to let go').default(5000).argParser(parseIntOption('--drain-timeout', 0)))
       .addOption(wireOption('register the old way (setup on its own connection, then closed), for the old Python proxy'))
-      .addHelpText('after', '\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100'),
-  ).action(async (o: LogFlags & { id: string; pp?: string; policy?: string; listen: number; host: string; revproc: { host: string; port: number }; behaviour: 'normal' | 'silent'; wire: 'frames' | 'json' }) => {
+      .addHelpText('after', '\nA lost proxy is retried with backoff and the server registers again.\nSIGTERM or SIGINT drains: tells the proxies it is leaving, finishes requests in flight, exits 0.\n\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100\n  revproxy server -id 100 -pp 111 -revproc 2100,2200'),
+  ).action(async (o: LogFlags & { id: string; pp?: string; policy?: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout: number; delay: number; wire: 'frames' | 'json' }) => {
     const policy = o.pp ?? o.policy;
     if (!policy) throw new UsageError("required option '--pp <policy>' not specified");
     const logger = makeLogger(`server ${o.id}`, o);
-    const server = await startServer({ id: o.id, policy, listenPort: o.listen, listenHost: o.host, proxy: o.revproc, behaviour: o.behaviour, wire: o.wire, logger });
+    const server = await startServer({
+      id: o.id, policy, listenPort: o.listen, listenHost: o.host, proxies: o.revproc, behaviour: o.behaviour,
+      drainTimeoutMs: o.drainTimeout, delayMs: o.delay, wire: o.wire, logger, waitForRegistration: false,
+    });
     await runUntilStopped(server.actor, server.stop);
     setExit(server.actor.getSnapshot().value === 'failed' ? 1 : 0);
   });
@@ -88,17 +113,17 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .command('client')
       .description('send packets through the reverse proxy and verify every answer')
       .option('--id <id>', 'client id, used for packets that carry no srcid', '0')
-      .addOption(new Option('--revproc <endpoint>', 'the reverse proxy: PORT or HOST:PORT').default(parseEndpoint('2100'), '2100').argParser(parseEndpoint))
+      .addOption(new Option('--revproc <endpoints>', 'the reverse proxy: PORT or HOST:PORT; a comma-separated list fails over in order').default(parseEndpoints('2100'), '2100').argParser(parseEndpoints))
       .requiredOption('--pkt <paths...>', 'packet files (JSON), or folders of them')
       .addOption(new Option('--timeout <ms>', 'time to wait for each answer').default(5000).argParser(parseIntOption('--timeout', 1)))
       .addOption(new Option('--window <n>', 'requests in flight at once on the connection').default(64).argParser(parseIntOption('--window', 1)))
       .option('--json', 'print the results as one JSON object at the end')
       .addOption(wireOption('speak the old format, one request at a time, for the old Python proxy'))
       .addHelpText('after', '\nExit status: 0 when every answer is correct, 1 when any is wrong or missing.\n\nExample:\n  revproxy client -id 1 -revproc 2100 -pkt pktfiles/1.json'),
-  ).action(async (o: LogFlags & { id: string; revproc: { host: string; port: number }; pkt: string[]; timeout: number; window: number; json?: boolean; wire: 'frames' | 'json' }) => {
+  ).action(async (o: LogFlags & { id: string; revproc: Endpoint[]; pkt: string[]; timeout: number; window: number; json?: boolean; wire: 'frames' | 'json' }) => {
     const packets = loadPackets(o.pkt, o.id);
     const logger = makeLogger(`client ${o.id}`, o.json ? { ...o, logFormat: 'text', logLevel: 'silent' } : o);
-    const results = await runClient({ id: o.id, proxy: o.revproc, packets, timeoutMs: o.timeout, window: o.window, wire: o.wire, logger });
+    const results = await runClient({ id: o.id, proxies: o.revproc, packets, timeoutMs: o.timeout, window: o.window, wire: o.wire, logger });
     const ok = results.filter((r) => r.correct).length;
     if (o.json) process.stdout.write(`${JSON.stringify(summarise(results, packets.map((p) => p.file)))}\n`);
     else if (results.length > 1 || ok < results.length) logger.info('summary', `${ok}/${results.length} answers verified`, { verified: ok, total: results.length });

@@ -3,7 +3,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import { ErrorCode } from '../transport/errors.js';
-import { encodeJson, JsonDecoder, orderedJsonEncoder } from '../transport/json.js';
+import { encodeJson, JsonDecoder, jsonWire, orderedJsonEncoder } from '../transport/json.js';
 import type { Message } from '../transport/messages.js';
 import { SniffDecoder, type Wire } from '../transport/sniff.js';
 
@@ -117,6 +117,13 @@ test('the ordered encoder holds an answer that overtakes an earlier one', () => 
   assert.is(both, `${encodeJson(a(0))}${encodeJson(a(1))}`);
   assert.is(enc(a(2)).toString(), encodeJson(a(2)).toString());
   assert.is(enc({ type: 3, code: 'BAD_REQUEST', message: 'bye' }).length > 0, true, 'a connection error goes out at once');
+});
+
+test('the asking side gives each answer the seq of the oldest unanswered request', () => {
+  const { decoder, encoder } = jsonWire(undefined, 'asks');
+  for (const seq of [5, 9]) assert.is(encoder({ type: 0, seq, srcid: '1', privPoliId: 'P', payload: 'x' }).toString().includes('seq'), false);
+  const got = decoder.push(Buffer.from(`${ack}${ack}`)).messages;
+  assert.equal(got.map((m) => ('seq' in m ? m.seq : '-')), [5, 9]);
 });
 
 test('the first byte picks the wire: { for JSON, anything else frames', () => {

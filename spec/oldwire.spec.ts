@@ -27,18 +27,22 @@ function members(policy: string): string[] {
   return ctx.proxy.pools()[policy]?.members ?? [];
 }
 
+function serving(policy: string): string[] {
+  return ctx.proxy.pools()[policy]?.serving ?? [];
+}
+
 /** Start an old Python server of `policy` against our proxy; resolves once it is in its pool. */
 async function oldServer(id: string, policy: string, extra: string[] = []): Promise<Proc> {
   const p = python('old_server', ['-id', id, '-pp', policy, '-listen', '0', '-revproc', String(ctx.proxy.port), ...extra]);
   await p.waitFor(/Setup sent/);
-  await eventually(() => members(policy).includes(id), 3000, `old server ${id} in pool ${policy}`);
+  await eventually(() => serving(policy).includes(id), 3000, `old server ${id} serving ${policy}`);
   return p;
 }
 
 async function newServer(id: string, policy: string): Promise<ServerHandle> {
   const s = await startServer({ id, policy, listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port } });
   ctx.servers.push(s);
-  await eventually(() => members(policy).includes(id), 3000, `server ${id} in pool ${policy}`);
+  await eventually(() => serving(policy).includes(id), 3000, `server ${id} serving ${policy}`);
   return s;
 }
 
@@ -150,6 +154,20 @@ oldThroughOurs('two objects in one write: both answered, in order, one object ea
   noBreakage(a, b);
 });
 
+oldThroughOurs('answers to a JSON client are in order even when a later request is answered first', async () => {
+  // Server 1 answers 300 ms late; server 2 at once.
+  const slow = await startServer({ id: '1', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, delayMs: 300 });
+  ctx.servers.push(slow);
+  await newServer('2', 'P');
+  await eventually(() => ctx.proxy.pools().P?.serving.length === 2, 3000, 'both serving');
+  const sock = await rawConnect(ctx.proxy.port);
+  ctx.closers.push(() => sock.destroy());
+  const got = jsonCollector(sock);
+  sock.write('{"type": "0", "srcid": "7", "privPoliId": "P", "payload": "first"}{"type": "0", "srcid": "7", "privPoliId": "P", "payload": "second"}');
+  await eventually(() => got.length >= 2, 3000, 'two answers');
+  assert.equal(got.map((m) => [(m as { srcid: string }).srcid, (m as { payload: string }).payload]), [['1', sha1Hex('first')], ['2', sha1Hex('second')]]);
+});
+
 oldThroughOurs('errors to a JSON client are one JSON object with "type": "3", code and message', async () => {
   const r = await oldClient(['-id', '1', '-pkt', pkt('1')]);
   assert.is(r.code, 1);
@@ -166,19 +184,6 @@ oldThroughOurs('errors to a JSON client are one JSON object with "type": "3", co
 });
 
 const leaving = fresh('old wire, short timeout', { timeoutMs: 300, oldServers: { missesToLeave: 2 } });
-
-leaving('answers to a JSON client are in order even when a later request is answered first', async () => {
-  // Server 1 never answers (its requests time out); server 2 answers at once.
-  await startSilent('1', 'P');
-  await newServer('2', 'P');
-  const sock = await rawConnect(ctx.proxy.port);
-  ctx.closers.push(() => sock.destroy());
-  const got = jsonCollector(sock);
-  sock.write('{"type": "0", "srcid": "7", "privPoliId": "P", "payload": "first"}{"type": "0", "srcid": "7", "privPoliId": "P", "payload": "second"}');
-  await eventually(() => got.length >= 2, 3000, 'two answers');
-  assert.is(got[0]!.type, 3, 'the timeout of the first comes first');
-  assert.equal({ type: got[1]!.type, payload: (got[1] as { payload: string }).payload }, { type: 2, payload: sha1Hex('second') });
-});
 
 leaving('an old server whose listen port refuses connections leaves its pool; the others keep serving', async () => {
   const a = await oldServer('1', 'P');
@@ -241,7 +246,7 @@ function jsonCollector(sock: import('node:net').Socket): Message[] {
 async function startSilent(id: string, policy: string): Promise<void> {
   const s = await startServer({ id, policy, listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, behaviour: 'silent' });
   ctx.servers.push(s);
-  await eventually(() => members(policy).includes(id), 3000, `server ${id} in pool ${policy}`);
+  await eventually(() => serving(policy).includes(id), 3000, `server ${id} serving ${policy}`);
 }
 
 oldThroughOurs.run();

@@ -34,12 +34,13 @@ export interface JsonDecoderOptions {
   /** Largest object accepted, in bytes (the same limit as frames); longer input is refused before it is buffered. */
   maxFrameBytes?: number;
   /**
-   * The old wire has no `seq`: requests are answered in order. When true, each
-   * DATA, ACK and ERROR decoded gets the next number of this connection (0, 1,
-   * 2, ...) as its `seq`, whatever it carried, so answers can be matched and
-   * put back in order.
+   * The old wire has no `seq`: requests are answered in order. When set, each
+   * DATA, ACK and ERROR decoded gets a `seq`, whatever it carried: with `true`
+   * the next number of this connection (0, 1, 2, ...), so answers can be put
+   * back in order; with a function, what it returns (the seq of the request
+   * an answer is for), or the next number when it returns undefined.
    */
-  number?: boolean;
+  number?: boolean | (() => number | undefined);
 }
 
 /**
@@ -55,7 +56,7 @@ export interface JsonDecoderOptions {
  */
 export class JsonDecoder implements Decoder {
   private readonly max: number;
-  private readonly numbering: boolean;
+  private readonly numbering: boolean | (() => number | undefined);
   /** Bytes of the object being read, from its `{`. */
   private parts: Buffer[] = [];
   private size = 0;
@@ -159,7 +160,8 @@ export class JsonDecoder implements Decoder {
     }
     const msg = toMessage(value, { seqOptional: true });
     if (this.numbering && (msg.type === MsgType.DATA || msg.type === MsgType.ACK || msg.type === MsgType.ERROR)) {
-      msg.seq = this.nextSeq;
+      const given = typeof this.numbering === 'function' ? this.numbering() : undefined;
+      msg.seq = given ?? this.nextSeq;
       this.nextSeq = this.nextSeq >= MAX_SEQ ? 0 : this.nextSeq + 1;
     }
     return msg;
@@ -232,7 +234,20 @@ export function orderedJsonEncoder(): (msg: Message) => Buffer {
   };
 }
 
-/** Decoder and encoder for one connection on the old JSON wire. */
-export function jsonWire(maxFrameBytes?: number): { decoder: JsonDecoder; encoder: (msg: Message) => Buffer } {
-  return { decoder: new JsonDecoder({ maxFrameBytes, number: true }), encoder: orderedJsonEncoder() };
+/**
+ * Decoder and encoder for one connection on the old JSON wire, for the side
+ * that `answers` (accepted the connection: requests are numbered as they
+ * arrive and answered in that order) or the side that `asks` (dialed it: each
+ * answer gets the seq of the oldest request sent and not yet answered).
+ */
+export function jsonWire(maxFrameBytes: number | undefined, side: 'answers' | 'asks'): { decoder: JsonDecoder; encoder: (msg: Message) => Buffer } {
+  if (side === 'answers') return { decoder: new JsonDecoder({ maxFrameBytes, number: true }), encoder: orderedJsonEncoder() };
+  const sent: number[] = [];
+  return {
+    decoder: new JsonDecoder({ maxFrameBytes, number: () => sent.shift() }),
+    encoder: (msg) => {
+      if (msg.type === MsgType.DATA) sent.push(msg.seq);
+      return encodeJson(msg);
+    },
+  };
 }

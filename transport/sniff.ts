@@ -40,7 +40,7 @@ export class SniffDecoder implements Decoder {
     if (!this.inner) {
       if (chunk.length === 0) return { messages: [] };
       if (startsJson(chunk[0]!)) {
-        const w = jsonWire(this.opts.maxFrameBytes);
+        const w = jsonWire(this.opts.maxFrameBytes, 'answers');
         this.inner = w.decoder;
         this.picked = 'json';
         this.opts.onWire?.('json', w.encoder);

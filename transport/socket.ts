@@ -18,7 +18,12 @@ export interface ConnectionOptions {
   decoder?: Decoder;
   encoder?: Encoder;
   maxFrameBytes?: number;
-  /** `frames` (default), the old `json` wire, or `sniff`: decided by the peer's first byte. Ignored when `decoder` is given. */
+  /**
+   * `frames` (default); the old `json` wire, on a connection this side dialed to
+   * ask (answers are matched to its requests in order); or `sniff`, on an accepted
+   * connection: the peer's first byte decides, and requests are answered in order.
+   * Ignored when `decoder` is given.
+   */
   wire?: Wire | 'sniff';
 }
 
@@ -47,6 +52,8 @@ export class Connection {
   outstanding = 0;
   /** Whether reads are paused because `outstanding` hit its limit. */
   throttled = false;
+  /** PINGs sent on this connection without a PONG since (liveness of a registration connection). */
+  missedPings = 0;
   private corked = false;
   private pauses = 0;
   private drainWaiters: Array<() => void> = [];
@@ -57,7 +64,7 @@ export class Connection {
     this.wire = opts.wire === 'json' ? 'json' : 'frames';
     this.encoder = opts.encoder ?? encodeFrame;
     if (opts.decoder) this.decoder = opts.decoder;
-    else if (opts.wire === 'json') ({ decoder: this.decoder, encoder: this.encoder } = jsonWire(opts.maxFrameBytes));
+    else if (opts.wire === 'json') ({ decoder: this.decoder, encoder: this.encoder } = jsonWire(opts.maxFrameBytes, 'asks'));
     else if (opts.wire === 'sniff') {
       this.decoder = new SniffDecoder({
         maxFrameBytes: opts.maxFrameBytes,

@@ -1,0 +1,240 @@
+/**
+ * Fault tolerance (issue 4), over real processes and real sockets: every
+ * request answered exactly once, none sent to a dead server, no single point
+ * of failure.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createServer } from 'node:net';
+import { Logger, memorySink, runClient, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import { collector, eventually, frame, LOCAL, rawConnect, sleep } from './helpers.js';
+import { runLoad } from './load.js';
+import { killAll, revproxy, type Proc } from './procs.js';
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, LOCAL, r));
+  const port = (s.address() as { port: number }).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+/** A proxy process on a free port, ready once it accepts connections. */
+async function proxyProc(args: string[] = [], port?: number): Promise<{ proc: Proc; port: number }> {
+  port ??= await freePort();
+  const proc = revproxy(['proxy', '-port', String(port), ...args]);
+  await eventuallyAsync(async () => {
+    try {
+      (await rawConnect(port!)).destroy();
+      return true;
+    } catch {
+      return false;
+    }
+  }, 10000, `proxy listening on ${port}`);
+  return { proc, port };
+}
+
+async function eventuallyAsync(pred: () => Promise<boolean>, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await pred())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+function serverProc(id: string, policy: string, revproc: string, extra: string[] = []): Proc {
+  return revproxy(['server', '-id', id, '-pp', policy, '-listen', '0', '-revproc', revproc, ...extra]);
+}
+
+/** Wait until each server process says it registered (with `times` proxies), plus the link's PING round trip. */
+async function serversUp(servers: Proc[], times = 1): Promise<void> {
+  await eventually(() => servers.every((s) => s.out.filter((l) => /Registered with the reverse proxy/.test(l)).length >= times), 15000, 'servers registered');
+  await sleep(150);
+}
+
+/** Wait until the proxy process has logged `n` registrations of these ids since `from` lines. */
+async function registered(proxy: Proc, ids: string[], from = 0): Promise<void> {
+  await eventually(() => ids.every((id) => proxy.out.slice(from).some((l) => l.includes(`Received setup message from server id ${id} `))), 10000, `registrations of ${ids.join(', ')}`);
+  await sleep(100); // the upstream links verify with one PING round trip
+}
+
+function rssKb(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) : 0;
+}
+
+const procs = suite('faults across processes');
+procs.after.each(killAll);
+
+procs('a server killed with SIGKILL mid-run: every request answered once, at least 99 % acks, no wrong hash', async () => {
+  const { proc: proxy, port } = await proxyProc(['--log-level', 'warn']);
+  const servers = ['1', '2', '3'].map((id) => serverProc(id, 'P', String(port)));
+  await serversUp(servers);
+  const victim = servers[1]!;
+  const report = await runLoad({
+    ports: [port], policy: 'P', connections: 4, perConnection: 500, window: 16,
+    onHalfway: () => victim.kill('SIGKILL'),
+  });
+  const total = 2000;
+  assert.is(report.unanswered, 0, JSON.stringify(report));
+  assert.is(report.duplicates, 0);
+  assert.is(report.wrongHashes, 0);
+  assert.ok(report.acks >= total * 0.99, `acks ${report.acks}/${total}: ${JSON.stringify(report.errors)}`);
+  assert.ok((report.byServer['2'] ?? 0) > 0 && (report.byServer['2'] ?? 0) < total / 3, 'server 2 served until it died');
+  void proxy;
+});
+
+procs('a server stopped with SIGTERM under load drains: zero errors, and it exits 0', async () => {
+  const { proc: proxy, port } = await proxyProc(['--log-level', 'warn']);
+  const servers = ['1', '2'].map((id) => serverProc(id, 'P', String(port)));
+  await serversUp(servers);
+  const report = await runLoad({
+    ports: [port], policy: 'P', connections: 4, perConnection: 400, window: 16,
+    onHalfway: () => servers[0]!.kill('SIGTERM'),
+  });
+  assert.is(report.unanswered, 0, JSON.stringify(report));
+  assert.equal(report.errors, {}, 'no errors at all');
+  assert.is(report.acks, 1600);
+  assert.is(report.duplicates, 0);
+  assert.is(await servers[0]!.exited, 0, servers[0]!.out.join('\n'));
+  assert.match(servers[0]!.out.join('\n'), /Draining/);
+  void proxy;
+});
+
+procs('the proxy killed and restarted: servers register again on their own and clients then succeed', async () => {
+  const port = await freePort();
+  let proxy = revproxy(['proxy', '-port', String(port)]);
+  await proxy.waitFor(/Running the reverse proxy/);
+  await serversUp([serverProc('1', 'P', String(port)), serverProc('2', 'P', String(port))]);
+  proxy.kill('SIGKILL');
+  await proxy.exited;
+  proxy = revproxy(['proxy', '-port', String(port)]);
+  await proxy.waitFor(/Running the reverse proxy/);
+  await registered(proxy, ['1', '2']);
+  const results = await runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: Array.from({ length: 4 }, (_, i) => ({ srcid: 'c', privPoliId: 'P', payload: `x${i}` })), window: 1 });
+  assert.ok(results.every((r) => r.correct), JSON.stringify(results));
+  assert.equal(new Set(results.map((r) => r.server)), new Set(['1', '2']));
+});
+
+procs('two proxies, one killed mid-run: clients fail over to the other and keep succeeding', async () => {
+  const a = await proxyProc(['--log-level', 'warn']);
+  const b = await proxyProc(['--log-level', 'info']);
+  await serversUp([serverProc('1', 'P', `${a.port},${b.port}`), serverProc('2', 'P', `127.0.0.1:${a.port},127.0.0.1:${b.port}`)], 2);
+  const report = await runLoad({
+    ports: [a.port, b.port], policy: 'P', connections: 3, perConnection: 300, window: 8,
+    onHalfway: () => a.proc.kill('SIGKILL'),
+  });
+  assert.is(report.unanswered, 0, JSON.stringify(report));
+  assert.is(report.duplicates, 0);
+  assert.is(report.wrongHashes, 0);
+  assert.is(report.acks, 900, JSON.stringify(report.errors));
+  // A new client listing both proxies gets through although the first is gone.
+  const dir = mkdtempSync(join(tmpdir(), 'pkt-'));
+  writeFileSync(join(dir, 'p.json'), JSON.stringify({ type: '0', srcid: '1', privPoliId: 'P', payload: 'after the failover' }));
+  const client = revproxy(['client', '-id', '1', '-revproc', `${a.port},${b.port}`, '-pkt', join(dir, 'p.json')]);
+  assert.is(await client.exited, 0, client.out.join('\n'));
+  assert.match(client.out.join('\n'), /Hash of payload is correct/);
+});
+
+procs('a pool at its limits answers OVERLOADED at once, and the proxy memory stays flat', async () => {
+  const { proc: proxy, port } = await proxyProc(['--log-level', 'error', '--max-server-inflight', '8', '--queue-limit', '8', '--timeout', '60000', '--try-timeout', '60000']);
+  await serversUp([serverProc('s', 'P', String(port), ['--behaviour', 'silent'])]);
+  const sizes: number[] = [];
+  for (let round = 0; round < 4; round++) {
+    const report = await runLoad({ ports: [port], policy: 'P', connections: 4, perConnection: 1000, window: 1000, deadlineMs: 1500 });
+    // 16 requests are held (8 in flight, 8 waiting); everything else is refused at once.
+    const held = round === 0 ? 16 : 0;
+    assert.ok(report.errors.OVERLOADED! >= 4000 - 16 - held, JSON.stringify(report));
+    sizes.push(rssKb(proxy.child.pid!));
+  }
+  assert.ok(sizes[3]! - sizes[1]! < 20 * 1024, `RSS grew from ${sizes[1]} kB to ${sizes[3]} kB`);
+});
+
+const inproc = suite<{ proxy: ProxyHandle; logs: LogRecord[]; servers: ServerHandle[] }>('faults in process', { logs: [], servers: [] } as never);
+inproc.after.each(async (ctx) => {
+  for (const s of ctx.servers) s.kill();
+  ctx.proxy?.kill();
+});
+
+async function setup(ctx: { proxy: ProxyHandle; logs: LogRecord[]; servers: ServerHandle[] }, opts = {}) {
+  ctx.logs = [];
+  ctx.servers = [];
+  ctx.proxy = await startProxy({ port: 0, logger: new Logger('proxy', memorySink(ctx.logs), 'debug'), ...opts });
+  return async (id: string, behaviour: 'normal' | 'fail' | 'silent' = 'normal', delayMs = 0): Promise<ServerHandle> => {
+    const s = await startServer({ id, policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, behaviour, delayMs });
+    ctx.servers.push(s);
+    await eventually(() => ctx.proxy.pools().P?.serving.includes(id) ?? false, 2000, `${id} serving`);
+    return s;
+  };
+}
+
+const pkts = (n: number) => Array.from({ length: n }, (_, i) => ({ srcid: 'c', privPoliId: 'P', payload: `q${i}` }));
+
+inproc('a server that answers with errors is ejected after consecutive failures and re-admitted later; its requests succeed elsewhere', async (ctx) => {
+  const add = await setup(ctx, { ejectAfter: 3, ejectBaseMs: 200 });
+  await add('bad', 'fail');
+  await add('good');
+  const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: pkts(12), window: 1 });
+  assert.ok(results.every((r) => r.correct && r.server === 'good'), JSON.stringify(results.filter((r) => !r.correct)));
+  await eventually(() => ctx.logs.some((l) => l.event === 'eject' && l.id === 'bad'), 1000, 'ejection');
+  assert.is(ctx.proxy.pools().P!.states.bad, 'ejected');
+  assert.match(ctx.logs.find((l) => l.event === 'eject')!.msg, /Ejected server id bad .* for 200 ms after 3 consecutive failures/);
+  await eventually(() => ctx.proxy.pools().P!.states.bad === 'serving', 2000, 're-admission');
+  assert.ok(ctx.logs.some((l) => l.event === 'readmit' && l.id === 'bad'));
+});
+
+inproc('the last healthy member is never ejected', async (ctx) => {
+  const add = await setup(ctx, { ejectAfter: 2, retries: 0 });
+  await add('only', 'fail');
+  const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: pkts(5), window: 1 });
+  assert.ok(results.every((r) => r.error === 'UPSTREAM_FAILED'), JSON.stringify(results));
+  assert.is(ctx.proxy.pools().P!.states.only, 'serving');
+  assert.ok(ctx.logs.some((l) => l.event === 'eject_skipped'));
+});
+
+inproc('a registration that stops answering PINGs is removed with the reason', async (ctx) => {
+  const add = await setup(ctx, { pingIntervalMs: 30, pingMisses: 3 });
+  const real = await add('real');
+  // A registration by hand that never answers PING, pointing at a live listener.
+  const reg = await rawConnect(ctx.proxy.port);
+  const c = collector(reg);
+  reg.write(frame({ type: 1, id: 'mute', privPolyId: 'P', listenport: real.port }));
+  await eventually(() => ctx.proxy.pools().P?.members.includes('mute') ?? false, 1000, 'mute registered');
+  await eventually(() => !ctx.proxy.pools().P!.members.includes('mute'), 2000, 'mute removed');
+  const why = ctx.logs.find((l) => l.event === 'deregister' && l.id === 'mute')!;
+  assert.match(why.msg, /missed 3 PINGs/);
+  assert.ok(c.got.some((m) => m.type === 4), 'it was pinged');
+  assert.ok(ctx.proxy.pools().P!.members.includes('real'), 'the server that answers stays');
+  reg.destroy();
+});
+
+inproc('stopping the proxy answers every request in flight before it closes, and refuses new connections', async (ctx) => {
+  const add = await setup(ctx, {});
+  await add('slow', 'normal', 150);
+  const pending = runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: pkts(20), window: 20 });
+  await eventually(() => ctx.logs.filter((l) => l.event === 'request').length >= 20, 2000, 'requests in flight');
+  const stopped = ctx.proxy.stop();
+  const results = await pending;
+  await stopped;
+  assert.ok(results.every((r) => r.correct), JSON.stringify(results.filter((r) => !r.correct)));
+  const late = await runClient({ id: 'd', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: pkts(1), maxAttempts: 1 });
+  assert.is(late[0]!.error, 'CONNECT_FAILED');
+});
+
+inproc('a server connecting to a proxy that is not up yet keeps trying and registers once it is', async (ctx) => {
+  const port = await freePort();
+  const server = await startServer({ id: 'early', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port }, waitForRegistration: false, reconnectInitialMs: 20, reconnectMaxMs: 50 });
+  ctx.servers = [server];
+  await sleep(120);
+  ctx.logs = [];
+  ctx.proxy = await startProxy({ port, logger: new Logger('proxy', memorySink(ctx.logs), 'debug') });
+  await eventually(() => ctx.proxy.pools().P?.serving.includes('early') ?? false, 2000, 'registered');
+  const r = await runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: pkts(1) });
+  assert.ok(r[0]!.correct);
+});
+
+procs.run();
+inproc.run();
