@@ -15,11 +15,14 @@
  */
 import { assign, enqueueActions, fromCallback, sendParent, setup, type ActorRefFrom } from 'xstate';
 import { ErrorCode } from '../transport/errors.js';
-import { MsgType, type ErrorMsg, type Message } from '../transport/messages.js';
+import { MsgType, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
 import type { Timer } from './clock.js';
 import { Inflight } from './inflight.js';
-import type { ProxyRequest, UpstreamEvent, UpstreamInput, UpstreamReport } from './upstream.js';
+import {
+  errorAnswersReport, logForward, retryReport, settle, tryDeadline,
+  type ProxyRequest, type Tally, type UpstreamEvent, type UpstreamInput, type UpstreamReport,
+} from './upstream.js';
 
 /** How the proxy treats servers of the old JSON wire. */
 export interface OldServerOptions {
@@ -154,7 +157,7 @@ export const upstreamJsonMachine = setup({
       if (event.type !== 'SEND') return;
       const now = context.clock.now();
       for (const req of event.requests) {
-        context.queue.push(context.inflight.add(req, Math.min(now + context.tryTimeoutMs, req.arrived + context.timeoutMs)));
+        context.queue.push(context.inflight.add(req, tryDeadline(context, req, now)));
       }
     },
     connUp: enqueueActions(({ context, event, enqueue, self }) => {
@@ -168,45 +171,26 @@ export const upstreamJsonMachine = setup({
       if (event.type !== 'CONN_ANSWERS') return;
       const slot = context.slots.get(event.conn);
       if (!slot) return;
-      let answered = 0;
-      let failures = context.consecutiveFailures;
-      let failed: ProxyRequest[] | undefined;
-      let lastFailure: ErrorMsg | undefined;
-      const log = context.logger;
+      const tally: Tally = { answered: 0, failures: context.consecutiveFailures };
       for (const m of event.messages) {
         if (m.type !== MsgType.ACK && m.type !== MsgType.ERROR) continue;
         const p = slot.upSeq === undefined ? undefined : context.inflight.take(slot.upSeq);
         slot.upSeq = undefined;
         slot.served++;
         if (!p) {
-          log.debug('late_answer', `Dropped an answer from server id ${context.member} that no request was waiting for`, { server: context.member });
+          context.logger.debug('late_answer', `Dropped an answer from server id ${context.member} that no request was waiting for`, { server: context.member });
           continue;
         }
         context.resent.delete(p.upSeq);
-        if (m.type === MsgType.ACK) {
-          if (log.enabled('info')) {
-            log.info('ack', `Received a data message from server id ${context.member} payload ${m.payload}`, { server: context.member, client: m.destid, payload: m.payload });
-          }
-          failures = 0;
-          answered++;
-          context.reply(p.req, m, context.member);
-        } else {
-          failures++;
-          lastFailure = m;
-          (failed ??= []).push(p.req);
-        }
+        settle(context, p.req, m, tally);
       }
       if (!context.reuse) {
         slot.conn.destroy();
         context.slots.delete(slot.conn);
       }
-      enqueue.assign({ answered: context.answered + answered, consecutiveFailures: failures, misses: answered ? 0 : context.misses });
-      if (failed) {
-        enqueue.sendParent({
-          type: 'UPSTREAM_RETRY', member: context.member, linkId: self.id, requests: failed,
-          code: lastFailure!.code, reason: `server ${context.member} answered ${lastFailure!.code}: ${lastFailure!.message}`, failures,
-        } satisfies UpstreamReport);
-      }
+      enqueue.assign({ answered: context.answered + tally.answered, consecutiveFailures: tally.failures, misses: tally.answered ? 0 : context.misses });
+      const report = errorAnswersReport(context.member, self.id, tally);
+      if (report) enqueue.sendParent(report);
     }),
     connDown: enqueueActions(({ context, event, enqueue, self }) => {
       if (event.type !== 'CONN_DOWN') return;
@@ -236,10 +220,7 @@ export const upstreamJsonMachine = setup({
       if (!p) return;
       const failures = context.consecutiveFailures + 1;
       enqueue.assign({ consecutiveFailures: failures });
-      enqueue.sendParent({
-        type: 'UPSTREAM_RETRY', member: context.member, linkId: self.id, requests: [p.req],
-        code: ErrorCode.UPSTREAM_FAILED, reason: `server ${context.member} failed before answering: ${event.error}`, failures,
-      } satisfies UpstreamReport);
+      enqueue.sendParent(retryReport(context.member, self.id, [p.req], ErrorCode.UPSTREAM_FAILED, `server ${context.member} failed before answering: ${event.error}`, failures));
     }),
     expire: enqueueActions(({ context, event, enqueue, self }) => {
       if (event.type !== 'EXPIRE') return;
@@ -264,10 +245,7 @@ export const upstreamJsonMachine = setup({
       const failures = context.consecutiveFailures + expired.length;
       const gone = misses >= context.limits.missesToLeave ? `it stopped answering (${misses} tries in a row timed out)` : undefined;
       enqueue.assign({ misses, consecutiveFailures: failures, gone });
-      enqueue.sendParent({
-        type: 'UPSTREAM_RETRY', member: context.member, linkId: self.id, requests: expired.map((p) => p.req),
-        code: ErrorCode.TIMEOUT, reason: `server ${context.member} did not answer within ${context.tryTimeoutMs} ms`, failures,
-      } satisfies UpstreamReport);
+      enqueue.sendParent(retryReport(context.member, self.id, expired.map((p) => p.req), ErrorCode.TIMEOUT, `server ${context.member} did not answer within ${context.tryTimeoutMs} ms`, failures));
     }),
     resetFailures: assign({ consecutiveFailures: 0 }),
     probeDue: assign({ probeLater: false }),
@@ -311,10 +289,7 @@ export const upstreamJsonMachine = setup({
       const requests = context.inflight.takeAll().map((p) => p.req);
       context.queue.length = 0;
       if (requests.length === 0) return;
-      enqueue.sendParent({
-        type: 'UPSTREAM_RETRY', member: context.member, linkId: self.id, requests,
-        code: ErrorCode.UPSTREAM_FAILED, reason: `server ${context.member} left before answering`, failures: 0,
-      } satisfies UpstreamReport);
+      enqueue.sendParent(retryReport(context.member, self.id, requests, ErrorCode.UPSTREAM_FAILED, `server ${context.member} left before answering`, 0));
     }),
   },
   guards: {
@@ -371,13 +346,8 @@ function write(context: UpstreamJsonContext, slot: Slot, upSeq: number): void {
   const p = context.inflight.peek(upSeq);
   if (!p) return;
   slot.upSeq = upSeq;
-  const req = p.req;
-  if (context.logger.enabled('info')) {
-    context.logger.info('forward', `Forwarding a data message to server id ${context.member} from client ${req.msg.srcid} payload ${req.msg.payload}`, {
-      server: context.member, client: req.msg.srcid, policy: context.policy, payload: req.msg.payload,
-    });
-  }
-  slot.conn.send({ ...req.msg, seq: upSeq });
+  if (context.logger.enabled('info')) logForward(context, p.req);
+  slot.conn.send({ ...p.req.msg, seq: upSeq });
 }
 
 export type UpstreamJsonRef = ActorRefFrom<typeof upstreamJsonMachine>;
