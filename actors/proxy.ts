@@ -303,7 +303,7 @@ export const proxyMachine = setup({
         return;
       }
       log.info('register', `Received setup message from server id ${s.id} privacy policy ${s.privPolyId} port ${s.listenport}`, {
-        id: s.id, policy: s.privPolyId, port: s.listenport, host: conn.remoteAddress,
+        id: s.id, policy: s.privPolyId, port: s.listenport, host: conn.remoteAddress, wire: conn.wire,
       });
       enqueue.assign(({ spawn }) => {
         const host = normaliseHost(conn.remoteAddress);

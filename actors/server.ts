@@ -134,6 +134,9 @@ const requestListener = fromCallback<ServerEvent, { host: string; port: number; 
       if (e.type === 'DRAIN') {
         draining = true;
         server.close();
+        // The old JSON wire has no deregistration: a proxy keeping a JSON connection open would
+        // hold the drain to its timeout. Answers are written as requests arrive (unless --delay), so close them.
+        for (const c of conns) if (c.wire === 'json') c.endWith();
         checkDrained();
       }
     });

@@ -227,6 +227,7 @@ export const upstreamJsonMachine = setup({
       const expired = context.inflight.takeExpired(event.now);
       if (expired.length === 0) return;
       let misses = context.misses;
+      let onWire = 0;
       for (const p of expired) {
         context.resent.delete(p.upSeq);
         const waiting = context.queue.indexOf(p.upSeq);
@@ -235,6 +236,7 @@ export const upstreamJsonMachine = setup({
           continue;
         }
         misses++;
+        onWire++;
         // A late answer on this connection would be taken for the next request's: close it.
         for (const slot of context.slots.values()) {
           if (slot.upSeq !== p.upSeq) continue;
@@ -242,7 +244,8 @@ export const upstreamJsonMachine = setup({
           context.slots.delete(slot.conn);
         }
       }
-      const failures = context.consecutiveFailures + expired.length;
+      // Only tries the server received count against it; ones that waited for a connection did not reach it.
+      const failures = context.consecutiveFailures + onWire;
       const gone = misses >= context.limits.missesToLeave ? `it stopped answering (${misses} tries in a row timed out)` : undefined;
       enqueue.assign({ misses, consecutiveFailures: failures, gone });
       enqueue.sendParent(retryReport(context.member, self.id, expired.map((p) => p.req), ErrorCode.TIMEOUT, `server ${context.member} did not answer within ${context.tryTimeoutMs} ms`, failures));

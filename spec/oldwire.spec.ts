@@ -120,6 +120,14 @@ oldThroughOurs('an old server that closes each connection after one answer is st
   noBreakage(a);
 });
 
+oldThroughOurs("this project's server registered with --wire json is served as an old server", async () => {
+  const s = await startServer({ id: '8', policy: 'W', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, wire: 'json' });
+  ctx.servers.push(s);
+  await eventually(() => serving('W').includes('8'), 3000, 'server 8 serving');
+  const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: Array.from({ length: 20 }, (_, i) => ({ srcid: 'c', privPoliId: 'W', payload: `w${i}` })), window: 20 });
+  assert.ok(results.every((r) => r.correct && r.server === '8'), JSON.stringify(results.filter((r) => !r.correct)));
+});
+
 oldThroughOurs('a mixed pool: the round robin goes across old and new servers, and any client reaches any server', async () => {
   const a = await oldServer('1', 'M');
   await newServer('2', 'M');
