@@ -5,10 +5,10 @@
  * connecting --CONNECTED--> sending --(all answered)--> done
  *      \--CONNECT_FAILED--> done (every packet marked failed)
  */
-import { connect as netConnect } from 'node:net';
 import { assign, fromCallback, setup, type ActorRefFrom } from 'xstate';
 import { MsgType, type DataMsg, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
+import { dial, readyEvent, type TlsMaterial } from '../transport/tls.js';
 import { systemClock, type Clock } from './clock.js';
 import { silentLogger, type Logger } from './logger.js';
 import type { Endpoint } from './server.js';
@@ -37,6 +37,8 @@ export interface ClientOptions {
   maxAttempts?: number;
   /** Pause before trying the next proxy (ms, default 100). */
   failoverDelayMs?: number;
+  /** TLS to the proxy: the CA that signed its certificate, and a client certificate for mutual TLS. */
+  tls?: TlsMaterial;
   logger?: Logger;
   clock?: Clock;
 }
@@ -77,13 +79,13 @@ export type ClientEvent =
   | { type: 'CLOSED'; error: string }
   | { type: 'TICK' };
 
-const clientSocket = fromCallback<ClientEvent, { proxy: Endpoint; wire?: 'frames' | 'json' }>(({ sendBack, input }) => {
-  const socket = netConnect({ host: input.proxy.host, port: input.proxy.port });
+const clientSocket = fromCallback<ClientEvent, { proxy: Endpoint; tls?: TlsMaterial; wire?: 'frames' | 'json' }>(({ sendBack, input }) => {
+  const socket = dial(input.proxy.host, input.proxy.port, input.tls);
   // On the json wire answers carry no seq: the connection gives each the seq of the oldest unanswered request.
   const conn = new Connection(socket, { wire: input.wire });
   conn.role = 'client';
   let connected = false;
-  socket.once('connect', () => {
+  socket.once(readyEvent(socket), () => {
     connected = true;
     sendBack({ type: 'CONNECTED', conn });
   });
@@ -254,7 +256,7 @@ export const clientMachine = setup({
   initial: 'session',
   states: {
     session: {
-      invoke: { id: 'socket', src: 'clientSocket', input: ({ context }) => ({ proxy: context.proxies[context.proxyIndex]!, wire: context.opts.wire }) },
+      invoke: { id: 'socket', src: 'clientSocket', input: ({ context }) => ({ proxy: context.proxies[context.proxyIndex]!, tls: context.opts.tls, wire: context.opts.wire }) },
       always: { guard: 'allAnswered', target: 'done' },
       on: {
         CONNECT_FAILED: { target: 'failover', actions: 'failover' },

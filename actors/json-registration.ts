@@ -9,9 +9,9 @@
  * Swapped in for the server machine's `registrations` actor:
  * `serverMachine.provide({ actors: { registrations: jsonRegistrations } })`.
  */
-import { connect as netConnect } from 'node:net';
 import { fromCallback } from 'xstate';
 import { Connection } from '../transport/socket.js';
+import { describeTlsError, dial, readyEvent } from '../transport/tls.js';
 import type { Timer } from './clock.js';
 import type { Endpoint, RegistrationInput, ServerEvent } from './server.js';
 
@@ -20,30 +20,30 @@ export const jsonRegistrations = fromCallback<ServerEvent, RegistrationInput>(({
   const timers = new Set<Timer>();
   const conns = new Set<Connection>();
 
-  const dial = (ep: Endpoint, delay: number): void => {
+  const attempt = (ep: Endpoint, delay: number): void => {
     const key = `${ep.host}:${ep.port}`;
-    const socket = netConnect({ host: ep.host, port: ep.port });
+    const socket = dial(ep.host, ep.port, input.tls);
     const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'json' });
     conn.role = 'registration';
     conns.add(conn);
     socket.once('close', () => conns.delete(conn));
-    socket.once('connect', () => {
+    socket.once(readyEvent(socket), () => {
       conn.endWith(input.setup);
       sendBack({ type: 'REGISTERED', proxy: key, again: false });
     });
     socket.once('error', (err: NodeJS.ErrnoException) => {
       if (stopping || socket.bytesWritten > 0) return;
-      const error = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${key}` : err.message;
+      const error = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${key}` : describeTlsError(err);
       sendBack({ type: 'REGISTRATION_LOST', proxy: key, error, retryInMs: delay });
       const t = input.clock.setTimeout(() => {
         timers.delete(t);
-        if (!stopping) dial(ep, Math.min(delay * 2, input.maxMs));
+        if (!stopping) attempt(ep, Math.min(delay * 2, input.maxMs));
       }, delay);
       timers.add(t);
     });
   };
 
-  for (const ep of input.proxies) dial(ep, input.initialMs);
+  for (const ep of input.proxies) attempt(ep, input.initialMs);
   return () => {
     stopping = true;
     for (const t of timers) t.cancel();

@@ -17,12 +17,14 @@
  * on the next member; requests that find every member busy wait in a bounded
  * queue, and past it get OVERLOADED.
  */
-import { createServer, type Server, type Socket } from 'node:net';
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { Server, Socket } from 'node:net';
 import { assign, enqueueActions, fromCallback, sendTo, setup, type ActorRefFrom, type AnyActorRef } from 'xstate';
 import { ErrorCode, ProtocolError, type ErrorCode as Code } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, MsgType, type AckMsg, type DataMsg, type ErrorMsg, type SetupMsg } from '../transport/messages.js';
-import { Connection } from '../transport/socket.js';
+import { Connection, ConnectionTimeout } from '../transport/socket.js';
+import { dial, listenServer, type TlsMaterial } from '../transport/tls.js';
 import { systemClock, type Clock, type Timer } from './clock.js';
 import type { Inflight } from './inflight.js';
 import { silentLogger, type Logger } from './logger.js';
@@ -65,6 +67,20 @@ export interface ProxyOptions {
   ejectBaseMs?: number;
   /** On STOP, how long to wait for requests in flight before answering them SHUTTING_DOWN (ms). Default 5000. */
   drainTimeoutMs?: number;
+  /** Registration secret every server must present (unless `tokens` names its policy). */
+  token?: string;
+  /** Per-policy registration secrets. When given, a policy it does not name takes `token`, or no registrations at all. */
+  tokens?: Record<string, string>;
+  /** TLS for the listener (clients and servers connect over it); with a CA, peers must present certificates it signed. */
+  tls?: TlsMaterial;
+  /** TLS for the proxy's connections to servers: the CA that signed servers' certificates, and the proxy's own certificate for mutual TLS. */
+  upstreamTls?: TlsMaterial;
+  /** Close a client or registration connection after this long without bytes from it (ms; 0 = never). Default 60000. */
+  idleTimeoutMs?: number;
+  /** A frame begun must be complete within this long (ms; 0 = no limit). Default 10000. */
+  frameTimeoutMs?: number;
+  /** Connections from one address at once (0 = no limit). Default: none on loopback, 1024 on any other address. */
+  maxConnectionsPerPeer?: number;
   logger?: Logger;
   clock?: Clock;
   /** How the proxy dials servers (tests inject failures here). */
@@ -113,7 +129,13 @@ export interface ServerEntry {
   timer?: Timer;
 }
 
-type Opts = Required<Omit<ProxyOptions, 'logger' | 'clock' | 'connect' | 'observer' | 'tryTimeoutMs'>> & { tryTimeoutMs: number };
+type Opts = Required<Omit<ProxyOptions, 'logger' | 'clock' | 'connect' | 'observer' | 'tryTimeoutMs' | 'token' | 'tokens' | 'tls' | 'upstreamTls' | 'maxConnectionsPerPeer'>> & {
+  tryTimeoutMs: number;
+  token?: string;
+  tokens?: Record<string, string>;
+  tls?: TlsMaterial;
+  maxConnectionsPerPeer: number;
+};
 
 export interface ProxyContext {
   opts: Opts;
@@ -150,13 +172,44 @@ export type ProxyEvent =
   | { type: 'STOP' };
 
 /** Owns the listening socket; turns each accepted connection's reads into proxy events. */
-const listener = fromCallback<ProxyEvent, { host: string; port: number; maxFrameBytes: number; maxConnections: number; logger: Logger }>(
+interface ListenerInput {
+  host: string;
+  port: number;
+  maxFrameBytes: number;
+  maxConnections: number;
+  maxConnectionsPerPeer: number;
+  idleTimeoutMs: number;
+  frameTimeoutMs: number;
+  tls?: TlsMaterial;
+  logger: Logger;
+}
+
+const listener = fromCallback<ProxyEvent, ListenerInput>(
   ({ sendBack, receive, input }) => {
     const conns = new Set<Connection>();
-    const server: Server = createServer((socket: Socket) => {
-      const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'sniff' });
-      conns.add(conn);
+    const perPeer = new Map<string, number>();
+    let refusedLogged = 0;
+    const server: Server = listenServer(input.tls, (socket: Socket) => {
       socket.on('error', () => {});
+      const peer = socket.remoteAddress ?? '?';
+      const n = (perPeer.get(peer) ?? 0) + 1;
+      if (input.maxConnectionsPerPeer && n > input.maxConnectionsPerPeer) {
+        // Logged at most once a second: a flood must not become a log flood.
+        if (Date.now() - refusedLogged > 1000) {
+          refusedLogged = Date.now();
+          input.logger.warn('conn_refused', `Refused connections from ${peer}: it has ${input.maxConnectionsPerPeer} open (--max-conns-per-peer)`, { peer, limit: input.maxConnectionsPerPeer });
+        }
+        socket.destroy();
+        return;
+      }
+      perPeer.set(peer, n);
+      socket.once('close', () => {
+        const left = (perPeer.get(peer) ?? 1) - 1;
+        if (left > 0) perPeer.set(peer, left);
+        else perPeer.delete(peer);
+      });
+      const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, idleTimeoutMs: input.idleTimeoutMs, frameTimeoutMs: input.frameTimeoutMs, wire: 'sniff' });
+      conns.add(conn);
       conn.messages$.subscribe({
         next: (messages) => {
           let data: DataMsg[] | undefined;
@@ -196,7 +249,10 @@ const listener = fromCallback<ProxyEvent, { host: string; port: number; maxFrame
         error: (err: Error) => {
           conns.delete(conn);
           if (err instanceof ProtocolError) sendBack({ type: 'BAD_INPUT', conn, error: err });
-          else sendBack({ type: 'CONN_CLOSED', conn, error: err.message });
+          else {
+            if (err instanceof ConnectionTimeout) input.logger.info('conn_timeout', `Closed connection from ${conn.describe()}: ${err.message}`, { peer: conn.describe(), role: conn.role });
+            sendBack({ type: 'CONN_CLOSED', conn, error: err.message });
+          }
         },
         complete: () => {
           conns.delete(conn);
@@ -205,6 +261,9 @@ const listener = fromCallback<ProxyEvent, { host: string; port: number; maxFrame
       });
     });
     server.maxConnections = input.maxConnections;
+    server.on('tlsClientError', (err: Error, socket: Socket) => {
+      input.logger.warn('tls_refused', `Refused a TLS connection from ${socket.remoteAddress ?? '?'}: ${err.message}`, { peer: socket.remoteAddress, reason: err.message });
+    });
     server.on('drop', () => input.logger.warn('conn_refused', `Refused a connection: ${input.maxConnections} connections are open (--max-connections)`, { limit: input.maxConnections }));
     server.on('error', (err) => sendBack({ type: 'LISTEN_FAILED', error: describeListenError(err, input.host, input.port) }));
     server.listen(input.port, input.host, () => {
@@ -284,14 +343,27 @@ export const proxyMachine = setup({
   },
   actions: {
     setPort: assign(({ event }) => (event.type === 'LISTENING' ? { port: event.port } : {})),
-    logListening: ({ context }) =>
-      context.logger.info('listening', `Running the reverse proxy on port ${context.port}`, { host: context.opts.host, port: context.port }),
+    logListening: ({ context }) => {
+      const o = context.opts;
+      context.logger.info('listening', `Running the reverse proxy on port ${context.port}`, { host: o.host, port: context.port, tls: Boolean(o.tls?.cert) });
+      if (!isLoopback(o.host) && o.token === undefined && o.tokens === undefined) {
+        context.logger.warn('insecure', `WARNING: listening on ${o.host}, reachable from other machines, with no registration secret: anyone who can connect can register as a server of any privacy policy and receive its clients' data. Set --token (or REVPROXY_TOKEN) or --tokens FILE.`, { host: o.host });
+      }
+    },
     setError: assign(({ event }) => (event.type === 'LISTEN_FAILED' ? { error: event.error } : {})),
 
     register: enqueueActions(({ context, event, enqueue }) => {
       if (event.type !== 'REGISTER') return;
       const { conn, setup: s } = event;
       const log = context.logger;
+      const denied = checkSecret(context.opts, s);
+      if (denied) {
+        log.warn('unauthorized', `Refused setup from ${conn.describe()} for server id ${s.id} privacy policy ${s.privPolyId}: ${denied}`, {
+          id: s.id, policy: s.privPolyId, peer: conn.describe(), code: ErrorCode.UNAUTHORIZED,
+        });
+        conn.endWith(errorMsg(ErrorCode.UNAUTHORIZED, `registration refused: ${denied}`));
+        return;
+      }
       const held = context.servers.get(s.id);
       // An old server that restarts sends its setup again, and cannot read a refusal: take the new one.
       if (held && held.wire === 'json' && conn.wire === 'json') removeServer(context, held, 'it sent a new setup message', enqueue);
@@ -305,6 +377,8 @@ export const proxyMachine = setup({
       log.info('register', `Received setup message from server id ${s.id} privacy policy ${s.privPolyId} port ${s.listenport}`, {
         id: s.id, policy: s.privPolyId, port: s.listenport, host: conn.remoteAddress, wire: conn.wire,
       });
+      // The first PING on a registration connection tells the server it was accepted (an old server has closed it already).
+      if (conn.wire !== 'json') conn.send({ type: MsgType.PING, seq: 0 });
       enqueue.assign(({ spawn }) => {
         const host = normaliseHost(conn.remoteAddress);
         // An old server's setup connection closes at once: it is not its presence.
@@ -532,10 +606,16 @@ export const proxyMachine = setup({
         ejectBaseMs: input.ejectBaseMs ?? 30000,
         drainTimeoutMs: input.drainTimeoutMs ?? 5000,
         oldServers: { ...OLD_SERVER_DEFAULTS, ...input.oldServers },
+        token: input.token,
+        tokens: input.tokens,
+        tls: input.tls,
+        idleTimeoutMs: input.idleTimeoutMs ?? 60000,
+        frameTimeoutMs: input.frameTimeoutMs ?? 10000,
+        maxConnectionsPerPeer: input.maxConnectionsPerPeer ?? (isLoopback(input.host ?? '127.0.0.1') ? 0 : 1024),
       },
       logger: input.logger ?? silentLogger,
       clock: input.clock ?? systemClock,
-      connect: input.connect ?? tcpConnect,
+      connect: input.connect ?? (input.upstreamTls ? (host, port) => dial(host, port, input.upstreamTls) : tcpConnect),
       observer: input.observer,
       port: input.port ?? 2100,
       pools: new Map(),
@@ -555,6 +635,10 @@ export const proxyMachine = setup({
       port: context.opts.port,
       maxFrameBytes: context.opts.maxFrameBytes,
       maxConnections: context.opts.maxConnections,
+      maxConnectionsPerPeer: context.opts.maxConnectionsPerPeer,
+      idleTimeoutMs: context.opts.idleTimeoutMs,
+      frameTimeoutMs: context.opts.frameTimeoutMs,
+      tls: context.opts.tls,
       logger: context.logger,
     }),
   },
@@ -627,6 +711,25 @@ type Spawn = (src: 'upstream' | 'upstreamJson', opts: { id: string; input: unkno
 
 function sweepInterval(tryTimeoutMs: number): number {
   return Math.max(5, Math.min(100, Math.floor(tryTimeoutMs / 20)));
+}
+
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.') || host.startsWith('::ffff:127.');
+}
+
+function digest(s: string): Buffer {
+  return createHash('sha256').update(s).digest();
+}
+
+/** Why a setup's secret is not accepted, or undefined when it is. Compared in constant time; never logged. */
+function checkSecret(opts: Opts, s: SetupMsg): string | undefined {
+  const perPolicy = opts.tokens && Object.prototype.hasOwnProperty.call(opts.tokens, s.privPolyId) ? opts.tokens[s.privPolyId] : undefined;
+  const required = perPolicy ?? opts.token;
+  if (required === undefined) {
+    return opts.tokens ? `privacy policy ${s.privPolyId} is not in the proxy's tokens file` : undefined;
+  }
+  if (s.token === undefined) return 'no token given; this proxy requires a registration token';
+  return timingSafeEqual(digest(s.token), digest(required)) ? undefined : 'wrong token';
 }
 
 /** IPv4-mapped IPv6 addresses (::ffff:127.0.0.1) dial as plain IPv4. */

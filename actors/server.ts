@@ -13,12 +13,13 @@
  * already sent, stop once every proxy has closed its connections to us.
  */
 import { createHash } from 'node:crypto';
-import { connect as netConnect, createServer, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { assign, fromCallback, sendTo, setup, type ActorRefFrom } from 'xstate';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, MsgType, type DataMsg, type Message, type SetupMsg } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
+import { describeTlsError, dial, listenServer, readyEvent, type TlsMaterial } from '../transport/tls.js';
 import { systemClock, type Clock, type Timer } from './clock.js';
 import { silentLogger, type Logger } from './logger.js';
 import { describeListenError } from './proxy.js';
@@ -58,6 +59,10 @@ export interface ServerOptions {
   reconnectMaxMs?: number;
   /** On STOP, the longest wait for the proxies to let go (ms). Default 5000. */
   drainTimeoutMs?: number;
+  /** Registration secret, when the proxy requires one. */
+  token?: string;
+  /** TLS: the listener's certificate (and, with a CA, mutual TLS: proxies must present certificates it signed); the CA also verifies the proxies this server registers with. */
+  tls?: TlsMaterial;
   logger?: Logger;
   clock?: Clock;
 }
@@ -87,16 +92,16 @@ export type ServerEvent =
   | { type: 'STOP' };
 
 /** Accepts the proxies' connections; each read becomes one REQUESTS batch. */
-const requestListener = fromCallback<ServerEvent, { host: string; port: number; maxFrameBytes: number; logger: Logger }>(
+const requestListener = fromCallback<ServerEvent, { host: string; port: number; maxFrameBytes: number; logger: Logger; tls?: TlsMaterial }>(
   ({ sendBack, receive, input }) => {
     const conns = new Set<Connection>();
     let draining = false;
     const checkDrained = (): void => {
       if (draining && conns.size === 0) sendBack({ type: 'DRAINED' });
     };
-    const server = createServer((socket: Socket) => {
+    const server = listenServer(input.tls, (socket: Socket) => {
       // Either wire: the old proxy talks JSON here, ours frames.
-      const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'sniff' });
+      const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, frameTimeoutMs: 10000, wire: 'sniff' });
       conn.role = 'server-link';
       conns.add(conn);
       socket.on('error', () => {});
@@ -126,6 +131,9 @@ const requestListener = fromCallback<ServerEvent, { host: string; port: number; 
       });
     });
     server.on('error', (err) => sendBack({ type: 'LISTEN_FAILED', error: describeListenError(err, input.host, input.port) }));
+    server.on('tlsClientError', (err: Error, socket: Socket) => {
+      input.logger.warn('tls_refused', `Refused a TLS connection from ${socket.remoteAddress ?? '?'}: ${err.message}`, { peer: socket.remoteAddress, reason: err.message });
+    });
     server.listen(input.port, input.host, () => {
       const addr = server.address();
       sendBack({ type: 'LISTENING', port: typeof addr === 'object' && addr ? addr.port : input.port });
@@ -154,6 +162,7 @@ function refuse(conn: Connection, err: ProtocolError, logger: Logger): void {
 
 export interface RegistrationInput {
   proxies: Endpoint[];
+  tls?: TlsMaterial;
   setup: SetupMsg;
   maxFrameBytes: number;
   clock: Clock;
@@ -170,9 +179,9 @@ const registrations = fromCallback<ServerEvent, RegistrationInput>(({ sendBack, 
   const live = new Map<string, Connection>();
   const timers = new Set<Timer>();
 
-  const dial = (ep: Endpoint, delay: number, everRegistered: boolean): void => {
+  const attempt = (ep: Endpoint, delay: number, everRegistered: boolean): void => {
     const key = `${ep.host}:${ep.port}`;
-    const socket = netConnect({ host: ep.host, port: ep.port });
+    const socket = dial(ep.host, ep.port, input.tls);
     const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes });
     conn.role = 'registration';
     let registered = everRegistered;
@@ -187,21 +196,28 @@ const registrations = fromCallback<ServerEvent, RegistrationInput>(({ sendBack, 
       sendBack({ type: 'REGISTRATION_LOST', proxy: key, error, retryInMs: wait });
       const t = input.clock.setTimeout(() => {
         timers.delete(t);
-        if (!stopping) dial(ep, Math.min(delay * 2, input.maxMs), registered);
+        if (!stopping) attempt(ep, Math.min(delay * 2, input.maxMs), registered);
       }, wait);
       timers.add(t);
     };
-    socket.once('connect', () => {
+    let accepted = false;
+    socket.once(readyEvent(socket), () => {
       live.set(key, conn);
       conn.send(input.setup);
-      sendBack({ type: 'REGISTERED', proxy: key, again: registered });
-      registered = true;
-      delay = input.initialMs;
     });
     conn.messages$.subscribe({
       next: (messages: Message[]) => {
         for (const m of messages) {
-          if (m.type === MsgType.PING) conn.send({ type: MsgType.PONG, seq: m.seq });
+          if (m.type === MsgType.PING) {
+            conn.send({ type: MsgType.PONG, seq: m.seq });
+            // The proxy answers an accepted SETUP with a PING: we are in.
+            if (!accepted) {
+              accepted = true;
+              sendBack({ type: 'REGISTERED', proxy: key, again: registered });
+              registered = true;
+              delay = input.initialMs;
+            }
+          }
           else if (m.type === MsgType.ERROR) {
             // A duplicate id right after we lost the proxy is our own stale registration: retry.
             if (m.code === ErrorCode.DUPLICATE_ID && everRegistered) lost(`${m.code}: ${m.message}`);
@@ -214,12 +230,12 @@ const registrations = fromCallback<ServerEvent, RegistrationInput>(({ sendBack, 
           }
         }
       },
-      error: (err: NodeJS.ErrnoException) => lost(err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${key}` : err.message),
+      error: (err: NodeJS.ErrnoException) => lost(err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${key}` : describeTlsError(err)),
       complete: () => lost('the reverse proxy closed the registration connection'),
     });
   };
 
-  for (const ep of input.proxies) dial(ep, input.initialMs, false);
+  for (const ep of input.proxies) attempt(ep, input.initialMs, false);
 
   receive((e) => {
     if (e.type !== 'DEREGISTER_ALL') return;
@@ -236,6 +252,12 @@ const registrations = fromCallback<ServerEvent, RegistrationInput>(({ sendBack, 
 
 export function sha1Hex(payload: string): string {
   return createHash('sha1').update(payload).digest('hex');
+}
+
+function setupMsg(context: ServerContext): SetupMsg {
+  const m: SetupMsg = { type: MsgType.SETUP, id: context.opts.id, privPolyId: context.opts.policy, listenport: context.port };
+  if (context.opts.token !== undefined) m.token = context.opts.token;
+  return m;
 }
 
 function answer(context: ServerContext, conn: Connection, requests: DataMsg[], behaviour: Behaviour): void {
@@ -329,6 +351,7 @@ export const serverMachine = setup({
       port: context.opts.listenPort,
       maxFrameBytes: context.opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
       logger: context.logger,
+      tls: context.opts.tls,
     }),
   },
   initial: 'starting',
@@ -346,8 +369,9 @@ export const serverMachine = setup({
         src: 'registrations',
         input: ({ context }) => ({
           proxies: context.proxies,
+          tls: context.opts.tls,
           maxFrameBytes: context.opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
-          setup: { type: MsgType.SETUP, id: context.opts.id, privPolyId: context.opts.policy, listenport: context.port },
+          setup: setupMsg(context),
           clock: context.clock,
           initialMs: context.opts.reconnectInitialMs ?? 200,
           maxMs: context.opts.reconnectMaxMs ?? 5000,

@@ -17,6 +17,7 @@ import { assign, enqueueActions, fromCallback, sendParent, setup, type ActorRefF
 import { ErrorCode } from '../transport/errors.js';
 import { MsgType, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
+import { readyEvent } from '../transport/tls.js';
 import type { Timer } from './clock.js';
 import { Inflight } from './inflight.js';
 import {
@@ -111,7 +112,7 @@ const jsonSockets = fromCallback<{ type: 'DIAL' } | { type: 'PROBE_LATER'; ms: n
       down('connect timed out');
       conn.destroy();
     }, input.tryTimeoutMs);
-    socket.once('connect', () => {
+    socket.once(readyEvent(socket), () => {
       connected = true;
       connectTimer.cancel();
       sendBack({ type: 'CONN_UP', conn });

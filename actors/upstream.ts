@@ -16,6 +16,7 @@ import { assign, enqueueActions, fromCallback, sendParent, setup, type ActorRefF
 import { ErrorCode } from '../transport/errors.js';
 import { MsgType, type AckMsg, type DataMsg, type ErrorMsg, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
+import { readyEvent } from '../transport/tls.js';
 import type { Clock } from './clock.js';
 import { Inflight } from './inflight.js';
 import type { Logger } from './logger.js';
@@ -93,7 +94,7 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
       done = true;
       sendBack({ type: 'DISCONNECTED', error });
     };
-    socket.once('connect', () => sendBack({ type: 'CONNECTED', conn }));
+    socket.once(readyEvent(socket), () => sendBack({ type: 'CONNECTED', conn }));
     const sub = conn.messages$.subscribe({
       next: (messages) => sendBack({ type: 'ANSWERS', messages }),
       error: (err: NodeJS.ErrnoException) => down(err.code === 'ECONNREFUSED' ? 'connection refused' : err.message),

@@ -1,5 +1,7 @@
 /** Helpers shared by the CLI's commands: options, loggers, endpoints, packet files. */
 import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { loadTls, TlsConfigError, type TlsMaterial } from '../transport/tls.js';
 import { join } from 'node:path';
 import { InvalidArgumentError, Option } from 'commander';
 import { jsonSink, LEVELS, Logger, textSink, type Level, type LogSink } from '../actors/logger.js';
@@ -114,4 +116,54 @@ export function loadPackets(paths: string[], defaultSrcid: string): Array<Packet
     if (msg.type !== MsgType.DATA) throw new UsageError(`packet file '${file}' has type ${msg.type}; a client sends data packets (type "0")`);
     return { file, srcid: msg.srcid, privPoliId: msg.privPoliId, payload: msg.payload };
   });
+}
+
+/**
+ * A per-policy tokens file: YAML (or JSON) mapping each privacy policy to
+ * its registration secret, e.g. `"111": s3cret-for-111`.
+ */
+export function loadTokens(path: string): Record<string, string> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new UsageError(`cannot read the tokens file '${path}': ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (err) {
+    throw new UsageError(`the tokens file '${path}' is not valid YAML: ${(err as Error).message}`);
+  }
+  if (!doc || typeof doc !== 'object' || Array.isArray(doc)) {
+    throw new UsageError(`the tokens file '${path}' must map each privacy policy to its secret, e.g.\n  "111": secret-of-111`);
+  }
+  const out: Record<string, string> = Object.create(null);
+  for (const [policy, secret] of Object.entries(doc)) {
+    if (typeof secret !== 'string' && typeof secret !== 'number') throw new UsageError(`the tokens file '${path}': the secret of policy '${policy}' must be a string`);
+    if (String(secret).length < 8) throw new UsageError(`the tokens file '${path}': the secret of policy '${policy}' is shorter than 8 characters`);
+    out[policy] = String(secret);
+  }
+  return out;
+}
+
+export const tlsOptions = (): Option[] => [
+  new Option('--tls-cert <file>', 'PEM certificate this side presents (with --tls-key): turns on TLS'),
+  new Option('--tls-key <file>', 'PEM private key of --tls-cert'),
+  new Option('--tls-ca <file>', "PEM CA that verifies the other side's certificate; on a listener, peers must present one it signed (mutual TLS)"),
+];
+
+export interface TlsFlags {
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
+}
+
+export function tlsFromFlags(o: TlsFlags): TlsMaterial | undefined {
+  try {
+    return loadTls({ cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa });
+  } catch (err) {
+    if (err instanceof TlsConfigError) throw new UsageError(err.message);
+    throw err;
+  }
 }

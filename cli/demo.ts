@@ -8,6 +8,7 @@ import { styleText } from 'node:util';
 import { Logger } from '../actors/logger.js';
 import { runClient, startProxy, startServer, type ServerHandle } from '../actors/index.js';
 import { loadPackets, makeSink, type LogFlags } from './common.js';
+import type { Attach } from './inspect.js';
 
 export const DEMO_SERVERS = [
   { id: '100', policy: '111', offset: 5 },
@@ -18,6 +19,8 @@ export const DEMO_SERVERS = [
 export const DEMO_CLIENTS = ['1', '2', '3', '4', '5', '6'];
 
 export interface DemoOptions extends LogFlags {
+  /** Inspector hooks (cli/inspect.ts), when inspected. */
+  attach?: Attach;
   port: number;
   pkt: string;
   keep?: boolean;
@@ -26,7 +29,7 @@ export interface DemoOptions extends LogFlags {
 export async function runDemo(o: DemoOptions): Promise<number> {
   const sink = makeSink(o, 10);
   const log = (actor: string): Logger => new Logger(actor, sink, o.logLevel);
-  const proxy = await startProxy({ port: o.port, logger: log('proxy') });
+  const proxy = await startProxy({ port: o.port, logger: log('proxy'), ...o.attach });
   const servers: ServerHandle[] = [];
   try {
     for (const s of DEMO_SERVERS) {
@@ -37,6 +40,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
           listenPort: o.port === 0 ? 0 : o.port + s.offset,
           proxy: { host: '127.0.0.1', port: proxy.port },
           logger: log(`server ${s.id}`),
+          inspect: o.attach?.inspect,
         }),
       );
     }
@@ -45,7 +49,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     let verified = 0;
     for (const id of DEMO_CLIENTS) {
       const packets = loadPackets([join(o.pkt, `${id}.json`)], id);
-      const [r] = await runClient({ id, proxy: { host: '127.0.0.1', port: proxy.port }, packets, logger: log(`client ${id}`) });
+      const [r] = await runClient({ id, proxy: { host: '127.0.0.1', port: proxy.port }, packets, logger: log(`client ${id}`), inspect: o.attach?.inspect });
       if (r?.correct) verified++;
       const p = packets[0]!;
       rows.push([id, p.privPoliId, p.payload, r?.server ?? '-', r?.correct ? 'yes' : `no${r?.error ? ` (${r.error})` : ''}`]);

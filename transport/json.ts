@@ -183,7 +183,9 @@ export function encodeJson(msg: Message): Buffer {
         (msg.payloadsize === undefined ? '}' : `, "payloadsize": "${msg.payloadsize}"}`);
       break;
     case MsgType.SETUP:
-      text = `{"type": "1", "id": ${q(msg.id)}, "privPolyId": ${q(msg.privPolyId)}, "listenport": "${msg.listenport}"}`;
+      // A registration secret is this project's addition: written only when there is one (the old proxy ignores it).
+      text = `{"type": "1", "id": ${q(msg.id)}, "privPolyId": ${q(msg.privPolyId)}, "listenport": "${msg.listenport}"` +
+        (msg.token === undefined ? '}' : `, "token": ${q(msg.token)}}`);
       break;
     case MsgType.ACK:
       text = `{"type": "2", "srcid": ${q(msg.srcid)}, "destid": ${q(msg.destid)}, "payloadsize": ${msg.payloadsize}, "payload": ${q(msg.payload)}}`;

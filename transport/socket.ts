@@ -25,6 +25,18 @@ export interface ConnectionOptions {
    * Ignored when `decoder` is given.
    */
   wire?: Wire | 'sniff';
+  /** Close the connection after this long without any bytes from the peer (ms). 0 or absent: never. */
+  idleTimeoutMs?: number;
+  /** A frame (or JSON object) begun must be complete within this long (ms), or the connection is closed. 0 or absent: no limit. */
+  frameTimeoutMs?: number;
+}
+
+/** Why a connection was closed by us rather than by the peer. */
+export class ConnectionTimeout extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConnectionTimeout';
+  }
 }
 
 let nextConnId = 1;
@@ -88,14 +100,36 @@ export class Connection {
       this.drainWaiters = [];
       for (const w of waiters) w();
     });
+    const frameTimeout = opts.frameTimeoutMs ?? 0;
+    if (opts.idleTimeoutMs) socket.setTimeout(opts.idleTimeoutMs);
     this.messages$ = new Observable<Message[]>((sub) => {
+      let frameTimer: NodeJS.Timeout | undefined;
       const onData = (chunk: Buffer): void => {
         const { messages, error } = this.decoder.push(chunk);
         if (messages.length > 0) sub.next(messages);
         if (error) {
           socket.off('data', onData);
           sub.error(error);
+          return;
         }
+        // Slow senders: a message begun must arrive whole in time.
+        if (frameTimeout) {
+          if (this.decoder.buffered === 0 || messages.length > 0) {
+            clearTimeout(frameTimer);
+            frameTimer = undefined;
+          }
+          if (this.decoder.buffered > 0 && !frameTimer) {
+            frameTimer = setTimeout(() => {
+              sub.error(new ConnectionTimeout(`a message begun ${frameTimeout} ms ago is still incomplete (${this.decoder.buffered} bytes so far)`));
+              socket.destroy();
+            }, frameTimeout);
+            frameTimer.unref();
+          }
+        }
+      };
+      const onTimeout = (): void => {
+        sub.error(new ConnectionTimeout(`no bytes for ${opts.idleTimeoutMs} ms`));
+        socket.destroy();
       };
       const onEnd = (): void => sub.complete();
       const onError = (err: Error): void => sub.error(err);
@@ -103,7 +137,10 @@ export class Connection {
       socket.on('end', onEnd);
       socket.on('close', onEnd);
       socket.on('error', onError);
+      socket.on('timeout', onTimeout);
       return () => {
+        clearTimeout(frameTimer);
+        socket.off('timeout', onTimeout);
         socket.off('data', onData);
         socket.off('end', onEnd);
         socket.off('close', onEnd);

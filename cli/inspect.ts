@@ -1,0 +1,87 @@
+/**
+ * The inspector on the command line: `--inspect [PORT]` and `--inspect-log FILE`
+ * for the commands that run actors, and `revproxy inspect FILE`, which serves
+ * the same page over a recorded log.
+ */
+import { existsSync } from 'node:fs';
+import { Command, Option } from 'commander';
+import { serveRecorded, startInspector, type Inspector } from '../inspector/index.js';
+import { parsePort, UsageError } from './common.js';
+
+export interface InspectFlags {
+  /** true: a free port; a number: that port. */
+  inspect?: number | true;
+  inspectLog?: string;
+}
+
+export const inspectOptions = (): Option[] => [
+  new Option('--inspect [port]', 'serve the state-machine inspector and /metrics on 127.0.0.1 (no port: a free one)').argParser((v) => parsePort(v, '--inspect port')),
+  new Option('--inspect-log <file>', 'write every inspection event to FILE as NDJSON (replay with: revproxy inspect FILE)'),
+];
+
+/** What the actors get when inspected; empty when not, so nothing is attached. */
+export interface Attach {
+  inspect?: Inspector['inspect'];
+  observer?: Inspector['observer'];
+}
+
+export interface Inspection {
+  attach: Attach;
+  url?: string;
+  /** With a page being served: keep serving until Ctrl-C (for commands that would otherwise exit). */
+  hold(): Promise<void>;
+  close(): Promise<void>;
+}
+
+const none: Inspection = { attach: {}, hold: async () => {}, close: async () => {} };
+
+/** Start the inspector when the flags ask for it, and say where it is. */
+export async function startInspection(flags: InspectFlags, title: string): Promise<Inspection> {
+  if (flags.inspect === undefined && !flags.inspectLog) return none;
+  const port = flags.inspect === undefined ? undefined : flags.inspect === true ? 0 : flags.inspect;
+  const insp = await startInspector({ port, logFile: flags.inspectLog, title });
+  if (insp.url) process.stderr.write(`Inspector for ${title} on ${insp.url} (metrics at ${insp.url}metrics)\n`);
+  if (flags.inspectLog) process.stderr.write(`Writing inspection events to ${flags.inspectLog}\n`);
+  return {
+    attach: { inspect: insp.inspect, observer: insp.observer },
+    url: insp.url,
+    async hold() {
+      if (!insp.url) return;
+      process.stderr.write(`Inspector still serving on ${insp.url}; Ctrl-C exits.\n`);
+      await untilSignal();
+    },
+    close: () => insp.close(),
+  };
+}
+
+export function untilSignal(): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = (): void => {
+      process.off('SIGINT', done);
+      process.off('SIGTERM', done);
+      resolve();
+    };
+    process.once('SIGINT', done);
+    process.once('SIGTERM', done);
+  });
+}
+
+export function inspectCommand(setExit: (code: number) => void): Command {
+  return new Command('inspect')
+    .description('serve the inspector page over a recorded inspection log (written with --inspect-log)')
+    .argument('<file>', 'an NDJSON inspection log')
+    .addOption(new Option('-p, --port <port>', 'port to serve the page on, on 127.0.0.1 (0 picks a free one)').default(0).argParser((v) => parsePort(v)))
+    .addHelpText('after', '\nExample:\n  revproxy proxy --inspect-log run.ndjson   # later:\n  revproxy inspect run.ndjson --port 8080')
+    .action(async (file: string, o: { port: number }) => {
+      if (!existsSync(file)) throw new UsageError(`inspection log '${file}' does not exist; write one with --inspect-log FILE`);
+      const page = await serveRecorded(file, o.port);
+      if (page.records === 0) {
+        await page.close();
+        throw new UsageError(`'${file}' holds no inspection records (${page.bad} unreadable lines); is it a log written with --inspect-log?`);
+      }
+      process.stdout.write(`Serving ${page.records} recorded inspection events from ${file} on ${page.url}${page.bad ? ` (${page.bad} unreadable lines skipped)` : ''}; Ctrl-C exits.\n`);
+      await untilSignal();
+      await page.close();
+      setExit(0);
+    });
+}

@@ -1,0 +1,433 @@
+/**
+ * The inspector's hub: takes XState's `inspect` stream, keeps what the page
+ * shows (actors, their states and charts, a bounded log of events, pools,
+ * figures) and hands it out in batches.
+ *
+ * The `inspect` callback runs synchronously inside every actor transition, so
+ * it does as little as it can: it notes which actor changed and records
+ * events up to a budget per flush; anything over the budget is only counted.
+ * Snapshots are read and projected to JSON once per flush (every `flushMs`),
+ * for the actors that changed. Everything the page gets is also a `Rec`, so a
+ * recorded NDJSON log replays through the same `apply`.
+ */
+import type { InspectionEvent } from 'xstate';
+import { Connection } from '../transport/socket.js';
+import { chartOf, type Chart, type StateNodeLike } from './chart.js';
+import type { Metrics } from './metrics.js';
+import { Ring } from './ring.js';
+import { CONTEXT_LIMITS, connView, project, projectEvent, stateName, type ConnView, type Json } from './sanitise.js';
+import { memberStateIn, poolView, proxyInflight, type Figures, type PoolView } from './views.js';
+
+/** One line of the inspection log, and one item of the page's feed. */
+export type Rec =
+  | { k: 'actor'; t: number; sid: string; id: string; parent?: string; machine?: string }
+  | { k: 'chart'; machine: string; chart: Omit<Chart, 'machine'> }
+  | { k: 'event'; t: number; n: number; sid: string; from?: string; type: string; data: Json }
+  | { k: 'state'; t: number; sid: string; name?: string; state: string; status: string; event?: string; edge?: string; changed: boolean; context: Json }
+  | { k: 'dropped'; t: number; count: number; types: Record<string, number> }
+  | { k: 'pools'; t: number; pools: PoolView[] }
+  | { k: 'figures'; t: number; figures: Figures }
+  | { k: 'conns'; t: number; conns: ConnView[] };
+
+type StateRec = Extract<Rec, { k: 'state' }>;
+
+/** An actor as the page shows it. */
+export interface ActorView {
+  sid: string;
+  id: string;
+  parent?: string;
+  machine?: string;
+  state: string;
+  status: string;
+  event?: string;
+  edge?: string;
+  events: number;
+  context: Json;
+  since: number;
+}
+
+interface ActorInfo extends ActorView {
+  ref?: { getSnapshot(): unknown; sessionId: string };
+  snap?: { value?: unknown; status?: string; context?: unknown };
+  lastValue?: unknown;
+  lastStatus?: string;
+  dirty: boolean;
+  /** The transition objects of the latest microstep (mapped to edge ids when read). */
+  took?: readonly object[];
+  history: Ring<StateRec>;
+  /** Members that left a pool, with why, oldest first (pools only). */
+  leaves?: Map<string, string>;
+}
+
+/** Pools: remember who left and why, so the page can show them as gone. */
+function notePoolMember(info: ActorInfo, event: { type: string; id?: unknown; reason?: unknown }): void {
+  if (typeof event.id !== 'string') return;
+  const leaves = (info.leaves ??= new Map());
+  leaves.delete(event.id);
+  if (event.type === 'LEAVE') {
+    leaves.set(event.id, typeof event.reason === 'string' ? event.reason : 'left');
+    if (leaves.size > 16) leaves.delete(leaves.keys().next().value!);
+  }
+}
+
+export interface HubOptions {
+  /** Events kept for the page's log. Default 5000. */
+  ringSize?: number;
+  /** States kept per actor for stepping through. Default 300. */
+  historySize?: number;
+  /** How often batches go out. Default 200 ms. */
+  flushMs?: number;
+  /** Events recorded in full per flush; the rest are counted. Default 250 (over 1000 a second with the default flush). */
+  eventBudget?: number;
+  /** Stopped actors kept on the page. Default 60. */
+  keepStopped?: number;
+  /** Receives every record (the NDJSON log). */
+  sink?: (lines: string) => void;
+  now?: () => number;
+}
+
+export type Batch = {
+  recs: Rec[];
+  actors: ActorView[];
+  pools: PoolView[];
+  figures?: Figures;
+  conns: ConnView[];
+};
+
+export class Hub {
+  readonly actors = new Map<string, ActorInfo>();
+  readonly charts = new Map<string, Omit<Chart, 'machine'>>();
+  readonly ring: Ring<Rec>;
+  pools: PoolView[] = [];
+  figures?: Figures;
+  conns: ConnView[] = [];
+  metrics?: Metrics;
+  private readonly edgeMaps = new Map<string, Map<object, string>>();
+  private readonly liveConns = new Map<number, Connection>();
+  private closedConns: ConnView[] = [];
+  private pending: Rec[] = [];
+  private budget: number;
+  private droppedTypes: Record<string, number> = {};
+  private dropped = 0;
+  private eventNo = 0;
+  private timer?: NodeJS.Timeout;
+  private readonly listeners = new Set<(b: Batch) => void>();
+  private readonly o: Required<Omit<HubOptions, 'sink'>> & Pick<HubOptions, 'sink'>;
+  private lastFigures = '';
+  private lastPools = '';
+  private lastConns = '';
+
+  constructor(opts: HubOptions = {}) {
+    this.o = {
+      ringSize: 5000,
+      historySize: 300,
+      flushMs: 200,
+      eventBudget: 250,
+      keepStopped: 60,
+      now: Date.now,
+      ...opts,
+    };
+    this.ring = new Ring(this.o.ringSize);
+    this.budget = this.o.eventBudget;
+  }
+
+  /** Start flushing on a timer (live mode). */
+  start(): this {
+    this.timer ??= setInterval(() => this.flush(), this.o.flushMs);
+    this.timer.unref();
+    return this;
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    this.flush();
+  }
+
+  subscribe(fn: (b: Batch) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  /** The `inspect` callback to give `createActor`. */
+  readonly observe = (ev: InspectionEvent): void => {
+    const sid = ev.actorRef.sessionId;
+    switch (ev.type) {
+      case '@xstate.event': {
+        const info = this.actors.get(sid);
+        if (info) info.events++;
+        const event = ev.event;
+        const conn = (event as { conn?: unknown }).conn;
+        if (conn instanceof Connection && !this.liveConns.has(conn.id)) this.liveConns.set(conn.id, conn);
+        if (info?.machine === 'pool') notePoolMember(info, event);
+        if (this.budget > 0) {
+          this.budget--;
+          this.record({ k: 'event', t: this.o.now(), n: this.eventNo++, sid, from: ev.sourceRef?.sessionId, type: event.type, data: projectEvent(event) });
+        } else {
+          this.eventNo++;
+          this.dropped++;
+          this.droppedTypes[event.type] = (this.droppedTypes[event.type] ?? 0) + 1;
+        }
+        return;
+      }
+      case '@xstate.microstep': {
+        const info = this.actors.get(sid);
+        if (info && ev._transitions.length) info.took = ev._transitions;
+        return;
+      }
+      case '@xstate.snapshot': {
+        const info = this.actors.get(sid);
+        if (!info) return;
+        const snap = ev.snapshot as ActorInfo['snap'] & object;
+        info.snap = snap;
+        info.dirty = true;
+        // Cheap on the hot path: string state values compare as they are; only nested ones are named.
+        const value = snap.value;
+        const changed = snap.status !== info.lastStatus || (value !== info.lastValue && (typeof value !== 'object' || stateName(value) !== stateName(info.lastValue)));
+        info.lastValue = value;
+        if (changed) {
+          info.lastStatus = snap.status;
+          this.sample(info, ev.event.type, true);
+        } else info.event = ev.event.type;
+        if (snap.status !== 'active') info.ref = undefined;
+        return;
+      }
+      case '@xstate.actor':
+        this.register(ev.actorRef as never);
+        return;
+    }
+  };
+
+  private register(ref: { sessionId: string; id: string; _parent?: { sessionId: string }; logic?: { id?: string; root?: StateNodeLike }; getSnapshot(): unknown }): void {
+    const logic = ref.logic;
+    const machine = logic?.root ? (logic.id ?? ref.id) : undefined;
+    if (machine && logic?.root && !this.charts.has(machine)) {
+      const { edgeOf, machine: _m, ...chart } = chartOf(machine, logic.root);
+      this.edgeMaps.set(machine, edgeOf);
+      this.record({ k: 'chart', machine, chart });
+    }
+    const id = ref.id === ref.sessionId ? machine ?? 'actor' : ref.id;
+    this.record({ k: 'actor', t: this.o.now(), sid: ref.sessionId, id, parent: ref._parent?.sessionId, machine });
+    const info = this.actors.get(ref.sessionId);
+    if (info) info.ref = ref;
+  }
+
+  /** Take the actor's current snapshot into its history (and the page's feed). */
+  private sample(info: ActorInfo, event: string | undefined, changed: boolean): void {
+    const snap = info.snap;
+    if (!snap) return;
+    let edge: string | undefined;
+    if (info.took && info.machine) {
+      const map = this.edgeMaps.get(info.machine);
+      edge = map?.get(info.took[0]!);
+      info.took = undefined;
+    }
+    // A root actor's name (`server 100`) is in its context, which exists only once it started.
+    const name = info.id === info.machine ? rootName(info.machine, snap) : undefined;
+    this.record({
+      k: 'state',
+      t: this.o.now(),
+      sid: info.sid,
+      name: name !== info.id ? name : undefined,
+      state: stateName(snap.value) || (snap.status ?? ''),
+      status: snap.status ?? 'active',
+      event,
+      edge: edge ?? info.edge,
+      changed,
+      context: project(snap.context, CONTEXT_LIMITS),
+    });
+    info.dirty = false;
+  }
+
+  /** Every record goes through here, live or replayed. */
+  record(rec: Rec): void {
+    this.apply(rec);
+    this.pending.push(rec);
+  }
+
+  /** Update the hub's picture from one record. */
+  apply(rec: Rec): void {
+    switch (rec.k) {
+      case 'chart':
+        this.charts.set(rec.machine, rec.chart);
+        return;
+      case 'actor': {
+        this.actors.set(rec.sid, {
+          sid: rec.sid, id: rec.id, parent: rec.parent, machine: rec.machine, state: '', status: 'active', events: 0, context: null,
+          since: rec.t, dirty: false, history: new Ring(this.o.historySize),
+        });
+        this.ring.push(rec);
+        return;
+      }
+      case 'event': {
+        this.ring.push(rec);
+        return;
+      }
+      case 'state': {
+        const info = this.actors.get(rec.sid);
+        if (!info) return;
+        if (rec.name) info.id = rec.name;
+        info.state = rec.state;
+        info.status = rec.status;
+        info.event = rec.event;
+        if (rec.edge) info.edge = rec.edge;
+        info.context = rec.context;
+        info.history.push(rec);
+        if (rec.changed) this.ring.push(rec);
+        if (rec.status !== 'active') this.forgetStopped();
+        return;
+      }
+      case 'dropped':
+        this.ring.push(rec);
+        return;
+      case 'pools':
+        this.pools = rec.pools;
+        return;
+      case 'figures':
+        this.figures = rec.figures;
+        return;
+      case 'conns':
+        this.conns = rec.conns;
+        return;
+    }
+  }
+
+  private forgetStopped(): void {
+    const stopped = [...this.actors.values()].filter((a) => a.status !== 'active');
+    for (const a of stopped.slice(0, Math.max(0, stopped.length - this.o.keepStopped))) this.actors.delete(a.sid);
+  }
+
+  /** Read what changed, send one batch. Runs on the timer; never inside a transition. */
+  flush(): void {
+    const now = this.o.now();
+    if (this.dropped) {
+      this.record({ k: 'dropped', t: now, count: this.dropped, types: this.droppedTypes });
+      this.dropped = 0;
+      this.droppedTypes = {};
+    }
+    this.budget = this.o.eventBudget;
+    const changed: ActorInfo[] = [];
+    for (const info of this.actors.values()) {
+      if (info.dirty) this.sample(info, info.event, false);
+    }
+    for (const r of this.pending) if (r.k === 'state' || r.k === 'actor') {
+      const info = this.actors.get(r.sid);
+      if (info && !changed.includes(info)) changed.push(info);
+    }
+    if (this.actors.size && this.hasLive()) this.readLive(now);
+    const recs = this.pending;
+    this.pending = [];
+    if (this.o.sink && recs.length) this.o.sink(recs.map((r) => JSON.stringify(r)).join('\n') + '\n');
+    if (!recs.length || !this.listeners.size) return;
+    const batch: Batch = { recs, actors: changed.map(view), pools: this.pools, figures: this.figures, conns: this.conns };
+    for (const l of this.listeners) l(batch);
+  }
+
+  private hasLive(): boolean {
+    for (const a of this.actors.values()) if (a.ref) return true;
+    return false;
+  }
+
+  /** Pools, connections and figures, read from live snapshots. */
+  private readLive(now: number): void {
+    const pools = this.livePools();
+    const pj = JSON.stringify(pools);
+    if (pj !== this.lastPools) {
+      this.lastPools = pj;
+      this.record({ k: 'pools', t: now, pools });
+    }
+    const open: ConnView[] = [];
+    for (const [id, c] of this.liveConns) {
+      if (c.closed) {
+        this.liveConns.delete(id);
+        this.closedConns = [connView(c), ...this.closedConns].slice(0, 20);
+      } else open.push(connView(c));
+    }
+    const conns = [...open, ...this.closedConns];
+    const cj = JSON.stringify(conns);
+    if (cj !== this.lastConns) {
+      this.lastConns = cj;
+      this.record({ k: 'conns', t: now, conns });
+    }
+    if (this.metrics) {
+      this.metrics.tick();
+      const figures = this.metrics.figures();
+      const fj = JSON.stringify(figures);
+      if (fj !== this.lastFigures) {
+        this.lastFigures = fj;
+        this.record({ k: 'figures', t: now, figures });
+      }
+    }
+  }
+
+  /** The pools of every live proxy, read from their snapshots now. */
+  livePools(): PoolView[] {
+    const pools: PoolView[] = [];
+    for (const info of this.actors.values()) {
+      if (info.machine !== 'pool' || !info.ref) continue;
+      const snap = info.ref.getSnapshot() as { value: unknown; context: Parameters<typeof poolView>[1] };
+      const proxy = info.parent ? this.actors.get(info.parent)?.ref?.getSnapshot() : undefined;
+      const stateOf = memberStateIn((proxy as { context?: unknown } | undefined)?.context);
+      pools.push(poolView(snap.value, snap.context, (p, m) => this.metrics?.tally(p, m), info.leaves ?? new Map(), stateOf));
+    }
+    return pools.sort((a, b) => a.policy.localeCompare(b.policy));
+  }
+
+  /** In-flight requests of every live proxy (for metrics and figures). */
+  inflight(): number {
+    let n = 0;
+    for (const info of this.actors.values()) {
+      if (!info.ref) continue;
+      const ctx = (info.ref.getSnapshot() as { context?: Record<string, unknown> }).context;
+      if (info.machine === 'proxy' && ctx) n += proxyInflight(ctx as never);
+      if (info.machine === 'client' && typeof ctx?.inflight === 'number') n += ctx.inflight;
+    }
+    return n;
+  }
+
+  /** Answers counted by live server and client actors. */
+  actorCounts(): Array<{ actor: string; kind: string; outcome: string; count: number }> {
+    const out: Array<{ actor: string; kind: string; outcome: string; count: number }> = [];
+    for (const info of this.actors.values()) {
+      const ctx = (info.ref?.getSnapshot() as { context?: Record<string, unknown> } | undefined)?.context;
+      if (!ctx) continue;
+      if (info.machine === 'server' && typeof ctx.answered === 'number') out.push({ actor: info.id, kind: 'server', outcome: 'ok', count: ctx.answered });
+      if (info.machine === 'client' && Array.isArray(ctx.results)) {
+        const by = new Map<string, number>();
+        for (const r of ctx.results as Array<{ correct?: boolean; error?: string }>) {
+          const o = r.correct === true ? 'ok' : r.correct === false ? 'wrong' : r.error ?? 'pending';
+          by.set(o, (by.get(o) ?? 0) + 1);
+        }
+        for (const [outcome, count] of by) out.push({ actor: info.id, kind: 'client', outcome, count });
+      }
+    }
+    return out;
+  }
+
+  /** Everything a page needs when it (re)connects. */
+  full(recent = 2000): Batch & { charts: Record<string, Omit<Chart, 'machine'>> } {
+    return {
+      recs: this.ring.last(recent),
+      actors: [...this.actors.values()].map(view),
+      pools: this.pools,
+      figures: this.figures,
+      conns: this.conns,
+      charts: Object.fromEntries(this.charts),
+    };
+  }
+
+  /** The recorded states of one actor, oldest first. */
+  history(sid: string): StateRec[] {
+    return this.actors.get(sid)?.history.toArray() ?? [];
+  }
+}
+
+/** Root actors have only a session id; name them after what they run: `server 100`, `client 1`. */
+function rootName(machine: string, snap: { context?: unknown }): string {
+  const id = (snap.context as { opts?: { id?: unknown } } | undefined)?.opts?.id;
+  return typeof id === 'string' ? `${machine} ${id}` : machine;
+}
+
+function view(a: ActorInfo): ActorView {
+  return { sid: a.sid, id: a.id, parent: a.parent, machine: a.machine, state: a.state, status: a.status, event: a.event, edge: a.edge, events: a.events, context: a.context, since: a.since };
+}

@@ -1,0 +1,233 @@
+/**
+ * Metrics for a running system, served at `/metrics` in the Prometheus text
+ * format (prom-client). The proxy's observer hooks are on its hot path, so
+ * they only add to plain counters here; prom-client's metrics are filled from
+ * those counters when scraped.
+ */
+import { Counter, Gauge, Registry, type MetricValue } from 'prom-client';
+import type { ErrorCode } from '../transport/errors.js';
+import type { ProxyObserver } from '../actors/proxy.js';
+import type { Figures, PoolView, Tally } from './views.js';
+
+/** Latency buckets in seconds: loopback answers take tenths of a millisecond, timeouts seconds. */
+export const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+interface PolicyTally {
+  buckets: Float64Array;
+  sum: number;
+  count: number;
+  /** member -> outcome -> count */
+  outcomes: Map<string, Map<string, number>>;
+  members: Map<string, Tally>;
+}
+
+/** What the metrics read from the running actors when scraped. */
+export interface MetricSources {
+  pools(): PoolView[];
+  inflight(): number;
+  /** Answers counted by server and client actors (on their own processes). */
+  actorCounts(): Array<{ actor: string; kind: string; outcome: string; count: number }>;
+}
+
+// Recent latencies for the live p50/p99: a power-of-two ring, written without allocation.
+const RECENT = 4096;
+// Requests/s from per-tick slots; the hub ticks every `tickMs`.
+const SLOTS = 64;
+
+export class Metrics implements ProxyObserver {
+  readonly registry = new Registry();
+  private readonly policies = new Map<string, PolicyTally>();
+  private readonly retries = new Map<string, number>();
+  private readonly ejections = new Map<string, number>();
+  private readonly recent = new Float64Array(RECENT);
+  private readonly recentTick = new Uint32Array(RECENT);
+  private recentAt = 0;
+  private readonly slots = new Float64Array(SLOTS);
+  private tickNo = 1;
+  private totalAnswered = 0;
+  private totalErrors = 0;
+
+  constructor(
+    private readonly sources: MetricSources,
+    private readonly tickMs = 200,
+  ) {
+    const self = this;
+    const tally = (map: Map<string, number>, names: string[]) =>
+      function (this: Counter<string>) {
+        this.reset();
+        for (const [key, n] of map) {
+          const parts = key.split('\0');
+          this.inc(Object.fromEntries(names.map((l, i) => [l, parts[i] ?? ''])), n);
+        }
+      };
+    const outcomes = new Map<string, number>();
+    new Counter({
+      name: 'revproxy_requests_total',
+      help: 'Requests answered by the proxy, by policy, server (empty when none was chosen) and outcome (ok or an error code)',
+      labelNames: ['policy', 'server', 'outcome'],
+      registers: [this.registry],
+      collect: function (this: Counter<string>) {
+        outcomes.clear();
+        for (const [policy, t] of self.policies) for (const [server, m] of t.outcomes) for (const [outcome, n] of m) outcomes.set(`${policy}\0${server}\0${outcome}`, n);
+        tally(outcomes, ['policy', 'server', 'outcome']).call(this);
+      },
+    });
+    this.registry.registerMetric(new LatencyHistogram(this.policies) as never);
+    new Counter({
+      name: 'revproxy_retries_total',
+      help: 'Requests sent again to another member after one failed them, by policy, failed server and reason',
+      labelNames: ['policy', 'server', 'reason'],
+      registers: [this.registry],
+      collect: tally(this.retries, ['policy', 'server', 'reason']),
+    });
+    new Counter({
+      name: 'revproxy_ejections_total',
+      help: 'Members taken out of rotation (direction="out") or put back (direction="back"), by policy, server and reason',
+      labelNames: ['policy', 'server', 'reason', 'direction'],
+      registers: [this.registry],
+      collect: tally(this.ejections, ['policy', 'server', 'reason', 'direction']),
+    });
+    new Gauge({
+      name: 'revproxy_pool_members',
+      help: 'Members of each policy pool, by state (serving, ejected, draining)',
+      labelNames: ['policy', 'state'],
+      registers: [this.registry],
+      collect: function (this: Gauge<string>) {
+        this.reset();
+        for (const p of sources.pools()) {
+          this.set({ policy: p.policy, state: 'serving' }, 0);
+          for (const m of p.members) this.inc({ policy: p.policy, state: m.state });
+        }
+      },
+    });
+    new Gauge({
+      name: 'revproxy_inflight_requests',
+      help: 'Requests the proxy has forwarded (or queued for a server) and not yet answered',
+      registers: [this.registry],
+      collect: function (this: Gauge<string>) {
+        this.set(sources.inflight());
+      },
+    });
+    new Counter({
+      name: 'revproxy_actor_answers_total',
+      help: 'Answers counted by server actors (requests answered) and client actors (answers received, by outcome)',
+      labelNames: ['actor', 'kind', 'outcome'],
+      registers: [this.registry],
+      collect: function (this: Counter<string>) {
+        this.reset();
+        for (const a of sources.actorCounts()) this.inc({ actor: a.actor, kind: a.kind, outcome: a.outcome }, a.count);
+      },
+    });
+  }
+
+  private policy(policy: string): PolicyTally {
+    let t = this.policies.get(policy);
+    if (!t) {
+      t = { buckets: new Float64Array(LATENCY_BUCKETS.length), sum: 0, count: 0, outcomes: new Map(), members: new Map() };
+      this.policies.set(policy, t);
+    }
+    return t;
+  }
+
+  answered(policy: string, member: string | undefined, outcome: 'ok' | ErrorCode, latencyMs: number): void {
+    const t = this.policy(policy);
+    const server = member ?? '';
+    let byOutcome = t.outcomes.get(server);
+    if (!byOutcome) t.outcomes.set(server, (byOutcome = new Map()));
+    byOutcome.set(outcome, (byOutcome.get(outcome) ?? 0) + 1);
+    if (member !== undefined) {
+      let m = t.members.get(member);
+      if (!m) t.members.set(member, (m = { answered: 0, errors: 0 }));
+      if (outcome === 'ok') m.answered++;
+      else m.errors++;
+    }
+    const s = latencyMs / 1000;
+    t.sum += s;
+    t.count++;
+    for (let i = 0; i < LATENCY_BUCKETS.length; i++) {
+      if (s <= LATENCY_BUCKETS[i]!) {
+        t.buckets[i]!++;
+        break;
+      }
+    }
+    if (outcome === 'ok') this.totalAnswered++;
+    else this.totalErrors++;
+    const at = this.recentAt++ & (RECENT - 1);
+    this.recent[at] = latencyMs;
+    this.recentTick[at] = this.tickNo;
+    this.slots[this.tickNo % SLOTS]!++;
+  }
+
+  retried(policy: string, failed: string, reason: string): void {
+    const k = `${policy}\0${failed}\0${reason}`;
+    this.retries.set(k, (this.retries.get(k) ?? 0) + 1);
+  }
+
+  ejected(policy: string, member: string, reason: string, back: boolean): void {
+    const k = `${policy}\0${member}\0${reason}\0${back ? 'back' : 'out'}`;
+    this.ejections.set(k, (this.ejections.get(k) ?? 0) + 1);
+  }
+
+  /** Answers and errors of one member, for the pool view. */
+  tally(policy: string, member: string): Tally | undefined {
+    return this.policies.get(policy)?.members.get(member);
+  }
+
+  /** Called by the hub every `tickMs`: moves the requests/s window on. */
+  tick(): void {
+    this.tickNo++;
+    this.slots[this.tickNo % SLOTS] = 0;
+  }
+
+  /** Live figures over the last second. */
+  figures(): Figures {
+    const per = Math.max(1, Math.round(1000 / this.tickMs));
+    let n = 0;
+    // Whole ticks just before the current (partial) one.
+    for (let k = 1; k <= per; k++) n += this.slots[(this.tickNo - k + SLOTS) % SLOTS]!;
+    const since = this.tickNo - per;
+    const lat: number[] = [];
+    const filled = Math.min(this.recentAt, RECENT);
+    for (let i = 0; i < filled; i++) if (this.recentTick[i]! >= since) lat.push(this.recent[i]!);
+    lat.sort((a, b) => a - b);
+    const q = (p: number): number | undefined => (lat.length ? lat[Math.min(lat.length - 1, Math.floor(p * lat.length))] : undefined);
+    return { rps: n * (1000 / (per * this.tickMs)), p50: q(0.5), p99: q(0.99), inflight: this.sources.inflight(), answered: this.totalAnswered, errors: this.totalErrors };
+  }
+
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+}
+
+/**
+ * The latency histogram, rendered from the per-policy buckets counted on the
+ * hot path: prom-client's own Histogram hashes its labels on every observe.
+ */
+class LatencyHistogram {
+  readonly name = 'revproxy_request_duration_seconds';
+  readonly help = 'Time from a request reaching the proxy to its answer leaving it, by policy';
+  readonly type = 'histogram';
+  readonly aggregator = 'sum';
+  constructor(private readonly policies: Map<string, PolicyTally>) {}
+
+  get(): { name: string; help: string; type: string; values: MetricValue<string>[]; aggregator: string } {
+    const values: Array<MetricValue<string> & { metricName: string }> = [];
+    for (const [policy, t] of this.policies) {
+      let cum = 0;
+      LATENCY_BUCKETS.forEach((le, i) => {
+        cum += t.buckets[i]!;
+        values.push({ metricName: `${this.name}_bucket`, labels: { policy, le }, value: cum });
+      });
+      values.push({ metricName: `${this.name}_bucket`, labels: { policy, le: '+Inf' }, value: t.count });
+      values.push({ metricName: `${this.name}_sum`, labels: { policy }, value: t.sum });
+      values.push({ metricName: `${this.name}_count`, labels: { policy }, value: t.count });
+    }
+    return { name: this.name, help: this.help, type: this.type, values, aggregator: this.aggregator };
+  }
+
+  reset(): void {}
+}

@@ -1,0 +1,144 @@
+/**
+ * Small JSON projections of what actors carry. Snapshots and events hold
+ * sockets, Connection objects, functions, Maps, request batches and actor
+ * refs: none of it may reach JSON.stringify raw (cycles, megabytes of
+ * payloads). Everything shown by the inspector goes through `project`.
+ */
+import { Connection } from '../transport/socket.js';
+
+export type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
+
+export interface ProjectLimits {
+  /** Levels of objects and arrays followed before a summary replaces them. */
+  depth: number;
+  /** Array items and object keys shown per level. */
+  items: number;
+  /** Longest string kept, in characters. */
+  chars: number;
+}
+
+export const EVENT_LIMITS: ProjectLimits = { depth: 4, items: 2, chars: 80 };
+export const CONTEXT_LIMITS: ProjectLimits = { depth: 3, items: 8, chars: 120 };
+
+/** A connection as the page shows it. */
+export interface ConnView {
+  id: number;
+  role: string;
+  peer: string;
+  outstanding: number;
+  closed: boolean;
+}
+
+export function connView(c: Connection): ConnView {
+  return { id: c.id, role: c.role, peer: `${c.remoteAddress}:${c.remotePort}`, outstanding: c.outstanding, closed: c.closed };
+}
+
+interface ActorLike {
+  id: string;
+  sessionId: string;
+  send: unknown;
+}
+
+function isActorRef(v: object): v is ActorLike {
+  return typeof (v as ActorLike).sessionId === 'string' && typeof (v as ActorLike).send === 'function';
+}
+
+/** Keys that only ever hold plumbing (loggers, clocks, callbacks): left out of projections. */
+const SKIP = new Set(['logger', 'clock', 'connect', 'deliver', 'reply', 'eligible', 'observer', 'busy', 'toJSON']);
+
+/** Turn any value into a bounded JSON value, following at most `limits.depth` levels. */
+export function project(v: unknown, limits: ProjectLimits = CONTEXT_LIMITS, depth = 0): Json {
+  switch (typeof v) {
+    case 'string':
+      return v.length > limits.chars ? `${v.slice(0, limits.chars)}…(${v.length})` : v;
+    case 'number':
+      return Number.isFinite(v) ? v : String(v);
+    case 'boolean':
+      return v;
+    case 'bigint':
+      return v.toString();
+    case 'undefined':
+      return null;
+    case 'function':
+      return `ƒ ${v.name || 'anonymous'}`;
+    case 'symbol':
+      return v.toString();
+  }
+  if (v === null) return null;
+  const o = v as object;
+  if (o instanceof Connection) return `conn#${o.id} ${o.role} ${o.remoteAddress}:${o.remotePort}${o.closed ? ' closed' : ''}`;
+  if (isActorRef(o)) return `actor ${o.id}`;
+  if (o instanceof Error) return `${o.name}: ${o.message}`;
+  if (Buffer.isBuffer(o)) return `Buffer(${o.length})`;
+  if (o instanceof Date) return o.toISOString();
+  if (depth >= limits.depth) {
+    if (Array.isArray(o)) return `[${o.length} items]`;
+    if (o instanceof Map || o instanceof Set) return `${o.constructor.name}(${o.size})`;
+    return `{${o.constructor?.name && o.constructor.name !== 'Object' ? o.constructor.name : '…'}}`;
+  }
+  if (Array.isArray(o)) return projectList(o, o.length, limits, depth);
+  if (o instanceof Set) return projectList(o, o.size, limits, depth);
+  if (o instanceof Map) {
+    const out: { [k: string]: Json } = {};
+    let n = 0;
+    for (const [k, val] of o) {
+      if (n++ >= limits.items) {
+        out['…'] = `${o.size - limits.items} more`;
+        break;
+      }
+      out[String(k)] = project(val, limits, depth + 1);
+    }
+    return out;
+  }
+  const ctor = o.constructor;
+  if (ctor && ctor !== Object && typeof (o as { size?: unknown }).size === 'number') {
+    return `${ctor.name}(${(o as { size: number }).size})`;
+  }
+  const out: { [k: string]: Json } = {};
+  let n = 0;
+  for (const k of Object.keys(o)) {
+    if (SKIP.has(k)) continue;
+    if (n++ >= limits.items * 2) {
+      out['…'] = 'more keys';
+      break;
+    }
+    out[k] = project((o as Record<string, unknown>)[k], limits, depth + 1);
+  }
+  return out;
+}
+
+function projectList(items: Iterable<unknown>, size: number, limits: ProjectLimits, depth: number): Json {
+  const out: Json[] = [];
+  for (const item of items) {
+    if (out.length >= limits.items) {
+      out.push(`…${size - limits.items} more (${size} in all)`);
+      break;
+    }
+    out.push(project(item, limits, depth + 1));
+  }
+  return out;
+}
+
+/** An event as the log shows it: its type and its other fields, projected. */
+export function projectEvent(event: { type: string; [k: string]: unknown }): { [k: string]: Json } {
+  const out: { [k: string]: Json } = {};
+  for (const k of Object.keys(event)) {
+    if (k === 'type') continue;
+    out[k] = project(event[k], EVENT_LIMITS, 1);
+  }
+  return out;
+}
+
+/** A state value as one short string: `running`, `online.registered`. */
+export function stateName(value: unknown): string {
+  if (typeof value === 'string') return value;
+  if (value && typeof value === 'object') {
+    const parts: string[] = [];
+    for (const [k, v] of Object.entries(value)) {
+      const inner = stateName(v);
+      parts.push(inner ? `${k}.${inner}` : k);
+    }
+    return parts.join(' | ');
+  }
+  return '';
+}

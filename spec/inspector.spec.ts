@@ -1,0 +1,147 @@
+/** The inspector's parts: ring, projections, charts, the hub's budget, recorded logs and the CLI. Issue #6. */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createActor, createMachine } from 'xstate';
+import { poolMachine, runClient, serverMachine, startProxy, startServer, upstreamMachine } from '../actors/index.js';
+import { chartOf, Hub, project, Ring, serveRecorded, startInspector } from '../inspector/index.js';
+import { Connection } from '../transport/socket.js';
+import { eventually, LOCAL } from './helpers.js';
+import { killAll, revproxy } from './procs.js';
+
+const parts = suite('inspector parts');
+
+parts('a ring keeps the newest items and counts every push', () => {
+  const r = new Ring<number>(3);
+  for (let i = 1; i <= 5; i++) r.push(i);
+  assert.equal(r.toArray(), [3, 4, 5]);
+  assert.equal(r.last(2), [4, 5]);
+  assert.is(r.total, 5);
+});
+
+parts('projections turn sockets, maps, functions, cycles and big batches into small JSON', () => {
+  const conn = new Connection(new Socket());
+  conn.role = 'client';
+  const cyclic: Record<string, unknown> = { name: 'a' };
+  cyclic.self = cyclic;
+  const value = {
+    conn,
+    pools: new Map([['111', { id: 'pool:111', sessionId: 'x:1', send() {} }]]),
+    deliver: () => {},
+    cb: function named() {},
+    requests: Array.from({ length: 1000 }, (_, i) => ({ seq: i, payload: 'x'.repeat(500) })),
+    cyclic,
+    when: new Error('boom'),
+  };
+  const out = project(value) as Record<string, unknown>;
+  const text = JSON.stringify(out);
+  assert.ok(text.length < 2500, `projection is small (${text.length} chars)`);
+  assert.match(String(out.conn), /^conn#\d+ client/);
+  assert.equal(out.pools, { '111': 'actor pool:111' });
+  assert.not.ok('deliver' in out, 'plumbing callbacks are left out');
+  assert.is(out.cb, 'ƒ named');
+  assert.match(JSON.stringify(out.requests), /more \(1000 in all\)/);
+  assert.is(out.when, 'Error: boom');
+  conn.destroy();
+});
+
+parts('charts are read from the machine definition: states, nested states, transitions with event names', () => {
+  const chart = chartOf('server', serverMachine.root as never);
+  const ids: string[] = [];
+  const walk = (n: { id: string; states: Record<string, unknown> }): void => {
+    ids.push(n.id);
+    for (const c of Object.values(n.states)) walk(c as never);
+  };
+  walk(serverMachine.root as never);
+  assert.ok(ids.some((id) => id.startsWith('server.online.')), 'the server machine has nested states');
+  assert.match(chart.svg, /^<svg[^>]*>/);
+  for (const id of ids) assert.ok(chart.svg.includes(`data-state="${id}"`), `state ${id} is drawn`);
+  const edge = chart.edges.find((e) => e.event === 'REFUSED')!;
+  assert.equal([edge.source, edge.targets], ['server.online', ['server.failed']]);
+  assert.ok(chart.svg.includes(`data-edge="${edge.id}"`) || chart.svg.includes(` ${edge.id}"`) || chart.svg.includes(`"${edge.id} `), 'the transition is drawn');
+  assert.ok(chart.edges.some((e) => e.event.startsWith('after ')), 'delayed transitions are named after their delay');
+  const up = chartOf('upstream', upstreamMachine.root as never);
+  assert.ok(up.edges.some((e) => e.event === 'always' && e.guard === 'idle'), 'eventless transitions are drawn with their guard');
+  const pool = chartOf('pool', poolMachine.root as never);
+  assert.ok(pool.edges.some((e) => e.event === 'LEAVE' && e.guard === 'isLastMember' && e.targets[0] === 'pool.empty'));
+});
+
+parts('the hub records events up to its budget per flush and counts the rest, and marks the transition taken', () => {
+  const hub = new Hub({ eventBudget: 5, flushMs: 1000 });
+  const lines: string[] = [];
+  const m = createMachine({ id: 'toggle', initial: 'off', states: { off: { on: { FLIP: 'on' } }, on: { on: { FLIP: 'off', PING: {} } } } });
+  const actor = createActor(m, { inspect: hub.observe }).start();
+  hub.subscribe((b) => lines.push(...b.recs.map((r) => r.k)));
+  for (let i = 0; i < 21; i++) actor.send({ type: 'FLIP' });
+  actor.send({ type: 'PING' });
+  hub.flush();
+  const events = hub.ring.toArray().filter((r) => r.k === 'event');
+  assert.is(events.length, 5);
+  const dropped = hub.ring.toArray().find((r) => r.k === 'dropped');
+  assert.ok(dropped && dropped.k === 'dropped' && dropped.count === 18, JSON.stringify(dropped));
+  const view = [...hub.actors.values()][0]!;
+  assert.is(view.state, 'on');
+  assert.is(view.edge, 'toggle.on|PING|0');
+  assert.ok(hub.history(view.sid).filter((r) => r.changed).length >= 20, 'every state change is kept in the actor history');
+  actor.stop();
+});
+
+const recorded = suite('recorded logs');
+let cleanup: Array<() => Promise<void> | void> = [];
+recorded.after.each(async () => {
+  for (const c of cleanup.splice(0)) await c();
+  killAll();
+});
+
+recorded('a log written with --inspect-log replays into the same page: pools, actors, charts, history', async () => {
+  const file = join(mkdtempSync(join(tmpdir(), 'insp-')), 'run.ndjson');
+  const insp = await startInspector({ logFile: file, flushMs: 20 });
+  const proxy = await startProxy({ port: 0, inspect: insp.inspect, observer: insp.observer });
+  const s1 = await startServer({ id: '1', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: proxy.port } });
+  cleanup.push(() => s1.kill(), () => proxy.stop());
+  await eventually(() => proxy.pools().P?.members.length === 1, 3000, 'server in pool');
+  await runClient({ id: 'c', proxy: { host: LOCAL, port: proxy.port }, packets: [{ srcid: 'c', privPoliId: 'P', payload: 'a' }] });
+  await new Promise((r) => setTimeout(r, 60));
+  await insp.close();
+  const lines = readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  assert.ok(lines.some((r) => r.k === 'chart' && r.machine === 'pool'));
+  assert.ok(lines.some((r) => r.k === 'event' && r.type === 'ROUTE'));
+  const page = await serveRecorded(file, 0);
+  cleanup.push(() => page.close());
+  const state = await (await fetch(`${page.url}api/state`)).json();
+  assert.is(state.meta.recorded, true);
+  assert.equal(state.pools.map((p: { policy: string; members: Array<{ id: string; answered: number }> }) => [p.policy, p.members.map((m) => `${m.id}:${m.answered}`)]), [['P', ['1:1']]]);
+  const pool = state.actors.find((a: { id: string }) => a.id === 'pool:P');
+  assert.ok(state.charts.pool && pool);
+  const history = await (await fetch(`${page.url}api/history?actor=${pool.sid}`)).json();
+  assert.ok(history.length >= 2 && history[0].state === 'empty' && history.at(-1).state === 'serving', JSON.stringify(history.map((h: { state: string }) => h.state)));
+  assert.is((await fetch(`${page.url}metrics`)).status, 404);
+});
+
+recorded('the CLI: proxy --inspect serves the page and /metrics, --inspect-log writes NDJSON, revproxy inspect FILE serves it back', async () => {
+  const file = join(mkdtempSync(join(tmpdir(), 'insp-')), 'cli.ndjson');
+  const proxy = revproxy(['proxy', '-port', '0', '--inspect', '0', '--inspect-log', file]);
+  const url = (await proxy.waitFor(/Inspector for proxy on (http:\/\/127\.0\.0\.1:\d+\/)/))[1]!;
+  const page = await (await fetch(url)).text();
+  assert.match(page, /<title>revproxy inspector<\/title>/);
+  assert.not.match(page, /https?:\/\/(?!127\.0\.0\.1)/, 'the page refers to nothing outside');
+  assert.match(await (await fetch(`${url}metrics`)).text(), /revproxy_inflight_requests 0/);
+  proxy.kill();
+  assert.is(await proxy.exited, 0);
+  const replay = revproxy(['inspect', file, '--port', '0']);
+  const rurl = (await replay.waitFor(/on (http:\/\/127\.0\.0\.1:\d+\/)/))[1]!;
+  const state = await (await fetch(`${rurl}api/state`)).json();
+  const p = state.actors.find((a: { id: string }) => a.id === 'proxy');
+  assert.is(p?.state, 'stopped', 'the log holds the proxy up to its clean stop');
+  replay.kill();
+  assert.is(await replay.exited, 0);
+  const missing = revproxy(['inspect', join(tmpdir(), 'no-such-file.ndjson')]);
+  assert.is(await missing.exited, 2);
+  assert.match(missing.out.join('\n'), /does not exist; write one with --inspect-log FILE/);
+});
+
+parts.run();
+recorded.run();

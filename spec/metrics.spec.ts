@@ -1,0 +1,104 @@
+/** `/metrics` on the inspector's port moves with the traffic. Issue #6. */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { runClient, startProxy, startServer, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import { Metrics, startInspector, type Inspector } from '../inspector/index.js';
+import { eventually, LOCAL } from './helpers.js';
+
+/** `name{labels} value` lines of a Prometheus text body, summed per name and label subset. */
+function sample(text: string, name: string, labels: Record<string, string> = {}): number {
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    const m = /^([a-z_]+)(\{[^}]*\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) sum += Number(m[3]);
+  }
+  return sum;
+}
+
+interface Ctx {
+  insp: Inspector;
+  proxy: ProxyHandle;
+  servers: ServerHandle[];
+}
+const ctx = {} as Ctx;
+const metrics = suite<Ctx>('metrics endpoint', ctx);
+
+metrics.before(async () => {
+  ctx.insp = await startInspector({ port: 0, flushMs: 50 });
+  ctx.proxy = await startProxy({ port: 0, inspect: ctx.insp.inspect, observer: ctx.insp.observer });
+  ctx.servers = [];
+  for (const id of ['1', '2']) ctx.servers.push(await startServer({ id, policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port } }));
+  await eventually(() => ctx.proxy.pools().P?.members.length === 2, 3000, 'both servers in pool P');
+});
+
+metrics.after(async () => {
+  for (const s of ctx.servers) s.kill();
+  await ctx.proxy.stop();
+  await ctx.insp.close();
+});
+
+const scrape = async (): Promise<string> => {
+  const res = await fetch(`${ctx.insp.url}metrics`);
+  assert.is(res.status, 200);
+  assert.match(res.headers.get('content-type') ?? '', /text\/plain/);
+  return res.text();
+};
+
+metrics('requests by policy, server and outcome, the latency histogram, pool sizes and in-flight move with traffic', async () => {
+  const before = await scrape();
+  assert.is(sample(before, 'revproxy_requests_total'), 0);
+  assert.is(sample(before, 'revproxy_pool_members', { policy: 'P', state: 'serving' }), 2);
+  const packets = Array.from({ length: 6 }, (_, i) => ({ srcid: 'c', privPoliId: 'P', payload: `m${i}` }));
+  const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets });
+  assert.ok(results.every((r) => r.correct));
+  await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: [{ srcid: 'c', privPoliId: 'nobody', payload: 'x' }] });
+  const after = await scrape();
+  assert.is(sample(after, 'revproxy_requests_total', { policy: 'P', server: '1', outcome: 'ok' }), 3);
+  assert.is(sample(after, 'revproxy_requests_total', { policy: 'P', server: '2', outcome: 'ok' }), 3);
+  assert.is(sample(after, 'revproxy_requests_total', { policy: 'nobody', outcome: 'NO_SERVER' }), 1);
+  assert.is(sample(after, 'revproxy_request_duration_seconds_count', { policy: 'P' }), 6);
+  assert.is(sample(after, 'revproxy_request_duration_seconds_bucket', { policy: 'P', le: '+Inf' }), 6);
+  assert.ok(sample(after, 'revproxy_request_duration_seconds_sum', { policy: 'P' }) > 0);
+  assert.is(sample(after, 'revproxy_inflight_requests'), 0);
+  assert.match(after, /# TYPE revproxy_request_duration_seconds histogram/);
+});
+
+metrics('a member that leaves is no longer counted in its pool', async () => {
+  ctx.servers[1]!.kill();
+  await eventually(() => ctx.proxy.pools().P?.members.length === 1, 3000, 'server 2 out of pool P');
+  await new Promise((r) => setTimeout(r, 120));
+  assert.is(sample(await scrape(), 'revproxy_pool_members', { policy: 'P', state: 'serving' }), 1);
+});
+
+const hooks = suite('metrics hooks');
+
+hooks('retries and ejections count through the proxy observer hooks', async () => {
+  const m = new Metrics({ pools: () => [], inflight: () => 0, actorCounts: () => [] });
+  m.retried('P', '1', 'UPSTREAM_FAILED');
+  m.retried('P', '1', 'UPSTREAM_FAILED');
+  m.ejected('P', '1', 'failures', false);
+  m.ejected('P', '1', 'healthy again', true);
+  const text = await m.text();
+  assert.is(sample(text, 'revproxy_retries_total', { policy: 'P', server: '1', reason: 'UPSTREAM_FAILED' }), 2);
+  assert.is(sample(text, 'revproxy_ejections_total', { policy: 'P', server: '1', direction: 'out' }), 1);
+  assert.is(sample(text, 'revproxy_ejections_total', { policy: 'P', server: '1', direction: 'back' }), 1);
+});
+
+hooks('live figures: requests per second over the last second, p50 and p99', () => {
+  const m = new Metrics({ pools: () => [], inflight: () => 3, actorCounts: () => [] }, 100);
+  for (let i = 1; i <= 100; i++) m.answered('P', '1', 'ok', i);
+  m.tick();
+  const f = m.figures();
+  assert.is(f.rps, 100);
+  assert.is(f.p50, 51);
+  assert.is(f.p99, 100);
+  assert.is(f.inflight, 3);
+  for (let k = 0; k < 11; k++) m.tick();
+  assert.is(m.figures().rps, 0, 'a quiet second later the rate is back to zero');
+  assert.is(m.figures().p50, undefined);
+});
+
+metrics.run();
+hooks.run();

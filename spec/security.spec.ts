@@ -1,0 +1,280 @@
+/**
+ * Only entitled servers join a policy pool; hostile input cannot hurt the
+ * proxy (issue 5).
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import fc from 'fast-check';
+import { readFileSync } from 'node:fs';
+import { connect, createServer, type Socket } from 'node:net';
+import { Packr } from 'msgpackr';
+import { Logger, memorySink, runClient, startProxy, startServer, StartError, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import { encodeFrame } from '../transport/frame.js';
+import { loadTls } from '../transport/tls.js';
+import { makePki } from './certs.js';
+import { collector, eventually, LOCAL, rawConnect, sleep } from './helpers.js';
+import { killAll, revproxy } from './procs.js';
+
+type Ctx = { proxy?: ProxyHandle; logs: LogRecord[]; servers: ServerHandle[] };
+const pkts = (policy: string, n = 1) => Array.from({ length: n }, (_, i) => ({ srcid: 'c', privPoliId: policy, payload: `s${i}` }));
+
+async function proxyWith(ctx: Ctx, opts: Parameters<typeof startProxy>[0]): Promise<ProxyHandle> {
+  ctx.logs = [];
+  ctx.proxy = await startProxy({ port: 0, logger: new Logger('proxy', memorySink(ctx.logs), 'debug'), ...opts });
+  return ctx.proxy;
+}
+
+async function server(ctx: Ctx, id: string, policy: string, extra: Partial<Parameters<typeof startServer>[0]> = {}): Promise<ServerHandle> {
+  const s = await startServer({ id, policy, listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy!.port }, registerTimeoutMs: 1500, ...extra });
+  ctx.servers.push(s);
+  return s;
+}
+
+const tokens = suite<Ctx>('registration secrets', { logs: [], servers: [] });
+tokens.before.each((ctx) => {
+  ctx.servers = [];
+});
+tokens.after.each(async (ctx) => {
+  for (const s of ctx.servers) s.kill();
+  ctx.proxy?.kill();
+});
+
+tokens('a registration without the token, or with a wrong one, is refused with UNAUTHORIZED, logged with the peer, and never served', async (ctx) => {
+  await proxyWith(ctx, { token: 'correct horse battery' });
+  for (const token of [undefined, 'wrong token here']) {
+    const err = await server(ctx, 'x', 'P', { token }).catch((e: unknown) => e);
+    assert.instance(err, StartError);
+    assert.match((err as Error).message, /UNAUTHORIZED/);
+  }
+  assert.equal(ctx.proxy!.pools(), {}, 'no pool was ever created');
+  const refusals = ctx.logs.filter((l) => l.event === 'unauthorized');
+  assert.is(refusals.length, 2);
+  assert.match(String(refusals[0]!.peer), /^127\.0\.0\.1:\d+$/);
+  const all = JSON.stringify(ctx.logs);
+  assert.not.ok(all.includes('correct horse battery') || all.includes('wrong token here'), 'secrets never logged');
+  const r = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy!.port }, packets: pkts('P') });
+  assert.is(r[0]!.error, 'NO_SERVER');
+});
+
+tokens('the right token is accepted and served', async (ctx) => {
+  await proxyWith(ctx, { token: 'correct horse battery' });
+  await server(ctx, 'ok', 'P', { token: 'correct horse battery' });
+  await eventually(() => ctx.proxy!.pools().P?.serving.includes('ok') ?? false, 2000, 'serving');
+  const r = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy!.port }, packets: pkts('P') });
+  assert.ok(r[0]!.correct);
+});
+
+tokens('per-policy tokens: each policy takes only its own secret; a policy not in the file takes none', async (ctx) => {
+  await proxyWith(ctx, { tokens: { A: 'secret-of-A', B: 'secret-of-B' } });
+  await server(ctx, 'a1', 'A', { token: 'secret-of-A' });
+  const wrong = await server(ctx, 'b1', 'B', { token: 'secret-of-A' }).catch((e: unknown) => e);
+  assert.match((wrong as Error).message, /UNAUTHORIZED.*wrong token/);
+  const unknown = await server(ctx, 'c1', 'C', { token: 'secret-of-A' }).catch((e: unknown) => e);
+  assert.match((unknown as Error).message, /policy C is not in the proxy's tokens file/);
+  await eventually(() => ctx.proxy!.pools().A?.serving.includes('a1') ?? false, 2000, 'a1 serving');
+  assert.equal(Object.keys(ctx.proxy!.pools()), ['A']);
+});
+
+tokens('a proxy listening beyond loopback without any secret warns loudly at start', async (ctx) => {
+  await proxyWith(ctx, { host: '0.0.0.0' });
+  const w = ctx.logs.find((l) => l.event === 'insecure');
+  assert.ok(w && w.level === 'warn');
+  assert.match(w!.msg, /anyone who can connect can register/);
+});
+
+const tls = suite<Ctx>('mutual TLS', { logs: [], servers: [] });
+tls.before.each((ctx) => {
+  ctx.servers = [];
+});
+tls.after.each(async (ctx) => {
+  for (const s of ctx.servers) s.kill();
+  ctx.proxy?.kill();
+});
+
+tls('a client and a server talk through the proxy over mutual TLS; a server with an untrusted certificate is refused', async (ctx) => {
+  const pki = makePki(['proxy', 'server', 'client']);
+  const rogue = makePki(['server'], 'rogue CA');
+  const proxyTls = loadTls({ ...pki.cert('proxy'), ca: pki.ca })!;
+  await proxyWith(ctx, { tls: proxyTls, upstreamTls: proxyTls });
+  await server(ctx, 'tls1', 'P', { tls: loadTls({ ...pki.cert('server'), ca: pki.ca }) });
+  await eventually(() => ctx.proxy!.pools().P?.serving.includes('tls1') ?? false, 3000, 'tls1 serving');
+  const r = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy!.port }, packets: pkts('P', 3), tls: loadTls({ ...pki.cert('client'), ca: pki.ca }) });
+  assert.ok(r.every((x) => x.correct), JSON.stringify(r));
+  // Signed by another CA: the proxy's listener refuses the handshake, so it never registers.
+  const refused = await server(ctx, 'rogue', 'P', { tls: loadTls({ ...rogue.cert('server'), ca: pki.ca }), registerTimeoutMs: 800 }).catch((e: unknown) => e);
+  assert.instance(refused, StartError);
+  assert.not.ok(ctx.proxy!.pools().P!.members.includes('rogue'));
+  assert.ok(ctx.logs.some((l) => l.event === 'tls_refused'), 'the refused handshake is logged');
+  // A plain-TCP client gets nothing through a TLS listener.
+  const plain = await runClient({ id: 'p', proxy: { host: LOCAL, port: ctx.proxy!.port }, packets: pkts('P'), maxAttempts: 1, timeoutMs: 500 });
+  assert.not.ok(plain[0]!.correct);
+});
+
+// ---- hostile input, against a proxy process ----
+
+const hostile = suite('hostile input');
+hostile.after.each(killAll);
+
+const TOKEN = 'fuzz-token-not-to-be-guessed';
+
+async function liveProxy(extra: string[] = []) {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, LOCAL, r));
+  const port = (s.address() as { port: number }).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  const proc = revproxy(['proxy', '-port', String(port), '--log-level', 'error', ...extra], { env: { REVPROXY_TOKEN: TOKEN } });
+  await eventually(() => false, 0).catch(() => undefined);
+  const end = Date.now() + 10000;
+  for (;;) {
+    try {
+      (await rawConnect(port)).destroy();
+      break;
+    } catch {
+      if (Date.now() > end) throw new Error('proxy did not start');
+      await sleep(20);
+    }
+  }
+  const srv = revproxy(['server', '-id', 'good', '-pp', 'P', '-listen', '0', '-revproc', String(port)], { env: { REVPROXY_TOKEN: TOKEN } });
+  await srv.waitFor(/Registered with the reverse proxy/);
+  await sleep(150);
+  return { proc, port };
+}
+
+function rssKb(pid: number): number {
+  return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
+}
+
+const packr = new Packr({ useRecords: false });
+function prefixed(body: Uint8Array): Buffer {
+  const h = Buffer.alloc(4);
+  h.writeUInt32BE(body.length);
+  return Buffer.concat([h, body]);
+}
+
+const validMsg = fc.oneof(
+  fc.record({ type: fc.constant(0), seq: fc.nat(), srcid: fc.string(), privPoliId: fc.constantFrom('P', 'Q', ''), payload: fc.string() }),
+  fc.record({ type: fc.constant(1), id: fc.string(), privPolyId: fc.string(), listenport: fc.integer({ min: -5, max: 70000 }) }),
+  fc.record({ type: fc.constant(2), seq: fc.nat(), srcid: fc.string(), destid: fc.string(), payload: fc.string(), payloadsize: fc.nat() }),
+  fc.record({ type: fc.integer({ min: -2, max: 12 }), seq: fc.anything() }),
+);
+const mutation = fc.oneof(
+  fc.record({ kind: fc.constant('flip' as const), at: fc.nat(), bit: fc.integer({ min: 0, max: 7 }) }),
+  fc.record({ kind: fc.constant('truncate' as const), at: fc.nat() }),
+  fc.record({ kind: fc.constant('length' as const), value: fc.oneof(fc.nat(64), fc.constant(0xffffffff), fc.integer({ min: 0, max: 0x7fffffff })) }),
+  fc.record({ kind: fc.constant('insert' as const), at: fc.nat(), bytes: fc.uint8Array({ maxLength: 8 }) }),
+);
+type Mutation = typeof mutation extends fc.Arbitrary<infer M> ? M : never;
+function mutate(frame: Buffer, ms: Mutation[]): Buffer {
+  let b = Buffer.from(frame);
+  for (const m of ms) {
+    if (b.length === 0) break;
+    if (m.kind === 'flip') b[m.at % b.length] = b[m.at % b.length]! ^ (1 << m.bit);
+    else if (m.kind === 'truncate') b = b.subarray(0, m.at % b.length);
+    else if (m.kind === 'length' && b.length >= 4) b.writeUInt32BE(m.value >>> 0, 0);
+    else if (m.kind === 'insert') {
+      const at = m.at % b.length;
+      b = Buffer.concat([b.subarray(0, at), Buffer.from(m.bytes), b.subarray(at)]);
+    }
+  }
+  return b;
+}
+function nested(depth: number): Buffer {
+  // [[[[...]]]] as raw MessagePack: 0x91 (fixarray of 1) repeated, then nil.
+  return prefixed(Buffer.concat([Buffer.alloc(depth, 0x91), Buffer.from([0xc0])]));
+}
+const hostileInput: fc.Arbitrary<Buffer> = fc.oneof(
+  { weight: 4, arbitrary: fc.tuple(validMsg, fc.array(mutation, { minLength: 1, maxLength: 4 })).map(([m, ms]) => mutate(encodeFrame(m as never), ms)) },
+  { weight: 2, arbitrary: fc.uint8Array({ maxLength: 96 }).map((u) => Buffer.from(u)) },
+  { weight: 2, arbitrary: fc.anything({ withBigInt: false, withMap: true, withSet: true, withTypedArray: true, withDate: true }).map((v) => { try { return prefixed(packr.pack(v)); } catch { return Buffer.from([0, 0, 0, 1, 0xc1]); } }) },
+  { weight: 1, arbitrary: fc.integer({ min: 100, max: 200000 }).map(nested) },
+  { weight: 1, arbitrary: fc.constantFrom(
+    prefixed(Buffer.from('81a95f5f70726f746f5f5f81a474797065a130', 'hex')), // {"__proto__": {"type": "0"}}
+    prefixed(packr.pack({ type: 0, constructor: { prototype: { polluted: 1 } }, seq: 1, srcid: 'x', privPoliId: 'P', payload: 'p' })),
+    Buffer.from([0xff, 0xff, 0xff, 0xff]),
+    Buffer.from([0x00, 0x10, 0x00, 0x01, 0x80]),
+  ) },
+);
+
+function fire(port: number, bytes: Buffer): Promise<void> {
+  return new Promise((resolve) => {
+    const s: Socket = connect({ host: LOCAL, port }, () => s.end(bytes));
+    const t = setTimeout(() => s.destroy(), 3000);
+    s.on('data', () => {});
+    s.on('error', () => {});
+    s.on('close', () => {
+      clearTimeout(t);
+      resolve();
+    });
+  });
+}
+
+hostile('10,000 generated and mutated frames at a running proxy: it never crashes, a well-behaved client keeps getting correct answers, memory stays bounded', async () => {
+  const { proc, port } = await liveProxy();
+  const inputs = fc.sample(hostileInput, { numRuns: 10000, seed: 20261124 });
+  const rssBefore = rssKb(proc.child.pid!);
+  let fuzzing = true;
+  const served: boolean[] = [];
+  const good = (async () => {
+    while (fuzzing) {
+      const r = await runClient({ id: 'good', proxy: { host: LOCAL, port }, packets: pkts('P', 10), timeoutMs: 5000 });
+      served.push(...r.map((x) => x.correct === true));
+    }
+  })();
+  // Two rounds of 5,000: the first warms the heap up, the second must not grow it much further.
+  const rss: number[] = [rssBefore];
+  for (const round of [inputs.slice(0, 5000), inputs.slice(5000)]) {
+    let next = 0;
+    await Promise.all(Array.from({ length: 32 }, async () => {
+      while (next < round.length) await fire(port, round[next++]!);
+    }));
+    rss.push(rssKb(proc.child.pid!));
+  }
+  fuzzing = false;
+  await good;
+  assert.is(proc.child.exitCode, null, `the proxy is still running:\n${proc.out.slice(-20).join('\n')}`);
+  assert.ok(served.length >= 10 && served.every(Boolean), `the good client got ${served.filter(Boolean).length}/${served.length} correct answers during the fuzz`);
+  const after = await runClient({ id: 'after', proxy: { host: LOCAL, port }, packets: pkts('P', 5) });
+  assert.ok(after.every((x) => x.correct), 'it still serves');
+  const [, first, second] = rss as [number, number, number];
+  assert.ok(second < 256 * 1024 && second - first < 32 * 1024, `RSS ${rss.join(' kB -> ')} kB`);
+  assert.is(({} as Record<string, unknown>).polluted, undefined);
+});
+
+hostile('a slow-loris connection (one byte at a time) is cut after the frame timeout, and an idle one after the idle timeout, while others are served', async () => {
+  const { port } = await liveProxy(['--frame-timeout', '300', '--idle-timeout', '600']);
+  const slow = await rawConnect(port);
+  const c = collector(slow);
+  const frame = encodeFrame({ type: 0, seq: 1, srcid: 's', privPoliId: 'P', payload: 'a'.repeat(40) });
+  const t0 = Date.now();
+  let i = 0;
+  const drip = setInterval(() => {
+    if (i < frame.length && !slow.destroyed) slow.write(frame.subarray(i, ++i));
+  }, 50);
+  const idle = await rawConnect(port);
+  const ci = collector(idle);
+  const r = await runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: pkts('P', 5) });
+  assert.ok(r.every((x) => x.correct), 'others are served meanwhile');
+  await c.until(() => c.closed, 3000);
+  clearInterval(drip);
+  assert.ok(Date.now() - t0 < 2000 && i < frame.length, `cut after ${Date.now() - t0} ms, ${i} of ${frame.length} bytes sent`);
+  await ci.until(() => ci.closed, 3000);
+  idle.destroy();
+});
+
+hostile('connections beyond the per-peer limit are refused at once; the proxy keeps serving', async () => {
+  const { port } = await liveProxy(['--max-conns-per-peer', '10']);
+  // The server's registration connection is one of the ten.
+  const socks = await Promise.all(Array.from({ length: 30 }, () => rawConnect(port).catch(() => undefined)));
+  const cols = socks.map((s) => (s ? collector(s) : undefined));
+  await sleep(300);
+  const open = cols.filter((c) => c && !c.closed).length;
+  assert.is(open, 9, `${open} of 30 stayed open`);
+  for (const s of socks) s?.destroy();
+  await sleep(100);
+  const r = await runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: pkts('P', 3) });
+  assert.ok(r.every((x) => x.correct));
+});
+
+tokens.run();
+tls.run();
+hostile.run();

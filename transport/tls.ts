@@ -1,0 +1,82 @@
+/**
+ * TLS on every link, when asked: certificate files in, socket factories
+ * and server options out. Plain TCP when no TLS options are given.
+ */
+import { readFileSync } from 'node:fs';
+import { connect as netConnect, createServer as netServer, type Server, type Socket } from 'node:net';
+import { connect as tlsConnect, createServer as tlsServer, TLSSocket } from 'node:tls';
+
+export interface TlsFiles {
+  /** PEM certificate chain presented by this side. */
+  cert?: string;
+  /** PEM private key of `cert`. */
+  key?: string;
+  /** PEM CA bundle: verifies the other side's certificate; on a listener it also asks peers for one (mutual TLS). */
+  ca?: string;
+}
+
+export interface TlsMaterial {
+  cert?: Buffer;
+  key?: Buffer;
+  ca?: Buffer;
+}
+
+export class TlsConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'TlsConfigError';
+  }
+}
+
+function read(path: string, what: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new TlsConfigError(`cannot read the ${what} file '${path}': ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+}
+
+/** Read the PEM files; undefined when none is given. */
+export function loadTls(files: TlsFiles): TlsMaterial | undefined {
+  if (!files.cert && !files.key && !files.ca) return undefined;
+  if (Boolean(files.cert) !== Boolean(files.key)) throw new TlsConfigError('--tls-cert and --tls-key go together: give both or neither');
+  return {
+    cert: files.cert ? read(files.cert, '--tls-cert') : undefined,
+    key: files.key ? read(files.key, '--tls-key') : undefined,
+    ca: files.ca ? read(files.ca, '--tls-ca') : undefined,
+  };
+}
+
+/** Dial host:port, over TLS when `tls` is given (verifying the peer against `tls.ca`, presenting `tls.cert` if any). */
+export function dial(host: string, port: number, tls?: TlsMaterial): Socket {
+  if (!tls) return netConnect({ host, port });
+  return tlsConnect({ host, port, ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: true, servername: isIp(host) ? undefined : host });
+}
+
+/** A listening server, TLS when `tls` has a certificate; with a CA it requires and verifies peers' certificates (mutual TLS). */
+export function listenServer(tls: TlsMaterial | undefined, onSocket: (socket: Socket) => void): Server {
+  if (!tls?.cert) return netServer(onSocket);
+  return tlsServer({ cert: tls.cert, key: tls.key, ca: tls.ca, requestCert: Boolean(tls.ca), rejectUnauthorized: Boolean(tls.ca) }, onSocket);
+}
+
+/** The event that means "ready to talk": after the handshake on TLS, after connecting on TCP. */
+export function readyEvent(socket: Socket): 'secureConnect' | 'connect' {
+  return socket instanceof TLSSocket ? 'secureConnect' : 'connect';
+}
+
+function isIp(host: string): boolean {
+  return /^[\d.]+$/.test(host) || host.includes(':');
+}
+
+/** A TLS failure in words a person can act on. */
+export function describeTlsError(err: NodeJS.ErrnoException): string {
+  const code = err.code ?? '';
+  if (code === 'UNABLE_TO_VERIFY_LEAF_SIGNATURE' || code === 'SELF_SIGNED_CERT_IN_CHAIN' || code === 'DEPTH_ZERO_SELF_SIGNED_CERT' || code === 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY') {
+    return `the peer's TLS certificate is not signed by a trusted CA (${code}): give the CA that signed it with --tls-ca`;
+  }
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return `the peer's TLS certificate does not name the address dialled: ${err.message}`;
+  if (/certificate required|alert number 116|bad certificate|alert number 42/i.test(err.message)) {
+    return `the peer refused our TLS certificate (or wants one): give --tls-cert and --tls-key signed by a CA it trusts (${err.message})`;
+  }
+  return err.message;
+}
