@@ -960,7 +960,7 @@ function makeReply(context: ProxyContext) {
       }
     }
     if (client.closed) return;
-    client.send({ ...answer, seq: req.msg.seq });
+    client.send(answer, req.msg.seq);
   };
 }
 

@@ -351,7 +351,7 @@ function write(context: UpstreamJsonContext, slot: Slot, upSeq: number): void {
   if (!p) return;
   slot.upSeq = upSeq;
   if (context.logger.enabled('info')) logForward(context, p.req);
-  slot.conn.send({ ...p.req.msg, seq: upSeq });
+  slot.conn.send(p.req.msg, upSeq);
 }
 
 export type UpstreamJsonRef = ActorRefFrom<typeof upstreamJsonMachine>;

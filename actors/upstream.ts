@@ -252,7 +252,7 @@ function write(context: UpstreamContext, requests: ProxyRequest[]): void {
   for (const req of requests) {
     const upSeq = context.inflight.add(req, tryDeadline(context, req, now));
     if (verbose) logForward(context, req);
-    conn.send({ ...req.msg, seq: upSeq });
+    conn.send(req.msg, upSeq);
   }
 }
 

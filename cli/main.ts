@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
 import { runClient, startProxy, startServer, StartError } from '../actors/index.js';
 import type { Result } from '../actors/client.js';
+import { benchCommand } from './bench.js';
 import { runDemo } from './demo.js';
 import { inspectCommand, inspectOptions, startInspection, type InspectFlags } from './inspect.js';
 import {
@@ -176,6 +177,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
   });
 
   program.addCommand(inspectCommand(setExit));
+  program.addCommand(benchCommand(setExit));
 
   return program;
 }

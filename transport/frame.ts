@@ -26,6 +26,29 @@ export function encodeFrame(msg: Message | Record<string, unknown>): Buffer {
   return out;
 }
 
+/**
+ * The MessagePack body of a frame, without its length prefix and without a
+ * copy: a view into msgpackr's own buffer, which msgpackr never writes over
+ * (it starts a new one when full). For writers that put many frames into one
+ * buffer and write the prefixes themselves (`writeFrames`).
+ */
+export function encodeBody(msg: Message | Record<string, unknown>): Buffer {
+  return packr.pack(msg);
+}
+
+/** Copy bodies from `encodeBody` into one buffer of length-prefixed frames. */
+export function writeFrames(bodies: readonly Buffer[], count: number, bytes: number): Buffer {
+  const out = Buffer.allocUnsafe(bytes + HEADER * count);
+  let at = 0;
+  for (let i = 0; i < count; i++) {
+    const b = bodies[i]!;
+    out.writeUInt32BE(b.length, at);
+    at += HEADER;
+    at += b.copy(out, at);
+  }
+  return out;
+}
+
 /** What one `push` produced: the messages completed by these bytes, and the error that ended the stream, if any. */
 export interface DecodeResult {
   messages: Message[];

@@ -222,7 +222,8 @@ export function orderedJsonEncoder(): (msg: Message) => Buffer {
   return (msg) => {
     if ((msg.type !== MsgType.ACK && msg.type !== MsgType.ERROR) || msg.seq === undefined) return encodeJson(msg);
     if (msg.seq !== next) {
-      held.set(msg.seq, msg);
+      // A copy: the sender may lend the message with a seq of the moment (Connection.send(msg, seq)).
+      held.set(msg.seq, { ...msg });
       return EMPTY;
     }
     const out = [encodeJson(msg)];

@@ -6,7 +6,7 @@
 import type { Socket } from 'node:net';
 import { Observable } from 'rxjs';
 import { ProtocolError } from './errors.js';
-import { encodeFrame, FrameDecoder, type Decoder } from './frame.js';
+import { encodeBody, encodeFrame, FrameDecoder, writeFrames, type Decoder } from './frame.js';
 import { jsonWire } from './json.js';
 import type { Message } from './messages.js';
 import { SniffDecoder, type Wire } from './sniff.js';
@@ -42,11 +42,26 @@ export class ConnectionTimeout extends Error {
 let nextConnId = 1;
 
 /**
+ * Connections with bytes waiting, written out together once the event loop
+ * has run every callback of this turn (setImmediate runs right after the
+ * poll phase). Everything sent while handling one turn's reads - from every
+ * socket that was readable - leaves in one write per connection.
+ */
+const dirty: Connection[] = [];
+let flushScheduled = false;
+function flushAll(): void {
+  flushScheduled = false;
+  for (let i = 0; i < dirty.length; i++) dirty[i]!.flush();
+  dirty.length = 0;
+}
+
+/**
  * One TCP (or TLS) connection speaking one wire. `messages$` emits a batch of
  * validated messages for every read; it errors with a `ProtocolError` on bad
- * input and completes when the peer closes. `send` coalesces writes made in
- * the same tick into one syscall (cork/uncork) and tracks the socket's
- * buffer, so callers can stop reading from elsewhere while `congested`.
+ * input and completes when the peer closes. `send` coalesces everything sent
+ * in one turn of the event loop into one write (one buffer, one syscall) and
+ * tracks the socket's buffer, so callers can stop reading from elsewhere
+ * while `congested`.
  */
 export class Connection {
   readonly id = nextConnId++;
@@ -66,7 +81,12 @@ export class Connection {
   throttled = false;
   /** PINGs sent on this connection without a PONG since (liveness of a registration connection). */
   missedPings = 0;
-  private corked = false;
+  /** Encoded messages waiting for the end of this turn (bodies only when `framed`). */
+  private out: Buffer[] = [];
+  private outCount = 0;
+  private outBytes = 0;
+  /** Whether the encoder is the frame encoder (so bodies are queued and framed at flush); a sniffed JSON peer turns it off. */
+  private framed: boolean;
   private pauses = 0;
   private drainWaiters: Array<() => void> = [];
   readonly messages$: Observable<Message[]>;
@@ -83,9 +103,11 @@ export class Connection {
         onWire: (wire, encoder) => {
           this.wire = wire;
           if (encoder) this.encoder = encoder;
+          this.framed = this.encoder === encodeFrame;
         },
       });
     } else this.decoder = new FrameDecoder({ maxFrameBytes: opts.maxFrameBytes });
+    this.framed = this.encoder === encodeFrame;
     this.remoteAddress = socket.remoteAddress ?? 'unknown';
     this.remotePort = socket.remotePort ?? 0;
     socket.setNoDelay(true);
@@ -149,25 +171,58 @@ export class Connection {
     });
   }
 
-  /** Queue one message; writes made in the same tick leave in one syscall. Returns false once the socket's buffer is full. */
-  send(msg: Message): boolean {
+  /**
+   * Queue one message; everything sent in one turn of the event loop leaves
+   * in one write. With `seq`, the message goes out with that seq instead of
+   * its own (no copy of the message is made). Returns false once the
+   * socket's buffer is full.
+   */
+  send(msg: Message, seq?: number): boolean {
     if (this.closed || this.socket.destroyed) return false;
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      process.nextTick(this.uncork);
+    let bytes: Buffer;
+    if (seq === undefined) bytes = this.framed ? encodeBody(msg) : this.encoder(msg);
+    else {
+      const m = msg as { seq?: number };
+      const own = m.seq;
+      m.seq = seq;
+      try {
+        bytes = this.framed ? encodeBody(msg) : this.encoder(msg);
+      } finally {
+        m.seq = own;
+      }
     }
-    return this.socket.write(this.encoder(msg));
+    if (this.outCount === 0) {
+      dirty.push(this);
+      if (!flushScheduled) {
+        flushScheduled = true;
+        setImmediate(flushAll);
+      }
+    }
+    this.out[this.outCount++] = bytes;
+    this.outBytes += bytes.length;
+    return !this.congested;
+  }
+
+  /** Hand what `send` queued to the socket now, in one write. */
+  flush(): void {
+    const n = this.outCount;
+    if (n === 0) return;
+    const data = this.framed ? writeFrames(this.out, n, this.outBytes) : n === 1 ? this.out[0]! : Buffer.concat(this.out.slice(0, n), this.outBytes);
+    this.out.fill(undefined as unknown as Buffer, 0, n);
+    if (this.out.length > 1024) this.out = [];
+    this.outCount = 0;
+    this.outBytes = 0;
+    if (!this.socket.destroyed) this.socket.write(data);
   }
 
   /** Bytes accepted by `send` but not yet handed to the kernel. */
   get pendingBytes(): number {
-    return this.socket.writableLength;
+    return this.socket.writableLength + this.outBytes + 4 * this.outCount;
   }
 
-  /** Whether the socket's write buffer is over its high-water mark. */
+  /** Whether the socket's write buffer (with what waits for this turn's end) is over its high-water mark. */
   get congested(): boolean {
-    return this.socket.writableNeedDrain;
+    return this.socket.writableNeedDrain || this.pendingBytes >= this.socket.writableHighWaterMark;
   }
 
   /** Resolves when the write buffer has drained (or the connection closed). */
@@ -175,11 +230,6 @@ export class Connection {
     if (!this.congested || this.closed) return Promise.resolve();
     return new Promise((resolve) => this.drainWaiters.push(resolve));
   }
-
-  private readonly uncork = (): void => {
-    this.corked = false;
-    this.socket.uncork();
-  };
 
   /** Stop reading (nested: each pause needs its resume). */
   pause(): void {
@@ -194,6 +244,7 @@ export class Connection {
   endWith(msg?: Message): void {
     if (this.closed) return;
     if (msg) this.send(msg);
+    this.flush();
     this.closed = true;
     this.socket.end();
     // A peer that never reads must not keep a half-closed socket alive.
@@ -204,6 +255,8 @@ export class Connection {
 
   destroy(err?: Error): void {
     this.closed = true;
+    this.outCount = 0;
+    this.outBytes = 0;
     this.socket.destroy(err);
   }
 

@@ -1,0 +1,440 @@
+/**
+ * The bench's load generator: plain sockets, frames built from templates
+ * (only the seq bytes change), one write per refill, answers matched by seq
+ * and checked against the SHA1 of what was sent. No actors here on purpose:
+ * the generator shares the machine's two cores with what it measures, so it
+ * must cost as little as it can.
+ */
+import { createHash } from 'node:crypto';
+import { connect, type Socket } from 'node:net';
+import { encodeFrame, FrameDecoder } from '../transport/frame.js';
+import { MsgType, type Message } from '../transport/messages.js';
+import { Histogram } from './histogram.js';
+
+export interface LoadEndpoint {
+  host: string;
+  port: number;
+  /** The privacy policy this connection's requests name. */
+  policy: string;
+}
+
+export interface LoadOptions {
+  /** Where connection (or loop) number i connects, and which policy it asks for. */
+  target: (i: number) => LoadEndpoint;
+  /** Connections held open at once (or, with `perRequest`, loops running at once). */
+  connections: number;
+  /** Requests in flight on each connection. */
+  depth: number;
+  /** Open a new connection for every request, as the old client did (depth is then 1). */
+  perRequest?: boolean;
+  /** Keep sending this long after the warm-up... */
+  durationMs?: number;
+  /** ...or send exactly this many requests in all, then stop. */
+  requests?: number;
+  /** Answers during this first part are not counted (the run is `warmupMs + durationMs` long). */
+  warmupMs?: number;
+  /** Connects in progress at once while opening connections (default 256). */
+  connectConcurrency?: number;
+  /** Time allowed at the end for answers still in flight (default 5000 ms). */
+  drainMs?: number;
+  payloads?: string[];
+  srcid?: string;
+  /** Updated while the run goes on, for progress display. */
+  live?: LiveCounters;
+  /** Told when the measured window opens and closes (to sample the target's CPU over it). */
+  window?: { start(): void; end(): void };
+}
+
+export interface LiveCounters {
+  answered: number;
+  opened: number;
+}
+
+export interface LoadResult {
+  /** Requests written. */
+  sent: number;
+  /** ACKs with the right hash (all of them, warm-up included). */
+  ok: number;
+  /** ACKs whose payload was not SHA1 of what was sent. */
+  wrongHash: number;
+  /** ERROR answers and failures, by code (CONNECT_FAILED, CONNECTION_LOST, NO_ANSWER, UNEXPECTED_ANSWER included). */
+  errors: Record<string, number>;
+  /** Connections that were open at once at the peak. */
+  connected: number;
+  /** Length of the measured window (after warm-up). */
+  windowMs: number;
+  /** Right answers per second in the window. */
+  rps: number;
+  /** Latencies of right answers in the window, ms (per-request mode: connect included). */
+  latency: { p50: number; p99: number; p999: number; mean: number; max: number; count: number };
+}
+
+export const DEFAULT_PAYLOADS = Array.from({ length: 16 }, (_, i) => `bench payload ${i.toString(16).padStart(2, '0')}`);
+
+const SEQ_MARK = 0xfffffffe;
+const MAX_SEQ = 0xffffffff;
+
+/** A frame with a 32-bit seq whose bytes are patched per request. */
+interface Template {
+  bytes: Buffer;
+  seqAt: number;
+}
+
+function template(srcid: string, policy: string, payload: string): Template {
+  const bytes = encodeFrame({ type: MsgType.DATA, seq: SEQ_MARK, srcid, privPoliId: policy, payload, payloadsize: Buffer.byteLength(payload) });
+  const mark = Buffer.from([0xce, 0xff, 0xff, 0xff, 0xfe]);
+  const at = bytes.indexOf(mark);
+  if (at < 0) throw new Error('cannot find the seq field in the request template');
+  return { bytes, seqAt: at + 1 };
+}
+
+class Run {
+  readonly hist = new Histogram();
+  readonly errors: Record<string, number> = {};
+  sent = 0;
+  ok = 0;
+  wrongHash = 0;
+  open = 0;
+  peakOpen = 0;
+  inflight = 0;
+  measuring = false;
+  stopped = false;
+  readonly templates = new Map<string, Template[]>();
+  readonly hashes: string[];
+  private payloadTurn = 0;
+  private doneWaiter?: () => void;
+
+  constructor(readonly opts: LoadOptions) {
+    const payloads = opts.payloads ?? DEFAULT_PAYLOADS;
+    this.hashes = payloads.map((p) => createHash('sha1').update(p).digest('hex'));
+  }
+
+  templatesFor(policy: string): Template[] {
+    let t = this.templates.get(policy);
+    if (!t) {
+      const srcid = this.opts.srcid ?? 'bench';
+      t = (this.opts.payloads ?? DEFAULT_PAYLOADS).map((p) => template(srcid, policy, p));
+      this.templates.set(policy, t);
+    }
+    return t;
+  }
+
+  /** Whether one more request may be issued now. */
+  mayIssue(): boolean {
+    if (this.stopped) return false;
+    if (this.opts.requests !== undefined && this.sent >= this.opts.requests) return false;
+    return true;
+  }
+
+  nextPayload(): number {
+    const i = this.payloadTurn;
+    this.payloadTurn = i + 1 === this.hashes.length ? 0 : i + 1;
+    return i;
+  }
+
+  fail(code: string, n = 1): void {
+    this.errors[code] = (this.errors[code] ?? 0) + n;
+  }
+
+  answered(ok: boolean, latencyMs: number): void {
+    this.inflight--;
+    if (ok) {
+      this.ok++;
+      if (this.measuring) this.hist.record(latencyMs);
+      if (this.opts.live) this.opts.live.answered++;
+    }
+    this.checkDone();
+  }
+
+  lost(code: string, n: number): void {
+    if (n > 0) {
+      this.inflight -= n;
+      this.fail(code, n);
+    }
+    this.checkDone();
+  }
+
+  checkDone(): void {
+    if (this.inflight === 0 && !this.mayIssue()) this.doneWaiter?.();
+  }
+
+  /** Resolves once nothing is in flight and nothing more will be sent (or after `ms`). */
+  settled(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(finish, ms);
+      function finish(): void {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.doneWaiter = finish;
+      this.checkDone();
+    });
+  }
+}
+
+/** One connection keeping up to `depth` requests in flight; seq mod depth is the slot. */
+class PipelinedConn {
+  private readonly socket: Socket;
+  private readonly decoder = new FrameDecoder({ validate: false });
+  private readonly seqs: Float64Array;
+  private readonly sentAt: Float64Array;
+  private readonly payloadOf: Uint16Array;
+  private readonly free: Int32Array;
+  private nFree: number;
+  private round = 0;
+  private readonly maxRound: number;
+  private readonly templates: Template[];
+  private inflight = 0;
+  private up = false;
+  private readonly maxFrame: number;
+
+  constructor(
+    private readonly run: Run,
+    ep: LoadEndpoint,
+    private readonly depth: number,
+    onConnected: (ok: boolean) => void,
+  ) {
+    this.templates = run.templatesFor(ep.policy);
+    this.maxFrame = Math.max(...this.templates.map((t) => t.bytes.length));
+    this.seqs = new Float64Array(depth).fill(-1);
+    this.sentAt = new Float64Array(depth);
+    this.payloadOf = new Uint16Array(depth);
+    this.free = new Int32Array(depth);
+    for (let i = 0; i < depth; i++) this.free[i] = depth - 1 - i;
+    this.nFree = depth;
+    this.maxRound = Math.floor(MAX_SEQ / depth) - 1;
+    this.socket = connect({ host: ep.host, port: ep.port });
+    this.socket.setNoDelay(true);
+    this.socket.once('connect', () => {
+      this.up = true;
+      run.open++;
+      if (run.open > run.peakOpen) run.peakOpen = run.open;
+      if (run.opts.live) run.opts.live.opened++;
+      onConnected(true);
+    });
+    this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    this.socket.on('error', (err: NodeJS.ErrnoException) => {
+      if (!this.up) {
+        run.fail('CONNECT_FAILED');
+        onConnected(false);
+      } else run.fail(err.code ?? 'SOCKET_ERROR');
+    });
+    this.socket.on('close', () => {
+      if (this.up) run.open--;
+      this.up = false;
+      // With every connection gone nothing more can be sent: let the run end.
+      if (run.open === 0) run.stopped = true;
+      const n = this.inflight;
+      this.inflight = 0;
+      this.nFree = 0;
+      run.lost('CONNECTION_LOST', n);
+    });
+  }
+
+  /** Issue requests until the window is full, in one write. */
+  fill(): void {
+    const run = this.run;
+    if (!this.up) return;
+    let n = 0;
+    while (this.nFree - n > 0 && run.mayIssue()) {
+      n++;
+      run.sent++;
+    }
+    if (n === 0) return;
+    const out = Buffer.allocUnsafe(n * this.maxFrame);
+    const now = performance.now();
+    let at = 0;
+    for (let k = 0; k < n; k++) {
+      const slot = this.free[--this.nFree]!;
+      const p = run.nextPayload();
+      const t = this.templates[p]!;
+      const seq = this.round * this.depth + slot;
+      t.bytes.copy(out, at);
+      out.writeUInt32BE(seq, at + t.seqAt);
+      at += t.bytes.length;
+      this.seqs[slot] = seq;
+      this.sentAt[slot] = now;
+      this.payloadOf[slot] = p;
+      if (slot === this.depth - 1) this.round = this.round >= this.maxRound ? 0 : this.round + 1;
+    }
+    this.inflight += n;
+    run.inflight += n;
+    this.socket.write(at === out.length ? out : out.subarray(0, at));
+  }
+
+  private onData(chunk: Buffer): void {
+    const run = this.run;
+    const { messages, error } = this.decoder.push(chunk);
+    const now = performance.now();
+    for (const m of messages) this.onMessage(m, now);
+    if (error) {
+      run.fail('BAD_FRAME');
+      this.socket.destroy();
+      return;
+    }
+    this.fill();
+    if (run.stopped && this.inflight === 0) this.close();
+  }
+
+  private onMessage(m: Message, now: number): void {
+    const run = this.run;
+    if (m.type !== MsgType.ACK && m.type !== MsgType.ERROR) return run.fail('UNEXPECTED_ANSWER');
+    if (typeof m.seq !== 'number') {
+      run.fail(m.type === MsgType.ERROR ? String(m.code) : 'UNEXPECTED_ANSWER');
+      return;
+    }
+    const slot = m.seq % this.depth;
+    if (this.seqs[slot] !== m.seq) return run.fail('UNEXPECTED_ANSWER');
+    this.seqs[slot] = -1;
+    this.free[this.nFree++] = slot;
+    this.inflight--;
+    if (m.type === MsgType.ERROR) {
+      run.fail(String(m.code));
+      run.answered(false, 0);
+      return;
+    }
+    const right = m.payload === run.hashes[this.payloadOf[slot]!];
+    if (!right) run.wrongHash++;
+    run.answered(right, now - this.sentAt[slot]!);
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
+
+/** One loop of connection-per-request: connect, send one, read the answer, close, again. */
+function perRequestLoop(run: Run, ep: LoadEndpoint, done: () => void): void {
+  const templates = run.templatesFor(ep.policy);
+  const next = (): void => {
+    if (!run.mayIssue()) return done();
+    const p = run.nextPayload();
+    const t = templates[p]!;
+    const started = performance.now();
+    run.sent++;
+    run.inflight++;
+    const decoder = new FrameDecoder({ validate: false });
+    const socket = connect({ host: ep.host, port: ep.port });
+    socket.setNoDelay(true);
+    let settled = false;
+    const settle = (ok: boolean | string): void => {
+      if (settled) return;
+      settled = true;
+      socket.destroy();
+      if (ok === true || ok === false) run.answered(ok, performance.now() - started);
+      else run.lost(ok, 1);
+      setImmediate(next);
+    };
+    let up = false;
+    socket.once('connect', () => {
+      up = true;
+      run.open++;
+      if (run.open > run.peakOpen) run.peakOpen = run.open;
+      socket.write(t.bytes); // seq 0xfffffffe as templated: one request per connection
+    });
+    socket.on('data', (chunk: Buffer) => {
+      const { messages } = decoder.push(chunk);
+      const m = messages[0];
+      if (!m) return;
+      if (m.type === MsgType.ACK) {
+        const right = m.payload === run.hashes[p];
+        if (!right) run.wrongHash++;
+        settle(right);
+      } else {
+        if (m.type === MsgType.ERROR) run.fail(String(m.code));
+        settle(m.type === MsgType.ERROR ? false : 'UNEXPECTED_ANSWER');
+      }
+    });
+    socket.on('error', (err: NodeJS.ErrnoException) => settle(err.code === 'ECONNREFUSED' ? 'CONNECT_FAILED' : 'CONNECTION_LOST'));
+    socket.on('close', () => {
+      if (up) run.open--;
+      settle('CONNECTION_LOST');
+    });
+  };
+  next();
+}
+
+/**
+ * Run one workload against one target and count every answer.
+ *
+ * @example
+ * const r = await runLoad({ target: () => ({ host: '127.0.0.1', port, policy: '111' }), connections: 8, depth: 32, durationMs: 5000 });
+ * console.log(r.rps, r.latency.p99, r.errors);
+ */
+export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
+  if (opts.durationMs === undefined && opts.requests === undefined) throw new Error('runLoad needs durationMs or requests');
+  const run = new Run(opts);
+  const warmupMs = opts.requests === undefined ? opts.warmupMs ?? 0 : 0;
+  const conns: PipelinedConn[] = [];
+  let started = 0;
+  let ended = 0;
+
+  if (opts.perRequest) {
+    let loopsLeft = opts.connections;
+    const loopsDone = new Promise<void>((resolve) => {
+      for (let i = 0; i < opts.connections; i++) perRequestLoop(run, opts.target(i), () => --loopsLeft === 0 && resolve());
+    });
+    ({ started, ended } = await measure(run, warmupMs, opts.durationMs));
+    await Promise.race([loopsDone, run.settled(opts.drainMs ?? 5000)]);
+  } else {
+    // Open every connection first (bounded concurrency: a listen backlog is finite), then start sending.
+    const limit = Math.max(1, opts.connectConcurrency ?? 256);
+    let nextConn = 0;
+    await new Promise<void>((resolve) => {
+      let pending = 0;
+      const more = (): void => {
+        while (pending < limit && nextConn < opts.connections) {
+          pending++;
+          conns.push(new PipelinedConn(run, opts.target(nextConn++), opts.depth, () => {
+            pending--;
+            more();
+          }));
+        }
+        if (pending === 0 && nextConn >= opts.connections) resolve();
+      };
+      more();
+    });
+    for (const c of conns) c.fill();
+    ({ started, ended } = await measure(run, warmupMs, opts.durationMs));
+    await run.settled(opts.drainMs ?? 5000);
+  }
+  const unanswered = run.inflight;
+  run.lost('NO_ANSWER', unanswered);
+  for (const c of conns) c.close();
+  const windowMs = Math.max(1e-3, ended - started);
+  const h = run.hist;
+  return {
+    sent: run.sent,
+    ok: run.ok,
+    wrongHash: run.wrongHash,
+    errors: run.errors,
+    connected: run.peakOpen,
+    windowMs,
+    rps: (h.count / windowMs) * 1000,
+    latency: { p50: h.quantile(0.5), p99: h.quantile(0.99), p999: h.quantile(0.999), mean: h.mean, max: h.max, count: h.count },
+  };
+}
+
+/** Warm up, then count answers for `durationMs` (or, for a fixed count, until every request is answered). */
+async function measure(run: Run, warmupMs: number, durationMs?: number): Promise<{ started: number; ended: number }> {
+  if (durationMs === undefined) {
+    run.measuring = true;
+    const started = performance.now();
+    await run.settled(run.opts.drainMs ?? 30_000);
+    return { started, ended: performance.now() };
+  }
+  if (warmupMs > 0) await sleep(warmupMs);
+  const before = run.hist.count;
+  run.measuring = true;
+  run.opts.window?.start();
+  const started = performance.now();
+  await sleep(durationMs);
+  run.measuring = false;
+  run.stopped = true;
+  const ended = performance.now();
+  run.opts.window?.end();
+  if (before !== 0) throw new Error('latencies were recorded during the warm-up');
+  return { started, ended };
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

@@ -1,0 +1,271 @@
+/**
+ * What the bench runs and watches: the project's proxy and servers as
+ * separate processes, HAProxy when installed, descriptor limits, and CPU and
+ * memory read from /proc.
+ */
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { encodeFrame, FrameDecoder } from '../transport/frame.js';
+import { MsgType } from '../transport/messages.js';
+
+export const HOST = '127.0.0.1';
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const BIN = fileURLToPath(new URL('../cli/revproxy.js', import.meta.url));
+
+/** The open-files limits of this process, from /proc (Node has no getrlimit). */
+export function fileLimits(): { soft: number; hard: number } {
+  const line = readFileSync('/proc/self/limits', 'utf8').split('\n').find((l) => l.startsWith('Max open files'));
+  const [soft, hard] = (line ?? '').trim().split(/\s+/).slice(3, 5).map((v) => (v === 'unlimited' ? Infinity : Number(v)));
+  return { soft: soft || 1024, hard: hard || 1024 };
+}
+
+/** A port free right now (another process may still take it before we do; callers retry on failure). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, HOST, () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export interface Child {
+  name: string;
+  proc: ChildProcess;
+  pid: number;
+  /** The last lines it printed, for error messages. */
+  tail(): string;
+  stop(): Promise<void>;
+}
+
+const live = new Set<Child>();
+
+/**
+ * Spawn a command with the soft descriptor limit raised to the hard one (a
+ * child cannot go past the hard limit; a shell's `ulimit -Sn` can reach it).
+ */
+export function spawnChild(name: string, cmd: string, args: string[]): Child {
+  const proc = spawn('/bin/sh', ['-c', 'ulimit -Sn "$(ulimit -Hn)" 2>/dev/null; exec "$@"', 'sh', cmd, ...args], {
+    cwd: ROOT,
+    env: { ...process.env, NO_COLOR: '1' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines: string[] = [];
+  const keep = (t: Buffer): void => {
+    lines.push(...t.toString('utf8').split('\n').filter(Boolean));
+    if (lines.length > 20) lines.splice(0, lines.length - 20);
+  };
+  proc.stdout!.on('data', keep);
+  proc.stderr!.on('data', keep);
+  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
+  const child: Child = {
+    name,
+    proc,
+    pid: proc.pid!,
+    tail: () => lines.join('\n'),
+    async stop() {
+      live.delete(child);
+      if (proc.exitCode !== null || proc.signalCode !== null) return;
+      proc.kill('SIGTERM');
+      const t = setTimeout(() => proc.kill('SIGKILL'), 2000);
+      await exited;
+      clearTimeout(t);
+    },
+  };
+  live.add(child);
+  return child;
+}
+
+/** `node cli/revproxy.js <args> --log-level warn` as its own process. */
+export function spawnRevproxy(name: string, args: string[], bin = BIN): Child {
+  return spawnChild(name, process.execPath, [bin, ...args, '--log-level', 'warn', '--no-color']);
+}
+
+/** Stop every child still running (also on Ctrl-C). */
+export async function stopAll(): Promise<void> {
+  await Promise.all([...live].map((c) => c.stop()));
+}
+
+/** Wait until something accepts connections on `port`. */
+export async function waitForPort(port: number, child: Child, ms = 15000): Promise<void> {
+  const until = Date.now() + ms;
+  for (;;) {
+    if (child.proc.exitCode !== null) throw new Error(`${child.name} exited before listening on ${port}:\n${child.tail()}`);
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect({ host: HOST, port }, () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > until) throw new Error(`${child.name} did not listen on ${port} within ${ms} ms:\n${child.tail()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Send `n` requests for `policy` one at a time on one connection; returns which server ids answered. */
+export function probe(port: number, policy: string, n: number): Promise<Set<string>> {
+  return new Promise((resolve, reject) => {
+    const seen = new Set<string>();
+    const decoder = new FrameDecoder();
+    let got = 0;
+    const s = connect({ host: HOST, port }, () => send());
+    const send = (): void => void s.write(encodeFrame({ type: MsgType.DATA, seq: got, srcid: 'probe', privPoliId: policy, payload: 'probe' }));
+    s.on('data', (c: Buffer) => {
+      for (const m of decoder.push(c).messages) {
+        if (m.type === MsgType.ACK) seen.add(m.srcid);
+        if (++got === n) {
+          s.destroy();
+          return resolve(seen);
+        }
+        send();
+      }
+    });
+    s.once('error', reject);
+    s.setTimeout(5000, () => {
+      s.destroy();
+      reject(new Error(`no answer for policy ${policy} on port ${port} within 5 s`));
+    });
+  });
+}
+
+/** Where HAProxy lives, or undefined when it is not installed. */
+export function findHaproxy(): string | undefined {
+  for (const p of ['/usr/sbin/haproxy', '/usr/local/sbin/haproxy', '/usr/bin/haproxy', '/usr/local/bin/haproxy']) {
+    try {
+      execFileSync(p, ['-v'], { stdio: 'ignore' });
+      return p;
+    } catch {
+      /* next */
+    }
+  }
+  try {
+    return execFileSync('sh', ['-c', 'command -v haproxy'], { encoding: 'utf8' }).trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export const HAPROXY_INSTALL = 'sudo apt-get update && sudo apt-get install -y haproxy';
+
+export function haproxyVersion(bin: string): string {
+  try {
+    return execFileSync(bin, ['-v'], { encoding: 'utf8' }).split('\n')[0]!.replace(/^HA-?Proxy version /i, '').split(' ')[0]!;
+  } catch {
+    return 'unknown';
+  }
+}
+
+/**
+ * HAProxy in TCP mode: one frontend per policy, `balance roundrobin` over
+ * that policy's servers. maxconn is left to HAProxy, which derives it from the
+ * descriptor limit (it needs two per proxied connection).
+ */
+export function startHaproxy(bin: string, frontends: Array<{ policy: string; port: number; servers: Array<{ id: string; port: number }> }>): { child: Child; cleanup(): void } {
+  const dir = mkdtempSync(join(tmpdir(), 'revproxy-bench-haproxy-'));
+  const cfg = [
+    'global',
+    '  log stdout format raw local0 err',
+    'defaults',
+    '  mode tcp',
+    '  timeout connect 5s',
+    '  timeout client 60s',
+    '  timeout server 60s',
+    ...frontends.flatMap((f) => [
+      `frontend policy_${f.policy}`,
+      `  bind ${HOST}:${f.port}`,
+      `  default_backend servers_${f.policy}`,
+      `backend servers_${f.policy}`,
+      '  balance roundrobin',
+      ...f.servers.map((s) => `  server s${s.id} ${HOST}:${s.port}`),
+    ]),
+    '',
+  ].join('\n');
+  const file = join(dir, 'haproxy.cfg');
+  writeFileSync(file, cfg);
+  const child = spawnChild('haproxy', bin, ['-f', file, '-db']);
+  return { child, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+const CLK_TCK = (() => {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
+
+/** CPU seconds (user + system) a process has used so far. */
+export function cpuSeconds(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+  } catch {
+    return NaN;
+  }
+}
+
+/** Resident memory now, in bytes. */
+export function rssBytes(pid: number): number {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) * 1024 : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
+/** Descriptors a process holds now. */
+export function fdCount(pid: number): number {
+  try {
+    return readdirSync(`/proc/${pid}/fd`).length;
+  } catch {
+    return NaN;
+  }
+}
+
+/**
+ * Watches one process during a workload: the highest RSS seen over the whole
+ * workload (connection set-up included), and CPU (in cores) over the measured window.
+ */
+export class ProcWatch {
+  private cpu0 = NaN;
+  private t0 = 0;
+  private cpu = NaN;
+  private peak = 0;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(private readonly pid: number) {
+    this.sample();
+    this.timer = setInterval(() => this.sample(), 100);
+  }
+
+  private sample(): void {
+    const r = rssBytes(this.pid);
+    if (r > this.peak) this.peak = r;
+  }
+
+  windowStart(): void {
+    this.cpu0 = cpuSeconds(this.pid);
+    this.t0 = performance.now();
+  }
+
+  windowEnd(): void {
+    this.cpu = (cpuSeconds(this.pid) - this.cpu0) / ((performance.now() - this.t0) / 1000);
+  }
+
+  /** Stop watching. */
+  finish(): { cpu: number; peakRss: number } {
+    clearInterval(this.timer);
+    this.sample();
+    return { cpu: this.cpu, peakRss: this.peak };
+  }
+}

@@ -1,0 +1,109 @@
+/**
+ * Stubs for the bench and its spec: a bare answering server (no actors, so
+ * the load generator can be checked on its own), and a registrar that
+ * registers many server ids with a proxy, all pointing at a few real ports.
+ */
+import { createHash } from 'node:crypto';
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { encodeFrame, FrameDecoder } from '../transport/frame.js';
+import { MsgType, type AckMsg } from '../transport/messages.js';
+
+export interface StubServerOptions {
+  id?: string;
+  /** Answer this payload with a wrong hash (to check the generator notices). */
+  wrongFor?: (payload: string) => boolean;
+  /** Answer each read's requests in reverse order (answers may come back in any order). */
+  reverse?: boolean;
+}
+
+export interface StubServer {
+  port: number;
+  /** DATA frames received. */
+  received: number;
+  close(): Promise<void>;
+}
+
+/** A server that answers every DATA frame with the SHA1 of its payload. */
+export function startStubServer(opts: StubServerOptions = {}): Promise<StubServer> {
+  const sockets = new Set<Socket>();
+  const stub: StubServer = { port: 0, received: 0, close };
+  const server: Server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => {});
+    const decoder = new FrameDecoder();
+    socket.on('data', (chunk: Buffer) => {
+      const out: Buffer[] = [];
+      for (const m of decoder.push(chunk).messages) {
+        if (m.type !== MsgType.DATA) continue;
+        stub.received++;
+        let hash = createHash('sha1').update(m.payload).digest('hex');
+        if (opts.wrongFor?.(m.payload)) hash = hash.replace(/^./, (c) => (c === '0' ? '1' : '0'));
+        const ack: AckMsg = { type: MsgType.ACK, seq: m.seq, srcid: opts.id ?? 'stub', destid: m.srcid, payload: hash, payloadsize: 40 };
+        out.push(encodeFrame(ack));
+      }
+      if (opts.reverse) out.reverse();
+      if (out.length) socket.write(Buffer.concat(out));
+    });
+  });
+  function close(): Promise<void> {
+    for (const s of sockets) s.destroy();
+    return new Promise((resolve) => server.close(() => resolve()));
+  }
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      stub.port = (server.address() as { port: number }).port;
+      resolve(stub);
+    });
+  });
+}
+
+/** Answer the proxy's liveness PINGs, as a live server does. */
+function answerPings(s: Socket): void {
+  const decoder = new FrameDecoder();
+  s.on('data', (chunk: Buffer) => {
+    for (const m of decoder.push(chunk).messages) if (m.type === MsgType.PING) s.write(encodeFrame({ type: MsgType.PONG, seq: m.seq }));
+  });
+}
+
+export interface Registrar {
+  /** Registration connections open. */
+  readonly count: number;
+  close(): void;
+}
+
+/**
+ * Register `n` server ids for `policy` with the proxy at `proxyPort`, each
+ * announcing one of `ports` (round robin). Every id keeps its registration
+ * connection open, as a real server does. Resolves once every SETUP is written.
+ */
+export async function registerMany(proxyPort: number, policy: string, ports: number[], n: number, prefix = 'stub'): Promise<Registrar> {
+  const sockets: Socket[] = [];
+  const batch = 200;
+  for (let i = 0; i < n; i += batch) {
+    const opened = Array.from({ length: Math.min(batch, n - i) }, (_, k) => {
+      const id = `${prefix}-${i + k}`;
+      return new Promise<Socket>((resolve, reject) => {
+        const s = connect({ host: '127.0.0.1', port: proxyPort }, () => {
+          s.write(encodeFrame({ type: MsgType.SETUP, id, privPolyId: policy, listenport: ports[(i + k) % ports.length]! }));
+          resolve(s);
+        });
+        s.once('error', reject);
+      });
+    });
+    for (const s of await Promise.all(opened)) {
+      s.on('error', () => {});
+      answerPings(s);
+      sockets.push(s);
+    }
+  }
+  return {
+    get count() {
+      return sockets.filter((s) => !s.destroyed).length;
+    },
+    close() {
+      for (const s of sockets) s.destroy();
+    },
+  };
+}

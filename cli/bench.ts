@@ -1,0 +1,127 @@
+/**
+ * `revproxy bench`: the benchmark (bench/run.ts) from the command line.
+ * Registered in cli/main.ts with one line.
+ */
+import { spawnSync } from 'node:child_process';
+import { Command, Option } from 'commander';
+import { DEFAULT_RESULTS_DIR, formatReport, runBench, TARGETS, WORKLOADS, type Target, type Workload } from '../bench/run.js';
+import { fileLimits, stopAll } from '../bench/procs.js';
+import { parseIntOption, UsageError } from './common.js';
+
+interface BenchFlags {
+  quick?: boolean;
+  duration?: number;
+  warmup?: number;
+  connections: number;
+  depth: number;
+  many: number;
+  registered: number;
+  workloads: string;
+  targets: string;
+  routing: boolean;
+  out: string;
+  progress: boolean;
+  markdown?: boolean;
+  baseline?: string;
+}
+
+function list<T extends string>(value: string, allowed: readonly T[], what: string): T[] {
+  const items = value.split(',').map((s) => s.trim()).filter(Boolean);
+  for (const i of items) if (!allowed.includes(i as T)) throw new UsageError(`unknown ${what} '${i}': choose from ${allowed.join(', ')}`);
+  return items as T[];
+}
+
+/**
+ * The load generator itself holds every client connection: make sure this
+ * process may open that many files. A soft limit below the hard one is
+ * raised by running again under `ulimit -Sn`; a hard limit too low is said.
+ */
+function ensureFileLimit(need: number, argv: string[]): number | 'reran' {
+  const { soft, hard } = fileLimits();
+  if (soft >= need) return soft;
+  if (hard > soft && !process.env.REVPROXY_BENCH_RAISED) {
+    process.stderr.write(`bench: raising the open-files limit from ${soft} to ${hard} (needs ${need})\n`);
+    const r = spawnSync('/bin/sh', ['-c', 'ulimit -Sn "$(ulimit -Hn)" && exec "$@"', 'sh', process.execPath, ...process.execArgv, ...argv], {
+      stdio: 'inherit',
+      env: { ...process.env, REVPROXY_BENCH_RAISED: '1' },
+    });
+    process.exitCode = r.status ?? 1;
+    return 'reran';
+  }
+  process.stderr.write(
+    `bench: the open-files limit is ${soft} (hard ${hard}); ${need} are needed for every workload at full size.\n` +
+      `       Raise it before running, for example as root: ulimit -Hn ${need} && ulimit -Sn ${need}\n`,
+  );
+  return soft;
+}
+
+export function benchCommand(setExit: (code: number) => void): Command {
+  return new Command('bench')
+    .description('measure the proxy against the servers directly and against HAProxy (TCP mode), on this machine')
+    .option('--quick', 'a short run (under two minutes): 2 s per cell after 0.5 s warm-up')
+    .addOption(new Option('--duration <s>', 'measured seconds per workload and target (default 5, quick 2)').argParser(parseIntOption('--duration', 1)))
+    .addOption(new Option('--warmup <ms>', 'warm-up before each measurement, ms (default 1000, quick 500)').argParser(parseIntOption('--warmup', 0)))
+    .addOption(new Option('-c, --connections <n>', 'pipelined workload: client connections').default(8).argParser(parseIntOption('--connections', 1)))
+    .addOption(new Option('-d, --depth <n>', 'pipelined workload: requests in flight per connection').default(32).argParser(parseIntOption('--depth', 1)))
+    .addOption(new Option('--many <n>', 'many-connections workload: concurrent connections').default(10_000).argParser(parseIntOption('--many', 1)))
+    .addOption(new Option('--registered <n>', 'routing comparison: registered servers, against 4').default(10_000).argParser(parseIntOption('--registered', 5)))
+    .option('--workloads <list>', `comma-separated: ${WORKLOADS.join(', ')}`, WORKLOADS.join(','))
+    .option('--targets <list>', `comma-separated: ${TARGETS.join(', ')} (baseline needs --baseline)`, 'direct,proxy,haproxy')
+    .option('--no-routing', 'skip the routing comparison (4 against 10,000 registered servers)')
+    .option('--out <dir>', 'folder for the JSON results', DEFAULT_RESULTS_DIR)
+    .option('--no-progress', 'no progress bar')
+    .option('--markdown', 'also print the tables as Markdown (for the README)')
+    .option('--baseline <dir>', 'another checkout of revproxy (with node_modules): its proxy runs as target "baseline", for before/after ratios in one run')
+    .addHelpText(
+      'after',
+      `
+Runs the proxy and four servers (policies 111 and 222) as separate processes
+with --log-level warn, and HAProxy when installed (${'apt-get install -y haproxy'}).
+Workloads: pipelined C x D, one at a time, a connection per request, and many
+concurrent connections. Prints requests/s, p50/p99/p99.9, the proxy's CPU and
+peak RSS, the ratios proxy/direct and proxy/HAProxy, and writes JSON under
+bench/results/. Figures are noisy on a shared machine: compare ratios inside one run.
+
+Examples:
+  npm run bench -- --quick
+  revproxy bench --workloads pipelined,serial --targets proxy,haproxy --duration 10`,
+    )
+    .action(async (f: BenchFlags) => {
+      const workloads = list<Workload>(f.workloads, WORKLOADS, 'workload');
+      const targets = list<Target>(f.targets, TARGETS, 'target');
+      if (f.baseline && !targets.includes('baseline')) targets.push('baseline');
+      let many = f.many;
+      const need = Math.max(workloads.includes('many') ? many : 0, f.routing ? f.registered : 0) + 200;
+      const limit = ensureFileLimit(need, process.argv.slice(1));
+      if (limit === 'reran') return;
+      if (workloads.includes('many') && limit < many + 200) {
+        many = Math.max(1, limit - 200);
+        process.stderr.write(`bench: the many-connections workload opens ${many} connections instead of ${f.many}\n`);
+      }
+      const quick = f.quick ?? false;
+      const onSignal = (): void => void stopAll().then(() => process.exit(130));
+      process.once('SIGINT', onSignal);
+      try {
+        const report = await runBench({
+          quick,
+          durationMs: (f.duration ?? (quick ? 2 : 5)) * 1000,
+          warmupMs: f.warmup ?? (quick ? 500 : 1000),
+          connections: f.connections,
+          depth: f.depth,
+          many,
+          registered: f.registered,
+          workloads,
+          targets,
+          routing: f.routing,
+          outDir: f.out,
+          progress: f.progress,
+          baseline: f.baseline,
+        });
+        process.stdout.write(`${formatReport(report)}\n`);
+        if (f.markdown) process.stdout.write(`\n${formatReport(report, true)}\n`);
+        setExit(0);
+      } finally {
+        process.off('SIGINT', onSignal);
+      }
+    });
+}

@@ -1,0 +1,79 @@
+/**
+ * The bench's load generator counts what it measures: every request it sends
+ * is answered once, counted once, and its hash checked. Behaviour only; the
+ * bench itself measures timing, never this spec.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { runLoad } from '../bench/loadgen.js';
+import { Histogram } from '../bench/histogram.js';
+import { startStubServer, type StubServer } from '../bench/stub.js';
+
+const stubs: StubServer[] = [];
+const test = suite('bench load generator');
+
+test.after.each(async () => {
+  for (const s of stubs.splice(0)) await s.close();
+});
+
+async function stub(opts: Parameters<typeof startStubServer>[0] = {}): Promise<StubServer> {
+  const s = await startStubServer(opts);
+  stubs.push(s);
+  return s;
+}
+
+test('pipelined: 1000 requests on 4 connections x 16 in flight yield exactly 1000 right answers', async () => {
+  const s = await stub({ reverse: true });
+  const r = await runLoad({ target: () => ({ host: '127.0.0.1', port: s.port, policy: '111' }), connections: 4, depth: 16, requests: 1000 });
+  assert.is(r.sent, 1000);
+  assert.is(r.ok, 1000);
+  assert.is(r.wrongHash, 0);
+  assert.equal(r.errors, {});
+  assert.is(r.latency.count, 1000);
+  assert.is(s.received, 1000);
+  assert.is(r.connected, 4);
+});
+
+test('one at a time: 50 requests on one connection', async () => {
+  const s = await stub();
+  const r = await runLoad({ target: () => ({ host: '127.0.0.1', port: s.port, policy: 'p' }), connections: 1, depth: 1, requests: 50 });
+  assert.is(r.ok, 50);
+  assert.is(s.received, 50);
+});
+
+test('connection per request: 30 requests over 3 loops open 30 connections', async () => {
+  const s = await stub();
+  const r = await runLoad({ target: () => ({ host: '127.0.0.1', port: s.port, policy: 'p' }), connections: 3, depth: 1, perRequest: true, requests: 30 });
+  assert.is(r.sent, 30);
+  assert.is(r.ok, 30);
+  assert.equal(r.errors, {});
+  assert.is(s.received, 30);
+});
+
+test('wrong hashes are counted, not taken as right answers', async () => {
+  const payloads = ['a', 'b', 'c', 'd'];
+  const s = await stub({ wrongFor: (p) => p === 'b' });
+  const r = await runLoad({ target: () => ({ host: '127.0.0.1', port: s.port, policy: 'p' }), connections: 2, depth: 4, requests: 40, payloads });
+  assert.is(r.wrongHash, 10);
+  assert.is(r.ok, 30);
+});
+
+test('a refused connection is reported as CONNECT_FAILED and the run ends', async () => {
+  const s = await stub();
+  const port = s.port;
+  await s.close();
+  stubs.length = 0;
+  const r = await runLoad({ target: () => ({ host: '127.0.0.1', port, policy: 'p' }), connections: 2, depth: 4, requests: 10, drainMs: 2000 });
+  assert.is(r.ok, 0);
+  assert.is(r.errors.CONNECT_FAILED, 2);
+});
+
+test('histogram quantiles are within 1% of the recorded values', () => {
+  const h = new Histogram();
+  for (let i = 1; i <= 1000; i++) h.record(i / 10);
+  assert.ok(Math.abs(h.quantile(0.5) - 50) / 50 < 0.011, `p50 ${h.quantile(0.5)}`);
+  assert.ok(Math.abs(h.quantile(0.99) - 99) / 99 < 0.011, `p99 ${h.quantile(0.99)}`);
+  assert.is(h.count, 1000);
+});
+
+test.run();
