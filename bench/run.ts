@@ -42,7 +42,7 @@ export interface BenchOptions {
   baseline?: string;
 }
 
-export const DEFAULT_RESULTS_DIR = fileURLToPath(new URL('./results', import.meta.url));
+export const DEFAULT_RESULTS_DIR = fileURLToPath(new URL('../bench/results', import.meta.url));
 
 /** The demo's topology: two policies, two servers each. */
 const SERVERS = [

@@ -8,7 +8,8 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Hub } from './hub.js';
 import type { Metrics } from './metrics.js';
 
-const PAGE_DIR = new URL('./page/', import.meta.url);
+// Written from the project root's depth so it also resolves from the CLI bundle in .build/.
+const PAGE_DIR = new URL('../inspector/page/', import.meta.url);
 const FILES: Record<string, { file: string; type: string }> = {
   '/': { file: 'index.html', type: 'text/html; charset=utf-8' },
   '/index.html': { file: 'index.html', type: 'text/html; charset=utf-8' },
