@@ -29,8 +29,10 @@ export interface ClientOptions {
   packets: Packet[];
   /** Per-request timeout in ms (default 5000). */
   timeoutMs?: number;
-  /** Requests in flight at once on the connection (default 64). */
+  /** Requests in flight at once on the connection (default 64; always 1 on the json wire). */
   window?: number;
+  /** `frames` (default), or `json`: the old wire, one request at a time, for the old Python proxy. */
+  wire?: 'frames' | 'json';
   /** Consecutive failed connection attempts before giving up (default: 2 per proxy). */
   maxAttempts?: number;
   /** Pause before trying the next proxy (ms, default 100). */
@@ -77,9 +79,10 @@ export type ClientEvent =
   | { type: 'CLOSED'; error: string }
   | { type: 'TICK' };
 
-const clientSocket = fromCallback<ClientEvent, { proxy: Endpoint; tls?: TlsMaterial }>(({ sendBack, input }) => {
+const clientSocket = fromCallback<ClientEvent, { proxy: Endpoint; tls?: TlsMaterial; wire?: 'frames' | 'json' }>(({ sendBack, input }) => {
   const socket = dial(input.proxy.host, input.proxy.port, input.tls);
-  const conn = new Connection(socket);
+  // On the json wire answers carry no seq: the connection gives each the seq of the oldest unanswered request.
+  const conn = new Connection(socket, { wire: input.wire });
   conn.role = 'client';
   let connected = false;
   socket.once(readyEvent(socket), () => {
@@ -109,7 +112,7 @@ const ticker = fromCallback<ClientEvent, { clock: Clock; every: number }>(({ sen
 
 function sendMore(context: ClientContext): Partial<ClientContext> {
   const { conn, opts } = context;
-  const window = opts.window ?? 64;
+  const window = opts.wire === 'json' ? 1 : opts.window ?? 64;
   let { inflight } = context;
   if (!conn) return {};
   const log = context.logger;
@@ -253,7 +256,7 @@ export const clientMachine = setup({
   initial: 'session',
   states: {
     session: {
-      invoke: { id: 'socket', src: 'clientSocket', input: ({ context }) => ({ proxy: context.proxies[context.proxyIndex]!, tls: context.opts.tls }) },
+      invoke: { id: 'socket', src: 'clientSocket', input: ({ context }) => ({ proxy: context.proxies[context.proxyIndex]!, tls: context.opts.tls, wire: context.opts.wire }) },
       always: { guard: 'allAnswered', target: 'done' },
       on: {
         CONNECT_FAILED: { target: 'failover', actions: 'failover' },

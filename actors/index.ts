@@ -4,6 +4,7 @@
  */
 import { createActor, toPromise, type InspectionEvent } from 'xstate';
 import { clientMachine, type ClientOptions, type Result } from './client.js';
+import { jsonRegistrations } from './json-registration.js';
 import { proxyMachine, type MemberState, type ProxyActor, type ProxyOptions } from './proxy.js';
 import { serverMachine, type ServerActor, type ServerOptions } from './server.js';
 
@@ -14,6 +15,7 @@ export { poolMachine, join, leave, pick, type Rotation } from './pool.js';
 export { proxyMachine, type ProxyOptions, type ProxyActor, type ProxyObserver, type MemberState } from './proxy.js';
 export { serverMachine, sha1Hex, type ServerOptions, type ServerActor, type Endpoint } from './server.js';
 export { upstreamMachine } from './upstream.js';
+export { upstreamJsonMachine, type OldServerOptions } from './upstream-json.js';
 
 export interface Inspect {
   inspect?: (event: InspectionEvent) => void;
@@ -101,7 +103,8 @@ export interface ServerHandle {
  * when it cannot listen, is refused, or reaches no proxy within `registerTimeoutMs`.
  */
 export async function startServer(opts: ServerOptions & Inspect & { registerTimeoutMs?: number; waitForRegistration?: boolean }): Promise<ServerHandle> {
-  const actor = createActor(serverMachine, { input: opts, inspect: opts.inspect });
+  const machine = opts.wire === 'json' ? serverMachine.provide({ actors: { registrations: jsonRegistrations } }) : serverMachine;
+  const actor = createActor(machine, { input: opts, inspect: opts.inspect });
   actor.start();
   if (opts.waitForRegistration === false) {
     // Listening is enough: registrations keep being retried in the background.

@@ -39,6 +39,11 @@ export class Inflight<R> {
     return upSeq;
   }
 
+  /** The entry for `upSeq`, left in the table. */
+  peek(upSeq: number): Pending<R> | undefined {
+    return this.map.get(upSeq);
+  }
+
   take(upSeq: number): Pending<R> | undefined {
     const p = this.map.get(upSeq);
     if (p) {

@@ -30,6 +30,7 @@ import type { Inflight } from './inflight.js';
 import { silentLogger, type Logger } from './logger.js';
 import { poolMachine } from './pool.js';
 import { tcpConnect, upstreamMachine, type ProxyRequest, type SocketFactory, type UpstreamRef, type UpstreamReport } from './upstream.js';
+import { OLD_SERVER_DEFAULTS, upstreamJsonMachine, type OldServerOptions } from './upstream-json.js';
 
 export interface ProxyOptions {
   /** Port to listen on; 0 picks a free one. Default 2100. */
@@ -86,6 +87,8 @@ export interface ProxyOptions {
   connect?: SocketFactory;
   /** Told of every answer, retry and ejection: feeds metrics and the inspector. */
   observer?: ProxyObserver;
+  /** Servers that registered over the old JSON wire: connections per server, timeouts before one leaves. */
+  oldServers?: OldServerOptions;
 }
 
 /**
@@ -109,8 +112,10 @@ export interface ServerEntry {
   policy: string;
   host: string;
   port: number;
-  /** The connection the server registered on; its closing is the server leaving. */
+  /** The connection the server registered on; its closing is the server leaving. None for an old server. */
   registration?: Connection;
+  /** `json`: an old server, reached one request per connection (upstream-json.ts); it leaves when its link goes down. */
+  wire: Connection['wire'];
   link: UpstreamRef;
   /** The link's table of unanswered requests (for the in-flight limit). */
   inflight: Inflight<ProxyRequest>;
@@ -203,7 +208,7 @@ const listener = fromCallback<ProxyEvent, ListenerInput>(
         if (left > 0) perPeer.set(peer, left);
         else perPeer.delete(peer);
       });
-      const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, idleTimeoutMs: input.idleTimeoutMs, frameTimeoutMs: input.frameTimeoutMs });
+      const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, idleTimeoutMs: input.idleTimeoutMs, frameTimeoutMs: input.frameTimeoutMs, wire: 'sniff' });
       conns.add(conn);
       conn.messages$.subscribe({
         next: (messages) => {
@@ -332,7 +337,7 @@ export const proxyMachine = setup({
     events: {} as ProxyEvent,
     input: {} as ProxyOptions,
   },
-  actors: { listener, sweeper, pinger, drainWatch, pool: poolMachine, upstream: upstreamMachine },
+  actors: { listener, sweeper, pinger, drainWatch, pool: poolMachine, upstream: upstreamMachine, upstreamJson: upstreamJsonMachine },
   delays: {
     drainTimeout: ({ context }) => context.opts.drainTimeoutMs,
   },
@@ -359,7 +364,10 @@ export const proxyMachine = setup({
         conn.endWith(errorMsg(ErrorCode.UNAUTHORIZED, `registration refused: ${denied}`));
         return;
       }
-      if (context.servers.has(s.id)) {
+      const held = context.servers.get(s.id);
+      // An old server that restarts sends its setup again, and cannot read a refusal: take the new one.
+      if (held && held.wire === 'json' && conn.wire === 'json') removeServer(context, held, 'it sent a new setup message', enqueue);
+      else if (held) {
         log.warn('register_refused', `Refused setup from ${conn.describe()}: server id ${s.id} is already registered`, {
           id: s.id, peer: conn.describe(), code: ErrorCode.DUPLICATE_ID,
         });
@@ -367,13 +375,15 @@ export const proxyMachine = setup({
         return;
       }
       log.info('register', `Received setup message from server id ${s.id} privacy policy ${s.privPolyId} port ${s.listenport}`, {
-        id: s.id, policy: s.privPolyId, port: s.listenport, host: conn.remoteAddress,
+        id: s.id, policy: s.privPolyId, port: s.listenport, host: conn.remoteAddress, wire: conn.wire,
       });
-      // The first PING on a registration connection tells the server it was accepted.
-      conn.send({ type: MsgType.PING, seq: 0 });
+      // The first PING on a registration connection tells the server it was accepted (an old server has closed it already).
+      if (conn.wire !== 'json') conn.send({ type: MsgType.PING, seq: 0 });
       enqueue.assign(({ spawn }) => {
         const host = normaliseHost(conn.remoteAddress);
-        const entry = { id: s.id, policy: s.privPolyId, host, port: s.listenport, registration: conn, state: 'connecting', planned: 0, ejections: 0, probeDelay: context.opts.probeInitialMs } as ServerEntry;
+        // An old server's setup connection closes at once: it is not its presence.
+        const registration = conn.wire === 'json' ? undefined : conn;
+        const entry = { id: s.id, policy: s.privPolyId, host, port: s.listenport, registration, wire: conn.wire, state: 'connecting', planned: 0, ejections: 0, probeDelay: context.opts.probeInitialMs } as ServerEntry;
         const linkSeq = spawnLink(context, entry, spawn);
         context.servers.set(s.id, entry);
         if (!context.pools.has(s.privPolyId)) {
@@ -474,7 +484,10 @@ export const proxyMachine = setup({
     upstreamDown: enqueueActions(({ context, event, enqueue }) => {
       if (event.type !== 'UPSTREAM_DOWN') return;
       const entry = current(context, event.member, event.linkId);
-      if (entry) {
+      if (entry?.wire === 'json') {
+        // An old server that restarts sends its setup again: nothing to probe for.
+        removeServer(context, entry, `it is gone from ${entry.host}:${entry.port}: ${event.error}`, enqueue);
+      } else if (entry) {
         entry.state = 'down';
         entry.downSince ??= context.clock.now();
         const delay = entry.probeDelay;
@@ -592,6 +605,7 @@ export const proxyMachine = setup({
         ejectAfter: input.ejectAfter ?? 5,
         ejectBaseMs: input.ejectBaseMs ?? 30000,
         drainTimeoutMs: input.drainTimeoutMs ?? 5000,
+        oldServers: { ...OLD_SERVER_DEFAULTS, ...input.oldServers },
         token: input.token,
         tokens: input.tokens,
         tls: input.tls,
@@ -693,7 +707,7 @@ export const proxyMachine = setup({
 export type ProxyActor = ActorRefFrom<typeof proxyMachine>;
 
 type Enqueue = { sendTo: (ref: AnyActorRef, ev: { type: string; [k: string]: unknown }) => void };
-type Spawn = (src: 'upstream', opts: { id: string; input: unknown }) => AnyActorRef;
+type Spawn = (src: 'upstream' | 'upstreamJson', opts: { id: string; input: unknown }) => AnyActorRef;
 
 function sweepInterval(tryTimeoutMs: number): number {
   return Math.max(5, Math.min(100, Math.floor(tryTimeoutMs / 20)));
@@ -732,9 +746,10 @@ function current(context: ProxyContext, member: string, linkId: string): ServerE
 function spawnLink(context: ProxyContext, entry: ServerEntry, spawn: unknown): number {
   const linkSeq = context.linkSeq + 1;
   context.linkSeq = linkSeq;
-  const link = (spawn as Spawn)('upstream', {
+  const link = (spawn as Spawn)(entry.wire === 'json' ? 'upstreamJson' : 'upstream', {
     id: `upstream:${entry.id}#${linkSeq}`,
     input: {
+      old: context.opts.oldServers,
       member: entry.id,
       policy: entry.policy,
       host: entry.host,

@@ -45,6 +45,12 @@ export interface ServerOptions {
   maxFrameBytes?: number;
   /** `normal` answers; `silent` accepts requests and never answers; `fail` answers every request with an error (for fault tests). */
   behaviour?: Behaviour;
+  /**
+   * How to register: `frames` (default) on connections kept open; `json` the
+   * old way, for the old Python proxy (see json-registration.ts). Requests are
+   * read in either wire, decided by their first byte.
+   */
+  wire?: 'frames' | 'json';
   /** Answer each batch of requests this many ms late (for drain and timeout tests). Default 0. */
   delayMs?: number;
   /** First delay before re-registering with a proxy that went away (ms); doubles up to `reconnectMaxMs`. Default 200. */
@@ -94,7 +100,8 @@ const requestListener = fromCallback<ServerEvent, { host: string; port: number; 
       if (draining && conns.size === 0) sendBack({ type: 'DRAINED' });
     };
     const server = listenServer(input.tls, (socket: Socket) => {
-      const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, frameTimeoutMs: 10000 });
+      // Either wire: the old proxy talks JSON here, ours frames.
+      const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, frameTimeoutMs: 10000, wire: 'sniff' });
       conn.role = 'server-link';
       conns.add(conn);
       socket.on('error', () => {});
@@ -135,6 +142,9 @@ const requestListener = fromCallback<ServerEvent, { host: string; port: number; 
       if (e.type === 'DRAIN') {
         draining = true;
         server.close();
+        // The old JSON wire has no deregistration: a proxy keeping a JSON connection open would
+        // hold the drain to its timeout. Answers are written as requests arrive (unless --delay), so close them.
+        for (const c of conns) if (c.wire === 'json') c.endWith();
         checkDrained();
       }
     });
@@ -150,7 +160,7 @@ function refuse(conn: Connection, err: ProtocolError, logger: Logger): void {
   conn.endWith(errorMsg(err.code, err.message));
 }
 
-interface RegistrationInput {
+export interface RegistrationInput {
   proxies: Endpoint[];
   tls?: TlsMaterial;
   setup: SetupMsg;

@@ -136,38 +136,19 @@ export const upstreamMachine = setup({
     },
     respond: enqueueActions(({ context, event, enqueue, self }) => {
       if (event.type !== 'ANSWERS') return;
-      let answered = 0;
-      let failures = context.consecutiveFailures;
-      let failed: ProxyRequest[] | undefined;
-      let lastFailure: ErrorMsg | undefined;
-      const log = context.logger;
+      const tally: Tally = { answered: 0, failures: context.consecutiveFailures };
       for (const m of event.messages) {
         if (m.type !== MsgType.ACK && m.type !== MsgType.ERROR) continue;
         const p = m.seq === undefined ? undefined : context.inflight.take(m.seq);
         if (!p) {
-          log.debug('late_answer', `Dropped an answer from server id ${context.member} for no pending request (seq ${m.seq})`, { server: context.member, seq: m.seq });
+          context.logger.debug('late_answer', `Dropped an answer from server id ${context.member} for no pending request (seq ${m.seq})`, { server: context.member, seq: m.seq });
           continue;
         }
-        if (m.type === MsgType.ACK) {
-          if (log.enabled('info')) {
-            log.info('ack', `Received a data message from server id ${context.member} payload ${m.payload}`, { server: context.member, client: m.destid, payload: m.payload });
-          }
-          failures = 0;
-          answered++;
-          context.reply(p.req, m, context.member);
-        } else {
-          failures++;
-          lastFailure = m;
-          (failed ??= []).push(p.req);
-        }
+        settle(context, p.req, m, tally);
       }
-      enqueue.assign({ answered: context.answered + answered, consecutiveFailures: failures });
-      if (failed) {
-        enqueue.sendParent({
-          type: 'UPSTREAM_RETRY', member: context.member, linkId: self.id, requests: failed,
-          code: lastFailure!.code, reason: `server ${context.member} answered ${lastFailure!.code}: ${lastFailure!.message}`, failures,
-        } satisfies UpstreamReport);
-      }
+      enqueue.assign({ answered: context.answered + tally.answered, consecutiveFailures: tally.failures });
+      const report = errorAnswersReport(context.member, self.id, tally);
+      if (report) enqueue.sendParent(report);
     }),
     expire: enqueueActions(({ context, event, enqueue, self }) => {
       if (event.type !== 'EXPIRE') return;
@@ -175,10 +156,7 @@ export const upstreamMachine = setup({
       if (expired.length === 0) return;
       const failures = context.consecutiveFailures + expired.length;
       enqueue.assign({ consecutiveFailures: failures });
-      enqueue.sendParent({
-        type: 'UPSTREAM_RETRY', member: context.member, linkId: self.id, requests: expired.map((p) => p.req),
-        code: ErrorCode.TIMEOUT, reason: `server ${context.member} did not answer within ${context.tryTimeoutMs} ms`, failures,
-      } satisfies UpstreamReport);
+      enqueue.sendParent(retryReport(context.member, self.id, expired.map((p) => p.req), ErrorCode.TIMEOUT, `server ${context.member} did not answer within ${context.tryTimeoutMs} ms`, failures));
     }),
     setError: assign(({ event }) => ({
       lastError: event.type === 'DISCONNECTED' ? event.error ?? 'connection lost' : 'no answer to PING in time',
@@ -196,10 +174,7 @@ export const upstreamMachine = setup({
     returnQueue: enqueueActions(({ context, enqueue, self }) => {
       const requests = [...context.inflight.takeAll().map((p) => p.req), ...context.queue.splice(0)];
       if (requests.length === 0) return;
-      enqueue.sendParent({
-        type: 'UPSTREAM_RETRY', member: context.member, linkId: self.id, requests,
-        code: ErrorCode.UPSTREAM_FAILED, reason: `server ${context.member} left before answering`, failures: 0,
-      } satisfies UpstreamReport);
+      enqueue.sendParent(retryReport(context.member, self.id, requests, ErrorCode.UPSTREAM_FAILED, `server ${context.member} left before answering`, 0));
     }),
   },
   guards: {
@@ -273,18 +248,59 @@ function write(context: UpstreamContext, requests: ProxyRequest[]): void {
     return;
   }
   const now = context.clock.now();
-  const log = context.logger;
-  const verbose = log.enabled('info');
+  const verbose = context.logger.enabled('info');
   for (const req of requests) {
-    const deadline = Math.min(now + context.tryTimeoutMs, req.arrived + context.timeoutMs);
-    const upSeq = context.inflight.add(req, deadline);
-    if (verbose) {
-      log.info('forward', `Forwarding a data message to server id ${context.member} from client ${req.msg.srcid} payload ${req.msg.payload}`, {
-        server: context.member, client: req.msg.srcid, policy: context.policy, payload: req.msg.payload,
-      });
-    }
+    const upSeq = context.inflight.add(req, tryDeadline(context, req, now));
+    if (verbose) logForward(context, req);
     conn.send(req.msg, upSeq);
   }
+}
+
+/** A try ends at the try timeout, and never after the request's own deadline. */
+export function tryDeadline(context: Pick<UpstreamInput, 'tryTimeoutMs' | 'timeoutMs'>, req: ProxyRequest, now: number): number {
+  return Math.min(now + context.tryTimeoutMs, req.arrived + context.timeoutMs);
+}
+
+export function logForward(context: Pick<UpstreamInput, 'member' | 'policy' | 'logger'>, req: ProxyRequest): void {
+  context.logger.info('forward', `Forwarding a data message to server id ${context.member} from client ${req.msg.srcid} payload ${req.msg.payload}`, {
+    server: context.member, client: req.msg.srcid, policy: context.policy, payload: req.msg.payload,
+  });
+}
+
+/** What a batch of answers did: counted for the link, error answers kept to be retried elsewhere. */
+export interface Tally {
+  answered: number;
+  /** Failures in a row, carried over from the link and reset by an ACK. */
+  failures: number;
+  failed?: ProxyRequest[];
+  lastFailure?: ErrorMsg;
+}
+
+/** One server answer to one request: an ACK goes to the client now; an ERROR is kept in the tally for a retry. */
+export function settle(context: Pick<UpstreamInput, 'member' | 'logger' | 'reply'>, req: ProxyRequest, m: AckMsg | ErrorMsg, tally: Tally): void {
+  if (m.type === MsgType.ACK) {
+    if (context.logger.enabled('info')) {
+      context.logger.info('ack', `Received a data message from server id ${context.member} payload ${m.payload}`, { server: context.member, client: m.destid, payload: m.payload });
+    }
+    tally.failures = 0;
+    tally.answered++;
+    context.reply(req, m, context.member);
+  } else {
+    tally.failures++;
+    tally.lastFailure = m;
+    (tally.failed ??= []).push(req);
+  }
+}
+
+/** Hands requests a link cannot finish back to the proxy, to be retried on another member. */
+export function retryReport(member: string, linkId: string, requests: ProxyRequest[], code: ErrorMsg['code'], reason: string, failures: number): UpstreamReport {
+  return { type: 'UPSTREAM_RETRY', member, linkId, requests, code, reason, failures };
+}
+
+/** The retry report for a tally's error answers, if it has any. */
+export function errorAnswersReport(member: string, linkId: string, tally: Tally): UpstreamReport | undefined {
+  const m = tally.lastFailure;
+  return tally.failed && m ? retryReport(member, linkId, tally.failed, m.code, `server ${member} answered ${m.code}: ${m.message}`, tally.failures) : undefined;
 }
 
 export type UpstreamRef = ActorRefFrom<typeof upstreamMachine>;

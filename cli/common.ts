@@ -32,6 +32,10 @@ export const logOptions = (): Option[] => [
   new Option('--no-color', 'plain text even on a terminal'),
 ];
 
+/** `--wire frames|json`: which wire a server or client speaks to the proxy. */
+export const wireOption = (json: string): Option =>
+  new Option('--wire <wire>', `frames (MessagePack, default) or json: ${json}`).choices(['frames', 'json']).default('frames');
+
 export interface LogFlags {
   logLevel: Level;
   logFormat: 'text' | 'json';

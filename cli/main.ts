@@ -12,7 +12,7 @@ import { scenarioCommand } from './scenario.js';
 import { inspectCommand, inspectOptions, startInspection, type InspectFlags } from './inspect.js';
 import {
   loadPackets, loadTokens, logOptions, makeLogger, normaliseArgv, parseEndpoints, parseIntOption, parsePort, tlsFromFlags, tlsOptions, UsageError,
-  type LogFlags, type TlsFlags,
+  wireOption, type LogFlags, type TlsFlags,
 } from './common.js';
 import type { Behaviour, Endpoint } from '../actors/server.js';
 
@@ -82,9 +82,10 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('--idle-timeout <ms>', 'close client and registration connections silent this long (0 = never)').default(60000).argParser(parseIntOption('--idle-timeout', 0)))
       .addOption(new Option('--frame-timeout <ms>', 'a frame begun must be complete within this time (0 = no limit)').default(10000).argParser(parseIntOption('--frame-timeout', 0)))
       .addOption(new Option('--max-conns-per-peer <n>', 'connections from one address at once (0 = no limit; default: none on loopback, 1024 otherwise)').argParser(parseIntOption('--max-conns-per-peer', 0)))
-      .addHelpText('after', '\nSIGTERM or SIGINT drains: no new connections, every request in flight answered, then exit 0.\nTLS: --tls-cert/--tls-key serve TLS; --tls-ca requires peers\' certificates (mutual TLS) and verifies servers\'.\nThe proxy dials servers over TLS when --tls-ca is given, presenting --tls-cert.\n\nExample:\n  revproxy proxy -port 2100\n  REVPROXY_TOKEN=... revproxy proxy --host 0.0.0.0 --tls-cert proxy.pem --tls-key proxy.key --tls-ca ca.pem'),
+      .addOption(new Option('--old-server-connections <n>', 'connections opened to each old (JSON) server, one request on each at a time').default(8).argParser(parseIntOption('--old-server-connections', 1)))
+      .addHelpText('after', '\nOld JSON clients and servers use the same port: the first byte of a connection decides.\nSIGTERM or SIGINT drains: no new connections, every request in flight answered, then exit 0.\nTLS: --tls-cert/--tls-key serve TLS; --tls-ca requires peers\' certificates (mutual TLS) and verifies servers\'.\nThe proxy dials servers over TLS when --tls-ca is given, presenting --tls-cert.\n\nExample:\n  revproxy proxy -port 2100\n  REVPROXY_TOKEN=... revproxy proxy --host 0.0.0.0 --tls-cert proxy.pem --tls-key proxy.key --tls-ca ca.pem'),
   ))).action(async (o: LogFlags & TlsFlags & InspectFlags & {
-    token?: string; tokens?: string; idleTimeout: number; frameTimeout: number; maxConnsPerPeer?: number;
+    token?: string; tokens?: string; idleTimeout: number; frameTimeout: number; maxConnsPerPeer?: number; oldServerConnections: number;
     port: number; host: string; timeout: number; retries: number; tryTimeout?: number; maxFrame: number; maxConnections: number;
     maxClientInflight: number; maxServerInflight: number; queueLimit: number; pingInterval: number; pingMisses: number;
     ejectAfter: number; ejectTime: number; drainTimeout: number;
@@ -100,6 +101,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
       token: o.token, tokens: o.tokens ? loadTokens(o.tokens) : undefined,
       tls: tls?.cert ? tls : undefined, upstreamTls: tls?.ca ? tls : undefined,
       idleTimeoutMs: o.idleTimeout, frameTimeoutMs: o.frameTimeout, maxConnectionsPerPeer: o.maxConnsPerPeer,
+      oldServers: { connections: o.oldServerConnections },
     });
     await runUntilStopped(proxy.actor, proxy.stop);
     await insp.close();
@@ -120,8 +122,9 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('--delay <ms>', 'answer each request this much later (for tests)').default(0).argParser(parseIntOption('--delay', 0)))
       .addOption(new Option('--drain-timeout <ms>', 'on SIGTERM, the longest wait for the proxies to let go').default(5000).argParser(parseIntOption('--drain-timeout', 0)))
       .addOption(new Option('--token <secret>', "the proxy's registration secret (prefer the environment variable to the command line)").env('REVPROXY_TOKEN'))
+      .addOption(wireOption('register the old way (setup on its own connection, then closed), for the old Python proxy'))
       .addHelpText('after', '\nA lost proxy is retried with backoff and the server registers again.\nSIGTERM or SIGINT drains: tells the proxies it is leaving, finishes requests in flight, exits 0.\n\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100\n  revproxy server -id 100 -pp 111 -revproc 2100,2200'),
-  ))).action(async (o: LogFlags & TlsFlags & InspectFlags & { token?: string } & { id: string; pp?: string; policy?: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout: number; delay: number }) => {
+  ))).action(async (o: LogFlags & TlsFlags & InspectFlags & { token?: string } & { id: string; pp?: string; policy?: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout: number; delay: number; wire: 'frames' | 'json' }) => {
     const policy = o.pp ?? o.policy;
     if (!policy) throw new UsageError("required option '--pp <policy>' not specified");
     const logger = makeLogger(`server ${o.id}`, o);
@@ -129,7 +132,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     const server = await startServer({
       id: o.id, policy, listenPort: o.listen, listenHost: o.host, proxies: o.revproc, behaviour: o.behaviour,
       drainTimeoutMs: o.drainTimeout, delayMs: o.delay, logger, waitForRegistration: false, inspect: insp.attach.inspect,
-      token: o.token, tls: tlsFromFlags(o),
+      token: o.token, tls: tlsFromFlags(o), wire: o.wire,
     });
     await runUntilStopped(server.actor, server.stop);
     await insp.close();
@@ -146,12 +149,13 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('--timeout <ms>', 'time to wait for each answer').default(5000).argParser(parseIntOption('--timeout', 1)))
       .addOption(new Option('--window <n>', 'requests in flight at once on the connection').default(64).argParser(parseIntOption('--window', 1)))
       .option('--json', 'print the results as one JSON object at the end')
+      .addOption(wireOption('speak the old format, one request at a time, for the old Python proxy'))
       .addHelpText('after', '\nExit status: 0 when every answer is correct, 1 when any is wrong or missing.\nWith --inspect the page stays up after the answers are in, until Ctrl-C.\n\nExample:\n  revproxy client -id 1 -revproc 2100 -pkt pktfiles/1.json'),
-  ))).action(async (o: LogFlags & TlsFlags & InspectFlags & { id: string; revproc: Endpoint[]; pkt: string[]; timeout: number; window: number; json?: boolean }) => {
+  ))).action(async (o: LogFlags & TlsFlags & InspectFlags & { id: string; revproc: Endpoint[]; pkt: string[]; timeout: number; window: number; json?: boolean; wire: 'frames' | 'json' }) => {
     const packets = loadPackets(o.pkt, o.id);
     const logger = makeLogger(`client ${o.id}`, o.json ? { ...o, logFormat: 'text', logLevel: 'silent' } : o);
     const insp = await startInspection(o, `client ${o.id}`);
-    const results = await runClient({ id: o.id, proxies: o.revproc, packets, tls: tlsFromFlags(o), timeoutMs: o.timeout, window: o.window, logger, inspect: insp.attach.inspect });
+    const results = await runClient({ id: o.id, proxies: o.revproc, packets, tls: tlsFromFlags(o), timeoutMs: o.timeout, window: o.window, wire: o.wire, logger, inspect: insp.attach.inspect });
     const ok = results.filter((r) => r.correct).length;
     if (o.json) process.stdout.write(`${JSON.stringify(summarise(results, packets.map((p) => p.file)))}\n`);
     else if (results.length > 1 || ok < results.length) logger.info('summary', `${ok}/${results.length} answers verified`, { verified: ok, total: results.length });

@@ -17,7 +17,16 @@ export interface Proc {
 const live = new Set<ChildProcess>();
 
 export function revproxy(args: string[], opts: { env?: Record<string, string> } = {}): Proc {
-  const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: { ...process.env, NO_COLOR: '1', ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  return start(process.execPath, [BIN, ...args], opts);
+}
+
+/** Run one of the Python programs written for the specs (spec/fixtures/NAME.py). */
+export function python(name: string, args: string[]): Proc {
+  return start('python3', ['-u', fileURLToPath(new URL(`fixtures/${name}.py`, import.meta.url)), ...args]);
+}
+
+function start(command: string, args: string[], opts: { env?: Record<string, string> } = {}): Proc {
+  const child = spawn(command, args, { cwd: ROOT, env: { ...process.env, NO_COLOR: '1', ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   live.add(child);
   const out: string[] = [];
   let buf = '';

@@ -120,6 +120,11 @@ function describe(v: unknown): string {
   return typeof v;
 }
 
+/** The key a field is written under: the usual spelling unless only the other one is present (so errors name the usual one). */
+function spelling(o: Raw, usual: string, other: string): string {
+  return own(o, usual) === undefined && own(o, other) !== undefined ? other : usual;
+}
+
 function typeOf(o: Raw): number {
   const t = own(o, 'type');
   if (typeof t === 'number' && Number.isInteger(t)) return t;
@@ -154,7 +159,7 @@ export function toMessage(value: unknown, opts: ValidateOptions = {}): Message {
         seq: seq(),
         srcid: idField(o, 'srcid'),
         // Clients write privPoliId; accept the setup spelling too, as some old clients did.
-        privPoliId: own(o, 'privPoliId') !== undefined ? idField(o, 'privPoliId') : idField(o, 'privPolyId'),
+        privPoliId: idField(o, spelling(o, 'privPoliId', 'privPolyId')),
         payload: strField(o, 'payload'),
       };
       const size = intField(o, 'payloadsize', 0, MAX_SEQ, false);
@@ -165,7 +170,7 @@ export function toMessage(value: unknown, opts: ValidateOptions = {}): Message {
       const m: SetupMsg = {
         type: 1,
         id: idField(o, 'id'),
-        privPolyId: own(o, 'privPolyId') !== undefined ? idField(o, 'privPolyId') : idField(o, 'privPoliId'),
+        privPolyId: idField(o, spelling(o, 'privPolyId', 'privPoliId')),
         listenport: intField(o, 'listenport', 1, 65535, true),
       };
       const token = own(o, 'token');

@@ -7,7 +7,9 @@ import type { Socket } from 'node:net';
 import { Observable } from 'rxjs';
 import { ProtocolError } from './errors.js';
 import { encodeBody, encodeFrame, FrameDecoder, writeFrames, type Decoder } from './frame.js';
+import { jsonWire } from './json.js';
 import type { Message } from './messages.js';
+import { SniffDecoder, type Wire } from './sniff.js';
 
 /** Turns messages into the bytes of one wire. */
 export type Encoder = (msg: Message) => Buffer;
@@ -16,6 +18,13 @@ export interface ConnectionOptions {
   decoder?: Decoder;
   encoder?: Encoder;
   maxFrameBytes?: number;
+  /**
+   * `frames` (default); the old `json` wire, on a connection this side dialed to
+   * ask (answers are matched to its requests in order); or `sniff`, on an accepted
+   * connection: the peer's first byte decides, and requests are answered in order.
+   * Ignored when `decoder` is given.
+   */
+  wire?: Wire | 'sniff';
   /** Close the connection after this long without any bytes from the peer (ms). 0 or absent: never. */
   idleTimeoutMs?: number;
   /** A frame (or JSON object) begun must be complete within this long (ms), or the connection is closed. 0 or absent: no limit. */
@@ -59,6 +68,8 @@ export class Connection {
   readonly socket: Socket;
   decoder: Decoder;
   encoder: Encoder;
+  /** The wire this connection speaks; with `sniff`, `frames` until the first byte says otherwise. */
+  wire: Wire;
   readonly remoteAddress: string;
   readonly remotePort: number;
   /** Set by whoever owns the connection: what it is used for (client, registration, upstream). */
@@ -74,15 +85,28 @@ export class Connection {
   private out: Buffer[] = [];
   private outCount = 0;
   private outBytes = 0;
-  private readonly framed: boolean;
+  /** Whether the encoder is the frame encoder (so bodies are queued and framed at flush); a sniffed JSON peer turns it off. */
+  private framed: boolean;
   private pauses = 0;
   private drainWaiters: Array<() => void> = [];
   readonly messages$: Observable<Message[]>;
 
   constructor(socket: Socket, opts: ConnectionOptions = {}) {
     this.socket = socket;
-    this.decoder = opts.decoder ?? new FrameDecoder({ maxFrameBytes: opts.maxFrameBytes });
+    this.wire = opts.wire === 'json' ? 'json' : 'frames';
     this.encoder = opts.encoder ?? encodeFrame;
+    if (opts.decoder) this.decoder = opts.decoder;
+    else if (opts.wire === 'json') ({ decoder: this.decoder, encoder: this.encoder } = jsonWire(opts.maxFrameBytes, 'asks'));
+    else if (opts.wire === 'sniff') {
+      this.decoder = new SniffDecoder({
+        maxFrameBytes: opts.maxFrameBytes,
+        onWire: (wire, encoder) => {
+          this.wire = wire;
+          if (encoder) this.encoder = encoder;
+          this.framed = this.encoder === encodeFrame;
+        },
+      });
+    } else this.decoder = new FrameDecoder({ maxFrameBytes: opts.maxFrameBytes });
     this.framed = this.encoder === encodeFrame;
     this.remoteAddress = socket.remoteAddress ?? 'unknown';
     this.remotePort = socket.remotePort ?? 0;

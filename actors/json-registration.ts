@@ -1,0 +1,52 @@
+/**
+ * How a server registers on the old JSON wire (`revproxy server --wire json`),
+ * for the old Python proxy: the setup message on a connection of its own,
+ * closed right after it, as the old servers did. The old proxy sends no
+ * answer, keeps no connection and knows no deregistration, so once the setup
+ * is written there is nothing more to watch. A proxy not listening yet is
+ * retried with backoff, as the frames registration does.
+ *
+ * Swapped in for the server machine's `registrations` actor:
+ * `serverMachine.provide({ actors: { registrations: jsonRegistrations } })`.
+ */
+import { fromCallback } from 'xstate';
+import { Connection } from '../transport/socket.js';
+import { describeTlsError, dial, readyEvent } from '../transport/tls.js';
+import type { Timer } from './clock.js';
+import type { Endpoint, RegistrationInput, ServerEvent } from './server.js';
+
+export const jsonRegistrations = fromCallback<ServerEvent, RegistrationInput>(({ sendBack, input }) => {
+  let stopping = false;
+  const timers = new Set<Timer>();
+  const conns = new Set<Connection>();
+
+  const attempt = (ep: Endpoint, delay: number): void => {
+    const key = `${ep.host}:${ep.port}`;
+    const socket = dial(ep.host, ep.port, input.tls);
+    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'json' });
+    conn.role = 'registration';
+    conns.add(conn);
+    socket.once('close', () => conns.delete(conn));
+    socket.once(readyEvent(socket), () => {
+      conn.endWith(input.setup);
+      sendBack({ type: 'REGISTERED', proxy: key, again: false });
+    });
+    socket.once('error', (err: NodeJS.ErrnoException) => {
+      if (stopping || socket.bytesWritten > 0) return;
+      const error = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${key}` : describeTlsError(err);
+      sendBack({ type: 'REGISTRATION_LOST', proxy: key, error, retryInMs: delay });
+      const t = input.clock.setTimeout(() => {
+        timers.delete(t);
+        if (!stopping) attempt(ep, Math.min(delay * 2, input.maxMs));
+      }, delay);
+      timers.add(t);
+    });
+  };
+
+  for (const ep of input.proxies) attempt(ep, input.initialMs);
+  return () => {
+    stopping = true;
+    for (const t of timers) t.cancel();
+    for (const c of conns) if (!c.closed) c.destroy();
+  };
+});

@@ -1,0 +1,143 @@
+/** The old JSON wire's codec and the first-byte sniffing, without sockets (issue 3). */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { encodeFrame, FrameDecoder } from '../transport/frame.js';
+import { ErrorCode } from '../transport/errors.js';
+import { encodeJson, JsonDecoder, jsonWire, orderedJsonEncoder } from '../transport/json.js';
+import type { Message } from '../transport/messages.js';
+import { SniffDecoder, type Wire } from '../transport/sniff.js';
+
+// Exactly as the old programs write them (Python json.dumps).
+const data = '{"type": "0", "srcid": "1", "privPoliId": "111", "payload": "xyz1"}';
+const setup = '{"type": "1", "id": "100", "privPolyId": "111", "listenport": "2105"}';
+const ack = '{"type": "2", "srcid": "100", "destid": "1", "payloadsize": 40, "payload": "b0400cf1f3919fdba057dbd2acc52f148fbb43ac"}';
+const tricky = '{"type": "0", "srcid": "a\\"}{", "privPoliId": "P", "payload": "} { [ \\\\\\" ] \\u00e9 é"}';
+const stream = Buffer.from(`${data}${setup}\n${ack} ${tricky}`);
+const expected: Message[] = [
+  { type: 0, seq: 0, srcid: '1', privPoliId: '111', payload: 'xyz1' },
+  { type: 1, id: '100', privPolyId: '111', listenport: 2105 },
+  { type: 2, seq: 0, srcid: '100', destid: '1', payload: 'b0400cf1f3919fdba057dbd2acc52f148fbb43ac', payloadsize: 40 },
+  { type: 0, seq: 0, srcid: 'a"}{', privPoliId: 'P', payload: '} { [ \\" ] é é' },
+];
+
+function decodeAll(d: JsonDecoder, parts: Buffer[]): Message[] {
+  const out: Message[] = [];
+  for (const p of parts) {
+    const r = d.push(p);
+    assert.is(r.error, undefined, r.error?.message);
+    out.push(...r.messages);
+  }
+  return out;
+}
+
+test("the old system's packets decode with both policy spellings and string-typed values", () => {
+  assert.equal(decodeAll(new JsonDecoder(), [stream]), expected);
+});
+
+test('objects fed one byte at a time decode exactly once', () => {
+  const d = new JsonDecoder();
+  const bytes = [...stream].map((b) => Buffer.from([b]));
+  assert.equal(decodeAll(d, bytes), expected);
+  assert.is(d.buffered, 0);
+});
+
+test('an object split across three reads at every pair of cut points decodes once', () => {
+  const one = Buffer.from(tricky);
+  for (let a = 1; a < one.length - 1; a++) {
+    for (let b = a + 1; b < one.length; b++) {
+      const out = decodeAll(new JsonDecoder(), [one.subarray(0, a), one.subarray(a, b), one.subarray(b)]);
+      assert.equal(out, [expected[3]], `cut at ${a},${b}`);
+    }
+  }
+});
+
+test('a numbering decoder gives requests and answers the connection\'s own order, whatever seq they carried', () => {
+  const d = new JsonDecoder({ number: true });
+  const out = decodeAll(d, [Buffer.from(`${data}{"type": "0", "seq": 77, "srcid": "1", "privPoliId": "1", "payload": "b"}${setup}${ack}`)]);
+  assert.equal(out.map((m) => ('seq' in m ? m.seq : '-')), [0, 1, '-', 2]);
+});
+
+test('an object over the size limit is refused before it is buffered', () => {
+  const d = new JsonDecoder({ maxFrameBytes: 100 });
+  const r1 = d.push(Buffer.from(`{"type": "0", "payload": "${'x'.repeat(60)}`));
+  assert.is(r1.error, undefined, 'under the limit: waits for more');
+  const r2 = d.push(Buffer.from('y'.repeat(60)));
+  assert.is(r2.error?.code, ErrorCode.BAD_REQUEST);
+  assert.match(r2.error!.message, /over the limit of 100 bytes/);
+  assert.is(d.buffered, 0, 'nothing held');
+  const whole = new JsonDecoder({ maxFrameBytes: 50 }).push(Buffer.from(data));
+  assert.match(whole.error!.message, /over the limit of 50 bytes/);
+});
+
+test('the default limit is the frames\' 1 MiB', () => {
+  const big = `{"type": "0", "srcid": "1", "privPoliId": "1", "payload": "${'x'.repeat(1024 * 1024)}"}`;
+  assert.match(new JsonDecoder().push(Buffer.from(big)).error!.message, /over the limit of 1048576/);
+});
+
+const bad: Array<[string, string, RegExp]> = [
+  ['garbage between objects', `${data}xx`, /byte 67 is not the start of a JSON object/],
+  ['an array at the top', '[1, 2]', /byte 0 is not the start of a JSON object/],
+  ['broken JSON inside the braces', '{"type": "0" "srcid": "1"}', /not valid JSON/],
+  ['mismatched brackets', '{"a": [1}]', /not valid JSON/],
+  ['deep nesting', `{"a": ${'['.repeat(40)}`, /nested deeper than 32/],
+  ['an unknown type', '{"type": "9"}', /unknown message type 9/],
+  ['data without a payload', '{"type": "0", "srcid": "1", "privPoliId": "1"}', /missing field 'payload'/],
+  ['a setup with a port out of range', '{"type": "1", "id": "1", "privPolyId": "1", "listenport": "70000"}', /listenport/],
+];
+for (const [name, text, re] of bad) {
+  test(`refuses ${name} with BAD_REQUEST, delivering what came before and nothing after`, () => {
+    const d = new JsonDecoder();
+    const r = d.push(Buffer.from(text));
+    assert.is(r.error?.code, ErrorCode.BAD_REQUEST);
+    assert.match(r.error!.message, re);
+    assert.is(d.push(Buffer.from(data)).messages.length, 0, 'the decoder stays failed');
+  });
+}
+
+test('the encoder writes the old shapes byte for byte', () => {
+  assert.is(encodeJson(expected[1]!).toString(), setup);
+  assert.is(encodeJson(expected[2]!).toString(), ack);
+  assert.is(encodeJson({ type: 0, seq: 5, srcid: '1', privPoliId: '111', payload: 'xyz1' }).toString(), data);
+  assert.is(
+    encodeJson({ type: 3, seq: 2, code: 'NO_SERVER', message: 'no server is registered for privacy policy 9' }).toString(),
+    '{"type": "3", "code": "NO_SERVER", "message": "no server is registered for privacy policy 9"}',
+  );
+});
+
+test('encoded messages decode back to themselves (without seq)', () => {
+  const d = new JsonDecoder();
+  for (const m of expected) assert.equal(d.push(encodeJson(m)).messages, [m]);
+});
+
+test('the ordered encoder holds an answer that overtakes an earlier one', () => {
+  const enc = orderedJsonEncoder();
+  const a = (seq: number): Message => ({ type: 2, seq, srcid: 's', destid: 'c', payload: `h${seq}`, payloadsize: 2 });
+  assert.is(enc(a(1)).length, 0, 'answer 1 waits for answer 0');
+  const both = enc(a(0)).toString();
+  assert.is(both, `${encodeJson(a(0))}${encodeJson(a(1))}`);
+  assert.is(enc(a(2)).toString(), encodeJson(a(2)).toString());
+  assert.is(enc({ type: 3, code: 'BAD_REQUEST', message: 'bye' }).length > 0, true, 'a connection error goes out at once');
+});
+
+test('the asking side gives each answer the seq of the oldest unanswered request', () => {
+  const { decoder, encoder } = jsonWire(undefined, 'asks');
+  for (const seq of [5, 9]) assert.is(encoder({ type: 0, seq, srcid: '1', privPoliId: 'P', payload: 'x' }).toString().includes('seq'), false);
+  const got = decoder.push(Buffer.from(`${ack}${ack}`)).messages;
+  assert.equal(got.map((m) => ('seq' in m ? m.seq : '-')), [5, 9]);
+});
+
+test('the first byte picks the wire: { for JSON, anything else frames', () => {
+  const picked: Wire[] = [];
+  const j = new SniffDecoder({ onWire: (w, enc) => { picked.push(w); assert.ok(enc, 'JSON gets its own encoder'); } });
+  assert.equal(j.push(Buffer.from(data.slice(0, 1))).messages, []);
+  assert.equal(j.push(Buffer.from(data.slice(1))).messages.length, 1);
+  const f = new SniffDecoder({ onWire: (w, enc) => { picked.push(w); assert.is(enc, undefined); } });
+  assert.equal(f.push(encodeFrame(expected[1]!)).messages, [expected[1]]);
+  assert.equal(picked, ['json', 'frames']);
+  assert.is(f.wire, 'frames');
+  const g = new SniffDecoder().push(Buffer.from('hello'));
+  assert.is(g.error?.code, ErrorCode.BAD_REQUEST, 'garbage goes to the frame decoder and is refused there');
+  assert.ok(new FrameDecoder().push(Buffer.from('{"ty')).error, 'a { can never start a valid frame under the limit');
+});
+
+test.run();

@@ -1,0 +1,256 @@
+/**
+ * The old system's wire: JSON objects written raw on TCP, no length prefix
+ * and no delimiter. Pure: bytes in, messages out; no sockets here.
+ *
+ * The old programs write one object per `send` and parse each `recv` as one
+ * object; TCP keeps neither promise, so the decoder splits the byte stream
+ * itself, following strings, escapes and nesting. The encoder writes exactly
+ * the old shapes: string-typed values, `", "` and `": "` separators.
+ */
+import { ErrorCode, ProtocolError, hexPreview } from './errors.js';
+import { DEFAULT_MAX_FRAME_BYTES, type DecodeResult, type Decoder } from './frame.js';
+import { MAX_SEQ, MsgType, toMessage, type Message } from './messages.js';
+
+const OPEN = 0x7b; // {
+const CLOSE = 0x7d; // }
+const OPEN_ARRAY = 0x5b; // [
+const CLOSE_ARRAY = 0x5d; // ]
+const QUOTE = 0x22; // "
+const BACKSLASH = 0x5c; // \
+
+/** Messages are flat maps; anything nested deeper is not one of ours. */
+const MAX_DEPTH = 32;
+
+function isSpace(b: number): boolean {
+  return b === 0x20 || b === 0x0a || b === 0x0d || b === 0x09;
+}
+
+/** Whether the first byte of a connection starts the old JSON wire (`{`) rather than a frame. */
+export function startsJson(firstByte: number): boolean {
+  return firstByte === OPEN;
+}
+
+export interface JsonDecoderOptions {
+  /** Largest object accepted, in bytes (the same limit as frames); longer input is refused before it is buffered. */
+  maxFrameBytes?: number;
+  /**
+   * The old wire has no `seq`: requests are answered in order. When set, each
+   * DATA, ACK and ERROR decoded gets a `seq`, whatever it carried: with `true`
+   * the next number of this connection (0, 1, 2, ...), so answers can be put
+   * back in order; with a function, what it returns (the seq of the request
+   * an answer is for), or the next number when it returns undefined.
+   */
+  number?: boolean | (() => number | undefined);
+}
+
+/**
+ * Splits a byte stream into raw JSON objects and validates each one. Objects
+ * split across pushes, several in one push and one byte at a time all decode
+ * exactly once. Whitespace between objects is skipped; any other byte there
+ * is corrupt input and ends the decoder, as do invalid JSON and an object
+ * over the size limit.
+ *
+ * @example
+ * const d = new JsonDecoder({ number: true });
+ * d.push(Buffer.from('{"type": "0", "srcid": "1", "privPoliId": "111", "payload": "xyz1"}'));
+ */
+export class JsonDecoder implements Decoder {
+  private readonly max: number;
+  private readonly numbering: boolean | (() => number | undefined);
+  /** Bytes of the object being read, from its `{`. */
+  private parts: Buffer[] = [];
+  private size = 0;
+  private depth = 0;
+  private inString = false;
+  private escaped = false;
+  private failed?: ProtocolError;
+  /** Stream offset of the start of the current chunk (for error messages). */
+  private offset = 0;
+  private nextSeq = 0;
+
+  constructor(opts: JsonDecoderOptions = {}) {
+    this.max = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+    this.numbering = opts.number ?? false;
+  }
+
+  get buffered(): number {
+    return this.size;
+  }
+
+  push(chunk: Buffer): DecodeResult {
+    if (this.failed) return { messages: [], error: this.failed };
+    const messages: Message[] = [];
+    try {
+      this.scan(chunk, messages);
+    } catch (err) {
+      this.failed = err instanceof ProtocolError ? err : new ProtocolError(ErrorCode.BAD_REQUEST, String(err));
+      this.parts = [];
+      this.size = 0;
+      return { messages, error: this.failed };
+    }
+    this.offset += chunk.length;
+    return { messages };
+  }
+
+  private scan(chunk: Buffer, out: Message[]): void {
+    // Start of the current object inside this chunk (0 when it began in an earlier one).
+    let start = 0;
+    for (let i = 0; i < chunk.length; i++) {
+      const b = chunk[i]!;
+      if (this.depth === 0) {
+        if (isSpace(b)) continue;
+        if (b !== OPEN) {
+          throw new ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            `byte ${this.offset + i} is not the start of a JSON object: ${hexPreview(chunk.subarray(i))}`,
+          );
+        }
+        start = i;
+        this.depth = 1;
+        continue;
+      }
+      if (this.inString) {
+        if (this.escaped) this.escaped = false;
+        else if (b === BACKSLASH) this.escaped = true;
+        else if (b === QUOTE) this.inString = false;
+        continue;
+      }
+      if (b === QUOTE) this.inString = true;
+      else if (b === OPEN || b === OPEN_ARRAY) {
+        if (++this.depth > MAX_DEPTH) throw new ProtocolError(ErrorCode.BAD_REQUEST, `JSON nested deeper than ${MAX_DEPTH} levels at byte ${this.offset + i}`);
+      } else if ((b === CLOSE || b === CLOSE_ARRAY) && --this.depth === 0) {
+        const length = this.size + i + 1 - start;
+        this.checkSize(length, i);
+        const tail = chunk.subarray(start, i + 1);
+        const bytes = this.parts.length === 0 ? tail : Buffer.concat([...this.parts, tail], length);
+        this.parts = [];
+        this.size = 0;
+        out.push(this.toMessage(bytes, this.offset + i + 1 - length));
+      }
+    }
+    if (this.depth > 0) {
+      const held = chunk.length - start;
+      this.checkSize(this.size + held, chunk.length - 1);
+      // Copy small tails so the big read buffer they sit in can be freed.
+      const rest = chunk.subarray(start);
+      this.parts.push(rest.length < 4096 ? Buffer.from(rest) : rest);
+      this.size += held;
+    }
+  }
+
+  private checkSize(length: number, at: number): void {
+    if (length > this.max) {
+      throw new ProtocolError(
+        ErrorCode.BAD_REQUEST,
+        `JSON object ending at or after byte ${this.offset + at} is over the limit of ${this.max} bytes`,
+      );
+    }
+  }
+
+  private toMessage(bytes: Buffer, at: number): Message {
+    let value: unknown;
+    try {
+      value = JSON.parse(bytes.toString('utf8'));
+    } catch (err) {
+      throw new ProtocolError(
+        ErrorCode.BAD_REQUEST,
+        `the JSON object at byte ${at} is not valid JSON (${(err as Error).message.slice(0, 80)}): ${hexPreview(bytes)}`,
+        { cause: err },
+      );
+    }
+    const msg = toMessage(value, { seqOptional: true });
+    if (this.numbering && (msg.type === MsgType.DATA || msg.type === MsgType.ACK || msg.type === MsgType.ERROR)) {
+      const given = typeof this.numbering === 'function' ? this.numbering() : undefined;
+      msg.seq = given ?? this.nextSeq;
+      this.nextSeq = this.nextSeq >= MAX_SEQ ? 0 : this.nextSeq + 1;
+    }
+    return msg;
+  }
+}
+
+const q = JSON.stringify;
+
+/**
+ * One message in the old system's exact shape, as Python's `json.dumps` wrote
+ * it: values as strings (the ACK's `payloadsize` as the number it was), no
+ * `seq`. Messages the old wire never carried keep the same style.
+ */
+export function encodeJson(msg: Message): Buffer {
+  let text: string;
+  switch (msg.type) {
+    case MsgType.DATA:
+      text = `{"type": "0", "srcid": ${q(msg.srcid)}, "privPoliId": ${q(msg.privPoliId)}, "payload": ${q(msg.payload)}` +
+        (msg.payloadsize === undefined ? '}' : `, "payloadsize": "${msg.payloadsize}"}`);
+      break;
+    case MsgType.SETUP:
+      // A registration secret is this project's addition: written only when there is one (the old proxy ignores it).
+      text = `{"type": "1", "id": ${q(msg.id)}, "privPolyId": ${q(msg.privPolyId)}, "listenport": "${msg.listenport}"` +
+        (msg.token === undefined ? '}' : `, "token": ${q(msg.token)}}`);
+      break;
+    case MsgType.ACK:
+      text = `{"type": "2", "srcid": ${q(msg.srcid)}, "destid": ${q(msg.destid)}, "payloadsize": ${msg.payloadsize}, "payload": ${q(msg.payload)}}`;
+      break;
+    case MsgType.ERROR:
+      text = `{"type": "3", "code": ${q(msg.code)}, "message": ${q(msg.message)}}`;
+      break;
+    case MsgType.PING:
+    case MsgType.PONG:
+      text = `{"type": "${msg.type}", "seq": "${msg.seq}"}`;
+      break;
+    case MsgType.DEREGISTER:
+      text = `{"type": "6", "id": ${q(msg.id)}}`;
+      break;
+    default: {
+      const never: never = msg;
+      throw new TypeError(`cannot encode message ${q(never)}`);
+    }
+  }
+  return Buffer.from(text, 'utf8');
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * An encoder for one JSON connection that writes answers (ACK, ERROR with a
+ * `seq`) in the order of the requests' numbers from a numbering
+ * `JsonDecoder`: an answer that overtakes an earlier one is held until the
+ * earlier one is written. Everything else is written at once.
+ */
+export function orderedJsonEncoder(): (msg: Message) => Buffer {
+  let next = 0;
+  const held = new Map<number, Message>();
+  return (msg) => {
+    if ((msg.type !== MsgType.ACK && msg.type !== MsgType.ERROR) || msg.seq === undefined) return encodeJson(msg);
+    if (msg.seq !== next) {
+      // A copy: the sender may lend the message with a seq of the moment (Connection.send(msg, seq)).
+      held.set(msg.seq, { ...msg });
+      return EMPTY;
+    }
+    const out = [encodeJson(msg)];
+    next = next >= MAX_SEQ ? 0 : next + 1;
+    for (let m = held.get(next); m; m = held.get(next)) {
+      held.delete(next);
+      out.push(encodeJson(m));
+      next = next >= MAX_SEQ ? 0 : next + 1;
+    }
+    return out.length === 1 ? out[0]! : Buffer.concat(out);
+  };
+}
+
+/**
+ * Decoder and encoder for one connection on the old JSON wire, for the side
+ * that `answers` (accepted the connection: requests are numbered as they
+ * arrive and answered in that order) or the side that `asks` (dialed it: each
+ * answer gets the seq of the oldest request sent and not yet answered).
+ */
+export function jsonWire(maxFrameBytes: number | undefined, side: 'answers' | 'asks'): { decoder: JsonDecoder; encoder: (msg: Message) => Buffer } {
+  if (side === 'answers') return { decoder: new JsonDecoder({ maxFrameBytes, number: true }), encoder: orderedJsonEncoder() };
+  const sent: number[] = [];
+  return {
+    decoder: new JsonDecoder({ maxFrameBytes, number: () => sent.shift() }),
+    encoder: (msg) => {
+      if (msg.type === MsgType.DATA) sent.push(msg.seq);
+      return encodeJson(msg);
+    },
+  };
+}
