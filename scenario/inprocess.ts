@@ -46,6 +46,7 @@ export class InProcessTopology implements Topology {
       listenHost: LOCAL,
       proxy: { host: LOCAL, port: this.port },
       behaviour: spec.behaviour,
+      wire: spec.wire === 'json' ? 'json' : undefined,
       token: spec.token,
       inspect: this.attach.inspect,
       // As `revproxy server` does: the runner waits for the proxy's word itself.

@@ -118,6 +118,7 @@ export class ProcessTopology implements Topology {
   async startServer(spec: ServerSpec): Promise<RunningServer> {
     const args = ['server', '--id', spec.id, '--pp', spec.policy, '--listen', '0', '--revproc', `127.0.0.1:${this.port}`, '--log-format', 'json', '--log-level', 'warn'];
     if (spec.behaviour) args.push('--behaviour', spec.behaviour);
+    if (spec.wire === 'json') args.push('--wire', 'json');
     if (spec.token !== undefined) args.push('--token', spec.token);
     const child = new Child(args, () => {});
     this.servers.set(spec.id, child);

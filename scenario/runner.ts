@@ -10,6 +10,7 @@ import { dirname, resolve } from 'node:path';
 import { runClient, type Packet } from '../actors/index.js';
 import { loadPackets } from '../cli/common.js';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
+import { JsonDecoder } from '../transport/json.js';
 import { checkPool, checkRaw, checkSend, rawSettled, summariseSend, type Diff, type RawSummary } from './expect.js';
 import type { PoolExpect, RawStep, Scenario, SendStep, ServerSpec, Step } from './format.js';
 import { InProcessTopology } from './inprocess.js';
@@ -204,7 +205,8 @@ class Run {
     const bytes = r.hex !== undefined ? Buffer.from(r.hex, 'hex') : r.text !== undefined ? Buffer.from(r.text) : encodeFrame(r.frame as Record<string, unknown>);
     return new Promise((done, fail) => {
       const got: RawSummary = { answers: [], closed: false };
-      const decoder = new FrameDecoder({ validate: true });
+      // The proxy answers in the wire the bytes began with: `{` is the old JSON wire.
+      const decoder = bytes[0] === 0x7b ? new JsonDecoder({ number: true }) : new FrameDecoder({ validate: true });
       const socket = connect({ host: '127.0.0.1', port: this.topo.port }, () => socket.write(bytes));
       const finish = (): void => {
         clearTimeout(timer);
