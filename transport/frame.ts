@@ -4,6 +4,7 @@
  */
 import { Packr, Unpackr, isNativeAccelerationEnabled } from 'msgpackr';
 import { ErrorCode, ProtocolError, hexPreview } from './errors.js';
+import { decodeHot, encodeHot, hotSize } from './fastwire.js';
 import { toMessage, type Message } from './messages.js';
 
 export const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024;
@@ -27,26 +28,60 @@ export function encodeFrame(msg: Message | Record<string, unknown>): Buffer {
 }
 
 /**
- * The MessagePack body of a frame, without its length prefix and without a
- * copy: a view into msgpackr's own buffer, which msgpackr never writes over
- * (it starts a new one when full). For writers that put many frames into one
- * buffer and write the prefixes themselves (`writeFrames`).
+ * Frames written straight into one growing buffer: what one connection sends
+ * in one turn of the event loop. DATA and ACK are written by the fast encoder
+ * (no intermediate body); other messages are packed by msgpackr and copied.
  */
-export function encodeBody(msg: Message | Record<string, unknown>): Buffer {
-  return packr.pack(msg);
-}
+export class FrameBuffer {
+  private buf?: Buffer;
+  /** Bytes written so far (frames with their prefixes). */
+  length = 0;
+  /** Size of the last batch taken: the next one starts with that much room. */
+  private hint = 512;
 
-/** Copy bodies from `encodeBody` into one buffer of length-prefixed frames. */
-export function writeFrames(bodies: readonly Buffer[], count: number, bytes: number): Buffer {
-  const out = Buffer.allocUnsafe(bytes + HEADER * count);
-  let at = 0;
-  for (let i = 0; i < count; i++) {
-    const b = bodies[i]!;
-    out.writeUInt32BE(b.length, at);
-    at += HEADER;
-    at += b.copy(out, at);
+  /** Append one message as a frame, with `seq` in place of its own when given. */
+  append(msg: Message, seq?: number): void {
+    const s = seq ?? (msg as { seq?: number }).seq ?? 0;
+    const room = hotSize(msg, s);
+    if (room >= 0) {
+      const at = this.reserve(HEADER + room);
+      const end = encodeHot(msg as Parameters<typeof encodeHot>[0], s, this.buf!, at + HEADER);
+      this.buf!.writeUInt32BE(end - at - HEADER, at);
+      this.length = end;
+      return;
+    }
+    // Not a hot message: a copy carries the seq (rare; the message itself is never touched).
+    const body = packr.pack(seq === undefined ? msg : { ...msg, seq });
+    const at = this.reserve(HEADER + body.length);
+    this.buf!.writeUInt32BE(body.length, at);
+    this.length = at + HEADER + body.copy(this.buf!, at + HEADER);
   }
-  return out;
+
+  /** The frames written since the last take, in one buffer (handed over: this writer starts a new one). */
+  take(): Buffer {
+    const out = this.buf ? this.buf.subarray(0, this.length) : Buffer.alloc(0);
+    this.hint = Math.min(Math.max(512, this.length + (this.length >> 2)), 256 * 1024);
+    this.clear();
+    return out;
+  }
+
+  /** Drop what was written and not taken. */
+  clear(): void {
+    this.buf = undefined;
+    this.length = 0;
+  }
+
+  /** Room for `n` more bytes; returns where they go. */
+  private reserve(n: number): number {
+    const at = this.length;
+    const buf = this.buf;
+    if (!buf || buf.length - at < n) {
+      const grown = Buffer.allocUnsafe(Math.max(this.hint, 2 * (buf?.length ?? 0), at + n));
+      if (buf && at) buf.copy(grown, 0, 0, at);
+      this.buf = grown;
+    }
+    return at;
+  }
 }
 
 /** What one `push` produced: the messages completed by these bytes, and the error that ended the stream, if any. */
@@ -123,19 +158,24 @@ export class FrameDecoder implements Decoder {
         }
         const start = pos + HEADER;
         const end = start + len;
+        pos = end;
+        this.need = HEADER;
+        const hot = this.validate ? decodeHot(buf, start, end) : undefined;
+        if (hot) {
+          messages.push(hot);
+          continue;
+        }
         let value: unknown;
         try {
           value = unpackr.unpack(buf, { start, end });
         } catch (err) {
           throw new ProtocolError(
             ErrorCode.BAD_REQUEST,
-            `frame at byte ${this.offset + pos} is not one MessagePack value (${(err as Error).message.slice(0, 80)}): ${hexPreview(buf.subarray(start, end))}`,
+            `frame at byte ${this.offset + start - HEADER} is not one MessagePack value (${(err as Error).message.slice(0, 80)}): ${hexPreview(buf.subarray(start, end))}`,
             { cause: err },
           );
         }
         messages.push(this.validate ? toMessage(value) : (value as Message));
-        pos = end;
-        this.need = HEADER;
       }
     } catch (err) {
       this.failed = err instanceof ProtocolError ? err : new ProtocolError(ErrorCode.BAD_REQUEST, String(err));

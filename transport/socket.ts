@@ -6,7 +6,7 @@
 import type { Socket } from 'node:net';
 import { Observable } from 'rxjs';
 import { ProtocolError } from './errors.js';
-import { encodeBody, encodeFrame, FrameDecoder, writeFrames, type Decoder } from './frame.js';
+import { encodeFrame, FrameBuffer, FrameDecoder, type Decoder } from './frame.js';
 import { jsonWire } from './json.js';
 import type { Message } from './messages.js';
 import { SniffDecoder, type Wire } from './sniff.js';
@@ -81,7 +81,9 @@ export class Connection {
   throttled = false;
   /** PINGs sent on this connection without a PONG since (liveness of a registration connection). */
   missedPings = 0;
-  /** Encoded messages waiting for the end of this turn (bodies only when `framed`). */
+  /** Frames waiting for the end of this turn (when `framed`). */
+  private frames = new FrameBuffer();
+  /** Encoded messages waiting for the end of this turn (another wire's encoder). */
   private out: Buffer[] = [];
   private outCount = 0;
   private outBytes = 0;
@@ -179,23 +181,29 @@ export class Connection {
    */
   send(msg: Message, seq?: number): boolean {
     if (this.closed || this.socket.destroyed) return false;
-    let bytes: Buffer;
-    if (seq === undefined) bytes = this.framed ? encodeBody(msg) : this.encoder(msg);
-    else {
-      const m = msg as { seq?: number };
-      const own = m.seq;
-      m.seq = seq;
-      try {
-        bytes = this.framed ? encodeBody(msg) : this.encoder(msg);
-      } finally {
-        m.seq = own;
-      }
-    }
     if (this.outCount === 0) {
       dirty.push(this);
       if (!flushScheduled) {
         flushScheduled = true;
         setImmediate(flushAll);
+      }
+    }
+    if (this.framed) {
+      this.frames.append(msg, seq);
+      this.outCount++;
+      this.outBytes = this.frames.length;
+      return !this.congested;
+    }
+    let bytes: Buffer;
+    if (seq === undefined) bytes = this.encoder(msg);
+    else {
+      const m = msg as { seq?: number };
+      const own = m.seq;
+      m.seq = seq;
+      try {
+        bytes = this.encoder(msg);
+      } finally {
+        m.seq = own;
       }
     }
     this.out[this.outCount++] = bytes;
@@ -207,9 +215,13 @@ export class Connection {
   flush(): void {
     const n = this.outCount;
     if (n === 0) return;
-    const data = this.framed ? writeFrames(this.out, n, this.outBytes) : n === 1 ? this.out[0]! : Buffer.concat(this.out.slice(0, n), this.outBytes);
-    this.out.fill(undefined as unknown as Buffer, 0, n);
-    if (this.out.length > 1024) this.out = [];
+    let data: Buffer;
+    if (this.framed) data = this.frames.take();
+    else {
+      data = n === 1 ? this.out[0]! : Buffer.concat(this.out.slice(0, n), this.outBytes);
+      this.out.fill(undefined as unknown as Buffer, 0, n);
+      if (this.out.length > 1024) this.out = [];
+    }
     this.outCount = 0;
     this.outBytes = 0;
     if (!this.socket.destroyed) this.socket.write(data);
@@ -217,7 +229,7 @@ export class Connection {
 
   /** Bytes accepted by `send` but not yet handed to the kernel. */
   get pendingBytes(): number {
-    return this.socket.writableLength + this.outBytes + 4 * this.outCount;
+    return this.socket.writableLength + this.outBytes;
   }
 
   /** Whether the socket's write buffer (with what waits for this turn's end) is over its high-water mark. */
@@ -257,6 +269,7 @@ export class Connection {
     this.closed = true;
     this.outCount = 0;
     this.outBytes = 0;
+    this.frames.clear();
     this.socket.destroy(err);
   }
 
