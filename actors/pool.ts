@@ -45,14 +45,19 @@ export function leave(r: Rotation, id: string): Rotation {
  * Returns the member (or undefined when none is eligible) and the new cursor.
  */
 export function pick<R>(r: Rotation, eligible?: (id: string, req?: R) => boolean, req?: R): { member: string | undefined; cursor: number } {
-  const n = r.members.length;
-  const start = r.cursor >= n ? 0 : r.cursor;
+  const i = pickIndex(r.members, r.cursor, eligible, req);
+  return i < 0 ? { member: undefined, cursor: r.cursor } : { member: r.members[i], cursor: i + 1 };
+}
+
+/** `pick` without allocating: the index of the member picked, or -1. The new cursor is that index + 1. */
+function pickIndex<R>(members: readonly string[], cursor: number, eligible?: (id: string, req?: R) => boolean, req?: R): number {
+  const n = members.length;
+  let i = cursor >= n ? 0 : cursor;
   for (let k = 0; k < n; k++) {
-    const i = (start + k) % n;
-    const id = r.members[i]!;
-    if (!eligible || eligible(id, req)) return { member: id, cursor: i + 1 };
+    if (!eligible || eligible(members[i]!, req)) return i;
+    if (++i === n) i = 0;
   }
-  return { member: undefined, cursor: r.cursor };
+  return -1;
 }
 
 /** Hands routed requests to members; `member` is undefined for requests no member can take. */
@@ -95,12 +100,14 @@ export const poolMachine = setup({
     route: enqueueActions(({ context, event, enqueue }) => {
       if (event.type !== 'ROUTE') return;
       const groups = new Map<string | undefined, unknown[]>();
+      const { members, eligible } = context;
       let cursor = context.cursor;
       for (const req of event.requests) {
-        const p = pick({ members: context.members, cursor }, context.eligible, req);
-        cursor = p.cursor;
-        let group = groups.get(p.member);
-        if (!group) groups.set(p.member, (group = []));
+        const i = pickIndex(members, cursor, eligible, req);
+        const member = i < 0 ? undefined : members[i];
+        if (i >= 0) cursor = i + 1;
+        let group = groups.get(member);
+        if (!group) groups.set(member, (group = []));
         group.push(req);
       }
       enqueue.assign({ cursor, routed: context.routed + event.requests.length });

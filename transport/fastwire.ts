@@ -33,38 +33,51 @@ const enum K {
   PAYLOADSIZE,
 }
 
-const KEYS: Array<[string, K]> = [
-  ['type', K.TYPE],
-  ['seq', K.SEQ],
-  ['srcid', K.SRCID],
-  ['destid', K.DESTID],
-  ['privPoliId', K.PRIV_POLI_ID],
-  ['privPolyId', K.PRIV_POLY_ID],
-  ['payload', K.PAYLOAD],
-  ['payloadsize', K.PAYLOADSIZE],
-];
+function is(buf: Uint8Array, at: number, name: string): boolean {
+  for (let i = 1; i < name.length; i++) if (buf[at + i] !== name.charCodeAt(i)) return false;
+  return true;
+}
 
 /** What a key's bytes name: compared byte by byte, without making a string. */
 function keyAt(buf: Uint8Array, at: number, len: number): K {
-  for (let k = 0; k < KEYS.length; k++) {
-    const name = KEYS[k]![0];
-    if (name.length !== len) continue;
-    let i = 0;
-    while (i < len && buf[at + i] === name.charCodeAt(i)) i++;
-    if (i === len) return KEYS[k]![1];
+  const c = buf[at];
+  switch (len) {
+    case 3: return c === 0x73 && is(buf, at, 'seq') ? K.SEQ : K.OTHER;
+    case 4: return c === 0x74 && is(buf, at, 'type') ? K.TYPE : K.OTHER;
+    case 5: return c === 0x73 && is(buf, at, 'srcid') ? K.SRCID : K.OTHER;
+    case 6: return c === 0x64 && is(buf, at, 'destid') ? K.DESTID : K.OTHER;
+    case 7: return c === 0x70 && is(buf, at, 'payload') ? K.PAYLOAD : K.OTHER;
+    case 10:
+      if (c !== 0x70 || !is(buf, at, 'privPoliId')) return c === 0x70 && is(buf, at, 'privPolyId') ? K.PRIV_POLY_ID : K.OTHER;
+      return K.PRIV_POLI_ID;
+    case 11: return c === 0x70 && is(buf, at, 'payloadsize') ? K.PAYLOADSIZE : K.OTHER;
+    default: return K.OTHER;
   }
-  return K.OTHER;
 }
+
+// Short strings recur (ids, policies): kept by a hash of their bytes, so a repeat costs no allocation.
+const SHORT = 24;
+const cache: Array<string | undefined> = new Array(512).fill(undefined);
 
 /** An ASCII string from bytes, or undefined when a byte is not ASCII. */
 function ascii(buf: Uint8Array, at: number, len: number): string | undefined {
-  if (len < 24) {
-    let s = '';
+  if (len < SHORT) {
+    let h = len;
     for (let i = 0; i < len; i++) {
       const c = buf[at + i]!;
       if (c > 0x7f) return undefined;
-      s += String.fromCharCode(c);
+      h = (Math.imul(h, 31) + c) | 0;
     }
+    const slot = (h ^ (h >>> 9)) & 511;
+    const hit = cache[slot];
+    if (hit !== undefined && hit.length === len) {
+      let i = 0;
+      while (i < len && hit.charCodeAt(i) === buf[at + i]) i++;
+      if (i === len) return hit;
+    }
+    let s = '';
+    for (let i = 0; i < len; i++) s += String.fromCharCode(buf[at + i]!);
+    cache[slot] = s;
     return s;
   }
   for (let i = 0; i < len; i++) if (buf[at + i]! > 0x7f) return undefined;
