@@ -10,8 +10,17 @@ export interface Pending<R> {
   deadline: number;
 }
 
+/**
+ * Seqs are handed out in order and mostly answered in order, so entries live
+ * in a ring indexed by the low bits of their seq (no hashing, no rehashing as
+ * a Map of ever-new keys needs); the rare entry whose slot is still taken by
+ * an older one waits in a small Map beside it.
+ */
 export class Inflight<R> {
-  private readonly map = new Map<number, Pending<R>>();
+  private slots: Array<Pending<R> | undefined> = new Array(16).fill(undefined);
+  private mask = 15;
+  private overflow = new Map<number, Pending<R>>();
+  private count = 0;
   private seq = 0;
   /** No entry expires before this (it may be stale-low after removals; a scan refreshes it). */
   private min = Infinity;
@@ -27,29 +36,39 @@ export class Inflight<R> {
   ) {}
 
   get size(): number {
-    return this.map.size;
+    return this.count;
   }
 
   add(req: R, deadline: number): number {
     this.seq = this.seq >= 0xffffffff ? 1 : this.seq + 1;
     const upSeq = this.seq;
-    this.map.set(upSeq, { upSeq, req, deadline });
+    if (this.count >= this.slots.length >> 1) this.grow();
+    const p: Pending<R> = { upSeq, req, deadline };
+    const i = upSeq & this.mask;
+    if (this.slots[i] === undefined) this.slots[i] = p;
+    else this.overflow.set(upSeq, p);
+    this.count++;
     if (deadline < this.min) this.min = deadline;
-    if (this.map.size === 1) this.busy?.add(this);
+    if (this.count === 1) this.busy?.add(this);
     return upSeq;
   }
 
   /** The entry for `upSeq`, left in the table. */
   peek(upSeq: number): Pending<R> | undefined {
-    return this.map.get(upSeq);
+    const p = this.slots[upSeq & this.mask];
+    return p !== undefined && p.upSeq === upSeq ? p : this.overflow.size ? this.overflow.get(upSeq) : undefined;
   }
 
   take(upSeq: number): Pending<R> | undefined {
-    const p = this.map.get(upSeq);
-    if (p) {
-      this.map.delete(upSeq);
-      if (this.map.size === 0) this.clear();
+    const i = upSeq & this.mask;
+    let p = this.slots[i];
+    if (p !== undefined && p.upSeq === upSeq) this.slots[i] = undefined;
+    else {
+      p = this.overflow.size ? this.overflow.get(upSeq) : undefined;
+      if (p === undefined) return undefined;
+      this.overflow.delete(upSeq);
     }
+    if (--this.count === 0) this.clear();
     return p;
   }
 
@@ -61,21 +80,53 @@ export class Inflight<R> {
   takeExpired(now: number): Array<Pending<R>> {
     const out: Array<Pending<R>> = [];
     let min = Infinity;
-    for (const p of this.map.values()) {
+    for (const p of this.entries()) {
       if (p.deadline <= now) out.push(p);
       else if (p.deadline < min) min = p.deadline;
     }
-    for (const p of out) this.map.delete(p.upSeq);
+    for (const p of out) this.take(p.upSeq);
     this.min = min;
-    if (this.map.size === 0) this.clear();
+    if (this.count === 0) this.clear();
     return out;
   }
 
   takeAll(): Array<Pending<R>> {
-    const out = [...this.map.values()];
-    this.map.clear();
+    const out = this.entries();
+    this.slots.fill(undefined);
+    this.overflow.clear();
+    this.count = 0;
     this.clear();
     return out;
+  }
+
+  /** Every entry, oldest first. */
+  private entries(): Array<Pending<R>> {
+    const out: Array<Pending<R>> = [];
+    for (const p of this.slots) if (p !== undefined) out.push(p);
+    for (const p of this.overflow.values()) out.push(p);
+    // Age from the newest seq back, across the wrap from 0xffffffff to 1.
+    const newest = this.seq;
+    return out.sort((a, b) => ((newest - b.upSeq) >>> 0) - ((newest - a.upSeq) >>> 0));
+  }
+
+  /** Twice the slots; entries move to their new slot, or stay beside the ring when it is taken. */
+  private grow(): void {
+    const old = this.slots;
+    const size = old.length * 2;
+    this.slots = new Array(size).fill(undefined);
+    this.mask = size - 1;
+    for (const p of old) if (p !== undefined) this.place(p);
+    if (this.overflow.size) {
+      const waiting = [...this.overflow.values()];
+      this.overflow.clear();
+      for (const p of waiting) this.place(p);
+    }
+  }
+
+  private place(p: Pending<R>): void {
+    const i = p.upSeq & this.mask;
+    if (this.slots[i] === undefined) this.slots[i] = p;
+    else this.overflow.set(p.upSeq, p);
   }
 
   private clear(): void {

@@ -1,0 +1,53 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import fc from 'fast-check';
+import { Inflight } from '../actors/inflight.js';
+
+type Op = { kind: 'add'; deadline: number } | { kind: 'take'; pick: number } | { kind: 'expire'; now: number } | { kind: 'all' };
+const op: fc.Arbitrary<Op> = fc.oneof(
+  { weight: 6, arbitrary: fc.record({ kind: fc.constant('add' as const), deadline: fc.nat(100) }) },
+  { weight: 5, arbitrary: fc.record({ kind: fc.constant('take' as const), pick: fc.nat() }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('expire' as const), now: fc.nat(100) }) },
+  { weight: 1, arbitrary: fc.constant({ kind: 'all' as const }) },
+);
+
+test('the in-flight table behaves like a Map keyed by seq, in seq order, across growth and the seq wrap', () => {
+  fc.assert(
+    fc.property(fc.array(op, { minLength: 40, maxLength: 300, size: 'max' }), fc.constantFrom(0, 0xffffffff - 40), (ops, startSeq) => {
+      const busy = new Set<Inflight<number>>();
+      const t = new Inflight<number>(busy);
+      (t as unknown as { seq: number }).seq = startSeq;
+      const model = new Map<number, { req: number; deadline: number }>();
+      let n = 0;
+      for (const o of ops) {
+        if (o.kind === 'add') {
+          const seq = t.add(n, o.deadline);
+          assert.ok(seq >= 1 && seq <= 0xffffffff && !model.has(seq));
+          model.set(seq, { req: n++, deadline: o.deadline });
+        } else if (o.kind === 'take') {
+          const keys = [...model.keys()];
+          // Mostly a live seq, sometimes one that is not (or no longer) there.
+          const seq = keys.length && o.pick % 5 ? keys[o.pick % keys.length]! : (o.pick % 0xffffffff) + 1;
+          const p = t.take(seq);
+          const m = model.get(seq);
+          assert.is(p?.req, m?.req);
+          model.delete(seq);
+        } else if (o.kind === 'expire') {
+          const got = t.takeExpired(o.now).map((p) => p.upSeq);
+          const want = [...model].filter(([, v]) => v.deadline <= o.now).map(([k]) => k);
+          assert.equal(got, want);
+          for (const k of want) model.delete(k);
+        } else {
+          assert.equal(t.takeAll().map((p) => p.req), [...model.values()].map((v) => v.req));
+          model.clear();
+        }
+        assert.is(t.size, model.size);
+        assert.is(busy.has(t), model.size > 0);
+        for (const [k, v] of model) assert.is(t.peek(k)?.req, v.req);
+      }
+    }),
+    { numRuns: 300 },
+  );
+});
+
+test.run();
