@@ -34,10 +34,16 @@ export function encodeFrame(msg: Message | Record<string, unknown>): Buffer {
  */
 export class FrameBuffer {
   private buf?: Buffer;
-  /** Bytes written so far (frames with their prefixes). */
-  length = 0;
+  /** Where the frames not yet taken begin in `buf` (a busy connection carves many batches from one buffer). */
+  private start = 0;
+  private end = 0;
   /** Size of the last batch taken: the next one starts with that much room. */
   private hint = 512;
+
+  /** Bytes written and not yet taken (frames with their prefixes). */
+  get length(): number {
+    return this.end - this.start;
+  }
 
   /** Append one message as a frame, with `seq` in place of its own when given. */
   append(msg: Message, seq?: number): void {
@@ -47,42 +53,53 @@ export class FrameBuffer {
       const at = this.reserve(HEADER + room);
       const end = encodeHot(msg as Parameters<typeof encodeHot>[0], s, this.buf!, at + HEADER);
       this.buf!.writeUInt32BE(end - at - HEADER, at);
-      this.length = end;
+      this.end = end;
       return;
     }
     // Not a hot message: a copy carries the seq (rare; the message itself is never touched).
     const body = packr.pack(seq === undefined ? msg : { ...msg, seq });
     const at = this.reserve(HEADER + body.length);
     this.buf!.writeUInt32BE(body.length, at);
-    this.length = at + HEADER + body.copy(this.buf!, at + HEADER);
+    this.end = at + HEADER + body.copy(this.buf!, at + HEADER);
   }
 
-  /** The frames written since the last take, in one buffer (handed over: this writer starts a new one). */
+  /**
+   * The frames written since the last take, in one buffer, handed over: the
+   * bytes are never written again (later frames go after them, or into a new buffer).
+   */
   take(): Buffer {
-    const out = this.buf ? this.buf.subarray(0, this.length) : Buffer.alloc(0);
-    this.hint = Math.min(Math.max(512, this.length + (this.length >> 2)), 256 * 1024);
-    this.clear();
+    const buf = this.buf;
+    if (!buf) return Buffer.alloc(0);
+    const out = buf.subarray(this.start, this.end);
+    this.hint = Math.min(Math.max(512, out.length + (out.length >> 2)), MAX_SLAB);
+    if (buf.length - this.end >= this.hint) this.start = this.end;
+    else this.clear();
     return out;
   }
 
   /** Drop what was written and not taken. */
   clear(): void {
     this.buf = undefined;
-    this.length = 0;
+    this.start = this.end = 0;
   }
 
   /** Room for `n` more bytes; returns where they go. */
   private reserve(n: number): number {
-    const at = this.length;
     const buf = this.buf;
-    if (!buf || buf.length - at < n) {
-      const grown = Buffer.allocUnsafe(Math.max(this.hint, 2 * (buf?.length ?? 0), at + n));
-      if (buf && at) buf.copy(grown, 0, 0, at);
-      this.buf = grown;
-    }
-    return at;
+    if (buf && buf.length - this.end >= n) return this.end;
+    const pending = this.end - this.start;
+    const need = Math.max(this.hint, 2 * pending, pending + n);
+    // Small batches come from Node's shared pool; big ones carve several batches from one buffer.
+    const grown = Buffer.allocUnsafe(need <= 2048 ? need : Math.max(need, Math.min(8 * need, MAX_SLAB)));
+    if (buf && pending) buf.copy(grown, 0, this.start, this.end);
+    this.buf = grown;
+    this.start = 0;
+    this.end = pending;
+    return pending;
   }
 }
+
+const MAX_SLAB = 256 * 1024;
 
 /** What one `push` produced: the messages completed by these bytes, and the error that ended the stream, if any. */
 export interface DecodeResult {
