@@ -15,6 +15,8 @@ import { MsgType } from '../transport/messages.js';
 export const HOST = '127.0.0.1';
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const BIN = fileURLToPath(new URL('../cli/revproxy.js', import.meta.url));
+/** The node flags of cli/revproxy.js's shebang: every revproxy process runs as `npx revproxy` would run it. */
+const NODE_FLAGS = ['--max-semi-space-size=32'];
 
 /** The open-files limits of this process, from /proc (Node has no getrlimit). */
 export function fileLimits(): { soft: number; hard: number } {
@@ -84,7 +86,7 @@ export function spawnChild(name: string, cmd: string, args: string[]): Child {
 
 /** `node cli/revproxy.js <args> --log-level warn` as its own process. */
 export function spawnRevproxy(name: string, args: string[], bin = BIN): Child {
-  return spawnChild(name, process.execPath, [bin, ...args, '--log-level', 'warn', '--no-color']);
+  return spawnChild(name, process.execPath, [...NODE_FLAGS, bin, ...args, '--log-level', 'warn', '--no-color']);
 }
 
 /** Stop every child still running (also on Ctrl-C). */
