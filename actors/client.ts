@@ -162,11 +162,14 @@ export const clientMachine = setup({
   actions: {
     start: assign(({ context, event }) => {
       if (event.type !== 'CONNECTED') return {};
-      return { conn: event.conn, attempts: 0, ...sendMore({ ...context, conn: event.conn }) };
+      // Connecting is not progress: a proxy that accepts and then closes (TLS wanted,
+      // a full proxy, an old proxy) must not keep us trying for ever. An answer is.
+      return { conn: event.conn, ...sendMore({ ...context, conn: event.conn }) };
     }),
     receive: assign(({ context, event }) => {
       if (event.type !== 'ANSWERS') return {};
       const log = context.logger;
+      const before = context.remaining;
       for (const m of event.messages) {
         if (m.type === MsgType.ACK) {
           const r = context.results[m.seq];
@@ -183,10 +186,12 @@ export const clientMachine = setup({
             continue;
           }
           if (!settle(context, m.seq, { error: m.code, message: m.message })) continue;
-          log.error('request_failed', `Request ${m.seq} failed: ${m.code}: ${m.message}`, { seq: m.seq, code: m.code });
+          const p = context.results[m.seq]!.packet;
+          log.error('request_failed', `Request ${m.seq} (payload ${p.payload}, policy ${p.privPoliId}) failed: ${m.code}: ${m.message}`, { seq: m.seq, code: m.code, payload: p.payload });
         }
       }
-      return { remaining: context.remaining, inflight: context.inflight, ...sendMore(context) };
+      const progress = context.remaining < before ? { attempts: 0 } : {};
+      return { remaining: context.remaining, inflight: context.inflight, ...progress, ...sendMore(context) };
     }),
     expire: assign(({ context }) => {
       const timeout = context.opts.timeoutMs ?? 5000;
@@ -210,7 +215,8 @@ export const clientMachine = setup({
       const attempts = context.attempts + 1;
       const target = context.proxies[next]!;
       if (attempts < maxAttempts(context)) {
-        context.logger.warn('failover', `${why}; trying the reverse proxy at ${target.host}:${target.port}${resend.length ? ` and sending ${resend.length} unanswered request(s) again` : ''}`, {
+        const how = next === context.proxyIndex ? 'trying again' : `trying the reverse proxy at ${target.host}:${target.port}`;
+        context.logger.warn('failover', `${why}; ${how}${resend.length ? ` and sending ${resend.length} unanswered request(s) again` : ''}`, {
           reason: why, proxy: `${target.host}:${target.port}`, resend: resend.length,
         });
       }
@@ -227,7 +233,13 @@ export const clientMachine = setup({
           failed++;
         }
       }
-      if (failed) context.logger.error('connection', `${why}: ${failed} request(s) unanswered`, { code, count: failed });
+      if (failed) {
+        const answered = context.results.length - failed;
+        const hint = answered > 0 ? '' : /closed the connection|ECONNRESET|socket hang up/.test(why)
+          ? " (the proxy accepted the connection and closed it without answering: does it want TLS (--tls-ca, --tls-cert), is it at its connection limit, or is it the old proxy (--wire json)?)"
+          : /no reverse proxy is listening/.test(why) ? ' (start one with `revproxy proxy -port N`, or check --revproc)' : '';
+        context.logger.error('connection', `${why}: ${failed} request(s) unanswered${hint}`, { code, count: failed });
+      }
       return { remaining: 0 };
     }),
   },

@@ -62,16 +62,8 @@ export async function startProxy(opts: ProxyOptions & Inspect = {}): Promise<Pro
   return {
     actor,
     port: snap.context.port,
-    async stop() {
-      if (actor.getSnapshot().status === 'active') {
-        actor.send({ type: 'STOP' });
-        await waitUntil(actor, (s) => s.status !== 'active');
-      }
-      actor.stop();
-    },
-    kill() {
-      actor.stop();
-    },
+    stop: () => stopGracefully(actor),
+    kill: () => actor.stop(),
     pools() {
       const ctx = actor.getSnapshot().context;
       const out: Record<string, PoolView> = {};
@@ -132,16 +124,8 @@ function serverHandle(actor: ServerActor, id: string): ServerHandle {
     actor,
     port: actor.getSnapshot().context.port,
     id,
-    async stop() {
-      if (actor.getSnapshot().status === 'active') {
-        actor.send({ type: 'STOP' });
-        await waitUntil(actor, (s) => s.status !== 'active');
-      }
-      actor.stop();
-    },
-    kill() {
-      actor.stop();
-    },
+    stop: () => stopGracefully(actor),
+    kill: () => actor.stop(),
   };
 }
 
@@ -156,6 +140,15 @@ export async function runClient(opts: ClientOptions & Inspect): Promise<Result[]
 interface Watchable<S> {
   getSnapshot(): S;
   subscribe(o: { next: (s: S) => void; error?: (e: unknown) => void }): { unsubscribe(): void };
+}
+
+/** Send STOP (the machine drains), wait for its final state, then stop the actor. */
+async function stopGracefully(actor: { getSnapshot(): { status: string }; send(e: { type: 'STOP' }): void; stop(): void } & Watchable<{ status: string }>): Promise<void> {
+  if (actor.getSnapshot().status === 'active') {
+    actor.send({ type: 'STOP' });
+    await waitUntil(actor, (s) => s.status !== 'active');
+  }
+  actor.stop();
 }
 
 /** Resolves when `pred` holds for the actor's snapshot; rejects after `timeoutMs` when given. */

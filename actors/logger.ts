@@ -80,7 +80,8 @@ export function textSink(out: NodeJS.WritableStream, opts: TextSinkOptions = {})
       }
       prefix = styleText(c, prefix);
     }
-    let msg = rec.msg;
+    // One event, one line: messages from elsewhere (OpenSSL's end in a newline) are folded.
+    let msg = rec.msg.includes('\n') ? rec.msg.replace(/\s*\n\s*/g, ' ').trim() : rec.msg;
     if (rec.level === 'warn') msg = opts.color ? styleText('yellow', `warning: ${msg}`) : `warning: ${msg}`;
     if (rec.level === 'error') msg = opts.color ? styleText('red', `error: ${msg}`) : `error: ${msg}`;
     const time = opts.time ? `${rec.time} ` : '';

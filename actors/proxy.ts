@@ -347,7 +347,7 @@ export const proxyMachine = setup({
       const o = context.opts;
       context.logger.info('listening', `Running the reverse proxy on port ${context.port}`, { host: o.host, port: context.port, tls: Boolean(o.tls?.cert) });
       if (!isLoopback(o.host) && o.token === undefined && o.tokens === undefined) {
-        context.logger.warn('insecure', `WARNING: listening on ${o.host}, reachable from other machines, with no registration secret: anyone who can connect can register as a server of any privacy policy and receive its clients' data. Set --token (or REVPROXY_TOKEN) or --tokens FILE.`, { host: o.host });
+        context.logger.warn('insecure', `listening on ${o.host}, reachable from other machines, with no registration secret: anyone who can connect can register as a server of any privacy policy and receive its clients' data. Set --token (or REVPROXY_TOKEN) or --tokens FILE.`, { host: o.host });
       }
     },
     setError: assign(({ event }) => (event.type === 'LISTEN_FAILED' ? { error: event.error } : {})),

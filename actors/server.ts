@@ -359,7 +359,8 @@ export const serverMachine = setup({
     starting: {
       on: {
         LISTENING: { target: 'online', actions: ['setPort', 'logStart'] },
-        LISTEN_FAILED: { target: 'failed', actions: ['setError', 'logError'] },
+        // No log line: the StartError that startServer throws carries the reason.
+        LISTEN_FAILED: { target: 'failed', actions: 'setError' },
         STOP: { target: 'stopped' },
       },
     },

@@ -74,8 +74,9 @@ export function parseEndpoints(value: string): Endpoint[] {
 /** `2100`, `host:2100` or `[::1]:2100`. */
 export function parseEndpoint(value: string): Endpoint {
   const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(value);
-  if (m) return { host: m[1] ?? m[2]!, port: parsePort(m[3]!, `port in '${value}'`) };
-  return { host: '127.0.0.1', port: parsePort(value, 'the reverse proxy port') };
+  const ep = m ? { host: m[1] ?? m[2]!, port: parsePort(m[3]!, `port in '${value}'`) } : { host: '127.0.0.1', port: parsePort(value, 'the reverse proxy port') };
+  if (ep.port === 0) throw new InvalidArgumentError(`'${value}': port 0 cannot be dialled; give the port the reverse proxy listens on`);
+  return ep;
 }
 
 /**

@@ -6,7 +6,7 @@
 import { join } from 'node:path';
 import { styleText } from 'node:util';
 import { Logger } from '../actors/logger.js';
-import { runClient, startProxy, startServer, type ServerHandle } from '../actors/index.js';
+import { runClient, startProxy, startServer, StartError, type ServerHandle } from '../actors/index.js';
 import { loadPackets, makeSink, type LogFlags } from './common.js';
 import type { Attach } from './inspect.js';
 
@@ -29,7 +29,14 @@ export interface DemoOptions extends LogFlags {
 export async function runDemo(o: DemoOptions): Promise<number> {
   const sink = makeSink(o, 10);
   const log = (actor: string): Logger => new Logger(actor, sink, o.logLevel);
-  const proxy = await startProxy({ port: o.port, logger: log('proxy'), ...o.attach });
+  // Every client's packet file is checked before anything starts: 1.json ... 6.json in --pkt.
+  const packetsOf = new Map(DEMO_CLIENTS.map((id) => [id, loadPackets([join(o.pkt, `${id}.json`)], id)]));
+  const proxy = await startProxy({ port: o.port, logger: log('proxy'), ...o.attach }).catch((err: unknown) => {
+    if (err instanceof StartError && /already in use/.test(err.message)) {
+      throw new StartError(`${err.message} (the demo uses ports ${o.port} to ${o.port + 20}: \`npm start -- --port 0\` picks free ones)`);
+    }
+    throw err;
+  });
   const servers: ServerHandle[] = [];
   try {
     for (const s of DEMO_SERVERS) {
@@ -48,7 +55,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     const rows: string[][] = [];
     let verified = 0;
     for (const id of DEMO_CLIENTS) {
-      const packets = loadPackets([join(o.pkt, `${id}.json`)], id);
+      const packets = packetsOf.get(id)!;
       const [r] = await runClient({ id, proxy: { host: '127.0.0.1', port: proxy.port }, packets, logger: log(`client ${id}`), inspect: o.attach?.inspect });
       if (r?.correct) verified++;
       const p = packets[0]!;

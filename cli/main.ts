@@ -90,6 +90,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     maxClientInflight: number; maxServerInflight: number; queueLimit: number; pingInterval: number; pingMisses: number;
     ejectAfter: number; ejectTime: number; drainTimeout: number;
   }) => {
+    if (o.token !== undefined && o.token.length < 8) throw new UsageError('--token (or REVPROXY_TOKEN) must be at least 8 characters: a short secret is easy to guess');
     const logger = makeLogger('proxy', o);
     const tls = tlsFromFlags(o);
     const insp = await startInspection(o, 'proxy');
@@ -126,7 +127,10 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addHelpText('after', '\nA lost proxy is retried with backoff and the server registers again.\nSIGTERM or SIGINT drains: tells the proxies it is leaving, finishes requests in flight, exits 0.\n\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100\n  revproxy server -id 100 -pp 111 -revproc 2100,2200'),
   ))).action(async (o: LogFlags & TlsFlags & InspectFlags & { token?: string } & { id: string; pp?: string; policy?: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout: number; delay: number; wire: 'frames' | 'json' }) => {
     const policy = o.pp ?? o.policy;
-    if (!policy) throw new UsageError("required option '--pp <policy>' not specified");
+    if (!policy) {
+      program.commands.find((c) => c.name() === 'server')!.error("error: required option '--pp <policy>' not specified", { exitCode: 2 });
+      return;
+    }
     const logger = makeLogger(`server ${o.id}`, o);
     const insp = await startInspection(o, `server ${o.id}`);
     const server = await startServer({
@@ -143,7 +147,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     program
       .command('client')
       .description('send packets through the reverse proxy and verify every answer')
-      .option('--id <id>', 'client id, used for packets that carry no srcid', '0')
+      .option('--id <id>', 'client id: names its log lines, and is the srcid of packets that carry none (default: the first packet\'s srcid)')
       .addOption(new Option('--revproc <endpoints>', 'the reverse proxy: PORT or HOST:PORT; a comma-separated list fails over in order').default(parseEndpoints('2100'), '2100').argParser(parseEndpoints))
       .requiredOption('--pkt <paths...>', 'packet files (JSON), or folders of them')
       .addOption(new Option('--timeout <ms>', 'time to wait for each answer').default(5000).argParser(parseIntOption('--timeout', 1)))
@@ -152,10 +156,10 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(wireOption('speak the old format, one request at a time, for the old Python proxy'))
       .addHelpText('after', '\nExit status: 0 when every answer is correct, 1 when any is wrong or missing.\nWith --inspect the page stays up after the answers are in, until Ctrl-C.\n\nExample:\n  revproxy client -id 1 -revproc 2100 -pkt pktfiles/1.json'),
   ))).action(async (o: LogFlags & TlsFlags & InspectFlags & { id: string; revproc: Endpoint[]; pkt: string[]; timeout: number; window: number; json?: boolean; wire: 'frames' | 'json' }) => {
-    const packets = loadPackets(o.pkt, o.id);
-    const logger = makeLogger(`client ${o.id}`, o.json ? { ...o, logFormat: 'text', logLevel: 'silent' } : o);
+    const packets = loadPackets(o.pkt, o.id ?? '0');
+    const logger = makeLogger(`client ${o.id ?? packets[0]?.srcid ?? '0'}`, o.json ? { ...o, logFormat: 'text', logLevel: 'silent' } : o);
     const insp = await startInspection(o, `client ${o.id}`);
-    const results = await runClient({ id: o.id, proxies: o.revproc, packets, tls: tlsFromFlags(o), timeoutMs: o.timeout, window: o.window, wire: o.wire, logger, inspect: insp.attach.inspect });
+    const results = await runClient({ id: o.id ?? packets[0]?.srcid ?? '0', proxies: o.revproc, packets, tls: tlsFromFlags(o), timeoutMs: o.timeout, window: o.window, wire: o.wire, logger, inspect: insp.attach.inspect });
     const ok = results.filter((r) => r.correct).length;
     if (o.json) process.stdout.write(`${JSON.stringify(summarise(results, packets.map((p) => p.file)))}\n`);
     else if (results.length > 1 || ok < results.length) logger.info('summary', `${ok}/${results.length} answers verified`, { verified: ok, total: results.length });
@@ -169,7 +173,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .command('demo')
       .description("run the seed's demo in one terminal: proxy, servers 100/111 200/222 300/111 400/222, clients 1-6")
       .addOption(new Option('-p, --port <port>', 'proxy port; servers listen on port+5, +10, +15, +20 (0 picks free ports)').default(2100).argParser((v) => parsePort(v)))
-      .option('--pkt <dir>', 'folder with the clients\' packet files', new URL('../pktfiles', import.meta.url).pathname)
+      .option('--pkt <dir>', 'folder with the clients\' packet files, 1.json to 6.json', new URL('../pktfiles', import.meta.url).pathname)
       .option('--keep', 'keep the proxy and servers running after the clients finish (Ctrl-C stops); implied by --inspect'),
   )).action(async (o: LogFlags & InspectFlags & { port: number; pkt: string; keep?: boolean }) => {
     const insp = await startInspection(o, 'demo');
@@ -197,7 +201,7 @@ export async function main(argv: string[]): Promise<number> {
   let code = 0;
   const program = buildProgram((c) => (code = c));
   program.exitOverride();
-  for (const c of program.commands) c.exitOverride();
+  for (const c of program.commands) c.exitOverride().showHelpAfterError('(add --help for usage)');
   try {
     await program.parseAsync(normaliseArgv(argv), { from: 'user' });
     return code;
@@ -211,6 +215,24 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`revproxy: ${err.message}\n`);
       return 1;
     }
-    throw err;
+    // Anything else that stops a command from starting (a port in use, a file that cannot be
+    // written, bad certificate contents): one line, no stack; REVPROXY_DEBUG=1 shows the stack.
+    if (process.env.REVPROXY_DEBUG) throw err;
+    process.stderr.write(`revproxy: ${describeFailure(err)}\n`);
+    return 1;
   }
 }
+
+function describeFailure(err: unknown): string {
+  let e = err as (Error & { code?: string; cause?: unknown }) | undefined;
+  // XState wraps errors thrown inside actors: the useful message is the innermost one.
+  while (e && e.cause instanceof Error) e = e.cause as Error & { code?: string; cause?: unknown };
+  const msg = e?.message ?? String(err);
+  return msg.replace(/\s*\n\s*/g, ' ').trim();
+}
+
+// `revproxy proxy --help | head -2` closes our stdout early: that is not an error.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(0);
+  throw err;
+});

@@ -3,6 +3,7 @@ import * as assert from 'uvu/assert';
 import { createServer, type Server } from 'node:net';
 import { runClient, startProxy, startServer, sha1Hex, Logger, memorySink, type LogRecord, type ProxyHandle, type ProxyOptions, type ServerHandle } from '../actors/index.js';
 import { MsgType, type AckMsg, type ErrorMsg } from '../transport/messages.js';
+import { FrameDecoder } from '../transport/frame.js';
 import { collector, eventually, frame, LOCAL, rawConnect } from './helpers.js';
 
 interface Ctx {
@@ -108,6 +109,38 @@ routing('a second setup claiming a live id is refused with DUPLICATE_ID', async 
   await c.until(() => c.closed);
   assert.is((c.got[0] as ErrorMsg).code, 'DUPLICATE_ID');
   assert.equal(ctx.proxy.pools().P!.members, ['1']);
+});
+
+routing('a client that sends without reading its answers is no longer read until it does: nothing piles up in the proxy', async () => {
+  await addServer('1', 'P');
+  const sock = await rawConnect(ctx.proxy.port);
+  ctx.extra.push({ close: () => sock.destroy() });
+  sock.pause(); // never read
+  const one = frame({ type: 0, seq: 1, srcid: 'c', privPoliId: 'P', payload: 'x' });
+  const burst = Buffer.concat(Array.from({ length: 4000 }, () => one));
+  let written = 0;
+  // Write until the proxy stops taking bytes for half a second (kernel buffers fill first).
+  let stalled = false;
+  const until = Date.now() + 10000;
+  while (!stalled && Date.now() < until) {
+    if (sock.writableLength < 1024 * 1024) {
+      sock.write(burst);
+      written += burst.length;
+      await new Promise((r) => setImmediate(r));
+      continue;
+    }
+    const queued = sock.writableLength;
+    await new Promise((r) => setTimeout(r, 500));
+    stalled = sock.writableLength === queued;
+  }
+  assert.ok(stalled, `the proxy kept reading: ${written} bytes written, ${sock.writableLength} queued`);
+  // Once the client reads, everything is answered.
+  let acks = 0;
+  const decoder = new FrameDecoder();
+  sock.on('data', (c: Buffer) => (acks += decoder.push(c).messages.length));
+  sock.resume();
+  const total = Math.floor((written - sock.writableLength) / one.length);
+  await eventually(() => acks >= total, 20000, `${total} answers (got ${acks})`);
 });
 
 const badInput = fresh('bad input');

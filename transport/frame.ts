@@ -165,7 +165,7 @@ export class FrameDecoder implements Decoder {
         if (len > this.max) {
           throw new ProtocolError(
             ErrorCode.BAD_REQUEST,
-            `frame at byte ${this.offset + pos} declares ${len} bytes, over the limit of ${this.max}`,
+            `frame at byte ${this.offset + pos} declares ${len} bytes, over the limit of ${this.max}${looksLikeTls(buf, pos, this.offset) ? ' (these bytes are a TLS handshake: the peer speaks TLS and this side does not; give it --tls-cert and --tls-key)' : ''}`,
           );
         }
         if (len === 0) throw new ProtocolError(ErrorCode.BAD_REQUEST, `empty frame at byte ${this.offset + pos}`);
@@ -210,6 +210,11 @@ export class FrameDecoder implements Decoder {
     }
     return { messages };
   }
+}
+
+/** A TLS ClientHello starts 0x16 0x03: worth naming when it reaches a plain listener. */
+function looksLikeTls(buf: Buffer, pos: number, offset: number): boolean {
+  return offset + pos === 0 && buf[pos] === 0x16 && buf[pos + 1] === 0x03;
 }
 
 /** The bytes of one frame, with the length prefix and MessagePack body apart (for docs and tests). */

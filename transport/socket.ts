@@ -224,7 +224,25 @@ export class Connection {
     }
     this.outCount = 0;
     this.outBytes = 0;
-    if (!this.socket.destroyed) this.socket.write(data);
+    if (!this.socket.destroyed && !this.socket.write(data)) this.holdReadsUntilDrained();
+  }
+
+  private readsHeld = false;
+
+  /**
+   * A peer that does not read what it is sent is not read from either, until
+   * its socket drains: answers cannot pile up in memory for a client that
+   * keeps asking and never reads. Not on the proxy's own links to servers and
+   * registrations: holding their reads could deadlock two full buffers.
+   */
+  private holdReadsUntilDrained(): void {
+    if (this.readsHeld || this.role === 'upstream' || this.role === 'registration') return;
+    this.readsHeld = true;
+    this.pause();
+    this.socket.once('drain', () => {
+      this.readsHeld = false;
+      this.resume();
+    });
   }
 
   /** Bytes accepted by `send` but not yet handed to the kernel. */

@@ -4,7 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { connect as netConnect, createServer as netServer, type Server, type Socket } from 'node:net';
-import { connect as tlsConnect, createServer as tlsServer, TLSSocket } from 'node:tls';
+import { connect as tlsConnect, createSecureContext, createServer as tlsServer, TLSSocket } from 'node:tls';
 
 export interface TlsFiles {
   /** PEM certificate chain presented by this side. */
@@ -40,11 +40,22 @@ function read(path: string, what: string): Buffer {
 export function loadTls(files: TlsFiles): TlsMaterial | undefined {
   if (!files.cert && !files.key && !files.ca) return undefined;
   if (Boolean(files.cert) !== Boolean(files.key)) throw new TlsConfigError('--tls-cert and --tls-key go together: give both or neither');
-  return {
+  const material = {
     cert: files.cert ? read(files.cert, '--tls-cert') : undefined,
     key: files.key ? read(files.key, '--tls-key') : undefined,
     ca: files.ca ? read(files.ca, '--tls-ca') : undefined,
   };
+  // Check the contents now, so a bad file is a clear error at start rather than a failed handshake later.
+  try {
+    createSecureContext({ cert: material.cert, key: material.key, ca: material.ca });
+  } catch (err) {
+    const m = (err as Error).message;
+    const which = /key values mismatch/.test(m) ? '--tls-cert and --tls-key do not belong together (the key is not the certificate\'s)'
+      : /no start line|PEM|asn1|ASN1|bad base64|nested asn1/.test(m) ? 'a --tls-cert, --tls-key or --tls-ca file is not a PEM certificate or key'
+      : 'the TLS files were refused';
+    throw new TlsConfigError(`${which}: ${m.trim()}`);
+  }
+  return material;
 }
 
 /** Dial host:port, over TLS when `tls` is given (verifying the peer against `tls.ca`, presenting `tls.cert` if any). */
@@ -75,6 +86,9 @@ export function describeTlsError(err: NodeJS.ErrnoException): string {
     return `the peer's TLS certificate is not signed by a trusted CA (${code}): give the CA that signed it with --tls-ca`;
   }
   if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return `the peer's TLS certificate does not name the address dialled: ${err.message}`;
+  if (/wrong version number|packet length too long|unknown protocol/i.test(err.message)) {
+    return 'the peer does not speak TLS: start it with --tls-cert and --tls-key, or dial it without TLS (no --tls-ca here)';
+  }
   if (/certificate required|alert number 116|bad certificate|alert number 42/i.test(err.message)) {
     return `the peer refused our TLS certificate (or wants one): give --tls-cert and --tls-key signed by a CA it trusts (${err.message})`;
   }
