@@ -124,6 +124,8 @@ export interface ServerEntry {
   probeDelay: number;
   /** Requests the pool has picked this member for in the batch being routed, not yet handed to its link. */
   planned: number;
+  /** The upstream link's read count at the last liveness round. */
+  seenReads?: number;
   /** Set while the member is down or being probed: when it went down. */
   downSince?: number;
   timer?: Timer;
@@ -307,6 +309,14 @@ const pinger = fromCallback<ProxyEvent, { servers: Map<string, ServerEntry>; clo
       if (conn.missedPings >= input.misses) {
         sendBack({ type: 'DEREGISTER', conn, reason: `it missed ${conn.missedPings} PINGs in a row on its registration connection` });
         conn.missedPings = -Infinity; // reported once
+        continue;
+      }
+      // A server whose upstream link answered since the last round is alive: no PING needed
+      // (with thousands of busy servers this saves thousands of writes and reads a second).
+      const reads = (entry.link.getSnapshot().context as { conn?: Connection }).conn?.reads ?? -1;
+      if (reads > 0 && reads !== entry.seenReads) {
+        entry.seenReads = reads;
+        conn.missedPings = 0;
         continue;
       }
       conn.missedPings++;

@@ -15,8 +15,9 @@ import { MsgType } from '../transport/messages.js';
 export const HOST = '127.0.0.1';
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const BIN = fileURLToPath(new URL('../cli/revproxy.js', import.meta.url));
-/** The node flags of cli/revproxy.js's shebang: every revproxy process runs as `npx revproxy` would run it. */
-const NODE_FLAGS = ['--max-semi-space-size=32'];
+// The node flags of cli/revproxy.js's shebang, so every process runs as `npx revproxy` runs it;
+// REVPROXY_NODE_FLAGS replaces them, to try other V8 settings in one run.
+const NODE_FLAGS: string[] = process.env.REVPROXY_NODE_FLAGS ? process.env.REVPROXY_NODE_FLAGS.split(' ') : ['--max-semi-space-size=16'];
 
 /** The open-files limits of this process, from /proc (Node has no getrlimit). */
 export function fileLimits(): { soft: number; hard: number } {

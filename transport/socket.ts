@@ -81,6 +81,8 @@ export class Connection {
   throttled = false;
   /** PINGs sent on this connection without a PONG since (liveness of a registration connection). */
   missedPings = 0;
+  /** Reads so far: a cheap sign of life (a link that answers needs no PING to prove its server alive). */
+  reads = 0;
   /** Frames waiting for the end of this turn (when `framed`). */
   private frames = new FrameBuffer();
   /** Encoded messages waiting for the end of this turn (another wire's encoder). */
@@ -129,6 +131,7 @@ export class Connection {
     this.messages$ = new Observable<Message[]>((sub) => {
       let frameTimer: NodeJS.Timeout | undefined;
       const onData = (chunk: Buffer): void => {
+        this.reads++;
         const { messages, error } = this.decoder.push(chunk);
         if (messages.length > 0) sub.next(messages);
         if (error) {
