@@ -38,6 +38,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     throw err;
   });
   const servers: ServerHandle[] = [];
+  let summary: { rows: string[][]; verified: number } | undefined;
   try {
     for (const s of DEMO_SERVERS) {
       servers.push(
@@ -61,26 +62,33 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       const p = packets[0]!;
       rows.push([id, p.privPoliId, p.payload, r?.server ?? '-', r?.correct ? 'yes' : `no${r?.error ? ` (${r.error})` : ''}`]);
     }
-    if (o.logFormat === 'json') {
-      process.stdout.write(`${JSON.stringify({ event: 'demo_summary', verified, total: DEMO_CLIENTS.length, rows })}\n`);
-    } else {
-      process.stdout.write(`\n${table(['client', 'policy', 'payload', 'server', 'verified'], rows)}\n`);
-      const line = `${verified}/${DEMO_CLIENTS.length} clients verified their answers`;
-      const color = o.color && process.stdout.isTTY && !process.env.NO_COLOR;
-      process.stdout.write(`${color ? styleText(verified === DEMO_CLIENTS.length ? 'green' : 'red', line) : line}\n`);
-    }
     if (o.keep) {
+      printSummary(o, rows, verified);
       process.stdout.write(`Proxy on port ${proxy.port}; Ctrl-C stops.\n`);
       await new Promise<void>((resolve) => {
         process.once('SIGINT', resolve);
         process.once('SIGTERM', resolve);
       });
     }
+    summary = { rows, verified };
     return verified === DEMO_CLIENTS.length ? 0 : 1;
   } finally {
     for (const s of servers) await s.stop();
     await proxy.stop();
+    // The table comes last, after the shutdown lines, so it is what the terminal shows.
+    if (summary && !o.keep) printSummary(o, summary.rows, summary.verified);
   }
+}
+
+function printSummary(o: DemoOptions, rows: string[][], verified: number): void {
+  if (o.logFormat === 'json') {
+    process.stdout.write(`${JSON.stringify({ event: 'demo_summary', verified, total: DEMO_CLIENTS.length, rows })}\n`);
+    return;
+  }
+  process.stdout.write(`\n${table(['client', 'policy', 'payload', 'server', 'verified'], rows)}\n`);
+  const line = `${verified}/${DEMO_CLIENTS.length} clients verified their answers`;
+  const color = o.color && process.stdout.isTTY && !process.env.NO_COLOR;
+  process.stdout.write(`${color ? styleText(verified === DEMO_CLIENTS.length ? 'green' : 'red', line) : line}\n`);
 }
 
 /** Setup messages travel on their own connections: wait until the proxy serves through them all. */
