@@ -8,12 +8,12 @@ import type { Server, Socket } from 'node:net';
 import { fromCallback } from 'xstate';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { MsgType, type DataMsg } from '../transport/messages.js';
-import { Connection, ConnectionTimeout } from '../transport/socket.js';
+import { Connection, ConnectionTimeout, flushAll } from '../transport/socket.js';
 import { listenServer, type TlsMaterial } from '../transport/tls.js';
 import type { Clock } from './clock.js';
 import type { Inflight } from './inflight.js';
 import type { Logger } from './logger.js';
-import type { ProxyEvent, ServerEntry } from './proxy.js';
+import type { ForwardBatch, ProxyEvent, ServerEntry } from './proxy.js';
 import type { ProxyRequest } from './upstream.js';
 
 /** Owns the listening socket; turns each accepted connection's reads into proxy events. */
@@ -33,6 +33,26 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
   ({ sendBack, receive, input }) => {
     const conns = new Set<Connection>();
     const perPeer = new Map<string, number>();
+    // The reads of every client connection in one turn of the event loop go to the proxy as one
+    // FORWARD event (setImmediate runs once the poll phase has delivered them all), and what that
+    // event writes leaves at once.
+    let pending: ForwardBatch[] = [];
+    let scheduled = false;
+    const forwardNow = (): void => {
+      scheduled = false;
+      if (pending.length === 0) return;
+      const batches = pending;
+      pending = [];
+      sendBack({ type: 'FORWARD', batches });
+      flushAll();
+    };
+    const forwardLater = (conn: Connection, requests: DataMsg[]): void => {
+      pending.push({ conn, requests });
+      if (!scheduled) {
+        scheduled = true;
+        setImmediate(forwardNow);
+      }
+    };
     let refusedLogged = 0;
     const server: Server = listenServer(input.tls, (socket: Socket) => {
       socket.on('error', () => {});
@@ -59,8 +79,10 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
         next: (messages) => {
           let data: DataMsg[] | undefined;
           const flush = (): void => {
-            if (data) sendBack({ type: 'FORWARD', conn, requests: data });
+            if (data) forwardLater(conn, data);
             data = undefined;
+            // Anything else this connection says comes after the requests it sent before.
+            if (pending.length) forwardNow();
           };
           for (const m of messages) {
             if (conn.closed) return;
@@ -89,7 +111,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
               return;
             }
           }
-          flush();
+          if (data) forwardLater(conn, data);
         },
         error: (err: Error) => {
           conns.delete(conn);

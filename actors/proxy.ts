@@ -7,8 +7,9 @@
  * starting --LISTENING--> running --STOP--> draining --DRAINED / drain timeout--> stopped
  *     \--LISTEN_FAILED--> failed
  *
- * Transitions are driven by the socket streams: every read of a client
- * connection becomes one FORWARD event carrying the whole batch.
+ * Transitions are driven by the socket streams: the reads of client
+ * connections in one turn of the event loop become one FORWARD event
+ * carrying every batch.
  *
  * Members of a pool are `connecting` (link not verified yet), `serving`,
  * `down` (link failed: probed with backoff until it answers again) or
@@ -160,11 +161,17 @@ export interface ProxyContext {
   self?: AnyActorRef;
 }
 
+/** The requests one read of one client connection brought. */
+export interface ForwardBatch {
+  conn: Connection;
+  requests: DataMsg[];
+}
+
 export type ProxyEvent =
   | { type: 'LISTENING'; port: number }
   | { type: 'LISTEN_FAILED'; error: string }
   | { type: 'REGISTER'; conn: Connection; setup: SetupMsg }
-  | { type: 'FORWARD'; conn: Connection; requests: DataMsg[] }
+  | { type: 'FORWARD'; batches: ForwardBatch[] }
   | { type: 'DEREGISTER'; conn: Connection; reason: string }
   | { type: 'BAD_INPUT'; conn: Connection; error: ProtocolError }
   | { type: 'CONN_CLOSED'; conn: Connection; error?: string }
@@ -247,25 +254,27 @@ export const proxyMachine = setup({
 
     forward: enqueueActions(({ context, event, enqueue }) => {
       if (event.type !== 'FORWARD') return;
-      const { conn, requests } = event;
       const log = context.logger;
       const now = context.clock.now();
       const byPolicy = new Map<string, ProxyRequest[]>();
-      conn.outstanding += requests.length;
-      if (!conn.throttled && conn.outstanding >= context.opts.maxClientInflight) {
-        conn.throttled = true;
-        conn.pause();
-      }
       const verbose = log.enabled('info');
-      for (const msg of requests) {
-        if (verbose) {
-          log.info('request', `Received a message from client ${msg.srcid} payload ${msg.payload}`, {
-            client: msg.srcid, policy: msg.privPoliId, payload: msg.payload,
-          });
+      const limit = context.opts.maxClientInflight;
+      for (const { conn, requests } of event.batches) {
+        conn.outstanding += requests.length;
+        if (!conn.throttled && conn.outstanding >= limit) {
+          conn.throttled = true;
+          conn.pause();
         }
-        let group = byPolicy.get(msg.privPoliId);
-        if (!group) byPolicy.set(msg.privPoliId, (group = []));
-        group.push({ client: conn, msg, arrived: now });
+        for (const msg of requests) {
+          if (verbose) {
+            log.info('request', `Received a message from client ${msg.srcid} payload ${msg.payload}`, {
+              client: msg.srcid, policy: msg.privPoliId, payload: msg.payload,
+            });
+          }
+          let group = byPolicy.get(msg.privPoliId);
+          if (!group) byPolicy.set(msg.privPoliId, (group = []));
+          group.push({ client: conn, msg, arrived: now });
+        }
       }
       for (const [policy, reqs] of byPolicy) {
         const pool = context.pools.get(policy);
@@ -276,10 +285,12 @@ export const proxyMachine = setup({
 
     refuseNew: ({ context, event }) => {
       if (event.type !== 'FORWARD') return;
-      event.conn.outstanding += event.requests.length;
       const reply = makeReply(context);
-      for (const msg of event.requests) {
-        reply({ client: event.conn, msg, arrived: context.clock.now() }, errorMsg(ErrorCode.SHUTTING_DOWN, 'the proxy is shutting down and takes no new requests; try another proxy'));
+      for (const { conn, requests } of event.batches) {
+        conn.outstanding += requests.length;
+        for (const msg of requests) {
+          reply({ client: conn, msg, arrived: context.clock.now() }, errorMsg(ErrorCode.SHUTTING_DOWN, 'the proxy is shutting down and takes no new requests; try another proxy'));
+        }
       }
     },
 

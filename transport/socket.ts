@@ -49,7 +49,8 @@ let nextConnId = 1;
  */
 const dirty: Connection[] = [];
 let flushScheduled = false;
-function flushAll(): void {
+/** Write out now what every connection has queued (for callers that know a turn's work is done). */
+export function flushAll(): void {
   flushScheduled = false;
   for (let i = 0; i < dirty.length; i++) dirty[i]!.flush();
   dirty.length = 0;
