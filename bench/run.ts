@@ -234,6 +234,7 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
     bar.step('warming up every target');
     for (const t of targets) {
       await runLoad({ target: endpoints(t, topo), connections: o.connections, depth: o.depth, durationMs: 300 });
+      await runLoad({ target: endpoints(t, topo), connections: 1, depth: 1, durationMs: 200 });
       await runLoad({ target: endpoints(t, topo), connections: 1, depth: 1, perRequest: true, durationMs: 200 });
     }
     for (const w of o.workloads) {
