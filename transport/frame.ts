@@ -216,8 +216,3 @@ export class FrameDecoder implements Decoder {
 function looksLikeTls(buf: Buffer, pos: number, offset: number): boolean {
   return offset + pos === 0 && buf[pos] === 0x16 && buf[pos + 1] === 0x03;
 }
-
-/** The bytes of one frame, with the length prefix and MessagePack body apart (for docs and tests). */
-export function splitFrame(frame: Buffer): { header: Buffer; body: Buffer } {
-  return { header: frame.subarray(0, HEADER), body: frame.subarray(HEADER) };
-}

@@ -5,7 +5,6 @@
  */
 import type { Socket } from 'node:net';
 import { Observable } from 'rxjs';
-import { ProtocolError } from './errors.js';
 import { encodeFrame, FrameBuffer, FrameDecoder, type Decoder } from './frame.js';
 import { jsonWire } from './json.js';
 import type { Message } from './messages.js';
@@ -93,7 +92,6 @@ export class Connection {
   /** Whether the encoder is the frame encoder (so bodies are queued and framed at flush); a sniffed JSON peer turns it off. */
   private framed: boolean;
   private pauses = 0;
-  private drainWaiters: Array<() => void> = [];
   readonly messages$: Observable<Message[]>;
 
   constructor(socket: Socket, opts: ConnectionOptions = {}) {
@@ -118,14 +116,6 @@ export class Connection {
     socket.setNoDelay(true);
     socket.on('close', () => {
       this.closed = true;
-      const waiters = this.drainWaiters;
-      this.drainWaiters = [];
-      for (const w of waiters) w();
-    });
-    socket.on('drain', () => {
-      const waiters = this.drainWaiters;
-      this.drainWaiters = [];
-      for (const w of waiters) w();
     });
     const frameTimeout = opts.frameTimeoutMs ?? 0;
     if (opts.idleTimeoutMs) socket.setTimeout(opts.idleTimeoutMs);
@@ -259,12 +249,6 @@ export class Connection {
     return this.socket.writableNeedDrain || this.pendingBytes >= this.socket.writableHighWaterMark;
   }
 
-  /** Resolves when the write buffer has drained (or the connection closed). */
-  whenDrained(): Promise<void> {
-    if (!this.congested || this.closed) return Promise.resolve();
-    return new Promise((resolve) => this.drainWaiters.push(resolve));
-  }
-
   /** Stop reading (nested: each pause needs its resume). */
   pause(): void {
     if (this.pauses++ === 0) this.socket.pause();
@@ -298,8 +282,4 @@ export class Connection {
   describe(): string {
     return `${this.remoteAddress}:${this.remotePort}`;
   }
-}
-
-export function isProtocolError(err: unknown): err is ProtocolError {
-  return err instanceof ProtocolError;
 }
