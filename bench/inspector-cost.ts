@@ -9,27 +9,19 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startServer, type ServerHandle } from '../actors/index.js';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import { MsgType } from '../transport/messages.js';
+import { freePort } from './procs.js';
 
 const { values } = parseArgs({ options: { rounds: { type: 'string', default: '3' }, seconds: { type: 'string', default: '3' }, window: { type: 'string', default: '256' } } });
 const ROUNDS = Number(values.rounds);
 const SECONDS = Number(values.seconds);
 const WINDOW = Number(values.window);
 const BIN = fileURLToPath(new URL('../cli/revproxy.js', import.meta.url));
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function startProxyProcess(inspect: boolean): Promise<{ child: ChildProcess; port: number; url?: string }> {
   const port = await freePort();

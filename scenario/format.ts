@@ -9,11 +9,6 @@ import {
   type Field, type Infer, type Schema,
 } from './schema.js';
 
-/** A key the format knows but this build cannot honour yet: refused with the reason, never silently ignored. */
-function planned<T>(schema: Schema<T>, why: string): Schema<T> {
-  return refine(schema, () => why);
-}
-
 const ms = whole('milliseconds');
 
 /** Codes an answer can carry: the proxy's, and the client's own outcomes. */

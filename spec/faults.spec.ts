@@ -5,45 +5,14 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createServer } from 'node:net';
 import { Logger, memorySink, runClient, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { collector, eventually, frame, LOCAL, rawConnect, sleep } from './helpers.js';
 import { runLoad } from './load.js';
-import { killAll, revproxy, type Proc } from './procs.js';
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, LOCAL, r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
-
-/** A proxy process on a free port, ready once it accepts connections. */
-async function proxyProc(args: string[] = [], port?: number): Promise<{ proc: Proc; port: number }> {
-  port ??= await freePort();
-  const proc = revproxy(['proxy', '-port', String(port), ...args]);
-  await eventuallyAsync(async () => {
-    try {
-      (await rawConnect(port!)).destroy();
-      return true;
-    } catch {
-      return false;
-    }
-  }, 10000, `proxy listening on ${port}`);
-  return { proc, port };
-}
-
-async function eventuallyAsync(pred: () => Promise<boolean>, ms: number, what: string): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await pred())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
+import { freePort, rssBytes } from '../bench/procs.js';
+import { killAll, proxyProcess, revproxy, type Proc } from './procs.js';
 
 function serverProc(id: string, policy: string, revproc: string, extra: string[] = []): Proc {
   return revproxy(['server', '-id', id, '-pp', policy, '-listen', '0', '-revproc', revproc, ...extra]);
@@ -61,16 +30,11 @@ async function registered(proxy: Proc, ids: string[], from = 0): Promise<void> {
   await sleep(100); // the upstream links verify with one PING round trip
 }
 
-function rssKb(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m ? Number(m[1]) : 0;
-}
-
 const procs = suite('faults across processes');
 procs.after.each(killAll);
 
 procs('a server killed with SIGKILL mid-run: every request answered once, at least 99 % acks, no wrong hash', async () => {
-  const { proc: proxy, port } = await proxyProc(['--log-level', 'warn']);
+  const { proc: proxy, port } = await proxyProcess(['--log-level', 'warn']);
   const servers = ['1', '2', '3'].map((id) => serverProc(id, 'P', String(port)));
   await serversUp(servers);
   const victim = servers[1]!;
@@ -88,7 +52,7 @@ procs('a server killed with SIGKILL mid-run: every request answered once, at lea
 });
 
 procs('a server stopped with SIGTERM under load drains: zero errors, and it exits 0', async () => {
-  const { proc: proxy, port } = await proxyProc(['--log-level', 'warn']);
+  const { proc: proxy, port } = await proxyProcess(['--log-level', 'warn']);
   const servers = ['1', '2'].map((id) => serverProc(id, 'P', String(port)));
   await serversUp(servers);
   const report = await runLoad({
@@ -120,8 +84,8 @@ procs('the proxy killed and restarted: servers register again on their own and c
 });
 
 procs('two proxies, one killed mid-run: clients fail over to the other and keep succeeding', async () => {
-  const a = await proxyProc(['--log-level', 'warn']);
-  const b = await proxyProc(['--log-level', 'info']);
+  const a = await proxyProcess(['--log-level', 'warn']);
+  const b = await proxyProcess(['--log-level', 'info']);
   await serversUp([serverProc('1', 'P', `${a.port},${b.port}`), serverProc('2', 'P', `127.0.0.1:${a.port},127.0.0.1:${b.port}`)], 2);
   const report = await runLoad({
     ports: [a.port, b.port], policy: 'P', connections: 3, perConnection: 300, window: 8,
@@ -140,7 +104,7 @@ procs('two proxies, one killed mid-run: clients fail over to the other and keep 
 });
 
 procs('a pool at its limits answers OVERLOADED at once, and the proxy memory stays flat', async () => {
-  const { proc: proxy, port } = await proxyProc(['--log-level', 'error', '--max-server-inflight', '8', '--queue-limit', '8', '--timeout', '60000', '--try-timeout', '60000']);
+  const { proc: proxy, port } = await proxyProcess(['--log-level', 'error', '--max-server-inflight', '8', '--queue-limit', '8', '--timeout', '60000', '--try-timeout', '60000']);
   await serversUp([serverProc('s', 'P', String(port), ['--behaviour', 'silent'])]);
   const sizes: number[] = [];
   for (let round = 0; round < 4; round++) {
@@ -148,7 +112,7 @@ procs('a pool at its limits answers OVERLOADED at once, and the proxy memory sta
     // 16 requests are held (8 in flight, 8 waiting); everything else is refused at once.
     const held = round === 0 ? 16 : 0;
     assert.ok(report.errors.OVERLOADED! >= 4000 - 16 - held, JSON.stringify(report));
-    sizes.push(rssKb(proxy.child.pid!));
+    sizes.push(rssBytes(proxy.child.pid!) / 1024);
   }
   assert.ok(sizes[3]! - sizes[1]! < 20 * 1024, `RSS grew from ${sizes[1]} kB to ${sizes[3]} kB`);
 });

@@ -251,12 +251,6 @@ function jsonCollector(sock: import('node:net').Socket): Message[] {
   return got;
 }
 
-async function startSilent(id: string, policy: string): Promise<void> {
-  const s = await startServer({ id, policy, listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, behaviour: 'silent' });
-  ctx.servers.push(s);
-  await eventually(() => serving(policy).includes(id), 3000, `server ${id} serving ${policy}`);
-}
-
 oldThroughOurs.run();
 leaving.run();
 reverse.run();

@@ -1,6 +1,8 @@
 /** Helpers to run `revproxy` as real processes in specs. */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { connect } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { freePort } from '../bench/procs.js';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 export const BIN = fileURLToPath(new URL('../cli/revproxy.js', import.meta.url));
@@ -86,4 +88,26 @@ function start(command: string, args: string[], opts: { env?: Record<string, str
 /** Kill every process a spec started (call in `after`). */
 export function killAll(): void {
   for (const c of live) c.kill('SIGKILL');
+}
+
+/** Start `revproxy proxy` on a free port (or `port`); resolves once it accepts connections. */
+export async function proxyProcess(args: string[] = [], opts: { port?: number; env?: Record<string, string> } = {}): Promise<{ proc: Proc; port: number }> {
+  const port = opts.port ?? (await freePort());
+  const proc = revproxy(['proxy', '-port', String(port), ...args], { env: opts.env });
+  const end = Date.now() + 10000;
+  while (!(await accepts(port))) {
+    if (Date.now() > end) throw new Error(`the proxy did not listen on port ${port} within 10 s; output:\n${proc.out.join('\n')}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return { proc, port };
+}
+
+function accepts(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect({ host: '127.0.0.1', port }, () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
 }

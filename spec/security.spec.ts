@@ -5,15 +5,15 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import fc from 'fast-check';
-import { readFileSync } from 'node:fs';
-import { connect, createServer, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { Packr } from 'msgpackr';
 import { Logger, memorySink, runClient, startProxy, startServer, StartError, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { encodeFrame } from '../transport/frame.js';
 import { loadTls } from '../transport/tls.js';
 import { makePki } from './certs.js';
 import { collector, eventually, LOCAL, rawConnect, sleep } from './helpers.js';
-import { killAll, revproxy } from './procs.js';
+import { rssBytes } from '../bench/procs.js';
+import { killAll, proxyProcess, revproxy } from './procs.js';
 
 type Ctx = { proxy?: ProxyHandle; logs: LogRecord[]; servers: ServerHandle[] };
 const pkts = (policy: string, n = 1) => Array.from({ length: n }, (_, i) => ({ srcid: 'c', privPoliId: policy, payload: `s${i}` }));
@@ -30,14 +30,20 @@ async function server(ctx: Ctx, id: string, policy: string, extra: Partial<Param
   return s;
 }
 
-const tokens = suite<Ctx>('registration secrets', { logs: [], servers: [] });
-tokens.before.each((ctx) => {
-  ctx.servers = [];
-});
-tokens.after.each(async (ctx) => {
-  for (const s of ctx.servers) s.kill();
-  ctx.proxy?.kill();
-});
+/** A suite whose tests start their own proxy and servers, all killed after each test. */
+function inProcess(name: string) {
+  const s = suite<Ctx>(name, { logs: [], servers: [] });
+  s.before.each((ctx) => {
+    ctx.servers = [];
+  });
+  s.after.each(async (ctx) => {
+    for (const srv of ctx.servers) srv.kill();
+    ctx.proxy?.kill();
+  });
+  return s;
+}
+
+const tokens = inProcess('registration secrets');
 
 tokens('a registration without the token, or with a wrong one, is refused with UNAUTHORIZED, logged with the peer, and never served', async (ctx) => {
   await proxyWith(ctx, { token: 'correct horse battery' });
@@ -82,14 +88,7 @@ tokens('a proxy listening beyond loopback without any secret warns loudly at sta
   assert.match(w!.msg, /anyone who can connect can register/);
 });
 
-const tls = suite<Ctx>('mutual TLS', { logs: [], servers: [] });
-tls.before.each((ctx) => {
-  ctx.servers = [];
-});
-tls.after.each(async (ctx) => {
-  for (const s of ctx.servers) s.kill();
-  ctx.proxy?.kill();
-});
+const tls = inProcess('mutual TLS');
 
 tls('a client and a server talk through the proxy over mutual TLS; a server with an untrusted certificate is refused', async (ctx) => {
   const pki = makePki(['proxy', 'server', 'client']);
@@ -118,31 +117,15 @@ hostile.after.each(killAll);
 const TOKEN = 'fuzz-token-not-to-be-guessed';
 
 async function liveProxy(extra: string[] = []) {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, LOCAL, r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  const proc = revproxy(['proxy', '-port', String(port), '--log-level', 'error', ...extra], { env: { REVPROXY_TOKEN: TOKEN } });
-  await eventually(() => false, 0).catch(() => undefined);
-  const end = Date.now() + 10000;
-  for (;;) {
-    try {
-      (await rawConnect(port)).destroy();
-      break;
-    } catch {
-      if (Date.now() > end) throw new Error('proxy did not start');
-      await sleep(20);
-    }
-  }
-  const srv = revproxy(['server', '-id', 'good', '-pp', 'P', '-listen', '0', '-revproc', String(port)], { env: { REVPROXY_TOKEN: TOKEN } });
+  const env = { REVPROXY_TOKEN: TOKEN };
+  const { proc, port } = await proxyProcess(['--log-level', 'error', ...extra], { env });
+  const srv = revproxy(['server', '-id', 'good', '-pp', 'P', '-listen', '0', '-revproc', String(port)], { env });
   await srv.waitFor(/Registered with the reverse proxy/);
   await sleep(150);
   return { proc, port };
 }
 
-function rssKb(pid: number): number {
-  return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
-}
+const rssKb = (pid: number): number => rssBytes(pid) / 1024;
 
 const packr = new Packr({ useRecords: false });
 function prefixed(body: Uint8Array): Buffer {
