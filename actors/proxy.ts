@@ -28,7 +28,7 @@ import { systemClock, type Clock, type Timer } from './clock.js';
 import type { Inflight } from './inflight.js';
 import { silentLogger, type Logger } from './logger.js';
 import { poolMachine } from './pool.js';
-import { tcpConnect, upstreamMachine, type ProxyRequest, type SocketFactory, type UpstreamRef, type UpstreamReport } from './upstream.js';
+import { tcpConnect, upstreamMachine, type ProxyRequest, type Reply, type SocketFactory, type UpstreamRef, type UpstreamReport } from './upstream.js';
 import { OLD_SERVER_DEFAULTS, upstreamJsonMachine, type OldServerOptions } from './upstream-json.js';
 import { drainWatch, listener, pinger, sweeper } from './proxy-io.js';
 import {
@@ -159,6 +159,8 @@ export interface ProxyContext {
   error?: string;
   /** The proxy actor itself, for timers that send it events later. */
   self?: AnyActorRef;
+  /** The one path every request's answer takes (made once, from this context). */
+  reply: Reply;
 }
 
 /** The requests one read of one client connection brought. */
@@ -285,7 +287,7 @@ export const proxyMachine = setup({
 
     refuseNew: ({ context, event }) => {
       if (event.type !== 'FORWARD') return;
-      const reply = makeReply(context);
+      const reply = context.reply;
       for (const { conn, requests } of event.batches) {
         conn.outstanding += requests.length;
         for (const msg of requests) {
@@ -396,7 +398,7 @@ export const proxyMachine = setup({
 
     expireWaiting: ({ context, event }) => {
       if (event.type !== 'EXPIRE_WAITING') return;
-      const reply = makeReply(context);
+      const reply = context.reply;
       for (const [policy, q] of context.waiting) {
         let n = 0;
         while (n < q.length && q[n]!.arrived + context.opts.timeoutMs <= event.now) n++;
@@ -414,7 +416,7 @@ export const proxyMachine = setup({
     },
 
     failRemaining: ({ context }) => {
-      const reply = makeReply(context);
+      const reply = context.reply;
       let n = 0;
       for (const entry of context.servers.values()) {
         for (const p of entry.inflight.takeAll()) {
@@ -482,7 +484,9 @@ export const proxyMachine = setup({
       busy: new Set(),
       linkSeq: 0,
       self,
+      reply: () => {},
     };
+    ctx.reply = makeReply(ctx);
     return ctx;
   },
   invoke: {

@@ -10,7 +10,7 @@ import type { AnyActorRef } from 'xstate';
 import { ErrorCode, type ErrorCode as Code } from '../transport/errors.js';
 import { errorMsg, MsgType, type AckMsg, type ErrorMsg, type SetupMsg } from '../transport/messages.js';
 import type { Opts, ProxyContext, ServerEntry } from './proxy.js';
-import type { ProxyRequest, UpstreamRef } from './upstream.js';
+import type { ProxyRequest, Reply, UpstreamRef } from './upstream.js';
 
 export type Enqueue = { sendTo: (ref: AnyActorRef, ev: { type: string; [k: string]: unknown }) => void };
 export type Spawn = (src: 'upstream' | 'upstreamJson', opts: { id: string; input: unknown }) => AnyActorRef;
@@ -66,7 +66,7 @@ export function spawnLink(context: ProxyContext, entry: ServerEntry, spawn: unkn
       tryTimeoutMs: context.opts.tryTimeoutMs,
       maxFrameBytes: context.opts.maxFrameBytes,
       busy: context.busy,
-      reply: makeReply(context),
+      reply: context.reply,
       logger: context.logger,
     },
   }) as UpstreamRef;
@@ -117,7 +117,7 @@ export function eject(context: ProxyContext, entry: ServerEntry, failures: numbe
 export function retry(context: ProxyContext, member: string, requests: ProxyRequest[], code: Code, reason: string, enqueue: Enqueue): void {
   if (requests.length === 0) return;
   const now = context.clock.now();
-  const reply = makeReply(context);
+  const reply = context.reply;
   const again = new Map<string, ProxyRequest[]>();
   let failedNow = 0;
   for (const req of requests) {
@@ -150,7 +150,7 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
 }
 
 export function refuse(context: ProxyContext, reqs: ProxyRequest[], code: Code, message: string): void {
-  const reply = makeReply(context);
+  const reply = context.reply;
   context.logger.warn(code === ErrorCode.NO_SERVER ? 'no_server' : 'refused', `${message}; refused ${reqs.length} request(s)`, {
     policy: reqs[0]?.msg.privPoliId, count: reqs.length, code,
   });
@@ -194,7 +194,7 @@ export function makeDeliver(context: ProxyContext) {
     const policy = reqs[0]!.msg.privPoliId;
     const pool = context.pools.get(policy);
     const members: string[] = pool?.getSnapshot().context.members ?? [];
-    const reply = makeReply(context);
+    const reply = context.reply;
     const queue = context.waiting.get(policy) ?? [];
     let overloaded = 0;
     let noServer = 0;
@@ -240,8 +240,8 @@ export function drainWaiting(context: ProxyContext, policy: string, enqueue: Enq
   enqueue.sendTo(pool, { type: 'ROUTE', requests: reqs });
 }
 
-/** Every request gets exactly one answer through here. */
-export function makeReply(context: ProxyContext) {
+/** Every request gets exactly one answer through here; the proxy makes it once, as `context.reply`. */
+export function makeReply(context: ProxyContext): Reply {
   const limit = context.opts.maxClientInflight;
   const observer = context.observer?.answered ? context.observer : undefined;
   const clock = context.clock;
