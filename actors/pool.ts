@@ -4,9 +4,9 @@
  *
  * States: `empty` (requests are refused with NO_SERVER) and `serving`.
  * Events: JOIN (appended), LEAVE (the rotation stays fair), ROUTE (a batch of
- * requests, each given the next member in turn; one event per read, not per request).
+ * requests, each handed to the next member in turn; one event per batch, not per request).
  */
-import { assign, enqueueActions, setup } from 'xstate';
+import { assign, setup } from 'xstate';
 
 /** The cursor as plain data, so the rotation rules can be tested on their own. */
 export interface Rotation {
@@ -60,12 +60,18 @@ function pickIndex<R>(members: readonly string[], cursor: number, eligible?: (id
   return -1;
 }
 
-/** Hands routed requests to members; `member` is undefined for requests no member can take. */
-export type Deliver<R> = (member: string | undefined, requests: R[]) => void;
+/** Hands one routed request to the member picked for it. */
+export type Deliver<R> = (member: string, req: R) => void;
 
 export interface PoolInput<R = unknown> {
   policy: string;
+  /**
+   * Called once per request, in turn, as the cursor moves: the cost of a
+   * batch is the same with 4 members as with 10,000 (nothing is grouped by member).
+   */
   deliver: Deliver<R>;
+  /** Requests no member can take now (the pool is empty, or none is eligible): once per batch, in order. */
+  unrouted: (requests: R[]) => void;
   /**
    * Whether a member may take this request now (for example: not ejected,
    * not at its in-flight limit, not already tried for this request).
@@ -76,6 +82,7 @@ export interface PoolInput<R = unknown> {
 export interface PoolContext<R = unknown> extends Rotation {
   policy: string;
   deliver: Deliver<R>;
+  unrouted: (requests: R[]) => void;
   eligible?: (id: string, req: R) => boolean;
   routed: number;
 }
@@ -95,27 +102,34 @@ export const poolMachine = setup({
     join: assign(({ context, event }) => (event.type === 'JOIN' ? join(context, event.id) : {})),
     leave: assign(({ context, event }) => (event.type === 'LEAVE' ? leave(context, event.id) : {})),
     refuse: ({ context, event }) => {
-      if (event.type === 'ROUTE') context.deliver(undefined, event.requests);
+      if (event.type === 'ROUTE') context.unrouted(event.requests);
     },
-    route: enqueueActions(({ context, event, enqueue }) => {
+    /**
+     * The hot path: one event per batch. The cursor and the count are updated
+     * in place rather than by `assign`, which would copy the context for every
+     * batch; they belong to this machine alone, and every snapshot shows their
+     * current values.
+     */
+    route: ({ context, event }) => {
       if (event.type !== 'ROUTE') return;
-      const groups = new Map<string | undefined, unknown[]>();
-      const { members, eligible } = context;
+      const { members, eligible, deliver } = context;
+      const requests = event.requests;
       let cursor = context.cursor;
-      for (const req of event.requests) {
+      let unrouted: unknown[] | undefined;
+      for (let k = 0; k < requests.length; k++) {
+        const req = requests[k];
         const i = pickIndex(members, cursor, eligible, req);
-        const member = i < 0 ? undefined : members[i];
-        if (i >= 0) cursor = i + 1;
-        let group = groups.get(member);
-        if (!group) groups.set(member, (group = []));
-        group.push(req);
+        if (i < 0) {
+          (unrouted ??= []).push(req);
+          continue;
+        }
+        cursor = i + 1;
+        deliver(members[i]!, req);
       }
-      enqueue.assign({ cursor, routed: context.routed + event.requests.length });
-      const deliver = context.deliver;
-      enqueue(() => {
-        for (const [member, reqs] of groups) deliver(member, reqs);
-      });
-    }),
+      context.cursor = cursor;
+      context.routed += requests.length;
+      if (unrouted) context.unrouted(unrouted);
+    },
   },
   guards: {
     isLastMember: ({ context, event }) =>
@@ -126,6 +140,7 @@ export const poolMachine = setup({
   context: ({ input }) => ({
     policy: input.policy,
     deliver: input.deliver,
+    unrouted: input.unrouted,
     eligible: input.eligible,
     members: [],
     cursor: 0,

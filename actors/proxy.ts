@@ -28,11 +28,11 @@ import { systemClock, type Clock, type Timer } from './clock.js';
 import type { Inflight } from './inflight.js';
 import { silentLogger, type Logger } from './logger.js';
 import { poolMachine } from './pool.js';
-import { tcpConnect, upstreamMachine, type ProxyRequest, type Reply, type SocketFactory, type UpstreamRef, type UpstreamReport } from './upstream.js';
+import { tcpConnect, upstreamMachine, type LinkTraffic, type ProxyRequest, type Reply, type SocketFactory, type UpstreamRef, type UpstreamReport } from './upstream.js';
 import { OLD_SERVER_DEFAULTS, upstreamJsonMachine, type OldServerOptions } from './upstream-json.js';
 import { drainWatch, listener, pinger, sweeper } from './proxy-io.js';
 import {
-  checkSecret, current, drainWaiting, eject, isLoopback, makeDeliver, makeEligible, makeReply, normaliseHost, refuse,
+  checkSecret, current, drainWaiting, eject, isLoopback, makeDeliver, makeEligible, makeReply, makeUnrouted, normaliseHost, refuse,
   removeServer, retry, spawnLink, sweepInterval,
 } from './routing.js';
 
@@ -121,6 +121,8 @@ export interface ServerEntry {
   /** `json`: an old server, reached one request per connection (upstream-json.ts); it leaves when its link goes down. */
   wire: Connection['wire'];
   link: UpstreamRef;
+  /** The link's traffic side, which takes requests directly while the link is open (none for old servers' links). */
+  traffic?: LinkTraffic;
   /** The link's table of unanswered requests (for the in-flight limit). */
   inflight: Inflight<ProxyRequest>;
   state: MemberState;
@@ -245,7 +247,7 @@ export const proxyMachine = setup({
         if (!context.pools.has(s.privPolyId)) {
           const pool = spawn('pool', {
             id: `pool:${s.privPolyId}`,
-            input: { policy: s.privPolyId, deliver: makeDeliver(context), eligible: makeEligible(context) },
+            input: { policy: s.privPolyId, deliver: makeDeliver(context), unrouted: makeUnrouted(context), eligible: makeEligible(context) },
           });
           context.pools.set(s.privPolyId, pool);
         }

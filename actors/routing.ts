@@ -71,7 +71,9 @@ export function spawnLink(context: ProxyContext, entry: ServerEntry, spawn: unkn
     },
   }) as UpstreamRef;
   entry.link = link;
-  entry.inflight = link.getSnapshot().context.inflight;
+  const linkContext = link.getSnapshot().context;
+  entry.inflight = linkContext.inflight;
+  entry.traffic = 'traffic' in linkContext ? linkContext.traffic : undefined;
   return linkSeq;
 }
 
@@ -175,55 +177,68 @@ export function makeEligible(context: ProxyContext) {
 }
 
 /**
- * The pool hands each member its share of a batch. Requests no member can
- * take now either wait (some member is busy or still connecting), or are
- * answered: OVERLOADED when the wait queue is full, NO_SERVER when nobody
- * could serve them, or the last failure when every other member was tried.
+ * The pool hands each request to the member it picked: straight to the
+ * member's link while it is open (no event), or as a SEND event while its
+ * machine decides (connecting, verifying, an old server's link).
  */
 export function makeDeliver(context: ProxyContext) {
-  return (member: string | undefined, requests: unknown[]): void => {
-    const reqs = requests as ProxyRequest[];
-    if (member !== undefined) {
-      const entry = context.servers.get(member);
-      if (entry) {
-        entry.planned = Math.max(0, entry.planned - reqs.length);
-        entry.link.send({ type: 'SEND', requests: reqs });
-        return;
-      }
+  return (member: string, request: unknown): void => {
+    const req = request as ProxyRequest;
+    const entry = context.servers.get(member);
+    if (!entry) {
+      unrouted(context, [req]);
+      return;
     }
-    const policy = reqs[0]!.msg.privPoliId;
-    const pool = context.pools.get(policy);
-    const members: string[] = pool?.getSnapshot().context.members ?? [];
-    const reply = context.reply;
-    const queue = context.waiting.get(policy) ?? [];
-    let overloaded = 0;
-    let noServer = 0;
-    for (const req of reqs) {
-      const candidates = members.filter((id) => !req.tried?.includes(id));
-      const couldServe = candidates.some((id) => {
-        const s = context.servers.get(id)?.state;
-        return s === 'serving' || s === 'connecting';
-      });
-      if (!couldServe) {
-        if (req.tried?.length) {
-          const code = req.lastCode ?? ErrorCode.UPSTREAM_FAILED;
-          const how = code === ErrorCode.TIMEOUT ? 'timed out on' : 'failed on';
-          reply(req, errorMsg(code, `this request ${how} every server of privacy policy ${policy} it could go to (tried ${req.tried.join(', ')})`));
-        } else {
-          reply(req, errorMsg(ErrorCode.NO_SERVER, `no live server serves privacy policy ${policy}`));
-          noServer++;
-        }
-      } else if (queue.length < context.opts.queueLimit) {
-        queue.push(req);
-      } else {
-        reply(req, errorMsg(ErrorCode.OVERLOADED, `every server of privacy policy ${policy} is at its limit and ${context.opts.queueLimit} requests are waiting; try again later`));
-        overloaded++;
-      }
-    }
-    if (queue.length) context.waiting.set(policy, queue);
-    if (noServer) context.logger.warn('no_server', `No live server serves privacy policy ${policy}; refused ${noServer} request(s)`, { policy, count: noServer, code: ErrorCode.NO_SERVER });
-    if (overloaded) context.logger.warn('overloaded', `Privacy policy ${policy} is at its limits; refused ${overloaded} request(s) with OVERLOADED`, { policy, count: overloaded, code: ErrorCode.OVERLOADED });
+    if (entry.planned > 0) entry.planned--;
+    const traffic = entry.traffic;
+    if (traffic && traffic.open) traffic.sendOne(req);
+    else entry.link.send({ type: 'SEND', requests: [req] });
   };
+}
+
+/**
+ * Requests no member can take now either wait (some member is busy or still
+ * connecting), or are answered: OVERLOADED when the wait queue is full,
+ * NO_SERVER when nobody could serve them, or the last failure when every
+ * other member was tried.
+ */
+export function makeUnrouted(context: ProxyContext) {
+  return (requests: unknown[]): void => unrouted(context, requests as ProxyRequest[]);
+}
+
+function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
+  const policy = reqs[0]!.msg.privPoliId;
+  const pool = context.pools.get(policy);
+  const members: string[] = pool?.getSnapshot().context.members ?? [];
+  const reply = context.reply;
+  const queue = context.waiting.get(policy) ?? [];
+  let overloaded = 0;
+  let noServer = 0;
+  for (const req of reqs) {
+    const candidates = members.filter((id) => !req.tried?.includes(id));
+    const couldServe = candidates.some((id) => {
+      const s = context.servers.get(id)?.state;
+      return s === 'serving' || s === 'connecting';
+    });
+    if (!couldServe) {
+      if (req.tried?.length) {
+        const code = req.lastCode ?? ErrorCode.UPSTREAM_FAILED;
+        const how = code === ErrorCode.TIMEOUT ? 'timed out on' : 'failed on';
+        reply(req, errorMsg(code, `this request ${how} every server of privacy policy ${policy} it could go to (tried ${req.tried.join(', ')})`));
+      } else {
+        reply(req, errorMsg(ErrorCode.NO_SERVER, `no live server serves privacy policy ${policy}`));
+        noServer++;
+      }
+    } else if (queue.length < context.opts.queueLimit) {
+      queue.push(req);
+    } else {
+      reply(req, errorMsg(ErrorCode.OVERLOADED, `every server of privacy policy ${policy} is at its limit and ${context.opts.queueLimit} requests are waiting; try again later`));
+      overloaded++;
+    }
+  }
+  if (queue.length) context.waiting.set(policy, queue);
+  if (noServer) context.logger.warn('no_server', `No live server serves privacy policy ${policy}; refused ${noServer} request(s)`, { policy, count: noServer, code: ErrorCode.NO_SERVER });
+  if (overloaded) context.logger.warn('overloaded', `Privacy policy ${policy} is at its limits; refused ${overloaded} request(s) with OVERLOADED`, { policy, count: overloaded, code: ErrorCode.OVERLOADED });
 }
 
 /** Route the requests waiting for room in `policy` again (after a member got room or came back). */

@@ -102,30 +102,41 @@ test('property: with a stable membership every member serves once per round, in 
 });
 
 test('the pool machine is empty until a member joins and refuses with no member', () => {
-  const delivered: Array<[string | undefined, unknown[]]> = [];
-  const pool = createActor(poolMachine, { input: { policy: '111', deliver: (m, reqs) => delivered.push([m, reqs]) } }).start();
+  const delivered: Array<[string, unknown]> = [];
+  const unrouted: unknown[][] = [];
+  const pool = createActor(poolMachine, { input: { policy: '111', deliver: (m, req) => delivered.push([m, req]), unrouted: (reqs) => unrouted.push(reqs) } }).start();
   assert.is(pool.getSnapshot().value, 'empty');
   pool.send({ type: 'ROUTE', requests: ['r0'] });
-  assert.equal(delivered, [[undefined, ['r0']]]);
+  assert.equal(unrouted, [['r0']]);
+  assert.equal(delivered, []);
   pool.send({ type: 'JOIN', id: '1' });
   pool.send({ type: 'JOIN', id: '2' });
   assert.is(pool.getSnapshot().value, 'serving');
-  delivered.length = 0;
   pool.send({ type: 'ROUTE', requests: ['a', 'b', 'c', 'd', 'e'] });
-  assert.equal(delivered, [['1', ['a', 'c', 'e']], ['2', ['b', 'd']]], 'one batch event, split by turn');
+  assert.equal(delivered, [['1', 'a'], ['2', 'b'], ['1', 'c'], ['2', 'd'], ['1', 'e']], 'one batch event, handed out in turn');
+  assert.is(pool.getSnapshot().context.cursor, 1, 'the cursor moved one step per request');
+  assert.is(pool.getSnapshot().context.routed, 5);
   pool.send({ type: 'LEAVE', id: '1' });
   pool.send({ type: 'LEAVE', id: '2' });
   assert.is(pool.getSnapshot().value, 'empty');
   pool.stop();
 });
 
-test('a pool skips members its eligibility check refuses', () => {
-  const delivered: Array<[string | undefined, unknown[]]> = [];
+test('a pool skips members its eligibility check refuses, and hands back what none can take', () => {
+  const delivered: Array<[string, unknown]> = [];
+  const unrouted: unknown[][] = [];
   const out = new Set(['2']);
-  const pool = createActor(poolMachine, { input: { policy: 'p', deliver: (m, reqs) => delivered.push([m, reqs]), eligible: (id) => !out.has(id) } }).start();
+  const pool = createActor(poolMachine, {
+    input: { policy: 'p', deliver: (m, req) => delivered.push([m, req]), unrouted: (reqs) => unrouted.push(reqs), eligible: (id) => !out.has(id) },
+  }).start();
   for (const id of ['1', '2', '3']) pool.send({ type: 'JOIN', id });
   pool.send({ type: 'ROUTE', requests: [1, 2, 3, 4] });
-  assert.equal(delivered, [['1', [1, 3]], ['3', [2, 4]]]);
+  assert.equal(delivered, [['1', 1], ['3', 2], ['1', 3], ['3', 4]]);
+  assert.equal(unrouted, []);
+  out.add('1').add('3');
+  pool.send({ type: 'ROUTE', requests: [5, 6] });
+  assert.equal(unrouted, [[5, 6]], 'one call for the whole batch');
+  assert.is(delivered.length, 4);
   pool.stop();
 });
 
