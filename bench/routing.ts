@@ -39,3 +39,19 @@ export function poolRoutingRate(members: number, ms: number, batch = 32): Routin
   pool.stop();
   return { members, rate: (delivered / (t - t0)) * 1000 };
 }
+
+/**
+ * Both pool sizes, measured in turns (4, 10,000, 4, 10,000, ...) after one
+ * unmeasured pass of each: the first pool measured in a process runs faster
+ * (its code is still specialised for one actor), which would otherwise
+ * favour whichever size goes first. Reports each size's median.
+ */
+export function poolRoutingRates(sizes: number[], ms: number, rounds = 3): RoutingRate[] {
+  for (const n of sizes) poolRoutingRate(n, Math.min(200, ms));
+  const rates = new Map<number, number[]>(sizes.map((n) => [n, []]));
+  for (let r = 0; r < rounds; r++) for (const n of sizes) rates.get(n)!.push(poolRoutingRate(n, ms / rounds).rate);
+  return sizes.map((n) => {
+    const sorted = rates.get(n)!.sort((a, b) => a - b);
+    return { members: n, rate: sorted[sorted.length >> 1]! };
+  });
+}
