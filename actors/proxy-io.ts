@@ -8,7 +8,7 @@ import type { Server, Socket } from 'node:net';
 import { fromCallback } from 'xstate';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { MsgType, type DataMsg } from '../transport/messages.js';
-import { Connection, ConnectionTimeout, flushAll } from '../transport/socket.js';
+import { Connection, ConnectionTimeout, sendTogether } from '../transport/socket.js';
 import { listenServer, type TlsMaterial } from '../transport/tls.js';
 import type { Clock } from './clock.js';
 import type { Inflight } from './inflight.js';
@@ -43,8 +43,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       if (pending.length === 0) return;
       const batches = pending;
       pending = [];
-      sendBack({ type: 'FORWARD', batches });
-      flushAll();
+      sendTogether(() => sendBack({ type: 'FORWARD', batches }));
     };
     const forwardLater = (conn: Connection, requests: DataMsg[]): void => {
       pending.push({ conn, requests });

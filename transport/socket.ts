@@ -55,6 +55,23 @@ export function flushAll(): void {
   dirty.length = 0;
 }
 
+let together = false;
+/**
+ * Run `work`, then write out everything it sent, at once: no end-of-turn
+ * flush is scheduled for it (which would cost an extra turn of the event
+ * loop, and a poll, per batch when traffic is light).
+ */
+export function sendTogether(work: () => void): void {
+  if (together) return work();
+  together = true;
+  try {
+    work();
+  } finally {
+    together = false;
+    flushAll();
+  }
+}
+
 /**
  * One TCP (or TLS) connection speaking one wire. `messages$` emits a batch of
  * validated messages for every read; it errors with a `ProtocolError` on bad
@@ -177,7 +194,7 @@ export class Connection {
     if (this.closed || this.socket.destroyed) return false;
     if (this.outCount === 0) {
       dirty.push(this);
-      if (!flushScheduled) {
+      if (!flushScheduled && !together) {
         flushScheduled = true;
         setImmediate(flushAll);
       }
