@@ -11,7 +11,7 @@ import cliProgress from 'cli-progress';
 import { nativeAcceleration } from '../transport/frame.js';
 import { runLoad, type LoadEndpoint, type LoadOptions, type LoadResult } from './loadgen.js';
 import {
-  fdCount, fileLimits, findHaproxy, freePort, HAPROXY_INSTALL, haproxyVersion, HOST, probe, ProcWatch, spawnRevproxy, startHaproxy,
+  fdCount, fileLimits, findHaproxy, freePort, HAPROXY_INSTALL, haproxyVersion, HOST, probe, ProcWatch, spawnChild, spawnRevproxy, startHaproxy,
   stopAll, waitForPort, type Child,
 } from './procs.js';
 import { poolRoutingRates, type RoutingRate } from './routing.js';
@@ -19,7 +19,7 @@ import { registerMany } from './stub.js';
 
 export const WORKLOADS = ['pipelined', 'serial', 'per-request', 'many'] as const;
 export type Workload = (typeof WORKLOADS)[number];
-export const TARGETS = ['direct', 'proxy', 'haproxy', 'baseline'] as const;
+export const TARGETS = ['direct', 'proxy', 'haproxy', 'baseline', 'relay'] as const;
 export type Target = (typeof TARGETS)[number];
 
 export interface BenchOptions {
@@ -107,6 +107,8 @@ interface Topology {
   servers: Array<{ id: string; policy: string; port: number; child: Child }>;
   haproxy?: { child: Child; ports: Map<string, number>; cleanup(): void };
   baseline?: { child: Child; port: number; close(): void };
+  /** bench/bare-relay.mjs: the floor of a Node relay, for reference. */
+  relay?: { child: Child; port: number };
 }
 
 function workloadConfig(w: Workload, o: BenchOptions): { label: string; load: Omit<LoadOptions, 'target'> } {
@@ -131,6 +133,7 @@ function endpoints(t: Target, topo: Topology): (i: number) => LoadEndpoint {
   if (t === 'proxy') return (i) => ({ host: HOST, port: topo.proxyPort, policy: policyOf(i) });
   if (t === 'haproxy') return (i) => ({ host: HOST, port: topo.haproxy!.ports.get(policyOf(i))!, policy: policyOf(i) });
   if (t === 'baseline') return (i) => ({ host: HOST, port: topo.baseline!.port, policy: policyOf(i) });
+  if (t === 'relay') return (i) => ({ host: HOST, port: topo.relay!.port, policy: policyOf(i) });
   const byPolicy = new Map(POLICIES.map((p) => [p, topo.servers.filter((s) => s.policy === p)]));
   return (i) => {
     const policy = policyOf(i);
@@ -139,7 +142,7 @@ function endpoints(t: Target, topo: Topology): (i: number) => LoadEndpoint {
   };
 }
 
-async function startTopology(haproxyBin: string | undefined, baselineDir?: string): Promise<Topology> {
+async function startTopology(haproxyBin: string | undefined, baselineDir?: string, withRelay = false): Promise<Topology> {
   const proxyPort = await freePort();
   const proxy = spawnRevproxy('proxy', ['proxy', '--port', String(proxyPort), ...PROXY_FLAGS]);
   await waitForPort(proxyPort, proxy);
@@ -183,7 +186,15 @@ async function startTopology(haproxyBin: string | undefined, baselineDir?: strin
     for (const p of POLICIES) await probe(port, p, 4);
     baseline = { child, port, close: () => regs.forEach((r) => r.close()) };
   }
-  return { proxy, proxyPort, servers, haproxy, baseline };
+  let relay: Topology['relay'];
+  if (withRelay) {
+    const port = await freePort();
+    const pools = POLICIES.map((p) => `${p}:${servers.filter((s) => s.policy === p).map((s) => s.port).join(',')}`);
+    const child = spawnChild('bare relay', process.execPath, [fileURLToPath(new URL('../bench/bare-relay.mjs', import.meta.url)), String(port), ...pools]);
+    await waitForPort(port, child);
+    relay = { child, port };
+  }
+  return { proxy, proxyPort, servers, haproxy, baseline, relay };
 }
 
 /** Progress: a bar on a terminal, one line per step otherwise. */
@@ -241,7 +252,7 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
   let topo: Topology | undefined;
   try {
     bar.step('starting proxy, servers' + (haproxyBin ? ' and HAProxy' : ''));
-    topo = await startTopology(haproxyBin, o.baseline);
+    topo = await startTopology(haproxyBin, o.baseline, targets.includes('relay'));
     // Warm every target's code paths (the JIT, connection set-up) so the first measured cell is not penalised.
     bar.step('warming up every target');
     for (const t of targets) {
@@ -253,7 +264,7 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
       const { label, load } = workloadConfig(w, o);
       for (const t of targets) {
         bar.step(`${label} / ${t}`);
-        const watched = t === 'proxy' ? topo.proxy.pid : t === 'haproxy' ? topo.haproxy!.child.pid : t === 'baseline' ? topo.baseline!.child.pid : undefined;
+        const watched = t === 'proxy' ? topo.proxy.pid : t === 'haproxy' ? topo.haproxy!.child.pid : t === 'baseline' ? topo.baseline!.child.pid : t === 'relay' ? topo.relay!.child.pid : undefined;
         const watch = watched === undefined ? undefined : new ProcWatch(watched);
         const result = await runLoad({
           ...load,
@@ -422,7 +433,7 @@ export function formatReport(rep: BenchReport, markdown = false): string {
   const head = ['workload', 'target', 'requests/s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'errors', 'proxy CPU', 'proxy peak RSS'];
   const body = rep.rows.map((r) => [
     r.label,
-    r.target === 'haproxy' ? 'HAProxy' : r.target === 'baseline' ? 'baseline proxy' : r.target,
+    r.target === 'haproxy' ? 'HAProxy' : r.target === 'baseline' ? 'baseline proxy' : r.target === 'relay' ? 'bare Node relay' : r.target,
     Math.round(r.result.rps).toLocaleString('en'),
     fmtMs(r.result.latency.p50),
     fmtMs(r.result.latency.p99),
@@ -432,7 +443,12 @@ export function formatReport(rep: BenchReport, markdown = false): string {
     r.peakRss === undefined ? '-' : `${(r.peakRss / MB).toFixed(0)} MB`,
   ]);
   const withBase = rep.rows.some((r) => r.target === 'baseline');
-  const ratioHead = ['workload', 'req/s proxy/direct', 'req/s proxy/HAProxy', 'p50 proxy/direct', 'p50 proxy/HAProxy', ...(withBase ? ['req/s proxy/baseline', 'p50 proxy/baseline'] : [])];
+  const withRelay = rep.rows.some((r) => r.target === 'relay');
+  const ratioHead = [
+    'workload', 'req/s proxy/direct', 'req/s proxy/HAProxy', 'p50 proxy/direct', 'p50 proxy/HAProxy',
+    ...(withBase ? ['req/s proxy/baseline', 'p50 proxy/baseline'] : []),
+    ...(withRelay ? ['req/s relay/direct', 'req/s relay/HAProxy', 'p50 relay/HAProxy'] : []),
+  ];
   const labels = [...new Set(rep.rows.map((r) => r.workload))];
   const ratioRows = labels.map((w) => {
     const get = (t: Target): Row | undefined => find(rep.rows, w, t);
@@ -445,6 +461,9 @@ export function formatReport(rep: BenchReport, markdown = false): string {
       q(p?.result.latency.p50, get('direct')?.result.latency.p50),
       q(p?.result.latency.p50, get('haproxy')?.result.latency.p50),
       ...(withBase ? [q(p?.result.rps, get('baseline')?.result.rps), q(p?.result.latency.p50, get('baseline')?.result.latency.p50)] : []),
+      ...(withRelay
+        ? [q(get('relay')?.result.rps, get('direct')?.result.rps), q(get('relay')?.result.rps, get('haproxy')?.result.rps), q(get('relay')?.result.latency.p50, get('haproxy')?.result.latency.p50)]
+        : []),
     ];
   });
   const checkRows = rep.checks.map((c) => [c.pass === undefined ? (c.ratio === undefined ? 'n/a' : 'info') : c.pass ? 'PASS' : 'FAIL', c.what, c.detail]);

@@ -66,7 +66,7 @@ export function benchCommand(setExit: (code: number) => void): Command {
     .addOption(new Option('--many <n>', 'many-connections workload: concurrent connections').default(10_000).argParser(parseIntOption('--many', 1)))
     .addOption(new Option('--registered <n>', 'routing comparison: registered servers, against 4').default(10_000).argParser(parseIntOption('--registered', 5)))
     .option('--workloads <list>', `comma-separated: ${WORKLOADS.join(', ')}`, WORKLOADS.join(','))
-    .option('--targets <list>', `comma-separated: ${TARGETS.join(', ')} (baseline needs --baseline)`, 'direct,proxy,haproxy')
+    .option('--targets <list>', `comma-separated: ${TARGETS.join(', ')} (baseline needs --baseline; relay is bench/bare-relay.mjs, a bare Node relay for reference)`, 'direct,proxy,haproxy')
     .option('--no-routing', 'skip the routing comparison (4 against 10,000 registered servers)')
     .option('--out <dir>', 'folder for the JSON results', DEFAULT_RESULTS_DIR)
     .option('--no-progress', 'no progress bar')
