@@ -87,21 +87,7 @@ export class LinkTraffic {
 
   /** Write requests to the server now (or queue them until the connection is there). */
   send(requests: ProxyRequest[]): void {
-    const link = this.link;
-    const conn = this.conn;
-    if (!conn) {
-      for (const r of requests) link.queue.push(r);
-      return;
-    }
-    const now = link.clock.now();
-    const verbose = link.logger.enabled('info');
-    const inflight = link.inflight;
-    for (let i = 0; i < requests.length; i++) {
-      const req = requests[i]!;
-      const upSeq = inflight.add(req, tryDeadline(link, req, now));
-      if (verbose) logForward(link, req);
-      conn.send(req.msg, upSeq);
-    }
+    for (let i = 0; i < requests.length; i++) this.sendOne(requests[i]!);
   }
 
   /** Write one request now (the pool's hot path: it hands requests over one by one, in turn). */
@@ -329,21 +315,6 @@ export const upstreamMachine = setup({
     retired: { type: 'final', entry: 'trafficClosed' },
   },
 });
-
-function write(context: UpstreamContext, requests: ProxyRequest[]): void {
-  const conn = context.conn;
-  if (!conn) {
-    for (const r of requests) context.queue.push(r);
-    return;
-  }
-  const now = context.clock.now();
-  const verbose = context.logger.enabled('info');
-  for (const req of requests) {
-    const upSeq = context.inflight.add(req, tryDeadline(context, req, now));
-    if (verbose) logForward(context, req);
-    conn.send(req.msg, upSeq);
-  }
-}
 
 /** A try ends at the try timeout, and never after the request's own deadline. */
 export function tryDeadline(context: Pick<UpstreamInput, 'tryTimeoutMs' | 'timeoutMs'>, req: ProxyRequest, now: number): number {
