@@ -177,7 +177,7 @@ export const pinger = fromCallback<ProxyEvent, { servers: Map<string, ServerEntr
       }
       // A server whose upstream link answered since the last round is alive: no PING needed
       // (with thousands of busy servers this saves thousands of writes and reads a second).
-      const reads = (entry.link.getSnapshot().context as { conn?: Connection }).conn?.reads ?? -1;
+      const reads = entry.traffic?.conn?.reads ?? -1;
       if (reads > 0 && reads !== entry.seenReads) {
         entry.seenReads = reads;
         conn.missedPings = 0;

@@ -58,7 +58,6 @@ export interface UpstreamInput {
 }
 
 export interface UpstreamContext extends UpstreamInput {
-  conn?: Connection;
   inflight: Inflight<ProxyRequest>;
   queue: ProxyRequest[];
   /** The traffic side of the link: how requests go out and answers come in while it is open. */
@@ -78,6 +77,7 @@ export interface UpstreamContext extends UpstreamInput {
 export class LinkTraffic {
   /** Set by the link machine: true while it is `open`. */
   open = false;
+  /** The link's connection, from CONNECTED until the link is down or retired. */
   conn?: Connection;
   /** Failures since the last ACK (try timeouts, error answers): for outlier ejection. */
   failures = 0;
@@ -189,11 +189,9 @@ export const upstreamMachine = setup({
     enqueue: ({ context, event }) => {
       if (event.type === 'SEND') for (const r of event.requests) context.queue.push(r);
     },
-    setConn: assign(({ context, event }) => {
-      if (event.type !== 'CONNECTED') return {};
-      context.traffic.conn = event.conn;
-      return { conn: event.conn };
-    }),
+    setConn: ({ context, event }) => {
+      if (event.type === 'CONNECTED') context.traffic.conn = event.conn;
+    },
     trafficOpen: ({ context }) => {
       context.traffic.open = true;
     },
@@ -207,7 +205,7 @@ export const upstreamMachine = setup({
     report: enqueueActions(({ event, enqueue }) => {
       if (event.type === 'REPORT') enqueue.sendParent(event.report);
     }),
-    ping: ({ context }) => context.conn?.send({ type: MsgType.PING, seq: PING_SEQ }),
+    ping: ({ context }) => context.traffic.conn?.send({ type: MsgType.PING, seq: PING_SEQ }),
     notifyUp: sendParent(({ context, self }) => ({ type: 'UPSTREAM_UP' as const, member: context.member, linkId: self.id })),
     flushQueue: ({ context }) => {
       const queued = context.queue.splice(0);
@@ -230,7 +228,6 @@ export const upstreamMachine = setup({
     }),
     setError: assign(({ event }) => ({
       lastError: event.type === 'DISCONNECTED' ? event.error ?? 'connection lost' : 'no answer to PING in time',
-      conn: undefined,
     })),
     /** Hand every unfinished request back to the proxy, with the reason. */
     notifyDown: sendParent(({ context, self }) => ({
