@@ -97,6 +97,14 @@ export interface BenchReport {
   notes: string[];
   rows: Row[];
   routing?: { pool: RoutingRate[]; endToEnd?: RoutingRun[] };
+  /**
+   * One at a time through the proxy on a policy served by a single server,
+   * measured right after the one-at-a-time cells: like for like with HAProxy,
+   * whose `balance roundrobin` in TCP mode picks a server per connection, so
+   * its one connection always reaches the same server. The proxy balances each
+   * message, so on the two-server policies each request goes to the other server.
+   */
+  oneServer?: Row;
   checks: Check[];
   file?: string;
 }
@@ -245,10 +253,12 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
     notes.push(`Routing end to end uses ${routingMembers.toLocaleString('en')} registered servers, not ${o.registered.toLocaleString('en')}: the proxy holds a registration connection and an upstream link per server, and the hard limit is ${limits.hard} open files (raise it to ${2 * o.registered + 300} for the full count).`);
   }
 
-  const steps = o.workloads.length * targets.length + (o.routing ? 3 : 0);
+  const likeForLike = o.workloads.includes('serial') && targets.includes('proxy') && targets.includes('haproxy');
+  const steps = o.workloads.length * targets.length + (likeForLike ? 1 : 0) + (o.routing ? 3 : 0);
   const bar = progress(o.progress, steps);
   const rows: Row[] = [];
   let routing: BenchReport['routing'];
+  let oneServer: Row | undefined;
   let topo: Topology | undefined;
   try {
     bar.step('starting proxy, servers' + (haproxyBin ? ' and HAProxy' : ''));
@@ -276,6 +286,11 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
         rows.push({ workload: w, label, target: t, result, proxyCpu: proc?.cpu, peakRss: proc?.peakRss });
         bar.advance();
         await new Promise((r) => setTimeout(r, 300)); // let closed connections settle before the next step
+      }
+      if (w === 'serial' && likeForLike) {
+        bar.step(`${label} / proxy, one-server policy`);
+        oneServer = await serialOneServer(topo, load, bar.live);
+        bar.advance();
       }
     }
     if (o.routing) {
@@ -312,13 +327,38 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
     notes,
     rows,
     routing,
-    checks: checks(rows, routing),
+    oneServer,
+    checks: checks(rows, routing, oneServer),
   };
   mkdirSync(o.outDir, { recursive: true });
   const file = join(o.outDir, `bench-${report.date.replace(/[:.]/g, '-')}${o.quick ? '-quick' : ''}.json`);
   writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`);
   report.file = file;
   return report;
+}
+
+/** The one-at-a-time workload through the proxy on a policy of its own, served by the first server alone. */
+async function serialOneServer(topo: Topology, load: Omit<LoadOptions, 'target'>, live: LoadOptions['live']): Promise<Row> {
+  const policy = 'one-server';
+  const server = topo.servers[0]!;
+  const reg = await registerMany(topo.proxyPort, policy, [server.port], 1, `solo${server.id}`);
+  try {
+    // Registration travels on its own connection: wait until the proxy answers for the new policy.
+    const until = Date.now() + 10_000;
+    while ((await probe(topo.proxyPort, policy, 2).catch(() => new Set<string>())).size === 0) {
+      if (Date.now() > until) throw new Error(`the stand-in for server ${server.id} did not register for policy ${policy}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const target = (): LoadEndpoint => ({ host: HOST, port: topo.proxyPort, policy });
+    await runLoad({ connections: 1, depth: 1, durationMs: 200, target });
+    const watch = new ProcWatch(topo.proxy.pid);
+    const result = await runLoad({ ...load, target, live, window: { start: () => watch.windowStart(), end: () => watch.windowEnd() } });
+    const proc = watch.finish();
+    return { workload: 'serial', label: 'one at a time, one-server policy', target: 'proxy', result, proxyCpu: proc.cpu, peakRss: proc.peakRss };
+  } finally {
+    reg.close();
+    await new Promise((r) => setTimeout(r, 300));
+  }
 }
 
 /**
@@ -359,7 +399,7 @@ function find(rows: Row[], w: Workload, t: Target): Row | undefined {
 
 const MB = 1024 * 1024;
 
-export function checks(rows: Row[], routing: BenchReport['routing']): Check[] {
+export function checks(rows: Row[], routing: BenchReport['routing'], oneServer?: Row): Check[] {
   const out: Check[] = [];
   const ratio = (a?: number, b?: number): number | undefined => (a !== undefined && b ? a / b : undefined);
   const add = (what: string, r: number | undefined, ok: (r: number) => boolean, detail: string): void => {
@@ -372,6 +412,16 @@ export function checks(rows: Row[], routing: BenchReport['routing']): Check[] {
   add('pipelined throughput, proxy / HAProxy >= 1.0', r2, (r) => r >= 1.0, `${r2?.toFixed(2)}x`);
   const r3 = ratio(find(rows, 'serial', 'proxy')?.result.latency.p50, find(rows, 'serial', 'haproxy')?.result.latency.p50);
   add('one-at-a-time p50, proxy / HAProxy <= 1.2', r3, (r) => r <= 1.2, `${r3?.toFixed(2)}x`);
+  if (oneServer) {
+    const hp50 = find(rows, 'serial', 'haproxy')?.result.latency.p50;
+    const r = ratio(oneServer.result.latency.p50, hp50);
+    out.push({
+      what: 'one-at-a-time p50, proxy on a one-server policy / HAProxy (like for like, for information)',
+      ratio: r,
+      pass: undefined,
+      detail: r === undefined ? 'not measured' : `${r.toFixed(2)}x (${fmtMs(oneServer.result.latency.p50)} vs ${fmtMs(hp50!)} ms): HAProxy balances connections, so its one connection always reaches the same server`,
+    });
+  }
   const many = find(rows, 'many', 'proxy');
   if (many) {
     const errors = Object.values(many.result.errors).reduce((a, b) => a + b, 0) + many.result.wrongHash;
@@ -431,7 +481,10 @@ function textTable(head: string[], rows: string[][], right: Set<number>): string
 /** The report as people read it: results, ratios, targets. Markdown when `markdown`, for the README. */
 export function formatReport(rep: BenchReport, markdown = false): string {
   const head = ['workload', 'target', 'requests/s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'errors', 'proxy CPU', 'proxy peak RSS'];
-  const body = rep.rows.map((r) => [
+  // The one-server measurement shows under the one-at-a-time rows.
+  const shown = [...rep.rows];
+  if (rep.oneServer) shown.splice(shown.map((r) => r.workload).lastIndexOf('serial') + 1, 0, rep.oneServer);
+  const body = shown.map((r) => [
     r.label,
     r.target === 'haproxy' ? 'HAProxy' : r.target === 'baseline' ? 'baseline proxy' : r.target === 'relay' ? 'bare Node relay' : r.target,
     Math.round(r.result.rps).toLocaleString('en'),

@@ -6,6 +6,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { runLoad } from '../bench/loadgen.js';
+import { checks, type Check, type Row } from '../bench/run.js';
 import { Histogram } from '../bench/histogram.js';
 import { startStubServer, type StubServer } from '../bench/stub.js';
 
@@ -77,3 +78,32 @@ test('histogram quantiles are within 1% of the recorded values', () => {
 });
 
 test.run();
+
+const verdicts = suite('bench verdicts');
+
+function row(workload: Row['workload'], target: Row['target'], rps: number, p50: number, label = workload): Row {
+  const latency = { p50, p99: p50, p999: p50, mean: p50, max: p50, count: 1 };
+  return { workload, label, target, result: { sent: 1, ok: 1, wrongHash: 0, errors: {}, connected: 1, windowMs: 1000, rps, latency } };
+}
+
+verdicts('each target is judged from the ratio measured in the run; the one-server row is information, not a verdict', () => {
+  const rows = [
+    row('pipelined', 'direct', 1000, 1),
+    row('pipelined', 'proxy', 800, 1),
+    row('pipelined', 'haproxy', 900, 1),
+    row('serial', 'proxy', 1, 0.15),
+    row('serial', 'haproxy', 1, 0.1),
+  ];
+  const out = checks(rows, undefined, row('serial', 'proxy', 1, 0.12, 'one at a time, one-server policy'));
+  const by = (what: string): Check => out.find((c) => c.what.startsWith(what))!;
+  assert.is(by('pipelined throughput, proxy / direct').pass, true);
+  assert.is(by('pipelined throughput, proxy / HAProxy').pass, false);
+  assert.is(by('one-at-a-time p50, proxy / HAProxy').pass, false);
+  const like = by('one-at-a-time p50, proxy on a one-server policy');
+  assert.is(like.pass, undefined);
+  assert.ok(Math.abs(like.ratio! - 1.2) < 1e-9);
+  assert.match(like.detail, '1.20x (0.120 vs 0.100 ms)');
+  assert.is(checks(rows, undefined).some((c) => c.what.includes('one-server')), false);
+});
+
+verdicts.run();
