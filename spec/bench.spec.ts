@@ -81,7 +81,7 @@ test.run();
 
 const verdicts = suite('bench verdicts');
 
-function row(workload: Row['workload'], target: Row['target'], rps: number, p50: number, label = workload): Row {
+function row(workload: Row['workload'], target: Row['target'], rps: number, p50: number, label: string = workload): Row {
   const latency = { p50, p99: p50, p999: p50, mean: p50, max: p50, count: 1 };
   return { workload, label, target, result: { sent: 1, ok: 1, wrongHash: 0, errors: {}, connected: 1, windowMs: 1000, rps, latency } };
 }
