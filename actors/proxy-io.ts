@@ -6,6 +6,7 @@
  */
 import type { Server, Socket } from 'node:net';
 import { fromCallback } from 'xstate';
+import type { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { MsgType, type DataMsg } from '../transport/messages.js';
 import { Connection, ConnectionTimeout, sendTogether } from '../transport/socket.js';
@@ -27,6 +28,8 @@ interface ListenerInput {
   frameTimeoutMs: number;
   tls?: TlsMaterial;
   logger: Logger;
+  /** Kicked by every client read; stopped with the listener. */
+  busyPoll?: BusyPoll;
 }
 
 export const listener = fromCallback<ProxyEvent, ListenerInput>(
@@ -76,6 +79,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       conns.add(conn);
       conn.messages$.subscribe({
         next: (messages) => {
+          input.busyPoll?.kick();
           let data: DataMsg[] | undefined;
           const flush = (): void => {
             if (data) forwardLater(conn, data);
@@ -141,6 +145,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
     });
     return () => {
       server.close();
+      input.busyPoll?.stop();
       // Let answers already written leave before the sockets close.
       for (const c of conns) c.endWith();
     };

@@ -68,6 +68,7 @@ export function spawnLink(context: ProxyContext, entry: ServerEntry, spawn: unkn
       busy: context.busy,
       reply: context.reply,
       logger: context.logger,
+      busyPoll: context.busyPoll,
     },
   }) as UpstreamRef;
   entry.link = link;

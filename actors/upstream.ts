@@ -13,6 +13,7 @@
  */
 import { connect as netConnect, type Socket } from 'node:net';
 import { assign, enqueueActions, fromCallback, sendParent, setup, type ActorRefFrom } from 'xstate';
+import type { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode } from '../transport/errors.js';
 import { MsgType, type AckMsg, type DataMsg, type ErrorMsg, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
@@ -55,6 +56,8 @@ export interface UpstreamInput {
   busy: Set<Inflight<ProxyRequest>>;
   reply: Reply;
   logger: Logger;
+  /** Kicked by every read of answers (the proxy's busy polling, when on). */
+  busyPoll?: BusyPoll;
 }
 
 export interface UpstreamContext extends UpstreamInput {
@@ -143,7 +146,7 @@ export type UpstreamReport =
  * Owns the socket: dials, then turns its reads into ANSWERS batches until the
  * link is open, and settles them through the link's port from then on.
  */
-const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number; connect: SocketFactory; maxFrameBytes: number; link: LinkTraffic; linkId: string }>(
+const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number; connect: SocketFactory; maxFrameBytes: number; link: LinkTraffic; linkId: string; busyPoll?: BusyPoll }>(
   ({ sendBack, input }) => {
     const { link, linkId } = input;
     const socket = input.connect(input.host, input.port);
@@ -158,6 +161,7 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
     socket.once(readyEvent(socket), () => sendBack({ type: 'CONNECTED', conn }));
     const sub = conn.messages$.subscribe({
       next: (messages) => {
+        input.busyPoll?.kick();
         if (!link.open) return sendBack({ type: 'ANSWERS', messages });
         const report = link.answer(messages, linkId);
         if (report) sendBack({ type: 'REPORT', report });
@@ -257,7 +261,7 @@ export const upstreamMachine = setup({
   invoke: {
     id: 'socket',
     src: 'upstreamSocket',
-    input: ({ context, self }) => ({ host: context.host, port: context.port, connect: context.connect, maxFrameBytes: context.maxFrameBytes, link: context.traffic, linkId: self.id }),
+    input: ({ context, self }) => ({ host: context.host, port: context.port, connect: context.connect, maxFrameBytes: context.maxFrameBytes, link: context.traffic, linkId: self.id, busyPoll: context.busyPoll }),
   },
   on: {
     RESET_FAILURES: {

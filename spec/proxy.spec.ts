@@ -221,6 +221,22 @@ faults('a server whose listen port refuses connections is out of rotation, probe
   assert.is(c.closed, false, 'the registration stays open while it is probed');
 });
 
+const polling = fresh('busy polling', { busyPollUs: 20_000 });
+
+polling('with --busy-poll the proxy answers as usual, keeps polling while traffic flows, and stops polling once the window after it has passed', async () => {
+  await addServer('1', 'BP');
+  await addServer('2', 'BP');
+  const poll = ctx.proxy.actor.getSnapshot().context.busyPoll!;
+  assert.ok(poll, 'made from busyPollUs');
+  const before = poll.spins;
+  const results = await runClient({ id: 'c1', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('BP', 6), window: 1 });
+  assert.equal(results.map((r) => r.server), ['1', '2', '1', '2', '1', '2']);
+  assert.ok(results.every((r) => r.correct));
+  assert.ok(poll.spins > before, 'turns of the loop were spent polling');
+  await eventually(() => !poll.active, 2000, 'polling ended 20 ms after the last traffic');
+});
+
 routing.run();
 badInput.run();
 faults.run();
+polling.run();
