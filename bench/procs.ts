@@ -171,11 +171,17 @@ export function haproxyVersion(bin: string): string {
  * that policy's servers. maxconn is left to HAProxy, which derives it from the
  * descriptor limit (it needs two per proxied connection).
  */
-export function startHaproxy(bin: string, frontends: Array<{ policy: string; port: number; servers: Array<{ id: string; port: number }> }>): { child: Child; cleanup(): void } {
+export function startHaproxy(
+  bin: string,
+  frontends: Array<{ policy: string; port: number; servers: Array<{ id: string; port: number }> }>,
+  opts: { busyPolling?: boolean } = {},
+): { child: Child; cleanup(): void } {
   const dir = mkdtempSync(join(tmpdir(), 'revproxy-bench-haproxy-'));
   const cfg = [
     'global',
     '  log stdout format raw local0 err',
+    // Its threads never sleep: one thread, so it takes at most a core, as the proxy's busy polling does.
+    ...(opts.busyPolling ? ['  busy-polling', '  nbthread 1'] : []),
     'defaults',
     '  mode tcp',
     '  timeout connect 5s',

@@ -40,6 +40,8 @@ export interface BenchOptions {
   progress: boolean;
   /** Another checkout of revproxy whose proxy runs as the `baseline` target (before/after comparisons in one run). */
   baseline?: string;
+  /** The busy-poll window (us) of the one-at-a-time variants beside the targets; 0 skips them. */
+  busyPollUs: number;
 }
 
 export const DEFAULT_RESULTS_DIR = fileURLToPath(new URL('../bench/results', import.meta.url));
@@ -97,16 +99,28 @@ export interface BenchReport {
   notes: string[];
   rows: Row[];
   routing?: { pool: RoutingRate[]; endToEnd?: RoutingRun[] };
-  /**
-   * One at a time through the proxy on a policy served by a single server,
-   * measured right after the one-at-a-time cells: like for like with HAProxy,
-   * whose `balance roundrobin` in TCP mode picks a server per connection, so
-   * its one connection always reaches the same server. The proxy balances each
-   * message, so on the two-server policies each request goes to the other server.
-   */
-  oneServer?: Row;
+  /** One-at-a-time variants measured right after the one-at-a-time cells, for information. */
+  variants?: SerialVariants;
   checks: Check[];
   file?: string;
+}
+
+/**
+ * One at a time, measured beside the target's cells to show what the
+ * target's ratio is made of.
+ */
+export interface SerialVariants {
+  /**
+   * The proxy on a policy served by a single server. HAProxy's `balance
+   * roundrobin` in TCP mode picks a server per connection, so its one
+   * connection always reaches the same server; the proxy balances each
+   * message, so on the two-server policies each request goes to the other one.
+   */
+  oneServer?: Row;
+  /** A second proxy process with `--busy-poll`, on the same servers and policies as the first. */
+  busyPoll?: Row;
+  /** A second HAProxy with `busy-polling` and one thread (a thread that never sleeps: at most a core, as the proxy's busy polling). */
+  haproxyBusy?: Row;
 }
 
 interface Topology {
@@ -254,11 +268,12 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
   }
 
   const likeForLike = o.workloads.includes('serial') && targets.includes('proxy') && targets.includes('haproxy');
-  const steps = o.workloads.length * targets.length + (likeForLike ? 1 : 0) + (o.routing ? 3 : 0);
+  const variantSteps = likeForLike ? (o.busyPollUs ? 3 : 1) : 0;
+  const steps = o.workloads.length * targets.length + variantSteps + (o.routing ? 3 : 0);
   const bar = progress(o.progress, steps);
   const rows: Row[] = [];
   let routing: BenchReport['routing'];
-  let oneServer: Row | undefined;
+  let variants: SerialVariants | undefined;
   let topo: Topology | undefined;
   try {
     bar.step('starting proxy, servers' + (haproxyBin ? ' and HAProxy' : ''));
@@ -287,11 +302,7 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
         bar.advance();
         await new Promise((r) => setTimeout(r, 300)); // let closed connections settle before the next step
       }
-      if (w === 'serial' && likeForLike) {
-        bar.step(`${label} / proxy, one-server policy`);
-        oneServer = await serialOneServer(topo, load, bar.live);
-        bar.advance();
-      }
+      if (w === 'serial' && likeForLike) variants = await serialVariants(topo, haproxyBin!, load, o.busyPollUs, bar);
     }
     if (o.routing) {
       topo.haproxy?.child.stop();
@@ -327,8 +338,8 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
     notes,
     rows,
     routing,
-    oneServer,
-    checks: checks(rows, routing, oneServer),
+    variants,
+    checks: checks(rows, routing, variants),
   };
   mkdirSync(o.outDir, { recursive: true });
   const file = join(o.outDir, `bench-${report.date.replace(/[:.]/g, '-')}${o.quick ? '-quick' : ''}.json`);
@@ -337,28 +348,77 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
   return report;
 }
 
-/** The one-at-a-time workload through the proxy on a policy of its own, served by the first server alone. */
-async function serialOneServer(topo: Topology, load: Omit<LoadOptions, 'target'>, live: LoadOptions['live']): Promise<Row> {
-  const policy = 'one-server';
-  const server = topo.servers[0]!;
-  const reg = await registerMany(topo.proxyPort, policy, [server.port], 1, `solo${server.id}`);
-  try {
-    // Registration travels on its own connection: wait until the proxy answers for the new policy.
-    const until = Date.now() + 10_000;
-    while ((await probe(topo.proxyPort, policy, 2).catch(() => new Set<string>())).size === 0) {
-      if (Date.now() > until) throw new Error(`the stand-in for server ${server.id} did not register for policy ${policy}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    const target = (): LoadEndpoint => ({ host: HOST, port: topo.proxyPort, policy });
-    await runLoad({ connections: 1, depth: 1, durationMs: 200, target });
-    const watch = new ProcWatch(topo.proxy.pid);
-    const result = await runLoad({ ...load, target, live, window: { start: () => watch.windowStart(), end: () => watch.windowEnd() } });
-    const proc = watch.finish();
-    return { workload: 'serial', label: 'one at a time, one-server policy', target: 'proxy', result, proxyCpu: proc.cpu, peakRss: proc.peakRss };
-  } finally {
-    reg.close();
-    await new Promise((r) => setTimeout(r, 300));
+/** Measure one workload cell against `target`, watching `pid`'s CPU and memory. */
+async function cell(load: Omit<LoadOptions, 'target'>, target: (i: number) => LoadEndpoint, pid: number, live: LoadOptions['live']): Promise<{ result: LoadResult; proxyCpu: number; peakRss: number }> {
+  await runLoad({ connections: 1, depth: 1, durationMs: 200, target });
+  const watch = new ProcWatch(pid);
+  const result = await runLoad({ ...load, target, live, window: { start: () => watch.windowStart(), end: () => watch.windowEnd() } });
+  const proc = watch.finish();
+  return { result, proxyCpu: proc.cpu, peakRss: proc.peakRss };
+}
+
+/** Wait until the proxy on `port` answers for `policy` (stand-in registrations travel on their own connections). */
+async function untilServed(port: number, policy: string): Promise<void> {
+  const until = Date.now() + 10_000;
+  while ((await probe(port, policy, 2).catch(() => new Set<string>())).size === 0) {
+    if (Date.now() > until) throw new Error(`no server answered for policy ${policy} on port ${port} within 10 s`);
+    await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+/** The one-at-a-time variants (see SerialVariants), each on processes of its own beside the topology. */
+async function serialVariants(topo: Topology, haproxyBin: string, load: Omit<LoadOptions, 'target'>, busyPollUs: number, bar: ReturnType<typeof progress>): Promise<SerialVariants> {
+  const out: SerialVariants = {};
+  const label = 'one at a time';
+  const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 300));
+
+  bar.step(`${label} / proxy, one-server policy`);
+  const server = topo.servers[0]!;
+  const solo = await registerMany(topo.proxyPort, 'one-server', [server.port], 1, `solo${server.id}`);
+  try {
+    await untilServed(topo.proxyPort, 'one-server');
+    const m = await cell(load, () => ({ host: HOST, port: topo.proxyPort, policy: 'one-server' }), topo.proxy.pid, bar.live);
+    out.oneServer = { workload: 'serial', label: `${label}, one-server policy`, target: 'proxy', ...m };
+  } finally {
+    solo.close();
+  }
+  bar.advance();
+  await settle();
+  if (!busyPollUs) return out;
+
+  bar.step(`${label} / proxy --busy-poll ${busyPollUs}`);
+  const port = await freePort();
+  const busy = spawnRevproxy('proxy --busy-poll', ['proxy', '--port', String(port), ...PROXY_FLAGS, '--busy-poll', String(busyPollUs)]);
+  const regs: Array<{ close(): void }> = [];
+  try {
+    await waitForPort(port, busy);
+    // The same servers and policies as the proxy under test, registered by stand-ins that point at their ports.
+    for (const p of POLICIES) regs.push(await registerMany(port, p, topo.servers.filter((s) => s.policy === p).map((s) => s.port), 2, `busy${p}`));
+    for (const p of POLICIES) await untilServed(port, p);
+    const m = await cell(load, (i) => ({ host: HOST, port, policy: POLICIES[i % POLICIES.length]! }), busy.pid, bar.live);
+    out.busyPoll = { workload: 'serial', label: `${label}, --busy-poll ${busyPollUs}`, target: 'proxy', ...m };
+  } finally {
+    for (const r of regs) r.close();
+    await busy.stop();
+  }
+  bar.advance();
+  await settle();
+
+  bar.step(`${label} / HAProxy busy-polling`);
+  const ports = new Map<string, number>();
+  for (const p of POLICIES) ports.set(p, await freePort());
+  const h = startHaproxy(haproxyBin, POLICIES.map((p) => ({ policy: p, port: ports.get(p)!, servers: topo.servers.filter((s) => s.policy === p) })), { busyPolling: true });
+  try {
+    for (const port of ports.values()) await waitForPort(port, h.child);
+    const m = await cell(load, (i) => ({ host: HOST, port: ports.get(POLICIES[i % POLICIES.length]!)!, policy: POLICIES[i % POLICIES.length]! }), h.child.pid, bar.live);
+    out.haproxyBusy = { workload: 'serial', label: `${label}, busy-polling`, target: 'haproxy', ...m };
+  } finally {
+    await h.child.stop();
+    h.cleanup();
+  }
+  bar.advance();
+  await settle();
+  return out;
 }
 
 /**
@@ -399,7 +459,7 @@ function find(rows: Row[], w: Workload, t: Target): Row | undefined {
 
 const MB = 1024 * 1024;
 
-export function checks(rows: Row[], routing: BenchReport['routing'], oneServer?: Row): Check[] {
+export function checks(rows: Row[], routing: BenchReport['routing'], variants?: SerialVariants): Check[] {
   const out: Check[] = [];
   const ratio = (a?: number, b?: number): number | undefined => (a !== undefined && b ? a / b : undefined);
   const add = (what: string, r: number | undefined, ok: (r: number) => boolean, detail: string): void => {
@@ -412,16 +472,19 @@ export function checks(rows: Row[], routing: BenchReport['routing'], oneServer?:
   add('pipelined throughput, proxy / HAProxy >= 1.0', r2, (r) => r >= 1.0, `${r2?.toFixed(2)}x`);
   const r3 = ratio(find(rows, 'serial', 'proxy')?.result.latency.p50, find(rows, 'serial', 'haproxy')?.result.latency.p50);
   add('one-at-a-time p50, proxy / HAProxy <= 1.2', r3, (r) => r <= 1.2, `${r3?.toFixed(2)}x`);
-  if (oneServer) {
-    const hp50 = find(rows, 'serial', 'haproxy')?.result.latency.p50;
-    const r = ratio(oneServer.result.latency.p50, hp50);
-    out.push({
-      what: 'one-at-a-time p50, proxy on a one-server policy / HAProxy (like for like, for information)',
-      ratio: r,
-      pass: undefined,
-      detail: r === undefined ? 'not measured' : `${r.toFixed(2)}x (${fmtMs(oneServer.result.latency.p50)} vs ${fmtMs(hp50!)} ms): HAProxy balances connections, so its one connection always reaches the same server`,
-    });
-  }
+  const hp50 = find(rows, 'serial', 'haproxy')?.result.latency.p50;
+  const info = (what: string, row: Row | undefined, against: number | undefined, against$: string, why: string): void => {
+    if (!row) return;
+    const r = ratio(row.result.latency.p50, against);
+    out.push({ what, ratio: r, pass: undefined, detail: r === undefined ? 'not measured' : `${r.toFixed(2)}x (${fmtMs(row.result.latency.p50)} vs ${fmtMs(against!)} ms${against$}): ${why}` });
+  };
+  info('one-at-a-time p50, proxy on a one-server policy / HAProxy (like for like, for information)', variants?.oneServer, hp50, '',
+    'HAProxy balances connections, so its one connection always reaches the same server');
+  const bp = variants?.busyPoll;
+  info(`one-at-a-time p50, ${bp?.label.replace(/^one at a time, /, 'proxy ')} / HAProxy (for information)`, bp, hp50, '',
+    'polling instead of sleeping after traffic; HAProxy as configured for the target sleeps');
+  info(`one-at-a-time p50, ${bp?.label.replace(/^one at a time, /, 'proxy ')} / HAProxy busy-polling (both polling, for information)`, bp, variants?.haproxyBusy?.result.latency.p50, '',
+    'HAProxy with busy-polling and one thread never sleeps');
   const many = find(rows, 'many', 'proxy');
   if (many) {
     const errors = Object.values(many.result.errors).reduce((a, b) => a + b, 0) + many.result.wrongHash;
@@ -481,9 +544,11 @@ function textTable(head: string[], rows: string[][], right: Set<number>): string
 /** The report as people read it: results, ratios, targets. Markdown when `markdown`, for the README. */
 export function formatReport(rep: BenchReport, markdown = false): string {
   const head = ['workload', 'target', 'requests/s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'errors', 'proxy CPU', 'proxy peak RSS'];
-  // The one-server measurement shows under the one-at-a-time rows.
+  // The one-at-a-time variants show under the one-at-a-time rows.
   const shown = [...rep.rows];
-  if (rep.oneServer) shown.splice(shown.map((r) => r.workload).lastIndexOf('serial') + 1, 0, rep.oneServer);
+  const v = rep.variants;
+  const extra = v ? [v.oneServer, v.busyPoll, v.haproxyBusy].filter((r): r is Row => r !== undefined) : [];
+  shown.splice(shown.map((r) => r.workload).lastIndexOf('serial') + 1, 0, ...extra);
   const body = shown.map((r) => [
     r.label,
     r.target === 'haproxy' ? 'HAProxy' : r.target === 'baseline' ? 'baseline proxy' : r.target === 'relay' ? 'bare Node relay' : r.target,

@@ -23,6 +23,7 @@ interface BenchFlags {
   progress: boolean;
   markdown?: boolean;
   baseline?: string;
+  busyPoll: number;
 }
 
 function list<T extends string>(value: string, allowed: readonly T[], what: string): T[] {
@@ -71,6 +72,7 @@ export function benchCommand(setExit: (code: number) => void): Command {
     .option('--out <dir>', 'folder for the JSON results', DEFAULT_RESULTS_DIR)
     .option('--no-progress', 'no progress bar')
     .option('--markdown', 'also print the tables as Markdown (for the README)')
+    .addOption(new Option('--busy-poll <us>', 'one at a time, also measure a proxy with --busy-poll this long and HAProxy with busy-polling, for information (0 = skip)').default(300).argParser(parseIntOption('--busy-poll', 0)))
     .option('--baseline <dir>', 'another checkout of revproxy (with node_modules): its proxy runs as target "baseline", for before/after ratios in one run')
     .addHelpText(
       'after',
@@ -116,6 +118,7 @@ Examples:
           outDir: f.out,
           progress: f.progress,
           baseline: f.baseline,
+          busyPollUs: f.busyPoll,
         });
         process.stdout.write(`${formatReport(report)}\n`);
         if (f.markdown) process.stdout.write(`\n${formatReport(report, true)}\n`);

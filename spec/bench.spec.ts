@@ -86,7 +86,7 @@ function row(workload: Row['workload'], target: Row['target'], rps: number, p50:
   return { workload, label, target, result: { sent: 1, ok: 1, wrongHash: 0, errors: {}, connected: 1, windowMs: 1000, rps, latency } };
 }
 
-verdicts('each target is judged from the ratio measured in the run; the one-server row is information, not a verdict', () => {
+verdicts('each target is judged from the ratio measured in the run; the one-at-a-time variants are information, not verdicts', () => {
   const rows = [
     row('pipelined', 'direct', 1000, 1),
     row('pipelined', 'proxy', 800, 1),
@@ -94,7 +94,11 @@ verdicts('each target is judged from the ratio measured in the run; the one-serv
     row('serial', 'proxy', 1, 0.15),
     row('serial', 'haproxy', 1, 0.1),
   ];
-  const out = checks(rows, undefined, row('serial', 'proxy', 1, 0.12, 'one at a time, one-server policy'));
+  const out = checks(rows, undefined, {
+    oneServer: row('serial', 'proxy', 1, 0.12, 'one at a time, one-server policy'),
+    busyPoll: row('serial', 'proxy', 1, 0.09, 'one at a time, --busy-poll 300'),
+    haproxyBusy: row('serial', 'haproxy', 1, 0.06, 'one at a time, busy-polling'),
+  });
   const by = (what: string): Check => out.find((c) => c.what.startsWith(what))!;
   assert.is(by('pipelined throughput, proxy / direct').pass, true);
   assert.is(by('pipelined throughput, proxy / HAProxy').pass, false);
@@ -103,6 +107,9 @@ verdicts('each target is judged from the ratio measured in the run; the one-serv
   assert.is(like.pass, undefined);
   assert.ok(Math.abs(like.ratio! - 1.2) < 1e-9);
   assert.match(like.detail, '1.20x (0.120 vs 0.100 ms)');
+  assert.is(by('one-at-a-time p50, proxy --busy-poll 300 / HAProxy (').ratio?.toFixed(2), '0.90');
+  assert.is(by('one-at-a-time p50, proxy --busy-poll 300 / HAProxy busy-polling').ratio?.toFixed(2), '1.50');
+  assert.ok(out.filter((c) => c.what.includes('busy')).every((c) => c.pass === undefined), 'information, not verdicts');
   assert.is(checks(rows, undefined).some((c) => c.what.includes('one-server')), false);
 });
 
