@@ -1,0 +1,69 @@
+/**
+ * What the hot codec costs per message: DATA and ACK frames, shaped as the
+ * bench's load generator and servers send them, decoded by the fast scanner
+ * (`transport/fastwire.ts`) and encoded into a connection's outgoing buffer
+ * with a new seq, as the proxy does. One process, no sockets: nanoseconds
+ * per message, best of the rounds.
+ *
+ *   npx tsx bench/codec.ts [--rounds 5] [--frames 4096]
+ */
+import { createHash } from 'node:crypto';
+import { parseArgs } from 'node:util';
+import { decodeHot } from '../transport/fastwire.js';
+import { encodeFrame, FrameBuffer } from '../transport/frame.js';
+import { MsgType, type Message } from '../transport/messages.js';
+import { DEFAULT_PAYLOADS } from './loadgen.js';
+
+const { values } = parseArgs({ options: { rounds: { type: 'string', default: '5' }, frames: { type: 'string', default: '4096' } } });
+const rounds = Number(values.rounds);
+const frames = Number(values.frames);
+
+/** `frames` frames back to back in one buffer, cycling through the given messages. */
+function stream(messages: Message[]): Buffer {
+  const one = messages.map((m) => encodeFrame(m));
+  return Buffer.concat(Array.from({ length: frames }, (_, i) => one[i % one.length]!));
+}
+
+const data = stream(DEFAULT_PAYLOADS.map((payload, i) => ({ type: MsgType.DATA, seq: 1000 + i, srcid: 'bench-3', privPoliId: '111', payload, payloadsize: payload.length })));
+const ack = stream(
+  DEFAULT_PAYLOADS.map((payload, i) => ({ type: MsgType.ACK, seq: 70000 + i, srcid: '100', destid: 'bench-3', payload: createHash('sha1').update(payload).digest('hex'), payloadsize: payload.length })),
+);
+
+function decodeAll(buf: Buffer): Message[] {
+  const out: Message[] = [];
+  for (let p = 0; p < buf.length; ) {
+    const len = buf.readUInt32BE(p);
+    const m = decodeHot(buf, p + 4, p + 4 + len);
+    if (!m) throw new Error('the fast path refused a frame of the bench');
+    out.push(m);
+    p += 4 + len;
+  }
+  return out;
+}
+
+function nsPerMessage(work: () => void): number {
+  const reps = 20;
+  const t0 = process.hrtime.bigint();
+  for (let r = 0; r < reps; r++) work();
+  return Number(process.hrtime.bigint() - t0) / (reps * frames);
+}
+
+const out = new FrameBuffer();
+const best = { dataDecode: Infinity, ackDecode: Infinity, dataEncode: Infinity, ackEncode: Infinity };
+const dataMsgs = decodeAll(data);
+const ackMsgs = decodeAll(ack);
+let written = 0;
+const encodeAll = (msgs: Message[]) => (): void => {
+  for (let i = 0; i < msgs.length; i++) out.append(msgs[i]!, 5000 + i);
+  written += out.take().length;
+};
+for (let r = 0; r < rounds; r++) {
+  best.dataDecode = Math.min(best.dataDecode, nsPerMessage(() => void decodeAll(data)));
+  best.ackDecode = Math.min(best.ackDecode, nsPerMessage(() => void decodeAll(ack)));
+  best.dataEncode = Math.min(best.dataEncode, nsPerMessage(encodeAll(dataMsgs)));
+  best.ackEncode = Math.min(best.ackEncode, nsPerMessage(encodeAll(ackMsgs)));
+}
+if (written === 0) throw new Error('nothing was encoded');
+console.log(`ns per message, best of ${rounds} rounds of ${frames} frames x 20:`);
+console.log(`  DATA  decode ${best.dataDecode.toFixed(0).padStart(4)}   encode ${best.dataEncode.toFixed(0).padStart(4)}`);
+console.log(`  ACK   decode ${best.ackDecode.toFixed(0).padStart(4)}   encode ${best.ackEncode.toFixed(0).padStart(4)}`);
