@@ -302,7 +302,7 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
         bar.advance();
         await new Promise((r) => setTimeout(r, 300)); // let closed connections settle before the next step
       }
-      if (w === 'serial' && likeForLike) variants = await serialVariants(topo, haproxyBin!, load, o.busyPollUs, bar);
+      if (w === 'serial' && likeForLike) variants = await serialVariants(topo, haproxyBin!, load, o.busyPollUs, bar, notes);
     }
     if (o.routing) {
       topo.haproxy?.child.stop();
@@ -366,58 +366,70 @@ async function untilServed(port: number, policy: string): Promise<void> {
   }
 }
 
-/** The one-at-a-time variants (see SerialVariants), each on processes of its own beside the topology. */
-async function serialVariants(topo: Topology, haproxyBin: string, load: Omit<LoadOptions, 'target'>, busyPollUs: number, bar: ReturnType<typeof progress>): Promise<SerialVariants> {
+/**
+ * The one-at-a-time variants (see SerialVariants), each on processes of its
+ * own beside the topology. Information only: a variant that cannot run (an
+ * HAProxy without busy-polling, say) is left out with a note, not a failure.
+ */
+async function serialVariants(topo: Topology, haproxyBin: string, load: Omit<LoadOptions, 'target'>, busyPollUs: number, bar: ReturnType<typeof progress>, notes: string[]): Promise<SerialVariants> {
   const out: SerialVariants = {};
   const label = 'one at a time';
-  const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 300));
+  const variant = async (step: string, measure: () => Promise<void>): Promise<void> => {
+    bar.step(`${label} / ${step}`);
+    try {
+      await measure();
+    } catch (err) {
+      // The error's first line, and the last line the process printed when it says one.
+      const [first, ...tail] = (err as Error).message.split('\n').filter(Boolean);
+      notes.push(`One at a time, ${step}: not measured (${first?.replace(/:$/, '')}${tail.length ? `: ${tail[tail.length - 1]}` : ''}).`);
+    }
+    bar.advance();
+    await new Promise((r) => setTimeout(r, 300)); // let closed connections settle before the next step
+  };
 
-  bar.step(`${label} / proxy, one-server policy`);
-  const server = topo.servers[0]!;
-  const solo = await registerMany(topo.proxyPort, 'one-server', [server.port], 1, `solo${server.id}`);
-  try {
-    await untilServed(topo.proxyPort, 'one-server');
-    const m = await cell(load, () => ({ host: HOST, port: topo.proxyPort, policy: 'one-server' }), topo.proxy.pid, bar.live);
-    out.oneServer = { workload: 'serial', label: `${label}, one-server policy`, target: 'proxy', ...m };
-  } finally {
-    solo.close();
-  }
-  bar.advance();
-  await settle();
+  await variant('proxy, one-server policy', async () => {
+    const server = topo.servers[0]!;
+    const solo = await registerMany(topo.proxyPort, 'one-server', [server.port], 1, `solo${server.id}`);
+    try {
+      await untilServed(topo.proxyPort, 'one-server');
+      const m = await cell(load, () => ({ host: HOST, port: topo.proxyPort, policy: 'one-server' }), topo.proxy.pid, bar.live);
+      out.oneServer = { workload: 'serial', label: `${label}, one-server policy`, target: 'proxy', ...m };
+    } finally {
+      solo.close();
+    }
+  });
   if (!busyPollUs) return out;
 
-  bar.step(`${label} / proxy --busy-poll ${busyPollUs}`);
-  const port = await freePort();
-  const busy = spawnRevproxy('proxy --busy-poll', ['proxy', '--port', String(port), ...PROXY_FLAGS, '--busy-poll', String(busyPollUs)]);
-  const regs: Array<{ close(): void }> = [];
-  try {
-    await waitForPort(port, busy);
-    // The same servers and policies as the proxy under test, registered by stand-ins that point at their ports.
-    for (const p of POLICIES) regs.push(await registerMany(port, p, topo.servers.filter((s) => s.policy === p).map((s) => s.port), 2, `busy${p}`));
-    for (const p of POLICIES) await untilServed(port, p);
-    const m = await cell(load, (i) => ({ host: HOST, port, policy: POLICIES[i % POLICIES.length]! }), busy.pid, bar.live);
-    out.busyPoll = { workload: 'serial', label: `${label}, --busy-poll ${busyPollUs}`, target: 'proxy', ...m };
-  } finally {
-    for (const r of regs) r.close();
-    await busy.stop();
-  }
-  bar.advance();
-  await settle();
+  await variant(`proxy --busy-poll ${busyPollUs}`, async () => {
+    const port = await freePort();
+    const busy = spawnRevproxy('proxy --busy-poll', ['proxy', '--port', String(port), ...PROXY_FLAGS, '--busy-poll', String(busyPollUs)]);
+    const regs: Array<{ close(): void }> = [];
+    try {
+      await waitForPort(port, busy);
+      // The same servers and policies as the proxy under test, registered by stand-ins that point at their ports.
+      for (const p of POLICIES) regs.push(await registerMany(port, p, topo.servers.filter((s) => s.policy === p).map((s) => s.port), 2, `busy${p}`));
+      for (const p of POLICIES) await untilServed(port, p);
+      const m = await cell(load, (i) => ({ host: HOST, port, policy: POLICIES[i % POLICIES.length]! }), busy.pid, bar.live);
+      out.busyPoll = { workload: 'serial', label: `${label}, --busy-poll ${busyPollUs}`, target: 'proxy', ...m };
+    } finally {
+      for (const r of regs) r.close();
+      await busy.stop();
+    }
+  });
 
-  bar.step(`${label} / HAProxy busy-polling`);
-  const ports = new Map<string, number>();
-  for (const p of POLICIES) ports.set(p, await freePort());
-  const h = startHaproxy(haproxyBin, POLICIES.map((p) => ({ policy: p, port: ports.get(p)!, servers: topo.servers.filter((s) => s.policy === p) })), { busyPolling: true });
-  try {
-    for (const port of ports.values()) await waitForPort(port, h.child);
-    const m = await cell(load, (i) => ({ host: HOST, port: ports.get(POLICIES[i % POLICIES.length]!)!, policy: POLICIES[i % POLICIES.length]! }), h.child.pid, bar.live);
-    out.haproxyBusy = { workload: 'serial', label: `${label}, busy-polling`, target: 'haproxy', ...m };
-  } finally {
-    await h.child.stop();
-    h.cleanup();
-  }
-  bar.advance();
-  await settle();
+  await variant('HAProxy busy-polling', async () => {
+    const ports = new Map<string, number>();
+    for (const p of POLICIES) ports.set(p, await freePort());
+    const h = startHaproxy(haproxyBin, POLICIES.map((p) => ({ policy: p, port: ports.get(p)!, servers: topo.servers.filter((s) => s.policy === p) })), { busyPolling: true });
+    try {
+      for (const port of ports.values()) await waitForPort(port, h.child);
+      const m = await cell(load, (i) => ({ host: HOST, port: ports.get(POLICIES[i % POLICIES.length]!)!, policy: POLICIES[i % POLICIES.length]! }), h.child.pid, bar.live);
+      out.haproxyBusy = { workload: 'serial', label: `${label}, busy-polling`, target: 'haproxy', ...m };
+    } finally {
+      await h.child.stop();
+      h.cleanup();
+    }
+  });
   return out;
 }
 
