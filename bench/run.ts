@@ -357,11 +357,11 @@ async function cell(load: Omit<LoadOptions, 'target'>, target: (i: number) => Lo
   return { result, proxyCpu: proc.cpu, peakRss: proc.peakRss };
 }
 
-/** Wait until the proxy on `port` answers for `policy` (stand-in registrations travel on their own connections). */
-async function untilServed(port: number, policy: string): Promise<void> {
+/** Wait until `members` servers answer for `policy` through the proxy on `port` (stand-ins register on connections of their own). */
+async function untilServed(port: number, policy: string, members: number): Promise<void> {
   const until = Date.now() + 10_000;
-  while ((await probe(port, policy, 2).catch(() => new Set<string>())).size === 0) {
-    if (Date.now() > until) throw new Error(`no server answered for policy ${policy} on port ${port} within 10 s`);
+  while ((await probe(port, policy, 2 * members).catch(() => new Set<string>())).size < members) {
+    if (Date.now() > until) throw new Error(`fewer than ${members} servers answered for policy ${policy} on port ${port} within 10 s`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }
@@ -391,7 +391,7 @@ async function serialVariants(topo: Topology, haproxyBin: string, load: Omit<Loa
     const server = topo.servers[0]!;
     const solo = await registerMany(topo.proxyPort, 'one-server', [server.port], 1, `solo${server.id}`);
     try {
-      await untilServed(topo.proxyPort, 'one-server');
+      await untilServed(topo.proxyPort, 'one-server', 1);
       const m = await cell(load, () => ({ host: HOST, port: topo.proxyPort, policy: 'one-server' }), topo.proxy.pid, bar.live);
       out.oneServer = { workload: 'serial', label: `${label}, one-server policy`, target: 'proxy', ...m };
     } finally {
@@ -407,8 +407,11 @@ async function serialVariants(topo: Topology, haproxyBin: string, load: Omit<Loa
     try {
       await waitForPort(port, busy);
       // The same servers and policies as the proxy under test, registered by stand-ins that point at their ports.
-      for (const p of POLICIES) regs.push(await registerMany(port, p, topo.servers.filter((s) => s.policy === p).map((s) => s.port), 2, `busy${p}`));
-      for (const p of POLICIES) await untilServed(port, p);
+      for (const p of POLICIES) {
+        const ports = topo.servers.filter((s) => s.policy === p).map((s) => s.port);
+        regs.push(await registerMany(port, p, ports, ports.length, `busy${p}`));
+        await untilServed(port, p, ports.length);
+      }
       const m = await cell(load, (i) => ({ host: HOST, port, policy: POLICIES[i % POLICIES.length]! }), busy.pid, bar.live);
       out.busyPoll = { workload: 'serial', label: `${label}, --busy-poll ${busyPollUs}`, target: 'proxy', ...m };
     } finally {
@@ -485,17 +488,19 @@ export function checks(rows: Row[], routing: BenchReport['routing'], variants?: 
   const r3 = ratio(find(rows, 'serial', 'proxy')?.result.latency.p50, find(rows, 'serial', 'haproxy')?.result.latency.p50);
   add('one-at-a-time p50, proxy / HAProxy <= 1.2', r3, (r) => r <= 1.2, `${r3?.toFixed(2)}x`);
   const hp50 = find(rows, 'serial', 'haproxy')?.result.latency.p50;
-  const info = (what: string, row: Row | undefined, against: number | undefined, against$: string, why: string): void => {
+  const info = (what: string, row: Row | undefined, against: number | undefined, why: string): void => {
     if (!row) return;
     const r = ratio(row.result.latency.p50, against);
-    out.push({ what, ratio: r, pass: undefined, detail: r === undefined ? 'not measured' : `${r.toFixed(2)}x (${fmtMs(row.result.latency.p50)} vs ${fmtMs(against!)} ms${against$}): ${why}` });
+    out.push({ what, ratio: r, pass: undefined, detail: r === undefined ? 'not measured' : `${r.toFixed(2)}x (${fmtMs(row.result.latency.p50)} vs ${fmtMs(against!)} ms): ${why}` });
   };
-  info('one-at-a-time p50, proxy on a one-server policy / HAProxy (like for like, for information)', variants?.oneServer, hp50, '',
+  info('one-at-a-time p50, proxy on a one-server policy / HAProxy (like for like, for information)', variants?.oneServer, hp50,
     'HAProxy balances connections, so its one connection always reaches the same server');
   const bp = variants?.busyPoll;
-  info(`one-at-a-time p50, ${bp?.label.replace(/^one at a time, /, 'proxy ')} / HAProxy (for information)`, bp, hp50, '',
+  // Its label is "one at a time, --busy-poll N": the proxy's flag, as it ran.
+  const busy = `proxy ${bp?.label.split(', ')[1] ?? '--busy-poll'}`;
+  info(`one-at-a-time p50, ${busy} / HAProxy (for information)`, bp, hp50,
     'polling instead of sleeping after traffic; HAProxy as configured for the target sleeps');
-  info(`one-at-a-time p50, ${bp?.label.replace(/^one at a time, /, 'proxy ')} / HAProxy busy-polling (both polling, for information)`, bp, variants?.haproxyBusy?.result.latency.p50, '',
+  info(`one-at-a-time p50, ${busy} / HAProxy busy-polling (both polling, for information)`, bp, variants?.haproxyBusy?.result.latency.p50,
     'HAProxy with busy-polling and one thread never sleeps');
   const many = find(rows, 'many', 'proxy');
   if (many) {
