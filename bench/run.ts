@@ -290,15 +290,7 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
       for (const t of targets) {
         bar.step(`${label} / ${t}`);
         const watched = t === 'proxy' ? topo.proxy.pid : t === 'haproxy' ? topo.haproxy!.child.pid : t === 'baseline' ? topo.baseline!.child.pid : t === 'relay' ? topo.relay!.child.pid : undefined;
-        const watch = watched === undefined ? undefined : new ProcWatch(watched);
-        const result = await runLoad({
-          ...load,
-          target: endpoints(t, topo),
-          live: bar.live,
-          window: watch && { start: () => watch.windowStart(), end: () => watch.windowEnd() },
-        });
-        const proc = watch?.finish();
-        rows.push({ workload: w, label, target: t, result, proxyCpu: proc?.cpu, peakRss: proc?.peakRss });
+        rows.push({ workload: w, label, target: t, ...(await measure(load, endpoints(t, topo), watched, bar.live)) });
         bar.advance();
         await new Promise((r) => setTimeout(r, 300)); // let closed connections settle before the next step
       }
@@ -348,13 +340,18 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
   return report;
 }
 
-/** Measure one workload cell against `target`, watching `pid`'s CPU and memory. */
-async function cell(load: Omit<LoadOptions, 'target'>, target: (i: number) => LoadEndpoint, pid: number, live: LoadOptions['live']): Promise<{ result: LoadResult; proxyCpu: number; peakRss: number }> {
+/** Measure one workload cell against `target`, watching the CPU and memory of `pid` (the proxy under test) when given. */
+async function measure(load: Omit<LoadOptions, 'target'>, target: (i: number) => LoadEndpoint, pid: number | undefined, live: LoadOptions['live']): Promise<Pick<Row, 'result' | 'proxyCpu' | 'peakRss'>> {
+  const watch = pid === undefined ? undefined : new ProcWatch(pid);
+  const result = await runLoad({ ...load, target, live, window: watch && { start: () => watch.windowStart(), end: () => watch.windowEnd() } });
+  const proc = watch?.finish();
+  return { result, proxyCpu: proc?.cpu, peakRss: proc?.peakRss };
+}
+
+/** A cell on processes started for it alone: a short warm-up first (the main cells share one, run before them all). */
+async function cell(load: Omit<LoadOptions, 'target'>, target: (i: number) => LoadEndpoint, pid: number, live: LoadOptions['live']): Promise<Pick<Row, 'result' | 'proxyCpu' | 'peakRss'>> {
   await runLoad({ connections: 1, depth: 1, durationMs: 200, target });
-  const watch = new ProcWatch(pid);
-  const result = await runLoad({ ...load, target, live, window: { start: () => watch.windowStart(), end: () => watch.windowEnd() } });
-  const proc = watch.finish();
-  return { result, proxyCpu: proc.cpu, peakRss: proc.peakRss };
+  return measure(load, target, pid, live);
 }
 
 /** Wait until `members` servers answer for `policy` through the proxy on `port` (stand-ins register on connections of their own). */
