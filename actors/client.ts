@@ -12,7 +12,7 @@ import { dial, readyEvent, type TlsMaterial } from '../transport/tls.js';
 import { systemClock, type Clock } from './clock.js';
 import { silentLogger, type Logger } from './logger.js';
 import type { Endpoint } from './server.js';
-import { sha1Hex } from './server.js';
+import { sha1Hex } from './sha1.js';
 
 export interface Packet {
   srcid: string;
@@ -83,7 +83,6 @@ const clientSocket = fromCallback<ClientEvent, { proxy: Endpoint; tls?: TlsMater
   const socket = dial(input.proxy.host, input.proxy.port, input.tls);
   // On the json wire answers carry no seq: the connection gives each the seq of the oldest unanswered request.
   const conn = new Connection(socket, { wire: input.wire });
-  conn.role = 'client';
   let connected = false;
   socket.once(readyEvent(socket), () => {
     connected = true;

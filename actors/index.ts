@@ -5,17 +5,22 @@
 import { createActor, toPromise, type InspectionEvent } from 'xstate';
 import { clientMachine, type ClientOptions, type Result } from './client.js';
 import { jsonRegistrations } from './json-registration.js';
-import { proxyMachine, type MemberState, type ProxyActor, type ProxyOptions } from './proxy.js';
+import { proxyMachine, type ProxyActor } from './proxy.js';
+import type { ProxyOptions } from './proxy-options.js';
+import type { MemberState } from './proxy-types.js';
 import { serverMachine, type ServerActor, type ServerOptions } from './server.js';
 
 export { clientMachine, type ClientOptions, type Packet, type Result } from './client.js';
 export { systemClock, ManualClock, type Clock } from './clock.js';
 export { Logger, textSink, jsonSink, memorySink, silentLogger, type LogRecord, type Level } from './logger.js';
 export { poolMachine, join, leave, pick, type Rotation } from './pool.js';
-export { proxyMachine, type ProxyOptions, type ProxyActor, type ProxyObserver, type MemberState } from './proxy.js';
-export { serverMachine, sha1Hex, type ServerOptions, type ServerActor, type Endpoint } from './server.js';
+export { proxyMachine, type ProxyActor } from './proxy.js';
+export { isLoopback, type ProxyOptions, type ProxyObserver, type OldServerOptions } from './proxy-options.js';
+export type { MemberState } from './proxy-types.js';
+export { serverMachine, type ServerOptions, type ServerActor, type Endpoint } from './server.js';
+export { sha1Hex } from './sha1.js';
 export { upstreamMachine } from './upstream.js';
-export { upstreamJsonMachine, type OldServerOptions } from './upstream-json.js';
+export { upstreamJsonMachine } from './upstream-json.js';
 
 export interface Inspect {
   inspect?: (event: InspectionEvent) => void;
@@ -67,8 +72,8 @@ export async function startProxy(opts: ProxyOptions & Inspect = {}): Promise<Pro
     pools() {
       const ctx = actor.getSnapshot().context;
       const out: Record<string, PoolView> = {};
-      for (const [policy, ref] of ctx.pools) {
-        const s = ref.getSnapshot();
+      for (const [policy, { pool }] of ctx.policies) {
+        const s = pool.getSnapshot() as unknown as { value: string; context: { members: string[]; cursor: number } };
         const members: string[] = [...s.context.members];
         const states: Record<string, MemberState> = {};
         for (const id of members) states[id] = ctx.servers.get(id)?.state ?? 'down';

@@ -134,3 +134,40 @@ export class Inflight<R> {
     this.busy?.delete(this);
   }
 }
+
+/**
+ * How many requests are accepted and not yet answered, with one waiter for
+ * the moment none is (a drain ends then). Costs a decrement per answer.
+ */
+export class InflightCount {
+  private n = 0;
+  private waiter?: () => void;
+
+  get size(): number {
+    return this.n;
+  }
+
+  add(k: number): void {
+    this.n += k;
+  }
+
+  done(): void {
+    if (--this.n === 0 && this.waiter) this.waiter();
+  }
+
+  /** Call `fn` once nothing is in flight (now, when nothing is). Returns the cancel. */
+  whenIdle(fn: () => void): () => void {
+    let fired = false;
+    const once = (): void => {
+      if (fired) return;
+      fired = true;
+      this.waiter = undefined;
+      fn();
+    };
+    this.waiter = once;
+    if (this.n === 0) queueMicrotask(once);
+    return () => {
+      if (this.waiter === once) this.waiter = undefined;
+    };
+  }
+}

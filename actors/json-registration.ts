@@ -23,8 +23,7 @@ export const jsonRegistrations = fromCallback<ServerEvent, RegistrationInput>(({
   const attempt = (ep: Endpoint, delay: number): void => {
     const key = `${ep.host}:${ep.port}`;
     const socket = dial(ep.host, ep.port, input.tls);
-    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'json' });
-    conn.role = 'registration';
+    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'json', holdReadsWhenCongested: false });
     conns.add(conn);
     socket.once('close', () => conns.delete(conn));
     socket.once(readyEvent(socket), () => {

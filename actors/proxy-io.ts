@@ -10,12 +10,12 @@ import type { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { MsgType, type DataMsg } from '../transport/messages.js';
 import { Connection, ConnectionTimeout, sendTogether } from '../transport/socket.js';
-import { listenServer, type TlsMaterial } from '../transport/tls.js';
+import { describeListenError, listenServer, type TlsMaterial } from '../transport/tls.js';
 import type { Clock } from './clock.js';
-import type { Inflight } from './inflight.js';
+import type { Inflight, InflightCount } from './inflight.js';
+import { newPeer, type ProxyRequest } from './link.js';
 import type { Logger } from './logger.js';
-import type { ForwardBatch, ProxyEvent, ServerEntry } from './proxy.js';
-import type { ProxyRequest } from './upstream.js';
+import type { ForwardBatch, Member, Policy, ProxyEvent } from './proxy-types.js';
 
 /** Owns the listening socket; turns each accepted connection's reads into proxy events. */
 interface ListenerInput {
@@ -48,8 +48,8 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       pending = [];
       sendTogether(() => sendBack({ type: 'FORWARD', batches }));
     };
-    const forwardLater = (conn: Connection, requests: DataMsg[]): void => {
-      pending.push({ conn, requests });
+    const forwardLater = (peer: ForwardBatch['peer'], requests: DataMsg[]): void => {
+      pending.push({ peer, requests });
       if (!scheduled) {
         scheduled = true;
         setImmediate(forwardNow);
@@ -58,75 +58,78 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
     let refusedLogged = 0;
     const server: Server = listenServer(input.tls, (socket: Socket) => {
       socket.on('error', () => {});
-      const peer = socket.remoteAddress ?? '?';
-      const n = (perPeer.get(peer) ?? 0) + 1;
+      const addr = socket.remoteAddress ?? '?';
+      const n = (perPeer.get(addr) ?? 0) + 1;
       if (input.maxConnectionsPerPeer && n > input.maxConnectionsPerPeer) {
         // Logged at most once a second: a flood must not become a log flood.
         if (Date.now() - refusedLogged > 1000) {
           refusedLogged = Date.now();
-          input.logger.warn('conn_refused', `Refused connections from ${peer}: it has ${input.maxConnectionsPerPeer} open (--max-conns-per-peer)`, { peer, limit: input.maxConnectionsPerPeer });
+          input.logger.warn('conn_refused', `Refused connections from ${addr}: it has ${input.maxConnectionsPerPeer} open (--max-conns-per-peer)`, { peer: addr, limit: input.maxConnectionsPerPeer });
         }
         socket.destroy();
         return;
       }
-      perPeer.set(peer, n);
+      perPeer.set(addr, n);
       socket.once('close', () => {
-        const left = (perPeer.get(peer) ?? 1) - 1;
-        if (left > 0) perPeer.set(peer, left);
-        else perPeer.delete(peer);
+        const left = (perPeer.get(addr) ?? 1) - 1;
+        if (left > 0) perPeer.set(addr, left);
+        else perPeer.delete(addr);
       });
       const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, idleTimeoutMs: input.idleTimeoutMs, frameTimeoutMs: input.frameTimeoutMs, wire: 'sniff' });
+      const peer = newPeer(conn);
       conns.add(conn);
       conn.messages$.subscribe({
         next: (messages) => {
           input.busyPoll?.kick();
           let data: DataMsg[] | undefined;
           const flush = (): void => {
-            if (data) forwardLater(conn, data);
+            if (data) forwardLater(peer, data);
             data = undefined;
             // Anything else this connection says comes after the requests it sent before.
             if (pending.length) forwardNow();
           };
           for (const m of messages) {
             if (conn.closed) return;
-            if (m.type === MsgType.DATA && conn.role !== 'registration') {
-              conn.role = 'client';
+            if (m.type === MsgType.DATA && peer.role !== 'registration') {
+              peer.role = 'client';
               (data ??= []).push(m);
               continue;
             }
-            if (m.type === MsgType.PONG && conn.role === 'registration') {
-              conn.missedPings = 0; // liveness bookkeeping only: no event
+            if (m.type === MsgType.PONG && peer.role === 'registration') {
+              peer.missedPings = 0; // liveness bookkeeping only: no event
               continue;
             }
             flush();
-            if (m.type === MsgType.SETUP && conn.role === 'unknown') {
-              conn.role = 'registration';
-              sendBack({ type: 'REGISTER', conn, setup: m });
-            } else if (m.type === MsgType.DEREGISTER && conn.role === 'registration') {
-              sendBack({ type: 'DEREGISTER', conn, reason: 'the server is draining' });
+            if (m.type === MsgType.SETUP && peer.role === 'unknown') {
+              peer.role = 'registration';
+              // A registration's reads are never held for its writes: holding them could deadlock two full buffers.
+              conn.holdReadsWhenCongested = false;
+              sendBack({ type: 'REGISTER', peer, setup: m });
+            } else if (m.type === MsgType.DEREGISTER && peer.role === 'registration') {
+              sendBack({ type: 'DEREGISTER', peer, reason: 'the server is draining' });
             } else {
-              const what = conn.role === 'unknown' ? 'a first message' : `a ${conn.role} connection`;
+              const what = peer.role === 'unknown' ? 'a first message' : `a ${peer.role} connection`;
               sendBack({
                 type: 'BAD_INPUT',
-                conn,
+                peer,
                 error: new ProtocolError(ErrorCode.BAD_REQUEST, `message type ${m.type} is not allowed as ${what}`),
               });
               return;
             }
           }
-          if (data) forwardLater(conn, data);
+          if (data) forwardLater(peer, data);
         },
         error: (err: Error) => {
           conns.delete(conn);
-          if (err instanceof ProtocolError) sendBack({ type: 'BAD_INPUT', conn, error: err });
+          if (err instanceof ProtocolError) sendBack({ type: 'BAD_INPUT', peer, error: err });
           else {
-            if (err instanceof ConnectionTimeout) input.logger.info('conn_timeout', `Closed connection from ${conn.describe()}: ${err.message}`, { peer: conn.describe(), role: conn.role });
-            sendBack({ type: 'CONN_CLOSED', conn, error: err.message });
+            if (err instanceof ConnectionTimeout) input.logger.info('conn_timeout', `Closed connection from ${conn.describe()}: ${err.message}`, { peer: conn.describe(), role: peer.role });
+            sendBack({ type: 'CONN_CLOSED', peer, error: err.message });
           }
         },
         complete: () => {
           conns.delete(conn);
-          sendBack({ type: 'CONN_CLOSED', conn });
+          sendBack({ type: 'CONN_CLOSED', peer });
         },
       });
     });
@@ -153,12 +156,13 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
 );
 
 /** Finds requests past their deadline without an event when none is. */
-export const sweeper = fromCallback<ProxyEvent, { busy: Set<Inflight<ProxyRequest>>; waiting: Map<string, ProxyRequest[]>; timeoutMs: number; clock: Clock; every: number }>(
+export const sweeper = fromCallback<ProxyEvent, { busy: Set<Inflight<ProxyRequest>>; policies: Map<string, Policy>; timeoutMs: number; clock: Clock; every: number }>(
   ({ sendBack, input }) => {
     const timer = input.clock.setInterval(() => {
       const now = input.clock.now();
       for (const table of input.busy) if (table.oldestDeadline() <= now) table.owner?.send({ type: 'EXPIRE', now });
-      for (const q of input.waiting.values()) {
+      for (const policy of input.policies.values()) {
+        const q = policy.waiting;
         if (q.length && q[0]!.arrived + input.timeoutMs <= now) {
           sendBack({ type: 'EXPIRE_WAITING', now });
           break;
@@ -170,42 +174,32 @@ export const sweeper = fromCallback<ProxyEvent, { busy: Set<Inflight<ProxyReques
 );
 
 /** Liveness: PING each registration connection; a server that misses too many PONGs is removed. */
-export const pinger = fromCallback<ProxyEvent, { servers: Map<string, ServerEntry>; clock: Clock; every: number; misses: number }>(({ sendBack, input }) => {
+export const pinger = fromCallback<ProxyEvent, { servers: Map<string, Member>; clock: Clock; every: number; misses: number }>(({ sendBack, input }) => {
   const timer = input.clock.setInterval(() => {
     for (const entry of input.servers.values()) {
-      const conn = entry.registration;
-      if (!conn || conn.closed) continue;
-      if (conn.missedPings >= input.misses) {
-        sendBack({ type: 'DEREGISTER', conn, reason: `it missed ${conn.missedPings} PINGs in a row on its registration connection` });
-        conn.missedPings = -Infinity; // reported once
+      const peer = entry.registration;
+      if (!peer || peer.conn.closed) continue;
+      if (peer.missedPings >= input.misses) {
+        sendBack({ type: 'DEREGISTER', peer, reason: `it missed ${peer.missedPings} PINGs in a row on its registration connection` });
+        peer.missedPings = -Infinity; // reported once
         continue;
       }
       // A server whose upstream link answered since the last round is alive: no PING needed
       // (with thousands of busy servers this saves thousands of writes and reads a second).
-      const reads = entry.traffic?.conn?.reads ?? -1;
+      const reads = entry.traffic.reads;
       if (reads > 0 && reads !== entry.seenReads) {
         entry.seenReads = reads;
-        conn.missedPings = 0;
+        peer.missedPings = 0;
         continue;
       }
-      conn.missedPings++;
-      conn.send({ type: MsgType.PING, seq: 0 });
+      peer.missedPings++;
+      peer.conn.send({ type: MsgType.PING, seq: 0 });
     }
   }, input.every);
   return () => timer.cancel();
 });
 
-/** While draining: reports when nothing is in flight any more. */
-export const drainWatch = fromCallback<ProxyEvent, { busy: Set<unknown>; waiting: Map<string, unknown[]> }>(({ sendBack, input }) => {
-  const check = (): boolean => input.busy.size === 0 && [...input.waiting.values()].every((q) => q.length === 0);
-  const t = setInterval(() => check() && sendBack({ type: 'DRAINED' }), 10);
-  if (check()) queueMicrotask(() => sendBack({ type: 'DRAINED' }));
-  return () => clearInterval(t);
-});
-
-export function describeListenError(err: NodeJS.ErrnoException, host: string, port: number): string {
-  if (err.code === 'EADDRINUSE') return `port ${port} on ${host} is already in use: stop what holds it or choose another port`;
-  if (err.code === 'EACCES') return `no permission to listen on port ${port}: choose a port above 1023`;
-  if (err.code === 'EADDRNOTAVAIL') return `address ${host} is not on this machine: choose a local address`;
-  return `cannot listen on ${host}:${port}: ${err.message}`;
-}
+/** While draining: reports when nothing is in flight any more (told by the reply path, not by polling). */
+export const drainWatch = fromCallback<ProxyEvent, { inflight: InflightCount }>(({ sendBack, input }) =>
+  input.inflight.whenIdle(() => sendBack({ type: 'DRAINED' })),
+);

@@ -6,24 +6,17 @@
  * every request gets its answer. The proxy machine's actions call them.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { AnyActorRef } from 'xstate';
-import { ErrorCode, type ErrorCode as Code } from '../transport/errors.js';
+import { ErrorCode } from '../transport/errors.js';
 import { errorMsg, MsgType, type AckMsg, type ErrorMsg, type SetupMsg } from '../transport/messages.js';
-import type { Opts, ProxyContext, ServerEntry } from './proxy.js';
-import type { ProxyRequest, Reply, UpstreamRef } from './upstream.js';
+import { startChild, stopChild } from './children.js';
+import type { Failure, LinkInput, LinkPort, ProxyRequest, Reply } from './link.js';
+import { poolMachine } from './pool.js';
+import type { Opts } from './proxy-options.js';
+import type { Member, Policy, ProxyContext } from './proxy-types.js';
+import { upstreamJsonMachine } from './upstream-json.js';
+import { upstreamMachine } from './upstream.js';
 
-export type Enqueue = { sendTo: (ref: AnyActorRef, ev: { type: string; [k: string]: unknown }) => void };
-export type Spawn = (src: 'upstream' | 'upstreamJson', opts: { id: string; input: unknown }) => AnyActorRef;
-
-export function sweepInterval(tryTimeoutMs: number): number {
-  return Math.max(5, Math.min(100, Math.floor(tryTimeoutMs / 20)));
-}
-
-export function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || host.startsWith('127.') || host.startsWith('::ffff:127.');
-}
-
-export function digest(s: string): Buffer {
+function digest(s: string): Buffer {
   return createHash('sha256').update(s).digest();
 }
 
@@ -43,57 +36,87 @@ export function normaliseHost(addr: string): string {
   return addr.startsWith('::ffff:') ? addr.slice(7) : addr;
 }
 
-/** The entry for `member` if `linkId` is its current link (reports from older links are stale). */
-export function current(context: ProxyContext, member: string, linkId: string): ServerEntry | undefined {
+/** The member whose current link is `linkId` (reports from older links are stale). */
+export function current(context: ProxyContext, member: string, linkId: string): Member | undefined {
   const entry = context.servers.get(member);
   return entry && entry.link.id === linkId ? entry : undefined;
 }
 
-export function spawnLink(context: ProxyContext, entry: ServerEntry, spawn: unknown): number {
-  const linkSeq = context.linkSeq + 1;
-  context.linkSeq = linkSeq;
-  const link = (spawn as Spawn)(entry.wire === 'json' ? 'upstreamJson' : 'upstream', {
-    id: `upstream:${entry.id}#${linkSeq}`,
-    input: {
-      old: context.opts.oldServers,
-      member: entry.id,
-      policy: entry.policy,
-      host: entry.host,
-      port: entry.port,
-      connect: context.connect,
-      clock: context.clock,
-      timeoutMs: context.opts.timeoutMs,
-      tryTimeoutMs: context.opts.tryTimeoutMs,
-      maxFrameBytes: context.opts.maxFrameBytes,
-      busy: context.busy,
-      reply: context.reply,
-      logger: context.logger,
-      busyPoll: context.busyPoll,
-    },
-  }) as UpstreamRef;
-  entry.link = link;
-  const linkContext = link.getSnapshot().context;
-  entry.inflight = linkContext.inflight;
-  entry.traffic = 'traffic' in linkContext ? linkContext.traffic : undefined;
-  return linkSeq;
+/** The policy's record, made with its pool machine when it is first needed. */
+export function policyOf(context: ProxyContext, name: string): Policy {
+  let policy = context.policies.get(name);
+  if (!policy) {
+    const pool = startChild(context.self, poolMachine, {
+      id: `pool:${name}`,
+      input: { policy: name, deliver: makeDeliver(context), unrouted: (requests: unknown[]) => unrouted(context, requests as ProxyRequest[]), eligible: makeEligible(context) },
+    });
+    policy = { name, pool, members: new Set(), waiting: [] };
+    context.policies.set(name, policy);
+  }
+  return policy;
 }
 
-export function removeServer(context: ProxyContext, entry: ServerEntry, reason: string, enqueue: Enqueue): void {
+/** A policy with no member and nothing waiting is forgotten, pool and all. */
+function forgetIfEmpty(context: ProxyContext, policy: Policy): void {
+  if (policy.members.size > 0 || policy.waiting.length > 0) return;
+  context.policies.delete(policy.name);
+  stopChild(policy.pool);
+}
+
+/** Start a new link to `entry`'s server (at registration, and at each probe). */
+export function spawnLink(context: ProxyContext, entry: Member): void {
+  const linkSeq = ++context.linkSeq;
+  const input: LinkInput & { old: Opts['oldServers'] } = {
+    old: context.opts.oldServers,
+    member: entry.id,
+    policy: entry.policy,
+    host: entry.host,
+    port: entry.port,
+    connect: context.connect,
+    clock: context.clock,
+    timeoutMs: context.opts.timeoutMs,
+    tryTimeoutMs: context.opts.tryTimeoutMs,
+    maxFrameBytes: context.opts.maxFrameBytes,
+    busy: context.busy,
+    reply: context.reply,
+    logger: context.logger,
+    busyPoll: context.busyPoll,
+  };
+  const id = `upstream:${entry.id}#${linkSeq}`;
+  const link = entry.wire === 'json' ? startChild(context.self, upstreamJsonMachine, { id, input }) : startChild(context.self, upstreamMachine, { id, input });
+  entry.link = link;
+  entry.traffic = (link.getSnapshot().context as { traffic: LinkPort }).traffic;
+}
+
+/** A server joins its policy's rotation (its link is being dialed). */
+export function addServer(context: ProxyContext, entry: Member): void {
+  spawnLink(context, entry);
+  context.servers.set(entry.id, entry);
+  const policy = policyOf(context, entry.policy);
+  policy.members.add(entry);
+  policy.pool.send({ type: 'JOIN', id: entry.id });
+}
+
+export function removeServer(context: ProxyContext, entry: Member, reason: string): void {
   if (context.servers.get(entry.id) !== entry) return;
   context.servers.delete(entry.id);
   entry.timer?.cancel();
   context.logger.info('deregister', `Server id ${entry.id} left privacy policy ${entry.policy}: ${reason}`, {
     id: entry.id, policy: entry.policy, reason,
   });
-  const pool = context.pools.get(entry.policy);
-  if (pool) enqueue.sendTo(pool, { type: 'LEAVE', id: entry.id, reason });
-  if (entry.link.getSnapshot().status === 'active') enqueue.sendTo(entry.link, { type: 'RETIRE' });
+  const policy = context.policies.get(entry.policy);
+  if (policy) {
+    policy.members.delete(entry);
+    policy.pool.send({ type: 'LEAVE', id: entry.id, reason });
+    forgetIfEmpty(context, policy);
+  }
+  if (entry.link.getSnapshot().status === 'active') entry.link.send({ type: 'RETIRE' });
 }
 
-export function eject(context: ProxyContext, entry: ServerEntry, failures: number): void {
-  const pool = context.pools.get(entry.policy);
-  const members: string[] = pool?.getSnapshot().context.members ?? [];
-  const othersServing = members.some((id) => id !== entry.id && context.servers.get(id)?.state === 'serving');
+export function eject(context: ProxyContext, entry: Member, failures: number): void {
+  const policy = context.policies.get(entry.policy);
+  let othersServing = false;
+  for (const m of policy?.members ?? []) if (m !== entry && m.state === 'serving') othersServing = true;
   const reason = `${failures} consecutive failures`;
   if (!othersServing) {
     context.logger.warn('eject_skipped', `Server id ${entry.id} has ${reason} but is the last healthy server of privacy policy ${entry.policy}; kept in rotation`, {
@@ -101,7 +124,7 @@ export function eject(context: ProxyContext, entry: ServerEntry, failures: numbe
     });
     return;
   }
-  entry.state = 'ejected';
+  entry.ejected = true;
   entry.ejections++;
   const ms = context.opts.ejectBaseMs * entry.ejections;
   context.logger.warn('eject', `Ejected server id ${entry.id} from privacy policy ${entry.policy} for ${ms} ms after ${reason}`, {
@@ -110,14 +133,21 @@ export function eject(context: ProxyContext, entry: ServerEntry, failures: numbe
   context.observer?.ejected?.(entry.policy, entry.id, reason, false);
   const self = context.self;
   entry.timer?.cancel();
-  entry.timer = context.clock.setTimeout(() => self?.send({ type: 'READMIT', member: entry.id }), ms);
+  entry.timer = context.clock.setTimeout(() => self.send({ type: 'READMIT', member: entry.id }), ms);
+}
+
+/** Hand requests to their policy's pool, or refuse them when nobody serves the policy. */
+export function route(context: ProxyContext, name: string, requests: ProxyRequest[]): void {
+  const policy = context.policies.get(name);
+  if (policy) policy.pool.send({ type: 'ROUTE', requests });
+  else refuse(context, requests, { code: ErrorCode.NO_SERVER, message: `no server is registered for privacy policy ${name}` });
 }
 
 /**
  * A try failed on `member`: send each request to another member of its pool,
  * or answer it when its retries or its time are used up.
  */
-export function retry(context: ProxyContext, member: string, requests: ProxyRequest[], code: Code, reason: string, enqueue: Enqueue): void {
+export function retry(context: ProxyContext, member: string, requests: ProxyRequest[], failure: Failure): void {
   if (requests.length === 0) return;
   const now = context.clock.now();
   const reply = context.reply;
@@ -125,75 +155,57 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
   let failedNow = 0;
   for (const req of requests) {
     (req.tried ??= []).push(member);
-    req.lastCode = code;
+    req.lastCode = failure.code;
     const expired = now >= req.arrived + context.opts.timeoutMs;
     if (expired || req.tried.length > context.opts.retries) {
-      const finalCode = expired ? ErrorCode.TIMEOUT : code;
-      const why = expired ? `no answer within ${context.opts.timeoutMs} ms (last try: ${reason})` : `${reason}; tried ${req.tried.join(', ')}`;
+      const finalCode = expired ? ErrorCode.TIMEOUT : failure.code;
+      const why = expired ? `no answer within ${context.opts.timeoutMs} ms (last try: ${failure.message})` : `${failure.message}; tried ${req.tried.join(', ')}`;
       reply(req, errorMsg(finalCode, why));
       failedNow++;
       continue;
     }
-    context.observer?.retried?.(req.msg.privPoliId, member, reason);
+    context.observer?.retried?.(req.msg.privPoliId, member, failure.message);
     let group = again.get(req.msg.privPoliId);
     if (!group) again.set(req.msg.privPoliId, (group = []));
     group.push(req);
   }
   for (const [policy, reqs] of again) {
-    context.logger.warn('retry', `Retrying ${reqs.length} request(s) of privacy policy ${policy} on another server: ${reason}`, {
-      policy, server: member, count: reqs.length, reason,
+    context.logger.warn('retry', `Retrying ${reqs.length} request(s) of privacy policy ${policy} on another server: ${failure.message}`, {
+      policy, server: member, count: reqs.length, code: failure.code, reason: failure.message,
     });
-    const pool = context.pools.get(policy);
-    if (pool) enqueue.sendTo(pool, { type: 'ROUTE', requests: reqs });
-    else refuse(context, reqs, ErrorCode.NO_SERVER, `no server is registered for privacy policy ${policy}`);
+    route(context, policy, reqs);
   }
   if (failedNow) {
-    context.logger.warn('request_failed', `${failedNow} request(s) failed after server id ${member}: ${reason}`, { server: member, count: failedNow, code, reason });
+    context.logger.warn('request_failed', `${failedNow} request(s) failed after server id ${member}: ${failure.message}`, { server: member, count: failedNow, code: failure.code, reason: failure.message });
   }
 }
 
-export function refuse(context: ProxyContext, reqs: ProxyRequest[], code: Code, message: string): void {
+export function refuse(context: ProxyContext, reqs: ProxyRequest[], failure: Failure): void {
   const reply = context.reply;
-  context.logger.warn(code === ErrorCode.NO_SERVER ? 'no_server' : 'refused', `${message}; refused ${reqs.length} request(s)`, {
-    policy: reqs[0]?.msg.privPoliId, count: reqs.length, code,
+  context.logger.warn(failure.code === ErrorCode.NO_SERVER ? 'no_server' : 'refused', `${failure.message}; refused ${reqs.length} request(s)`, {
+    policy: reqs[0]?.msg.privPoliId, count: reqs.length, code: failure.code,
   });
-  for (const r of reqs) reply(r, errorMsg(code, message));
+  for (const r of reqs) reply(r, errorMsg(failure.code, failure.message));
 }
 
-/**
- * Whether `id` may take `req` now. The pool picks the first member this
- * accepts, so a yes is a pick: it is counted in `planned` until the batch is
- * handed to the link, keeping the in-flight limit exact within one batch.
- */
+/** Whether `member` may take `req` now: serving, below its in-flight limit, not already tried for it. */
 export function makeEligible(context: ProxyContext) {
   const max = context.opts.maxServerInflight;
   return (id: string, req: unknown): boolean => {
     const entry = context.servers.get(id);
-    if (!entry || entry.state !== 'serving' || entry.inflight.size + entry.planned >= max) return false;
+    if (!entry || entry.ejected || entry.traffic.phase !== 'open' || entry.traffic.inflight.size >= max) return false;
     const tried = (req as ProxyRequest).tried;
-    if (tried && tried.includes(id)) return false;
-    entry.planned++;
-    return true;
+    return !(tried && tried.includes(id));
   };
 }
 
 /**
- * The pool hands each request to the member it picked: straight to the
- * member's link while it is open (no event), or as a SEND event while its
- * machine decides (connecting, verifying, an old server's link).
+ * The pool hands each request to the member it picked. `eligible` has just
+ * checked that member, so it is registered and its link is open.
  */
-export function makeDeliver(context: ProxyContext) {
+function makeDeliver(context: ProxyContext) {
   return (member: string, request: unknown): void => {
-    const req = request as ProxyRequest;
-    const entry = context.servers.get(member);
-    if (!entry) {
-      unrouted(context, [req]);
-      return;
-    }
-    if (entry.planned > 0) entry.planned--;
-    const traffic = entry.traffic;
-    if (traffic && traffic.open) traffic.sendOne(req);
-    else entry.link.send({ type: 'SEND', requests: [req] });
+    context.servers.get(member)!.traffic.sendOne(request as ProxyRequest);
   };
 }
 
@@ -203,87 +215,97 @@ export function makeDeliver(context: ProxyContext) {
  * NO_SERVER when nobody could serve them, or the last failure when every
  * other member was tried.
  */
-export function makeUnrouted(context: ProxyContext) {
-  return (requests: unknown[]): void => unrouted(context, requests as ProxyRequest[]);
-}
-
 function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
-  const policy = reqs[0]!.msg.privPoliId;
-  const pool = context.pools.get(policy);
-  const members: string[] = pool?.getSnapshot().context.members ?? [];
+  const name = reqs[0]!.msg.privPoliId;
+  const policy = context.policies.get(name);
+  const members = policy?.members ?? new Set<Member>();
   const reply = context.reply;
-  const queue = context.waiting.get(policy) ?? [];
   let overloaded = 0;
   let noServer = 0;
   for (const req of reqs) {
-    const candidates = members.filter((id) => !req.tried?.includes(id));
-    const couldServe = candidates.some((id) => {
-      const s = context.servers.get(id)?.state;
-      return s === 'serving' || s === 'connecting';
-    });
+    let couldServe = false;
+    for (const m of members) {
+      if (req.tried?.includes(m.id)) continue;
+      const s = m.state;
+      if (s === 'serving' || s === 'connecting') {
+        couldServe = true;
+        break;
+      }
+    }
     if (!couldServe) {
       if (req.tried?.length) {
         const code = req.lastCode ?? ErrorCode.UPSTREAM_FAILED;
         const how = code === ErrorCode.TIMEOUT ? 'timed out on' : 'failed on';
-        reply(req, errorMsg(code, `this request ${how} every server of privacy policy ${policy} it could go to (tried ${req.tried.join(', ')})`));
+        reply(req, errorMsg(code, `this request ${how} every server of privacy policy ${name} it could go to (tried ${req.tried.join(', ')})`));
       } else {
-        reply(req, errorMsg(ErrorCode.NO_SERVER, `no live server serves privacy policy ${policy}`));
+        reply(req, errorMsg(ErrorCode.NO_SERVER, `no live server serves privacy policy ${name}`));
         noServer++;
       }
-    } else if (queue.length < context.opts.queueLimit) {
-      queue.push(req);
+    } else if (policy && policy.waiting.length < context.opts.queueLimit) {
+      policy.waiting.push(req);
     } else {
-      reply(req, errorMsg(ErrorCode.OVERLOADED, `every server of privacy policy ${policy} is at its limit and ${context.opts.queueLimit} requests are waiting; try again later`));
+      reply(req, errorMsg(ErrorCode.OVERLOADED, `every server of privacy policy ${name} is at its limit and ${context.opts.queueLimit} requests are waiting; try again later`));
       overloaded++;
     }
   }
-  if (queue.length) context.waiting.set(policy, queue);
-  if (noServer) context.logger.warn('no_server', `No live server serves privacy policy ${policy}; refused ${noServer} request(s)`, { policy, count: noServer, code: ErrorCode.NO_SERVER });
-  if (overloaded) context.logger.warn('overloaded', `Privacy policy ${policy} is at its limits; refused ${overloaded} request(s) with OVERLOADED`, { policy, count: overloaded, code: ErrorCode.OVERLOADED });
+  if (noServer) context.logger.warn('no_server', `No live server serves privacy policy ${name}; refused ${noServer} request(s)`, { policy: name, count: noServer, code: ErrorCode.NO_SERVER });
+  if (overloaded) context.logger.warn('overloaded', `Privacy policy ${name} is at its limits; refused ${overloaded} request(s) with OVERLOADED`, { policy: name, count: overloaded, code: ErrorCode.OVERLOADED });
 }
 
 /** Route the requests waiting for room in `policy` again (after a member got room or came back). */
-export function drainWaiting(context: ProxyContext, policy: string, enqueue: Enqueue, now = false): void {
-  const q = context.waiting.get(policy);
-  if (!q || q.length === 0) return;
-  const pool = context.pools.get(policy);
-  if (!pool) return;
-  if (!now) {
-    enqueue.sendTo(context.self!, { type: 'DRAIN_WAITING', policy });
-    return;
-  }
-  const reqs = q.splice(0);
-  enqueue.sendTo(pool, { type: 'ROUTE', requests: reqs });
+export function drainWaiting(context: ProxyContext, name: string): void {
+  const policy = context.policies.get(name);
+  if (!policy || policy.waiting.length === 0) return;
+  policy.pool.send({ type: 'ROUTE', requests: policy.waiting.splice(0) });
 }
 
-/** Every request gets exactly one answer through here; the proxy makes it once, as `context.reply`. */
+/** Answer the requests of every policy that have waited past their deadline. */
+export function expireWaiting(context: ProxyContext, now: number): void {
+  const reply = context.reply;
+  for (const policy of context.policies.values()) {
+    const q = policy.waiting;
+    let n = 0;
+    while (n < q.length && q[n]!.arrived + context.opts.timeoutMs <= now) n++;
+    if (n === 0) continue;
+    for (const req of q.splice(0, n)) {
+      reply(req, errorMsg(ErrorCode.TIMEOUT, `no server of privacy policy ${policy.name} had room within ${context.opts.timeoutMs} ms`));
+    }
+    forgetIfEmpty(context, policy);
+  }
+}
+
+/**
+ * Every request gets exactly one answer through here; the proxy makes it
+ * once, as `context.reply`. It keeps the proxy's count of requests in
+ * flight, whose last answer ends a drain.
+ */
 export function makeReply(context: ProxyContext): Reply {
   const limit = context.opts.maxClientInflight;
   const observer = context.observer?.answered ? context.observer : undefined;
   const clock = context.clock;
+  const pendingDrains = new Set<string>();
   return (req: ProxyRequest, answer: AckMsg | ErrorMsg, member?: string): void => {
     const client = req.client;
     observer?.answered!(req.msg.privPoliId, member, answer.type === MsgType.ACK ? 'ok' : answer.code, clock.now() - req.arrived);
     client.outstanding--;
     if (client.throttled && client.outstanding <= limit >> 1) {
       client.throttled = false;
-      client.resume();
+      client.conn.resume();
     }
     // A request that freed room at a busy server lets waiting requests of its policy go.
     if (member !== undefined) {
-      const q = context.waiting.get(req.msg.privPoliId);
-      if (q && q.length && !pendingDrains.has(q)) {
-        pendingDrains.add(q);
-        const self = context.self;
+      const name = req.msg.privPoliId;
+      const waiting = context.policies.get(name)?.waiting;
+      if (waiting && waiting.length && !pendingDrains.has(name)) {
+        pendingDrains.add(name);
         queueMicrotask(() => {
-          pendingDrains.delete(q);
-          self?.send({ type: 'DRAIN_WAITING', policy: req.msg.privPoliId });
+          pendingDrains.delete(name);
+          context.self.send({ type: 'DRAIN_WAITING', policy: name });
         });
       }
     }
-    if (client.closed) return;
-    client.send(answer, req.msg.seq);
+    client.conn.send(answer, req.msg.seq);
+    // Last: the last answer of a drain may end the proxy, which closes the client connections.
+    context.inflight.done();
   };
 }
-
-const pendingDrains = new WeakSet<ProxyRequest[]>();

@@ -12,17 +12,16 @@
  * Draining: DEREGISTER on every registration, keep answering what the proxies
  * already sent, stop once every proxy has closed its connections to us.
  */
-import { createHash } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { assign, fromCallback, sendTo, setup, type ActorRefFrom } from 'xstate';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, MsgType, type DataMsg, type Message, type SetupMsg } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
-import { describeTlsError, dial, listenServer, readyEvent, type TlsMaterial } from '../transport/tls.js';
+import { describeListenError, describeTlsError, dial, listenServer, readyEvent, type TlsMaterial } from '../transport/tls.js';
 import { systemClock, type Clock, type Timer } from './clock.js';
 import { silentLogger, type Logger } from './logger.js';
-import { describeListenError } from './proxy.js';
+import { sha1Hex } from './sha1.js';
 
 export interface Endpoint {
   host: string;
@@ -102,7 +101,6 @@ const requestListener = fromCallback<ServerEvent, { host: string; port: number; 
     const server = listenServer(input.tls, (socket: Socket) => {
       // Either wire: the old proxy talks JSON here, ours frames.
       const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, frameTimeoutMs: 10000, wire: 'sniff' });
-      conn.role = 'server-link';
       conns.add(conn);
       socket.on('error', () => {});
       const gone = (): void => {
@@ -182,8 +180,8 @@ const registrations = fromCallback<ServerEvent, RegistrationInput>(({ sendBack, 
   const attempt = (ep: Endpoint, delay: number, everRegistered: boolean): void => {
     const key = `${ep.host}:${ep.port}`;
     const socket = dial(ep.host, ep.port, input.tls);
-    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes });
-    conn.role = 'registration';
+    // Never hold a registration's reads for its writes (PINGs and PONGs both ways): that could deadlock.
+    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, holdReadsWhenCongested: false });
     let registered = everRegistered;
     let over = false;
     const lost = (error: string): void => {
@@ -249,10 +247,6 @@ const registrations = fromCallback<ServerEvent, RegistrationInput>(({ sendBack, 
     for (const conn of live.values()) conn.endWith();
   };
 });
-
-export function sha1Hex(payload: string): string {
-  return createHash('sha1').update(payload).digest('hex');
-}
 
 function setupMsg(context: ServerContext): SetupMsg {
   const m: SetupMsg = { type: MsgType.SETUP, id: context.opts.id, privPolyId: context.opts.policy, listenport: context.port };

@@ -13,7 +13,7 @@
  * open --(a dial refused, or too many timeouts in a row)--> down
  *   \--RETIRE--> retiring --(nothing in flight)--> retired
  */
-import { assign, enqueueActions, fromCallback, sendParent, setup, type ActorRefFrom } from 'xstate';
+import { assertEvent, assign, enqueueActions, fromCallback, sendParent, setup, type ActorRefFrom } from 'xstate';
 import { ErrorCode } from '../transport/errors.js';
 import { MsgType, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
@@ -22,20 +22,11 @@ import type { Timer } from './clock.js';
 import { Inflight } from './inflight.js';
 import {
   errorAnswersReport, logForward, retryReport, settle, tryDeadline,
-  type ProxyRequest, type Tally, type UpstreamEvent, type UpstreamInput, type UpstreamReport,
-} from './upstream.js';
+  type LinkCommand, type LinkInput, type LinkPhase, type LinkPort, type LinkReport, type ProxyRequest, type Tally,
+} from './link.js';
+import { OLD_SERVER_DEFAULTS, type OldServerOptions } from './proxy-options.js';
 
-/** How the proxy treats servers of the old JSON wire. */
-export interface OldServerOptions {
-  /** Connections opened to one old server at most (each carries one request at a time). Default 8. */
-  connections?: number;
-  /** Tries in a row that time out before the server counts as gone. Default 3. */
-  missesToLeave?: number;
-}
-
-export const OLD_SERVER_DEFAULTS: Required<OldServerOptions> = { connections: 8, missesToLeave: 3 };
-
-export interface UpstreamJsonInput extends UpstreamInput {
+export interface UpstreamJsonInput extends LinkInput {
   old?: OldServerOptions;
 }
 
@@ -47,7 +38,25 @@ interface Slot {
   served: number;
 }
 
-export interface UpstreamJsonContext extends UpstreamInput {
+/**
+ * What the proxy's hot path sees of this link: requests come in as SEND
+ * events (this link decides per request which connection carries it).
+ */
+class JsonLinkPort implements LinkPort {
+  phase: LinkPhase = 'connecting';
+  readonly reads = -1;
+  constructor(
+    readonly inflight: Inflight<ProxyRequest>,
+    private readonly self: { send(e: LinkCommand): void },
+  ) {}
+
+  sendOne(req: ProxyRequest): void {
+    this.self.send({ type: 'SEND', requests: [req] });
+  }
+}
+
+export interface UpstreamJsonContext extends LinkInput {
+  traffic: JsonLinkPort;
   limits: Required<OldServerOptions>;
   slots: Map<Connection, Slot>;
   /** Dials under way. */
@@ -76,13 +85,13 @@ export interface UpstreamJsonContext extends UpstreamInput {
 
 /** The proxy's events are `upstream.ts`'s; the rest come from the link's own connections. */
 export type UpstreamJsonEvent =
-  | Extract<UpstreamEvent, { type: 'SEND' | 'EXPIRE' | 'RETIRE' | 'RESET_FAILURES' }>
+  | LinkCommand
   | { type: 'CONN_UP'; conn: Connection }
   | { type: 'CONN_ANSWERS'; conn: Connection; messages: Message[] }
   | { type: 'CONN_DOWN'; conn: Connection; connected: boolean; error: string }
   | { type: 'PROBE' };
 
-type SocketsInput = Pick<UpstreamInput, 'host' | 'port' | 'connect' | 'maxFrameBytes' | 'clock' | 'tryTimeoutMs'>;
+type SocketsInput = Pick<LinkInput, 'host' | 'port' | 'connect' | 'maxFrameBytes' | 'clock' | 'tryTimeoutMs'>;
 
 /**
  * Dials a connection for every DIAL (and one at start, to learn at once
@@ -95,8 +104,7 @@ const jsonSockets = fromCallback<{ type: 'DIAL' } | { type: 'PROBE_LATER'; ms: n
   let later: Timer | undefined;
   const dial = (): void => {
     const socket = input.connect(input.host, input.port);
-    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'json' });
-    conn.role = 'upstream';
+    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'json', holdReadsWhenCongested: false });
     conns.add(conn);
     let connected = false;
     let done = false;
@@ -155,21 +163,24 @@ export const upstreamJsonMachine = setup({
   actors: { jsonSockets },
   actions: {
     accept: ({ context, event }) => {
-      if (event.type !== 'SEND') return;
+      assertEvent(event, 'SEND');
       const now = context.clock.now();
       for (const req of event.requests) {
         context.queue.push(context.inflight.add(req, tryDeadline(context, req, now)));
       }
     },
     connUp: enqueueActions(({ context, event, enqueue, self }) => {
-      if (event.type !== 'CONN_UP') return;
+      assertEvent(event, 'CONN_UP');
       context.slots.set(event.conn, { conn: event.conn, served: 0 });
       enqueue.assign({ dialing: context.dialing - 1, up: true });
       // A connection accepted is all an old server can show of being there (it knows no PING).
-      if (!context.up) enqueue.sendParent({ type: 'UPSTREAM_UP', member: context.member, linkId: self.id } satisfies UpstreamReport);
+      if (!context.up) {
+        context.traffic.phase = 'open';
+        enqueue.sendParent({ type: 'UPSTREAM_UP', member: context.member, linkId: self.id } satisfies LinkReport);
+      }
     }),
     answer: enqueueActions(({ context, event, enqueue, self }) => {
-      if (event.type !== 'CONN_ANSWERS') return;
+      assertEvent(event, 'CONN_ANSWERS');
       const slot = context.slots.get(event.conn);
       if (!slot) return;
       const tally: Tally = { answered: 0, failures: context.consecutiveFailures };
@@ -194,7 +205,7 @@ export const upstreamJsonMachine = setup({
       if (report) enqueue.sendParent(report);
     }),
     connDown: enqueueActions(({ context, event, enqueue, self }) => {
-      if (event.type !== 'CONN_DOWN') return;
+      assertEvent(event, 'CONN_DOWN');
       if (!event.connected) {
         // Any dial that fails means the listen port no longer takes connections.
         enqueue.assign({ dialing: context.dialing - 1, gone: `its listen port ${context.host}:${context.port} refuses connections (${event.error})` });
@@ -221,10 +232,10 @@ export const upstreamJsonMachine = setup({
       if (!p) return;
       const failures = context.consecutiveFailures + 1;
       enqueue.assign({ consecutiveFailures: failures });
-      enqueue.sendParent(retryReport(context.member, self.id, [p.req], ErrorCode.UPSTREAM_FAILED, `server ${context.member} failed before answering: ${event.error}`, failures));
+      enqueue.sendParent(retryReport(context.member, self.id, [p.req], { code: ErrorCode.UPSTREAM_FAILED, message: `server ${context.member} failed before answering: ${event.error}` }, failures));
     }),
     expire: enqueueActions(({ context, event, enqueue, self }) => {
-      if (event.type !== 'EXPIRE') return;
+      assertEvent(event, 'EXPIRE');
       const expired = context.inflight.takeExpired(event.now);
       if (expired.length === 0) return;
       let misses = context.misses;
@@ -249,7 +260,7 @@ export const upstreamJsonMachine = setup({
       const failures = context.consecutiveFailures + onWire;
       const gone = misses >= context.limits.missesToLeave ? `it stopped answering (${misses} tries in a row timed out)` : undefined;
       enqueue.assign({ misses, consecutiveFailures: failures, gone });
-      enqueue.sendParent(retryReport(context.member, self.id, expired.map((p) => p.req), ErrorCode.TIMEOUT, `server ${context.member} did not answer within ${context.tryTimeoutMs} ms`, failures));
+      enqueue.sendParent(retryReport(context.member, self.id, expired.map((p) => p.req), { code: ErrorCode.TIMEOUT, message: `server ${context.member} did not answer within ${context.tryTimeoutMs} ms` }, failures));
     }),
     resetFailures: assign({ consecutiveFailures: 0 }),
     probeDue: assign({ probeLater: false }),
@@ -280,20 +291,21 @@ export const upstreamJsonMachine = setup({
     notifyDown: sendParent(({ context, self }) => {
       context.queue.length = 0;
       context.resent.clear();
+      context.traffic.phase = 'down';
       return {
         type: 'UPSTREAM_DOWN' as const,
         member: context.member,
         linkId: self.id,
-        error: context.gone ?? 'link closed',
+        failure: { code: ErrorCode.UPSTREAM_FAILED, message: context.gone ?? 'link closed' },
         requests: context.inflight.takeAll().map((p) => p.req),
-      } satisfies UpstreamReport;
+      } satisfies LinkReport;
     }),
     /** Gone while retiring: unfinished requests go back to be routed elsewhere. */
     returnAll: enqueueActions(({ context, enqueue, self }) => {
       const requests = context.inflight.takeAll().map((p) => p.req);
       context.queue.length = 0;
       if (requests.length === 0) return;
-      enqueue.sendParent(retryReport(context.member, self.id, requests, ErrorCode.UPSTREAM_FAILED, `server ${context.member} left before answering`, 0));
+      enqueue.sendParent(retryReport(context.member, self.id, requests, { code: ErrorCode.UPSTREAM_FAILED, message: `server ${context.member} left before answering` }, 0));
     }),
   },
   guards: {
@@ -302,12 +314,15 @@ export const upstreamJsonMachine = setup({
   },
 }).createMachine({
   id: 'upstreamJson',
-  context: ({ input, self }) => ({
+  context: ({ input, self }) => {
+    const inflight = new Inflight<ProxyRequest>(input.busy, self);
+    return {
     ...input,
+    traffic: new JsonLinkPort(inflight, self),
     limits: { ...OLD_SERVER_DEFAULTS, ...input.old },
     slots: new Map(),
     dialing: 1, // the socket actor dials once at start
-    inflight: new Inflight<ProxyRequest>(input.busy, self),
+    inflight,
     queue: [],
     reuse: true,
     resent: new Set(),
@@ -317,7 +332,8 @@ export const upstreamJsonMachine = setup({
     lastProbe: -Infinity,
     probeLater: false,
     answered: 0,
-  }),
+    };
+  },
   invoke: {
     id: 'sockets',
     src: 'jsonSockets',
@@ -335,6 +351,9 @@ export const upstreamJsonMachine = setup({
       },
     },
     retiring: {
+      entry: ({ context }) => {
+        context.traffic.phase = 'retiring';
+      },
       always: [
         { guard: 'gone', target: 'retired', actions: 'returnAll' },
         { guard: 'idle', target: 'retired' },
@@ -342,7 +361,12 @@ export const upstreamJsonMachine = setup({
       on: serving,
     },
     down: { type: 'final', entry: 'notifyDown' },
-    retired: { type: 'final' },
+    retired: {
+      type: 'final',
+      entry: ({ context }) => {
+        context.traffic.phase = 'retired';
+      },
+    },
   },
 });
 

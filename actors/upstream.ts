@@ -11,61 +11,24 @@
  * (connection lost, try timed out, the server answered with an error) go
  * back to the proxy, which retries them on another member or answers them.
  */
-import { connect as netConnect, type Socket } from 'node:net';
-import { assign, enqueueActions, fromCallback, sendParent, setup, type ActorRefFrom } from 'xstate';
+import { assertEvent, assign, enqueueActions, fromCallback, sendParent, setup, type ActorRefFrom } from 'xstate';
 import type { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode } from '../transport/errors.js';
-import { MsgType, type AckMsg, type DataMsg, type ErrorMsg, type Message } from '../transport/messages.js';
+import { MsgType, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
 import { readyEvent } from '../transport/tls.js';
-import type { Clock } from './clock.js';
 import { Inflight } from './inflight.js';
-import type { Logger } from './logger.js';
+import {
+  errorAnswersReport, logForward, retryReport, settle, tryDeadline,
+  type Failure, type LinkCommand, type LinkInput, type LinkPhase, type LinkPort, type LinkReport, type ProxyRequest, type SocketFactory, type Tally,
+} from './link.js';
 
-/** A client request as it travels through the proxy. */
-export interface ProxyRequest {
-  /** The client connection that asked, and answers go back to. */
-  client: Connection;
-  msg: DataMsg;
-  /** When the request arrived (clock ms); its deadline runs from here. */
-  arrived: number;
-  /** Members already tried for this request, in order. */
-  tried?: string[];
-  /** How the last try failed, for the answer when no member is left to try. */
-  lastCode?: ErrorMsg['code'];
-}
-
-/** Sends the one answer a request gets. */
-export type Reply = (req: ProxyRequest, answer: AckMsg | ErrorMsg, member?: string) => void;
-
-export type SocketFactory = (host: string, port: number) => Socket;
-export const tcpConnect: SocketFactory = (host, port) => netConnect({ host, port });
-
-export interface UpstreamInput {
-  member: string;
-  policy: string;
-  host: string;
-  port: number;
-  connect: SocketFactory;
-  clock: Clock;
-  /** Whole-request timeout: no try outlives `arrived + timeoutMs`. */
-  timeoutMs: number;
-  /** One try's timeout; also bounds connecting and the first PING. */
-  tryTimeoutMs: number;
-  maxFrameBytes: number;
-  busy: Set<Inflight<ProxyRequest>>;
-  reply: Reply;
-  logger: Logger;
-  /** Kicked by every read of answers (the proxy's busy polling, when on). */
-  busyPoll?: BusyPoll;
-}
-
-export interface UpstreamContext extends UpstreamInput {
+export interface UpstreamContext extends LinkInput {
   inflight: Inflight<ProxyRequest>;
   queue: ProxyRequest[];
   /** The traffic side of the link: how requests go out and answers come in while it is open. */
   traffic: LinkTraffic;
-  lastError?: string;
+  lastError?: Failure;
 }
 
 /**
@@ -77,9 +40,9 @@ export interface UpstreamContext extends UpstreamInput {
  * An event per batch per member would cost about 3 us each, and a batch
  * spread over 10,000 members would make 10,000 of them.
  */
-export class LinkTraffic {
-  /** Set by the link machine: true while it is `open`. */
-  open = false;
+export class LinkTraffic implements LinkPort {
+  /** Set by the link machine's entry actions only. */
+  phase: LinkPhase = 'connecting';
   /** The link's connection, from CONNECTED until the link is down or retired. */
   conn?: Connection;
   /** Failures since the last ACK (try timeouts, error answers): for outlier ejection. */
@@ -87,6 +50,14 @@ export class LinkTraffic {
   answered = 0;
 
   constructor(private readonly link: Pick<UpstreamContext, 'inflight' | 'clock' | 'tryTimeoutMs' | 'timeoutMs' | 'logger' | 'member' | 'policy' | 'reply' | 'queue'>) {}
+
+  get inflight(): Inflight<ProxyRequest> {
+    return this.link.inflight;
+  }
+
+  get reads(): number {
+    return this.conn?.reads ?? -1;
+  }
 
   /** Write requests to the server now (or queue them until the connection is there). */
   send(requests: ProxyRequest[]): void {
@@ -107,7 +78,7 @@ export class LinkTraffic {
   }
 
   /** Settle one read of answers; returns the report of its error answers, if any, for the proxy. */
-  answer(messages: Message[], linkId: string): UpstreamReport | undefined {
+  answer(messages: Message[], linkId: string): LinkReport | undefined {
     const link = this.link;
     const tally: Tally = { answered: 0, failures: this.failures };
     for (let i = 0; i < messages.length; i++) {
@@ -127,20 +98,11 @@ export class LinkTraffic {
 }
 
 export type UpstreamEvent =
-  | { type: 'SEND'; requests: ProxyRequest[] }
+  | LinkCommand
   | { type: 'CONNECTED'; conn: Connection }
   | { type: 'ANSWERS'; messages: Message[] }
-  | { type: 'REPORT'; report: UpstreamReport }
-  | { type: 'DISCONNECTED'; error?: string }
-  | { type: 'EXPIRE'; now: number }
-  | { type: 'RETIRE' }
-  | { type: 'RESET_FAILURES' };
-
-/** What a link tells the proxy. */
-export type UpstreamReport =
-  | { type: 'UPSTREAM_UP'; member: string; linkId: string }
-  | { type: 'UPSTREAM_DOWN'; member: string; linkId: string; error: string; requests: ProxyRequest[] }
-  | { type: 'UPSTREAM_RETRY'; member: string; linkId: string; requests: ProxyRequest[]; code: ErrorMsg['code']; reason: string; failures: number };
+  | { type: 'REPORT'; report: LinkReport }
+  | { type: 'DISCONNECTED'; error?: string };
 
 /**
  * Owns the socket: dials, then turns its reads into ANSWERS batches until the
@@ -150,8 +112,8 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
   ({ sendBack, input }) => {
     const { link, linkId } = input;
     const socket = input.connect(input.host, input.port);
-    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes });
-    conn.role = 'upstream';
+    // Never hold this link's reads for its writes: the server may be waiting for us to read, too.
+    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, holdReadsWhenCongested: false });
     let done = false;
     const down = (error?: string): void => {
       if (done) return;
@@ -162,7 +124,7 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
     const sub = conn.messages$.subscribe({
       next: (messages) => {
         input.busyPoll?.kick();
-        if (!link.open) return sendBack({ type: 'ANSWERS', messages });
+        if (link.phase !== 'open') return sendBack({ type: 'ANSWERS', messages });
         const report = link.answer(messages, linkId);
         if (report) sendBack({ type: 'REPORT', report });
       },
@@ -183,7 +145,7 @@ export const upstreamMachine = setup({
   types: {
     context: {} as UpstreamContext,
     events: {} as UpstreamEvent,
-    input: {} as UpstreamInput,
+    input: {} as LinkInput,
   },
   actors: { upstreamSocket },
   delays: {
@@ -191,23 +153,30 @@ export const upstreamMachine = setup({
   },
   actions: {
     enqueue: ({ context, event }) => {
-      if (event.type === 'SEND') for (const r of event.requests) context.queue.push(r);
+      assertEvent(event, 'SEND');
+      for (const r of event.requests) context.queue.push(r);
     },
     setConn: ({ context, event }) => {
-      if (event.type === 'CONNECTED') context.traffic.conn = event.conn;
+      assertEvent(event, 'CONNECTED');
+      context.traffic.conn = event.conn;
     },
     trafficOpen: ({ context }) => {
-      context.traffic.open = true;
+      context.traffic.phase = 'open';
     },
-    trafficPaused: ({ context }) => {
-      context.traffic.open = false;
+    trafficRetiring: ({ context }) => {
+      context.traffic.phase = 'retiring';
     },
-    trafficClosed: ({ context }) => {
-      context.traffic.open = false;
+    trafficDown: ({ context }) => {
+      context.traffic.phase = 'down';
       context.traffic.conn = undefined;
     },
-    report: enqueueActions(({ event, enqueue }) => {
-      if (event.type === 'REPORT') enqueue.sendParent(event.report);
+    trafficRetired: ({ context }) => {
+      context.traffic.phase = 'retired';
+      context.traffic.conn = undefined;
+    },
+    report: sendParent(({ event }) => {
+      assertEvent(event, 'REPORT');
+      return event.report;
     }),
     ping: ({ context }) => context.traffic.conn?.send({ type: MsgType.PING, seq: PING_SEQ }),
     notifyUp: sendParent(({ context, self }) => ({ type: 'UPSTREAM_UP' as const, member: context.member, linkId: self.id })),
@@ -216,41 +185,50 @@ export const upstreamMachine = setup({
       if (queued.length) context.traffic.send(queued);
     },
     write: ({ context, event }) => {
-      if (event.type === 'SEND') context.traffic.send(event.requests);
+      assertEvent(event, 'SEND');
+      context.traffic.send(event.requests);
     },
     respond: enqueueActions(({ context, event, enqueue, self }) => {
-      if (event.type !== 'ANSWERS') return;
+      assertEvent(event, 'ANSWERS');
       const report = context.traffic.answer(event.messages, self.id);
       if (report) enqueue.sendParent(report);
     }),
     expire: enqueueActions(({ context, event, enqueue, self }) => {
-      if (event.type !== 'EXPIRE') return;
+      assertEvent(event, 'EXPIRE');
       const expired = context.inflight.takeExpired(event.now);
       if (expired.length === 0) return;
       const failures = (context.traffic.failures += expired.length);
-      enqueue.sendParent(retryReport(context.member, self.id, expired.map((p) => p.req), ErrorCode.TIMEOUT, `server ${context.member} did not answer within ${context.tryTimeoutMs} ms`, failures));
+      const failure = { code: ErrorCode.TIMEOUT, message: `server ${context.member} did not answer within ${context.tryTimeoutMs} ms` };
+      enqueue.sendParent(retryReport(context.member, self.id, expired.map((p) => p.req), failure, failures));
     }),
-    setError: assign(({ event }) => ({
-      lastError: event.type === 'DISCONNECTED' ? event.error ?? 'connection lost' : 'no answer to PING in time',
-    })),
+    setError: assign(({ event }) => {
+      assertEvent(event, 'DISCONNECTED');
+      return { lastError: { code: ErrorCode.UPSTREAM_FAILED, message: event.error ?? 'connection lost' } };
+    }),
+    resetFailures: ({ context }) => {
+      context.traffic.failures = 0;
+    },
     /** Hand every unfinished request back to the proxy, with the reason. */
     notifyDown: sendParent(({ context, self }) => ({
       type: 'UPSTREAM_DOWN' as const,
       member: context.member,
       linkId: self.id,
-      error: context.lastError ?? 'connection lost',
+      failure: context.lastError ?? { code: ErrorCode.UPSTREAM_FAILED, message: 'connection lost' },
       requests: [...context.inflight.takeAll().map((p) => p.req), ...context.queue.splice(0)],
     })),
     /** A retired link's unsent requests go back to be routed elsewhere. */
     returnQueue: enqueueActions(({ context, enqueue, self }) => {
       const requests = [...context.inflight.takeAll().map((p) => p.req), ...context.queue.splice(0)];
       if (requests.length === 0) return;
-      enqueue.sendParent(retryReport(context.member, self.id, requests, ErrorCode.UPSTREAM_FAILED, `server ${context.member} left before answering`, 0));
+      enqueue.sendParent(retryReport(context.member, self.id, requests, { code: ErrorCode.UPSTREAM_FAILED, message: `server ${context.member} left before answering` }, 0));
     }),
   },
   guards: {
     idle: ({ context }) => context.inflight.size === 0 && context.queue.length === 0,
-    hasPong: ({ event }) => event.type === 'ANSWERS' && event.messages.some((m) => m.type === MsgType.PONG),
+    hasPong: ({ event }) => {
+      assertEvent(event, 'ANSWERS');
+      return event.messages.some((m) => m.type === MsgType.PONG);
+    },
   },
 }).createMachine({
   id: 'upstream',
@@ -264,17 +242,13 @@ export const upstreamMachine = setup({
     input: ({ context, self }) => ({ host: context.host, port: context.port, connect: context.connect, maxFrameBytes: context.maxFrameBytes, link: context.traffic, linkId: self.id, busyPoll: context.busyPoll }),
   },
   on: {
-    RESET_FAILURES: {
-      actions: ({ context }) => {
-        context.traffic.failures = 0;
-      },
-    },
+    RESET_FAILURES: { actions: 'resetFailures' },
     REPORT: { actions: 'report' },
   },
   initial: 'connecting',
   states: {
     connecting: {
-      after: { tryTimeout: { target: 'down', actions: assign({ lastError: 'connect timed out' }) } },
+      after: { tryTimeout: { target: 'down', actions: assign({ lastError: { code: ErrorCode.UPSTREAM_FAILED, message: 'connect timed out' } }) } },
       on: {
         SEND: { actions: 'enqueue' },
         CONNECTED: { target: 'verifying', actions: ['setConn', 'ping'] },
@@ -283,7 +257,7 @@ export const upstreamMachine = setup({
       },
     },
     verifying: {
-      after: { tryTimeout: { target: 'down', actions: assign({ lastError: 'no answer to PING in time' }) } },
+      after: { tryTimeout: { target: 'down', actions: assign({ lastError: { code: ErrorCode.UPSTREAM_FAILED, message: 'no answer to PING in time' } }) } },
       on: {
         SEND: { actions: 'enqueue' },
         ANSWERS: { guard: 'hasPong', target: 'open', actions: ['notifyUp', 'flushQueue'] },
@@ -294,7 +268,6 @@ export const upstreamMachine = setup({
     // Only here does traffic bypass events: `retiring` waits for its last answers as events, so its `idle` check sees each one.
     open: {
       entry: 'trafficOpen',
-      exit: 'trafficPaused',
       on: {
         SEND: { actions: 'write' },
         ANSWERS: { actions: 'respond' },
@@ -304,6 +277,7 @@ export const upstreamMachine = setup({
       },
     },
     retiring: {
+      entry: 'trafficRetiring',
       always: { guard: 'idle', target: 'retired' },
       on: {
         SEND: { actions: 'write' },
@@ -312,56 +286,9 @@ export const upstreamMachine = setup({
         DISCONNECTED: { target: 'retired', actions: ['setError', 'returnQueue'] },
       },
     },
-    down: { type: 'final', entry: ['trafficClosed', 'notifyDown'] },
-    retired: { type: 'final', entry: 'trafficClosed' },
+    down: { type: 'final', entry: ['trafficDown', 'notifyDown'] },
+    retired: { type: 'final', entry: 'trafficRetired' },
   },
 });
-
-/** A try ends at the try timeout, and never after the request's own deadline. */
-export function tryDeadline(context: Pick<UpstreamInput, 'tryTimeoutMs' | 'timeoutMs'>, req: ProxyRequest, now: number): number {
-  return Math.min(now + context.tryTimeoutMs, req.arrived + context.timeoutMs);
-}
-
-export function logForward(context: Pick<UpstreamInput, 'member' | 'policy' | 'logger'>, req: ProxyRequest): void {
-  context.logger.info('forward', `Forwarding a data message to server id ${context.member} from client ${req.msg.srcid} payload ${req.msg.payload}`, {
-    server: context.member, client: req.msg.srcid, policy: context.policy, payload: req.msg.payload,
-  });
-}
-
-/** What a batch of answers did: counted for the link, error answers kept to be retried elsewhere. */
-export interface Tally {
-  answered: number;
-  /** Failures in a row, carried over from the link and reset by an ACK. */
-  failures: number;
-  failed?: ProxyRequest[];
-  lastFailure?: ErrorMsg;
-}
-
-/** One server answer to one request: an ACK goes to the client now; an ERROR is kept in the tally for a retry. */
-export function settle(context: Pick<UpstreamInput, 'member' | 'logger' | 'reply'>, req: ProxyRequest, m: AckMsg | ErrorMsg, tally: Tally): void {
-  if (m.type === MsgType.ACK) {
-    if (context.logger.enabled('info')) {
-      context.logger.info('ack', `Received a data message from server id ${context.member} payload ${m.payload}`, { server: context.member, client: m.destid, payload: m.payload });
-    }
-    tally.failures = 0;
-    tally.answered++;
-    context.reply(req, m, context.member);
-  } else {
-    tally.failures++;
-    tally.lastFailure = m;
-    (tally.failed ??= []).push(req);
-  }
-}
-
-/** Hands requests a link cannot finish back to the proxy, to be retried on another member. */
-export function retryReport(member: string, linkId: string, requests: ProxyRequest[], code: ErrorMsg['code'], reason: string, failures: number): UpstreamReport {
-  return { type: 'UPSTREAM_RETRY', member, linkId, requests, code, reason, failures };
-}
-
-/** The retry report for a tally's error answers, if it has any. */
-export function errorAnswersReport(member: string, linkId: string, tally: Tally): UpstreamReport | undefined {
-  const m = tally.lastFailure;
-  return tally.failed && m ? retryReport(member, linkId, tally.failed, m.code, `server ${member} answered ${m.code}: ${m.message}`, tally.failures) : undefined;
-}
 
 export type UpstreamRef = ActorRefFrom<typeof upstreamMachine>;

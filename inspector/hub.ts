@@ -15,7 +15,7 @@ import { Connection } from '../transport/socket.js';
 import { chartOf, type Chart, type StateNodeLike } from './chart.js';
 import type { Metrics } from './metrics.js';
 import { Ring } from './ring.js';
-import { CONTEXT_LIMITS, connView, project, projectEvent, stateName, type ConnView, type Json } from './sanitise.js';
+import { CONTEXT_LIMITS, connView, isPeer, project, projectEvent, stateName, type ConnView, type Json, type SeenConn } from './sanitise.js';
 import { memberStateIn, poolView, proxyInflight, type Figures, type PoolView } from './views.js';
 
 /** One line of the inspection log, and one item of the page's feed. */
@@ -103,7 +103,7 @@ export class Hub {
   conns: ConnView[] = [];
   metrics?: Metrics;
   private readonly edgeMaps = new Map<string, Map<object, string>>();
-  private readonly liveConns = new Map<number, Connection>();
+  private readonly liveConns = new Map<number, SeenConn>();
   private closedConns: ConnView[] = [];
   private pending: Rec[] = [];
   private budget: number;
@@ -157,8 +157,7 @@ export class Hub {
         const info = this.actors.get(sid);
         if (info) info.events++;
         const event = ev.event;
-        const conn = (event as { conn?: unknown }).conn;
-        if (conn instanceof Connection && !this.liveConns.has(conn.id)) this.liveConns.set(conn.id, conn);
+        this.noteConns(event, info?.machine);
         if (info?.machine === 'pool') notePoolMember(info, event);
         if (this.budget > 0) {
           this.budget--;
@@ -197,6 +196,27 @@ export class Hub {
         return;
     }
   };
+
+  /**
+   * Connections seen in events: a proxy's peers (registrations, clients: in
+   * REGISTER, FORWARD batches and the like) and the connections links and
+   * clients report when they connect.
+   */
+  private noteConns(event: { type: string }, machine: string | undefined): void {
+    const e = event as { peer?: unknown; conn?: unknown; batches?: Array<{ peer?: unknown }> };
+    const peers = e.batches ? e.batches.map((b) => b.peer) : [e.peer];
+    for (const p of peers) {
+      if (isPeer(p)) {
+        const seen = this.liveConns.get(p.conn.id);
+        if (seen) seen.role = p.role;
+        else this.liveConns.set(p.conn.id, p);
+      }
+    }
+    if (e.conn instanceof Connection && !this.liveConns.has(e.conn.id)) {
+      const role = machine === 'upstream' || machine === 'upstreamJson' ? 'upstream' : machine === 'client' ? 'client' : 'link';
+      this.liveConns.set(e.conn.id, { conn: e.conn, role });
+    }
+  }
 
   private register(ref: { sessionId: string; id: string; _parent?: { sessionId: string }; logic?: { id?: string; root?: StateNodeLike }; getSnapshot(): unknown }): void {
     const logic = ref.logic;
@@ -338,7 +358,7 @@ export class Hub {
     }
     const open: ConnView[] = [];
     for (const [id, c] of this.liveConns) {
-      if (c.closed) {
+      if (c.conn.closed) {
         this.liveConns.delete(id);
         this.closedConns = [connView(c), ...this.closedConns].slice(0, 20);
       } else open.push(connView(c));

@@ -9,7 +9,7 @@
  */
 import { createWriteStream, readFileSync, type WriteStream } from 'node:fs';
 import type { InspectionEvent } from 'xstate';
-import type { ProxyObserver } from '../actors/proxy.js';
+import type { ProxyObserver } from '../actors/proxy-options.js';
 import { Hub, type HubOptions, type Rec } from './hub.js';
 import { serveInspector, type InspectorServer } from './http.js';
 import { Metrics } from './metrics.js';

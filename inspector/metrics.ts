@@ -6,7 +6,7 @@
  */
 import { Counter, Gauge, Registry, type MetricValue } from 'prom-client';
 import type { ErrorCode } from '../transport/errors.js';
-import type { ProxyObserver } from '../actors/proxy.js';
+import type { ProxyObserver } from '../actors/proxy-options.js';
 import type { Figures, PoolView, Tally } from './views.js';
 
 /** Latency buckets in seconds: loopback answers take tenths of a millisecond, timeouts seconds. */

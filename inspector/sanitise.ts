@@ -29,8 +29,21 @@ export interface ConnView {
   closed: boolean;
 }
 
-export function connView(c: Connection): ConnView {
-  return { id: c.id, role: c.role, peer: `${c.remoteAddress}:${c.remotePort}`, outstanding: c.outstanding, closed: c.closed };
+/** A connection with what its owner knows of it: its role, and (for a proxy's peer) its unanswered requests. */
+export interface SeenConn {
+  conn: Connection;
+  role: string;
+  outstanding?: number;
+}
+
+export function connView(c: SeenConn): ConnView {
+  const conn = c.conn;
+  return { id: conn.id, role: c.role, peer: `${conn.remoteAddress}:${conn.remotePort}`, outstanding: c.outstanding ?? 0, closed: conn.closed };
+}
+
+/** A proxy's peer (actors/link.ts `Peer`): a connection and the proxy's bookkeeping of it. */
+export function isPeer(o: unknown): o is { conn: Connection; role: string; outstanding: number } {
+  return typeof o === 'object' && o !== null && (o as { conn?: unknown }).conn instanceof Connection && typeof (o as { role?: unknown }).role === 'string';
 }
 
 interface ActorLike {
@@ -66,7 +79,8 @@ export function project(v: unknown, limits: ProjectLimits = CONTEXT_LIMITS, dept
   }
   if (v === null) return null;
   const o = v as object;
-  if (o instanceof Connection) return `conn#${o.id} ${o.role} ${o.remoteAddress}:${o.remotePort}${o.closed ? ' closed' : ''}`;
+  if (o instanceof Connection) return `conn#${o.id} ${o.remoteAddress}:${o.remotePort}${o.closed ? ' closed' : ''}`;
+  if (isPeer(o)) return `conn#${o.conn.id} ${o.role} ${o.conn.remoteAddress}:${o.conn.remotePort}${o.conn.closed ? ' closed' : ''}`;
   if (isActorRef(o)) return `actor ${o.id}`;
   if (o instanceof Error) return `${o.name}: ${o.message}`;
   if (Buffer.isBuffer(o)) return `Buffer(${o.length})`;

@@ -79,17 +79,9 @@ export function poolView(
   return { policy: ctx.policy, state: String(value), members, cursor: ctx.cursor, next, routed: ctx.routed ?? 0, gone: gone.slice(0, MAX_GONE) };
 }
 
-/** Requests the proxy has sent upstream, queued for a link or holds waiting for a member, not yet answered. */
-export function proxyInflight(ctx: {
-  busy?: Set<{ size: number }>;
-  waiting?: Map<string, unknown[]>;
-  servers?: Map<string, { link: { getSnapshot(): { context?: { queue?: unknown[] } } } }>;
-}): number {
-  let n = 0;
-  for (const t of ctx.busy ?? []) n += t.size;
-  for (const q of ctx.waiting?.values() ?? []) n += q.length;
-  for (const s of ctx.servers?.values() ?? []) n += s.link.getSnapshot().context?.queue?.length ?? 0;
-  return n;
+/** Requests the proxy has accepted and not yet answered (its own count: actors/inflight.ts InflightCount). */
+export function proxyInflight(ctx: { inflight?: { size: number } }): number {
+  return ctx.inflight?.size ?? 0;
 }
 
 /** A member's state as a proxy keeps it (its `servers` table), for the pool view. */

@@ -7,7 +7,7 @@
  */
 import type { InspectionEvent } from 'xstate';
 import type { LogRecord } from '../actors/logger.js';
-import type { ProxyObserver } from '../actors/proxy.js';
+import type { ProxyObserver } from '../actors/proxy-options.js';
 import type { ProxySpec, ServerSpec } from './format.js';
 
 /** The proxy's log events the runner follows; the rest are dropped to keep memory flat. */

@@ -9,6 +9,7 @@ import { createActor, createMachine } from 'xstate';
 import { poolMachine, runClient, serverMachine, startProxy, startServer, upstreamMachine } from '../actors/index.js';
 import { chartOf, Hub, project, Ring, serveRecorded, startInspector } from '../inspector/index.js';
 import { Connection } from '../transport/socket.js';
+import { newPeer } from '../actors/link.js';
 import { eventually, LOCAL } from './helpers.js';
 import { killAll, revproxy } from './procs.js';
 
@@ -23,8 +24,8 @@ parts('a ring keeps the newest items and counts every push', () => {
 });
 
 parts('projections turn sockets, maps, functions, cycles and big batches into small JSON', () => {
-  const conn = new Connection(new Socket());
-  conn.role = 'client';
+  const socket = new Connection(new Socket());
+  const conn = { ...newPeer(socket), role: 'client' as const };
   const cyclic: Record<string, unknown> = { name: 'a' };
   cyclic.self = cyclic;
   const value = {
@@ -45,7 +46,7 @@ parts('projections turn sockets, maps, functions, cycles and big batches into sm
   assert.is(out.cb, 'ƒ named');
   assert.match(JSON.stringify(out.requests), /more \(1000 in all\)/);
   assert.is(out.when, 'Error: boom');
-  conn.destroy();
+  socket.destroy();
 });
 
 parts('charts are read from the machine definition: states, nested states, transitions with event names', () => {

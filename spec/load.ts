@@ -7,7 +7,7 @@
 import { connect, type Socket } from 'node:net';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import { MsgType } from '../transport/messages.js';
-import { sha1Hex } from '../actors/server.js';
+import { sha1Hex } from '../actors/sha1.js';
 
 export interface LoadReport {
   sent: number;

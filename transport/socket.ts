@@ -28,6 +28,13 @@ export interface ConnectionOptions {
   idleTimeoutMs?: number;
   /** A frame (or JSON object) begun must be complete within this long (ms), or the connection is closed. 0 or absent: no limit. */
   frameTimeoutMs?: number;
+  /**
+   * Stop reading from the peer while what we write to it is not drained
+   * (default true): a peer that keeps asking and never reads cannot pile up
+   * answers in memory. Turn it off where holding reads could deadlock two
+   * full buffers (a link whose peer also waits for us to read).
+   */
+  holdReadsWhenCongested?: boolean;
 }
 
 /** Why a connection was closed by us rather than by the peer. */
@@ -89,15 +96,10 @@ export class Connection {
   wire: Wire;
   readonly remoteAddress: string;
   readonly remotePort: number;
-  /** Set by whoever owns the connection: what it is used for (client, registration, upstream). */
-  role: 'unknown' | 'client' | 'registration' | 'upstream' | 'server-link' = 'unknown';
+  /** Set once the connection is closing or closed: nothing more is sent on it. */
   closed = false;
-  /** Requests this peer sent that are still unanswered (kept by the proxy for backpressure). */
-  outstanding = 0;
-  /** Whether reads are paused because `outstanding` hit its limit. */
-  throttled = false;
-  /** PINGs sent on this connection without a PONG since (liveness of a registration connection). */
-  missedPings = 0;
+  /** The backpressure rule (see the option); the owner may change it once it knows what the connection is for. */
+  holdReadsWhenCongested: boolean;
   /** Reads so far: a cheap sign of life (a link that answers needs no PING to prove its server alive). */
   reads = 0;
   /** Frames waiting for the end of this turn (when `framed`). */
@@ -128,12 +130,16 @@ export class Connection {
       });
     } else this.decoder = new FrameDecoder({ maxFrameBytes: opts.maxFrameBytes });
     this.framed = this.encoder === encodeFrame;
+    this.holdReadsWhenCongested = opts.holdReadsWhenCongested ?? true;
     this.remoteAddress = socket.remoteAddress ?? 'unknown';
     this.remotePort = socket.remotePort ?? 0;
     socket.setNoDelay(true);
-    socket.on('close', () => {
+    // The peer's end (we do not keep half-open connections) or the close: nothing more can be sent.
+    const over = (): void => {
       this.closed = true;
-    });
+    };
+    socket.on('end', over);
+    socket.on('close', over);
     const frameTimeout = opts.frameTimeoutMs ?? 0;
     if (opts.idleTimeoutMs) socket.setTimeout(opts.idleTimeoutMs);
     this.messages$ = new Observable<Message[]>((sub) => {
@@ -240,14 +246,9 @@ export class Connection {
 
   private readsHeld = false;
 
-  /**
-   * A peer that does not read what it is sent is not read from either, until
-   * its socket drains: answers cannot pile up in memory for a client that
-   * keeps asking and never reads. Not on the proxy's own links to servers and
-   * registrations: holding their reads could deadlock two full buffers.
-   */
+  /** A peer that does not read what it is sent is not read from either, until its socket drains (unless the owner said otherwise). */
   private holdReadsUntilDrained(): void {
-    if (this.readsHeld || this.role === 'upstream' || this.role === 'registration') return;
+    if (this.readsHeld || !this.holdReadsWhenCongested) return;
     this.readsHeld = true;
     this.pause();
     this.socket.once('drain', () => {

@@ -64,6 +64,14 @@ export function dial(host: string, port: number, tls?: TlsMaterial): Socket {
   return tlsConnect({ host, port, ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: true, servername: isIp(host) ? undefined : host });
 }
 
+/** What to tell a person when a listen fails: the cause and what to do. */
+export function describeListenError(err: NodeJS.ErrnoException, host: string, port: number): string {
+  if (err.code === 'EADDRINUSE') return `port ${port} on ${host} is already in use: stop what holds it or choose another port`;
+  if (err.code === 'EACCES') return `no permission to listen on port ${port}: choose a port above 1023`;
+  if (err.code === 'EADDRNOTAVAIL') return `address ${host} is not on this machine: choose a local address`;
+  return `cannot listen on ${host}:${port}: ${err.message}`;
+}
+
 /** A listening server, TLS when `tls` has a certificate; with a CA it requires and verifies peers' certificates (mutual TLS). */
 export function listenServer(tls: TlsMaterial | undefined, onSocket: (socket: Socket) => void): Server {
   if (!tls?.cert) return netServer(onSocket);

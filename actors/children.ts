@@ -1,0 +1,28 @@
+/**
+ * Children the proxy may have by the thousand (a link per server, a pool per
+ * policy), started and stopped in O(1).
+ *
+ * XState keeps the children a machine spawns in its snapshot, in a map it
+ * copies on every spawn and every stop: with thousands of links, each probe
+ * of a dead server copied them all (quadratic under churn). These children
+ * are started with the proxy as their parent instead: they share its system
+ * (so `sendParent` and the inspector see them as its children), but live in
+ * the proxy's own tables, which it changes in place.
+ */
+import { createActor, type ActorRefFrom, type AnyActorLogic, type AnyActorRef, type InputFrom } from 'xstate';
+
+/** Start `logic` as a child of `parent`, outside the parent's children map. */
+export function startChild<T extends AnyActorLogic>(parent: AnyActorRef, logic: T, opts: { id: string; input: InputFrom<T> }): ActorRefFrom<T> {
+  const child = createActor(logic, { id: opts.id, input: opts.input, parent } as Parameters<typeof createActor<T>>[1]);
+  child.start();
+  return child as ActorRefFrom<T>;
+}
+
+/**
+ * Stop a child started by `startChild`. XState refuses `stop()` on an actor
+ * with a parent (a spawned child is stopped through its parent's map, which
+ * these are not in); `_stop` is what that map's removal calls.
+ */
+export function stopChild(child: AnyActorRef): void {
+  (child as unknown as { _stop(): void })._stop();
+}

@@ -1,0 +1,156 @@
+/**
+ * What the proxy and its two kinds of upstream link (upstream.ts for this
+ * project's servers, upstream-json.ts for old JSON servers) share: the
+ * request as it travels, the commands a link takes, the reports it sends
+ * back, and the rules both links apply to a try (its deadline, how an answer
+ * settles it). Neither link file imports the other; both import this one.
+ */
+import { connect as netConnect, type Socket } from 'node:net';
+import type { BusyPoll } from '../transport/busy-poll.js';
+import type { ErrorCode as WireCode } from '../transport/errors.js';
+import { MsgType, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
+import type { Connection } from '../transport/socket.js';
+import type { Clock } from './clock.js';
+import type { Inflight } from './inflight.js';
+import type { Logger } from './logger.js';
+
+/**
+ * A client connection as the proxy keeps it: the connection, and the
+ * proxy's own bookkeeping about it (the transport knows nothing of roles).
+ */
+export interface Peer {
+  readonly conn: Connection;
+  /** What the connection turned out to be, from its first message. */
+  role: 'unknown' | 'client' | 'registration';
+  /** Requests this peer sent that are still unanswered (for its in-flight limit). */
+  outstanding: number;
+  /** Whether its reads are paused because `outstanding` hit its limit. */
+  throttled: boolean;
+  /** PINGs sent on a registration connection without a PONG since. */
+  missedPings: number;
+}
+
+export function newPeer(conn: Connection): Peer {
+  return { conn, role: 'unknown', outstanding: 0, throttled: false, missedPings: 0 };
+}
+
+/** A client request as it travels through the proxy. */
+export interface ProxyRequest {
+  /** The client that asked, and answers go back to. */
+  client: Peer;
+  msg: DataMsg;
+  /** When the request arrived (clock ms); its deadline runs from here. */
+  arrived: number;
+  /** Members already tried for this request, in order. */
+  tried?: string[];
+  /** How the last try failed, for the answer when no member is left to try. */
+  lastCode?: WireCode;
+}
+
+/** Sends the one answer a request gets. */
+export type Reply = (req: ProxyRequest, answer: AckMsg | ErrorMsg, member?: string) => void;
+
+/** A coded failure, as reports and events carry it (never a bare string). */
+export interface Failure {
+  code: WireCode;
+  message: string;
+}
+
+export type SocketFactory = (host: string, port: number) => Socket;
+export const tcpConnect: SocketFactory = (host, port) => netConnect({ host, port });
+
+/** What the proxy gives every link it spawns. */
+export interface LinkInput {
+  member: string;
+  policy: string;
+  host: string;
+  port: number;
+  connect: SocketFactory;
+  clock: Clock;
+  /** Whole-request timeout: no try outlives `arrived + timeoutMs`. */
+  timeoutMs: number;
+  /** One try's timeout; also bounds connecting and the first PING. */
+  tryTimeoutMs: number;
+  maxFrameBytes: number;
+  busy: Set<Inflight<ProxyRequest>>;
+  reply: Reply;
+  logger: Logger;
+  /** Kicked by every read of answers (the proxy's busy polling, when on). */
+  busyPoll?: BusyPoll;
+}
+
+/** Where a link is, as its traffic side shows it: written only by the link machine. */
+export type LinkPhase = 'connecting' | 'open' | 'retiring' | 'down' | 'retired';
+
+/**
+ * The face a link shows the proxy's hot path: requests go in through
+ * `sendOne` without an event while `phase` is `open`; `inflight` is its table
+ * of unanswered requests (for the in-flight limit).
+ */
+export interface LinkPort {
+  readonly phase: LinkPhase;
+  readonly inflight: Inflight<ProxyRequest>;
+  /** Reads of answers so far (a sign of life), or -1 when the link has no connection of its own to count. */
+  readonly reads: number;
+  sendOne(req: ProxyRequest): void;
+}
+
+/** What the proxy tells a link. */
+export type LinkCommand =
+  | { type: 'SEND'; requests: ProxyRequest[] }
+  | { type: 'EXPIRE'; now: number }
+  | { type: 'RETIRE' }
+  | { type: 'RESET_FAILURES' };
+
+/** What a link tells the proxy. */
+export type LinkReport =
+  | { type: 'UPSTREAM_UP'; member: string; linkId: string }
+  | { type: 'UPSTREAM_DOWN'; member: string; linkId: string; failure: Failure; requests: ProxyRequest[] }
+  | { type: 'UPSTREAM_RETRY'; member: string; linkId: string; requests: ProxyRequest[]; failure: Failure; failures: number };
+
+/** A try ends at the try timeout, and never after the request's own deadline. */
+export function tryDeadline(link: Pick<LinkInput, 'tryTimeoutMs' | 'timeoutMs'>, req: ProxyRequest, now: number): number {
+  return Math.min(now + link.tryTimeoutMs, req.arrived + link.timeoutMs);
+}
+
+export function logForward(link: Pick<LinkInput, 'member' | 'policy' | 'logger'>, req: ProxyRequest): void {
+  link.logger.info('forward', `Forwarding a data message to server id ${link.member} from client ${req.msg.srcid} payload ${req.msg.payload}`, {
+    server: link.member, client: req.msg.srcid, policy: link.policy, payload: req.msg.payload,
+  });
+}
+
+/** What a batch of answers did: counted for the link, error answers kept to be retried elsewhere. */
+export interface Tally {
+  answered: number;
+  /** Failures in a row, carried over from the link and reset by an ACK. */
+  failures: number;
+  failed?: ProxyRequest[];
+  lastFailure?: ErrorMsg;
+}
+
+/** One server answer to one request: an ACK goes to the client now; an ERROR is kept in the tally for a retry. */
+export function settle(link: Pick<LinkInput, 'member' | 'logger' | 'reply'>, req: ProxyRequest, m: AckMsg | ErrorMsg, tally: Tally): void {
+  if (m.type === MsgType.ACK) {
+    if (link.logger.enabled('info')) {
+      link.logger.info('ack', `Received a data message from server id ${link.member} payload ${m.payload}`, { server: link.member, client: m.destid, payload: m.payload });
+    }
+    tally.failures = 0;
+    tally.answered++;
+    link.reply(req, m, link.member);
+  } else {
+    tally.failures++;
+    tally.lastFailure = m;
+    (tally.failed ??= []).push(req);
+  }
+}
+
+/** Hands requests a link cannot finish back to the proxy, to be retried on another member. */
+export function retryReport(member: string, linkId: string, requests: ProxyRequest[], failure: Failure, failures: number): LinkReport {
+  return { type: 'UPSTREAM_RETRY', member, linkId, requests, failure, failures };
+}
+
+/** The retry report for a tally's error answers, if it has any. */
+export function errorAnswersReport(member: string, linkId: string, tally: Tally): LinkReport | undefined {
+  const m = tally.lastFailure;
+  return tally.failed && m ? retryReport(member, linkId, tally.failed, { code: m.code as WireCode, message: `server ${member} answered ${m.code}: ${m.message}` }, tally.failures) : undefined;
+}

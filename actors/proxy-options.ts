@@ -1,0 +1,151 @@
+/**
+ * The proxy's options and their defaults, in one place: what a caller may
+ * set (`ProxyOptions`), and the resolved set every part of the proxy reads
+ * (`Opts`, from `resolveOptions`).
+ */
+import type { ErrorCode as Code } from '../transport/errors.js';
+import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
+import type { TlsMaterial } from '../transport/tls.js';
+import type { Clock } from './clock.js';
+import type { SocketFactory } from './link.js';
+import type { Logger } from './logger.js';
+
+/** How the proxy treats servers of the old JSON wire. */
+export interface OldServerOptions {
+  /** Connections opened to one old server at most (each carries one request at a time). Default 8. */
+  connections?: number;
+  /** Tries in a row that time out before the server counts as gone. Default 3. */
+  missesToLeave?: number;
+}
+
+export const OLD_SERVER_DEFAULTS: Required<OldServerOptions> = { connections: 8, missesToLeave: 3 };
+
+export interface ProxyOptions {
+  /** Port to listen on; 0 picks a free one. Default 2100. */
+  port?: number;
+  /** Address to listen on. Default 127.0.0.1. */
+  host?: string;
+  /** Whole-request timeout in ms: every request is answered within it. Default 5000. */
+  timeoutMs?: number;
+  /** Retries of a failed try on other members of the pool. Default 2. */
+  retries?: number;
+  /** Timeout of one try, in ms. Default: the request timeout divided by (retries + 1). */
+  tryTimeoutMs?: number;
+  /** Largest frame accepted from any peer. Default 1 MiB. */
+  maxFrameBytes?: number;
+  /** Unanswered requests one client connection may have before its reads pause. Default 4096. */
+  maxClientInflight?: number;
+  /** Requests in flight to one server; past it the server takes no more until answers come. Default 1024. */
+  maxServerInflight?: number;
+  /** Requests one pool may hold waiting for a member with room; past it, OVERLOADED. Default 1024. */
+  queueLimit?: number;
+  /** Connections the proxy accepts at once (clients and servers). Default 20000. */
+  maxConnections?: number;
+  /** PING every registration connection this often (ms). Default 1000. */
+  pingIntervalMs?: number;
+  /** Missed PONGs after which a server is removed. Default 3. */
+  pingMisses?: number;
+  /** First delay before probing a server that went down (ms); doubles per failed probe. Default 1000. */
+  probeInitialMs?: number;
+  /** Longest delay between probes (ms). Default 30000. */
+  probeMaxMs?: number;
+  /** Consecutive failures (try timeouts, error answers) that eject a server. Default 5. */
+  ejectAfter?: number;
+  /** An ejected server stays out this long times the number of its ejections (ms). Default 30000. */
+  ejectBaseMs?: number;
+  /** On STOP, how long to wait for requests in flight before answering them SHUTTING_DOWN (ms). Default 5000. */
+  drainTimeoutMs?: number;
+  /** Registration secret every server must present (unless `tokens` names its policy). */
+  token?: string;
+  /** Per-policy registration secrets. When given, a policy it does not name takes `token`, or no registrations at all. */
+  tokens?: Record<string, string>;
+  /** TLS for the listener (clients and servers connect over it); with a CA, peers must present certificates it signed. */
+  tls?: TlsMaterial;
+  /** TLS for the proxy's connections to servers: the CA that signed servers' certificates, and the proxy's own certificate for mutual TLS. */
+  upstreamTls?: TlsMaterial;
+  /** Close a client or registration connection after this long without bytes from it (ms; 0 = never). Default 60000. */
+  idleTimeoutMs?: number;
+  /** A frame begun must be complete within this long (ms; 0 = no limit). Default 10000. */
+  frameTimeoutMs?: number;
+  /** Connections from one address at once (0 = no limit). Default: none on loopback, 1024 on any other address. */
+  maxConnectionsPerPeer?: number;
+  /**
+   * After traffic, keep polling the sockets this long instead of sleeping
+   * (microseconds; 0 = off, the default). Lower one-at-a-time latency on
+   * virtual machines, for up to one core of CPU while traffic flows
+   * (transport/busy-poll.ts).
+   */
+  busyPollUs?: number;
+  logger?: Logger;
+  clock?: Clock;
+  /** How the proxy dials servers (tests inject failures here). */
+  connect?: SocketFactory;
+  /** Told of every answer, retry and ejection: feeds metrics and the inspector. */
+  observer?: ProxyObserver;
+  /** Servers that registered over the old JSON wire: connections per server, timeouts before one leaves. */
+  oldServers?: OldServerOptions;
+}
+
+/**
+ * Hooks for metrics and inspection. Called synchronously on the hot path:
+ * keep them cheap (count, don't format).
+ */
+export interface ProxyObserver {
+  /** A request got its one answer: `outcome` is 'ok' for an ACK, else the error code. */
+  answered?(policy: string, member: string | undefined, outcome: 'ok' | Code, latencyMs: number): void;
+  /** A request that failed on `failed` is being tried again on another member. */
+  retried?(policy: string, failed: string, reason: string): void;
+  /** A member was taken out of rotation (or put back, with `back` true). */
+  ejected?(policy: string, member: string, reason: string, back: boolean): void;
+}
+
+/** The options every part of the proxy reads: each one set, defaults applied. */
+export type Opts = Required<Omit<ProxyOptions, 'logger' | 'clock' | 'connect' | 'observer' | 'token' | 'tokens' | 'tls' | 'upstreamTls' | 'oldServers'>> & {
+  token?: string;
+  tokens?: Record<string, string>;
+  tls?: TlsMaterial;
+  oldServers: Required<OldServerOptions>;
+};
+
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.') || host.startsWith('::ffff:127.');
+}
+
+/** Apply the defaults. The one place a default is written. */
+export function resolveOptions(input: ProxyOptions): Opts {
+  const retries = input.retries ?? 2;
+  const timeoutMs = input.timeoutMs ?? 5000;
+  const host = input.host ?? '127.0.0.1';
+  return {
+    port: input.port ?? 2100,
+    host,
+    timeoutMs,
+    retries,
+    tryTimeoutMs: input.tryTimeoutMs ?? Math.ceil(timeoutMs / (retries + 1)),
+    maxFrameBytes: input.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
+    maxClientInflight: input.maxClientInflight ?? 4096,
+    maxServerInflight: input.maxServerInflight ?? 1024,
+    queueLimit: input.queueLimit ?? 1024,
+    maxConnections: input.maxConnections ?? 20000,
+    pingIntervalMs: input.pingIntervalMs ?? 1000,
+    pingMisses: input.pingMisses ?? 3,
+    probeInitialMs: input.probeInitialMs ?? 1000,
+    probeMaxMs: input.probeMaxMs ?? 30000,
+    ejectAfter: input.ejectAfter ?? 5,
+    ejectBaseMs: input.ejectBaseMs ?? 30000,
+    drainTimeoutMs: input.drainTimeoutMs ?? 5000,
+    oldServers: { ...OLD_SERVER_DEFAULTS, ...input.oldServers },
+    token: input.token,
+    tokens: input.tokens,
+    tls: input.tls,
+    idleTimeoutMs: input.idleTimeoutMs ?? 60000,
+    frameTimeoutMs: input.frameTimeoutMs ?? 10000,
+    maxConnectionsPerPeer: input.maxConnectionsPerPeer ?? (isLoopback(host) ? 0 : 1024),
+    busyPollUs: input.busyPollUs ?? 0,
+  };
+}
+
+/** How often the sweeper looks for requests past their deadline: a twentieth of a try, within 5-100 ms. */
+export function sweepInterval(tryTimeoutMs: number): number {
+  return Math.max(5, Math.min(100, Math.floor(tryTimeoutMs / 20)));
+}

@@ -1,0 +1,120 @@
+/**
+ * The proxy's vocabulary: its members, policies, context and events. The
+ * machine (proxy.ts), its rules (routing.ts) and its socket and timer actors
+ * (proxy-io.ts) all import it; it imports none of them.
+ */
+import type { ActorRef, AnyActorRef, Snapshot } from 'xstate';
+import type { BusyPoll } from '../transport/busy-poll.js';
+import type { ProtocolError } from '../transport/errors.js';
+import type { DataMsg, SetupMsg } from '../transport/messages.js';
+import type { Wire } from '../transport/sniff.js';
+import type { Clock, Timer } from './clock.js';
+import type { Inflight, InflightCount } from './inflight.js';
+import type { LinkCommand, LinkPort, LinkReport, Peer, ProxyRequest, Reply, SocketFactory } from './link.js';
+import type { Logger } from './logger.js';
+import type { PoolEvent } from './pool.js';
+import type { Opts, ProxyObserver } from './proxy-options.js';
+
+export type MemberState = 'connecting' | 'serving' | 'down' | 'ejected';
+
+export type LinkRef = ActorRef<Snapshot<unknown>, LinkCommand>;
+export type PoolRef = ActorRef<Snapshot<unknown>, PoolEvent>;
+
+/**
+ * A registered server. Owned by the proxy machine; only its actions change
+ * it. Whether it can take traffic is not stored here: its link knows whether
+ * it is connected (`traffic.phase`), and the proxy knows whether it ejected
+ * it; `state` reads both.
+ */
+export class Member {
+  /** The link now serving this member (a new one after each probe). */
+  link!: LinkRef;
+  /** That link's traffic side: its phase, its table of unanswered requests, and the hot path in. */
+  traffic!: LinkPort;
+  /** Taken out of rotation by the proxy for consecutive failures, until a timer puts it back. */
+  ejected = false;
+  ejections = 0;
+  probeDelay: number;
+  /** Set while the member is down or being probed: when it went down. */
+  downSince?: number;
+  /** The upstream link's read count at the last liveness round. */
+  seenReads = -1;
+  /** The probe or re-admission due next. */
+  timer?: Timer;
+
+  constructor(
+    readonly id: string,
+    readonly policy: string,
+    readonly host: string,
+    readonly port: number,
+    /** `json`: an old server, reached one request per connection (upstream-json.ts); it leaves when its link goes down. */
+    readonly wire: Wire,
+    /** The connection the server registered on; its closing is the server leaving. None for an old server. */
+    readonly registration: Peer | undefined,
+    probeDelay: number,
+  ) {
+    this.probeDelay = probeDelay;
+  }
+
+  get state(): MemberState {
+    if (this.ejected) return 'ejected';
+    const phase = this.traffic.phase;
+    return phase === 'open' ? 'serving' : phase === 'connecting' ? 'connecting' : 'down';
+  }
+}
+
+/** Everything the proxy keeps for one privacy policy: its pool (the rotation), its members, and requests waiting for room. */
+export interface Policy {
+  name: string;
+  pool: PoolRef;
+  /** Registered members of this policy, whatever their state (the pool holds their rotation order). */
+  members: Set<Member>;
+  /** Requests waiting for a member with room (bounded by queueLimit), oldest first. */
+  waiting: ProxyRequest[];
+}
+
+export interface ProxyContext {
+  opts: Opts;
+  observer?: ProxyObserver;
+  logger: Logger;
+  clock: Clock;
+  connect: SocketFactory;
+  port: number;
+  policies: Map<string, Policy>;
+  servers: Map<string, Member>;
+  /** Requests accepted and not yet answered (every request is counted once, and answered once). */
+  inflight: InflightCount;
+  /** Link tables with requests in flight: the sweeper looks for expired tries here. */
+  busy: Set<Inflight<ProxyRequest>>;
+  /** Links spawned so far: numbers each new link's id. */
+  linkSeq: number;
+  error?: string;
+  /** The proxy actor itself: the parent of its links and pools, and the target of its timers. */
+  self: AnyActorRef;
+  /** The one path every request's answer takes (made once, from this context). */
+  reply: Reply;
+  /** Keeps the event loop polling after traffic, when `busyPollUs` is set. */
+  busyPoll?: BusyPoll;
+}
+
+/** The requests one read of one client connection brought. */
+export interface ForwardBatch {
+  peer: Peer;
+  requests: DataMsg[];
+}
+
+export type ProxyEvent =
+  | { type: 'LISTENING'; port: number }
+  | { type: 'LISTEN_FAILED'; error: string }
+  | { type: 'REGISTER'; peer: Peer; setup: SetupMsg }
+  | { type: 'FORWARD'; batches: ForwardBatch[] }
+  | { type: 'DEREGISTER'; peer: Peer; reason: string }
+  | { type: 'BAD_INPUT'; peer: Peer; error: ProtocolError }
+  | { type: 'CONN_CLOSED'; peer: Peer; error?: string }
+  | LinkReport
+  | { type: 'PROBE'; member: string }
+  | { type: 'READMIT'; member: string }
+  | { type: 'DRAIN_WAITING'; policy: string }
+  | { type: 'EXPIRE_WAITING'; now: number }
+  | { type: 'DRAINED' }
+  | { type: 'STOP' };
