@@ -17,13 +17,39 @@ export class UsageError extends Error {
   }
 }
 
+/** The old system's flags, single-dash as its programs spelt them (`-port 2100`): the only ones taken with one dash. */
+export const OLD_FLAGS: readonly string[] = ['port', 'id', 'pp', 'listen', 'revproc', 'pkt'];
+
+/** What `normaliseArgv` needs to know of the options: which take a value, which exist. */
+export interface FlagTable {
+  /** Whether the argument after this flag is its value (`--token <secret>`). */
+  takesValue(flag: string): boolean;
+  /** Whether this `--flag` is an option of some command. */
+  known(flag: string): boolean;
+}
+
 /**
  * The seed's command lines use single-dash long flags (`-port 2100`). Turn
- * `-word` into `--word` so one parser handles both spellings; single letters
- * (`-h`) and negative numbers are left alone.
+ * those six (`-port`, `-port=2100`) into `--port` so one parser handles both
+ * spellings. Nothing else is rewritten: never the value of an option
+ * (`--token -abcdefghij` keeps its secret: an argument right after an option
+ * that takes a value is left as it is), and no other single-dash word; one
+ * that is this project's flag with one dash (`-window`) is a usage error that
+ * names the right spelling. After `--` nothing is touched.
  */
-export function normaliseArgv(argv: string[]): string[] {
-  return argv.map((a) => (/^-[a-zA-Z][a-zA-Z0-9-]+(=.*)?$/.test(a) ? `-${a}` : a));
+export function normaliseArgv(argv: string[], flags: FlagTable = { takesValue: () => false, known: () => false }): string[] {
+  const out: string[] = [];
+  for (const [i, a] of argv.entries()) {
+    if (a === '--') return [...out, ...argv.slice(i)];
+    const prev = out[out.length - 1];
+    const m = /^-([a-z][a-z-]+)(=.*)?$/.exec(a);
+    if (!m || (prev !== undefined && !prev.includes('=') && flags.takesValue(prev))) out.push(a);
+    else if (OLD_FLAGS.includes(m[1]!)) out.push(`-${a}`);
+    else if (flags.known(`--${m[1]}`)) {
+      throw new UsageError(`unknown option '${a}': one dash is for the old system's flags only (${OLD_FLAGS.map((f) => `-${f}`).join(', ')}); write --${m[1]}`);
+    } else out.push(a);
+  }
+  return out;
 }
 
 export const logOptions = (): Option[] => [

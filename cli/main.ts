@@ -11,8 +11,8 @@ import { runDemo } from './demo.js';
 import { scenarioCommand } from './scenario.js';
 import { inspectCommand, inspectOptions, startInspection, type InspectFlags } from './inspect.js';
 import {
-  loadPackets, loadTokens, logOptions, makeLogger, normaliseArgv, parseEndpoints, parseIntOption, parsePort, tlsFromFlags, tlsOptions, UsageError,
-  wireOption, type LogFlags, type TlsFlags,
+  loadPackets, loadTokens, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, parseIntOption, parsePort, tlsFromFlags, tlsOptions, UsageError,
+  wireOption, type FlagTable, type LogFlags, type TlsFlags,
 } from './common.js';
 import type { Behaviour, Endpoint } from '../actors/server.js';
 
@@ -53,7 +53,7 @@ function runUntilStopped(actor: { getSnapshot(): { status: string }; subscribe(o
 
 export function buildProgram(setExit: (code: number) => void): Command {
   const program = new Command('revproxy')
-    .description('Reverse proxy with policy-based round-robin load balancing.\nSingle-dash long flags (-port 2100) are accepted as well as --port 2100.')
+    .description(`Reverse proxy with policy-based round-robin load balancing.\nThe old system's single-dash flags (${OLD_FLAGS.map((f) => `-${f}`).join(', ')}) are accepted as well as --port, --id, ...`)
     .version(pkg.version)
     .showHelpAfterError('(add --help for usage)')
     .configureHelp({ showGlobalOptions: false });
@@ -204,7 +204,7 @@ export async function main(argv: string[]): Promise<number> {
   program.exitOverride();
   for (const c of program.commands) c.exitOverride().showHelpAfterError('(add --help for usage)');
   try {
-    await program.parseAsync(normaliseArgv(argv), { from: 'user' });
+    await program.parseAsync(normaliseArgv(argv, flagTable(program)), { from: 'user' });
     return code;
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode === 1 ? 2 : err.exitCode;
@@ -222,6 +222,22 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`revproxy: ${describeFailure(err)}\n`);
     return 1;
   }
+}
+
+/** The options of every command, for `normaliseArgv`. */
+function flagTable(program: Command): FlagTable {
+  const all = new Set<string>();
+  const valued = new Set<string>();
+  for (const cmd of [program, ...program.commands]) {
+    for (const o of cmd.options) {
+      for (const f of [o.long, o.short]) {
+        if (!f) continue;
+        all.add(f);
+        if (o.required) valued.add(f);
+      }
+    }
+  }
+  return { takesValue: (f) => valued.has(f), known: (f) => all.has(f) };
 }
 
 function describeFailure(err: unknown): string {

@@ -4,6 +4,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { killAll, revproxy } from './procs.js';
+import { normaliseArgv, OLD_FLAGS, UsageError, type FlagTable } from '../cli/common.js';
 
 const cli = suite('cli');
 cli.after.each(killAll);
@@ -18,7 +19,7 @@ cli("the assignment's example through the CLI with the seed's single-dash flags:
   await proxy.waitFor(/Received setup message from server id 2 /);
   const dir = mkdtempSync(join(tmpdir(), 'pkt-'));
   for (let i = 1; i <= 5; i++) writeFileSync(join(dir, `${i}.json`), JSON.stringify({ type: '0', srcid: '7', privPoliId: 'PP_1', payload: `m${i}` }));
-  const client = revproxy(['client', '-id', '7', '-revproc', port, '-pkt', dir, '-window', '1', '--json']);
+  const client = revproxy(['client', '-id', '7', '-revproc', port, '-pkt', dir, '--window', '1', '--json']);
   assert.is(await client.exited, 0, client.out.join('\n'));
   const report = JSON.parse(client.out.find((l) => l.startsWith('{'))!);
   assert.equal(report.results.map((r: { server: string }) => r.server), ['1', '2', '1', '2', '1']);
@@ -85,6 +86,47 @@ cli('a second proxy on a port in use fails with a clear message', async () => {
   const second = revproxy(['proxy', '-port', port]);
   assert.is(await second.exited, 1);
   assert.match(second.out.join('\n'), new RegExp(`port ${port} on 127.0.0.1 is already in use`));
+});
+
+const table: FlagTable = {
+  takesValue: (f) => ['--token', '--pkt', '--port', '-p', '--id', '--revproc'].includes(f),
+  known: (f) => ['--token', '--pkt', '--port', '--window', '--id', '--revproc'].includes(f),
+};
+
+cli("one dash maps only the old system's six flags, never a value", () => {
+  assert.equal(OLD_FLAGS, ['port', 'id', 'pp', 'listen', 'revproc', 'pkt'], "the seed's README names these six");
+  assert.equal(
+    normaliseArgv(['server', '-id', '1', '-pp', '111', '-listen', '0', '-revproc=2100', '-pkt', 'a.json', '-port', '2100'], table),
+    ['server', '--id', '1', '--pp', '111', '--listen', '0', '--revproc=2100', '--pkt', 'a.json', '--port', '2100'],
+  );
+  assert.equal(normaliseArgv(['proxy', '--token', '-abcdefghij'], table), ['proxy', '--token', '-abcdefghij']);
+  assert.equal(normaliseArgv(['proxy', '--token', '-port'], table), ['proxy', '--token', '-port'], 'a value that spells an old flag is still a value');
+  assert.equal(normaliseArgv(['proxy', '-p', '-id'], table), ['proxy', '-p', '-id'], 'after a short option that takes a value too');
+  assert.equal(normaliseArgv(['proxy', '--token=-abcdefghij', '-port', '1'], table), ['proxy', '--token=-abcdefghij', '--port', '1']);
+  assert.equal(normaliseArgv(['client', '-h', '-5', '-x'], table), ['client', '-h', '-5', '-x'], 'short flags, numbers, unknown words: untouched');
+  assert.equal(normaliseArgv(['scenario', '--', '-port'], table), ['scenario', '--', '-port'], 'nothing after --');
+  assert.throws(() => normaliseArgv(['client', '-window', '1'], table), (e: unknown) => e instanceof UsageError && /'-window'.*write --window/.test(e.message));
+});
+
+cli('a secret that starts with a dash is kept, on the command line and in REVPROXY_TOKEN', async () => {
+  const secret = '-abcdefghij';
+  const proxy = revproxy(['proxy', '-port', '0', '--token', secret]);
+  const port = (await proxy.waitFor(/port (\d+)/))[1]!;
+  revproxy(['server', '-id', '1', '-pp', '111', '-revproc', port], { env: { REVPROXY_TOKEN: secret } });
+  await proxy.waitFor(/Received setup message from server id 1 /);
+  revproxy(['server', '-id', '2', '-pp', '111', '-revproc', port, '--token', secret]);
+  await proxy.waitFor(/Received setup message from server id 2 /);
+  // The secret as the old mapping rewrote it is refused: the check above can fail.
+  revproxy(['server', '-id', '3', '-pp', '111', '-revproc', port, '--token', `-${secret}`]);
+  await proxy.waitFor(/Refused setup .* server id 3 .*/);
+  const client = revproxy(['client', '-id', '1', '-revproc', port, '-pkt', 'pktfiles/1.json']);
+  assert.is(await client.exited, 0, client.out.join('\n'));
+});
+
+cli('a flag of this project written with one dash is refused, naming the right spelling', async () => {
+  const bad = revproxy(['client', '-window', '1', '-pkt', 'pktfiles/1.json']);
+  assert.is(await bad.exited, 2);
+  assert.match(bad.out.join('\n'), /unknown option '-window': one dash is for the old system's flags only .*; write --window/);
 });
 
 cli.run();
