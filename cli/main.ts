@@ -3,7 +3,7 @@
  * single-dash flags (`-port 2100`) work as well as `--port 2100`.
  */
 import { readFileSync } from 'node:fs';
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError, Help, Option } from 'commander';
 import { runClient, startProxy, startServer, StartError } from '../actors/index.js';
 import type { Result } from '../actors/client.js';
 import { benchCommand } from './bench.js';
@@ -115,8 +115,11 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .command('server')
       .description('run a server of one privacy policy, registered with the reverse proxy')
       .requiredOption('--id <id>', 'this server\'s id')
-      .option('--pp <policy>', 'the privacy policy it serves (also --policy)')
+      .requiredOption('--pp <policy>', 'the privacy policy it serves (also --policy)')
       .addOption(new Option('--policy <policy>').hideHelp())
+      .on('option:policy', function (this: Command, v: string) {
+        this.setOptionValue('pp', v);
+      })
       .addOption(new Option('--listen <port>', 'port to listen on for the proxy\'s requests (0 picks a free one)').default(0).argParser((v) => parsePort(v)))
       .option('--host <address>', 'address to listen on', '127.0.0.1')
       .addOption(new Option('--revproc <endpoints>', 'the reverse proxy or proxies to register with: PORT or HOST:PORT, comma-separated').default(parseEndpoints('2100'), '2100').argParser(parseEndpoints))
@@ -126,12 +129,8 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('--token <secret>', "the proxy's registration secret (prefer the environment variable to the command line)").env('REVPROXY_TOKEN'))
       .addOption(wireOption('register the old way (setup on its own connection, then closed), for the old Python proxy'))
       .addHelpText('after', '\nA lost proxy is retried with backoff and the server registers again.\nSIGTERM or SIGINT drains: tells the proxies it is leaving, finishes requests in flight, exits 0.\n\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100\n  revproxy server -id 100 -pp 111 -revproc 2100,2200'),
-  ))).action(async (o: LogFlags & TlsFlags & InspectFlags & { token?: string } & { id: string; pp?: string; policy?: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout: number; delay: number; wire: 'frames' | 'json' }) => {
-    const policy = o.pp ?? o.policy;
-    if (!policy) {
-      program.commands.find((c) => c.name() === 'server')!.error("error: required option '--pp <policy>' not specified", { exitCode: 2 });
-      return;
-    }
+  ))).action(async (o: LogFlags & TlsFlags & InspectFlags & { token?: string } & { id: string; pp: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout: number; delay: number; wire: 'frames' | 'json' }) => {
+    const policy = o.pp;
     const logger = makeLogger(`server ${o.id}`, o);
     const insp = await startInspection(o, `server ${o.id}`);
     const server = await startServer({
@@ -185,8 +184,24 @@ export function buildProgram(setExit: (code: number) => void): Command {
   program.addCommand(inspectCommand(setExit));
   program.addCommand(benchCommand(setExit));
   program.addCommand(scenarioCommand(setExit));
+  for (const c of program.commands) markRequired(c);
 
   return program;
+}
+
+/** `--help` shows the options a command cannot run without: in its usage line, and "(required)" beside each. */
+function markRequired(cmd: Command): void {
+  const required = cmd.options.filter((o) => o.mandatory);
+  if (required.length === 0) return;
+  const args = cmd.registeredArguments.map((a) => (a.required ? `<${a.name()}${a.variadic ? '...' : ''}>` : `[${a.name()}${a.variadic ? '...' : ''}]`));
+  cmd.usage([...required.map((o) => o.flags.replace(/^-\w, /, '')), '[options]', ...args].join(' '));
+  cmd.configureHelp({
+    ...cmd.configureHelp(),
+    optionDescription(this: Help, o: Option): string {
+      const text = Help.prototype.optionDescription.call(this, o);
+      return o.mandatory ? `${text} (required)` : text;
+    },
+  });
 }
 
 function summarise(results: Result[], files: string[]) {

@@ -129,4 +129,32 @@ cli('a flag of this project written with one dash is refused, naming the right s
   assert.match(bad.out.join('\n'), /unknown option '-window': one dash is for the old system's flags only .*; write --window/);
 });
 
+cli('--help marks the options a command cannot run without', async () => {
+  const flat = async (args: string[]): Promise<string> => {
+    const p = revproxy(args);
+    assert.is(await p.exited, 0);
+    return p.out.join('\n').replace(/\s+/g, ' ');
+  };
+  const server = await flat(['server', '--help']);
+  assert.match(server, /Usage: revproxy server --id <id> --pp <policy> \[options\]/);
+  assert.match(server, /--id <id> this server's id \(required\)/);
+  assert.match(server, /--pp <policy> the privacy policy it serves \(also --policy\) \(required\)/);
+  assert.not.match(server, /--listen <port>[^-]*\(required\)/, 'an option with a default is not marked');
+  const client = await flat(['client', '--help']);
+  assert.match(client, /Usage: revproxy client --pkt <paths\.\.\.> \[options\]/);
+  assert.match(client, /--pkt <paths\.\.\.> packet files \(JSON\), or folders of them \(required\)/);
+  assert.not.match(client, /--id <id>[^-]*\(required\)/);
+  assert.not.match(await flat(['proxy', '--help']), /\(required\)/, 'every proxy option has a default');
+});
+
+cli('server: --pp is required, and --policy gives it', async () => {
+  const missing = revproxy(['server', '-id', '1']);
+  assert.is(await missing.exited, 2);
+  assert.match(missing.out.join('\n'), /required option '--pp <policy>' not specified/);
+  const proxy = revproxy(['proxy', '-port', '0']);
+  const port = (await proxy.waitFor(/port (\d+)/))[1]!;
+  revproxy(['server', '--id', '1', '--policy', '111', '--revproc', port]);
+  await proxy.waitFor(/Received setup message from server id 1 privacy policy 111 /);
+});
+
 cli.run();
