@@ -30,7 +30,8 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   const sink = makeSink(o, 10);
   const log = (actor: string): Logger => new Logger(actor, sink, o.logLevel);
   // Every client's packet file is checked before anything starts: 1.json ... 6.json in --pkt.
-  const packetsOf = new Map(DEMO_CLIENTS.map((id) => [id, loadPackets([join(o.pkt, `${id}.json`)], id)]));
+  const hint = `demo --pkt takes a folder holding ${DEMO_CLIENTS[0]}.json to ${DEMO_CLIENTS.at(-1)}.json, like pktfiles/`;
+  const packetsOf = new Map(DEMO_CLIENTS.map((id) => [id, loadPackets([join(o.pkt, `${id}.json`)], id, hint)]));
   const proxy = await startProxy({ port: o.port, logger: log('proxy'), ...o.attach }).catch((err: unknown) => {
     if (err instanceof StartError && /already in use/.test(err.message)) {
       throw new StartError(`${err.message} (the demo uses ports ${o.port} to ${o.port + 20}: \`npm start -- --port 0\` picks free ones)`);

@@ -3,10 +3,9 @@
  * for the commands that run actors, and `revproxy inspect FILE`, which serves
  * the same page over a recorded log.
  */
-import { existsSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { serveRecorded, startInspector, type Inspector } from '../inspector/index.js';
-import { parsePort, UsageError } from './common.js';
+import { checkGiven, FileError, parsePort } from './common.js';
 
 export interface InspectFlags {
   /** true: a free port; a number: that port. */
@@ -73,11 +72,11 @@ export function inspectCommand(setExit: (code: number) => void): Command {
     .addOption(new Option('-p, --port <port>', 'port to serve the page on, on 127.0.0.1 (0 picks a free one)').default(0).argParser((v) => parsePort(v)))
     .addHelpText('after', '\nExample:\n  revproxy proxy --inspect-log run.ndjson   # later:\n  revproxy inspect run.ndjson --port 8080')
     .action(async (file: string, o: { port: number }) => {
-      if (!existsSync(file)) throw new UsageError(`inspection log '${file}' does not exist; write one with --inspect-log FILE`);
+      checkGiven(file, 'inspection log', 'write one with --inspect-log FILE (revproxy proxy --inspect-log run.ndjson), then give that file');
       const page = await serveRecorded(file, o.port);
       if (page.records === 0) {
         await page.close();
-        throw new UsageError(`'${file}' holds no inspection records (${page.bad} unreadable lines); is it a log written with --inspect-log?`);
+        throw new FileError(`'${file}' holds no inspection records (${page.bad} unreadable lines); give a log written with --inspect-log FILE`);
       }
       process.stdout.write(`Serving ${page.records} recorded inspection events from ${file} on ${page.url}${page.bad ? ` (${page.bad} unreadable lines skipped)` : ''}; Ctrl-C exits.\n`);
       await untilSignal();

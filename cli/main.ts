@@ -11,7 +11,7 @@ import { runDemo } from './demo.js';
 import { scenarioCommand } from './scenario.js';
 import { inspectCommand, inspectOptions, startInspection, type InspectFlags } from './inspect.js';
 import {
-  loadPackets, loadTokens, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, parseIntOption, parsePort, tlsFromFlags, tlsOptions, UsageError,
+  FileError, loadPackets, loadTokens, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, parseIntOption, parsePort, tlsFromFlags, tlsOptions, UsageError,
   wireOption, type FlagTable, type LogFlags, type TlsFlags,
 } from './common.js';
 import type { Behaviour, Endpoint } from '../actors/server.js';
@@ -227,7 +227,7 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`revproxy: ${err.message}\n(add --help for usage)\n`);
       return 2;
     }
-    if (err instanceof StartError) {
+    if (err instanceof StartError || err instanceof FileError) {
       process.stderr.write(`revproxy: ${err.message}\n`);
       return 1;
     }

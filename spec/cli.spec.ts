@@ -72,9 +72,6 @@ cli('usage errors exit 2 with a message that says what is wrong', async () => {
   const missing = revproxy(['server', '-pp', '1']);
   assert.is(await missing.exited, 2);
   assert.match(missing.out.join('\n'), /--id/);
-  const nofile = revproxy(['client', '-pkt', 'no/such.json']);
-  assert.is(await nofile.exited, 2);
-  assert.match(nofile.out.join('\n'), /packet file 'no\/such.json' does not exist/);
   const help = revproxy(['--help']);
   assert.is(await help.exited, 0);
   assert.match(help.out.join('\n'), /proxy \[options\]/);
@@ -155,6 +152,39 @@ cli('server: --pp is required, and --policy gives it', async () => {
   const port = (await proxy.waitFor(/port (\d+)/))[1]!;
   revproxy(['server', '--id', '1', '--policy', '111', '--revproc', port]);
   await proxy.waitFor(/Received setup message from server id 1 privacy policy 111 /);
+});
+
+cli('a file that cannot be used fails the start with exit 1, naming the file and what to do, without the usage hint', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'files-'));
+  const write = (name: string, text: string): string => {
+    writeFileSync(join(dir, name), text);
+    return join(dir, name);
+  };
+  const cases: Array<[string[], RegExp]> = [
+    [['client', '-pkt', 'no/such.json'], /cannot read the packet file 'no\/such.json': it does not exist; --pkt takes packet files \(JSON, like pktfiles\/1.json\) or folders of them/],
+    [['client', '-pkt', mkdtempSync(join(tmpdir(), 'empty-'))], /the folder '.*' holds no .json packet files; --pkt takes/],
+    [['client', '-pkt', write('bad.json', '{"type": "0",')], /the packet file '.*bad.json' is not valid JSON \(.*\); a packet file holds one data packet, e.g. \{"type": "0"/],
+    [['client', '-pkt', write('ack.json', '{"type": "2", "srcid": "1", "destid": "2", "payload": "x"}')], /the packet file '.*ack.json' is not a data packet|has type 2; a client sends data packets/],
+    [['demo', '--pkt', join(dir, 'none')], /cannot read the packet file '.*none\/1.json': it does not exist; demo --pkt takes a folder holding 1.json to 6.json/],
+    [['proxy', '--tokens', 'no/tokens.yaml'], /cannot read the tokens file 'no\/tokens.yaml': it does not exist; --tokens takes a YAML file that maps each privacy policy to its secret/],
+    [['proxy', '--tokens', write('t.yaml', 'a: [\n')], /the tokens file '.*t.yaml' is not valid YAML \(.*line 2, column 1\); --tokens takes/],
+    [['proxy', '--tls-cert', 'no/cert.pem', '--tls-key', 'no/key.pem'], /cannot read the --tls-cert file 'no\/cert.pem': it does not exist; --tls-cert takes a PEM certificate/],
+    [['proxy', '--tls-ca', dir], /cannot read the --tls-ca file '.*': it is a folder; --tls-ca takes the PEM certificate of the CA/],
+    [['proxy', '--tls-cert', 'package.json', '--tls-key', 'package.json'], /is not a PEM certificate or key/],
+    [['inspect', 'no/run.ndjson'], /cannot read the inspection log 'no\/run.ndjson': it does not exist; write one with --inspect-log FILE/],
+  ];
+  for (const [args, message] of cases) {
+    const p = revproxy(args);
+    const code = await p.exited;
+    const text = p.out.join('\n');
+    assert.is(code, 1, `${args.join(' ')}: ${text}`);
+    assert.match(text, message, args.join(' '));
+    assert.not.match(text, /ENOENT|add --help for usage/, `${args.join(' ')}: no errno and no usage hint`);
+    assert.is(p.out.filter((l) => l.startsWith('revproxy:')).length, 1, `${args.join(' ')}: one line`);
+  }
+  const usage = revproxy(['proxy', '--tls-cert', 'some.pem']);
+  assert.is(await usage.exited, 2, 'options that do not fit together are a usage error');
+  assert.match(usage.out.join('\n'), /--tls-cert and --tls-key go together[\s\S]*\(add --help for usage\)/);
 });
 
 cli.run();

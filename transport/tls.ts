@@ -22,7 +22,8 @@ export interface TlsMaterial {
 }
 
 export class TlsConfigError extends Error {
-  constructor(message: string) {
+  /** `usage`: the options do not fit together; `file`: a file cannot be read or is not what it should be. */
+  constructor(message: string, readonly kind: 'usage' | 'file' = 'file') {
     super(message);
     this.name = 'TlsConfigError';
   }
@@ -39,7 +40,7 @@ function read(path: string, what: string): Buffer {
 /** Read the PEM files; undefined when none is given. */
 export function loadTls(files: TlsFiles): TlsMaterial | undefined {
   if (!files.cert && !files.key && !files.ca) return undefined;
-  if (Boolean(files.cert) !== Boolean(files.key)) throw new TlsConfigError('--tls-cert and --tls-key go together: give both or neither');
+  if (Boolean(files.cert) !== Boolean(files.key)) throw new TlsConfigError('--tls-cert and --tls-key go together: give both or neither', 'usage');
   const material = {
     cert: files.cert ? read(files.cert, '--tls-cert') : undefined,
     key: files.key ? read(files.key, '--tls-key') : undefined,
