@@ -4,7 +4,9 @@
  */
 import { spawnSync } from 'node:child_process';
 import { Command, Option } from 'commander';
-import { DEFAULT_RESULTS_DIR, formatReport, runBench, TARGETS, WORKLOADS, type Target, type Workload } from '../bench/run.js';
+import { formatReport } from '../bench/report.js';
+import { runBench } from '../bench/run.js';
+import { DEFAULT_RESULTS_DIR, TARGETS, WORKLOADS, type Target, type Workload } from '../bench/types.js';
 import { fileLimits, stopAll } from '../bench/procs.js';
 import { parseIntOption, UsageError } from './common.js';
 

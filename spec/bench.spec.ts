@@ -6,7 +6,8 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { runLoad } from '../bench/loadgen.js';
-import { checks, type Check, type Row } from '../bench/run.js';
+import type { Check, Row } from '../bench/types.js';
+import { checks } from '../bench/verdicts.js';
 import { Histogram } from '../bench/histogram.js';
 import { startStubServer, type StubServer } from '../bench/stub.js';
 
