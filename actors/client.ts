@@ -8,7 +8,7 @@
 import { assign, fromCallback, setup, type ActorRefFrom } from 'xstate';
 import { MsgType, type DataMsg, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
-import { dial, readyEvent, type TlsMaterial } from '../transport/tls.js';
+import { describeTlsError, dial, readyEvent, type TlsMaterial } from '../transport/tls.js';
 import { systemClock, type Clock } from './clock.js';
 import { silentLogger, type Logger } from './logger.js';
 import type { Endpoint } from './server.js';
@@ -92,7 +92,7 @@ const clientSocket = fromCallback<ClientEvent, { proxy: Endpoint; tls?: TlsMater
     next: (messages) => sendBack({ type: 'ANSWERS', messages }),
     error: (err: NodeJS.ErrnoException) => {
       if (!connected) {
-        const why = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${input.proxy.host}:${input.proxy.port}` : err.message;
+        const why = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${input.proxy.host}:${input.proxy.port}` : describeTlsError(err);
         sendBack({ type: 'CONNECT_FAILED', error: why });
       } else sendBack({ type: 'CLOSED', error: err.message });
     },

@@ -11,6 +11,7 @@ import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { MsgType, type DataMsg } from '../transport/messages.js';
 import { Connection, ConnectionTimeout, sendTogether } from '../transport/socket.js';
 import { describeListenError, listenServer, type TlsMaterial } from '../transport/tls.js';
+import { recogniseTlsRefusal } from '../transport/foreign.js';
 import type { Clock } from './clock.js';
 import type { Inflight, InflightCount } from './inflight.js';
 import { newPeer, type ProxyRequest } from './link.js';
@@ -134,8 +135,9 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       });
     });
     server.maxConnections = input.maxConnections;
-    server.on('tlsClientError', (err: Error, socket: Socket) => {
-      input.logger.warn('tls_refused', `Refused a TLS connection from ${socket.remoteAddress ?? '?'}: ${err.message}`, { peer: socket.remoteAddress, reason: err.message });
+    server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+      const why = recogniseTlsRefusal(err.code)?.message ?? err.message;
+      input.logger.warn('tls_refused', `Refused a TLS connection from ${socket.remoteAddress ?? '?'}: ${why}`, { peer: socket.remoteAddress, reason: err.message });
     });
     server.on('drop', () => input.logger.warn('conn_refused', `Refused a connection: ${input.maxConnections} connections are open (--max-connections)`, { limit: input.maxConnections }));
     server.on('error', (err) => sendBack({ type: 'LISTEN_FAILED', error: describeListenError(err, input.host, input.port) }));

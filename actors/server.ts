@@ -19,6 +19,7 @@ import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, MsgType, type DataMsg, type Message, type SetupMsg } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
 import { describeListenError, describeTlsError, dial, listenServer, readyEvent, type TlsMaterial } from '../transport/tls.js';
+import { recogniseTlsRefusal } from '../transport/foreign.js';
 import { systemClock, type Clock, type Timer } from './clock.js';
 import { silentLogger, type Logger } from './logger.js';
 import { sha1Hex } from './sha1.js';
@@ -129,8 +130,9 @@ const requestListener = fromCallback<ServerEvent, { host: string; port: number; 
       });
     });
     server.on('error', (err) => sendBack({ type: 'LISTEN_FAILED', error: describeListenError(err, input.host, input.port) }));
-    server.on('tlsClientError', (err: Error, socket: Socket) => {
-      input.logger.warn('tls_refused', `Refused a TLS connection from ${socket.remoteAddress ?? '?'}: ${err.message}`, { peer: socket.remoteAddress, reason: err.message });
+    server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+      const why = recogniseTlsRefusal(err.code)?.message ?? err.message;
+      input.logger.warn('tls_refused', `Refused a TLS connection from ${socket.remoteAddress ?? '?'}: ${why}`, { peer: socket.remoteAddress, reason: err.message });
     });
     server.listen(input.port, input.host, () => {
       const addr = server.address();

@@ -3,6 +3,9 @@ import * as assert from 'uvu/assert';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createServer as httpServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { makePki } from './certs.js';
 import { killAll, revproxy } from './procs.js';
 import { normaliseArgv, OLD_FLAGS, UsageError, type FlagTable } from '../cli/common.js';
 
@@ -185,6 +188,47 @@ cli('a file that cannot be used fails the start with exit 1, naming the file and
   const usage = revproxy(['proxy', '--tls-cert', 'some.pem']);
   assert.is(await usage.exited, 2, 'options that do not fit together are a usage error');
   assert.match(usage.out.join('\n'), /--tls-cert and --tls-key go together[\s\S]*\(add --help for usage\)/);
+});
+
+cli('a client or server pointed at an HTTP server says so, instead of a frame length', async () => {
+  const web = httpServer((_q, res) => res.end('hello'));
+  await new Promise<void>((r) => web.listen(0, '127.0.0.1', r));
+  try {
+    const port = String((web.address() as AddressInfo).port);
+    const said = /the peer is an HTTP server, not a revproxy peer \(it answered "HTTP\/1\.1 400 Bad Request"\): check the host and port dialled/;
+    const client = revproxy(['client', '-revproc', port, '-pkt', 'pktfiles/1.json']);
+    assert.is(await client.exited, 1);
+    const text = client.out.join('\n');
+    assert.match(text, said);
+    assert.not.match(text, /declares \d+ bytes/);
+    const json = revproxy(['client', '-revproc', port, '-pkt', 'pktfiles/1.json', '--wire', 'json']);
+    assert.is(await json.exited, 1);
+    assert.match(json.out.join('\n'), said, 'on the old JSON wire too');
+    const server = revproxy(['server', '-id', '1', '-pp', '111', '-revproc', port]);
+    await server.waitFor(new RegExp(`Not registered with the reverse proxy at 127\\.0\\.0\\.1:${port}: ${said.source}; retrying`));
+  } finally {
+    web.closeAllConnections();
+    await new Promise((r) => web.close(r));
+  }
+});
+
+cli('TLS on one side only: both sides say which', async () => {
+  const pki = makePki(['proxy', 'client']);
+  const { cert, key } = pki.cert('proxy');
+  const tlsProxy = revproxy(['proxy', '-port', '0', '--tls-cert', cert, '--tls-key', key]);
+  const tlsPort = (await tlsProxy.waitFor(/port (\d+)/))[1]!;
+  const plainClient = revproxy(['client', '-revproc', tlsPort, '-pkt', 'pktfiles/1.json']);
+  assert.is(await plainClient.exited, 1);
+  assert.match(plainClient.out.join('\n'), /closed it without answering: does it want TLS \(--tls-ca, --tls-cert\)/);
+  await tlsProxy.waitFor(/Refused a TLS connection from 127\.0\.0\.1: the peer speaks plain TCP to this TLS port .*: have it connect with TLS \(--tls-ca\)/);
+
+  const plainProxy = revproxy(['proxy', '-port', '0']);
+  const plainPort = (await plainProxy.waitFor(/port (\d+)/))[1]!;
+  const tlsClient = revproxy(['client', '-revproc', plainPort, '-pkt', 'pktfiles/1.json', '--tls-ca', pki.ca]);
+  assert.is(await tlsClient.exited, 1);
+  assert.match(tlsClient.out.join('\n'), /the peer does not speak TLS: start it with --tls-cert and --tls-key, or dial it without TLS/);
+  assert.not.match(tlsClient.out.join('\n'), /wrong version number/);
+  await plainProxy.waitFor(/Closed connection from .*: the peer speaks TLS and this side does not \(it sent a TLS ClientHello\): give this side --tls-cert and --tls-key/);
 });
 
 cli.run();

@@ -5,6 +5,7 @@
 import { Packr, Unpackr, isNativeAccelerationEnabled } from 'msgpackr';
 import { ErrorCode, ProtocolError, hexPreview } from './errors.js';
 import { decodeHot, encodeHot, hotSize } from './fastwire.js';
+import { recogniseForeign } from './foreign.js';
 import { toMessage, type Message } from './messages.js';
 
 export const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024;
@@ -163,10 +164,9 @@ export class FrameDecoder implements Decoder {
       while (buf.length - pos >= HEADER) {
         const len = buf.readUInt32BE(pos);
         if (len > this.max) {
-          throw new ProtocolError(
-            ErrorCode.BAD_REQUEST,
-            `frame at byte ${this.offset + pos} declares ${len} bytes, over the limit of ${this.max}${looksLikeTls(buf, pos, this.offset) ? ' (these bytes are a TLS handshake: the peer speaks TLS and this side does not; give it --tls-cert and --tls-key)' : ''}`,
-          );
+          // A connection's first bytes that cannot start a frame may say what the peer is instead (foreign.ts).
+          const foreign = this.offset + pos === 0 ? recogniseForeign(buf) : undefined;
+          throw new ProtocolError(ErrorCode.BAD_REQUEST, foreign?.message ?? `frame at byte ${this.offset + pos} declares ${len} bytes, over the limit of ${this.max}`);
         }
         if (len === 0) throw new ProtocolError(ErrorCode.BAD_REQUEST, `empty frame at byte ${this.offset + pos}`);
         if (buf.length - pos - HEADER < len) {
@@ -210,9 +210,4 @@ export class FrameDecoder implements Decoder {
     }
     return { messages };
   }
-}
-
-/** A TLS ClientHello starts 0x16 0x03: worth naming when it reaches a plain listener. */
-function looksLikeTls(buf: Buffer, pos: number, offset: number): boolean {
-  return offset + pos === 0 && buf[pos] === 0x16 && buf[pos + 1] === 0x03;
 }

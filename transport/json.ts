@@ -8,6 +8,7 @@
  * the old shapes: string-typed values, `", "` and `": "` separators.
  */
 import { ErrorCode, ProtocolError, hexPreview } from './errors.js';
+import { recogniseForeign } from './foreign.js';
 import { DEFAULT_MAX_FRAME_BYTES, type DecodeResult, type Decoder } from './frame.js';
 import { MAX_SEQ, MsgType, toMessage, type Message } from './messages.js';
 
@@ -102,7 +103,7 @@ export class JsonDecoder implements Decoder {
         if (b !== OPEN) {
           throw new ProtocolError(
             ErrorCode.BAD_REQUEST,
-            `byte ${this.offset + i} is not the start of a JSON object: ${hexPreview(chunk.subarray(i))}`,
+            (this.offset + i === 0 ? recogniseForeign(chunk)?.message : undefined) ?? `byte ${this.offset + i} is not the start of a JSON object: ${hexPreview(chunk.subarray(i))}`,
           );
         }
         start = i;

@@ -1,0 +1,120 @@
+/**
+ * What a peer that is not a revproxy peer seems to be, from the first bytes
+ * it sent: an HTTP server or client, TLS where plain TCP was expected, an SSH,
+ * Redis, mail or FTP server, or one of the old programs (JSON). The decoders
+ * ask when a connection's very first bytes cannot start a message, so the
+ * error says what the peer is and what to do instead of "frame at byte 0
+ * declares 1213486160 bytes". A TLS listener asks the same of the TLS
+ * library's refusals. Pure: bytes (or an error code) in, words out.
+ */
+
+export type ForeignKind =
+  | 'http-server' | 'http-client' | 'tls-client' | 'tls' | 'tls-alert' | 'ssh' | 'redis' | 'banner' | 'json'
+  /** Seen by a TLS listener (recogniseTlsRefusal). */
+  | 'plain' | 'no-certificate';
+
+export interface ForeignPeer {
+  /** What was recognised (stable; specs and callers may branch on it). */
+  kind: ForeignKind;
+  /** One sentence for a person: what the peer seems to be, and what to do. */
+  message: string;
+}
+
+const CHECK = 'check the host and port dialled';
+
+/** The first line of what the peer sent, printable and short, for quoting. */
+function firstLine(bytes: Uint8Array, max = 60): string {
+  let end = 0;
+  while (end < bytes.length && end < max && bytes[end] !== 0x0d && bytes[end] !== 0x0a) end++;
+  const text = Buffer.from(bytes.subarray(0, end)).toString('latin1').replace(/[^\x20-\x7e]/g, '?');
+  return end === max && end < bytes.length && bytes[end] !== 0x0d && bytes[end] !== 0x0a ? `${text}...` : text;
+}
+
+function startsWith(bytes: Uint8Array, text: string): boolean {
+  if (bytes.length < text.length) return false;
+  for (let i = 0; i < text.length; i++) if (bytes[i] !== text.charCodeAt(i)) return false;
+  return true;
+}
+
+const HTTP_METHODS = ['GET ', 'POST ', 'PUT ', 'HEAD ', 'DELETE ', 'OPTIONS ', 'PATCH ', 'CONNECT ', 'TRACE ', 'PRI * HTTP/2'];
+
+/**
+ * What the peer seems to be, from the first bytes of its connection; undefined
+ * when they look like nothing known (or too few bytes have come to tell).
+ *
+ * @example
+ * recogniseForeign(Buffer.from('HTTP/1.1 400 Bad Request\r\n'))?.kind // 'http-server'
+ */
+export function recogniseForeign(bytes: Uint8Array): ForeignPeer | undefined {
+  const b0 = bytes[0];
+  if (b0 === undefined) return undefined;
+  // TLS records: content type, then version 3.x (SSL 3.0 to TLS 1.3 all write 0x03 first).
+  if ((b0 === 0x16 || b0 === 0x15) && bytes[1] === 0x03 && (bytes[2] ?? 0) <= 0x04) {
+    if (b0 === 0x15) {
+      return {
+        kind: 'tls-alert',
+        message: 'the peer speaks TLS and refused these plain bytes (it sent a TLS alert): connect to it with TLS (--tls-ca, and --tls-cert and --tls-key if it asks for a certificate)',
+      };
+    }
+    if (bytes[5] === 0x01) {
+      return {
+        kind: 'tls-client',
+        message: 'the peer speaks TLS and this side does not (it sent a TLS ClientHello): give this side --tls-cert and --tls-key, or have the peer connect without TLS',
+      };
+    }
+    return { kind: 'tls', message: 'the peer speaks TLS and this side does not (it sent a TLS handshake): use TLS on both sides (--tls-cert, --tls-key, --tls-ca) or on neither' };
+  }
+  if (startsWith(bytes, 'HTTP/')) {
+    return { kind: 'http-server', message: `the peer is an HTTP server, not a revproxy peer (it answered "${firstLine(bytes)}"): ${CHECK}` };
+  }
+  if (HTTP_METHODS.some((m) => startsWith(bytes, m))) {
+    return {
+      kind: 'http-client',
+      message: `the peer speaks HTTP, not revproxy frames (it sent "${firstLine(bytes)}"): this port is not a web page; the inspector page and /metrics are on the --inspect port`,
+    };
+  }
+  if (startsWith(bytes, 'SSH-')) {
+    return { kind: 'ssh', message: `the peer is an SSH server, not a revproxy peer (it said "${firstLine(bytes)}"): ${CHECK}` };
+  }
+  if (startsWith(bytes, '-ERR') || startsWith(bytes, '-NOAUTH') || startsWith(bytes, '-DENIED') || startsWith(bytes, '-WRONGPASS')) {
+    return { kind: 'redis', message: `the peer looks like a Redis server, not a revproxy peer (it answered "${firstLine(bytes)}"): ${CHECK}` };
+  }
+  if (startsWith(bytes, '220 ') || startsWith(bytes, '220-')) {
+    return { kind: 'banner', message: `the peer is a mail (SMTP) or FTP server, not a revproxy peer (it said "${firstLine(bytes)}"): ${CHECK}` };
+  }
+  if (b0 === 0x7b) {
+    return {
+      kind: 'json',
+      message: `the peer speaks the old JSON wire (it sent "${firstLine(bytes)}"): it is one of the old programs; talk to it with --wire json`,
+    };
+  }
+  return undefined;
+}
+
+/**
+ * What a peer refused by a TLS listener seems to be, from the TLS library's
+ * error code: plain TCP or plain HTTP on a TLS port, or a peer without the
+ * certificate mutual TLS asks for. Undefined for anything else (the library's
+ * own message then says it best).
+ */
+export function recogniseTlsRefusal(code: string | undefined): ForeignPeer | undefined {
+  switch (code) {
+    case 'ERR_SSL_WRONG_VERSION_NUMBER':
+    case 'ERR_SSL_PACKET_LENGTH_TOO_LONG':
+    case 'ERR_SSL_UNKNOWN_PROTOCOL':
+      return {
+        kind: 'plain',
+        message: 'the peer speaks plain TCP to this TLS port (a revproxy client or server without --tls-ca, or one of the old programs): have it connect with TLS (--tls-ca)',
+      };
+    case 'ERR_SSL_HTTP_REQUEST':
+    case 'ERR_SSL_HTTPS_PROXY_REQUEST':
+      return { kind: 'http-client', message: 'the peer sent a plain HTTP request to this TLS port: it is not a revproxy peer; the inspector page and /metrics are on the --inspect port' };
+    case 'ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE':
+      return {
+        kind: 'no-certificate',
+        message: 'the peer presented no TLS certificate, and this side asks for one (--tls-ca): give the peer --tls-cert and --tls-key signed by that CA',
+      };
+    default:
+      return undefined;
+  }
+}
