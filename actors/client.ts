@@ -9,7 +9,7 @@ import { assign, fromCallback, setup, type ActorRefFrom } from 'xstate';
 import { MsgType, type DataMsg, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
 import { describeTlsError, dial, readyEvent, type TlsMaterial } from '../transport/tls.js';
-import { systemClock, type Clock } from './clock.js';
+import { systemClock, type Clock } from '../transport/clock.js';
 import { silentLogger, type Logger } from './logger.js';
 import type { Endpoint } from './server.js';
 import { sha1Hex } from './sha1.js';

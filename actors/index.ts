@@ -3,6 +3,7 @@
  * helper returns once the actor is ready (or has failed with a clear error).
  */
 import { createActor, toPromise, type InspectionEvent } from 'xstate';
+import { systemClock, xstateClock } from '../transport/clock.js';
 import { clientMachine, type ClientOptions, type Result } from './client.js';
 import { jsonRegistrations } from './json-registration.js';
 import { proxyMachine, type ProxyActor } from './proxy.js';
@@ -11,7 +12,7 @@ import type { MemberState } from './proxy-types.js';
 import { serverMachine, type ServerActor, type ServerOptions } from './server.js';
 
 export { clientMachine, type ClientOptions, type Packet, type Result } from './client.js';
-export { systemClock, ManualClock, type Clock } from './clock.js';
+export { systemClock, ManualClock, type Clock } from '../transport/clock.js';
 export { Logger, textSink, jsonSink, memorySink, silentLogger, type LogRecord, type Level } from './logger.js';
 export { poolMachine, join, leave, pick, type Rotation } from './pool.js';
 export { proxyMachine, type ProxyActor } from './proxy.js';
@@ -59,7 +60,7 @@ export interface ProxyHandle {
 
 /** Start a proxy; resolves once it listens. */
 export async function startProxy(opts: ProxyOptions & Inspect = {}): Promise<ProxyHandle> {
-  const actor = createActor(proxyMachine, { input: opts, inspect: opts.inspect });
+  const actor = createActor(proxyMachine, { input: opts, inspect: opts.inspect, ...xstateClock(opts.clock ?? systemClock) });
   actor.start();
   await waitUntil(actor, (s) => s.value !== 'starting');
   const snap = actor.getSnapshot();
@@ -101,7 +102,7 @@ export interface ServerHandle {
  */
 export async function startServer(opts: ServerOptions & Inspect & { registerTimeoutMs?: number; waitForRegistration?: boolean }): Promise<ServerHandle> {
   const machine = opts.wire === 'json' ? serverMachine.provide({ actors: { registrations: jsonRegistrations } }) : serverMachine;
-  const actor = createActor(machine, { input: opts, inspect: opts.inspect });
+  const actor = createActor(machine, { input: opts, inspect: opts.inspect, ...xstateClock(opts.clock ?? systemClock) });
   actor.start();
   if (opts.waitForRegistration === false) {
     // Listening is enough: registrations keep being retried in the background.
@@ -136,7 +137,7 @@ function serverHandle(actor: ServerActor, id: string): ServerHandle {
 
 /** Send every packet, wait for every answer (or its failure), return the results in packet order. */
 export async function runClient(opts: ClientOptions & Inspect): Promise<Result[]> {
-  const actor = createActor(clientMachine, { input: opts, inspect: opts.inspect });
+  const actor = createActor(clientMachine, { input: opts, inspect: opts.inspect, ...xstateClock(opts.clock ?? systemClock) });
   actor.start();
   const out = await toPromise(actor);
   return out.results;

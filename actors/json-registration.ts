@@ -12,7 +12,7 @@
 import { fromCallback } from 'xstate';
 import { Connection } from '../transport/socket.js';
 import { describeTlsError, dial, readyEvent } from '../transport/tls.js';
-import type { Timer } from './clock.js';
+import type { Timer } from '../transport/clock.js';
 import type { Endpoint, RegistrationInput, ServerEvent } from './server.js';
 
 export const jsonRegistrations = fromCallback<ServerEvent, RegistrationInput>(({ sendBack, input }) => {

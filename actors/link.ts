@@ -10,7 +10,7 @@ import type { BusyPoll } from '../transport/busy-poll.js';
 import type { ErrorCode as WireCode } from '../transport/errors.js';
 import { MsgType, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import type { Connection } from '../transport/socket.js';
-import type { Clock } from './clock.js';
+import type { Clock } from '../transport/clock.js';
 import type { Inflight } from './inflight.js';
 import type { Logger } from './logger.js';
 

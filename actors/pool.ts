@@ -6,7 +6,7 @@
  * Events: JOIN (appended), LEAVE (the rotation stays fair), ROUTE (a batch of
  * requests, each handed to the next member in turn; one event per batch, not per request).
  */
-import { assign, setup } from 'xstate';
+import { assertEvent, assign, setup } from 'xstate';
 
 /** The cursor as plain data, so the rotation rules can be tested on their own. */
 export interface Rotation {
@@ -99,10 +99,17 @@ export const poolMachine = setup({
     input: {} as PoolInput,
   },
   actions: {
-    join: assign(({ context, event }) => (event.type === 'JOIN' ? join(context, event.id) : {})),
-    leave: assign(({ context, event }) => (event.type === 'LEAVE' ? leave(context, event.id) : {})),
+    join: assign(({ context, event }) => {
+      assertEvent(event, 'JOIN');
+      return join(context, event.id);
+    }),
+    leave: assign(({ context, event }) => {
+      assertEvent(event, 'LEAVE');
+      return leave(context, event.id);
+    }),
     refuse: ({ context, event }) => {
-      if (event.type === 'ROUTE') context.unrouted(event.requests);
+      assertEvent(event, 'ROUTE');
+      context.unrouted(event.requests);
     },
     /**
      * The hot path: one event per batch. The cursor and the count are updated
@@ -111,7 +118,7 @@ export const poolMachine = setup({
      * current values.
      */
     route: ({ context, event }) => {
-      if (event.type !== 'ROUTE') return;
+      assertEvent(event, 'ROUTE');
       const { members, eligible, deliver } = context;
       const requests = event.requests;
       let cursor = context.cursor;
@@ -132,8 +139,10 @@ export const poolMachine = setup({
     },
   },
   guards: {
-    isLastMember: ({ context, event }) =>
-      event.type === 'LEAVE' && context.members.length === 1 && context.members[0] === event.id,
+    isLastMember: ({ context, event }) => {
+      assertEvent(event, 'LEAVE');
+      return context.members.length === 1 && context.members[0] === event.id;
+    },
   },
 }).createMachine({
   id: 'pool',

@@ -12,7 +12,7 @@ import { MsgType, type DataMsg } from '../transport/messages.js';
 import { Connection, ConnectionTimeout, sendTogether } from '../transport/socket.js';
 import { describeListenError, listenServer, type TlsMaterial } from '../transport/tls.js';
 import { recogniseTlsRefusal } from '../transport/foreign.js';
-import type { Clock } from './clock.js';
+import type { Clock } from '../transport/clock.js';
 import type { Inflight, InflightCount } from './inflight.js';
 import { newPeer, type ProxyRequest } from './link.js';
 import type { Logger } from './logger.js';
@@ -29,6 +29,7 @@ interface ListenerInput {
   frameTimeoutMs: number;
   tls?: TlsMaterial;
   logger: Logger;
+  clock: Clock;
   /** Kicked by every client read; stopped with the listener. */
   busyPoll?: BusyPoll;
 }
@@ -56,15 +57,15 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
         setImmediate(forwardNow);
       }
     };
-    let refusedLogged = 0;
+    let refusedLogged = -Infinity;
     const server: Server = listenServer(input.tls, (socket: Socket) => {
       socket.on('error', () => {});
       const addr = socket.remoteAddress ?? '?';
       const n = (perPeer.get(addr) ?? 0) + 1;
       if (input.maxConnectionsPerPeer && n > input.maxConnectionsPerPeer) {
         // Logged at most once a second: a flood must not become a log flood.
-        if (Date.now() - refusedLogged > 1000) {
-          refusedLogged = Date.now();
+        if (input.clock.now() - refusedLogged > 1000) {
+          refusedLogged = input.clock.now();
           input.logger.warn('conn_refused', `Refused connections from ${addr}: it has ${input.maxConnectionsPerPeer} open (--max-conns-per-peer)`, { peer: addr, limit: input.maxConnectionsPerPeer });
         }
         socket.destroy();
@@ -76,7 +77,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
         if (left > 0) perPeer.set(addr, left);
         else perPeer.delete(addr);
       });
-      const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, idleTimeoutMs: input.idleTimeoutMs, frameTimeoutMs: input.frameTimeoutMs, wire: 'sniff' });
+      const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, idleTimeoutMs: input.idleTimeoutMs, frameTimeoutMs: input.frameTimeoutMs, wire: 'sniff', clock: input.clock });
       const peer = newPeer(conn);
       conns.add(conn);
       conn.messages$.subscribe({
@@ -105,6 +106,8 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
               peer.role = 'registration';
               // A registration's reads are never held for its writes: holding them could deadlock two full buffers.
               conn.holdReadsWhenCongested = false;
+              // Its liveness is the pinger's to judge (a busy server's link answers for it): no idle timeout.
+              conn.setIdleTimeout(0);
               sendBack({ type: 'REGISTER', peer, setup: m });
             } else if (m.type === MsgType.DEREGISTER && peer.role === 'registration') {
               sendBack({ type: 'DEREGISTER', peer, reason: 'the server is draining' });

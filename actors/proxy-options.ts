@@ -6,7 +6,7 @@
 import type { ErrorCode as Code } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import type { TlsMaterial } from '../transport/tls.js';
-import type { Clock } from './clock.js';
+import type { Clock } from '../transport/clock.js';
 import type { SocketFactory } from './link.js';
 import type { Logger } from './logger.js';
 

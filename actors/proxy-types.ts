@@ -8,7 +8,7 @@ import type { BusyPoll } from '../transport/busy-poll.js';
 import type { ProtocolError } from '../transport/errors.js';
 import type { DataMsg, SetupMsg } from '../transport/messages.js';
 import type { Wire } from '../transport/sniff.js';
-import type { Clock, Timer } from './clock.js';
+import type { Clock, Timer } from '../transport/clock.js';
 import type { Inflight, InflightCount } from './inflight.js';
 import type { LinkCommand, LinkPort, LinkReport, Peer, ProxyRequest, Reply, SocketFactory } from './link.js';
 import type { Logger } from './logger.js';

@@ -23,7 +23,7 @@ import { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode } from '../transport/errors.js';
 import { errorMsg, MsgType } from '../transport/messages.js';
 import { dial } from '../transport/tls.js';
-import { systemClock } from './clock.js';
+import { systemClock } from '../transport/clock.js';
 import { InflightCount } from './inflight.js';
 import { tcpConnect, type ProxyRequest } from './link.js';
 import { silentLogger } from './logger.js';
@@ -296,7 +296,7 @@ export const proxyMachine = setup({
   invoke: {
     id: 'listener',
     src: 'listener',
-    input: ({ context }) => ({ ...context.opts, logger: context.logger, busyPoll: context.busyPoll }),
+    input: ({ context }) => ({ ...context.opts, logger: context.logger, clock: context.clock, busyPoll: context.busyPoll }),
   },
   initial: 'starting',
   states: {

@@ -20,7 +20,7 @@ import { errorMsg, MsgType, type DataMsg, type Message, type SetupMsg } from '..
 import { Connection } from '../transport/socket.js';
 import { describeListenError, describeTlsError, dial, listenServer, readyEvent, type TlsMaterial } from '../transport/tls.js';
 import { recogniseTlsRefusal } from '../transport/foreign.js';
-import { systemClock, type Clock, type Timer } from './clock.js';
+import { systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { silentLogger, type Logger } from './logger.js';
 import { sha1Hex } from './sha1.js';
 

@@ -18,7 +18,7 @@ import { ErrorCode } from '../transport/errors.js';
 import { MsgType, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
 import { readyEvent } from '../transport/tls.js';
-import type { Timer } from './clock.js';
+import type { Timer } from '../transport/clock.js';
 import { Inflight } from './inflight.js';
 import {
   errorAnswersReport, logForward, retryReport, settle, tryDeadline,

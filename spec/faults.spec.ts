@@ -8,7 +8,7 @@ import * as assert from 'uvu/assert';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Logger, memorySink, runClient, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import { Logger, ManualClock, memorySink, runClient, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { collector, eventually, frame, LOCAL, rawConnect, sleep } from './helpers.js';
 import { runLoad } from './load.js';
 import { freePort, rssBytes } from '../bench/procs.js';
@@ -138,7 +138,9 @@ async function setup(ctx: { proxy: ProxyHandle; logs: LogRecord[]; servers: Serv
 const pkts = (n: number) => Array.from({ length: n }, (_, i) => ({ srcid: 'c', privPoliId: 'P', payload: `q${i}` }));
 
 inproc('a server that answers with errors is ejected after consecutive failures and re-admitted later; its requests succeed elsewhere', async (ctx) => {
-  const add = await setup(ctx, { ejectAfter: 3, ejectBaseMs: 200 });
+  // The proxy's time is a manual clock: the ejection ends when the test says 200 ms have passed, not after a wait.
+  const clock = new ManualClock();
+  const add = await setup(ctx, { ejectAfter: 3, ejectBaseMs: 200, clock });
   await add('bad', 'fail');
   await add('good');
   const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: pkts(12), window: 1 });
@@ -146,7 +148,10 @@ inproc('a server that answers with errors is ejected after consecutive failures 
   await eventually(() => ctx.logs.some((l) => l.event === 'eject' && l.id === 'bad'), 1000, 'ejection');
   assert.is(ctx.proxy.pools().P!.states.bad, 'ejected');
   assert.match(ctx.logs.find((l) => l.event === 'eject')!.msg, /Ejected server id bad .* for 200 ms after 3 consecutive failures/);
-  await eventually(() => ctx.proxy.pools().P!.states.bad === 'serving', 2000, 're-admission');
+  clock.advance(199);
+  assert.is(ctx.proxy.pools().P!.states.bad, 'ejected', 'still out 1 ms before its time');
+  clock.advance(1);
+  assert.is(ctx.proxy.pools().P!.states.bad, 'serving', 're-admitted on time');
   assert.ok(ctx.logs.some((l) => l.event === 'readmit' && l.id === 'bad'));
 });
 
@@ -160,14 +165,22 @@ inproc('the last healthy member is never ejected', async (ctx) => {
 });
 
 inproc('a registration that stops answering PINGs is removed with the reason', async (ctx) => {
-  const add = await setup(ctx, { pingIntervalMs: 30, pingMisses: 3 });
+  const clock = new ManualClock();
+  const add = await setup(ctx, { pingIntervalMs: 30, pingMisses: 3, clock });
   const real = await add('real');
   // A registration by hand that never answers PING, pointing at a live listener.
   const reg = await rawConnect(ctx.proxy.port);
   const c = collector(reg);
   reg.write(frame({ type: 1, id: 'mute', privPolyId: 'P', listenport: real.port }));
   await eventually(() => ctx.proxy.pools().P?.members.includes('mute') ?? false, 1000, 'mute registered');
-  await eventually(() => !ctx.proxy.pools().P!.members.includes('mute'), 2000, 'mute removed');
+  // Rounds of the pinger, on the test's time: mute is removed once it has missed 3 PINGs in a row.
+  const present = () => ctx.proxy.pools().P!.members.includes('mute');
+  for (let round = 0; round < 10 && present(); round++) {
+    clock.advance(30);
+    await sleep(10); // PINGs out, the real server's PONGs back
+  }
+  assert.not.ok(present(), 'mute removed');
+  assert.ok(c.got.filter((m) => m.type === 4).length >= 1 + 3, 'removed only after three PINGs beyond the one that accepted it');
   const why = ctx.logs.find((l) => l.event === 'deregister' && l.id === 'mute')!;
   assert.match(why.msg, /missed 3 PINGs/);
   assert.ok(c.got.some((m) => m.type === 4), 'it was pinged');

@@ -1,7 +1,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createServer, type Server } from 'node:net';
-import { runClient, startProxy, startServer, sha1Hex, Logger, memorySink, type LogRecord, type ProxyHandle, type ProxyOptions, type ServerHandle } from '../actors/index.js';
+import { runClient, startProxy, startServer, sha1Hex, Logger, ManualClock, memorySink, type LogRecord, type ProxyHandle, type ProxyOptions, type ServerHandle } from '../actors/index.js';
 import { MsgType, type AckMsg, type ErrorMsg } from '../transport/messages.js';
 import { FrameDecoder } from '../transport/frame.js';
 import { collector, eventually, frame, LOCAL, rawConnect } from './helpers.js';
@@ -24,13 +24,14 @@ async function addServer(id: string, policy: string, behaviour: 'normal' | 'sile
 
 const packets = (policy: string, n: number, tag = 'p') => Array.from({ length: n }, (_, i) => ({ srcid: 'c1', privPoliId: policy, payload: `${tag}${i}` }));
 
-function fresh(name: string, opts: ProxyOptions = {}) {
+/** A suite whose every test gets a fresh proxy (made with `opts`, or what `opts()` returns then). */
+function fresh(name: string, opts: ProxyOptions | (() => ProxyOptions) = {}) {
   const s = suite<Ctx>(name, ctx);
   s.before.each(async () => {
     ctx.logs = [];
     ctx.servers = [];
     ctx.extra = [];
-    ctx.proxy = await startProxy({ port: 0, ...opts, logger: new Logger('proxy', memorySink(ctx.logs), 'debug') });
+    ctx.proxy = await startProxy({ port: 0, ...(typeof opts === 'function' ? opts() : opts), logger: new Logger('proxy', memorySink(ctx.logs), 'debug') });
   });
   s.after.each(async () => {
     for (const s of ctx.servers) await s.stop();
@@ -179,12 +180,22 @@ for (const [name, bytes, re] of badCases) {
   });
 }
 
-const faults = fresh('faults', { timeoutMs: 600, probeInitialMs: 50, probeMaxMs: 200 });
+// The proxy's time is a manual clock here: a try times out, a probe is due, when the test moves the clock.
+let clock = new ManualClock();
+const faults = fresh('faults', () => ({ timeoutMs: 600, probeInitialMs: 50, probeMaxMs: 200, clock: (clock = new ManualClock()) }));
+
+/** Requests the proxy has sent to `member` and not had answered. */
+const inflightAt = (member: string): number => ctx.proxy.actor.getSnapshot().context.servers.get(member)?.traffic.inflight.size ?? 0;
 
 faults('a server that accepts but never answers: its requests time out and are retried on another member', async () => {
   await addServer('silent', 'P', 'silent');
   await addServer('good', 'P');
-  const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('P', 6), timeoutMs: 3000 });
+  const pending = runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('P', 6), timeoutMs: 3000 });
+  await eventually(() => inflightAt('silent') === 3, 2000, 'half the requests at the silent server');
+  clock.advance(199);
+  assert.is(inflightAt('silent'), 3, 'no retry before the try timeout');
+  clock.advance(11); // the try timeout, and the sweeper's next round
+  const results = await pending;
   assert.ok(results.every((r) => r.correct && r.server === 'good'), JSON.stringify(results));
   assert.ok(ctx.logs.some((l) => l.event === 'retry' && /did not answer within 200 ms/.test(l.msg)), 'the retry is logged with its reason');
 });
@@ -192,7 +203,10 @@ faults('a server that accepts but never answers: its requests time out and are r
 faults('when no member answers, the client gets TIMEOUT within the request timeout', async () => {
   await addServer('s', 'P', 'silent');
   const t0 = Date.now();
-  const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('P', 3), timeoutMs: 3000 });
+  const pending = runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('P', 3), timeoutMs: 3000 });
+  await eventually(() => inflightAt('s') === 3, 2000, 'the requests at the silent server');
+  clock.advance(210); // one try timeout: no other member to retry on
+  const results = await pending;
   assert.ok(results.every((r) => r.error === 'TIMEOUT'), JSON.stringify(results));
   assert.ok(Date.now() - t0 < 2000, 'within the request timeout');
 });
@@ -214,6 +228,8 @@ faults('a server whose listen port refuses connections is out of rotation, probe
   // Now something answers on that port: the next probe puts the member back.
   const back = await startServer({ id: 'stand-in', policy: 'Q', listenPort: port, proxy: { host: LOCAL, port: ctx.proxy.port } });
   ctx.servers.push(back);
+  assert.is(ctx.proxy.pools().P?.states.late, 'down', 'no probe before its time');
+  clock.advance(200); // the longest probe delay
   await eventually(() => ctx.proxy.pools().P?.states.late === 'serving', 3000, 'member re-admitted');
   assert.ok(ctx.logs.some((l) => l.event === 'readmit' && l.id === 'late'));
   const ok = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('P', 1) });

@@ -7,6 +7,7 @@ import type { Socket } from 'node:net';
 import { Observable } from 'rxjs';
 import { encodeFrame, FrameBuffer, FrameDecoder, type Decoder } from './frame.js';
 import { jsonWire } from './json.js';
+import { systemClock, type Clock, type Timer } from './clock.js';
 import type { Message } from './messages.js';
 import { SniffDecoder, type Wire } from './sniff.js';
 
@@ -24,8 +25,10 @@ export interface ConnectionOptions {
    * Ignored when `decoder` is given.
    */
   wire?: Wire | 'sniff';
-  /** Close the connection after this long without any bytes from the peer (ms). 0 or absent: never. */
+  /** Close the connection after this long without any bytes from the peer (ms). 0 or absent: never. Changed later with `setIdleTimeout`. */
   idleTimeoutMs?: number;
+  /** Where the connection's timers come from (default: the system clock). */
+  clock?: Clock;
   /** A frame (or JSON object) begun must be complete within this long (ms), or the connection is closed. 0 or absent: no limit. */
   frameTimeoutMs?: number;
   /**
@@ -111,6 +114,13 @@ export class Connection {
   /** Whether the encoder is the frame encoder (so bodies are queued and framed at flush); a sniffed JSON peer turns it off. */
   private framed: boolean;
   private pauses = 0;
+  private readonly clock: Clock;
+  /** When the peer last sent bytes (clock ms). */
+  private lastRead: number;
+  private idleMs = 0;
+  private idleTimer?: Timer;
+  /** Ends the stream with a timeout (set while `messages$` is subscribed). */
+  private expire?: (err: ConnectionTimeout) => void;
   readonly messages$: Observable<Message[]>;
 
   constructor(socket: Socket, opts: ConnectionOptions = {}) {
@@ -141,11 +151,20 @@ export class Connection {
     socket.on('end', over);
     socket.on('close', over);
     const frameTimeout = opts.frameTimeoutMs ?? 0;
-    if (opts.idleTimeoutMs) socket.setTimeout(opts.idleTimeoutMs);
+    this.clock = opts.clock ?? systemClock;
+    this.lastRead = this.clock.now();
+    socket.once('close', () => this.idleTimer?.cancel());
+    this.setIdleTimeout(opts.idleTimeoutMs ?? 0);
     this.messages$ = new Observable<Message[]>((sub) => {
-      let frameTimer: NodeJS.Timeout | undefined;
+      let frameTimer: Timer | undefined;
+      const timedOut = (err: ConnectionTimeout): void => {
+        sub.error(err);
+        socket.destroy();
+      };
+      this.expire = timedOut;
       const onData = (chunk: Buffer): void => {
         this.reads++;
+        this.lastRead = this.clock.now();
         const { messages, error } = this.decoder.push(chunk);
         if (messages.length > 0) sub.next(messages);
         if (error) {
@@ -156,21 +175,15 @@ export class Connection {
         // Slow senders: a message begun must arrive whole in time.
         if (frameTimeout) {
           if (this.decoder.buffered === 0 || messages.length > 0) {
-            clearTimeout(frameTimer);
+            frameTimer?.cancel();
             frameTimer = undefined;
           }
           if (this.decoder.buffered > 0 && !frameTimer) {
-            frameTimer = setTimeout(() => {
-              sub.error(new ConnectionTimeout(`a message begun ${frameTimeout} ms ago is still incomplete (${this.decoder.buffered} bytes so far)`));
-              socket.destroy();
+            frameTimer = this.clock.setTimeout(() => {
+              timedOut(new ConnectionTimeout(`a message begun ${frameTimeout} ms ago is still incomplete (${this.decoder.buffered} bytes so far)`));
             }, frameTimeout);
-            frameTimer.unref();
           }
         }
-      };
-      const onTimeout = (): void => {
-        sub.error(new ConnectionTimeout(`no bytes for ${opts.idleTimeoutMs} ms`));
-        socket.destroy();
       };
       const onEnd = (): void => sub.complete();
       const onError = (err: Error): void => sub.error(err);
@@ -178,16 +191,38 @@ export class Connection {
       socket.on('end', onEnd);
       socket.on('close', onEnd);
       socket.on('error', onError);
-      socket.on('timeout', onTimeout);
       return () => {
-        clearTimeout(frameTimer);
-        socket.off('timeout', onTimeout);
+        frameTimer?.cancel();
+        if (this.expire === timedOut) this.expire = undefined;
         socket.off('data', onData);
         socket.off('end', onEnd);
         socket.off('close', onEnd);
         socket.off('error', onError);
       };
     });
+  }
+
+  /**
+   * Close the connection after `ms` without bytes from the peer (0: never).
+   * One timer, re-armed only when it fires: a read costs a clock read, not a
+   * timer.
+   */
+  setIdleTimeout(ms: number): void {
+    this.idleMs = ms;
+    this.idleTimer?.cancel();
+    this.idleTimer = undefined;
+    if (ms > 0 && !this.socket.destroyed) this.armIdle(ms);
+  }
+
+  private armIdle(wait: number): void {
+    this.idleTimer = this.clock.setTimeout(() => {
+      const quiet = this.clock.now() - this.lastRead;
+      if (quiet < this.idleMs) return this.armIdle(this.idleMs - quiet);
+      this.idleTimer = undefined;
+      const err = new ConnectionTimeout(`no bytes for ${this.idleMs} ms`);
+      if (this.expire) this.expire(err);
+      else this.socket.destroy();
+    }, wait);
   }
 
   /**
@@ -284,9 +319,8 @@ export class Connection {
     this.closed = true;
     this.socket.end();
     // A peer that never reads must not keep a half-closed socket alive.
-    const timer = setTimeout(() => this.socket.destroy(), 2000);
-    timer.unref();
-    this.socket.once('close', () => clearTimeout(timer));
+    const timer = this.clock.setTimeout(() => this.socket.destroy(), 2000);
+    this.socket.once('close', () => timer.cancel());
   }
 
   destroy(err?: Error): void {

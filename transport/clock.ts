@@ -72,3 +72,14 @@ export class ManualClock implements Clock {
     this.t = until;
   }
 }
+
+/**
+ * The clock option XState's `createActor` takes, from ours: so a machine's
+ * delayed transitions (`after`) follow the same clock as everything else it
+ * does. Empty for the system clock (XState's own timers, which keep the
+ * process alive while a delay is pending, as they must).
+ */
+export function xstateClock(clock: Clock): { clock?: { setTimeout(fn: () => void, ms: number): Timer; clearTimeout(t: Timer): void } } {
+  if (clock === systemClock) return {};
+  return { clock: { setTimeout: (fn, ms) => clock.setTimeout(fn, ms), clearTimeout: (t) => t.cancel() } };
+}
