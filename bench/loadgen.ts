@@ -3,13 +3,20 @@
  * (only the seq bytes change), one write per refill, answers matched by seq
  * and checked against the SHA1 of what was sent. No actors here on purpose:
  * the generator shares the machine's two cores with what it measures, so it
- * must cost as little as it can.
+ * must cost as little as it can. `revproxy load` and the bench both run it.
+ *
+ * Closed loop by default: each connection sends as soon as it has room.
+ * With `rate`, open loop as wrk2 does: request j of connection c is due at a
+ * fixed time, sent then (or as soon as the connection has room), and its
+ * latency counts from when it was due, so a stalled target cannot hide the
+ * requests it kept from being sent.
  */
 import { createHash } from 'node:crypto';
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import { MsgType, type Message } from '../transport/messages.js';
-import { Histogram } from './histogram.js';
+import { dial, type TlsMaterial } from '../transport/tls.js';
+import { histogramsReady, LatencyHistogram, type LatencySummary } from './histogram.js';
 
 export interface LoadEndpoint {
   host: string;
@@ -27,6 +34,10 @@ export interface LoadOptions {
   depth: number;
   /** Open a new connection for every request, as the old client did (depth is then 1). */
   perRequest?: boolean;
+  /** Open loop: send this many requests per second in all, spread evenly over the connections. */
+  rate?: number;
+  /** Dial over TLS with this material (as `revproxy client --tls-*` does). */
+  tls?: TlsMaterial;
   /** Keep sending this long after the warm-up... */
   durationMs?: number;
   /** ...or send exactly this many requests in all, then stop. */
@@ -35,7 +46,7 @@ export interface LoadOptions {
   warmupMs?: number;
   /** Connects in progress at once while opening connections (default 256). */
   connectConcurrency?: number;
-  /** Time allowed at the end for answers still in flight (default 5000 ms). */
+  /** Give up on the answers still in flight when none has come (and nothing was sent) for this long (default 5000 ms); they count as NO_ANSWER. */
   drainMs?: number;
   payloads?: string[];
   srcid?: string;
@@ -43,11 +54,15 @@ export interface LoadOptions {
   live?: LiveCounters;
   /** Told when the measured window opens and closes (to sample the target's CPU over it). */
   window?: { start(): void; end(): void };
+  /** Stop sending when this aborts (Ctrl-C): the answers still in flight are awaited and the run reports what it has. */
+  stop?: AbortSignal;
 }
 
 export interface LiveCounters {
   answered: number;
   opened: number;
+  /** Requests that failed (errors and wrong hashes). */
+  failed?: number;
 }
 
 export interface LoadResult {
@@ -61,12 +76,14 @@ export interface LoadResult {
   errors: Record<string, number>;
   /** Connections that were open at once at the peak. */
   connected: number;
+  /** What the first failure of each code said (CONNECT_FAILED: 'ECONNREFUSED 127.0.0.1:2100'; an ERROR answer: its message). */
+  firstError: Record<string, string>;
   /** Length of the measured window (after warm-up). */
   windowMs: number;
   /** Right answers per second in the window. */
   rps: number;
-  /** Latencies of right answers in the window, ms (per-request mode: connect included). */
-  latency: { p50: number; p99: number; p999: number; mean: number; max: number; count: number };
+  /** Latencies of right answers in the window, ms (per-request mode: connect included; open loop: from when each request was due). */
+  latency: LatencySummary;
 }
 
 export const DEFAULT_PAYLOADS = Array.from({ length: 16 }, (_, i) => `bench payload ${i.toString(16).padStart(2, '0')}`);
@@ -88,8 +105,29 @@ function template(srcid: string, policy: string, payload: string): Template {
   return { bytes, seqAt: at + 1 };
 }
 
+/** Open loop: when request j of connection c is due. */
+class Pace {
+  /** Set when sending starts. */
+  t0 = 0;
+  private readonly intervalMs: number;
+
+  constructor(rate: number, private readonly connections: number) {
+    this.intervalMs = (connections * 1000) / rate;
+  }
+
+  /** The connections' schedules are staggered evenly inside one interval. */
+  due(c: number, j: number): number {
+    return this.t0 + (j + c / this.connections) * this.intervalMs;
+  }
+
+  /** How many of connection c's requests are due by `now`, beyond the `issued` already sent. */
+  owed(c: number, issued: number, now: number): number {
+    return Math.max(0, Math.floor((now - this.t0) / this.intervalMs - c / this.connections) + 1 - issued);
+  }
+}
+
 class Run {
-  readonly hist = new Histogram();
+  readonly hist = new LatencyHistogram();
   readonly errors: Record<string, number> = {};
   sent = 0;
   ok = 0;
@@ -99,6 +137,10 @@ class Run {
   inflight = 0;
   measuring = false;
   stopped = false;
+  /** Counts sends and answers, so a wait can tell a slow run from a stuck one. */
+  progress = 0;
+  readonly firstError: Record<string, string> = {};
+  readonly pace?: Pace;
   readonly templates = new Map<string, Template[]>();
   readonly hashes: string[];
   private payloadTurn = 0;
@@ -107,6 +149,7 @@ class Run {
   constructor(readonly opts: LoadOptions) {
     const payloads = opts.payloads ?? DEFAULT_PAYLOADS;
     this.hashes = payloads.map((p) => createHash('sha1').update(p).digest('hex'));
+    if (opts.rate !== undefined) this.pace = new Pace(opts.rate, opts.connections);
   }
 
   templatesFor(policy: string): Template[] {
@@ -132,12 +175,24 @@ class Run {
     return i;
   }
 
-  fail(code: string, n = 1): void {
+  fail(code: string, n = 1, detail?: string): void {
     this.errors[code] = (this.errors[code] ?? 0) + n;
+    if (detail !== undefined) this.firstError[code] ??= detail;
+    if (this.opts.live) this.opts.live.failed = (this.opts.live.failed ?? 0) + n;
+  }
+
+  wrong(): void {
+    this.wrongHash++;
+    if (this.opts.live) this.opts.live.failed = (this.opts.live.failed ?? 0) + 1;
+  }
+
+  connectFailed(err: NodeJS.ErrnoException, ep: LoadEndpoint): void {
+    this.fail('CONNECT_FAILED', 1, `${err.code ?? err.message} ${ep.host}:${ep.port}`);
   }
 
   answered(ok: boolean, latencyMs: number): void {
     this.inflight--;
+    this.progress++;
     if (ok) {
       this.ok++;
       if (this.measuring) this.hist.record(latencyMs);
@@ -147,6 +202,7 @@ class Run {
   }
 
   lost(code: string, n: number): void {
+    this.progress++;
     if (n > 0) {
       this.inflight -= n;
       this.fail(code, n);
@@ -158,12 +214,16 @@ class Run {
     if (this.inflight === 0 && !this.mayIssue()) this.doneWaiter?.();
   }
 
-  /** Resolves once nothing is in flight and nothing more will be sent (or after `ms`). */
+  /** Resolves once nothing is in flight and nothing more will be sent, or once nothing was sent or answered for `ms`. */
   settled(ms: number): Promise<void> {
     return new Promise((resolve) => {
-      const timer = setTimeout(finish, ms);
+      let seen = this.progress;
+      const timer = setInterval(() => {
+        if (this.progress === seen) finish();
+        seen = this.progress;
+      }, ms);
       function finish(): void {
-        clearTimeout(timer);
+        clearInterval(timer);
         resolve();
       }
       this.doneWaiter = finish;
@@ -187,11 +247,15 @@ class PipelinedConn {
   private inflight = 0;
   private up = false;
   private readonly maxFrame: number;
+  /** Open loop: requests of this connection sent so far. */
+  private issued = 0;
 
   constructor(
     private readonly run: Run,
     ep: LoadEndpoint,
     private readonly depth: number,
+    /** This connection's number (its place in the open loop's schedule). */
+    private readonly index: number,
     onConnected: (ok: boolean) => void,
   ) {
     this.templates = run.templatesFor(ep.policy);
@@ -203,9 +267,9 @@ class PipelinedConn {
     for (let i = 0; i < depth; i++) this.free[i] = depth - 1 - i;
     this.nFree = depth;
     this.maxRound = Math.floor(MAX_SEQ / depth) - 1;
-    this.socket = connect({ host: ep.host, port: ep.port });
+    this.socket = dial(ep.host, ep.port, run.opts.tls);
     this.socket.setNoDelay(true);
-    this.socket.once('connect', () => {
+    this.socket.once(run.opts.tls ? 'secureConnect' : 'connect', () => {
       this.up = true;
       run.open++;
       if (run.open > run.peakOpen) run.peakOpen = run.open;
@@ -215,9 +279,9 @@ class PipelinedConn {
     this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
     this.socket.on('error', (err: NodeJS.ErrnoException) => {
       if (!this.up) {
-        run.fail('CONNECT_FAILED');
+        run.connectFailed(err, ep);
         onConnected(false);
-      } else run.fail(err.code ?? 'SOCKET_ERROR');
+      } else run.fail(err.code ?? 'SOCKET_ERROR', 1, err.message);
     });
     this.socket.on('close', () => {
       if (this.up) run.open--;
@@ -231,18 +295,20 @@ class PipelinedConn {
     });
   }
 
-  /** Issue requests until the window is full, in one write. */
+  /** Issue requests until the window is full (open loop: or until none is due), in one write. */
   fill(): void {
     const run = this.run;
     if (!this.up) return;
+    const now = performance.now();
+    const room = run.pace ? Math.min(this.nFree, run.pace.owed(this.index, this.issued, now)) : this.nFree;
     let n = 0;
-    while (this.nFree - n > 0 && run.mayIssue()) {
+    while (room - n > 0 && run.mayIssue()) {
       n++;
       run.sent++;
     }
     if (n === 0) return;
+    run.progress++;
     const out = Buffer.allocUnsafe(n * this.maxFrame);
-    const now = performance.now();
     let at = 0;
     for (let k = 0; k < n; k++) {
       const slot = this.free[--this.nFree]!;
@@ -253,7 +319,7 @@ class PipelinedConn {
       out.writeUInt32BE(seq, at + t.seqAt);
       at += t.bytes.length;
       this.seqs[slot] = seq;
-      this.sentAt[slot] = now;
+      this.sentAt[slot] = run.pace ? run.pace.due(this.index, this.issued++) : now;
       this.payloadOf[slot] = p;
       if (slot === this.depth - 1) this.round = this.round >= this.maxRound ? 0 : this.round + 1;
     }
@@ -268,7 +334,7 @@ class PipelinedConn {
     const now = performance.now();
     for (const m of messages) this.onMessage(m, now);
     if (error) {
-      run.fail('BAD_FRAME');
+      run.fail('BAD_FRAME', 1, error.message);
       this.socket.destroy();
       return;
     }
@@ -280,7 +346,8 @@ class PipelinedConn {
     const run = this.run;
     if (m.type !== MsgType.ACK && m.type !== MsgType.ERROR) return run.fail('UNEXPECTED_ANSWER');
     if (typeof m.seq !== 'number') {
-      run.fail(m.type === MsgType.ERROR ? String(m.code) : 'UNEXPECTED_ANSWER');
+      if (m.type === MsgType.ERROR) run.fail(String(m.code), 1, m.message);
+      else run.fail('UNEXPECTED_ANSWER');
       return;
     }
     const slot = m.seq % this.depth;
@@ -289,12 +356,12 @@ class PipelinedConn {
     this.free[this.nFree++] = slot;
     this.inflight--;
     if (m.type === MsgType.ERROR) {
-      run.fail(String(m.code));
+      run.fail(String(m.code), 1, m.message);
       run.answered(false, 0);
       return;
     }
     const right = m.payload === run.hashes[this.payloadOf[slot]!];
-    if (!right) run.wrongHash++;
+    if (!right) run.wrong();
     run.answered(right, now - this.sentAt[slot]!);
   }
 
@@ -312,9 +379,10 @@ function perRequestLoop(run: Run, ep: LoadEndpoint, done: () => void): void {
     const t = templates[p]!;
     const started = performance.now();
     run.sent++;
+    run.progress++;
     run.inflight++;
     const decoder = new FrameDecoder({ validate: false });
-    const socket = connect({ host: ep.host, port: ep.port });
+    const socket = dial(ep.host, ep.port, run.opts.tls);
     socket.setNoDelay(true);
     let settled = false;
     const settle = (ok: boolean | string): void => {
@@ -326,7 +394,7 @@ function perRequestLoop(run: Run, ep: LoadEndpoint, done: () => void): void {
       setImmediate(next);
     };
     let up = false;
-    socket.once('connect', () => {
+    socket.once(run.opts.tls ? 'secureConnect' : 'connect', () => {
       up = true;
       run.open++;
       if (run.open > run.peakOpen) run.peakOpen = run.open;
@@ -338,14 +406,18 @@ function perRequestLoop(run: Run, ep: LoadEndpoint, done: () => void): void {
       if (!m) return;
       if (m.type === MsgType.ACK) {
         const right = m.payload === run.hashes[p];
-        if (!right) run.wrongHash++;
+        if (!right) run.wrong();
         settle(right);
       } else {
-        if (m.type === MsgType.ERROR) run.fail(String(m.code));
+        if (m.type === MsgType.ERROR) run.fail(String(m.code), 1, m.message);
         settle(m.type === MsgType.ERROR ? false : 'UNEXPECTED_ANSWER');
       }
     });
-    socket.on('error', (err: NodeJS.ErrnoException) => settle(err.code === 'ECONNREFUSED' ? 'CONNECT_FAILED' : 'CONNECTION_LOST'));
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      if (up) return settle('CONNECTION_LOST');
+      run.firstError.CONNECT_FAILED ??= `${err.code ?? err.message} ${ep.host}:${ep.port}`;
+      settle('CONNECT_FAILED');
+    });
     socket.on('close', () => {
       if (up) run.open--;
       settle('CONNECTION_LOST');
@@ -363,7 +435,14 @@ function perRequestLoop(run: Run, ep: LoadEndpoint, done: () => void): void {
  */
 export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
   if (opts.durationMs === undefined && opts.requests === undefined) throw new Error('runLoad needs durationMs or requests');
+  if (opts.rate !== undefined && (opts.perRequest || !(opts.rate > 0))) throw new Error('runLoad: rate must be above 0, on connections kept open');
+  await histogramsReady();
   const run = new Run(opts);
+  const onStop = (): void => {
+    run.stopped = true;
+    run.checkDone();
+  };
+  opts.stop?.addEventListener('abort', onStop, { once: true });
   const warmupMs = opts.requests === undefined ? opts.warmupMs ?? 0 : 0;
   const conns: PipelinedConn[] = [];
   let started = 0;
@@ -385,7 +464,8 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
       const more = (): void => {
         while (pending < limit && nextConn < opts.connections) {
           pending++;
-          conns.push(new PipelinedConn(run, opts.target(nextConn++), opts.depth, () => {
+          const i = nextConn++;
+          conns.push(new PipelinedConn(run, opts.target(i), opts.depth, i, () => {
             pending--;
             more();
           }));
@@ -394,24 +474,34 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
       };
       more();
     });
+    // Open loop: requests fall due between answers, so a ticker sends them (Node's timers run about every millisecond).
+    const ticker = run.pace ? setInterval(() => conns.forEach((c) => c.fill()), 1) : undefined;
+    if (run.pace) run.pace.t0 = performance.now();
     for (const c of conns) c.fill();
-    ({ started, ended } = await measure(run, warmupMs, opts.durationMs));
+    try {
+      ({ started, ended } = await measure(run, warmupMs, opts.durationMs));
+    } finally {
+      clearInterval(ticker);
+    }
     await run.settled(opts.drainMs ?? 5000);
   }
   const unanswered = run.inflight;
   run.lost('NO_ANSWER', unanswered);
   for (const c of conns) c.close();
+  opts.stop?.removeEventListener('abort', onStop);
   const windowMs = Math.max(1e-3, ended - started);
-  const h = run.hist;
+  const latency = run.hist.summary();
+  run.hist.destroy();
   return {
     sent: run.sent,
     ok: run.ok,
     wrongHash: run.wrongHash,
     errors: run.errors,
     connected: run.peakOpen,
+    firstError: run.firstError,
     windowMs,
-    rps: (h.count / windowMs) * 1000,
-    latency: { p50: h.quantile(0.5), p99: h.quantile(0.99), p999: h.quantile(0.999), mean: h.mean, max: h.max, count: h.count },
+    rps: (latency.count / windowMs) * 1000,
+    latency,
   };
 }
 
@@ -420,15 +510,15 @@ async function measure(run: Run, warmupMs: number, durationMs?: number): Promise
   if (durationMs === undefined) {
     run.measuring = true;
     const started = performance.now();
-    await run.settled(run.opts.drainMs ?? 30_000);
+    await run.settled(run.opts.drainMs ?? 5000);
     return { started, ended: performance.now() };
   }
-  if (warmupMs > 0) await sleep(warmupMs);
+  if (warmupMs > 0) await sleep(warmupMs, run.opts.stop);
   const before = run.hist.count;
   run.measuring = true;
   run.opts.window?.start();
   const started = performance.now();
-  await sleep(durationMs);
+  await sleep(durationMs, run.opts.stop);
   run.measuring = false;
   run.stopped = true;
   const ended = performance.now();
@@ -437,4 +527,16 @@ async function measure(run: Run, warmupMs: number, durationMs?: number): Promise
   return { started, ended };
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** Resolves after `ms`, or as soon as `stop` aborts. */
+function sleep(ms: number, stop?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (stop?.aborted) return resolve();
+    const done = (): void => {
+      clearTimeout(timer);
+      stop?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    stop?.addEventListener('abort', done, { once: true });
+  });
+}

@@ -14,6 +14,8 @@ export interface StubServerOptions {
   wrongFor?: (payload: string) => boolean;
   /** Answer each read's requests in reverse order (answers may come back in any order). */
   reverse?: boolean;
+  /** After this many requests, hold every answer for `ms`, then send them all (a target that stalls). */
+  stall?: { after: number; ms: number };
 }
 
 export interface StubServer {
@@ -27,6 +29,9 @@ export interface StubServer {
 export function startStubServer(opts: StubServerOptions = {}): Promise<StubServer> {
   const sockets = new Set<Socket>();
   const stub: StubServer = { port: 0, received: 0, close };
+  let stalledUntil = 0;
+  let stallTimer: NodeJS.Timeout | undefined;
+  const held: Array<{ socket: Socket; bytes: Buffer }> = [];
   const server: Server = createServer((socket) => {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
@@ -43,10 +48,18 @@ export function startStubServer(opts: StubServerOptions = {}): Promise<StubServe
         out.push(encodeFrame(ack));
       }
       if (opts.reverse) out.reverse();
-      if (out.length) socket.write(Buffer.concat(out));
+      if (opts.stall && stub.received >= opts.stall.after && !stallTimer) {
+        stalledUntil = performance.now() + opts.stall.ms;
+        stallTimer = setTimeout(() => {
+          for (const h of held.splice(0)) if (!h.socket.destroyed) h.socket.write(h.bytes);
+        }, opts.stall.ms);
+      }
+      if (out.length && performance.now() < stalledUntil) held.push({ socket, bytes: Buffer.concat(out) });
+      else if (out.length) socket.write(Buffer.concat(out));
     });
   });
   function close(): Promise<void> {
+    clearTimeout(stallTimer);
     for (const s of sockets) s.destroy();
     return new Promise((resolve) => server.close(() => resolve()));
   }

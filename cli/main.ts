@@ -7,6 +7,7 @@ import { Command, CommanderError, Help, Option } from 'commander';
 import { runClient, startProxy, startServer, StartError } from '../actors/index.js';
 import type { Result } from '../actors/client.js';
 import { benchCommand } from './bench.js';
+import { loadCommand } from './load.js';
 import { runDemo } from './demo.js';
 import { scenarioCommand } from './scenario.js';
 import { inspectCommand, inspectOptions, startInspection, type InspectFlags } from './inspect.js';
@@ -183,6 +184,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
 
   program.addCommand(inspectCommand(setExit));
   program.addCommand(benchCommand(setExit));
+  program.addCommand(loadCommand(setExit));
   program.addCommand(scenarioCommand(setExit));
   for (const c of program.commands) markRequired(c);
 

@@ -8,7 +8,7 @@ import * as assert from 'uvu/assert';
 import { runLoad } from '../bench/loadgen.js';
 import type { Check, Row } from '../bench/types.js';
 import { checks } from '../bench/verdicts.js';
-import { Histogram } from '../bench/histogram.js';
+import { histogramsReady, LatencyHistogram } from '../bench/histogram.js';
 import { startStubServer, type StubServer } from '../bench/stub.js';
 
 const stubs: StubServer[] = [];
@@ -70,12 +70,43 @@ test('a refused connection is reported as CONNECT_FAILED and the run ends', asyn
   assert.is(r.errors.CONNECT_FAILED, 2);
 });
 
-test('histogram quantiles are within 1% of the recorded values', () => {
-  const h = new Histogram();
+test('open loop: 200 requests at 1,000/s over 2 connections keep to the schedule (the last is due after 199 ms), every one answered', async () => {
+  const s = await stub();
+  const t0 = performance.now();
+  const r = await runLoad({ target: () => ({ host: '127.0.0.1', port: s.port, policy: 'p' }), connections: 2, depth: 4, requests: 200, rate: 1000 });
+  const took = performance.now() - t0;
+  assert.is(r.sent, 200);
+  assert.is(r.ok, 200);
+  assert.is(s.received, 200);
+  assert.equal(r.errors, {});
+  assert.ok(took >= 198, `sent ahead of the schedule: all 200 in ${took.toFixed(0)} ms`);
+});
+
+test('open loop: latency counts from when each request was due, so a 300 ms stall shows in every request it held back (closed loop: in one)', async () => {
+  const target = (port: number) => () => ({ host: '127.0.0.1', port, policy: 'p' });
+  const open = await stub({ stall: { after: 100, ms: 300 } });
+  const o = await runLoad({ target: target(open.port), connections: 1, depth: 1, requests: 600, rate: 1000 });
+  const closed = await stub({ stall: { after: 100, ms: 300 } });
+  const c = await runLoad({ target: target(closed.port), connections: 1, depth: 1, requests: 600 });
+  assert.is(o.ok, 600);
+  assert.is(c.ok, 600);
+  // About 300 requests fell due during the stall, waiting 300 ms down to 0: a third of all waited over 100 ms.
+  assert.ok(o.latency.p90 >= 100, `open loop p90 ${o.latency.p90} ms`);
+  assert.ok(c.latency.max >= 270, `closed loop max ${c.latency.max} ms`);
+  assert.ok(c.latency.p90 < o.latency.p90, `closed loop p90 ${c.latency.p90} ms against open ${o.latency.p90} ms`);
+});
+
+test('histogram quantiles are within 0.1% of the recorded values', async () => {
+  await histogramsReady();
+  const h = new LatencyHistogram();
   for (let i = 1; i <= 1000; i++) h.record(i / 10);
-  assert.ok(Math.abs(h.quantile(0.5) - 50) / 50 < 0.011, `p50 ${h.quantile(0.5)}`);
-  assert.ok(Math.abs(h.quantile(0.99) - 99) / 99 < 0.011, `p99 ${h.quantile(0.99)}`);
-  assert.is(h.count, 1000);
+  assert.ok(Math.abs(h.quantile(0.5) - 50) / 50 < 0.0011, `p50 ${h.quantile(0.5)}`);
+  assert.ok(Math.abs(h.quantile(0.99) - 99) / 99 < 0.0011, `p99 ${h.quantile(0.99)}`);
+  const s = h.summary();
+  assert.is(s.count, 1000);
+  assert.ok(Math.abs(s.max - 100) / 100 < 0.0011, `max ${s.max}`);
+  assert.ok(Math.abs(s.mean - 50.05) / 50.05 < 0.0011, `mean ${s.mean}`);
+  h.destroy();
 });
 
 test.run();
@@ -83,8 +114,8 @@ test.run();
 const verdicts = suite('bench verdicts');
 
 function row(workload: Row['workload'], target: Row['target'], rps: number, p50: number, label: string = workload): Row {
-  const latency = { p50, p99: p50, p999: p50, mean: p50, max: p50, count: 1 };
-  return { workload, label, target, result: { sent: 1, ok: 1, wrongHash: 0, errors: {}, connected: 1, windowMs: 1000, rps, latency } };
+  const latency = { p50, p90: p50, p99: p50, p999: p50, mean: p50, max: p50, count: 1 };
+  return { workload, label, target, result: { sent: 1, ok: 1, wrongHash: 0, errors: {}, firstError: {}, connected: 1, windowMs: 1000, rps, latency } };
 }
 
 verdicts('each target is judged from the ratio measured in the run; the one-at-a-time variants are information, not verdicts', () => {

@@ -1,0 +1,267 @@
+/**
+ * `revproxy load`: puts load on a running proxy (or on servers directly) with
+ * the bench's load generator (bench/loadgen.ts), and reports requests/s,
+ * latency percentiles from an HDR histogram, and errors by code.
+ * Registered in cli/main.ts with one line.
+ */
+import cliProgress from 'cli-progress';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { runLoad, type LiveCounters, type LoadResult } from '../bench/loadgen.js';
+import type { Endpoint } from '../actors/server.js';
+import { parseEndpoints, parseIntOption, tlsFromFlags, tlsOptions, UsageError, type TlsFlags } from './common.js';
+
+interface LoadFlags extends TlsFlags {
+  revproc: Endpoint[];
+  policy: string[];
+  connections: number;
+  inflight: number;
+  duration: number;
+  requests?: number;
+  rate?: number;
+  warmup: number;
+  connectionPerRequest?: boolean;
+  payloadSize?: number;
+  timeout: number;
+  json?: boolean;
+  progress: boolean;
+}
+
+/** What `--json` prints: the options that shaped the run, then what it measured. */
+export interface LoadReport {
+  targets: string[];
+  policies: string[];
+  connections: number;
+  inflight: number;
+  mode: 'closed loop' | 'open loop' | 'connection per request';
+  /** Open loop: requests per second asked for. */
+  rate: number | null;
+  /** A fixed count, or null for a duration. */
+  requests: number | null;
+  /** Seconds of sending after the warm-up, or null for a fixed count. */
+  durationS: number | null;
+  warmupS: number;
+  sent: number;
+  /** Answers whose payload was SHA1 of what was sent. */
+  ok: number;
+  wrongHash: number;
+  /** Failed requests by code: the proxy's ERROR codes, and CONNECT_FAILED, CONNECTION_LOST, NO_ANSWER, BAD_FRAME, UNEXPECTED_ANSWER. */
+  errors: Record<string, number>;
+  /** What the first failure of each code said. */
+  firstError: Record<string, string>;
+  /** Connections open at once at the peak. */
+  connected: number;
+  /** The measured window, seconds. */
+  seconds: number;
+  /** Right answers per second in the window. */
+  rps: number;
+  /** Latency of the right answers in the window, milliseconds (open loop: from when each request was due). */
+  latencyMs: LoadResult['latency'];
+}
+
+/** `10`, `10s`, `500ms`, `2m` -> seconds. */
+export function parseSeconds(name: string, min: number) {
+  return (value: string): number => {
+    const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(value.trim());
+    const s = m ? Number(m[1]) * (m[2] === 'ms' ? 0.001 : m[2] === 'm' ? 60 : 1) : NaN;
+    if (!(s >= min)) throw new InvalidArgumentError(`${name} must be a time such as 10, 10s, 500ms or 2m (at least ${min} s), got '${value}'`);
+    return s;
+  };
+}
+
+function parsePolicies(value: string): string[] {
+  const list = value.split(',').map((p) => p.trim()).filter(Boolean);
+  if (list.length === 0) throw new InvalidArgumentError('give at least one privacy policy, e.g. --policy 111,222');
+  return list;
+}
+
+/** Payloads of `size` bytes, 16 different ones so the servers' hashes are checked against more than one. */
+function payloadsOf(size: number): string[] {
+  return Array.from({ length: 16 }, (_, i) => `${i.toString(16)}${'x'.repeat(size)}`.slice(0, size).padEnd(size, '.'));
+}
+
+const fmt = (n: number): string => Math.round(n).toLocaleString('en');
+const ms = (v: number): string => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v >= 1 ? v.toFixed(2) : v.toFixed(3));
+
+/** What each failure means, and what to do about it. */
+function hint(code: string, f: LoadFlags): string {
+  const at = f.revproc.map((e) => `${e.host}:${e.port}`).join(', ');
+  const port = f.revproc[0]!.port;
+  switch (code) {
+    case 'CONNECT_FAILED':
+      return `could not connect to ${at}: start the proxy there (revproxy proxy --port ${port}) or give its address with --revproc HOST:PORT`;
+    case 'NO_SERVER':
+      return `no server of the policy is registered with the proxy: start one (revproxy server --id 100 --pp ${f.policy[0]} --revproc ${port}) or name another --policy`;
+    case 'OVERLOADED':
+      return "the proxy refused requests at one of its limits (--queue-limit, --max-server-inflight): ask for less (--connections, --inflight, --rate) or raise the proxy's limits";
+    case 'TIMEOUT':
+      return "no answer within the proxy's --timeout: the servers are too slow for this load, or stuck";
+    case 'UPSTREAM_FAILED':
+      return 'the server chosen for a request failed before answering (and the retries did too): see the proxy\'s and the servers\' logs';
+    case 'SHUTTING_DOWN':
+      return 'the proxy is draining and takes no new requests';
+    case 'BAD_REQUEST':
+      return 'the target refused the requests as invalid: is it a revproxy proxy or server speaking frames?';
+    case 'BAD_FRAME':
+      return 'an answer was not a revproxy frame: is the target a revproxy proxy or server (the old JSON wire is not supported)?';
+    case 'CONNECTION_LOST':
+      return "the target closed connections with requests in flight: its log says why (a limit such as --max-conns-per-peer, or it stopped)";
+    case 'NO_ANSWER':
+      return `requests still unanswered ${f.timeout} ms after the last answer: the target stopped answering (--timeout waits longer)`;
+    case 'UNEXPECTED_ANSWER':
+      return 'answers that match no request in flight';
+    default:
+      return 'a socket error';
+  }
+}
+
+export function loadReport(r: LoadResult, f: LoadFlags): LoadReport {
+  return {
+    targets: f.revproc.map((e) => `${e.host}:${e.port}`),
+    policies: f.policy,
+    connections: f.connections,
+    inflight: f.connectionPerRequest ? 1 : f.inflight,
+    mode: f.connectionPerRequest ? 'connection per request' : f.rate !== undefined ? 'open loop' : 'closed loop',
+    rate: f.rate ?? null,
+    requests: f.requests ?? null,
+    durationS: f.requests === undefined ? f.duration : null,
+    warmupS: f.requests === undefined ? f.warmup : 0,
+    sent: r.sent,
+    ok: r.ok,
+    wrongHash: r.wrongHash,
+    errors: r.errors,
+    firstError: r.firstError,
+    connected: r.connected,
+    seconds: r.windowMs / 1000,
+    rps: r.rps,
+    latencyMs: r.latency,
+  };
+}
+
+function formatText(rep: LoadReport, f: LoadFlags): string {
+  const l = rep.latencyMs;
+  const failed = Object.values(rep.errors).reduce((a, b) => a + b, 0);
+  const what = rep.requests !== null ? `${fmt(rep.requests)} requests` : `${rep.durationS} s${rep.warmupS ? ` after ${rep.warmupS} s warm-up` : ''}`;
+  const shape = rep.mode === 'connection per request' ? `${rep.connections} loop(s) of a connection per request` : `${rep.connections} connection(s) x ${rep.inflight} in flight`;
+  const lines = [
+    `load: ${what}, ${shape}, to ${rep.targets.join(', ')}, policy ${rep.policies.join(', ')} (${rep.mode}${rep.rate !== null ? ` at ${fmt(rep.rate)} requests/s` : ''})`,
+    `  requests    ${fmt(rep.sent)} sent, ${fmt(rep.ok)} answered right${rep.wrongHash ? `, ${fmt(rep.wrongHash)} with a wrong hash` : ''}${failed ? `, ${fmt(failed)} failed` : ''}`,
+    `  throughput  ${fmt(rep.rps)} requests/s over ${rep.seconds.toFixed(2)} s`,
+    l.count
+      ? `  latency ms  p50 ${ms(l.p50)}  p90 ${ms(l.p90)}  p99 ${ms(l.p99)}  p99.9 ${ms(l.p999)}  max ${ms(l.max)}  (${fmt(l.count)} answers${rep.mode === 'open loop' ? ', from when each was due' : ''})`
+      : '  latency     no answers measured',
+  ];
+  const problems = Object.entries(rep.errors)
+    .sort((a, b) => b[1] - a[1])
+    .map(([code, n]) => `${code} ${fmt(n)}: ${hint(code, f)}${rep.firstError[code] ? ` (first: ${rep.firstError[code]})` : ''}`);
+  if (rep.wrongHash) problems.unshift(`wrong hash ${fmt(rep.wrongHash)}: answers whose payload is not the SHA1 of what was sent: the server computes the wrong thing`);
+  lines.push(...(problems.length ? problems.map((p, i) => `  ${i === 0 ? 'errors    ' : '          '}  ${p}`) : ['  errors      none']));
+  return lines.join('\n');
+}
+
+/** A bar on a terminal's stderr: answered/failed counts, over the count or the time. */
+function progressBar(f: LoadFlags, live: LiveCounters): { stop(): void } {
+  if (!f.progress || !process.stderr.isTTY) return { stop() {} };
+  const byCount = f.requests !== undefined;
+  const total = byCount ? f.requests! : Math.round((f.warmup + f.duration) * 10);
+  const bar = new cliProgress.SingleBar(
+    {
+      format: ` {bar} {percentage}% | {answered} answered, {failed} failed | {rate} requests/s`,
+      stream: process.stderr,
+      hideCursor: true,
+      clearOnComplete: true,
+    },
+    cliProgress.Presets.shades_classic,
+  );
+  const t0 = performance.now();
+  let last = { t: t0, n: 0 };
+  bar.start(total, 0, { answered: 0, failed: 0, rate: 0 });
+  const timer = setInterval(() => {
+    const now = performance.now();
+    const n = live.answered;
+    const rate = ((n - last.n) / (now - last.t)) * 1000;
+    last = { t: now, n };
+    const value = byCount ? n + (live.failed ?? 0) : Math.min(total, Math.round((now - t0) / 100));
+    bar.update(value, { answered: fmt(n), failed: fmt(live.failed ?? 0), rate: fmt(rate) });
+  }, 250);
+  return {
+    stop() {
+      clearInterval(timer);
+      bar.stop();
+    },
+  };
+}
+
+export function loadCommand(setExit: (code: number) => void): Command {
+  const cmd = new Command('load')
+    .description('put load on a running proxy (or on servers directly) and report requests/s, latency percentiles and errors')
+    .addOption(
+      new Option('--revproc <endpoints>', "where to send: the proxy, PORT or HOST:PORT; a comma-separated list spreads the connections over them in turn (servers' --listen ports load them directly)")
+        .default(parseEndpoints('2100'), '2100')
+        .argParser(parseEndpoints),
+    )
+    .addOption(new Option('--policy <list>', 'privacy policies the requests name, comma-separated; connection i names the i-th in turn').default(['111'], '111').argParser(parsePolicies))
+    .addOption(new Option('-c, --connections <n>', 'connections held open at once').default(2).argParser(parseIntOption('--connections', 1)))
+    .addOption(new Option('-p, --inflight <n>', 'requests in flight on each connection (pipelined); with --rate, the most waiting for answers').default(32).argParser(parseIntOption('--inflight', 1)))
+    .addOption(new Option('-d, --duration <time>', 'send for this long: 10, 10s, 500ms, 2m').default(10, '10s').argParser(parseSeconds('--duration', 0.001)))
+    .addOption(new Option('-n, --requests <n>', 'send exactly this many requests instead of for a duration, then stop').argParser(parseIntOption('--requests', 1)))
+    .addOption(new Option('-R, --rate <n>', 'open loop: send this many requests per second in all, each at its time, and measure latency from when each was due (as wrk2 does); without it, each connection sends as soon as it has room').argParser(parseIntOption('--rate', 1)))
+    .addOption(new Option('--warmup <time>', 'send for this long first without counting (with --duration)').default(0, '0').argParser(parseSeconds('--warmup', 0)))
+    .option('--connection-per-request', 'open a new connection for every request, as the old client did (--connections loops at once, one request each)')
+    .addOption(new Option('--payload-size <bytes>', 'bytes of each payload (default: 16 different payloads of 16 bytes)').argParser(parseIntOption('--payload-size', 1)))
+    .addOption(new Option('--timeout <ms>', 'at the end, give up on unanswered requests when no answer came for this long').default(5000).argParser(parseIntOption('--timeout', 1)))
+    .option('--json', 'print the results as one JSON object')
+    .option('--no-progress', 'no progress bar (it shows only on a terminal, on stderr)');
+  for (const o of tlsOptions()) cmd.addOption(o);
+  return cmd
+    .addHelpText(
+      'after',
+      `
+Every answer's hash is checked. Latencies go into an HDR histogram (three
+significant digits): p50, p90, p99, p99.9 and max. Errors are counted by code
+with what each means. Ctrl-C stops sending and reports what was measured.
+
+Exit status: 0 when every request was answered right, 1 when any failed or was
+answered wrong, 2 on a usage error.
+
+Examples:
+  revproxy load --revproc 2100 --policy 111,222 -c 8 -p 32 -d 10s
+  revproxy load --revproc 2100 -n 100000 --json
+  revproxy load --revproc 2100 -c 4 -p 64 --rate 20000 -d 30s    # open loop
+  revproxy load --revproc 2105,2115 --policy 111                 # two servers directly`,
+    )
+    .action(async (f: LoadFlags, self: Command) => {
+      if (f.rate !== undefined && f.connectionPerRequest) throw new UsageError('--rate works on connections kept open: leave out --connection-per-request');
+      if (f.requests !== undefined && self.getOptionValueSource('duration') === 'cli') throw new UsageError('give --duration or --requests, not both');
+      const requests = f.requests;
+      const tls = tlsFromFlags(f);
+      const live: LiveCounters = { answered: 0, opened: 0, failed: 0 };
+      const stop = new AbortController();
+      const onSignal = (): void => stop.abort();
+      process.once('SIGINT', onSignal);
+      const bar = progressBar(f, live);
+      let result: LoadResult;
+      try {
+        result = await runLoad({
+          target: (i) => ({ ...f.revproc[i % f.revproc.length]!, policy: f.policy[i % f.policy.length]! }),
+          connections: f.connections,
+          depth: f.connectionPerRequest ? 1 : f.inflight,
+          perRequest: f.connectionPerRequest,
+          ...(requests !== undefined ? { requests } : { durationMs: f.duration * 1000, warmupMs: f.warmup * 1000 }),
+          rate: f.rate,
+          tls,
+          drainMs: f.timeout,
+          payloads: f.payloadSize === undefined ? undefined : payloadsOf(f.payloadSize),
+          srcid: 'load',
+          live,
+          stop: stop.signal,
+        });
+      } finally {
+        bar.stop();
+        process.off('SIGINT', onSignal);
+      }
+      const rep = loadReport(result, f);
+      process.stdout.write(`${f.json ? JSON.stringify(rep) : formatText(rep, f)}\n`);
+      const allRight = rep.ok === rep.sent && rep.wrongHash === 0 && Object.keys(rep.errors).length === 0;
+      setExit(allRight && rep.sent > 0 ? 0 : 1);
+    });
+}

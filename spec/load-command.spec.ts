@@ -1,0 +1,112 @@
+/**
+ * `revproxy load` as a user runs it: a real proxy and two real servers as
+ * processes on free ports, the command as a process, its exit status, its
+ * JSON and its words. Counts and shapes only; no timing but lower bounds
+ * that a slow machine can only make longer.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { probe } from '../bench/procs.js';
+import { killAll, proxyProcess, revproxy, type Proc } from './procs.js';
+
+const test = suite('revproxy load');
+
+let proxyPort = 0;
+const serverPorts: string[] = [];
+
+test.before(async () => {
+  ({ port: proxyPort } = await proxyProcess(['--log-level', 'warn']));
+  for (const id of ['1', '2']) {
+    const s = revproxy(['server', '--id', id, '--pp', '111', '--listen', '0', '--revproc', String(proxyPort)]);
+    serverPorts.push((await s.waitFor(/Listening on port (\d+)/))[1]!);
+  }
+  // Registration travels on its own connection: wait until both servers answer through the proxy.
+  const until = Date.now() + 10_000;
+  while ((await probe(proxyPort, '111', 4).catch(() => new Set<string>())).size < 2) {
+    if (Date.now() > until) throw new Error('the two servers did not register within 10 s');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+});
+
+test.after(killAll);
+
+async function load(args: string[]): Promise<{ code: number; out: string; json?: Record<string, any> }> {
+  const p: Proc = revproxy(['load', '--no-progress', ...args]);
+  const code = await p.exited;
+  const out = p.out.join('\n');
+  const line = p.out.find((l) => l.startsWith('{'));
+  return { code, out, json: line ? JSON.parse(line) : undefined };
+}
+
+test('a fixed count through the proxy: every request answered right, counted once, and the JSON says so', async () => {
+  const r = await load(['--revproc', String(proxyPort), '--policy', '111', '-n', '2000', '-c', '3', '-p', '16', '--json']);
+  assert.is(r.code, 0, r.out);
+  const j = r.json!;
+  assert.equal(
+    Object.keys(j).sort(),
+    ['connected', 'connections', 'durationS', 'errors', 'firstError', 'inflight', 'latencyMs', 'mode', 'ok', 'policies', 'rate', 'requests', 'rps', 'seconds', 'sent', 'targets', 'warmupS', 'wrongHash'].sort(),
+  );
+  assert.is(j.sent, 2000);
+  assert.is(j.ok, 2000);
+  assert.is(j.wrongHash, 0);
+  assert.equal(j.errors, {});
+  assert.is(j.connected, 3);
+  assert.is(j.mode, 'closed loop');
+  assert.is(j.requests, 2000);
+  assert.is(j.durationS, null);
+  assert.equal(j.targets, [`127.0.0.1:${proxyPort}`]);
+  const l = j.latencyMs;
+  assert.is(l.count, 2000);
+  assert.ok(l.p50 > 0 && l.p50 <= l.p90 && l.p90 <= l.p99 && l.p99 <= l.p999 && l.p999 <= l.max, JSON.stringify(l));
+  assert.ok(j.rps > 0 && j.seconds > 0);
+});
+
+test('open loop: a fixed count at a fixed rate keeps to its schedule and reports the rate', async () => {
+  const r = await load(['--revproc', String(proxyPort), '-n', '300', '--rate', '1000', '-c', '2', '--json']);
+  assert.is(r.code, 0, r.out);
+  assert.is(r.json!.ok, 300);
+  assert.is(r.json!.mode, 'open loop');
+  assert.is(r.json!.rate, 1000);
+  // The last request is due 299 ms after the first: the run cannot be shorter.
+  assert.ok(r.json!.seconds >= 0.29, `the run took ${r.json!.seconds} s`);
+});
+
+test('straight to two servers (no proxy): connections spread over the listed ports', async () => {
+  const r = await load(['--revproc', serverPorts.join(','), '-n', '400', '-c', '2', '--json']);
+  assert.is(r.code, 0, r.out);
+  assert.is(r.json!.ok, 400);
+  assert.equal(r.json!.targets, serverPorts.map((p) => `127.0.0.1:${p}`));
+});
+
+test('a policy nobody serves: exit 1, NO_SERVER counted for every request, and the words say what to start', async () => {
+  const j = await load(['--revproc', String(proxyPort), '--policy', 'nobody', '-n', '50', '--json']);
+  assert.is(j.code, 1);
+  assert.equal(j.json!.errors, { NO_SERVER: 50 });
+  assert.is(j.json!.ok, 0);
+  const t = await load(['--revproc', String(proxyPort), '--policy', 'nobody', '-n', '50']);
+  assert.is(t.code, 1);
+  assert.match(t.out, /NO_SERVER 50: no server of the policy is registered with the proxy: start one \(revproxy server --id 100 --pp nobody/);
+});
+
+test('nothing listening: exit 1, CONNECT_FAILED with what the system said and what to do', async () => {
+  const { freePort } = await import('../bench/procs.js');
+  const port = await freePort();
+  const r = await load(['--revproc', String(port), '-n', '10']);
+  assert.is(r.code, 1);
+  assert.match(r.out, /CONNECT_FAILED 2: could not connect to 127\.0\.0\.1:\d+: start the proxy there/);
+  assert.match(r.out, /ECONNREFUSED/);
+});
+
+test('usage errors exit 2 and say what to give', async () => {
+  const both = await load(['-n', '10', '-d', '5s']);
+  assert.is(both.code, 2);
+  assert.match(both.out, /give --duration or --requests, not both/);
+  const bad = await load(['-d', 'soon']);
+  assert.is(bad.code, 2);
+  assert.match(bad.out, /--duration must be a time such as 10, 10s, 500ms or 2m/);
+  const perReq = await load(['--rate', '100', '--connection-per-request']);
+  assert.is(perReq.code, 2);
+  assert.match(perReq.out, /--rate works on connections kept open/);
+});
+
+test.run();
