@@ -12,13 +12,15 @@ import type { Logger } from './logger.js';
 
 /** How the proxy treats servers of the old JSON wire. */
 export interface OldServerOptions {
-  /** Connections opened to one old server at most (each carries one request at a time). Default 8. */
+  /** Connections to one old server at most (each carries one request at a time); it gets more than one only once it has answered that many at once. Default 8. */
   connections?: number;
-  /** Tries in a row that time out before the server counts as gone. Default 3. */
+  /** Tries in a row that time out, with no answer from the server meanwhile, before it counts as gone. Default 3. */
   missesToLeave?: number;
+  /** An old server sends its setup before it listens: refused dials this long after its registration are retried with backoff (ms). Default 5000. */
+  registrationWindowMs?: number;
 }
 
-export const OLD_SERVER_DEFAULTS: Required<OldServerOptions> = { connections: 8, missesToLeave: 3 };
+export const OLD_SERVER_DEFAULTS: Required<OldServerOptions> = { connections: 8, missesToLeave: 3, registrationWindowMs: 5000 };
 
 export interface ProxyOptions {
   /** Port to listen on; 0 picks a free one. Default 2100. */

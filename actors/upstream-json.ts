@@ -1,20 +1,37 @@
 /**
  * An upstream link to an old server: one that registered over the old JSON
- * wire. Such a server parses each read as one whole object, so each of its
- * connections carries at most one request at a time; to serve many clients at
- * once the link opens more connections, up to a limit. Its setup connection
- * closed right after setup, so its presence is judged here: it is gone when
- * its listen port refuses a connection or it stops answering.
+ * wire. The old system's server (shantoroy/reverse_proxy server.py, and
+ * spec/fixtures/old_server.py after it) shapes every rule here:
+ *
+ * - It sends its setup before it listens: a dial refused in the first
+ *   `registrationWindowMs` after registration is retried with backoff.
+ * - It parses each read as one whole object, and one bad read breaks it for
+ *   good: each connection carries one whole request per write, at most one at
+ *   a time, and no request over what it reads at once (OLD_SERVER_READ_BYTES).
+ * - Many serve one connection at a time, holding a lock until the proxy closes
+ *   that connection; a reset (RST) of a connection it has not read yet also
+ *   breaks it for good. So the link starts with one connection, and opens
+ *   another only as a trial (with a request on it) when requests are waiting;
+ *   the server shows it answers two at once by answering on the second while
+ *   the first, already answered, is open. If instead the first keeps being
+ *   answered while the trial waits, the link closes the first (which lets a
+ *   one-at-a-time server go on to the trial) and tries again later, with
+ *   backoff. Every connection is closed gently (FIN, then the server's close
+ *   is awaited), never reset.
+ * - A request that waited on a connection the server was not reading says
+ *   nothing against it: a timeout counts as a miss only when the server
+ *   answered nothing of this link's since the request was written.
  *
  * Speaks to the proxy exactly as `upstream.ts` does: takes SEND / EXPIRE /
  * RETIRE / RESET_FAILURES, answers ACKs through `reply`, and hands every
  * request it cannot finish back to the proxy (UPSTREAM_RETRY, UPSTREAM_DOWN).
  *
- * open --(a dial refused, or too many timeouts in a row)--> down
+ * open --(a dial refused after the registration window, or too many misses in a row)--> down
  *   \--RETIRE--> retiring --(nothing in flight)--> retired
  */
 import { assertEvent, assign, enqueueActions, fromCallback, sendParent, setup, type ActorRefFrom } from 'xstate';
 import { ErrorCode } from '../transport/errors.js';
+import { encodeJson } from '../transport/json.js';
 import { MsgType, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
 import { readyEvent } from '../transport/tls.js';
@@ -26,16 +43,35 @@ import {
 } from './link.js';
 import { OLD_SERVER_DEFAULTS, type OldServerOptions } from './proxy-options.js';
 
+/** The old server reads each request with one recv(2048): a longer one arrives in pieces and breaks it. */
+export const OLD_SERVER_READ_BYTES = 2048;
+/** Refused dials in the registration window are retried after this, doubling up to DIAL_RETRY_MAX_MS. */
+export const DIAL_RETRY_FIRST_MS = 25;
+export const DIAL_RETRY_MAX_MS = 1000;
+/** After a trial that showed one connection at a time, the next is tried this much later, doubling up to TRIAL_MAX_MS. */
+export const TRIAL_FIRST_MS = 1000;
+export const TRIAL_MAX_MS = 64_000;
+/** Answers on other connections to requests written after the trial's, per connection known, that show the trial is not being read. */
+const OVERTAKEN_PER_CONNECTION = 2;
+
 export interface UpstreamJsonInput extends LinkInput {
   old?: OldServerOptions;
 }
 
-/** One connection to the server, and the request it carries (by the link's seq), if any. */
+/** One connection to the server. */
 interface Slot {
   conn: Connection;
+  /** The request it carries (by the link's seq in `inflight`), if any. */
   upSeq?: number;
-  /** Answers this connection has brought. */
+  /** When that request was written (clock ms), and as which of the link's writes. */
+  writtenAt: number;
+  writeNo: number;
+  /** Answers this connection has brought: a connection the server reads. */
   served: number;
+  /** Answers on other connections to requests written after this one's: counted while it is the trial. */
+  overtaken: number;
+  /** Given up for the trial's sake: closed as soon as it carries no request, and never written to again. */
+  closing: boolean;
 }
 
 /**
@@ -58,47 +94,65 @@ class JsonLinkPort implements LinkPort {
 export interface UpstreamJsonContext extends LinkInput {
   traffic: JsonLinkPort;
   limits: Required<OldServerOptions>;
+  /** When the link started (the server's registration): refused dials before `startedAt + registrationWindowMs` are retried. */
+  startedAt: number;
   slots: Map<Connection, Slot>;
   /** Dials under way. */
   dialing: number;
+  /** Whether a connection should be opened even with no request waiting: at registration, and when the server closed the last one after answering on it. */
+  wantStanding: boolean;
+  /** A dial retry is scheduled (WAKE); no dial until then. */
+  retryPending: boolean;
+  /** The wait before the next dial retry. */
+  retryMs: number;
   /** Every request accepted and not yet finished, waiting or on a connection: one table, one deadline rule. */
   inflight: Inflight<ProxyRequest>;
   /** Requests (by seq in `inflight`) waiting for a free connection, oldest first. */
   queue: number[];
+  /** Connections the server has been seen answering at once (each answered, all open, at one answer). */
+  width: number;
+  /** The connection opened (or being dialed) beyond `width` to learn whether the server serves one more at once. */
+  trial?: Connection;
+  trialDialing: boolean;
+  /** No trial before this (clock ms), and the backoff after the next failed one. */
+  nextTrialAt: number;
+  trialBackoffMs: number;
+  /** Writes so far (to order requests across connections). */
+  writes: number;
+  /** When the server last answered anything of this link's (clock ms). */
+  lastAnswerAt: number;
   /** Whether connections are kept for the next request (until the server is seen to close them after answering). */
   reuse: boolean;
   /** Requests already sent a second time after their connection closed under them. */
   resent: Set<number>;
   /** Whether the proxy has been told the server answers (UPSTREAM_UP). */
   up: boolean;
-  /** Tries in a row that timed out on requests the server received. */
+  /** Misses in a row: tries that timed out while the server answered nothing of this link's, and dials that timed out. */
   misses: number;
-  /** Failures since the last ACK (timeouts, lost connections, error answers): for the proxy's ejection. */
+  /** Failures since the last ACK (misses, lost connections, error answers): for the proxy's ejection. */
   consecutiveFailures: number;
-  /** When the link last dialed; a PROBE is due (`probeLater`) when nothing is open. */
-  lastProbe: number;
-  probeLater: boolean;
   answered: number;
   /** Set when the server is judged gone; the machine then leaves `open`. */
   gone?: string;
 }
 
-/** The proxy's events are `upstream.ts`'s; the rest come from the link's own connections. */
+/** The proxy's commands, and the news of the link's own connections and timer. */
 export type UpstreamJsonEvent =
   | LinkCommand
   | { type: 'CONN_UP'; conn: Connection }
   | { type: 'CONN_ANSWERS'; conn: Connection; messages: Message[] }
-  | { type: 'CONN_DOWN'; conn: Connection; connected: boolean; error: string }
-  | { type: 'PROBE' };
+  | { type: 'CONN_DOWN'; conn: Connection; connected: boolean; error: string; refused: boolean }
+  | { type: 'WAKE' };
 
 type SocketsInput = Pick<LinkInput, 'host' | 'port' | 'connect' | 'maxFrameBytes' | 'clock' | 'tryTimeoutMs'>;
 
 /**
- * Dials a connection for every DIAL (and one at start, to learn at once
- * whether the port answers); reports each connection's life. A dial that does
- * not connect within one try's timeout fails.
+ * Dials a connection at start and for every DIAL, and reports each
+ * connection's life; a dial that does not connect within one try's timeout
+ * fails. WAKE_LATER asks
+ * for a WAKE after a while. Stopped, it closes every connection gently.
  */
-const jsonSockets = fromCallback<{ type: 'DIAL' } | { type: 'PROBE_LATER'; ms: number }, SocketsInput>(({ sendBack, receive, input }) => {
+const jsonSockets = fromCallback<{ type: 'DIAL' } | { type: 'WAKE_LATER'; ms: number }, SocketsInput>(({ sendBack, receive, input }) => {
   const conns = new Set<Connection>();
   let stopped = false;
   let later: Timer | undefined;
@@ -108,49 +162,56 @@ const jsonSockets = fromCallback<{ type: 'DIAL' } | { type: 'PROBE_LATER'; ms: n
     conns.add(conn);
     let connected = false;
     let done = false;
-    const down = (error: string): void => {
+    const down = (error: string, refused = false): void => {
       conns.delete(conn);
       connectTimer.cancel();
       if (done || stopped) return;
       done = true;
-      sendBack({ type: 'CONN_DOWN', conn, connected, error });
+      sendBack({ type: 'CONN_DOWN', conn, connected, error, refused });
     };
     const connectTimer = input.clock.setTimeout(() => {
       if (connected) return;
       down('connect timed out');
+      // Nothing was written: the server has nothing of ours to read, whatever state the handshake is in.
       conn.destroy();
     }, input.tryTimeoutMs);
     socket.once(readyEvent(socket), () => {
       connected = true;
       connectTimer.cancel();
-      sendBack({ type: 'CONN_UP', conn });
+      if (!stopped) sendBack({ type: 'CONN_UP', conn });
     });
     conn.messages$.subscribe({
-      next: (messages) => sendBack({ type: 'CONN_ANSWERS', conn, messages }),
-      error: (err: NodeJS.ErrnoException) => down(err.code === 'ECONNREFUSED' ? 'connection refused' : err.message),
+      next: (messages) => {
+        if (!stopped) sendBack({ type: 'CONN_ANSWERS', conn, messages });
+      },
+      error: (err: NodeJS.ErrnoException) => down(err.code === 'ECONNREFUSED' ? 'connection refused' : err.message, err.code === 'ECONNREFUSED'),
       complete: () => down(connected ? 'connection closed by the server' : 'connection closed before it was established'),
     });
   };
   receive((ev) => {
     if (ev.type === 'DIAL') dial();
-    else later = input.clock.setTimeout(() => sendBack({ type: 'PROBE' }), ev.ms);
+    else {
+      later?.cancel();
+      later = input.clock.setTimeout(() => sendBack({ type: 'WAKE' }), ev.ms);
+    }
   });
+  // The connection requests will go on, dialed at registration (again, with backoff, while the registration window allows refusals).
   dial();
   return () => {
     stopped = true;
     later?.cancel();
-    for (const c of conns) c.destroy();
+    for (const c of conns) c.endWith();
   };
 });
 
-/** What both live states do with work and with their connections' news: act on it, then put waiting requests on free connections. */
+/** What both live states do with work and with their connections' news: act on it, then put waiting requests on connections. */
 const serving = {
   SEND: { actions: ['accept', 'dispatch'] },
   CONN_UP: { actions: ['connUp', 'dispatch'] },
   CONN_ANSWERS: { actions: ['answer', 'dispatch'] },
   CONN_DOWN: { actions: ['connDown', 'dispatch'] },
   EXPIRE: { actions: ['expire', 'dispatch'] },
-  PROBE: { actions: ['probeDue', 'dispatch'] },
+  WAKE: { actions: ['wake', 'dispatch'] },
   RESET_FAILURES: { actions: 'resetFailures' },
 } as const;
 
@@ -162,20 +223,36 @@ export const upstreamJsonMachine = setup({
   },
   actors: { jsonSockets },
   actions: {
-    accept: ({ context, event }) => {
+    accept: enqueueActions(({ context, event, enqueue, self }) => {
       assertEvent(event, 'SEND');
       const now = context.clock.now();
+      let tooLong: ProxyRequest[] | undefined;
+      let longest = 0;
       for (const req of event.requests) {
+        const bytes = encodeJson(req.msg).length;
+        if (bytes > OLD_SERVER_READ_BYTES) {
+          (tooLong ??= []).push(req);
+          longest = Math.max(longest, bytes);
+          continue;
+        }
         context.queue.push(context.inflight.add(req, tryDeadline(context, req, now)));
       }
-    },
+      // Never sent: it would reach the server in pieces and break it for good. Another member may take it.
+      if (tooLong) {
+        enqueue.sendParent(retryReport(context.member, self.id, tooLong, {
+          code: ErrorCode.UPSTREAM_FAILED,
+          message: `server ${context.member} is an old server, which reads at most ${OLD_SERVER_READ_BYTES} bytes of a request at once; this one is ${longest} bytes as JSON`,
+        }, context.consecutiveFailures));
+      }
+    }),
     connUp: enqueueActions(({ context, event, enqueue, self }) => {
       assertEvent(event, 'CONN_UP');
-      context.slots.set(event.conn, { conn: event.conn, served: 0 });
-      enqueue.assign({ dialing: context.dialing - 1, up: true });
+      context.slots.set(event.conn, { conn: event.conn, writtenAt: 0, writeNo: 0, served: 0, overtaken: 0, closing: false });
+      enqueue.assign({ dialing: context.dialing - 1, trialDialing: false });
       // A connection accepted is all an old server can show of being there (it knows no PING).
       if (!context.up) {
         context.traffic.phase = 'open';
+        enqueue.assign({ up: true });
         enqueue.sendParent({ type: 'UPSTREAM_UP', member: context.member, linkId: self.id } satisfies LinkReport);
       }
     }),
@@ -183,10 +260,15 @@ export const upstreamJsonMachine = setup({
       assertEvent(event, 'CONN_ANSWERS');
       const slot = context.slots.get(event.conn);
       if (!slot) return;
+      const now = context.clock.now();
       const tally: Tally = { answered: 0, failures: context.consecutiveFailures };
+      const trial = context.trial === slot.conn ? undefined : context.trial && context.slots.get(context.trial);
+      let any = false;
       for (const m of event.messages) {
         if (m.type !== MsgType.ACK && m.type !== MsgType.ERROR) continue;
+        any = true;
         const p = slot.upSeq === undefined ? undefined : context.inflight.take(slot.upSeq);
+        if (trial && trial.upSeq !== undefined && slot.upSeq !== undefined && slot.writeNo > trial.writeNo) trial.overtaken++;
         slot.upSeq = undefined;
         slot.served++;
         if (!p) {
@@ -196,25 +278,59 @@ export const upstreamJsonMachine = setup({
         context.resent.delete(p.upSeq);
         settle(context, p.req, m, tally);
       }
-      if (!context.reuse) {
-        slot.conn.destroy();
-        context.slots.delete(slot.conn);
-      }
-      enqueue.assign({ answered: context.answered + tally.answered, consecutiveFailures: tally.failures, misses: tally.answered ? 0 : context.misses });
+      if (!any) return;
+      context.lastAnswerAt = now;
+      learnWidth(context, slot, now);
+      if (slot.closing || !context.reuse) closeGently(context, slot);
+      enqueue.assign({ answered: context.answered + tally.answered, consecutiveFailures: tally.failures, misses: 0, retryMs: DIAL_RETRY_FIRST_MS });
       const report = errorAnswersReport(context.member, self.id, tally);
       if (report) enqueue.sendParent(report);
     }),
     connDown: enqueueActions(({ context, event, enqueue, self }) => {
       assertEvent(event, 'CONN_DOWN');
+      const now = context.clock.now();
       if (!event.connected) {
-        // Any dial that fails means the listen port no longer takes connections.
-        enqueue.assign({ dialing: context.dialing - 1, gone: `its listen port ${context.host}:${context.port} refuses connections (${event.error})` });
+        enqueue.assign({ dialing: context.dialing - 1, trialDialing: false });
+        // Until it first accepts a connection, an old server may not listen yet: it sends its setup first.
+        const inWindow = !context.up && now < context.startedAt + context.limits.registrationWindowMs;
+        if (event.refused && !inWindow) {
+          // Nothing listens on the port any more: the server is gone (a restarted one sends its setup again).
+          enqueue.assign({ gone: `its listen port ${context.host}:${context.port} refuses connections` });
+          return;
+        }
+        if (!event.refused) {
+          // Not accepted in time (a full listen backlog, a hung machine): a miss, and a try again later.
+          const misses = context.misses + 1;
+          enqueue.assign({
+            misses,
+            consecutiveFailures: context.consecutiveFailures + 1,
+            gone: misses >= context.limits.missesToLeave ? `it did not accept a connection within ${context.tryTimeoutMs} ms (${misses} misses in a row)` : undefined,
+          });
+        } else {
+          context.logger.debug('old_server_not_listening', `Server id ${context.member} does not listen on ${context.host}:${context.port} yet (an old server sends its setup first); dialing again in ${context.retryMs} ms`, {
+            server: context.member, retryInMs: context.retryMs,
+          });
+        }
+        enqueue.sendTo('sockets', { type: 'WAKE_LATER', ms: context.retryMs });
+        enqueue.assign({ retryPending: true, wantStanding: true, retryMs: Math.min(context.retryMs * 2, DIAL_RETRY_MAX_MS) });
         return;
       }
       const slot = context.slots.get(event.conn);
       if (!slot) return;
       context.slots.delete(event.conn);
-      if (slot.upSeq === undefined) return;
+      if (context.trial === slot.conn) context.trial = undefined;
+      if (slot.upSeq === undefined) {
+        // The server closed the link's last connection: dial again, which also shows whether it
+        // still listens - at once after answers on it, else after a backoff (a server that
+        // accepts and closes must not make the link dial in a loop).
+        if (!context.reuse || context.dialing > 0 || [...context.slots.values()].some((s) => !s.closing)) return;
+        if (slot.served > 0) enqueue.assign({ wantStanding: true });
+        else {
+          enqueue.sendTo('sockets', { type: 'WAKE_LATER', ms: context.retryMs });
+          enqueue.assign({ retryPending: true, wantStanding: true, retryMs: Math.min(context.retryMs * 2, DIAL_RETRY_MAX_MS) });
+        }
+        return;
+      }
       if (slot.served > 0 && !context.resent.has(slot.upSeq)) {
         // A reused connection the server closed as the request went out: the server closes
         // its connections after answering, and never read the request. Send it again on a new
@@ -239,53 +355,69 @@ export const upstreamJsonMachine = setup({
       const expired = context.inflight.takeExpired(event.now);
       if (expired.length === 0) return;
       let misses = context.misses;
-      let onWire = 0;
+      const waited: ProxyRequest[] = [];
+      const unread: ProxyRequest[] = [];
+      const missed: ProxyRequest[] = [];
       for (const p of expired) {
         context.resent.delete(p.upSeq);
-        const waiting = context.queue.indexOf(p.upSeq);
-        if (waiting >= 0) {
-          context.queue.splice(waiting, 1);
+        const queued = context.queue.indexOf(p.upSeq);
+        if (queued >= 0) {
+          context.queue.splice(queued, 1);
+          waited.push(p.req);
           continue;
         }
-        misses++;
-        onWire++;
-        // A late answer on this connection would be taken for the next request's: close it.
         for (const slot of context.slots.values()) {
           if (slot.upSeq !== p.upSeq) continue;
-          slot.conn.destroy();
-          context.slots.delete(slot.conn);
+          // Evidence against the server only if it answered nothing of ours since this request went out.
+          if (context.lastAnswerAt < slot.writtenAt) {
+            misses++;
+            missed.push(p.req);
+          } else unread.push(p.req);
+          if (context.trial === slot.conn) trialFailed(context, event.now, context.lastAnswerAt >= slot.writtenAt);
+          // A late answer on this connection would be taken for the next request's: close it.
+          slot.upSeq = undefined;
+          closeGently(context, slot);
         }
       }
-      // Only tries the server received count against it; ones that waited for a connection did not reach it.
-      const failures = context.consecutiveFailures + onWire;
-      const gone = misses >= context.limits.missesToLeave ? `it stopped answering (${misses} tries in a row timed out)` : undefined;
+      const failures = context.consecutiveFailures + missed.length;
+      const gone = misses >= context.limits.missesToLeave ? `it stopped answering (${misses} tries in a row timed out with no answer from it meanwhile)` : undefined;
       enqueue.assign({ misses, consecutiveFailures: failures, gone });
-      enqueue.sendParent(retryReport(context.member, self.id, expired.map((p) => p.req), { code: ErrorCode.TIMEOUT, message: `server ${context.member} did not answer within ${context.tryTimeoutMs} ms` }, failures));
+      const within = `within ${context.tryTimeoutMs} ms`;
+      const reports: Array<[ProxyRequest[], string]> = [
+        [missed, `server ${context.member} did not answer ${within}`],
+        [unread, `server ${context.member} did not answer ${within}, though it answered others meanwhile (it serves ${context.width} connection(s) at once)`],
+        [waited, `server ${context.member} had no free connection ${within} (it serves ${context.width} connection(s) at once)`],
+      ];
+      for (const [reqs, message] of reports) {
+        if (reqs.length) enqueue.sendParent(retryReport(context.member, self.id, reqs, { code: ErrorCode.TIMEOUT, message }, failures));
+      }
     }),
+    wake: assign({ retryPending: false }),
     resetFailures: assign({ consecutiveFailures: 0 }),
-    probeDue: assign({ probeLater: false }),
-    /** Put waiting requests on idle connections; dial more, up to the limit, for the rest. */
+    /**
+     * Put waiting requests on idle connections; decide whether the trial has
+     * shown a server that reads one connection less than we have open; dial
+     * what is wanted: connections the server is known to serve at once, one
+     * trial beyond them, or the link's one standing connection.
+     */
     dispatch: enqueueActions(({ context, enqueue }) => {
       if (context.gone) return;
-      for (const slot of context.slots.values()) {
-        if (context.queue.length === 0) break;
-        if (slot.upSeq === undefined) write(context, slot, context.queue.shift()!);
+      handOverIfStuck(context);
+      const active = placeRequests(context);
+      if (context.retryPending) return;
+      const open = active + context.dialing;
+      const want = context.queue.length - context.dialing;
+      let dials = Math.max(0, Math.min(want, Math.min(context.width, context.limits.connections) - open));
+      let trial = false;
+      if (dials === 0 && want > 0 && context.reuse && open >= context.width && open < context.limits.connections
+        && context.trial === undefined && !context.trialDialing && context.clock.now() >= context.nextTrialAt) {
+        dials = 1;
+        trial = true;
       }
-      let dials = Math.min(context.queue.length - context.dialing, context.limits.connections - context.slots.size - context.dialing);
-      // With nothing open any more, check that the port still answers: at once, or (at most
-      // once per try timeout) later - a dial can land just before a dying server's port closes.
-      const now = context.clock.now();
-      if (dials <= 0 && context.slots.size === 0 && context.dialing === 0) {
-        const wait = context.lastProbe + context.tryTimeoutMs - now;
-        if (wait <= 0) dials = 1;
-        else if (!context.probeLater) {
-          enqueue.sendTo('sockets', { type: 'PROBE_LATER', ms: wait });
-          enqueue.assign({ probeLater: true });
-        }
-      }
-      if (dials <= 0) return;
+      if (dials === 0 && open === 0 && context.wantStanding) dials = 1;
+      if (dials === 0) return;
       for (let i = 0; i < dials; i++) enqueue.sendTo('sockets', { type: 'DIAL' });
-      enqueue.assign({ dialing: context.dialing + dials, lastProbe: now });
+      enqueue.assign({ dialing: context.dialing + dials, wantStanding: false, trialDialing: trial || context.trialDialing });
     }),
     /** The server is gone: every unfinished request goes back to the proxy with the reason. */
     notifyDown: sendParent(({ context, self }) => {
@@ -317,21 +449,29 @@ export const upstreamJsonMachine = setup({
   context: ({ input, self }) => {
     const inflight = new Inflight<ProxyRequest>(input.busy, self);
     return {
-    ...input,
-    traffic: new JsonLinkPort(inflight, self),
-    limits: { ...OLD_SERVER_DEFAULTS, ...input.old },
-    slots: new Map(),
-    dialing: 1, // the socket actor dials once at start
-    inflight,
-    queue: [],
-    reuse: true,
-    resent: new Set(),
-    up: false,
-    misses: 0,
-    consecutiveFailures: 0,
-    lastProbe: -Infinity,
-    probeLater: false,
-    answered: 0,
+      ...input,
+      traffic: new JsonLinkPort(inflight, self),
+      limits: { ...OLD_SERVER_DEFAULTS, ...input.old },
+      startedAt: input.clock.now(),
+      slots: new Map(),
+      dialing: 1, // the socket actor dials the link's first connection at start
+      wantStanding: false,
+      retryPending: false,
+      retryMs: DIAL_RETRY_FIRST_MS,
+      inflight,
+      queue: [],
+      width: 1,
+      trialDialing: false,
+      nextTrialAt: -Infinity,
+      trialBackoffMs: TRIAL_FIRST_MS,
+      writes: 0,
+      lastAnswerAt: -Infinity,
+      reuse: true,
+      resent: new Set(),
+      up: false,
+      misses: 0,
+      consecutiveFailures: 0,
+      answered: 0,
     };
   },
   invoke: {
@@ -370,12 +510,126 @@ export const upstreamJsonMachine = setup({
   },
 });
 
+/** One whole request in one write, on a connection that carries nothing else. */
 function write(context: UpstreamJsonContext, slot: Slot, upSeq: number): void {
   const p = context.inflight.peek(upSeq);
   if (!p) return;
   slot.upSeq = upSeq;
+  slot.writtenAt = context.clock.now();
+  slot.writeNo = ++context.writes;
   if (context.logger.enabled('info')) logForward(context, p.req);
   slot.conn.send(p.req.msg, upSeq);
+}
+
+/**
+ * FIN, never RST: an old server that finds a connection reset breaks for
+ * good. The connection leaves the link; its socket lives on until the server
+ * closes its side (a late answer on it is read and dropped).
+ */
+function closeGently(context: UpstreamJsonContext, slot: Slot): void {
+  context.slots.delete(slot.conn);
+  if (context.trial === slot.conn) context.trial = undefined;
+  slot.conn.endWith();
+}
+
+/**
+ * After an answer on `slot`: the server has shown it serves as many
+ * connections at once as are open and answered. A trial answered that way
+ * widens the link; a trial answered only after the link gave up another
+ * connection for it showed the width was right, for now.
+ */
+function learnWidth(context: UpstreamJsonContext, slot: Slot, now: number): void {
+  let answeredOpen = 0;
+  for (const s of context.slots.values()) if (s.served > 0) answeredOpen++;
+  if (answeredOpen > context.width) {
+    context.width = Math.min(answeredOpen, context.limits.connections);
+    context.nextTrialAt = now;
+    context.trialBackoffMs = TRIAL_FIRST_MS;
+    context.logger.info('old_server_width', `Server id ${context.member} answers ${context.width} connections at once: the proxy uses up to ${context.width} (at most ${context.limits.connections})`, {
+      server: context.member, connections: context.width, max: context.limits.connections,
+    });
+  } else if (context.trial === slot.conn) trialFailed(context, now, overtaken(context, slot));
+  if (context.trial === slot.conn) context.trial = undefined;
+}
+
+/** Whether requests written after the trial's were answered on other connections often enough to show the trial was not being read. */
+function overtaken(context: UpstreamJsonContext, trial: Slot): boolean {
+  return trial.overtaken >= OVERTAKEN_PER_CONNECTION * context.width;
+}
+
+/**
+ * The trial showed no more width than known. When others were answered
+ * meanwhile (`shown`), the next trial comes later each time, twice as late
+ * (up to TRIAL_MAX_MS); when it just ran out of work to tell, TRIAL_FIRST_MS later.
+ */
+function trialFailed(context: UpstreamJsonContext, now: number, shown: boolean): void {
+  if (shown && context.trialBackoffMs === TRIAL_FIRST_MS) {
+    context.logger.info('old_server_width', `Server id ${context.member} answered other connections while a new one waited: it serves ${context.width} connection(s) at once, and the proxy keeps to that (trying one more now and then)`, {
+      server: context.member, connections: context.width, max: context.limits.connections,
+    });
+  }
+  context.nextTrialAt = now + (shown ? context.trialBackoffMs : TRIAL_FIRST_MS);
+  if (shown) context.trialBackoffMs = Math.min(context.trialBackoffMs * 2, TRIAL_MAX_MS);
+  context.trial = undefined;
+}
+
+/**
+ * Put waiting requests on idle connections, and return how many connections
+ * are in use (not given up). Connections the server has answered on take
+ * requests, and so do the first ones it has not answered on yet, up to the
+ * number it is known to serve at once. Past that, one connection at a time
+ * carries a request as the trial; one left idle there is closed, since a
+ * one-at-a-time server that reaches it would wait on it, holding its lock.
+ */
+function placeRequests(context: UpstreamJsonContext): number {
+  let active = 0;
+  let trusted = 0;
+  for (const s of context.slots.values()) {
+    if (s.closing) continue;
+    active++;
+    if (s.served > 0) trusted++;
+  }
+  let allowance = context.width - trusted;
+  for (const slot of [...context.slots.values()]) {
+    if (slot.closing) continue;
+    const idle = slot.upSeq === undefined;
+    if (slot.served > 0 || allowance-- > 0) {
+      if (idle && context.queue.length) write(context, slot, context.queue.shift()!);
+      continue;
+    }
+    if (!idle) continue; // the trial, on its way
+    if (context.queue.length && (context.trial === undefined || context.trial === slot.conn)) {
+      context.trial = slot.conn;
+      write(context, slot, context.queue.shift()!);
+      continue;
+    }
+    closeGently(context, slot);
+    active--;
+  }
+  return active;
+}
+
+/**
+ * The trial carries a request the server has not read, while other
+ * connections keep being answered (or have nothing more to do): a server that
+ * serves fewer connections than are open reads the trial only once one is
+ * closed. Give one up - an idle one now, else the next to be answered.
+ */
+function handOverIfStuck(context: UpstreamJsonContext): void {
+  const trial = context.trial && context.slots.get(context.trial);
+  if (!trial || trial.upSeq === undefined || trial.served > 0) return;
+  let othersBusy = false;
+  let victim: Slot | undefined;
+  for (const s of context.slots.values()) {
+    if (s === trial) continue;
+    if (s.closing) return; // already given up for it
+    if (s.upSeq !== undefined) othersBusy = true;
+    if (s.served > 0 && (!victim || (victim.upSeq !== undefined && s.upSeq === undefined))) victim = s;
+  }
+  const nothingElse = !othersBusy && context.queue.length === 0;
+  if (!victim || !(overtaken(context, trial) || nothingElse)) return;
+  victim.closing = true;
+  if (victim.upSeq === undefined) closeGently(context, victim);
 }
 
 export type UpstreamJsonRef = ActorRefFrom<typeof upstreamJsonMachine>;

@@ -100,7 +100,7 @@ test('the encoder writes the old shapes byte for byte', () => {
   assert.is(encodeJson({ type: 0, seq: 5, srcid: '1', privPoliId: '111', payload: 'xyz1' }).toString(), data);
   assert.is(
     encodeJson({ type: 3, seq: 2, code: 'NO_SERVER', message: 'no server is registered for privacy policy 9' }).toString(),
-    '{"type": "3", "code": "NO_SERVER", "message": "no server is registered for privacy policy 9"}',
+    '{"type": "3", "code": "NO_SERVER", "message": "no server is registered for privacy policy 9", "payload": "NO_SERVER: no server is registered for privacy policy 9"}',
   );
 });
 

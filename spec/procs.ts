@@ -1,5 +1,6 @@
 /** Helpers to run `revproxy` as real processes in specs. */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { connect } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { freePort } from '../bench/procs.js';
@@ -22,9 +23,12 @@ export function revproxy(args: string[], opts: { env?: Record<string, string> } 
   return start(process.execPath, [BIN, ...args], opts);
 }
 
+/** Debian's interpreter when there is one (a version manager's `python3` shim costs a quarter of a second per start). */
+const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+
 /** Run one of the Python programs written for the specs (spec/fixtures/NAME.py). */
 export function python(name: string, args: string[]): Proc {
-  return start('python3', ['-u', fileURLToPath(new URL(`fixtures/${name}.py`, import.meta.url)), ...args]);
+  return start(PYTHON, ['-u', fileURLToPath(new URL(`fixtures/${name}.py`, import.meta.url)), ...args]);
 }
 
 function start(command: string, args: string[], opts: { env?: Record<string, string> } = {}): Proc {

@@ -192,7 +192,9 @@ export function encodeJson(msg: Message): Buffer {
       text = `{"type": "2", "srcid": ${q(msg.srcid)}, "destid": ${q(msg.destid)}, "payloadsize": ${msg.payloadsize}, "payload": ${q(msg.payload)}}`;
       break;
     case MsgType.ERROR:
-      text = `{"type": "3", "code": ${q(msg.code)}, "message": ${q(msg.message)}}`;
+      // The reason again as `payload`: the old client prints the payload of whatever it gets
+      // (and would end in a KeyError without one), then says the hash is not correct.
+      text = `{"type": "3", "code": ${q(msg.code)}, "message": ${q(msg.message)}, "payload": ${q(`${msg.code}: ${msg.message}`)}}`;
       break;
     case MsgType.PING:
     case MsgType.PONG:
