@@ -158,7 +158,7 @@ const jsonSockets = fromCallback<{ type: 'DIAL' } | { type: 'WAKE_LATER'; ms: nu
   let later: Timer | undefined;
   const dial = (): void => {
     const socket = input.connect(input.host, input.port);
-    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'json', holdReadsWhenCongested: false });
+    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'json', holdReadsWhenCongested: false, clock: input.clock });
     conns.add(conn);
     let connected = false;
     let done = false;
