@@ -6,6 +6,7 @@
  *      \--CONNECT_FAILED--> done (every packet marked failed)
  */
 import { assign, fromCallback, setup, type ActorRefFrom } from 'xstate';
+import { LocalCode, type ClientCode, type ErrorCode } from '../transport/errors.js';
 import { MsgType, type DataMsg, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
 import { describeTlsError, dial, readyEvent, type TlsMaterial } from '../transport/tls.js';
@@ -49,8 +50,8 @@ export interface Result {
   server?: string;
   hash?: string;
   correct?: boolean;
-  /** Error code when no ack came: a proxy error code, or CLIENT_TIMEOUT / CONNECTION_LOST / CONNECT_FAILED. */
-  error?: string;
+  /** Error code when no ack came: the proxy's (from its ERROR answer), or the client's own CLIENT_TIMEOUT / CONNECTION_LOST / CONNECT_FAILED. */
+  error?: ErrorCode | ClientCode;
   message?: string;
   latencyMs?: number;
 }
@@ -196,8 +197,8 @@ export const clientMachine = setup({
       const timeout = context.opts.timeoutMs ?? 5000;
       const now = context.clock.now();
       context.sentAt.forEach((sent, i) => {
-        if (sent !== undefined && now - sent >= timeout && settle(context, i, { error: 'CLIENT_TIMEOUT', message: `no answer within ${timeout} ms` })) {
-          context.logger.error('request_failed', `Request ${i} got no answer within ${timeout} ms`, { seq: i, code: 'CLIENT_TIMEOUT' });
+        if (sent !== undefined && now - sent >= timeout && settle(context, i, { error: LocalCode.CLIENT_TIMEOUT, message: `no answer within ${timeout} ms` })) {
+          context.logger.error('request_failed', `Request ${i} got no answer within ${timeout} ms`, { seq: i, code: LocalCode.CLIENT_TIMEOUT });
         }
       });
       return { remaining: context.remaining, inflight: context.inflight, ...sendMore(context) };
@@ -223,7 +224,7 @@ export const clientMachine = setup({
     }),
     failRest: assign(({ context }) => {
       const why = context.lastError ?? 'stopped';
-      const code = context.results.some((r) => r.correct !== undefined) ? 'CONNECTION_LOST' : 'CONNECT_FAILED';
+      const code = context.results.some((r) => r.correct !== undefined) ? LocalCode.CONNECTION_LOST : LocalCode.CONNECT_FAILED;
       let failed = 0;
       for (const r of context.results) {
         if (!settled(r)) {

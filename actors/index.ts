@@ -4,6 +4,7 @@
  */
 import { createActor, toPromise, type InspectionEvent } from 'xstate';
 import { systemClock, xstateClock } from '../transport/clock.js';
+import { LocalCode, RevproxyError } from '../transport/errors.js';
 import { clientMachine, type ClientOptions, type Result } from './client.js';
 import { jsonRegistrations } from './json-registration.js';
 import { proxyMachine, type ProxyActor } from './proxy.js';
@@ -27,9 +28,10 @@ export interface Inspect {
   inspect?: (event: InspectionEvent) => void;
 }
 
-export class StartError extends Error {
+/** A proxy or server that could not start, and why (the CLI exits with 1). */
+export class StartError extends RevproxyError<typeof LocalCode.START_FAILED> {
   constructor(message: string) {
-    super(message);
+    super(LocalCode.START_FAILED, message);
     this.name = 'StartError';
   }
 }

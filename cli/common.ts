@@ -8,11 +8,12 @@ import { jsonSink, LEVELS, Logger, textSink, type Level, type LogSink } from '..
 import type { Packet } from '../actors/client.js';
 import type { Endpoint } from '../actors/server.js';
 import { MsgType, toMessage } from '../transport/messages.js';
+import { LocalCode, RevproxyError } from '../transport/errors.js';
 
 /** A CLI usage error: printed without a stack, exit code 2. */
-export class UsageError extends Error {
+export class UsageError extends RevproxyError<typeof LocalCode.BAD_USAGE> {
   constructor(message: string) {
-    super(message);
+    super(LocalCode.BAD_USAGE, message);
     this.name = 'UsageError';
   }
 }
@@ -22,9 +23,9 @@ export class UsageError extends Error {
  * not what it should be): one line that names the file, says why and what to
  * do; exit code 1, as for any failed start.
  */
-export class FileError extends Error {
+export class FileError extends RevproxyError<typeof LocalCode.BAD_FILE> {
   constructor(message: string) {
-    super(message);
+    super(LocalCode.BAD_FILE, message);
     this.name = 'FileError';
   }
 }

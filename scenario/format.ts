@@ -3,7 +3,7 @@
  * runner gets its types from it, and every refusal message names what these
  * schemas expect. docs/SCENARIOS.md describes the same format for people.
  */
-import { ERROR_CODES } from '../transport/errors.js';
+import { CLIENT_CODES, ERROR_CODES } from '../transport/errors.js';
 import {
   anything, dict, flag, fraction, lazy, list, located, name, object, oneOf, opt, refine, req, scalar, tagged, text, whole,
   type Field, type Infer, type Schema,
@@ -12,7 +12,7 @@ import {
 const ms = whole('milliseconds');
 
 /** Codes an answer can carry: the proxy's, and the client's own outcomes. */
-export const OUTCOME_CODES = [...ERROR_CODES, 'CLIENT_TIMEOUT', 'CONNECTION_LOST', 'CONNECT_FAILED'] as const;
+export const OUTCOME_CODES = [...ERROR_CODES, ...CLIENT_CODES] as const;
 const code = oneOf(OUTCOME_CODES);
 
 /**

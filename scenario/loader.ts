@@ -7,16 +7,17 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
+import { LocalCode, RevproxyError } from '../transport/errors.js';
 import { scenarioSpec, type Scenario, type Step } from './format.js';
 import { INVALID, type Issue, type ReadContext } from './schema.js';
 
 /** A file that cannot run, with every problem found in it. */
-export class ScenarioError extends Error {
+export class ScenarioError extends RevproxyError<typeof LocalCode.SCENARIO_INVALID> {
   constructor(
     readonly file: string,
     readonly issues: Issue[],
   ) {
-    super(issues.map((i) => `${file}:${i.line}:${i.col}: ${i.path ? `${i.path}: ` : ''}${i.message}`).join('\n'));
+    super(LocalCode.SCENARIO_INVALID, issues.map((i) => `${file}:${i.line}:${i.col}: ${i.path ? `${i.path}: ` : ''}${i.message}`).join('\n'));
     this.name = 'ScenarioError';
   }
 }

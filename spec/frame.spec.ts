@@ -2,7 +2,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Packr } from 'msgpackr';
 import { encodeFrame, FrameDecoder, nativeAcceleration } from '../transport/frame.js';
-import { ErrorCode } from '../transport/errors.js';
+import { ERROR_CODES, ErrorCode, LocalCode } from '../transport/errors.js';
 import type { Message } from '../transport/messages.js';
 
 const msgs: Message[] = [
@@ -95,6 +95,20 @@ for (const [name, buf, re] of badFrames) {
     assert.match(r.error!.message, re);
   });
 }
+
+test('an ERROR frame carrying a local code is refused with BAD_REQUEST: local codes never travel on the wire', () => {
+  for (const code of Object.values(LocalCode)) {
+    const r = new FrameDecoder().push(encodeFrame({ type: 3, seq: 1, code, message: 'from a peer' }));
+    assert.equal(r.messages, [], code);
+    assert.is(r.error?.code, ErrorCode.BAD_REQUEST, code);
+    assert.match(r.error!.message, new RegExp(`error code '${code}' is local`));
+  }
+  for (const code of ERROR_CODES) {
+    const r = new FrameDecoder().push(encodeFrame({ type: 3, seq: 1, code, message: 'from a peer' }));
+    assert.equal(r.messages, [{ type: 3, seq: 1, code, message: 'from a peer' }], `the wire code ${code} is taken`);
+  }
+  assert.equal(ERROR_CODES.filter((c) => (Object.values(LocalCode) as string[]).includes(c)), [], 'no code is both');
+});
 
 test('__proto__ keys cannot pollute prototypes', () => {
   const body = Buffer.from('83a474797065 00 a3736571 01 a95f5f70726f746f5f5f 81a178a179'.replace(/ /g, ''), 'hex');

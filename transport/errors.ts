@@ -1,7 +1,17 @@
 /**
- * Error codes are part of the protocol: they travel in ERROR frames, appear in
- * logs and metrics, and tests branch on them. Never rename one; add new ones.
+ * The error family: every error the project throws is a `RevproxyError` with
+ * a stable `code`. Codes come in two kinds, kept apart by type:
+ *
+ * - wire codes (`ErrorCode`) travel in ERROR frames. They are the only codes
+ *   a peer may send: `toMessage` refuses any other as BAD_REQUEST.
+ * - local codes (`LocalCode`) name failures reported on this side only (the
+ *   command line, starting, TLS files, timeouts, the client's own outcomes);
+ *   they never go on the wire.
+ *
+ * Codes appear in logs, metrics and tests and are never renamed; add new ones.
  */
+
+/** Codes that travel in ERROR frames (docs/PROTOCOL.md, "Error codes"). */
 export const ErrorCode = {
   /** No live server is registered for the packet's privacy policy. */
   NO_SERVER: 'NO_SERVER',
@@ -22,12 +32,60 @@ export const ErrorCode = {
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
+/** Every wire code: the set an ERROR frame's `code` is checked against. */
 export const ERROR_CODES: readonly ErrorCode[] = Object.values(ErrorCode);
 
-/** Base error: every failure the project raises carries a stable `code`. */
-export class RevproxyError extends Error {
-  readonly code: ErrorCode;
-  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+const wireCodes: ReadonlySet<string> = new Set(ERROR_CODES);
+
+/** Whether `code` may travel in an ERROR frame. */
+export function isWireCode(code: string): code is ErrorCode {
+  return wireCodes.has(code);
+}
+
+/** Codes of failures reported on this side only: never sent, refused when received. */
+export const LocalCode = {
+  /** The command line is wrong (exit code 2). */
+  BAD_USAGE: 'BAD_USAGE',
+  /** A proxy or server could not start (exit code 1). */
+  START_FAILED: 'START_FAILED',
+  /** A file given on the command line cannot be read or is not what it should be (exit code 1). */
+  BAD_FILE: 'BAD_FILE',
+  /** The TLS certificate, key or CA files cannot be used. */
+  TLS_CONFIG: 'TLS_CONFIG',
+  /** A connection was closed by this side: idle too long, or a message begun and not finished in time. */
+  CONNECTION_TIMEOUT: 'CONNECTION_TIMEOUT',
+  /** A scenario file cannot run. */
+  SCENARIO_INVALID: 'SCENARIO_INVALID',
+  /** The client's own outcome: no answer at all within its timeout. */
+  CLIENT_TIMEOUT: 'CLIENT_TIMEOUT',
+  /** The client's own outcome: the connection to the proxy was lost before the answer came. */
+  CONNECTION_LOST: 'CONNECTION_LOST',
+  /** The client's own outcome: no reverse proxy could be reached. */
+  CONNECT_FAILED: 'CONNECT_FAILED',
+} as const;
+export type LocalCode = (typeof LocalCode)[keyof typeof LocalCode];
+
+/** The client's own outcomes, beside the wire codes its answers carry: a request got no answer from the proxy. */
+export const CLIENT_CODES = [LocalCode.CLIENT_TIMEOUT, LocalCode.CONNECTION_LOST, LocalCode.CONNECT_FAILED] as const;
+export type ClientCode = (typeof CLIENT_CODES)[number];
+
+const localCodes: ReadonlySet<string> = new Set(Object.values(LocalCode));
+
+/** Whether `code` is a local code (so a peer that sends it is told so). */
+export function isLocalCode(code: string): code is LocalCode {
+  return localCodes.has(code);
+}
+
+/** Any code a `RevproxyError` carries. */
+export type Code = ErrorCode | LocalCode;
+
+/**
+ * Base error: every failure the project raises carries a stable `code`.
+ * Subclasses name one kind of failure each and fix its code.
+ */
+export class RevproxyError<C extends Code = Code> extends Error {
+  readonly code: C;
+  constructor(code: C, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = 'RevproxyError';
     this.code = code;
@@ -35,7 +93,7 @@ export class RevproxyError extends Error {
 }
 
 /** Bytes or a decoded value that break the protocol. The connection that sent them is closed. */
-export class ProtocolError extends RevproxyError {
+export class ProtocolError extends RevproxyError<ErrorCode> {
   constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
     super(code, message, options);
     this.name = 'ProtocolError';

@@ -3,7 +3,7 @@
  * JSON objects) decode into these types, and every decoded value goes through
  * `toMessage` before any actor sees it.
  */
-import { ErrorCode, ERROR_CODES, ProtocolError } from './errors.js';
+import { ErrorCode, isLocalCode, isWireCode, ProtocolError } from './errors.js';
 
 export const MsgType = {
   DATA: 0,
@@ -191,8 +191,8 @@ export function toMessage(value: unknown, opts: ValidateOptions = {}): Message {
       };
     case MsgType.ERROR: {
       const code = strField(o, 'code');
-      if (!(ERROR_CODES as readonly string[]).includes(code)) fail(`unknown error code '${code.slice(0, 40)}'`);
-      const m: ErrorMsg = { type: 3, code: code as ErrorCode, message: strField(o, 'message') };
+      if (!isWireCode(code)) fail(isLocalCode(code) ? `error code '${code}' is local to this side's programs and never travels on the wire` : `unknown error code '${code.slice(0, 40)}'`);
+      const m: ErrorMsg = { type: 3, code, message: strField(o, 'message') };
       const s = intField(o, 'seq', 0, MAX_SEQ, false);
       if (s !== undefined) m.seq = s;
       return m;

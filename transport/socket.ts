@@ -8,6 +8,7 @@ import { Observable } from 'rxjs';
 import { encodeFrame, FrameBuffer, FrameDecoder, type Decoder } from './frame.js';
 import { jsonWire } from './json.js';
 import { systemClock, type Clock, type Timer } from './clock.js';
+import { LocalCode, RevproxyError } from './errors.js';
 import type { Message } from './messages.js';
 import { SniffDecoder, type Wire } from './sniff.js';
 
@@ -41,9 +42,9 @@ export interface ConnectionOptions {
 }
 
 /** Why a connection was closed by us rather than by the peer. */
-export class ConnectionTimeout extends Error {
+export class ConnectionTimeout extends RevproxyError<typeof LocalCode.CONNECTION_TIMEOUT> {
   constructor(message: string) {
-    super(message);
+    super(LocalCode.CONNECTION_TIMEOUT, message);
     this.name = 'ConnectionTimeout';
   }
 }

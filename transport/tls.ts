@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { connect as netConnect, createServer as netServer, type Server, type Socket } from 'node:net';
 import { connect as tlsConnect, createSecureContext, createServer as tlsServer, TLSSocket } from 'node:tls';
+import { LocalCode, RevproxyError } from './errors.js';
 
 export interface TlsFiles {
   /** PEM certificate chain presented by this side. */
@@ -21,10 +22,11 @@ export interface TlsMaterial {
   ca?: Buffer;
 }
 
-export class TlsConfigError extends Error {
+/** TLS options or files that cannot be used: named, with what is wrong with them. */
+export class TlsConfigError extends RevproxyError<typeof LocalCode.TLS_CONFIG> {
   /** `usage`: the options do not fit together; `file`: a file cannot be read or is not what it should be. */
   constructor(message: string, readonly kind: 'usage' | 'file' = 'file') {
-    super(message);
+    super(LocalCode.TLS_CONFIG, message);
     this.name = 'TlsConfigError';
   }
 }
