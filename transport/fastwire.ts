@@ -15,53 +15,75 @@
  * `encodeHot` writes a DATA or ACK body straight into an outgoing buffer,
  * decoded by msgpackr as the same map (not necessarily msgpackr's own bytes:
  * integers and string headers may use a wider encoding).
+ *
+ * The limits and spellings checked here are the model's (messages.ts),
+ * imported, never restated.
  */
-import { MAX_SEQ, MsgType, type AckMsg, type DataMsg, type Message } from './messages.js';
+import { isIdValue, MAX_SEQ, MsgType, ownSpellingFirst, POLICY_KEY, type AckMsg, type DataMsg, type Message } from './messages.js';
 
-const MAX_ID_LENGTH = 256;
-
-// Keys the hot messages use, by their fixstr bytes. Anything else is skipped when its value is a scalar.
+// Keys the hot messages use. Anything else is skipped when its value is a scalar.
 const enum K {
   OTHER,
   TYPE,
   SEQ,
   SRCID,
   DESTID,
-  PRIV_POLI_ID,
-  PRIV_POLY_ID,
+  POLICY,
+  POLICY_OTHER,
   PAYLOAD,
   PAYLOADSIZE,
 }
 
-/** What a key's bytes name: compared byte by byte (unrolled), without making a string. */
-function keyAt(b: Uint8Array, at: number, len: number): K {
-  switch (len) {
-    case 3: // seq
-      return b[at] === 0x73 && b[at + 1] === 0x65 && b[at + 2] === 0x71 ? K.SEQ : K.OTHER;
-    case 4: // type
-      return b[at] === 0x74 && b[at + 1] === 0x79 && b[at + 2] === 0x70 && b[at + 3] === 0x65 ? K.TYPE : K.OTHER;
-    case 5: // srcid
-      return b[at] === 0x73 && b[at + 1] === 0x72 && b[at + 2] === 0x63 && b[at + 3] === 0x69 && b[at + 4] === 0x64 ? K.SRCID : K.OTHER;
-    case 6: // destid
-      return b[at] === 0x64 && b[at + 1] === 0x65 && b[at + 2] === 0x73 && b[at + 3] === 0x74 && b[at + 4] === 0x69 && b[at + 5] === 0x64 ? K.DESTID : K.OTHER;
-    case 7:
-      return isPayload(b, at) ? K.PAYLOAD : K.OTHER;
-    case 10: { // privPoliId, privPolyId
-      if (!(b[at] === 0x70 && b[at + 1] === 0x72 && b[at + 2] === 0x69 && b[at + 3] === 0x76 && b[at + 4] === 0x50 && b[at + 5] === 0x6f && b[at + 6] === 0x6c)) return K.OTHER;
-      if (b[at + 8] !== 0x49 || b[at + 9] !== 0x64) return K.OTHER;
-      const c = b[at + 7];
-      return c === 0x69 ? K.PRIV_POLI_ID : c === 0x79 ? K.PRIV_POLY_ID : K.OTHER;
-    }
-    case 11: // payloadsize
-      return isPayload(b, at) && b[at + 7] === 0x73 && b[at + 8] === 0x69 && b[at + 9] === 0x7a && b[at + 10] === 0x65 ? K.PAYLOADSIZE : K.OTHER;
-    default:
-      return K.OTHER;
-  }
+/** The keys' names: the model's fields (the compiler checks them against it), the policy's two spellings from messages.ts. */
+const KEY_NAMES: ReadonlyArray<readonly [K, keyof DataMsg | keyof AckMsg | typeof POLICY_KEY.SETUP]> = [
+  [K.TYPE, 'type'],
+  [K.SEQ, 'seq'],
+  [K.SRCID, 'srcid'],
+  [K.DESTID, 'destid'],
+  [K.POLICY, POLICY_KEY.DATA],
+  [K.POLICY_OTHER, POLICY_KEY.SETUP],
+  [K.PAYLOAD, 'payload'],
+  [K.PAYLOADSIZE, 'payloadsize'],
+];
+
+/**
+ * The keys by length, as little-endian 32-bit words of their bytes (the last
+ * one padded with zeros): a key is found by its length, then compared four
+ * bytes at a time with the one or two keys of that length, without making a string.
+ */
+const KEY_WORDS: Array<Int32Array | undefined> = [];
+const KEY_IDS: Array<K[] | undefined> = [];
+for (const [k, name] of KEY_NAMES) {
+  const n = name.length;
+  const words = new Int32Array(Math.ceil(n / 4));
+  for (let i = 0; i < n; i++) words[i >> 2]! |= name.charCodeAt(i) << (8 * (i & 3));
+  const had = KEY_WORDS[n];
+  KEY_WORDS[n] = had ? Int32Array.from([...had, ...words]) : words;
+  (KEY_IDS[n] ??= []).push(k);
 }
 
-/** `payload`, the first seven bytes of two keys. */
-function isPayload(b: Uint8Array, at: number): boolean {
-  return b[at] === 0x70 && b[at + 1] === 0x61 && b[at + 2] === 0x79 && b[at + 3] === 0x6c && b[at + 4] === 0x6f && b[at + 5] === 0x61 && b[at + 6] === 0x64;
+/** What a key's bytes name. */
+function keyAt(b: Uint8Array, at: number, len: number): K {
+  const ids = KEY_IDS[len];
+  if (ids === undefined) return K.OTHER;
+  const words = KEY_WORDS[len]!;
+  const per = (len + 3) >> 2;
+  for (let c = 0; c < ids.length; c++) if (same(b, at, len, words, c * per)) return ids[c]!;
+  return K.OTHER;
+}
+
+/** Whether the `len` bytes at `at` are those `words` hold from `w`. */
+function same(b: Uint8Array, at: number, len: number, words: Int32Array, w: number): boolean {
+  let i = 0;
+  for (; i + 4 <= len; i += 4, w++) {
+    if ((b[at + i]! | (b[at + i + 1]! << 8) | (b[at + i + 2]! << 16) | (b[at + i + 3]! << 24)) !== words[w]) return false;
+  }
+  switch (len - i) {
+    case 3: return (b[at + i]! | (b[at + i + 1]! << 8) | (b[at + i + 2]! << 16)) === words[w];
+    case 2: return (b[at + i]! | (b[at + i + 1]! << 8)) === words[w];
+    case 1: return b[at + i] === words[w];
+    default: return true;
+  }
 }
 
 // Short strings recur (ids, policies): kept by a hash of their bytes, so a repeat costs no allocation.
@@ -173,11 +195,7 @@ function scalar(buf: Uint8Array, end: number): boolean {
   return true;
 }
 
-function isId(v: string | number | undefined): v is string | number {
-  return typeof v === 'string' ? v.length > 0 && v.length <= MAX_ID_LENGTH : typeof v === 'number';
-}
-
-function isUint32(v: string | number | undefined): v is number {
+function isUint32(v: unknown): v is number {
   return typeof v === 'number' && v >= 0 && v <= MAX_SEQ;
 }
 
@@ -239,24 +257,24 @@ export function decodeHot(buf: Uint8Array, start: number, end: number): DataMsg 
       case K.SEQ: seq = v; break;
       case K.SRCID: srcid = v; break;
       case K.DESTID: destid = v; break;
-      case K.PRIV_POLI_ID: poli = v; break;
-      case K.PRIV_POLY_ID: poly = v; break;
+      case K.POLICY: poli = v; break;
+      case K.POLICY_OTHER: poly = v; break;
       case K.PAYLOAD: payload = v; break;
       case K.PAYLOADSIZE: size = v; break;
     }
   }
   if (pos !== end || odd) return undefined;
-  if (!isUint32(seq) || !isId(srcid) || typeof payload !== 'string') return undefined;
+  if (!isUint32(seq) || !isIdValue(srcid) || typeof payload !== 'string') return undefined;
   if (size !== undefined && !isUint32(size)) return undefined;
   if (type === MsgType.DATA) {
-    const policy = poli !== undefined ? poli : poly;
-    if (!isId(policy)) return undefined;
+    const policy = ownSpellingFirst(poli, poly);
+    if (!isIdValue(policy)) return undefined;
     const m: DataMsg = { type: 0, seq, srcid: idString(srcid), privPoliId: idString(policy), payload };
     if (size !== undefined) m.payloadsize = size;
     return m;
   }
   if (type === MsgType.ACK) {
-    if (!isId(destid)) return undefined;
+    if (!isIdValue(destid)) return undefined;
     return { type: 2, seq, srcid: idString(srcid), destid: idString(destid), payload, payloadsize: size ?? 0 };
   }
   return undefined;
@@ -284,7 +302,7 @@ const DATA_HEAD = fixed([...enc('type'), 0x00, ...enc('seq')]);
 const ACK_HEAD = fixed([...enc('type'), 0x02, ...enc('seq')]);
 const K_SRCID = fixed(enc('srcid'));
 const K_DESTID = fixed(enc('destid'));
-const K_POLI = fixed(enc('privPoliId'));
+const K_POLI = fixed(enc(POLICY_KEY.DATA));
 const K_PAYLOAD = fixed(enc('payload'));
 const K_SIZE = fixed(enc('payloadsize'));
 

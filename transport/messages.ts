@@ -60,7 +60,25 @@ export type Message = DataMsg | SetupMsg | AckMsg | ErrorMsg | PingMsg | PongMsg
 /** Largest seq value; seqs wrap to 0 after it. */
 export const MAX_SEQ = 0xffffffff;
 
-const MAX_ID_LENGTH = 256;
+/** Longest id (srcid, destid, policy, server id) accepted, in characters. */
+export const MAX_ID_LENGTH = 256;
+
+/**
+ * The privacy policy's field. DATA writes it `privPoliId`, SETUP `privPolyId`
+ * (the old programs' spellings); each message accepts the other spelling too,
+ * as some old programs wrote it, and its own wins when both are present.
+ */
+export const POLICY_KEY = { DATA: 'privPoliId', SETUP: 'privPolyId' } as const satisfies { DATA: keyof DataMsg; SETUP: keyof SetupMsg };
+
+/** The policy as a message reads it: under its own spelling when present, else under the other (see `POLICY_KEY`). */
+export function ownSpellingFirst<T>(own: T | undefined, other: T | undefined): T | undefined {
+  return own !== undefined ? own : other;
+}
+
+/** Whether `v` is a valid id value: a string of 1 to `MAX_ID_LENGTH` characters, or an integer written as a number. */
+export function isIdValue(v: unknown): v is string | number {
+  return typeof v === 'string' ? v.length > 0 && v.length <= MAX_ID_LENGTH : typeof v === 'number' && Number.isSafeInteger(v);
+}
 
 type Raw = Record<string, unknown>;
 
@@ -81,12 +99,9 @@ function own(o: Raw, key: string): unknown {
 /** An id-like field: a non-empty string, or a finite integer written as a number. */
 function idField(o: Raw, key: string): string {
   const v = own(o, key);
-  if (typeof v === 'string') {
-    if (v.length === 0) fail(`field '${key}' is empty`);
-    if (v.length > MAX_ID_LENGTH) fail(`field '${key}' is longer than ${MAX_ID_LENGTH} characters`);
-    return v;
-  }
-  if (typeof v === 'number' && Number.isSafeInteger(v)) return String(v);
+  if (isIdValue(v)) return typeof v === 'string' ? v : String(v);
+  if (v === '') fail(`field '${key}' is empty`);
+  if (typeof v === 'string') fail(`field '${key}' is longer than ${MAX_ID_LENGTH} characters`);
   if (v === undefined) fail(`missing field '${key}'`);
   fail(`field '${key}' must be a string, got ${describe(v)}`);
 }
@@ -120,9 +135,9 @@ function describe(v: unknown): string {
   return typeof v;
 }
 
-/** The key a field is written under: the usual spelling unless only the other one is present (so errors name the usual one). */
+/** The key the policy is read from: by `ownSpellingFirst`, and the usual spelling when neither is present (so errors name the usual one). */
 function spelling(o: Raw, usual: string, other: string): string {
-  return own(o, usual) === undefined && own(o, other) !== undefined ? other : usual;
+  return ownSpellingFirst(own(o, usual) === undefined ? undefined : usual, own(o, other) === undefined ? undefined : other) ?? usual;
 }
 
 function typeOf(o: Raw): number {
@@ -158,8 +173,7 @@ export function toMessage(value: unknown, opts: ValidateOptions = {}): Message {
         type: 0,
         seq: seq(),
         srcid: idField(o, 'srcid'),
-        // Clients write privPoliId; accept the setup spelling too, as some old clients did.
-        privPoliId: idField(o, spelling(o, 'privPoliId', 'privPolyId')),
+        privPoliId: idField(o, spelling(o, POLICY_KEY.DATA, POLICY_KEY.SETUP)),
         payload: strField(o, 'payload'),
       };
       const size = intField(o, 'payloadsize', 0, MAX_SEQ, false);
@@ -170,7 +184,7 @@ export function toMessage(value: unknown, opts: ValidateOptions = {}): Message {
       const m: SetupMsg = {
         type: 1,
         id: idField(o, 'id'),
-        privPolyId: idField(o, spelling(o, 'privPolyId', 'privPoliId')),
+        privPolyId: idField(o, spelling(o, POLICY_KEY.SETUP, POLICY_KEY.DATA)),
         listenport: intField(o, 'listenport', 1, 65535, true),
       };
       const token = own(o, 'token');
