@@ -1,16 +1,17 @@
 /**
  * What the hot codec costs per message: DATA and ACK frames, shaped as the
  * bench's load generator and servers send them, decoded by the fast scanner
- * (`transport/fastwire.ts`) and encoded into a connection's outgoing buffer
- * with a new seq, as the proxy does. One process, no sockets: nanoseconds
- * per message, best of the rounds.
+ * (`transport/fastwire.ts`), and encoded by the frame encoder into each of
+ * its two places: a connection's batch, with a new seq, as the proxy sends
+ * (`writeFrame`), and a buffer of its own (`encodeFrame`). One process, no
+ * sockets: nanoseconds per message, best of the rounds.
  *
  *   npx tsx bench/codec.ts [--rounds 5] [--frames 4096]
  */
 import { createHash } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { decodeHot } from '../transport/fastwire.js';
-import { encodeFrame, FrameBuffer } from '../transport/frame.js';
+import { encodeFrame, FrameBuffer, writeFrame } from '../transport/frame.js';
 import { MsgType, type Message } from '../transport/messages.js';
 import { DEFAULT_PAYLOADS } from './loadgen.js';
 
@@ -49,21 +50,27 @@ function nsPerMessage(work: () => void): number {
 }
 
 const out = new FrameBuffer();
-const best = { dataDecode: Infinity, ackDecode: Infinity, dataEncode: Infinity, ackEncode: Infinity };
+const best = { dataDecode: Infinity, ackDecode: Infinity, dataEncode: Infinity, ackEncode: Infinity, dataFresh: Infinity, ackFresh: Infinity };
 const dataMsgs = decodeAll(data);
 const ackMsgs = decodeAll(ack);
 let written = 0;
 const encodeAll = (msgs: Message[]) => (): void => {
-  for (let i = 0; i < msgs.length; i++) out.append(msgs[i]!, 5000 + i);
+  for (let i = 0; i < msgs.length; i++) writeFrame(msgs[i]!, out, 5000 + i);
   written += out.take().length;
+};
+const encodeEach = (msgs: Message[]) => (): void => {
+  for (let i = 0; i < msgs.length; i++) written += encodeFrame(msgs[i]!).length;
 };
 for (let r = 0; r < rounds; r++) {
   best.dataDecode = Math.min(best.dataDecode, nsPerMessage(() => void decodeAll(data)));
   best.ackDecode = Math.min(best.ackDecode, nsPerMessage(() => void decodeAll(ack)));
   best.dataEncode = Math.min(best.dataEncode, nsPerMessage(encodeAll(dataMsgs)));
   best.ackEncode = Math.min(best.ackEncode, nsPerMessage(encodeAll(ackMsgs)));
+  best.dataFresh = Math.min(best.dataFresh, nsPerMessage(encodeEach(dataMsgs)));
+  best.ackFresh = Math.min(best.ackFresh, nsPerMessage(encodeEach(ackMsgs)));
 }
 if (written === 0) throw new Error('nothing was encoded');
-console.log(`ns per message, best of ${rounds} rounds of ${frames} frames x 20:`);
-console.log(`  DATA  decode ${best.dataDecode.toFixed(0).padStart(4)}   encode ${best.dataEncode.toFixed(0).padStart(4)}`);
-console.log(`  ACK   decode ${best.ackDecode.toFixed(0).padStart(4)}   encode ${best.ackEncode.toFixed(0).padStart(4)}`);
+const ns = (v: number): string => v.toFixed(0).padStart(4);
+console.log(`ns per message, best of ${rounds} rounds of ${frames} frames x 20 (encode: into a connection's batch / into a buffer of its own):`);
+console.log(`  DATA  decode ${ns(best.dataDecode)}   encode ${ns(best.dataEncode)} / ${ns(best.dataFresh)}`);
+console.log(`  ACK   decode ${ns(best.ackDecode)}   encode ${ns(best.ackEncode)} / ${ns(best.ackFresh)}`);

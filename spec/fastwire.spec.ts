@@ -1,10 +1,11 @@
+import { execFileSync } from 'node:child_process';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import fc from 'fast-check';
 import { Packr, Unpackr } from 'msgpackr';
-import { ErrorCode, ProtocolError } from '../transport/errors.js';
+import { ERROR_CODES, ErrorCode, ProtocolError } from '../transport/errors.js';
 import { decodeHot, encodeHot, hotSize } from '../transport/fastwire.js';
-import { encodeFrame, FrameBuffer, FrameDecoder } from '../transport/frame.js';
+import { encodeFrame, FrameBuffer, FrameDecoder, writeFrame } from '../transport/frame.js';
 import { toMessage, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
 
 const packr = new Packr({ useRecords: false });
@@ -123,7 +124,7 @@ test('a frame buffer of mixed messages decodes to the same messages, in order', 
   fc.assert(
     fc.property(fc.array(fc.tuple(fc.oneof(hotMsg, other), fc.option(u32, { nil: undefined })), { maxLength: 40 }), (sends) => {
       const fb = new FrameBuffer();
-      for (const [m, seq] of sends) fb.append(m, seq);
+      for (const [m, seq] of sends) writeFrame(m, fb, seq);
       const expected = sends.map(([m, seq]) => toMessage(seq === undefined ? m : { ...m, seq }));
       const { messages, error } = new FrameDecoder().push(fb.take());
       assert.is(error, undefined);
@@ -133,6 +134,62 @@ test('a frame buffer of mixed messages decodes to the same messages, in order', 
     }),
     { numRuns: 300 },
   );
+});
+
+const id1 = fc.string({ minLength: 1, maxLength: 12 });
+const anyMessage: fc.Arbitrary<Message> = fc.oneof(
+  hotMsg,
+  fc.record({ type: fc.constant(1 as const), id: id1, privPolyId: id1, listenport: fc.integer({ min: 1, max: 65535 }), token: id1 }, { requiredKeys: ['type', 'id', 'privPolyId', 'listenport'] }),
+  fc.record({ type: fc.constant(3 as const), seq: u32, code: fc.constantFrom(...ERROR_CODES), message: text }, { requiredKeys: ['type', 'code', 'message'] }),
+  fc.record({ type: fc.constantFrom(4 as const, 5 as const), seq: u32 }),
+  fc.record({ type: fc.constant(6 as const), id: id1 }),
+);
+/** A message, or a value crafted from one: an extra key, or a field taken away (then it is not the model's shape). */
+const anyValue: fc.Arbitrary<Record<string, unknown>> = fc.oneof(
+  { weight: 4, arbitrary: anyMessage.map((m): Record<string, unknown> => ({ ...m })) },
+  fc.tuple(anyMessage, fc.constantFrom('x', 'extra', 'payloadsizes'), scalar).map(([m, k, v]) => ({ ...m, [k]: v })),
+  fc.tuple(anyMessage, fc.constantFrom('seq', 'payloadsize', 'srcid')).map(([m, k]) => {
+    const o: Record<string, unknown> = { ...m };
+    delete o[k];
+    return o;
+  }),
+);
+
+test('the frame encoder writes the same bytes into a buffer of its own as into a busy connection batch, and msgpackr reads them back as the value', () => {
+  fc.assert(
+    fc.property(fc.array(anyValue, { maxLength: 6 }), fc.boolean(), anyValue, fc.option(u32, { nil: undefined }), (earlier, takeBetween, v, seq) => {
+      // A batch that already holds frames (and, sometimes, has handed a batch over and carves the next one from the same buffer).
+      const batch = new FrameBuffer();
+      for (const e of earlier) writeFrame(e, batch);
+      if (takeBetween) batch.take();
+      const held = batch.length;
+      const before = structuredClone(v);
+      writeFrame(v, batch, seq);
+      assert.equal(v, before, 'the value itself is left alone');
+      const inBatch = batch.take().subarray(held);
+      const own = encodeFrame(v, seq);
+      assert.equal([...inBatch], [...own], 'the same bytes in either place');
+      const withSeq = seq === undefined ? v : { ...v, seq };
+      assert.equal([...own], [...encodeFrame(withSeq)], 'a seq given is written as the copy with that seq would be');
+      assert.is(own.readUInt32BE(0), own.length - 4);
+      assert.equal(unpackr.unpack(own.subarray(4)), withSeq);
+    }),
+    { numRuns: 2000 },
+  );
+});
+
+test('the codec builds no code from strings: it encodes and decodes under --disallow-code-generation-from-strings', () => {
+  const script = `
+    const { encodeFrame, FrameDecoder } = await import(${JSON.stringify(new URL('../transport/frame.ts', import.meta.url).href)});
+    const msgs = [
+      { type: 0, seq: 1, srcid: 'c', privPoliId: 'P', payload: 'x', payloadsize: 1 },
+      { type: 2, seq: 2, srcid: 's', destid: 'c', payload: 'h', payloadsize: 1 },
+      { type: 4, seq: 3 },
+    ];
+    const { messages, error } = new FrameDecoder().push(Buffer.concat(msgs.map((m) => encodeFrame(m))));
+    process.stdout.write(JSON.stringify({ same: JSON.stringify(messages) === JSON.stringify(msgs), error: error?.message }));`;
+  const out = execFileSync(process.execPath, ['--disallow-code-generation-from-strings', '--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8' });
+  assert.equal(JSON.parse(out), { same: true });
 });
 
 test.run();

@@ -1,12 +1,13 @@
 /**
  * The MessagePack frame codec: a 4-byte big-endian length, then one
- * MessagePack map. Pure: bytes in, messages out; no sockets here.
+ * MessagePack map. Pure: bytes in, messages out, and messages into frames
+ * (one encoder, whatever buffer it writes to); no sockets here.
  */
 import { Packr, Unpackr, isNativeAccelerationEnabled } from 'msgpackr';
 import { ErrorCode, ProtocolError, hexPreview } from './errors.js';
 import { decodeHot, encodeHot, hotSize } from './fastwire.js';
 import { recogniseForeign } from './foreign.js';
-import { toMessage, type Message } from './messages.js';
+import { toMessage, type AckMsg, type DataMsg, type Message } from './messages.js';
 
 export const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024;
 const HEADER = 4;
@@ -19,54 +20,111 @@ const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true });
 /** Whether msgpackr's native addon is in use (about 2.5x faster decoding). */
 export const nativeAcceleration = isNativeAccelerationEnabled;
 
-/** Encode one message as a length-prefixed frame. */
-export function encodeFrame(msg: Message | Record<string, unknown>): Buffer {
-  const body = packr.pack(msg);
-  const out = Buffer.allocUnsafe(HEADER + body.length);
-  out.writeUInt32BE(body.length, 0);
-  body.copy(out, HEADER);
-  return out;
+/**
+ * The frame encoder, the only one: writes `msg` as one frame at the end of
+ * `out`, with `seq` in place of its own when given (the message itself is
+ * never touched). DATA and ACK go through the fast writer (no intermediate
+ * body); anything else is packed by msgpackr and copied. The destination does
+ * not change the bytes: `encodeFrame` is this function writing into a fresh
+ * buffer, a connection's `send` is it writing into the connection's batch.
+ *
+ * @example
+ * const batch = new FrameBuffer();
+ * writeFrame({ type: 4, seq: 1 }, batch);
+ * socket.write(batch.take());
+ */
+export function writeFrame(msg: Message | Record<string, unknown>, out: FrameBuffer, seq?: number): void {
+  const room = hotSize(msg, seq);
+  if (room >= 0) {
+    const at = out.reserve(HEADER + room);
+    const buf = out.buffer;
+    const end = encodeHot(msg as DataMsg | AckMsg, seq ?? (msg as DataMsg | AckMsg).seq, buf, at + HEADER);
+    const len = end - at - HEADER;
+    buf[at] = len >>> 24;
+    buf[at + 1] = len >>> 16;
+    buf[at + 2] = len >>> 8;
+    buf[at + 3] = len;
+    out.commit(end);
+    return;
+  }
+  // Not a hot message: a copy carries the seq (rare).
+  const body = packr.pack(seq === undefined ? msg : { ...msg, seq });
+  const at = out.reserve(HEADER + body.length);
+  const buf = out.buffer;
+  buf.writeUInt32BE(body.length, at);
+  out.commit(at + HEADER + body.copy(buf, at + HEADER));
 }
 
 /**
- * Frames written straight into one growing buffer: what one connection sends
- * in one turn of the event loop. DATA and ACK are written by the fast encoder
- * (no intermediate body); other messages are packed by msgpackr and copied.
+ * One message as a frame in a buffer of its own: `writeFrame` into a fresh
+ * `FrameBuffer`, so the bytes are those a connection sends. Any value is
+ * accepted (specs and scenarios craft frames the model refuses); values that
+ * are not DATA or ACK in the model's shape are packed by msgpackr as they are.
+ */
+export function encodeFrame(msg: Message | Record<string, unknown>, seq?: number): Buffer {
+  const out = new FrameBuffer(0);
+  writeFrame(msg, out, seq);
+  const frame = out.take();
+  // Room is reserved for the worst case (three bytes a character, and spare room for a batch):
+  // a big frame left in a much bigger buffer moves to one of its own size, so it holds no more memory than it needs.
+  return frame.buffer.byteLength > 2 * frame.length + 8192 ? Buffer.from(frame) : frame;
+}
+
+/**
+ * Bytes written into one growing buffer and taken in batches: what one
+ * connection sends in one turn of the event loop (frames, or on the old wire
+ * JSON objects), or the single frame of `encodeFrame`. Writers `reserve` room,
+ * write into `buffer` from the offset it returned, and `commit` the end.
  */
 export class FrameBuffer {
   private buf?: Buffer;
-  /** Where the frames not yet taken begin in `buf` (a busy connection carves many batches from one buffer). */
+  /** Where the bytes not yet taken begin in `buf` (a busy connection carves many batches from one buffer). */
   private start = 0;
   private end = 0;
-  /** Size of the last batch taken: the next one starts with that much room. */
-  private hint = 512;
 
-  /** Bytes written and not yet taken (frames with their prefixes). */
+  /** @param hint Room the first batch starts with; the size of each batch taken sets the next one's. */
+  constructor(private hint = 512) {}
+
+  /** Bytes written and not yet taken. */
   get length(): number {
     return this.end - this.start;
   }
 
-  /** Append one message as a frame, with `seq` in place of its own when given. */
-  append(msg: Message, seq?: number): void {
-    const s = seq ?? (msg as { seq?: number }).seq ?? 0;
-    const room = hotSize(msg, s);
-    if (room >= 0) {
-      const at = this.reserve(HEADER + room);
-      const end = encodeHot(msg as Parameters<typeof encodeHot>[0], s, this.buf!, at + HEADER);
-      this.buf!.writeUInt32BE(end - at - HEADER, at);
-      this.end = end;
-      return;
-    }
-    // Not a hot message: a copy carries the seq (rare; the message itself is never touched).
-    const body = packr.pack(seq === undefined ? msg : { ...msg, seq });
-    const at = this.reserve(HEADER + body.length);
-    this.buf!.writeUInt32BE(body.length, at);
-    this.end = at + HEADER + body.copy(this.buf!, at + HEADER);
+  /** The buffer the last `reserve` made room in. */
+  get buffer(): Buffer {
+    return this.buf!;
+  }
+
+  /** Room for `n` more bytes; returns where they go in `buffer`. */
+  reserve(n: number): number {
+    const buf = this.buf;
+    if (buf && buf.length - this.end >= n) return this.end;
+    const pending = this.end - this.start;
+    const need = Math.max(this.hint, 2 * pending, pending + n);
+    // Small batches come from Node's shared pool; big ones carve several batches from one buffer.
+    const grown = Buffer.allocUnsafe(need <= 2048 ? need : Math.max(need, Math.min(8 * need, MAX_SLAB)));
+    if (buf && pending) buf.copy(grown, 0, this.start, this.end);
+    this.buf = grown;
+    this.start = 0;
+    this.end = pending;
+    return pending;
+  }
+
+  /** The bytes of `buffer` up to `end` are written. */
+  commit(end: number): void {
+    this.end = end;
+  }
+
+  /** Append bytes encoded elsewhere (the old wire's JSON). */
+  append(bytes: Uint8Array): void {
+    const at = this.reserve(bytes.length);
+    this.buf!.set(bytes, at);
+    this.end = at + bytes.length;
   }
 
   /**
-   * The frames written since the last take, in one buffer, handed over: the
-   * bytes are never written again (later frames go after them, or into a new buffer).
+   * The bytes written since the last take, in one buffer, handed over: they
+   * are never written again (later bytes go after them, or into a new buffer).
    */
   take(): Buffer {
     const buf = this.buf;
@@ -82,21 +140,6 @@ export class FrameBuffer {
   clear(): void {
     this.buf = undefined;
     this.start = this.end = 0;
-  }
-
-  /** Room for `n` more bytes; returns where they go. */
-  private reserve(n: number): number {
-    const buf = this.buf;
-    if (buf && buf.length - this.end >= n) return this.end;
-    const pending = this.end - this.start;
-    const need = Math.max(this.hint, 2 * pending, pending + n);
-    // Small batches come from Node's shared pool; big ones carve several batches from one buffer.
-    const grown = Buffer.allocUnsafe(need <= 2048 ? need : Math.max(need, Math.min(8 * need, MAX_SLAB)));
-    if (buf && pending) buf.copy(grown, 0, this.start, this.end);
-    this.buf = grown;
-    this.start = 0;
-    this.end = pending;
-    return pending;
   }
 }
 

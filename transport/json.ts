@@ -214,19 +214,26 @@ export function encodeJson(msg: Message): Buffer {
 const EMPTY = Buffer.alloc(0);
 
 /**
+ * One connection's JSON encoder: the bytes of `msg`, sent with `seq` in place
+ * of its own when given (the old wire does not write it; it decides the order).
+ */
+export type JsonEncoder = (msg: Message, seq?: number) => Buffer;
+
+/**
  * An encoder for one JSON connection that writes answers (ACK, ERROR with a
  * `seq`) in the order of the requests' numbers from a numbering
  * `JsonDecoder`: an answer that overtakes an earlier one is held until the
  * earlier one is written. Everything else is written at once.
  */
-export function orderedJsonEncoder(): (msg: Message) => Buffer {
+export function orderedJsonEncoder(): JsonEncoder {
   let next = 0;
   const held = new Map<number, Message>();
-  return (msg) => {
-    if ((msg.type !== MsgType.ACK && msg.type !== MsgType.ERROR) || msg.seq === undefined) return encodeJson(msg);
-    if (msg.seq !== next) {
-      // A copy: the sender may lend the message with a seq of the moment (Connection.send(msg, seq)).
-      held.set(msg.seq, { ...msg });
+  return (msg, seq) => {
+    if (msg.type !== MsgType.ACK && msg.type !== MsgType.ERROR) return encodeJson(msg);
+    const s = seq ?? msg.seq;
+    if (s === undefined) return encodeJson(msg);
+    if (s !== next) {
+      held.set(s, msg);
       return EMPTY;
     }
     const out = [encodeJson(msg)];
@@ -246,13 +253,13 @@ export function orderedJsonEncoder(): (msg: Message) => Buffer {
  * arrive and answered in that order) or the side that `asks` (dialed it: each
  * answer gets the seq of the oldest request sent and not yet answered).
  */
-export function jsonWire(maxFrameBytes: number | undefined, side: 'answers' | 'asks'): { decoder: JsonDecoder; encoder: (msg: Message) => Buffer } {
+export function jsonWire(maxFrameBytes: number | undefined, side: 'answers' | 'asks'): { decoder: JsonDecoder; encoder: JsonEncoder } {
   if (side === 'answers') return { decoder: new JsonDecoder({ maxFrameBytes, number: true }), encoder: orderedJsonEncoder() };
   const sent: number[] = [];
   return {
     decoder: new JsonDecoder({ maxFrameBytes, number: () => sent.shift() }),
-    encoder: (msg) => {
-      if (msg.type === MsgType.DATA) sent.push(msg.seq);
+    encoder: (msg, seq) => {
+      if (msg.type === MsgType.DATA) sent.push(seq ?? msg.seq);
       return encodeJson(msg);
     },
   };

@@ -4,15 +4,14 @@
  * the top of a length of at most 1 MiB, is 0x00). Pure: no sockets here.
  */
 import { FrameDecoder, type DecodeResult, type Decoder } from './frame.js';
-import { jsonWire, startsJson } from './json.js';
-import type { Message } from './messages.js';
+import { jsonWire, startsJson, type JsonEncoder } from './json.js';
 
 export type Wire = 'frames' | 'json';
 
 export interface SniffOptions {
   maxFrameBytes?: number;
   /** Told once, on the first byte, which wire the peer speaks and the encoder to answer it with. */
-  onWire?: (wire: Wire, encoder: ((msg: Message) => Buffer) | undefined) => void;
+  onWire?: (wire: Wire, encoder: JsonEncoder | undefined) => void;
 }
 
 /**
@@ -20,7 +19,7 @@ export interface SniffOptions {
  * reads the rest of the connection.
  *
  * @example
- * conn.decoder = new SniffDecoder({ onWire: (wire, enc) => { if (enc) conn.encoder = enc; } });
+ * const d = new SniffDecoder({ onWire: (wire, enc) => { if (wire === 'json') answerWith(enc!); } });
  */
 export class SniffDecoder implements Decoder {
   private inner?: Decoder;

@@ -5,25 +5,28 @@
  */
 import type { Socket } from 'node:net';
 import { Observable } from 'rxjs';
-import { encodeFrame, FrameBuffer, FrameDecoder, type Decoder } from './frame.js';
-import { jsonWire } from './json.js';
 import { systemClock, type Clock, type Timer } from './clock.js';
 import { LocalCode, RevproxyError } from './errors.js';
+import { FrameBuffer, FrameDecoder, writeFrame, type Decoder } from './frame.js';
+import { jsonWire, type JsonEncoder } from './json.js';
 import type { Message } from './messages.js';
 import { SniffDecoder, type Wire } from './sniff.js';
 
-/** Turns messages into the bytes of one wire. */
-export type Encoder = (msg: Message) => Buffer;
+/**
+ * How a connection turns messages into bytes, by wire: frames are written by
+ * the frame encoder straight into the connection's batch; the old JSON wire
+ * has an encoder per connection (it keeps answers in request order).
+ */
+type WireEncoder = { readonly wire: 'frames' } | { readonly wire: 'json'; readonly encode: JsonEncoder };
+
+const FRAMES: WireEncoder = { wire: 'frames' };
 
 export interface ConnectionOptions {
-  decoder?: Decoder;
-  encoder?: Encoder;
   maxFrameBytes?: number;
   /**
    * `frames` (default); the old `json` wire, on a connection this side dialed to
    * ask (answers are matched to its requests in order); or `sniff`, on an accepted
    * connection: the peer's first byte decides, and requests are answered in order.
-   * Ignored when `decoder` is given.
    */
   wire?: Wire | 'sniff';
   /** Close the connection after this long without any bytes from the peer (ms). 0 or absent: never. Changed later with `setIdleTimeout`. */
@@ -95,9 +98,8 @@ export class Connection {
   readonly id = nextConnId++;
   readonly socket: Socket;
   decoder: Decoder;
-  encoder: Encoder;
-  /** The wire this connection speaks; with `sniff`, `frames` until the first byte says otherwise. */
-  wire: Wire;
+  /** The wire this connection speaks and its encoder; with `sniff`, frames until the first byte says otherwise. */
+  private encoder: WireEncoder;
   readonly remoteAddress: string;
   readonly remotePort: number;
   /** Set once the connection is closing or closed: nothing more is sent on it. */
@@ -106,14 +108,10 @@ export class Connection {
   holdReadsWhenCongested: boolean;
   /** Reads so far: a cheap sign of life (a link that answers needs no PING to prove its server alive). */
   reads = 0;
-  /** Frames waiting for the end of this turn (when `framed`). */
-  private frames = new FrameBuffer();
-  /** Encoded messages waiting for the end of this turn (another wire's encoder). */
-  private out: Buffer[] = [];
-  private outCount = 0;
-  private outBytes = 0;
-  /** Whether the encoder is the frame encoder (so bodies are queued and framed at flush); a sniffed JSON peer turns it off. */
-  private framed: boolean;
+  /** Bytes waiting for the end of this turn: everything sent in it, encoded back to back. */
+  private batch = new FrameBuffer();
+  /** Messages sent since the last flush. */
+  private queued = 0;
   private pauses = 0;
   private readonly clock: Clock;
   /** When the peer last sent bytes (clock ms). */
@@ -126,21 +124,19 @@ export class Connection {
 
   constructor(socket: Socket, opts: ConnectionOptions = {}) {
     this.socket = socket;
-    this.wire = opts.wire === 'json' ? 'json' : 'frames';
-    this.encoder = opts.encoder ?? encodeFrame;
-    if (opts.decoder) this.decoder = opts.decoder;
-    else if (opts.wire === 'json') ({ decoder: this.decoder, encoder: this.encoder } = jsonWire(opts.maxFrameBytes, 'asks'));
-    else if (opts.wire === 'sniff') {
+    this.encoder = FRAMES;
+    if (opts.wire === 'json') {
+      const json = jsonWire(opts.maxFrameBytes, 'asks');
+      this.decoder = json.decoder;
+      this.encoder = { wire: 'json', encode: json.encoder };
+    } else if (opts.wire === 'sniff') {
       this.decoder = new SniffDecoder({
         maxFrameBytes: opts.maxFrameBytes,
-        onWire: (wire, encoder) => {
-          this.wire = wire;
-          if (encoder) this.encoder = encoder;
-          this.framed = this.encoder === encodeFrame;
+        onWire: (wire, encode) => {
+          if (wire === 'json' && encode) this.encoder = { wire, encode };
         },
       });
     } else this.decoder = new FrameDecoder({ maxFrameBytes: opts.maxFrameBytes });
-    this.framed = this.encoder === encodeFrame;
     this.holdReadsWhenCongested = opts.holdReadsWhenCongested ?? true;
     this.remoteAddress = socket.remoteAddress ?? 'unknown';
     this.remotePort = socket.remotePort ?? 0;
@@ -203,6 +199,11 @@ export class Connection {
     });
   }
 
+  /** The wire this connection speaks; with `sniff`, `frames` until the first byte says otherwise. */
+  get wire(): Wire {
+    return this.encoder.wire;
+  }
+
   /**
    * Close the connection after `ms` without bytes from the peer (0: never).
    * One timer, re-armed only when it fires: a read costs a clock read, not a
@@ -234,50 +235,26 @@ export class Connection {
    */
   send(msg: Message, seq?: number): boolean {
     if (this.closed || this.socket.destroyed) return false;
-    if (this.outCount === 0) {
+    if (this.queued++ === 0) {
       dirty.push(this);
       if (!flushScheduled && !together) {
         flushScheduled = true;
         setImmediate(flushAll);
       }
     }
-    if (this.framed) {
-      this.frames.append(msg, seq);
-      this.outCount++;
-      this.outBytes = this.frames.length;
-      return !this.congested;
-    }
-    let bytes: Buffer;
-    if (seq === undefined) bytes = this.encoder(msg);
-    else {
-      const m = msg as { seq?: number };
-      const own = m.seq;
-      m.seq = seq;
-      try {
-        bytes = this.encoder(msg);
-      } finally {
-        m.seq = own;
-      }
-    }
-    this.out[this.outCount++] = bytes;
-    this.outBytes += bytes.length;
+    const encoder = this.encoder;
+    if (encoder.wire === 'frames') writeFrame(msg, this.batch, seq);
+    else this.batch.append(encoder.encode(msg, seq));
     return !this.congested;
   }
 
   /** Hand what `send` queued to the socket now, in one write. */
   flush(): void {
-    const n = this.outCount;
-    if (n === 0) return;
-    let data: Buffer;
-    if (this.framed) data = this.frames.take();
-    else {
-      data = n === 1 ? this.out[0]! : Buffer.concat(this.out.slice(0, n), this.outBytes);
-      this.out.fill(undefined as unknown as Buffer, 0, n);
-      if (this.out.length > 1024) this.out = [];
-    }
-    this.outCount = 0;
-    this.outBytes = 0;
-    if (!this.socket.destroyed && !this.socket.write(data)) this.holdReadsUntilDrained();
+    if (this.queued === 0) return;
+    this.queued = 0;
+    const data = this.batch.take();
+    // A JSON answer held for an earlier one leaves nothing to write yet.
+    if (data.length > 0 && !this.socket.destroyed && !this.socket.write(data)) this.holdReadsUntilDrained();
   }
 
   private readsHeld = false;
@@ -295,7 +272,7 @@ export class Connection {
 
   /** Bytes accepted by `send` but not yet handed to the kernel. */
   get pendingBytes(): number {
-    return this.socket.writableLength + this.outBytes;
+    return this.socket.writableLength + this.batch.length;
   }
 
   /** Whether the socket's write buffer (with what waits for this turn's end) is over its high-water mark. */
@@ -326,9 +303,8 @@ export class Connection {
 
   destroy(err?: Error): void {
     this.closed = true;
-    this.outCount = 0;
-    this.outBytes = 0;
-    this.frames.clear();
+    this.queued = 0;
+    this.batch.clear();
     this.socket.destroy(err);
   }
 
