@@ -4,7 +4,7 @@
  * memory read from /proc.
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -52,26 +52,31 @@ const live = new Set<Child>();
 /**
  * Spawn a command with the soft descriptor limit raised to the hard one (a
  * child cannot go past the hard limit; a shell's `ulimit -Sn` can reach it).
+ * Its output is kept in memory (the last lines), or written to the file
+ * `output` when it writes a lot (a proxy logging every request): the bench
+ * process reading it would cost the load generator's CPU.
  */
-export function spawnChild(name: string, cmd: string, args: string[]): Child {
+export function spawnChild(name: string, cmd: string, args: string[], output?: string): Child {
+  const fd = output === undefined ? undefined : openSync(output, 'a');
   const proc = spawn('/bin/sh', ['-c', 'ulimit -Sn "$(ulimit -Hn)" 2>/dev/null; exec "$@"', 'sh', cmd, ...args], {
     cwd: ROOT,
     env: { ...process.env, NO_COLOR: '1' },
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: fd === undefined ? ['ignore', 'pipe', 'pipe'] : ['ignore', fd, fd],
   });
+  if (fd !== undefined) closeSync(fd);
   const lines: string[] = [];
   const keep = (t: Buffer): void => {
     lines.push(...t.toString('utf8').split('\n').filter(Boolean));
     if (lines.length > 20) lines.splice(0, lines.length - 20);
   };
-  proc.stdout!.on('data', keep);
-  proc.stderr!.on('data', keep);
+  proc.stdout?.on('data', keep);
+  proc.stderr?.on('data', keep);
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
   const child: Child = {
     name,
     proc,
     pid: proc.pid!,
-    tail: () => lines.join('\n'),
+    tail: () => (output === undefined ? lines.join('\n') : lastLines(output, 20)),
     async stop() {
       live.delete(child);
       if (proc.exitCode !== null || proc.signalCode !== null) return;
@@ -85,9 +90,36 @@ export function spawnChild(name: string, cmd: string, args: string[]): Child {
   return child;
 }
 
-/** `node cli/revproxy.js <args> --log-level warn` as its own process. */
-export function spawnRevproxy(name: string, args: string[], bin = BIN): Child {
-  return spawnChild(name, process.execPath, [...NODE_FLAGS, bin, ...args, '--log-level', 'warn', '--no-color']);
+/** The last `n` lines of a file (for error messages), or '' when it cannot be read. */
+function lastLines(file: string, n: number): string {
+  try {
+    return readFileSync(file, 'utf8').split('\n').filter(Boolean).slice(-n).join('\n');
+  } catch {
+    return '';
+  }
+}
+
+/** `node cli/revproxy.js <args> --log-level warn` as its own process (a `--log-level` in `args` wins: commander keeps the last). */
+export function spawnRevproxy(name: string, args: string[], bin = BIN, output?: string): Child {
+  const [command, ...rest] = args;
+  return spawnChild(name, process.execPath, [...NODE_FLAGS, bin, command!, '--log-level', 'warn', '--no-color', ...rest], output);
+}
+
+/**
+ * The long options `revproxy <command> --help` lists, each with how it takes
+ * a value ('<' required, '[' optional, '' none): what the checkout under
+ * test can do, so the bench measures what exists and names what does not.
+ */
+export function revproxyOptions(command: string, bin = BIN): Map<string, string> {
+  const out = new Map<string, string>();
+  let help = '';
+  try {
+    help = execFileSync(process.execPath, [bin, command, '--help'], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } });
+  } catch {
+    return out;
+  }
+  for (const m of help.matchAll(/^\s+(?:-\w, )?(--[a-z][a-z0-9-]*)(?: ([<[]))?/gm)) out.set(m[1]!, m[2] ?? '');
+  return out;
 }
 
 /** Stop every child still running (also on Ctrl-C). */
@@ -242,39 +274,53 @@ export function fdCount(pid: number): number {
 }
 
 /**
- * Watches one process during a workload: the highest RSS seen over the whole
- * workload (connection set-up included), and CPU (in cores) over the measured window.
+ * Watches processes during a cell: CPU seconds (user + system) of each group
+ * of processes over the measured window, and the highest RSS of one of them
+ * (the process under test) over the whole cell, connection set-up included.
+ * /proc counts CPU in clock ticks (10 ms here), so a 1 s window is good to
+ * about 1 % of a busy process.
  */
 export class ProcWatch {
-  private cpu0 = NaN;
+  private cpu0 = new Map<string, number>();
   private t0 = 0;
-  private cpu = NaN;
+  private readonly cpu = new Map<string, number>();
+  private seconds = NaN;
   private peak = 0;
-  private readonly timer: NodeJS.Timeout;
+  private readonly timer?: NodeJS.Timeout;
 
-  constructor(private readonly pid: number) {
-    this.sample();
-    this.timer = setInterval(() => this.sample(), 100);
+  constructor(
+    private readonly groups: Record<string, number[]>,
+    private readonly rssPid?: number,
+  ) {
+    if (rssPid !== undefined) {
+      this.sample();
+      this.timer = setInterval(() => this.sample(), 100);
+    }
   }
 
   private sample(): void {
-    const r = rssBytes(this.pid);
+    const r = rssBytes(this.rssPid!);
     if (r > this.peak) this.peak = r;
   }
 
+  private total(pids: number[]): number {
+    return pids.reduce((sum, pid) => sum + cpuSeconds(pid), 0);
+  }
+
   windowStart(): void {
-    this.cpu0 = cpuSeconds(this.pid);
+    for (const [g, pids] of Object.entries(this.groups)) this.cpu0.set(g, this.total(pids));
     this.t0 = performance.now();
   }
 
   windowEnd(): void {
-    this.cpu = (cpuSeconds(this.pid) - this.cpu0) / ((performance.now() - this.t0) / 1000);
+    this.seconds = (performance.now() - this.t0) / 1000;
+    for (const [g, pids] of Object.entries(this.groups)) this.cpu.set(g, this.total(pids) - this.cpu0.get(g)!);
   }
 
-  /** Stop watching. */
-  finish(): { cpu: number; peakRss: number } {
+  /** Stop watching: CPU seconds per group over the window, the window's length, and the peak RSS (bytes) when watched. */
+  finish(): { cpu: Record<string, number>; seconds: number; peakRss?: number } {
     clearInterval(this.timer);
-    this.sample();
-    return { cpu: this.cpu, peakRss: this.peak };
+    if (this.rssPid !== undefined) this.sample();
+    return { cpu: Object.fromEntries(this.cpu), seconds: this.seconds, peakRss: this.rssPid === undefined ? undefined : this.peak };
   }
 }

@@ -1,7 +1,7 @@
 /** The bench's progress display. */
 import cliProgress from 'cli-progress';
 
-/** Progress: a bar on a terminal, one line per step otherwise. */
+/** Progress: a bar on a terminal, one line per step otherwise. `grow` adds steps learnt on the way (a workload's cells once it is planned). */
 export function progress(enabled: boolean, total: number) {
   const live = { answered: 0, opened: 0 };
   const tty = enabled && process.stderr.isTTY;
@@ -24,6 +24,10 @@ export function progress(enabled: boolean, total: number) {
     advance() {
       done++;
       bar?.update(done);
+    },
+    grow(steps: number) {
+      total += steps;
+      bar?.setTotal(total);
     },
     stop() {
       if (timer) clearInterval(timer);

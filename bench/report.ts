@@ -1,10 +1,11 @@
-/** The report as people read it: the rows, the ratios, the routing comparison and the verdicts, as text or Markdown. */
+/** The report as people read it: the medians over the rounds, the ratios with their range, the routing comparison and the verdicts, as text or Markdown. */
 import type { LoadResult } from './loadgen.js';
-import type { BenchReport, Row, Target } from './types.js';
 import { fmtMs, fmtRate, MB } from './format.js';
-import { find } from './verdicts.js';
+import { ratioSpread } from './rounds.js';
+import type { BenchReport, Row, Subject, Summary } from './types.js';
+import { targetName } from './workloads.js';
 
-function errorsOf(r: LoadResult): string {
+function errorsOf(r: Pick<LoadResult, 'errors' | 'wrongHash'>): string {
   const n = Object.values(r.errors).reduce((a, b) => a + b, 0) + r.wrongHash;
   if (n === 0) return '0';
   const kinds = Object.entries(r.errors).map(([k, v]) => `${k} ${v}`);
@@ -18,47 +19,47 @@ function textTable(head: string[], rows: string[][], right: Set<number>): string
   return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
 }
 
-/** The report as people read it: results, ratios, targets. Markdown when `markdown`, for the README. */
+/** The report as people read it: medians over the rounds, ratios with their range, the targets. Markdown when `markdown`, for the README. */
 export function formatReport(rep: BenchReport, markdown = false): string {
-  const head = ['workload', 'target', 'requests/s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'errors', 'proxy CPU', 'proxy peak RSS'];
-  // The one-at-a-time variants show under the one-at-a-time rows.
-  const shown = [...rep.rows];
-  const v = rep.variants;
-  const extra = v ? [v.oneServer, v.busyPoll, v.haproxyBusy].filter((r): r is Row => r !== undefined) : [];
-  shown.splice(shown.map((r) => r.workload).lastIndexOf('serial') + 1, 0, ...extra);
-  const body = shown.map((r) => [
+  const head = ['workload', 'target', 'requests/s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'errors', 'CPU', 'CPU us/req', 'servers us/req', 'load gen us/req', 'peak RSS'];
+  const us = (v?: number): string => (v === undefined ? '-' : v.toFixed(2));
+  const body = rep.summary.map((r: Summary) => [
     r.label,
-    r.target === 'haproxy' ? 'HAProxy' : r.target === 'baseline' ? 'baseline proxy' : r.target === 'relay' ? 'bare Node relay' : r.target,
-    Math.round(r.result.rps).toLocaleString('en'),
-    fmtMs(r.result.latency.p50),
-    fmtMs(r.result.latency.p99),
-    fmtMs(r.result.latency.p999),
-    errorsOf(r.result),
+    targetName(r.target),
+    Math.round(r.rps.median).toLocaleString('en'),
+    fmtMs(r.p50.median),
+    fmtMs(r.p99.median),
+    fmtMs(r.p999.median),
+    errorsOf(r),
     r.proxyCpu === undefined ? '-' : `${Math.round(r.proxyCpu * 100)}%`,
+    us(r.cpuUs.underTest),
+    us(r.cpuUs.servers),
+    us(r.cpuUs.loadgen),
     r.peakRss === undefined ? '-' : `${(r.peakRss / MB).toFixed(0)} MB`,
   ]);
-  const withBase = rep.rows.some((r) => r.target === 'baseline');
-  const withRelay = rep.rows.some((r) => r.target === 'relay');
+  const has = (s: Subject): boolean => rep.rows.some((r) => r.subject === s);
+  const withBase = has('baseline');
+  const withRelay = has('relay');
   const ratioHead = [
     'workload', 'req/s proxy/direct', 'req/s proxy/HAProxy', 'p50 proxy/direct', 'p50 proxy/HAProxy',
     ...(withBase ? ['req/s proxy/baseline', 'p50 proxy/baseline'] : []),
-    ...(withRelay ? ['req/s relay/direct', 'req/s relay/HAProxy', 'p50 relay/HAProxy'] : []),
+    ...(withRelay ? ['req/s proxy/relay', 'req/s relay/direct', 'req/s relay/HAProxy', 'p50 relay/HAProxy'] : []),
   ];
-  const labels = [...new Set(rep.rows.map((r) => r.workload))];
-  const ratioRows = labels.map((w) => {
-    const get = (t: Target): Row | undefined => find(rep.rows, w, t);
-    const q = (a?: number, b?: number): string => (a !== undefined && b ? `${(a / b).toFixed(2)}x` : '-');
-    const p = get('proxy');
+  const rps = (r: Row): number => r.result.rps;
+  const p50 = (r: Row): number => r.result.latency.p50;
+  const ratioRows = [...new Set(rep.rows.map((r) => r.workload))].map((w) => {
+    const q = (a: Subject, b: Subject, figure: (r: Row) => number): string => {
+      const s = ratioSpread(rep.rows, w, a, b, figure);
+      return s ? `${s.median.toFixed(2)}x (${s.min.toFixed(2)}-${s.max.toFixed(2)})` : '-';
+    };
     return [
-      p?.label ?? w,
-      q(p?.result.rps, get('direct')?.result.rps),
-      q(p?.result.rps, get('haproxy')?.result.rps),
-      q(p?.result.latency.p50, get('direct')?.result.latency.p50),
-      q(p?.result.latency.p50, get('haproxy')?.result.latency.p50),
-      ...(withBase ? [q(p?.result.rps, get('baseline')?.result.rps), q(p?.result.latency.p50, get('baseline')?.result.latency.p50)] : []),
-      ...(withRelay
-        ? [q(get('relay')?.result.rps, get('direct')?.result.rps), q(get('relay')?.result.rps, get('haproxy')?.result.rps), q(get('relay')?.result.latency.p50, get('haproxy')?.result.latency.p50)]
-        : []),
+      rep.rows.find((r) => r.workload === w && r.subject === r.target)?.label ?? w,
+      q('proxy', 'direct', rps),
+      q('proxy', 'haproxy', rps),
+      q('proxy', 'direct', p50),
+      q('proxy', 'haproxy', p50),
+      ...(withBase ? [q('proxy', 'baseline', rps), q('proxy', 'baseline', p50)] : []),
+      ...(withRelay ? [q('proxy', 'relay', rps), q('relay', 'direct', rps), q('relay', 'haproxy', rps), q('relay', 'haproxy', p50)] : []),
     ];
   });
   const checkRows = rep.checks.map((c) => [c.pass === undefined ? (c.ratio === undefined ? 'n/a' : 'info') : c.pass ? 'PASS' : 'FAIL', c.what, c.detail]);
@@ -73,7 +74,13 @@ export function formatReport(rep: BenchReport, markdown = false): string {
       ]
     : [];
   const m = rep.machine;
-  const about = `${m.cpus} CPUs (${m.model}), Node ${m.node}, msgpackr native addon ${m.msgpackrNative ? 'on' : 'OFF'}${m.haproxy ? `, HAProxy ${m.haproxy}` : ', no HAProxy'}, ${rep.options.quick ? 'quick run' : 'full run'}: ${rep.options.durationMs / 1000} s measured per cell after ${rep.options.warmupMs / 1000} s warm-up`;
+  const o = rep.options;
+  const about = [
+    `${m.cpus} CPUs (${m.model}), Node ${m.node}, msgpackr native addon ${m.msgpackrNative ? 'on' : 'OFF'}${m.haproxy ? `, HAProxy ${m.haproxy}` : ', no HAProxy'}, ${o.quick ? 'quick run' : 'full run'}:`,
+    `${o.rounds} rounds per workload (targets in turn, the order rotated each round), ${o.durationMs / 1000} s measured per cell after ${o.warmupMs / 1000} s warm-up.`,
+    'Figures are medians over the rounds (errors: all rounds; peak RSS: the highest); ratios are taken inside each round, median (lowest-highest).',
+    'CPU: the process under test, in cores. us/req: CPU time per answered request from /proc, of the process under test, the servers together and the load generator.',
+  ].join(markdown ? ' ' : '\n');
   if (markdown) {
     const md = (h: string[], rows: string[][]): string =>
       [`| ${h.join(' | ')} |`, `|${h.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
@@ -92,9 +99,9 @@ export function formatReport(rep: BenchReport, markdown = false): string {
   return [
     about,
     '',
-    textTable(head, body, new Set([2, 3, 4, 5, 7, 8])),
+    textTable(head, body, new Set([2, 3, 4, 5, 7, 8, 9, 10, 11])),
     '',
-    textTable(ratioHead, ratioRows, new Set([1, 2, 3, 4, 5, 6])),
+    textTable(ratioHead, ratioRows, new Set(ratioHead.map((_, i) => i).slice(1))),
     ...(routingRows.length ? ['', textTable(['routing', 'rate', 'errors'], routingRows, new Set([1]))] : []),
     '',
     textTable(['', 'target', 'measured'], checkRows, new Set()),

@@ -1,20 +1,26 @@
 /**
  * The benchmark: the same workloads against the servers directly, through
- * the project's proxy, and through HAProxy in TCP mode, in one run on this
- * machine; a table, the ratios that matter, and the results as JSON.
+ * the project's proxy, through HAProxy in TCP mode and a bare Node relay, in
+ * rounds on this machine; medians, the ratios with their range, the verdicts,
+ * and every cell as JSON. This file keeps the order of the run; each step
+ * has a file of its own (topology, workloads, cells, rounds, verdicts, report).
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { cpus } from 'node:os';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { nativeAcceleration } from '../transport/frame.js';
-import { measure, routingEndToEnd, serialVariants, workloadConfig } from './cells.js';
+import { measureCell, routingEndToEnd } from './cells.js';
 import { runLoad } from './loadgen.js';
-import { fileLimits, findHaproxy, HAPROXY_INSTALL, haproxyVersion, stopAll } from './procs.js';
+import { fileLimits, findHaproxy, HAPROXY_INSTALL, haproxyVersion, revproxyOptions, stopAll } from './procs.js';
 import { progress } from './progress.js';
+import { runRounds, summarise } from './rounds.js';
 import { poolRoutingRates } from './routing.js';
-import { endpoints, PROXY_FLAGS, startTopology, watchedPid, type Topology } from './topology.js';
-import type { BenchOptions, BenchReport, Row, RoutingRun, SerialVariants } from './types.js';
+import { endpoints, PROXY_FLAGS, startTopology, type Topology } from './topology.js';
+import type { BenchOptions, BenchReport, Row, RoutingRun } from './types.js';
 import { checks } from './verdicts.js';
+import { firstAndLast, loggingMissing, planWorkload, slowServersMissing, targetName, type Capabilities } from './workloads.js';
+
+const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 300)); // let closed connections settle before the next cell
 
 export async function runBench(o: BenchOptions): Promise<BenchReport> {
   const notes: string[] = [`The proxies run with ${PROXY_FLAGS.join(' ')} (the defaults refuse part of 10,000 concurrent requests with OVERLOADED).`];
@@ -32,55 +38,74 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
   if (o.routing && routingMembers < o.registered) {
     notes.push(`Routing end to end uses ${routingMembers.toLocaleString('en')} registered servers, not ${o.registered.toLocaleString('en')}: the proxy holds a registration connection and an upstream link per server, and the hard limit is ${limits.hard} open files (raise it to ${2 * o.registered + 300} for the full count).`);
   }
+  // What this checkout can do: the workloads that need more are named in the notes and the verdicts, not failed.
+  const caps: Capabilities = { concurrency: revproxyOptions('server').has('--concurrency'), accessLog: revproxyOptions('proxy').get('--access-log') };
 
-  const likeForLike = o.workloads.includes('serial') && targets.includes('proxy') && targets.includes('haproxy');
-  const variantSteps = likeForLike ? (o.busyPollUs ? 3 : 1) : 0;
-  const steps = o.workloads.length * targets.length + variantSteps + (o.routing ? 3 : 0);
-  const bar = progress(o.progress, steps);
+  const bar = progress(o.progress, 2 + (o.routing ? 3 : 0));
   const rows: Row[] = [];
+  const tmpDir = mkdtempSync(join(tmpdir(), 'revproxy-bench-'));
   let routing: BenchReport['routing'];
-  let variants: SerialVariants | undefined;
   let topo: Topology | undefined;
   try {
     bar.step('starting proxy, servers' + (haproxyBin ? ' and HAProxy' : ''));
-    topo = await startTopology(haproxyBin, o.baseline, targets.includes('relay'));
-    // Warm every target's code paths (the JIT, connection set-up) so the first measured cell is not penalised.
+    topo = await startTopology({ haproxyBin, baselineDir: o.baseline, relay: targets.includes('relay'), slow: caps.concurrency && o.workloads.includes('slow-servers') });
+    bar.advance();
+    // Warm every target's code paths (the JIT, connection set-up) so the first round is not all cold.
     bar.step('warming up every target');
     for (const t of targets) {
       await runLoad({ target: endpoints(t, topo), connections: o.connections, depth: o.depth, durationMs: 300 });
       await runLoad({ target: endpoints(t, topo), connections: 1, depth: 1, durationMs: 200 });
       await runLoad({ target: endpoints(t, topo), connections: 1, depth: 1, perRequest: true, durationMs: 200 });
     }
+    bar.advance();
     for (const w of o.workloads) {
-      const { label, load } = workloadConfig(w, o);
-      for (const t of targets) {
-        bar.step(`${label} / ${t}`);
-        const watched = watchedPid(t, topo);
-        rows.push({ workload: w, label, target: t, ...(await measure(load, endpoints(t, topo), watched, bar.live)) });
-        bar.advance();
-        await new Promise((r) => setTimeout(r, 300)); // let closed connections settle before the next step
+      const plan = await planWorkload(w, { topo, o, targets, haproxyBin, caps, tmpDir, notes });
+      if (!plan) continue;
+      bar.grow(o.rounds * plan.subjects.length);
+      try {
+        await runRounds(
+          plan.subjects,
+          o.rounds,
+          async (s, round) => {
+            bar.step(`${s.label} / ${targetName(s.target)}, round ${round + 1} of ${o.rounds}`);
+            try {
+              rows.push(await measureCell(plan, s, round, bar.live));
+            } finally {
+              bar.advance();
+              await settle();
+            }
+          },
+          (s, err) => notes.push(`${s.label} / ${targetName(s.target)}: left out of the rounds after a failure (${firstAndLast(err)}).`),
+        );
+      } finally {
+        await plan.close();
       }
-      if (w === 'serial' && likeForLike) variants = await serialVariants(topo, haproxyBin!, load, o.busyPollUs, bar, notes);
     }
     if (o.routing) {
       topo.haproxy?.child.stop();
-      bar.step('routing: pool machine, 4 and 10,000 members');
-      const ms = Math.max(300, o.durationMs / 2);
-      const pool = poolRoutingRates([4, 10_000], ms);
-      bar.advance();
-      const endToEnd: RoutingRun[] = [];
-      for (const members of [4, routingMembers]) {
-        bar.step(`routing: through the proxy, ${members.toLocaleString('en')} registered servers`);
-        endToEnd.push(...(await routingEndToEnd(topo, members, o, bar.live)));
+      try {
+        bar.step('routing: pool machine, 4 and 10,000 members');
+        const ms = Math.max(300, o.durationMs / 2);
+        const pool = poolRoutingRates([4, 10_000], ms);
         bar.advance();
+        routing = { pool };
+        const endToEnd: RoutingRun[] = [];
+        for (const members of [4, routingMembers]) {
+          bar.step(`routing: through the proxy, ${members.toLocaleString('en')} registered servers`);
+          endToEnd.push(...(await routingEndToEnd(topo, members, o, bar.live)));
+          bar.advance();
+        }
+        routing = { pool, endToEnd };
+      } catch (err) {
+        notes.push(`Routing through the proxy: not measured (${firstAndLast(err)}).`);
       }
-      routing = { pool, endToEnd };
     }
   } finally {
     bar.stop();
     topo?.haproxy?.cleanup();
     topo?.baseline?.close();
     await stopAll();
+    rmSync(tmpDir, { recursive: true, force: true });
   }
   const report: BenchReport = {
     date: new Date().toISOString(),
@@ -95,9 +120,9 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
     options: o,
     notes,
     rows,
+    summary: summarise(rows),
     routing,
-    variants,
-    checks: checks(rows, routing, variants),
+    checks: checks(rows, routing, { slowServers: slowServersMissing(caps), logging: loggingMissing(caps) }),
   };
   mkdirSync(o.outDir, { recursive: true });
   const file = join(o.outDir, `bench-${report.date.replace(/[:.]/g, '-')}${o.quick ? '-quick' : ''}.json`);

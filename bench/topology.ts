@@ -1,7 +1,8 @@
 /**
  * The bench's topology: the proxy and four servers as processes, HAProxy,
- * a baseline proxy and the bare relay beside them, and where each target's
- * connections go.
+ * a baseline proxy and the bare relay beside them, the servers that work one
+ * request at a time when the checkout has them, proxies started beside the
+ * topology for one workload, and where each target's connections go.
  */
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,28 +21,60 @@ export const SERVERS = [
 export const POLICIES = ['111', '222'];
 
 /**
+ * Servers that work one request at a time, as the old system's did: four of
+ * one policy, each taking 1 ms per request. The work is a sleep, so the two
+ * cores stay free for the proxies under test.
+ */
+export const SLOW_POLICY = '333';
+export const SLOW_SERVERS = ['500', '600', '700', '800'].map((id) => ({ id, policy: SLOW_POLICY }));
+export const SLOW_FLAGS = ['--concurrency', '1', '--delay', '1'];
+
+/**
  * The proxy's own limits are sized for the many-connections workload (one
  * request in flight on each of 10,000 connections, over two servers per
  * policy); its defaults would answer part of them OVERLOADED by design.
  */
 export const PROXY_FLAGS = ['--max-server-inflight', '10000', '--queue-limit', '10000'];
+
+export interface Server {
+  id: string;
+  policy: string;
+  port: number;
+  child: Child;
+}
+
 export interface Topology {
   proxy: Child;
   proxyPort: number;
-  servers: Array<{ id: string; policy: string; port: number; child: Child }>;
+  /** The demo's four servers. */
+  servers: Server[];
+  /** The servers that work one request at a time; empty when this checkout's servers cannot. */
+  slow: Server[];
+  /** One frontend per policy (the slow policy's too). */
   haproxy?: { child: Child; ports: Map<string, number>; cleanup(): void };
   baseline?: { child: Child; port: number; close(): void };
   /** bench/bare-relay.mjs: the floor of a Node relay, for reference. */
   relay?: { child: Child; port: number };
 }
 
-/** Connection i asks for policy i mod 2; direct, it goes to that policy's servers in turn. */
-export function endpoints(t: Target, topo: Topology): (i: number) => LoadEndpoint {
-  const policyOf = (i: number): string => POLICIES[i % POLICIES.length]!;
+/** Which servers a workload loads: the demo's (policies 111 and 222), or the ones that work one at a time. */
+export type Pool = 'demo' | 'slow';
+
+const policiesOf = (pool: Pool): string[] => (pool === 'demo' ? POLICIES : [SLOW_POLICY]);
+
+/**
+ * Where connection i goes. Through a proxy it asks for policy i mod 2 (the
+ * slow pool: its one policy). Direct, the demo pool's connections go to their
+ * policy's servers in turn; the slow pool's connection i to slow server i mod 4.
+ */
+export function endpoints(t: Target, topo: Topology, pool: Pool = 'demo'): (i: number) => LoadEndpoint {
+  const policies = policiesOf(pool);
+  const policyOf = (i: number): string => policies[i % policies.length]!;
   if (t === 'proxy') return (i) => ({ host: HOST, port: topo.proxyPort, policy: policyOf(i) });
   if (t === 'haproxy') return (i) => ({ host: HOST, port: topo.haproxy!.ports.get(policyOf(i))!, policy: policyOf(i) });
   if (t === 'baseline') return (i) => ({ host: HOST, port: topo.baseline!.port, policy: policyOf(i) });
   if (t === 'relay') return (i) => ({ host: HOST, port: topo.relay!.port, policy: policyOf(i) });
+  if (pool === 'slow') return (i) => ({ host: HOST, port: topo.slow[i % topo.slow.length]!.port, policy: SLOW_POLICY });
   const byPolicy = new Map(POLICIES.map((p) => [p, topo.servers.filter((s) => s.policy === p)]));
   return (i) => {
     const policy = policyOf(i);
@@ -50,71 +83,114 @@ export function endpoints(t: Target, topo: Topology): (i: number) => LoadEndpoin
   };
 }
 
-export async function startTopology(haproxyBin: string | undefined, baselineDir?: string, withRelay = false): Promise<Topology> {
-  const proxyPort = await freePort();
-  const proxy = spawnRevproxy('proxy', ['proxy', '--port', String(proxyPort), ...PROXY_FLAGS]);
-  await waitForPort(proxyPort, proxy);
-  const servers = await Promise.all(
-    SERVERS.map(async (s) => {
-      const port = await freePort();
-      const child = spawnRevproxy(`server ${s.id}`, ['server', '--id', s.id, '--pp', s.policy, '--listen', String(port), '--revproc', String(proxyPort)]);
-      await waitForPort(port, child);
-      return { ...s, port, child };
-    }),
-  );
-  // Registration travels on its own connection: wait until every server answers through the proxy.
-  for (const p of POLICIES) {
-    const want = servers.filter((s) => s.policy === p).map((s) => s.id);
-    const until = Date.now() + 10000;
-    for (;;) {
-      const seen = await probe(proxyPort, p, want.length * 2).catch(() => new Set<string>());
-      if (want.every((id) => seen.has(id))) break;
-      if (Date.now() > until) throw new Error(`servers ${want.join(', ')} did not all register for policy ${p}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-  let haproxy: Topology['haproxy'];
-  if (haproxyBin) {
-    const ports = new Map<string, number>();
-    for (const p of POLICIES) ports.set(p, await freePort());
-    const h = startHaproxy(
-      haproxyBin,
-      POLICIES.map((p) => ({ policy: p, port: ports.get(p)!, servers: servers.filter((s) => s.policy === p) })),
-    );
-    for (const port of ports.values()) await waitForPort(port, h.child);
-    haproxy = { child: h.child, ports, cleanup: h.cleanup };
-  }
-  let baseline: Topology['baseline'];
-  if (baselineDir) {
-    // The same servers, registered with the baseline proxy by stand-ins that point at their ports.
-    const port = await freePort();
-    const child = spawnRevproxy('baseline proxy', ['proxy', '--port', String(port), ...PROXY_FLAGS], join(baselineDir, 'cli', 'revproxy.js'));
-    await waitForPort(port, child);
-    const regs = await Promise.all(servers.map((s) => registerMany(port, s.policy, [s.port], 1, `base${s.id}`)));
-    for (const p of POLICIES) await probe(port, p, 4);
-    baseline = { child, port, close: () => regs.forEach((r) => r.close()) };
-  }
-  let relay: Topology['relay'];
-  if (withRelay) {
-    const port = await freePort();
-    const pools = POLICIES.map((p) => `${p}:${servers.filter((s) => s.policy === p).map((s) => s.port).join(',')}`);
-    const child = spawnChild('bare relay', process.execPath, [fileURLToPath(new URL('../bench/bare-relay.mjs', import.meta.url)), String(port), ...pools]);
-    await waitForPort(port, child);
-    relay = { child, port };
-  }
-  return { proxy, proxyPort, servers, haproxy, baseline, relay };
-}
 /** The process under test for a target: the one whose CPU and memory are watched (none for direct). */
 export function watchedPid(t: Target, topo: Topology): number | undefined {
   return t === 'proxy' ? topo.proxy.pid : t === 'haproxy' ? topo.haproxy!.child.pid : t === 'baseline' ? topo.baseline!.child.pid : t === 'relay' ? topo.relay!.child.pid : undefined;
 }
 
-/** Wait until `members` servers answer for `policy` through the proxy on `port` (stand-ins register on connections of their own). */
+/** The server processes a pool's requests reach. */
+export function serverPids(topo: Topology, pool: Pool): number[] {
+  return (pool === 'demo' ? topo.servers : topo.slow).map((s) => s.child.pid);
+}
+
+async function startServers(list: Array<{ id: string; policy: string }>, proxyPort: number, flags: string[] = []): Promise<Server[]> {
+  return Promise.all(
+    list.map(async (s) => {
+      const port = await freePort();
+      const child = spawnRevproxy(`server ${s.id}`, ['server', '--id', s.id, '--pp', s.policy, '--listen', String(port), '--revproc', String(proxyPort), ...flags]);
+      await waitForPort(port, child);
+      return { ...s, port, child };
+    }),
+  );
+}
+
+export interface TopologyOptions {
+  haproxyBin?: string;
+  /** Another checkout whose proxy runs as the `baseline` target. */
+  baselineDir?: string;
+  relay: boolean;
+  /** Start the servers that work one request at a time (the checkout's `server` has --concurrency). */
+  slow: boolean;
+}
+
+export async function startTopology(o: TopologyOptions): Promise<Topology> {
+  const proxyPort = await freePort();
+  const proxy = spawnRevproxy('proxy', ['proxy', '--port', String(proxyPort), ...PROXY_FLAGS]);
+  await waitForPort(proxyPort, proxy);
+  const servers = await startServers(SERVERS, proxyPort);
+  const slow = o.slow ? await startServers(SLOW_SERVERS, proxyPort, SLOW_FLAGS) : [];
+  const all = [...servers, ...slow];
+  const policies = [...POLICIES, ...(slow.length ? [SLOW_POLICY] : [])];
+  // Registration travels on its own connection: wait until every server answers through the proxy.
+  for (const p of policies) await untilServed(proxyPort, p, all.filter((s) => s.policy === p).length);
+  let haproxy: Topology['haproxy'];
+  if (o.haproxyBin) {
+    const ports = new Map<string, number>();
+    for (const p of policies) ports.set(p, await freePort());
+    const h = startHaproxy(o.haproxyBin, policies.map((p) => ({ policy: p, port: ports.get(p)!, servers: all.filter((s) => s.policy === p) })));
+    for (const port of ports.values()) await waitForPort(port, h.child);
+    haproxy = { child: h.child, ports, cleanup: h.cleanup };
+  }
+  let baseline: Topology['baseline'];
+  if (o.baselineDir) {
+    const side = await startSideProxy('baseline proxy', [], all, { bin: join(o.baselineDir, 'cli', 'revproxy.js') });
+    baseline = { child: side.child, port: side.port, close: side.unregister };
+  }
+  let relay: Topology['relay'];
+  if (o.relay) {
+    const port = await freePort();
+    const pools = policies.map((p) => `${p}:${all.filter((s) => s.policy === p).map((s) => s.port).join(',')}`);
+    const child = spawnChild('bare relay', process.execPath, [fileURLToPath(new URL('../bench/bare-relay.mjs', import.meta.url)), String(port), ...pools]);
+    await waitForPort(port, child);
+    relay = { child, port };
+  }
+  return { proxy, proxyPort, servers, slow, haproxy, baseline, relay };
+}
+
+export interface SideProxy {
+  child: Child;
+  port: number;
+  /** Close the stand-ins' registrations. */
+  unregister(): void;
+  /** Unregister and stop the process. */
+  stop(): Promise<void>;
+}
+
+/**
+ * A proxy process beside the topology, serving the same servers: stand-ins
+ * register each one with it, pointing at the server's port (the data path is
+ * the same as a server's own registration). Resolves once every policy answers.
+ */
+export async function startSideProxy(name: string, flags: string[], servers: Server[], opts: { bin?: string; output?: string } = {}): Promise<SideProxy> {
+  const port = await freePort();
+  const child = spawnRevproxy(name, ['proxy', '--port', String(port), ...PROXY_FLAGS, ...flags], opts.bin, opts.output);
+  const regs: Array<{ close(): void }> = [];
+  const unregister = (): void => regs.forEach((r) => r.close());
+  try {
+    await waitForPort(port, child);
+    for (const s of servers) regs.push(await registerMany(port, s.policy, [s.port], 1, `side${s.id}`));
+    for (const p of new Set(servers.map((s) => s.policy))) await untilServed(port, p, servers.filter((s) => s.policy === p).length);
+  } catch (err) {
+    unregister();
+    await child.stop();
+    throw err;
+  }
+  return {
+    child,
+    port,
+    unregister,
+    async stop() {
+      unregister();
+      await child.stop();
+    },
+  };
+}
+
+/** Wait until `members` servers answer for `policy` through the proxy on `port` (servers and stand-ins register on connections of their own). */
 export async function untilServed(port: number, policy: string, members: number): Promise<void> {
-  const until = Date.now() + 10_000;
+  const until = Date.now() + 15_000;
   while ((await probe(port, policy, 2 * members).catch(() => new Set<string>())).size < members) {
-    if (Date.now() > until) throw new Error(`fewer than ${members} servers answered for policy ${policy} on port ${port} within 10 s`);
+    if (Date.now() > until) throw new Error(`fewer than ${members} servers answered for policy ${policy} on port ${port} within 15 s`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }
-

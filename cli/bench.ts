@@ -14,6 +14,7 @@ interface BenchFlags {
   quick?: boolean;
   duration?: number;
   warmup?: number;
+  rounds?: number;
   connections: number;
   depth: number;
   many: number;
@@ -61,15 +62,16 @@ function ensureFileLimit(need: number, argv: string[]): number | 'reran' {
 export function benchCommand(setExit: (code: number) => void): Command {
   return new Command('bench')
     .description('measure the proxy against the servers directly and against HAProxy (TCP mode), on this machine')
-    .option('--quick', 'a short run (under two minutes): 2 s per cell after 0.5 s warm-up')
-    .addOption(new Option('--duration <s>', 'measured seconds per workload and target (default 5, quick 2)').argParser(parseIntOption('--duration', 1)))
-    .addOption(new Option('--warmup <ms>', 'warm-up before each measurement, ms (default 1000, quick 500)').argParser(parseIntOption('--warmup', 0)))
+    .option('--quick', 'a short run (about 4 minutes): 3 rounds of 1 s cells after 0.3 s warm-up')
+    .addOption(new Option('--rounds <n>', 'rounds per workload: every target once per round, the order rotated each round (default 5, quick 3)').argParser(parseIntOption('--rounds', 3)))
+    .addOption(new Option('--duration <s>', 'measured seconds per cell (default 3, quick 1)').argParser(parseIntOption('--duration', 1)))
+    .addOption(new Option('--warmup <ms>', 'warm-up before each cell, ms (default 1000, quick 300)').argParser(parseIntOption('--warmup', 0)))
     .addOption(new Option('-c, --connections <n>', 'pipelined workload: client connections').default(8).argParser(parseIntOption('--connections', 1)))
     .addOption(new Option('-d, --depth <n>', 'pipelined workload: requests in flight per connection').default(32).argParser(parseIntOption('--depth', 1)))
     .addOption(new Option('--many <n>', 'many-connections workload: concurrent connections').default(10_000).argParser(parseIntOption('--many', 1)))
     .addOption(new Option('--registered <n>', 'routing comparison: registered servers, against 4').default(10_000).argParser(parseIntOption('--registered', 5)))
     .option('--workloads <list>', `comma-separated: ${WORKLOADS.join(', ')}`, WORKLOADS.join(','))
-    .option('--targets <list>', `comma-separated: ${TARGETS.join(', ')} (baseline needs --baseline; relay is bench/bare-relay.mjs, a bare Node relay for reference)`, 'direct,proxy,haproxy')
+    .option('--targets <list>', `comma-separated: ${TARGETS.join(', ')} (baseline needs --baseline; relay is bench/bare-relay.mjs, a bare Node relay for reference)`, 'direct,proxy,haproxy,relay')
     .option('--no-routing', 'skip the routing comparison (4 against 10,000 registered servers)')
     .option('--out <dir>', 'folder for the JSON results', DEFAULT_RESULTS_DIR)
     .option('--no-progress', 'no progress bar')
@@ -80,11 +82,17 @@ export function benchCommand(setExit: (code: number) => void): Command {
       'after',
       `
 Runs the proxy and four servers (policies 111 and 222) as separate processes
-with --log-level warn, and HAProxy when installed (${'apt-get install -y haproxy'}).
-Workloads: pipelined C x D, one at a time, a connection per request, and many
-concurrent connections. Prints requests/s, p50/p99/p99.9, the proxy's CPU and
-peak RSS, the ratios proxy/direct and proxy/HAProxy, and writes JSON under
-bench/results/. Figures are noisy on a shared machine: compare ratios inside one run.
+with --log-level warn, HAProxy when installed (apt-get install -y haproxy) and
+a bare Node relay; and four servers of policy 333 that work one request at a
+time (1 ms each) when this checkout's server has --concurrency.
+Workloads: pipelined C x D, one at a time, a connection per request, many
+concurrent connections, and 2x32 on the one-at-a-time servers. Each workload
+runs its targets in rounds (A B C, B C A, C A B, ...); figures are medians
+over the rounds, ratios are taken inside each round (median and range), and
+the verdicts judge medians. Also prints CPU per request of the proxy, HAProxy,
+the relay, the servers and the load generator (from /proc), and writes every
+cell as JSON under bench/results/. The load generator is the one
+\`revproxy load\` runs.
 
 Examples:
   npm run bench -- --quick
@@ -108,8 +116,9 @@ Examples:
       try {
         const report = await runBench({
           quick,
-          durationMs: (f.duration ?? (quick ? 2 : 5)) * 1000,
-          warmupMs: f.warmup ?? (quick ? 500 : 1000),
+          durationMs: (f.duration ?? (quick ? 1 : 3)) * 1000,
+          warmupMs: f.warmup ?? (quick ? 300 : 1000),
+          rounds: f.rounds ?? (quick ? 3 : 5),
           connections: f.connections,
           depth: f.depth,
           many,

@@ -7,6 +7,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { runLoad } from '../bench/loadgen.js';
 import type { Check, Row } from '../bench/types.js';
+import { ratioSpread, roundOrder, runRounds, spread, summarise } from '../bench/rounds.js';
 import { checks } from '../bench/verdicts.js';
 import { histogramsReady, LatencyHistogram } from '../bench/histogram.js';
 import { startStubServer, type StubServer } from '../bench/stub.js';
@@ -111,38 +112,149 @@ test('histogram quantiles are within 0.1% of the recorded values', async () => {
 
 test.run();
 
-const verdicts = suite('bench verdicts');
+const rounds = suite('bench rounds');
 
-function row(workload: Row['workload'], target: Row['target'], rps: number, p50: number, label: string = workload): Row {
-  const latency = { p50, p90: p50, p99: p50, p999: p50, mean: p50, max: p50, count: 1 };
-  return { workload, label, target, result: { sent: 1, ok: 1, wrongHash: 0, errors: {}, firstError: {}, connected: 1, windowMs: 1000, rps, latency } };
+rounds('each round runs every subject once, starting one place further on: A B C, B C A, C A B, A B C', () => {
+  assert.equal(roundOrder(['A', 'B', 'C'], 4), [['A', 'B', 'C'], ['B', 'C', 'A'], ['C', 'A', 'B'], ['A', 'B', 'C']]);
+  // Over as many rounds as subjects, each subject takes each place once (no target always runs first).
+  const order = roundOrder(['direct', 'proxy', 'haproxy', 'relay'], 4);
+  for (let place = 0; place < 4; place++) assert.is(new Set(order.map((r) => r[place])).size, 4);
+  for (const r of order) assert.is(new Set(r).size, 4);
+});
+
+rounds('runRounds measures in that order; a subject that fails is named once and left out of the rounds after', async () => {
+  const calls: string[] = [];
+  const dropped: string[] = [];
+  await runRounds(['A', 'B', 'C'], 3, async (s, r) => {
+    calls.push(`${s}${r}`);
+    if (s === 'B' && r === 1) throw new Error('B broke');
+  }, (s, err) => dropped.push(`${s}: ${(err as Error).message}`));
+  assert.equal(calls, ['A0', 'B0', 'C0', 'B1', 'C1', 'A1', 'C2', 'A2']);
+  assert.equal(dropped, ['B: B broke']);
+});
+
+rounds('the median of an odd count is the middle value, of an even count the mean of the middle two; with the lowest and highest', () => {
+  assert.equal(spread([3, 1, 2]), { median: 2, min: 1, max: 3, n: 3 });
+  assert.equal(spread([4, 1, 3, 2]), { median: 2.5, min: 1, max: 4, n: 4 });
+  assert.equal(spread([5, NaN]), { median: 5, min: 5, max: 5, n: 1 });
+  assert.is(spread([]), undefined);
+});
+
+function cell(workload: Row['workload'], subject: Row['subject'], round: number, rps: number, p50 = 1, extra: Partial<Row> = {}): Row {
+  const latency = { p50, p90: p50, p99: p50, p999: p50, mean: p50, max: p50, count: 1000 };
+  const target = subject.split(':')[0] as Row['target'];
+  return {
+    workload, label: workload, subject, target, round, cpuUs: {},
+    result: { sent: 1000, ok: 1000, wrongHash: 0, errors: {}, firstError: {}, connected: 1, windowMs: 1000, rps, latency },
+    ...extra,
+  };
 }
 
-verdicts('each target is judged from the ratio measured in the run; the one-at-a-time variants are information, not verdicts', () => {
+rounds('a ratio is taken inside each round, then its median: not the ratio of the medians', () => {
   const rows = [
-    row('pipelined', 'direct', 1000, 1),
-    row('pipelined', 'proxy', 800, 1),
-    row('pipelined', 'haproxy', 900, 1),
-    row('serial', 'proxy', 1, 0.15),
-    row('serial', 'haproxy', 1, 0.1),
+    cell('pipelined', 'proxy', 0, 100), cell('pipelined', 'direct', 0, 200),
+    cell('pipelined', 'proxy', 1, 90), cell('pipelined', 'direct', 1, 100),
+    cell('pipelined', 'proxy', 2, 200), cell('pipelined', 'direct', 2, 200),
   ];
-  const out = checks(rows, undefined, {
-    oneServer: row('serial', 'proxy', 1, 0.12, 'one at a time, one-server policy'),
-    busyPoll: row('serial', 'proxy', 1, 0.09, 'one at a time, --busy-poll 300'),
-    haproxyBusy: row('serial', 'haproxy', 1, 0.06, 'one at a time, busy-polling'),
-  });
-  const by = (what: string): Check => out.find((c) => c.what.startsWith(what))!;
-  assert.is(by('pipelined throughput, proxy / direct').pass, true);
-  assert.is(by('pipelined throughput, proxy / HAProxy').pass, false);
-  assert.is(by('one-at-a-time p50, proxy / HAProxy').pass, false);
-  const like = by('one-at-a-time p50, proxy on a one-server policy');
-  assert.is(like.pass, undefined);
-  assert.ok(Math.abs(like.ratio! - 1.2) < 1e-9);
-  assert.match(like.detail, '1.20x (0.120 vs 0.100 ms)');
-  assert.is(by('one-at-a-time p50, proxy --busy-poll 300 / HAProxy (').ratio?.toFixed(2), '0.90');
-  assert.is(by('one-at-a-time p50, proxy --busy-poll 300 / HAProxy busy-polling').ratio?.toFixed(2), '1.50');
+  // Per round 0.5, 0.9, 1.0; the medians alone (100 / 200) would say 0.5.
+  assert.equal(ratioSpread(rows, 'pipelined', 'proxy', 'direct', (r) => r.result.rps), { median: 0.9, min: 0.5, max: 1, n: 3 });
+  assert.is(ratioSpread(rows, 'serial', 'proxy', 'direct', (r) => r.result.rps), undefined);
+});
+
+rounds('the summary gives medians, errors summed over the rounds and the highest peak RSS', () => {
+  const rows = [0, 1, 2].map((r) => cell('many', 'proxy', r, [10, 30, 20][r]!, 1, { peakRss: [5, 9, 7][r]!, proxyCpu: [0.5, 0.7, 0.6][r]!, cpuUs: { underTest: [2, 4, 3][r]! } }));
+  rows[1]!.result.errors = { OVERLOADED: 2 };
+  rows[2]!.result.errors = { OVERLOADED: 1, NO_ANSWER: 1 };
+  const [s] = summarise(rows);
+  assert.is(s!.rps.median, 20);
+  assert.equal(s!.errors, { OVERLOADED: 3, NO_ANSWER: 1 });
+  assert.is(s!.peakRss, 9);
+  assert.is(s!.proxyCpu, 0.6);
+  assert.is(s!.cpuUs.underTest, 3);
+});
+
+rounds.run();
+
+const verdicts = suite('bench verdicts');
+
+const MB = 1024 * 1024;
+
+/** Three rounds of every subject the verdicts read, with per-round figures chosen so medians and single rounds disagree. */
+function run3(): Row[] {
+  const rows: Row[] = [];
+  const add = (w: Row['workload'], subject: Row['subject'], rps: number[], p50: number[] = [1, 1, 1], extra: (r: number) => Partial<Row> = () => ({})): void => {
+    for (let r = 0; r < 3; r++) rows.push(cell(w, subject, r, rps[r]!, p50[r]!, { label: subject.includes(':') ? `${w}, ${subject}` : w, ...extra(r) }));
+  };
+  // 1. proxy / HAProxy per round 1.7, 1.9, 2.0 (one round under 1.8; the median over it); proxy / direct 0.85, 0.95, 0.95.
+  add('slow-servers', 'proxy', [3400, 3800, 3800]);
+  add('slow-servers', 'haproxy', [2000, 2000, 1900]);
+  add('slow-servers', 'direct', [4000, 4000, 4000]);
+  // 2. proxy / relay 0.9, 0.96, 0.99: median 0.96 passes; old target proxy / direct 0.8 met, proxy / HAProxy 1.0 not.
+  add('pipelined', 'proxy', [900, 960, 990], undefined, (r) => ({ cpuUs: { underTest: [2.5, 2.6, 2.7][r]! } }));
+  add('pipelined', 'relay', [1000, 1000, 1000], undefined, () => ({ cpuUs: { underTest: 2 } }));
+  add('pipelined', 'direct', [1000, 1200, 1200]);
+  add('pipelined', 'haproxy', [1100, 1100, 1100], undefined, () => ({ cpuUs: { underTest: 0.6 } }));
+  // 5. info / warn 0.5 every round: fails; the access log is not measured.
+  add('pipelined', 'proxy:log-info', [450, 480, 495]);
+  // 3. one-server p50 / HAProxy p50 per round 1.0, 1.2, 1.3: median 1.2 fails though one round passes.
+  add('serial', 'proxy:one-server', [1, 1, 1], [0.1, 0.12, 0.13]);
+  add('serial', 'haproxy', [1, 1, 1], [0.1, 0.1, 0.1]);
+  add('serial', 'proxy', [1, 1, 1], [0.15, 0.15, 0.15]);
+  add('serial', 'proxy:busy-poll', [1, 1, 1], [0.09, 0.09, 0.09], () => ({ label: 'one at a time, --busy-poll 300' }));
+  add('serial', 'haproxy:busy-polling', [1, 1, 1], [0.06, 0.06, 0.06]);
+  // 4. RSS 150, 170, 140 MB: the highest round fails the 160 MB target.
+  add('many', 'proxy', [1, 1, 1], undefined, (r) => ({ peakRss: [150, 170, 140][r]! * MB }));
+  return rows;
+}
+
+verdicts("issue 20's five targets are judged on the median of the per-round ratios; the earlier targets and the variants are information", () => {
+  const out = checks(run3(), undefined, { logging: 'no --access-log here' });
+  const by = (what: string): Check => {
+    const c = out.find((x) => x.what.startsWith(what));
+    assert.ok(c, `no check "${what}" in ${out.map((x) => x.what).join(' | ')}`);
+    return c!;
+  };
+  const slowH = by('servers working one at a time (4 at 1 ms), 2x32: requests/s proxy / HAProxy >= 1.8');
+  assert.is(slowH.pass, true);
+  assert.is(slowH.ratio!.toFixed(2), '1.90');
+  assert.equal([slowH.spread!.min.toFixed(2), slowH.spread!.max.toFixed(2)], ['1.70', '2.00']);
+  assert.match(slowH.detail, '1.90x (1.70-2.00, 3 rounds)');
+  assert.is(by('servers working one at a time: requests/s proxy / direct').pass, true);
+  const relay = by('pipelined: requests/s proxy / bare Node relay >= 0.95');
+  assert.is(relay.pass, true);
+  assert.is(relay.ratio!.toFixed(2), '0.96');
+  assert.match(relay.detail, 'CPU per request: proxy 2.60 us, relay 2.00 us, HAProxy 0.60 us');
+  const like = by('one at a time, like for like (one-server policy): p50 proxy / HAProxy <= 1.1');
+  assert.is(like.pass, false);
+  assert.is(like.ratio!.toFixed(2), '1.20');
+  const many = by('1 connections through the proxy: peak RSS < 160 MB, no errors');
+  assert.is(many.pass, false);
+  assert.match(many.detail, 'peak RSS 170 MB (the highest round; rounds in order: 150, 170, 140 MB), 0 errors; old target < 256 MB: met');
+  assert.is(by('pipelined: requests/s proxy at --log-level info / at warn >= 0.95').pass, false);
+  const access = by('pipelined: requests/s proxy with --access-log / at warn');
+  assert.is(access.pass, undefined);
+  assert.is(access.detail, 'not measured: no --access-log here');
+  // The earlier targets, for information, with their old verdicts.
+  const direct = by('pipelined: requests/s proxy / direct');
+  assert.is(direct.pass, undefined);
+  assert.match(direct.detail, 'old target >= 0.8: met');
+  assert.match(by('pipelined: requests/s proxy / HAProxy').detail, 'old target >= 1.0: not met');
+  assert.match(by('one at a time: p50 proxy / HAProxy (two-server policies)').detail, '1.50x (1.50-1.50, 3 rounds)');
+  assert.match(by('one at a time: p50 proxy / HAProxy (two-server policies)').detail, 'old target <= 1.2: not met');
+  assert.is(by('one at a time: p50 proxy --busy-poll 300 / HAProxy busy-polling').ratio?.toFixed(2), '1.50');
+  assert.is(out.find((c) => c.what === 'one at a time: p50 proxy --busy-poll 300 / HAProxy')?.ratio?.toFixed(2), '0.90');
   assert.ok(out.filter((c) => c.what.includes('busy')).every((c) => c.pass === undefined), 'information, not verdicts');
-  assert.is(checks(rows, undefined).some((c) => c.what.includes('one-server')), false);
+});
+
+verdicts('a target whose rows are missing is not measured, and says why when the checkout lacks what it needs', () => {
+  const out = checks([], undefined, { slowServers: 'no --concurrency' });
+  const slow = out.filter((c) => c.what.startsWith('servers working one at a time'));
+  assert.is(slow.length, 2);
+  for (const c of slow) {
+    assert.is(c.pass, undefined);
+    assert.is(c.detail, 'not measured: no --concurrency');
+  }
+  assert.is(out.filter((c) => c.pass !== undefined).length, 0);
 });
 
 verdicts.run();
