@@ -29,7 +29,7 @@ export interface StubServer {
 export function startStubServer(opts: StubServerOptions = {}): Promise<StubServer> {
   const sockets = new Set<Socket>();
   const stub: StubServer = { port: 0, received: 0, close };
-  let stalledUntil = 0;
+  let stalled = false;
   let stallTimer: NodeJS.Timeout | undefined;
   const held: Array<{ socket: Socket; bytes: Buffer }> = [];
   const server: Server = createServer((socket) => {
@@ -49,12 +49,13 @@ export function startStubServer(opts: StubServerOptions = {}): Promise<StubServe
       }
       if (opts.reverse) out.reverse();
       if (opts.stall && stub.received >= opts.stall.after && !stallTimer) {
-        stalledUntil = performance.now() + opts.stall.ms;
+        stalled = true;
         stallTimer = setTimeout(() => {
+          stalled = false;
           for (const h of held.splice(0)) if (!h.socket.destroyed) h.socket.write(h.bytes);
         }, opts.stall.ms);
       }
-      if (out.length && performance.now() < stalledUntil) held.push({ socket, bytes: Buffer.concat(out) });
+      if (out.length && stalled) held.push({ socket, bytes: Buffer.concat(out) });
       else if (out.length) socket.write(Buffer.concat(out));
     });
   });
