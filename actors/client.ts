@@ -122,7 +122,7 @@ function sendMore(context: ClientContext): Partial<ClientContext> {
     const i = context.toSend.shift()!;
     if (settled(context.results[i]!)) continue;
     const p = opts.packets[i]!;
-    log.info('send', `Sending message ${p.payload} to privacy policy ${p.privPoliId} through reverse proxy running on port ${port}`, {
+    log.debug('send', `Sending message ${p.payload} to privacy policy ${p.privPoliId} through reverse proxy running on port ${port}`, {
       client: p.srcid, policy: p.privPoliId, payload: p.payload, seq: i,
     });
     const msg: DataMsg = { type: MsgType.DATA, seq: i, srcid: p.srcid, privPoliId: p.privPoliId, payload: p.payload, payloadsize: Buffer.byteLength(p.payload) };
@@ -176,7 +176,7 @@ export const clientMachine = setup({
           if (!r) continue;
           const correct = m.payload === sha1Hex(r.packet.payload);
           if (!settle(context, m.seq, { server: m.srcid, hash: m.payload, correct })) continue;
-          log.info('answer', `Receiving a response from the server payload: ${m.payload}`, { server: m.srcid, payload: m.payload, seq: m.seq });
+          log.debug('answer', `Receiving a response from the server payload: ${m.payload}`, { server: m.srcid, payload: m.payload, seq: m.seq });
           if (correct) log.info('verified', 'Hash of payload is correct', { seq: m.seq, server: m.srcid });
           else log.error('wrong_hash', 'Hash of payload is not correct', { seq: m.seq, server: m.srcid, expected: sha1Hex(r.packet.payload), got: m.payload });
         } else if (m.type === MsgType.ERROR) {
@@ -187,7 +187,7 @@ export const clientMachine = setup({
           }
           if (!settle(context, m.seq, { error: m.code, message: m.message })) continue;
           const p = context.results[m.seq]!.packet;
-          log.error('request_failed', `Request ${m.seq} (payload ${p.payload}, policy ${p.privPoliId}) failed: ${m.code}: ${m.message}`, { seq: m.seq, code: m.code, payload: p.payload });
+          log.error('request_failed', `Request ${m.seq} (policy ${p.privPoliId}) failed: ${m.code}: ${m.message}`, { seq: m.seq, code: m.code, policy: p.privPoliId });
         }
       }
       const progress = context.remaining < before ? { attempts: 0 } : {};

@@ -113,8 +113,9 @@ export function tryDeadline(link: Pick<LinkInput, 'tryTimeoutMs' | 'timeoutMs'>,
   return Math.min(now + link.tryTimeoutMs, req.arrived + link.timeoutMs);
 }
 
+/** Per request, so `debug` only (callers check `enabled('debug')` first): the payload is never logged above it. */
 export function logForward(link: Pick<LinkInput, 'member' | 'policy' | 'logger'>, req: ProxyRequest): void {
-  link.logger.info('forward', `Forwarding a data message to server id ${link.member} from client ${req.msg.srcid} payload ${req.msg.payload}`, {
+  link.logger.debug('forward', `Forwarding a data message to server id ${link.member} from client ${req.msg.srcid} payload ${req.msg.payload}`, {
     server: link.member, client: req.msg.srcid, policy: link.policy, payload: req.msg.payload,
   });
 }
@@ -131,8 +132,8 @@ export interface Tally {
 /** One server answer to one request: an ACK goes to the client now; an ERROR is kept in the tally for a retry. */
 export function settle(link: Pick<LinkInput, 'member' | 'logger' | 'reply'>, req: ProxyRequest, m: AckMsg | ErrorMsg, tally: Tally): void {
   if (m.type === MsgType.ACK) {
-    if (link.logger.enabled('info')) {
-      link.logger.info('ack', `Received a data message from server id ${link.member} payload ${m.payload}`, { server: link.member, client: m.destid, payload: m.payload });
+    if (link.logger.enabled('debug')) {
+      link.logger.debug('ack', `Received a data message from server id ${link.member} payload ${m.payload}`, { server: link.member, client: m.destid, payload: m.payload });
     }
     tally.failures = 0;
     tally.answered++;

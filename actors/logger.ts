@@ -1,17 +1,36 @@
 /**
  * Logs a person can read and a machine can parse: every line is one event
- * with a name, the seed-style sentence and its fields. `text` prints the
- * sentence (coloured per actor when on a TTY); `json` prints one object per line.
+ * with a name, the seed-style sentence and its fields.
+ *
+ * - `info` is the life of the system (start, listen, registrations,
+ *   departures, ejections, drains, reloads); per-request lines are `debug`,
+ *   and payloads are never logged above `debug`.
+ * - A condition that can repeat many times a second goes through
+ *   `repeated`: logged the first time, then one line per interval with a
+ *   count, so a flood of refusals is a few lines, not a flood of lines.
+ * - Lines leave through a `LogStream`: pino (JSON) or a text formatter
+ *   writing to a SonicBoom destination, asynchronously, with a bounded
+ *   buffer. When the reader is slower than the log, lines are dropped and
+ *   counted (a periodic line and `dropped()` say how many) instead of
+ *   growing memory.
+ * - Tests and the demo give a plain function instead (`memorySink`,
+ *   `textSink`), which gets every record as an object.
  */
 import { styleText } from 'node:util';
+import { pino, stdTimeFunctions, type Logger as Pino } from 'pino';
+import sonicBoom, { type SonicBoom as Sonic } from 'sonic-boom';
+
+// sonic-boom is CommonJS: its default export is the class.
+const SonicBoom = sonicBoom as unknown as typeof Sonic;
 
 export type Level = 'debug' | 'info' | 'warn' | 'error' | 'silent';
 const RANK: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40, silent: 99 };
 export const LEVELS = Object.keys(RANK) as Level[];
+type Emitting = Exclude<Level, 'silent'>;
 
 export interface LogRecord {
   time: string;
-  level: Exclude<Level, 'silent'>;
+  level: Emitting;
   actor: string;
   event: string;
   msg: string;
@@ -20,73 +39,225 @@ export interface LogRecord {
 
 export type LogSink = (rec: LogRecord) => void;
 
-export class Logger {
-  private readonly rank: number;
+/** How often repeated conditions and dropped lines are summarised, by default (ms). */
+export const SUMMARY_INTERVAL_MS = 5000;
+/** Distinct repeated conditions counted per interval; more are counted together, per event. */
+const MAX_REPEATED_KEYS = 256;
+
+/** Says what a repeated condition amounted to: `span` is set ("in the last 5 s") on a summary line. */
+export type Describe = (count: number, span?: string) => string;
+
+interface Repeat {
+  level: Emitting;
+  actor: string;
+  event: string;
+  count: number;
+  describe: Describe;
+  fields?: Record<string, unknown>;
+}
+
+/** What a logger and its children share: where lines go, the level, the repeated conditions. */
+class Core {
+  rank: number;
+  private readonly repeats = new Map<string, Repeat>();
+  /** Occurrences of repeated conditions beyond MAX_REPEATED_KEYS, per event. */
+  private readonly overflow = new Map<string, { level: Emitting; actor: string; count: number; keys: Set<string> }>();
+  private timer: NodeJS.Timeout | undefined;
+  private lastTick = Date.now();
+
   constructor(
-    readonly actor: string,
-    private readonly sink: LogSink,
-    readonly level: Level = 'info',
+    readonly out: LogSink | LogStream,
+    level: Level,
+    readonly summaryMs: number,
   ) {
     this.rank = RANK[level];
+    if (out instanceof LogStream) out.onFirstDrop = () => this.arm();
   }
 
+  emit(level: Emitting, actor: string, event: string, msg: string, fields?: Record<string, unknown>): void {
+    const out = this.out;
+    if (out instanceof LogStream) out.write(level, actor, event, msg, fields);
+    else out({ time: new Date().toISOString(), level, actor, event, msg, ...fields });
+  }
+
+  repeated(level: Emitting, actor: string, event: string, key: string, count: number, describe: Describe, fields?: Record<string, unknown>): void {
+    const id = `${event}\0${key}`;
+    const r = this.repeats.get(id);
+    if (r) {
+      r.count += count;
+      return;
+    }
+    if (this.repeats.size >= MAX_REPEATED_KEYS) {
+      let o = this.overflow.get(event);
+      if (!o) this.overflow.set(event, (o = { level, actor, count: 0, keys: new Set() }));
+      o.count += count;
+      if (o.keys.size < 10_000) o.keys.add(key);
+      return;
+    }
+    this.repeats.set(id, { level, actor, event, count: 0, describe, fields });
+    this.emit(level, actor, event, describe(count), { ...fields, count });
+    this.arm();
+  }
+
+  private arm(): void {
+    if (this.timer) return;
+    this.lastTick = Date.now();
+    this.timer = setInterval(() => this.tick(), this.summaryMs);
+    this.timer.unref();
+  }
+
+  /** One line per repeated condition that happened again in the interval; conditions that did not are forgotten. */
+  tick(): void {
+    const seconds = Math.max(1, Math.round((Date.now() - this.lastTick) / 1000));
+    this.lastTick = Date.now();
+    const span = `in the last ${seconds} s`;
+    for (const [id, r] of this.repeats) {
+      if (r.count === 0) {
+        this.repeats.delete(id);
+        continue;
+      }
+      if (RANK[r.level] >= this.rank) this.emit(r.level, r.actor, r.event, r.describe(r.count, span), { ...r.fields, count: r.count, summary: true, intervalS: seconds });
+      r.count = 0;
+    }
+    for (const [event, o] of this.overflow) {
+      this.emit(o.level, o.actor, event, `${event}: ${fmt(o.count)} more time(s) for ${fmt(o.keys.size)} other key(s) ${span} (more distinct conditions than are counted one by one)`, {
+        count: o.count, keys: o.keys.size, summary: true, intervalS: seconds,
+      });
+    }
+    this.overflow.clear();
+    const out = this.out;
+    const dropped = out instanceof LogStream ? out.takeDropped() : 0;
+    if (dropped > 0 && out instanceof LogStream) {
+      out.write('warn', 'log', 'log_dropped', `Dropped ${fmt(dropped)} log line(s) ${span}: the log's reader is slower than the log (lines are dropped rather than held in memory)`, {
+        count: dropped, summary: true, intervalS: seconds,
+      });
+    }
+    if (this.repeats.size === 0 && dropped === 0 && this.timer) {
+      clearInterval(this.timer);
+      this.timer = undefined;
+    }
+  }
+
+  close(): void {
+    if (this.timer) this.tick();
+    clearInterval(this.timer);
+    this.timer = undefined;
+  }
+}
+
+export interface LoggerOptions {
+  /** How often repeated conditions are summarised (ms). Default 5000. */
+  summaryMs?: number;
+}
+
+export class Logger {
+  private readonly core: Core;
+
+  /** A logger writing records to `out`: a function (tests, the demo) or a `LogStream` (pino, SonicBoom). */
+  constructor(actor: string, out: LogSink | LogStream, level?: Level, opts?: LoggerOptions);
+  constructor(actor: string, core: Core);
+  constructor(
+    readonly actor: string,
+    out: LogSink | LogStream | Core,
+    level: Level = 'info',
+    opts: LoggerOptions = {},
+  ) {
+    this.core = out instanceof Core ? out : new Core(out, level, opts.summaryMs ?? SUMMARY_INTERVAL_MS);
+  }
+
+  /** A logger for another actor, sharing this one's output, level and summaries. */
   child(actor: string): Logger {
-    return new Logger(actor, this.sink, this.level);
+    return new Logger(actor, this.core);
   }
 
-  enabled(level: Exclude<Level, 'silent'>): boolean {
-    return RANK[level] >= this.rank;
+  get level(): Level {
+    return LEVELS.find((l) => RANK[l] === this.core.rank) ?? 'info';
+  }
+
+  /** Change the level of this logger and every logger sharing its output (a reload). */
+  setLevel(level: Level): void {
+    this.core.rank = RANK[level];
+  }
+
+  enabled(level: Emitting): boolean {
+    return RANK[level] >= this.core.rank;
   }
 
   debug(event: string, msg: string, fields?: Record<string, unknown>): void {
-    if (this.rank <= 10) this.write('debug', event, msg, fields);
+    if (this.core.rank <= 10) this.core.emit('debug', this.actor, event, msg, fields);
   }
   info(event: string, msg: string, fields?: Record<string, unknown>): void {
-    if (this.rank <= 20) this.write('info', event, msg, fields);
+    if (this.core.rank <= 20) this.core.emit('info', this.actor, event, msg, fields);
   }
   warn(event: string, msg: string, fields?: Record<string, unknown>): void {
-    if (this.rank <= 30) this.write('warn', event, msg, fields);
+    if (this.core.rank <= 30) this.core.emit('warn', this.actor, event, msg, fields);
   }
   error(event: string, msg: string, fields?: Record<string, unknown>): void {
-    if (this.rank <= 40) this.write('error', event, msg, fields);
+    if (this.core.rank <= 40) this.core.emit('error', this.actor, event, msg, fields);
   }
 
-  private write(level: Exclude<Level, 'silent'>, event: string, msg: string, fields?: Record<string, unknown>): void {
-    this.sink({ time: new Date().toISOString(), level, actor: this.actor, event, msg, ...fields });
+  /**
+   * A condition that can repeat many times a second, told apart by `key`
+   * (requests refused for policy 999, say). The first occurrence is logged at
+   * once with `describe(count)`; later ones are counted, and each interval in
+   * which it happened again gives one line, `describe(total, 'in the last 5 s')`.
+   *
+   * @example
+   *   log.repeated('warn', 'no_server', policy, n, (k, span) => `refused ${k} request(s) for policy ${policy}${span ? ` ${span}` : ''}`);
+   */
+  repeated(level: Emitting, event: string, key: string, count: number, describe: Describe, fields?: Record<string, unknown>): void {
+    if (RANK[level] >= this.core.rank) this.core.repeated(level, this.actor, event, key, count, describe, fields);
   }
+
+  /** Lines the output dropped so far because its reader was too slow. */
+  get dropped(): number {
+    const out = this.core.out;
+    return out instanceof LogStream ? out.dest.dropped : 0;
+  }
+
+  /** Write the pending summaries now and stop their timer (at exit). */
+  close(): void {
+    this.core.close();
+  }
+}
+
+/** 2417 -> "2,417". */
+export function fmt(n: number): string {
+  return n.toLocaleString('en-US');
 }
 
 const PALETTE = ['cyan', 'magenta', 'yellow', 'green', 'blue', 'red'] as const;
 
-export interface TextSinkOptions {
+export interface TextOptions {
   color?: boolean;
   /** Pad actor names to this width so sentences line up. */
   width?: number;
-  /** Print the time before each line. */
+  /** Start each line with its time (ISO 8601). */
   time?: boolean;
 }
 
-/** One readable line per record: `proxy      | Received setup message ...`. */
-export function textSink(out: NodeJS.WritableStream, opts: TextSinkOptions = {}): LogSink {
-  const colors = new Map<string, (typeof PALETTE)[number]>();
-  const width = opts.width ?? 0;
-  return (rec) => {
-    let prefix = rec.actor.padEnd(width);
-    if (opts.color) {
-      let c = colors.get(rec.actor);
-      if (!c) {
-        c = PALETTE[colorIndex(rec.actor)]!;
-        colors.set(rec.actor, c);
-      }
-      prefix = styleText(c, prefix);
+/** The text form of a record: `[TIME ]ACTOR | [warning: ]sentence`. */
+export function textLine(rec: Pick<LogRecord, 'time' | 'level' | 'actor' | 'msg'>, opts: TextOptions, colors?: Map<string, (typeof PALETTE)[number]>): string {
+  let prefix = rec.actor.padEnd(opts.width ?? 0);
+  if (opts.color) {
+    let c = colors?.get(rec.actor);
+    if (!c) {
+      c = PALETTE[colorIndex(rec.actor)]!;
+      colors?.set(rec.actor, c);
     }
-    // One event, one line: messages from elsewhere (OpenSSL's end in a newline) are folded.
-    let msg = rec.msg.includes('\n') ? rec.msg.replace(/\s*\n\s*/g, ' ').trim() : rec.msg;
-    if (rec.level === 'warn') msg = opts.color ? styleText('yellow', `warning: ${msg}`) : `warning: ${msg}`;
-    if (rec.level === 'error') msg = opts.color ? styleText('red', `error: ${msg}`) : `error: ${msg}`;
-    const time = opts.time ? `${rec.time} ` : '';
-    out.write(`${time}${prefix} | ${msg}\n`);
-  };
+    prefix = styleText(c, prefix);
+  }
+  // One event, one line: messages from elsewhere (OpenSSL's end in a newline) are folded.
+  let msg = rec.msg.includes('\n') ? rec.msg.replace(/\s*\n\s*/g, ' ').trim() : rec.msg;
+  if (rec.level === 'warn') msg = opts.color ? styleText('yellow', `warning: ${msg}`) : `warning: ${msg}`;
+  if (rec.level === 'error') msg = opts.color ? styleText('red', `error: ${msg}`) : `error: ${msg}`;
+  return `${opts.time ? `${rec.time} ` : ''}${prefix} | ${msg}\n`;
+}
+
+/** One readable line per record, written synchronously: `proxy      | Received setup message ...` (the demo's look). */
+export function textSink(out: NodeJS.WritableStream, opts: TextOptions = {}): LogSink {
+  const colors = new Map<string, (typeof PALETTE)[number]>();
+  return (rec) => void out.write(textLine(rec, opts, colors));
 }
 
 function colorIndex(actor: string): number {
@@ -102,9 +273,9 @@ function hash(s: string): number {
   return h;
 }
 
-/** One JSON object per line (NDJSON). */
+/** One JSON object per line (NDJSON), written synchronously. */
 export function jsonSink(out: NodeJS.WritableStream): LogSink {
-  return (rec) => out.write(`${JSON.stringify(rec)}\n`);
+  return (rec) => void out.write(`${JSON.stringify(rec)}\n`);
 }
 
 /** Keeps records in memory: for tests. */
@@ -112,4 +283,157 @@ export function memorySink(into: LogRecord[]): LogSink {
   return (rec) => into.push(rec);
 }
 
+/** Bytes of log a destination holds for a slow reader before it drops lines. */
+export const LOG_BUFFER_BYTES = 4 * 1024 * 1024;
+
+export interface DestinationOptions {
+  /** `-` (or 1) for standard output, 2 for standard error, or a file path (appended to). */
+  to: string | number;
+  /** Largest backlog held for a slow reader (bytes); past it, lines are dropped and counted. Default 4 MiB. */
+  maxBytes?: number;
+}
+
+/**
+ * An asynchronous, bounded line destination (SonicBoom): writes never
+ * block the event loop, a stalled reader costs at most `maxBytes` of memory,
+ * and `reopen()` follows a rotated file. The main log and the access log use one each.
+ */
+export class Destination {
+  readonly sonic: Sonic;
+  /** Lines dropped so far (a slow reader). */
+  dropped = 0;
+  private exiting = false;
+  onDrop?: () => void;
+  private readonly onExit = (): void => this.flushNow();
+
+  constructor(readonly opts: DestinationOptions) {
+    const to = opts.to === '-' ? 1 : opts.to;
+    // The fd of a pipe is made non-blocking by Node's own stream for it: then a stalled reader
+    // gives EAGAIN (retried later; the backlog is bounded), never a blocked write.
+    if (to === 1) void process.stdout;
+    if (to === 2) void process.stderr;
+    this.sonic = new SonicBoom({
+      ...(typeof to === 'number' ? { fd: to } : { dest: to, append: true, mkdir: false }),
+      maxLength: opts.maxBytes ?? LOG_BUFFER_BYTES,
+      sync: false,
+      // At exit a reader that never reads must not hold the process: give up instead of retrying.
+      retryEAGAIN: () => !this.exiting,
+    });
+    this.sonic.on('drop', () => {
+      this.dropped++;
+      this.onDrop?.();
+    });
+    this.sonic.on('error', () => {}); // a broken pipe or a full disk must not end the proxy
+    process.on('exit', this.onExit);
+  }
+
+  write(line: string): void {
+    this.sonic.write(line);
+  }
+
+  /** Lines not yet handed to the kernel, in bytes (the backlog a slow reader causes). */
+  get backlog(): number {
+    return (this.sonic as unknown as { _len: number })._len;
+  }
+
+  /** Open the file again (after logrotate moved it); nothing for stdout. */
+  reopen(): void {
+    if (typeof this.opts.to === 'string' && this.opts.to !== '-') this.sonic.reopen();
+  }
+
+  /** Waits until the file is open (or fails with why it cannot be). */
+  ready(): Promise<void> {
+    if ((this.sonic as unknown as { fd: number }).fd >= 0) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error): void => reject(err);
+      this.sonic.once('error', onError);
+      this.sonic.once('ready', () => {
+        this.sonic.off('error', onError);
+        resolve();
+      });
+    });
+  }
+
+  /** Best effort: write what is pending now, without waiting for a reader that does not read. */
+  flushNow(): void {
+    this.exiting = true;
+    try {
+      if ((this.sonic as unknown as { fd: number }).fd >= 0) this.sonic.flushSync();
+    } catch {
+      // EAGAIN from a stalled reader, or a closed fd: what is left is lost.
+    }
+  }
+
+  /** Flush what the reader takes and close the file. */
+  end(): Promise<void> {
+    process.off('exit', this.onExit);
+    return new Promise((resolve) => {
+      if ((this.sonic as unknown as { destroyed: boolean }).destroyed) return resolve();
+      const done = (): void => resolve();
+      this.sonic.once('close', done);
+      this.sonic.once('error', done);
+      // A reader that stopped reading must not hold the caller: give up after a while.
+      setTimeout(() => {
+        this.exiting = true;
+        this.sonic.destroy();
+        resolve();
+      }, 1000).unref();
+      this.sonic.end();
+    });
+  }
+}
+
+export interface LogStreamOptions extends TextOptions {
+  format: 'text' | 'json';
+}
+
+/**
+ * The main log's output: text lines (time first) or pino's JSON lines, to a
+ * bounded `Destination`.
+ */
+export class LogStream {
+  private readonly pinos = new Map<string, Pino>();
+  private readonly root?: Pino;
+  private readonly colors = new Map<string, (typeof PALETTE)[number]>();
+  private reported = 0;
+  /** Set by the logger: wakes its timer up, which reports drops. */
+  onFirstDrop?: () => void;
+
+  constructor(
+    readonly dest: Destination,
+    private readonly opts: LogStreamOptions,
+  ) {
+    if (opts.format === 'json') {
+      this.root = pino(
+        { level: 'debug', base: undefined, timestamp: stdTimeFunctions.isoTime, formatters: { level: (label) => ({ level: label }) } },
+        dest.sonic,
+      );
+    }
+    dest.onDrop = () => {
+      if (this.dest.dropped - this.reported === 1) this.onFirstDrop?.();
+    };
+  }
+
+  write(level: Emitting, actor: string, event: string, msg: string, fields?: Record<string, unknown>): void {
+    if (this.root) {
+      let p = this.pinos.get(actor);
+      if (!p) {
+        p = this.root.child({ actor });
+        if (this.pinos.size < 1000) this.pinos.set(actor, p);
+      }
+      p[level]({ event, ...fields }, msg);
+    } else {
+      this.dest.write(textLine({ time: new Date().toISOString(), level, actor, msg }, { ...this.opts, time: true }, this.colors));
+    }
+  }
+
+  /** Lines dropped since the last call. */
+  takeDropped(): number {
+    const n = this.dest.dropped - this.reported;
+    this.reported = this.dest.dropped;
+    return n;
+  }
+}
+
+/** Logs nothing (defined last: it needs the classes above). */
 export const silentLogger = new Logger('-', () => {}, 'silent');

@@ -15,7 +15,7 @@ import { recogniseTlsRefusal } from '../transport/foreign.js';
 import type { Clock } from '../transport/clock.js';
 import type { Inflight, InflightCount } from './inflight.js';
 import { newPeer, type ProxyRequest } from './link.js';
-import type { Logger } from './logger.js';
+import { fmt, type Logger } from './logger.js';
 import type { ForwardBatch, Member, Policy, ProxyEvent } from './proxy-types.js';
 
 /** Owns the listening socket; turns each accepted connection's reads into proxy events. */
@@ -57,17 +57,15 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
         setImmediate(forwardNow);
       }
     };
-    let refusedLogged = -Infinity;
     const server: Server = listenServer(input.tls, (socket: Socket) => {
       socket.on('error', () => {});
       const addr = socket.remoteAddress ?? '?';
       const n = (perPeer.get(addr) ?? 0) + 1;
       if (input.maxConnectionsPerPeer && n > input.maxConnectionsPerPeer) {
-        // Logged at most once a second: a flood must not become a log flood.
-        if (input.clock.now() - refusedLogged > 1000) {
-          refusedLogged = input.clock.now();
-          input.logger.warn('conn_refused', `Refused connections from ${addr}: it has ${input.maxConnectionsPerPeer} open (--max-conns-per-peer)`, { peer: addr, limit: input.maxConnectionsPerPeer });
-        }
+        // A flood must not become a log flood: one line, then one per interval with a count.
+        input.logger.repeated('warn', 'conn_refused', addr, 1, (n, span) => `Refused ${fmt(n)} connection(s) from ${addr}${span ? ` ${span}` : ''}: it has ${input.maxConnectionsPerPeer} open (max_conns_per_peer)`, {
+          peer: addr, limit: input.maxConnectionsPerPeer,
+        });
         socket.destroy();
         return;
       }
@@ -127,7 +125,9 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
           conns.delete(conn);
           if (err instanceof ProtocolError) sendBack({ type: 'BAD_INPUT', peer, error: err });
           else {
-            if (err instanceof ConnectionTimeout) input.logger.info('conn_timeout', `Closed connection from ${conn.describe()}: ${err.message}`, { peer: conn.describe(), role: peer.role });
+            if (err instanceof ConnectionTimeout) {
+              input.logger.repeated('info', 'conn_timeout', `${peer.role}\0${err.message}`, 1, (n, span) => n === 1 && !span ? `Closed connection from ${conn.describe()}: ${err.message}` : `Closed ${fmt(n)} ${peer.role} connection(s)${span ? ` ${span}` : ''}: ${err.message}`, { role: peer.role });
+            }
             sendBack({ type: 'CONN_CLOSED', peer, error: err.message });
           }
         },
@@ -140,9 +140,12 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
     server.maxConnections = input.maxConnections;
     server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {
       const why = recogniseTlsRefusal(err.code)?.message ?? err.message;
-      input.logger.warn('tls_refused', `Refused a TLS connection from ${socket.remoteAddress ?? '?'}: ${why}`, { peer: socket.remoteAddress, reason: err.message });
+      const addr = socket.remoteAddress ?? '?';
+      input.logger.repeated('warn', 'tls_refused', addr, 1, (n, span) => `Refused ${fmt(n)} TLS connection(s) from ${addr}${span ? ` ${span}` : ''}: ${why}`, { peer: addr, reason: err.message });
     });
-    server.on('drop', () => input.logger.warn('conn_refused', `Refused a connection: ${input.maxConnections} connections are open (--max-connections)`, { limit: input.maxConnections }));
+    server.on('drop', () =>
+      input.logger.repeated('warn', 'conn_refused', '', 1, (n, span) => `Refused ${fmt(n)} connection(s)${span ? ` ${span}` : ''}: ${input.maxConnections} connections are open (max_connections)`, { limit: input.maxConnections }),
+    );
     server.on('error', (err) => sendBack({ type: 'LISTEN_FAILED', error: describeListenError(err, input.host, input.port) }));
     server.listen(input.port, input.host, () => {
       const addr = server.address();

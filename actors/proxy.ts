@@ -69,7 +69,7 @@ export const proxyMachine = setup({
       const log = context.logger;
       const denied = checkSecret(context.opts, s);
       if (denied) {
-        log.warn('unauthorized', `Refused setup from ${conn.describe()} for server id ${s.id} privacy policy ${s.privPolyId}: ${denied}`, {
+        log.repeated('warn', 'unauthorized', `${conn.remoteAddress}\0${s.privPolyId}\0${s.id}\0${denied}`, 1, (n, span) => `Refused setup from ${conn.describe()} for server id ${s.id} privacy policy ${s.privPolyId}: ${denied}${span ? ` (${n} times ${span})` : ''}`, {
           id: s.id, policy: s.privPolyId, peer: conn.describe(), code: ErrorCode.UNAUTHORIZED,
         });
         conn.endWith(errorMsg(ErrorCode.UNAUTHORIZED, `registration refused: ${denied}`));
@@ -100,7 +100,7 @@ export const proxyMachine = setup({
       const log = context.logger;
       const now = context.clock.now();
       const byPolicy = new Map<string, ProxyRequest[]>();
-      const verbose = log.enabled('info');
+      const verbose = log.enabled('debug');
       const limit = context.opts.maxClientInflight;
       for (const { peer, requests } of event.batches) {
         peer.outstanding += requests.length;
@@ -111,7 +111,7 @@ export const proxyMachine = setup({
         }
         for (const msg of requests) {
           if (verbose) {
-            log.info('request', `Received a message from client ${msg.srcid} payload ${msg.payload}`, {
+            log.debug('request', `Received a message from client ${msg.srcid} payload ${msg.payload}`, {
               client: msg.srcid, policy: msg.privPoliId, payload: msg.payload,
             });
           }
@@ -154,7 +154,7 @@ export const proxyMachine = setup({
     badInput: ({ context, event }) => {
       assertEvent(event, 'BAD_INPUT');
       const conn = event.peer.conn;
-      context.logger.warn('bad_input', `Closed connection from ${conn.describe()}: ${event.error.message}`, {
+      context.logger.repeated('warn', 'bad_input', `${conn.remoteAddress}\0${event.error.code}`, 1, (n, span) => `Closed connection from ${conn.describe()}: ${event.error.message}${span ? ` (${n} times ${span})` : ''}`, {
         peer: conn.describe(), code: event.error.code, role: event.peer.role,
       });
       conn.endWith(errorMsg(event.error.code, event.error.message));

@@ -10,6 +10,7 @@ import { ErrorCode } from '../transport/errors.js';
 import { errorMsg, MsgType, type AckMsg, type ErrorMsg, type SetupMsg } from '../transport/messages.js';
 import { startChild, stopChild } from './children.js';
 import type { Failure, LinkInput, LinkPort, ProxyRequest, Reply } from './link.js';
+import { fmt } from './logger.js';
 import { poolMachine } from './pool.js';
 import type { Opts } from './proxy-options.js';
 import type { Member, Policy, ProxyContext } from './proxy-types.js';
@@ -169,22 +170,25 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
     if (!group) again.set(req.msg.privPoliId, (group = []));
     group.push(req);
   }
+  // Repeated conditions: one line at first, then one per interval with a count (logger.ts).
   for (const [policy, reqs] of again) {
-    context.logger.warn('retry', `Retrying ${reqs.length} request(s) of privacy policy ${policy} on another server: ${failure.message}`, {
-      policy, server: member, count: reqs.length, code: failure.code, reason: failure.message,
-    });
+    context.logger.repeated('warn', 'retry', `${policy}\0${member}\0${failure.code}`, reqs.length,
+      (n, span) => `Retrying ${fmt(n)} request(s) of privacy policy ${policy} on another server${span ? ` ${span}` : ''}: ${failure.message}`,
+      { policy, server: member, code: failure.code });
     route(context, policy, reqs);
   }
   if (failedNow) {
-    context.logger.warn('request_failed', `${failedNow} request(s) failed after server id ${member}: ${failure.message}`, { server: member, count: failedNow, code: failure.code, reason: failure.message });
+    context.logger.repeated('warn', 'request_failed', `${member}\0${failure.code}`, failedNow,
+      (n, span) => `${fmt(n)} request(s) failed after server id ${member}${span ? ` ${span}` : ''}: ${failure.message}`,
+      { server: member, code: failure.code });
   }
 }
 
 export function refuse(context: ProxyContext, reqs: ProxyRequest[], failure: Failure): void {
   const reply = context.reply;
-  context.logger.warn(failure.code === ErrorCode.NO_SERVER ? 'no_server' : 'refused', `${failure.message}; refused ${reqs.length} request(s)`, {
-    policy: reqs[0]?.msg.privPoliId, count: reqs.length, code: failure.code,
-  });
+  const policy = reqs[0]?.msg.privPoliId;
+  context.logger.repeated('warn', failure.code === ErrorCode.NO_SERVER ? 'no_server' : 'refused', `${policy}\0${failure.code}`, reqs.length,
+    (n, span) => `${failure.message}; refused ${fmt(n)} request(s)${span ? ` ${span}` : ''}`, { policy, code: failure.code });
   for (const r of reqs) reply(r, errorMsg(failure.code, failure.message));
 }
 
@@ -248,8 +252,14 @@ function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
       overloaded++;
     }
   }
-  if (noServer) context.logger.warn('no_server', `No live server serves privacy policy ${name}; refused ${noServer} request(s)`, { policy: name, count: noServer, code: ErrorCode.NO_SERVER });
-  if (overloaded) context.logger.warn('overloaded', `Privacy policy ${name} is at its limits; refused ${overloaded} request(s) with OVERLOADED`, { policy: name, count: overloaded, code: ErrorCode.OVERLOADED });
+  if (noServer) {
+    context.logger.repeated('warn', 'no_server', `${name}\0live`, noServer,
+      (n, span) => `No live server serves privacy policy ${name}; refused ${fmt(n)} request(s)${span ? ` ${span}` : ''}`, { policy: name, code: ErrorCode.NO_SERVER });
+  }
+  if (overloaded) {
+    context.logger.repeated('warn', 'overloaded', name, overloaded,
+      (n, span) => `Privacy policy ${name} is at its limits; refused ${fmt(n)} request(s) with OVERLOADED${span ? ` ${span}` : ''}`, { policy: name, code: ErrorCode.OVERLOADED });
+  }
 }
 
 /** Route the requests waiting for room in `policy` again (after a member got room or came back). */

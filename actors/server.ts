@@ -258,7 +258,7 @@ function setupMsg(context: ServerContext): SetupMsg {
 
 function answer(context: ServerContext, conn: Connection, requests: DataMsg[], behaviour: Behaviour): void {
   const log = context.logger;
-  const verbose = log.enabled('info');
+  const verbose = log.enabled('debug');
   const id = context.opts.id;
   for (const req of requests) {
     if (behaviour === 'fail') {
@@ -267,8 +267,8 @@ function answer(context: ServerContext, conn: Connection, requests: DataMsg[], b
     }
     const hash = sha1Hex(req.payload);
     if (verbose) {
-      log.info('request', `Received a message from client ${req.srcid} payload ${req.payload}`, { client: req.srcid, payload: req.payload });
-      log.info('answer', `Sending a message to the client ${req.srcid} payload ${hash}`, { client: req.srcid, payload: hash });
+      log.debug('request', `Received a message from client ${req.srcid} payload ${req.payload}`, { client: req.srcid, payload: req.payload });
+      log.debug('answer', `Sending a message to the client ${req.srcid} payload ${hash}`, { client: req.srcid, payload: hash });
     }
     conn.send({ type: MsgType.ACK, seq: req.seq, srcid: id, destid: req.srcid, payload: hash, payloadsize: hash.length });
   }

@@ -517,7 +517,7 @@ function write(context: UpstreamJsonContext, slot: Slot, upSeq: number): void {
   slot.upSeq = upSeq;
   slot.writtenAt = context.clock.now();
   slot.writeNo = ++context.writes;
-  if (context.logger.enabled('info')) logForward(context, p.req);
+  if (context.logger.enabled('debug')) logForward(context, p.req);
   slot.conn.send(p.req.msg, upSeq);
 }
 

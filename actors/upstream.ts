@@ -73,7 +73,7 @@ export class LinkTraffic implements LinkPort {
     }
     const link = this.link;
     const upSeq = link.inflight.add(req, tryDeadline(link, req, link.clock.now()));
-    if (link.logger.enabled('info')) logForward(link, req);
+    if (link.logger.enabled('debug')) logForward(link, req);
     conn.send(req.msg, upSeq);
   }
 

@@ -4,7 +4,7 @@ import { parse as parseYaml } from 'yaml';
 import { loadTls, TlsConfigError, type TlsMaterial } from '../transport/tls.js';
 import { join } from 'node:path';
 import { InvalidArgumentError, Option } from 'commander';
-import { jsonSink, LEVELS, Logger, textSink, type Level, type LogSink } from '../actors/logger.js';
+import { Destination, jsonSink, LEVELS, Logger, LogStream, textSink, type Level, type LogSink } from '../actors/logger.js';
 import type { Packet } from '../actors/client.js';
 import type { Endpoint } from '../actors/server.js';
 import { MsgType, toMessage } from '../transport/messages.js';
@@ -105,8 +105,9 @@ export function normaliseArgv(argv: string[], flags: FlagTable = { takesValue: (
   return out;
 }
 
-export const logOptions = (): Option[] => [
-  new Option('--log-level <level>', 'least severe log level printed').choices(LEVELS).default('info'),
+/** `--log-level`, `--log-format`, `--no-color`; `level` is the default level (the demo prints per-request lines, at debug). */
+export const logOptions = (level: Level = 'info'): Option[] => [
+  new Option('--log-level <level>', 'least severe log level printed (debug adds a line per request, with payloads)').choices(LEVELS).default(level),
   new Option('--log-format <format>', 'text for people, json for machines (one object per line)').choices(['text', 'json']).default('text'),
   new Option('--no-color', 'plain text even on a terminal'),
 ];
@@ -121,14 +122,25 @@ export interface LogFlags {
   color: boolean;
 }
 
+/** Synchronous records to stdout, as the demo prints them (no time: the old system's look). */
 export function makeSink(flags: LogFlags, width = 0): LogSink {
   if (flags.logFormat === 'json') return jsonSink(process.stdout);
-  const color = flags.color && process.stdout.isTTY === true && !process.env.NO_COLOR;
-  return textSink(process.stdout, { color, width });
+  return textSink(process.stdout, { color: useColor(flags), width });
 }
 
+function useColor(flags: LogFlags): boolean {
+  return flags.color && process.stdout.isTTY === true && !process.env.NO_COLOR;
+}
+
+/**
+ * The log of a long-running command: text lines that start with their time,
+ * or JSON lines (pino), written asynchronously to stdout with a bounded
+ * backlog (a reader that stalls loses lines, counted, never memory).
+ */
 export function makeLogger(actor: string, flags: LogFlags, width = 0): Logger {
-  return new Logger(actor, makeSink(flags, width), flags.logLevel);
+  if (flags.logLevel === 'silent') return new Logger(actor, () => {}, 'silent');
+  const out = new LogStream(new Destination({ to: '-' }), { format: flags.logFormat, color: useColor(flags), width });
+  return new Logger(actor, out, flags.logLevel);
 }
 
 export function parsePort(value: string, what = 'port'): number {

@@ -16,11 +16,12 @@ import {
   wireOption, type FlagTable, type LogFlags, type TlsFlags,
 } from './common.js';
 import type { Behaviour, Endpoint } from '../actors/server.js';
+import type { Level } from '../actors/logger.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
 
-function withLogOptions(cmd: Command): Command {
-  for (const o of logOptions()) cmd.addOption(o);
+function withLogOptions(cmd: Command, level?: Level): Command {
+  for (const o of logOptions(level)) cmd.addOption(o);
   return cmd;
 }
 
@@ -176,7 +177,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('-p, --port <port>', 'proxy port; servers listen on port+5, +10, +15, +20 (0 picks free ports)').default(2100).argParser((v) => parsePort(v)))
       .option('--pkt <dir>', 'folder with the clients\' packet files, 1.json to 6.json', new URL('../pktfiles', import.meta.url).pathname)
       .option('--keep', 'keep the proxy and servers running after the clients finish (Ctrl-C stops); implied by --inspect'),
-  )).action(async (o: LogFlags & InspectFlags & { port: number; pkt: string; keep?: boolean }) => {
+  ), 'debug').action(async (o: LogFlags & InspectFlags & { port: number; pkt: string; keep?: boolean }) => {
     const insp = await startInspection(o, 'demo');
     setExit(await runDemo({ ...o, keep: o.keep || insp.url !== undefined, attach: insp.attach }));
     await insp.close();

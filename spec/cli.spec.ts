@@ -34,11 +34,12 @@ cli("the assignment's example through the CLI with the seed's single-dash flags:
 });
 
 cli("the client prints the seed's lines and exits 0 when the hash is correct", async () => {
-  const proxy = revproxy(['proxy', '-port', '0']);
+  // The seed's per-request lines are debug (issue 16): info is the life of the system.
+  const proxy = revproxy(['proxy', '-port', '0', '--log-level', 'debug']);
   const port = (await proxy.waitFor(/port (\d+)/))[1]!;
   revproxy(['server', '-id', '100', '-pp', '111', '-listen', '0', '-revproc', port]);
   await proxy.waitFor(/Received setup message from server id 100 privacy policy 111 port \d+/);
-  const client = revproxy(['client', '-id', '1', '-revproc', port, '-pkt', 'pktfiles/1.json']);
+  const client = revproxy(['client', '-id', '1', '-revproc', port, '-pkt', 'pktfiles/1.json', '--log-level', 'debug']);
   assert.is(await client.exited, 0);
   const text = client.out.join('\n');
   assert.match(text, /Sending message xyz1 to privacy policy 111 through reverse proxy running on port \d+/);

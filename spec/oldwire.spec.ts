@@ -313,7 +313,8 @@ reverse('revproxy server --wire json and revproxy client --wire json work with t
   const port = (await proxy.waitFor(/Running the reverse proxy on port (\d+)/))[1]!;
   const servers: Proc[] = [];
   for (const id of ['1', '2']) {
-    servers.push(revproxy(['server', '-id', id, '-pp', 'PP_1', '-listen', '0', '-revproc', port, '--wire', 'json']));
+    // Per-request lines are debug (issue 16).
+    servers.push(revproxy(['server', '-id', id, '-pp', 'PP_1', '-listen', '0', '-revproc', port, '--wire', 'json', '--log-level', 'debug']));
     await proxy.waitFor(new RegExp(`Received setup message from server id ${id} privacy policy PP_1 port \\d+`));
   }
   const dir = mkdtempSync(join(tmpdir(), 'oldwire-'));
