@@ -215,9 +215,20 @@ export class Logger {
     return out instanceof LogStream ? out.dest.dropped : 0;
   }
 
-  /** Write the pending summaries now and stop their timer (at exit). */
+  /** Write the pending summaries now and stop their timer. */
   close(): void {
     this.core.close();
+  }
+
+  /**
+   * Close, and end the output: what its reader takes within a second is
+   * written, the rest is given up (a reader that stopped reading must not
+   * keep the process alive). For the end of a command.
+   */
+  async end(): Promise<void> {
+    this.core.close();
+    const out = this.core.out;
+    if (out instanceof LogStream) await out.dest.end();
   }
 }
 

@@ -109,6 +109,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     });
     await runUntilStopped(proxy.actor, proxy.stop);
     await insp.close();
+    await logger.end();
     setExit(0);
   });
 
@@ -142,6 +143,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     });
     await runUntilStopped(server.actor, server.stop);
     await insp.close();
+    await logger.end();
     setExit(server.actor.getSnapshot().value === 'failed' ? 1 : 0);
   });
 
@@ -168,6 +170,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     setExit(ok === results.length ? 0 : 1);
     await insp.hold();
     await insp.close();
+    await logger.end();
   });
 
   withLogOptions(withInspectOptions(

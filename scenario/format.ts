@@ -7,7 +7,7 @@ import { CLIENT_CODES, ERROR_CODES } from '../transport/errors.js';
 import {
   anything, dict, flag, fraction, lazy, list, located, name, object, oneOf, opt, refine, req, scalar, tagged, text, whole,
   type Field, type Infer, type Schema,
-} from './schema.js';
+} from '../config/schema.js';
 
 const ms = whole('milliseconds');
 

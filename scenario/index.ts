@@ -4,4 +4,4 @@ export { runScenario, labelOf, type RunOptions, type ScenarioReport, type StepRe
 export { jsonRefusal, jsonReport, scenarioFooter, scenarioHeader, stepLines } from './report.js';
 export { STEP_KINDS, type Scenario, type Step } from './format.js';
 export type { Diff } from './expect.js';
-export type { Issue } from './schema.js';
+export type { Issue } from '../config/schema.js';

@@ -6,10 +6,9 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { LineCounter, parseDocument } from 'yaml';
 import { LocalCode, RevproxyError } from '../transport/errors.js';
 import { scenarioSpec, type Scenario, type Step } from './format.js';
-import { INVALID, type Issue, type ReadContext } from './schema.js';
+import { formatIssues, readYaml, type Issue } from '../config/schema.js';
 
 /** A file that cannot run, with every problem found in it. */
 export class ScenarioError extends RevproxyError<typeof LocalCode.SCENARIO_INVALID> {
@@ -17,7 +16,7 @@ export class ScenarioError extends RevproxyError<typeof LocalCode.SCENARIO_INVAL
     readonly file: string,
     readonly issues: Issue[],
   ) {
-    super(LocalCode.SCENARIO_INVALID, issues.map((i) => `${file}:${i.line}:${i.col}: ${i.path ? `${i.path}: ` : ''}${i.message}`).join('\n'));
+    super(LocalCode.SCENARIO_INVALID, formatIssues(file, issues));
     this.name = 'ScenarioError';
   }
 }
@@ -42,16 +41,9 @@ export function loadScenario(file: string): Scenario {
  * const sc = parseScenario('name: x\nsteps:\n  - wait: 10\n', 'inline.yaml');
  */
 export function parseScenario(source: string, file: string): Scenario {
-  const lines = new LineCounter();
-  const doc = parseDocument(source, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
-  const issues: Issue[] = doc.errors.map((e) => {
-    const pos = e.linePos?.[0] ?? { line: 1, col: 1 };
-    return { line: pos.line, col: pos.col, path: '', message: `not valid YAML: ${e.message.split('\n')[0]}` };
-  });
-  if (issues.length) throw new ScenarioError(file, issues);
-  const ctx: ReadContext = { doc, lines, issues };
-  const value = scenarioSpec.read(doc.contents, { path: '', offset: 0 }, ctx);
-  if (value === INVALID || issues.length) throw new ScenarioError(file, issues);
+  const { value, ctx } = readYaml(source, scenarioSpec);
+  const issues = ctx.issues;
+  if (!value) throw new ScenarioError(file, issues);
   const scenario = { ...value, servers: value.servers ?? [], file } as Scenario;
   checkStory(scenario, issues);
   if (issues.length) throw new ScenarioError(file, issues);

@@ -2,11 +2,12 @@
  * A small schema language over YAML syntax nodes. A schema reads a node and
  * either returns a typed value or records an issue at the node's line and
  * column saying what was expected. Every issue in a file is collected, so a
- * user fixes them all in one go. The scenario format (format.ts) is written
- * once with these combinators; the loader, the types and the error messages
- * all come from that one description.
+ * user fixes them all in one go. The scenario format (scenario/format.ts)
+ * and the proxy's config file (config/proxy.ts) are each written once with
+ * these combinators; their loaders, types and error messages all come from
+ * that one description.
  */
-import { isAlias, isMap, isScalar, isSeq, type Document, type LineCounter, type Pair } from 'yaml';
+import { isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Pair } from 'yaml';
 
 /** One problem in a file: where it is and what was expected there. */
 export interface Issue {
@@ -39,6 +40,28 @@ export interface Schema<T> {
 }
 
 export type Infer<S> = S extends Schema<infer T> ? T : never;
+
+/** `file:line:col: path: message`, one line per issue. */
+export function formatIssues(file: string, issues: Issue[]): string {
+  return issues.map((i) => `${file}:${i.line}:${i.col}: ${i.path ? `${i.path}: ` : ''}${i.message}`).join('\n');
+}
+
+/**
+ * Parse YAML text and read it with `schema`. Syntax errors and every value
+ * that is not what the schema expects come back as issues, with line and column.
+ */
+export function readYaml<T>(source: string, schema: Schema<T>): { value?: T; ctx: ReadContext } {
+  const lines = new LineCounter();
+  const doc = parseDocument(source, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+  const issues: Issue[] = doc.errors.map((e) => {
+    const pos = e.linePos?.[0] ?? { line: 1, col: 1 };
+    return { line: pos.line, col: pos.col, path: '', message: `not valid YAML: ${e.message.split('\n')[0]}` };
+  });
+  const ctx: ReadContext = { doc, lines, issues };
+  if (issues.length) return { ctx };
+  const value = schema.read(doc.contents, { path: '', offset: 0 }, ctx);
+  return value === INVALID || issues.length ? { ctx } : { value, ctx };
+}
 
 export function report(ctx: ReadContext, at: At, message: string): typeof INVALID {
   const { line, col } = ctx.lines.linePos(at.offset);

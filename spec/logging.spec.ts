@@ -1,0 +1,139 @@
+/**
+ * Logs (issue 16): info is the life of the system, never a line per request;
+ * a repeated condition is one line per interval with a count; a reader that
+ * stalls costs lines (dropped and counted), never memory.
+ */
+import { execFileSync } from 'node:child_process';
+import { closeSync, constants, mkdtempSync, openSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { Logger, memorySink, runClient, startProxy, startServer, type LogRecord } from '../actors/index.js';
+import { Destination } from '../actors/logger.js';
+import { collector, eventually, frame, LOCAL, rawConnect, sleep } from './helpers.js';
+import { loadFor, rssBytes, startPressure, type Pressure } from './log-pressure.js';
+
+const PER_REQUEST = new Set(['request', 'forward', 'ack', 'answer', 'send']);
+
+const inproc = suite('logging, in process');
+
+inproc('at info, traffic writes no per-request line and no payload; at debug it does', async () => {
+  for (const level of ['info', 'debug'] as const) {
+    const logs: LogRecord[] = [];
+    const proxy = await startProxy({ port: 0, logger: new Logger('proxy', memorySink(logs), level) });
+    const server = await startServer({ id: '1', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: proxy.port }, logger: new Logger('server 1', memorySink(logs), level) });
+    await eventually(() => proxy.pools().P?.serving.length === 1, 2000, 'server serving');
+    const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: proxy.port }, packets: Array.from({ length: 50 }, (_, i) => ({ srcid: 'c', privPoliId: 'P', payload: `secret-payload-${i}` })), logger: new Logger('client c', memorySink(logs), level) });
+    assert.is(results.filter((r) => r.correct).length, 50);
+    await server.stop();
+    await proxy.stop();
+    const perRequest = logs.filter((l) => PER_REQUEST.has(l.event));
+    const payloads = logs.filter((l) => JSON.stringify(l).includes('secret-payload-'));
+    if (level === 'info') {
+      assert.equal(perRequest.map((l) => l.event), [], 'no per-request line at info');
+      assert.is(payloads.length, 0, 'no payload at info');
+      assert.ok(logs.some((l) => l.event === 'register') && logs.some((l) => l.event === 'deregister'), 'the life of the system is at info');
+    } else {
+      assert.ok(perRequest.length >= 50 * 4, `per-request lines at debug: ${perRequest.length}`);
+      assert.ok(payloads.length >= 50, 'payloads at debug');
+    }
+  }
+});
+
+inproc('a repeated condition gives one line, then one summary line per interval whose counts add up', async () => {
+  const logs: LogRecord[] = [];
+  const logger = new Logger('proxy', memorySink(logs), 'info', { summaryMs: 100 });
+  const proxy = await startProxy({ port: 0, logger });
+  const sock = await rawConnect(proxy.port);
+  const answers = collector(sock);
+  let sent = 0;
+  const end = Date.now() + 1000;
+  while (Date.now() < end) {
+    sock.write(Buffer.concat(Array.from({ length: 20 }, () => frame({ type: 0, seq: sent++, srcid: 'c', privPoliId: '999', payload: 'x' }))));
+    await sleep(5);
+  }
+  await answers.until(() => answers.got.length === sent, 5000);
+  await sleep(150); // the last interval ends
+  logger.close();
+  sock.destroy();
+  await proxy.stop();
+  const lines = logs.filter((l) => l.event === 'no_server');
+  const total = lines.reduce((k, l) => k + Number(l.count), 0);
+  assert.is(total, sent, 'every refusal is counted once');
+  assert.ok(sent > 500, `load sent ${sent}`);
+  // One immediate line, then about one per 100 ms over the second: far fewer than the batches sent.
+  assert.ok(lines.length >= 3 && lines.length <= 16, `${lines.length} lines for ${sent} refusals`);
+  assert.not.ok(lines[0]!.summary);
+  for (const l of lines.slice(1)) {
+    assert.ok(l.summary, 'the lines after the first are summaries');
+    assert.match(l.msg, /^no server is registered for privacy policy 999; refused [\d,]+ request\(s\) in the last \d+ s$/);
+  }
+});
+
+inproc('a destination whose reader never reads holds at most its bound and counts what it drops', async () => {
+  // A named pipe with a reader that never reads: the kernel's buffer fills, then the write waits.
+  const dir = mkdtempSync(join(tmpdir(), 'revproxy-fifo-'));
+  const fifo = join(dir, 'log');
+  execFileSync('mkfifo', [fifo]);
+  const reader = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+  const dest = new Destination({ to: fifo, maxBytes: 256 * 1024 });
+  await dest.ready();
+  const line = `${'x'.repeat(999)}\n`;
+  for (let i = 0; i < 20_000; i++) dest.write(line); // 20 MB
+  await sleep(200);
+  assert.ok(dest.backlog <= 256 * 1024, `backlog ${dest.backlog}`);
+  assert.ok(dest.dropped >= 20_000 - 400, `dropped ${dest.dropped}`);
+  closeSync(reader); // the blocked write ends (EPIPE)
+  await dest.end();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const proc = suite<{ p?: Pressure }>('logging, a proxy process with its stdout unread', {});
+proc.after.each(async (ctx) => {
+  await ctx.p?.close();
+  ctx.p = undefined;
+});
+
+proc('at info under load: memory stays bounded and no line per request is written', async (ctx) => {
+  ctx.p = await startPressure(['--log-level', 'info']);
+  const pid = ctx.p.child.pid!;
+  await loadFor(ctx.p.port, 1); // warm up
+  const warm = rssBytes(pid);
+  let peak = warm;
+  const sampler = setInterval(() => (peak = Math.max(peak, rssBytes(pid))), 100);
+  const acks = await loadFor(ctx.p.port, 3);
+  clearInterval(sampler);
+  // Before issue 16 info wrote 3 lines per request: RSS grew by about 34 MB a second with stdout unread.
+  assert.ok(peak - warm < 64 * 2 ** 20, `RSS ${(warm / 2 ** 20).toFixed(0)} -> ${(peak / 2 ** 20).toFixed(0)} MB over ${acks} requests`);
+  const lines = await ctx.p.read(/never matched/, 500);
+  assert.ok(acks > 10_000, `acks ${acks}`);
+  assert.ok(lines.length < 10, `lines written: ${lines.length}\n${lines.slice(0, 5).join('\n')}`);
+  for (const l of lines) assert.match(l, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z /, 'text lines start with their time');
+});
+
+proc('at debug under load: lines the reader cannot take are dropped, counted and reported', async (ctx) => {
+  ctx.p = await startPressure(['--log-level', 'debug']);
+  const pid = ctx.p.child.pid!;
+  await loadFor(ctx.p.port, 1);
+  const warm = rssBytes(pid);
+  await loadFor(ctx.p.port, 2);
+  const after = rssBytes(pid);
+  assert.ok(after - warm < 96 * 2 ** 20, `RSS ${(warm / 2 ** 20).toFixed(0)} -> ${(after / 2 ** 20).toFixed(0)} MB`);
+  const lines = await ctx.p.read(/Dropped [\d,]+ log line/, 8000);
+  const report = lines.find((l) => /Dropped [\d,]+ log line/.test(l));
+  assert.ok(report, 'a line says how many lines were dropped');
+  assert.ok(Number(/Dropped ([\d,]+)/.exec(report!)![1]!.replace(/,/g, '')) > 1000);
+});
+
+proc('SIGTERM with stdout still unread: the proxy drains and exits 0 without waiting for the reader', async (ctx) => {
+  ctx.p = await startPressure(['--log-level', 'debug']);
+  await loadFor(ctx.p.port, 1);
+  const exited = new Promise<number | null>((resolve) => ctx.p!.child.once('exit', (code) => resolve(code)));
+  ctx.p.child.kill('SIGTERM');
+  const code = await Promise.race([exited, sleep(10_000).then(() => 'still running')]);
+  assert.is(code, 0);
+});
+
+inproc.run();
+proc.run();
