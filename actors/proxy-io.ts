@@ -63,7 +63,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       const n = (perPeer.get(addr) ?? 0) + 1;
       if (input.maxConnectionsPerPeer && n > input.maxConnectionsPerPeer) {
         // A flood must not become a log flood: one line, then one per interval with a count.
-        input.logger.repeated('warn', 'conn_refused', addr, 1, (n, span) => `Refused ${fmt(n)} connection(s) from ${addr}${span ? ` ${span}` : ''}: it has ${input.maxConnectionsPerPeer} open (max_conns_per_peer)`, {
+        input.logger.repeated('warn', 'conn_refused', addr, 1, (n, span) => `Refused ${span ? `${fmt(n)} connections` : 'a connection'} from ${addr}${span ? ` ${span}` : ''}: it has ${input.maxConnectionsPerPeer} open (max_conns_per_peer)`, {
           peer: addr, limit: input.maxConnectionsPerPeer,
         });
         socket.destroy();
@@ -141,10 +141,10 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
     server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {
       const why = recogniseTlsRefusal(err.code)?.message ?? err.message;
       const addr = socket.remoteAddress ?? '?';
-      input.logger.repeated('warn', 'tls_refused', addr, 1, (n, span) => `Refused ${fmt(n)} TLS connection(s) from ${addr}${span ? ` ${span}` : ''}: ${why}`, { peer: addr, reason: err.message });
+      input.logger.repeated('warn', 'tls_refused', addr, 1, (n, span) => `Refused ${span ? `${fmt(n)} TLS connections` : 'a TLS connection'} from ${addr}${span ? ` ${span}` : ''}: ${why}`, { peer: addr, reason: err.message });
     });
     server.on('drop', () =>
-      input.logger.repeated('warn', 'conn_refused', '', 1, (n, span) => `Refused ${fmt(n)} connection(s)${span ? ` ${span}` : ''}: ${input.maxConnections} connections are open (max_connections)`, { limit: input.maxConnections }),
+      input.logger.repeated('warn', 'conn_refused', '', 1, (n, span) => `Refused ${span ? `${fmt(n)} connections ${span}` : 'a connection'}: ${input.maxConnections} connections are open (max_connections)`, { limit: input.maxConnections }),
     );
     server.on('error', (err) => sendBack({ type: 'LISTEN_FAILED', error: describeListenError(err, input.host, input.port) }));
     server.listen(input.port, input.host, () => {
