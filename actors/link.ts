@@ -100,7 +100,9 @@ export type LinkCommand =
   | { type: 'SEND'; requests: ProxyRequest[] }
   | { type: 'EXPIRE'; now: number }
   | { type: 'RETIRE' }
-  | { type: 'RESET_FAILURES' };
+  | { type: 'RESET_FAILURES' }
+  /** A reload changed the timeouts: tries started from now on use these. */
+  | { type: 'RETUNE'; timeoutMs: number; tryTimeoutMs: number };
 
 /** What a link tells the proxy. */
 export type LinkReport =

@@ -16,6 +16,7 @@ import type { Clock } from '../transport/clock.js';
 import type { Inflight, InflightCount } from './inflight.js';
 import { newPeer, type ProxyRequest } from './link.js';
 import { fmt, type Logger } from './logger.js';
+import type { ProxyObserver } from './proxy-options.js';
 import type { ForwardBatch, Member, Policy, ProxyEvent } from './proxy-types.js';
 
 /** Owns the listening socket; turns each accepted connection's reads into proxy events. */
@@ -30,6 +31,7 @@ interface ListenerInput {
   tls?: TlsMaterial;
   logger: Logger;
   clock: Clock;
+  observer?: ProxyObserver;
   /** Kicked by every client read; stopped with the listener. */
   busyPoll?: BusyPoll;
 }
@@ -78,6 +80,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, idleTimeoutMs: input.idleTimeoutMs, frameTimeoutMs: input.frameTimeoutMs, wire: 'sniff', clock: input.clock });
       const peer = newPeer(conn);
       conns.add(conn);
+      input.observer?.accepted?.(peer, socket);
       conn.messages$.subscribe({
         next: (messages) => {
           input.busyPoll?.kick();
@@ -153,6 +156,12 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
     });
     receive((e) => {
       if (e.type === 'STOP') server.close(); // stop accepting; open connections stay
+      else if (e.type === 'RELOAD') {
+        // New limits for the connections accepted from now on.
+        const { maxFrameBytes, maxConnections, maxConnectionsPerPeer, idleTimeoutMs, frameTimeoutMs } = e.opts;
+        Object.assign(input, { maxFrameBytes, maxConnections, maxConnectionsPerPeer, idleTimeoutMs, frameTimeoutMs });
+        server.maxConnections = maxConnections;
+      }
     });
     return () => {
       server.close();

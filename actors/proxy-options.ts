@@ -7,7 +7,8 @@ import type { ErrorCode as Code } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import type { TlsMaterial } from '../transport/tls.js';
 import type { Clock } from '../transport/clock.js';
-import type { SocketFactory } from './link.js';
+import type { Socket } from 'node:net';
+import type { Peer, ProxyRequest, SocketFactory } from './link.js';
 import type { Logger } from './logger.js';
 
 /** How the proxy treats servers of the old JSON wire. */
@@ -93,13 +94,19 @@ export interface ProxyOptions {
  * keep them cheap (count, don't format).
  */
 export interface ProxyObserver {
-  /** A request got its one answer: `outcome` is 'ok' for an ACK, else the error code. */
-  answered?(policy: string, member: string | undefined, outcome: 'ok' | Code, latencyMs: number): void;
-  /** A request that failed on `failed` is being tried again on another member. */
-  retried?(policy: string, failed: string, reason: string): void;
-  /** A member was taken out of rotation (or put back, with `back` true). */
-  ejected?(policy: string, member: string, reason: string, back: boolean): void;
+  /** A request got its one answer: `outcome` is 'ok' for an ACK, else the error code; `req` is the request (for the access log). */
+  answered?(policy: string, member: string | undefined, outcome: 'ok' | Code, latencyMs: number, req: ProxyRequest): void;
+  /** A request that failed on `failed` (with `code`) is being tried again on another member. */
+  retried?(policy: string, failed: string, code: Code): void;
+  /** A member was taken out of rotation (or put back, with `back` true), for a reason from a fixed set. */
+  ejected?(policy: string, member: string, reason: EjectReason, back: boolean): void;
+  /** The listener accepted a connection (its role is known from its first message). */
+  accepted?(peer: Peer, socket: Socket): void;
 }
+
+/** Why a member left rotation or came back: codes, so a metric's label values stay few. */
+export type EjectReason = 'consecutive_failures' | 'unreachable' | 'probe_succeeded' | 'ejection_over';
+export const EJECT_REASONS: readonly EjectReason[] = ['consecutive_failures', 'unreachable', 'probe_succeeded', 'ejection_over'];
 
 /** The options every part of the proxy reads: each one set, defaults applied. */
 export type Opts = Required<Omit<ProxyOptions, 'logger' | 'clock' | 'connect' | 'observer' | 'token' | 'tokens' | 'tls' | 'upstreamTls' | 'oldServers'>> & {

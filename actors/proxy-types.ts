@@ -41,6 +41,8 @@ export class Member {
   seenReads = -1;
   /** The probe or re-admission due next. */
   timer?: Timer;
+  /** The secret it registered with: checked again when a reload changes the secrets. */
+  token?: string;
 
   constructor(
     readonly id: string,
@@ -117,4 +119,6 @@ export type ProxyEvent =
   | { type: 'DRAIN_WAITING'; policy: string }
   | { type: 'EXPIRE_WAITING'; now: number }
   | { type: 'DRAINED' }
+  /** New options (SIGHUP): limits, timeouts, retries, health settings and secrets change at once. */
+  | { type: 'RELOAD'; opts: Opts }
   | { type: 'STOP' };

@@ -31,7 +31,7 @@ import { drainWatch, listener, pinger, sweeper } from './proxy-io.js';
 import { isLoopback, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
 import { Member, type ProxyContext, type ProxyEvent } from './proxy-types.js';
 import {
-  addServer, checkSecret, current, drainWaiting, eject, expireWaiting, makeReply, normaliseHost, refuse, removeServer, retry, route, spawnLink,
+  addServer, applyReload, checkSecret, current, drainWaiting, eject, expireWaiting, makeReply, normaliseHost, refuse, removeServer, retry, route, spawnLink,
 } from './routing.js';
 import { stopChild } from './children.js';
 
@@ -92,7 +92,9 @@ export const proxyMachine = setup({
       if (conn.wire !== 'json') conn.send({ type: MsgType.PING, seq: 0 });
       // An old server's setup connection closes at once: it is not its presence.
       const registration = conn.wire === 'json' ? undefined : peer;
-      addServer(context, new Member(s.id, s.privPolyId, normaliseHost(conn.remoteAddress), s.listenport, conn.wire, registration, context.opts.probeInitialMs));
+      const member = new Member(s.id, s.privPolyId, normaliseHost(conn.remoteAddress), s.listenport, conn.wire, registration, context.opts.probeInitialMs);
+      member.token = s.token;
+      addServer(context, member);
     },
 
     forward: ({ context, event }) => {
@@ -168,7 +170,7 @@ export const proxyMachine = setup({
         context.logger.info('readmit', `Server id ${entry.id} answers again; back in rotation for privacy policy ${entry.policy}`, {
           id: entry.id, policy: entry.policy, reason: 'probe succeeded',
         });
-        context.observer?.ejected?.(entry.policy, entry.id, 'probe succeeded', true);
+        context.observer?.ejected?.(entry.policy, entry.id, 'probe_succeeded', true);
       } else {
         context.logger.debug('serving', `Server id ${entry.id} is reachable and serving privacy policy ${entry.policy}`, { id: entry.id, policy: entry.policy });
       }
@@ -190,7 +192,7 @@ export const proxyMachine = setup({
         context.logger.warn('down', `Server id ${entry.id} is unreachable at ${entry.host}:${entry.port} (${event.failure.message}); out of rotation, next probe in ${delay} ms`, {
           id: entry.id, policy: entry.policy, code: event.failure.code, reason: event.failure.message, probeInMs: delay,
         });
-        context.observer?.ejected?.(entry.policy, entry.id, event.failure.message, false);
+        context.observer?.ejected?.(entry.policy, entry.id, 'unreachable', false);
         const self = context.self;
         entry.timer?.cancel();
         entry.timer = context.clock.setTimeout(() => self.send({ type: 'PROBE', member: entry.id }), delay);
@@ -222,7 +224,7 @@ export const proxyMachine = setup({
       context.logger.info('readmit', `Server id ${entry.id} is back in rotation for privacy policy ${entry.policy} after its ejection`, {
         id: entry.id, policy: entry.policy, reason: 'ejection time over',
       });
-      context.observer?.ejected?.(entry.policy, entry.id, 'ejection time over', true);
+      context.observer?.ejected?.(entry.policy, entry.id, 'ejection_over', true);
       drainWaiting(context, entry.policy);
     },
 
@@ -258,6 +260,11 @@ export const proxyMachine = setup({
         }
       }
       if (n) context.logger.warn('drain_timeout', `Drain timeout: answered ${n} request(s) SHUTTING_DOWN`, { count: n });
+    },
+
+    reload: ({ context, event }) => {
+      assertEvent(event, 'RELOAD');
+      applyReload(context, event.opts);
     },
 
     stopAll: ({ context }) => {
@@ -296,7 +303,7 @@ export const proxyMachine = setup({
   invoke: {
     id: 'listener',
     src: 'listener',
-    input: ({ context }) => ({ ...context.opts, logger: context.logger, clock: context.clock, busyPoll: context.busyPoll }),
+    input: ({ context }) => ({ ...context.opts, logger: context.logger, clock: context.clock, busyPoll: context.busyPoll, observer: context.observer }),
   },
   initial: 'starting',
   states: {
@@ -319,6 +326,8 @@ export const proxyMachine = setup({
         REGISTER: { actions: 'register' },
         FORWARD: { actions: 'forward' },
         STOP: { target: 'draining' },
+        // Re-entered, so the pinger and the sweeper restart with the new intervals.
+        RELOAD: { target: 'running', reenter: true, actions: ['reload', sendTo('listener', ({ event }) => event)] },
       },
     },
     draining: {

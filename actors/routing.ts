@@ -131,10 +131,32 @@ export function eject(context: ProxyContext, entry: Member, failures: number): v
   context.logger.warn('eject', `Ejected server id ${entry.id} from privacy policy ${entry.policy} for ${ms} ms after ${reason}`, {
     id: entry.id, policy: entry.policy, reason, ejectedForMs: ms, ejections: entry.ejections,
   });
-  context.observer?.ejected?.(entry.policy, entry.id, reason, false);
+  context.observer?.ejected?.(entry.policy, entry.id, 'consecutive_failures', false);
   const self = context.self;
   entry.timer?.cancel();
   entry.timer = context.clock.setTimeout(() => self.send({ type: 'READMIT', member: entry.id }), ms);
+}
+
+/**
+ * A reload: `opts` replace the running options, except what only a restart
+ * changes (the listening address, TLS, busy polling). Everything that reads
+ * `context.opts` sees the new values at once; a member whose secret no
+ * longer passes leaves its pool (it is told UNAUTHORIZED, its link finishes
+ * what it has in flight); the others' links take the new timeouts; waiting
+ * requests try the new limits.
+ */
+export function applyReload(context: ProxyContext, opts: Opts): void {
+  const was = context.opts;
+  context.opts = { ...opts, port: was.port, host: was.host, tls: was.tls, busyPollUs: was.busyPollUs };
+  const { timeoutMs, tryTimeoutMs } = context.opts;
+  for (const entry of [...context.servers.values()]) {
+    const denied = checkSecret(context.opts, { type: MsgType.SETUP, id: entry.id, privPolyId: entry.policy, listenport: entry.port, token: entry.token });
+    if (denied) {
+      entry.registration?.conn.endWith(errorMsg(ErrorCode.UNAUTHORIZED, `registration revoked: ${denied}`));
+      removeServer(context, entry, `its registration was revoked by a reload (${denied})`);
+    } else entry.link.send({ type: 'RETUNE', timeoutMs, tryTimeoutMs });
+  }
+  for (const name of [...context.policies.keys()]) drainWaiting(context, name);
 }
 
 /** Hand requests to their policy's pool, or refuse them when nobody serves the policy. */
@@ -165,7 +187,7 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
       failedNow++;
       continue;
     }
-    context.observer?.retried?.(req.msg.privPoliId, member, failure.message);
+    context.observer?.retried?.(req.msg.privPoliId, member, failure.code);
     let group = again.get(req.msg.privPoliId);
     if (!group) again.set(req.msg.privPoliId, (group = []));
     group.push(req);
@@ -194,10 +216,10 @@ export function refuse(context: ProxyContext, reqs: ProxyRequest[], failure: Fai
 
 /** Whether `member` may take `req` now: serving, below its in-flight limit, not already tried for it. */
 export function makeEligible(context: ProxyContext) {
-  const max = context.opts.maxServerInflight;
   return (id: string, req: unknown): boolean => {
     const entry = context.servers.get(id);
-    if (!entry || entry.ejected || entry.traffic.phase !== 'open' || entry.traffic.inflight.size >= max) return false;
+    // The limit is read live: a reload may change it.
+    if (!entry || entry.ejected || entry.traffic.phase !== 'open' || entry.traffic.inflight.size >= context.opts.maxServerInflight) return false;
     const tried = (req as ProxyRequest).tried;
     return !(tried && tried.includes(id));
   };
@@ -290,15 +312,14 @@ export function expireWaiting(context: ProxyContext, now: number): void {
  * flight, whose last answer ends a drain.
  */
 export function makeReply(context: ProxyContext): Reply {
-  const limit = context.opts.maxClientInflight;
   const observer = context.observer?.answered ? context.observer : undefined;
   const clock = context.clock;
   const pendingDrains = new Set<string>();
   return (req: ProxyRequest, answer: AckMsg | ErrorMsg, member?: string): void => {
     const client = req.client;
-    observer?.answered!(req.msg.privPoliId, member, answer.type === MsgType.ACK ? 'ok' : answer.code, clock.now() - req.arrived);
+    observer?.answered!(req.msg.privPoliId, member, answer.type === MsgType.ACK ? 'ok' : answer.code, clock.now() - req.arrived, req);
     client.outstanding--;
-    if (client.throttled && client.outstanding <= limit >> 1) {
+    if (client.throttled && client.outstanding <= context.opts.maxClientInflight >> 1) {
       client.throttled = false;
       client.conn.resume();
     }

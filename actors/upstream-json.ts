@@ -213,6 +213,7 @@ const serving = {
   EXPIRE: { actions: ['expire', 'dispatch'] },
   WAKE: { actions: ['wake', 'dispatch'] },
   RESET_FAILURES: { actions: 'resetFailures' },
+  RETUNE: { actions: 'retune' },
 } as const;
 
 export const upstreamJsonMachine = setup({
@@ -394,6 +395,10 @@ export const upstreamJsonMachine = setup({
     }),
     wake: assign({ retryPending: false }),
     resetFailures: assign({ consecutiveFailures: 0 }),
+    retune: assign(({ event }) => {
+      assertEvent(event, 'RETUNE');
+      return { timeoutMs: event.timeoutMs, tryTimeoutMs: event.tryTimeoutMs };
+    }),
     /**
      * Put waiting requests on idle connections; decide whether the trial has
      * shown a server that reads one connection less than we have open; dial

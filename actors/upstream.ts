@@ -55,6 +55,12 @@ export class LinkTraffic implements LinkPort {
     return this.link.inflight;
   }
 
+  /** New timeouts (a reload): the tries sent from now on use them. */
+  retune(timeoutMs: number, tryTimeoutMs: number): void {
+    this.link.timeoutMs = timeoutMs;
+    this.link.tryTimeoutMs = tryTimeoutMs;
+  }
+
   get reads(): number {
     return this.conn?.reads ?? -1;
   }
@@ -208,6 +214,12 @@ export const upstreamMachine = setup({
     resetFailures: ({ context }) => {
       context.traffic.failures = 0;
     },
+    retune: ({ context, event }) => {
+      assertEvent(event, 'RETUNE');
+      context.timeoutMs = event.timeoutMs;
+      context.tryTimeoutMs = event.tryTimeoutMs;
+      context.traffic.retune(event.timeoutMs, event.tryTimeoutMs);
+    },
     /** Hand every unfinished request back to the proxy, with the reason. */
     notifyDown: sendParent(({ context, self }) => ({
       type: 'UPSTREAM_DOWN' as const,
@@ -243,6 +255,7 @@ export const upstreamMachine = setup({
   },
   on: {
     RESET_FAILURES: { actions: 'resetFailures' },
+    RETUNE: { actions: 'retune' },
     REPORT: { actions: 'report' },
   },
   initial: 'connecting',

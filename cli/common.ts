@@ -270,3 +270,21 @@ export function tlsFromFlags(o: TlsFlags): TlsMaterial | undefined {
     throw new FileError(err.message);
   }
 }
+
+/** Resolves when the actor stops; SIGINT and SIGTERM stop it. */
+export function runUntilStopped(actor: { getSnapshot(): { status: string }; subscribe(o: { complete?: () => void; next?: () => void; error?: (e: unknown) => void }): unknown }, stop: () => Promise<void>): Promise<void> {
+  return new Promise((resolve) => {
+    const onSignal = (): void => void stop();
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    const check = (): void => {
+      if (actor.getSnapshot().status !== 'active') {
+        process.off('SIGINT', onSignal);
+        process.off('SIGTERM', onSignal);
+        resolve();
+      }
+    };
+    actor.subscribe({ next: check, complete: check, error: check });
+    check();
+  });
+}

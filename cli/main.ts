@@ -4,15 +4,17 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Help, Option } from 'commander';
-import { runClient, startProxy, startServer, StartError } from '../actors/index.js';
+import { runClient, startServer, StartError } from '../actors/index.js';
+import { LocalCode, RevproxyError } from '../transport/errors.js';
 import type { Result } from '../actors/client.js';
 import { benchCommand } from './bench.js';
+import { proxyCommand } from './proxy.js';
 import { loadCommand } from './load.js';
 import { runDemo } from './demo.js';
 import { scenarioCommand } from './scenario.js';
 import { inspectCommand, inspectOptions, startInspection, type InspectFlags } from './inspect.js';
 import {
-  FileError, loadPackets, loadTokens, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, parseIntOption, parsePort, tlsFromFlags, tlsOptions, UsageError,
+  FileError, loadPackets, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, parseIntOption, parsePort, runUntilStopped, tlsFromFlags, tlsOptions, UsageError,
   wireOption, type FlagTable, type LogFlags, type TlsFlags,
 } from './common.js';
 import type { Behaviour, Endpoint } from '../actors/server.js';
@@ -35,24 +37,6 @@ function withInspectOptions(cmd: Command): Command {
   return cmd;
 }
 
-/** Resolves when the actor stops; SIGINT and SIGTERM stop it. */
-function runUntilStopped(actor: { getSnapshot(): { status: string }; subscribe(o: { complete?: () => void; next?: () => void; error?: (e: unknown) => void }): unknown }, stop: () => Promise<void>): Promise<void> {
-  return new Promise((resolve) => {
-    const onSignal = (): void => void stop();
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
-    const check = (): void => {
-      if (actor.getSnapshot().status !== 'active') {
-        process.off('SIGINT', onSignal);
-        process.off('SIGTERM', onSignal);
-        resolve();
-      }
-    };
-    actor.subscribe({ next: check, complete: check, error: check });
-    check();
-  });
-}
-
 export function buildProgram(setExit: (code: number) => void): Command {
   const program = new Command('revproxy')
     .description(`Reverse proxy with policy-based round-robin load balancing.\nThe old system's single-dash flags (${OLD_FLAGS.map((f) => `-${f}`).join(', ')}) are accepted as well as --port, --id, ...`)
@@ -60,58 +44,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .showHelpAfterError('(add --help for usage)')
     .configureHelp({ showGlobalOptions: false });
 
-  withTlsOptions(withLogOptions(withInspectOptions(
-    program
-      .command('proxy')
-      .description('run the reverse proxy')
-      .addOption(new Option('-p, --port <port>', 'port to listen on (0 picks a free one)').default(2100).argParser((v) => parsePort(v)))
-      .option('--host <address>', 'address to listen on', '127.0.0.1')
-      .addOption(new Option('--timeout <ms>', 'every request is answered within this time').default(5000).argParser(parseIntOption('--timeout', 1)))
-      .addOption(new Option('--retries <n>', 'retries of a failed try on other servers of the policy').default(2).argParser(parseIntOption('--retries', 0)))
-      .addOption(new Option('--try-timeout <ms>', 'timeout of one try (default: timeout / (retries + 1))').argParser(parseIntOption('--try-timeout', 1)))
-      .addOption(new Option('--max-frame <bytes>', 'largest frame accepted from any peer').default(1024 * 1024).argParser(parseIntOption('--max-frame', 16)))
-      .addOption(new Option('--max-connections <n>', 'connections open at once (clients and servers)').default(20000).argParser(parseIntOption('--max-connections', 1)))
-      .addOption(new Option('--max-client-inflight <n>', 'unanswered requests per client connection before its reads pause').default(4096).argParser(parseIntOption('--max-client-inflight', 1)))
-      .addOption(new Option('--max-server-inflight <n>', 'requests in flight to one server').default(1024).argParser(parseIntOption('--max-server-inflight', 1)))
-      .addOption(new Option('--queue-limit <n>', 'requests one policy may hold waiting for a server with room; beyond it OVERLOADED').default(1024).argParser(parseIntOption('--queue-limit', 0)))
-      .addOption(new Option('--ping-interval <ms>', 'PING each server on its registration connection this often').default(1000).argParser(parseIntOption('--ping-interval', 10)))
-      .addOption(new Option('--ping-misses <n>', 'missed PONGs after which a server is removed').default(3).argParser(parseIntOption('--ping-misses', 1)))
-      .addOption(new Option('--eject-after <n>', 'consecutive failures that eject a server for a while').default(5).argParser(parseIntOption('--eject-after', 1)))
-      .addOption(new Option('--eject-time <ms>', 'ejection time, times the number of ejections').default(30000).argParser(parseIntOption('--eject-time', 1)))
-      .addOption(new Option('--drain-timeout <ms>', 'on SIGTERM, the longest wait for requests in flight').default(5000).argParser(parseIntOption('--drain-timeout', 0)))
-      .addOption(new Option('--token <secret>', 'registration secret every server must present').env('REVPROXY_TOKEN'))
-      .option('--tokens <file>', 'per-policy registration secrets (YAML: policy: secret); policies not in it take --token, or no registrations')
-      .addOption(new Option('--idle-timeout <ms>', 'close client and registration connections silent this long (0 = never)').default(60000).argParser(parseIntOption('--idle-timeout', 0)))
-      .addOption(new Option('--frame-timeout <ms>', 'a frame begun must be complete within this time (0 = no limit)').default(10000).argParser(parseIntOption('--frame-timeout', 0)))
-      .addOption(new Option('--max-conns-per-peer <n>', 'connections from one address at once (0 = no limit; default: none on loopback, 1024 otherwise)').argParser(parseIntOption('--max-conns-per-peer', 0)))
-      .addOption(new Option('--busy-poll <us>', 'after traffic, keep polling sockets this many microseconds instead of sleeping: lower one-at-a-time latency on virtual machines, for up to one core of CPU while traffic flows (0 = off)').default(0).argParser(parseIntOption('--busy-poll', 0)))
-      .addOption(new Option('--old-server-connections <n>', 'most connections to each old (JSON) server, one request on each at a time; it gets more than one only once it answers that many at once').default(8).argParser(parseIntOption('--old-server-connections', 1)))
-      .addHelpText('after', '\nOld JSON clients and servers use the same port: the first byte of a connection decides.\nSIGTERM or SIGINT drains: no new connections, every request in flight answered, then exit 0.\nTLS: --tls-cert/--tls-key serve TLS; --tls-ca requires peers\' certificates (mutual TLS) and verifies servers\'.\nThe proxy dials servers over TLS when --tls-ca is given, presenting --tls-cert.\n\nExample:\n  revproxy proxy -port 2100\n  REVPROXY_TOKEN=... revproxy proxy --host 0.0.0.0 --tls-cert proxy.pem --tls-key proxy.key --tls-ca ca.pem'),
-  ))).action(async (o: LogFlags & TlsFlags & InspectFlags & {
-    token?: string; tokens?: string; idleTimeout: number; frameTimeout: number; maxConnsPerPeer?: number; oldServerConnections: number; busyPoll: number;
-    port: number; host: string; timeout: number; retries: number; tryTimeout?: number; maxFrame: number; maxConnections: number;
-    maxClientInflight: number; maxServerInflight: number; queueLimit: number; pingInterval: number; pingMisses: number;
-    ejectAfter: number; ejectTime: number; drainTimeout: number;
-  }) => {
-    if (o.token !== undefined && o.token.length < 8) throw new UsageError('--token (or REVPROXY_TOKEN) must be at least 8 characters: a short secret is easy to guess');
-    const logger = makeLogger('proxy', o);
-    const tls = tlsFromFlags(o);
-    const insp = await startInspection(o, 'proxy');
-    const proxy = await startProxy({
-      port: o.port, host: o.host, timeoutMs: o.timeout, retries: o.retries, tryTimeoutMs: o.tryTimeout, maxFrameBytes: o.maxFrame,
-      maxConnections: o.maxConnections, maxClientInflight: o.maxClientInflight, maxServerInflight: o.maxServerInflight,
-      queueLimit: o.queueLimit, pingIntervalMs: o.pingInterval, pingMisses: o.pingMisses, ejectAfter: o.ejectAfter,
-      ejectBaseMs: o.ejectTime, drainTimeoutMs: o.drainTimeout, logger, ...insp.attach,
-      token: o.token, tokens: o.tokens ? loadTokens(o.tokens) : undefined,
-      tls: tls?.cert ? tls : undefined, upstreamTls: tls?.ca ? tls : undefined,
-      idleTimeoutMs: o.idleTimeout, frameTimeoutMs: o.frameTimeout, maxConnectionsPerPeer: o.maxConnsPerPeer,
-      oldServers: { connections: o.oldServerConnections }, busyPollUs: o.busyPoll,
-    });
-    await runUntilStopped(proxy.actor, proxy.stop);
-    await insp.close();
-    await logger.end();
-    setExit(0);
-  });
+  program.addCommand(proxyCommand(setExit));
 
   withTlsOptions(withLogOptions(withInspectOptions(
     program
@@ -233,7 +166,7 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`revproxy: ${err.message}\n(add --help for usage)\n`);
       return 2;
     }
-    if (err instanceof StartError || err instanceof FileError) {
+    if (err instanceof StartError || err instanceof FileError || (err instanceof RevproxyError && err.code === LocalCode.BAD_FILE)) {
       process.stderr.write(`revproxy: ${err.message}\n`);
       return 1;
     }

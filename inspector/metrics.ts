@@ -1,13 +1,21 @@
 /**
  * Metrics for a running system, served at `/metrics` in the Prometheus text
- * format (prom-client). The proxy's observer hooks are on its hot path, so
- * they only add to plain counters here; prom-client's metrics are filled from
- * those counters when scraped.
+ * format (prom-client), by the admin endpoint and by the inspector. The
+ * proxy's observer hooks are on its hot path, so they only add to plain
+ * counters here; prom-client's metrics are filled from those counters when
+ * scraped.
+ *
+ * Every label value comes from a known set (outcome and error codes, states,
+ * roles) or from what registered servers named (policies, server ids), and
+ * those are capped: a label never holds free text, so the number of series
+ * stays bounded whatever peers send. More metrics (issue 18's registry, say)
+ * register on `registry`.
  */
-import { Counter, Gauge, Registry, type MetricValue } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Registry, type MetricValue } from 'prom-client';
 import type { ErrorCode } from '../transport/errors.js';
-import type { ProxyObserver } from '../actors/proxy-options.js';
+import type { EjectReason, ProxyObserver } from '../actors/proxy-options.js';
 import type { Figures, PoolView, Tally } from './views.js';
+import { ROLES, type ConnSnapshot, type Role } from '../admin/conn-stats.js';
 
 /** Latency buckets in seconds: loopback answers take tenths of a millisecond, timeouts seconds. */
 export const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -28,6 +36,11 @@ export interface MetricSources {
   /** Answers counted by server and client actors (on their own processes). */
   actorCounts(): Array<{ actor: string; kind: string; outcome: string; count: number }>;
 }
+
+/** Distinct policies, and servers per policy, counted one by one; more are counted as OTHER. */
+export const MAX_LABEL_VALUES = 1000;
+/** The label value of what is past MAX_LABEL_VALUES. */
+export const OTHER = '_other';
 
 // Recent latencies for the live p50/p99: a power-of-two ring, written without allocation.
 const RECENT = 4096;
@@ -50,8 +63,11 @@ export class Metrics implements ProxyObserver {
   constructor(
     private readonly sources: MetricSources,
     private readonly tickMs = 200,
+    /** Also collect prom-client's process and Node metrics (process_cpu_seconds_total, ...). */
+    opts: { defaults?: boolean } = {},
   ) {
     const self = this;
+    if (opts.defaults) collectDefaultMetrics({ register: this.registry });
     const tally = (map: Map<string, number>, names: string[]) =>
       function (this: Counter<string>) {
         this.reset();
@@ -75,14 +91,14 @@ export class Metrics implements ProxyObserver {
     this.registry.registerMetric(new LatencyHistogram(this.policies) as never);
     new Counter({
       name: 'revproxy_retries_total',
-      help: 'Requests sent again to another member after one failed them, by policy, failed server and reason',
-      labelNames: ['policy', 'server', 'reason'],
+      help: 'Requests sent again to another member after one failed them, by policy, failed server and the failure\'s error code',
+      labelNames: ['policy', 'server', 'code'],
       registers: [this.registry],
-      collect: tally(this.retries, ['policy', 'server', 'reason']),
+      collect: tally(this.retries, ['policy', 'server', 'code']),
     });
     new Counter({
       name: 'revproxy_ejections_total',
-      help: 'Members taken out of rotation (direction="out") or put back (direction="back"), by policy, server and reason',
+      help: 'Members taken out of rotation (direction="out") or put back (direction="back"), by policy, server and reason (consecutive_failures, unreachable, probe_succeeded, ejection_over)',
       labelNames: ['policy', 'server', 'reason', 'direction'],
       registers: [this.registry],
       collect: tally(this.ejections, ['policy', 'server', 'reason', 'direction']),
@@ -122,6 +138,7 @@ export class Metrics implements ProxyObserver {
 
   private policy(policy: string): PolicyTally {
     let t = this.policies.get(policy);
+    if (!t && this.policies.size >= MAX_LABEL_VALUES) return this.policy(OTHER);
     if (!t) {
       t = { buckets: new Float64Array(LATENCY_BUCKETS.length), sum: 0, count: 0, outcomes: new Map(), members: new Map() };
       this.policies.set(policy, t);
@@ -131,7 +148,7 @@ export class Metrics implements ProxyObserver {
 
   answered(policy: string, member: string | undefined, outcome: 'ok' | ErrorCode, latencyMs: number): void {
     const t = this.policy(policy);
-    const server = member ?? '';
+    const server = member === undefined ? '' : t.outcomes.has(member) || t.outcomes.size < MAX_LABEL_VALUES ? member : OTHER;
     let byOutcome = t.outcomes.get(server);
     if (!byOutcome) t.outcomes.set(server, (byOutcome = new Map()));
     byOutcome.set(outcome, (byOutcome.get(outcome) ?? 0) + 1);
@@ -158,14 +175,14 @@ export class Metrics implements ProxyObserver {
     this.slots[this.tickNo % SLOTS]!++;
   }
 
-  retried(policy: string, failed: string, reason: string): void {
-    const k = `${policy}\0${failed}\0${reason}`;
-    this.retries.set(k, (this.retries.get(k) ?? 0) + 1);
+  retried(policy: string, failed: string, code: ErrorCode): void {
+    const k = `${policy}\0${failed}\0${code}`;
+    if (this.retries.has(k) || this.retries.size < MAX_LABEL_VALUES) this.retries.set(k, (this.retries.get(k) ?? 0) + 1);
   }
 
-  ejected(policy: string, member: string, reason: string, back: boolean): void {
+  ejected(policy: string, member: string, reason: EjectReason, back: boolean): void {
     const k = `${policy}\0${member}\0${reason}\0${back ? 'back' : 'out'}`;
-    this.ejections.set(k, (this.ejections.get(k) ?? 0) + 1);
+    if (this.ejections.has(k) || this.ejections.size < MAX_LABEL_VALUES) this.ejections.set(k, (this.ejections.get(k) ?? 0) + 1);
   }
 
   /** Answers and errors of one member, for the pool view. */
@@ -230,4 +247,60 @@ class LatencyHistogram {
   }
 
   reset(): void {}
+}
+
+/** What the operator's metrics read when scraped (admin endpoint). */
+export interface OperationsSources {
+  conns(): ConnSnapshot;
+  /** Log lines dropped so far because a reader was too slow, per log. */
+  dropped(): Record<'main' | 'access', number>;
+  /** Reloads so far: applied, or refused (invalid file). */
+  reloads(): Record<'applied' | 'refused', number>;
+}
+
+/**
+ * The operator's metrics beside the request metrics: connections by role,
+ * bytes in and out by role, log lines dropped, reloads. Every label value is
+ * from a fixed set.
+ */
+export function addOperationsMetrics(registry: Registry, s: OperationsSources): void {
+  const byRole = (name: string, help: string, pick: (c: ConnSnapshot) => Record<Role, number>, Kind: typeof Gauge | typeof Counter) =>
+    new Kind({
+      name,
+      help,
+      labelNames: ['role'],
+      registers: [registry],
+      collect: function (this: Gauge<string> | Counter<string>) {
+        this.reset();
+        const values = pick(s.conns());
+        for (const role of ROLES) (this as Gauge<string>).inc({ role }, values[role]);
+      },
+    });
+  byRole('revproxy_connections', 'Connections open now, by role (client, registration, unknown: no message yet, upstream: to servers)', (c) => c.open, Gauge);
+  byRole('revproxy_received_bytes_total', 'Bytes read from peers, by role', (c) => c.received, Counter);
+  byRole('revproxy_sent_bytes_total', 'Bytes written to peers, by role', (c) => c.sent, Counter);
+  new Counter({
+    name: 'revproxy_log_lines_dropped_total',
+    help: 'Log lines dropped because the log\'s reader (or disk) was slower than the log, by log (main, access)',
+    labelNames: ['log'],
+    registers: [registry],
+    collect: function (this: Counter<string>) {
+      this.reset();
+      const d = s.dropped();
+      this.inc({ log: 'main' }, d.main);
+      this.inc({ log: 'access' }, d.access);
+    },
+  });
+  new Counter({
+    name: 'revproxy_reloads_total',
+    help: 'Configuration reloads (SIGHUP), by result (applied, refused: the file was invalid and the running configuration stayed)',
+    labelNames: ['result'],
+    registers: [registry],
+    collect: function (this: Counter<string>) {
+      this.reset();
+      const r = s.reloads();
+      this.inc({ result: 'applied' }, r.applied);
+      this.inc({ result: 'refused' }, r.refused);
+    },
+  });
 }

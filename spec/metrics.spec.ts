@@ -78,10 +78,10 @@ hooks('retries and ejections count through the proxy observer hooks', async () =
   const m = new Metrics({ pools: () => [], inflight: () => 0, actorCounts: () => [] });
   m.retried('P', '1', 'UPSTREAM_FAILED');
   m.retried('P', '1', 'UPSTREAM_FAILED');
-  m.ejected('P', '1', 'failures', false);
-  m.ejected('P', '1', 'healthy again', true);
+  m.ejected('P', '1', 'consecutive_failures', false);
+  m.ejected('P', '1', 'probe_succeeded', true);
   const text = await m.text();
-  assert.is(sample(text, 'revproxy_retries_total', { policy: 'P', server: '1', reason: 'UPSTREAM_FAILED' }), 2);
+  assert.is(sample(text, 'revproxy_retries_total', { policy: 'P', server: '1', code: 'UPSTREAM_FAILED' }), 2);
   assert.is(sample(text, 'revproxy_ejections_total', { policy: 'P', server: '1', direction: 'out' }), 1);
   assert.is(sample(text, 'revproxy_ejections_total', { policy: 'P', server: '1', direction: 'back' }), 1);
 });

@@ -1,0 +1,66 @@
+/**
+ * Connections and bytes by role, for /metrics: the listener's connections
+ * (told through the observer's `accepted` hook; their role is known from
+ * their first message) and the proxy's connections to servers (through a
+ * wrapped socket factory). Counted at scrape time from the sockets' own
+ * counters, so the hot path pays nothing per byte.
+ */
+import type { Socket } from 'node:net';
+import type { Peer, SocketFactory } from '../actors/link.js';
+import type { ProxyObserver } from '../actors/proxy-options.js';
+
+/** The roles a connection can have: the label values of the connection metrics. */
+export const ROLES = ['client', 'registration', 'unknown', 'upstream'] as const;
+export type Role = (typeof ROLES)[number];
+
+export interface ConnSnapshot {
+  open: Record<Role, number>;
+  /** Bytes read from peers, by role, since the start. */
+  received: Record<Role, number>;
+  /** Bytes written to peers, by role, since the start. */
+  sent: Record<Role, number>;
+}
+
+const zero = (): Record<Role, number> => ({ client: 0, registration: 0, unknown: 0, upstream: 0 });
+
+export class ConnStats implements Pick<ProxyObserver, 'accepted'> {
+  private readonly live = new Map<Socket, () => Role>();
+  private readonly received = zero();
+  private readonly sent = zero();
+
+  accepted(peer: Peer, socket: Socket): void {
+    this.track(socket, () => peer.role);
+  }
+
+  /** A socket factory whose sockets are counted as `upstream`. */
+  wrap(factory: SocketFactory): SocketFactory {
+    return (host, port) => {
+      const s = factory(host, port);
+      this.track(s, () => 'upstream');
+      return s;
+    };
+  }
+
+  private track(socket: Socket, role: () => Role): void {
+    this.live.set(socket, role);
+    socket.once('close', () => {
+      const r = role();
+      this.received[r] += socket.bytesRead;
+      this.sent[r] += socket.bytesWritten;
+      this.live.delete(socket);
+    });
+  }
+
+  snapshot(): ConnSnapshot {
+    const open = zero();
+    const received = { ...this.received };
+    const sent = { ...this.sent };
+    for (const [s, role] of this.live) {
+      const r = role();
+      open[r]++;
+      received[r] += s.bytesRead;
+      sent[r] += s.bytesWritten;
+    }
+    return { open, received, sent };
+  }
+}

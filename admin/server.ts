@@ -1,0 +1,143 @@
+/**
+ * The admin endpoint (`--admin HOST:PORT`), without the inspector:
+ *
+ * - `GET /healthz`: 200 while the process runs its event loop (liveness).
+ * - `GET /readyz`: 200 when every readiness check passes (the proxy listens
+ *   and is not draining), else 503 with a short JSON body saying why.
+ * - `GET /metrics`: Prometheus text (prom-client): request metrics, process
+ *   and Node metrics, connections, bytes, pools.
+ * - `/inspector/...`: the inspector page, when it is served here.
+ *
+ * GET and HEAD only. With a bearer token, /metrics and /inspector/ require
+ * `Authorization: Bearer TOKEN`; the health checks stay open (they tell
+ * nothing but up or down).
+ *
+ * Adding a readiness check (issue 18's registry, say):
+ *   readiness.add('registry', () => connected ? undefined : { code: 'REGISTRY_UNREACHABLE', message: 'etcd is unreachable' });
+ * and a metric: `new Gauge({ name, help, registers: [metrics.registry], collect() {...} })`.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Metrics } from '../inspector/metrics.js';
+
+/** Why something is not ready: a stable code and a sentence. */
+export interface NotReady {
+  code: string;
+  message: string;
+}
+
+/** Named checks; ready when every one returns undefined. */
+export class Readiness {
+  private readonly checks = new Map<string, () => NotReady | undefined>();
+
+  /** Add (or replace) a check: it returns undefined when ready, or why not. */
+  add(name: string, check: () => NotReady | undefined): void {
+    this.checks.set(name, check);
+  }
+
+  evaluate(): { ready: boolean; reasons: Array<NotReady & { check: string }> } {
+    const reasons: Array<NotReady & { check: string }> = [];
+    for (const [check, fn] of this.checks) {
+      let r: NotReady | undefined;
+      try {
+        r = fn();
+      } catch (err) {
+        r = { code: 'CHECK_FAILED', message: (err as Error).message };
+      }
+      if (r) reasons.push({ check, ...r });
+    }
+    return { ready: reasons.length === 0, reasons };
+  }
+}
+
+/** Serves another part of the admin port (the inspector under /inspector/); returns false when it has nothing at that path. */
+export type SubHandler = (req: IncomingMessage, res: ServerResponse, path: string) => Promise<boolean> | boolean;
+
+export interface AdminOptions {
+  host: string;
+  port: number;
+  /** Bearer token for /metrics and /inspector/. */
+  token?: string;
+  metrics: Metrics;
+  readiness: Readiness;
+  /** Serves /inspector/... when given. */
+  inspector?: SubHandler;
+}
+
+export interface AdminServer {
+  port: number;
+  url: string;
+  /** Change the bearer token (a reload). */
+  setToken(token: string | undefined): void;
+  close(): Promise<void>;
+}
+
+const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
+
+export function startAdmin(opts: AdminOptions): Promise<AdminServer> {
+  let token = opts.token;
+  const authorised = (req: IncomingMessage): boolean => {
+    if (token === undefined) return true;
+    const m = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
+    return m !== null && timingSafeEqual(digest(m[1]!), digest(token));
+  };
+
+  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const head = req.method === 'HEAD';
+    if (req.method !== 'GET' && !head) {
+      res.setHeader('allow', 'GET, HEAD');
+      return send(res, head, 405, 'text/plain; charset=utf-8', 'only GET and HEAD are served here\n');
+    }
+    const path = new URL(req.url ?? '/', 'http://admin').pathname;
+    if (path === '/healthz') return send(res, head, 200, 'application/json', '{"status":"ok"}\n');
+    if (path === '/readyz') {
+      const r = opts.readiness.evaluate();
+      return send(res, head, r.ready ? 200 : 503, 'application/json', `${JSON.stringify(r.ready ? { ready: true } : r)}\n`);
+    }
+    if (path === '/metrics' || path.startsWith('/inspector')) {
+      if (!authorised(req)) {
+        res.setHeader('www-authenticate', 'Bearer realm="revproxy"');
+        return send(res, head, 401, 'text/plain; charset=utf-8', 'this path needs Authorization: Bearer <the admin token>\n');
+      }
+      if (path === '/metrics') return send(res, head, 200, opts.metrics.contentType, await opts.metrics.text());
+      if (opts.inspector && (await opts.inspector(req, res, path.slice('/inspector'.length) || '/'))) return;
+    }
+    return send(res, head, 404, 'text/plain; charset=utf-8', `nothing at ${path}: try /healthz, /readyz or /metrics\n`);
+  };
+
+  const server: Server = createServer((req, res) => {
+    handle(req, res).catch((err: Error) => {
+      if (!res.headersSent) send(res, req.method === 'HEAD', 500, 'text/plain; charset=utf-8', `admin error: ${err.message}\n`);
+      else res.destroy();
+    });
+  });
+  // Probes and scrapes are short: an idle or slow client is not kept around.
+  server.headersTimeout = 10_000;
+  server.requestTimeout = 30_000;
+  server.keepAliveTimeout = 5_000;
+  return new Promise((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) =>
+      reject(new Error(err.code === 'EADDRINUSE' ? `the admin port ${opts.host}:${opts.port} is already in use: choose another with --admin HOST:PORT` : `cannot start the admin endpoint on ${opts.host}:${opts.port}: ${err.message}`)),
+    );
+    server.listen(opts.port, opts.host, () => {
+      const addr = server.address();
+      const port = typeof addr === 'object' && addr ? addr.port : opts.port;
+      const host = opts.host.includes(':') ? `[${opts.host}]` : opts.host;
+      resolve({
+        port,
+        url: `http://${host}:${port}/`,
+        setToken: (t) => (token = t),
+        close: () =>
+          new Promise<void>((done) => {
+            server.close(() => done());
+            server.closeAllConnections();
+          }),
+      });
+    });
+  });
+}
+
+function send(res: ServerResponse, head: boolean, status: number, type: string, body: string): void {
+  res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store', 'content-length': Buffer.byteLength(body) });
+  res.end(head ? undefined : body);
+}

@@ -1,0 +1,247 @@
+/**
+ * `revproxy proxy`: the flags (made from the config table in
+ * config/proxy.ts), `--config FILE` and `--check`, the logs and the access
+ * log, the admin endpoint, and SIGHUP (reload the config, reopen the access
+ * log). SIGTERM and SIGINT drain.
+ */
+import { resolve as resolvePath } from 'node:path';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { startProxy, type ProxyHandle } from '../actors/index.js';
+import { tcpConnect } from '../actors/link.js';
+import { Destination, Logger, LogStream, LEVELS } from '../actors/logger.js';
+import { isLoopback, resolveOptions } from '../actors/proxy-options.js';
+import { AccessLog, combineObservers } from '../admin/access-log.js';
+import { ConnStats } from '../admin/conn-stats.js';
+import { Readiness, startAdmin, type AdminServer } from '../admin/server.js';
+import {
+  changes, checkRuntime, ConfigError, defaultOf, loadConfigFile, merge, NUMBERS, parseHostPort, toRuntime,
+  type NumberKey, type ProxyConfig, type Runtime,
+} from '../config/proxy.js';
+import { addOperationsMetrics, Metrics } from '../inspector/metrics.js';
+import type { PoolView } from '../inspector/views.js';
+import { dial } from '../transport/tls.js';
+import { parseIntOption, parsePort, runUntilStopped, tlsOptions, UsageError } from './common.js';
+import { inspectOptions, startInspection } from './inspect.js';
+
+const camel = (key: string): string => key.replace(/_(\w)/g, (_, c: string) => c.toUpperCase());
+const flagOf = (key: string): string => `--${key.replace(/_/g, '-')}`;
+
+/** The proxy command's options: one per numeric setting of the table, then the rest. */
+function proxyOptions(): Option[] {
+  const numbers = (Object.keys(NUMBERS) as NumberKey[]).map((key) => {
+    const s = NUMBERS[key];
+    const flags = key === 'port' ? `-p, --port <port>` : `${flagOf(key)} <${s.unit}>`;
+    const parse = key === 'port' ? (v: string) => parsePort(v) : parseIntOption(flagOf(key), s.min);
+    return new Option(flags, `${s.doc} (default: ${defaultOf(key)})`).argParser(parse);
+  });
+  return [
+    ...numbers,
+    new Option('--host <address>', `address to listen on (default: ${resolveOptions({}).host})`),
+    new Option('--config <file>', 'read the settings from this YAML file (docs/CONFIG.md); flags given as well override it'),
+    new Option('--check', 'check the configuration (the file, the flags and the files they name), then exit: 0 when it is valid, 1 when not'),
+    new Option('--token <secret>', 'registration secret every server must present').env('REVPROXY_TOKEN'),
+    new Option('--tokens <file>', 'per-policy registration secrets (YAML: policy: secret); policies not in it take --token, or no registrations; re-read on SIGHUP'),
+    new Option('--old-server-connections <n>', 'most connections to each old (JSON) server, one request on each at a time; it gets more than one only once it answers that many at once (default: 8)').argParser(parseIntOption('--old-server-connections', 1)),
+    new Option('--log-level <level>', 'least severe log level written (debug adds a line per request, with payloads) (default: info)').choices(LEVELS),
+    new Option('--log-format <format>', 'text for people, json for machines, one object per line; also the access log\'s format (default: text)').choices(['text', 'json']),
+    new Option('--no-color', 'plain text even on a terminal'),
+    new Option('--log-summary-interval <ms>', 'repeated conditions (refusals, retries) and dropped log lines are summarised once per this interval (default: 5000)').argParser(parseIntOption('--log-summary-interval', 100)),
+    new Option('--access-log <file>', "one line per request (time, client and address, policy, server, seq, tries, latency, outcome): '-' for stdout, or a file, reopened on SIGHUP (default: off)"),
+    new Option('--admin <host:port>', 'serve /healthz, /readyz and /metrics on HOST:PORT (default: off)').argParser((v) => {
+      if (!parseHostPort(v)) throw new InvalidArgumentError(`--admin takes HOST:PORT (e.g. 127.0.0.1:9100) or a port, got '${v}'`);
+      return v;
+    }),
+    new Option('--admin-token <secret>', 'bearer token /metrics requires (the health checks stay open)').env('REVPROXY_ADMIN_TOKEN'),
+    ...tlsOptions(),
+    ...inspectOptions(),
+  ];
+}
+
+type Flags = Record<string, unknown> & { config?: string; check?: boolean };
+
+/** What the flags set, as a config (only what was given: a flag overrides the file, a default does not). */
+function configFromFlags(cmd: Command): ProxyConfig {
+  const o = cmd.opts() as Flags;
+  const given = (name: string): boolean => o[name] !== undefined && cmd.getOptionValueSource(name) !== 'default';
+  // Paths from flags stay as given (the working directory does not change); the file's are made absolute.
+  const abs = (p: unknown): string | undefined => (typeof p === 'string' ? p : undefined);
+  const c: Record<string, unknown> = {};
+  for (const key of Object.keys(NUMBERS)) if (given(camel(key))) c[key] = o[camel(key)];
+  if (given('host')) c.host = o.host;
+  if (given('token')) {
+    if (String(o.token).length < 8) throw new UsageError('--token (or REVPROXY_TOKEN) must be at least 8 characters: a short secret is easy to guess');
+    c.token = o.token;
+  }
+  if (given('tokens')) c.tokens_file = abs(o.tokens);
+  if (given('oldServerConnections')) c.old_server_connections = o.oldServerConnections;
+  const log: Record<string, unknown> = {};
+  if (given('logLevel')) log.level = o.logLevel;
+  if (given('logFormat')) log.format = o.logFormat;
+  if (o.color === false) log.color = false;
+  if (given('logSummaryInterval')) log.summary_interval = o.logSummaryInterval;
+  if (given('accessLog')) log.access_log = abs(o.accessLog);
+  if (Object.keys(log).length) c.log = log;
+  const admin: Record<string, unknown> = {};
+  if (given('admin')) admin.listen = parseHostPort(String(o.admin));
+  if (given('adminToken')) {
+    if (String(o.adminToken).length < 8) throw new UsageError('--admin-token (or REVPROXY_ADMIN_TOKEN) must be at least 8 characters: a short secret is easy to guess');
+    admin.token = o.adminToken;
+  }
+  if (Object.keys(admin).length) c.admin = admin;
+  const tls: Record<string, unknown> = {};
+  if (given('tlsCert')) tls.cert = abs(o.tlsCert);
+  if (given('tlsKey')) tls.key = abs(o.tlsKey);
+  if (given('tlsCa')) tls.ca = abs(o.tlsCa);
+  if (Object.keys(tls).length) c.tls = tls;
+  if (given('inspect')) c.inspect = o.inspect === true ? 0 : o.inspect;
+  if (given('inspectLog')) c.inspect_log = abs(o.inspectLog);
+  return c as ProxyConfig;
+}
+
+export function proxyCommand(setExit: (code: number) => void): Command {
+  const cmd = new Command('proxy').description('run the reverse proxy');
+  for (const o of proxyOptions()) cmd.addOption(o);
+  cmd.addHelpText(
+    'after',
+    `
+Every setting can also be given in a YAML file (--config FILE; docs/CONFIG.md): the key is the
+flag's name with _ for - (max_server_inflight: 2048); flags override the file.
+Old JSON clients and servers use the same port: the first byte of a connection decides.
+SIGTERM or SIGINT drains: no new connections, every request in flight answered, then exit 0.
+SIGHUP reloads the config file (or, without one, the tokens file): limits, timeouts, retries,
+health settings, log level and secrets change at once, and no connection is closed; the access
+log is reopened (for logrotate). An invalid file is refused and the running settings stay.
+TLS: --tls-cert/--tls-key serve TLS; --tls-ca requires peers' certificates (mutual TLS) and verifies servers'.
+The proxy dials servers over TLS when --tls-ca is given, presenting --tls-cert.
+
+Example:
+  revproxy proxy -port 2100
+  revproxy proxy --config /etc/revproxy.yaml --check
+  REVPROXY_TOKEN=... revproxy proxy --host 0.0.0.0 --tls-cert proxy.pem --tls-key proxy.key --tls-ca ca.pem --admin 0.0.0.0:9100`,
+  );
+  cmd.action(async () => {
+    const flags = configFromFlags(cmd);
+    const file = (cmd.opts() as Flags).config;
+    const source = file ?? 'the command line';
+    const read = (): ProxyConfig => merge(file ? loadConfigFile(resolvePath(file)) : {}, flags);
+    if ((cmd.opts() as Flags).check) {
+      const cfg = read();
+      checkRuntime(cfg, source);
+      process.stdout.write(`revproxy: ${file ? `the configuration file ${file}` : 'the configuration'} is valid (${Object.keys(cfg).length} setting(s); the files it names can be used)\n`);
+      setExit(0);
+      return;
+    }
+    // SIGHUP must never end the process, whatever happens before the proxy is up.
+    let onHup = (): void => {};
+    const hup = (): void => onHup();
+    process.on('SIGHUP', hup);
+    try {
+      await run(read, source, setExit, (f) => (onHup = f));
+    } finally {
+      process.off('SIGHUP', hup);
+    }
+  });
+  return cmd;
+}
+
+/** Start everything a config asks for, serve until SIGTERM/SIGINT, reload on SIGHUP. */
+async function run(read: () => ProxyConfig, source: string, setExit: (code: number) => void, onHup: (f: () => void) => void): Promise<void> {
+  let running = read();
+  const rt = toRuntime(running);
+  const stdout = new Destination({ to: '-' });
+  const logger = new Logger('proxy', new LogStream(stdout, { format: rt.log.format, color: rt.log.color && process.stdout.isTTY === true && !process.env.NO_COLOR }), rt.log.level, { summaryMs: rt.log.summaryMs });
+  const accessLog = rt.log.accessLog ? new AccessLog(rt.log.accessLog === '-' ? stdout : new Destination({ to: rt.log.accessLog }), rt.log.format) : undefined;
+  if (accessLog && rt.log.accessLog !== '-') await accessLog.dest.ready().catch((err: Error) => {
+    throw new ConfigError(source, [{ line: 1, col: 1, path: 'log.access_log', message: `${rt.log.accessLog}: cannot open it for writing: ${err.message}` }]);
+  });
+  const reloads = { applied: 0, refused: 0 };
+  let proxy: ProxyHandle | undefined;
+  let admin: AdminServer | undefined;
+  let metrics: Metrics | undefined;
+  const conns = rt.admin ? new ConnStats() : undefined;
+  if (rt.admin) {
+    metrics = new Metrics({ pools: () => (proxy ? poolViews(proxy) : []), inflight: () => proxy?.actor.getSnapshot().context.inflight.size ?? 0, actorCounts: () => [] }, 200, { defaults: true });
+    addOperationsMetrics(metrics.registry, {
+      conns: () => conns!.snapshot(),
+      dropped: () => ({ main: logger.dropped, access: accessLog && accessLog.dest !== stdout ? accessLog.dropped : 0 }),
+      reloads: () => reloads,
+    });
+    const readiness = new Readiness();
+    readiness.add('proxy', () => {
+      const state = proxy?.actor.getSnapshot().value;
+      if (state === 'running') return undefined;
+      if (state === 'draining') return { code: 'DRAINING', message: 'the proxy is draining: it takes no new connections' };
+      if (state === undefined || state === 'starting') return { code: 'STARTING', message: 'the proxy is not listening yet' };
+      return { code: 'STOPPED', message: `the proxy is ${String(state)}` };
+    });
+    admin = await startAdmin({ host: rt.admin.host, port: rt.admin.port, token: rt.admin.token, metrics, readiness });
+    logger.info('admin', `Admin endpoint on ${admin.url} (/healthz, /readyz, /metrics)`, { url: admin.url });
+    if (!isLoopback(rt.admin.host) && !rt.admin.token) {
+      logger.warn('admin_insecure', `the admin endpoint listens on ${rt.admin.host}, reachable from other machines, with no token: anyone who can connect can read /metrics. Set admin.token (--admin-token, REVPROXY_ADMIN_TOKEN).`, { host: rt.admin.host });
+    }
+  }
+  const insp = await startInspection({ inspect: rt.inspect, inspectLog: rt.inspectLog }, 'proxy');
+  try {
+    const upstream = rt.options.upstreamTls;
+    proxy = await startProxy({
+      ...rt.options,
+      logger,
+      inspect: insp.attach.inspect,
+      observer: combineObservers(metrics, accessLog, conns, insp.attach.observer),
+      connect: conns?.wrap(upstream ? (host, port) => dial(host, port, upstream) : tcpConnect),
+    });
+    const handle = proxy;
+    onHup(() => {
+      accessLog?.reopen();
+      let next: ProxyConfig;
+      let nextRt: Runtime;
+      try {
+        next = read();
+        nextRt = toRuntime(next);
+      } catch (err) {
+        reloads.refused++;
+        const why = (err as Error).message.replace(/\n/g, '; ');
+        logger.error('reload_refused', `Reload refused, still running the previous configuration: ${why}`, { file: source });
+        return;
+      }
+      const changed = changes(running, next);
+      const restart = changed.filter((c) => c.reload === 'restart').map((c) => c.key);
+      const applied = changed.filter((c) => c.reload !== 'restart').map((c) => c.key);
+      handle.actor.send({ type: 'RELOAD', opts: resolveOptions(nextRt.options) });
+      logger.setLevel(nextRt.log.level);
+      if (!restart.includes('admin.listen')) admin?.setToken(nextRt.admin?.token);
+      reloads.applied++;
+      logger.info('reload', `Reloaded ${source}: ${applied.length ? `applied ${applied.join(', ')}` : 'no setting changed'}; secrets re-read; no connection closed`, { file: source, applied });
+      if (restart.length) {
+        logger.warn('reload_restart_needed', `${restart.join(', ')} changed in ${source} but take${restart.length === 1 ? 's' : ''} effect only after a restart; running with the previous value${restart.length === 1 ? '' : 's'}`, { file: source, restart });
+      }
+      // What needs a restart stays as it runs, so the next reload reports it again.
+      const before = running;
+      running = { ...next };
+      for (const key of restart) {
+        const [k, sub] = key.split('.') as [keyof ProxyConfig, string | undefined];
+        if (sub) (running as Record<string, unknown>)[k] = { ...(next[k] as object), [sub]: (before[k] as Record<string, unknown> | undefined)?.[sub] };
+        else (running as Record<string, unknown>)[k] = before[k];
+      }
+    });
+    await runUntilStopped(proxy.actor, proxy.stop);
+  } finally {
+    await admin?.close();
+    await insp.close();
+    if (accessLog && accessLog.dest !== stdout) await accessLog.dest.end();
+    await logger.end();
+  }
+  setExit(0);
+}
+
+/** The proxy's pools as the metrics read them. */
+function poolViews(proxy: ProxyHandle): PoolView[] {
+  return Object.entries(proxy.pools()).map(([policy, p]) => ({
+    policy,
+    state: p.state,
+    members: p.members.map((id) => ({ id, state: p.states[id] ?? 'down', answered: 0, errors: 0 })),
+    cursor: p.cursor,
+    routed: 0,
+    gone: [],
+  }));
+}

@@ -1,0 +1,299 @@
+/**
+ * The proxy's configuration file (`revproxy proxy --config FILE`), written
+ * once: the table of settings below gives each key its flag, its option in
+ * `ProxyOptions` and whether it can change on a reload. The YAML schema, the
+ * command-line flags (cli/proxy.ts) and docs/CONFIG.md all follow it; the
+ * defaults come from `resolveOptions` (actors/proxy-options.ts), the one
+ * place they are written.
+ *
+ * Precedence: a flag (or REVPROXY_TOKEN) over the file, the file over the
+ * defaults. Paths in the file are relative to the file's folder.
+ */
+import { closeSync, mkdirSync, openSync, readFileSync, statSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { LEVELS, type Level } from '../actors/logger.js';
+import { resolveOptions, type Opts, type ProxyOptions } from '../actors/proxy-options.js';
+import { LocalCode, RevproxyError } from '../transport/errors.js';
+import { loadTokens, tlsFromFlags } from '../cli/common.js';
+import {
+  dict, flag, formatIssues, object, oneOf, opt, readYaml, refine, scalar, text, whole, type Field, type Infer, type Issue,
+} from './schema.js';
+
+/** When a change of a setting takes effect. */
+export type Reload =
+  /** at once, on SIGHUP */
+  | 'live'
+  /** on SIGHUP, for connections opened after it */
+  | 'new'
+  /** only when the proxy restarts */
+  | 'restart';
+
+/** The numeric options the table maps: keys of `Opts` whose value is a number. */
+type NumericOption = { [K in keyof Opts]-?: Opts[K] extends number ? K : never }[keyof Opts];
+
+interface NumberSetting {
+  option: NumericOption;
+  /** The flag's value name: `ms`, `n`, `bytes`, `us`, `port`. */
+  unit: string;
+  min: number;
+  max?: number;
+  reload: Reload;
+  doc: string;
+  /** The default in words, when it is not one number (it depends on other settings). */
+  defaultText?: string;
+}
+
+/**
+ * Every numeric setting: the key in the file is the flag's name with `_`
+ * for `-` (`max_server_inflight` is `--max-server-inflight`).
+ */
+export const NUMBERS = {
+  port: { option: 'port', unit: 'port', min: 0, max: 65535, reload: 'restart', doc: 'port to listen on (0 picks a free one)' },
+  timeout: { option: 'timeoutMs', unit: 'ms', min: 1, reload: 'live', doc: 'every request is answered within this time' },
+  retries: { option: 'retries', unit: 'n', min: 0, reload: 'live', doc: 'retries of a failed try on other servers of the policy' },
+  try_timeout: { option: 'tryTimeoutMs', unit: 'ms', min: 1, reload: 'live', doc: 'timeout of one try', defaultText: 'timeout / (retries + 1)' },
+  max_frame: { option: 'maxFrameBytes', unit: 'bytes', min: 16, reload: 'new', doc: 'largest frame accepted from any peer' },
+  max_connections: { option: 'maxConnections', unit: 'n', min: 1, reload: 'live', doc: 'connections open at once (clients and servers)' },
+  max_conns_per_peer: { option: 'maxConnectionsPerPeer', unit: 'n', min: 0, reload: 'live', doc: 'connections from one address at once (0 = no limit)', defaultText: 'none on loopback, 1024 otherwise' },
+  max_client_inflight: { option: 'maxClientInflight', unit: 'n', min: 1, reload: 'live', doc: 'unanswered requests per client connection before its reads pause' },
+  max_server_inflight: { option: 'maxServerInflight', unit: 'n', min: 1, reload: 'live', doc: 'requests in flight to one server' },
+  queue_limit: { option: 'queueLimit', unit: 'n', min: 0, reload: 'live', doc: 'requests one policy may hold waiting for a server with room; beyond it OVERLOADED' },
+  idle_timeout: { option: 'idleTimeoutMs', unit: 'ms', min: 0, reload: 'new', doc: 'close client and registration connections silent this long (0 = never)' },
+  frame_timeout: { option: 'frameTimeoutMs', unit: 'ms', min: 0, reload: 'new', doc: 'a frame begun must be complete within this time (0 = no limit)' },
+  ping_interval: { option: 'pingIntervalMs', unit: 'ms', min: 10, reload: 'live', doc: 'PING each server on its registration connection this often' },
+  ping_misses: { option: 'pingMisses', unit: 'n', min: 1, reload: 'live', doc: 'missed PONGs after which a server is removed' },
+  probe_initial: { option: 'probeInitialMs', unit: 'ms', min: 1, reload: 'live', doc: 'first wait before probing a server that went down; doubles per failed probe' },
+  probe_max: { option: 'probeMaxMs', unit: 'ms', min: 1, reload: 'live', doc: 'longest wait between probes of a server that is down' },
+  eject_after: { option: 'ejectAfter', unit: 'n', min: 1, reload: 'live', doc: 'consecutive failures that eject a server for a while' },
+  eject_time: { option: 'ejectBaseMs', unit: 'ms', min: 1, reload: 'live', doc: 'ejection time, times the number of ejections' },
+  drain_timeout: { option: 'drainTimeoutMs', unit: 'ms', min: 0, reload: 'live', doc: 'on SIGTERM, the longest wait for requests in flight' },
+  busy_poll: { option: 'busyPollUs', unit: 'us', min: 0, reload: 'restart', doc: 'after traffic, keep polling sockets this many microseconds instead of sleeping: lower one-at-a-time latency on virtual machines, for up to one core of CPU while traffic flows (0 = off)' },
+} as const satisfies Record<string, NumberSetting>;
+export type NumberKey = keyof typeof NUMBERS;
+
+/** The defaults, as `resolveOptions` gives them: for help texts and docs, never restated. */
+export const DEFAULTS = resolveOptions({});
+
+/** A setting's default, in words: `5000`, or what it depends on. */
+export function defaultOf(key: NumberKey): string {
+  const s: NumberSetting = NUMBERS[key];
+  return s.defaultText ?? String(DEFAULTS[s.option]);
+}
+
+const secret = refine(text, (t) => (t.length < 8 ? 'a secret needs at least 8 characters: a short secret is easy to guess' : undefined));
+const path = refine(text, (t) => (t.length === 0 ? 'expected a file path, got an empty string' : undefined));
+
+/** `HOST:PORT`, `[::1]:PORT` or `PORT` (127.0.0.1). */
+export function parseHostPort(value: string): { host: string; port: number } | undefined {
+  const m = /^(?:\[([^\]]+)\]|([^:\s]+)):(\d{1,5})$/.exec(value) ?? /^()()(\d{1,5})$/.exec(value);
+  if (!m || Number(m[3]) > 65535) return undefined;
+  return { host: m[1] || m[2] || '127.0.0.1', port: Number(m[3]) };
+}
+const hostPort = scalar('HOST:PORT (e.g. 127.0.0.1:9100), or a port on 127.0.0.1', (v) => parseHostPort(String(v)));
+
+const UNIT_WORDS: Record<string, string> = { ms: 'milliseconds', us: 'microseconds', n: 'a count', bytes: 'bytes', port: 'a port' };
+
+const numberFields = Object.fromEntries(
+  Object.entries(NUMBERS).map(([k, s]) => {
+    const max = (s as NumberSetting).max;
+    const schema = max === undefined ? whole(UNIT_WORDS[s.unit] ?? s.unit, s.min) : refine(whole(UNIT_WORDS[s.unit] ?? s.unit, s.min), (v) => (v > max ? `expected at most ${max}, got ${v}` : undefined));
+    return [k, opt(schema, s.doc)];
+  }),
+) as { [K in NumberKey]: Field<number, false> };
+
+/** Every other setting: listening, secrets, TLS, logs, the admin endpoint, the inspector. */
+const otherFields = {
+  host: opt(text, 'address to listen on'),
+  token: opt(secret, 'registration secret every server must present (REVPROXY_TOKEN, --token)'),
+  tokens: opt(dict(secret), 'per-policy registration secrets: policy: secret'),
+  tokens_file: opt(path, 'a YAML file of per-policy secrets (--tokens)'),
+  old_server_connections: opt(whole('connections to one old (JSON) server', 1), 'connections opened to each old (JSON) server, one request on each at a time'),
+  tls: opt(object('tls', {
+    cert: opt(path, 'PEM certificate the proxy presents (with key): turns TLS on'),
+    key: opt(path, 'PEM private key of cert'),
+    ca: opt(path, "PEM CA that verifies peers' certificates (mutual TLS) and servers'"),
+  }), 'TLS files'),
+  log: opt(object('log', {
+    level: opt(oneOf(LEVELS), 'least severe level written'),
+    format: opt(oneOf(['text', 'json'] as const), 'text for people, json for machines'),
+    color: opt(flag, 'colour text lines on a terminal'),
+    summary_interval: opt(whole('milliseconds between summary lines', 100), 'repeated conditions and dropped lines are summarised this often'),
+    access_log: opt(path, "one line per request: '-' for stdout, or a file (reopened on SIGHUP)"),
+  }), 'logging'),
+  admin: opt(object('admin', {
+    listen: opt(hostPort, 'HOST:PORT of /healthz, /readyz and /metrics'),
+    token: opt(secret, 'bearer token /metrics requires (the health checks stay open)'),
+  }), 'the admin endpoint'),
+  inspect: opt(whole('a port on 127.0.0.1 for the inspector page (0 = a free one)', 0), 'serve the inspector page and its /metrics on 127.0.0.1:PORT'),
+  inspect_log: opt(path, 'write every inspection event to this file (NDJSON)'),
+} as const;
+
+export const proxyConfigSpec = object('proxy configuration', { ...numberFields, ...otherFields }, (c) => {
+  if (c.tokens && c.tokens_file) return "give per-policy secrets as 'tokens' or in 'tokens_file', not both";
+  if (c.tls && (c.tls.cert === undefined) !== (c.tls.key === undefined)) return 'tls needs both cert and key, or neither';
+  return undefined;
+});
+
+/** What a config file (or the flags) set: every key optional. */
+export type ProxyConfig = Infer<typeof proxyConfigSpec>;
+
+/** A config file that cannot be used: every problem, as `file:line:col: path: what was expected`. */
+export class ConfigError extends RevproxyError<typeof LocalCode.BAD_FILE> {
+  constructor(
+    readonly file: string,
+    readonly issues: Issue[],
+  ) {
+    super(LocalCode.BAD_FILE, formatIssues(file, issues));
+    this.name = 'ConfigError';
+  }
+}
+
+/** Read and check a config file; paths in it become absolute (relative to its folder). */
+export function loadConfigFile(file: string): ProxyConfig {
+  let source: string;
+  try {
+    source = readFileSync(file, 'utf8');
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    const why = e.code === 'ENOENT' ? 'no such file' : e.code === 'EISDIR' ? 'it is a folder' : e.code === 'EACCES' ? 'permission denied' : e.message;
+    throw new ConfigError(file, [{ line: 1, col: 1, path: '', message: `cannot read the configuration file: ${why}` }]);
+  }
+  return parseConfig(source, file);
+}
+
+/** Check a config given as text; `file` names it in messages and anchors relative paths. */
+export function parseConfig(source: string, file: string): ProxyConfig {
+  const { value, ctx } = readYaml(source, proxyConfigSpec);
+  // An empty file is a valid config that sets nothing.
+  if (!value && ctx.issues.length === 0 && ctx.doc.contents === null) return {};
+  if (!value) throw new ConfigError(file, ctx.issues);
+  return absolutePaths(value, dirname(resolve(file)));
+}
+
+function absolutePaths(c: ProxyConfig, dir: string): ProxyConfig {
+  const abs = (p: string | undefined): string | undefined => (p === undefined || p === '-' || isAbsolute(p) ? p : resolve(dir, p));
+  return {
+    ...c,
+    tokens_file: abs(c.tokens_file),
+    inspect_log: abs(c.inspect_log),
+    tls: c.tls && { cert: abs(c.tls.cert), key: abs(c.tls.key), ca: abs(c.tls.ca) },
+    log: c.log && { ...c.log, access_log: abs(c.log.access_log) },
+  };
+}
+
+/** `over` wins wherever it sets a value; sections (tls, log, admin) merge key by key. */
+export function merge(base: ProxyConfig, over: ProxyConfig): ProxyConfig {
+  const out: Record<string, unknown> = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    if (v === undefined) continue;
+    const b = out[k];
+    out[k] = v && typeof v === 'object' && !Array.isArray(v) && b && typeof b === 'object' && k !== 'tokens' ? merge(b as ProxyConfig, v as ProxyConfig) : v;
+  }
+  return out as ProxyConfig;
+}
+
+/** Everything the proxy command runs with, resolved from a config: the proxy's options and the rest. */
+export interface Runtime {
+  /** The proxy's own options (logger, observer and clock are the command's to add). */
+  options: ProxyOptions;
+  log: { level: Level; format: 'text' | 'json'; color: boolean; summaryMs?: number; accessLog?: string };
+  admin?: { host: string; port: number; token?: string };
+  inspect?: number;
+  inspectLog?: string;
+}
+
+/**
+ * Turn a config into what the proxy runs with, reading the files it names
+ * (tokens file, TLS files: a FileError names the file that cannot be used,
+ * why, and what it should hold).
+ */
+export function toRuntime(c: ProxyConfig): Runtime {
+  const options: Record<string, unknown> = {};
+  for (const [k, s] of Object.entries(NUMBERS)) {
+    const v = c[k as NumberKey];
+    if (v !== undefined) options[s.option] = v;
+  }
+  if (c.host !== undefined) options.host = c.host;
+  if (c.token !== undefined) options.token = c.token;
+  if (c.tokens) options.tokens = { ...c.tokens };
+  if (c.tokens_file) options.tokens = loadTokens(c.tokens_file);
+  if (c.old_server_connections !== undefined) options.oldServers = { connections: c.old_server_connections };
+  const tls = c.tls ? tlsFromFlags({ tlsCert: c.tls.cert, tlsKey: c.tls.key, tlsCa: c.tls.ca }) : undefined;
+  if (tls?.cert) options.tls = tls;
+  if (tls?.ca) options.upstreamTls = tls;
+  const log = c.log ?? {};
+  return {
+    options: options as ProxyOptions,
+    log: { level: log.level ?? 'info', format: log.format ?? 'text', color: log.color ?? true, summaryMs: log.summary_interval, accessLog: log.access_log },
+    admin: c.admin?.listen ? { ...c.admin.listen, token: c.admin.token } : undefined,
+    inspect: c.inspect,
+    inspectLog: c.inspect_log,
+  };
+}
+
+function fileIssue(source: string, what: string, path: string, why: string): ConfigError {
+  return new ConfigError(source, [{ line: 1, col: 1, path: what, message: `${path}: ${why}` }]);
+}
+
+function whyUnreadable(err: unknown): string {
+  const e = err as NodeJS.ErrnoException;
+  return e.code === 'ENOENT' ? 'it does not exist' : e.code === 'EISDIR' ? 'it is a folder' : e.code === 'EACCES' ? 'permission denied' : e.message;
+}
+
+/**
+ * What `--check` does beyond reading: the files a config names can be used
+ * (tokens, TLS; the access log and inspection log can be opened for
+ * appending, as nginx -t opens its logs). Throws on the first that cannot.
+ */
+export function checkRuntime(c: ProxyConfig, source: string): Runtime {
+  const rt = toRuntime(c);
+  for (const [what, p] of [['log.access_log', c.log?.access_log], ['inspect_log', c.inspect_log]] as const) {
+    if (p === undefined || p === '-') continue;
+    try {
+      if (statSync(dirname(p), { throwIfNoEntry: false }) === undefined) mkdirSync(dirname(p), { recursive: false });
+      closeSync(openSync(p, 'a'));
+    } catch (err) {
+      throw fileIssue(source, what, p, `cannot open it for writing: ${whyUnreadable(err)}`);
+    }
+  }
+  return rt;
+}
+
+/** A setting that changed between two configs, and whether a reload can apply it. */
+export interface Change {
+  key: string;
+  reload: Reload;
+}
+
+const OTHER_RELOAD: Record<keyof typeof otherFields, Reload> = {
+  host: 'restart',
+  token: 'live',
+  tokens: 'live',
+  tokens_file: 'live',
+  old_server_connections: 'new',
+  tls: 'restart',
+  log: 'live',
+  admin: 'restart',
+  inspect: 'restart',
+  inspect_log: 'restart',
+};
+
+/** Which settings differ (tokens compared without ever being shown), each with when it takes effect. */
+export function changes(before: ProxyConfig, after: ProxyConfig): Change[] {
+  const out: Change[] = [];
+  for (const key of Object.keys(proxyConfigSpec.fields) as Array<keyof ProxyConfig>) {
+    if (JSON.stringify(before[key]) === JSON.stringify(after[key])) continue;
+    const reload = key in NUMBERS ? NUMBERS[key as NumberKey].reload : OTHER_RELOAD[key as keyof typeof otherFields];
+    // Within a section, some settings apply at once and some need a restart.
+    if (key === 'admin') {
+      if (JSON.stringify(before.admin?.listen) !== JSON.stringify(after.admin?.listen)) out.push({ key: 'admin.listen', reload: 'restart' });
+      if (before.admin?.token !== after.admin?.token) out.push({ key: 'admin.token', reload: 'live' });
+    } else if (key === 'log') {
+      for (const sub of ['level', 'format', 'color', 'summary_interval', 'access_log'] as const) {
+        if (before.log?.[sub] === after.log?.[sub]) continue;
+        out.push({ key: `log.${sub}`, reload: sub === 'level' ? 'live' : 'restart' });
+      }
+    } else out.push({ key, reload });
+  }
+  return out;
+}

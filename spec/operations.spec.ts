@@ -1,0 +1,320 @@
+/**
+ * Operating the proxy (issue 16): the config file and --check, the access
+ * log, SIGHUP reloads under load, and the admin endpoint (/healthz, /readyz,
+ * /metrics). The proxy runs as a real process (`revproxy proxy --config`);
+ * servers and load run in this process.
+ */
+import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { runClient, startServer, type ServerHandle } from '../actors/index.js';
+import { EJECT_REASONS } from '../actors/proxy-options.js';
+import { ROLES } from '../admin/conn-stats.js';
+import { NUMBERS, parseConfig, proxyConfigSpec, toRuntime } from '../config/proxy.js';
+import { OTHER } from '../inspector/metrics.js';
+import { ERROR_CODES } from '../transport/errors.js';
+import { eventually, LOCAL, sleep } from './helpers.js';
+import { runLoad } from './load.js';
+import { killAll, revproxy, ROOT, type Proc } from './procs.js';
+
+const EXAMPLE = join(ROOT, 'docs/revproxy.example.yaml');
+
+interface Ctx {
+  dir: string;
+  servers: ServerHandle[];
+}
+const ctx: Ctx = { dir: '', servers: [] };
+
+function fresh(name: string) {
+  const s = suite<Ctx>(name, ctx);
+  s.before.each(() => {
+    ctx.dir = mkdtempSync(join(tmpdir(), 'revproxy-ops-'));
+    ctx.servers = [];
+  });
+  s.after.each(async () => {
+    for (const srv of ctx.servers) srv.kill();
+    killAll();
+    rmSync(ctx.dir, { recursive: true, force: true });
+  });
+  return s;
+}
+
+function write(name: string, text: string): string {
+  const p = join(ctx.dir, name);
+  writeFileSync(p, text);
+  return p;
+}
+
+/** Start `revproxy proxy --config FILE`; resolves with its port and admin URL once both listen. */
+async function proxyWithConfig(file: string, extra: string[] = []): Promise<{ proc: Proc; port: number; admin: string }> {
+  const proc = revproxy(['proxy', '--config', file, ...extra]);
+  const port = Number((await proc.waitFor(/Running the reverse proxy on port (\d+)/))[1]);
+  const admin = proc.out.map((l) => /Admin endpoint on (http:\S+)/.exec(l)?.[1]).find(Boolean) ?? '';
+  return { proc, port, admin };
+}
+
+async function server(id: string, policy: string, port: number, opts: { token?: string; delayMs?: number } = {}): Promise<ServerHandle> {
+  const s = await startServer({ id, policy, listenPort: 0, proxy: { host: LOCAL, port }, ...opts });
+  ctx.servers.push(s);
+  return s;
+}
+
+const get = async (url: string, init: RequestInit = {}): Promise<{ status: number; body: string; type: string | null }> => {
+  const res = await fetch(url, init);
+  return { status: res.status, body: await res.text(), type: res.headers.get('content-type') };
+};
+
+const config = fresh('the config file');
+
+config('docs/revproxy.example.yaml is valid, sets every key the format has, and --check says so', async () => {
+  const text = readFileSync(EXAMPLE, 'utf8');
+  const cfg = parseConfig(text, EXAMPLE);
+  toRuntime(cfg);
+  for (const key of Object.keys(proxyConfigSpec.fields)) {
+    assert.ok(new RegExp(`^#? ?${key}:`, 'm').test(text), `the example shows '${key}'`);
+  }
+  const check = revproxy(['proxy', '--check', '--config', EXAMPLE]);
+  assert.is(await check.exited, 0, check.out.join('\n'));
+  assert.match(check.out.join('\n'), /revproxy\.example\.yaml is valid/);
+});
+
+config('docs/CONFIG.md documents every key, section keys included', () => {
+  const doc = readFileSync(join(ROOT, 'docs/CONFIG.md'), 'utf8');
+  for (const [key, field] of Object.entries(proxyConfigSpec.fields)) {
+    const sub = (field.schema as { fields?: Record<string, unknown> }).fields;
+    for (const k of sub ? Object.keys(sub).map((s) => `${key}.${s}`) : [key]) assert.ok(doc.includes(`| \`${k}\` |`), `docs/CONFIG.md has a row for ${k}`);
+  }
+});
+
+config('--check refuses a bad file with exit 1, naming file:line:col and what was expected at each problem', async () => {
+  const bad = write('bad.yaml', 'port: 2100\ntimeout: fast\nlog:\n  levl: info\nmax_server_inflight: 0\n');
+  const check = revproxy(['proxy', '--check', '--config', bad]);
+  assert.is(await check.exited, 1);
+  const out = check.out.join('\n');
+  assert.match(out, /bad\.yaml:2:10: timeout: expected milliseconds \(a whole number, at least 1\), got "fast"/);
+  assert.match(out, /bad\.yaml:4:3: log\.levl: unknown key 'levl' in log; .*did you mean 'level'/);
+  assert.match(out, /bad\.yaml:5:22: max_server_inflight: expected a count \(a whole number, at least 1\), got 0/);
+  const broken = write('broken.yaml', 'port: [1,\n');
+  const b = revproxy(['proxy', '--check', '--config', broken]);
+  assert.is(await b.exited, 1);
+  assert.match(b.out.join('\n'), /broken\.yaml:\d+:\d+: not valid YAML/);
+});
+
+config('--check opens the files a config names, as nginx -t does', async () => {
+  const cfg = write('missing.yaml', 'tokens_file: nowhere.yaml\n');
+  const check = revproxy(['proxy', '--check', '--config', cfg]);
+  assert.is(await check.exited, 1);
+  assert.match(check.out.join('\n'), /cannot read the tokens file '.*nowhere\.yaml': it does not exist/);
+});
+
+config('flags override the file; the table gives every numeric key its flag', async () => {
+  const help = revproxy(['proxy', '--help']);
+  await help.exited;
+  for (const key of Object.keys(NUMBERS)) assert.ok(help.out.join('\n').includes(`--${key.replace(/_/g, '-')}`), `flag for ${key}`);
+  const cfg = write('p.yaml', 'port: 0\nlog:\n  level: warn\n');
+  const { proc } = await proxyWithConfig(cfg, ['--log-level', 'info']);
+  assert.ok(proc.out.some((l) => /Running the reverse proxy/.test(l)), 'info lines written: the flag won over the file');
+});
+
+const access = fresh('the access log');
+
+access('one line per request, matched to requests by seq, in JSON; reopened on SIGHUP after a rotation', async () => {
+  const log = join(ctx.dir, 'access.log');
+  const cfg = write('a.yaml', `port: 0\nlog:\n  format: json\n  access_log: ${log}\n`);
+  const { proc, port } = await proxyWithConfig(cfg);
+  await server('s1', 'P', port);
+  const results = await runClient({ id: 'c7', proxy: { host: LOCAL, port }, packets: Array.from({ length: 30 }, (_, i) => ({ srcid: 'c7', privPoliId: 'P', payload: `m${i}` })) });
+  assert.is(results.filter((r) => r.correct).length, 30);
+  await eventually(() => readFileSync(log, 'utf8').split('\n').filter(Boolean).length === 30, 3000, '30 access lines');
+  const recs = readFileSync(log, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+  assert.equal(recs.map((r) => r.seq).sort((a, b) => Number(a) - Number(b)), Array.from({ length: 30 }, (_, i) => i));
+  for (const r of recs) {
+    assert.is(r.client, 'c7');
+    assert.is(r.policy, 'P');
+    assert.is(r.server, 's1');
+    assert.is(r.tries, 1);
+    assert.is(r.outcome, 'ok');
+    assert.match(String(r.addr), /^127\.0\.0\.1:\d+$/);
+    assert.ok(typeof r.latency_ms === 'number' && r.latency_ms >= 0);
+    assert.match(String(r.time), /^\d{4}-\d\d-\d\dT/);
+  }
+  // logrotate: move the file away, SIGHUP, and the next lines go to a new file.
+  renameSync(log, `${log}.1`);
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reloaded/);
+  await runClient({ id: 'c8', proxy: { host: LOCAL, port }, packets: [{ srcid: 'c8', privPoliId: 'NOPE', payload: 'x' }] });
+  await eventually(() => {
+    try {
+      return readFileSync(log, 'utf8').includes('"outcome":"NO_SERVER"');
+    } catch {
+      return false;
+    }
+  }, 3000, 'a line in the reopened file');
+  const line = JSON.parse(readFileSync(log, 'utf8').trim()) as Record<string, unknown>;
+  assert.equal([line.client, line.policy, line.server, line.tries, line.outcome], ['c8', 'NOPE', undefined, 0, 'NO_SERVER']);
+  assert.is(readFileSync(`${log}.1`, 'utf8').split('\n').filter(Boolean).length, 30, 'the rotated file kept its lines');
+  assert.ok(proc.child.exitCode === null, 'SIGHUP did not end the process');
+});
+
+access('text lines: key=value, an unset value is -', async () => {
+  const log = join(ctx.dir, 'access.log');
+  const { port } = await proxyWithConfig(write('t.yaml', 'port: 0\n'), ['--access-log', log]);
+  await runClient({ id: 'c1', proxy: { host: LOCAL, port }, packets: [{ srcid: 'c1', privPoliId: 'Z', payload: 'x' }] });
+  await eventually(() => readFileSync(log, 'utf8').length > 0, 3000, 'a line');
+  assert.match(readFileSync(log, 'utf8'), /^\d{4}-\d\d-\d\dT\S+Z client=c1 addr=127\.0\.0\.1:\d+ policy=Z server=- seq=0 tries=0 latency_ms=[\d.]+ outcome=NO_SERVER\n$/);
+});
+
+const reload = fresh('SIGHUP');
+
+reload('under load: a limit and a token change, a revoked server is drained out, an invalid file is refused; 0 requests lost', async () => {
+  const cfg = (limits: string, tokens: string): string => `port: 0\nadmin:\n  listen: 127.0.0.1:0\n${limits}tokens:\n${tokens}`;
+  const both = '  P: secret-of-P-1\n  SLOW: secret-of-SLOW\n  R: secret-of-R-1\n';
+  const file = write('r.yaml', cfg('', both));
+  const { proc, port, admin } = await proxyWithConfig(file);
+  await server('p1', 'P', port, { token: 'secret-of-P-1' });
+  await server('p2', 'P', port, { token: 'secret-of-P-1' });
+  const slow = await server('slow', 'SLOW', port, { token: 'secret-of-SLOW', delayMs: 300 });
+  await server('r1', 'R', port, { token: 'secret-of-R-1' });
+  await sleep(200);
+  const burst = async (): Promise<string[]> => {
+    const rs = await runClient({ id: 'b', proxy: { host: LOCAL, port }, window: 60, packets: Array.from({ length: 60 }, (_, i) => ({ srcid: 'b', privPoliId: 'SLOW', payload: `s${i}` })) });
+    return rs.map((r) => (r.correct ? 'ok' : String(r.error)));
+  };
+  assert.ok((await burst()).every((o) => o === 'ok'), 'before: the slow server takes all 60 at once');
+
+  // Load on policy P in rounds until told to stop, so it spans every reload.
+  let stop = false;
+  const total = { sent: 0, acks: 0, unanswered: 0, duplicates: 0, wrongHashes: 0, errors: {} as Record<string, number>, rounds: 0 };
+  const load = (async () => {
+    while (!stop) {
+      const r = await runLoad({ ports: [port], policy: 'P', connections: 4, perConnection: 500, window: 16, deadlineMs: 30_000 });
+      total.rounds++;
+      total.sent += r.sent;
+      total.acks += r.acks;
+      total.unanswered += r.unanswered;
+      total.duplicates += r.duplicates;
+      total.wrongHashes += r.wrongHashes;
+      for (const [k, n] of Object.entries(r.errors)) total.errors[k] = (total.errors[k] ?? 0) + n;
+    }
+  })();
+  await sleep(300);
+  // A limit and a token: a server takes 40 requests at once and nothing waits (the load on P keeps
+  // 64 in flight over two servers, so it fits); R's secret is gone.
+  writeFileSync(file, cfg('max_server_inflight: 40\nqueue_limit: 0\n', '  P: secret-of-P-1\n  SLOW: secret-of-SLOW\n'));
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reloaded .*applied max_server_inflight, queue_limit, tokens/);
+  await proc.waitFor(/Server id r1 left privacy policy R: its registration was revoked by a reload/);
+  const after = await burst();
+  assert.is(after.filter((o) => o === 'ok').length, 40, `after: ${after.join(' ')}`);
+  assert.is(after.filter((o) => o === 'OVERLOADED').length, 20);
+  // An invalid file is refused; the running settings stay.
+  writeFileSync(file, 'port: 0\nmax_server_inflight: lots\n');
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reload refused, still running the previous configuration: .*r\.yaml:2:22: max_server_inflight: expected a count/);
+  assert.is((await burst()).filter((o) => o === 'OVERLOADED').length, 20, 'the previous limits still apply');
+  stop = true;
+  await load;
+  assert.is(total.unanswered, 0, JSON.stringify(total));
+  assert.is(total.duplicates, 0);
+  assert.is(total.wrongHashes, 0);
+  assert.equal(total.errors, {}, 'no request of the loaded policy failed');
+  assert.is(total.acks, total.rounds * 2000);
+  assert.ok(total.rounds >= 2, `rounds of load: ${total.rounds}`);
+  const metrics = (await get(`${admin}metrics`)).body;
+  assert.match(metrics, /revproxy_reloads_total\{result="applied"\} 1/);
+  assert.match(metrics, /revproxy_reloads_total\{result="refused"\} 1/);
+  assert.ok(proc.child.exitCode === null, 'still running');
+  void slow;
+});
+
+reload('without a config file, SIGHUP re-reads the tokens file; a changed listen address is reported as needing a restart', async () => {
+  const tokens = write('tokens.yaml', 'A: secret-of-A-1\n');
+  const proc = revproxy(['proxy', '--port', '0', '--tokens', tokens]);
+  const port = Number((await proc.waitFor(/Running the reverse proxy on port (\d+)/))[1]);
+  await server('a1', 'A', port, { token: 'secret-of-A-1' });
+  writeFileSync(tokens, 'A: secret-of-A-2\n');
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Server id a1 left privacy policy A: its registration was revoked by a reload \(wrong token\)/);
+
+  const file = write('c.yaml', 'port: 0\nhost: 127.0.0.1\n');
+  const p2 = revproxy(['proxy', '--config', file]);
+  await p2.waitFor(/Running the reverse proxy/);
+  writeFileSync(file, 'port: 0\nhost: 0.0.0.0\n');
+  p2.kill('SIGHUP');
+  await p2.waitFor(/host changed in .*c\.yaml but takes effect only after a restart/);
+});
+
+const admin = fresh('the admin endpoint');
+
+admin('/healthz, /readyz (503 while draining) and /metrics (GET and HEAD): counters move, process metrics, bounded labels', async () => {
+  const { proc, port, admin: url } = await proxyWithConfig(write('m.yaml', 'port: 0\ndrain_timeout: 5000\nadmin:\n  listen: 127.0.0.1:0\n'));
+  assert.equal(await get(`${url}healthz`), { status: 200, body: '{"status":"ok"}\n', type: 'application/json' });
+  assert.equal(await get(`${url}readyz`), { status: 200, body: '{"ready":true}\n', type: 'application/json' });
+  const head = await fetch(`${url}metrics`, { method: 'HEAD' });
+  assert.is(head.status, 200);
+  assert.is(await head.text(), '');
+  assert.is((await fetch(`${url}metrics`, { method: 'POST' })).status, 405);
+
+  await server('s1', 'P', port, { delayMs: 500 });
+  await server('s2', 'P', port);
+  const count = (text: string): number => Number(/revproxy_requests_total\{policy="P",server="s2",outcome="ok"\} (\d+)/.exec(text)?.[1] ?? 0);
+  const before = count((await get(`${url}metrics`)).body);
+  await runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: Array.from({ length: 4 }, (_, i) => ({ srcid: 'c', privPoliId: 'P', payload: `x${i}` })) });
+  await runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: [{ srcid: 'c', privPoliId: 'NONE', payload: 'x' }] });
+  const text = (await get(`${url}metrics`)).body;
+  assert.is(count(text) - before, 2, 'the counter moved by the two answers s2 gave');
+  assert.match(text, /^process_cpu_seconds_total [\d.e+-]+$/m);
+  assert.match(text, /^revproxy_connections\{role="registration"\} 2$/m);
+  assert.match(text, /^revproxy_received_bytes_total\{role="client"\} [1-9]\d*$/m);
+  assert.match(text, /^revproxy_pool_members\{policy="P",state="serving"\} 2$/m);
+
+  // Every label value of the proxy's own metrics is from its known set.
+  const known: Record<string, (v: string) => boolean> = {
+    outcome: (v) => v === 'ok' || (ERROR_CODES as readonly string[]).includes(v),
+    code: (v) => (ERROR_CODES as readonly string[]).includes(v),
+    reason: (v) => (EJECT_REASONS as readonly string[]).includes(v),
+    role: (v) => (ROLES as readonly string[]).includes(v),
+    state: (v) => ['connecting', 'serving', 'down', 'ejected'].includes(v),
+    direction: (v) => v === 'out' || v === 'back',
+    log: (v) => v === 'main' || v === 'access',
+    result: (v) => v === 'applied' || v === 'refused',
+    policy: (v) => ['P', 'NONE', OTHER].includes(v),
+    server: (v) => ['', 's1', 's2', OTHER].includes(v),
+    le: (v) => v === '+Inf' || Number.isFinite(Number(v)),
+  };
+  for (const line of text.split('\n').filter((l) => l.startsWith('revproxy_'))) {
+    for (const [, name, value] of line.matchAll(/(\w+)="([^"]*)"/g)) {
+      const ok = known[name!];
+      assert.ok(ok, `label ${name} is one of the known labels (${line})`);
+      assert.ok(ok!(value!), `label ${name}="${value}" is in its known set (${line})`);
+    }
+  }
+
+  // Draining: a request is in flight at the slow server, so the drain lasts; /readyz says so.
+  const slowRequest = runClient({ id: 'd', proxy: { host: LOCAL, port }, packets: [{ srcid: 'd', privPoliId: 'P', payload: 'a' }, { srcid: 'd', privPoliId: 'P', payload: 'b' }] });
+  await sleep(100);
+  proc.kill('SIGTERM');
+  let ready = await get(`${url}readyz`);
+  for (let i = 0; i < 50 && ready.status === 200; i++) ready = await get(`${url}readyz`);
+  assert.is(ready.status, 503);
+  assert.equal(JSON.parse(ready.body), { ready: false, reasons: [{ check: 'proxy', code: 'DRAINING', message: 'the proxy is draining: it takes no new connections' }] });
+  assert.is((await get(`${url}healthz`)).status, 200, 'alive while draining');
+  assert.ok((await slowRequest).every((r) => r.correct), 'the requests in flight were answered');
+  assert.is(await proc.exited, 0);
+});
+
+admin('with a token, /metrics needs it and the health checks do not', async () => {
+  const { admin: url } = await proxyWithConfig(write('t.yaml', 'port: 0\nadmin:\n  listen: 127.0.0.1:0\n  token: an-admin-secret\n'));
+  assert.is((await get(`${url}metrics`)).status, 401);
+  assert.is((await get(`${url}metrics`, { headers: { authorization: 'Bearer wrong-secret' } })).status, 401);
+  assert.is((await get(`${url}metrics`, { headers: { authorization: 'Bearer an-admin-secret' } })).status, 200);
+  assert.is((await get(`${url}healthz`)).status, 200);
+  assert.is((await get(`${url}readyz`)).status, 200);
+});
+
+config.run();
+access.run();
+reload.run();
+admin.run();
