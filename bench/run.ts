@@ -18,7 +18,7 @@ import { poolRoutingRates } from './routing.js';
 import { endpoints, PROXY_FLAGS, startTopology, type Topology } from './topology.js';
 import type { BenchOptions, BenchReport, Row, RoutingRun } from './types.js';
 import { checks } from './verdicts.js';
-import { firstAndLast, loggingMissing, planWorkload, slowServersMissing, targetName, type Capabilities } from './workloads.js';
+import { firstAndLast, accessLogMissing, planWorkload, slowServersMissing, targetName, type Capabilities } from './workloads.js';
 
 const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 300)); // let closed connections settle before the next cell
 
@@ -122,7 +122,7 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
     rows,
     summary: summarise(rows),
     routing,
-    checks: checks(rows, routing, { slowServers: slowServersMissing(caps), logging: loggingMissing(caps) }),
+    checks: checks(rows, routing, { slowServers: slowServersMissing(caps), accessLog: accessLogMissing(caps) }),
   };
   mkdirSync(o.outDir, { recursive: true });
   const file = join(o.outDir, `bench-${report.date.replace(/[:.]/g, '-')}${o.quick ? '-quick' : ''}.json`);

@@ -49,6 +49,8 @@ export const VARIANT = {
   oneServer: 'proxy:one-server',
   busyPoll: 'proxy:busy-poll',
   haproxyBusy: 'haproxy:busy-polling',
+  /** A proxy at warn started as the logging variants are: their reference. */
+  logWarn: 'proxy:log-warn',
   logInfo: 'proxy:log-info',
   accessLog: 'proxy:access-log',
 } as const satisfies Record<string, Subject>;
