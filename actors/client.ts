@@ -1,40 +1,61 @@
 /**
- * A client: sends packets to the proxy on one connection, pipelined up to a
- * window, matches each answer by seq, and checks it equals SHA1(payload).
+ * A client of the proxy, as an actor: requests come in as events, go out on
+ * one connection pipelined up to a window (the rest wait their turn), and
+ * each is settled exactly once - by its answer (matched by seq), its
+ * timeout, its abort, or the client giving up on every proxy.
  *
- * connecting --CONNECTED--> sending --(all answered)--> done
- *      \--CONNECT_FAILED--> done (every packet marked failed)
+ * session.connecting --CONNECTED--> session.open --CLOSED--> lost --failover delay--> session (next proxy)
+ *        \--CONNECT_FAILED--> lost                          lost --attempts used up--> offline --REQUEST--> session
+ *  (any) --CLOSE--> closed
+ *
+ * When a connection is lost, the requests sent on it go out again, first,
+ * on the next proxy (the work is idempotent). Connecting is not progress (a
+ * proxy that accepts and then closes must not keep us trying for ever); an
+ * answer is. connect.ts builds the promise and RxJS forms on this machine.
  */
-import { assign, fromCallback, setup, type ActorRefFrom } from 'xstate';
-import { LocalCode, type ClientCode, type ErrorCode } from '../transport/errors.js';
-import { MsgType, type DataMsg, type Message } from '../transport/messages.js';
+import { assertEvent, assign, fromCallback, setup, type ActorRefFrom, type EventObject } from 'xstate';
+import { ErrorCode, LocalCode, RevproxyError, type ClientCode } from '../transport/errors.js';
+import { MsgType, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
 import { describeTlsError, dial, readyEvent, type TlsMaterial } from '../transport/tls.js';
-import { systemClock, type Clock } from '../transport/clock.js';
+import { systemClock, type Clock, type Timer } from '../transport/clock.js';
+import { HandlerError, show, type Payload } from './handler.js';
 import { silentLogger, type Logger } from './logger.js';
 import type { Endpoint } from './server.js';
-import { sha1Hex } from './sha1.js';
 
-export interface Packet {
-  srcid: string;
-  privPoliId: string;
-  payload: string;
+/**
+ * Why a request has no answer: the proxy's ERROR (its wire code: `NO_SERVER`,
+ * `TIMEOUT`, `OVERLOADED`, ...) or the client's own outcome (`CLIENT_TIMEOUT`,
+ * `CONNECT_FAILED`, ...). An application error from a handler is a
+ * `HandlerError` instead.
+ *
+ * @example
+ * try { await client.request('111', 'hello'); }
+ * catch (err) { if (err instanceof RequestError && err.code === 'NO_SERVER') ... }
+ */
+export class RequestError extends RevproxyError<ErrorCode | ClientCode> {
+  constructor(code: ErrorCode | ClientCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.name = 'RequestError';
+  }
 }
 
 export interface ClientOptions {
+  /** The client's id: the `srcid` of its requests unless a request names another. */
   id: string;
   /** The proxy to send through (or use `proxies`). */
   proxy?: Endpoint;
   /** Several proxies: the client uses the first and fails over to the next when one is down. */
   proxies?: Endpoint[];
-  packets: Packet[];
-  /** Per-request timeout in ms (default 5000). */
+  /** Per-request timeout in ms, unless a request says otherwise (default 5000). */
   timeoutMs?: number;
   /** Requests in flight at once on the connection (default 64; always 1 on the json wire). */
   window?: number;
+  /** Requests that may wait for room in the window; past it a request is refused with CLIENT_OVERLOADED (default 100,000). */
+  maxQueued?: number;
   /** `frames` (default), or `json`: the old wire, one request at a time, for the old Python proxy. */
   wire?: 'frames' | 'json';
-  /** Consecutive failed connection attempts before giving up (default: 2 per proxy). */
+  /** Consecutive failed connection attempts before giving up on what is pending (default: 2 per proxy). */
   maxAttempts?: number;
   /** Pause before trying the next proxy (ms, default 100). */
   failoverDelayMs?: number;
@@ -44,60 +65,220 @@ export interface ClientOptions {
   clock?: Clock;
 }
 
-export interface Result {
-  packet: Packet;
-  /** The id of the server that answered. */
-  server?: string;
-  hash?: string;
-  correct?: boolean;
-  /** Error code when no ack came: the proxy's (from its ERROR answer), or the client's own CLIENT_TIMEOUT / CONNECTION_LOST / CONNECT_FAILED. */
-  error?: ErrorCode | ClientCode;
-  message?: string;
-  latencyMs?: number;
+/** One request as the client machine takes it. `done` is called exactly once. */
+export interface ClientRequest {
+  policy: string;
+  payload: Payload;
+  /** The `srcid` to send (default: the client's id). */
+  srcid?: string;
+  /** Default: the client's `timeoutMs`. */
+  timeoutMs?: number;
+  done: (outcome: Outcome) => void;
+}
+
+/** How a request ended: its ACK, or the error it got. */
+export type Outcome =
+  | { ok: true; answer: AckMsg; latencyMs: number }
+  | { ok: false; error: RequestError | HandlerError; latencyMs: number };
+
+/** A request from its arrival to its outcome. */
+interface Entry {
+  readonly req: ClientRequest;
+  readonly handle: RequestHandle;
+  readonly arrived: number;
+  timer?: Timer;
+  /** Its seq on the current connection while in flight there. */
+  seq?: number;
+  settled: boolean;
+}
+
+/** A handle on a request given to the machine, to cancel it by. */
+export type RequestHandle = object;
+
+export type ClientEvent =
+  | { type: 'REQUEST'; requests: Array<{ req: ClientRequest; handle: RequestHandle }> }
+  | { type: 'CANCEL'; handle: RequestHandle; error: RequestError }
+  | { type: 'EXPIRE'; handle: RequestHandle }
+  | { type: 'CLOSE' }
+  | { type: 'CONNECTED'; conn: Connection }
+  | { type: 'CONNECT_FAILED'; error: string }
+  | { type: 'ANSWERS'; messages: Message[] }
+  | { type: 'CLOSED'; error: string };
+
+/**
+ * Every request the client holds, waiting or in flight, with the window
+ * between them. Owned by the machine; changed only in its actions.
+ */
+export class RequestBook {
+  private readonly waiting: Entry[] = [];
+  private waitingHead = 0;
+  private readonly inflight = new Map<number, Entry>();
+  private readonly byHandle = new Map<RequestHandle, Entry>();
+  private seq = 0;
+  /** Requests settled so far, by outcome: `ok`, or the error's code (for the inspector's counts). */
+  readonly outcomes: Record<string, number> = {};
+  /** Answers a proxy gave (ACK or ERROR) so far: whether this client ever got through. */
+  answers = 0;
+
+  constructor(
+    private readonly clock: Clock,
+    private readonly window: number,
+    private readonly maxQueued: number,
+    /** The old JSON wire: payloads must be text. */
+    private readonly textOnly: boolean,
+  ) {}
+
+  /** Requests not settled yet. */
+  get size(): number {
+    return this.byHandle.size;
+  }
+
+  get inFlight(): number {
+    return this.inflight.size;
+  }
+
+  /** Take a request to send when the window has room (settled at once with CLIENT_OVERLOADED when the queue is full). */
+  add(req: ClientRequest, handle: RequestHandle, expire: (handle: RequestHandle, ms: number) => Timer): void {
+    const entry: Entry = { req, handle, arrived: this.clock.now(), settled: false };
+    if (this.textOnly && typeof req.payload !== 'string') {
+      this.settle(entry, { ok: false, error: new RequestError(ErrorCode.BAD_REQUEST, 'the old JSON wire carries text only: send bytes over frames (the default wire)'), latencyMs: 0 });
+      return;
+    }
+    if (this.waiting.length - this.waitingHead >= this.maxQueued) {
+      this.settle(entry, { ok: false, error: new RequestError(LocalCode.CLIENT_OVERLOADED, `${this.maxQueued} requests are already waiting to be sent; slow down or raise maxQueued`), latencyMs: 0 });
+      return;
+    }
+    this.byHandle.set(handle, entry);
+    entry.timer = expire(handle, req.timeoutMs!);
+    this.waiting.push(entry);
+  }
+
+  /** Send waiting requests while the window has room. */
+  sendMore(conn: Connection, client: string, log: Logger, port: number): void {
+    const verbose = log.enabled('debug');
+    while (this.inflight.size < this.window && this.waitingHead < this.waiting.length) {
+      const entry = this.waiting[this.waitingHead++]!;
+      if (entry.settled) continue;
+      const seq = this.seq;
+      this.seq = this.seq >= 0xffffffff ? 0 : this.seq + 1;
+      const { req } = entry;
+      const srcid = req.srcid ?? client;
+      const size = typeof req.payload === 'string' ? Buffer.byteLength(req.payload) : req.payload.length;
+      if (verbose) {
+        log.debug('send', `Sending message ${show(req.payload)} to privacy policy ${req.policy} through reverse proxy running on port ${port}`, {
+          client: srcid, policy: req.policy, payload: show(req.payload), seq,
+        });
+      }
+      const msg: DataMsg = { type: MsgType.DATA, seq, srcid, privPoliId: req.policy, payload: req.payload, payloadsize: size };
+      entry.seq = seq;
+      this.inflight.set(seq, entry);
+      conn.send(msg);
+    }
+    if (this.waitingHead > 1024 && this.waitingHead * 2 > this.waiting.length) {
+      this.waiting.splice(0, this.waitingHead);
+      this.waitingHead = 0;
+    }
+  }
+
+  /** Settle what one read answered; returns how many requests it settled. */
+  answer(messages: Message[], log: Logger): number {
+    let settled = 0;
+    for (const m of messages) {
+      if (m.type !== MsgType.ACK && m.type !== MsgType.ERROR) continue;
+      const seq = m.seq;
+      if (m.type === MsgType.ERROR && seq === undefined) {
+        // Not about one request: the proxy is closing this connection.
+        log.error('proxy_error', `The reverse proxy said ${m.code}: ${m.message}`, { code: m.code });
+        continue;
+      }
+      const entry = seq === undefined ? undefined : this.inflight.get(seq);
+      if (!entry) continue;
+      this.answers++;
+      this.inflight.delete(seq!);
+      const latencyMs = this.clock.now() - entry.arrived;
+      if (m.type === MsgType.ACK) {
+        log.debug('answer', `Receiving a response from the server payload: ${show(m.payload)}`, { server: m.srcid, payload: show(m.payload), seq });
+        this.settle(entry, { ok: true, answer: m, latencyMs });
+      } else {
+        const error = m.code === ErrorCode.HANDLER_ERROR ? new HandlerError(m.appcode ?? 'HANDLER_FAILED', m.message) : new RequestError(m.code, m.message);
+        this.settle(entry, { ok: false, error, latencyMs });
+      }
+      settled++;
+    }
+    return settled;
+  }
+
+  /** Settle one request with an error (its timeout, its abort), wherever it is. */
+  fail(handle: RequestHandle, error: RequestError): void {
+    const entry = this.byHandle.get(handle);
+    if (!entry) return;
+    if (entry.seq !== undefined) this.inflight.delete(entry.seq);
+    this.settle(entry, { ok: false, error, latencyMs: this.clock.now() - entry.arrived });
+  }
+
+  /** The connection is gone: what was in flight on it waits again, first, in the order it was sent. */
+  unsend(): number {
+    const back = [...this.inflight.values()];
+    this.inflight.clear();
+    for (const e of back) e.seq = undefined;
+    this.waiting.splice(0, this.waitingHead, ...back);
+    this.waitingHead = 0;
+    return back.length;
+  }
+
+  /** Settle everything still held with `error`: the client gave up or was closed. Returns how many. */
+  failAll(error: RequestError): number {
+    const all = [...this.byHandle.values()];
+    this.inflight.clear();
+    this.waiting.length = 0;
+    this.waitingHead = 0;
+    for (const e of all) this.settle(e, { ok: false, error, latencyMs: this.clock.now() - e.arrived });
+    return all.length;
+  }
+
+  private settle(entry: Entry, outcome: Outcome): void {
+    if (entry.settled) return;
+    entry.settled = true;
+    entry.timer?.cancel();
+    this.byHandle.delete(entry.handle);
+    const key = outcome.ok ? 'ok' : outcome.error.code;
+    this.outcomes[key] = (this.outcomes[key] ?? 0) + 1;
+    entry.req.done(outcome);
+  }
 }
 
 export interface ClientContext {
   opts: ClientOptions;
   proxies: Endpoint[];
   proxyIndex: number;
+  /** Connection attempts in a row without an answer. */
   attempts: number;
   logger: Logger;
   clock: Clock;
   conn?: Connection;
-  results: Result[];
-  sentAt: Array<number | undefined>;
-  /** Packet indexes not sent yet on the current connection, in order. */
-  toSend: number[];
-  inflight: number;
-  remaining: number;
+  book: RequestBook;
   lastError?: string;
 }
 
-export type ClientEvent =
-  | { type: 'CONNECTED'; conn: Connection }
-  | { type: 'CONNECT_FAILED'; error: string }
-  | { type: 'ANSWERS'; messages: Message[] }
-  | { type: 'CLOSED'; error: string }
-  | { type: 'TICK' };
-
-const clientSocket = fromCallback<ClientEvent, { proxy: Endpoint; tls?: TlsMaterial; wire?: 'frames' | 'json' }>(({ sendBack, input }) => {
+const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMaterial; wire?: 'frames' | 'json' }>(({ sendBack, input }) => {
+  const send = (e: ClientEvent): void => sendBack(e);
   const socket = dial(input.proxy.host, input.proxy.port, input.tls);
   // On the json wire answers carry no seq: the connection gives each the seq of the oldest unanswered request.
   const conn = new Connection(socket, { wire: input.wire });
   let connected = false;
   socket.once(readyEvent(socket), () => {
     connected = true;
-    sendBack({ type: 'CONNECTED', conn });
+    send({ type: 'CONNECTED', conn });
   });
   const sub = conn.messages$.subscribe({
-    next: (messages) => sendBack({ type: 'ANSWERS', messages }),
+    next: (messages) => send({ type: 'ANSWERS', messages }),
     error: (err: NodeJS.ErrnoException) => {
       if (!connected) {
         const why = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${input.proxy.host}:${input.proxy.port}` : describeTlsError(err);
-        sendBack({ type: 'CONNECT_FAILED', error: why });
-      } else sendBack({ type: 'CLOSED', error: err.message });
+        send({ type: 'CONNECT_FAILED', error: why });
+      } else send({ type: 'CLOSED', error: err.message });
     },
-    complete: () => sendBack({ type: 'CLOSED', error: 'the reverse proxy closed the connection' }),
+    complete: () => send({ type: connected ? 'CLOSED' : 'CONNECT_FAILED', error: 'the reverse proxy closed the connection' }),
   });
   return () => {
     sub.unsubscribe();
@@ -105,47 +286,21 @@ const clientSocket = fromCallback<ClientEvent, { proxy: Endpoint; tls?: TlsMater
   };
 });
 
-const ticker = fromCallback<ClientEvent, { clock: Clock; every: number }>(({ sendBack, input }) => {
-  const t = input.clock.setInterval(() => sendBack({ type: 'TICK' }), input.every);
-  return () => t.cancel();
-});
+function maxAttempts(context: ClientContext): number {
+  return context.opts.maxAttempts ?? 2 * context.proxies.length;
+}
 
-function sendMore(context: ClientContext): Partial<ClientContext> {
-  const { conn, opts } = context;
-  const window = opts.wire === 'json' ? 1 : opts.window ?? 64;
-  let { inflight } = context;
-  if (!conn) return {};
-  const log = context.logger;
-  const now = context.clock.now();
-  const port = context.proxies[context.proxyIndex]!.port;
-  while (context.toSend.length && inflight < window) {
-    const i = context.toSend.shift()!;
-    if (settled(context.results[i]!)) continue;
-    const p = opts.packets[i]!;
-    log.debug('send', `Sending message ${p.payload} to privacy policy ${p.privPoliId} through reverse proxy running on port ${port}`, {
-      client: p.srcid, policy: p.privPoliId, payload: p.payload, seq: i,
-    });
-    const msg: DataMsg = { type: MsgType.DATA, seq: i, srcid: p.srcid, privPoliId: p.privPoliId, payload: p.payload, payloadsize: Buffer.byteLength(p.payload) };
-    context.sentAt[i] = now;
-    conn.send(msg);
-    inflight++;
+function windowOf(opts: ClientOptions): number {
+  return opts.wire === 'json' ? 1 : opts.window ?? 64;
+}
+
+/** Why the client gave up, with a hint when the cause is a common mistake. */
+function hint(why: string, gotThrough: boolean): string {
+  if (gotThrough) return '';
+  if (/closed the connection|ECONNRESET|socket hang up/.test(why)) {
+    return ' (the proxy accepted the connection and closed it without answering: does it want TLS (--tls-ca, --tls-cert), is it at its connection limit, or is it the old proxy (--wire json)?)';
   }
-  return { inflight };
-}
-
-function settled(r: Result): boolean {
-  return r.correct !== undefined || r.error !== undefined;
-}
-
-function settle(context: ClientContext, index: number, result: Omit<Result, 'packet'>): boolean {
-  const r = context.results[index];
-  if (!r || settled(r) || context.sentAt[index] === undefined) return false;
-  Object.assign(r, result);
-  r.latencyMs = context.clock.now() - context.sentAt[index]!;
-  context.sentAt[index] = undefined;
-  context.remaining--;
-  context.inflight--;
-  return true;
+  return /no reverse proxy is listening/.test(why) ? ' (start one with `revproxy proxy -port N`, or check --revproc)' : '';
 }
 
 export const clientMachine = setup({
@@ -153,156 +308,135 @@ export const clientMachine = setup({
     context: {} as ClientContext,
     events: {} as ClientEvent,
     input: {} as ClientOptions,
-    output: {} as { results: Result[] },
   },
-  actors: { clientSocket, ticker },
+  actors: { clientSocket },
   delays: {
     failoverDelay: ({ context }) => context.opts.failoverDelayMs ?? 100,
   },
   actions: {
-    start: assign(({ context, event }) => {
-      if (event.type !== 'CONNECTED') return {};
-      // Connecting is not progress: a proxy that accepts and then closes (TLS wanted,
-      // a full proxy, an old proxy) must not keep us trying for ever. An answer is.
-      return { conn: event.conn, ...sendMore({ ...context, conn: event.conn }) };
-    }),
-    receive: assign(({ context, event }) => {
-      if (event.type !== 'ANSWERS') return {};
-      const log = context.logger;
-      const before = context.remaining;
-      for (const m of event.messages) {
-        if (m.type === MsgType.ACK) {
-          const r = context.results[m.seq];
-          if (!r) continue;
-          const correct = m.payload === sha1Hex(r.packet.payload);
-          if (!settle(context, m.seq, { server: m.srcid, hash: m.payload, correct })) continue;
-          log.debug('answer', `Receiving a response from the server payload: ${m.payload}`, { server: m.srcid, payload: m.payload, seq: m.seq });
-          if (correct) log.info('verified', 'Hash of payload is correct', { seq: m.seq, server: m.srcid });
-          else log.error('wrong_hash', 'Hash of payload is not correct', { seq: m.seq, server: m.srcid, expected: sha1Hex(r.packet.payload), got: m.payload });
-        } else if (m.type === MsgType.ERROR) {
-          if (m.seq === undefined) {
-            // Not about one request: the proxy is closing this connection.
-            log.error('proxy_error', `The reverse proxy said ${m.code}: ${m.message}`, { code: m.code });
-            continue;
-          }
-          if (!settle(context, m.seq, { error: m.code, message: m.message })) continue;
-          const p = context.results[m.seq]!.packet;
-          log.error('request_failed', `Request ${m.seq} (policy ${p.privPoliId}) failed: ${m.code}: ${m.message}`, { seq: m.seq, code: m.code, policy: p.privPoliId });
-        }
-      }
-      const progress = context.remaining < before ? { attempts: 0 } : {};
-      return { remaining: context.remaining, inflight: context.inflight, ...progress, ...sendMore(context) };
-    }),
-    expire: assign(({ context }) => {
+    enqueue: ({ context, event, self }) => {
+      assertEvent(event, 'REQUEST');
       const timeout = context.opts.timeoutMs ?? 5000;
-      const now = context.clock.now();
-      context.sentAt.forEach((sent, i) => {
-        if (sent !== undefined && now - sent >= timeout && settle(context, i, { error: LocalCode.CLIENT_TIMEOUT, message: `no answer within ${timeout} ms` })) {
-          context.logger.error('request_failed', `Request ${i} got no answer within ${timeout} ms`, { seq: i, code: LocalCode.CLIENT_TIMEOUT });
-        }
-      });
-      return { remaining: context.remaining, inflight: context.inflight, ...sendMore(context) };
+      const expire = (handle: RequestHandle, ms: number): Timer => context.clock.setTimeout(() => self.send({ type: 'EXPIRE', handle }), ms);
+      for (const { req, handle } of event.requests) {
+        if (req.timeoutMs === undefined) req.timeoutMs = timeout;
+        context.book.add(req, handle, expire);
+      }
+    },
+    sendMore: ({ context }) => {
+      if (!context.conn) return;
+      context.book.sendMore(context.conn, context.opts.id, context.logger, context.proxies[context.proxyIndex]!.port);
+    },
+    setConn: assign(({ event }) => {
+      assertEvent(event, 'CONNECTED');
+      return { conn: event.conn };
     }),
+    receive: ({ context, event }) => {
+      assertEvent(event, 'ANSWERS');
+      context.book.answer(event.messages, context.logger);
+    },
+    progress: assign(({ event }) => {
+      assertEvent(event, 'ANSWERS');
+      const answered = event.messages.some((m) => m.type === MsgType.ACK || (m.type === MsgType.ERROR && m.seq !== undefined));
+      return answered ? { attempts: 0 } : {};
+    }),
+    expire: ({ context, event }) => {
+      assertEvent(event, 'EXPIRE');
+      const timeout = context.opts.timeoutMs ?? 5000;
+      context.book.fail(event.handle, new RequestError(LocalCode.CLIENT_TIMEOUT, `no answer within the request's timeout (${timeout} ms unless the request set its own)`));
+    },
+    cancel: ({ context, event }) => {
+      assertEvent(event, 'CANCEL');
+      context.book.fail(event.handle, event.error);
+    },
     /** Requests sent on the lost connection go out again, first, on the next one. */
-    failover: assign(({ context, event }) => {
-      const why = event.type === 'CONNECT_FAILED' || event.type === 'CLOSED' ? event.error : 'connection lost';
-      const resend: number[] = [];
-      context.sentAt.forEach((sent, i) => {
-        if (sent !== undefined) resend.push(i);
-      });
-      for (const i of resend) context.sentAt[i] = undefined;
+    unsend: ({ context, event }) => {
+      assertEvent(event, ['CONNECT_FAILED', 'CLOSED']);
+      const resend = context.book.unsend();
       const next = (context.proxyIndex + 1) % context.proxies.length;
-      const attempts = context.attempts + 1;
-      const target = context.proxies[next]!;
-      if (attempts < maxAttempts(context)) {
+      if (context.attempts + 1 < maxAttempts(context)) {
+        const target = context.proxies[next]!;
         const how = next === context.proxyIndex ? 'trying again' : `trying the reverse proxy at ${target.host}:${target.port}`;
-        context.logger.warn('failover', `${why}; ${how}${resend.length ? ` and sending ${resend.length} unanswered request(s) again` : ''}`, {
-          reason: why, proxy: `${target.host}:${target.port}`, resend: resend.length,
+        context.logger.warn('failover', `${event.error}; ${how}${resend ? ` and sending ${resend} unanswered request(s) again` : ''}`, {
+          reason: event.error, proxy: `${target.host}:${target.port}`, resend,
         });
       }
-      return { toSend: [...resend, ...context.toSend], inflight: 0, conn: undefined, proxyIndex: next, attempts, lastError: why };
+    },
+    failover: assign(({ context, event }) => {
+      assertEvent(event, ['CONNECT_FAILED', 'CLOSED']);
+      return { conn: undefined, proxyIndex: (context.proxyIndex + 1) % context.proxies.length, attempts: context.attempts + 1, lastError: event.error };
     }),
-    failRest: assign(({ context }) => {
-      const why = context.lastError ?? 'stopped';
-      const code = context.results.some((r) => r.correct !== undefined) ? LocalCode.CONNECTION_LOST : LocalCode.CONNECT_FAILED;
-      let failed = 0;
-      for (const r of context.results) {
-        if (!settled(r)) {
-          r.error = code;
-          r.message = why;
-          failed++;
-        }
-      }
-      if (failed) {
-        const answered = context.results.length - failed;
-        const hint = answered > 0 ? '' : /closed the connection|ECONNRESET|socket hang up/.test(why)
-          ? " (the proxy accepted the connection and closed it without answering: does it want TLS (--tls-ca, --tls-cert), is it at its connection limit, or is it the old proxy (--wire json)?)"
-          : /no reverse proxy is listening/.test(why) ? ' (start one with `revproxy proxy -port N`, or check --revproc)' : '';
-        context.logger.error('connection', `${why}: ${failed} request(s) unanswered${hint}`, { code, count: failed });
-      }
-      return { remaining: 0 };
-    }),
+    giveUp: ({ context }) => {
+      const why = context.lastError ?? 'no reverse proxy reached';
+      // A client that never had an answer never got through: that is failing to connect, whatever TCP said.
+      const gotThrough = context.book.answers > 0;
+      const code = gotThrough ? LocalCode.CONNECTION_LOST : LocalCode.CONNECT_FAILED;
+      const failed = context.book.failAll(new RequestError(code, why));
+      if (failed) context.logger.error('connection', `${why}: ${failed} request(s) unanswered${hint(why, gotThrough)}`, { code, count: failed });
+    },
+    resetAttempts: assign({ attempts: 0 }),
+    closeAll: ({ context }) => {
+      context.book.failAll(new RequestError(LocalCode.CLIENT_CLOSED, 'the client was closed before the answer came'));
+    },
   },
   guards: {
-    allAnswered: ({ context }) => context.remaining === 0,
     givesUp: ({ context }) => context.attempts >= maxAttempts(context),
   },
 }).createMachine({
   id: 'client',
   context: ({ input }) => {
     const proxies = input.proxies ?? (input.proxy ? [input.proxy] : [{ host: '127.0.0.1', port: 2100 }]);
+    const clock = input.clock ?? systemClock;
     return {
       opts: input,
       proxies,
       proxyIndex: 0,
       attempts: 0,
       logger: input.logger ?? silentLogger,
-      clock: input.clock ?? systemClock,
-      results: input.packets.map((packet) => ({ packet })),
-      sentAt: [],
-      toSend: input.packets.map((_, i) => i),
-      inflight: 0,
-      remaining: input.packets.length,
+      clock,
+      book: new RequestBook(clock, windowOf(input), input.maxQueued ?? 100_000, input.wire === 'json'),
     };
+  },
+  on: {
+    REQUEST: { actions: 'enqueue' },
+    EXPIRE: { actions: 'expire' },
+    CANCEL: { actions: 'cancel' },
+    CLOSE: { target: '.closed' },
   },
   initial: 'session',
   states: {
     session: {
       invoke: { id: 'socket', src: 'clientSocket', input: ({ context }) => ({ proxy: context.proxies[context.proxyIndex]!, tls: context.opts.tls, wire: context.opts.wire }) },
-      always: { guard: 'allAnswered', target: 'done' },
       on: {
-        CONNECT_FAILED: { target: 'failover', actions: 'failover' },
-        CLOSED: { target: 'failover', actions: 'failover' },
+        CONNECT_FAILED: { target: 'lost', actions: ['unsend', 'failover'] },
+        CLOSED: { target: 'lost', actions: ['unsend', 'failover'] },
       },
       initial: 'connecting',
       states: {
         connecting: {
-          on: { CONNECTED: { target: 'sending', actions: 'start' } },
+          on: { CONNECTED: { target: 'open', actions: ['setConn', 'sendMore'] } },
         },
-        sending: {
-          invoke: {
-            id: 'ticker',
-            src: 'ticker',
-            input: ({ context }) => ({ clock: context.clock, every: Math.max(10, Math.min(250, (context.opts.timeoutMs ?? 5000) / 10)) }),
-          },
+        open: {
           on: {
-            ANSWERS: { actions: 'receive' },
-            TICK: { actions: 'expire' },
+            REQUEST: { actions: ['enqueue', 'sendMore'] },
+            ANSWERS: { actions: ['receive', 'progress', 'sendMore'] },
+            EXPIRE: { actions: ['expire', 'sendMore'] },
+            CANCEL: { actions: ['cancel', 'sendMore'] },
           },
         },
       },
     },
-    failover: {
-      always: { guard: 'givesUp', target: 'done', actions: 'failRest' },
+    lost: {
+      always: { guard: 'givesUp', target: 'offline' },
       after: { failoverDelay: 'session' },
     },
-    done: { type: 'final' },
+    /** Gave up: everything pending has failed. The next request tries the proxies again. */
+    offline: {
+      entry: 'giveUp',
+      on: { REQUEST: { target: 'session', actions: ['enqueue', 'resetAttempts'] } },
+    },
+    closed: { type: 'final', entry: 'closeAll' },
   },
-  output: ({ context }) => ({ results: context.results }),
 });
-
-function maxAttempts(context: ClientContext): number {
-  return context.opts.maxAttempts ?? 2 * context.proxies.length;
-}
 
 export type ClientActor = ActorRefFrom<typeof clientMachine>;

@@ -2,17 +2,19 @@
  * The actors' public surface: start a proxy or a server, run a client. Each
  * helper returns once the actor is ready (or has failed with a clear error).
  */
-import { createActor, toPromise, type InspectionEvent } from 'xstate';
+import { createActor, type InspectionEvent } from 'xstate';
 import { systemClock, xstateClock } from '../transport/clock.js';
 import { LocalCode, RevproxyError } from '../transport/errors.js';
-import { clientMachine, type ClientOptions, type Result } from './client.js';
+import { endpoints, type Revproc } from './connect.js';
 import { jsonRegistrations } from './json-registration.js';
 import { proxyMachine, type ProxyActor } from './proxy.js';
 import type { ProxyOptions } from './proxy-options.js';
 import type { MemberState } from './proxy-types.js';
 import { serverMachine, type ServerActor, type ServerOptions } from './server.js';
 
-export { clientMachine, type ClientOptions, type Packet, type Result } from './client.js';
+export { clientMachine, RequestError, type ClientOptions } from './client.js';
+export { Client, connect, endpoints, runClient, type ConnectOptions, type Packet, type Reply, type RequestOptions, type Result, type Revproc, type RunOptions } from './connect.js';
+export { HandlerError, sha1Handler, type Answer, type Handler, type HandlerContext, type Payload } from './handler.js';
 export { systemClock, ManualClock, type Clock } from '../transport/clock.js';
 export { Logger, textSink, jsonSink, memorySink, silentLogger, type LogRecord, type Level } from './logger.js';
 export { poolMachine, join, leave, pick, type Rotation } from './pool.js';
@@ -28,7 +30,13 @@ export interface Inspect {
   inspect?: (event: InspectionEvent) => void;
 }
 
-/** A proxy or server that could not start, and why (the CLI exits with 1). */
+/**
+ * A proxy or server that could not start, and why (the CLI exits with 1).
+ *
+ * @example
+ * try { await startProxy({ port: 2100 }); }
+ * catch (err) { if (err instanceof StartError) console.error(err.message); } // e.g. the port is in use
+ */
 export class StartError extends RevproxyError<typeof LocalCode.START_FAILED> {
   constructor(message: string) {
     super(LocalCode.START_FAILED, message);
@@ -60,7 +68,15 @@ export interface ProxyHandle {
   pools(): Record<string, PoolView>;
 }
 
-/** Start a proxy; resolves once it listens. */
+/**
+ * Start a proxy; resolves once it listens (rejects with a `StartError` when
+ * it cannot, e.g. the port is taken).
+ *
+ * @example
+ * const proxy = await startProxy({ port: 2100, timeoutMs: 2000 });
+ * // ... servers register, clients send ...
+ * await proxy.stop(); // drains: every request in flight is answered first
+ */
 export async function startProxy(opts: ProxyOptions & Inspect = {}): Promise<ProxyHandle> {
   const actor = createActor(proxyMachine, { input: opts, inspect: opts.inspect, ...xstateClock(opts.clock ?? systemClock) });
   actor.start();
@@ -97,12 +113,35 @@ export interface ServerHandle {
   kill(): void;
 }
 
+/** What `startServer` takes: the server's options, with the proxies as `revproc` if you like and a free listen port by default. */
+export type StartServerOptions = Omit<ServerOptions, 'listenPort'> & Inspect & {
+  /** Port to listen on for the proxies' requests (default 0: a free one). */
+  listenPort?: number;
+  /** The proxies to register with, as `connect()` takes them (instead of `proxy`/`proxies`). */
+  revproc?: Revproc;
+  /** How long to wait for the first registration (ms, default 5000). */
+  registerTimeoutMs?: number;
+  /** Resolve once listening, without waiting to be registered (default: wait). */
+  waitForRegistration?: boolean;
+};
+
 /**
- * Start a server; resolves once it listens and is registered with at least
- * one proxy (the setup message is on the wire). Rejects with a StartError
- * when it cannot listen, is refused, or reaches no proxy within `registerTimeoutMs`.
+ * Start a server of one policy that registers with the proxy (or proxies)
+ * and answers every request with its handler; resolves once it listens and
+ * is registered with at least one proxy. Rejects with a StartError when it
+ * cannot listen, is refused, or reaches no proxy within `registerTimeoutMs`.
+ *
+ * @example
+ * const server = await startServer({
+ *   id: 'upper-1', policy: '111', revproc: 2100, concurrency: 16,
+ *   handler: async (payload, ctx) => String(payload).toUpperCase(),
+ * });
+ * // ...
+ * await server.stop(); // leaves the pool, answers what it has, then stops
  */
-export async function startServer(opts: ServerOptions & Inspect & { registerTimeoutMs?: number; waitForRegistration?: boolean }): Promise<ServerHandle> {
+export async function startServer(options: StartServerOptions): Promise<ServerHandle> {
+  const { revproc, ...rest } = options;
+  const opts: ServerOptions & StartServerOptions = { ...rest, listenPort: rest.listenPort ?? 0, proxies: rest.proxies ?? (revproc === undefined ? undefined : endpoints(revproc)) };
   const machine = opts.wire === 'json' ? serverMachine.provide({ actors: { registrations: jsonRegistrations } }) : serverMachine;
   const actor = createActor(machine, { input: opts, inspect: opts.inspect, ...xstateClock(opts.clock ?? systemClock) });
   actor.start();
@@ -135,14 +174,6 @@ function serverHandle(actor: ServerActor, id: string): ServerHandle {
     stop: () => stopGracefully(actor),
     kill: () => actor.stop(),
   };
-}
-
-/** Send every packet, wait for every answer (or its failure), return the results in packet order. */
-export async function runClient(opts: ClientOptions & Inspect): Promise<Result[]> {
-  const actor = createActor(clientMachine, { input: opts, inspect: opts.inspect, ...xstateClock(opts.clock ?? systemClock) });
-  actor.start();
-  const out = await toPromise(actor);
-  return out.results;
 }
 
 interface Watchable<S> {

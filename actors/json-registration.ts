@@ -13,9 +13,9 @@ import { fromCallback } from 'xstate';
 import { Connection } from '../transport/socket.js';
 import { describeTlsError, dial, readyEvent } from '../transport/tls.js';
 import type { Timer } from '../transport/clock.js';
-import type { Endpoint, RegistrationInput, ServerEvent } from './server.js';
+import type { Endpoint, RegistrationCommand, RegistrationInput } from './server.js';
 
-export const jsonRegistrations = fromCallback<ServerEvent, RegistrationInput>(({ sendBack, input }) => {
+export const jsonRegistrations = fromCallback<RegistrationCommand, RegistrationInput>(({ sendBack, input }) => {
   let stopping = false;
   const timers = new Set<Timer>();
   const conns = new Set<Connection>();

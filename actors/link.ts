@@ -7,7 +7,7 @@
  */
 import { connect as netConnect, type Socket } from 'node:net';
 import type { BusyPoll } from '../transport/busy-poll.js';
-import type { ErrorCode as WireCode } from '../transport/errors.js';
+import { ErrorCode, type ErrorCode as WireCode } from '../transport/errors.js';
 import { MsgType, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import type { Connection } from '../transport/socket.js';
 import type { Clock } from '../transport/clock.js';
@@ -131,10 +131,14 @@ export interface Tally {
   lastFailure?: ErrorMsg;
 }
 
-/** One server answer to one request: an ACK goes to the client now; an ERROR is kept in the tally for a retry. */
+/**
+ * One server answer to one request: an ACK, or an application error (the
+ * handler's own `HANDLER_ERROR`: an answer, not a fault of the server), goes
+ * to the client now; any other ERROR is kept in the tally for a retry.
+ */
 export function settle(link: Pick<LinkInput, 'member' | 'logger' | 'reply'>, req: ProxyRequest, m: AckMsg | ErrorMsg, tally: Tally): void {
-  if (m.type === MsgType.ACK) {
-    if (link.logger.enabled('debug')) {
+  if (m.type === MsgType.ACK || m.code === ErrorCode.HANDLER_ERROR) {
+    if (m.type === MsgType.ACK && link.logger.enabled('debug')) {
       link.logger.debug('ack', `Received a data message from server id ${link.member} payload ${m.payload}`, { server: link.member, client: m.destid, payload: m.payload });
     }
     tally.failures = 0;

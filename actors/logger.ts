@@ -150,6 +150,15 @@ export interface LoggerOptions {
   summaryMs?: number;
 }
 
+/**
+ * One actor's log: events with a name, a sentence and fields, at or above a
+ * level. Give one to `startProxy`, `startServer` or `connect` as `logger`
+ * (the default is silent).
+ *
+ * @example
+ * const logger = new Logger('server 500', jsonSink(process.stdout), 'info');
+ * await startServer({ id: '500', policy: '111', revproc: 2100, logger, handler });
+ */
 export class Logger {
   private readonly core: Core;
 
@@ -265,7 +274,12 @@ export function textLine(rec: Pick<LogRecord, 'time' | 'level' | 'actor' | 'msg'
   return `${opts.time ? `${rec.time} ` : ''}${prefix} | ${msg}\n`;
 }
 
-/** One readable line per record, written synchronously: `proxy      | Received setup message ...` (the demo's look). */
+/**
+ * One readable line per record, written synchronously: `proxy      | Received setup message ...` (the demo's look).
+ *
+ * @example
+ * const logger = new Logger('client', textSink(process.stderr, { color: true }));
+ */
 export function textSink(out: NodeJS.WritableStream, opts: TextOptions = {}): LogSink {
   const colors = new Map<string, (typeof PALETTE)[number]>();
   return (rec) => void out.write(textLine(rec, opts, colors));
@@ -284,7 +298,12 @@ function hash(s: string): number {
   return h;
 }
 
-/** One JSON object per line (NDJSON), written synchronously. */
+/**
+ * One JSON object per line (NDJSON), written synchronously.
+ *
+ * @example
+ * const logger = new Logger('proxy', jsonSink(process.stdout), 'warn');
+ */
 export function jsonSink(out: NodeJS.WritableStream): LogSink {
   return (rec) => void out.write(`${JSON.stringify(rec)}\n`);
 }

@@ -20,7 +20,7 @@ import type { ProxyObserver } from './proxy-options.js';
 import type { ForwardBatch, Member, Policy, ProxyEvent } from './proxy-types.js';
 
 /** Owns the listening socket; turns each accepted connection's reads into proxy events. */
-interface ListenerInput {
+export interface ListenerInput {
   host: string;
   port: number;
   maxFrameBytes: number;

@@ -2,7 +2,8 @@
  * A server of one privacy policy: listens on its own port, registers with
  * one or more proxies over connections it keeps open (its leaving is that
  * connection closing, or a DEREGISTER on it), and answers every DATA request
- * with the SHA1 hex of its payload.
+ * with what its handler returns (by default the SHA1 hex of the payload; see
+ * handler.ts for how a handler runs: concurrency, deadlines, errors).
  *
  * starting --LISTENING--> online.serving --STOP--> online.draining --DRAINED / drain timeout--> stopped
  *    \--LISTEN_FAILED--> failed            \--REFUSED--> failed
@@ -13,7 +14,7 @@
  * already sent, stop once every proxy has closed its connections to us.
  */
 import type { Socket } from 'node:net';
-import { assign, fromCallback, sendTo, setup, type ActorRefFrom } from 'xstate';
+import { assertEvent, assign, fromCallback, sendTo, setup, type ActorRefFrom } from 'xstate';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, MsgType, type DataMsg, type Message, type SetupMsg } from '../transport/messages.js';
@@ -21,15 +22,15 @@ import { Connection } from '../transport/socket.js';
 import { describeListenError, describeTlsError, dial, listenServer, readyEvent, type TlsMaterial } from '../transport/tls.js';
 import { recogniseTlsRefusal } from '../transport/foreign.js';
 import { systemClock, type Clock, type Timer } from '../transport/clock.js';
+import { HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
 import { silentLogger, type Logger } from './logger.js';
-import { sha1Hex } from './sha1.js';
+
+export type { Behaviour } from './handler.js';
 
 export interface Endpoint {
   host: string;
   port: number;
 }
-
-export type Behaviour = 'normal' | 'silent' | 'fail';
 
 export interface ServerOptions {
   id: string;
@@ -42,6 +43,12 @@ export interface ServerOptions {
   proxy?: Endpoint;
   /** Several proxies: the server registers with each of them. */
   proxies?: Endpoint[];
+  /** What answers each request: `async (payload, ctx) => answer`. Default: the SHA1 hex of the payload. */
+  handler?: Handler;
+  /** Requests the handler runs at once; more wait (see `queueLimit`). Default: no limit. */
+  concurrency?: number;
+  /** Requests waiting for one of the `concurrency` slots; past it the server answers OVERLOADED. Default 1024. */
+  queueLimit?: number;
   maxFrameBytes?: number;
   /** `normal` answers; `silent` accepts requests and never answers; `fail` answers every request with an error (for fault tests). */
   behaviour?: Behaviour;
@@ -51,7 +58,7 @@ export interface ServerOptions {
    * read in either wire, decided by their first byte.
    */
   wire?: 'frames' | 'json';
-  /** Answer each batch of requests this many ms late (for drain and timeout tests). Default 0. */
+  /** Every request waits this long (ms) before its handler runs, inside its concurrency slot (for drain, timeout and one-at-a-time tests). Default 0. */
   delayMs?: number;
   /** First delay before re-registering with a proxy that went away (ms); doubles up to `reconnectMaxMs`. Default 200. */
   reconnectInitialMs?: number;
@@ -73,7 +80,8 @@ export interface ServerContext {
   logger: Logger;
   clock: Clock;
   port: number;
-  answered: number;
+  /** Runs the handler for every request and writes the answers; counts what it took. */
+  runner: HandlerRunner;
   /** Proxies we are registered with now (`host:port`). */
   registered: string[];
   error?: string;
@@ -91,13 +99,14 @@ export type ServerEvent =
   | { type: 'DRAINED' }
   | { type: 'STOP' };
 
-/** Accepts the proxies' connections; each read becomes one REQUESTS batch. */
-const requestListener = fromCallback<ServerEvent, { host: string; port: number; maxFrameBytes: number; logger: Logger; tls?: TlsMaterial }>(
+/** Accepts the proxies' connections; each read becomes one REQUESTS batch. Stopped, it aborts the handlers still running. */
+const requestListener = fromCallback<{ type: 'DRAIN' }, { host: string; port: number; maxFrameBytes: number; logger: Logger; runner: HandlerRunner; tls?: TlsMaterial }>(
   ({ sendBack, receive, input }) => {
+    const send = (e: ServerEvent): void => sendBack(e);
     const conns = new Set<Connection>();
     let draining = false;
     const checkDrained = (): void => {
-      if (draining && conns.size === 0) sendBack({ type: 'DRAINED' });
+      if (draining && conns.size === 0) send({ type: 'DRAINED' });
     };
     const server = listenServer(input.tls, (socket: Socket) => {
       // Either wire: the old proxy talks JSON here, ours frames.
@@ -115,12 +124,12 @@ const requestListener = fromCallback<ServerEvent, { host: string; port: number; 
             if (m.type === MsgType.DATA) requests.push(m);
             else if (m.type === MsgType.PING) conn.send({ type: MsgType.PONG, seq: m.seq });
             else {
-              if (requests.length) sendBack({ type: 'REQUESTS', conn, requests: requests.splice(0) });
+              if (requests.length) send({ type: 'REQUESTS', conn, requests: requests.splice(0) });
               refuse(conn, new ProtocolError(ErrorCode.BAD_REQUEST, `message type ${m.type} is not a request`), input.logger);
               return;
             }
           }
-          if (requests.length) sendBack({ type: 'REQUESTS', conn, requests });
+          if (requests.length) send({ type: 'REQUESTS', conn, requests });
         },
         error: (err: Error) => {
           if (err instanceof ProtocolError) refuse(conn, err, input.logger);
@@ -129,26 +138,26 @@ const requestListener = fromCallback<ServerEvent, { host: string; port: number; 
         complete: gone,
       });
     });
-    server.on('error', (err) => sendBack({ type: 'LISTEN_FAILED', error: describeListenError(err, input.host, input.port) }));
+    server.on('error', (err) => send({ type: 'LISTEN_FAILED', error: describeListenError(err, input.host, input.port) }));
     server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {
       const why = recogniseTlsRefusal(err.code)?.message ?? err.message;
       input.logger.warn('tls_refused', `Refused a TLS connection from ${socket.remoteAddress ?? '?'}: ${why}`, { peer: socket.remoteAddress, reason: err.message });
     });
     server.listen(input.port, input.host, () => {
       const addr = server.address();
-      sendBack({ type: 'LISTENING', port: typeof addr === 'object' && addr ? addr.port : input.port });
+      send({ type: 'LISTENING', port: typeof addr === 'object' && addr ? addr.port : input.port });
     });
-    receive((e) => {
-      if (e.type === 'DRAIN') {
-        draining = true;
-        server.close();
-        // The old JSON wire has no deregistration: a proxy keeping a JSON connection open would
-        // hold the drain to its timeout. Answers are written as requests arrive (unless --delay), so close them.
-        for (const c of conns) if (c.wire === 'json') c.endWith();
-        checkDrained();
-      }
+    receive(() => {
+      // DRAIN: no new connections; the proxies close theirs once they have their answers.
+      draining = true;
+      server.close();
+      // The old JSON wire has no deregistration: a proxy keeping a JSON connection open would
+      // hold the drain to its timeout. Answers are written as requests arrive (unless --delay), so close them.
+      for (const c of conns) if (c.wire === 'json') c.endWith();
+      checkDrained();
     });
     return () => {
+      input.runner.abortAll(`server stopped`);
       server.close();
       for (const c of conns) c.endWith();
     };
@@ -159,6 +168,9 @@ function refuse(conn: Connection, err: ProtocolError, logger: Logger): void {
   logger.warn('bad_input', `Closed connection from ${conn.describe()}: ${err.message}`, { peer: conn.describe(), code: err.code });
   conn.endWith(errorMsg(err.code, err.message));
 }
+
+/** What the server tells its registrations actor (either wire's): it is draining. */
+export type RegistrationCommand = { type: 'DEREGISTER_ALL' };
 
 export interface RegistrationInput {
   proxies: Endpoint[];
@@ -174,7 +186,8 @@ export interface RegistrationInput {
  * One registration connection per proxy: sends SETUP, answers PINGs, and
  * stays open as the server's presence. Lost -> reconnect with backoff.
  */
-const registrations = fromCallback<ServerEvent, RegistrationInput>(({ sendBack, receive, input }) => {
+const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ sendBack: sendAny, receive, input }) => {
+  const sendBack = (e: ServerEvent): void => sendAny(e);
   let stopping = false;
   const live = new Map<string, Connection>();
   const timers = new Set<Timer>();
@@ -237,8 +250,8 @@ const registrations = fromCallback<ServerEvent, RegistrationInput>(({ sendBack, 
 
   for (const ep of input.proxies) attempt(ep, input.initialMs, false);
 
-  receive((e) => {
-    if (e.type !== 'DEREGISTER_ALL') return;
+  receive(() => {
+    // DEREGISTER_ALL: the server is draining.
     stopping = true;
     for (const t of timers) t.cancel();
     for (const conn of live.values()) conn.send({ type: MsgType.DEREGISTER, id: input.setup.id });
@@ -256,23 +269,8 @@ function setupMsg(context: ServerContext): SetupMsg {
   return m;
 }
 
-function answer(context: ServerContext, conn: Connection, requests: DataMsg[], behaviour: Behaviour): void {
-  const log = context.logger;
-  const verbose = log.enabled('debug');
-  const id = context.opts.id;
-  for (const req of requests) {
-    if (behaviour === 'fail') {
-      conn.send(errorMsg(ErrorCode.UPSTREAM_FAILED, `server ${id} is configured to fail every request`, req.seq));
-      continue;
-    }
-    const hash = sha1Hex(req.payload);
-    if (verbose) {
-      log.debug('request', `Received a message from client ${req.srcid} payload ${req.payload}`, { client: req.srcid, payload: req.payload });
-      log.debug('answer', `Sending a message to the client ${req.srcid} payload ${hash}`, { client: req.srcid, payload: hash });
-    }
-    conn.send({ type: MsgType.ACK, seq: req.seq, srcid: id, destid: req.srcid, payload: hash, payloadsize: hash.length });
-  }
-}
+/** Requests that may wait for a slot when `concurrency` is set. */
+const DEFAULT_QUEUE_LIMIT = 1024;
 
 export const serverMachine = setup({
   types: {
@@ -285,48 +283,57 @@ export const serverMachine = setup({
     drainTimeout: ({ context }) => context.opts.drainTimeoutMs ?? 5000,
   },
   actions: {
-    setPort: assign(({ event }) => (event.type === 'LISTENING' ? { port: event.port } : {})),
+    setPort: assign(({ event }) => {
+      assertEvent(event, 'LISTENING');
+      return { port: event.port };
+    }),
     logStart: ({ context }) => {
-      const log = context.logger;
-      log.info('start', `Server running with id ${context.opts.id}`, { id: context.opts.id });
-      log.info('policy', `Server serving privacy policy ${context.opts.policy}`, { policy: context.opts.policy });
+      const { logger: log, opts } = context;
+      log.info('start', `Server running with id ${opts.id}`, { id: opts.id });
+      log.info('policy', `Server serving privacy policy ${opts.policy}`, { policy: opts.policy });
+      if (opts.handler || opts.concurrency !== undefined) {
+        const limit = opts.concurrency === undefined ? 'no limit' : `${opts.concurrency} at once, ${opts.queueLimit ?? DEFAULT_QUEUE_LIMIT} waiting`;
+        log.info('handler', `Answering with ${opts.handler ? `handler ${opts.handler.name || '(anonymous)'}` : 'SHA1 of the payload'} (${limit})`, {
+          handler: opts.handler?.name || (opts.handler ? 'anonymous' : 'sha1'), concurrency: opts.concurrency ?? null,
+        });
+      }
       log.info('listening', `Listening on port ${context.port}`, { port: context.port });
       for (const p of context.proxies) log.info('connecting', `Connecting to the reverse proxy on port ${p.port}`, { proxy: `${p.host}:${p.port}` });
     },
-    respond: assign(({ context, event }) => {
-      if (event.type !== 'REQUESTS') return {};
-      const behaviour = context.opts.behaviour ?? 'normal';
-      if (behaviour === 'silent') return {};
-      const delay = context.opts.delayMs ?? 0;
-      if (delay > 0) context.clock.setTimeout(() => answer(context, event.conn, event.requests, behaviour), delay);
-      else answer(context, event.conn, event.requests, behaviour);
-      return { answered: context.answered + event.requests.length };
-    }),
+    respond: ({ context, event }) => {
+      assertEvent(event, 'REQUESTS');
+      context.runner.take(event.conn, event.requests);
+    },
+    logRegistered: ({ context, event }) => {
+      assertEvent(event, 'REGISTERED');
+      if (event.again) context.logger.info('reregistered', `Registered again with the reverse proxy at ${event.proxy}`, { proxy: event.proxy });
+      else context.logger.info('registered', `Registered with the reverse proxy at ${event.proxy}`, { proxy: event.proxy });
+    },
     registered: assign(({ context, event }) => {
-      if (event.type !== 'REGISTERED') return {};
-      if (event.again) {
-        context.logger.info('reregistered', `Registered again with the reverse proxy at ${event.proxy}`, { proxy: event.proxy });
-      } else {
-        context.logger.info('registered', `Registered with the reverse proxy at ${event.proxy}`, { proxy: event.proxy });
-      }
+      assertEvent(event, 'REGISTERED');
       return { registered: [...context.registered.filter((p) => p !== event.proxy), event.proxy] };
     }),
-    lost: assign(({ context, event }) => {
-      if (event.type !== 'REGISTRATION_LOST') return {};
+    logLost: ({ context, event }) => {
+      assertEvent(event, 'REGISTRATION_LOST');
       context.logger.warn('registration_lost', `Not registered with the reverse proxy at ${event.proxy}: ${event.error}; retrying in ${event.retryInMs} ms`, {
         proxy: event.proxy, reason: event.error, retryInMs: event.retryInMs,
       });
+    },
+    lost: assign(({ context, event }) => {
+      assertEvent(event, 'REGISTRATION_LOST');
       return { registered: context.registered.filter((p) => p !== event.proxy) };
     }),
     setError: assign(({ event }) => {
-      if (event.type === 'LISTEN_FAILED') return { error: event.error };
-      if (event.type === 'REFUSED') return { error: `the reverse proxy at ${event.proxy} refused the registration (${event.code}): ${event.message}` };
-      return {};
+      assertEvent(event, ['LISTEN_FAILED', 'REFUSED']);
+      return { error: event.type === 'LISTEN_FAILED' ? event.error : `the reverse proxy at ${event.proxy} refused the registration (${event.code}): ${event.message}` };
     }),
     logError: ({ context }) => context.logger.error('failed', context.error ?? 'unknown error', { id: context.opts.id }),
     logDraining: ({ context }) =>
       context.logger.info('draining', `Draining: told the reverse proxy we are leaving; finishing requests in flight`, { id: context.opts.id }),
-    logStopped: ({ context }) => context.logger.info('stopped', `Server ${context.opts.id} stopped after answering ${context.answered} request(s)`, { id: context.opts.id, answered: context.answered }),
+    logStopped: ({ context }) => {
+      const { answered } = context.runner;
+      context.logger.info('stopped', `Server ${context.opts.id} stopped after answering ${answered} request(s)`, { id: context.opts.id, answered });
+    },
   },
 }).createMachine({
   id: 'server',
@@ -336,7 +343,18 @@ export const serverMachine = setup({
     logger: input.logger ?? silentLogger,
     clock: input.clock ?? systemClock,
     port: input.listenPort,
-    answered: 0,
+    runner: new HandlerRunner({
+      serverId: input.id,
+      policy: input.policy,
+      handler: input.handler ?? sha1Handler,
+      concurrency: input.concurrency ?? Infinity,
+      queueLimit: input.queueLimit ?? DEFAULT_QUEUE_LIMIT,
+      delayMs: input.delayMs ?? 0,
+      behaviour: input.behaviour ?? 'normal',
+      maxFrameBytes: input.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
+      clock: input.clock ?? systemClock,
+      logger: input.logger ?? silentLogger,
+    }),
     registered: [],
   }),
   invoke: {
@@ -347,6 +365,7 @@ export const serverMachine = setup({
       port: context.opts.listenPort,
       maxFrameBytes: context.opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
       logger: context.logger,
+      runner: context.runner,
       tls: context.opts.tls,
     }),
   },
@@ -375,9 +394,10 @@ export const serverMachine = setup({
         }),
       },
       on: {
+        // One action per read: an event costs about as much as answering a small request.
         REQUESTS: { actions: 'respond' },
-        REGISTERED: { actions: 'registered' },
-        REGISTRATION_LOST: { actions: 'lost' },
+        REGISTERED: { actions: ['logRegistered', 'registered'] },
+        REGISTRATION_LOST: { actions: ['logLost', 'lost'] },
         REFUSED: { target: 'failed', actions: ['setError', 'logError'] },
       },
       initial: 'serving',

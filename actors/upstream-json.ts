@@ -228,8 +228,14 @@ export const upstreamJsonMachine = setup({
       assertEvent(event, 'SEND');
       const now = context.clock.now();
       let tooLong: ProxyRequest[] | undefined;
+      let binary: ProxyRequest[] | undefined;
       let longest = 0;
       for (const req of event.requests) {
+        // The old wire carries text: bytes go back to be tried on another member, not held against this one.
+        if (typeof req.msg.payload !== 'string') {
+          (binary ??= []).push(req);
+          continue;
+        }
         const bytes = encodeJson(req.msg).length;
         if (bytes > OLD_SERVER_READ_BYTES) {
           (tooLong ??= []).push(req);
@@ -243,6 +249,12 @@ export const upstreamJsonMachine = setup({
         enqueue.sendParent(retryReport(context.member, self.id, tooLong, {
           code: ErrorCode.UPSTREAM_FAILED,
           message: `server ${context.member} is an old server, which reads at most ${OLD_SERVER_READ_BYTES} bytes of a request at once; this one is ${longest} bytes as JSON`,
+        }, context.consecutiveFailures));
+      }
+      if (binary) {
+        enqueue.sendParent(retryReport(context.member, self.id, binary, {
+          code: ErrorCode.UPSTREAM_FAILED,
+          message: `server ${context.member} is an old JSON server, which takes text only, and the payload is binary`,
         }, context.consecutiveFailures));
       }
     }),

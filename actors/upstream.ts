@@ -78,8 +78,12 @@ export class LinkTraffic implements LinkPort {
       return;
     }
     const link = this.link;
-    const upSeq = link.inflight.add(req, tryDeadline(link, req, link.clock.now()));
+    const now = link.clock.now();
+    const deadline = tryDeadline(link, req, now);
+    const upSeq = link.inflight.add(req, deadline);
     if (link.logger.enabled('debug')) logForward(link, req);
+    // The server learns how long this try may take (its handler's signal fires then): time left, no shared clock needed.
+    req.msg.timeoutms = Math.max(0, Math.floor(deadline - now));
     conn.send(req.msg, upSeq);
   }
 

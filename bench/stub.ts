@@ -43,7 +43,7 @@ export function startStubServer(opts: StubServerOptions = {}): Promise<StubServe
         if (m.type !== MsgType.DATA) continue;
         stub.received++;
         let hash = createHash('sha1').update(m.payload).digest('hex');
-        if (opts.wrongFor?.(m.payload)) hash = hash.replace(/^./, (c) => (c === '0' ? '1' : '0'));
+        if (opts.wrongFor?.(String(m.payload))) hash = hash.replace(/^./, (c) => (c === '0' ? '1' : '0'));
         const ack: AckMsg = { type: MsgType.ACK, seq: m.seq, srcid: opts.id ?? 'stub', destid: m.srcid, payload: hash, payloadsize: 40 };
         out.push(encodeFrame(ack));
       }

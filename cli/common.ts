@@ -5,7 +5,7 @@ import { loadTls, TlsConfigError, type TlsMaterial } from '../transport/tls.js';
 import { join } from 'node:path';
 import { InvalidArgumentError, Option } from 'commander';
 import { Destination, jsonSink, LEVELS, Logger, LogStream, textSink, type Level, type LogSink } from '../actors/logger.js';
-import type { Packet } from '../actors/client.js';
+import type { Packet } from '../actors/connect.js';
 import type { Endpoint } from '../actors/server.js';
 import { MsgType, toMessage } from '../transport/messages.js';
 import { LocalCode, RevproxyError } from '../transport/errors.js';

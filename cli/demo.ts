@@ -61,7 +61,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       const [r] = await runClient({ id, proxy: { host: '127.0.0.1', port: proxy.port }, packets, logger: log(`client ${id}`), inspect: o.attach?.inspect });
       if (r?.correct) verified++;
       const p = packets[0]!;
-      rows.push([id, p.privPoliId, p.payload, r?.server ?? '-', r?.correct ? 'yes' : `no${r?.error ? ` (${r.error})` : ''}`]);
+      rows.push([id, p.privPoliId, String(p.payload), r?.server ?? '-', r?.correct ? 'yes' : `no${r?.error ? ` (${r.error})` : ''}`]);
     }
     if (o.keep) {
       printSummary(o, rows, verified);

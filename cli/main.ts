@@ -6,7 +6,9 @@ import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Help, Option } from 'commander';
 import { runClient, startServer, StartError } from '../actors/index.js';
 import { LocalCode, RevproxyError } from '../transport/errors.js';
-import type { Result } from '../actors/client.js';
+import type { Result } from '../actors/connect.js';
+import type { Payload } from '../actors/handler.js';
+import { loadHandler } from './handler-module.js';
 import { benchCommand } from './bench.js';
 import { proxyCommand } from './proxy.js';
 import { loadCommand } from './load.js';
@@ -60,19 +62,26 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .option('--host <address>', 'address to listen on', '127.0.0.1')
       .addOption(new Option('--revproc <endpoints>', 'the reverse proxy or proxies to register with: PORT or HOST:PORT, comma-separated').default(parseEndpoints('2100'), '2100').argParser(parseEndpoints))
       .addOption(new Option('--behaviour <kind>', 'normal answers; silent accepts requests and never answers; fail answers every request with an error (for fault tests)').choices(['normal', 'silent', 'fail']).default('normal'))
-      .addOption(new Option('--delay <ms>', 'answer each request this much later (for tests)').default(0).argParser(parseIntOption('--delay', 0)))
+      .option('--handler <module>', 'an ES module whose default export answers each request: async (payload, ctx) => answer (default: the SHA1 hex of the payload)')
+      .addOption(new Option('--concurrency <n>', 'requests the handler runs at once; more wait (default: no limit)').argParser(parseIntOption('--concurrency', 1)))
+      .addOption(new Option('--queue-limit <n>', 'with --concurrency, requests that may wait for a slot; past it OVERLOADED').default(1024).argParser(parseIntOption('--queue-limit', 0)))
+      .addOption(new Option('--delay <ms>', 'every request waits this long before its handler runs, inside its --concurrency slot (for tests and benchmarks)').default(0).argParser(parseIntOption('--delay', 0)))
       .addOption(new Option('--drain-timeout <ms>', 'on SIGTERM, the longest wait for the proxies to let go').default(5000).argParser(parseIntOption('--drain-timeout', 0)))
       .addOption(new Option('--token <secret>', "the proxy's registration secret (prefer the environment variable to the command line)").env('REVPROXY_TOKEN'))
       .addOption(wireOption('register the old way (setup on its own connection, then closed), for the old Python proxy'))
-      .addHelpText('after', '\nA lost proxy is retried with backoff and the server registers again.\nSIGTERM or SIGINT drains: tells the proxies it is leaving, finishes requests in flight, exits 0.\n\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100\n  revproxy server -id 100 -pp 111 -revproc 2100,2200'),
-  ))).action(async (o: LogFlags & TlsFlags & InspectFlags & { token?: string } & { id: string; pp: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout: number; delay: number; wire: 'frames' | 'json' }) => {
+      .addHelpText('after', '\nA lost proxy is retried with backoff and the server registers again.\nSIGTERM or SIGINT drains: tells the proxies it is leaving, finishes requests in flight, exits 0.\nA handler that throws an error with a string code answers the client HANDLER_ERROR with that code\n(not retried elsewhere); ctx.signal aborts when the proxy stops waiting for the answer.\n\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100\n  revproxy server -id 100 -pp 111 -revproc 2100,2200\n  revproxy server -id 500 -pp 111 --handler examples/privacy-handler.js --concurrency 8'),
+  ))).action(async (o: LogFlags & TlsFlags & InspectFlags & { token?: string } & {
+    id: string; pp: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout: number; delay: number; wire: 'frames' | 'json';
+    handler?: string; concurrency?: number; queueLimit: number;
+  }) => {
     const policy = o.pp;
+    const handler = o.handler === undefined ? undefined : await loadHandler(o.handler);
     const logger = makeLogger(`server ${o.id}`, o);
     const insp = await startInspection(o, `server ${o.id}`);
     const server = await startServer({
       id: o.id, policy, listenPort: o.listen, listenHost: o.host, proxies: o.revproc, behaviour: o.behaviour,
       drainTimeoutMs: o.drainTimeout, delayMs: o.delay, logger, waitForRegistration: false, inspect: insp.attach.inspect,
-      token: o.token, tls: tlsFromFlags(o), wire: o.wire,
+      token: o.token, tls: tlsFromFlags(o), wire: o.wire, handler, concurrency: o.concurrency, queueLimit: o.queueLimit,
     });
     await runUntilStopped(server.actor, server.stop);
     await insp.close();
@@ -90,16 +99,25 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('--timeout <ms>', 'time to wait for each answer').default(5000).argParser(parseIntOption('--timeout', 1)))
       .addOption(new Option('--window <n>', 'requests in flight at once on the connection').default(64).argParser(parseIntOption('--window', 1)))
       .option('--json', 'print the results as one JSON object at the end')
+      .option('--no-verify', 'print the answers without checking them against the SHA1 of the payload (answers not shaped like a SHA1 are never checked)')
       .addOption(wireOption('speak the old format, one request at a time, for the old Python proxy'))
-      .addHelpText('after', '\nExit status: 0 when every answer is correct, 1 when any is wrong or missing.\nWith --inspect the page stays up after the answers are in, until Ctrl-C.\n\nExample:\n  revproxy client -id 1 -revproc 2100 -pkt pktfiles/1.json'),
-  ))).action(async (o: LogFlags & TlsFlags & InspectFlags & { id: string; revproc: Endpoint[]; pkt: string[]; timeout: number; window: number; json?: boolean; wire: 'frames' | 'json' }) => {
+      .addHelpText('after', '\nExit status: 0 when every request got an answer and every checked answer is correct, 1 otherwise.\nWith --inspect the page stays up after the answers are in, until Ctrl-C.\n\nExample:\n  revproxy client -id 1 -revproc 2100 -pkt pktfiles/1.json'),
+  ))).action(async (o: LogFlags & TlsFlags & InspectFlags & { id: string; revproc: Endpoint[]; pkt: string[]; timeout: number; window: number; json?: boolean; verify: boolean; wire: 'frames' | 'json' }) => {
     const packets = loadPackets(o.pkt, o.id ?? '0');
     const logger = makeLogger(`client ${o.id ?? packets[0]?.srcid ?? '0'}`, o.json ? { ...o, logFormat: 'text', logLevel: 'silent' } : o);
     const insp = await startInspection(o, `client ${o.id}`);
-    const results = await runClient({ id: o.id ?? packets[0]?.srcid ?? '0', proxies: o.revproc, packets, tls: tlsFromFlags(o), timeoutMs: o.timeout, window: o.window, wire: o.wire, logger, inspect: insp.attach.inspect });
-    const ok = results.filter((r) => r.correct).length;
+    const results = await runClient({
+      id: o.id ?? packets[0]?.srcid ?? '0', proxies: o.revproc, packets, tls: tlsFromFlags(o), timeoutMs: o.timeout, window: o.window, wire: o.wire, logger,
+      inspect: insp.attach.inspect, verify: o.verify ? 'auto' : false,
+    });
+    const ok = results.filter((r) => r.answer !== undefined && r.correct !== false).length;
+    const checked = results.filter((r) => r.correct !== undefined).length;
     if (o.json) process.stdout.write(`${JSON.stringify(summarise(results, packets.map((p) => p.file)))}\n`);
-    else if (results.length > 1 || ok < results.length) logger.info('summary', `${ok}/${results.length} answers verified`, { verified: ok, total: results.length });
+    else if (results.length > 1 || ok < results.length) {
+      const verified = results.filter((r) => r.correct).length;
+      const line = checked === results.length ? `${verified}/${results.length} answers verified` : `${ok}/${results.length} answered${checked ? `, ${verified} of ${checked} checked answers verified` : ' (answers not checked)'}`;
+      logger.info('summary', line, { verified, answered: ok, total: results.length });
+    }
     setExit(ok === results.length ? 0 : 1);
     await insp.hold();
     await insp.close();
@@ -144,10 +162,17 @@ function markRequired(cmd: Command): void {
 }
 
 function summarise(results: Result[], files: string[]) {
+  // Bytes print as base64, marked so they are not taken for text.
+  const text = (p: Payload | undefined) => (p === undefined || typeof p === 'string' ? p : { base64: Buffer.from(p).toString('base64') });
   return {
     verified: results.filter((r) => r.correct).length,
+    answered: results.filter((r) => r.answer !== undefined).length,
     total: results.length,
-    results: results.map((r, i) => ({ file: files[i], ...r.packet, server: r.server, hash: r.hash, correct: r.correct ?? false, error: r.error, message: r.message })),
+    results: results.map((r, i) => ({
+      file: files[i], ...r.packet, payload: text(r.packet.payload), server: r.server, answer: text(r.answer),
+      hash: r.correct === undefined ? undefined : r.answer, correct: r.correct ?? false, checked: r.correct !== undefined,
+      error: r.error, appcode: r.appCode, message: r.message,
+    })),
   };
 }
 

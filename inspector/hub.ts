@@ -400,7 +400,7 @@ export class Hub {
       if (!info.ref) continue;
       const ctx = (info.ref.getSnapshot() as { context?: Record<string, unknown> }).context;
       if (info.machine === 'proxy' && ctx) n += proxyInflight(ctx as never);
-      if (info.machine === 'client' && typeof ctx?.inflight === 'number') n += ctx.inflight;
+      if (info.machine === 'client') n += (ctx?.book as { inFlight?: number } | undefined)?.inFlight ?? 0;
     }
     return n;
   }
@@ -411,15 +411,10 @@ export class Hub {
     for (const info of this.actors.values()) {
       const ctx = (info.ref?.getSnapshot() as { context?: Record<string, unknown> } | undefined)?.context;
       if (!ctx) continue;
-      if (info.machine === 'server' && typeof ctx.answered === 'number') out.push({ actor: info.id, kind: 'server', outcome: 'ok', count: ctx.answered });
-      if (info.machine === 'client' && Array.isArray(ctx.results)) {
-        const by = new Map<string, number>();
-        for (const r of ctx.results as Array<{ correct?: boolean; error?: string }>) {
-          const o = r.correct === true ? 'ok' : r.correct === false ? 'wrong' : r.error ?? 'pending';
-          by.set(o, (by.get(o) ?? 0) + 1);
-        }
-        for (const [outcome, count] of by) out.push({ actor: info.id, kind: 'client', outcome, count });
-      }
+      const answered = info.machine === 'server' ? (ctx.runner as { answered?: number } | undefined)?.answered : undefined;
+      if (answered !== undefined) out.push({ actor: info.id, kind: 'server', outcome: 'ok', count: answered });
+      const outcomes = info.machine === 'client' ? (ctx.book as { outcomes?: Record<string, number> } | undefined)?.outcomes : undefined;
+      for (const [outcome, count] of Object.entries(outcomes ?? {})) out.push({ actor: info.id, kind: 'client', outcome, count });
     }
     return out;
   }

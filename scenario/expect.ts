@@ -2,7 +2,7 @@
  * Expectations, pure: what happened in, the differences from what the
  * scenario expected out. No sockets here.
  */
-import type { Result } from '../actors/client.js';
+import type { Result } from '../actors/connect.js';
 import { MsgType, type Message } from '../transport/messages.js';
 import type { PoolExpect, RawExpect, SendExpect } from './format.js';
 import type { PoolState } from './topology.js';
@@ -31,13 +31,13 @@ export interface SendSummary {
 export function summariseSend(results: Result[]): SendSummary {
   const s: SendSummary = { total: results.length, acked: 0, wrongHashes: 0, servers: [], outcomes: {}, perServer: {} };
   for (const r of results) {
-    const outcome = r.error ?? (r.correct === undefined ? 'NO_ANSWER' : 'ACK');
+    const outcome = r.error ?? (r.answer === undefined ? 'NO_ANSWER' : 'ACK');
     s.outcomes[outcome] = (s.outcomes[outcome] ?? 0) + 1;
     s.servers.push(r.server ?? outcome);
     if (r.server !== undefined && r.error === undefined) {
       s.acked++;
       s.perServer[r.server] = (s.perServer[r.server] ?? 0) + 1;
-      if (!r.correct) s.wrongHashes++;
+      if (r.correct === false) s.wrongHashes++;
     }
   }
   return s;

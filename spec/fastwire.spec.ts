@@ -45,8 +45,9 @@ const frameLike = fc
     destid: field(id),
     privPoliId: field(id),
     privPolyId: field(id),
-    payload: field(fc.oneof(fc.string({ maxLength: 60 }), fc.string({ unit: 'binary', maxLength: 8 }))),
+    payload: field(fc.oneof(fc.string({ maxLength: 60 }), fc.string({ unit: 'binary', maxLength: 8 }), fc.uint8Array({ maxLength: 300 }))),
     payloadsize: field(int),
+    timeoutms: field(int),
     extra: fc.dictionary(fc.constantFrom('x', 'id', 'code', '__proto__', 'tÿpe', 'payloadsizes'), fc.oneof(scalar, odd), { maxKeys: 2 }),
   })
   .map(({ extra, ...fields }) => {
@@ -100,9 +101,11 @@ test('bad DATA through the decoder is still BAD_REQUEST with the model\'s own me
 const text = fc.oneof(fc.string({ maxLength: 40 }), fc.string({ unit: 'binary', maxLength: 40 }), fc.string({ minLength: 80, maxLength: 300 }), fc.string({ unit: 'grapheme', minLength: 20, maxLength: 120 }));
 const idText = fc.oneof(fc.string({ minLength: 1, maxLength: 40 }), fc.string({ unit: 'binary', minLength: 1, maxLength: 40 }), fc.string({ minLength: 80, maxLength: 256 }));
 const u32 = fc.oneof(fc.nat(300), fc.nat(70000), fc.constant(0xffffffff), fc.nat({ max: 0xffffffff }));
+// Bytes as msgpackr reads a bin back: a Buffer.
+const payload = fc.oneof(text, fc.uint8Array({ maxLength: 70000 }).map((b) => Buffer.from(b)));
 const hotMsg: fc.Arbitrary<DataMsg | AckMsg> = fc.oneof(
-  fc.record({ type: fc.constant(0 as const), seq: u32, srcid: idText, privPoliId: idText, payload: text, payloadsize: u32 }, { requiredKeys: ['type', 'seq', 'srcid', 'privPoliId', 'payload'] }),
-  fc.record({ type: fc.constant(2 as const), seq: u32, srcid: idText, destid: idText, payload: text, payloadsize: u32 }),
+  fc.record({ type: fc.constant(0 as const), seq: u32, srcid: idText, privPoliId: idText, payload, payloadsize: u32, timeoutms: u32 }, { requiredKeys: ['type', 'seq', 'srcid', 'privPoliId', 'payload'] }),
+  fc.record({ type: fc.constant(2 as const), seq: u32, srcid: idText, destid: idText, payload, payloadsize: u32 }),
 );
 
 test('the fast encoder writes bodies msgpackr decodes as the message, with the seq given', () => {
@@ -140,7 +143,7 @@ const id1 = fc.string({ minLength: 1, maxLength: 12 });
 const anyMessage: fc.Arbitrary<Message> = fc.oneof(
   hotMsg,
   fc.record({ type: fc.constant(1 as const), id: id1, privPolyId: id1, listenport: fc.integer({ min: 1, max: 65535 }), token: id1 }, { requiredKeys: ['type', 'id', 'privPolyId', 'listenport'] }),
-  fc.record({ type: fc.constant(3 as const), seq: u32, code: fc.constantFrom(...ERROR_CODES), message: text }, { requiredKeys: ['type', 'code', 'message'] }),
+  fc.record({ type: fc.constant(3 as const), seq: u32, code: fc.constantFrom(...ERROR_CODES), message: text, appcode: fc.stringMatching(/^[A-Z_]{1,20}$/) }, { requiredKeys: ['type', 'code', 'message'] }),
   fc.record({ type: fc.constantFrom(4 as const, 5 as const), seq: u32 }),
   fc.record({ type: fc.constant(6 as const), id: id1 }),
 );
@@ -163,7 +166,8 @@ test('the frame encoder writes the same bytes into a buffer of its own as into a
       for (const e of earlier) writeFrame(e, batch);
       if (takeBetween) batch.take();
       const held = batch.length;
-      const before = structuredClone(v);
+      // A deep copy that keeps bytes as Buffers (structuredClone would make them plain Uint8Arrays).
+      const before = Object.fromEntries(Object.entries(v).map(([k, x]) => [k, x instanceof Uint8Array ? Buffer.from(x) : structuredClone(x)]));
       writeFrame(v, batch, seq);
       assert.equal(v, before, 'the value itself is left alone');
       const inBatch = batch.take().subarray(held);

@@ -11,7 +11,12 @@
  * Codes appear in logs, metrics and tests and are never renamed; add new ones.
  */
 
-/** Codes that travel in ERROR frames (docs/PROTOCOL.md, "Error codes"). */
+/**
+ * Codes that travel in ERROR frames (docs/PROTOCOL.md, "Error codes").
+ *
+ * @example
+ * if (err instanceof RequestError && err.code === ErrorCode.NO_SERVER) startAServer();
+ */
 export const ErrorCode = {
   /** No live server is registered for the packet's privacy policy. */
   NO_SERVER: 'NO_SERVER',
@@ -29,6 +34,8 @@ export const ErrorCode = {
   UNAUTHORIZED: 'UNAUTHORIZED',
   /** A registration claims an id held by a live server. */
   DUPLICATE_ID: 'DUPLICATE_ID',
+  /** The server's handler answered with an application error, its own code in `appcode`: an answer, not a fault (never retried). */
+  HANDLER_ERROR: 'HANDLER_ERROR',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -42,7 +49,12 @@ export function isWireCode(code: string): code is ErrorCode {
   return wireCodes.has(code);
 }
 
-/** Codes of failures reported on this side only: never sent, refused when received. */
+/**
+ * Codes of failures reported on this side only: never sent, refused when received.
+ *
+ * @example
+ * if (err instanceof RequestError && err.code === LocalCode.CLIENT_TIMEOUT) retryLater();
+ */
 export const LocalCode = {
   /** The command line is wrong (exit code 2). */
   BAD_USAGE: 'BAD_USAGE',
@@ -60,13 +72,21 @@ export const LocalCode = {
   CLIENT_TIMEOUT: 'CLIENT_TIMEOUT',
   /** The client's own outcome: the connection to the proxy was lost before the answer came. */
   CONNECTION_LOST: 'CONNECTION_LOST',
-  /** The client's own outcome: no reverse proxy could be reached. */
+  /** The client's own outcome: no reverse proxy could be reached, or none ever answered. */
   CONNECT_FAILED: 'CONNECT_FAILED',
+  /** The client's own outcome: the request's signal aborted it. */
+  ABORTED: 'ABORTED',
+  /** The client's own outcome: the client was closed before the answer came. */
+  CLIENT_CLOSED: 'CLIENT_CLOSED',
+  /** The client's own outcome: its queue of requests waiting to be sent is full. */
+  CLIENT_OVERLOADED: 'CLIENT_OVERLOADED',
 } as const;
 export type LocalCode = (typeof LocalCode)[keyof typeof LocalCode];
 
 /** The client's own outcomes, beside the wire codes its answers carry: a request got no answer from the proxy. */
-export const CLIENT_CODES = [LocalCode.CLIENT_TIMEOUT, LocalCode.CONNECTION_LOST, LocalCode.CONNECT_FAILED] as const;
+export const CLIENT_CODES = [
+  LocalCode.CLIENT_TIMEOUT, LocalCode.CONNECTION_LOST, LocalCode.CONNECT_FAILED, LocalCode.ABORTED, LocalCode.CLIENT_CLOSED, LocalCode.CLIENT_OVERLOADED,
+] as const;
 export type ClientCode = (typeof CLIENT_CODES)[number];
 
 const localCodes: ReadonlySet<string> = new Set(Object.values(LocalCode));
@@ -82,6 +102,10 @@ export type Code = ErrorCode | LocalCode;
 /**
  * Base error: every failure the project raises carries a stable `code`.
  * Subclasses name one kind of failure each and fix its code.
+ *
+ * @example
+ * try { await client.request('111', 'x'); }
+ * catch (err) { if (err instanceof RevproxyError) log(err.code, err.message); else throw err; }
  */
 export class RevproxyError<C extends Code = Code> extends Error {
   readonly code: C;

@@ -4,10 +4,11 @@
  * messages out, and messages into a caller's buffer.
  *
  * `decodeHot` scans one MessagePack body that is a flat map of short ASCII
- * strings and small integers and returns the same normalised message
- * msgpackr + `toMessage` would. It only ever answers for a message that is
- * valid: anything else - another type, a missing or out-of-range field,
- * nested values, bin, ext, floats, non-ASCII text, trailing bytes - returns
+ * strings and small integers (and a payload of bytes) and returns the same
+ * normalised message msgpackr + `toMessage` would. It only ever answers for a
+ * message that is valid: anything else - another type, a missing or
+ * out-of-range field, nested values, bin outside the payload, ext, floats,
+ * non-ASCII text, trailing bytes - returns
  * undefined, and the caller takes the general path, which gives the exact
  * value or the exact BAD_REQUEST error. So validation has one definition,
  * `toMessage`, and this file only recognises its commonest yes.
@@ -33,6 +34,7 @@ const enum K {
   POLICY_OTHER,
   PAYLOAD,
   PAYLOADSIZE,
+  TIMEOUTMS,
 }
 
 /** The keys' names: the model's fields (the compiler checks them against it), the policy's two spellings from messages.ts. */
@@ -45,6 +47,7 @@ const KEY_NAMES: ReadonlyArray<readonly [K, keyof DataMsg | keyof AckMsg | typeo
   [K.POLICY_OTHER, POLICY_KEY.SETUP],
   [K.PAYLOAD, 'payload'],
   [K.PAYLOADSIZE, 'payloadsize'],
+  [K.TIMEOUTMS, 'timeoutms'],
 ];
 
 /**
@@ -119,12 +122,12 @@ function latin1(buf: Uint8Array, at: number, len: number): string | undefined {
 
 // The scanner's result, reused: one body is scanned at a time (no re-entry: nothing here calls out).
 let pos = 0;
-let value: string | number | undefined;
+let value: string | number | Uint8Array | undefined;
 
 /**
- * Read one value at `pos`: a string (ASCII) or an integer into `value`, or
- * another scalar skipped (`value` undefined). Returns false for anything that
- * needs the general path.
+ * Read one value at `pos`: a string (ASCII), an integer or bytes (a view of
+ * `buf`, as msgpackr gives them) into `value`, or another scalar skipped
+ * (`value` undefined). Returns false for anything that needs the general path.
  */
 function scalar(buf: Uint8Array, end: number): boolean {
   if (pos >= end) return false;
@@ -183,8 +186,19 @@ function scalar(buf: Uint8Array, end: number): boolean {
         len = (buf[pos]! << 8) | buf[pos + 1]!;
         pos += 2;
         break;
+      case 0xc4:
+        if (pos + 1 > end) return false;
+        return bytes(buf, end, buf[pos++]!);
+      case 0xc5:
+        if (pos + 2 > end) return false;
+        pos += 2;
+        return bytes(buf, end, (buf[pos - 2]! << 8) | buf[pos - 1]!);
+      case 0xc6:
+        if (pos + 4 > end) return false;
+        pos += 4;
+        return bytes(buf, end, buf[pos - 4]! * 0x1000000 + ((buf[pos - 3]! << 16) | (buf[pos - 2]! << 8) | buf[pos - 1]!));
       default:
-        // floats, 64-bit integers, str32, bin, ext, arrays, maps, and reserved bytes
+        // floats, 64-bit integers, str32, ext, arrays, maps, and reserved bytes
         return false;
     }
   }
@@ -192,6 +206,14 @@ function scalar(buf: Uint8Array, end: number): boolean {
   const s = ascii(buf, pos, len);
   if (s === undefined) return false;
   value = s;
+  pos += len;
+  return true;
+}
+
+/** `len` bytes at `pos` as the value: a view of `buf`, as msgpackr gives a `bin`. */
+function bytes(buf: Uint8Array, end: number, len: number): boolean {
+  if (pos + len > end) return false;
+  value = buf.subarray(pos, pos + len);
   pos += len;
   return true;
 }
@@ -218,14 +240,15 @@ export function decodeHot(buf: Uint8Array, start: number, end: number): DataMsg 
     n = (buf[start + 1]! << 8) | buf[start + 2]!;
     pos = start + 3;
   } else return undefined;
-  let type: string | number | undefined;
-  let seq: string | number | undefined;
-  let srcid: string | number | undefined;
-  let destid: string | number | undefined;
-  let poli: string | number | undefined;
-  let poly: string | number | undefined;
-  let payload: string | number | undefined;
-  let size: string | number | undefined;
+  let type: typeof value;
+  let seq: typeof value;
+  let srcid: typeof value;
+  let destid: typeof value;
+  let poli: typeof value;
+  let poly: typeof value;
+  let payload: typeof value;
+  let size: typeof value;
+  let timeout: typeof value;
   // A key present with a skipped scalar (nil, bool): the general path decides what it means.
   let odd = false;
   for (let i = 0; i < n; i++) {
@@ -262,16 +285,19 @@ export function decodeHot(buf: Uint8Array, start: number, end: number): DataMsg 
       case K.POLICY_OTHER: poly = v; break;
       case K.PAYLOAD: payload = v; break;
       case K.PAYLOADSIZE: size = v; break;
+      case K.TIMEOUTMS: timeout = v; break;
     }
   }
   if (pos !== end || odd) return undefined;
-  if (!isUint32(seq) || !isIdValue(srcid) || typeof payload !== 'string') return undefined;
+  if (!isUint32(seq) || !isIdValue(srcid) || !(typeof payload === 'string' || payload instanceof Uint8Array)) return undefined;
   if (size !== undefined && !isUint32(size)) return undefined;
   if (type === MsgType.DATA) {
     const policy = ownSpellingFirst(poli, poly);
     if (!isIdValue(policy)) return undefined;
+    if (timeout !== undefined && !isUint32(timeout)) return undefined;
     const m: DataMsg = { type: 0, seq, srcid: idString(srcid), privPoliId: idString(policy), payload };
     if (size !== undefined) m.payloadsize = size;
+    if (timeout !== undefined) m.timeoutms = timeout;
     return m;
   }
   if (type === MsgType.ACK) {
@@ -325,6 +351,7 @@ const K_DESTID = fixed(key('destid'));
 const K_POLICY = fixed(key(POLICY_KEY.DATA));
 const K_PAYLOAD = fixed(key('payload'));
 const K_SIZE = fixed(key('payloadsize'));
+const K_TIMEOUT = fixed(key('timeoutms'));
 
 /** An unsigned integer up to 2^32-1 in its shortest form. */
 function uint(out: Buffer, at: number, v: number): number {
@@ -384,6 +411,35 @@ function str(out: Buffer, at: number, s: string): number {
   return at + 5 + len;
 }
 
+/** Bytes under the smallest `bin` header that holds them. */
+function bin(out: Buffer, at: number, b: Uint8Array): number {
+  const n = b.length;
+  if (n <= 0xff) {
+    out[at] = 0xc4;
+    out[at + 1] = n;
+    at += 2;
+  } else if (n <= 0xffff) {
+    out[at] = 0xc5;
+    out[at + 1] = n >>> 8;
+    out[at + 2] = n;
+    at += 3;
+  } else {
+    out[at] = 0xc6;
+    out[at + 1] = n >>> 24;
+    out[at + 2] = n >>> 16;
+    out[at + 3] = n >>> 8;
+    out[at + 4] = n;
+    at += 5;
+  }
+  out.set(b, at);
+  return at + n;
+}
+
+/** A payload: text as `str`, bytes as `bin`. */
+function payloadOf(out: Buffer, at: number, p: string | Uint8Array): number {
+  return typeof p === 'string' ? str(out, at, p) : bin(out, at, p);
+}
+
 /**
  * Room `encodeHot` may need for `msg` sent with `seq` in place of its own
  * (an upper bound), or -1 when that is not a message it writes: then pack it
@@ -395,13 +451,16 @@ export function hotSize(msg: Message | Record<string, unknown>, seq?: number): n
   const m = msg as { [K in keyof DataMsg | keyof AckMsg]?: unknown };
   const { type, srcid, payload, payloadsize } = m;
   const s = seq ?? m.seq;
-  if (typeof srcid !== 'string' || typeof payload !== 'string' || !isUint32(s) || !Number.isInteger(s)) return -1;
+  const text = typeof payload === 'string';
+  if (typeof srcid !== 'string' || !(text || payload instanceof Uint8Array) || !isUint32(s) || !Number.isInteger(s)) return -1;
   if (payloadsize !== undefined && !(isUint32(payloadsize) && Number.isInteger(payloadsize))) return -1;
   let other: unknown;
   let keys: number;
   if (type === MsgType.DATA) {
     other = m.privPoliId;
-    keys = payloadsize === undefined ? 5 : 6;
+    const { timeoutms } = m;
+    if (timeoutms !== undefined && !(isUint32(timeoutms) && Number.isInteger(timeoutms))) return -1;
+    keys = 5 + (payloadsize === undefined ? 0 : 1) + (timeoutms === undefined ? 0 : 1);
   } else if (type === MsgType.ACK) {
     other = m.destid;
     if (payloadsize === undefined) return -1;
@@ -410,7 +469,7 @@ export function hotSize(msg: Message | Record<string, unknown>, seq?: number): n
   // A seq given for a value without one is a key the copy it stands for would have.
   if (m.seq === undefined && !Object.prototype.hasOwnProperty.call(m, 'seq')) keys--;
   if (typeof other !== 'string' || !hasKeys(msg, keys)) return -1;
-  return 80 + 3 * (srcid.length + other.length + payload.length);
+  return 96 + 3 * (srcid.length + other.length) + (text ? 3 * payload.length : (payload as Uint8Array).length);
 }
 
 /** Whether `o` has exactly `n` enumerable keys (the fields checked present, and no others). */
@@ -428,18 +487,20 @@ function hasKeys(o: object, n: number): boolean {
 export function encodeHot(msg: DataMsg | AckMsg, seq: number, out: Buffer, at: number): number {
   if (msg.type === MsgType.DATA) {
     const sized = msg.payloadsize !== undefined;
-    out[at++] = sized ? 0x86 : 0x85;
+    const timed = msg.timeoutms !== undefined;
+    out[at++] = 0x85 + (sized ? 1 : 0) + (timed ? 1 : 0);
     at = uint(out, DATA_HEAD(out, at), seq);
     at = str(out, K_SRCID(out, at), msg.srcid);
     at = str(out, K_POLICY(out, at), msg.privPoliId);
-    at = str(out, K_PAYLOAD(out, at), msg.payload);
+    at = payloadOf(out, K_PAYLOAD(out, at), msg.payload);
     if (sized) at = uint(out, K_SIZE(out, at), msg.payloadsize!);
+    if (timed) at = uint(out, K_TIMEOUT(out, at), msg.timeoutms!);
     return at;
   }
   out[at++] = 0x86;
   at = uint(out, ACK_HEAD(out, at), seq);
   at = str(out, K_SRCID(out, at), msg.srcid);
   at = str(out, K_DESTID(out, at), msg.destid);
-  at = str(out, K_PAYLOAD(out, at), msg.payload);
+  at = payloadOf(out, K_PAYLOAD(out, at), msg.payload);
   return uint(out, K_SIZE(out, at), msg.payloadsize);
 }

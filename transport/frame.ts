@@ -8,6 +8,7 @@ import { ErrorCode, ProtocolError, hexPreview } from './errors.js';
 import { decodeHot, encodeHot, hotSize } from './fastwire.js';
 import { recogniseForeign } from './foreign.js';
 import { toMessage, type AckMsg, type DataMsg, type Message } from './messages.js';
+import { describeBadText, findBadText, mayHoldBadText } from './utf8.js';
 
 export const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024;
 const HEADER = 4;
@@ -235,7 +236,15 @@ export class FrameDecoder implements Decoder {
             { cause: err },
           );
         }
-        messages.push(this.validate ? toMessage(value) : (value as Message));
+        if (!this.validate) {
+          messages.push(value as Message);
+          continue;
+        }
+        const msg = toMessage(value);
+        // msgpackr reads bytes that are not UTF-8 as U+FFFD: look at the bytes again only when a string holds one.
+        const bad = mayHoldBadText(msg) ? findBadText(buf, start, end) : undefined;
+        if (bad) throw new ProtocolError(ErrorCode.BAD_REQUEST, describeBadText(bad, `the frame at byte ${this.offset + start - HEADER}`));
+        messages.push(msg);
       }
     } catch (err) {
       this.failed = err instanceof ProtocolError ? err : new ProtocolError(ErrorCode.BAD_REQUEST, String(err));

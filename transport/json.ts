@@ -10,7 +10,9 @@
 import { ErrorCode, ProtocolError, hexPreview } from './errors.js';
 import { recogniseForeign } from './foreign.js';
 import { DEFAULT_MAX_FRAME_BYTES, type DecodeResult, type Decoder } from './frame.js';
-import { MAX_SEQ, MsgType, toMessage, type Message } from './messages.js';
+import { isUtf8 } from 'node:buffer';
+import { MAX_SEQ, MsgType, toMessage, type ErrorMsg, type Message } from './messages.js';
+import { firstInvalidUtf8 } from './utf8.js';
 
 const OPEN = 0x7b; // {
 const CLOSE = 0x7d; // }
@@ -149,6 +151,14 @@ export class JsonDecoder implements Decoder {
   }
 
   private toMessage(bytes: Buffer, at: number): Message {
+    // JSON is text: bytes that are not UTF-8 would be read as U+FFFD, and the answer be about bytes never sent.
+    if (!isUtf8(bytes)) {
+      const bad = firstInvalidUtf8(bytes, 0, bytes.length);
+      throw new ProtocolError(
+        ErrorCode.BAD_REQUEST,
+        `the JSON object at byte ${at} is not valid UTF-8: byte 0x${bytes[bad]!.toString(16).padStart(2, '0')} at byte ${at + bad} (text must be UTF-8)`,
+      );
+    }
     let value: unknown;
     try {
       value = JSON.parse(bytes.toString('utf8'));
@@ -180,6 +190,8 @@ export function encodeJson(msg: Message): Buffer {
   let text: string;
   switch (msg.type) {
     case MsgType.DATA:
+      // Senders keep bytes off this wire (the client refuses them, the proxy's old-server link hands them back).
+      if (typeof msg.payload !== 'string') throw new TypeError('the old JSON wire carries text only: a binary payload cannot be written');
       text = `{"type": "0", "srcid": ${q(msg.srcid)}, "privPoliId": ${q(msg.privPoliId)}, "payload": ${q(msg.payload)}` +
         (msg.payloadsize === undefined ? '}' : `, "payloadsize": "${msg.payloadsize}"}`);
       break;
@@ -189,12 +201,13 @@ export function encodeJson(msg: Message): Buffer {
         (msg.token === undefined ? '}' : `, "token": ${q(msg.token)}}`);
       break;
     case MsgType.ACK:
+      if (typeof msg.payload !== 'string') return encodeJson(binaryAnswer(msg.payload, msg.seq));
       text = `{"type": "2", "srcid": ${q(msg.srcid)}, "destid": ${q(msg.destid)}, "payloadsize": ${msg.payloadsize}, "payload": ${q(msg.payload)}}`;
       break;
     case MsgType.ERROR:
       // The reason again as `payload`: the old client prints the payload of whatever it gets
       // (and would end in a KeyError without one), then says the hash is not correct.
-      text = `{"type": "3", "code": ${q(msg.code)}, "message": ${q(msg.message)}, "payload": ${q(`${msg.code}: ${msg.message}`)}}`;
+      text = `{"type": "3", "code": ${q(msg.code)}, ${msg.appcode === undefined ? '' : `"appcode": ${q(msg.appcode)}, `}"message": ${q(msg.message)}, "payload": ${q(`${msg.appcode ?? msg.code}: ${msg.message}`)}}`;
       break;
     case MsgType.PING:
     case MsgType.PONG:
@@ -209,6 +222,17 @@ export function encodeJson(msg: Message): Buffer {
     }
   }
   return Buffer.from(text, 'utf8');
+}
+
+/**
+ * A binary answer cannot be an old ACK's text `payload`, and a lossy one
+ * would be an answer the handler never gave: it goes as the handler's error.
+ */
+function binaryAnswer(payload: Uint8Array, seq: number): ErrorMsg {
+  return {
+    type: MsgType.ERROR, seq, code: ErrorCode.HANDLER_ERROR, appcode: 'BINARY_ANSWER',
+    message: `the answer is ${payload.length} bytes of binary data, and the old JSON wire carries text only; ask with a MessagePack client`,
+  };
 }
 
 const EMPTY = Buffer.alloc(0);

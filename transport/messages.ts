@@ -22,8 +22,11 @@ export interface DataMsg {
   seq: number;
   srcid: string;
   privPoliId: string;
-  payload: string;
+  /** Text (MessagePack `str`, UTF-8) or bytes (`bin`), carried to the server as sent. */
+  payload: string | Uint8Array;
   payloadsize?: number;
+  /** Proxy -> server: how long from now the proxy waits for the answer (ms); the handler's signal fires then. */
+  timeoutms?: number;
 }
 /** Server -> proxy: announce id, policy and listen port. Sent on a connection kept open. */
 export interface SetupMsg {
@@ -33,13 +36,14 @@ export interface SetupMsg {
   listenport: number;
   token?: string;
 }
-/** Server -> proxy -> client: SHA1 hex of the payload. */
+/** Server -> proxy -> client: the handler's answer (by default the SHA1 hex of the payload). */
 export interface AckMsg {
   type: 2;
   seq: number;
   srcid: string;
   destid: string;
-  payload: string;
+  /** Text or bytes, as the handler answered. */
+  payload: string | Uint8Array;
   payloadsize: number;
 }
 /** Anyone -> peer: a request failed, or the peer sent something wrong. */
@@ -48,6 +52,8 @@ export interface ErrorMsg {
   seq?: number;
   code: ErrorCode;
   message: string;
+  /** With `HANDLER_ERROR`: the handler's own code (see `APP_CODE`). */
+  appcode?: string;
 }
 /** Liveness on a registration connection. */
 export interface PingMsg { type: 4; seq: number }
@@ -79,6 +85,9 @@ export function ownSpellingFirst<T>(own: T | undefined, other: T | undefined): T
 export function isIdValue(v: unknown): v is string | number {
   return typeof v === 'string' ? v.length > 0 && v.length <= MAX_ID_LENGTH : typeof v === 'number' && Number.isSafeInteger(v);
 }
+
+/** A handler's own error code (an ERROR's `appcode`): letters, digits, `_ . : -`, 1 to 64 characters. */
+export const APP_CODE = /^[A-Za-z0-9_.:-]{1,64}$/;
 
 type Raw = Record<string, unknown>;
 
@@ -128,6 +137,12 @@ function strField(o: Raw, key: string): string {
   fail(`field '${key}' must be a string, got ${describe(v)}`);
 }
 
+/** A payload: text, or bytes (msgpackr gives a `bin` as a Buffer). */
+function payloadField(o: Raw): string | Uint8Array {
+  const v = own(o, 'payload');
+  return v instanceof Uint8Array ? v : strField(o, 'payload');
+}
+
 function describe(v: unknown): string {
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'an array';
@@ -174,10 +189,12 @@ export function toMessage(value: unknown, opts: ValidateOptions = {}): Message {
         seq: seq(),
         srcid: idField(o, 'srcid'),
         privPoliId: idField(o, spelling(o, POLICY_KEY.DATA, POLICY_KEY.SETUP)),
-        payload: strField(o, 'payload'),
+        payload: payloadField(o),
       };
       const size = intField(o, 'payloadsize', 0, MAX_SEQ, false);
       if (size !== undefined) m.payloadsize = size;
+      const timeout = intField(o, 'timeoutms', 0, MAX_SEQ, false);
+      if (timeout !== undefined) m.timeoutms = timeout;
       return m;
     }
     case MsgType.SETUP: {
@@ -200,7 +217,7 @@ export function toMessage(value: unknown, opts: ValidateOptions = {}): Message {
         seq: seq(),
         srcid: idField(o, 'srcid'),
         destid: idField(o, 'destid'),
-        payload: strField(o, 'payload'),
+        payload: payloadField(o),
         payloadsize: intField(o, 'payloadsize', 0, MAX_SEQ, false) ?? 0,
       };
     case MsgType.ERROR: {
@@ -209,6 +226,11 @@ export function toMessage(value: unknown, opts: ValidateOptions = {}): Message {
       const m: ErrorMsg = { type: 3, code, message: strField(o, 'message') };
       const s = intField(o, 'seq', 0, MAX_SEQ, false);
       if (s !== undefined) m.seq = s;
+      const appcode = own(o, 'appcode');
+      if (appcode !== undefined) {
+        if (typeof appcode !== 'string' || !APP_CODE.test(appcode)) fail(`field 'appcode' must be 1 to 64 letters, digits or _ . : -, got ${typeof appcode === 'string' ? `'${appcode.slice(0, 40)}'` : describe(appcode)}`);
+        m.appcode = appcode;
+      }
       return m;
     }
     case MsgType.PING:

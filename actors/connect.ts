@@ -1,0 +1,323 @@
+/**
+ * The client as a program uses it: `connect()` starts a client machine
+ * (client.ts) and returns a `Client` whose requests are promises, or an RxJS
+ * stream; `runClient` sends a list of packets and checks the answers, as the
+ * `client` command does.
+ */
+import { defer, from, mergeMap, Observable, type ObservableInput } from 'rxjs';
+import { createActor, type InspectionEvent } from 'xstate';
+import { systemClock, xstateClock } from '../transport/clock.js';
+import { LocalCode, type ClientCode } from '../transport/errors.js';
+import type { TlsMaterial } from '../transport/tls.js';
+import { clientMachine, RequestError, type ClientActor, type ClientOptions, type Outcome, type RequestHandle } from './client.js';
+import type { Clock } from '../transport/clock.js';
+import { show, type HandlerError, type Payload } from './handler.js';
+import type { Logger } from './logger.js';
+import type { Endpoint } from './server.js';
+import { sha1Hex } from './sha1.js';
+
+/** Where the proxies are: a port on 127.0.0.1, `"host:port"`, a comma-separated list of those, an endpoint, or a list. */
+export type Revproc = number | string | Endpoint | Array<number | string | Endpoint>;
+
+export interface ConnectOptions {
+  /** The proxy, or proxies in failover order. Default 2100 on 127.0.0.1. */
+  revproc?: Revproc;
+  /** The client's id, sent as `srcid` (default `client`). */
+  id?: string;
+  /** Default timeout of a request (ms, default 5000). */
+  timeoutMs?: number;
+  /** Requests in flight at once on the connection (default 64). */
+  window?: number;
+  /** Requests that may wait for room in the window before new ones are refused with CLIENT_OVERLOADED (default 100,000). */
+  maxQueued?: number;
+  /** Failed connection attempts in a row before pending requests fail (default: 2 per proxy). */
+  maxAttempts?: number;
+  /** Pause before trying the next proxy (ms, default 100). */
+  failoverDelayMs?: number;
+  /** TLS to the proxy: its CA, and a client certificate for mutual TLS. */
+  tls?: TlsMaterial;
+  /** `frames` (default), or the old `json` wire (text only, one request at a time). */
+  wire?: 'frames' | 'json';
+  logger?: Logger;
+  clock?: Clock;
+  /** XState inspection of the client machine (the inspector's `attach.inspect`). */
+  inspect?: (event: InspectionEvent) => void;
+}
+
+export interface RequestOptions {
+  /** Abort the request: it rejects with a `RequestError` coded `ABORTED` (an answer arriving later is dropped). */
+  signal?: AbortSignal;
+  /** This request's timeout (ms); it rejects with `CLIENT_TIMEOUT` when it passes. Default: the client's. */
+  timeoutMs?: number;
+  /** The `srcid` to send instead of the client's id. */
+  srcid?: string;
+}
+
+/** One answered (or failed) request of a stream: what was sent, and what came back. */
+export interface Reply {
+  /** Position of the payload in the stream it came from. */
+  index: number;
+  payload: Payload;
+  /** The answer, when there is one. */
+  answer?: Payload;
+  /** The id of the server that answered. */
+  server?: string;
+  /** Why there is no answer. */
+  error?: RequestError | HandlerError;
+  latencyMs: number;
+}
+
+/**
+ * A connection to one or more proxies, pipelined, failing over between
+ * them. Made by `connect()`.
+ */
+export class Client {
+  private closing = false;
+  private readonly pending = new Set<Promise<unknown>>();
+
+  /** @internal */
+  constructor(
+    /** The client machine (for inspection and tests). */
+    readonly actor: ClientActor,
+    readonly id: string,
+  ) {}
+
+  /**
+   * Send one payload to a policy's servers; resolves to the answer (text or
+   * bytes, as the handler returned it), rejects with a `RequestError`
+   * (`NO_SERVER`, `TIMEOUT`, `CLIENT_TIMEOUT`, `ABORTED`, ...) or a
+   * `HandlerError` (the handler's own `appCode`).
+   *
+   * @example
+   * const hash = await client.request('111', 'xyz1', { timeoutMs: 1000 });
+   * const bytes = await client.request('img', new Uint8Array([1, 2, 3]), { signal: AbortSignal.timeout(500) });
+   */
+  async request(policy: string, payload: Payload, opts: RequestOptions = {}): Promise<Payload> {
+    const outcome = await this.send(policy, payload, opts);
+    if (!outcome.ok) throw outcome.error;
+    return outcome.answer.payload;
+  }
+
+  /**
+   * The RxJS form: every payload of `payloads$` is sent to `policy`, at most
+   * `concurrency` at once (default: the client's window), and a `Reply` is
+   * emitted for each as it comes back (in the order answers arrive; `index`
+   * says which payload). A failed request is a `Reply` with `error`: one
+   * `NO_SERVER` does not end the stream. Unsubscribing aborts what is in flight.
+   *
+   * @example
+   * client.requests('111', from(['a', 'b', 'c'])).subscribe((r) => console.log(r.index, r.answer ?? r.error?.code));
+   */
+  requests(policy: string, payloads$: ObservableInput<Payload>, opts: { concurrency?: number; timeoutMs?: number; srcid?: string } = {}): Observable<Reply> {
+    const concurrency = opts.concurrency ?? this.actor.getSnapshot().context.opts.window ?? 64;
+    return from(payloads$).pipe(
+      mergeMap((payload, index) => defer(() => {
+        const abort = new AbortController();
+        return new Observable<Reply>((sub) => {
+          this.send(policy, payload, { ...opts, signal: abort.signal }).then((o) => {
+            sub.next(toReply(index, payload, o));
+            sub.complete();
+          });
+          return () => abort.abort();
+        });
+      }), concurrency),
+    );
+  }
+
+  /** One request, settled with its outcome (never rejects): the machine's view, for `runClient`. */
+  send(policy: string, payload: Payload, opts: RequestOptions = {}): Promise<Outcome> {
+    if (this.closing) return Promise.resolve(failed(LocalCode.CLIENT_CLOSED, 'the client is closed'));
+    const { signal } = opts;
+    if (signal?.aborted) return Promise.resolve(failed(LocalCode.ABORTED, abortMessage(signal)));
+    const handle: RequestHandle = {};
+    const p = new Promise<Outcome>((resolve) => {
+      const onAbort = (): void => this.actor.send({ type: 'CANCEL', handle, error: new RequestError(LocalCode.ABORTED, abortMessage(signal!)) });
+      signal?.addEventListener('abort', onAbort, { once: true });
+      const done = (o: Outcome): void => {
+        signal?.removeEventListener('abort', onAbort);
+        resolve(o);
+      };
+      this.actor.send({ type: 'REQUEST', requests: [{ req: { policy, payload, srcid: opts.srcid, timeoutMs: opts.timeoutMs, done }, handle }] });
+    });
+    this.pending.add(p);
+    void p.then(() => this.pending.delete(p));
+    return p;
+  }
+
+  /** Requests sent and not settled yet. */
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
+  /**
+   * Stop taking requests, wait for those pending to settle (answer, error or
+   * timeout), then close the connection.
+   *
+   * @example
+   * await client.close();
+   */
+  async close(): Promise<void> {
+    this.closing = true;
+    while (this.pending.size) await Promise.allSettled([...this.pending]);
+    this.destroy();
+  }
+
+  /** Close now: requests pending reject with `CLIENT_CLOSED`. */
+  destroy(): void {
+    this.closing = true;
+    if (this.actor.getSnapshot().status === 'active') this.actor.send({ type: 'CLOSE' });
+    this.actor.stop();
+  }
+}
+
+/**
+ * Connect to the proxy (or the first of several that answers); resolves
+ * once connected, rejects with a `RequestError` coded `CONNECT_FAILED` when
+ * no proxy can be reached. The client fails over to the next proxy when its
+ * connection is lost, sending the requests that were in flight again.
+ *
+ * @example
+ * import { connect } from 'revproxy';
+ * const client = await connect({ revproc: 'localhost:2100,localhost:2200' });
+ * console.log(await client.request('111', 'xyz1'));
+ * await client.close();
+ */
+export async function connect(opts: ConnectOptions = {}): Promise<Client> {
+  const client = startClient({ ...opts, id: opts.id ?? 'client', proxies: endpoints(opts.revproc ?? 2100) }, opts.inspect);
+  await new Promise<void>((resolve, reject) => {
+    const check = (): boolean => {
+      const s = client.actor.getSnapshot();
+      if (s.matches({ session: 'open' })) resolve();
+      else if (s.matches('offline') || s.status !== 'active') reject(new RequestError(LocalCode.CONNECT_FAILED, s.context.lastError ?? 'no reverse proxy could be reached'));
+      else return false;
+      return true;
+    };
+    if (check()) return;
+    const sub = client.actor.subscribe({ next: () => check() && sub.unsubscribe(), error: reject });
+  }).catch((err: unknown) => {
+    client.destroy();
+    throw err;
+  });
+  return client;
+}
+
+function startClient(opts: ClientOptions, inspect?: (event: InspectionEvent) => void): Client {
+  const actor = createActor(clientMachine, { input: opts, inspect, ...xstateClock(opts.clock ?? systemClock) });
+  actor.start();
+  return new Client(actor, opts.id);
+}
+
+/** The proxies `revproc` names, in order. */
+export function endpoints(revproc: Revproc): Endpoint[] {
+  const list = Array.isArray(revproc) ? revproc : typeof revproc === 'string' ? revproc.split(',') : [revproc];
+  return list.map((r) => {
+    if (typeof r === 'number') return { host: '127.0.0.1', port: r };
+    if (typeof r !== 'string') return r;
+    const m = /^\s*(?:\[([^\]]+)\]|([^:]+)):(\d+)\s*$/.exec(r) ?? /^\s*()()(\d+)\s*$/.exec(r);
+    const port = m ? Number(m[3]) : NaN;
+    if (!m || port < 1 || port > 65535) throw new TypeError(`revproc '${r}' is not PORT or HOST:PORT`);
+    return { host: m[1] || m[2] || '127.0.0.1', port };
+  });
+}
+
+function failed(code: ClientCode, message: string): Outcome {
+  return { ok: false, error: new RequestError(code, message), latencyMs: 0 };
+}
+
+function abortMessage(signal: AbortSignal): string {
+  const r = signal.reason as { message?: unknown } | undefined;
+  return `the request was aborted${typeof r?.message === 'string' ? `: ${r.message}` : ''}`;
+}
+
+function toReply(index: number, payload: Payload, o: Outcome): Reply {
+  return o.ok ? { index, payload, answer: o.answer.payload, server: o.answer.srcid, latencyMs: o.latencyMs } : { index, payload, error: o.error, latencyMs: o.latencyMs };
+}
+
+// ---- the `client` command's run: packets in, checked results out ----
+
+export interface Packet {
+  srcid: string;
+  privPoliId: string;
+  payload: Payload;
+}
+
+export interface Result {
+  packet: Packet;
+  /** The id of the server that answered. */
+  server?: string;
+  /** The answer, when one came. */
+  answer?: Payload;
+  /** Whether the answer is the payload's SHA1 hex: set only when it was checked (see `verify`). */
+  correct?: boolean;
+  /** Error code when no answer came: the proxy's (from its ERROR), or the client's own (CLIENT_TIMEOUT, CONNECTION_LOST, CONNECT_FAILED). */
+  error?: string;
+  /** With HANDLER_ERROR: the handler's own code. */
+  appCode?: string;
+  message?: string;
+  latencyMs?: number;
+}
+
+export interface RunOptions extends ClientOptions {
+  packets: Packet[];
+  /**
+   * Check each answer against the SHA1 of its payload: `true` checks every
+   * answer, `false` none, `auto` (default) those shaped like a SHA1 (40
+   * lowercase hex digits), so a custom handler's answers are printed, not failed.
+   */
+  verify?: boolean | 'auto';
+  inspect?: (event: InspectionEvent) => void;
+}
+
+const SHA1_SHAPE = /^[0-9a-f]{40}$/;
+
+/** Send every packet (at most `window` at a time), wait for every answer or failure, return the results in packet order. */
+export async function runClient(opts: RunOptions): Promise<Result[]> {
+  const client = startClient(opts, opts.inspect);
+  const log = client.actor.getSnapshot().context.logger;
+  const verify = opts.verify ?? 'auto';
+  const window = opts.wire === 'json' ? 1 : opts.window ?? 64;
+  const results: Result[] = opts.packets.map((packet) => ({ packet }));
+  let next = 0;
+  // Once no proxy can be reached, the rest fail the same way without trying again for each.
+  let gaveUp: Outcome | undefined;
+  const worker = async (): Promise<void> => {
+    while (next < opts.packets.length) {
+      const i = next++;
+      const p = opts.packets[i]!;
+      const o = gaveUp ?? await client.send(p.privPoliId, p.payload, { srcid: p.srcid });
+      if (!o.ok && (o.error.code === LocalCode.CONNECT_FAILED || o.error.code === LocalCode.CONNECTION_LOST)) gaveUp ??= { ...o, latencyMs: 0 };
+      check(results[i]!, o, verify, log, i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(window, opts.packets.length) }, worker));
+  client.destroy();
+  return results;
+}
+
+function check(r: Result, o: Outcome, verify: boolean | 'auto', log: Logger, i: number): void {
+  r.latencyMs = o.latencyMs;
+  const p = r.packet;
+  if (!o.ok) {
+    const e = o.error;
+    r.error = e.code;
+    r.message = e.message;
+    const appCode = 'appCode' in e ? e.appCode : undefined;
+    if (appCode !== undefined) r.appCode = appCode;
+    log.error('request_failed', `Request ${i} (policy ${p.privPoliId}) failed: ${e.code}${appCode ? ` (${appCode})` : ''}: ${e.message}`, {
+      seq: i, code: e.code, appcode: appCode, policy: p.privPoliId,
+    });
+    return;
+  }
+  const a = o.answer;
+  r.server = a.srcid;
+  r.answer = a.payload;
+  if (verify === false || (verify === 'auto' && !(typeof a.payload === 'string' && SHA1_SHAPE.test(a.payload)))) {
+    // Not checked: the answer is the result, so it is printed (the per-request lines are debug).
+    log.info('result', `Answer from server ${a.srcid}: ${show(a.payload)}`, { seq: i, server: a.srcid, answer: show(a.payload) });
+    return;
+  }
+  const expected = sha1Hex(p.payload);
+  r.correct = a.payload === expected;
+  if (r.correct) log.info('verified', 'Hash of payload is correct', { seq: i, server: a.srcid });
+  else log.error('wrong_hash', 'Hash of payload is not correct', { seq: i, server: a.srcid, expected, got: typeof a.payload === 'string' ? a.payload : `<${a.payload.length} bytes>` });
+}

@@ -1,0 +1,329 @@
+/**
+ * Running a server's handler: the code that turns a request's payload into
+ * its answer. The server machine hands every request it reads to a
+ * `HandlerRunner`, which runs the handler under the server's limits and
+ * writes the one answer each request gets:
+ *
+ * - an ACK carrying what the handler returned (text or bytes, as returned);
+ * - an ERROR `HANDLER_ERROR` with the handler's own code (`appcode`) when it
+ *   threw or rejected: an application error is the answer, so the proxy
+ *   passes it to the client and neither retries it nor holds it against the
+ *   server;
+ * - an ERROR `OVERLOADED` when `concurrency` requests run and `queueLimit`
+ *   more wait (the proxy tries another server);
+ * - nothing at all with `behaviour: 'silent'`, and `UPSTREAM_FAILED` with
+ *   `behaviour: 'fail'` (for fault tests).
+ *
+ * A handler that returns a value (not a promise) is answered in the same
+ * turn, with no timer and no AbortController unless it reads `ctx.signal`:
+ * the default SHA1 handler costs what hashing costs.
+ */
+import { ErrorCode, RevproxyError } from '../transport/errors.js';
+import { APP_CODE, errorMsg, MsgType, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
+import type { Connection } from '../transport/socket.js';
+import type { Clock, Timer } from '../transport/clock.js';
+import type { Logger } from './logger.js';
+import { sha1Hex } from './sha1.js';
+
+/** A request's payload as the client sent it: text (MessagePack `str`) or bytes (`bin`). */
+export type Payload = string | Uint8Array;
+
+/** What a handler answers: text or bytes, sent to the client as it is. */
+export type Answer = string | Uint8Array;
+
+/** What a handler knows about the request it runs for. */
+export interface HandlerContext {
+  /** The id of the client that sent the request (its DATA's `srcid`). */
+  readonly clientId: string;
+  /** The privacy policy the request was sent to (this server's). */
+  readonly policy: string;
+  /** This server's id. */
+  readonly serverId: string;
+  /**
+   * Aborted when the answer is no longer wanted: the proxy's deadline for
+   * this try has passed (the proxy sends it with each request, as
+   * `timeoutms`), or the server is being stopped abruptly. Its `reason` is a
+   * `RevproxyError` with code `TIMEOUT` or `SHUTTING_DOWN`. Pass it on to
+   * whatever the handler waits for (`fetch(url, { signal: ctx.signal })`).
+   */
+  readonly signal: AbortSignal;
+}
+
+/**
+ * A server's handler: `async (payload, ctx) => answer`. Throw a
+ * `HandlerError` (or any error with a string `code`) to answer with an
+ * application error the client can branch on.
+ *
+ * @example
+ * const upper: Handler = async (payload) => String(payload).toUpperCase();
+ */
+export type Handler = (payload: Payload, ctx: HandlerContext) => Answer | Promise<Answer>;
+
+/**
+ * The default handler, the old system's stand-in for work: the SHA1 hex of
+ * the payload's exact bytes.
+ *
+ * @example
+ * await startServer({ id: '100', policy: '111', revproc: 2100, handler: sha1Handler }); // the same as no handler
+ */
+export const sha1Handler: Handler = (payload) => sha1Hex(payload);
+
+/** Longest handler error message passed on to the client (characters). */
+const MAX_APP_MESSAGE = 1024;
+
+/**
+ * An application error: thrown by a handler to answer its request with an
+ * error of its own, and what a client's request rejects with when a handler
+ * did. `code` is always `HANDLER_ERROR`; `appCode` is the handler's.
+ *
+ * @example
+ * // in a handler
+ * if (!isJson(payload)) throw new HandlerError('NOT_JSON', 'policy 222 takes a JSON object');
+ * // in a client
+ * try { await client.request('222', 'hello'); }
+ * catch (err) { if (err instanceof HandlerError && err.appCode === 'NOT_JSON') ... }
+ */
+export class HandlerError extends RevproxyError {
+  readonly appCode: string;
+  constructor(appCode: string, message: string, options?: { cause?: unknown }) {
+    super(ErrorCode.HANDLER_ERROR, message, options);
+    this.name = 'HandlerError';
+    this.appCode = APP_CODE.test(appCode) ? appCode : 'HANDLER_FAILED';
+  }
+}
+
+export type Behaviour = 'normal' | 'silent' | 'fail';
+
+export interface RunnerOptions {
+  serverId: string;
+  policy: string;
+  handler: Handler;
+  /** Requests running at once; more wait in a queue. Default: no limit. */
+  concurrency: number;
+  /** Requests waiting for a free slot; past it the server answers OVERLOADED. */
+  queueLimit: number;
+  /** Every request waits this long inside its slot before its handler runs (ms, for tests and benchmarks). */
+  delayMs: number;
+  behaviour: Behaviour;
+  /** Largest frame the proxy accepts: a bigger answer is refused here, not by the proxy's decoder. */
+  maxFrameBytes: number;
+  clock: Clock;
+  logger: Logger;
+}
+
+/** One request, from its arrival until its answer is written. */
+class Job {
+  private controller?: AbortController;
+  private timer?: Timer;
+
+  constructor(
+    readonly runner: HandlerRunner,
+    readonly conn: Connection,
+    readonly msg: DataMsg,
+    /** When the proxy stops waiting (clock ms), if it said. */
+    readonly deadline: number | undefined,
+  ) {}
+
+  /** Made on first use: most handlers never look. */
+  signal(): AbortSignal {
+    if (this.controller) return this.controller.signal;
+    const controller = (this.controller = new AbortController());
+    this.runner.watched.add(this);
+    if (this.deadline !== undefined) {
+      const left = this.deadline - this.runner.opts.clock.now();
+      if (left <= 0) this.abort(this.timeoutReason());
+      else this.timer = this.runner.opts.clock.setTimeout(() => this.abort(this.timeoutReason()), left);
+    }
+    return controller.signal;
+  }
+
+  get aborted(): boolean {
+    return this.controller?.signal.aborted ?? false;
+  }
+
+  abort(reason: RevproxyError): void {
+    this.controller?.abort(reason);
+  }
+
+  /** The job is over: no timer or watch outlives it. */
+  release(): void {
+    this.timer?.cancel();
+    if (this.controller) this.runner.watched.delete(this);
+  }
+
+  timeoutReason(): RevproxyError {
+    return new RevproxyError(ErrorCode.TIMEOUT, `the proxy stopped waiting for the answer to request ${this.msg.seq} of client ${this.msg.srcid}`);
+  }
+}
+
+/** What the handler sees of its job: read-only, nothing of the runner's. */
+class RequestContext implements HandlerContext {
+  readonly #job: Job;
+  constructor(job: Job) {
+    this.#job = job;
+  }
+  get clientId(): string {
+    return this.#job.msg.srcid;
+  }
+  get policy(): string {
+    return this.#job.runner.opts.policy;
+  }
+  get serverId(): string {
+    return this.#job.runner.opts.serverId;
+  }
+  get signal(): AbortSignal {
+    return this.#job.signal();
+  }
+}
+
+/**
+ * Runs a server's handler for every request, at most `concurrency` at once,
+ * and writes each answer to the connection the request came on.
+ */
+export class HandlerRunner {
+  readonly opts: RunnerOptions;
+  /** Jobs whose handler asked for a signal: aborted all at once when the server stops. */
+  readonly watched = new Set<Job>();
+  private running = 0;
+  private readonly queue: Job[] = [];
+  /** Requests taken to be answered (all but a silent server's), for the stop line and the inspector. */
+  answered = 0;
+
+  constructor(opts: RunnerOptions) {
+    this.opts = opts;
+  }
+
+  /** Take one read's requests from `conn`. */
+  take(conn: Connection, requests: DataMsg[]): void {
+    const { behaviour, clock } = this.opts;
+    if (behaviour === 'silent') return;
+    this.answered += requests.length;
+    let now = -1;
+    for (const msg of requests) {
+      if (behaviour === 'fail') {
+        conn.send(errorMsg(ErrorCode.UPSTREAM_FAILED, `server ${this.opts.serverId} is configured to fail every request`, msg.seq));
+        continue;
+      }
+      let deadline: number | undefined;
+      if (msg.timeoutms !== undefined) deadline = (now < 0 ? (now = clock.now()) : now) + msg.timeoutms;
+      const job = new Job(this, conn, msg, deadline);
+      if (this.running < this.opts.concurrency) this.start(job);
+      else if (this.queue.length < this.opts.queueLimit) this.queue.push(job);
+      else {
+        conn.send(errorMsg(ErrorCode.OVERLOADED,
+          `server ${this.opts.serverId} is running ${this.running} request(s), its limit, and ${this.queue.length} more are waiting; try another server or later`, msg.seq));
+      }
+    }
+  }
+
+  /** Abort every handler still running that watches its signal (the server is going away). */
+  abortAll(why: string): void {
+    const reason = new RevproxyError(ErrorCode.SHUTTING_DOWN, why);
+    for (const job of this.watched) job.abort(reason);
+    this.queue.length = 0;
+  }
+
+  private start(job: Job): void {
+    this.running++;
+    const delay = this.opts.delayMs;
+    if (delay > 0) this.opts.clock.setTimeout(() => this.invoke(job), delay);
+    else this.invoke(job);
+  }
+
+  private invoke(job: Job): void {
+    const log = this.opts.logger;
+    const { msg } = job;
+    if (log.enabled('debug')) log.debug('request', `Received a message from client ${msg.srcid} payload ${show(msg.payload)}`, { client: msg.srcid, payload: show(msg.payload) });
+    let result: Answer | Promise<Answer>;
+    try {
+      result = this.opts.handler(msg.payload, new RequestContext(job));
+    } catch (err) {
+      this.finish(job, this.failure(job, err));
+      return;
+    }
+    if (typeof result === 'string' || result instanceof Uint8Array) this.finish(job, this.ack(job, result));
+    else {
+      Promise.resolve(result).then(
+        (answer) => this.finish(job, this.ack(job, answer)),
+        (err: unknown) => this.finish(job, this.failure(job, err)),
+      );
+    }
+  }
+
+  /** Write the job's answer, free its slot, start the next waiting job whose answer is still wanted. */
+  private finish(job: Job, answer: AckMsg | ErrorMsg): void {
+    job.release();
+    this.running--;
+    job.conn.send(answer);
+    this.next();
+  }
+
+  private next(): void {
+    while (this.running < this.opts.concurrency && this.queue.length > 0) {
+      const job = this.queue.shift()!;
+      if (job.deadline !== undefined && this.opts.clock.now() >= job.deadline) {
+        // The proxy has stopped waiting for it: running it would only keep the others waiting.
+        job.conn.send(errorMsg(ErrorCode.TIMEOUT, `request ${job.msg.seq} waited past its deadline in server ${this.opts.serverId}'s queue`, job.msg.seq));
+        continue;
+      }
+      this.start(job);
+    }
+  }
+
+  private ack(job: Job, answer: unknown): AckMsg | ErrorMsg {
+    const { msg } = job;
+    const id = this.opts.serverId;
+    if (typeof answer !== 'string' && !(answer instanceof Uint8Array)) {
+      return this.appError(job, 'BAD_ANSWER', `the handler of server ${id} answered ${describe(answer)}; a handler answers a string or bytes`);
+    }
+    const size = typeof answer === 'string' ? Buffer.byteLength(answer) : answer.length;
+    // The ACK's other fields take well under 1 KiB; the proxy would refuse the whole frame, and the link with it.
+    if (size + 1024 > this.opts.maxFrameBytes) {
+      return this.appError(job, 'ANSWER_TOO_LARGE', `the handler of server ${id} answered ${size} bytes; answers must fit in a ${this.opts.maxFrameBytes}-byte frame`);
+    }
+    const log = this.opts.logger;
+    if (log.enabled('debug')) log.debug('answer', `Sending a message to the client ${msg.srcid} payload ${show(answer)}`, { client: msg.srcid, payload: show(answer) });
+    return { type: MsgType.ACK, seq: msg.seq, srcid: id, destid: msg.srcid, payload: answer, payloadsize: size };
+  }
+
+  /**
+   * A thrown error becomes the request's answer. A `HandlerError`, or any
+   * error with a valid string `code`, is the handler's own: its code and
+   * message go to the client. Anything else is a bug in the handler: the
+   * client gets `HANDLER_FAILED` and a message that hides the details, and
+   * the server's log has them.
+   */
+  private failure(job: Job, err: unknown): ErrorMsg {
+    const id = this.opts.serverId;
+    if (job.aborted) {
+      return errorMsg(ErrorCode.TIMEOUT, `the handler of server ${id} stopped: ${(job.signal().reason as Error).message}`, job.msg.seq);
+    }
+    const e = err as { code?: unknown; appCode?: unknown; message?: unknown; stack?: unknown } | undefined;
+    const code = err instanceof HandlerError ? err.appCode : typeof e?.code === 'string' && APP_CODE.test(e.code) ? e.code : undefined;
+    if (code !== undefined) {
+      const message = typeof e?.message === 'string' && e.message ? e.message.slice(0, MAX_APP_MESSAGE) : code;
+      return this.appError(job, code, message);
+    }
+    this.opts.logger.error('handler_failed', `The handler of server ${id} failed on request ${job.msg.seq} of client ${job.msg.srcid}: ${String(e?.stack ?? err)}`, {
+      client: job.msg.srcid, seq: job.msg.seq, reason: String(e?.message ?? err),
+    });
+    return this.appError(job, 'HANDLER_FAILED', `the handler of server ${id} failed; the server's log says why`);
+  }
+
+  private appError(job: Job, appcode: string, message: string): ErrorMsg {
+    const { msg } = job;
+    this.opts.logger.debug('app_error', `Answering request ${msg.seq} of client ${msg.srcid} with ${appcode}: ${message}`, { client: msg.srcid, seq: msg.seq, appcode });
+    return { type: MsgType.ERROR, seq: msg.seq, code: ErrorCode.HANDLER_ERROR, appcode, message };
+  }
+}
+
+/** A payload or answer for a log line: text as it is, bytes by their size. */
+export function show(p: Payload): string {
+  return typeof p === 'string' ? p : `<${p.length} bytes>`;
+}
+
+function describe(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  return typeof v === 'object' ? 'an object' : typeof v;
+}

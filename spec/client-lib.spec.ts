@@ -1,0 +1,128 @@
+/**
+ * The library's client (issue 17): failover between proxies, its window and
+ * queue, timeouts and aborts, closing, and the RxJS form.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { from, lastValueFrom, toArray } from 'rxjs';
+import { connect, RequestError, startProxy, startServer, type Client, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import { freePort } from '../bench/procs.js';
+import { eventually } from './helpers.js';
+
+interface Ctx {
+  proxies: ProxyHandle[];
+  servers: ServerHandle[];
+  clients: Client[];
+}
+const ctx = {} as Ctx;
+const lib = suite<Ctx>('the library client', ctx);
+
+lib.before.each(() => {
+  ctx.proxies = [];
+  ctx.servers = [];
+  ctx.clients = [];
+});
+lib.after.each(async () => {
+  for (const c of ctx.clients) c.destroy();
+  for (const s of ctx.servers) s.kill();
+  for (const p of ctx.proxies) await p.stop();
+});
+
+async function proxy(): Promise<ProxyHandle> {
+  const p = await startProxy({ port: 0 });
+  ctx.proxies.push(p);
+  return p;
+}
+
+async function server(id: string, ports: number[], opts: { behaviour?: 'silent'; delayMs?: number } = {}): Promise<ServerHandle> {
+  const s = await startServer({ id, policy: 'P', revproc: ports, ...opts });
+  ctx.servers.push(s);
+  for (const p of ctx.proxies) if (ports.includes(p.port)) await eventually(() => p.pools().P?.serving.includes(id) ?? false, 3000, `${id} serving`);
+  return s;
+}
+
+async function client(opts: Parameters<typeof connect>[0]): Promise<Client> {
+  const c = await connect(opts);
+  ctx.clients.push(c);
+  return c;
+}
+
+const reject = (p: Promise<unknown>): Promise<RequestError> => p.then(() => { throw new Error('resolved'); }, (e: RequestError) => e);
+
+lib('a lost proxy: requests in flight go again through the next one, and later requests follow', async () => {
+  const a = await proxy();
+  const b = await proxy();
+  await server('s', [a.port, b.port], { delayMs: 150 });
+  const c = await client({ revproc: [a.port, b.port], failoverDelayMs: 10 });
+  const inFlight = Array.from({ length: 5 }, (_, i) => c.request('P', `f${i}`));
+  await new Promise((r) => setTimeout(r, 50));
+  a.kill();
+  const answers = await Promise.all(inFlight);
+  assert.is(answers.length, 5);
+  assert.ok(answers.every((x) => typeof x === 'string' && x.length === 40));
+  assert.is((await c.request('P', 'after')).length, 40);
+});
+
+lib('a request past its own timeout rejects with CLIENT_TIMEOUT; an aborted one with ABORTED, and the window moves on', async () => {
+  const p = await proxy();
+  await server('quiet', [p.port], { behaviour: 'silent' });
+  const c = await client({ revproc: p.port, window: 1 });
+  assert.is((await reject(c.request('P', 'x', { timeoutMs: 50 }))).code, 'CLIENT_TIMEOUT');
+  const ac = new AbortController();
+  const aborted = reject(c.request('P', 'y', { signal: ac.signal }));
+  ac.abort(new Error('user gave up'));
+  const e = await aborted;
+  assert.equal([e.code, e.message], ['ABORTED', 'the request was aborted: user gave up']);
+  assert.is((await reject(c.request('P', 'z', { signal: AbortSignal.abort() }))).code, 'ABORTED');
+});
+
+lib('backpressure: past the window and the queue, a request is refused at once with CLIENT_OVERLOADED', async () => {
+  const p = await proxy();
+  await server('quiet', [p.port], { behaviour: 'silent' });
+  const c = await client({ revproc: p.port, window: 1, maxQueued: 2, timeoutMs: 10_000 });
+  const held = [c.request('P', '1'), c.request('P', '2'), c.request('P', '3')];
+  for (const h of held) h.catch(() => {});
+  assert.is((await reject(c.request('P', '4'))).code, 'CLIENT_OVERLOADED');
+  c.destroy();
+  const closed = await Promise.all(held.map(reject));
+  assert.equal(closed.map((x) => x.code), ['CLIENT_CLOSED', 'CLIENT_CLOSED', 'CLIENT_CLOSED']);
+});
+
+lib('connect() rejects with CONNECT_FAILED when no proxy listens', async () => {
+  const port = await freePort();
+  const e = await reject(connect({ revproc: port, maxAttempts: 2, failoverDelayMs: 10 }));
+  assert.instance(e, RequestError);
+  assert.is(e.code, 'CONNECT_FAILED');
+  assert.match(e.message, /no reverse proxy is listening/);
+});
+
+lib('close() waits for what is pending, then refuses new requests', async () => {
+  const p = await proxy();
+  await server('slow', [p.port], { delayMs: 100 });
+  const c = await client({ revproc: p.port });
+  const pending = c.request('P', 'last');
+  await c.close();
+  assert.is((await pending).length, 40);
+  assert.is((await reject(c.request('P', 'late'))).code, 'CLIENT_CLOSED');
+});
+
+lib('requests(): one Reply per payload, a failure among them does not end the stream', async () => {
+  const p = await proxy();
+  await server('s', [p.port]);
+  const c = await client({ revproc: p.port });
+  const good = await lastValueFrom(c.requests('P', from(['a', 'b', 'c', 'd']), { concurrency: 2 }).pipe(toArray()));
+  assert.equal(good.map((r) => r.index).sort(), [0, 1, 2, 3]);
+  assert.ok(good.every((r) => r.server === 's' && typeof r.answer === 'string'));
+  const mixed = await lastValueFrom(c.requests('nobody', ['x', 'y']).pipe(toArray()));
+  assert.equal(mixed.map((r) => r.error?.code), ['NO_SERVER', 'NO_SERVER']);
+});
+
+lib('the old JSON wire takes text only: bytes are refused before anything is sent', async () => {
+  const p = await proxy();
+  await server('s', [p.port]);
+  const c = await client({ revproc: p.port, wire: 'json' });
+  assert.is((await c.request('P', 'text')).length, 40);
+  assert.is((await reject(c.request('P', new Uint8Array([1])))).code, 'BAD_REQUEST');
+});
+
+lib.run();

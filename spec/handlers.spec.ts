@@ -1,0 +1,322 @@
+/**
+ * Servers run your code (issue 17): a handler's answers and errors through
+ * the proxy, its limits (concurrency, queue, per-request delay), its
+ * deadline signal, and payloads as bytes.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import fc from 'fast-check';
+import {
+  connect, HandlerError, Logger, ManualClock, memorySink, RequestError, sha1Hex, startProxy, startServer,
+  type Client, type Handler, type HandlerContext, type LogRecord, type ProxyHandle, type ProxyOptions, type ServerHandle,
+} from '../actors/index.js';
+import { MsgType, type AckMsg, type ErrorMsg } from '../transport/messages.js';
+import { collector, eventually, frame, LOCAL, rawConnect } from './helpers.js';
+
+interface Ctx {
+  proxy: ProxyHandle;
+  servers: ServerHandle[];
+  clients: Client[];
+  logs: LogRecord[];
+}
+const ctx = {} as Ctx;
+
+function withProxy(name: string, opts: ProxyOptions = {}) {
+  const s = suite<Ctx>(name, ctx);
+  s.before.each(async () => {
+    ctx.logs = [];
+    ctx.servers = [];
+    ctx.clients = [];
+    ctx.proxy = await startProxy({ port: 0, ...opts, logger: new Logger('proxy', memorySink(ctx.logs), 'debug') });
+  });
+  s.after.each(async () => {
+    for (const c of ctx.clients) c.destroy();
+    for (const sv of ctx.servers) await sv.stop();
+    await ctx.proxy.stop();
+  });
+  return s;
+}
+
+async function serve(id: string, policy: string, handler?: Handler, extra: { concurrency?: number; queueLimit?: number } = {}): Promise<ServerHandle> {
+  const s = await startServer({ id, policy, revproc: ctx.proxy.port, handler, ...extra });
+  ctx.servers.push(s);
+  await eventually(() => ctx.proxy.pools()[policy]?.serving.includes(id) ?? false, 3000, `server ${id} serving ${policy}`);
+  return s;
+}
+
+async function client(opts: { timeoutMs?: number } = {}): Promise<Client> {
+  const c = await connect({ revproc: ctx.proxy.port, id: 'c1', ...opts });
+  ctx.clients.push(c);
+  return c;
+}
+
+const answers = withProxy('a handler behind the proxy');
+
+answers('a custom handler answers as written, and its ctx names the client, the policy and the server', async () => {
+  const seen: Array<Omit<HandlerContext, 'signal'>> = [];
+  await serve('up-1', 'upper', async (payload, c) => {
+    seen.push({ clientId: c.clientId, policy: c.policy, serverId: c.serverId });
+    return String(payload).toUpperCase();
+  });
+  const c = await client();
+  assert.is(await c.request('upper', 'hello'), 'HELLO');
+  assert.is(await c.request('upper', 'world', { srcid: 'someone-else' }), 'WORLD');
+  assert.equal(seen, [{ clientId: 'c1', policy: 'upper', serverId: 'up-1' }, { clientId: 'someone-else', policy: 'upper', serverId: 'up-1' }]);
+});
+
+answers('the default handler still answers the SHA1 of the payload', async () => {
+  await serve('s', 'P');
+  const c = await client();
+  assert.is(await c.request('P', 'xyz1'), 'b0400cf1f3919fdba057dbd2acc52f148fbb43ac');
+});
+
+answers('a throwing handler gives its own code to the client once: not retried on another server, not counted towards ejection', async () => {
+  let calls = 0;
+  const failing: Handler = async () => {
+    calls++;
+    throw new HandlerError('NOT_ALLOWED', 'policy says no');
+  };
+  // Two servers, and more failures than --eject-after (5): each must be an answer, not a fault.
+  await serve('a', 'P', failing);
+  await serve('b', 'P', failing);
+  const c = await client();
+  for (let i = 0; i < 8; i++) {
+    const err = await c.request('P', `x${i}`).then(() => undefined, (e: unknown) => e);
+    assert.instance(err, HandlerError);
+    assert.is((err as HandlerError).code, 'HANDLER_ERROR');
+    assert.is((err as HandlerError).appCode, 'NOT_ALLOWED');
+    assert.is((err as HandlerError).message, 'policy says no');
+  }
+  assert.is(calls, 8, 'each request reached exactly one handler');
+  assert.is(ctx.logs.filter((r) => r.event === 'retry').length, 0, 'no retry');
+  assert.is(ctx.logs.filter((r) => r.event === 'eject' || r.event === 'eject_skipped').length, 0, 'no ejection');
+  assert.equal(ctx.proxy.pools().P!.serving, ['a', 'b']);
+});
+
+answers('an error with a string code is the handler\'s own; any other error is HANDLER_FAILED without its details', async () => {
+  await serve('s', 'P', async (payload) => {
+    if (payload === 'coded') throw Object.assign(new Error('no e-mail here'), { code: 'NO_EMAIL' });
+    throw new Error('secret internal detail');
+  });
+  const c = await client();
+  const coded = (await c.request('P', 'coded').catch((e: unknown) => e)) as HandlerError;
+  assert.equal([coded.appCode, coded.message], ['NO_EMAIL', 'no e-mail here']);
+  const bug = (await c.request('P', 'other').catch((e: unknown) => e)) as HandlerError;
+  assert.is(bug.appCode, 'HANDLER_FAILED');
+  assert.not.match(bug.message, /secret/);
+});
+
+answers('an answer that is not text or bytes is the handler\'s error, BAD_ANSWER', async () => {
+  await serve('s', 'P', (async () => ({ not: 'bytes' })) as unknown as Handler);
+  const c = await client();
+  const err = (await c.request('P', 'x').catch((e: unknown) => e)) as HandlerError;
+  assert.is(err.appCode, 'BAD_ANSWER');
+});
+
+const timing = withProxy('a handler that does not answer in time', { timeoutMs: 400, retries: 0 });
+
+timing('a handler that ignores its signal still gets the client the proxy\'s TIMEOUT, before its own timeout', async () => {
+  await serve('s', 'P', () => new Promise<string>(() => {}));
+  // The client's own timeout is far later: the error must be the proxy's.
+  const c = await client({ timeoutMs: 20_000 });
+  const err = (await c.request('P', 'x').catch((e: unknown) => e)) as RequestError;
+  assert.instance(err, RequestError);
+  assert.is(err.code, 'TIMEOUT');
+});
+
+timing('the handler\'s signal fires when the proxy stops waiting, with a TIMEOUT reason', async () => {
+  let reason: { code?: string } | undefined;
+  await serve('s', 'P', (_p, c) => new Promise<string>((_resolve, reject) => {
+    c.signal.addEventListener('abort', () => {
+      reason = c.signal.reason as { code?: string };
+      reject(c.signal.reason);
+    });
+  }));
+  const c = await client({ timeoutMs: 20_000 });
+  assert.is(((await c.request('P', 'x').catch((e: unknown) => e)) as RequestError).code, 'TIMEOUT');
+  await eventually(() => reason !== undefined, 3000, 'the signal fired');
+  assert.is(reason!.code, 'TIMEOUT');
+});
+
+answers.run();
+timing.run();
+
+// ---- limits, straight to one server (no proxy in between) ----
+
+const limits = suite('a server\'s limits');
+
+async function lonelyServer(opts: { handler: Handler; concurrency: number; queueLimit: number; delayMs?: number; clock?: ManualClock }): Promise<ServerHandle> {
+  // Registered nowhere: requests come straight from the spec.
+  return startServer({ id: 'lim', policy: 'P', revproc: 1, waitForRegistration: false, reconnectInitialMs: 60_000, ...opts });
+}
+
+limits('--concurrency 1 runs one request at a time, queues up to the bound and refuses past it with OVERLOADED', async () => {
+  let running = 0;
+  let most = 0;
+  const gates: Array<() => void> = [];
+  const server = await lonelyServer({
+    concurrency: 1, queueLimit: 2,
+    handler: (payload) => new Promise<string>((resolve) => {
+      running++;
+      most = Math.max(most, running);
+      gates.push(() => {
+        running--;
+        resolve(`done ${String(payload)}`);
+      });
+    }),
+  });
+  const sock = await rawConnect(server.port);
+  const got = collector(sock);
+  try {
+    sock.write(Buffer.concat([0, 1, 2, 3].map((i) => frame({ type: 0, seq: i, srcid: 'c', privPoliId: 'P', payload: `p${i}` }))));
+    await got.until(() => got.got.length >= 1);
+    const refused = got.got[0] as ErrorMsg;
+    assert.equal([refused.type, refused.seq, refused.code], [MsgType.ERROR, 3, 'OVERLOADED'], 'the fourth is past 1 running + 2 waiting');
+    for (let n = 1; n <= 3; n++) {
+      await eventually(() => gates.length === n, 2000, `handler ${n} started`);
+      assert.is(running, 1);
+      gates[n - 1]!();
+      await got.until(() => got.got.length >= n + 1);
+    }
+    assert.is(most, 1, 'never two at once');
+    assert.equal(got.got.slice(1).map((m) => [(m as AckMsg).seq, (m as AckMsg).payload]), [[0, 'done p0'], [1, 'done p1'], [2, 'done p2']]);
+  } finally {
+    sock.destroy();
+    await server.stop();
+  }
+});
+
+limits('with --concurrency 1, --delay is paid by each request in turn', async () => {
+  const clock = new ManualClock();
+  const server = await lonelyServer({ concurrency: 1, queueLimit: 10, delayMs: 100, clock, handler: (p) => `ok ${String(p)}` });
+  const sock = await rawConnect(server.port);
+  const got = collector(sock);
+  try {
+    sock.write(Buffer.concat([0, 1, 2].map((i) => frame({ type: 0, seq: i, srcid: 'c', privPoliId: 'P', payload: `p${i}` }))));
+    // The three are read; nothing answers before the first delay has passed.
+    await new Promise((r) => setTimeout(r, 50));
+    assert.is(got.got.length, 0);
+    for (let n = 1; n <= 3; n++) {
+      clock.advance(99);
+      await new Promise((r) => setTimeout(r, 20));
+      assert.is(got.got.length, n - 1, `not yet ${n}`);
+      clock.advance(1);
+      await got.until(() => got.got.length >= n);
+    }
+    assert.equal(got.got.map((m) => (m as AckMsg).seq), [0, 1, 2]);
+  } finally {
+    sock.destroy();
+    await server.stop();
+  }
+});
+
+limits('a request whose deadline passes while it waits for a slot is not run', async () => {
+  const clock = new ManualClock();
+  const ran: string[] = [];
+  let release: (() => void) | undefined;
+  const server = await lonelyServer({
+    concurrency: 1, queueLimit: 10, clock,
+    handler: (p) => {
+      ran.push(String(p));
+      return p === 'first' ? new Promise<string>((r) => (release = () => r('done'))) : 'done';
+    },
+  });
+  const sock = await rawConnect(server.port);
+  const got = collector(sock);
+  try {
+    // As the proxy sends them: each with the time its try has left.
+    sock.write(Buffer.concat([
+      frame({ type: 0, seq: 0, srcid: 'c', privPoliId: 'P', payload: 'first', timeoutms: 1000 }),
+      frame({ type: 0, seq: 1, srcid: 'c', privPoliId: 'P', payload: 'late', timeoutms: 100 }),
+      frame({ type: 0, seq: 2, srcid: 'c', privPoliId: 'P', payload: 'in time', timeoutms: 1000 }),
+    ]));
+    await eventually(() => release !== undefined, 2000, 'the first running');
+    clock.advance(200);
+    release!();
+    await got.until(() => got.got.length >= 3);
+    assert.equal(ran, ['first', 'in time']);
+    const late = got.got.find((m) => (m as ErrorMsg).seq === 1) as ErrorMsg;
+    assert.equal([late.type, late.code], [MsgType.ERROR, 'TIMEOUT']);
+  } finally {
+    sock.destroy();
+    await server.stop();
+  }
+});
+
+limits.run();
+
+// ---- payloads as bytes ----
+
+const bytes = withProxy('binary payloads and answers');
+
+bytes('bytes and text round-trip byte-exact through the proxy, and the SHA1 handler hashes the exact bytes', async () => {
+  await serve('echo', 'E', (p) => p);
+  await serve('sha', 'H');
+  const c = await client();
+  await fc.assert(
+    fc.asyncProperty(fc.oneof(fc.uint8Array({ maxLength: 2048 }), fc.string({ unit: 'binary', maxLength: 512 })), async (payload) => {
+      const back = await c.request('E', payload);
+      if (typeof payload === 'string') assert.is(back, payload);
+      else {
+        assert.instance(back, Uint8Array);
+        assert.ok(Buffer.from(back as Uint8Array).equals(Buffer.from(payload)), 'same bytes');
+      }
+      assert.is(await c.request('H', payload), sha1Hex(payload));
+    }),
+    { numRuns: 150 },
+  );
+});
+
+bytes('a binary request never goes to an old JSON server: it is tried on the next member, and fails only when none is left', async () => {
+  const old = await startServer({ id: 'old', policy: 'M', revproc: ctx.proxy.port, wire: 'json' });
+  ctx.servers.push(old);
+  await eventually(() => ctx.proxy.pools().M?.serving.includes('old') ?? false, 3000, 'old serving');
+  const c = await client();
+  const err = (await c.request('M', new Uint8Array([1, 2])).catch((e: unknown) => e)) as RequestError;
+  assert.equal([err.code, /tried old/.test(err.message)], ['UPSTREAM_FAILED', true], err.message);
+  assert.ok(ctx.logs.some((r) => /old JSON server, which takes text only/.test(r.msg)), 'the proxy logs why');
+  await serve('new', 'M');
+  for (let i = 0; i < 4; i++) assert.is(await c.request('M', new Uint8Array([i])), sha1Hex(new Uint8Array([i])));
+  assert.is(await c.request('M', 'text goes to both'), sha1Hex('text goes to both'));
+  assert.equal(ctx.proxy.pools().M!.serving, ['old', 'new'], 'and the old server is not held to account');
+  assert.is(ctx.logs.filter((r) => r.event === 'eject').length, 0);
+});
+
+bytes('text that is not UTF-8 is refused with BAD_REQUEST naming the byte, on frames and on the old JSON wire (issue 14, point 8)', async () => {
+  await serve('sha', 'H');
+  const body = Buffer.from(frame({ type: 0, seq: 7, srcid: 'c', privPoliId: 'H', payload: 'abcd' }));
+  const at = body.indexOf('abcd');
+  body[at + 2] = 0xff;
+  const sock = await rawConnect(ctx.proxy.port);
+  const got = collector(sock);
+  sock.write(body);
+  await got.until(() => got.closed);
+  const err = got.got[0] as ErrorMsg;
+  assert.is(err.code, 'BAD_REQUEST');
+  assert.match(err.message, new RegExp(`field 'payload' is not valid UTF-8: byte 0xff at byte ${at + 2 - 4} of the body of the frame at byte 0`));
+
+  const json = await rawConnect(ctx.proxy.port);
+  const text: Buffer[] = [];
+  json.on('data', (d: Buffer) => text.push(d));
+  const head = Buffer.from('{"type": "0", "srcid": "c", "privPoliId": "H", "payload": "ab');
+  // C3 starts a two-byte sequence; 28 cannot continue it.
+  json.write(Buffer.concat([head, Buffer.from([0xc3, 0x28]), Buffer.from('"}')]));
+  await new Promise((r) => json.once('close', r));
+  assert.match(Buffer.concat(text).toString(), new RegExp(`"code": "BAD_REQUEST".*is not valid UTF-8: byte 0x28 at byte ${head.length + 1}`));
+});
+
+bytes('an old JSON client gets a binary answer as HANDLER_ERROR BINARY_ANSWER, and an application error with its appcode', async () => {
+  await serve('b', 'B', (p) => (p === 'fail' ? Promise.reject(new HandlerError('NOPE', 'not this one')) : new Uint8Array([0, 1, 2])));
+  const sock = await rawConnect(ctx.proxy.port);
+  const text: string[] = [];
+  sock.setEncoding('utf8').on('data', (d: string) => text.push(d));
+  sock.write('{"type": "0", "srcid": "old", "privPoliId": "B", "payload": "x"}{"type": "0", "srcid": "old", "privPoliId": "B", "payload": "fail"}');
+  await eventually(() => (text.join('').match(/"type": "3"/g) ?? []).length === 2, 3000, 'two answers');
+  sock.destroy();
+  const [bin, app] = text.join('').split(/(?<=\})(?=\{)/).map((o) => JSON.parse(o) as Record<string, string>);
+  assert.equal([bin!.code, bin!.appcode], ['HANDLER_ERROR', 'BINARY_ANSWER']);
+  assert.match(bin!.message!, /3 bytes of binary data/);
+  assert.equal([app!.code, app!.appcode, app!.message], ['HANDLER_ERROR', 'NOPE', 'not this one']);
+});
+
+bytes.run();
