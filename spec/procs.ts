@@ -31,8 +31,13 @@ export function python(name: string, args: string[]): Proc {
   return start(PYTHON, ['-u', fileURLToPath(new URL(`fixtures/${name}.py`, import.meta.url)), ...args]);
 }
 
-function start(command: string, args: string[], opts: { env?: Record<string, string> } = {}): Proc {
-  const child = spawn(command, args, { cwd: ROOT, env: { ...process.env, NO_COLOR: '1', ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+/** Run a JavaScript file with plain `node` (no tsx), from the project root or `cwd`. */
+export function node(script: string, args: string[], opts: { cwd?: string } = {}): Proc {
+  return start(process.execPath, [script, ...args], opts);
+}
+
+function start(command: string, args: string[], opts: { env?: Record<string, string>; cwd?: string } = {}): Proc {
+  const child = spawn(command, args, { cwd: opts.cwd ?? ROOT, env: { ...process.env, NO_COLOR: '1', ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   live.add(child);
   const out: string[] = [];
   let buf = '';

@@ -1,0 +1,70 @@
+/**
+ * The examples of examples/ run end to end, as the README shows them: the
+ * privacy handler behind a real proxy, reached by `revproxy client` and by
+ * examples/client.mjs (the library, built, run with plain node).
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { built } from './built.js';
+import { killAll, node, proxyProcess, revproxy } from './procs.js';
+
+const examples = suite('examples');
+examples.after.each(killAll);
+
+async function privacyTopology(): Promise<string> {
+  const { proc: proxy, port } = await proxyProcess();
+  for (const [id, pp] of [['500', '111'], ['600', '222']] as const) {
+    revproxy(['server', '--id', id, '--pp', pp, '--revproc', String(port), '--handler', 'examples/privacy-handler.js']);
+    await proxy.waitFor(new RegExp(`Received setup message from server id ${id} `));
+  }
+  return String(port);
+}
+
+examples('the privacy handler masks contacts (111) and drops fields off the allow-list (222); `revproxy client` prints the answers', async () => {
+  const port = await privacyTopology();
+  const client = revproxy(['client', '--revproc', port, '--pkt', 'examples/packets', '--window', '1', '--json']);
+  assert.is(await client.exited, 0, client.out.join('\n'));
+  const report = JSON.parse(client.out.find((l) => l.startsWith('{'))!);
+  assert.equal(report.results.map((r: { answer: string; server: string; checked: boolean }) => [r.server, r.answer, r.checked]), [
+    ['500', 'Mail a***@example.org, phone *** **** **58', false],
+    ['600', '{"id":1,"country":"UK"}', false],
+  ]);
+  assert.equal([report.answered, report.total], [2, 2]);
+});
+
+examples('examples/client.mjs uses connect() from the built package and reports a handler\'s refusal by its code', async () => {
+  const [port] = await Promise.all([privacyTopology(), built()]);
+  const run = node('examples/client.mjs', [port]);
+  assert.is(await run.exited, 0, run.out.join('\n'));
+  assert.equal(run.out.filter((l) => l.includes(' -> ')), [
+    '111 "Write to ada@example.org or call +44 20 7946 0958." -> "Write to a***@example.org or call +** ** **** **58."',
+    '222 "{\\"id\\":7,\\"name\\":\\"Ada\\",\\"email\\":\\"ada@example.org\\",\\"country\\":\\"UK\\",\\"plan\\":\\"pro\\"}" -> "{\\"id\\":7,\\"country\\":\\"UK\\",\\"plan\\":\\"pro\\"}"',
+    '222 "not json" -> refused by the handler: NOT_JSON: policy 222 takes a JSON object',
+  ]);
+});
+
+examples('`revproxy client` checks SHA1-shaped answers by default, and with --no-verify only prints them', async () => {
+  const { proc: proxy, port } = await proxyProcess();
+  revproxy(['server', '--id', '100', '--pp', '111', '--revproc', String(port)]);
+  await proxy.waitFor(/Received setup message from server id 100 /);
+  const checked = revproxy(['client', '--revproc', String(port), '--pkt', 'pktfiles/1.json', '--json']);
+  assert.is(await checked.exited, 0, checked.out.join('\n'));
+  const a = JSON.parse(checked.out.find((l) => l.startsWith('{'))!);
+  assert.equal([a.verified, a.results[0].checked, a.results[0].correct], [1, true, true]);
+  const printed = revproxy(['client', '--revproc', String(port), '--pkt', 'pktfiles/1.json', '--no-verify']);
+  assert.is(await printed.exited, 0, printed.out.join('\n'));
+  const text = printed.out.join('\n');
+  assert.match(text, /Answer from server 100: b0400cf1f3919fdba057dbd2acc52f148fbb43ac/);
+  assert.not.match(text, /Hash of payload is/);
+});
+
+examples('a handler module that cannot be used stops the server with exit 1, naming the file', async () => {
+  const missing = revproxy(['server', '--id', '1', '--pp', 'P', '--handler', 'examples/no-such-handler.js']);
+  assert.is(await missing.exited, 1);
+  assert.match(missing.out.join('\n'), /handler module 'examples\/no-such-handler.js' cannot be loaded: the file does not exist/);
+  const notAFunction = revproxy(['server', '--id', '1', '--pp', 'P', '--handler', 'examples/packets/1.json']);
+  assert.is(await notAFunction.exited, 1);
+  assert.match(notAFunction.out.join('\n'), /handler module 'examples\/packets\/1.json'/);
+});
+
+examples.run();

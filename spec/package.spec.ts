@@ -1,0 +1,118 @@
+/**
+ * The library as another project gets it: `npm pack`, installed from the
+ * tarball into a temporary package (offline: the dependencies come from the
+ * npm cache, pinned by this project's lockfile), then imported by name from
+ * plain `node` (no tsx) and type-checked against the shipped declarations.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { built } from './built.js';
+import { killAll, node, ROOT } from './procs.js';
+
+const pkg = suite('the packed library');
+let dir = '';
+pkg.after(() => {
+  killAll();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+function run(cmd: string, args: string[], cwd: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { cwd, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, npm_config_update_notifier: 'false' } });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d));
+    child.stderr.on('data', (d: Buffer) => (out += d));
+    child.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} ${args.join(' ')} failed (${code}):\n${out}`))));
+  });
+}
+
+/**
+ * A lockfile for the consumer: the tarball, and this project's runtime
+ * dependencies exactly as its own lockfile pins them, so `npm ci --offline`
+ * takes every one from the npm cache that installing this project filled.
+ */
+function consumerLock(tarball: string): object {
+  const lock = JSON.parse(readFileSync(join(ROOT, 'package-lock.json'), 'utf8')) as { packages: Record<string, { dev?: boolean; link?: boolean; dependencies?: Record<string, string> }> };
+  const ours = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string; dependencies: Record<string, string> };
+  const integrity = `sha512-${createHash('sha512').update(readFileSync(join(dir, tarball))).digest('base64')}`;
+  const packages: Record<string, unknown> = {
+    '': { name: 'consumer', dependencies: { revproxy: `file:${tarball}` } },
+    'node_modules/revproxy': { version: ours.version, resolved: `file:${tarball}`, integrity, dependencies: ours.dependencies },
+  };
+  for (const [path, entry] of Object.entries(lock.packages)) if (path && !entry.dev && !entry.link) packages[path] = entry;
+  return { name: 'consumer', lockfileVersion: 3, requires: true, packages };
+}
+
+const CONSUMER = `
+import { connect, startProxy, startServer, HandlerError, RequestError, RevproxyError } from 'revproxy';
+import { from, toArray, lastValueFrom } from 'rxjs';
+
+const proxy = await startProxy({ port: 0 });
+const server = await startServer({
+  id: 'up', policy: 'upper', revproc: proxy.port,
+  handler: async (payload, ctx) => {
+    if (payload === 'boom') throw new HandlerError('BOOM', 'asked to fail');
+    return typeof payload === 'string' ? payload.toUpperCase() + ' via ' + ctx.serverId : payload.reverse();
+  },
+});
+const client = await connect({ revproc: String(proxy.port), id: 'consumer' });
+const out = {};
+out.text = await client.request('upper', 'hello');
+out.bytes = [...await client.request('upper', new Uint8Array([1, 2, 3]))];
+out.boom = await client.request('upper', 'boom').catch((e) => [e instanceof HandlerError, e instanceof RevproxyError, e.code, e.appCode]);
+out.none = await client.request('nobody', 'x').catch((e) => [e instanceof RequestError, e.code]);
+out.stream = (await lastValueFrom(client.requests('upper', from(['a', 'b', 'c'])).pipe(toArray()))).map((r) => r.answer).sort();
+console.log(JSON.stringify(out));
+await client.close();
+await server.stop();
+await proxy.stop();
+`;
+
+const TYPED = `
+import { connect, HandlerError, type Handler, type Reply } from 'revproxy';
+const handler: Handler = async (payload, ctx) => (ctx.signal.aborted ? 'late' : String(payload));
+const client = await connect({ revproc: 2100 });
+const answer: string | Uint8Array = await client.request('111', 'x', { timeoutMs: 100, signal: AbortSignal.timeout(50) });
+client.requests('111', ['a']).subscribe((r: Reply) => r.error instanceof HandlerError && r.error.appCode);
+// @ts-expect-error a policy is a string
+void client.request(111, 'x');
+void handler, answer;
+`;
+
+pkg('npm pack, installed from the tarball into another package, imported by name with plain node and type-checked', async () => {
+  await built();
+  dir = mkdtempSync(join(tmpdir(), 'revproxy-consumer-'));
+  // The build has just run: pack what it made, without running it again.
+  const packed = await run('npm', ['pack', '--ignore-scripts', '--pack-destination', dir], ROOT);
+  const tarball = packed.trim().split('\n').pop()!.trim();
+  assert.match(tarball, /^revproxy-.*\.tgz$/);
+  writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'consumer', private: true, type: 'module', dependencies: { revproxy: `file:${tarball}` } }));
+  writeFileSync(join(dir, 'package-lock.json'), JSON.stringify(consumerLock(tarball)));
+  await run('npm', ['ci', '--offline', '--ignore-scripts', '--no-audit', '--no-fund'], dir);
+
+  writeFileSync(join(dir, 'main.mjs'), CONSUMER);
+  const main = node('main.mjs', [], { cwd: dir });
+  assert.is(await main.exited, 0, main.out.join('\n'));
+  const out = JSON.parse(main.out.find((l) => l.startsWith('{'))!);
+  assert.equal(out, {
+    text: 'HELLO via up',
+    bytes: [3, 2, 1],
+    boom: [true, true, 'HANDLER_ERROR', 'BOOM'],
+    none: [true, 'NO_SERVER'],
+    stream: ['A via up', 'B via up', 'C via up'],
+  });
+
+  writeFileSync(join(dir, 'typed.ts'), TYPED);
+  writeFileSync(join(dir, 'tsconfig.json'), JSON.stringify({
+    compilerOptions: { target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, noEmit: true, skipLibCheck: true, types: ['node'], typeRoots: [join(ROOT, 'node_modules/@types')] },
+    files: ['typed.ts'],
+  }));
+  await run(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.json'], dir);
+});
+
+pkg.run();
