@@ -3,6 +3,7 @@
  * runner gets its types from it, and every refusal message names what these
  * schemas expect. docs/SCENARIOS.md describes the same format for people.
  */
+import { NUMBERS, type NumberKey } from '../config/proxy.js';
 import { CLIENT_CODES, ERROR_CODES } from '../transport/errors.js';
 import {
   anything, dict, flag, fraction, lazy, list, located, name, object, oneOf, opt, refine, req, scalar, tagged, text, whole,
@@ -17,23 +18,16 @@ const code = oneOf(OUTCOME_CODES);
 
 /**
  * Proxy options a scenario may set: the key in the file, the library's option
- * (in-process) and the `revproxy proxy` flag (--processes), in one table.
+ * (in-process) and the `revproxy proxy` flag (--processes). They are the
+ * proxy's config-file settings of the same names (config/proxy.ts).
  */
-export const PROXY_OPTIONS = {
-  timeout: { option: 'timeoutMs', flag: '--timeout', min: 1, doc: 'every request is answered within this many ms' },
-  retries: { option: 'retries', flag: '--retries', min: 0, doc: 'retries of a failed try on other servers of the policy' },
-  try_timeout: { option: 'tryTimeoutMs', flag: '--try-timeout', min: 1, doc: 'timeout of one try in ms' },
-  max_frame: { option: 'maxFrameBytes', flag: '--max-frame', min: 16, doc: 'largest frame accepted, in bytes' },
-  max_connections: { option: 'maxConnections', flag: '--max-connections', min: 1, doc: 'connections open at once' },
-  max_client_inflight: { option: 'maxClientInflight', flag: '--max-client-inflight', min: 1, doc: 'unanswered requests per client connection' },
-  max_server_inflight: { option: 'maxServerInflight', flag: '--max-server-inflight', min: 1, doc: 'requests in flight to one server' },
-  queue_limit: { option: 'queueLimit', flag: '--queue-limit', min: 0, doc: 'requests a policy may hold waiting' },
-  ping_interval: { option: 'pingIntervalMs', flag: '--ping-interval', min: 10, doc: 'ms between PINGs to each server' },
-  ping_misses: { option: 'pingMisses', flag: '--ping-misses', min: 1, doc: 'missed PONGs that remove a server' },
-  eject_after: { option: 'ejectAfter', flag: '--eject-after', min: 1, doc: 'consecutive failures that eject a server' },
-  eject_time: { option: 'ejectBaseMs', flag: '--eject-time', min: 1, doc: 'ejection time in ms, times the ejections' },
-  drain_timeout: { option: 'drainTimeoutMs', flag: '--drain-timeout', min: 0, doc: 'longest drain on stop, in ms' },
-} as const;
+const SCENARIO_KEYS = [
+  'timeout', 'retries', 'try_timeout', 'max_frame', 'max_connections', 'max_client_inflight', 'max_server_inflight',
+  'queue_limit', 'ping_interval', 'ping_misses', 'eject_after', 'eject_time', 'drain_timeout',
+] as const satisfies readonly NumberKey[];
+export const PROXY_OPTIONS = Object.fromEntries(
+  SCENARIO_KEYS.map((k) => [k, { option: NUMBERS[k].option, flag: `--${k.replace(/_/g, '-')}`, min: NUMBERS[k].min, doc: NUMBERS[k].doc }]),
+) as { [K in (typeof SCENARIO_KEYS)[number]]: { option: (typeof NUMBERS)[K]['option']; flag: string; min: number; doc: string } };
 export type ProxyOptionKey = keyof typeof PROXY_OPTIONS;
 
 const proxyFields = Object.fromEntries(
