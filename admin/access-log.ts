@@ -30,16 +30,29 @@ const PLAIN = /^[\w.:@/+-]+$/;
 const q = (v: string): string => (PLAIN.test(v) ? v : JSON.stringify(v));
 
 export class AccessLog implements ProxyObserver {
+  private lastMs = 0;
+  private lastTime = '';
+
   constructor(
     readonly dest: Destination,
     private readonly format: 'text' | 'json',
   ) {}
 
+  /** The ISO time, made once per millisecond (thousands of lines share one). */
+  private time(): string {
+    const now = Date.now();
+    if (now !== this.lastMs) {
+      this.lastMs = now;
+      this.lastTime = new Date(now).toISOString();
+    }
+    return this.lastTime;
+  }
+
   answered(policy: string, member: string | undefined, outcome: 'ok' | ErrorCode, latencyMs: number, req: ProxyRequest): void {
     const m = req.msg;
     const tries = (req.tried?.length ?? 0) + (member === undefined ? 0 : 1);
     const latency = Math.round(latencyMs * 1000) / 1000;
-    const time = new Date().toISOString();
+    const time = this.time();
     const addr = req.client.conn.describe();
     if (this.format === 'json') {
       const rec: AccessRecord = { time, client: m.srcid, addr, policy, server: member, seq: m.seq, tries, latency_ms: latency, outcome };
