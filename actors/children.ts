@@ -5,9 +5,10 @@
  * XState keeps the children a machine spawns in its snapshot, in a map it
  * copies on every spawn and every stop: with thousands of links, each probe
  * of a dead server copied them all (quadratic under churn). These children
- * are started with the proxy as their parent instead: they share its system
- * (so `sendParent` and the inspector see them as its children), but live in
- * the proxy's own tables, which it changes in place.
+ * are started with a parent given instead (the proxy for its pools, the
+ * proxy's link hub for its links): they share its system (so `sendParent`
+ * and the inspector see them as its children), but live in the proxy's own
+ * tables, which it changes in place.
  */
 import { createActor, type ActorRefFrom, type AnyActorLogic, type AnyActorRef, type InputFrom } from 'xstate';
 

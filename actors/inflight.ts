@@ -8,6 +8,8 @@ export interface Pending<R> {
   upSeq: number;
   req: R;
   deadline: number;
+  /** When it was sent (clock ms). */
+  sentAt: number;
 }
 
 /**
@@ -24,6 +26,8 @@ export class Inflight<R> {
   private seq = 0;
   /** No entry expires before this (it may be stale-low after removals; a scan refreshes it). */
   private min = Infinity;
+  /** No entry was sent before the one with this seq (the oldest may have been answered since: `oldestSentAt` moves it on). */
+  private low = 1;
 
   /**
    * @param busy a set shared by all tables of one proxy: holds the tables
@@ -39,11 +43,12 @@ export class Inflight<R> {
     return this.count;
   }
 
-  add(req: R, deadline: number): number {
+  add(req: R, deadline: number, sentAt = 0): number {
     this.seq = this.seq >= 0xffffffff ? 1 : this.seq + 1;
     const upSeq = this.seq;
     if (this.count >= this.slots.length >> 1) this.grow();
-    const p: Pending<R> = { upSeq, req, deadline };
+    if (this.count === 0) this.low = upSeq;
+    const p: Pending<R> = { upSeq, req, deadline, sentAt };
     const i = upSeq & this.mask;
     if (this.slots[i] === undefined) this.slots[i] = p;
     else this.overflow.set(upSeq, p);
@@ -70,6 +75,20 @@ export class Inflight<R> {
     }
     if (--this.count === 0) this.clear();
     return p;
+  }
+
+  /**
+   * When the oldest unanswered entry was sent, or undefined when none is.
+   * Seqs are handed out in order, so the oldest is the lowest seq still
+   * here: each seq is stepped over once, so this is O(1) amortised.
+   */
+  oldestSentAt(): number | undefined {
+    if (this.count === 0) return undefined;
+    for (;;) {
+      const p = this.peek(this.low);
+      if (p) return p.sentAt;
+      this.low = this.low >= 0xffffffff ? 1 : this.low + 1;
+    }
   }
 
   /** Earliest deadline of any entry (a lower bound), or Infinity when empty. */

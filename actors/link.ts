@@ -6,6 +6,7 @@
  * settles it). Neither link file imports the other; both import this one.
  */
 import { connect as netConnect, type Socket } from 'node:net';
+import type { BufferBudget } from '../transport/budget.js';
 import type { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode, type ErrorCode as WireCode } from '../transport/errors.js';
 import { MsgType, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
@@ -28,6 +29,8 @@ export interface Peer {
   throttled: boolean;
   /** PINGs sent on a registration connection without a PONG since. */
   missedPings: number;
+  /** On a registration connection: the id of the server it registered. */
+  serverId?: string;
 }
 
 export function newPeer(conn: Connection): Peer {
@@ -77,6 +80,8 @@ export interface LinkInput {
   logger: Logger;
   /** Kicked by every read of answers (the proxy's busy polling, when on). */
   busyPoll?: BusyPoll;
+  /** The proxy's buffer budget, which the link's connections count against. */
+  budget?: BufferBudget;
 }
 
 /** Where a link is, as its traffic side shows it: written only by the link machine. */

@@ -6,6 +6,7 @@
  */
 import type { Server, Socket } from 'node:net';
 import { fromCallback } from 'xstate';
+import type { BufferBudget } from '../transport/budget.js';
 import type { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { MsgType, type DataMsg } from '../transport/messages.js';
@@ -32,6 +33,7 @@ export interface ListenerInput {
   logger: Logger;
   clock: Clock;
   observer?: ProxyObserver;
+  budget: BufferBudget;
   /** Kicked by every client read; stopped with the listener. */
   busyPoll?: BusyPoll;
 }
@@ -77,7 +79,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
         if (left > 0) perPeer.set(addr, left);
         else perPeer.delete(addr);
       });
-      const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, idleTimeoutMs: input.idleTimeoutMs, frameTimeoutMs: input.frameTimeoutMs, wire: 'sniff', clock: input.clock });
+      const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, idleTimeoutMs: input.idleTimeoutMs, frameTimeoutMs: input.frameTimeoutMs, wire: 'sniff', clock: input.clock, budget: input.budget });
       const peer = newPeer(conn);
       conns.add(conn);
       input.observer?.accepted?.(peer, socket);
@@ -139,7 +141,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
           sendBack({ type: 'CONN_CLOSED', peer });
         },
       });
-    });
+    }, { handshakeTimeoutMs: input.frameTimeoutMs });
     server.maxConnections = input.maxConnections;
     server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {
       const why = recogniseTlsRefusal(err.code)?.message ?? err.message;
@@ -172,6 +174,24 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
   },
 );
 
+/**
+ * The parent of every upstream link: passes their reports on to the proxy,
+ * and keeps back XState's own news of each link's end. That news is an
+ * event whose type holds the link's id (`xstate.done.actor.upstream:7#12`),
+ * and a machine keeps a lookup for every event type it is sent: with links
+ * coming and going by the thousand, the proxy's would grow without bound.
+ */
+export const linkHub = fromCallback<ProxyEvent, { logger: Logger }>(({ sendBack, receive, input }) => {
+  receive((event) => {
+    const type = (event as { type: string }).type;
+    if (!type.startsWith('xstate.')) return sendBack(event);
+    if (type.startsWith('xstate.error.actor.')) {
+      const error = (event as { error?: unknown }).error;
+      input.logger.error('link_failed', `An upstream link stopped on an error: ${error instanceof Error ? error.message : String(error)}`, { link: type.slice('xstate.error.actor.'.length) });
+    }
+  });
+});
+
 /** Finds requests past their deadline without an event when none is. */
 export const sweeper = fromCallback<ProxyEvent, { busy: Set<Inflight<ProxyRequest>>; policies: Map<string, Policy>; timeoutMs: number; clock: Clock; every: number }>(
   ({ sendBack, input }) => {
@@ -190,14 +210,20 @@ export const sweeper = fromCallback<ProxyEvent, { busy: Set<Inflight<ProxyReques
   },
 );
 
+const DOWN_PING_EVERY = 4;
+
 /** Liveness: PING each registration connection; a server that misses too many PONGs is removed. */
 export const pinger = fromCallback<ProxyEvent, { servers: Map<string, Member>; clock: Clock; every: number; misses: number }>(({ sendBack, input }) => {
+  let round = 0;
   const timer = input.clock.setInterval(() => {
+    // A server that is down takes no traffic whatever its registration says: its registration is checked every fourth round only.
+    const quiet = round++ % DOWN_PING_EVERY !== 0;
     for (const entry of input.servers.values()) {
       const peer = entry.registration;
       if (!peer || peer.conn.closed) continue;
+      if (quiet && entry.traffic.phase === 'down') continue;
       if (peer.missedPings >= input.misses) {
-        sendBack({ type: 'DEREGISTER', peer, reason: `it missed ${peer.missedPings} PINGs in a row on its registration connection` });
+        sendBack({ type: 'MISSED_PINGS', peer, misses: peer.missedPings });
         peer.missedPings = -Infinity; // reported once
         continue;
       }

@@ -52,6 +52,8 @@ export interface ProxyOptions {
   probeInitialMs?: number;
   /** Longest delay between probes (ms). Default 30000. */
   probeMaxMs?: number;
+  /** Probes started per second at most, across all servers that are down (probes past it wait their turn). Default 200. */
+  probesPerSecond?: number;
   /** Consecutive failures (try timeouts, error answers) that eject a server. Default 5. */
   ejectAfter?: number;
   /** An ejected server stays out this long times the number of its ejections (ms). Default 30000. */
@@ -72,6 +74,18 @@ export interface ProxyOptions {
   frameTimeoutMs?: number;
   /** Connections from one address at once (0 = no limit). Default: none on loopback, 1024 on any other address. */
   maxConnectionsPerPeer?: number;
+  /**
+   * Bytes the proxy holds for all its peers together: messages begun and not
+   * yet complete, answers not yet read (0 = no limit). Past it, the
+   * connections holding the most are closed with OVERLOADED. Default 256 MiB.
+   */
+  maxBufferedBytes?: number;
+  /** Servers registered without a token (no secret is set for their policy), in total (0 = no limit). Default 10000. */
+  maxServers?: number;
+  /** Servers registered without a token from one address (0 = no limit). Default 1000. */
+  maxServersPerPeer?: number;
+  /** A member whose oldest unanswered request has waited this long (ms) gets no new ones until it answers (0 = off). Default: a quarter of the try timeout. */
+  slowAfterMs?: number;
   /**
    * After traffic, keep polling the sockets this long instead of sleeping
    * (microseconds; 0 = off, the default). Lower one-at-a-time latency on
@@ -125,12 +139,13 @@ export function resolveOptions(input: ProxyOptions): Opts {
   const retries = input.retries ?? 2;
   const timeoutMs = input.timeoutMs ?? 5000;
   const host = input.host ?? '127.0.0.1';
+  const tryTimeoutMs = input.tryTimeoutMs ?? Math.ceil(timeoutMs / (retries + 1));
   return {
     port: input.port ?? 2100,
     host,
     timeoutMs,
     retries,
-    tryTimeoutMs: input.tryTimeoutMs ?? Math.ceil(timeoutMs / (retries + 1)),
+    tryTimeoutMs,
     maxFrameBytes: input.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
     maxClientInflight: input.maxClientInflight ?? 4096,
     maxServerInflight: input.maxServerInflight ?? 1024,
@@ -140,6 +155,7 @@ export function resolveOptions(input: ProxyOptions): Opts {
     pingMisses: input.pingMisses ?? 3,
     probeInitialMs: input.probeInitialMs ?? 1000,
     probeMaxMs: input.probeMaxMs ?? 30000,
+    probesPerSecond: input.probesPerSecond ?? 200,
     ejectAfter: input.ejectAfter ?? 5,
     ejectBaseMs: input.ejectBaseMs ?? 30000,
     drainTimeoutMs: input.drainTimeoutMs ?? 5000,
@@ -151,6 +167,10 @@ export function resolveOptions(input: ProxyOptions): Opts {
     frameTimeoutMs: input.frameTimeoutMs ?? 10000,
     maxConnectionsPerPeer: input.maxConnectionsPerPeer ?? (isLoopback(host) ? 0 : 1024),
     busyPollUs: input.busyPollUs ?? 0,
+    maxBufferedBytes: input.maxBufferedBytes ?? 256 * 1024 * 1024,
+    maxServers: input.maxServers ?? 10000,
+    maxServersPerPeer: input.maxServersPerPeer ?? 1000,
+    slowAfterMs: input.slowAfterMs ?? Math.ceil(tryTimeoutMs / 4),
   };
 }
 

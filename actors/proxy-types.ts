@@ -4,6 +4,7 @@
  * (proxy-io.ts) all import it; it imports none of them.
  */
 import type { ActorRef, AnyActorRef, Snapshot } from 'xstate';
+import type { BufferBudget } from '../transport/budget.js';
 import type { BusyPoll } from '../transport/busy-poll.js';
 import type { ProtocolError } from '../transport/errors.js';
 import type { DataMsg, SetupMsg } from '../transport/messages.js';
@@ -13,6 +14,7 @@ import type { Inflight, InflightCount } from './inflight.js';
 import type { LinkCommand, LinkPort, LinkReport, Peer, ProxyRequest, Reply, SocketFactory } from './link.js';
 import type { Logger } from './logger.js';
 import type { PoolEvent } from './pool.js';
+import type { Pacer } from './pacer.js';
 import type { Opts, ProxyObserver } from './proxy-options.js';
 
 export type MemberState = 'connecting' | 'serving' | 'down' | 'ejected';
@@ -37,6 +39,8 @@ export class Member {
   probeDelay: number;
   /** Set while the member is down or being probed: when it went down. */
   downSince?: number;
+  /** Registered without a token (counted against the limits on such registrations). */
+  open = false;
   /** The upstream link's read count at the last liveness round. */
   seenReads = -1;
   /** The probe or re-admission due next. */
@@ -84,6 +88,8 @@ export interface ProxyContext {
   port: number;
   policies: Map<string, Policy>;
   servers: Map<string, Member>;
+  /** Servers registered without a token, in total and per address (bounded by maxServers, maxServersPerPeer). */
+  openRegistrations: { total: number; byHost: Map<string, number> };
   /** Requests accepted and not yet answered (every request is counted once, and answered once). */
   inflight: InflightCount;
   /** Link tables with requests in flight: the sweeper looks for expired tries here. */
@@ -93,10 +99,14 @@ export interface ProxyContext {
   error?: string;
   /** The proxy actor itself: the parent of its links and pools, and the target of its timers. */
   self: AnyActorRef;
+  /** Probes of members that are down, started at a bounded rate (probesPerSecond). */
+  probes: Pacer<string>;
   /** The one path every request's answer takes (made once, from this context). */
   reply: Reply;
   /** Keeps the event loop polling after traffic, when `busyPollUs` is set. */
   busyPoll?: BusyPoll;
+  /** Bytes held for all peers together (maxBufferedBytes), shared by every connection. */
+  budget: BufferBudget;
 }
 
 /** The requests one read of one client connection brought. */
@@ -111,6 +121,7 @@ export type ProxyEvent =
   | { type: 'REGISTER'; peer: Peer; setup: SetupMsg }
   | { type: 'FORWARD'; batches: ForwardBatch[] }
   | { type: 'DEREGISTER'; peer: Peer; reason: string }
+  | { type: 'MISSED_PINGS'; peer: Peer; misses: number }
   | { type: 'BAD_INPUT'; peer: Peer; error: ProtocolError }
   | { type: 'CONN_CLOSED'; peer: Peer; error?: string }
   | LinkReport

@@ -19,19 +19,22 @@
  * `ejected` (too many consecutive failures: out for a while).
  */
 import { assertEvent, assign, sendTo, setup, type ActorRefFrom } from 'xstate';
+import { BufferBudget } from '../transport/budget.js';
 import { BusyPoll } from '../transport/busy-poll.js';
+import type { Connection } from '../transport/socket.js';
 import { ErrorCode } from '../transport/errors.js';
 import { errorMsg, MsgType } from '../transport/messages.js';
 import { dial } from '../transport/tls.js';
 import { systemClock } from '../transport/clock.js';
 import { InflightCount } from './inflight.js';
+import { Pacer } from './pacer.js';
 import { tcpConnect, type ProxyRequest } from './link.js';
 import { silentLogger } from './logger.js';
-import { drainWatch, listener, pinger, sweeper } from './proxy-io.js';
+import { drainWatch, linkHub, listener, pinger, sweeper } from './proxy-io.js';
 import { isLoopback, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
 import { Member, type ProxyContext, type ProxyEvent } from './proxy-types.js';
 import {
-  addServer, applyReload, checkSecret, current, drainWaiting, eject, expireWaiting, makeReply, normaliseHost, refuse, removeServer, retry, route, spawnLink,
+  addServer, applyReload, checkOpenLimits, checkSecret, current, drainWaiting, eject, expireWaiting, makeReply, normaliseHost, refuse, registeredBy, removeServer, retry, route, spawnLink,
 } from './routing.js';
 import { stopChild } from './children.js';
 
@@ -41,7 +44,7 @@ export const proxyMachine = setup({
     events: {} as ProxyEvent,
     input: {} as ProxyOptions,
   },
-  actors: { listener, sweeper, pinger, drainWatch },
+  actors: { listener, sweeper, pinger, drainWatch, linkHub },
   delays: {
     drainTimeout: ({ context }) => context.opts.drainTimeoutMs,
   },
@@ -85,6 +88,13 @@ export const proxyMachine = setup({
         conn.endWith(errorMsg(ErrorCode.DUPLICATE_ID, `server id ${s.id} is already registered by a live server; pick another id`));
         return;
       }
+      const host = normaliseHost(conn.remoteAddress);
+      const tooMany = held ? undefined : checkOpenLimits(context, s.privPolyId, host);
+      if (tooMany) {
+        log.warn('register_refused', `Refused setup from ${conn.describe()} for server id ${s.id}: ${tooMany}`, { id: s.id, policy: s.privPolyId, peer: conn.describe(), code: ErrorCode.OVERLOADED });
+        conn.endWith(errorMsg(ErrorCode.OVERLOADED, `registration refused: ${tooMany}`));
+        return;
+      }
       log.info('register', `Received setup message from server id ${s.id} privacy policy ${s.privPolyId} port ${s.listenport}`, {
         id: s.id, policy: s.privPolyId, port: s.listenport, host: conn.remoteAddress, wire: conn.wire,
       });
@@ -92,7 +102,8 @@ export const proxyMachine = setup({
       if (conn.wire !== 'json') conn.send({ type: MsgType.PING, seq: 0 });
       // An old server's setup connection closes at once: it is not its presence.
       const registration = conn.wire === 'json' ? undefined : peer;
-      const member = new Member(s.id, s.privPolyId, normaliseHost(conn.remoteAddress), s.listenport, conn.wire, registration, context.opts.probeInitialMs);
+      if (registration) registration.serverId = s.id;
+      const member = new Member(s.id, s.privPolyId, host, s.listenport, conn.wire, registration, context.opts.probeInitialMs);
       member.token = s.token;
       addServer(context, member);
     },
@@ -144,13 +155,23 @@ export const proxyMachine = setup({
 
     deregister: ({ context, event }) => {
       assertEvent(event, ['DEREGISTER', 'CONN_CLOSED', 'BAD_INPUT']);
-      const peer = event.peer;
-      if (peer.role !== 'registration') return;
+      const entry = registeredBy(context, event.peer);
+      if (!entry) return;
       const reason =
         event.type === 'DEREGISTER' ? event.reason
         : event.type === 'BAD_INPUT' ? `bad input on its registration connection: ${event.error.message}`
         : event.error ? `its registration connection failed: ${event.error}` : 'its registration connection closed';
-      for (const entry of context.servers.values()) if (entry.registration === peer) removeServer(context, entry, reason);
+      removeServer(context, entry, reason);
+    },
+
+    /** The proxy's own decision: the server is told, and its registration closed, so it registers again as soon as it can. */
+    evict: ({ context, event }) => {
+      assertEvent(event, 'MISSED_PINGS');
+      const entry = registeredBy(context, event.peer);
+      if (!entry) return;
+      const reason = `it missed ${event.misses} PINGs in a row on its registration connection`;
+      removeServer(context, entry, reason);
+      event.peer.conn.endWith(errorMsg(ErrorCode.REMOVED, `removed from privacy policy ${entry.policy}: ${reason}; register again`));
     },
 
     badInput: ({ context, event }) => {
@@ -187,15 +208,15 @@ export const proxyMachine = setup({
         removeServer(context, entry, `it is gone from ${entry.host}:${entry.port}: ${event.failure.message}`);
       } else if (entry) {
         entry.downSince ??= context.clock.now();
-        const delay = entry.probeDelay;
+        // Up to a fifth early, at random: servers that went down together are not probed together.
+        const delay = Math.round(entry.probeDelay * (0.8 + 0.2 * Math.random()));
         entry.probeDelay = Math.min(entry.probeDelay * 2, context.opts.probeMaxMs);
         context.logger.warn('down', `Server id ${entry.id} is unreachable at ${entry.host}:${entry.port} (${event.failure.message}); out of rotation, next probe in ${delay} ms`, {
           id: entry.id, policy: entry.policy, code: event.failure.code, reason: event.failure.message, probeInMs: delay,
         });
         context.observer?.ejected?.(entry.policy, entry.id, 'unreachable', false);
-        const self = context.self;
         entry.timer?.cancel();
-        entry.timer = context.clock.setTimeout(() => self.send({ type: 'PROBE', member: entry.id }), delay);
+        entry.timer = context.clock.setTimeout(() => context.probes.add(entry.id), delay);
       }
       retry(context, event.member, event.requests, event.failure);
     },
@@ -268,6 +289,7 @@ export const proxyMachine = setup({
     },
 
     stopAll: ({ context }) => {
+      context.probes.stop();
       for (const entry of context.servers.values()) {
         entry.timer?.cancel();
         entry.registration?.conn.endWith();
@@ -281,30 +303,42 @@ export const proxyMachine = setup({
   id: 'proxy',
   context: ({ input, self }) => {
     const opts = resolveOptions(input);
+    const logger = input.logger ?? silentLogger;
     const ctx: ProxyContext = {
       opts,
-      logger: input.logger ?? silentLogger,
+      logger,
       clock: input.clock ?? systemClock,
       connect: input.connect ?? (input.upstreamTls ? (host, port) => dial(host, port, input.upstreamTls) : tcpConnect),
       observer: input.observer,
       port: opts.port,
       policies: new Map(),
       servers: new Map(),
+      openRegistrations: { total: 0, byHost: new Map() },
       inflight: new InflightCount(),
       busy: new Set(),
       linkSeq: 0,
       self,
       reply: () => {},
+      probes: new Pacer(input.clock ?? systemClock, opts.probesPerSecond, (member) => self.send({ type: 'PROBE', member })),
       busyPoll: opts.busyPollUs ? new BusyPoll({ windowUs: opts.busyPollUs }) : undefined,
+      budget: new BufferBudget(opts.maxBufferedBytes, (holder, bytes) => {
+        const conn = holder as Connection;
+        logger.warn('budget_shed', `Closed connection from ${conn.describe()}: the buffer budget of ${opts.maxBufferedBytes} bytes (--max-buffered-bytes) is full and it held the most (${bytes} bytes)`, {
+          peer: conn.describe(), bytes, code: ErrorCode.OVERLOADED,
+        });
+      }),
     };
     ctx.reply = makeReply(ctx);
     return ctx;
   },
-  invoke: {
-    id: 'listener',
-    src: 'listener',
-    input: ({ context }) => ({ ...context.opts, logger: context.logger, clock: context.clock, busyPoll: context.busyPoll, observer: context.observer }),
-  },
+  invoke: [
+    {
+      id: 'listener',
+      src: 'listener',
+      input: ({ context }) => ({ ...context.opts, logger: context.logger, clock: context.clock, busyPoll: context.busyPoll, observer: context.observer, budget: context.budget }),
+    },
+    { id: 'links', src: 'linkHub', input: ({ context }) => ({ logger: context.logger }) },
+  ],
   initial: 'starting',
   states: {
     starting: {
@@ -349,6 +383,7 @@ export const proxyMachine = setup({
   },
   on: {
     DEREGISTER: { actions: 'deregister' },
+    MISSED_PINGS: { actions: 'evict' },
     BAD_INPUT: { actions: ['badInput', 'deregister'] },
     CONN_CLOSED: { actions: 'deregister' },
     UPSTREAM_UP: { actions: 'upstreamUp' },

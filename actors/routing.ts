@@ -6,10 +6,11 @@
  * every request gets its answer. The proxy machine's actions call them.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
+import type { AnyActorRef } from 'xstate';
 import { ErrorCode } from '../transport/errors.js';
 import { errorMsg, MsgType, type AckMsg, type ErrorMsg, type SetupMsg } from '../transport/messages.js';
 import { startChild, stopChild } from './children.js';
-import type { Failure, LinkInput, LinkPort, ProxyRequest, Reply } from './link.js';
+import type { Failure, LinkInput, LinkPort, Peer, ProxyRequest, Reply } from './link.js';
 import { fmt } from './logger.js';
 import { poolMachine } from './pool.js';
 import type { Opts } from './proxy-options.js';
@@ -21,10 +22,15 @@ function digest(s: string): Buffer {
   return createHash('sha256').update(s).digest();
 }
 
+/** The secret a registration for `policy` must present, if any. */
+function secretFor(opts: Opts, policy: string): string | undefined {
+  const perPolicy = opts.tokens && Object.prototype.hasOwnProperty.call(opts.tokens, policy) ? opts.tokens[policy] : undefined;
+  return perPolicy ?? opts.token;
+}
+
 /** Why a setup's secret is not accepted, or undefined when it is. Compared in constant time; never logged. */
 export function checkSecret(opts: Opts, s: SetupMsg): string | undefined {
-  const perPolicy = opts.tokens && Object.prototype.hasOwnProperty.call(opts.tokens, s.privPolyId) ? opts.tokens[s.privPolyId] : undefined;
-  const required = perPolicy ?? opts.token;
+  const required = secretFor(opts, s.privPolyId);
   if (required === undefined) {
     return opts.tokens ? `privacy policy ${s.privPolyId} is not in the proxy's tokens file` : undefined;
   }
@@ -32,9 +38,37 @@ export function checkSecret(opts: Opts, s: SetupMsg): string | undefined {
   return timingSafeEqual(digest(s.token), digest(required)) ? undefined : 'wrong token';
 }
 
+/**
+ * Why a registration that needs no token is refused for numbers, or
+ * undefined: anyone who can connect may register then, so how many may is bounded.
+ */
+export function checkOpenLimits(context: ProxyContext, policy: string, host: string): string | undefined {
+  if (secretFor(context.opts, policy) !== undefined) return undefined;
+  const { maxServers, maxServersPerPeer } = context.opts;
+  const open = context.openRegistrations;
+  if (maxServers && open.total >= maxServers) return `${maxServers} servers are registered without a token (--max-servers); set a registration token (--token) to register more`;
+  if (maxServersPerPeer && (open.byHost.get(host) ?? 0) >= maxServersPerPeer) return `${maxServersPerPeer} servers from ${host} are registered without a token (--max-servers-per-peer)`;
+  return undefined;
+}
+
+function countOpen(context: ProxyContext, entry: Member, by: 1 | -1): void {
+  if (!entry.open) return;
+  const open = context.openRegistrations;
+  open.total += by;
+  const n = (open.byHost.get(entry.host) ?? 0) + by;
+  if (n > 0) open.byHost.set(entry.host, n);
+  else open.byHost.delete(entry.host);
+}
+
 /** IPv4-mapped IPv6 addresses (::ffff:127.0.0.1) dial as plain IPv4. */
 export function normaliseHost(addr: string): string {
   return addr.startsWith('::ffff:') ? addr.slice(7) : addr;
+}
+
+/** The server a registration connection registered, while it is the one registered under that id. */
+export function registeredBy(context: ProxyContext, peer: Peer): Member | undefined {
+  const entry = peer.serverId === undefined ? undefined : context.servers.get(peer.serverId);
+  return entry && entry.registration === peer ? entry : undefined;
 }
 
 /** The member whose current link is `linkId` (reports from older links are stale). */
@@ -82,9 +116,12 @@ export function spawnLink(context: ProxyContext, entry: Member): void {
     reply: context.reply,
     logger: context.logger,
     busyPoll: context.busyPoll,
+    budget: context.budget,
   };
   const id = `upstream:${entry.id}#${linkSeq}`;
-  const link = entry.wire === 'json' ? startChild(context.self, upstreamJsonMachine, { id, input }) : startChild(context.self, upstreamMachine, { id, input });
+  // Their parent is the proxy's link hub (proxy-io.ts), which passes their reports on.
+  const hub = (context.self.getSnapshot() as { children: Record<string, AnyActorRef> }).children.links!;
+  const link = entry.wire === 'json' ? startChild(hub, upstreamJsonMachine, { id, input }) : startChild(hub, upstreamMachine, { id, input });
   entry.link = link;
   entry.traffic = (link.getSnapshot().context as { traffic: LinkPort }).traffic;
 }
@@ -93,6 +130,8 @@ export function spawnLink(context: ProxyContext, entry: Member): void {
 export function addServer(context: ProxyContext, entry: Member): void {
   spawnLink(context, entry);
   context.servers.set(entry.id, entry);
+  entry.open = secretFor(context.opts, entry.policy) === undefined;
+  countOpen(context, entry, 1);
   const policy = policyOf(context, entry.policy);
   policy.members.add(entry);
   policy.pool.send({ type: 'JOIN', id: entry.id });
@@ -101,6 +140,7 @@ export function addServer(context: ProxyContext, entry: Member): void {
 export function removeServer(context: ProxyContext, entry: Member, reason: string): void {
   if (context.servers.get(entry.id) !== entry) return;
   context.servers.delete(entry.id);
+  countOpen(context, entry, -1);
   entry.timer?.cancel();
   context.logger.info('deregister', `Server id ${entry.id} left privacy policy ${entry.policy}: ${reason}`, {
     id: entry.id, policy: entry.policy, reason,
@@ -214,12 +254,23 @@ export function refuse(context: ProxyContext, reqs: ProxyRequest[], failure: Fai
   for (const r of reqs) reply(r, errorMsg(failure.code, failure.message));
 }
 
-/** Whether `member` may take `req` now: serving, below its in-flight limit, not already tried for it. */
+/**
+ * Whether `member` may take `req` now: serving, below its in-flight limit,
+ * not stalled (its oldest unanswered request has not waited past
+ * `slowAfterMs`: a member that stopped answering holds only the requests it
+ * already has, which retry on time), and not already tried for it.
+ */
 export function makeEligible(context: ProxyContext) {
   return (id: string, req: unknown): boolean => {
     const entry = context.servers.get(id);
-    // The limit is read live: a reload may change it.
-    if (!entry || entry.ejected || entry.traffic.phase !== 'open' || entry.traffic.inflight.size >= context.opts.maxServerInflight) return false;
+    if (!entry || entry.ejected || entry.traffic.phase !== 'open') return false;
+    const inflight = entry.traffic.inflight;
+    if (inflight.size > 0) {
+      // Read live: a reload may change them.
+      const { maxServerInflight, slowAfterMs } = context.opts;
+      if (inflight.size >= maxServerInflight) return false;
+      if (slowAfterMs && context.clock.now() - inflight.oldestSentAt()! >= slowAfterMs) return false;
+    }
     const tried = (req as ProxyRequest).tried;
     return !(tried && tried.includes(id));
   };

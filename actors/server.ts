@@ -137,7 +137,7 @@ const requestListener = fromCallback<{ type: 'DRAIN' }, { host: string; port: nu
         },
         complete: gone,
       });
-    });
+    }, { handshakeTimeoutMs: 10000 });
     server.on('error', (err) => send({ type: 'LISTEN_FAILED', error: describeListenError(err, input.host, input.port) }));
     server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {
       const why = recogniseTlsRefusal(err.code)?.message ?? err.message;
@@ -234,7 +234,8 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
           else if (m.type === MsgType.ERROR) {
             // A duplicate id right after we lost the proxy is our own stale registration: retry.
             if (m.code === ErrorCode.DUPLICATE_ID && everRegistered) lost(`${m.code}: ${m.message}`);
-            else if (m.code === ErrorCode.SHUTTING_DOWN) lost(`${m.code}: ${m.message}`);
+            // A proxy shutting down, or one that took us out of its pool (we missed its PINGs while stopped, say): register again.
+            else if (m.code === ErrorCode.SHUTTING_DOWN || m.code === ErrorCode.REMOVED) lost(`${m.code}: ${m.message}`);
             else {
               over = true;
               live.delete(key);

@@ -242,7 +242,7 @@ export const upstreamJsonMachine = setup({
           longest = Math.max(longest, bytes);
           continue;
         }
-        context.queue.push(context.inflight.add(req, tryDeadline(context, req, now)));
+        context.queue.push(context.inflight.add(req, tryDeadline(context, req, now), now));
       }
       // Never sent: it would reach the server in pieces and break it for good. Another member may take it.
       if (tooLong) {

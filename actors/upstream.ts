@@ -12,6 +12,7 @@
  * back to the proxy, which retries them on another member or answers them.
  */
 import { assertEvent, assign, enqueueActions, fromCallback, sendParent, setup, type ActorRefFrom } from 'xstate';
+import type { BufferBudget } from '../transport/budget.js';
 import type { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode } from '../transport/errors.js';
 import { MsgType, type Message } from '../transport/messages.js';
@@ -80,7 +81,7 @@ export class LinkTraffic implements LinkPort {
     const link = this.link;
     const now = link.clock.now();
     const deadline = tryDeadline(link, req, now);
-    const upSeq = link.inflight.add(req, deadline);
+    const upSeq = link.inflight.add(req, deadline, now);
     if (link.logger.enabled('debug')) logForward(link, req);
     // The server learns how long this try may take (its handler's signal fires then): time left, no shared clock needed.
     req.msg.timeoutms = Math.max(0, Math.floor(deadline - now));
@@ -112,18 +113,19 @@ export type UpstreamEvent =
   | { type: 'CONNECTED'; conn: Connection }
   | { type: 'ANSWERS'; messages: Message[] }
   | { type: 'REPORT'; report: LinkReport }
-  | { type: 'DISCONNECTED'; error?: string };
+  | { type: 'DISCONNECTED'; error?: string }
+  | { type: 'TIMED_OUT' };
 
 /**
  * Owns the socket: dials, then turns its reads into ANSWERS batches until the
  * link is open, and settles them through the link's port from then on.
  */
-const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number; connect: SocketFactory; maxFrameBytes: number; link: LinkTraffic; linkId: string; busyPoll?: BusyPoll }>(
+const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number; connect: SocketFactory; maxFrameBytes: number; link: LinkTraffic; linkId: string; busyPoll?: BusyPoll; budget?: BufferBudget }>(
   ({ sendBack, input }) => {
     const { link, linkId } = input;
     const socket = input.connect(input.host, input.port);
     // Never hold this link's reads for its writes: the server may be waiting for us to read, too.
-    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, holdReadsWhenCongested: false });
+    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, holdReadsWhenCongested: false, budget: input.budget });
     let done = false;
     const down = (error?: string): void => {
       if (done) return;
@@ -149,6 +151,17 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
   },
 );
 
+/**
+ * Sends TIMED_OUT after `ms` on the link's clock, unless stopped first.
+ * Instead of an `after` delay: XState keeps every pending delay of a system
+ * in one table that each stopping actor scans, which with thousands of
+ * links being dialed made every stop cost thousands of steps.
+ */
+const deadline = fromCallback<UpstreamEvent, { clock: LinkInput['clock']; ms: number }>(({ sendBack, input }) => {
+  const t = input.clock.setTimeout(() => sendBack({ type: 'TIMED_OUT' }), input.ms);
+  return () => t.cancel();
+});
+
 const PING_SEQ = 0;
 
 export const upstreamMachine = setup({
@@ -157,10 +170,7 @@ export const upstreamMachine = setup({
     events: {} as UpstreamEvent,
     input: {} as LinkInput,
   },
-  actors: { upstreamSocket },
-  delays: {
-    tryTimeout: ({ context }) => context.tryTimeoutMs,
-  },
+  actors: { upstreamSocket, deadline },
   actions: {
     enqueue: ({ context, event }) => {
       assertEvent(event, 'SEND');
@@ -255,7 +265,7 @@ export const upstreamMachine = setup({
   invoke: {
     id: 'socket',
     src: 'upstreamSocket',
-    input: ({ context, self }) => ({ host: context.host, port: context.port, connect: context.connect, maxFrameBytes: context.maxFrameBytes, link: context.traffic, linkId: self.id, busyPoll: context.busyPoll }),
+    input: ({ context, self }) => ({ host: context.host, port: context.port, connect: context.connect, maxFrameBytes: context.maxFrameBytes, link: context.traffic, linkId: self.id, busyPoll: context.busyPoll, budget: context.budget }),
   },
   on: {
     RESET_FAILURES: { actions: 'resetFailures' },
@@ -265,8 +275,9 @@ export const upstreamMachine = setup({
   initial: 'connecting',
   states: {
     connecting: {
-      after: { tryTimeout: { target: 'down', actions: assign({ lastError: { code: ErrorCode.UPSTREAM_FAILED, message: 'connect timed out' } }) } },
+      invoke: { src: 'deadline', input: ({ context }) => ({ clock: context.clock, ms: context.tryTimeoutMs }) },
       on: {
+        TIMED_OUT: { target: 'down', actions: assign({ lastError: { code: ErrorCode.UPSTREAM_FAILED, message: 'connect timed out' } }) },
         SEND: { actions: 'enqueue' },
         CONNECTED: { target: 'verifying', actions: ['setConn', 'ping'] },
         DISCONNECTED: { target: 'down', actions: 'setError' },
@@ -274,8 +285,9 @@ export const upstreamMachine = setup({
       },
     },
     verifying: {
-      after: { tryTimeout: { target: 'down', actions: assign({ lastError: { code: ErrorCode.UPSTREAM_FAILED, message: 'no answer to PING in time' } }) } },
+      invoke: { src: 'deadline', input: ({ context }) => ({ clock: context.clock, ms: context.tryTimeoutMs }) },
       on: {
+        TIMED_OUT: { target: 'down', actions: assign({ lastError: { code: ErrorCode.UPSTREAM_FAILED, message: 'no answer to PING in time' } }) },
         SEND: { actions: 'enqueue' },
         ANSWERS: { guard: 'hasPong', target: 'open', actions: ['notifyUp', 'flushQueue'] },
         DISCONNECTED: { target: 'down', actions: 'setError' },

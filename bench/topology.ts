@@ -32,9 +32,11 @@ export const SLOW_FLAGS = ['--concurrency', '1', '--delay', '1'];
 /**
  * The proxy's own limits are sized for the many-connections workload (one
  * request in flight on each of 10,000 connections, over two servers per
- * policy); its defaults would answer part of them OVERLOADED by design.
+ * policy); its defaults would answer part of them OVERLOADED by design. The
+ * routing comparison registers ~10,000 servers from this one address without
+ * a token, past the default bound on such registrations.
  */
-export const PROXY_FLAGS = ['--max-server-inflight', '10000', '--queue-limit', '10000'];
+export const PROXY_FLAGS = ['--max-server-inflight', '10000', '--queue-limit', '10000', '--max-servers', '0', '--max-servers-per-peer', '0'];
 
 export interface Server {
   id: string;

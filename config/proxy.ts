@@ -58,7 +58,7 @@ export const NUMBERS = {
   max_client_inflight: { option: 'maxClientInflight', unit: 'n', min: 1, reload: 'live', doc: 'unanswered requests per client connection before its reads pause' },
   max_server_inflight: { option: 'maxServerInflight', unit: 'n', min: 1, reload: 'live', doc: 'requests in flight to one server' },
   queue_limit: { option: 'queueLimit', unit: 'n', min: 0, reload: 'live', doc: 'requests one policy may hold waiting for a server with room; beyond it OVERLOADED' },
-  idle_timeout: { option: 'idleTimeoutMs', unit: 'ms', min: 0, reload: 'new', doc: 'close client and registration connections silent this long (0 = never)' },
+  idle_timeout: { option: 'idleTimeoutMs', unit: 'ms', min: 0, reload: 'new', doc: 'close client connections silent this long (0 = never); registrations are watched by PINGs instead' },
   frame_timeout: { option: 'frameTimeoutMs', unit: 'ms', min: 0, reload: 'new', doc: 'a frame begun must be complete within this time (0 = no limit)' },
   ping_interval: { option: 'pingIntervalMs', unit: 'ms', min: 10, reload: 'live', doc: 'PING each server on its registration connection this often' },
   ping_misses: { option: 'pingMisses', unit: 'n', min: 1, reload: 'live', doc: 'missed PONGs after which a server is removed' },
@@ -67,6 +67,11 @@ export const NUMBERS = {
   eject_after: { option: 'ejectAfter', unit: 'n', min: 1, reload: 'live', doc: 'consecutive failures that eject a server for a while' },
   eject_time: { option: 'ejectBaseMs', unit: 'ms', min: 1, reload: 'live', doc: 'ejection time, times the number of ejections' },
   drain_timeout: { option: 'drainTimeoutMs', unit: 'ms', min: 0, reload: 'live', doc: 'on SIGTERM, the longest wait for requests in flight' },
+  max_buffered_bytes: { option: 'maxBufferedBytes', unit: 'bytes', min: 0, reload: 'restart', doc: 'bytes held for all peers together (partial frames, unread answers); past it the connections holding the most are closed with OVERLOADED (0 = no limit)' },
+  max_servers: { option: 'maxServers', unit: 'n', min: 0, reload: 'live', doc: 'servers registered without a token, in total (0 = no limit)' },
+  max_servers_per_peer: { option: 'maxServersPerPeer', unit: 'n', min: 0, reload: 'live', doc: 'servers registered without a token from one address (0 = no limit)' },
+  probes_per_second: { option: 'probesPerSecond', unit: 'n', min: 1, reload: 'restart', doc: 'probes of servers that are down started per second at most, across all of them' },
+  slow_after: { option: 'slowAfterMs', unit: 'ms', min: 0, reload: 'live', doc: 'a server whose oldest unanswered request has waited this long gets no new ones until it answers (0 = off)', defaultText: 'try timeout / 4' },
   busy_poll: { option: 'busyPollUs', unit: 'us', min: 0, reload: 'restart', doc: 'after traffic, keep polling sockets this many microseconds instead of sleeping: lower one-at-a-time latency on virtual machines, for up to one core of CPU while traffic flows (0 = off)' },
 } as const satisfies Record<string, NumberSetting>;
 export type NumberKey = keyof typeof NUMBERS;

@@ -36,6 +36,8 @@ export const ErrorCode = {
   DUPLICATE_ID: 'DUPLICATE_ID',
   /** The server's handler answered with an application error, its own code in `appcode`: an answer, not a fault (never retried). */
   HANDLER_ERROR: 'HANDLER_ERROR',
+  /** The proxy took this server out of its pool (it missed PINGs, say) and closes its registration: register again. */
+  REMOVED: 'REMOVED',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -5,11 +5,12 @@
  */
 import type { Socket } from 'node:net';
 import { Observable } from 'rxjs';
+import type { BudgetHolder, BufferBudget } from './budget.js';
 import { systemClock, type Clock, type Timer } from './clock.js';
-import { LocalCode, RevproxyError } from './errors.js';
+import { ErrorCode, LocalCode, RevproxyError } from './errors.js';
 import { FrameBuffer, FrameDecoder, writeFrame, type Decoder } from './frame.js';
 import { jsonWire, type JsonEncoder } from './json.js';
-import type { Message } from './messages.js';
+import { errorMsg, type Message } from './messages.js';
 import { SniffDecoder, type Wire } from './sniff.js';
 
 /**
@@ -33,6 +34,8 @@ export interface ConnectionOptions {
   idleTimeoutMs?: number;
   /** Where the connection's timers come from (default: the system clock). */
   clock?: Clock;
+  /** The process's budget of bytes held for peers: this connection's partial messages and unread answers count against it. */
+  budget?: BufferBudget;
   /** A frame (or JSON object) begun must be complete within this long (ms), or the connection is closed. 0 or absent: no limit. */
   frameTimeoutMs?: number;
   /**
@@ -94,7 +97,7 @@ export function sendTogether(work: () => void): void {
  * tracks the socket's buffer, so callers can stop reading from elsewhere
  * while `congested`.
  */
-export class Connection {
+export class Connection implements BudgetHolder {
   readonly id = nextConnId++;
   readonly socket: Socket;
   decoder: Decoder;
@@ -114,6 +117,7 @@ export class Connection {
   private queued = 0;
   private pauses = 0;
   private readonly clock: Clock;
+  private readonly budget?: BufferBudget;
   /** When the peer last sent bytes (clock ms). */
   private lastRead: number;
   private idleMs = 0;
@@ -149,6 +153,8 @@ export class Connection {
     socket.on('close', over);
     const frameTimeout = opts.frameTimeoutMs ?? 0;
     this.clock = opts.clock ?? systemClock;
+    this.budget = opts.budget;
+    if (this.budget) socket.once('close', () => this.budget!.set(this, 0));
     this.lastRead = this.clock.now();
     socket.once('close', () => this.idleTimer?.cancel());
     this.setIdleTimeout(opts.idleTimeoutMs ?? 0);
@@ -163,6 +169,7 @@ export class Connection {
         this.reads++;
         this.lastRead = this.clock.now();
         const { messages, error } = this.decoder.push(chunk);
+        if (this.budget) this.account();
         if (messages.length > 0) sub.next(messages);
         if (error) {
           socket.off('data', onData);
@@ -254,7 +261,28 @@ export class Connection {
     this.queued = 0;
     const data = this.batch.take();
     // A JSON answer held for an earlier one leaves nothing to write yet.
-    if (data.length > 0 && !this.socket.destroyed && !this.socket.write(data)) this.holdReadsUntilDrained();
+    if (data.length > 0 && !this.socket.destroyed && !this.socket.write(data)) {
+      this.holdReadsUntilDrained();
+      if (this.budget) {
+        this.account();
+        this.socket.once('drain', () => this.account());
+      }
+    }
+  }
+
+  /** Tell the budget what this connection holds: a message begun, and answers the peer has not read while they pile up. */
+  private account(): void {
+    const unsent = this.socket.writableNeedDrain ? this.socket.writableLength : 0;
+    this.budget!.set(this, this.decoder.buffered + unsent);
+  }
+
+  /** Cut by the budget: read nothing more, drop what was buffered, tell the peer why (OVERLOADED) and close. */
+  shed(reason: string): void {
+    this.socket.pause();
+    this.decoder = new FrameDecoder({ maxFrameBytes: 1 });
+    // A peer that does not read would not read the reason either: its bytes are released now.
+    if (this.closed || this.socket.writableNeedDrain) this.destroy();
+    else this.endWith(errorMsg(ErrorCode.OVERLOADED, reason));
   }
 
   private readsHeld = false;

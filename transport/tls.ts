@@ -76,9 +76,15 @@ export function describeListenError(err: NodeJS.ErrnoException, host: string, po
 }
 
 /** A listening server, TLS when `tls` has a certificate; with a CA it requires and verifies peers' certificates (mutual TLS). */
-export function listenServer(tls: TlsMaterial | undefined, onSocket: (socket: Socket) => void): Server {
+export function listenServer(tls: TlsMaterial | undefined, onSocket: (socket: Socket) => void, opts: { handshakeTimeoutMs?: number } = {}): Server {
   if (!tls?.cert) return netServer(onSocket);
-  return tlsServer({ cert: tls.cert, key: tls.key, ca: tls.ca, requestCert: Boolean(tls.ca), rejectUnauthorized: Boolean(tls.ca) }, onSocket);
+  const server = tlsServer({
+    cert: tls.cert, key: tls.key, ca: tls.ca, requestCert: Boolean(tls.ca), rejectUnauthorized: Boolean(tls.ca),
+    handshakeTimeout: opts.handshakeTimeoutMs || 120_000,
+  }, onSocket);
+  // A handshake that fails or stalls past its timeout must not keep its socket (and a connection slot): Node reports it and leaves it open.
+  server.on('tlsClientError', (_err: Error, socket: Socket) => socket.destroy());
+  return server;
 }
 
 /** The event that means "ready to talk": after the handshake on TLS, after connecting on TCP. */

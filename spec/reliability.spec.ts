@@ -1,0 +1,267 @@
+/**
+ * Reliability under sustained load and hostile peers (issue 14). Each test
+ * would have caught one of the failures the issue measured, on shortened
+ * timeouts so it runs in seconds.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { connect, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
+import { Logger, ManualClock, memorySink, runClient, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import { encodeFrame } from '../transport/frame.js';
+import { rssBytes } from '../bench/procs.js';
+import { readFileSync } from 'node:fs';
+import { makePki } from './certs.js';
+import { collector, eventually, LOCAL, rawConnect, sleep } from './helpers.js';
+import { runLoad } from './load.js';
+import { killAll, node, proxyProcess, revproxy } from './procs.js';
+
+interface Ctx {
+  proxy?: ProxyHandle;
+  servers: ServerHandle[];
+  sockets: Socket[];
+  logs: LogRecord[];
+}
+const ctx: Ctx = { servers: [], sockets: [], logs: [] };
+
+const r = suite('reliability');
+r.after.each(async () => {
+  for (const s of ctx.sockets) s.destroy();
+  for (const s of ctx.servers) s.kill();
+  ctx.proxy?.kill();
+  ctx.proxy = undefined;
+  ctx.servers = [];
+  ctx.sockets = [];
+  ctx.logs = [];
+  killAll();
+});
+
+async function inProcess(opts: Parameters<typeof startProxy>[0] = {}): Promise<ProxyHandle> {
+  ctx.proxy = await startProxy({ port: 0, logger: new Logger('proxy', memorySink(ctx.logs), 'info'), ...opts });
+  return ctx.proxy;
+}
+
+async function addServer(id: string, policy = 'P', behaviour: 'normal' | 'silent' = 'normal'): Promise<ServerHandle> {
+  const s = await startServer({ id, policy, listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy!.port }, behaviour });
+  ctx.servers.push(s);
+  await eventually(() => ctx.proxy!.pools()[policy]?.serving.includes(id) ?? false, 3000, `${id} serving`);
+  return s;
+}
+
+/** Open `n` connections that each register a server of `policy` at `port` and keep their registration open. */
+async function registerMany(proxyPort: number, n: number, policy: (i: number) => string, port: number): Promise<Socket[]> {
+  const out: Socket[] = [];
+  for (let i = 0; i < n; i += 100) {
+    const batch = await Promise.all(Array.from({ length: Math.min(100, n - i) }, async (_, k) => {
+      const s = await rawConnect(proxyPort);
+      s.on('error', () => {});
+      s.on('data', () => {}); // PINGs: read and ignored (a PONG is not needed: their links count as life, or they are let go)
+      s.write(encodeFrame({ type: 1, id: `dead-${i + k}`, privPolyId: policy(i + k), listenport: port }));
+      return s;
+    }));
+    out.push(...batch);
+  }
+  return out;
+}
+
+r('busy servers stay registered through many idle-timeout periods of sustained load: no request refused', async () => {
+  // The registrations carry nothing while the links are busy answering; before, the idle timeout closed them all.
+  const proxy = await inProcess({ idleTimeoutMs: 200, pingIntervalMs: 50 });
+  await addServer('1');
+  await addServer('2');
+  await addServer('3');
+  const t0 = Date.now();
+  let rounds = 0;
+  let acks = 0;
+  while (Date.now() - t0 < 1500) {
+    const report = await runLoad({ ports: [proxy.port], policy: 'P', connections: 2, perConnection: 300, window: 16 });
+    assert.equal(report.errors, {}, JSON.stringify(report));
+    assert.is(report.unanswered, 0);
+    acks += report.acks;
+    rounds++;
+  }
+  assert.ok(Date.now() - t0 >= 7 * 200, 'the load outlasted seven idle timeouts');
+  assert.is(ctx.logs.filter((l) => l.event === 'deregister').length, 0, 'no server left');
+  assert.equal(proxy.pools().P!.serving.sort(), ['1', '2', '3']);
+  assert.ok(acks === rounds * 600);
+});
+
+r('a server stopped long enough to miss its PINGs is told it was removed, and registers again as soon as it wakes', async () => {
+  const { proc: proxy, port } = await proxyProcess(['--ping-interval', '100', '--ping-misses', '3', '--log-level', 'info']);
+  const server = revproxy(['server', '-id', 'sleepy', '-pp', 'P', '-listen', '0', '-revproc', String(port)]);
+  await server.waitFor(/Registered with the reverse proxy/);
+  server.kill('SIGSTOP');
+  await proxy.waitFor(/Server id sleepy left privacy policy P: it missed 3 PINGs/, 5000);
+  await sleep(300);
+  const registrations = () => proxy.out.filter((l) => /Received setup message from server id sleepy /.test(l)).length;
+  assert.is(registrations(), 1);
+  const woke = Date.now();
+  server.kill('SIGCONT');
+  await eventually(() => registrations() === 2, 3000, 'registered again');
+  const took = Date.now() - woke;
+  assert.ok(took < 1000, `registered again ${took} ms after waking (within a second)`);
+  assert.ok(server.out.some((l) => /REMOVED/.test(l)), `the server was told why: ${server.out.join('\n')}`);
+  const ok = await runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: [{ srcid: 'c', privPoliId: 'P', payload: 'after' }] });
+  assert.ok(ok[0]!.correct, JSON.stringify(ok));
+});
+
+r("3,000 registrations pointing at a refused port leave a good client's throughput within 20 % of what it was", async () => {
+  const { port } = await proxyProcess(['--log-level', 'error', '--max-servers-per-peer', '0', '--max-servers', '0']);
+  for (const id of ['1', '2']) revproxy(['server', '-id', id, '-pp', 'GOOD', '-listen', '0', '-revproc', String(port)]);
+  await waitServing(port, 'GOOD', 2);
+  const good = { ports: [port], policy: 'GOOD', connections: 2, perConnection: 2000, window: 8 };
+  const rate = async (): Promise<number> => {
+    const t = performance.now();
+    const report = await runLoad(good);
+    assert.is(report.acks, 4000, JSON.stringify(report.errors));
+    return 4000 / (performance.now() - t);
+  };
+  for (let i = 0; i < 6; i++) await rate(); // warm-up: every process's code is compiled before anything is compared
+  const rounds = async (): Promise<number[]> => {
+    const out: number[] = [];
+    for (let i = 0; i < 5; i++) out.push(await rate());
+    return out;
+  };
+  const before = await rounds();
+  // Another process holds the 3,000 registrations (and answers their PINGs), so this one only measures.
+  const holder = node('spec/fixtures/registrations.mjs', [String(port), '3000', 'DEAD', String(await closedPort())]);
+  await holder.waitFor(/ponged ([3-9]\d{3}|\d{5,})\b/, 30000); // every registration accepted (its first PING answered)
+  await sleep(2000); // their first dials refused, and the first probes under way: what stays is what they cost
+  const after = await rounds();
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[2]!;
+  const ratio = median(after) / median(before);
+  assert.ok(ratio >= 0.8, `good client at ${ratio.toFixed(2)}x its rate while 3,000 dead servers are probed (before ${before.map((x) => x.toFixed(1))}, after ${after.map((x) => x.toFixed(1))} req/ms)`);
+});
+
+r('20,000 one-shot registrations of distinct policies leave no pool behind and the memory back near where it was', async () => {
+  const { proc, port } = await proxyProcess(['--log-level', 'error', '--max-servers-per-peer', '0']);
+  const pid = proc.child.pid!;
+  const live = await closedPort();
+  const oneShots = async (from: number, n: number): Promise<void> => {
+    for (let i = from; i < from + n; i += 200) {
+      await Promise.all(Array.from({ length: Math.min(200, from + n - i) }, async (_, k) => {
+        const s = await rawConnect(port);
+        s.on('error', () => {});
+        await new Promise<void>((done) => s.end(encodeFrame({ type: 1, id: `one-${i + k}`, privPolyId: `policy-${i + k}`, listenport: live }), () => done()));
+        await new Promise<void>((done) => s.once('close', () => done()).resume());
+      }));
+    }
+  };
+  await oneShots(0, 2000); // warm-up: the heap grows to its working size
+  await sleep(500);
+  const start = rssBytes(pid);
+  const t0 = performance.now();
+  await oneShots(2000, 9000);
+  const first = performance.now() - t0;
+  const t1 = performance.now();
+  await oneShots(11000, 9000);
+  const second = performance.now() - t1;
+  await sleep(1000);
+  const end = rssBytes(pid);
+  // No pool left: a client of any of those policies gets NO_SERVER at once, and the proxy says so.
+  const c = await runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: [{ srcid: 'c', privPoliId: 'policy-19999', payload: 'x' }] });
+  assert.is(c[0]!.error, 'NO_SERVER');
+  assert.ok(second < first * 1.5, `the second half took ${second.toFixed(0)} ms against ${first.toFixed(0)} ms for the first: no growing cost`);
+  assert.ok(end - start < 40 * 1024 * 1024, `RSS ${(start / 1048576).toFixed(0)} MB -> ${(end / 1048576).toFixed(0)} MB after 18,000 one-shot registrations`);
+});
+
+r('2,000 connections each holding a nearly full frame stay within the buffer budget, and a good client is served meanwhile', async () => {
+  const maxFrame = 128 * 1024;
+  const budget = 16 * 1024 * 1024;
+  const { proc, port } = await proxyProcess(['--log-level', 'warn', '--max-frame', String(maxFrame), '--max-buffered-bytes', String(budget)]);
+  revproxy(['server', '-id', '1', '-pp', 'P', '-listen', '0', '-revproc', String(port)]);
+  await waitServing(port, 'P', 1);
+  const base = rssBytes(proc.child.pid!);
+  // Each frame declares the largest body allowed and stops 8 bytes short of it: the proxy must hold what came.
+  const header = Buffer.alloc(4);
+  header.writeUInt32BE(maxFrame);
+  const unfinished = Buffer.concat([header, Buffer.alloc(maxFrame - 8, 0x61)]);
+  let shed = 0;
+  const holders: Socket[] = [];
+  for (let i = 0; i < 2000; i += 100) {
+    holders.push(...(await Promise.all(Array.from({ length: 100 }, async () => {
+      const s = await rawConnect(port);
+      s.on('error', () => {});
+      const c = collector(s);
+      s.on('close', () => {
+        if (c.got.some((m) => m.type === 3 && (m as { code: string }).code === 'OVERLOADED')) shed++;
+      });
+      s.write(unfinished);
+      return s;
+    }))));
+  }
+  ctx.sockets.push(...holders);
+  const report = await runLoad({ ports: [port], policy: 'P', connections: 2, perConnection: 500, window: 8 });
+  assert.is(report.acks, 1000, JSON.stringify(report));
+  await eventually(() => holders.filter((s) => s.closed).length >= 2000 - Math.ceil(budget / (maxFrame - 8)) - 10, 5000, 'connections past the budget cut');
+  const grew = rssBytes(proc.child.pid!) - base;
+  const sent = (2000 * unfinished.length) / 1048576;
+  assert.ok(grew < 96 * 1024 * 1024, `RSS grew ${(grew / 1048576).toFixed(0)} MB while peers sent ${sent.toFixed(0)} MB of unfinished frames (budget ${budget / 1048576} MB)`);
+  assert.ok(shed >= 2000 - Math.ceil(budget / (maxFrame - 8)) - 10, `${shed} connections were cut with OVERLOADED`);
+  assert.ok(proc.out.some((l) => /buffer budget/.test(l)), 'the cuts are logged');
+});
+
+r('TLS handshakes that stall are closed after the frame timeout', async () => {
+  const pki = makePki(['proxy']);
+  const files = pki.cert('proxy');
+  const proxy = await inProcess({ tls: { cert: readFileSync(files.cert), key: readFileSync(files.key) }, frameTimeoutMs: 300 });
+  const stalled = await Promise.all(Array.from({ length: 50 }, async () => {
+    const s = connect({ host: LOCAL, port: proxy.port });
+    s.on('error', () => {});
+    await new Promise<void>((ok) => s.once('connect', () => ok()));
+    s.write(Buffer.from([0x16, 0x03, 0x01, 0x00, 0x40])); // the start of a ClientHello, never finished
+    return s;
+  }));
+  ctx.sockets.push(...stalled);
+  await eventually(() => stalled.every((s) => s.closed), 3000, 'every stalled handshake closed by the proxy');
+  // A real TLS client still gets through.
+  const ok = await new Promise<boolean>((done) => {
+    const t = tlsConnect({ host: LOCAL, port: proxy.port, ca: readFileSync(pki.ca) }, () => {
+      t.destroy();
+      done(true);
+    });
+    t.on('error', () => done(false));
+  });
+  assert.ok(ok, 'a complete handshake is accepted');
+});
+
+r('a stalled member holds only the requests it already has: the others go to the members that answer', async () => {
+  const clock = new ManualClock();
+  const proxy = await inProcess({ clock, timeoutMs: 1200, retries: 2 }); // try timeout 400 ms, slow after 100 ms
+  await addServer('a');
+  await addServer('b');
+  await addServer('stalled', 'P', 'silent');
+  const inflight = () => proxy.actor.getSnapshot().context.servers.get('stalled')!.traffic.inflight.size;
+  const pkts = (tag: string, n: number) => Array.from({ length: n }, (_, i) => ({ srcid: 'c', privPoliId: 'P', payload: `${tag}${i}` }));
+  const first = runClient({ id: 'c', proxy: { host: LOCAL, port: proxy.port }, packets: pkts('first', 30), window: 30, timeoutMs: 10000 });
+  await eventually(() => inflight() === 10, 2000, 'a third of the first batch at the stalled member');
+  clock.advance(100); // its oldest request has now waited past the slow mark; no try has timed out yet
+  const second = await runClient({ id: 'd', proxy: { host: LOCAL, port: proxy.port }, packets: pkts('second', 30), window: 30, timeoutMs: 10000 });
+  assert.ok(second.every((x) => x.correct && x.server !== 'stalled'), JSON.stringify(second.filter((x) => !x.correct)));
+  assert.is(inflight(), 10, 'the stalled member got none of the second batch');
+  clock.advance(300); // the first batch's tries at the stalled member time out and go elsewhere
+  const done = await first;
+  assert.ok(done.every((x) => x.correct), JSON.stringify(done.filter((x) => !x.correct)));
+  assert.is(done.filter((x) => x.server === 'stalled').length, 0);
+});
+
+r.run();
+
+/** A port nothing listens on (connections to it are refused). */
+async function closedPort(): Promise<number> {
+  const { freePort } = await import('../bench/procs.js');
+  return freePort();
+}
+
+/** Wait until `n` servers of `policy` answer through the proxy at `port`. */
+async function waitServing(port: number, policy: string, n: number): Promise<void> {
+  await eventually(() => false, 0).catch(() => undefined);
+  const end = Date.now() + 10000;
+  for (;;) {
+    const results = await runClient({ id: 'probe', proxy: { host: LOCAL, port }, packets: Array.from({ length: 2 * n }, (_, i) => ({ srcid: 'probe', privPoliId: policy, payload: `${i}` })), window: 1 });
+    if (new Set(results.filter((x) => x.correct).map((x) => x.server)).size >= n) return;
+    if (Date.now() > end) throw new Error(`${n} servers of ${policy} did not answer within 10 s: ${JSON.stringify(results.map((x) => x.error ?? x.server))}`);
+    await sleep(100);
+  }
+}
+

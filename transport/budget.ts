@@ -1,0 +1,63 @@
+/**
+ * One budget for the bytes a process holds on its peers' behalf: messages
+ * begun and not yet complete (a peer may send up to a frame's limit and
+ * stop), and answers written that the peer has not read. Each connection
+ * is allowed its frame limit; together they are allowed `limit`. Past it,
+ * the connections holding the most are cut until the total is back under,
+ * so a crowd of peers each holding a nearly full frame cannot take the
+ * process's memory, and everyone else keeps being served.
+ */
+
+/** What the budget needs of a connection: how to cut it. */
+export interface BudgetHolder {
+  /** Close the connection now, telling the peer why if it can; its bytes are released. */
+  shed(reason: string): void;
+}
+
+export class BufferBudget {
+  private total = 0;
+  /** Holders with bytes held, and how many. */
+  private readonly held = new Map<BudgetHolder, number>();
+
+  /**
+   * @param limit bytes allowed in all (0: no limit).
+   * @param onShed told of each holder cut, with what it held (for the log).
+   */
+  constructor(
+    readonly limit: number,
+    private readonly onShed?: (holder: BudgetHolder, bytes: number) => void,
+  ) {}
+
+  /** Bytes held now, across every holder. */
+  get used(): number {
+    return this.total;
+  }
+
+  /** `holder` now holds `bytes` (0 when it holds none, or is gone). */
+  set(holder: BudgetHolder, bytes: number): void {
+    const before = this.held.get(holder) ?? 0;
+    if (bytes === before) return;
+    this.total += bytes - before;
+    if (bytes > 0) this.held.set(holder, bytes);
+    else this.held.delete(holder);
+    if (this.limit > 0 && this.total > this.limit) this.shedLargest();
+  }
+
+  /** Cut the largest holders until the total is under the limit. */
+  private shedLargest(): void {
+    while (this.total > this.limit && this.held.size > 0) {
+      let victim: BudgetHolder | undefined;
+      let most = -1;
+      for (const [h, n] of this.held) {
+        if (n > most) {
+          most = n;
+          victim = h;
+        }
+      }
+      this.held.delete(victim!);
+      this.total -= most;
+      this.onShed?.(victim!, most);
+      victim!.shed(`the proxy's buffer budget of ${this.limit} bytes is full, and this connection held the most of it (${most} bytes)`);
+    }
+  }
+}
