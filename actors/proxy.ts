@@ -9,10 +9,11 @@
  *
  * Transitions are driven by the socket streams: the reads of client
  * connections in one turn of the event loop become one FORWARD event
- * carrying every batch (proxy-io.ts). The rules - who may take a request,
- * retries, ejection, waiting, the one reply path - are plain functions in
- * routing.ts; the vocabulary is in proxy-types.ts, the options in
- * proxy-options.ts. docs/ARCHITECTURE.md follows one request through.
+ * carrying every batch (proxy-io.ts). The rules are plain functions:
+ * membership.ts (who is registered), routing.ts (who takes a request, and
+ * the one reply path), health.ts (down, probes, ejection); the vocabulary is
+ * in proxy-types.ts, the options in proxy-options.ts. docs/ARCHITECTURE.md
+ * follows one request through.
  *
  * Members of a pool are `connecting` (link not verified yet), `serving`,
  * `down` (link failed: probed with backoff until it answers again) or
@@ -23,7 +24,7 @@ import { BufferBudget } from '../transport/budget.js';
 import { BusyPoll } from '../transport/busy-poll.js';
 import type { Connection } from '../transport/socket.js';
 import { ErrorCode } from '../transport/errors.js';
-import { errorMsg, MsgType } from '../transport/messages.js';
+import { errorMsg } from '../transport/messages.js';
 import { dial } from '../transport/tls.js';
 import { systemClock } from '../transport/clock.js';
 import { InflightCount } from './inflight.js';
@@ -32,10 +33,10 @@ import { tcpConnect, type ProxyRequest } from './link.js';
 import { silentLogger } from './logger.js';
 import { drainWatch, linkHub, listener, pinger, sweeper } from './proxy-io.js';
 import { isLoopback, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
-import { Member, type ProxyContext, type ProxyEvent } from './proxy-types.js';
-import {
-  addServer, applyReload, checkOpenLimits, checkSecret, current, drainWaiting, eject, expireWaiting, makeReply, normaliseHost, refuse, registeredBy, removeServer, retry, route, spawnLink,
-} from './routing.js';
+import type { ProxyContext, ProxyEvent } from './proxy-types.js';
+import { linkDown, linkUp, probe, readmit, triesFailed } from './health.js';
+import { admit, applyReload, evict, registeredBy, removeServer } from './membership.js';
+import { drainWaiting, expireWaiting, makeReply, refuse, route } from './routing.js';
 import { stopChild } from './children.js';
 
 export const proxyMachine = setup({
@@ -67,45 +68,7 @@ export const proxyMachine = setup({
 
     register: ({ context, event }) => {
       assertEvent(event, 'REGISTER');
-      const { peer, setup: s } = event;
-      const conn = peer.conn;
-      const log = context.logger;
-      const denied = checkSecret(context.opts, s);
-      if (denied) {
-        log.repeated('warn', 'unauthorized', `${conn.remoteAddress}\0${s.privPolyId}\0${s.id}\0${denied}`, 1, (n, span) => `Refused setup from ${conn.describe()} for server id ${s.id} privacy policy ${s.privPolyId}: ${denied}${span ? ` (${n} times ${span})` : ''}`, {
-          id: s.id, policy: s.privPolyId, peer: conn.describe(), code: ErrorCode.UNAUTHORIZED,
-        });
-        conn.endWith(errorMsg(ErrorCode.UNAUTHORIZED, `registration refused: ${denied}`));
-        return;
-      }
-      const held = context.servers.get(s.id);
-      // An old server that restarts sends its setup again, and cannot read a refusal: take the new one.
-      if (held && held.wire === 'json' && conn.wire === 'json') removeServer(context, held, 'it sent a new setup message');
-      else if (held) {
-        log.warn('register_refused', `Refused setup from ${conn.describe()}: server id ${s.id} is already registered`, {
-          id: s.id, peer: conn.describe(), code: ErrorCode.DUPLICATE_ID,
-        });
-        conn.endWith(errorMsg(ErrorCode.DUPLICATE_ID, `server id ${s.id} is already registered by a live server; pick another id`));
-        return;
-      }
-      const host = normaliseHost(conn.remoteAddress);
-      const tooMany = held ? undefined : checkOpenLimits(context, s.privPolyId, host);
-      if (tooMany) {
-        log.warn('register_refused', `Refused setup from ${conn.describe()} for server id ${s.id}: ${tooMany}`, { id: s.id, policy: s.privPolyId, peer: conn.describe(), code: ErrorCode.OVERLOADED });
-        conn.endWith(errorMsg(ErrorCode.OVERLOADED, `registration refused: ${tooMany}`));
-        return;
-      }
-      log.info('register', `Received setup message from server id ${s.id} privacy policy ${s.privPolyId} port ${s.listenport}`, {
-        id: s.id, policy: s.privPolyId, port: s.listenport, host: conn.remoteAddress, wire: conn.wire,
-      });
-      // The first PING on a registration connection tells the server it was accepted (an old server has closed it already).
-      if (conn.wire !== 'json') conn.send({ type: MsgType.PING, seq: 0 });
-      // An old server's setup connection closes at once: it is not its presence.
-      const registration = conn.wire === 'json' ? undefined : peer;
-      if (registration) registration.serverId = s.id;
-      const member = new Member(s.id, s.privPolyId, host, s.listenport, conn.wire, registration, context.opts.probeInitialMs);
-      member.token = s.token;
-      addServer(context, member);
+      admit(context, event.peer, event.setup);
     },
 
     forward: ({ context, event }) => {
@@ -164,14 +127,9 @@ export const proxyMachine = setup({
       removeServer(context, entry, reason);
     },
 
-    /** The proxy's own decision: the server is told, and its registration closed, so it registers again as soon as it can. */
     evict: ({ context, event }) => {
       assertEvent(event, 'MISSED_PINGS');
-      const entry = registeredBy(context, event.peer);
-      if (!entry) return;
-      const reason = `it missed ${event.misses} PINGs in a row on its registration connection`;
-      removeServer(context, entry, reason);
-      event.peer.conn.endWith(errorMsg(ErrorCode.REMOVED, `removed from privacy policy ${entry.policy}: ${reason}; register again`));
+      evict(context, event.peer, `it missed ${event.misses} PINGs in a row on its registration connection`);
     },
 
     badInput: ({ context, event }) => {
@@ -185,68 +143,27 @@ export const proxyMachine = setup({
 
     upstreamUp: ({ context, event }) => {
       assertEvent(event, 'UPSTREAM_UP');
-      const entry = current(context, event.member, event.linkId);
-      if (!entry) return;
-      if (entry.downSince !== undefined) {
-        context.logger.info('readmit', `Server id ${entry.id} answers again; back in rotation for privacy policy ${entry.policy}`, {
-          id: entry.id, policy: entry.policy, reason: 'probe succeeded',
-        });
-        context.observer?.ejected?.(entry.policy, entry.id, 'probe_succeeded', true);
-      } else {
-        context.logger.debug('serving', `Server id ${entry.id} is reachable and serving privacy policy ${entry.policy}`, { id: entry.id, policy: entry.policy });
-      }
-      entry.downSince = undefined;
-      entry.probeDelay = context.opts.probeInitialMs;
-      drainWaiting(context, entry.policy);
+      linkUp(context, event.member, event.linkId);
     },
 
     upstreamDown: ({ context, event }) => {
       assertEvent(event, 'UPSTREAM_DOWN');
-      const entry = current(context, event.member, event.linkId);
-      if (entry?.wire === 'json') {
-        // An old server that restarts sends its setup again: nothing to probe for.
-        removeServer(context, entry, `it is gone from ${entry.host}:${entry.port}: ${event.failure.message}`);
-      } else if (entry) {
-        entry.downSince ??= context.clock.now();
-        // Up to a fifth early, at random: servers that went down together are not probed together.
-        const delay = Math.round(entry.probeDelay * (0.8 + 0.2 * Math.random()));
-        entry.probeDelay = Math.min(entry.probeDelay * 2, context.opts.probeMaxMs);
-        context.logger.warn('down', `Server id ${entry.id} is unreachable at ${entry.host}:${entry.port} (${event.failure.message}); out of rotation, next probe in ${delay} ms`, {
-          id: entry.id, policy: entry.policy, code: event.failure.code, reason: event.failure.message, probeInMs: delay,
-        });
-        context.observer?.ejected?.(entry.policy, entry.id, 'unreachable', false);
-        entry.timer?.cancel();
-        entry.timer = context.clock.setTimeout(() => context.probes.add(entry.id), delay);
-      }
-      retry(context, event.member, event.requests, event.failure);
+      linkDown(context, event.member, event.linkId, event.failure, event.requests);
     },
 
     upstreamRetry: ({ context, event }) => {
       assertEvent(event, 'UPSTREAM_RETRY');
-      const entry = current(context, event.member, event.linkId);
-      if (entry && entry.state === 'serving' && event.failures >= context.opts.ejectAfter) eject(context, entry, event.failures);
-      retry(context, event.member, event.requests, event.failure);
+      triesFailed(context, event.member, event.linkId, event.failure, event.failures, event.requests);
     },
 
     probe: ({ context, event }) => {
       assertEvent(event, 'PROBE');
-      const entry = context.servers.get(event.member);
-      if (!entry || entry.traffic.phase !== 'down') return;
-      context.logger.debug('probe', `Probing server id ${entry.id} at ${entry.host}:${entry.port}`, { id: entry.id });
-      spawnLink(context, entry);
+      probe(context, event.member);
     },
 
     readmit: ({ context, event }) => {
       assertEvent(event, 'READMIT');
-      const entry = context.servers.get(event.member);
-      if (!entry || !entry.ejected) return;
-      entry.ejected = false;
-      entry.link.send({ type: 'RESET_FAILURES' });
-      context.logger.info('readmit', `Server id ${entry.id} is back in rotation for privacy policy ${entry.policy} after its ejection`, {
-        id: entry.id, policy: entry.policy, reason: 'ejection time over',
-      });
-      context.observer?.ejected?.(entry.policy, entry.id, 'ejection_over', true);
-      drainWaiting(context, entry.policy);
+      readmit(context, event.member);
     },
 
     drainWaitingQueue: ({ context, event }) => {

@@ -1,81 +1,18 @@
 /**
- * The proxy's routing rules, as plain functions over its context: who may
- * take a request (eligibility and in-flight limits), what happens to
- * requests no member can take (wait, OVERLOADED, NO_SERVER), retries after a
- * failed try, ejection, removal, registration secrets, and the one place
- * every request gets its answer. The proxy machine's actions call them.
+ * The proxy's routing rules, as plain functions over its context: the
+ * policy records and their pools, who may take a request (eligibility and
+ * in-flight limits), what happens to requests no member can take (wait,
+ * OVERLOADED, NO_SERVER), retries after a failed try, and the one place
+ * every request gets its answer. Membership (who is registered) is
+ * membership.ts's; health (ejection, probes) is health.ts's.
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
-import type { AnyActorRef } from 'xstate';
 import { ErrorCode } from '../transport/errors.js';
-import { errorMsg, MsgType, type AckMsg, type ErrorMsg, type SetupMsg } from '../transport/messages.js';
+import { errorMsg, MsgType, type AckMsg, type ErrorMsg } from '../transport/messages.js';
 import { startChild, stopChild } from './children.js';
-import type { Failure, LinkInput, LinkPort, Peer, ProxyRequest, Reply } from './link.js';
+import type { Failure, ProxyRequest, Reply } from './link.js';
 import { fmt } from './logger.js';
 import { poolMachine } from './pool.js';
-import type { Opts } from './proxy-options.js';
 import type { Member, Policy, ProxyContext } from './proxy-types.js';
-import { upstreamJsonMachine } from './upstream-json.js';
-import { upstreamMachine } from './upstream.js';
-
-function digest(s: string): Buffer {
-  return createHash('sha256').update(s).digest();
-}
-
-/** The secret a registration for `policy` must present, if any. */
-function secretFor(opts: Opts, policy: string): string | undefined {
-  const perPolicy = opts.tokens && Object.prototype.hasOwnProperty.call(opts.tokens, policy) ? opts.tokens[policy] : undefined;
-  return perPolicy ?? opts.token;
-}
-
-/** Why a setup's secret is not accepted, or undefined when it is. Compared in constant time; never logged. */
-export function checkSecret(opts: Opts, s: SetupMsg): string | undefined {
-  const required = secretFor(opts, s.privPolyId);
-  if (required === undefined) {
-    return opts.tokens ? `privacy policy ${s.privPolyId} is not in the proxy's tokens file` : undefined;
-  }
-  if (s.token === undefined) return 'no token given; this proxy requires a registration token';
-  return timingSafeEqual(digest(s.token), digest(required)) ? undefined : 'wrong token';
-}
-
-/**
- * Why a registration that needs no token is refused for numbers, or
- * undefined: anyone who can connect may register then, so how many may is bounded.
- */
-export function checkOpenLimits(context: ProxyContext, policy: string, host: string): string | undefined {
-  if (secretFor(context.opts, policy) !== undefined) return undefined;
-  const { maxServers, maxServersPerPeer } = context.opts;
-  const open = context.openRegistrations;
-  if (maxServers && open.total >= maxServers) return `${maxServers} servers are registered without a token (--max-servers); set a registration token (--token) to register more`;
-  if (maxServersPerPeer && (open.byHost.get(host) ?? 0) >= maxServersPerPeer) return `${maxServersPerPeer} servers from ${host} are registered without a token (--max-servers-per-peer)`;
-  return undefined;
-}
-
-function countOpen(context: ProxyContext, entry: Member, by: 1 | -1): void {
-  if (!entry.open) return;
-  const open = context.openRegistrations;
-  open.total += by;
-  const n = (open.byHost.get(entry.host) ?? 0) + by;
-  if (n > 0) open.byHost.set(entry.host, n);
-  else open.byHost.delete(entry.host);
-}
-
-/** IPv4-mapped IPv6 addresses (::ffff:127.0.0.1) dial as plain IPv4. */
-export function normaliseHost(addr: string): string {
-  return addr.startsWith('::ffff:') ? addr.slice(7) : addr;
-}
-
-/** The server a registration connection registered, while it is the one registered under that id. */
-export function registeredBy(context: ProxyContext, peer: Peer): Member | undefined {
-  const entry = peer.serverId === undefined ? undefined : context.servers.get(peer.serverId);
-  return entry && entry.registration === peer ? entry : undefined;
-}
-
-/** The member whose current link is `linkId` (reports from older links are stale). */
-export function current(context: ProxyContext, member: string, linkId: string): Member | undefined {
-  const entry = context.servers.get(member);
-  return entry && entry.link.id === linkId ? entry : undefined;
-}
 
 /** The policy's record, made with its pool machine when it is first needed. */
 export function policyOf(context: ProxyContext, name: string): Policy {
@@ -92,112 +29,16 @@ export function policyOf(context: ProxyContext, name: string): Policy {
 }
 
 /** A policy with no member and nothing waiting is forgotten, pool and all. */
-function forgetIfEmpty(context: ProxyContext, policy: Policy): void {
+export function forgetIfEmpty(context: ProxyContext, policy: Policy): void {
   if (policy.members.size > 0 || policy.waiting.length > 0) return;
   context.policies.delete(policy.name);
   stopChild(policy.pool);
 }
 
-/** Start a new link to `entry`'s server (at registration, and at each probe). */
-export function spawnLink(context: ProxyContext, entry: Member): void {
-  const linkSeq = ++context.linkSeq;
-  const input: LinkInput & { old: Opts['oldServers'] } = {
-    old: context.opts.oldServers,
-    member: entry.id,
-    policy: entry.policy,
-    host: entry.host,
-    port: entry.port,
-    connect: context.connect,
-    clock: context.clock,
-    timeoutMs: context.opts.timeoutMs,
-    tryTimeoutMs: context.opts.tryTimeoutMs,
-    maxFrameBytes: context.opts.maxFrameBytes,
-    busy: context.busy,
-    reply: context.reply,
-    logger: context.logger,
-    busyPoll: context.busyPoll,
-    budget: context.budget,
-  };
-  const id = `upstream:${entry.id}#${linkSeq}`;
-  // Their parent is the proxy's link hub (proxy-io.ts), which passes their reports on.
-  const hub = (context.self.getSnapshot() as { children: Record<string, AnyActorRef> }).children.links!;
-  const link = entry.wire === 'json' ? startChild(hub, upstreamJsonMachine, { id, input }) : startChild(hub, upstreamMachine, { id, input });
-  entry.link = link;
-  entry.traffic = (link.getSnapshot().context as { traffic: LinkPort }).traffic;
-}
 
-/** A server joins its policy's rotation (its link is being dialed). */
-export function addServer(context: ProxyContext, entry: Member): void {
-  spawnLink(context, entry);
-  context.servers.set(entry.id, entry);
-  entry.open = secretFor(context.opts, entry.policy) === undefined;
-  countOpen(context, entry, 1);
-  const policy = policyOf(context, entry.policy);
-  policy.members.add(entry);
-  policy.pool.send({ type: 'JOIN', id: entry.id });
-}
 
-export function removeServer(context: ProxyContext, entry: Member, reason: string): void {
-  if (context.servers.get(entry.id) !== entry) return;
-  context.servers.delete(entry.id);
-  countOpen(context, entry, -1);
-  entry.timer?.cancel();
-  context.logger.info('deregister', `Server id ${entry.id} left privacy policy ${entry.policy}: ${reason}`, {
-    id: entry.id, policy: entry.policy, reason,
-  });
-  const policy = context.policies.get(entry.policy);
-  if (policy) {
-    policy.members.delete(entry);
-    policy.pool.send({ type: 'LEAVE', id: entry.id, reason });
-    forgetIfEmpty(context, policy);
-  }
-  if (entry.link.getSnapshot().status === 'active') entry.link.send({ type: 'RETIRE' });
-}
 
-export function eject(context: ProxyContext, entry: Member, failures: number): void {
-  const policy = context.policies.get(entry.policy);
-  let othersServing = false;
-  for (const m of policy?.members ?? []) if (m !== entry && m.state === 'serving') othersServing = true;
-  const reason = `${failures} consecutive failures`;
-  if (!othersServing) {
-    context.logger.warn('eject_skipped', `Server id ${entry.id} has ${reason} but is the last healthy server of privacy policy ${entry.policy}; kept in rotation`, {
-      id: entry.id, policy: entry.policy, reason,
-    });
-    return;
-  }
-  entry.ejected = true;
-  entry.ejections++;
-  const ms = context.opts.ejectBaseMs * entry.ejections;
-  context.logger.warn('eject', `Ejected server id ${entry.id} from privacy policy ${entry.policy} for ${ms} ms after ${reason}`, {
-    id: entry.id, policy: entry.policy, reason, ejectedForMs: ms, ejections: entry.ejections,
-  });
-  context.observer?.ejected?.(entry.policy, entry.id, 'consecutive_failures', false);
-  const self = context.self;
-  entry.timer?.cancel();
-  entry.timer = context.clock.setTimeout(() => self.send({ type: 'READMIT', member: entry.id }), ms);
-}
 
-/**
- * A reload: `opts` replace the running options, except what only a restart
- * changes (the listening address, TLS, busy polling). Everything that reads
- * `context.opts` sees the new values at once; a member whose secret no
- * longer passes leaves its pool (it is told UNAUTHORIZED, its link finishes
- * what it has in flight); the others' links take the new timeouts; waiting
- * requests try the new limits.
- */
-export function applyReload(context: ProxyContext, opts: Opts): void {
-  const was = context.opts;
-  context.opts = { ...opts, port: was.port, host: was.host, tls: was.tls, busyPollUs: was.busyPollUs };
-  const { timeoutMs, tryTimeoutMs } = context.opts;
-  for (const entry of [...context.servers.values()]) {
-    const denied = checkSecret(context.opts, { type: MsgType.SETUP, id: entry.id, privPolyId: entry.policy, listenport: entry.port, token: entry.token });
-    if (denied) {
-      entry.registration?.conn.endWith(errorMsg(ErrorCode.UNAUTHORIZED, `registration revoked: ${denied}`));
-      removeServer(context, entry, `its registration was revoked by a reload (${denied})`);
-    } else entry.link.send({ type: 'RETUNE', timeoutMs, tryTimeoutMs });
-  }
-  for (const name of [...context.policies.keys()]) drainWaiting(context, name);
-}
 
 /** Hand requests to their policy's pool, or refuse them when nobody serves the policy. */
 export function route(context: ProxyContext, name: string, requests: ProxyRequest[]): void {

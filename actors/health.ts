@@ -1,0 +1,102 @@
+/**
+ * The health of members, as the proxy judges it: a link that comes up (a
+ * member back from being down), a link that goes down (probed again with
+ * backoff, through the proxy's probe pacer), a run of failures (ejection
+ * for a while, never of the last healthy member), and re-admission.
+ */
+import type { Failure, ProxyRequest } from './link.js';
+import { current, removeServer, spawnLink } from './membership.js';
+import type { Member, ProxyContext } from './proxy-types.js';
+import { drainWaiting, retry } from './routing.js';
+
+/** A member's link verified its server (at registration, or after a probe). */
+export function linkUp(context: ProxyContext, member: string, linkId: string): void {
+  const entry = current(context, member, linkId);
+  if (!entry) return;
+  if (entry.downSince !== undefined) {
+    context.logger.info('readmit', `Server id ${entry.id} answers again; back in rotation for privacy policy ${entry.policy}`, {
+      id: entry.id, policy: entry.policy, reason: 'probe succeeded',
+    });
+    context.observer?.ejected?.(entry.policy, entry.id, 'probe_succeeded', true);
+  } else {
+    context.logger.debug('serving', `Server id ${entry.id} is reachable and serving privacy policy ${entry.policy}`, { id: entry.id, policy: entry.policy });
+  }
+  entry.downSince = undefined;
+  entry.probeDelay = context.opts.probeInitialMs;
+  drainWaiting(context, entry.policy);
+}
+
+/**
+ * A member's link went down: an old server is gone (it announces itself
+ * again when it restarts); any other is probed later, with backoff. Its
+ * unfinished requests are retried elsewhere.
+ */
+export function linkDown(context: ProxyContext, member: string, linkId: string, failure: Failure, requests: ProxyRequest[]): void {
+  const entry = current(context, member, linkId);
+  if (entry?.wire === 'json') {
+    removeServer(context, entry, `it is gone from ${entry.host}:${entry.port}: ${failure.message}`);
+  } else if (entry) {
+    entry.downSince ??= context.clock.now();
+    // Up to a fifth early, at random: servers that went down together are not probed together.
+    const delay = Math.round(entry.probeDelay * (0.8 + 0.2 * Math.random()));
+    entry.probeDelay = Math.min(entry.probeDelay * 2, context.opts.probeMaxMs);
+    context.logger.warn('down', `Server id ${entry.id} is unreachable at ${entry.host}:${entry.port} (${failure.message}); out of rotation, next probe in ${delay} ms`, {
+      id: entry.id, policy: entry.policy, code: failure.code, reason: failure.message, probeInMs: delay,
+    });
+    context.observer?.ejected?.(entry.policy, entry.id, 'unreachable', false);
+    entry.timer?.cancel();
+    entry.timer = context.clock.setTimeout(() => context.probes.add(entry.id), delay);
+  }
+  retry(context, member, requests, failure);
+}
+
+/** Tries failed on a member's link: retried elsewhere; a run of failures long enough ejects the member. */
+export function triesFailed(context: ProxyContext, member: string, linkId: string, failure: Failure, failures: number, requests: ProxyRequest[]): void {
+  const entry = current(context, member, linkId);
+  if (entry && entry.state === 'serving' && failures >= context.opts.ejectAfter) eject(context, entry, failures);
+  retry(context, member, requests, failure);
+}
+
+/** A probe is due (the pacer's turn came): a new link is dialed, unless the member came back or left meanwhile. */
+export function probe(context: ProxyContext, member: string): void {
+  const entry = context.servers.get(member);
+  if (!entry || entry.traffic.phase !== 'down') return;
+  context.logger.debug('probe', `Probing server id ${entry.id} at ${entry.host}:${entry.port}`, { id: entry.id });
+  spawnLink(context, entry);
+}
+
+export function eject(context: ProxyContext, entry: Member, failures: number): void {
+  const policy = context.policies.get(entry.policy);
+  let othersServing = false;
+  for (const m of policy?.members ?? []) if (m !== entry && m.state === 'serving') othersServing = true;
+  const reason = `${failures} consecutive failures`;
+  if (!othersServing) {
+    context.logger.warn('eject_skipped', `Server id ${entry.id} has ${reason} but is the last healthy server of privacy policy ${entry.policy}; kept in rotation`, {
+      id: entry.id, policy: entry.policy, reason,
+    });
+    return;
+  }
+  entry.ejected = true;
+  entry.ejections++;
+  const ms = context.opts.ejectBaseMs * entry.ejections;
+  context.logger.warn('eject', `Ejected server id ${entry.id} from privacy policy ${entry.policy} for ${ms} ms after ${reason}`, {
+    id: entry.id, policy: entry.policy, reason, ejectedForMs: ms, ejections: entry.ejections,
+  });
+  context.observer?.ejected?.(entry.policy, entry.id, 'consecutive_failures', false);
+  const self = context.self;
+  entry.timer?.cancel();
+  entry.timer = context.clock.setTimeout(() => self.send({ type: 'READMIT', member: entry.id }), ms);
+}
+
+/** An ejection is over: the member takes requests again, with its failure count reset. */
+export function readmit(context: ProxyContext, member: string): void {
+  const entry = context.servers.get(member);
+  if (!entry || !entry.ejected) return;
+  entry.ejected = false;
+  entry.link.send({ type: 'RESET_FAILURES' });
+  context.logger.info('readmit', `Server id ${entry.id} is back in rotation for privacy policy ${entry.policy} after its ejection`, {
+    id: entry.id, policy: entry.policy, reason: 'ejection time over',
+  });
+  context.observer?.ejected?.(entry.policy, entry.id, 'ejection_over', true);
+  drainWaiting(context, entry.policy);
+}

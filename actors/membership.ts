@@ -1,0 +1,210 @@
+/**
+ * Who is registered: the secrets a registration must present and the bounds
+ * on registrations that need none, admitting a server (its member record
+ * and its upstream link), removing one (with the reason, and telling it when
+ * the proxy decided), and a reload's new secrets. The proxy machine's
+ * registration actions call these.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { AnyActorRef } from 'xstate';
+import { ErrorCode } from '../transport/errors.js';
+import { errorMsg, MsgType, type SetupMsg } from '../transport/messages.js';
+import { startChild } from './children.js';
+import type { LinkInput, LinkPort, Peer } from './link.js';
+import type { Opts } from './proxy-options.js';
+import { Member, type ProxyContext } from './proxy-types.js';
+import { drainWaiting, forgetIfEmpty, policyOf } from './routing.js';
+import { upstreamJsonMachine } from './upstream-json.js';
+import { upstreamMachine } from './upstream.js';
+
+function digest(s: string): Buffer {
+  return createHash('sha256').update(s).digest();
+}
+
+/** The secret a registration for `policy` must present, if any. */
+function secretFor(opts: Opts, policy: string): string | undefined {
+  const perPolicy = opts.tokens && Object.prototype.hasOwnProperty.call(opts.tokens, policy) ? opts.tokens[policy] : undefined;
+  return perPolicy ?? opts.token;
+}
+
+/** Why a setup's secret is not accepted, or undefined when it is. Compared in constant time; never logged. */
+export function checkSecret(opts: Opts, s: SetupMsg): string | undefined {
+  const required = secretFor(opts, s.privPolyId);
+  if (required === undefined) {
+    return opts.tokens ? `privacy policy ${s.privPolyId} is not in the proxy's tokens file` : undefined;
+  }
+  if (s.token === undefined) return 'no token given; this proxy requires a registration token';
+  return timingSafeEqual(digest(s.token), digest(required)) ? undefined : 'wrong token';
+}
+
+/**
+ * Why a registration that needs no token is refused for numbers, or
+ * undefined: anyone who can connect may register then, so how many may is bounded.
+ */
+export function checkOpenLimits(context: ProxyContext, policy: string, host: string): string | undefined {
+  if (secretFor(context.opts, policy) !== undefined) return undefined;
+  const { maxServers, maxServersPerPeer } = context.opts;
+  const open = context.openRegistrations;
+  if (maxServers && open.total >= maxServers) return `${maxServers} servers are registered without a token (--max-servers); set a registration token (--token) to register more`;
+  if (maxServersPerPeer && (open.byHost.get(host) ?? 0) >= maxServersPerPeer) return `${maxServersPerPeer} servers from ${host} are registered without a token (--max-servers-per-peer)`;
+  return undefined;
+}
+
+function countOpen(context: ProxyContext, entry: Member, by: 1 | -1): void {
+  if (!entry.open) return;
+  const open = context.openRegistrations;
+  open.total += by;
+  const n = (open.byHost.get(entry.host) ?? 0) + by;
+  if (n > 0) open.byHost.set(entry.host, n);
+  else open.byHost.delete(entry.host);
+}
+
+/** IPv4-mapped IPv6 addresses (::ffff:127.0.0.1) dial as plain IPv4. */
+export function normaliseHost(addr: string): string {
+  return addr.startsWith('::ffff:') ? addr.slice(7) : addr;
+}
+
+/** The server a registration connection registered, while it is the one registered under that id. */
+export function registeredBy(context: ProxyContext, peer: Peer): Member | undefined {
+  const entry = peer.serverId === undefined ? undefined : context.servers.get(peer.serverId);
+  return entry && entry.registration === peer ? entry : undefined;
+}
+
+/** The member whose current link is `linkId` (reports from older links are stale). */
+export function current(context: ProxyContext, member: string, linkId: string): Member | undefined {
+  const entry = context.servers.get(member);
+  return entry && entry.link.id === linkId ? entry : undefined;
+}
+
+/** Start a new link to `entry`'s server (at registration, and at each probe). */
+export function spawnLink(context: ProxyContext, entry: Member): void {
+  const linkSeq = ++context.linkSeq;
+  const input: LinkInput & { old: Opts['oldServers'] } = {
+    old: context.opts.oldServers,
+    member: entry.id,
+    policy: entry.policy,
+    host: entry.host,
+    port: entry.port,
+    connect: context.connect,
+    clock: context.clock,
+    timeoutMs: context.opts.timeoutMs,
+    tryTimeoutMs: context.opts.tryTimeoutMs,
+    maxFrameBytes: context.opts.maxFrameBytes,
+    busy: context.busy,
+    reply: context.reply,
+    logger: context.logger,
+    busyPoll: context.busyPoll,
+    budget: context.budget,
+  };
+  const id = `upstream:${entry.id}#${linkSeq}`;
+  // Their parent is the proxy's link hub (proxy-io.ts), which passes their reports on.
+  const hub = (context.self.getSnapshot() as { children: Record<string, AnyActorRef> }).children.links!;
+  const link = entry.wire === 'json' ? startChild(hub, upstreamJsonMachine, { id, input }) : startChild(hub, upstreamMachine, { id, input });
+  entry.link = link;
+  entry.traffic = (link.getSnapshot().context as { traffic: LinkPort }).traffic;
+}
+
+/** A server joins its policy's rotation (its link is being dialed). */
+export function addServer(context: ProxyContext, entry: Member): void {
+  spawnLink(context, entry);
+  context.servers.set(entry.id, entry);
+  entry.open = secretFor(context.opts, entry.policy) === undefined;
+  countOpen(context, entry, 1);
+  const policy = policyOf(context, entry.policy);
+  policy.members.add(entry);
+  policy.pool.send({ type: 'JOIN', id: entry.id });
+}
+
+export function removeServer(context: ProxyContext, entry: Member, reason: string): void {
+  if (context.servers.get(entry.id) !== entry) return;
+  context.servers.delete(entry.id);
+  countOpen(context, entry, -1);
+  entry.timer?.cancel();
+  context.logger.info('deregister', `Server id ${entry.id} left privacy policy ${entry.policy}: ${reason}`, {
+    id: entry.id, policy: entry.policy, reason,
+  });
+  const policy = context.policies.get(entry.policy);
+  if (policy) {
+    policy.members.delete(entry);
+    policy.pool.send({ type: 'LEAVE', id: entry.id, reason });
+    forgetIfEmpty(context, policy);
+  }
+  if (entry.link.getSnapshot().status === 'active') entry.link.send({ type: 'RETIRE' });
+}
+
+
+/**
+ * A reload: `opts` replace the running options, except what only a restart
+ * changes (the listening address, TLS, busy polling). Everything that reads
+ * `context.opts` sees the new values at once; a member whose secret no
+ * longer passes leaves its pool (it is told UNAUTHORIZED, its link finishes
+ * what it has in flight); the others' links take the new timeouts; waiting
+ * requests try the new limits.
+ */
+export function applyReload(context: ProxyContext, opts: Opts): void {
+  const was = context.opts;
+  context.opts = { ...opts, port: was.port, host: was.host, tls: was.tls, busyPollUs: was.busyPollUs };
+  const { timeoutMs, tryTimeoutMs } = context.opts;
+  for (const entry of [...context.servers.values()]) {
+    const denied = checkSecret(context.opts, { type: MsgType.SETUP, id: entry.id, privPolyId: entry.policy, listenport: entry.port, token: entry.token });
+    if (denied) {
+      entry.registration?.conn.endWith(errorMsg(ErrorCode.UNAUTHORIZED, `registration revoked: ${denied}`));
+      removeServer(context, entry, `its registration was revoked by a reload (${denied})`);
+    } else entry.link.send({ type: 'RETUNE', timeoutMs, tryTimeoutMs });
+  }
+  for (const name of [...context.policies.keys()]) drainWaiting(context, name);
+}
+
+/**
+ * A setup message on a registration connection: the server joins its
+ * policy's pool, or is refused with a code and why (wrong or missing secret,
+ * an id held by a live server, too many registrations without a secret).
+ */
+export function admit(context: ProxyContext, peer: Peer, s: SetupMsg): void {
+  const conn = peer.conn;
+  const log = context.logger;
+  const denied = checkSecret(context.opts, s);
+  if (denied) {
+    log.repeated('warn', 'unauthorized', `${conn.remoteAddress}\0${s.privPolyId}\0${s.id}\0${denied}`, 1, (n, span) => `Refused setup from ${conn.describe()} for server id ${s.id} privacy policy ${s.privPolyId}: ${denied}${span ? ` (${n} times ${span})` : ''}`, {
+      id: s.id, policy: s.privPolyId, peer: conn.describe(), code: ErrorCode.UNAUTHORIZED,
+    });
+    conn.endWith(errorMsg(ErrorCode.UNAUTHORIZED, `registration refused: ${denied}`));
+    return;
+  }
+  const held = context.servers.get(s.id);
+  // An old server that restarts sends its setup again, and cannot read a refusal: take the new one.
+  if (held && held.wire === 'json' && conn.wire === 'json') removeServer(context, held, 'it sent a new setup message');
+  else if (held) {
+    log.warn('register_refused', `Refused setup from ${conn.describe()}: server id ${s.id} is already registered`, {
+      id: s.id, peer: conn.describe(), code: ErrorCode.DUPLICATE_ID,
+    });
+    conn.endWith(errorMsg(ErrorCode.DUPLICATE_ID, `server id ${s.id} is already registered by a live server; pick another id`));
+    return;
+  }
+  const host = normaliseHost(conn.remoteAddress);
+  const tooMany = held ? undefined : checkOpenLimits(context, s.privPolyId, host);
+  if (tooMany) {
+    log.warn('register_refused', `Refused setup from ${conn.describe()} for server id ${s.id}: ${tooMany}`, { id: s.id, policy: s.privPolyId, peer: conn.describe(), code: ErrorCode.OVERLOADED });
+    conn.endWith(errorMsg(ErrorCode.OVERLOADED, `registration refused: ${tooMany}`));
+    return;
+  }
+  log.info('register', `Received setup message from server id ${s.id} privacy policy ${s.privPolyId} port ${s.listenport}`, {
+    id: s.id, policy: s.privPolyId, port: s.listenport, host: conn.remoteAddress, wire: conn.wire,
+  });
+  // The first PING on a registration connection tells the server it was accepted (an old server has closed it already).
+  if (conn.wire !== 'json') conn.send({ type: MsgType.PING, seq: 0 });
+  // An old server's setup connection closes at once: it is not its presence.
+  const registration = conn.wire === 'json' ? undefined : peer;
+  if (registration) registration.serverId = s.id;
+  const member = new Member(s.id, s.privPolyId, host, s.listenport, conn.wire, registration, context.opts.probeInitialMs);
+  member.token = s.token;
+  addServer(context, member);
+}
+
+/** The proxy's own decision to remove a server that registered on `peer`: it is told why (REMOVED) and its registration closed, so it registers again as soon as it can. */
+export function evict(context: ProxyContext, peer: Peer, reason: string): void {
+  const entry = registeredBy(context, peer);
+  if (!entry) return;
+  removeServer(context, entry, reason);
+  peer.conn.endWith(errorMsg(ErrorCode.REMOVED, `removed from privacy policy ${entry.policy}: ${reason}; register again`));
+}

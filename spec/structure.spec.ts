@@ -1,0 +1,104 @@
+/**
+ * The shape of the code (issue 13), checked on the sources themselves: no
+ * import circles, transport/ below actors/, one error base, the proxy
+ * machine file short enough to read top-down, no dead routing state.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { dirname, join, relative, resolve } from 'node:path';
+import { ROOT } from './procs.js';
+
+const FOLDERS = ['actors', 'transport', 'cli', 'scenario', 'inspector', 'bench', 'spec', 'lib', 'config', 'admin', 'registry', 'examples'];
+
+function sources(): string[] {
+  const out: string[] = [];
+  const walk = (dir: string): void => {
+    let names: string[];
+    try {
+      names = readdirSync(dir);
+    } catch {
+      return;
+    }
+    for (const n of names) {
+      const p = join(dir, n);
+      if (n === 'node_modules') continue;
+      if (statSync(p).isDirectory()) walk(p);
+      else if (n.endsWith('.ts') && !n.endsWith('.d.ts')) out.push(p);
+    }
+  };
+  for (const f of FOLDERS) walk(join(ROOT, f));
+  return out;
+}
+
+/** Each file's imports of the project's own files (type-only imports included: a circle of types is still a circle to a reader). */
+function importGraph(): Map<string, string[]> {
+  const graph = new Map<string, string[]>();
+  for (const file of sources()) {
+    const text = readFileSync(file, 'utf8');
+    const deps: string[] = [];
+    for (const m of text.matchAll(/(?:^|\n)\s*(?:import|export)[^'"]*?from\s+['"](\.{1,2}\/[^'"]+)['"]/g)) {
+      deps.push(relative(ROOT, resolve(dirname(file), m[1]!).replace(/\.js$/, '.ts')));
+    }
+    graph.set(relative(ROOT, file), deps);
+  }
+  return graph;
+}
+
+function cycles(graph: Map<string, string[]>): string[] {
+  const state = new Map<string, 1 | 2>();
+  const stack: string[] = [];
+  const found: string[] = [];
+  const visit = (n: string): void => {
+    state.set(n, 1);
+    stack.push(n);
+    for (const d of graph.get(n) ?? []) {
+      if (!graph.has(d)) continue;
+      if (state.get(d) === 1) found.push([...stack.slice(stack.indexOf(d)), d].join(' -> '));
+      else if (!state.has(d)) visit(d);
+    }
+    stack.pop();
+    state.set(n, 2);
+  };
+  for (const n of graph.keys()) if (!state.has(n)) visit(n);
+  return found;
+}
+
+const shape = suite('the shape of the code');
+
+shape('no file imports itself through others: the import graph has no circle', () => {
+  const graph = importGraph();
+  assert.ok(graph.size > 50, `read ${graph.size} files`);
+  assert.equal(cycles(graph), []);
+});
+
+shape('the check finds a circle when there is one', () => {
+  const graph = new Map([['a.ts', ['b.ts']], ['b.ts', ['c.ts']], ['c.ts', ['a.ts']]]);
+  assert.equal(cycles(graph), ['a.ts -> b.ts -> c.ts -> a.ts']);
+});
+
+shape('transport/ knows nothing of the actors above it', () => {
+  const wrong = [...importGraph()].filter(([f, deps]) => f.startsWith('transport/') && deps.some((d) => !d.startsWith('transport/')));
+  assert.equal(wrong.map(([f, deps]) => `${f}: ${deps.filter((d) => !d.startsWith('transport/')).join(', ')}`), []);
+});
+
+shape('one error family: only the base class extends Error, every other error extends the base', () => {
+  const found: string[] = [];
+  for (const file of sources()) {
+    const text = readFileSync(file, 'utf8');
+    for (const m of text.matchAll(/class\s+(\w+)(?:<[^>]*>)?\s+extends\s+(\w+Error|Error)\b/g)) if (m[2] === 'Error') found.push(`${relative(ROOT, file)}: ${m[1]}`);
+  }
+  assert.equal(found, ['transport/errors.ts: RevproxyError']);
+});
+
+shape('the proxy machine file reads top-down in one sitting (under 350 lines), its rules in files of their own', () => {
+  const lines = readFileSync(join(ROOT, 'actors/proxy.ts'), 'utf8').split('\n').length;
+  assert.ok(lines < 350, `actors/proxy.ts has ${lines} lines`);
+});
+
+shape('no dead routing state: nothing counts picks made and undone in the same loop', () => {
+  const hits = sources().filter((f) => f.includes('/actors/') && /\bplanned\b/.test(readFileSync(f, 'utf8')));
+  assert.equal(hits.map((f) => relative(ROOT, f)), []);
+});
+
+shape.run();
