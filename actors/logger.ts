@@ -19,6 +19,7 @@
 import { styleText } from 'node:util';
 import { pino, stdTimeFunctions, type Logger as Pino } from 'pino';
 import sonicBoom, { type SonicBoom as Sonic } from 'sonic-boom';
+import { systemClock, type Clock, type Timer } from '../transport/clock.js';
 
 // sonic-boom is CommonJS: its default export is the class.
 const SonicBoom = sonicBoom as unknown as typeof Sonic;
@@ -62,15 +63,17 @@ class Core {
   private readonly repeats = new Map<string, Repeat>();
   /** Occurrences of repeated conditions beyond MAX_REPEATED_KEYS, per event. */
   private readonly overflow = new Map<string, { level: Emitting; actor: string; count: number; keys: Set<string> }>();
-  private timer: NodeJS.Timeout | undefined;
-  private lastTick = Date.now();
+  private timer: Timer | undefined;
+  private lastTick: number;
 
   constructor(
     readonly out: LogSink | LogStream,
     level: Level,
     readonly summaryMs: number,
+    private readonly clock: Clock,
   ) {
     this.rank = RANK[level];
+    this.lastTick = clock.now();
     if (out instanceof LogStream) out.onFirstDrop = () => this.arm();
   }
 
@@ -101,16 +104,16 @@ class Core {
 
   private arm(): void {
     if (this.timer) return;
-    this.lastTick = Date.now();
-    this.timer = setInterval(() => this.tick(), this.summaryMs);
-    this.timer.unref();
+    this.lastTick = this.clock.now();
+    this.timer = this.clock.setInterval(() => this.tick(), this.summaryMs);
   }
 
   /** One line per repeated condition that happened again in the interval; conditions that did not are forgotten. */
   tick(): void {
-    const seconds = Math.max(1, Math.round((Date.now() - this.lastTick) / 1000));
-    this.lastTick = Date.now();
-    const span = `in the last ${seconds} s`;
+    const ms = this.clock.now() - this.lastTick;
+    const seconds = Math.round(ms / 100) / 10;
+    this.lastTick = this.clock.now();
+    const span = ms < 1000 ? `in the last ${Math.round(ms)} ms` : `in the last ${Math.round(ms / 1000)} s`;
     for (const [id, r] of this.repeats) {
       if (r.count === 0) {
         this.repeats.delete(id);
@@ -133,14 +136,14 @@ class Core {
       });
     }
     if (this.repeats.size === 0 && dropped === 0 && this.timer) {
-      clearInterval(this.timer);
+      this.timer.cancel();
       this.timer = undefined;
     }
   }
 
   close(): void {
     if (this.timer) this.tick();
-    clearInterval(this.timer);
+    this.timer?.cancel();
     this.timer = undefined;
   }
 }
@@ -148,6 +151,8 @@ class Core {
 export interface LoggerOptions {
   /** How often repeated conditions are summarised (ms). Default 5000. */
   summaryMs?: number;
+  /** The summaries' timer (the system clock by default; specs give a ManualClock). */
+  clock?: Clock;
 }
 
 /**
@@ -171,7 +176,7 @@ export class Logger {
     level: Level = 'info',
     opts: LoggerOptions = {},
   ) {
-    this.core = out instanceof Core ? out : new Core(out, level, opts.summaryMs ?? SUMMARY_INTERVAL_MS);
+    this.core = out instanceof Core ? out : new Core(out, level, opts.summaryMs ?? SUMMARY_INTERVAL_MS, opts.clock ?? systemClock);
   }
 
   /** A logger for another actor, sharing this one's output, level and summaries. */
