@@ -2,7 +2,9 @@
  * The health of members, as the proxy judges it: a link that comes up (a
  * member back from being down), a link that goes down (probed again with
  * backoff, through the proxy's probe pacer), a run of failures (ejection
- * for a while, never of the last healthy member), and re-admission.
+ * for a while, never of the last healthy member), and re-admission; and an
+ * operator's say: a member drained (out of rotation, finishing what it has)
+ * and enabled again.
  */
 import type { Failure, ProxyRequest } from './link.js';
 import { current, removeServer, spawnLink } from './membership.js';
@@ -22,6 +24,7 @@ export function linkUp(context: ProxyContext, member: string, linkId: string): v
     context.logger.debug('serving', `Server id ${entry.id} is reachable and serving privacy policy ${entry.policy}`, { id: entry.id, policy: entry.policy });
   }
   entry.downSince = undefined;
+  entry.lastCheck = { at: context.clock.now(), ok: true, message: 'connected and answered a PING' };
   entry.probeDelay = context.opts.probeInitialMs;
   drainWaiting(context, entry.policy);
 }
@@ -36,7 +39,9 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
   if (entry?.wire === 'json') {
     removeServer(context, entry, `it is gone from ${entry.host}:${entry.port}: ${failure.message}`);
   } else if (entry) {
-    entry.downSince ??= context.clock.now();
+    const now = context.clock.now();
+    entry.downSince ??= now;
+    entry.lastCheck = { at: now, ok: false, message: failure.message };
     // Up to a fifth early, at random: servers that went down together are not probed together.
     const delay = Math.round(entry.probeDelay * (0.8 + 0.2 * Math.random()));
     entry.probeDelay = Math.min(entry.probeDelay * 2, context.opts.probeMaxMs);
@@ -46,6 +51,7 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
     context.observer?.ejected?.(entry.policy, entry.id, 'unreachable', false);
     entry.timer?.cancel();
     entry.timer = context.clock.setTimeout(() => context.probes.add(entry.id), delay);
+    entry.timerDue = now + delay;
   }
   retry(context, member, requests, failure);
 }
@@ -53,6 +59,7 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
 /** Tries failed on a member's link: retried elsewhere; a run of failures long enough ejects the member. */
 export function triesFailed(context: ProxyContext, member: string, linkId: string, failure: Failure, failures: number, requests: ProxyRequest[]): void {
   const entry = current(context, member, linkId);
+  if (entry) entry.lastFailure = { ...failure, at: context.clock.now(), inARow: failures };
   if (entry && entry.state === 'serving' && failures >= context.opts.ejectAfter) eject(context, entry, failures);
   retry(context, member, requests, failure);
 }
@@ -86,6 +93,7 @@ export function eject(context: ProxyContext, entry: Member, failures: number): v
   const self = context.self;
   entry.timer?.cancel();
   entry.timer = context.clock.setTimeout(() => self.send({ type: 'READMIT', member: entry.id }), ms);
+  entry.timerDue = context.clock.now() + ms;
 }
 
 /** An ejection is over: the member takes requests again, with its failure count reset. */
@@ -99,4 +107,39 @@ export function readmit(context: ProxyContext, member: string): void {
   });
   context.observer?.ejected?.(entry.policy, entry.id, 'ejection_over', true);
   drainWaiting(context, entry.policy);
+}
+
+/** An operator takes a member out of rotation (`by`: who asked): no new requests; what it has finishes; it stays registered. */
+export function drainMember(context: ProxyContext, member: string, by: string): void {
+  const entry = context.servers.get(member);
+  if (!entry) return unknownMember(context, 'drain', member, by);
+  const already = entry.drained;
+  entry.drained = true;
+  let othersServing = false;
+  for (const m of context.policies.get(entry.policy)?.members ?? []) if (m !== entry && m.state === 'serving') othersServing = true;
+  const inflight = entry.traffic.inflight.size;
+  context.logger.info('member_drain', already
+    ? `Server id ${entry.id} of privacy policy ${entry.policy} is already drained (asked again by ${by})`
+    : `Drained server id ${entry.id} of privacy policy ${entry.policy} (asked by ${by}): it takes no new requests, finishes the ${inflight} it has, and stays registered${othersServing ? '' : `; no other server of privacy policy ${entry.policy} is serving, so its requests wait or are refused until one is`}`, {
+    id: entry.id, policy: entry.policy, by, inflight,
+  });
+}
+
+/** An operator puts a drained member back (`by`: who asked); it takes requests as soon as it is serving. */
+export function enableMember(context: ProxyContext, member: string, by: string): void {
+  const entry = context.servers.get(member);
+  if (!entry) return unknownMember(context, 'enable', member, by);
+  const was = entry.drained;
+  entry.drained = false;
+  const state = entry.state;
+  context.logger.info('member_enable', !was
+    ? `Server id ${entry.id} of privacy policy ${entry.policy} was not drained (enable asked by ${by}); it is ${state}`
+    : `Enabled server id ${entry.id} of privacy policy ${entry.policy} (asked by ${by}): ${state === 'serving' ? 'back in rotation' : `back in rotation once it is serving (it is ${state})`}`, {
+    id: entry.id, policy: entry.policy, by, state,
+  });
+  drainWaiting(context, entry.policy);
+}
+
+function unknownMember(context: ProxyContext, what: string, member: string, by: string): void {
+  context.logger.warn('member_unknown', `Cannot ${what} server id ${member} (asked by ${by}): no server of that id is registered`, { id: member, by });
 }

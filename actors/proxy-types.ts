@@ -11,13 +11,13 @@ import type { DataMsg, SetupMsg } from '../transport/messages.js';
 import type { Wire } from '../transport/sniff.js';
 import type { Clock, Timer } from '../transport/clock.js';
 import type { Inflight, InflightCount } from './inflight.js';
-import type { LinkCommand, LinkPort, LinkReport, Peer, ProxyRequest, Reply, SocketFactory } from './link.js';
+import type { Failure, LinkCommand, LinkPort, LinkReport, Peer, ProxyRequest, Reply, SocketFactory } from './link.js';
 import type { Logger } from './logger.js';
 import type { PoolEvent } from './pool.js';
 import type { Pacer } from './pacer.js';
 import type { Opts, ProxyObserver } from './proxy-options.js';
 
-export type MemberState = 'connecting' | 'serving' | 'down' | 'ejected';
+export type MemberState = 'connecting' | 'serving' | 'down' | 'ejected' | 'drained';
 
 export type LinkRef = ActorRef<Snapshot<unknown>, LinkCommand>;
 export type PoolRef = ActorRef<Snapshot<unknown>, PoolEvent>;
@@ -26,7 +26,7 @@ export type PoolRef = ActorRef<Snapshot<unknown>, PoolEvent>;
  * A registered server. Owned by the proxy machine; only its actions change
  * it. Whether it can take traffic is not stored here: its link knows whether
  * it is connected (`traffic.phase`), and the proxy knows whether it ejected
- * it; `state` reads both.
+ * it or an operator drained it; `state` reads them all.
  */
 export class Member {
   /** The link now serving this member (a new one after each probe). */
@@ -36,6 +36,8 @@ export class Member {
   /** Taken out of rotation by the proxy for consecutive failures, until a timer puts it back. */
   ejected = false;
   ejections = 0;
+  /** Taken out of rotation by an operator (MEMBER_DRAIN) until MEMBER_ENABLE: no new requests, what it has finishes, it stays registered. */
+  drained = false;
   probeDelay: number;
   /** Set while the member is down or being probed: when it went down. */
   downSince?: number;
@@ -45,6 +47,12 @@ export class Member {
   seenReads = -1;
   /** The probe or re-admission due next. */
   timer?: Timer;
+  /** When `timer` fires (clock ms). */
+  timerDue?: number;
+  /** The last try that failed on it (clock ms; `inARow` as its link counted): why it was ejected or went down. */
+  lastFailure?: Failure & { at: number; inARow: number };
+  /** The last check of its link (connecting, or a probe), passed or failed (clock ms). */
+  lastCheck?: { at: number; ok: boolean; message: string };
   /** The secret it registered with: checked again when a reload changes the secrets. */
   token?: string;
 
@@ -63,6 +71,7 @@ export class Member {
   }
 
   get state(): MemberState {
+    if (this.drained) return 'drained';
     if (this.ejected) return 'ejected';
     const phase = this.traffic.phase;
     return phase === 'open' ? 'serving' : phase === 'connecting' ? 'connecting' : 'down';
@@ -127,6 +136,9 @@ export type ProxyEvent =
   | LinkReport
   | { type: 'PROBE'; member: string }
   | { type: 'READMIT'; member: string }
+  /** An operator takes a member out of rotation (`by`: who asked, for the log), or puts it back. */
+  | { type: 'MEMBER_DRAIN'; member: string; by: string }
+  | { type: 'MEMBER_ENABLE'; member: string; by: string }
   | { type: 'DRAIN_WAITING'; policy: string }
   | { type: 'EXPIRE_WAITING'; now: number }
   | { type: 'DRAINED' }

@@ -16,8 +16,9 @@
  * follows one request through.
  *
  * Members of a pool are `connecting` (link not verified yet), `serving`,
- * `down` (link failed: probed with backoff until it answers again) or
- * `ejected` (too many consecutive failures: out for a while).
+ * `down` (link failed: probed with backoff until it answers again),
+ * `ejected` (too many consecutive failures: out for a while) or `drained`
+ * (by an operator, MEMBER_DRAIN: out until MEMBER_ENABLE).
  */
 import { assertEvent, assign, sendTo, setup, type ActorRefFrom } from 'xstate';
 import { BufferBudget } from '../transport/budget.js';
@@ -34,7 +35,7 @@ import { silentLogger } from './logger.js';
 import { drainWatch, linkHub, listener, pinger, sweeper } from './proxy-io.js';
 import { isLoopback, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
 import type { ProxyContext, ProxyEvent } from './proxy-types.js';
-import { linkDown, linkUp, probe, readmit, triesFailed } from './health.js';
+import { drainMember, enableMember, linkDown, linkUp, probe, readmit, triesFailed } from './health.js';
 import { admit, applyReload, evict, registeredBy, removeServer } from './membership.js';
 import { drainWaiting, expireWaiting, makeReply, refuse, route } from './routing.js';
 import { stopChild } from './children.js';
@@ -164,6 +165,16 @@ export const proxyMachine = setup({
     readmit: ({ context, event }) => {
       assertEvent(event, 'READMIT');
       readmit(context, event.member);
+    },
+
+    memberDrain: ({ context, event }) => {
+      assertEvent(event, 'MEMBER_DRAIN');
+      drainMember(context, event.member, event.by);
+    },
+
+    memberEnable: ({ context, event }) => {
+      assertEvent(event, 'MEMBER_ENABLE');
+      enableMember(context, event.member, event.by);
     },
 
     drainWaitingQueue: ({ context, event }) => {
@@ -308,6 +319,8 @@ export const proxyMachine = setup({
     UPSTREAM_RETRY: { actions: 'upstreamRetry' },
     PROBE: { actions: 'probe' },
     READMIT: { actions: 'readmit' },
+    MEMBER_DRAIN: { actions: 'memberDrain' },
+    MEMBER_ENABLE: { actions: 'memberEnable' },
     DRAIN_WAITING: { actions: 'drainWaitingQueue' },
     EXPIRE_WAITING: { actions: 'expireWaiting' },
   },

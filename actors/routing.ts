@@ -95,26 +95,35 @@ export function refuse(context: ProxyContext, reqs: ProxyRequest[], failure: Fai
   for (const r of reqs) reply(r, errorMsg(failure.code, failure.message));
 }
 
+/** Why a member may not take a request now (`makeEligible`'s reasons, named for the inspector). */
+export type Unavailable = 'unregistered' | 'drained' | 'ejected' | 'not_connected' | 'full' | 'silent' | 'tried';
+
 /**
- * Whether `member` may take `req` now: serving, below its in-flight limit,
+ * Why `entry` may not take `req` now, or undefined when it may: it must be
+ * registered, not drained or ejected, connected, below its in-flight limit,
  * not stalled (its oldest unanswered request has not waited past
  * `slowAfterMs`: a member that stopped answering holds only the requests it
  * already has, which retry on time), and not already tried for it.
  */
+export function unavailable(context: ProxyContext, entry: Member | undefined, req?: ProxyRequest): Unavailable | undefined {
+  if (!entry) return 'unregistered';
+  if (entry.drained) return 'drained';
+  if (entry.ejected) return 'ejected';
+  if (entry.traffic.phase !== 'open') return 'not_connected';
+  const inflight = entry.traffic.inflight;
+  if (inflight.size > 0) {
+    // Read live: a reload may change them.
+    const { maxServerInflight, slowAfterMs } = context.opts;
+    if (inflight.size >= maxServerInflight) return 'full';
+    if (slowAfterMs && context.clock.now() - inflight.oldestSentAt()! >= slowAfterMs) return 'silent';
+  }
+  const tried = req?.tried;
+  return tried && tried.includes(entry.id) ? 'tried' : undefined;
+}
+
+/** Whether member `id` may take `req` now (the pool's `eligible`): `unavailable` has no reason against it. */
 export function makeEligible(context: ProxyContext) {
-  return (id: string, req: unknown): boolean => {
-    const entry = context.servers.get(id);
-    if (!entry || entry.ejected || entry.traffic.phase !== 'open') return false;
-    const inflight = entry.traffic.inflight;
-    if (inflight.size > 0) {
-      // Read live: a reload may change them.
-      const { maxServerInflight, slowAfterMs } = context.opts;
-      if (inflight.size >= maxServerInflight) return false;
-      if (slowAfterMs && context.clock.now() - inflight.oldestSentAt()! >= slowAfterMs) return false;
-    }
-    const tried = (req as ProxyRequest).tried;
-    return !(tried && tried.includes(id));
-  };
+  return (id: string, req: unknown): boolean => unavailable(context, context.servers.get(id), req as ProxyRequest) === undefined;
 }
 
 /**
