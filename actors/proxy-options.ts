@@ -155,7 +155,7 @@ export function resolveOptions(input: ProxyOptions): Opts {
     pingMisses: input.pingMisses ?? 3,
     probeInitialMs: input.probeInitialMs ?? 1000,
     probeMaxMs: input.probeMaxMs ?? 30000,
-    probesPerSecond: input.probesPerSecond ?? 200,
+    probesPerSecond: input.probesPerSecond ?? 100,
     ejectAfter: input.ejectAfter ?? 5,
     ejectBaseMs: input.ejectBaseMs ?? 30000,
     drainTimeoutMs: input.drainTimeoutMs ?? 5000,
