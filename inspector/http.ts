@@ -1,10 +1,15 @@
 /**
- * The inspector's HTTP server, on 127.0.0.1 only: the page (files from
- * inspector/page, nothing from the network), the live feed as Server-Sent
- * Events, an actor's recorded states, and `/metrics`.
+ * The inspector's HTTP server, on 127.0.0.1 unless told otherwise: the page
+ * (files from inspector/page, nothing from the network), the live feed as
+ * Server-Sent Events, an actor's recorded states, `/metrics`, and the
+ * operator's actions (`POST /api/members/drain`, `/enable`), guarded as
+ * guard.ts says.
  */
 import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { silentLogger, type Logger } from '../actors/logger.js';
+import type { ProxyContext } from '../actors/proxy-types.js';
+import { checkListen, Guard, whoAsked, type Refusal } from './guard.js';
 import type { Hub } from './hub.js';
 import type { Metrics } from './metrics.js';
 
@@ -28,6 +33,12 @@ export interface InspectorServer {
 
 export interface ServeOptions {
   port: number;
+  /** Address to listen on. Default 127.0.0.1; anywhere else needs `token`. */
+  host?: string;
+  /** HTTP Basic password for every request (any user name). */
+  token?: string;
+  /** Where refused actions are logged (the proxy logs the actions it takes). */
+  logger?: Logger;
   /** Shown in the page's title bar: what this process runs. */
   title: string;
   /** Whether the page shows a recorded log rather than a live system. */
@@ -35,16 +46,46 @@ export interface ServeOptions {
 }
 
 export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: ServeOptions): Promise<InspectorServer> {
+  const host = opts.host ?? '127.0.0.1';
+  const cannot = checkListen({ host, port: opts.port, token: opts.token });
+  if (cannot) return Promise.reject(new Error(cannot));
+  const log = opts.logger ?? silentLogger;
   const streams = new Set<ServerResponse>();
-  const meta = { title: opts.title, recorded: opts.recorded ?? false, pid: process.pid };
+  const recorded = opts.recorded ?? false;
+  let guard!: Guard;
+  // `now` lets the page count ages from the server's clock (for a recorded log: the end of the log).
+  const meta = () => ({ title: opts.title, recorded, pid: process.pid, now: recorded ? hub.lastTime : Date.now(), actions: !recorded });
+  const refuse = (res: ServerResponse, r: Refusal): void => {
+    for (const [k, v] of Object.entries(r.headers ?? {})) res.setHeader(k, v);
+    send(res, r.status, 'application/json', JSON.stringify({ error: r.message }));
+  };
   const handler = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const url = new URL(req.url ?? '/', 'http://localhost');
+    const admitted = guard.admit(req);
+    if ('status' in admitted) return refuse(res, admitted);
+    const action = ACTIONS[url.pathname];
+    if (action) {
+      const refusal = guard.checkAction(req);
+      if (refusal) {
+        log.warn('inspector_refused', `Refused ${req.method} ${url.pathname} from ${whoAsked(req, admitted.user)}: ${refusal.message}`, { path: url.pathname, by: whoAsked(req, admitted.user), status: refusal.status });
+        return refuse(res, refusal);
+      }
+      const r = await act(hub, recorded, action, req, whoAsked(req, admitted.user));
+      if ('error' in r.body) log.warn('inspector_refused', `Refused ${url.pathname} from ${whoAsked(req, admitted.user)}: ${r.body.error}`, { path: url.pathname, by: whoAsked(req, admitted.user), status: r.status });
+      return send(res, r.status, 'application/json', JSON.stringify(r.body));
+    }
     const file = FILES[url.pathname];
-    if (req.method !== 'GET') return send(res, 405, 'text/plain', 'only GET is served here\n');
+    if (req.method !== 'GET') {
+      res.setHeader('allow', 'GET');
+      return send(res, 405, 'text/plain', 'only GET is served here (actions: POST /api/members/drain or /api/members/enable)\n');
+    }
     if (file) return send(res, 200, file.type, readFileSync(new URL(file.file, PAGE_DIR)));
     switch (url.pathname) {
+      case '/favicon.ico':
+        res.writeHead(204, { 'cache-control': 'max-age=86400' });
+        return void res.end();
       case '/api/state':
-        return send(res, 200, 'application/json', JSON.stringify({ meta, ...hub.full() }));
+        return send(res, 200, 'application/json', JSON.stringify({ meta: meta(), ...hub.full() }));
       case '/api/history': {
         const sid = url.searchParams.get('actor') ?? '';
         return send(res, 200, 'application/json', JSON.stringify(hub.history(sid)));
@@ -65,7 +106,7 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
     const write = (event: string, data: unknown): void => {
       res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
     };
-    write('full', { meta, ...hub.full() });
+    write('full', { meta: meta(), ...hub.full() });
     streams.add(res);
     const off = hub.subscribe((batch) => {
       if (res.writableLength > SLOW_CLIENT_BYTES) {
@@ -74,7 +115,7 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
       }
       if (stale) {
         stale = false;
-        write('full', { meta, ...hub.full() });
+        write('full', { meta: meta(), ...hub.full() });
       } else write('batch', batch);
     });
     res.on('close', () => {
@@ -90,12 +131,13 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
     server.once('error', (err: NodeJS.ErrnoException) =>
       reject(new Error(err.code === 'EADDRINUSE' ? `inspector port ${opts.port} is already in use: choose another with --inspect PORT, or --inspect 0 for a free one` : `cannot start the inspector: ${err.message}`)),
     );
-    server.listen(opts.port, '127.0.0.1', () => {
+    server.listen(opts.port, host, () => {
       const addr = server.address();
       const port = typeof addr === 'object' && addr ? addr.port : opts.port;
+      guard = new Guard({ host, port, token: opts.token });
       resolve({
         port,
-        url: `http://127.0.0.1:${port}/`,
+        url: `http://${host.includes(':') ? `[${host}]` : host}:${port}/`,
         close: () =>
           new Promise<void>((done) => {
             for (const s of streams) s.end();
@@ -110,4 +152,50 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
 function send(res: ServerResponse, status: number, type: string, body: string | Buffer): void {
   res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
   res.end(body);
+}
+
+/** The operator's actions: a path, and the proxy event it sends. */
+const ACTIONS: Record<string, 'MEMBER_DRAIN' | 'MEMBER_ENABLE'> = {
+  '/api/members/drain': 'MEMBER_DRAIN',
+  '/api/members/enable': 'MEMBER_ENABLE',
+};
+
+/** The largest action body read: `{"member": ..., "proxy": ...}` is far smaller. */
+const MAX_ACTION_BYTES = 4096;
+
+type ActionResult = { status: number; body: { error: string } | { member: string; state: string; proxy: string } };
+
+/**
+ * Send one action to the live proxy that has the member, and say what its
+ * state is now (the proxy handles the event before `send` returns). The
+ * proxy logs the action with who asked.
+ */
+async function act(hub: Hub, recorded: boolean, type: 'MEMBER_DRAIN' | 'MEMBER_ENABLE', req: IncomingMessage, by: string): Promise<ActionResult> {
+  if (recorded) return { status: 409, body: { error: 'this page shows a recorded log: there is no proxy to act on' } };
+  let raw = '';
+  for await (const chunk of req) {
+    raw += chunk;
+    if (raw.length > MAX_ACTION_BYTES) return { status: 413, body: { error: `an action's body is at most ${MAX_ACTION_BYTES} bytes` } };
+  }
+  let body: { member?: unknown; proxy?: unknown };
+  try {
+    body = JSON.parse(raw) as typeof body;
+  } catch (err) {
+    return { status: 400, body: { error: `the body is not JSON (${(err as Error).message}); send {"member":"ID"}` } };
+  }
+  if (typeof body !== 'object' || body === null || typeof body.member !== 'string' || body.member === '') return { status: 400, body: { error: 'name the member: {"member":"ID"} (and "proxy" when several proxies run here)' } };
+  if (body.proxy !== undefined && typeof body.proxy !== 'string') return { status: 400, body: { error: '"proxy" is the session id of a proxy, as the page shows it' } };
+  const member = body.member;
+  const holders = hub.liveProxies().filter((p) => (body.proxy === undefined || p.sid === body.proxy) && contextOf(p.ref)?.servers.has(member));
+  if (holders.length === 0) return { status: 404, body: { error: `no running proxy here has a server of id ${member}${body.proxy === undefined ? '' : ` (proxy ${String(body.proxy)})`}` } };
+  if (holders.length > 1) return { status: 409, body: { error: `several proxies here have a server of id ${member}: name one with "proxy" (${holders.map((p) => p.sid).join(', ')})` } };
+  const { sid, ref } = holders[0]!;
+  ref.send({ type, member, by });
+  const state = contextOf(ref)?.servers.get(member)?.state ?? 'gone';
+  return { status: 200, body: { member, state, proxy: sid } };
+}
+
+function contextOf(ref: { getSnapshot(): unknown }): ProxyContext | undefined {
+  const snap = ref.getSnapshot() as { status?: string; context?: ProxyContext };
+  return snap.status === 'active' ? snap.context : undefined;
 }

@@ -16,7 +16,8 @@ import { chartOf, type Chart, type StateNodeLike } from './chart.js';
 import type { Metrics } from './metrics.js';
 import { Ring } from './ring.js';
 import { CONTEXT_LIMITS, connView, isPeer, project, projectEvent, stateName, type ConnView, type Json, type SeenConn } from './sanitise.js';
-import { memberStateIn, poolView, proxyInflight, type Figures, type PoolView } from './views.js';
+import type { ProxyContext } from '../actors/proxy-types.js';
+import { poolView, proxyInflight, type Figures, type PoolView } from './views.js';
 
 /** One line of the inspection log, and one item of the page's feed. */
 export type Rec =
@@ -27,9 +28,13 @@ export type Rec =
   | { k: 'dropped'; t: number; count: number; types: Record<string, number> }
   | { k: 'pools'; t: number; pools: PoolView[] }
   | { k: 'figures'; t: number; figures: Figures }
-  | { k: 'conns'; t: number; conns: ConnView[] };
+  | { k: 'conns'; t: number; conns: ConnView[]; more?: number };
 
 type StateRec = Extract<Rec, { k: 'state' }>;
+
+/** Open connections listed on the page (the rest are counted), and closed ones kept. */
+const MAX_OPEN_CONNS = 100;
+const MAX_CLOSED_CONNS = 20;
 
 /** An actor as the page shows it. */
 export interface ActorView {
@@ -47,7 +52,7 @@ export interface ActorView {
 }
 
 interface ActorInfo extends ActorView {
-  ref?: { getSnapshot(): unknown; sessionId: string };
+  ref?: { getSnapshot(): unknown; sessionId: string; send(event: unknown): void };
   snap?: { value?: unknown; status?: string; context?: unknown };
   lastValue?: unknown;
   lastStatus?: string;
@@ -92,6 +97,8 @@ export type Batch = {
   pools: PoolView[];
   figures?: Figures;
   conns: ConnView[];
+  /** Open connections past the ones listed. */
+  connsMore?: number;
 };
 
 export class Hub {
@@ -101,9 +108,16 @@ export class Hub {
   pools: PoolView[] = [];
   figures?: Figures;
   conns: ConnView[] = [];
+  connsMore = 0;
+  /** The time of the latest record (a recorded log's end). */
+  lastTime = 0;
   metrics?: Metrics;
   private readonly edgeMaps = new Map<string, Map<object, string>>();
   private readonly liveConns = new Map<number, SeenConn>();
+  /** Per pool (its session id), each member's state as last seen and since when (epoch ms). */
+  private readonly memberSince = new Map<string, Map<string, { state: string; since: number }>>();
+  /** Per proxy (its session id): epoch ms minus its clock's time, taken once so views stay the same while nothing changes. */
+  private readonly clockOffsets = new Map<string, number>();
   private closedConns: ConnView[] = [];
   private pending: Rec[] = [];
   private budget: number;
@@ -157,7 +171,7 @@ export class Hub {
         const info = this.actors.get(sid);
         if (info) info.events++;
         const event = ev.event;
-        this.noteConns(event, info?.machine);
+        this.noteConns(event, info);
         if (info?.machine === 'pool') notePoolMember(info, event);
         if (this.budget > 0) {
           this.budget--;
@@ -202,23 +216,25 @@ export class Hub {
    * REGISTER, FORWARD batches and the like) and the connections links and
    * clients report when they connect.
    */
-  private noteConns(event: { type: string }, machine: string | undefined): void {
+  private noteConns(event: { type: string }, info: ActorInfo | undefined): void {
     const e = event as { peer?: unknown; conn?: unknown; batches?: Array<{ peer?: unknown }> };
     const peers = e.batches ? e.batches.map((b) => b.peer) : [e.peer];
-    for (const p of peers) {
-      if (isPeer(p)) {
-        const seen = this.liveConns.get(p.conn.id);
-        if (seen) seen.role = p.role;
-        else this.liveConns.set(p.conn.id, p);
-      }
-    }
+    for (const p of peers) if (isPeer(p)) this.notePeer(p);
     if (e.conn instanceof Connection && !this.liveConns.has(e.conn.id)) {
+      const machine = info?.machine;
       const role = machine === 'upstream' || machine === 'upstreamJson' ? 'upstream' : machine === 'client' ? 'client' : 'link';
-      this.liveConns.set(e.conn.id, { conn: e.conn, role });
+      this.liveConns.set(e.conn.id, { conn: e.conn, role, dialed: dialedBy(info) });
     }
   }
 
-  private register(ref: { sessionId: string; id: string; _parent?: { sessionId: string }; logic?: { id?: string; root?: StateNodeLike }; getSnapshot(): unknown }): void {
+  /** A proxy's peer (actors/link.ts `Peer`), from its events or from its observer's `accepted` as soon as it connects. */
+  notePeer(p: SeenConn): void {
+    const seen = this.liveConns.get(p.conn.id);
+    if (seen) seen.role = p.role;
+    else this.liveConns.set(p.conn.id, p);
+  }
+
+  private register(ref: { sessionId: string; id: string; _parent?: { sessionId: string }; logic?: { id?: string; root?: StateNodeLike }; getSnapshot(): unknown; send(event: unknown): void }): void {
     const logic = ref.logic;
     const machine = logic?.root ? (logic.id ?? ref.id) : undefined;
     if (machine && logic?.root && !this.charts.has(machine)) {
@@ -267,6 +283,7 @@ export class Hub {
 
   /** Update the hub's picture from one record. */
   apply(rec: Rec): void {
+    if ('t' in rec && rec.t > this.lastTime) this.lastTime = rec.t;
     switch (rec.k) {
       case 'chart':
         this.charts.set(rec.machine, rec.chart);
@@ -308,6 +325,7 @@ export class Hub {
         return;
       case 'conns':
         this.conns = rec.conns;
+        this.connsMore = rec.more ?? 0;
         return;
     }
   }
@@ -339,7 +357,7 @@ export class Hub {
     this.pending = [];
     if (this.o.sink && recs.length) this.o.sink(recs.map((r) => JSON.stringify(r)).join('\n') + '\n');
     if (!recs.length || !this.listeners.size) return;
-    const batch: Batch = { recs, actors: changed.map(view), pools: this.pools, figures: this.figures, conns: this.conns };
+    const batch: Batch = { recs, actors: changed.map(view), pools: this.pools, figures: this.figures, conns: this.conns, connsMore: this.connsMore };
     for (const l of this.listeners) l(batch);
   }
 
@@ -357,17 +375,19 @@ export class Hub {
       this.record({ k: 'pools', t: now, pools });
     }
     const open: ConnView[] = [];
+    let more = 0;
     for (const [id, c] of this.liveConns) {
       if (c.conn.closed) {
         this.liveConns.delete(id);
-        this.closedConns = [connView(c), ...this.closedConns].slice(0, 20);
-      } else open.push(connView(c));
+        this.closedConns = [connView(c), ...this.closedConns].slice(0, MAX_CLOSED_CONNS);
+      } else if (open.length < MAX_OPEN_CONNS) open.push(connView(c));
+      else more++;
     }
     const conns = [...open, ...this.closedConns];
-    const cj = JSON.stringify(conns);
+    const cj = JSON.stringify(conns) + more;
     if (cj !== this.lastConns) {
       this.lastConns = cj;
-      this.record({ k: 'conns', t: now, conns });
+      this.record({ k: 'conns', t: now, conns, more: more || undefined });
     }
     if (this.metrics) {
       this.metrics.tick();
@@ -383,14 +403,44 @@ export class Hub {
   /** The pools of every live proxy, read from their snapshots now. */
   livePools(): PoolView[] {
     const pools: PoolView[] = [];
+    const now = this.o.now();
+    for (const sid of this.memberSince.keys()) if (!this.actors.get(sid)?.ref) this.memberSince.delete(sid);
+    for (const sid of this.clockOffsets.keys()) if (!this.actors.get(sid)?.ref) this.clockOffsets.delete(sid);
     for (const info of this.actors.values()) {
       if (info.machine !== 'pool' || !info.ref) continue;
-      const snap = info.ref.getSnapshot() as { value: unknown; context: Parameters<typeof poolView>[1] };
-      const proxy = info.parent ? this.actors.get(info.parent)?.ref?.getSnapshot() : undefined;
-      const stateOf = memberStateIn((proxy as { context?: unknown } | undefined)?.context);
-      pools.push(poolView(snap.value, snap.context, (p, m) => this.metrics?.tally(p, m), info.leaves ?? new Map(), stateOf));
+      const snap = info.ref.getSnapshot() as { value: unknown; context: Parameters<typeof poolView>[0]['ctx'] };
+      const proxySid = info.parent;
+      const proxy = proxySid ? (this.actors.get(proxySid)?.ref?.getSnapshot() as { context?: ProxyContext } | undefined)?.context : undefined;
+      let offset = proxySid ? this.clockOffsets.get(proxySid) : undefined;
+      if (proxy && offset === undefined) this.clockOffsets.set(proxySid!, (offset = now - proxy.clock.now()));
+      let seen = this.memberSince.get(info.sid);
+      if (!seen) this.memberSince.set(info.sid, (seen = new Map()));
+      const members = seen;
+      for (const id of members.keys()) if (!snap.context.members.includes(id)) members.delete(id);
+      pools.push(poolView({
+        value: snap.value,
+        ctx: snap.context,
+        proxy,
+        proxySid,
+        tally: (p, m) => this.metrics?.tally(p, m),
+        left: info.leaves ?? new Map(),
+        toEpoch: (t) => Math.round(t + (offset ?? 0)),
+        since: (id, state) => {
+          const was = members.get(id);
+          if (was?.state === state) return was.since;
+          members.set(id, { state, since: now });
+          return now;
+        },
+      }));
     }
     return pools.sort((a, b) => a.policy.localeCompare(b.policy));
+  }
+
+  /** The live proxy actors, with their session ids (for actions). */
+  liveProxies(): Array<{ sid: string; ref: NonNullable<ActorInfo['ref']> }> {
+    const out: Array<{ sid: string; ref: NonNullable<ActorInfo['ref']> }> = [];
+    for (const info of this.actors.values()) if (info.machine === 'proxy' && info.ref) out.push({ sid: info.sid, ref: info.ref });
+    return out;
   }
 
   /** In-flight requests of every live proxy (for metrics and figures). */
@@ -427,6 +477,7 @@ export class Hub {
       pools: this.pools,
       figures: this.figures,
       conns: this.conns,
+      connsMore: this.connsMore,
       charts: Object.fromEntries(this.charts),
     };
   }
@@ -435,6 +486,15 @@ export class Hub {
   history(sid: string): StateRec[] {
     return this.actors.get(sid)?.history.toArray() ?? [];
   }
+}
+
+/** Where an actor that dials (an upstream link, a client) dialed: its connection was made before it had an address to read. */
+function dialedBy(info: ActorInfo | undefined): string | undefined {
+  const ctx = (info?.ref?.getSnapshot() as { context?: { host?: unknown; port?: unknown; proxies?: Array<{ host: string; port: number }>; proxyIndex?: number } } | undefined)?.context;
+  if (!ctx) return undefined;
+  if (typeof ctx.host === 'string' && typeof ctx.port === 'number') return `${ctx.host}:${ctx.port}`;
+  const p = ctx.proxies?.[ctx.proxyIndex ?? 0];
+  return p ? `${p.host}:${p.port}` : undefined;
 }
 
 /** Root actors have only a session id; name them after what they run: `server 100`, `client 1`. */

@@ -9,6 +9,7 @@
  */
 import { createWriteStream, readFileSync, type WriteStream } from 'node:fs';
 import type { InspectionEvent } from 'xstate';
+import type { Logger } from '../actors/logger.js';
 import type { ProxyObserver } from '../actors/proxy-options.js';
 import { Hub, type HubOptions, type Rec } from './hub.js';
 import { serveInspector, type InspectorServer } from './http.js';
@@ -24,6 +25,12 @@ export type { PoolView, MemberView, Figures } from './views.js';
 export interface InspectorOptions extends Omit<HubOptions, 'sink'> {
   /** Serve the page on this port (0 picks a free one); leave out for no page (a log only). */
   port?: number;
+  /** Address to serve it on. Default 127.0.0.1; anywhere else needs `token` (it will not start without one). */
+  host?: string;
+  /** HTTP Basic password for every request (any user name, logged as who asked). */
+  token?: string;
+  /** Where refused actions are logged (the proxy logs the drains and enables it does). */
+  logger?: Logger;
   /** Write every inspection record to this file as NDJSON. */
   logFile?: string;
   /** What this process runs, shown on the page. */
@@ -58,17 +65,24 @@ export async function startInspector(opts: InspectorOptions = {}): Promise<Inspe
   hub.start();
   let server: InspectorServer | undefined;
   try {
-    if (opts.port !== undefined) server = await serveInspector(hub, metrics, { port: opts.port, title: opts.title ?? 'revproxy' });
+    if (opts.port !== undefined) server = await serveInspector(hub, metrics, { port: opts.port, host: opts.host, token: opts.token, logger: opts.logger, title: opts.title ?? 'revproxy' });
   } catch (err) {
     hub.stop();
     log?.end();
     throw err;
   }
+  // The metrics count answers, retries and ejections; the hub notes each connection as it is accepted.
+  const observer: ProxyObserver = {
+    answered: (policy, member, outcome, latencyMs) => metrics.answered(policy, member, outcome, latencyMs),
+    retried: (policy, failed, code) => metrics.retried(policy, failed, code),
+    ejected: (policy, member, reason, back) => metrics.ejected(policy, member, reason, back),
+    accepted: (peer) => hub.notePeer(peer),
+  };
   return {
     hub,
     metrics,
     inspect: hub.observe,
-    observer: metrics,
+    observer,
     url: server?.url,
     port: server?.port,
     async close() {

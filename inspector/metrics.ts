@@ -14,6 +14,7 @@
 import { collectDefaultMetrics, Counter, Gauge, Registry, type MetricValue } from 'prom-client';
 import type { ErrorCode } from '../transport/errors.js';
 import type { EjectReason, ProxyObserver } from '../actors/proxy-options.js';
+import { RecentLatency } from './latency.js';
 import type { Figures, PoolView, Tally } from './views.js';
 import { ROLES, type ConnSnapshot, type Role } from '../admin/conn-stats.js';
 
@@ -26,7 +27,13 @@ interface PolicyTally {
   count: number;
   /** member -> outcome -> count */
   outcomes: Map<string, Map<string, number>>;
-  members: Map<string, Tally>;
+  members: Map<string, MemberTally>;
+}
+
+interface MemberTally {
+  answered: number;
+  errors: number;
+  recent: RecentLatency;
 }
 
 /** What the metrics read from the running actors when scraped. */
@@ -46,6 +53,8 @@ export const OTHER = '_other';
 const RECENT = 4096;
 // Requests/s from per-tick slots; the hub ticks every `tickMs`.
 const SLOTS = 64;
+// A member's p50/p99 read the answers of the last one to two windows of this length.
+const MEMBER_WINDOW_MS = 5000;
 
 export class Metrics implements ProxyObserver {
   readonly registry = new Registry();
@@ -57,6 +66,8 @@ export class Metrics implements ProxyObserver {
   private recentAt = 0;
   private readonly slots = new Float64Array(SLOTS);
   private tickNo = 1;
+  /** The members' latency window now (moved on by `tick`). */
+  private window = 0;
   private totalAnswered = 0;
   private totalErrors = 0;
 
@@ -105,7 +116,7 @@ export class Metrics implements ProxyObserver {
     });
     new Gauge({
       name: 'revproxy_pool_members',
-      help: 'Members of each policy pool, by state (serving, ejected, draining)',
+      help: 'Members of each policy pool, by state (serving, connecting, down, ejected, drained)',
       labelNames: ['policy', 'state'],
       registers: [this.registry],
       collect: function (this: Gauge<string>) {
@@ -154,9 +165,10 @@ export class Metrics implements ProxyObserver {
     byOutcome.set(outcome, (byOutcome.get(outcome) ?? 0) + 1);
     if (member !== undefined) {
       let m = t.members.get(member);
-      if (!m) t.members.set(member, (m = { answered: 0, errors: 0 }));
+      if (!m) t.members.set(member, (m = { answered: 0, errors: 0, recent: new RecentLatency() }));
       if (outcome === 'ok') m.answered++;
       else m.errors++;
+      m.recent.add(latencyMs, this.window);
     }
     const s = latencyMs / 1000;
     t.sum += s;
@@ -187,12 +199,17 @@ export class Metrics implements ProxyObserver {
 
   /** Answers and errors of one member, for the pool view. */
   tally(policy: string, member: string): Tally | undefined {
-    return this.policies.get(policy)?.members.get(member);
+    const m = this.policies.get(policy)?.members.get(member);
+    if (!m) return undefined;
+    const q = m.recent.quantiles(this.window);
+    return { answered: m.answered, errors: m.errors, p50: q?.p50, p99: q?.p99 };
   }
+
 
   /** Called by the hub every `tickMs`: moves the requests/s window on. */
   tick(): void {
     this.tickNo++;
+    this.window = Math.floor((this.tickNo * this.tickMs) / MEMBER_WINDOW_MS);
     this.slots[this.tickNo % SLOTS] = 0;
   }
 

@@ -34,11 +34,14 @@ export interface SeenConn {
   conn: Connection;
   role: string;
   outstanding?: number;
+  /** For a connection this process dialed: the address it dialed (the connection's own is read before it connects). */
+  dialed?: string;
 }
 
 export function connView(c: SeenConn): ConnView {
   const conn = c.conn;
-  return { id: conn.id, role: c.role, peer: `${conn.remoteAddress}:${conn.remotePort}`, outstanding: c.outstanding ?? 0, closed: conn.closed };
+  const peer = conn.remoteAddress === 'unknown' && c.dialed ? c.dialed : `${conn.remoteAddress}:${conn.remotePort}`;
+  return { id: conn.id, role: c.role, peer, outstanding: c.outstanding ?? 0, closed: conn.closed };
 }
 
 /** A proxy's peer (actors/link.ts `Peer`): a connection and the proxy's bookkeeping of it. */
@@ -59,8 +62,20 @@ function isActorRef(v: object): v is ActorLike {
 /** Keys that only ever hold plumbing (loggers, clocks, callbacks): left out of projections. */
 const SKIP = new Set(['logger', 'clock', 'connect', 'deliver', 'reply', 'eligible', 'observer', 'busy', 'toJSON']);
 
-/** Turn any value into a bounded JSON value, following at most `limits.depth` levels. */
+/** What is not data (functions, symbols, objects made only of them): left out where it stands. */
+const OMIT = Symbol('omit');
+
+/**
+ * Turn any value into a bounded JSON value, following at most `limits.depth`
+ * levels. What is not data (functions, symbols) is left out of objects and
+ * lists; on its own it becomes null.
+ */
 export function project(v: unknown, limits: ProjectLimits = CONTEXT_LIMITS, depth = 0): Json {
+  const out = projectValue(v, limits, depth);
+  return out === OMIT ? null : out;
+}
+
+function projectValue(v: unknown, limits: ProjectLimits, depth: number): Json | typeof OMIT {
   switch (typeof v) {
     case 'string':
       return v.length > limits.chars ? `${v.slice(0, limits.chars)}…(${v.length})` : v;
@@ -73,9 +88,8 @@ export function project(v: unknown, limits: ProjectLimits = CONTEXT_LIMITS, dept
     case 'undefined':
       return null;
     case 'function':
-      return `ƒ ${v.name || 'anonymous'}`;
     case 'symbol':
-      return v.toString();
+      return OMIT;
   }
   if (v === null) return null;
   const o = v as object;
@@ -96,13 +110,16 @@ export function project(v: unknown, limits: ProjectLimits = CONTEXT_LIMITS, dept
     const out: { [k: string]: Json } = {};
     let n = 0;
     for (const [k, val] of o) {
-      if (n++ >= limits.items) {
+      if (n >= limits.items) {
         out['…'] = `${o.size - limits.items} more`;
         break;
       }
-      out[String(k)] = project(val, limits, depth + 1);
+      const p = projectValue(val, limits, depth + 1);
+      if (p === OMIT) continue;
+      out[String(k)] = p;
+      n++;
     }
-    return out;
+    return n === 0 && o.size > 0 && !('…' in out) ? OMIT : out;
   }
   const ctor = o.constructor;
   if (ctor && ctor !== Object && typeof (o as { size?: unknown }).size === 'number') {
@@ -110,15 +127,23 @@ export function project(v: unknown, limits: ProjectLimits = CONTEXT_LIMITS, dept
   }
   const out: { [k: string]: Json } = {};
   let n = 0;
+  let omitted = 0;
   for (const k of Object.keys(o)) {
     if (SKIP.has(k)) continue;
-    if (n++ >= limits.items * 2) {
+    if (n >= limits.items * 2) {
       out['…'] = 'more keys';
       break;
     }
-    out[k] = project((o as Record<string, unknown>)[k], limits, depth + 1);
+    const p = projectValue((o as Record<string, unknown>)[k], limits, depth + 1);
+    if (p === OMIT) {
+      omitted++;
+      continue;
+    }
+    out[k] = p;
+    n++;
   }
-  return out;
+  // An object of nothing but functions (a timer's handle, say) is not data either.
+  return n === 0 && omitted > 0 ? OMIT : out;
 }
 
 function projectList(items: Iterable<unknown>, size: number, limits: ProjectLimits, depth: number): Json {
@@ -128,7 +153,8 @@ function projectList(items: Iterable<unknown>, size: number, limits: ProjectLimi
       out.push(`…${size - limits.items} more (${size} in all)`);
       break;
     }
-    out.push(project(item, limits, depth + 1));
+    const p = projectValue(item, limits, depth + 1);
+    if (p !== OMIT) out.push(p);
   }
   return out;
 }
@@ -138,7 +164,8 @@ export function projectEvent(event: { type: string; [k: string]: unknown }): { [
   const out: { [k: string]: Json } = {};
   for (const k of Object.keys(event)) {
     if (k === 'type') continue;
-    out[k] = project(event[k], EVENT_LIMITS, 1);
+    const p = projectValue(event[k], EVENT_LIMITS, 1);
+    if (p !== OMIT) out[k] = p;
   }
   return out;
 }

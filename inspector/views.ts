@@ -2,10 +2,21 @@
  * What the page shows of a live system, read from actor snapshots at flush
  * time (never on the hot path): pools with their members in rotation order,
  * in-flight counts.
+ *
+ * A member's card is `MemberView`, made in one place (`memberView`) from the
+ * proxy's `Member`; the page lists its fields from one table (`MEMBER_FIELDS`
+ * in page/app.js). A new field is one line in each.
  */
+import { pick } from '../actors/pool.js';
+import type { Member, ProxyContext } from '../actors/proxy-types.js';
+import { unavailable, type Unavailable } from '../actors/routing.js';
 import type { ConnView } from './sanitise.js';
 
-/** One member of a pool. `state` is the proxy's state of that server (`serving`, `connecting`, `down`, `ejected`, `draining`...), or `gone` once it left. */
+/**
+ * One member of a pool. `state` is the proxy's state of that server
+ * (`serving`, `connecting`, `down`, `ejected`, `drained`), or `gone` once it
+ * left. Times are epoch ms, so a view stays the same while nothing changes.
+ */
 export interface MemberView {
   id: string;
   state: string;
@@ -13,6 +24,29 @@ export interface MemberView {
   errors: number;
   /** Why it left (gone members only). */
   reason?: string;
+  /** Where the proxy reaches it: `host:port`. */
+  address?: string;
+  /** `json` for an old server (one request per connection). */
+  wire?: string;
+  /** Requests sent to it and not answered yet. */
+  inflight?: number;
+  /** Latency of its recent answers (ms): request in to answer out, over the last 5 to 10 s. */
+  p50?: number;
+  p99?: number;
+  /** In `state` since (as the inspector first saw it there). */
+  since?: number;
+  /** Why the pool would pass it over now (routing.ts `unavailable`); none when it may take the next request. */
+  why?: Unavailable;
+  /** When its oldest unanswered request was sent (a silent member's: how long it has not answered). */
+  oldestAt?: number;
+  /** Its last failed try, and how many in a row its link had counted then. */
+  lastError?: { code: string; message: string; at: number; inARow: number };
+  /** The last check of its link: connecting and its first PING, or a probe. */
+  lastCheck?: { at: number; ok: boolean; message: string };
+  /** Ejected: when it is put back; down: when it is probed next. */
+  backAt?: number;
+  /** PINGs on its registration connection not answered yet. */
+  missedPings?: number;
 }
 
 export interface PoolView {
@@ -21,13 +55,15 @@ export interface PoolView {
   state: string;
   /** Members in rotation order. */
   members: MemberView[];
-  /** Index into `members` of the one that gets the next request (may equal members.length at the end of a round). */
+  /** Index into `members` of where the round-robin cursor stands (may equal members.length at the end of a round). */
   cursor: number;
-  /** The member that gets the next request. */
+  /** The member the next request goes to: the first from the cursor that the pool's own `eligible` accepts; none when no member can take one now. */
   next?: string;
   routed: number;
   /** Members that left, newest first (bounded). */
   gone: MemberView[];
+  /** The session id of the proxy that owns the pool (actions name it). */
+  proxy?: string;
 }
 
 export interface Figures {
@@ -40,9 +76,12 @@ export interface Figures {
   errors: number;
 }
 
+/** A member's answers and errors, and the latency of its recent answers (ms). */
 export interface Tally {
   answered: number;
   errors: number;
+  p50?: number;
+  p99?: number;
 }
 
 /** The parts of a pool's context the view reads. */
@@ -51,43 +90,70 @@ interface PoolContextLike {
   members: readonly string[];
   cursor: number;
   routed?: number;
+  eligible?: (id: string, req: unknown) => boolean;
+}
+
+/** What a pool's view is made from. */
+export interface PoolSource {
+  /** The pool machine's state value. */
+  value: unknown;
+  ctx: PoolContextLike;
+  /** The context of the proxy that owns the pool (its members), when live. */
+  proxy?: ProxyContext;
+  proxySid?: string;
+  tally(policy: string, member: string): Tally | undefined;
+  /** Members that left (and why), oldest first, so they show as gone. */
+  left: ReadonlyMap<string, string>;
+  /** The proxy's clock time as epoch ms. */
+  toEpoch(t: number): number;
+  /** When the member entered `state`, epoch ms (the hub remembers). */
+  since(member: string, state: string): number | undefined;
 }
 
 const MAX_GONE = 8;
 
-/**
- * A pool as the page shows it. `stateOf` gives each member's state as the
- * proxy keeps it; `left` holds the members that left (and why), oldest
- * first, so they show as gone.
- */
-export function poolView(
-  value: unknown,
-  ctx: PoolContextLike,
-  tally: (policy: string, member: string) => Tally | undefined,
-  left: ReadonlyMap<string, string>,
-  stateOf: (member: string) => string = () => 'serving',
-): PoolView {
-  const counts = (id: string): Tally => {
-    const t = tally(ctx.policy, id);
-    return { answered: t?.answered ?? 0, errors: t?.errors ?? 0 };
+/** A pool as the page shows it. */
+export function poolView(src: PoolSource): PoolView {
+  const { ctx, proxy } = src;
+  const counts = (id: string): MemberView => {
+    const t = src.tally(ctx.policy, id);
+    return { id, state: 'serving', answered: t?.answered ?? 0, errors: t?.errors ?? 0, p50: t?.p50, p99: t?.p99 };
   };
-  const members = ctx.members.map((id) => ({ id, state: stateOf(id), ...counts(id) }));
+  const members = ctx.members.map((id) => {
+    const entry = proxy?.servers.get(id);
+    const view = entry && proxy ? memberView(counts(id), entry, proxy, src.toEpoch) : counts(id);
+    view.since = src.since(id, view.state);
+    return view;
+  });
   const gone: MemberView[] = [];
-  for (const [id, reason] of left) if (!ctx.members.includes(id)) gone.unshift({ id, state: 'gone', ...counts(id), reason });
-  const n = members.length;
-  const next = n ? members[ctx.cursor >= n ? 0 : ctx.cursor]!.id : undefined;
-  return { policy: ctx.policy, state: String(value), members, cursor: ctx.cursor, next, routed: ctx.routed ?? 0, gone: gone.slice(0, MAX_GONE) };
+  for (const [id, reason] of src.left) if (!ctx.members.includes(id)) gone.unshift({ ...counts(id), state: 'gone', reason });
+  // The pool's own rule, from its cursor: the member a request with no tries yet goes to.
+  const next = ctx.eligible ? pick(ctx, ctx.eligible, {}).member : members[ctx.cursor >= members.length ? 0 : ctx.cursor]?.id;
+  return { policy: ctx.policy, state: String(src.value), members, cursor: ctx.cursor, next, routed: ctx.routed ?? 0, gone: gone.slice(0, MAX_GONE), proxy: src.proxySid };
+}
+
+/** One member's card: `base` (its id and counts) with what the proxy knows of it. */
+export function memberView(base: MemberView, entry: Member, proxy: ProxyContext, toEpoch: (t: number) => number): MemberView {
+  const v: MemberView = { ...base, state: entry.state, address: `${entry.host}:${entry.port}` };
+  if (entry.wire === 'json') v.wire = 'json';
+  const inflight = entry.traffic.inflight;
+  v.inflight = inflight.size;
+  v.why = unavailable(proxy, entry);
+  const oldest = inflight.size ? inflight.oldestSentAt() : undefined;
+  if (oldest !== undefined) v.oldestAt = toEpoch(oldest);
+  const f = entry.lastFailure;
+  if (f) v.lastError = { code: f.code, message: f.message, at: toEpoch(f.at), inARow: f.inARow };
+  const c = entry.lastCheck;
+  if (c) v.lastCheck = { at: toEpoch(c.at), ok: c.ok, message: c.message };
+  if ((entry.ejected || entry.traffic.phase === 'down') && entry.timerDue !== undefined) v.backAt = toEpoch(entry.timerDue);
+  const missed = entry.registration?.missedPings;
+  if (missed !== undefined && missed > 0 && Number.isFinite(missed)) v.missedPings = missed;
+  return v;
 }
 
 /** Requests the proxy has accepted and not yet answered (its own count: actors/inflight.ts InflightCount). */
 export function proxyInflight(ctx: { inflight?: { size: number } }): number {
   return ctx.inflight?.size ?? 0;
-}
-
-/** A member's state as a proxy keeps it (its `servers` table), for the pool view. */
-export function memberStateIn(proxyContext: unknown): (member: string) => string {
-  const servers = (proxyContext as { servers?: Map<string, { state?: string }> } | undefined)?.servers;
-  return (member) => servers?.get(member)?.state ?? 'serving';
 }
 
 export interface ConnsView {

@@ -1,13 +1,17 @@
 /**
  * The inspector page in a real browser (Debian's chromium through
- * playwright-core), against a running proxy with two servers of one policy.
- * Issue #6. If chromium cannot be launched this spec fails: it never skips.
+ * playwright-core), against a running proxy: two servers of one policy
+ * (issue #6), then members that fail, stall and are drained from the page
+ * (issue 19). If chromium cannot be launched this spec fails: it never skips.
+ *
+ * Screenshots go to artifacts/ (ignored by git, see .gitignore):
+ * artifacts/inspector.png and artifacts/inspector-members.png.
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { mkdirSync } from 'node:fs';
 import { chromium, type Browser, type Page } from 'playwright-core';
-import { runClient, startProxy, startServer, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import { connect, Logger, memorySink, runClient, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { startInspector, type Inspector } from '../inspector/index.js';
 import { eventually, LOCAL } from './helpers.js';
 import { ROOT } from './procs.js';
@@ -63,7 +67,8 @@ page('the cursor moves after a request', async () => {
   const [r] = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: [{ srcid: 'c', privPoliId: 'P', payload: 'hello' }] });
   assert.is(r!.server, before, 'the member marked next answered');
   await ctx.page.waitForFunction((sel) => document.querySelector(sel)?.getAttribute('data-next') === '2', pool, { timeout: 5000 });
-  assert.match((await ctx.page.textContent(`${pool} [data-member="1"] .counts`))!, /1 answered/);
+  // The answer is counted when it leaves the proxy, which may be a flush after the cursor moved.
+  await ctx.page.waitForFunction((sel) => /1 answered/.test(document.querySelector(sel)?.textContent ?? ''), `${pool} [data-member="1"] .f-counts`, { timeout: 5000 });
 });
 
 page('the statechart of the selected actor marks its current state and last transition', async () => {
@@ -92,7 +97,7 @@ page('the event log filters by event type, pauses, and steps back through record
 page('a killed server shows as gone, with why', async () => {
   ctx.servers[1]!.kill();
   await ctx.page.waitForSelector(`${pool} [data-member="2"][data-state="gone"]`, { timeout: 5000 });
-  const reason = await ctx.page.getAttribute(`${pool} [data-member="2"]`, 'title');
+  const reason = await ctx.page.getAttribute(`${pool} [data-member="2"][data-state="gone"]`, 'title');
   assert.ok(reason && reason.length > 0, 'the reason it left is shown');
   const serving = await ctx.page.$$eval(`${pool} .member[data-state="serving"]`, (els) => els.map((e) => e.getAttribute('data-member')));
   assert.equal(serving, ['1']);
@@ -106,3 +111,116 @@ page('the page loads nothing from outside the inspector', () => {
 });
 
 page.run();
+
+// ---------- issue 19: members that fail, stall and are drained; open connections; the context ----------
+
+interface Ctx2 {
+  insp: Inspector;
+  proxy: ProxyHandle;
+  servers: ServerHandle[];
+  client: Client;
+  logs: LogRecord[];
+  browser: Browser;
+  page: Page;
+}
+const c2 = { logs: [] as LogRecord[] } as Ctx2;
+const ops = suite<Ctx2>('inspector page: members, actions, connections', c2);
+
+ops.before(async () => {
+  const logger = new Logger('proxy', memorySink(c2.logs), 'info');
+  c2.insp = await startInspector({ port: 0, title: 'spec proxy', flushMs: 50, logger });
+  // Tries long enough that a silent member stays silent (not timed out) while the spec runs.
+  c2.proxy = await startProxy({
+    port: 0, inspect: c2.insp.inspect, observer: c2.insp.observer, logger,
+    timeoutMs: 60_000, tryTimeoutMs: 60_000, retries: 3, slowAfterMs: 100, ejectAfter: 3, ejectBaseMs: 60_000,
+  });
+  c2.servers = [];
+  const start = async (id: string, behaviour: 'normal' | 'silent' | 'fail') =>
+    c2.servers.push(await startServer({ id, policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: c2.proxy.port }, behaviour }));
+  await start('1', 'normal');
+  await start('2', 'normal');
+  // A client that stays connected, with an answer already (so before the silent member joins).
+  c2.client = await connect({ revproc: c2.proxy.port, id: 'held' });
+  await c2.client.request('P', 'hello');
+  await start('quiet', 'silent');
+  await start('bad', 'fail');
+  await eventually(() => c2.proxy.pools().P?.members.length === 4, 3000, 'four servers in pool P');
+  c2.browser = await chromium.launch(CHROMIUM);
+  c2.page = await c2.browser.newPage({ viewport: { width: 1400, height: 1000 } });
+  await c2.page.goto(c2.insp.url!);
+});
+
+ops.after(async () => {
+  await c2.browser?.close();
+  c2.client?.destroy();
+  for (const s of c2.servers ?? []) s.kill();
+  c2.proxy?.kill();
+  await c2.insp?.close();
+});
+
+const card = (id: string) => `${pool} .member[data-member="${id}"]:not([data-state="gone"])`;
+const textOf = async (sel: string) => (await c2.page.textContent(sel)) ?? '';
+const one = async (payload: string, timeoutMs = 5000) => (await runClient({ id: 'one', proxy: { host: LOCAL, port: c2.proxy.port }, packets: [{ srcid: 'one', privPoliId: 'P', payload }], timeoutMs }))[0]!;
+
+ops('an open client connection shows in Connections while it is open', async () => {
+  await c2.page.waitForSelector('#conns li[data-role="client"][data-open="true"]', { timeout: 5000 });
+  const held = await textOf('#conns li[data-role="client"][data-open="true"]');
+  assert.match(held, /^#\d+ client 127\.0\.0\.1:\d+/);
+});
+
+ops('an ejected member says why: failures in a row, the last error, since when, back in how long', async () => {
+  for (let i = 0; i < 20 && c2.proxy.pools().P!.states.bad !== 'ejected'; i++) await one(`e${i}`, 200);
+  await c2.page.waitForSelector(`${card('bad')}[data-state="ejected"]`, { timeout: 5000 });
+  assert.match(await textOf(`${card('bad')} .f-why`), /^ejected after 3 failures in a row \(UPSTREAM_FAILED\)$/);
+  assert.match(await textOf(`${card('bad')} .f-error`), /^last error [\d.]+ s ago: UPSTREAM_FAILED \(3 in a row\) · server bad answered UPSTREAM_FAILED/);
+  assert.match(await textOf(`${card('bad')} .f-since`), /^ejected for [\d.]+ s · back in \d+ s$/);
+  assert.not.match(await textOf(card('bad')), /0 answered · 0 errors\s*$/, 'not just the counts');
+});
+
+ops('a silent member says so, and next marks the member the next request really goes to', async () => {
+  // Requests until one is held at quiet; past slowAfterMs it is silent and passed over.
+  for (let i = 0; i < 8 && !c2.proxy.actor.getSnapshot().context.servers.get('quiet')!.traffic.inflight.size; i++) await one(`q${i}`, 200);
+  await c2.page.waitForSelector(`${card('quiet')}[data-why="silent"]`, { timeout: 5000 });
+  assert.match(await textOf(`${card('quiet')} .f-why`), /^silent: no answer for [\d.]+ s \(oldest of 1 in flight\)$/);
+  // Move the cursor onto a member that cannot take a request (quiet or bad).
+  const blocked = new Set(['quiet', 'bad']);
+  const at = () => { const p = c2.proxy.pools().P!; return p.members[p.cursor % p.members.length]!; };
+  for (let i = 0; i < 6 && !blocked.has(at()); i++) await one(`m${i}`);
+  assert.ok(blocked.has(at()), `the cursor stands at ${at()}`);
+  const cursor = String(c2.proxy.pools().P!.cursor);
+  await c2.page.waitForFunction(([sel, c]) => document.querySelector(sel!)?.getAttribute('data-cursor') === c, [pool, cursor], { timeout: 5000 });
+  const next = (await c2.page.getAttribute(pool, 'data-next'))!;
+  assert.ok(!blocked.has(next), `next is ${next}, not the member at the cursor`);
+  assert.is(await c2.page.getAttribute(`${card(next)}`, 'class'), 'member next');
+  assert.is((await one('next')).server, next, 'the next request went to the member marked next');
+});
+
+ops('the operator drains a member from its card and enables it again; each action is logged with who asked', async () => {
+  await c2.page.click(`${card('2')} button.act[data-action="drain"]`);
+  await c2.page.waitForSelector(`${card('2')}[data-state="drained"]`, { timeout: 5000 });
+  assert.match(await textOf(`${pool} .action-msg`), /^drained 2: now drained$/);
+  assert.match(await textOf(`${card('2')} .f-why`), /^drained by an operator: no new requests/);
+  await c2.page.screenshot({ path: `${ROOT}/artifacts/inspector-members.png`, fullPage: true });
+  const during = await Promise.all([1, 2, 3, 4].map((i) => one(`d${i}`)));
+  assert.equal(during.map((r) => r.server), ['1', '1', '1', '1'], 'drained, silent and ejected members get nothing');
+  assert.is(c2.proxy.pools().P!.members.includes('2'), true, 'a drained member stays registered');
+  await c2.page.click(`${card('2')} button.act[data-action="enable"]`);
+  await c2.page.waitForSelector(`${card('2')}[data-state="serving"]`, { timeout: 5000 });
+  const after = new Set((await Promise.all([1, 2, 3, 4].map((i) => one(`a${i}`)))).map((r) => r.server));
+  assert.equal([...after].sort(), ['1', '2']);
+  const actions = c2.logs.filter((l) => l.event === 'member_drain' || l.event === 'member_enable');
+  assert.equal(actions.map((l) => [l.level, l.event, l.id]), [['info', 'member_drain', '2'], ['info', 'member_enable', '2']]);
+  for (const l of actions) assert.match(String(l.by), /^127\.0\.0\.1:\d+ via the inspector$/);
+});
+
+ops('the Context panel shows data, not functions', async () => {
+  for (const actor of ['pool:P', 'proxy', 'upstream:quiet#3']) {
+    await c2.page.click(`#tree .node:has(.name:text-is("${actor}"))`);
+    await c2.page.waitForFunction((a) => document.getElementById('actor-name')?.textContent === a, actor, { timeout: 3000 });
+    const text = await textOf('#context');
+    assert.ok(text.length > 2, `${actor} has a context`);
+    assert.not.match(text, /ƒ|anonymous/, actor);
+  }
+});
+
+ops.run();

@@ -23,7 +23,7 @@ parts('a ring keeps the newest items and counts every push', () => {
   assert.is(r.total, 5);
 });
 
-parts('projections turn sockets, maps, functions, cycles and big batches into small JSON', () => {
+parts('projections turn sockets, maps, cycles and big batches into small JSON, and leave out what is not data (issue 19)', () => {
   const socket = new Connection(new Socket());
   const conn = { ...newPeer(socket), role: 'client' as const };
   const cyclic: Record<string, unknown> = { name: 'a' };
@@ -33,6 +33,9 @@ parts('projections turn sockets, maps, functions, cycles and big batches into sm
     pools: new Map([['111', { id: 'pool:111', sessionId: 'x:1', send() {} }]]),
     deliver: () => {},
     cb: function named() {},
+    timer: { cancel() {} },
+    list: [1, () => {}, 2],
+    byId: new Map<string, unknown>([['a', 1], ['f', () => {}]]),
     requests: Array.from({ length: 1000 }, (_, i) => ({ seq: i, payload: 'x'.repeat(500) })),
     cyclic,
     when: new Error('boom'),
@@ -43,7 +46,11 @@ parts('projections turn sockets, maps, functions, cycles and big batches into sm
   assert.match(String(out.conn), /^conn#\d+ client/);
   assert.equal(out.pools, { '111': 'actor pool:111' });
   assert.not.ok('deliver' in out, 'plumbing callbacks are left out');
-  assert.is(out.cb, 'ƒ named');
+  assert.not.ok('cb' in out, 'functions are left out');
+  assert.not.ok('timer' in out, 'an object made only of functions is left out');
+  assert.equal(out.list, [1, 2]);
+  assert.equal(out.byId, { a: 1 });
+  assert.not.match(text, /ƒ|anonymous/);
   assert.match(JSON.stringify(out.requests), /more \(1000 in all\)/);
   assert.is(out.when, 'Error: boom');
   socket.destroy();

@@ -19,7 +19,15 @@ const S = {
   history: null, // recorded states of the selected actor while stepping
   step: -1,
   paused: false,
+  connsMore: 0,
+  /** The server's clock minus ours (ms), so ages are counted as the server counts them. */
+  skew: 0,
 };
+
+/** The server's time now; for a recorded log, the log's end. */
+function now() {
+  return S.meta.recorded ? S.meta.now : Date.now() + S.skew;
+}
 
 // ---------- feed ----------
 function connect() {
@@ -27,6 +35,7 @@ function connect() {
   es.addEventListener('full', (m) => {
     const d = JSON.parse(m.data);
     S.meta = d.meta;
+    S.skew = d.meta.now ? d.meta.now - Date.now() : 0;
     S.charts = d.charts;
     S.actors = new Map(d.actors.map((a) => [a.sid, a]));
     S.log = [];
@@ -34,6 +43,7 @@ function connect() {
     mergeRecs(d.recs);
     S.pools = d.pools;
     S.conns = d.conns;
+    S.connsMore = d.connsMore || 0;
     S.figures = d.figures;
     if (!S.selected || !S.actors.has(S.selected)) S.selected = firstActor();
     linkBadge(S.meta.recorded ? 'recorded' : 'live');
@@ -45,6 +55,7 @@ function connect() {
     const added = mergeRecs(d.recs);
     S.pools = d.pools;
     S.conns = d.conns;
+    S.connsMore = d.connsMore || 0;
     if (d.figures) S.figures = d.figures;
     if (!S.selected) S.selected = firstActor();
     renderTree();
@@ -160,25 +171,158 @@ function addOption(sel, value, text) {
   sel.append(el('option', { value, text }));
 }
 
+// ---------- pools ----------
+// Pools and member cards are kept and updated in place (keyed by policy and
+// member id), so a button stays under the pointer while the figures change.
+
+/**
+ * One line per field of a member's card (inspector/views.ts MemberView):
+ * a new field is one more line here. `show` returns the text, or nothing to
+ * leave the line out; `cls` adds a class (a warning, say).
+ */
+const MEMBER_FIELDS = [
+  { key: 'address', show: (m) => m.address && `${m.address}${m.wire === 'json' ? ' · old JSON server' : ''}` },
+  { key: 'why', show: (m) => whyText(m), cls: () => 'warn' },
+  { key: 'load', show: (m) => m.inflight !== undefined && `${m.inflight} in flight · p50 ${ms(m.p50)} · p99 ${ms(m.p99)}` },
+  { key: 'counts', show: (m) => `${m.answered} answered · ${m.errors} errors` },
+  { key: 'error', show: (m) => m.lastError && `last error ${ago(m.lastError.at)}: ${m.lastError.code}${m.lastError.inARow > 1 ? ` (${m.lastError.inARow} in a row)` : ''} · ${m.lastError.message}`, cls: () => 'bad' },
+  { key: 'check', show: (m) => m.lastCheck && `check ${m.lastCheck.ok ? 'passed' : 'failed'} ${ago(m.lastCheck.at)}${m.lastCheck.ok ? '' : `: ${m.lastCheck.message}`}${m.missedPings ? ` · ${m.missedPings} PING${m.missedPings > 1 ? 's' : ''} unanswered` : ''}`, cls: (m) => (m.lastCheck.ok && !m.missedPings ? '' : 'bad') },
+  { key: 'since', show: (m) => m.since !== undefined && `${m.state} for ${dur(now() - m.since)}${m.backAt ? ` · ${m.state === 'ejected' ? 'back' : 'next probe'} in ${dur(m.backAt - now())}` : ''}` },
+  { key: 'reason', show: (m) => m.reason },
+];
+
+/** Why the pool passes this member over now (routing.ts `unavailable`), in words; nothing when it may take the next request. */
+function whyText(m) {
+  switch (m.why) {
+    case 'drained': return `drained by an operator: no new requests${m.inflight ? `; finishing ${m.inflight}` : ''}`;
+    case 'ejected': return `ejected${m.lastError ? ` after ${m.lastError.inARow} failures in a row (${m.lastError.code})` : ''}`;
+    case 'not_connected': return m.state === 'connecting' ? 'connecting: its link is not verified yet' : 'down: its link failed; probed until it answers';
+    case 'full': return `at its in-flight limit (${m.inflight})`;
+    case 'silent': return `silent: no answer for ${dur(now() - m.oldestAt)} (oldest of ${m.inflight} in flight)`;
+    default: return m.why || null;
+  }
+}
+
+function ms(v) {
+  return v === undefined || v === null ? '–' : `${v} ms`;
+}
+
+function dur(d) {
+  const s = Math.max(0, d) / 1000;
+  if (s < 10) return `${s.toFixed(1)} s`;
+  if (s < 90) return `${Math.round(s)} s`;
+  if (s < 5400) return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
+  return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+}
+
+function ago(t) {
+  return `${dur(now() - t)} ago`;
+}
+
 function renderPools() {
   const box = $('pools');
   if (!S.pools.length) return;
-  box.replaceChildren(...S.pools.map((p) => {
-    const members = p.members.map((m) => member(m, m.id === p.next));
-    const gone = p.gone.map((m) => member(m, false));
-    return el('div', { class: 'pool', 'data-policy': p.policy, 'data-cursor': String(p.cursor), 'data-next': p.next || '' },
-      el('h3', {}, el('span', { text: `policy ${p.policy}` }), el('span', { class: 'badge', text: p.state }),
-        el('span', { class: 'meta', text: `cursor ${p.cursor} · ${p.routed} routed` })),
-      el('div', { class: 'members' }, ...members, ...gone));
-  }));
+  for (const e of [...box.children]) if (!e.classList.contains('pool')) e.remove();
+  const keep = new Set();
+  S.pools.forEach((p, i) => {
+    keep.add(p.policy);
+    const pool = [...box.children].find((e) => e.dataset.policy === p.policy) || newPool(p.policy);
+    if (box.children[i] !== pool) box.insertBefore(pool, box.children[i] || null);
+    updatePool(pool, p);
+  });
+  for (const e of [...box.children]) if (!keep.has(e.dataset.policy)) e.remove();
 }
 
-function member(m, isNext) {
-  return el('div', { class: `member${isNext ? ' next' : ''}`, 'data-member': m.id, 'data-state': m.state, title: m.reason || '' },
-    el('div', { class: 'id', text: m.id }),
-    el('div', { class: 'ms', text: m.state }),
-    el('div', { class: 'counts', text: `${m.answered} answered · ${m.errors} errors` }),
-    m.reason ? el('div', { class: 'reason', text: m.reason }) : null);
+function newPool(policy) {
+  return el('div', { class: 'pool', 'data-policy': policy },
+    el('h3', {}, el('span', { text: `policy ${policy}` }), el('span', { class: 'badge' }), el('span', { class: 'meta' })),
+    el('div', { class: 'action-msg', role: 'status' }),
+    el('div', { class: 'members' }));
+}
+
+function updatePool(box, p) {
+  box.dataset.cursor = String(p.cursor);
+  box.dataset.next = p.next || '';
+  box.dataset.proxy = p.proxy || '';
+  setText(box.querySelector('.badge'), p.state);
+  const noneNext = p.members.length && !p.next ? ' · no member can take a request now' : '';
+  setText(box.querySelector('.meta'), `cursor ${p.cursor} · ${p.routed} routed${noneNext}`);
+  const list = box.querySelector('.members');
+  const all = [...p.members.map((m) => [m, m.id === p.next]), ...p.gone.map((m) => [m, false])];
+  const keep = new Set();
+  all.forEach(([m, isNext], i) => {
+    const key = `${m.state === 'gone' ? 'gone:' : ''}${m.id}`;
+    keep.add(key);
+    const card = [...list.children].find((c) => c.dataset.key === key) || newCard(key, m.id, box);
+    if (list.children[i] !== card) list.insertBefore(card, list.children[i] || null);
+    updateCard(card, m, isNext);
+  });
+  for (const c of [...list.children]) if (!keep.has(c.dataset.key)) c.remove();
+}
+
+function newCard(key, id, poolBox) {
+  const button = el('button', { class: 'act', type: 'button' });
+  button.addEventListener('click', () => act(button, id, poolBox));
+  return el('div', { class: 'member', 'data-key': key, 'data-member': id },
+    el('div', { class: 'top' }, el('span', { class: 'id', text: id }), el('span', { class: 'ms' })),
+    ...MEMBER_FIELDS.map((f) => el('div', { class: `f f-${f.key}`, 'data-field': f.key })),
+    el('div', { class: 'actions' }, button));
+}
+
+function updateCard(card, m, isNext) {
+  card.dataset.state = m.state;
+  card.dataset.why = m.why || '';
+  card.classList.toggle('next', isNext);
+  card.title = m.reason || '';
+  card._m = m;
+  setText(card.querySelector('.ms'), m.state);
+  for (const f of MEMBER_FIELDS) {
+    const line = card.querySelector(`[data-field="${f.key}"]`);
+    const text = f.show(m) || '';
+    setText(line, text);
+    line.hidden = !text;
+    line.className = `f f-${f.key}${text && f.cls ? ` ${f.cls(m)}` : ''}`;
+  }
+  const button = card.querySelector('.act');
+  const action = m.state === 'drained' ? 'enable' : 'drain';
+  button.hidden = m.state === 'gone' || !S.meta.actions;
+  if (!button.disabled) {
+    button.dataset.action = action;
+    setText(button, action);
+    button.title = action === 'drain' ? 'no new requests for this member; it finishes what it has and stays registered' : 'put this member back in rotation';
+  }
+}
+
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
+/** Drain or enable a member: a POST with a JSON body, as the inspector's guard requires (inspector/guard.ts). */
+async function act(button, id, poolBox) {
+  const action = button.dataset.action;
+  const msg = poolBox.querySelector('.action-msg');
+  button.disabled = true;
+  try {
+    const r = await fetch(`/api/members/${action}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ member: id, proxy: poolBox.dataset.proxy || undefined }),
+    });
+    const body = await r.json().catch(() => ({ error: `HTTP ${r.status}` }));
+    msg.className = `action-msg ${r.ok ? 'ok' : 'bad'}`;
+    msg.textContent = r.ok ? `${action === 'drain' ? 'drained' : 'enabled'} ${id}: now ${body.state}` : `${action} ${id} refused: ${body.error}`;
+  } catch (err) {
+    msg.className = 'action-msg bad';
+    msg.textContent = `${action} ${id} failed: ${err.message}`;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+/** Ages on the cards move on with the clock, between batches too. */
+function tickAges() {
+  if (S.meta.recorded) return;
+  for (const card of document.querySelectorAll('#pools .member')) if (card._m) updateCard(card, card._m, card.classList.contains('next'));
 }
 
 function renderConns() {
@@ -187,8 +331,9 @@ function renderConns() {
     return;
   }
   $('conns').replaceChildren(...S.conns.map((c) =>
-    el('li', { class: c.closed ? 'closed' : '', title: c.closed ? 'closed' : 'open' },
-      document.createTextNode(`#${c.id} ${c.role}${c.peer.startsWith('unknown') ? '' : ` ${c.peer}`}${c.outstanding ? ` · ${c.outstanding} waiting` : ''}`))));
+    el('li', { class: c.closed ? 'closed' : '', title: c.closed ? 'closed' : 'open', 'data-role': c.role, 'data-open': String(!c.closed) },
+      document.createTextNode(`#${c.id} ${c.role}${c.peer.startsWith('unknown') ? '' : ` ${c.peer}`}${c.outstanding ? ` · ${c.outstanding} waiting` : ''}`))),
+    ...(S.connsMore ? [el('li', { class: 'muted', text: `and ${S.connsMore} more open` })] : []));
 }
 
 function fmt(v, digits) {
@@ -372,3 +517,4 @@ $('pause').onclick = () => {
 };
 
 connect();
+setInterval(tickAges, 1000);

@@ -1,0 +1,234 @@
+/**
+ * The inspector's live views of a proxy and its operator actions, at the
+ * HTTP level (issue 19): open connections, each member's card, the member
+ * the next request really goes to, and the guard on the drain and enable
+ * buttons. spec/inspector-page.spec.ts drives the same in a browser.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { request as httpRequest } from 'node:http';
+import { connect, Logger, memorySink, runClient, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import { serveRecorded, startInspector, type Inspector, type MemberView, type PoolView } from '../inspector/index.js';
+import { eventually, LOCAL } from './helpers.js';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+interface Ctx {
+  insp?: Inspector;
+  proxy?: ProxyHandle;
+  servers: ServerHandle[];
+  logs: LogRecord[];
+  cleanup: Array<() => unknown>;
+}
+const ctx: Ctx = { servers: [], logs: [], cleanup: [] };
+
+async function reset(): Promise<void> {
+  for (const c of ctx.cleanup.splice(0)) await c();
+  for (const s of ctx.servers.splice(0)) s.kill();
+  ctx.proxy?.kill();
+  ctx.proxy = undefined;
+  await ctx.insp?.close();
+  ctx.insp = undefined;
+  ctx.logs = [];
+}
+
+/** An inspected proxy (timeouts long enough that a silent member stays silent), and servers of policy P. */
+async function setUp(servers: Array<[string, 'normal' | 'silent' | 'fail']>, inspector: Parameters<typeof startInspector>[0] = {}): Promise<{ insp: Inspector; proxy: ProxyHandle }> {
+  const logger = new Logger('proxy', memorySink(ctx.logs), 'info');
+  ctx.insp = await startInspector({ port: 0, flushMs: 20, logger, ...inspector });
+  ctx.proxy = await startProxy({
+    port: 0, inspect: ctx.insp.inspect, observer: ctx.insp.observer, logger,
+    timeoutMs: 60_000, tryTimeoutMs: 60_000, retries: 3, slowAfterMs: 100, ejectAfter: 3, ejectBaseMs: 60_000,
+  });
+  for (const [id, behaviour] of servers) {
+    ctx.servers.push(await startServer({ id, policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, behaviour }));
+  }
+  await eventually(() => ctx.proxy!.pools().P?.members.length === servers.length, 3000, 'every server in pool P');
+  return { insp: ctx.insp, proxy: ctx.proxy };
+}
+
+const state = async (insp: Inspector): Promise<{ pools: PoolView[]; conns: Array<{ id: number; role: string; closed: boolean }> }> => (await fetch(`${insp.url}api/state`)).json();
+
+/** Wait until the inspector's view satisfies `pred` (it is refreshed every flush). */
+async function viewOf<T>(insp: Inspector, pick: (s: Awaited<ReturnType<typeof state>>) => T | undefined, what: string): Promise<T> {
+  const end = Date.now() + 5000;
+  for (;;) {
+    const v = pick(await state(insp));
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for the inspector to show ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+const memberIn = (s: Awaited<ReturnType<typeof state>>, id: string): MemberView | undefined => s.pools.find((p) => p.policy === 'P')?.members.find((m) => m.id === id);
+
+const one = async (payload: string, timeoutMs = 5000) => (await runClient({ id: 'one', proxy: { host: LOCAL, port: ctx.proxy!.port }, packets: [{ srcid: 'one', privPoliId: 'P', payload }], timeoutMs }))[0]!;
+
+const live = suite('inspector: live members and connections');
+live.after.each(reset);
+
+live('an open client connection is listed as open while it is open, then as closed', async () => {
+  const { insp, proxy } = await setUp([['1', 'normal']]);
+  const client = await connect({ revproc: proxy.port, id: 'held' });
+  ctx.cleanup.push(() => client.destroy());
+  await client.request('P', 'hello');
+  const held = await viewOf(insp, (s) => s.conns.find((c) => c.role === 'client' && !c.closed), 'an open client connection');
+  await client.close();
+  await viewOf(insp, (s) => s.conns.find((c) => c.id === held.id && c.closed), `connection #${held.id} closed`);
+});
+
+live('a member card has its address, requests in flight, latency, last check and time in its state', async () => {
+  const { insp, proxy } = await setUp([['1', 'normal']]);
+  for (let i = 0; i < 5; i++) assert.ok((await one(`p${i}`)).correct);
+  const m = await viewOf(insp, (s) => { const m = memberIn(s, '1'); return m?.p50 !== undefined && m.answered === 5 ? m : undefined; }, 'member 1 with 5 answers');
+  const entry = proxy.actor.getSnapshot().context.servers.get('1')!;
+  assert.is(m.address, `${entry.host}:${entry.port}`);
+  assert.is(m.state, 'serving');
+  assert.is(m.inflight, 0);
+  assert.ok(m.p50! > 0 && m.p99! >= m.p50!, `p50 ${m.p50} p99 ${m.p99}`);
+  assert.ok(m.lastCheck?.ok && m.lastCheck.at <= Date.now() && m.since! <= Date.now(), JSON.stringify(m));
+  assert.is(m.why, undefined, 'it may take the next request');
+});
+
+live('an ejected member says why: failures in a row, the last error, since when, and when it is back', async () => {
+  const { insp, proxy } = await setUp([['1', 'normal'], ['bad', 'fail']]);
+  for (let i = 0; i < 20 && proxy.pools().P!.states.bad !== 'ejected'; i++) await one(`e${i}`);
+  assert.is(proxy.pools().P!.states.bad, 'ejected');
+  const m = await viewOf(insp, (s) => { const m = memberIn(s, 'bad'); return m?.state === 'ejected' ? m : undefined; }, 'bad ejected');
+  assert.is(m.why, 'ejected');
+  assert.is(m.lastError?.code, 'UPSTREAM_FAILED');
+  assert.is(m.lastError?.inARow, 3);
+  assert.match(m.lastError!.message, /configured to fail/);
+  const t = Date.now();
+  assert.ok(m.since! <= t && m.lastError!.at <= t);
+  assert.ok(m.backAt! > t + 50_000 && m.backAt! <= t + 60_000, `back in ${m.backAt! - t} ms of 60 s`);
+});
+
+live('a silent member says so; next is the member the next request really goes to, not the one at the cursor', async () => {
+  const { insp, proxy } = await setUp([['1', 'normal'], ['2', 'normal'], ['quiet', 'silent']]);
+  // One request is held at quiet: past slowAfterMs it is silent, and passed over.
+  const held = runClient({ id: 'held', proxy: { host: LOCAL, port: proxy.port }, packets: [1, 2, 3].map((i) => ({ srcid: 'held', privPoliId: 'P', payload: `h${i}` })), timeoutMs: 100 });
+  await held;
+  const quiet = await viewOf(insp, (s) => { const m = memberIn(s, 'quiet'); return m?.why === 'silent' ? m : undefined; }, 'quiet silent');
+  assert.is(quiet.state, 'serving', 'silent is not a state of its own: its link is open');
+  assert.is(quiet.inflight, 1);
+  assert.ok(quiet.oldestAt! <= Date.now() - 100);
+  // Move the cursor onto quiet: after 2 answers, the cursor points at the next member in the rotation.
+  for (let i = 0; i < 6 && proxy.pools().P!.members[proxy.pools().P!.cursor % 3] !== 'quiet'; i++) await one(`m${i}`);
+  const { members, cursor } = proxy.pools().P!;
+  assert.is(members[cursor % members.length], 'quiet', 'the cursor stands at the silent member');
+  const pool = await viewOf(insp, (s) => { const p = s.pools.find((p) => p.policy === 'P'); return p?.cursor === cursor ? p : undefined; }, `cursor ${cursor}`);
+  assert.is(pool.next, '1', 'next is the first member from the cursor that may take a request');
+  assert.is((await one('next')).server, pool.next, 'and the next request went there');
+});
+
+live('the Context panel and event log hold data only: no functions', async () => {
+  const { insp } = await setUp([['1', 'normal']]);
+  await one('x');
+  const text = await (await fetch(`${insp.url}api/state`)).text();
+  assert.match(text, /"machine":"pool"/);
+  assert.not.match(text, /ƒ/);
+});
+
+const guard = suite('inspector: the guard on actions');
+guard.after.each(reset);
+
+/** An HTTP request with any headers (fetch will not send a Host of our choosing). */
+function raw(url: string, method: string, headers: Record<string, string>, body = ''): Promise<{ status: number; headers: Record<string, unknown>; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(url, { method, headers }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (c) => (text += c));
+      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: text }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+const drainBody = JSON.stringify({ member: '1' });
+const json = { 'content-type': 'application/json' };
+
+guard('drain and enable are POSTs with a JSON body; the proxy logs each with who asked', async () => {
+  const { insp, proxy } = await setUp([['1', 'normal'], ['2', 'normal']]);
+  const get = await raw(`${insp.url}api/members/drain`, 'GET', {});
+  assert.is(get.status, 405);
+  assert.is(get.headers.allow, 'POST');
+  assert.is((await raw(`${insp.url}api/members/drain`, 'POST', { 'content-type': 'text/plain' }, drainBody)).status, 415, 'a form or text body (what a cross-origin page can send without asking) is refused');
+  assert.is(proxy.pools().P!.states['1'], 'serving', 'nothing refused changed anything');
+  const r = await raw(`${insp.url}api/members/drain`, 'POST', json, drainBody);
+  assert.is(r.status, 200, r.body);
+  assert.equal(JSON.parse(r.body).state, 'drained');
+  assert.is(proxy.pools().P!.states['1'], 'drained');
+  const e = await raw(`${insp.url}api/members/enable`, 'POST', json, drainBody);
+  assert.equal([e.status, JSON.parse(e.body).state], [200, 'serving']);
+  const lines = ctx.logs.filter((l) => l.event === 'member_drain' || l.event === 'member_enable');
+  assert.equal(lines.map((l) => [l.level, l.event]), [['info', 'member_drain'], ['info', 'member_enable']]);
+  for (const l of lines) assert.match(String(l.by), /^127\.0\.0\.1:\d+ via the inspector$/);
+  const unknown = await raw(`${insp.url}api/members/drain`, 'POST', json, JSON.stringify({ member: 'nobody' }));
+  assert.is(unknown.status, 404);
+  assert.match(JSON.parse(unknown.body).error, /no running proxy here has a server of id nobody/);
+  assert.is((await raw(`${insp.url}api/members/drain`, 'POST', json, '{"member":')).status, 400);
+});
+
+guard('actions from another origin, or naming another host (DNS rebinding), are refused and logged', async () => {
+  const { insp, proxy } = await setUp([['1', 'normal'], ['2', 'normal']]);
+  const port = insp.port!;
+  const cases: Array<[Record<string, string>, RegExp]> = [
+    [{ origin: 'http://evil.example' }, /not from http:\/\/evil\.example/],
+    [{ origin: 'null' }, /not from null/],
+    [{ host: `evil.example:${port}` }, /names host 'evil\.example/],
+    [{ host: `127.evil.example:${port}` }, /names host '127\.evil\.example/],
+    [{ host: `127.0.0.1:${port + 1}` }, /names host/],
+    [{ host: `evil.example:${port}`, origin: `http://evil.example:${port}` }, /names host/],
+  ];
+  for (const [headers, why] of cases) {
+    const r = await raw(`${insp.url}api/members/drain`, 'POST', { ...json, ...headers }, drainBody);
+    assert.is(r.status, 403, `${JSON.stringify(headers)}: ${r.body}`);
+    assert.match(JSON.parse(r.body).error, why);
+  }
+  assert.is(proxy.pools().P!.states['1'], 'serving');
+  const refused = ctx.logs.filter((l) => l.event === 'inspector_refused');
+  assert.is(refused.length, cases.length);
+  assert.ok(refused.every((l) => l.level === 'warn' && /^127\.0\.0\.1:\d+ via the inspector$/.test(String(l.by))));
+  const own = await raw(`${insp.url}api/members/drain`, 'POST', { ...json, host: `localhost:${port}`, origin: `http://localhost:${port}` }, drainBody);
+  assert.is(own.status, 200, 'its own page, under localhost, may act');
+});
+
+guard('with a token every path needs HTTP Basic auth; the user name is logged as who asked', async () => {
+  const token = 'a-long-inspector-token';
+  const { insp, proxy } = await setUp([['1', 'normal'], ['2', 'normal']], { token });
+  const page = await fetch(insp.url!);
+  assert.is(page.status, 401);
+  assert.match(page.headers.get('www-authenticate') ?? '', /^Basic realm="revproxy inspector"/);
+  for (const path of ['events', 'api/state', 'metrics']) assert.is((await fetch(`${insp.url}${path}`)).status, 401, path);
+  const auth = (user: string, pass: string) => ({ authorization: `Basic ${Buffer.from(`${user}:${pass}`).toString('base64')}` });
+  assert.is((await fetch(insp.url!, { headers: auth('alice', 'wrong') })).status, 401);
+  assert.is((await fetch(insp.url!, { headers: auth('alice', token) })).status, 200);
+  assert.is((await raw(`${insp.url}api/members/drain`, 'POST', json, drainBody)).status, 401);
+  const r = await raw(`${insp.url}api/members/drain`, 'POST', { ...json, ...auth('alice', token) }, drainBody);
+  assert.is(r.status, 200, r.body);
+  assert.is(proxy.pools().P!.states['1'], 'drained');
+  assert.match(String(ctx.logs.find((l) => l.event === 'member_drain')!.by), /^alice at 127\.0\.0\.1:\d+ via the inspector$/);
+});
+
+guard('off loopback the inspector will not start without a token, nor with a short one', async () => {
+  const err = await startInspector({ port: 0, host: '0.0.0.0' }).then(() => undefined, (e: Error) => e);
+  assert.match(String(err?.message), /reachable from other machines.*give it a token \(--inspect-token, REVPROXY_INSPECT_TOKEN\) or listen on 127\.0\.0\.1/);
+  const short = await startInspector({ port: 0, token: 'short' }).then(() => undefined, (e: Error) => e);
+  assert.match(String(short?.message), /at least 8 characters/);
+});
+
+guard('a recorded log has nothing to act on', async () => {
+  const file = join(mkdtempSync(join(tmpdir(), 'insp-')), 'empty.ndjson');
+  writeFileSync(file, `${JSON.stringify({ k: 'figures', t: 1, figures: { rps: 0, inflight: 0, answered: 0, errors: 0 } })}\n`);
+  const page = await serveRecorded(file, 0);
+  ctx.cleanup.push(() => page.close());
+  const r = await raw(`${page.url}api/members/drain`, 'POST', json, drainBody);
+  assert.is(r.status, 409);
+  assert.match(JSON.parse(r.body).error, /recorded log/);
+});
+
+live.run();
+guard.run();
