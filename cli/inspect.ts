@@ -4,19 +4,31 @@
  * the same page over a recorded log.
  */
 import { Command, Option } from 'commander';
+import type { Logger } from '../actors/logger.js';
 import { serveRecorded, startInspector, type Inspector } from '../inspector/index.js';
-import { checkGiven, FileError, parsePort } from './common.js';
+import { MIN_TOKEN_LENGTH } from '../inspector/guard.js';
+import { checkGiven, FileError, parsePort, UsageError } from './common.js';
 
 export interface InspectFlags {
   /** true: a free port; a number: that port. */
   inspect?: number | true;
   inspectLog?: string;
+  /** The inspector's HTTP Basic password. */
+  inspectToken?: string;
 }
 
 export const inspectOptions = (): Option[] => [
   new Option('--inspect [port]', 'serve the state-machine inspector and /metrics on 127.0.0.1 (no port: a free one)').argParser((v) => parsePort(v, '--inspect port')),
   new Option('--inspect-log <file>', 'write every inspection event to FILE as NDJSON (replay with: revproxy inspect FILE)'),
+  new Option('--inspect-token <secret>', "the inspector's password (HTTP Basic, any user name): its page, /metrics and its drain/enable buttons then need it").env('REVPROXY_INSPECT_TOKEN'),
 ];
+
+/** The inspector token as given, or a usage error when it is too short to be a secret. */
+export function checkInspectToken(token: unknown): string {
+  const t = String(token);
+  if (t.length < MIN_TOKEN_LENGTH) throw new UsageError(`--inspect-token (or REVPROXY_INSPECT_TOKEN) must be at least ${MIN_TOKEN_LENGTH} characters: a short secret is easy to guess`);
+  return t;
+}
 
 /** What the actors get when inspected; empty when not, so nothing is attached. */
 export interface Attach {
@@ -34,12 +46,13 @@ export interface Inspection {
 
 const none: Inspection = { attach: {}, hold: async () => {}, close: async () => {} };
 
-/** Start the inspector when the flags ask for it, and say where it is. */
-export async function startInspection(flags: InspectFlags, title: string): Promise<Inspection> {
+/** Start the inspector when the flags ask for it, and say where it is. `logger` gets its refusals of actions. */
+export async function startInspection(flags: InspectFlags, title: string, logger?: Logger): Promise<Inspection> {
   if (flags.inspect === undefined && !flags.inspectLog) return none;
   const port = flags.inspect === undefined ? undefined : flags.inspect === true ? 0 : flags.inspect;
-  const insp = await startInspector({ port, logFile: flags.inspectLog, title });
-  if (insp.url) process.stderr.write(`Inspector for ${title} on ${insp.url} (metrics at ${insp.url}metrics)\n`);
+  const token = flags.inspectToken === undefined ? undefined : checkInspectToken(flags.inspectToken);
+  const insp = await startInspector({ port, logFile: flags.inspectLog, title, token, logger });
+  if (insp.url) process.stderr.write(`Inspector for ${title} on ${insp.url} (metrics at ${insp.url}metrics)${token ? '; sign in with any user name and the inspector token' : ''}\n`);
   if (flags.inspectLog) process.stderr.write(`Writing inspection events to ${flags.inspectLog}\n`);
   return {
     attach: { inspect: insp.inspect, observer: insp.observer },

@@ -21,7 +21,7 @@ import { addOperationsMetrics, Metrics } from '../inspector/metrics.js';
 import type { PoolView } from '../inspector/views.js';
 import { dial } from '../transport/tls.js';
 import { parseIntOption, parsePort, runUntilStopped, tlsOptions, UsageError } from './common.js';
-import { inspectOptions, startInspection } from './inspect.js';
+import { checkInspectToken, inspectOptions, startInspection } from './inspect.js';
 
 const camel = (key: string): string => key.replace(/_(\w)/g, (_, c: string) => c.toUpperCase());
 const flagOf = (key: string): string => `--${key.replace(/_/g, '-')}`;
@@ -95,6 +95,7 @@ function configFromFlags(cmd: Command): ProxyConfig {
   if (Object.keys(tls).length) c.tls = tls;
   if (given('inspect')) c.inspect = o.inspect === true ? 0 : o.inspect;
   if (given('inspectLog')) c.inspect_log = abs(o.inspectLog);
+  if (given('inspectToken')) c.inspect_token = checkInspectToken(o.inspectToken);
   return c as ProxyConfig;
 }
 
@@ -180,7 +181,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       logger.warn('admin_insecure', `the admin endpoint listens on ${rt.admin.host}, reachable from other machines, with no token: anyone who can connect can read /metrics. Set admin.token (--admin-token, REVPROXY_ADMIN_TOKEN).`, { host: rt.admin.host });
     }
   }
-  const insp = await startInspection({ inspect: rt.inspect, inspectLog: rt.inspectLog }, 'proxy');
+  const insp = await startInspection({ inspect: rt.inspect, inspectLog: rt.inspectLog, inspectToken: rt.inspectToken }, 'proxy', logger);
   try {
     const upstream = rt.options.upstreamTls;
     proxy = await startProxy({

@@ -131,6 +131,7 @@ const otherFields = {
   }), 'the admin endpoint'),
   inspect: opt(whole('a port on 127.0.0.1 for the inspector page (0 = a free one)', 0), 'serve the inspector page and its /metrics on 127.0.0.1:PORT'),
   inspect_log: opt(path, 'write every inspection event to this file (NDJSON)'),
+  inspect_token: opt(secret, "the inspector's HTTP Basic password (any user name): its page and its drain and enable buttons need it (REVPROXY_INSPECT_TOKEN, --inspect-token)"),
 } as const;
 
 export const proxyConfigSpec = object('proxy configuration', { ...numberFields, ...otherFields }, (c) => {
@@ -205,6 +206,7 @@ export interface Runtime {
   admin?: { host: string; port: number; token?: string };
   inspect?: number;
   inspectLog?: string;
+  inspectToken?: string;
 }
 
 /**
@@ -233,6 +235,7 @@ export function toRuntime(c: ProxyConfig): Runtime {
     admin: c.admin?.listen ? { ...c.admin.listen, token: c.admin.token } : undefined,
     inspect: c.inspect,
     inspectLog: c.inspect_log,
+    inspectToken: c.inspect_token,
   };
 }
 
@@ -281,6 +284,7 @@ const OTHER_RELOAD: Record<keyof typeof otherFields, Reload> = {
   admin: 'restart',
   inspect: 'restart',
   inspect_log: 'restart',
+  inspect_token: 'restart',
 };
 
 /** Which settings differ (tokens compared without ever being shown), each with when it takes effect. */

@@ -151,5 +151,18 @@ recorded('the CLI: proxy --inspect serves the page and /metrics, --inspect-log w
   assert.match(missing.out.join('\n'), /does not exist; write one with --inspect-log FILE/);
 });
 
+recorded('the CLI: --inspect-token (or REVPROXY_INSPECT_TOKEN) puts the page behind HTTP Basic auth; a short one is a usage error', async () => {
+  const token = 'inspector-token-123';
+  const proxy = revproxy(['proxy', '-port', '0', '--inspect', '0'], { env: { REVPROXY_INSPECT_TOKEN: token } });
+  const url = (await proxy.waitFor(/Inspector for proxy on (http:\/\/127\.0\.0\.1:\d+\/).*sign in with any user name and the inspector token/))[1]!;
+  assert.is((await fetch(url)).status, 401);
+  assert.is((await fetch(url, { headers: { authorization: `Basic ${Buffer.from(`ops:${token}`).toString('base64')}` } })).status, 200);
+  proxy.kill();
+  assert.is(await proxy.exited, 0);
+  const short = revproxy(['proxy', '-port', '0', '--inspect', '0', '--inspect-token', 'short']);
+  assert.is(await short.exited, 2);
+  assert.match(short.out.join('\n'), /--inspect-token \(or REVPROXY_INSPECT_TOKEN\) must be at least 8 characters/);
+});
+
 parts.run();
 recorded.run();
