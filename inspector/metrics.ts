@@ -27,13 +27,20 @@ interface PolicyTally {
   count: number;
   /** member -> outcome -> count */
   outcomes: Map<string, Map<string, number>>;
-  members: Map<string, MemberTally>;
 }
 
+/**
+ * One member's answers for its card. Its latency is counted from when a
+ * card first shows it (`tally`); with the inspector's page, a member no card
+ * showed for a sweep is forgotten, so members that come and go leave nothing
+ * behind.
+ */
 interface MemberTally {
   answered: number;
   errors: number;
-  recent: RecentLatency;
+  recent?: RecentLatency;
+  /** Read since the last sweep. */
+  seen: boolean;
 }
 
 /** What the metrics read from the running actors when scraped. */
@@ -55,10 +62,14 @@ const RECENT = 4096;
 const SLOTS = 64;
 // A member's p50/p99 read the answers of the last one to two windows of this length.
 const MEMBER_WINDOW_MS = 5000;
+// Members no card asked for within this long are forgotten.
+const MEMBER_SWEEP_MS = 60_000;
 
 export class Metrics implements ProxyObserver {
   readonly registry = new Registry();
   private readonly policies = new Map<string, PolicyTally>();
+  /** Per policy, per member: what its card shows (only members a card has shown are counted). */
+  private readonly cards = new Map<string, Map<string, MemberTally>>();
   private readonly retries = new Map<string, number>();
   private readonly ejections = new Map<string, number>();
   private readonly recent = new Float64Array(RECENT);
@@ -151,7 +162,7 @@ export class Metrics implements ProxyObserver {
     let t = this.policies.get(policy);
     if (!t && this.policies.size >= MAX_LABEL_VALUES) return this.policy(OTHER);
     if (!t) {
-      t = { buckets: new Float64Array(LATENCY_BUCKETS.length), sum: 0, count: 0, outcomes: new Map(), members: new Map() };
+      t = { buckets: new Float64Array(LATENCY_BUCKETS.length), sum: 0, count: 0, outcomes: new Map() };
       this.policies.set(policy, t);
     }
     return t;
@@ -164,11 +175,12 @@ export class Metrics implements ProxyObserver {
     if (!byOutcome) t.outcomes.set(server, (byOutcome = new Map()));
     byOutcome.set(outcome, (byOutcome.get(outcome) ?? 0) + 1);
     if (member !== undefined) {
-      let m = t.members.get(member);
-      if (!m) t.members.set(member, (m = { answered: 0, errors: 0, recent: new RecentLatency() }));
-      if (outcome === 'ok') m.answered++;
-      else m.errors++;
-      m.recent.add(latencyMs, this.window);
+      const m = this.card(policy, member, false);
+      if (m) {
+        if (outcome === 'ok') m.answered++;
+        else m.errors++;
+        m.recent?.add(latencyMs, this.window);
+      }
     }
     const s = latencyMs / 1000;
     t.sum += s;
@@ -199,8 +211,10 @@ export class Metrics implements ProxyObserver {
 
   /** Answers and errors of one member, for the pool view. */
   tally(policy: string, member: string): Tally | undefined {
-    const m = this.policies.get(policy)?.members.get(member);
+    const m = this.card(policy, member, true);
     if (!m) return undefined;
+    m.seen = true;
+    m.recent ??= new RecentLatency();
     const q = m.recent.quantiles(this.window);
     return { answered: m.answered, errors: m.errors, p50: q?.p50, p99: q?.p99 };
   }
@@ -211,6 +225,26 @@ export class Metrics implements ProxyObserver {
     this.tickNo++;
     this.window = Math.floor((this.tickNo * this.tickMs) / MEMBER_WINDOW_MS);
     this.slots[this.tickNo % SLOTS] = 0;
+    if (this.tickNo % Math.max(1, Math.round(MEMBER_SWEEP_MS / this.tickMs)) === 0) this.sweepMembers();
+  }
+
+  /** A member's card tally, made when first needed (up to MAX_LABEL_VALUES policies, and members per policy). */
+  private card(policy: string, member: string, seen: boolean): MemberTally | undefined {
+    let members = this.cards.get(policy);
+    if (!members && this.cards.size < MAX_LABEL_VALUES) this.cards.set(policy, (members = new Map()));
+    let m = members?.get(member);
+    if (!m && members && members.size < MAX_LABEL_VALUES) members.set(member, (m = { answered: 0, errors: 0, seen }));
+    return m;
+  }
+
+  private sweepMembers(): void {
+    for (const [policy, members] of this.cards) {
+      for (const [id, m] of members) {
+        if (m.seen) m.seen = false;
+        else members.delete(id);
+      }
+      if (members.size === 0) this.cards.delete(policy);
+    }
   }
 
   /** Live figures over the last second. */

@@ -79,6 +79,8 @@ live('an open client connection is listed as open while it is open, then as clos
 
 live('a member card has its address, requests in flight, latency, last check and time in its state', async () => {
   const { insp, proxy } = await setUp([['1', 'normal']]);
+  // Latency is counted for the members a card shows: wait for the card.
+  await viewOf(insp, (s) => memberIn(s, '1'), 'member 1');
   for (let i = 0; i < 5; i++) assert.ok((await one(`p${i}`)).correct);
   const m = await viewOf(insp, (s) => { const m = memberIn(s, '1'); return m?.p50 !== undefined && m.answered === 5 ? m : undefined; }, 'member 1 with 5 answers');
   const entry = proxy.actor.getSnapshot().context.servers.get('1')!;
