@@ -275,7 +275,7 @@ export const upstreamMachine = setup({
   initial: 'connecting',
   states: {
     connecting: {
-      invoke: { src: 'deadline', input: ({ context }) => ({ clock: context.clock, ms: context.tryTimeoutMs }) },
+      invoke: { id: 'deadline', src: 'deadline', input: ({ context }) => ({ clock: context.clock, ms: context.tryTimeoutMs }) },
       on: {
         TIMED_OUT: { target: 'down', actions: assign({ lastError: { code: ErrorCode.UPSTREAM_FAILED, message: 'connect timed out' } }) },
         SEND: { actions: 'enqueue' },
@@ -285,7 +285,7 @@ export const upstreamMachine = setup({
       },
     },
     verifying: {
-      invoke: { src: 'deadline', input: ({ context }) => ({ clock: context.clock, ms: context.tryTimeoutMs }) },
+      invoke: { id: 'deadline', src: 'deadline', input: ({ context }) => ({ clock: context.clock, ms: context.tryTimeoutMs }) },
       on: {
         TIMED_OUT: { target: 'down', actions: assign({ lastError: { code: ErrorCode.UPSTREAM_FAILED, message: 'no answer to PING in time' } }) },
         SEND: { actions: 'enqueue' },
