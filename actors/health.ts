@@ -7,7 +7,7 @@
  * and enabled again.
  */
 import type { Failure, ProxyRequest } from './link.js';
-import { current, removeServer, spawnLink } from './membership.js';
+import { current, joinPool, removeServer, spawnLink } from './membership.js';
 import type { Member, ProxyContext } from './proxy-types.js';
 import { drainWaiting, retry } from './routing.js';
 
@@ -26,6 +26,8 @@ export function linkUp(context: ProxyContext, member: string, linkId: string): v
   entry.downSince = undefined;
   entry.lastCheck = { at: context.clock.now(), ok: true, message: 'connected and answered a PING' };
   entry.probeDelay = context.opts.probeInitialMs;
+  // A registry member enters its pool once its link first answers.
+  if (entry.source === 'registry') joinPool(context, entry);
   drainWaiting(context, entry.policy);
 }
 
@@ -36,7 +38,8 @@ export function linkUp(context: ProxyContext, member: string, linkId: string): v
  */
 export function linkDown(context: ProxyContext, member: string, linkId: string, failure: Failure, requests: ProxyRequest[]): void {
   const entry = current(context, member, linkId);
-  if (entry?.wire === 'json') {
+  // A registry entry stays while its key does, and is probed like any other.
+  if (entry?.wire === 'json' && entry.source === 'direct') {
     removeServer(context, entry, `it is gone from ${entry.host}:${entry.port}: ${failure.message}`);
   } else if (entry) {
     const now = context.clock.now();

@@ -10,6 +10,9 @@ import { jsonRegistrations } from './json-registration.js';
 import { proxyMachine, type ProxyActor } from './proxy.js';
 import type { ProxyOptions } from './proxy-options.js';
 import type { MemberState } from './proxy-types.js';
+import type { ProxyRegistryOptions } from '../registry/proxy-registry.js';
+import type { RegistryOptions } from '../registry/options.js';
+import type { RegistryStatus } from '../registry/events.js';
 import { serverMachine, type ServerActor, type ServerOptions } from './server.js';
 
 export { clientMachine, RequestError, type ClientOptions } from './client.js';
@@ -53,6 +56,8 @@ export interface PoolView {
   state: string;
   /** Each member's state: connecting, serving, down or ejected. */
   states: Record<string, MemberState>;
+  /** Where each member came from: a registration connection (`direct`) or the registry. */
+  sources: Record<string, 'direct' | 'registry'>;
   /** Members taking requests now, in rotation order. */
   serving: string[];
 }
@@ -66,7 +71,15 @@ export interface ProxyHandle {
   kill(): void;
   /** Each pool: members in rotation order, the cursor, each member's state. */
   pools(): Record<string, PoolView>;
+  /** The registry as the proxy last heard of it (undefined without one). */
+  registry(): RegistryStatus | undefined;
 }
+
+/** What `startProxy` takes: the proxy's options, and a registry (etcd) to take servers from and advertise itself in. */
+export type StartProxyOptions = ProxyOptions & Inspect & {
+  /** Watch etcd for servers, and advertise this proxy there for clients. `advertise` defaults to `host` (which must then not be a wildcard address). */
+  registry?: Omit<ProxyRegistryOptions, 'advertise' | 'servesTls'> & { advertise?: string };
+};
 
 /**
  * Start a proxy; resolves once it listens (rejects with a `StartError` when
@@ -77,8 +90,18 @@ export interface ProxyHandle {
  * // ... servers register, clients send ...
  * await proxy.stop(); // drains: every request in flight is answered first
  */
-export async function startProxy(opts: ProxyOptions & Inspect = {}): Promise<ProxyHandle> {
-  const actor = createActor(proxyMachine, { input: opts, inspect: opts.inspect, ...xstateClock(opts.clock ?? systemClock) });
+export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHandle> {
+  let machine = proxyMachine;
+  if (opts.registry) {
+    const host = opts.host ?? '127.0.0.1';
+    const advertise = opts.registry.advertise ?? host;
+    if (/^(0\.0\.0\.0|::|\[::\])$/.test(advertise)) {
+      throw new StartError(`the proxy listens on ${host}, every address: say which address clients should dial to reach it (--advertise HOST, or registry.advertise in the config file)`);
+    }
+    const { proxyRegistry } = await import('../registry/proxy-registry.js');
+    machine = proxyMachine.provide({ actors: { registry: await proxyRegistry({ ...opts.registry, advertise, servesTls: Boolean(opts.tls?.cert) }) } });
+  }
+  const actor = createActor(machine, { input: opts, inspect: opts.inspect, ...xstateClock(opts.clock ?? systemClock) });
   actor.start();
   await waitUntil(actor, (s) => s.value !== 'starting');
   const snap = actor.getSnapshot();
@@ -95,11 +118,16 @@ export async function startProxy(opts: ProxyOptions & Inspect = {}): Promise<Pro
         const s = pool.getSnapshot() as unknown as { value: string; context: { members: string[]; cursor: number } };
         const members: string[] = [...s.context.members];
         const states: Record<string, MemberState> = {};
-        for (const id of members) states[id] = ctx.servers.get(id)?.state ?? 'down';
-        out[policy] = { members, cursor: s.context.cursor, state: String(s.value), states, serving: members.filter((id) => states[id] === 'serving') };
+        const sources: Record<string, 'direct' | 'registry'> = {};
+        for (const id of members) {
+          states[id] = ctx.servers.get(id)?.state ?? 'down';
+          sources[id] = ctx.servers.get(id)?.source ?? 'direct';
+        }
+        out[policy] = { members, cursor: s.context.cursor, state: String(s.value), states, sources, serving: members.filter((id) => states[id] === 'serving') };
       }
       return out;
     },
+    registry: () => actor.getSnapshot().context.registry,
   };
 }
 
@@ -123,6 +151,12 @@ export type StartServerOptions = Omit<ServerOptions, 'listenPort'> & Inspect & {
   registerTimeoutMs?: number;
   /** Resolve once listening, without waiting to be registered (default: wait). */
   waitForRegistration?: boolean;
+  /**
+   * Register once in the registry (etcd) instead of with each proxy: every
+   * proxy watching it takes this server. `advertise` is the address proxies
+   * dial (default: `listenHost`, which must then not be a wildcard address).
+   */
+  registry?: RegistryOptions & { advertise?: string };
 };
 
 /**
@@ -142,7 +176,18 @@ export type StartServerOptions = Omit<ServerOptions, 'listenPort'> & Inspect & {
 export async function startServer(options: StartServerOptions): Promise<ServerHandle> {
   const { revproc, ...rest } = options;
   const opts: ServerOptions & StartServerOptions = { ...rest, listenPort: rest.listenPort ?? 0, proxies: rest.proxies ?? (revproc === undefined ? undefined : endpoints(revproc)) };
-  const machine = opts.wire === 'json' ? serverMachine.provide({ actors: { registrations: jsonRegistrations } }) : serverMachine;
+  let machine = opts.wire === 'json' ? serverMachine.provide({ actors: { registrations: jsonRegistrations } }) : serverMachine;
+  if (opts.registry) {
+    if (opts.wire === 'json') throw new StartError('a server registers through the registry or the old way (--wire json), not both: the old proxy knows no registry');
+    const host = opts.listenHost ?? '127.0.0.1';
+    const advertise = opts.registry.advertise ?? host;
+    if (/^(0\.0\.0\.0|::|\[::\])$/.test(advertise)) {
+      throw new StartError(`server ${opts.id} listens on ${host}, every address: say which address proxies should dial to reach it (--advertise HOST)`);
+    }
+    const { serverRegistration } = await import('../registry/server-registration.js');
+    machine = serverMachine.provide({ actors: { registrations: await serverRegistration({ ...opts.registry, advertise }) } });
+    opts.proxies = [];
+  }
   const actor = createActor(machine, { input: opts, inspect: opts.inspect, ...xstateClock(opts.clock ?? systemClock) });
   actor.start();
   if (opts.waitForRegistration === false) {
@@ -161,7 +206,8 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
   if (snap.value === 'failed' || snap.status !== 'active' || timedOut || snap.context.registered.length === 0) {
     actor.stop();
     const proxies = snap.context.proxies.map((p) => `${p.host}:${p.port}`).join(', ');
-    throw new StartError(snap.context.error ?? `server ${opts.id} could not register with any reverse proxy (${proxies}) within ${wait} ms`);
+    const where = opts.registry ? `in the registry (etcd://${opts.registry.endpoints.join(',')})` : `with any reverse proxy (${proxies})`;
+    throw new StartError(snap.context.error ?? `server ${opts.id} could not register ${where} within ${wait} ms`);
   }
   return serverHandle(actor, opts.id);
 }

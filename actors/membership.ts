@@ -14,6 +14,7 @@ import type { LinkInput, LinkPort, Peer } from './link.js';
 import type { Opts } from './proxy-options.js';
 import { Member, type ProxyContext } from './proxy-types.js';
 import { drainWaiting, forgetIfEmpty, policyOf } from './routing.js';
+import { proofHolds, type Provable } from '../registry/proof.js';
 import { upstreamJsonMachine } from './upstream-json.js';
 import { upstreamMachine } from './upstream.js';
 
@@ -35,6 +36,20 @@ export function checkSecret(opts: Opts, s: SetupMsg): string | undefined {
   }
   if (s.token === undefined) return 'no token given; this proxy requires a registration token';
   return timingSafeEqual(digest(s.token), digest(required)) ? undefined : 'wrong token';
+}
+
+/**
+ * Why a registry entry is not admitted, or undefined: its proof must be the
+ * HMAC of its id, policy, address and port under the secret this proxy holds
+ * for its policy (the secret itself never leaves the server). Constant time.
+ */
+export function checkProof(opts: Opts, e: Provable & { proof?: string }): string | undefined {
+  const required = secretFor(opts, e.policy);
+  if (required === undefined) {
+    return opts.tokens ? `privacy policy ${e.policy} is not in the proxy's tokens file` : undefined;
+  }
+  if (e.proof === undefined) return 'its entry carries no proof; this proxy requires a registration secret (start the server with --token)';
+  return proofHolds(required, e, e.proof) ? undefined : 'its proof does not match: a wrong secret, or an entry written or changed without it';
 }
 
 /**
@@ -104,13 +119,24 @@ export function spawnLink(context: ProxyContext, entry: Member): void {
   entry.traffic = (link.getSnapshot().context as { traffic: LinkPort }).traffic;
 }
 
-/** A server joins its policy's rotation (its link is being dialed). */
+/**
+ * A server is registered and its link dialed. A direct registration joins its
+ * policy's rotation at once (the server just spoke to us); a registry entry
+ * joins once its link answers (`joinPool`, from health.ts's linkUp), so an
+ * entry whose address does not answer never holds requests back.
+ */
 export function addServer(context: ProxyContext, entry: Member): void {
   spawnLink(context, entry);
   context.servers.set(entry.id, entry);
   entry.open = secretFor(context.opts, entry.policy) === undefined;
   countOpen(context, entry, 1);
+  if (entry.source !== 'registry') joinPool(context, entry);
+}
+
+/** The member enters its policy's rotation (once). */
+export function joinPool(context: ProxyContext, entry: Member): void {
   const policy = policyOf(context, entry.policy);
+  if (policy.members.has(entry)) return;
   policy.members.add(entry);
   policy.pool.send({ type: 'JOIN', id: entry.id });
 }
@@ -146,7 +172,9 @@ export function applyReload(context: ProxyContext, opts: Opts): void {
   context.opts = { ...opts, port: was.port, host: was.host, tls: was.tls, busyPollUs: was.busyPollUs };
   const { timeoutMs, tryTimeoutMs } = context.opts;
   for (const entry of [...context.servers.values()]) {
-    const denied = checkSecret(context.opts, { type: MsgType.SETUP, id: entry.id, privPolyId: entry.policy, listenport: entry.port, token: entry.token });
+    const denied = entry.source === 'registry'
+      ? checkProof(context.opts, { id: entry.id, policy: entry.policy, address: entry.host, port: entry.port, proof: entry.proof })
+      : checkSecret(context.opts, { type: MsgType.SETUP, id: entry.id, privPolyId: entry.policy, listenport: entry.port, token: entry.token });
     if (denied) {
       entry.registration?.conn.endWith(errorMsg(ErrorCode.UNAUTHORIZED, `registration revoked: ${denied}`));
       removeServer(context, entry, `its registration was revoked by a reload (${denied})`);

@@ -16,6 +16,7 @@ import type { Logger } from './logger.js';
 import type { PoolEvent } from './pool.js';
 import type { Pacer } from './pacer.js';
 import type { Opts, ProxyObserver } from './proxy-options.js';
+import type { RegistryEvent, RegistryStatus } from '../registry/events.js';
 
 export type MemberState = 'connecting' | 'serving' | 'down' | 'ejected' | 'drained';
 
@@ -55,6 +56,10 @@ export class Member {
   lastCheck?: { at: number; ok: boolean; message: string };
   /** The secret it registered with: checked again when a reload changes the secrets. */
   token?: string;
+  /** Where it came from: a registration connection (`direct`, or an old server's setup) or an entry in the registry (etcd). */
+  source: 'direct' | 'registry' = 'direct';
+  /** A registry entry's proof (registry/proof.ts): checked again when a reload changes the secrets. */
+  proof?: string;
 
   constructor(
     readonly id: string,
@@ -116,6 +121,8 @@ export interface ProxyContext {
   busyPoll?: BusyPoll;
   /** Bytes held for all peers together (maxBufferedBytes), shared by every connection. */
   budget: BufferBudget;
+  /** The registry (etcd), when the proxy has one: as its actor last reported it. */
+  registry?: RegistryStatus;
 }
 
 /** The requests one read of one client connection brought. */
@@ -134,6 +141,8 @@ export type ProxyEvent =
   | { type: 'BAD_INPUT'; peer: Peer; error: ProtocolError }
   | { type: 'CONN_CLOSED'; peer: Peer; error?: string }
   | LinkReport
+  /** From the registry actor (registry/proxy-registry.ts), when the proxy has a registry. */
+  | RegistryEvent
   | { type: 'PROBE'; member: string }
   | { type: 'READMIT'; member: string }
   /** An operator takes a member out of rotation (`by`: who asked, for the log), or puts it back. */

@@ -20,7 +20,7 @@
  * `ejected` (too many consecutive failures: out for a while) or `drained`
  * (by an operator, MEMBER_DRAIN: out until MEMBER_ENABLE).
  */
-import { assertEvent, assign, sendTo, setup, type ActorRefFrom } from 'xstate';
+import { assertEvent, assign, fromCallback, sendTo, setup, type ActorRefFrom } from 'xstate';
 import { BufferBudget } from '../transport/budget.js';
 import { BusyPoll } from '../transport/busy-poll.js';
 import type { Connection } from '../transport/socket.js';
@@ -38,6 +38,12 @@ import type { ProxyContext, ProxyEvent } from './proxy-types.js';
 import { drainMember, enableMember, linkDown, linkUp, probe, readmit, triesFailed } from './health.js';
 import { admit, applyReload, evict, registeredBy, removeServer } from './membership.js';
 import { drainWaiting, expireWaiting, makeReply, refuse, route } from './routing.js';
+import { registryHealth, registryJoin, registryLeave } from './registry-members.js';
+import type { RegistryCommand } from '../registry/events.js';
+import type { ProxyRegistryInput } from '../registry/proxy-registry.js';
+
+/** Without a registry the `registry` actor does nothing; startProxy provides etcd's (registry/proxy-registry.ts) when one is given. */
+const noRegistry = fromCallback<RegistryCommand, ProxyRegistryInput>(() => undefined);
 import { stopChild } from './children.js';
 
 export const proxyMachine = setup({
@@ -46,7 +52,7 @@ export const proxyMachine = setup({
     events: {} as ProxyEvent,
     input: {} as ProxyOptions,
   },
-  actors: { listener, sweeper, pinger, drainWatch, linkHub },
+  actors: { listener, sweeper, pinger, drainWatch, linkHub, registry: noRegistry },
   delays: {
     drainTimeout: ({ context }) => context.opts.drainTimeoutMs,
   },
@@ -216,6 +222,21 @@ export const proxyMachine = setup({
       applyReload(context, event.opts);
     },
 
+    registryJoin: ({ context, event }) => {
+      assertEvent(event, 'REGISTRY_JOIN');
+      registryJoin(context, event.entry);
+    },
+
+    registryLeave: ({ context, event }) => {
+      assertEvent(event, 'REGISTRY_LEAVE');
+      registryLeave(context, event.id, event.reason);
+    },
+
+    registryHealth: ({ context, event }) => {
+      assertEvent(event, 'REGISTRY_HEALTH');
+      registryHealth(context, event.status);
+    },
+
     stopAll: ({ context }) => {
       context.probes.stop();
       for (const entry of context.servers.values()) {
@@ -266,12 +287,13 @@ export const proxyMachine = setup({
       input: ({ context }) => ({ ...context.opts, logger: context.logger, clock: context.clock, busyPoll: context.busyPoll, observer: context.observer, budget: context.budget }),
     },
     { id: 'links', src: 'linkHub', input: ({ context }) => ({ logger: context.logger }) },
+    { id: 'registry', src: 'registry', input: ({ context }) => ({ logger: context.logger, servers: context.servers }) },
   ],
   initial: 'starting',
   states: {
     starting: {
       on: {
-        LISTENING: { target: 'running', actions: ['setPort', 'logListening'] },
+        LISTENING: { target: 'running', actions: ['setPort', 'logListening', sendTo('registry', ({ event }) => event)] },
         LISTEN_FAILED: { target: 'failed', actions: 'setError' },
       },
     },
@@ -289,11 +311,11 @@ export const proxyMachine = setup({
         FORWARD: { actions: 'forward' },
         STOP: { target: 'draining' },
         // Re-entered, so the pinger and the sweeper restart with the new intervals.
-        RELOAD: { target: 'running', reenter: true, actions: ['reload', sendTo('listener', ({ event }) => event)] },
+        RELOAD: { target: 'running', reenter: true, actions: ['reload', sendTo('listener', ({ event }) => event), sendTo('registry', { type: 'RELOAD' })] },
       },
     },
     draining: {
-      entry: ['logDraining', sendTo('listener', { type: 'STOP' })],
+      entry: ['logDraining', sendTo('listener', { type: 'STOP' }), sendTo('registry', { type: 'DRAIN' })],
       invoke: [
         { id: 'sweeper', src: 'sweeper', input: sweeperInput },
         { id: 'drainWatch', src: 'drainWatch', input: ({ context }) => ({ inflight: context.inflight }) },
@@ -323,6 +345,9 @@ export const proxyMachine = setup({
     MEMBER_ENABLE: { actions: 'memberEnable' },
     DRAIN_WAITING: { actions: 'drainWaitingQueue' },
     EXPIRE_WAITING: { actions: 'expireWaiting' },
+    REGISTRY_JOIN: { actions: 'registryJoin' },
+    REGISTRY_LEAVE: { actions: 'registryLeave' },
+    REGISTRY_HEALTH: { actions: 'registryHealth' },
   },
 });
 

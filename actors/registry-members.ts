@@ -1,0 +1,59 @@
+/**
+ * What the proxy does with the registry's news (registry/proxy-registry.ts
+ * watches etcd and sends it): a server entry that appears is admitted with
+ * the same secrets as a direct registration (its proof, checkProof in
+ * routing.ts) and the same limits, and becomes a member without a
+ * registration connection - its presence is its key - that joins its pool
+ * once its link answers; an entry that goes takes its member out. Plain
+ * functions over the proxy's context, as routing.ts's are.
+ */
+import { ErrorCode } from '../transport/errors.js';
+import type { RegistryStatus, ServerEntry } from '../registry/events.js';
+import { Member, type ProxyContext } from './proxy-types.js';
+import { addServer, checkOpenLimits, checkProof, removeServer } from './membership.js';
+
+/** A server entry appeared or changed in the registry. */
+export function registryJoin(context: ProxyContext, e: ServerEntry): void {
+  const log = context.logger;
+  const held = context.servers.get(e.id);
+  // A lease renewed or written again after an outage: nothing changed.
+  if (held?.source === 'registry' && held.policy === e.policy && held.host === e.address && held.port === e.port && held.wire === e.wire && held.proof === e.proof) return;
+  const where = `privacy policy ${e.policy} at ${e.address}:${e.port}`;
+  const denied = checkProof(context.opts, e);
+  if (denied) {
+    log.repeated('warn', 'unauthorized', `registry\0${e.id}\0${denied}`, 1, (n, span) => `Refused server id ${e.id} (${where}) from the registry: ${denied}${span ? ` (${n} times ${span})` : ''}`, {
+      id: e.id, policy: e.policy, address: `${e.address}:${e.port}`, code: ErrorCode.UNAUTHORIZED, source: 'registry',
+    });
+    if (held?.source === 'registry') removeServer(context, held, `its registry entry changed and is refused: ${denied}`);
+    return;
+  }
+  if (held && held.source !== 'registry') {
+    log.warn('register_refused', `Ignored server id ${e.id} (${where}) from the registry: a server registered directly with this proxy holds that id`, {
+      id: e.id, policy: e.policy, code: ErrorCode.DUPLICATE_ID, source: 'registry',
+    });
+    return;
+  }
+  if (held) removeServer(context, held, `its registry entry changed (now ${where})`);
+  const tooMany = checkOpenLimits(context, e.policy, e.address);
+  if (tooMany) {
+    log.warn('register_refused', `Refused server id ${e.id} (${where}) from the registry: ${tooMany}`, { id: e.id, policy: e.policy, code: ErrorCode.OVERLOADED, source: 'registry' });
+    return;
+  }
+  log.info('register', `Server id ${e.id} privacy policy ${e.policy} port ${e.port} is in the registry (${e.address}); it joins once its link answers`, {
+    id: e.id, policy: e.policy, port: e.port, host: e.address, wire: e.wire, source: 'registry',
+  });
+  const member = new Member(e.id, e.policy, e.address, e.port, e.wire, undefined, context.opts.probeInitialMs);
+  member.source = 'registry';
+  member.proof = e.proof;
+  addServer(context, member);
+}
+
+/** A server entry went from the registry (or can no longer be read): its member leaves, finishing what it has in flight. */
+export function registryLeave(context: ProxyContext, id: string, reason: string): void {
+  const held = context.servers.get(id);
+  if (held?.source === 'registry') removeServer(context, held, reason);
+}
+
+export function registryHealth(context: ProxyContext, status: RegistryStatus): void {
+  context.registry = status;
+}

@@ -1,0 +1,50 @@
+/**
+ * The etcd client (npm `etcd3`, over gRPC), made the same way for servers,
+ * proxies and clients: loaded only when a registry is asked for (it costs
+ * about a third of a second to load), with its fault handling set for a
+ * registry that must come back quickly after an outage: a per-host circuit
+ * breaker that tries again after a second (etcd3's default waits 5 s), a
+ * deadline on every call, gRPC keepalives that notice an etcd that went
+ * silent. And etcd's errors in words.
+ */
+import type { Etcd3, IOptions } from 'etcd3';
+import { describeRegistry, type Resolved } from './options.js';
+
+export type { Etcd3 } from 'etcd3';
+
+export async function openEtcd(o: Resolved): Promise<Etcd3> {
+  const [{ Etcd3, isRecoverableError }, { circuitBreaker, ConsecutiveBreaker, ExponentialBackoff, handleWhen }] = await Promise.all([import('etcd3'), import('cockatiel')]);
+  const options: IOptions = {
+    hosts: o.endpoints.map((e) => `${o.tls ? 'https' : 'http'}://${e}`),
+    dialTimeout: o.callTimeoutMs,
+    defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + o.callTimeoutMs }),
+    // etcd's default --grpc-keepalive-min-time is 5 s: ping no more often than that.
+    grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': Math.max(1000, o.callTimeoutMs) },
+    faultHandling: {
+      host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: Math.min(1000, o.retryMaxMs), breaker: new ConsecutiveBreaker(3) }),
+      // etcd3's types say a backoff, its code calls `.next()` on a factory (its own default is one).
+      watchBackoff: new ExponentialBackoff({ initialDelay: o.retryInitialMs, maxDelay: o.retryMaxMs }) as never,
+    },
+  };
+  if (o.username !== undefined) options.auth = { username: o.username, password: o.password ?? '' };
+  if (o.tls && (o.tls.ca || o.tls.cert)) {
+    options.credentials = { rootCertificate: o.tls.ca ?? Buffer.alloc(0), privateKey: o.tls.key, certChain: o.tls.cert };
+  }
+  return new Etcd3(options);
+}
+
+/** What went wrong talking to etcd, in words, with what to do when it is a common mistake. */
+export function describeEtcdError(err: unknown, o: Resolved): string {
+  const e = err as Error;
+  const name = e?.name ?? '';
+  const msg = String(e?.message ?? err).replace(/\s*Resolution note:.*$/s, '').trim();
+  const where = describeRegistry({ endpoints: o.endpoints, tls: o.tls !== undefined });
+  if (name === 'EtcdAuthenticationFailedError' || name === 'EtcdUserNotFoundError') return `etcd at ${where} refused the user name or password (${msg}): check --registry-user and REVPROXY_REGISTRY_PASSWORD`;
+  if (name === 'EtcdPermissionDeniedError' || name === 'EtcdRoleNotGrantedError' || name === 'GRPCUnauthenticatedError') {
+    return `etcd at ${where} denied access under ${o.prefix} (${msg}): give the user a role with readwrite on that prefix (etcdctl role grant-permission --prefix ...)`;
+  }
+  if (/ECONNREFUSED/.test(msg)) return `etcd is not reachable at ${where}: connection refused`;
+  if (name === 'GRPCDeadlineExceededError' || /deadline/i.test(msg)) return `etcd at ${where} did not answer within ${o.callTimeoutMs} ms`;
+  if (/BrokenCircuit|circuit/i.test(name + msg)) return `etcd at ${where} is not reachable (it failed several calls in a row; trying again shortly)`;
+  return `etcd at ${where}: ${msg}`;
+}

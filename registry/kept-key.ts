@@ -1,0 +1,160 @@
+/**
+ * One key kept in etcd on a lease of its own, for as long as its owner
+ * lives: a server's entry, or a proxy's. The lease is kept alive (etcd3
+ * sends a keepalive every TTL/3); when it is lost - etcd was away for longer
+ * than the TTL allows - a new lease is granted and the key written again,
+ * with backoff, until etcd answers. A process that dies stops the
+ * keepalives, and etcd deletes the key a TTL later.
+ *
+ * `exclusive` keys (a server's id) are written only when no one else holds
+ * them: a key held under another lease is another live server with the same
+ * id, and is left alone (`taken`) until its lease ends. Our own earlier
+ * leases (after etcd came back) are ours to replace.
+ */
+import type { Lease } from 'etcd3';
+import type { Etcd3 } from './etcd.js';
+import { describeEtcdError } from './etcd.js';
+import type { Resolved } from './options.js';
+
+export interface KeptKeyHandlers {
+  /** The key is in etcd and its lease is alive (`again` after an outage). */
+  up(again: boolean): void;
+  /** The key could not be written, or its lease was lost; trying again in `retryInMs`. */
+  down(why: string, retryInMs: number): void;
+  /** An exclusive key is held by another lease (its current value); trying again in `retryInMs`. */
+  taken(holder: string, retryInMs: number): void;
+  /** A keepalive failed: etcd may be unreachable (called once per outage). */
+  suspect?(err: unknown): void;
+}
+
+export class KeptKey {
+  private lease?: Lease;
+  private leaseId?: string;
+  /** Leases this key was written under: after an outage the key may still be on one of them. */
+  private readonly ours = new Set<string>();
+  private timer?: NodeJS.Timeout;
+  private retryMs: number;
+  private stopped = false;
+  private isUp = false;
+  private wasUp = false;
+  private suspected = false;
+  private generation = 0;
+
+  constructor(
+    private readonly client: Etcd3,
+    readonly key: string,
+    private readonly value: string,
+    private readonly opts: Resolved,
+    private readonly on: KeptKeyHandlers,
+    private readonly exclusive = false,
+  ) {
+    this.retryMs = opts.retryInitialMs;
+  }
+
+  get alive(): boolean {
+    return this.isUp;
+  }
+
+  start(): void {
+    void this.establish();
+  }
+
+  private async establish(): Promise<void> {
+    const gen = ++this.generation;
+    const lease = this.client.lease(this.opts.ttlSeconds);
+    this.lease = lease;
+    lease.on('lost', (err) => gen === this.generation && this.failed(err));
+    lease.on('keepaliveFailed', (err) => {
+      if (gen !== this.generation || this.suspected) return;
+      this.suspected = true;
+      this.on.suspect?.(err);
+    });
+    lease.on('keepaliveSucceeded', () => {
+      if (gen !== this.generation) return;
+      this.suspected = false;
+      if (!this.isUp) this.markUp();
+    });
+    try {
+      const id = await lease.grant();
+      if (gen !== this.generation || this.stopped) return void lease.revoke().catch(() => undefined);
+      this.leaseId = id;
+      this.ours.add(id);
+      const holder = await this.write(id);
+      if (gen !== this.generation || this.stopped) return;
+      if (holder !== undefined) {
+        lease.release();
+        void lease.revoke().catch(() => undefined);
+        this.ours.delete(id);
+        const wait = Math.max(this.opts.retryInitialMs, Math.round((this.opts.ttlSeconds * 1000) / 2));
+        this.on.taken(holder, wait);
+        this.retry(wait);
+        return;
+      }
+      this.markUp();
+    } catch (err) {
+      if (gen === this.generation) this.failed(err);
+    }
+  }
+
+  /** Write the key under lease `id`; returns the value of another holder when an exclusive key is taken. */
+  private async write(id: string): Promise<string | undefined> {
+    const c = this.client;
+    if (!this.exclusive) {
+      await c.put(this.key).value(this.value).lease(id).exec();
+      return undefined;
+    }
+    const first = await c.if(this.key, 'Create', '==', 0).then(c.put(this.key).value(this.value).lease(id)).else(c.get(this.key)).commit();
+    if (first.succeeded) return undefined;
+    const kv = first.responses[0]?.response_range?.kvs[0];
+    if (!kv) return this.write(id); // deleted meanwhile
+    if (!this.ours.has(String(kv.lease))) return kv.value.toString();
+    // Ours, from before an outage: replace it, unless it changed meanwhile.
+    const again = await c.if(this.key, 'Mod', '==', kv.mod_revision).then(c.put(this.key).value(this.value).lease(id)).commit();
+    return again.succeeded ? undefined : this.write(id);
+  }
+
+  private markUp(): void {
+    this.retryMs = this.opts.retryInitialMs;
+    this.isUp = true;
+    this.suspected = false;
+    this.on.up(this.wasUp);
+    this.wasUp = true;
+  }
+
+  private failed(err: unknown): void {
+    if (this.stopped) return;
+    this.isUp = false;
+    this.lease?.release();
+    const wait = this.retryMs;
+    this.retryMs = Math.min(this.retryMs * 2, this.opts.retryMaxMs);
+    this.on.down(describeEtcdError(err, this.opts), wait);
+    this.retry(wait);
+  }
+
+  private retry(wait: number): void {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      if (!this.stopped) void this.establish();
+    }, wait);
+  }
+
+  /**
+   * Stop keeping the key: delete it first (while our lease holds it), then
+   * revoke the lease. Best effort within the call timeout: if etcd is away,
+   * the lease ends a TTL after the last keepalive anyway.
+   */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.generation++;
+    clearTimeout(this.timer);
+    const lease = this.lease;
+    const id = this.leaseId;
+    lease?.release();
+    this.isUp = false;
+    if (!lease || id === undefined) return;
+    const c = this.client;
+    await c.if(this.key, 'Lease', '==', id).then(c.delete().key(this.key)).commit().catch(() => undefined);
+    await lease.revoke().catch(() => undefined);
+  }
+}

@@ -1,0 +1,84 @@
+/**
+ * The key layout in etcd, under the fleet's prefix (default `/revproxy/`):
+ *
+ *   <prefix>servers/<id>           {"v":1,"id","policy","address","port","wire","proof"}   on the server's lease
+ *   <prefix>proxies/<host>:<port>  {"v":1,"address","port","tls"}                          on the proxy's lease
+ *
+ * Values are JSON. A server's key is its presence: it goes when the server
+ * drains (deleted first) or dies (its lease expires). Decoding checks every
+ * field, so a malformed entry is refused with a reason and hurts nobody.
+ */
+export const SERVERS = 'servers/';
+export const PROXIES = 'proxies/';
+
+/** A server as its registry entry says. */
+export interface ServerEntry {
+  id: string;
+  policy: string;
+  address: string;
+  port: number;
+  wire: 'frames' | 'json';
+  /** HMAC of id, policy, address and port under the policy's secret (proof.ts); absent when the server has no secret. */
+  proof?: string;
+}
+
+/** A proxy as its registry entry says. */
+export interface ProxyEntry {
+  address: string;
+  port: number;
+  tls: boolean;
+}
+
+export const serverKey = (prefix: string, id: string): string => `${prefix}${SERVERS}${id}`;
+export const proxyKey = (prefix: string, e: Pick<ProxyEntry, 'address' | 'port'>): string => `${prefix}${PROXIES}${e.address.includes(':') ? `[${e.address}]` : e.address}:${e.port}`;
+
+export function encodeServer(e: ServerEntry): string {
+  return JSON.stringify({ v: 1, id: e.id, policy: e.policy, address: e.address, port: e.port, wire: e.wire, ...(e.proof === undefined ? {} : { proof: e.proof }) });
+}
+
+export function encodeProxy(e: ProxyEntry): string {
+  return JSON.stringify({ v: 1, address: e.address, port: e.port, tls: e.tls });
+}
+
+/** Longest id, policy or address taken from etcd: what a registration message may carry, and no more. */
+const MAX_TEXT = 256;
+
+const isText = (v: unknown): v is string => typeof v === 'string' && v.length > 0 && v.length <= MAX_TEXT;
+const isPort = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 1 && v <= 65535;
+
+function parse(value: string): Record<string, unknown> | string {
+  let o: unknown;
+  try {
+    o = JSON.parse(value);
+  } catch {
+    return 'its value is not JSON';
+  }
+  if (!o || typeof o !== 'object' || Array.isArray(o)) return 'its value is not a JSON object';
+  const r = o as Record<string, unknown>;
+  if (r.v !== 1) return `it has version ${JSON.stringify(r.v)}; this revproxy reads version 1`;
+  return r;
+}
+
+/** The entry under `<prefix>servers/<id>`, or why it cannot be used. */
+export function decodeServer(idFromKey: string, value: string): ServerEntry | string {
+  const r = parse(value);
+  if (typeof r === 'string') return r;
+  if (!isText(r.id)) return 'its id is missing or not a string';
+  if (r.id !== idFromKey) return `its id '${r.id}' is not the one its key names ('${idFromKey}')`;
+  if (!isText(r.policy)) return 'its policy is missing or not a string';
+  if (!isText(r.address)) return 'its address is missing or not a string';
+  if (!isPort(r.port)) return 'its port is not a number from 1 to 65535';
+  const wire = r.wire ?? 'frames';
+  if (wire !== 'frames' && wire !== 'json') return `its wire is ${JSON.stringify(wire)}; expected frames or json`;
+  if (r.proof !== undefined && typeof r.proof !== 'string') return 'its proof is not a string';
+  return { id: r.id, policy: r.policy, address: r.address, port: r.port, wire, ...(r.proof === undefined ? {} : { proof: r.proof as string }) };
+}
+
+/** The entry under `<prefix>proxies/...`, or why it cannot be used. */
+export function decodeProxy(value: string): ProxyEntry | string {
+  const r = parse(value);
+  if (typeof r === 'string') return r;
+  if (!isText(r.address)) return 'its address is missing or not a string';
+  if (!isPort(r.port)) return 'its port is not a number from 1 to 65535';
+  return { address: r.address, port: r.port, tls: r.tls === true };
+}

@@ -1,0 +1,168 @@
+/**
+ * A mirror of every key under one prefix, kept current from etcd: read the
+ * whole prefix, then watch it from that read's revision + 1, so no change
+ * is missed and none is seen twice. When the watch breaks (etcd went away,
+ * or a compaction cancelled it) the mirror reads the whole prefix again
+ * and tells only what differs from what it held: a resync. While etcd cannot
+ * be reached it keeps what it last saw, says so (`health`), and tries again
+ * with backoff.
+ *
+ * The proxy mirrors `servers/`, clients mirror `proxies/`. Changes reach the
+ * owner as calls, in revision order; the owner decides what they mean.
+ */
+import type { IKeyValue } from 'etcd3';
+import type { Etcd3 } from './etcd.js';
+import { describeEtcdError } from './etcd.js';
+import type { Resolved } from './options.js';
+
+export interface MirrorHandlers {
+  /** A key appeared or changed (`name` is the part after the prefix). */
+  put(name: string, value: string): void;
+  /** A key went. */
+  delete(name: string): void;
+  /** The mirror is current: after the first read, and after each resync. */
+  synced(info: { keys: number; revision: string; reason: SyncReason; ms: number }): void;
+  /** etcd cannot be reached (`up` false, with why), or can again. */
+  health(up: boolean, why?: string): void;
+}
+
+/** Why the whole prefix was read: the first time, after etcd came back, after a compaction cancelled the watch. */
+export type SyncReason = 'start' | 'reconnect' | 'compacted';
+
+interface Watcher {
+  on(event: string, fn: (...args: never[]) => void): unknown;
+  cancel(): Promise<void>;
+}
+
+export class PrefixMirror {
+  private readonly held = new Map<string, string>();
+  private watcher?: Watcher;
+  private generation = 0;
+  private timer?: NodeJS.Timeout;
+  private retryMs: number;
+  private state: 'unknown' | 'up' | 'down' = 'unknown';
+  private stopped = false;
+  /** Revision of the state held: watch events at or below it are already in. */
+  private revision = 0n;
+
+  constructor(
+    private readonly client: Etcd3,
+    private readonly prefix: string,
+    private readonly opts: Resolved,
+    private readonly on: MirrorHandlers,
+  ) {
+    this.retryMs = opts.retryInitialMs;
+  }
+
+  /** The keys held now (name -> value). */
+  get entries(): ReadonlyMap<string, string> {
+    return this.held;
+  }
+
+  get connected(): boolean {
+    return this.state === 'up';
+  }
+
+  /** Something else says etcd cannot be reached (a lease that could not be kept alive, say): stop trusting the watch, read again. */
+  suspect(err: unknown): void {
+    if (this.state === 'up') this.lost(err, 'reconnect');
+  }
+
+  start(): void {
+    void this.sync('start');
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.generation++;
+    clearTimeout(this.timer);
+    void this.watcher?.cancel().catch(() => undefined);
+    this.watcher = undefined;
+  }
+
+  /** Read the whole prefix, tell what differs, then watch from the next revision. */
+  private async sync(reason: SyncReason): Promise<void> {
+    const gen = ++this.generation;
+    const started = Date.now();
+    const old = this.watcher;
+    this.watcher = undefined;
+    void old?.cancel().catch(() => undefined);
+    let res;
+    try {
+      res = await this.client.getAll().prefix(this.prefix).exec();
+    } catch (err) {
+      if (gen === this.generation) this.lost(err, reason === 'start' ? 'start' : 'reconnect');
+      return;
+    }
+    if (gen !== this.generation || this.stopped) return;
+    const seen = new Set<string>();
+    for (const kv of res.kvs) {
+      const name = kv.key.toString().slice(this.prefix.length);
+      const value = kv.value.toString();
+      seen.add(name);
+      if (this.held.get(name) !== value) {
+        this.held.set(name, value);
+        this.on.put(name, value);
+      }
+    }
+    for (const name of [...this.held.keys()]) {
+      if (!seen.has(name)) {
+        this.held.delete(name);
+        this.on.delete(name);
+      }
+    }
+    this.revision = BigInt(res.header.revision);
+    this.watch(gen);
+    this.retryMs = this.opts.retryInitialMs;
+    this.on.synced({ keys: this.held.size, revision: res.header.revision, reason, ms: Date.now() - started });
+    if (this.state !== 'up') {
+      this.state = 'up';
+      this.on.health(true);
+    }
+  }
+
+  private watch(gen: number): void {
+    const w = this.client.watch().prefix(this.prefix).startRevision(String(this.revision + 1n)).watcher() as unknown as Watcher;
+    this.watcher = w;
+    const apply = (kv: IKeyValue, put: boolean): void => {
+      if (gen !== this.generation) return;
+      const rev = BigInt(kv.mod_revision);
+      if (rev <= this.revision) return;
+      this.revision = rev;
+      const name = kv.key.toString().slice(this.prefix.length);
+      if (put) {
+        const value = kv.value.toString();
+        if (this.held.get(name) === value) return;
+        this.held.set(name, value);
+        this.on.put(name, value);
+      } else if (this.held.delete(name)) this.on.delete(name);
+    };
+    w.on('put', (kv: IKeyValue) => apply(kv, true));
+    w.on('delete', (kv: IKeyValue) => apply(kv, false));
+    // etcd3 would reconnect and resume on its own; a full read instead also tells what changed
+    // while etcd was away, whatever happened to its history meanwhile.
+    w.on('disconnected', (err: Error) => gen === this.generation && this.lost(err, 'reconnect'));
+    w.on('error', (err: Error) => {
+      if (gen !== this.generation) return;
+      if (/compact/i.test(err.message)) void this.sync('compacted');
+      else this.lost(err, 'reconnect');
+    });
+  }
+
+  private lost(err: unknown, reason: SyncReason): void {
+    if (this.stopped) return;
+    const gen = ++this.generation;
+    void this.watcher?.cancel().catch(() => undefined);
+    this.watcher = undefined;
+    if (this.state !== 'down') {
+      this.state = 'down';
+      this.on.health(false, describeEtcdError(err, this.opts));
+    }
+    const wait = this.retryMs;
+    this.retryMs = Math.min(this.retryMs * 2, this.opts.retryMaxMs);
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      if (gen === this.generation && !this.stopped) void this.sync(reason);
+    }, wait);
+  }
+}

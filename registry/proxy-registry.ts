@@ -1,0 +1,190 @@
+/**
+ * The proxy's side of the registry, as a callback actor the proxy machine
+ * invokes (its `registry` actor): it mirrors `<prefix>servers/` and turns
+ * each change into an event for the machine (REGISTRY_JOIN, REGISTRY_LEAVE,
+ * REGISTRY_HEALTH); the machine checks each entry's proof and joins or
+ * removes members (actors/registry-members.ts). It knows nothing of pools.
+ *
+ * Once the proxy listens and the membership is known (the first read is in,
+ * and every server it names has had its first link check, or `settleMs`
+ * passed), it writes the proxy's own key under `<prefix>proxies/` on a lease,
+ * so clients never find a proxy that does not know its servers yet. On
+ * drain the key goes first. While etcd cannot be reached the proxy keeps the
+ * members it last saw and the actor says so (a warn line, then one every
+ * `remindMs`); when etcd answers again it reads the whole prefix and the
+ * proxy gets only what changed.
+ */
+import { fromCallback } from 'xstate';
+import { fmt, type Logger } from '../actors/logger.js';
+import type { RegistryCommand, RegistryEvent, RegistryStatus } from './events.js';
+import { openEtcd, type Etcd3 } from './etcd.js';
+import { KeptKey } from './kept-key.js';
+import { decodeServer, encodeProxy, proxyKey, SERVERS } from './keys.js';
+import { PrefixMirror } from './mirror.js';
+import { describeRegistry, resolveRegistry, type RegistryOptions, type Resolved } from './options.js';
+
+export interface ProxyRegistryOptions extends RegistryOptions {
+  /** The address clients should dial to reach this proxy (default: the address it listens on). */
+  advertise: string;
+  /** Whether the proxy serves TLS (clients are told). */
+  servesTls?: boolean;
+  /** The longest wait for the servers' first link checks before advertising (ms, default 2000). */
+  settleMs?: number;
+  /** While etcd is unreachable, say so again this often (ms, default 30000). */
+  remindMs?: number;
+}
+
+/** What the proxy machine gives the actor: its logger, and a read-only look at its members (to know when their links were first checked). */
+export interface ProxyRegistryInput {
+  logger: Logger;
+  servers: ReadonlyMap<string, { source: string; traffic: { phase: string } }>;
+}
+
+/**
+ * The actor logic, with etcd's client loaded and made (not yet connected):
+ * `proxyMachine.provide({ actors: { registry: await proxyRegistry(opts) } })`.
+ */
+export async function proxyRegistry(options: ProxyRegistryOptions) {
+  const o = resolveRegistry(options);
+  const client = await openEtcd(o);
+  return fromCallback<RegistryCommand, ProxyRegistryInput>(({ sendBack, receive, input }) => run(client, o, options, input, (e: RegistryEvent) => sendBack(e), receive));
+}
+
+function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: ProxyRegistryInput, send: (e: RegistryEvent) => void, receive: (fn: (c: RegistryCommand) => void) => void): () => void {
+  const log = input.logger;
+  const url = describeRegistry({ endpoints: o.endpoints, tls: o.tls !== undefined });
+  const status: RegistryStatus = { url, up: false, synced: false, since: Date.now(), entries: 0, syncs: { start: 0, reconnect: 0, compacted: 0 }, advertised: false };
+  const report = (): void => send({ type: 'REGISTRY_HEALTH', status: { ...status, syncs: { ...status.syncs } } });
+  const prefix = o.prefix + SERVERS;
+  let port: number | undefined;
+  let own: KeptKey | undefined;
+  let draining = false;
+  let stopped = false;
+  let settle: NodeJS.Timeout | undefined;
+  let remind: NodeJS.Timeout | undefined;
+  /** Ids whose entry could not be read (sent as leaves; told again only when they change). */
+  const refused = new Map<string, string>();
+
+  const counted = (): void => {
+    if (!status.synced || status.entries === mirror.entries.size) return;
+    status.entries = mirror.entries.size;
+    report();
+  };
+  const mirror = new PrefixMirror(client, prefix, o, {
+    put(id, value) {
+      const entry = decodeServer(id, value);
+      if (typeof entry === 'string') {
+        const why = `its registry entry ${prefix}${id} cannot be used: ${entry}`;
+        if (refused.get(id) === why) return;
+        refused.set(id, why);
+        log.warn('registry_refused', `Ignored server id ${id} from the registry: ${why}`, { id, code: 'BAD_ENTRY', reason: entry });
+        send({ type: 'REGISTRY_LEAVE', id, reason: why });
+        return;
+      }
+      refused.delete(id);
+      send({ type: 'REGISTRY_JOIN', entry });
+      counted();
+    },
+    delete(id) {
+      refused.delete(id);
+      send({ type: 'REGISTRY_LEAVE', id, reason: 'its registry key was deleted (the server drained, or it stopped renewing its lease)' });
+      counted();
+    },
+    synced({ keys, revision, reason, ms }) {
+      status.syncs[reason]++;
+      status.entries = keys;
+      const first = !status.synced;
+      status.synced = true;
+      if (first) log.info('registry_synced', `Read ${fmt(keys)} server entr${keys === 1 ? 'y' : 'ies'} from the registry at ${url} (revision ${revision}, ${ms} ms); watching ${prefix}`, { url, entries: keys, revision, ms });
+      else log.info('registry_resynced', `Read the registry again (${reason === 'compacted' ? 'its history was compacted' : 'etcd is back'}): ${fmt(keys)} server entr${keys === 1 ? 'y' : 'ies'} at revision ${revision}`, { url, entries: keys, revision, reason });
+      report();
+      maybeAdvertise();
+    },
+    health(up, why) {
+      status.up = up;
+      status.since = Date.now();
+      status.why = up ? undefined : why;
+      clearInterval(remind);
+      if (!up) {
+        const members = (): number => mirror.entries.size;
+        log.warn('registry_down', `The registry is unreachable (${why}); serving with the membership last seen (${fmt(members())} server entr${members() === 1 ? 'y' : 'ies'}) and retrying`, { url, reason: why, entries: members() });
+        remind = setInterval(() => {
+          const s = Math.round((Date.now() - status.since) / 1000);
+          log.warn('registry_down', `The registry has been unreachable for ${s} s (${status.why}); still serving with the membership last seen (${fmt(members())} server entries)`, { url, reason: status.why, downForS: s });
+        }, options.remindMs ?? 30_000);
+      }
+      report();
+    },
+  });
+  mirror.start();
+
+  /** Advertise once the proxy listens and the servers' links had their first check (or settleMs passed). */
+  function maybeAdvertise(): void {
+    if (own || draining || stopped || port === undefined || !status.synced) return;
+    const deadline = Date.now() + (options.settleMs ?? 2000);
+    const check = (): void => {
+      if (own || draining || stopped) return;
+      let pending = 0;
+      for (const id of mirror.entries.keys()) {
+        const m = input.servers.get(id);
+        if (m && m.source === 'registry' && m.traffic.phase === 'connecting') pending++;
+      }
+      if (pending > 0 && Date.now() < deadline) {
+        settle = setTimeout(check, 10);
+        return;
+      }
+      advertise(port!);
+    };
+    check();
+  }
+
+  function advertise(p: number): void {
+    const entry = { address: options.advertise, port: p, tls: options.servesTls === true };
+    own = new KeptKey(client, proxyKey(o.prefix, entry), encodeProxy(entry), o, {
+      up(again) {
+        status.advertised = true;
+        if (!again) log.info('advertised', `Advertised this proxy in the registry as ${entry.address}:${p}: clients given --registry ${url} find it`, { url, address: entry.address, port: p });
+        report();
+      },
+      down(why, retryInMs) {
+        if (status.advertised) {
+          status.advertised = false;
+          report();
+        }
+        log.debug('advertise_retry', `Could not keep this proxy's registry key (${why}); trying again in ${retryInMs} ms`, { reason: why, retryInMs });
+      },
+      taken() {},
+      // The lease could not be renewed: the watch may be silently dead too.
+      suspect: (err) => mirror.suspect(err),
+    });
+    own.start();
+  }
+
+  receive((c) => {
+    if (c.type === 'LISTENING') {
+      port = c.port;
+      maybeAdvertise();
+    } else if (c.type === 'DRAIN') {
+      draining = true;
+      clearTimeout(settle);
+      void own?.stop().then(() => {
+        if (status.advertised) log.info('withdrawn', 'Withdrew this proxy from the registry (draining): clients stop choosing it', { url });
+        status.advertised = false;
+        report();
+      });
+    } else if (c.type === 'RELOAD') {
+      for (const [id, value] of mirror.entries) {
+        const entry = decodeServer(id, value);
+        if (typeof entry !== 'string') send({ type: 'REGISTRY_JOIN', entry });
+      }
+    }
+  });
+
+  return () => {
+    stopped = true;
+    clearTimeout(settle);
+    clearInterval(remind);
+    mirror.stop();
+    void (own?.stop() ?? Promise.resolve()).finally(() => client.close());
+  };
+}

@@ -1,0 +1,67 @@
+/**
+ * A server's registration through the registry: the `registrations` actor
+ * of the server machine (actors/server.ts), in place of one registration
+ * connection per proxy. It writes `<prefix>servers/<id>` (policy, address,
+ * port, wire, and the proof made with the server's secret) on a lease it
+ * keeps alive; every proxy watching the prefix admits it. When etcd is away
+ * long enough for the lease to be lost, the key is written again once etcd
+ * answers; the server keeps serving meanwhile. On drain (DEREGISTER_ALL) the
+ * key is deleted first - the proxies stop sending - and the server finishes
+ * what it has. A key held by another live server with the same id is left
+ * alone; after the TTL and a margin the registration is refused
+ * (DUPLICATE_ID), as a proxy would refuse it.
+ */
+import { fromCallback } from 'xstate';
+import { ErrorCode } from '../transport/errors.js';
+import type { RegistrationCommand, RegistrationInput, ServerEvent } from '../actors/server.js';
+import { openEtcd } from './etcd.js';
+import { KeptKey } from './kept-key.js';
+import { decodeServer, encodeServer, serverKey, type ServerEntry } from './keys.js';
+import { describeRegistry, resolveRegistry, type RegistryOptions } from './options.js';
+import { proofOf } from './proof.js';
+
+export interface ServerRegistrationOptions extends RegistryOptions {
+  /** The address proxies dial to reach this server. */
+  advertise: string;
+}
+
+export async function serverRegistration(options: ServerRegistrationOptions) {
+  const o = resolveRegistry(options);
+  const client = await openEtcd(o);
+  const url = describeRegistry({ endpoints: o.endpoints, tls: o.tls });
+  return fromCallback<RegistrationCommand, RegistrationInput>(({ sendBack, receive, input }) => {
+    const send = (e: ServerEvent): void => sendBack(e);
+    const s = input.setup;
+    const entry: ServerEntry = { id: s.id, policy: s.privPolyId, address: options.advertise, port: s.listenport, wire: 'frames' };
+    if (s.token !== undefined) entry.proof = proofOf(s.token, entry);
+    const key = serverKey(o.prefix, s.id);
+    const label = `registry ${url} (${key})`;
+    const started = Date.now();
+    const patience = o.ttlSeconds * 1000 + 2000;
+    let refused = false;
+    const kept = new KeptKey(client, key, encodeServer(entry), o, {
+      up: (again) => send({ type: 'REGISTERED', proxy: label, again }),
+      down: (why, retryInMs) => send({ type: 'REGISTRATION_LOST', proxy: label, error: why, retryInMs }),
+      taken: (holder, retryInMs) => {
+        const other = decodeServer(s.id, holder);
+        const who = typeof other === 'string' ? 'an entry this server did not write' : `a live server at ${other.address}:${other.port}`;
+        if (Date.now() - started < patience) {
+          // Perhaps our own previous run, whose lease has not ended yet.
+          send({ type: 'REGISTRATION_LOST', proxy: label, error: `server id ${s.id} is held in the registry by ${who}; waiting for its lease to end`, retryInMs });
+          return;
+        }
+        refused = true;
+        void kept.stop();
+        send({ type: 'REFUSED', proxy: label, code: ErrorCode.DUPLICATE_ID, message: `server id ${s.id} is registered by ${who} (its key ${key} stayed alive for more than ${patience} ms); pick another id` });
+      },
+    }, true);
+    kept.start();
+    receive(() => {
+      // DEREGISTER_ALL: the key goes first, so the proxies stop sending; in-flight requests are still answered.
+      if (!refused) void kept.stop();
+    });
+    return () => {
+      void kept.stop().finally(() => client.close());
+    };
+  });
+}

@@ -1,0 +1,89 @@
+/**
+ * A real etcd for the specs: Debian's `etcd-server` (`/usr/bin/etcd`, which
+ * .ci/run installs), started on free loopback ports with a temporary data
+ * directory, stopped and restarted on the same ports and data (to show an
+ * outage), and removed after: nothing is left behind.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { freePort } from '../bench/procs.js';
+
+export const ETCD = existsSync('/usr/bin/etcd') ? '/usr/bin/etcd' : 'etcd';
+
+export interface Etcd {
+  /** `etcd://127.0.0.1:PORT` */
+  url: string;
+  endpoint: string;
+  dir: string;
+  /** Stop it (SIGTERM, or SIGKILL with `hard`) and wait for it to exit; its data stays. */
+  stop(hard?: boolean): Promise<void>;
+  /** Start it again on the same ports and data; resolves once it serves. */
+  start(): Promise<void>;
+  /** Stop it and remove its data. */
+  remove(): Promise<void>;
+  /** Its output, for failures. */
+  out: string[];
+}
+
+const live = new Set<ChildProcess>();
+
+/** Start an etcd of its own; resolves once it answers /health. */
+export async function startEtcd(): Promise<Etcd> {
+  const dir = mkdtempSync(join(tmpdir(), 'revproxy-etcd-'));
+  const client = await freePort();
+  const peer = await freePort();
+  const out: string[] = [];
+  let child: ChildProcess | undefined;
+  const run = async (): Promise<void> => {
+    const c = spawn(ETCD, [
+      '--name', 'default', '--data-dir', join(dir, 'data'),
+      '--listen-client-urls', `http://127.0.0.1:${client}`, '--advertise-client-urls', `http://127.0.0.1:${client}`,
+      '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`,
+      '--initial-cluster', `default=http://127.0.0.1:${peer}`, '--logger', 'zap', '--log-level', 'warn',
+    ], { stdio: ['ignore', 'pipe', 'pipe'] });
+    child = c;
+    live.add(c);
+    c.on('exit', () => live.delete(c));
+    c.stdout!.setEncoding('utf8').on('data', (t: string) => out.push(t));
+    c.stderr!.setEncoding('utf8').on('data', (t: string) => out.push(t));
+    const end = Date.now() + 20_000;
+    for (;;) {
+      if (c.exitCode !== null) throw new Error(`etcd exited (${c.exitCode}) before serving:\n${out.join('')}`);
+      try {
+        const r = await fetch(`http://127.0.0.1:${client}/health`, { signal: AbortSignal.timeout(500) });
+        if (r.ok && /"health":\s*"true"/.test(await r.text())) return;
+      } catch {
+        // not yet
+      }
+      if (Date.now() > end) throw new Error(`etcd did not serve within 20 s:\n${out.join('')}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+  const stop = async (hard = false): Promise<void> => {
+    const c = child;
+    if (!c || c.exitCode !== null || c.signalCode !== null) return;
+    const exited = new Promise<void>((r) => c.once('exit', () => r()));
+    c.kill(hard ? 'SIGKILL' : 'SIGTERM');
+    await exited;
+  };
+  await run();
+  return {
+    url: `etcd://127.0.0.1:${client}`,
+    endpoint: `127.0.0.1:${client}`,
+    dir,
+    out,
+    stop,
+    start: run,
+    async remove() {
+      await stop(true);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Kill every etcd still running (an `after` hook's last resort). */
+export function killEtcds(): void {
+  for (const c of live) c.kill('SIGKILL');
+}
