@@ -100,6 +100,8 @@ export type ClientEvent =
   | { type: 'CANCEL'; handle: RequestHandle; error: RequestError }
   | { type: 'EXPIRE'; handle: RequestHandle }
   | { type: 'CLOSE' }
+  /** The live proxies changed (a registry's list): fail over among these from now on. */
+  | { type: 'PROXIES'; proxies: Endpoint[] }
   | { type: 'CONNECTED'; conn: Connection }
   | { type: 'CONNECT_FAILED'; error: string }
   | { type: 'ANSWERS'; messages: Message[] }
@@ -374,6 +376,14 @@ export const clientMachine = setup({
       const failed = context.book.failAll(new RequestError(code, why));
       if (failed) context.logger.error('connection', `${why}: ${failed} request(s) unanswered${hint(why, gotThrough)}`, { code, count: failed });
     },
+    /** The list changes under the connection: it stays where it is (a proxy that left drains its clients), and fails over within the new list. */
+    setProxies: assign(({ context, event }) => {
+      assertEvent(event, 'PROXIES');
+      if (event.proxies.length === 0) return {};
+      const cur = context.proxies[context.proxyIndex]!;
+      const i = event.proxies.findIndex((p) => p.host === cur.host && p.port === cur.port);
+      return i >= 0 ? { proxies: event.proxies, proxyIndex: i } : { proxies: [cur, ...event.proxies], proxyIndex: 0 };
+    }),
     resetAttempts: assign({ attempts: 0 }),
     closeAll: ({ context }) => {
       context.book.failAll(new RequestError(LocalCode.CLIENT_CLOSED, 'the client was closed before the answer came'));
@@ -402,6 +412,7 @@ export const clientMachine = setup({
     EXPIRE: { actions: 'expire' },
     CANCEL: { actions: 'cancel' },
     CLOSE: { target: '.closed' },
+    PROXIES: { actions: 'setProxies' },
   },
   initial: 'session',
   states: {

@@ -15,13 +15,17 @@ import { show, type HandlerError, type Payload } from './handler.js';
 import type { Logger } from './logger.js';
 import type { Endpoint } from './server.js';
 import { sha1Hex } from './sha1.js';
+import { isRegistryUrl, parseRegistryUrl, type RegistryOptions } from '../registry/options.js';
+import type { Discovery } from '../registry/discovery.js';
 
 /** Where the proxies are: a port on 127.0.0.1, `"host:port"`, a comma-separated list of those, an endpoint, or a list. */
 export type Revproc = number | string | Endpoint | Array<number | string | Endpoint>;
 
 export interface ConnectOptions {
-  /** The proxy, or proxies in failover order. Default 2100 on 127.0.0.1. */
+  /** The proxy, or proxies in failover order. Default 2100 on 127.0.0.1. `etcd://HOST:PORT` finds them in the registry instead. */
   revproc?: Revproc;
+  /** Find the live proxies in the registry (etcd) and fail over between them, following it as proxies come and go. */
+  registry?: RegistryOptions;
   /** The client's id, sent as `srcid` (default `client`). */
   id?: string;
   /** Default timeout of a request (ms, default 5000). */
@@ -80,6 +84,8 @@ export class Client {
     /** The client machine (for inspection and tests). */
     readonly actor: ClientActor,
     readonly id: string,
+    /** The registry's list of proxies, followed while the client lives. */
+    private readonly discovery?: Discovery,
   ) {}
 
   /**
@@ -165,6 +171,7 @@ export class Client {
   /** Close now: requests pending reject with `CLIENT_CLOSED`. */
   destroy(): void {
     this.closing = true;
+    this.discovery?.close();
     if (this.actor.getSnapshot().status === 'active') this.actor.send({ type: 'CLOSE' });
     this.actor.stop();
   }
@@ -183,7 +190,10 @@ export class Client {
  * await client.close();
  */
 export async function connect(opts: ConnectOptions = {}): Promise<Client> {
-  const client = startClient({ ...opts, id: opts.id ?? 'client', proxies: endpoints(opts.revproc ?? 2100) }, opts.inspect);
+  const found = await locate(opts).catch((err: Error) => {
+    throw new RequestError(LocalCode.CONNECT_FAILED, err.message);
+  });
+  const client = startClient({ ...opts, id: opts.id ?? 'client', proxies: found.proxies }, opts.inspect, found.discovery);
   await new Promise<void>((resolve, reject) => {
     const check = (): boolean => {
       const s = client.actor.getSnapshot();
@@ -201,10 +211,25 @@ export async function connect(opts: ConnectOptions = {}): Promise<Client> {
   return client;
 }
 
-function startClient(opts: ClientOptions, inspect?: (event: InspectionEvent) => void): Client {
+function startClient(opts: ClientOptions, inspect?: (event: InspectionEvent) => void, discovery?: Discovery): Client {
   const actor = createActor(clientMachine, { input: opts, inspect, ...xstateClock(opts.clock ?? systemClock) });
   actor.start();
-  return new Client(actor, opts.id);
+  discovery?.onChange((proxies) => actor.send({ type: 'PROXIES', proxies }));
+  return new Client(actor, opts.id, discovery);
+}
+
+/**
+ * The proxies to start with: the list given, or those in the registry
+ * (`registry`, or `revproc` given as `etcd://...`), followed from then on.
+ * Rejects with the reason when the registry has none to offer.
+ */
+async function locate(opts: { revproc?: Revproc; registry?: RegistryOptions; proxies?: Endpoint[]; timeoutMs?: number }): Promise<{ proxies: Endpoint[]; discovery?: Discovery }> {
+  let registry = opts.registry;
+  if (!registry && typeof opts.revproc === 'string' && isRegistryUrl(opts.revproc)) registry = { endpoints: parseRegistryUrl(opts.revproc).endpoints };
+  if (!registry) return { proxies: opts.proxies ?? endpoints(opts.revproc ?? 2100) };
+  const { discoverProxies } = await import('../registry/discovery.js');
+  const discovery = await discoverProxies({ ...registry, waitMs: opts.timeoutMs });
+  return { proxies: discovery.proxies, discovery };
 }
 
 /** The proxies `revproc` names, in order. */
@@ -259,6 +284,8 @@ export interface Result {
 
 export interface RunOptions extends ClientOptions {
   packets: Packet[];
+  /** Find the proxies in the registry (etcd) instead of `proxies`. */
+  registry?: RegistryOptions;
   /**
    * Check each answer against the SHA1 of its payload: `true` checks every
    * answer, `false` none, `auto` (default) those shaped like a SHA1 (40
@@ -272,7 +299,16 @@ const SHA1_SHAPE = /^[0-9a-f]{40}$/;
 
 /** Send every packet (at most `window` at a time), wait for every answer or failure, return the results in packet order. */
 export async function runClient(opts: RunOptions): Promise<Result[]> {
-  const client = startClient(opts, opts.inspect);
+  let found: { proxies: Endpoint[]; discovery?: Discovery };
+  try {
+    found = await locate(opts);
+  } catch (err) {
+    // No proxy to send to: every packet fails the way a client that cannot connect fails.
+    const message = (err as Error).message;
+    opts.logger?.error('connection', `${message}: ${opts.packets.length} request(s) unanswered`, { code: LocalCode.CONNECT_FAILED, count: opts.packets.length });
+    return opts.packets.map((packet) => ({ packet, error: LocalCode.CONNECT_FAILED, message }));
+  }
+  const client = startClient({ ...opts, proxies: found.proxies }, opts.inspect, found.discovery);
   const log = client.actor.getSnapshot().context.logger;
   const verify = opts.verify ?? 'auto';
   const window = opts.wire === 'json' ? 1 : opts.window ?? 64;

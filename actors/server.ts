@@ -307,8 +307,10 @@ export const serverMachine = setup({
     },
     logRegistered: ({ context, event }) => {
       assertEvent(event, 'REGISTERED');
-      if (event.again) context.logger.info('reregistered', `Registered again with the reverse proxy at ${event.proxy}`, { proxy: event.proxy });
-      else context.logger.info('registered', `Registered with the reverse proxy at ${event.proxy}`, { proxy: event.proxy });
+      // A registration through the registry (etcd) names the registry: every proxy watching it takes the server.
+      const where = event.proxy.startsWith('registry ') ? `in the ${event.proxy}` : `with the reverse proxy at ${event.proxy}`;
+      if (event.again) context.logger.info('reregistered', `Registered again ${where}`, { proxy: event.proxy });
+      else context.logger.info('registered', `Registered ${where}`, { proxy: event.proxy });
     },
     registered: assign(({ context, event }) => {
       assertEvent(event, 'REGISTERED');

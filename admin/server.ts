@@ -24,6 +24,8 @@ import type { Metrics } from '../inspector/metrics.js';
 export interface NotReady {
   code: string;
   message: string;
+  /** Still ready, but worth saying: /readyz stays 200 and lists it under `warnings` (serving with the registry membership last seen, say). */
+  warning?: boolean;
 }
 
 /** Named checks; ready when every one returns undefined. */
@@ -35,8 +37,9 @@ export class Readiness {
     this.checks.set(name, check);
   }
 
-  evaluate(): { ready: boolean; reasons: Array<NotReady & { check: string }> } {
+  evaluate(): { ready: boolean; reasons: Array<NotReady & { check: string }>; warnings: Array<NotReady & { check: string }> } {
     const reasons: Array<NotReady & { check: string }> = [];
+    const warnings: Array<NotReady & { check: string }> = [];
     for (const [check, fn] of this.checks) {
       let r: NotReady | undefined;
       try {
@@ -44,9 +47,10 @@ export class Readiness {
       } catch (err) {
         r = { code: 'CHECK_FAILED', message: (err as Error).message };
       }
-      if (r) reasons.push({ check, ...r });
+      if (r?.warning) warnings.push({ check, code: r.code, message: r.message });
+      else if (r) reasons.push({ check, ...r });
     }
-    return { ready: reasons.length === 0, reasons };
+    return { ready: reasons.length === 0, reasons, warnings };
   }
 }
 
@@ -92,7 +96,8 @@ export function startAdmin(opts: AdminOptions): Promise<AdminServer> {
     if (path === '/healthz') return send(res, head, 200, 'application/json', '{"status":"ok"}\n');
     if (path === '/readyz') {
       const r = opts.readiness.evaluate();
-      return send(res, head, r.ready ? 200 : 503, 'application/json', `${JSON.stringify(r.ready ? { ready: true } : r)}\n`);
+      const body = r.ready ? { ready: true, ...(r.warnings.length ? { warnings: r.warnings } : {}) } : { ready: false, reasons: r.reasons, ...(r.warnings.length ? { warnings: r.warnings } : {}) };
+      return send(res, head, r.ready ? 200 : 503, 'application/json', `${JSON.stringify(body)}\n`);
     }
     if (path === '/metrics' || path.startsWith('/inspector')) {
       if (!authorised(req)) {

@@ -9,6 +9,7 @@ import type { Packet } from '../actors/connect.js';
 import type { Endpoint } from '../actors/server.js';
 import { MsgType, toMessage } from '../transport/messages.js';
 import { LocalCode, RevproxyError } from '../transport/errors.js';
+import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 
 /** A CLI usage error: printed without a stack, exit code 2. */
 export class UsageError extends RevproxyError<typeof LocalCode.BAD_USAGE> {
@@ -254,7 +255,7 @@ export interface TlsFlags {
   tlsCa?: string;
 }
 
-export function tlsFromFlags(o: TlsFlags): TlsMaterial | undefined {
+export function tlsFromFlags(o: TlsFlags, flag = { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }): TlsMaterial | undefined {
   try {
     return loadTls({ cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa });
   } catch (err) {
@@ -262,13 +263,66 @@ export function tlsFromFlags(o: TlsFlags): TlsMaterial | undefined {
     if (err.kind === 'usage') throw new UsageError(err.message);
     // Name the file that cannot be read, and why, in words.
     const given: Array<[string, string | undefined, string]> = [
-      ['--tls-cert', o.tlsCert, 'a PEM certificate (with --tls-key, its key)'],
-      ['--tls-key', o.tlsKey, 'the PEM private key of --tls-cert'],
-      ['--tls-ca', o.tlsCa, 'the PEM certificate of the CA that signs the peers\' certificates'],
+      [flag.cert, o.tlsCert, `a PEM certificate (with ${flag.key}, its key)`],
+      [flag.key, o.tlsKey, `the PEM private key of ${flag.cert}`],
+      [flag.ca, o.tlsCa, 'the PEM certificate of the CA that signs the peers\' certificates'],
     ];
-    for (const [flag, path, what] of given) if (path) readGiven(path, `${flag} file`, `${flag} takes ${what}`);
+    for (const [f, path, what] of given) if (path) readGiven(path, `${f} file`, `${f} takes ${what}`);
     throw new FileError(err.message);
   }
+}
+
+/** `--registry etcd://...` and etcd's own options, on server, proxy and client. */
+export const registryOptions = (opts: { ttl?: boolean; advertise?: string } = {}): Option[] => [
+  new Option('--registry <url>', 'the registry: etcd://HOST:PORT (a comma-separated list for several etcd members; etcds:// for TLS)').argParser((v) => {
+    try {
+      parseRegistryUrl(v);
+    } catch (err) {
+      throw new InvalidArgumentError((err as Error).message);
+    }
+    return v;
+  }),
+  new Option('--registry-prefix <prefix>', `the key prefix the fleet shares in etcd (default: ${REGISTRY_DEFAULTS.prefix})`),
+  ...(opts.ttl ? [new Option('--registry-ttl <s>', `lease TTL in seconds: gone from etcd this long after dying (default: ${REGISTRY_DEFAULTS.ttlSeconds})`).argParser(parseIntOption('--registry-ttl', 1))] : []),
+  ...(opts.advertise ? [new Option('--advertise <host>', opts.advertise)] : []),
+  new Option('--registry-user <name>', "etcd's user, when etcd has authentication on"),
+  new Option('--registry-password <secret>', "that user's password (prefer the environment variable)").env('REVPROXY_REGISTRY_PASSWORD'),
+  new Option('--registry-ca <file>', "PEM CA that signed etcd's certificate (TLS to etcd)"),
+  new Option('--registry-cert <file>', 'PEM client certificate for etcd (with --registry-key), when etcd asks for one'),
+  new Option('--registry-key <file>', 'PEM private key of --registry-cert'),
+];
+
+export interface RegistryFlags {
+  registry?: string;
+  registryPrefix?: string;
+  registryTtl?: number;
+  advertise?: string;
+  registryUser?: string;
+  registryPassword?: string;
+  registryCa?: string;
+  registryCert?: string;
+  registryKey?: string;
+}
+
+/** The registry the flags name, or undefined without --registry. */
+export function registryFromFlags(o: RegistryFlags): (RegistryOptions & { advertise?: string }) | undefined {
+  if (o.registry === undefined) {
+    const stray = (['registryPrefix', 'registryTtl', 'advertise', 'registryUser', 'registryCa', 'registryCert', 'registryKey'] as const).find((k) => o[k] !== undefined);
+    if (stray) throw new UsageError(`--${stray.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} goes with --registry etcd://HOST:PORT`);
+    return undefined;
+  }
+  const { endpoints, tls } = parseRegistryUrl(o.registry);
+  if ((o.registryCert === undefined) !== (o.registryKey === undefined)) throw new UsageError('--registry-cert and --registry-key go together: give both or neither');
+  const material = tlsFromFlags({ tlsCert: o.registryCert, tlsKey: o.registryKey, tlsCa: o.registryCa }, { cert: '--registry-cert', key: '--registry-key', ca: '--registry-ca' });
+  return {
+    endpoints,
+    prefix: o.registryPrefix,
+    ttlSeconds: o.registryTtl,
+    advertise: o.advertise,
+    username: o.registryUser,
+    password: o.registryPassword,
+    tls: material ?? (tls ? {} : undefined),
+  };
 }
 
 /** Resolves when the actor stops; SIGINT and SIGTERM stop it. */

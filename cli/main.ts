@@ -16,9 +16,10 @@ import { runDemo } from './demo.js';
 import { scenarioCommand } from './scenario.js';
 import { inspectCommand, inspectOptions, startInspection, type InspectFlags } from './inspect.js';
 import {
-  FileError, loadPackets, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, parseIntOption, parsePort, runUntilStopped, tlsFromFlags, tlsOptions, UsageError,
-  wireOption, type FlagTable, type LogFlags, type TlsFlags,
+  FileError, loadPackets, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, parseIntOption, parsePort, registryFromFlags, registryOptions, runUntilStopped, tlsFromFlags, tlsOptions, UsageError,
+  wireOption, type FlagTable, type LogFlags, type RegistryFlags, type TlsFlags,
 } from './common.js';
+import { isRegistryUrl } from '../registry/options.js';
 import type { Behaviour, Endpoint } from '../actors/server.js';
 import type { Level } from '../actors/logger.js';
 
@@ -31,6 +32,11 @@ function withLogOptions(cmd: Command, level?: Level): Command {
 
 function withTlsOptions(cmd: Command): Command {
   for (const o of tlsOptions()) cmd.addOption(o);
+  return cmd;
+}
+
+function withOptions(options: Option[], cmd: Command): Command {
+  for (const o of options) cmd.addOption(o);
   return cmd;
 }
 
@@ -48,7 +54,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
 
   program.addCommand(proxyCommand(setExit));
 
-  withTlsOptions(withLogOptions(withInspectOptions(
+  withOptions(registryOptions({ ttl: true, advertise: 'with --registry: the address proxies dial to reach this server (default: --host)' }), withTlsOptions(withLogOptions(withInspectOptions(
     program
       .command('server')
       .description('run a server of one privacy policy, registered with the reverse proxy')
@@ -69,19 +75,21 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('--drain-timeout <ms>', 'on SIGTERM, the longest wait for the proxies to let go').default(5000).argParser(parseIntOption('--drain-timeout', 0)))
       .addOption(new Option('--token <secret>', "the proxy's registration secret (prefer the environment variable to the command line)").env('REVPROXY_TOKEN'))
       .addOption(wireOption('register the old way (setup on its own connection, then closed), for the old Python proxy'))
-      .addHelpText('after', '\nA lost proxy is retried with backoff and the server registers again.\nSIGTERM or SIGINT drains: tells the proxies it is leaving, finishes requests in flight, exits 0.\nA handler that throws an error with a string code answers the client HANDLER_ERROR with that code\n(not retried elsewhere); ctx.signal aborts when the proxy stops waiting for the answer.\n\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100\n  revproxy server -id 100 -pp 111 -revproc 2100,2200\n  revproxy server -id 500 -pp 111 --handler examples/privacy-handler.js --concurrency 8'),
-  ))).action(async (o: LogFlags & TlsFlags & InspectFlags & { token?: string } & {
+      .addHelpText('after', '\nWith --registry etcd://HOST:PORT the server registers once, in etcd, instead of with each proxy:\nevery proxy watching the registry takes it (see README, "Running a fleet").\nA lost proxy is retried with backoff and the server registers again.\nSIGTERM or SIGINT drains: tells the proxies it is leaving, finishes requests in flight, exits 0.\nA handler that throws an error with a string code answers the client HANDLER_ERROR with that code\n(not retried elsewhere); ctx.signal aborts when the proxy stops waiting for the answer.\n\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100\n  revproxy server -id 100 -pp 111 -revproc 2100,2200\n  revproxy server -id 500 -pp 111 --handler examples/privacy-handler.js --concurrency 8\n  revproxy server -id 100 -pp 111 --registry etcd://127.0.0.1:2379'),
+  )))).action(async function (this: Command, o: LogFlags & TlsFlags & InspectFlags & RegistryFlags & { token?: string } & {
     id: string; pp: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout: number; delay: number; wire: 'frames' | 'json';
     handler?: string; concurrency?: number; queueLimit: number;
-  }) => {
+  }) {
     const policy = o.pp;
+    const registry = registryFromFlags(o);
+    if (registry && this.getOptionValueSource('revproc') !== 'default') throw new UsageError('--revproc and --registry do not go together: with --registry the server registers in etcd, and every proxy watching it takes it');
     const handler = o.handler === undefined ? undefined : await loadHandler(o.handler);
     const logger = makeLogger(`server ${o.id}`, o);
     const insp = await startInspection(o, `server ${o.id}`);
     const server = await startServer({
       id: o.id, policy, listenPort: o.listen, listenHost: o.host, proxies: o.revproc, behaviour: o.behaviour,
       drainTimeoutMs: o.drainTimeout, delayMs: o.delay, logger, waitForRegistration: false, inspect: insp.attach.inspect,
-      token: o.token, tls: tlsFromFlags(o), wire: o.wire, handler, concurrency: o.concurrency, queueLimit: o.queueLimit,
+      token: o.token, tls: tlsFromFlags(o), wire: o.wire, handler, concurrency: o.concurrency, queueLimit: o.queueLimit, registry,
     });
     await runUntilStopped(server.actor, server.stop);
     await insp.close();
@@ -89,25 +97,31 @@ export function buildProgram(setExit: (code: number) => void): Command {
     setExit(server.actor.getSnapshot().value === 'failed' ? 1 : 0);
   });
 
-  withTlsOptions(withLogOptions(withInspectOptions(
+  withOptions(registryOptions(), withTlsOptions(withLogOptions(withInspectOptions(
     program
       .command('client')
       .description('send packets through the reverse proxy and verify every answer')
       .option('--id <id>', 'client id: names its log lines, and is the srcid of packets that carry none (default: the first packet\'s srcid)')
-      .addOption(new Option('--revproc <endpoints>', 'the reverse proxy: PORT or HOST:PORT; a comma-separated list fails over in order').default(parseEndpoints('2100'), '2100').argParser(parseEndpoints))
+      .addOption(new Option('--revproc <endpoints>', 'the reverse proxy: PORT or HOST:PORT; a comma-separated list fails over in order; etcd://HOST:PORT finds the live proxies in the registry').default(parseEndpoints('2100'), '2100').argParser((v) => (isRegistryUrl(v) ? v : parseEndpoints(v))))
       .requiredOption('--pkt <paths...>', 'packet files (JSON), or folders of them')
+
       .addOption(new Option('--timeout <ms>', 'time to wait for each answer').default(5000).argParser(parseIntOption('--timeout', 1)))
       .addOption(new Option('--window <n>', 'requests in flight at once on the connection').default(64).argParser(parseIntOption('--window', 1)))
       .option('--json', 'print the results as one JSON object at the end')
       .option('--no-verify', 'print the answers without checking them against the SHA1 of the payload (answers not shaped like a SHA1 are never checked)')
       .addOption(wireOption('speak the old format, one request at a time, for the old Python proxy'))
-      .addHelpText('after', '\nExit status: 0 when every request got an answer and every checked answer is correct, 1 otherwise.\nWith --inspect the page stays up after the answers are in, until Ctrl-C.\n\nExample:\n  revproxy client -id 1 -revproc 2100 -pkt pktfiles/1.json'),
-  ))).action(async (o: LogFlags & TlsFlags & InspectFlags & { id: string; revproc: Endpoint[]; pkt: string[]; timeout: number; window: number; json?: boolean; verify: boolean; wire: 'frames' | 'json' }) => {
+      .addHelpText('after', '\nExit status: 0 when every request got an answer and every checked answer is correct, 1 otherwise.\nWith --inspect the page stays up after the answers are in, until Ctrl-C.\n\nExample:\n  revproxy client -id 1 -revproc 2100 -pkt pktfiles/1.json\n  revproxy client -id 1 --revproc etcd://127.0.0.1:2379 -pkt pktfiles/1.json'),
+  )))).action(async (o: LogFlags & TlsFlags & InspectFlags & RegistryFlags & { id: string; revproc: Endpoint[] | string; pkt: string[]; timeout: number; window: number; json?: boolean; verify: boolean; wire: 'frames' | 'json' }) => {
     const packets = loadPackets(o.pkt, o.id ?? '0');
     const logger = makeLogger(`client ${o.id ?? packets[0]?.srcid ?? '0'}`, o.json ? { ...o, logFormat: 'text', logLevel: 'silent' } : o);
     const insp = await startInspection(o, `client ${o.id}`);
+    if (typeof o.revproc === 'string') {
+      if (o.registry !== undefined) throw new UsageError('give the registry once: --revproc etcd://... or --registry etcd://...');
+      o.registry = o.revproc;
+    }
+    const registry = registryFromFlags(o);
     const results = await runClient({
-      id: o.id ?? packets[0]?.srcid ?? '0', proxies: o.revproc, packets, tls: tlsFromFlags(o), timeoutMs: o.timeout, window: o.window, wire: o.wire, logger,
+      id: o.id ?? packets[0]?.srcid ?? '0', proxies: typeof o.revproc === 'string' ? undefined : o.revproc, registry, packets, tls: tlsFromFlags(o), timeoutMs: o.timeout, window: o.window, wire: o.wire, logger,
       inspect: insp.attach.inspect, verify: o.verify ? 'auto' : false,
     });
     const ok = results.filter((r) => r.answer !== undefined && r.correct !== false).length;

@@ -12,15 +12,16 @@ import { Destination, Logger, LogStream, LEVELS } from '../actors/logger.js';
 import { isLoopback, resolveOptions } from '../actors/proxy-options.js';
 import { AccessLog, combineObservers } from '../admin/access-log.js';
 import { ConnStats } from '../admin/conn-stats.js';
-import { Readiness, startAdmin, type AdminServer } from '../admin/server.js';
+import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin/server.js';
+import type { RegistryStatus } from '../registry/events.js';
 import {
   changes, checkRuntime, ConfigError, defaultOf, loadConfigFile, merge, NUMBERS, parseHostPort, toRuntime,
   type NumberKey, type ProxyConfig, type Runtime,
 } from '../config/proxy.js';
-import { addOperationsMetrics, Metrics } from '../inspector/metrics.js';
+import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
 import type { PoolView } from '../inspector/views.js';
 import { dial } from '../transport/tls.js';
-import { parseIntOption, parsePort, runUntilStopped, tlsOptions, UsageError } from './common.js';
+import { parseIntOption, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError } from './common.js';
 import { checkInspectToken, inspectOptions, startInspection } from './inspect.js';
 
 const camel = (key: string): string => key.replace(/_(\w)/g, (_, c: string) => c.toUpperCase());
@@ -53,6 +54,7 @@ function proxyOptions(): Option[] {
     }),
     new Option('--admin-token <secret>', 'bearer token /metrics requires (the health checks stay open)').env('REVPROXY_ADMIN_TOKEN'),
     ...tlsOptions(),
+    ...registryOptions({ ttl: true, advertise: 'with --registry: the address clients dial to reach this proxy (default: --host)' }),
     ...inspectOptions(),
   ];
 }
@@ -93,6 +95,15 @@ function configFromFlags(cmd: Command): ProxyConfig {
   if (given('tlsKey')) tls.key = abs(o.tlsKey);
   if (given('tlsCa')) tls.ca = abs(o.tlsCa);
   if (Object.keys(tls).length) c.tls = tls;
+  const registry: Record<string, unknown> = {};
+  const flagOfRegistry = { registry: 'url', registryPrefix: 'prefix', registryTtl: 'ttl', advertise: 'advertise', registryUser: 'username', registryPassword: 'password' } as const;
+  for (const [name, key] of Object.entries(flagOfRegistry)) if (given(name)) registry[key] = o[name];
+  const registryTls: Record<string, unknown> = {};
+  if (given('registryCa')) registryTls.ca = abs(o.registryCa);
+  if (given('registryCert')) registryTls.cert = abs(o.registryCert);
+  if (given('registryKey')) registryTls.key = abs(o.registryKey);
+  if (Object.keys(registryTls).length) registry.tls = registryTls;
+  if (Object.keys(registry).length) c.registry = registry;
   if (given('inspect')) c.inspect = o.inspect === true ? 0 : o.inspect;
   if (given('inspectLog')) c.inspect_log = abs(o.inspectLog);
   if (given('inspectToken')) c.inspect_token = checkInspectToken(o.inspectToken);
@@ -175,6 +186,10 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       if (state === undefined || state === 'starting') return { code: 'STARTING', message: 'the proxy is not listening yet' };
       return { code: 'STOPPED', message: `the proxy is ${String(state)}` };
     });
+    if (rt.registry) {
+      addRegistryMetrics(metrics.registry, () => proxy?.registry());
+      readiness.add('registry', () => registryReadiness(proxy?.registry()));
+    }
     admin = await startAdmin({ host: rt.admin.host, port: rt.admin.port, token: rt.admin.token, metrics, readiness });
     logger.info('admin', `Admin endpoint on ${admin.url} (/healthz, /readyz, /metrics)`, { url: admin.url });
     if (!isLoopback(rt.admin.host) && !rt.admin.token) {
@@ -186,6 +201,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
     const upstream = rt.options.upstreamTls;
     proxy = await startProxy({
       ...rt.options,
+      registry: rt.registry,
       logger,
       inspect: insp.attach.inspect,
       observer: combineObservers(metrics, accessLog, conns, insp.attach.observer),
@@ -235,12 +251,32 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
   setExit(0);
 }
 
+/**
+ * The registry's part of /readyz. Not ready until the proxy has read its
+ * servers once (it would refuse requests it could serve). Once it has, an
+ * etcd that cannot be reached leaves it ready, with a warning: the proxy
+ * serves with the membership it last saw, as Envoy and Traefik do with
+ * their last configuration, and taking every proxy of a fleet out of
+ * service because their shared etcd is away would turn an etcd outage into
+ * a whole outage.
+ */
+function registryReadiness(r: RegistryStatus | undefined): NotReady | undefined {
+  if (!r || !r.synced) {
+    return { code: r && !r.up && r.why ? 'REGISTRY_UNREACHABLE' : 'REGISTRY_SYNCING', message: r?.why ? `the proxy has not read its servers from the registry yet: ${r.why}` : 'the proxy has not read its servers from the registry yet' };
+  }
+  if (!r.up) {
+    const s = Math.round((Date.now() - r.since) / 1000);
+    return { code: 'REGISTRY_UNREACHABLE', message: `the registry has been unreachable for ${s} s (${r.why}); serving with the membership last seen (${r.entries} server entries)`, warning: true };
+  }
+  return undefined;
+}
+
 /** The proxy's pools as the metrics read them. */
 function poolViews(proxy: ProxyHandle): PoolView[] {
   return Object.entries(proxy.pools()).map(([policy, p]) => ({
     policy,
     state: p.state,
-    members: p.members.map((id) => ({ id, state: p.states[id] ?? 'down', answered: 0, errors: 0 })),
+    members: p.members.map((id) => ({ id, state: p.states[id] ?? 'down', answered: 0, errors: 0, source: p.sources[id] })),
     cursor: p.cursor,
     routed: 0,
     gone: [],

@@ -15,6 +15,7 @@ import { LEVELS, type Level } from '../actors/logger.js';
 import { resolveOptions, type Opts, type ProxyOptions } from '../actors/proxy-options.js';
 import { LocalCode, RevproxyError } from '../transport/errors.js';
 import { loadTokens, tlsFromFlags } from '../cli/common.js';
+import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 import {
   dict, flag, formatIssues, object, oneOf, opt, readYaml, refine, scalar, text, whole, type Field, type Infer, type Issue,
 } from './schema.js';
@@ -94,6 +95,14 @@ export function parseHostPort(value: string): { host: string; port: number } | u
   if (!m || Number(m[3]) > 65535) return undefined;
   return { host: m[1] || m[2] || '127.0.0.1', port: Number(m[3]) };
 }
+const etcdUrl = scalar('etcd://HOST:PORT (a comma-separated list for several etcd members; etcds:// for TLS)', (v) => {
+  try {
+    parseRegistryUrl(String(v));
+    return String(v);
+  } catch {
+    return undefined;
+  }
+});
 const hostPort = scalar('HOST:PORT (e.g. 127.0.0.1:9100), or a port on 127.0.0.1', (v) => parseHostPort(String(v)));
 
 const UNIT_WORDS: Record<string, string> = { ms: 'milliseconds', us: 'microseconds', n: 'a count', bytes: 'bytes', port: 'a port' };
@@ -129,6 +138,19 @@ const otherFields = {
     listen: opt(hostPort, 'HOST:PORT of /healthz, /readyz and /metrics'),
     token: opt(secret, 'bearer token /metrics requires (the health checks stay open)'),
   }), 'the admin endpoint'),
+  registry: opt(object('registry', {
+    url: opt(etcdUrl, 'etcd://HOST:PORT: take servers from the registry, and advertise this proxy there for clients (--registry)'),
+    prefix: opt(text, `the key prefix the fleet shares (default ${REGISTRY_DEFAULTS.prefix})`),
+    ttl: opt(whole('seconds', 1), `lease TTL of this proxy's own key, in seconds (default ${REGISTRY_DEFAULTS.ttlSeconds})`),
+    advertise: opt(text, 'the address clients dial to reach this proxy (default: host)'),
+    username: opt(text, "etcd's user, when etcd has authentication on"),
+    password: opt(text, "that user's password (REVPROXY_REGISTRY_PASSWORD overrides it)"),
+    tls: opt(object('registry.tls', {
+      ca: opt(path, "PEM CA that signed etcd's certificate"),
+      cert: opt(path, 'PEM client certificate for etcd (with key)'),
+      key: opt(path, 'PEM private key of cert'),
+    }), 'TLS to etcd'),
+  }, (r) => (r.url === undefined ? 'registry needs url: etcd://HOST:PORT' : (r.tls && (r.tls.cert === undefined) !== (r.tls.key === undefined) ? 'registry.tls needs both cert and key, or neither' : undefined))), 'the registry (etcd), for a fleet of proxies'),
   inspect: opt(whole('a port on 127.0.0.1 for the inspector page (0 = a free one)', 0), 'serve the inspector page and its /metrics on 127.0.0.1:PORT'),
   inspect_log: opt(path, 'write every inspection event to this file (NDJSON)'),
   inspect_token: opt(secret, "the inspector's HTTP Basic password (any user name): its page and its drain and enable buttons need it (REVPROXY_INSPECT_TOKEN, --inspect-token)"),
@@ -184,6 +206,7 @@ function absolutePaths(c: ProxyConfig, dir: string): ProxyConfig {
     inspect_log: abs(c.inspect_log),
     tls: c.tls && { cert: abs(c.tls.cert), key: abs(c.tls.key), ca: abs(c.tls.ca) },
     log: c.log && { ...c.log, access_log: abs(c.log.access_log) },
+    registry: c.registry && { ...c.registry, tls: c.registry.tls && { ca: abs(c.registry.tls.ca), cert: abs(c.registry.tls.cert), key: abs(c.registry.tls.key) } },
   };
 }
 
@@ -204,6 +227,7 @@ export interface Runtime {
   options: ProxyOptions;
   log: { level: Level; format: 'text' | 'json'; color: boolean; summaryMs?: number; accessLog?: string };
   admin?: { host: string; port: number; token?: string };
+  registry?: RegistryOptions & { advertise?: string };
   inspect?: number;
   inspectLog?: string;
   inspectToken?: string;
@@ -233,10 +257,19 @@ export function toRuntime(c: ProxyConfig): Runtime {
     options: options as ProxyOptions,
     log: { level: log.level ?? 'info', format: log.format ?? 'text', color: log.color ?? true, summaryMs: log.summary_interval, accessLog: log.access_log },
     admin: c.admin?.listen ? { ...c.admin.listen, token: c.admin.token } : undefined,
+    registry: toRegistry(c.registry),
     inspect: c.inspect,
     inspectLog: c.inspect_log,
     inspectToken: c.inspect_token,
   };
+}
+
+function toRegistry(r: ProxyConfig['registry']): Runtime['registry'] {
+  if (!r) return undefined;
+  if (!r.url) throw new ConfigError('the configuration', [{ line: 1, col: 1, path: 'registry.url', message: 'registry settings were given without the registry itself: add --registry etcd://HOST:PORT (or registry.url in the file)' }]);
+  const { endpoints, tls } = parseRegistryUrl(r.url);
+  const material = r.tls ? tlsFromFlags({ tlsCa: r.tls.ca, tlsCert: r.tls.cert, tlsKey: r.tls.key }, { ca: 'registry.tls.ca', cert: 'registry.tls.cert', key: 'registry.tls.key' }) : undefined;
+  return { endpoints, prefix: r.prefix, ttlSeconds: r.ttl, advertise: r.advertise, username: r.username, password: r.password, tls: material ?? (tls ? {} : undefined) };
 }
 
 function fileIssue(source: string, what: string, path: string, why: string): ConfigError {
@@ -282,6 +315,7 @@ const OTHER_RELOAD: Record<keyof typeof otherFields, Reload> = {
   tls: 'restart',
   log: 'live',
   admin: 'restart',
+  registry: 'restart',
   inspect: 'restart',
   inspect_log: 'restart',
   inspect_token: 'restart',

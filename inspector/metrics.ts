@@ -127,14 +127,16 @@ export class Metrics implements ProxyObserver {
     });
     new Gauge({
       name: 'revproxy_pool_members',
-      help: 'Members of each policy pool, by state (serving, connecting, down, ejected, drained)',
-      labelNames: ['policy', 'state'],
+      help: 'Members of each policy pool, by state (serving, connecting, down, ejected, drained) and source (direct: a registration connection; registry: an entry in etcd)',
+      labelNames: ['policy', 'state', 'source'],
       registers: [this.registry],
       collect: function (this: Gauge<string>) {
         this.reset();
         for (const p of sources.pools()) {
-          this.set({ policy: p.policy, state: 'serving' }, 0);
-          for (const m of p.members) this.inc({ policy: p.policy, state: m.state });
+          const seen = new Set(p.members.map((m) => m.source ?? 'direct'));
+          if (seen.size === 0) seen.add('direct');
+          for (const source of seen) this.set({ policy: p.policy, state: 'serving', source }, 0);
+          for (const m of p.members) this.inc({ policy: p.policy, state: m.state, source: m.source ?? 'direct' });
         }
       },
     });
@@ -352,6 +354,48 @@ export function addOperationsMetrics(registry: Registry, s: OperationsSources): 
       const r = s.reloads();
       this.inc({ result: 'applied' }, r.applied);
       this.inc({ result: 'refused' }, r.refused);
+    },
+  });
+}
+
+/** What the registry metrics read when scraped: the registry as the proxy last heard of it. */
+export interface RegistrySource {
+  up: boolean;
+  synced: boolean;
+  entries: number;
+  advertised: boolean;
+  syncs: Record<'start' | 'reconnect' | 'compacted', number>;
+}
+
+/**
+ * The registry's health beside the proxy's metrics (with --registry): whether
+ * etcd answers, how many server entries the proxy holds from it, whether this
+ * proxy is advertised to clients, and the whole reads of the prefix by reason.
+ */
+export function addRegistryMetrics(registry: Registry, status: () => RegistrySource | undefined): void {
+  const gauge = (name: string, help: string, value: (s: RegistrySource) => number) =>
+    new Gauge({
+      name,
+      help,
+      registers: [registry],
+      collect: function (this: Gauge<string>) {
+        const s = status();
+        this.set(s ? value(s) : 0);
+      },
+    });
+  gauge('revproxy_registry_up', 'Whether etcd answers (1) or not (0); while 0 the proxy serves with the membership it last saw', (s) => (s.up ? 1 : 0));
+  gauge('revproxy_registry_synced', 'Whether the proxy has read its servers from the registry at least once (1) or not yet (0)', (s) => (s.synced ? 1 : 0));
+  gauge('revproxy_registry_entries', 'Server entries the proxy holds from the registry (admitted or not)', (s) => s.entries);
+  gauge('revproxy_registry_advertised', 'Whether this proxy\'s own key is in the registry, where clients find it (1) or not (0)', (s) => (s.advertised ? 1 : 0));
+  new Counter({
+    name: 'revproxy_registry_syncs_total',
+    help: 'Whole reads of the registry\'s server prefix, by reason (start; reconnect: etcd came back; compacted: the watch fell behind etcd\'s history)',
+    labelNames: ['reason'],
+    registers: [registry],
+    collect: function (this: Counter<string>) {
+      this.reset();
+      const s = status();
+      for (const reason of ['start', 'reconnect', 'compacted'] as const) this.inc({ reason }, s?.syncs[reason] ?? 0);
     },
   });
 }

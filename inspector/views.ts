@@ -28,6 +28,8 @@ export interface MemberView {
   address?: string;
   /** `json` for an old server (one request per connection). */
   wire?: string;
+  /** Where it came from: `direct` (a registration connection) or `registry` (an entry in etcd). */
+  source?: 'direct' | 'registry';
   /** Requests sent to it and not answered yet. */
   inflight?: number;
   /** Latency of its recent answers (ms): request in to answer out, over the last 5 to 10 s. */
@@ -134,7 +136,7 @@ export function poolView(src: PoolSource): PoolView {
 
 /** One member's card: `base` (its id and counts) with what the proxy knows of it. */
 export function memberView(base: MemberView, entry: Member, proxy: ProxyContext, toEpoch: (t: number) => number): MemberView {
-  const v: MemberView = { ...base, state: entry.state, address: `${entry.host}:${entry.port}` };
+  const v: MemberView = { ...base, state: entry.state, address: `${entry.host}:${entry.port}`, source: entry.source };
   if (entry.wire === 'json') v.wire = 'json';
   const inflight = entry.traffic.inflight;
   v.inflight = inflight.size;

@@ -39,6 +39,8 @@ export class KeptKey {
   private wasUp = false;
   private suspected = false;
   private generation = 0;
+  /** The key is written under the current lease. */
+  private written = false;
 
   constructor(
     private readonly client: Etcd3,
@@ -61,6 +63,7 @@ export class KeptKey {
 
   private async establish(): Promise<void> {
     const gen = ++this.generation;
+    this.written = false;
     const lease = this.client.lease(this.opts.ttlSeconds);
     this.lease = lease;
     lease.on('lost', (err) => gen === this.generation && this.failed(err));
@@ -72,7 +75,7 @@ export class KeptKey {
     lease.on('keepaliveSucceeded', () => {
       if (gen !== this.generation) return;
       this.suspected = false;
-      if (!this.isUp) this.markUp();
+      if (!this.isUp && this.written) this.markUp();
     });
     try {
       const id = await lease.grant();
@@ -90,6 +93,7 @@ export class KeptKey {
         this.retry(wait);
         return;
       }
+      this.written = true;
       this.markUp();
     } catch (err) {
       if (gen === this.generation) this.failed(err);

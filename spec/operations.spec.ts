@@ -268,7 +268,7 @@ admin('/healthz, /readyz (503 while draining) and /metrics (GET and HEAD): count
   assert.match(text, /^process_cpu_seconds_total [\d.e+-]+$/m);
   assert.match(text, /^revproxy_connections\{role="registration"\} 2$/m);
   assert.match(text, /^revproxy_received_bytes_total\{role="client"\} [1-9]\d*$/m);
-  assert.match(text, /^revproxy_pool_members\{policy="P",state="serving"\} 2$/m);
+  assert.match(text, /^revproxy_pool_members\{policy="P",state="serving",source="direct"\} 2$/m);
 
   // Every label value of the proxy's own metrics is from its known set.
   const known: Record<string, (v: string) => boolean> = {

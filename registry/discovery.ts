@@ -1,0 +1,102 @@
+/**
+ * How a client finds the proxies: it mirrors `<prefix>proxies/` and keeps
+ * its list of proxies to fail over between up to date. Each client orders
+ * the list by a hash of its own random seed and each proxy (rendezvous
+ * hashing), so clients spread evenly over the proxies, and a proxy that
+ * comes or goes moves only its own share of clients. While etcd cannot be
+ * reached the client keeps the list it last saw.
+ */
+import { createHash } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
+import { LocalCode, RevproxyError } from '../transport/errors.js';
+import { openEtcd } from './etcd.js';
+import { decodeProxy, PROXIES } from './keys.js';
+import { PrefixMirror } from './mirror.js';
+import { describeRegistry, resolveRegistry, type RegistryOptions } from './options.js';
+
+export interface Found {
+  host: string;
+  port: number;
+}
+
+export interface Discovery {
+  /** The live proxies, in this client's order (never empty: see `discoverProxies`). */
+  readonly proxies: Found[];
+  /** Called with the new list whenever it changes (an empty list is not reported: the last one stays). */
+  onChange(fn: (proxies: Found[]) => void): void;
+  close(): void;
+}
+
+/** A connection failure of the client's family (CONNECT_FAILED), raised when no proxy can be found. */
+export class DiscoveryError extends RevproxyError<typeof LocalCode.CONNECT_FAILED> {
+  constructor(message: string) {
+    super(LocalCode.CONNECT_FAILED, message);
+    this.name = 'DiscoveryError';
+  }
+}
+
+/**
+ * Read the proxies from the registry; resolves once at least one is there
+ * (waiting up to `waitMs`, default 5000, for one to appear), rejects with a
+ * DiscoveryError when etcd cannot be read or no proxy appears.
+ */
+export async function discoverProxies(options: RegistryOptions & { waitMs?: number }): Promise<Discovery> {
+  const o = resolveRegistry(options);
+  const client = await openEtcd(o);
+  const url = describeRegistry({ endpoints: o.endpoints, tls: o.tls });
+  const prefix = o.prefix + PROXIES;
+  const seed = randomBytes(8).toString('hex');
+  const rank = (name: string): string => createHash('sha1').update(seed).update(name).digest('hex');
+  let listeners: Array<(p: Found[]) => void> = [];
+  let current: Found[] = [];
+  let lastError = '';
+  let settle: (() => void) | undefined;
+  const compute = (): Found[] => {
+    const out: Array<Found & { r: string }> = [];
+    for (const [name, value] of mirror.entries) {
+      const e = decodeProxy(value);
+      if (typeof e !== 'string') out.push({ host: e.address, port: e.port, r: rank(name) });
+    }
+    return out.sort((a, b) => (a.r < b.r ? -1 : 1)).map(({ host, port }) => ({ host, port }));
+  };
+  const changed = (): void => {
+    const next = compute();
+    if (next.length === 0) return;
+    if (JSON.stringify(next) === JSON.stringify(current)) return;
+    current = next;
+    settle?.();
+    for (const fn of listeners) fn(current);
+  };
+  const mirror = new PrefixMirror(client, prefix, o, {
+    put: changed,
+    delete: changed,
+    synced: changed,
+    health: (up, why) => {
+      if (!up) lastError = why ?? 'unreachable';
+    },
+  });
+  mirror.start();
+  const waitMs = options.waitMs ?? 5000;
+  await new Promise<void>((resolve) => {
+    settle = resolve;
+    setTimeout(resolve, waitMs);
+    if (current.length) resolve();
+  });
+  settle = undefined;
+  if (current.length === 0) {
+    mirror.stop();
+    client.close();
+    throw new DiscoveryError(lastError ? `cannot read the proxies from the registry: ${lastError}` : `no reverse proxy is registered in the registry at ${url} (under ${prefix}) after ${waitMs} ms: start one with --registry ${url}`);
+  }
+  return {
+    get proxies() {
+      return current;
+    },
+    onChange: (fn) => void listeners.push(fn),
+    close: () => {
+      listeners = [];
+      mirror.stop();
+      client.close();
+    },
+  };
+}
