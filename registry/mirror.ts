@@ -144,7 +144,8 @@ export class PrefixMirror {
     w.on('disconnected', (err: Error) => gen === this.generation && this.lost(err, 'reconnect'));
     w.on('error', (err: Error) => {
       if (gen !== this.generation) return;
-      if (/compact/i.test(err.message)) void this.sync('compacted');
+      // etcd cancels a watch whose start revision was compacted away (etcd3 says "Watcher canceled: " with no reason).
+      if (/compact|canceled:\s*$/i.test(err.message)) void this.sync('compacted');
       else this.lost(err, 'reconnect');
     });
   }

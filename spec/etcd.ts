@@ -25,6 +25,8 @@ export interface Etcd {
   remove(): Promise<void>;
   /** Its output, for failures. */
   out: string[];
+  /** Whether its process runs. */
+  readonly running: boolean;
 }
 
 const live = new Set<ChildProcess>();
@@ -76,6 +78,9 @@ export async function startEtcd(): Promise<Etcd> {
     out,
     stop,
     start: run,
+    get running() {
+      return child !== undefined && child.exitCode === null && child.signalCode === null;
+    },
     async remove() {
       await stop(true);
       rmSync(dir, { recursive: true, force: true });

@@ -1,0 +1,264 @@
+/**
+ * The registry (issue 18), in this process against a real etcd (Debian's
+ * etcd-server, started by spec/etcd.ts on free loopback ports, removed
+ * after): servers register once in etcd and every proxy watching it takes
+ * them; the proof keeps out entries written without the policy's secret;
+ * registry and direct registrations mix; drains and deaths; etcd going away
+ * and coming back; a compaction under the watch; clients finding the
+ * proxies. spec/fleet.spec.ts runs the same as real processes, under load.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { connect, Logger, memorySink, sha1Hex, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import { openEtcd, type Etcd3 } from '../registry/etcd.js';
+import { encodeServer, serverKey } from '../registry/keys.js';
+import { PrefixMirror, type SyncReason } from '../registry/mirror.js';
+import { resolveRegistry } from '../registry/options.js';
+import { proofOf } from '../registry/proof.js';
+import { killEtcds, startEtcd, type Etcd } from './etcd.js';
+import { eventually, sleep } from './helpers.js';
+
+interface Ctx {
+  etcd?: Etcd;
+  raw?: Etcd3;
+  prefix: string;
+  proxies: ProxyHandle[];
+  servers: ServerHandle[];
+  closers: Array<() => unknown>;
+  n: number;
+}
+const ctx: Ctx = { prefix: '', proxies: [], servers: [], closers: [], n: 0 };
+const SECRET = 'secret-of-111';
+
+const reg = (extra: Record<string, unknown> = {}) => ({ endpoints: [ctx.etcd!.endpoint], prefix: ctx.prefix, ttlSeconds: 2, retryInitialMs: 100, retryMaxMs: 500, ...extra });
+
+async function proxy(opts: { token?: string; logs?: LogRecord[] } = {}): Promise<ProxyHandle> {
+  const logger = opts.logs ? new Logger('proxy', memorySink(opts.logs), 'info') : undefined;
+  const p = await startProxy({ port: 0, timeoutMs: 2000, probeInitialMs: 100, token: opts.token, logger, registry: reg() });
+  ctx.proxies.push(p);
+  return p;
+}
+
+async function server(id: string, policy = '111', opts: { token?: string; direct?: number } = {}): Promise<ServerHandle> {
+  const s = opts.direct === undefined
+    ? await startServer({ id, policy, token: opts.token, registry: reg() })
+    : await startServer({ id, policy, token: opts.token, revproc: opts.direct });
+  ctx.servers.push(s);
+  return s;
+}
+
+const serving = (p: ProxyHandle, policy = '111'): string[] => p.pools()[policy]?.serving ?? [];
+
+async function ask(port: number, policy: string, n: number): Promise<string[]> {
+  const c = await connect({ revproc: port, timeoutMs: 3000, window: 1 });
+  const who: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const o = await c.send(policy, `m${i}`);
+    who.push(o.ok ? o.answer.srcid : o.error.code);
+  }
+  await c.close();
+  return who;
+}
+
+const reg_ = suite<Ctx>('registry', ctx);
+reg_.before(async () => {
+  ctx.etcd = await startEtcd();
+  ctx.raw = await openEtcd(resolveRegistry({ endpoints: [ctx.etcd.endpoint] }));
+});
+reg_.before.each(() => {
+  ctx.prefix = `/spec${++ctx.n}/`;
+  ctx.proxies = [];
+  ctx.servers = [];
+  ctx.closers = [];
+});
+reg_.after.each(async () => {
+  for (const s of ctx.servers) s.kill();
+  for (const p of ctx.proxies) p.kill();
+  for (const c of ctx.closers) await c();
+  if (ctx.etcd && !ctx.etcd.running) await ctx.etcd.start();
+});
+reg_.after(async () => {
+  ctx.raw?.close();
+  await ctx.etcd?.remove();
+  killEtcds();
+});
+
+reg_('servers register once; two proxies take them; round robin is exact on each; a drained server\'s key goes first', async () => {
+  const a = await proxy();
+  const b = await proxy();
+  const s1 = await server('1');
+  await server('2');
+  for (const p of [a, b]) await eventually(() => serving(p).length === 2, 3000, 'both servers serving on each proxy');
+  for (const p of [a, b]) {
+    assert.equal(p.pools()['111']!.sources, { 1: 'registry', 2: 'registry' });
+    const who = await ask(p.port, '111', 6);
+    assert.equal(who, who[0] === '1' ? ['1', '2', '1', '2', '1', '2'] : ['2', '1', '2', '1', '2', '1'], 'each proxy alternates on its own cursor');
+  }
+  // Drain: the key is gone from etcd before the server has stopped, and every proxy lets it go.
+  const stopping = s1.stop();
+  await eventually(() => serving(a).length === 1 && serving(b).length === 1, 3000, 'server 1 out of both proxies');
+  await stopping;
+  const left = await ctx.raw!.getAll().prefix(`${ctx.prefix}servers/`).keys();
+  assert.equal(left, [`${ctx.prefix}servers/2`]);
+  assert.equal(await ask(a.port, '111', 2), ['2', '2']);
+});
+
+reg_('a server killed is removed from every proxy (its link at once, its key when its lease ends)', async () => {
+  const a = await proxy();
+  const b = await proxy();
+  await server('1');
+  const s2 = await server('2');
+  for (const p of [a, b]) await eventually(() => serving(p).length === 2, 3000, 'both serving');
+  s2.kill();
+  for (const p of [a, b]) await eventually(() => serving(p).join() === '1', 3000, 'server 2 out of rotation');
+  for (const p of [a, b]) await eventually(() => p.pools()['111']!.members.join() === '1', 6000, 'server 2 gone once its lease expired');
+  assert.equal(await ctx.raw!.getAll().prefix(`${ctx.prefix}servers/`).keys(), [`${ctx.prefix}servers/1`]);
+});
+
+reg_('an entry without a valid proof never gets traffic; a valid one does', async () => {
+  const logs: LogRecord[] = [];
+  const p = await proxy({ token: SECRET, logs });
+  await server('good', '111', { token: SECRET });
+  await eventually(() => serving(p).length === 1, 3000, 'the good server serving');
+  // A live server nobody registered, and entries for it written straight into etcd.
+  const rogue = await startServer({ id: 'rogue', policy: '111', proxies: [], waitForRegistration: false });
+  ctx.servers.push(rogue);
+  const at = { policy: '111', address: '127.0.0.1', port: rogue.port };
+  const put = (id: string, value: string) => ctx.raw!.put(serverKey(ctx.prefix, id)).value(value).exec();
+  await put('noproof', encodeServer({ id: 'noproof', ...at, wire: 'frames' }));
+  await put('wrongsecret', encodeServer({ id: 'wrongsecret', ...at, wire: 'frames', proof: proofOf('not-the-secret', { id: 'wrongsecret', ...at }) }));
+  // A proof made for another server, copied: it names another id and port.
+  await put('copied', encodeServer({ id: 'copied', ...at, wire: 'frames', proof: proofOf(SECRET, { id: 'good', ...at, port: 1 }) }));
+  await put('garbage', '{"v":1,"id":"garbage","policy":"111","port":"x"}');
+  await put('notjson', 'hello');
+  await eventually(() => logs.filter((l) => l.event === 'unauthorized').length >= 3 && logs.filter((l) => l.event === 'registry_refused').length >= 2, 3000, 'every bad entry refused');
+  assert.equal(p.pools()['111']!.members, ['good']);
+  const who = await ask(p.port, '111', 20);
+  assert.equal(new Set(who), new Set(['good']));
+  assert.is(rogue.actor.getSnapshot().context.runner.answered, 0, 'the rogue server got nothing');
+  assert.is(logs.some((l) => JSON.stringify(l).includes(SECRET)), false, 'the secret is never logged');
+  // The same server with a proof made with the policy's secret is admitted.
+  await put('rogue', encodeServer({ id: 'rogue', ...at, wire: 'frames', proof: proofOf(SECRET, { id: 'rogue', ...at }) }));
+  await eventually(() => serving(p).length === 2, 3000, 'the entry with a valid proof serving');
+});
+
+reg_('registry and direct registrations mix on one proxy: one rotation; an id held by one is refused to the other', async () => {
+  const logs: LogRecord[] = [];
+  const p = await proxy({ logs });
+  await server('d', '111', { direct: p.port });
+  await server('r');
+  await eventually(() => serving(p).length === 2, 3000, 'both serving');
+  assert.equal(p.pools()['111']!.sources, { d: 'direct', r: 'registry' });
+  const who = await ask(p.port, '111', 4);
+  assert.equal(new Set([who.slice(0, 2).join(), who.slice(2).join()]).size, 1, 'alternating');
+  assert.equal(new Set(who), new Set(['d', 'r']));
+  // The direct server's id written into the registry: ignored.
+  await ctx.raw!.put(serverKey(ctx.prefix, 'd')).value(encodeServer({ id: 'd', policy: '111', address: '127.0.0.1', port: 9, wire: 'frames' })).exec();
+  await eventually(() => logs.some((l) => l.event === 'register_refused' && l.id === 'd'), 3000, 'refused as a duplicate');
+  assert.equal(p.pools()['111']!.sources.d, 'direct');
+  // A direct registration of an id that came from the registry: DUPLICATE_ID.
+  const err = await startServer({ id: 'r', policy: '111', revproc: p.port }).then(() => undefined, (e: Error) => e);
+  assert.match(String(err?.message), /DUPLICATE_ID/);
+});
+
+reg_('etcd stops: every proxy keeps serving with what it saw, and says so; etcd back: it resyncs and a new server joins', async () => {
+  const logs: LogRecord[] = [];
+  const a = await proxy({ logs });
+  const b = await proxy();
+  await server('1');
+  await server('2');
+  for (const p of [a, b]) await eventually(() => serving(p).length === 2, 3000, 'both serving');
+  await ctx.etcd!.stop();
+  await eventually(() => a.registry()?.up === false && b.registry()?.up === false, 5000, 'both proxies see etcd down');
+  assert.ok(logs.some((l) => l.event === 'registry_down' && l.level === 'warn'), 'a warn line');
+  // Longer than the servers' lease TTL (2 s): nothing is lost while etcd is away.
+  const c = await connect({ revproc: a.port, timeoutMs: 3000 });
+  let errors = 0;
+  let answered = 0;
+  const until = Date.now() + 2500;
+  while (Date.now() < until) {
+    const batch = await Promise.all(Array.from({ length: 20 }, (_, i) => c.send('111', `x${i}`)));
+    for (const o of batch) o.ok ? answered++ : errors++;
+  }
+  assert.is(errors, 0);
+  assert.ok(answered > 0);
+  assert.equal(serving(a).sort(), ['1', '2']);
+  await ctx.etcd!.start();
+  for (const p of [a, b]) await eventually(() => p.registry()?.up === true, 8000, 'etcd back');
+  assert.ok(a.registry()!.syncs.reconnect >= 1, 'read again');
+  await server('3');
+  for (const p of [a, b]) await eventually(() => serving(p).length === 3, 5000, 'server 3 joins every proxy');
+  // The servers kept their keys through the outage (written again under new leases).
+  await sleep(2500);
+  for (const p of [a, b]) assert.equal(serving(p).sort(), ['1', '2', '3']);
+  await c.close();
+});
+
+reg_('a watch cancelled by a compaction reads the prefix again and misses nothing', async () => {
+  const o = resolveRegistry(reg());
+  const client = await openEtcd(o);
+  ctx.closers.push(() => client.close());
+  const prefix = `${ctx.prefix}m/`;
+  await ctx.raw!.put(`${prefix}a`).value('1').exec();
+  const seen = new Map<string, string>();
+  const reasons: SyncReason[] = [];
+  // The first read returns; before the watch starts, the key changes and the history is compacted past it.
+  const getAll = client.getAll.bind(client);
+  let first = true;
+  (client as { getAll: typeof client.getAll }).getAll = () => {
+    const b = getAll();
+    const exec = b.exec.bind(b);
+    (b as { exec: typeof b.exec }).exec = async () => {
+      const r = await exec();
+      if (first) {
+        first = false;
+        await ctx.raw!.put(`${prefix}a`).value('2').exec();
+        await ctx.raw!.put(`${prefix}b`).value('3').exec();
+        const rev = (await ctx.raw!.put(`${prefix}z`).value('x').exec()).header.revision;
+        await ctx.raw!.delete().key(`${prefix}z`).exec();
+        await ctx.raw!.kv.compact({ revision: rev });
+      }
+      return r;
+    };
+    return b;
+  };
+  const m = new PrefixMirror(client, prefix, o, {
+    put: (k, v) => seen.set(k, v),
+    delete: (k) => seen.delete(k),
+    synced: (s) => reasons.push(s.reason),
+    health: () => undefined,
+  });
+  ctx.closers.push(() => m.stop());
+  m.start();
+  await eventually(() => reasons.includes('compacted'), 5000, 'a resync after the compaction');
+  await eventually(() => seen.get('a') === '2' && seen.get('b') === '3', 3000, 'the changes made before the compaction');
+  assert.is(seen.has('z'), false);
+  assert.equal(reasons.slice(0, 2), ['start', 'compacted']);
+});
+
+reg_('clients find the proxies in etcd, spread over them, and follow the list as proxies drain', async () => {
+  const a = await proxy();
+  const b = await proxy();
+  await server('1');
+  for (const p of [a, b]) await eventually(() => p.registry()?.advertised === true && serving(p).length === 1, 3000, 'advertised');
+  const clients = await Promise.all(Array.from({ length: 12 }, (_, i) => connect({ id: `c${i}`, registry: reg(), timeoutMs: 3000 })));
+  ctx.closers.push(() => Promise.all(clients.map((c) => c.close())));
+  const at = (c: (typeof clients)[number]) => {
+    const s = c.actor.getSnapshot().context;
+    return s.proxies[s.proxyIndex]!.port;
+  };
+  const ports = clients.map(at);
+  assert.ok(ports.includes(a.port) && ports.includes(b.port), `both proxies have clients (${ports.join(' ')})`);
+  for (const c of clients) assert.is(await c.request('111', 'hello'), sha1Hex('hello'));
+  // Proxy a drains: it withdraws from etcd; its clients fail over to b and every request is answered.
+  const draining = a.stop();
+  const answers = await Promise.all(clients.map((c) => c.send('111', 'after')));
+  await draining;
+  assert.is(answers.filter((o) => !o.ok).length, 0, JSON.stringify(answers.filter((o) => !o.ok)));
+  await eventually(() => clients.every((c) => c.actor.getSnapshot().context.proxies.every((p) => p.port === b.port || p.port === at(c))), 3000, 'the lists follow etcd');
+  const none = await connect({ registry: { ...reg(), prefix: '/nothing-here/' }, timeoutMs: 300 }).then(() => undefined, (e: Error & { code?: string }) => e);
+  assert.is(none?.code, 'CONNECT_FAILED');
+  assert.match(String(none?.message), /no reverse proxy is registered in the registry/);
+});
+
+reg_.run();
