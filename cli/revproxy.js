@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const out = `${root}/.build/revproxy.mjs`;
-const SOURCES = ['actors', 'transport', 'cli', 'inspector', 'bench', 'scenario', 'config', 'admin'];
+const SOURCES = ['actors', 'transport', 'cli', 'inspector', 'bench', 'scenario', 'config', 'admin', 'registry'];
 
 function newestSource() {
   let newest = statSync(`${root}/package.json`).mtimeMs;
