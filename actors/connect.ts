@@ -308,7 +308,8 @@ export async function runClient(opts: RunOptions): Promise<Result[]> {
     opts.logger?.error('connection', `${message}: ${opts.packets.length} request(s) unanswered`, { code: LocalCode.CONNECT_FAILED, count: opts.packets.length });
     return opts.packets.map((packet) => ({ packet, error: LocalCode.CONNECT_FAILED, message }));
   }
-  const client = startClient({ ...opts, proxies: found.proxies }, opts.inspect, found.discovery);
+  // Without a registry the options say where the proxies are (`proxy` or `proxies`), as they always did.
+  const client = startClient(found.discovery ? { ...opts, proxies: found.proxies } : opts, opts.inspect, found.discovery);
   const log = client.actor.getSnapshot().context.logger;
   const verify = opts.verify ?? 'auto';
   const window = opts.wire === 'json' ? 1 : opts.window ?? 64;
