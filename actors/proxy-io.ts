@@ -19,6 +19,8 @@ import { newPeer, type ProxyRequest } from './link.js';
 import { fmt, type Logger } from './logger.js';
 import type { ProxyObserver } from './proxy-options.js';
 import type { ForwardBatch, Member, Policy, ProxyEvent } from './proxy-types.js';
+import type { RegistryCommand } from '../registry/events.js';
+import type { ProxyRegistryInput } from '../registry/proxy-registry.js';
 
 /** Owns the listening socket; turns each accepted connection's reads into proxy events. */
 export interface ListenerInput {
@@ -246,3 +248,6 @@ export const pinger = fromCallback<ProxyEvent, { servers: Map<string, Member>; c
 export const drainWatch = fromCallback<ProxyEvent, { inflight: InflightCount }>(({ sendBack, input }) =>
   input.inflight.whenIdle(() => sendBack({ type: 'DRAINED' })),
 );
+
+/** The `registry` actor without a registry: nothing. startProxy provides etcd's (registry/proxy-registry.ts) when one is given. */
+export const noRegistry = fromCallback<RegistryCommand, ProxyRegistryInput>(() => undefined);

@@ -20,7 +20,7 @@
  * `ejected` (too many consecutive failures: out for a while) or `drained`
  * (by an operator, MEMBER_DRAIN: out until MEMBER_ENABLE).
  */
-import { assertEvent, assign, fromCallback, sendTo, setup, type ActorRefFrom } from 'xstate';
+import { assertEvent, assign, sendTo, setup, type ActorRefFrom } from 'xstate';
 import { BufferBudget } from '../transport/budget.js';
 import { BusyPoll } from '../transport/busy-poll.js';
 import type { Connection } from '../transport/socket.js';
@@ -32,18 +32,13 @@ import { InflightCount } from './inflight.js';
 import { Pacer } from './pacer.js';
 import { tcpConnect, type ProxyRequest } from './link.js';
 import { silentLogger } from './logger.js';
-import { drainWatch, linkHub, listener, pinger, sweeper } from './proxy-io.js';
+import { drainWatch, linkHub, listener, noRegistry, pinger, sweeper } from './proxy-io.js';
 import { isLoopback, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
 import type { ProxyContext, ProxyEvent } from './proxy-types.js';
 import { drainMember, enableMember, linkDown, linkUp, probe, readmit, triesFailed } from './health.js';
 import { admit, applyReload, evict, registeredBy, removeServer } from './membership.js';
 import { drainWaiting, expireWaiting, makeReply, refuse, route } from './routing.js';
-import { registryHealth, registryJoin, registryLeave } from './registry-members.js';
-import type { RegistryCommand } from '../registry/events.js';
-import type { ProxyRegistryInput } from '../registry/proxy-registry.js';
-
-/** Without a registry the `registry` actor does nothing; startProxy provides etcd's (registry/proxy-registry.ts) when one is given. */
-const noRegistry = fromCallback<RegistryCommand, ProxyRegistryInput>(() => undefined);
+import { fromRegistry } from './registry-members.js';
 import { stopChild } from './children.js';
 
 export const proxyMachine = setup({
@@ -222,19 +217,10 @@ export const proxyMachine = setup({
       applyReload(context, event.opts);
     },
 
-    registryJoin: ({ context, event }) => {
-      assertEvent(event, 'REGISTRY_JOIN');
-      registryJoin(context, event.entry);
-    },
-
-    registryLeave: ({ context, event }) => {
-      assertEvent(event, 'REGISTRY_LEAVE');
-      registryLeave(context, event.id, event.reason);
-    },
-
-    registryHealth: ({ context, event }) => {
-      assertEvent(event, 'REGISTRY_HEALTH');
-      registryHealth(context, event.status);
+    /** News from the registry (etcd): a server entry came, went, or etcd's health changed. */
+    fromRegistry: ({ context, event }) => {
+      assertEvent(event, ['REGISTRY_JOIN', 'REGISTRY_LEAVE', 'REGISTRY_HEALTH']);
+      fromRegistry(context, event);
     },
 
     stopAll: ({ context }) => {
@@ -345,9 +331,9 @@ export const proxyMachine = setup({
     MEMBER_ENABLE: { actions: 'memberEnable' },
     DRAIN_WAITING: { actions: 'drainWaitingQueue' },
     EXPIRE_WAITING: { actions: 'expireWaiting' },
-    REGISTRY_JOIN: { actions: 'registryJoin' },
-    REGISTRY_LEAVE: { actions: 'registryLeave' },
-    REGISTRY_HEALTH: { actions: 'registryHealth' },
+    REGISTRY_JOIN: { actions: 'fromRegistry' },
+    REGISTRY_LEAVE: { actions: 'fromRegistry' },
+    REGISTRY_HEALTH: { actions: 'fromRegistry' },
   },
 });
 

@@ -8,9 +8,16 @@
  * functions over the proxy's context, as routing.ts's are.
  */
 import { ErrorCode } from '../transport/errors.js';
-import type { RegistryStatus, ServerEntry } from '../registry/events.js';
+import type { RegistryEvent, RegistryStatus, ServerEntry } from '../registry/events.js';
 import { Member, type ProxyContext } from './proxy-types.js';
 import { addServer, checkOpenLimits, checkProof, removeServer } from './membership.js';
+
+/** The proxy machine's one action for the registry's events. */
+export function fromRegistry(context: ProxyContext, event: RegistryEvent): void {
+  if (event.type === 'REGISTRY_JOIN') registryJoin(context, event.entry);
+  else if (event.type === 'REGISTRY_LEAVE') registryLeave(context, event.id, event.reason);
+  else registryHealth(context, event.status);
+}
 
 /** A server entry appeared or changed in the registry. */
 export function registryJoin(context: ProxyContext, e: ServerEntry): void {

@@ -69,6 +69,7 @@ export const sendSpec = object(
     pkt: opt(list(text, { min: 1 }), 'packet files (JSON, the old format), relative to the scenario file'),
     count: opt(whole('how many times to send `payload`', 1)),
     concurrency: opt(whole('requests in flight at once', 1), 'default 1: one after another'),
+    proxy: opt(whole('which proxy of the fleet to send through (1 = the first)', 1), 'with a registry: default 1'),
   },
   (v) =>
     exactlyOne(v, ['payload', 'payloads', 'pkt']) ??
@@ -120,6 +121,7 @@ const leafKinds = {
         policy: req(name),
         members: opt(list(name), 'every member, in rotation order'),
         serving: opt(list(name), 'the members taking requests now (not down, not ejected), in rotation order'),
+        proxy: opt(whole('which proxy of the fleet (1 = the first)', 1), 'with a registry: default 1'),
       }, (v) => (v.members === undefined && v.serving === undefined ? 'needs `members`, `serving` or both' : undefined)),
     ),
     ...common,
@@ -150,17 +152,25 @@ export const STEP_KINDS = Object.keys(stepKinds) as StepKind[];
 
 const step = located(tagged('step', stepKinds)) as Schema<Step>;
 
+/** A fleet: an etcd of the scenario's own, `proxies` proxies watching it, and every server registered there once. */
+export const registrySpec = object('registry', {
+  proxies: opt(whole('proxies watching the registry', 1), 'default 1'),
+  ttl: opt(whole('seconds', 1), 'lease TTL of servers and proxies (default 2)'),
+});
+
 export const scenarioSpec = object('scenario', {
   name: req(text, 'what the scenario shows'),
   description: opt(text),
   timeout: opt(ms, 'default deadline of every step (5000)'),
   proxy: opt(proxySpec, 'proxy options'),
+  registry: opt(registrySpec, 'run a fleet: an etcd, proxies watching it, servers registered in it'),
   servers: opt(list(located(serverSpec)), 'started in order, each registered before the next'),
   steps: req(list(step), 'the story, one step after another'),
 });
 
 export type ServerSpec = Infer<typeof serverSpec>;
 export type ProxySpec = Infer<typeof proxySpec>;
+export type RegistrySpec = Infer<typeof registrySpec>;
 export type SendExpect = Infer<typeof sendExpect>;
 export type RawExpect = Infer<typeof rawExpect>;
 export type PoolExpect = StepOf<'expect_pool'>['expect_pool'];

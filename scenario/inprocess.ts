@@ -3,8 +3,9 @@
  * surface (actors/index.ts): startProxy, startServer, ProxyHandle.pools().
  */
 import { Logger, startProxy, startServer, type LogRecord, type ProxyHandle, type ProxyOptions, type ServerHandle } from '../actors/index.js';
-import { PROXY_OPTIONS, type ProxyOptionKey, type ProxySpec, type ServerSpec } from './format.js';
-import { ProxyEvents, type Attach, type PoolState, type RunningServer, type Topology } from './topology.js';
+import { startEtcd, type Etcd } from './etcd.js';
+import { PROXY_OPTIONS, type ProxyOptionKey, type ProxySpec, type RegistrySpec, type ServerSpec } from './format.js';
+import { fleetTtl, ProxyEvents, type Attach, type PoolState, type RunningServer, type Topology } from './topology.js';
 
 const LOCAL = '127.0.0.1';
 
@@ -12,24 +13,52 @@ export class InProcessTopology implements Topology {
   readonly mode = 'in-process';
   readonly events = new ProxyEvents();
   port = 0;
+  ports: number[] = [];
   private proxy?: ProxyHandle;
+  /** With a registry: the other proxies of the fleet, and their log records. */
+  private readonly others: Array<{ handle: ProxyHandle; events: ProxyEvents }> = [];
+  private etcd?: Etcd;
   private spec: ProxySpec = {};
   private readonly servers = new Map<string, ServerHandle>();
   /** Every server started, also those a later one with the same id replaced in `servers`. */
   private readonly all: ServerHandle[] = [];
 
-  constructor(private readonly attach: Attach = {}) {}
+  constructor(
+    private readonly attach: Attach = {},
+    /** A fleet: an etcd of its own, `proxies` proxies watching it, servers registered there. */
+    private readonly fleet?: RegistrySpec,
+  ) {}
 
   async startProxy(spec: ProxySpec): Promise<void> {
     this.spec = spec;
+    if (this.fleet && !this.etcd) this.etcd = await startEtcd();
+    this.proxy = await this.one(spec, this.events, this.port);
+    this.port = this.proxy.port;
+    if (this.fleet && this.others.length === 0) {
+      for (let n = 2; n <= (this.fleet.proxies ?? 1); n++) {
+        const events = new ProxyEvents();
+        this.others.push({ handle: await this.one(spec, events, 0), events });
+      }
+    }
+    this.ports = [this.port, ...this.others.map((o) => o.handle.port)];
+  }
+
+  private one(spec: ProxySpec, events: ProxyEvents, port: number): Promise<ProxyHandle> {
     // Debug: 'serving' (the proxy reaches a new server) is a debug record.
-    const logger = new Logger('proxy', (rec: LogRecord) => this.events.push(rec), 'debug');
+    const logger = new Logger('proxy', (rec: LogRecord) => events.push(rec), 'debug');
     const options: Record<string, number> = {};
     for (const key of Object.keys(PROXY_OPTIONS) as ProxyOptionKey[]) {
       if (spec[key] !== undefined) options[PROXY_OPTIONS[key].option] = spec[key];
     }
-    this.proxy = await startProxy({ ...(options as ProxyOptions), token: spec.token, tokens: spec.tokens, port: this.port, host: LOCAL, logger, ...this.attach });
-    this.port = this.proxy.port;
+    return startProxy({ ...(options as ProxyOptions), token: spec.token, tokens: spec.tokens, port, host: LOCAL, logger, registry: this.registry(), ...this.attach });
+  }
+
+  private registry() {
+    return this.fleet && this.etcd ? { endpoints: [this.etcd.endpoint], prefix: '/scenario/', ttlSeconds: fleetTtl(this.fleet), retryInitialMs: 100, retryMaxMs: 1000 } : undefined;
+  }
+
+  eventsOf(n: number): ProxyEvents | undefined {
+    return n === 1 ? this.events : this.others[n - 2]?.events;
   }
 
   async restartProxy(): Promise<void> {
@@ -44,7 +73,7 @@ export class InProcessTopology implements Topology {
       policy: spec.policy,
       listenPort: 0,
       listenHost: LOCAL,
-      proxy: { host: LOCAL, port: this.port },
+      ...(this.fleet ? { registry: this.registry() } : { proxy: { host: LOCAL, port: this.port } }),
       behaviour: spec.behaviour,
       wire: spec.wire === 'json' ? 'json' : undefined,
       token: spec.token,
@@ -73,16 +102,18 @@ export class InProcessTopology implements Topology {
     this.take(id).kill();
   }
 
-  pools(): Record<string, PoolState> {
+  pools(n = 1): Record<string, PoolState> {
     const out: Record<string, PoolState> = {};
-    for (const [policy, p] of Object.entries(this.proxy?.pools() ?? {})) if (p.members.length) out[policy] = { members: p.members, serving: p.serving };
+    const handle = n === 1 ? this.proxy : this.others[n - 2]?.handle;
+    for (const [policy, p] of Object.entries(handle?.pools() ?? {})) if (p.members.length) out[policy] = { members: p.members, serving: p.serving };
     return out;
   }
 
   async close(): Promise<void> {
     for (const s of this.all) s.kill();
     this.servers.clear();
-    await this.proxy?.stop();
+    await Promise.all([this.proxy?.stop(), ...this.others.map((o) => o.handle.stop())]);
+    await this.etcd?.remove();
   }
 
   private take(id: string): ServerHandle {

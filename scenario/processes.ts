@@ -11,8 +11,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import type { LogRecord } from '../actors/logger.js';
-import { PROXY_OPTIONS, type ProxyOptionKey, type ProxySpec, type ServerSpec } from './format.js';
-import { ProxyEvents, type PoolState, type RunningServer, type Topology } from './topology.js';
+import { startEtcd, type Etcd } from './etcd.js';
+import { PROXY_OPTIONS, type ProxyOptionKey, type ProxySpec, type RegistrySpec, type ServerSpec } from './format.js';
+import { fleetTtl, ProxyEvents, type PoolState, type RunningServer, type Topology } from './topology.js';
 
 const BIN = fileURLToPath(new URL('../cli/revproxy.js', import.meta.url));
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -74,39 +75,69 @@ export class ProcessTopology implements Topology {
   readonly mode = 'processes';
   readonly events = new ProxyEvents();
   port = 0;
+  ports: number[] = [];
   private proxy?: Child;
+  /** With a registry: the other proxies of the fleet, and their log records. */
+  private readonly others: Array<{ child: Child; events: ProxyEvents; port: number }> = [];
+  private etcd?: Etcd;
   private spec: ProxySpec = {};
   private readonly servers = new Map<string, Child>();
   /** Every server started, also those a later one with the same id replaced in `servers`. */
   private readonly all: Child[] = [];
   private tmp?: string;
 
-  constructor(private readonly opts: { inspect?: boolean; onNote?: (line: string) => void } = {}) {}
+  constructor(
+    private readonly opts: { inspect?: boolean; onNote?: (line: string) => void } = {},
+    /** A fleet: an etcd of its own, `proxies` proxies watching it, servers registered there. */
+    private readonly fleet?: RegistrySpec,
+  ) {}
+
+  /** `--registry ...` for the fleet's proxies and servers. */
+  private registryArgs(): string[] {
+    return this.fleet && this.etcd ? ['--registry', `etcd://${this.etcd.endpoint}`, '--registry-prefix', '/scenario/', '--registry-ttl', String(fleetTtl(this.fleet))] : [];
+  }
+
+  eventsOf(n: number): ProxyEvents | undefined {
+    return n === 1 ? this.events : this.others[n - 2]?.events;
+  }
 
   async startProxy(spec: ProxySpec): Promise<void> {
     this.spec = spec;
+    if (this.fleet && !this.etcd) this.etcd = await startEtcd();
+    const { child, port } = await this.one(spec, this.events, this.port, this.opts.inspect);
+    this.proxy = child;
+    this.port = port;
+    if (this.fleet && this.others.length === 0) {
+      for (let n = 2; n <= (this.fleet.proxies ?? 1); n++) {
+        const events = new ProxyEvents();
+        this.others.push({ ...(await this.one(spec, events, 0, false)), events });
+      }
+    }
+    this.ports = [this.port, ...this.others.map((o) => o.port)];
+  }
+
+  private async one(spec: ProxySpec, events: ProxyEvents, port: number, inspect?: boolean): Promise<{ child: Child; port: number }> {
     // Debug: 'serving' (the proxy reaches a new server) is a debug record.
-    const args = ['proxy', '--port', String(this.port), '--log-format', 'json', '--log-level', 'debug'];
+    const args = ['proxy', '--port', String(port), '--log-format', 'json', '--log-level', 'debug', ...this.registryArgs()];
     for (const key of Object.keys(PROXY_OPTIONS) as ProxyOptionKey[]) {
       if (spec[key] !== undefined) args.push(PROXY_OPTIONS[key].flag, String(spec[key]));
     }
     if (spec.token !== undefined) args.push('--token', spec.token);
     if (spec.tokens) args.push('--tokens', this.tokensFile(spec.tokens));
-    if (this.opts.inspect) args.push('--inspect');
-    const since = this.events.mark();
+    if (inspect) args.push('--inspect');
+    const since = events.mark();
     const child = new Child(args, (line) => {
       if (line.startsWith('Inspector for proxy')) this.opts.onNote?.(line);
       if (!line.startsWith('{')) return;
       try {
-        this.events.push(JSON.parse(line) as LogRecord);
+        events.push(JSON.parse(line) as LogRecord);
       } catch {
         // not a log record: kept in the tail for messages
       }
     });
-    this.proxy = child;
-    const up = await this.events.next(since, (r) => r.event === 'listening', START_MS, child.exited);
+    const up = await events.next(since, (r) => r.event === 'listening', START_MS, child.exited);
     if (!up) throw new Error(`the proxy process did not start: ${child.proc.exitCode !== null ? await child.why() : `no 'listening' record within ${START_MS} ms`}`);
-    this.port = Number(up.port);
+    return { child, port: Number(up.port) };
   }
 
   async restartProxy(): Promise<void> {
@@ -116,7 +147,8 @@ export class ProcessTopology implements Topology {
   }
 
   async startServer(spec: ServerSpec): Promise<RunningServer> {
-    const args = ['server', '--id', spec.id, '--pp', spec.policy, '--listen', '0', '--revproc', `127.0.0.1:${this.port}`, '--log-format', 'json', '--log-level', 'warn'];
+    const where = this.fleet ? this.registryArgs() : ['--revproc', `127.0.0.1:${this.port}`];
+    const args = ['server', '--id', spec.id, '--pp', spec.policy, '--listen', '0', ...where, '--log-format', 'json', '--log-level', 'warn'];
     if (spec.behaviour) args.push('--behaviour', spec.behaviour);
     if (spec.wire === 'json') args.push('--wire', 'json');
     if (spec.token !== undefined) args.push('--token', spec.token);
@@ -134,14 +166,15 @@ export class ProcessTopology implements Topology {
     await this.take(id).stop('SIGKILL');
   }
 
-  pools(): Record<string, PoolState> {
-    return this.events.pools();
+  pools(n = 1): Record<string, PoolState> {
+    return this.eventsOf(n)?.pools() ?? {};
   }
 
   async close(): Promise<void> {
-    const all = [...this.all, ...(this.proxy ? [this.proxy] : [])];
+    const all = [...this.all, ...(this.proxy ? [this.proxy] : []), ...this.others.map((o) => o.child)];
     this.servers.clear();
     await Promise.all(all.map((c) => c.stop('SIGKILL')));
+    await this.etcd?.remove();
     if (this.tmp) rmSync(this.tmp, { recursive: true, force: true });
   }
 

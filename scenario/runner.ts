@@ -62,7 +62,7 @@ const DEFAULT_TIMEOUT = 5000;
 
 /** Run a loaded scenario (see loader.ts); never throws for a failing step, only reports it. */
 export async function runScenario(sc: Scenario, opts: RunOptions = {}): Promise<ScenarioReport> {
-  const topo: Topology = opts.processes ? new ProcessTopology({ inspect: opts.inspectProxy, onNote: opts.onNote }) : new InProcessTopology(opts.attach);
+  const topo: Topology = opts.processes ? new ProcessTopology({ inspect: opts.inspectProxy, onNote: opts.onNote }, sc.registry) : new InProcessTopology(opts.attach, sc.registry);
   const run = new Run(sc, topo, opts.attach);
   const t0 = performance.now();
   const steps: StepReport[] = [];
@@ -163,6 +163,12 @@ class Run {
     const up = await this.topo.events.next(since, (r) => (r.event === 'serving' || r.event === 'down') && String(r.id) === spec.id, ms, running.ended);
     if (!up) throw new Error(`the proxy registered server ${spec.id} but did not reach it within ${ms} ms`);
     if (up.event === 'down') throw new Error(`the proxy registered server ${spec.id} but cannot reach it: ${up.msg}`);
+    // A fleet: every proxy takes the server from the registry.
+    for (let n = 2; n <= this.topo.ports.length; n++) {
+      const events = this.topo.eventsOf(n)!;
+      const other = await events.next(0, (r) => r.event === 'serving' && String(r.id) === spec.id && events.isMember(spec.id), ms, running.ended);
+      if (!other) throw new Error(`proxy ${n} did not take server ${spec.id} from the registry within ${ms} ms`);
+    }
     return { diffs: [], got: 'serving' };
   }
 
@@ -187,9 +193,11 @@ class Run {
     }
     // The proxy's own timeout answers first; the client's is the backstop.
     const timeoutMs = st.timeout ?? this.sc.timeout ?? (this.sc.proxy?.timeout ?? DEFAULT_TIMEOUT) + 1000;
+    const port = this.topo.ports[(s.proxy ?? 1) - 1] ?? (s.proxy === undefined ? this.topo.port : undefined);
+    if (port === undefined) throw new Error(`there is no proxy ${s.proxy}: the scenario runs ${this.topo.ports.length || 1} (registry.proxies)`);
     const results = await runClient({
       id: s.client ?? packets[0]?.srcid ?? '0',
-      proxy: { host: '127.0.0.1', port: this.topo.port },
+      proxy: { host: '127.0.0.1', port },
       packets: packets.map(({ srcid, privPoliId, payload }) => ({ srcid, privPoliId, payload })),
       window: s.concurrency ?? 1,
       timeoutMs,
@@ -236,7 +244,8 @@ class Run {
   async pool(expect: PoolExpect, ms: number): Promise<Outcome> {
     const until = performance.now() + ms;
     for (;;) {
-      const got = this.topo.pools()[expect.policy] ?? { members: [], serving: [] };
+      if (expect.proxy !== undefined && expect.proxy > Math.max(1, this.topo.ports.length)) throw new Error(`there is no proxy ${expect.proxy}: the scenario runs ${this.topo.ports.length || 1} (registry.proxies)`);
+      const got = this.topo.pools(expect.proxy)[expect.policy] ?? { members: [], serving: [] };
       const diffs = checkPool(expect, got);
       if (diffs.length === 0 || performance.now() >= until) return { diffs, got };
       await sleep(10);

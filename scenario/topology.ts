@@ -8,10 +8,20 @@
 import type { InspectionEvent } from 'xstate';
 import type { LogRecord } from '../actors/logger.js';
 import type { ProxyObserver } from '../actors/proxy-options.js';
-import type { ProxySpec, ServerSpec } from './format.js';
+import type { ProxySpec, RegistrySpec, ServerSpec } from './format.js';
+
+/** A scenario's registry: the etcd it started, and how its proxies and servers use it. */
+export interface FleetSettings {
+  spec: RegistrySpec;
+  /** `host:port` of the scenario's etcd. */
+  endpoint: string;
+  prefix: string;
+}
+
+export const fleetTtl = (spec: RegistrySpec): number => spec.ttl ?? 2;
 
 /** The proxy's log events the runner follows; the rest are dropped to keep memory flat. */
-const LIFECYCLE = new Set(['listening', 'register', 'register_refused', 'unauthorized', 'serving', 'down', 'eject', 'readmit', 'deregister', 'stopped']);
+const LIFECYCLE = new Set(['listening', 'registry_synced', 'advertised', 'register', 'register_refused', 'unauthorized', 'serving', 'down', 'eject', 'readmit', 'deregister', 'stopped']);
 
 /** A pool as a scenario sees it. */
 export interface PoolState {
@@ -109,7 +119,12 @@ export interface Topology {
   readonly mode: 'in-process' | 'processes';
   /** The proxy's port (fresh and ephemeral; kept across a restart). */
   readonly port: number;
+  /** The first proxy's log records (the one steps talk to unless they name another). */
   readonly events: ProxyEvents;
+  /** Every proxy's port, the first one first: more than one with a registry (`registry.proxies`). */
+  readonly ports: number[];
+  /** Proxy n's log records (1 = the first). */
+  eventsOf(n: number): ProxyEvents | undefined;
   startProxy(spec: ProxySpec): Promise<void>;
   /** Stop the proxy and start it again on the same port. */
   restartProxy(): Promise<void>;
@@ -119,8 +134,8 @@ export interface Topology {
   stopServer(id: string): Promise<void>;
   /** Abrupt: as SIGKILL. */
   killServer(id: string): Promise<void>;
-  /** Each policy's members in rotation order, and those serving. */
-  pools(): Record<string, PoolState>;
+  /** Each policy's members in rotation order, and those serving, on proxy n (default 1). */
+  pools(n?: number): Record<string, PoolState>;
   /** End everything still running. */
   close(): Promise<void>;
 }

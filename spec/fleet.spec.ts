@@ -13,7 +13,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { connect, sha1Hex, type Client } from '../actors/index.js';
-import { killEtcds, startEtcd, type Etcd } from './etcd.js';
+import { killEtcds, startEtcd, type Etcd } from '../scenario/etcd.js';
 import { sleep } from './helpers.js';
 import { killAll, revproxy, type Proc } from './procs.js';
 

@@ -15,7 +15,7 @@ import { encodeServer, serverKey } from '../registry/keys.js';
 import { PrefixMirror, type SyncReason } from '../registry/mirror.js';
 import { resolveRegistry } from '../registry/options.js';
 import { proofOf } from '../registry/proof.js';
-import { killEtcds, startEtcd, type Etcd } from './etcd.js';
+import { killEtcds, startEtcd, type Etcd } from '../scenario/etcd.js';
 import { eventually, sleep } from './helpers.js';
 
 interface Ctx {

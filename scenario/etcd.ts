@@ -1,8 +1,9 @@
 /**
- * A real etcd for the specs: Debian's `etcd-server` (`/usr/bin/etcd`, which
- * .ci/run installs), started on free loopback ports with a temporary data
- * directory, stopped and restarted on the same ports and data (to show an
- * outage), and removed after: nothing is left behind.
+ * An etcd of its own, for a scenario with a registry and for the specs:
+ * Debian's `etcd-server` (`/usr/bin/etcd`, which .ci/run installs), started
+ * on free loopback ports with a temporary data directory, stopped and
+ * restarted on the same ports and data (to show an outage), and removed
+ * after: nothing is left behind.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -11,6 +12,7 @@ import { join } from 'node:path';
 import { freePort } from '../bench/procs.js';
 
 export const ETCD = existsSync('/usr/bin/etcd') ? '/usr/bin/etcd' : 'etcd';
+const NO_ETCD = "cannot start etcd: it is not installed (Debian: sudo apt-get install -y etcd-server; or put an etcd 3.4+ binary on the PATH)";
 
 export interface Etcd {
   /** `etcd://127.0.0.1:PORT` */
@@ -47,11 +49,15 @@ export async function startEtcd(): Promise<Etcd> {
     ], { stdio: ['ignore', 'pipe', 'pipe'] });
     child = c;
     live.add(c);
+    const spawnFailed = new Promise<Error>((resolve) => c.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'ENOENT' ? new Error(NO_ETCD) : err)));
+    let failure: Error | undefined;
+    void spawnFailed.then((e) => (failure = e));
     c.on('exit', () => live.delete(c));
     c.stdout!.setEncoding('utf8').on('data', (t: string) => out.push(t));
     c.stderr!.setEncoding('utf8').on('data', (t: string) => out.push(t));
     const end = Date.now() + 20_000;
     for (;;) {
+      if (failure) throw failure;
       if (c.exitCode !== null) throw new Error(`etcd exited (${c.exitCode}) before serving:\n${out.join('')}`);
       try {
         const r = await fetch(`http://127.0.0.1:${client}/health`, { signal: AbortSignal.timeout(500) });
@@ -88,7 +94,7 @@ export async function startEtcd(): Promise<Etcd> {
   };
 }
 
-/** Kill every etcd still running (an `after` hook's last resort). */
+/** Kill every etcd still running (an `after` hook's last resort, and at exit). */
 export function killEtcds(): void {
   for (const c of live) c.kill('SIGKILL');
 }
