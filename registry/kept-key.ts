@@ -143,6 +143,18 @@ export class KeptKey {
   }
 
   /**
+   * Stop keeping the key without deleting it, as a process that dies would:
+   * etcd deletes it a TTL after the last keepalive.
+   */
+  release(): void {
+    this.stopped = true;
+    this.generation++;
+    clearTimeout(this.timer);
+    this.lease?.release();
+    this.isUp = false;
+  }
+
+  /**
    * Stop keeping the key: delete it first (while our lease holds it), then
    * revoke the lease. Best effort within the call timeout: if etcd is away,
    * the lease ends a TTL after the last keepalive anyway.

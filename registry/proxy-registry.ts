@@ -60,6 +60,7 @@ function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: P
   let own: KeptKey | undefined;
   let draining = false;
   let stopped = false;
+  let withdrawn: Promise<void> | undefined;
   let settle: NodeJS.Timeout | undefined;
   let remind: NodeJS.Timeout | undefined;
   /** Ids whose entry could not be read (sent as leaves; told again only when they change). */
@@ -167,7 +168,8 @@ function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: P
     } else if (c.type === 'DRAIN') {
       draining = true;
       clearTimeout(settle);
-      void own?.stop().then(() => {
+      withdrawn = own?.stop();
+      void withdrawn?.then(() => {
         if (status.advertised) log.info('withdrawn', 'Withdrew this proxy from the registry (draining): clients stop choosing it', { url });
         status.advertised = false;
         report();
@@ -185,6 +187,8 @@ function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: P
     clearTimeout(settle);
     clearInterval(remind);
     mirror.stop();
-    void (own?.stop() ?? Promise.resolve()).finally(() => client.close());
+    // Stopped without a drain (kill()): the key stays until its lease ends, as when a process dies.
+    if (!withdrawn) own?.release();
+    void (withdrawn ?? Promise.resolve()).finally(() => client.close());
   };
 }

@@ -56,12 +56,15 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
       },
     }, true);
     kept.start();
+    let leaving: Promise<void> | undefined;
     receive(() => {
       // DEREGISTER_ALL: the key goes first, so the proxies stop sending; in-flight requests are still answered.
-      if (!refused) void kept.stop();
+      if (!refused) leaving = kept.stop();
     });
     return () => {
-      void kept.stop().finally(() => client.close());
+      // Stopped without a drain (kill()): the key stays until its lease ends, as when a process dies.
+      if (!leaving) kept.release();
+      void (leaving ?? Promise.resolve()).finally(() => client.close());
     };
   });
 }

@@ -277,6 +277,7 @@ admin('/healthz, /readyz (503 while draining) and /metrics (GET and HEAD): count
     reason: (v) => (EJECT_REASONS as readonly string[]).includes(v),
     role: (v) => (ROLES as readonly string[]).includes(v),
     state: (v) => ['connecting', 'serving', 'down', 'ejected'].includes(v),
+    source: (v) => v === 'direct' || v === 'registry',
     direction: (v) => v === 'out' || v === 'back',
     log: (v) => v === 'main' || v === 'access',
     result: (v) => v === 'applied' || v === 'refused',
