@@ -28,7 +28,7 @@ refused('an unknown step names its line, the known steps and the nearest one', (
 
 refused('an unknown key names its line, path and the keys allowed', () => {
   const msg = refusal('name: x\nsteps:\n  - send: { client: "1", policy: P, pyaload: x }\n');
-  assert.match(msg, /broken\.yaml:3:37: steps\[0\]\.send\.pyaload: unknown key 'pyaload' in send; expected one of: client, policy, payload, payloads, pkt, count, concurrency \(did you mean 'payload'\?\)/);
+  assert.match(msg, /broken\.yaml:3:37: steps\[0\]\.send\.pyaload: unknown key 'pyaload' in send; expected one of: client, policy, payload, payloads, pkt, count, concurrency, proxy \(did you mean 'payload'\?\)/);
 });
 
 refused('an unknown key at the top and in expect is refused too', () => {
