@@ -33,14 +33,20 @@ export async function openEtcd(o: Resolved): Promise<Etcd3> {
   return new Etcd3(options);
 }
 
+/** Whether etcd refused who we are (a wrong user or password, no role on the prefix): not something that trying again mends. */
+export function isRefusal(err: unknown): boolean {
+  const e = err as Error;
+  return /Authentication|PermissionDenied|RoleNotGranted|UserNotFound/.test(e?.name ?? '') || /authentication failed|invalid user ID or password|permission denied/i.test(String(e?.message ?? ''));
+}
+
 /** What went wrong talking to etcd, in words, with what to do when it is a common mistake. */
 export function describeEtcdError(err: unknown, o: Resolved): string {
   const e = err as Error;
   const name = e?.name ?? '';
   const msg = String(e?.message ?? err).replace(/\s*Resolution note:.*$/s, '').trim();
   const where = describeRegistry({ endpoints: o.endpoints, tls: o.tls !== undefined });
-  if (name === 'EtcdAuthenticationFailedError' || name === 'EtcdUserNotFoundError') return `etcd at ${where} refused the user name or password (${msg}): check --registry-user and REVPROXY_REGISTRY_PASSWORD`;
-  if (name === 'EtcdPermissionDeniedError' || name === 'EtcdRoleNotGrantedError' || name === 'GRPCUnauthenticatedError') {
+  if (name === 'EtcdAuthenticationFailedError' || name === 'EtcdUserNotFoundError' || /authentication failed|invalid user ID or password/i.test(msg)) return `etcd at ${where} refused the user name or password (${msg}): check --registry-user and REVPROXY_REGISTRY_PASSWORD`;
+  if (name === 'EtcdPermissionDeniedError' || name === 'EtcdRoleNotGrantedError' || name === 'GRPCUnauthenticatedError' || /permission denied|user name is empty/i.test(msg)) {
     return `etcd at ${where} denied access under ${o.prefix} (${msg}): give the user a role with readwrite on that prefix (etcdctl role grant-permission --prefix ...)`;
   }
   if (/ECONNREFUSED/.test(msg)) return `etcd is not reachable at ${where}: connection refused`;

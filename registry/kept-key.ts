@@ -13,7 +13,7 @@
  */
 import type { Lease } from 'etcd3';
 import type { Etcd3 } from './etcd.js';
-import { describeEtcdError } from './etcd.js';
+import { describeEtcdError, isRefusal } from './etcd.js';
 import type { Resolved } from './options.js';
 
 export interface KeptKeyHandlers {
@@ -25,6 +25,8 @@ export interface KeptKeyHandlers {
   taken(holder: string, retryInMs: number): void;
   /** A keepalive failed: etcd may be unreachable (called once per outage). */
   suspect?(err: unknown): void;
+  /** etcd refused who we are (user, password, role): with this handler the key stops trying; without it, it keeps trying. */
+  refused?(why: string): void;
 }
 
 export class KeptKey {
@@ -129,6 +131,11 @@ export class KeptKey {
     if (this.stopped) return;
     this.isUp = false;
     this.lease?.release();
+    if (this.on.refused && isRefusal(err)) {
+      this.stopped = true;
+      this.on.refused(describeEtcdError(err, this.opts));
+      return;
+    }
     const wait = this.retryMs;
     this.retryMs = Math.min(this.retryMs * 2, this.opts.retryMaxMs);
     this.on.down(describeEtcdError(err, this.opts), wait);

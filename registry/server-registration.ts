@@ -42,6 +42,11 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
     const kept = new KeptKey(client, key, encodeServer(entry), o, {
       up: (again) => send({ type: 'REGISTERED', proxy: label, again }),
       down: (why, retryInMs) => send({ type: 'REGISTRATION_LOST', proxy: label, error: why, retryInMs }),
+      // A wrong user or password is a mistake to fix, not an outage to wait out: the server stops, as when a proxy refuses its token.
+      refused: (why) => {
+        refused = true;
+        send({ type: 'REFUSED', proxy: label, code: ErrorCode.UNAUTHORIZED, message: why });
+      },
       taken: (holder, retryInMs) => {
         const other = decodeServer(s.id, holder);
         const who = typeof other === 'string' ? 'an entry this server did not write' : `a live server at ${other.address}:${other.port}`;

@@ -6,6 +6,8 @@
  * after: nothing is left behind.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { request } from 'node:https';
+import { readFileSync } from 'node:fs';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -33,8 +35,32 @@ export interface Etcd {
 
 const live = new Set<ChildProcess>();
 
-/** Start an etcd of its own; resolves once it answers /health. */
-export async function startEtcd(): Promise<Etcd> {
+/** TLS for etcd's clients: its certificate and key, and with `ca` mutual TLS (clients must present a certificate it signed). */
+export interface EtcdTls {
+  cert: string;
+  key: string;
+  ca?: string;
+}
+
+/** GET /health over TLS, trusting `ca` (and presenting a client certificate when etcd asks for one). */
+function healthOverTls(port: number, tls: EtcdTls): Promise<boolean> {
+  return new Promise((resolve) => {
+    const ca = tls.ca ? readFileSync(tls.ca) : undefined;
+    const req = request({ host: '127.0.0.1', port, path: '/health', ca, cert: readFileSync(tls.cert), key: readFileSync(tls.key), timeout: 500 }, (res) => {
+      let body = '';
+      res.on('data', (d: Buffer) => (body += d));
+      res.on('end', () => resolve(res.statusCode === 200 && /"health":\s*"true"/.test(body)));
+    });
+    req.on('error', () => resolve(false));
+    req.on('timeout', () => req.destroy());
+    req.end();
+  });
+}
+
+/** Start an etcd of its own; resolves once it answers /health. With `tls`, its clients speak TLS to it. */
+export async function startEtcd(opts: { tls?: EtcdTls } = {}): Promise<Etcd> {
+  const tls = opts.tls;
+  const scheme = tls ? 'https' : 'http';
   const dir = mkdtempSync(join(tmpdir(), 'revproxy-etcd-'));
   const client = await freePort();
   const peer = await freePort();
@@ -43,7 +69,8 @@ export async function startEtcd(): Promise<Etcd> {
   const run = async (): Promise<void> => {
     const c = spawn(ETCD, [
       '--name', 'default', '--data-dir', join(dir, 'data'),
-      '--listen-client-urls', `http://127.0.0.1:${client}`, '--advertise-client-urls', `http://127.0.0.1:${client}`,
+      '--listen-client-urls', `${scheme}://127.0.0.1:${client}`, '--advertise-client-urls', `${scheme}://127.0.0.1:${client}`,
+      ...(tls ? ['--cert-file', tls.cert, '--key-file', tls.key, ...(tls.ca ? ['--client-cert-auth', '--trusted-ca-file', tls.ca] : [])] : []),
       '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`,
       '--initial-cluster', `default=http://127.0.0.1:${peer}`, '--logger', 'zap', '--log-level', 'warn',
     ], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -59,11 +86,15 @@ export async function startEtcd(): Promise<Etcd> {
     for (;;) {
       if (failure) throw failure;
       if (c.exitCode !== null) throw new Error(`etcd exited (${c.exitCode}) before serving:\n${out.join('')}`);
-      try {
-        const r = await fetch(`http://127.0.0.1:${client}/health`, { signal: AbortSignal.timeout(500) });
-        if (r.ok && /"health":\s*"true"/.test(await r.text())) return;
-      } catch {
-        // not yet
+      if (tls) {
+        if (await healthOverTls(client, tls)) return;
+      } else {
+        try {
+          const r = await fetch(`http://127.0.0.1:${client}/health`, { signal: AbortSignal.timeout(500) });
+          if (r.ok && /"health":\s*"true"/.test(await r.text())) return;
+        } catch {
+          // not yet
+        }
       }
       if (Date.now() > end) throw new Error(`etcd did not serve within 20 s:\n${out.join('')}`);
       await new Promise((r) => setTimeout(r, 50));
@@ -78,7 +109,7 @@ export async function startEtcd(): Promise<Etcd> {
   };
   await run();
   return {
-    url: `etcd://127.0.0.1:${client}`,
+    url: `${tls ? 'etcds' : 'etcd'}://127.0.0.1:${client}`,
     endpoint: `127.0.0.1:${client}`,
     dir,
     out,

@@ -1,0 +1,118 @@
+/**
+ * The registry with etcd's own protections on (issue 18), each on an etcd of
+ * its own (scenario/etcd.ts; auth is etcd-wide): with authentication, the
+ * fleet's user, with readwrite on the fleet's prefix only, registers servers
+ * and proxies and finds them, while a wrong password or a user without the
+ * role is refused by etcd and the proxy says so in words (and is not
+ * ready); over TLS with client certificates (throw-away ones from openssl),
+ * the fleet works, and a client without a certificate is refused.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { connect, Logger, memorySink, sha1Hex, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import { openEtcd, type Etcd3 } from '../registry/etcd.js';
+import { Range } from 'etcd3';
+import { resolveRegistry } from '../registry/options.js';
+import { killEtcds, startEtcd, type Etcd } from '../scenario/etcd.js';
+import { eventually } from './helpers.js';
+import { makePki } from './certs.js';
+import { readFileSync, rmSync } from 'node:fs';
+
+const ctx: { etcd?: Etcd; root?: Etcd3; proxies: ProxyHandle[]; servers: ServerHandle[] } = { proxies: [], servers: [] };
+const PREFIX = '/authed/';
+const reg = (username: string, password: string, prefix = PREFIX) => ({ endpoints: [ctx.etcd!.endpoint], prefix, ttlSeconds: 2, username, password, retryInitialMs: 100, retryMaxMs: 500 });
+
+const auth = suite('registry with etcd authentication');
+auth.before(async () => {
+  ctx.etcd = await startEtcd();
+  const admin = await openEtcd(resolveRegistry({ endpoints: [ctx.etcd.endpoint] }));
+  await admin.role('root').create();
+  await admin.user('root').create('root-password-1');
+  await admin.user('root').addRole('root');
+  await admin.role('fleet').create();
+  await admin.role('fleet').grant({ permission: 'Readwrite', range: Range.prefix(PREFIX) });
+  await admin.user('fleet').create('fleet-password-1');
+  await admin.user('fleet').addRole('fleet');
+  await admin.user('stranger').create('stranger-password-1');
+  await admin.auth.authEnable();
+  admin.close();
+});
+auth.after(async () => {
+  for (const s of ctx.servers) s.kill();
+  for (const p of ctx.proxies) p.kill();
+  await ctx.etcd?.remove();
+  killEtcds();
+});
+
+auth("the fleet's user registers servers and proxies and finds them", async () => {
+  const p = await startProxy({ port: 0, registry: reg('fleet', 'fleet-password-1') });
+  ctx.proxies.push(p);
+  ctx.servers.push(await startServer({ id: 'a', policy: 'P', registry: reg('fleet', 'fleet-password-1') }));
+  await eventually(() => p.pools().P?.serving.length === 1 && p.registry()?.advertised === true, 5000, 'served and advertised');
+  const c = await connect({ registry: reg('fleet', 'fleet-password-1'), timeoutMs: 3000 });
+  assert.is(await c.request('P', 'hi'), sha1Hex('hi'));
+  await c.close();
+});
+
+auth('a wrong password is refused by etcd: the proxy says so in words, and is not ready', async () => {
+  const logs: LogRecord[] = [];
+  const p = await startProxy({ port: 0, registry: reg('fleet', 'not-the-password'), logger: new Logger('proxy', memorySink(logs), 'info') });
+  ctx.proxies.push(p);
+  await eventually(() => p.registry()?.why !== undefined, 5000, 'the registry says why');
+  const r = p.registry()!;
+  assert.is(r.synced, false);
+  assert.match(r.why!, /refused the user name or password/);
+  assert.ok(logs.some((l) => l.event === 'registry_down' && /refused the user name or password/.test(l.msg)));
+  assert.is(logs.some((l) => JSON.stringify(l).includes('not-the-password')), false, 'the password is never logged');
+  // A server with it stops at once, as when a proxy refuses its token.
+  const s = await startServer({ id: 'b', policy: 'P', registry: reg('fleet', 'not-the-password') }).then(() => undefined, (e: Error) => e);
+  assert.match(String(s?.message), /refused the registration \(UNAUTHORIZED\): etcd at .* refused the user name or password/);
+});
+
+auth('a user without a role on the prefix is denied, and told which prefix', async () => {
+  const p = await startProxy({ port: 0, registry: reg('stranger', 'stranger-password-1') });
+  ctx.proxies.push(p);
+  await eventually(() => p.registry()?.why !== undefined, 5000, 'the registry says why');
+  assert.match(p.registry()!.why!, /denied access under \/authed\//);
+});
+
+auth.run();
+
+const tls = suite('registry over TLS, with a client certificate (mutual TLS)');
+const tctx: { etcd?: Etcd; dir?: string; proxies: ProxyHandle[]; servers: ServerHandle[] } = { proxies: [], servers: [] };
+tls.before(async () => {
+  const pki = makePki(['etcd', 'fleet']);
+  tctx.dir = pki.dir;
+  tctx.etcd = await startEtcd({ tls: { ...pki.cert('etcd'), ca: pki.ca } });
+  const f = pki.cert('fleet');
+  material = { ca: readFileSync(pki.ca), cert: readFileSync(f.cert), key: readFileSync(f.key) };
+});
+tls.after(async () => {
+  for (const s of tctx.servers) s.kill();
+  for (const p of tctx.proxies) p.kill();
+  await tctx.etcd?.remove();
+  if (tctx.dir) rmSync(tctx.dir, { recursive: true, force: true });
+  killEtcds();
+});
+let material: { ca: Buffer; cert: Buffer; key: Buffer };
+const treg = (m: { ca?: Buffer; cert?: Buffer; key?: Buffer }) => ({ endpoints: [tctx.etcd!.endpoint], prefix: '/tls/', ttlSeconds: 2, tls: m, retryInitialMs: 100, retryMaxMs: 500 });
+
+tls('with the CA and a client certificate, servers, proxies and clients use the registry over TLS', async () => {
+  assert.match(tctx.etcd!.url, /^etcds:\/\//);
+  const p = await startProxy({ port: 0, registry: treg(material) });
+  tctx.proxies.push(p);
+  tctx.servers.push(await startServer({ id: 't', policy: 'P', registry: treg(material) }));
+  await eventually(() => p.pools().P?.serving.length === 1 && p.registry()?.advertised === true, 5000, 'served and advertised');
+  const c = await connect({ registry: treg(material), timeoutMs: 3000 });
+  assert.is(await c.request('P', 'over tls'), sha1Hex('over tls'));
+  await c.close();
+});
+
+tls('without a client certificate etcd refuses the connection, and the proxy says it cannot reach it', async () => {
+  const p = await startProxy({ port: 0, registry: treg({ ca: material.ca }) });
+  tctx.proxies.push(p);
+  await eventually(() => p.registry()?.why !== undefined, 8000, 'the registry says why');
+  assert.is(p.registry()!.synced, false);
+});
+
+tls.run();
