@@ -17,7 +17,7 @@ import { LocalCode, RevproxyError } from '../transport/errors.js';
 import { loadTokens, tlsFromFlags } from '../cli/common.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 import {
-  dict, flag, formatIssues, object, oneOf, opt, readYaml, refine, scalar, text, whole, type Field, type Infer, type Issue,
+  dict, flag, formatIssues, object, oneOf, opt, readYaml, refine, req, scalar, text, whole, type Field, type Infer, type Issue,
 } from './schema.js';
 
 /** When a change of a setting takes effect. */
@@ -139,7 +139,7 @@ const otherFields = {
     token: opt(secret, 'bearer token /metrics requires (the health checks stay open)'),
   }), 'the admin endpoint'),
   registry: opt(object('registry', {
-    url: opt(etcdUrl, 'etcd://HOST:PORT: take servers from the registry, and advertise this proxy there for clients (--registry)'),
+    url: req(etcdUrl, 'etcd://HOST:PORT: take servers from the registry, and advertise this proxy there for clients (--registry)'),
     prefix: opt(text, `the key prefix the fleet shares (default ${REGISTRY_DEFAULTS.prefix})`),
     ttl: opt(whole('seconds', 1), `lease TTL of this proxy's own key, in seconds (default ${REGISTRY_DEFAULTS.ttlSeconds})`),
     advertise: opt(text, 'the address clients dial to reach this proxy (default: host)'),
@@ -150,7 +150,7 @@ const otherFields = {
       cert: opt(path, 'PEM client certificate for etcd (with key)'),
       key: opt(path, 'PEM private key of cert'),
     }), 'TLS to etcd'),
-  }, (r) => (r.url === undefined ? 'registry needs url: etcd://HOST:PORT' : (r.tls && (r.tls.cert === undefined) !== (r.tls.key === undefined) ? 'registry.tls needs both cert and key, or neither' : undefined))), 'the registry (etcd), for a fleet of proxies'),
+  }, (r) => (r.tls && (r.tls.cert === undefined) !== (r.tls.key === undefined) ? 'tls needs both cert and key, or neither' : undefined)), 'the registry (etcd), for a fleet of proxies'),
   inspect: opt(whole('a port on 127.0.0.1 for the inspector page (0 = a free one)', 0), 'serve the inspector page and its /metrics on 127.0.0.1:PORT'),
   inspect_log: opt(path, 'write every inspection event to this file (NDJSON)'),
   inspect_token: opt(secret, "the inspector's HTTP Basic password (any user name): its page and its drain and enable buttons need it (REVPROXY_INSPECT_TOKEN, --inspect-token)"),

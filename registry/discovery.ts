@@ -6,8 +6,7 @@
  * comes or goes moves only its own share of clients. While etcd cannot be
  * reached the client keeps the list it last saw.
  */
-import { createHash } from 'node:crypto';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { LocalCode, RevproxyError } from '../transport/errors.js';
 import { openEtcd } from './etcd.js';
 import { decodeProxy, PROXIES } from './keys.js';

@@ -108,7 +108,8 @@ function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: P
       clearInterval(remind);
       if (!up) {
         const members = (): number => mirror.entries.size;
-        log.warn('registry_down', `The registry is unreachable (${why}); serving with the membership last seen (${fmt(members())} server entr${members() === 1 ? 'y' : 'ies'}) and retrying`, { url, reason: why, entries: members() });
+        if (status.synced) log.warn('registry_down', `The registry is unreachable (${why}); serving with the membership last seen (${fmt(members())} server entr${members() === 1 ? 'y' : 'ies'}) and retrying`, { url, reason: why, entries: members() });
+        else log.warn('registry_down', `Cannot read the registry yet (${why}); retrying. This proxy is not ready and not advertised until it has read its servers`, { url, reason: why });
         remind = setInterval(() => {
           const s = Math.round((Date.now() - status.since) / 1000);
           log.warn('registry_down', `The registry has been unreachable for ${s} s (${status.why}); still serving with the membership last seen (${fmt(members())} server entries)`, { url, reason: status.why, downForS: s });
