@@ -16,6 +16,35 @@ export const MsgType = {
 } as const;
 export type MsgType = (typeof MsgType)[keyof typeof MsgType];
 
+/**
+ * A DATA or ACK read from the wire keeps, under this key, where its bytes
+ * are: so the proxy can forward it as those bytes, with its seq replaced
+ * (and a DATA's `timeoutms` added), instead of encoding it again. It is the
+ * same message, carried as its bytes: the key is a symbol, so it is no field
+ * (msgpackr, JSON, key counts and equality do not see it). A message read
+ * from the wire is not changed in place - the seq to send and a DATA's
+ * `timeoutms` are the encoder's to write - and to send something else, send
+ * a copy: a copy carries the key but is another object, and is encoded from
+ * its fields.
+ */
+export const WIRE: unique symbol = Symbol('revproxy.wire');
+
+/**
+ * Where a message read by the fast decoder (fastwire.ts) came from: its frame
+ * body `buf[start, end)`, validated, whose map holds exactly the model's
+ * fields of the message, each once (its own spelling of the policy, ids as
+ * text, no `timeoutms`), and where the seq's value sits, `buf[seqAt, seqEnd)`.
+ */
+export interface WireBytes {
+  /** The message these bytes were read as (not a copy of it). */
+  readonly msg: DataMsg | AckMsg;
+  buf: Uint8Array;
+  start: number;
+  seqAt: number;
+  seqEnd: number;
+  end: number;
+}
+
 /** Client -> proxy -> server. `seq` correlates the answer on the same connection. */
 export interface DataMsg {
   type: 0;
@@ -27,6 +56,8 @@ export interface DataMsg {
   payloadsize?: number;
   /** Proxy -> server: how long from now the proxy waits for the answer (ms); the handler's signal fires then. */
   timeoutms?: number;
+  /** Read from the wire: where its bytes are (see `WIRE`). */
+  [WIRE]?: WireBytes;
 }
 /** Server -> proxy: announce id, policy and listen port. Sent on a connection kept open. */
 export interface SetupMsg {
@@ -45,6 +76,8 @@ export interface AckMsg {
   /** Text or bytes, as the handler answered. */
   payload: string | Uint8Array;
   payloadsize: number;
+  /** Read from the wire: where its bytes are (see `WIRE`). */
+  [WIRE]?: WireBytes;
 }
 /** Anyone -> peer: a request failed, or the peer sent something wrong. */
 export interface ErrorMsg {
