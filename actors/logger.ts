@@ -17,12 +17,16 @@
  *   `textSink`), which gets every record as an object.
  */
 import { styleText } from 'node:util';
-import { pino, stdTimeFunctions, type Logger as Pino } from 'pino';
+import type * as PinoModule from 'pino';
+import type { Logger as Pino } from 'pino';
 import sonicBoom, { type SonicBoom as Sonic } from 'sonic-boom';
 import { systemClock, type Clock, type Timer } from '../transport/clock.js';
+import { lazyPackage } from '../transport/lazy.js';
 
 // sonic-boom is CommonJS: its default export is the class.
 const SonicBoom = sonicBoom as unknown as typeof Sonic;
+// pino writes the JSON form only: loaded when a JSON log is made.
+const pinoModule = lazyPackage<typeof PinoModule>('pino');
 
 export type Level = 'debug' | 'info' | 'warn' | 'error' | 'silent';
 const RANK: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40, silent: 99 };
@@ -462,6 +466,7 @@ export class LogStream {
     private readonly opts: LogStreamOptions,
   ) {
     if (opts.format === 'json') {
+      const { pino, stdTimeFunctions } = pinoModule();
       this.root = pino(
         { level: 'debug', base: undefined, timestamp: stdTimeFunctions.isoTime, formatters: { level: (label) => ({ level: label }) } },
         dest.sonic,

@@ -5,7 +5,7 @@
  * Values go in as milliseconds and are kept as whole microseconds to three
  * significant digits, so every percentile is within 0.1 % of the true value.
  */
-import * as hdr from 'hdr-histogram-js';
+import type * as Hdr from 'hdr-histogram-js';
 
 export interface LatencySummary {
   /** Milliseconds. */
@@ -20,18 +20,23 @@ export interface LatencySummary {
 }
 
 let ready: Promise<void> | undefined;
+let hdr: typeof Hdr | undefined;
 
-/** Load the WebAssembly module once per process; every histogram waits for it. */
+/** Load the package and its WebAssembly module once per process (on first use: only load and bench need them); every histogram waits for it. */
 export function histogramsReady(): Promise<void> {
-  ready ??= hdr.initWebAssembly();
+  ready ??= import('hdr-histogram-js').then((m) => {
+    hdr = m;
+    return hdr.initWebAssembly();
+  });
   return ready;
 }
 
 export class LatencyHistogram {
-  private readonly h: hdr.Histogram;
+  private readonly h: Hdr.Histogram;
 
   /** Call `await histogramsReady()` first. */
   constructor() {
+    if (!hdr) throw new Error('LatencyHistogram: await histogramsReady() first');
     this.h = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: 3, useWebAssembly: true });
   }
 

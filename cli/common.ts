@@ -1,7 +1,7 @@
 /** Helpers shared by the CLI's commands: options, loggers, endpoints, packet files. */
 import { closeSync, openSync, readdirSync, readFileSync, statSync } from 'node:fs';
-import { parse as parseYaml } from 'yaml';
 import { loadTls, TlsConfigError, type TlsMaterial } from '../transport/tls.js';
+import { yaml } from '../config/schema.js';
 import { join } from 'node:path';
 import { InvalidArgumentError, Option } from 'commander';
 import { Destination, jsonSink, LEVELS, Logger, LogStream, textSink, type Level, type LogSink } from '../actors/logger.js';
@@ -227,7 +227,7 @@ export function loadTokens(path: string): Record<string, string> {
   const text = readGiven(path, 'tokens file', TOKENS_HINT).toString('utf8');
   let doc: unknown;
   try {
-    doc = parseYaml(text);
+    doc = yaml().parse(text);
   } catch (err) {
     throw new FileError(`the tokens file '${path}' is not valid YAML (${firstLine(err)}); ${TOKENS_HINT}`);
   }

@@ -4,9 +4,9 @@
  * latency percentiles from an HDR histogram, and errors by code.
  * Registered in cli/main.ts with one line.
  */
-import cliProgress from 'cli-progress';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { runLoad, type LiveCounters, type LoadResult } from '../bench/loadgen.js';
+import { cliProgress } from '../bench/progress.js';
 import type { Endpoint } from '../actors/server.js';
 import { parseEndpoints, parseIntOption, tlsFromFlags, tlsOptions, UsageError, type TlsFlags } from './common.js';
 
@@ -163,14 +163,14 @@ function progressBar(f: LoadFlags, live: LiveCounters): { stop(): void } {
   if (!f.progress || !process.stderr.isTTY) return { stop() {} };
   const byCount = f.requests !== undefined;
   const total = byCount ? f.requests! : Math.round((f.warmup + f.duration) * 10);
-  const bar = new cliProgress.SingleBar(
+  const bar = new (cliProgress().SingleBar)(
     {
       format: ` {bar} {percentage}% | {answered} answered, {failed} failed | {rate} requests/s`,
       stream: process.stderr,
       hideCursor: true,
       clearOnComplete: true,
     },
-    cliProgress.Presets.shades_classic,
+    cliProgress().Presets.shades_classic,
   );
   const t0 = performance.now();
   let last = { t: t0, n: 0 };

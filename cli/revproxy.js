@@ -10,7 +10,16 @@
 // bundle) and run as plain JavaScript: no loader thread at run time, which
 // saves about 50 MB of memory and most of the start-up time per process.
 // If bundling is impossible, the sources run through tsx instead.
+//
+// Packages stay in node_modules, loaded by Node, except rxjs: it is bundled
+// from its ES module build, so only what the sources use (Observable and a
+// few helpers, about 25 KB) is loaded; its CommonJS build loads every
+// operator, hundreds of files and about 4 MB of resident memory. Packages
+// that only some commands need are loaded when first used
+// (transport/lazy.ts).
 import { mkdirSync, readdirSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -36,6 +45,17 @@ function newestSource() {
   return newest;
 }
 
+const packagesExternalButRxjs = {
+  name: 'packages-external-but-rxjs',
+  setup(build) {
+    build.onResolve({ filter: /^rxjs$/ }, () => ({
+      path: join(dirname(createRequire(import.meta.url).resolve('rxjs/package.json')), 'dist/esm/index.js'),
+    }));
+    // rxjs's own imports (tslib) are bundled with it: they resolve from its folder, not ours.
+    build.onResolve({ filter: /^[^./]/ }, (args) => (args.path.startsWith('node:') || args.importer.includes('/node_modules/rxjs/') ? undefined : { path: args.path, external: true }));
+  },
+};
+
 async function bundle() {
   let built = 0;
   try {
@@ -51,7 +71,7 @@ async function bundle() {
     platform: 'node',
     format: 'esm',
     target: 'node20',
-    packages: 'external',
+    plugins: [packagesExternalButRxjs],
     write: false,
     logLevel: 'silent',
   });

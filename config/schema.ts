@@ -7,7 +7,12 @@
  * these combinators; their loaders, types and error messages all come from
  * that one description.
  */
-import { isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Pair } from 'yaml';
+import type * as Yaml from 'yaml';
+import type { Document, LineCounter, Pair } from 'yaml';
+import { lazyPackage } from '../transport/lazy.js';
+
+/** yaml, loaded when the first file is read (a proxy without a config file never loads it). */
+export const yaml = lazyPackage<typeof Yaml>('yaml');
 
 /** One problem in a file: where it is and what was expected there. */
 export interface Issue {
@@ -51,8 +56,8 @@ export function formatIssues(file: string, issues: Issue[]): string {
  * that is not what the schema expects come back as issues, with line and column.
  */
 export function readYaml<T>(source: string, schema: Schema<T>): { value?: T; ctx: ReadContext } {
-  const lines = new LineCounter();
-  const doc = parseDocument(source, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+  const lines = new (yaml().LineCounter)();
+  const doc = yaml().parseDocument(source, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
   const issues: Issue[] = doc.errors.map((e) => {
     const pos = e.linePos?.[0] ?? { line: 1, col: 1 };
     return { line: pos.line, col: pos.col, path: '', message: `not valid YAML: ${e.message.split('\n')[0]}` };
@@ -76,16 +81,16 @@ export function offsetOf(node: unknown, fallback: number): number {
 }
 
 function resolve(node: unknown, ctx: ReadContext): unknown {
-  return isAlias(node) ? node.resolve(ctx.doc) : node;
+  return yaml().isAlias(node) ? node.resolve(ctx.doc) : node;
 }
 
 /** Short, readable rendering of what the user wrote. */
 export function shown(node: unknown, ctx: ReadContext): string {
   const n = resolve(node, ctx);
   if (n === null || n === undefined) return 'nothing';
-  if (isMap(n)) return 'a mapping';
-  if (isSeq(n)) return 'a list';
-  if (isScalar(n)) {
+  if (yaml().isMap(n)) return 'a mapping';
+  if (yaml().isSeq(n)) return 'a list';
+  if (yaml().isScalar(n)) {
     const text = JSON.stringify(n.value);
     return text === undefined ? String(n.value) : text.length > 40 ? `${text.slice(0, 37)}...` : text;
   }
@@ -98,7 +103,7 @@ export function scalar<T>(expected: string, convert: (value: unknown) => T | und
     expected,
     read(node, at, ctx) {
       const n = resolve(node, ctx);
-      const value = isScalar(n) ? convert(n.value) : undefined;
+      const value = yaml().isScalar(n) ? convert(n.value) : undefined;
       if (value === undefined) return report(ctx, { ...at, offset: offsetOf(n, at.offset) }, `expected ${expected}, got ${shown(n, ctx)}`);
       return value;
     },
@@ -136,7 +141,7 @@ export const anything: Schema<unknown> = {
   },
 };
 
-const keyOf = (pair: Pair): string => String(isScalar(pair.key) ? pair.key.value : pair.key);
+const keyOf = (pair: Pair): string => String(yaml().isScalar(pair.key) ? pair.key.value : pair.key);
 
 /** Resolves aliases and checks the node's kind; refuses anything else with what was expected. */
 function shaped<N>(node: unknown, at: At, ctx: ReadContext, is: (n: unknown) => n is N, expected: string): { n: N; offset: number } | typeof INVALID {
@@ -151,7 +156,7 @@ export function list<T>(item: Schema<T>, opts: { min?: number } = {}): Schema<T[
   return {
     expected,
     read(node, at, ctx) {
-      const got = shaped(node, at, ctx, isSeq, expected);
+      const got = shaped(node, at, ctx, yaml().isSeq, expected);
       if (got === INVALID) return got;
       const { n, offset } = got;
       if (n.items.length < min) return report(ctx, { ...at, offset }, `expected ${expected}, got ${n.items.length}`);
@@ -173,7 +178,7 @@ export function dict<T>(value: Schema<T>): Schema<Record<string, T>> {
   return {
     expected,
     read(node, at, ctx) {
-      const got = shaped(node, at, ctx, isMap, expected);
+      const got = shaped(node, at, ctx, yaml().isMap, expected);
       if (got === INVALID) return got;
       const { n, offset } = got;
       const out: Record<string, T> = {};
@@ -221,7 +226,7 @@ export function object<F extends Fields>(what: string, fields: F, check?: (v: Ob
     expected,
     fields,
     read(node, at, ctx) {
-      const got = shaped(node, at, ctx, isMap, expected);
+      const got = shaped(node, at, ctx, yaml().isMap, expected);
       if (got === INVALID) return got;
       const { n, offset } = got;
       const out: Record<string, unknown> = {};
@@ -267,7 +272,7 @@ export function tagged<K extends Record<string, ObjectSchema<Fields>>>(what: str
   return {
     expected,
     read(node, at, ctx) {
-      const got = shaped(node, at, ctx, isMap, expected);
+      const got = shaped(node, at, ctx, yaml().isMap, expected);
       if (got === INVALID) return got;
       const { n, offset } = got;
       const keys = (n.items as Pair[]).map(keyOf);

@@ -11,12 +11,17 @@
  * stays bounded whatever peers send. More metrics (issue 18's registry, say)
  * register on `registry`.
  */
-import { collectDefaultMetrics, Counter, Gauge, Registry, type MetricValue } from 'prom-client';
+import type * as PromClient from 'prom-client';
+import type { Counter, Gauge, Registry, MetricValue } from 'prom-client';
+import { lazyPackage } from '../transport/lazy.js';
 import type { ErrorCode } from '../transport/errors.js';
 import type { EjectReason, ProxyObserver } from '../actors/proxy-options.js';
 import { RecentLatency } from './latency.js';
 import type { Figures, PoolView, Tally } from './views.js';
 import { ROLES, type ConnSnapshot, type Role } from '../admin/conn-stats.js';
+
+// Loaded when the first metrics are made (an admin endpoint or the inspector): a proxy without either never loads it.
+const prom = lazyPackage<typeof PromClient>('prom-client');
 
 /** Latency buckets in seconds: loopback answers take tenths of a millisecond, timeouts seconds. */
 export const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -66,7 +71,7 @@ const MEMBER_WINDOW_MS = 5000;
 const MEMBER_SWEEP_MS = 60_000;
 
 export class Metrics implements ProxyObserver {
-  readonly registry = new Registry();
+  readonly registry: Registry = new (prom().Registry)();
   private readonly policies = new Map<string, PolicyTally>();
   /** Per policy, per member: what its card shows (only members a card has shown are counted). */
   private readonly cards = new Map<string, Map<string, MemberTally>>();
@@ -89,6 +94,7 @@ export class Metrics implements ProxyObserver {
     opts: { defaults?: boolean } = {},
   ) {
     const self = this;
+    const { Counter, Gauge, collectDefaultMetrics } = prom();
     if (opts.defaults) collectDefaultMetrics({ register: this.registry });
     const tally = (map: Map<string, number>, names: string[]) =>
       function (this: Counter<string>) {
@@ -317,6 +323,7 @@ export interface OperationsSources {
  * from a fixed set.
  */
 export function addOperationsMetrics(registry: Registry, s: OperationsSources): void {
+  const { Counter, Gauge } = prom();
   const byRole = (name: string, help: string, pick: (c: ConnSnapshot) => Record<Role, number>, Kind: typeof Gauge | typeof Counter) =>
     new Kind({
       name,
@@ -373,6 +380,7 @@ export interface RegistrySource {
  * proxy is advertised to clients, and the whole reads of the prefix by reason.
  */
 export function addRegistryMetrics(registry: Registry, status: () => RegistrySource | undefined): void {
+  const { Counter, Gauge } = prom();
   const gauge = (name: string, help: string, value: (s: RegistrySource) => number) =>
     new Gauge({
       name,

@@ -9,8 +9,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { stringify } from 'yaml';
 import type { LogRecord } from '../actors/logger.js';
+import { yaml } from '../config/schema.js';
 import { startEtcd, type Etcd } from './etcd.js';
 import { PROXY_OPTIONS, type ProxyOptionKey, type ProxySpec, type RegistrySpec, type ServerSpec } from './format.js';
 import { fleetTtl, ProxyEvents, type PoolState, type RunningServer, type Topology } from './topology.js';
@@ -182,7 +182,7 @@ export class ProcessTopology implements Topology {
   private tokensFile(tokens: Record<string, string>): string {
     this.tmp ??= mkdtempSync(join(tmpdir(), 'revproxy-scenario-'));
     const file = join(this.tmp, 'tokens.yaml');
-    writeFileSync(file, stringify(tokens), { mode: 0o600 });
+    writeFileSync(file, yaml().stringify(tokens), { mode: 0o600 });
     return file;
   }
 
