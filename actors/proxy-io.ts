@@ -9,13 +9,13 @@ import { fromCallback } from 'xstate';
 import type { BufferBudget } from '../transport/budget.js';
 import type { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
-import { MsgType, type DataMsg } from '../transport/messages.js';
-import { Connection, ConnectionTimeout, sendTogether } from '../transport/socket.js';
+import { MsgType, type DataMsg, type Message } from '../transport/messages.js';
+import { Connection, ConnectionTimeout, sendTogether, type MessageSink } from '../transport/socket.js';
 import { describeListenError, listenServer, type TlsMaterial } from '../transport/tls.js';
 import { recogniseTlsRefusal } from '../transport/foreign.js';
 import type { Clock } from '../transport/clock.js';
 import type { Inflight, InflightCount } from './inflight.js';
-import { newPeer, type ProxyRequest } from './link.js';
+import { newPeer, type Peer, type ProxyRequest } from './link.js';
 import { fmt, type Logger } from './logger.js';
 import type { ProxyObserver } from './proxy-options.js';
 import type { ForwardBatch, Member, Policy, ProxyEvent } from './proxy-types.js';
@@ -40,6 +40,101 @@ export interface ListenerInput {
   busyPoll?: BusyPoll;
 }
 
+/** What every accepted connection's reads share: the listener's input, its events, and the FORWARD being gathered. */
+interface ListenerCore {
+  input: ListenerInput;
+  sendBack: (event: ProxyEvent) => void;
+  conns: Set<Connection>;
+  perPeer: Map<string, number>;
+  /** Hand this connection's requests to the FORWARD of this turn. */
+  forwardLater(peer: Peer, requests: DataMsg[]): void;
+  /** Send the FORWARD gathered so far now (anything else a connection says comes after its requests). */
+  forwardNow(): void;
+  /** Whether a FORWARD is being gathered. */
+  gathering(): boolean;
+}
+
+/**
+ * One accepted connection's reads, turned into proxy events. An object per
+ * connection with its methods on the prototype: a proxy holding 10,000
+ * connections keeps no closures or RxJS subscriber chain per connection.
+ */
+class AcceptedReads implements MessageSink {
+  constructor(
+    private readonly core: ListenerCore,
+    private readonly conn: Connection,
+    private readonly peer: Peer,
+    private readonly addr: string,
+  ) {}
+
+  messages(messages: Message[]): void {
+    const { core, conn, peer } = this;
+    core.input.busyPoll?.kick();
+    let data: DataMsg[] | undefined;
+    for (const m of messages) {
+      if (conn.closed) return;
+      if (m.type === MsgType.DATA && peer.role !== 'registration') {
+        peer.role = 'client';
+        (data ??= []).push(m);
+        continue;
+      }
+      if (m.type === MsgType.PONG && peer.role === 'registration') {
+        peer.missedPings = 0; // liveness bookkeeping only: no event
+        continue;
+      }
+      if (data) core.forwardLater(peer, data);
+      data = undefined;
+      // Anything else this connection says comes after the requests it sent before.
+      if (core.gathering()) core.forwardNow();
+      if (m.type === MsgType.SETUP && peer.role === 'unknown') {
+        peer.role = 'registration';
+        // A registration's reads are never held for its writes: holding them could deadlock two full buffers.
+        conn.holdReadsWhenCongested = false;
+        // Its liveness is the pinger's to judge (a busy server's link answers for it): no idle timeout.
+        conn.setIdleTimeout(0);
+        core.sendBack({ type: 'REGISTER', peer, setup: m });
+      } else if (m.type === MsgType.DEREGISTER && peer.role === 'registration') {
+        core.sendBack({ type: 'DEREGISTER', peer, reason: 'the server is draining' });
+      } else {
+        const what = peer.role === 'unknown' ? 'a first message' : `a ${peer.role} connection`;
+        core.sendBack({
+          type: 'BAD_INPUT',
+          peer,
+          error: new ProtocolError(ErrorCode.BAD_REQUEST, `message type ${m.type} is not allowed as ${what}`),
+        });
+        return;
+      }
+    }
+    if (data) core.forwardLater(peer, data);
+  }
+
+  failed(err: Error): void {
+    const { core, conn, peer } = this;
+    core.conns.delete(conn);
+    if (err instanceof ProtocolError) return core.sendBack({ type: 'BAD_INPUT', peer, error: err });
+    if (err instanceof ConnectionTimeout) {
+      core.input.logger.repeated('info', 'conn_timeout', `${peer.role}\0${err.message}`, 1, (n, span) => n === 1 && !span ? `Closed connection from ${conn.describe()}: ${err.message}` : `Closed ${fmt(n)} ${peer.role} connection(s)${span ? ` ${span}` : ''}: ${err.message}`, { role: peer.role });
+    }
+    core.sendBack({ type: 'CONN_CLOSED', peer, error: err.message });
+  }
+
+  ended(): void {
+    this.core.conns.delete(this.conn);
+    this.core.sendBack({ type: 'CONN_CLOSED', peer: this.peer });
+  }
+
+  /** The peer's connection no longer counts against its limit. */
+  closed(): void {
+    const perPeer = this.core.perPeer;
+    const left = (perPeer.get(this.addr) ?? 1) - 1;
+    if (left > 0) perPeer.set(this.addr, left);
+    else perPeer.delete(this.addr);
+  }
+}
+
+/** For sockets refused before they become connections: their errors are of no interest. */
+const ignore = (): void => {};
+
 export const listener = fromCallback<ProxyEvent, ListenerInput>(
   ({ sendBack, receive, input }) => {
     const conns = new Set<Connection>();
@@ -56,18 +151,26 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       pending = [];
       sendTogether(() => sendBack({ type: 'FORWARD', batches }));
     };
-    const forwardLater = (peer: ForwardBatch['peer'], requests: DataMsg[]): void => {
-      pending.push({ peer, requests });
-      if (!scheduled) {
-        scheduled = true;
-        setImmediate(forwardNow);
-      }
+    const core: ListenerCore = {
+      input,
+      sendBack,
+      conns,
+      perPeer,
+      forwardLater(peer, requests) {
+        pending.push({ peer, requests });
+        if (!scheduled) {
+          scheduled = true;
+          setImmediate(forwardNow);
+        }
+      },
+      forwardNow,
+      gathering: () => pending.length > 0,
     };
     const server: Server = listenServer(input.tls, (socket: Socket) => {
-      socket.on('error', () => {});
       const addr = socket.remoteAddress ?? '?';
       const n = (perPeer.get(addr) ?? 0) + 1;
       if (input.maxConnectionsPerPeer && n > input.maxConnectionsPerPeer) {
+        socket.on('error', ignore);
         // A flood must not become a log flood: one line, then one per interval with a count.
         input.logger.repeated('warn', 'conn_refused', addr, 1, (n, span) => `Refused ${span ? `${fmt(n)} connections` : 'a connection'} from ${addr}${span ? ` ${span}` : ''}: it has ${input.maxConnectionsPerPeer} open (max_conns_per_peer)`, {
           peer: addr, limit: input.maxConnectionsPerPeer,
@@ -76,73 +179,12 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
         return;
       }
       perPeer.set(addr, n);
-      socket.once('close', () => {
-        const left = (perPeer.get(addr) ?? 1) - 1;
-        if (left > 0) perPeer.set(addr, left);
-        else perPeer.delete(addr);
-      });
+      // The connection listens for the socket's errors from here on.
       const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, idleTimeoutMs: input.idleTimeoutMs, frameTimeoutMs: input.frameTimeoutMs, wire: 'sniff', clock: input.clock, budget: input.budget });
       const peer = newPeer(conn);
       conns.add(conn);
       input.observer?.accepted?.(peer, socket);
-      conn.messages$.subscribe({
-        next: (messages) => {
-          input.busyPoll?.kick();
-          let data: DataMsg[] | undefined;
-          const flush = (): void => {
-            if (data) forwardLater(peer, data);
-            data = undefined;
-            // Anything else this connection says comes after the requests it sent before.
-            if (pending.length) forwardNow();
-          };
-          for (const m of messages) {
-            if (conn.closed) return;
-            if (m.type === MsgType.DATA && peer.role !== 'registration') {
-              peer.role = 'client';
-              (data ??= []).push(m);
-              continue;
-            }
-            if (m.type === MsgType.PONG && peer.role === 'registration') {
-              peer.missedPings = 0; // liveness bookkeeping only: no event
-              continue;
-            }
-            flush();
-            if (m.type === MsgType.SETUP && peer.role === 'unknown') {
-              peer.role = 'registration';
-              // A registration's reads are never held for its writes: holding them could deadlock two full buffers.
-              conn.holdReadsWhenCongested = false;
-              // Its liveness is the pinger's to judge (a busy server's link answers for it): no idle timeout.
-              conn.setIdleTimeout(0);
-              sendBack({ type: 'REGISTER', peer, setup: m });
-            } else if (m.type === MsgType.DEREGISTER && peer.role === 'registration') {
-              sendBack({ type: 'DEREGISTER', peer, reason: 'the server is draining' });
-            } else {
-              const what = peer.role === 'unknown' ? 'a first message' : `a ${peer.role} connection`;
-              sendBack({
-                type: 'BAD_INPUT',
-                peer,
-                error: new ProtocolError(ErrorCode.BAD_REQUEST, `message type ${m.type} is not allowed as ${what}`),
-              });
-              return;
-            }
-          }
-          if (data) forwardLater(peer, data);
-        },
-        error: (err: Error) => {
-          conns.delete(conn);
-          if (err instanceof ProtocolError) sendBack({ type: 'BAD_INPUT', peer, error: err });
-          else {
-            if (err instanceof ConnectionTimeout) {
-              input.logger.repeated('info', 'conn_timeout', `${peer.role}\0${err.message}`, 1, (n, span) => n === 1 && !span ? `Closed connection from ${conn.describe()}: ${err.message}` : `Closed ${fmt(n)} ${peer.role} connection(s)${span ? ` ${span}` : ''}: ${err.message}`, { role: peer.role });
-            }
-            sendBack({ type: 'CONN_CLOSED', peer, error: err.message });
-          }
-        },
-        complete: () => {
-          conns.delete(conn);
-          sendBack({ type: 'CONN_CLOSED', peer });
-        },
-      });
+      conn.listen(new AcceptedReads(core, conn, peer, addr));
     }, { handshakeTimeoutMs: input.frameTimeoutMs });
     server.maxConnections = input.maxConnections;
     server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {

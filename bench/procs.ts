@@ -15,9 +15,23 @@ import { MsgType } from '../transport/messages.js';
 export const HOST = '127.0.0.1';
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const BIN = fileURLToPath(new URL('../cli/revproxy.js', import.meta.url));
-// The node flags of cli/revproxy.js's shebang, so every process runs as `npx revproxy` runs it;
-// REVPROXY_NODE_FLAGS replaces them, to try other V8 settings in one run.
-const NODE_FLAGS: string[] = process.env.REVPROXY_NODE_FLAGS ? process.env.REVPROXY_NODE_FLAGS.split(' ') : ['--max-semi-space-size=16'];
+/**
+ * The node flags of a checkout's `cli/revproxy.js` shebang
+ * (`#!/usr/bin/env -S node FLAGS`), so every process runs as `npx revproxy`
+ * runs it, a baseline checkout with its own; REVPROXY_NODE_FLAGS replaces
+ * them, to try other V8 settings in one run.
+ */
+export function nodeFlags(bin: string): string[] {
+  if (process.env.REVPROXY_NODE_FLAGS !== undefined) return process.env.REVPROXY_NODE_FLAGS.split(' ').filter(Boolean);
+  let first = '';
+  try {
+    first = readFileSync(bin, 'utf8').split('\n', 1)[0]!;
+  } catch {
+    return [];
+  }
+  const m = /^#!\S*env -S node((?: --?[\w-]+(?:=\S+)?)*)\s*$/.exec(first);
+  return m ? m[1]!.split(' ').filter(Boolean) : [];
+}
 
 /** The open-files limits of this process, from /proc (Node has no getrlimit). */
 export function fileLimits(): { soft: number; hard: number } {
@@ -102,7 +116,7 @@ function lastLines(file: string, n: number): string {
 /** `node cli/revproxy.js <args> --log-level warn` as its own process (a `--log-level` in `args` wins: commander keeps the last). */
 export function spawnRevproxy(name: string, args: string[], bin = BIN, output?: string): Child {
   const [command, ...rest] = args;
-  return spawnChild(name, process.execPath, [...NODE_FLAGS, bin, command!, '--log-level', 'warn', '--no-color', ...rest], output);
+  return spawnChild(name, process.execPath, [...nodeFlags(bin), bin, command!, '--log-level', 'warn', '--no-color', ...rest], output);
 }
 
 /**

@@ -24,6 +24,8 @@ export interface SniffOptions {
 export class SniffDecoder implements Decoder {
   private inner?: Decoder;
   private picked?: Wire;
+  /** The encoder that answers a JSON peer (in its requests' order), once the first byte said JSON. */
+  jsonEncoder?: JsonEncoder;
   constructor(private readonly opts: SniffOptions = {}) {}
 
   /** The wire picked, once the first byte has arrived. */
@@ -42,6 +44,7 @@ export class SniffDecoder implements Decoder {
         const w = jsonWire(this.opts.maxFrameBytes, 'answers');
         this.inner = w.decoder;
         this.picked = 'json';
+        this.jsonEncoder = w.encoder;
         this.opts.onWire?.('json', w.encoder);
       } else {
         this.inner = new FrameDecoder({ maxFrameBytes: this.opts.maxFrameBytes });

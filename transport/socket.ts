@@ -90,9 +90,44 @@ export function sendTogether(work: () => void): void {
 }
 
 /**
- * One TCP (or TLS) connection speaking one wire. `messages$` emits a batch of
- * validated messages for every read; it errors with a `ProtocolError` on bad
- * input and completes when the peer closes. `send` coalesces everything sent
+ * Who reads a connection's messages (`Connection.listen`): told of each
+ * read's batch, then once of how the stream ended. `messages$` is this as an
+ * RxJS stream; a listener with thousands of connections gives one small
+ * object per connection instead (no closures, no subscriber chain).
+ */
+export interface MessageSink {
+  /** One read's messages, validated, in order. */
+  messages(batch: Message[]): void;
+  /** The stream failed: bad input (a `ProtocolError`), a `ConnectionTimeout`, or the socket's error. Nothing follows. */
+  failed(err: Error): void;
+  /** The peer closed its side (or the socket closed). Nothing follows. */
+  ended(): void;
+  /** The socket closed, after `ended` or `failed` (a resource held for the connection can be let go now). */
+  closed?(): void;
+}
+
+/** The socket's Connection, so that one listener function serves every socket. */
+const OWNER = Symbol('revproxy.connection');
+type Owned = Socket & { [OWNER]: Connection };
+
+function onSocketData(this: Owned, chunk: Buffer): void {
+  this[OWNER].read(chunk);
+}
+function onSocketEnd(this: Owned): void {
+  this[OWNER].peerEnded();
+}
+function onSocketClose(this: Owned): void {
+  this[OWNER].socketClosed();
+}
+function onSocketError(this: Owned, err: Error): void {
+  this[OWNER].finish(err);
+}
+
+/**
+ * One TCP (or TLS) connection speaking one wire. Its reader (`listen`, or
+ * `messages$` as an RxJS stream) gets a batch of validated messages for
+ * every read; the stream fails with a `ProtocolError` on bad input
+ * and ends when the peer closes. `send` coalesces everything sent
  * in one turn of the event loop into one write (one buffer, one syscall) and
  * tracks the socket's buffer, so callers can stop reading from elsewhere
  * while `congested`.
@@ -103,6 +138,8 @@ export class Connection implements BudgetHolder {
   decoder: Decoder;
   /** The wire this connection speaks and its encoder; with `sniff`, frames until the first byte says otherwise. */
   private encoder: WireEncoder;
+  /** Sniffing: the first read decides the wire. */
+  private sniffing: boolean;
   readonly remoteAddress: string;
   readonly remotePort: number;
   /** Set once the connection is closing or closed: nothing more is sent on it. */
@@ -122,88 +159,132 @@ export class Connection implements BudgetHolder {
   private lastRead: number;
   private idleMs = 0;
   private idleTimer?: Timer;
-  /** Ends the stream with a timeout (set while `messages$` is subscribed). */
-  private expire?: (err: ConnectionTimeout) => void;
-  readonly messages$: Observable<Message[]>;
+  /** A message begun must be complete within this long (ms; 0: no limit), timed by `frameTimer`. */
+  private readonly frameTimeoutMs: number;
+  private frameTimer?: Timer;
+  /** Who reads the messages (`listen`); `listening` until the stream has ended. */
+  private sink?: MessageSink;
+  private listening = false;
 
   constructor(socket: Socket, opts: ConnectionOptions = {}) {
     this.socket = socket;
     this.encoder = FRAMES;
+    this.sniffing = opts.wire === 'sniff';
     if (opts.wire === 'json') {
       const json = jsonWire(opts.maxFrameBytes, 'asks');
       this.decoder = json.decoder;
       this.encoder = { wire: 'json', encode: json.encoder };
-    } else if (opts.wire === 'sniff') {
-      this.decoder = new SniffDecoder({
-        maxFrameBytes: opts.maxFrameBytes,
-        onWire: (wire, encode) => {
-          if (wire === 'json' && encode) this.encoder = { wire, encode };
-        },
-      });
-    } else this.decoder = new FrameDecoder({ maxFrameBytes: opts.maxFrameBytes });
+    } else if (opts.wire === 'sniff') this.decoder = new SniffDecoder({ maxFrameBytes: opts.maxFrameBytes });
+    else this.decoder = new FrameDecoder({ maxFrameBytes: opts.maxFrameBytes });
     this.holdReadsWhenCongested = opts.holdReadsWhenCongested ?? true;
     this.remoteAddress = socket.remoteAddress ?? 'unknown';
     this.remotePort = socket.remotePort ?? 0;
     socket.setNoDelay(true);
-    // The peer's end (we do not keep half-open connections) or the close: nothing more can be sent.
-    const over = (): void => {
-      this.closed = true;
-    };
-    socket.on('end', over);
-    socket.on('close', over);
-    const frameTimeout = opts.frameTimeoutMs ?? 0;
+    this.frameTimeoutMs = opts.frameTimeoutMs ?? 0;
     this.clock = opts.clock ?? systemClock;
     this.budget = opts.budget;
-    if (this.budget) socket.once('close', () => this.budget!.set(this, 0));
     this.lastRead = this.clock.now();
-    socket.once('close', () => this.idleTimer?.cancel());
+    // One function per event for every socket (they find this connection through OWNER): a
+    // proxy holding 10,000 connections keeps no closures per connection for them.
+    (socket as Owned)[OWNER] = this;
+    socket.on('end', onSocketEnd);
+    socket.on('close', onSocketClose);
+    // A socket error ends the stream (when someone listens) and is followed by 'close'; it never throws.
+    socket.on('error', onSocketError);
     this.setIdleTimeout(opts.idleTimeoutMs ?? 0);
-    this.messages$ = new Observable<Message[]>((sub) => {
-      let frameTimer: Timer | undefined;
-      const timedOut = (err: ConnectionTimeout): void => {
-        sub.error(err);
-        socket.destroy();
-      };
-      this.expire = timedOut;
-      const onData = (chunk: Buffer): void => {
-        this.reads++;
-        this.lastRead = this.clock.now();
-        const { messages, error } = this.decoder.push(chunk);
-        if (this.budget) this.account();
-        if (messages.length > 0) sub.next(messages);
-        if (error) {
-          socket.off('data', onData);
-          sub.error(error);
-          return;
-        }
-        // Slow senders: a message begun must arrive whole in time.
-        if (frameTimeout) {
-          if (this.decoder.buffered === 0 || messages.length > 0) {
-            frameTimer?.cancel();
-            frameTimer = undefined;
-          }
-          if (this.decoder.buffered > 0 && !frameTimer) {
-            frameTimer = this.clock.setTimeout(() => {
-              timedOut(new ConnectionTimeout(`a message begun ${frameTimeout} ms ago is still incomplete (${this.decoder.buffered} bytes so far)`));
-            }, frameTimeout);
-          }
-        }
-      };
-      const onEnd = (): void => sub.complete();
-      const onError = (err: Error): void => sub.error(err);
-      socket.on('data', onData);
-      socket.on('end', onEnd);
-      socket.on('close', onEnd);
-      socket.on('error', onError);
-      return () => {
-        frameTimer?.cancel();
-        if (this.expire === timedOut) this.expire = undefined;
-        socket.off('data', onData);
-        socket.off('end', onEnd);
-        socket.off('close', onEnd);
-        socket.off('error', onError);
-      };
+  }
+
+  /**
+   * Read the connection: `sink` gets each read's messages, then how the
+   * stream ended. One sink at a time; `stopListening` detaches it.
+   */
+  listen(sink: MessageSink): void {
+    if (this.listening) throw new Error('Connection.listen: this connection already has a listener');
+    this.sink = sink;
+    this.listening = true;
+    this.socket.on('data', onSocketData);
+  }
+
+  /** Stop reading (the stream's reader went away): nothing more is told to it. */
+  stopListening(): void {
+    this.frameTimer?.cancel();
+    this.frameTimer = undefined;
+    if (!this.listening) return;
+    this.listening = false;
+    this.sink = undefined;
+    this.socket.off('data', onSocketData);
+  }
+
+  /**
+   * The messages as an RxJS stream: a batch of validated messages for every
+   * read; it errors with a `ProtocolError` on bad input (or a
+   * `ConnectionTimeout`) and completes when the peer closes.
+   */
+  get messages$(): Observable<Message[]> {
+    return new Observable<Message[]>((sub) => {
+      this.listen({ messages: (batch) => sub.next(batch), failed: (err) => sub.error(err), ended: () => sub.complete() });
+      return () => this.stopListening();
     });
+  }
+
+  /** @internal One read from the socket. */
+  read(chunk: Buffer): void {
+    this.reads++;
+    this.lastRead = this.clock.now();
+    const decoder = this.decoder;
+    const { messages, error } = decoder.push(chunk);
+    if (this.sniffing) {
+      const sniff = decoder as SniffDecoder;
+      if (sniff.wire) {
+        this.sniffing = false;
+        if (sniff.wire === 'json' && sniff.jsonEncoder) this.encoder = { wire: 'json', encode: sniff.jsonEncoder };
+      }
+    }
+    if (this.budget) this.account();
+    if (messages.length > 0) this.sink?.messages(messages);
+    if (error) return this.finish(error);
+    // Slow senders: a message begun must arrive whole in time.
+    if (this.frameTimeoutMs && this.listening) {
+      const buffered = this.decoder.buffered;
+      if (buffered === 0 || messages.length > 0) {
+        this.frameTimer?.cancel();
+        this.frameTimer = undefined;
+      }
+      if (buffered > 0 && !this.frameTimer) this.frameTimer = this.clock.setTimeout(() => this.frameExpired(), this.frameTimeoutMs);
+    }
+  }
+
+  private frameExpired(): void {
+    this.frameTimer = undefined;
+    this.finish(new ConnectionTimeout(`a message begun ${this.frameTimeoutMs} ms ago is still incomplete (${this.decoder.buffered} bytes so far)`));
+    this.socket.destroy();
+  }
+
+  /** @internal The stream is over: with `err` it failed, without it the peer closed. The sink is told once. */
+  finish(err?: Error): void {
+    const sink = this.sink;
+    if (!this.listening || !sink) return;
+    this.stopListening();
+    this.sink = sink; // kept for `closed`
+    if (err) sink.failed(err);
+    else sink.ended();
+  }
+
+  /** @internal The peer's end (we do not keep half-open connections): nothing more can be sent, and the stream ends. */
+  peerEnded(): void {
+    this.closed = true;
+    this.finish();
+  }
+
+  /** @internal The socket closed: release what it held. */
+  socketClosed(): void {
+    this.closed = true;
+    this.budget?.set(this, 0);
+    this.idleTimer?.cancel();
+    this.finish();
+    const sink = this.sink;
+    this.sink = undefined;
+    sink?.closed?.();
   }
 
   /** The wire this connection speaks; with `sniff`, `frames` until the first byte says otherwise. */
@@ -228,9 +309,8 @@ export class Connection implements BudgetHolder {
       const quiet = this.clock.now() - this.lastRead;
       if (quiet < this.idleMs) return this.armIdle(this.idleMs - quiet);
       this.idleTimer = undefined;
-      const err = new ConnectionTimeout(`no bytes for ${this.idleMs} ms`);
-      if (this.expire) this.expire(err);
-      else this.socket.destroy();
+      this.finish(new ConnectionTimeout(`no bytes for ${this.idleMs} ms`));
+      this.socket.destroy();
     }, wait);
   }
 

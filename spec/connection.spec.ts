@@ -1,0 +1,142 @@
+/**
+ * Connection's reader (`listen` with a MessageSink, and `messages$` made from
+ * it), over real loopback sockets: each read's batch in order, then exactly
+ * one ending (ended, or failed with the reason), then `closed` once the
+ * socket is gone; one reader at a time; a socket error never throws.
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { once } from 'node:events';
+import { encodeFrame } from '../transport/frame.js';
+import { Connection, type MessageSink } from '../transport/socket.js';
+import { ErrorCode, ProtocolError } from '../transport/errors.js';
+import { MsgType, type Message } from '../transport/messages.js';
+
+const data = (seq: number): Message => ({ type: MsgType.DATA, seq, srcid: 'c1', privPoliId: '111', payload: `p${seq}` });
+
+/** A socket pair on loopback: `near` is accepted here, `far` is the peer. */
+async function pair(): Promise<{ near: Socket; far: Socket; server: Server }> {
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const port = (server.address() as { port: number }).port;
+  const far = connect(port, '127.0.0.1');
+  const [near] = (await once(server, 'connection')) as [Socket];
+  await once(far, 'connect');
+  return { near, far, server };
+}
+
+/** A sink that writes down what it is told, and resolves `done` on `closed`. */
+function recorder(): MessageSink & { log: string[]; batches: Message[][]; done: Promise<void> } {
+  let resolve!: () => void;
+  const done = new Promise<void>((r) => (resolve = r));
+  const log: string[] = [];
+  const batches: Message[][] = [];
+  return {
+    log,
+    batches,
+    done,
+    messages: (b) => {
+      batches.push(b);
+      log.push(`messages ${b.length}`);
+    },
+    failed: (err) => log.push(`failed ${err instanceof ProtocolError ? err.code : err.name}`),
+    ended: () => log.push('ended'),
+    closed: () => {
+      log.push('closed');
+      resolve();
+    },
+  };
+}
+
+test('a sink gets each read in order, then ended once, then closed', async () => {
+  const { near, far, server } = await pair();
+  const conn = new Connection(near, { wire: 'sniff' });
+  const sink = recorder();
+  conn.listen(sink);
+  far.write(Buffer.concat([encodeFrame(data(1)), encodeFrame(data(2))]));
+  while (sink.batches.flat().length < 2) await new Promise((r) => setTimeout(r, 5));
+  far.write(encodeFrame(data(3)));
+  while (sink.batches.flat().length < 3) await new Promise((r) => setTimeout(r, 5));
+  far.end();
+  await sink.done;
+  assert.equal(sink.batches.flat().map((m) => (m as { seq: number }).seq), [1, 2, 3]);
+  assert.equal(sink.log.slice(-2), ['ended', 'closed'], 'one ending, then the close');
+  assert.is(sink.log.filter((l) => l === 'ended').length, 1);
+  assert.ok(conn.closed);
+  server.close();
+});
+
+test('bad input ends the stream once with the ProtocolError; the close follows', async () => {
+  const { near, far, server } = await pair();
+  const conn = new Connection(near, { wire: 'sniff' });
+  const sink = recorder();
+  conn.listen(sink);
+  const huge = Buffer.alloc(4);
+  huge.writeUInt32BE(0x00ffffff);
+  far.write(huge);
+  while (!sink.log.some((l) => l.startsWith('failed'))) await new Promise((r) => setTimeout(r, 5));
+  assert.equal(sink.log, [`failed ${ErrorCode.BAD_REQUEST}`]);
+  near.destroy();
+  await sink.done;
+  assert.equal(sink.log, [`failed ${ErrorCode.BAD_REQUEST}`, 'closed'], 'nothing between the failure and the close');
+  far.destroy();
+  server.close();
+});
+
+test('a message begun and not finished in time fails the stream with a ConnectionTimeout', async () => {
+  const { near, far, server } = await pair();
+  const conn = new Connection(near, { frameTimeoutMs: 50 });
+  const sink = recorder();
+  conn.listen(sink);
+  far.write(encodeFrame(data(1)).subarray(0, 6));
+  await sink.done;
+  assert.equal(sink.log, ['failed ConnectionTimeout', 'closed']);
+  far.destroy();
+  server.close();
+});
+
+test('one reader at a time; messages$ is the same stream as an Observable', async () => {
+  const { near, far, server } = await pair();
+  const conn = new Connection(near);
+  const got: number[] = [];
+  let completed = false;
+  const sub = conn.messages$.subscribe({ next: (b) => got.push(...b.map((m) => (m as { seq: number }).seq)), complete: () => (completed = true) });
+  assert.throws(() => conn.listen(recorder()), /already has a listener/);
+  far.write(encodeFrame(data(7)));
+  while (got.length < 1) await new Promise((r) => setTimeout(r, 5));
+  sub.unsubscribe();
+  // After unsubscribing, another reader may listen.
+  const sink = recorder();
+  conn.listen(sink);
+  far.write(encodeFrame(data(8)));
+  far.end();
+  await sink.done;
+  assert.equal(got, [7]);
+  assert.is(completed, false, 'the first reader was not told of the end');
+  assert.equal(sink.batches.flat().map((m) => (m as { seq: number }).seq), [8]);
+  server.close();
+});
+
+test('a socket error with nobody listening does not throw; with a reader it ends the stream', async () => {
+  const { near, far, server } = await pair();
+  const quiet = new Connection(near);
+  const gone = new Promise((r) => near.once('close', r));
+  near.destroy(new Error('boom'));
+  await gone;
+  assert.ok(quiet.closed);
+  far.destroy();
+  const second = await pair();
+  const conn = new Connection(second.near);
+  const sink = recorder();
+  conn.listen(sink);
+  second.near.destroy(new Error('boom'));
+  await sink.done;
+  assert.equal(sink.log, ['failed Error', 'closed']);
+  second.far.destroy();
+  second.server.close();
+  server.close();
+});
+
+test.run();
