@@ -7,7 +7,7 @@
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { LoadEndpoint } from './loadgen.js';
-import { freePort, HOST, probe, spawnChild, spawnRevproxy, startHaproxy, waitForPort, type Child } from './procs.js';
+import { freePort, HOST, probe, revproxyOptions, spawnChild, spawnRevproxy, startHaproxy, waitForPort, type Child } from './procs.js';
 import { registerMany } from './stub.js';
 import type { Target } from './types.js';
 
@@ -165,7 +165,7 @@ export interface SideProxy {
  */
 export async function startSideProxy(name: string, flags: string[], servers: Server[], opts: { bin?: string; output?: string } = {}): Promise<SideProxy> {
   const port = await freePort();
-  const child = spawnRevproxy(name, ['proxy', '--port', String(port), ...PROXY_FLAGS, ...flags], opts.bin, opts.output);
+  const child = spawnRevproxy(name, ['proxy', '--port', String(port), ...supported(PROXY_FLAGS, opts.bin), ...flags], opts.bin, opts.output);
   const regs: Array<{ close(): void }> = [];
   const unregister = (): void => regs.forEach((r) => r.close());
   try {
@@ -186,6 +186,18 @@ export async function startSideProxy(name: string, flags: string[], servers: Ser
       await child.stop();
     },
   };
+}
+
+/**
+ * The flag-value pairs of `flags` that the proxy of checkout `bin` has (an
+ * older baseline may lack the newer bounds; it runs without them).
+ */
+function supported(flags: string[], bin?: string): string[] {
+  if (!bin) return flags;
+  const has = revproxyOptions('proxy', bin);
+  const out: string[] = [];
+  for (let i = 0; i < flags.length; i += 2) if (has.has(flags[i]!)) out.push(flags[i]!, flags[i + 1]!);
+  return out;
 }
 
 /** Wait until `members` servers answer for `policy` through the proxy on `port` (servers and stand-ins register on connections of their own). */
