@@ -12,7 +12,8 @@
  * policy (`revproxy server`), four client connections with 32 requests in
  * flight each. Results go to bench/results/soak-<time>.json.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { runLoad } from './loadgen.js';
@@ -50,9 +51,11 @@ const POLICY = 'SOAK';
 
 async function main(): Promise<void> {
   const port = await freePort();
-  const proxy = spawnRevproxy('proxy', ['proxy', '--port', String(port), '--log-level', 'info']);
+  // Each process's log goes to a file of its own, kept after the run: a soak that goes wrong is read there.
+  const logs = mkdtempSync(join(tmpdir(), 'revproxy-soak-'));
+  const proxy = spawnRevproxy('proxy', ['proxy', '--port', String(port), '--log-level', 'info'], undefined, join(logs, 'proxy.log'));
   await waitForPort(port, proxy);
-  const servers = ['1', '2', '3'].map((id) => spawnRevproxy(`server ${id}`, ['server', '--id', id, '--pp', POLICY, '--listen', '0', '--revproc', String(port)]));
+  const servers = ['1', '2', '3'].map((id) => spawnRevproxy(`server ${id}`, ['server', '--id', id, '--pp', POLICY, '--listen', '0', '--revproc', String(port)], undefined, join(logs, `server-${id}.log`)));
   for (let i = 0; i < 50; i++) {
     if ((await probe(port, POLICY, 6)).size === 3) break;
     await new Promise((r) => setTimeout(r, 200));
@@ -63,7 +66,7 @@ async function main(): Promise<void> {
   const stallAt = t0 + (minutes * 60_000) / 2;
   let stalled: 'before' | 'now' | 'after' = stallS > 0 ? 'before' : 'after';
   let lastCpu = cpuSeconds(proxy.pid);
-  console.log(`soak: ${minutes} min through the proxy on ${HOST}:${port}, 3 servers, 4 connections x 32 in flight${stallS ? `, server 2 stopped for ${stallS} s at ${minutes / 2} min` : ''}`);
+  console.log(`soak: ${minutes} min through the proxy on ${HOST}:${port}, 3 servers, 4 connections x 32 in flight${stallS ? `, server 2 stopped for ${stallS} s at ${minutes / 2} min` : ''}; logs in ${logs}`);
   console.log('  time   req/s     errors                 p99 ms   max ms   RSS MB  CPU');
   while (Date.now() < end) {
     let note = '';
