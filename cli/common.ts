@@ -1,75 +1,15 @@
 /** Helpers shared by the CLI's commands: options, loggers, endpoints, packet files. */
-import { closeSync, openSync, readdirSync, readFileSync, statSync } from 'node:fs';
-import { loadTls, TlsConfigError, type TlsMaterial } from '../transport/tls.js';
-import { yaml } from '../config/schema.js';
-import { join } from 'node:path';
 import { InvalidArgumentError, Option } from 'commander';
 import { Destination, jsonSink, LEVELS, Logger, LogStream, textSink, type Level, type LogSink } from '../actors/logger.js';
-import type { Packet } from '../actors/connect.js';
 import type { Endpoint } from '../actors/server.js';
-import { MsgType, toMessage } from '../transport/messages.js';
-import { LocalCode, RevproxyError } from '../transport/errors.js';
+import { UsageError } from '../transport/errors.js';
+import { tlsFromFlags } from '../config/files.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 
-/** A CLI usage error: printed without a stack, exit code 2. */
-export class UsageError extends RevproxyError<typeof LocalCode.BAD_USAGE> {
-  constructor(message: string) {
-    super(LocalCode.BAD_USAGE, message);
-    this.name = 'UsageError';
-  }
-}
-
-/**
- * A start that failed on a file the command was given (missing, unreadable,
- * not what it should be): one line that names the file, says why and what to
- * do; exit code 1, as for any failed start.
- */
-export class FileError extends RevproxyError<typeof LocalCode.BAD_FILE> {
-  constructor(message: string) {
-    super(LocalCode.BAD_FILE, message);
-    this.name = 'FileError';
-  }
-}
-
-/** Why a file could not be read, in words. */
-export function whyUnreadable(err: unknown): string {
-  const e = err as NodeJS.ErrnoException;
-  switch (e.code) {
-    case 'ENOENT':
-      return 'it does not exist';
-    case 'EACCES':
-    case 'EPERM':
-      return 'permission denied';
-    case 'EISDIR':
-      return 'it is a folder';
-    case 'ENOTDIR':
-      return 'a part of its path is not a folder';
-    default:
-      return e.code ? `${e.code} (${e.message})` : e.message;
-  }
-}
-
-/** The contents of a file given on the command line, or a FileError: "cannot read the WHAT 'PATH': WHY; TODO". */
-export function readGiven(path: string, what: string, todo: string): Buffer {
-  try {
-    return readFileSync(path);
-  } catch (err) {
-    throw new FileError(`cannot read the ${what} '${path}': ${whyUnreadable(err)}; ${todo}`);
-  }
-}
-
-/** Like `readGiven`, without reading the file (it may be big): only that it can be opened and is not a folder. */
-export function checkGiven(path: string, what: string, todo: string): void {
-  try {
-    if (statSync(path).isDirectory()) throw Object.assign(new Error('is a folder'), { code: 'EISDIR' });
-    closeSync(openSync(path, 'r'));
-  } catch (err) {
-    throw new FileError(`cannot read the ${what} '${path}': ${whyUnreadable(err)}; ${todo}`);
-  }
-}
-
-/** The first line of a parser's message (YAML's run on with a drawing of the spot). */
-const firstLine = (err: unknown): string => (err as Error).message.split('\n')[0]!.trim().replace(/:$/, '');
+// The files a command is given are read by config/files.ts (the config file names the same
+// kinds); the commands take them, and the two errors, from here.
+export { FileError, UsageError } from '../transport/errors.js';
+export { checkGiven, loadPackets, loadTokens, PKT_HINT, readGiven, tlsFromFlags, whyUnreadable, type TlsFlags } from '../config/files.js';
 
 /** The old system's flags, single-dash as its programs spelt them (`-port 2100`): the only ones taken with one dash. */
 export const OLD_FLAGS: readonly string[] = ['port', 'id', 'pp', 'listen', 'revproc', 'pkt'];
@@ -171,106 +111,11 @@ export function parseEndpoint(value: string): Endpoint {
   return ep;
 }
 
-/** What --pkt takes, for the client's errors. */
-export const PKT_HINT = '--pkt takes packet files (JSON, like pktfiles/1.json) or folders of them';
-const PACKET_SHAPE = 'a packet file holds one data packet, e.g. {"type": "0", "srcid": "1", "privPoliId": "111", "payload": "xyz1"}';
-
-/**
- * Packets from files: each path is a JSON file holding one data packet, or a
- * folder whose *.json files are read in numeric order. A file that cannot be
- * read or is not a packet is a FileError ending with `hint` (what to give instead).
- */
-export function loadPackets(paths: string[], defaultSrcid: string, hint = PKT_HINT): Array<Packet & { file: string }> {
-  const files: string[] = [];
-  for (const p of paths) {
-    let st;
-    try {
-      st = statSync(p);
-    } catch (err) {
-      throw new FileError(`cannot read the packet file '${p}': ${whyUnreadable(err)}; ${hint}`);
-    }
-    if (st.isDirectory()) {
-      const names = readdirSync(p)
-        .filter((n) => n.endsWith('.json'))
-        .sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
-      if (names.length === 0) throw new FileError(`the folder '${p}' holds no .json packet files; ${hint}`);
-      files.push(...names.map((n) => join(p, n)));
-    } else files.push(p);
-  }
-  return files.map((file) => {
-    let raw: unknown;
-    try {
-      raw = JSON.parse(readGiven(file, 'packet file', hint).toString('utf8'));
-    } catch (err) {
-      if (err instanceof FileError) throw err;
-      throw new FileError(`the packet file '${file}' is not valid JSON (${firstLine(err)}); ${PACKET_SHAPE}`);
-    }
-    if (raw && typeof raw === 'object' && !Array.isArray(raw) && !('srcid' in raw)) (raw as Record<string, unknown>).srcid = defaultSrcid;
-    let msg;
-    try {
-      msg = toMessage(raw, { seqOptional: true });
-    } catch (err) {
-      throw new FileError(`the packet file '${file}' is not a data packet (${firstLine(err)}); ${PACKET_SHAPE}`);
-    }
-    if (msg.type !== MsgType.DATA) throw new FileError(`the packet file '${file}' has type ${msg.type}; a client sends data packets (type "0"): ${PACKET_SHAPE}`);
-    return { file, srcid: msg.srcid, privPoliId: msg.privPoliId, payload: msg.payload };
-  });
-}
-
-const TOKENS_HINT = '--tokens takes a YAML file that maps each privacy policy to its secret (8 or more characters), e.g. "111": secret-of-111';
-
-/**
- * A per-policy tokens file: YAML (or JSON) mapping each privacy policy to
- * its registration secret, e.g. `"111": s3cret-for-111`.
- */
-export function loadTokens(path: string): Record<string, string> {
-  const text = readGiven(path, 'tokens file', TOKENS_HINT).toString('utf8');
-  let doc: unknown;
-  try {
-    doc = yaml().parse(text);
-  } catch (err) {
-    throw new FileError(`the tokens file '${path}' is not valid YAML (${firstLine(err)}); ${TOKENS_HINT}`);
-  }
-  if (!doc || typeof doc !== 'object' || Array.isArray(doc)) {
-    throw new FileError(`the tokens file '${path}' is not a map of policies to secrets; ${TOKENS_HINT}`);
-  }
-  const out: Record<string, string> = Object.create(null);
-  for (const [policy, secret] of Object.entries(doc)) {
-    if (typeof secret !== 'string' && typeof secret !== 'number') throw new FileError(`the tokens file '${path}': the secret of policy '${policy}' must be a string; ${TOKENS_HINT}`);
-    if (String(secret).length < 8) throw new FileError(`the tokens file '${path}': the secret of policy '${policy}' is shorter than 8 characters: a short secret is easy to guess`);
-    out[policy] = String(secret);
-  }
-  return out;
-}
-
 export const tlsOptions = (): Option[] => [
   new Option('--tls-cert <file>', 'PEM certificate this side presents (with --tls-key): turns on TLS'),
   new Option('--tls-key <file>', 'PEM private key of --tls-cert'),
   new Option('--tls-ca <file>', "PEM CA that verifies the other side's certificate; on a listener, peers must present one it signed (mutual TLS)"),
 ];
-
-export interface TlsFlags {
-  tlsCert?: string;
-  tlsKey?: string;
-  tlsCa?: string;
-}
-
-export function tlsFromFlags(o: TlsFlags, flag = { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }): TlsMaterial | undefined {
-  try {
-    return loadTls({ cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa });
-  } catch (err) {
-    if (!(err instanceof TlsConfigError)) throw err;
-    if (err.kind === 'usage') throw new UsageError(err.message);
-    // Name the file that cannot be read, and why, in words.
-    const given: Array<[string, string | undefined, string]> = [
-      [flag.cert, o.tlsCert, `a PEM certificate (with ${flag.key}, its key)`],
-      [flag.key, o.tlsKey, `the PEM private key of ${flag.cert}`],
-      [flag.ca, o.tlsCa, 'the PEM certificate of the CA that signs the peers\' certificates'],
-    ];
-    for (const [f, path, what] of given) if (path) readGiven(path, `${f} file`, `${f} takes ${what}`);
-    throw new FileError(err.message);
-  }
-}
 
 /** `--registry etcd://...` and etcd's own options, on server, proxy and client. */
 export const registryOptions = (opts: { ttl?: boolean; advertise?: string } = {}): Option[] => [

@@ -14,7 +14,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { LEVELS, type Level } from '../actors/logger.js';
 import { resolveOptions, type Opts, type ProxyOptions } from '../actors/proxy-options.js';
 import { LocalCode, RevproxyError } from '../transport/errors.js';
-import { loadTokens, tlsFromFlags } from '../cli/common.js';
+import { loadTokens, tlsFromFlags } from './files.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 import {
   dict, flag, formatIssues, object, oneOf, opt, readYaml, refine, req, scalar, text, whole, type Field, type Infer, type Issue,

@@ -8,7 +8,7 @@
 import { connect } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import { runClient, type Packet } from '../actors/index.js';
-import { loadPackets } from '../cli/common.js';
+import { loadPackets } from '../config/files.js';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import { JsonDecoder } from '../transport/json.js';
 import { checkPool, checkRaw, checkSend, rawSettled, summariseSend, type Diff, type RawSummary } from './expect.js';

@@ -126,6 +126,26 @@ export class ProtocolError extends RevproxyError<ErrorCode> {
   }
 }
 
+/** A CLI usage error: printed without a stack, exit code 2. */
+export class UsageError extends RevproxyError<typeof LocalCode.BAD_USAGE> {
+  constructor(message: string) {
+    super(LocalCode.BAD_USAGE, message);
+    this.name = 'UsageError';
+  }
+}
+
+/**
+ * A start that failed on a file the command was given (missing, unreadable,
+ * not what it should be): one line that names the file, says why and what to
+ * do; exit code 1, as for any failed start.
+ */
+export class FileError extends RevproxyError<typeof LocalCode.BAD_FILE> {
+  constructor(message: string) {
+    super(LocalCode.BAD_FILE, message);
+    this.name = 'FileError';
+  }
+}
+
 /** Shorten and hex-encode bytes for error messages. */
 export function hexPreview(bytes: Uint8Array, max = 16): string {
   const head = Buffer.from(bytes.subarray(0, max)).toString('hex').replace(/(..)/g, '$1 ').trim();
