@@ -77,6 +77,12 @@ shape('the check finds a circle when there is one', () => {
   assert.equal(cycles(graph), ['a.ts -> b.ts -> c.ts -> a.ts']);
 });
 
+shape('only the programs import cli/: the actors, the config file, scenarios and the rest read files through config/', () => {
+  const programs = ['cli/', 'spec/', 'bench/'];
+  const wrong = [...importGraph()].filter(([f, deps]) => !programs.some((p) => f.startsWith(p)) && deps.some((d) => d.startsWith('cli/')));
+  assert.equal(wrong.map(([f, deps]) => `${f}: ${deps.filter((d) => d.startsWith('cli/')).join(', ')}`), []);
+});
+
 shape('transport/ knows nothing of the actors above it', () => {
   const wrong = [...importGraph()].filter(([f, deps]) => f.startsWith('transport/') && deps.some((d) => !d.startsWith('transport/')));
   assert.equal(wrong.map(([f, deps]) => `${f}: ${deps.filter((d) => !d.startsWith('transport/')).join(', ')}`), []);
