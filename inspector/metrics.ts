@@ -324,45 +324,26 @@ export interface OperationsSources {
  */
 export function addOperationsMetrics(registry: Registry, s: OperationsSources): void {
   const { Counter, Gauge } = prom();
-  const byRole = (name: string, help: string, pick: (c: ConnSnapshot) => Record<Role, number>, Kind: typeof Gauge | typeof Counter) =>
+  // One metric with one label whose values are a fixed set, read from its source at each scrape.
+  const labelled = <K extends string>(name: string, help: string, label: string, keys: readonly K[], read: () => Record<K, number>, Kind: typeof Gauge | typeof Counter) =>
     new Kind({
       name,
       help,
-      labelNames: ['role'],
+      labelNames: [label],
       registers: [registry],
       collect: function (this: Gauge<string> | Counter<string>) {
         this.reset();
-        const values = pick(s.conns());
-        for (const role of ROLES) (this as Gauge<string>).inc({ role }, values[role]);
+        const values = read();
+        for (const key of keys) (this as Gauge<string>).inc({ [label]: key }, values[key]);
       },
     });
+  const byRole = (name: string, help: string, pick: (c: ConnSnapshot) => Record<Role, number>, Kind: typeof Gauge | typeof Counter) =>
+    labelled(name, help, 'role', ROLES, () => pick(s.conns()), Kind);
   byRole('revproxy_connections', 'Connections open now, by role (client, registration, unknown: no message yet, upstream: to servers)', (c) => c.open, Gauge);
   byRole('revproxy_received_bytes_total', 'Bytes read from peers, by role', (c) => c.received, Counter);
   byRole('revproxy_sent_bytes_total', 'Bytes written to peers, by role', (c) => c.sent, Counter);
-  new Counter({
-    name: 'revproxy_log_lines_dropped_total',
-    help: 'Log lines dropped because the log\'s reader (or disk) was slower than the log, by log (main, access)',
-    labelNames: ['log'],
-    registers: [registry],
-    collect: function (this: Counter<string>) {
-      this.reset();
-      const d = s.dropped();
-      this.inc({ log: 'main' }, d.main);
-      this.inc({ log: 'access' }, d.access);
-    },
-  });
-  new Counter({
-    name: 'revproxy_reloads_total',
-    help: 'Configuration reloads (SIGHUP), by result (applied, refused: the file was invalid and the running configuration stayed)',
-    labelNames: ['result'],
-    registers: [registry],
-    collect: function (this: Counter<string>) {
-      this.reset();
-      const r = s.reloads();
-      this.inc({ result: 'applied' }, r.applied);
-      this.inc({ result: 'refused' }, r.refused);
-    },
-  });
+  labelled('revproxy_log_lines_dropped_total', 'Log lines dropped because the log\'s reader (or disk) was slower than the log, by log (main, access)', 'log', ['main', 'access'], () => s.dropped(), Counter);
+  labelled('revproxy_reloads_total', 'Configuration reloads (SIGHUP), by result (applied, refused: the file was invalid and the running configuration stayed)', 'result', ['applied', 'refused'], () => s.reloads(), Counter);
 }
 
 /** What the registry metrics read when scraped: the registry as the proxy last heard of it. */
