@@ -14,7 +14,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { LEVELS, type Level } from '../actors/logger.js';
 import { resolveOptions, type Opts, type ProxyOptions } from '../actors/proxy-options.js';
 import { LocalCode, RevproxyError } from '../transport/errors.js';
-import { loadTokens, tlsFromFlags } from './files.js';
+import { loadTokens, tlsFromFlags, whyUnreadable } from './files.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 import {
   dict, flag, formatIssues, object, oneOf, opt, readYaml, refine, req, scalar, text, whole, type Field, type Infer, type Issue,
@@ -182,9 +182,7 @@ export function loadConfigFile(file: string): ProxyConfig {
   try {
     source = readFileSync(file, 'utf8');
   } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    const why = e.code === 'ENOENT' ? 'no such file' : e.code === 'EISDIR' ? 'it is a folder' : e.code === 'EACCES' ? 'permission denied' : e.message;
-    throw new ConfigError(file, [{ line: 1, col: 1, path: '', message: `cannot read the configuration file: ${why}` }]);
+    throw new ConfigError(file, [{ line: 1, col: 1, path: '', message: `cannot read the configuration file: ${whyUnreadable(err)}` }]);
   }
   return parseConfig(source, file);
 }
@@ -274,11 +272,6 @@ function toRegistry(r: ProxyConfig['registry']): Runtime['registry'] {
 
 function fileIssue(source: string, what: string, path: string, why: string): ConfigError {
   return new ConfigError(source, [{ line: 1, col: 1, path: what, message: `${path}: ${why}` }]);
-}
-
-function whyUnreadable(err: unknown): string {
-  const e = err as NodeJS.ErrnoException;
-  return e.code === 'ENOENT' ? 'it does not exist' : e.code === 'EISDIR' ? 'it is a folder' : e.code === 'EACCES' ? 'permission denied' : e.message;
 }
 
 /**

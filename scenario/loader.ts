@@ -9,6 +9,7 @@ import { dirname, resolve } from 'node:path';
 import { LocalCode, RevproxyError } from '../transport/errors.js';
 import { scenarioSpec, type Scenario, type Step } from './format.js';
 import { formatIssues, readYaml, type Issue } from '../config/schema.js';
+import { whyUnreadable } from '../config/files.js';
 
 /** A file that cannot run, with every problem found in it. */
 export class ScenarioError extends RevproxyError<typeof LocalCode.SCENARIO_INVALID> {
@@ -27,8 +28,7 @@ export function loadScenario(file: string): Scenario {
   try {
     source = readFileSync(file, 'utf8');
   } catch (err) {
-    const why = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message;
-    throw new ScenarioError(file, [{ line: 1, col: 1, path: '', message: `cannot read the scenario: ${why}` }]);
+    throw new ScenarioError(file, [{ line: 1, col: 1, path: '', message: `cannot read the scenario: ${whyUnreadable(err)}` }]);
   }
   return parseScenario(source, file);
 }
