@@ -10,7 +10,7 @@ import { startProxy, type ProxyHandle } from '../actors/index.js';
 import { tcpConnect } from '../actors/link.js';
 import { Destination, Logger, LogStream, LEVELS } from '../actors/logger.js';
 import { isLoopback, resolveOptions } from '../actors/proxy-options.js';
-import { AccessLog, combineObservers } from '../admin/access-log.js';
+import { ACCESS_LOG_HOLD, AccessLog, combineObservers } from '../admin/access-log.js';
 import { ConnStats } from '../admin/conn-stats.js';
 import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin/server.js';
 import type { RegistryStatus } from '../registry/events.js';
@@ -162,7 +162,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
   const rt = toRuntime(running);
   const stdout = new Destination({ to: '-' });
   const logger = new Logger('proxy', new LogStream(stdout, { format: rt.log.format, color: rt.log.color && process.stdout.isTTY === true && !process.env.NO_COLOR }), rt.log.level, { summaryMs: rt.log.summaryMs });
-  const accessLog = rt.log.accessLog ? new AccessLog(rt.log.accessLog === '-' ? stdout : new Destination({ to: rt.log.accessLog }), rt.log.format) : undefined;
+  const accessLog = rt.log.accessLog ? new AccessLog(rt.log.accessLog === '-' ? stdout : new Destination({ to: rt.log.accessLog, ...ACCESS_LOG_HOLD }), rt.log.format) : undefined;
   if (accessLog && rt.log.accessLog !== '-') await accessLog.dest.ready().catch((err: Error) => {
     throw new ConfigError(source, [{ line: 1, col: 1, path: 'log.access_log', message: `${rt.log.accessLog}: cannot open it for writing: ${err.message}` }]);
   });

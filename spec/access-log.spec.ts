@@ -1,0 +1,98 @@
+/**
+ * The access log's lines and how they reach the file (issue 20, target 5).
+ * Text lines are written as bytes in place: each must read exactly as the
+ * same line made with JavaScript's own number and string formatting, for any
+ * latency, seq, id (quoted or not, non-ASCII) and outcome. A file access log
+ * holds its lines until 64 KiB wait or a second has passed; nothing is lost
+ * at the end.
+ */
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { newPeer, type ProxyRequest } from '../actors/link.js';
+import { Destination } from '../actors/logger.js';
+import { AccessLog } from '../admin/access-log.js';
+import { Connection } from '../transport/socket.js';
+import { MsgType, type DataMsg } from '../transport/messages.js';
+import { eventually, sleep } from './helpers.js';
+
+const test = suite<{ dir: string }>('the access log', { dir: '' });
+test.before.each((ctx) => {
+  ctx.dir = mkdtempSync(join(tmpdir(), 'revproxy-access-'));
+});
+test.after.each((ctx) => {
+  rmSync(ctx.dir, { recursive: true, force: true });
+});
+
+/** A client as the proxy keeps it, on a socket that is never connected (the log only reads its address). */
+function peer() {
+  return newPeer(new Connection(new Socket()));
+}
+
+function request(client: ReturnType<typeof peer>, srcid: string, seq: number, tried?: string[]): ProxyRequest {
+  const msg = { type: MsgType.DATA, srcid, privPoliId: 'ignored', seq, payload: 'x' } as unknown as DataMsg;
+  return { client, msg, arrived: 0, tried };
+}
+
+/** What a line says after its time, made the plain way. */
+function expected(srcid: string, addr: string, policy: string, member: string | undefined, seq: number, tries: number, latencyMs: number, outcome: string): string {
+  const q = (v: string) => (/^[\w.:@/+-]+$/.test(v) ? v : JSON.stringify(v));
+  return `client=${q(srcid)} addr=${addr} policy=${q(policy)} server=${member === undefined ? '-' : q(member)} seq=${seq} tries=${tries} latency_ms=${Math.round(latencyMs * 1000) / 1000} outcome=${outcome}`;
+}
+
+test('text lines in bytes read exactly as the same lines formatted by JavaScript', async ({ dir }) => {
+  const file = join(dir, 'access.log');
+  const dest = new Destination({ to: file });
+  await dest.ready();
+  const log = new AccessLog(dest, 'text');
+  const clients = [peer(), peer()];
+  const ids = ['c1', 'client with space', 'kühl-☃', '"quoted"', ''];
+  const members = ['s1', 'server two', 'ünï', undefined];
+  const outcomes = ['ok', 'TIMEOUT', 'NO_SERVER'] as const;
+  const latencies = [0, 0.0004, 0.0005, 0.5, 1, 1.005, 2.675, 999.9995, 0.1 + 0.2, 12345678.9, 4e9 + 0.25];
+  for (let i = 0; i < 3000; i++) latencies.push(Math.random() * 10 ** Math.floor(Math.random() * 8));
+  const seqs = [0, 1, 9, 10, 99, 100, 1000, 4294967295, 123456789];
+  const want: string[] = [];
+  for (let i = 0; i < latencies.length; i++) {
+    const client = clients[i % 2]!;
+    const srcid = ids[i % ids.length]!;
+    const member = members[i % members.length];
+    const seq = seqs[i % seqs.length]!;
+    const tried = i % 7 === 0 ? ['a', 'b'] : undefined;
+    const policy = i % 3 ? '111' : 'policy 2';
+    const outcome = outcomes[i % outcomes.length]!;
+    log.answered(policy, member, outcome, latencies[i]!, request(client, srcid, seq, tried));
+    want.push(expected(srcid, client.conn.describe(), policy, member, seq, (tried?.length ?? 0) + (member === undefined ? 0 : 1), latencies[i]!, outcome));
+  }
+  await dest.end();
+  const lines = readFileSync(file, 'utf8').split('\n');
+  assert.is(lines.pop(), '', 'the file ends with a newline');
+  assert.is(lines.length, want.length);
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!;
+    assert.match(line, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z /);
+    assert.is(line.slice(25), want[i], `line ${i}`);
+  }
+});
+
+test('a held file log writes once 64 KiB wait or a second has passed, and nothing is lost at the end', async ({ dir }) => {
+  const file = join(dir, 'held.log');
+  const dest = new Destination({ to: file, holdBytes: 4096, holdMs: 300 });
+  await dest.ready();
+  const size = () => readFileSync(file).length;
+  dest.write('one short line\n');
+  await sleep(100);
+  assert.is(size(), 0, 'a short line waits');
+  await eventually(() => size() === 15, 2000, 'written once holdMs passed');
+  const line = `${'x'.repeat(99)}\n`;
+  for (let i = 0; i < 41; i++) dest.write(line); // 4100 bytes: past holdBytes
+  await eventually(() => size() === 15 + 4100, 1000, 'written once holdBytes wait');
+  for (let i = 0; i < 3; i++) dest.write(line);
+  await dest.end();
+  assert.is(size(), 15 + 4400, 'end writes what was held');
+});
+
+test.run();
