@@ -139,4 +139,44 @@ test('a socket error with nobody listening does not throw; with a reader it ends
   server.close();
 });
 
+test('batches written at once reuse their buffer; every byte arrives as sent, with the reader stalling now and then', async () => {
+  const { near, far, server } = await pair();
+  const conn = new Connection(near);
+  const got: Buffer[] = [];
+  far.on('data', (b: Buffer) => got.push(Buffer.from(b)));
+  const sent: Buffer[] = [];
+  let seq = 0;
+  let queued = 0;
+  const turn = async (): Promise<void> => {
+    const n = 1 + (seq % 13);
+    for (let i = 0; i < n; i++) {
+      const m: Message = { type: MsgType.DATA, seq: ++seq, srcid: 'c1', privPoliId: '111', payload: String.fromCharCode(97 + (seq % 26)).repeat((seq * 7919) % 20000) };
+      sent.push(encodeFrame(m, 5000 + seq));
+      // The bytes go out with another seq in place of the message's own, as the proxy forwards.
+      conn.send(m, 5000 + seq);
+    }
+    await new Promise((r) => setImmediate(r));
+    if (near.writableLength > 0) queued++;
+  };
+  // Three times: the reader stalls until the kernel's buffers are full and writes are left queued in
+  // the socket (their batches must not be written over), then reads again while writes go on.
+  for (let stall = 0; stall < 3; stall++) {
+    far.pause();
+    for (let t = 0; t < 2000 && near.writableLength === 0; t++) await turn();
+    for (let t = 0; t < 20; t++) await turn();
+    far.resume();
+    for (let t = 0; t < 50; t++) await turn();
+  }
+  const want = Buffer.concat(sent);
+  const deadline = Date.now() + 10_000;
+  while (got.reduce((a, b) => a + b.length, 0) < want.length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  const all = Buffer.concat(got);
+  near.destroy();
+  far.destroy();
+  server.close();
+  assert.ok(queued >= 3, `writes were left queued in the socket (${queued} turns)`);
+  assert.is(all.length, want.length);
+  assert.ok(all.equals(want), 'every byte as sent');
+});
+
 test.run();

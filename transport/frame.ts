@@ -149,6 +149,21 @@ export class FrameBuffer {
     return out;
   }
 
+  /**
+   * The bytes `taken` (the last `take`) are needed by no one any more - the
+   * socket wrote them before its `write` returned - so the next batch may be
+   * written over them. A busy connection then writes from one buffer instead
+   * of carving new ones: each new one is memory outside V8's heap that V8
+   * counts towards its next full collection (under load, buffers made per
+   * batch started one every ~100 ms).
+   */
+  reclaim(taken: Buffer): void {
+    const buf = this.buf;
+    if (buf === undefined || this.start !== this.end || taken.buffer !== buf.buffer) return;
+    const at = taken.byteOffset - buf.byteOffset;
+    if (at >= 0 && at + taken.length === this.start) this.start = this.end = at;
+  }
+
   /** Drop what was written and not taken. */
   clear(): void {
     this.buf = undefined;

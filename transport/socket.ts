@@ -3,7 +3,7 @@
  * (one batch per read) and a writer that coalesces and honours `drain`.
  * All protocol knowledge stays in the codecs.
  */
-import type { Socket } from 'node:net';
+import { Socket as NetSocket, type Socket } from 'node:net';
 import { Observable } from 'rxjs';
 import type { BudgetHolder, BufferBudget } from './budget.js';
 import { systemClock, type Clock, type Timer } from './clock.js';
@@ -150,6 +150,12 @@ export class Connection implements BudgetHolder {
   reads = 0;
   /** Bytes waiting for the end of this turn: everything sent in it, encoded back to back. */
   private batch = new FrameBuffer();
+  /**
+   * Whether a batch the socket wrote at once may be written over: on a plain
+   * TCP socket, nothing holds a buffer whose write completed before `write`
+   * returned (TLS and other streams may keep or queue it: never there).
+   */
+  private readonly reclaims: boolean;
   /** Messages sent since the last flush. */
   private queued = 0;
   private pauses = 0;
@@ -177,6 +183,7 @@ export class Connection implements BudgetHolder {
     } else if (opts.wire === 'sniff') this.decoder = new SniffDecoder({ maxFrameBytes: opts.maxFrameBytes });
     else this.decoder = new FrameDecoder({ maxFrameBytes: opts.maxFrameBytes });
     this.holdReadsWhenCongested = opts.holdReadsWhenCongested ?? true;
+    this.reclaims = socket instanceof NetSocket && (socket as { encrypted?: boolean }).encrypted !== true;
     this.remoteAddress = socket.remoteAddress ?? 'unknown';
     this.remotePort = socket.remotePort ?? 0;
     socket.setNoDelay(true);
@@ -341,7 +348,11 @@ export class Connection implements BudgetHolder {
     this.queued = 0;
     const data = this.batch.take();
     // A JSON answer held for an earlier one leaves nothing to write yet.
-    if (data.length > 0 && !this.socket.destroyed && !this.socket.write(data)) {
+    if (data.length === 0 || this.socket.destroyed) return;
+    const room = this.socket.write(data);
+    // Nothing left unwritten: the kernel has the bytes, and the batch's buffer can be written over.
+    if (this.reclaims && this.socket.writableLength === 0) this.batch.reclaim(data);
+    if (!room) {
       this.holdReadsUntilDrained();
       if (this.budget) {
         this.account();
