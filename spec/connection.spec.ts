@@ -139,6 +139,20 @@ test('a socket error with nobody listening does not throw; with a reader it ends
   server.close();
 });
 
+test('a connection this side dials names its peer once connected, and still after the close', async () => {
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const port = (server.address() as { port: number }).port;
+  const conn = new Connection(connect(port, '127.0.0.1'));
+  await once(conn.socket, 'connect');
+  assert.is(conn.describe(), `127.0.0.1:${port}`);
+  conn.destroy();
+  await once(conn.socket, 'close');
+  assert.is(conn.describe(), `127.0.0.1:${port}`);
+  server.close();
+});
+
 test('batches written at once reuse their buffer; every byte arrives as sent, with the reader stalling now and then', async () => {
   const { near, far, server } = await pair();
   const conn = new Connection(near);

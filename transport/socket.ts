@@ -119,6 +119,11 @@ function onSocketEnd(this: Owned): void {
 function onSocketClose(this: Owned): void {
   this[OWNER].socketClosed();
 }
+function onSocketConnect(this: Owned): void {
+  const conn = this[OWNER];
+  conn.remoteAddress = this.remoteAddress ?? conn.remoteAddress;
+  conn.remotePort = this.remotePort ?? conn.remotePort;
+}
 function onSocketError(this: Owned, err: Error): void {
   this[OWNER].finish(err);
 }
@@ -140,8 +145,9 @@ export class Connection implements BudgetHolder {
   private encoder: WireEncoder;
   /** Sniffing: the first read decides the wire. */
   private sniffing: boolean;
-  readonly remoteAddress: string;
-  readonly remotePort: number;
+  /** The peer's address and port: known once connected (a socket this side dials learns them at its connect), kept after the close. */
+  remoteAddress: string;
+  remotePort: number;
   /** Set once the connection is closing or closed: nothing more is sent on it. */
   closed = false;
   /** The backpressure rule (see the option); the owner may change it once it knows what the connection is for. */
@@ -186,6 +192,7 @@ export class Connection implements BudgetHolder {
     this.reclaims = socket instanceof NetSocket && (socket as { encrypted?: boolean }).encrypted !== true;
     this.remoteAddress = socket.remoteAddress ?? 'unknown';
     this.remotePort = socket.remotePort ?? 0;
+    if (socket.remoteAddress === undefined && socket.connecting) socket.once('connect', onSocketConnect);
     socket.setNoDelay(true);
     this.frameTimeoutMs = opts.frameTimeoutMs ?? 0;
     this.clock = opts.clock ?? systemClock;
