@@ -196,18 +196,29 @@ export class AccessLog implements ProxyObserver {
   }
 }
 
-/** Several observers as one; undefined when there are none (so the proxy attaches nothing). */
+/**
+ * Several observers as one; undefined when there are none (so the proxy
+ * attaches nothing). A hook only one of them has is that one's own method,
+ * bound, not a loop over a list: `answered` runs for every request.
+ */
 export function combineObservers(...list: Array<ProxyObserver | undefined>): ProxyObserver | undefined {
   const obs = list.filter((o): o is ProxyObserver => o !== undefined);
   if (obs.length <= 1) return obs[0];
-  const answered = obs.filter((o) => o.answered);
-  const retried = obs.filter((o) => o.retried);
-  const ejected = obs.filter((o) => o.ejected);
-  const accepted = obs.filter((o) => o.accepted);
   return {
-    answered: answered.length ? (...a) => { for (const o of answered) o.answered!(...a); } : undefined,
-    retried: retried.length ? (...a) => { for (const o of retried) o.retried!(...a); } : undefined,
-    ejected: ejected.length ? (...a) => { for (const o of ejected) o.ejected!(...a); } : undefined,
-    accepted: accepted.length ? (...a) => { for (const o of accepted) o.accepted!(...a); } : undefined,
+    answered: hook(obs, 'answered'),
+    retried: hook(obs, 'retried'),
+    ejected: hook(obs, 'ejected'),
+    accepted: hook(obs, 'accepted'),
   };
+}
+
+type AnyHook = (...args: never[]) => void;
+function hook<K extends keyof ProxyObserver>(obs: ProxyObserver[], name: K): ProxyObserver[K] {
+  const having = obs.filter((o) => o[name] !== undefined);
+  if (having.length === 0) return undefined;
+  const fns = having.map((o) => (o[name] as AnyHook).bind(o) as (...args: unknown[]) => void);
+  if (fns.length === 1) return fns[0] as ProxyObserver[K];
+  return ((...a: unknown[]) => {
+    for (const f of fns) f(...a);
+  }) as ProxyObserver[K];
 }

@@ -14,7 +14,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { newPeer, type ProxyRequest } from '../actors/link.js';
 import { Destination } from '../actors/logger.js';
-import { AccessLog } from '../admin/access-log.js';
+import { AccessLog, combineObservers } from '../admin/access-log.js';
 import { Connection } from '../transport/socket.js';
 import { MsgType, type DataMsg } from '../transport/messages.js';
 import { eventually, sleep } from './helpers.js';
@@ -93,6 +93,27 @@ test('a held log writes once holdBytes wait or holdMs have passed, and nothing i
   for (let i = 0; i < 3; i++) dest.write(line);
   await dest.end();
   assert.is(size(), 15 + 4400, 'end writes what was held');
+});
+
+test('observers combined: a hook one of them has is its own, bound; a hook several have calls each in turn', () => {
+  const calls: string[] = [];
+  class Counter {
+    constructor(readonly name: string) {}
+    accepted(): void {
+      calls.push(`${this.name} accepted`);
+    }
+  }
+  class Answers extends Counter {
+    answered(policy: string): void {
+      calls.push(`${this.name} answered ${policy}`);
+    }
+  }
+  const one = combineObservers(new Counter('a'), undefined, new Answers('b'))!;
+  assert.is(one.retried, undefined);
+  one.answered!('111', undefined, 'ok', 1, request(peer(), 'c', 1));
+  one.accepted!(peer(), new Socket());
+  assert.equal(calls, ['b answered 111', 'a accepted', 'b accepted']);
+  assert.is(combineObservers(undefined, undefined), undefined);
 });
 
 test.run();
