@@ -97,6 +97,11 @@ function millis(b: Buffer, at: number, ms: number): number {
  */
 export const ACCESS_LOG_HOLD = { holdBytes: 256 * 1024, holdMs: 1000 } as const;
 
+/** A file access log's `Destination` options for `log.access_log_flush` (ms; 0: write every turn, hold nothing). */
+export function accessLogHold(flushMs: number = ACCESS_LOG_HOLD.holdMs): { holdBytes?: number; holdMs?: number } {
+  return flushMs === 0 ? {} : { holdBytes: ACCESS_LOG_HOLD.holdBytes, holdMs: flushMs };
+}
+
 /** Room a text line needs beyond its cached parts: the time, two numbers, and slack. */
 const LINE_SLACK = 64;
 

@@ -10,7 +10,7 @@ import { startProxy, type ProxyHandle } from '../actors/index.js';
 import { tcpConnect } from '../actors/link.js';
 import { Destination, Logger, LogStream, LEVELS } from '../actors/logger.js';
 import { isLoopback, resolveOptions } from '../actors/proxy-options.js';
-import { ACCESS_LOG_HOLD, AccessLog, combineObservers } from '../admin/access-log.js';
+import { ACCESS_LOG_HOLD, AccessLog, accessLogHold, combineObservers } from '../admin/access-log.js';
 import { ConnStats } from '../admin/conn-stats.js';
 import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin/server.js';
 import type { RegistryStatus } from '../registry/events.js';
@@ -48,6 +48,7 @@ function proxyOptions(): Option[] {
     new Option('--no-color', 'plain text even on a terminal'),
     new Option('--log-summary-interval <ms>', 'repeated conditions (refusals, retries) and dropped log lines are summarised once per this interval (default: 5000)').argParser(parseIntOption('--log-summary-interval', 100)),
     new Option('--access-log <file>', "one line per request (time, client and address, policy, server, seq, tries, latency, outcome): '-' for stdout, or a file, reopened on SIGHUP (default: off)"),
+    new Option('--access-log-flush <ms>', `a file access log holds its lines for fewer, larger writes: it writes at least this often, and whenever ${ACCESS_LOG_HOLD.holdBytes / 1024} KiB wait; 0 writes every turn of the event loop (default: ${ACCESS_LOG_HOLD.holdMs})`).argParser(parseIntOption('--access-log-flush', 0)),
     new Option('--admin <host:port>', 'serve /healthz, /readyz and /metrics on HOST:PORT (default: off)').argParser((v) => {
       if (!parseHostPort(v)) throw new InvalidArgumentError(`--admin takes HOST:PORT (e.g. 127.0.0.1:9100) or a port, got '${v}'`);
       return v;
@@ -82,6 +83,7 @@ function configFromFlags(cmd: Command): ProxyConfig {
   if (o.color === false) log.color = false;
   if (given('logSummaryInterval')) log.summary_interval = o.logSummaryInterval;
   if (given('accessLog')) log.access_log = abs(o.accessLog);
+  if (given('accessLogFlush')) log.access_log_flush = o.accessLogFlush;
   if (Object.keys(log).length) c.log = log;
   const admin: Record<string, unknown> = {};
   if (given('admin')) admin.listen = parseHostPort(String(o.admin));
@@ -162,7 +164,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
   const rt = toRuntime(running);
   const stdout = new Destination({ to: '-' });
   const logger = new Logger('proxy', new LogStream(stdout, { format: rt.log.format, color: rt.log.color && process.stdout.isTTY === true && !process.env.NO_COLOR }), rt.log.level, { summaryMs: rt.log.summaryMs });
-  const accessLog = rt.log.accessLog ? new AccessLog(rt.log.accessLog === '-' ? stdout : new Destination({ to: rt.log.accessLog, ...ACCESS_LOG_HOLD }), rt.log.format) : undefined;
+  const accessLog = rt.log.accessLog ? new AccessLog(rt.log.accessLog === '-' ? stdout : new Destination({ to: rt.log.accessLog, ...accessLogHold(rt.log.accessLogFlushMs) }), rt.log.format) : undefined;
   if (accessLog && rt.log.accessLog !== '-') await accessLog.dest.ready().catch((err: Error) => {
     throw new ConfigError(source, [{ line: 1, col: 1, path: 'log.access_log', message: `${rt.log.accessLog}: cannot open it for writing: ${err.message}` }]);
   });

@@ -133,6 +133,7 @@ const otherFields = {
     color: opt(flag, 'colour text lines on a terminal'),
     summary_interval: opt(whole('milliseconds between summary lines', 100), 'repeated conditions and dropped lines are summarised this often'),
     access_log: opt(path, "one line per request: '-' for stdout, or a file (reopened on SIGHUP)"),
+    access_log_flush: opt(whole('milliseconds a file access log may hold its lines'), 'a file access log writes at least this often, and whenever 256 KiB wait; 0 writes every turn'),
   }), 'logging'),
   admin: opt(object('admin', {
     listen: opt(hostPort, 'HOST:PORT of /healthz, /readyz and /metrics'),
@@ -223,7 +224,7 @@ export function merge(base: ProxyConfig, over: ProxyConfig): ProxyConfig {
 export interface Runtime {
   /** The proxy's own options (logger, observer and clock are the command's to add). */
   options: ProxyOptions;
-  log: { level: Level; format: 'text' | 'json'; color: boolean; summaryMs?: number; accessLog?: string };
+  log: { level: Level; format: 'text' | 'json'; color: boolean; summaryMs?: number; accessLog?: string; accessLogFlushMs?: number };
   admin?: { host: string; port: number; token?: string };
   registry?: RegistryOptions & { advertise?: string };
   inspect?: number;
@@ -253,7 +254,7 @@ export function toRuntime(c: ProxyConfig): Runtime {
   const log = c.log ?? {};
   return {
     options: options as ProxyOptions,
-    log: { level: log.level ?? 'info', format: log.format ?? 'text', color: log.color ?? true, summaryMs: log.summary_interval, accessLog: log.access_log },
+    log: { level: log.level ?? 'info', format: log.format ?? 'text', color: log.color ?? true, summaryMs: log.summary_interval, accessLog: log.access_log, accessLogFlushMs: log.access_log_flush },
     admin: c.admin?.listen ? { ...c.admin.listen, token: c.admin.token } : undefined,
     registry: toRegistry(c.registry),
     inspect: c.inspect,
@@ -325,7 +326,7 @@ export function changes(before: ProxyConfig, after: ProxyConfig): Change[] {
       if (JSON.stringify(before.admin?.listen) !== JSON.stringify(after.admin?.listen)) out.push({ key: 'admin.listen', reload: 'restart' });
       if (before.admin?.token !== after.admin?.token) out.push({ key: 'admin.token', reload: 'live' });
     } else if (key === 'log') {
-      for (const sub of ['level', 'format', 'color', 'summary_interval', 'access_log'] as const) {
+      for (const sub of ['level', 'format', 'color', 'summary_interval', 'access_log', 'access_log_flush'] as const) {
         if (before.log?.[sub] === after.log?.[sub]) continue;
         out.push({ key: `log.${sub}`, reload: sub === 'level' ? 'live' : 'restart' });
       }

@@ -4,7 +4,7 @@
  * /metrics). The proxy runs as a real process (`revproxy proxy --config`);
  * servers and load run in this process.
  */
-import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { suite } from 'uvu';
@@ -164,6 +164,19 @@ access('text lines: key=value, an unset value is -', async () => {
   await runClient({ id: 'c1', proxy: { host: LOCAL, port }, packets: [{ srcid: 'c1', privPoliId: 'Z', payload: 'x' }] });
   await eventually(() => readFileSync(log, 'utf8').length > 0, 3000, 'a line');
   assert.match(readFileSync(log, 'utf8'), /^\d{4}-\d\d-\d\dT\S+Z client=c1 addr=127\.0\.0\.1:\d+ policy=Z server=- seq=0 tries=0 latency_ms=[\d.]+ outcome=NO_SERVER\n$/);
+});
+
+access('a file access log holds its lines for --access-log-flush ms; 0 writes them at once', async () => {
+  const held = join(ctx.dir, 'held.log');
+  const now = join(ctx.dir, 'now.log');
+  const a = await proxyWithConfig(write('h.yaml', 'port: 0\n'), ['--access-log', held, '--access-log-flush', '1500']);
+  const b = await proxyWithConfig(write('n.yaml', `port: 0\nlog:\n  access_log: ${now}\n  access_log_flush: 0\n`));
+  const size = (f: string): number => (existsSync(f) ? readFileSync(f).length : 0);
+  const t0 = Date.now();
+  for (const port of [a.port, b.port]) await runClient({ id: 'c1', proxy: { host: LOCAL, port }, packets: [{ srcid: 'c1', privPoliId: 'Z', payload: 'x' }] });
+  await eventually(() => size(now) > 0, 600, 'flush 0: the line at once');
+  if (Date.now() - t0 < 1200) assert.is(size(held), 0, 'flush 1500: the line still held');
+  await eventually(() => size(held) > 0, 4000, 'flush 1500: the line within its time');
 });
 
 const reload = fresh('SIGHUP');
