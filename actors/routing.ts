@@ -35,11 +35,6 @@ export function forgetIfEmpty(context: ProxyContext, policy: Policy): void {
   stopChild(policy.pool);
 }
 
-
-
-
-
-
 /** Hand requests to their policy's pool, or refuse them when nobody serves the policy. */
 export function route(context: ProxyContext, name: string, requests: ProxyRequest[]): void {
   const policy = context.policies.get(name);
