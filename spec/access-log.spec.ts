@@ -80,13 +80,13 @@ test('text lines in bytes read exactly as the same lines formatted by JavaScript
 
 test('a held log writes once holdBytes wait or holdMs have passed, and nothing is lost at the end', async ({ dir }) => {
   const file = join(dir, 'held.log');
-  const dest = new Destination({ to: file, holdBytes: 4096, holdMs: 300 });
+  const dest = new Destination({ to: file, holdBytes: 4096, holdMs: 1000 });
   await dest.ready();
   const size = () => readFileSync(file).length;
   dest.write('one short line\n');
   await sleep(100);
   assert.is(size(), 0, 'a short line waits');
-  await eventually(() => size() === 15, 2000, 'written once holdMs passed');
+  await eventually(() => size() === 15, 3000, 'written once holdMs passed');
   const line = `${'x'.repeat(99)}\n`;
   for (let i = 0; i < 41; i++) dest.write(line); // 4100 bytes: past holdBytes
   await eventually(() => size() === 15 + 4100, 1000, 'written once holdBytes wait');
