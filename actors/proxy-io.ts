@@ -255,24 +255,16 @@ export const sweeper = fromCallback<ProxyEvent, { busy: Set<Inflight<ProxyReques
 );
 
 const DOWN_PING_EVERY = 4;
-/** Ticks a PING round is spread over. */
-const PING_SLICES = 10;
 
 /** Liveness: PING each registration connection; a server that misses too many PONGs is removed. */
 export const pinger = fromCallback<ProxyEvent, { servers: Map<string, Member>; clock: Clock; every: number; misses: number }>(({ sendBack, input }) => {
-  // A round is spread over its interval in PING_SLICES ticks, each registration in the slice its
-  // connection's id gives it (as HAProxy's spread-checks and Envoy's health-check jitter spread
-  // theirs): thousands of registrations PINGed in one burst stalled every request behind it.
-  let tick = 0;
+  let round = 0;
   const timer = input.clock.setInterval(() => {
-    const slice = tick % PING_SLICES;
-    const round = (tick - slice) / PING_SLICES;
-    tick++;
     // A server that is down takes no traffic whatever its registration says: its registration is checked every fourth round only.
-    const quiet = round % DOWN_PING_EVERY !== 0;
+    const quiet = round++ % DOWN_PING_EVERY !== 0;
     for (const entry of input.servers.values()) {
       const peer = entry.registration;
-      if (!peer || peer.conn.closed || peer.conn.id % PING_SLICES !== slice) continue;
+      if (!peer || peer.conn.closed) continue;
       if (quiet && entry.traffic.phase === 'down') continue;
       if (peer.missedPings >= input.misses) {
         sendBack({ type: 'MISSED_PINGS', peer, misses: peer.missedPings });
@@ -290,7 +282,7 @@ export const pinger = fromCallback<ProxyEvent, { servers: Map<string, Member>; c
       peer.missedPings++;
       peer.conn.send({ type: MsgType.PING, seq: 0 });
     }
-  }, input.every / PING_SLICES);
+  }, input.every);
   return () => timer.cancel();
 });
 

@@ -61,7 +61,7 @@ export const NUMBERS = {
   queue_limit: { option: 'queueLimit', unit: 'n', min: 0, reload: 'live', doc: 'requests one policy may hold waiting for a server with room; beyond it OVERLOADED' },
   idle_timeout: { option: 'idleTimeoutMs', unit: 'ms', min: 0, reload: 'new', doc: 'close client connections silent this long (0 = never); registrations are watched by PINGs instead' },
   frame_timeout: { option: 'frameTimeoutMs', unit: 'ms', min: 0, reload: 'new', doc: 'a frame begun must be complete within this time (0 = no limit)' },
-  ping_interval: { option: 'pingIntervalMs', unit: 'ms', min: 10, reload: 'live', doc: 'PING each server on its registration connection this often (a round is spread over the interval)' },
+  ping_interval: { option: 'pingIntervalMs', unit: 'ms', min: 10, reload: 'live', doc: 'PING each server on its registration connection this often' },
   ping_misses: { option: 'pingMisses', unit: 'n', min: 1, reload: 'live', doc: 'missed PONGs after which a server is removed' },
   probe_initial: { option: 'probeInitialMs', unit: 'ms', min: 1, reload: 'live', doc: 'first wait before probing a server that went down; doubles per failed probe' },
   probe_max: { option: 'probeMaxMs', unit: 'ms', min: 1, reload: 'live', doc: 'longest wait between probes of a server that is down' },
