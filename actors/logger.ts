@@ -332,14 +332,12 @@ export interface DestinationOptions {
   /** Largest backlog held for a slow reader (bytes); past it, lines are dropped and counted. Default 4 MiB. */
   maxBytes?: number;
   /**
-   * Hold lines until this many bytes are waiting or `holdMs` has passed since
-   * the first of them (as nginx's `buffer=`/`flush=` and Envoy's access log
-   * flush interval do): fewer, larger writes. Default 0: every turn of the
-   * event loop writes what it logged.
+   * Hold lines until `bytes` are waiting or `ms` have passed since the first
+   * of them (as nginx's `buffer=`/`flush=` and Envoy's access log flush
+   * interval do): fewer, larger writes. Absent: every turn of the event loop
+   * writes what it logged.
    */
-  holdBytes?: number;
-  /** With `holdBytes`: the longest a line waits (ms). Default 1000. */
-  holdMs?: number;
+  hold?: { bytes: number; ms: number };
 }
 
 /**
@@ -414,12 +412,12 @@ export class Destination {
 
   /** One more line is in `bytes`. */
   wrote(): void {
-    const hold = this.opts.holdBytes;
+    const hold = this.opts.hold;
     if (this.lines++ === 0) {
       if (!hold) setImmediate(this.flushPending);
-      else if (!this.holdTimer) this.holdTimer = setTimeout(this.holdExpired, this.opts.holdMs ?? 1000).unref();
+      else if (!this.holdTimer) this.holdTimer = setTimeout(this.holdExpired, hold.ms).unref();
     }
-    if (hold && this.pending.length >= hold) this.flushPending();
+    if (hold && this.pending.length >= hold.bytes) this.flushPending();
   }
 
   private holdTimer?: NodeJS.Timeout;

@@ -95,11 +95,11 @@ function millis(b: Buffer, at: number, ms: number): number {
  * under load, which cost more than making the lines; a write still costs the
  * event loop about 50 us (handing it to the thread), so fewer is better.
  */
-export const ACCESS_LOG_HOLD = { holdBytes: 256 * 1024, holdMs: 1000 } as const;
+export const ACCESS_LOG_HOLD = { bytes: 256 * 1024, ms: 1000 } as const;
 
 /** A file access log's `Destination` options for `log.access_log_flush` (ms; 0: write every turn, hold nothing). */
-export function accessLogHold(flushMs: number = ACCESS_LOG_HOLD.holdMs): { holdBytes?: number; holdMs?: number } {
-  return flushMs === 0 ? {} : { holdBytes: ACCESS_LOG_HOLD.holdBytes, holdMs: flushMs };
+export function accessLogHold(flushMs: number = ACCESS_LOG_HOLD.ms): { hold?: { bytes: number; ms: number } } {
+  return flushMs === 0 ? {} : { hold: { bytes: ACCESS_LOG_HOLD.bytes, ms: flushMs } };
 }
 
 /** Room a text line needs beyond its cached parts: the time, two numbers, and slack. */
@@ -107,6 +107,8 @@ const LINE_SLACK = 64;
 
 export class AccessLog implements ProxyObserver {
   private lastMs = 0;
+  /** The time of this turn's lines, as text (JSON lines) and as its bytes (text lines). */
+  private lastIso = '';
   private lastTime = Buffer.alloc(0);
   private readonly clients = new WeakMap<Peer, ClientPart>();
   private readonly servers = new Map<string | undefined, Buffer>();
@@ -119,21 +121,21 @@ export class AccessLog implements ProxyObserver {
   ) {}
 
   /**
-   * The ISO time, read once per turn of the event loop (the lines of one turn
-   * share it; reading the clock for every line cost 60 ns of the 250 a line
-   * takes) and made once per millisecond.
+   * Brings `lastIso` and `lastTime` to this turn's time: read once per turn of
+   * the event loop (the lines of one turn share it; reading the clock for
+   * every line cost 60 ns of the 250 a line takes), made once per millisecond.
    */
-  private time(): Buffer {
+  private readTime(): void {
     if (!this.timeRead) {
       this.timeRead = true;
       setImmediate(this.timeStale);
       const now = Date.now();
       if (now !== this.lastMs) {
         this.lastMs = now;
-        this.lastTime = Buffer.from(new Date(now).toISOString(), 'latin1');
+        this.lastIso = new Date(now).toISOString();
+        this.lastTime = Buffer.from(this.lastIso, 'latin1');
       }
     }
-    return this.lastTime;
   }
   private timeRead = false;
   private readonly timeStale = (): void => {
@@ -148,8 +150,9 @@ export class AccessLog implements ProxyObserver {
 
   private json(policy: string, member: string | undefined, outcome: string, latencyMs: number, req: ProxyRequest, tries: number): void {
     const m = req.msg;
+    this.readTime();
     const rec: AccessRecord = {
-      time: this.time().toString('latin1'),
+      time: this.lastIso,
       client: m.srcid,
       addr: req.client.conn.describe(),
       policy,
@@ -171,7 +174,8 @@ export class AccessLog implements ProxyObserver {
       client = { srcid: m.srcid, policy, bytes: Buffer.from(text) };
       this.clients.set(req.client, client);
     }
-    const time = this.time();
+    this.readTime();
+    const time = this.lastTime;
     const who = client.bytes;
     const server = cached(this.servers, member, serverPart);
     const middle = cached(this.tries, tries, triesPart);

@@ -48,7 +48,7 @@ function proxyOptions(): Option[] {
     new Option('--no-color', 'plain text even on a terminal'),
     new Option('--log-summary-interval <ms>', 'repeated conditions (refusals, retries) and dropped log lines are summarised once per this interval (default: 5000)').argParser(parseIntOption('--log-summary-interval', 100)),
     new Option('--access-log <file>', "one line per request (time, client and address, policy, server, seq, tries, latency, outcome): '-' for stdout, or a file, reopened on SIGHUP (default: off)"),
-    new Option('--access-log-flush <ms>', `a file access log holds its lines for fewer, larger writes: it writes at least this often, and whenever ${ACCESS_LOG_HOLD.holdBytes / 1024} KiB wait; 0 writes every turn of the event loop (default: ${ACCESS_LOG_HOLD.holdMs})`).argParser(parseIntOption('--access-log-flush', 0)),
+    new Option('--access-log-flush <ms>', `a file access log holds its lines for fewer, larger writes: it writes at least this often, and whenever ${ACCESS_LOG_HOLD.bytes / 1024} KiB wait; 0 writes every turn of the event loop (default: ${ACCESS_LOG_HOLD.ms})`).argParser(parseIntOption('--access-log-flush', 0)),
     new Option('--admin <host:port>', 'serve /healthz, /readyz and /metrics on HOST:PORT (default: off)').argParser((v) => {
       if (!parseHostPort(v)) throw new InvalidArgumentError(`--admin takes HOST:PORT (e.g. 127.0.0.1:9100) or a port, got '${v}'`);
       return v;

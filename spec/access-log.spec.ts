@@ -78,18 +78,18 @@ test('text lines in bytes read exactly as the same lines formatted by JavaScript
   }
 });
 
-test('a held log writes once holdBytes wait or holdMs have passed, and nothing is lost at the end', async ({ dir }) => {
+test('a held log writes once its bytes wait or its time has passed, and nothing is lost at the end', async ({ dir }) => {
   const file = join(dir, 'held.log');
-  const dest = new Destination({ to: file, holdBytes: 4096, holdMs: 1000 });
+  const dest = new Destination({ to: file, hold: { bytes: 4096, ms: 1000 } });
   await dest.ready();
   const size = () => readFileSync(file).length;
   dest.write('one short line\n');
   await sleep(100);
   assert.is(size(), 0, 'a short line waits');
-  await eventually(() => size() === 15, 3000, 'written once holdMs passed');
+  await eventually(() => size() === 15, 3000, 'written once its time passed');
   const line = `${'x'.repeat(99)}\n`;
-  for (let i = 0; i < 41; i++) dest.write(line); // 4100 bytes: past holdBytes
-  await eventually(() => size() === 15 + 4100, 1000, 'written once holdBytes wait');
+  for (let i = 0; i < 41; i++) dest.write(line); // 4100 bytes: past its bytes
+  await eventually(() => size() === 15 + 4100, 1000, 'written once its bytes wait');
   for (let i = 0; i < 3; i++) dest.write(line);
   await dest.end();
   assert.is(size(), 15 + 4400, 'end writes what was held');
