@@ -11,8 +11,15 @@
  * The proxy runs with its defaults (log level info), three servers of one
  * policy (`revproxy server`), four client connections with 32 requests in
  * flight each. Results go to bench/results/soak-<time>.json.
+ *
+ * With `--access-log` the proxy also writes its access log (text) to the
+ * logs folder, and the soak rotates it as logrotate does every `--rotate`
+ * seconds (rename, then SIGHUP): each rotated file is checked (whole lines,
+ * the format) and its lines counted, then deleted. At the end the lines must
+ * number the requests answered (the load's and the soak's probes'), none
+ * lost or doubled across the rotations.
  */
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { createReadStream, existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -24,13 +31,16 @@ const { values } = parseArgs({
     minutes: { type: 'string', default: '10' },
     stall: { type: 'string', default: '10' },
     window: { type: 'string', default: '10' },
+    'access-log': { type: 'boolean', default: false },
+    rotate: { type: 'string', default: '60' },
   },
 });
 const minutes = Number(values.minutes);
 const stallS = Number(values.stall);
 const windowS = Number(values.window);
-if (!(minutes > 0) || !(stallS >= 0) || !(windowS > 0)) {
-  console.error('usage: npx tsx bench/soak.ts [--minutes N] [--stall SECONDS] [--window SECONDS]');
+const rotateS = Number(values.rotate);
+if (!(minutes > 0) || !(stallS >= 0) || !(windowS > 0) || !(rotateS > 0)) {
+  console.error('usage: npx tsx bench/soak.ts [--minutes N] [--stall SECONDS] [--window SECONDS] [--access-log [--rotate SECONDS]]');
   process.exit(2);
 }
 
@@ -48,16 +58,45 @@ interface Row {
 }
 
 const POLICY = 'SOAK';
+/** The load generator's own failure codes (bench/loadgen.ts): no answer came from the proxy. */
+const LOCAL_CODES = new Set(['CONNECT_FAILED', 'CONNECTION_LOST', 'NO_ANSWER', 'UNEXPECTED_ANSWER']);
+
+/** What a text access line looks like (admin/access-log.ts; spec/access-log.spec.ts checks every field). */
+const ACCESS_LINE = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z client=\S+ addr=\S+ policy=SOAK server=\S+ seq=\d+ tries=\d+ latency_ms=[\d.]+ outcome=\S+$/;
+
+/** A rotated access log: its lines counted, its first and last line checked, and whether it ends with a whole line. */
+async function countLines(file: string): Promise<{ lines: number; whole: boolean; bad: string[] }> {
+  let lines = 0;
+  let first = '';
+  let tail = Buffer.alloc(0);
+  for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) {
+    for (let i = chunk.indexOf(10); i !== -1; i = chunk.indexOf(10, i + 1)) lines++;
+    if (!first) first = chunk.subarray(0, chunk.indexOf(10) === -1 ? chunk.length : chunk.indexOf(10)).toString();
+    tail = Buffer.concat([tail, chunk]).subarray(-512);
+  }
+  const whole = tail.length === 0 || tail[tail.length - 1] === 10;
+  const last = tail.toString().split('\n').at(whole ? -2 : -1) ?? '';
+  const bad = [first, last].filter((l) => l && !ACCESS_LINE.test(l));
+  return { lines, whole, bad };
+}
 
 async function main(): Promise<void> {
   const port = await freePort();
   // Each process's log goes to a file of its own, kept after the run: a soak that goes wrong is read there.
   const logs = mkdtempSync(join(tmpdir(), 'revproxy-soak-'));
-  const proxy = spawnRevproxy('proxy', ['proxy', '--port', String(port), '--log-level', 'info'], undefined, join(logs, 'proxy.log'));
+  const accessLog = values['access-log'] ? join(logs, 'access.log') : undefined;
+  const proxy = spawnRevproxy('proxy', ['proxy', '--port', String(port), '--log-level', 'info', ...(accessLog ? ['--access-log', accessLog] : [])], undefined, join(logs, 'proxy.log'));
   await waitForPort(port, proxy);
   const servers = ['1', '2', '3'].map((id) => spawnRevproxy(`server ${id}`, ['server', '--id', id, '--pp', POLICY, '--listen', '0', '--revproc', String(port)], undefined, join(logs, `server-${id}.log`)));
+  // Requests the soak itself sends (probes): the access log has a line for each, too.
+  let probed = 0;
+  const probeAll = async (): Promise<Set<string>> => {
+    const seen = await probe(port, POLICY, 6);
+    probed += 6;
+    return seen;
+  };
   for (let i = 0; i < 50; i++) {
-    if ((await probe(port, POLICY, 6)).size === 3) break;
+    if ((await probeAll()).size === 3) break;
     await new Promise((r) => setTimeout(r, 200));
   }
   const rows: Row[] = [];
@@ -68,8 +107,35 @@ async function main(): Promise<void> {
   let lastCpu = cpuSeconds(proxy.pid);
   console.log(`soak: ${minutes} min through the proxy on ${HOST}:${port}, 3 servers, 4 connections x 32 in flight${stallS ? `, server 2 stopped for ${stallS} s at ${minutes / 2} min` : ''}; logs in ${logs}`);
   console.log('  time   req/s     errors                 p99 ms   max ms   RSS MB  CPU');
+  // The access log's rotations: what each rotated file held, and any fault found in one.
+  const access = { lines: 0, files: 0, faults: [] as string[] };
+  let nextRotation = t0 + rotateS * 1000;
+  const rotation = async (): Promise<void> => {
+    const file = `${accessLog}.${access.files + 1}`;
+    renameSync(accessLog!, file);
+    proxy.proc.kill('SIGHUP');
+    // The proxy writes what it holds to the renamed file, then opens a new one (admin/access-log.ts).
+    for (let i = 0; i < 100 && !existsSync(accessLog!); i++) await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, 2000));
+    access.files++;
+    await tally(file);
+  };
+  const tally = async (file: string): Promise<void> => {
+    const c = await countLines(file);
+    access.lines += c.lines;
+    if (!c.whole) access.faults.push(`${file} ends inside a line`);
+    for (const l of c.bad) access.faults.push(`${file}: not an access line: ${l.slice(0, 200)}`);
+    rmSync(file);
+  };
+  let rotating: Promise<void> = Promise.resolve();
   while (Date.now() < end) {
     let note = '';
+    if (accessLog && Date.now() >= nextRotation) {
+      nextRotation += rotateS * 1000;
+      // Beside the load, as logrotate runs beside traffic.
+      rotating = rotating.then(rotation).catch((err: Error) => void access.faults.push(`rotation failed: ${err.message}`));
+      note = 'access log rotated (rename, SIGHUP)';
+    }
     if (stalled === 'before' && Date.now() >= stallAt) {
       servers[1]!.proc.kill('SIGSTOP');
       stalled = 'now';
@@ -94,18 +160,34 @@ async function main(): Promise<void> {
   const errors: Record<string, number> = {};
   for (const r of rows) for (const [k, v] of Object.entries(r.errors)) errors[k] = (errors[k] ?? 0) + v;
   const wrong = rows.reduce((n, r) => n + r.wrongHash, 0);
-  const members = await probe(port, POLICY, 6);
+  const members = await probeAll();
+  const departures = proxy.tail().split('\n').filter((l) => /left privacy policy/.test(l));
+  await rotating;
+  const stopping = [proxy.stop(), ...servers.map((s) => s.stop())];
+  await Promise.all(stopping);
+  let accessLine = '';
+  if (accessLog) {
+    // Stopped: the proxy wrote every held line before it exited.
+    await tally(accessLog);
+    access.files++;
+    // Every answer the proxy gave has a line; failures the load saw on its side (no answer at all) have none.
+    const theirs = Object.entries(errors).filter(([code]) => !LOCAL_CODES.has(code)).reduce((n, [, v]) => n + v, 0);
+    const answeredAll = rows.reduce((n, r) => n + r.ok + r.wrongHash, 0) + theirs + probed;
+    accessLine = `access log: ${access.lines.toLocaleString('en')} lines in ${access.files} files for ${answeredAll.toLocaleString('en')} requests answered (${probed} of them probes)${access.lines === answeredAll ? ', one each' : `, ${(access.lines - answeredAll).toLocaleString('en')} off`}; ${access.faults.length ? `faults: ${access.faults.join('; ')}` : 'every file ended with a whole line'}`;
+    Object.assign(access, { answered: answeredAll });
+  }
   const summary = {
     minutes, answered, errors, wrongHash: wrong, rssMB: { first: rows[0]?.rssMB, max: Math.max(...rows.map((r) => r.rssMB)), last: rows.at(-1)?.rssMB },
-    serversAnsweringAtEnd: [...members].sort(), departures: proxy.tail().split('\n').filter((l) => /left privacy policy/.test(l)),
+    serversAnsweringAtEnd: [...members].sort(), departures,
+    ...(accessLog ? { accessLog: access } : {}),
   };
   console.log(`\n${answered.toLocaleString('en')} answered, errors: ${JSON.stringify(errors)}, wrong hashes: ${wrong}; RSS ${summary.rssMB.first} MB first, ${summary.rssMB.max} MB at most, ${summary.rssMB.last} MB last; servers answering at the end: ${summary.serversAnsweringAtEnd.join(', ')}`);
   const dir = join(import.meta.dirname, 'results');
   mkdirSync(dir, { recursive: true });
   const file = join(dir, `soak-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
   writeFileSync(file, JSON.stringify({ summary, rows }, null, 2));
+  if (accessLine) console.log(accessLine);
   console.log(`results: ${file}`);
-  await Promise.all([proxy.stop(), ...servers.map((s) => s.stop())]);
 }
 
 main()
