@@ -17,7 +17,8 @@
  * seconds (rename, then SIGHUP): each rotated file is checked (whole lines,
  * the format) and its lines counted, then deleted. At the end the lines must
  * number the requests answered (the load's and the soak's probes'), none
- * lost or doubled across the rotations.
+ * lost or doubled across the rotations; the soak exits 1 when they do not,
+ * and keeps any file found faulty.
  */
 import { createReadStream, existsSync, mkdirSync, mkdtempSync, renameSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
@@ -126,6 +127,8 @@ async function main(): Promise<void> {
     access.lines += c.lines;
     if (!c.whole) access.faults.push(`${file} ends inside a line`);
     for (const l of c.bad) access.faults.push(`${file}: not an access line: ${l.slice(0, 200)}`);
+    // A file with a fault is kept, to be read.
+    if (!c.whole || c.bad.length) return;
     // Off the event loop: unlinking a file of hundreds of MB takes the file system 0.1-0.2 s,
     // which the load generator in this process would have counted as the proxy's latency.
     await rm(file);
@@ -178,6 +181,7 @@ async function main(): Promise<void> {
     const answeredAll = rows.reduce((n, r) => n + r.ok + r.wrongHash, 0) + theirs + probed;
     accessLine = `access log: ${access.lines.toLocaleString('en')} lines in ${access.files} files for ${answeredAll.toLocaleString('en')} requests answered (${probed} of them probes)${access.lines === answeredAll ? ', one each' : `, ${(access.lines - answeredAll).toLocaleString('en')} off`}; ${access.faults.length ? `faults: ${access.faults.join('; ')}` : 'every file ended with a whole line'}`;
     Object.assign(access, { answered: answeredAll });
+    if (access.lines !== answeredAll || access.faults.length) process.exitCode = 1;
   }
   const summary = {
     minutes, answered, errors, wrongHash: wrong, rssMB: { first: rows[0]?.rssMB, max: Math.max(...rows.map((r) => r.rssMB)), last: rows.at(-1)?.rssMB },
