@@ -12,6 +12,7 @@
 import { closeSync, mkdirSync, openSync, readFileSync, statSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { LEVELS, type Level } from '../actors/logger.js';
+import { ACCESS_LOG_HOLD } from '../admin/access-log.js';
 import { resolveOptions, type Opts, type ProxyOptions } from '../actors/proxy-options.js';
 import { LocalCode, RevproxyError } from '../transport/errors.js';
 import { loadTokens, tlsFromFlags, whyUnreadable } from './files.js';
@@ -133,7 +134,7 @@ const otherFields = {
     color: opt(flag, 'colour text lines on a terminal'),
     summary_interval: opt(whole('milliseconds between summary lines', 100), 'repeated conditions and dropped lines are summarised this often'),
     access_log: opt(path, "one line per request: '-' for stdout, or a file (reopened on SIGHUP)"),
-    access_log_flush: opt(whole('milliseconds a file access log may hold its lines'), 'a file access log writes at least this often, and whenever 256 KiB wait; 0 writes every turn'),
+    access_log_flush: opt(whole('milliseconds a file access log may hold its lines'), `a file access log writes at least this often, and whenever ${ACCESS_LOG_HOLD.bytes / 1024} KiB wait; 0 writes every turn`),
   }), 'logging'),
   admin: opt(object('admin', {
     listen: opt(hostPort, 'HOST:PORT of /healthz, /readyz and /metrics'),
