@@ -1,0 +1,74 @@
+/**
+ * What one XState event costs on this machine, hot (the same actor, in a
+ * loop): the floor under every transition the proxy makes. Rows: a machine
+ * with one state and one action (the least an event can cost); the pool
+ * machine's ROUTE with one request (one at a time: one event per request)
+ * and with batches of 8 and 32 (pipelined: one event per read's batch), per
+ * request; and the same round-robin pick as a plain loop, without a machine.
+ * One process, no sockets: nanoseconds of CPU time (user + system) per
+ * request, best of the rounds. One at a time, with cold caches between
+ * requests, an event costs more than this.
+ *
+ *   npx tsx bench/xstate-cost.ts [--rounds 5] [--events 1000000]
+ */
+import { parseArgs } from 'node:util';
+import { createActor, setup } from 'xstate';
+import { poolMachine } from '../actors/pool.js';
+
+const { values } = parseArgs({ options: { rounds: { type: 'string', default: '5' }, events: { type: 'string', default: '1000000' } } });
+const rounds = Number(values.rounds);
+const events = Number(values.events);
+
+let delivered = 0;
+
+/** CPU nanoseconds per request of `run(n)`, which handles `n` requests; best of the rounds. */
+function measure(run: (n: number) => void): number {
+  run(Math.min(events, 100_000));
+  let best = Infinity;
+  for (let r = 0; r < rounds; r++) {
+    const t0 = process.cpuUsage();
+    run(events);
+    const t = process.cpuUsage(t0);
+    best = Math.min(best, ((t.user + t.system) * 1000) / events);
+  }
+  return best;
+}
+
+const oneState = createActor(
+  setup({ actions: { count: () => void delivered++ } }).createMachine({ on: { E: { actions: 'count' } } }),
+).start();
+
+function pool() {
+  const actor = createActor(poolMachine, { input: { policy: '111', deliver: () => void delivered++, unrouted: () => {}, eligible: () => true } }).start();
+  for (const id of ['s1', 's2', 's3', 's4']) actor.send({ type: 'JOIN', id });
+  return actor;
+}
+const pooled = pool();
+
+function routeIn(batch: number) {
+  const requests = Array.from({ length: batch }, (_, i) => i);
+  return (n: number): void => {
+    for (let i = 0; i < n; i += batch) pooled.send({ type: 'ROUTE', requests });
+  };
+}
+
+const members = ['s1', 's2', 's3', 's4'];
+let cursor = 0;
+const rows: Array<[string, (n: number) => void]> = [
+  ['one-state machine, one action: an event', (n) => {
+    for (let i = 0; i < n; i++) oneState.send({ type: 'E' });
+  }],
+  ['pool ROUTE, 1 request an event (one at a time)', routeIn(1)],
+  ['pool ROUTE, 8 requests an event', routeIn(8)],
+  ['pool ROUTE, 32 requests an event (a pipelined read)', routeIn(32)],
+  ['the same pick as a plain loop, no machine', (n) => {
+    for (let i = 0; i < n; i++) {
+      cursor = cursor + 1 >= members.length ? 0 : cursor + 1;
+      if (members[cursor]) delivered++;
+    }
+  }],
+];
+
+console.log(`xstate per-event cost, ns of CPU per request, best of ${rounds} rounds of ${events.toLocaleString('en')} requests`);
+for (const [label, run] of rows) console.log(`${label.padEnd(52)} ${measure(run).toFixed(0).padStart(6)} ns`);
+if (delivered === 0) throw new Error('nothing was delivered');
