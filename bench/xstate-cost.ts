@@ -13,6 +13,7 @@
  */
 import { parseArgs } from 'node:util';
 import { createActor, setup } from 'xstate';
+import { silentLogger, startProxy } from '../actors/index.js';
 import { poolMachine } from '../actors/pool.js';
 
 const { values } = parseArgs({ options: { rounds: { type: 'string', default: '5' }, events: { type: 'string', default: '1000000' } } });
@@ -52,11 +53,16 @@ function routeIn(batch: number) {
   };
 }
 
+const proxy = await startProxy({ host: '127.0.0.1', port: 0, logger: silentLogger });
+
 const members = ['s1', 's2', 's3', 's4'];
 let cursor = 0;
 const rows: Array<[string, (n: number) => void]> = [
   ['one-state machine, one action: an event', (n) => {
     for (let i = 0; i < n; i++) oneState.send({ type: 'E' });
+  }],
+  ['proxy FORWARD, empty: an event', (n) => {
+    for (let i = 0; i < n; i++) proxy.actor.send({ type: 'FORWARD', batches: [] });
   }],
   ['pool ROUTE, 1 request an event (one at a time)', routeIn(1)],
   ['pool ROUTE, 8 requests an event', routeIn(8)],
@@ -71,4 +77,5 @@ const rows: Array<[string, (n: number) => void]> = [
 
 console.log(`xstate per-event cost, ns of CPU per request, best of ${rounds} rounds of ${events.toLocaleString('en')} requests`);
 for (const [label, run] of rows) console.log(`${label.padEnd(52)} ${measure(run).toFixed(0).padStart(6)} ns`);
+await proxy.stop();
 if (delivered === 0) throw new Error('nothing was delivered');
