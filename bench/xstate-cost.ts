@@ -1,15 +1,16 @@
 /**
  * What one XState event costs on this machine, hot (the same actor, in a
  * loop): the floor under every transition the proxy makes. Rows: a machine
- * with one state and one action (the least an event can cost); the pool
- * machine's ROUTE with one request (one at a time: one event per request)
- * and with batches of 8 and 32 (pipelined: one event per read's batch), per
- * request; and the same round-robin pick as a plain loop, without a machine.
- * One process, no sockets: nanoseconds of CPU time (user + system) per
- * request, best of the rounds, and bytes allocated per request (what V8's
- * young generation grew by over 256 requests, the median of 31 tries: a try
- * a collection cut short is skipped). One at a time, with cold caches between
- * requests, an event costs more than this.
+ * with one state and one action (the least an event can cost); the proxy
+ * machine's FORWARD with an empty batch (a proxy listening on a free loopback
+ * port, no servers); the pool machine's ROUTE with one request (one at a
+ * time: one event per request) and with batches of 8 and 32 (pipelined: one
+ * event per read's batch), per request; and the same round-robin pick as a
+ * plain loop, without a machine. One process, no traffic: nanoseconds of CPU
+ * time (user + system) per request, best of the rounds, and bytes allocated
+ * per request (what V8's young generation grew by over 256 requests, the
+ * median of 31 tries: a try a collection cut short is skipped). One at a
+ * time, with cold caches between requests, an event costs more than this.
  *
  *   npx tsx bench/xstate-cost.ts [--rounds 5] [--events 1000000]
  */
