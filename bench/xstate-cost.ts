@@ -58,9 +58,12 @@ const oneState = createActor(
   setup({ actions: { count: () => void delivered++ } }).createMachine({ on: { E: { actions: 'count' } } }),
 ).start();
 
+/** The pool's members, and the plain loop's. */
+const members = ['s1', 's2', 's3', 's4'];
+
 function pool() {
   const actor = createActor(poolMachine, { input: { policy: '111', deliver: () => void delivered++, unrouted: () => {}, eligible: () => true } }).start();
-  for (const id of ['s1', 's2', 's3', 's4']) actor.send({ type: 'JOIN', id });
+  for (const id of members) actor.send({ type: 'JOIN', id });
   return actor;
 }
 const pooled = pool();
@@ -74,7 +77,6 @@ function routeIn(batch: number) {
 
 const proxy = await startProxy({ host: '127.0.0.1', port: 0, logger: silentLogger });
 
-const members = ['s1', 's2', 's3', 's4'];
 let cursor = 0;
 const rows: Array<[string, (n: number) => void]> = [
   ['one-state machine, one action: an event', (n) => {
