@@ -17,7 +17,7 @@ export async function measureCell(plan: WorkloadPlan, s: CellSubject, round: num
     const watch = new ProcWatch({ underTest: stage.underTest === undefined ? [] : [stage.underTest], servers: stage.servers, loadgen: [process.pid] }, stage.underTest);
     const result = await runLoad({ ...plan.load, ...stage.load, target: stage.endpoint, live, window: { start: () => watch.windowStart(), end: () => watch.windowEnd() } });
     const w = watch.finish();
-    const answers = result.latency.count;
+    const answers = result.answered;
     const perRequest = (group: string): number | undefined => (answers ? (w.cpu[group]! * 1e6) / answers : undefined);
     return {
       workload: plan.workload,

@@ -10,6 +10,10 @@
  * fixed time, sent then (or as soon as the connection has room), and its
  * latency counts from when it was due, so a stalled target cannot hide the
  * requests it kept from being sent.
+ *
+ * Requests/s counts the answers that come in the measured window; the
+ * latencies are those of the requests sent in it, answered in it or in the
+ * drain after it (the slowest answers come last).
  */
 import { createHash } from 'node:crypto';
 import type { Socket } from 'node:net';
@@ -42,7 +46,7 @@ export interface LoadOptions {
   durationMs?: number;
   /** ...or send exactly this many requests in all, then stop. */
   requests?: number;
-  /** Answers during this first part are not counted (the run is `warmupMs + durationMs` long). */
+  /** Requests sent in this first part are not measured, nor answers that come in it (the run is `warmupMs + durationMs` long). */
   warmupMs?: number;
   /** Connects in progress at once while opening connections (default 256). */
   connectConcurrency?: number;
@@ -80,9 +84,17 @@ export interface LoadResult {
   firstError: Record<string, string>;
   /** Length of the measured window (after warm-up). */
   windowMs: number;
+  /** Right answers that came in the window (what `rps` counts; the CPU read over the window is per one of these). */
+  answered: number;
   /** Right answers per second in the window. */
   rps: number;
-  /** Latencies of right answers in the window, ms (per-request mode: connect included; open loop: from when each request was due). */
+  /**
+   * Latencies of the right answers to the requests sent in the window, ms
+   * (per-request mode: connect included; open loop: from when each request
+   * was due). Answers that come after the window, while the run waits for
+   * the last ones, count too: they are the slowest, and an open loop must not
+   * leave out the requests a stalled target held back longest.
+   */
   latency: LatencySummary;
 }
 
@@ -135,7 +147,13 @@ class Run {
   open = 0;
   peakOpen = 0;
   inflight = 0;
+  /** Answers come in the measured window. */
   measuring = false;
+  /** Right answers that came in the window. */
+  inWindow = 0;
+  /** The window, by send time (open loop: due time): a request sent in it has its latency recorded, whenever it is answered. */
+  windowFrom = Infinity;
+  windowTo = Infinity;
   stopped = false;
   /** Counts sends and answers, so a wait can tell a slow run from a stuck one. */
   progress = 0;
@@ -190,12 +208,14 @@ class Run {
     this.fail('CONNECT_FAILED', 1, `${err.code ?? err.message} ${ep.host}:${ep.port}`);
   }
 
-  answered(ok: boolean, latencyMs: number): void {
+  /** One answer to a request sent (open loop: due) at `sentAt`, `latencyMs` after. */
+  answered(ok: boolean, latencyMs: number, sentAt: number): void {
     this.inflight--;
     this.progress++;
     if (ok) {
       this.ok++;
-      if (this.measuring) this.hist.record(latencyMs);
+      if (this.measuring) this.inWindow++;
+      if (sentAt >= this.windowFrom && sentAt < this.windowTo) this.hist.record(latencyMs);
       if (this.opts.live) this.opts.live.answered++;
     }
     this.checkDone();
@@ -357,12 +377,12 @@ class PipelinedConn {
     this.inflight--;
     if (m.type === MsgType.ERROR) {
       run.fail(String(m.code), 1, m.message);
-      run.answered(false, 0);
+      run.answered(false, 0, 0);
       return;
     }
     const right = m.payload === run.hashes[this.payloadOf[slot]!];
     if (!right) run.wrong();
-    run.answered(right, now - this.sentAt[slot]!);
+    run.answered(right, now - this.sentAt[slot]!, this.sentAt[slot]!);
   }
 
   close(): void {
@@ -389,7 +409,7 @@ function perRequestLoop(run: Run, ep: LoadEndpoint, done: () => void): void {
       if (settled) return;
       settled = true;
       socket.destroy();
-      if (ok === true || ok === false) run.answered(ok, performance.now() - started);
+      if (ok === true || ok === false) run.answered(ok, performance.now() - started, started);
       else run.lost(ok, 1);
       setImmediate(next);
     };
@@ -500,7 +520,8 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
     connected: run.peakOpen,
     firstError: run.firstError,
     windowMs,
-    rps: (latency.count / windowMs) * 1000,
+    answered: run.inWindow,
+    rps: (run.inWindow / windowMs) * 1000,
     latency,
   };
 }
@@ -510,6 +531,7 @@ async function measure(run: Run, warmupMs: number, durationMs?: number): Promise
   if (durationMs === undefined) {
     run.measuring = true;
     const started = performance.now();
+    run.windowFrom = -Infinity;
     await run.settled(run.opts.drainMs ?? 5000);
     return { started, ended: performance.now() };
   }
@@ -518,10 +540,13 @@ async function measure(run: Run, warmupMs: number, durationMs?: number): Promise
   run.measuring = true;
   run.opts.window?.start();
   const started = performance.now();
+  // Without a warm-up the first requests, sent as the run starts, belong to the window.
+  run.windowFrom = warmupMs > 0 ? started : -Infinity;
   await sleep(durationMs, run.opts.stop);
   run.measuring = false;
   run.stopped = true;
   const ended = performance.now();
+  run.windowTo = ended;
   run.opts.window?.end();
   if (before !== 0) throw new Error('latencies were recorded during the warm-up');
   return { started, ended };

@@ -147,7 +147,7 @@ function formatText(rep: LoadReport, f: LoadFlags): string {
     `  requests    ${fmt(rep.sent)} sent, ${fmt(rep.ok)} answered right${rep.wrongHash ? `, ${fmt(rep.wrongHash)} with a wrong hash` : ''}${failed ? `, ${fmt(failed)} failed` : ''}`,
     `  throughput  ${fmt(rep.rps)} requests/s over ${rep.seconds.toFixed(2)} s`,
     l.count
-      ? `  latency ms  p50 ${ms(l.p50)}  p90 ${ms(l.p90)}  p99 ${ms(l.p99)}  p99.9 ${ms(l.p999)}  max ${ms(l.max)}  (${fmt(l.count)} answers${rep.mode === 'open loop' ? ', from when each was due' : ''})`
+      ? `  latency ms  p50 ${ms(l.p50)}  p90 ${ms(l.p90)}  p99 ${ms(l.p99)}  p99.9 ${ms(l.p999)}  max ${ms(l.max)}  (${fmt(l.count)} requests of the window${rep.mode === 'open loop' ? ', from when each was due' : ''})`
       : '  latency     no answers measured',
   ];
   const problems = Object.entries(rep.errors)
@@ -216,9 +216,12 @@ export function loadCommand(setExit: (code: number) => void): Command {
     .addHelpText(
       'after',
       `
-Every answer's hash is checked. Latencies go into an HDR histogram (three
-significant digits): p50, p90, p99, p99.9 and max. Errors are counted by code
-with what each means. Ctrl-C stops sending and reports what was measured.
+Every answer's hash is checked. Requests/s counts the answers that came in the
+measured window (after --warmup). The latency of every request sent in the
+window goes into an HDR histogram (three significant digits), whether its answer
+came in the window or after it: p50, p90, p99, p99.9 and max. Errors are
+counted by code with what each means. Ctrl-C stops sending and reports what was
+measured.
 
 Exit status: 0 when every request was answered right, 1 when any failed or was
 answered wrong, 2 on a usage error.

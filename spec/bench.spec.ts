@@ -97,6 +97,19 @@ test('open loop: latency counts from when each request was due, so a 300 ms stal
   assert.ok(c.latency.p90 < o.latency.p90, `closed loop p90 ${c.latency.p90} ms against open ${o.latency.p90} ms`);
 });
 
+test('a run for a duration measures every request sent in its window, answered in it or after: a stalled target cannot hide the requests it held longest', async () => {
+  // 300 ms at 1,000/s: the stub answers the first 100 at once, then holds every answer for 400 ms, past the window's end.
+  const s = await stub({ stall: { after: 100, ms: 400 } });
+  const r = await runLoad({ target: () => ({ host: '127.0.0.1', port: s.port, policy: 'p' }), connections: 1, depth: 1000, durationMs: 300, rate: 1000 });
+  assert.is(r.ok, r.sent);
+  assert.ok(r.sent >= 250, `sent ${r.sent}`);
+  assert.is(r.latency.count, r.ok, 'every request of the window is in the latencies, the held ones too');
+  assert.ok(r.latency.max >= 300, `max ${r.latency.max} ms: the first held request waited about 400 ms`);
+  // Throughput counts the answers that came in the window: about the first 100.
+  assert.is(r.answered, Math.round((r.rps * r.windowMs) / 1000));
+  assert.ok(r.answered < r.ok / 2, `${r.answered} of ${r.ok} answered in the window`);
+});
+
 test('histogram quantiles are within 0.1% of the recorded values', async () => {
   await histogramsReady();
   const h = new LatencyHistogram();
@@ -145,7 +158,7 @@ function cell(workload: Row['workload'], subject: Row['subject'], round: number,
   const target = subject.split(':')[0] as Row['target'];
   return {
     workload, label: workload, subject, target, round, cpuUs: {},
-    result: { sent: 1000, ok: 1000, wrongHash: 0, errors: {}, firstError: {}, connected: 1, windowMs: 1000, rps, latency },
+    result: { sent: 1000, ok: 1000, wrongHash: 0, errors: {}, firstError: {}, connected: 1, windowMs: 1000, answered: 1000, rps, latency },
     ...extra,
   };
 }
