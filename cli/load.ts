@@ -52,9 +52,11 @@ export interface LoadReport {
   connected: number;
   /** The measured window, seconds. */
   seconds: number;
-  /** Right answers per second in the window. */
+  /** Right answers that came in the window. */
+  answered: number;
+  /** Right answers per second in the window (`answered` / `seconds`). */
   rps: number;
-  /** Latency of the right answers in the window, milliseconds (open loop: from when each request was due). */
+  /** Latency of the right answers to the requests sent in the window, answered in it or after, milliseconds (open loop: from when each request was due). */
   latencyMs: LoadResult['latency'];
 }
 
@@ -132,6 +134,7 @@ export function loadReport(r: LoadResult, f: LoadFlags): LoadReport {
     firstError: r.firstError,
     connected: r.connected,
     seconds: r.windowMs / 1000,
+    answered: r.answered,
     rps: r.rps,
     latencyMs: r.latency,
   };

@@ -44,7 +44,7 @@ test('a fixed count through the proxy: every request answered right, counted onc
   const j = r.json!;
   assert.equal(
     Object.keys(j).sort(),
-    ['connected', 'connections', 'durationS', 'errors', 'firstError', 'inflight', 'latencyMs', 'mode', 'ok', 'policies', 'rate', 'requests', 'rps', 'seconds', 'sent', 'targets', 'warmupS', 'wrongHash'].sort(),
+    ['answered', 'connected', 'connections', 'durationS', 'errors', 'firstError', 'inflight', 'latencyMs', 'mode', 'ok', 'policies', 'rate', 'requests', 'rps', 'seconds', 'sent', 'targets', 'warmupS', 'wrongHash'].sort(),
   );
   assert.is(j.sent, 2000);
   assert.is(j.ok, 2000);
@@ -57,6 +57,8 @@ test('a fixed count through the proxy: every request answered right, counted onc
   assert.equal(j.targets, [`127.0.0.1:${proxyPort}`]);
   const l = j.latencyMs;
   assert.is(l.count, 2000);
+  // A fixed count's window lasts until its last answer: every answer came in it.
+  assert.is(j.answered, 2000);
   assert.ok(l.p50 > 0 && l.p50 <= l.p90 && l.p90 <= l.p99 && l.p99 <= l.p999 && l.p999 <= l.max, JSON.stringify(l));
   assert.ok(j.rps > 0 && j.seconds > 0);
 });
