@@ -147,7 +147,7 @@ class Run {
   open = 0;
   peakOpen = 0;
   inflight = 0;
-  /** Answers come in the measured window. */
+  /** Whether the measured window is open (answers now count towards requests/s). */
   measuring = false;
   /** Right answers that came in the window. */
   inWindow = 0;
