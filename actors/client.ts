@@ -15,7 +15,8 @@
  */
 import { assertEvent, assign, fromCallback, setup, type ActorRefFrom, type EventObject } from 'xstate';
 import { ErrorCode, LocalCode, RevproxyError, type ClientCode } from '../transport/errors.js';
-import { MsgType, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
+import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
+import { isIdValue, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
 import { describeTlsError, dial, readyEvent, type TlsMaterial } from '../transport/tls.js';
 import { systemClock, type Clock, type Timer } from '../transport/clock.js';
@@ -55,6 +56,8 @@ export interface ClientOptions {
   maxQueued?: number;
   /** `frames` (default), or `json`: the old wire, one request at a time, for the old Python proxy. */
   wire?: 'frames' | 'json';
+  /** Largest frame the proxy takes (its `--max-frame`, default 1 MiB): a request that would not fit is refused here, alone. */
+  maxFrameBytes?: number;
   /** Consecutive failed connection attempts before giving up on what is pending (default: 2 per proxy). */
   maxAttempts?: number;
   /** Pause before trying the next proxy (ms, default 100). */
@@ -86,6 +89,8 @@ interface Entry {
   readonly req: ClientRequest;
   readonly handle: RequestHandle;
   readonly arrived: number;
+  /** The payload's size in bytes, as sent in `payloadsize`. */
+  readonly size: number;
   timer?: Timer;
   /** Its seq on the current connection while in flight there. */
   seq?: number;
@@ -128,6 +133,7 @@ export class RequestBook {
     private readonly maxQueued: number,
     /** The old JSON wire: payloads must be text. */
     private readonly textOnly: boolean,
+    private readonly maxFrameBytes: number,
   ) {}
 
   /** Requests not settled yet. */
@@ -141,7 +147,15 @@ export class RequestBook {
 
   /** Take a request to send when the window has room (settled at once with CLIENT_OVERLOADED when the queue is full). */
   add(req: ClientRequest, handle: RequestHandle, expire: (handle: RequestHandle, ms: number) => Timer): void {
-    const entry: Entry = { req, handle, arrived: this.clock.now(), settled: false };
+    const { payload } = req;
+    const size = typeof payload === 'string' ? Buffer.byteLength(payload) : payload instanceof Uint8Array ? payload.length : -1;
+    const entry: Entry = { req, handle, arrived: this.clock.now(), size, settled: false };
+    // The proxy closes a connection that sends a message it cannot take, failing every request in flight on it.
+    const refused = refusal(req, size, this.maxFrameBytes);
+    if (refused) {
+      this.settle(entry, { ok: false, error: new RequestError(ErrorCode.BAD_REQUEST, refused), latencyMs: 0 });
+      return;
+    }
     if (this.textOnly && typeof req.payload !== 'string') {
       this.settle(entry, { ok: false, error: new RequestError(ErrorCode.BAD_REQUEST, 'the old JSON wire carries text only: send bytes over frames (the default wire)'), latencyMs: 0 });
       return;
@@ -165,7 +179,7 @@ export class RequestBook {
       this.seq = this.seq >= 0xffffffff ? 0 : this.seq + 1;
       const { req } = entry;
       const srcid = req.srcid ?? client;
-      const size = typeof req.payload === 'string' ? Buffer.byteLength(req.payload) : req.payload.length;
+      const { size } = entry;
       if (verbose) {
         log.debug('send', `Sending message ${show(req.payload)} to privacy policy ${req.policy} through reverse proxy running on port ${port}`, {
           client: srcid, policy: req.policy, payload: show(req.payload), seq,
@@ -247,6 +261,26 @@ export class RequestBook {
     this.outcomes[key] = (this.outcomes[key] ?? 0) + 1;
     entry.req.done(outcome);
   }
+}
+
+/** Why the proxy would refuse this request, if it would. */
+function refusal(req: ClientRequest, size: number, maxFrameBytes: number): string | undefined {
+  if (size < 0) return `a payload is a string or a Uint8Array (a Buffer is one), not ${describe(req.payload)}`;
+  if (!isIdValue(req.policy)) return `a policy is a string of 1 to ${MAX_ID_LENGTH} characters, not ${describe(req.policy)}`;
+  if (req.srcid !== undefined && !isIdValue(req.srcid)) return `a srcid is a string of 1 to ${MAX_ID_LENGTH} characters, not ${describe(req.srcid)}`;
+  // The DATA's other fields take well under 1 KiB (the server bounds its answers the same way).
+  if (size + 1024 > maxFrameBytes) {
+    return `the payload is ${size} bytes; a request must fit in a ${maxFrameBytes}-byte frame (the proxy's --max-frame: raise maxFrameBytes here with it, or send less)`;
+  }
+  return undefined;
+}
+
+function describe(v: unknown): string {
+  if (v === null) return 'null';
+  if (typeof v === 'string') return v.length ? `a string of ${v.length} characters` : 'an empty string';
+  if (typeof v === 'number') return `the number ${v}`;
+  if (ArrayBuffer.isView(v)) return `a ${v.constructor.name}`;
+  return Array.isArray(v) ? 'an array' : typeof v === 'object' ? 'an object' : typeof v;
 }
 
 export interface ClientContext {
@@ -404,7 +438,7 @@ export const clientMachine = setup({
       attempts: 0,
       logger: input.logger ?? silentLogger,
       clock,
-      book: new RequestBook(clock, windowOf(input), input.maxQueued ?? 100_000, input.wire === 'json'),
+      book: new RequestBook(clock, windowOf(input), input.maxQueued ?? 100_000, input.wire === 'json', input.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES),
     };
   },
   on: {

@@ -42,6 +42,8 @@ export interface ConnectOptions {
   tls?: TlsMaterial;
   /** `frames` (default), or the old `json` wire (text only, one request at a time). */
   wire?: 'frames' | 'json';
+  /** Largest frame the proxy takes (its `--max-frame`, default 1 MiB): a larger request is refused with BAD_REQUEST before it is sent. */
+  maxFrameBytes?: number;
   logger?: Logger;
   clock?: Clock;
   /** XState inspection of the client machine (the inspector's `attach.inspect`). */

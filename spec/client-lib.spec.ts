@@ -4,6 +4,7 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
+import { createHash } from 'node:crypto';
 import { from, lastValueFrom, toArray } from 'rxjs';
 import { connect, RequestError, startProxy, startServer, type Client, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { freePort } from '../bench/procs.js';
@@ -115,6 +116,56 @@ lib('requests(): one Reply per payload, a failure among them does not end the st
   assert.ok(good.every((r) => r.server === 's' && typeof r.answer === 'string'));
   const mixed = await lastValueFrom(c.requests('nobody', ['x', 'y']).pipe(toArray()));
   assert.equal(mixed.map((r) => r.error?.code), ['NO_SERVER', 'NO_SERVER']);
+});
+
+lib('a request the proxy would refuse is refused alone, with BAD_REQUEST, and the others in flight are answered', async () => {
+  // The proxy closes a connection that sends a message it cannot take: sent, one bad request failed
+  // every request in flight with CONNECT_FAILED (and went again on the next connection), and a null
+  // payload threw inside the client machine, an uncaught exception that ended the process.
+  const uncaught: unknown[] = [];
+  const catcher = (err: unknown): void => void uncaught.push(err);
+  process.on('uncaughtException', catcher);
+  try {
+    const p = await proxy();
+    await server('s', [p.port], { delayMs: 50 });
+    const c = await client({ revproc: p.port });
+    const others = Array.from({ length: 4 }, (_, i) => c.request('P', `ok${i}`));
+    const bad: Array<[string, Promise<unknown>]> = [
+      ['null payload', c.request('P', null as unknown as string)],
+      ['object payload', c.request('P', { a: 1 } as unknown as string)],
+      ['number payload', c.request('P', 5 as unknown as string)],
+      ['empty policy', c.request('', 'x')],
+      ['policy too long', c.request('p'.repeat(257), 'x')],
+      ['empty srcid', c.request('P', 'x', { srcid: '' })],
+      ['text past the frame', c.request('P', 'x'.repeat(1024 * 1024))],
+      ['bytes past the frame', c.request('P', new Uint8Array(1024 * 1024))],
+    ];
+    // Bounded: a client machine stopped by an exception never settles what it holds.
+    const within = <T>(p: Promise<T>): Promise<T | string> => Promise.race([p, new Promise<string>((r) => setTimeout(() => r('unsettled after 3 s'), 3000))]);
+    for (const [what, req] of bad) {
+      const e = await within(reject(req));
+      assert.instance(e, RequestError, `${what}: ${String(e)}`);
+      assert.is((e as RequestError).code, 'BAD_REQUEST', `${what}: ${(e as RequestError).code} ${(e as RequestError).message}`);
+    }
+    const answers = await within(Promise.all(others));
+    assert.ok(Array.isArray(answers), String(answers));
+    assert.ok((answers as unknown[]).every((x) => typeof x === 'string' && x.length === 40), String(answers));
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(uncaught, []);
+  } finally {
+    process.off('uncaughtException', catcher);
+  }
+});
+
+lib('maxFrameBytes raises the client\'s bound with the proxy\'s: a 2 MiB payload goes through', async () => {
+  const max = 4 * 1024 * 1024;
+  const p = await startProxy({ port: 0, maxFrameBytes: max });
+  ctx.proxies.push(p);
+  const s = await startServer({ id: 'big', policy: 'P', revproc: p.port, maxFrameBytes: max });
+  ctx.servers.push(s);
+  const c = await client({ revproc: p.port, maxFrameBytes: max });
+  const payload = new Uint8Array(2 * 1024 * 1024).fill(7);
+  assert.is(await c.request('P', payload), createHash('sha1').update(payload).digest('hex'));
 });
 
 lib('the old JSON wire takes text only: bytes are refused before anything is sent', async () => {
