@@ -234,12 +234,24 @@ async function locate(opts: { revproc?: Revproc; registry?: RegistryOptions; pro
   return { proxies: discovery.proxies, discovery };
 }
 
-/** The proxies `revproc` names, in order. */
+/**
+ * The proxies `revproc` names, in order. Throws a TypeError naming what cannot
+ * be dialled: net would throw it later, inside the actor that dials, where
+ * nothing can catch it.
+ */
 export function endpoints(revproc: Revproc): Endpoint[] {
   const list = Array.isArray(revproc) ? revproc : typeof revproc === 'string' ? revproc.split(',') : [revproc];
+  if (list.length === 0) throw new TypeError('revproc names no reverse proxy: give a port, HOST:PORT, or a list of them');
+  const isPort = (p: unknown): p is number => Number.isInteger(p) && (p as number) >= 1 && (p as number) <= 65535;
   return list.map((r) => {
-    if (typeof r === 'number') return { host: '127.0.0.1', port: r };
-    if (typeof r !== 'string') return r;
+    if (typeof r === 'number') {
+      if (!isPort(r)) throw new TypeError(`revproc ${r} is not a port (1 to 65535)`);
+      return { host: '127.0.0.1', port: r };
+    }
+    if (typeof r !== 'string') {
+      if (typeof r?.host !== 'string' || !r.host || !isPort(r.port)) throw new TypeError(`revproc ${JSON.stringify(r)} is not { host, port } with a port from 1 to 65535`);
+      return r;
+    }
     const m = /^\s*(?:\[([^\]]+)\]|([^:]+)):(\d+)\s*$/.exec(r) ?? /^\s*()()(\d+)\s*$/.exec(r);
     const port = m ? Number(m[3]) : NaN;
     if (!m || port < 1 || port > 65535) throw new TypeError(`revproc '${r}' is not PORT or HOST:PORT`);

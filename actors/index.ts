@@ -175,7 +175,13 @@ export type StartServerOptions = Omit<ServerOptions, 'listenPort'> & Inspect & {
  */
 export async function startServer(options: StartServerOptions): Promise<ServerHandle> {
   const { revproc, ...rest } = options;
-  const opts: ServerOptions & StartServerOptions = { ...rest, listenPort: rest.listenPort ?? 0, proxies: rest.proxies ?? (revproc === undefined ? undefined : endpoints(revproc)) };
+  let proxies = rest.proxies;
+  try {
+    if (revproc !== undefined) proxies ??= endpoints(revproc);
+  } catch (err) {
+    throw new StartError(`server ${rest.id} cannot register: ${(err as Error).message}`);
+  }
+  const opts: ServerOptions & StartServerOptions = { ...rest, listenPort: rest.listenPort ?? 0, proxies };
   let machine = opts.wire === 'json' ? serverMachine.provide({ actors: { registrations: jsonRegistrations } }) : serverMachine;
   if (opts.registry) {
     if (opts.wire === 'json') throw new StartError('a server registers through the registry or the old way (--wire json), not both: the old proxy knows no registry');

@@ -196,10 +196,15 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       input.logger.repeated('warn', 'conn_refused', '', 1, (n, span) => `Refused ${span ? `${fmt(n)} connections ${span}` : 'a connection'}: ${input.maxConnections} connections are open (max_connections)`, { limit: input.maxConnections }),
     );
     server.on('error', (err) => sendBack({ type: 'LISTEN_FAILED', error: describeListenError(err, input.host, input.port) }));
-    server.listen(input.port, input.host, () => {
-      const addr = server.address();
-      sendBack({ type: 'LISTENING', port: typeof addr === 'object' && addr ? addr.port : input.port });
-    });
+    try {
+      server.listen(input.port, input.host, () => {
+        const addr = server.address();
+        sendBack({ type: 'LISTENING', port: typeof addr === 'object' && addr ? addr.port : input.port });
+      });
+    } catch (err) {
+      // A port out of range throws here, not as 'error': thrown, it would escape the actor uncaught.
+      sendBack({ type: 'LISTEN_FAILED', error: describeListenError(err as NodeJS.ErrnoException, input.host, input.port) });
+    }
     receive((e) => {
       if (e.type === 'STOP') server.close(); // stop accepting; open connections stay
       else if (e.type === 'RELOAD') {

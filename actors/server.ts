@@ -143,10 +143,15 @@ const requestListener = fromCallback<{ type: 'DRAIN' }, { host: string; port: nu
       const why = recogniseTlsRefusal(err.code)?.message ?? err.message;
       input.logger.warn('tls_refused', `Refused a TLS connection from ${socket.remoteAddress ?? '?'}: ${why}`, { peer: socket.remoteAddress, reason: err.message });
     });
-    server.listen(input.port, input.host, () => {
-      const addr = server.address();
-      send({ type: 'LISTENING', port: typeof addr === 'object' && addr ? addr.port : input.port });
-    });
+    try {
+      server.listen(input.port, input.host, () => {
+        const addr = server.address();
+        send({ type: 'LISTENING', port: typeof addr === 'object' && addr ? addr.port : input.port });
+      });
+    } catch (err) {
+      // A port out of range throws here, not as 'error': thrown, it would escape the actor uncaught.
+      send({ type: 'LISTEN_FAILED', error: describeListenError(err as NodeJS.ErrnoException, input.host, input.port) });
+    }
     receive(() => {
       // DRAIN: no new connections; the proxies close theirs once they have their answers.
       draining = true;

@@ -6,7 +6,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createHash } from 'node:crypto';
 import { from, lastValueFrom, toArray } from 'rxjs';
-import { connect, RequestError, startProxy, startServer, type Client, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import { connect, RequestError, StartError, startProxy, startServer, type Client, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { freePort } from '../bench/procs.js';
 import { eventually } from './helpers.js';
 
@@ -95,6 +95,42 @@ lib('connect() rejects with CONNECT_FAILED when no proxy listens', async () => {
   assert.instance(e, RequestError);
   assert.is(e.code, 'CONNECT_FAILED');
   assert.match(e.message, /no reverse proxy is listening/);
+});
+
+lib('a port or proxy list that cannot be used is refused by connect(), startServer() and startProxy() with their own errors, and nothing throws later', async () => {
+  // XState reports an exception thrown while an actor starts (net's RangeError for port 70000, an
+  // empty list's undefined proxy) as uncaught, on a timer: the process ended after the caller had
+  // caught the rejection, and startProxy() rejected with a bare RangeError, startServer() with a TypeError.
+  const uncaught: unknown[] = [];
+  const catcher = (err: unknown): void => void uncaught.push(err);
+  process.on('uncaughtException', catcher);
+  try {
+    const p = await proxy();
+    const fails = async (what: string, start: Promise<{ destroy?(): void; kill?(): void }>, type: Function, code: string, message: RegExp): Promise<void> => {
+      const e = await start.then((h) => {
+        h.destroy?.();
+        h.kill?.();
+        return new Error(`${what} started`);
+      }, (err: unknown) => err as RequestError);
+      assert.instance(e, type, `${what}: ${String(e)}`);
+      assert.is((e as RequestError).code, code, what);
+      assert.match((e as RequestError).message, message, what);
+    };
+    for (const revproc of [70000, [] as number[], { host: '127.0.0.1', port: -1 }]) {
+      await fails(`connect ${JSON.stringify(revproc)}`, connect({ revproc, maxAttempts: 1 }), RequestError, 'CONNECT_FAILED', /revproc|port/);
+    }
+    for (const revproc of ['nope', 70000]) {
+      await fails(`startServer revproc ${revproc}`, startServer({ id: 'x', policy: 'P', revproc, registerTimeoutMs: 300 }), StartError, 'START_FAILED', /revproc/);
+    }
+    await fails('startServer listenPort 70000', startServer({ id: 'x', policy: 'P', revproc: p.port, listenPort: 70000 }), StartError, 'START_FAILED', /70000/);
+    await fails('startProxy port 70000', startProxy({ port: 70000 }), StartError, 'START_FAILED', /70000/);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(uncaught.map(String), []);
+  } finally {
+    // XState throws on a timer: keep catching a while, so a failure here does not end the run.
+    await new Promise((r) => setTimeout(r, 50));
+    process.off('uncaughtException', catcher);
+  }
 });
 
 lib('close() waits for what is pending, then refuses new requests', async () => {
