@@ -7,7 +7,7 @@ import { systemClock, xstateClock } from '../transport/clock.js';
 import { LocalCode, RevproxyError } from '../transport/errors.js';
 import { endpoints, type Revproc } from './connect.js';
 import { jsonRegistrations } from './json-registration.js';
-import { proxyMachine, type ProxyActor } from './proxy.js';
+import { proxyMachine, releaseAll, type ProxyActor } from './proxy.js';
 import type { ProxyOptions } from './proxy-options.js';
 import type { MemberState } from './proxy-types.js';
 import type { ProxyRegistryOptions } from '../registry/proxy-registry.js';
@@ -110,7 +110,10 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
     actor,
     port: snap.context.port,
     stop: () => stopGracefully(actor),
-    kill: () => actor.stop(),
+    kill: () => {
+      actor.stop();
+      releaseAll(actor.getSnapshot().context);
+    },
     pools() {
       const ctx = actor.getSnapshot().context;
       const out: Record<string, PoolView> = {};

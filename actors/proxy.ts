@@ -224,13 +224,7 @@ export const proxyMachine = setup({
     },
 
     stopAll: ({ context }) => {
-      context.probes.stop();
-      for (const entry of context.servers.values()) {
-        entry.timer?.cancel();
-        entry.registration?.conn.endWith();
-        if (entry.link.getSnapshot().status === 'active') stopChild(entry.link);
-      }
-      for (const policy of context.policies.values()) stopChild(policy.pool);
+      releaseAll(context);
       context.logger.info('stopped', 'Reverse proxy stopped', { port: context.port });
     },
   },
@@ -342,3 +336,19 @@ function sweeperInput({ context }: { context: ProxyContext }) {
 }
 
 export type ProxyActor = ActorRefFrom<typeof proxyMachine>;
+
+/**
+ * Stop what the proxy started outside XState's children map (children.ts):
+ * its links to servers and their sockets, its pools, probes and timers. The
+ * final state does it; so must anything that stops the actor short of that
+ * state (`kill()`), or the links outlive the proxy.
+ */
+export function releaseAll(context: ProxyContext): void {
+  context.probes.stop();
+  for (const entry of context.servers.values()) {
+    entry.timer?.cancel();
+    entry.registration?.conn.endWith();
+    if (entry.link.getSnapshot().status === 'active') stopChild(entry.link);
+  }
+  for (const policy of context.policies.values()) stopChild(policy.pool);
+}

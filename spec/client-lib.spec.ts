@@ -5,6 +5,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createHash } from 'node:crypto';
+import { Socket } from 'node:net';
 import { from, lastValueFrom, toArray } from 'rxjs';
 import { connect, RequestError, StartError, startProxy, startServer, type Client, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { freePort } from '../bench/procs.js';
@@ -131,6 +132,21 @@ lib('a port or proxy list that cannot be used is refused by connect(), startServ
     await new Promise((r) => setTimeout(r, 50));
     process.off('uncaughtException', catcher);
   }
+});
+
+lib('proxy.kill() closes its connections to the servers too, as SIGKILL would', async () => {
+  // The links to servers live outside XState's children map (actors/children.ts): stopping the
+  // proxy's actor left them and their sockets open, holding the host process open and every
+  // server's drain to its timeout.
+  const p = await proxy();
+  const s = await server('s', [p.port]);
+  const c = await client({ revproc: p.port });
+  assert.is((await c.request('P', 'x')).length, 40);
+  const toServer = (): number => (process as unknown as { _getActiveHandles(): unknown[] })._getActiveHandles()
+    .filter((h) => h instanceof Socket && !h.destroyed && (h.remotePort === s.port || h.localPort === s.port)).length;
+  assert.ok(toServer() > 0, 'the proxy has a link to the server');
+  p.kill();
+  await eventually(() => toServer() === 0, 3000, 'no socket left between the killed proxy and the server');
 });
 
 lib('close() waits for what is pending, then refuses new requests', async () => {
