@@ -5,6 +5,10 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect } from '../actors/index.js';
 import { built } from './built.js';
 import { killAll, node, proxyProcess, revproxy } from './procs.js';
 
@@ -65,6 +69,30 @@ examples('a handler module that cannot be used stops the server with exit 1, nam
   const notAFunction = revproxy(['server', '--id', '1', '--pp', 'P', '--handler', 'examples/packets/1.json']);
   assert.is(await notAFunction.exited, 1);
   assert.match(notAFunction.out.join('\n'), /handler module 'examples\/packets\/1.json'/);
+});
+
+examples('a handler module may be CommonJS: `module.exports = fn`, or TypeScript\'s `export default` compiled to CommonJS', async () => {
+  // Plain node, as the CLI runs (tsx, which runs the specs, unwraps a compiled module's default on its own).
+  const dir = mkdtempSync(join(tmpdir(), 'revproxy-handlers-'));
+  try {
+    writeFileSync(join(dir, 'cjs.cjs'), 'module.exports = async (p) => `cjs ${p}`;');
+    // What tsc writes for `export default async function handler(...)` with "module": "commonjs".
+    writeFileSync(join(dir, 'tsc.cjs'), '"use strict";\nObject.defineProperty(exports, "__esModule", { value: true });\nexports.default = handler;\nasync function handler(p) { return `tsc ${p}`; }\n');
+    const { proc: proxy, port } = await proxyProcess();
+    for (const name of ['cjs', 'tsc']) {
+      const server = revproxy(['server', '--id', name, '--pp', name, '--revproc', String(port), '--handler', join(dir, `${name}.cjs`)]);
+      const registered = proxy.waitFor(new RegExp(`Received setup message from server id ${name} `)).then(() => 'registered');
+      assert.is(await Promise.race([registered, server.exited.then((code) => `exited ${code}`)]), 'registered', server.out.join('\n'));
+    }
+    const client = await connect({ revproc: port });
+    try {
+      assert.equal([await client.request('cjs', 'x'), await client.request('tsc', 'x')], ['cjs x', 'tsc x']);
+    } finally {
+      client.destroy();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 examples.run();
