@@ -19,7 +19,7 @@
  * await client.close(); await server.stop(); await proxy.stop();
  */
 export { startProxy, startServer, StartError } from '../actors/index.js';
-export type { ProxyHandle, ServerHandle, StartServerOptions, PoolView, Inspect } from '../actors/index.js';
+export type { ProxyHandle, ServerHandle, StartProxyOptions, StartServerOptions, PoolView, Inspect } from '../actors/index.js';
 export type { ProxyOptions } from '../actors/proxy-options.js';
 export type { Endpoint } from '../actors/server.js';
 

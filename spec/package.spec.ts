@@ -74,8 +74,12 @@ await proxy.stop();
 `;
 
 const TYPED = `
-import { connect, HandlerError, type Handler, type Reply } from 'revproxy';
+import { connect, HandlerError, startProxy, type Handler, type Reply, type StartProxyOptions, type StartServerOptions } from 'revproxy';
 const handler: Handler = async (payload, ctx) => (ctx.signal.aborted ? 'late' : String(payload));
+// Each start function's options have a name to type a config with.
+const proxyOptions: StartProxyOptions = { port: 0, registry: { endpoints: ['127.0.0.1:2379'] } };
+const serverOptions: StartServerOptions = { id: 's', policy: '111', handler };
+void startProxy, proxyOptions, serverOptions;
 const client = await connect({ revproc: 2100 });
 const answer: string | Uint8Array = await client.request('111', 'x', { timeoutMs: 100, signal: AbortSignal.timeout(50) });
 client.requests('111', ['a']).subscribe((r: Reply) => r.error instanceof HandlerError && r.error.appCode);
