@@ -73,6 +73,20 @@ await server.stop();
 await proxy.stop();
 `;
 
+// What TypeScript's "module": "commonjs" makes of \`import { connect } from 'revproxy'\`.
+const REQUIRED = `
+const { connect, startProxy, startServer } = require('revproxy');
+(async () => {
+  const proxy = await startProxy({ port: 0 });
+  const server = await startServer({ id: 'up', policy: 'upper', revproc: proxy.port, handler: async (p) => String(p).toUpperCase() });
+  const client = await connect({ revproc: proxy.port });
+  console.log(await client.request('upper', 'hello'));
+  await client.close();
+  await server.stop();
+  await proxy.stop();
+})();
+`;
+
 const TYPED = `
 import { connect, HandlerError, startProxy, type Handler, type Reply, type StartProxyOptions, type StartServerOptions } from 'revproxy';
 const handler: Handler = async (payload, ctx) => (ctx.signal.aborted ? 'late' : String(payload));
@@ -110,6 +124,14 @@ pkg('npm pack, installed from the tarball into another package, imported by name
     none: [true, 'NO_SERVER'],
     stream: ['A via up', 'B via up', 'C via up'],
   });
+
+  // A CommonJS project: Node 20.19 and later load an ES module with require() (process.features.require_module).
+  if ((process.features as { require_module?: boolean }).require_module) {
+    writeFileSync(join(dir, 'main.cjs'), REQUIRED);
+    const required = node('main.cjs', [], { cwd: dir });
+    assert.is(await required.exited, 0, required.out.join('\n'));
+    assert.ok(required.out.includes('HELLO'), required.out.join('\n'));
+  }
 
   writeFileSync(join(dir, 'typed.ts'), TYPED);
   writeFileSync(join(dir, 'tsconfig.json'), JSON.stringify({
