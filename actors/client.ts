@@ -48,7 +48,7 @@ export interface ClientOptions {
   proxy?: Endpoint;
   /** Several proxies: the client uses the first and fails over to the next when one is down. */
   proxies?: Endpoint[];
-  /** Per-request timeout in ms, unless a request says otherwise (default 5000). */
+  /** Per-request timeout in ms, unless a request says otherwise (default 5000; `Infinity`: none of the client's own). */
   timeoutMs?: number;
   /** Requests in flight at once on the connection (default 64; always 1 on the json wire). */
   window?: number;
@@ -96,6 +96,9 @@ interface Entry {
   seq?: number;
   settled: boolean;
 }
+
+/** The longest delay a Node timer takes (ms); a longer one fires at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** A handle on a request given to the machine, to cancel it by. */
 export type RequestHandle = object;
@@ -165,7 +168,8 @@ export class RequestBook {
       return;
     }
     this.byHandle.set(handle, entry);
-    entry.timer = expire(handle, req.timeoutMs!);
+    // Longer than a timer can wait (Node would fire it after 1 ms): no timeout of the client's own.
+    if (!(req.timeoutMs! > MAX_TIMER_MS)) entry.timer = expire(handle, req.timeoutMs!);
     this.waiting.push(entry);
   }
 

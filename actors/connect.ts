@@ -28,7 +28,7 @@ export interface ConnectOptions {
   registry?: RegistryOptions;
   /** The client's id, sent as `srcid` (default `client`). */
   id?: string;
-  /** Default timeout of a request (ms, default 5000). */
+  /** Default timeout of a request (ms, default 5000). `Infinity`: none of the client's own (the proxy's `TIMEOUT` still comes). */
   timeoutMs?: number;
   /** Requests in flight at once on the connection (default 64). */
   window?: number;
@@ -53,7 +53,7 @@ export interface ConnectOptions {
 export interface RequestOptions {
   /** Abort the request: it rejects with a `RequestError` coded `ABORTED` (an answer arriving later is dropped). */
   signal?: AbortSignal;
-  /** This request's timeout (ms); it rejects with `CLIENT_TIMEOUT` when it passes. Default: the client's. */
+  /** This request's timeout (ms); it rejects with `CLIENT_TIMEOUT` when it passes. Default: the client's. `Infinity`: none. */
   timeoutMs?: number;
   /** The `srcid` to send instead of the client's id. */
   srcid?: string;

@@ -78,6 +78,17 @@ lib('a request past its own timeout rejects with CLIENT_TIMEOUT; an aborted one 
   assert.is((await reject(c.request('P', 'z', { signal: AbortSignal.abort() }))).code, 'ABORTED');
 });
 
+lib('timeoutMs: Infinity (or past what a timer holds, 2^31-1 ms) means no client timeout, not an instant CLIENT_TIMEOUT', async () => {
+  // Node turns a timer delay past 2^31-1 ms into 1 ms (TimeoutOverflowWarning).
+  const p = await proxy();
+  await server('slow', [p.port], { delayMs: 50 });
+  const c = await client({ revproc: p.port });
+  assert.is((await c.request('P', 'x', { timeoutMs: Infinity })).length, 40);
+  assert.is((await c.request('P', 'y', { timeoutMs: 2 ** 31 })).length, 40);
+  const patient = await client({ revproc: p.port, timeoutMs: Infinity });
+  assert.is((await patient.request('P', 'z')).length, 40);
+});
+
 lib('backpressure: past the window and the queue, a request is refused at once with CLIENT_OVERLOADED', async () => {
   const p = await proxy();
   await server('quiet', [p.port], { behaviour: 'silent' });
