@@ -149,12 +149,12 @@ export class RequestBook {
   }
 
   /** Take a request to send when the window has room (settled at once with CLIENT_OVERLOADED when the queue is full). */
-  add(req: ClientRequest, handle: RequestHandle, expire: (handle: RequestHandle, ms: number) => Timer): void {
+  add(req: ClientRequest, handle: RequestHandle, expire: (handle: RequestHandle, ms: number) => Timer, clientId: string): void {
     const { payload } = req;
     const size = typeof payload === 'string' ? Buffer.byteLength(payload) : payload instanceof Uint8Array ? payload.length : -1;
     const entry: Entry = { req, handle, arrived: this.clock.now(), size, settled: false };
     // The proxy closes a connection that sends a message it cannot take, failing every request in flight on it.
-    const refused = refusal(req, size, this.maxFrameBytes);
+    const refused = refusal(req, size, this.maxFrameBytes, clientId);
     if (refused) {
       this.settle(entry, { ok: false, error: new RequestError(ErrorCode.BAD_REQUEST, refused), latencyMs: 0 });
       return;
@@ -268,10 +268,11 @@ export class RequestBook {
 }
 
 /** Why the proxy would refuse this request, if it would. */
-function refusal(req: ClientRequest, size: number, maxFrameBytes: number): string | undefined {
+function refusal(req: ClientRequest, size: number, maxFrameBytes: number, clientId: string): string | undefined {
   if (size < 0) return `a payload is a string or a Uint8Array (a Buffer is one), not ${describe(req.payload)}`;
   if (!isIdValue(req.policy)) return `a policy is a string of 1 to ${MAX_ID_LENGTH} characters, not ${describe(req.policy)}`;
   if (req.srcid !== undefined && !isIdValue(req.srcid)) return `a srcid is a string of 1 to ${MAX_ID_LENGTH} characters, not ${describe(req.srcid)}`;
+  if (req.srcid === undefined && !isIdValue(clientId)) return `the client's id (its requests' srcid) is a string of 1 to ${MAX_ID_LENGTH} characters, not ${describe(clientId)}: connect({ id })`;
   // The DATA's other fields take well under 1 KiB (the server bounds its answers the same way).
   if (size + 1024 > maxFrameBytes) {
     return `the payload is ${size} bytes; a request must fit in a ${maxFrameBytes}-byte frame (the proxy's --max-frame: raise maxFrameBytes here with it, or send less)`;
@@ -360,7 +361,7 @@ export const clientMachine = setup({
       const expire = (handle: RequestHandle, ms: number): Timer => context.clock.setTimeout(() => self.send({ type: 'EXPIRE', handle }), ms);
       for (const { req, handle } of event.requests) {
         if (req.timeoutMs === undefined) req.timeoutMs = timeout;
-        context.book.add(req, handle, expire);
+        context.book.add(req, handle, expire, context.opts.id);
       }
     },
     sendMore: ({ context }) => {

@@ -210,6 +210,9 @@ lib('a request the proxy would refuse is refused alone, with BAD_REQUEST, and th
       assert.instance(e, RequestError, `${what}: ${String(e)}`);
       assert.is((e as RequestError).code, 'BAD_REQUEST', `${what}: ${(e as RequestError).code} ${(e as RequestError).message}`);
     }
+    const nameless = await client({ revproc: p.port, id: '' });
+    const e = await within(reject(nameless.request('P', 'x')));
+    assert.is((e as RequestError).code, 'BAD_REQUEST', `an empty client id: ${String(e)}`);
     const answers = await within(Promise.all(others));
     assert.ok(Array.isArray(answers), String(answers));
     assert.ok((answers as unknown[]).every((x) => typeof x === 'string' && x.length === 40), String(answers));
