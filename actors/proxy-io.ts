@@ -11,7 +11,7 @@ import type { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { MsgType, type DataMsg, type Message } from '../transport/messages.js';
 import { Connection, ConnectionTimeout, sendTogether, type MessageSink } from '../transport/socket.js';
-import { describeListenError, listenServer, type TlsMaterial } from '../transport/tls.js';
+import { listenOn, listenServer, type TlsMaterial } from '../transport/tls.js';
 import { recogniseTlsRefusal } from '../transport/foreign.js';
 import type { Clock } from '../transport/clock.js';
 import type { Inflight, InflightCount } from './inflight.js';
@@ -195,16 +195,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
     server.on('drop', () =>
       input.logger.repeated('warn', 'conn_refused', '', 1, (n, span) => `Refused ${span ? `${fmt(n)} connections ${span}` : 'a connection'}: ${input.maxConnections} connections are open (max_connections)`, { limit: input.maxConnections }),
     );
-    server.on('error', (err) => sendBack({ type: 'LISTEN_FAILED', error: describeListenError(err, input.host, input.port) }));
-    try {
-      server.listen(input.port, input.host, () => {
-        const addr = server.address();
-        sendBack({ type: 'LISTENING', port: typeof addr === 'object' && addr ? addr.port : input.port });
-      });
-    } catch (err) {
-      // A port out of range throws here, not as 'error': thrown, it would escape the actor uncaught.
-      sendBack({ type: 'LISTEN_FAILED', error: describeListenError(err as NodeJS.ErrnoException, input.host, input.port) });
-    }
+    listenOn(server, input.port, input.host, (port) => sendBack({ type: 'LISTENING', port }), (error) => sendBack({ type: 'LISTEN_FAILED', error }));
     receive((e) => {
       if (e.type === 'STOP') server.close(); // stop accepting; open connections stay
       else if (e.type === 'RELOAD') {

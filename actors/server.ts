@@ -19,7 +19,7 @@ import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, MsgType, type DataMsg, type Message, type SetupMsg } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
-import { describeListenError, describeTlsError, dial, listenServer, readyEvent, type TlsMaterial } from '../transport/tls.js';
+import { describeTlsError, dial, listenOn, listenServer, readyEvent, type TlsMaterial } from '../transport/tls.js';
 import { recogniseTlsRefusal } from '../transport/foreign.js';
 import { systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
@@ -138,20 +138,11 @@ const requestListener = fromCallback<{ type: 'DRAIN' }, { host: string; port: nu
         complete: gone,
       });
     }, { handshakeTimeoutMs: 10000 });
-    server.on('error', (err) => send({ type: 'LISTEN_FAILED', error: describeListenError(err, input.host, input.port) }));
     server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {
       const why = recogniseTlsRefusal(err.code)?.message ?? err.message;
       input.logger.warn('tls_refused', `Refused a TLS connection from ${socket.remoteAddress ?? '?'}: ${why}`, { peer: socket.remoteAddress, reason: err.message });
     });
-    try {
-      server.listen(input.port, input.host, () => {
-        const addr = server.address();
-        send({ type: 'LISTENING', port: typeof addr === 'object' && addr ? addr.port : input.port });
-      });
-    } catch (err) {
-      // A port out of range throws here, not as 'error': thrown, it would escape the actor uncaught.
-      send({ type: 'LISTEN_FAILED', error: describeListenError(err as NodeJS.ErrnoException, input.host, input.port) });
-    }
+    listenOn(server, input.port, input.host, (port) => send({ type: 'LISTENING', port }), (error) => send({ type: 'LISTEN_FAILED', error }));
     receive(() => {
       // DRAIN: no new connections; the proxies close theirs once they have their answers.
       draining = true;

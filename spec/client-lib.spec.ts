@@ -51,6 +51,25 @@ async function client(opts: Parameters<typeof connect>[0]): Promise<Client> {
 
 const reject = (p: Promise<unknown>): Promise<RequestError> => p.then(() => { throw new Error('resolved'); }, (e: RequestError) => e);
 
+/**
+ * Run `body` and fail if anything throws uncaught meanwhile. XState reports an exception
+ * thrown inside an actor that way, on a timer: caught here a while after, so a failure
+ * fails the test instead of ending the run.
+ */
+async function noUncaught(body: () => Promise<void>): Promise<void> {
+  const uncaught: unknown[] = [];
+  const catcher = (err: unknown): void => void uncaught.push(err);
+  process.on('uncaughtException', catcher);
+  try {
+    await body();
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(uncaught.map(String), [], 'nothing thrown uncaught');
+  } finally {
+    await new Promise((r) => setTimeout(r, 50));
+    process.off('uncaughtException', catcher);
+  }
+}
+
 lib('a lost proxy: requests in flight go again through the next one, and later requests follow', async () => {
   const a = await proxy();
   const b = await proxy();
@@ -113,10 +132,7 @@ lib('a port or proxy list that cannot be used is refused by connect(), startServ
   // XState reports an exception thrown while an actor starts (net's RangeError for port 70000, an
   // empty list's undefined proxy) as uncaught, on a timer: the process ended after the caller had
   // caught the rejection, and startProxy() rejected with a bare RangeError, startServer() with a TypeError.
-  const uncaught: unknown[] = [];
-  const catcher = (err: unknown): void => void uncaught.push(err);
-  process.on('uncaughtException', catcher);
-  try {
+  await noUncaught(async () => {
     const p = await proxy();
     const fails = async (what: string, start: Promise<{ destroy?(): void; kill?(): void }>, type: Function, code: string, message: RegExp): Promise<void> => {
       const e = await start.then((h) => {
@@ -136,13 +152,7 @@ lib('a port or proxy list that cannot be used is refused by connect(), startServ
     }
     await fails('startServer listenPort 70000', startServer({ id: 'x', policy: 'P', revproc: p.port, listenPort: 70000 }), StartError, 'START_FAILED', /70000/);
     await fails('startProxy port 70000', startProxy({ port: 70000 }), StartError, 'START_FAILED', /70000/);
-    await new Promise((r) => setTimeout(r, 50));
-    assert.equal(uncaught.map(String), []);
-  } finally {
-    // XState throws on a timer: keep catching a while, so a failure here does not end the run.
-    await new Promise((r) => setTimeout(r, 50));
-    process.off('uncaughtException', catcher);
-  }
+  });
 });
 
 lib('proxy.kill() closes its connections to the servers too, as SIGKILL would', async () => {
@@ -185,10 +195,7 @@ lib('a request the proxy would refuse is refused alone, with BAD_REQUEST, and th
   // The proxy closes a connection that sends a message it cannot take: sent, one bad request failed
   // every request in flight with CONNECT_FAILED (and went again on the next connection), and a null
   // payload threw inside the client machine, an uncaught exception that ended the process.
-  const uncaught: unknown[] = [];
-  const catcher = (err: unknown): void => void uncaught.push(err);
-  process.on('uncaughtException', catcher);
-  try {
+  await noUncaught(async () => {
     const p = await proxy();
     await server('s', [p.port], { delayMs: 50 });
     const c = await client({ revproc: p.port });
@@ -216,11 +223,7 @@ lib('a request the proxy would refuse is refused alone, with BAD_REQUEST, and th
     const answers = await within(Promise.all(others));
     assert.ok(Array.isArray(answers), String(answers));
     assert.ok((answers as unknown[]).every((x) => typeof x === 'string' && x.length === 40), String(answers));
-    await new Promise((r) => setTimeout(r, 20));
-    assert.equal(uncaught, []);
-  } finally {
-    process.off('uncaughtException', catcher);
-  }
+  });
 });
 
 lib('maxFrameBytes raises the client\'s bound with the proxy\'s: a 2 MiB payload goes through', async () => {

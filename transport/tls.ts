@@ -75,6 +75,24 @@ export function describeListenError(err: NodeJS.ErrnoException, host: string, po
   return `cannot listen on ${host}:${port}: ${err.message}`;
 }
 
+/**
+ * Listen on `host:port`: `listening` gets the port (the one picked, for 0),
+ * `failed` a sentence saying why not - whether Node reports it as an 'error'
+ * (the port is taken) or throws it from listen() (a port out of range),
+ * which inside an actor would escape uncaught.
+ */
+export function listenOn(server: Server, port: number, host: string, listening: (port: number) => void, failed: (why: string) => void): void {
+  server.on('error', (err) => failed(describeListenError(err, host, port)));
+  try {
+    server.listen(port, host, () => {
+      const addr = server.address();
+      listening(typeof addr === 'object' && addr ? addr.port : port);
+    });
+  } catch (err) {
+    failed(describeListenError(err as NodeJS.ErrnoException, host, port));
+  }
+}
+
 /** A listening server, TLS when `tls` has a certificate; with a CA it requires and verifies peers' certificates (mutual TLS). */
 export function listenServer(tls: TlsMaterial | undefined, onSocket: (socket: Socket) => void, opts: { handshakeTimeoutMs?: number } = {}): Server {
   if (!tls?.cert) return netServer(onSocket);
