@@ -11,6 +11,7 @@
  * tables, which it changes in place.
  */
 import { createActor, type ActorRefFrom, type AnyActorLogic, type AnyActorRef, type InputFrom } from 'xstate';
+import type { ProxyContext } from './proxy-types.js';
 
 /** Start `logic` as a child of `parent`, outside the parent's children map. */
 export function startChild<T extends AnyActorLogic>(parent: AnyActorRef, logic: T, opts: { id: string; input: InputFrom<T> }): ActorRefFrom<T> {
@@ -26,4 +27,20 @@ export function startChild<T extends AnyActorLogic>(parent: AnyActorRef, logic: 
  */
 export function stopChild(child: AnyActorRef): void {
   (child as unknown as { _stop(): void })._stop();
+}
+
+/**
+ * Stop what the proxy started outside XState's children map: its links to
+ * servers and their sockets, its pools, probes and timers. The proxy's final
+ * state does it; so must anything that stops its actor short of that state
+ * (`kill()`), or the links outlive the proxy.
+ */
+export function releaseAll(context: ProxyContext): void {
+  context.probes.stop();
+  for (const entry of context.servers.values()) {
+    entry.timer?.cancel();
+    entry.registration?.conn.endWith();
+    if (entry.link.getSnapshot().status === 'active') stopChild(entry.link);
+  }
+  for (const policy of context.policies.values()) stopChild(policy.pool);
 }

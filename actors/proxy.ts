@@ -39,7 +39,7 @@ import { drainMember, enableMember, linkDown, linkUp, probe, readmit, triesFaile
 import { admit, applyReload, evict, registeredBy, removeServer } from './membership.js';
 import { drainWaiting, expireWaiting, makeReply, refuse, route } from './routing.js';
 import { fromRegistry } from './registry-members.js';
-import { stopChild } from './children.js';
+import { releaseAll } from './children.js';
 
 export const proxyMachine = setup({
   types: {
@@ -336,19 +336,3 @@ function sweeperInput({ context }: { context: ProxyContext }) {
 }
 
 export type ProxyActor = ActorRefFrom<typeof proxyMachine>;
-
-/**
- * Stop what the proxy started outside XState's children map (children.ts):
- * its links to servers and their sockets, its pools, probes and timers. The
- * final state does it; so must anything that stops the actor short of that
- * state (`kill()`), or the links outlive the proxy.
- */
-export function releaseAll(context: ProxyContext): void {
-  context.probes.stop();
-  for (const entry of context.servers.values()) {
-    entry.timer?.cancel();
-    entry.registration?.conn.endWith();
-    if (entry.link.getSnapshot().status === 'active') stopChild(entry.link);
-  }
-  for (const policy of context.policies.values()) stopChild(policy.pool);
-}
