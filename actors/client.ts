@@ -62,6 +62,8 @@ export interface ClientOptions {
   maxAttempts?: number;
   /** Pause before trying the next proxy (ms, default 100). */
   failoverDelayMs?: number;
+  /** Longest wait for a connection (TCP, and TLS's handshake) before the next proxy is tried (ms, default 2000: well within a request's default timeout). */
+  connectTimeoutMs?: number;
   /** TLS to the proxy: the CA that signed its certificate, and a client certificate for mutual TLS. */
   tls?: TlsMaterial;
   logger?: Logger;
@@ -301,7 +303,7 @@ export interface ClientContext {
   lastError?: string;
 }
 
-const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMaterial; wire?: 'frames' | 'json' }>(({ sendBack, input }) => {
+const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMaterial; wire?: 'frames' | 'json'; clock: Clock; connectTimeoutMs: number }>(({ sendBack, input }) => {
   const send = (e: ClientEvent): void => sendBack(e);
   const socket = dial(input.proxy.host, input.proxy.port, input.tls);
   // On the json wire answers carry no seq: the connection gives each the seq of the oldest unanswered request.
@@ -309,6 +311,7 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
   let connected = false;
   socket.once(readyEvent(socket), () => {
     connected = true;
+    slow?.cancel();
     send({ type: 'CONNECTED', conn });
   });
   const sub = conn.messages$.subscribe({
@@ -321,7 +324,17 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
     },
     complete: () => send({ type: connected ? 'CLOSED' : 'CONNECT_FAILED', error: 'the reverse proxy closed the connection' }),
   });
+  // A host that drops the packets (down, firewalled) would hold us for the OS's connect timeout,
+  // about two minutes on Linux, before the next proxy is tried.
+  const { host, port } = input.proxy;
+  const ms = input.connectTimeoutMs;
+  const slow = ms > MAX_TIMER_MS ? undefined : input.clock.setTimeout(() => {
+    sub.unsubscribe();
+    conn.destroy();
+    send({ type: 'CONNECT_FAILED', error: `no answer from ${host}:${port} within ${ms} ms (connectTimeoutMs): is the host up, and does no firewall drop the connection?` });
+  }, ms);
   return () => {
+    slow?.cancel();
     sub.unsubscribe();
     conn.destroy();
   };
@@ -456,7 +469,13 @@ export const clientMachine = setup({
   initial: 'session',
   states: {
     session: {
-      invoke: { id: 'socket', src: 'clientSocket', input: ({ context }) => ({ proxy: context.proxies[context.proxyIndex]!, tls: context.opts.tls, wire: context.opts.wire }) },
+      invoke: {
+        id: 'socket',
+        src: 'clientSocket',
+        input: ({ context }) => ({
+          proxy: context.proxies[context.proxyIndex]!, tls: context.opts.tls, wire: context.opts.wire, clock: context.clock, connectTimeoutMs: context.opts.connectTimeoutMs ?? 2000,
+        }),
+      },
       on: {
         CONNECT_FAILED: { target: 'lost', actions: ['unsend', 'failover'] },
         CLOSED: { target: 'lost', actions: ['unsend', 'failover'] },

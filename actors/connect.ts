@@ -38,6 +38,8 @@ export interface ConnectOptions {
   maxAttempts?: number;
   /** Pause before trying the next proxy (ms, default 100). */
   failoverDelayMs?: number;
+  /** Longest wait for a connection to a proxy (TCP, and TLS's handshake) before the next is tried (ms, default 2000). */
+  connectTimeoutMs?: number;
   /** TLS to the proxy: its CA, and a client certificate for mutual TLS. */
   tls?: TlsMaterial;
   /** `frames` (default), or the old `json` wire (text only, one request at a time). */

@@ -10,6 +10,7 @@ import { from, lastValueFrom, toArray } from 'rxjs';
 import { connect, RequestError, StartError, startProxy, startServer, type Client, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { freePort } from '../bench/procs.js';
 import { eventually } from './helpers.js';
+import { killAll, python } from './procs.js';
 
 interface Ctx {
   proxies: ProxyHandle[];
@@ -25,6 +26,7 @@ lib.before.each(() => {
   ctx.clients = [];
 });
 lib.after.each(async () => {
+  killAll();
   for (const c of ctx.clients) c.destroy();
   for (const s of ctx.servers) s.kill();
   for (const p of ctx.proxies) await p.stop();
@@ -118,6 +120,21 @@ lib('backpressure: past the window and the queue, a request is refused at once w
   c.destroy();
   const closed = await Promise.all(held.map(reject));
   assert.equal(closed.map((x) => x.code), ['CLIENT_CLOSED', 'CLIENT_CLOSED', 'CLIENT_CLOSED']);
+});
+
+lib('a proxy that never completes the connection (down, firewalled) is given up after connectTimeoutMs, and the next one answers', async () => {
+  // Without a bound the client waited for the OS's connect timeout (about two minutes on Linux)
+  // before trying the next proxy, and requests meanwhile timed out with CLIENT_TIMEOUT.
+  const hole = python('syn_blackhole', []);
+  const dead = Number((await hole.waitFor(/^\d+$/))[0]);
+  const p = await proxy();
+  await server('s', [p.port]);
+  const stuck = (): Promise<never> => new Promise((_, no) => setTimeout(() => no(new Error('connect() still waiting after 5 s')), 5000));
+  const c = await Promise.race([client({ revproc: [dead, p.port], connectTimeoutMs: 200, failoverDelayMs: 10, timeoutMs: 3000 }), stuck()]);
+  assert.is((await c.request('P', 'x')).length, 40);
+  const e = await reject(Promise.race([connect({ revproc: dead, connectTimeoutMs: 200, maxAttempts: 1 }), stuck()]));
+  assert.is(e.code, 'CONNECT_FAILED');
+  assert.match(e.message, new RegExp(`no answer from 127\\.0\\.0\\.1:${dead} within 200 ms`));
 });
 
 lib('connect() rejects with CONNECT_FAILED when no proxy listens', async () => {
