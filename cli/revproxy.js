@@ -19,96 +19,38 @@
 //   CPU at 1.5 and at 2 alike (--trace-gc-nvp, 5 s runs: 35-40 short full
 //   collections either way; what survives them is small).
 //
-// The TypeScript sources are bundled once into .build/revproxy.mjs with
-// esbuild (about 0.2 s, redone whenever a source file is newer than the
-// bundle) and run as plain JavaScript: no loader thread at run time, which
-// saves about 50 MB of memory and most of the start-up time per process.
-// If bundling is impossible, the sources run through tsx instead.
-//
-// Packages stay in node_modules, loaded by Node, except rxjs: it is bundled
-// from its ES module build, so only what the sources use (Observable and a
-// few helpers, about 25 KB) is loaded; its CommonJS build loads every
-// operator, hundreds of files and about 4 MB of resident memory. Packages
-// that only some commands need are loaded when first used
-// (transport/lazy.ts).
-import { mkdirSync, readdirSync, renameSync, statSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-
-const root = fileURLToPath(new URL('..', import.meta.url));
-const out = `${root}/.build/revproxy.mjs`;
-const SOURCES = ['actors', 'transport', 'cli', 'inspector', 'bench', 'scenario', 'config', 'admin', 'registry'];
-
-function newestSource() {
-  let newest = statSync(`${root}/package.json`).mtimeMs;
-  const walk = (dir) => {
-    for (const e of readdirSync(dir, { withFileTypes: true })) {
-      const p = `${dir}/${e.name}`;
-      if (e.isDirectory()) walk(p);
-      else if (e.name.endsWith('.ts')) newest = Math.max(newest, statSync(p).mtimeMs);
-    }
-  };
-  for (const d of SOURCES) {
-    try {
-      walk(`${root}/${d}`);
-    } catch {
-      // a folder that does not exist has nothing newer
-    }
-  }
-  return newest;
-}
-
-const packagesExternalButRxjs = {
-  name: 'packages-external-but-rxjs',
-  setup(build) {
-    build.onResolve({ filter: /^rxjs$/ }, () => ({
-      path: join(dirname(createRequire(import.meta.url).resolve('rxjs/package.json')), 'dist/esm/index.js'),
-    }));
-    // rxjs's own imports (tslib) are bundled with it: they resolve from its folder, not ours.
-    build.onResolve({ filter: /^[^./]/ }, (args) => (args.path.startsWith('node:') || args.importer.includes('/node_modules/rxjs/') ? undefined : { path: args.path, external: true }));
-  },
-};
-
-async function bundle() {
-  let built = 0;
-  try {
-    built = statSync(out).mtimeMs;
-  } catch {
-    // not built yet
-  }
-  if (built > newestSource()) return out;
-  const esbuild = await import('esbuild');
-  const result = await esbuild.build({
-    entryPoints: [`${root}/cli/main.ts`],
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    plugins: [packagesExternalButRxjs],
-    write: false,
-    logLevel: 'silent',
-  });
-  mkdirSync(`${root}/.build`, { recursive: true });
-  // Several processes may start at once: write aside, then rename (atomic).
-  const tmp = `${out}.${process.pid}.tmp`;
-  writeFileSync(tmp, result.outputFiles[0].contents);
-  renameSync(tmp, out);
-  return out;
-}
+// The sources run bundled into one plain JavaScript file (cli/bundle.mjs),
+// made by `npm pack` for an installed package and, in a checkout, again
+// whenever a source is newer. If bundling is impossible they run through tsx,
+// a development dependency: a checkout has it, an installed package does not.
+import { pathToFileURL } from 'node:url';
+import { bundle, bundlePath, installed } from './bundle.mjs';
 
 let entry;
+let failure;
 try {
   entry = await bundle();
 } catch (err) {
+  failure = err;
   if (process.env.REVPROXY_DEBUG) console.error('revproxy: bundling failed, running through tsx:', err);
 }
 let main;
 if (entry) {
-  ({ main } = await import(new URL(`file://${entry}`).href));
+  ({ main } = await import(pathToFileURL(entry).href));
 } else {
-  const { register } = await import('tsx/esm/api');
-  register();
+  try {
+    const { register } = await import('tsx/esm/api');
+    register();
+  } catch {
+    console.error(
+      `revproxy: cannot start: its sources could not be bundled into ${bundlePath} (${failure?.message ?? failure}), ` +
+        'and tsx, which runs them unbundled, is not installed. ' +
+        (installed
+          ? 'Install revproxy from a package made by npm pack, which carries the bundle, or give it a folder it can write.'
+          : 'Run npm install in the checkout (tsx is a development dependency), or fix what stops the bundle being written.'),
+    );
+    process.exit(1);
+  }
   ({ main } = await import('./main.ts'));
 }
 process.exitCode = await main(process.argv.slice(2));

@@ -4,10 +4,13 @@
 //
 //   dist/index.js        lib/index.ts bundled by esbuild (ESM, Node 20; dependencies stay imports)
 //   dist/types/**.d.ts   declarations by tsc (tsconfig.lib.json); package.json `types` points at lib/index.d.ts
+//   .build/revproxy.mjs  the CLI's bundle (cli/bundle.mjs), so an installed package runs `revproxy`
+//                        without writing into its own folder
 import { spawnSync } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import * as esbuild from 'esbuild';
+import { bundle } from '../cli/bundle.mjs';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 rmSync(`${root}/dist`, { recursive: true, force: true });
@@ -29,3 +32,5 @@ if (tsc.status !== 0) {
   console.error('build: tsc could not write the declarations');
   process.exit(1);
 }
+
+await bundle({ force: true });

@@ -2,13 +2,14 @@
  * The library as another project gets it: `npm pack`, installed from the
  * tarball into a temporary package (offline: the dependencies come from the
  * npm cache, pinned by this project's lockfile), then imported by name from
- * plain `node` (no tsx) and type-checked against the shipped declarations.
+ * plain `node` (no tsx) and type-checked against the shipped declarations;
+ * and its `revproxy` command run from the installed package.
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { built } from './built.js';
@@ -139,6 +140,41 @@ pkg('npm pack, installed from the tarball into another package, imported by name
     files: ['typed.ts'],
   }));
   await run(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.json'], dir);
+});
+
+/** Every file under `dir` with its size and modification time: what a command wrote there shows as a difference. */
+function snapshot(dir: string): string[] {
+  return readdirSync(dir, { recursive: true, withFileTypes: true })
+    .filter((e) => e.isFile())
+    .map((e) => {
+      const p = join(e.parentPath, e.name);
+      const st = statSync(p);
+      return `${p} ${st.size} ${st.mtimeMs}`;
+    })
+    .sort();
+}
+
+pkg('the installed package runs `revproxy` without writing into its own folder (a global install, a read-only image), and says why when it cannot start', async () => {
+  assert.ok(dir, 'the install above ran');
+  const installed = join(dir, 'node_modules', 'revproxy');
+  const cli = join(installed, 'cli', 'revproxy.js');
+  // Unpacked files carry the time they were unpacked at, so sources may look newer than the bundle: it runs anyway.
+  writeFileSync(join(installed, 'cli', 'main.ts'), readFileSync(join(installed, 'cli', 'main.ts')));
+  const before = snapshot(installed);
+  const help = node(cli, ['--help'], { cwd: dir });
+  assert.is(await help.exited, 0, help.out.join('\n'));
+  assert.ok(help.out.some((l) => l.startsWith('Usage: revproxy')), help.out.join('\n'));
+  assert.equal(snapshot(installed), before, 'nothing in the package was written');
+
+  // No bundle, and no folder to write one to (a file is in its way, as a read-only image would be): a sentence, not a stack.
+  rmSync(join(installed, '.build'), { recursive: true, force: true });
+  writeFileSync(join(installed, '.build'), '');
+  const broken = node(cli, ['--help'], { cwd: dir });
+  assert.is(await broken.exited, 1);
+  const said = broken.out.join('\n');
+  assert.match(said, /^revproxy: cannot start: its sources could not be bundled into .*\.build\/revproxy\.mjs \(EEXIST/);
+  assert.match(said, /tsx, which runs them unbundled, is not installed\. Install revproxy from a package made by npm pack/);
+  assert.not.match(said, /ERR_MODULE_NOT_FOUND|\n\s+at /, 'no stack trace');
 });
 
 pkg.run();
