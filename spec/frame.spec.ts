@@ -1,7 +1,10 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Packr } from 'msgpackr';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { encodeFrame, FrameDecoder, nativeAcceleration } from '../transport/frame.js';
+import { JsonDecoder } from '../transport/json.js';
 import { ERROR_CODES, ErrorCode, LocalCode } from '../transport/errors.js';
 import type { Message } from '../transport/messages.js';
 
@@ -117,6 +120,33 @@ test('__proto__ keys cannot pollute prototypes', () => {
   const r = new FrameDecoder({ validate: false }).push(Buffer.concat([h, body]));
   assert.is(({} as Record<string, unknown>).x, undefined);
   assert.ok(r.messages.length === 1 || r.error);
+});
+
+test('a message arriving a byte per read is held in about its bytes, not an object per read (what the buffer budget counts is what is held)', () => {
+  // A collection on demand, to measure what stays reachable (uvu runs without --expose-gc).
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const reads = 100_000;
+  const held = (start: Buffer, push: (b: Buffer) => void, buffered: () => number): number => {
+    push(start);
+    gc();
+    const before = process.memoryUsage();
+    for (let i = 0; i < reads; i++) push(Buffer.from([0x61])); // a read of its own each, as a socket gives them
+    gc();
+    const after = process.memoryUsage();
+    assert.is(buffered(), start.length + reads, 'every byte is held, none decoded yet');
+    return after.heapUsed + after.arrayBuffers - before.heapUsed - before.arrayBuffers;
+  };
+  const frames = new FrameDecoder();
+  const header = Buffer.alloc(4);
+  header.writeUInt32BE(1 << 20);
+  const json = new JsonDecoder();
+  const grew = {
+    frames: held(header, (b) => assert.is(frames.push(b).error, undefined), () => frames.buffered),
+    json: held(Buffer.from('{"type": "0", "payload": "'), (b) => assert.is(json.push(b).error, undefined), () => json.buffered),
+  };
+  // It was about 100 bytes of memory per byte held (one Buffer object per read): 10 MB for 100 KB here, and 150 MB for 320 KB dribbled at a proxy.
+  for (const [wire, bytes] of Object.entries(grew)) assert.ok(bytes < 20 * reads, `${wire}: ${(bytes / 1e6).toFixed(1)} MB of memory hold ${reads / 1000} KB dribbled a byte per read`);
 });
 
 test("msgpackr's native addon is in use", () => {

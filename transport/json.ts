@@ -9,7 +9,7 @@
  */
 import { ErrorCode, ProtocolError, hexPreview } from './errors.js';
 import { recogniseForeign } from './foreign.js';
-import { DEFAULT_MAX_FRAME_BYTES, type DecodeResult, type Decoder } from './frame.js';
+import { DEFAULT_MAX_FRAME_BYTES, PartialBytes, type DecodeResult, type Decoder } from './frame.js';
 import { isUtf8 } from 'node:buffer';
 import { MAX_SEQ, MsgType, toMessage, type ErrorMsg, type Message } from './messages.js';
 import { firstInvalidUtf8 } from './utf8.js';
@@ -61,8 +61,7 @@ export class JsonDecoder implements Decoder {
   private readonly max: number;
   private readonly numbering: boolean | (() => number | undefined);
   /** Bytes of the object being read, from its `{`. */
-  private parts: Buffer[] = [];
-  private size = 0;
+  private readonly held = new PartialBytes();
   private depth = 0;
   private inString = false;
   private escaped = false;
@@ -77,7 +76,7 @@ export class JsonDecoder implements Decoder {
   }
 
   get buffered(): number {
-    return this.size;
+    return this.held.size;
   }
 
   push(chunk: Buffer): DecodeResult {
@@ -87,8 +86,7 @@ export class JsonDecoder implements Decoder {
       this.scan(chunk, messages);
     } catch (err) {
       this.failed = err instanceof ProtocolError ? err : new ProtocolError(ErrorCode.BAD_REQUEST, String(err));
-      this.parts = [];
-      this.size = 0;
+      this.held.clear();
       return { messages, error: this.failed };
     }
     this.offset += chunk.length;
@@ -122,22 +120,16 @@ export class JsonDecoder implements Decoder {
       else if (b === OPEN || b === OPEN_ARRAY) {
         if (++this.depth > MAX_DEPTH) throw new ProtocolError(ErrorCode.BAD_REQUEST, `JSON nested deeper than ${MAX_DEPTH} levels at byte ${this.offset + i}`);
       } else if ((b === CLOSE || b === CLOSE_ARRAY) && --this.depth === 0) {
-        const length = this.size + i + 1 - start;
+        const length = this.held.size + i + 1 - start;
         this.checkSize(length, i);
-        const tail = chunk.subarray(start, i + 1);
-        const bytes = this.parts.length === 0 ? tail : Buffer.concat([...this.parts, tail], length);
-        this.parts = [];
-        this.size = 0;
+        const bytes = this.held.take(chunk.subarray(start, i + 1));
         out.push(this.toMessage(bytes, this.offset + i + 1 - length));
       }
     }
     if (this.depth > 0) {
-      const held = chunk.length - start;
-      this.checkSize(this.size + held, chunk.length - 1);
-      // Copy small tails so the big read buffer they sit in can be freed.
-      const rest = chunk.subarray(start);
-      this.parts.push(rest.length < 4096 ? Buffer.from(rest) : rest);
-      this.size += held;
+      this.checkSize(this.held.size + chunk.length - start, chunk.length - 1);
+      // Small tails are copied, so the big read buffer they sit in can be freed.
+      this.held.add(chunk.subarray(start), this.max);
     }
   }
 
