@@ -25,7 +25,9 @@ export interface Peer {
   role: 'unknown' | 'client' | 'registration';
   /** Requests this peer sent that are still unanswered (for its in-flight limit). */
   outstanding: number;
-  /** Whether its reads are paused because `outstanding` hit its limit. */
+  /** Bytes its unanswered requests hold against the buffer budget (for the budget's share per connection). */
+  heldBytes: number;
+  /** Whether its reads are paused because `outstanding` or `heldBytes` hit its limit. */
   throttled: boolean;
   /** PINGs sent on a registration connection without a PONG since. */
   missedPings: number;
@@ -34,7 +36,7 @@ export interface Peer {
 }
 
 export function newPeer(conn: Connection): Peer {
-  return { conn, role: 'unknown', outstanding: 0, throttled: false, missedPings: 0 };
+  return { conn, role: 'unknown', outstanding: 0, heldBytes: 0, throttled: false, missedPings: 0 };
 }
 
 /** A client request as it travels through the proxy. */
@@ -44,6 +46,8 @@ export interface ProxyRequest {
   msg: DataMsg;
   /** When the request arrived (clock ms); its deadline runs from here. */
   arrived: number;
+  /** Bytes it holds against the proxy's buffer budget until it is answered (`requestBytes`). */
+  bytes?: number;
   /** Members already tried for this request, in order. */
   tried?: string[];
   /** How the last try failed, for the answer when no member is left to try. */

@@ -37,7 +37,7 @@ import { isLoopback, resolveOptions, sweepInterval, type ProxyOptions } from './
 import type { ProxyContext, ProxyEvent } from './proxy-types.js';
 import { drainMember, enableMember, linkDown, linkUp, probe, readmit, triesFailed } from './health.js';
 import { admit, applyReload, evict, registeredBy, removeServer } from './membership.js';
-import { drainWaiting, expireWaiting, makeReply, refuse, route } from './routing.js';
+import { drainWaiting, expireWaiting, holdRequest, makeReply, refuse, route } from './routing.js';
 import { fromRegistry } from './registry-members.js';
 import { releaseAll } from './children.js';
 
@@ -83,19 +83,22 @@ export const proxyMachine = setup({
       for (const { peer, requests } of event.batches) {
         peer.outstanding += requests.length;
         context.inflight.add(requests.length);
-        if (!peer.throttled && peer.outstanding >= limit) {
-          peer.throttled = true;
-          peer.conn.pause();
-        }
         for (const msg of requests) {
           if (verbose) {
             log.debug('request', `Received a message from client ${msg.srcid} payload ${msg.payload}`, {
               client: msg.srcid, policy: msg.privPoliId, payload: msg.payload,
             });
           }
+          const req = holdRequest(context, peer, msg, now);
+          if (!req) continue;
           let group = byPolicy.get(msg.privPoliId);
           if (!group) byPolicy.set(msg.privPoliId, (group = []));
-          group.push({ client: peer, msg, arrived: now });
+          group.push(req);
+        }
+        // A client at its limit of requests, or of the budget's share for one connection, is not read until answers bring it down.
+        if (!peer.throttled && (peer.outstanding >= limit || peer.heldBytes >= context.budget.requestsPerPeer)) {
+          peer.throttled = true;
+          peer.conn.pause();
         }
       }
       for (const [policy, reqs] of byPolicy) route(context, policy, reqs);

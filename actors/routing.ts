@@ -7,9 +7,9 @@
  * membership.ts's; health (ejection, probes) is health.ts's.
  */
 import { ErrorCode } from '../transport/errors.js';
-import { errorMsg, MsgType, type AckMsg, type ErrorMsg } from '../transport/messages.js';
+import { errorMsg, MsgType, WIRE, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import { startChild, stopChild } from './children.js';
-import type { Failure, ProxyRequest, Reply } from './link.js';
+import type { Failure, Peer, ProxyRequest, Reply } from './link.js';
 import { fmt } from './logger.js';
 import { poolMachine } from './pool.js';
 import type { Member, Policy, ProxyContext } from './proxy-types.js';
@@ -88,6 +88,27 @@ export function refuse(context: ProxyContext, reqs: ProxyRequest[], failure: Fai
   context.logger.repeated('warn', failure.code === ErrorCode.NO_SERVER ? 'no_server' : 'refused', `${policy}\0${failure.code}`, reqs.length,
     (n, span) => `${failure.message}; refused ${fmt(n)} request(s)${span ? ` ${span}` : ''}`, { policy, code: failure.code });
   for (const r of reqs) reply(r, errorMsg(failure.code, failure.message));
+}
+
+/** What a request holds in memory until it is answered, as the buffer budget counts it: its payload, and the frame it keeps to be forwarded as its own bytes (`WIRE`; a binary payload is a view of that frame). */
+function requestBytes(msg: DataMsg): number {
+  const w = msg[WIRE];
+  return msg.payload.length + (w !== undefined && typeof msg.payload === 'string' ? w.end - w.start : 0);
+}
+
+/**
+ * A request read from `peer`, its bytes held against the buffer budget until
+ * its answer (on the request and its client). Requests together may hold half
+ * the budget: past it the request is answered OVERLOADED at once (undefined).
+ */
+export function holdRequest(context: ProxyContext, peer: Peer, msg: DataMsg, now: number): ProxyRequest | undefined {
+  const bytes = requestBytes(msg);
+  if (context.budget.hold(bytes)) {
+    peer.heldBytes += bytes;
+    return { client: peer, msg, arrived: now, bytes };
+  }
+  refuse(context, [{ client: peer, msg, arrived: now }], { code: ErrorCode.OVERLOADED, message: `the proxy holds ${context.budget.limit / 2} bytes of requests not answered yet, half its buffer budget (--max-buffered-bytes); try again later` });
+  return undefined;
 }
 
 /** Why a member may not take a request now (`makeEligible`'s reasons, named for the inspector). */
@@ -215,7 +236,11 @@ export function makeReply(context: ProxyContext): Reply {
     const client = req.client;
     observer?.answered!(req.msg.privPoliId, member, answer.type === MsgType.ACK ? 'ok' : answer.code, clock.now() - req.arrived, req);
     client.outstanding--;
-    if (client.throttled && client.outstanding <= context.opts.maxClientInflight >> 1) {
+    if (req.bytes) {
+      context.budget.release(req.bytes);
+      client.heldBytes -= req.bytes;
+    }
+    if (client.throttled && client.outstanding <= context.opts.maxClientInflight >> 1 && client.heldBytes <= context.budget.requestsPerPeer / 2) {
       client.throttled = false;
       client.conn.resume();
     }

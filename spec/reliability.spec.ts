@@ -218,6 +218,39 @@ r('2,000 connections each holding a nearly full frame stay within the buffer bud
   assert.ok(proc.out.some((l) => /buffer budget/.test(l)), 'the cuts are logged');
 });
 
+r('big requests held for a slow server stay within the buffer budget: a greedy client is read no more while others are served, and past half the budget requests are refused OVERLOADED', async () => {
+  const budget = 4 * 1024 * 1024;
+  const proxy = await inProcess({ maxBufferedBytes: budget, timeoutMs: 20000 });
+  await addServer('stalled', 'P', 'silent');
+  await addServer('good', 'Q');
+  const size = 64 * 1024;
+  const context = () => proxy.actor.getSnapshot().context;
+  // Requests of policy P the proxy holds: at its only server, which never answers, or waiting for it.
+  const held = () => context().servers.get('stalled')!.traffic.inflight.size + (context().policies.get('P')?.waiting.length ?? 0);
+  const greedy = async (n: number, tag: number) => {
+    const s = await rawConnect(proxy.port);
+    ctx.sockets.push(s);
+    const c = collector(s);
+    s.write(Buffer.concat(Array.from({ length: n }, (_, i) => encodeFrame({ type: 0, seq: i, srcid: `big${tag}`, privPoliId: 'P', payload: Buffer.alloc(size, i) }))));
+    return c;
+  };
+  // One client pipelines 200 requests of 64 KiB (12.5 MiB against a 4 MiB budget): it used to be held whole (the in-flight limits count requests, not bytes).
+  const one = await greedy(200, 0);
+  await eventually(() => held() > 0, 3000, 'the first requests held');
+  await sleep(300);
+  assert.ok(held() * size <= budget / 32 + 4 * size, `one connection holds ${held()} requests of ${size} bytes (its share of the budget is ${budget / 32} bytes)`);
+  assert.not.ok(one.closed, 'a greedy client is paused, not cut');
+  // Everyone else is served meanwhile.
+  const other = await runClient({ id: 'c', proxy: { host: LOCAL, port: proxy.port }, packets: Array.from({ length: 20 }, (_, i) => ({ srcid: 'c', privPoliId: 'Q', payload: `q${i}` })) });
+  assert.ok(other.every((x) => x.correct), JSON.stringify(other.filter((x) => !x.correct)).slice(0, 500));
+  // A crowd of such clients (the limit a flood of connections meets): past half the budget, requests are refused at once.
+  const crowd = await Promise.all(Array.from({ length: 24 }, (_, i) => greedy(12, i + 1)));
+  const overloaded = () => crowd.reduce((n, c) => n + c.got.filter((m) => m.type === 3 && m.code === 'OVERLOADED').length, 0);
+  await eventually(() => overloaded() > 0, 5000, 'requests past half the budget refused');
+  assert.ok(held() * size <= budget / 2, `${held()} requests of ${size} bytes held, over half the ${budget}-byte budget`);
+  assert.match(JSON.stringify(crowd.flatMap((c) => c.got).find((m) => m.type === 3)), /--max-buffered-bytes/);
+});
+
 r('TLS handshakes that stall are closed after the frame timeout', async () => {
   const pki = makePki(['proxy']);
   const files = pki.cert('proxy');

@@ -6,6 +6,13 @@
  * the connections holding the most are cut until the total is back under,
  * so a crowd of peers each holding a nearly full frame cannot take the
  * process's memory, and everyone else keeps being served.
+ *
+ * Requests read and not yet answered hold their bytes too (a client may send
+ * thousands of requests of up to a frame each to a policy whose servers are
+ * slow): they may take at most half the limit (`hold`), and one that does not
+ * fit is refused, so partial messages and unread answers keep the other half.
+ * One connection's requests may take `requestsPerPeer` (a sixteenth of that
+ * half) before its reads pause, so one greedy client cannot take it all.
  */
 
 /** What the budget needs of a connection: how to cut it. */
@@ -16,6 +23,8 @@ export interface BudgetHolder {
 
 export class BufferBudget {
   private total = 0;
+  /** Bytes held for requests until they are answered (`hold`, `release`). */
+  private requests = 0;
   /** Holders with bytes held, and how many. */
   private readonly held = new Map<BudgetHolder, number>();
 
@@ -28,9 +37,32 @@ export class BufferBudget {
     private readonly onShed?: (holder: BudgetHolder, bytes: number) => void,
   ) {}
 
+  /** Bytes one connection's unanswered requests may hold before it is read no more until answers bring them down (no limit without one). */
+  get requestsPerPeer(): number {
+    return this.limit > 0 ? this.limit / 32 : Infinity;
+  }
+
   /** Bytes held now, across every holder. */
   get used(): number {
-    return this.total;
+    return this.total + this.requests;
+  }
+
+  /**
+   * Hold `bytes` for a request until it is answered (`release`). Requests
+   * together may hold half the limit at most: one that does not fit holds
+   * nothing and gets false (the caller refuses it, OVERLOADED).
+   */
+  hold(bytes: number): boolean {
+    if (this.limit === 0) return true;
+    if (this.requests + bytes > this.limit / 2) return false;
+    this.requests += bytes;
+    if (this.total + this.requests > this.limit) this.shedLargest();
+    return true;
+  }
+
+  /** A request `hold` took bytes for was answered. */
+  release(bytes: number): void {
+    this.requests -= bytes;
   }
 
   /** `holder` now holds `bytes` (0 when it holds none, or is gone). */
@@ -40,12 +72,12 @@ export class BufferBudget {
     this.total += bytes - before;
     if (bytes > 0) this.held.set(holder, bytes);
     else this.held.delete(holder);
-    if (this.limit > 0 && this.total > this.limit) this.shedLargest();
+    if (this.limit > 0 && this.total + this.requests > this.limit) this.shedLargest();
   }
 
   /** Cut the largest holders until the total is under the limit. */
   private shedLargest(): void {
-    while (this.total > this.limit && this.held.size > 0) {
+    while (this.total + this.requests > this.limit && this.held.size > 0) {
       let victim: BudgetHolder | undefined;
       let most = -1;
       for (const [h, n] of this.held) {
