@@ -113,8 +113,10 @@ test('the ordered encoder holds an answer that overtakes an earlier one', () => 
   const enc = orderedJsonEncoder();
   const a = (seq: number): Message => ({ type: 2, seq, srcid: 's', destid: 'c', payload: `h${seq}`, payloadsize: 2 });
   assert.is(enc(a(1)).length, 0, 'answer 1 waits for answer 0');
+  assert.is(enc.held, encodeJson(a(1)).length, 'what it holds is counted (for the buffer budget)');
   const both = enc(a(0)).toString();
   assert.is(both, `${encodeJson(a(0))}${encodeJson(a(1))}`);
+  assert.is(enc.held, 0);
   assert.is(enc(a(2)).toString(), encodeJson(a(2)).toString());
   assert.is(enc({ type: 3, code: 'BAD_REQUEST', message: 'bye' }).length > 0, true, 'a connection error goes out at once');
 });

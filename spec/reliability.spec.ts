@@ -251,6 +251,23 @@ r('big requests held for a slow server stay within the buffer budget: a greedy c
   assert.match(JSON.stringify(crowd.flatMap((c) => c.got).find((m) => m.type === 3)), /--max-buffered-bytes/);
 });
 
+r('an old-wire client whose answers wait behind a slow one holds them within the buffer budget: past it, it is cut with OVERLOADED', async () => {
+  const budget = 4 * 1024 * 1024;
+  const proxy = await inProcess({ maxBufferedBytes: budget, timeoutMs: 20000 });
+  await addServer('stalled', 'P', 'silent');
+  // The old wire answers in request order: one request to a server that does not answer, then 12,000 answered at once
+  // (NO_SERVER, about 600 bytes each): their answers wait for the first one's, and used to wait uncounted, however many.
+  const s = await rawConnect(proxy.port);
+  ctx.sockets.push(s);
+  let got = '';
+  s.on('data', (d: Buffer) => (got += d.toString()));
+  const quick = JSON.stringify({ type: '0', srcid: 'c', privPoliId: 'N'.repeat(250), payload: 'x' });
+  s.write(JSON.stringify({ type: '0', srcid: 'c', privPoliId: 'P', payload: 'slow' }) + quick.repeat(12000));
+  await eventually(() => s.closed, 5000, 'the connection cut once its held answers passed the budget');
+  assert.match(got, /"code": "OVERLOADED"/);
+  assert.ok(ctx.logs.some((l) => l.event === 'budget_shed'), 'the cut is logged');
+});
+
 r('TLS handshakes that stall are closed after the frame timeout', async () => {
   const pki = makePki(['proxy']);
   const files = pki.cert('proxy');

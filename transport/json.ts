@@ -233,34 +233,55 @@ const EMPTY = Buffer.alloc(0);
  * One connection's JSON encoder: the bytes of `msg`, sent with `seq` in place
  * of its own when given (the old wire does not write it; it decides the order).
  */
-export type JsonEncoder = (msg: Message, seq?: number) => Buffer;
+export interface JsonEncoder {
+  (msg: Message, seq?: number): Buffer;
+  /** Bytes of answers it holds for an earlier one (the ordered encoder), which the connection counts against its buffer budget. */
+  readonly held?: number;
+  /** Let go of what it holds (the connection is closed). */
+  drop?(): void;
+}
 
 /**
  * An encoder for one JSON connection that writes answers (ACK, ERROR with a
  * `seq`) in the order of the requests' numbers from a numbering
- * `JsonDecoder`: an answer that overtakes an earlier one is held until the
- * earlier one is written. Everything else is written at once.
+ * `JsonDecoder`: an answer that overtakes an earlier one is held, encoded,
+ * until the earlier one is written (`held` counts its bytes: a client that
+ * sends one slow request and then thousands of quick ones makes it hold their
+ * answers). Everything else is written at once.
  */
 export function orderedJsonEncoder(): JsonEncoder {
   let next = 0;
-  const held = new Map<number, Message>();
-  return (msg, seq) => {
+  let heldBytes = 0;
+  const held = new Map<number, Buffer>();
+  const encode = (msg: Message, seq?: number): Buffer => {
     if (msg.type !== MsgType.ACK && msg.type !== MsgType.ERROR) return encodeJson(msg);
     const s = seq ?? msg.seq;
     if (s === undefined) return encodeJson(msg);
     if (s !== next) {
-      held.set(s, msg);
+      const bytes = encodeJson(msg);
+      held.set(s, bytes);
+      heldBytes += bytes.length;
       return EMPTY;
     }
     const out = [encodeJson(msg)];
     next = next >= MAX_SEQ ? 0 : next + 1;
-    for (let m = held.get(next); m; m = held.get(next)) {
+    for (let b = held.get(next); b; b = held.get(next)) {
       held.delete(next);
-      out.push(encodeJson(m));
+      heldBytes -= b.length;
+      out.push(b);
       next = next >= MAX_SEQ ? 0 : next + 1;
     }
     return out.length === 1 ? out[0]! : Buffer.concat(out);
   };
+  return Object.defineProperties(encode, {
+    held: { get: () => heldBytes },
+    drop: {
+      value: () => {
+        held.clear();
+        heldBytes = 0;
+      },
+    },
+  }) as JsonEncoder;
 }
 
 /**

@@ -293,6 +293,7 @@ export class Connection implements BudgetHolder {
   /** @internal The socket closed: release what it held. */
   socketClosed(): void {
     this.closed = true;
+    if (this.encoder.wire === 'json') this.encoder.encode.drop?.();
     this.budget?.set(this, 0);
     this.idleTimer?.cancel();
     this.finish();
@@ -345,7 +346,11 @@ export class Connection implements BudgetHolder {
     }
     const encoder = this.encoder;
     if (encoder.wire === 'frames') writeFrame(msg, this.batch, seq);
-    else this.batch.append(encoder.encode(msg, seq));
+    else {
+      this.batch.append(encoder.encode(msg, seq));
+      // Answers held for an earlier one are answers the peer cannot read yet: they count as unread ones.
+      if (this.budget && encoder.encode.held !== undefined) this.account();
+    }
     return !this.congested;
   }
 
@@ -371,13 +376,15 @@ export class Connection implements BudgetHolder {
   /** Tell the budget what this connection holds: a message begun, and answers the peer has not read while they pile up. */
   private account(): void {
     const unsent = this.socket.writableNeedDrain ? this.socket.writableLength : 0;
-    this.budget!.set(this, this.decoder.buffered + unsent);
+    const encoder = this.encoder;
+    this.budget!.set(this, this.decoder.buffered + unsent + (encoder.wire === 'json' ? encoder.encode.held ?? 0 : 0));
   }
 
   /** Cut by the budget: read nothing more, drop what was buffered, tell the peer why (OVERLOADED) and close. */
   shed(reason: string): void {
     this.socket.pause();
     this.decoder = new FrameDecoder({ maxFrameBytes: 1 });
+    if (this.encoder.wire === 'json') this.encoder.encode.drop?.();
     // A peer that does not read would not read the reason either: its bytes are released now.
     if (this.closed || this.socket.writableNeedDrain) this.destroy();
     else this.endWith(errorMsg(ErrorCode.OVERLOADED, reason));
