@@ -33,6 +33,8 @@ export interface Peer {
   missedPings: number;
   /** On a registration connection: the id of the server it registered. */
   serverId?: string;
+  /** A client that sent bad input with requests in flight: the error that closes it once they are answered. */
+  closeWith?: ErrorMsg;
 }
 
 export function newPeer(conn: Connection): Peer {

@@ -111,7 +111,11 @@ class AcceptedReads implements MessageSink {
   failed(err: Error): void {
     const { core, conn, peer } = this;
     core.conns.delete(conn);
-    if (err instanceof ProtocolError) return core.sendBack({ type: 'BAD_INPUT', peer, error: err });
+    if (err instanceof ProtocolError) {
+      // The requests it sent before the bad bytes go first: they are answered before the error closes it.
+      if (core.gathering()) core.forwardNow();
+      return core.sendBack({ type: 'BAD_INPUT', peer, error: err });
+    }
     if (err instanceof ConnectionTimeout) {
       core.input.logger.repeated('info', 'conn_timeout', `${peer.role}\0${err.message}`, 1, (n, span) => n === 1 && !span ? `Closed connection from ${conn.describe()}: ${err.message}` : `Closed ${fmt(n)} ${peer.role} connection(s)${span ? ` ${span}` : ''}: ${err.message}`, { role: peer.role });
     }

@@ -37,7 +37,7 @@ import { isLoopback, resolveOptions, sweepInterval, type ProxyOptions } from './
 import type { ProxyContext, ProxyEvent } from './proxy-types.js';
 import { drainMember, enableMember, linkDown, linkUp, probe, readmit, triesFailed } from './health.js';
 import { admit, applyReload, evict, registeredBy, removeServer } from './membership.js';
-import { drainWaiting, expireWaiting, holdRequest, makeReply, refuse, route } from './routing.js';
+import { closeAfterAnswers, drainWaiting, expireWaiting, holdRequest, makeReply, refuse, route } from './routing.js';
 import { fromRegistry } from './registry-members.js';
 import { releaseAll } from './children.js';
 
@@ -143,7 +143,7 @@ export const proxyMachine = setup({
       context.logger.repeated('warn', 'bad_input', `${conn.remoteAddress}\0${event.error.code}`, 1, (n, span) => `Closed connection from ${conn.describe()}: ${event.error.message}${span ? ` (${n} times ${span})` : ''}`, {
         peer: conn.describe(), code: event.error.code, role: event.peer.role,
       });
-      conn.endWith(errorMsg(event.error.code, event.error.message));
+      closeAfterAnswers(event.peer, errorMsg(event.error.code, event.error.message));
     },
 
     upstreamUp: ({ context, event }) => {

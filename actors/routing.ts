@@ -111,6 +111,13 @@ export function holdRequest(context: ProxyContext, peer: Peer, msg: DataMsg, now
   return undefined;
 }
 
+/** A client's bad input: what it asked before is answered first, then `error` closes it (`makeReply`); at once when nothing is in flight. */
+export function closeAfterAnswers(peer: Peer, error: ErrorMsg): void {
+  if (peer.outstanding === 0) return peer.conn.endWith(error);
+  peer.closeWith = error;
+  peer.conn.pause();
+}
+
 /** Why a member may not take a request now (`makeEligible`'s reasons, named for the inspector). */
 export type Unavailable = 'unregistered' | 'drained' | 'ejected' | 'not_connected' | 'full' | 'silent' | 'tried';
 
@@ -257,6 +264,7 @@ export function makeReply(context: ProxyContext): Reply {
       }
     }
     client.conn.send(answer, req.msg.seq);
+    if (client.closeWith !== undefined && client.outstanding === 0) client.conn.endWith(client.closeWith);
     // Last: the last answer of a drain may end the proxy, which closes the client connections.
     context.inflight.done();
   };

@@ -109,6 +109,32 @@ tls('a client and a server talk through the proxy over mutual TLS; a server with
   assert.not.ok(plain[0]!.correct);
 });
 
+const badInput = inProcess('bad input');
+
+badInput('requests sent before bad bytes are answered, then the error, then the close: in the same read, and in flight at a server', async (ctx) => {
+  await proxyWith(ctx, {});
+  await server(ctx, 'slow', 'P', { delayMs: 200 });
+  await eventually(() => ctx.proxy!.pools().P?.serving.includes('slow') ?? false, 2000, 'serving');
+  const garbage = Buffer.from([0, 0, 0, 3, 0xc1, 0xc1, 0xc1]);
+  const ask = (seq: number) => encodeFrame({ type: 0, seq, srcid: 'c', privPoliId: 'P', payload: `p${seq}` });
+  const seen = (got: unknown[]) => got.map((m) => { const x = m as { type: number; seq?: number; code?: string }; return x.type === 2 ? `ACK ${x.seq}` : `${x.code} ${x.seq ?? '-'}`; });
+  // Two requests and garbage in one write.
+  const one = await rawConnect(ctx.proxy!.port);
+  const a = collector(one);
+  one.write(Buffer.concat([ask(1), ask(2), garbage]));
+  await a.until(() => a.closed, 3000);
+  assert.equal(seen(a.got), ['ACK 1', 'ACK 2', 'BAD_REQUEST -'], 'they used to get the error alone: the answers of requests already sent to the server were dropped');
+  // A request at the server when the garbage comes.
+  const two = await rawConnect(ctx.proxy!.port);
+  const b = collector(two);
+  two.write(ask(7));
+  await eventually(() => ctx.proxy!.actor.getSnapshot().context.servers.get('slow')!.traffic.inflight.size === 1, 2000, 'the request at the server');
+  two.write(garbage);
+  await b.until(() => b.closed, 3000);
+  assert.equal(seen(b.got), ['ACK 7', 'BAD_REQUEST -']);
+  assert.ok(ctx.logs.some((l) => l.event === 'bad_input'), 'the bad input is logged');
+});
+
 // ---- hostile input, against a proxy process ----
 
 const hostile = suite('hostile input');
@@ -260,4 +286,5 @@ hostile('connections beyond the per-peer limit are refused at once; the proxy ke
 
 tokens.run();
 tls.run();
+badInput.run();
 hostile.run();
