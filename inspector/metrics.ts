@@ -168,11 +168,15 @@ export class Metrics implements ProxyObserver {
 
   private policy(policy: string): PolicyTally {
     let t = this.policies.get(policy);
-    if (!t && this.policies.size >= MAX_LABEL_VALUES) return this.policy(OTHER);
-    if (!t) {
-      t = { buckets: new Float64Array(LATENCY_BUCKETS.length), sum: 0, count: 0, outcomes: new Map() };
-      this.policies.set(policy, t);
+    if (t) return t;
+    // Past the bound, new policies are counted together under OTHER (itself the one entry past it).
+    if (this.policies.size >= MAX_LABEL_VALUES) {
+      policy = OTHER;
+      t = this.policies.get(OTHER);
+      if (t) return t;
     }
+    t = { buckets: new Float64Array(LATENCY_BUCKETS.length), sum: 0, count: 0, outcomes: new Map() };
+    this.policies.set(policy, t);
     return t;
   }
 

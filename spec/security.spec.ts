@@ -249,6 +249,22 @@ hostile('10,000 generated and mutated frames at a running proxy: it never crashe
   assert.is(({} as Record<string, unknown>).polluted, undefined);
 });
 
+hostile('requests naming more distinct policies than the metrics count one by one (with --admin): the proxy keeps serving, the rest counted as _other', async () => {
+  const { proc, port } = await liveProxy(['--log-level', 'info', '--admin', '127.0.0.1:0']);
+  const url = (await proc.waitFor(/Admin endpoint on (http:\S+)/))[1]!;
+  // 1,200 requests, each for a policy of its own that no server serves (NO_SERVER at once): the 1,001st made the
+  // metrics recurse without end, which stopped the proxy for good (its port left open, nothing logged).
+  const s = await rawConnect(port);
+  const c = collector(s);
+  s.write(Buffer.concat(Array.from({ length: 1200 }, (_, i) => encodeFrame({ type: 0, seq: i, srcid: 'x', privPoliId: `junk-${i}`, payload: 'a' }))));
+  await c.until(() => c.got.length === 1200, 5000);
+  s.destroy();
+  const r = await runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: pkts('P', 3), timeoutMs: 3000 });
+  assert.ok(r.every((x) => x.correct), JSON.stringify(r));
+  const text = await (await fetch(`${url}metrics`)).text();
+  assert.match(text, /revproxy_requests_total\{policy="_other",server="",outcome="NO_SERVER"\} 200/);
+});
+
 hostile('a slow-loris connection (one byte at a time) is cut after the frame timeout, and an idle one after the idle timeout, while others are served', async () => {
   const { port } = await liveProxy(['--frame-timeout', '300', '--idle-timeout', '600']);
   const slow = await rawConnect(port);
