@@ -170,17 +170,25 @@ export function registryFromFlags(o: RegistryFlags): (RegistryOptions & { advert
   };
 }
 
-/** Resolves when the actor stops; SIGINT and SIGTERM stop it. */
-export function runUntilStopped(actor: { getSnapshot(): { status: string }; subscribe(o: { complete?: () => void; next?: () => void; error?: (e: unknown) => void }): unknown }, stop: () => Promise<void>): Promise<void> {
-  return new Promise((resolve) => {
+/**
+ * Resolves when the actor stops; SIGINT and SIGTERM stop it. Rejects with the
+ * error when it stopped on one thrown inside it (a bug): the command then
+ * fails (exit 1, the error on stderr) instead of exiting 0 - and XState does
+ * not stop the children of an actor that failed, so its listeners and sockets
+ * stay open: `cli/revproxy.js` ends a failed command that does not end by itself.
+ */
+export function runUntilStopped(actor: { getSnapshot(): { status: string; error?: unknown }; subscribe(o: { complete?: () => void; next?: () => void; error?: (e: unknown) => void }): unknown }, stop: () => Promise<void>): Promise<void> {
+  return new Promise((resolve, reject) => {
     const onSignal = (): void => void stop();
     process.once('SIGINT', onSignal);
     process.once('SIGTERM', onSignal);
     const check = (): void => {
-      if (actor.getSnapshot().status !== 'active') {
+      const snap = actor.getSnapshot();
+      if (snap.status !== 'active') {
         process.off('SIGINT', onSignal);
         process.off('SIGTERM', onSignal);
-        resolve();
+        if (snap.status === 'error') reject(snap.error instanceof Error ? snap.error : new Error(String(snap.error)));
+        else resolve();
       }
     };
     actor.subscribe({ next: check, complete: check, error: check });

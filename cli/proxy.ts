@@ -243,7 +243,10 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
         else (running as Record<string, unknown>)[k] = before[k];
       }
     });
-    await runUntilStopped(proxy.actor, proxy.stop);
+    await runUntilStopped(proxy.actor, proxy.stop).catch((err: Error) => {
+      logger.error('crashed', `The reverse proxy stopped on an internal error, and exits: ${err.message}`, { error: err.message });
+      throw err;
+    });
   } finally {
     await admin?.close();
     await insp.close();

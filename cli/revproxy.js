@@ -53,4 +53,8 @@ if (entry) {
   }
   ({ main } = await import('./main.ts'));
 }
-process.exitCode = await main(process.argv.slice(2));
+const code = await main(process.argv.slice(2));
+process.exitCode = code;
+// A command that failed ends, even when what failed left sockets or timers open (an actor that
+// stopped on an error keeps its children running): what it had to say is written by then.
+if (code !== 0) setTimeout(() => process.exit(code), 2000).unref();

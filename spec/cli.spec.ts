@@ -7,7 +7,8 @@ import { createServer as httpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { makePki } from './certs.js';
 import { killAll, revproxy } from './procs.js';
-import { normaliseArgv, OLD_FLAGS, UsageError, type FlagTable } from '../cli/common.js';
+import { createActor, setup } from 'xstate';
+import { normaliseArgv, OLD_FLAGS, runUntilStopped, UsageError, type FlagTable } from '../cli/common.js';
 
 const cli = suite('cli');
 cli.after.each(killAll);
@@ -93,6 +94,18 @@ const table: FlagTable = {
   takesValue: (f) => ['--token', '--pkt', '--port', '-p', '--id', '--revproc'].includes(f),
   known: (f) => ['--token', '--pkt', '--port', '--window', '--id', '--revproc'].includes(f),
 };
+
+cli('a proxy or server whose actor stops on an error thrown inside it fails the command with that error, instead of ending as if stopped', async () => {
+  // The proxy's machine, say, throwing in an action (a bug): XState stops the actor with status 'error'.
+  const machine = setup({ actions: { crash: () => { throw new Error('Maximum call stack size exceeded'); } } }).createMachine({ on: { GO: { actions: 'crash' } } });
+  const actor = createActor(machine).start();
+  const running = runUntilStopped(actor, async () => {});
+  actor.send({ type: 'GO' });
+  const err = await running.then(() => undefined, (e: unknown) => e);
+  // It used to resolve: the command exited 0 - or, since an errored actor's listeners stay open, hung silently with its port open.
+  assert.instance(err, Error);
+  assert.match((err as Error).message, /Maximum call stack/);
+});
 
 cli("one dash maps only the old system's six flags, never a value", () => {
   assert.equal(OLD_FLAGS, ['port', 'id', 'pp', 'listen', 'revproc', 'pkt'], "the seed's README names these six");
