@@ -13,6 +13,7 @@ import { MsgType, type DataMsg, type Message } from '../transport/messages.js';
 import { Connection, ConnectionTimeout, sendTogether, type MessageSink } from '../transport/socket.js';
 import { listenOn, listenServer, type TlsMaterial } from '../transport/tls.js';
 import { recogniseTlsRefusal } from '../transport/foreign.js';
+import { FORWARD_ROOM } from '../transport/frame.js';
 import type { Clock } from '../transport/clock.js';
 import type { Inflight, InflightCount } from './inflight.js';
 import { newPeer, type Peer, type ProxyRequest } from './link.js';
@@ -184,7 +185,8 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       }
       perPeer.set(addr, n);
       // The connection listens for the socket's errors from here on.
-      const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, idleTimeoutMs: input.idleTimeoutMs, frameTimeoutMs: input.frameTimeoutMs, wire: 'sniff', clock: input.clock, budget: input.budget });
+      // Room for what forwarding adds, so a request read whole is never too big to forward.
+      const conn = new Connection(socket, { maxFrameBytes: Math.max(1, input.maxFrameBytes - FORWARD_ROOM), idleTimeoutMs: input.idleTimeoutMs, frameTimeoutMs: input.frameTimeoutMs, wire: 'sniff', clock: input.clock, budget: input.budget });
       const peer = newPeer(conn);
       conns.add(conn);
       input.observer?.accepted?.(peer, socket);

@@ -8,7 +8,7 @@ import fc from 'fast-check';
 import { connect, type Socket } from 'node:net';
 import { Packr } from 'msgpackr';
 import { Logger, memorySink, runClient, startProxy, startServer, StartError, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
-import { encodeFrame } from '../transport/frame.js';
+import { encodeFrame, FORWARD_ROOM } from '../transport/frame.js';
 import { loadTls } from '../transport/tls.js';
 import { makePki } from './certs.js';
 import { collector, eventually, LOCAL, rawConnect, sleep } from './helpers.js';
@@ -133,6 +133,34 @@ badInput('requests sent before bad bytes are answered, then the error, then the 
   await b.until(() => b.closed, 3000);
   assert.equal(seen(b.got), ['ACK 7', 'BAD_REQUEST -']);
   assert.ok(ctx.logs.some((l) => l.event === 'bad_input'), 'the bad input is logged');
+});
+
+badInput('a request of the whole frame limit is refused from its header instead of breaking the link of every server it is tried on; one that leaves room to forward it is answered', async (ctx) => {
+  await proxyWith(ctx, {});
+  for (const id of ['a', 'b']) await server(ctx, id, 'P');
+  await eventually(() => ctx.proxy!.pools().P?.serving.length === 2, 2000, 'both serving');
+  // A DATA frame whose body is exactly `size` bytes (a payload of over 64 KiB keeps the same str32 header).
+  const sized = (size: number): Buffer => {
+    const at = (n: number) => encodeFrame({ type: 0, seq: 1, srcid: 'c', privPoliId: 'P', payload: 'a'.repeat(n) });
+    const n = 100_000 + size - (at(100_000).length - 4);
+    return at(n);
+  };
+  const ask = async (frame: Buffer) => {
+    const s = await rawConnect(ctx.proxy!.port);
+    const c = collector(s);
+    s.write(frame);
+    await c.until(() => c.got.length > 0, 5000);
+    s.destroy();
+    return c.got[0] as { type: number; code?: string; srcid?: string };
+  };
+  const limit = 1024 * 1024;
+  const roomy = await ask(sized(limit - FORWARD_ROOM));
+  assert.is(roomy.type, 2, `the largest request the proxy reads is forwarded and answered: ${JSON.stringify(roomy).slice(0, 200)}`);
+  const whole = await ask(sized(limit));
+  assert.is(whole.code, 'BAD_REQUEST', JSON.stringify(whole).slice(0, 200));
+  // It used to be forwarded 20 bytes over the servers' limit: each closed its link, and the policy lost every member for a while.
+  assert.not.ok(ctx.logs.some((l) => l.event === 'down'), JSON.stringify(ctx.logs.filter((l) => l.event === 'down')).slice(0, 300));
+  assert.is(ctx.proxy!.pools().P!.serving.length, 2);
 });
 
 // ---- hostile input, against a proxy process ----

@@ -11,6 +11,16 @@ import { MsgType, toMessage, WIRE, type AckMsg, type DataMsg, type Message } fro
 import { describeBadText, findBadText, mayHoldBadText } from './utf8.js';
 
 export const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024;
+
+/**
+ * What forwarding a request may add to its frame: the proxy's own seq (up to 4
+ * bytes longer than the client's), `timeoutms` (15), and ids a client wrote as
+ * integers written as text (9 each) - 37 bytes at most. A proxy reads frames
+ * up to its limit less this, so what it forwards is never over the limit it
+ * and its servers apply (a request of the whole limit, forwarded, was over it:
+ * each server it was tried on refused it and closed its link).
+ */
+export const FORWARD_ROOM = 64;
 const HEADER = 4;
 
 // useRecords:false keeps every frame self-contained (no shared structures
