@@ -7,6 +7,7 @@
  * and enabled again.
  */
 import type { Failure, ProxyRequest } from './link.js';
+import { fmt } from './logger.js';
 import { current, joinPool, removeServer, spawnLink } from './membership.js';
 import type { Member, ProxyContext } from './proxy-types.js';
 import { drainWaiting, retry } from './routing.js';
@@ -81,7 +82,10 @@ export function eject(context: ProxyContext, entry: Member, failures: number): v
   for (const m of policy?.members ?? []) if (m !== entry && m.state === 'serving') othersServing = true;
   const reason = `${failures} consecutive failures`;
   if (!othersServing) {
-    context.logger.warn('eject_skipped', `Server id ${entry.id} has ${reason} but is the last healthy server of privacy policy ${entry.policy}; kept in rotation`, {
+    // Said once, then once per interval with a count: a failing last member under load fails a read's worth of requests at a time.
+    context.logger.repeated('warn', 'eject_skipped', `${entry.policy}\0${entry.id}`, 1, (n, span) => span
+      ? `Server id ${entry.id} kept failing but is the last healthy server of privacy policy ${entry.policy}; kept in rotation (${fmt(n)} more time(s) ${span})`
+      : `Server id ${entry.id} has ${reason} but is the last healthy server of privacy policy ${entry.policy}; kept in rotation`, {
       id: entry.id, policy: entry.policy, reason,
     });
     return;

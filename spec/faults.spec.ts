@@ -162,6 +162,11 @@ inproc('the last healthy member is never ejected', async (ctx) => {
   assert.ok(results.every((r) => r.error === 'UPSTREAM_FAILED'), JSON.stringify(results));
   assert.is(ctx.proxy.pools().P!.states.only, 'serving');
   assert.ok(ctx.logs.some((l) => l.event === 'eject_skipped'));
+  // Under load it says so once, then once per summary interval: it used to be a warn line per failed read (about 950 a second from one failing server).
+  const more = await runClient({ id: 'd', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: pkts(300), window: 32 });
+  assert.ok(more.every((r) => r.error === 'UPSTREAM_FAILED'));
+  const lines = ctx.logs.filter((l) => l.event === 'eject_skipped' && !l.summary).length;
+  assert.is(lines, 1, `${lines} eject_skipped lines for 305 requests failed by the last member`);
 });
 
 inproc('a registration that stops answering PINGs is removed with the reason', async (ctx) => {
