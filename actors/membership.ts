@@ -203,7 +203,8 @@ export function admit(context: ProxyContext, peer: Peer, s: SetupMsg): void {
   // An old server that restarts sends its setup again, and cannot read a refusal: take the new one.
   if (held && held.wire === 'json' && conn.wire === 'json') removeServer(context, held, 'it sent a new setup message');
   else if (held) {
-    log.warn('register_refused', `Refused setup from ${conn.describe()}: server id ${s.id} is already registered`, {
+    // A flood of them must not become a flood of lines: one, then one per interval with a count (as for UNAUTHORIZED).
+    log.repeated('warn', 'register_refused', `${conn.remoteAddress}\0${ErrorCode.DUPLICATE_ID}`, 1, (n, span) => `Refused setup from ${conn.describe()}: server id ${s.id} is already registered${span ? ` (${n} times ${span})` : ''}`, {
       id: s.id, peer: conn.describe(), code: ErrorCode.DUPLICATE_ID,
     });
     conn.endWith(errorMsg(ErrorCode.DUPLICATE_ID, `server id ${s.id} is already registered by a live server; pick another id`));
@@ -212,7 +213,7 @@ export function admit(context: ProxyContext, peer: Peer, s: SetupMsg): void {
   const host = normaliseHost(conn.remoteAddress);
   const tooMany = held ? undefined : checkOpenLimits(context, s.privPolyId, host);
   if (tooMany) {
-    log.warn('register_refused', `Refused setup from ${conn.describe()} for server id ${s.id}: ${tooMany}`, { id: s.id, policy: s.privPolyId, peer: conn.describe(), code: ErrorCode.OVERLOADED });
+    log.repeated('warn', 'register_refused', `${conn.remoteAddress}\0${ErrorCode.OVERLOADED}`, 1, (n, span) => `Refused setup from ${conn.describe()} for server id ${s.id}: ${tooMany}${span ? ` (${n} times ${span})` : ''}`, { id: s.id, policy: s.privPolyId, peer: conn.describe(), code: ErrorCode.OVERLOADED });
     conn.endWith(errorMsg(ErrorCode.OVERLOADED, `registration refused: ${tooMany}`));
     return;
   }

@@ -110,6 +110,15 @@ routing('a second setup claiming a live id is refused with DUPLICATE_ID', async 
   await c.until(() => c.closed);
   assert.is((c.got[0] as ErrorMsg).code, 'DUPLICATE_ID');
   assert.equal(ctx.proxy.pools().P!.members, ['1']);
+  // A flood of them is one line, then a count per interval (it was a line each: 3,000 for 3,000).
+  for (let i = 0; i < 20; i++) {
+    const again = await rawConnect(ctx.proxy.port);
+    ctx.extra.push({ close: () => again.destroy() });
+    const a = collector(again);
+    again.write(frame({ type: 1, id: '1', privPolyId: 'P', listenport: 9 }));
+    await a.until(() => a.closed);
+  }
+  assert.is(ctx.logs.filter((l) => l.event === 'register_refused' && !l.summary).length, 1);
 });
 
 routing('a client that sends without reading its answers is no longer read until it does: nothing piles up in the proxy', async () => {
