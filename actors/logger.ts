@@ -16,6 +16,7 @@
  * - Tests and the demo give a plain function instead (`memorySink`,
  *   `textSink`), which gets every record as an object.
  */
+import { closeSync, openSync } from 'node:fs';
 import { styleText } from 'node:util';
 import type * as PinoModule from 'pino';
 import type { Logger as Pino } from 'pino';
@@ -431,10 +432,17 @@ export class Destination {
     return (this.sonic as unknown as { _len: number })._len;
   }
 
-  /** Open the file again (after logrotate moved it); nothing for stdout. */
+  /**
+   * Open the file again (after logrotate moved it); nothing for stdout. When
+   * the file cannot be opened (its folder gone, no permission), this throws
+   * why and the lines keep going to the file open now, as nginx does.
+   */
   reopen(): void {
     if (typeof this.opts.to === 'string' && this.opts.to !== '-') {
       this.flushPending(); // what was logged before the signal goes to the file it was logged for
+      // Tried first: SonicBoom reports a failed reopen only as an 'error' event, and leaves behind
+      // a listener that would close its current file a second time at the next reopen.
+      closeSync(openSync(this.opts.to, 'a'));
       this.sonic.reopen();
     }
   }

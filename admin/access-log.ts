@@ -199,7 +199,7 @@ export class AccessLog implements ProxyObserver {
     return this.dest.dropped;
   }
 
-  /** Open the file again, after logrotate moved it (SIGHUP). */
+  /** Open the file again, after logrotate moved it (SIGHUP); throws why it cannot (the old file stays in use). */
   reopen(): void {
     this.dest.reopen();
   }

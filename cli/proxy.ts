@@ -21,7 +21,7 @@ import {
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
 import type { PoolView } from '../inspector/views.js';
 import { dial } from '../transport/tls.js';
-import { parseIntOption, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError } from './common.js';
+import { parseIntOption, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, whyUnreadable } from './common.js';
 import { checkInspectToken, inspectOptions, startInspection } from './inspect.js';
 
 const camel = (key: string): string => key.replace(/_(\w)/g, (_, c: string) => c.toUpperCase());
@@ -211,7 +211,11 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
     });
     const handle = proxy;
     onHup(() => {
-      accessLog?.reopen();
+      try {
+        accessLog?.reopen();
+      } catch (err) {
+        logger.error('access_log_reopen_failed', `cannot reopen the access log ${rt.log.accessLog}: ${whyUnreadable(err)}; its lines still go to the file it had open; fix this and send SIGHUP again`, { file: rt.log.accessLog });
+      }
       let next: ProxyConfig;
       let nextRt: Runtime;
       try {

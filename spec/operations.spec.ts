@@ -4,7 +4,7 @@
  * /metrics). The proxy runs as a real process (`revproxy proxy --config`);
  * servers and load run in this process.
  */
-import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { suite } from 'uvu';
@@ -177,6 +177,28 @@ access('a file access log holds its lines for --access-log-flush ms; 0 writes th
   await eventually(() => size(now) > 0, 600, 'flush 0: the line at once');
   if (Date.now() - t0 < 1200) assert.is(size(held), 0, 'flush 1500: the line still held');
   await eventually(() => size(held) > 0, 4000, 'flush 1500: the line within its time');
+});
+
+access('a SIGHUP that cannot reopen the access log says so and why, keeps writing to the file it has open, and the next SIGHUP reopens it', async () => {
+  const logs = join(ctx.dir, 'logs');
+  mkdirSync(logs);
+  const log = join(logs, 'access.log');
+  const { proc, port } = await proxyWithConfig(write('r.yaml', `port: 0\nlog:\n  access_log: ${log}\n  access_log_flush: 0\n`));
+  const one = (id: string) => runClient({ id, proxy: { host: LOCAL, port }, packets: [{ srcid: id, privPoliId: 'Z', payload: 'x' }] });
+  const has = (f: string, id: string): boolean => existsSync(f) && readFileSync(f, 'utf8').includes(`client=${id} `);
+  // The folder is moved away (nginx logs an alert and keeps its old file in this case): the file cannot be opened again.
+  renameSync(logs, `${logs}.old`);
+  proc.kill('SIGHUP');
+  await proc.waitFor(/cannot reopen the access log/);
+  assert.match(proc.out.find((l) => /cannot reopen/.test(l)) ?? '', new RegExp(`error: cannot reopen the access log ${log}: it does not exist.*SIGHUP again`));
+  await one('c1');
+  await eventually(() => has(join(`${logs}.old`, 'access.log'), 'c1'), 3000, 'the line in the file still open');
+  mkdirSync(logs);
+  proc.kill('SIGHUP');
+  await eventually(() => proc.out.filter((l) => /Reloaded/.test(l)).length === 2, 3000, 'the second reload');
+  await one('c2');
+  await eventually(() => has(log, 'c2'), 3000, 'the line in the reopened file');
+  assert.not.ok(has(join(`${logs}.old`, 'access.log'), 'c2'), 'the old file is no longer written');
 });
 
 const reload = fresh('SIGHUP');
