@@ -16,7 +16,7 @@ import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin
 import type { RegistryStatus } from '../registry/events.js';
 import {
   changes, checkRuntime, ConfigError, defaultOf, loadConfigFile, merge, NUMBERS, parseHostPort, toRuntime,
-  type NumberKey, type ProxyConfig, type Runtime,
+  whyNotWritable, type NumberKey, type ProxyConfig, type Runtime,
 } from '../config/proxy.js';
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
 import type { PoolView } from '../inspector/views.js';
@@ -166,7 +166,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
   const logger = new Logger('proxy', new LogStream(stdout, { format: rt.log.format, color: rt.log.color && process.stdout.isTTY === true && !process.env.NO_COLOR }), rt.log.level, { summaryMs: rt.log.summaryMs });
   const accessLog = rt.log.accessLog ? new AccessLog(rt.log.accessLog === '-' ? stdout : new Destination({ to: rt.log.accessLog, ...accessLogHold(rt.log.accessLogFlushMs) }), rt.log.format) : undefined;
   if (accessLog && rt.log.accessLog !== '-') await accessLog.dest.ready().catch((err: Error) => {
-    throw new ConfigError(source, [{ line: 1, col: 1, path: 'log.access_log', message: `${rt.log.accessLog}: cannot open it for writing: ${err.message}` }]);
+    throw new ConfigError(source, [{ line: 1, col: 1, path: 'log.access_log', message: `${rt.log.accessLog}: cannot open it for writing: ${whyNotWritable(err, rt.log.accessLog!)}` }]);
   });
   const reloads = { applied: 0, refused: 0 };
   let proxy: ProxyHandle | undefined;

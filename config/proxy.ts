@@ -9,7 +9,7 @@
  * Precedence: a flag (or REVPROXY_TOKEN) over the file, the file over the
  * defaults. Paths in the file are relative to the file's folder.
  */
-import { closeSync, mkdirSync, openSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { LEVELS, type Level } from '../actors/logger.js';
 import { ACCESS_LOG_HOLD } from '../admin/access-log.js';
@@ -276,6 +276,11 @@ function fileIssue(source: string, what: string, path: string, why: string): Con
   return new ConfigError(source, [{ line: 1, col: 1, path: what, message: `${path}: ${why}` }]);
 }
 
+/** Why a log file cannot be opened for appending, in words (a missing folder is not created: the proxy would not create it either). */
+export function whyNotWritable(err: unknown, path: string): string {
+  return (err as NodeJS.ErrnoException).code === 'ENOENT' && !existsSync(dirname(path)) ? `its folder ${dirname(path)} does not exist: create it, or name another file` : whyUnreadable(err);
+}
+
 /**
  * What `--check` does beyond reading: the files a config names can be used
  * (tokens, TLS; the access log and inspection log can be opened for
@@ -286,10 +291,9 @@ export function checkRuntime(c: ProxyConfig, source: string): Runtime {
   for (const [what, p] of [['log.access_log', c.log?.access_log], ['inspect_log', c.inspect_log]] as const) {
     if (p === undefined || p === '-') continue;
     try {
-      if (statSync(dirname(p), { throwIfNoEntry: false }) === undefined) mkdirSync(dirname(p), { recursive: false });
       closeSync(openSync(p, 'a'));
     } catch (err) {
-      throw fileIssue(source, what, p, `cannot open it for writing: ${whyUnreadable(err)}`);
+      throw fileIssue(source, what, p, `cannot open it for writing: ${whyNotWritable(err, p)}`);
     }
   }
   return rt;

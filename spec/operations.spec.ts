@@ -109,6 +109,20 @@ config('--check opens the files a config names, as nginx -t does', async () => {
   assert.match(check.out.join('\n'), /cannot read the tokens file '.*nowhere\.yaml': it does not exist/);
 });
 
+config('--check and a start agree on a log whose folder does not exist: both refuse it, naming the folder, and --check creates nothing', async () => {
+  const missing = join(ctx.dir, 'no-such-folder');
+  for (const [key, text] of [['log.access_log', `log:\n  access_log: ${missing}/access.log\n`], ['inspect_log', `inspect_log: ${missing}/run.ndjson\n`]]) {
+    const cfg = write('l.yaml', `port: 0\n${text}`);
+    const check = revproxy(['proxy', '--check', '--config', cfg]);
+    assert.is(await check.exited, 1, `--check with ${key}: ${check.out.join('\n')}`);
+    assert.match(check.out.join('\n'), new RegExp(`${key}: .*cannot open it for writing: its folder ${missing} does not exist`));
+    assert.not.ok(existsSync(missing), `--check with ${key} created nothing`);
+  }
+  const start = revproxy(['proxy', '--config', write('s.yaml', `port: 0\nlog:\n  access_log: ${missing}/access.log\n`)]);
+  assert.is(await start.exited, 1);
+  assert.match(start.out.join('\n'), new RegExp(`log\\.access_log: .*cannot open it for writing: its folder ${missing} does not exist`));
+});
+
 config('flags override the file; the table gives every numeric key its flag', async () => {
   const help = revproxy(['proxy', '--help']);
   await help.exited;
