@@ -132,7 +132,7 @@ export interface TlsFlags {
 
 export function tlsFromFlags(o: TlsFlags, flag = { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }): TlsMaterial | undefined {
   try {
-    return loadTls({ cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa });
+    return loadTls({ cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa }, flag);
   } catch (err) {
     if (!(err instanceof TlsConfigError)) throw err;
     if (err.kind === 'usage') throw new UsageError(err.message);

@@ -1,8 +1,9 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { createServer as httpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { makePki } from './certs.js';
@@ -187,7 +188,7 @@ cli('a file that cannot be used fails the start with exit 1, naming the file and
     [['proxy', '--tokens', write('t.yaml', 'a: [\n')], /the tokens file '.*t.yaml' is not valid YAML \(.*line 2, column 1\); --tokens takes/],
     [['proxy', '--tls-cert', 'no/cert.pem', '--tls-key', 'no/key.pem'], /cannot read the --tls-cert file 'no\/cert.pem': it does not exist; --tls-cert takes a PEM certificate/],
     [['proxy', '--tls-ca', dir], /cannot read the --tls-ca file '.*': it is a folder; --tls-ca takes the PEM certificate of the CA/],
-    [['proxy', '--tls-cert', 'package.json', '--tls-key', 'package.json'], /is not a PEM certificate or key/],
+    [['proxy', '--tls-cert', 'package.json', '--tls-key', 'package.json'], /the --tls-cert file 'package.json' holds no PEM certificate/],
     [['inspect', 'no/run.ndjson'], /cannot read the inspection log 'no\/run.ndjson': it does not exist; write one with --inspect-log FILE/],
   ];
   for (const [args, message] of cases) {
@@ -202,6 +203,34 @@ cli('a file that cannot be used fails the start with exit 1, naming the file and
   const usage = revproxy(['proxy', '--tls-cert', 'some.pem']);
   assert.is(await usage.exited, 2, 'options that do not fit together are a usage error');
   assert.match(usage.out.join('\n'), /--tls-cert and --tls-key go together[\s\S]*\(add --help for usage\)/);
+});
+
+cli('TLS files with the wrong contents are refused by --check and at start, naming the file and what it should hold', async () => {
+  const pki = makePki(['proxy', 'other']);
+  const { cert, key } = pki.cert('proxy');
+  const notPem = join(mkdtempSync(join(tmpdir(), 'tls-')), 'notes.txt');
+  writeFileSync(notPem, 'not a certificate\n');
+  const der = join(dirname(notPem), 'ca.der');
+  writeFileSync(der, new X509Certificate(readFileSync(pki.ca)).raw);
+  const cases: Array<[string[], RegExp]> = [
+    // A CA file without a certificate made a CA store with nothing in it: every peer's certificate refused, while --check said valid.
+    [['--tls-cert', cert, '--tls-key', key, '--tls-ca', notPem], /the --tls-ca file '.*notes\.txt' holds no PEM certificate.*: give the certificate of the CA/],
+    [['--tls-cert', cert, '--tls-key', key, '--tls-ca', key], /the --tls-ca file '.*proxy\.key' holds no PEM certificate/],
+    [['--tls-cert', cert, '--tls-key', key, '--tls-ca', der], /the --tls-ca file '.*ca\.der' holds no PEM certificate/],
+    [['--tls-cert', key, '--tls-key', key], /the --tls-cert file '.*proxy\.key' holds no PEM certificate/],
+    [['--tls-cert', cert, '--tls-key', cert], /the --tls-key file '.*proxy\.pem' is not a PEM private key/],
+    [['--tls-cert', cert, '--tls-key', pki.cert('other').key], /--tls-cert and --tls-key do not belong together/],
+  ];
+  for (const [args, message] of cases) {
+    for (const run of [['proxy', '--check', ...args], ['proxy', '-port', '0', ...args]]) {
+      const p = revproxy(run);
+      const code = await p.exited;
+      assert.is(code, 1, `${run.join(' ')}: ${p.out.join('\n')}`);
+      assert.match(p.out.join('\n'), message, run.join(' '));
+    }
+  }
+  const good = revproxy(['proxy', '--check', '--tls-cert', cert, '--tls-key', key, '--tls-ca', pki.ca]);
+  assert.is(await good.exited, 0, good.out.join('\n'));
 });
 
 cli('a client or server pointed at an HTTP server says so, instead of a frame length', async () => {

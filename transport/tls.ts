@@ -2,6 +2,7 @@
  * TLS on every link, when asked: certificate files in, socket factories
  * and server options out. Plain TCP when no TLS options are given.
  */
+import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { connect as netConnect, createServer as netServer, type Server, type Socket } from 'node:net';
 import { connect as tlsConnect, createSecureContext, createServer as tlsServer, TLSSocket } from 'node:tls';
@@ -39,8 +40,19 @@ function read(path: string, what: string): Buffer {
   }
 }
 
+/** Whether a file holds a PEM certificate (X509Certificate alone would take DER too, which the TLS context ignores). */
+function holdsCertificate(pem: Buffer): boolean {
+  if (!/-----BEGIN (TRUSTED |X509 )?CERTIFICATE-----/.test(pem.toString('latin1'))) return false;
+  try {
+    new X509Certificate(pem);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Read the PEM files; undefined when none is given. */
-export function loadTls(files: TlsFiles): TlsMaterial | undefined {
+export function loadTls(files: TlsFiles, names: { cert: string; key: string; ca: string } = { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }): TlsMaterial | undefined {
   if (!files.cert && !files.key && !files.ca) return undefined;
   if (Boolean(files.cert) !== Boolean(files.key)) throw new TlsConfigError('--tls-cert and --tls-key go together: give both or neither', 'usage');
   const material = {
@@ -49,6 +61,21 @@ export function loadTls(files: TlsFiles): TlsMaterial | undefined {
     ca: files.ca ? read(files.ca, '--tls-ca') : undefined,
   };
   // Check the contents now, so a bad file is a clear error at start rather than a failed handshake later.
+  // Each file on its own first, to name the one that is wrong: a CA file with no certificate in it
+  // passes createSecureContext (an empty CA store), and then every peer's certificate is refused.
+  if (material.cert && !holdsCertificate(material.cert)) {
+    throw new TlsConfigError(`the ${names.cert} file '${files.cert}' holds no PEM certificate (-----BEGIN CERTIFICATE-----): give the certificate this side presents`);
+  }
+  if (material.key) {
+    try {
+      createPrivateKey(material.key);
+    } catch (err) {
+      throw new TlsConfigError(`the ${names.key} file '${files.key}' is not a PEM private key (${(err as Error).message.trim()}): give the private key of ${names.cert}`);
+    }
+  }
+  if (material.ca && !holdsCertificate(material.ca)) {
+    throw new TlsConfigError(`the ${names.ca} file '${files.ca}' holds no PEM certificate (-----BEGIN CERTIFICATE-----): give the certificate of the CA that signs the peers' certificates`);
+  }
   try {
     createSecureContext({ cert: material.cert, key: material.key, ca: material.ca });
   } catch (err) {
