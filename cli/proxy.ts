@@ -141,7 +141,7 @@ Example:
     if ((cmd.opts() as Flags).check) {
       const cfg = read();
       checkRuntime(cfg, source);
-      process.stdout.write(`revproxy: ${file ? `the configuration file ${file}` : 'the configuration'} is valid (${Object.keys(cfg).length} setting(s); the files it names can be used)\n`);
+      process.stdout.write(`revproxy: ${file ? `the configuration file ${file}` : 'the configuration'} is valid (${Object.values(cfg).filter((v) => v !== undefined).length} setting(s); the files it names can be used)\n`);
       setExit(0);
       return;
     }

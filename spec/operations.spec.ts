@@ -109,6 +109,13 @@ config('--check opens the files a config names, as nginx -t does', async () => {
   assert.match(check.out.join('\n'), /cannot read the tokens file '.*nowhere\.yaml': it does not exist/);
 });
 
+config('--check counts the settings the file sets', async () => {
+  const tokens = write('tokens.yaml', '"111": secret-of-111\n');
+  const check = revproxy(['proxy', '--check', '--config', write('one.yaml', `tokens_file: ${tokens}\n`)]);
+  assert.is(await check.exited, 0, check.out.join('\n'));
+  assert.match(check.out.join('\n'), /one\.yaml is valid \(1 setting\(s\);/);
+});
+
 config('--check and a start agree on a log whose folder does not exist: both refuse it, naming the folder, and --check creates nothing', async () => {
   const missing = join(ctx.dir, 'no-such-folder');
   for (const [key, text] of [['log.access_log', `log:\n  access_log: ${missing}/access.log\n`], ['inspect_log', `inspect_log: ${missing}/run.ndjson\n`]]) {
