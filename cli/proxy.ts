@@ -20,7 +20,7 @@ import {
 } from '../config/proxy.js';
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
 import type { PoolView } from '../inspector/views.js';
-import { dial } from '../transport/tls.js';
+import { dial, type TlsMaterial } from '../transport/tls.js';
 import { parseIntOption, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, whyUnreadable } from './common.js';
 import { checkInspectToken, inspectOptions, startInspection } from './inspect.js';
 
@@ -238,6 +238,10 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       if (restart.length) {
         logger.warn('reload_restart_needed', `${restart.join(', ')} changed in ${source} but take${restart.length === 1 ? 's' : ''} effect only after a restart; running with the previous value${restart.length === 1 ? '' : 's'}`, { file: source, restart });
       }
+      if (!restart.includes('tls') && !sameTls(rt.options.tls ?? rt.options.upstreamTls, nextRt.options.tls ?? nextRt.options.upstreamTls)) {
+        // Same paths, new contents (a renewed certificate): the listener still has what it read at start.
+        logger.warn('reload_restart_needed', 'the TLS files (tls.cert, tls.key, tls.ca) changed on disk but take effect only after a restart; running with the certificates read at start', { file: source, restart: ['tls'] });
+      }
       // What needs a restart stays as it runs, so the next reload reports it again.
       const before = running;
       running = { ...next };
@@ -278,6 +282,12 @@ function registryReadiness(r: RegistryStatus | undefined): NotReady | undefined 
     return { code: 'REGISTRY_UNREACHABLE', message: `the registry has been unreachable for ${s} s (${r.why}); serving with the membership last seen (${r.entries} server entries)`, warning: true };
   }
   return undefined;
+}
+
+/** Whether two sets of TLS files hold the same bytes. */
+function sameTls(a: TlsMaterial | undefined, b: TlsMaterial | undefined): boolean {
+  const same = (x?: Buffer, y?: Buffer): boolean => (x === undefined || y === undefined ? x === y : x.equals(y));
+  return same(a?.cert, b?.cert) && same(a?.key, b?.key) && same(a?.ca, b?.ca);
 }
 
 /** The proxy's pools as the metrics read them. */

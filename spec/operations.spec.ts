@@ -4,7 +4,7 @@
  * /metrics). The proxy runs as a real process (`revproxy proxy --config`);
  * servers and load run in this process.
  */
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { suite } from 'uvu';
@@ -16,6 +16,7 @@ import { NUMBERS, parseConfig, proxyConfigSpec, toRuntime } from '../config/prox
 import { OTHER } from '../inspector/metrics.js';
 import { ERROR_CODES } from '../transport/errors.js';
 import { eventually, LOCAL, sleep } from './helpers.js';
+import { makePki } from './certs.js';
 import { runLoad } from './load.js';
 import { killAll, revproxy, ROOT, type Proc } from './procs.js';
 
@@ -300,6 +301,26 @@ reload('without a config file, SIGHUP re-reads the tokens file; a changed listen
   writeFileSync(file, 'port: 0\nhost: 0.0.0.0\n');
   p2.kill('SIGHUP');
   await p2.waitFor(/host changed in .*c\.yaml but takes effect only after a restart/);
+});
+
+reload('a renewed certificate (same paths, new contents) is reported as needing a restart, not as no change', async () => {
+  const pki = makePki(['old', 'renewed']);
+  const cert = join(ctx.dir, 'proxy.pem');
+  const key = join(ctx.dir, 'proxy.key');
+  copyFileSync(pki.cert('old').cert, cert);
+  copyFileSync(pki.cert('old').key, key);
+  const { proc } = await proxyWithConfig(write('tls.yaml', 'port: 0\ntls:\n  cert: proxy.pem\n  key: proxy.key\n'));
+  // What certbot's deploy hook does: new files in place, then a reload.
+  copyFileSync(pki.cert('renewed').cert, cert);
+  copyFileSync(pki.cert('renewed').key, key);
+  proc.kill('SIGHUP');
+  await proc.waitFor(/the TLS files .*changed on disk but take effect only after a restart/);
+  // Back to what runs: nothing to report.
+  copyFileSync(pki.cert('old').cert, cert);
+  copyFileSync(pki.cert('old').key, key);
+  proc.kill('SIGHUP');
+  await eventually(() => proc.out.filter((l) => /Reloaded/.test(l)).length === 2, 3000, 'the second reload');
+  assert.is(proc.out.filter((l) => /take effect only after a restart/.test(l)).length, 1, proc.out.join('\n'));
 });
 
 const admin = fresh('the admin endpoint');
