@@ -18,6 +18,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { describeListenError } from '../transport/tls.js';
 import type { Metrics } from '../inspector/metrics.js';
 
 /** Why something is not ready: a stable code and a sentence. */
@@ -122,7 +123,7 @@ export function startAdmin(opts: AdminOptions): Promise<AdminServer> {
   server.keepAliveTimeout = 5_000;
   return new Promise((resolve, reject) => {
     server.once('error', (err: NodeJS.ErrnoException) =>
-      reject(new Error(err.code === 'EADDRINUSE' ? `the admin port ${opts.host}:${opts.port} is already in use: choose another with --admin HOST:PORT` : `cannot start the admin endpoint on ${opts.host}:${opts.port}: ${err.message}`)),
+      reject(new Error(err.code === 'EADDRINUSE' ? `the admin port ${opts.host}:${opts.port} is already in use: choose another with --admin HOST:PORT` : `the admin endpoint (--admin): ${describeListenError(err, opts.host, opts.port)}`)),
     );
     server.listen(opts.port, opts.host, () => {
       const addr = server.address();

@@ -12,6 +12,7 @@ import type { ProxyContext } from '../actors/proxy-types.js';
 import { checkListen, Guard, whoAsked, type Refusal } from './guard.js';
 import type { Hub } from './hub.js';
 import type { Metrics } from './metrics.js';
+import { describeListenError } from '../transport/tls.js';
 
 // Written from the project root's depth so it also resolves from the CLI bundle in .build/.
 const PAGE_DIR = new URL('../inspector/page/', import.meta.url);
@@ -129,7 +130,7 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
   });
   return new Promise((resolve, reject) => {
     server.once('error', (err: NodeJS.ErrnoException) =>
-      reject(new Error(err.code === 'EADDRINUSE' ? `inspector port ${opts.port} is already in use: choose another with --inspect PORT, or --inspect 0 for a free one` : `cannot start the inspector: ${err.message}`)),
+      reject(new Error(err.code === 'EADDRINUSE' ? `inspector port ${opts.port} is already in use: choose another with --inspect PORT, or --inspect 0 for a free one` : `cannot start the inspector (--inspect): ${describeListenError(err, host, opts.port)}`)),
     );
     server.listen(opts.port, host, () => {
       const addr = server.address();

@@ -91,6 +91,21 @@ cli('a second proxy on a port in use fails with a clear message', async () => {
   assert.match(second.out.join('\n'), new RegExp(`port ${port} on 127.0.0.1 is already in use`));
 });
 
+cli('a listen address that cannot be used, for the proxy or its admin endpoint, says why and what to do, without an errno', async () => {
+  const cases: Array<[string[], RegExp]> = [
+    [['--host', 'no-such-host.invalid'], /cannot listen on no-such-host\.invalid:0: the host name does not resolve to an address: give an address of this machine \(e\.g\. 127\.0\.0\.1, or 0\.0\.0\.0 for every one\)/],
+    [['--admin', 'no-such-host.invalid:0'], /the admin endpoint \(--admin\): cannot listen on no-such-host\.invalid:0: the host name does not resolve/],
+    [['--admin', '192.0.2.1:0'], /the admin endpoint \(--admin\): address 192\.0\.2\.1 is not on this machine: choose a local address/],
+  ];
+  for (const [args, message] of cases) {
+    const p = revproxy(['proxy', '-port', '0', ...args]);
+    assert.is(await p.exited, 1, args.join(' '));
+    const text = p.out.join('\n');
+    assert.match(text, message, text);
+    assert.not.match(text, /ENOTFOUND|EADDRNOTAVAIL|getaddrinfo/, text);
+  }
+});
+
 const table: FlagTable = {
   takesValue: (f) => ['--token', '--pkt', '--port', '-p', '--id', '--revproc'].includes(f),
   known: (f) => ['--token', '--pkt', '--port', '--window', '--id', '--revproc'].includes(f),

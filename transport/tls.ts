@@ -99,6 +99,7 @@ export function describeListenError(err: NodeJS.ErrnoException, host: string, po
   if (err.code === 'EADDRINUSE') return `port ${port} on ${host} is already in use: stop what holds it or choose another port`;
   if (err.code === 'EACCES') return `no permission to listen on port ${port}: choose a port above 1023`;
   if (err.code === 'EADDRNOTAVAIL') return `address ${host} is not on this machine: choose a local address`;
+  if (err.code === 'ENOTFOUND' || err.code === 'EAI_AGAIN') return `cannot listen on ${host}:${port}: the host name does not resolve to an address: give an address of this machine (e.g. 127.0.0.1, or 0.0.0.0 for every one)`;
   return `cannot listen on ${host}:${port}: ${err.message}`;
 }
 
