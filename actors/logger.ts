@@ -352,6 +352,8 @@ export class Destination {
   dropped = 0;
   private exiting = false;
   onDrop?: () => void;
+  /** A write failed (a full disk, an I/O error): the lines wait, up to the bound, and go out with the next write that succeeds. */
+  onError?: (err: NodeJS.ErrnoException) => void;
   private readonly onExit = (): void => this.flushNow();
 
   constructor(readonly opts: DestinationOptions) {
@@ -374,7 +376,7 @@ export class Destination {
       this.dropped += this.dropping;
       this.onDrop?.();
     });
-    this.sonic.on('error', () => {}); // a broken pipe or a full disk must not end the proxy
+    this.sonic.on('error', (err: NodeJS.ErrnoException) => this.onError?.(err)); // a broken pipe or a full disk must not end the proxy
     process.on('exit', this.onExit);
   }
 

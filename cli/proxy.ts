@@ -8,7 +8,7 @@ import { resolve as resolvePath } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { startProxy, type ProxyHandle } from '../actors/index.js';
 import { tcpConnect } from '../actors/link.js';
-import { Destination, Logger, LogStream, LEVELS } from '../actors/logger.js';
+import { Destination, Logger, LogStream, LEVELS, LOG_BUFFER_BYTES } from '../actors/logger.js';
 import { isLoopback, resolveOptions } from '../actors/proxy-options.js';
 import { ACCESS_LOG_HOLD, AccessLog, accessLogHold, combineObservers } from '../admin/access-log.js';
 import { ConnStats } from '../admin/conn-stats.js';
@@ -168,6 +168,13 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
   if (accessLog && rt.log.accessLog !== '-') await accessLog.dest.ready().catch((err: Error) => {
     throw new ConfigError(source, [{ line: 1, col: 1, path: 'log.access_log', message: `${rt.log.accessLog}: cannot open it for writing: ${whyNotWritable(err, rt.log.accessLog!)}` }]);
   });
+  if (accessLog && accessLog.dest !== stdout) {
+    const file = rt.log.accessLog;
+    accessLog.dest.onError = (err) => {
+      const why = err.code === 'ENOSPC' ? 'the disk is full (ENOSPC)' : err.code === 'EIO' ? 'an I/O error (EIO)' : err.message;
+      logger.repeated('error', 'access_log_write_failed', 'access', 1, (n, span) => `cannot write the access log ${file}: ${why}; ${n} write(s) failed${span ? ` ${span}` : ''}; its lines wait (up to ${LOG_BUFFER_BYTES / 1024 / 1024} MiB, then dropped and counted) and are written once it can be`, { file, code: err.code });
+    };
+  }
   const reloads = { applied: 0, refused: 0 };
   let proxy: ProxyHandle | undefined;
   let admin: AdminServer | undefined;

@@ -223,6 +223,17 @@ access('a SIGHUP that cannot reopen the access log says so and why, keeps writin
   assert.not.ok(has(join(`${logs}.old`, 'access.log'), 'c2'), 'the old file is no longer written');
 });
 
+access('an access log the proxy cannot write (a full disk) is an error line saying why, repeated once per interval', async () => {
+  const { proc, port } = await proxyWithConfig(write('f.yaml', 'port: 0\nlog:\n  access_log: /dev/full\n  access_log_flush: 0\n  summary_interval: 500\n'));
+  const one = (id: string) => runClient({ id, proxy: { host: LOCAL, port }, packets: [{ srcid: id, privPoliId: 'Z', payload: 'x' }] });
+  await one('c1');
+  await proc.waitFor(/error: cannot write the access log \/dev\/full: the disk is full \(ENOSPC\)/);
+  await Promise.all(Array.from({ length: 5 }, (_, i) => one(`c${i + 2}`)));
+  await proc.waitFor(/cannot write the access log \/dev\/full: .* in the last/);
+  // Later failures are summarised, one line per interval, not one line per failed write.
+  assert.ok(proc.out.filter((l) => /cannot write the access log/.test(l)).length < 6, proc.out.join('\n'));
+});
+
 const reload = fresh('SIGHUP');
 
 reload('under load: a limit and a token change, a revoked server is drained out, an invalid file is refused; 0 requests lost', async () => {
