@@ -4,6 +4,7 @@ import { Destination, jsonSink, LEVELS, Logger, LogStream, textSink, type Level,
 import type { Endpoint } from '../actors/server.js';
 import { UsageError } from '../transport/errors.js';
 import { tlsFromFlags } from '../config/files.js';
+import { EMPTY_HOST_HINT } from '../config/proxy.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 
 // The files a command is given are read by config/files.ts (the config file names the same
@@ -87,6 +88,12 @@ export function makeLogger(actor: string, flags: LogFlags, width = 0): Logger {
 export function parsePort(value: string, what = 'port'): number {
   if (!/^\d{1,5}$/.test(value) || Number(value) > 65535) throw new InvalidArgumentError(`${what} must be a number from 0 to 65535, got '${value}'`);
   return Number(value);
+}
+
+/** `--host`: an address to listen on; an empty one (an unset variable) is refused, not taken as every address. */
+export function parseHost(value: string): string {
+  if (value.trim() === '') throw new InvalidArgumentError(`--host takes an address to listen on, got an empty one: ${EMPTY_HOST_HINT}`);
+  return value;
 }
 
 export function parseIntOption(name: string, min: number) {

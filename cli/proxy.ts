@@ -21,7 +21,7 @@ import {
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
 import type { PoolView } from '../inspector/views.js';
 import { dial, type TlsMaterial } from '../transport/tls.js';
-import { parseIntOption, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, whyUnreadable } from './common.js';
+import { parseHost, parseIntOption, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, whyUnreadable } from './common.js';
 import { checkInspectToken, inspectOptions, startInspection } from './inspect.js';
 
 const camel = (key: string): string => key.replace(/_(\w)/g, (_, c: string) => c.toUpperCase());
@@ -37,7 +37,7 @@ function proxyOptions(): Option[] {
   });
   return [
     ...numbers,
-    new Option('--host <address>', `address to listen on (default: ${resolveOptions({}).host})`),
+    new Option('--host <address>', `address to listen on (default: ${resolveOptions({}).host})`).argParser(parseHost),
     new Option('--config <file>', 'read the settings from this YAML file (docs/CONFIG.md); flags given as well override it'),
     new Option('--check', 'check the configuration (the file, the flags and the files they name), then exit: 0 when it is valid, 1 when not'),
     new Option('--token <secret>', 'registration secret every server must present').env('REVPROXY_TOKEN'),

@@ -87,6 +87,9 @@ export function defaultOf(key: NumberKey): string {
   return s.defaultText ?? String(DEFAULTS[s.option]);
 }
 
+/** What to give instead of an empty listen address (Node would listen on every address). */
+export const EMPTY_HOST_HINT = 'give 127.0.0.1 (this machine only), or 0.0.0.0 or :: to listen on every address';
+
 const secret = refine(text, (t) => (t.length < 8 ? 'a secret needs at least 8 characters: a short secret is easy to guess' : undefined));
 const path = refine(text, (t) => (t.length === 0 ? 'expected a file path, got an empty string' : undefined));
 
@@ -118,7 +121,7 @@ const numberFields = Object.fromEntries(
 
 /** Every other setting: listening, secrets, TLS, logs, the admin endpoint, the inspector. */
 const otherFields = {
-  host: opt(text, 'address to listen on'),
+  host: opt(refine(text, (t) => (t.trim() === '' ? `expected an address to listen on, got an empty string: ${EMPTY_HOST_HINT}` : undefined)), 'address to listen on'),
   token: opt(secret, 'registration secret every server must present (REVPROXY_TOKEN, --token)'),
   tokens: opt(dict(secret), 'per-policy registration secrets: policy: secret'),
   tokens_file: opt(path, 'a YAML file of per-policy secrets (--tokens)'),

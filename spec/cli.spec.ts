@@ -106,6 +106,26 @@ cli('a listen address that cannot be used, for the proxy or its admin endpoint, 
   }
 });
 
+cli('an empty listen address is refused, not taken as every address (--host "$UNSET", host: "")', async () => {
+  // A process that started anyway is stopped, so the spec fails instead of waiting for it.
+  const exited = (p: ReturnType<typeof revproxy>): Promise<number> => {
+    const t = setTimeout(() => p.kill(), 5000);
+    return p.exited.finally(() => clearTimeout(t));
+  };
+  for (const args of [['proxy', '-port', '0', '--host', ''], ['server', '--id', '1', '--pp', '1', '--host', '']]) {
+    const p = revproxy(args);
+    assert.is(await exited(p), 2, `${args.join(' ')}: ${p.out.join('\n')}`);
+    assert.match(p.out.join('\n'), /--host takes an address to listen on, got an empty one: give 127\.0\.0\.1 \(this machine only\), or 0\.0\.0\.0 or :: to listen on every address/);
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'host-'));
+  writeFileSync(join(dir, 'h.yaml'), 'port: 0\nhost: ""\n');
+  for (const args of [['proxy', '--check', '--config', join(dir, 'h.yaml')], ['proxy', '--config', join(dir, 'h.yaml')]]) {
+    const p = revproxy(args);
+    assert.is(await exited(p), 1, `${args.join(' ')}: ${p.out.join('\n')}`);
+    assert.match(p.out.join('\n'), /h\.yaml:2:7: host: expected an address to listen on, got an empty string: give 127\.0\.0\.1 \(this machine only\), or 0\.0\.0\.0 or :: to listen on every address/);
+  }
+});
+
 const table: FlagTable = {
   takesValue: (f) => ['--token', '--pkt', '--port', '-p', '--id', '--revproc'].includes(f),
   known: (f) => ['--token', '--pkt', '--port', '--window', '--id', '--revproc'].includes(f),
