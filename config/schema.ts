@@ -59,7 +59,8 @@ export function readYaml<T>(source: string, schema: Schema<T>): { value?: T; ctx
   const lines = new (yaml().LineCounter)();
   const doc = yaml().parseDocument(source, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
   const issues: Issue[] = doc.errors.map((e) => {
-    const pos = e.linePos?.[0] ?? { line: 1, col: 1 };
+    // linePos is filled only with prettyErrors; the offset is always there.
+    const pos = e.linePos?.[0] ?? (e.pos ? lines.linePos(e.pos[0]) : { line: 1, col: 1 });
     return { line: pos.line, col: pos.col, path: '', message: `not valid YAML: ${e.message.split('\n')[0]}` };
   });
   const ctx: ReadContext = { doc, lines, issues };

@@ -103,6 +103,17 @@ config('--check refuses a bad file with exit 1, naming file:line:col and what wa
   assert.match(b.out.join('\n'), /broken\.yaml:\d+:\d+: not valid YAML/);
 });
 
+config('--check places a YAML syntax error at its line and column, not at 1:1', async () => {
+  const dup = write('dup.yaml', 'port: 2100\nlog:\n  level: info\n  level: debug\n');
+  const d = revproxy(['proxy', '--check', '--config', dup]);
+  assert.is(await d.exited, 1);
+  assert.match(d.out.join('\n'), /dup\.yaml:4:3: not valid YAML: Map keys must be unique/);
+  const indent = write('indent.yaml', 'port: 2100\ntimeout: 5000\n  retries: 2\n');
+  const i = revproxy(['proxy', '--check', '--config', indent]);
+  assert.is(await i.exited, 1);
+  assert.match(i.out.join('\n'), /indent\.yaml:2:10: not valid YAML/);
+});
+
 config('--check opens the files a config names, as nginx -t does', async () => {
   const cfg = write('missing.yaml', 'tokens_file: nowhere.yaml\n');
   const check = revproxy(['proxy', '--check', '--config', cfg]);
