@@ -241,7 +241,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       logger.setLevel(nextRt.log.level);
       if (!restart.includes('admin.listen')) admin?.setToken(nextRt.admin?.token);
       reloads.applied++;
-      logger.info('reload', `Reloaded ${source}: ${applied.length ? `applied ${applied.join(', ')}` : 'no setting changed'}; secrets re-read; no connection closed`, { file: source, applied });
+      logger.info('reload', `Reloaded ${source}: ${applied.length ? `applied ${applied.join(', ')}` : restart.length ? `nothing applied: ${restart.join(', ')} need${restart.length === 1 ? 's' : ''} a restart` : 'no setting changed'}; secrets re-read; no connection closed`, { file: source, applied });
       if (restart.length) {
         logger.warn('reload_restart_needed', `${restart.join(', ')} changed in ${source} but take${restart.length === 1 ? 's' : ''} effect only after a restart; running with the previous value${restart.length === 1 ? '' : 's'}`, { file: source, restart });
       }

@@ -323,6 +323,9 @@ reload('without a config file, SIGHUP re-reads the tokens file; a changed listen
   writeFileSync(file, 'port: 0\nhost: 0.0.0.0\n');
   p2.kill('SIGHUP');
   await p2.waitFor(/host changed in .*c\.yaml but takes effect only after a restart/);
+  const reloaded = p2.out.find((l) => /Reloaded/.test(l)) ?? '';
+  assert.not.match(reloaded, /no setting changed/, 'the info line does not contradict the warning');
+  assert.match(reloaded, /nothing applied: host needs a restart/);
 });
 
 reload('a renewed certificate (same paths, new contents) is reported as needing a restart, not as no change', async () => {
