@@ -137,7 +137,16 @@ Example:
     const flags = configFromFlags(cmd);
     const file = (cmd.opts() as Flags).config;
     const source = file ?? 'the command line';
-    const read = (): ProxyConfig => merge(file ? loadConfigFile(resolvePath(file)) : {}, flags);
+    // REVPROXY_REGISTRY_PASSWORD is ambient, like REVPROXY_TOKEN: a proxy with no registry ignores it (the flag is still refused without one).
+    const envPassword = cmd.getOptionValueSource('registryPassword') === 'env';
+    const read = (): ProxyConfig => {
+      const c = merge(file ? loadConfigFile(resolvePath(file)) : {}, flags);
+      if (envPassword && c.registry && !c.registry.url) {
+        const { password: _, ...rest } = c.registry;
+        c.registry = Object.values(rest).some((v) => v !== undefined) ? (rest as ProxyConfig['registry']) : undefined;
+      }
+      return c;
+    };
     if ((cmd.opts() as Flags).check) {
       const cfg = read();
       checkRuntime(cfg, source);

@@ -126,6 +126,15 @@ cli('an empty listen address is refused, not taken as every address (--host "$UN
   }
 });
 
+cli('REVPROXY_REGISTRY_PASSWORD in the environment does not stop a proxy that has no registry; --registry-password without --registry still does', async () => {
+  const env = { REVPROXY_REGISTRY_PASSWORD: 'etcd-password' };
+  const check = revproxy(['proxy', '--check'], { env });
+  assert.is(await check.exited, 0, check.out.join('\n'));
+  const flag = revproxy(['proxy', '--check', '--registry-password', 'etcd-password']);
+  assert.is(await flag.exited, 1, flag.out.join('\n'));
+  assert.match(flag.out.join('\n'), /registry settings were given without the registry itself/);
+});
+
 const table: FlagTable = {
   takesValue: (f) => ['--token', '--pkt', '--port', '-p', '--id', '--revproc'].includes(f),
   known: (f) => ['--token', '--pkt', '--port', '--window', '--id', '--revproc'].includes(f),
