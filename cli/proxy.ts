@@ -232,6 +232,12 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       } catch (err) {
         logger.error('access_log_reopen_failed', `cannot reopen the access log ${rt.log.accessLog}: ${whyUnreadable(err)}; its lines still go to the file it had open; fix this and send SIGHUP again`, { file: rt.log.accessLog });
       }
+      const state = handle.actor.getSnapshot().value;
+      if (state !== 'running') {
+        // The drain keeps the settings it started with (its timeout was set as it began).
+        logger.info('reload_ignored', `Reload ignored: the proxy is ${String(state)}${accessLog ? '; the access log was reopened' : ''}`, { file: source, state });
+        return;
+      }
       let next: ProxyConfig;
       let nextRt: Runtime;
       try {

@@ -348,6 +348,22 @@ reload('a renewed certificate (same paths, new contents) is reported as needing 
   assert.is(proc.out.filter((l) => /take effect only after a restart/.test(l)).length, 1, proc.out.join('\n'));
 });
 
+reload('a SIGHUP while draining says it applies nothing (the drain keeps its settings), instead of "Reloaded ... applied"', async () => {
+  const cfg = write('d.yaml', 'port: 0\ntimeout: 8000\ndrain_timeout: 8000\n');
+  const { proc, port } = await proxyWithConfig(cfg);
+  await server('slow', 'P', port, { delayMs: 1500 });
+  const answer = runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: [{ srcid: 'c', privPoliId: 'P', payload: 'x' }] });
+  await sleep(300); // the request is at the slow server
+  proc.kill('SIGTERM');
+  await proc.waitFor(/Draining/);
+  writeFileSync(cfg, 'port: 0\ntimeout: 8000\ndrain_timeout: 100\n');
+  proc.kill('SIGHUP');
+  await proc.waitFor(/reload ignored/i);
+  assert.not.ok(proc.out.some((l) => /Reloaded/.test(l)), proc.out.join('\n'));
+  assert.ok((await answer)[0]!.correct, 'the request in flight was answered: the drain kept its 8 s');
+  assert.is(await proc.exited, 0);
+});
+
 const admin = fresh('the admin endpoint');
 
 admin('/healthz, /readyz (503 while draining) and /metrics (GET and HEAD): counters move, process metrics, bounded labels', async () => {
