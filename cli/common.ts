@@ -178,6 +178,23 @@ export function registryFromFlags(o: RegistryFlags): (RegistryOptions & { advert
 }
 
 /**
+ * SIGUSR1 would open Node's debugger on 127.0.0.1:9229, where anyone on the machine could run
+ * code in this process, and SIGUSR2 would end it at once, without a drain. Operators send them
+ * from habit (nginx reopens its logs on USR1, HAProxy reloads on USR2): each is logged with what
+ * to send instead, and ignored. Returns the undo.
+ */
+export function ignoreUserSignals(logger: Logger, instead: string): () => void {
+  const handlers = (['SIGUSR1', 'SIGUSR2'] as const).map((signal) => {
+    const f = (): void => logger.warn('signal_ignored', `${signal} ignored: ${instead}`, { signal });
+    process.on(signal, f);
+    return [signal, f] as const;
+  });
+  return () => {
+    for (const [signal, f] of handlers) process.off(signal, f);
+  };
+}
+
+/**
  * Resolves when the actor stops; SIGINT and SIGTERM stop it. Rejects with the
  * error when it stopped on one thrown inside it (a bug): the command then
  * fails (exit 1, the error on stderr) instead of exiting 0 - and XState does

@@ -16,7 +16,7 @@ import { runDemo } from './demo.js';
 import { scenarioCommand } from './scenario.js';
 import { inspectCommand, inspectOptions, startInspection, type InspectFlags } from './inspect.js';
 import {
-  FileError, loadPackets, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, parseHost, parseIntOption, parsePort, registryFromFlags, registryOptions, runUntilStopped, tlsFromFlags, tlsOptions, UsageError,
+  FileError, ignoreUserSignals, loadPackets, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, parseHost, parseIntOption, parsePort, registryFromFlags, registryOptions, runUntilStopped, tlsFromFlags, tlsOptions, UsageError,
   wireOption, type FlagTable, type LogFlags, type RegistryFlags, type TlsFlags,
 } from './common.js';
 import { isRegistryUrl } from '../registry/options.js';
@@ -91,7 +91,9 @@ export function buildProgram(setExit: (code: number) => void): Command {
       drainTimeoutMs: o.drainTimeout, delayMs: o.delay, logger, waitForRegistration: false, inspect: insp.attach.inspect,
       token: o.token, tls: tlsFromFlags(o), wire: o.wire, handler, concurrency: o.concurrency, queueLimit: o.queueLimit, registry,
     });
+    const unignore = ignoreUserSignals(logger, 'a server has no reload (SIGHUP); send SIGTERM to drain and stop');
     await runUntilStopped(server.actor, server.stop);
+    unignore();
     await insp.close();
     await logger.end();
     setExit(server.actor.getSnapshot().value === 'failed' ? 1 : 0);

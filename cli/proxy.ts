@@ -21,7 +21,7 @@ import {
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
 import type { PoolView } from '../inspector/views.js';
 import { dial, type TlsMaterial } from '../transport/tls.js';
-import { parseHost, parseIntOption, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, whyUnreadable } from './common.js';
+import { ignoreUserSignals, parseHost, parseIntOption, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, whyUnreadable } from './common.js';
 import { checkInspectToken, inspectOptions, startInspection } from './inspect.js';
 
 const camel = (key: string): string => key.replace(/_(\w)/g, (_, c: string) => c.toUpperCase());
@@ -215,6 +215,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
     }
   }
   const insp = await startInspection({ inspect: rt.inspect, inspectLog: rt.inspectLog, inspectToken: rt.inspectToken }, 'proxy', logger);
+  const unignore = ignoreUserSignals(logger, 'send SIGHUP to reload the configuration and reopen the access log, SIGTERM to drain and stop');
   try {
     const upstream = rt.options.upstreamTls;
     proxy = await startProxy({
@@ -278,6 +279,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       throw err;
     });
   } finally {
+    unignore();
     await admin?.close();
     await insp.close();
     if (accessLog && accessLog.dest !== stdout) await accessLog.dest.end();

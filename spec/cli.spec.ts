@@ -135,6 +135,21 @@ cli('REVPROXY_REGISTRY_PASSWORD in the environment does not stop a proxy that ha
   assert.match(flag.out.join('\n'), /registry settings were given without the registry itself/);
 });
 
+cli("SIGUSR1 and SIGUSR2 (nginx's reopen, HAProxy's reload) neither open Node's debugger nor end the process: a warning says what to send", async () => {
+  for (const args of [['proxy', '-port', '0'], ['server', '--id', 'u1', '--pp', 'P', '--revproc', '1', '--log-level', 'warn']]) {
+    const p = revproxy(args);
+    await p.waitFor(args[0] === 'proxy' ? /Running the reverse proxy/ : /Not registered/);
+    p.kill('SIGUSR1');
+    await p.waitFor(/warning: SIGUSR1 ignored: .*SIGHUP/);
+    p.kill('SIGUSR2');
+    await p.waitFor(/warning: SIGUSR2 ignored: .*SIGHUP/);
+    assert.ok(p.child.exitCode === null && p.child.signalCode === null, `${args[0]} still runs`);
+    assert.not.ok(p.out.some((l) => /Debugger listening|inspector/i.test(l)), p.out.join('\n'));
+    p.kill('SIGTERM');
+    assert.is(await p.exited, 0);
+  }
+});
+
 const table: FlagTable = {
   takesValue: (f) => ['--token', '--pkt', '--port', '-p', '--id', '--revproc'].includes(f),
   known: (f) => ['--token', '--pkt', '--port', '--window', '--id', '--revproc'].includes(f),
