@@ -15,8 +15,8 @@ import { ConnStats } from '../admin/conn-stats.js';
 import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin/server.js';
 import type { RegistryStatus } from '../registry/events.js';
 import {
-  changes, checkRuntime, ConfigError, defaultOf, loadConfigFile, merge, NUMBERS, parseHostPort, toRuntime,
-  whyNotWritable, type NumberKey, type ProxyConfig, type Runtime,
+  changes, checkRuntime, defaultOf, loadConfigFile, logFileIssue, merge, NUMBERS, parseHostPort, toRuntime,
+  whyNotWritable, type LogFileKey, type NumberKey, type ProxyConfig, type Runtime,
 } from '../config/proxy.js';
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
 import type { PoolView } from '../inspector/views.js';
@@ -147,9 +147,12 @@ Example:
       }
       return c;
     };
+    // A log file a flag gave is named by that flag in errors, not blamed on the config file.
+    const flagOf = (key: LogFileKey): string | undefined =>
+      key === 'log.access_log' ? (flags.log?.access_log !== undefined ? '--access-log' : undefined) : flags.inspect_log !== undefined ? '--inspect-log' : undefined;
     if ((cmd.opts() as Flags).check) {
       const cfg = read();
-      checkRuntime(cfg, source);
+      checkRuntime(cfg, source, flagOf);
       process.stdout.write(`revproxy: ${file ? `the configuration file ${file}` : 'the configuration'} is valid (${Object.values(cfg).filter((v) => v !== undefined).length} setting(s); the files it names can be used)\n`);
       setExit(0);
       return;
@@ -159,7 +162,7 @@ Example:
     const hup = (): void => onHup();
     process.on('SIGHUP', hup);
     try {
-      await run(read, source, setExit, (f) => (onHup = f));
+      await run(read, source, setExit, (f) => (onHup = f), flagOf);
     } finally {
       process.off('SIGHUP', hup);
     }
@@ -168,14 +171,14 @@ Example:
 }
 
 /** Start everything a config asks for, serve until SIGTERM/SIGINT, reload on SIGHUP. */
-async function run(read: () => ProxyConfig, source: string, setExit: (code: number) => void, onHup: (f: () => void) => void): Promise<void> {
+async function run(read: () => ProxyConfig, source: string, setExit: (code: number) => void, onHup: (f: () => void) => void, flagOf: (key: LogFileKey) => string | undefined): Promise<void> {
   let running = read();
   const rt = toRuntime(running);
   const stdout = new Destination({ to: '-' });
   const logger = new Logger('proxy', new LogStream(stdout, { format: rt.log.format, color: rt.log.color && process.stdout.isTTY === true && !process.env.NO_COLOR }), rt.log.level, { summaryMs: rt.log.summaryMs });
   const accessLog = rt.log.accessLog ? new AccessLog(rt.log.accessLog === '-' ? stdout : new Destination({ to: rt.log.accessLog, ...accessLogHold(rt.log.accessLogFlushMs) }), rt.log.format) : undefined;
   if (accessLog && rt.log.accessLog !== '-') await accessLog.dest.ready().catch((err: Error) => {
-    throw new ConfigError(source, [{ line: 1, col: 1, path: 'log.access_log', message: `${rt.log.accessLog}: cannot open it for writing: ${whyNotWritable(err, rt.log.accessLog!)}` }]);
+    throw logFileIssue(source, 'log.access_log', rt.log.accessLog!, whyNotWritable(err, rt.log.accessLog!), flagOf('log.access_log'));
   });
   if (accessLog && accessLog.dest !== stdout) {
     const file = rt.log.accessLog;

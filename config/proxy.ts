@@ -14,7 +14,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { LEVELS, type Level } from '../actors/logger.js';
 import { ACCESS_LOG_HOLD } from '../admin/access-log.js';
 import { resolveOptions, type Opts, type ProxyOptions } from '../actors/proxy-options.js';
-import { LocalCode, RevproxyError } from '../transport/errors.js';
+import { FileError, LocalCode, RevproxyError } from '../transport/errors.js';
 import { loadTokens, tlsFromFlags, whyUnreadable } from './files.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 import {
@@ -289,17 +289,25 @@ export function whyNotWritable(err: unknown, path: string): string {
  * (tokens, TLS; the access log and inspection log can be opened for
  * appending, as nginx -t opens its logs). Throws on the first that cannot.
  */
-export function checkRuntime(c: ProxyConfig, source: string): Runtime {
+export function checkRuntime(c: ProxyConfig, source: string, flagOf: (key: LogFileKey) => string | undefined = () => undefined): Runtime {
   const rt = toRuntime(c);
   for (const [what, p] of [['log.access_log', c.log?.access_log], ['inspect_log', c.inspect_log]] as const) {
     if (p === undefined || p === '-') continue;
     try {
       closeSync(openSync(p, 'a'));
     } catch (err) {
-      throw fileIssue(source, what, p, `cannot open it for writing: ${whyNotWritable(err, p)}`);
+      throw logFileIssue(source, what, p, whyNotWritable(err, p), flagOf(what));
     }
   }
   return rt;
+}
+
+/** The keys of the log files a config names. */
+export type LogFileKey = 'log.access_log' | 'inspect_log';
+
+/** A log file that cannot be opened for writing: named by its flag when a flag gave it, else by the file's key. */
+export function logFileIssue(source: string, key: LogFileKey, path: string, why: string, flag: string | undefined): Error {
+  return flag ? new FileError(`cannot open the ${flag} file '${path}' for writing: ${why}`) : fileIssue(source, key, path, `cannot open it for writing: ${why}`);
 }
 
 /** A setting that changed between two configs, and whether a reload can apply it. */

@@ -150,6 +150,18 @@ cli("SIGUSR1 and SIGUSR2 (nginx's reopen, HAProxy's reload) neither open Node's 
   }
 });
 
+cli('a log file given by a flag beside --config is named by its flag, not blamed on the file', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'flag-file-'));
+  writeFileSync(join(dir, 'p.yaml'), 'port: 0\n');
+  for (const [flag, run] of [['--access-log', ['--check']], ['--access-log', []], ['--inspect-log', ['--check']]] as const) {
+    const p = revproxy(['proxy', ...run, '--config', join(dir, 'p.yaml'), flag, dir]);
+    assert.is(await p.exited, 1, p.out.join('\n'));
+    const text = p.out.join('\n');
+    assert.match(text, new RegExp(`cannot open the ${flag} file '${dir}' for writing: it is a folder`), text);
+    assert.not.match(text, /p\.yaml/, text);
+  }
+});
+
 const table: FlagTable = {
   takesValue: (f) => ['--token', '--pkt', '--port', '-p', '--id', '--revproc'].includes(f),
   known: (f) => ['--token', '--pkt', '--port', '--window', '--id', '--revproc'].includes(f),
