@@ -33,8 +33,12 @@ export interface Peer {
   missedPings: number;
   /** On a registration connection: the id of the server it registered. */
   serverId?: string;
-  /** A client that sent bad input with requests in flight: the error that closes it once they are answered. */
-  closeWith?: ErrorMsg;
+  /**
+   * Set once the connection is to end after its last answer: a client that
+   * sent bad input (`error`, sent before the end) or that ended its side
+   * (half-closed: it reads its answers, then gets our end).
+   */
+  closing?: { error?: ErrorMsg };
 }
 
 export function newPeer(conn: Connection): Peer {

@@ -123,9 +123,12 @@ class AcceptedReads implements MessageSink {
     core.sendBack({ type: 'CONN_CLOSED', peer, error: err.message });
   }
 
+  /** The peer ended its side: what it sent before goes first, and it gets its answers before our end (the listener allows half-open sockets). */
   ended(): void {
-    this.core.conns.delete(this.conn);
-    this.core.sendBack({ type: 'CONN_CLOSED', peer: this.peer });
+    const core = this.core;
+    core.conns.delete(this.conn);
+    if (core.gathering()) core.forwardNow();
+    core.sendBack({ type: 'CONN_CLOSED', peer: this.peer, halfClosed: true });
   }
 
   /** The peer's connection no longer counts against its limit. */
@@ -191,7 +194,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       conns.add(conn);
       input.observer?.accepted?.(peer, socket);
       conn.listen(new AcceptedReads(core, conn, peer, addr));
-    }, { handshakeTimeoutMs: input.frameTimeoutMs });
+    }, { handshakeTimeoutMs: input.frameTimeoutMs, allowHalfOpen: true });
     server.maxConnections = input.maxConnections;
     server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {
       const why = recogniseTlsRefusal(err.code)?.message ?? err.message;

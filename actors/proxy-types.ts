@@ -139,7 +139,8 @@ export type ProxyEvent =
   | { type: 'DEREGISTER'; peer: Peer; reason: string }
   | { type: 'MISSED_PINGS'; peer: Peer; misses: number }
   | { type: 'BAD_INPUT'; peer: Peer; error: ProtocolError }
-  | { type: 'CONN_CLOSED'; peer: Peer; error?: string }
+  /** `halfClosed`: the peer ended its side and may still read (its answers, then our end). */
+  | { type: 'CONN_CLOSED'; peer: Peer; error?: string; halfClosed?: boolean }
   | LinkReport
   /** From the registry actor (registry/proxy-registry.ts), when the proxy has a registry. */
   | RegistryEvent

@@ -132,6 +132,11 @@ export const proxyMachine = setup({
       removeServer(context, entry, reason);
     },
 
+    endHalfClosed: ({ event }) => {
+      assertEvent(event, 'CONN_CLOSED');
+      if (event.halfClosed) closeAfterAnswers(event.peer);
+    },
+
     evict: ({ context, event }) => {
       assertEvent(event, 'MISSED_PINGS');
       evict(context, event.peer, `it missed ${event.misses} PINGs in a row on its registration connection`);
@@ -318,7 +323,7 @@ export const proxyMachine = setup({
     DEREGISTER: { actions: 'deregister' },
     MISSED_PINGS: { actions: 'evict' },
     BAD_INPUT: { actions: ['badInput', 'deregister'] },
-    CONN_CLOSED: { actions: 'deregister' },
+    CONN_CLOSED: { actions: ['deregister', 'endHalfClosed'] },
     UPSTREAM_UP: { actions: 'upstreamUp' },
     UPSTREAM_DOWN: { actions: 'upstreamDown' },
     UPSTREAM_RETRY: { actions: 'upstreamRetry' },

@@ -111,10 +111,15 @@ export function holdRequest(context: ProxyContext, peer: Peer, msg: DataMsg, now
   return undefined;
 }
 
-/** A client's bad input: what it asked before is answered first, then `error` closes it (`makeReply`); at once when nothing is in flight. */
-export function closeAfterAnswers(peer: Peer, error: ErrorMsg): void {
+/**
+ * End a client's connection once what it asked is answered (`makeReply`), at
+ * once when nothing is in flight; `error` (its bad input) goes last. Also for
+ * a client that ended its side, as HAProxy and Envoy let a half-closed client
+ * read its answers.
+ */
+export function closeAfterAnswers(peer: Peer, error?: ErrorMsg): void {
   if (peer.outstanding === 0) return peer.conn.endWith(error);
-  peer.closeWith = error;
+  peer.closing = { error };
   peer.conn.pause();
 }
 
@@ -264,7 +269,7 @@ export function makeReply(context: ProxyContext): Reply {
       }
     }
     client.conn.send(answer, req.msg.seq);
-    if (client.closeWith !== undefined && client.outstanding === 0) client.conn.endWith(client.closeWith);
+    if (client.closing !== undefined && client.outstanding === 0) client.conn.endWith(client.closing.error);
     // Last: the last answer of a drain may end the proxy, which closes the client connections.
     context.inflight.done();
   };

@@ -82,6 +82,27 @@ routing('100 requests pipelined on one client connection are all answered correc
   assert.equal(Object.fromEntries(servers), { '1': 50, '2': 50 });
 });
 
+routing('a client that ends its side after sending (socket.end(data), nc -N) still reads every answer, then gets the end', async () => {
+  // Answers come 30 ms after the client's end, so they cannot ride along with it.
+  ctx.servers.push(await startServer({ id: '1', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, delayMs: 30 }));
+  await eventually(() => ctx.proxy.pools().P?.serving.includes('1') ?? false, 2000, 'server 1 serving');
+  const sock = await rawConnect(ctx.proxy.port);
+  ctx.extra.push({ close: () => sock.destroy() });
+  const c = collector(sock);
+  let ended = false;
+  sock.on('end', () => (ended = true));
+  sock.end(Buffer.concat(Array.from({ length: 5 }, (_, i) => frame({ type: 0, seq: i, srcid: 'c', privPoliId: 'P', payload: `h${i}` }))));
+  await c.until(() => c.closed);
+  assert.equal((c.got as AckMsg[]).map((m) => [m.type, m.seq, m.payload]), [0, 1, 2, 3, 4].map((i) => [MsgType.ACK, i, sha1Hex(`h${i}`)]));
+  assert.ok(ended, 'the proxy ended its side after the answers');
+  // With nothing in flight the proxy ends its side at once.
+  const idle = await rawConnect(ctx.proxy.port);
+  ctx.extra.push({ close: () => idle.destroy() });
+  const i = collector(idle);
+  idle.end();
+  await i.until(() => i.closed, 1000);
+});
+
 routing('a packet for a policy nobody serves gets NO_SERVER at once, and the proxy keeps serving', async () => {
   await addServer('1', 'P');
   const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: [...packets('nobody', 1), ...packets('P', 1)], timeoutMs: 1000 });

@@ -284,9 +284,13 @@ export class Connection implements BudgetHolder {
     else sink.ended();
   }
 
-  /** @internal The peer's end (we do not keep half-open connections): nothing more can be sent, and the stream ends. */
+  /**
+   * @internal The peer's end: the stream ends. Our side ends with it - unless
+   * the socket allows half-open connections (`listenServer`'s
+   * `allowHalfOpen`), where the owner may still answer, then ends it (`endWith`).
+   */
   peerEnded(): void {
-    this.closed = true;
+    if (!this.socket.allowHalfOpen) this.closed = true;
     this.finish();
   }
 

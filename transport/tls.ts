@@ -121,12 +121,16 @@ export function listenOn(server: Server, port: number, host: string, listening: 
   }
 }
 
-/** A listening server, TLS when `tls` has a certificate; with a CA it requires and verifies peers' certificates (mutual TLS). */
-export function listenServer(tls: TlsMaterial | undefined, onSocket: (socket: Socket) => void, opts: { handshakeTimeoutMs?: number } = {}): Server {
-  if (!tls?.cert) return netServer(onSocket);
+/**
+ * A listening server, TLS when `tls` has a certificate; with a CA it requires and verifies peers' certificates (mutual TLS).
+ * With `allowHalfOpen` a peer's end leaves our side open to write: its owner ends it (`Connection.endWith`).
+ */
+export function listenServer(tls: TlsMaterial | undefined, onSocket: (socket: Socket) => void, opts: { handshakeTimeoutMs?: number; allowHalfOpen?: boolean } = {}): Server {
+  const allowHalfOpen = opts.allowHalfOpen ?? false;
+  if (!tls?.cert) return netServer({ allowHalfOpen }, onSocket);
   const server = tlsServer({
     cert: tls.cert, key: tls.key, ca: tls.ca, requestCert: Boolean(tls.ca), rejectUnauthorized: Boolean(tls.ca),
-    handshakeTimeout: opts.handshakeTimeoutMs || 120_000,
+    handshakeTimeout: opts.handshakeTimeoutMs || 120_000, allowHalfOpen,
   }, onSocket);
   // A handshake that fails or stalls past its timeout must not keep its socket (and a connection slot): Node reports it and leaves it open.
   server.on('tlsClientError', (_err: Error, socket: Socket) => socket.destroy());
