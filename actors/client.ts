@@ -19,7 +19,7 @@ import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { isIdValue, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
 import { describeTlsError, dial, readyEvent, type TlsMaterial } from '../transport/tls.js';
-import { systemClock, type Clock, type Timer } from '../transport/clock.js';
+import { MAX_TIMER_MS, systemClock, timerMs, type Clock, type Timer } from '../transport/clock.js';
 import { HandlerError, show, type Payload } from './handler.js';
 import { silentLogger, type Logger } from './logger.js';
 import type { Endpoint } from './server.js';
@@ -98,9 +98,6 @@ interface Entry {
   seq?: number;
   settled: boolean;
 }
-
-/** The longest delay a Node timer takes (ms); a longer one fires at once. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** A handle on a request given to the machine, to cancel it by. */
 export type RequestHandle = object;
@@ -365,7 +362,7 @@ export const clientMachine = setup({
   },
   actors: { clientSocket },
   delays: {
-    failoverDelay: ({ context }) => context.opts.failoverDelayMs ?? 100,
+    failoverDelay: ({ context }) => timerMs(context.opts.failoverDelayMs ?? 100),
   },
   actions: {
     enqueue: ({ context, event, self }) => {

@@ -27,7 +27,7 @@ import type { Connection } from '../transport/socket.js';
 import { ErrorCode } from '../transport/errors.js';
 import { errorMsg } from '../transport/messages.js';
 import { dial } from '../transport/tls.js';
-import { systemClock } from '../transport/clock.js';
+import { systemClock, timerMs } from '../transport/clock.js';
 import { InflightCount } from './inflight.js';
 import { Pacer } from './pacer.js';
 import { tcpConnect, type ProxyRequest } from './link.js';
@@ -49,7 +49,7 @@ export const proxyMachine = setup({
   },
   actors: { listener, sweeper, pinger, drainWatch, linkHub, registry: noRegistry },
   delays: {
-    drainTimeout: ({ context }) => context.opts.drainTimeoutMs,
+    drainTimeout: ({ context }) => timerMs(context.opts.drainTimeoutMs),
   },
   actions: {
     setPort: assign(({ event }) => {

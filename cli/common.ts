@@ -96,9 +96,10 @@ export function parseHost(value: string): string {
   return value;
 }
 
-export function parseIntOption(name: string, min: number) {
+export function parseIntOption(name: string, min: number, max?: number) {
   return (value: string): number => {
     if (!/^\d+$/.test(value) || Number(value) < min) throw new InvalidArgumentError(`${name} must be a whole number of at least ${min}, got '${value}'`);
+    if (max !== undefined && Number(value) > max) throw new InvalidArgumentError(`${name} must be at most ${max}, got '${value}'`);
     return Number(value);
   };
 }

@@ -15,7 +15,7 @@ import { ConnStats } from '../admin/conn-stats.js';
 import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin/server.js';
 import type { RegistryStatus } from '../registry/events.js';
 import {
-  changes, checkRuntime, defaultOf, loadConfigFile, logFileIssue, merge, NUMBERS, parseHostPort, toRuntime,
+  changes, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, parseHostPort, toRuntime,
   whyNotWritable, type LogFileKey, type NumberKey, type ProxyConfig, type Runtime,
 } from '../config/proxy.js';
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
@@ -32,7 +32,7 @@ function proxyOptions(): Option[] {
   const numbers = (Object.keys(NUMBERS) as NumberKey[]).map((key) => {
     const s = NUMBERS[key];
     const flags = key === 'port' ? `-p, --port <port>` : `${flagOf(key)} <${s.unit}>`;
-    const parse = key === 'port' ? (v: string) => parsePort(v) : parseIntOption(flagOf(key), s.min);
+    const parse = key === 'port' ? (v: string) => parsePort(v) : parseIntOption(flagOf(key), s.min, maxOf(s));
     return new Option(flags, `${s.doc} (default: ${defaultOf(key)})`).argParser(parse);
   });
   return [

@@ -15,6 +15,7 @@ import { LEVELS, type Level } from '../actors/logger.js';
 import { ACCESS_LOG_HOLD } from '../admin/access-log.js';
 import { resolveOptions, type Opts, type ProxyOptions } from '../actors/proxy-options.js';
 import { FileError, LocalCode, RevproxyError } from '../transport/errors.js';
+import { MAX_TIMER_MS } from '../transport/clock.js';
 import { loadTokens, tlsFromFlags, whyUnreadable } from './files.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 import {
@@ -78,6 +79,11 @@ export const NUMBERS = {
 } as const satisfies Record<string, NumberSetting>;
 export type NumberKey = keyof typeof NUMBERS;
 
+/** A setting's largest value: its own, or for a time the longest a timer can wait (transport/clock.ts; about 24.8 days). */
+export function maxOf(s: NumberSetting): number | undefined {
+  return s.max ?? (s.unit === 'ms' ? MAX_TIMER_MS : undefined);
+}
+
 /** The defaults, as `resolveOptions` gives them: for help texts and docs, never restated. */
 export const DEFAULTS = resolveOptions({});
 
@@ -113,7 +119,7 @@ const UNIT_WORDS: Record<string, string> = { ms: 'milliseconds', us: 'microsecon
 
 const numberFields = Object.fromEntries(
   Object.entries(NUMBERS).map(([k, s]) => {
-    const max = (s as NumberSetting).max;
+    const max = maxOf(s);
     const schema = max === undefined ? whole(UNIT_WORDS[s.unit] ?? s.unit, s.min) : refine(whole(UNIT_WORDS[s.unit] ?? s.unit, s.min), (v) => (v > max ? `expected at most ${max}, got ${v}` : undefined));
     return [k, opt(schema, s.doc)];
   }),

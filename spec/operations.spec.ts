@@ -90,13 +90,18 @@ config('docs/CONFIG.md documents every key, section keys included', () => {
 });
 
 config('--check refuses a bad file with exit 1, naming file:line:col and what was expected at each problem', async () => {
-  const bad = write('bad.yaml', 'port: 2100\ntimeout: fast\nlog:\n  levl: info\nmax_server_inflight: 0\n');
+  const bad = write('bad.yaml', 'port: 2100\ntimeout: fast\nlog:\n  levl: info\nmax_server_inflight: 0\ndrain_timeout: 2147483648\n');
   const check = revproxy(['proxy', '--check', '--config', bad]);
   assert.is(await check.exited, 1);
   const out = check.out.join('\n');
   assert.match(out, /bad\.yaml:2:10: timeout: expected milliseconds \(a whole number, at least 1\), got "fast"/);
   assert.match(out, /bad\.yaml:4:3: log\.levl: unknown key 'levl' in log; .*did you mean 'level'/);
   assert.match(out, /bad\.yaml:5:22: max_server_inflight: expected a count \(a whole number, at least 1\), got 0/);
+  // A time no timer can wait (Node would fire it at once), from the file and from a flag alike.
+  assert.match(out, /bad\.yaml:6:16: drain_timeout: expected at most 2147483647, got 2147483648/);
+  const flag = revproxy(['proxy', '--check', '--drain-timeout', '2147483648']);
+  assert.is(await flag.exited, 2);
+  assert.match(flag.out.join('\n'), /--drain-timeout must be at most 2147483647, got '2147483648'/);
   const broken = write('broken.yaml', 'port: [1,\n');
   const b = revproxy(['proxy', '--check', '--config', broken]);
   assert.is(await b.exited, 1);

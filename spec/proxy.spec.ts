@@ -284,7 +284,26 @@ polling('with --busy-poll the proxy answers as usual, keeps polling while traffi
   await eventually(() => !poll.active, 2000, 'polling ended 20 ms after the last traffic');
 });
 
+const forever = fresh('times past what a timer can wait', { drainTimeoutMs: Infinity });
+
+forever('drainTimeoutMs Infinity (or past 2^31-1 ms, about 24.8 days) waits for the answer instead of failing at once', async () => {
+  // Node runs such a timer after 1 ms: the drain failed every request in flight SHUTTING_DOWN at once.
+  await addServer('1', 'P', 'silent');
+  const sock = await rawConnect(ctx.proxy.port);
+  ctx.extra.push({ close: () => sock.destroy() });
+  const c = collector(sock);
+  sock.write(frame({ type: 0, seq: 7, srcid: 'c', privPoliId: 'P', payload: 'x' }));
+  await eventually(() => ctx.proxy.actor.getSnapshot().context.inflight.size === 1, 2000, 'the request is at the server');
+  void ctx.proxy.stop();
+  await eventually(() => ctx.proxy.actor.getSnapshot().value === 'draining', 1000, 'draining');
+  await new Promise((r) => setTimeout(r, 150));
+  assert.is(ctx.proxy.actor.getSnapshot().value, 'draining', 'still waiting for the answer');
+  assert.equal(c.got, [], 'nothing failed');
+  ctx.proxy.kill();
+});
+
 routing.run();
 badInput.run();
 faults.run();
 polling.run();
+forever.run();

@@ -12,15 +12,23 @@ export interface Clock {
   setInterval(fn: () => void, ms: number): Timer;
 }
 
+/** The longest delay a Node timer (and so XState's) takes, about 24.8 days: a longer one, Infinity too, fires at once. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** `ms` as a timer can wait it: a longer delay waits the longest there is (for a timeout, never in practice), not no time at all. */
+export function timerMs(ms: number): number {
+  return ms > MAX_TIMER_MS ? MAX_TIMER_MS : ms;
+}
+
 export const systemClock: Clock = {
   now: () => performance.now(),
   setTimeout(fn, ms) {
-    const t = setTimeout(fn, ms);
+    const t = setTimeout(fn, timerMs(ms));
     t.unref?.();
     return { cancel: () => clearTimeout(t) };
   },
   setInterval(fn, ms) {
-    const t = setInterval(fn, ms);
+    const t = setInterval(fn, timerMs(ms));
     t.unref?.();
     return { cancel: () => clearInterval(t) };
   },
