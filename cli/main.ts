@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Help, Option } from 'commander';
 import { runClient, startServer, StartError } from '../actors/index.js';
 import { LocalCode, RevproxyError } from '../transport/errors.js';
+import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import type { Result } from '../actors/connect.js';
 import type { Payload } from '../actors/handler.js';
 import { loadHandler } from './handler-module.js';
@@ -73,11 +74,12 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('--queue-limit <n>', 'with --concurrency, requests that may wait for a slot; past it OVERLOADED').default(1024).argParser(parseIntOption('--queue-limit', 0)))
       .addOption(new Option('--delay <ms>', 'every request waits this long before its handler runs, inside its --concurrency slot (for tests and benchmarks)').default(0).argParser(parseIntOption('--delay', 0)))
       .addOption(new Option('--drain-timeout <ms>', 'on SIGTERM, the longest wait for the proxies to let go').default(5000).argParser(parseIntOption('--drain-timeout', 0)))
+      .addOption(new Option('--max-frame <bytes>', "largest frame taken from a proxy: at least the proxies' --max-frame, or a request near their limit closes the link it is sent on, then the next").default(DEFAULT_MAX_FRAME_BYTES).argParser(parseIntOption('--max-frame', 1024)))
       .addOption(new Option('--token <secret>', "the proxy's registration secret (prefer the environment variable to the command line)").env('REVPROXY_TOKEN'))
       .addOption(wireOption('register the old way (setup on its own connection, then closed), for the old Python proxy'))
       .addHelpText('after', '\nWith --registry etcd://HOST:PORT the server registers once, in etcd, instead of with each proxy:\nevery proxy watching the registry takes it (see README, "Running a fleet").\nA lost proxy is retried with backoff and the server registers again.\nSIGTERM or SIGINT drains: tells the proxies it is leaving, finishes requests in flight, exits 0.\nA handler that throws an error with a string code answers the client HANDLER_ERROR with that code\n(not retried elsewhere); ctx.signal aborts when the proxy stops waiting for the answer.\n\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100\n  revproxy server -id 100 -pp 111 -revproc 2100,2200\n  revproxy server -id 500 -pp 111 --handler examples/privacy-handler.js --concurrency 8\n  revproxy server -id 100 -pp 111 --registry etcd://127.0.0.1:2379'),
   )))).action(async function (this: Command, o: LogFlags & TlsFlags & InspectFlags & RegistryFlags & { token?: string } & {
-    id: string; pp: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout: number; delay: number; wire: 'frames' | 'json';
+    id: string; pp: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout: number; delay: number; maxFrame: number; wire: 'frames' | 'json';
     handler?: string; concurrency?: number; queueLimit: number;
   }) {
     const policy = o.pp;
@@ -88,7 +90,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     const insp = await startInspection(o, `server ${o.id}`);
     const server = await startServer({
       id: o.id, policy, listenPort: o.listen, listenHost: o.host, proxies: o.revproc, behaviour: o.behaviour,
-      drainTimeoutMs: o.drainTimeout, delayMs: o.delay, logger, waitForRegistration: false, inspect: insp.attach.inspect,
+      drainTimeoutMs: o.drainTimeout, delayMs: o.delay, maxFrameBytes: o.maxFrame, logger, waitForRegistration: false, inspect: insp.attach.inspect,
       token: o.token, tls: tlsFromFlags(o), wire: o.wire, handler, concurrency: o.concurrency, queueLimit: o.queueLimit, registry,
     });
     const unignore = ignoreUserSignals(logger, 'a server has no reload (SIGHUP); send SIGTERM to drain and stop');
@@ -109,11 +111,12 @@ export function buildProgram(setExit: (code: number) => void): Command {
 
       .addOption(new Option('--timeout <ms>', 'time to wait for each answer').default(5000).argParser(parseIntOption('--timeout', 1)))
       .addOption(new Option('--window <n>', 'requests in flight at once on the connection').default(64).argParser(parseIntOption('--window', 1)))
+      .addOption(new Option('--max-frame <bytes>', "the proxy's --max-frame: a request that would not fit is refused here (BAD_REQUEST), not sent").default(DEFAULT_MAX_FRAME_BYTES).argParser(parseIntOption('--max-frame', 1024)))
       .option('--json', 'print the results as one JSON object at the end')
       .option('--no-verify', 'print the answers without checking them against the SHA1 of the payload (answers not shaped like a SHA1 are never checked)')
       .addOption(wireOption('speak the old format, one request at a time, for the old Python proxy'))
       .addHelpText('after', '\nExit status: 0 when every request got an answer and every checked answer is correct, 1 otherwise.\nWith --inspect the page stays up after the answers are in, until Ctrl-C.\n\nExample:\n  revproxy client -id 1 -revproc 2100 -pkt pktfiles/1.json\n  revproxy client -id 1 --revproc etcd://127.0.0.1:2379 -pkt pktfiles/1.json'),
-  )))).action(async (o: LogFlags & TlsFlags & InspectFlags & RegistryFlags & { id: string; revproc: Endpoint[] | string; pkt: string[]; timeout: number; window: number; json?: boolean; verify: boolean; wire: 'frames' | 'json' }) => {
+  )))).action(async (o: LogFlags & TlsFlags & InspectFlags & RegistryFlags & { id: string; revproc: Endpoint[] | string; pkt: string[]; timeout: number; window: number; maxFrame: number; json?: boolean; verify: boolean; wire: 'frames' | 'json' }) => {
     const packets = loadPackets(o.pkt, o.id ?? '0');
     const logger = makeLogger(`client ${o.id ?? packets[0]?.srcid ?? '0'}`, o.json ? { ...o, logFormat: 'text', logLevel: 'silent' } : o);
     const insp = await startInspection(o, `client ${o.id}`);
@@ -123,7 +126,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     }
     const registry = registryFromFlags(o);
     const results = await runClient({
-      id: o.id ?? packets[0]?.srcid ?? '0', proxies: typeof o.revproc === 'string' ? undefined : o.revproc, registry, packets, tls: tlsFromFlags(o), timeoutMs: o.timeout, window: o.window, wire: o.wire, logger,
+      id: o.id ?? packets[0]?.srcid ?? '0', proxies: typeof o.revproc === 'string' ? undefined : o.revproc, registry, packets, tls: tlsFromFlags(o), timeoutMs: o.timeout, window: o.window, maxFrameBytes: o.maxFrame, wire: o.wire, logger,
       inspect: insp.attach.inspect, verify: o.verify ? 'auto' : false,
     });
     const ok = results.filter((r) => r.answer !== undefined && r.correct !== false).length;

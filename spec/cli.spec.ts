@@ -35,6 +35,20 @@ cli("the assignment's example through the CLI with the seed's single-dash flags:
   assert.is(await proxy.exited, 0, 'SIGTERM stops the proxy cleanly');
 });
 
+cli("a proxy taking frames past 1 MiB, and servers told to take as much (server --max-frame): a 1.5 MB request is answered", async () => {
+  const big = String(2 * 1024 * 1024);
+  const proxy = revproxy(['proxy', '--port', '0', '--max-frame', big]);
+  const port = (await proxy.waitFor(/Running the reverse proxy on port (\d+)/))[1]!;
+  revproxy(['server', '--id', '1', '--pp', 'BIG', '--revproc', port, '--max-frame', big]);
+  await proxy.waitFor(/Received setup message from server id 1 /);
+  const dir = mkdtempSync(join(tmpdir(), 'pkt-'));
+  const payload = 'x'.repeat(1_500_000);
+  writeFileSync(join(dir, '1.json'), JSON.stringify({ type: '0', srcid: '7', privPoliId: 'BIG', payload }));
+  const client = revproxy(['client', '--id', '7', '--revproc', port, '--pkt', dir, '--json', '--max-frame', big]);
+  assert.is(await client.exited, 0, client.out.join('\n').slice(0, 2000));
+  assert.is(JSON.parse(client.out.find((l) => l.startsWith('{'))!).verified, 1);
+});
+
 cli("the client prints the seed's lines and exits 0 when the hash is correct", async () => {
   // The seed's per-request lines are debug (issue 16): info is the life of the system.
   const proxy = revproxy(['proxy', '-port', '0', '--log-level', 'debug']);
