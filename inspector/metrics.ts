@@ -14,7 +14,7 @@
 import type * as PromClient from 'prom-client';
 import type { Counter, Gauge, Registry, MetricValue } from 'prom-client';
 import { lazyPackage } from '../transport/lazy.js';
-import type { ErrorCode } from '../transport/errors.js';
+import { ErrorCode } from '../transport/errors.js';
 import type { EjectReason, ProxyObserver } from '../actors/proxy-options.js';
 import { RecentLatency } from './latency.js';
 import type { Figures, PoolView, Tally } from './views.js';
@@ -181,7 +181,9 @@ export class Metrics implements ProxyObserver {
   }
 
   answered(policy: string, member: string | undefined, outcome: 'ok' | ErrorCode, latencyMs: number): void {
-    const t = this.policy(policy);
+    // A policy with no label yet whose request no server could take (NO_SERVER) gets none: a client naming
+    // made-up policies must not use up the label values real ones need (Envoy keeps no stats per unknown cluster).
+    const t = this.policies.get(policy) ?? this.policy(member === undefined && outcome === ErrorCode.NO_SERVER ? OTHER : policy);
     const server = member === undefined ? '' : t.outcomes.has(member) || t.outcomes.size < MAX_LABEL_VALUES ? member : OTHER;
     let byOutcome = t.outcomes.get(server);
     if (!byOutcome) t.outcomes.set(server, (byOutcome = new Map()));
