@@ -191,6 +191,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       // Room for what forwarding adds, so a request read whole is never too big to forward.
       const conn = new Connection(socket, { maxFrameBytes: Math.max(1, input.maxFrameBytes - FORWARD_ROOM), idleTimeoutMs: input.idleTimeoutMs, frameTimeoutMs: input.frameTimeoutMs, wire: 'sniff', clock: input.clock, budget: input.budget });
       const peer = newPeer(conn);
+      conn.owed = peer;
       conns.add(conn);
       input.observer?.accepted?.(peer, socket);
       conn.listen(new AcceptedReads(core, conn, peer, addr));

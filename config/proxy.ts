@@ -61,7 +61,7 @@ export const NUMBERS = {
   max_client_inflight: { option: 'maxClientInflight', unit: 'n', min: 1, reload: 'live', doc: 'unanswered requests per client connection before its reads pause' },
   max_server_inflight: { option: 'maxServerInflight', unit: 'n', min: 1, reload: 'live', doc: 'requests in flight to one server' },
   queue_limit: { option: 'queueLimit', unit: 'n', min: 0, reload: 'live', doc: 'requests one policy may hold waiting for a server with room; beyond it OVERLOADED' },
-  idle_timeout: { option: 'idleTimeoutMs', unit: 'ms', min: 0, reload: 'new', doc: 'close client connections silent this long (0 = never); registrations are watched by PINGs instead' },
+  idle_timeout: { option: 'idleTimeoutMs', unit: 'ms', min: 0, reload: 'new', doc: 'close client connections silent this long and waiting for no answer (0 = never); registrations are watched by PINGs instead' },
   frame_timeout: { option: 'frameTimeoutMs', unit: 'ms', min: 0, reload: 'new', doc: 'a frame begun must be complete within this time (0 = no limit)' },
   ping_interval: { option: 'pingIntervalMs', unit: 'ms', min: 10, reload: 'live', doc: 'PING each server on its registration connection this often' },
   ping_misses: { option: 'pingMisses', unit: 'n', min: 1, reload: 'live', doc: 'missed PONGs after which a server is removed' },

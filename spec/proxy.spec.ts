@@ -302,8 +302,24 @@ forever('drainTimeoutMs Infinity (or past 2^31-1 ms, about 24.8 days) waits for 
   ctx.proxy.kill();
 });
 
+const idle = fresh('idle timeout', { idleTimeoutMs: 150, timeoutMs: 3000 });
+
+idle('a client waiting for an answer slower than the idle timeout is not cut; an idle one is', async () => {
+  ctx.servers.push(await startServer({ id: '1', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, delayMs: 500 }));
+  await eventually(() => ctx.proxy.pools().P?.serving.includes('1') ?? false, 2000, 'server 1 serving');
+  const sock = await rawConnect(ctx.proxy.port);
+  ctx.extra.push({ close: () => sock.destroy() });
+  const c = collector(sock);
+  sock.write(frame({ type: 0, seq: 1, srcid: 'c', privPoliId: 'P', payload: 'slow' }));
+  await c.until(() => c.got.length === 1 || c.closed, 2000);
+  assert.equal((c.got as AckMsg[]).map((m) => [m.type, m.payload]), [[MsgType.ACK, sha1Hex('slow')]], 'answered after 500 ms');
+  // Nothing owed: the idle timeout applies.
+  await c.until(() => c.closed, 1000);
+});
+
 routing.run();
 badInput.run();
 faults.run();
 polling.run();
 forever.run();
+idle.run();

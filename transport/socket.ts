@@ -171,6 +171,12 @@ export class Connection implements BudgetHolder {
   private lastRead: number;
   private idleMs = 0;
   private idleTimer?: Timer;
+  /**
+   * Who owes this peer answers (the proxy's record of a client): a peer
+   * waiting for one is not idle, however long its answer takes (HAProxy's
+   * `timeout client` likewise does not run while the server works).
+   */
+  owed?: { readonly outstanding: number };
   /** A message begun must be complete within this long (ms; 0: no limit), timed by `frameTimer`. */
   private readonly frameTimeoutMs: number;
   private frameTimer?: Timer;
@@ -327,6 +333,7 @@ export class Connection implements BudgetHolder {
     this.idleTimer = this.clock.setTimeout(() => {
       const quiet = this.clock.now() - this.lastRead;
       if (quiet < this.idleMs) return this.armIdle(this.idleMs - quiet);
+      if ((this.owed?.outstanding ?? 0) > 0) return this.armIdle(this.idleMs);
       this.idleTimer = undefined;
       this.finish(new ConnectionTimeout(`no bytes for ${this.idleMs} ms`));
       this.socket.destroy();
