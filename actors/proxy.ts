@@ -260,7 +260,10 @@ export const proxyMachine = setup({
       busyPoll: opts.busyPollUs ? new BusyPoll({ windowUs: opts.busyPollUs }) : undefined,
       budget: new BufferBudget(opts.maxBufferedBytes, (holder, bytes) => {
         const conn = holder as Connection;
-        logger.warn('budget_shed', `Closed connection from ${conn.describe()}: the buffer budget of ${opts.maxBufferedBytes} bytes (--max-buffered-bytes) is full and it held the most (${bytes} bytes)`, {
+        // A crowd of peers cut must not become a log flood: one line, then one per interval with a count (per address).
+        logger.repeated('warn', 'budget_shed', conn.remoteAddress, 1, (n, span) => span
+          ? `Closed ${n} connection(s) from ${conn.remoteAddress} ${span}: the buffer budget of ${opts.maxBufferedBytes} bytes (--max-buffered-bytes) was full and each held the most`
+          : `Closed connection from ${conn.describe()}: the buffer budget of ${opts.maxBufferedBytes} bytes (--max-buffered-bytes) is full and it held the most (${bytes} bytes)`, {
           peer: conn.describe(), bytes, code: ErrorCode.OVERLOADED,
         });
       }),
