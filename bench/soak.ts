@@ -28,21 +28,40 @@ import { parseArgs } from 'node:util';
 import { runLoad } from './loadgen.js';
 import { cpuSeconds, freePort, HOST, probe, rssBytes, spawnRevproxy, stopAll, waitForPort } from './procs.js';
 
-const { values } = parseArgs({
-  options: {
-    minutes: { type: 'string', default: '10' },
-    stall: { type: 'string', default: '10' },
-    window: { type: 'string', default: '10' },
-    'access-log': { type: 'boolean', default: false },
-    rotate: { type: 'string', default: '60' },
-  },
-});
+const USAGE = `usage: npx tsx bench/soak.ts [--minutes N] [--stall SECONDS] [--window SECONDS] [--access-log [--rotate SECONDS]]
+  --minutes     how long the load runs (default 10)
+  --stall       seconds one server is stopped (SIGSTOP) in the middle (default 10; 0 = none)
+  --window      seconds per reported window (default 10)
+  --access-log  the proxy writes its access log, rotated as logrotate does every --rotate seconds (default 60), every line checked`;
+
+function options(): { [k: string]: string | boolean | undefined } {
+  try {
+    return parseArgs({
+      options: {
+        minutes: { type: 'string', default: '10' },
+        stall: { type: 'string', default: '10' },
+        window: { type: 'string', default: '10' },
+        'access-log': { type: 'boolean', default: false },
+        rotate: { type: 'string', default: '60' },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    }).values;
+  } catch (err) {
+    console.error(`${(err as Error).message}\n${USAGE}`);
+    process.exit(2);
+  }
+}
+const values = options();
+if (values.help) {
+  console.log(USAGE);
+  process.exit(0);
+}
 const minutes = Number(values.minutes);
 const stallS = Number(values.stall);
 const windowS = Number(values.window);
 const rotateS = Number(values.rotate);
 if (!(minutes > 0) || !(stallS >= 0) || !(windowS > 0) || !(rotateS > 0)) {
-  console.error('usage: npx tsx bench/soak.ts [--minutes N] [--stall SECONDS] [--window SECONDS] [--access-log [--rotate SECONDS]]');
+  console.error(USAGE);
   process.exit(2);
 }
 
