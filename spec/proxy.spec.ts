@@ -15,11 +15,18 @@ interface Ctx {
 
 const ctx = {} as Ctx;
 
-async function addServer(id: string, policy: string, behaviour: 'normal' | 'silent' = 'normal'): Promise<ServerHandle> {
-  const s = await startServer({ id, policy, listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, behaviour });
+async function addServer(id: string, policy: string, behaviour: 'normal' | 'silent' = 'normal', delayMs = 0): Promise<ServerHandle> {
+  const s = await startServer({ id, policy, listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, behaviour, delayMs });
   ctx.servers.push(s);
   await eventually(() => ctx.proxy.pools()[policy]?.serving.includes(id) ?? false, 2000, `server ${id} serving in pool ${policy}`);
   return s;
+}
+
+/** A raw client connection to the proxy, closed after the test, and what it receives. */
+async function rawClient() {
+  const sock = await rawConnect(ctx.proxy.port);
+  ctx.extra.push({ close: () => sock.destroy() });
+  return { sock, c: collector(sock) };
 }
 
 const packets = (policy: string, n: number, tag = 'p') => Array.from({ length: n }, (_, i) => ({ srcid: 'c1', privPoliId: policy, payload: `${tag}${i}` }));
@@ -84,11 +91,8 @@ routing('100 requests pipelined on one client connection are all answered correc
 
 routing('a client that ends its side after sending (socket.end(data), nc -N) still reads every answer, then gets the end', async () => {
   // Answers come 30 ms after the client's end, so they cannot ride along with it.
-  ctx.servers.push(await startServer({ id: '1', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, delayMs: 30 }));
-  await eventually(() => ctx.proxy.pools().P?.serving.includes('1') ?? false, 2000, 'server 1 serving');
-  const sock = await rawConnect(ctx.proxy.port);
-  ctx.extra.push({ close: () => sock.destroy() });
-  const c = collector(sock);
+  await addServer('1', 'P', 'normal', 30);
+  const { sock, c } = await rawClient();
   let ended = false;
   sock.on('end', () => (ended = true));
   sock.end(Buffer.concat(Array.from({ length: 5 }, (_, i) => frame({ type: 0, seq: i, srcid: 'c', privPoliId: 'P', payload: `h${i}` }))));
@@ -96,11 +100,9 @@ routing('a client that ends its side after sending (socket.end(data), nc -N) sti
   assert.equal((c.got as AckMsg[]).map((m) => [m.type, m.seq, m.payload]), [0, 1, 2, 3, 4].map((i) => [MsgType.ACK, i, sha1Hex(`h${i}`)]));
   assert.ok(ended, 'the proxy ended its side after the answers');
   // With nothing in flight the proxy ends its side at once.
-  const idle = await rawConnect(ctx.proxy.port);
-  ctx.extra.push({ close: () => idle.destroy() });
-  const i = collector(idle);
-  idle.end();
-  await i.until(() => i.closed, 1000);
+  const idle = await rawClient();
+  idle.sock.end();
+  await idle.c.until(() => idle.c.closed, 1000);
 });
 
 routing('a packet for a policy nobody serves gets NO_SERVER at once, and the proxy keeps serving', async () => {
@@ -289,9 +291,7 @@ const forever = fresh('times past what a timer can wait', { drainTimeoutMs: Infi
 forever('drainTimeoutMs Infinity (or past 2^31-1 ms, about 24.8 days) waits for the answer instead of failing at once', async () => {
   // Node runs such a timer after 1 ms: the drain failed every request in flight SHUTTING_DOWN at once.
   await addServer('1', 'P', 'silent');
-  const sock = await rawConnect(ctx.proxy.port);
-  ctx.extra.push({ close: () => sock.destroy() });
-  const c = collector(sock);
+  const { sock, c } = await rawClient();
   sock.write(frame({ type: 0, seq: 7, srcid: 'c', privPoliId: 'P', payload: 'x' }));
   await eventually(() => ctx.proxy.actor.getSnapshot().context.inflight.size === 1, 2000, 'the request is at the server');
   void ctx.proxy.stop();
@@ -305,11 +305,8 @@ forever('drainTimeoutMs Infinity (or past 2^31-1 ms, about 24.8 days) waits for 
 const idle = fresh('idle timeout', { idleTimeoutMs: 150, timeoutMs: 3000 });
 
 idle('a client waiting for an answer slower than the idle timeout is not cut; an idle one is', async () => {
-  ctx.servers.push(await startServer({ id: '1', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, delayMs: 500 }));
-  await eventually(() => ctx.proxy.pools().P?.serving.includes('1') ?? false, 2000, 'server 1 serving');
-  const sock = await rawConnect(ctx.proxy.port);
-  ctx.extra.push({ close: () => sock.destroy() });
-  const c = collector(sock);
+  await addServer('1', 'P', 'normal', 500);
+  const { sock, c } = await rawClient();
   sock.write(frame({ type: 0, seq: 1, srcid: 'c', privPoliId: 'P', payload: 'slow' }));
   await c.until(() => c.got.length === 1 || c.closed, 2000);
   assert.equal((c.got as AckMsg[]).map((m) => [m.type, m.payload]), [[MsgType.ACK, sha1Hex('slow')]], 'answered after 500 ms');
