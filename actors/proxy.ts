@@ -23,7 +23,6 @@
 import { assertEvent, assign, sendTo, setup, type ActorRefFrom } from 'xstate';
 import { BufferBudget } from '../transport/budget.js';
 import { BusyPoll } from '../transport/busy-poll.js';
-import type { Connection } from '../transport/socket.js';
 import { ErrorCode } from '../transport/errors.js';
 import { errorMsg } from '../transport/messages.js';
 import { dial } from '../transport/tls.js';
@@ -32,7 +31,7 @@ import { InflightCount } from './inflight.js';
 import { Pacer } from './pacer.js';
 import { tcpConnect, type ProxyRequest } from './link.js';
 import { silentLogger } from './logger.js';
-import { drainWatch, linkHub, listener, noRegistry, pinger, sweeper } from './proxy-io.js';
+import { drainWatch, linkHub, listener, logShed, noRegistry, pinger, sweeper } from './proxy-io.js';
 import { isLoopback, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
 import type { ProxyContext, ProxyEvent } from './proxy-types.js';
 import { drainMember, enableMember, linkDown, linkUp, probe, readmit, triesFailed } from './health.js';
@@ -258,15 +257,7 @@ export const proxyMachine = setup({
       reply: () => {},
       probes: new Pacer(input.clock ?? systemClock, opts.probesPerSecond, (member) => self.send({ type: 'PROBE', member })),
       busyPoll: opts.busyPollUs ? new BusyPoll({ windowUs: opts.busyPollUs }) : undefined,
-      budget: new BufferBudget(opts.maxBufferedBytes, (holder, bytes) => {
-        const conn = holder as Connection;
-        // A crowd of peers cut must not become a log flood: one line, then one per interval with a count (per address).
-        logger.repeated('warn', 'budget_shed', conn.remoteAddress, 1, (n, span) => span
-          ? `Closed ${n} connection(s) from ${conn.remoteAddress} ${span}: the buffer budget of ${opts.maxBufferedBytes} bytes (--max-buffered-bytes) was full and each held the most`
-          : `Closed connection from ${conn.describe()}: the buffer budget of ${opts.maxBufferedBytes} bytes (--max-buffered-bytes) is full and it held the most (${bytes} bytes)`, {
-          peer: conn.describe(), bytes, code: ErrorCode.OVERLOADED,
-        });
-      }),
+      budget: new BufferBudget(opts.maxBufferedBytes, logShed(logger, opts.maxBufferedBytes)),
     };
     ctx.reply = makeReply(ctx);
     return ctx;
