@@ -4,6 +4,7 @@
  * log, the admin endpoint, and SIGHUP (reload the config, reopen the access
  * log). SIGTERM and SIGINT drain.
  */
+import { readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { startProxy, type ProxyHandle } from '../actors/index.js';
@@ -21,7 +22,7 @@ import {
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
 import type { PoolView } from '../inspector/views.js';
 import { dial, type TlsMaterial } from '../transport/tls.js';
-import { ignoreUserSignals, parseHost, parseIntOption, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, whyUnreadable } from './common.js';
+import { FileError, ignoreUserSignals, parseHost, parseIntOption, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, whyUnreadable } from './common.js';
 import { checkInspectToken, inspectOptions, startInspection } from './inspect.js';
 
 const camel = (key: string): string => key.replace(/_(\w)/g, (_, c: string) => c.toUpperCase());
@@ -40,6 +41,7 @@ function proxyOptions(): Option[] {
     new Option('--host <address>', `address to listen on (default: ${resolveOptions({}).host})`).argParser(parseHost),
     new Option('--config <file>', 'read the settings from this YAML file (docs/CONFIG.md); flags given as well override it'),
     new Option('--check', 'check the configuration (the file, the flags and the files they name), then exit: 0 when it is valid, 1 when not'),
+    new Option('--pid-file <file>', "write the process id to this file at start, as HAProxy's -p and nginx's pid do (logrotate: postrotate kill -HUP $(cat FILE)); removed on exit"),
     new Option('--token <secret>', 'registration secret every server must present').env('REVPROXY_TOKEN'),
     new Option('--tokens <file>', 'per-policy registration secrets (YAML: policy: secret); policies not in it take --token, or no registrations; re-read on SIGHUP'),
     new Option('--old-server-connections <n>', 'most connections to each old (JSON) server, one request on each at a time; it gets more than one only once it answers that many at once (default: 8)').argParser(parseIntOption('--old-server-connections', 1)),
@@ -60,7 +62,7 @@ function proxyOptions(): Option[] {
   ];
 }
 
-type Flags = Record<string, unknown> & { config?: string; check?: boolean };
+type Flags = Record<string, unknown> & { config?: string; check?: boolean; pidFile?: string };
 
 /** What the flags set, as a config (only what was given: a flag overrides the file, a default does not). */
 function configFromFlags(cmd: Command): ProxyConfig {
@@ -162,7 +164,7 @@ Example:
     const hup = (): void => onHup();
     process.on('SIGHUP', hup);
     try {
-      await run(read, source, setExit, (f) => (onHup = f), flagOf);
+      await run(read, source, setExit, (f) => (onHup = f), flagOf, (cmd.opts() as Flags).pidFile);
     } finally {
       process.off('SIGHUP', hup);
     }
@@ -171,7 +173,7 @@ Example:
 }
 
 /** Start everything a config asks for, serve until SIGTERM/SIGINT, reload on SIGHUP. */
-async function run(read: () => ProxyConfig, source: string, setExit: (code: number) => void, onHup: (f: () => void) => void, flagOf: (key: LogFileKey) => string | undefined): Promise<void> {
+async function run(read: () => ProxyConfig, source: string, setExit: (code: number) => void, onHup: (f: () => void) => void, flagOf: (key: LogFileKey) => string | undefined, pidFile?: string): Promise<void> {
   let running = read();
   const rt = toRuntime(running);
   const stdout = new Destination({ to: '-' });
@@ -220,6 +222,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
   const insp = await startInspection({ inspect: rt.inspect, inspectLog: rt.inspectLog, inspectToken: rt.inspectToken }, 'proxy', logger);
   const unignore = ignoreUserSignals(logger, 'send SIGHUP to reload the configuration and reopen the access log, SIGTERM to drain and stop');
   try {
+    if (pidFile) writePidFile(pidFile);
     const upstream = rt.options.upstreamTls;
     proxy = await startProxy({
       ...rt.options,
@@ -283,6 +286,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
     });
   } finally {
     unignore();
+    if (pidFile) removePidFile(pidFile);
     await admin?.close();
     await insp.close();
     if (accessLog && accessLog.dest !== stdout) await accessLog.dest.end();
@@ -309,6 +313,24 @@ function registryReadiness(r: RegistryStatus | undefined): NotReady | undefined 
     return { code: 'REGISTRY_UNREACHABLE', message: `the registry has been unreachable for ${s} s (${r.why}); serving with the membership last seen (${r.entries} server entries)`, warning: true };
   }
   return undefined;
+}
+
+/** The process id, written at start (`--pid-file`); a file that cannot be written stops the start, saying why. */
+function writePidFile(path: string): void {
+  try {
+    writeFileSync(path, `${process.pid}\n`);
+  } catch (err) {
+    throw new FileError(`cannot write the --pid-file '${path}': ${whyNotWritable(err, path)}`);
+  }
+}
+
+/** Removed on the way out, if it still names this process (another may have started since and written its own). */
+function removePidFile(path: string): void {
+  try {
+    if (readFileSync(path, 'utf8').trim() === String(process.pid)) unlinkSync(path);
+  } catch {
+    // already gone
+  }
 }
 
 /** Whether two sets of TLS files hold the same bytes. */

@@ -252,6 +252,21 @@ access('an access log the proxy cannot write (a full disk) is an error line sayi
 
 const reload = fresh('SIGHUP');
 
+reload('--pid-file: the process id to signal (logrotate: kill -HUP $(cat FILE)), removed when the proxy stops; a file it cannot write stops the start', async () => {
+  const pidFile = join(ctx.dir, 'revproxy.pid');
+  const { proc } = await proxyWithConfig(write('p.yaml', 'port: 0\n'), ['--pid-file', pidFile]);
+  const pid = Number(readFileSync(pidFile, 'utf8').trim());
+  assert.is(pid, proc.child.pid);
+  process.kill(pid, 'SIGHUP');
+  await proc.waitFor(/Reloaded .*p\.yaml/);
+  proc.kill();
+  assert.is(await proc.exited, 0);
+  assert.not.ok(existsSync(pidFile), 'removed on exit');
+  const bad = revproxy(['proxy', '--port', '0', '--pid-file', join(ctx.dir, 'nowhere', 'x.pid')]);
+  assert.is(await bad.exited, 1);
+  assert.match(bad.out.join('\n'), /cannot write the --pid-file '.*x\.pid': its folder .*nowhere does not exist/);
+});
+
 reload('under load: a limit and a token change, a revoked server is drained out, an invalid file is refused; 0 requests lost', async () => {
   const cfg = (limits: string, tokens: string): string => `port: 0\nadmin:\n  listen: 127.0.0.1:0\n${limits}tokens:\n${tokens}`;
   const both = '  P: secret-of-P-1\n  SLOW: secret-of-SLOW\n  R: secret-of-R-1\n';
