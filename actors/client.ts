@@ -19,7 +19,7 @@ import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { isIdValue, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
 import { describeTlsError, dial, readyEvent, type TlsMaterial } from '../transport/tls.js';
-import { MAX_TIMER_MS, systemClock, timerMs, type Clock, type Timer } from '../transport/clock.js';
+import { systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { HandlerError, show, type Payload } from './handler.js';
 import { silentLogger, type Logger } from './logger.js';
 import type { Endpoint } from './server.js';
@@ -167,8 +167,8 @@ export class RequestBook {
       return;
     }
     this.byHandle.set(handle, entry);
-    // Longer than a timer can wait (Node would fire it after 1 ms): no timeout of the client's own.
-    if (!(req.timeoutMs! > MAX_TIMER_MS)) entry.timer = expire(handle, req.timeoutMs!);
+    // Infinity, or longer than a timer can wait, waits the longest there is (the clock's timerMs): no timeout of the client's own in practice.
+    entry.timer = expire(handle, req.timeoutMs!);
     this.waiting.push(entry);
   }
 
@@ -308,7 +308,7 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
   let connected = false;
   socket.once(readyEvent(socket), () => {
     connected = true;
-    slow?.cancel();
+    slow.cancel();
     send({ type: 'CONNECTED', conn });
   });
   const sub = conn.messages$.subscribe({
@@ -325,13 +325,13 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
   // about two minutes on Linux, before the next proxy is tried.
   const { host, port } = input.proxy;
   const ms = input.connectTimeoutMs;
-  const slow = ms > MAX_TIMER_MS ? undefined : input.clock.setTimeout(() => {
+  const slow = input.clock.setTimeout(() => {
     sub.unsubscribe();
     conn.destroy();
     send({ type: 'CONNECT_FAILED', error: `no answer from ${host}:${port} within ${ms} ms (connectTimeoutMs): is the host up, and does no firewall drop the connection?` });
   }, ms);
   return () => {
-    slow?.cancel();
+    slow.cancel();
     sub.unsubscribe();
     conn.destroy();
   };
@@ -362,7 +362,7 @@ export const clientMachine = setup({
   },
   actors: { clientSocket },
   delays: {
-    failoverDelay: ({ context }) => timerMs(context.opts.failoverDelayMs ?? 100),
+    failoverDelay: ({ context }) => context.opts.failoverDelayMs ?? 100,
   },
   actions: {
     enqueue: ({ context, event, self }) => {

@@ -26,7 +26,7 @@ import { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode } from '../transport/errors.js';
 import { errorMsg } from '../transport/messages.js';
 import { dial } from '../transport/tls.js';
-import { systemClock, timerMs } from '../transport/clock.js';
+import { systemClock } from '../transport/clock.js';
 import { InflightCount } from './inflight.js';
 import { Pacer } from './pacer.js';
 import { tcpConnect, type ProxyRequest } from './link.js';
@@ -48,7 +48,7 @@ export const proxyMachine = setup({
   },
   actors: { listener, sweeper, pinger, drainWatch, linkHub, registry: noRegistry },
   delays: {
-    drainTimeout: ({ context }) => timerMs(context.opts.drainTimeoutMs),
+    drainTimeout: ({ context }) => context.opts.drainTimeoutMs,
   },
   actions: {
     setPort: assign(({ event }) => {

@@ -21,7 +21,7 @@ import { errorMsg, MsgType, type DataMsg, type Message, type SetupMsg } from '..
 import { Connection } from '../transport/socket.js';
 import { describeTlsError, dial, listenOn, listenServer, readyEvent, type TlsMaterial } from '../transport/tls.js';
 import { recogniseTlsRefusal } from '../transport/foreign.js';
-import { systemClock, timerMs, type Clock, type Timer } from '../transport/clock.js';
+import { systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
 import { silentLogger, type Logger } from './logger.js';
 
@@ -277,7 +277,7 @@ export const serverMachine = setup({
   },
   actors: { requestListener, registrations },
   delays: {
-    drainTimeout: ({ context }) => timerMs(context.opts.drainTimeoutMs ?? 5000),
+    drainTimeout: ({ context }) => context.opts.drainTimeoutMs ?? 5000,
   },
   actions: {
     setPort: assign(({ event }) => {

@@ -84,10 +84,12 @@ export class ManualClock implements Clock {
 /**
  * The clock option XState's `createActor` takes, from ours: so a machine's
  * delayed transitions (`after`) follow the same clock as everything else it
- * does. Empty for the system clock (XState's own timers, which keep the
- * process alive while a delay is pending, as they must).
+ * does. For the system clock, Node's own timers, as XState's default is
+ * (they keep the process alive while a delay is pending, as they must), with
+ * a delay longer than a timer can wait waiting the longest there is
+ * (`timerMs`): every machine's `after` goes through here.
  */
-export function xstateClock(clock: Clock): { clock?: { setTimeout(fn: () => void, ms: number): Timer; clearTimeout(t: Timer): void } } {
-  if (clock === systemClock) return {};
-  return { clock: { setTimeout: (fn, ms) => clock.setTimeout(fn, ms), clearTimeout: (t) => t.cancel() } };
+export function xstateClock(clock: Clock): { clock: { setTimeout(fn: () => void, ms: number): unknown; clearTimeout(t: unknown): void } } {
+  if (clock === systemClock) return { clock: { setTimeout: (fn, ms) => setTimeout(fn, timerMs(ms)), clearTimeout: (t) => clearTimeout(t as NodeJS.Timeout) } };
+  return { clock: { setTimeout: (fn, ms) => clock.setTimeout(fn, ms), clearTimeout: (t) => (t as Timer).cancel() } };
 }
