@@ -56,7 +56,7 @@ export class BufferBudget {
     if (this.limit === 0) return true;
     if (this.requests + bytes > this.limit / 2) return false;
     this.requests += bytes;
-    if (this.total + this.requests > this.limit) this.shedLargest();
+    if (this.used > this.limit) this.shedLargest();
     return true;
   }
 
@@ -72,12 +72,12 @@ export class BufferBudget {
     this.total += bytes - before;
     if (bytes > 0) this.held.set(holder, bytes);
     else this.held.delete(holder);
-    if (this.limit > 0 && this.total + this.requests > this.limit) this.shedLargest();
+    if (this.limit > 0 && this.used > this.limit) this.shedLargest();
   }
 
   /** Cut the largest holders until the total is under the limit. */
   private shedLargest(): void {
-    while (this.total + this.requests > this.limit && this.held.size > 0) {
+    while (this.used > this.limit && this.held.size > 0) {
       let victim: BudgetHolder | undefined;
       let most = -1;
       for (const [h, n] of this.held) {
