@@ -22,7 +22,7 @@ import { ErrorCode, RevproxyError } from '../transport/errors.js';
 import { APP_CODE, errorMsg, MsgType, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import type { Connection } from '../transport/socket.js';
 import type { Clock, Timer } from '../transport/clock.js';
-import type { Logger } from './logger.js';
+import { fmt, type Logger } from './logger.js';
 import { sha1Hex } from './sha1.js';
 
 /** A request's payload as the client sent it: text (MessagePack `str`) or bytes (`bin`). */
@@ -42,7 +42,8 @@ export interface HandlerContext {
   /**
    * Aborted when the answer is no longer wanted: the proxy's deadline for
    * this try has passed (the proxy sends it with each request, as
-   * `timeoutms`), or the server is being stopped abruptly. Its `reason` is a
+   * `timeoutms`), the server's handler timeout has passed (`handlerTimeoutMs`,
+   * 30 s by default), or the server is being stopped abruptly. Its `reason` is a
    * `RevproxyError` with code `TIMEOUT` or `SHUTTING_DOWN`. Pass it on to
    * whatever the handler waits for (`fetch(url, { signal: ctx.signal })`).
    */
@@ -104,6 +105,8 @@ export interface RunnerOptions {
   queueLimit: number;
   /** Every request waits this long inside its slot before its handler runs (ms, for tests and benchmarks). */
   delayMs: number;
+  /** A handler's promise not settled this long after it started (ms) is answered TIMEOUT, its signal aborted and its slot freed (0: never). */
+  handlerTimeoutMs: number;
   behaviour: Behaviour;
   /** Largest frame the proxy accepts: a bigger answer is refused here, not by the proxy's decoder. */
   maxFrameBytes: number;
@@ -115,6 +118,10 @@ export interface RunnerOptions {
 class Job {
   private controller?: AbortController;
   private timer?: Timer;
+  /** The handler timeout, while its promise is pending. */
+  limit?: Timer;
+  /** Answered: what the handler does afterwards is ignored. */
+  done = false;
 
   constructor(
     readonly runner: HandlerRunner,
@@ -148,6 +155,7 @@ class Job {
   /** The job is over: no timer or watch outlives it. */
   release(): void {
     this.timer?.cancel();
+    this.limit?.cancel();
     if (this.controller) this.runner.watched.delete(this);
   }
 
@@ -243,6 +251,8 @@ export class HandlerRunner {
     }
     if (typeof result === 'string' || result instanceof Uint8Array) this.finish(job, this.ack(job, result));
     else {
+      const ms = this.opts.handlerTimeoutMs;
+      if (ms > 0) job.limit = this.opts.clock.setTimeout(() => this.timedOut(job, ms), ms);
       Promise.resolve(result).then(
         (answer) => this.finish(job, this.ack(job, answer)),
         (err: unknown) => this.finish(job, this.failure(job, err)),
@@ -252,10 +262,31 @@ export class HandlerRunner {
 
   /** Write the job's answer, free its slot, start the next waiting job whose answer is still wanted. */
   private finish(job: Job, answer: AckMsg | ErrorMsg): void {
+    if (job.done) return;
+    job.done = true;
     job.release();
     this.running--;
     job.conn.send(answer);
     this.next();
+  }
+
+  /**
+   * The handler's promise has not settled within the handler timeout: a
+   * promise cannot be cancelled, so the request is answered TIMEOUT, its
+   * slot goes to the next request and the handler is told to stop (its
+   * signal); whatever it settles with later is dropped.
+   */
+  private timedOut(job: Job, ms: number): void {
+    const { msg } = job;
+    const id = this.opts.serverId;
+    const reason = new RevproxyError(ErrorCode.TIMEOUT, `the handler of server ${id} did not settle within ${ms} ms (its handler timeout)`);
+    this.finish(job, errorMsg(ErrorCode.TIMEOUT, reason.message, msg.seq));
+    job.abort(reason);
+    this.opts.logger.repeated('warn', 'handler_timeout', id, 1, (n, span) => span
+      ? `The handler of server ${id} did not settle within ${ms} ms on ${fmt(n)} request(s) ${span}: answered TIMEOUT, aborted their ctx.signal and freed their slots (--handler-timeout)`
+      : `The handler of server ${id} did not settle within ${ms} ms on request ${msg.seq} of client ${msg.srcid}: answered TIMEOUT, aborted its ctx.signal and freed its slot (--handler-timeout); a handler should pass ctx.signal on to whatever it waits for`, {
+      client: msg.srcid, seq: msg.seq, timeoutMs: ms,
+    });
   }
 
   private next(): void {

@@ -60,6 +60,13 @@ export interface ServerOptions {
   wire?: 'frames' | 'json';
   /** Every request waits this long (ms) before its handler runs, inside its concurrency slot (for drain, timeout and one-at-a-time tests). Default 0. */
   delayMs?: number;
+  /**
+   * A handler whose promise has not settled this long (ms) after it started
+   * is given up on: its request is answered TIMEOUT, its `ctx.signal` is
+   * aborted and its concurrency slot goes to the next request (0: never).
+   * Default 30000.
+   */
+  handlerTimeoutMs?: number;
   /** First delay before re-registering with a proxy that went away (ms); doubles up to `reconnectMaxMs`. Default 200. */
   reconnectInitialMs?: number;
   /** Default 5000. */
@@ -268,6 +275,8 @@ function setupMsg(context: ServerContext): SetupMsg {
 
 /** Requests that may wait for a slot when `concurrency` is set. */
 const DEFAULT_QUEUE_LIMIT = 1024;
+/** How long a handler may take before its request is answered TIMEOUT and its slot freed (ms). */
+export const DEFAULT_HANDLER_TIMEOUT_MS = 30_000;
 
 export const serverMachine = setup({
   types: {
@@ -289,7 +298,8 @@ export const serverMachine = setup({
       log.info('start', `Server running with id ${opts.id}`, { id: opts.id });
       log.info('policy', `Server serving privacy policy ${opts.policy}`, { policy: opts.policy });
       if (opts.handler || opts.concurrency !== undefined) {
-        const limit = opts.concurrency === undefined ? 'no limit' : `${opts.concurrency} at once, ${opts.queueLimit ?? DEFAULT_QUEUE_LIMIT} waiting`;
+        const timeout = opts.handlerTimeoutMs ?? DEFAULT_HANDLER_TIMEOUT_MS;
+        const limit = `${opts.concurrency === undefined ? 'no limit' : `${opts.concurrency} at once, ${opts.queueLimit ?? DEFAULT_QUEUE_LIMIT} waiting`}, ${timeout ? `${timeout} ms each at most` : 'no timeout'}`;
         log.info('handler', `Answering with ${opts.handler ? `handler ${opts.handler.name || '(anonymous)'}` : 'SHA1 of the payload'} (${limit})`, {
           handler: opts.handler?.name || (opts.handler ? 'anonymous' : 'sha1'), concurrency: opts.concurrency ?? null,
         });
@@ -349,6 +359,7 @@ export const serverMachine = setup({
       concurrency: input.concurrency ?? Infinity,
       queueLimit: input.queueLimit ?? DEFAULT_QUEUE_LIMIT,
       delayMs: input.delayMs ?? 0,
+      handlerTimeoutMs: input.handlerTimeoutMs ?? DEFAULT_HANDLER_TIMEOUT_MS,
       behaviour: input.behaviour ?? 'normal',
       maxFrameBytes: input.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
       clock: input.clock ?? systemClock,

@@ -21,7 +21,7 @@ import {
   wireOption, type FlagTable, type LogFlags, type RegistryFlags, type TlsFlags,
 } from './common.js';
 import { isRegistryUrl } from '../registry/options.js';
-import type { Behaviour, Endpoint } from '../actors/server.js';
+import { DEFAULT_HANDLER_TIMEOUT_MS, type Behaviour, type Endpoint } from '../actors/server.js';
 import type { Level } from '../actors/logger.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -72,6 +72,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .option('--handler <module>', 'an ES module whose default export answers each request: async (payload, ctx) => answer (default: the SHA1 hex of the payload)')
       .addOption(new Option('--concurrency <n>', 'requests the handler runs at once; more wait (default: no limit)').argParser(parseIntOption('--concurrency', 1)))
       .addOption(new Option('--queue-limit <n>', 'with --concurrency, requests that may wait for a slot; past it OVERLOADED').default(1024).argParser(parseIntOption('--queue-limit', 0)))
+      .addOption(new Option('--handler-timeout <ms>', 'a handler not done this long after it started is given up on: its request is answered TIMEOUT, its ctx.signal aborted, its slot freed (0 = never)').default(DEFAULT_HANDLER_TIMEOUT_MS).argParser(parseIntOption('--handler-timeout', 0)))
       .addOption(new Option('--delay <ms>', 'every request waits this long before its handler runs, inside its --concurrency slot (for tests and benchmarks)').default(0).argParser(parseIntOption('--delay', 0)))
       .addOption(new Option('--drain-timeout <ms>', 'on SIGTERM, the longest wait for the proxies to let go').default(5000).argParser(parseIntOption('--drain-timeout', 0)))
       .addOption(new Option('--max-frame <bytes>', "largest frame taken from a proxy: at least the proxies' --max-frame, or a request near their limit closes the link it is sent on, then the next").default(DEFAULT_MAX_FRAME_BYTES).argParser(parseIntOption('--max-frame', 1024)))
@@ -80,7 +81,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addHelpText('after', '\nWith --registry etcd://HOST:PORT the server registers once, in etcd, instead of with each proxy:\nevery proxy watching the registry takes it (see README, "Running a fleet").\nA lost proxy is retried with backoff and the server registers again.\nSIGTERM or SIGINT drains: tells the proxies it is leaving, finishes requests in flight, exits 0.\nA handler that throws an error with a string code answers the client HANDLER_ERROR with that code\n(not retried elsewhere); ctx.signal aborts when the proxy stops waiting for the answer.\n\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100\n  revproxy server -id 100 -pp 111 -revproc 2100,2200\n  revproxy server -id 500 -pp 111 --handler examples/privacy-handler.js --concurrency 8\n  revproxy server -id 100 -pp 111 --registry etcd://127.0.0.1:2379'),
   )))).action(async function (this: Command, o: LogFlags & TlsFlags & InspectFlags & RegistryFlags & { token?: string } & {
     id: string; pp: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout: number; delay: number; maxFrame: number; wire: 'frames' | 'json';
-    handler?: string; concurrency?: number; queueLimit: number;
+    handler?: string; concurrency?: number; queueLimit: number; handlerTimeout: number;
   }) {
     const policy = o.pp;
     const registry = registryFromFlags(o);
@@ -91,7 +92,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     const server = await startServer({
       id: o.id, policy, listenPort: o.listen, listenHost: o.host, proxies: o.revproc, behaviour: o.behaviour,
       drainTimeoutMs: o.drainTimeout, delayMs: o.delay, maxFrameBytes: o.maxFrame, logger, waitForRegistration: false, inspect: insp.attach.inspect,
-      token: o.token, tls: tlsFromFlags(o), wire: o.wire, handler, concurrency: o.concurrency, queueLimit: o.queueLimit, registry,
+      token: o.token, tls: tlsFromFlags(o), wire: o.wire, handler, concurrency: o.concurrency, queueLimit: o.queueLimit, handlerTimeoutMs: o.handlerTimeout, registry,
     });
     const unignore = ignoreUserSignals(logger, 'a server has no reload (SIGHUP); send SIGTERM to drain and stop');
     await runUntilStopped(server.actor, server.stop);

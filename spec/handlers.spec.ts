@@ -145,7 +145,7 @@ timing.run();
 
 const limits = suite('a server\'s limits');
 
-async function lonelyServer(opts: { handler: Handler; concurrency: number; queueLimit: number; delayMs?: number; clock?: ManualClock }): Promise<ServerHandle> {
+async function lonelyServer(opts: { handler: Handler; concurrency: number; queueLimit: number; delayMs?: number; clock?: ManualClock; handlerTimeoutMs?: number; logger?: Logger }): Promise<ServerHandle> {
   // Registered nowhere: requests come straight from the spec.
   return startServer({ id: 'lim', policy: 'P', revproc: 1, waitForRegistration: false, reconnectInitialMs: 60_000, ...opts });
 }
@@ -240,6 +240,53 @@ limits('a request whose deadline passes while it waits for a slot is not run', a
   } finally {
     sock.destroy();
     await server.stop();
+  }
+});
+
+limits('a handler that never settles is answered TIMEOUT after the handler timeout (30 s by default), its signal aborted and its slot freed', async () => {
+  for (const handlerTimeoutMs of [undefined, 1000]) {
+    const clock = new ManualClock();
+    const logs: LogRecord[] = [];
+    let signal: AbortSignal | undefined;
+    let settle: ((v: string) => void) | undefined;
+    const server = await lonelyServer({
+      concurrency: 1, queueLimit: 10, clock, handlerTimeoutMs, logger: new Logger('server', memorySink(logs), 'info'),
+      handler: (p, c) => {
+        if (p !== 'hang') return `ok ${String(p)}`;
+        signal = c.signal;
+        return new Promise<string>((resolve) => (settle = resolve)); // ignores its signal
+      },
+    });
+    const sock = await rawConnect(server.port);
+    const got = collector(sock);
+    try {
+      sock.write(Buffer.concat([
+        frame({ type: 0, seq: 0, srcid: 'c', privPoliId: 'P', payload: 'hang' }),
+        frame({ type: 0, seq: 1, srcid: 'c', privPoliId: 'P', payload: 'next' }),
+      ]));
+      await eventually(() => settle !== undefined, 2000, 'the hanging handler started');
+      const limit = handlerTimeoutMs ?? 30_000;
+      clock.advance(limit - 1);
+      await new Promise((r) => setImmediate(r));
+      assert.is(got.got.length, 0, 'nothing before the handler timeout');
+      clock.advance(1);
+      await got.until(() => got.got.length >= 2);
+      const [timedOut, next] = got.got as [ErrorMsg, AckMsg];
+      assert.equal([timedOut.type, timedOut.seq, timedOut.code], [MsgType.ERROR, 0, 'TIMEOUT']);
+      assert.match(timedOut.message, new RegExp(`did not settle within ${limit} ms`));
+      assert.equal([next.type, next.seq, next.payload], [MsgType.ACK, 1, 'ok next'], 'the slot was freed for the next request');
+      assert.is(signal!.aborted, true, 'the handler was told to stop');
+      assert.is((signal!.reason as { code?: string }).code, 'TIMEOUT');
+      settle!('too late');
+      await new Promise((r) => setTimeout(r, 20));
+      assert.is(got.got.length, 2, 'a handler settling after its timeout sends nothing');
+      const lines = logs.filter((r) => r.event === 'handler_timeout');
+      assert.is(lines.length, 1, 'one log line');
+      assert.match(lines[0]!.msg, new RegExp(`did not settle within ${limit} ms.*request 0 of client c`));
+    } finally {
+      sock.destroy();
+      await server.stop();
+    }
   }
 });
 
