@@ -182,10 +182,11 @@ export function registryFromFlags(o: RegistryFlags): (RegistryOptions & { advert
  * SIGUSR1 would open Node's debugger on 127.0.0.1:9229, where anyone on the machine could run
  * code in this process, and SIGUSR2 would end it at once, without a drain. Operators send them
  * from habit (nginx reopens its logs on USR1, HAProxy reloads on USR2): each is logged with what
- * to send instead, and ignored. Returns the undo.
+ * to send instead, and ignored. A command with nothing to reload (the server) adds SIGHUP, which
+ * would end it without a drain too. Returns the undo.
  */
-export function ignoreUserSignals(logger: Logger, instead: string): () => void {
-  const handlers = (['SIGUSR1', 'SIGUSR2'] as const).map((signal) => {
+export function ignoreUserSignals(logger: Logger, instead: string, signals: readonly NodeJS.Signals[] = ['SIGUSR1', 'SIGUSR2']): () => void {
+  const handlers = signals.map((signal) => {
     const f = (): void => logger.warn('signal_ignored', `${signal} ignored: ${instead}`, { signal });
     process.on(signal, f);
     return [signal, f] as const;

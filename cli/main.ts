@@ -86,15 +86,16 @@ export function buildProgram(setExit: (code: number) => void): Command {
     const policy = o.pp;
     const registry = registryFromFlags(o);
     if (registry && this.getOptionValueSource('revproc') !== 'default') throw new UsageError('--revproc and --registry do not go together: with --registry the server registers in etcd, and every proxy watching it takes it');
-    const handler = o.handler === undefined ? undefined : await loadHandler(o.handler);
     const logger = makeLogger(`server ${o.id}`, o);
+    // A daemon's SIGHUP means reload, and Node's default would end the server without its drain.
+    const unignore = ignoreUserSignals(logger, 'a server has nothing to reload on SIGHUP (its settings are its flags): restart it to change them; SIGTERM drains and stops it', ['SIGHUP', 'SIGUSR1', 'SIGUSR2']);
+    const handler = o.handler === undefined ? undefined : await loadHandler(o.handler);
     const insp = await startInspection(o, `server ${o.id}`);
     const server = await startServer({
       id: o.id, policy, listenPort: o.listen, listenHost: o.host, proxies: o.revproc, behaviour: o.behaviour,
       drainTimeoutMs: o.drainTimeout, delayMs: o.delay, maxFrameBytes: o.maxFrame, logger, waitForRegistration: false, inspect: insp.attach.inspect,
       token: o.token, tls: tlsFromFlags(o), wire: o.wire, handler, concurrency: o.concurrency, queueLimit: o.queueLimit, handlerTimeoutMs: o.handlerTimeout, registry,
     });
-    const unignore = ignoreUserSignals(logger, 'a server has no reload (SIGHUP); send SIGTERM to drain and stop');
     await runUntilStopped(server.actor, server.stop);
     unignore();
     await insp.close();

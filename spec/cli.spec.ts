@@ -8,6 +8,8 @@ import { createServer as httpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { makePki } from './certs.js';
 import { killAll, revproxy } from './procs.js';
+import { collector, frame, rawConnect } from './helpers.js';
+import type { AckMsg } from '../transport/messages.js';
 import { createActor, setup } from 'xstate';
 import { normaliseArgv, OLD_FLAGS, runUntilStopped, UsageError, type FlagTable } from '../cli/common.js';
 
@@ -162,6 +164,23 @@ cli("SIGUSR1 and SIGUSR2 (nginx's reopen, HAProxy's reload) neither open Node's 
     p.kill('SIGTERM');
     assert.is(await p.exited, 0);
   }
+});
+
+cli('SIGHUP does not end a server (a daemon\'s SIGHUP means reload): a warning says it has nothing to reload, and it goes on serving until SIGTERM drains it', async () => {
+  const p = revproxy(['server', '--id', 'h1', '--pp', 'P', '--revproc', '1']);
+  const port = Number((await p.waitFor(/Listening on port (\d+)/))[1]);
+  p.kill('SIGHUP');
+  await p.waitFor(/warning: SIGHUP ignored: a server has nothing to reload/);
+  const sock = await rawConnect(port);
+  const got = collector(sock);
+  sock.write(frame({ type: 0, seq: 1, srcid: 'c', privPoliId: 'P', payload: 'xyz1' }));
+  await got.until(() => got.got.length === 1);
+  sock.destroy();
+  assert.is((got.got[0] as AckMsg).payload, 'b0400cf1f3919fdba057dbd2acc52f148fbb43ac', 'still answering');
+  assert.ok(p.child.exitCode === null && p.child.signalCode === null, 'still running');
+  p.kill('SIGTERM');
+  assert.is(await p.exited, 0);
+  assert.ok(p.out.some((l) => /Server h1 stopped after answering 1 request/.test(l)), p.out.join('\n'));
 });
 
 cli('a log file given by a flag beside --config is named by its flag, not blamed on the file', async () => {
