@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect } from '../actors/index.js';
 import { built } from './built.js';
+import { loadHandler } from '../cli/handler-module.js';
 import { killAll, node, proxyProcess, revproxy } from './procs.js';
 
 const examples = suite('examples');
@@ -69,6 +70,35 @@ examples('a handler module that cannot be used stops the server with exit 1, nam
   const notAFunction = revproxy(['server', '--id', '1', '--pp', 'P', '--handler', 'examples/packets/1.json']);
   assert.is(await notAFunction.exited, 1);
   assert.match(notAFunction.out.join('\n'), /handler module 'examples\/packets\/1.json'/);
+  const dir = mkdtempSync(join(tmpdir(), 'revproxy-handlers-'));
+  try {
+    // The CLI runs plain node, which does not take TypeScript (tsx, which runs the specs, would).
+    writeFileSync(join(dir, 'h.ts'), 'export default async (p: string): Promise<string> => p;\n');
+    const ts = revproxy(['server', '--id', '1', '--pp', 'P', '--handler', join(dir, 'h.ts')]);
+    assert.is(await ts.exited, 1);
+    assert.match(ts.out.join('\n'), /h\.ts' cannot be loaded: Node runs JavaScript, and this is TypeScript: compile it \(tsc\) and give the .js file/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+examples('a handler module that cannot be used is told apart: a missing import is not a missing file; a syntax error and an object holding the handler each say what to do', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'revproxy-handlers-'));
+  const why = (name: string, text: string): Promise<string> => {
+    writeFileSync(join(dir, name), text);
+    return loadHandler(join(dir, name)).then(() => 'loaded', (e: Error) => e.message);
+  };
+  try {
+    const dep = await why('dep.mjs', 'import pad from "no-such-package-here";\nexport default async (p) => pad(p);\n');
+    assert.not.match(dep, /does not exist/, dep);
+    assert.match(dep, /dep\.mjs' cannot be loaded: it imports 'no-such-package-here', which cannot be found from .*: install it in a node_modules folder beside the module or above it/, dep);
+    const syntax = await why('syntax.mjs', 'export default async (p) => {\n  return p +\n}\n');
+    assert.match(syntax, /syntax\.mjs' cannot be loaded: SyntaxError: Unexpected token '\}' \(node --check .*syntax\.mjs shows where\)/, syntax);
+    const object = await why('object.cjs', 'module.exports = { handler: async () => "x" };\n');
+    assert.match(object, /object\.cjs' exports an object \(handler\), not a function: export the handler itself/, object);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 examples('a handler module may be CommonJS: `module.exports = fn`, or TypeScript\'s `export default` compiled to CommonJS', async () => {
