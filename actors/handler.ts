@@ -20,6 +20,7 @@
  */
 import { ErrorCode, RevproxyError } from '../transport/errors.js';
 import { APP_CODE, errorMsg, MsgType, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
+import type { BufferBudget } from '../transport/budget.js';
 import type { Connection } from '../transport/socket.js';
 import type { Clock, Timer } from '../transport/clock.js';
 import { fmt, type Logger } from './logger.js';
@@ -110,8 +111,24 @@ export interface RunnerOptions {
   behaviour: Behaviour;
   /** Largest frame the proxy accepts: a bigger answer is refused here, not by the proxy's decoder. */
   maxFrameBytes: number;
+  /** The server's buffer budget: every request holds its bytes against it until answered (`hold`). */
+  budget: BufferBudget;
   clock: Clock;
   logger: Logger;
+}
+
+/** What a request holds of the buffer budget until it is answered: its payload, and room for its job, its context and its answer's bookkeeping. */
+const REQUEST_ROOM = 1024;
+
+/**
+ * A connection requests come on, and what its requests hold of the buffer
+ * budget: past its share (`requestsPerPeer`) it is read no more until
+ * answers bring it under half that, as the proxy does with its clients.
+ */
+export class Caller {
+  heldBytes = 0;
+  throttled = false;
+  constructor(readonly conn: Connection) {}
 }
 
 /** One request, from its arrival until its answer is written. */
@@ -125,8 +142,10 @@ class Job {
 
   constructor(
     readonly runner: HandlerRunner,
-    readonly conn: Connection,
+    readonly caller: Caller,
     readonly msg: DataMsg,
+    /** Bytes it holds of the buffer budget. */
+    readonly bytes: number,
     /** When the proxy stops waiting (clock ms), if it said. */
     readonly deadline: number | undefined,
   ) {}
@@ -201,9 +220,10 @@ export class HandlerRunner {
     this.opts = opts;
   }
 
-  /** Take one read's requests from `conn`. */
-  take(conn: Connection, requests: DataMsg[]): void {
-    const { behaviour, clock } = this.opts;
+  /** Take one read's requests from `caller`. */
+  take(caller: Caller, requests: DataMsg[]): void {
+    const { behaviour, clock, budget } = this.opts;
+    const conn = caller.conn;
     if (behaviour === 'silent') return;
     this.answered += requests.length;
     let now = -1;
@@ -214,13 +234,45 @@ export class HandlerRunner {
       }
       let deadline: number | undefined;
       if (msg.timeoutms !== undefined) deadline = (now < 0 ? (now = clock.now()) : now) + msg.timeoutms;
-      const job = new Job(this, conn, msg, deadline);
-      if (this.running < this.opts.concurrency) this.start(job);
-      else if (this.queue.length < this.opts.queueLimit) this.queue.push(job);
-      else {
+      const runs = this.running < this.opts.concurrency;
+      if (!runs && this.queue.length >= this.opts.queueLimit) {
         conn.send(errorMsg(ErrorCode.OVERLOADED,
           `server ${this.opts.serverId} is running ${this.running} request(s), its limit, and ${this.queue.length} more are waiting; try another server or later`, msg.seq));
+        continue;
       }
+      const bytes = msg.payload.length + REQUEST_ROOM;
+      if (!budget.hold(bytes)) {
+        this.overBudget(conn, msg);
+        continue;
+      }
+      caller.heldBytes += bytes;
+      const job = new Job(this, caller, msg, bytes, deadline);
+      if (runs) this.start(job);
+      else this.queue.push(job);
+    }
+    // A connection holding its share of the budget is not read until answers bring it down.
+    if (!caller.throttled && caller.heldBytes >= budget.requestsPerPeer) {
+      caller.throttled = true;
+      conn.pause();
+    }
+  }
+
+  /** The budget's half for requests is taken: refused at once, as the proxy refuses its clients'. */
+  private overBudget(conn: Connection, msg: DataMsg): void {
+    const { serverId: id, budget, logger } = this.opts;
+    const why = `server ${id} holds ${budget.limit / 2} bytes of requests not answered yet, half its buffer budget (--max-buffered-bytes); try another server or later`;
+    conn.send(errorMsg(ErrorCode.OVERLOADED, why, msg.seq));
+    logger.repeated('warn', 'refused', id, 1, (n, span) => `Refused ${fmt(n)} request(s) with OVERLOADED${span ? ` ${span}` : ''}: ${why}`, { code: ErrorCode.OVERLOADED });
+  }
+
+  /** The job holds nothing of the budget any more; its connection is read again once under half its share. */
+  private letGo(job: Job): void {
+    const caller = job.caller;
+    this.opts.budget.release(job.bytes);
+    caller.heldBytes -= job.bytes;
+    if (caller.throttled && caller.heldBytes <= this.opts.budget.requestsPerPeer / 2) {
+      caller.throttled = false;
+      caller.conn.resume();
     }
   }
 
@@ -228,6 +280,7 @@ export class HandlerRunner {
   abortAll(why: string): void {
     const reason = new RevproxyError(ErrorCode.SHUTTING_DOWN, why);
     for (const job of this.watched) job.abort(reason);
+    for (const job of this.queue) this.letGo(job);
     this.queue.length = 0;
   }
 
@@ -265,8 +318,9 @@ export class HandlerRunner {
     if (job.done) return;
     job.done = true;
     job.release();
+    this.letGo(job);
     this.running--;
-    job.conn.send(answer);
+    job.caller.conn.send(answer);
     this.next();
   }
 
@@ -294,7 +348,8 @@ export class HandlerRunner {
       const job = this.queue.shift()!;
       if (job.deadline !== undefined && this.opts.clock.now() >= job.deadline) {
         // The proxy has stopped waiting for it: running it would only keep the others waiting.
-        job.conn.send(errorMsg(ErrorCode.TIMEOUT, `request ${job.msg.seq} waited past its deadline in server ${this.opts.serverId}'s queue`, job.msg.seq));
+        this.letGo(job);
+        job.caller.conn.send(errorMsg(ErrorCode.TIMEOUT, `request ${job.msg.seq} waited past its deadline in server ${this.opts.serverId}'s queue`, job.msg.seq));
         continue;
       }
       this.start(job);

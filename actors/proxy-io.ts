@@ -6,7 +6,7 @@
  */
 import type { Server, Socket } from 'node:net';
 import { fromCallback } from 'xstate';
-import type { BudgetHolder, BufferBudget } from '../transport/budget.js';
+import type { BufferBudget } from '../transport/budget.js';
 import type { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { MsgType, type DataMsg, type Message } from '../transport/messages.js';
@@ -138,22 +138,6 @@ class AcceptedReads implements MessageSink {
     if (left > 0) perPeer.set(this.addr, left);
     else perPeer.delete(this.addr);
   }
-}
-
-/**
- * How the proxy logs a connection its buffer budget cut: a crowd of peers cut
- * must not become a log flood, so one line, then one per interval with a
- * count (per address).
- */
-export function logShed(logger: Logger, limit: number) {
-  return (holder: BudgetHolder, bytes: number): void => {
-    const conn = holder as Connection;
-    logger.repeated('warn', 'budget_shed', conn.remoteAddress, 1, (n, span) => span
-      ? `Closed ${n} connection(s) from ${conn.remoteAddress} ${span}: the buffer budget of ${limit} bytes (--max-buffered-bytes) was full and each held the most`
-      : `Closed connection from ${conn.describe()}: the buffer budget of ${limit} bytes (--max-buffered-bytes) is full and it held the most (${bytes} bytes)`, {
-      peer: conn.describe(), bytes, code: ErrorCode.OVERLOADED,
-    });
-  };
 }
 
 /** For sockets refused before they become connections: their errors are of no interest. */

@@ -4,6 +4,7 @@
  * (`Opts`, from `resolveOptions`).
  */
 import type { ErrorCode as Code } from '../transport/errors.js';
+import { DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import type { TlsMaterial } from '../transport/tls.js';
 import type { Clock } from '../transport/clock.js';
@@ -167,7 +168,7 @@ export function resolveOptions(input: ProxyOptions): Opts {
     frameTimeoutMs: input.frameTimeoutMs ?? 10000,
     maxConnectionsPerPeer: input.maxConnectionsPerPeer ?? (isLoopback(host) ? 0 : 1024),
     busyPollUs: input.busyPollUs ?? 0,
-    maxBufferedBytes: input.maxBufferedBytes ?? 256 * 1024 * 1024,
+    maxBufferedBytes: input.maxBufferedBytes ?? DEFAULT_BUFFER_BUDGET,
     maxServers: input.maxServers ?? 10000,
     maxServersPerPeer: input.maxServersPerPeer ?? 1000,
     slowAfterMs: input.slowAfterMs ?? Math.ceil(tryTimeoutMs / 4),

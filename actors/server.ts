@@ -22,7 +22,9 @@ import { Connection } from '../transport/socket.js';
 import { describeTlsError, dial, listenOn, listenServer, readyEvent, type TlsMaterial } from '../transport/tls.js';
 import { recogniseTlsRefusal } from '../transport/foreign.js';
 import { systemClock, type Clock, type Timer } from '../transport/clock.js';
-import { HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
+import { BufferBudget, DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
+import { Caller, HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
+import { logShed } from './port-limits.js';
 import { silentLogger, type Logger } from './logger.js';
 
 export type { Behaviour } from './handler.js';
@@ -50,6 +52,16 @@ export interface ServerOptions {
   /** Requests waiting for one of the `concurrency` slots; past it the server answers OVERLOADED. Default 1024. */
   queueLimit?: number;
   maxFrameBytes?: number;
+  /**
+   * Bytes the server holds for all its peers together (0 = no limit):
+   * messages begun and not yet complete, answers not yet read, and requests
+   * not answered yet (each its payload and 1 KiB). Past it the connections
+   * holding the most are closed with OVERLOADED; requests may take half of
+   * it (past that they are refused OVERLOADED), one connection's requests a
+   * 32nd (then it is read no more until answers bring it down), as on the
+   * proxy's port. Default 256 MiB.
+   */
+  maxBufferedBytes?: number;
   /** `normal` answers; `silent` accepts requests and never answers; `fail` answers every request with an error (for fault tests). */
   behaviour?: Behaviour;
   /**
@@ -89,6 +101,8 @@ export interface ServerContext {
   port: number;
   /** Runs the handler for every request and writes the answers; counts what it took. */
   runner: HandlerRunner;
+  /** What the server holds for its peers: partial messages, unread answers, requests not answered yet. */
+  budget: BufferBudget;
   /** Proxies we are registered with now (`host:port`). */
   registered: string[];
   error?: string;
@@ -97,7 +111,7 @@ export interface ServerContext {
 export type ServerEvent =
   | { type: 'LISTENING'; port: number }
   | { type: 'LISTEN_FAILED'; error: string }
-  | { type: 'REQUESTS'; conn: Connection; requests: DataMsg[] }
+  | { type: 'REQUESTS'; caller: Caller; requests: DataMsg[] }
   | { type: 'REGISTERED'; proxy: string; again: boolean }
   | { type: 'REFUSED'; proxy: string; code: string; message: string }
   | { type: 'REGISTRATION_LOST'; proxy: string; error: string; retryInMs: number }
@@ -107,7 +121,7 @@ export type ServerEvent =
   | { type: 'STOP' };
 
 /** Accepts the proxies' connections; each read becomes one REQUESTS batch. Stopped, it aborts the handlers still running. */
-const requestListener = fromCallback<{ type: 'DRAIN' }, { host: string; port: number; maxFrameBytes: number; logger: Logger; runner: HandlerRunner; tls?: TlsMaterial }>(
+const requestListener = fromCallback<{ type: 'DRAIN' }, { host: string; port: number; maxFrameBytes: number; logger: Logger; runner: HandlerRunner; budget: BufferBudget; clock: Clock; tls?: TlsMaterial }>(
   ({ sendBack, receive, input }) => {
     const send = (e: ServerEvent): void => sendBack(e);
     const conns = new Set<Connection>();
@@ -117,7 +131,8 @@ const requestListener = fromCallback<{ type: 'DRAIN' }, { host: string; port: nu
     };
     const server = listenServer(input.tls, (socket: Socket) => {
       // Either wire: the old proxy talks JSON here, ours frames.
-      const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, frameTimeoutMs: 10000, wire: 'sniff' });
+      const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, frameTimeoutMs: 10000, wire: 'sniff', budget: input.budget, clock: input.clock });
+      const caller = new Caller(conn);
       conns.add(conn);
       socket.on('error', () => {});
       const gone = (): void => {
@@ -131,12 +146,12 @@ const requestListener = fromCallback<{ type: 'DRAIN' }, { host: string; port: nu
             if (m.type === MsgType.DATA) requests.push(m);
             else if (m.type === MsgType.PING) conn.send({ type: MsgType.PONG, seq: m.seq });
             else {
-              if (requests.length) send({ type: 'REQUESTS', conn, requests: requests.splice(0) });
+              if (requests.length) send({ type: 'REQUESTS', caller, requests: requests.splice(0) });
               refuse(conn, new ProtocolError(ErrorCode.BAD_REQUEST, `message type ${m.type} is not a request`), input.logger);
               return;
             }
           }
-          if (requests.length) send({ type: 'REQUESTS', conn, requests });
+          if (requests.length) send({ type: 'REQUESTS', caller, requests });
         },
         error: (err: Error) => {
           if (err instanceof ProtocolError) refuse(conn, err, input.logger);
@@ -309,7 +324,7 @@ export const serverMachine = setup({
     },
     respond: ({ context, event }) => {
       assertEvent(event, 'REQUESTS');
-      context.runner.take(event.conn, event.requests);
+      context.runner.take(event.caller, event.requests);
     },
     logRegistered: ({ context, event }) => {
       assertEvent(event, 'REGISTERED');
@@ -346,27 +361,34 @@ export const serverMachine = setup({
   },
 }).createMachine({
   id: 'server',
-  context: ({ input }) => ({
-    opts: input,
-    proxies: input.proxies ?? (input.proxy ? [input.proxy] : [{ host: '127.0.0.1', port: 2100 }]),
-    logger: input.logger ?? silentLogger,
-    clock: input.clock ?? systemClock,
-    port: input.listenPort,
-    runner: new HandlerRunner({
-      serverId: input.id,
-      policy: input.policy,
-      handler: input.handler ?? sha1Handler,
-      concurrency: input.concurrency ?? Infinity,
-      queueLimit: input.queueLimit ?? DEFAULT_QUEUE_LIMIT,
-      delayMs: input.delayMs ?? 0,
-      handlerTimeoutMs: input.handlerTimeoutMs ?? DEFAULT_HANDLER_TIMEOUT_MS,
-      behaviour: input.behaviour ?? 'normal',
-      maxFrameBytes: input.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
+  context: ({ input }) => {
+    const logger = input.logger ?? silentLogger;
+    const limit = input.maxBufferedBytes ?? DEFAULT_BUFFER_BUDGET;
+    const budget = new BufferBudget(limit, logShed(logger, limit));
+    return {
+      opts: input,
+      proxies: input.proxies ?? (input.proxy ? [input.proxy] : [{ host: '127.0.0.1', port: 2100 }]),
+      logger,
       clock: input.clock ?? systemClock,
-      logger: input.logger ?? silentLogger,
-    }),
-    registered: [],
-  }),
+      port: input.listenPort,
+      budget,
+      runner: new HandlerRunner({
+        serverId: input.id,
+        policy: input.policy,
+        handler: input.handler ?? sha1Handler,
+        concurrency: input.concurrency ?? Infinity,
+        queueLimit: input.queueLimit ?? DEFAULT_QUEUE_LIMIT,
+        delayMs: input.delayMs ?? 0,
+        handlerTimeoutMs: input.handlerTimeoutMs ?? DEFAULT_HANDLER_TIMEOUT_MS,
+        behaviour: input.behaviour ?? 'normal',
+        maxFrameBytes: input.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
+        clock: input.clock ?? systemClock,
+        logger,
+        budget,
+      }),
+      registered: [],
+    };
+  },
   invoke: {
     id: 'listener',
     src: 'requestListener',
@@ -376,6 +398,8 @@ export const serverMachine = setup({
       maxFrameBytes: context.opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
       logger: context.logger,
       runner: context.runner,
+      budget: context.budget,
+      clock: context.clock,
       tls: context.opts.tls,
     }),
   },

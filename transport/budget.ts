@@ -21,6 +21,9 @@ export interface BudgetHolder {
   shed(reason: string): void;
 }
 
+/** The budget's default limit (bytes), on the proxy's port and a server's. */
+export const DEFAULT_BUFFER_BUDGET = 256 * 1024 * 1024;
+
 export class BufferBudget {
   private total = 0;
   /** Bytes held for requests until they are answered (`hold`, `release`). */
@@ -89,7 +92,7 @@ export class BufferBudget {
       this.held.delete(victim!);
       this.total -= most;
       this.onShed?.(victim!, most);
-      victim!.shed(`the proxy's buffer budget of ${this.limit} bytes is full, and this connection held the most of it (${most} bytes)`);
+      victim!.shed(`the buffer budget of ${this.limit} bytes is full, and this connection held the most of it (${most} bytes)`);
     }
   }
 }

@@ -1,0 +1,123 @@
+/**
+ * A server's own listen port, reached by a hostile peer instead of the proxy:
+ * what it may hold there is bounded as on the proxy's client port - one
+ * buffer budget for partial frames, unread answers and requests not answered
+ * yet, and the connections it keeps.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import type { Socket } from 'node:net';
+import { Logger, memorySink, startServer, type Handler, type LogRecord, type ServerHandle, type StartServerOptions } from '../actors/index.js';
+import { MsgType, type AckMsg, type ErrorMsg } from '../transport/messages.js';
+import { collector, eventually, frame, rawConnect } from './helpers.js';
+
+interface Ctx {
+  server: ServerHandle;
+  logs: LogRecord[];
+  socks: Socket[];
+  /** Requests the handler holds, unanswered until `releaseAll`. */
+  held: Array<() => void>;
+}
+const ctx = {} as Ctx;
+const port = suite<Ctx>('a hostile peer on a server\'s listen port', ctx);
+
+port.before.each(() => {
+  ctx.logs = [];
+  ctx.socks = [];
+  ctx.held = [];
+});
+port.after.each(async () => {
+  for (const s of ctx.socks) s.destroy();
+  for (const r of ctx.held.splice(0)) r();
+  await ctx.server?.stop();
+});
+
+/** A server registered nowhere (requests come straight from the spec) whose handler holds 'slow' requests until released. */
+async function lonely(opts: Partial<StartServerOptions> = {}): Promise<ServerHandle> {
+  const handler: Handler = (p) => (p === 'quick' ? 'fine' : new Promise<string>((r) => ctx.held.push(() => r('late'))));
+  ctx.server = await startServer({
+    id: 'h', policy: 'P', revproc: 1, waitForRegistration: false, reconnectInitialMs: 60_000, handler,
+    logger: new Logger('server', memorySink(ctx.logs), 'info'), ...opts,
+  });
+  return ctx.server;
+}
+
+async function peer(p: number): Promise<Socket> {
+  const s = await rawConnect(p);
+  ctx.socks.push(s);
+  return s;
+}
+
+/** A request on its own connection is still answered. */
+async function stillServes(p: number): Promise<void> {
+  const s = await peer(p);
+  const got = collector(s);
+  s.write(frame({ type: 0, seq: 1, srcid: 'good', privPoliId: 'P', payload: 'quick' }));
+  await got.until(() => got.got.length === 1);
+  assert.equal([(got.got[0] as AckMsg).type, (got.got[0] as AckMsg).payload], [MsgType.ACK, 'fine']);
+}
+
+port('connections each holding a nearly full frame stay within the buffer budget: the ones holding the most are cut with OVERLOADED, and others are served', async () => {
+  const budget = 4 * 1024 * 1024;
+  const server = await lonely({ maxBufferedBytes: budget });
+  const head = Buffer.alloc(4);
+  head.writeUInt32BE(1_000_000);
+  const cut: ErrorMsg[] = [];
+  const closed: boolean[] = [];
+  // 20 frames of 1 MB begun and never finished: 20 MB against a 4 MiB budget.
+  for (let i = 0; i < 20; i++) {
+    const s = await peer(server.port);
+    const got = collector(s);
+    s.on('close', () => {
+      closed.push(true);
+      cut.push(...(got.got as ErrorMsg[]));
+    });
+    s.write(Buffer.concat([head, Buffer.alloc(900_000)]));
+  }
+  await eventually(() => closed.length >= 16, 5000, 'the connections past the budget cut');
+  assert.ok(cut.length > 0 && cut.every((m) => m.code === 'OVERLOADED' && /buffer budget of 4194304 bytes is full/.test(m.message)), JSON.stringify(cut.slice(0, 2)));
+  assert.ok(ctx.logs.some((r) => r.event === 'budget_shed'), 'the cuts are logged');
+  await stillServes(server.port);
+});
+
+port('requests held by a slow handler stay within the buffer budget: a greedy connection is read no more, and past half the budget requests are refused OVERLOADED', async () => {
+  const budget = 4 * 1024 * 1024;
+  const server = await lonely({ maxBufferedBytes: budget });
+  const size = 64 * 1024;
+  const big = (seq: number) => frame({ type: 0, seq, srcid: 'greedy', privPoliId: 'P', payload: 'x'.repeat(size) });
+  // One peer pipelines 200 requests of 64 KiB (12.5 MiB) to a handler that answers none of them yet.
+  const greedy = await peer(server.port);
+  greedy.write(Buffer.concat(Array.from({ length: 200 }, (_, i) => big(i))));
+  await eventually(() => ctx.held.length * size >= budget / 32, 5000, 'its share of the budget taken');
+  await new Promise((r) => setTimeout(r, 200));
+  assert.ok(ctx.held.length * size <= budget / 32 + 4 * size, `one connection has ${ctx.held.length} requests of ${size} bytes running (its share of the budget is ${budget / 32} bytes)`);
+  // A crowd of them: past half the budget, requests are refused at once.
+  const refused: ErrorMsg[] = [];
+  for (let c = 0; c < 40; c++) {
+    const s = await peer(server.port);
+    collectorInto(s, refused);
+    s.write(Buffer.concat(Array.from({ length: 4 }, (_, i) => big(i))));
+  }
+  await eventually(() => refused.length > 0, 5000, 'requests past half the budget refused');
+  assert.ok(refused.every((m) => m.code === 'OVERLOADED' && /half its buffer budget/.test(m.message)), JSON.stringify(refused[0]));
+  assert.ok(ctx.held.length * size <= budget / 2, `${ctx.held.length} requests of ${size} bytes running, over half the ${budget}-byte budget`);
+  await stillServes(server.port);
+  // Answers bring the greedy peer under its share again: it is read again, and its every request is answered.
+  const answers = collector(greedy);
+  for (;;) {
+    const release = ctx.held.splice(0);
+    if (release.length === 0 && answers.got.length >= 200) break;
+    for (const r of release) r();
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  assert.is(answers.got.filter((m) => m.type === MsgType.ACK).length + answers.got.filter((m) => (m as ErrorMsg).code === 'OVERLOADED').length, 200);
+});
+
+function collectorInto(s: Socket, into: ErrorMsg[]): void {
+  const got = collector(s);
+  s.on('data', () => {
+    for (const m of got.got.splice(0)) if (m.type === MsgType.ERROR) into.push(m as ErrorMsg);
+  });
+}
+
+port.run();
