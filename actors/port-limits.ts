@@ -1,11 +1,83 @@
 /**
  * What bounds a listening port, shared by the proxy's port and a server's:
- * how a connection cut by the buffer budget is logged.
+ * how many connections it keeps (in all, and from one address), and how a
+ * connection cut by the buffer budget is logged.
  */
+import type { Server, Socket } from 'node:net';
 import type { BudgetHolder } from '../transport/budget.js';
 import { ErrorCode } from '../transport/errors.js';
 import type { Connection } from '../transport/socket.js';
-import type { Logger } from './logger.js';
+import { fmt, type Logger } from './logger.js';
+
+/** The limits a listener reads (a reload may change them in place; `retune` applies them). */
+export interface ConnectionLimitsInput {
+  /** Connections open at once; past it Node closes each new one at once. */
+  maxConnections: number;
+  /** Connections from one address at once (0: any number). */
+  maxConnectionsPerPeer: number;
+}
+
+/** For sockets refused before they become connections: their errors are of no interest. */
+const ignore = (): void => {};
+
+/**
+ * Who may stay connected to a listening port. Refusals are a flood a peer
+ * can make, so each kind is logged once, then once per interval with a count.
+ */
+export class ConnectionLimits {
+  private readonly perPeer = new Map<string, number>();
+  private server?: Server;
+
+  /** `names` says how the log names the two limits (a config key or a flag). */
+  constructor(
+    private readonly limits: ConnectionLimitsInput,
+    private readonly logger: Logger,
+    private readonly names: { total: string; perPeer: string },
+  ) {}
+
+  /** Hold `server` to the limit on connections in all (before it listens). */
+  watch(server: Server): void {
+    this.server = server;
+    this.retune();
+    const { limits, logger, names } = this;
+    server.on('drop', () =>
+      logger.repeated('warn', 'conn_refused', '', 1, (n, span) => `Refused ${span ? `${fmt(n)} connections ${span}` : 'a connection'}: ${limits.maxConnections} connections are open (${names.total})`, { limit: limits.maxConnections }),
+    );
+  }
+
+  /** Apply the limits as they are now (after a reload). */
+  retune(): void {
+    if (this.server) this.server.maxConnections = this.limits.maxConnections;
+  }
+
+  /**
+   * A socket just accepted: its address when it may stay (counted until
+   * `left`), or undefined when its address has too many open (the socket is
+   * destroyed).
+   */
+  admit(socket: Socket): string | undefined {
+    const addr = socket.remoteAddress ?? '?';
+    const n = (this.perPeer.get(addr) ?? 0) + 1;
+    const limit = this.limits.maxConnectionsPerPeer;
+    if (limit && n > limit) {
+      socket.on('error', ignore);
+      this.logger.repeated('warn', 'conn_refused', addr, 1, (k, span) => `Refused ${span ? `${fmt(k)} connections` : 'a connection'} from ${addr}${span ? ` ${span}` : ''}: it has ${limit} open (${this.names.perPeer})`, {
+        peer: addr, limit,
+      });
+      socket.destroy();
+      return undefined;
+    }
+    this.perPeer.set(addr, n);
+    return addr;
+  }
+
+  /** A connection `admit` let in has closed. */
+  left(addr: string): void {
+    const n = (this.perPeer.get(addr) ?? 1) - 1;
+    if (n > 0) this.perPeer.set(addr, n);
+    else this.perPeer.delete(addr);
+  }
+}
 
 /**
  * How a connection the buffer budget cut is logged: a crowd of peers cut

@@ -18,6 +18,7 @@ import type { Clock } from '../transport/clock.js';
 import type { Inflight, InflightCount } from './inflight.js';
 import { newPeer, type Peer, type ProxyRequest } from './link.js';
 import { fmt, type Logger } from './logger.js';
+import { ConnectionLimits } from './port-limits.js';
 import type { ProxyObserver } from './proxy-options.js';
 import type { ForwardBatch, Member, Policy, ProxyEvent } from './proxy-types.js';
 import type { RegistryCommand } from '../registry/events.js';
@@ -46,7 +47,7 @@ interface ListenerCore {
   input: ListenerInput;
   sendBack: (event: ProxyEvent) => void;
   conns: Set<Connection>;
-  perPeer: Map<string, number>;
+  limits: ConnectionLimits;
   /** Hand this connection's requests to the FORWARD of this turn. */
   forwardLater(peer: Peer, requests: DataMsg[]): void;
   /** Send the FORWARD gathered so far now (anything else a connection says comes after its requests). */
@@ -133,20 +134,13 @@ class AcceptedReads implements MessageSink {
 
   /** The peer's connection no longer counts against its limit. */
   closed(): void {
-    const perPeer = this.core.perPeer;
-    const left = (perPeer.get(this.addr) ?? 1) - 1;
-    if (left > 0) perPeer.set(this.addr, left);
-    else perPeer.delete(this.addr);
+    this.core.limits.left(this.addr);
   }
 }
-
-/** For sockets refused before they become connections: their errors are of no interest. */
-const ignore = (): void => {};
 
 export const listener = fromCallback<ProxyEvent, ListenerInput>(
   ({ sendBack, receive, input }) => {
     const conns = new Set<Connection>();
-    const perPeer = new Map<string, number>();
     // The reads of every client connection in one turn of the event loop go to the proxy as one
     // FORWARD event (setImmediate runs once the poll phase has delivered them all), and what that
     // event writes leaves at once.
@@ -163,7 +157,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       input,
       sendBack,
       conns,
-      perPeer,
+      limits: new ConnectionLimits(input, input.logger, { total: 'max_connections', perPeer: 'max_conns_per_peer' }),
       forwardLater(peer, requests) {
         pending.push({ peer, requests });
         if (!scheduled) {
@@ -175,18 +169,8 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       gathering: () => pending.length > 0,
     };
     const server: Server = listenServer(input.tls, (socket: Socket) => {
-      const addr = socket.remoteAddress ?? '?';
-      const n = (perPeer.get(addr) ?? 0) + 1;
-      if (input.maxConnectionsPerPeer && n > input.maxConnectionsPerPeer) {
-        socket.on('error', ignore);
-        // A flood must not become a log flood: one line, then one per interval with a count.
-        input.logger.repeated('warn', 'conn_refused', addr, 1, (n, span) => `Refused ${span ? `${fmt(n)} connections` : 'a connection'} from ${addr}${span ? ` ${span}` : ''}: it has ${input.maxConnectionsPerPeer} open (max_conns_per_peer)`, {
-          peer: addr, limit: input.maxConnectionsPerPeer,
-        });
-        socket.destroy();
-        return;
-      }
-      perPeer.set(addr, n);
+      const addr = core.limits.admit(socket);
+      if (addr === undefined) return;
       // The connection listens for the socket's errors from here on.
       // Room for what forwarding adds, so a request read whole is never too big to forward.
       const conn = new Connection(socket, { maxFrameBytes: Math.max(1, input.maxFrameBytes - FORWARD_ROOM), idleTimeoutMs: input.idleTimeoutMs, frameTimeoutMs: input.frameTimeoutMs, wire: 'sniff', clock: input.clock, budget: input.budget });
@@ -196,15 +180,12 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       input.observer?.accepted?.(peer, socket);
       conn.listen(new AcceptedReads(core, conn, peer, addr));
     }, { handshakeTimeoutMs: input.frameTimeoutMs, allowHalfOpen: true });
-    server.maxConnections = input.maxConnections;
+    core.limits.watch(server);
     server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {
       const why = recogniseTlsRefusal(err.code)?.message ?? err.message;
       const addr = socket.remoteAddress ?? '?';
       input.logger.repeated('warn', 'tls_refused', addr, 1, (n, span) => `Refused ${span ? `${fmt(n)} TLS connections` : 'a TLS connection'} from ${addr}${span ? ` ${span}` : ''}: ${why}`, { peer: addr, reason: err.message });
     });
-    server.on('drop', () =>
-      input.logger.repeated('warn', 'conn_refused', '', 1, (n, span) => `Refused ${span ? `${fmt(n)} connections ${span}` : 'a connection'}: ${input.maxConnections} connections are open (max_connections)`, { limit: input.maxConnections }),
-    );
     listenOn(server, input.port, input.host, (port) => sendBack({ type: 'LISTENING', port }), (error) => sendBack({ type: 'LISTEN_FAILED', error }));
     receive((e) => {
       if (e.type === 'STOP') server.close(); // stop accepting; open connections stay
@@ -212,7 +193,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
         // New limits for the connections accepted from now on.
         const { maxFrameBytes, maxConnections, maxConnectionsPerPeer, idleTimeoutMs, frameTimeoutMs } = e.opts;
         Object.assign(input, { maxFrameBytes, maxConnections, maxConnectionsPerPeer, idleTimeoutMs, frameTimeoutMs });
-        server.maxConnections = maxConnections;
+        core.limits.retune();
       }
     });
     return () => {

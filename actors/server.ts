@@ -18,14 +18,15 @@ import { assertEvent, assign, fromCallback, sendTo, setup, type ActorRefFrom } f
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, MsgType, type DataMsg, type Message, type SetupMsg } from '../transport/messages.js';
-import { Connection } from '../transport/socket.js';
+import { Connection, ConnectionTimeout } from '../transport/socket.js';
 import { describeTlsError, dial, listenOn, listenServer, readyEvent, type TlsMaterial } from '../transport/tls.js';
 import { recogniseTlsRefusal } from '../transport/foreign.js';
 import { systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { BufferBudget, DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
 import { Caller, HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
-import { logShed } from './port-limits.js';
-import { silentLogger, type Logger } from './logger.js';
+import { isLoopback } from './proxy-options.js';
+import { ConnectionLimits, logShed, type ConnectionLimitsInput } from './port-limits.js';
+import { fmt, silentLogger, type Logger } from './logger.js';
 
 export type { Behaviour } from './handler.js';
 
@@ -62,6 +63,10 @@ export interface ServerOptions {
    * proxy's port. Default 256 MiB.
    */
   maxBufferedBytes?: number;
+  /** Connections the server keeps open at once; past it each new one is closed at once. Default 4096. */
+  maxConnections?: number;
+  /** Connections from one address at once (0 = no limit). Default: none when listening on loopback, 1024 on any other address. */
+  maxConnectionsPerPeer?: number;
   /** `normal` answers; `silent` accepts requests and never answers; `fail` answers every request with an error (for fault tests). */
   behaviour?: Behaviour;
   /**
@@ -120,27 +125,61 @@ export type ServerEvent =
   | { type: 'DRAINED' }
   | { type: 'STOP' };
 
+/** A message begun must be complete within this long (ms), and a TLS handshake. */
+const FRAME_TIMEOUT_MS = 10_000;
+/**
+ * A new connection must send its first message within this long (ms), as the
+ * proxy's idle timeout: a proxy's link PINGs as soon as it connects. After
+ * that a connection may be quiet for as long as it likes: a proxy's link
+ * carries nothing while its clients send nothing. (The proxy's link to a
+ * `--wire json` server sends nothing until a request comes: it is closed after
+ * this, and dialed again.)
+ */
+const FIRST_MESSAGE_MS = 60_000;
+
+interface ListenerInput extends ConnectionLimitsInput {
+  host: string;
+  port: number;
+  maxFrameBytes: number;
+  logger: Logger;
+  runner: HandlerRunner;
+  budget: BufferBudget;
+  clock: Clock;
+  tls?: TlsMaterial;
+}
+
 /** Accepts the proxies' connections; each read becomes one REQUESTS batch. Stopped, it aborts the handlers still running. */
-const requestListener = fromCallback<{ type: 'DRAIN' }, { host: string; port: number; maxFrameBytes: number; logger: Logger; runner: HandlerRunner; budget: BufferBudget; clock: Clock; tls?: TlsMaterial }>(
+const requestListener = fromCallback<{ type: 'DRAIN' }, ListenerInput>(
   ({ sendBack, receive, input }) => {
     const send = (e: ServerEvent): void => sendBack(e);
+    const limits = new ConnectionLimits(input, input.logger, { total: '--max-connections', perPeer: '--max-conns-per-peer' });
     const conns = new Set<Connection>();
     let draining = false;
     const checkDrained = (): void => {
       if (draining && conns.size === 0) send({ type: 'DRAINED' });
     };
     const server = listenServer(input.tls, (socket: Socket) => {
+      const addr = limits.admit(socket);
+      if (addr === undefined) return;
+      socket.once('close', () => limits.left(addr));
       // Either wire: the old proxy talks JSON here, ours frames.
-      const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, frameTimeoutMs: 10000, wire: 'sniff', budget: input.budget, clock: input.clock });
+      const conn = new Connection(socket, {
+        maxFrameBytes: input.maxFrameBytes, frameTimeoutMs: FRAME_TIMEOUT_MS, idleTimeoutMs: FIRST_MESSAGE_MS, wire: 'sniff', budget: input.budget, clock: input.clock,
+      });
       const caller = new Caller(conn);
       conns.add(conn);
       socket.on('error', () => {});
+      let spoke = false;
       const gone = (): void => {
         conns.delete(conn);
         checkDrained();
       };
       conn.messages$.subscribe({
         next: (messages) => {
+          if (!spoke) {
+            spoke = true;
+            conn.setIdleTimeout(0);
+          }
           const requests: DataMsg[] = [];
           for (const m of messages) {
             if (m.type === MsgType.DATA) requests.push(m);
@@ -155,11 +194,16 @@ const requestListener = fromCallback<{ type: 'DRAIN' }, { host: string; port: nu
         },
         error: (err: Error) => {
           if (err instanceof ProtocolError) refuse(conn, err, input.logger);
+          else if (err instanceof ConnectionTimeout) {
+            const why = spoke ? err.message : `it sent no message within ${FIRST_MESSAGE_MS} ms of connecting`;
+            input.logger.repeated('info', 'conn_timeout', why, 1, (n, span) => (span ? `Closed ${fmt(n)} connection(s) ${span}: ${why}` : `Closed connection from ${conn.describe()}: ${why}`), { peer: conn.describe() });
+          }
           gone();
         },
         complete: gone,
       });
-    }, { handshakeTimeoutMs: 10000 });
+    }, { handshakeTimeoutMs: FRAME_TIMEOUT_MS });
+    limits.watch(server);
     server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {
       const why = recogniseTlsRefusal(err.code)?.message ?? err.message;
       input.logger.warn('tls_refused', `Refused a TLS connection from ${socket.remoteAddress ?? '?'}: ${why}`, { peer: socket.remoteAddress, reason: err.message });
@@ -290,6 +334,8 @@ function setupMsg(context: ServerContext): SetupMsg {
 
 /** Requests that may wait for a slot when `concurrency` is set. */
 const DEFAULT_QUEUE_LIMIT = 1024;
+/** Connections a server keeps at once by default: its peers are proxies, each with a link and now and then a probe. */
+export const DEFAULT_MAX_CONNECTIONS = 4096;
 /** How long a handler may take before its request is answered TIMEOUT and its slot freed (ms). */
 export const DEFAULT_HANDLER_TIMEOUT_MS = 30_000;
 
@@ -401,6 +447,8 @@ export const serverMachine = setup({
       budget: context.budget,
       clock: context.clock,
       tls: context.opts.tls,
+      maxConnections: context.opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
+      maxConnectionsPerPeer: context.opts.maxConnectionsPerPeer ?? (isLoopback(context.opts.listenHost ?? '127.0.0.1') ? 0 : 1024),
     }),
   },
   initial: 'starting',

@@ -22,7 +22,7 @@ import {
 } from './common.js';
 import { isRegistryUrl } from '../registry/options.js';
 import { DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
-import { DEFAULT_HANDLER_TIMEOUT_MS, type Behaviour, type Endpoint } from '../actors/server.js';
+import { DEFAULT_HANDLER_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, type Behaviour, type Endpoint } from '../actors/server.js';
 import type { Level } from '../actors/logger.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -78,12 +78,14 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('--drain-timeout <ms>', 'on SIGTERM, the longest wait for the proxies to let go').default(5000).argParser(parseIntOption('--drain-timeout', 0)))
       .addOption(new Option('--max-frame <bytes>', "largest frame taken from a proxy: at least the proxies' --max-frame, or a request near their limit closes the link it is sent on, then the next").default(DEFAULT_MAX_FRAME_BYTES).argParser(parseIntOption('--max-frame', 1024)))
       .addOption(new Option('--max-buffered-bytes <bytes>', 'bytes held for all peers together (partial frames, unread answers, requests not answered yet); past it the connections holding the most are closed with OVERLOADED; requests may take half of it, one connection\'s requests a 32nd (then its reads pause) (0 = no limit)').default(DEFAULT_BUFFER_BUDGET).argParser(parseIntOption('--max-buffered-bytes', 0)))
+      .addOption(new Option('--max-connections <n>', 'connections kept open at once; past it each new one is closed at once').default(DEFAULT_MAX_CONNECTIONS).argParser(parseIntOption('--max-connections', 1)))
+      .addOption(new Option('--max-conns-per-peer <n>', 'connections from one address at once (0 = no limit; default: none on loopback, 1024 on any other address)').argParser(parseIntOption('--max-conns-per-peer', 0)))
       .addOption(new Option('--token <secret>', "the proxy's registration secret (prefer the environment variable to the command line)").env('REVPROXY_TOKEN'))
       .addOption(wireOption('register the old way (setup on its own connection, then closed), for the old Python proxy'))
       .addHelpText('after', '\nWith --registry etcd://HOST:PORT the server registers once, in etcd, instead of with each proxy:\nevery proxy watching the registry takes it (see README, "Running a fleet").\nA lost proxy is retried with backoff and the server registers again.\nSIGTERM or SIGINT drains: tells the proxies it is leaving, finishes requests in flight, exits 0.\nA handler that throws an error with a string code answers the client HANDLER_ERROR with that code\n(not retried elsewhere); ctx.signal aborts when the proxy stops waiting for the answer.\n\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100\n  revproxy server -id 100 -pp 111 -revproc 2100,2200\n  revproxy server -id 500 -pp 111 --handler examples/privacy-handler.js --concurrency 8\n  revproxy server -id 100 -pp 111 --registry etcd://127.0.0.1:2379'),
   )))).action(async function (this: Command, o: LogFlags & TlsFlags & InspectFlags & RegistryFlags & { token?: string } & {
     id: string; pp: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout: number; delay: number; maxFrame: number; wire: 'frames' | 'json';
-    handler?: string; concurrency?: number; queueLimit: number; handlerTimeout: number; maxBufferedBytes: number;
+    handler?: string; concurrency?: number; queueLimit: number; handlerTimeout: number; maxBufferedBytes: number; maxConnections: number; maxConnsPerPeer?: number;
   }) {
     const policy = o.pp;
     const registry = registryFromFlags(o);
@@ -96,7 +98,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     const server = await startServer({
       id: o.id, policy, listenPort: o.listen, listenHost: o.host, proxies: o.revproc, behaviour: o.behaviour,
       drainTimeoutMs: o.drainTimeout, delayMs: o.delay, maxFrameBytes: o.maxFrame, logger, waitForRegistration: false, inspect: insp.attach.inspect,
-      token: o.token, tls: tlsFromFlags(o), wire: o.wire, handler, concurrency: o.concurrency, queueLimit: o.queueLimit, handlerTimeoutMs: o.handlerTimeout, maxBufferedBytes: o.maxBufferedBytes, registry,
+      token: o.token, tls: tlsFromFlags(o), wire: o.wire, handler, concurrency: o.concurrency, queueLimit: o.queueLimit, handlerTimeoutMs: o.handlerTimeout, maxBufferedBytes: o.maxBufferedBytes, maxConnections: o.maxConnections, maxConnectionsPerPeer: o.maxConnsPerPeer, registry,
     });
     await runUntilStopped(server.actor, server.stop);
     unignore();

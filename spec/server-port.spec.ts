@@ -7,7 +7,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { Socket } from 'node:net';
-import { Logger, memorySink, startServer, type Handler, type LogRecord, type ServerHandle, type StartServerOptions } from '../actors/index.js';
+import { Logger, ManualClock, memorySink, startServer, type Handler, type LogRecord, type ServerHandle, type StartServerOptions } from '../actors/index.js';
 import { MsgType, type AckMsg, type ErrorMsg } from '../transport/messages.js';
 import { collector, eventually, frame, rawConnect } from './helpers.js';
 
@@ -111,6 +111,52 @@ port('requests held by a slow handler stay within the buffer budget: a greedy co
     await new Promise((r) => setTimeout(r, 20));
   }
   assert.is(answers.got.filter((m) => m.type === MsgType.ACK).length + answers.got.filter((m) => (m as ErrorMsg).code === 'OVERLOADED').length, 200);
+});
+
+port('connections past --max-connections, or past --max-conns-per-peer from one address, are refused at once and logged once; the server keeps serving', async () => {
+  for (const limits of [{ maxConnections: 5 }, { maxConnectionsPerPeer: 5 }]) {
+    ctx.logs.length = 0;
+    const server = await lonely(limits);
+    const socks: Socket[] = [];
+    for (let i = 0; i < 5; i++) socks.push(await peer(server.port));
+    // The five are accepted before the next ones come (a request on the last is answered).
+    const last = collector(socks[4]!);
+    socks[4]!.write(frame({ type: 0, seq: 1, srcid: 'c', privPoliId: 'P', payload: 'quick' }));
+    await last.until(() => last.got.length === 1);
+    const over = await Promise.all([0, 1, 2].map(() => peer(server.port)));
+    await eventually(() => over.every((s) => s.destroyed || s.readableEnded), 3000, 'the connections past the limit closed');
+    await eventually(() => ctx.logs.some((r) => r.event === 'conn_refused'), 3000, 'the refusal logged');
+    assert.is(ctx.logs.filter((r) => r.event === 'conn_refused').length, 1, 'once, then counted');
+    assert.match(ctx.logs.find((r) => r.event === 'conn_refused')!.msg, limits.maxConnections ? /5 connections are open \(--max-connections\)/ : /it has 5 open \(--max-conns-per-peer\)/);
+    // The connections it has are served on.
+    const first = collector(socks[0]!);
+    socks[0]!.write(frame({ type: 0, seq: 2, srcid: 'c', privPoliId: 'P', payload: 'quick' }));
+    await first.until(() => first.got.length === 1);
+    assert.is((first.got[0] as AckMsg).payload, 'fine');
+    for (const s of ctx.socks.splice(0)) s.destroy();
+    await server.stop();
+  }
+});
+
+port('a connection that sends nothing is closed after 60 s; one that has sent a message stays however long it is quiet (a proxy\'s link may be idle for hours)', async () => {
+  const clock = new ManualClock();
+  const server = await lonely({ clock });
+  const silent = await peer(server.port);
+  const spoke = await peer(server.port);
+  const answers = collector(spoke);
+  spoke.write(frame({ type: MsgType.PING, seq: 0 }));
+  await answers.until(() => answers.got.length === 1);
+  clock.advance(59_999);
+  await new Promise((r) => setTimeout(r, 30));
+  assert.not.ok(silent.destroyed || silent.readableEnded, 'not before 60 s');
+  clock.advance(1);
+  await eventually(() => silent.destroyed || silent.readableEnded, 2000, 'the silent connection closed');
+  assert.ok(ctx.logs.some((r) => r.event === 'conn_timeout' && /sent no message within 60000 ms/.test(r.msg)), JSON.stringify(ctx.logs.map((r) => r.msg)));
+  clock.advance(24 * 3600_000);
+  await new Promise((r) => setTimeout(r, 30));
+  spoke.write(frame({ type: 0, seq: 1, srcid: 'c', privPoliId: 'P', payload: 'quick' }));
+  await answers.until(() => answers.got.length === 2);
+  assert.is((answers.got[1] as AckMsg).payload, 'fine');
 });
 
 function collectorInto(s: Socket, into: ErrorMsg[]): void {
