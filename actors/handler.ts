@@ -390,8 +390,12 @@ export class HandlerRunner {
       const message = typeof e?.message === 'string' && e.message ? e.message.slice(0, MAX_APP_MESSAGE) : code;
       return this.appError(job, code, message);
     }
-    this.opts.logger.error('handler_failed', `The handler of server ${id} failed on request ${job.msg.seq} of client ${job.msg.srcid}: ${String(e?.stack ?? err)}`, {
-      client: job.msg.srcid, seq: job.msg.seq, reason: String(e?.message ?? err),
+    // A handler that fails on every request would write a stack per request: the first, then a count per interval, per kind of failure.
+    const reason = String(e?.message ?? err);
+    this.opts.logger.repeated('error', 'handler_failed', reason, 1, (n, span) => span
+      ? `The handler of server ${id} failed on ${fmt(n)} request(s) ${span}: ${reason}`
+      : `The handler of server ${id} failed on request ${job.msg.seq} of client ${job.msg.srcid}: ${String(e?.stack ?? err)}`, {
+      client: job.msg.srcid, seq: job.msg.seq, reason,
     });
     return this.appError(job, 'HANDLER_FAILED', `the handler of server ${id} failed; the server's log says why`);
   }

@@ -206,7 +206,8 @@ const requestListener = fromCallback<{ type: 'DRAIN' }, ListenerInput>(
     limits.watch(server);
     server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {
       const why = recogniseTlsRefusal(err.code)?.message ?? err.message;
-      input.logger.warn('tls_refused', `Refused a TLS connection from ${socket.remoteAddress ?? '?'}: ${why}`, { peer: socket.remoteAddress, reason: err.message });
+      const addr = socket.remoteAddress ?? '?';
+      input.logger.repeated('warn', 'tls_refused', addr, 1, (n, span) => `Refused ${span ? `${fmt(n)} TLS connections` : 'a TLS connection'} from ${addr}${span ? ` ${span}` : ''}: ${why}`, { peer: addr, reason: err.message });
     });
     listenOn(server, input.port, input.host, (port) => send({ type: 'LISTENING', port }), (error) => send({ type: 'LISTEN_FAILED', error }));
     receive(() => {
@@ -227,7 +228,10 @@ const requestListener = fromCallback<{ type: 'DRAIN' }, ListenerInput>(
 );
 
 function refuse(conn: Connection, err: ProtocolError, logger: Logger): void {
-  logger.warn('bad_input', `Closed connection from ${conn.describe()}: ${err.message}`, { peer: conn.describe(), code: err.code });
+  // Garbage from a crowd of connections must not become a log flood: once, then counted (as the proxy's).
+  logger.repeated('warn', 'bad_input', `${conn.remoteAddress}\0${err.code}`, 1, (n, span) => `Closed connection from ${conn.describe()}: ${err.message}${span ? ` (${fmt(n)} times ${span})` : ''}`, {
+    peer: conn.describe(), code: err.code,
+  });
   conn.endWith(errorMsg(err.code, err.message));
 }
 

@@ -106,6 +106,24 @@ answers('an error with a string code is the handler\'s own; any other error is H
   assert.not.match(bug.message, /secret/);
 });
 
+answers('a handler that fails on every request is logged once with its stack, then counted: not a line per request', async () => {
+  const logs: LogRecord[] = [];
+  const s = await startServer({
+    id: 'buggy', policy: 'B', revproc: ctx.proxy.port, logger: new Logger('server', memorySink(logs), 'info'),
+    handler: async () => {
+      throw new TypeError('cannot read properties of undefined');
+    },
+  });
+  ctx.servers.push(s);
+  await eventually(() => ctx.proxy.pools().B?.serving.includes('buggy') ?? false, 3000, 'serving');
+  const c = await client();
+  const errs = await Promise.all(Array.from({ length: 100 }, (_, i) => c.request('B', `x${i}`).catch((e: HandlerError) => e.appCode)));
+  assert.ok(errs.every((e) => e === 'HANDLER_FAILED'), String(errs[0]));
+  const lines = logs.filter((r) => r.event === 'handler_failed');
+  assert.is(lines.length, 1, lines.slice(0, 3).map((r) => r.msg).join('\n'));
+  assert.match(lines[0]!.msg, /TypeError: cannot read properties of undefined\n\s+at /);
+});
+
 answers('an answer that is not text or bytes is the handler\'s error, BAD_ANSWER', async () => {
   await serve('s', 'P', (async () => ({ not: 'bytes' })) as unknown as Handler);
   const c = await client();

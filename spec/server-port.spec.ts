@@ -159,6 +159,16 @@ port('a connection that sends nothing is closed after 60 s; one that has sent a 
   assert.is((answers.got[1] as AckMsg).payload, 'fine');
 });
 
+port('garbage from many connections is refused on each, and logged once, then counted', async () => {
+  const server = await lonely();
+  const garbage = await Promise.all(Array.from({ length: 50 }, () => peer(server.port)));
+  for (const s of garbage) s.resume().write(Buffer.from([0, 0, 0, 3, 0xc1, 0xc1, 0xc1]));
+  await eventually(() => garbage.every((s) => s.destroyed || s.readableEnded), 3000, 'every garbage connection closed');
+  await eventually(() => ctx.logs.some((r) => r.event === 'bad_input'), 3000, 'logged');
+  assert.is(ctx.logs.filter((r) => r.event === 'bad_input').length, 1, ctx.logs.filter((r) => r.event === 'bad_input').slice(0, 3).map((r) => r.msg).join('\n'));
+  await stillServes(server.port);
+});
+
 function collectorInto(s: Socket, into: ErrorMsg[]): void {
   const got = collector(s);
   s.on('data', () => {
