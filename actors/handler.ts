@@ -53,7 +53,7 @@ export interface HandlerContext {
 
 /**
  * A server's handler: `async (payload, ctx) => answer`. Throw a
- * `HandlerError` (or any error with a string `code`) to answer with an
+ * `HandlerError` (or any error with a string `code` of its own, not Node's) to answer with an
  * application error the client can branch on.
  *
  * @example
@@ -374,8 +374,8 @@ export class HandlerRunner {
 
   /**
    * A thrown error becomes the request's answer. A `HandlerError`, or any
-   * error with a valid string `code`, is the handler's own: its code and
-   * message go to the client. Anything else is a bug in the handler: the
+   * error with a valid string `code` that is not Node's (`fromNode`), is the
+   * handler's own: its code and message go to the client. Anything else is a bug in the handler: the
    * client gets `HANDLER_FAILED` and a message that hides the details, and
    * the server's log has them.
    */
@@ -385,7 +385,7 @@ export class HandlerRunner {
       return errorMsg(ErrorCode.TIMEOUT, `the handler of server ${id} stopped: ${(job.signal().reason as Error).message}`, job.msg.seq);
     }
     const e = err as { code?: unknown; appCode?: unknown; message?: unknown; stack?: unknown } | undefined;
-    const code = err instanceof HandlerError ? err.appCode : typeof e?.code === 'string' && APP_CODE.test(e.code) ? e.code : undefined;
+    const code = err instanceof HandlerError ? err.appCode : typeof e?.code === 'string' && APP_CODE.test(e.code) && !fromNode(e) ? e.code : undefined;
     if (code !== undefined) {
       const message = typeof e?.message === 'string' && e.message ? e.message.slice(0, MAX_APP_MESSAGE) : code;
       return this.appError(job, code, message);
@@ -405,6 +405,16 @@ export class HandlerRunner {
     this.opts.logger.debug('app_error', `Answering request ${msg.seq} of client ${msg.srcid} with ${appcode}: ${message}`, { client: msg.srcid, seq: msg.seq, appcode });
     return { type: MsgType.ERROR, seq: msg.seq, code: ErrorCode.HANDLER_ERROR, appcode, message };
   }
+}
+
+/**
+ * Whether an error with a string code is Node's rather than the handler's: a
+ * failed system call (ENOENT, ECONNREFUSED: it names its `syscall`) or one of
+ * Node's own (`ERR_...`). Its code is no application answer, and its message
+ * (a path, an internal address) is not the client's to read.
+ */
+function fromNode(e: { code?: unknown; syscall?: unknown }): boolean {
+  return typeof e.syscall === 'string' || (typeof e.code === 'string' && e.code.startsWith('ERR_'));
 }
 
 /** A payload or answer for a log line: text as it is, bytes by their size. */

@@ -6,6 +6,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import fc from 'fast-check';
+import { readFile } from 'node:fs/promises';
 import {
   connect, HandlerError, Logger, ManualClock, memorySink, RequestError, sha1Hex, startProxy, startServer,
   type Client, type Handler, type HandlerContext, type LogRecord, type ProxyHandle, type ProxyOptions, type ServerHandle,
@@ -122,6 +123,26 @@ answers('a handler that fails on every request is logged once with its stack, th
   const lines = logs.filter((r) => r.event === 'handler_failed');
   assert.is(lines.length, 1, lines.slice(0, 3).map((r) => r.msg).join('\n'));
   assert.match(lines[0]!.msg, /TypeError: cannot read properties of undefined\n\s+at /);
+});
+
+answers('an error from Node itself (a failed system call, ERR_...) is not the handler\'s own code: HANDLER_FAILED, its details (a path) hidden from the client and logged', async () => {
+  const logs: LogRecord[] = [];
+  const s = await startServer({
+    id: 'fs', policy: 'F', revproc: ctx.proxy.port, logger: new Logger('server', memorySink(logs), 'info'),
+    handler: async (p) => {
+      if (p === 'read') return String(await readFile('/srv/internal-secrets/key.json'));
+      return Buffer.alloc(-1) as unknown as string;
+    },
+  });
+  ctx.servers.push(s);
+  await eventually(() => ctx.proxy.pools().F?.serving.includes('fs') ?? false, 3000, 'serving');
+  const c = await client();
+  for (const [payload, code] of [['read', 'ENOENT'], ['alloc', 'ERR_OUT_OF_RANGE']] as const) {
+    const err = (await c.request('F', payload).catch((e: unknown) => e)) as HandlerError;
+    assert.is(err.appCode, 'HANDLER_FAILED', `${payload}: ${err.appCode} ${err.message}`);
+    assert.not.match(err.message, /internal-secrets|ENOENT|ERR_/);
+    assert.ok(logs.some((r) => r.event === 'handler_failed' && r.msg.includes(code)), `${code} logged: ${logs.map((r) => r.msg).join('\n')}`);
+  }
 });
 
 answers('an answer that is not text or bytes is the handler\'s error, BAD_ANSWER', async () => {
