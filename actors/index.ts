@@ -14,7 +14,7 @@ import type { MemberState } from './proxy-types.js';
 import type { ProxyRegistryOptions } from '../registry/proxy-registry.js';
 import type { RegistryOptions } from '../registry/options.js';
 import type { RegistryStatus } from '../registry/events.js';
-import { serverMachine, type ServerActor, type ServerOptions } from './server.js';
+import { badLimit, serverMachine, type ServerActor, type ServerOptions } from './server.js';
 
 export { clientMachine, RequestError, type ClientOptions } from './client.js';
 export { Client, connect, endpoints, runClient, type ConnectOptions, type Packet, type Reply, type RequestOptions, type Result, type Revproc, type RunOptions } from './connect.js';
@@ -186,6 +186,8 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
     throw new StartError(`server ${rest.id} cannot register: ${(err as Error).message}`);
   }
   const opts: ServerOptions & StartServerOptions = { ...rest, listenPort: rest.listenPort ?? 0, proxies };
+  const bad = badLimit(opts);
+  if (bad) throw new StartError(`server ${opts.id}: ${bad}`);
   let machine = opts.wire === 'json' ? serverMachine.provide({ actors: { registrations: jsonRegistrations } }) : serverMachine;
   if (opts.registry) {
     if (opts.wire === 'json') throw new StartError('a server registers through the registry or the old way (--wire json), not both: the old proxy knows no registry');

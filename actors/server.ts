@@ -338,6 +338,24 @@ function setupMsg(context: ServerContext): SetupMsg {
 
 /** Requests that may wait for a slot when `concurrency` is set. */
 const DEFAULT_QUEUE_LIMIT = 1024;
+/**
+ * What is wrong with the numeric limits in `opts`, if anything: a limit of 0,
+ * a negative one or NaN would leave the server answering nothing (no slot
+ * ever free) or mean something else than meant (0 is "no limit" elsewhere).
+ */
+export function badLimit(opts: ServerOptions): string | undefined {
+  const checks: Array<[keyof ServerOptions, number, string]> = [
+    ['concurrency', 1, ' (leave it out for no limit)'], ['queueLimit', 0, ''], ['handlerTimeoutMs', 0, ' (0 = never)'], ['delayMs', 0, ''],
+    ['drainTimeoutMs', 0, ''], ['maxFrameBytes', 1024, ''], ['maxBufferedBytes', 0, ' (0 = no limit)'], ['maxConnections', 1, ''], ['maxConnectionsPerPeer', 0, ' (0 = no limit)'],
+  ];
+  for (const [name, min, hint] of checks) {
+    const v = opts[name];
+    if (v === undefined || v === Infinity) continue;
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min) return `${name} must be a whole number of at least ${min}${hint}, got ${String(v)}`;
+  }
+  return undefined;
+}
+
 /** Connections a server keeps at once by default: its peers are proxies, each with a link and now and then a probe. */
 export const DEFAULT_MAX_CONNECTIONS = 4096;
 /** How long a handler may take before its request is answered TIMEOUT and its slot freed (ms). */

@@ -8,7 +8,7 @@ import * as assert from 'uvu/assert';
 import fc from 'fast-check';
 import { readFile } from 'node:fs/promises';
 import {
-  connect, HandlerError, Logger, ManualClock, memorySink, RequestError, sha1Hex, startProxy, startServer,
+  connect, HandlerError, Logger, ManualClock, memorySink, RequestError, sha1Hex, StartError, startProxy, startServer,
   type Client, type Handler, type HandlerContext, type LogRecord, type ProxyHandle, type ProxyOptions, type ServerHandle,
 } from '../actors/index.js';
 import { MsgType, type AckMsg, type ErrorMsg } from '../transport/messages.js';
@@ -184,7 +184,7 @@ timing.run();
 
 const limits = suite('a server\'s limits');
 
-async function lonelyServer(opts: { handler: Handler; concurrency: number; queueLimit: number; delayMs?: number; clock?: ManualClock; handlerTimeoutMs?: number; logger?: Logger }): Promise<ServerHandle> {
+async function lonelyServer(opts: { handler: Handler; concurrency: number; queueLimit: number; delayMs?: number; clock?: ManualClock; handlerTimeoutMs?: number; logger?: Logger; maxConnections?: number }): Promise<ServerHandle> {
   // Registered nowhere: requests come straight from the spec.
   return startServer({ id: 'lim', policy: 'P', revproc: 1, waitForRegistration: false, reconnectInitialMs: 60_000, ...opts });
 }
@@ -326,6 +326,22 @@ limits('a handler that never settles is answered TIMEOUT after the handler timeo
       sock.destroy();
       await server.stop();
     }
+  }
+});
+
+limits('a limit that would leave the server answering nothing is refused at start, naming the option: concurrency 0, -1 or NaN', async () => {
+  const bad: Array<[Record<string, number>, RegExp]> = [
+    [{ concurrency: 0 }, /concurrency must be a whole number of at least 1 \(leave it out for no limit\), got 0/],
+    [{ concurrency: -1 }, /concurrency must be .* got -1/],
+    [{ concurrency: Number.NaN }, /concurrency must be .* got NaN/],
+    [{ queueLimit: -1 }, /queueLimit must be a whole number of at least 0, got -1/],
+    [{ handlerTimeoutMs: Number.NaN }, /handlerTimeoutMs must be/],
+    [{ maxConnections: 0 }, /maxConnections must be a whole number of at least 1/],
+  ];
+  for (const [opts, why] of bad) {
+    const err = await lonelyServer({ handler: () => 'ok', concurrency: 1, queueLimit: 1, ...opts }).then((s) => s.stop().then(() => undefined), (e: unknown) => e);
+    assert.instance(err, StartError, JSON.stringify(opts));
+    assert.match((err as Error).message, why);
   }
 });
 
