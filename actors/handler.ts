@@ -174,7 +174,10 @@ class Job {
   /** The job is over: no timer or watch outlives it. */
   release(): void {
     this.timer?.cancel();
-    this.limit?.cancel();
+    if (this.limit) {
+      this.limit.cancel();
+      this.runner.timed.delete(this);
+    }
     if (this.controller) this.runner.watched.delete(this);
   }
 
@@ -211,6 +214,8 @@ export class HandlerRunner {
   readonly opts: RunnerOptions;
   /** Jobs whose handler asked for a signal: aborted all at once when the server stops. */
   readonly watched = new Set<Job>();
+  /** Jobs whose handler timeout runs: given up on all at once when the server stops (no line about them after it). */
+  readonly timed = new Set<Job>();
   private running = 0;
   private readonly queue: Job[] = [];
   /** Requests taken to be answered (all but a silent server's), for the stop line and the inspector. */
@@ -280,6 +285,7 @@ export class HandlerRunner {
   abortAll(why: string): void {
     const reason = new RevproxyError(ErrorCode.SHUTTING_DOWN, why);
     for (const job of this.watched) job.abort(reason);
+    for (const job of this.timed) job.release();
     for (const job of this.queue) this.letGo(job);
     this.queue.length = 0;
   }
@@ -305,7 +311,10 @@ export class HandlerRunner {
     if (typeof result === 'string' || result instanceof Uint8Array) this.finish(job, this.ack(job, result));
     else {
       const ms = this.opts.handlerTimeoutMs;
-      if (ms > 0) job.limit = this.opts.clock.setTimeout(() => this.timedOut(job, ms), ms);
+      if (ms > 0) {
+        job.limit = this.opts.clock.setTimeout(() => this.timedOut(job, ms), ms);
+        this.timed.add(job);
+      }
       Promise.resolve(result).then(
         (answer) => this.finish(job, this.ack(job, answer)),
         (err: unknown) => this.finish(job, this.failure(job, err)),

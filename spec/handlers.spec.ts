@@ -329,6 +329,29 @@ limits('a handler that never settles is answered TIMEOUT after the handler timeo
   }
 });
 
+limits('a server killed with a handler still running says nothing of it afterwards: its handler timeout goes with it', async () => {
+  const clock = new ManualClock();
+  const logs: LogRecord[] = [];
+  let started = false;
+  const server = await lonelyServer({
+    concurrency: 1, queueLimit: 1, clock, logger: new Logger('server', memorySink(logs), 'info'),
+    handler: () => {
+      started = true;
+      return new Promise<string>(() => {});
+    },
+  });
+  const sock = await rawConnect(server.port);
+  try {
+    sock.write(frame({ type: 0, seq: 0, srcid: 'c', privPoliId: 'P', payload: 'hang' }));
+    await eventually(() => started, 2000, 'the handler started');
+    server.kill();
+    clock.advance(60_000);
+    assert.equal(logs.filter((r) => r.event === 'handler_timeout').map((r) => r.msg), []);
+  } finally {
+    sock.destroy();
+  }
+});
+
 limits('a limit that would leave the server answering nothing is refused at start, naming the option: concurrency 0, -1 or NaN', async () => {
   const bad: Array<[Record<string, number>, RegExp]> = [
     [{ concurrency: 0 }, /concurrency must be a whole number of at least 1 \(leave it out for no limit\), got 0/],
