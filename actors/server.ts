@@ -125,17 +125,15 @@ export type ServerEvent =
   | { type: 'DRAINED' }
   | { type: 'STOP' };
 
-/** A message begun must be complete within this long (ms), and a TLS handshake. */
-const FRAME_TIMEOUT_MS = 10_000;
 /**
- * A new connection must send its first message within this long (ms), as the
- * proxy's idle timeout: a proxy's link PINGs as soon as it connects. After
- * that a connection may be quiet for as long as it likes: a proxy's link
- * carries nothing while its clients send nothing. (The proxy's link to a
- * `--wire json` server sends nothing until a request comes: it is closed after
- * this, and dialed again.)
+ * A message begun must be complete within this long (ms), and a TLS
+ * handshake. A connection with no message under way may be quiet for as long
+ * as it likes, even before its first: a proxy's link carries nothing while its
+ * clients send nothing, and its link to a `--wire json` server sends nothing
+ * at all until a request comes (no idle timeout could tell such a link from a
+ * peer that holds a connection; the connection limits bound those).
  */
-const FIRST_MESSAGE_MS = 60_000;
+const FRAME_TIMEOUT_MS = 10_000;
 
 interface ListenerInput extends ConnectionLimitsInput {
   host: string;
@@ -164,22 +162,17 @@ const requestListener = fromCallback<{ type: 'DRAIN' }, ListenerInput>(
       socket.once('close', () => limits.left(addr));
       // Either wire: the old proxy talks JSON here, ours frames.
       const conn = new Connection(socket, {
-        maxFrameBytes: input.maxFrameBytes, frameTimeoutMs: FRAME_TIMEOUT_MS, idleTimeoutMs: FIRST_MESSAGE_MS, wire: 'sniff', budget: input.budget, clock: input.clock,
+        maxFrameBytes: input.maxFrameBytes, frameTimeoutMs: FRAME_TIMEOUT_MS, wire: 'sniff', budget: input.budget, clock: input.clock,
       });
       const caller = new Caller(conn);
       conns.add(conn);
       socket.on('error', () => {});
-      let spoke = false;
       const gone = (): void => {
         conns.delete(conn);
         checkDrained();
       };
       conn.messages$.subscribe({
         next: (messages) => {
-          if (!spoke) {
-            spoke = true;
-            conn.setIdleTimeout(0);
-          }
           const requests: DataMsg[] = [];
           for (const m of messages) {
             if (m.type === MsgType.DATA) requests.push(m);
@@ -195,7 +188,7 @@ const requestListener = fromCallback<{ type: 'DRAIN' }, ListenerInput>(
         error: (err: Error) => {
           if (err instanceof ProtocolError) refuse(conn, err, input.logger);
           else if (err instanceof ConnectionTimeout) {
-            const why = spoke ? err.message : `it sent no message within ${FIRST_MESSAGE_MS} ms of connecting`;
+            const why = err.message;
             input.logger.repeated('info', 'conn_timeout', why, 1, (n, span) => (span ? `Closed ${fmt(n)} connection(s) ${span}: ${why}` : `Closed connection from ${conn.describe()}: ${why}`), { peer: conn.describe() });
           }
           gone();

@@ -138,7 +138,7 @@ port('connections past --max-connections, or past --max-conns-per-peer from one 
   }
 });
 
-port('a connection that sends nothing is closed after 60 s; one that has sent a message stays however long it is quiet (a proxy\'s link may be idle for hours)', async () => {
+port('a quiet connection is not closed, before its first message or after it: a proxy\'s link may carry nothing for hours (to a --wire json server, nothing at all until a request)', async () => {
   const clock = new ManualClock();
   const server = await lonely({ clock });
   const silent = await peer(server.port);
@@ -146,17 +146,17 @@ port('a connection that sends nothing is closed after 60 s; one that has sent a 
   const answers = collector(spoke);
   spoke.write(frame({ type: MsgType.PING, seq: 0 }));
   await answers.until(() => answers.got.length === 1);
-  clock.advance(59_999);
-  await new Promise((r) => setTimeout(r, 30));
-  assert.not.ok(silent.destroyed || silent.readableEnded, 'not before 60 s');
-  clock.advance(1);
-  await eventually(() => silent.destroyed || silent.readableEnded, 2000, 'the silent connection closed');
-  assert.ok(ctx.logs.some((r) => r.event === 'conn_timeout' && /sent no message within 60000 ms/.test(r.msg)), JSON.stringify(ctx.logs.map((r) => r.msg)));
   clock.advance(24 * 3600_000);
   await new Promise((r) => setTimeout(r, 30));
+  assert.not.ok(silent.destroyed || silent.readableEnded, 'the connection that never spoke is open');
+  assert.not.ok(ctx.logs.some((r) => r.event === 'conn_timeout'), JSON.stringify(ctx.logs.map((r) => r.msg)));
   spoke.write(frame({ type: 0, seq: 1, srcid: 'c', privPoliId: 'P', payload: 'quick' }));
   await answers.until(() => answers.got.length === 2);
   assert.is((answers.got[1] as AckMsg).payload, 'fine');
+  const first = collector(silent);
+  silent.write(frame({ type: 0, seq: 2, srcid: 'c', privPoliId: 'P', payload: 'quick' }));
+  await first.until(() => first.got.length === 1);
+  assert.is((first.got[0] as AckMsg).payload, 'fine');
 });
 
 port('garbage from many connections is refused on each, and logged once, then counted', async () => {
