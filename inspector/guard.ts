@@ -14,9 +14,9 @@
  *   send one without a CORS preflight, and none is ever granted.
  * - An action's `Origin`, which browsers send with every POST, must be the
  *   inspector's own; `null` (a sandboxed or privacy-stripped page) is refused.
- * - Without a token the `Host` must be a loopback name with the inspector's
- *   port: a page that rebinds its own DNS name to 127.0.0.1 sends its own
- *   name, and is refused.
+ * - Without a token the `Host` must be a loopback name (for an action, with
+ *   the inspector's port): a page that rebinds its own DNS name to 127.0.0.1
+ *   sends its own name, and is refused, whether it acts or only reads.
  *
  * Every action, done or refused, is logged with who asked.
  */
@@ -55,9 +55,19 @@ export function checkListen(o: GuardOptions): string | undefined {
 export class Guard {
   constructor(private readonly o: GuardOptions) {}
 
-  /** Every request: the token, when there is one. Gives the user name (or '') when let in. */
+  /**
+   * Every request: the token, when there is one; without one, a `Host` that
+   * names loopback, so a page that rebinds its own name to 127.0.0.1 cannot
+   * read the page's data (payloads) either. Any port: an SSH tunnel may
+   * forward another one. Gives the user name (or '') when let in.
+   */
   admit(req: IncomingMessage): { user: string } | Refusal {
-    if (this.o.token === undefined) return { user: '' };
+    if (this.o.token === undefined) {
+      const host = req.headers.host ?? '';
+      const name = /^(\[[^\]]+\]|[^:]+)(?::\d+)?$/.exec(host)?.[1];
+      if (name !== undefined && isLoopbackName(name)) return { user: '' };
+      return { status: 403, message: `refused: the request names host '${host}', not this inspector: open it as http://127.0.0.1:${this.o.port}/ or http://localhost:${this.o.port}/ (or set --inspect-token to reach it under another name)` };
+    }
     const m = /^Basic ([A-Za-z0-9+/=]+)$/.exec(req.headers.authorization ?? '');
     const decoded = m ? Buffer.from(m[1]!, 'base64').toString('utf8') : '';
     const colon = decoded.indexOf(':');

@@ -63,18 +63,19 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
   const handler = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const url = new URL(req.url ?? '/', 'http://localhost');
     const admitted = guard.admit(req);
-    if ('status' in admitted) return refuse(res, admitted);
     const action = ACTIONS[url.pathname];
     if (action) {
-      const refusal = guard.checkAction(req);
+      const user = 'status' in admitted ? '' : admitted.user;
+      const refusal = 'status' in admitted ? admitted : guard.checkAction(req);
       if (refusal) {
-        log.warn('inspector_refused', `Refused ${req.method} ${url.pathname} from ${whoAsked(req, admitted.user)}: ${refusal.message}`, { path: url.pathname, by: whoAsked(req, admitted.user), status: refusal.status });
+        if (refusal.status !== 401) log.warn('inspector_refused', `Refused ${req.method} ${url.pathname} from ${whoAsked(req, user)}: ${refusal.message}`, { path: url.pathname, by: whoAsked(req, user), status: refusal.status });
         return refuse(res, refusal);
       }
-      const r = await act(hub, recorded, action, req, whoAsked(req, admitted.user));
-      if ('error' in r.body) log.warn('inspector_refused', `Refused ${url.pathname} from ${whoAsked(req, admitted.user)}: ${r.body.error}`, { path: url.pathname, by: whoAsked(req, admitted.user), status: r.status });
+      const r = await act(hub, recorded, action, req, whoAsked(req, user));
+      if ('error' in r.body) log.warn('inspector_refused', `Refused ${url.pathname} from ${whoAsked(req, user)}: ${r.body.error}`, { path: url.pathname, by: whoAsked(req, user), status: r.status });
       return send(res, r.status, 'application/json', JSON.stringify(r.body));
     }
+    if ('status' in admitted) return refuse(res, admitted);
     const file = FILES[url.pathname];
     if (req.method !== 'GET') {
       res.setHeader('allow', 'GET');

@@ -198,6 +198,21 @@ guard('actions from another origin, or naming another host (DNS rebinding), are 
   assert.is(own.status, 200, 'its own page, under localhost, may act');
 });
 
+guard('a page that rebinds its name to 127.0.0.1 cannot read the inspector either: its data holds payloads', async () => {
+  const { insp } = await setUp([['1', 'normal']]);
+  const port = insp.port!;
+  for (const host of [`evil.example:${port}`, `127.evil.example:${port}`, 'evil.example']) {
+    for (const path of ['', 'events', 'api/state', 'api/history?actor=x:0', 'metrics']) {
+      const r = await raw(`${insp.url}${path}`, 'GET', { host });
+      assert.is(r.status, 403, `GET /${path} naming ${host}: ${r.body.slice(0, 200)}`);
+      assert.match(JSON.parse(r.body).error, new RegExp(`names host '${host.replace(/\./g, '\\.')}'.*open it as http://127\\.0\\.0\\.1:${port}/`));
+    }
+  }
+  for (const host of [`localhost:${port}`, `127.0.0.1:${port}`, `[::1]:${port}`, 'localhost:8080']) {
+    assert.is((await raw(`${insp.url}api/state`, 'GET', { host })).status, 200, `${host}: its own names, and a tunnel's port`);
+  }
+});
+
 guard('with a token every path needs HTTP Basic auth; the user name is logged as who asked', async () => {
   const token = 'a-long-inspector-token';
   const { insp, proxy } = await setUp([['1', 'normal'], ['2', 'normal']], { token });
