@@ -26,6 +26,13 @@ const FILES: Record<string, { file: string; type: string }> = {
 /** A client whose socket buffer holds more than this gets no batches until it drains, then a fresh full picture. */
 const SLOW_CLIENT_BYTES = 1 << 20;
 
+/**
+ * Readers of /events fed at once. Each may hold SLOW_CLIENT_BYTES it has not
+ * read, and a stream that is never read was kept open for ever: 300 of them
+ * took a proxy from 81 MB to 290-370 MB. A page needs one.
+ */
+export const MAX_STREAMS = 32;
+
 export interface InspectorServer {
   port: number;
   url: string;
@@ -96,6 +103,7 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
         if (!metrics) return send(res, 404, 'text/plain', 'no metrics: this page shows a recorded log\n');
         return send(res, 200, metrics.contentType, await metrics.text());
       case '/events':
+        if (streams.size >= MAX_STREAMS) return send(res, 503, 'text/plain', `${MAX_STREAMS} pages already follow this inspector, the most it feeds at once: close one, then reload\n`);
         return openStream(res);
       default:
         return send(res, 404, 'text/plain', `nothing at ${url.pathname}; the page is at /\n`);

@@ -7,8 +7,10 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { request as httpRequest } from 'node:http';
+import { connect as netConnect, type Socket } from 'node:net';
 import { connect, Logger, memorySink, runClient, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { serveRecorded, startInspector, type Inspector, type MemberView, type PoolView } from '../inspector/index.js';
+import { MAX_STREAMS } from '../inspector/http.js';
 import { eventually, LOCAL } from './helpers.js';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -211,6 +213,31 @@ guard('a page that rebinds its name to 127.0.0.1 cannot read the inspector eithe
   for (const host of [`localhost:${port}`, `127.0.0.1:${port}`, `[::1]:${port}`, 'localhost:8080']) {
     assert.is((await raw(`${insp.url}api/state`, 'GET', { host })).status, 200, `${host}: its own names, and a tunnel's port`);
   }
+});
+
+guard('readers of /events are bounded: one more than MAX_STREAMS, none of them reading, is refused (503) until one goes', async () => {
+  const { insp } = await setUp([['1', 'normal']]);
+  const readers: Socket[] = [];
+  ctx.cleanup.push(() => readers.forEach((s) => s.destroy()));
+  /** A reader that takes the response's first bytes, then reads no more. */
+  const follow = (): Promise<number> => new Promise((resolve, reject) => {
+    const sock = netConnect(insp.port!, LOCAL, () => sock.write(`GET /events HTTP/1.1\r\nHost: 127.0.0.1:${insp.port}\r\n\r\n`));
+    readers.push(sock);
+    sock.on('error', reject);
+    sock.once('data', (d) => {
+      sock.pause();
+      resolve(Number(/^HTTP\/1\.1 (\d+)/.exec(String(d))?.[1]));
+    });
+  });
+  const statuses: number[] = [];
+  for (let i = 0; i < MAX_STREAMS; i++) statuses.push(await follow());
+  assert.equal(statuses, Array(MAX_STREAMS).fill(200));
+  assert.is(await follow(), 503, 'one more is refused');
+  assert.is((await fetch(`${insp.url}api/state`)).status, 200, 'the rest of the inspector still answers');
+  readers[0]!.destroy();
+  let again = 503;
+  for (let tries = 0; again === 503 && tries < 200; tries++) again = await follow();
+  assert.is(again, 200, 'a slot frees when a reader goes');
 });
 
 guard('with a token every path needs HTTP Basic auth; the user name is logged as who asked', async () => {
