@@ -99,6 +99,8 @@ export type Batch = {
   conns: ConnView[];
   /** Open connections past the ones listed. */
   connsMore?: number;
+  /** Stopped actors the hub no longer keeps (`keepStopped`): the page drops them too. */
+  forgot?: string[];
 };
 
 export class Hub {
@@ -120,6 +122,8 @@ export class Hub {
   private readonly clockOffsets = new Map<string, number>();
   private closedConns: ConnView[] = [];
   private pending: Rec[] = [];
+  /** Session ids of stopped actors forgotten since the last flush. */
+  private forgotten: string[] = [];
   private budget: number;
   private droppedTypes: Record<string, number> = {};
   private dropped = 0;
@@ -332,7 +336,10 @@ export class Hub {
 
   private forgetStopped(): void {
     const stopped = [...this.actors.values()].filter((a) => a.status !== 'active');
-    for (const a of stopped.slice(0, Math.max(0, stopped.length - this.o.keepStopped))) this.actors.delete(a.sid);
+    for (const a of stopped.slice(0, Math.max(0, stopped.length - this.o.keepStopped))) {
+      this.actors.delete(a.sid);
+      this.forgotten.push(a.sid);
+    }
   }
 
   /** Read what changed, send one batch. Runs on the timer; never inside a transition. */
@@ -355,9 +362,11 @@ export class Hub {
     if (this.actors.size && this.hasLive()) this.readLive(now);
     const recs = this.pending;
     this.pending = [];
+    const forgot = this.forgotten;
+    this.forgotten = [];
     if (this.o.sink && recs.length) this.o.sink(recs.map((r) => JSON.stringify(r)).join('\n') + '\n');
     if (!recs.length || !this.listeners.size) return;
-    const batch: Batch = { recs, actors: changed.map(view), pools: this.pools, figures: this.figures, conns: this.conns, connsMore: this.connsMore };
+    const batch: Batch = { recs, actors: changed.map(view), pools: this.pools, figures: this.figures, conns: this.conns, connsMore: this.connsMore, forgot: forgot.length ? forgot : undefined };
     for (const l of this.listeners) l(batch);
   }
 

@@ -106,6 +106,27 @@ page('a killed server shows as gone, with why', async () => {
   await ctx.page.screenshot({ path: `${ROOT}/artifacts/inspector.png`, fullPage: true });
 });
 
+page('servers that come and go: the page keeps the actors the inspector keeps, and a reload shows no forgotten one as live', async () => {
+  // Each server that leaves stops about five of the proxy's actors; the inspector keeps the last 60 stopped.
+  for (let i = 0; i < 20; i++) {
+    const s = await startServer({ id: `churn-${i}`, policy: 'Q', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port } });
+    await eventually(() => ctx.proxy.pools().Q?.states[`churn-${i}`] === 'serving', 3000, `churn-${i} serving`);
+    await s.stop();
+  }
+  await eventually(() => !ctx.proxy.pools().Q, 3000, 'pool Q forgotten');
+  const kept = async () => ((await (await fetch(`${ctx.insp.url}api/state`)).json()) as { actors: Array<{ sid: string; status: string }> }).actors;
+  const shown = () => ctx.page.$$eval('#tree li', (els) => els.map((e) => `${e.querySelector('.node')!.getAttribute('data-sid')}:${e.className}`).sort());
+  const want = async () => (await kept()).map((a) => `${a.sid}:${a.status === 'active' ? 'live' : 'stopped'}`).sort();
+  assert.ok((await kept()).length < 100, 'the inspector forgot the oldest stopped actors');
+  await ctx.page.waitForFunction((n) => document.querySelectorAll('#tree li').length <= n, (await kept()).length, { timeout: 5000 }).catch(() => undefined);
+  assert.equal(await shown(), await want(), 'live page: the tree is the inspector\'s actors');
+  const options = await ctx.page.$$eval('#f-actor option', (els) => els.length);
+  assert.ok(options <= (await kept()).length + 1, `the actor filter lists ${options} actors`);
+  await ctx.page.reload();
+  await ctx.page.waitForSelector(`${pool} [data-member="1"]`, { timeout: 5000 });
+  assert.equal(await shown(), await want(), 'after a reload: no actor the inspector forgot is shown, as live or at all');
+});
+
 page('the page loads nothing from outside the inspector', () => {
   assert.equal((ctx as unknown as { outside: string[] }).outside, []);
 });

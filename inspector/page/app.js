@@ -37,10 +37,11 @@ function connect() {
     S.meta = d.meta;
     S.skew = d.meta.now ? d.meta.now - Date.now() : 0;
     S.charts = d.charts;
-    S.actors = new Map(d.actors.map((a) => [a.sid, a]));
     S.log = [];
     S.types = new Set();
     mergeRecs(d.recs);
+    // After the log: its 'actor' records name actors the hub may have forgotten since; its list is the truth.
+    S.actors = new Map(d.actors.map((a) => [a.sid, a]));
     S.pools = d.pools;
     S.conns = d.conns;
     S.connsMore = d.connsMore || 0;
@@ -53,6 +54,8 @@ function connect() {
     const d = JSON.parse(m.data);
     for (const a of d.actors) S.actors.set(a.sid, a);
     const added = mergeRecs(d.recs);
+    for (const sid of d.forgot || []) S.actors.delete(sid);
+    if (S.selected && !S.actors.has(S.selected)) S.selected = firstActor();
     S.pools = d.pools;
     S.conns = d.conns;
     S.connsMore = d.connsMore || 0;
@@ -162,6 +165,7 @@ function renderTree() {
 
 function renderActorFilter() {
   const sel = $('f-actor');
+  for (const o of [...sel.options]) if (o.value && o.value !== sel.value && !S.actors.has(o.value)) o.remove();
   const have = new Set([...sel.options].map((o) => o.value));
   for (const a of S.actors.values()) if (!have.has(a.sid)) addOption(sel, a.sid, a.id);
   for (const o of sel.options) if (o.value) o.textContent = name(o.value);
