@@ -82,8 +82,14 @@ export class ProcessTopology implements Topology {
   private etcd?: Etcd;
   private spec: ProxySpec = {};
   private readonly servers = new Map<string, Child>();
-  /** Every server started, also those a later one with the same id replaced in `servers`. */
+  /**
+   * Every process started, from the moment it is spawned: also servers a later
+   * one with the same id replaced in `servers`, and a proxy whose start the
+   * step's deadline gave up on (it was left running, for ever, after the run).
+   */
   private readonly all: Child[] = [];
+  /** Set by close(): a step still under way (its deadline passed) starts nothing more. */
+  private closed = false;
   private tmp?: string;
 
   constructor(
@@ -135,6 +141,7 @@ export class ProcessTopology implements Topology {
         // not a log record: kept in the tail for messages
       }
     });
+    this.spawned(child);
     const up = await events.next(since, (r) => r.event === 'listening', START_MS, child.exited);
     if (!up) throw new Error(`the proxy process did not start: ${child.proc.exitCode !== null ? await child.why() : `no 'listening' record within ${START_MS} ms`}`);
     return { child, port: Number(up.port) };
@@ -154,7 +161,7 @@ export class ProcessTopology implements Topology {
     if (spec.token !== undefined) args.push('--token', spec.token);
     const child = new Child(args, () => {});
     this.servers.set(spec.id, child);
-    this.all.push(child);
+    this.spawned(child);
     return { ended: child.why() };
   }
 
@@ -170,10 +177,16 @@ export class ProcessTopology implements Topology {
     return this.eventsOf(n)?.pools() ?? {};
   }
 
+  /** Keep a process to stop at close(); one started after it (a late step) is stopped at once. */
+  private spawned(child: Child): void {
+    this.all.push(child);
+    if (this.closed) void child.stop('SIGKILL');
+  }
+
   async close(): Promise<void> {
-    const all = [...this.all, ...(this.proxy ? [this.proxy] : []), ...this.others.map((o) => o.child)];
+    this.closed = true;
     this.servers.clear();
-    await Promise.all(all.map((c) => c.stop('SIGKILL')));
+    await Promise.all(this.all.map((c) => c.stop('SIGKILL')));
     await this.etcd?.remove();
     if (this.tmp) rmSync(this.tmp, { recursive: true, force: true });
   }

@@ -2,6 +2,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { parseScenario, runScenario, ScenarioError, stepLines } from '../scenario/index.js';
 import { killAll, revproxy } from './procs.js';
+import { eventually } from './helpers.js';
 
 /** The refusal a scenario text gets, as the user sees it. */
 function refusal(text: string): string {
@@ -130,6 +131,24 @@ failing('an action that cannot be done fails with the reason', async () => {
   const step = report.steps.find((s) => s.line === 5)!;
   assert.is(step.status, 'failed');
   assert.match(String(step.error), /the proxy refused server 1 \(DUPLICATE_ID\): .*already registered/);
+});
+
+failing('with --processes, a proxy whose (re)start a step gave up on is stopped with the rest, not left running', async () => {
+  const { execFileSync } = await import('node:child_process');
+  // This process's children running `revproxy proxy`, not yet ended (a killed one may wait a moment to be reaped).
+  const children = (): string[] => execFileSync('ps', ['--ppid', String(process.pid), '-o', 'pid=,stat=,args='], { encoding: 'utf8' }).split('\n')
+    .map((l) => l.trim().split(/\s+/)).filter(([, stat, ...args]) => stat && !stat.startsWith('Z') && args.join(' ').includes('revproxy.js proxy')).map(([pid]) => pid!);
+  const before = new Set(children());
+  const sc = 'name: impatient\nservers:\n  - { id: "1", policy: P }\nsteps:\n  - restart: proxy\n    timeout: 1\n';
+  const report = await runScenario(parseScenario(sc, 'impatient.yaml'), { processes: true });
+  const left = (): string[] => children().filter((pid) => !before.has(pid));
+  try {
+    assert.match(String(report.steps.find((s) => s.kind === 'restart')?.error), /did not finish within 1 ms/);
+    await eventually(() => left().length === 0, 3000, 'no proxy process outlives the run').catch(() => undefined);
+    assert.equal(left(), [], 'no proxy process outlives the run');
+  } finally {
+    for (const pid of left()) process.kill(Number(pid), 'SIGKILL');
+  }
 });
 
 failing('the CLI exits 1 on a failed step, 2 on a refused file, and prints where', async () => {
