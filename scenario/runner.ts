@@ -71,10 +71,10 @@ export async function runScenario(sc: Scenario, opts: RunOptions = {}): Promise<
     opts.onStep?.(r);
   };
   try {
-    const proxy = await run.timed({ kind: 'proxy', label: 'start proxy' }, run.stepTimeout(), () => topo.startProxy(sc.proxy ?? {}).then(() => ({ diffs: [] })));
+    const proxy = await run.timed({ kind: 'proxy', label: 'start proxy' }, run.startTimeout(), () => topo.startProxy(sc.proxy ?? {}).then(() => ({ diffs: [] })));
     emit(proxy);
     const rest: Array<{ line: number; kind: string; label: string; go: () => Promise<StepReport> }> = [
-      ...sc.servers.map((s) => ({ line: s.line, kind: 'start', label: serverLabel(s), go: () => run.timed({ line: s.line, kind: 'start', label: serverLabel(s) }, run.stepTimeout(), () => run.start(s, undefined, run.stepTimeout())) })),
+      ...sc.servers.map((s) => ({ line: s.line, kind: 'start', label: serverLabel(s), go: () => run.timed({ line: s.line, kind: 'start', label: serverLabel(s) }, run.startTimeout(), () => run.start(s, undefined, run.startTimeout())) })),
       ...sc.steps.map((st) => ({ line: st.line, kind: st.kind, label: labelOf(st), go: () => run.step(st) })),
     ];
     for (const r of rest) {
@@ -103,6 +103,16 @@ class Run {
 
   stepTimeout(step?: { timeout?: number }): number {
     return step?.timeout ?? this.sc.timeout ?? DEFAULT_TIMEOUT;
+  }
+
+  /**
+   * Starting the proxy and the `servers:` list: no step of the file's, so no
+   * `timeout` of its own to set. The scenario's, but never less than the
+   * default: a `timeout: 300` meant for the story failed every scenario with
+   * --processes, where a process takes most of a second to start.
+   */
+  startTimeout(): number {
+    return Math.max(this.sc.timeout ?? DEFAULT_TIMEOUT, DEFAULT_TIMEOUT);
   }
 
   /** Times an action under a deadline and turns what it returns or throws into a report. */

@@ -151,6 +151,16 @@ failing('with --processes, a proxy whose (re)start a step gave up on is stopped 
   }
 });
 
+failing('a short scenario `timeout` is for the story: the proxy and servers still start as processes', async () => {
+  const sc = 'name: quick\ntimeout: 200\nservers:\n  - { id: "1", policy: P }\nsteps:\n  - send: { client: c, policy: P, payload: x }\n    expect: { servers: ["1"], verified: true }\n';
+  const report = await runScenario(parseScenario(sc, 'quick.yaml'), { processes: true });
+  assert.equal(report.steps.map((s) => [s.label, s.status, s.error ?? '']), [
+    ['start proxy', 'passed', ''],
+    ['start server 1 (policy P)', 'passed', ''],
+    ['send 1 packet as client c to policy P', 'passed', ''],
+  ]);
+});
+
 failing('the CLI exits 1 on a failed step, 2 on a refused file, and prints where', async () => {
   const { mkdtempSync, writeFileSync } = await import('node:fs');
   const { join } = await import('node:path');
