@@ -106,6 +106,33 @@ page('a killed server shows as gone, with why', async () => {
   await ctx.page.screenshot({ path: `${ROOT}/artifacts/inspector.png`, fullPage: true });
 });
 
+page('a page that fell behind catches up in a few renders, not one per batch it missed', async () => {
+  // Count the batches the page is sent (a second reader of the same feed) and its renders of the tree.
+  await ctx.page.evaluate(() => {
+    const w = window as unknown as { batches: number; renders: number; counting: boolean };
+    Object.assign(w, { batches: 0, renders: 0, counting: false });
+    new EventSource('/events').addEventListener('batch', () => w.counting && w.batches++);
+    new MutationObserver(() => w.counting && w.renders++).observe(document.getElementById('tree')!, { childList: true });
+  });
+  await ctx.page.evaluate(() => ((window as unknown as { counting: boolean }).counting = true));
+  const packets = Array.from({ length: 400 }, (_, i) => ({ srcid: 'busy', privPoliId: 'P', payload: `busy ${i}` }));
+  const sending = runClient({ id: 'busy', proxy: { host: LOCAL, port: ctx.proxy.port }, packets, window: 1 });
+  // The page's thread is busy (a slow machine, a long task): the feed's batches queue up meanwhile.
+  await ctx.page.evaluate(() => {
+    const end = performance.now() + 1500;
+    while (performance.now() < end);
+  });
+  await sending;
+  await ctx.page.evaluate(() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done))));
+  const { batches, renders } = await ctx.page.evaluate(() => {
+    const w = window as unknown as { batches: number; renders: number; counting: boolean };
+    w.counting = false;
+    return { batches: w.batches, renders: w.renders };
+  });
+  assert.ok(batches >= 10, `enough batches came meanwhile to tell (${batches})`);
+  assert.ok(renders <= batches / 2, `${renders} renders for ${batches} batches`);
+});
+
 page('servers that come and go: the page keeps the actors the inspector keeps, and a reload shows no forgotten one as live', async () => {
   // Each server that leaves stops about five of the proxy's actors; the inspector keeps the last 60 stopped.
   for (let i = 0; i < 20; i++) {

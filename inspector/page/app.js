@@ -48,6 +48,7 @@ function connect() {
     S.figures = d.figures;
     if (!S.selected || !S.actors.has(S.selected)) S.selected = firstActor();
     linkBadge(S.meta.recorded ? 'recorded' : 'live');
+    pendingRows = [];
     renderAll();
   });
   es.addEventListener('batch', (m) => {
@@ -61,14 +62,29 @@ function connect() {
     S.connsMore = d.connsMore || 0;
     if (d.figures) S.figures = d.figures;
     if (!S.selected) S.selected = firstActor();
-    renderTree();
-    renderPools();
-    renderConns();
-    renderFigures();
-    renderActor();
-    appendLog(added);
+    // Drawn once a frame, however many batches came since: a page that fell behind (a busy
+    // machine, a hidden tab) catches up in one render, not one per batch it missed.
+    pendingRows.push(...added);
+    if (pendingRows.length > MAX_ROWS) pendingRows.splice(0, pendingRows.length - MAX_ROWS);
+    frame ||= requestAnimationFrame(renderBatches);
   });
   es.onerror = () => linkBadge(S.meta.recorded ? 'recorded' : 'down');
+}
+
+/** Log records of the batches not drawn yet, and the frame that will draw them. */
+let pendingRows = [];
+let frame = 0;
+
+function renderBatches() {
+  frame = 0;
+  const rows = pendingRows;
+  pendingRows = [];
+  renderTree();
+  renderPools();
+  renderConns();
+  renderFigures();
+  renderActor();
+  appendLog(rows);
 }
 
 function mergeRecs(recs) {
@@ -452,9 +468,12 @@ function matches(r) {
   return true;
 }
 
+// One formatter for every row: toLocaleTimeString makes one per call (0.16 ms here, 250 rows a batch).
+const TIME = new Intl.DateTimeFormat([], { hour: 'numeric', minute: 'numeric', second: 'numeric', hour12: false });
+
 function row(r) {
   const t = new Date(r.t);
-  const time = `${t.toLocaleTimeString([], { hour12: false })}.${String(t.getMilliseconds()).padStart(3, '0')}`;
+  const time = `${TIME.format(t)}.${String(t.getMilliseconds()).padStart(3, '0')}`;
   let actor = name(r.sid);
   let what = '';
   let detail = '';
@@ -499,8 +518,16 @@ function appendLog(recs) {
   }
   const stick = atBottom();
   const body = $('log-body');
-  for (const r of recs) if (matches(r)) body.append(row(r));
-  while (body.childElementCount > MAX_ROWS) body.firstElementChild.remove();
+  const rows = recs.filter(matches).slice(-MAX_ROWS).map(row);
+  const extra = body.childElementCount + rows.length - MAX_ROWS;
+  if (extra >= body.childElementCount) body.replaceChildren();
+  else if (extra > 0) {
+    const range = document.createRange();
+    range.setStartBefore(body.firstElementChild);
+    range.setEndAfter(body.children[extra - 1]);
+    range.deleteContents();
+  }
+  body.append(...rows);
   if (stick) $('log').scrollTop = $('log').scrollHeight;
   countLog();
 }
