@@ -221,11 +221,11 @@ class Run {
     this.checkDone();
   }
 
-  lost(code: string, n: number): void {
+  lost(code: string, n: number, detail?: string): void {
     this.progress++;
     if (n > 0) {
       this.inflight -= n;
-      this.fail(code, n);
+      this.fail(code, n, detail);
     }
     this.checkDone();
   }
@@ -266,6 +266,12 @@ class PipelinedConn {
   private readonly templates: Template[];
   private inflight = 0;
   private up = false;
+  /**
+   * Why the connection is closing, when the target said (an ERROR naming no
+   * request) or the socket did: its requests in flight fail with this code,
+   * so each failed request is counted once, under its cause.
+   */
+  private closing?: { code: string; detail: string };
   private readonly maxFrame: number;
   /** Open loop: requests of this connection sent so far. */
   private issued = 0;
@@ -301,7 +307,7 @@ class PipelinedConn {
       if (!this.up) {
         run.connectFailed(err, ep);
         onConnected(false);
-      } else run.fail(err.code ?? 'SOCKET_ERROR', 1, err.message);
+      } else this.closing ??= { code: err.code ?? 'SOCKET_ERROR', detail: err.message };
     });
     this.socket.on('close', () => {
       if (this.up) run.open--;
@@ -311,7 +317,7 @@ class PipelinedConn {
       const n = this.inflight;
       this.inflight = 0;
       this.nFree = 0;
-      run.lost('CONNECTION_LOST', n);
+      run.lost(this.closing?.code ?? 'CONNECTION_LOST', n, this.closing?.detail);
     });
   }
 
@@ -354,7 +360,7 @@ class PipelinedConn {
     const now = performance.now();
     for (const m of messages) this.onMessage(m, now);
     if (error) {
-      run.fail('BAD_FRAME', 1, error.message);
+      this.closing ??= { code: 'BAD_FRAME', detail: error.message };
       this.socket.destroy();
       return;
     }
@@ -366,7 +372,8 @@ class PipelinedConn {
     const run = this.run;
     if (m.type !== MsgType.ACK && m.type !== MsgType.ERROR) return run.fail('UNEXPECTED_ANSWER');
     if (typeof m.seq !== 'number') {
-      if (m.type === MsgType.ERROR) run.fail(String(m.code), 1, m.message);
+      // An ERROR that names no request is about the connection, which the target then closes.
+      if (m.type === MsgType.ERROR) this.closing ??= { code: String(m.code), detail: m.message };
       else run.fail('UNEXPECTED_ANSWER');
       return;
     }

@@ -85,7 +85,7 @@ const fmt = (n: number): string => Math.round(n).toLocaleString('en');
 const ms = (v: number): string => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v >= 1 ? v.toFixed(2) : v.toFixed(3));
 
 /** What each failure means, and what to do about it. */
-function hint(code: string, f: LoadFlags): string {
+function hint(code: string, f: LoadFlags, first = ''): string {
   const at = f.revproc.map((e) => `${e.host}:${e.port}`).join(', ');
   const port = f.revproc[0]!.port;
   switch (code) {
@@ -102,6 +102,7 @@ function hint(code: string, f: LoadFlags): string {
     case 'SHUTTING_DOWN':
       return 'the proxy is draining and takes no new requests';
     case 'BAD_REQUEST':
+      if (/over the limit/.test(first)) return `the requests are larger than the target takes (its --max-frame, 1 MiB by default): lower --payload-size${f.payloadSize ? ` (${f.payloadSize})` : ''}`;
       return 'the target refused the requests as invalid: is it a revproxy proxy or server speaking frames?';
     case 'BAD_FRAME':
       return 'an answer was not a revproxy frame: is the target a revproxy proxy or server (the old JSON wire is not supported)?';
@@ -155,7 +156,7 @@ function formatText(rep: LoadReport, f: LoadFlags): string {
   ];
   const problems = Object.entries(rep.errors)
     .sort((a, b) => b[1] - a[1])
-    .map(([code, n]) => `${code} ${fmt(n)}: ${hint(code, f)}${rep.firstError[code] ? ` (first: ${rep.firstError[code]})` : ''}`);
+    .map(([code, n]) => `${code} ${fmt(n)}: ${hint(code, f, rep.firstError[code])}${rep.firstError[code] ? ` (first: ${rep.firstError[code]})` : ''}`);
   if (rep.wrongHash) problems.unshift(`wrong hash ${fmt(rep.wrongHash)}: answers whose payload is not the SHA1 of what was sent: the server computes the wrong thing`);
   lines.push(...(problems.length ? problems.map((p, i) => `  ${i === 0 ? 'errors    ' : '          '}  ${p}`) : ['  errors      none']));
   return lines.join('\n');
@@ -210,7 +211,7 @@ export function loadCommand(setExit: (code: number) => void): Command {
     .addOption(new Option('-R, --rate <n>', 'open loop: send this many requests per second in all, each at its time, and measure latency from when each was due (as wrk2 does); without it, each connection sends as soon as it has room').argParser(parseIntOption('--rate', 1)))
     .addOption(new Option('--warmup <time>', 'send for this long first without counting (with --duration)').default(0, '0').argParser(parseSeconds('--warmup', 0)))
     .option('--connection-per-request', 'open a new connection for every request, as the old client did (--connections loops at once, one request each)')
-    .addOption(new Option('--payload-size <bytes>', 'bytes of each payload (default: 16 different payloads of 16 bytes)').argParser(parseIntOption('--payload-size', 1)))
+    .addOption(new Option('--payload-size <bytes>', 'bytes of each payload; a request must fit the target\'s --max-frame, 1 MiB by default (default: 16 different payloads of 16 bytes)').argParser(parseIntOption('--payload-size', 1)))
     .addOption(new Option('--timeout <ms>', 'at the end, give up on unanswered requests when no answer came for this long').default(5000).argParser(parseIntOption('--timeout', 1)))
     .option('--json', 'print the results as one JSON object')
     .option('--no-progress', 'no progress bar (it shows only on a terminal, on stderr)');
@@ -238,6 +239,8 @@ Examples:
     .action(async (f: LoadFlags, self: Command) => {
       if (f.rate !== undefined && f.connectionPerRequest) throw new UsageError('--rate works on connections kept open: leave out --connection-per-request');
       if (f.requests !== undefined && self.getOptionValueSource('duration') === 'cli') throw new UsageError('give --duration or --requests, not both');
+      if (f.requests !== undefined && self.getOptionValueSource('warmup') === 'cli') throw new UsageError('--warmup goes with --duration: with --requests every request counts');
+      if (f.connectionPerRequest && self.getOptionValueSource('inflight') === 'cli') throw new UsageError('--inflight does not go with --connection-per-request, which sends one request per connection: --connections sets how many at once');
       const requests = f.requests;
       const tls = tlsFromFlags(f);
       const live: LiveCounters = { answered: 0, opened: 0, failed: 0 };

@@ -109,6 +109,26 @@ test('usage errors exit 2 and say what to give', async () => {
   const perReq = await load(['--rate', '100', '--connection-per-request']);
   assert.is(perReq.code, 2);
   assert.match(perReq.out, /--rate works on connections kept open/);
+  // Flags that would do nothing are refused, not ignored.
+  const warm = await load(['-n', '10', '--warmup', '1s']);
+  assert.is(warm.code, 2);
+  assert.match(warm.out, /--warmup goes with --duration/);
+  const depth = await load(['--connection-per-request', '-p', '8']);
+  assert.is(depth.code, 2);
+  assert.match(depth.out, /--inflight does not go with --connection-per-request/);
+});
+
+test('payloads past the proxy\'s frame limit: each request fails once, under the cause, and the words say to lower --payload-size', async () => {
+  // The proxy answers one BAD_REQUEST naming no request, then closes the connection: that was
+  // counted as a failure of its own besides every request lost with the connection (18 failed of 16 sent).
+  const j = await load(['--revproc', String(proxyPort), '-n', '20', '-c', '2', '-p', '4', '--payload-size', '2000000', '--json']);
+  assert.is(j.code, 1);
+  const { sent, ok, errors } = j.json!;
+  assert.is(ok, 0);
+  assert.ok(sent > 0);
+  assert.equal(errors, { BAD_REQUEST: sent }, JSON.stringify(j.json));
+  const t = await load(['--revproc', String(proxyPort), '-n', '4', '-c', '1', '-p', '4', '--payload-size', '2000000']);
+  assert.match(t.out, /BAD_REQUEST 4: the requests are larger than the target takes \(its --max-frame, 1 MiB by default\): lower --payload-size \(2000000\)/);
 });
 
 test.run();
