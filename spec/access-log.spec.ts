@@ -6,9 +6,8 @@
  * holds its lines until 256 KiB wait or a second has passed; nothing is lost
  * at the end.
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -17,11 +16,11 @@ import { Destination } from '../actors/logger.js';
 import { AccessLog, combineObservers } from '../admin/access-log.js';
 import { Connection } from '../transport/socket.js';
 import { MsgType, type DataMsg } from '../transport/messages.js';
-import { eventually, sleep } from './helpers.js';
+import { eventually, sleep, tempDir } from './helpers.js';
 
 const test = suite<{ dir: string }>('the access log', { dir: '' });
 test.before.each((ctx) => {
-  ctx.dir = mkdtempSync(join(tmpdir(), 'revproxy-access-'));
+  ctx.dir = tempDir('revproxy-access-');
 });
 test.after.each((ctx) => {
   rmSync(ctx.dir, { recursive: true, force: true });

@@ -1,8 +1,8 @@
 /** Throw-away certificates for TLS specs, made with openssl in a temp folder. */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { tempDir } from './helpers.js';
 
 export interface Pki {
   dir: string;
@@ -17,7 +17,7 @@ function openssl(args: string[], cwd: string): void {
 
 /** A CA and certificates it signs, each valid for 127.0.0.1 and localhost. */
 export function makePki(names: string[], caName = 'revproxy test CA'): Pki {
-  const dir = mkdtempSync(join(tmpdir(), 'revproxy-pki-'));
+  const dir = tempDir('revproxy-pki-');
   openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', `/CN=${caName}`], dir);
   writeFileSync(join(dir, 'san.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n');
   for (const n of names) {

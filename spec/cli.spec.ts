@@ -1,14 +1,13 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { X509Certificate } from 'node:crypto';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createServer as httpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { makePki } from './certs.js';
 import { killAll, revproxy } from './procs.js';
-import { collector, frame, rawConnect } from './helpers.js';
+import { collector, frame, rawConnect, tempDir } from './helpers.js';
 import type { AckMsg } from '../transport/messages.js';
 import { createActor, setup } from 'xstate';
 import { normaliseArgv, OLD_FLAGS, runUntilStopped, UsageError, type FlagTable } from '../cli/common.js';
@@ -24,7 +23,7 @@ cli("the assignment's example through the CLI with the seed's single-dash flags:
   await proxy.waitFor(/Received setup message from server id 1 /);
   const s2 = revproxy(['server', '-id', '2', '-pp', 'PP_1', '-listen', '0', '-revproc', `127.0.0.1:${port}`]);
   await proxy.waitFor(/Received setup message from server id 2 /);
-  const dir = mkdtempSync(join(tmpdir(), 'pkt-'));
+  const dir = tempDir('pkt-');
   for (let i = 1; i <= 5; i++) writeFileSync(join(dir, `${i}.json`), JSON.stringify({ type: '0', srcid: '7', privPoliId: 'PP_1', payload: `m${i}` }));
   const client = revproxy(['client', '-id', '7', '-revproc', port, '-pkt', dir, '--window', '1', '--json']);
   assert.is(await client.exited, 0, client.out.join('\n'));
@@ -43,7 +42,7 @@ cli("a proxy taking frames past 1 MiB, and servers told to take as much (server 
   const port = (await proxy.waitFor(/Running the reverse proxy on port (\d+)/))[1]!;
   revproxy(['server', '--id', '1', '--pp', 'BIG', '--revproc', port, '--max-frame', big]);
   await proxy.waitFor(/Received setup message from server id 1 /);
-  const dir = mkdtempSync(join(tmpdir(), 'pkt-'));
+  const dir = tempDir('pkt-');
   const payload = 'x'.repeat(1_500_000);
   writeFileSync(join(dir, '1.json'), JSON.stringify({ type: '0', srcid: '7', privPoliId: 'BIG', payload }));
   const client = revproxy(['client', '--id', '7', '--revproc', port, '--pkt', dir, '--json', '--max-frame', big]);
@@ -133,7 +132,7 @@ cli('an empty listen address is refused, not taken as every address (--host "$UN
     assert.is(await exited(p), 2, `${args.join(' ')}: ${p.out.join('\n')}`);
     assert.match(p.out.join('\n'), /--host takes an address to listen on, got an empty one: give 127\.0\.0\.1 \(this machine only\), or 0\.0\.0\.0 or :: to listen on every address/);
   }
-  const dir = mkdtempSync(join(tmpdir(), 'host-'));
+  const dir = tempDir('host-');
   writeFileSync(join(dir, 'h.yaml'), 'port: 0\nhost: ""\n');
   for (const args of [['proxy', '--check', '--config', join(dir, 'h.yaml')], ['proxy', '--config', join(dir, 'h.yaml')]]) {
     const p = revproxy(args);
@@ -184,7 +183,7 @@ cli('SIGHUP does not end a server (a daemon\'s SIGHUP means reload): a warning s
 });
 
 cli('a log file given by a flag beside --config is named by its flag, not blamed on the file', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'flag-file-'));
+  const dir = tempDir('flag-file-');
   writeFileSync(join(dir, 'p.yaml'), 'port: 0\n');
   for (const [flag, run] of [['--access-log', ['--check']], ['--access-log', []], ['--inspect-log', ['--check']]] as const) {
     const p = revproxy(['proxy', ...run, '--config', join(dir, 'p.yaml'), flag, dir]);
@@ -277,14 +276,14 @@ cli('server: --pp is required, and --policy gives it', async () => {
 });
 
 cli('a file that cannot be used fails the start with exit 1, naming the file and what to do, without the usage hint', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'files-'));
+  const dir = tempDir('files-');
   const write = (name: string, text: string): string => {
     writeFileSync(join(dir, name), text);
     return join(dir, name);
   };
   const cases: Array<[string[], RegExp]> = [
     [['client', '-pkt', 'no/such.json'], /cannot read the packet file 'no\/such.json': it does not exist; --pkt takes packet files \(JSON, like pktfiles\/1.json\) or folders of them/],
-    [['client', '-pkt', mkdtempSync(join(tmpdir(), 'empty-'))], /the folder '.*' holds no .json packet files; --pkt takes/],
+    [['client', '-pkt', tempDir('empty-')], /the folder '.*' holds no .json packet files; --pkt takes/],
     [['client', '-pkt', write('bad.json', '{"type": "0",')], /the packet file '.*bad.json' is not valid JSON \(.*\); a packet file holds one data packet, e.g. \{"type": "0"/],
     [['client', '-pkt', write('ack.json', '{"type": "2", "srcid": "1", "destid": "2", "payload": "x"}')], /the packet file '.*ack.json' is not a data packet|has type 2; a client sends data packets/],
     [['demo', '--pkt', join(dir, 'none')], /cannot read the packet file '.*none\/1.json': it does not exist; demo --pkt takes a folder holding 1.json to 6.json/],
@@ -312,7 +311,7 @@ cli('a file that cannot be used fails the start with exit 1, naming the file and
 cli('TLS files with the wrong contents are refused by --check and at start, naming the file and what it should hold', async () => {
   const pki = makePki(['proxy', 'other']);
   const { cert, key } = pki.cert('proxy');
-  const notPem = join(mkdtempSync(join(tmpdir(), 'tls-')), 'notes.txt');
+  const notPem = join(tempDir('tls-'), 'notes.txt');
   writeFileSync(notPem, 'not a certificate\n');
   const der = join(dirname(notPem), 'ca.der');
   writeFileSync(der, new X509Certificate(readFileSync(pki.ca)).raw);

@@ -5,13 +5,13 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect } from '../actors/index.js';
 import { built } from './built.js';
 import { loadHandler } from '../cli/handler-module.js';
 import { killAll, node, proxyProcess, revproxy } from './procs.js';
+import { tempDir } from './helpers.js';
 
 const examples = suite('examples');
 examples.after.each(killAll);
@@ -70,7 +70,7 @@ examples('a handler module that cannot be used stops the server with exit 1, nam
   const notAFunction = revproxy(['server', '--id', '1', '--pp', 'P', '--handler', 'examples/packets/1.json']);
   assert.is(await notAFunction.exited, 1);
   assert.match(notAFunction.out.join('\n'), /handler module 'examples\/packets\/1.json'/);
-  const dir = mkdtempSync(join(tmpdir(), 'revproxy-handlers-'));
+  const dir = tempDir('revproxy-handlers-');
   try {
     // The CLI runs plain node, which does not take TypeScript (tsx, which runs the specs, would).
     writeFileSync(join(dir, 'h.ts'), 'export default async (p: string): Promise<string> => p;\n');
@@ -83,7 +83,7 @@ examples('a handler module that cannot be used stops the server with exit 1, nam
 });
 
 examples('a handler module that cannot be used is told apart: a missing import is not a missing file; a syntax error and an object holding the handler each say what to do', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'revproxy-handlers-'));
+  const dir = tempDir('revproxy-handlers-');
   const why = (name: string, text: string): Promise<string> => {
     writeFileSync(join(dir, name), text);
     return loadHandler(join(dir, name)).then(() => 'loaded', (e: Error) => e.message);
@@ -103,7 +103,7 @@ examples('a handler module that cannot be used is told apart: a missing import i
 
 examples('a handler module may be CommonJS: `module.exports = fn`, or TypeScript\'s `export default` compiled to CommonJS', async () => {
   // Plain node, as the CLI runs (tsx, which runs the specs, unwraps a compiled module's default on its own).
-  const dir = mkdtempSync(join(tmpdir(), 'revproxy-handlers-'));
+  const dir = tempDir('revproxy-handlers-');
   try {
     writeFileSync(join(dir, 'cjs.cjs'), 'module.exports = async (p) => `cjs ${p}`;');
     // What tsc writes for `export default async function handler(...)` with "module": "commonjs".

@@ -5,11 +5,10 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Logger, ManualClock, memorySink, runClient, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
-import { collector, eventually, frame, LOCAL, rawConnect, sleep } from './helpers.js';
+import { collector, eventually, frame, LOCAL, rawConnect, sleep, tempDir } from './helpers.js';
 import { runLoad } from './load.js';
 import { freePort, rssBytes } from '../bench/procs.js';
 import { killAll, proxyProcess, revproxy, type Proc } from './procs.js';
@@ -96,7 +95,7 @@ procs('two proxies, one killed mid-run: clients fail over to the other and keep 
   assert.is(report.wrongHashes, 0);
   assert.is(report.acks, 900, JSON.stringify(report.errors));
   // A new client listing both proxies gets through although the first is gone.
-  const dir = mkdtempSync(join(tmpdir(), 'pkt-'));
+  const dir = tempDir('pkt-');
   writeFileSync(join(dir, 'p.json'), JSON.stringify({ type: '0', srcid: '1', privPoliId: 'P', payload: 'after the failover' }));
   const client = revproxy(['client', '-id', '1', '-revproc', `${a.port},${b.port}`, '-pkt', join(dir, 'p.json')]);
   assert.is(await client.exited, 0, client.out.join('\n'));

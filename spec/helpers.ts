@@ -1,5 +1,8 @@
 /** Test helpers: raw sockets, frames, waiting. */
+import { mkdtempSync, rmSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import type { Message } from '../transport/messages.js';
 
@@ -58,3 +61,20 @@ export async function eventually(pred: () => boolean, ms = 3000, what = 'conditi
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+const tempDirs: string[] = [];
+
+/**
+ * A new folder under the system's temp folder, removed with all it holds when
+ * the test process exits (passed, failed or stopped early), so runs leave
+ * nothing behind.
+ */
+export function tempDir(prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  if (tempDirs.push(dir) === 1) {
+    process.once('exit', () => {
+      for (const d of tempDirs) rmSync(d, { recursive: true, force: true });
+    });
+  }
+  return dir;
+}

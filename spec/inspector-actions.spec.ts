@@ -11,9 +11,8 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { connect, Logger, memorySink, runClient, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { serveRecorded, startInspector, type Inspector, type MemberView, type PoolView } from '../inspector/index.js';
 import { MAX_STREAMS } from '../inspector/http.js';
-import { eventually, LOCAL } from './helpers.js';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { eventually, LOCAL, tempDir } from './helpers.js';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 interface Ctx {
@@ -265,7 +264,7 @@ guard('off loopback the inspector will not start without a token, nor with a sho
 });
 
 guard('a recorded log has nothing to act on', async () => {
-  const file = join(mkdtempSync(join(tmpdir(), 'insp-')), 'empty.ndjson');
+  const file = join(tempDir('insp-'), 'empty.ndjson');
   writeFileSync(file, `${JSON.stringify({ k: 'figures', t: 1, figures: { rps: 0, inflight: 0, answered: 0, errors: 0 } })}\n`);
   const page = await serveRecorded(file, 0);
   ctx.cleanup.push(() => page.close());

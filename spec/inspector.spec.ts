@@ -1,7 +1,7 @@
 /** The inspector's parts: ring, projections, charts, the hub's budget, recorded logs and the CLI. Issue #6. */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,7 +10,7 @@ import { poolMachine, runClient, serverMachine, startProxy, startServer, upstrea
 import { chartOf, Hub, project, Ring, serveRecorded, startInspector } from '../inspector/index.js';
 import { Connection } from '../transport/socket.js';
 import { newPeer } from '../actors/link.js';
-import { eventually, LOCAL } from './helpers.js';
+import { eventually, LOCAL, tempDir } from './helpers.js';
 import { killAll, revproxy } from './procs.js';
 
 const parts = suite('inspector parts');
@@ -105,7 +105,7 @@ recorded.after.each(async () => {
 });
 
 recorded('a log written with --inspect-log replays into the same page: pools, actors, charts, history', async () => {
-  const file = join(mkdtempSync(join(tmpdir(), 'insp-')), 'run.ndjson');
+  const file = join(tempDir('insp-'), 'run.ndjson');
   const insp = await startInspector({ logFile: file, flushMs: 20 });
   const proxy = await startProxy({ port: 0, inspect: insp.inspect, observer: insp.observer });
   const s1 = await startServer({ id: '1', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: proxy.port } });
@@ -130,7 +130,7 @@ recorded('a log written with --inspect-log replays into the same page: pools, ac
 });
 
 recorded('the CLI: proxy --inspect serves the page and /metrics, --inspect-log writes NDJSON, revproxy inspect FILE serves it back', async () => {
-  const file = join(mkdtempSync(join(tmpdir(), 'insp-')), 'cli.ndjson');
+  const file = join(tempDir('insp-'), 'cli.ndjson');
   const proxy = revproxy(['proxy', '-port', '0', '--inspect', '0', '--inspect-log', file]);
   const url = (await proxy.waitFor(/Inspector for proxy on (http:\/\/127\.0\.0\.1:\d+\/)/))[1]!;
   const page = await (await fetch(url)).text();

@@ -4,15 +4,14 @@
  * stalls costs lines (dropped and counted), never memory.
  */
 import { execFileSync } from 'node:child_process';
-import { closeSync, constants, mkdtempSync, openSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, constants, openSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Logger, memorySink, runClient, startProxy, startServer, type LogRecord } from '../actors/index.js';
 import { Destination } from '../actors/logger.js';
 import { ManualClock } from '../transport/clock.js';
-import { collector, eventually, frame, LOCAL, rawConnect, sleep } from './helpers.js';
+import { collector, eventually, frame, LOCAL, rawConnect, sleep, tempDir } from './helpers.js';
 import { loadFor, rssBytes, startPressure, type Pressure } from './log-pressure.js';
 
 const PER_REQUEST = new Set(['request', 'forward', 'ack', 'answer', 'send']);
@@ -73,7 +72,7 @@ inproc('a repeated condition gives one line, then one summary line per interval 
 
 inproc('a destination whose reader never reads holds at most its bound and counts what it drops', async () => {
   // A named pipe with a reader that never reads: the kernel's buffer fills, then the write waits.
-  const dir = mkdtempSync(join(tmpdir(), 'revproxy-fifo-'));
+  const dir = tempDir('revproxy-fifo-');
   const fifo = join(dir, 'log');
   execFileSync('mkfifo', [fifo]);
   const reader = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);

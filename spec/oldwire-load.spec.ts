@@ -13,11 +13,10 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Logger, memorySink, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
-import { eventually, LOCAL } from './helpers.js';
+import { eventually, LOCAL, tempDir } from './helpers.js';
 import { killAll, python, type Proc } from './procs.js';
 
 interface Ctx {
@@ -57,7 +56,7 @@ function deregistered(): LogRecord[] {
  * packet REQUESTS times on its connection, one after the other's answer.
  */
 async function oldClients(policies: [string, string]): Promise<{ correct: number; wrong: string[]; failed: string[] }> {
-  const dir = mkdtempSync(join(tmpdir(), 'oldwire-load-'));
+  const dir = tempDir('oldwire-load-');
   const clients: Proc[] = [];
   for (let i = 0; i < CLIENTS; i++) {
     const file = join(dir, `${i}.json`);

@@ -28,13 +28,12 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Logger, memorySink, runClient, sha1Hex, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { JsonDecoder } from '../transport/json.js';
 import type { Message } from '../transport/messages.js';
-import { eventually, LOCAL, rawConnect } from './helpers.js';
+import { eventually, LOCAL, rawConnect, tempDir } from './helpers.js';
 import { killAll, python, revproxy, type Proc } from './procs.js';
 
 interface Ctx {
@@ -71,7 +70,7 @@ async function newServer(id: string, policy: string, opts: { wire?: 'json' } = {
 }
 
 function packetFile(p: { srcid: string; privPoliId: string; payload: string }): string {
-  const dir = mkdtempSync(join(tmpdir(), 'oldwire-'));
+  const dir = tempDir('oldwire-');
   writeFileSync(join(dir, 'p.json'), JSON.stringify({ type: '0', ...p }));
   return join(dir, 'p.json');
 }
@@ -317,7 +316,7 @@ reverse('revproxy server --wire json and revproxy client --wire json work with t
     servers.push(revproxy(['server', '-id', id, '-pp', 'PP_1', '-listen', '0', '-revproc', port, '--wire', 'json', '--log-level', 'debug']));
     await proxy.waitFor(new RegExp(`Received setup message from server id ${id} privacy policy PP_1 port \\d+`));
   }
-  const dir = mkdtempSync(join(tmpdir(), 'oldwire-'));
+  const dir = tempDir('oldwire-');
   for (let i = 1; i <= 5; i++) writeFileSync(join(dir, `${i}.json`), JSON.stringify({ type: '0', srcid: '7', privPoliId: 'PP_1', payload: `m${i}` }));
   const client = revproxy(['client', '-id', '7', '-revproc', port, '-pkt', dir, '--wire', 'json', '--json']);
   assert.is(await client.exited, 0, `${client.out.join('\n')}\n--- old proxy:\n${proxy.out.join('\n')}`);

@@ -4,8 +4,7 @@
  * /metrics). The proxy runs as a real process (`revproxy proxy --config`);
  * servers and load run in this process.
  */
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -15,7 +14,7 @@ import { ROLES } from '../admin/conn-stats.js';
 import { NUMBERS, parseConfig, proxyConfigSpec, toRuntime } from '../config/proxy.js';
 import { OTHER } from '../inspector/metrics.js';
 import { ERROR_CODES } from '../transport/errors.js';
-import { eventually, LOCAL, sleep } from './helpers.js';
+import { eventually, LOCAL, sleep, tempDir } from './helpers.js';
 import { makePki } from './certs.js';
 import { runLoad } from './load.js';
 import { killAll, revproxy, ROOT, type Proc } from './procs.js';
@@ -31,7 +30,7 @@ const ctx: Ctx = { dir: '', servers: [] };
 function fresh(name: string) {
   const s = suite<Ctx>(name, ctx);
   s.before.each(() => {
-    ctx.dir = mkdtempSync(join(tmpdir(), 'revproxy-ops-'));
+    ctx.dir = tempDir('revproxy-ops-');
     ctx.servers = [];
   });
   s.after.each(async () => {

@@ -9,11 +9,11 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { built } from './built.js';
 import { killAll, node, ROOT } from './procs.js';
+import { tempDir } from './helpers.js';
 
 const pkg = suite('the packed library');
 let dir = '';
@@ -105,7 +105,7 @@ void handler, answer;
 
 pkg('npm pack, installed from the tarball into another package, imported by name with plain node and type-checked', async () => {
   await built();
-  dir = mkdtempSync(join(tmpdir(), 'revproxy-consumer-'));
+  dir = tempDir('revproxy-consumer-');
   // The build has just run: pack what it made, without running it again.
   const packed = await run('npm', ['pack', '--ignore-scripts', '--pack-destination', dir], ROOT);
   const tarball = packed.trim().split('\n').pop()!.trim();

@@ -2,7 +2,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { parseScenario, runScenario, ScenarioError, stepLines } from '../scenario/index.js';
 import { killAll, revproxy } from './procs.js';
-import { eventually } from './helpers.js';
+import { eventually, tempDir } from './helpers.js';
 
 /** The refusal a scenario text gets, as the user sees it. */
 function refusal(text: string): string {
@@ -165,7 +165,7 @@ failing('the CLI exits 1 on a failed step, 2 on a refused file, and prints where
   const { mkdtempSync, writeFileSync } = await import('node:fs');
   const { join } = await import('node:path');
   const { tmpdir } = await import('node:os');
-  const dir = mkdtempSync(join(tmpdir(), 'scenario-'));
+  const dir = tempDir('scenario-');
   writeFileSync(join(dir, 'wrong.yaml'), WRONG);
   writeFileSync(join(dir, 'broken.yaml'), 'name: x\nsteps:\n  - sned: {}\n');
   const bad = revproxy(['scenario', join(dir, 'wrong.yaml')]);

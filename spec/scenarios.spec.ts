@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadScenario, runScenario, stepLines, type ScenarioReport } from '../scenario/index.js';
 import { killAll, revproxy } from './procs.js';
+import { tempDir } from './helpers.js';
 
 const DIR = fileURLToPath(new URL('./scenarios', import.meta.url));
 const files = readdirSync(DIR).filter((f) => /\.ya?ml$/.test(f)).sort();
@@ -59,9 +60,8 @@ processes('the text report ticks every step, with its line and time', async () =
 });
 
 processes('--inspect-log records what the in-process actors did during the run', async () => {
-  const { mkdtempSync, readFileSync } = await import('node:fs');
-  const { tmpdir } = await import('node:os');
-  const log = join(mkdtempSync(join(tmpdir(), 'scenario-insp-')), 'run.ndjson');
+  const { readFileSync } = await import('node:fs');
+  const log = join(tempDir('scenario-insp-'), 'run.ndjson');
   const run = revproxy(['scenario', '--inspect-log', log, 'spec/scenarios/round-robin.yaml']);
   assert.is(await run.exited, 0, run.out.join('\n'));
   const lines = readFileSync(log, 'utf8').split('\n').filter(Boolean);
