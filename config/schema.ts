@@ -99,19 +99,26 @@ export function shown(node: unknown, ctx: ReadContext): string {
 }
 
 /** A scalar converted by `convert`; `undefined` from it means "not what was expected". */
-export function scalar<T>(expected: string, convert: (value: unknown) => T | undefined): Schema<T> {
+export function scalar<T>(expected: string, convert: (value: unknown) => T | undefined, hint?: (value: unknown) => string | undefined): Schema<T> {
   return {
     expected,
     read(node, at, ctx) {
       const n = resolve(node, ctx);
-      const value = yaml().isScalar(n) ? convert(n.value) : undefined;
-      if (value === undefined) return report(ctx, { ...at, offset: offsetOf(n, at.offset) }, `expected ${expected}, got ${shown(n, ctx)}`);
+      const isScalar = yaml().isScalar(n);
+      const value = isScalar ? convert(n.value) : undefined;
+      if (value === undefined) {
+        const more = isScalar ? hint?.(n.value) : undefined;
+        return report(ctx, { ...at, offset: offsetOf(n, at.offset) }, `expected ${expected}, got ${shown(n, ctx)}${more ? `: ${more}` : ''}`);
+      }
       return value;
     },
   };
 }
 
-export const text = scalar('a string', (v) => (typeof v === 'string' ? v : undefined));
+/** YAML reads 12, 1.5, true and null as other things than text: say how to write them as text. */
+export const text = scalar('a string', (v) => (typeof v === 'string' ? v : undefined), (v) =>
+  v === null || typeof v === 'number' || typeof v === 'boolean' ? `YAML reads it as ${v === null ? 'null' : `a ${typeof v}`}; quote it to make it text ("${String(v)}")` : undefined,
+);
 
 /** Ids and policies: a string, or a whole number read as its decimal string (as on the wire). */
 export const name = scalar('a string or a whole number', (v) => {
@@ -220,7 +227,13 @@ export interface ObjectSchema<F extends Fields> extends Schema<ObjectOf<F>> {
  * (and the nearest one, when it looks like a typo). `check` adds rules that
  * span fields; it returns a problem in words, or nothing.
  */
-export function object<F extends Fields>(what: string, fields: F, check?: (v: ObjectOf<F>) => string | undefined): ObjectSchema<F> {
+export function object<F extends Fields>(
+  what: string,
+  fields: F,
+  check?: (v: ObjectOf<F>) => string | undefined,
+  /** Keys that belong somewhere else, and where: an unknown key found here that is one of them says so. */
+  elsewhere?: Record<string, string>,
+): ObjectSchema<F> {
   const keys = Object.keys(fields);
   const expected = `a mapping (${what}) with keys ${keys.join(', ')}`;
   return {
@@ -238,8 +251,9 @@ export function object<F extends Fields>(what: string, fields: F, check?: (v: Ob
         const keyAt = { path: at.path ? `${at.path}.${key}` : key, offset: offsetOf(pair.key, offset) };
         const field = fields[key];
         if (!field) {
-          const near = nearest(key, keys);
-          report(ctx, keyAt, `unknown key '${key}' in ${what}; expected one of: ${keys.join(', ')}${near ? ` (did you mean '${near}'?)` : ''}`);
+          const there = elsewhere?.[key];
+          const near = there ? undefined : nearest(key, keys);
+          report(ctx, keyAt, there ? `'${key}' does not go in ${what}: it belongs to ${there}` : `unknown key '${key}' in ${what}; expected one of: ${keys.join(', ')}${near ? ` (did you mean '${near}'?)` : ''}`);
           if (near) seen.add(near); // a misspelt key is reported once, not also as missing
           ok = false;
           continue;

@@ -59,6 +59,12 @@ const exactlyOne = (v: Record<string, unknown>, keys: string[]): string | undefi
   return given.length === 0 ? `needs one of ${keys.join(', ')}` : `takes one of ${keys.join(', ')}, got ${given.join(' and ')}`;
 };
 
+/** The keys of a step, for a step's own mapping that holds one of them by mistake (`send: { ..., timeout: 300 }`). */
+const stepKeys = (kind: string): Record<string, string> => {
+  const where = `the step: put it beside '${kind}:', at its indentation, not inside it`;
+  return { timeout: where, delay: where, name: where, expect: where };
+};
+
 export const sendSpec = object(
   'send',
   {
@@ -75,6 +81,7 @@ export const sendSpec = object(
     exactlyOne(v, ['payload', 'payloads', 'pkt']) ??
     (v.count !== undefined && v.payload === undefined ? '`count` goes with `payload`' : undefined) ??
     (v.pkt === undefined && (v.client === undefined || v.policy === undefined) ? 'needs `client` and `policy` (only packet files carry their own)' : undefined),
+  stepKeys('send'),
 );
 
 export const sendExpect = object('expect of send', {
@@ -87,7 +94,7 @@ export const sendExpect = object('expect of send', {
 });
 
 export const rawSpec = object('raw', { hex: opt(hex), text: opt(text), frame: opt(anything, 'a message, encoded as one MessagePack frame') }, (v) =>
-  exactlyOne(v, ['hex', 'text', 'frame']),
+  exactlyOne(v, ['hex', 'text', 'frame']), stepKeys('raw'),
 );
 
 export const rawExpect = object('expect of raw', {
@@ -105,12 +112,12 @@ const common = {
   timeout: opt(ms, 'deadline for this step (default: the scenario timeout)'),
   delay: opt(ms, 'wait this long before the step (useful inside parallel)'),
 };
-const serverRef = (what: string) => object(what, { server: req(name, 'server id') });
+const serverRef = (what: string) => object(what, { server: req(name, 'server id') }, undefined, stepKeys(what));
 
 const leafKinds = {
   send: object('send step', { send: req(sendSpec), expect: opt(sendExpect), ...common }),
   raw: object('raw step', { raw: req(rawSpec), expect: opt(rawExpect), ...common }),
-  start: object('start step', { start: req(object('start', { server: req(serverSpec) })), expect: opt(startExpect), ...common }),
+  start: object('start step', { start: req(object('start', { server: req(serverSpec) }, undefined, stepKeys('start'))), expect: opt(startExpect), ...common }),
   kill: object('kill step', { kill: req(serverRef('kill')), ...common }),
   stop: object('stop step', { stop: req(serverRef('stop')), ...common }),
   wait: object('wait step', { wait: req(ms), ...common }),
@@ -122,7 +129,7 @@ const leafKinds = {
         members: opt(list(name), 'every member, in rotation order'),
         serving: opt(list(name), 'the members taking requests now (not down, not ejected), in rotation order'),
         proxy: opt(whole('which proxy of the fleet (1 = the first)', 1), 'with a registry: default 1'),
-      }, (v) => (v.members === undefined && v.serving === undefined ? 'needs `members`, `serving` or both' : undefined)),
+      }, (v) => (v.members === undefined && v.serving === undefined ? 'needs `members`, `serving` or both' : undefined), stepKeys('expect_pool')),
     ),
     ...common,
   }),

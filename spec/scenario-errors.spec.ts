@@ -32,6 +32,13 @@ refused('an unknown key names its line, path and the keys allowed', () => {
   assert.match(msg, /broken\.yaml:3:37: steps\[0\]\.send\.pyaload: unknown key 'pyaload' in send; expected one of: client, policy, payload, payloads, pkt, count, concurrency, proxy \(did you mean 'payload'\?\)/);
 });
 
+refused('a step\'s own key put inside its mapping says where it belongs; a number where text goes says to quote it', () => {
+  const msg = refusal('name: x\nsteps:\n  - send: { client: "1", policy: P, payload: 12, timeout: 300 }\n  - kill: { server: "1", expect: {} }\n');
+  assert.match(msg, /broken\.yaml:3:46: steps\[0\]\.send\.payload: expected a string, got 12: YAML reads it as a number; quote it to make it text \("12"\)/);
+  assert.match(msg, /steps\[0\]\.send\.timeout: 'timeout' does not go in send: it belongs to the step: put it beside 'send:', at its indentation, not inside it/);
+  assert.match(msg, /steps\[1\]\.kill\.expect: 'expect' does not go in kill: it belongs to the step: put it beside 'kill:'/);
+});
+
 refused('an unknown key at the top and in expect is refused too', () => {
   const msg = refusal('name: x\nserver:\n  - { id: "1", policy: P }\nsteps:\n  - send: { client: "1", policy: P, payload: x }\n    expect: { server: ["1"] }\n');
   assert.match(msg, /broken\.yaml:2:1: server: unknown key 'server' in scenario; .*\(did you mean 'servers'\?\)/);
