@@ -42,7 +42,7 @@ export class PrefixMirror {
   private retryMs: number;
   private state: 'unknown' | 'up' | 'down' = 'unknown';
   private stopped = false;
-  /** Revision of the state held: watch events at or below it are already in. */
+  /** Revision of the state held: watch events below it are already in (those at it may be more keys of the same change). */
   private revision = 0n;
 
   constructor(
@@ -126,8 +126,10 @@ export class PrefixMirror {
     this.watcher = w;
     const apply = (kv: IKeyValue, put: boolean): void => {
       if (gen !== this.generation) return;
+      // One revision may change many keys (a transaction, a delete of a prefix): each comes as its own
+      // event with that revision, so only events older than the last one applied are already in.
       const rev = BigInt(kv.mod_revision);
-      if (rev <= this.revision) return;
+      if (rev < this.revision) return;
       this.revision = rev;
       const name = kv.key.toString().slice(this.prefix.length);
       if (put) {

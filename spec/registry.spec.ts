@@ -142,6 +142,23 @@ reg_('an entry without a valid proof never gets traffic; a valid one does', asyn
   await eventually(() => serving(p).length === 2, 3000, 'the entry with a valid proof serving');
 });
 
+reg_('changes made in one etcd revision (a transaction; etcdctl del --prefix) all reach the proxy, not only the first', async () => {
+  const p = await proxy();
+  const ids = ['t1', 't2', 't3'];
+  const live = await Promise.all(ids.map((id) => startServer({ id, policy: '111', proxies: [], waitForRegistration: false })));
+  ctx.servers.push(...live);
+  await eventually(() => p.registry()?.synced === true, 3000, 'the proxy watching the registry');
+  const c = ctx.raw!;
+  const puts = live.map((s, i) => c.put(serverKey(ctx.prefix, ids[i]!)).value(encodeServer({ id: ids[i]!, policy: '111', address: '127.0.0.1', port: s.port, wire: 'frames' })));
+  // Three entries written at one revision.
+  await c.if(serverKey(ctx.prefix, 't1'), 'Create', '==', 0).then(...puts).commit();
+  await eventually(() => serving(p).length === 3, 3000, 'all three entries of the transaction serving');
+  // All three deleted at one revision, as `etcdctl del --prefix` does.
+  await c.delete().prefix(`${ctx.prefix}servers/`).exec();
+  await eventually(() => (p.pools()['111']?.members ?? []).length === 0, 3000, 'every deleted entry gone from the proxy');
+  await eventually(() => p.registry()?.entries === 0, 3000, 'revproxy_registry_entries back to 0');
+});
+
 reg_('registry and direct registrations mix on one proxy: one rotation; an id held by one is refused to the other', async () => {
   const logs: LogRecord[] = [];
   const p = await proxy({ logs });
