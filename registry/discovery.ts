@@ -76,11 +76,14 @@ export async function discoverProxies(options: RegistryOptions & { waitMs?: numb
   });
   mirror.start();
   const waitMs = options.waitMs ?? 5000;
+  let waiting: NodeJS.Timeout | undefined;
   await new Promise<void>((resolve) => {
     settle = resolve;
-    setTimeout(resolve, waitMs);
+    waiting = setTimeout(resolve, waitMs);
     if (current.length) resolve();
   });
+  // Left running, the wait would hold the process up to waitMs after its last answer.
+  clearTimeout(waiting);
   settle = undefined;
   if (current.length === 0) {
     mirror.stop();

@@ -167,6 +167,14 @@ test('3 proxies and 4 servers registered once through etcd: clients spread over 
   assert.is(total, cs.length * perClient);
 });
 
+test('revproxy client --revproc etcd://... is answered through a proxy it found there, and exits once answered', async () => {
+  // The registry's wait for a first proxy is the client's --timeout: a long one must not hold the process when it is done.
+  const c = revproxy(['client', '-id', '1', '--revproc', fleet.etcd!.url, '--registry-prefix', fleet.prefix, '-pkt', 'pktfiles/1.json', '--timeout', '600000']);
+  const code = await Promise.race([c.exited, sleep(20000).then(() => 'still running 20 s after starting')]);
+  assert.is(code, 0, c.out.join('\n'));
+  assert.ok(c.out.some((l) => /Hash of payload is correct/.test(l)), c.out.join('\n'));
+});
+
 test('a proxy started later serves all 4 servers within a second', async () => {
   const p = await startProxyProc();
   const stamp = (re: RegExp): number => Date.parse(p.proc.out.find((l) => re.test(l))!.slice(0, 24));
