@@ -43,7 +43,10 @@ export function registryJoin(context: ProxyContext, e: ServerEntry): void {
   if (held) removeServer(context, held, `its registry entry changed (now ${where})`);
   const tooMany = checkOpenLimits(context, e.policy, e.address);
   if (tooMany) {
-    log.warn('register_refused', `Refused server id ${e.id} (${where}) from the registry: ${tooMany}`, { id: e.id, policy: e.policy, code: ErrorCode.OVERLOADED, source: 'registry' });
+    // One line, then one per interval with a count, as for direct registrations over the limit (admit in membership.ts).
+    log.repeated('warn', 'register_refused', `registry\0${e.address}\0${ErrorCode.OVERLOADED}`, 1, (n, span) => `Refused server id ${e.id} (${where}) from the registry: ${tooMany}${span ? ` (${n} entries ${span})` : ''}`, {
+      id: e.id, policy: e.policy, code: ErrorCode.OVERLOADED, source: 'registry',
+    });
     return;
   }
   log.info('register', `Server id ${e.id} privacy policy ${e.policy} port ${e.port} is in the registry (${e.address}); it joins once its link answers`, {

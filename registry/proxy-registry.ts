@@ -76,9 +76,11 @@ function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: P
       const entry = decodeServer(id, value);
       if (typeof entry === 'string') {
         const why = `its registry entry ${prefix}${id} cannot be used: ${entry}`;
+        counted();
         if (refused.get(id) === why) return;
         refused.set(id, why);
-        log.warn('registry_refused', `Ignored server id ${id} from the registry: ${why}`, { id, code: 'BAD_ENTRY', reason: entry });
+        // Anyone who can write to the prefix can write thousands: a few lines, then counts (as for refused registrations).
+        log.repeated('warn', 'registry_refused', id, 1, (n, span) => `Ignored server id ${id} from the registry: ${why}${span ? ` (${n} times ${span})` : ''}`, { id, code: 'BAD_ENTRY', reason: entry });
         send({ type: 'REGISTRY_LEAVE', id, reason: why });
         return;
       }

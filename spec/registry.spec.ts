@@ -32,9 +32,9 @@ const SECRET = 'secret-of-111';
 
 const reg = (extra: Record<string, unknown> = {}) => ({ endpoints: [ctx.etcd!.endpoint], prefix: ctx.prefix, ttlSeconds: 2, retryInitialMs: 100, retryMaxMs: 500, ...extra });
 
-async function proxy(opts: { token?: string; logs?: LogRecord[] } = {}): Promise<ProxyHandle> {
+async function proxy(opts: { token?: string; logs?: LogRecord[]; maxServersPerPeer?: number } = {}): Promise<ProxyHandle> {
   const logger = opts.logs ? new Logger('proxy', memorySink(opts.logs), 'info') : undefined;
-  const p = await startProxy({ port: 0, timeoutMs: 2000, probeInitialMs: 100, token: opts.token, logger, registry: reg() });
+  const p = await startProxy({ port: 0, timeoutMs: 2000, probeInitialMs: 100, token: opts.token, maxServersPerPeer: opts.maxServersPerPeer, logger, registry: reg() });
   ctx.proxies.push(p);
   return p;
 }
@@ -157,6 +157,21 @@ reg_('changes made in one etcd revision (a transaction; etcdctl del --prefix) al
   await c.delete().prefix(`${ctx.prefix}servers/`).exec();
   await eventually(() => (p.pools()['111']?.members ?? []).length === 0, 3000, 'every deleted entry gone from the proxy');
   await eventually(() => p.registry()?.entries === 0, 3000, 'revproxy_registry_entries back to 0');
+});
+
+reg_('a flood of entries refused for their numbers or their shape is a few log lines, as for direct registrations', async () => {
+  const logs: LogRecord[] = [];
+  const p = await proxy({ logs, maxServersPerPeer: 2 });
+  await eventually(() => p.registry()?.synced === true, 3000, 'the proxy watching the registry');
+  const n = 300;
+  const put = (id: string, value: string) => ctx.raw!.put(serverKey(ctx.prefix, id)).value(value).exec();
+  // Anyone who can write to etcd (no secret set): more entries from one address than --max-servers-per-peer allows, and garbage.
+  await Promise.all(Array.from({ length: n }, (_, i) => put(`many${i}`, encodeServer({ id: `many${i}`, policy: '111', address: '127.0.0.1', port: 1 + i, wire: 'frames' }))));
+  await Promise.all(Array.from({ length: n }, (_, i) => put(`bad${i}`, `not json ${i}`)));
+  await eventually(() => p.registry()?.entries === 2 * n, 5000, 'every entry read');
+  const lines = (event: string): number => logs.filter((l) => l.event === event).length;
+  assert.ok(lines('register_refused') < 5, `${lines('register_refused')} register_refused lines for ${n - 2} entries over the limit`);
+  assert.ok(lines('registry_refused') < n, `${lines('registry_refused')} registry_refused lines for ${n} unreadable entries`);
 });
 
 reg_('registry and direct registrations mix on one proxy: one rotation; an id held by one is refused to the other', async () => {
