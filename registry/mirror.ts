@@ -20,8 +20,8 @@ export interface MirrorHandlers {
   put(name: string, value: string): void;
   /** A key went. */
   delete(name: string): void;
-  /** The mirror is current: after the first read, and after each resync. */
-  synced(info: { keys: number; revision: string; reason: SyncReason; ms: number }): void;
+  /** The mirror is current: after the first read, and after each resync (`kept`: keys missing from a read after an outage, kept a while; see `sync`). */
+  synced(info: { keys: number; revision: string; reason: SyncReason; ms: number; kept: number }): void;
   /** etcd cannot be reached (`up` false, with why), or can again. */
   health(up: boolean, why?: string): void;
 }
@@ -44,6 +44,9 @@ export class PrefixMirror {
   private stopped = false;
   /** Revision of the state held: watch events below it are already in (those at it may be more keys of the same change). */
   private revision = 0n;
+  /** Keys missing from the read after an outage, held until `graceTimer` unless they are written again. */
+  private readonly missing = new Set<string>();
+  private graceTimer?: NodeJS.Timeout;
 
   constructor(
     private readonly client: Etcd3,
@@ -76,11 +79,22 @@ export class PrefixMirror {
     this.stopped = true;
     this.generation++;
     clearTimeout(this.timer);
+    clearTimeout(this.graceTimer);
     void this.watcher?.cancel().catch(() => undefined);
     this.watcher = undefined;
   }
 
-  /** Read the whole prefix, tell what differs, then watch from the next revision. */
+  /**
+   * Read the whole prefix, tell what differs, then watch from the next revision.
+   *
+   * After an outage (`reconnect`), a key held but missing from the read is not
+   * told gone at once: etcd may have come back without its data (a member
+   * wiped, a restore from an older snapshot), and every live owner writes its
+   * key again within a lease TTL, when its next keepalive is refused. Telling
+   * the proxy at once that every server left would refuse every request until
+   * they have. So such keys are kept for one TTL, and go then unless written
+   * again (a key deleted meanwhile goes at once).
+   */
   private async sync(reason: SyncReason): Promise<void> {
     const gen = ++this.generation;
     const started = Date.now();
@@ -100,21 +114,28 @@ export class PrefixMirror {
       const name = kv.key.toString().slice(this.prefix.length);
       const value = kv.value.toString();
       seen.add(name);
+      this.missing.delete(name);
       if (this.held.get(name) !== value) {
         this.held.set(name, value);
         this.on.put(name, value);
       }
     }
     for (const name of [...this.held.keys()]) {
-      if (!seen.has(name)) {
-        this.held.delete(name);
-        this.on.delete(name);
-      }
+      if (seen.has(name)) continue;
+      if (reason === 'reconnect') this.missing.add(name);
+      else this.forget(name);
+    }
+    if (this.missing.size > 0 && !this.graceTimer) {
+      this.graceTimer = setTimeout(() => {
+        this.graceTimer = undefined;
+        if (this.stopped) return;
+        for (const name of [...this.missing]) this.forget(name);
+      }, this.opts.ttlSeconds * 1000);
     }
     this.revision = BigInt(res.header.revision);
     this.watch(gen);
     this.retryMs = this.opts.retryInitialMs;
-    this.on.synced({ keys: this.held.size, revision: res.header.revision, reason, ms: Date.now() - started });
+    this.on.synced({ keys: this.held.size, revision: res.header.revision, reason, ms: Date.now() - started, kept: this.missing.size });
     if (this.state !== 'up') {
       this.state = 'up';
       this.on.health(true);
@@ -134,10 +155,11 @@ export class PrefixMirror {
       const name = kv.key.toString().slice(this.prefix.length);
       if (put) {
         const value = kv.value.toString();
+        this.missing.delete(name);
         if (this.held.get(name) === value) return;
         this.held.set(name, value);
         this.on.put(name, value);
-      } else if (this.held.delete(name)) this.on.delete(name);
+      } else this.forget(name);
     };
     w.on('put', (kv: IKeyValue) => apply(kv, true));
     w.on('delete', (kv: IKeyValue) => apply(kv, false));
@@ -150,6 +172,11 @@ export class PrefixMirror {
       if (/compact|canceled:\s*$/i.test(err.message)) void this.sync('compacted');
       else this.lost(err, 'reconnect');
     });
+  }
+
+  private forget(name: string): void {
+    this.missing.delete(name);
+    if (this.held.delete(name)) this.on.delete(name);
   }
 
   private lost(err: unknown, reason: SyncReason): void {

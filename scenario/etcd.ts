@@ -25,6 +25,8 @@ export interface Etcd {
   stop(hard?: boolean): Promise<void>;
   /** Start it again on the same ports and data; resolves once it serves. */
   start(): Promise<void>;
+  /** Kill it, remove its data and start it again empty, on the same ports: an etcd that lost its disk. */
+  wipe(): Promise<void>;
   /** Stop it and remove its data. */
   remove(): Promise<void>;
   /** Its output, for failures. */
@@ -117,6 +119,11 @@ export async function startEtcd(opts: { tls?: EtcdTls } = {}): Promise<Etcd> {
     start: run,
     get running() {
       return child !== undefined && child.exitCode === null && child.signalCode === null;
+    },
+    async wipe() {
+      await stop(true);
+      rmSync(join(dir, 'data'), { recursive: true, force: true });
+      await run();
     },
     async remove() {
       await stop(true);

@@ -226,6 +226,27 @@ reg_('etcd stops: every proxy keeps serving with what it saw, and says so; etcd 
   await c.close();
 });
 
+reg_('etcd comes back without its data: the proxy keeps its servers for a lease TTL, for them to write their keys again', async () => {
+  const logs: LogRecord[] = [];
+  const p = await proxy({ logs });
+  // Two live servers whose entries this spec writes (no lease), so it decides when each is written again.
+  const live = await Promise.all(['back', 'gone'].map((id) => startServer({ id, policy: '111', proxies: [], waitForRegistration: false })));
+  ctx.servers.push(...live);
+  const write = (i: number) => ctx.raw!.put(serverKey(ctx.prefix, live[i]!.id)).value(encodeServer({ id: live[i]!.id, policy: '111', address: '127.0.0.1', port: live[i]!.port, wire: 'frames' })).exec();
+  await write(0);
+  await write(1);
+  await eventually(() => serving(p).length === 2, 3000, 'both serving');
+  await ctx.etcd!.wipe();
+  await eventually(() => p.registry()?.syncs.reconnect === 1, 8000, 'the proxy read the empty registry');
+  assert.equal(serving(p).sort(), ['back', 'gone'], 'still serving both right after reading a registry without them');
+  assert.equal(new Set(await ask(p.port, '111', 4)), new Set(['back', 'gone']));
+  assert.ok(logs.some((l) => l.event === 'registry_missing' && l.missing === 2), 'a warn line says so');
+  // One server writes its key again, as a live server does when its lease is refused; the other never does.
+  await write(0);
+  await eventually(() => serving(p).join() === 'back', 5000, 'the entry not written again gone after the TTL');
+  assert.equal(logs.filter((l) => l.event === 'deregister').map((l) => l.id), ['gone']);
+});
+
 reg_('a watch cancelled by a compaction reads the prefix again and misses nothing', async () => {
   const o = resolveRegistry(reg());
   const client = await openEtcd(o);
