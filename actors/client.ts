@@ -13,7 +13,7 @@
  * proxy that accepts and then closes must not keep us trying for ever); an
  * answer is. connect.ts builds the promise and RxJS forms on this machine.
  */
-import { assertEvent, assign, fromCallback, setup, type ActorRefFrom, type EventObject } from 'xstate';
+import { assertEvent, assign, fromCallback, raise, setup, type ActorRefFrom, type EventObject } from 'xstate';
 import { ErrorCode, LocalCode, RevproxyError, type ClientCode } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { isIdValue, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
@@ -128,6 +128,8 @@ export class RequestBook {
   readonly outcomes: Record<string, number> = {};
   /** Answers a proxy gave (ACK or ERROR) so far: whether this client ever got through. */
   answers = 0;
+  /** When the proxy last said anything, or the connection opened (the clock's ms). */
+  heardAt = 0;
 
   constructor(
     private readonly clock: Clock,
@@ -202,6 +204,7 @@ export class RequestBook {
   /** Settle what one read answered; returns how many requests it settled. */
   answer(messages: Message[], log: Logger): number {
     let settled = 0;
+    this.heardAt = this.clock.now();
     for (const m of messages) {
       if (m.type !== MsgType.ACK && m.type !== MsgType.ERROR) continue;
       const seq = m.seq;
@@ -337,6 +340,13 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
   };
 });
 
+/**
+ * How long a proxy that left the registry may be silent with requests waiting on it before its
+ * clients leave it. Its key outlived it by most of a lease TTL (a second or more), so a stalled
+ * proxy has been silent longer than this by then; a draining one is answering.
+ */
+const LEFT_SILENT_MS = 1000;
+
 function maxAttempts(context: ClientContext): number {
   return context.opts.maxAttempts ?? 2 * context.proxies.length;
 }
@@ -378,8 +388,9 @@ export const clientMachine = setup({
       if (!context.conn) return;
       context.book.sendMore(context.conn, context.opts.id, context.logger, context.proxies[context.proxyIndex]!.port);
     },
-    setConn: assign(({ event }) => {
+    setConn: assign(({ context, event }) => {
       assertEvent(event, 'CONNECTED');
+      context.book.heardAt = context.clock.now();
       return { conn: event.conn };
     }),
     receive: ({ context, event }) => {
@@ -433,6 +444,12 @@ export const clientMachine = setup({
       const i = event.proxies.findIndex((p) => p.host === cur.host && p.port === cur.port);
       return i >= 0 ? { proxies: event.proxies, proxyIndex: i } : { proxies: [cur, ...event.proxies], proxyIndex: 0 };
     }),
+    /** The proxy left the registry and is silent (proxyLeftSilent): its connection is given up as lost, and what it held goes to the next. */
+    leaveProxy: raise(({ context }) => {
+      const { host, port } = context.proxies[context.proxyIndex]!;
+      const idle = context.book.inFlight === 0;
+      return { type: 'CLOSED' as const, error: `the reverse proxy at ${host}:${port} left the registry${idle ? '' : ` and has not answered for ${context.clock.now() - context.book.heardAt} ms`}` };
+    }),
     resetAttempts: assign({ attempts: 0 }),
     closeAll: ({ context }) => {
       context.book.failAll(new RequestError(LocalCode.CLIENT_CLOSED, 'the client was closed before the answer came'));
@@ -440,6 +457,17 @@ export const clientMachine = setup({
   },
   guards: {
     givesUp: ({ context }) => context.attempts >= maxAttempts(context),
+    /**
+     * The current proxy left the registry's list, and nothing waits on it or it has been silent a
+     * while: it is gone (its lease ended: it died, stalled, or is cut off), not draining. A proxy
+     * that drains answers what it holds, then closes the connection itself.
+     */
+    proxyLeftSilent: ({ context, event }) => {
+      assertEvent(event, 'PROXIES');
+      const cur = context.proxies[context.proxyIndex]!;
+      if (event.proxies.length === 0 || event.proxies.some((p) => p.host === cur.host && p.port === cur.port)) return false;
+      return context.book.inFlight === 0 || context.clock.now() - context.book.heardAt >= LEFT_SILENT_MS;
+    },
   },
 }).createMachine({
   id: 'client',
@@ -488,6 +516,7 @@ export const clientMachine = setup({
             ANSWERS: { actions: ['receive', 'progress', 'sendMore'] },
             EXPIRE: { actions: ['expire', 'sendMore'] },
             CANCEL: { actions: ['cancel', 'sendMore'] },
+            PROXIES: [{ guard: 'proxyLeftSilent', actions: ['setProxies', 'leaveProxy'] }, { actions: 'setProxies' }],
           },
         },
       },
