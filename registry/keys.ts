@@ -8,6 +8,8 @@
  * drains (deleted first) or dies (its lease expires). Decoding checks every
  * field, so a malformed entry is refused with a reason and hurts nobody.
  */
+import { createHash } from 'node:crypto';
+
 export const SERVERS = 'servers/';
 export const PROXIES = 'proxies/';
 
@@ -40,6 +42,19 @@ export function encodeProxy(e: ProxyEntry): string {
   return JSON.stringify({ v: 1, address: e.address, port: e.port, tls: e.tls });
 }
 
+/**
+ * Longest value read as it is. An entry of ours is under 1 KiB; anyone who can write to the prefix
+ * could write values of a megabyte each, and every proxy and client watching it would hold them
+ * all: a longer value is held as a short stand-in (its size and digest) and refused.
+ */
+export const MAX_VALUE_BYTES = 4096;
+
+/** What a mirror holds for a value: the value, or the stand-in of one over MAX_VALUE_BYTES (a new digest when it changes). */
+export function heldValue(value: Buffer): string {
+  if (value.length <= MAX_VALUE_BYTES) return value.toString();
+  return `\0oversized ${value.length} ${createHash('sha1').update(value).digest('hex')}`;
+}
+
 /** Longest id, policy or address taken from etcd: what a registration message may carry, and no more. */
 const MAX_TEXT = 256;
 
@@ -47,6 +62,8 @@ const isText = (v: unknown): v is string => typeof v === 'string' && v.length > 
 const isPort = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 1 && v <= 65535;
 
 function parse(value: string): Record<string, unknown> | string {
+  const big = /^\0oversized (\d+) /.exec(value);
+  if (big) return `its value is ${big[1]} bytes; an entry is at most ${MAX_VALUE_BYTES}`;
   let o: unknown;
   try {
     o = JSON.parse(value);

@@ -13,6 +13,7 @@
 import type { IKeyValue } from 'etcd3';
 import type { Etcd3 } from './etcd.js';
 import { describeEtcdError } from './etcd.js';
+import { heldValue } from './keys.js';
 import type { Resolved } from './options.js';
 
 export interface MirrorHandlers {
@@ -112,7 +113,7 @@ export class PrefixMirror {
     const seen = new Set<string>();
     for (const kv of res.kvs) {
       const name = kv.key.toString().slice(this.prefix.length);
-      const value = kv.value.toString();
+      const value = heldValue(kv.value);
       seen.add(name);
       this.missing.delete(name);
       if (this.held.get(name) !== value) {
@@ -154,7 +155,7 @@ export class PrefixMirror {
       this.revision = rev;
       const name = kv.key.toString().slice(this.prefix.length);
       if (put) {
-        const value = kv.value.toString();
+        const value = heldValue(kv.value);
         this.missing.delete(name);
         if (this.held.get(name) === value) return;
         this.held.set(name, value);

@@ -289,6 +289,29 @@ reg_('a watch cancelled by a compaction reads the prefix again and misses nothin
   assert.equal(reasons.slice(0, 2), ['start', 'compacted']);
 });
 
+reg_('a value of a megabyte written under the prefix is not held by the proxies: refused by its size', async () => {
+  const logs: LogRecord[] = [];
+  const p = await proxy({ logs });
+  await eventually(() => p.registry()?.synced === true, 3000, 'the proxy watching the registry');
+  const o = resolveRegistry(reg());
+  const client = await openEtcd(o);
+  ctx.closers.push(() => client.close());
+  const held = new Map<string, string>();
+  const m = new PrefixMirror(client, `${ctx.prefix}servers/`, o, { put: (k, v) => held.set(k, v), delete: (k) => held.delete(k), synced: () => undefined, health: () => undefined });
+  ctx.closers.push(() => m.stop());
+  m.start();
+  const big = (fill: string) => JSON.stringify({ v: 1, id: 'big', pad: fill.repeat(1 << 20) });
+  await ctx.raw!.put(serverKey(ctx.prefix, 'big')).value(big('a')).exec();
+  await eventually(() => logs.some((l) => l.event === 'registry_refused' && l.id === 'big'), 3000, 'the entry refused');
+  await eventually(() => held.has('big'), 3000, 'the mirror told of it');
+  assert.ok(m.entries.get('big')!.length < 200, `the mirror holds ${m.entries.get('big')!.length} characters for it`);
+  assert.match(String(logs.find((l) => l.event === 'registry_refused' && l.id === 'big')!.reason), /its value is \d+ bytes; an entry is at most 4096/);
+  // A change to it is still a change.
+  const before = m.entries.get('big');
+  await ctx.raw!.put(serverKey(ctx.prefix, 'big')).value(big('b')).exec();
+  await eventually(() => m.entries.get('big') !== before, 3000, 'the new value seen');
+});
+
 reg_('clients find the proxies in etcd, spread over them, and follow the list as proxies drain', async () => {
   const a = await proxy();
   const b = await proxy();
