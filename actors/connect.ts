@@ -229,7 +229,11 @@ function startClient(opts: ClientOptions, inspect?: (event: InspectionEvent) => 
  */
 async function locate(opts: { revproc?: Revproc; registry?: RegistryOptions; proxies?: Endpoint[]; timeoutMs?: number }): Promise<{ proxies: Endpoint[]; discovery?: Discovery }> {
   let registry = opts.registry;
-  if (!registry && typeof opts.revproc === 'string' && isRegistryUrl(opts.revproc)) registry = { endpoints: parseRegistryUrl(opts.revproc).endpoints };
+  if (!registry && typeof opts.revproc === 'string' && isRegistryUrl(opts.revproc)) {
+    const { endpoints, tls } = parseRegistryUrl(opts.revproc);
+    // etcds://: TLS with the system's CAs, as the CLI's --revproc etcds:// (cli/common.ts registryFromFlags).
+    registry = { endpoints, tls: tls ? {} : undefined };
+  }
   if (!registry) return { proxies: opts.proxies ?? endpoints(opts.revproc ?? 2100) };
   const { discoverProxies } = await import('../registry/discovery.js');
   const discovery = await discoverProxies({ ...registry, waitMs: opts.timeoutMs });

@@ -115,4 +115,11 @@ tls('without a client certificate etcd refuses the connection, and the proxy say
   assert.is(p.registry()!.synced, false);
 });
 
+tls('a client given revproc etcds://... speaks TLS to etcd (as --revproc etcds:// does), trusting the system\'s CAs', async () => {
+  // etcd's certificate is signed by a throw-away CA the system does not trust: the client must fail, and say it tried TLS.
+  const err = await connect({ revproc: tctx.etcd!.url, timeoutMs: 1000 }).then(() => undefined, (e: Error & { code?: string }) => e);
+  assert.is(err?.code, 'CONNECT_FAILED');
+  assert.match(String(err?.message), /etcds:\/\//);
+});
+
 tls.run();
