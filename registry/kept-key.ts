@@ -163,8 +163,12 @@ export class KeptKey {
 
   /**
    * Stop keeping the key: delete it first (while our lease holds it), then
-   * revoke the lease. Best effort within the call timeout: if etcd is away,
-   * the lease ends a TTL after the last keepalive anyway.
+   * revoke the lease. Best effort, and over within two call timeouts whatever
+   * etcd does: if etcd is away the lease ends a TTL after the last keepalive
+   * anyway, and a drain waits for this before it closes the etcd client (a
+   * server and a proxy that lived through etcd pauses and a wipe were seen
+   * never to exit after SIGTERM, their client left open behind a stop that
+   * never settled).
    */
   async stop(): Promise<void> {
     if (this.stopped) return;
@@ -177,7 +181,12 @@ export class KeptKey {
     this.isUp = false;
     if (!lease || id === undefined) return;
     const c = this.client;
-    await c.if(this.key, 'Lease', '==', id).then(c.delete().key(this.key)).commit().catch(() => undefined);
-    await lease.revoke().catch(() => undefined);
+    const work = (async () => {
+      await c.if(this.key, 'Lease', '==', id).then(c.delete().key(this.key)).commit().catch(() => undefined);
+      await lease.revoke().catch(() => undefined);
+    })();
+    let limit: NodeJS.Timeout | undefined;
+    await Promise.race([work, new Promise<void>((r) => (limit = setTimeout(r, 2 * this.opts.callTimeoutMs)))]);
+    clearTimeout(limit);
   }
 }
