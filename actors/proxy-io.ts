@@ -223,11 +223,35 @@ export const linkHub = fromCallback<ProxyEvent, { logger: Logger }>(({ sendBack,
   });
 });
 
-/** Finds requests past their deadline without an event when none is. */
-export const sweeper = fromCallback<ProxyEvent, { busy: Set<Inflight<ProxyRequest>>; policies: Map<string, Policy>; timeoutMs: number; clock: Clock; every: number }>(
+/**
+ * A sweep this late (ms past its interval) means the event loop did not run
+ * meanwhile: the process was paused (SIGSTOP, a frozen VM) or blocked.
+ */
+const STALL_MS = 500;
+
+/**
+ * Finds requests past their deadline without an event when none is.
+ *
+ * After a stall, Node runs timers before it reads the sockets: answers the
+ * servers sent during the stall wait unread while their tries look expired,
+ * and sweeping then would count each as the server's failure (a pause of a
+ * few seconds under load ejected healthy servers) and send it again
+ * elsewhere. So a late sweep only notes the stall; the next one, an interval
+ * later, after what arrived has been read, finds what is really unanswered.
+ */
+export const sweeper = fromCallback<ProxyEvent, { busy: Set<Inflight<ProxyRequest>>; policies: Map<string, Policy>; timeoutMs: number; clock: Clock; every: number; logger: Logger }>(
   ({ sendBack, input }) => {
+    let last = input.clock.now();
     const timer = input.clock.setInterval(() => {
       const now = input.clock.now();
+      const late = now - last - input.every;
+      last = now;
+      if (late >= STALL_MS) {
+        input.logger.repeated('warn', 'stalled', '', 1, (n, span) => span
+          ? `The proxy's event loop stalled ${fmt(n)} times ${span} (the process was paused or blocked)`
+          : `The proxy's event loop did not run for ${Math.round(late)} ms (the process was paused or blocked): answers that came meanwhile are read before any try counts as timed out`, { ms: Math.round(late) });
+        return;
+      }
       for (const table of input.busy) if (table.oldestDeadline() <= now) table.owner?.send({ type: 'EXPIRE', now });
       for (const policy of input.policies.values()) {
         const q = policy.waiting;

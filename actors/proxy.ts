@@ -335,7 +335,7 @@ export const proxyMachine = setup({
 });
 
 function sweeperInput({ context }: { context: ProxyContext }) {
-  return { busy: context.busy, policies: context.policies, timeoutMs: context.opts.timeoutMs, clock: context.clock, every: sweepInterval(context.opts.tryTimeoutMs) };
+  return { busy: context.busy, policies: context.policies, timeoutMs: context.opts.timeoutMs, clock: context.clock, every: sweepInterval(context.opts.tryTimeoutMs), logger: context.logger };
 }
 
 export type ProxyActor = ActorRefFrom<typeof proxyMachine>;

@@ -243,6 +243,35 @@ faults('when no member answers, the client gets TIMEOUT within the request timeo
   assert.ok(Date.now() - t0 < 2000, 'within the request timeout');
 });
 
+faults('after a stall (the proxy paused, or its event loop blocked), answers that came meanwhile are read before any try counts as timed out', async () => {
+  // A server of our own that answers, and then the proxy's process stalls for 3 s before it reads the
+  // answer: Node runs the late timers first. The sweep used to take the try as timed out - a failure of
+  // the server, counted towards its ejection - and send the request again elsewhere.
+  await addServer('other', 'P');
+  const server: Server = createServer((sock) => {
+    const decoder = new FrameDecoder({ validate: false });
+    sock.on('data', (chunk: Buffer) => {
+      for (const m of decoder.push(chunk).messages) {
+        if (m.type === MsgType.PING) sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
+        if (m.type !== MsgType.DATA) continue;
+        const payload = sha1Hex(String(m.payload));
+        sock.write(frame({ type: MsgType.ACK, seq: m.seq, srcid: 'stub', destid: m.srcid, payload, payloadsize: payload.length }));
+        clock.stall(3000);
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, LOCAL, r));
+  ctx.extra.push({ close: () => server.close() });
+  const reg = await rawConnect(ctx.proxy.port);
+  ctx.extra.push({ close: () => reg.destroy() });
+  reg.write(frame({ type: 1, id: 'stub', privPolyId: 'P', listenport: (server.address() as { port: number }).port }));
+  await eventually(() => ctx.proxy.pools().P?.serving.includes('stub') ?? false, 2000, 'the stub serving');
+  const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('P', 2), timeoutMs: 3000 });
+  assert.equal(results.map((r) => [r.server, r.correct]).sort(), [['other', true], ['stub', true]], JSON.stringify(results));
+  assert.not.ok(ctx.logs.some((l) => l.event === 'retry'), 'nothing sent again');
+  assert.ok(ctx.logs.some((l) => l.event === 'stalled' && /did not run for \d+ ms/.test(l.msg)), 'the stall is logged');
+});
+
 faults('a server whose listen port refuses connections is out of rotation, probed, and back once it answers', async () => {
   // Register by hand, announcing a port where nothing listens yet.
   const stub: Server = createServer();

@@ -79,6 +79,22 @@ export class ManualClock implements Clock {
     }
     this.t = until;
   }
+
+  /**
+   * The process was paused (or blocked) for `ms`: time jumps, then each timer
+   * that fell due runs once, late, and an interval goes on from now - as
+   * Node's timers do after a SIGSTOP.
+   */
+  stall(ms: number): void {
+    this.t += ms;
+    const due = [...this.timers].filter(([, timer]) => timer.at <= this.t).sort(([, a], [, b]) => a.at - b.at);
+    for (const [id, timer] of due) {
+      if (!this.timers.has(id)) continue;
+      if (timer.every) timer.at = this.t + timer.every;
+      else this.timers.delete(id);
+      timer.fn();
+    }
+  }
 }
 
 /**
