@@ -41,6 +41,8 @@ export class KeptKey {
   private wasUp = false;
   private suspected = false;
   private generation = 0;
+  /** The generation whose failure was handled: etcd3 reports a failed grant twice (its lease's `lost`, and grant() rejecting). */
+  private failedGeneration = -1;
   /** The key is written under the current lease. */
   private written = false;
 
@@ -68,7 +70,7 @@ export class KeptKey {
     this.written = false;
     const lease = this.client.lease(this.opts.ttlSeconds);
     this.lease = lease;
-    lease.on('lost', (err) => gen === this.generation && this.failed(err));
+    lease.on('lost', (err) => this.failed(err, gen));
     lease.on('keepaliveFailed', (err) => {
       if (gen !== this.generation || this.suspected) return;
       this.suspected = true;
@@ -98,7 +100,7 @@ export class KeptKey {
       this.written = true;
       this.markUp();
     } catch (err) {
-      if (gen === this.generation) this.failed(err);
+      this.failed(err, gen);
     }
   }
 
@@ -127,8 +129,10 @@ export class KeptKey {
     this.wasUp = true;
   }
 
-  private failed(err: unknown): void {
-    if (this.stopped) return;
+  /** The lease of generation `gen` failed: once per generation, or the backoff doubles twice and the loss is told twice. */
+  private failed(err: unknown, gen: number): void {
+    if (this.stopped || gen !== this.generation || gen === this.failedGeneration) return;
+    this.failedGeneration = gen;
     this.isUp = false;
     this.lease?.release();
     if (this.on.refused && isRefusal(err)) {

@@ -355,4 +355,26 @@ keptKey('stopping is over within two call timeouts, whatever etcd does: a drain 
   assert.is(outcome, 'stopped');
 });
 
+keptKey('a lease that cannot be granted is one failure: told once, retried after the first backoff', async () => {
+  // As etcd3's Lease does when its grant fails (node_modules/etcd3/lib/lease.js): it emits 'lost', and grant() rejects too.
+  const { EventEmitter } = await import('node:events');
+  let attempts = 0;
+  const lease = (): unknown => {
+    attempts++;
+    const l = new EventEmitter();
+    const err = new Error('etcd did not answer');
+    const granted = Promise.resolve().then(() => {
+      l.emit('lost', err);
+      return err;
+    });
+    return Object.assign(l, { grant: () => granted.then((e) => Promise.reject(e)), release: () => undefined, revoke: () => Promise.resolve() });
+  };
+  const downs: Array<[number, number]> = [];
+  const key = new KeptKey({ lease } as never, '/k', 'v', resolveRegistry({ endpoints: ['127.0.0.1:1'], retryInitialMs: 40, retryMaxMs: 1000 }), { up: () => undefined, down: (_why, retryInMs) => downs.push([attempts, retryInMs]), taken: () => undefined });
+  key.start();
+  await eventually(() => downs.length >= 2, 2000, 'a second attempt failed');
+  key.release();
+  assert.equal(downs.slice(0, 2), [[1, 40], [2, 80]], 'each attempt told once, the backoff doubling once per attempt');
+});
+
 keptKey.run();
