@@ -329,6 +329,16 @@ function setupMsg(context: ServerContext): SetupMsg {
   return m;
 }
 
+/**
+ * How log lines name where a server registers: a proxy (`HOST:PORT`), or the
+ * registry (`registry etcd://... (key)`), which every proxy watching it reads.
+ */
+function registrar(proxy: string): { within: string; who: string } {
+  return proxy.startsWith('registry ')
+    ? { within: `in the ${proxy}`, who: `the ${proxy}` }
+    : { within: `with the reverse proxy at ${proxy}`, who: `the reverse proxy at ${proxy}` };
+}
+
 /** Requests that may wait for a slot when `concurrency` is set. */
 const DEFAULT_QUEUE_LIMIT = 1024;
 /**
@@ -389,8 +399,7 @@ export const serverMachine = setup({
     },
     logRegistered: ({ context, event }) => {
       assertEvent(event, 'REGISTERED');
-      // A registration through the registry (etcd) names the registry: every proxy watching it takes the server.
-      const where = event.proxy.startsWith('registry ') ? `in the ${event.proxy}` : `with the reverse proxy at ${event.proxy}`;
+      const where = registrar(event.proxy).within;
       if (event.again) context.logger.info('reregistered', `Registered again ${where}`, { proxy: event.proxy });
       else context.logger.info('registered', `Registered ${where}`, { proxy: event.proxy });
     },
@@ -400,7 +409,7 @@ export const serverMachine = setup({
     }),
     logLost: ({ context, event }) => {
       assertEvent(event, 'REGISTRATION_LOST');
-      context.logger.warn('registration_lost', `Not registered with the reverse proxy at ${event.proxy}: ${event.error}; retrying in ${event.retryInMs} ms`, {
+      context.logger.warn('registration_lost', `Not registered ${registrar(event.proxy).within}: ${event.error}; retrying in ${event.retryInMs} ms`, {
         proxy: event.proxy, reason: event.error, retryInMs: event.retryInMs,
       });
     },
@@ -410,7 +419,7 @@ export const serverMachine = setup({
     }),
     setError: assign(({ event }) => {
       assertEvent(event, ['LISTEN_FAILED', 'REFUSED']);
-      return { error: event.type === 'LISTEN_FAILED' ? event.error : `the reverse proxy at ${event.proxy} refused the registration (${event.code}): ${event.message}` };
+      return { error: event.type === 'LISTEN_FAILED' ? event.error : `${registrar(event.proxy).who} refused the registration (${event.code}): ${event.message}` };
     }),
     logError: ({ context }) => context.logger.error('failed', context.error ?? 'unknown error', { id: context.opts.id }),
     logDraining: ({ context }) =>

@@ -66,7 +66,8 @@ auth('a wrong password is refused by etcd: the proxy says so in words, and is no
   assert.is(logs.some((l) => JSON.stringify(l).includes('not-the-password')), false, 'the password is never logged');
   // A server with it stops at once, as when a proxy refuses its token.
   const s = await startServer({ id: 'b', policy: 'P', registry: reg('fleet', 'not-the-password') }).then(() => undefined, (e: Error) => e);
-  assert.match(String(s?.message), /refused the registration \(UNAUTHORIZED\): etcd at .* refused the user name or password/);
+  assert.match(String(s?.message), /the registry etcd:\/\/\S+ \(\S+\) refused the registration \(UNAUTHORIZED\): etcd at .* refused the user name or password/);
+  assert.not.match(String(s?.message), /reverse proxy at registry/, 'the registry is not called a reverse proxy');
 });
 
 auth('a user without a role on the prefix is denied, and told which prefix', async () => {
