@@ -70,8 +70,10 @@ export async function discoverProxies(options: RegistryOptions & { waitMs?: numb
     put: changed,
     delete: changed,
     synced: changed,
-    health: (up, why) => {
+    health: (up, why, refused) => {
       if (!up) lastError = why ?? 'unreachable';
+      // A wrong user or password will not come right by waiting: fail now, not after waitMs.
+      if (refused) settle?.();
     },
   });
   mirror.start();

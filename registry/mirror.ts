@@ -12,7 +12,7 @@
  */
 import type { IKeyValue } from 'etcd3';
 import type { Etcd3 } from './etcd.js';
-import { describeEtcdError } from './etcd.js';
+import { describeEtcdError, isRefusal } from './etcd.js';
 import { heldValue } from './keys.js';
 import type { Resolved } from './options.js';
 
@@ -24,7 +24,8 @@ export interface MirrorHandlers {
   /** The mirror is current: after the first read, and after each resync (`kept`: keys missing from a read after an outage, kept a while; see `sync`). */
   synced(info: { keys: number; revision: string; reason: SyncReason; ms: number; kept: number }): void;
   /** etcd cannot be reached (`up` false, with why), or can again. */
-  health(up: boolean, why?: string): void;
+  /** `refused`: etcd answered and refused who we are (user, password, role): no retry will change that. */
+  health(up: boolean, why?: string, refused?: boolean): void;
 }
 
 /** Why the whole prefix was read: the first time, after etcd came back, after a compaction cancelled the watch. */
@@ -187,7 +188,7 @@ export class PrefixMirror {
     this.watcher = undefined;
     if (this.state !== 'down') {
       this.state = 'down';
-      this.on.health(false, describeEtcdError(err, this.opts));
+      this.on.health(false, describeEtcdError(err, this.opts), isRefusal(err));
     }
     const wait = this.retryMs;
     this.retryMs = Math.min(this.retryMs * 2, this.opts.retryMaxMs);

@@ -14,7 +14,7 @@ import { openEtcd, type Etcd3 } from '../registry/etcd.js';
 import { Range } from 'etcd3';
 import { resolveRegistry } from '../registry/options.js';
 import { killEtcds, startEtcd, type Etcd } from '../scenario/etcd.js';
-import { eventually } from './helpers.js';
+import { eventually, sleep } from './helpers.js';
 import { makePki } from './certs.js';
 import { readFileSync, rmSync } from 'node:fs';
 
@@ -68,6 +68,12 @@ auth('a wrong password is refused by etcd: the proxy says so in words, and is no
   const s = await startServer({ id: 'b', policy: 'P', registry: reg('fleet', 'not-the-password') }).then(() => undefined, (e: Error) => e);
   assert.match(String(s?.message), /the registry etcd:\/\/\S+ \(\S+\) refused the registration \(UNAUTHORIZED\): etcd at .* refused the user name or password/);
   assert.not.match(String(s?.message), /reverse proxy at registry/, 'the registry is not called a reverse proxy');
+  // A client with it fails as soon as etcd refuses it, not when its timeout (here a minute) is up.
+  const c = await Promise.race([
+    connect({ registry: reg('fleet', 'not-the-password'), timeoutMs: 60_000 }).then((cl) => (void cl.close(), undefined), (e: Error) => e),
+    sleep(10_000).then(() => new Error('still waiting after 10 s')),
+  ]);
+  assert.match(String(c?.message), /refused the user name or password/);
 });
 
 auth('a user without a role on the prefix is denied, and told which prefix', async () => {
