@@ -1,11 +1,13 @@
 /**
  * What bounds a listening port, shared by the proxy's port and a server's:
  * how many connections it keeps (in all, and from one address), and how a
- * connection cut by the buffer budget is logged.
+ * connection cut by the buffer budget, and a refused TLS handshake, are
+ * logged.
  */
 import type { Server, Socket } from 'node:net';
 import type { BudgetHolder } from '../transport/budget.js';
 import { ErrorCode } from '../transport/errors.js';
+import { recogniseTlsRefusal } from '../transport/foreign.js';
 import type { Connection } from '../transport/socket.js';
 import { fmt, type Logger } from './logger.js';
 
@@ -93,4 +95,17 @@ export function logShed(logger: Logger, limit: number) {
       peer: conn.describe(), bytes, code: ErrorCode.OVERLOADED,
     });
   };
+}
+
+/**
+ * Log the TLS handshakes `server` refuses (a plain-TCP peer, an untrusted
+ * certificate): a crowd of them must not become a log flood, so one line,
+ * then one per interval with a count (per address).
+ */
+export function logTlsRefusals(server: Server, logger: Logger): void {
+  server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+    const why = recogniseTlsRefusal(err.code)?.message ?? err.message;
+    const addr = socket.remoteAddress ?? '?';
+    logger.repeated('warn', 'tls_refused', addr, 1, (n, span) => `Refused ${span ? `${fmt(n)} TLS connections` : 'a TLS connection'} from ${addr}${span ? ` ${span}` : ''}: ${why}`, { peer: addr, reason: err.message });
+  });
 }

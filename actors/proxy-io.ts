@@ -12,13 +12,12 @@ import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { MsgType, type DataMsg, type Message } from '../transport/messages.js';
 import { Connection, ConnectionTimeout, sendTogether, type MessageSink } from '../transport/socket.js';
 import { listenOn, listenServer, type TlsMaterial } from '../transport/tls.js';
-import { recogniseTlsRefusal } from '../transport/foreign.js';
 import { FORWARD_ROOM } from '../transport/frame.js';
 import type { Clock } from '../transport/clock.js';
 import type { Inflight, InflightCount } from './inflight.js';
 import { newPeer, type Peer, type ProxyRequest } from './link.js';
 import { fmt, type Logger } from './logger.js';
-import { ConnectionLimits } from './port-limits.js';
+import { ConnectionLimits, logTlsRefusals } from './port-limits.js';
 import type { ProxyObserver } from './proxy-options.js';
 import type { ForwardBatch, Member, Policy, ProxyEvent } from './proxy-types.js';
 import type { RegistryCommand } from '../registry/events.js';
@@ -181,11 +180,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       conn.listen(new AcceptedReads(core, conn, peer, addr));
     }, { handshakeTimeoutMs: input.frameTimeoutMs, allowHalfOpen: true });
     core.limits.watch(server);
-    server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {
-      const why = recogniseTlsRefusal(err.code)?.message ?? err.message;
-      const addr = socket.remoteAddress ?? '?';
-      input.logger.repeated('warn', 'tls_refused', addr, 1, (n, span) => `Refused ${span ? `${fmt(n)} TLS connections` : 'a TLS connection'} from ${addr}${span ? ` ${span}` : ''}: ${why}`, { peer: addr, reason: err.message });
-    });
+    logTlsRefusals(server, input.logger);
     listenOn(server, input.port, input.host, (port) => sendBack({ type: 'LISTENING', port }), (error) => sendBack({ type: 'LISTEN_FAILED', error }));
     receive((e) => {
       if (e.type === 'STOP') server.close(); // stop accepting; open connections stay

@@ -135,6 +135,11 @@ export function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || host.startsWith('127.') || host.startsWith('::ffff:127.');
 }
 
+/** Connections one address may keep open by default, on the proxy's port and a server's: no limit on loopback, 1024 otherwise. */
+export function defaultConnsPerPeer(host: string): number {
+  return isLoopback(host) ? 0 : 1024;
+}
+
 /** Apply the defaults. The one place a default is written. */
 export function resolveOptions(input: ProxyOptions): Opts {
   const retries = input.retries ?? 2;
@@ -166,7 +171,7 @@ export function resolveOptions(input: ProxyOptions): Opts {
     tls: input.tls,
     idleTimeoutMs: input.idleTimeoutMs ?? 60000,
     frameTimeoutMs: input.frameTimeoutMs ?? 10000,
-    maxConnectionsPerPeer: input.maxConnectionsPerPeer ?? (isLoopback(host) ? 0 : 1024),
+    maxConnectionsPerPeer: input.maxConnectionsPerPeer ?? defaultConnsPerPeer(host),
     busyPollUs: input.busyPollUs ?? 0,
     maxBufferedBytes: input.maxBufferedBytes ?? DEFAULT_BUFFER_BUDGET,
     maxServers: input.maxServers ?? 10000,

@@ -20,12 +20,11 @@ import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, MsgType, type DataMsg, type Message, type SetupMsg } from '../transport/messages.js';
 import { Connection, ConnectionTimeout } from '../transport/socket.js';
 import { describeTlsError, dial, listenOn, listenServer, readyEvent, type TlsMaterial } from '../transport/tls.js';
-import { recogniseTlsRefusal } from '../transport/foreign.js';
 import { systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { BufferBudget, DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
 import { Caller, HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
-import { isLoopback } from './proxy-options.js';
-import { ConnectionLimits, logShed, type ConnectionLimitsInput } from './port-limits.js';
+import { defaultConnsPerPeer } from './proxy-options.js';
+import { ConnectionLimits, logShed, logTlsRefusals, type ConnectionLimitsInput } from './port-limits.js';
 import { fmt, silentLogger, type Logger } from './logger.js';
 
 export type { Behaviour } from './handler.js';
@@ -197,11 +196,7 @@ const requestListener = fromCallback<{ type: 'DRAIN' }, ListenerInput>(
       });
     }, { handshakeTimeoutMs: FRAME_TIMEOUT_MS });
     limits.watch(server);
-    server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {
-      const why = recogniseTlsRefusal(err.code)?.message ?? err.message;
-      const addr = socket.remoteAddress ?? '?';
-      input.logger.repeated('warn', 'tls_refused', addr, 1, (n, span) => `Refused ${span ? `${fmt(n)} TLS connections` : 'a TLS connection'} from ${addr}${span ? ` ${span}` : ''}: ${why}`, { peer: addr, reason: err.message });
-    });
+    logTlsRefusals(server, input.logger);
     listenOn(server, input.port, input.host, (port) => send({ type: 'LISTENING', port }), (error) => send({ type: 'LISTEN_FAILED', error }));
     receive(() => {
       // DRAIN: no new connections; the proxies close theirs once they have their answers.
@@ -433,13 +428,14 @@ export const serverMachine = setup({
   id: 'server',
   context: ({ input }) => {
     const logger = input.logger ?? silentLogger;
+    const clock = input.clock ?? systemClock;
     const limit = input.maxBufferedBytes ?? DEFAULT_BUFFER_BUDGET;
     const budget = new BufferBudget(limit, logShed(logger, limit));
     return {
       opts: input,
       proxies: input.proxies ?? (input.proxy ? [input.proxy] : [{ host: '127.0.0.1', port: 2100 }]),
       logger,
-      clock: input.clock ?? systemClock,
+      clock,
       port: input.listenPort,
       budget,
       runner: new HandlerRunner({
@@ -452,7 +448,7 @@ export const serverMachine = setup({
         handlerTimeoutMs: input.handlerTimeoutMs ?? DEFAULT_HANDLER_TIMEOUT_MS,
         behaviour: input.behaviour ?? 'normal',
         maxFrameBytes: input.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
-        clock: input.clock ?? systemClock,
+        clock,
         logger,
         budget,
       }),
@@ -472,7 +468,7 @@ export const serverMachine = setup({
       clock: context.clock,
       tls: context.opts.tls,
       maxConnections: context.opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
-      maxConnectionsPerPeer: context.opts.maxConnectionsPerPeer ?? (isLoopback(context.opts.listenHost ?? '127.0.0.1') ? 0 : 1024),
+      maxConnectionsPerPeer: context.opts.maxConnectionsPerPeer ?? defaultConnsPerPeer(context.opts.listenHost ?? '127.0.0.1'),
     }),
   },
   initial: 'starting',
