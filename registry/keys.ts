@@ -58,6 +58,23 @@ export function heldValue(value: Buffer): string {
 /** Longest id, policy or address taken from etcd: what a registration message may carry, and no more. */
 const MAX_TEXT = 256;
 
+/**
+ * Longest key name (the part after the mirrored prefix) read as it is. A name is an id (at most
+ * MAX_TEXT characters) or a proxy's address; anyone who can write to the prefix could write names of
+ * a megabyte, which every proxy would hold and print in its refusal line: a longer one is held as a
+ * short stand-in (its size and digest), the same for the same name, and refused.
+ */
+export const MAX_NAME_BYTES = 1024;
+
+/** What a mirror holds for a key's name after `prefixBytes`: the name, or the stand-in of one over MAX_NAME_BYTES. */
+export function heldName(key: Buffer, prefixBytes: number): string {
+  const size = key.length - prefixBytes;
+  if (size <= MAX_NAME_BYTES) return key.toString('utf8', prefixBytes);
+  return `<a key name of ${size} bytes, sha1 ${createHash('sha1').update(key.subarray(prefixBytes)).digest('hex')}>`;
+}
+
+const OVERSIZED_NAME = /^<a key name of (\d+) bytes, sha1 [0-9a-f]{40}>$/;
+
 const isText = (v: unknown): v is string => typeof v === 'string' && v.length > 0 && v.length <= MAX_TEXT;
 const isPort = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 1 && v <= 65535;
 
@@ -78,6 +95,8 @@ function parse(value: string): Record<string, unknown> | string {
 
 /** The entry under `<prefix>servers/<id>`, or why it cannot be used. */
 export function decodeServer(idFromKey: string, value: string): ServerEntry | string {
+  const long = OVERSIZED_NAME.exec(idFromKey);
+  if (long) return `its key name is ${long[1]} bytes; an id is at most ${MAX_TEXT}`;
   const r = parse(value);
   if (typeof r === 'string') return r;
   if (!isText(r.id)) return 'its id is missing or not a string';

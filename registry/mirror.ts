@@ -13,7 +13,7 @@
 import type { IKeyValue } from 'etcd3';
 import type { Etcd3 } from './etcd.js';
 import { describeEtcdError, isRefusal } from './etcd.js';
-import { heldValue } from './keys.js';
+import { heldName, heldValue } from './keys.js';
 import type { Resolved } from './options.js';
 
 export interface MirrorHandlers {
@@ -49,6 +49,7 @@ export class PrefixMirror {
   /** Keys missing from the read after an outage, held until `graceTimer` unless they are written again. */
   private readonly missing = new Set<string>();
   private graceTimer?: NodeJS.Timeout;
+  private readonly prefixBytes: number;
 
   constructor(
     private readonly client: Etcd3,
@@ -57,6 +58,7 @@ export class PrefixMirror {
     private readonly on: MirrorHandlers,
   ) {
     this.retryMs = opts.retryInitialMs;
+    this.prefixBytes = Buffer.byteLength(prefix);
   }
 
   /** The keys held now (name -> value). */
@@ -113,7 +115,7 @@ export class PrefixMirror {
     if (gen !== this.generation || this.stopped) return;
     const seen = new Set<string>();
     for (const kv of res.kvs) {
-      const name = kv.key.toString().slice(this.prefix.length);
+      const name = heldName(kv.key, this.prefixBytes);
       const value = heldValue(kv.value);
       seen.add(name);
       this.missing.delete(name);
@@ -154,7 +156,7 @@ export class PrefixMirror {
       const rev = BigInt(kv.mod_revision);
       if (rev < this.revision) return;
       this.revision = rev;
-      const name = kv.key.toString().slice(this.prefix.length);
+      const name = heldName(kv.key, this.prefixBytes);
       if (put) {
         const value = heldValue(kv.value);
         this.missing.delete(name);

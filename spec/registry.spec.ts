@@ -313,6 +313,31 @@ reg_('a value of a megabyte written under the prefix is not held by the proxies:
   await eventually(() => m.entries.get('big') !== before, 3000, 'the new value seen');
 });
 
+reg_('a key name of half a megabyte under the prefix is held as its size and digest, and named so in one short line', async () => {
+  const logs: LogRecord[] = [];
+  const p = await proxy({ logs });
+  await eventually(() => p.registry()?.synced === true, 3000, 'the proxy watching the registry');
+  const o = resolveRegistry(reg());
+  const client = await openEtcd(o);
+  ctx.closers.push(() => client.close());
+  const held = new Map<string, string>();
+  const m = new PrefixMirror(client, `${ctx.prefix}servers/`, o, { put: (k, v) => held.set(k, v), delete: (k) => held.delete(k), synced: () => undefined, health: () => undefined });
+  ctx.closers.push(() => m.stop());
+  m.start();
+  const longId = 'x'.repeat(512 * 1024);
+  await ctx.raw!.put(serverKey(ctx.prefix, longId)).value(JSON.stringify({ v: 1, id: 'x', policy: '111', address: '127.0.0.1', port: 9 })).exec();
+  await eventually(() => logs.some((l) => l.event === 'registry_refused'), 3000, 'the entry refused');
+  await eventually(() => held.size === 1, 3000, 'the mirror told of it');
+  const [name] = [...m.entries.keys()];
+  assert.ok(name!.length < 200, `the mirror holds a name of ${name!.length} characters for it`);
+  const line = logs.find((l) => l.event === 'registry_refused')!;
+  assert.ok(JSON.stringify(line).length < 1000, `the refusal line is ${JSON.stringify(line).length} characters long`);
+  assert.match(String(line.reason), /its key name is 524288 bytes; an id is at most 256/);
+  // Deleting it is seen: the stand-in is the same for the same name.
+  await ctx.raw!.delete().key(serverKey(ctx.prefix, longId)).exec();
+  await eventually(() => held.size === 0 && m.entries.size === 0, 3000, 'the deletion seen');
+});
+
 reg_('clients find the proxies in etcd, spread over them, and follow the list as proxies drain', async () => {
   const a = await proxy();
   const b = await proxy();
