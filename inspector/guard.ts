@@ -18,7 +18,9 @@
  *   the inspector's port): a page that rebinds its own DNS name to 127.0.0.1
  *   sends its own name, and is refused, whether it acts or only reads.
  *
- * Every action, done or refused, is logged with who asked.
+ * Every action, done or refused, is logged with who asked; so is every read
+ * refused (a wrong token, a name that is not loopback), once for a burst of
+ * the same, but not a browser's first request, which asks it to sign in.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
@@ -36,6 +38,10 @@ export interface Refusal {
   status: 401 | 403 | 405 | 415;
   message: string;
   headers?: Record<string, string>;
+  /** The user name given with a wrong token, for the log. */
+  user?: string;
+  /** Not worth a log line: a browser asking before it signs in. */
+  quiet?: boolean;
 }
 
 /** Tokens shorter than this are refused: easy to guess. */
@@ -72,11 +78,11 @@ export class Guard {
     const decoded = m ? Buffer.from(m[1]!, 'base64').toString('utf8') : '';
     const colon = decoded.indexOf(':');
     if (colon >= 0 && timingSafeEqual(digest(decoded.slice(colon + 1)), digest(this.o.token))) return { user: decoded.slice(0, colon) };
-    return {
-      status: 401,
-      message: 'this inspector needs its token: sign in with any user name and the token as the password (HTTP Basic)',
-      headers: { 'www-authenticate': 'Basic realm="revproxy inspector", charset="UTF-8"' },
-    };
+    const headers = { 'www-authenticate': 'Basic realm="revproxy inspector", charset="UTF-8"' };
+    if (req.headers.authorization === undefined) {
+      return { status: 401, message: 'this inspector needs its token: sign in with any user name and the token as the password (HTTP Basic)', headers, quiet: true };
+    }
+    return { status: 401, message: 'the token given is wrong: sign in with any user name and the inspector\'s token as the password (HTTP Basic)', headers, user: colon > 0 ? decoded.slice(0, colon).slice(0, 64) : '' };
   }
 
   /** An action, once admitted: POST, JSON, from this inspector's own page (or from no browser at all). */

@@ -67,6 +67,13 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
     for (const [k, v] of Object.entries(r.headers ?? {})) res.setHeader(k, v);
     send(res, r.status, 'application/json', JSON.stringify({ error: r.message }));
   };
+  // A refused request, once per burst of the same from the same address: a page that keeps trying must not flood the log.
+  const logRefusal = (req: IncomingMessage, path: string, user: string, r: Refusal): void => {
+    if (r.quiet) return;
+    const by = whoAsked(req, r.user ?? user);
+    const key = `${r.status} ${req.socket.remoteAddress} ${req.headers.host} ${req.headers.origin} ${r.message}`;
+    log.repeated('warn', 'inspector_refused', key, 1, (n, span) => `Refused ${req.method} ${path} from ${by}: ${r.message}${span ? ` (${n} times ${span})` : ''}`, { path, by, status: r.status });
+  };
   const handler = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const url = new URL(req.url ?? '/', 'http://localhost');
     const admitted = guard.admit(req);
@@ -75,14 +82,17 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
       const user = 'status' in admitted ? '' : admitted.user;
       const refusal = 'status' in admitted ? admitted : guard.checkAction(req);
       if (refusal) {
-        if (refusal.status !== 401) log.warn('inspector_refused', `Refused ${req.method} ${url.pathname} from ${whoAsked(req, user)}: ${refusal.message}`, { path: url.pathname, by: whoAsked(req, user), status: refusal.status });
+        logRefusal(req, url.pathname, user, refusal);
         return refuse(res, refusal);
       }
       const r = await act(hub, recorded, action, req, whoAsked(req, user));
       if ('error' in r.body) log.warn('inspector_refused', `Refused ${url.pathname} from ${whoAsked(req, user)}: ${r.body.error}`, { path: url.pathname, by: whoAsked(req, user), status: r.status });
       return send(res, r.status, 'application/json', JSON.stringify(r.body));
     }
-    if ('status' in admitted) return refuse(res, admitted);
+    if ('status' in admitted) {
+      logRefusal(req, url.pathname, '', admitted);
+      return refuse(res, admitted);
+    }
     const file = FILES[url.pathname];
     if (req.method !== 'GET') {
       res.setHeader('allow', 'GET');

@@ -212,6 +212,10 @@ guard('a page that rebinds its name to 127.0.0.1 cannot read the inspector eithe
   for (const host of [`localhost:${port}`, `127.0.0.1:${port}`, `[::1]:${port}`, 'localhost:8080']) {
     assert.is((await raw(`${insp.url}api/state`, 'GET', { host })).status, 200, `${host}: its own names, and a tunnel's port`);
   }
+  // The operator hears of it: a line per name asked for (15 reads, 3 names), not one per read.
+  const refused = ctx.logs.filter((l) => l.event === 'inspector_refused');
+  assert.is(refused.length, 3, refused.map((l) => l.msg).join('\n'));
+  assert.ok(refused.every((l) => l.level === 'warn' && l.status === 403 && /^Refused GET \/\S* from 127\.0\.0\.1:\d+ via the inspector: refused: the request names host/.test(String(l.msg))), refused.map((l) => l.msg).join('\n'));
 });
 
 guard('readers of /events are bounded: one more than MAX_STREAMS, none of them reading, is refused (503) until one goes', async () => {
@@ -247,7 +251,11 @@ guard('with a token every path needs HTTP Basic auth; the user name is logged as
   assert.match(page.headers.get('www-authenticate') ?? '', /^Basic realm="revproxy inspector"/);
   for (const path of ['events', 'api/state', 'metrics']) assert.is((await fetch(`${insp.url}${path}`)).status, 401, path);
   const auth = (user: string, pass: string) => ({ authorization: `Basic ${Buffer.from(`${user}:${pass}`).toString('base64')}` });
-  assert.is((await fetch(insp.url!, { headers: auth('alice', 'wrong') })).status, 401);
+  assert.equal(ctx.logs.filter((l) => l.event === 'inspector_refused'), [], 'a browser asking before it signs in is not worth a line');
+  for (let i = 0; i < 20; i++) assert.is((await fetch(insp.url!, { headers: auth('alice', 'wrong') })).status, 401);
+  const wrong = ctx.logs.filter((l) => l.event === 'inspector_refused');
+  assert.is(wrong.length, 1, 'a wrong token is logged, once for a burst of tries');
+  assert.match(String(wrong[0]!.msg), /^Refused GET \/ from alice at 127\.0\.0\.1:\d+ via the inspector: the token given is wrong/);
   assert.is((await fetch(insp.url!, { headers: auth('alice', token) })).status, 200);
   assert.is((await raw(`${insp.url}api/members/drain`, 'POST', json, drainBody)).status, 401);
   const r = await raw(`${insp.url}api/members/drain`, 'POST', { ...json, ...auth('alice', token) }, drainBody);
