@@ -19,7 +19,10 @@ function whyNotLoaded(err: unknown, path: string): string {
     return `it imports '${what}', which cannot be found${from}: install it in a node_modules folder beside the module or above it (or fix the path)`;
   }
   if (e?.code === 'ERR_UNKNOWN_FILE_EXTENSION' && /\.[cm]?tsx?$/.test(path)) {
-    return `Node runs JavaScript, and this is TypeScript: compile it (tsc) and give the .js file`;
+    return `this Node (${process.version}) does not run TypeScript: compile it (tsc) and give the .js file, or use Node 22.18 or later, which runs TypeScript whose types can be erased`;
+  }
+  if (e?.code === 'ERR_UNSUPPORTED_TYPESCRIPT_SYNTAX') {
+    return `this Node (${process.version}) does not run this TypeScript (${first}): it runs only TypeScript whose types can be erased (no enums, namespaces or parameter properties); compile it (tsc) and give the .js file`;
   }
   if (e instanceof SyntaxError) return `${e.name}: ${first} (node --check ${resolve(path)} shows where)`;
   return first;

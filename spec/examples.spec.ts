@@ -14,6 +14,8 @@ import { killAll, node, proxyProcess, revproxy } from './procs.js';
 import { tempDir } from './helpers.js';
 
 const examples = suite('examples');
+/** Whether the node that runs the CLI (the same as this one) erases a .ts module's types on its own: Node 22.18 and later. */
+const nodeRunsTypeScript = Boolean((process.features as { typescript?: unknown }).typescript);
 examples.after.each(killAll);
 
 async function privacyTopology(): Promise<string> {
@@ -72,11 +74,30 @@ examples('a handler module that cannot be used stops the server with exit 1, nam
   assert.match(notAFunction.out.join('\n'), /handler module 'examples\/packets\/1.json'/);
   const dir = tempDir('revproxy-handlers-');
   try {
-    // The CLI runs plain node, which does not take TypeScript (tsx, which runs the specs, would).
-    writeFileSync(join(dir, 'h.ts'), 'export default async (p: string): Promise<string> => p;\n');
-    const ts = revproxy(['server', '--id', '1', '--pp', 'P', '--handler', join(dir, 'h.ts')]);
-    assert.is(await ts.exited, 1);
-    assert.match(ts.out.join('\n'), /h\.ts' cannot be loaded: Node runs JavaScript, and this is TypeScript: compile it \(tsc\) and give the .js file/);
+    // The CLI runs plain node (tsx, which runs the specs, would take any TypeScript). Node 22.18 and
+    // later erase the types of a .ts module and run it; Node 20 refuses it.
+    writeFileSync(join(dir, 'h.ts'), 'export default async (p: string): Promise<string> => `ts ${p}`;\n');
+    if (nodeRunsTypeScript) {
+      const { proc: proxy, port } = await proxyProcess();
+      const server = revproxy(['server', '--id', '1', '--pp', 'P', '--revproc', String(port), '--handler', join(dir, 'h.ts')]);
+      const registered = proxy.waitFor(/Received setup message from server id 1 /).then(() => 'registered');
+      assert.is(await Promise.race([registered, server.exited.then((code) => `exited ${code}`)]), 'registered', server.out.join('\n'));
+      const client = await connect({ revproc: port });
+      try {
+        assert.is(await client.request('P', 'x'), 'ts x');
+      } finally {
+        client.destroy();
+      }
+    } else {
+      const ts = revproxy(['server', '--id', '1', '--pp', 'P', '--handler', join(dir, 'h.ts')]);
+      assert.is(await ts.exited, 1);
+      assert.match(ts.out.join('\n'), /h\.ts' cannot be loaded: this Node \(v[\d.]+\) does not run TypeScript: compile it \(tsc\) and give the .js file, or use Node 22\.18 or later/);
+    }
+    // What no Node runs without compiling: an enum is not erasable syntax.
+    writeFileSync(join(dir, 'enum.ts'), 'enum E { A }\nexport default async (p: string): Promise<string> => `${E.A} ${p}`;\n');
+    const en = revproxy(['server', '--id', '1', '--pp', 'P', '--handler', join(dir, 'enum.ts')]);
+    assert.is(await en.exited, 1);
+    assert.match(en.out.join('\n'), /enum\.ts' cannot be loaded: this Node \(v[\d.]+\) does not run (TypeScript|this TypeScript.*enum).*compile it \(tsc\) and give the .js file/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
