@@ -95,12 +95,10 @@ r('a server stopped long enough to miss its PINGs is told it was removed, and re
   await sleep(300);
   const registrations = () => proxy.out.filter((l) => /Received setup message from server id sleepy /.test(l)).length;
   assert.is(registrations(), 1);
-  const woke = Date.now();
   server.kill('SIGCONT');
   await eventually(() => registrations() === 2, 3000, 'registered again');
-  const took = Date.now() - woke;
-  assert.ok(took < 1000, `registered again ${took} ms after waking (within a second)`);
-  assert.ok(server.out.some((l) => /REMOVED/.test(l)), `the server was told why: ${server.out.join('\n')}`);
+  // As soon as it wakes: told why, it tries again after the first step of its backoff (200 ms), not a longer one (no time is asserted: the machine may be loaded).
+  assert.ok(server.out.some((l) => /Not registered .*REMOVED: .*; retrying in 200 ms/.test(l)), `the server was told why, and retried at once: ${server.out.join('\n')}`);
   const ok = await runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: [{ srcid: 'c', privPoliId: 'P', payload: 'after' }] });
   assert.ok(ok[0]!.correct, JSON.stringify(ok));
 });
