@@ -44,7 +44,9 @@ export function route(context: ProxyContext, name: string, requests: ProxyReques
 
 /**
  * A try failed on `member`: send each request to another member of its pool,
- * or answer it when its retries or its time are used up.
+ * or answer it when its retries or its time are used up, or when no member it
+ * has not tried could take it. Only a request that goes elsewhere is logged as
+ * retried; the observer counts each retry as it is sent (`makeDeliver`).
  */
 export function retry(context: ProxyContext, member: string, requests: ProxyRequest[], failure: Failure): void {
   if (requests.length === 0) return;
@@ -63,9 +65,14 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
       failedNow++;
       continue;
     }
-    context.observer?.retried?.(req.msg.privPoliId, member, failure.code);
-    let group = again.get(req.msg.privPoliId);
-    if (!group) again.set(req.msg.privPoliId, (group = []));
+    const name = req.msg.privPoliId;
+    if (!couldServe(context.policies.get(name), req)) {
+      answerTriedAll(context, req, name);
+      failedNow++;
+      continue;
+    }
+    let group = again.get(name);
+    if (!group) again.set(name, (group = []));
     group.push(req);
   }
   // Repeated conditions: one line at first, then one per interval with a count (logger.ts).
@@ -80,6 +87,24 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
       (n, span) => `${fmt(n)} request(s) failed after server id ${member}${span ? ` ${span}` : ''}: ${failure.message}`,
       { server: member, code: failure.code });
   }
+}
+
+/** Whether a member of `policy` that `req` has not tried is serving or connecting (it may take `req` now or soon). */
+function couldServe(policy: Policy | undefined, req: ProxyRequest): boolean {
+  if (!policy) return false;
+  for (const m of policy.members) {
+    if (req.tried?.includes(m.id)) continue;
+    const s = m.state;
+    if (s === 'serving' || s === 'connecting') return true;
+  }
+  return false;
+}
+
+/** Answer a request that failed on every member of its policy that could take it, with its last try's code. */
+function answerTriedAll(context: ProxyContext, req: ProxyRequest, name: string): void {
+  const code = req.lastCode ?? ErrorCode.UPSTREAM_FAILED;
+  const how = code === ErrorCode.TIMEOUT ? 'timed out on' : 'failed on';
+  context.reply(req, errorMsg(code, `this request ${how} every server of privacy policy ${name} it could go to (tried ${req.tried!.join(', ')})`));
 }
 
 export function refuse(context: ProxyContext, reqs: ProxyRequest[], failure: Failure): void {
@@ -160,7 +185,10 @@ export function makeEligible(context: ProxyContext) {
  */
 function makeDeliver(context: ProxyContext) {
   return (member: string, request: unknown): void => {
-    context.servers.get(member)!.traffic.sendOne(request as ProxyRequest);
+    const req = request as ProxyRequest;
+    // A request that failed elsewhere is being sent again: a retry, counted as it goes.
+    if (req.tried !== undefined) context.observer?.retried?.(req.msg.privPoliId, req.tried[req.tried.length - 1]!, req.lastCode!);
+    context.servers.get(member)!.traffic.sendOne(req);
   };
 }
 
@@ -173,26 +201,13 @@ function makeDeliver(context: ProxyContext) {
 function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
   const name = reqs[0]!.msg.privPoliId;
   const policy = context.policies.get(name);
-  const members = policy?.members ?? new Set<Member>();
   const reply = context.reply;
   let overloaded = 0;
   let noServer = 0;
   for (const req of reqs) {
-    let couldServe = false;
-    for (const m of members) {
-      if (req.tried?.includes(m.id)) continue;
-      const s = m.state;
-      if (s === 'serving' || s === 'connecting') {
-        couldServe = true;
-        break;
-      }
-    }
-    if (!couldServe) {
-      if (req.tried?.length) {
-        const code = req.lastCode ?? ErrorCode.UPSTREAM_FAILED;
-        const how = code === ErrorCode.TIMEOUT ? 'timed out on' : 'failed on';
-        reply(req, errorMsg(code, `this request ${how} every server of privacy policy ${name} it could go to (tried ${req.tried.join(', ')})`));
-      } else {
+    if (!couldServe(policy, req)) {
+      if (req.tried?.length) answerTriedAll(context, req, name);
+      else {
         reply(req, errorMsg(ErrorCode.NO_SERVER, `no live server serves privacy policy ${name}`));
         noServer++;
       }

@@ -74,6 +74,28 @@ metrics('a member that leaves is no longer counted in its pool', async () => {
   assert.is(sample(await scrape(), 'revproxy_pool_members', { policy: 'P', state: 'serving' }), 1);
 });
 
+metrics('retries count the requests sent again to another member, not the failures that had no member left to go to', async () => {
+  const proxy = { host: LOCAL, port: ctx.proxy.port };
+  const failing = async (id: string) => {
+    ctx.servers.push(await startServer({ id, policy: 'F', listenPort: 0, proxy, behaviour: 'fail' }));
+    await eventually(() => ctx.proxy.pools().F?.serving.includes(id) ?? false, 3000, `server ${id} in pool F`);
+  };
+  const send = async (n: number) => {
+    const results = await runClient({ id: 'c', proxy, packets: Array.from({ length: n }, (_, i) => ({ srcid: 'c', privPoliId: 'F', payload: `f${i}` })), window: 1 });
+    assert.ok(results.every((r) => r.error === 'UPSTREAM_FAILED'), JSON.stringify(results));
+  };
+  // One member: its failure has nowhere else to go, so nothing is sent again.
+  await failing('f1');
+  await send(1);
+  assert.is(sample(await scrape(), 'revproxy_retries_total', { policy: 'F' }), 0, 'a lone member that fails: no retry');
+  // Two members (--retries 2): each request fails on one, is sent once to the other, fails there, and is answered.
+  await failing('f2');
+  await send(2);
+  const text = await scrape();
+  assert.is(sample(text, 'revproxy_retries_total', { policy: 'F' }), 2, 'one retry per request');
+  assert.is(sample(text, 'revproxy_requests_total', { policy: 'F', outcome: 'UPSTREAM_FAILED' }), 3);
+});
+
 const hooks = suite('metrics hooks');
 
 hooks('retries and ejections count through the proxy observer hooks', async () => {

@@ -247,6 +247,8 @@ faults('when no member answers, the client gets TIMEOUT within the request timeo
   const results = await pending;
   assert.ok(results.every((r) => r.error === 'TIMEOUT'), JSON.stringify(results));
   assert.ok(Date.now() - t0 < 2000, 'within the request timeout');
+  assert.not.ok(ctx.logs.some((l) => l.event === 'retry'), 'no "Retrying on another server" line when there is no other server');
+  assert.ok(ctx.logs.some((l) => l.event === 'request_failed' && l.count === 3), 'the failures are logged with their count');
 });
 
 faults('after a stall (the proxy paused, or its event loop blocked), answers that came meanwhile are read before any try counts as timed out', async () => {
