@@ -4,6 +4,7 @@
  * /metrics). The proxy runs as a real process (`revproxy proxy --config`);
  * servers and load run in this process.
  */
+import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { suite } from 'uvu';
@@ -14,7 +15,7 @@ import { ROLES } from '../admin/conn-stats.js';
 import { NUMBERS, parseConfig, proxyConfigSpec, toRuntime } from '../config/proxy.js';
 import { OTHER } from '../inspector/metrics.js';
 import { ERROR_CODES } from '../transport/errors.js';
-import { eventually, LOCAL, sleep, tempDir } from './helpers.js';
+import { eventually, LOCAL, rawConnect, sleep, tempDir } from './helpers.js';
 import { makePki } from './certs.js';
 import { runLoad } from './load.js';
 import { killAll, revproxy, ROOT, type Proc } from './procs.js';
@@ -450,6 +451,37 @@ admin('with a token, /metrics needs it and the health checks do not', async () =
   assert.is((await get(`${url}metrics`, { headers: { authorization: 'Bearer an-admin-secret' } })).status, 200);
   assert.is((await get(`${url}healthz`)).status, 200);
   assert.is((await get(`${url}readyz`)).status, 200);
+});
+
+/** Debian's promtool (package prometheus; .ci/run installs it): Prometheus's own check of the text format and its naming rules. */
+const PROMTOOL = '/usr/bin/promtool';
+
+/** `promtool check metrics` on `text`: its exit status and what it said (0 and nothing when the exposition is valid and lint-clean). */
+function promtoolCheck(text: string): { status: number; said: string } {
+  assert.ok(existsSync(PROMTOOL), `${PROMTOOL} is missing: install Debian's prometheus package (apt-get install prometheus), as .ci/run does`);
+  const r = spawnSync(PROMTOOL, ['check', 'metrics'], { input: text, encoding: 'utf8' });
+  return { status: r.status ?? 1, said: `${r.stdout}${r.stderr}`.trim() };
+}
+
+admin('promtool check metrics passes /metrics after traffic, errors, retries, an ejection, bad input, a reload and odd policy and server ids', async () => {
+  const file = write('p.yaml', 'port: 0\neject_after: 2\nadmin:\n  listen: 127.0.0.1:0\n');
+  const { proc, port, admin: url } = await proxyWithConfig(file);
+  assert.equal(promtoolCheck((await get(`${url}metrics`)).body), { status: 0, said: '' }, 'at start');
+  const odd = ['quote"d', 'back\\slash', 'new\nline', 'ünï €', '# HELP x'];
+  for (const [i, p] of odd.entries()) await server(`s"${i}\\`, p, port);
+  ctx.servers.push(await startServer({ id: 'failing', policy: 'F', listenPort: 0, proxy: { host: LOCAL, port }, behaviour: 'fail' }));
+  await server('good', 'F', port);
+  await sleep(200);
+  for (const p of [...odd, 'F', 'F', 'F', 'F', 'NONE']) await runClient({ id: 'c"\\', proxy: { host: LOCAL, port }, packets: [{ srcid: 'c"\\', privPoliId: p, payload: 'x' }] });
+  const bad = await rawConnect(port);
+  bad.end(Buffer.from([0x7f, 0xff, 0xff, 0xff]));
+  writeFileSync(file, 'port: 0\nmax_server_inflight: lots\n');
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reload refused/);
+  const text = (await get(`${url}metrics`)).body;
+  assert.match(text, /revproxy_retries_total\{policy="F",server="failing"/, 'a retry is counted');
+  assert.match(text, /revproxy_requests_total\{policy="new\\nline"/, 'the odd names are there, escaped');
+  assert.equal(promtoolCheck(text), { status: 0, said: '' }, 'after traffic');
 });
 
 config.run();
