@@ -218,8 +218,22 @@ export class HandlerRunner {
   readonly timed = new Set<Job>();
   private running = 0;
   private readonly queue: Job[] = [];
-  /** Requests taken to be answered (all but a silent server's), for the stop line and the inspector. */
-  answered = 0;
+  /** Answers sent: ACKs, and errors by code (the handler's own errors are HANDLER_ERROR); for the stop line and the inspector's metrics. */
+  readonly outcomes = { ok: 0, errors: new Map<string, number>() };
+
+  /** Answers sent so far, whatever they were. */
+  get answered(): number {
+    let n = this.outcomes.ok;
+    for (const k of this.outcomes.errors.values()) n += k;
+    return n;
+  }
+
+  /** Send one answer on `conn`, counted by its outcome. */
+  private answer(conn: Connection, answer: AckMsg | ErrorMsg): void {
+    conn.send(answer);
+    if (answer.type === MsgType.ACK) this.outcomes.ok++;
+    else this.outcomes.errors.set(answer.code, (this.outcomes.errors.get(answer.code) ?? 0) + 1);
+  }
 
   constructor(opts: RunnerOptions) {
     this.opts = opts;
@@ -230,18 +244,17 @@ export class HandlerRunner {
     const { behaviour, clock, budget } = this.opts;
     const conn = caller.conn;
     if (behaviour === 'silent') return;
-    this.answered += requests.length;
     let now = -1;
     for (const msg of requests) {
       if (behaviour === 'fail') {
-        conn.send(errorMsg(ErrorCode.UPSTREAM_FAILED, `server ${this.opts.serverId} is configured to fail every request`, msg.seq));
+        this.answer(conn, errorMsg(ErrorCode.UPSTREAM_FAILED, `server ${this.opts.serverId} is configured to fail every request`, msg.seq));
         continue;
       }
       let deadline: number | undefined;
       if (msg.timeoutms !== undefined) deadline = (now < 0 ? (now = clock.now()) : now) + msg.timeoutms;
       const runs = this.running < this.opts.concurrency;
       if (!runs && this.queue.length >= this.opts.queueLimit) {
-        conn.send(errorMsg(ErrorCode.OVERLOADED,
+        this.answer(conn, errorMsg(ErrorCode.OVERLOADED,
           `server ${this.opts.serverId} is running ${this.running} request(s), its limit, and ${this.queue.length} more are waiting; try another server or later`, msg.seq));
         continue;
       }
@@ -266,7 +279,7 @@ export class HandlerRunner {
   private overBudget(conn: Connection, msg: DataMsg): void {
     const { serverId: id, budget, logger } = this.opts;
     const why = `server ${id} holds ${budget.limit / 2} bytes of requests not answered yet, half its buffer budget (--max-buffered-bytes); try another server or later`;
-    conn.send(errorMsg(ErrorCode.OVERLOADED, why, msg.seq));
+    this.answer(conn, errorMsg(ErrorCode.OVERLOADED, why, msg.seq));
     logger.repeated('warn', 'refused', id, 1, (n, span) => `Refused ${fmt(n)} request(s) with OVERLOADED${span ? ` ${span}` : ''}: ${why}`, { code: ErrorCode.OVERLOADED });
   }
 
@@ -329,7 +342,7 @@ export class HandlerRunner {
     job.release();
     this.letGo(job);
     this.running--;
-    job.caller.conn.send(answer);
+    this.answer(job.caller.conn, answer);
     this.next();
   }
 
@@ -358,7 +371,7 @@ export class HandlerRunner {
       if (job.deadline !== undefined && this.opts.clock.now() >= job.deadline) {
         // The proxy has stopped waiting for it: running it would only keep the others waiting.
         this.letGo(job);
-        job.caller.conn.send(errorMsg(ErrorCode.TIMEOUT, `request ${job.msg.seq} waited past its deadline in server ${this.opts.serverId}'s queue`, job.msg.seq));
+        this.answer(job.caller.conn, errorMsg(ErrorCode.TIMEOUT, `request ${job.msg.seq} waited past its deadline in server ${this.opts.serverId}'s queue`, job.msg.seq));
         continue;
       }
       this.start(job);

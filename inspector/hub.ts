@@ -470,8 +470,11 @@ export class Hub {
     for (const info of this.actors.values()) {
       const ctx = (info.ref?.getSnapshot() as { context?: Record<string, unknown> } | undefined)?.context;
       if (!ctx) continue;
-      const answered = info.machine === 'server' ? (ctx.runner as { answered?: number } | undefined)?.answered : undefined;
-      if (answered !== undefined) out.push({ actor: info.id, kind: 'server', outcome: 'ok', count: answered });
+      const answers = info.machine === 'server' ? (ctx.runner as { outcomes?: { ok: number; errors: Map<string, number> } } | undefined)?.outcomes : undefined;
+      if (answers) {
+        out.push({ actor: info.id, kind: 'server', outcome: 'ok', count: answers.ok });
+        for (const [outcome, count] of answers.errors) out.push({ actor: info.id, kind: 'server', outcome, count });
+      }
       const outcomes = info.machine === 'client' ? (ctx.book as { outcomes?: Record<string, number> } | undefined)?.outcomes : undefined;
       for (const [outcome, count] of Object.entries(outcomes ?? {})) out.push({ actor: info.id, kind: 'client', outcome, count });
     }

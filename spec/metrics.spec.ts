@@ -96,6 +96,18 @@ metrics('retries count the requests sent again to another member, not the failur
   assert.is(sample(text, 'revproxy_requests_total', { policy: 'F', outcome: 'UPSTREAM_FAILED' }), 3);
 });
 
+metrics("a server's answers are counted by what they were: ok or the error code it answered", async () => {
+  const proxy = { host: LOCAL, port: ctx.proxy.port };
+  const server = await startServer({ id: 'g1', policy: 'G', listenPort: 0, proxy, behaviour: 'fail', inspect: ctx.insp.inspect });
+  ctx.servers.push(server);
+  await eventually(() => ctx.proxy.pools().G?.serving.includes('g1') ?? false, 3000, 'server g1 in pool G');
+  const results = await runClient({ id: 'c', proxy, packets: [{ srcid: 'c', privPoliId: 'G', payload: 'a' }, { srcid: 'c', privPoliId: 'G', payload: 'b' }] });
+  assert.ok(results.every((r) => r.error === 'UPSTREAM_FAILED'), JSON.stringify(results));
+  const text = await scrape();
+  const answers = [...text.matchAll(/^revproxy_actor_answers_total\{([^}]*kind="server"[^}]*)\} (\d+)$/gm)].map((m) => `${m[1]} ${m[2]}`);
+  assert.equal(answers, ['actor="server g1",kind="server",outcome="ok" 0', 'actor="server g1",kind="server",outcome="UPSTREAM_FAILED" 2'], 'two failures, no ok');
+});
+
 const hooks = suite('metrics hooks');
 
 hooks('retries and ejections count through the proxy observer hooks', async () => {
