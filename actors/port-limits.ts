@@ -1,8 +1,8 @@
 /**
  * What bounds a listening port, shared by the proxy's port and a server's:
  * how many connections it keeps (in all, and from one address), and how a
- * connection cut by the buffer budget, and a refused TLS handshake, are
- * logged.
+ * connection cut by the buffer budget, a refused TLS handshake and a
+ * connection closed on bad input are logged.
  */
 import type { Server, Socket } from 'node:net';
 import type { BudgetHolder } from '../transport/budget.js';
@@ -107,5 +107,20 @@ export function logTlsRefusals(server: Server, logger: Logger): void {
     const why = recogniseTlsRefusal(err.code)?.message ?? err.message;
     const addr = socket.remoteAddress ?? '?';
     logger.repeated('warn', 'tls_refused', addr, 1, (n, span) => `Refused ${span ? `${fmt(n)} TLS connections` : 'a TLS connection'} from ${addr}${span ? ` ${span}` : ''}: ${why}`, { peer: addr, reason: err.message });
+  });
+}
+
+/**
+ * Log a connection closed on its bad input: the first from an address with
+ * its own port and what was wrong, then one line per interval counting the
+ * connections from that address (a crowd of them must not become a log
+ * flood), which names the address only: the count is not one connection's.
+ */
+export function logBadInput(logger: Logger, conn: Connection, err: { code: string; message: string }, fields: Record<string, unknown> = {}): void {
+  const addr = conn.remoteAddress;
+  logger.repeated('warn', 'bad_input', `${addr}\0${err.code}`, 1, (n, span) => span
+    ? `Closed ${fmt(n)} connection(s) from ${addr} on bad input (${err.code}) ${span}; the first was: ${err.message}`
+    : `Closed connection from ${conn.describe()}: ${err.message}`, {
+    peer: conn.describe(), code: err.code, ...fields,
   });
 }

@@ -32,7 +32,7 @@ import { Pacer } from './pacer.js';
 import { tcpConnect, type ProxyRequest } from './link.js';
 import { silentLogger } from './logger.js';
 import { drainWatch, linkHub, listener, noRegistry, pinger, sweeper } from './proxy-io.js';
-import { logShed } from './port-limits.js';
+import { logBadInput, logShed } from './port-limits.js';
 import { isLoopback, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
 import type { ProxyContext, ProxyEvent } from './proxy-types.js';
 import { drainMember, enableMember, linkDown, linkUp, probe, readmit, triesFailed } from './health.js';
@@ -145,9 +145,7 @@ export const proxyMachine = setup({
     badInput: ({ context, event }) => {
       assertEvent(event, 'BAD_INPUT');
       const conn = event.peer.conn;
-      context.logger.repeated('warn', 'bad_input', `${conn.remoteAddress}\0${event.error.code}`, 1, (n, span) => `Closed connection from ${conn.describe()}: ${event.error.message}${span ? ` (${n} times ${span})` : ''}`, {
-        peer: conn.describe(), code: event.error.code, role: event.peer.role,
-      });
+      logBadInput(context.logger, conn, event.error, { role: event.peer.role });
       closeAfterAnswers(event.peer, errorMsg(event.error.code, event.error.message));
     },
 

@@ -24,7 +24,7 @@ import { systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { BufferBudget, DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
 import { Caller, HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
 import { defaultConnsPerPeer } from './proxy-options.js';
-import { ConnectionLimits, logShed, logTlsRefusals, type ConnectionLimitsInput } from './port-limits.js';
+import { ConnectionLimits, logBadInput, logShed, logTlsRefusals, type ConnectionLimitsInput } from './port-limits.js';
 import { fmt, silentLogger, type Logger } from './logger.js';
 
 export type { Behaviour } from './handler.js';
@@ -217,9 +217,7 @@ const requestListener = fromCallback<{ type: 'DRAIN' }, ListenerInput>(
 
 function refuse(conn: Connection, err: ProtocolError, logger: Logger): void {
   // Garbage from a crowd of connections must not become a log flood: once, then counted (as the proxy's).
-  logger.repeated('warn', 'bad_input', `${conn.remoteAddress}\0${err.code}`, 1, (n, span) => `Closed connection from ${conn.describe()}: ${err.message}${span ? ` (${fmt(n)} times ${span})` : ''}`, {
-    peer: conn.describe(), code: err.code,
-  });
+  logBadInput(logger, conn, err);
   conn.endWith(errorMsg(err.code, err.message));
 }
 

@@ -169,6 +169,21 @@ port('garbage from many connections is refused on each, and logged once, then co
   await stillServes(server.port);
 });
 
+port("bad input's summary line counts connections from the address, and names no one connection's port", async () => {
+  const server = await lonely({ logger: new Logger('server', memorySink(ctx.logs), 'info', { summaryMs: 50 }) });
+  const garbage = await Promise.all(Array.from({ length: 20 }, () => peer(server.port)));
+  for (const s of garbage) s.resume().write(Buffer.from([0, 0, 0, 3, 0xc1, 0xc1, 0xc1]));
+  const lines = () => ctx.logs.filter((r) => r.event === 'bad_input');
+  await eventually(() => lines().reduce((n, r) => n + (r.count as number), 0) === 20, 3000, 'all 20 counted');
+  const [first, ...summaries] = lines();
+  assert.match(first!.msg, /^Closed connection from 127\.0\.0\.1:\d+: /, 'the first line names its connection');
+  assert.ok(summaries.length > 0);
+  for (const r of summaries) {
+    assert.match(r.msg, new RegExp(`^Closed ${r.count} connection\\(s\\) from 127\\.0\\.0\\.1 on bad input \\(BAD_REQUEST\\) in the last \\d+ m?s; the first was: `), r.msg);
+    assert.not.match(r.msg, /127\.0\.0\.1:\d/, 'no port of one connection for a count of many');
+  }
+});
+
 function collectorInto(s: Socket, into: ErrorMsg[]): void {
   const got = collector(s);
   s.on('data', () => {
