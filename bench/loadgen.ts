@@ -82,6 +82,8 @@ export interface LoadResult {
   connected: number;
   /** What the first failure of each code said (CONNECT_FAILED: 'ECONNREFUSED 127.0.0.1:2100'; an ERROR answer: its message). */
   firstError: Record<string, string>;
+  /** Targets (`host:port`) a connection to could not be opened, in the order they failed. */
+  unreachable: string[];
   /** Length of the measured window (after warm-up). */
   windowMs: number;
   /** Right answers that came in the window (what `rps` counts; the CPU read over the window is per one of these). */
@@ -204,7 +206,12 @@ class Run {
     if (this.opts.live) this.opts.live.failed = (this.opts.live.failed ?? 0) + 1;
   }
 
+  /** Targets a connection to could not be opened. */
+  readonly unreachable = new Set<string>();
+
+  /** A connection to `ep` could not be opened (one CONNECT_FAILED: a connection, or with a connection per request, a request). */
   connectFailed(err: NodeJS.ErrnoException, ep: LoadEndpoint): void {
+    this.unreachable.add(`${ep.host}:${ep.port}`);
     this.fail('CONNECT_FAILED', 1, `${err.code ?? err.message} ${ep.host}:${ep.port}`);
   }
 
@@ -443,6 +450,7 @@ function perRequestLoop(run: Run, ep: LoadEndpoint, done: () => void): void {
     socket.on('error', (err: NodeJS.ErrnoException) => {
       if (up) return settle('CONNECTION_LOST');
       run.firstError.CONNECT_FAILED ??= `${err.code ?? err.message} ${ep.host}:${ep.port}`;
+      run.unreachable.add(`${ep.host}:${ep.port}`);
       settle('CONNECT_FAILED');
     });
     socket.on('close', () => {
@@ -526,6 +534,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
     errors: run.errors,
     connected: run.peakOpen,
     firstError: run.firstError,
+    unreachable: [...run.unreachable],
     windowMs,
     answered: run.inWindow,
     rps: (run.inWindow / windowMs) * 1000,

@@ -44,10 +44,15 @@ export interface LoadReport {
   /** Answers whose payload was SHA1 of what was sent. */
   ok: number;
   wrongHash: number;
-  /** Failed requests by code: the proxy's ERROR codes, and CONNECT_FAILED, CONNECTION_LOST, NO_ANSWER, BAD_FRAME, UNEXPECTED_ANSWER. */
+  /**
+   * Failed requests by code: the proxy's ERROR codes, and CONNECTION_LOST, NO_ANSWER, BAD_FRAME, UNEXPECTED_ANSWER;
+   * and CONNECT_FAILED: connections that could not be opened (with --connection-per-request each is a request's).
+   */
   errors: Record<string, number>;
   /** What the first failure of each code said. */
   firstError: Record<string, string>;
+  /** Targets (`host:port`) a connection to could not be opened. */
+  unreachable: string[];
   /** Connections open at once at the peak. */
   connected: number;
   /** The measured window, seconds. */
@@ -85,12 +90,12 @@ const fmt = (n: number): string => Math.round(n).toLocaleString('en');
 const ms = (v: number): string => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v >= 1 ? v.toFixed(2) : v.toFixed(3));
 
 /** What each failure means, and what to do about it. */
-function hint(code: string, f: LoadFlags, first = ''): string {
+function hint(code: string, f: LoadFlags, first = '', unreachable: string[] = []): string {
   const at = f.revproc.map((e) => `${e.host}:${e.port}`).join(', ');
   const port = f.revproc[0]!.port;
   switch (code) {
     case 'CONNECT_FAILED':
-      return `could not connect to ${at}: start the proxy there (revproxy proxy --port ${port}) or give its address with --revproc HOST:PORT`;
+      return `could not connect to ${unreachable.length ? unreachable.join(', ') : at}: start the proxy there (revproxy proxy --port ${unreachable[0]?.split(':').pop() ?? port}) or give its address with --revproc HOST:PORT`;
     case 'NO_SERVER':
       return `no server of the policy is registered with the proxy: start one (revproxy server --id 100 --pp ${f.policy[0]} --revproc ${port}) or name another --policy`;
     case 'OVERLOADED':
@@ -133,6 +138,7 @@ export function loadReport(r: LoadResult, f: LoadFlags): LoadReport {
     wrongHash: r.wrongHash,
     errors: r.errors,
     firstError: r.firstError,
+    unreachable: r.unreachable,
     connected: r.connected,
     seconds: r.windowMs / 1000,
     answered: r.answered,
@@ -143,7 +149,9 @@ export function loadReport(r: LoadResult, f: LoadFlags): LoadReport {
 
 function formatText(rep: LoadReport, f: LoadFlags): string {
   const l = rep.latencyMs;
-  const failed = Object.values(rep.errors).reduce((a, b) => a + b, 0);
+  // Kept open, a connection that could not be opened sent no request: its CONNECT_FAILED counts a connection, not a failed request.
+  const perRequest = rep.mode === 'connection per request';
+  const failed = Object.entries(rep.errors).reduce((a, [code, n]) => a + (code === 'CONNECT_FAILED' && !perRequest ? 0 : n), 0);
   const what = rep.requests !== null ? `${fmt(rep.requests)} requests` : `${rep.durationS} s${rep.warmupS ? ` after ${rep.warmupS} s warm-up` : ''}`;
   const shape = rep.mode === 'connection per request' ? `${rep.connections} loop(s) of a connection per request` : `${rep.connections} connection(s) x ${rep.inflight} in flight`;
   const lines = [
@@ -156,7 +164,7 @@ function formatText(rep: LoadReport, f: LoadFlags): string {
   ];
   const problems = Object.entries(rep.errors)
     .sort((a, b) => b[1] - a[1])
-    .map(([code, n]) => `${code} ${fmt(n)}: ${hint(code, f, rep.firstError[code])}${rep.firstError[code] ? ` (first: ${rep.firstError[code]})` : ''}`);
+    .map(([code, n]) => `${code} ${fmt(n)}${code === 'CONNECT_FAILED' && !perRequest ? ` connection(s) of ${fmt(rep.connections)}` : ''}: ${hint(code, f, rep.firstError[code], rep.unreachable)}${rep.firstError[code] ? ` (first: ${rep.firstError[code]})` : ''}`);
   if (rep.wrongHash) problems.unshift(`wrong hash ${fmt(rep.wrongHash)}: answers whose payload is not the SHA1 of what was sent: the server computes the wrong thing`);
   lines.push(...(problems.length ? problems.map((p, i) => `  ${i === 0 ? 'errors    ' : '          '}  ${p}`) : ['  errors      none']));
   return lines.join('\n');

@@ -44,7 +44,7 @@ test('a fixed count through the proxy: every request answered right, counted onc
   const j = r.json!;
   assert.equal(
     Object.keys(j).sort(),
-    ['answered', 'connected', 'connections', 'durationS', 'errors', 'firstError', 'inflight', 'latencyMs', 'mode', 'ok', 'policies', 'rate', 'requests', 'rps', 'seconds', 'sent', 'targets', 'warmupS', 'wrongHash'].sort(),
+    ['answered', 'connected', 'connections', 'durationS', 'errors', 'firstError', 'inflight', 'latencyMs', 'mode', 'ok', 'policies', 'rate', 'requests', 'rps', 'seconds', 'sent', 'targets', 'unreachable', 'warmupS', 'wrongHash'].sort(),
   );
   assert.is(j.sent, 2000);
   assert.is(j.ok, 2000);
@@ -95,8 +95,20 @@ test('nothing listening: exit 1, CONNECT_FAILED with what the system said and wh
   const port = await freePort();
   const r = await load(['--revproc', String(port), '-n', '10']);
   assert.is(r.code, 1);
-  assert.match(r.out, /CONNECT_FAILED 2: could not connect to 127\.0\.0\.1:\d+: start the proxy there/);
+  assert.match(r.out, /CONNECT_FAILED 2 connection\(s\) of 2: could not connect to 127\.0\.0\.1:\d+: start the proxy there/);
   assert.match(r.out, /ECONNREFUSED/);
+});
+
+test('one target of two down: its connections are counted as connections, the requests add up, and only it is named', async () => {
+  const { freePort } = await import('../bench/procs.js');
+  const down = await freePort();
+  const r = await load(['--revproc', `${proxyPort},${down}`, '--policy', '111', '-n', '400', '-c', '4', '-p', '4']);
+  assert.is(r.code, 1, 'a target could not be reached');
+  assert.match(r.out, /requests {4}400 sent, 400 answered right\n/, 'no request failed: the connections that never opened sent none');
+  assert.match(r.out, new RegExp(`CONNECT_FAILED 2 connection\\(s\\) of 4: could not connect to 127\\.0\\.0\\.1:${down}: start the proxy there`));
+  assert.not.match(r.out, new RegExp(`could not connect to [^:]*127\\.0\\.0\\.1:${proxyPort}`), 'the target that answered is not named as unreachable');
+  const j = await load(['--revproc', `${proxyPort},${down}`, '--policy', '111', '-n', '400', '-c', '4', '-p', '4', '--json']);
+  assert.equal(j.json!.unreachable, [`127.0.0.1:${down}`]);
 });
 
 test('usage errors exit 2 and say what to give', async () => {
