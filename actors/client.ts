@@ -9,11 +9,14 @@
  *  (any) --CLOSE--> closed
  *
  * When a connection is lost, the requests sent on it go out again, first,
- * on the next proxy (the work is idempotent). Connecting is not progress (a
- * proxy that accepts and then closes must not keep us trying for ever); an
- * answer is. connect.ts builds the promise and RxJS forms on this machine.
+ * on the next proxy (the work is idempotent). So do requests a draining
+ * proxy refused SHUTTING_DOWN, when there is another proxy: nothing more is
+ * sent to it, and the client leaves it once it has answered the rest.
+ * Connecting is not progress (a proxy that accepts and then closes must not
+ * keep us trying for ever); an answer is. connect.ts builds the promise and
+ * RxJS forms on this machine.
  */
-import { assertEvent, assign, fromCallback, raise, setup, type ActorRefFrom, type EventObject } from 'xstate';
+import { assertEvent, assign, enqueueActions, fromCallback, raise, setup, type ActorRefFrom, type EventObject } from 'xstate';
 import { ErrorCode, LocalCode, RevproxyError, type ClientCode } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { isIdValue, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
@@ -122,6 +125,8 @@ export class RequestBook {
   private readonly waiting: Entry[] = [];
   private waitingHead = 0;
   private readonly inflight = new Map<number, Entry>();
+  /** Requests the proxy refused SHUTTING_DOWN (it is draining), to send again on the next proxy. */
+  private bounced: Entry[] = [];
   private readonly byHandle = new Map<RequestHandle, Entry>();
   private seq = 0;
   /** Requests settled so far, by outcome: `ok`, or the error's code (for the inspector's counts). */
@@ -147,6 +152,11 @@ export class RequestBook {
 
   get inFlight(): number {
     return this.inflight.size;
+  }
+
+  /** The proxy said it is shutting down: nothing more is sent on this connection. */
+  get draining(): boolean {
+    return this.bounced.length > 0;
   }
 
   /** Take a request to send when the window has room (settled at once with CLIENT_OVERLOADED when the queue is full). */
@@ -176,6 +186,7 @@ export class RequestBook {
 
   /** Send waiting requests while the window has room. */
   sendMore(conn: Connection, client: string, log: Logger, port: number): void {
+    if (this.draining) return;
     const verbose = log.enabled('debug');
     while (this.inflight.size < this.window && this.waitingHead < this.waiting.length) {
       const entry = this.waiting[this.waitingHead++]!;
@@ -201,8 +212,12 @@ export class RequestBook {
     }
   }
 
-  /** Settle what one read answered; returns how many requests it settled. */
-  answer(messages: Message[], log: Logger): number {
+  /**
+   * Settle what one read answered; returns how many requests it settled. With
+   * `elsewhere` (another proxy to go to), a request refused SHUTTING_DOWN is
+   * not settled: it waits to go to the next proxy.
+   */
+  answer(messages: Message[], log: Logger, elsewhere: boolean): number {
     let settled = 0;
     this.heardAt = this.clock.now();
     for (const m of messages) {
@@ -217,6 +232,11 @@ export class RequestBook {
       if (!entry) continue;
       this.answers++;
       this.inflight.delete(seq!);
+      if (elsewhere && m.type === MsgType.ERROR && m.code === ErrorCode.SHUTTING_DOWN) {
+        entry.seq = undefined;
+        this.bounced.push(entry);
+        continue;
+      }
       const latencyMs = this.clock.now() - entry.arrived;
       if (m.type === MsgType.ACK) {
         log.debug('answer', `Receiving a response from the server payload: ${show(m.payload)}`, { server: m.srcid, payload: show(m.payload), seq });
@@ -238,9 +258,10 @@ export class RequestBook {
     this.settle(entry, { ok: false, error, latencyMs: this.clock.now() - entry.arrived });
   }
 
-  /** The connection is gone: what was in flight on it waits again, first, in the order it was sent. */
+  /** The connection is gone: what was in flight on it, or refused SHUTTING_DOWN, waits again, first. */
   unsend(): number {
-    const back = [...this.inflight.values()];
+    const back = [...this.bounced, ...this.inflight.values()].filter((e) => !e.settled);
+    this.bounced = [];
     this.inflight.clear();
     for (const e of back) e.seq = undefined;
     this.waiting.splice(0, this.waitingHead, ...back);
@@ -252,6 +273,7 @@ export class RequestBook {
   failAll(error: RequestError): number {
     const all = [...this.byHandle.values()];
     this.inflight.clear();
+    this.bounced = [];
     this.waiting.length = 0;
     this.waitingHead = 0;
     for (const e of all) this.settle(e, { ok: false, error, latencyMs: this.clock.now() - e.arrived });
@@ -395,8 +417,14 @@ export const clientMachine = setup({
     }),
     receive: ({ context, event }) => {
       assertEvent(event, 'ANSWERS');
-      context.book.answer(event.messages, context.logger);
+      context.book.answer(event.messages, context.logger, context.proxies.length > 1);
     },
+    /** The proxy is draining and holds nothing more of ours: leave it for the next, with what it refused. */
+    leaveIfDrained: enqueueActions(({ context, enqueue }) => {
+      if (!context.book.draining || context.book.inFlight > 0) return;
+      const { host, port } = context.proxies[context.proxyIndex]!;
+      enqueue.raise({ type: 'CLOSED', error: `the reverse proxy at ${host}:${port} is shutting down` });
+    }),
     progress: assign(({ event }) => {
       assertEvent(event, 'ANSWERS');
       const answered = event.messages.some((m) => m.type === MsgType.ACK || (m.type === MsgType.ERROR && m.seq !== undefined));
@@ -513,9 +541,9 @@ export const clientMachine = setup({
         open: {
           on: {
             REQUEST: { actions: ['enqueue', 'sendMore'] },
-            ANSWERS: { actions: ['receive', 'progress', 'sendMore'] },
-            EXPIRE: { actions: ['expire', 'sendMore'] },
-            CANCEL: { actions: ['cancel', 'sendMore'] },
+            ANSWERS: { actions: ['receive', 'progress', 'sendMore', 'leaveIfDrained'] },
+            EXPIRE: { actions: ['expire', 'sendMore', 'leaveIfDrained'] },
+            CANCEL: { actions: ['cancel', 'sendMore', 'leaveIfDrained'] },
             PROXIES: [{ guard: 'proxyLeftSilent', actions: ['setProxies', 'leaveProxy'] }, { actions: 'setProxies' }],
           },
         },
