@@ -98,6 +98,12 @@ export interface LoadResult {
    * leave out the requests a stalled target held back longest.
    */
   latency: LatencySummary;
+  /**
+   * The target closed every connection this long into the measured window (ms;
+   * 0 if during the warm-up): nothing was sent after, since connections are not
+   * opened again, and the window ended there. Undefined when they stayed open.
+   */
+  closedAllAfterMs?: number;
 }
 
 export const DEFAULT_PAYLOADS = Array.from({ length: 16 }, (_, i) => `bench payload ${i.toString(16).padStart(2, '0')}`);
@@ -165,6 +171,10 @@ class Run {
   readonly hashes: string[];
   private payloadTurn = 0;
   private doneWaiter?: () => void;
+  /** Aborted when the target has closed every connection: the run's waits end there. */
+  readonly gone = new AbortController();
+  /** When the last open connection closed (performance.now()). */
+  closedAllAt?: number;
 
   constructor(readonly opts: LoadOptions) {
     const payloads = opts.payloads ?? DEFAULT_PAYLOADS;
@@ -273,6 +283,8 @@ class PipelinedConn {
   private readonly templates: Template[];
   private inflight = 0;
   private up = false;
+  /** This side closed it (the run is over), not the target. */
+  private closedHere = false;
   /**
    * Why the connection is closing, when the target said (an ERROR naming no
    * request) or the socket did: its requests in flight fail with this code,
@@ -317,10 +329,15 @@ class PipelinedConn {
       } else this.closing ??= { code: err.code ?? 'SOCKET_ERROR', detail: err.message };
     });
     this.socket.on('close', () => {
+      const wasUp = this.up;
       if (this.up) run.open--;
       this.up = false;
       // With every connection gone nothing more can be sent: let the run end.
       if (run.open === 0) run.stopped = true;
+      if (run.open === 0 && wasUp && !this.closedHere && !run.gone.signal.aborted) {
+        run.closedAllAt = performance.now();
+        run.gone.abort();
+      }
       const n = this.inflight;
       this.inflight = 0;
       this.nFree = 0;
@@ -400,6 +417,7 @@ class PipelinedConn {
   }
 
   close(): void {
+    this.closedHere = true;
     this.socket.destroy();
   }
 }
@@ -539,6 +557,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
     answered: run.inWindow,
     rps: (run.inWindow / windowMs) * 1000,
     latency,
+    closedAllAfterMs: run.closedAllAt === undefined ? undefined : Math.max(0, run.closedAllAt - started),
   };
 }
 
@@ -551,14 +570,16 @@ async function measure(run: Run, warmupMs: number, durationMs?: number): Promise
     await run.settled(run.opts.drainMs ?? 5000);
     return { started, ended: performance.now() };
   }
-  if (warmupMs > 0) await sleep(warmupMs, run.opts.stop);
+  // Ctrl-C, or the target closing every connection, ends the run.
+  const stop = AbortSignal.any([run.gone.signal, ...(run.opts.stop ? [run.opts.stop] : [])]);
+  if (warmupMs > 0) await sleep(warmupMs, stop);
   const before = run.hist.count;
   run.measuring = true;
   run.opts.window?.start();
   const started = performance.now();
   // Without a warm-up the first requests, sent as the run starts, belong to the window.
   run.windowFrom = warmupMs > 0 ? started : -Infinity;
-  await sleep(durationMs, run.opts.stop);
+  await sleep(durationMs, stop);
   run.measuring = false;
   run.stopped = true;
   const ended = performance.now();

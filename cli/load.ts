@@ -63,6 +63,8 @@ export interface LoadReport {
   rps: number;
   /** Latency of the right answers to the requests sent in the window, answered in it or after, milliseconds (open loop: from when each request was due). */
   latencyMs: LoadResult['latency'];
+  /** The target closed every connection this many seconds into the window, which ended there (connections are not opened again); null when they stayed open. */
+  closedAllAfterS: number | null;
 }
 
 /** `10`, `10s`, `500ms`, `2m` -> seconds. */
@@ -144,6 +146,7 @@ export function loadReport(r: LoadResult, f: LoadFlags): LoadReport {
     answered: r.answered,
     rps: r.rps,
     latencyMs: r.latency,
+    closedAllAfterS: r.closedAllAfterMs === undefined ? null : r.closedAllAfterMs / 1000,
   };
 }
 
@@ -158,6 +161,7 @@ function formatText(rep: LoadReport, f: LoadFlags): string {
     `load: ${what}, ${shape}, to ${rep.targets.join(', ')}, policy ${rep.policies.join(', ')} (${rep.mode}${rep.rate !== null ? ` at ${fmt(rep.rate)} requests/s` : ''})`,
     `  requests    ${fmt(rep.sent)} sent, ${fmt(rep.ok)} answered right${rep.wrongHash ? `, ${fmt(rep.wrongHash)} with a wrong hash` : ''}${failed ? `, ${fmt(failed)} failed` : ''}`,
     `  throughput  ${fmt(rep.rps)} requests/s over ${rep.seconds.toFixed(2)} s`,
+    ...(rep.closedAllAfterS === null ? [] : [`  ended       the target closed every connection ${rep.closedAllAfterS.toFixed(2)} s into the run, which ended there: load does not open connections again (a proxy that restarted, or stopped)`]),
     l.count
       ? `  latency ms  p50 ${ms(l.p50)}  p90 ${ms(l.p90)}  p99 ${ms(l.p99)}  p99.9 ${ms(l.p999)}  max ${ms(l.max)}  (${fmt(l.count)} requests of the window${rep.mode === 'open loop' ? ', from when each was due' : ''})`
       : '  latency     no answers measured',

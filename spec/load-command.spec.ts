@@ -44,7 +44,7 @@ test('a fixed count through the proxy: every request answered right, counted onc
   const j = r.json!;
   assert.equal(
     Object.keys(j).sort(),
-    ['answered', 'connected', 'connections', 'durationS', 'errors', 'firstError', 'inflight', 'latencyMs', 'mode', 'ok', 'policies', 'rate', 'requests', 'rps', 'seconds', 'sent', 'targets', 'unreachable', 'warmupS', 'wrongHash'].sort(),
+    ['answered', 'closedAllAfterS', 'connected', 'connections', 'durationS', 'errors', 'firstError', 'inflight', 'latencyMs', 'mode', 'ok', 'policies', 'rate', 'requests', 'rps', 'seconds', 'sent', 'targets', 'unreachable', 'warmupS', 'wrongHash'].sort(),
   );
   assert.is(j.sent, 2000);
   assert.is(j.ok, 2000);
@@ -61,6 +61,23 @@ test('a fixed count through the proxy: every request answered right, counted onc
   assert.is(j.answered, 2000);
   assert.ok(l.p50 > 0 && l.p50 <= l.p90 && l.p90 <= l.p99 && l.p99 <= l.p999 && l.p999 <= l.max, JSON.stringify(l));
   assert.ok(j.rps > 0 && j.seconds > 0);
+});
+
+test('a proxy that stops under load: the run ends when its last connection closes, and says so, instead of counting the rest of the duration', async () => {
+  // It went on sending nothing for the rest of --duration and reported requests/s over all of it,
+  // as if the target had been slow: a proxy restarted during a deploy looked like a slow one.
+  const { proc: doomed, port } = await proxyProcess(['--log-level', 'debug']);
+  const s = revproxy(['server', '--id', 'd', '--pp', '111', '--listen', '0', '--revproc', String(port)]);
+  await s.waitFor(/Registered/);
+  const run = load(['--revproc', String(port), '-d', '60s', '-R', '200', '-c', '2', '-p', '4']);
+  await doomed.waitFor(/Received a message from client/);
+  doomed.kill('SIGTERM');
+  const r = await run;
+  s.kill('SIGKILL');
+  assert.match(r.out, /ended +the target closed every connection [\d.]+ s into the run, which ended there/);
+  const over = Number(/requests\/s over ([\d.]+) s/.exec(r.out)?.[1]);
+  assert.ok(over < 60, r.out);
+  assert.not.match(r.out, / 0 answered right/);
 });
 
 test('open loop: a fixed count at a fixed rate keeps to its schedule and reports the rate', async () => {
