@@ -415,8 +415,12 @@ export const serverMachine = setup({
       return { error: event.type === 'LISTEN_FAILED' ? event.error : `${registrar(event.proxy).who} refused the registration (${event.code}): ${event.message}` };
     }),
     logError: ({ context }) => context.logger.error('failed', context.error ?? 'unknown error', { id: context.opts.id }),
-    logDraining: ({ context }) =>
-      context.logger.info('draining', `Draining: told the reverse proxy we are leaving; finishing requests in flight`, { id: context.opts.id }),
+    logDraining: ({ context }) => {
+      // Whom it tells: each proxy it is registered with now, or the registry; with none, nobody.
+      const told = context.registered.map((p) => registrar(p).who);
+      const what = told.length ? `told ${told.join(' and ')} that we are leaving` : 'registered nowhere, so nobody to tell';
+      context.logger.info('draining', `Draining: ${what}; finishing requests in flight`, { id: context.opts.id, registered: context.registered });
+    },
     logStopped: ({ context }) => {
       const { answered } = context.runner;
       context.logger.info('stopped', `Server ${context.opts.id} stopped after answering ${answered} request(s)`, { id: context.opts.id, answered });

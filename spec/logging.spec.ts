@@ -41,6 +41,22 @@ inproc('at info, traffic writes no per-request line and no payload; at debug it 
   }
 });
 
+inproc('a server that drains says whom it told: each proxy it is registered with, by address', async () => {
+  // It said 'told the reverse proxy we are leaving' whoever it had told: two proxies, the
+  // registry in etcd, or none at all (its proxy was down), which in a deploy misleads.
+  const logs: LogRecord[] = [];
+  const a = await startProxy({ port: 0 });
+  const b = await startProxy({ port: 0 });
+  const server = await startServer({ id: '1', policy: 'P', revproc: [a.port, b.port], logger: new Logger('server 1', memorySink(logs), 'info') });
+  for (const p of [a, b]) await eventually(() => p.pools().P?.serving.length === 1, 2000, 'server serving');
+  await b.stop();
+  await eventually(() => logs.some((l) => l.event === 'registration_lost'), 2000, 'registration lost');
+  await server.stop();
+  await a.stop();
+  const drain = logs.find((l) => l.event === 'draining')!;
+  assert.is(drain.msg, `Draining: told the reverse proxy at 127.0.0.1:${a.port} that we are leaving; finishing requests in flight`);
+});
+
 inproc('a repeated condition gives one line, then one summary line per interval whose counts add up', async () => {
   const logs: LogRecord[] = [];
   const clock = new ManualClock();
