@@ -87,6 +87,15 @@ export interface ServerOptions {
   reconnectInitialMs?: number;
   /** Default 5000. */
   reconnectMaxMs?: number;
+  /**
+   * TCP keepalive on each registration connection: probes start after this
+   * long without traffic (ms; 0 = off), one a second, ten unanswered end it.
+   * A proxy cut off without a FIN or a RST (a partition, a pulled cable, a
+   * frozen VM) is found by them, and so is a proxy that took the server out
+   * while the two could not reach each other: the server registers again.
+   * Default 15000 (Go's default for every connection it dials).
+   */
+  tcpKeepAliveMs?: number;
   /** On STOP, the longest wait for the proxies to let go (ms). Default 5000. */
   drainTimeoutMs?: number;
   /** Registration secret, when the proxy requires one. */
@@ -232,6 +241,8 @@ export interface RegistrationInput {
   clock: Clock;
   initialMs: number;
   maxMs: number;
+  /** TCP keepalive's idle time on each registration connection (ms; 0 = off). */
+  keepAliveMs: number;
 }
 
 /**
@@ -247,13 +258,21 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
   const attempt = (ep: Endpoint, delay: number, everRegistered: boolean): void => {
     const key = `${ep.host}:${ep.port}`;
     const socket = dial(ep.host, ep.port, input.tls);
+    // A proxy that went away without a word (no FIN, no RST: a partition, a frozen host) sends no
+    // PINGs, and the server sends nothing unasked: without probes of its own it would wait for ever,
+    // and a proxy that removed it meanwhile would never hear from it again.
+    if (input.keepAliveMs > 0) socket.setKeepAlive(true, input.keepAliveMs);
     // Never hold a registration's reads for its writes (PINGs and PONGs both ways): that could deadlock.
     const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, holdReadsWhenCongested: false });
     let registered = everRegistered;
     let over = false;
+    // A dial into a partition waits out the system's SYN retries (about two minutes), and after the
+    // cut heals up to a minute more for the next one: give up on it and dial again under the backoff.
+    const slow = input.clock.setTimeout(() => lost(`no answer from ${key} within ${REGISTRATION_CONNECT_TIMEOUT_MS} ms: is the host up, and does no firewall drop the connection?`), REGISTRATION_CONNECT_TIMEOUT_MS);
     const lost = (error: string): void => {
       if (over) return;
       over = true;
+      slow.cancel();
       live.delete(key);
       conn.destroy();
       if (stopping) return;
@@ -267,6 +286,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
     };
     let accepted = false;
     socket.once(readyEvent(socket), () => {
+      slow.cancel();
       live.set(key, conn);
       conn.send(input.setup);
     });
@@ -290,13 +310,17 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
             else if (m.code === ErrorCode.SHUTTING_DOWN || m.code === ErrorCode.REMOVED) lost(`${m.code}: ${m.message}`);
             else {
               over = true;
+              slow.cancel();
               live.delete(key);
               sendBack({ type: 'REFUSED', proxy: key, code: m.code, message: m.message });
             }
           }
         }
       },
-      error: (err: NodeJS.ErrnoException) => lost(err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${key}` : describeTlsError(err)),
+      error: (err: NodeJS.ErrnoException) => lost(
+        err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${key}`
+        : err.code === 'ETIMEDOUT' && accepted ? `the reverse proxy at ${key} stopped answering (TCP timed out: its keepalive probes or resent data got no reply): it is cut off or down`
+        : describeTlsError(err)),
       complete: () => lost('the reverse proxy closed the registration connection'),
     });
   };
@@ -342,7 +366,7 @@ const DEFAULT_QUEUE_LIMIT = 1024;
 export function badLimit(opts: ServerOptions): string | undefined {
   const checks: Array<[keyof ServerOptions, number, string]> = [
     ['concurrency', 1, ' (leave it out for no limit)'], ['queueLimit', 0, ''], ['handlerTimeoutMs', 0, ' (0 = never)'], ['delayMs', 0, ''],
-    ['drainTimeoutMs', 0, ''], ['maxFrameBytes', 1024, ''], ['maxBufferedBytes', 0, ' (0 = no limit)'], ['maxConnections', 1, ''], ['maxConnectionsPerPeer', 0, ' (0 = no limit)'],
+    ['drainTimeoutMs', 0, ''], ['tcpKeepAliveMs', 0, ' (0 = off)'], ['maxFrameBytes', 1024, ''], ['maxBufferedBytes', 0, ' (0 = no limit)'], ['maxConnections', 1, ''], ['maxConnectionsPerPeer', 0, ' (0 = no limit)'],
   ];
   for (const [name, min, hint] of checks) {
     const v = opts[name];
@@ -354,6 +378,10 @@ export function badLimit(opts: ServerOptions): string | undefined {
 
 /** Connections a server keeps at once by default: its peers are proxies, each with a link and now and then a probe. */
 export const DEFAULT_MAX_CONNECTIONS = 4096;
+/** TCP keepalive's idle time on a registration connection (ms): Go's default for the connections it dials and accepts. */
+export const DEFAULT_TCP_KEEPALIVE_MS = 15_000;
+/** How long a registration's dial may wait for the proxy's host (ms), as a client's `connectTimeoutMs`. */
+const REGISTRATION_CONNECT_TIMEOUT_MS = 2000;
 /** How long a handler may take before its request is answered TIMEOUT and its slot freed (ms). */
 export const DEFAULT_HANDLER_TIMEOUT_MS = 30_000;
 
@@ -495,6 +523,7 @@ export const serverMachine = setup({
           clock: context.clock,
           initialMs: context.opts.reconnectInitialMs ?? 200,
           maxMs: context.opts.reconnectMaxMs ?? 5000,
+          keepAliveMs: context.opts.tcpKeepAliveMs ?? DEFAULT_TCP_KEEPALIVE_MS,
         }),
       },
       on: {

@@ -22,7 +22,7 @@ import {
 } from './common.js';
 import { isRegistryUrl } from '../registry/options.js';
 import { DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
-import { DEFAULT_HANDLER_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, type Behaviour, type Endpoint } from '../actors/server.js';
+import { DEFAULT_HANDLER_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_TCP_KEEPALIVE_MS, type Behaviour, type Endpoint } from '../actors/server.js';
 import type { Level } from '../actors/logger.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -76,6 +76,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('--handler-timeout <ms>', 'a handler not done this long after it started is given up on: its request is answered TIMEOUT, its ctx.signal aborted, its slot freed (0 = never)').default(DEFAULT_HANDLER_TIMEOUT_MS).argParser(parseIntOption('--handler-timeout', 0)))
       .addOption(new Option('--delay <ms>', 'every request waits this long before its handler runs, inside its --concurrency slot (for tests and benchmarks)').default(0).argParser(parseIntOption('--delay', 0)))
       .addOption(new Option('--drain-timeout <ms>', 'on SIGTERM, the longest wait for the proxies to let go').default(5000).argParser(parseIntOption('--drain-timeout', 0)))
+      .addOption(new Option('--tcp-keepalive <ms>', 'TCP keepalive on each registration connection: probes after this long without traffic, one a second, ten unanswered end it and the server registers again (finds a proxy cut off without a word) (0 = off)').default(DEFAULT_TCP_KEEPALIVE_MS).argParser(parseIntOption('--tcp-keepalive', 0)))
       .addOption(new Option('--max-frame <bytes>', "largest frame taken from a proxy: at least the proxies' --max-frame, or a request near their limit closes the link it is sent on, then the next").default(DEFAULT_MAX_FRAME_BYTES).argParser(parseIntOption('--max-frame', 1024)))
       .addOption(new Option('--max-buffered-bytes <bytes>', 'bytes held for all peers together (partial frames, unread answers, requests not answered yet); past it the connections holding the most are closed with OVERLOADED; requests may take half of it, one connection\'s requests a 32nd (then its reads pause) (0 = no limit)').default(DEFAULT_BUFFER_BUDGET).argParser(parseIntOption('--max-buffered-bytes', 0)))
       .addOption(new Option('--max-connections <n>', 'connections kept open at once; past it each new one is closed at once').default(DEFAULT_MAX_CONNECTIONS).argParser(parseIntOption('--max-connections', 1)))
@@ -85,7 +86,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addHelpText('after', '\nWith --registry etcd://HOST:PORT the server registers once, in etcd, instead of with each proxy:\nevery proxy watching the registry takes it (see README, "Running a fleet").\nA lost proxy is retried with backoff and the server registers again.\nSIGTERM or SIGINT drains: tells the proxies it is leaving, finishes requests in flight, exits 0.\nA handler that throws an error with a string code answers the client HANDLER_ERROR with that code\n(not retried elsewhere; Node\'s own, such as ENOENT, answer HANDLER_FAILED and are logged); ctx.signal aborts when the proxy stops waiting for the answer.\n\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100\n  revproxy server -id 100 -pp 111 -revproc 2100,2200\n  revproxy server -id 500 -pp 111 --handler examples/privacy-handler.js --concurrency 8\n  revproxy server -id 100 -pp 111 --registry etcd://127.0.0.1:2379'),
   )))).action(async function (this: Command, o: LogFlags & TlsFlags & InspectFlags & RegistryFlags & { token?: string } & {
     id: string; pp: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout: number; delay: number; maxFrame: number; wire: 'frames' | 'json';
-    handler?: string; concurrency?: number; queueLimit: number; handlerTimeout: number; maxBufferedBytes: number; maxConnections: number; maxConnsPerPeer?: number;
+    handler?: string; concurrency?: number; queueLimit: number; handlerTimeout: number; tcpKeepalive: number; maxBufferedBytes: number; maxConnections: number; maxConnsPerPeer?: number;
   }) {
     const policy = o.pp;
     const registry = registryFromFlags(o);
@@ -98,7 +99,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     const server = await startServer({
       id: o.id, policy, listenPort: o.listen, listenHost: o.host, proxies: o.revproc, behaviour: o.behaviour,
       drainTimeoutMs: o.drainTimeout, delayMs: o.delay, maxFrameBytes: o.maxFrame, logger, waitForRegistration: false, inspect: insp.attach.inspect,
-      token: o.token, tls: tlsFromFlags(o), wire: o.wire, handler, concurrency: o.concurrency, queueLimit: o.queueLimit, handlerTimeoutMs: o.handlerTimeout, maxBufferedBytes: o.maxBufferedBytes, maxConnections: o.maxConnections, maxConnectionsPerPeer: o.maxConnsPerPeer, registry,
+      token: o.token, tls: tlsFromFlags(o), wire: o.wire, handler, concurrency: o.concurrency, queueLimit: o.queueLimit, handlerTimeoutMs: o.handlerTimeout, tcpKeepAliveMs: o.tcpKeepalive, maxBufferedBytes: o.maxBufferedBytes, maxConnections: o.maxConnections, maxConnectionsPerPeer: o.maxConnsPerPeer, registry,
     });
     await runUntilStopped(server.actor, server.stop);
     unignore();

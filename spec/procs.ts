@@ -36,7 +36,7 @@ export function node(script: string, args: string[], opts: { cwd?: string } = {}
   return start(process.execPath, [script, ...args], opts);
 }
 
-function start(command: string, args: string[], opts: { env?: Record<string, string>; cwd?: string } = {}): Proc {
+export function start(command: string, args: string[], opts: { env?: Record<string, string>; cwd?: string } = {}): Proc {
   const child = spawn(command, args, { cwd: opts.cwd ?? ROOT, env: { ...process.env, NO_COLOR: '1', ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   live.add(child);
   const out: string[] = [];
