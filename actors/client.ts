@@ -99,6 +99,8 @@ interface Entry {
   timer?: Timer;
   /** Its seq on the current connection while in flight there. */
   seq?: number;
+  /** When it was sent on the current connection (the clock's ms). */
+  sentAt?: number;
   settled: boolean;
 }
 
@@ -203,6 +205,7 @@ export class RequestBook {
       }
       const msg: DataMsg = { type: MsgType.DATA, seq, srcid, privPoliId: req.policy, payload: req.payload, payloadsize: size };
       entry.seq = seq;
+      entry.sentAt = this.clock.now();
       this.inflight.set(seq, entry);
       conn.send(msg);
     }
@@ -250,6 +253,16 @@ export class RequestBook {
     return settled;
   }
 
+  /**
+   * Whether the proxy has said nothing at all since this request was sent on the
+   * connection, and for at least `ms`: it holds the request and gives no sign of life.
+   */
+  silentSince(handle: RequestHandle, ms: number): boolean {
+    const entry = this.byHandle.get(handle);
+    if (entry?.sentAt === undefined || entry.seq === undefined) return false;
+    return this.heardAt <= entry.sentAt && this.clock.now() - this.heardAt >= ms;
+  }
+
   /** Settle one request with an error (its timeout, its abort), wherever it is. */
   fail(handle: RequestHandle, error: RequestError): void {
     const entry = this.byHandle.get(handle);
@@ -263,7 +276,10 @@ export class RequestBook {
     const back = [...this.bounced, ...this.inflight.values()].filter((e) => !e.settled);
     this.bounced = [];
     this.inflight.clear();
-    for (const e of back) e.seq = undefined;
+    for (const e of back) {
+      e.seq = undefined;
+      e.sentAt = undefined;
+    }
     this.waiting.splice(0, this.waitingHead, ...back);
     this.waitingHead = 0;
     return back.length;
@@ -369,6 +385,16 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
  */
 const LEFT_SILENT_MS = 1000;
 
+/**
+ * A proxy answers every request within its `--timeout` (5000 ms by default), with `TIMEOUT` at
+ * worst. One that has sent nothing at all for this long while a request waited on it, until the
+ * request's own timeout ran out, is cut off (a partition, a host gone without a FIN or a RST) or
+ * stalled: its connection is given up as lost, and what it held goes to the next proxy. Without
+ * this a client stayed on such a proxy, every request failing `CLIENT_TIMEOUT`, until TCP gave up
+ * resending (about 15 minutes on Linux).
+ */
+const SILENT_PROXY_MS = 5000;
+
 function maxAttempts(context: ClientContext): number {
   return context.opts.maxAttempts ?? 2 * context.proxies.length;
 }
@@ -472,6 +498,11 @@ export const clientMachine = setup({
       const i = event.proxies.findIndex((p) => p.host === cur.host && p.port === cur.port);
       return i >= 0 ? { proxies: event.proxies, proxyIndex: i } : { proxies: [cur, ...event.proxies], proxyIndex: 0 };
     }),
+    /** A request ran out of time on a proxy that has said nothing since it was sent (proxySilent): the connection is given up as lost. */
+    leaveSilentProxy: raise(({ context }) => {
+      const { host, port } = context.proxies[context.proxyIndex]!;
+      return { type: 'CLOSED' as const, error: `the reverse proxy at ${host}:${port} has sent nothing for ${Math.round(context.clock.now() - context.book.heardAt)} ms with requests waiting on it: it is cut off or stalled` };
+    }),
     /** The proxy left the registry and is silent (proxyLeftSilent): its connection is given up as lost, and what it held goes to the next. */
     leaveProxy: raise(({ context }) => {
       const { host, port } = context.proxies[context.proxyIndex]!;
@@ -485,6 +516,11 @@ export const clientMachine = setup({
   },
   guards: {
     givesUp: ({ context }) => context.attempts >= maxAttempts(context),
+    /** The request that ran out of time waited on a proxy that has sent nothing since (see SILENT_PROXY_MS). */
+    proxySilent: ({ context, event }) => {
+      assertEvent(event, 'EXPIRE');
+      return context.book.silentSince(event.handle, SILENT_PROXY_MS);
+    },
     /**
      * The current proxy left the registry's list, and nothing waits on it or it has been silent a
      * while: it is gone (its lease ended: it died, stalled, or is cut off), not draining. A proxy
@@ -542,7 +578,7 @@ export const clientMachine = setup({
           on: {
             REQUEST: { actions: ['enqueue', 'sendMore'] },
             ANSWERS: { actions: ['receive', 'progress', 'sendMore', 'leaveIfDrained'] },
-            EXPIRE: { actions: ['expire', 'sendMore', 'leaveIfDrained'] },
+            EXPIRE: [{ guard: 'proxySilent', actions: ['expire', 'leaveSilentProxy'] }, { actions: ['expire', 'sendMore', 'leaveIfDrained'] }],
             CANCEL: { actions: ['cancel', 'sendMore', 'leaveIfDrained'] },
             PROXIES: [{ guard: 'proxyLeftSilent', actions: ['setProxies', 'leaveProxy'] }, { actions: 'setProxies' }],
           },

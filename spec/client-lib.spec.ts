@@ -5,9 +5,10 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createHash } from 'node:crypto';
-import { Socket } from 'node:net';
+import { createServer, Socket, type AddressInfo } from 'node:net';
+import { once } from 'node:events';
 import { from, lastValueFrom, toArray } from 'rxjs';
-import { connect, RequestError, StartError, startProxy, startServer, type Client, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import { connect, ManualClock, RequestError, StartError, startProxy, startServer, type Client, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { freePort } from '../bench/procs.js';
 import { eventually } from './helpers.js';
 import { killAll, python } from './procs.js';
@@ -171,6 +172,31 @@ lib('a proxy that never completes the connection (down, firewalled) is given up 
   const e = await reject(Promise.race([connect({ revproc: dead, connectTimeoutMs: 200, maxAttempts: 1 }), stuck()]));
   assert.is(e.code, 'CONNECT_FAILED');
   assert.match(e.message, new RegExp(`no answer from 127\\.0\\.0\\.1:${dead} within 200 ms`));
+});
+
+lib('a proxy that goes silent with requests on it (cut off, no FIN, no RST) is left once one runs out of time: the others go to the next proxy', async () => {
+  // A host cut off without a word keeps the connection open and answers nothing. The client stayed
+  // on it, every request failing CLIENT_TIMEOUT, until TCP gave up resending (about 15 minutes).
+  const held: Socket[] = [];
+  const mute = createServer((sock) => held.push(sock)).listen(0, '127.0.0.1');
+  await once(mute, 'listening');
+  const p = await proxy();
+  await server('s', [p.port]);
+  const clock = new ManualClock();
+  try {
+    const c = await client({ revproc: [(mute.address() as AddressInfo).port, p.port], clock, failoverDelayMs: 10 });
+    const first = reject(c.request('P', 'first', { timeoutMs: 6000 }));
+    const second = c.request('P', 'second', { timeoutMs: 60_000 });
+    await eventually(() => held.length === 1, 3000, 'the client on the silent proxy');
+    clock.advance(6000);
+    assert.is((await first).code, 'CLIENT_TIMEOUT');
+    clock.advance(10);
+    const stuck = new Promise<never>((_, no) => setTimeout(() => no(new Error('the second request is still waiting on the silent proxy')), 5000));
+    assert.is(await Promise.race([second, stuck]), createHash('sha1').update('second').digest('hex'));
+  } finally {
+    for (const sock of held) sock.destroy();
+    mute.close();
+  }
 });
 
 lib('connect() rejects with CONNECT_FAILED when no proxy listens', async () => {
