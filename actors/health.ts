@@ -53,6 +53,9 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
       id: entry.id, policy: entry.policy, code: failure.code, reason: failure.message, probeInMs: delay,
     });
     context.observer?.ejected?.(entry.policy, entry.id, 'unreachable', false);
+    // The probe takes over from an ejection's timer (cancelled here): a new link that answers
+    // puts the member back, and an ejection left on would keep it out for good.
+    entry.ejected = false;
     entry.timer?.cancel();
     entry.timer = context.clock.setTimeout(() => context.probes.add(entry.id), delay);
     entry.timerDue = now + delay;

@@ -16,6 +16,7 @@ import type { BufferBudget } from '../transport/budget.js';
 import type { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode } from '../transport/errors.js';
 import { MsgType, type Message } from '../transport/messages.js';
+import type { Timer } from '../transport/clock.js';
 import { Connection } from '../transport/socket.js';
 import { readyEvent } from '../transport/tls.js';
 import { Inflight } from './inflight.js';
@@ -23,6 +24,9 @@ import {
   errorAnswersReport, logForward, retryReport, settle, tryDeadline,
   type Failure, type LinkCommand, type LinkInput, type LinkPhase, type LinkPort, type LinkReport, type ProxyRequest, type SocketFactory, type Tally,
 } from './link.js';
+
+/** The seq of the proxy's PINGs on a link (verifying it, checking its life). */
+const PING_SEQ = 0;
 
 export interface UpstreamContext extends LinkInput {
   inflight: Inflight<ProxyRequest>;
@@ -49,6 +53,8 @@ export class LinkTraffic implements LinkPort {
   /** Failures since the last ACK (try timeouts, error answers): for outlier ejection. */
   failures = 0;
   answered = 0;
+  /** A PING sent on the link after tries timed out, waiting for any sign of life (`checkLife`). */
+  private lifeCheck?: Timer;
 
   constructor(private readonly link: Pick<UpstreamContext, 'inflight' | 'clock' | 'tryTimeoutMs' | 'timeoutMs' | 'logger' | 'member' | 'policy' | 'reply' | 'queue'>) {}
 
@@ -86,6 +92,35 @@ export class LinkTraffic implements LinkPort {
     // The server learns how long this try may take (its handler's signal fires then): time left, no shared clock needed.
     req.msg.timeoutms = Math.max(0, Math.floor(deadline - now));
     conn.send(req.msg, upSeq);
+  }
+
+  /**
+   * Tries timed out on this link: PING it, and end it if it reads nothing at all
+   * within a try timeout. A link whose packets vanish - a NAT or firewall that
+   * forgot an idle flow, a path that broke while the registration's did not -
+   * neither closes nor answers: the server stays registered (its registration
+   * answers PINGs), and without this each ejection ended on the same dead
+   * link, its requests lost a try timeout at a time, for ever. Ended, the link
+   * goes down and the member is probed with a new one, as after a reset.
+   * A server that is only slow answers the PING at once.
+   */
+  checkLife(): void {
+    const conn = this.conn;
+    if (!conn || this.lifeCheck) return;
+    const reads = conn.reads;
+    const ms = this.link.tryTimeoutMs;
+    conn.send({ type: MsgType.PING, seq: PING_SEQ });
+    this.lifeCheck = this.link.clock.setTimeout(() => {
+      this.lifeCheck = undefined;
+      if (this.conn === conn && conn.reads === reads) conn.destroy(new Error(`tries timed out and the link read nothing, not even a PONG, within ${ms} ms: the connection is dead (a NAT or firewall dropping it, or a broken path)`));
+    }, ms);
+  }
+
+  /** The link's connection is gone: no check of it is due. */
+  release(): void {
+    this.lifeCheck?.cancel();
+    this.lifeCheck = undefined;
+    this.conn = undefined;
   }
 
   /** Settle one read of answers; returns the report of its error answers, if any, for the proxy. */
@@ -162,7 +197,6 @@ const deadline = fromCallback<UpstreamEvent, { clock: LinkInput['clock']; ms: nu
   return () => t.cancel();
 });
 
-const PING_SEQ = 0;
 
 export const upstreamMachine = setup({
   types: {
@@ -188,11 +222,11 @@ export const upstreamMachine = setup({
     },
     trafficDown: ({ context }) => {
       context.traffic.phase = 'down';
-      context.traffic.conn = undefined;
+      context.traffic.release();
     },
     trafficRetired: ({ context }) => {
       context.traffic.phase = 'retired';
-      context.traffic.conn = undefined;
+      context.traffic.release();
     },
     report: sendParent(({ event }) => {
       assertEvent(event, 'REPORT');
@@ -218,6 +252,7 @@ export const upstreamMachine = setup({
       const expired = context.inflight.takeExpired(event.now);
       if (expired.length === 0) return;
       const failures = (context.traffic.failures += expired.length);
+      context.traffic.checkLife();
       const failure = { code: ErrorCode.TIMEOUT, message: `server ${context.member} did not answer within ${context.tryTimeoutMs} ms` };
       enqueue.sendParent(retryReport(context.member, self.id, expired.map((p) => p.req), failure, failures));
     }),

@@ -306,6 +306,47 @@ faults('a server whose listen port refuses connections is out of rotation, probe
   assert.is(c.closed, false, 'the registration stays open while it is probed');
 });
 
+const deadLink = fresh('a link that goes dead', { timeoutMs: 600, probeInitialMs: 50, probeMaxMs: 200 });
+
+deadLink('a link that answers nothing, PINGs included, while its registration lives is ended and dialed again, not kept for ever', async () => {
+  // A NAT or firewall that forgot an idle flow drops the link's packets without a FIN or a RST, while
+  // the registration's PINGs keep its own flow alive: the server stayed registered, and each ejection
+  // ended on the same dead link, its requests lost a try timeout at a time, for ever.
+  await addServer('good', 'P');
+  const links: Array<{ closed: boolean }> = [];
+  const server: Server = createServer((sock) => {
+    const link = { closed: false };
+    const first = links.push(link) === 1;
+    let verified = false;
+    sock.on('close', () => (link.closed = true));
+    sock.on('error', () => {});
+    const decoder = new FrameDecoder({ validate: false });
+    sock.on('data', (chunk: Buffer) => {
+      for (const m of decoder.push(chunk).messages) {
+        // The first link answers the PING that lets the member join, then nothing ever again; later links answer PINGs.
+        if (m.type !== MsgType.PING || (first && verified)) continue;
+        verified = true;
+        sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, LOCAL, r));
+  ctx.extra.push({ close: () => server.close() });
+  const reg = await rawConnect(ctx.proxy.port);
+  ctx.extra.push({ close: () => reg.destroy() });
+  const pings = new FrameDecoder({ validate: false });
+  reg.on('data', (chunk: Buffer) => {
+    for (const m of pings.push(chunk).messages) if (m.type === MsgType.PING) reg.write(frame({ type: MsgType.PONG, seq: m.seq }));
+  });
+  reg.write(frame({ type: 1, id: 'mute', privPolyId: 'P', listenport: (server.address() as { port: number }).port }));
+  await eventually(() => ctx.proxy.pools().P?.serving.includes('mute') ?? false, 2000, 'the member serving');
+  const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('P', 4), timeoutMs: 3000 });
+  assert.ok(results.every((r) => r.correct && r.server === 'good'), JSON.stringify(results));
+  await eventually(() => links[0]!.closed, 3000, 'the proxy to end the dead link');
+  await eventually(() => links.length === 2 && ctx.proxy.pools().P?.states.mute === 'serving', 3000, 'the member back, on a new link');
+  assert.ok(ctx.logs.some((l) => l.event === 'down' && l.id === 'mute' && /read nothing, not even a PONG/.test(l.msg)), 'the reason is logged');
+});
+
 const polling = fresh('busy polling', { busyPollUs: 20_000 });
 
 polling('with --busy-poll the proxy answers as usual, keeps polling while traffic flows, and stops polling once the window after it has passed', async () => {
@@ -354,6 +395,7 @@ idle('a client waiting for an answer slower than the idle timeout is not cut; an
 routing.run();
 badInput.run();
 faults.run();
+deadLink.run();
 polling.run();
 forever.run();
 idle.run();
