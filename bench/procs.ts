@@ -113,10 +113,10 @@ function lastLines(file: string, n: number): string {
   }
 }
 
-/** `node cli/revproxy.js <args> --log-level warn` as its own process (a `--log-level` in `args` wins: commander keeps the last). */
-export function spawnRevproxy(name: string, args: string[], bin = BIN, output?: string): Child {
+/** `node cli/revproxy.js <args> --log-level warn` as its own process (a `--log-level` in `args` wins: commander keeps the last); `extraNodeFlags` after the checkout's own (`--trace-gc`, say). */
+export function spawnRevproxy(name: string, args: string[], bin = BIN, output?: string, extraNodeFlags: string[] = []): Child {
   const [command, ...rest] = args;
-  return spawnChild(name, process.execPath, [...nodeFlags(bin), bin, command!, '--log-level', 'warn', '--no-color', ...rest], output);
+  return spawnChild(name, process.execPath, [...nodeFlags(bin), ...extraNodeFlags, bin, command!, '--log-level', 'warn', '--no-color', ...rest], output);
 }
 
 /**

@@ -19,20 +19,38 @@
  * number the requests answered (the load's and the soak's probes'), none
  * lost or doubled across the rotations; the soak exits 1 when they do not,
  * and keeps any file found faulty.
+ *
+ * With `--churn` (bench/churn.ts) the steady load runs at a fixed rate
+ * (`--rate`, 2000 requests/s) beside what an hour in the real world brings:
+ * short-lived clients from many addresses (`--clients` a second), a server
+ * that drains and comes back under a new id and policy every `--restart`
+ * seconds (directly and through an etcd of the soak's own, in turn), a bad
+ * peer every `--bad` seconds, /metrics and inspector readers. Each window
+ * then also reports the proxy's heap (lowest sample), descriptors, active
+ * handles and connections, and the end a verdict on growth (the second
+ * half's windows against the first's) and the figures once the churn has
+ * stopped against those before it began; the soak exits 1 when any grew.
  */
 import { createReadStream, existsSync, mkdirSync, mkdtempSync, renameSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { startEtcd, type Etcd } from '../scenario/etcd.js';
+import { Churn, verdict, type ChurnCounts, type Sample } from './churn.js';
 import { runLoad } from './loadgen.js';
-import { cpuSeconds, freePort, HOST, probe, rssBytes, spawnRevproxy, stopAll, waitForPort } from './procs.js';
+import { cpuSeconds, fdCount, freePort, HOST, probe, rssBytes, spawnRevproxy, stopAll, waitForPort } from './procs.js';
 
 const USAGE = `usage: npx tsx bench/soak.ts [--minutes N] [--stall SECONDS] [--window SECONDS] [--access-log [--rotate SECONDS]]
+                          [--churn [--rate N] [--clients N] [--restart SECONDS] [--bad SECONDS]]
   --minutes     how long the load runs (default 10)
   --stall       seconds one server is stopped (SIGSTOP) in the middle (default 10; 0 = none)
   --window      seconds per reported window (default 10)
-  --access-log  the proxy writes its access log, rotated as logrotate does every --rotate seconds (default 60), every line checked`;
+  --access-log  the proxy writes its access log, rotated as logrotate does every --rotate seconds (default 60), every line checked
+  --churn       beside a steady load of --rate requests/s (default 2000): --clients short-lived clients a second (default 20),
+                a server drained and replaced every --restart seconds (default 20; directly and through etcd in turn),
+                a bad peer every --bad seconds (default 5), /metrics and inspector readers; reports heap, fds, handles
+                and connections per window and whether any grew`;
 
 function options(): { [k: string]: string | boolean | undefined } {
   try {
@@ -43,6 +61,11 @@ function options(): { [k: string]: string | boolean | undefined } {
         window: { type: 'string', default: '10' },
         'access-log': { type: 'boolean', default: false },
         rotate: { type: 'string', default: '60' },
+        churn: { type: 'boolean', default: false },
+        rate: { type: 'string', default: '2000' },
+        clients: { type: 'string', default: '20' },
+        restart: { type: 'string', default: '20' },
+        bad: { type: 'string', default: '5' },
         help: { type: 'boolean', short: 'h', default: false },
       },
     }).values;
@@ -60,7 +83,12 @@ const minutes = Number(values.minutes);
 const stallS = Number(values.stall);
 const windowS = Number(values.window);
 const rotateS = Number(values.rotate);
-if (!(minutes > 0) || !(stallS >= 0) || !(windowS > 0) || !(rotateS > 0)) {
+const churning = values.churn === true;
+const rate = Number(values.rate);
+const clientsPerS = Number(values.clients);
+const restartS = Number(values.restart);
+const badS = Number(values.bad);
+if (!(minutes > 0) || !(stallS >= 0) || !(windowS > 0) || !(rotateS > 0) || !(rate > 0) || !(clientsPerS > 0) || !(restartS > 0) || !(badS > 0)) {
   console.error(USAGE);
   process.exit(2);
 }
@@ -76,6 +104,9 @@ interface Row {
   rssMB: number;
   cpu: number;
   note: string;
+  /** With --churn: the proxy's figures over the window, and what the churn did. */
+  proxy?: Sample & { rssMB: number; fdsProc: number };
+  churn?: ChurnCounts;
 }
 
 const POLICY = 'SOAK';
@@ -109,7 +140,12 @@ async function main(): Promise<void> {
   // Each process's log goes to a file of its own, kept after the run: a soak that goes wrong is read there.
   const logs = mkdtempSync(join(tmpdir(), 'revproxy-soak-'));
   const accessLog = values['access-log'] ? join(logs, 'access.log') : undefined;
-  const proxy = spawnRevproxy('proxy', ['proxy', '--port', String(port), '--log-level', 'info', ...(accessLog ? ['--access-log', accessLog] : [])], undefined, join(logs, 'proxy.log'));
+  // With --churn: an etcd of the soak's own, and the proxy's /metrics and inspector, read by the churn.
+  let etcd: Etcd | undefined;
+  const churnPorts = churning ? { admin: await freePort(), inspect: await freePort() } : undefined;
+  if (churning) etcd = await startEtcd();
+  const churnFlags = churnPorts ? ['--admin', `${HOST}:${churnPorts.admin}`, '--inspect', String(churnPorts.inspect), '--registry', etcd!.url] : [];
+  const proxy = spawnRevproxy('proxy', ['proxy', '--port', String(port), '--log-level', 'info', ...(accessLog ? ['--access-log', accessLog] : []), ...churnFlags], undefined, join(logs, 'proxy.log'), churning ? ['--trace-gc'] : []);
   await waitForPort(port, proxy);
   const servers = ['1', '2', '3'].map((id) => spawnRevproxy(`server ${id}`, ['server', '--id', id, '--pp', POLICY, '--listen', '0', '--revproc', String(port)], undefined, join(logs, `server-${id}.log`)));
   // Requests the soak itself sends (probes): the access log has a line for each, too.
@@ -123,14 +159,19 @@ async function main(): Promise<void> {
     if ((await probeAll()).size === 3) break;
     await new Promise((r) => setTimeout(r, 200));
   }
+  const churn = churnPorts && new Churn({ proxyPort: port, adminPort: churnPorts.admin, inspectPort: churnPorts.inspect, registry: etcd!.url, steadyPolicy: POLICY, clientsPerS, restartS, badS, logs, proxyLog: join(logs, 'proxy.log') });
+  // The figures before the churn begins, to compare with those once it has stopped.
+  const before = churn && { ...(await churn.readNow()), rssMB: Math.round(rssBytes(proxy.pid) / 1048576), fdsProc: fdCount(proxy.pid) };
+  churn?.start();
   const rows: Row[] = [];
   const t0 = Date.now();
   const end = t0 + minutes * 60_000;
   const stallAt = t0 + (minutes * 60_000) / 2;
   let stalled: 'before' | 'now' | 'after' = stallS > 0 ? 'before' : 'after';
   let lastCpu = cpuSeconds(proxy.pid);
-  console.log(`soak: ${minutes} min through the proxy on ${HOST}:${port}, 3 servers, 4 connections x 32 in flight${stallS ? `, server 2 stopped for ${stallS} s at ${minutes / 2} min` : ''}; logs in ${logs}`);
-  console.log('  time   req/s     errors                 p99 ms   max ms   RSS MB  CPU');
+  console.log(`soak: ${minutes} min through the proxy on ${HOST}:${port}, 3 servers, 4 connections x 32 in flight${churning ? ` at ${rate} requests/s` : ''}${stallS ? `, server 2 stopped for ${stallS} s at ${minutes / 2} min` : ''}; logs in ${logs}`);
+  if (churning) console.log(`  churn: ${clientsPerS} short clients/s from 250 addresses, a server replaced every ${restartS} s (direct and etcd in turn), a bad peer every ${badS} s, /metrics read every 2 s, the inspector feed every 15 s`);
+  console.log(`  time   req/s     errors                 p99 ms   max ms   RSS MB  CPU${churning ? '   heap MB  after GC  fds  handles  conns c/r/u/up  short ok/err  restarts' : ''}`);
   // The access log's rotations: what each rotated file held, and any fault found in one.
   const access = { lines: 0, files: 0, answered: 0, faults: [] as string[] };
   let nextRotation = t0 + rotateS * 1000;
@@ -173,26 +214,42 @@ async function main(): Promise<void> {
         stalled = 'after';
       }, stallS * 1000).unref();
     }
-    const r = await runLoad({ target: () => ({ host: HOST, port, policy: POLICY }), connections: 4, depth: 32, durationMs: windowS * 1000 });
+    const r = await runLoad({ target: () => ({ host: HOST, port, policy: POLICY }), connections: 4, depth: 32, durationMs: windowS * 1000, ...(churning ? { rate } : {}) });
     const cpu = cpuSeconds(proxy.pid);
     const row: Row = {
       at: Math.round((Date.now() - t0) / 1000), rps: Math.round(r.rps), ok: r.ok, errors: r.errors, wrongHash: r.wrongHash,
       p99: r.latency.p99, max: r.latency.max, rssMB: Math.round(rssBytes(proxy.pid) / 1048576), cpu: (cpu - lastCpu) / windowS, note,
     };
     lastCpu = cpu;
+    let churned = '';
+    if (churn) {
+      const w = churn.takeWindow();
+      if (w.sample) row.proxy = { ...w.sample, rssMB: row.rssMB, fdsProc: fdCount(proxy.pid) };
+      row.churn = w.counts;
+      churned = churnColumns(row);
+    }
     rows.push(row);
     const errs = Object.entries(r.errors).map(([k, v]) => `${k} ${v}`).join(', ') || '0';
-    console.log(`  ${String(row.at).padStart(4)} s ${String(row.rps).padStart(7)}   ${errs.padEnd(22)} ${row.p99.toFixed(2).padStart(7)} ${row.max.toFixed(1).padStart(8)} ${String(row.rssMB).padStart(8)}  ${(row.cpu * 100).toFixed(0)}%${note ? `   <- ${note}` : ''}`);
+    console.log(`  ${String(row.at).padStart(4)} s ${String(row.rps).padStart(7)}   ${errs.padEnd(22)} ${row.p99.toFixed(2).padStart(7)} ${row.max.toFixed(1).padStart(8)} ${String(row.rssMB).padStart(8)}  ${(row.cpu * 100).toFixed(0).padStart(3)}%${churned}${note ? `   <- ${note}` : ''}`);
   }
   const answered = rows.reduce((n, r) => n + r.ok, 0);
   const errors: Record<string, number> = {};
   for (const r of rows) for (const [k, v] of Object.entries(r.errors)) errors[k] = (errors[k] ?? 0) + v;
   const wrong = rows.reduce((n, r) => n + r.wrongHash, 0);
+  // The churn stops; once the proxy has let go of what it brought, its figures should be back where they were.
+  let churnEnd: { after: Sample & { rssMB: number; fdsProc: number }; growth: ReturnType<typeof verdict>; failures: string[] } | undefined;
+  if (churn) {
+    await churn.stop();
+    await new Promise((r) => setTimeout(r, 15_000));
+    const after = { ...(await churn.readNow()), rssMB: Math.round(rssBytes(proxy.pid) / 1048576), fdsProc: fdCount(proxy.pid) };
+    churnEnd = { after, growth: verdict(rows.flatMap((r) => (r.proxy ? [r.proxy] : []))), failures: rows.flatMap((r) => r.churn?.failures ?? []) };
+  }
   const members = await probeAll();
   const departures = proxy.tail().split('\n').filter((l) => /left privacy policy/.test(l));
   await rotating;
   const stopping = [proxy.stop(), ...servers.map((s) => s.stop())];
   await Promise.all(stopping);
+  await etcd?.remove();
   let accessLine = '';
   if (accessLog) {
     // Stopped: the proxy wrote every held line before it exited.
@@ -209,6 +266,7 @@ async function main(): Promise<void> {
     minutes, answered, errors, wrongHash: wrong, rssMB: { first: rows[0]?.rssMB, max: Math.max(...rows.map((r) => r.rssMB)), last: rows.at(-1)?.rssMB },
     serversAnsweringAtEnd: [...members].sort(), departures,
     ...(accessLog ? { accessLog: access } : {}),
+    ...(churnEnd ? { churn: { before, ...churnEnd } } : {}),
   };
   console.log(`\n${answered.toLocaleString('en')} answered, errors: ${JSON.stringify(errors)}, wrong hashes: ${wrong}; RSS ${summary.rssMB.first} MB first, ${summary.rssMB.max} MB at most, ${summary.rssMB.last} MB last; servers answering at the end: ${summary.serversAnsweringAtEnd.join(', ')}`);
   const dir = join(import.meta.dirname, 'results');
@@ -216,7 +274,23 @@ async function main(): Promise<void> {
   const file = join(dir, `soak-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
   writeFileSync(file, JSON.stringify({ summary, rows }, null, 2));
   if (accessLine) console.log(accessLine);
+  if (churnEnd && before) {
+    for (const g of churnEnd.growth) console.log(`${g.figure}: median ${g.first.toFixed(1)} in the first half, ${g.second.toFixed(1)} in the second: ${g.grew ? 'GREW' : 'flat'}`);
+    const a = churnEnd.after;
+    console.log(`before the churn / 15 s after it stopped: heap ${before.heapMB.toFixed(1)} / ${a.heapMB.toFixed(1)} MB (after the last full GC seen: ${before.heapAfterGcMB} MB idle before the load / ${a.heapAfterGcMB} MB, the run's last), RSS ${before.rssMB} / ${a.rssMB} MB, fds ${before.fdsProc} / ${a.fdsProc}, handles ${before.handles} / ${a.handles}, connections ${JSON.stringify(before.conns)} / ${JSON.stringify(a.conns)}`);
+    if (churnEnd.failures.length) console.log(`churn failures: ${[...new Set(churnEnd.failures)].slice(0, 10).join('; ')}`);
+    if (churnEnd.growth.some((g) => g.grew) || a.fdsProc > before.fdsProc + 8 || a.handles > before.handles + 8) process.exitCode = 1;
+  }
   console.log(`results: ${file}`);
+}
+
+/** The churn's columns of a window's line: the proxy's heap, fds, handles, connections (client/registration/unknown/upstream), short clients, restarts. */
+function churnColumns(row: Row): string {
+  const p = row.proxy;
+  const c = row.churn!;
+  const conns = p ? ['client', 'registration', 'unknown', 'upstream'].map((k) => p.conns[k] ?? 0).join('/') : '-';
+  const errs = Object.values(c.clientErrors).reduce((a, b) => a + b, 0);
+  return `  ${(p ? p.heapMB.toFixed(1) : '-').padStart(8)} ${(p ? p.heapAfterGcMB.toFixed(1) : '-').padStart(9)} ${String(p?.fdsProc ?? '-').padStart(4)} ${String(p?.handles ?? '-').padStart(8)}  ${conns.padStart(14)}  ${`${c.clientAnswers}/${errs}`.padStart(12)}  ${String(c.restarts).padStart(8)}`;
 }
 
 main()

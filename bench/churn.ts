@@ -1,0 +1,342 @@
+/**
+ * The soak's churn (`bench/soak.ts --churn`): what a proxy meets in an hour
+ * of the real world beside its steady load, each at a fixed, moderate rate:
+ *
+ * - short-lived clients: a connection, one to three requests, gone; each from
+ *   another loopback address (127.0.0.2-127.0.0.251) and so another port; one
+ *   in ten leaves with its requests still in flight, one in ten asks for a
+ *   policy nobody serves;
+ * - servers that come and go: every `restartS` seconds one churn server drains
+ *   (SIGTERM) and a new one starts under a new id and a new policy, in turn
+ *   registered directly (`--revproc`) and through etcd (`--registry`), and the
+ *   short clients follow it to its policy;
+ * - bad peers now and then: garbage bytes, an HTTP request, half a frame, a
+ *   silent connection, a registration that leaves mid-handshake, a
+ *   registration whose listen port nobody serves;
+ * - readers of the proxy's /metrics (a new connection every sample) and of
+ *   the inspector's live feed (a few seconds each, then gone).
+ *
+ * Every sample reads the proxy's /metrics: the heap in use (the window's
+ * lowest sample stands for the heap after a collection), descriptors, active
+ * handles, and connections by role. `verdict` compares the second half of
+ * the run's windows with the first.
+ */
+import { closeSync, openSync, readSync } from 'node:fs';
+import { get, type IncomingMessage } from 'node:http';
+import { connect, type Socket } from 'node:net';
+import { encodeFrame, FrameDecoder } from '../transport/frame.js';
+import { MsgType } from '../transport/messages.js';
+import { freePort, HOST, probe, spawnRevproxy, type Child } from './procs.js';
+
+export interface ChurnCounts {
+  clients: number;
+  clientAnswers: number;
+  clientErrors: Record<string, number>;
+  leftInFlight: number;
+  restarts: number;
+  badPeers: number;
+  metricsReads: number;
+  inspectorReads: number;
+  failures: string[];
+}
+
+/** What the proxy's /metrics said over one window. */
+export interface Sample {
+  /** The heap in use: the lowest of the window's samples. */
+  heapMB: number;
+  /** The heap after the window's last full collection (Mark-Compact, from --trace-gc), else the last one before. */
+  heapAfterGcMB: number;
+  fds: number;
+  handles: number;
+  conns: Record<string, number>;
+  pools: number;
+}
+
+const zero = (): ChurnCounts => ({ clients: 0, clientAnswers: 0, clientErrors: {}, leftInFlight: 0, restarts: 0, badPeers: 0, metricsReads: 0, inspectorReads: 0, failures: [] });
+
+/** GET a path over a connection of its own (no keep-alive): the body, or a rejection. */
+function fetchText(port: number, path: string, ms = 5000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = get({ host: HOST, port, path, agent: false, timeout: ms }, (res: IncomingMessage) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (c: string) => (body += c));
+      res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`${path}: HTTP ${res.statusCode}`))));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error(`${path}: no answer within ${ms} ms`)));
+    req.on('error', reject);
+  });
+}
+
+/** The lines of a Prometheus text: `name{labels}` -> value. */
+function parseMetrics(text: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    if (!line || line.startsWith('#')) continue;
+    const i = line.lastIndexOf(' ');
+    out.set(line.slice(0, i), Number(line.slice(i + 1)));
+  }
+  return out;
+}
+
+export class Churn {
+  counts = zero();
+  private readonly timers: NodeJS.Timeout[] = [];
+  private readonly sockets = new Set<Socket>();
+  private server?: Child;
+  private generation = 0;
+  /** The policy the current churn server serves (the short clients' target). */
+  private policy = 'SOAK';
+  private window: Sample[] = [];
+  private stopped = false;
+  /** Monotonic, unlike `counts`: what makes each short client's address and each bad peer's ids new. */
+  private nClients = 0;
+  private nBad = 0;
+  /** How far the proxy's log (with its --trace-gc lines) has been read, and the last full collection's result. */
+  private gcOffset = 0;
+  private heapAfterGc = NaN;
+
+  constructor(
+    private readonly o: {
+      proxyPort: number;
+      adminPort: number;
+      inspectPort: number;
+      registry: string;
+      steadyPolicy: string;
+      clientsPerS: number;
+      restartS: number;
+      badS: number;
+      logs: string;
+      /** The proxy's output, with its --trace-gc lines. */
+      proxyLog: string;
+    },
+  ) {}
+
+  start(): void {
+    const every = (ms: number, fn: () => Promise<void> | void): void => {
+      this.timers.push(setInterval(() => void Promise.resolve().then(fn).catch((err: Error) => this.fail(err.message)), ms));
+    };
+    every(1000 / this.o.clientsPerS, () => this.shortClient());
+    every(this.o.restartS * 1000, () => this.restart());
+    every(this.o.badS * 1000, () => this.badPeer());
+    every(2000, () => this.sample());
+    every(15_000, () => this.readInspector());
+    void this.restart().catch((err: Error) => this.fail(err.message));
+  }
+
+  private fail(why: string): void {
+    if (this.stopped) return;
+    if (this.counts.failures.length < 50) this.counts.failures.push(why);
+  }
+
+  private track(s: Socket): Socket {
+    this.sockets.add(s);
+    s.once('close', () => this.sockets.delete(s));
+    s.on('error', () => {});
+    return s;
+  }
+
+  /** One short-lived client: a connection from its own address, 1-3 requests, then gone (sometimes before the answers). */
+  private shortClient(): void {
+    const n = this.nClients++;
+    this.counts.clients++;
+    const policy = n % 10 === 3 ? `NOBODY-${n % 1000}` : n % 2 ? this.policy : this.o.steadyPolicy;
+    const leave = n % 10 === 7;
+    const requests = 1 + (n % 3);
+    const s = this.track(connect({ host: HOST, port: this.o.proxyPort, localAddress: `127.0.0.${2 + (n % 250)}` }));
+    const decoder = new FrameDecoder();
+    let got = 0;
+    s.once('connect', () => {
+      for (let i = 0; i < requests; i++) s.write(encodeFrame({ type: MsgType.DATA, seq: i, srcid: `short-${n}`, privPoliId: policy, payload: `churn ${n} ${i}` }));
+      if (leave) {
+        this.counts.leftInFlight++;
+        s.destroy();
+      }
+    });
+    s.on('data', (c: Buffer) => {
+      for (const m of decoder.push(c).messages) {
+        if (m.type === MsgType.ACK) this.counts.clientAnswers++;
+        else if (m.type === MsgType.ERROR) {
+          const code = policy.startsWith('NOBODY') && m.code === 'NO_SERVER' ? 'NO_SERVER (asked for)' : m.code;
+          this.counts.clientErrors[code] = (this.counts.clientErrors[code] ?? 0) + 1;
+        }
+        if (++got === requests) s.end();
+      }
+    });
+    s.setTimeout(10_000, () => {
+      this.counts.clientErrors.NO_ANSWER = (this.counts.clientErrors.NO_ANSWER ?? 0) + requests - got;
+      s.destroy();
+    });
+  }
+
+  /** The churn server drains and a new one (new id, new policy) takes its place, directly or through etcd in turn. */
+  private restarting = false;
+
+  private async restart(): Promise<void> {
+    if (this.restarting) return;
+    this.restarting = true;
+    try {
+      await this.replace();
+    } finally {
+      this.restarting = false;
+    }
+  }
+
+  private async replace(): Promise<void> {
+    const old = this.server;
+    const g = ++this.generation;
+    const policy = `CHURN-${g}`;
+    const where = g % 2 ? ['--revproc', String(this.o.proxyPort)] : ['--registry', this.o.registry];
+    this.server = spawnRevproxy(`churn ${g}`, ['server', '--id', `churn-${g}`, '--pp', policy, '--listen', '0', ...where], undefined, `${this.o.logs}/churn-servers.log`);
+    // A rolling replacement: the short clients move to the new policy once it answers, then the old server drains.
+    for (let i = 0; ; i++) {
+      if (this.stopped) return void (await old?.stop());
+      if ((await probe(this.o.proxyPort, policy, 1).catch(() => new Set())).size) break;
+      if (i === 100) throw new Error(`churn server ${g} (${where[0]}) was not answering through the proxy after 20 s`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    this.policy = policy;
+    if (old) await old.stop();
+    if (g > 1) this.counts.restarts++;
+  }
+
+  /** Someone who is not a revproxy peer, or one that leaves half-way. */
+  private async badPeer(): Promise<void> {
+    const k = this.nBad++;
+    this.counts.badPeers++;
+    const s = this.track(connect({ host: HOST, port: this.o.proxyPort, localAddress: `127.0.1.${1 + (k % 200)}` }));
+    await new Promise<void>((resolve) => {
+      s.once('connect', () => resolve());
+      s.once('error', () => resolve());
+    });
+    const frame = (m: Parameters<typeof encodeFrame>[0]): Buffer => Buffer.from(encodeFrame(m));
+    switch (k % 6) {
+      case 0:
+        s.end(Buffer.from(Array.from({ length: 64 }, (_, i) => (i * 37 + k) & 0xff)));
+        break;
+      case 1:
+        s.end('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+        break;
+      case 2: {
+        const f = frame({ type: MsgType.DATA, seq: 1, srcid: 'half', privPoliId: this.o.steadyPolicy, payload: 'x'.repeat(100) });
+        s.write(f.subarray(0, f.length - 20));
+        setTimeout(() => s.destroy(), 500);
+        break;
+      }
+      case 3:
+        setTimeout(() => s.destroy(), 2000);
+        break;
+      case 4:
+        // A registration that leaves before the proxy could dial it.
+        s.write(frame({ type: MsgType.SETUP, id: `ghost-${k}`, privPolyId: `GHOST-${k}`, listenport: await freePort() }));
+        s.destroy();
+        break;
+      default:
+        // A registration whose listen port nobody serves, kept for a few seconds.
+        s.write(frame({ type: MsgType.SETUP, id: `dead-${k}`, privPolyId: `DEAD-${k}`, listenport: await freePort() }));
+        setTimeout(() => s.destroy(), 3000);
+    }
+  }
+
+  private async sample(): Promise<void> {
+    const m = parseMetrics(await fetchText(this.o.adminPort, '/metrics'));
+    this.counts.metricsReads++;
+    const conns: Record<string, number> = {};
+    let pools = 0;
+    for (const [k, v] of m) {
+      const role = /^revproxy_connections\{role="([^"]+)"\}$/.exec(k);
+      if (role) conns[role[1]!] = v;
+      if (k.startsWith('revproxy_pool_members{') && k.includes('state="serving"')) pools++;
+    }
+    this.readGc();
+    this.window.push({ heapMB: (m.get('nodejs_heap_size_used_bytes') ?? NaN) / 1048576, heapAfterGcMB: this.heapAfterGc, fds: m.get('process_open_fds') ?? NaN, handles: m.get('nodejs_active_handles_total') ?? NaN, conns, pools });
+  }
+
+  /** The proxy's full collections since the last read (`[pid]  123 ms: Mark-Compact 20.1 (25.3) -> 15.2 (25.8) MB, ...`). */
+  private readGc(): void {
+    const fd = openSync(this.o.proxyLog, 'r');
+    try {
+      const buf = Buffer.alloc(1 << 20);
+      let text = '';
+      for (let n; (n = readSync(fd, buf, 0, buf.length, this.gcOffset)) > 0; ) {
+        text += buf.toString('latin1', 0, n);
+        this.gcOffset += n;
+      }
+      // A line cut at the end is read again next time.
+      const cut = text.length - 1 - text.lastIndexOf('\n');
+      this.gcOffset -= cut;
+      for (const m of text.slice(0, text.length - cut).matchAll(/Mark-Compact[^\d]*[\d.]+ \([\d.]+\) -> ([\d.]+) \(/g)) this.heapAfterGc = Number(m[1]);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  /** An inspector page's feed, read for a few seconds and left. */
+  private async readInspector(): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const req = get({ host: HOST, port: this.o.inspectPort, path: '/events', agent: false }, (res) => {
+        res.on('data', () => {});
+        setTimeout(() => {
+          req.destroy();
+          resolve();
+        }, 3000);
+      });
+      req.on('error', (err) => {
+        this.fail(`inspector feed: ${err.message}`);
+        resolve();
+      });
+    });
+    this.counts.inspectorReads++;
+  }
+
+  /** The window's figures (the lowest heap, the last of the rest), and counts since the last call. */
+  takeWindow(): { sample?: Sample; counts: ChurnCounts } {
+    const w = this.window;
+    this.window = [];
+    const counts = this.counts;
+    this.counts = zero();
+    const last = w.at(-1);
+    return { sample: last && { ...last, heapMB: Math.min(...w.map((s) => s.heapMB)) }, counts };
+  }
+
+  /** One reading now (after the churn stopped). */
+  async readNow(): Promise<Sample> {
+    await this.sample();
+    return this.takeWindow().sample!;
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const t of this.timers) clearInterval(t);
+    for (const s of this.sockets) s.destroy();
+    await this.server?.stop();
+  }
+}
+
+/**
+ * Growth over the run: each figure's median over the second half of the
+ * windows against the first half's (the first window, the warm-up, left
+ * out). A figure grew when the second half is past the first by more than
+ * `allow` (absolute) and 10 %.
+ */
+export function verdict(samples: Array<Sample & { rssMB: number }>): Array<{ figure: string; first: number; second: number; grew: boolean }> {
+  const s = samples.slice(1);
+  const half = Math.floor(s.length / 2);
+  const median = (xs: number[]): number => {
+    const v = [...xs].sort((a, b) => a - b);
+    return v.length ? (v[(v.length - 1) >> 1]! + v[v.length >> 1]!) / 2 : NaN;
+  };
+  const figures: Array<[string, (x: Sample & { rssMB: number }) => number, number]> = [
+    ['RSS MB', (x) => x.rssMB, 16],
+    ['heap MB (lowest in window)', (x) => x.heapMB, 4],
+    ['heap MB after full GC', (x) => x.heapAfterGcMB, 4],
+    ['open fds', (x) => x.fds, 8],
+    ['active handles', (x) => x.handles, 8],
+    ['connections (all roles)', (x) => Object.values(x.conns).reduce((a, b) => a + b, 0), 8],
+  ];
+  return figures.map(([figure, pick, allow]) => {
+    const first = median(s.slice(0, half).map(pick));
+    const second = median(s.slice(half).map(pick));
+    return { figure, first, second, grew: second - first > allow && second > first * 1.1 };
+  });
+}
