@@ -14,6 +14,7 @@
 import type * as PromClient from 'prom-client';
 import type { Counter, Gauge, Registry, MetricValue } from 'prom-client';
 import { lazyPackage } from '../transport/lazy.js';
+import { systemClock, type Clock } from '../transport/clock.js';
 import { ErrorCode } from '../transport/errors.js';
 import type { EjectReason, ProxyObserver } from '../actors/proxy-options.js';
 import { RecentLatency } from './latency.js';
@@ -59,8 +60,16 @@ export interface MetricSources {
   actorCounts(): Array<{ actor: string; kind: string; outcome: string; count: number }>;
 }
 
-/** Distinct policies, and servers per policy, counted one by one; more are counted as OTHER. */
+/**
+ * Distinct policies, and servers per policy, counted one by one; more are
+ * counted as OTHER. Those no pool holds any more keep their counts until room
+ * is needed: then they are forgotten (their series end), so a proxy that saw
+ * thousands of servers and policies come and go still counts each live one
+ * under its own name.
+ */
 export const MAX_LABEL_VALUES = 1000;
+/** How often, at most, the label values of departed policies and servers are looked for when room is needed. */
+const MAKE_ROOM_EVERY_MS = 1000;
 /** The label value of what is past MAX_LABEL_VALUES. */
 export const OTHER = '_other';
 
@@ -89,13 +98,16 @@ export class Metrics implements ProxyObserver {
   private window = 0;
   private totalAnswered = 0;
   private totalErrors = 0;
+  private readonly clock: Clock;
+  private lastRoomMade = -Infinity;
 
   constructor(
     private readonly sources: MetricSources,
     private readonly tickMs = 200,
-    /** Also collect prom-client's process and Node metrics (process_cpu_seconds_total, ...). */
-    opts: { defaults?: boolean } = {},
+    /** Also collect prom-client's process and Node metrics (process_cpu_seconds_total, ...); `clock` paces `makeRoom`. */
+    opts: { defaults?: boolean; clock?: Clock } = {},
   ) {
+    this.clock = opts.clock ?? systemClock;
     const self = this;
     const { Counter, Gauge, collectDefaultMetrics } = prom();
     if (opts.defaults) {
@@ -178,7 +190,7 @@ export class Metrics implements ProxyObserver {
     let t = this.policies.get(policy);
     if (t) return t;
     // Past the bound, new policies are counted together under OTHER (itself the one entry past it).
-    if (this.policies.size >= MAX_LABEL_VALUES) {
+    if (policy !== OTHER && this.policies.size >= MAX_LABEL_VALUES && !(this.makeRoom() && this.policies.size < MAX_LABEL_VALUES)) {
       policy = OTHER;
       t = this.policies.get(OTHER);
       if (t) return t;
@@ -191,8 +203,12 @@ export class Metrics implements ProxyObserver {
   answered(policy: string, member: string | undefined, outcome: 'ok' | ErrorCode, latencyMs: number): void {
     // A policy with no label yet whose request no server could take (NO_SERVER) gets none: a client naming
     // made-up policies must not use up the label values real ones need (Envoy keeps no stats per unknown cluster).
-    const t = this.policies.get(policy) ?? this.policy(member === undefined && outcome === ErrorCode.NO_SERVER ? OTHER : policy);
-    const server = member === undefined ? '' : t.outcomes.has(member) || t.outcomes.size < MAX_LABEL_VALUES ? member : OTHER;
+    let t = this.policies.get(policy) ?? this.policy(member === undefined && outcome === ErrorCode.NO_SERVER ? OTHER : policy);
+    let server = member ?? '';
+    if (member !== undefined && !t.outcomes.has(member) && t.outcomes.size >= MAX_LABEL_VALUES) {
+      // Making room may forget this very policy (it has no pool now): its record is looked up again.
+      server = this.makeRoom() && (t = this.policies.get(policy) ?? this.policy(policy)).outcomes.size < MAX_LABEL_VALUES ? member : OTHER;
+    }
     let byOutcome = t.outcomes.get(server);
     if (!byOutcome) t.outcomes.set(server, (byOutcome = new Map()));
     byOutcome.set(outcome, (byOutcome.get(outcome) ?? 0) + 1);
@@ -223,12 +239,41 @@ export class Metrics implements ProxyObserver {
 
   retried(policy: string, failed: string, code: ErrorCode): void {
     const k = `${policy}\0${failed}\0${code}`;
-    if (this.retries.has(k) || this.retries.size < MAX_LABEL_VALUES) this.retries.set(k, (this.retries.get(k) ?? 0) + 1);
+    if (this.retries.has(k) || this.retries.size < MAX_LABEL_VALUES || (this.makeRoom() && this.retries.size < MAX_LABEL_VALUES)) this.retries.set(k, (this.retries.get(k) ?? 0) + 1);
   }
 
   ejected(policy: string, member: string, reason: EjectReason, back: boolean): void {
     const k = `${policy}\0${member}\0${reason}\0${back ? 'back' : 'out'}`;
-    if (this.ejections.has(k) || this.ejections.size < MAX_LABEL_VALUES) this.ejections.set(k, (this.ejections.get(k) ?? 0) + 1);
+    if (this.ejections.has(k) || this.ejections.size < MAX_LABEL_VALUES || (this.makeRoom() && this.ejections.size < MAX_LABEL_VALUES)) this.ejections.set(k, (this.ejections.get(k) ?? 0) + 1);
+  }
+
+  /**
+   * A table is full: forget the counts of policies no pool holds now and of
+   * servers no pool has as a member (at most once a MAKE_ROOM_EVERY_MS, as it
+   * reads every pool). True when anything was forgotten.
+   */
+  private makeRoom(): boolean {
+    const now = this.clock.now();
+    if (now - this.lastRoomMade < MAKE_ROOM_EVERY_MS) return false;
+    this.lastRoomMade = now;
+    const live = new Map(this.sources.pools().map((p) => [p.policy, new Set(p.members.map((m) => m.id))]));
+    const gone = (policy: string, server: string): boolean => server !== '' && server !== OTHER && !live.get(policy)?.has(server);
+    let forgot = 0;
+    for (const [policy, t] of this.policies) {
+      if (policy !== OTHER && !live.has(policy)) {
+        this.policies.delete(policy);
+        forgot++;
+        continue;
+      }
+      for (const server of t.outcomes.keys()) if (gone(policy, server) && t.outcomes.delete(server)) forgot++;
+    }
+    for (const table of [this.retries, this.ejections]) {
+      for (const k of table.keys()) {
+        const [policy, server] = k.split('\0') as [string, string];
+        if (gone(policy, server) && table.delete(k)) forgot++;
+      }
+    }
+    return forgot > 0;
   }
 
   /** Answers and errors of one member, for the pool view. */

@@ -3,6 +3,9 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { runClient, startProxy, startServer, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { Metrics, startInspector, type Inspector } from '../inspector/index.js';
+import { MAX_LABEL_VALUES } from '../inspector/metrics.js';
+import type { PoolView } from '../inspector/views.js';
+import { ManualClock } from '../transport/clock.js';
 import { eventually, LOCAL } from './helpers.js';
 
 /** `name{labels} value` lines of a Prometheus text body, summed per name and label subset. */
@@ -134,6 +137,38 @@ hooks('live figures: requests per second over the last second, p50 and p99', () 
   for (let k = 0; k < 11; k++) m.tick();
   assert.is(m.figures().rps, 0, 'a quiet second later the rate is back to zero');
   assert.is(m.figures().p50, undefined);
+});
+
+hooks('after more servers and policies came and went than are counted one by one, a new one is counted under its own name, not _other', async () => {
+  const clock = new ManualClock();
+  let pools: PoolView[] = [];
+  const pool = (policy: string, id: string): PoolView => ({ policy, state: 'serving', members: [{ id, state: 'serving', answered: 0, errors: 0 }], cursor: 0, routed: 0, gone: [] });
+  const m = new Metrics({ pools: () => pools, inflight: () => 0, actorCounts: () => [] }, 200, { clock });
+  // A long-lived proxy: servers of policy P restart under new ids (as pods do), and policies come and go,
+  // each answered and retried while it served, then gone.
+  for (let i = 0; i < MAX_LABEL_VALUES + 5; i++) {
+    pools = [pool('P', `old-${i}`), pool(`gone-${i}`, 's')];
+    m.answered('P', `old-${i}`, 'ok', 1);
+    m.answered(`gone-${i}`, 's', 'ok', 1);
+    m.retried('P', `old-${i}`, 'UPSTREAM_FAILED');
+    m.ejected('P', `old-${i}`, 'consecutive_failures', false);
+  }
+  clock.advance(1000);
+  pools = [pool('P', 'fresh'), pool('NEW', 'n')];
+  m.answered('P', 'fresh', 'ok', 1);
+  m.answered('NEW', 'n', 'ok', 1);
+  m.retried('P', 'fresh', 'UPSTREAM_FAILED');
+  m.ejected('P', 'fresh', 'consecutive_failures', false);
+  const text = await m.text();
+  assert.is(sample(text, 'revproxy_requests_total', { policy: 'P', server: 'fresh', outcome: 'ok' }), 1);
+  assert.is(sample(text, 'revproxy_requests_total', { policy: 'NEW', server: 'n', outcome: 'ok' }), 1);
+  assert.is(sample(text, 'revproxy_retries_total', { policy: 'P', server: 'fresh' }), 1, 'the live server\'s retries are counted');
+  assert.is(sample(text, 'revproxy_ejections_total', { policy: 'P', server: 'fresh' }), 1, 'the live server\'s ejections are counted');
+  // What left was forgotten to make the room: the table stays bounded.
+  assert.not.match(text, /server="old-1"/);
+  assert.not.match(text, /policy="gone-1"/);
+  const lines = text.split('\n').filter((l) => l.startsWith('revproxy_requests_total{')).length;
+  assert.ok(lines <= 2 * MAX_LABEL_VALUES, `${lines} requests_total series`);
 });
 
 metrics.run();
