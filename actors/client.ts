@@ -124,7 +124,8 @@ export type ClientEvent =
  * between them. Owned by the machine; changed only in its actions.
  */
 export class RequestBook {
-  private readonly waiting: Entry[] = [];
+  /** Requests to send, from `waitingHead` on; the slots before it are emptied as they are taken, so nothing sent is held here. */
+  private readonly waiting: Array<Entry | undefined> = [];
   private waitingHead = 0;
   private readonly inflight = new Map<number, Entry>();
   /** Requests the proxy refused SHUTTING_DOWN (it is draining), to send again on the next proxy. */
@@ -191,7 +192,9 @@ export class RequestBook {
     if (this.draining) return;
     const verbose = log.enabled('debug');
     while (this.inflight.size < this.window && this.waitingHead < this.waiting.length) {
-      const entry = this.waiting[this.waitingHead++]!;
+      const entry = this.waiting[this.waitingHead]!;
+      // Sent, it is held in `inflight` until answered, and by nothing once answered (its payload may be large).
+      this.waiting[this.waitingHead++] = undefined;
       if (entry.settled) continue;
       const seq = this.seq;
       this.seq = this.seq >= 0xffffffff ? 0 : this.seq + 1;
