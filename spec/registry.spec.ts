@@ -290,7 +290,8 @@ reg_('a watch cancelled by a compaction reads the prefix again and misses nothin
   assert.equal(reasons.slice(0, 2), ['start', 'compacted']);
 });
 
-reg_('a value of a megabyte written under the prefix is not held by the proxies: refused by its size', async () => {
+/** A proxy watching the registry (its log lines in `logs`), and a mirror of servers/ of our own: what a proxy holds, and what it was told. */
+async function proxyAndMirror(): Promise<{ logs: LogRecord[]; held: Map<string, string>; m: PrefixMirror }> {
   const logs: LogRecord[] = [];
   const p = await proxy({ logs });
   await eventually(() => p.registry()?.synced === true, 3000, 'the proxy watching the registry');
@@ -301,6 +302,11 @@ reg_('a value of a megabyte written under the prefix is not held by the proxies:
   const m = new PrefixMirror(client, `${ctx.prefix}servers/`, o, { put: (k, v) => held.set(k, v), delete: (k) => held.delete(k), synced: () => undefined, health: () => undefined });
   ctx.closers.push(() => m.stop());
   m.start();
+  return { logs, held, m };
+}
+
+reg_('a value of a megabyte written under the prefix is not held by the proxies: refused by its size', async () => {
+  const { logs, held, m } = await proxyAndMirror();
   const big = (fill: string) => JSON.stringify({ v: 1, id: 'big', pad: fill.repeat(1 << 20) });
   await ctx.raw!.put(serverKey(ctx.prefix, 'big')).value(big('a')).exec();
   await eventually(() => logs.some((l) => l.event === 'registry_refused' && l.id === 'big'), 3000, 'the entry refused');
@@ -314,16 +320,7 @@ reg_('a value of a megabyte written under the prefix is not held by the proxies:
 });
 
 reg_('a key name of half a megabyte under the prefix is held as its size and digest, and named so in one short line', async () => {
-  const logs: LogRecord[] = [];
-  const p = await proxy({ logs });
-  await eventually(() => p.registry()?.synced === true, 3000, 'the proxy watching the registry');
-  const o = resolveRegistry(reg());
-  const client = await openEtcd(o);
-  ctx.closers.push(() => client.close());
-  const held = new Map<string, string>();
-  const m = new PrefixMirror(client, `${ctx.prefix}servers/`, o, { put: (k, v) => held.set(k, v), delete: (k) => held.delete(k), synced: () => undefined, health: () => undefined });
-  ctx.closers.push(() => m.stop());
-  m.start();
+  const { logs, held, m } = await proxyAndMirror();
   const longId = 'x'.repeat(512 * 1024);
   await ctx.raw!.put(serverKey(ctx.prefix, longId)).value(JSON.stringify({ v: 1, id: 'x', policy: '111', address: '127.0.0.1', port: 9 })).exec();
   await eventually(() => logs.some((l) => l.event === 'registry_refused'), 3000, 'the entry refused');
