@@ -42,13 +42,17 @@ export function isRefusal(err: unknown): boolean {
 /** What went wrong talking to etcd, in words, with what to do when it is a common mistake. */
 export function describeEtcdError(err: unknown, o: Resolved): string {
   const e = err as Error;
-  const name = e?.name ?? '';
+  // etcd3's error classes leave `name` as 'Error': their class is what tells them apart.
+  const cls = (e as { constructor?: { name?: string } } | undefined)?.constructor?.name;
+  const name = e?.name && e.name !== 'Error' ? e.name : cls ?? '';
   const msg = String(e?.message ?? err).replace(/\s*Resolution note:.*$/s, '').trim();
   const where = describeRegistry({ endpoints: o.endpoints, tls: o.tls !== undefined });
   if (name === 'EtcdAuthenticationFailedError' || name === 'EtcdUserNotFoundError' || /authentication failed|invalid user ID or password/i.test(msg)) return `etcd at ${where} refused the user name or password (${msg}): check --registry-user and REVPROXY_REGISTRY_PASSWORD`;
   if (name === 'EtcdPermissionDeniedError' || name === 'EtcdRoleNotGrantedError' || name === 'GRPCUnauthenticatedError' || /permission denied|user name is empty/i.test(msg)) {
     return `etcd at ${where} denied access under ${o.prefix} (${msg}): give the user a role with readwrite on that prefix (etcdctl role grant-permission --prefix ...)`;
   }
+  // etcd3 builds this one with its sentence where the lease id goes ("Lease We lost connection ... is expired or revoked").
+  if (name === 'EtcdLeaseInvalidError') return `etcd at ${where} let the lease expire: it could not be kept alive within its TTL (${o.ttlSeconds} s), as when etcd is out of reach or stalled; the key is written again under a new lease`;
   if (/ECONNREFUSED/.test(msg)) return `etcd is not reachable at ${where}: connection refused`;
   if (name === 'GRPCDeadlineExceededError' || /deadline/i.test(msg)) return `etcd at ${where} did not answer within ${o.callTimeoutMs} ms`;
   if (/BrokenCircuit|circuit/i.test(name + msg)) return `etcd at ${where} is not reachable (it failed several calls in a row; trying again shortly)`;

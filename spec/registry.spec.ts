@@ -10,7 +10,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { connect, Logger, memorySink, sha1Hex, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
-import { openEtcd, type Etcd3 } from '../registry/etcd.js';
+import { describeEtcdError, openEtcd, type Etcd3 } from '../registry/etcd.js';
 import { encodeServer, serverKey } from '../registry/keys.js';
 import { KeptKey } from '../registry/kept-key.js';
 import { PrefixMirror, type SyncReason } from '../registry/mirror.js';
@@ -397,6 +397,15 @@ keptKey('a lease that cannot be granted is one failure: told once, retried after
   await eventually(() => downs.length >= 2, 2000, 'a second attempt failed');
   key.release();
   assert.equal(downs.slice(0, 2), [[1, 40], [2, 80]], 'each attempt told once, the backoff doubling once per attempt');
+});
+
+keptKey('a lease etcd let expire while out of reach is told in a sentence of ours, not etcd3\'s garbled one', async () => {
+  // etcd3 (node_modules/etcd3/lib/lease.js) builds this error with its message where the lease id goes: "Lease We lost connection ... is expired or revoked".
+  const { EtcdLeaseInvalidError } = await import('etcd3');
+  const o = resolveRegistry({ endpoints: ['127.0.0.1:2379'], ttlSeconds: 5 });
+  const why = describeEtcdError(new EtcdLeaseInvalidError('We lost connection to etcd and our lease has expired.'), o);
+  assert.not.match(why, /Lease We lost/);
+  assert.is(why, 'etcd at etcd://127.0.0.1:2379 let the lease expire: it could not be kept alive within its TTL (5 s), as when etcd is out of reach or stalled; the key is written again under a new lease');
 });
 
 keptKey.run();
