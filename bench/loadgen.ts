@@ -565,7 +565,8 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
 async function measure(run: Run, warmupMs: number, durationMs?: number): Promise<{ started: number; ended: number }> {
   if (durationMs === undefined) {
     run.measuring = true;
-    const started = performance.now();
+    // Open loop, the window opens when sending starts (the schedule's t0), whatever delayed this line.
+    const started = run.pace?.t0 || performance.now();
     run.windowFrom = -Infinity;
     await run.settled(run.opts.drainMs ?? 5000);
     return { started, ended: performance.now() };
