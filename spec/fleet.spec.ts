@@ -94,10 +94,18 @@ interface Tally {
   errors: Record<string, number>;
 }
 
+/**
+ * What a test left running when it failed before its own cleanup: loads to stop, then clients to
+ * close (after.each). Without it a failed test left its loads sending for ever through closed
+ * clients, and the spec process never exited.
+ */
+const leftovers: { loads: Array<() => void>; clients: Client[] } = { loads: [], clients: [] };
+
 /** Each client sends to both policies, `window` at a time, until `stop()`; every answer checked against the payload's SHA1. */
 function load(clients: Client[], window = 8): { tally: Tally; stop: () => Promise<void> } {
   const tally: Tally = { sent: 0, ok: 0, wrong: 0, errors: {} };
   let running = true;
+  leftovers.loads.push(() => (running = false));
   const workers = clients.flatMap((c, ci) =>
     Array.from({ length: window }, async (_, w) => {
       for (let i = 0; running; i++) {
@@ -120,7 +128,9 @@ function load(clients: Client[], window = 8): { tally: Tally; stop: () => Promis
 }
 
 async function clients(n: number): Promise<Client[]> {
-  return Promise.all(Array.from({ length: n }, (_, i) => connect({ id: `c${i}`, registry: { endpoints: [fleet.etcd!.endpoint], prefix: fleet.prefix }, timeoutMs: 5000 })));
+  const cs = await Promise.all(Array.from({ length: n }, (_, i) => connect({ id: `c${i}`, registry: { endpoints: [fleet.etcd!.endpoint], prefix: fleet.prefix }, timeoutMs: 5000 })));
+  leftovers.clients.push(...cs);
+  return cs;
 }
 
 const at = (c: Client): number => {
@@ -131,6 +141,10 @@ const at = (c: Client): number => {
 const test = suite<Fleet>('a fleet of proxies sharing one registry', fleet);
 test.before(async () => {
   fleet.etcd = await startEtcd();
+});
+test.after.each(() => {
+  for (const stop of leftovers.loads.splice(0)) stop();
+  for (const c of leftovers.clients.splice(0)) c.destroy();
 });
 test.after(async () => {
   killAll();
