@@ -298,23 +298,27 @@ reload('under load: a limit and a token change, a revoked server is drained out,
       for (const [k, n] of Object.entries(r.errors)) total.errors[k] = (total.errors[k] ?? 0) + n;
     }
   })();
-  await sleep(300);
-  // A limit and a token: a server takes 40 requests at once and nothing waits (the load on P keeps
-  // 64 in flight over two servers, so it fits); R's secret is gone.
-  writeFileSync(file, cfg('max_server_inflight: 40\nqueue_limit: 0\n', '  P: secret-of-P-1\n  SLOW: secret-of-SLOW\n'));
-  proc.kill('SIGHUP');
-  await proc.waitFor(/Reloaded .*applied max_server_inflight, queue_limit, tokens/);
-  await proc.waitFor(/Server id r1 left privacy policy R: its registration was revoked by a reload/);
-  const after = await burst();
-  assert.is(after.filter((o) => o === 'ok').length, 40, `after: ${after.join(' ')}`);
-  assert.is(after.filter((o) => o === 'OVERLOADED').length, 20);
-  // An invalid file is refused; the running settings stay.
-  writeFileSync(file, 'port: 0\nmax_server_inflight: lots\n');
-  proc.kill('SIGHUP');
-  await proc.waitFor(/Reload refused, still running the previous configuration: .*r\.yaml:2:22: max_server_inflight: expected a count/);
-  assert.is((await burst()).filter((o) => o === 'OVERLOADED').length, 20, 'the previous limits still apply');
-  stop = true;
-  await load;
+  // Stopped however the steps end: a step that fails must not leave the load running (the process would never exit).
+  try {
+    await sleep(300);
+    // A limit and a token: a server takes 40 requests at once and nothing waits (the load on P keeps
+    // 64 in flight over two servers, so it fits); R's secret is gone.
+    writeFileSync(file, cfg('max_server_inflight: 40\nqueue_limit: 0\n', '  P: secret-of-P-1\n  SLOW: secret-of-SLOW\n'));
+    proc.kill('SIGHUP');
+    await proc.waitFor(/Reloaded .*applied max_server_inflight, queue_limit, tokens/);
+    await proc.waitFor(/Server id r1 left privacy policy R: its registration was revoked by a reload/);
+    const after = await burst();
+    assert.is(after.filter((o) => o === 'ok').length, 40, `after: ${after.join(' ')}`);
+    assert.is(after.filter((o) => o === 'OVERLOADED').length, 20);
+    // An invalid file is refused; the running settings stay.
+    writeFileSync(file, 'port: 0\nmax_server_inflight: lots\n');
+    proc.kill('SIGHUP');
+    await proc.waitFor(/Reload refused, still running the previous configuration: .*r\.yaml:2:22: max_server_inflight: expected a count/);
+    assert.is((await burst()).filter((o) => o === 'OVERLOADED').length, 20, 'the previous limits still apply');
+  } finally {
+    stop = true;
+    await load;
+  }
   assert.is(total.unanswered, 0, JSON.stringify(total));
   assert.is(total.duplicates, 0);
   assert.is(total.wrongHashes, 0);

@@ -259,15 +259,19 @@ hostile('10,000 generated and mutated frames at a running proxy: it never crashe
   })();
   // Two rounds of 5,000: the first warms the heap up, the second must not grow it much further.
   const rss: number[] = [rssBefore];
-  for (const round of [inputs.slice(0, 5000), inputs.slice(5000)]) {
-    let next = 0;
-    await Promise.all(Array.from({ length: 32 }, async () => {
-      while (next < round.length) await fire(port, round[next++]!);
-    }));
-    rss.push(rssKb(proc.child.pid!));
+  // The good client stops however the fuzz ends: a failure must not leave it running (the process would never exit).
+  try {
+    for (const round of [inputs.slice(0, 5000), inputs.slice(5000)]) {
+      let next = 0;
+      await Promise.all(Array.from({ length: 32 }, async () => {
+        while (next < round.length) await fire(port, round[next++]!);
+      }));
+      rss.push(rssKb(proc.child.pid!));
+    }
+  } finally {
+    fuzzing = false;
+    await good;
   }
-  fuzzing = false;
-  await good;
   assert.is(proc.child.exitCode, null, `the proxy is still running:\n${proc.out.slice(-20).join('\n')}`);
   assert.ok(served.length >= 10 && served.every(Boolean), `the good client got ${served.filter(Boolean).length}/${served.length} correct answers during the fuzz`);
   const after = await runClient({ id: 'after', proxy: { host: LOCAL, port }, packets: pkts('P', 5) });
