@@ -4,7 +4,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { freePort } from '../bench/procs.js';
+import { freePort, nodeFlags } from '../bench/procs.js';
 import { startServer, type ServerHandle } from '../actors/index.js';
 import { BIN, ROOT } from './procs.js';
 import { runLoad } from './load.js';
@@ -24,8 +24,8 @@ export interface Pressure {
   close(): Promise<void>;
 }
 
-/** Start a proxy process (stdout to a pipe nobody reads yet) and two servers in this process. */
-export async function startPressure(args: string[], nodeArgs: string[] = []): Promise<Pressure> {
+/** Start a proxy process (stdout to a pipe nobody reads yet; the shebang's node flags unless `nodeArgs`) and two servers in this process. */
+export async function startPressure(args: string[], nodeArgs: string[] = nodeFlags(BIN)): Promise<Pressure> {
   const port = await freePort();
   const child = spawn(process.execPath, [...nodeArgs, BIN, 'proxy', '--port', String(port), ...args], { cwd: ROOT, env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'inherit'] });
   // stdout stays paused: nothing is read from the pipe until `read`.
