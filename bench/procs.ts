@@ -74,7 +74,7 @@ export function spawnChild(name: string, cmd: string, args: string[], output?: s
   const fd = output === undefined ? undefined : openSync(output, 'a');
   const proc = spawn('/bin/sh', ['-c', 'ulimit -Sn "$(ulimit -Hn)" 2>/dev/null; exec "$@"', 'sh', cmd, ...args], {
     cwd: ROOT,
-    env: { ...process.env, NO_COLOR: '1' },
+    env: { ...process.env, NO_COLOR: '1', FORCE_COLOR: undefined },
     stdio: fd === undefined ? ['ignore', 'pipe', 'pipe'] : ['ignore', fd, fd],
   });
   if (fd !== undefined) closeSync(fd);
@@ -128,7 +128,7 @@ export function revproxyOptions(command: string, bin = BIN): Map<string, string>
   const out = new Map<string, string>();
   let help = '';
   try {
-    help = execFileSync(process.execPath, [bin, command, '--help'], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } });
+    help = execFileSync(process.execPath, [bin, command, '--help'], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1', FORCE_COLOR: undefined } });
   } catch {
     return out;
   }

@@ -27,7 +27,7 @@ class Child {
 
   constructor(args: string[], onLine: (line: string) => void) {
     // The scenario says which secrets are in force, not the caller's environment.
-    const env: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: '1' };
+    const env: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: '1', FORCE_COLOR: undefined };
     delete env.REVPROXY_TOKEN;
     this.proc = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
     const lines = (stream: NodeJS.ReadableStream): void => {

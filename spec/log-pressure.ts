@@ -27,7 +27,7 @@ export interface Pressure {
 /** Start a proxy process (stdout to a pipe nobody reads yet; the shebang's node flags unless `nodeArgs`) and two servers in this process. */
 export async function startPressure(args: string[], nodeArgs: string[] = nodeFlags(BIN)): Promise<Pressure> {
   const port = await freePort();
-  const child = spawn(process.execPath, [...nodeArgs, BIN, 'proxy', '--port', String(port), ...args], { cwd: ROOT, env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [...nodeArgs, BIN, 'proxy', '--port', String(port), ...args], { cwd: ROOT, env: { ...process.env, NO_COLOR: '1', FORCE_COLOR: undefined }, stdio: ['ignore', 'pipe', 'inherit'] });
   // stdout stays paused: nothing is read from the pipe until `read`.
   const servers: ServerHandle[] = [];
   for (let tries = 0; servers.length < 2; tries++) {
