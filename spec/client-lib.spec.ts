@@ -343,7 +343,9 @@ lib('a long-lived client lets go of each payload once it is answered: one sendin
   await new Promise((r) => setImmediate(r));
   gc();
   const held = sent.filter((w) => w.deref() !== undefined).length;
-  assert.ok(held <= 1, `${held} of 50 answered payloads are still held by the client`);
+  // Held by the client, all 50 stay (as before a18245f). A few may outlive one collection without the client:
+  // on Node 24 2-3 of the 50 did in 2 runs of 3, held only by V8's "(Stack roots)" in a heap snapshot.
+  assert.ok(held <= 5, `${held} of 50 answered payloads are still held by the client`);
 });
 
 lib.run();
