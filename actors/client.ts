@@ -21,7 +21,7 @@ import { ErrorCode, LocalCode, RevproxyError, type ClientCode } from '../transpo
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { isIdValue, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
-import { describeTlsError, dial, readyEvent, type TlsMaterial } from '../transport/tls.js';
+import { connectTimedOut, DEFAULT_CONNECT_TIMEOUT_MS, describeTlsError, dial, readyEvent, type TlsMaterial } from '../transport/tls.js';
 import { systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { HandlerError, show, type Payload } from './handler.js';
 import { silentLogger, type Logger } from './logger.js';
@@ -372,7 +372,7 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
   const slow = input.clock.setTimeout(() => {
     sub.unsubscribe();
     conn.destroy();
-    send({ type: 'CONNECT_FAILED', error: `no answer from ${host}:${port} within ${ms} ms (connectTimeoutMs): is the host up, and does no firewall drop the connection?` });
+    send({ type: 'CONNECT_FAILED', error: connectTimedOut(host, port, ms, 'connectTimeoutMs') });
   }, ms);
   return () => {
     slow.cancel();
@@ -565,7 +565,7 @@ export const clientMachine = setup({
         id: 'socket',
         src: 'clientSocket',
         input: ({ context }) => ({
-          proxy: context.proxies[context.proxyIndex]!, tls: context.opts.tls, wire: context.opts.wire, clock: context.clock, connectTimeoutMs: context.opts.connectTimeoutMs ?? 2000,
+          proxy: context.proxies[context.proxyIndex]!, tls: context.opts.tls, wire: context.opts.wire, clock: context.clock, connectTimeoutMs: context.opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
         }),
       },
       on: {

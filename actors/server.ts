@@ -19,7 +19,7 @@ import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, MsgType, type DataMsg, type Message, type SetupMsg } from '../transport/messages.js';
 import { Connection, ConnectionTimeout } from '../transport/socket.js';
-import { describeTlsError, dial, listenOn, listenServer, readyEvent, type TlsMaterial } from '../transport/tls.js';
+import { connectTimedOut, DEFAULT_CONNECT_TIMEOUT_MS, describeTlsError, dial, listenOn, listenServer, readyEvent, type TlsMaterial } from '../transport/tls.js';
 import { systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { BufferBudget, DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
 import { Caller, HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
@@ -268,7 +268,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
     let over = false;
     // A dial into a partition waits out the system's SYN retries (about two minutes), and after the
     // cut heals up to a minute more for the next one: give up on it and dial again under the backoff.
-    const slow = input.clock.setTimeout(() => lost(`no answer from ${key} within ${REGISTRATION_CONNECT_TIMEOUT_MS} ms: is the host up, and does no firewall drop the connection?`), REGISTRATION_CONNECT_TIMEOUT_MS);
+    const slow = input.clock.setTimeout(() => lost(connectTimedOut(ep.host, ep.port, DEFAULT_CONNECT_TIMEOUT_MS)), DEFAULT_CONNECT_TIMEOUT_MS);
     const lost = (error: string): void => {
       if (over) return;
       over = true;
@@ -380,8 +380,6 @@ export function badLimit(opts: ServerOptions): string | undefined {
 export const DEFAULT_MAX_CONNECTIONS = 4096;
 /** TCP keepalive's idle time on a registration connection (ms): Go's default for the connections it dials and accepts. */
 export const DEFAULT_TCP_KEEPALIVE_MS = 15_000;
-/** How long a registration's dial may wait for the proxy's host (ms), as a client's `connectTimeoutMs`. */
-const REGISTRATION_CONNECT_TIMEOUT_MS = 2000;
 /** How long a handler may take before its request is answered TIMEOUT and its slot freed (ms). */
 export const DEFAULT_HANDLER_TIMEOUT_MS = 30_000;
 

@@ -89,6 +89,19 @@ export function loadTls(files: TlsFiles, names: { cert: string; key: string; ca:
 }
 
 /** Dial host:port, over TLS when `tls` is given (verifying the peer against `tls.ca`, presenting `tls.cert` if any). */
+/**
+ * How long a dial may wait for the peer (TCP, and TLS's handshake) before it is given up (ms): a
+ * host that drops the packets (down, firewalled, cut off) would hold it for the system's connect
+ * timeout, about two minutes on Linux. The library client's `connectTimeoutMs` default, and a
+ * server's registration dial.
+ */
+export const DEFAULT_CONNECT_TIMEOUT_MS = 2000;
+
+/** What to say of a dial to `host:port` given up after `ms` (`option`: the setting that chose `ms`). */
+export function connectTimedOut(host: string, port: number, ms: number, option?: string): string {
+  return `no answer from ${host}:${port} within ${ms} ms${option ? ` (${option})` : ''}: is the host up, and does no firewall drop the connection?`;
+}
+
 export function dial(host: string, port: number, tls?: TlsMaterial): Socket {
   if (!tls) return netConnect({ host, port });
   return tlsConnect({ host, port, ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: true, servername: isIp(host) ? undefined : host });
