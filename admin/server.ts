@@ -3,7 +3,8 @@
  *
  * - `GET /healthz`: 200 while the process runs its event loop (liveness).
  * - `GET /readyz`: 200 when every readiness check passes (the proxy listens
- *   and is not draining), else 503 with a short JSON body saying why.
+ *   and is not draining; with `--ready-policies`, each listed policy has a
+ *   server serving), else 503 with a short JSON body saying why.
  * - `GET /metrics`: Prometheus text (prom-client): request metrics, process
  *   and Node metrics, connections, bytes, pools.
  * - `/inspector/...`: the inspector page, when it is served here.
@@ -24,17 +25,19 @@ import type { Metrics } from '../inspector/metrics.js';
 /** Why something is not ready: a stable code and a sentence. */
 export interface NotReady {
   code: string;
+  /** The privacy policy it is about, when it is about one (a check of several policies gives a reason per policy). */
+  policy?: string;
   message: string;
   /** Still ready, but worth saying: /readyz stays 200 and lists it under `warnings` (serving with the registry membership last seen, say). */
   warning?: boolean;
 }
 
-/** Named checks; ready when every one returns undefined. */
+/** Named checks; ready when every one returns undefined (or no reason). */
 export class Readiness {
-  private readonly checks = new Map<string, () => NotReady | undefined>();
+  private readonly checks = new Map<string, () => NotReady | NotReady[] | undefined>();
 
-  /** Add (or replace) a check: it returns undefined when ready, or why not. */
-  add(name: string, check: () => NotReady | undefined): void {
+  /** Add (or replace) a check: it returns undefined (or an empty list) when ready, or why not (one reason per thing that is not). */
+  add(name: string, check: () => NotReady | NotReady[] | undefined): void {
     this.checks.set(name, check);
   }
 
@@ -42,14 +45,16 @@ export class Readiness {
     const reasons: Array<NotReady & { check: string }> = [];
     const warnings: Array<NotReady & { check: string }> = [];
     for (const [check, fn] of this.checks) {
-      let r: NotReady | undefined;
+      let found: NotReady | NotReady[] | undefined;
       try {
-        r = fn();
+        found = fn();
       } catch (err) {
-        r = { code: 'CHECK_FAILED', message: (err as Error).message };
+        found = { code: 'CHECK_FAILED', message: (err as Error).message };
       }
-      if (r?.warning) warnings.push({ check, code: r.code, message: r.message });
-      else if (r) reasons.push({ check, ...r });
+      for (const r of found === undefined ? [] : Array.isArray(found) ? found : [found]) {
+        const { warning, ...why } = r;
+        (warning ? warnings : reasons).push({ check, ...why });
+      }
     }
     return { ready: reasons.length === 0, reasons, warnings };
   }

@@ -16,11 +16,12 @@ import { ConnStats } from '../admin/conn-stats.js';
 import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin/server.js';
 import type { RegistryStatus } from '../registry/events.js';
 import {
-  changes, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, parseHostPort, toRuntime,
+  badPolicy, changes, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, parseHostPort, toRuntime,
   whyNotWritable, type LogFileKey, type NumberKey, type ProxyConfig, type Runtime,
 } from '../config/proxy.js';
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
 import type { PoolView } from '../inspector/views.js';
+import { ErrorCode } from '../transport/errors.js';
 import { dial, type TlsMaterial } from '../transport/tls.js';
 import { FileError, ignoreUserSignals, parseHost, parseIntOption, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, whyUnreadable } from './common.js';
 import { checkInspectToken, inspectOptions, startInspection } from './inspect.js';
@@ -56,10 +57,21 @@ function proxyOptions(): Option[] {
       return v;
     }),
     new Option('--admin-token <secret>', 'bearer token /metrics requires (the health checks stay open)').env('REVPROXY_ADMIN_TOKEN'),
+    new Option('--ready-policies <policies>', 'with --admin: /readyz answers 503 while any of these privacy policies (comma-separated) has no server serving, naming each; for rolling restarts with direct registration (default: off)').argParser(parsePolicies),
     ...tlsOptions(),
     ...registryOptions({ ttl: true, advertise: 'with --registry: the address clients dial to reach this proxy (default: --host)' }),
     ...inspectOptions(),
   ];
+}
+
+/** `--ready-policies a,b`: each policy named once, none empty. */
+function parsePolicies(value: string): string[] {
+  const policies = value.split(',').map((p) => p.trim());
+  for (const p of policies) {
+    const bad = badPolicy(p);
+    if (bad) throw new InvalidArgumentError(`--ready-policies takes privacy policies separated by commas (e.g. 111,222): ${bad}${p === '' ? ` in '${value}'` : ''}`);
+  }
+  return [...new Set(policies)];
 }
 
 type Flags = Record<string, unknown> & { config?: string; check?: boolean; pidFile?: string };
@@ -89,6 +101,7 @@ function configFromFlags(cmd: Command): ProxyConfig {
   if (Object.keys(log).length) c.log = log;
   const admin: Record<string, unknown> = {};
   if (given('admin')) admin.listen = parseHostPort(String(o.admin));
+  if (given('readyPolicies')) admin.ready_policies = o.readyPolicies;
   if (given('adminToken')) {
     if (String(o.adminToken).length < 8) throw new UsageError('--admin-token (or REVPROXY_ADMIN_TOKEN) must be at least 8 characters: a short secret is easy to guess');
     admin.token = o.adminToken;
@@ -194,6 +207,8 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
   let admin: AdminServer | undefined;
   let metrics: Metrics | undefined;
   const conns = rt.admin ? new ConnStats() : undefined;
+  // A reload changes it at once.
+  let readyPolicies = rt.admin?.readyPolicies ?? [];
   if (rt.admin) {
     metrics = new Metrics({ pools: () => (proxy ? poolViews(proxy) : []), inflight: () => proxy?.actor.getSnapshot().context.inflight.size ?? 0, actorCounts: () => [] }, 200, { defaults: true });
     addOperationsMetrics(metrics.registry, {
@@ -213,6 +228,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       addRegistryMetrics(metrics.registry, () => proxy?.registry());
       readiness.add('registry', () => registryReadiness(proxy?.registry()));
     }
+    readiness.add('pool', () => poolReadiness(readyPolicies, proxy?.pools() ?? {}));
     admin = await startAdmin({ host: rt.admin.host, port: rt.admin.port, token: rt.admin.token, metrics, readiness });
     logger.info('admin', `Admin endpoint on ${admin.url} (/healthz, /readyz, /metrics)`, { url: admin.url });
     if (!isLoopback(rt.admin.host) && !rt.admin.token) {
@@ -262,6 +278,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       handle.actor.send({ type: 'RELOAD', opts: resolveOptions(nextRt.options) });
       logger.setLevel(nextRt.log.level);
       if (!restart.includes('admin.listen')) admin?.setToken(nextRt.admin?.token);
+      if (admin) readyPolicies = nextRt.admin?.readyPolicies ?? [];
       reloads.applied++;
       logger.info('reload', `Reloaded ${source}: ${applied.length ? `applied ${applied.join(', ')}` : restart.length ? `nothing applied: ${restart.join(', ')} need${restart.length === 1 ? 's' : ''} a restart` : 'no setting changed'}; secrets re-read; no connection closed`, { file: source, applied });
       if (restart.length) {
@@ -313,6 +330,29 @@ function registryReadiness(r: RegistryStatus | undefined): NotReady | undefined 
     return { code: 'REGISTRY_UNREACHABLE', message: `the registry has been unreachable for ${s} s (${r.why}); serving with the membership last seen (${r.entries} server entries)`, warning: true };
   }
   return undefined;
+}
+
+/**
+ * The pools' part of /readyz (`--ready-policies`), as HAProxy's
+ * `monitor fail if { nbsrv(backend) lt 1 }`: not ready while a listed policy
+ * has no member serving (connecting, down, ejected and drained members take
+ * no request now). A proxy restarted with servers registered directly knows
+ * none until each registers again, within its backoff (up to 5 s): ready as
+ * soon as it listens, it would answer their requests NO_SERVER meanwhile.
+ */
+function poolReadiness(policies: readonly string[], pools: ReturnType<ProxyHandle['pools']>): NotReady[] {
+  const out: NotReady[] = [];
+  for (const policy of policies) {
+    const p = pools[policy];
+    if (p && p.serving.length > 0) continue;
+    const count = new Map<string, number>();
+    for (const id of p?.members ?? []) count.set(p!.states[id]!, (count.get(p!.states[id]!) ?? 0) + 1);
+    const message = p?.members.length
+      ? `none of the ${p.members.length} server(s) of privacy policy ${policy} registered here can take requests (${[...count].map(([s, n]) => `${n} ${s}`).join(', ')}); its requests wait or get NO_SERVER until one is serving`
+      : `no server of privacy policy ${policy} is registered with this proxy; its requests get NO_SERVER until one registers`;
+    out.push({ code: ErrorCode.NO_SERVER, policy, message });
+  }
+  return out;
 }
 
 /** The process id, written at start (`--pid-file`); a file that cannot be written stops the start, saying why. */

@@ -16,10 +16,11 @@ import { ACCESS_LOG_HOLD } from '../admin/access-log.js';
 import { resolveOptions, type Opts, type ProxyOptions } from '../actors/proxy-options.js';
 import { FileError, LocalCode, RevproxyError } from '../transport/errors.js';
 import { MAX_TIMER_MS } from '../transport/clock.js';
+import { MAX_ID_LENGTH } from '../transport/messages.js';
 import { loadTokens, tlsFromFlags, whyUnreadable } from './files.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 import {
-  dict, flag, formatIssues, object, oneOf, opt, readYaml, refine, req, scalar, text, whole, type Field, type Infer, type Issue,
+  dict, flag, formatIssues, list, name, object, oneOf, opt, readYaml, refine, req, scalar, text, whole, type Field, type Infer, type Issue,
 } from './schema.js';
 
 /** When a change of a setting takes effect. */
@@ -113,6 +114,11 @@ const etcdUrl = scalar('etcd://HOST:PORT (a comma-separated list for several etc
     return undefined;
   }
 });
+/** A privacy policy as a server registers it: 1 to MAX_ID_LENGTH characters (a whole number is read as its decimal string). */
+export function badPolicy(p: string): string | undefined {
+  return p.length === 0 || p.length > MAX_ID_LENGTH ? `a privacy policy is 1 to ${MAX_ID_LENGTH} characters, got ${p.length}` : undefined;
+}
+const policy = refine(name, badPolicy);
 const hostPort = scalar('HOST:PORT (e.g. 127.0.0.1:9100), or a port on 127.0.0.1', (v) => parseHostPort(String(v)));
 
 const UNIT_WORDS: Record<string, string> = { ms: 'milliseconds', us: 'microseconds', n: 'a count', bytes: 'bytes', port: 'a port' };
@@ -148,6 +154,7 @@ const otherFields = {
   admin: opt(object('admin', {
     listen: opt(hostPort, 'HOST:PORT of /healthz, /readyz and /metrics'),
     token: opt(secret, 'bearer token /metrics requires (the health checks stay open)'),
+    ready_policies: opt(list(policy), 'privacy policies that must each have a server serving for /readyz to answer 200 (--ready-policies)'),
   }), 'the admin endpoint'),
   registry: opt(object('registry', {
     url: req(etcdUrl, 'etcd://HOST:PORT: take servers from the registry, and advertise this proxy there for clients (--registry)'),
@@ -235,7 +242,8 @@ export interface Runtime {
   /** The proxy's own options (logger, observer and clock are the command's to add). */
   options: ProxyOptions;
   log: { level: Level; format: 'text' | 'json'; color: boolean; summaryMs?: number; accessLog?: string; accessLogFlushMs?: number };
-  admin?: { host: string; port: number; token?: string };
+  /** `readyPolicies`: /readyz is 503 while one of them has no server serving (none: not checked). */
+  admin?: { host: string; port: number; token?: string; readyPolicies: string[] };
   registry?: RegistryOptions & { advertise?: string };
   inspect?: number;
   inspectLog?: string;
@@ -265,12 +273,17 @@ export function toRuntime(c: ProxyConfig): Runtime {
   return {
     options: options as ProxyOptions,
     log: { level: log.level ?? 'info', format: log.format ?? 'text', color: log.color ?? true, summaryMs: log.summary_interval, accessLog: log.access_log, accessLogFlushMs: log.access_log_flush },
-    admin: c.admin?.listen ? { ...c.admin.listen, token: c.admin.token } : undefined,
+    admin: toAdmin(c.admin),
     registry: toRegistry(c.registry),
     inspect: c.inspect,
     inspectLog: c.inspect_log,
     inspectToken: c.inspect_token,
   };
+}
+
+function toAdmin(a: ProxyConfig['admin']): Runtime['admin'] {
+  if (a?.ready_policies?.length && !a.listen) throw new ConfigError('the configuration', [{ line: 1, col: 1, path: 'admin.ready_policies', message: 'ready policies were given without the admin endpoint that reports them (/readyz): add --admin HOST:PORT (or admin.listen in the file)' }]);
+  return a?.listen ? { ...a.listen, token: a.token, readyPolicies: [...new Set(a.ready_policies ?? [])] } : undefined;
 }
 
 function toRegistry(r: ProxyConfig['registry']): Runtime['registry'] {
@@ -347,6 +360,7 @@ export function changes(before: ProxyConfig, after: ProxyConfig): Change[] {
     if (key === 'admin') {
       if (JSON.stringify(before.admin?.listen) !== JSON.stringify(after.admin?.listen)) out.push({ key: 'admin.listen', reload: 'restart' });
       if (before.admin?.token !== after.admin?.token) out.push({ key: 'admin.token', reload: 'live' });
+      if (JSON.stringify(before.admin?.ready_policies ?? []) !== JSON.stringify(after.admin?.ready_policies ?? [])) out.push({ key: 'admin.ready_policies', reload: 'live' });
     } else if (key === 'log') {
       for (const sub of ['level', 'format', 'color', 'summary_interval', 'access_log', 'access_log_flush'] as const) {
         if (before.log?.[sub] === after.log?.[sub]) continue;

@@ -457,6 +457,66 @@ admin('with a token, /metrics needs it and the health checks do not', async () =
   assert.is((await get(`${url}readyz`)).status, 200);
 });
 
+interface Readyz { status: number; ready: boolean; reasons?: Array<Record<string, string>> }
+
+/** /readyz's answer once `want` holds for it (a probe polls it; the proxy is another process). */
+async function readyzUntil(url: string, want: (r: Readyz) => boolean, what: string): Promise<Readyz> {
+  const end = Date.now() + 5000;
+  for (;;) {
+    const res = await get(`${url}readyz`);
+    const r: Readyz = { status: res.status, ...JSON.parse(res.body) };
+    if (want(r)) return r;
+    if (Date.now() > end) throw new Error(`/readyz is still ${res.status} ${res.body.trim()}: waited for ${what}`);
+    await sleep(20);
+  }
+}
+
+/** Each reason as `check code policy`. */
+const reasonsOf = (r: Readyz): string[] => (r.reasons ?? []).map((x) => `${x.check} ${x.code} ${x.policy}`);
+const notReadyFor = (...policies: string[]) => (r: Readyz): boolean => r.status === 503 && reasonsOf(r).join() === policies.map((p) => `pool NO_SERVER ${p}`).join();
+
+admin('--ready-policies: /readyz is 503 while a listed policy has no server serving, naming each such policy, and 200 once every one has', async () => {
+  // A proxy restarted with servers registered directly was ready as soon as it listened,
+  // before they came back: a rolling restart waiting on /readyz got NO_SERVER meanwhile.
+  const { port, admin: url } = await proxyWithConfig(write('r.yaml', 'port: 0\nadmin:\n  listen: 127.0.0.1:0\n'), ['--ready-policies', 'a,b']);
+  const first = await get(`${url}readyz`);
+  assert.is(first.status, 503, 'no server of a or b yet');
+  assert.equal(JSON.parse(first.body), { ready: false, reasons: ['a', 'b'].map((p) => ({ check: 'pool', code: 'NO_SERVER', policy: p, message: `no server of privacy policy ${p} is registered with this proxy; its requests get NO_SERVER until one registers` })) });
+  await server('a1', 'a', port);
+  await readyzUntil(url, notReadyFor('b'), 'a serving, b not');
+  const b1 = await server('b1', 'b', port);
+  const ready = await readyzUntil(url, (r) => r.status !== 503, 'a and b each serving');
+  assert.equal(ready, { status: 200, ready: true });
+  await b1.stop();
+  await readyzUntil(url, notReadyFor('b'), 'b1 left');
+});
+
+admin('admin.ready_policies in the file: a reload applies it at once; without admin.listen it is refused, as is a policy no server could register', async () => {
+  const file = write('rp.yaml', 'port: 0\nadmin:\n  listen: 127.0.0.1:0\n  ready_policies: [a]\n');
+  const { proc, port, admin: url } = await proxyWithConfig(file);
+  await server('a1', 'a', port);
+  assert.equal(await readyzUntil(url, (r) => r.status !== 503, 'a serving'), { status: 200, ready: true });
+  writeFileSync(file, 'port: 0\nadmin:\n  listen: 127.0.0.1:0\n  ready_policies: [a, 222]\n');
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reloaded .*applied admin\.ready_policies/);
+  const after = await get(`${url}readyz`);
+  assert.ok(notReadyFor('222')({ status: after.status, ...JSON.parse(after.body) }), `policy 222, listed now, has no server: ${after.status} ${after.body}`);
+  const alone = write('alone.yaml', 'port: 0\nadmin:\n  ready_policies: [a]\n');
+  const check = revproxy(['proxy', '--check', '--config', alone]);
+  assert.is(await check.exited, 1);
+  assert.match(check.out.join('\n'), /admin\.ready_policies: ready policies were given without the admin endpoint that reports them \(\/readyz\): add --admin HOST:PORT/);
+  const flag = revproxy(['proxy', '--check', '--ready-policies', 'a']);
+  assert.is(await flag.exited, 1);
+  assert.match(flag.out.join('\n'), /ready policies were given without the admin endpoint/);
+  const long = write('long.yaml', `admin:\n  listen: 127.0.0.1:0\n  ready_policies: ["${'x'.repeat(257)}"]\n`);
+  const l = revproxy(['proxy', '--check', '--config', long]);
+  assert.is(await l.exited, 1);
+  assert.match(l.out.join('\n'), /long\.yaml:3:\d+: admin\.ready_policies\[0\]: a privacy policy is 1 to 256 characters, got 257/);
+  const empty = revproxy(['proxy', '--check', '--admin', '0', '--ready-policies', 'a,,b']);
+  assert.is(await empty.exited, 2);
+  assert.match(empty.out.join('\n'), /--ready-policies takes privacy policies separated by commas \(e\.g\. 111,222\): a privacy policy is 1 to 256 characters, got 0 in 'a,,b'/);
+});
+
 /** Debian's promtool (package prometheus; .ci/run installs it): Prometheus's own check of the text format and its naming rules. */
 const PROMTOOL = '/usr/bin/promtool';
 
