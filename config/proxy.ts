@@ -282,13 +282,13 @@ export function toRuntime(c: ProxyConfig): Runtime {
 }
 
 function toAdmin(a: ProxyConfig['admin']): Runtime['admin'] {
-  if (a?.ready_policies?.length && !a.listen) throw new ConfigError('the configuration', [{ line: 1, col: 1, path: 'admin.ready_policies', message: 'ready policies were given without the admin endpoint that reports them (/readyz): add --admin HOST:PORT (or admin.listen in the file)' }]);
+  if (a?.ready_policies?.length && !a.listen) throw new ConfigError('the configuration', [{ line: 0, col: 0, path: 'admin.ready_policies', message: 'ready policies were given without the admin endpoint that reports them (/readyz): add --admin HOST:PORT (or admin.listen in the file)' }]);
   return a?.listen ? { ...a.listen, token: a.token, readyPolicies: [...new Set(a.ready_policies ?? [])] } : undefined;
 }
 
 function toRegistry(r: ProxyConfig['registry']): Runtime['registry'] {
   if (!r) return undefined;
-  if (!r.url) throw new ConfigError('the configuration', [{ line: 1, col: 1, path: 'registry.url', message: 'registry settings were given without the registry itself: add --registry etcd://HOST:PORT (or registry.url in the file)' }]);
+  if (!r.url) throw new ConfigError('the configuration', [{ line: 0, col: 0, path: 'registry.url', message: 'registry settings were given without the registry itself: add --registry etcd://HOST:PORT (or registry.url in the file)' }]);
   const { endpoints, tls } = parseRegistryUrl(r.url);
   const material = r.tls ? tlsFromFlags({ tlsCa: r.tls.ca, tlsCert: r.tls.cert, tlsKey: r.tls.key }, { ca: 'registry.tls.ca', cert: 'registry.tls.cert', key: 'registry.tls.key' }) : undefined;
   return { endpoints, prefix: r.prefix, ttlSeconds: r.ttl, advertise: r.advertise, username: r.username, password: r.password, tls: material ?? (tls ? {} : undefined) };

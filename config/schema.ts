@@ -16,6 +16,7 @@ export const yaml = lazyPackage<typeof Yaml>('yaml');
 
 /** One problem in a file: where it is and what was expected there. */
 export interface Issue {
+  /** 1-based; 0 when the issue has no place in a file (settings that clash, from flags or a file). */
   line: number;
   col: number;
   /** Where in the document, e.g. `steps[2].send.count`. */
@@ -48,7 +49,7 @@ export type Infer<S> = S extends Schema<infer T> ? T : never;
 
 /** `file:line:col: path: message`, one line per issue. */
 export function formatIssues(file: string, issues: Issue[]): string {
-  return issues.map((i) => `${file}:${i.line}:${i.col}: ${i.path ? `${i.path}: ` : ''}${i.message}`).join('\n');
+  return issues.map((i) => `${i.line ? `${file}:${i.line}:${i.col}` : file}: ${i.path ? `${i.path}: ` : ''}${i.message}`).join('\n');
 }
 
 /**

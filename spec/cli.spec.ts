@@ -147,7 +147,7 @@ cli('REVPROXY_REGISTRY_PASSWORD in the environment does not stop a proxy that ha
   assert.is(await check.exited, 0, check.out.join('\n'));
   const flag = revproxy(['proxy', '--check', '--registry-password', 'etcd-password']);
   assert.is(await flag.exited, 1, flag.out.join('\n'));
-  assert.match(flag.out.join('\n'), /registry settings were given without the registry itself/);
+  assert.match(flag.out.join('\n'), /revproxy: the configuration: registry\.url: registry settings were given without the registry itself/);
 });
 
 cli("SIGUSR1 and SIGUSR2 (nginx's reopen, HAProxy's reload) neither open Node's debugger nor end the process: a warning says what to send", async () => {
