@@ -221,6 +221,11 @@ export class HandlerRunner {
   /** Answers sent: ACKs, and errors by code (the handler's own errors are HANDLER_ERROR); for the stop line and the inspector's metrics. */
   readonly outcomes = { ok: 0, errors: new Map<string, number>() };
 
+  /** Requests taken and not answered yet: running, or waiting for a slot. */
+  get held(): number {
+    return this.running + this.queue.length;
+  }
+
   /** Answers sent so far, whatever they were. */
   get answered(): number {
     let n = this.outcomes.ok;

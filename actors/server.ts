@@ -96,7 +96,12 @@ export interface ServerOptions {
    * Default 15000 (Go's default for every connection it dials).
    */
   tcpKeepAliveMs?: number;
-  /** On STOP, the longest wait for the proxies to let go (ms). Default 5000. */
+  /**
+   * On STOP, the longest wait for the proxies to let go (ms): requests still
+   * running then are cut off. Default: the handler timeout plus 5 s (35000),
+   * so a drain lets every request run for as long as the handler timeout
+   * allows it (with no handler timeout, 35000 as well).
+   */
   drainTimeoutMs?: number;
   /** Registration secret, when the proxy requires one. */
   token?: string;
@@ -382,6 +387,19 @@ export const DEFAULT_MAX_CONNECTIONS = 4096;
 export const DEFAULT_TCP_KEEPALIVE_MS = 15_000;
 /** How long a handler may take before its request is answered TIMEOUT and its slot freed (ms). */
 export const DEFAULT_HANDLER_TIMEOUT_MS = 30_000;
+/** What a drain allows beyond the handler timeout: for the last answers to reach the proxies and for them to let go (ms). */
+const DRAIN_MARGIN_MS = 5000;
+
+/**
+ * A server's drain timeout unless set: the handler timeout (30 s when there is
+ * none) plus 5 s. A drain shorter than the handler timeout would cut off
+ * requests the server had said it would give that long (HAProxy's soft stop
+ * and Envoy's drain, likewise, wait for requests in flight by default).
+ */
+export function defaultDrainTimeoutMs(handlerTimeoutMs = DEFAULT_HANDLER_TIMEOUT_MS): number {
+  return (handlerTimeoutMs || DEFAULT_HANDLER_TIMEOUT_MS) + DRAIN_MARGIN_MS;
+}
+const drainTimeoutOf = (opts: ServerOptions): number => opts.drainTimeoutMs ?? defaultDrainTimeoutMs(opts.handlerTimeoutMs);
 
 export const serverMachine = setup({
   types: {
@@ -391,7 +409,7 @@ export const serverMachine = setup({
   },
   actors: { requestListener, registrations },
   delays: {
-    drainTimeout: ({ context }) => context.opts.drainTimeoutMs ?? 5000,
+    drainTimeout: ({ context }) => drainTimeoutOf(context.opts),
   },
   actions: {
     setPort: assign(({ event }) => {
@@ -445,7 +463,14 @@ export const serverMachine = setup({
       // Whom it tells: each proxy it is registered with now, or the registry; with none, nobody.
       const told = context.registered.map((p) => registrar(p).who);
       const what = told.length ? `told ${told.join(' and ')} that we are leaving` : 'registered nowhere, so nobody to tell';
-      context.logger.info('draining', `Draining: ${what}; finishing requests in flight`, { id: context.opts.id, registered: context.registered });
+      const ms = drainTimeoutOf(context.opts);
+      context.logger.info('draining', `Draining: ${what}; finishing requests in flight (at most ${ms} ms)`, { id: context.opts.id, registered: context.registered, drainTimeoutMs: ms });
+    },
+    logDrainTimedOut: ({ context }) => {
+      // Said, not left to the stop line's count: the proxies retry these elsewhere or fail them, and a deploy should know.
+      const n = context.runner.held;
+      const ms = drainTimeoutOf(context.opts);
+      if (n) context.logger.warn('drain_timeout', `Drain timeout (${ms} ms, --drain-timeout): cut off ${n} request(s) still running or waiting; their proxies try them on another server of the policy, or answer them UPSTREAM_FAILED`, { count: n, drainTimeoutMs: ms });
     },
     logStopped: ({ context }) => {
       const { answered } = context.runner;
@@ -538,7 +563,7 @@ export const serverMachine = setup({
         },
         draining: {
           entry: ['logDraining', sendTo('registrations', { type: 'DEREGISTER_ALL' }), sendTo('listener', { type: 'DRAIN' })],
-          after: { drainTimeout: '#server.stopped' },
+          after: { drainTimeout: { target: '#server.stopped', actions: 'logDrainTimedOut' } },
           on: {
             DRAINED: '#server.stopped',
             STOP: '#server.stopped',

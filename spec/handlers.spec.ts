@@ -184,7 +184,7 @@ timing.run();
 
 const limits = suite('a server\'s limits');
 
-async function lonelyServer(opts: { handler: Handler; concurrency: number; queueLimit: number; delayMs?: number; clock?: ManualClock; handlerTimeoutMs?: number; logger?: Logger; maxConnections?: number }): Promise<ServerHandle> {
+async function lonelyServer(opts: { handler: Handler; concurrency: number; queueLimit: number; delayMs?: number; clock?: ManualClock; handlerTimeoutMs?: number; drainTimeoutMs?: number; logger?: Logger; maxConnections?: number }): Promise<ServerHandle> {
   // Registered nowhere: requests come straight from the spec.
   return startServer({ id: 'lim', policy: 'P', revproc: 1, waitForRegistration: false, reconnectInitialMs: 60_000, ...opts });
 }
@@ -329,24 +329,82 @@ limits('a handler that never settles is answered TIMEOUT after the handler timeo
   }
 });
 
-limits('a server killed with a handler still running says nothing of it afterwards: its handler timeout goes with it', async () => {
+/** A server on a manual clock whose handler never settles (and ignores its signal), logging into `logs`. */
+async function hangingServer(opts: { queueLimit: number; drainTimeoutMs?: number }) {
   const clock = new ManualClock();
   const logs: LogRecord[] = [];
   let started = false;
   const server = await lonelyServer({
-    concurrency: 1, queueLimit: 1, clock, logger: new Logger('server', memorySink(logs), 'info'),
+    concurrency: 1, clock, ...opts, logger: new Logger('server', memorySink(logs), 'info'),
     handler: () => {
       started = true;
       return new Promise<string>(() => {});
     },
   });
+  return { server, clock, logs, started: () => started };
+}
+
+limits('a server killed with a handler still running says nothing of it afterwards: its handler timeout goes with it', async () => {
+  const { server, clock, logs, started } = await hangingServer({ queueLimit: 1 });
   const sock = await rawConnect(server.port);
   try {
     sock.write(frame({ type: 0, seq: 0, srcid: 'c', privPoliId: 'P', payload: 'hang' }));
-    await eventually(() => started, 2000, 'the handler started');
+    await eventually(started, 2000, 'the handler started');
     server.kill();
     clock.advance(60_000);
     assert.equal(logs.filter((r) => r.event === 'handler_timeout').map((r) => r.msg), []);
+  } finally {
+    sock.destroy();
+  }
+});
+
+limits('a drain lets its requests run as long as the handler timeout allows, not 5 s', async () => {
+  // A SIGTERM cut off, 5 s into its drain, a handler the server gave 30 s: the proxy failed the
+  // request (UPSTREAM_FAILED) or tried it elsewhere, and the server's log said nothing of it.
+  const clock = new ManualClock();
+  const logs: LogRecord[] = [];
+  const release: Array<() => void> = [];
+  const server = await lonelyServer({
+    concurrency: 2, queueLimit: 10, clock, logger: new Logger('server', memorySink(logs), 'info'),
+    handler: (p) => new Promise<string>((resolve) => release.push(() => resolve(`done ${String(p)}`))),
+  });
+  const sock = await rawConnect(server.port);
+  const got = collector(sock);
+  try {
+    sock.write(Buffer.concat(['slow', 'stuck'].map((p, seq) => frame({ type: 0, seq, srcid: 'c', privPoliId: 'P', payload: p }))));
+    await eventually(() => release.length === 2, 2000, 'both handlers started');
+    const stopped = server.stop();
+    await eventually(() => logs.some((r) => r.event === 'draining'), 2000, 'draining');
+    clock.advance(10_000);
+    release[0]!();
+    await got.until(() => got.got.length >= 1);
+    assert.equal([(got.got[0] as AckMsg).seq, (got.got[0] as AckMsg).payload], [0, 'done slow'], 'answered 10 s into the drain');
+    clock.advance(20_000);
+    await got.until(() => got.got.length >= 2);
+    assert.equal([(got.got[1] as ErrorMsg).seq, (got.got[1] as ErrorMsg).code], [1, 'TIMEOUT'], 'the handler timeout still rules');
+    clock.advance(5000);
+    await stopped;
+    assert.equal(logs.filter((r) => r.event === 'drain_timeout'), [], 'nothing was cut off');
+    assert.is(logs.find((r) => r.event === 'draining')!.drainTimeoutMs, 35_000, 'the handler timeout (30 s) plus 5 s');
+  } finally {
+    sock.destroy();
+    await server.stop();
+  }
+});
+
+limits('a drain timeout that cuts off requests says how many, at warn', async () => {
+  const { server, clock, logs, started } = await hangingServer({ queueLimit: 10, drainTimeoutMs: 1000 });
+  const sock = await rawConnect(server.port);
+  try {
+    sock.write(Buffer.concat([0, 1].map((seq) => frame({ type: 0, seq, srcid: 'c', privPoliId: 'P', payload: 'hang' }))));
+    await eventually(started, 2000, 'the handler started');
+    const stopped = server.stop();
+    await eventually(() => logs.some((r) => r.event === 'draining'), 2000, 'draining');
+    clock.advance(1000);
+    await stopped;
+    const cut = logs.filter((r) => r.event === 'drain_timeout');
+    assert.equal(cut.map((r) => [r.level, r.count]), [['warn', 2]], 'one running, one waiting');
+    assert.match(cut[0]!.msg, /^Drain timeout \(1000 ms, --drain-timeout\): cut off 2 request\(s\)/);
   } finally {
     sock.destroy();
   }

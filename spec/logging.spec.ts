@@ -54,7 +54,7 @@ inproc('a server that drains says whom it told: each proxy it is registered with
   await server.stop();
   await a.stop();
   const drain = logs.find((l) => l.event === 'draining')!;
-  assert.is(drain.msg, `Draining: told the reverse proxy at 127.0.0.1:${a.port} that we are leaving; finishing requests in flight`);
+  assert.is(drain.msg, `Draining: told the reverse proxy at 127.0.0.1:${a.port} that we are leaving; finishing requests in flight (at most 35000 ms)`);
 });
 
 inproc('a repeated condition gives one line, then one summary line per interval whose counts add up', async () => {
