@@ -18,7 +18,9 @@ import type { Pacer } from './pacer.js';
 import type { Opts, ProxyObserver } from './proxy-options.js';
 import type { RegistryEvent, RegistryStatus } from '../registry/events.js';
 
-export type MemberState = 'connecting' | 'serving' | 'down' | 'ejected' | 'drained';
+/** Every state a pool member can be in: `revproxy_pool_members` reads each of them, 0 when no member is in it. */
+export const MEMBER_STATES = ['connecting', 'serving', 'down', 'ejected', 'drained'] as const;
+export type MemberState = (typeof MEMBER_STATES)[number];
 
 export type LinkRef = ActorRef<Snapshot<unknown>, LinkCommand>;
 export type PoolRef = ActorRef<Snapshot<unknown>, PoolEvent>;

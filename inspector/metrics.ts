@@ -17,6 +17,7 @@ import { lazyPackage } from '../transport/lazy.js';
 import { systemClock, type Clock } from '../transport/clock.js';
 import { ErrorCode } from '../transport/errors.js';
 import type { EjectReason, ProxyObserver } from '../actors/proxy-options.js';
+import { MEMBER_STATES } from '../actors/proxy-types.js';
 import { RecentLatency } from './latency.js';
 import type { Figures, PoolView, Tally } from './views.js';
 import { ROLES, type ConnSnapshot, type Role } from '../admin/conn-stats.js';
@@ -153,7 +154,7 @@ export class Metrics implements ProxyObserver {
     });
     new Gauge({
       name: 'revproxy_pool_members',
-      help: 'Members of each policy pool, by state (serving, connecting, down, ejected, drained) and source (direct: a registration connection; registry: an entry in etcd)',
+      help: `Members of each policy pool, by state (${MEMBER_STATES.join(', ')}; 0 when no member is in it) and source (direct: a registration connection; registry: an entry in etcd)`,
       labelNames: ['policy', 'state', 'source'],
       registers: [this.registry],
       collect: function (this: Gauge<string>) {
@@ -161,7 +162,9 @@ export class Metrics implements ProxyObserver {
         for (const p of sources.pools()) {
           const seen = new Set(p.members.map((m) => m.source ?? 'direct'));
           if (seen.size === 0) seen.add('direct');
-          for (const source of seen) this.set({ policy: p.policy, state: 'serving', source }, 0);
+          // Every state reads, 0 included, while the policy is held: an alert on `{state="serving"} == 0`
+          // or a ratio of ejected members needs the series there, not absent.
+          for (const source of seen) for (const state of MEMBER_STATES) this.set({ policy: p.policy, state, source }, 0);
           for (const m of p.members) this.inc({ policy: p.policy, state: m.state, source: m.source ?? 'direct' });
         }
       },

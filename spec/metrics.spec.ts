@@ -4,6 +4,7 @@ import * as assert from 'uvu/assert';
 import { runClient, startProxy, startServer, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { Metrics, startInspector, type Inspector } from '../inspector/index.js';
 import { MAX_LABEL_VALUES } from '../inspector/metrics.js';
+import { MEMBER_STATES } from '../actors/proxy-types.js';
 import type { PoolView } from '../inspector/views.js';
 import { ManualClock } from '../transport/clock.js';
 import { eventually, LOCAL } from './helpers.js';
@@ -75,6 +76,19 @@ metrics('a member that leaves is no longer counted in its pool', async () => {
   await eventually(() => ctx.proxy.pools().P?.members.length === 1, 3000, 'server 2 out of pool P');
   await new Promise((r) => setTimeout(r, 120));
   assert.is(sample(await scrape(), 'revproxy_pool_members', { policy: 'P', state: 'serving' }), 1);
+});
+
+metrics('every member state of a held policy reads, 0 when no member is in it, and the policy\'s series go with it', async () => {
+  // Only serving read 0: with no member ejected, revproxy_pool_members{state="ejected"} had no series
+  // at all, so a ratio or an absent-or-zero alert on any other state had nothing to read.
+  const server = await startServer({ id: 'q1', policy: 'Q', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port } });
+  await eventually(() => ctx.proxy.pools().Q?.serving.length === 1, 3000, 'server q1 serving Q');
+  const held = await scrape();
+  assert.equal(MEMBER_STATES.map((state) => [state, new RegExp(`^revproxy_pool_members\\{policy="Q",state="${state}",source="direct"\\} (\\d+)$`, 'm').exec(held)?.[1]]),
+    [['connecting', '0'], ['serving', '1'], ['down', '0'], ['ejected', '0'], ['drained', '0']]);
+  server.kill();
+  await eventually(() => ctx.proxy.pools().Q === undefined, 3000, 'pool Q gone');
+  assert.not.match(await scrape(), /revproxy_pool_members\{policy="Q"/);
 });
 
 metrics('retries count the requests sent again to another member, not the failures that had no member left to go to', async () => {

@@ -11,6 +11,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { runClient, startServer, type ServerHandle } from '../actors/index.js';
 import { EJECT_REASONS } from '../actors/proxy-options.js';
+import { MEMBER_STATES } from '../actors/proxy-types.js';
 import { ROLES } from '../admin/conn-stats.js';
 import { NUMBERS, parseConfig, proxyConfigSpec, toRuntime } from '../config/proxy.js';
 import { OTHER } from '../inspector/metrics.js';
@@ -418,7 +419,7 @@ admin('/healthz, /readyz (503 while draining) and /metrics (GET and HEAD): count
     code: (v) => (ERROR_CODES as readonly string[]).includes(v),
     reason: (v) => (EJECT_REASONS as readonly string[]).includes(v),
     role: (v) => (ROLES as readonly string[]).includes(v),
-    state: (v) => ['connecting', 'serving', 'down', 'ejected'].includes(v),
+    state: (v) => (MEMBER_STATES as readonly string[]).includes(v),
     source: (v) => v === 'direct' || v === 'registry',
     direction: (v) => v === 'out' || v === 'back',
     log: (v) => v === 'main' || v === 'access',
