@@ -5,6 +5,7 @@
  * connection closed on bad input are logged.
  */
 import type { Server, Socket } from 'node:net';
+import { Server as TlsServer } from 'node:tls';
 import type { BudgetHolder } from '../transport/budget.js';
 import { ErrorCode } from '../transport/errors.js';
 import { recogniseTlsRefusal } from '../transport/foreign.js';
@@ -103,9 +104,15 @@ export function logShed(logger: Logger, limit: number) {
  * then one per interval with a count (per address).
  */
 export function logTlsRefusals(server: Server, logger: Logger): void {
+  if (!(server instanceof TlsServer)) return;
+  // Node reports a handshake cut short (a reset, plain bytes then a reset) once its TLS socket is
+  // destroyed, when that socket's address reads undefined. The accepted TCP socket keeps the
+  // address it was first asked for, so ask before TLS takes the connection over (a prepended
+  // listener runs before Node's TLS one), and read it there: the TLS socket's `_parent`.
+  server.prependListener('connection', (raw: Socket) => void raw.remoteAddress);
   server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     const why = recogniseTlsRefusal(err.code)?.message ?? err.message;
-    const addr = socket.remoteAddress ?? '?';
+    const addr = socket.remoteAddress ?? (socket as Socket & { _parent?: Socket })._parent?.remoteAddress ?? '?';
     logger.repeated('warn', 'tls_refused', addr, 1, (n, span) => `Refused ${span ? `${fmt(n)} TLS connections` : 'a TLS connection'} from ${addr}${span ? ` ${span}` : ''}: ${why}`, { peer: addr, reason: err.message });
   });
 }

@@ -109,6 +109,19 @@ tls('a client and a server talk through the proxy over mutual TLS; a server with
   assert.not.ok(plain[0]!.correct);
 });
 
+tls('a refused handshake names its peer\'s address even when the peer reset the connection first', async (ctx) => {
+  // Node reports such a handshake once its socket is destroyed, when the socket's address reads
+  // undefined: the line said "from ?", and every such peer shared one count.
+  const pki = makePki(['proxy']);
+  await proxyWith(ctx, { tls: loadTls(pki.cert('proxy'))! });
+  const refusals = (): LogRecord[] => ctx.logs.filter((l) => l.event === 'tls_refused');
+  const sock = await rawConnect(ctx.proxy!.port);
+  sock.write('GET / HTTP/1.1\r\n\r\n', () => sock.resetAndDestroy());
+  await eventually(() => refusals().length === 1, 3000, 'the refusal logged');
+  assert.equal(refusals().map((l) => l.peer), ['127.0.0.1']);
+  assert.match(refusals()[0]!.msg, /^Refused a TLS connection from 127\.0\.0\.1: /);
+});
+
 const badInput = inProcess('bad input');
 
 badInput('requests sent before bad bytes are answered, then the error, then the close: in the same read, and in flight at a server', async (ctx) => {
