@@ -46,20 +46,34 @@ export interface Inspection {
 
 const none: Inspection = { attach: {}, hold: async () => {}, close: async () => {} };
 
+/**
+ * A line about the inspector, on stderr whatever the log level (its URL is what `--inspect 0`
+ * leaves you to find): as text, or with `--log-format json` one object shaped like the log's
+ * records, so that every line is JSON.
+ */
+function say(format: 'text' | 'json' | undefined, actor: string, event: string, msg: string, fields: Record<string, unknown> = {}): void {
+  process.stderr.write(format === 'json' ? `${JSON.stringify({ level: 'info', time: new Date().toISOString(), actor, event, ...fields, msg })}\n` : `${msg}\n`);
+}
+
 /** Start the inspector when the flags ask for it, and say where it is. `logger` gets its refusals of actions. */
-export async function startInspection(flags: InspectFlags, title: string, logger?: Logger): Promise<Inspection> {
+export async function startInspection(flags: InspectFlags & { logFormat?: 'text' | 'json' }, title: string, logger?: Logger): Promise<Inspection> {
   if (flags.inspect === undefined && !flags.inspectLog) return none;
   const port = flags.inspect === undefined ? undefined : flags.inspect === true ? 0 : flags.inspect;
   const token = flags.inspectToken === undefined ? undefined : checkInspectToken(flags.inspectToken);
   const insp = await startInspector({ port, logFile: flags.inspectLog, title, token, logger });
-  if (insp.url) process.stderr.write(`Inspector for ${title} on ${insp.url} (metrics at ${insp.url}metrics)${token ? '; sign in with any user name and the inspector token' : ''}\n`);
-  if (flags.inspectLog) process.stderr.write(`Writing inspection events to ${flags.inspectLog}\n`);
+  const format = flags.logFormat;
+  if (insp.url) {
+    say(format, title, 'inspector', `Inspector for ${title} on ${insp.url} (metrics at ${insp.url}metrics)${token ? '; sign in with any user name and the inspector token' : ''}`, {
+      url: insp.url, metrics: `${insp.url}metrics`, token: Boolean(token),
+    });
+  }
+  if (flags.inspectLog) say(format, title, 'inspect_log', `Writing inspection events to ${flags.inspectLog}`, { file: flags.inspectLog });
   return {
     attach: { inspect: insp.inspect, observer: insp.observer },
     url: insp.url,
     async hold() {
       if (!insp.url) return;
-      process.stderr.write(`Inspector still serving on ${insp.url}; Ctrl-C exits.\n`);
+      say(format, title, 'inspector_holding', `Inspector still serving on ${insp.url}; Ctrl-C exits.`, { url: insp.url });
       await untilSignal();
     },
     close: () => insp.close(),

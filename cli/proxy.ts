@@ -235,7 +235,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       logger.warn('admin_insecure', `the admin endpoint listens on ${rt.admin.host}, reachable from other machines, with no token: anyone who can connect can read /metrics. Set admin.token (--admin-token, REVPROXY_ADMIN_TOKEN).`, { host: rt.admin.host });
     }
   }
-  const insp = await startInspection({ inspect: rt.inspect, inspectLog: rt.inspectLog, inspectToken: rt.inspectToken }, 'proxy', logger);
+  const insp = await startInspection({ inspect: rt.inspect, inspectLog: rt.inspectLog, inspectToken: rt.inspectToken, logFormat: rt.log.format }, 'proxy', logger);
   const unignore = ignoreUserSignals(logger, 'send SIGHUP to reload the configuration and reopen the access log, SIGTERM to drain and stop');
   try {
     if (pidFile) writePidFile(pidFile);

@@ -151,6 +151,29 @@ recorded('the CLI: proxy --inspect serves the page and /metrics, --inspect-log w
   assert.match(missing.out.join('\n'), /does not exist; write one with --inspect-log FILE/);
 });
 
+recorded('the CLI: with --log-format json, the inspector\'s lines are JSON too, its URL a field', async () => {
+  // It was a plain-text line among the JSON ones, which a log shipper parsing JSON refuses.
+  const file = join(tempDir('insp-'), 'json.ndjson');
+  const proxy = revproxy(['proxy', '-port', '0', '--inspect', '0', '--inspect-log', file, '--log-format', 'json']);
+  await proxy.waitFor(/"event":"listening"/);
+  proxy.kill();
+  assert.is(await proxy.exited, 0);
+  const lines = proxy.out.filter((l) => l.trim() !== '');
+  const records = lines.map((l): Record<string, unknown> => {
+    try {
+      return JSON.parse(l) as Record<string, unknown>;
+    } catch {
+      throw new assert.Assertion({ message: `every line is JSON, not: ${l}`, generated: false, operator: 'json', expects: 'JSON', actual: l });
+    }
+  });
+  const insp = records.find((r) => r.event === 'inspector')!;
+  assert.ok(insp, lines.join('\n'));
+  assert.equal([insp.level, insp.actor], ['info', 'proxy']);
+  assert.match(String(insp.url), /^http:\/\/127\.0\.0\.1:\d+\/$/);
+  assert.is(insp.metrics, `${String(insp.url)}metrics`);
+  assert.ok(records.some((r) => r.event === 'inspect_log' && r.file === file));
+});
+
 recorded('the CLI: --inspect-token (or REVPROXY_INSPECT_TOKEN) puts the page behind HTTP Basic auth; a short one is a usage error', async () => {
   const token = 'inspector-token-123';
   const proxy = revproxy(['proxy', '-port', '0', '--inspect', '0'], { env: { REVPROXY_INSPECT_TOKEN: token } });
