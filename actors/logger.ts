@@ -136,7 +136,8 @@ class Core {
     this.overflow.clear();
     const out = this.out;
     const dropped = out instanceof LogStream ? out.takeDropped() : 0;
-    if (dropped > 0 && out instanceof LogStream) {
+    // A warning like any other: below the level (error, silent) it is left out; the count still reaches the metric.
+    if (dropped > 0 && out instanceof LogStream && RANK.warn >= this.rank) {
       out.write('warn', 'log', 'log_dropped', `Dropped ${fmt(dropped)} log line(s) ${span}: the log's reader is slower than the log (lines are dropped rather than held in memory)`, {
         count: dropped, summary: true, intervalS: seconds,
       });

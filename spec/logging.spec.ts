@@ -4,12 +4,12 @@
  * stalls costs lines (dropped and counted), never memory.
  */
 import { execFileSync } from 'node:child_process';
-import { closeSync, constants, openSync, rmSync } from 'node:fs';
+import { closeSync, constants, openSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Logger, memorySink, runClient, startProxy, startServer, type LogRecord } from '../actors/index.js';
-import { Destination } from '../actors/logger.js';
+import { Destination, LogStream } from '../actors/logger.js';
 import { ManualClock } from '../transport/clock.js';
 import { collector, eventually, frame, LOCAL, rawConnect, sleep, tempDir } from './helpers.js';
 import { loadFor, rssBytes, startPressure, type Pressure } from './log-pressure.js';
@@ -84,6 +84,31 @@ inproc('a repeated condition gives one line, then one summary line per interval 
   assert.is(lines[0]!.msg, 'no server is registered for privacy policy 999; refused 20 request(s)');
   assert.is(lines[1]!.msg, 'no server is registered for privacy policy 999; refused 80 request(s) in the last 100 ms');
   for (const l of lines.slice(2)) assert.is(l.msg, 'no server is registered for privacy policy 999; refused 100 request(s) in the last 100 ms');
+});
+
+inproc('the dropped-lines report is a warn line: --log-level error or silent leaves it out, as any other warning (the metric still counts)', async () => {
+  // It was written at warn whatever the level, the one line --log-level error let through below error.
+  const dir = tempDir('revproxy-dropped-');
+  try {
+    for (const level of ['warn', 'error', 'silent'] as const) {
+      const file = join(dir, `${level}.log`);
+      const clock = new ManualClock();
+      const dest = new Destination({ to: file });
+      await dest.ready();
+      const logger = new Logger('proxy', new LogStream(dest, { format: 'json' }), level, { summaryMs: 100, clock });
+      // As a reader too slow for the log makes the destination do: lines dropped, counted, the logger woken.
+      dest.dropped += 5;
+      dest.onDrop!();
+      clock.advance(100);
+      assert.is(logger.dropped, 5, 'counted at any level (revproxy_log_lines_dropped_total)');
+      await logger.end();
+      const lines = readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as LogRecord);
+      const reports = lines.filter((l) => l.event === 'log_dropped').map((l) => [l.level, l.count]);
+      assert.equal(reports, level === 'warn' ? [['warn', 5]] : [], `at ${level}`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 inproc('a destination whose reader never reads holds at most its bound and counts what it drops', async () => {
