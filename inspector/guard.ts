@@ -35,7 +35,7 @@ export interface GuardOptions {
 
 /** A refusal: an HTTP status and a sentence saying what to do. */
 export interface Refusal {
-  status: 401 | 403 | 405 | 415;
+  status: 401 | 403 | 405 | 415 | 503;
   message: string;
   headers?: Record<string, string>;
   /** The user name given with a wrong token, for the log. */

@@ -32,6 +32,8 @@ const SLOW_CLIENT_BYTES = 1 << 20;
  * took a proxy from 81 MB to 290-370 MB. A page needs one.
  */
 export const MAX_STREAMS = 32;
+/** How often a page refused its stream asks again (s): `Retry-After`, and the page's own timer. */
+const STREAM_RETRY_S = 5;
 
 export interface InspectorServer {
   port: number;
@@ -113,7 +115,14 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
         if (!metrics) return send(res, 404, 'text/plain', 'no metrics: this page shows a recorded log\n');
         return send(res, 200, metrics.contentType, await metrics.text());
       case '/events':
-        if (streams.size >= MAX_STREAMS) return send(res, 503, 'text/plain', `${MAX_STREAMS} pages already follow this inspector, the most it feeds at once: close one, then reload\n`);
+        if (streams.size >= MAX_STREAMS) {
+          // Told to the operator too: without a token any local process can hold the streams (set
+          // --inspect-token where others share the machine). The page tries again on its own.
+          const full: Refusal = { status: 503, message: `${MAX_STREAMS} pages already follow this inspector, the most it feeds at once: close one (the page tries again every ${STREAM_RETRY_S} s)`, headers: { 'retry-after': String(STREAM_RETRY_S) } };
+          logRefusal(req, url.pathname, admitted.user, full);
+          for (const [k, v] of Object.entries(full.headers!)) res.setHeader(k, v);
+          return send(res, 503, 'text/plain', `${full.message}\n`);
+        }
         return openStream(res);
       default:
         return send(res, 404, 'text/plain', `nothing at ${url.pathname}; the page is at /\n`);

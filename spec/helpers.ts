@@ -48,6 +48,21 @@ export function collector(socket: Socket) {
   };
 }
 
+/**
+ * A reader of an inspector's /events that takes the response's first bytes, then reads no
+ * more: its status, and its socket (for the caller to destroy).
+ */
+export function sseReader(port: number): Promise<{ status: number; socket: Socket }> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, LOCAL, () => socket.write(`GET /events HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`));
+    socket.on('error', reject);
+    socket.once('data', (d) => {
+      socket.pause();
+      resolve({ status: Number(/^HTTP\/1\.1 (\d+)/.exec(String(d))?.[1]), socket });
+    });
+  });
+}
+
 export function frame(msg: Record<string, unknown>): Buffer {
   return encodeFrame(msg);
 }

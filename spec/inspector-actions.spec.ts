@@ -7,11 +7,11 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { request as httpRequest } from 'node:http';
-import { connect as netConnect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { connect, Logger, memorySink, runClient, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { serveRecorded, startInspector, type Inspector, type MemberView, type PoolView } from '../inspector/index.js';
 import { MAX_STREAMS } from '../inspector/http.js';
-import { eventually, LOCAL, tempDir } from './helpers.js';
+import { eventually, LOCAL, sseReader, tempDir } from './helpers.js';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -222,16 +222,11 @@ guard('readers of /events are bounded: one more than MAX_STREAMS, none of them r
   const { insp } = await setUp([['1', 'normal']]);
   const readers: Socket[] = [];
   ctx.cleanup.push(() => readers.forEach((s) => s.destroy()));
-  /** A reader that takes the response's first bytes, then reads no more. */
-  const follow = (): Promise<number> => new Promise((resolve, reject) => {
-    const sock = netConnect(insp.port!, LOCAL, () => sock.write(`GET /events HTTP/1.1\r\nHost: 127.0.0.1:${insp.port}\r\n\r\n`));
-    readers.push(sock);
-    sock.on('error', reject);
-    sock.once('data', (d) => {
-      sock.pause();
-      resolve(Number(/^HTTP\/1\.1 (\d+)/.exec(String(d))?.[1]));
-    });
-  });
+  const follow = async (): Promise<number> => {
+    const r = await sseReader(insp.port!);
+    readers.push(r.socket);
+    return r.status;
+  };
   const statuses: number[] = [];
   for (let i = 0; i < MAX_STREAMS; i++) statuses.push(await follow());
   assert.equal(statuses, Array(MAX_STREAMS).fill(200));

@@ -10,10 +10,11 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { mkdirSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { connect, Logger, memorySink, runClient, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { startInspector, type Inspector } from '../inspector/index.js';
-import { eventually, LOCAL } from './helpers.js';
+import { eventually, LOCAL, sseReader } from './helpers.js';
 import { ROOT } from './procs.js';
 
 const CHROMIUM = { executablePath: '/usr/bin/chromium', args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'] };
@@ -259,6 +260,28 @@ ops('the operator drains a member from its card and enables it again; each actio
   const actions = c2.logs.filter((l) => l.event === 'member_drain' || l.event === 'member_enable');
   assert.equal(actions.map((l) => [l.level, l.event, l.id]), [['info', 'member_drain', '2'], ['info', 'member_enable', '2']]);
   for (const l of actions) assert.match(String(l.by), /^127\.0\.0\.1:\d+ via the inspector$/);
+});
+
+ops('a page refused its event stream (the inspector feeds its most readers) says so, not "disconnected", and follows once a reader goes', async () => {
+  // The browser never retries a stream answered 503: the page said 'disconnected', as if the proxy
+  // were down, and stayed so after a slot freed; the refusal was in no log.
+  const readers: Socket[] = [];
+  const late = await c2.browser.newPage();
+  try {
+    for (;;) {
+      const r = await sseReader(c2.insp.port!);
+      readers.push(r.socket);
+      if (r.status === 503) break;
+    }
+    await late.goto(c2.insp.url!);
+    await late.waitForFunction(() => /too many pages/.test(document.getElementById('link')?.textContent ?? ''), undefined, { timeout: 5000 });
+    assert.ok(c2.logs.some((l) => l.event === 'inspector_refused' && l.status === 503 && /pages already follow this inspector/.test(String(l.msg))), 'the refusal is logged');
+    for (const s of readers) s.destroy();
+    await late.waitForFunction(() => document.getElementById('link')?.textContent === 'live', undefined, { timeout: 15_000 });
+  } finally {
+    for (const s of readers) s.destroy();
+    await late.close();
+  }
 });
 
 ops('the Context panel shows data, not functions', async () => {

@@ -68,7 +68,15 @@ function connect() {
     if (pendingRows.length > MAX_ROWS) pendingRows.splice(0, pendingRows.length - MAX_ROWS);
     frame ||= requestAnimationFrame(renderBatches);
   });
-  es.onerror = () => linkBadge(S.meta.recorded ? 'recorded' : 'down');
+  es.onerror = () => {
+    if (S.meta.recorded) return linkBadge('recorded');
+    linkBadge('down');
+    // A dropped stream the browser opens again itself; one it was refused (503: the inspector
+    // feeds its most pages) it gives up on, so the page asks again, and says why when it can.
+    if (es.readyState !== EventSource.CLOSED) return;
+    fetch('/api/state', { cache: 'no-store' }).then((r) => r.ok && es.readyState === EventSource.CLOSED && linkBadge('full'), () => {});
+    setTimeout(connect, 5000);
+  };
 }
 
 /** Log records of the batches not drawn yet, and the frame that will draw them. */
@@ -121,8 +129,8 @@ function firstActor() {
 
 function linkBadge(kind) {
   const b = $('link');
-  b.className = `badge ${kind}`;
-  b.textContent = kind === 'live' ? 'live' : kind === 'recorded' ? 'recorded log' : 'disconnected';
+  b.className = `badge ${kind === 'full' ? 'down' : kind}`;
+  b.textContent = kind === 'live' ? 'live' : kind === 'recorded' ? 'recorded log' : kind === 'full' ? 'refused: too many pages follow this inspector; trying again' : 'disconnected';
 }
 
 // ---------- rendering ----------
