@@ -59,7 +59,10 @@ export interface ProxyOptions {
   ejectAfter?: number;
   /** An ejected server stays out this long times the number of its ejections (ms). Default 30000. */
   ejectBaseMs?: number;
-  /** On STOP, how long to wait for requests in flight before answering them SHUTTING_DOWN (ms). Default 5000. */
+  /**
+   * On STOP, how long to wait for requests in flight before answering them SHUTTING_DOWN (ms).
+   * Default: `timeoutMs`, by which every request is answered anyway, so a drain cuts nothing off.
+   */
   drainTimeoutMs?: number;
   /** Registration secret every server must present (unless `tokens` names its policy). */
   token?: string;
@@ -164,7 +167,7 @@ export function resolveOptions(input: ProxyOptions): Opts {
     probesPerSecond: input.probesPerSecond ?? 100,
     ejectAfter: input.ejectAfter ?? 5,
     ejectBaseMs: input.ejectBaseMs ?? 30000,
-    drainTimeoutMs: input.drainTimeoutMs ?? 5000,
+    drainTimeoutMs: input.drainTimeoutMs ?? timeoutMs,
     oldServers: { ...OLD_SERVER_DEFAULTS, ...input.oldServers },
     token: input.token,
     tokens: input.tokens,

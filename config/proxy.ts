@@ -70,7 +70,7 @@ export const NUMBERS = {
   probe_max: { option: 'probeMaxMs', unit: 'ms', min: 1, reload: 'live', doc: 'longest wait between probes of a server that is down' },
   eject_after: { option: 'ejectAfter', unit: 'n', min: 1, reload: 'live', doc: 'consecutive failures that eject a server for a while' },
   eject_time: { option: 'ejectBaseMs', unit: 'ms', min: 1, reload: 'live', doc: 'ejection time, times the number of ejections' },
-  drain_timeout: { option: 'drainTimeoutMs', unit: 'ms', min: 0, reload: 'live', doc: 'on SIGTERM, the longest wait for requests in flight' },
+  drain_timeout: { option: 'drainTimeoutMs', unit: 'ms', min: 0, reload: 'live', doc: 'on SIGTERM, the longest wait for requests in flight (then answered SHUTTING_DOWN)', defaultText: 'timeout' },
   max_buffered_bytes: { option: 'maxBufferedBytes', unit: 'bytes', min: 0, reload: 'restart', doc: 'bytes held for all peers together (partial frames, unread answers, requests not answered yet); past it the connections holding the most are closed with OVERLOADED; requests may take half of it (past that they are refused OVERLOADED), the requests of one connection a 32nd (then its reads pause) (0 = no limit)' },
   max_servers: { option: 'maxServers', unit: 'n', min: 0, reload: 'live', doc: 'servers registered without a token, in total (0 = no limit)' },
   max_servers_per_peer: { option: 'maxServersPerPeer', unit: 'n', min: 0, reload: 'live', doc: 'servers registered without a token from one address (0 = no limit)' },

@@ -3,6 +3,7 @@ import * as assert from 'uvu/assert';
 import { createServer, type Server } from 'node:net';
 import { runClient, startProxy, startServer, sha1Hex, Logger, ManualClock, memorySink, type LogRecord, type ProxyHandle, type ProxyOptions, type ServerHandle } from '../actors/index.js';
 import { MsgType, type AckMsg, type ErrorMsg } from '../transport/messages.js';
+import { resolveOptions } from '../actors/proxy-options.js';
 import { FrameDecoder } from '../transport/frame.js';
 import { collector, eventually, frame, LOCAL, rawConnect } from './helpers.js';
 
@@ -380,6 +381,15 @@ forever('drainTimeoutMs Infinity (or past 2^31-1 ms, about 24.8 days) waits for 
   ctx.proxy.kill();
 });
 
+const drainDefault = suite('the drain timeout');
+
+drainDefault('defaults to the request timeout, within which every request is answered anyway: a drain cuts nothing off', () => {
+  // It was 5 s whatever --timeout: a proxy run with --timeout 60000 answered SHUTTING_DOWN, 5 s into a drain, requests it had 55 s left to answer.
+  assert.is(resolveOptions({}).drainTimeoutMs, 5000);
+  assert.is(resolveOptions({ timeoutMs: 60000 }).drainTimeoutMs, 60000);
+  assert.is(resolveOptions({ timeoutMs: 60000, drainTimeoutMs: 100 }).drainTimeoutMs, 100, 'one given is kept');
+});
+
 const idle = fresh('idle timeout', { idleTimeoutMs: 150, timeoutMs: 3000 });
 
 idle('a client waiting for an answer slower than the idle timeout is not cut; an idle one is', async () => {
@@ -398,4 +408,5 @@ faults.run();
 deadLink.run();
 polling.run();
 forever.run();
+drainDefault.run();
 idle.run();
