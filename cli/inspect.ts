@@ -4,7 +4,7 @@
  * the same page over a recorded log.
  */
 import { Command, Option } from 'commander';
-import type { Logger } from '../actors/logger.js';
+import { jsonSink, type Logger } from '../actors/logger.js';
 import { serveRecorded, startInspector, type Inspector } from '../inspector/index.js';
 import { MIN_TOKEN_LENGTH } from '../inspector/guard.js';
 import { checkGiven, FileError, parsePort, UsageError } from './common.js';
@@ -52,7 +52,8 @@ const none: Inspection = { attach: {}, hold: async () => {}, close: async () => 
  * records, so that every line is JSON.
  */
 function say(format: 'text' | 'json' | undefined, actor: string, event: string, msg: string, fields: Record<string, unknown> = {}): void {
-  process.stderr.write(format === 'json' ? `${JSON.stringify({ level: 'info', time: new Date().toISOString(), actor, event, ...fields, msg })}\n` : `${msg}\n`);
+  if (format === 'json') jsonSink(process.stderr)({ level: 'info', time: new Date().toISOString(), actor, event, ...fields, msg });
+  else process.stderr.write(`${msg}\n`);
 }
 
 /** Start the inspector when the flags ask for it, and say where it is. `logger` gets its refusals of actions. */
