@@ -1,9 +1,11 @@
 /**
  * What bounds a listening port, shared by the proxy's port and a server's:
- * how many connections it keeps (in all, and from one address), and how a
- * connection cut by the buffer budget, a refused TLS handshake and a
- * connection closed on bad input are logged.
+ * how many connections it keeps (in all, and from one address), the
+ * process's limit on open files, and how a connection cut by the buffer
+ * budget, a refused TLS handshake and a connection closed on bad input are
+ * logged.
  */
+import { readFileSync } from 'node:fs';
 import type { Server, Socket } from 'node:net';
 import { Server as TlsServer } from 'node:tls';
 import type { BudgetHolder } from '../transport/budget.js';
@@ -20,6 +22,36 @@ export interface ConnectionLimitsInput {
   maxConnectionsPerPeer: number;
 }
 
+/**
+ * The open-files limits of this process (`ulimit -Sn`, `ulimit -Hn`), from /proc (Node has no
+ * getrlimit); undefined where /proc cannot tell (not Linux).
+ */
+export function fileLimits(): { soft: number; hard: number } | undefined {
+  let text: string;
+  try {
+    text = readFileSync('/proc/self/limits', 'utf8');
+  } catch {
+    return undefined;
+  }
+  const line = text.split('\n').find((l) => l.startsWith('Max open files'));
+  const [soft, hard] = (line ?? '').trim().split(/\s+/).slice(3, 5).map((v) => (v === 'unlimited' ? Infinity : Number(v)));
+  return soft && hard ? { soft, hard } : undefined;
+}
+
+/**
+ * Connections a process with this open-files limit may keep: the rest of its descriptors (an
+ * eighth, at least 64, at most half) are left for Node's own, the links to servers, the logs,
+ * etcd and a handler's files.
+ */
+export function fileRoom(soft: number): number {
+  return soft - Math.min(Math.floor(soft / 2), Math.max(64, Math.ceil(soft / 8)));
+}
+
+/** The open-files limit that leaves room for `connections` (the least `soft` with `fileRoom(soft) >= connections`). */
+function filesFor(connections: number): number {
+  return Math.max(connections + 64, Math.ceil((connections * 8) / 7));
+}
+
 /** For sockets refused before they become connections: their errors are of no interest. */
 const ignore = (): void => {};
 
@@ -30,27 +62,64 @@ const ignore = (): void => {};
 export class ConnectionLimits {
   private readonly perPeer = new Map<string, number>();
   private server?: Server;
+  /** The process's open-files limit when `retune` last read it. */
+  private softFiles = Infinity;
 
-  /** `names` says how the log names the two limits (a config key or a flag). */
+  /**
+   * `names` says how the log names the two limits (a config key or a flag); `defaultTotal` is the
+   * limit in all when none is set, which the open-files limit lowers quietly (as HAProxy derives
+   * its maxconn from it): only a limit set above it is worth a line at start.
+   */
   constructor(
     private readonly limits: ConnectionLimitsInput,
     private readonly logger: Logger,
     private readonly names: { total: string; perPeer: string },
+    private readonly defaultTotal: number,
   ) {}
 
   /** Hold `server` to the limit on connections in all (before it listens). */
   watch(server: Server): void {
     this.server = server;
     this.retune();
-    const { limits, logger, names } = this;
+    const { logger } = this;
     server.on('drop', () =>
-      logger.repeated('warn', 'conn_refused', '', 1, (n, span) => `Refused ${span ? `${fmt(n)} connections ${span}` : 'a connection'}: ${limits.maxConnections} connections are open (${names.total})`, { limit: limits.maxConnections }),
+      logger.repeated('warn', 'conn_refused', '', 1, (n, span) => `Refused ${span ? `${fmt(n)} connections ${span}` : 'a connection'}: ${this.refusedWhy()}`, { limit: server.maxConnections }),
     );
   }
 
-  /** Apply the limits as they are now (after a reload). */
+  /** Why a connection past the limit in all was refused. */
+  private refusedWhy(): string {
+    const max = this.server!.maxConnections;
+    const wanted = this.limits.maxConnections;
+    if (max >= wanted) return `${max} connections are open (${this.names.total})`;
+    return `${max} connections are open, the most this process's open-files limit leaves room for (ulimit -n ${this.softFiles}; ${this.names.total} is ${wanted}): ${this.raise()}`;
+  }
+
+  /** What to do for `limits.maxConnections` connections (docs/CONFIG.md, "The open-files limit"). */
+  private raise(): string {
+    const wanted = this.limits.maxConnections;
+    const need = filesFor(wanted);
+    return `to allow ${wanted}, raise the limit where the process is started to ${need} (ulimit -n ${need} in its shell, LimitNOFILE=${need} in its systemd unit, docker run --ulimit nofile=${need}), or lower ${this.names.total}`;
+  }
+
+  /**
+   * Apply the limits as they are now (at start, after a reload). Past the process's open-files
+   * limit the kernel refuses the descriptor and libuv closes each new connection unseen, with no
+   * line in any log, and the links to servers, a reopened log and etcd fail alike: so the limit
+   * on connections is kept below it, with room to spare (`fileRoom`), and a warn line says what
+   * to raise.
+   */
   retune(): void {
-    if (this.server) this.server.maxConnections = this.limits.maxConnections;
+    if (!this.server) return;
+    const wanted = this.limits.maxConnections;
+    const files = fileLimits();
+    this.softFiles = files?.soft ?? Infinity;
+    const room = Number.isFinite(this.softFiles) ? fileRoom(this.softFiles) : Infinity;
+    this.server.maxConnections = Math.min(wanted, room);
+    if (!files || room >= wanted || wanted === this.defaultTotal) return;
+    this.logger.warn('file_limit', `This process may open ${files.soft} files (ulimit -n; its hard limit ${files.hard}), room for ${room} connections beside its links to servers, logs and files, fewer than ${this.names.total} (${wanted}): connections past ${room} will be refused; ${this.raise()}`, {
+      soft: files.soft, hard: files.hard, limit: room, wanted,
+    });
   }
 
   /**

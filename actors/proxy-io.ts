@@ -18,7 +18,7 @@ import type { Inflight, InflightCount } from './inflight.js';
 import { newPeer, type Peer, type ProxyRequest } from './link.js';
 import { fmt, type Logger } from './logger.js';
 import { ConnectionLimits, logTlsRefusals } from './port-limits.js';
-import type { ProxyObserver } from './proxy-options.js';
+import { DEFAULT_PROXY_MAX_CONNECTIONS, type ProxyObserver } from './proxy-options.js';
 import type { ForwardBatch, Member, Policy, ProxyEvent } from './proxy-types.js';
 import type { RegistryCommand } from '../registry/events.js';
 import type { ProxyRegistryInput } from '../registry/proxy-registry.js';
@@ -156,7 +156,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       input,
       sendBack,
       conns,
-      limits: new ConnectionLimits(input, input.logger, { total: 'max_connections', perPeer: 'max_conns_per_peer' }),
+      limits: new ConnectionLimits(input, input.logger, { total: 'max_connections', perPeer: 'max_conns_per_peer' }, DEFAULT_PROXY_MAX_CONNECTIONS),
       forwardLater(peer, requests) {
         pending.push({ peer, requests });
         if (!scheduled) {

@@ -43,7 +43,7 @@ export interface ProxyOptions {
   maxServerInflight?: number;
   /** Requests one pool may hold waiting for a member with room; past it, OVERLOADED. Default 1024. */
   queueLimit?: number;
-  /** Connections the proxy accepts at once (clients and servers). Default 20000. */
+  /** Connections the proxy accepts at once (clients and servers); at most what the process's open-files limit leaves room for (docs/CONFIG.md). Default 20000. */
   maxConnections?: number;
   /** PING every registration connection this often (ms). Default 1000. */
   pingIntervalMs?: number;
@@ -143,6 +143,9 @@ export function defaultConnsPerPeer(host: string): number {
   return isLoopback(host) ? 0 : 1024;
 }
 
+/** Connections the proxy keeps at once by default (fewer when the open-files limit leaves room for fewer: port-limits.ts). */
+export const DEFAULT_PROXY_MAX_CONNECTIONS = 20000;
+
 /** Apply the defaults. The one place a default is written. */
 export function resolveOptions(input: ProxyOptions): Opts {
   const retries = input.retries ?? 2;
@@ -159,7 +162,7 @@ export function resolveOptions(input: ProxyOptions): Opts {
     maxClientInflight: input.maxClientInflight ?? 4096,
     maxServerInflight: input.maxServerInflight ?? 1024,
     queueLimit: input.queueLimit ?? 1024,
-    maxConnections: input.maxConnections ?? 20000,
+    maxConnections: input.maxConnections ?? DEFAULT_PROXY_MAX_CONNECTIONS,
     pingIntervalMs: input.pingIntervalMs ?? 1000,
     pingMisses: input.pingMisses ?? 3,
     probeInitialMs: input.probeInitialMs ?? 1000,

@@ -62,7 +62,7 @@ export interface ServerOptions {
    * proxy's port. Default 256 MiB.
    */
   maxBufferedBytes?: number;
-  /** Connections the server keeps open at once; past it each new one is closed at once. Default 4096. */
+  /** Connections the server keeps open at once (at most what the open-files limit leaves room for); past it each new one is closed at once. Default 4096. */
   maxConnections?: number;
   /** Connections from one address at once (0 = no limit). Default: none when listening on loopback, 1024 on any other address. */
   maxConnectionsPerPeer?: number;
@@ -163,7 +163,7 @@ interface ListenerInput extends ConnectionLimitsInput {
 const requestListener = fromCallback<{ type: 'DRAIN' }, ListenerInput>(
   ({ sendBack, receive, input }) => {
     const send = (e: ServerEvent): void => sendBack(e);
-    const limits = new ConnectionLimits(input, input.logger, { total: '--max-connections', perPeer: '--max-conns-per-peer' });
+    const limits = new ConnectionLimits(input, input.logger, { total: '--max-connections', perPeer: '--max-conns-per-peer' }, DEFAULT_MAX_CONNECTIONS);
     const conns = new Set<Connection>();
     let draining = false;
     const checkDrained = (): void => {

@@ -9,6 +9,7 @@ import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { fileLimits as processFileLimits } from '../actors/port-limits.js';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import { MsgType } from '../transport/messages.js';
 
@@ -33,11 +34,9 @@ export function nodeFlags(bin: string): string[] {
   return m ? m[1]!.split(' ').filter(Boolean) : [];
 }
 
-/** The open-files limits of this process, from /proc (Node has no getrlimit). */
+/** The open-files limits of this process (1024 each where /proc cannot tell). */
 export function fileLimits(): { soft: number; hard: number } {
-  const line = readFileSync('/proc/self/limits', 'utf8').split('\n').find((l) => l.startsWith('Max open files'));
-  const [soft, hard] = (line ?? '').trim().split(/\s+/).slice(3, 5).map((v) => (v === 'unlimited' ? Infinity : Number(v)));
-  return { soft: soft || 1024, hard: hard || 1024 };
+  return processFileLimits() ?? { soft: 1024, hard: 1024 };
 }
 
 /** A port free right now (another process may still take it before we do; callers retry on failure). */

@@ -20,12 +20,16 @@ export interface Proc {
 const live = new Set<ChildProcess>();
 
 /**
- * Run `revproxy` as `npx revproxy` runs it: with the node flags of its shebang. Without them a
+ * Run `revproxy` as `npx revproxy` runs it: with the node flags of its shebang (and under
+ * `ulimit -n fileLimit`, when given, as a shell would start it). Without them a
  * proxy's memory is V8's defaults', which differ by Node version (Node 24 lets the young
  * generation grow to 64 MB semi-spaces on this machine, Node 20 to 16 MB).
  */
-export function revproxy(args: string[], opts: { env?: Record<string, string> } = {}): Proc {
-  return start(process.execPath, [...nodeFlags(BIN), BIN, ...args], opts);
+export function revproxy(args: string[], opts: { env?: Record<string, string>; fileLimit?: number } = {}): Proc {
+  const argv = [process.execPath, ...nodeFlags(BIN), BIN, ...args];
+  // `exec` keeps the process id, so signals reach revproxy itself.
+  if (opts.fileLimit) return start('/bin/sh', ['-c', `ulimit -n ${opts.fileLimit} && exec "$@"`, 'sh', ...argv], opts);
+  return start(argv[0]!, argv.slice(1), opts);
 }
 
 /** Debian's interpreter when there is one (a version manager's `python3` shim costs a quarter of a second per start). */
@@ -104,10 +108,10 @@ export function killAll(): void {
   for (const c of live) c.kill('SIGKILL');
 }
 
-/** Start `revproxy proxy` on a free port (or `port`); resolves once it accepts connections. */
-export async function proxyProcess(args: string[] = [], opts: { port?: number; env?: Record<string, string> } = {}): Promise<{ proc: Proc; port: number }> {
+/** Start `revproxy proxy` on a free port (or `port`), under `ulimit -n fileLimit` if given; resolves once it accepts connections. */
+export async function proxyProcess(args: string[] = [], opts: { port?: number; env?: Record<string, string>; fileLimit?: number } = {}): Promise<{ proc: Proc; port: number }> {
   const port = opts.port ?? (await freePort());
-  const proc = revproxy(['proxy', '-port', String(port), ...args], { env: opts.env });
+  const proc = revproxy(['proxy', '-port', String(port), ...args], opts);
   const end = Date.now() + 10000;
   while (!(await accepts(port))) {
     if (Date.now() > end) throw new Error(`the proxy did not listen on port ${port} within 10 s; output:\n${proc.out.join('\n')}`);
