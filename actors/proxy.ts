@@ -200,7 +200,7 @@ export const proxyMachine = setup({
       });
     },
 
-    failRemaining: ({ context }) => {
+    failRemaining: ({ context, event }) => {
       const reply = context.reply;
       let n = 0;
       for (const entry of context.servers.values()) {
@@ -215,7 +215,7 @@ export const proxyMachine = setup({
           n++;
         }
       }
-      if (n) context.logger.warn('drain_timeout', `Drain timeout: answered ${n} request(s) SHUTTING_DOWN`, { count: n });
+      if (n) context.logger.warn('drain_timeout', `${event.type === 'STOP' ? 'Stopped before the drain ended' : 'Drain timeout'}: answered ${n} request(s) SHUTTING_DOWN`, { count: n });
     },
 
     reload: ({ context, event }) => {

@@ -202,17 +202,33 @@ export function ignoreUserSignals(logger: Logger, instead: string, signals: read
  * fails (exit 1, the error on stderr) instead of exiting 0 - and XState does
  * not stop the children of an actor that failed, so its listeners and sockets
  * stay open: `cli/revproxy.js` ends a failed command that does not end by itself.
+ *
+ * The first signal drains. A second (Ctrl-C again, `kill` again) stops at once
+ * and still cleanly - what is in flight answered or handed back, the pid file
+ * removed, the logs written - where Node's default would end the process with
+ * nothing answered; a third is left to Node, which ends it there and then.
  */
-export function runUntilStopped(actor: { getSnapshot(): { status: string; error?: unknown }; subscribe(o: { complete?: () => void; next?: () => void; error?: (e: unknown) => void }): unknown }, stop: () => Promise<void>): Promise<void> {
+export function runUntilStopped(actor: { getSnapshot(): { status: string; error?: unknown }; subscribe(o: { complete?: () => void; next?: () => void; error?: (e: unknown) => void }): unknown }, stop: () => Promise<void>, logger: Logger): Promise<void> {
   return new Promise((resolve, reject) => {
-    const onSignal = (): void => void stop();
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
+    let signals = 0;
+    const onSignal = (signal: NodeJS.Signals): void => {
+      signals++;
+      if (signals === 2) {
+        logger.warn('stop_now', `${signal} again: stopping now, without waiting for the drain to end (a third ends the process at once)`, { signal });
+        off();
+      }
+      void stop();
+    };
+    const off = (): void => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
     const check = (): void => {
       const snap = actor.getSnapshot();
       if (snap.status !== 'active') {
-        process.off('SIGINT', onSignal);
-        process.off('SIGTERM', onSignal);
+        off();
         if (snap.status === 'error') reject(snap.error instanceof Error ? snap.error : new Error(String(snap.error)));
         else resolve();
       }

@@ -137,6 +137,7 @@ Every setting can also be given in a YAML file (--config FILE; docs/CONFIG.md): 
 flag's name with _ for - (max_server_inflight: 2048); flags override the file.
 Old JSON clients and servers use the same port: the first byte of a connection decides.
 SIGTERM or SIGINT drains: no new connections, every request in flight answered, then exit 0.
+A second SIGTERM or SIGINT stops at once: what is still in flight is answered SHUTTING_DOWN.
 SIGHUP reloads the config file (or, without one, the tokens file): limits, timeouts, retries,
 health settings, log level and secrets change at once, and no connection is closed; the access
 log is reopened (for logrotate). An invalid file is refused and the running settings stay.
@@ -297,7 +298,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
         else (running as Record<string, unknown>)[k] = before[k];
       }
     });
-    await runUntilStopped(proxy.actor, proxy.stop).catch((err: Error) => {
+    await runUntilStopped(proxy.actor, proxy.stop, logger).catch((err: Error) => {
       logger.error('crashed', `The reverse proxy stopped on an internal error, and exits: ${err.message}`, { error: err.message });
       throw err;
     });

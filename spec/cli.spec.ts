@@ -11,6 +11,7 @@ import { collector, frame, rawConnect, tempDir } from './helpers.js';
 import type { AckMsg } from '../transport/messages.js';
 import { createActor, setup } from 'xstate';
 import { normaliseArgv, OLD_FLAGS, runUntilStopped, UsageError, type FlagTable } from '../cli/common.js';
+import { silentLogger } from '../actors/logger.js';
 
 const cli = suite('cli');
 cli.after.each(killAll);
@@ -203,7 +204,7 @@ cli('a proxy or server whose actor stops on an error thrown inside it fails the 
   // The proxy's machine, say, throwing in an action (a bug): XState stops the actor with status 'error'.
   const machine = setup({ actions: { crash: () => { throw new Error('Maximum call stack size exceeded'); } } }).createMachine({ on: { GO: { actions: 'crash' } } });
   const actor = createActor(machine).start();
-  const running = runUntilStopped(actor, async () => {});
+  const running = runUntilStopped(actor, async () => {}, silentLogger);
   actor.send({ type: 'GO' });
   const err = await running.then(() => undefined, (e: unknown) => e);
   // It used to resolve: the command exited 0 - or, since an errored actor's listeners stay open, hung silently with its port open.

@@ -9,7 +9,7 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, 
 import { join } from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { runClient, startServer, type ServerHandle } from '../actors/index.js';
+import { runClient, startServer, type Handler, type ServerHandle } from '../actors/index.js';
 import { EJECT_REASONS } from '../actors/proxy-options.js';
 import { MEMBER_STATES } from '../actors/proxy-types.js';
 import { ROLES } from '../admin/conn-stats.js';
@@ -57,7 +57,7 @@ async function proxyWithConfig(file: string, extra: string[] = []): Promise<{ pr
   return { proc, port, admin };
 }
 
-async function server(id: string, policy: string, port: number, opts: { token?: string; delayMs?: number } = {}): Promise<ServerHandle> {
+async function server(id: string, policy: string, port: number, opts: { token?: string; delayMs?: number; handler?: Handler } = {}): Promise<ServerHandle> {
   const s = await startServer({ id, policy, listenPort: 0, proxy: { host: LOCAL, port }, ...opts });
   ctx.servers.push(s);
   return s;
@@ -387,6 +387,27 @@ reload('a SIGHUP while draining says it applies nothing (the drain keeps its set
   assert.not.ok(proc.out.some((l) => /Reloaded/.test(l)), proc.out.join('\n'));
   assert.ok((await answer)[0]!.correct, 'the request in flight was answered: the drain kept its 8 s');
   assert.is(await proc.exited, 0);
+});
+
+reload('a second SIGTERM or SIGINT during the drain stops at once, and cleanly: the request in flight is answered SHUTTING_DOWN, the pid file removed, exit 0', async () => {
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    const pidFile = join(ctx.dir, `${signal}.pid`);
+    const { proc, port } = await proxyWithConfig(write('t.yaml', 'port: 0\ntimeout: 20000\ndrain_timeout: 20000\n'), ['--pid-file', pidFile]);
+    let reached!: () => void;
+    const atServer = new Promise<void>((r) => (reached = r));
+    await server(`s-${signal}`, 'P', port, { handler: (_p, c) => new Promise((r) => { reached(); c.signal.addEventListener('abort', () => r('late')); }) });
+    const answer = runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: [{ srcid: 'c', privPoliId: 'P', payload: 'x' }], timeoutMs: 20000 });
+    await atServer;
+    proc.kill(signal);
+    await proc.waitFor(/Draining/);
+    proc.kill(signal);
+    // It used to end at once on Node's default (exit 130 or 143): the client lost its connection
+    // unanswered, and the pid file stayed behind, naming a process id the system may give another.
+    assert.is(await proc.exited, 0, proc.out.join('\n'));
+    assert.match(proc.out.join('\n'), new RegExp(`${signal} again: stopping now, without waiting for the drain[^]*Stopped before the drain ended: answered 1 request\\(s\\) SHUTTING_DOWN`));
+    assert.is((await answer)[0]!.error, 'SHUTTING_DOWN');
+    assert.not.ok(existsSync(pidFile), 'the pid file is removed');
+  }
 });
 
 const admin = fresh('the admin endpoint');
