@@ -196,9 +196,14 @@ export function ignoreUserSignals(logger: Logger, instead: string, signals: read
   };
 }
 
+/** The signals that drain (a second one stops at once). */
+const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGQUIT'] as const;
+
 /**
- * Resolves when the actor stops; SIGINT and SIGTERM stop it. Rejects with the
- * error when it stopped on one thrown inside it (a bug): the command then
+ * Resolves when the actor stops; SIGINT, SIGTERM and SIGQUIT (nginx's graceful
+ * stop, the official nginx image's STOPSIGNAL: left to Node it ended the
+ * process at once, core dump and all) stop it. Rejects with the error when it
+ * stopped on one thrown inside it (a bug): the command then
  * fails (exit 1, the error on stderr) instead of exiting 0 - and XState does
  * not stop the children of an actor that failed, so its listeners and sockets
  * stay open: `cli/revproxy.js` ends a failed command that does not end by itself.
@@ -220,11 +225,9 @@ export function runUntilStopped(actor: { getSnapshot(): { status: string; error?
       void stop();
     };
     const off = (): void => {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
+      for (const signal of STOP_SIGNALS) process.off(signal, onSignal);
     };
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
+    for (const signal of STOP_SIGNALS) process.on(signal, onSignal);
     const check = (): void => {
       const snap = actor.getSnapshot();
       if (snap.status !== 'active') {

@@ -2,7 +2,7 @@
  * `revproxy proxy`: the flags (made from the config table in
  * config/proxy.ts), `--config FILE` and `--check`, the logs and the access
  * log, the admin endpoint, and SIGHUP (reload the config, reopen the access
- * log). SIGTERM and SIGINT drain.
+ * log). SIGTERM, SIGINT and SIGQUIT drain.
  */
 import { readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
@@ -136,8 +136,8 @@ export function proxyCommand(setExit: (code: number) => void): Command {
 Every setting can also be given in a YAML file (--config FILE; docs/CONFIG.md): the key is the
 flag's name with _ for - (max_server_inflight: 2048); flags override the file.
 Old JSON clients and servers use the same port: the first byte of a connection decides.
-SIGTERM or SIGINT drains: no new connections, every request in flight answered, then exit 0.
-A second SIGTERM or SIGINT stops at once: what is still in flight is answered SHUTTING_DOWN.
+SIGTERM, SIGINT or SIGQUIT drains: no new connections, every request in flight answered, then exit 0.
+A second one stops at once: what is still in flight is answered SHUTTING_DOWN.
 SIGHUP reloads the config file (or, without one, the tokens file): limits, timeouts, retries,
 health settings, log level and secrets change at once, and no connection is closed; the access
 log is reopened (for logrotate). An invalid file is refused and the running settings stay.

@@ -166,6 +166,17 @@ cli("SIGUSR1 and SIGUSR2 (nginx's reopen, HAProxy's reload) neither open Node's 
   }
 });
 
+cli("SIGQUIT (nginx's graceful stop, its image's STOPSIGNAL) drains the proxy and a server as SIGTERM does, instead of ending them at once", async () => {
+  for (const args of [['proxy', '-port', '0'], ['server', '--id', 'q1', '--pp', 'P', '--revproc', '1']]) {
+    const p = revproxy(args);
+    await p.waitFor(args[0] === 'proxy' ? /Running the reverse proxy/ : /Not registered/);
+    p.kill('SIGQUIT');
+    // It used to end at once (exit 131, a core dump where they are on), with nothing answered and a pid file left.
+    assert.is(await p.exited, 0, p.out.join('\n'));
+    assert.match(p.out.join('\n'), /Draining/);
+  }
+});
+
 cli('SIGHUP does not end a server (a daemon\'s SIGHUP means reload): a warning says it has nothing to reload, and it goes on serving until SIGTERM drains it', async () => {
   const p = revproxy(['server', '--id', 'h1', '--pp', 'P', '--revproc', '1']);
   const port = Number((await p.waitFor(/Listening on port (\d+)/))[1]);
