@@ -13,7 +13,7 @@
  * Draining: DEREGISTER on every registration, keep answering what the proxies
  * already sent, stop once every proxy has closed its connections to us.
  */
-import type { Socket } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import { assertEvent, assign, fromCallback, sendTo, setup, type ActorRefFrom } from 'xstate';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
@@ -24,6 +24,7 @@ import { systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { BufferBudget, DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
 import { Caller, HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
 import { defaultConnsPerPeer } from './proxy-options.js';
+import { normaliseHost } from './membership.js';
 import { ConnectionLimits, logBadInput, logShed, logTlsRefusals, type ConnectionLimitsInput } from './port-limits.js';
 import { fmt, silentLogger, type Logger } from './logger.js';
 
@@ -248,6 +249,9 @@ export interface RegistrationInput {
   maxMs: number;
   /** TCP keepalive's idle time on each registration connection (ms; 0 = off). */
   keepAliveMs: number;
+  /** The address the server listens on (its --host), which the proxy must reach it at. */
+  listenHost: string;
+  logger: Logger;
 }
 
 /**
@@ -293,6 +297,8 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
     socket.once(readyEvent(socket), () => {
       slow.cancel();
       live.set(key, conn);
+      const unreachable = dialBackProblem(input.listenHost, socket.localAddress, input.setup.listenport);
+      if (unreachable) input.logger.error('unreachable_from_proxy', `The reverse proxy at ${key} cannot reach this server: ${unreachable}`, { proxy: key, listenHost: input.listenHost, from: socket.localAddress });
       conn.send(input.setup);
     });
     conn.messages$.subscribe({
@@ -349,6 +355,22 @@ function setupMsg(context: ServerContext): SetupMsg {
   const m: SetupMsg = { type: MsgType.SETUP, id: context.opts.id, privPolyId: context.opts.policy, listenport: context.port };
   if (context.opts.token !== undefined) m.token = context.opts.token;
   return m;
+}
+
+/**
+ * The proxy dials a server back at the address its registration came from, at its listenport
+ * (docs/PROTOCOL.md, SETUP): why that fails when the server listens elsewhere - on 127.0.0.1
+ * (the default) and registered over IPv6 (`--revproc [::1]:2100`, or `localhost` resolving to
+ * ::1 first), or on one address of a host whose route to the proxy leaves from another - or
+ * undefined. The proxy would only report the server unreachable, its connection refused.
+ */
+export function dialBackProblem(listenHost: string, local: string | undefined, port: number): string | undefined {
+  if (!local || isIP(listenHost) === 0 || listenHost === '::') return undefined;
+  const from = normaliseHost(local);
+  if (listenHost === '0.0.0.0' ? isIP(from) === 4 : normaliseHost(listenHost) === from) return undefined;
+  const at = isIP(from) === 6 ? `[${from}]` : from;
+  return `it will dial ${at}:${port}, the address this registration comes from, but this server listens on ${listenHost} only: `
+    + `start it with --host ${from} (or --host :: for every address)${isIP(from) !== isIP(listenHost) ? `, or give the proxy by an IPv${isIP(listenHost)} address in --revproc` : ''}`;
 }
 
 /**
@@ -547,6 +569,8 @@ export const serverMachine = setup({
           initialMs: context.opts.reconnectInitialMs ?? 200,
           maxMs: context.opts.reconnectMaxMs ?? 5000,
           keepAliveMs: context.opts.tcpKeepAliveMs ?? DEFAULT_TCP_KEEPALIVE_MS,
+          listenHost: context.opts.listenHost ?? '127.0.0.1',
+          logger: context.logger,
         }),
       },
       on: {

@@ -402,6 +402,25 @@ idle('a client waiting for an answer slower than the idle timeout is not cut; an
   await c.until(() => c.closed, 1000);
 });
 
+const ipv6 = fresh('a proxy on IPv6', { host: '::1' });
+
+ipv6('a server registering over IPv6 while it listens on 127.0.0.1 (the default) is told the proxy cannot reach it and what to run; one listening on ::1 is served', async () => {
+  const proxy = { host: '::1', port: ctx.proxy.port };
+  const logs: LogRecord[] = [];
+  // The proxy dials a server back at the address its registration came from: ::1, where this one does not listen.
+  const v4 = await startServer({ id: 'v4', policy: 'P', listenPort: 0, proxy, logger: new Logger('server', memorySink(logs), 'info') });
+  ctx.servers.push(v4);
+  await eventually(() => logs.some((l) => l.event === 'unreachable_from_proxy'), 2000, 'the error line');
+  assert.match(logs.find((l) => l.event === 'unreachable_from_proxy')!.msg, /cannot reach this server: it will dial \[::1\]:\d+, the address this registration comes from, but this server listens on 127\.0\.0\.1 only: start it with --host ::1 \(or --host :: for every address\), or give the proxy by an IPv4 address in --revproc/);
+  const v6logs: LogRecord[] = [];
+  const v6 = await startServer({ id: 'v6', policy: 'P', listenPort: 0, listenHost: '::1', proxy, logger: new Logger('server', memorySink(v6logs), 'info') });
+  ctx.servers.push(v6);
+  await eventually(() => ctx.proxy.pools().P?.serving.includes('v6') ?? false, 2000, 'v6 serving');
+  const r = await runClient({ id: 'c', proxy, packets: packets('P', 4) });
+  assert.equal(r.map((x) => [x.server, x.correct]), [['v6', true], ['v6', true], ['v6', true], ['v6', true]]);
+  assert.not.ok(v6logs.some((l) => l.level === 'error'), JSON.stringify(v6logs));
+});
+
 routing.run();
 badInput.run();
 faults.run();
@@ -410,3 +429,4 @@ polling.run();
 forever.run();
 drainDefault.run();
 idle.run();
+ipv6.run();
