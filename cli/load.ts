@@ -8,6 +8,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { runLoad, type LiveCounters, type LoadResult } from '../bench/loadgen.js';
 import { cliProgress } from '../bench/progress.js';
 import type { Endpoint } from '../actors/server.js';
+import { fileLimits } from '../actors/port-limits.js';
 import { parseEndpoints, parseIntOption, tlsFromFlags, tlsOptions, UsageError, type TlsFlags } from './common.js';
 
 interface LoadFlags extends TlsFlags {
@@ -97,6 +98,7 @@ function hint(code: string, f: LoadFlags, first = '', unreachable: string[] = []
   const port = f.revproc[0]!.port;
   switch (code) {
     case 'CONNECT_FAILED':
+      if (first.startsWith('EMFILE')) return outOfFiles(f);
       return `could not connect to ${unreachable.length ? unreachable.join(', ') : at}: start the proxy there (revproxy proxy --port ${unreachable[0]?.split(':').pop() ?? port}) or give its address with --revproc HOST:PORT`;
     case 'NO_SERVER':
       return `no server of the policy is registered with the proxy: start one (revproxy server --id 100 --pp ${f.policy[0]} --revproc ${port}) or name another --policy`;
@@ -122,6 +124,17 @@ function hint(code: string, f: LoadFlags, first = '', unreachable: string[] = []
     default:
       return 'a socket error';
   }
+}
+
+/**
+ * Every connection is a file descriptor of this process: past its open-files limit (often 1024)
+ * the system refuses the socket, and the target is not to blame.
+ */
+function outOfFiles(f: LoadFlags): string {
+  const files = fileLimits();
+  const need = f.connections + 64;
+  const limit = files ? `it may open ${files.soft} files (ulimit -n)` : 'it reached its open-files limit (ulimit -n)';
+  return `this process ran out of file descriptors (EMFILE): ${limit}, and --connections asks for ${f.connections}: raise the limit in this shell (ulimit -n ${need}${files && files.hard < need ? `, as root: the hard limit is ${files.hard}` : ''}) or lower --connections`;
 }
 
 export function loadReport(r: LoadResult, f: LoadFlags): LoadReport {

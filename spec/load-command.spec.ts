@@ -116,6 +116,15 @@ test('nothing listening: exit 1, CONNECT_FAILED with what the system said and wh
   assert.match(r.out, /ECONNREFUSED/);
 });
 
+test('more connections than this process may open (ulimit -n): CONNECT_FAILED blames the open-files limit and says what to raise, not the target', async () => {
+  const p = revproxy(['load', '--no-progress', '--revproc', String(proxyPort), '--policy', '111', '-c', '200', '-p', '1', '-n', '400'], { fileLimit: 100 });
+  assert.is(await p.exited, 1, p.out.join('\n'));
+  const out = p.out.join('\n');
+  // It used to say: could not connect to 127.0.0.1:PORT: start the proxy there - of the proxy that answered the rest.
+  assert.match(out, /CONNECT_FAILED \d+ connection\(s\) of 200: this process ran out of file descriptors \(EMFILE\): it may open 100 files \(ulimit -n\), and --connections asks for 200: raise the limit in this shell \(ulimit -n 264, as root: the hard limit is 100\) or lower --connections/);
+  assert.not.match(out, /start the proxy there/);
+});
+
 test('one target of two down: its connections are counted as connections, the requests add up, and only it is named', async () => {
   const { freePort } = await import('../bench/procs.js');
   const down = await freePort();
