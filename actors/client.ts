@@ -17,6 +17,7 @@
  * RxJS forms on this machine.
  */
 import { assertEvent, assign, enqueueActions, fromCallback, raise, setup, type ActorRefFrom, type EventObject } from 'xstate';
+import { hostPort } from '../transport/address.js';
 import { ErrorCode, LocalCode, RevproxyError, type ClientCode } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { isIdValue, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
@@ -359,7 +360,7 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
     next: (messages) => send({ type: 'ANSWERS', messages }),
     error: (err: NodeJS.ErrnoException) => {
       if (!connected) {
-        const why = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${input.proxy.host}:${input.proxy.port}` : describeTlsError(err);
+        const why = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${hostPort(input.proxy.host, input.proxy.port)}` : describeTlsError(err);
         send({ type: 'CONNECT_FAILED', error: why });
       } else send({ type: 'CLOSED', error: err.message });
     },
@@ -452,7 +453,7 @@ export const clientMachine = setup({
     leaveIfDrained: enqueueActions(({ context, enqueue }) => {
       if (!context.book.draining || context.book.inFlight > 0) return;
       const { host, port } = context.proxies[context.proxyIndex]!;
-      enqueue.raise({ type: 'CLOSED', error: `the reverse proxy at ${host}:${port} is shutting down` });
+      enqueue.raise({ type: 'CLOSED', error: `the reverse proxy at ${hostPort(host, port)} is shutting down` });
     }),
     progress: assign(({ event }) => {
       assertEvent(event, 'ANSWERS');
@@ -475,9 +476,9 @@ export const clientMachine = setup({
       const next = (context.proxyIndex + 1) % context.proxies.length;
       if (context.attempts + 1 < maxAttempts(context)) {
         const target = context.proxies[next]!;
-        const how = next === context.proxyIndex ? 'trying again' : `trying the reverse proxy at ${target.host}:${target.port}`;
+        const how = next === context.proxyIndex ? 'trying again' : `trying the reverse proxy at ${hostPort(target.host, target.port)}`;
         context.logger.warn('failover', `${event.error}; ${how}${resend ? ` and sending ${resend} unanswered request(s) again` : ''}`, {
-          reason: event.error, proxy: `${target.host}:${target.port}`, resend,
+          reason: event.error, proxy: hostPort(target.host, target.port), resend,
         });
       }
     },
@@ -504,13 +505,13 @@ export const clientMachine = setup({
     /** A request ran out of time on a proxy that has said nothing since it was sent (proxySilent): the connection is given up as lost. */
     leaveSilentProxy: raise(({ context }) => {
       const { host, port } = context.proxies[context.proxyIndex]!;
-      return { type: 'CLOSED' as const, error: `the reverse proxy at ${host}:${port} has sent nothing for ${Math.round(context.clock.now() - context.book.heardAt)} ms with requests waiting on it: it is cut off or stalled` };
+      return { type: 'CLOSED' as const, error: `the reverse proxy at ${hostPort(host, port)} has sent nothing for ${Math.round(context.clock.now() - context.book.heardAt)} ms with requests waiting on it: it is cut off or stalled` };
     }),
     /** The proxy left the registry and is silent (proxyLeftSilent): its connection is given up as lost, and what it held goes to the next. */
     leaveProxy: raise(({ context }) => {
       const { host, port } = context.proxies[context.proxyIndex]!;
       const idle = context.book.inFlight === 0;
-      return { type: 'CLOSED' as const, error: `the reverse proxy at ${host}:${port} left the registry${idle ? '' : ` and has not answered for ${context.clock.now() - context.book.heardAt} ms`}` };
+      return { type: 'CLOSED' as const, error: `the reverse proxy at ${hostPort(host, port)} left the registry${idle ? '' : ` and has not answered for ${context.clock.now() - context.book.heardAt} ms`}` };
     }),
     resetAttempts: assign({ attempts: 0 }),
     closeAll: ({ context }) => {

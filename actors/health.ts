@@ -6,6 +6,7 @@
  * operator's say: a member drained (out of rotation, finishing what it has)
  * and enabled again.
  */
+import { hostPort } from '../transport/address.js';
 import type { Failure, ProxyRequest } from './link.js';
 import { fmt } from './logger.js';
 import { current, joinPool, removeServer, spawnLink } from './membership.js';
@@ -41,7 +42,7 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
   const entry = current(context, member, linkId);
   // A registry entry stays while its key does, and is probed like any other.
   if (entry?.wire === 'json' && entry.source === 'direct') {
-    removeServer(context, entry, `it is gone from ${entry.host}:${entry.port}: ${failure.message}`);
+    removeServer(context, entry, `it is gone from ${hostPort(entry.host, entry.port)}: ${failure.message}`);
   } else if (entry) {
     const now = context.clock.now();
     entry.downSince ??= now;
@@ -49,7 +50,7 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
     // Up to a fifth early, at random: servers that went down together are not probed together.
     const delay = Math.round(entry.probeDelay * (0.8 + 0.2 * Math.random()));
     entry.probeDelay = Math.min(entry.probeDelay * 2, context.opts.probeMaxMs);
-    context.logger.warn('down', `Server id ${entry.id} is unreachable at ${entry.host}:${entry.port} (${failure.message}); out of rotation, next probe in ${delay} ms`, {
+    context.logger.warn('down', `Server id ${entry.id} is unreachable at ${hostPort(entry.host, entry.port)} (${failure.message}); out of rotation, next probe in ${delay} ms`, {
       id: entry.id, policy: entry.policy, code: failure.code, reason: failure.message, probeInMs: delay,
     });
     context.observer?.ejected?.(entry.policy, entry.id, 'unreachable', false);
@@ -75,7 +76,7 @@ export function triesFailed(context: ProxyContext, member: string, linkId: strin
 export function probe(context: ProxyContext, member: string): void {
   const entry = context.servers.get(member);
   if (!entry || entry.traffic.phase !== 'down') return;
-  context.logger.debug('probe', `Probing server id ${entry.id} at ${entry.host}:${entry.port}`, { id: entry.id });
+  context.logger.debug('probe', `Probing server id ${entry.id} at ${hostPort(entry.host, entry.port)}`, { id: entry.id });
   spawnLink(context, entry);
 }
 

@@ -3,6 +3,7 @@
  * helper returns once the actor is ready (or has failed with a clear error).
  */
 import { createActor, type InspectionEvent } from 'xstate';
+import { hostPort } from '../transport/address.js';
 import { systemClock, xstateClock } from '../transport/clock.js';
 import { LocalCode, RevproxyError } from '../transport/errors.js';
 import { endpoints, type Revproc } from './connect.js';
@@ -217,7 +218,7 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
   const snap = actor.getSnapshot();
   if (snap.value === 'failed' || snap.status !== 'active' || timedOut || snap.context.registered.length === 0) {
     actor.stop();
-    const proxies = snap.context.proxies.map((p) => `${p.host}:${p.port}`).join(', ');
+    const proxies = snap.context.proxies.map((p) => hostPort(p.host, p.port)).join(', ');
     const where = opts.registry ? `in the registry (etcd://${opts.registry.endpoints.join(',')})` : `with any reverse proxy (${proxies})`;
     throw new StartError(snap.context.error ?? `server ${opts.id} could not register ${where} within ${wait} ms`);
   }

@@ -10,6 +10,7 @@
  * `serverMachine.provide({ actors: { registrations: jsonRegistrations } })`.
  */
 import { fromCallback } from 'xstate';
+import { hostPort } from '../transport/address.js';
 import { Connection } from '../transport/socket.js';
 import { describeTlsError, dial, readyEvent } from '../transport/tls.js';
 import type { Timer } from '../transport/clock.js';
@@ -21,7 +22,7 @@ export const jsonRegistrations = fromCallback<RegistrationCommand, RegistrationI
   const conns = new Set<Connection>();
 
   const attempt = (ep: Endpoint, delay: number): void => {
-    const key = `${ep.host}:${ep.port}`;
+    const key = hostPort(ep.host, ep.port);
     const socket = dial(ep.host, ep.port, input.tls);
     const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'json', holdReadsWhenCongested: false });
     conns.add(conn);

@@ -15,6 +15,7 @@
  */
 import { isIP, type Socket } from 'node:net';
 import { assertEvent, assign, fromCallback, sendTo, setup, type ActorRefFrom } from 'xstate';
+import { hostPort } from '../transport/address.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, MsgType, type DataMsg, type Message, type SetupMsg } from '../transport/messages.js';
@@ -265,7 +266,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
   const timers = new Set<Timer>();
 
   const attempt = (ep: Endpoint, delay: number, everRegistered: boolean): void => {
-    const key = `${ep.host}:${ep.port}`;
+    const key = hostPort(ep.host, ep.port);
     const socket = dial(ep.host, ep.port, input.tls);
     // A proxy that went away without a word (no FIN, no RST: a partition, a frozen host) sends no
     // PINGs, and the server sends nothing unasked: without probes of its own it would wait for ever,
@@ -368,8 +369,7 @@ export function dialBackProblem(listenHost: string, local: string | undefined, p
   if (!local || isIP(listenHost) === 0 || listenHost === '::') return undefined;
   const from = normaliseHost(local);
   if (listenHost === '0.0.0.0' ? isIP(from) === 4 : normaliseHost(listenHost) === from) return undefined;
-  const at = isIP(from) === 6 ? `[${from}]` : from;
-  return `it will dial ${at}:${port}, the address this registration comes from, but this server listens on ${listenHost} only: `
+  return `it will dial ${hostPort(from, port)}, the address this registration comes from, but this server listens on ${listenHost} only: `
     + `start it with --host ${from} (or --host :: for every address)${isIP(from) !== isIP(listenHost) ? `, or give the proxy by an IPv${isIP(listenHost)} address in --revproc` : ''}`;
 }
 
@@ -450,7 +450,7 @@ export const serverMachine = setup({
         });
       }
       log.info('listening', `Listening on port ${context.port}`, { port: context.port });
-      for (const p of context.proxies) log.info('connecting', `Connecting to the reverse proxy on port ${p.port}`, { proxy: `${p.host}:${p.port}` });
+      for (const p of context.proxies) log.info('connecting', `Connecting to the reverse proxy on port ${p.port}`, { proxy: hostPort(p.host, p.port) });
     },
     respond: ({ context, event }) => {
       assertEvent(event, 'REQUESTS');

@@ -30,6 +30,7 @@
  *   \--RETIRE--> retiring --(nothing in flight)--> retired
  */
 import { assertEvent, assign, enqueueActions, fromCallback, sendParent, setup, type ActorRefFrom } from 'xstate';
+import { hostPort } from '../transport/address.js';
 import { ErrorCode } from '../transport/errors.js';
 import { encodeJson } from '../transport/json.js';
 import { MsgType, type Message } from '../transport/messages.js';
@@ -308,7 +309,7 @@ export const upstreamJsonMachine = setup({
         const inWindow = !context.up && now < context.startedAt + context.limits.registrationWindowMs;
         if (event.refused && !inWindow) {
           // Nothing listens on the port any more: the server is gone (a restarted one sends its setup again).
-          enqueue.assign({ gone: `its listen port ${context.host}:${context.port} refuses connections` });
+          enqueue.assign({ gone: `its listen port ${hostPort(context.host, context.port)} refuses connections` });
           return;
         }
         if (!event.refused) {
@@ -320,7 +321,7 @@ export const upstreamJsonMachine = setup({
             gone: misses >= context.limits.missesToLeave ? `it did not accept a connection within ${context.tryTimeoutMs} ms (${misses} misses in a row)` : undefined,
           });
         } else {
-          context.logger.debug('old_server_not_listening', `Server id ${context.member} does not listen on ${context.host}:${context.port} yet (an old server sends its setup first); dialing again in ${context.retryMs} ms`, {
+          context.logger.debug('old_server_not_listening', `Server id ${context.member} does not listen on ${hostPort(context.host, context.port)} yet (an old server sends its setup first); dialing again in ${context.retryMs} ms`, {
             server: context.member, retryInMs: context.retryMs,
           });
         }

@@ -17,6 +17,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { Socket } from 'node:net';
+import { hostPort } from '../transport/address.js';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import { MsgType, type Message } from '../transport/messages.js';
 import { dial, type TlsMaterial } from '../transport/tls.js';
@@ -221,8 +222,8 @@ class Run {
 
   /** A connection to `ep` could not be opened (one CONNECT_FAILED: a connection, or with a connection per request, a request). */
   connectFailed(err: NodeJS.ErrnoException, ep: LoadEndpoint): void {
-    this.unreachable.add(`${ep.host}:${ep.port}`);
-    this.fail('CONNECT_FAILED', 1, `${err.code ?? err.message} ${ep.host}:${ep.port}`);
+    this.unreachable.add(hostPort(ep.host, ep.port));
+    this.fail('CONNECT_FAILED', 1, `${err.code ?? err.message} ${hostPort(ep.host, ep.port)}`);
   }
 
   /** One answer to a request sent (open loop: due) at `sentAt`, `latencyMs` after. */
@@ -467,8 +468,8 @@ function perRequestLoop(run: Run, ep: LoadEndpoint, done: () => void): void {
     });
     socket.on('error', (err: NodeJS.ErrnoException) => {
       if (up) return settle('CONNECTION_LOST');
-      run.firstError.CONNECT_FAILED ??= `${err.code ?? err.message} ${ep.host}:${ep.port}`;
-      run.unreachable.add(`${ep.host}:${ep.port}`);
+      run.firstError.CONNECT_FAILED ??= `${err.code ?? err.message} ${hostPort(ep.host, ep.port)}`;
+      run.unreachable.add(hostPort(ep.host, ep.port));
       settle('CONNECT_FAILED');
     });
     socket.on('close', () => {

@@ -9,6 +9,7 @@ import { runLoad, type LiveCounters, type LoadResult } from '../bench/loadgen.js
 import { cliProgress } from '../bench/progress.js';
 import type { Endpoint } from '../actors/server.js';
 import { fileLimits } from '../actors/port-limits.js';
+import { hostPort } from '../transport/address.js';
 import { parseEndpoints, parseIntOption, tlsFromFlags, tlsOptions, UsageError, type TlsFlags } from './common.js';
 
 interface LoadFlags extends TlsFlags {
@@ -94,7 +95,7 @@ const ms = (v: number): string => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed
 
 /** What each failure means, and what to do about it. */
 function hint(code: string, f: LoadFlags, first = '', unreachable: string[] = []): string {
-  const at = f.revproc.map((e) => `${e.host}:${e.port}`).join(', ');
+  const at = f.revproc.map((e) => hostPort(e.host, e.port)).join(', ');
   const port = f.revproc[0]!.port;
   switch (code) {
     case 'CONNECT_FAILED':
@@ -139,7 +140,7 @@ function outOfFiles(f: LoadFlags): string {
 
 export function loadReport(r: LoadResult, f: LoadFlags): LoadReport {
   return {
-    targets: f.revproc.map((e) => `${e.host}:${e.port}`),
+    targets: f.revproc.map((e) => hostPort(e.host, e.port)),
     policies: f.policy,
     connections: f.connections,
     inflight: f.connectionPerRequest ? 1 : f.inflight,

@@ -421,6 +421,17 @@ ipv6('a server registering over IPv6 while it listens on 127.0.0.1 (the default)
   assert.not.ok(v6logs.some((l) => l.level === 'error'), JSON.stringify(v6logs));
 });
 
+ipv6('log lines write an IPv6 address and port as [::1]:port, not ::1:port', async () => {
+  const proxy = { host: '::1', port: ctx.proxy.port };
+  const logs: LogRecord[] = [];
+  const v4 = await startServer({ id: 'v4', policy: 'P', listenPort: 0, proxy, logger: new Logger('server', memorySink(logs), 'info') });
+  ctx.servers.push(v4);
+  await eventually(() => ctx.logs.some((l) => l.event === 'down'), 2000, 'the proxy finding it unreachable');
+  assert.match(ctx.logs.find((l) => l.event === 'down')!.msg, new RegExp(`Server id v4 is unreachable at \\[::1\\]:${v4.port} `));
+  await eventually(() => logs.some((l) => l.event === 'registered'), 2000, 'registered');
+  assert.is(logs.find((l) => l.event === 'registered')!.msg, `Registered with the reverse proxy at [::1]:${ctx.proxy.port}`);
+});
+
 routing.run();
 badInput.run();
 faults.run();

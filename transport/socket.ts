@@ -12,6 +12,7 @@ import { FrameBuffer, FrameDecoder, writeFrame, type Decoder } from './frame.js'
 import { jsonWire, type JsonEncoder } from './json.js';
 import { errorMsg, type Message } from './messages.js';
 import { SniffDecoder, type Wire } from './sniff.js';
+import { hostPort } from './address.js';
 
 /**
  * How a connection turns messages into bytes, by wire: frames are written by
@@ -453,6 +454,6 @@ export class Connection implements BudgetHolder {
   }
 
   describe(): string {
-    return `${this.remoteAddress}:${this.remotePort}`;
+    return hostPort(this.remoteAddress, this.remotePort);
   }
 }

@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { connect as netConnect, createServer as netServer, type Server, type Socket } from 'node:net';
 import { connect as tlsConnect, createSecureContext, createServer as tlsServer, TLSSocket } from 'node:tls';
 import { LocalCode, RevproxyError } from './errors.js';
+import { hostPort } from './address.js';
 
 export interface TlsFiles {
   /** PEM certificate chain presented by this side. */
@@ -99,7 +100,7 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 2000;
 
 /** What to say of a dial to `host:port` given up after `ms` (`option`: the setting that chose `ms`). */
 export function connectTimedOut(host: string, port: number, ms: number, option?: string): string {
-  return `no answer from ${host}:${port} within ${ms} ms${option ? ` (${option})` : ''}: is the host up, and does no firewall drop the connection?`;
+  return `no answer from ${hostPort(host, port)} within ${ms} ms${option ? ` (${option})` : ''}: is the host up, and does no firewall drop the connection?`;
 }
 
 export function dial(host: string, port: number, tls?: TlsMaterial): Socket {
@@ -112,8 +113,8 @@ export function describeListenError(err: NodeJS.ErrnoException, host: string, po
   if (err.code === 'EADDRINUSE') return `port ${port} on ${host} is already in use: stop what holds it or choose another port`;
   if (err.code === 'EACCES') return `no permission to listen on port ${port}: choose a port above 1023`;
   if (err.code === 'EADDRNOTAVAIL') return `address ${host} is not on this machine: choose a local address`;
-  if (err.code === 'ENOTFOUND' || err.code === 'EAI_AGAIN') return `cannot listen on ${host}:${port}: the host name does not resolve to an address: give an address of this machine (e.g. 127.0.0.1, or 0.0.0.0 for every one)`;
-  return `cannot listen on ${host}:${port}: ${err.message}`;
+  if (err.code === 'ENOTFOUND' || err.code === 'EAI_AGAIN') return `cannot listen on ${hostPort(host, port)}: the host name does not resolve to an address: give an address of this machine (e.g. 127.0.0.1, or 0.0.0.0 for every one)`;
+  return `cannot listen on ${hostPort(host, port)}: ${err.message}`;
 }
 
 /**
