@@ -4,7 +4,7 @@
  * log, the admin endpoint, and SIGHUP (reload the config, reopen the access
  * log). SIGTERM, SIGINT and SIGQUIT drain.
  */
-import { readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { lstatSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { startProxy, type ProxyHandle } from '../actors/index.js';
@@ -365,10 +365,14 @@ function writePidFile(path: string): void {
   }
 }
 
-/** Removed on the way out, if it still names this process (another may have started since and written its own). */
+/**
+ * Removed on the way out, if it is still a file naming this process (another may have started
+ * since and written its own). Only a regular file is read: a device (/dev/full, /dev/stdout) or
+ * a FIFO given as the pid file would be read for ever, or block, and the exit with it.
+ */
 function removePidFile(path: string): void {
   try {
-    if (readFileSync(path, 'utf8').trim() === String(process.pid)) unlinkSync(path);
+    if (lstatSync(path).isFile() && readFileSync(path, 'utf8').trim() === String(process.pid)) unlinkSync(path);
   } catch {
     // already gone
   }

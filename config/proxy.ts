@@ -300,7 +300,17 @@ function fileIssue(source: string, what: string, path: string, why: string): Con
 
 /** Why a log file cannot be opened for appending, in words (a missing folder is not created: the proxy would not create it either). */
 export function whyNotWritable(err: unknown, path: string): string {
-  return (err as NodeJS.ErrnoException).code === 'ENOENT' && !existsSync(dirname(path)) ? `its folder ${dirname(path)} does not exist: create it, or name another file` : whyUnreadable(err);
+  switch ((err as NodeJS.ErrnoException).code) {
+    case 'ENOENT':
+      if (!existsSync(dirname(path))) return `its folder ${dirname(path)} does not exist: create it, or name another file`;
+      break;
+    case 'ENOSPC':
+    case 'EDQUOT':
+      return `the disk it is on is full (${(err as NodeJS.ErrnoException).code}): free some space there, or name a file on another disk`;
+    case 'EROFS':
+      return 'its file system is read-only (EROFS): name a file on a writable one (such as /run or /tmp in a container)';
+  }
+  return whyUnreadable(err);
 }
 
 /**

@@ -268,6 +268,14 @@ reload('--pid-file: the process id to signal (logrotate: kill -HUP $(cat FILE)),
   assert.match(bad.out.join('\n'), /cannot write the --pid-file '.*x\.pid': its folder .*nowhere does not exist/);
 });
 
+reload('--pid-file on a full disk (/dev/full: every write ENOSPC) stops the start at once, saying the disk is full', async () => {
+  const full = revproxy(['proxy', '--port', '0', '--pid-file', '/dev/full']);
+  // It used to say "ENOSPC (ENOSPC: no space left on device, write)" - had it got that far: on the way
+  // out it read the pid file back to see whose it was, and /dev/full never ends, so it hung, its memory growing.
+  await full.waitFor(/cannot write the --pid-file '\/dev\/full': the disk it is on is full \(ENOSPC\): free some space there, or name a file on another disk/, 5000);
+  assert.is(await full.exited, 1, full.out.join('\n'));
+});
+
 reload('under load: a limit and a token change, a revoked server is drained out, an invalid file is refused; 0 requests lost', async () => {
   const cfg = (limits: string, tokens: string): string => `port: 0\nadmin:\n  listen: 127.0.0.1:0\n${limits}tokens:\n${tokens}`;
   const both = '  P: secret-of-P-1\n  SLOW: secret-of-SLOW\n  R: secret-of-R-1\n';
