@@ -177,6 +177,15 @@ cli("SIGQUIT (nginx's graceful stop, its image's STOPSIGNAL) drains the proxy an
   }
 });
 
+cli('a port below the unprivileged range, as a user without privilege: exit 1, naming the lowest port it may take and how to let it bind the port', async () => {
+  const first = Number(readFileSync('/proc/sys/net/ipv4/ip_unprivileged_port_start', 'utf8'));
+  if (first === 0) return; // every port is open to everyone here: nothing to refuse
+  const p = revproxy(['proxy', '--port', String(first - 1)], { uid: 65534 }); // nobody
+  assert.is(await p.exited, 1, p.out.join('\n'));
+  // It used to say "choose a port above 1023" only, whatever the machine's threshold, as if 80 or 443 were out of reach.
+  assert.match(p.out.join('\n'), new RegExp(`no permission to listen on port ${first - 1}: on this machine a port below ${first} needs privilege: choose a port of ${first} or above, or let the process bind it \\(AmbientCapabilities=CAP_NET_BIND_SERVICE`));
+});
+
 cli('SIGHUP does not end a server (a daemon\'s SIGHUP means reload): a warning says it has nothing to reload, and it goes on serving until SIGTERM drains it', async () => {
   const p = revproxy(['server', '--id', 'h1', '--pp', 'P', '--revproc', '1']);
   const port = Number((await p.waitFor(/Listening on port (\d+)/))[1]);

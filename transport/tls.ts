@@ -111,10 +111,23 @@ export function dial(host: string, port: number, tls?: TlsMaterial): Socket {
 /** What to tell a person when a listen fails: the cause and what to do. */
 export function describeListenError(err: NodeJS.ErrnoException, host: string, port: number): string {
   if (err.code === 'EADDRINUSE') return `port ${port} on ${host} is already in use: stop what holds it or choose another port`;
-  if (err.code === 'EACCES') return `no permission to listen on port ${port}: choose a port above 1023`;
+  if (err.code === 'EACCES') {
+    const first = unprivilegedPortStart();
+    return `no permission to listen on port ${port}: on this machine a port below ${first} needs privilege: choose a port of ${first} or above, or let the process bind it `
+      + '(AmbientCapabilities=CAP_NET_BIND_SERVICE in its systemd unit, or setcap cap_net_bind_service=+ep on the node binary)';
+  }
   if (err.code === 'EADDRNOTAVAIL') return `address ${host} is not on this machine: choose a local address`;
   if (err.code === 'ENOTFOUND' || err.code === 'EAI_AGAIN') return `cannot listen on ${hostPort(host, port)}: the host name does not resolve to an address: give an address of this machine (e.g. 127.0.0.1, or 0.0.0.0 for every one)`;
   return `cannot listen on ${hostPort(host, port)}: ${err.message}`;
+}
+
+/** The lowest port a process without privilege may listen on (Linux's net.ipv4.ip_unprivileged_port_start; 1024 elsewhere). */
+function unprivilegedPortStart(): number {
+  try {
+    return Number(readFileSync('/proc/sys/net/ipv4/ip_unprivileged_port_start', 'utf8')) || 1024;
+  } catch {
+    return 1024;
+  }
 }
 
 /**
