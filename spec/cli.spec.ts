@@ -12,6 +12,7 @@ import type { AckMsg } from '../transport/messages.js';
 import { createActor, setup } from 'xstate';
 import { normaliseArgv, OLD_FLAGS, runUntilStopped, UsageError, type FlagTable } from '../cli/common.js';
 import { silentLogger } from '../actors/logger.js';
+import { describeListenError } from '../transport/tls.js';
 
 const cli = suite('cli');
 cli.after.each(killAll);
@@ -177,13 +178,13 @@ cli("SIGQUIT (nginx's graceful stop, its image's STOPSIGNAL) drains the proxy an
   }
 });
 
-cli('a port below the unprivileged range, as a user without privilege: exit 1, naming the lowest port it may take and how to let it bind the port', async () => {
-  const first = Number(readFileSync('/proc/sys/net/ipv4/ip_unprivileged_port_start', 'utf8'));
-  if (first === 0) return; // every port is open to everyone here: nothing to refuse
-  const p = revproxy(['proxy', '--port', String(first - 1)], { uid: 65534 }); // nobody
-  assert.is(await p.exited, 1, p.out.join('\n'));
+cli('a port below the unprivileged range, as a user without privilege: the refusal names the lowest port it may take and how to let it bind the port', () => {
+  // Checked on the sentence, not by running the proxy as nobody: a checkout nobody may not read (a clone in a 0700 directory) would fail that for another reason.
+  const read = Number(readFileSync('/proc/sys/net/ipv4/ip_unprivileged_port_start', 'utf8'));
+  const first = read || 1024;
+  const why = describeListenError(Object.assign(new Error('listen EACCES: permission denied 0.0.0.0:80'), { code: 'EACCES' }), '0.0.0.0', 80);
   // It used to say "choose a port above 1023" only, whatever the machine's threshold, as if 80 or 443 were out of reach.
-  assert.match(p.out.join('\n'), new RegExp(`no permission to listen on port ${first - 1}: on this machine a port below ${first} needs privilege: choose a port of ${first} or above, or let the process bind it \\(AmbientCapabilities=CAP_NET_BIND_SERVICE`));
+  assert.match(why, new RegExp(`^no permission to listen on port 80: on this machine a port below ${first} needs privilege: choose a port of ${first} or above, or let the process bind it \\(AmbientCapabilities=CAP_NET_BIND_SERVICE in its systemd unit, or setcap cap_net_bind_service=\\+ep on the node binary\\)$`));
 });
 
 cli('SIGHUP does not end a server (a daemon\'s SIGHUP means reload): a warning says it has nothing to reload, and it goes on serving until SIGTERM drains it', async () => {

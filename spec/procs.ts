@@ -25,7 +25,7 @@ const live = new Set<ChildProcess>();
  * proxy's memory is V8's defaults', which differ by Node version (Node 24 lets the young
  * generation grow to 64 MB semi-spaces on this machine, Node 20 to 16 MB).
  */
-export function revproxy(args: string[], opts: { env?: Record<string, string>; fileLimit?: number; uid?: number } = {}): Proc {
+export function revproxy(args: string[], opts: { env?: Record<string, string>; fileLimit?: number } = {}): Proc {
   const argv = [process.execPath, ...nodeFlags(BIN), BIN, ...args];
   // `exec` keeps the process id, so signals reach revproxy itself.
   if (opts.fileLimit) return start('/bin/sh', ['-c', `ulimit -n ${opts.fileLimit} && exec "$@"`, 'sh', ...argv], opts);
@@ -45,10 +45,8 @@ export function node(script: string, args: string[], opts: { cwd?: string } = {}
   return start(process.execPath, [script, ...args], opts);
 }
 
-/** `uid`: run as that user (and group of the same number), as root can. */
-export function start(command: string, args: string[], opts: { env?: Record<string, string>; cwd?: string; uid?: number } = {}): Proc {
-  const user = opts.uid === undefined ? {} : { uid: opts.uid, gid: opts.uid };
-  const child = spawn(command, args, { cwd: opts.cwd ?? ROOT, env: { ...process.env, NO_COLOR: '1', FORCE_COLOR: undefined, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'], ...user });
+export function start(command: string, args: string[], opts: { env?: Record<string, string>; cwd?: string } = {}): Proc {
+  const child = spawn(command, args, { cwd: opts.cwd ?? ROOT, env: { ...process.env, NO_COLOR: '1', FORCE_COLOR: undefined, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   live.add(child);
   const out: string[] = [];
   let buf = '';
