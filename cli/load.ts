@@ -96,13 +96,14 @@ const ms = (v: number): string => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed
 /** What each failure means, and what to do about it. */
 function hint(code: string, f: LoadFlags, first = '', unreachable: string[] = []): string {
   const at = f.revproc.map((e) => hostPort(e.host, e.port)).join(', ');
-  const port = f.revproc[0]!.port;
+  const target = f.revproc[0]!;
+  const port = target.port;
   switch (code) {
     case 'CONNECT_FAILED':
       if (first.startsWith('EMFILE')) return outOfFiles(f);
       return `could not connect to ${unreachable.length ? unreachable.join(', ') : at}: start the proxy there (revproxy proxy --port ${unreachable[0]?.split(':').pop() ?? port}) or give its address with --revproc HOST:PORT`;
     case 'NO_SERVER':
-      return `no server of the policy is registered with the proxy: start one (revproxy server --id 100 --pp ${f.policy[0]} --revproc ${port}) or name another --policy`;
+      return `no server of the policy is registered with the proxy: start one (revproxy server --id 100 --pp ${f.policy[0]} --revproc ${target.host === '127.0.0.1' ? port : hostPort(target.host, port)}) or name another --policy`;
     case 'OVERLOADED':
       return "the proxy refused requests at one of its limits (--queue-limit, --max-server-inflight): ask for less (--connections, --inflight, --rate) or raise the proxy's limits";
     case 'TIMEOUT':

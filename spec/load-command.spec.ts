@@ -107,6 +107,15 @@ test('a policy nobody serves: exit 1, NO_SERVER counted for every request, and t
   assert.match(t.out, /NO_SERVER 50: no server of the policy is registered with the proxy: start one \(revproxy server --id 100 --pp nobody/);
 });
 
+test('a policy nobody serves on a proxy at another address: the words give that address to register with', async () => {
+  // They gave the port alone, which a server reads as 127.0.0.1: for a proxy on ::1 (or another host) the command named would register elsewhere.
+  const p = revproxy(['proxy', '--host', '::1', '--port', '0']);
+  const port = (await p.waitFor(/on port (\d+)/))[1]!;
+  const t = await load(['--revproc', `[::1]:${port}`, '--policy', 'nobody', '-n', '5']);
+  assert.is(t.code, 1, t.out);
+  assert.match(t.out, new RegExp(`NO_SERVER 5: .*start one \\(revproxy server --id 100 --pp nobody --revproc \\[::1\\]:${port}\\)`));
+});
+
 test('nothing listening: exit 1, CONNECT_FAILED with what the system said and what to do', async () => {
   const { freePort } = await import('../bench/procs.js');
   const port = await freePort();
