@@ -9,6 +9,7 @@ import { LocalCode, RevproxyError } from '../transport/errors.js';
 import { endpoints, type Revproc } from './connect.js';
 import { jsonRegistrations } from './json-registration.js';
 import { releaseAll } from './children.js';
+import { badTrustedSource } from './port-limits.js';
 import { proxyMachine, type ProxyActor } from './proxy.js';
 import type { ProxyOptions } from './proxy-options.js';
 import type { MemberState } from './proxy-types.js';
@@ -94,6 +95,12 @@ export type StartProxyOptions = ProxyOptions & Inspect & {
  */
 export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHandle> {
   let machine = proxyMachine;
+  const untrusted = (opts.proxyProtocolFrom ?? []).map(badTrustedSource).find(Boolean);
+  if (untrusted) throw new StartError(`proxyProtocolFrom: ${untrusted}`);
+  if (opts.proxyProtocolFrom?.length && opts.tls?.cert) {
+    // The header comes before the TLS handshake, on a socket the TLS listener has already read as a handshake.
+    throw new StartError('a PROXY protocol header cannot be read on a TLS listener yet: give --proxy-protocol-from without --tls-cert (let the balancer or the network carry TLS), or drop it');
+  }
   if (opts.registry) {
     const host = opts.host ?? '127.0.0.1';
     const advertise = opts.registry.advertise ?? host;

@@ -6,9 +6,10 @@
  * logged.
  */
 import { readFileSync } from 'node:fs';
-import type { Server, Socket } from 'node:net';
+import { BlockList, isIP, type Server, type Socket } from 'node:net';
 import { Server as TlsServer } from 'node:tls';
 import type { BudgetHolder } from '../transport/budget.js';
+import { hostPort } from '../transport/address.js';
 import { ErrorCode } from '../transport/errors.js';
 import { recogniseTlsRefusal } from '../transport/foreign.js';
 import type { Connection } from '../transport/socket.js';
@@ -125,10 +126,11 @@ export class ConnectionLimits {
   /**
    * A socket just accepted: its address when it may stay (counted until
    * `left`), or undefined when its address has too many open (the socket is
-   * destroyed).
+   * destroyed). `from` is the client a trusted balancer's PROXY header named,
+   * counted in place of the balancer.
    */
-  admit(socket: Socket): string | undefined {
-    const addr = socket.remoteAddress ?? '?';
+  admit(socket: Socket, from?: string): string | undefined {
+    const addr = from ?? socket.remoteAddress ?? '?';
     const n = (this.perPeer.get(addr) ?? 0) + 1;
     const limit = this.limits.maxConnectionsPerPeer;
     if (limit && n > limit) {
@@ -198,5 +200,56 @@ export function logBadInput(logger: Logger, conn: Connection, err: { code: strin
     ? `Closed ${fmt(n)} connection(s) from ${addr} on bad input (${err.code}) ${span}; the first was: ${err.message}`
     : `Closed connection from ${conn.describe()}: ${err.message}`, {
     peer: conn.describe(), code: err.code, ...fields,
+  });
+}
+
+/**
+ * Why an entry of a list of trusted sources (`--proxy-protocol-from`) is not
+ * an IP address or a network (`10.0.0.0/8`, `fd00::/8`), or undefined.
+ */
+export function badTrustedSource(entry: string): string | undefined {
+  const [ip, bits, extra] = entry.split('/');
+  const family = isIP(ip ?? '');
+  if (family === 0 || extra !== undefined) return `'${entry}' is not an IP address or a network (e.g. 10.0.0.5, 10.0.0.0/8, fd00::/8)`;
+  if (bits !== undefined && !(/^\d{1,3}$/.test(bits) && Number(bits) <= (family === 4 ? 32 : 128))) return `'${entry}': the prefix length of an IPv${family} network is 0 to ${family === 4 ? 32 : 128}`;
+  return undefined;
+}
+
+/**
+ * The sources whose connections must begin with a PROXY protocol header, as a
+ * set to check an accepted socket's address against (an IPv4 address matches
+ * its IPv4-mapped IPv6 form too, as a dual-stack listener reports it). The
+ * entries are checked already (`badTrustedSource`).
+ */
+export function trustedSources(entries: readonly string[]): BlockList | undefined {
+  if (entries.length === 0) return undefined;
+  const list = new BlockList();
+  for (const e of entries) {
+    const [ip, bits] = e.split('/') as [string, string | undefined];
+    const type = isIP(ip) === 6 ? 'ipv6' : 'ipv4';
+    if (bits === undefined) list.addAddress(ip, type);
+    else list.addSubnet(ip, Number(bits), type);
+  }
+  return list;
+}
+
+/** Whether `list` (from `trustedSources`) holds `addr`. */
+export function trusts(list: BlockList | undefined, addr: string | undefined): boolean {
+  return list !== undefined && addr !== undefined && list.check(addr, isIP(addr) === 6 ? 'ipv6' : 'ipv4');
+}
+
+/**
+ * Log a connection from a trusted balancer closed because it did not begin
+ * with a whole PROXY protocol header: the first from an address with what was
+ * wrong, then one line per interval with a count (a misconfigured balancer
+ * sends every connection so).
+ */
+export function logNoProxyHeader(logger: Logger, socket: Socket, err: { code: string; message: string }): void {
+  const addr = socket.remoteAddress ?? '?';
+  const why = `connections from ${addr} must begin with a PROXY protocol header (it is in proxy_protocol_from): have the balancer send one (HAProxy: send-proxy-v2 on the server line; nginx stream: proxy_protocol on), or take it out of the list`;
+  logger.repeated('warn', 'proxy_header_refused', addr, 1, (n, span) => span
+    ? `Closed ${fmt(n)} connection(s) from ${addr} ${span} without a PROXY protocol header; the first: ${err.message}; ${why}`
+    : `Closed connection from ${hostPort(addr, socket.remotePort ?? 0)}: ${err.message}; ${why}`, {
+    peer: hostPort(addr, socket.remotePort ?? 0), code: err.code,
   });
 }

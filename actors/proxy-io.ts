@@ -17,7 +17,8 @@ import type { Clock } from '../transport/clock.js';
 import type { Inflight, InflightCount } from './inflight.js';
 import { newPeer, type Peer, type ProxyRequest } from './link.js';
 import { fmt, type Logger } from './logger.js';
-import { ConnectionLimits, logTlsRefusals } from './port-limits.js';
+import { ConnectionLimits, logNoProxyHeader, logTlsRefusals, trustedSources, trusts } from './port-limits.js';
+import { awaitProxyHeader } from '../transport/proxied.js';
 import { DEFAULT_PROXY_MAX_CONNECTIONS, type ProxyObserver } from './proxy-options.js';
 import type { ForwardBatch, Member, Policy, ProxyEvent } from './proxy-types.js';
 import type { RegistryCommand } from '../registry/events.js';
@@ -32,6 +33,8 @@ export interface ListenerInput {
   maxConnectionsPerPeer: number;
   idleTimeoutMs: number;
   frameTimeoutMs: number;
+  /** The balancers whose connections begin with a PROXY protocol header (addresses and networks). */
+  proxyProtocolFrom: string[];
   tls?: TlsMaterial;
   logger: Logger;
   clock: Clock;
@@ -167,17 +170,33 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       forwardNow,
       gathering: () => pending.length > 0,
     };
-    const server: Server = listenServer(input.tls, (socket: Socket) => {
-      const addr = core.limits.admit(socket);
+    /** A socket let in: `from` is the client a trusted balancer's header named, `rest` what followed the header. */
+    const accept = (socket: Socket, from?: { address: string; port: number }, rest?: Buffer): void => {
+      const addr = core.limits.admit(socket, from?.address);
       if (addr === undefined) return;
       // The connection listens for the socket's errors from here on.
       // Room for what forwarding adds, so a request read whole is never too big to forward.
-      const conn = new Connection(socket, { maxFrameBytes: Math.max(1, input.maxFrameBytes - FORWARD_ROOM), idleTimeoutMs: input.idleTimeoutMs, frameTimeoutMs: input.frameTimeoutMs, wire: 'sniff', clock: input.clock, budget: input.budget });
+      const conn = new Connection(socket, { maxFrameBytes: Math.max(1, input.maxFrameBytes - FORWARD_ROOM), idleTimeoutMs: input.idleTimeoutMs, frameTimeoutMs: input.frameTimeoutMs, wire: 'sniff', clock: input.clock, budget: input.budget, from });
       const peer = newPeer(conn);
       conn.owed = peer;
       conns.add(conn);
       input.observer?.accepted?.(peer, socket);
       conn.listen(new AcceptedReads(core, conn, peer, addr));
+      // The bytes that came with the header are the client's first: the wire sniffer sees them first.
+      if (rest && rest.length > 0) conn.read(rest);
+    };
+    // One check per connection, at accept: connections from anyone else are read as they always were.
+    let trusted = trustedSources(input.proxyProtocolFrom);
+    const server: Server = listenServer(input.tls, (socket: Socket) => {
+      // A peer reset before its accept was seen has no address to check (HAProxy's health checks connect, send their header and reset):
+      // nothing can be answered, and nothing it sent can be believed.
+      if (trusted && socket.remoteAddress === undefined) return socket.destroy();
+      if (!trusts(trusted, socket.remoteAddress)) return accept(socket);
+      awaitProxyHeader(socket, { timeoutMs: input.frameTimeoutMs, clock: input.clock }, (outcome) => {
+        if ('header' in outcome) return accept(socket, outcome.header.source, outcome.rest);
+        if ('error' in outcome) logNoProxyHeader(input.logger, socket, outcome.error);
+        socket.destroy();
+      });
     }, { handshakeTimeoutMs: input.frameTimeoutMs, allowHalfOpen: true });
     core.limits.watch(server);
     logTlsRefusals(server, input.logger);
@@ -186,9 +205,10 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       if (e.type === 'STOP') server.close(); // stop accepting; open connections stay
       else if (e.type === 'RELOAD') {
         // New limits for the connections accepted from now on.
-        const { maxFrameBytes, maxConnections, maxConnectionsPerPeer, idleTimeoutMs, frameTimeoutMs } = e.opts;
-        Object.assign(input, { maxFrameBytes, maxConnections, maxConnectionsPerPeer, idleTimeoutMs, frameTimeoutMs });
+        const { maxFrameBytes, maxConnections, maxConnectionsPerPeer, idleTimeoutMs, frameTimeoutMs, proxyProtocolFrom } = e.opts;
+        Object.assign(input, { maxFrameBytes, maxConnections, maxConnectionsPerPeer, idleTimeoutMs, frameTimeoutMs, proxyProtocolFrom });
         core.limits.retune();
+        trusted = trustedSources(proxyProtocolFrom);
       }
     });
     return () => {

@@ -79,6 +79,13 @@ export interface ProxyOptions {
   /** Connections from one address at once (0 = no limit). Default: none on loopback, 1024 on any other address. */
   maxConnectionsPerPeer?: number;
   /**
+   * Addresses and networks (`10.0.0.5`, `10.0.0.0/8`, `fd00::/8`) of the L4
+   * balancers in front of the proxy: a connection from one of them must begin
+   * with a PROXY protocol header (v1 or v2), whose client address then stands
+   * for the connection's everywhere. Default none (no header is read from anyone).
+   */
+  proxyProtocolFrom?: string[];
+  /**
    * Bytes the proxy holds for all its peers together: messages begun and not
    * yet complete, answers not yet read (0 = no limit). Past it, the
    * connections holding the most are closed with OVERLOADED. Default 256 MiB.
@@ -178,6 +185,7 @@ export function resolveOptions(input: ProxyOptions): Opts {
     idleTimeoutMs: input.idleTimeoutMs ?? 60000,
     frameTimeoutMs: input.frameTimeoutMs ?? 10000,
     maxConnectionsPerPeer: input.maxConnectionsPerPeer ?? defaultConnsPerPeer(host),
+    proxyProtocolFrom: input.proxyProtocolFrom ?? [],
     busyPollUs: input.busyPollUs ?? 0,
     maxBufferedBytes: input.maxBufferedBytes ?? DEFAULT_BUFFER_BUDGET,
     maxServers: input.maxServers ?? 10000,

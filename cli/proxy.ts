@@ -16,7 +16,7 @@ import { ConnStats } from '../admin/conn-stats.js';
 import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin/server.js';
 import type { RegistryStatus } from '../registry/events.js';
 import {
-  badPolicy, changes, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, parseHostPort, toRuntime,
+  badPolicy, changes, parseTrustedSources, PROXY_PROTOCOL_FROM_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, parseHostPort, toRuntime,
   whyNotWritable, type LogFileKey, type NumberKey, type ProxyConfig, type Runtime,
 } from '../config/proxy.js';
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
@@ -45,6 +45,11 @@ function proxyOptions(): Option[] {
     new Option('--pid-file <file>', "write the process id to this file at start, as HAProxy's -p and nginx's pid do (logrotate: postrotate kill -HUP $(cat FILE)); removed on exit"),
     new Option('--token <secret>', 'registration secret every server must present').env('REVPROXY_TOKEN'),
     new Option('--tokens <file>', 'per-policy registration secrets (YAML: policy: secret); policies not in it take --token, or no registrations; re-read on SIGHUP'),
+    new Option('--proxy-protocol-from <sources>', PROXY_PROTOCOL_FROM_DOC).argParser((v) => {
+      const sources = parseTrustedSources(v);
+      if (typeof sources === 'string') throw new InvalidArgumentError(sources);
+      return sources;
+    }),
     new Option('--old-server-connections <n>', 'most connections to each old (JSON) server, one request on each at a time; it gets more than one only once it answers that many at once (default: 8)').argParser(parseIntOption('--old-server-connections', 1)),
     new Option('--log-level <level>', 'least severe log level written (debug adds a line per request, with payloads) (default: info)').choices(LEVELS),
     new Option('--log-format <format>', 'text for people, json for machines, one object per line; also the access log\'s format (default: text)').choices(['text', 'json']),
@@ -90,6 +95,7 @@ function configFromFlags(cmd: Command): ProxyConfig {
     c.token = o.token;
   }
   if (given('tokens')) c.tokens_file = abs(o.tokens);
+  if (given('proxyProtocolFrom')) c.proxy_protocol_from = o.proxyProtocolFrom;
   if (given('oldServerConnections')) c.old_server_connections = o.oldServerConnections;
   const log: Record<string, unknown> = {};
   if (given('logLevel')) log.level = o.logLevel;

@@ -14,6 +14,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { LEVELS, type Level } from '../actors/logger.js';
 import { ACCESS_LOG_HOLD } from '../admin/access-log.js';
 import { resolveOptions, type Opts, type ProxyOptions } from '../actors/proxy-options.js';
+import { badTrustedSource } from '../actors/port-limits.js';
 import { FileError, LocalCode, RevproxyError } from '../transport/errors.js';
 import { MAX_TIMER_MS } from '../transport/clock.js';
 import { MAX_ID_LENGTH } from '../transport/messages.js';
@@ -119,6 +120,21 @@ export function badPolicy(p: string): string | undefined {
   return p.length === 0 || p.length > MAX_ID_LENGTH ? `a privacy policy is 1 to ${MAX_ID_LENGTH} characters, got ${p.length}` : undefined;
 }
 const policy = refine(name, badPolicy);
+const trustedSource = refine(text, badTrustedSource);
+
+/** What `proxy_protocol_from` (`--proxy-protocol-from`) does, for the help text and docs/CONFIG.md. */
+export const PROXY_PROTOCOL_FROM_DOC = 'addresses or networks (10.0.0.0/8) of the L4 balancers in front of the proxy: their connections must begin with a PROXY protocol header (v1 or v2), whose client address the limits, logs and access log then use; anyone else is read as without it (default: none)';
+
+/** `--proxy-protocol-from 10.0.0.5,10.1.0.0/16`: each entry an address or a network; a sentence saying what is wrong when one is not. */
+export function parseTrustedSources(value: string): string[] | string {
+  const entries = value.split(',').map((e) => e.trim());
+  for (const e of entries) {
+    const bad = badTrustedSource(e);
+    if (bad) return `--proxy-protocol-from takes addresses or networks separated by commas (e.g. 10.0.0.5,10.1.0.0/16): ${bad}`;
+  }
+  return [...new Set(entries)];
+}
+
 const hostPort = scalar('HOST:PORT (e.g. 127.0.0.1:9100), or a port on 127.0.0.1', (v) => parseHostPort(String(v)));
 
 const UNIT_WORDS: Record<string, string> = { ms: 'milliseconds', us: 'microseconds', n: 'a count', bytes: 'bytes', port: 'a port' };
@@ -137,6 +153,7 @@ const otherFields = {
   token: opt(secret, 'registration secret every server must present (REVPROXY_TOKEN, --token)'),
   tokens: opt(dict(secret), 'per-policy registration secrets: policy: secret'),
   tokens_file: opt(path, 'a YAML file of per-policy secrets (--tokens)'),
+  proxy_protocol_from: opt(list(trustedSource), PROXY_PROTOCOL_FROM_DOC),
   old_server_connections: opt(whole('connections to one old (JSON) server', 1), 'connections opened to each old (JSON) server, one request on each at a time'),
   tls: opt(object('tls', {
     cert: opt(path, 'PEM certificate the proxy presents (with key): turns TLS on'),
@@ -177,6 +194,7 @@ const otherFields = {
 export const proxyConfigSpec = object('proxy configuration', { ...numberFields, ...otherFields }, (c) => {
   if (c.tokens && c.tokens_file) return "give per-policy secrets as 'tokens' or in 'tokens_file', not both";
   if (c.tls && (c.tls.cert === undefined) !== (c.tls.key === undefined)) return 'tls needs both cert and key, or neither';
+  if (c.proxy_protocol_from?.length && c.tls?.cert) return 'proxy_protocol_from cannot be used with tls yet: the PROXY header comes before the TLS handshake, which the TLS listener reads first';
   return undefined;
 });
 
@@ -265,6 +283,7 @@ export function toRuntime(c: ProxyConfig): Runtime {
   if (c.token !== undefined) options.token = c.token;
   if (c.tokens) options.tokens = { ...c.tokens };
   if (c.tokens_file) options.tokens = loadTokens(c.tokens_file);
+  if (c.proxy_protocol_from !== undefined) options.proxyProtocolFrom = c.proxy_protocol_from;
   if (c.old_server_connections !== undefined) options.oldServers = { connections: c.old_server_connections };
   const tls = c.tls ? tlsFromFlags({ tlsCert: c.tls.cert, tlsKey: c.tls.key, tlsCa: c.tls.ca }) : undefined;
   if (tls?.cert) options.tls = tls;
@@ -350,6 +369,7 @@ const OTHER_RELOAD: Record<keyof typeof otherFields, Reload> = {
   token: 'live',
   tokens: 'live',
   tokens_file: 'live',
+  proxy_protocol_from: 'new',
   old_server_connections: 'new',
   tls: 'restart',
   log: 'live',

@@ -9,7 +9,7 @@
  */
 
 export type ForeignKind =
-  | 'http-server' | 'http-client' | 'tls-client' | 'tls' | 'tls-alert' | 'ssh' | 'redis' | 'banner' | 'json'
+  | 'http-server' | 'http-client' | 'tls-client' | 'tls' | 'tls-alert' | 'ssh' | 'redis' | 'banner' | 'json' | 'proxy-header'
   /** Seen by a TLS listener (recogniseTlsRefusal). */
   | 'plain' | 'no-certificate';
 
@@ -63,6 +63,12 @@ export function recogniseForeign(bytes: Uint8Array): ForeignPeer | undefined {
       };
     }
     return { kind: 'tls', message: 'the peer speaks TLS and this side does not (it sent a TLS handshake): use TLS on both sides (--tls-cert, --tls-key, --tls-ca) or on neither' };
+  }
+  if (startsWith(bytes, 'PROXY ') || startsWith(bytes, '\r\n\r\n\0\r\nQUIT\n')) {
+    return {
+      kind: 'proxy-header',
+      message: `the peer sent a PROXY protocol header (it is a load balancer with send-proxy or proxy_protocol on), and its address is not one this port takes one from: on a revproxy proxy, list the balancer in --proxy-protocol-from (proxy_protocol_from); a revproxy server takes none`,
+    };
   }
   if (startsWith(bytes, 'HTTP/')) {
     return { kind: 'http-server', message: `the peer is an HTTP server, not a revproxy peer (it answered "${firstLine(bytes)}"): ${CHECK}` };

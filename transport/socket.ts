@@ -46,6 +46,8 @@ export interface ConnectionOptions {
    * full buffers (a link whose peer also waits for us to read).
    */
   holdReadsWhenCongested?: boolean;
+  /** Where the peer is, when not the socket's other end: the client a trusted balancer's PROXY header named (transport/proxied.ts). */
+  from?: { address: string; port: number };
 }
 
 /** Why a connection was closed by us rather than by the peer. */
@@ -146,7 +148,10 @@ export class Connection implements BudgetHolder {
   private encoder: WireEncoder;
   /** Sniffing: the first read decides the wire. */
   private sniffing: boolean;
-  /** The peer's address and port: known once connected (a socket this side dials learns them at its connect), kept after the close. */
+  /**
+   * The peer's address and port: known once connected (a socket this side dials learns them at its connect), kept after the close.
+   * The one place they are held: the logs, the access log, the inspector and the per-address limits all read them here.
+   */
   remoteAddress: string;
   remotePort: number;
   /** Set once the connection is closing or closed: nothing more is sent on it. */
@@ -197,8 +202,8 @@ export class Connection implements BudgetHolder {
     else this.decoder = new FrameDecoder({ maxFrameBytes: opts.maxFrameBytes });
     this.holdReadsWhenCongested = opts.holdReadsWhenCongested ?? true;
     this.reclaims = socket instanceof NetSocket && (socket as { encrypted?: boolean }).encrypted !== true;
-    this.remoteAddress = socket.remoteAddress ?? 'unknown';
-    this.remotePort = socket.remotePort ?? 0;
+    this.remoteAddress = opts.from?.address ?? socket.remoteAddress ?? 'unknown';
+    this.remotePort = opts.from?.port ?? socket.remotePort ?? 0;
     if (socket.remoteAddress === undefined && socket.connecting) socket.once('connect', onSocketConnect);
     socket.setNoDelay(true);
     this.frameTimeoutMs = opts.frameTimeoutMs ?? 0;

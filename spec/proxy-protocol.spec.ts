@@ -1,0 +1,158 @@
+/**
+ * Behind an L4 balancer: Debian's HAProxy in `mode tcp` with `send-proxy`
+ * (v1) or `send-proxy-v2` in front of a real proxy given
+ * `--proxy-protocol-from`. The access log names each client as HAProxy saw
+ * it, and the per-address limit counts clients, not the balancer. A trusted
+ * source that sends no header, or too slowly, is closed with one line; an
+ * untrusted one that sends a header is bad input, as any stranger's bytes.
+ */
+import { writeFileSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { findHaproxy, freePort } from '../bench/procs.js';
+import { MsgType } from '../transport/messages.js';
+import { collector, frame, LOCAL, tempDir } from './helpers.js';
+import { killAll, proxyProcess, revproxy, start, type Proc } from './procs.js';
+
+/** HAProxy dials the proxy from this address (its `source`); the clients come from the others. All are loopback on Linux. */
+const BALANCER = '127.0.0.5';
+const CLIENTS = ['127.0.0.3', '127.0.0.4'];
+const HAPROXY = findHaproxy();
+
+type Ctx = { proxy?: Proc; port: number };
+const test = suite<Ctx>('behind an L4 balancer (PROXY protocol)', { port: 0 });
+test.after.each(() => killAll());
+
+/** A real proxy trusting BALANCER (and `extra` flags), with a real server of policy 111 registered directly (from 127.0.0.1: untrusted, no header). */
+async function proxyBehindBalancer(ctx: Ctx, extra: string[] = []): Promise<void> {
+  const { proc, port } = await proxyProcess(['--proxy-protocol-from', `${BALANCER},127.0.0.6`, '--access-log', '-', ...extra]);
+  Object.assign(ctx, { proxy: proc, port });
+  revproxy(['server', '-id', '100', '-pp', '111', '-listen', '0', '-revproc', String(port)]);
+  await proc.waitFor(/Received setup message from server id 100/);
+}
+
+/**
+ * HAProxy in mode tcp on a free loopback port, sending `send` to the proxy from BALANCER, with
+ * health checks as an operator would run them (a check connects, sends its header and resets);
+ * resolves with its port once its first check of the proxy has passed.
+ */
+async function haproxy(proxyPort: number, send: 'send-proxy' | 'send-proxy-v2'): Promise<number> {
+  assert.ok(HAPROXY, "Debian's haproxy is not installed (apt-get install haproxy; .ci/run installs it)");
+  const front = await freePort();
+  const file = join(tempDir('revproxy-pp-haproxy-'), 'haproxy.cfg');
+  writeFileSync(file, [
+    'global', '  log stdout format raw local0 info',
+    'defaults', '  mode tcp', '  log global', '  timeout connect 5s', '  timeout client 60s', '  timeout server 60s',
+    'frontend fe', `  bind ${LOCAL}:${front}`, '  default_backend proxies',
+    'backend proxies', '  option log-health-checks', `  source ${BALANCER}`, `  server p1 ${LOCAL}:${proxyPort} check inter 100ms ${send}`, '',
+  ].join('\n'));
+  await start(HAPROXY, ['-f', file, '-db']).waitFor(/Health check for server proxies\/p1 succeeded/);
+  return front;
+}
+
+/** A connection from `from` to `port`, collecting what it is sent. */
+function dialFrom(from: string, port: number): Promise<{ socket: Socket; got: ReturnType<typeof collector> }> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: LOCAL, port, localAddress: from }, () => resolve({ socket, got: got }));
+    const got = collector(socket);
+    socket.once('error', reject);
+  });
+}
+
+/** One request from client `srcid` on `c`, answered. */
+async function ask(c: Awaited<ReturnType<typeof dialFrom>>, srcid: string): Promise<void> {
+  c.socket.write(frame({ type: MsgType.DATA, seq: 1, srcid, privPoliId: '111', payload: `from ${srcid}` }));
+  await c.got.until(() => c.got.got.length > 0 || c.got.closed, 5000);
+  assert.is(c.got.got[0]?.type, MsgType.ACK, `${srcid} answered: ${JSON.stringify(c.got.got)}`);
+}
+
+for (const send of ['send-proxy', 'send-proxy-v2'] as const) {
+  test(`HAProxy with ${send}: the access log names each client's address and port as HAProxy saw it`, async (ctx) => {
+    await proxyBehindBalancer(ctx);
+    const front = await haproxy(ctx.port, send);
+    for (const [i, from] of CLIENTS.entries()) {
+      const c = await dialFrom(from, front);
+      await ask(c, `c${i}`);
+      const addr = `${c.socket.localAddress}:${c.socket.localPort}`;
+      const [line] = await ctx.proxy!.waitFor(new RegExp(`client=c${i} addr=(\\S+) policy=111 server=100 .*outcome=ok`));
+      assert.ok(line.includes(` addr=${addr} `), `${line} names ${addr}, not HAProxy's ${BALANCER}`);
+      c.socket.destroy();
+    }
+    assert.equal(ctx.proxy!.out.filter((l) => /warning|error/.test(l)), [], 'nothing to warn of: HAProxy\'s health checks (header, then reset) are taken quietly');
+  });
+}
+
+test('--max-conns-per-peer counts each client behind HAProxy, not HAProxy', async (ctx) => {
+  await proxyBehindBalancer(ctx, ['--max-conns-per-peer', '3']);
+  const front = await haproxy(ctx.port, 'send-proxy-v2');
+  // Six connections through one balancer, three from each client: all served.
+  const conns = [];
+  for (let i = 0; i < 6; i++) {
+    const c = await dialFrom(CLIENTS[i % 2]!, front);
+    await ask(c, `c${i}`);
+    conns.push(c);
+  }
+  // A fourth from one client is over its own limit; the other client is not held back by it.
+  const over = await dialFrom(CLIENTS[0]!, front);
+  over.socket.write(frame({ type: MsgType.DATA, seq: 1, srcid: 'over', privPoliId: '111', payload: 'x' }));
+  await over.got.until(() => over.got.closed, 5000);
+  assert.is(over.got.got.length, 0, 'not served');
+  await ctx.proxy!.waitFor(new RegExp(`Refused a connection from ${CLIENTS[0]!.replace(/\./g, '\\.')}: it has 3 open \\(max_conns_per_peer\\)`));
+  conns.pop()!.socket.destroy(); // one of CLIENTS[1]'s
+  const again = await dialFrom(CLIENTS[1]!, front);
+  await ask(again, 'again');
+  for (const c of [...conns, again]) c.socket.destroy();
+});
+
+test('a trusted source that sends no header, or too slowly, is closed with one line saying what to do; the proxy serves on', async (ctx) => {
+  await proxyBehindBalancer(ctx, ['--frame-timeout', '300']);
+  const bare = await dialFrom(BALANCER, ctx.port);
+  bare.socket.write(frame({ type: MsgType.DATA, seq: 1, srcid: 'bare', privPoliId: '111', payload: 'x' }));
+  await bare.got.until(() => bare.got.closed, 5000);
+  assert.is(bare.got.got.length, 0, 'nothing answered');
+  const { input: line } = await ctx.proxy!.waitFor(/Closed connection from 127\.0\.0\.5:\d+: bad PROXY protocol header: expected "PROXY " \(v1\) or the v2 signature first, got 00 00 00/);
+  assert.match(line!, /must begin with a PROXY protocol header \(it is in proxy_protocol_from\): have the balancer send one \(HAProxy: send-proxy-v2/);
+  const slow = await dialFrom('127.0.0.6', ctx.port);
+  slow.socket.write('PROXY TCP4 203.0.113.7 ');
+  await slow.got.until(() => slow.got.closed, 5000);
+  await ctx.proxy!.waitFor(/Closed connection from 127\.0\.0\.6:\d+: no whole PROXY protocol header within 300 ms \(--frame-timeout; 23 bytes of one came\)/);
+  const direct = await dialFrom(LOCAL, ctx.port);
+  await ask(direct, 'direct');
+  direct.socket.destroy();
+});
+
+test('an untrusted address that sends a header is not believed: bad input, closed, naming what it sent', async (ctx) => {
+  await proxyBehindBalancer(ctx);
+  const liar = await dialFrom('127.0.0.9', ctx.port);
+  liar.socket.write(Buffer.concat([Buffer.from('PROXY TCP4 203.0.113.7 10.0.0.2 1 2\r\n'), frame({ type: MsgType.DATA, seq: 1, srcid: 'liar', privPoliId: '111', payload: 'x' })]));
+  await liar.got.until(() => liar.got.closed, 5000);
+  const err = liar.got.got[0] as { type: number; code?: string; message?: string } | undefined;
+  assert.is(err?.type, MsgType.ERROR);
+  assert.is(err?.code, 'BAD_REQUEST');
+  assert.match(err!.message!, /sent a PROXY protocol header .*--proxy-protocol-from/);
+  const { input: line } = await ctx.proxy!.waitFor(/Closed connection from 127\.0\.0\.9:\d+: the peer sent a PROXY protocol header/);
+  assert.not.ok(line!.includes('203.0.113.7'), 'the address it claimed is not taken');
+});
+
+test('the setting takes addresses and networks, from the flag and the file alike, and not with TLS', async () => {
+  const flag = revproxy(['proxy', '--check', '--proxy-protocol-from', '10.0.0.5,10.0.0.0/33']);
+  assert.is(await flag.exited, 2);
+  assert.match(flag.out.join('\n'), /--proxy-protocol-from takes addresses or networks separated by commas .*'10\.0\.0\.0\/33': the prefix length of an IPv4 network is 0 to 32/);
+  const dir = tempDir('revproxy-pp-config-');
+  const write = (name: string, text: string): string => {
+    writeFileSync(join(dir, name), text);
+    return join(dir, name);
+  };
+  const bad = revproxy(['proxy', '--check', '--config', write('bad.yaml', 'proxy_protocol_from: [10.0.0.5, balancer.example]\n')]);
+  assert.is(await bad.exited, 1);
+  assert.match(bad.out.join('\n'), /bad\.yaml:1:\d+: proxy_protocol_from\[1\]: 'balancer\.example' is not an IP address or a network/);
+  const good = revproxy(['proxy', '--check', '--config', write('good.yaml', 'proxy_protocol_from: [10.0.0.5, "fd00::/8"]\n')]);
+  assert.is(await good.exited, 0, good.out.join('\n'));
+  const tls = revproxy(['proxy', '--check', '--config', write('tls.yaml', 'proxy_protocol_from: [10.0.0.5]\ntls: {cert: c.pem, key: k.pem}\n')]);
+  assert.is(await tls.exited, 1);
+  assert.match(tls.out.join('\n'), /proxy_protocol_from cannot be used with tls yet/);
+});
+
+test.run();

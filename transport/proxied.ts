@@ -1,0 +1,48 @@
+/**
+ * An accepted socket from a trusted balancer: its PROXY header is read
+ * (transport/proxy-header.ts) before the socket becomes a `Connection`, which
+ * then takes the client's address from it and reads the bytes after it.
+ */
+import type { Socket } from 'node:net';
+import type { Clock, Timer } from './clock.js';
+import type { ProtocolError } from './errors.js';
+import { ProxyHeaderReader, type ProxyHeader } from './proxy-header.js';
+import { ConnectionTimeout } from './socket.js';
+
+/** How waiting for a header ended: the header and the bytes after it; bad bytes or too slow (`error`); or the peer left first (`closed`). */
+export type HeaderOutcome = { header: ProxyHeader; rest: Buffer } | { error: ProtocolError | ConnectionTimeout } | { closed: true };
+
+/** Socket errors while waiting: a 'close' follows each, and that ends the wait. */
+const ignore = (): void => {};
+
+/**
+ * Read `socket`'s PROXY header, then tell `done` once. The header must be whole
+ * within `timeoutMs` (0: no limit), as a frame must; at most one header's bytes
+ * are held. On `header` the socket is left to the caller with no listener of
+ * this function's (the caller reads on in the same turn, so no byte is lost);
+ * otherwise the caller closes it.
+ */
+export function awaitProxyHeader(socket: Socket, opts: { timeoutMs: number; clock: Clock }, done: (outcome: HeaderOutcome) => void): void {
+  const reader = new ProxyHeaderReader();
+  let timer: Timer | undefined;
+  const finish = (outcome: HeaderOutcome): void => {
+    socket.off('data', onData);
+    socket.off('end', onGone);
+    socket.off('close', onGone);
+    if ('header' in outcome) socket.off('error', ignore);
+    timer?.cancel();
+    done(outcome);
+  };
+  const onData = (chunk: Buffer): void => {
+    const r = reader.push(chunk);
+    if (!('need' in r)) finish(r);
+  };
+  const onGone = (): void => finish({ closed: true });
+  socket.on('error', ignore);
+  socket.on('end', onGone);
+  socket.on('close', onGone);
+  socket.on('data', onData);
+  if (opts.timeoutMs > 0) {
+    timer = opts.clock.setTimeout(() => finish({ error: new ConnectionTimeout(`no whole PROXY protocol header within ${opts.timeoutMs} ms (--frame-timeout; ${reader.buffered} bytes of one came)`) }), opts.timeoutMs);
+  }
+}
