@@ -97,10 +97,6 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
   let machine = proxyMachine;
   const untrusted = (opts.proxyProtocolFrom ?? []).map(badTrustedSource).find(Boolean);
   if (untrusted) throw new StartError(`proxyProtocolFrom: ${untrusted}`);
-  if (opts.proxyProtocolFrom?.length && opts.tls?.cert) {
-    // The header comes before the TLS handshake, on a socket the TLS listener has already read as a handshake.
-    throw new StartError('a PROXY protocol header cannot be read on a TLS listener yet: give --proxy-protocol-from without --tls-cert (let the balancer or the network carry TLS), or drop it');
-  }
   if (opts.registry) {
     const host = opts.host ?? '127.0.0.1';
     const advertise = opts.registry.advertise ?? host;

@@ -12,6 +12,7 @@ import type { BudgetHolder } from '../transport/budget.js';
 import { hostPort } from '../transport/address.js';
 import { ErrorCode } from '../transport/errors.js';
 import { recogniseTlsRefusal } from '../transport/foreign.js';
+import { proxiedClient } from '../transport/proxied.js';
 import type { Connection } from '../transport/socket.js';
 import { fmt, type Logger } from './logger.js';
 
@@ -183,7 +184,8 @@ export function logTlsRefusals(server: Server, logger: Logger): void {
   server.prependListener('connection', (raw: Socket) => void raw.remoteAddress);
   server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     const why = recogniseTlsRefusal(err.code)?.message ?? err.message;
-    const addr = socket.remoteAddress ?? (socket as Socket & { _parent?: Socket })._parent?.remoteAddress ?? '?';
+    // A socket a trusted balancer handed over names its client in its PROXY header: that is who was refused, not the balancer.
+    const addr = proxiedClient(socket)?.address ?? socket.remoteAddress ?? (socket as Socket & { _parent?: Socket })._parent?.remoteAddress ?? '?';
     logger.repeated('warn', 'tls_refused', addr, 1, (n, span) => `Refused ${span ? `${fmt(n)} TLS connections` : 'a TLS connection'} from ${addr}${span ? ` ${span}` : ''}: ${why}`, { peer: addr, reason: err.message });
   });
 }

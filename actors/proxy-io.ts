@@ -5,6 +5,7 @@
  * liveness) and the drain watch. The proxy machine invokes them.
  */
 import type { Server, Socket } from 'node:net';
+import type { Server as TlsServer } from 'node:tls';
 import { fromCallback } from 'xstate';
 import type { BufferBudget } from '../transport/budget.js';
 import type { BusyPoll } from '../transport/busy-poll.js';
@@ -18,7 +19,7 @@ import type { Inflight, InflightCount } from './inflight.js';
 import { newPeer, type Peer, type ProxyRequest } from './link.js';
 import { fmt, type Logger } from './logger.js';
 import { ConnectionLimits, logNoProxyHeader, logTlsRefusals, trustedSources, trusts } from './port-limits.js';
-import { awaitProxyHeader } from '../transport/proxied.js';
+import { awaitProxyHeader, handOverToTls, proxiedClient } from '../transport/proxied.js';
 import { DEFAULT_PROXY_MAX_CONNECTIONS, type ProxyObserver } from './proxy-options.js';
 import type { ForwardBatch, Member, Policy, ProxyEvent } from './proxy-types.js';
 import type { RegistryCommand } from '../registry/events.js';
@@ -185,21 +186,29 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       // The bytes that came with the header are the client's first: the wire sniffer sees them first.
       if (rest && rest.length > 0) conn.read(rest);
     };
-    // One check per connection, at accept: connections from anyone else are read as they always were.
+    // With TLS the listening server is TCP's, and `secure` does the handshakes, so that a trusted balancer's header
+    // (which comes before the handshake) can be read first: a socket is handed to it as is, or after its header.
+    const secure = input.tls?.cert
+      ? listenServer(input.tls, (socket: Socket) => accept(socket, proxiedClient(socket)), { handshakeTimeoutMs: input.frameTimeoutMs, allowHalfOpen: true }) as TlsServer
+      : undefined;
+    // One check per connection, at accept: connections from anyone else are read (or handed to TLS) as they always were.
     let trusted = trustedSources(input.proxyProtocolFrom);
-    const server: Server = listenServer(input.tls, (socket: Socket) => {
+    const server: Server = listenServer(undefined, (socket: Socket) => {
       // A peer reset before its accept was seen has no address to check (HAProxy's health checks connect, send their header and reset):
       // nothing can be answered, and nothing it sent can be believed.
       if (trusted && socket.remoteAddress === undefined) return socket.destroy();
-      if (!trusts(trusted, socket.remoteAddress)) return accept(socket);
+      if (!trusts(trusted, socket.remoteAddress)) return secure ? void secure.emit('connection', socket) : accept(socket);
       awaitProxyHeader(socket, { timeoutMs: input.frameTimeoutMs, clock: input.clock }, (outcome) => {
-        if ('header' in outcome) return accept(socket, outcome.header.source, outcome.rest);
+        if ('header' in outcome) {
+          const { header: { source }, rest } = outcome;
+          return secure ? handOverToTls(secure, socket, source, rest) : accept(socket, source, rest);
+        }
         if ('error' in outcome) logNoProxyHeader(input.logger, socket, outcome.error);
         socket.destroy();
       });
-    }, { handshakeTimeoutMs: input.frameTimeoutMs, allowHalfOpen: true });
+    }, { allowHalfOpen: true });
     core.limits.watch(server);
-    logTlsRefusals(server, input.logger);
+    if (secure) logTlsRefusals(secure, input.logger);
     listenOn(server, input.port, input.host, (port) => sendBack({ type: 'LISTENING', port }), (error) => sendBack({ type: 'LISTEN_FAILED', error }));
     receive((e) => {
       if (e.type === 'STOP') server.close(); // stop accepting; open connections stay

@@ -194,7 +194,6 @@ const otherFields = {
 export const proxyConfigSpec = object('proxy configuration', { ...numberFields, ...otherFields }, (c) => {
   if (c.tokens && c.tokens_file) return "give per-policy secrets as 'tokens' or in 'tokens_file', not both";
   if (c.tls && (c.tls.cert === undefined) !== (c.tls.key === undefined)) return 'tls needs both cert and key, or neither';
-  if (c.proxy_protocol_from?.length && c.tls?.cert) return 'proxy_protocol_from cannot be used with tls yet: the PROXY header comes before the TLS handshake, which the TLS listener reads first';
   return undefined;
 });
 

@@ -5,14 +5,19 @@
  * it, and the per-address limit counts clients, not the balancer. A trusted
  * source that sends no header, or too slowly, is closed with one line; an
  * untrusted one that sends a header is bad input, as any stranger's bytes.
+ * HAProxy passing TLS through to a proxy with --tls-cert (and --tls-ca):
+ * the header comes before the handshake, and the client it names is the one
+ * answered, logged, and named when its handshake is refused.
  */
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
+import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
 import { join } from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { findHaproxy, freePort } from '../bench/procs.js';
 import { MsgType } from '../transport/messages.js';
+import { makePki } from './certs.js';
 import { collector, frame, LOCAL, tempDir } from './helpers.js';
 import { killAll, proxyProcess, revproxy, start, type Proc } from './procs.js';
 
@@ -25,11 +30,11 @@ type Ctx = { proxy?: Proc; port: number };
 const test = suite<Ctx>('behind an L4 balancer (PROXY protocol)', { port: 0 });
 test.after.each(() => killAll());
 
-/** A real proxy trusting BALANCER (and `extra` flags), with a real server of policy 111 registered directly (from 127.0.0.1: untrusted, no header). */
-async function proxyBehindBalancer(ctx: Ctx, extra: string[] = []): Promise<void> {
+/** A real proxy trusting BALANCER (and `extra` flags), with a real server of policy 111 (and `serverFlags`) registered directly (from 127.0.0.1: untrusted, no header). */
+async function proxyBehindBalancer(ctx: Ctx, extra: string[] = [], serverFlags: string[] = []): Promise<void> {
   const { proc, port } = await proxyProcess(['--proxy-protocol-from', `${BALANCER},127.0.0.6`, '--access-log', '-', ...extra]);
   Object.assign(ctx, { proxy: proc, port });
-  revproxy(['server', '-id', '100', '-pp', '111', '-listen', '0', '-revproc', String(port)]);
+  revproxy(['server', '-id', '100', '-pp', '111', '-listen', '0', '-revproc', String(port), ...serverFlags]);
   await proc.waitFor(/Received setup message from server id 100/);
 }
 
@@ -52,10 +57,12 @@ async function haproxy(proxyPort: number, send: 'send-proxy' | 'send-proxy-v2'):
   return front;
 }
 
-/** A connection from `from` to `port`, collecting what it is sent. */
-function dialFrom(from: string, port: number): Promise<{ socket: Socket; got: ReturnType<typeof collector> }> {
+/** A connection from `from` to `port` (over TLS with `tls`), collecting what it is sent. */
+function dialFrom(from: string, port: number, tls?: ConnectionOptions): Promise<{ socket: Socket; got: ReturnType<typeof collector> }> {
   return new Promise((resolve, reject) => {
-    const socket = connect({ host: LOCAL, port, localAddress: from }, () => resolve({ socket, got: got }));
+    const ready = (): void => resolve({ socket, got: got });
+    const tcp = connect({ host: LOCAL, port, localAddress: from }, tls ? undefined : ready);
+    const socket = tls ? tlsConnect({ socket: tcp, host: LOCAL, ...tls }, ready) : tcp;
     const got = collector(socket);
     socket.once('error', reject);
   });
@@ -81,6 +88,42 @@ for (const send of ['send-proxy', 'send-proxy-v2'] as const) {
       c.socket.destroy();
     }
     assert.equal(ctx.proxy!.out.filter((l) => /warning|error/.test(l)), [], 'nothing to warn of: HAProxy\'s health checks (header, then reset) are taken quietly');
+  });
+}
+
+for (const mutual of [false, true]) {
+  test(`HAProxy passing TLS through with send-proxy-v2 to a proxy with --tls-cert${mutual ? ' and --tls-ca (mutual TLS)' : ''}: a TLS client is answered and named as HAProxy saw it, in the access log, its limit and a refused or stalled handshake`, async (ctx) => {
+    const pki = makePki(['proxy', 'server', 'client']);
+    const presents = (name: string): string[] => ['--tls-cert', pki.cert(name).cert, '--tls-key', pki.cert(name).key];
+    // With --tls-ca the proxy asks its peers for certificates and dials its servers over TLS: the server presents one too.
+    const limits = ['--max-conns-per-peer', '1', '--frame-timeout', '300'];
+    await proxyBehindBalancer(ctx, [...presents('proxy'), ...(mutual ? ['--tls-ca', pki.ca] : []), ...limits], [...(mutual ? presents('server') : []), '--tls-ca', pki.ca]);
+    const front = await haproxy(ctx.port, 'send-proxy-v2');
+    const ca = readFileSync(pki.ca);
+    const client = mutual ? { ca, cert: readFileSync(pki.cert('client').cert), key: readFileSync(pki.cert('client').key) } : { ca };
+    const c = await dialFrom(CLIENTS[0]!, front, client);
+    await ask(c, 'c0');
+    const addr = `${c.socket.localAddress}:${c.socket.localPort}`;
+    const [line] = await ctx.proxy!.waitFor(/client=c0 addr=(\S+) policy=111 server=100 .*outcome=ok/);
+    assert.ok(line.includes(` addr=${addr} `), `${line} names ${addr}, not HAProxy's ${BALANCER}`);
+    // The client's second connection is over its own limit, not HAProxy's.
+    const second = await dialFrom(CLIENTS[0]!, front, client);
+    await second.got.until(() => second.got.closed, 5000);
+    await ctx.proxy!.waitFor(/Refused a connection from 127\.0\.0\.3: it has 1 open \(max_conns_per_peer\)/);
+    c.socket.destroy();
+    // A handshake the proxy refuses (no certificate where one is asked for; plain TCP where TLS is) names the client behind HAProxy.
+    const refused = await dialFrom(CLIENTS[1]!, front, mutual ? { ca } : undefined);
+    refused.socket.on('error', () => {}); // the refusal's alert
+    if (!mutual) refused.socket.write(frame({ type: MsgType.DATA, seq: 1, srcid: 'plain', privPoliId: '111', payload: 'x' }));
+    await refused.got.until(() => refused.got.closed, 5000);
+    assert.is(refused.got.got.length, 0, 'not served');
+    const why = mutual ? 'the peer presented no TLS certificate' : 'the peer speaks plain TCP to this TLS port';
+    await ctx.proxy!.waitFor(new RegExp(`Refused a TLS connection from ${CLIENTS[1]!.replace(/\./g, '\\.')}: ${why}`));
+    // A header and then no handshake: the handshake timeout (--frame-timeout) names the header's client.
+    const stalled = await dialFrom(BALANCER, ctx.port);
+    stalled.socket.write('PROXY TCP4 203.0.113.7 127.0.0.1 4000 2100\r\n');
+    await stalled.got.until(() => stalled.got.closed, 5000);
+    await ctx.proxy!.waitFor(/Refused a TLS connection from 203\.0\.113\.7: TLS handshake timeout/);
   });
 }
 
@@ -136,7 +179,7 @@ test('an untrusted address that sends a header is not believed: bad input, close
   assert.not.ok(line!.includes('203.0.113.7'), 'the address it claimed is not taken');
 });
 
-test('the setting takes addresses and networks, from the flag and the file alike, and not with TLS', async () => {
+test('the setting takes addresses and networks, from the flag and the file alike, and with TLS', async () => {
   const flag = revproxy(['proxy', '--check', '--proxy-protocol-from', '10.0.0.5,10.0.0.0/33']);
   assert.is(await flag.exited, 2);
   assert.match(flag.out.join('\n'), /--proxy-protocol-from takes addresses or networks separated by commas .*'10\.0\.0\.0\/33': the prefix length of an IPv4 network is 0 to 32/);
@@ -150,9 +193,9 @@ test('the setting takes addresses and networks, from the flag and the file alike
   assert.match(bad.out.join('\n'), /bad\.yaml:1:\d+: proxy_protocol_from\[1\]: 'balancer\.example' is not an IP address or a network/);
   const good = revproxy(['proxy', '--check', '--config', write('good.yaml', 'proxy_protocol_from: [10.0.0.5, "fd00::/8"]\n')]);
   assert.is(await good.exited, 0, good.out.join('\n'));
-  const tls = revproxy(['proxy', '--check', '--config', write('tls.yaml', 'proxy_protocol_from: [10.0.0.5]\ntls: {cert: c.pem, key: k.pem}\n')]);
-  assert.is(await tls.exited, 1);
-  assert.match(tls.out.join('\n'), /proxy_protocol_from cannot be used with tls yet/);
+  const pki = makePki(['proxy']);
+  const tls = revproxy(['proxy', '--check', '--config', write('tls.yaml', `proxy_protocol_from: [10.0.0.5]\ntls: {cert: ${pki.cert('proxy').cert}, key: ${pki.cert('proxy').key}}\n`)]);
+  assert.is(await tls.exited, 0, tls.out.join('\n'));
 });
 
 test.run();

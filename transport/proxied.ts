@@ -1,9 +1,12 @@
 /**
  * An accepted socket from a trusted balancer: its PROXY header is read
  * (transport/proxy-header.ts) before the socket becomes a `Connection`, which
- * then takes the client's address from it and reads the bytes after it.
+ * then takes the client's address from it and reads the bytes after it. On a
+ * TLS listener the header comes before the handshake: the TCP socket is read
+ * for it first, then handed to the TLS server (`handOverToTls`).
  */
 import type { Socket } from 'node:net';
+import type { Server as TlsServer } from 'node:tls';
 import type { Clock, Timer } from './clock.js';
 import type { ProtocolError } from './errors.js';
 import { ProxyHeaderReader, type ProxyHeader } from './proxy-header.js';
@@ -45,4 +48,28 @@ export function awaitProxyHeader(socket: Socket, opts: { timeoutMs: number; cloc
   if (opts.timeoutMs > 0) {
     timer = opts.clock.setTimeout(() => finish({ error: new ConnectionTimeout(`no whole PROXY protocol header within ${opts.timeoutMs} ms (--frame-timeout; ${reader.buffered} bytes of one came)`) }), opts.timeoutMs);
   }
+}
+
+/** The clients trusted balancers' headers named, by the TCP socket handed to TLS: the TLS socket over it has the balancer's address. */
+const clients = new WeakMap<Socket, NonNullable<ProxyHeader['source']>>();
+
+/**
+ * Hand `socket`, its PROXY header read, to the TLS server `tls` for its
+ * handshake (`emit('connection')`, Node's way to give a server a socket),
+ * with the bytes that came after the header put back first. Paused first: a
+ * flowing socket would emit them to no listener, and TLS reads the ones held
+ * when it takes the socket over. `source` (the header's client, if it named
+ * one) is what `proxiedClient` then says of the TLS socket.
+ */
+export function handOverToTls(tls: TlsServer, socket: Socket, source: ProxyHeader['source'], rest: Buffer): void {
+  if (source) clients.set(socket, source);
+  socket.pause();
+  if (rest.length > 0) socket.unshift(rest);
+  tls.emit('connection', socket);
+}
+
+/** The client a trusted balancer's header named for this TLS socket (its TCP socket, `_parent`, was handed over by `handOverToTls`), or undefined. */
+export function proxiedClient(socket: Socket): ProxyHeader['source'] {
+  const tcp = (socket as Socket & { _parent?: Socket })._parent;
+  return tcp && clients.get(tcp);
 }
