@@ -10,10 +10,10 @@ import { join } from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { runClient, startServer, type Handler, type ServerHandle } from '../actors/index.js';
-import { EJECT_REASONS } from '../actors/proxy-options.js';
+import { EJECT_REASONS, resolveOptions } from '../actors/proxy-options.js';
 import { MEMBER_STATES } from '../actors/proxy-types.js';
 import { ROLES } from '../admin/conn-stats.js';
-import { NUMBERS, parseConfig, proxyConfigSpec, toRuntime } from '../config/proxy.js';
+import { DEFAULTS, NUMBERS, parseConfig, proxyConfigSpec, toRuntime } from '../config/proxy.js';
 import { OTHER } from '../inspector/metrics.js';
 import { ERROR_CODES } from '../transport/errors.js';
 import { eventually, LOCAL, rawConnect, sleep, tempDir } from './helpers.js';
@@ -80,6 +80,21 @@ config('docs/revproxy.example.yaml is valid, sets every key the format has, and 
   const check = revproxy(['proxy', '--check', '--config', EXAMPLE]);
   assert.is(await check.exited, 0, check.out.join('\n'));
   assert.match(check.out.join('\n'), /revproxy\.example\.yaml is valid/);
+});
+
+config('docs/revproxy.example.yaml sets each number to its default, and leaves commented those that follow another setting', () => {
+  const text = readFileSync(EXAMPLE, 'utf8');
+  const set = toRuntime(parseConfig(text, EXAMPLE)).options as Record<string, unknown>;
+  for (const [key, s] of Object.entries(NUMBERS)) {
+    if (set[s.option] === undefined) continue;
+    const follows = (s as { defaultText?: string }).defaultText;
+    assert.not.ok(follows, `the example pins ${key}, whose default is ${follows}: a copy that changes that would keep the example's number`);
+    assert.is(set[s.option], DEFAULTS[s.option], `the example's ${key} is its default`);
+  }
+  // A copy of the example with a longer timeout drains as long (a pinned drain_timeout: 5000 cut it off at 5 s).
+  const longer = resolveOptions(toRuntime(parseConfig(text.replace(/^timeout: 5000\b/m, 'timeout: 60000'), EXAMPLE)).options);
+  assert.is(longer.timeoutMs, 60000);
+  assert.is(longer.drainTimeoutMs, 60000);
 });
 
 config('docs/CONFIG.md documents every key, section keys included', () => {
