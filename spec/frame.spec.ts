@@ -1,6 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Packr } from 'msgpackr';
+import { readFileSync } from 'node:fs';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { encodeFrame, FrameDecoder, nativeAcceleration } from '../transport/frame.js';
@@ -20,6 +21,16 @@ test('a frame is a 4-byte big-endian length and one MessagePack map', () => {
   const f = encodeFrame(msgs[0]!);
   assert.is(f.readUInt32BE(0), f.length - 4);
   assert.ok((f[4]! & 0xf0) === 0x80 || f[4] === 0xde, 'a MessagePack map marker (fixmap or map16)');
+});
+
+test('the real frame docs/PROTOCOL.md shows is the bytes a client writes for pktfiles/1.json', () => {
+  const doc = readFileSync(new URL('../docs/PROTOCOL.md', import.meta.url), 'utf8');
+  const dump = /### A real frame[\s\S]*?```\n([\s\S]*?)```/.exec(doc)?.[1];
+  assert.ok(dump, 'the section has a hex dump');
+  const shown = Buffer.from(dump.split('\n').map((l) => l.slice(10, 58)).join(' ').replace(/\s+/g, ''), 'hex');
+  const data = { type: 0, seq: 1, srcid: '1', privPoliId: '111', payload: 'xyz1', payloadsize: 4 } as const;
+  assert.is(shown.toString('hex'), encodeFrame(data).toString('hex'));
+  assert.equal(new FrameDecoder().push(shown).messages, [data]);
 });
 
 test('many frames in one read decode exactly once, in order', () => {
