@@ -157,8 +157,10 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
     handler(req, res).catch((err: Error) => send(res, 500, 'text/plain', `inspector error: ${err.message}\n`));
   });
   return new Promise((resolve, reject) => {
+    // The flag that chooses this port: `revproxy inspect FILE --port`, or the live commands' --inspect.
+    const flag = opts.recorded ? '--port' : '--inspect';
     server.once('error', (err: NodeJS.ErrnoException) =>
-      reject(new Error(err.code === 'EADDRINUSE' ? `inspector port ${opts.port} is already in use: choose another with --inspect PORT, or --inspect 0 for a free one` : `cannot start the inspector (--inspect): ${describeListenError(err, host, opts.port)}`)),
+      reject(new Error(err.code === 'EADDRINUSE' ? `inspector port ${opts.port} is already in use: choose another with ${flag} PORT, or ${flag} 0 for a free one` : `cannot start the inspector (${flag}): ${describeListenError(err, host, opts.port)}`)),
     );
     server.listen(opts.port, host, () => {
       const addr = server.address();

@@ -1,8 +1,8 @@
 /** The inspector's parts: ring, projections, charts, the hub's budget, recorded logs and the CLI. Issue #6. */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { readFileSync } from 'node:fs';
-import { Socket } from 'node:net';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { createServer, Socket, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createActor, createMachine } from 'xstate';
@@ -127,6 +127,19 @@ recorded('a log written with --inspect-log replays into the same page: pools, ac
   const history = await (await fetch(`${page.url}api/history?actor=${pool.sid}`)).json();
   assert.ok(history.length >= 2 && history[0].state === 'empty' && history.at(-1).state === 'serving', JSON.stringify(history.map((h: { state: string }) => h.state)));
   assert.is((await fetch(`${page.url}metrics`)).status, 404);
+});
+
+recorded('a port in use names the flag that chooses it: --port for revproxy inspect FILE, --inspect for a live inspector', async () => {
+  const holder = createServer();
+  await new Promise<void>((r) => holder.listen(0, LOCAL, r));
+  cleanup.push(() => new Promise<void>((r) => holder.close(() => r())));
+  const port = (holder.address() as AddressInfo).port;
+  const file = join(tempDir('insp-'), 'run.ndjson');
+  writeFileSync(file, '');
+  const replay = await serveRecorded(file, port).then(() => 'started', (err: Error) => err.message);
+  assert.match(replay, new RegExp(`port ${port} is already in use: choose another with --port PORT, or --port 0 for a free one`));
+  const live = await startInspector({ port }).then(() => 'started', (err: Error) => err.message);
+  assert.match(live, /choose another with --inspect PORT, or --inspect 0 for a free one/);
 });
 
 recorded('the CLI: proxy --inspect serves the page and /metrics, --inspect-log writes NDJSON, revproxy inspect FILE serves it back', async () => {
