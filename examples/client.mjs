@@ -3,7 +3,8 @@
 //   npm run build                      # once, in this repository (an installed package is built)
 //   node examples/client.mjs 2100      # the proxy's port, or HOST:PORT[,HOST:PORT...]
 //
-// Elsewhere: npm install revproxy, then the same import.
+// Elsewhere: npm pack here, npm install the revproxy-*.tgz it makes (revproxy is not on the npm
+// registry: "npm install revproxy" finds nothing), then the same import.
 import { connect, HandlerError, RequestError } from 'revproxy';
 
 const client = await connect({ revproc: process.argv[2] ?? '2100', id: 'example', timeoutMs: 2000 });
