@@ -93,7 +93,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     if (registry && this.getOptionValueSource('revproc') !== 'default') throw new UsageError('--revproc and --registry do not go together: with --registry the server registers in etcd, and every proxy watching it takes it');
     const logger = makeLogger(`server ${o.id}`, o);
     // A daemon's SIGHUP means reload, and Node's default would end the server without its drain.
-    const unignore = ignoreUserSignals(logger, 'a server has nothing to reload on SIGHUP (its settings are its flags): restart it to change them; SIGTERM drains and stops it', ['SIGHUP', 'SIGUSR1', 'SIGUSR2']);
+    const unignore = ignoreUserSignals(logger, 'a server has nothing to reload or reopen (its settings are its flags, its log is its output): restart it to change them; SIGTERM drains and stops it', ['SIGHUP', 'SIGUSR1', 'SIGUSR2']);
     const handler = o.handler === undefined ? undefined : await loadHandler(o.handler);
     const insp = await startInspection(o, `server ${o.id}`);
     const server = await startServer({

@@ -156,10 +156,12 @@ cli("SIGUSR1 and SIGUSR2 (nginx's reopen, HAProxy's reload) neither open Node's 
   for (const args of [['proxy', '-port', '0'], ['server', '--id', 'u1', '--pp', 'P', '--revproc', '1', '--log-level', 'warn']]) {
     const p = revproxy(args);
     await p.waitFor(args[0] === 'proxy' ? /Running the reverse proxy/ : /Not registered/);
+    // What to send instead: the proxy reloads on SIGHUP; a server has nothing to reload, and drains on SIGTERM.
+    const instead = args[0] === 'proxy' ? 'SIGHUP' : 'SIGTERM';
     p.kill('SIGUSR1');
-    await p.waitFor(/warning: SIGUSR1 ignored: .*SIGHUP/);
+    await p.waitFor(new RegExp(`warning: SIGUSR1 ignored: .*${instead}`));
     p.kill('SIGUSR2');
-    await p.waitFor(/warning: SIGUSR2 ignored: .*SIGHUP/);
+    await p.waitFor(new RegExp(`warning: SIGUSR2 ignored: .*${instead}`));
     assert.ok(p.child.exitCode === null && p.child.signalCode === null, `${args[0]} still runs`);
     assert.not.ok(p.out.some((l) => /Debugger listening|inspector/i.test(l)), p.out.join('\n'));
     p.kill('SIGTERM');
@@ -192,6 +194,11 @@ cli('SIGHUP does not end a server (a daemon\'s SIGHUP means reload): a warning s
   const port = Number((await p.waitFor(/Listening on port (\d+)/))[1]);
   p.kill('SIGHUP');
   await p.waitFor(/warning: SIGHUP ignored: a server has nothing to reload/);
+  // SIGUSR1 (nginx's reopen-the-logs) is answered in its own terms, not with a sentence about SIGHUP.
+  p.kill('SIGUSR1');
+  const usr1 = (await p.waitFor(/warning: SIGUSR1 ignored: .*/))[0];
+  assert.not.match(usr1, /SIGHUP/, usr1);
+  assert.match(usr1, /nothing to reload or reopen/);
   const sock = await rawConnect(port);
   const got = collector(sock);
   sock.write(frame({ type: 0, seq: 1, srcid: 'c', privPoliId: 'P', payload: 'xyz1' }));
