@@ -16,7 +16,7 @@ import { ConnStats } from '../admin/conn-stats.js';
 import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin/server.js';
 import type { RegistryStatus } from '../registry/events.js';
 import {
-  badPolicy, changes, parseTrustedSources, PROXY_PROTOCOL_FROM_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, parseHostPort, toRuntime,
+  badPolicy, changes, ConfigError, parseTrustedSources, PROXY_PROTOCOL_FROM_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, parseHostPort, toRuntime,
   whyNotWritable, type LogFileKey, type NumberKey, type ProxyConfig, type Runtime,
 } from '../config/proxy.js';
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
@@ -172,9 +172,17 @@ Example:
     // A log file a flag gave is named by that flag in errors, not blamed on the config file.
     const flagOf = (key: LogFileKey): string | undefined =>
       key === 'log.access_log' ? (flags.log?.access_log !== undefined ? '--access-log' : undefined) : flags.inspect_log !== undefined ? '--inspect-log' : undefined;
+    // Settings that clash (ready policies without --admin, registry settings without --registry)
+    // when every one came from a flag: options that do not fit together, a usage error (exit 2).
+    const asUsage = (err: unknown): unknown =>
+      !file && err instanceof ConfigError && err.issues.every((i) => i.line === 0) ? new UsageError(err.issues.map((i) => i.message).join('; ')) : err;
     if ((cmd.opts() as Flags).check) {
       const cfg = read();
-      checkRuntime(cfg, source, flagOf);
+      try {
+        checkRuntime(cfg, source, flagOf);
+      } catch (err) {
+        throw asUsage(err);
+      }
       process.stdout.write(`revproxy: ${file ? `the configuration file ${file}` : 'the configuration'} is valid (${Object.values(cfg).filter((v) => v !== undefined).length} setting(s); the files it names can be used)\n`);
       setExit(0);
       return;
@@ -185,6 +193,8 @@ Example:
     process.on('SIGHUP', hup);
     try {
       await run(read, source, setExit, (f) => (onHup = f), flagOf, (cmd.opts() as Flags).pidFile);
+    } catch (err) {
+      throw asUsage(err);
     } finally {
       process.off('SIGHUP', hup);
     }

@@ -148,8 +148,8 @@ cli('REVPROXY_REGISTRY_PASSWORD in the environment does not stop a proxy that ha
   const check = revproxy(['proxy', '--check'], { env });
   assert.is(await check.exited, 0, check.out.join('\n'));
   const flag = revproxy(['proxy', '--check', '--registry-password', 'etcd-password']);
-  assert.is(await flag.exited, 1, flag.out.join('\n'));
-  assert.match(flag.out.join('\n'), /revproxy: the configuration: registry\.url: registry settings were given without the registry itself/);
+  assert.is(await flag.exited, 2, flag.out.join('\n'));
+  assert.match(flag.out.join('\n'), /revproxy: registry settings were given without the registry itself/);
 });
 
 cli("SIGUSR1 and SIGUSR2 (nginx's reopen, HAProxy's reload) neither open Node's debugger nor end the process: a warning says what to send", async () => {
@@ -209,6 +209,27 @@ cli('SIGHUP does not end a server (a daemon\'s SIGHUP means reload): a warning s
   p.kill('SIGTERM');
   assert.is(await p.exited, 0);
   assert.ok(p.out.some((l) => /Server h1 stopped after answering 1 request/.test(l)), p.out.join('\n'));
+});
+
+cli('proxy flags that do not fit together are a usage error (exit 2), as for every command; the same in a config file is the file\'s problem (exit 1)', async () => {
+  const cases: Array<[string[], RegExp]> = [
+    [['--ready-policies', '111'], /ready policies were given without the admin endpoint .*add --admin HOST:PORT/],
+    [['--advertise', '10.0.0.5'], /registry settings were given without the registry itself: add --registry etcd:\/\/HOST:PORT/],
+  ];
+  for (const [flags, said] of cases) {
+    for (const run of [['--check'], []]) {
+      const p = revproxy(['proxy', '-port', '0', ...run, ...flags]);
+      // It exited 1, as for a port in use or a bad file, where README promises 2 for options that do not fit together.
+      assert.is(await p.exited, 2, p.out.join('\n'));
+      assert.match(p.out.join('\n'), said);
+      assert.match(p.out.join('\n'), /\(add --help for usage\)/);
+    }
+  }
+  const file = join(tempDir('clash-'), 'p.yaml');
+  writeFileSync(file, 'port: 0\nadmin:\n  ready_policies: ["111"]\n');
+  const fromFile = revproxy(['proxy', '--check', '--config', file]);
+  assert.is(await fromFile.exited, 1, fromFile.out.join('\n'));
+  assert.match(fromFile.out.join('\n'), /admin\.ready_policies: ready policies were given without the admin endpoint/);
 });
 
 cli('a log file given by a flag beside --config is named by its flag, not blamed on the file', async () => {

@@ -551,7 +551,7 @@ admin('admin.ready_policies in the file: a reload applies it at once; without ad
   assert.is(await check.exited, 1);
   assert.match(check.out.join('\n'), /admin\.ready_policies: ready policies were given without the admin endpoint that reports them \(\/readyz\): add --admin HOST:PORT/);
   const flag = revproxy(['proxy', '--check', '--ready-policies', 'a']);
-  assert.is(await flag.exited, 1);
+  assert.is(await flag.exited, 2, 'from flags alone, options that do not fit together');
   assert.match(flag.out.join('\n'), /ready policies were given without the admin endpoint/);
   const long = write('long.yaml', `admin:\n  listen: 127.0.0.1:0\n  ready_policies: ["${'x'.repeat(257)}"]\n`);
   const l = revproxy(['proxy', '--check', '--config', long]);
