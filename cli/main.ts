@@ -117,13 +117,14 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .requiredOption('--pkt <paths...>', 'packet files (JSON), or folders of them')
 
       .addOption(new Option('--timeout <ms>', 'time to wait for each answer').default(5000).argParser(parseIntOption('--timeout', 1)))
-      .addOption(new Option('--window <n>', 'requests in flight at once on the connection').default(64).argParser(parseIntOption('--window', 1)))
+      .addOption(new Option('--window <n>', 'requests in flight at once on the connection (with --wire json always 1)').default(64).argParser(parseIntOption('--window', 1)))
       .addOption(new Option('--max-frame <bytes>', "the proxy's --max-frame: a request that would not fit is refused here (BAD_REQUEST), not sent").default(DEFAULT_MAX_FRAME_BYTES).argParser(parseIntOption('--max-frame', 1024)))
       .option('--json', 'print the results as one JSON object at the end')
       .option('--no-verify', 'print the answers without checking them against the SHA1 of the payload (answers not shaped like a SHA1 are never checked)')
       .addOption(wireOption('speak the old format, one request at a time, for the old Python proxy'))
       .addHelpText('after', '\nExit status: 0 when every request got an answer and every checked answer is correct, 1 otherwise.\nWith --inspect the page stays up after the answers are in, until Ctrl-C.\n\nExample:\n  revproxy client -id 1 -revproc 2100 -pkt pktfiles/1.json\n  revproxy client -id 1 --revproc etcd://127.0.0.1:2379 -pkt pktfiles/1.json'),
-  )))).action(async (o: LogFlags & TlsFlags & InspectFlags & RegistryFlags & { id: string; revproc: Endpoint[] | string; pkt: string[]; timeout: number; window: number; maxFrame: number; json?: boolean; verify: boolean; wire: 'frames' | 'json' }) => {
+  )))).action(async function (this: Command, o: LogFlags & TlsFlags & InspectFlags & RegistryFlags & { id: string; revproc: Endpoint[] | string; pkt: string[]; timeout: number; window: number; maxFrame: number; json?: boolean; verify: boolean; wire: 'frames' | 'json' }) {
+    if (o.wire === 'json' && this.getOptionValueSource('window') === 'cli') throw new UsageError('--window does not go with --wire json: the old format carries one request at a time on a connection, so its window is always 1');
     const packets = loadPackets(o.pkt, o.id ?? '0');
     const logger = makeLogger(`client ${o.id ?? packets[0]?.srcid ?? '0'}`, o.json ? { ...o, logFormat: 'text', logLevel: 'silent' } : o);
     const insp = await startInspection(o, `client ${o.id}`);

@@ -98,6 +98,10 @@ cli('usage errors exit 2 with a message that says what is wrong', async () => {
   const help = revproxy(['--help']);
   assert.is(await help.exited, 0);
   assert.match(help.out.join('\n'), /proxy \[options\]/);
+  // --window was ignored without a word with the old format, which sends one request at a time.
+  const window = revproxy(['client', '--wire', 'json', '--window', '8', '--pkt', 'pktfiles/1.json']);
+  assert.is(await window.exited, 2, window.out.join('\n'));
+  assert.match(window.out.join('\n'), /--window does not go with --wire json: the old format carries one request at a time on a connection, so its window is always 1\n\(add --help for usage\)/);
 });
 
 cli('a second proxy on a port in use fails with a clear message', async () => {
