@@ -104,6 +104,21 @@ export function parseIntOption(name: string, min: number, max?: number) {
   };
 }
 
+/**
+ * An option whose value is a comma-separated list (`--ready-policies 111,222`): each entry
+ * trimmed and checked by `bad` (a sentence when it is not one of `what`), each kept once.
+ */
+export function parseList(flag: string, what: string, example: string, bad: (entry: string) => string | undefined): (value: string) => string[] {
+  return (value) => {
+    const entries = value.split(',').map((e) => e.trim());
+    for (const e of entries) {
+      const why = bad(e);
+      if (why) throw new InvalidArgumentError(`${flag} takes ${what} separated by commas (e.g. ${example}): ${why}${e === '' ? ` in '${value}'` : ''}`);
+    }
+    return [...new Set(entries)];
+  };
+}
+
 /** A comma-separated list of endpoints: `2100,2200` or `a:2100,b:2100`. */
 export function parseEndpoints(value: string): Endpoint[] {
   const parts = value.split(',').map((p) => p.trim()).filter(Boolean);

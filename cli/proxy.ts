@@ -11,19 +11,20 @@ import { startProxy, type ProxyHandle } from '../actors/index.js';
 import { tcpConnect } from '../actors/link.js';
 import { Destination, Logger, LogStream, LEVELS, LOG_BUFFER_BYTES } from '../actors/logger.js';
 import { isLoopback, resolveOptions } from '../actors/proxy-options.js';
+import { badTrustedSource } from '../actors/port-limits.js';
 import { ACCESS_LOG_HOLD, AccessLog, accessLogHold, combineObservers } from '../admin/access-log.js';
 import { ConnStats } from '../admin/conn-stats.js';
 import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin/server.js';
 import type { RegistryStatus } from '../registry/events.js';
 import {
-  badPolicy, changes, ConfigError, parseTrustedSources, PROXY_PROTOCOL_FROM_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, parseHostPort, toRuntime,
+  badPolicy, changes, ConfigError, PROXY_PROTOCOL_FROM_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, parseHostPort, toRuntime,
   whyNotWritable, type LogFileKey, type NumberKey, type ProxyConfig, type Runtime,
 } from '../config/proxy.js';
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
 import type { PoolView } from '../inspector/views.js';
 import { ErrorCode } from '../transport/errors.js';
 import { dial, type TlsMaterial } from '../transport/tls.js';
-import { FileError, ignoreUserSignals, parseHost, parseIntOption, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, whyUnreadable } from './common.js';
+import { FileError, ignoreUserSignals, parseHost, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, whyUnreadable } from './common.js';
 import { checkInspectToken, inspectOptions, startInspection } from './inspect.js';
 
 const camel = (key: string): string => key.replace(/_(\w)/g, (_, c: string) => c.toUpperCase());
@@ -45,11 +46,7 @@ function proxyOptions(): Option[] {
     new Option('--pid-file <file>', "write the process id to this file at start, as HAProxy's -p and nginx's pid do (logrotate: postrotate kill -HUP $(cat FILE)); removed on exit"),
     new Option('--token <secret>', 'registration secret every server must present').env('REVPROXY_TOKEN'),
     new Option('--tokens <file>', 'per-policy registration secrets (YAML: policy: secret); policies not in it take --token, or no registrations; re-read on SIGHUP'),
-    new Option('--proxy-protocol-from <sources>', PROXY_PROTOCOL_FROM_DOC).argParser((v) => {
-      const sources = parseTrustedSources(v);
-      if (typeof sources === 'string') throw new InvalidArgumentError(sources);
-      return sources;
-    }),
+    new Option('--proxy-protocol-from <sources>', PROXY_PROTOCOL_FROM_DOC).argParser(parseList('--proxy-protocol-from', 'addresses or networks', '10.0.0.5,10.1.0.0/16', badTrustedSource)),
     new Option('--old-server-connections <n>', 'most connections to each old (JSON) server, one request on each at a time; it gets more than one only once it answers that many at once (default: 8)').argParser(parseIntOption('--old-server-connections', 1)),
     new Option('--log-level <level>', 'least severe log level written (debug adds a line per request, with payloads) (default: info)').choices(LEVELS),
     new Option('--log-format <format>', 'text for people, json for machines, one object per line; also the access log\'s format (default: text)').choices(['text', 'json']),
@@ -62,21 +59,11 @@ function proxyOptions(): Option[] {
       return v;
     }),
     new Option('--admin-token <secret>', 'bearer token /metrics requires (the health checks stay open)').env('REVPROXY_ADMIN_TOKEN'),
-    new Option('--ready-policies <policies>', 'with --admin: /readyz answers 503 while any of these privacy policies (comma-separated) has no server serving, naming each; for rolling restarts with direct registration (default: off)').argParser(parsePolicies),
+    new Option('--ready-policies <policies>', 'with --admin: /readyz answers 503 while any of these privacy policies (comma-separated) has no server serving, naming each; for rolling restarts with direct registration (default: off)').argParser(parseList('--ready-policies', 'privacy policies', '111,222', badPolicy)),
     ...tlsOptions(),
     ...registryOptions({ ttl: true, advertise: 'with --registry: the address clients dial to reach this proxy (default: --host)' }),
     ...inspectOptions(),
   ];
-}
-
-/** `--ready-policies a,b`: each policy named once, none empty. */
-function parsePolicies(value: string): string[] {
-  const policies = value.split(',').map((p) => p.trim());
-  for (const p of policies) {
-    const bad = badPolicy(p);
-    if (bad) throw new InvalidArgumentError(`--ready-policies takes privacy policies separated by commas (e.g. 111,222): ${bad}${p === '' ? ` in '${value}'` : ''}`);
-  }
-  return [...new Set(policies)];
 }
 
 type Flags = Record<string, unknown> & { config?: string; check?: boolean; pidFile?: string };

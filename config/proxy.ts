@@ -125,16 +125,6 @@ const trustedSource = refine(text, badTrustedSource);
 /** What `proxy_protocol_from` (`--proxy-protocol-from`) does, for the help text and docs/CONFIG.md. */
 export const PROXY_PROTOCOL_FROM_DOC = 'addresses or networks (10.0.0.0/8) of the L4 balancers in front of the proxy: their connections must begin with a PROXY protocol header (v1 or v2), whose client address the limits, logs and access log then use; anyone else is read as without it (default: none)';
 
-/** `--proxy-protocol-from 10.0.0.5,10.1.0.0/16`: each entry an address or a network; a sentence saying what is wrong when one is not. */
-export function parseTrustedSources(value: string): string[] | string {
-  const entries = value.split(',').map((e) => e.trim());
-  for (const e of entries) {
-    const bad = badTrustedSource(e);
-    if (bad) return `--proxy-protocol-from takes addresses or networks separated by commas (e.g. 10.0.0.5,10.1.0.0/16): ${bad}`;
-  }
-  return [...new Set(entries)];
-}
-
 const hostPort = scalar('HOST:PORT (e.g. 127.0.0.1:9100), or a port on 127.0.0.1', (v) => parseHostPort(String(v)));
 
 const UNIT_WORDS: Record<string, string> = { ms: 'milliseconds', us: 'microseconds', n: 'a count', bytes: 'bytes', port: 'a port' };
