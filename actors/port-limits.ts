@@ -12,7 +12,7 @@ import type { BudgetHolder } from '../transport/budget.js';
 import { hostPort } from '../transport/address.js';
 import { ErrorCode } from '../transport/errors.js';
 import { recogniseTlsRefusal } from '../transport/foreign.js';
-import { proxiedClient } from '../transport/proxied.js';
+import { proxiedClient, tcpUnder } from '../transport/proxied.js';
 import type { Connection } from '../transport/socket.js';
 import { fmt, type Logger } from './logger.js';
 
@@ -180,12 +180,12 @@ export function logTlsRefusals(server: Server, logger: Logger): void {
   // Node reports a handshake cut short (a reset, plain bytes then a reset) once its TLS socket is
   // destroyed, when that socket's address reads undefined. The accepted TCP socket keeps the
   // address it was first asked for, so ask before TLS takes the connection over (a prepended
-  // listener runs before Node's TLS one), and read it there: the TLS socket's `_parent`.
+  // listener runs before Node's TLS one), and read it there (`tcpUnder`).
   server.prependListener('connection', (raw: Socket) => void raw.remoteAddress);
   server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     const why = recogniseTlsRefusal(err.code)?.message ?? err.message;
     // A socket a trusted balancer handed over names its client in its PROXY header: that is who was refused, not the balancer.
-    const addr = proxiedClient(socket)?.address ?? socket.remoteAddress ?? (socket as Socket & { _parent?: Socket })._parent?.remoteAddress ?? '?';
+    const addr = proxiedClient(socket)?.address ?? socket.remoteAddress ?? tcpUnder(socket)?.remoteAddress ?? '?';
     logger.repeated('warn', 'tls_refused', addr, 1, (n, span) => `Refused ${span ? `${fmt(n)} TLS connections` : 'a TLS connection'} from ${addr}${span ? ` ${span}` : ''}: ${why}`, { peer: addr, reason: err.message });
   });
 }

@@ -68,8 +68,16 @@ export function handOverToTls(tls: TlsServer, socket: Socket, source: ProxyHeade
   tls.emit('connection', socket);
 }
 
-/** The client a trusted balancer's header named for this TLS socket (its TCP socket, `_parent`, was handed over by `handOverToTls`), or undefined. */
+/** The client a trusted balancer's header named for this TLS socket (its TCP socket was handed over by `handOverToTls`), or undefined. */
 export function proxiedClient(socket: Socket): ProxyHeader['source'] {
-  const tcp = (socket as Socket & { _parent?: Socket })._parent;
+  const tcp = tcpUnder(socket);
   return tcp && clients.get(tcp);
+}
+
+/**
+ * The TCP socket a TLS socket runs over (Node's `_parent`: not documented, long stable). It
+ * keeps the peer's address once read, where the TLS socket's reads undefined after it is destroyed.
+ */
+export function tcpUnder(socket: Socket): Socket | undefined {
+  return (socket as Socket & { _parent?: Socket })._parent;
 }
