@@ -197,7 +197,6 @@ const deadline = fromCallback<UpstreamEvent, { clock: LinkInput['clock']; ms: nu
   return () => t.cancel();
 });
 
-
 export const upstreamMachine = setup({
   types: {
     context: {} as UpstreamContext,

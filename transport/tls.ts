@@ -89,7 +89,6 @@ export function loadTls(files: TlsFiles, names: { cert: string; key: string; ca:
   return material;
 }
 
-/** Dial host:port, over TLS when `tls` is given (verifying the peer against `tls.ca`, presenting `tls.cert` if any). */
 /**
  * How long a dial may wait for the peer (TCP, and TLS's handshake) before it is given up (ms): a
  * host that drops the packets (down, firewalled, cut off) would hold it for the system's connect
@@ -103,6 +102,7 @@ export function connectTimedOut(host: string, port: number, ms: number, option?:
   return `no answer from ${hostPort(host, port)} within ${ms} ms${option ? ` (${option})` : ''}: is the host up, and does no firewall drop the connection?`;
 }
 
+/** Dial host:port, over TLS when `tls` is given (verifying the peer against `tls.ca`, presenting `tls.cert` if any). */
 export function dial(host: string, port: number, tls?: TlsMaterial): Socket {
   if (!tls) return netConnect({ host, port });
   return tlsConnect({ host, port, ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: true, servername: isIp(host) ? undefined : host });
