@@ -243,13 +243,16 @@ export class Churn {
     this.counts.metricsReads++;
     const conns: Record<string, number> = {};
     let pools = 0;
+    // By type: /metrics has no nodejs_active_handles_total (a gauge named like a counter, left out for promtool).
+    let handles = 0;
     for (const [k, v] of m) {
       const role = /^revproxy_connections\{role="([^"]+)"\}$/.exec(k);
       if (role) conns[role[1]!] = v;
       if (k.startsWith('revproxy_pool_members{') && k.includes('state="serving"')) pools++;
+      if (k.startsWith('nodejs_active_handles{')) handles += v;
     }
     this.readGc();
-    this.window.push({ heapMB: (m.get('nodejs_heap_size_used_bytes') ?? NaN) / 1048576, heapAfterGcMB: this.heapAfterGc, fds: m.get('process_open_fds') ?? NaN, handles: m.get('nodejs_active_handles_total') ?? NaN, conns, pools });
+    this.window.push({ heapMB: (m.get('nodejs_heap_size_used_bytes') ?? NaN) / 1048576, heapAfterGcMB: this.heapAfterGc, fds: m.get('process_open_fds') ?? NaN, handles, conns, pools });
   }
 
   /** The proxy's full collections since the last read (`[pid]  123 ms: Mark-Compact 20.1 (25.3) -> 15.2 (25.8) MB, ...`). */
