@@ -17,7 +17,7 @@ import { ConnStats } from '../admin/conn-stats.js';
 import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin/server.js';
 import type { RegistryStatus } from '../registry/events.js';
 import {
-  badPolicy, changes, ConfigError, PROXY_PROTOCOL_FROM_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, parseHostPort, toRuntime,
+  anchorIssues, badPolicy, changes, ConfigError, PROXY_PROTOCOL_FROM_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, parseHostPort, toRuntime,
   whyNotWritable, type LogFileKey, type NumberKey, type ProxyConfig, type Runtime,
 } from '../config/proxy.js';
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
@@ -148,8 +148,14 @@ Example:
     const source = file ?? 'the command line';
     // REVPROXY_REGISTRY_PASSWORD is ambient, like REVPROXY_TOKEN: a proxy with no registry ignores it (the flag is still refused without one).
     const envPassword = cmd.getOptionValueSource('registryPassword') === 'env';
+    // REVPROXY_ADMIN_TOKEN likewise: a proxy with no admin endpoint ignores it (--admin-token without --admin is refused).
+    const envAdminToken = cmd.getOptionValueSource('adminToken') === 'env';
     const read = (): ProxyConfig => {
       const c = merge(file ? loadConfigFile(resolvePath(file)) : {}, flags);
+      if (envAdminToken && c.admin && !c.admin.listen) {
+        const { token: _, ...rest } = c.admin;
+        c.admin = Object.values(rest).some((v) => v !== undefined) ? rest : undefined;
+      }
       if (envPassword && c.registry && !c.registry.url) {
         const { password: _, ...rest } = c.registry;
         c.registry = Object.values(rest).some((v) => v !== undefined) ? (rest as ProxyConfig['registry']) : undefined;
@@ -159,10 +165,11 @@ Example:
     // A log file a flag gave is named by that flag in errors, not blamed on the config file.
     const flagOf = (key: LogFileKey): string | undefined =>
       key === 'log.access_log' ? (flags.log?.access_log !== undefined ? '--access-log' : undefined) : flags.inspect_log !== undefined ? '--inspect-log' : undefined;
-    // Settings that clash (ready policies without --admin, registry settings without --registry)
-    // when every one came from a flag: options that do not fit together, a usage error (exit 2).
+    // Settings that clash (ready policies or an admin token without --admin, registry settings without
+    // --registry) when every one came from a flag: options that do not fit together, a usage error (exit 2).
+    // With a file, the clash is pointed at the line that set it.
     const asUsage = (err: unknown): unknown =>
-      !file && err instanceof ConfigError && err.issues.every((i) => i.line === 0) ? new UsageError(err.issues.map((i) => i.message).join('; ')) : err;
+      file ? anchorIssues(err, resolvePath(file)) : err instanceof ConfigError && err.issues.every((i) => i.line === 0) ? new UsageError(err.issues.map((i) => i.message).join('; ')) : err;
     if ((cmd.opts() as Flags).check) {
       const cfg = read();
       try {

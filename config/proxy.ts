@@ -21,7 +21,7 @@ import { MAX_ID_LENGTH } from '../transport/messages.js';
 import { loadTokens, tlsFromFlags, whyUnreadable } from './files.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 import {
-  dict, flag, formatIssues, list, name, object, oneOf, opt, readYaml, refine, req, scalar, text, whole, type Field, type Infer, type Issue,
+  dict, flag, formatIssues, list, name, object, oneOf, opt, readYaml, refine, req, scalar, text, whole, yaml, type Field, type Infer, type Issue,
 } from './schema.js';
 
 /** When a change of a setting takes effect. */
@@ -290,8 +290,34 @@ export function toRuntime(c: ProxyConfig): Runtime {
 }
 
 function toAdmin(a: ProxyConfig['admin']): Runtime['admin'] {
-  if (a?.ready_policies?.length && !a.listen) throw new ConfigError('the configuration', [{ line: 0, col: 0, path: 'admin.ready_policies', message: 'ready policies were given without the admin endpoint that reports them (/readyz): add --admin HOST:PORT (or admin.listen in the file)' }]);
+  const issues: Issue[] = [];
+  if (a?.ready_policies?.length && !a.listen) issues.push({ line: 0, col: 0, path: 'admin.ready_policies', message: 'ready policies were given without the admin endpoint that reports them (/readyz): add --admin HOST:PORT (or admin.listen in the file)' });
+  // A token with no endpoint protects nothing: the operator meant to serve /metrics and does not.
+  if (a?.token !== undefined && !a.listen) issues.push({ line: 0, col: 0, path: 'admin.token', message: 'an admin token was given without the admin endpoint it protects (/metrics): add --admin HOST:PORT (or admin.listen in the file), or remove the token' });
+  if (issues.length) throw new ConfigError('the configuration', issues);
   return a?.listen ? { ...a.listen, token: a.token, readyPolicies: [...new Set(a.ready_policies ?? [])] } : undefined;
+}
+
+/**
+ * A clash of settings found after the file and the flags merged (line 0) is
+ * pointed back into the file when the file set the setting named, as the
+ * schema's own refusals are (`file:line:col`); one a flag set stays as it is.
+ */
+export function anchorIssues(err: unknown, file: string): unknown {
+  if (!(err instanceof ConfigError) || err.issues.every((i) => i.line !== 0)) return err;
+  let source: string;
+  try {
+    source = readFileSync(file, 'utf8');
+  } catch {
+    return err;
+  }
+  const lines = new (yaml().LineCounter)();
+  const doc = yaml().parseDocument(source, { lineCounter: lines });
+  const issues = err.issues.map((i) => {
+    const node = i.line === 0 ? (doc.getIn(i.path.split('.'), true) as { range?: [number, number, number] } | undefined) : undefined;
+    return node?.range ? { ...i, ...lines.linePos(node.range[0]) } : i;
+  });
+  return issues.some((i) => i.line !== 0) ? new ConfigError(file, issues) : err;
 }
 
 function toRegistry(r: ProxyConfig['registry']): Runtime['registry'] {

@@ -219,6 +219,8 @@ cli('proxy flags that do not fit together are a usage error (exit 2), as for eve
   const cases: Array<[string[], RegExp]> = [
     [['--ready-policies', '111'], /ready policies were given without the admin endpoint .*add --admin HOST:PORT/],
     [['--advertise', '10.0.0.5'], /registry settings were given without the registry itself: add --registry etcd:\/\/HOST:PORT/],
+    // It was accepted, and the token protected nothing: no endpoint was served.
+    [['--admin-token', 'secretsecret'], /an admin token was given without the admin endpoint it protects \(\/metrics\): add --admin HOST:PORT/],
   ];
   for (const [flags, said] of cases) {
     for (const run of [['--check'], []]) {
@@ -233,7 +235,18 @@ cli('proxy flags that do not fit together are a usage error (exit 2), as for eve
   writeFileSync(file, 'port: 0\nadmin:\n  ready_policies: ["111"]\n');
   const fromFile = revproxy(['proxy', '--check', '--config', file]);
   assert.is(await fromFile.exited, 1, fromFile.out.join('\n'));
-  assert.match(fromFile.out.join('\n'), /admin\.ready_policies: ready policies were given without the admin endpoint/);
+  assert.match(fromFile.out.join('\n'), /p\.yaml:3:19: admin\.ready_policies: ready policies were given without the admin endpoint/);
+  writeFileSync(file, 'port: 0\nadmin:\n  token: secretsecret\n');
+  for (const run of [['--check'], []]) {
+    const token = revproxy(['proxy', ...run, '--config', file]);
+    assert.is(await token.exited, 1, token.out.join('\n'));
+    assert.match(token.out.join('\n'), /p\.yaml:3:10: admin\.token: an admin token was given without the admin endpoint it protects/);
+  }
+  const withAdmin = revproxy(['proxy', '--check', '--config', file, '--admin', '0']);
+  assert.is(await withAdmin.exited, 0, withAdmin.out.join('\n'));
+  // REVPROXY_ADMIN_TOKEN is ambient, as REVPROXY_TOKEN is: a proxy without the endpoint ignores it.
+  const ambient = revproxy(['proxy', '--check'], { env: { REVPROXY_ADMIN_TOKEN: 'secretsecret' } });
+  assert.is(await ambient.exited, 0, ambient.out.join('\n'));
 });
 
 cli('a log file given by a flag beside --config is named by its flag, not blamed on the file', async () => {
