@@ -54,6 +54,27 @@ function filesFor(connections: number): number {
   return Math.max(connections + 64, Math.ceil((connections * 8) / 7));
 }
 
+/** What to do for `wanted` connections (docs/CONFIG.md, "The open-files limit"); `total` names the setting. */
+function raiseFileLimit(wanted: number, total: string): string {
+  const need = filesFor(wanted);
+  return `to allow ${wanted}, raise the limit where the process is started to ${need} (ulimit -n ${need} in its shell, LimitNOFILE=${need} in its systemd unit, docker run --ulimit nofile=${need}), or lower ${total}`;
+}
+
+/**
+ * The warn line for a limit on connections (`total` names it) set above the room this process's
+ * open-files limit leaves, or undefined. The default is lowered quietly (as HAProxy derives its
+ * maxconn). A start logs it, and `proxy --check` prints it, as `nginx -t` warns.
+ */
+export function fileLimitWarning(wanted: number, defaultTotal: number, total: string, files = fileLimits()): { message: string; fields: Record<string, number> } | undefined {
+  if (!files || !Number.isFinite(files.soft) || wanted === defaultTotal) return undefined;
+  const room = fileRoom(files.soft);
+  if (room >= wanted) return undefined;
+  return {
+    message: `This process may open ${files.soft} files (ulimit -n; its hard limit ${files.hard}), room for ${room} connections beside its links to servers, logs and files, fewer than ${total} (${wanted}): connections past ${room} will be refused; ${raiseFileLimit(wanted, total)}`,
+    fields: { soft: files.soft, hard: files.hard, limit: room, wanted },
+  };
+}
+
 /** For sockets refused before they become connections: their errors are of no interest. */
 const ignore = (): void => {};
 
@@ -97,11 +118,8 @@ export class ConnectionLimits {
     return `${max} connections are open, the most this process's open-files limit leaves room for (ulimit -n ${this.softFiles}; ${this.names.total} is ${wanted}): ${this.raise()}`;
   }
 
-  /** What to do for `limits.maxConnections` connections (docs/CONFIG.md, "The open-files limit"). */
   private raise(): string {
-    const wanted = this.limits.maxConnections;
-    const need = filesFor(wanted);
-    return `to allow ${wanted}, raise the limit where the process is started to ${need} (ulimit -n ${need} in its shell, LimitNOFILE=${need} in its systemd unit, docker run --ulimit nofile=${need}), or lower ${this.names.total}`;
+    return raiseFileLimit(this.limits.maxConnections, this.names.total);
   }
 
   /**
@@ -116,12 +134,9 @@ export class ConnectionLimits {
     const wanted = this.limits.maxConnections;
     const files = fileLimits();
     this.softFiles = files?.soft ?? Infinity;
-    const room = Number.isFinite(this.softFiles) ? fileRoom(this.softFiles) : Infinity;
-    this.server.maxConnections = Math.min(wanted, room);
-    if (!files || room >= wanted || wanted === this.defaultTotal) return;
-    this.logger.warn('file_limit', `This process may open ${files.soft} files (ulimit -n; its hard limit ${files.hard}), room for ${room} connections beside its links to servers, logs and files, fewer than ${this.names.total} (${wanted}): connections past ${room} will be refused; ${this.raise()}`, {
-      soft: files.soft, hard: files.hard, limit: room, wanted,
-    });
+    this.server.maxConnections = Math.min(wanted, Number.isFinite(this.softFiles) ? fileRoom(this.softFiles) : Infinity);
+    const warning = fileLimitWarning(wanted, this.defaultTotal, this.names.total, files);
+    if (warning) this.logger.warn('file_limit', warning.message, warning.fields);
   }
 
   /**

@@ -10,8 +10,8 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { startProxy, type ProxyHandle } from '../actors/index.js';
 import { tcpConnect } from '../actors/link.js';
 import { Destination, Logger, LogStream, LEVELS, LOG_BUFFER_BYTES } from '../actors/logger.js';
-import { isLoopback, resolveOptions } from '../actors/proxy-options.js';
-import { badTrustedSource } from '../actors/port-limits.js';
+import { DEFAULT_PROXY_MAX_CONNECTIONS, isLoopback, resolveOptions } from '../actors/proxy-options.js';
+import { badTrustedSource, fileLimitWarning } from '../actors/port-limits.js';
 import { ACCESS_LOG_HOLD, AccessLog, accessLogHold, combineObservers } from '../admin/access-log.js';
 import { ConnStats } from '../admin/conn-stats.js';
 import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin/server.js';
@@ -172,11 +172,15 @@ Example:
       file ? anchorIssues(err, resolvePath(file)) : err instanceof ConfigError && err.issues.every((i) => i.line === 0) ? new UsageError(err.issues.map((i) => i.message).join('; ')) : err;
     if ((cmd.opts() as Flags).check) {
       const cfg = read();
+      let rt: Runtime;
       try {
-        checkRuntime(cfg, source, flagOf);
+        rt = checkRuntime(cfg, source, flagOf);
       } catch (err) {
         throw asUsage(err);
       }
+      // What a start would warn of, where an operator runs the check (CI, a deploy), as nginx -t warns; still valid (exit 0).
+      const files = fileLimitWarning(resolveOptions(rt.options).maxConnections, DEFAULT_PROXY_MAX_CONNECTIONS, 'max_connections');
+      if (files) process.stderr.write(`revproxy: warning: ${files.message}\n`);
       process.stdout.write(`revproxy: ${file ? `the configuration file ${file}` : 'the configuration'} is valid (${Object.values(cfg).filter((v) => v !== undefined).length} setting(s); the files it names can be used)\n`);
       setExit(0);
       return;

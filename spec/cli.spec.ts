@@ -249,6 +249,22 @@ cli('proxy flags that do not fit together are a usage error (exit 2), as for eve
   assert.is(await ambient.exited, 0, ambient.out.join('\n'));
 });
 
+cli('proxy --check warns, as a start does, of a max_connections the open-files limit leaves no room for, and the config is still valid (exit 0)', async () => {
+  // It said only that the config was valid; the start that followed warned (security.spec.ts).
+  const dir = tempDir('check-files-');
+  writeFileSync(join(dir, 'p.yaml'), 'max_connections: 1000\n');
+  const p = revproxy(['proxy', '--check', '--config', join(dir, 'p.yaml')], { fileLimit: 160 });
+  assert.is(await p.exited, 0, p.out.join('\n'));
+  const text = p.out.join('\n');
+  assert.match(text, /warning: This process may open 160 files \(ulimit -n; its hard limit 160\), room for 96 connections .*fewer than max_connections \(1000\).*raise the limit where the process is started to 1143/);
+  assert.match(text, /p\.yaml is valid/);
+  for (const quiet of [['--max-connections', '96'], []]) {
+    const q = revproxy(['proxy', '--check', ...quiet], { fileLimit: 160 });
+    assert.is(await q.exited, 0, q.out.join('\n'));
+    assert.not.match(q.out.join('\n'), /ulimit/, 'room enough, or the default (lowered quietly)');
+  }
+});
+
 cli('a log file given by a flag beside --config is named by its flag, not blamed on the file', async () => {
   const dir = tempDir('flag-file-');
   writeFileSync(join(dir, 'p.yaml'), 'port: 0\n');
