@@ -74,11 +74,6 @@ function countOpen(context: ProxyContext, entry: Member, by: 1 | -1): void {
   else open.byHost.delete(entry.host);
 }
 
-/** IPv4-mapped IPv6 addresses (::ffff:127.0.0.1) dial as plain IPv4. */
-export function normaliseHost(addr: string): string {
-  return addr.startsWith('::ffff:') ? addr.slice(7) : addr;
-}
-
 /** The server a registration connection registered, while it is the one registered under that id. */
 export function registeredBy(context: ProxyContext, peer: Peer): Member | undefined {
   const entry = peer.serverId === undefined ? undefined : context.servers.get(peer.serverId);
@@ -210,7 +205,7 @@ export function admit(context: ProxyContext, peer: Peer, s: SetupMsg): void {
     conn.endWith(errorMsg(ErrorCode.DUPLICATE_ID, `server id ${s.id} is already registered by a live server; pick another id`));
     return;
   }
-  const host = normaliseHost(conn.remoteAddress);
+  const host = conn.remoteAddress;
   const tooMany = held ? undefined : checkOpenLimits(context, s.privPolyId, host);
   if (tooMany) {
     log.repeated('warn', 'register_refused', `${conn.remoteAddress}\0${ErrorCode.OVERLOADED}`, 1, (n, span) => `Refused setup from ${conn.describe()} for server id ${s.id}: ${tooMany}${span ? ` (${n} times ${span})` : ''}`, { id: s.id, policy: s.privPolyId, peer: conn.describe(), code: ErrorCode.OVERLOADED });

@@ -15,7 +15,7 @@
  */
 import { isIP, type Socket } from 'node:net';
 import { assertEvent, assign, fromCallback, sendTo, setup, type ActorRefFrom } from 'xstate';
-import { hostPort } from '../transport/address.js';
+import { hostPort, plainIPv4 } from '../transport/address.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, MsgType, type DataMsg, type Message, type SetupMsg } from '../transport/messages.js';
@@ -25,7 +25,6 @@ import { systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { BufferBudget, DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
 import { Caller, HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
 import { defaultConnsPerPeer } from './proxy-options.js';
-import { normaliseHost } from './membership.js';
 import { ConnectionLimits, logBadInput, logShed, logTlsRefusals, type ConnectionLimitsInput } from './port-limits.js';
 import { fmt, silentLogger, type Logger } from './logger.js';
 
@@ -367,8 +366,8 @@ function setupMsg(context: ServerContext): SetupMsg {
  */
 export function dialBackProblem(listenHost: string, local: string | undefined, port: number): string | undefined {
   if (!local || isIP(listenHost) === 0 || listenHost === '::') return undefined;
-  const from = normaliseHost(local);
-  if (listenHost === '0.0.0.0' ? isIP(from) === 4 : normaliseHost(listenHost) === from) return undefined;
+  const from = plainIPv4(local);
+  if (listenHost === '0.0.0.0' ? isIP(from) === 4 : plainIPv4(listenHost) === from) return undefined;
   return `it will dial ${hostPort(from, port)}, the address this registration comes from, but this server listens on ${listenHost} only: `
     + `start it with --host ${from} (or --host :: for every address)${isIP(from) !== isIP(listenHost) ? `, or give the proxy by an IPv${isIP(listenHost)} address in --revproc` : ''}`;
 }

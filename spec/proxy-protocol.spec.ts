@@ -149,6 +149,24 @@ test('--max-conns-per-peer counts each client behind HAProxy, not HAProxy', asyn
   for (const c of [...conns, again]) c.socket.destroy();
 });
 
+test('on a dual-stack listener (::) a client is one address whether its socket (::ffff:a.b.c.d) or a header (a.b.c.d) names it: one key for --max-conns-per-peer, one name in the logs', async (ctx) => {
+  // The sources are listed as IPv4, which the sockets of a listener on :: report IPv4-mapped.
+  await proxyBehindBalancer(ctx, ['--host', '::', '--max-conns-per-peer', '1']);
+  const direct = await dialFrom(CLIENTS[0]!, ctx.port);
+  await ask(direct, 'direct');
+  const [line] = await ctx.proxy!.waitFor(/client=direct addr=(\S+) policy=111/);
+  assert.match(line!, new RegExp(` addr=${CLIENTS[0]!.replace(/\./g, '\\.')}:\\d+ `), 'named as IPv4, as a header names it');
+  // The same client through the balancer, named by its header: over its limit of one. It was
+  // counted as a second client (::ffff:127.0.0.3 and 127.0.0.3), and served.
+  const through = await dialFrom(BALANCER, ctx.port);
+  through.socket.write(Buffer.concat([Buffer.from(`PROXY TCP4 ${CLIENTS[0]} 127.0.0.1 40000 ${ctx.port}\r\n`), frame({ type: MsgType.DATA, seq: 1, srcid: 'through', privPoliId: '111', payload: 'x' })]));
+  await through.got.until(() => through.got.closed, 5000);
+  assert.is(through.got.got.length, 0, 'not served');
+  await ctx.proxy!.waitFor(new RegExp(`Refused a connection from ${CLIENTS[0]!.replace(/\./g, '\\.')}: it has 1 open \\(max_conns_per_peer\\)`));
+  assert.not.ok(ctx.proxy!.out.some((l) => l.includes('::ffff:')), ctx.proxy!.out.join('\n'));
+  direct.socket.destroy();
+});
+
 test('a trusted source that sends no header, or too slowly, is closed with one line saying what to do; the proxy serves on', async (ctx) => {
   await proxyBehindBalancer(ctx, ['--frame-timeout', '300']);
   const bare = await dialFrom(BALANCER, ctx.port);

@@ -1,7 +1,31 @@
 /**
  * How an address and port are written in log lines, messages and keys: `127.0.0.1:2100`, and
- * an IPv6 address in brackets, `[::1]:2100`, as in a URL - `::1:2100` reads as an address alone.
+ * an IPv6 address in brackets, `[::1]:2100`, as in a URL - `::1:2100` reads as an address alone;
+ * and how a peer's address is read off its socket (`peerAddress`), the one place that is done.
  */
+import { isIPv4 } from 'node:net';
+
 export function hostPort(host: string, port: number | string): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/**
+ * An IPv4-mapped IPv6 address (`::ffff:10.0.0.5`, how a dual-stack listener on `::` sees an
+ * IPv4 client) as the IPv4 address it maps (`10.0.0.5`, how an IPv4 listener and a PROXY
+ * header name the same client); any other address as it is. Dialing it back reaches the same
+ * host over IPv4.
+ */
+export function plainIPv4(addr: string): string {
+  return addr.length > 7 && addr.slice(0, 7).toLowerCase() === '::ffff:' && isIPv4(addr.slice(7)) ? addr.slice(7) : addr;
+}
+
+/**
+ * A peer's address: the one a trusted balancer's PROXY header `named`, else its socket's, as
+ * `plainIPv4` writes it, so that one client is one key for the per-address limits and one name
+ * in the logs, the access log and the inspector whichever way it arrived; undefined when the
+ * socket cannot tell.
+ */
+export function peerAddress(socket: { remoteAddress?: string }, named?: string): string | undefined {
+  const addr = named ?? socket.remoteAddress;
+  return addr === undefined ? undefined : plainIPv4(addr);
 }

@@ -12,7 +12,7 @@ import { FrameBuffer, FrameDecoder, writeFrame, type Decoder } from './frame.js'
 import { jsonWire, type JsonEncoder } from './json.js';
 import { errorMsg, type Message } from './messages.js';
 import { SniffDecoder, type Wire } from './sniff.js';
-import { hostPort } from './address.js';
+import { hostPort, peerAddress } from './address.js';
 
 /**
  * How a connection turns messages into bytes, by wire: frames are written by
@@ -124,7 +124,7 @@ function onSocketClose(this: Owned): void {
 }
 function onSocketConnect(this: Owned): void {
   const conn = this[OWNER];
-  conn.remoteAddress = this.remoteAddress ?? conn.remoteAddress;
+  conn.remoteAddress = peerAddress(this) ?? conn.remoteAddress;
   conn.remotePort = this.remotePort ?? conn.remotePort;
 }
 function onSocketError(this: Owned, err: Error): void {
@@ -202,7 +202,7 @@ export class Connection implements BudgetHolder {
     else this.decoder = new FrameDecoder({ maxFrameBytes: opts.maxFrameBytes });
     this.holdReadsWhenCongested = opts.holdReadsWhenCongested ?? true;
     this.reclaims = socket instanceof NetSocket && (socket as { encrypted?: boolean }).encrypted !== true;
-    this.remoteAddress = opts.from?.address ?? socket.remoteAddress ?? 'unknown';
+    this.remoteAddress = peerAddress(socket, opts.from?.address) ?? 'unknown';
     this.remotePort = opts.from?.port ?? socket.remotePort ?? 0;
     if (socket.remoteAddress === undefined && socket.connecting) socket.once('connect', onSocketConnect);
     socket.setNoDelay(true);
