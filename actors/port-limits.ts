@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { BlockList, isIP, type Server, type Socket } from 'node:net';
 import { Server as TlsServer } from 'node:tls';
 import type { BudgetHolder } from '../transport/budget.js';
-import { hostPort, peerAddress } from '../transport/address.js';
+import { peerAddress, peerName } from '../transport/address.js';
 import { ErrorCode } from '../transport/errors.js';
 import { recogniseTlsRefusal } from '../transport/foreign.js';
 import { proxiedClient, tcpUnder } from '../transport/proxied.js';
@@ -146,7 +146,7 @@ export class ConnectionLimits {
    * counted in place of the balancer.
    */
   admit(socket: Socket, from?: string): string | undefined {
-    const addr = peerAddress(socket, from) ?? '?';
+    const addr = peerAddress(socket, from);
     const n = (this.perPeer.get(addr) ?? 0) + 1;
     const limit = this.limits.maxConnectionsPerPeer;
     if (limit && n > limit) {
@@ -200,7 +200,7 @@ export function logTlsRefusals(server: Server, logger: Logger): void {
   server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     const why = recogniseTlsRefusal(err.code)?.message ?? err.message;
     // A socket a trusted balancer handed over names its client in its PROXY header: that is who was refused, not the balancer.
-    const addr = peerAddress(socket.remoteAddress !== undefined ? socket : tcpUnder(socket) ?? socket, proxiedClient(socket)?.address) ?? '?';
+    const addr = peerAddress(socket.remoteAddress !== undefined ? socket : tcpUnder(socket) ?? socket, proxiedClient(socket)?.address);
     logger.repeated('warn', 'tls_refused', addr, 1, (n, span) => `Refused ${span ? `${fmt(n)} TLS connections` : 'a TLS connection'} from ${addr}${span ? ` ${span}` : ''}: ${why}`, { peer: addr, reason: err.message });
   });
 }
@@ -262,11 +262,11 @@ export function trusts(list: BlockList | undefined, addr: string | undefined): b
  * sends every connection so).
  */
 export function logNoProxyHeader(logger: Logger, socket: Socket, err: { code: string; message: string }): void {
-  const addr = peerAddress(socket) ?? '?';
+  const addr = peerAddress(socket);
   const why = `connections from ${addr} must begin with a PROXY protocol header (it is in proxy_protocol_from): have the balancer send one (HAProxy: send-proxy-v2 on the server line; nginx stream: proxy_protocol on), or take it out of the list`;
   logger.repeated('warn', 'proxy_header_refused', addr, 1, (n, span) => span
     ? `Closed ${fmt(n)} connection(s) from ${addr} ${span} without a PROXY protocol header; the first: ${err.message}; ${why}`
-    : `Closed connection from ${hostPort(addr, socket.remotePort ?? 0)}: ${err.message}; ${why}`, {
-    peer: hostPort(addr, socket.remotePort ?? 0), code: err.code,
+    : `Closed connection from ${peerName(addr, socket.remotePort ?? 0)}: ${err.message}; ${why}`, {
+    peer: peerName(addr, socket.remotePort ?? 0), code: err.code,
   });
 }

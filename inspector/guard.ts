@@ -24,6 +24,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
+import { peerAddress, peerName } from '../transport/address.js';
 
 export interface GuardOptions {
   /** The address the inspector listens on. */
@@ -116,6 +117,6 @@ export function isLoopbackName(name: string): boolean {
 
 /** Who asked, for the log: the user name given with the token, and the address the request came from. */
 export function whoAsked(req: IncomingMessage, user: string): string {
-  const from = `${req.socket.remoteAddress ?? '?'}:${req.socket.remotePort ?? 0}`;
+  const from = peerName(peerAddress(req.socket), req.socket.remotePort ?? 0);
   return `${user ? `${user} at ` : ''}${from} via the inspector`;
 }

@@ -4,7 +4,7 @@
  * refs: none of it may reach JSON.stringify raw (cycles, megabytes of
  * payloads). Everything shown by the inspector goes through `project`.
  */
-import { hostPort } from '../transport/address.js';
+import { peerName, UNKNOWN_PEER } from '../transport/address.js';
 import { Connection } from '../transport/socket.js';
 
 export type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
@@ -41,7 +41,7 @@ export interface SeenConn {
 
 export function connView(c: SeenConn): ConnView {
   const conn = c.conn;
-  const peer = conn.remoteAddress === 'unknown' && c.dialed ? c.dialed : hostPort(conn.remoteAddress, conn.remotePort);
+  const peer = conn.remoteAddress === UNKNOWN_PEER && c.dialed ? c.dialed : peerName(conn.remoteAddress, conn.remotePort);
   return { id: conn.id, role: c.role, peer, outstanding: c.outstanding ?? 0, closed: conn.closed };
 }
 
@@ -94,8 +94,8 @@ function projectValue(v: unknown, limits: ProjectLimits, depth: number): Json | 
   }
   if (v === null) return null;
   const o = v as object;
-  if (o instanceof Connection) return `conn#${o.id} ${hostPort(o.remoteAddress, o.remotePort)}${o.closed ? ' closed' : ''}`;
-  if (isPeer(o)) return `conn#${o.conn.id} ${o.role} ${hostPort(o.conn.remoteAddress, o.conn.remotePort)}${o.conn.closed ? ' closed' : ''}`;
+  if (o instanceof Connection) return `conn#${o.id} ${o.describe()}${o.closed ? ' closed' : ''}`;
+  if (isPeer(o)) return `conn#${o.conn.id} ${o.role} ${o.conn.describe()}${o.conn.closed ? ' closed' : ''}`;
   if (isActorRef(o)) return `actor ${o.id}`;
   if (o instanceof Error) return `${o.name}: ${o.message}`;
   if (Buffer.isBuffer(o)) return `Buffer(${o.length})`;

@@ -6,7 +6,7 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { createServer, connect, type Server, type Socket } from 'node:net';
+import { createServer, connect, Socket, type Server } from 'node:net';
 import { once } from 'node:events';
 import { encodeFrame } from '../transport/frame.js';
 import { Connection, type MessageSink } from '../transport/socket.js';
@@ -117,6 +117,14 @@ test('one reader at a time; messages$ is the same stream as an Observable', asyn
   assert.is(completed, false, 'the first reader was not told of the end');
   assert.equal(sink.batches.flat().map((m) => (m as { seq: number }).seq), [8]);
   server.close();
+});
+
+test("a peer whose address its socket cannot tell is named '?', as every other log names it, not 'unknown:0'", () => {
+  // A peer that resets before its accept is seen leaves the accepted socket with no address; that
+  // race cannot be provoked at will, so a socket that never connected stands in for it.
+  const conn = new Connection(new Socket());
+  assert.is(conn.describe(), '?');
+  conn.endWith();
 });
 
 test('a socket error with nobody listening does not throw; with a reader it ends the stream', async () => {

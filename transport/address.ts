@@ -9,6 +9,14 @@ export function hostPort(host: string, port: number | string): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
+/** A peer whose address its socket cannot tell (it reset before its accept was seen): `?` in every log, with no port. */
+export const UNKNOWN_PEER = '?';
+
+/** `hostPort` of a peer, or `?` when its address is unknown (a port of nothing means nothing). */
+export function peerName(host: string, port: number | string): string {
+  return host === UNKNOWN_PEER ? UNKNOWN_PEER : hostPort(host, port);
+}
+
 /**
  * An IPv4-mapped IPv6 address (`::ffff:10.0.0.5`, how a dual-stack listener on `::` sees an
  * IPv4 client) as the IPv4 address it maps (`10.0.0.5`, how an IPv4 listener and a PROXY
@@ -22,10 +30,10 @@ export function plainIPv4(addr: string): string {
 /**
  * A peer's address: the one a trusted balancer's PROXY header `named`, else its socket's, as
  * `plainIPv4` writes it, so that one client is one key for the per-address limits and one name
- * in the logs, the access log and the inspector whichever way it arrived; undefined when the
- * socket cannot tell.
+ * in the logs, the access log and the inspector whichever way it arrived; `?` when the socket
+ * cannot tell.
  */
-export function peerAddress(socket: { remoteAddress?: string }, named?: string): string | undefined {
+export function peerAddress(socket: { remoteAddress?: string }, named?: string): string {
   const addr = named ?? socket.remoteAddress;
-  return addr === undefined ? undefined : plainIPv4(addr);
+  return addr === undefined ? UNKNOWN_PEER : plainIPv4(addr);
 }

@@ -12,7 +12,7 @@ import { FrameBuffer, FrameDecoder, writeFrame, type Decoder } from './frame.js'
 import { jsonWire, type JsonEncoder } from './json.js';
 import { errorMsg, type Message } from './messages.js';
 import { SniffDecoder, type Wire } from './sniff.js';
-import { hostPort, peerAddress } from './address.js';
+import { peerAddress, peerName } from './address.js';
 
 /**
  * How a connection turns messages into bytes, by wire: frames are written by
@@ -124,7 +124,7 @@ function onSocketClose(this: Owned): void {
 }
 function onSocketConnect(this: Owned): void {
   const conn = this[OWNER];
-  conn.remoteAddress = peerAddress(this) ?? conn.remoteAddress;
+  if (this.remoteAddress !== undefined) conn.remoteAddress = peerAddress(this);
   conn.remotePort = this.remotePort ?? conn.remotePort;
 }
 function onSocketError(this: Owned, err: Error): void {
@@ -202,7 +202,7 @@ export class Connection implements BudgetHolder {
     else this.decoder = new FrameDecoder({ maxFrameBytes: opts.maxFrameBytes });
     this.holdReadsWhenCongested = opts.holdReadsWhenCongested ?? true;
     this.reclaims = socket instanceof NetSocket && (socket as { encrypted?: boolean }).encrypted !== true;
-    this.remoteAddress = peerAddress(socket, opts.from?.address) ?? 'unknown';
+    this.remoteAddress = peerAddress(socket, opts.from?.address);
     this.remotePort = opts.from?.port ?? socket.remotePort ?? 0;
     if (socket.remoteAddress === undefined && socket.connecting) socket.once('connect', onSocketConnect);
     socket.setNoDelay(true);
@@ -459,6 +459,6 @@ export class Connection implements BudgetHolder {
   }
 
   describe(): string {
-    return hostPort(this.remoteAddress, this.remotePort);
+    return peerName(this.remoteAddress, this.remotePort);
   }
 }
