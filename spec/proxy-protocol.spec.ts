@@ -31,8 +31,8 @@ const test = suite<Ctx>('behind an L4 balancer (PROXY protocol)', { port: 0 });
 test.after.each(() => killAll());
 
 /** A real proxy trusting BALANCER (and `extra` flags), with a real server of policy 111 (and `serverFlags`) registered directly (from 127.0.0.1: untrusted, no header). */
-async function proxyBehindBalancer(ctx: Ctx, extra: string[] = [], serverFlags: string[] = []): Promise<void> {
-  const { proc, port } = await proxyProcess(['--proxy-protocol-from', `${BALANCER},127.0.0.6`, '--access-log', '-', ...extra]);
+async function proxyBehindBalancer(ctx: Ctx, extra: string[] = [], serverFlags: string[] = [], trust = ['--proxy-protocol-from', `${BALANCER},127.0.0.6`]): Promise<void> {
+  const { proc, port } = await proxyProcess([...trust, '--access-log', '-', ...extra]);
   Object.assign(ctx, { proxy: proc, port });
   revproxy(['server', '-id', '100', '-pp', '111', '-listen', '0', '-revproc', String(port), ...serverFlags]);
   await proc.waitFor(/Received setup message from server id 100/);
@@ -165,6 +165,38 @@ test('on a dual-stack listener (::) a client is one address whether its socket (
   await ctx.proxy!.waitFor(new RegExp(`Refused a connection from ${CLIENTS[0]!.replace(/\./g, '\\.')}: it has 1 open \\(max_conns_per_peer\\)`));
   assert.not.ok(ctx.proxy!.out.some((l) => l.includes('::ffff:')), ctx.proxy!.out.join('\n'));
   direct.socket.destroy();
+});
+
+/** A connection from `from` that begins with a v1 header naming `client`, then asks one request as `srcid`. */
+async function askWithHeader(from: string, port: number, client: string, srcid: string): Promise<Awaited<ReturnType<typeof dialFrom>>> {
+  const c = await dialFrom(from, port);
+  c.socket.write(Buffer.concat([Buffer.from(`PROXY TCP4 ${client} 127.0.0.1 40000 ${port}\r\n`), frame({ type: MsgType.DATA, seq: 1, srcid, privPoliId: '111', payload: 'x' })]));
+  await c.got.until(() => c.got.got.length > 0 || c.got.closed, 5000);
+  return c;
+}
+
+test('proxy_protocol_from changed in the file and SIGHUP: a source no longer listed is not believed, one newly listed is', async (ctx) => {
+  const file = join(tempDir('revproxy-pp-reload-'), 'p.yaml');
+  writeFileSync(file, `proxy_protocol_from: ["${BALANCER}"]\n`);
+  await proxyBehindBalancer(ctx, [], [], ['--config', file]);
+  const ask = async (from: string, client: string, srcid: string, believed: boolean): Promise<void> => {
+    const c = await askWithHeader(from, ctx.port, client, srcid);
+    if (believed) {
+      assert.is(c.got.got[0]?.type, MsgType.ACK, `${srcid} answered: ${JSON.stringify(c.got.got)}`);
+      await ctx.proxy!.waitFor(new RegExp(`client=${srcid} addr=${client.replace(/\./g, '\\.')}:40000 `));
+    } else {
+      assert.is((c.got.got[0] as { code?: string } | undefined)?.code, 'BAD_REQUEST', `${srcid}: ${JSON.stringify(c.got.got)}`);
+      await ctx.proxy!.waitFor(new RegExp(`Closed connection from ${from.replace(/\./g, '\\.')}:\\d+: the peer sent a PROXY protocol header`));
+    }
+    c.socket.destroy();
+  };
+  await ask(BALANCER, '203.0.113.7', 'before', true);
+  await ask('127.0.0.6', '203.0.113.8', 'stranger', false);
+  writeFileSync(file, 'proxy_protocol_from: ["127.0.0.6"]\n');
+  ctx.proxy!.kill('SIGHUP');
+  await ctx.proxy!.waitFor(/Reloaded .*applied proxy_protocol_from/);
+  await ask('127.0.0.6', '203.0.113.9', 'listed', true);
+  await ask(BALANCER, '203.0.113.10', 'dropped', false);
 });
 
 test('a trusted source that sends no header, or too slowly, is closed with one line saying what to do; the proxy serves on', async (ctx) => {
