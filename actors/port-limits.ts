@@ -221,6 +221,36 @@ export function logBadInput(logger: Logger, conn: Connection, err: { code: strin
 }
 
 /**
+ * Log the connections a listening server could not accept (Node reports them as the server's
+ * 'error' and listens on): a warn line with the errno and what to do, then one per interval
+ * with a count, per errno (a system out of descriptors fails every accept).
+ */
+export function logAcceptErrors(logger: Logger, total: string) {
+  return (err: NodeJS.ErrnoException): void => {
+    const code = err.code ?? 'error';
+    logger.repeated('warn', 'accept_failed', code, 1, (n, span) => `Could not accept ${span ? `${fmt(n)} connections ${span}` : 'a connection'}: ${whyNotAccepted(err, total)}`, { code, error: err.message });
+  };
+}
+
+/** An accept error in words a person can act on. */
+function whyNotAccepted(err: NodeJS.ErrnoException, total: string): string {
+  switch (err.code) {
+    case 'EMFILE':
+      return `this process has no file descriptor left (EMFILE, ulimit -n ${fileLimits()?.soft ?? '?'}): raise its open-files limit, or lower ${total}`;
+    case 'ENFILE':
+      return 'the system has no file descriptor left (ENFILE, its limit is fs.file-max): raise it (sysctl fs.file-max) or find the process holding them (lsof)';
+    case 'ENOBUFS':
+    case 'ENOMEM':
+      return `the kernel has no memory left for the socket (${err.code}): free memory on this machine, or lower ${total}`;
+    case 'ECONNABORTED':
+      return 'the peer reset it before it was accepted (ECONNABORTED): nothing to do unless it happens often (then look at what the peers are)';
+    case 'EPERM':
+      return 'a firewall rule refused it (EPERM): look at the machine\'s firewall rules';
+  }
+  return `${err.message}; the server listens on`;
+}
+
+/**
  * Why an entry of a list of trusted sources (`--proxy-protocol-from`) is not
  * an IP address or a network (`10.0.0.0/8`, `fd00::/8`), or undefined.
  */

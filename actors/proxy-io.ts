@@ -18,7 +18,7 @@ import type { Clock } from '../transport/clock.js';
 import type { Inflight, InflightCount } from './inflight.js';
 import { newPeer, type Peer, type ProxyRequest } from './link.js';
 import { fmt, type Logger } from './logger.js';
-import { ConnectionLimits, logNoProxyHeader, logTlsRefusals, trustedSources, trusts } from './port-limits.js';
+import { ConnectionLimits, logAcceptErrors, logNoProxyHeader, logTlsRefusals, trustedSources, trusts } from './port-limits.js';
 import { awaitProxyHeader, handOverToTls, proxiedClient } from '../transport/proxied.js';
 import { DEFAULT_PROXY_MAX_CONNECTIONS, type ProxyObserver } from './proxy-options.js';
 import type { ForwardBatch, Member, Policy, ProxyEvent } from './proxy-types.js';
@@ -209,7 +209,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
     }, { allowHalfOpen: true });
     core.limits.watch(server);
     if (secure) logTlsRefusals(secure, input.logger);
-    listenOn(server, input.port, input.host, (port) => sendBack({ type: 'LISTENING', port }), (error) => sendBack({ type: 'LISTEN_FAILED', error }));
+    listenOn(server, input.port, input.host, (port) => sendBack({ type: 'LISTENING', port }), (error) => sendBack({ type: 'LISTEN_FAILED', error }), logAcceptErrors(input.logger, 'max_connections'));
     receive((e) => {
       if (e.type === 'STOP') server.close(); // stop accepting; open connections stay
       else if (e.type === 'RELOAD') {

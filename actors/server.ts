@@ -25,7 +25,7 @@ import { systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { BufferBudget, DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
 import { Caller, HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
 import { defaultConnsPerPeer } from './proxy-options.js';
-import { ConnectionLimits, logBadInput, logShed, logTlsRefusals, type ConnectionLimitsInput } from './port-limits.js';
+import { ConnectionLimits, logAcceptErrors, logBadInput, logShed, logTlsRefusals, type ConnectionLimitsInput } from './port-limits.js';
 import { fmt, silentLogger, type Logger } from './logger.js';
 
 export type { Behaviour } from './handler.js';
@@ -212,7 +212,7 @@ const requestListener = fromCallback<{ type: 'DRAIN' }, ListenerInput>(
     }, { handshakeTimeoutMs: FRAME_TIMEOUT_MS });
     limits.watch(server);
     logTlsRefusals(server, input.logger);
-    listenOn(server, input.port, input.host, (port) => send({ type: 'LISTENING', port }), (error) => send({ type: 'LISTEN_FAILED', error }));
+    listenOn(server, input.port, input.host, (port) => send({ type: 'LISTENING', port }), (error) => send({ type: 'LISTEN_FAILED', error }), logAcceptErrors(input.logger, '--max-connections'));
     receive(() => {
       // DRAIN: no new connections; the proxies close theirs once they have their answers.
       draining = true;

@@ -5,6 +5,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { closeSync, constants, openSync, readFileSync, rmSync } from 'node:fs';
+import { Server } from 'node:net';
 import { join } from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -55,6 +56,41 @@ inproc('a server that drains says whom it told: each proxy it is registered with
   await a.stop();
   const drain = logs.find((l) => l.event === 'draining')!;
   assert.is(drain.msg, `Draining: told the reverse proxy at 127.0.0.1:${a.port} that we are leaving; finishing requests in flight (at most 35000 ms)`);
+});
+
+inproc('a connection a listening port could not accept (ENFILE) is a warn line with the errno and what to do, not once per failure, and the port serves on', async () => {
+  // It was dropped silently: the error went to the machine's LISTEN_FAILED, which a running
+  // proxy or server ignores. A system out of file descriptors cannot be provoked here, so the
+  // error is emitted on each listening server object, as Node emits it when accept() fails.
+  const logs: LogRecord[] = [];
+  const listening: Server[] = [];
+  const listen = Server.prototype.listen;
+  Server.prototype.listen = function (this: Server, ...args: unknown[]) {
+    listening.push(this);
+    return (listen as (...a: unknown[]) => Server).apply(this, args);
+  } as typeof listen;
+  let proxy: Awaited<ReturnType<typeof startProxy>>;
+  let server: Awaited<ReturnType<typeof startServer>>;
+  try {
+    proxy = await startProxy({ port: 0, logger: new Logger('proxy', memorySink(logs), 'info') });
+    server = await startServer({ id: '1', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: proxy.port }, logger: new Logger('server 1', memorySink(logs), 'info') });
+  } finally {
+    Server.prototype.listen = listen;
+  }
+  try {
+    assert.is(listening.length, 2, 'the proxy\'s port and the server\'s');
+    const enfile = (): Error => Object.assign(new Error('accept ENFILE'), { code: 'ENFILE', errno: -23, syscall: 'accept' });
+    for (const s of listening) for (let i = 0; i < 3; i++) s.emit('error', enfile());
+    const failed = logs.filter((l) => l.event === 'accept_failed');
+    assert.equal(failed.map((l) => [l.actor, l.level]), [['proxy', 'warn'], ['server 1', 'warn']], JSON.stringify(logs));
+    assert.match(failed[0]!.msg, /^Could not accept a connection: the system has no file descriptor left \(ENFILE, its limit is fs\.file-max\): raise it/);
+    await eventually(() => proxy.pools().P?.serving.length === 1, 2000, 'server serving');
+    const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: proxy.port }, packets: [{ srcid: 'c', privPoliId: 'P', payload: 'x' }] });
+    assert.ok(results[0]?.correct, 'still serving');
+  } finally {
+    await server.stop();
+    await proxy.stop();
+  }
 });
 
 inproc('a repeated condition gives one line, then one summary line per interval whose counts add up', async () => {

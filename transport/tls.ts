@@ -134,12 +134,16 @@ function unprivilegedPortStart(): number {
  * Listen on `host:port`: `listening` gets the port (the one picked, for 0),
  * `failed` a sentence saying why not - whether Node reports it as an 'error'
  * (the port is taken) or throws it from listen() (a port out of range),
- * which inside an actor would escape uncaught.
+ * which inside an actor would escape uncaught. Once it listens, an 'error' is
+ * a connection it could not accept (ENFILE, ENOBUFS: the server listens on):
+ * `acceptFailed` gets those.
  */
-export function listenOn(server: Server, port: number, host: string, listening: (port: number) => void, failed: (why: string) => void): void {
-  server.on('error', (err) => failed(describeListenError(err, host, port)));
+export function listenOn(server: Server, port: number, host: string, listening: (port: number) => void, failed: (why: string) => void, acceptFailed: (err: NodeJS.ErrnoException) => void): void {
+  let up = false;
+  server.on('error', (err) => (up ? acceptFailed(err) : failed(describeListenError(err, host, port))));
   try {
     server.listen(port, host, () => {
+      up = true;
       const addr = server.address();
       listening(typeof addr === 'object' && addr ? addr.port : port);
     });
