@@ -14,7 +14,7 @@ import { hostPort } from '../transport/address.js';
 import { Connection } from '../transport/socket.js';
 import { describeTlsError, dial, readyEvent } from '../transport/tls.js';
 import type { Timer } from '../transport/clock.js';
-import type { Endpoint, RegistrationCommand, RegistrationInput } from './server.js';
+import { logDialBackProblem, type Endpoint, type RegistrationCommand, type RegistrationInput } from './server.js';
 
 export const jsonRegistrations = fromCallback<RegistrationCommand, RegistrationInput>(({ sendBack, input }) => {
   let stopping = false;
@@ -28,6 +28,8 @@ export const jsonRegistrations = fromCallback<RegistrationCommand, RegistrationI
     conns.add(conn);
     socket.once('close', () => conns.delete(conn));
     socket.once(readyEvent(socket), () => {
+      // The old proxy dials the server back at the address this comes from, as the new one does.
+      logDialBackProblem(input, key, socket.localAddress);
       conn.endWith(input.setup);
       sendBack({ type: 'REGISTERED', proxy: key, again: false });
     });

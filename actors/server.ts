@@ -297,8 +297,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
     socket.once(readyEvent(socket), () => {
       slow.cancel();
       live.set(key, conn);
-      const unreachable = dialBackProblem(input.listenHost, socket.localAddress, input.setup.listenport);
-      if (unreachable) input.logger.error('unreachable_from_proxy', `The reverse proxy at ${key} cannot reach this server: ${unreachable}`, { proxy: key, listenHost: input.listenHost, from: socket.localAddress });
+      logDialBackProblem(input, key, socket.localAddress);
       conn.send(input.setup);
     });
     conn.messages$.subscribe({
@@ -370,6 +369,12 @@ export function dialBackProblem(listenHost: string, local: string | undefined, p
   if (listenHost === '0.0.0.0' ? isIP(from) === 4 : plainIPv4(listenHost) === from) return undefined;
   return `it will dial ${hostPort(from, port)}, the address this registration comes from, but this server listens on ${listenHost} only: `
     + `start it with --host ${from} (or --host :: for every address)${isIP(from) !== isIP(listenHost) ? `, or give the proxy by an IPv${isIP(listenHost)} address in --revproc` : ''}`;
+}
+
+/** Say, as a registration connects (frames or JSON), when the proxy at `key` will not reach this server (`dialBackProblem`). */
+export function logDialBackProblem(input: RegistrationInput, key: string, local: string | undefined): void {
+  const unreachable = dialBackProblem(input.listenHost, local, input.setup.listenport);
+  if (unreachable) input.logger.error('unreachable_from_proxy', `The reverse proxy at ${key} cannot reach this server: ${unreachable}`, { proxy: key, listenHost: input.listenHost, from: local });
 }
 
 /**

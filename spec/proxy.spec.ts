@@ -404,7 +404,7 @@ idle('a client waiting for an answer slower than the idle timeout is not cut; an
 
 const ipv6 = fresh('a proxy on IPv6', { host: '::1' });
 
-ipv6('a server registering over IPv6 while it listens on 127.0.0.1 (the default) is told the proxy cannot reach it and what to run; one listening on ::1 is served', async () => {
+ipv6('a server registering over IPv6 (frames or the JSON wire) while it listens on 127.0.0.1 (the default) is told the proxy cannot reach it and what to run; one listening on ::1 is served', async () => {
   const proxy = { host: '::1', port: ctx.proxy.port };
   const logs: LogRecord[] = [];
   // The proxy dials a server back at the address its registration came from: ::1, where this one does not listen.
@@ -419,6 +419,12 @@ ipv6('a server registering over IPv6 while it listens on 127.0.0.1 (the default)
   const r = await runClient({ id: 'c', proxy, packets: packets('P', 4) });
   assert.equal(r.map((x) => [x.server, x.correct]), [['v6', true], ['v6', true], ['v6', true], ['v6', true]]);
   assert.not.ok(v6logs.some((l) => l.level === 'error'), JSON.stringify(v6logs));
+  // An old-system server (the JSON wire) is dialed back the same way; it was told nothing.
+  const jsonLogs: LogRecord[] = [];
+  const old = await startServer({ id: 'old', policy: 'Q', listenPort: 0, proxy, wire: 'json', logger: new Logger('server', memorySink(jsonLogs), 'info') });
+  ctx.servers.push(old);
+  await eventually(() => jsonLogs.some((l) => l.event === 'unreachable_from_proxy'), 2000, `the error line: ${JSON.stringify(jsonLogs)}`);
+  assert.match(jsonLogs.find((l) => l.event === 'unreachable_from_proxy')!.msg, /cannot reach this server: it will dial \[::1\]:\d+, the address this registration comes from, but this server listens on 127\.0\.0\.1 only/);
 });
 
 ipv6('log lines write an IPv6 address and port as [::1]:port, not ::1:port', async () => {
