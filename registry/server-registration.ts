@@ -36,7 +36,8 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
     if (s.token !== undefined) entry.proof = proofOf(s.token, entry);
     const key = serverKey(o.prefix, s.id);
     const label = `registry ${url} (${key})`;
-    const started = Date.now();
+    // The machine's clock (monotonic): a wall-clock step must neither cut the wait short (a server refused at boot when NTP stepped the clock) nor make it endless.
+    const started = input.clock.now();
     const patience = o.ttlSeconds * 1000 + 2000;
     let refused = false;
     const kept = new KeptKey(client, key, encodeServer(entry), o, {
@@ -50,7 +51,7 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
       taken: (holder, retryInMs) => {
         const other = decodeServer(s.id, holder);
         const who = typeof other === 'string' ? 'an entry this server did not write' : `a live server at ${other.address}:${other.port}`;
-        if (Date.now() - started < patience) {
+        if (input.clock.now() - started < patience) {
           // Perhaps our own previous run, whose lease has not ended yet.
           send({ type: 'REGISTRATION_LOST', proxy: label, error: `server id ${s.id} is held in the registry by ${who}; waiting for its lease to end`, retryInMs });
           return;

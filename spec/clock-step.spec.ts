@@ -1,0 +1,64 @@
+/**
+ * The wall clock steps under running programs (NTP stepping at boot, a VM
+ * resumed or migrated, `date -s`): real processes on libfaketime
+ * (spec/faketime.ts), their wall clock moved an hour or a day mid-run while
+ * their monotonic clock runs on. Waits, deadlines and durations must not
+ * move with it.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { killEtcds, startEtcd, type Etcd } from '../scenario/etcd.js';
+import { openEtcd, type Etcd3 } from '../registry/etcd.js';
+import { resolveRegistry } from '../registry/options.js';
+import { eventually } from './helpers.js';
+import { steppedClock } from './faketime.js';
+import { killAll, revproxy, type Proc } from './procs.js';
+
+const ctx: { etcd?: Etcd; raw?: Etcd3; n: number } = { n: 0 };
+const test = suite('clock step');
+const TTL = '2';
+
+test.before(async () => {
+  ctx.etcd = await startEtcd();
+  ctx.raw = await openEtcd(resolveRegistry({ endpoints: [ctx.etcd.endpoint] }));
+});
+
+test.after.each(() => killAll());
+
+test.after(async () => {
+  ctx.raw?.close();
+  await ctx.etcd?.remove();
+  killEtcds();
+});
+
+/** A prefix of the test's own, and the flags that put a proxy or server on it. */
+function fleet(): { prefix: string; flags: string[] } {
+  const prefix = `/clock${++ctx.n}/`;
+  return { prefix, flags: ['--registry', ctx.etcd!.url, '--registry-prefix', prefix, '--registry-ttl', TTL] };
+}
+
+/** Waits for a line matching `re` that `p` printed after its first `from` lines; fails, with its output, if `p` exits first. */
+async function printed(p: Proc, re: RegExp, from: number, what: string, ms = 8000): Promise<void> {
+  const seen = (): boolean => p.out.slice(from).some((l) => re.test(l));
+  await eventually(() => seen() || p.child.exitCode !== null, ms, what).catch(() => undefined);
+  assert.ok(seen(), `${what}: not printed${p.child.exitCode === null ? ` within ${ms} ms` : ` (it exited, ${p.child.exitCode})`}; its output:\n${p.out.join('\n')}`);
+}
+
+test('a server waiting out an earlier lease on its id keeps waiting when the wall clock steps forward, and registers once it ends', async () => {
+  const { prefix, flags } = fleet();
+  const clock = steppedClock();
+  // Its previous run's key (SIGKILLed a moment ago): on a lease that lives on for a while.
+  const lease = ctx.raw!.lease(Number(TTL));
+  await lease.put(`${prefix}servers/7`).value('{"policy":"111","address":"127.0.0.1","port":1}').exec();
+  const server = revproxy(['server', '--id', '7', '--pp', '111', ...flags], { env: clock.env });
+  await printed(server, /waiting for its lease to end/, 0, 'the server waits for the lease');
+  clock.step('+1h');
+  const mark = server.out.length;
+  await printed(server, /waiting for its lease to end/, mark, 'the server still waiting after the step');
+  await lease.revoke();
+  await printed(server, /Registered in the registry/, mark, 'the server registered once the lease ended');
+  server.kill();
+  assert.is(await server.exited, 0);
+});
+
+test.run();
