@@ -7,7 +7,9 @@
  * deadline on every call, gRPC keepalives that notice an etcd that went
  * silent. And etcd's errors in words.
  */
+import type { IBackoff } from 'cockatiel';
 import type { Etcd3, IOptions } from 'etcd3';
+import { systemClock } from '../transport/clock.js';
 import { describeRegistry, type Resolved } from './options.js';
 
 export type { Etcd3 } from 'etcd3';
@@ -17,11 +19,12 @@ export async function openEtcd(o: Resolved): Promise<Etcd3> {
   const options: IOptions = {
     hosts: o.endpoints.map((e) => `${o.tls ? 'https' : 'http'}://${e}`),
     dialTimeout: o.callTimeoutMs,
+    // gRPC takes a deadline as a wall-clock time and turns it into a timer (monotonic) when the call starts, a moment after this.
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + o.callTimeoutMs }),
     // etcd's default --grpc-keepalive-min-time is 5 s: ping no more often than that.
     grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': Math.max(1000, o.callTimeoutMs) },
     faultHandling: {
-      host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: Math.min(1000, o.retryMaxMs), breaker: new ConsecutiveBreaker(3) }),
+      host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: monotonicWait(Math.min(1000, o.retryMaxMs)), breaker: new ConsecutiveBreaker(3) }),
       // etcd3's types say a backoff, its code calls `.next()` on a factory (its own default is one).
       watchBackoff: new ExponentialBackoff({ initialDelay: o.retryInitialMs, maxDelay: o.retryMaxMs }) as never,
     },
@@ -31,6 +34,32 @@ export async function openEtcd(o: Resolved): Promise<Etcd3> {
     options.credentials = { rootCertificate: o.tls.ca ?? Buffer.alloc(0), privateKey: o.tls.key, certChain: o.tls.cert };
   }
   return new Etcd3(options);
+}
+
+/**
+ * The circuit breaker's wait before it lets a call through again, `ms` of
+ * monotonic time. cockatiel times an open breaker on the wall clock (it
+ * refuses calls while `Date.now() - openedAt < duration`): a wall-clock step
+ * back while etcd was away kept every call refused for as long as the step
+ * (an hour's step, an hour without the registry once etcd was back). This
+ * duration is worked out when cockatiel reads it (when a call comes): `ms`,
+ * plus how far the wall clock moved beyond the monotonic one since the
+ * breaker opened (it asks for the wait as it opens), so the test is true for
+ * exactly `ms` of real time whatever the wall clock did.
+ */
+function monotonicWait(ms: number): { next(): IBackoff<unknown> } {
+  return {
+    next() {
+      const wall = Date.now();
+      const mono = systemClock.now();
+      return {
+        get duration() {
+          return ms + (Date.now() - wall) - (systemClock.now() - mono);
+        },
+        next: () => monotonicWait(ms).next(),
+      };
+    },
+  };
 }
 
 /** Whether etcd refused who we are (a wrong user or password, no role on the prefix): not something that trying again mends. */

@@ -61,4 +61,22 @@ test('a server waiting out an earlier lease on its id keeps waiting when the wal
   assert.is(await server.exited, 0);
 });
 
+test('etcd back after an outage during which the wall clock stepped back: the proxy reads it again and the server registers again, within seconds', async () => {
+  const { flags } = fleet();
+  const clock = steppedClock();
+  const server = revproxy(['server', '--id', '8', '--pp', '111', ...flags], { env: clock.env });
+  const proxy = revproxy(['proxy', '--port', '0', '--log-level', 'debug', ...flags], { env: clock.env });
+  await printed(server, /Registered in the registry/, 0, 'the server registered');
+  await printed(proxy, /Advertised this proxy/, 0, 'the proxy advertised');
+  await ctx.etcd!.stop();
+  // etcd's client stops calling an etcd that failed several calls in a row (its circuit breaker), and tries again after a second.
+  await printed(proxy, /failed several calls in a row/, 0, 'the proxy\'s etcd client gave up calling for a while');
+  await printed(server, /failed several calls in a row/, 0, 'the server\'s etcd client gave up calling for a while');
+  clock.step('-1h');
+  const marks = [proxy.out.length, server.out.length];
+  await ctx.etcd!.start();
+  await printed(proxy, /Read the registry again/, marks[0]!, 'the proxy read the registry again');
+  await printed(server, /Registered again in the registry/, marks[1]!, 'the server registered again');
+});
+
 test.run();
