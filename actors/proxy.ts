@@ -268,7 +268,7 @@ export const proxyMachine = setup({
       input: ({ context }) => ({ ...context.opts, logger: context.logger, clock: context.clock, busyPoll: context.busyPoll, observer: context.observer, budget: context.budget }),
     },
     { id: 'links', src: 'linkHub', input: ({ context }) => ({ logger: context.logger }) },
-    { id: 'registry', src: 'registry', input: ({ context }) => ({ logger: context.logger, servers: context.servers }) },
+    { id: 'registry', src: 'registry', input: ({ context }) => ({ logger: context.logger, clock: context.clock, servers: context.servers }) },
   ],
   initial: 'starting',
   states: {

@@ -22,6 +22,7 @@ import {
 } from '../config/proxy.js';
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
 import type { PoolView } from '../inspector/views.js';
+import { systemClock } from '../transport/clock.js';
 import { ErrorCode } from '../transport/errors.js';
 import { dial, type TlsMaterial } from '../transport/tls.js';
 import { FileError, ignoreUserSignals, parseHost, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, whyUnreadable } from './common.js';
@@ -341,7 +342,8 @@ function registryReadiness(r: RegistryStatus | undefined): NotReady | undefined 
     return { code: r && !r.up && r.why ? 'REGISTRY_UNREACHABLE' : 'REGISTRY_SYNCING', message: r?.why ? `the proxy has not read its servers from the registry yet: ${r.why}` : 'the proxy has not read its servers from the registry yet' };
   }
   if (!r.up) {
-    const s = Math.round((Date.now() - r.since) / 1000);
+    // `since` is on the proxy's clock, the system's (monotonic): a wall-clock step does not make the outage an hour long.
+    const s = Math.round((systemClock.now() - r.since) / 1000);
     return { code: 'REGISTRY_UNREACHABLE', message: `the registry has been unreachable for ${s} s (${r.why}); serving with the membership last seen (${r.entries} server entries)`, warning: true };
   }
   return undefined;

@@ -11,6 +11,7 @@
  * owner as calls, in revision order; the owner decides what they mean.
  */
 import type { IKeyValue } from 'etcd3';
+import { systemClock } from '../transport/clock.js';
 import type { Etcd3 } from './etcd.js';
 import { describeEtcdError, isRefusal } from './etcd.js';
 import { heldName, heldValue } from './keys.js';
@@ -101,7 +102,7 @@ export class PrefixMirror {
    */
   private async sync(reason: SyncReason): Promise<void> {
     const gen = ++this.generation;
-    const started = Date.now();
+    const started = systemClock.now();
     const old = this.watcher;
     this.watcher = undefined;
     void old?.cancel().catch(() => undefined);
@@ -139,7 +140,7 @@ export class PrefixMirror {
     this.revision = BigInt(res.header.revision);
     this.watch(gen);
     this.retryMs = this.opts.retryInitialMs;
-    this.on.synced({ keys: this.held.size, revision: res.header.revision, reason, ms: Date.now() - started, kept: this.missing.size });
+    this.on.synced({ keys: this.held.size, revision: res.header.revision, reason, ms: Math.round(systemClock.now() - started), kept: this.missing.size });
     if (this.state !== 'up') {
       this.state = 'up';
       this.on.health(true);

@@ -16,6 +16,7 @@
  */
 import { fromCallback } from 'xstate';
 import { fmt, type Logger } from '../actors/logger.js';
+import type { Clock } from '../transport/clock.js';
 import type { RegistryCommand, RegistryEvent, RegistryStatus } from './events.js';
 import { openEtcd, type Etcd3 } from './etcd.js';
 import { KeptKey } from './kept-key.js';
@@ -34,9 +35,10 @@ export interface ProxyRegistryOptions extends RegistryOptions {
   remindMs?: number;
 }
 
-/** What the proxy machine gives the actor: its logger, and a read-only look at its members (to know when their links were first checked). */
+/** What the proxy machine gives the actor: its logger, its clock (the settle wait, how long etcd has been away), and a read-only look at its members (to know when their links were first checked). */
 export interface ProxyRegistryInput {
   logger: Logger;
+  clock: Clock;
   servers: ReadonlyMap<string, { source: string; traffic: { phase: string } }>;
 }
 
@@ -53,7 +55,7 @@ export async function proxyRegistry(options: ProxyRegistryOptions) {
 function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: ProxyRegistryInput, send: (e: RegistryEvent) => void, receive: (fn: (c: RegistryCommand) => void) => void): () => void {
   const log = input.logger;
   const url = describeRegistry({ endpoints: o.endpoints, tls: o.tls !== undefined });
-  const status: RegistryStatus = { url, up: false, synced: false, since: Date.now(), entries: 0, syncs: { start: 0, reconnect: 0, compacted: 0 }, advertised: false };
+  const status: RegistryStatus = { url, up: false, synced: false, since: input.clock.now(), entries: 0, syncs: { start: 0, reconnect: 0, compacted: 0 }, advertised: false };
   const report = (): void => send({ type: 'REGISTRY_HEALTH', status: { ...status, syncs: { ...status.syncs } } });
   const prefix = o.prefix + SERVERS;
   let port: number | undefined;
@@ -107,7 +109,7 @@ function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: P
     },
     health(up, why) {
       status.up = up;
-      status.since = Date.now();
+      status.since = input.clock.now();
       status.why = up ? undefined : why;
       clearInterval(remind);
       if (!up) {
@@ -115,7 +117,7 @@ function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: P
         if (status.synced) log.warn('registry_down', `The registry is unreachable (${why}); serving with the membership last seen (${fmt(members())} server entr${members() === 1 ? 'y' : 'ies'}) and retrying`, { url, reason: why, entries: members() });
         else log.warn('registry_down', `Cannot read the registry yet (${why}); retrying. This proxy is not ready and not advertised until it has read its servers`, { url, reason: why });
         remind = setInterval(() => {
-          const s = Math.round((Date.now() - status.since) / 1000);
+          const s = Math.round((input.clock.now() - status.since) / 1000);
           log.warn('registry_down', `The registry has been unreachable for ${s} s (${status.why}); still serving with the membership last seen (${fmt(members())} server entries)`, { url, reason: status.why, downForS: s });
         }, options.remindMs ?? 30_000);
       }
@@ -127,7 +129,7 @@ function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: P
   /** Advertise once the proxy listens and the servers' links had their first check (or settleMs passed). */
   function maybeAdvertise(): void {
     if (own || draining || stopped || port === undefined || !status.synced) return;
-    const deadline = Date.now() + (options.settleMs ?? 2000);
+    const deadline = input.clock.now() + (options.settleMs ?? 2000);
     const check = (): void => {
       if (own || draining || stopped) return;
       let pending = 0;
@@ -135,7 +137,7 @@ function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: P
         const m = input.servers.get(id);
         if (m && m.source === 'registry' && m.traffic.phase === 'connecting') pending++;
       }
-      if (pending > 0 && Date.now() < deadline) {
+      if (pending > 0 && input.clock.now() < deadline) {
         settle = setTimeout(check, 10);
         return;
       }
