@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { styleText } from 'node:util';
 import { Logger } from '../actors/logger.js';
 import { runClient, startProxy, startServer, StartError, type ServerHandle } from '../actors/index.js';
+import { systemClock } from '../transport/clock.js';
 import { loadPackets, makeSink, type LogFlags } from './common.js';
 import type { Attach } from './inspect.js';
 
@@ -94,9 +95,9 @@ function printSummary(o: DemoOptions, rows: string[][], verified: number): void 
 
 /** Setup messages travel on their own connections: wait until the proxy serves through them all. */
 async function waitForMembers(pools: () => Record<string, { serving: string[] }>, n: number): Promise<void> {
-  const until = Date.now() + 5000;
+  const until = systemClock.now() + 5000;
   while (Object.values(pools()).reduce((k, p) => k + p.serving.length, 0) < n) {
-    if (Date.now() > until) throw new Error('servers did not register within 5 s');
+    if (systemClock.now() > until) throw new Error('servers did not register within 5 s');
     await new Promise((r) => setTimeout(r, 5));
   }
 }

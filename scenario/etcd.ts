@@ -12,6 +12,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../bench/procs.js';
+import { systemClock } from '../transport/clock.js';
 
 export const ETCD = existsSync('/usr/bin/etcd') ? '/usr/bin/etcd' : 'etcd';
 const NO_ETCD = "cannot start etcd: it is not installed (Debian: sudo apt-get install -y etcd-server; or put an etcd 3.4+ binary on the PATH)";
@@ -84,7 +85,7 @@ export async function startEtcd(opts: { tls?: EtcdTls } = {}): Promise<Etcd> {
     c.on('exit', () => live.delete(c));
     c.stdout!.setEncoding('utf8').on('data', (t: string) => out.push(t));
     c.stderr!.setEncoding('utf8').on('data', (t: string) => out.push(t));
-    const end = Date.now() + 20_000;
+    const end = systemClock.now() + 20_000;
     for (;;) {
       if (failure) throw failure;
       if (c.exitCode !== null) throw new Error(`etcd exited (${c.exitCode}) before serving:\n${out.join('')}`);
@@ -98,7 +99,7 @@ export async function startEtcd(opts: { tls?: EtcdTls } = {}): Promise<Etcd> {
           // not yet
         }
       }
-      if (Date.now() > end) throw new Error(`etcd did not serve within 20 s:\n${out.join('')}`);
+      if (systemClock.now() > end) throw new Error(`etcd did not serve within 20 s:\n${out.join('')}`);
       await new Promise((r) => setTimeout(r, 50));
     }
   };

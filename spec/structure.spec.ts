@@ -83,6 +83,27 @@ shape('only the programs import cli/: the actors, the config file, scenarios and
   assert.equal(wrong.map(([f, deps]) => `${f}: ${deps.filter((d) => d.startsWith('cli/')).join(', ')}`), []);
 });
 
+shape('waits, deadlines and durations run on the monotonic clock (transport/clock.ts): the wall clock (Date.now(), new Date()) only for times shown to people', () => {
+  // A wall-clock step (NTP at boot, a resumed VM, `date -s`) moves Date.now() by hours: a wait timed on it ends at once or never (spec/clock-step.spec.ts).
+  const wall: Record<string, string> = {
+    'actors/logger.ts': "a log line's time",
+    'cli/inspect.ts': "a log line's time",
+    'admin/access-log.ts': "an access-log line's time",
+    'inspector/hub.ts': "the inspector's records' times of day",
+    'inspector/http.ts': "the inspector's records' times of day",
+    'registry/etcd.ts': "gRPC's deadline (a wall-clock time by its API, made a timer as the call starts), and the breaker's wait made monotonic",
+  };
+  const found: string[] = [];
+  for (const file of sources()) {
+    const rel = relative(ROOT, file);
+    if (rel.startsWith('spec/') || rel.startsWith('bench/') || wall[rel]) continue;
+    readFileSync(file, 'utf8').split('\n').forEach((line, i) => {
+      if (/\bDate\.now\(\)|\bnew Date\(/.test(line) && !/^\s*(\/\/|\*)/.test(line)) found.push(`${rel}:${i + 1}: ${line.trim()}`);
+    });
+  }
+  assert.equal(found, []);
+});
+
 shape('transport/ knows nothing of the actors above it', () => {
   const wrong = [...importGraph()].filter(([f, deps]) => f.startsWith('transport/') && deps.some((d) => !d.startsWith('transport/')));
   assert.equal(wrong.map(([f, deps]) => `${f}: ${deps.filter((d) => !d.startsWith('transport/')).join(', ')}`), []);
