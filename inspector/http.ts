@@ -63,8 +63,9 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
   const streams = new Set<ServerResponse>();
   const recorded = opts.recorded ?? false;
   let guard!: Guard;
-  // `now` lets the page count ages from the server's clock (for a recorded log: the end of the log).
-  const meta = () => ({ title: opts.title, recorded, pid: process.pid, now: recorded ? hub.lastTime : Date.now(), actions: !recorded });
+  // `now` lets the page count ages from the records' clock (for a recorded log: the end of the log); `wall`, the wall clock at the same
+  // moment, lets it show their times of day as the wall clock would now (live, the records' clock is monotonic: see monotonicEpoch).
+  const meta = () => ({ title: opts.title, recorded, pid: process.pid, now: recorded ? hub.lastTime : hub.now(), wall: recorded ? undefined : Date.now(), actions: !recorded });
   const refuse = (res: ServerResponse, r: Refusal): void => {
     for (const [k, v] of Object.entries(r.headers ?? {})) res.setHeader(k, v);
     send(res, r.status, 'application/json', JSON.stringify({ error: r.message }));

@@ -88,8 +88,19 @@ export interface HubOptions {
   keepStopped?: number;
   /** Receives every record (the NDJSON log). */
   sink?: (lines: string) => void;
+  /** The records' clock, epoch ms (default `monotonicEpoch`). */
   now?: () => number;
 }
+
+/**
+ * Epoch ms that move with the monotonic clock: the wall-clock time the
+ * process started at, plus the monotonic time since. Ages and durations
+ * counted on it (how long a member has been serving, a record's age on the
+ * page) stay right when the wall clock steps (NTP, a resumed VM, `date -s`);
+ * a time of day shown from it may be off by the steps since the process
+ * started (the page shows times of day through `meta.wall`, see http.ts).
+ */
+export const monotonicEpoch = (): number => performance.timeOrigin + performance.now();
 
 export type Batch = {
   recs: Rec[];
@@ -142,11 +153,16 @@ export class Hub {
       flushMs: 200,
       eventBudget: 250,
       keepStopped: 60,
-      now: Date.now,
+      now: monotonicEpoch,
       ...opts,
     };
     this.ring = new Ring(this.o.ringSize);
     this.budget = this.o.eventBudget;
+  }
+
+  /** The records' clock now (epoch ms, see `monotonicEpoch`). */
+  now(): number {
+    return this.o.now();
   }
 
   /** Start flushing on a timer (live mode). */

@@ -10,7 +10,7 @@ import * as assert from 'uvu/assert';
 import { killEtcds, startEtcd, type Etcd } from '../scenario/etcd.js';
 import { openEtcd, type Etcd3 } from '../registry/etcd.js';
 import { resolveRegistry } from '../registry/options.js';
-import { eventually } from './helpers.js';
+import { eventually, sleep } from './helpers.js';
 import { steppedClock } from './faketime.js';
 import { killAll, revproxy, type Proc } from './procs.js';
 
@@ -83,6 +83,30 @@ test('etcd away while the wall clock steps: /readyz counts the outage in real se
   await ctx.etcd!.start();
   await printed(proxy, /Read the registry again/, marks[0]!, 'the proxy read the registry again');
   await printed(server, /Registered again in the registry/, marks[1]!, 'the server registered again');
+});
+
+test('the inspector counts how long a member has been serving across a wall-clock step, as the page shows it', async () => {
+  const clock = steppedClock();
+  const proxy = revproxy(['proxy', '--port', '0', '--inspect', '0'], { env: clock.env });
+  const port = (await proxy.waitFor(/Running the reverse proxy on port (\d+)/))[1]!;
+  const inspector = (await proxy.waitFor(/Inspector for proxy on (http:\S+)/))[1]!;
+  const server = revproxy(['server', '--id', '9', '--pp', '111', '--revproc', port], { env: clock.env });
+  await printed(server, /Registered with the reverse proxy/, 0, 'the server registered');
+  /** How long the page would say the member has been serving: the server's `now` minus the member's `since`. */
+  const servingFor = async (): Promise<number> => {
+    const s = (await (await fetch(`${inspector}api/state`)).json()) as { meta: { now: number }; pools: Array<{ members: Array<{ id: string; state: string; since?: number }> }> };
+    const m = s.pools.flatMap((p) => p.members).find((x) => x.id === '9' && x.state === 'serving');
+    return m?.since === undefined ? NaN : s.meta.now - m.since;
+  };
+  let before = NaN;
+  for (let i = 0; i < 100 && !(before >= 0); i++) before = await servingFor().then((ms) => (ms >= 0 ? ms : sleep(20).then(() => ms)));
+  assert.ok(before >= 0, `the member serving, as the inspector sees it (${before})`);
+  clock.step('+1h');
+  const after = await servingFor();
+  assert.ok(after >= 0 && after < 60_000, `serving for ${after} ms after an hour's step forward`);
+  clock.step('-1d');
+  const back = await servingFor();
+  assert.ok(back >= 0 && back < 60_000, `serving for ${back} ms after a day's step back`);
 });
 
 test.run();

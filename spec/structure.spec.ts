@@ -89,8 +89,7 @@ shape('waits, deadlines and durations run on the monotonic clock (transport/cloc
     'actors/logger.ts': "a log line's time",
     'cli/inspect.ts': "a log line's time",
     'admin/access-log.ts': "an access-log line's time",
-    'inspector/hub.ts': "the inspector's records' times of day",
-    'inspector/http.ts': "the inspector's records' times of day",
+    'inspector/http.ts': "the wall clock the inspector's page shows times of day by (its records are on monotonicEpoch)",
     'registry/etcd.ts': "gRPC's deadline (a wall-clock time by its API, made a timer as the call starts), and the breaker's wait made monotonic",
   };
   const found: string[] = [];

@@ -20,13 +20,15 @@ const S = {
   step: -1,
   paused: false,
   connsMore: 0,
-  /** The server's clock minus ours (ms), so ages are counted as the server counts them. */
+  /** The server's records' clock minus our monotonic clock (ms), so ages are counted as the server counts them, whatever either wall clock does. */
   skew: 0,
+  /** The server's wall clock minus its records' clock (ms): added to a record's time for its time of day (0 for a recorded log). */
+  toWall: 0,
 };
 
-/** The server's time now; for a recorded log, the log's end. */
+/** The server's time now (its records' clock); for a recorded log, the log's end. */
 function now() {
-  return S.meta.recorded ? S.meta.now : Date.now() + S.skew;
+  return S.meta.recorded ? S.meta.now : performance.now() + S.skew;
 }
 
 // ---------- feed ----------
@@ -35,7 +37,8 @@ function connect() {
   es.addEventListener('full', (m) => {
     const d = JSON.parse(m.data);
     S.meta = d.meta;
-    S.skew = d.meta.now ? d.meta.now - Date.now() : 0;
+    S.skew = d.meta.now ? d.meta.now - performance.now() : 0;
+    S.toWall = d.meta.wall ? d.meta.wall - d.meta.now : 0;
     S.charts = d.charts;
     S.log = [];
     S.types = new Set();
@@ -435,7 +438,7 @@ function renderActor() {
   }
   const n = S.history ? S.history.length : 0;
   $('step-pos').textContent = shown ? `state ${S.step + 1} of ${n}` : 'live';
-  $('step-info').textContent = shown ? `${new Date(shown.t).toLocaleTimeString()} · after ${shown.event || '?'}${shown.changed ? ' · state changed' : ''}` : `${a.events} events${a.event ? ` · last ${a.event}` : ''}`;
+  $('step-info').textContent = shown ? `${new Date(shown.t + S.toWall).toLocaleTimeString()} · after ${shown.event || '?'}${shown.changed ? ' · state changed' : ''}` : `${a.events} events${a.event ? ` · last ${a.event}` : ''}`;
   $('step-live').classList.toggle('on', !!shown);
 }
 
@@ -480,7 +483,7 @@ function matches(r) {
 const TIME = new Intl.DateTimeFormat([], { hour: 'numeric', minute: 'numeric', second: 'numeric', hour12: false });
 
 function row(r) {
-  const t = new Date(r.t);
+  const t = new Date(r.t + S.toWall);
   const time = `${TIME.format(t)}.${String(t.getMilliseconds()).padStart(3, '0')}`;
   let actor = name(r.sid);
   let what = '';
