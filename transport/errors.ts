@@ -2,8 +2,9 @@
  * The error family: every error the project throws is a `RevproxyError` with
  * a stable `code`. Codes come in two kinds, kept apart by type:
  *
- * - wire codes (`ErrorCode`) travel in ERROR frames. They are the only codes
- *   a peer may send: `toMessage` refuses any other as BAD_REQUEST.
+ * - wire codes (`ErrorCode`) travel in ERROR frames. `toMessage` reads a
+ *   code of their shape it does not know (a newer peer's) as UPSTREAM_FAILED
+ *   naming it, and refuses a local code as BAD_REQUEST.
  * - local codes (`LocalCode`) name failures reported on this side only (the
  *   command line, starting, TLS files, timeouts, the client's own outcomes);
  *   they never go on the wire.

@@ -119,6 +119,18 @@ export function isIdValue(v: unknown): v is string | number {
   return typeof v === 'string' ? v.length > 0 && v.length <= MAX_ID_LENGTH : typeof v === 'number' && Number.isSafeInteger(v);
 }
 
+/**
+ * An error code this build does not know but a newer peer may send (docs/PROTOCOL.md,
+ * "Compatibility"): read as a failure, `UPSTREAM_FAILED`, whose message names it, so a request
+ * a newer proxy or server refuses with a code of its own fails alone instead of taking the
+ * connection, and every request on it, down as BAD_REQUEST.
+ */
+const NEWER_CODE = /^[A-Z][A-Z0-9_]{0,63}$/;
+
+function newerCode(code: string, message: string): string {
+  return `${code} (an error code this revproxy does not know, from a newer peer): ${message}`;
+}
+
 /** A handler's own error code (an ERROR's `appcode`): letters, digits, `_ . : -`, 1 to 64 characters. */
 export const APP_CODE = /^[A-Za-z0-9_.:-]{1,64}$/;
 
@@ -255,8 +267,10 @@ export function toMessage(value: unknown, opts: ValidateOptions = {}): Message {
       };
     case MsgType.ERROR: {
       const code = strField(o, 'code');
-      if (!isWireCode(code)) fail(isLocalCode(code) ? `error code '${code}' is local to this side's programs and never travels on the wire` : `unknown error code '${code.slice(0, 40)}'`);
-      const m: ErrorMsg = { type: 3, code, message: strField(o, 'message') };
+      if (isLocalCode(code)) fail(`error code '${code}' is local to this side's programs and never travels on the wire`);
+      if (!isWireCode(code) && !NEWER_CODE.test(code)) fail(`unknown error code '${code.slice(0, 40)}' (a code is 1 to 64 capital letters, digits or _)`);
+      const message = strField(o, 'message');
+      const m: ErrorMsg = isWireCode(code) ? { type: 3, code, message } : { type: 3, code: ErrorCode.UPSTREAM_FAILED, message: newerCode(code, message) };
       const s = intField(o, 'seq', 0, MAX_SEQ, false);
       if (s !== undefined) m.seq = s;
       const appcode = own(o, 'appcode');
