@@ -356,15 +356,21 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
     slow.cancel();
     send({ type: 'CONNECTED', conn });
   });
+  // What the proxy said as it closed the connection (an ERROR without a seq): an older proxy refusing
+  // what it cannot read says why here, and 'closed the connection' alone would hide it.
+  let said: string | undefined;
   const sub = conn.messages$.subscribe({
-    next: (messages) => send({ type: 'ANSWERS', messages }),
+    next: (messages) => {
+      for (const m of messages) if (m.type === MsgType.ERROR && m.seq === undefined) said = `${m.code}: ${m.message}`;
+      send({ type: 'ANSWERS', messages });
+    },
     error: (err: NodeJS.ErrnoException) => {
       if (!connected) {
         const why = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${hostPort(input.proxy.host, input.proxy.port)}` : describeTlsError(err);
         send({ type: 'CONNECT_FAILED', error: why });
-      } else send({ type: 'CLOSED', error: err.message });
+      } else send({ type: 'CLOSED', error: said ? refusedBy(input.proxy, said) : err.message });
     },
-    complete: () => send({ type: connected ? 'CLOSED' : 'CONNECT_FAILED', error: 'the reverse proxy closed the connection' }),
+    complete: () => send({ type: connected ? 'CLOSED' : 'CONNECT_FAILED', error: said ? refusedBy(input.proxy, said) : 'the reverse proxy closed the connection' }),
   });
   // A host that drops the packets (down, firewalled) would hold us for the OS's connect timeout,
   // about two minutes on Linux, before the next proxy is tried.
@@ -405,6 +411,11 @@ function maxAttempts(context: ClientContext): number {
 
 function windowOf(opts: ClientOptions): number {
   return opts.wire === 'json' ? 1 : opts.window ?? 64;
+}
+
+/** A proxy that ended the connection with an ERROR (a proxy older than this client refusing a binary payload, say), in words. */
+function refusedBy(proxy: Endpoint, said: string): string {
+  return `the reverse proxy at ${hostPort(proxy.host, proxy.port)} ended the connection saying ${said}`;
 }
 
 /** Why the client gave up, with a hint when the cause is a common mistake. */

@@ -90,4 +90,14 @@ test("a proxy's answer with a newer error code fails that request alone: the cli
   assert.is(proxy.conns, 1, 'one connection to the proxy');
 });
 
+test("a proxy that ends the connection refusing what the client sent (an older proxy and a binary payload) is named with its reason, not 'closed the connection'", async () => {
+  // What a proxy from before binary payloads (a992239) answered a DATA with a bin payload, then closed.
+  const older = await peer((m, sock) => sock.end(frame({ type: MsgType.ERROR, code: 'BAD_REQUEST', message: "field 'payload' must be a string, got binary" })));
+  const client = await connect({ revproc: older.port, maxAttempts: 1 });
+  open.push({ close: () => client.close() });
+  const e = await client.request('P', new Uint8Array([1, 2])).then(() => undefined, (err: { code: string; message: string }) => err);
+  assert.is(e?.code, 'CONNECT_FAILED');
+  assert.match(e!.message, `the reverse proxy at 127.0.0.1:${older.port} ended the connection saying BAD_REQUEST: field 'payload' must be a string, got binary`);
+});
+
 test.run();
