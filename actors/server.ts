@@ -488,7 +488,10 @@ export const serverMachine = setup({
     logDraining: ({ context }) => {
       // Whom it tells: each proxy it is registered with now, or the registry; with none, nobody.
       const told = context.registered.map((p) => registrar(p).who);
-      const what = told.length ? `told ${told.join(' and ')} that we are leaving` : 'registered nowhere, so nobody to tell';
+      // The old JSON wire has no deregistration: its proxies learn it when this server stops taking their connections.
+      const what = !told.length ? 'registered nowhere, so nobody to tell'
+        : context.opts.wire === 'json' ? `the old JSON wire cannot tell ${told.join(' and ')} (it has no deregistration): no new connections are taken, so they see this server gone`
+        : `told ${told.join(' and ')} that we are leaving`;
       const ms = drainTimeoutOf(context.opts);
       context.logger.info('draining', `Draining: ${what}; finishing requests in flight (at most ${ms} ms)`, { id: context.opts.id, registered: context.registered, drainTimeoutMs: ms });
     },

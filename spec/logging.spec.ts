@@ -58,6 +58,18 @@ inproc('a server that drains says whom it told: each proxy it is registered with
   assert.is(drain.msg, `Draining: told the reverse proxy at 127.0.0.1:${a.port} that we are leaving; finishing requests in flight (at most 35000 ms)`);
 });
 
+inproc('a --wire json server that drains does not claim it told its proxy: the old wire has no deregistration', async () => {
+  // It said 'told the reverse proxy ... that we are leaving', and had sent nothing.
+  const logs: LogRecord[] = [];
+  const p = await startProxy({ port: 0 });
+  const server = await startServer({ id: 'j', policy: 'P', revproc: [p.port], wire: 'json', logger: new Logger('server j', memorySink(logs), 'info') });
+  await eventually(() => logs.some((l) => l.event === 'registered'), 2000, 'registered');
+  await server.stop();
+  await p.stop();
+  const drain = logs.find((l) => l.event === 'draining')!;
+  assert.is(drain.msg, `Draining: the old JSON wire cannot tell the reverse proxy at 127.0.0.1:${p.port} (it has no deregistration): no new connections are taken, so they see this server gone; finishing requests in flight (at most 35000 ms)`);
+});
+
 inproc('a connection a listening port could not accept (ENFILE) is a warn line with the errno and what to do, not once per failure, and the port serves on', async () => {
   // It was dropped silently: the error went to the machine's LISTEN_FAILED, which a running
   // proxy or server ignores. A system out of file descriptors cannot be provoked here, so the
