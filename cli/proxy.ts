@@ -226,7 +226,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
   // A reload changes it at once.
   let readyPolicies = rt.admin?.readyPolicies ?? [];
   if (rt.admin) {
-    metrics = new Metrics({ pools: () => (proxy ? poolViews(proxy) : []), inflight: () => proxy?.actor.getSnapshot().context.inflight.size ?? 0, actorCounts: () => [] }, 200, { defaults: true });
+    metrics = new Metrics({ pools: () => (proxy ? poolViews(proxy, readyPolicies) : []), inflight: () => proxy?.actor.getSnapshot().context.inflight.size ?? 0, actorCounts: () => [] }, 200, { defaults: true });
     addOperationsMetrics(metrics.registry, {
       conns: () => conns!.snapshot(),
       dropped: () => ({ main: logger.dropped, access: accessLog && accessLog.dest !== stdout ? accessLog.dropped : 0 }),
@@ -400,9 +400,14 @@ function sameTls(a: TlsMaterial | undefined, b: TlsMaterial | undefined): boolea
   return same(a?.cert, b?.cert) && same(a?.key, b?.key) && same(a?.ca, b?.ca);
 }
 
-/** The proxy's pools as the metrics read them. */
-function poolViews(proxy: ProxyHandle): PoolView[] {
-  return Object.entries(proxy.pools()).map(([policy, p]) => ({
+/**
+ * The proxy's pools as the metrics read them, and each policy of `--ready-policies` that has no
+ * pool (no server registered, or its last one left) as an empty one: its members read 0, so an
+ * alert on `revproxy_pool_members{state="serving"} == 0` fires for it, as /readyz turns 503.
+ */
+function poolViews(proxy: ProxyHandle, readyPolicies: readonly string[]): PoolView[] {
+  const pools = proxy.pools();
+  const views: PoolView[] = Object.entries(pools).map(([policy, p]) => ({
     policy,
     state: p.state,
     members: p.members.map((id) => ({ id, state: p.states[id] ?? 'down', answered: 0, errors: 0, source: p.sources[id] })),
@@ -410,4 +415,6 @@ function poolViews(proxy: ProxyHandle): PoolView[] {
     routed: 0,
     gone: [],
   }));
+  for (const policy of readyPolicies) if (!Object.hasOwn(pools, policy)) views.push({ policy, state: 'empty', members: [], cursor: 0, routed: 0, gone: [] });
+  return views;
 }

@@ -536,6 +536,20 @@ admin('--ready-policies: /readyz is 503 while a listed policy has no server serv
   await readyzUntil(url, notReadyFor('b'), 'b1 left');
 });
 
+admin('--ready-policies: /metrics shows a listed policy with no server as serving 0, before one registers and after the last one left', async () => {
+  // Its pool's series went with its last member: an alert on revproxy_pool_members{state="serving"} == 0
+  // (docs/revproxy.rules.yml) never fired for a policy whose every server had left.
+  const { port, admin: url } = await proxyWithConfig(write('rm.yaml', 'port: 0\nadmin:\n  listen: 127.0.0.1:0\n'), ['--ready-policies', 'a']);
+  const serving = async (): Promise<string | undefined> => /^revproxy_pool_members\{policy="a",state="serving",source="direct"\} (\d+)$/m.exec((await get(`${url}metrics`)).body)?.[1];
+  assert.is(await serving(), '0', 'no server registered yet');
+  const a1 = await server('a1', 'a', port);
+  await readyzUntil(url, (r) => r.status !== 503, 'a serving');
+  assert.is(await serving(), '1');
+  await a1.stop();
+  await readyzUntil(url, notReadyFor('a'), 'a1 left');
+  assert.is(await serving(), '0', 'its last server left');
+});
+
 admin('admin.ready_policies in the file: a reload applies it at once; without admin.listen it is refused, as is a policy no server could register', async () => {
   const file = write('rp.yaml', 'port: 0\nadmin:\n  listen: 127.0.0.1:0\n  ready_policies: [a]\n');
   const { proc, port, admin: url } = await proxyWithConfig(file);
