@@ -3,22 +3,29 @@
  * alerting rules"): docs/revproxy.service, checked by Debian's systemd-analyze and run as systemd
  * would run it (this machine has no systemd as PID 1: its commands run here, under its
  * environment and limits, with the file system read-only but for its LogsDirectory, as
- * ProtectSystem=strict leaves it).
+ * ProtectSystem=strict leaves it); and docs/revproxy.rules.yml, checked and unit-tested by
+ * Debian's promtool, every metric, label and value it names read from a running proxy's /metrics.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
+import { parse } from 'yaml';
 import { runClient, startServer, type ServerHandle } from '../actors/index.js';
 import { fileRoom } from '../actors/port-limits.js';
-import { fileLimits } from '../bench/procs.js';
+import { fileLimits, freePort } from '../bench/procs.js';
 import { DEFAULTS } from '../config/proxy.js';
+import { OTHER } from '../inspector/metrics.js';
+import { ERROR_CODES } from '../transport/errors.js';
 import { eventually, LOCAL, sleep, tempDir } from './helpers.js';
-import { BIN, killAll, ROOT, start, type Proc } from './procs.js';
+import { BIN, killAll, revproxy, ROOT, start, type Proc } from './procs.js';
 
 const UNIT = join(ROOT, 'docs/revproxy.service');
+const RULES = join(ROOT, 'docs/revproxy.rules.yml');
+const RULES_TEST = join(ROOT, 'spec/fixtures/revproxy.rules.test.yml');
 const SYSTEMD_ANALYZE = '/usr/bin/systemd-analyze';
+const PROMTOOL = '/usr/bin/promtool';
 
 interface Ctx {
   dir: string;
@@ -139,4 +146,78 @@ systemd("its ExecStart serves under its environment, its LimitNOFILE and a read-
   await eventually(() => readFileSync(`${logs}/access.log`, 'utf8').split('\n').filter((l) => / outcome=ok$/.test(l)).length === 2, 3000, 'both requests in the access log');
 });
 
+const rules = fresh('docs/revproxy.rules.yml');
+
+interface Rule {
+  alert: string;
+  expr: string;
+  for?: string;
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+}
+const ruleList = (): Rule[] => (parse(readFileSync(RULES, 'utf8')) as { groups: Array<{ rules: Rule[] }> }).groups.flatMap((g) => g.rules);
+
+rules('promtool check rules passes it, promtool test rules its unit tests; each rule waits (for:), has a severity and says what to do', () => {
+  const check = tool(PROMTOOL, 'prometheus', ['check', 'rules', RULES]);
+  assert.is(check.status, 0, check.said);
+  const test = tool(PROMTOOL, 'prometheus', ['test', 'rules', RULES_TEST]);
+  assert.is(test.status, 0, test.said);
+  for (const r of ruleList()) {
+    assert.ok(r.for, `${r.alert} has for:`);
+    assert.ok(['critical', 'warning'].includes(r.labels?.severity ?? ''), `${r.alert} has a severity`);
+    assert.ok(r.annotations?.summary && r.annotations.description, `${r.alert} has a summary and a description`);
+  }
+});
+
+/** PromQL words that are not metric names. */
+const PROMQL = new Set(['by', 'without', 'on', 'ignoring', 'group_left', 'group_right', 'and', 'or', 'unless', 'bool', 'offset']);
+/** Labels Prometheus adds to what it scrapes, and its own series. */
+const SCRAPE_LABELS = new Set(['job', 'instance']);
+const SCRAPE_SERIES = new Set(['up']);
+
+/** Each selector of a PromQL expression: the metric's name and its matchers. */
+function selectors(expr: string): Array<{ name: string; matchers: Array<{ label: string; op: string; value: string }> }> {
+  const bare = expr.replace(/\[[^\]]*\]/g, '').replace(/\b(by|without|on|ignoring)\s*\([^)]*\)/g, '');
+  const found = [];
+  for (const m of bare.matchAll(/([a-zA-Z_:][\w:]*)(?![\w:])\s*(\{[^}]*\})?(?!\s*\()/g)) {
+    if (PROMQL.has(m[1]!) || /^\d/.test(m[1]!)) continue;
+    const matchers = [...(m[2] ?? '').matchAll(/(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"/g)].map(([, label, op, value]) => ({ label: label!, op: op!, value: value! }));
+    found.push({ name: m[1]!, matchers });
+  }
+  return found;
+}
+
+rules('every metric, label and label value it names is one a running proxy exports', async () => {
+  // A dead registry address: the registry's metrics are there (revproxy_registry_up 0), etcd is not needed.
+  const proc = revproxy(['proxy', '--port', '0', '--admin', '127.0.0.1:0', '--registry', `etcd://127.0.0.1:${await freePort()}`]);
+  const port = Number((await proc.waitFor(/Running the reverse proxy on port (\d+)/))[1]);
+  const admin = proc.out.map((l) => /Admin endpoint on (http:\S+)/.exec(l)?.[1]).find(Boolean);
+  ctx.servers.push(await startServer({ id: 's1', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port } }));
+  await runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: [{ srcid: 'c', privPoliId: 'P', payload: 'x' }] });
+  const text = await (await fetch(`${admin}metrics`)).text();
+  const typed = new Set([...text.matchAll(/^# TYPE (\S+) /gm)].map((m) => m[1]!));
+  const labels = new Map<string, Map<string, Set<string>>>();
+  for (const [, name, body] of text.matchAll(/^([a-zA-Z_:][\w:]*)\{([^}]*)\} /gm)) {
+    const byLabel = labels.get(name!) ?? new Map<string, Set<string>>();
+    labels.set(name!, byLabel);
+    for (const [, label, value] of body!.matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) byLabel.set(label!, (byLabel.get(label!) ?? new Set()).add(value!));
+  }
+  // Values a proxy exports only once it has seen them: the error codes, and the policy past the bound.
+  const known: Record<string, string[]> = { outcome: ['ok', ...ERROR_CODES], policy: [OTHER] };
+  for (const r of ruleList()) {
+    for (const { name, matchers } of selectors(r.expr)) {
+      if (SCRAPE_SERIES.has(name)) continue;
+      assert.ok(typed.has(name), `${r.alert}: ${name} is not in /metrics`);
+      for (const { label, value } of matchers) {
+        if (SCRAPE_LABELS.has(label)) continue;
+        const values = labels.get(name)?.get(label);
+        assert.ok(values, `${r.alert}: ${name} has no label ${label} in /metrics`);
+        for (const v of value.split('|')) assert.ok(values.has(v) || known[label]?.includes(v), `${r.alert}: ${name}{${label}="${v}"}: /metrics has ${label} ${[...values].join(', ')}`);
+      }
+    }
+    for (const [, name] of `${r.annotations?.summary} ${r.annotations?.description}`.matchAll(/\b((?:revproxy|process|nodejs)_\w+)/g)) assert.ok(typed.has(name!), `${r.alert}'s annotation names ${name}, not in /metrics`);
+  }
+});
+
 systemd.run();
+rules.run();
