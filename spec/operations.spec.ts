@@ -5,9 +5,8 @@
  * servers and load run in this process.
  */
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { runClient, startServer, type Handler, type ServerHandle } from '../actors/index.js';
 import { EJECT_REASONS, resolveOptions } from '../actors/proxy-options.js';
@@ -16,32 +15,15 @@ import { ROLES } from '../admin/conn-stats.js';
 import { DEFAULTS, NUMBERS, parseConfig, proxyConfigSpec, toRuntime } from '../config/proxy.js';
 import { OTHER } from '../inspector/metrics.js';
 import { ERROR_CODES } from '../transport/errors.js';
-import { eventually, LOCAL, rawConnect, sleep, tempDir } from './helpers.js';
+import { eventually, LOCAL, rawConnect, sleep } from './helpers.js';
 import { makePki } from './certs.js';
 import { runLoad } from './load.js';
-import { killAll, revproxy, ROOT, type Proc } from './procs.js';
+import { freshSuite, revproxy, ROOT, type Fresh, type Proc } from './procs.js';
 
 const EXAMPLE = join(ROOT, 'docs/revproxy.example.yaml');
 
-interface Ctx {
-  dir: string;
-  servers: ServerHandle[];
-}
-const ctx: Ctx = { dir: '', servers: [] };
-
-function fresh(name: string) {
-  const s = suite<Ctx>(name, ctx);
-  s.before.each(() => {
-    ctx.dir = tempDir('revproxy-ops-');
-    ctx.servers = [];
-  });
-  s.after.each(async () => {
-    for (const srv of ctx.servers) srv.kill();
-    killAll();
-    rmSync(ctx.dir, { recursive: true, force: true });
-  });
-  return s;
-}
+const ctx: Fresh = { dir: '', servers: [] };
+const fresh = (name: string) => freshSuite(name, 'revproxy-ops-', ctx);
 
 function write(name: string, text: string): string {
   const p = join(ctx.dir, name);

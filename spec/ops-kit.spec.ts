@@ -7,19 +7,18 @@
  * Debian's promtool, every metric, label and value it names read from a running proxy's /metrics.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { parse } from 'yaml';
-import { runClient, startServer, type ServerHandle } from '../actors/index.js';
+import { runClient, startServer } from '../actors/index.js';
 import { fileRoom } from '../actors/port-limits.js';
 import { fileLimits, freePort } from '../bench/procs.js';
 import { DEFAULTS } from '../config/proxy.js';
 import { OTHER } from '../inspector/metrics.js';
 import { ERROR_CODES } from '../transport/errors.js';
-import { eventually, LOCAL, sleep, tempDir } from './helpers.js';
-import { BIN, killAll, revproxy, ROOT, start, type Proc } from './procs.js';
+import { eventually, LOCAL, sleep } from './helpers.js';
+import { BIN, freshSuite, revproxy, ROOT, start, type Fresh, type Proc } from './procs.js';
 
 const UNIT = join(ROOT, 'docs/revproxy.service');
 const RULES = join(ROOT, 'docs/revproxy.rules.yml');
@@ -27,25 +26,8 @@ const RULES_TEST = join(ROOT, 'spec/fixtures/revproxy.rules.test.yml');
 const SYSTEMD_ANALYZE = '/usr/bin/systemd-analyze';
 const PROMTOOL = '/usr/bin/promtool';
 
-interface Ctx {
-  dir: string;
-  servers: ServerHandle[];
-}
-const ctx: Ctx = { dir: '', servers: [] };
-
-function fresh(name: string) {
-  const s = suite<Ctx>(name, ctx);
-  s.before.each(() => {
-    ctx.dir = tempDir('revproxy-kit-');
-    ctx.servers = [];
-  });
-  s.after.each(() => {
-    for (const srv of ctx.servers) srv.kill();
-    killAll();
-    rmSync(ctx.dir, { recursive: true, force: true });
-  });
-  return s;
-}
+const ctx: Fresh = { dir: '', servers: [] };
+const fresh = (name: string) => freshSuite(name, 'revproxy-kit-', ctx);
 
 /** Debian's tool at `path`, run with `args`: its status and all it said. */
 function tool(path: string, pkg: string, args: string[]): { status: number; said: string } {
@@ -106,7 +88,7 @@ systemd('systemd-analyze verify finds nothing to say; the limits fit the default
 systemd("its ExecStart serves under its environment, its LimitNOFILE and a read-only file system; ExecReload reloads; SIGTERM drains within TimeoutStopSec and exits 0", async () => {
   const unit = service(relocate(readFileSync(UNIT, 'utf8'), ctx.dir));
   const logs = join(ctx.dir, 'logs'); // its LogsDirectory, /var/log/revproxy
-  spawnSync('mkdir', [logs]);
+  mkdirSync(logs);
   writeFileSync(join(ctx.dir, 'revproxy.yaml'), `port: 0\nadmin:\n  listen: 127.0.0.1:0\nlog:\n  access_log: ${logs}/access.log\n`);
   writeFileSync(join(ctx.dir, 'revproxy.env'), 'REVPROXY_ADMIN_TOKEN=kit-admin-secret\n');
   const env: string[] = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin']; // systemd's, for the shebang's `env node`
@@ -138,7 +120,7 @@ systemd("its ExecStart serves under its environment, its LimitNOFILE and a read-
 
   const inFlight = ask();
   const inflight = async (): Promise<string | undefined> => /^revproxy_inflight_requests (\d+)$/m.exec(await (await fetch(`${admin}metrics`, { headers: { authorization: 'Bearer kit-admin-secret' } })).text())?.[1];
-  while ((await inflight()) !== '1') await sleep(10);
+  for (const end = Date.now() + 3000; (await inflight()) !== '1'; await sleep(10)) assert.ok(Date.now() < end, 'the second request reached the server within 3 s');
   proc.kill(one(unit, 'KillSignal') as NodeJS.Signals);
   const timeout = new Promise<string>((resolve) => setTimeout(() => resolve('still running at TimeoutStopSec'), Number(one(unit, 'TimeoutStopSec')) * 1000).unref());
   assert.is(await Promise.race([proc.exited, timeout]), 0, 'exit 0: Restart=on-failure does not restart it');

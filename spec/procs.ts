@@ -2,8 +2,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { connect } from 'node:net';
+import { rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { suite } from 'uvu';
+import type { ServerHandle } from '../actors/index.js';
 import { freePort, nodeFlags } from '../bench/procs.js';
+import { tempDir } from './helpers.js';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 export const BIN = fileURLToPath(new URL('../cli/revproxy.js', import.meta.url));
@@ -128,4 +132,25 @@ function accepts(port: number): Promise<boolean> {
     });
     s.once('error', () => resolve(false));
   });
+}
+
+/** What each test of a `freshSuite` starts with: a new temp folder, and the servers it starts (for the suite to kill). */
+export interface Fresh {
+  dir: string;
+  servers: ServerHandle[];
+}
+
+/** A suite whose tests each get a new temp folder (named from `prefix`) in `ctx`; after each, its servers and every process are killed and the folder removed. */
+export function freshSuite(name: string, prefix: string, ctx: Fresh) {
+  const s = suite<Fresh>(name, ctx);
+  s.before.each(() => {
+    ctx.dir = tempDir(prefix);
+    ctx.servers = [];
+  });
+  s.after.each(() => {
+    for (const srv of ctx.servers) srv.kill();
+    killAll();
+    rmSync(ctx.dir, { recursive: true, force: true });
+  });
+  return s;
 }
