@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as assert from 'uvu/assert';
-import { runClient, startServer, type Handler, type ServerHandle } from '../actors/index.js';
+import { runClient, sha1Handler, startServer, type Handler, type ServerHandle } from '../actors/index.js';
 import { EJECT_REASONS, resolveOptions } from '../actors/proxy-options.js';
 import { MEMBER_STATES } from '../actors/proxy-types.js';
 import { ROLES } from '../admin/conn-stats.js';
@@ -426,7 +426,14 @@ admin('/healthz, /readyz (503 while draining) and /metrics (GET and HEAD): count
   assert.is(await head.text(), '');
   assert.is((await fetch(`${url}metrics`, { method: 'POST' })).status, 405);
 
-  await server('s1', 'P', port, { delayMs: 500 });
+  // s1 answers after 500 ms and counts the requests it has taken, so the drain below starts with one in flight there.
+  let s1Took = 0;
+  const slow: Handler = async (payload, hctx) => {
+    s1Took++;
+    await sleep(500);
+    return sha1Handler(payload, hctx);
+  };
+  await server('s1', 'P', port, { handler: slow });
   await server('s2', 'P', port);
   const count = (text: string): number => Number(/revproxy_requests_total\{policy="P",server="s2",outcome="ok"\} (\d+)/.exec(text)?.[1] ?? 0);
   const before = count((await get(`${url}metrics`)).body);
@@ -463,8 +470,11 @@ admin('/healthz, /readyz (503 while draining) and /metrics (GET and HEAD): count
   }
 
   // Draining: a request is in flight at the slow server, so the drain lasts; /readyz says so.
+  // One of the two goes to s1 (round robin). A fixed 100 ms wait here let a loaded machine send
+  // SIGTERM before either had arrived: the drain ended at once and the admin port with it.
+  const took = s1Took;
   const slowRequest = runClient({ id: 'd', proxy: { host: LOCAL, port }, packets: [{ srcid: 'd', privPoliId: 'P', payload: 'a' }, { srcid: 'd', privPoliId: 'P', payload: 'b' }] });
-  await sleep(100);
+  await eventually(() => s1Took > took, 5000, 'a request in flight at the slow server');
   proc.kill('SIGTERM');
   let ready = await get(`${url}readyz`);
   for (let i = 0; i < 50 && ready.status === 200; i++) ready = await get(`${url}readyz`);
