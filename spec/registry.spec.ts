@@ -354,7 +354,7 @@ reg_('clients find the proxies in etcd, spread over them, and follow the list as
   const answers = await Promise.all(clients.map((c) => c.send('111', 'after')));
   await draining;
   assert.is(answers.filter((o) => !o.ok).length, 0, JSON.stringify(answers.filter((o) => !o.ok)));
-  await eventually(() => clients.every((c) => c.actor.getSnapshot().context.proxies.every((p) => p.port === b.port || p.port === at(c))), 3000, 'the lists follow etcd');
+  await eventually(() => clients.every((c) => c.actor.getSnapshot().context.proxies.every((p) => p.port === b.port || p.port === at(c))), 10_000, 'the lists follow etcd');
   const none = await connect({ registry: { ...reg(), prefix: '/nothing-here/' }, timeoutMs: 300 }).then(() => undefined, (e: Error & { code?: string }) => e);
   assert.is(none?.code, 'CONNECT_FAILED');
   assert.match(String(none?.message), /no reverse proxy is registered in the registry/);
