@@ -20,7 +20,7 @@ export async function openEtcd(o: Resolved): Promise<Etcd3> {
     hosts: o.endpoints.map((e) => `${o.tls ? 'https' : 'http'}://${e}`),
     dialTimeout: o.callTimeoutMs,
     // gRPC takes a deadline as a wall-clock time and turns it into a timer (monotonic) when the call starts, a moment after this.
-    defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + o.callTimeoutMs }),
+    defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: deadlineIn(o.callTimeoutMs) }),
     // etcd's default --grpc-keepalive-min-time is 5 s: ping no more often than that.
     grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': Math.max(1000, o.callTimeoutMs) },
     faultHandling: {
@@ -60,6 +60,11 @@ function monotonicWait(ms: number): { next(): IBackoff<unknown> } {
       };
     },
   };
+}
+
+/** A gRPC deadline `ms` from now: a wall-clock time by gRPC's API, which makes it a timer (monotonic) as the call starts. */
+export function deadlineIn(ms: number): number {
+  return Date.now() + ms;
 }
 
 /** Whether etcd refused who we are (a wrong user or password, no role on the prefix): not something that trying again mends. */

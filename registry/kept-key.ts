@@ -1,10 +1,12 @@
 /**
  * One key kept in etcd on a lease of its own, for as long as its owner
- * lives: a server's entry, or a proxy's. The lease is kept alive (etcd3
- * sends a keepalive every TTL/3); when it is lost - etcd was away for longer
- * than the TTL allows - a new lease is granted and the key written again,
- * with backoff, until etcd answers. A process that dies stops the
- * keepalives, and etcd deletes the key a TTL later.
+ * lives: a server's entry, or a proxy's. The lease is kept alive, a
+ * keepalive every TTL/3, each with a deadline and tried again at once on
+ * another member when it misses it (see `keepAlive`); when the lease is
+ * lost - etcd was away for longer than the TTL allows - a new lease is
+ * granted and the key written again, with backoff, until etcd answers. A
+ * process that dies stops the keepalives, and etcd deletes the key a TTL
+ * later.
  *
  * `exclusive` keys (a server's id) are written only when no one else holds
  * them: a key held under another lease is another live server with the same
@@ -13,7 +15,8 @@
  */
 import type { Lease } from 'etcd3';
 import type { Etcd3 } from './etcd.js';
-import { describeEtcdError, isRefusal } from './etcd.js';
+import { deadlineIn, describeEtcdError, isRefusal } from './etcd.js';
+import { systemClock } from '../transport/clock.js';
 import type { Resolved } from './options.js';
 
 export interface KeptKeyHandlers {
@@ -35,6 +38,7 @@ export class KeptKey {
   /** Leases this key was written under: after an outage the key may still be on one of them. */
   private readonly ours = new Set<string>();
   private timer?: NodeJS.Timeout;
+  private beat?: NodeJS.Timeout;
   private retryMs: number;
   private stopped = false;
   private isUp = false;
@@ -68,24 +72,16 @@ export class KeptKey {
   private async establish(): Promise<void> {
     const gen = ++this.generation;
     this.written = false;
-    const lease = this.client.lease(this.opts.ttlSeconds);
+    clearTimeout(this.beat);
+    const lease = this.client.lease(this.opts.ttlSeconds, { autoKeepAlive: false });
     this.lease = lease;
     lease.on('lost', (err) => this.failed(err, gen));
-    lease.on('keepaliveFailed', (err) => {
-      if (gen !== this.generation || this.suspected) return;
-      this.suspected = true;
-      this.on.suspect?.(err);
-    });
-    lease.on('keepaliveSucceeded', () => {
-      if (gen !== this.generation) return;
-      this.suspected = false;
-      if (!this.isUp && this.written) this.markUp();
-    });
     try {
       const id = await lease.grant();
       if (gen !== this.generation || this.stopped) return void lease.revoke().catch(() => undefined);
       this.leaseId = id;
       this.ours.add(id);
+      this.keepAlive(lease, gen);
       const holder = await this.write(id);
       if (gen !== this.generation || this.stopped) return;
       if (holder !== undefined) {
@@ -121,6 +117,48 @@ export class KeptKey {
     return again.succeeded ? undefined : this.write(id);
   }
 
+  /**
+   * Keep the lease alive: a keepalive every TTL/3, each on a stream of its own with a deadline of
+   * half that; when one fails, two are sent at once (on a cluster), and again at most every
+   * 100 ms until one is answered. etcd3's own keepalive (one long stream) noticed a member that
+   * hung (a SIGSTOP, a hung VM: its socket stays open) only after a whole TTL of silence, when
+   * etcd had just expired the lease: on a 3-member cluster with one member stopped, 3 servers of
+   * 4 lost their keys and the proxies refused requests (NO_SERVER). etcd3 picks a member at
+   * random for each stream and does not learn from a missed deadline, so a single retry went to
+   * the hung member again one time in three: two at a time, both must. With no answer for 2 TTLs
+   * (etcd away), the lease is given up for lost and written again when etcd answers, as etcd3 did.
+   */
+  private keepAlive(lease: Lease, gen: number): void {
+    const ttlMs = this.opts.ttlSeconds * 1000;
+    const every = ttlMs / 3;
+    const patience = Math.max(100, Math.min(this.opts.callTimeoutMs, Math.round(every / 2)));
+    let last = systemClock.now();
+    const live = (): boolean => gen === this.generation && !this.stopped && !lease.revoked();
+    const send = async (): Promise<void> => {
+      if (!live()) return;
+      const sent = systemClock.now();
+      try {
+        const tries = this.suspected && this.opts.endpoints.length > 1 ? 2 : 1;
+        await Promise.any(Array.from({ length: tries }, () => lease.keepaliveOnce({ deadline: deadlineIn(patience) })));
+        if (!live()) return;
+        last = systemClock.now();
+        this.suspected = false;
+        if (!this.isUp && this.written) this.markUp();
+        this.beat = setTimeout(send, every);
+      } catch (caught) {
+        if (!live()) return; // an expired lease: etcd3 said so with 'lost'
+        const err = caught instanceof AggregateError ? caught.errors[0] : caught;
+        if (!this.suspected) {
+          this.suspected = true;
+          this.on.suspect?.(err);
+        }
+        if (systemClock.now() - last > 2 * ttlMs) return this.failed(Object.assign(new Error('no keepalive was answered within two lease TTLs'), { name: 'EtcdLeaseInvalidError' }), gen);
+        this.beat = setTimeout(send, Math.max(0, 100 - (systemClock.now() - sent)));
+      }
+    };
+    this.beat = setTimeout(send, every);
+  }
+
   private markUp(): void {
     this.retryMs = this.opts.retryInitialMs;
     this.isUp = true;
@@ -134,6 +172,7 @@ export class KeptKey {
     if (this.stopped || gen !== this.generation || gen === this.failedGeneration) return;
     this.failedGeneration = gen;
     this.isUp = false;
+    clearTimeout(this.beat);
     this.lease?.release();
     if (this.on.refused && isRefusal(err)) {
       this.stopped = true;
@@ -161,6 +200,7 @@ export class KeptKey {
     this.stopped = true;
     this.generation++;
     clearTimeout(this.timer);
+    clearTimeout(this.beat);
     this.lease?.release();
     this.isUp = false;
   }
@@ -179,6 +219,7 @@ export class KeptKey {
     this.stopped = true;
     this.generation++;
     clearTimeout(this.timer);
+    clearTimeout(this.beat);
     const lease = this.lease;
     const id = this.leaseId;
     lease?.release();

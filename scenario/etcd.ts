@@ -62,20 +62,102 @@ function healthOverTls(port: number, tls: EtcdTls): Promise<boolean> {
 
 /** Start an etcd of its own; resolves once it answers /health. With `tls`, its clients speak TLS to it. */
 export async function startEtcd(opts: { tls?: EtcdTls } = {}): Promise<Etcd> {
-  const tls = opts.tls;
-  const scheme = tls ? 'https' : 'http';
   const dir = mkdtempSync(join(tmpdir(), 'revproxy-etcd-'));
-  const client = await freePort();
-  const peer = await freePort();
+  const [m] = await members(dir, 1, opts.tls);
+  await m!.start();
+  return m!;
+}
+
+/** A cluster of etcd members on loopback, each with its data under one temporary directory. */
+export interface EtcdCluster {
+  /** `etcd://a,b,c`: every member's client endpoint. */
+  url: string;
+  endpoints: string[];
+  members: EtcdMember[];
+  dir: string;
+  /** The member that is leader now, as a running, unpaused member says (undefined while there is none). */
+  leader(): Promise<EtcdMember | undefined>;
+  /** Kill every member and remove the data. */
+  remove(): Promise<void>;
+}
+
+/** One member of a cluster: an Etcd (stop, start, wipe), which can also be paused as a hung machine is. */
+export interface EtcdMember extends Etcd {
+  name: string;
+  readonly pid: number | undefined;
+  readonly paused: boolean;
+  /** SIGSTOP: its sockets stay open and it answers nothing, as a hung VM. */
+  pause(): void;
+  /** SIGCONT after `pause`. */
+  resume(): void;
+}
+
+/**
+ * Start a cluster of `size` etcd members (`--initial-cluster`, state new) on free loopback ports;
+ * resolves once every member answers /health (which etcd says only once the cluster has a leader).
+ */
+export async function startEtcdCluster(size = 3): Promise<EtcdCluster> {
+  const dir = mkdtempSync(join(tmpdir(), 'revproxy-etcd-cluster-'));
+  const ms = await members(dir, size);
+  try {
+    await Promise.all(ms.map((m) => m.start()));
+  } catch (err) {
+    await removeAll(dir, ms);
+    throw err;
+  }
+  return {
+    url: `etcd://${ms.map((m) => m.endpoint).join(',')}`,
+    endpoints: ms.map((m) => m.endpoint),
+    members: ms,
+    dir,
+    async leader() {
+      // Each member says its own id and the leader's: the leader is the member whose id they name.
+      const said = await Promise.all(ms.map(async (m) => {
+        if (!m.running || m.paused) return undefined;
+        try {
+          const r = await fetch(`http://${m.endpoint}/v3/maintenance/status`, { method: 'POST', body: '{}', signal: AbortSignal.timeout(1000) });
+          return (await r.json()) as { leader?: string; header?: { member_id?: string } };
+        } catch {
+          return undefined;
+        }
+      }));
+      const named = said.find((x) => x?.leader)?.leader;
+      return ms.find((_, i) => named !== undefined && said[i]?.header?.member_id === named);
+    },
+    remove: () => removeAll(dir, ms),
+  };
+}
+
+async function removeAll(dir: string, ms: EtcdMember[]): Promise<void> {
+  for (const m of ms) m.resume();
+  await Promise.all(ms.map((m) => m.stop(true)));
+  rmSync(dir, { recursive: true, force: true });
+}
+
+/** `size` members under `dir`, not started yet: their ports chosen, each knowing the others. */
+async function members(dir: string, size: number, tls?: EtcdTls): Promise<EtcdMember[]> {
+  const ports = [];
+  for (let i = 0; i < size; i++) ports.push({ client: await freePort(), peer: await freePort() });
+  const names = ports.map((_, i) => (size === 1 ? 'default' : `m${i + 1}`));
+  const initialCluster = ports.map((p, i) => `${names[i]}=http://127.0.0.1:${p.peer}`).join(',');
+  // A single etcd's `remove` takes its whole directory; a member's only its own data.
+  return ports.map((p, i) => member({ name: names[i]!, data: join(dir, size === 1 ? 'data' : names[i]!), dir, removes: size === 1 ? dir : join(dir, names[i]!), ...p, initialCluster, tls }));
+}
+
+function member(o: { name: string; data: string; dir: string; removes: string; client: number; peer: number; initialCluster: string; tls?: EtcdTls }): EtcdMember {
+  const { tls, client, peer } = o;
+  const scheme = tls ? 'https' : 'http';
   const out: string[] = [];
   let child: ChildProcess | undefined;
+  let paused = false;
   const run = async (): Promise<void> => {
+    paused = false;
     const c = spawn(ETCD, [
-      '--name', 'default', '--data-dir', join(dir, 'data'),
+      '--name', o.name, '--data-dir', o.data,
       '--listen-client-urls', `${scheme}://127.0.0.1:${client}`, '--advertise-client-urls', `${scheme}://127.0.0.1:${client}`,
       ...(tls ? ['--cert-file', tls.cert, '--key-file', tls.key, ...(tls.ca ? ['--client-cert-auth', '--trusted-ca-file', tls.ca] : [])] : []),
       '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`,
-      '--initial-cluster', `default=http://127.0.0.1:${peer}`, '--logger', 'zap', '--log-level', 'warn',
+      '--initial-cluster', o.initialCluster, '--initial-cluster-state', 'new', '--logger', 'zap', '--log-level', 'warn',
     ], { stdio: ['ignore', 'pipe', 'pipe'] });
     child = c;
     live.add(c);
@@ -103,37 +185,49 @@ export async function startEtcd(opts: { tls?: EtcdTls } = {}): Promise<Etcd> {
       await new Promise((r) => setTimeout(r, 50));
     }
   };
+  const running = (): boolean => child !== undefined && child.exitCode === null && child.signalCode === null;
   const stop = async (hard = false): Promise<void> => {
     const c = child;
-    if (!c || c.exitCode !== null || c.signalCode !== null) return;
+    if (!c || !running()) return;
     const exited = new Promise<void>((r) => c.once('exit', () => r()));
     c.kill(hard ? 'SIGKILL' : 'SIGTERM');
     await exited;
   };
-  await run();
   return {
+    name: o.name,
     url: `${tls ? 'etcds' : 'etcd'}://127.0.0.1:${client}`,
     endpoint: `127.0.0.1:${client}`,
-    dir,
+    dir: o.dir,
     out,
     stop,
     start: run,
     get running() {
-      return child !== undefined && child.exitCode === null && child.signalCode === null;
+      return running();
     },
+    get pid() {
+      return running() ? child!.pid : undefined;
+    },
+    get paused() {
+      return paused && running();
+    },
+    pause: () => void (running() && child!.kill('SIGSTOP') && (paused = true)),
+    resume: () => void (running() && child!.kill('SIGCONT') && (paused = false)),
     async wipe() {
       await stop(true);
-      rmSync(join(dir, 'data'), { recursive: true, force: true });
+      rmSync(o.data, { recursive: true, force: true });
       await run();
     },
     async remove() {
       await stop(true);
-      rmSync(dir, { recursive: true, force: true });
+      rmSync(o.removes, { recursive: true, force: true });
     },
   };
 }
 
 /** Kill every etcd still running (an `after` hook's last resort, and at exit). */
 export function killEtcds(): void {
-  for (const c of live) c.kill('SIGKILL');
+  for (const c of live) {
+    c.kill('SIGCONT');
+    c.kill('SIGKILL');
+  }
 }
