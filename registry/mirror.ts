@@ -22,8 +22,8 @@ export interface MirrorHandlers {
   put(name: string, value: string): void;
   /** A key went. */
   delete(name: string): void;
-  /** The mirror is current: after the first read, and after each resync (`kept`: keys missing from a read after an outage, kept a while; see `sync`). */
-  synced(info: { keys: number; revision: string; reason: SyncReason; ms: number; kept: number }): void;
+  /** The mirror is current: after the first read, and after each resync (`kept`: keys missing from a read after an outage, kept a while; see `sync`; `outage`: etcd had been said to be down, rather than a watch broken and read again at once). */
+  synced(info: { keys: number; revision: string; reason: SyncReason; ms: number; kept: number; outage: boolean }): void;
   /** etcd cannot be reached (`up` false, with why), or can again. */
   /** `refused`: etcd answered and refused who we are (user, password, role): no retry will change that. */
   health(up: boolean, why?: string, refused?: boolean): void;
@@ -44,6 +44,8 @@ export class PrefixMirror {
   private timer?: NodeJS.Timeout;
   private retryMs: number;
   private state: 'unknown' | 'up' | 'down' = 'unknown';
+  /** A failure while up is being checked with reads until then (see `lost`). */
+  private recheckUntil?: number;
   private stopped = false;
   /** Revision of the state held: watch events below it are already in (those at it may be more keys of the same change). */
   private revision = 0n;
@@ -92,7 +94,7 @@ export class PrefixMirror {
   /**
    * Read the whole prefix, tell what differs, then watch from the next revision.
    *
-   * After an outage (`reconnect`), a key held but missing from the read is not
+   * After an outage (`reconnect` once etcd was said to be down), a key held but missing from the read is not
    * told gone at once: etcd may have come back without its data (a member
    * wiped, a restore from an older snapshot), and every live owner writes its
    * key again within a lease TTL, when its next keepalive is refused. Telling
@@ -127,7 +129,8 @@ export class PrefixMirror {
     }
     for (const name of [...this.held.keys()]) {
       if (seen.has(name)) continue;
-      if (reason === 'reconnect') this.missing.add(name);
+      // Only after an outage: a read that checked a broken watch while etcd answered saw a real removal.
+      if (reason === 'reconnect' && this.state === 'down') this.missing.add(name);
       else this.forget(name);
     }
     if (this.missing.size > 0 && !this.graceTimer) {
@@ -140,7 +143,8 @@ export class PrefixMirror {
     this.revision = BigInt(res.header.revision);
     this.watch(gen);
     this.retryMs = this.opts.retryInitialMs;
-    this.on.synced({ keys: this.held.size, revision: res.header.revision, reason, ms: Math.round(systemClock.now() - started), kept: this.missing.size });
+    this.recheckUntil = undefined;
+    this.on.synced({ keys: this.held.size, revision: res.header.revision, reason, ms: Math.round(systemClock.now() - started), kept: this.missing.size, outage: this.state === 'down' });
     if (this.state !== 'up') {
       this.state = 'up';
       this.on.health(true);
@@ -184,11 +188,33 @@ export class PrefixMirror {
     if (this.held.delete(name)) this.on.delete(name);
   }
 
+  /**
+   * The watch broke, or a read failed. While etcd was up, a failure is first checked with a read
+   * at once, which etcd3 sends to a member that answers: on a cluster a watch breaks when the
+   * member it was on dies or hangs while the others serve on, and saying "unreachable" then was
+   * wrong (killing each member of 3 in turn said it 4 times, with readiness warnings and
+   * revproxy_registry_up 0). With several members the reads go on, every retryInitialMs, for up
+   * to two call timeouts (a leader lost takes an election, 1-2 s, before reads are served again);
+   * with one there is no other to ask. Only then is etcd said to be down.
+   */
   private lost(err: unknown, reason: SyncReason): void {
     if (this.stopped) return;
     const gen = ++this.generation;
     void this.watcher?.cancel().catch(() => undefined);
     this.watcher = undefined;
+    if (this.state === 'up') {
+      const first = this.recheckUntil === undefined;
+      this.recheckUntil ??= systemClock.now() + (this.opts.endpoints.length > 1 ? 2 * this.opts.callTimeoutMs : 0);
+      if (first) return void this.sync(reason);
+      if (systemClock.now() < this.recheckUntil) {
+        clearTimeout(this.timer);
+        this.timer = setTimeout(() => {
+          if (gen === this.generation && !this.stopped) void this.sync(reason);
+        }, this.opts.retryInitialMs);
+        return;
+      }
+    }
+    this.recheckUntil = undefined;
     if (this.state !== 'down') {
       this.state = 'down';
       this.on.health(false, describeEtcdError(err, this.opts), isRefusal(err));

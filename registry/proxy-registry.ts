@@ -95,13 +95,13 @@ function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: P
       send({ type: 'REGISTRY_LEAVE', id, reason: 'its registry key was deleted (the server drained, or it stopped renewing its lease)' });
       counted();
     },
-    synced({ keys, revision, reason, ms, kept }) {
+    synced({ keys, revision, reason, ms, kept, outage }) {
       status.syncs[reason]++;
       status.entries = keys;
       const first = !status.synced;
       status.synced = true;
       if (first) log.info('registry_synced', `Read ${fmt(keys)} server entr${keys === 1 ? 'y' : 'ies'} from the registry at ${url} (revision ${revision}, ${ms} ms); watching ${prefix}`, { url, entries: keys, revision, ms });
-      else log.info('registry_resynced', `Read the registry again (${reason === 'compacted' ? 'its history was compacted' : 'etcd is back'}): ${fmt(keys - kept)} server entr${keys - kept === 1 ? 'y' : 'ies'} at revision ${revision}`, { url, entries: keys - kept, revision, reason });
+      else log.info('registry_resynced', `Read the registry again (${reason === 'compacted' ? 'its history was compacted' : outage ? 'etcd is back' : 'the watch broke, as when the etcd member it was on fails; etcd answered at once'}): ${fmt(keys - kept)} server entr${keys - kept === 1 ? 'y' : 'ies'} at revision ${revision}`, { url, entries: keys - kept, revision, reason });
       // etcd came back without keys it had: perhaps it lost its data, and their servers are about to write them again.
       if (kept > 0) log.warn('registry_missing', `${fmt(kept)} server entr${kept === 1 ? 'y' : 'ies'} this proxy held ${kept === 1 ? 'is' : 'are'} missing from the registry after etcd came back (did etcd lose its data?); kept in rotation for ${o.ttlSeconds} s (the lease TTL), for their servers to write them again, then removed`, { url, missing: kept, graceS: o.ttlSeconds });
       report();

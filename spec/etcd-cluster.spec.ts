@@ -108,4 +108,30 @@ test('each follower in turn hung (SIGSTOP) for longer than the lease TTL: no ser
   assert.ok(l.tally.ok > 0);
 });
 
+test('each member in turn killed and started again, the leader among them: the proxy never says the registry is unreachable, and serves all four throughout', async () => {
+  ctx.logs.length = 0;
+  const downs: boolean[] = [];
+  const watch = setInterval(() => downs.push(ctx.proxy!.registry()?.up === false), 20);
+  const l = load(ctx.client!);
+  try {
+    for (const m of ctx.cluster!.members) {
+      await m.stop(true);
+      // Long enough for the watch and every keepalive on the dead member to notice.
+      await sleep(TTL * 1000);
+      await m.start();
+    }
+  } finally {
+    clearInterval(watch);
+    await l.stop();
+  }
+  const said = ctx.logs.filter((r) => r.event === 'registry_down').map((r) => r.msg);
+  assert.equal(said, [], 'no registry_down line: two members of three served throughout');
+  assert.not.ok(downs.includes(true), 'the proxy\'s registry status stayed up');
+  assert.equal(l.tally.errors, {}, 'no request failed');
+  assert.is(l.tally.fewest, 2, 'both servers of each policy serving throughout');
+  // The watch moved to a live member, and takes what changes there: a server that joins now.
+  ctx.servers.push(await startServer({ id: '5', policy: '111', registry: reg() }));
+  await eventually(() => ctx.proxy!.pools()['111']?.serving.length === 3, 5000, 'server 5 serving');
+});
+
 test.run();
