@@ -46,6 +46,8 @@ export class PrefixMirror {
   private state: 'unknown' | 'up' | 'down' = 'unknown';
   /** A failure while up is being checked with reads until then (see `lost`). */
   private recheckUntil?: number;
+  /** When a failure while up was last checked with a read at once (monotonic ms). */
+  private checkedAt = -Infinity;
   private stopped = false;
   /** Revision of the state held: watch events below it are already in (those at it may be more keys of the same change). */
   private revision = 0n;
@@ -203,10 +205,18 @@ export class PrefixMirror {
     void this.watcher?.cancel().catch(() => undefined);
     this.watcher = undefined;
     if (this.state === 'up') {
-      const first = this.recheckUntil === undefined;
-      this.recheckUntil ??= systemClock.now() + (this.opts.endpoints.length > 1 ? 2 * this.opts.callTimeoutMs : 0);
-      if (first) return void this.sync(reason);
-      if (systemClock.now() < this.recheckUntil) {
+      const now = systemClock.now();
+      if (this.recheckUntil === undefined) {
+        this.recheckUntil = now + (this.opts.endpoints.length > 1 ? 2 * this.opts.callTimeoutMs : 0);
+        // At once, unless such a check was made just now: a watch that breaks again as soon as it is
+        // made would be read in a tight loop. Then as a second failure: read again after retryInitialMs
+        // on a cluster, etcd said to be down with one member.
+        if (now - this.checkedAt >= this.opts.retryInitialMs) {
+          this.checkedAt = now;
+          return void this.sync(reason);
+        }
+      }
+      if (now < this.recheckUntil) {
         clearTimeout(this.timer);
         this.timer = setTimeout(() => {
           if (gen === this.generation && !this.stopped) void this.sync(reason);

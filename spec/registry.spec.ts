@@ -7,6 +7,7 @@
  * and coming back; a compaction under the watch; clients finding the
  * proxies. spec/fleet.spec.ts runs the same as real processes, under load.
  */
+import { EventEmitter } from 'node:events';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { connect, Logger, memorySink, sha1Hex, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
@@ -304,6 +305,30 @@ async function proxyAndMirror(): Promise<{ logs: LogRecord[]; held: Map<string, 
   m.start();
   return { logs, held, m };
 }
+
+reg_('a watch that breaks as soon as it is made is not read again in a tight loop', async () => {
+  // A broken watch is checked with a read at once (on a cluster, its member died and another
+  // answers); one that breaks again right after such a check is etcd in trouble: read after a backoff.
+  const o = resolveRegistry(reg());
+  const client = await openEtcd(o);
+  ctx.closers.push(() => client.close());
+  // Reads go to etcd; every watch fails the moment it is made.
+  const broken = Object.create(client) as Etcd3;
+  const watcher = (): EventEmitter => {
+    const w = Object.assign(new EventEmitter(), { cancel: async () => undefined });
+    setImmediate(() => w.emit('error', new Error('the watch was refused')));
+    return w;
+  };
+  broken.watch = (() => ({ prefix: () => ({ startRevision: () => ({ watcher }) }) })) as never;
+  let reads = 0;
+  const m = new PrefixMirror(broken, `${ctx.prefix}servers/`, o, { put: () => undefined, delete: () => undefined, synced: () => void reads++, health: () => undefined });
+  ctx.closers.push(() => m.stop());
+  m.start();
+  await sleep(1000);
+  // One read at once, then, broken again right away, etcd is taken for down and read after its backoff:
+  // about two reads each retryInitialMs, 20 in a second here. It made 877.
+  assert.ok(reads >= 2 && reads <= (3 * 1000) / o.retryInitialMs, `${reads} reads of the registry in a second`);
+});
 
 reg_('a value of a megabyte written under the prefix is not held by the proxies: refused by its size', async () => {
   const { logs, held, m } = await proxyAndMirror();
