@@ -129,10 +129,14 @@ export class PrefixMirror {
         this.on.put(name, value);
       }
     }
+    // An outage: etcd was said to be down, or it answers from before what this mirror has seen (its
+    // revision went back: restarted without its data, restored from an older snapshot) - a check of a
+    // broken watch may reach it before the watch said anything, since etcd came back at once.
+    const outage = this.state === 'down' || BigInt(res.header.revision) < this.revision;
     for (const name of [...this.held.keys()]) {
       if (seen.has(name)) continue;
       // Only after an outage: a read that checked a broken watch while etcd answered saw a real removal.
-      if (reason === 'reconnect' && this.state === 'down') this.missing.add(name);
+      if (reason === 'reconnect' && outage) this.missing.add(name);
       else this.forget(name);
     }
     if (this.missing.size > 0 && !this.graceTimer) {
@@ -146,7 +150,7 @@ export class PrefixMirror {
     this.watch(gen);
     this.retryMs = this.opts.retryInitialMs;
     this.recheckUntil = undefined;
-    this.on.synced({ keys: this.held.size, revision: res.header.revision, reason, ms: Math.round(systemClock.now() - started), kept: this.missing.size, outage: this.state === 'down' });
+    this.on.synced({ keys: this.held.size, revision: res.header.revision, reason, ms: Math.round(systemClock.now() - started), kept: this.missing.size, outage });
     if (this.state !== 'up') {
       this.state = 'up';
       this.on.health(true);
