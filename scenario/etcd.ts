@@ -8,7 +8,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { request } from 'node:https';
 import { readFileSync } from 'node:fs';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../bench/procs.js';
@@ -98,12 +98,21 @@ export interface EtcdMember extends Etcd {
  */
 export async function startEtcdCluster(size = 3): Promise<EtcdCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'revproxy-etcd-cluster-'));
-  const ms = await members(dir, size);
+  let ms = await members(dir, size);
   try {
     await Promise.all(ms.map((m) => m.start()));
-  } catch (err) {
+  } catch (first) {
+    // Free ports are chosen before the members bind them, and another socket may take one meanwhile:
+    // once more, on ports chosen again, before giving up.
     await removeAll(dir, ms);
-    throw err;
+    mkdirSync(dir, { recursive: true });
+    ms = await members(dir, size);
+    try {
+      await Promise.all(ms.map((m) => m.start()));
+    } catch (err) {
+      await removeAll(dir, ms);
+      throw new Error(`${(err as Error).message}\n(the first try failed too: ${(first as Error).message})`);
+    }
   }
   return {
     url: `etcd://${ms.map((m) => m.endpoint).join(',')}`,

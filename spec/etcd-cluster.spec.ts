@@ -65,13 +65,21 @@ function load(c: Client) {
 
 const test = suite<Ctx>('registry on a 3-member etcd cluster', ctx);
 test.before(async () => {
+  // uvu counts a failed hook as the suite's tests failed without saying why: say it here.
+  await setUp().catch((err: Error) => {
+    console.error(`etcd-cluster.spec: setting up failed: ${err.stack ?? err}`);
+    throw err;
+  });
+});
+
+async function setUp(): Promise<void> {
   ctx.cluster = await startEtcdCluster(3);
   ctx.raw = await openEtcd(resolveRegistry({ endpoints: ctx.cluster.endpoints }));
   ctx.proxy = await startProxy({ port: 0, timeoutMs: 3000, probeInitialMs: 100, logger: new Logger('proxy', memorySink(ctx.logs), 'info'), registry: reg() });
   for (const [id, policy] of [['1', '111'], ['2', '222'], ['3', '111'], ['4', '222']] as const) ctx.servers.push(await startServer({ id, policy, registry: reg() }));
   await eventually(() => ctx.proxy!.pools()['111']?.serving.length === 2 && ctx.proxy!.pools()['222']?.serving.length === 2, 5000, 'all four servers serving');
   ctx.client = await connect({ revproc: ctx.proxy.port, timeoutMs: 5000 });
-});
+}
 test.after(async () => {
   ctx.client?.destroy();
   for (const s of ctx.servers) s.kill();
