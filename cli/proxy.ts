@@ -153,14 +153,8 @@ Example:
     const envAdminToken = cmd.getOptionValueSource('adminToken') === 'env';
     const read = (): ProxyConfig => {
       const c = merge(file ? loadConfigFile(resolvePath(file)) : {}, flags);
-      if (envAdminToken && c.admin && !c.admin.listen) {
-        const { token: _, ...rest } = c.admin;
-        c.admin = Object.values(rest).some((v) => v !== undefined) ? rest : undefined;
-      }
-      if (envPassword && c.registry && !c.registry.url) {
-        const { password: _, ...rest } = c.registry;
-        c.registry = Object.values(rest).some((v) => v !== undefined) ? (rest as ProxyConfig['registry']) : undefined;
-      }
+      if (envAdminToken) c.admin = withoutAmbient(c.admin, 'token', 'listen');
+      if (envPassword) c.registry = withoutAmbient(c.registry, 'password', 'url');
       return c;
     };
     // A log file a flag gave is named by that flag in errors, not blamed on the config file.
@@ -398,6 +392,18 @@ function removePidFile(path: string): void {
 function sameTls(a: TlsMaterial | undefined, b: TlsMaterial | undefined): boolean {
   const same = (x?: Buffer, y?: Buffer): boolean => (x === undefined || y === undefined ? x === y : x.equals(y));
   return same(a?.cert, b?.cert) && same(a?.key, b?.key) && same(a?.ca, b?.ca);
+}
+
+/**
+ * A config section without the secret `key` an environment variable gave, when the setting it goes
+ * with (`needs`) is absent - undefined when nothing else is left of it: an ambient secret is ignored
+ * by a proxy that does not use it, where the same flag is refused.
+ */
+function withoutAmbient<T extends object>(section: T | undefined, key: keyof T, needs: keyof T): T | undefined {
+  if (!section || section[needs]) return section;
+  const rest: Partial<T> = { ...section };
+  delete rest[key];
+  return Object.values(rest).some((v) => v !== undefined) ? (rest as T) : undefined;
 }
 
 /**
