@@ -37,11 +37,16 @@ export function revproxy(args: string[], opts: { env?: Record<string, string>; f
 }
 
 /** Debian's interpreter when there is one (a version manager's `python3` shim costs a quarter of a second per start). */
-const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+export const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 
 /** Run one of the Python programs written for the specs (spec/fixtures/NAME.py). */
 export function python(name: string, args: string[]): Proc {
-  return start(PYTHON, ['-u', fileURLToPath(new URL(`fixtures/${name}.py`, import.meta.url)), ...args]);
+  return pythonFile(fileURLToPath(new URL(`fixtures/${name}.py`, import.meta.url)), args);
+}
+
+/** Run a Python program by its path (from the project root), unbuffered. */
+export function pythonFile(path: string, args: string[]): Proc {
+  return start(PYTHON, ['-u', path, ...args]);
 }
 
 /** Run a JavaScript file with plain `node` (no tsx), from the project root or `cwd`. */
