@@ -14,8 +14,8 @@
 import { assertEvent, assign, enqueueActions, fromCallback, sendParent, setup, type ActorRefFrom } from 'xstate';
 import type { BufferBudget } from '../transport/budget.js';
 import type { BusyPoll } from '../transport/busy-poll.js';
-import { ErrorCode } from '../transport/errors.js';
-import { MsgType, type Message } from '../transport/messages.js';
+import { ErrorCode, ProtocolError } from '../transport/errors.js';
+import { errorMsg, MsgType, type Message } from '../transport/messages.js';
 import type { Timer } from '../transport/clock.js';
 import { Connection } from '../transport/socket.js';
 import { readyEvent } from '../transport/tls.js';
@@ -162,6 +162,8 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
     // Never hold this link's reads for its writes: the server may be waiting for us to read, too.
     const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, holdReadsWhenCongested: false, budget: input.budget });
     let done = false;
+    /** Set once the server was told why its link ends (bad input): the connection closes by `endWith`, its last frame not cut off. */
+    let told = false;
     const down = (error?: string): void => {
       if (done) return;
       done = true;
@@ -175,13 +177,21 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
         const report = link.answer(messages, linkId);
         if (report) sendBack({ type: 'REPORT', report });
       },
-      error: (err: NodeJS.ErrnoException) => down(err.code === 'ECONNREFUSED' ? 'connection refused' : err.message),
+      error: (err: NodeJS.ErrnoException) => {
+        // A server that sent something not a valid message is told what, as a client would be: its
+        // author may never see the proxy's log.
+        if (err instanceof ProtocolError) {
+          told = true;
+          conn.endWith(errorMsg(err.code, err.message));
+        }
+        down(err.code === 'ECONNREFUSED' ? 'connection refused' : err.message);
+      },
       complete: () => down('connection closed by the server'),
     });
     return () => {
       done = true;
       sub.unsubscribe();
-      conn.destroy();
+      if (!told) conn.destroy();
     };
   },
 );

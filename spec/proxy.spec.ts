@@ -30,6 +30,16 @@ async function rawClient() {
   return { sock, c: collector(sock) };
 }
 
+/** Listen with a stub server of our own, register it for policy P by hand, and wait until it serves. */
+async function registerStub(server: Server, id: string): Promise<void> {
+  await new Promise<void>((r) => server.listen(0, LOCAL, r));
+  ctx.extra.push({ close: () => server.close() });
+  const reg = await rawConnect(ctx.proxy.port);
+  ctx.extra.push({ close: () => reg.destroy() });
+  reg.write(frame({ type: 1, id, privPolyId: 'P', listenport: (server.address() as { port: number }).port }));
+  await eventually(() => ctx.proxy.pools().P?.serving.includes(id) ?? false, 2000, `the stub ${id} serving`);
+}
+
 const packets = (policy: string, n: number, tag = 'p') => Array.from({ length: n }, (_, i) => ({ srcid: 'c1', privPoliId: policy, payload: `${tag}${i}` }));
 
 /** A suite whose every test gets a fresh proxy (made with `opts`, or what `opts()` returns then). */
@@ -269,12 +279,7 @@ faults('after a stall (the proxy paused, or its event loop blocked), answers tha
       }
     });
   });
-  await new Promise<void>((r) => server.listen(0, LOCAL, r));
-  ctx.extra.push({ close: () => server.close() });
-  const reg = await rawConnect(ctx.proxy.port);
-  ctx.extra.push({ close: () => reg.destroy() });
-  reg.write(frame({ type: 1, id: 'stub', privPolyId: 'P', listenport: (server.address() as { port: number }).port }));
-  await eventually(() => ctx.proxy.pools().P?.serving.includes('stub') ?? false, 2000, 'the stub serving');
+  await registerStub(server, 'stub');
   const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('P', 2), timeoutMs: 3000 });
   assert.equal(results.map((r) => [r.server, r.correct]).sort(), [['other', true], ['stub', true]], JSON.stringify(results));
   assert.not.ok(ctx.logs.some((l) => l.event === 'retry'), 'nothing sent again');
@@ -305,6 +310,32 @@ faults('a server whose listen port refuses connections is out of rotation, probe
   const ok = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('P', 1) });
   assert.ok(ok[0]!.correct, JSON.stringify(ok));
   assert.is(c.closed, false, 'the registration stays open while it is probed');
+});
+
+faults('a server whose answer is not a valid message is told why on its link (BAD_REQUEST naming the field) before the proxy closes it', async () => {
+  // A server written from docs/PROTOCOL.md in another language that leaves out the ACK's destid used to
+  // see its link closed with nothing said: the reason was only in the proxy's log, which its author may not read.
+  await addServer('other', 'P');
+  const seen: Array<{ type: number; code?: string; message?: string }> = [];
+  let closed = false;
+  const server: Server = createServer((sock) => {
+    sock.on('close', () => (closed = true));
+    sock.on('error', () => {});
+    const decoder = new FrameDecoder({ validate: false });
+    sock.on('data', (chunk: Buffer) => {
+      for (const m of decoder.push(chunk).messages) {
+        if (m.type === MsgType.PING) sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
+        else if (m.type === MsgType.DATA) sock.write(frame({ type: MsgType.ACK, seq: m.seq, srcid: 'careless', payload: sha1Hex(String(m.payload)), payloadsize: 40 }));
+        else seen.push(m as (typeof seen)[number]);
+      }
+    });
+  });
+  await registerStub(server, 'careless');
+  const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('P', 2), timeoutMs: 3000 });
+  assert.ok(results.every((r) => r.correct && r.server === 'other'), JSON.stringify(results));
+  await eventually(() => closed, 3000, 'the link closed');
+  assert.equal(seen.map((m) => [m.type, m.code]), [[MsgType.ERROR, 'BAD_REQUEST']], JSON.stringify(seen));
+  assert.match(seen[0]!.message!, /missing field 'destid'/);
 });
 
 const deadLink = fresh('a link that goes dead', { timeoutMs: 600, probeInitialMs: 50, probeMaxMs: 200 });
