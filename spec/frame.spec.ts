@@ -90,6 +90,13 @@ test('good frames before a bad one are delivered, then the decoder stays failed'
   assert.is(d.push(encodeFrame(msgs[1]!)).messages.length, 0, 'nothing after the error');
 });
 
+/** A frame around a body written byte by byte. */
+function withHeader(body: Buffer): Buffer {
+  const h = Buffer.alloc(4);
+  h.writeUInt32BE(body.length);
+  return Buffer.concat([h, body]);
+}
+
 const badFrames: Array<[string, Buffer, RegExp]> = [
   ['an empty frame', Buffer.from([0, 0, 0, 0]), /empty frame/],
   ['two values in one frame', (() => { const p = new Packr().pack(1); const b = Buffer.concat([p, p]); const h = Buffer.alloc(4); h.writeUInt32BE(b.length); return Buffer.concat([h, b]); })(), /not one MessagePack value/],
@@ -100,6 +107,9 @@ const badFrames: Array<[string, Buffer, RegExp]> = [
   ['data without a payload', encodeFrame({ type: 0, seq: 1, srcid: '1', privPoliId: '1' }), /missing field 'payload'/],
   ['data with a numeric payload', encodeFrame({ type: 0, seq: 1, srcid: '1', privPoliId: '1', payload: 5 }), /'payload' must be a string/],
   ['setup with a port out of range', encodeFrame({ type: 1, id: '1', privPolyId: '1', listenport: 70000 }), /listenport/],
+  // A seq past uint32, as another language's MessagePack writes it (uint64, 0xcf): named as out of range, not "not an integer".
+  ['a seq of 2^32 written as uint64', withHeader(Buffer.from('82a474797065' + '00' + 'a3736571' + 'cf0000000100000000', 'hex')), /field 'seq' must be between 0 and 4294967295, got 4294967296/],
+  ['a seq of -2^40 written as int64', withHeader(Buffer.from('82a474797065' + '00' + 'a3736571' + 'd3ffffff0000000000', 'hex')), /field 'seq' must be between 0 and 4294967295, got -1099511627776/],
 ];
 for (const [name, buf, re] of badFrames) {
   test(`refuses ${name} with BAD_REQUEST`, () => {

@@ -170,6 +170,11 @@ function intField(o: Raw, key: string, min: number, max: number, required: boole
     return undefined;
   }
   if (typeof v === 'string' && /^[0-9]{1,10}$/.test(v)) v = Number(v);
+  // An integer another MessagePack writes as uint64 or int64 (0xcf, 0xd3) comes as a bigint when large.
+  if (typeof v === 'bigint') {
+    if (v < BigInt(min) || v > BigInt(max)) fail(`field '${key}' must be between ${min} and ${max}, got ${v}`);
+    v = Number(v);
+  }
   if (typeof v !== 'number' || !Number.isInteger(v)) fail(`field '${key}' must be an integer, got ${describe(v)}`);
   if (v < min || v > max) fail(`field '${key}' must be between ${min} and ${max}, got ${v}`);
   return v;
