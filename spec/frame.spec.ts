@@ -170,6 +170,18 @@ test('a message arriving a byte per read is held in about its bytes, not an obje
   for (const [wire, bytes] of Object.entries(grew)) assert.ok(bytes < 20 * reads, `${wire}: ${(bytes / 1e6).toFixed(1)} MB of memory hold ${reads / 1000} KB dribbled a byte per read`);
 });
 
+test("an ACK without payloadsize (a server's may leave it out) is read with its payload's size in bytes, not 0", () => {
+  // The proxy passes an ACK's payloadsize on to the client: a server that left it out made the client read 0.
+  const ack = (payload: string | Uint8Array) => ({ type: 2, seq: 3, srcid: 's', destid: 'c', payload });
+  for (const [payload, size] of [['naïve', 6], [new Uint8Array([1, 2, 3]), 3], ['', 0]] as const) {
+    assert.is((new FrameDecoder().push(encodeFrame(ack(payload) as never)).messages[0] as { payloadsize: number }).payloadsize, size, `frames, ${JSON.stringify(payload)}`);
+    assert.is((new FrameDecoder().push(encodeFrame({ ...ack(payload), extra: 1 } as never)).messages[0] as { payloadsize: number }).payloadsize, size, `frames, general path, ${JSON.stringify(payload)}`);
+  }
+  const old = new JsonDecoder().push(Buffer.from('{"type": "2", "srcid": "100", "destid": "1", "payload": "naïve"}'));
+  assert.is((old.messages[0] as { payloadsize: number }).payloadsize, 6, 'the old JSON wire');
+  assert.is((new FrameDecoder().push(encodeFrame({ ...ack('abc'), payloadsize: 40 } as never)).messages[0] as { payloadsize: number }).payloadsize, 40, 'one written is kept');
+});
+
 test("msgpackr's native addon is in use", () => {
   assert.ok(nativeAcceleration, 'msgpackr-extract should be installed (optional dependency of msgpackr)');
 });

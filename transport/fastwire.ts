@@ -21,7 +21,7 @@
  * The limits and spellings checked here are the model's (messages.ts),
  * imported, never restated.
  */
-import { isIdValue, MAX_SEQ, MsgType, ownSpellingFirst, POLICY_KEY, WIRE, type AckMsg, type DataMsg, type Message, type WireBytes } from './messages.js';
+import { isIdValue, MAX_SEQ, MsgType, ownSpellingFirst, payloadBytes, POLICY_KEY, WIRE, type AckMsg, type DataMsg, type Message, type WireBytes } from './messages.js';
 
 /** The fields of the hot messages (their string keys: `WIRE` is no field). */
 type Field = Exclude<keyof DataMsg | keyof AckMsg, typeof WIRE>;
@@ -310,7 +310,7 @@ export function decodeHot(buf: Uint8Array, start: number, end: number): DataMsg 
   }
   if (type === MsgType.ACK) {
     if (!isIdValue(destid)) return undefined;
-    const m: AckMsg = { type: 2, seq, srcid: idString(srcid), destid: idString(destid), payload, payloadsize: size ?? 0 };
+    const m: AckMsg = { type: 2, seq, srcid: idString(srcid), destid: idString(destid), payload, payloadsize: size ?? payloadBytes(payload) };
     if (seen === ACK_KEYS && n === 6 && b <= 0x8f && typeof srcid === 'string' && typeof destid === 'string') {
       m[WIRE] = { msg: m, buf, start, seqAt, seqEnd, end };
     }

@@ -187,6 +187,11 @@ function strField(o: Raw, key: string): string {
   fail(`field '${key}' must be a string, got ${describe(v)}`);
 }
 
+/** A payload's size in bytes (a string's in UTF-8): an ACK's `payloadsize` when its server left it out. */
+export function payloadBytes(payload: string | Uint8Array): number {
+  return typeof payload === 'string' ? Buffer.byteLength(payload, 'utf8') : payload.length;
+}
+
 /** A payload: text, or bytes (msgpackr gives a `bin` as a Buffer). */
 function payloadField(o: Raw): string | Uint8Array {
   const v = own(o, 'payload');
@@ -261,15 +266,10 @@ export function toMessage(value: unknown, opts: ValidateOptions = {}): Message {
       }
       return m;
     }
-    case MsgType.ACK:
-      return {
-        type: 2,
-        seq: seq(),
-        srcid: idField(o, 'srcid'),
-        destid: idField(o, 'destid'),
-        payload: payloadField(o),
-        payloadsize: intField(o, 'payloadsize', 0, MAX_SEQ, false) ?? 0,
-      };
+    case MsgType.ACK: {
+      const m = { type: 2, seq: seq(), srcid: idField(o, 'srcid'), destid: idField(o, 'destid'), payload: payloadField(o) } as const;
+      return { ...m, payloadsize: intField(o, 'payloadsize', 0, MAX_SEQ, false) ?? payloadBytes(m.payload) };
+    }
     case MsgType.ERROR: {
       const code = strField(o, 'code');
       if (isLocalCode(code)) fail(`error code '${code}' is local to this side's programs and never travels on the wire`);
