@@ -112,7 +112,7 @@ export class PrefixMirror {
     void old?.cancel().catch(() => undefined);
     let res;
     try {
-      res = await this.client.getAll().prefix(this.prefix).exec();
+      res = await inCallTimeout(this.client.getAll().prefix(this.prefix).exec(), this.opts.callTimeoutMs);
     } catch (err) {
       if (gen === this.generation) this.lost(err, reason === 'start' ? 'start' : 'reconnect');
       return;
@@ -240,4 +240,20 @@ export class PrefixMirror {
       if (gen === this.generation && !this.stopped) void this.sync(reason);
     }, wait);
   }
+}
+
+/**
+ * `read`, or a deadline error after `ms`. etcd3 tries a call that missed its deadline twice more
+ * (its pool's retry policy), each with a deadline of its own: against a cluster without quorum (2
+ * members of 3 hung) a read took 6-8 s to fail instead of 2, so a proxy said the registry was
+ * unreachable only after an 8 s outage had ended, and stayed so for 4 s more while the read still
+ * in flight failed. The read left behind settles on its own, unheard.
+ */
+function inCallTimeout<T>(read: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(Object.assign(new Error(`deadline exceeded: the read had no answer within ${ms} ms`), { name: 'GRPCDeadlineExceededError' })), ms);
+  });
+  read.catch(() => undefined);
+  return Promise.race([read, late]).finally(() => clearTimeout(timer));
 }

@@ -361,6 +361,33 @@ reg_('a watch that breaks as soon as it is made is not read again in a tight loo
   assert.ok(reads >= 2 && reads <= (3 * 1000) / o.retryInitialMs, `${reads} reads of the registry in a second`);
 });
 
+reg_('a read that etcd3 keeps trying past the call timeout still fails in one: etcd is said to be down while it is', async () => {
+  // etcd3 tries a call that missed its deadline twice more: against a 3-member cluster without
+  // quorum a read took 6-8 s to fail, and the proxy said the registry was unreachable only once
+  // etcd was back. Here the reads after the first never settle, and the watch breaks.
+  const o = resolveRegistry(reg({ callTimeoutMs: 300 }));
+  const client = await openEtcd(o);
+  ctx.closers.push(() => client.close());
+  const stalled = Object.create(client) as Etcd3;
+  let reads = 0;
+  stalled.getAll = (() => (reads++ === 0 ? client.getAll() : { prefix: () => ({ exec: () => new Promise<never>(() => undefined) }) })) as never;
+  const watchers: EventEmitter[] = [];
+  stalled.watch = (() => ({ prefix: () => ({ startRevision: () => ({ watcher: () => {
+    const w = Object.assign(new EventEmitter(), { cancel: async () => undefined });
+    watchers.push(w);
+    return w;
+  } }) }) })) as never;
+  const health: Array<string | undefined> = [];
+  const m = new PrefixMirror(stalled, `${ctx.prefix}servers/`, o, { put: () => undefined, delete: () => undefined, synced: () => undefined, health: (up, why) => void health.push(up ? 'up' : why) });
+  ctx.closers.push(() => m.stop());
+  m.start();
+  await eventually(() => health.length === 1 && watchers.length === 1, 3000, 'the first read');
+  watchers[0]!.emit('error', new Error('the stream was reset'));
+  await eventually(() => health.length === 2, 3000, 'etcd said to be down');
+  assert.equal(health, ['up', `etcd at etcd://${ctx.etcd!.endpoint} did not answer within 300 ms`]);
+  assert.is(m.connected, false);
+});
+
 reg_('a value of a megabyte written under the prefix is not held by the proxies: refused by its size', async () => {
   const { logs, held, m } = await proxyAndMirror();
   const big = (fill: string) => JSON.stringify({ v: 1, id: 'big', pad: fill.repeat(1 << 20) });
