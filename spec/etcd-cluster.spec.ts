@@ -142,4 +142,45 @@ test('each member in turn killed and started again, the leader among them: the p
   await eventually(() => ctx.proxy!.pools()['111']?.serving.length === 3, 5000, 'server 5 serving');
 });
 
+test('quorum lost (both followers hung for longer than two lease TTLs), then back: the proxy says the registry is unreachable, serves every server throughout, and is current again after', async () => {
+  ctx.logs.length = 0;
+  const before = Object.keys(await created()).sort();
+  const counts = (): number[] => ['111', '222'].map((p) => ctx.proxy!.pools()[p]?.serving.length ?? 0);
+  const serving = counts();
+  // The leader is left running: hung, it would revoke every lease when it woke (etcd-io/etcd#15247).
+  const leader = await ctx.cluster!.leader();
+  assert.ok(leader, 'the cluster has a leader');
+  const followers = ctx.cluster!.members.filter((m) => m !== leader);
+  const fewest: number[] = [...serving];
+  const watch = setInterval(() => counts().forEach((n, i) => (fewest[i] = Math.min(fewest[i]!, n))), 20);
+  const l = load(ctx.client!);
+  try {
+    for (const m of followers) m.pause();
+    // Past two TTLs: every keepalive has gone unanswered for that long, and the proxy has read etcd and failed.
+    await sleep(TTL * 1000 * 2);
+    await eventually(() => ctx.proxy!.registry()?.up === false, 20_000, 'the proxy to say the registry is unreachable');
+    for (const m of followers) m.resume();
+    await eventually(() => ctx.proxy!.registry()?.up === true && ctx.proxy!.registry()?.advertised === true, 20_000, 'the proxy to read etcd again');
+  } finally {
+    for (const m of ctx.cluster!.members) m.resume();
+    clearInterval(watch);
+    await l.stop();
+  }
+  // Every server's key is in etcd again: none left out.
+  let keys: string[] = [];
+  for (let i = 0; i < 100 && keys.join() !== before.join(); i++) {
+    keys = Object.keys(await created().catch(() => ({}))).sort();
+    if (keys.join() !== before.join()) await sleep(200);
+  }
+  assert.equal(keys, before, 'every server key in etcd again');
+  const down = ctx.logs.filter((r) => r.event === 'registry_down');
+  assert.ok(down.length >= 1, 'a registry_down line');
+  assert.match(down[0]!.msg, /The registry is unreachable .*serving with the membership last seen/);
+  assert.ok(ctx.logs.some((r) => r.event === 'registry_resynced' && r.reason === 'reconnect'), 'read again once etcd was back');
+  assert.equal(l.tally.errors, {}, 'no request failed');
+  assert.is(l.tally.wrong, 0);
+  assert.equal(fewest, serving, 'every server of each policy serving throughout');
+  assert.equal(counts(), serving);
+});
+
 test.run();
