@@ -12,7 +12,7 @@ import type { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { MsgType, type DataMsg, type Message } from '../transport/messages.js';
 import { Connection, ConnectionTimeout, sendTogether, type MessageSink } from '../transport/socket.js';
-import { listenOn, listenServer, type TlsMaterial } from '../transport/tls.js';
+import { listenOn, listenServer, renewTls, type TlsMaterial } from '../transport/tls.js';
 import { FORWARD_ROOM } from '../transport/frame.js';
 import type { Clock } from '../transport/clock.js';
 import type { Inflight, InflightCount } from './inflight.js';
@@ -218,6 +218,8 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
         Object.assign(input, { maxFrameBytes, maxConnections, maxConnectionsPerPeer, idleTimeoutMs, frameTimeoutMs, proxyProtocolFrom });
         core.limits.retune();
         trusted = trustedSources(proxyProtocolFrom);
+        // Renewed certificates (or a new CA bundle) for the handshakes from now on.
+        if (secure && e.opts.tls?.cert && e.opts.tls !== input.tls) renewTls(secure, (input.tls = e.opts.tls));
       }
     });
     return () => {

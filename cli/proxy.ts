@@ -133,8 +133,9 @@ Old JSON clients and servers use the same port: the first byte of a connection d
 SIGTERM, SIGINT or SIGQUIT drains: no new connections, every request in flight answered, then exit 0.
 A second one stops at once: what is still in flight is answered SHUTTING_DOWN.
 SIGHUP reloads the config file (or, without one, the tokens file): limits, timeouts, retries,
-health settings, log level and secrets change at once, and no connection is closed; the access
-log is reopened (for logrotate). An invalid file is refused and the running settings stay.
+health settings, log level and secrets change at once, and no connection is closed; the TLS
+files are read again (a renewed certificate serves new handshakes); the access log is reopened
+(for logrotate). An invalid file is refused and the running settings stay.
 TLS: --tls-cert/--tls-key serve TLS; --tls-ca requires peers' certificates (mutual TLS) and verifies servers'.
 The proxy dials servers over TLS when --tls-ca is given, presenting --tls-cert.
 
@@ -213,6 +214,8 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
     };
   }
   const reloads = { applied: 0, refused: 0 };
+  // What TLS runs with: a reload swaps in renewed files (the listener's through RELOAD, the dials' here).
+  let tlsNow = { tls: rt.options.tls, upstream: rt.options.upstreamTls };
   let proxy: ProxyHandle | undefined;
   let admin: AdminServer | undefined;
   let metrics: Metrics | undefined;
@@ -249,14 +252,14 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
   const unignore = ignoreUserSignals(logger, 'send SIGHUP to reload the configuration and reopen the access log, SIGTERM to drain and stop');
   try {
     if (pidFile) writePidFile(pidFile);
-    const upstream = rt.options.upstreamTls;
+    const connect = rt.options.upstreamTls ? (host: string, port: number) => dial(host, port, tlsNow.upstream) : tcpConnect;
     proxy = await startProxy({
       ...rt.options,
       registry: rt.registry,
       logger,
       inspect: insp.attach.inspect,
       observer: combineObservers(metrics, accessLog, conns, insp.attach.observer),
-      connect: conns?.wrap(upstream ? (host, port) => dial(host, port, upstream) : tcpConnect),
+      connect: conns?.wrap(connect) ?? connect,
     });
     const handle = proxy;
     onHup(() => {
@@ -285,7 +288,12 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       const changed = changes(running, next);
       const restart = changed.filter((c) => c.reload === 'restart').map((c) => c.key);
       const applied = changed.filter((c) => c.reload !== 'restart').map((c) => c.key);
-      handle.actor.send({ type: 'RELOAD', opts: resolveOptions(nextRt.options) });
+      if (!restart.includes('tls')) {
+        // Same paths, new contents (a renewed certificate) is a change too.
+        if (!applied.includes('tls') && !sameTls(tlsNow.tls ?? tlsNow.upstream, nextRt.options.tls ?? nextRt.options.upstreamTls)) applied.push('tls');
+        tlsNow = { tls: nextRt.options.tls, upstream: nextRt.options.upstreamTls };
+      }
+      handle.actor.send({ type: 'RELOAD', opts: resolveOptions({ ...nextRt.options, tls: tlsNow.tls }) });
       logger.setLevel(nextRt.log.level);
       if (!restart.includes('admin.listen')) admin?.setToken(nextRt.admin?.token);
       if (admin) readyPolicies = nextRt.admin?.readyPolicies ?? [];
@@ -293,10 +301,6 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       logger.info('reload', `Reloaded ${source}: ${applied.length ? `applied ${applied.join(', ')}` : restart.length ? `nothing applied: ${restart.join(', ')} need${restart.length === 1 ? 's' : ''} a restart` : 'no setting changed'}; secrets re-read; no connection closed`, { file: source, applied });
       if (restart.length) {
         logger.warn('reload_restart_needed', `${restart.join(', ')} changed in ${source} but take${restart.length === 1 ? 's' : ''} effect only after a restart; running with the previous value${restart.length === 1 ? '' : 's'}`, { file: source, restart });
-      }
-      if (!restart.includes('tls') && !sameTls(rt.options.tls ?? rt.options.upstreamTls, nextRt.options.tls ?? nextRt.options.upstreamTls)) {
-        // Same paths, new contents (a renewed certificate): the listener still has what it read at start.
-        logger.warn('reload_restart_needed', 'the TLS files (tls.cert, tls.key, tls.ca) changed on disk but take effect only after a restart; running with the certificates read at start', { file: source, restart: ['tls'] });
       }
       // What needs a restart stays as it runs, so the next reload reports it again.
       const before = running;

@@ -386,7 +386,7 @@ const OTHER_RELOAD: Record<keyof typeof otherFields, Reload> = {
   tokens_file: 'live',
   proxy_protocol_from: 'new',
   old_server_connections: 'new',
-  tls: 'restart',
+  tls: 'new',
   log: 'live',
   admin: 'restart',
   registry: 'restart',
@@ -406,6 +406,11 @@ export function changes(before: ProxyConfig, after: ProxyConfig): Change[] {
       if (JSON.stringify(before.admin?.listen) !== JSON.stringify(after.admin?.listen)) out.push({ key: 'admin.listen', reload: 'restart' });
       if (before.admin?.token !== after.admin?.token) out.push({ key: 'admin.token', reload: 'live' });
       if (JSON.stringify(before.admin?.ready_policies ?? []) !== JSON.stringify(after.admin?.ready_policies ?? [])) out.push({ key: 'admin.ready_policies', reload: 'live' });
+    } else if (key === 'tls') {
+      // Other files in the same roles are swapped in on a reload (as renewed ones at the same paths are);
+      // TLS turned on or off, or mutual TLS (a CA), is how the listener was made: a restart.
+      const shape = (t: ProxyConfig['tls']): string => `${Boolean(t?.cert)} ${Boolean(t?.ca)}`;
+      out.push({ key, reload: shape(before.tls) === shape(after.tls) ? 'new' : 'restart' });
     } else if (key === 'log') {
       for (const sub of ['level', 'format', 'color', 'summary_interval', 'access_log', 'access_log_flush'] as const) {
         if (before.log?.[sub] === after.log?.[sub]) continue;

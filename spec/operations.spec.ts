@@ -5,7 +5,7 @@
  * servers and load run in this process.
  */
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as assert from 'uvu/assert';
 import { runClient, sha1Handler, startServer, type Handler, type ServerHandle } from '../actors/index.js';
@@ -16,7 +16,6 @@ import { DEFAULTS, NUMBERS, parseConfig, proxyConfigSpec, toRuntime } from '../c
 import { OTHER } from '../inspector/metrics.js';
 import { ERROR_CODES } from '../transport/errors.js';
 import { eventually, LOCAL, rawConnect, sleep } from './helpers.js';
-import { makePki } from './certs.js';
 import { runLoad } from './load.js';
 import { freshSuite, revproxy, ROOT, type Fresh, type Proc } from './procs.js';
 
@@ -356,26 +355,6 @@ reload('without a config file, SIGHUP re-reads the tokens file; a changed listen
   const reloaded = p2.out.find((l) => /Reloaded/.test(l)) ?? '';
   assert.not.match(reloaded, /no setting changed/, 'the info line does not contradict the warning');
   assert.match(reloaded, /nothing applied: host needs a restart/);
-});
-
-reload('a renewed certificate (same paths, new contents) is reported as needing a restart, not as no change', async () => {
-  const pki = makePki(['old', 'renewed']);
-  const cert = join(ctx.dir, 'proxy.pem');
-  const key = join(ctx.dir, 'proxy.key');
-  copyFileSync(pki.cert('old').cert, cert);
-  copyFileSync(pki.cert('old').key, key);
-  const { proc } = await proxyWithConfig(write('tls.yaml', 'port: 0\ntls:\n  cert: proxy.pem\n  key: proxy.key\n'));
-  // What certbot's deploy hook does: new files in place, then a reload.
-  copyFileSync(pki.cert('renewed').cert, cert);
-  copyFileSync(pki.cert('renewed').key, key);
-  proc.kill('SIGHUP');
-  await proc.waitFor(/the TLS files .*changed on disk but take effect only after a restart/);
-  // Back to what runs: nothing to report.
-  copyFileSync(pki.cert('old').cert, cert);
-  copyFileSync(pki.cert('old').key, key);
-  proc.kill('SIGHUP');
-  await eventually(() => proc.out.filter((l) => /Reloaded/.test(l)).length === 2, 3000, 'the second reload');
-  assert.is(proc.out.filter((l) => /take effect only after a restart/.test(l)).length, 1, proc.out.join('\n'));
 });
 
 reload('a SIGHUP while draining says it applies nothing (the drain keeps its settings), instead of "Reloaded ... applied"', async () => {

@@ -5,7 +5,7 @@
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { connect as netConnect, createServer as netServer, type Server, type Socket } from 'node:net';
-import { connect as tlsConnect, createSecureContext, createServer as tlsServer, TLSSocket } from 'node:tls';
+import { connect as tlsConnect, createSecureContext, createServer as tlsServer, TLSSocket, type SecureContextOptions, type Server as TlsServer } from 'node:tls';
 import { LocalCode, RevproxyError } from './errors.js';
 import { hostPort } from './address.js';
 
@@ -160,12 +160,26 @@ export function listenServer(tls: TlsMaterial | undefined, onSocket: (socket: So
   const allowHalfOpen = opts.allowHalfOpen ?? false;
   if (!tls?.cert) return netServer({ allowHalfOpen }, onSocket);
   const server = tlsServer({
-    cert: tls.cert, key: tls.key, ca: tls.ca, requestCert: Boolean(tls.ca), rejectUnauthorized: Boolean(tls.ca),
+    ...contextOf(tls), requestCert: Boolean(tls.ca), rejectUnauthorized: Boolean(tls.ca),
     handshakeTimeout: opts.handshakeTimeoutMs || 120_000, allowHalfOpen,
   }, onSocket);
   // A handshake that fails or stalls past its timeout must not keep its socket (and a connection slot): Node reports it and leaves it open.
   server.on('tlsClientError', (_err: Error, socket: Socket) => socket.destroy());
   return server;
+}
+
+/** A listener's certificates and CA, as `tls.createServer` and `setSecureContext` take them. */
+function contextOf(tls: TlsMaterial): SecureContextOptions {
+  return { cert: tls.cert, key: tls.key, ca: tls.ca };
+}
+
+/**
+ * Give a listening TLS server of `listenServer` new files (renewed certificates, a new CA bundle):
+ * handshakes from now on use them, connections already open keep what they began with. Whether
+ * peers must present a certificate stays as it was at start (the server's, not the files').
+ */
+export function renewTls(server: TlsServer, tls: TlsMaterial): void {
+  server.setSecureContext(contextOf(tls));
 }
 
 /** The event that means "ready to talk": after the handshake on TLS, after connecting on TCP. */

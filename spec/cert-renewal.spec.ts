@@ -1,0 +1,132 @@
+/**
+ * Certificates that renew under a running proxy (certbot's deploy hook, cert-manager rewriting the
+ * files, an internal CA's day-long certificates): SIGHUP swaps in the renewed files for the next
+ * handshakes. Real openssl-made certificates, the real `revproxy proxy`.
+ */
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import * as assert from 'uvu/assert';
+import { connect, runClient, startServer } from '../actors/index.js';
+import { loadTls, type TlsFiles } from '../transport/tls.js';
+import { makePki, type Pki } from './certs.js';
+import { eventually, LOCAL } from './helpers.js';
+import { freshSuite, revproxy, type Fresh, type Proc } from './procs.js';
+
+const ctx: Fresh = { dir: '', servers: [] };
+const renew = freshSuite('renewing certificates', 'revproxy-certs-', ctx);
+
+/** Put `name`'s certificate and key of `pki` where the proxy reads its own (what a renewal does), and its CA as tls.ca. */
+function install(pki: Pki, name: string): { cert: string; key: string; ca: string } {
+  const at = { cert: join(ctx.dir, 'proxy.pem'), key: join(ctx.dir, 'proxy.key'), ca: join(ctx.dir, 'ca.pem') };
+  copyFileSync(pki.cert(name).cert, at.cert);
+  copyFileSync(pki.cert(name).key, at.key);
+  copyFileSync(pki.ca, at.ca);
+  return at;
+}
+
+/** `revproxy proxy --config` with the installed files, mutual TLS unless `mutual` is false, and the admin endpoint. */
+async function tlsProxy(mutual = true): Promise<{ proc: Proc; port: number; admin: string; file: string }> {
+  const file = join(ctx.dir, 'p.yaml');
+  writeFileSync(file, `port: 0\nadmin:\n  listen: 127.0.0.1:0\ntls:\n  cert: proxy.pem\n  key: proxy.key\n${mutual ? '  ca: ca.pem\n' : ''}`);
+  const proc = revproxy(['proxy', '--config', file]);
+  const port = Number((await proc.waitFor(/Running the reverse proxy on port (\d+)/))[1]);
+  const admin = proc.out.map((l) => /Admin endpoint on (http:\S+)/.exec(l)?.[1]).find(Boolean) ?? '';
+  return { proc, port, admin, file };
+}
+
+/**
+ * A TLS handshake with the proxy, presenting `files`' certificate: resolves with the socket (left open) once it is done.
+ * TLS 1.2, where the proxy's refusal of our certificate ends the handshake (in 1.3 it comes after the client's end of it).
+ */
+function handshake(port: number, files: TlsFiles): Promise<TLSSocket> {
+  const tls = loadTls(files)!;
+  return new Promise((resolve, reject) => {
+    const s = tlsConnect({ host: LOCAL, port, ca: tls.ca, cert: tls.cert, key: tls.key, maxVersion: 'TLSv1.2' }, () => resolve(s));
+    s.once('error', reject);
+  });
+}
+
+/** The common name of the certificate the proxy presents to a new handshake. */
+async function presented(port: number, files: TlsFiles): Promise<string> {
+  const s = await handshake(port, files);
+  const cn = String(s.getPeerCertificate().subject.CN);
+  s.destroy();
+  return cn;
+}
+
+const metrics = async (admin: string): Promise<string> => (await fetch(`${admin}metrics`)).text();
+
+renew('under load: SIGHUP after a renewal serves the renewed certificate to new handshakes, open connections keep theirs, no request lost', async () => {
+  const pki = makePki(['old', 'renewed', 'server', 'client']);
+  install(pki, 'old');
+  const { proc, port, admin } = await tlsProxy();
+  const client = { ...pki.cert('client'), ca: pki.ca };
+  ctx.servers.push(await startServer({ id: 's1', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port }, tls: loadTls({ ...pki.cert('server'), ca: pki.ca }) }));
+  const open = await handshake(port, client);
+  let closed = false;
+  open.on('close', () => (closed = true));
+  assert.is(String(open.getPeerCertificate().subject.CN), 'old');
+
+  // Load for the whole renewal: one connection kept open, and a new connection (a new handshake) per round of 20.
+  let stop = false;
+  const tally = { ok: 0, failed: [] as string[], rounds: 0 };
+  const kept = await connect({ revproc: { host: LOCAL, port }, id: 'kept', tls: loadTls(client) });
+  const steady = (async () => {
+    for (let i = 0; !stop; i++) {
+      const r = await kept.request('P', `k${i}`).then(() => 'ok', (e: Error) => e.message);
+      if (r === 'ok') tally.ok++;
+      else tally.failed.push(r);
+    }
+  })();
+  const rounds = (async () => {
+    while (!stop) {
+      const rs = await runClient({ id: 'r', proxy: { host: LOCAL, port }, tls: loadTls(client), packets: Array.from({ length: 20 }, (_, i) => ({ srcid: 'r', privPoliId: 'P', payload: `r${i}` })) });
+      tally.rounds++;
+      for (const r of rs) if (r.correct) tally.ok++;
+      else tally.failed.push(String(r.error));
+    }
+  })();
+  try {
+    await eventually(() => tally.rounds >= 2, 10_000, 'load before the renewal');
+    // What certbot's deploy hook does: the renewed files in place, then `systemctl reload` (SIGHUP).
+    install(pki, 'renewed');
+    proc.kill('SIGHUP');
+    await proc.waitFor(/Reloaded .*p\.yaml: applied tls/);
+    const since = tally.rounds;
+    await eventually(() => tally.rounds >= since + 2, 10_000, 'load after the renewal');
+    assert.is(await presented(port, client), 'renewed');
+  } finally {
+    stop = true;
+    await Promise.all([steady, rounds]);
+    await kept.close();
+  }
+  assert.equal(tally.failed, [], 'no request failed');
+  assert.ok(tally.ok > 0);
+  assert.not.ok(closed, 'the connection open before the renewal is still open');
+  assert.is(String(open.getPeerCertificate().subject.CN), 'old', 'and keeps the certificate it began with');
+  open.destroy();
+  assert.not.ok(proc.out.some((l) => /restart/.test(l)), proc.out.join('\n'));
+  const text = await metrics(admin);
+  assert.match(text, /revproxy_reloads_total\{result="applied"\} 1/);
+});
+
+renew('a new CA bundle (the old CA and the new, while peers move over) is taken on SIGHUP: peers with certificates of the new CA are let in', async () => {
+  const oldCa = makePki(['proxy', 'client']);
+  const newCa = makePki(['client', 'server'], 'revproxy next CA');
+  install(oldCa, 'proxy');
+  const { proc, port } = await tlsProxy();
+  const moved = { ...newCa.cert('client'), ca: oldCa.ca };
+  assert.instance(await presented(port, moved).catch((e: Error) => e), Error, 'a certificate of the new CA is refused before');
+  writeFileSync(join(ctx.dir, 'ca.pem'), Buffer.concat([readFileSync(oldCa.ca), readFileSync(newCa.ca)]));
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reloaded .*applied tls/);
+  assert.is(await presented(port, moved), 'proxy');
+  assert.is(await presented(port, { ...oldCa.cert('client'), ca: oldCa.ca }), 'proxy', 'and the old CA\'s still are');
+  // A server of the new CA registers (the listener verifies it) and is dialled (the proxy's dials verify it with the new bundle too).
+  ctx.servers.push(await startServer({ id: 'next', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port }, tls: loadTls({ ...newCa.cert('server'), ca: oldCa.ca }) }));
+  const [answer] = await runClient({ id: 'c', proxy: { host: LOCAL, port }, tls: loadTls({ ...oldCa.cert('client'), ca: oldCa.ca }), packets: [{ srcid: 'c', privPoliId: 'P', payload: 'x' }] });
+  assert.ok(answer!.correct, `answered through the server of the new CA: ${String(answer!.error)}\n${proc.out.join('\n')}`);
+});
+
+renew.run();
