@@ -1,9 +1,10 @@
 /**
  * Certificates that renew under a running proxy (certbot's deploy hook, cert-manager rewriting the
  * files, an internal CA's day-long certificates): SIGHUP swaps in the renewed files for the next
- * handshakes. Real openssl-made certificates, the real `revproxy proxy`.
+ * handshakes, and a bad set is refused with the running one kept. Real openssl-made certificates,
+ * the real `revproxy proxy`.
  */
-import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import * as assert from 'uvu/assert';
@@ -127,6 +128,33 @@ renew('a new CA bundle (the old CA and the new, while peers move over) is taken 
   ctx.servers.push(await startServer({ id: 'next', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port }, tls: loadTls({ ...newCa.cert('server'), ca: oldCa.ca }) }));
   const [answer] = await runClient({ id: 'c', proxy: { host: LOCAL, port }, tls: loadTls({ ...oldCa.cert('client'), ca: oldCa.ca }), packets: [{ srcid: 'c', privPoliId: 'P', payload: 'x' }] });
   assert.ok(answer!.correct, `answered through the server of the new CA: ${String(answer!.error)}\n${proc.out.join('\n')}`);
+});
+
+renew('a bad set of renewed files is refused, naming the file and what to do; the running certificate stays, the reload counts as refused, and --check refuses it too', async () => {
+  const pki = makePki(['old', 'renewed']);
+  const expired = makePki(['gone'], 'revproxy old CA', { days: 2, made: '-3d' });
+  const at = install(pki, 'old');
+  const { proc, port, admin, file } = await tlsProxy(false);
+  const bad: Array<[string, () => void, RegExp]> = [
+    ['a renewed certificate without its new key', () => copyFileSync(pki.cert('renewed').cert, at.cert), /the --tls-key file '.*proxy\.key' is not the private key of the --tls-cert file '.*proxy\.pem' \(a renewed certificate comes with its own key: install both\)/],
+    ['a certificate file half written', () => writeFileSync(at.cert, readFileSync(pki.cert('renewed').cert).subarray(0, 100)), /the --tls-cert file '.*proxy\.pem' holds no PEM certificate/],
+    ['a key file gone', () => rmSync(at.key), /cannot read the --tls-key file '.*proxy\.key': it does not exist/],
+    ['an expired certificate', () => install(expired, 'gone'), /the --tls-cert file '.*proxy\.pem' holds a certificate that expired on 20\d\d-[-\dT:.]+Z: every peer would refuse it: install the renewed certificate \(and its key\) there/],
+  ];
+  for (const [what, spoil, said] of bad) {
+    install(pki, 'old');
+    spoil();
+    proc.kill('SIGHUP');
+    await eventually(() => proc.out.filter((l) => /Reload refused/.test(l)).length === bad.findIndex((b) => b[0] === what) + 1, 5000, `the reload after ${what}`);
+    const refusal = proc.out.filter((l) => /Reload refused/.test(l)).at(-1)!;
+    assert.match(refusal, /\| error: Reload refused/, `${what}: an error line`);
+    assert.match(refusal, said, what);
+    assert.is(await presented(port, { ca: pki.ca }), 'old', `${what}: the running certificate stays`);
+    const check = revproxy(['proxy', '--config', file, '--check']);
+    assert.is(await check.exited, 1, `${what}: --check refuses it (systemctl reload runs it first): ${check.out.join('\n')}`);
+    assert.match(check.out.join('\n'), said, what);
+  }
+  assert.match(await metrics(admin), /revproxy_reloads_total\{result="refused"\} 4/);
 });
 
 renew.run();

@@ -393,6 +393,7 @@ cli('a file that cannot be used fails the start with exit 1, naming the file and
 
 cli('TLS files with the wrong contents are refused by --check and at start, naming the file and what it should hold', async () => {
   const pki = makePki(['proxy', 'other']);
+  const expired = makePki(['proxy'], 'revproxy old CA', { made: '-3d' });
   const { cert, key } = pki.cert('proxy');
   const notPem = join(tempDir('tls-'), 'notes.txt');
   writeFileSync(notPem, 'not a certificate\n');
@@ -405,7 +406,10 @@ cli('TLS files with the wrong contents are refused by --check and at start, nami
     [['--tls-cert', cert, '--tls-key', key, '--tls-ca', der], /the --tls-ca file '.*ca\.der' holds no PEM certificate/],
     [['--tls-cert', key, '--tls-key', key], /the --tls-cert file '.*proxy\.key' holds no PEM certificate/],
     [['--tls-cert', cert, '--tls-key', cert], /the --tls-key file '.*proxy\.pem' is not a PEM private key/],
-    [['--tls-cert', cert, '--tls-key', pki.cert('other').key], /--tls-cert and --tls-key do not belong together/],
+    [['--tls-cert', cert, '--tls-key', pki.cert('other').key], /the --tls-key file '.*other\.key' is not the private key of the --tls-cert file '.*proxy\.pem'/],
+    // Expired: every peer would refuse the certificate, or every peer's certificate.
+    [['--tls-cert', expired.cert('proxy').cert, '--tls-key', expired.cert('proxy').key], /the --tls-cert file '.*proxy\.pem' holds a certificate that expired on /],
+    [['--tls-cert', cert, '--tls-key', key, '--tls-ca', expired.ca], /every certificate in the --tls-ca file '.*ca\.pem' has expired \(the last on .*\): no peer's certificate could be verified/],
   ];
   for (const [args, message] of cases) {
     for (const run of [['proxy', '--check', ...args], ['proxy', '-port', '0', ...args]]) {

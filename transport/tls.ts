@@ -52,6 +52,17 @@ function holdsCertificate(pem: Buffer): boolean {
   }
 }
 
+/** Every certificate of a PEM file, in order (X509Certificate alone reads only the first of a chain or a bundle). */
+function certificatesOf(pem: Buffer): X509Certificate[] {
+  return [...pem.toString('latin1').matchAll(/-----BEGIN (?:TRUSTED |X509 )?CERTIFICATE-----[^-]+-----END (?:TRUSTED |X509 )?CERTIFICATE-----/g)].flatMap((m) => {
+    try {
+      return [new X509Certificate(m[0])];
+    } catch {
+      return [];
+    }
+  });
+}
+
 /** Read the PEM files; undefined when none is given. */
 export function loadTls(files: TlsFiles, names: { cert: string; key: string; ca: string } = { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }): TlsMaterial | undefined {
   if (!files.cert && !files.key && !files.ca) return undefined;
@@ -77,11 +88,22 @@ export function loadTls(files: TlsFiles, names: { cert: string; key: string; ca:
   if (material.ca && !holdsCertificate(material.ca)) {
     throw new TlsConfigError(`the ${names.ca} file '${files.ca}' holds no PEM certificate (-----BEGIN CERTIFICATE-----): give the certificate of the CA that signs the peers' certificates`);
   }
+  // An expired certificate fails every handshake (peers refuse it, or refuse the certificates it should verify): refused
+  // here, where it can still be fixed (at start, on a reload that keeps the previous one, by --check), not at each peer.
+  const now = Date.now();
+  const leaf = material.cert && certificatesOf(material.cert)[0];
+  if (leaf && Date.parse(leaf.validTo) <= now) {
+    throw new TlsConfigError(`the ${names.cert} file '${files.cert}' holds a certificate that expired on ${new Date(leaf.validTo).toISOString()}: every peer would refuse it: install the renewed certificate (and its key) there`);
+  }
+  const cas = material.ca ? certificatesOf(material.ca) : [];
+  if (cas.length && cas.every((c) => Date.parse(c.validTo) <= now)) {
+    throw new TlsConfigError(`every certificate in the ${names.ca} file '${files.ca}' has expired (the last on ${new Date(Math.max(...cas.map((c) => Date.parse(c.validTo)))).toISOString()}): no peer's certificate could be verified: install the CA's renewed certificate there`);
+  }
   try {
     createSecureContext({ cert: material.cert, key: material.key, ca: material.ca });
   } catch (err) {
     const m = (err as Error).message;
-    const which = /key values mismatch/.test(m) ? '--tls-cert and --tls-key do not belong together (the key is not the certificate\'s)'
+    const which = /key values mismatch/.test(m) ? `the ${names.key} file '${files.key}' is not the private key of the ${names.cert} file '${files.cert}' (a renewed certificate comes with its own key: install both)`
       : /no start line|PEM|asn1|ASN1|bad base64|nested asn1/.test(m) ? 'a --tls-cert, --tls-key or --tls-ca file is not a PEM certificate or key'
       : 'the TLS files were refused';
     throw new TlsConfigError(`${which}: ${m.trim()}`);
