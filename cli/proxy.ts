@@ -18,13 +18,13 @@ import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin
 import type { RegistryStatus } from '../registry/events.js';
 import {
   anchorIssues, badPolicy, changes, ConfigError, PROXY_PROTOCOL_FROM_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, parseHostPort, toRuntime,
-  whyNotWritable, type LogFileKey, type NumberKey, type ProxyConfig, type Runtime,
+  whyNotWritable, type LoadedCert, type LogFileKey, type NumberKey, type ProxyConfig, type Runtime,
 } from '../config/proxy.js';
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
 import type { PoolView } from '../inspector/views.js';
 import { systemClock } from '../transport/clock.js';
 import { ErrorCode } from '../transport/errors.js';
-import { dial, type TlsMaterial } from '../transport/tls.js';
+import { dial, expiryWarning, type TlsMaterial } from '../transport/tls.js';
 import { FileError, ignoreUserSignals, parseHost, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, whyUnreadable } from './common.js';
 import { checkInspectToken, inspectOptions, startInspection } from './inspect.js';
 
@@ -176,7 +176,8 @@ Example:
       }
       // What a start would warn of, where an operator runs the check (CI, a deploy), as nginx -t warns; still valid (exit 0).
       const files = fileLimitWarning(resolveOptions(rt.options).maxConnections, DEFAULT_PROXY_MAX_CONNECTIONS, 'max_connections');
-      if (files) process.stderr.write(`revproxy: warning: ${files.message}\n`);
+      const warnings = [files?.message, ...rt.certs.map((c) => expiryWarning(c.role, c.file, c))].filter(Boolean);
+      for (const w of warnings) process.stderr.write(`revproxy: warning: ${w}\n`);
       process.stdout.write(`revproxy: ${file ? `the configuration file ${file}` : 'the configuration'} is valid (${Object.values(cfg).filter((v) => v !== undefined).length} setting(s); the files it names can be used)\n`);
       setExit(0);
       return;
@@ -215,7 +216,8 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
   }
   const reloads = { applied: 0, refused: 0 };
   // What TLS runs with: a reload swaps in renewed files (the listener's through RELOAD, the dials' here).
-  let tlsNow = { tls: rt.options.tls, upstream: rt.options.upstreamTls };
+  let tlsNow = { tls: rt.options.tls, upstream: rt.options.upstreamTls, certs: rt.certs };
+  warnExpiring(logger, tlsNow.certs);
   let proxy: ProxyHandle | undefined;
   let admin: AdminServer | undefined;
   let metrics: Metrics | undefined;
@@ -228,6 +230,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       conns: () => conns!.snapshot(),
       dropped: () => ({ main: logger.dropped, access: accessLog && accessLog.dest !== stdout ? accessLog.dropped : 0 }),
       reloads: () => reloads,
+      certs: () => tlsNow.certs,
     });
     const readiness = new Readiness();
     readiness.add('proxy', () => {
@@ -291,7 +294,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       if (!restart.includes('tls')) {
         // Same paths, new contents (a renewed certificate) is a change too.
         if (!applied.includes('tls') && !sameTls(tlsNow.tls ?? tlsNow.upstream, nextRt.options.tls ?? nextRt.options.upstreamTls)) applied.push('tls');
-        tlsNow = { tls: nextRt.options.tls, upstream: nextRt.options.upstreamTls };
+        tlsNow = { tls: nextRt.options.tls, upstream: nextRt.options.upstreamTls, certs: nextRt.certs };
       }
       handle.actor.send({ type: 'RELOAD', opts: resolveOptions({ ...nextRt.options, tls: tlsNow.tls }) });
       logger.setLevel(nextRt.log.level);
@@ -302,6 +305,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       if (restart.length) {
         logger.warn('reload_restart_needed', `${restart.join(', ')} changed in ${source} but take${restart.length === 1 ? 's' : ''} effect only after a restart; running with the previous value${restart.length === 1 ? '' : 's'}`, { file: source, restart });
       }
+      warnExpiring(logger, tlsNow.certs);
       // What needs a restart stays as it runs, so the next reload reports it again.
       const before = running;
       running = { ...next };
@@ -389,6 +393,14 @@ function removePidFile(path: string): void {
     if (lstatSync(path).isFile() && readFileSync(path, 'utf8').trim() === String(process.pid)) unlinkSync(path);
   } catch {
     // already gone
+  }
+}
+
+/** A warn line for each certificate that ends soon (`expiryWarning`), at start and at each reload. */
+function warnExpiring(logger: Logger, certs: readonly LoadedCert[]): void {
+  for (const c of certs) {
+    const why = expiryWarning(c.role, c.file, c);
+    if (why) logger.warn('tls_cert_expiring', why, { setting: c.role, file: c.file, not_after: Math.floor(c.notAfter / 1000) });
   }
 }
 

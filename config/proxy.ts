@@ -18,6 +18,7 @@ import { badTrustedSource } from '../actors/port-limits.js';
 import { FileError, LocalCode, RevproxyError } from '../transport/errors.js';
 import { MAX_TIMER_MS } from '../transport/clock.js';
 import { MAX_ID_LENGTH } from '../transport/messages.js';
+import { validityOf, type TlsMaterial, type Validity } from '../transport/tls.js';
 import { loadTokens, tlsFromFlags, whyUnreadable } from './files.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 import {
@@ -255,6 +256,25 @@ export interface Runtime {
   inspect?: number;
   inspectLog?: string;
   inspectToken?: string;
+  /** Each certificate file loaded (tls, registry.tls): for the metric of their ends, and the warning before one. */
+  certs: LoadedCert[];
+}
+
+/** A certificate file the proxy loaded: the setting that named it, the file, and when its certificate ends (`validityOf`). */
+export interface LoadedCert extends Validity {
+  role: 'tls.cert' | 'tls.ca' | 'registry.tls.cert' | 'registry.tls.ca';
+  file: string;
+}
+
+/** The certificate files of a config's TLS settings, with their validity (read from `material`, what was loaded). */
+function loadedCerts(files: { cert?: string; ca?: string } | undefined, material: TlsMaterial | undefined, prefix: 'tls' | 'registry.tls'): LoadedCert[] {
+  const out: LoadedCert[] = [];
+  for (const role of ['cert', 'ca'] as const) {
+    const pem = material?.[role];
+    const v = pem && validityOf(pem, role);
+    if (v && files?.[role]) out.push({ role: `${prefix}.${role}`, file: files[role]!, ...v });
+  }
+  return out;
 }
 
 /**
@@ -278,14 +298,16 @@ export function toRuntime(c: ProxyConfig): Runtime {
   if (tls?.cert) options.tls = tls;
   if (tls?.ca) options.upstreamTls = tls;
   const log = c.log ?? {};
+  const registry = toRegistry(c.registry);
   return {
     options: options as ProxyOptions,
     log: { level: log.level ?? 'info', format: log.format ?? 'text', color: log.color ?? true, summaryMs: log.summary_interval, accessLog: log.access_log, accessLogFlushMs: log.access_log_flush },
     admin: toAdmin(c.admin),
-    registry: toRegistry(c.registry),
+    registry,
     inspect: c.inspect,
     inspectLog: c.inspect_log,
     inspectToken: c.inspect_token,
+    certs: [...loadedCerts(c.tls, tls, 'tls'), ...loadedCerts(c.registry?.tls, registry?.tls, 'registry.tls')],
   };
 }
 

@@ -377,6 +377,8 @@ export interface OperationsSources {
   dropped(): Record<'main' | 'access', number>;
   /** Reloads so far: applied, or refused (invalid file). */
   reloads(): Record<'applied' | 'refused', number>;
+  /** The certificate files in use, by the setting that names them (tls.cert, tls.ca, registry.tls.*): when each begins and ends (ms). */
+  certs(): ReadonlyArray<{ role: string; file: string; notBefore: number; notAfter: number }>;
 }
 
 /**
@@ -406,6 +408,20 @@ export function addOperationsMetrics(registry: Registry, s: OperationsSources): 
   byRole('revproxy_sent_bytes_total', 'Bytes written to peers, by role', (c) => c.sent, Counter);
   labelled('revproxy_log_lines_dropped_total', 'Log lines dropped because the log\'s reader (or disk) was slower than the log, by log (main, access)', 'log', ['main', 'access'], () => s.dropped(), Counter);
   labelled('revproxy_reloads_total', 'Configuration reloads (SIGHUP), by result (applied, refused: the file was invalid and the running configuration stayed)', 'result', ['applied', 'refused'], () => s.reloads(), Counter);
+  // As Traefik's traefik_tls_certs_not_after: one series per certificate file in use (a chain's leaf, a CA bundle's first to end).
+  const validity = (name: string, help: string, at: 'notBefore' | 'notAfter') =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ['role', 'file'],
+      registers: [registry],
+      collect: function (this: Gauge<string>) {
+        this.reset();
+        for (const c of s.certs()) this.set({ role: c.role, file: c.file }, Math.floor(c[at] / 1000));
+      },
+    });
+  validity('revproxy_tls_cert_not_after_seconds', 'When each certificate in use ends (Unix time), by the setting that names its file (role: tls.cert, tls.ca, registry.tls.cert, registry.tls.ca) and the file; a renewal takes effect on SIGHUP', 'notAfter');
+  validity('revproxy_tls_cert_not_before_seconds', 'When each certificate in use began (Unix time), by role and file as revproxy_tls_cert_not_after_seconds: the two give its lifetime', 'notBefore');
 }
 
 /** What the registry metrics read when scraped: the registry as the proxy last heard of it. */

@@ -1,9 +1,10 @@
 /**
  * Certificates that renew under a running proxy (certbot's deploy hook, cert-manager rewriting the
  * files, an internal CA's day-long certificates): SIGHUP swaps in the renewed files for the next
- * handshakes, and a bad set is refused with the running one kept. Real openssl-made certificates,
- * the real `revproxy proxy`.
+ * handshakes, a bad set is refused with the running one kept, and each certificate's end is a
+ * metric and a warning before it comes. Real openssl-made certificates, the real `revproxy proxy`.
  */
+import { X509Certificate } from 'node:crypto';
 import { copyFileSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
@@ -57,10 +58,11 @@ async function presented(port: number, files: TlsFiles): Promise<string> {
 }
 
 const metrics = async (admin: string): Promise<string> => (await fetch(`${admin}metrics`)).text();
+const notAfter = (pem: string): number => Math.floor(Date.parse(new X509Certificate(readFileSync(pem)).validTo) / 1000);
 
 renew('under load: SIGHUP after a renewal serves the renewed certificate to new handshakes, open connections keep theirs, no request lost', async () => {
   const pki = makePki(['old', 'renewed', 'server', 'client']);
-  install(pki, 'old');
+  const at = install(pki, 'old');
   const { proc, port, admin } = await tlsProxy();
   const client = { ...pki.cert('client'), ca: pki.ca };
   ctx.servers.push(await startServer({ id: 's1', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port }, tls: loadTls({ ...pki.cert('server'), ca: pki.ca }) }));
@@ -110,6 +112,8 @@ renew('under load: SIGHUP after a renewal serves the renewed certificate to new 
   assert.not.ok(proc.out.some((l) => /restart/.test(l)), proc.out.join('\n'));
   const text = await metrics(admin);
   assert.match(text, /revproxy_reloads_total\{result="applied"\} 1/);
+  assert.ok(text.includes(`revproxy_tls_cert_not_after_seconds{role="tls.cert",file="${at.cert}"} ${notAfter(pki.cert('renewed').cert)}`), text);
+  assert.ok(text.includes(`revproxy_tls_cert_not_after_seconds{role="tls.ca",file="${at.ca}"} ${notAfter(pki.ca)}`), text);
 });
 
 renew('a new CA bundle (the old CA and the new, while peers move over) is taken on SIGHUP: peers with certificates of the new CA are let in', async () => {
@@ -155,6 +159,29 @@ renew('a bad set of renewed files is refused, naming the file and what to do; th
     assert.match(check.out.join('\n'), said, what);
   }
   assert.match(await metrics(admin), /revproxy_reloads_total\{result="refused"\} 4/);
+});
+
+renew('a certificate close to its end is a warn line at start, at each reload and from --check; an expired one stops the start', async () => {
+  const ending = makePki(['proxy'], 'revproxy test CA', { days: 3, made: '-60h' });
+  install(ending, 'proxy');
+  const said = /the tls\.cert certificate '.*proxy\.pem' expires on 20\d\d-[-\dT:.]+Z, in 1[12] hours: renew it, then send SIGHUP \(systemctl reload\) to load the renewed files/;
+  const { proc, file } = await tlsProxy(false);
+  assert.match(proc.out.find((l) => /expires on/.test(l)) ?? proc.out.join('\n'), new RegExp(`\\| warning: ${said.source}`));
+  proc.kill('SIGHUP');
+  await eventually(() => proc.out.filter((l) => said.test(l)).length === 2, 5000, 'the warning again at the reload');
+  const check = revproxy(['proxy', '--config', file, '--check']);
+  assert.is(await check.exited, 0, check.out.join('\n'));
+  assert.match(check.out.join('\n'), new RegExp(`revproxy: warning: ${said.source}`));
+  // A fresh one says nothing.
+  install(makePki(['proxy']), 'proxy');
+  const fresh = revproxy(['proxy', '--config', file, '--check']);
+  assert.is(await fresh.exited, 0);
+  assert.not.match(fresh.out.join('\n'), /expires on/);
+
+  install(makePki(['proxy'], 'revproxy old CA', { made: '-3d' }), 'proxy');
+  const late = revproxy(['proxy', '--config', file]);
+  assert.is(await late.exited, 1, late.out.join('\n'));
+  assert.match(late.out.join('\n'), /holds a certificate that expired on/);
 });
 
 renew.run();

@@ -63,6 +63,43 @@ function certificatesOf(pem: Buffer): X509Certificate[] {
   });
 }
 
+/** When a file's certificates can be used (ms since the epoch, the wall clock's): a chain's is its leaf's, a CA bundle's its certificate that expires first. */
+export interface Validity {
+  notBefore: number;
+  notAfter: number;
+}
+
+/** The validity that matters of `pem`: `role` cert, the certificate presented (the first); ca, the first to expire of the bundle. */
+export function validityOf(pem: Buffer, role: 'cert' | 'ca'): Validity | undefined {
+  const certs = certificatesOf(pem).map((c) => ({ notBefore: Date.parse(c.validFrom), notAfter: Date.parse(c.validTo) }));
+  return role === 'cert' ? certs[0] : certs.sort((a, b) => a.notAfter - b.notAfter)[0];
+}
+
+/**
+ * Whether a certificate is close enough to its end to be worth a warning: less than a week left,
+ * and less than a third of its life (a 24-hour certificate of an internal CA is renewed every
+ * few hours, a 90-day one from Let's Encrypt 30 days before its end). docs/revproxy.rules.yml's
+ * RevproxyCertificateExpiresSoon is the same rule.
+ */
+function expiresSoon(v: Validity, now: number): boolean {
+  return v.notAfter - now < Math.min(EXPIRY_WARNING_MS, (v.notAfter - v.notBefore) / 3);
+}
+const EXPIRY_WARNING_MS = 7 * 24 * 3600 * 1000;
+
+/** What to say of the certificate in `file` (named by `setting`) when it ends soon (`expiresSoon`); undefined when it does not. */
+export function expiryWarning(setting: string, file: string, v: Validity): string | undefined {
+  const now = Date.now();
+  if (!expiresSoon(v, now)) return undefined;
+  return `the ${setting} certificate '${file}' expires on ${new Date(v.notAfter).toISOString()}, in ${timeLeft(v.notAfter, now)}: renew it, then send SIGHUP (systemctl reload) to load the renewed files`;
+}
+
+/** How long until `at`, in words: "3 days", "5 hours", "12 minutes". */
+function timeLeft(at: number, now: number): string {
+  const s = Math.max(0, (at - now) / 1000);
+  const [n, unit] = s >= 2 * 86400 ? [s / 86400, 'days'] : s >= 2 * 3600 ? [s / 3600, 'hours'] : [s / 60, 'minutes'];
+  return `${Math.floor(n)} ${unit}`;
+}
+
 /** Read the PEM files; undefined when none is given. */
 export function loadTls(files: TlsFiles, names: { cert: string; key: string; ca: string } = { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }): TlsMaterial | undefined {
   if (!files.cert && !files.key && !files.ca) return undefined;
