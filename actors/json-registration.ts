@@ -16,7 +16,7 @@ import { describeTlsError, dial, readyEvent } from '../transport/tls.js';
 import type { Timer } from '../transport/clock.js';
 import { logDialBackProblem, type Endpoint, type RegistrationCommand, type RegistrationInput } from './server.js';
 
-export const jsonRegistrations = fromCallback<RegistrationCommand, RegistrationInput>(({ sendBack, input }) => {
+export const jsonRegistrations = fromCallback<RegistrationCommand, RegistrationInput>(({ sendBack, receive, input }) => {
   let stopping = false;
   const timers = new Set<Timer>();
   const conns = new Set<Connection>();
@@ -46,6 +46,10 @@ export const jsonRegistrations = fromCallback<RegistrationCommand, RegistrationI
   };
 
   for (const ep of input.proxies) attempt(ep, input.initialMs);
+  // The old wire has nothing to deregister; renewed TLS files are for the next dials.
+  receive((e) => {
+    if (e.type === 'RENEW_TLS') input.tls = e.tls;
+  });
   return () => {
     stopping = true;
     for (const t of timers) t.cancel();

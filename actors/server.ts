@@ -20,7 +20,7 @@ import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, MsgType, type DataMsg, type Message, type SetupMsg } from '../transport/messages.js';
 import { Connection, ConnectionTimeout } from '../transport/socket.js';
-import { connectTimedOut, DEFAULT_CONNECT_TIMEOUT_MS, describeTlsError, dial, listenOn, listenServer, readyEvent, type TlsMaterial } from '../transport/tls.js';
+import { connectTimedOut, DEFAULT_CONNECT_TIMEOUT_MS, describeTlsError, dial, listenOn, listenServer, readyEvent, renewTls, type TlsMaterial } from '../transport/tls.js';
 import { systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { BufferBudget, DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
 import { Caller, HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
@@ -137,7 +137,11 @@ export type ServerEvent =
   | { type: 'DEREGISTER_ALL' }
   | { type: 'DRAIN' }
   | { type: 'DRAINED' }
-  | { type: 'STOP' };
+  | { type: 'STOP' }
+  | RenewTls;
+
+/** New TLS files (renewed certificates, a new CA bundle) for the server's next handshakes: its listener's, and its dials to proxies. */
+export type RenewTls = { type: 'RENEW_TLS'; tls: TlsMaterial };
 
 /**
  * A message begun must be complete within this long (ms), and a TLS
@@ -161,7 +165,7 @@ interface ListenerInput extends ConnectionLimitsInput {
 }
 
 /** Accepts the proxies' connections; each read becomes one REQUESTS batch. Stopped, it aborts the handlers still running. */
-const requestListener = fromCallback<{ type: 'DRAIN' }, ListenerInput>(
+const requestListener = fromCallback<{ type: 'DRAIN' } | RenewTls, ListenerInput>(
   ({ sendBack, receive, input }) => {
     const send = (e: ServerEvent): void => sendBack(e);
     const limits = new ConnectionLimits(input, input.logger, { total: '--max-connections', perPeer: '--max-conns-per-peer' }, DEFAULT_MAX_CONNECTIONS);
@@ -213,7 +217,8 @@ const requestListener = fromCallback<{ type: 'DRAIN' }, ListenerInput>(
     limits.watch(server);
     logTlsRefusals(server, input.logger);
     listenOn(server, input.port, input.host, (port) => send({ type: 'LISTENING', port }), (error) => send({ type: 'LISTEN_FAILED', error }), logAcceptErrors(input.logger, '--max-connections'));
-    receive(() => {
+    receive((e) => {
+      if (e.type === 'RENEW_TLS') return renewTls(server, e.tls);
       // DRAIN: no new connections; the proxies close theirs once they have their answers.
       draining = true;
       server.close();
@@ -236,8 +241,8 @@ function refuse(conn: Connection, err: ProtocolError, logger: Logger): void {
   conn.endWith(errorMsg(err.code, err.message));
 }
 
-/** What the server tells its registrations actor (either wire's): it is draining. */
-export type RegistrationCommand = { type: 'DEREGISTER_ALL' };
+/** What the server tells its registrations actor (either wire's): it is draining, or its dials take new TLS files. */
+export type RegistrationCommand = { type: 'DEREGISTER_ALL' } | RenewTls;
 
 export interface RegistrationInput {
   proxies: Endpoint[];
@@ -337,7 +342,8 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
 
   for (const ep of input.proxies) attempt(ep, input.initialMs, false);
 
-  receive(() => {
+  receive((e) => {
+    if (e.type === 'RENEW_TLS') return void (input.tls = e.tls);
     // DEREGISTER_ALL: the server is draining.
     stopping = true;
     for (const t of timers) t.cancel();
@@ -438,6 +444,13 @@ export const serverMachine = setup({
     drainTimeout: ({ context }) => drainTimeoutOf(context.opts),
   },
   actions: {
+    renewTls: ({ context, event, self }) => {
+      assertEvent(event, 'RENEW_TLS');
+      context.opts = { ...context.opts, tls: event.tls };
+      const children = self.getSnapshot().children as Record<string, { send(e: RenewTls): void } | undefined>;
+      children.listener?.send(event);
+      children.registrations?.send(event);
+    },
     setPort: assign(({ event }) => {
       assertEvent(event, 'LISTENING');
       return { port: event.port };
@@ -553,6 +566,8 @@ export const serverMachine = setup({
       maxConnectionsPerPeer: context.opts.maxConnectionsPerPeer ?? defaultConnsPerPeer(context.opts.listenHost ?? '127.0.0.1'),
     }),
   },
+  // Renewed TLS files are taken in any state: for the listener's next handshakes and the registrations' next dials.
+  on: { RENEW_TLS: { actions: 'renewTls' } },
   initial: 'starting',
   states: {
     starting: {

@@ -3,14 +3,15 @@ import { InvalidArgumentError, Option } from 'commander';
 import { Destination, jsonSink, LEVELS, Logger, LogStream, textSink, type Level, type LogSink } from '../actors/logger.js';
 import type { Endpoint } from '../actors/server.js';
 import { UsageError } from '../transport/errors.js';
-import { tlsFromFlags } from '../config/files.js';
+import { tlsFromFlags, type LoadedCert } from '../config/files.js';
+import { expiryWarning } from '../transport/tls.js';
 import { EMPTY_HOST_HINT } from '../config/proxy.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 
 // The files a command is given are read by config/files.ts (the config file names the same
 // kinds); the commands take them, and the two errors, from here.
 export { FileError, UsageError } from '../transport/errors.js';
-export { checkGiven, loadPackets, loadTokens, PKT_HINT, readGiven, tlsFromFlags, whyUnreadable, type TlsFlags } from '../config/files.js';
+export { checkGiven, loadedCerts, loadPackets, loadTokens, PKT_HINT, readGiven, tlsFromFlags, whyUnreadable, type TlsFlags } from '../config/files.js';
 
 /** The old system's flags, single-dash as its programs spelt them (`-port 2100`): the only ones taken with one dash. */
 export const OLD_FLAGS: readonly string[] = ['port', 'id', 'pp', 'listen', 'revproc', 'pkt'];
@@ -209,6 +210,14 @@ export function ignoreUserSignals(logger: Logger, instead: string, signals: read
   return () => {
     for (const [signal, f] of handlers) process.off(signal, f);
   };
+}
+
+/** A warn line for each certificate that ends soon (`expiryWarning`): at start and at each reload, by the proxy and a server. */
+export function warnExpiring(logger: Logger, certs: readonly LoadedCert[]): void {
+  for (const c of certs) {
+    const why = expiryWarning(c.role, c.file, c);
+    if (why) logger.warn('tls_cert_expiring', why, { setting: c.role, file: c.file, not_after: Math.floor(c.notAfter / 1000) });
+  }
 }
 
 /** The signals that drain (a second one stops at once). */

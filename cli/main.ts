@@ -4,7 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Help, Option } from 'commander';
-import { runClient, startServer, StartError } from '../actors/index.js';
+import { runClient, startServer, StartError, type ServerHandle } from '../actors/index.js';
 import { LocalCode, RevproxyError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import type { Result } from '../actors/connect.js';
@@ -17,7 +17,7 @@ import { runDemo } from './demo.js';
 import { scenarioCommand } from './scenario.js';
 import { inspectCommand, inspectOptions, startInspection, type InspectFlags } from './inspect.js';
 import {
-  FileError, ignoreUserSignals, loadPackets, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, parseHost, parseIntOption, parsePort, registryFromFlags, registryOptions, runUntilStopped, tlsFromFlags, tlsOptions, UsageError,
+  FileError, ignoreUserSignals, loadedCerts, loadPackets, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, parseHost, parseIntOption, parsePort, registryFromFlags, registryOptions, runUntilStopped, tlsFromFlags, tlsOptions, UsageError, warnExpiring,
   wireOption, type FlagTable, type LogFlags, type RegistryFlags, type TlsFlags,
 } from './common.js';
 import { isRegistryUrl } from '../registry/options.js';
@@ -31,6 +31,9 @@ function withLogOptions(cmd: Command, level?: Level): Command {
   for (const o of logOptions(level)) cmd.addOption(o);
   return cmd;
 }
+
+/** What a server without TLS files says of SIGHUP, SIGUSR1 and SIGUSR2. */
+const NOTHING_TO_RELOAD = 'a server has nothing to reload or reopen without TLS files (its settings are its flags, its log is its output): restart it to change them; SIGTERM drains and stops it';
 
 function withTlsOptions(cmd: Command): Command {
   for (const o of tlsOptions()) cmd.addOption(o);
@@ -83,7 +86,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('--max-conns-per-peer <n>', 'connections from one address at once (0 = no limit; default: none on loopback, 1024 on any other address)').argParser(parseIntOption('--max-conns-per-peer', 0)))
       .addOption(new Option('--token <secret>', "the proxy's registration secret (prefer the environment variable to the command line)").env('REVPROXY_TOKEN'))
       .addOption(wireOption('register the old way (setup on its own connection, then closed), for the old Python proxy'))
-      .addHelpText('after', '\nWith --registry etcd://HOST:PORT the server registers once, in etcd, instead of with each proxy:\nevery proxy watching the registry takes it (see README, "Running a fleet").\nA lost proxy is retried with backoff and the server registers again.\nSIGTERM, SIGINT or SIGQUIT drains: tells the proxies it is leaving, finishes requests in flight, exits 0.\nA second one stops it at once.\nA handler that throws an error with a string code answers the client HANDLER_ERROR with that code\n(not retried elsewhere; Node\'s own, such as ENOENT, answer HANDLER_FAILED and are logged); ctx.signal aborts when the proxy stops waiting for the answer.\n\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100\n  revproxy server -id 100 -pp 111 -revproc 2100,2200\n  revproxy server -id 500 -pp 111 --handler examples/privacy-handler.js --concurrency 8\n  revproxy server -id 100 -pp 111 --registry etcd://127.0.0.1:2379'),
+      .addHelpText('after', '\nWith --registry etcd://HOST:PORT the server registers once, in etcd, instead of with each proxy:\nevery proxy watching the registry takes it (see README, "Running a fleet").\nA lost proxy is retried with backoff and the server registers again.\nSIGTERM, SIGINT or SIGQUIT drains: tells the proxies it is leaving, finishes requests in flight, exits 0.\nA second one stops it at once.\nSIGHUP reads the TLS files again (renewed certificates): new connections and registrations use them.\nA handler that throws an error with a string code answers the client HANDLER_ERROR with that code\n(not retried elsewhere; Node\'s own, such as ENOENT, answer HANDLER_FAILED and are logged); ctx.signal aborts when the proxy stops waiting for the answer.\n\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100\n  revproxy server -id 100 -pp 111 -revproc 2100,2200\n  revproxy server -id 500 -pp 111 --handler examples/privacy-handler.js --concurrency 8\n  revproxy server -id 100 -pp 111 --registry etcd://127.0.0.1:2379'),
   )))).action(async function (this: Command, o: LogFlags & TlsFlags & InspectFlags & RegistryFlags & { token?: string } & {
     id: string; pp: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout?: number; delay: number; maxFrame: number; wire: 'frames' | 'json';
     handler?: string; concurrency?: number; queueLimit: number; handlerTimeout: number; tcpKeepalive: number; maxBufferedBytes: number; maxConnections: number; maxConnsPerPeer?: number;
@@ -92,17 +95,36 @@ export function buildProgram(setExit: (code: number) => void): Command {
     const registry = registryFromFlags(o);
     if (registry && this.getOptionValueSource('revproc') !== 'default') throw new UsageError('--revproc and --registry do not go together: with --registry the server registers in etcd, and every proxy watching it takes it');
     const logger = makeLogger(`server ${o.id}`, o);
-    // A daemon's SIGHUP means reload, and Node's default would end the server without its drain.
-    const unignore = ignoreUserSignals(logger, 'a server has nothing to reload or reopen (its settings are its flags, its log is its output): restart it to change them; SIGTERM drains and stops it', ['SIGHUP', 'SIGUSR1', 'SIGUSR2']);
+    const tls = tlsFromFlags(o);
+    const names = { cert: '--tls-cert', ca: '--tls-ca' };
+    warnExpiring(logger, loadedCerts({ cert: o.tlsCert, ca: o.tlsCa }, tls, names));
+    // A daemon's SIGHUP means reload: the TLS files (renewed certificates) for the next handshakes and dials.
+    // Its other settings are its flags; Node's default would end the server without its drain.
+    let server: ServerHandle | undefined;
+    const hup = (): void => {
+      if (!tls) return logger.warn('signal_ignored', `SIGHUP ignored: ${NOTHING_TO_RELOAD}`, { signal: 'SIGHUP' });
+      let next;
+      try {
+        next = tlsFromFlags(o)!;
+      } catch (err) {
+        return logger.error('reload_refused', `Reload refused, still using the TLS files read before: ${(err as Error).message}`, {});
+      }
+      server?.actor.send({ type: 'RENEW_TLS', tls: next });
+      logger.info('reload', 'Reloaded the TLS files (--tls-cert, --tls-key, --tls-ca): new connections and registrations use them, open ones keep theirs', {});
+      warnExpiring(logger, loadedCerts({ cert: o.tlsCert, ca: o.tlsCa }, next, names));
+    };
+    process.on('SIGHUP', hup);
+    const unignore = ignoreUserSignals(logger, tls ? 'send SIGHUP to reload the TLS files (--tls-cert, --tls-key, --tls-ca), SIGTERM to drain and stop; restart it to change its other settings' : NOTHING_TO_RELOAD);
     const handler = o.handler === undefined ? undefined : await loadHandler(o.handler);
     const insp = await startInspection(o, `server ${o.id}`);
-    const server = await startServer({
+    server = await startServer({
       id: o.id, policy, listenPort: o.listen, listenHost: o.host, proxies: o.revproc, behaviour: o.behaviour,
       drainTimeoutMs: o.drainTimeout, delayMs: o.delay, maxFrameBytes: o.maxFrame, logger, waitForRegistration: false, inspect: insp.attach.inspect,
-      token: o.token, tls: tlsFromFlags(o), wire: o.wire, handler, concurrency: o.concurrency, queueLimit: o.queueLimit, handlerTimeoutMs: o.handlerTimeout, tcpKeepAliveMs: o.tcpKeepalive, maxBufferedBytes: o.maxBufferedBytes, maxConnections: o.maxConnections, maxConnectionsPerPeer: o.maxConnsPerPeer, registry,
+      token: o.token, tls, wire: o.wire, handler, concurrency: o.concurrency, queueLimit: o.queueLimit, handlerTimeoutMs: o.handlerTimeout, tcpKeepAliveMs: o.tcpKeepalive, maxBufferedBytes: o.maxBufferedBytes, maxConnections: o.maxConnections, maxConnectionsPerPeer: o.maxConnsPerPeer, registry,
     });
     await runUntilStopped(server.actor, server.stop, logger);
     unignore();
+    process.off('SIGHUP', hup);
     await insp.close();
     await logger.end();
     setExit(server.actor.getSnapshot().value === 'failed' ? 1 : 0);

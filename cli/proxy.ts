@@ -18,14 +18,14 @@ import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin
 import type { RegistryStatus } from '../registry/events.js';
 import {
   anchorIssues, badPolicy, changes, ConfigError, PROXY_PROTOCOL_FROM_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, parseHostPort, toRuntime,
-  whyNotWritable, type LoadedCert, type LogFileKey, type NumberKey, type ProxyConfig, type Runtime,
+  whyNotWritable, type LogFileKey, type NumberKey, type ProxyConfig, type Runtime,
 } from '../config/proxy.js';
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
 import type { PoolView } from '../inspector/views.js';
 import { systemClock } from '../transport/clock.js';
 import { ErrorCode } from '../transport/errors.js';
 import { dial, expiryWarning, type TlsMaterial } from '../transport/tls.js';
-import { FileError, ignoreUserSignals, parseHost, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, whyUnreadable } from './common.js';
+import { FileError, ignoreUserSignals, parseHost, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, warnExpiring, whyUnreadable } from './common.js';
 import { checkInspectToken, inspectOptions, startInspection } from './inspect.js';
 
 const camel = (key: string): string => key.replace(/_(\w)/g, (_, c: string) => c.toUpperCase());
@@ -393,14 +393,6 @@ function removePidFile(path: string): void {
     if (lstatSync(path).isFile() && readFileSync(path, 'utf8').trim() === String(process.pid)) unlinkSync(path);
   } catch {
     // already gone
-  }
-}
-
-/** A warn line for each certificate that ends soon (`expiryWarning`), at start and at each reload. */
-function warnExpiring(logger: Logger, certs: readonly LoadedCert[]): void {
-  for (const c of certs) {
-    const why = expiryWarning(c.role, c.file, c);
-    if (why) logger.warn('tls_cert_expiring', why, { setting: c.role, file: c.file, not_after: Math.floor(c.notAfter / 1000) });
   }
 }
 

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import type { Packet } from '../actors/connect.js';
 import { FileError, UsageError } from '../transport/errors.js';
 import { MsgType, toMessage } from '../transport/messages.js';
-import { loadTls, TlsConfigError, type TlsMaterial } from '../transport/tls.js';
+import { loadTls, TlsConfigError, validityOf, type TlsMaterial, type Validity } from '../transport/tls.js';
 import { yaml } from './schema.js';
 
 /** Why a file could not be read, in words. */
@@ -145,4 +145,21 @@ export function tlsFromFlags(o: TlsFlags, flag = { cert: '--tls-cert', key: '--t
     for (const [f, path, what] of given) if (path) readGiven(path, `${f} file`, `${f} takes ${what}`);
     throw new FileError(err.message);
   }
+}
+
+/** A certificate file loaded: the setting that named it (tls.cert, --tls-ca...), the file, and when its certificate ends (`validityOf`). */
+export interface LoadedCert extends Validity {
+  role: string;
+  file: string;
+}
+
+/** The certificate and CA files of `files`, with their validity (read from `material`, what was loaded), each named by `names`. */
+export function loadedCerts(files: { cert?: string; ca?: string } | undefined, material: TlsMaterial | undefined, names: { cert: string; ca: string }): LoadedCert[] {
+  const out: LoadedCert[] = [];
+  for (const role of ['cert', 'ca'] as const) {
+    const pem = material?.[role];
+    const v = pem && validityOf(pem, role);
+    if (v && files?.[role]) out.push({ role: names[role], file: files[role]!, ...v });
+  }
+  return out;
 }

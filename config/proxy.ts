@@ -18,8 +18,7 @@ import { badTrustedSource } from '../actors/port-limits.js';
 import { FileError, LocalCode, RevproxyError } from '../transport/errors.js';
 import { MAX_TIMER_MS } from '../transport/clock.js';
 import { MAX_ID_LENGTH } from '../transport/messages.js';
-import { validityOf, type TlsMaterial, type Validity } from '../transport/tls.js';
-import { loadTokens, tlsFromFlags, whyUnreadable } from './files.js';
+import { loadedCerts, loadTokens, tlsFromFlags, whyUnreadable, type LoadedCert } from './files.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 import {
   dict, flag, formatIssues, list, name, object, oneOf, opt, readYaml, refine, req, scalar, text, whole, yaml, type Field, type Infer, type Issue,
@@ -260,23 +259,6 @@ export interface Runtime {
   certs: LoadedCert[];
 }
 
-/** A certificate file the proxy loaded: the setting that named it, the file, and when its certificate ends (`validityOf`). */
-export interface LoadedCert extends Validity {
-  role: 'tls.cert' | 'tls.ca' | 'registry.tls.cert' | 'registry.tls.ca';
-  file: string;
-}
-
-/** The certificate files of a config's TLS settings, with their validity (read from `material`, what was loaded). */
-function loadedCerts(files: { cert?: string; ca?: string } | undefined, material: TlsMaterial | undefined, prefix: 'tls' | 'registry.tls'): LoadedCert[] {
-  const out: LoadedCert[] = [];
-  for (const role of ['cert', 'ca'] as const) {
-    const pem = material?.[role];
-    const v = pem && validityOf(pem, role);
-    if (v && files?.[role]) out.push({ role: `${prefix}.${role}`, file: files[role]!, ...v });
-  }
-  return out;
-}
-
 /**
  * Turn a config into what the proxy runs with, reading the files it names
  * (tokens file, TLS files: a FileError names the file that cannot be used,
@@ -307,7 +289,7 @@ export function toRuntime(c: ProxyConfig): Runtime {
     inspect: c.inspect,
     inspectLog: c.inspect_log,
     inspectToken: c.inspect_token,
-    certs: [...loadedCerts(c.tls, tls, 'tls'), ...loadedCerts(c.registry?.tls, registry?.tls, 'registry.tls')],
+    certs: [...loadedCerts(c.tls, tls, { cert: 'tls.cert', ca: 'tls.ca' }), ...loadedCerts(c.registry?.tls, registry?.tls, { cert: 'registry.tls.cert', ca: 'registry.tls.ca' })],
   };
 }
 

@@ -63,7 +63,9 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
     }, true);
     kept.start();
     let leaving: Promise<void> | undefined;
-    receive(() => {
+    receive((e) => {
+      // RENEW_TLS is the listener's (the proxies dial this server); etcd's TLS is registry.tls, read at start.
+      if (e.type !== 'DEREGISTER_ALL') return;
       // DEREGISTER_ALL: the key goes first, so the proxies stop sending; in-flight requests are still answered.
       if (!refused) leaving = kept.stop();
     });

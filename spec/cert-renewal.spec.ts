@@ -184,4 +184,24 @@ renew('a certificate close to its end is a warn line at start, at each reload an
   assert.match(late.out.join('\n'), /holds a certificate that expired on/);
 });
 
+renew('a server (revproxy server --tls-cert) reads its renewed files on SIGHUP for its next handshakes; a bad set is refused and the old one kept', async () => {
+  const pki = makePki(['old', 'renewed', 'client']);
+  const at = install(pki, 'old');
+  const proc = revproxy(['server', '--id', 's1', '--pp', 'P', '--revproc', '1', '--tls-cert', at.cert, '--tls-key', at.key, '--tls-ca', at.ca]);
+  const port = Number((await proc.waitFor(/Listening on port (\d+)/))[1]);
+  const proxyLike = { ...pki.cert('client'), ca: pki.ca };
+  assert.is(await presented(port, proxyLike), 'old');
+  install(pki, 'renewed');
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reloaded the TLS files \(--tls-cert, --tls-key, --tls-ca\): new connections and registrations use them/);
+  assert.is(await presented(port, proxyLike), 'renewed');
+  // A renewed certificate without its key: refused, the running one kept.
+  copyFileSync(pki.cert('old').cert, at.cert);
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reload refused, still using the TLS files read before: the --tls-key file '.*proxy\.key' is not the private key of the --tls-cert file '.*proxy\.pem'/);
+  assert.is(await presented(port, proxyLike), 'renewed');
+  proc.kill('SIGTERM');
+  assert.is(await proc.exited, 0, proc.out.join('\n'));
+});
+
 renew.run();

@@ -5,7 +5,7 @@
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { connect as netConnect, createServer as netServer, type Server, type Socket } from 'node:net';
-import { connect as tlsConnect, createSecureContext, createServer as tlsServer, TLSSocket, type SecureContextOptions, type Server as TlsServer } from 'node:tls';
+import { connect as tlsConnect, createSecureContext, createServer as tlsServer, TLSSocket, Server as TlsServer, type SecureContextOptions } from 'node:tls';
 import { LocalCode, RevproxyError } from './errors.js';
 import { hostPort } from './address.js';
 
@@ -235,10 +235,11 @@ function contextOf(tls: TlsMaterial): SecureContextOptions {
 /**
  * Give a listening TLS server of `listenServer` new files (renewed certificates, a new CA bundle):
  * handshakes from now on use them, connections already open keep what they began with. Whether
- * peers must present a certificate stays as it was at start (the server's, not the files').
+ * peers must present a certificate stays as it was at start (the server's, not the files'). A
+ * plain TCP server (started without a certificate) stays as it is.
  */
-export function renewTls(server: TlsServer, tls: TlsMaterial): void {
-  server.setSecureContext(contextOf(tls));
+export function renewTls(server: Server, tls: TlsMaterial): void {
+  if (server instanceof TlsServer && tls.cert) server.setSecureContext(contextOf(tls));
 }
 
 /** The event that means "ready to talk": after the handshake on TLS, after connecting on TCP. */
