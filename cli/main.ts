@@ -103,13 +103,14 @@ export function buildProgram(setExit: (code: number) => void): Command {
     let server: ServerHandle | undefined;
     const hup = (): void => {
       if (!tls) return logger.warn('signal_ignored', `SIGHUP ignored: ${NOTHING_TO_RELOAD}`, { signal: 'SIGHUP' });
+      if (!server) return logger.info('reload_ignored', 'SIGHUP ignored: the server is starting, with the TLS files it read at start; send it again once it listens', {});
       let next;
       try {
         next = tlsFromFlags(o)!;
       } catch (err) {
         return logger.error('reload_refused', `Reload refused, still using the TLS files read before: ${(err as Error).message}`, {});
       }
-      server?.actor.send({ type: 'RENEW_TLS', tls: next });
+      server.actor.send({ type: 'RENEW_TLS', tls: next });
       logger.info('reload', 'Reloaded the TLS files (--tls-cert, --tls-key, --tls-ca): new connections and registrations use them, open ones keep theirs', {});
       warnExpiring(logger, loadedCerts({ cert: o.tlsCert, ca: o.tlsCa }, next, names));
     };

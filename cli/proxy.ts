@@ -176,7 +176,7 @@ Example:
       }
       // What a start would warn of, where an operator runs the check (CI, a deploy), as nginx -t warns; still valid (exit 0).
       const files = fileLimitWarning(resolveOptions(rt.options).maxConnections, DEFAULT_PROXY_MAX_CONNECTIONS, 'max_connections');
-      const warnings = [files?.message, ...rt.certs.map((c) => expiryWarning(c.role, c.file, c))].filter(Boolean);
+      const warnings = [files?.message, ...rt.certs.map((c) => expiryWarning(c.role, c.file, c, c.atStart))].filter(Boolean);
       for (const w of warnings) process.stderr.write(`revproxy: warning: ${w}\n`);
       process.stdout.write(`revproxy: ${file ? `the configuration file ${file}` : 'the configuration'} is valid (${Object.values(cfg).filter((v) => v !== undefined).length} setting(s); the files it names can be used)\n`);
       setExit(0);
@@ -294,7 +294,8 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       if (!restart.includes('tls')) {
         // Same paths, new contents (a renewed certificate) is a change too.
         if (!applied.includes('tls') && !sameTls(tlsNow.tls ?? tlsNow.upstream, nextRt.options.tls ?? nextRt.options.upstreamTls)) applied.push('tls');
-        tlsNow = { tls: nextRt.options.tls, upstream: nextRt.options.upstreamTls, certs: nextRt.certs };
+        // etcd's client keeps the files it read at start (registry.tls): so do its metrics.
+        tlsNow = { tls: nextRt.options.tls, upstream: nextRt.options.upstreamTls, certs: [...nextRt.certs.filter((c) => !c.atStart), ...tlsNow.certs.filter((c) => c.atStart)] };
       }
       handle.actor.send({ type: 'RELOAD', opts: resolveOptions({ ...nextRt.options, tls: tlsNow.tls }) });
       logger.setLevel(nextRt.log.level);

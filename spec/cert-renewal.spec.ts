@@ -13,6 +13,7 @@ import { connect, runClient, startServer } from '../actors/index.js';
 import { loadTls, type TlsFiles } from '../transport/tls.js';
 import { makePki, type Pki } from './certs.js';
 import { eventually, LOCAL } from './helpers.js';
+import { freePort } from '../bench/procs.js';
 import { freshSuite, revproxy, type Fresh, type Proc } from './procs.js';
 
 const ctx: Fresh = { dir: '', servers: [] };
@@ -202,6 +203,20 @@ renew('a server (revproxy server --tls-cert) reads its renewed files on SIGHUP f
   assert.is(await presented(port, proxyLike), 'renewed');
   proc.kill('SIGTERM');
   assert.is(await proc.exited, 0, proc.out.join('\n'));
+});
+
+renew("etcd's client certificates (registry.tls) are read at start: their warning says to restart, and a reload leaves their metric as it runs", async () => {
+  const ending = makePki([], 'revproxy etcd CA', { days: 3, made: '-60h' });
+  const ca = join(ctx.dir, 'etcd-ca.pem');
+  copyFileSync(ending.ca, ca);
+  // No etcd: the proxy starts and serves without it (README, "Running a fleet").
+  const proc = revproxy(['proxy', '--port', '0', '--admin', '127.0.0.1:0', '--registry', `etcds://127.0.0.1:${await freePort()}`, '--registry-ca', ca]);
+  await proc.waitFor(/the registry\.tls\.ca certificate '.*etcd-ca\.pem' expires on .*: renew it, then restart to load the renewed files \(they are read at start\)/);
+  const admin = (await proc.waitFor(/Admin endpoint on (http:\S+)/))[1]!;
+  copyFileSync(makePki([]).ca, ca);
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reloaded/);
+  assert.ok((await metrics(admin)).includes(`revproxy_tls_cert_not_after_seconds{role="registry.tls.ca",file="${ca}"} ${notAfter(ending.ca)}`), 'the certificate etcd\'s client has');
 });
 
 renew.run();
