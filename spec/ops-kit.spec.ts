@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import * as assert from 'uvu/assert';
 import { parse } from 'yaml';
 import { runClient, startServer } from '../actors/index.js';
+import { DEFAULT_MAX_CONNECTIONS, defaultDrainTimeoutMs } from '../actors/server.js';
 import { fileRoom } from '../actors/port-limits.js';
 import { fileLimits, freePort } from '../bench/procs.js';
 import { DEFAULTS } from '../config/proxy.js';
@@ -61,15 +62,56 @@ const one = (unit: Map<string, string[]>, key: string): string => {
 
 const systemd = fresh('docs/revproxy.service');
 
-/** The installed paths the unit names, and where this spec puts each. */
+/** The installed paths the units name, and where this spec puts each; a template's %i is `instance`. */
 function places(dir: string): Array<[string, string]> {
   return [
     ['/usr/local/lib/node_modules/revproxy/cli/revproxy.js', BIN],
     ['/etc/revproxy/revproxy.yaml', join(dir, 'revproxy.yaml')],
     ['/etc/revproxy/revproxy.env', join(dir, 'revproxy.env')],
+    ['/etc/revproxy/server-%i.env', join(dir, 'server-%i.env')],
   ];
 }
-const relocate = (text: string, dir: string): string => places(dir).reduce((t, [from, to]) => t.split(from).join(to), text);
+const relocate = (text: string, dir: string, instance = '%i'): string => places(dir).reduce((t, [from, to]) => t.split(from).join(to), text).split('%i').join(instance);
+
+/** The environment systemd gives a unit's commands: its PATH, then its EnvironmentFile= and Environment= lines. */
+function unitEnv(unit: Map<string, string[]>): string[] {
+  const env: string[] = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin']; // systemd's, for the shebang's `env node`
+  for (const file of unit.get('EnvironmentFile') ?? []) env.push(...readFileSync(file.replace(/^-/, ''), 'utf8').split('\n').filter((l) => /^\w+=/.test(l)));
+  for (const line of unit.get('Environment') ?? []) env.push(...line.split(/\s+/));
+  return env;
+}
+
+/**
+ * A unit's command run as systemd runs it: under its environment (a `$NAME` of it split into words,
+ * as systemd does), its LimitNOFILE (at most the hard limit this spec runs under; systemd sets it as
+ * root), and ProtectSystem=strict: every path read-only but `writable` (and /dev, /proc, /sys).
+ */
+function sandboxed(unit: Map<string, string[]>, command: string, writable: string): Proc {
+  const env = unitEnv(unit);
+  const files = Math.min(Number(one(unit, 'LimitNOFILE')), fileLimits().hard);
+  const vars = new Map(env.map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+  const words = command.split(/\s+/).flatMap((w) => (/^\$\w+$/.test(w) ? (vars.get(w.slice(1)) ?? '').split(/\s+/).filter(Boolean) : [w]));
+  return start('/usr/bin/unshare', ['-m', '/bin/sh', '-c', `mount --bind "$0" "$0" && mount -o remount,bind,ro / && ulimit -n ${files} && exec env -i "$@"`, writable, ...env, ...words]);
+}
+
+/** The bundle made now, if a source is newer: in the read-only file system it could not be written. */
+async function bundled(): Promise<void> {
+  const made = start(process.execPath, ['-e', "import('./cli/bundle.mjs').then((b) => b.bundle())"]);
+  assert.is(await made.exited, 0, made.out.join('\n'));
+}
+
+/** Waits until `n` requests are in flight at the proxy whose admin endpoint is `admin`. */
+async function untilInflight(admin: string | undefined, n: string, headers: Record<string, string> = {}): Promise<void> {
+  const inflight = async (): Promise<string | undefined> => /^revproxy_inflight_requests (\d+)$/m.exec(await (await fetch(`${admin}metrics`, { headers })).text())?.[1];
+  for (const end = Date.now() + 3000; (await inflight()) !== n; await sleep(10)) assert.ok(Date.now() < end, 'the second request reached the server within 3 s');
+}
+
+/** SIGTERM (the unit's KillSignal): the process must exit 0 within its TimeoutStopSec. */
+async function stopped(unit: Map<string, string[]>, proc: Proc): Promise<void> {
+  proc.kill(one(unit, 'KillSignal') as NodeJS.Signals);
+  const timeout = new Promise<string>((resolve) => setTimeout(() => resolve('still running at TimeoutStopSec'), Number(one(unit, 'TimeoutStopSec')) * 1000).unref());
+  assert.is(await Promise.race([proc.exited, timeout]), 0, 'exit 0: Restart=on-failure does not restart it');
+}
 
 systemd('systemd-analyze verify finds nothing to say; the limits fit the defaults; a stop is SIGTERM, a reload SIGHUP', () => {
   // systemd-analyze refuses a command that is not there: the unit's, pointed at this checkout.
@@ -91,18 +133,9 @@ systemd("its ExecStart serves under its environment, its LimitNOFILE and a read-
   mkdirSync(logs);
   writeFileSync(join(ctx.dir, 'revproxy.yaml'), `port: 0\nadmin:\n  listen: 127.0.0.1:0\nlog:\n  access_log: ${logs}/access.log\n`);
   writeFileSync(join(ctx.dir, 'revproxy.env'), 'REVPROXY_ADMIN_TOKEN=kit-admin-secret\n');
-  const env: string[] = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin']; // systemd's, for the shebang's `env node`
-  for (const file of unit.get('EnvironmentFile') ?? []) env.push(...readFileSync(file.replace(/^-/, ''), 'utf8').split('\n').filter((l) => /^\w+=/.test(l)));
-  for (const line of unit.get('Environment') ?? []) env.push(...line.split(/\s+/));
-  // systemd sets LimitNOFILE as root; here the hard limit this spec runs under may be lower.
   const files = Math.min(Number(one(unit, 'LimitNOFILE')), fileLimits().hard);
-  // ProtectSystem=strict with LogsDirectory: every path read-only but the logs (and /dev, /proc, /sys).
-  const sandboxed = (command: string): Proc =>
-    start('/usr/bin/unshare', ['-m', '/bin/sh', '-c', `mount --bind "$0" "$0" && mount -o remount,bind,ro / && ulimit -n ${files} && exec env -i "$@"`, logs, ...env, ...command.split(/\s+/)]);
-  // The bundle made now, if a source is newer: in the read-only file system it could not be written.
-  const made = start(process.execPath, ['-e', "import('./cli/bundle.mjs').then((b) => b.bundle())"]);
-  assert.is(await made.exited, 0, made.out.join('\n'));
-  const proc = sandboxed(one(unit, 'ExecStart'));
+  await bundled();
+  const proc = sandboxed(unit, one(unit, 'ExecStart'), logs);
   const port = Number((await proc.waitFor(/Running the reverse proxy on port (\d+)/))[1]);
   const admin = proc.out.map((l) => /Admin endpoint on (http:\S+)/.exec(l)?.[1]).find(Boolean);
   assert.is((await fetch(`${admin}metrics`, { headers: { authorization: 'Bearer kit-admin-secret' } })).status, 200, 'REVPROXY_ADMIN_TOKEN came from its EnvironmentFile');
@@ -113,19 +146,56 @@ systemd("its ExecStart serves under its environment, its LimitNOFILE and a read-
   assert.is(await ask(), 'ok');
 
   for (const command of unit.get('ExecReload')!) {
-    const step = command.includes('$MAINPID') ? start('/bin/sh', ['-c', command.replace('$MAINPID', String(proc.child.pid))]) : sandboxed(command);
+    const step = command.includes('$MAINPID') ? start('/bin/sh', ['-c', command.replace('$MAINPID', String(proc.child.pid))]) : sandboxed(unit, command, logs);
     assert.is(await step.exited, 0, `${command}: ${step.out.join('\n')}`);
   }
   await proc.waitFor(/Reloaded/);
 
   const inFlight = ask();
-  const inflight = async (): Promise<string | undefined> => /^revproxy_inflight_requests (\d+)$/m.exec(await (await fetch(`${admin}metrics`, { headers: { authorization: 'Bearer kit-admin-secret' } })).text())?.[1];
-  for (const end = Date.now() + 3000; (await inflight()) !== '1'; await sleep(10)) assert.ok(Date.now() < end, 'the second request reached the server within 3 s');
-  proc.kill(one(unit, 'KillSignal') as NodeJS.Signals);
-  const timeout = new Promise<string>((resolve) => setTimeout(() => resolve('still running at TimeoutStopSec'), Number(one(unit, 'TimeoutStopSec')) * 1000).unref());
-  assert.is(await Promise.race([proc.exited, timeout]), 0, 'exit 0: Restart=on-failure does not restart it');
+  await untilInflight(admin, '1', { authorization: 'Bearer kit-admin-secret' });
+  await stopped(unit, proc);
   assert.is(await inFlight, 'ok', 'the request in flight was answered');
   await eventually(() => readFileSync(`${logs}/access.log`, 'utf8').split('\n').filter((l) => / outcome=ok$/.test(l)).length === 2, 3000, 'both requests in the access log');
+});
+
+const SERVER_UNIT = join(ROOT, 'docs/revproxy-server@.service');
+const serverUnit = fresh('docs/revproxy-server@.service');
+
+serverUnit('systemd-analyze verify finds nothing to say; the limits fit the defaults; a stop is SIGTERM; no reload, as a server ignores SIGHUP', () => {
+  const copy = join(ctx.dir, 'revproxy-server@.service');
+  writeFileSync(copy, relocate(readFileSync(SERVER_UNIT, 'utf8'), ctx.dir));
+  assert.equal(tool(SYSTEMD_ANALYZE, 'systemd', ['verify', copy]), { status: 0, said: '' });
+  const unit = service(readFileSync(SERVER_UNIT, 'utf8'));
+  assert.ok(fileRoom(Number(one(unit, 'LimitNOFILE'))) >= DEFAULT_MAX_CONNECTIONS, `LimitNOFILE leaves room for the default --max-connections, ${DEFAULT_MAX_CONNECTIONS}`);
+  assert.ok(Number(one(unit, 'TimeoutStopSec')) * 1000 > defaultDrainTimeoutMs(), `TimeoutStopSec is longer than the default drain, ${defaultDrainTimeoutMs()} ms`);
+  assert.is(one(unit, 'KillSignal'), 'SIGTERM');
+  assert.is(one(unit, 'Restart'), 'on-failure');
+  assert.is(unit.get('ExecReload'), undefined, 'a server has nothing to reload');
+  assert.match(one(unit, 'ExecStart'), /^\/usr\/local\/lib\/node_modules\/revproxy\/cli\/revproxy\.js server --id %i /, 'cli/revproxy.js itself, the instance its id');
+});
+
+serverUnit("an instance's ExecStart, its flags from its EnvironmentFile, registers and answers under its limits and a read-only file system; SIGHUP changes nothing; SIGTERM drains within TimeoutStopSec and exits 0", async () => {
+  const unit = service(relocate(readFileSync(SERVER_UNIT, 'utf8'), ctx.dir, '100'));
+  const proxy = revproxy(['proxy', '--port', '0', '--admin', '127.0.0.1:0', '--token', 'kit-registration-secret']);
+  const port = Number((await proxy.waitFor(/Running the reverse proxy on port (\d+)/))[1]);
+  const admin = proxy.out.map((l) => /Admin endpoint on (http:\S+)/.exec(l)?.[1]).find(Boolean);
+  writeFileSync(join(ctx.dir, 'server-100.env'), `REVPROXY_SERVER_ARGS=--pp P --revproc 127.0.0.1:${port} --delay 200\nREVPROXY_TOKEN=kit-registration-secret\n`);
+  await bundled();
+  const proc = sandboxed(unit, one(unit, 'ExecStart'), ctx.dir); // it writes nothing; ctx.dir stands for a path it may
+  await proc.waitFor(/Registered with the reverse proxy/);
+  const ulimit = /^Max open files\s+(\d+)/m.exec(readFileSync(`/proc/${proc.child.pid}/limits`, 'utf8'))?.[1];
+  assert.is(ulimit, String(Math.min(Number(one(unit, 'LimitNOFILE')), fileLimits().hard)));
+  const ask = async (): Promise<string | undefined> => (await runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: [{ srcid: 'c', privPoliId: 'P', payload: 'x' }] }))[0]!.error ?? 'ok';
+  assert.is(await ask(), 'ok', 'server 100 (the instance) serves policy P (its EnvironmentFile)');
+
+  proc.kill('SIGHUP');
+  await proc.waitFor(/nothing to reload/);
+  assert.is(await ask(), 'ok', 'still serving after SIGHUP');
+
+  const inFlight = ask();
+  await untilInflight(admin, '1');
+  await stopped(unit, proc);
+  assert.is(await inFlight, 'ok', 'the request in flight was answered');
 });
 
 const rules = fresh('docs/revproxy.rules.yml');
@@ -202,4 +272,5 @@ rules('every metric, label and label value it names is one a running proxy expor
 });
 
 systemd.run();
+serverUnit.run();
 rules.run();
