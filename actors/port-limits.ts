@@ -98,6 +98,8 @@ export class ConnectionLimits {
     private readonly logger: Logger,
     private readonly names: { total: string; perPeer: string },
     private readonly defaultTotal: number,
+    /** Told the limit in all each time it is applied (start, reload). */
+    private readonly applied?: (limit: number) => void,
   ) {}
 
   /** Hold `server` to the limit on connections in all (before it listens). */
@@ -135,6 +137,7 @@ export class ConnectionLimits {
     const files = fileLimits();
     this.softFiles = files?.soft ?? Infinity;
     this.server.maxConnections = Math.min(wanted, Number.isFinite(this.softFiles) ? fileRoom(this.softFiles) : Infinity);
+    this.applied?.(this.server.maxConnections);
     const warning = fileLimitWarning(wanted, this.defaultTotal, this.names.total, files);
     if (warning) this.logger.warn('file_limit', warning.message, warning.fields);
   }

@@ -160,7 +160,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       input,
       sendBack,
       conns,
-      limits: new ConnectionLimits(input, input.logger, { total: 'max_connections', perPeer: 'max_conns_per_peer' }, DEFAULT_PROXY_MAX_CONNECTIONS),
+      limits: new ConnectionLimits(input, input.logger, { total: 'max_connections', perPeer: 'max_conns_per_peer' }, DEFAULT_PROXY_MAX_CONNECTIONS, (limit) => input.observer?.connectionLimit?.(limit)),
       forwardLater(peer, requests) {
         pending.push({ peer, requests });
         if (!scheduled) {

@@ -127,6 +127,8 @@ export interface ProxyObserver {
   ejected?(policy: string, member: string, reason: EjectReason, back: boolean): void;
   /** The listener accepted a connection (its role is known from its first message). */
   accepted?(peer: Peer, socket: Socket): void;
+  /** The listener's limit on connections open at once, as applied at start and after each reload: max_connections, or less when the open-files limit leaves room for fewer. */
+  connectionLimit?(limit: number): void;
 }
 
 /** Why a member left rotation or came back: codes, so a metric's label values stay few. */

@@ -218,6 +218,7 @@ export function combineObservers(...list: Array<ProxyObserver | undefined>): Pro
     retried: hook(obs, 'retried'),
     ejected: hook(obs, 'ejected'),
     accepted: hook(obs, 'accepted'),
+    connectionLimit: hook(obs, 'connectionLimit'),
   };
 }
 

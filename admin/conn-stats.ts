@@ -23,13 +23,19 @@ export interface ConnSnapshot {
 
 const zero = (): Record<Role, number> => ({ client: 0, registration: 0, unknown: 0, upstream: 0 });
 
-export class ConnStats implements Pick<ProxyObserver, 'accepted'> {
+export class ConnStats implements Pick<ProxyObserver, 'accepted' | 'connectionLimit'> {
   private readonly live = new Map<Socket, () => Role>();
+  /** The listener's limit on connections open at once (client, registration and unknown ones), as last applied; undefined before it listens. */
+  limit?: number;
   private readonly received = zero();
   private readonly sent = zero();
 
   accepted(peer: Peer, socket: Socket): void {
     this.track(socket, () => peer.role);
+  }
+
+  connectionLimit(limit: number): void {
+    this.limit = limit;
   }
 
   /** A socket factory whose sockets are counted as `upstream`. */

@@ -228,6 +228,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
     metrics = new Metrics({ pools: () => (proxy ? poolViews(proxy, readyPolicies) : []), inflight: () => proxy?.actor.getSnapshot().context.inflight.size ?? 0, actorCounts: () => [] }, 200, { defaults: true });
     addOperationsMetrics(metrics.registry, {
       conns: () => conns!.snapshot(),
+      maxConnections: () => conns!.limit,
       dropped: () => ({ main: logger.dropped, access: accessLog && accessLog.dest !== stdout ? accessLog.dropped : 0 }),
       reloads: () => reloads,
       certs: () => tlsNow.certs,

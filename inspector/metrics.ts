@@ -373,6 +373,8 @@ class LatencyHistogram {
 /** What the operator's metrics read when scraped (admin endpoint). */
 export interface OperationsSources {
   conns(): ConnSnapshot;
+  /** The listener's limit on connections open at once, as last applied (undefined before it listens). */
+  maxConnections(): number | undefined;
   /** Log lines dropped so far because a reader was too slow, per log. */
   dropped(): Record<'main' | 'access', number>;
   /** Reloads so far: applied, or refused (invalid file). */
@@ -404,6 +406,16 @@ export function addOperationsMetrics(registry: Registry, s: OperationsSources): 
   const byRole = (name: string, help: string, pick: (c: ConnSnapshot) => Record<Role, number>, Kind: typeof Gauge | typeof Counter) =>
     labelled(name, help, 'role', ROLES, () => pick(s.conns()), Kind);
   byRole('revproxy_connections', 'Connections open now, by role (client, registration, unknown: no message yet, upstream: to servers)', (c) => c.open, Gauge);
+  new Gauge({
+    name: 'revproxy_max_connections',
+    help: 'Connections the proxy\'s port keeps open at once (client, registration and unknown: revproxy_connections but upstream); past it each new one is refused: max_connections, or less when the open-files limit leaves room for fewer; follows reloads',
+    registers: [registry],
+    collect: function (this: Gauge<string>) {
+      const limit = s.maxConnections();
+      if (limit === undefined || !Number.isFinite(limit)) this.reset();
+      else this.set(limit);
+    },
+  });
   byRole('revproxy_received_bytes_total', 'Bytes read from peers, by role', (c) => c.received, Counter);
   byRole('revproxy_sent_bytes_total', 'Bytes written to peers, by role', (c) => c.sent, Counter);
   labelled('revproxy_log_lines_dropped_total', 'Log lines dropped because the log\'s reader (or disk) was slower than the log, by log (main, access)', 'log', ['main', 'access'], () => s.dropped(), Counter);

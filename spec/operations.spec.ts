@@ -11,6 +11,7 @@ import * as assert from 'uvu/assert';
 import { runClient, sha1Handler, startServer, type Handler, type ServerHandle } from '../actors/index.js';
 import { EJECT_REASONS, resolveOptions } from '../actors/proxy-options.js';
 import { MEMBER_STATES } from '../actors/proxy-types.js';
+import { fileRoom } from '../actors/port-limits.js';
 import { ROLES } from '../admin/conn-stats.js';
 import { DEFAULTS, NUMBERS, parseConfig, proxyConfigSpec, toRuntime } from '../config/proxy.js';
 import { OTHER } from '../inspector/metrics.js';
@@ -490,6 +491,23 @@ async function readyzUntil(url: string, want: (r: Readyz) => boolean, what: stri
 /** Each reason as `check code policy`. */
 const reasonsOf = (r: Readyz): string[] => (r.reasons ?? []).map((x) => `${x.check} ${x.code} ${x.policy}`);
 const notReadyFor = (...policies: string[]) => (r: Readyz): boolean => r.status === 503 && reasonsOf(r).join() === policies.map((p) => `pool NO_SERVER ${p}`).join();
+
+admin('revproxy_max_connections: the limit its port keeps to (max_connections, or what the open-files limit leaves room for), and its change on SIGHUP', async () => {
+  const file = write('limit.yaml', 'port: 0\nmax_connections: 300\nadmin:\n  listen: 127.0.0.1:0\n');
+  const limit = async (url: string): Promise<string | undefined> => /^revproxy_max_connections (\d+)$/m.exec((await get(`${url}metrics`)).body)?.[1];
+  const { proc, admin: url } = await proxyWithConfig(file);
+  assert.is(await limit(url), '300');
+  writeFileSync(file, 'port: 0\nmax_connections: 200\nadmin:\n  listen: 127.0.0.1:0\n');
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reloaded/);
+  assert.is(await limit(url), '200', 'a reload changes it');
+  // ulimit -n 512 leaves room for 448 connections: a max_connections of 1000 keeps to that.
+  writeFileSync(file, 'port: 0\nmax_connections: 1000\nadmin:\n  listen: 127.0.0.1:0\n');
+  const low = revproxy(['proxy', '--config', file], { fileLimit: 512 });
+  await low.waitFor(/Admin endpoint on (http:\S+)/);
+  const lowUrl = low.out.map((l) => /Admin endpoint on (http:\S+)/.exec(l)?.[1]).find(Boolean)!;
+  assert.is(await limit(lowUrl), String(fileRoom(512)));
+});
 
 admin('--ready-policies: /readyz is 503 while a listed policy has no server serving, naming each such policy, and 200 once every one has', async () => {
   // A proxy restarted with servers registered directly was ready as soon as it listened,
