@@ -69,6 +69,13 @@ export interface MetricSources {
  * under its own name.
  */
 export const MAX_LABEL_VALUES = 1000;
+/**
+ * Policies /metrics showed with members and no pool holds now, remembered so that their
+ * revproxy_pool_members read 0 (an alert on `{state="serving"} == 0` fires, as it does for a
+ * policy of --ready-policies): until a member comes back, or this many policies left after them
+ * (the one that left first is forgotten first), or the process ends.
+ */
+export const MAX_DEPARTED_POLICIES = MAX_LABEL_VALUES;
 /** How often, at most, the label values of departed policies and servers are looked for when room is needed. */
 const MAKE_ROOM_EVERY_MS = 1000;
 /** The label value of what is past MAX_LABEL_VALUES. */
@@ -89,6 +96,10 @@ export class Metrics implements ProxyObserver {
   /** Per policy, per member: what its card shows (only members a card has shown are counted). */
   private readonly cards = new Map<string, Map<string, MemberTally>>();
   private readonly retries = new Map<string, number>();
+  /** Policies the last scrape showed with members, each with their sources. */
+  private shown = new Map<string, Set<string>>();
+  /** Policies shown once, held by no pool now: in the order they left, each with the sources it last had. */
+  private readonly departed = new Map<string, Set<string>>();
   private readonly ejections = new Map<string, number>();
   private readonly recent = new Float64Array(RECENT);
   private readonly recentTick = new Uint32Array(RECENT);
@@ -159,14 +170,28 @@ export class Metrics implements ProxyObserver {
       registers: [this.registry],
       collect: function (this: Gauge<string>) {
         this.reset();
-        for (const p of sources.pools()) {
+        const shown = new Map<string, Set<string>>();
+        const pools = sources.pools();
+        for (const p of pools) {
           const seen = new Set(p.members.map((m) => m.source ?? 'direct'));
-          if (seen.size === 0) seen.add('direct');
+          if (seen.size > 0) shown.set(p.policy, seen);
+          else seen.add('direct');
+          self.departed.delete(p.policy);
           // Every state reads, 0 included, while the policy is held: an alert on `{state="serving"} == 0`
           // or a ratio of ejected members needs the series there, not absent.
           for (const source of seen) for (const state of MEMBER_STATES) this.set({ policy: p.policy, state, source }, 0);
           for (const m of p.members) this.inc({ policy: p.policy, state: m.state, source: m.source ?? 'direct' });
         }
+        // A policy whose last member left reads 0 too, rather than vanishing (no data, which no alert
+        // on `== 0` sees); the oldest departures are forgotten past the bound.
+        const held = new Set(pools.map((p) => p.policy));
+        for (const [policy, seen] of self.shown) {
+          if (held.has(policy)) continue;
+          self.departed.set(policy, seen);
+          if (self.departed.size > MAX_DEPARTED_POLICIES) self.departed.delete(self.departed.keys().next().value!);
+        }
+        self.shown = shown;
+        for (const [policy, seen] of self.departed) for (const source of seen) for (const state of MEMBER_STATES) this.set({ policy, state, source }, 0);
       },
     });
     new Gauge({

@@ -3,7 +3,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { runClient, startProxy, startServer, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { Metrics, startInspector, type Inspector } from '../inspector/index.js';
-import { MAX_LABEL_VALUES } from '../inspector/metrics.js';
+import { MAX_DEPARTED_POLICIES, MAX_LABEL_VALUES } from '../inspector/metrics.js';
 import { MEMBER_STATES } from '../actors/proxy-types.js';
 import type { PoolView } from '../inspector/views.js';
 import { ManualClock } from '../transport/clock.js';
@@ -78,7 +78,7 @@ metrics('a member that leaves is no longer counted in its pool', async () => {
   assert.is(sample(await scrape(), 'revproxy_pool_members', { policy: 'P', state: 'serving' }), 1);
 });
 
-metrics('every member state of a held policy reads, 0 when no member is in it, and the policy\'s series go with it', async () => {
+metrics('every member state of a held policy reads, 0 when no member is in it, and still 0 once its last member left', async () => {
   // Only serving read 0: with no member ejected, revproxy_pool_members{state="ejected"} had no series
   // at all, so a ratio or an absent-or-zero alert on any other state had nothing to read.
   const server = await startServer({ id: 'q1', policy: 'Q', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port } });
@@ -88,7 +88,15 @@ metrics('every member state of a held policy reads, 0 when no member is in it, a
     [['connecting', '0'], ['serving', '1'], ['down', '0'], ['ejected', '0'], ['drained', '0']]);
   server.kill();
   await eventually(() => ctx.proxy.pools().Q === undefined, 3000, 'pool Q gone');
-  assert.not.match(await scrape(), /revproxy_pool_members\{policy="Q"/);
+  // Its series went with it: "no data", which an alert on `{state="serving"} == 0` does not see, so
+  // only the error ratio told of a policy whose every server left (unless --ready-policies listed it).
+  const left = await scrape();
+  assert.equal(MEMBER_STATES.map((state) => [state, new RegExp(`^revproxy_pool_members\\{policy="Q",state="${state}",source="direct"\\} (\\d+)$`, 'm').exec(left)?.[1]]),
+    MEMBER_STATES.map((state) => [state, '0']));
+  const back = await startServer({ id: 'q2', policy: 'Q', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port } });
+  await eventually(() => ctx.proxy.pools().Q?.serving.length === 1, 3000, 'server q2 serving Q');
+  assert.is(sample(await scrape(), 'revproxy_pool_members', { policy: 'Q', state: 'serving' }), 1, 'a member back counts again');
+  back.kill();
 });
 
 metrics('retries count the requests sent again to another member, not the failures that had no member left to go to', async () => {
@@ -183,6 +191,27 @@ hooks('after more servers and policies came and went than are counted one by one
   assert.not.match(text, /policy="gone-1"/);
   const lines = text.split('\n').filter((l) => l.startsWith('revproxy_requests_total{')).length;
   assert.ok(lines <= 2 * MAX_LABEL_VALUES, `${lines} requests_total series`);
+});
+
+hooks('policies whose last member left read 0 until a member comes back, the oldest forgotten past MAX_DEPARTED_POLICIES: a churn of policies does not grow the series', async () => {
+  const pool = (policy: string): PoolView => ({ policy, state: 'serving', members: [{ id: 's', state: 'serving', answered: 0, errors: 0, source: 'registry' }], cursor: 0, routed: 0, gone: [] });
+  let pools: PoolView[] = Array.from({ length: MAX_DEPARTED_POLICIES + 5 }, (_, i) => pool(`p${i}`));
+  const m = new Metrics({ pools: () => pools, inflight: () => 0, actorCounts: () => [] });
+  assert.is(sample(await m.text(), 'revproxy_pool_members', { policy: 'p0', state: 'serving', source: 'registry' }), 1);
+  pools = [];
+  let text = await m.text();
+  const policies = (t: string): Set<string> => new Set([...t.matchAll(/^revproxy_pool_members\{policy="([^"]+)"/gm)].map((x) => x[1]!));
+  assert.is(policies(text).size, MAX_DEPARTED_POLICIES, 'as many as are remembered');
+  assert.not.ok(policies(text).has('p4'), 'the first to leave are forgotten first');
+  assert.match(text, /^revproxy_pool_members\{policy="p5",state="serving",source="registry"\} 0$/m);
+  // One comes back and leaves again: it is now the latest to leave, and a new departure pushes out the oldest.
+  pools = [pool('p5'), pool('new')];
+  assert.is(sample(await m.text(), 'revproxy_pool_members', { policy: 'p5', state: 'serving' }), 1);
+  pools = [];
+  text = await m.text();
+  assert.ok(policies(text).has('p5') && policies(text).has('new'));
+  assert.not.ok(policies(text).has('p6'), 'the oldest made room');
+  assert.is(policies(text).size, MAX_DEPARTED_POLICIES);
 });
 
 metrics.run();
