@@ -69,6 +69,9 @@ function proxyOptions(): Option[] {
 
 type Flags = Record<string, unknown> & { config?: string; check?: boolean; pidFile?: string };
 
+/** The flags of the settings a clash found after merging names (config/proxy.ts, toAdmin): `anchorIssues` names them. */
+const CLASH_FLAGS: Record<string, string> = { 'admin.ready_policies': '--ready-policies', 'admin.token': '--admin-token' };
+
 /** What the flags set, as a config (only what was given: a flag overrides the file, a default does not). */
 function configFromFlags(cmd: Command): ProxyConfig {
   const o = cmd.opts() as Flags;
@@ -164,8 +167,11 @@ Example:
     // Settings that clash (ready policies or an admin token without --admin, registry settings without
     // --registry) when every one came from a flag: options that do not fit together, a usage error (exit 2).
     // With a file, the clash is pointed at the line that set it.
+    // A clash a flag's setting is part of is named by the flag (the file did not set it).
+    const flagSet = (path: string): string | undefined =>
+      path.split('.').reduce<unknown>((o, k) => (o as Record<string, unknown> | undefined)?.[k], flags) !== undefined ? CLASH_FLAGS[path] : undefined;
     const asUsage = (err: unknown): unknown =>
-      file ? anchorIssues(err, resolvePath(file)) : err instanceof ConfigError && err.issues.every((i) => i.line === 0) ? new UsageError(err.issues.map((i) => i.message).join('; ')) : err;
+      file ? anchorIssues(err, resolvePath(file), flagSet) : err instanceof ConfigError && err.issues.every((i) => i.line === 0) ? new UsageError(err.issues.map((i) => i.message).join('; ')) : err;
     if ((cmd.opts() as Flags).check) {
       const cfg = read();
       let rt: Runtime;
@@ -187,7 +193,7 @@ Example:
     const hup = (): void => onHup();
     process.on('SIGHUP', hup);
     try {
-      await run(read, source, setExit, (f) => (onHup = f), flagOf, (cmd.opts() as Flags).pidFile);
+      await run(read, source, setExit, (f) => (onHup = f), flagOf, asUsage, (cmd.opts() as Flags).pidFile);
     } catch (err) {
       throw asUsage(err);
     } finally {
@@ -198,7 +204,7 @@ Example:
 }
 
 /** Start everything a config asks for, serve until SIGTERM/SIGINT, reload on SIGHUP. */
-async function run(read: () => ProxyConfig, source: string, setExit: (code: number) => void, onHup: (f: () => void) => void, flagOf: (key: LogFileKey) => string | undefined, pidFile?: string): Promise<void> {
+async function run(read: () => ProxyConfig, source: string, setExit: (code: number) => void, onHup: (f: () => void) => void, flagOf: (key: LogFileKey) => string | undefined, explain: (err: unknown) => unknown, pidFile?: string): Promise<void> {
   let running = read();
   const rt = toRuntime(running);
   const stdout = new Destination({ to: '-' });
@@ -285,7 +291,8 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
         nextRt = toRuntime(next);
       } catch (err) {
         reloads.refused++;
-        const why = (err as Error).message.replace(/\n/g, '; ');
+        // Pointed at the file's lines, as at start.
+        const why = (explain(err) as Error).message.replace(/\n/g, '; ');
         logger.error('reload_refused', `Reload refused, still running the previous configuration: ${why}`, { file: source });
         return;
       }

@@ -305,9 +305,11 @@ function toAdmin(a: ProxyConfig['admin']): Runtime['admin'] {
 /**
  * A clash of settings found after the file and the flags merged (line 0) is
  * pointed back into the file when the file set the setting named, as the
- * schema's own refusals are (`file:line:col`); one a flag set stays as it is.
+ * schema's own refusals are (`file:line:col`). One a flag set (`flagOf` names
+ * it) is named by the flag, and pointed at the file's section it clashes with
+ * (`admin:` without `listen`) when the file has one.
  */
-export function anchorIssues(err: unknown, file: string): unknown {
+export function anchorIssues(err: unknown, file: string, flagOf: (path: string) => string | undefined = () => undefined): unknown {
   if (!(err instanceof ConfigError) || err.issues.every((i) => i.line !== 0)) return err;
   let source: string;
   try {
@@ -318,10 +320,14 @@ export function anchorIssues(err: unknown, file: string): unknown {
   const lines = new (yaml().LineCounter)();
   const doc = yaml().parseDocument(source, { lineCounter: lines });
   const issues = err.issues.map((i) => {
-    const node = i.line === 0 ? (doc.getIn(i.path.split('.'), true) as { range?: [number, number, number] } | undefined) : undefined;
-    return node?.range ? { ...i, ...lines.linePos(node.range[0]) } : i;
+    if (i.line !== 0) return i;
+    const flag = flagOf(i.path);
+    const keys = i.path.split('.');
+    const named = flag ? { ...i, path: `${i.path} (${flag})` } : i;
+    const node = doc.getIn(flag ? keys.slice(0, -1) : keys, true) as { range?: [number, number, number] } | undefined;
+    return node?.range && (!flag || keys.length > 1) ? { ...named, ...lines.linePos(node.range[0]) } : named;
   });
-  return issues.some((i) => i.line !== 0) ? new ConfigError(file, issues) : err;
+  return new ConfigError(issues.some((i) => i.line !== 0) ? file : err.file, issues);
 }
 
 function toRegistry(r: ProxyConfig['registry']): Runtime['registry'] {

@@ -242,6 +242,10 @@ cli('proxy flags that do not fit together are a usage error (exit 2), as for eve
     assert.is(await token.exited, 1, token.out.join('\n'));
     assert.match(token.out.join('\n'), /p\.yaml:3:10: admin\.token: an admin token was given without the admin endpoint it protects/);
   }
+  // A flag's setting that clashes with the file's section: named by the flag, at the section's line (it was "p.yaml: admin.ready_policies", no line, as if the file had set it).
+  const mixed = revproxy(['proxy', '--check', '--config', file, '--ready-policies', '111']);
+  assert.is(await mixed.exited, 1, mixed.out.join('\n'));
+  assert.match(mixed.out.join('\n'), /p\.yaml:3:3: admin\.ready_policies \(--ready-policies\): ready policies were given without the admin endpoint/);
   const withAdmin = revproxy(['proxy', '--check', '--config', file, '--admin', '0']);
   assert.is(await withAdmin.exited, 0, withAdmin.out.join('\n'));
   // REVPROXY_ADMIN_TOKEN is ambient, as REVPROXY_TOKEN is: a proxy without the endpoint ignores it.

@@ -556,6 +556,10 @@ admin('admin.ready_policies in the file: a reload applies it at once; without ad
   const flag = revproxy(['proxy', '--check', '--ready-policies', 'a']);
   assert.is(await flag.exited, 2, 'from flags alone, options that do not fit together');
   assert.match(flag.out.join('\n'), /ready policies were given without the admin endpoint/);
+  // The same clash on SIGHUP names the file's line, as at start: it said "the configuration" and no line.
+  writeFileSync(file, 'port: 0\nadmin:\n  ready_policies: [a]\n');
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reload refused, still running the previous configuration: .*rp\.yaml:3:19: admin\.ready_policies: ready policies were given without the admin endpoint/);
   const long = write('long.yaml', `admin:\n  listen: 127.0.0.1:0\n  ready_policies: ["${'x'.repeat(257)}"]\n`);
   const l = revproxy(['proxy', '--check', '--config', long]);
   assert.is(await l.exited, 1);
