@@ -226,12 +226,14 @@ export function logBadInput(logger: Logger, conn: Connection, err: { code: strin
 /**
  * Log the connections a listening server could not accept (Node reports them as the server's
  * 'error' and listens on): a warn line with the errno and what to do, then one per interval
- * with a count, per errno (a system out of descriptors fails every accept).
+ * with a count, per errno (a system out of descriptors fails every accept). `port` names a port
+ * other than the one the connection limit `total` is for (the admin endpoint, the inspector).
  */
-export function logAcceptErrors(logger: Logger, total: string) {
+export function logAcceptErrors(logger: Logger, total: string, port?: string) {
   return (err: NodeJS.ErrnoException): void => {
     const code = err.code ?? 'error';
-    logger.repeated('warn', 'accept_failed', code, 1, (n, span) => `Could not accept ${span ? `${fmt(n)} connections ${span}` : 'a connection'}: ${whyNotAccepted(err, total)}`, { code, error: err.message });
+    const on = port ? ` on ${port}` : '';
+    logger.repeated('warn', 'accept_failed', `${port ?? ''}\0${code}`, 1, (n, span) => `Could not accept ${span ? `${fmt(n)} connections${on} ${span}` : `a connection${on}`}: ${whyNotAccepted(err, total)}`, { code, error: err.message, ...(port ? { port } : {}) });
   };
 }
 

@@ -19,8 +19,10 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { describeListenError } from '../transport/tls.js';
+import { listenOn } from '../transport/tls.js';
+import { logAcceptErrors } from '../actors/port-limits.js';
 import type { Metrics } from '../inspector/metrics.js';
+import { silentLogger, type Logger } from '../actors/logger.js';
 
 /** Why something is not ready: a stable code and a sentence. */
 export interface NotReady {
@@ -72,6 +74,8 @@ export interface AdminOptions {
   readiness: Readiness;
   /** Serves /inspector/... when given. */
   inspector?: SubHandler;
+  /** Where connections its port could not accept (ENFILE, EMFILE) are logged. */
+  logger?: Logger;
 }
 
 export interface AdminServer {
@@ -127,12 +131,9 @@ export function startAdmin(opts: AdminOptions): Promise<AdminServer> {
   server.requestTimeout = 30_000;
   server.keepAliveTimeout = 5_000;
   return new Promise((resolve, reject) => {
-    server.once('error', (err: NodeJS.ErrnoException) =>
-      reject(new Error(err.code === 'EADDRINUSE' ? `the admin port ${opts.host}:${opts.port} is already in use: choose another with --admin HOST:PORT` : `the admin endpoint (--admin): ${describeListenError(err, opts.host, opts.port)}`)),
-    );
-    server.listen(opts.port, opts.host, () => {
-      const addr = server.address();
-      const port = typeof addr === 'object' && addr ? addr.port : opts.port;
+    const failed = (why: string, err: NodeJS.ErrnoException): void =>
+      reject(new Error(err.code === 'EADDRINUSE' ? `the admin port ${opts.host}:${opts.port} is already in use: choose another with --admin HOST:PORT` : `the admin endpoint (--admin): ${why}`));
+    listenOn(server, opts.port, opts.host, (port) => {
       const host = opts.host.includes(':') ? `[${opts.host}]` : opts.host;
       resolve({
         port,
@@ -144,7 +145,7 @@ export function startAdmin(opts: AdminOptions): Promise<AdminServer> {
             server.closeAllConnections();
           }),
       });
-    });
+    }, failed, logAcceptErrors(opts.logger ?? silentLogger, 'max_connections', 'the admin endpoint'));
   });
 }
 

@@ -252,7 +252,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       readiness.add('registry', () => registryReadiness(proxy?.registry()));
     }
     readiness.add('pool', () => poolReadiness(readyPolicies, proxy?.pools() ?? {}));
-    admin = await startAdmin({ host: rt.admin.host, port: rt.admin.port, token: rt.admin.token, metrics, readiness });
+    admin = await startAdmin({ host: rt.admin.host, port: rt.admin.port, token: rt.admin.token, metrics, readiness, logger });
     logger.info('admin', `Admin endpoint on ${admin.url} (/healthz, /readyz, /metrics)`, { url: admin.url });
     if (!isLoopback(rt.admin.host) && !rt.admin.token) {
       logger.warn('admin_insecure', `the admin endpoint listens on ${rt.admin.host}, reachable from other machines, with no token: anyone who can connect can read /metrics. Set admin.token (--admin-token, REVPROXY_ADMIN_TOKEN).`, { host: rt.admin.host });

@@ -12,7 +12,8 @@ import type { ProxyContext } from '../actors/proxy-types.js';
 import { checkListen, Guard, whoAsked, type Refusal } from './guard.js';
 import type { Hub } from './hub.js';
 import type { Metrics } from './metrics.js';
-import { describeListenError } from '../transport/tls.js';
+import { listenOn } from '../transport/tls.js';
+import { logAcceptErrors } from '../actors/port-limits.js';
 
 // Written from the project root's depth so it also resolves from the CLI bundle in .build/.
 const PAGE_DIR = new URL('../inspector/page/', import.meta.url);
@@ -160,12 +161,9 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
   return new Promise((resolve, reject) => {
     // The flag that chooses this port: `revproxy inspect FILE --port`, or the live commands' --inspect.
     const flag = opts.recorded ? '--port' : '--inspect';
-    server.once('error', (err: NodeJS.ErrnoException) =>
-      reject(new Error(err.code === 'EADDRINUSE' ? `inspector port ${opts.port} is already in use: choose another with ${flag} PORT, or ${flag} 0 for a free one` : `cannot start the inspector (${flag}): ${describeListenError(err, host, opts.port)}`)),
-    );
-    server.listen(opts.port, host, () => {
-      const addr = server.address();
-      const port = typeof addr === 'object' && addr ? addr.port : opts.port;
+    const failed = (why: string, err: NodeJS.ErrnoException): void =>
+      reject(new Error(err.code === 'EADDRINUSE' ? `inspector port ${opts.port} is already in use: choose another with ${flag} PORT, or ${flag} 0 for a free one` : `cannot start the inspector (${flag}): ${why}`));
+    listenOn(server, opts.port, host, (port) => {
       guard = new Guard({ host, port, token: opts.token });
       resolve({
         port,
@@ -177,7 +175,7 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
             server.closeAllConnections();
           }),
       });
-    });
+    }, failed, logAcceptErrors(log, "the process's connection limit (max_connections, a server's --max-connections)", 'the inspector'));
   });
 }
 

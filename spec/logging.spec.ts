@@ -11,6 +11,8 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Logger, memorySink, runClient, startProxy, startServer, type LogRecord } from '../actors/index.js';
 import { Destination, LogStream } from '../actors/logger.js';
+import { Readiness, startAdmin, type AdminServer } from '../admin/server.js';
+import { Metrics, startInspector, type Inspector } from '../inspector/index.js';
 import { ManualClock } from '../transport/clock.js';
 import { collector, eventually, frame, LOCAL, rawConnect, sleep, tempDir } from './helpers.js';
 import { loadFor, rssBytes, startPressure, type Pressure } from './log-pressure.js';
@@ -70,28 +72,63 @@ inproc('a --wire json server that drains does not claim it told its proxy: the o
   assert.is(drain.msg, `Draining: the old JSON wire cannot tell the reverse proxy at 127.0.0.1:${p.port} (it has no deregistration): no new connections are taken, so they see this server gone; finishing requests in flight (at most 35000 ms)`);
 });
 
-inproc('a connection a listening port could not accept (ENFILE) is a warn line with the errno and what to do, not once per failure, and the port serves on', async () => {
-  // It was dropped silently: the error went to the machine's LISTEN_FAILED, which a running
-  // proxy or server ignores. A system out of file descriptors cannot be provoked here, so the
-  // error is emitted on each listening server object, as Node emits it when accept() fails.
-  const logs: LogRecord[] = [];
+/** The servers `start` made listen (their listen() calls seen on the way). */
+async function listeningIn(start: () => Promise<void>): Promise<Server[]> {
   const listening: Server[] = [];
   const listen = Server.prototype.listen;
   Server.prototype.listen = function (this: Server, ...args: unknown[]) {
     listening.push(this);
     return (listen as (...a: unknown[]) => Server).apply(this, args);
   } as typeof listen;
-  let proxy: Awaited<ReturnType<typeof startProxy>>;
-  let server: Awaited<ReturnType<typeof startServer>>;
   try {
-    proxy = await startProxy({ port: 0, logger: new Logger('proxy', memorySink(logs), 'info') });
-    server = await startServer({ id: '1', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: proxy.port }, logger: new Logger('server 1', memorySink(logs), 'info') });
+    await start();
   } finally {
     Server.prototype.listen = listen;
   }
+  return listening;
+}
+
+/** The error Node emits on a listening server when accept() fails for want of descriptors. */
+const enfile = (): Error => Object.assign(new Error('accept ENFILE'), { code: 'ENFILE', errno: -23, syscall: 'accept' });
+
+inproc('a connection the admin endpoint or the inspector could not accept is a warn line naming the port, and each serves on', async () => {
+  // Neither logged them, and after the first the process ended: their listen's once('error') took the
+  // first, and Node throws an 'error' no one listens to.
+  const logs: LogRecord[] = [];
+  const logger = new Logger('proxy', memorySink(logs), 'info');
+  let admin!: AdminServer;
+  let insp!: Inspector;
+  const listening = await listeningIn(async () => {
+    admin = await startAdmin({ host: '127.0.0.1', port: 0, metrics: new Metrics({ pools: () => [], inflight: () => 0, actorCounts: () => [] }), readiness: new Readiness(), logger });
+    insp = await startInspector({ port: 0, logger });
+  });
+  try {
+    assert.is(listening.length, 2, 'the admin port and the inspector\'s');
+    for (const s of listening) for (let i = 0; i < 3; i++) s.emit('error', enfile());
+    const failed = logs.filter((l) => l.event === 'accept_failed');
+    assert.equal(failed.map((l) => l.msg.split(':')[0]), ['Could not accept a connection on the admin endpoint', 'Could not accept a connection on the inspector'], JSON.stringify(logs));
+    assert.match(failed[0]!.msg, /the system has no file descriptor left \(ENFILE/);
+    assert.is((await fetch(`${admin.url}healthz`)).status, 200, 'the admin endpoint serves on');
+    assert.is((await fetch(insp.url!)).status, 200, 'the inspector serves on');
+  } finally {
+    await admin?.close();
+    await insp?.close();
+  }
+});
+
+inproc('a connection a listening port could not accept (ENFILE) is a warn line with the errno and what to do, not once per failure, and the port serves on', async () => {
+  // It was dropped silently: the error went to the machine's LISTEN_FAILED, which a running
+  // proxy or server ignores. A system out of file descriptors cannot be provoked here, so the
+  // error is emitted on each listening server object, as Node emits it when accept() fails.
+  const logs: LogRecord[] = [];
+  let proxy!: Awaited<ReturnType<typeof startProxy>>;
+  let server!: Awaited<ReturnType<typeof startServer>>;
+  const listening = await listeningIn(async () => {
+    proxy = await startProxy({ port: 0, logger: new Logger('proxy', memorySink(logs), 'info') });
+    server = await startServer({ id: '1', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: proxy.port }, logger: new Logger('server 1', memorySink(logs), 'info') });
+  });
   try {
     assert.is(listening.length, 2, 'the proxy\'s port and the server\'s');
-    const enfile = (): Error => Object.assign(new Error('accept ENFILE'), { code: 'ENFILE', errno: -23, syscall: 'accept' });
     for (const s of listening) for (let i = 0; i < 3; i++) s.emit('error', enfile());
     const failed = logs.filter((l) => l.event === 'accept_failed');
     assert.equal(failed.map((l) => [l.actor, l.level]), [['proxy', 'warn'], ['server 1', 'warn']], JSON.stringify(logs));

@@ -198,11 +198,11 @@ function unprivilegedPortStart(): number {
  * (the port is taken) or throws it from listen() (a port out of range),
  * which inside an actor would escape uncaught. Once it listens, an 'error' is
  * a connection it could not accept (ENFILE, ENOBUFS: the server listens on):
- * `acceptFailed` gets those.
+ * `acceptFailed` gets those. `failed` gets the error too, for a caller with words of its own.
  */
-export function listenOn(server: Server, port: number, host: string, listening: (port: number) => void, failed: (why: string) => void, acceptFailed: (err: NodeJS.ErrnoException) => void): void {
+export function listenOn(server: Server, port: number, host: string, listening: (port: number) => void, failed: (why: string, err: NodeJS.ErrnoException) => void, acceptFailed: (err: NodeJS.ErrnoException) => void): void {
   let up = false;
-  server.on('error', (err) => (up ? acceptFailed(err) : failed(describeListenError(err, host, port))));
+  server.on('error', (err: NodeJS.ErrnoException) => (up ? acceptFailed(err) : failed(describeListenError(err, host, port), err)));
   try {
     server.listen(port, host, () => {
       up = true;
@@ -210,7 +210,7 @@ export function listenOn(server: Server, port: number, host: string, listening: 
       listening(typeof addr === 'object' && addr ? addr.port : port);
     });
   } catch (err) {
-    failed(describeListenError(err as NodeJS.ErrnoException, host, port));
+    failed(describeListenError(err as NodeJS.ErrnoException, host, port), err as NodeJS.ErrnoException);
   }
 }
 
