@@ -17,7 +17,7 @@ import type { Metrics } from './metrics.js';
 import { Ring } from './ring.js';
 import { CONTEXT_LIMITS, connView, isPeer, project, projectEvent, stateName, type ConnView, type Json, type SeenConn } from './sanitise.js';
 import type { ProxyContext } from '../actors/proxy-types.js';
-import { poolView, proxyInflight, type Figures, type PoolView } from './views.js';
+import { mergePools, poolView, proxyInflight, type Figures, type PoolView } from './views.js';
 
 /** One line of the inspection log, and one item of the page's feed. */
 export type Rec =
@@ -26,7 +26,8 @@ export type Rec =
   | { k: 'event'; t: number; n: number; sid: string; from?: string; type: string; data: Json }
   | { k: 'state'; t: number; sid: string; name?: string; state: string; status: string; event?: string; edge?: string; changed: boolean; context: Json }
   | { k: 'dropped'; t: number; count: number; types: Record<string, number> }
-  | { k: 'pools'; t: number; pools: PoolView[] }
+  /** The pools that changed since the last record, and the policies gone (without `gone`, as in logs before it: every pool). */
+  | { k: 'pools'; t: number; pools: PoolView[]; gone?: string[] }
   | { k: 'figures'; t: number; figures: Figures }
   | { k: 'conns'; t: number; conns: ConnView[]; more?: number };
 
@@ -103,9 +104,10 @@ export interface HubOptions {
 export const monotonicEpoch = (): number => performance.timeOrigin + performance.now();
 
 export type Batch = {
+  /** A batch's pools are in its `pools` records (only those that changed); a full picture has them all here. */
   recs: Rec[];
   actors: ActorView[];
-  pools: PoolView[];
+  pools?: PoolView[];
   figures?: Figures;
   conns: ConnView[];
   /** Open connections past the ones listed. */
@@ -143,7 +145,8 @@ export class Hub {
   private readonly listeners = new Set<(b: Batch) => void>();
   private readonly o: Required<Omit<HubOptions, 'sink'>> & Pick<HubOptions, 'sink'>;
   private lastFigures = '';
-  private lastPools = '';
+  /** Each policy's pool as last recorded (JSON), to record only the ones that changed. */
+  private readonly lastPools = new Map<string, string>();
   private lastConns = '';
 
   constructor(opts: HubOptions = {}) {
@@ -338,7 +341,7 @@ export class Hub {
         this.ring.push(rec);
         return;
       case 'pools':
-        this.pools = rec.pools;
+        this.pools = rec.gone ? mergePools(this.pools, rec.pools, rec.gone) : rec.pools;
         return;
       case 'figures':
         this.figures = rec.figures;
@@ -382,7 +385,7 @@ export class Hub {
     this.forgotten = [];
     if (this.o.sink && recs.length) this.o.sink(recs.map((r) => JSON.stringify(r)).join('\n') + '\n');
     if (!recs.length || !this.listeners.size) return;
-    const batch: Batch = { recs, actors: changed.map(view), pools: this.pools, figures: this.figures, conns: this.conns, connsMore: this.connsMore, forgot: forgot.length ? forgot : undefined };
+    const batch: Batch = { recs, actors: changed.map(view), figures: this.figures, conns: this.conns, connsMore: this.connsMore, forgot: forgot.length ? forgot : undefined };
     for (const l of this.listeners) l(batch);
   }
 
@@ -393,12 +396,20 @@ export class Hub {
 
   /** Pools, connections and figures, read from live snapshots. */
   private readLive(now: number): void {
-    const pools = this.livePools();
-    const pj = JSON.stringify(pools);
-    if (pj !== this.lastPools) {
-      this.lastPools = pj;
-      this.record({ k: 'pools', t: now, pools });
+    // Only the pools that changed: a fleet of 500 policies is 300 KB of pools, and one member's
+    // change sent them all again to every page (and into the log) at each flush.
+    const changed: PoolView[] = [];
+    const live = new Set<string>();
+    for (const pool of this.livePools()) {
+      live.add(pool.policy);
+      const json = JSON.stringify(pool);
+      if (this.lastPools.get(pool.policy) === json) continue;
+      this.lastPools.set(pool.policy, json);
+      changed.push(pool);
     }
+    const gone = [...this.lastPools.keys()].filter((policy) => !live.has(policy));
+    for (const policy of gone) this.lastPools.delete(policy);
+    if (changed.length || gone.length) this.record({ k: 'pools', t: now, pools: changed, gone });
     const open: ConnView[] = [];
     let more = 0;
     for (const [id, c] of this.liveConns) {

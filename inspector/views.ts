@@ -47,7 +47,7 @@ export interface MemberView {
   lastCheck?: { at: number; ok: boolean; message: string };
   /** Ejected: when it is put back; down: when it is probed next. */
   backAt?: number;
-  /** PINGs on its registration connection not answered yet. */
+  /** PINGs on its registration connection still unanswered when the next was due (the one just sent is not missed yet). */
   missedPings?: number;
 }
 
@@ -148,8 +148,11 @@ export function memberView(base: MemberView, entry: Member, proxy: ProxyContext,
   const c = entry.lastCheck;
   if (c) v.lastCheck = { at: toEpoch(c.at), ok: c.ok, message: c.message };
   if ((entry.ejected || entry.traffic.phase === 'down') && entry.timerDue !== undefined) v.backAt = toEpoch(entry.timerDue);
-  const missed = entry.registration?.missedPings;
-  if (missed !== undefined && missed > 0 && Number.isFinite(missed)) v.missedPings = missed;
+  // The pinger counts a PING as it sends it, and the inspector reads the pools on a timer of the
+  // same period: counted so, every member of a healthy fleet showed one unanswered PING on and
+  // off, and every pool changed at each round of PINGs (the page was sent all of them again).
+  const missed = (entry.registration?.missedPings ?? 0) - 1;
+  if (missed > 0 && Number.isFinite(missed)) v.missedPings = missed;
   return v;
 }
 
@@ -161,4 +164,12 @@ export function proxyInflight(ctx: { inflight?: { size: number } }): number {
 export interface ConnsView {
   open: ConnView[];
   closed: ConnView[];
+}
+
+/** `pools` with those `changed` put in (by policy) and those `gone` taken out, ordered by policy as the hub lists them. */
+export function mergePools(pools: readonly PoolView[], changed: readonly PoolView[], gone: readonly string[]): PoolView[] {
+  const byPolicy = new Map(pools.map((p) => [p.policy, p]));
+  for (const p of changed) byPolicy.set(p.policy, p);
+  for (const policy of gone) byPolicy.delete(policy);
+  return [...byPolicy.values()].sort((a, b) => a.policy.localeCompare(b.policy));
 }

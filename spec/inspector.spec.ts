@@ -10,7 +10,7 @@ import { poolMachine, runClient, serverMachine, startProxy, startServer, upstrea
 import { chartOf, Hub, project, Ring, serveRecorded, startInspector } from '../inspector/index.js';
 import { Connection } from '../transport/socket.js';
 import { newPeer } from '../actors/link.js';
-import { eventually, LOCAL, tempDir } from './helpers.js';
+import { eventually, LOCAL, sleep, tempDir } from './helpers.js';
 import { killAll, revproxy } from './procs.js';
 
 const parts = suite('inspector parts');
@@ -200,5 +200,41 @@ recorded('the CLI: --inspect-token (or REVPROXY_INSPECT_TOKEN) puts the page beh
   assert.match(short.out.join('\n'), /--inspect-token \(or REVPROXY_INSPECT_TOKEN\) must be at least 8 characters/);
 });
 
+const fleet = suite('a fleet in the inspector');
+fleet.after.each(async () => {
+  for (const c of cleanup.splice(0)) await c();
+});
+
+fleet('the feed carries only the pools that changed: not the whole fleet at each round of PINGs, one pool for one member drained', async () => {
+  const insp = await startInspector({ port: 0, flushMs: 20 });
+  const proxy = await startProxy({ port: 0, pingIntervalMs: 200, inspect: insp.inspect, observer: insp.observer });
+  cleanup.push(() => insp.close(), () => proxy.stop());
+  const policies = Array.from({ length: 40 }, (_, i) => `F${String(i).padStart(2, '0')}`);
+  const servers = await Promise.all(policies.map((policy) => startServer({ id: `${policy}-1`, policy, listenPort: 0, proxy: { host: LOCAL, port: proxy.port } })));
+  cleanup.push(() => servers.forEach((s) => s.kill()));
+  await eventually(() => policies.every((p) => proxy.pools()[p]?.serving.length === 1), 5000, 'every server serving');
+  await eventually(() => insp.hub.full().pools?.length === 40, 3000, 'every pool in the picture');
+  // The pools each batch carries, whole or in records; the feed before a fix sent every pool in every batch.
+  const batches: string[][] = [];
+  const off = insp.hub.subscribe((b) => {
+    batches.push([...(b.pools ?? []), ...b.recs.flatMap((r) => (r.k === 'pools' ? r.pools : []))].map((p) => p.policy));
+  });
+  cleanup.push(off);
+  // Five rounds of PINGs to every member, and nothing else: no pool changes (one whose PONG came a
+  // round late, on a loaded machine, is a change of its own: at most a few such, never the fleet).
+  await sleep(1000);
+  const idle = batches.splice(0).flat();
+  assert.ok(idle.length < policies.length / 4, `${idle.length} pools sent while nothing changed`);
+  const r = await fetch(`${insp.url}api/members/drain`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ member: 'F07-1' }) });
+  assert.is(r.status, 200);
+  await eventually(() => batches.flat().includes('F07'), 3000, 'the drained pool sent');
+  const sent = batches.find((b) => b.includes('F07'))!;
+  assert.ok(sent.length < policies.length / 4, `${sent.length} pools sent for one member drained`);
+  const full = insp.hub.full().pools!;
+  assert.equal(full.map((p) => p.policy), policies, 'the full picture keeps every pool, in order');
+  assert.is(full.find((p) => p.policy === 'F07')!.members[0]!.state, 'drained');
+});
+
 parts.run();
 recorded.run();
+fleet.run();

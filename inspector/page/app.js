@@ -60,7 +60,6 @@ function connect() {
     const added = mergeRecs(d.recs);
     for (const sid of d.forgot || []) S.actors.delete(sid);
     if (S.selected && !S.actors.has(S.selected)) S.selected = firstActor();
-    S.pools = d.pools;
     S.conns = d.conns;
     S.connsMore = d.connsMore || 0;
     if (d.figures) S.figures = d.figures;
@@ -98,11 +97,23 @@ function renderBatches() {
   appendLog(rows);
 }
 
+// A batch carries only the pools that changed (and the policies gone): inspector/views.ts mergePools.
+function mergePools(pools, changed, gone) {
+  const byPolicy = new Map(pools.map((p) => [p.policy, p]));
+  for (const p of changed) byPolicy.set(p.policy, p);
+  for (const policy of gone) byPolicy.delete(policy);
+  return [...byPolicy.values()].sort((a, b) => a.policy.localeCompare(b.policy));
+}
+
 function mergeRecs(recs) {
   const added = [];
   for (const r of recs) {
     if (r.k === 'chart') {
       S.charts[r.machine] = r.chart;
+      continue;
+    }
+    if (r.k === 'pools') {
+      S.pools = r.gone ? mergePools(S.pools, r.pools, r.gone) : r.pools;
       continue;
     }
     if (r.k === 'actor' && !S.actors.has(r.sid)) {
