@@ -217,5 +217,19 @@ inproc('a server connecting to a proxy that is not up yet keeps trying and regis
   assert.ok(r[0]!.correct);
 });
 
+inproc('servers that lost their proxy together do not dial it again in step: each wait is up to a fifth early, at random', async (ctx) => {
+  ctx.proxy = undefined as never;
+  const port = await freePort();
+  const logs: LogRecord[] = [];
+  const logger = new Logger('server', memorySink(logs), 'warn');
+  ctx.servers = await Promise.all(Array.from({ length: 20 }, (_, i) => startServer({ id: `herd-${i}`, policy: 'P', listenPort: 0, proxy: { host: LOCAL, port }, waitForRegistration: false, reconnectInitialMs: 100, reconnectMaxMs: 400, logger })));
+  const waits = (): number[] => logs.filter((l) => l.event === 'registration_lost').map((l) => l.retryInMs as number);
+  await eventually(() => waits().length >= 60, 5000, 'three tries each');
+  // The backoff doubles from 100 ms to 400 ms; each wait is its step less up to a fifth.
+  for (const w of waits()) assert.ok([100, 200, 400].some((step) => w >= step * 0.8 && w <= step), `a wait of ${w} ms`);
+  const third = waits().filter((w) => w > 320);
+  assert.ok(new Set(third).size >= third.length / 2, `the waits at 400 ms: ${third.join(', ')}`);
+});
+
 procs.run();
 inproc.run();
