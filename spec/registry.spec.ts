@@ -306,6 +306,30 @@ async function proxyAndMirror(): Promise<{ logs: LogRecord[]; held: Map<string, 
   return { logs, held, m };
 }
 
+reg_('a read of many keys is told a slice at a time, the event loop running between: 300 servers at once held a proxy for their whole read', async () => {
+  const keys = Array.from({ length: 300 }, (_, i) => `${ctx.prefix}many/${String(i).padStart(3, '0')}`);
+  for (let i = 0; i < keys.length; i += 100) await Promise.all(keys.slice(i, i + 100).map((k) => ctx.raw!.put(k).value('v').exec()));
+  const o = resolveRegistry(reg());
+  const client = await openEtcd(o);
+  ctx.closers.push(() => client.close());
+  let told = 0;
+  const m = new PrefixMirror(client, `${ctx.prefix}many/`, o, { put: () => void told++, delete: () => undefined, synced: () => undefined, health: () => undefined });
+  ctx.closers.push(() => m.stop());
+  // What the event loop saw of the read at each of its turns while it was told.
+  const between: number[] = [];
+  let turning = true;
+  const turn = (): void => {
+    if (told > 0) between.push(told);
+    if (turning && told < keys.length) setImmediate(turn);
+  };
+  setImmediate(turn);
+  ctx.closers.push(() => void (turning = false));
+  m.start();
+  await eventually(() => told === keys.length, 5000, 'every key told');
+  turning = false;
+  assert.ok(between.some((n) => n < keys.length), `the turns of the event loop saw ${JSON.stringify(between)} of ${keys.length} told`);
+});
+
 reg_('a broken watch checked with a read after etcd came back wiped keeps its keys for the grace: the revision went back', async () => {
   // The check of a broken watch may reach an etcd that came back at once, empty, before the watch
   // said anything: that read is no real removal of every key (CI saw the proxy drop both servers).
