@@ -1,5 +1,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { runClient, startProxy, startServer, sha1Hex, Logger, ManualClock, memorySink, type LogRecord, type ProxyHandle, type ProxyOptions, type ServerHandle } from '../actors/index.js';
 import { MsgType, type AckMsg, type ErrorMsg } from '../transport/messages.js';
@@ -478,3 +480,20 @@ forever.run();
 drainDefault.run();
 idle.run();
 ipv6.run();
+
+const listening = suite('listening');
+
+listening('the proxy\'s port holds a fleet\'s worth of connections for accept(), not Node\'s 511: servers that come back at once are not dropped', async () => {
+  const proxy = await startProxy({ port: 0 });
+  try {
+    // For a listening socket ss shows the backlog as Send-Q.
+    const line = execFileSync('ss', ['-Hltn', `sport = :${proxy.port}`], { encoding: 'utf8' }).trim().split('\n')[0]!;
+    const backlog = Number(line.trim().split(/\s+/)[2]);
+    const somaxconn = Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8'));
+    assert.ok(backlog >= Math.min(1024, somaxconn), `a backlog of ${backlog} (net.core.somaxconn ${somaxconn}): ${line}`);
+  } finally {
+    await proxy.stop();
+  }
+});
+
+listening.run();
