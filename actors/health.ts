@@ -50,10 +50,15 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
     // Up to a fifth early, at random: servers that went down together are not probed together.
     const delay = Math.round(entry.probeDelay * (0.8 + 0.2 * Math.random()));
     entry.probeDelay = Math.min(entry.probeDelay * 2, context.opts.probeMaxMs);
-    context.logger.warn('down', `Server id ${entry.id} is unreachable at ${hostPort(entry.host, entry.port)} (${failure.message}); out of rotation, next probe in ${delay} ms`, {
-      id: entry.id, policy: entry.policy, code: failure.code, reason: failure.message, probeInMs: delay,
+    const at = hostPort(entry.host, entry.port);
+    const cause = failure.invalid === undefined ? 'unreachable' : 'invalid_message';
+    // A server that sent something not a valid message is reachable: its author must fix it, not the network.
+    context.logger.warn('down', failure.invalid === undefined
+      ? `Server id ${entry.id} is unreachable at ${at} (${failure.message}); out of rotation, next probe in ${delay} ms`
+      : `Server id ${entry.id} at ${at} sent a message that is not valid on its upstream link (${failure.invalid}); it was answered BAD_REQUEST and the link closed. Fix the server to send what docs/PROTOCOL.md describes; out of rotation, next probe in ${delay} ms`, {
+      id: entry.id, policy: entry.policy, code: failure.code, reason: failure.message, cause, probeInMs: delay,
     });
-    context.observer?.ejected?.(entry.policy, entry.id, 'unreachable', false);
+    context.observer?.ejected?.(entry.policy, entry.id, cause, false);
     // The probe takes over from an ejection's timer (cancelled here): a new link that answers
     // puts the member back, and an ejection left on would keep it out for good.
     entry.ejected = false;

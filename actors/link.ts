@@ -67,6 +67,12 @@ export type Reply = (req: ProxyRequest, answer: AckMsg | ErrorMsg, member?: stri
 export interface Failure {
   code: WireCode;
   message: string;
+  /**
+   * Set when a link ended because its server sent something that is not a
+   * valid message (what the check said, e.g. `missing field 'destid'`): a
+   * fault of the server's code, not of the network, and logged as one.
+   */
+  invalid?: string;
 }
 
 export type SocketFactory = (host: string, port: number) => Socket;

@@ -148,7 +148,8 @@ export type UpstreamEvent =
   | { type: 'CONNECTED'; conn: Connection }
   | { type: 'ANSWERS'; messages: Message[] }
   | { type: 'REPORT'; report: LinkReport }
-  | { type: 'DISCONNECTED'; error?: string }
+  /** `invalid`: the server sent something that is not a valid message (what the check said); it was told so and the link closed. */
+  | { type: 'DISCONNECTED'; error?: string; invalid?: boolean }
   | { type: 'TIMED_OUT' };
 
 /**
@@ -164,10 +165,10 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
     let done = false;
     /** Set once the server was told why its link ends (bad input): the connection closes by `endWith`, its last frame not cut off. */
     let told = false;
-    const down = (error?: string): void => {
+    const down = (error?: string, invalid?: boolean): void => {
       if (done) return;
       done = true;
-      sendBack({ type: 'DISCONNECTED', error });
+      sendBack({ type: 'DISCONNECTED', error, invalid });
     };
     socket.once(readyEvent(socket), () => sendBack({ type: 'CONNECTED', conn }));
     const sub = conn.messages$.subscribe({
@@ -183,6 +184,7 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
         if (err instanceof ProtocolError) {
           told = true;
           conn.endWith(errorMsg(err.code, err.message));
+          return down(err.message, true);
         }
         down(err.code === 'ECONNREFUSED' ? 'connection refused' : err.message);
       },
@@ -265,8 +267,11 @@ export const upstreamMachine = setup({
       const failure = { code: ErrorCode.TIMEOUT, message: `server ${context.member} did not answer within ${context.tryTimeoutMs} ms` };
       enqueue.sendParent(retryReport(context.member, self.id, expired.map((p) => p.req), failure, failures));
     }),
-    setError: assign(({ event }) => {
+    setError: assign(({ context, event }) => {
       assertEvent(event, 'DISCONNECTED');
+      if (event.invalid && event.error) {
+        return { lastError: { code: ErrorCode.UPSTREAM_FAILED, message: `server ${context.member} sent a message that is not valid (${event.error})`, invalid: event.error } };
+      }
       return { lastError: { code: ErrorCode.UPSTREAM_FAILED, message: event.error ?? 'connection lost' } };
     }),
     resetFailures: ({ context }) => {

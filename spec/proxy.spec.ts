@@ -314,9 +314,11 @@ faults('a server whose listen port refuses connections is out of rotation, probe
   assert.is(c.closed, false, 'the registration stays open while it is probed');
 });
 
-faults('a server whose answer is not a valid message is told why on its link (BAD_REQUEST naming the field) before the proxy closes it', async () => {
-  // A server written from docs/PROTOCOL.md in another language that leaves out the ACK's destid used to
-  // see its link closed with nothing said: the reason was only in the proxy's log, which its author may not read.
+/**
+ * A stub server that answers every DATA with `answer(seq)`, registered as 'careless' beside a good
+ * server: the client's requests are all answered by the good one. Returns what the stub was told.
+ */
+async function carelessServer(answer: (seq: number) => Record<string, unknown>) {
   await addServer('other', 'P');
   const seen: Array<{ type: number; code?: string; message?: string }> = [];
   let closed = false;
@@ -327,7 +329,7 @@ faults('a server whose answer is not a valid message is told why on its link (BA
     sock.on('data', (chunk: Buffer) => {
       for (const m of decoder.push(chunk).messages) {
         if (m.type === MsgType.PING) sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
-        else if (m.type === MsgType.DATA) sock.write(frame({ type: MsgType.ACK, seq: m.seq, srcid: 'careless', payload: sha1Hex(String(m.payload)), payloadsize: 40 }));
+        else if (m.type === MsgType.DATA) sock.write(frame(answer(m.seq as number)));
         else seen.push(m as (typeof seen)[number]);
       }
     });
@@ -337,7 +339,33 @@ faults('a server whose answer is not a valid message is told why on its link (BA
   assert.ok(results.every((r) => r.correct && r.server === 'other'), JSON.stringify(results));
   await eventually(() => closed, 3000, 'the link closed');
   assert.equal(seen.map((m) => [m.type, m.code]), [[MsgType.ERROR, 'BAD_REQUEST']], JSON.stringify(seen));
-  assert.match(seen[0]!.message!, /missing field 'destid'/);
+  return seen[0]!.message!;
+}
+
+/** The proxy's line for the careless server's link: it names what was wrong with the message and the fix, and does not send the operator to the network. */
+async function assertLoggedInvalid(what: RegExp): Promise<void> {
+  await eventually(() => ctx.logs.some((l) => l.event === 'down' && l.id === 'careless'), 2000, 'the down line');
+  const line = ctx.logs.find((l) => l.event === 'down' && l.id === 'careless')!;
+  assert.not.match(line.msg, /unreachable/, line.msg);
+  assert.match(line.msg, /sent a message that is not valid on its upstream link/, line.msg);
+  assert.match(line.msg, what, line.msg);
+  assert.match(line.msg, /Fix the server/, line.msg);
+  assert.is(line.cause, 'invalid_message');
+}
+
+faults('a server whose answer is not a valid message is told why on its link (BAD_REQUEST naming the field) before the proxy closes it', async () => {
+  // A server written from docs/PROTOCOL.md in another language that leaves out the ACK's destid used to
+  // see its link closed with nothing said: the reason was only in the proxy's log, which its author may not read.
+  const told = await carelessServer((seq) => ({ type: MsgType.ACK, seq, srcid: 'careless', payload: 'x', payloadsize: 1 }));
+  assert.match(told, /missing field 'destid'/);
+  // The proxy's own line said "Server id careless is unreachable at ... (missing field 'destid')": an operator looked at the network.
+  await assertLoggedInvalid(/missing field 'destid'/);
+});
+
+faults('a server that answers an ERROR whose code is not shaped like a code is told so, and logged as sending an invalid message, not as unreachable', async () => {
+  const told = await carelessServer((seq) => ({ type: MsgType.ERROR, seq, code: 'oops, bad', message: 'no' }));
+  assert.match(told, /code/);
+  await assertLoggedInvalid(/oops, bad/);
 });
 
 const deadLink = fresh('a link that goes dead', { timeoutMs: 600, probeInitialMs: 50, probeMaxMs: 200 });
