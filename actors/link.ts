@@ -56,8 +56,8 @@ export interface ProxyRequest {
   bytes?: number;
   /** Members already tried for this request, in order. */
   tried?: string[];
-  /** How the last try failed, for the answer when no member is left to try. */
-  lastCode?: WireCode;
+  /** How the last try failed (its code and reason; the report's own object, shared by its requests), for the answer when no member is left to try. */
+  last?: Failure;
 }
 
 /** Sends the one answer a request gets. */

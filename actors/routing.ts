@@ -56,7 +56,7 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
   let failedNow = 0;
   for (const req of requests) {
     (req.tried ??= []).push(member);
-    req.lastCode = failure.code;
+    req.last = failure;
     const expired = now >= req.arrived + context.opts.timeoutMs;
     if (expired || req.tried.length > context.opts.retries) {
       const finalCode = expired ? ErrorCode.TIMEOUT : failure.code;
@@ -100,11 +100,19 @@ function couldServe(policy: Policy | undefined, req: ProxyRequest): boolean {
   return false;
 }
 
-/** Answer a request that failed on every member of its policy that could take it, with its last try's code. */
+/** At most this much of the last failure's reason goes into the answer (it may quote a server's own ERROR message). */
+const REASON_CHARS = 200;
+
+/**
+ * Answer a request that failed on every member of its policy that could take it, with its last
+ * try's code and, briefly, why it failed: a client's author can tell a broken server from a dead one.
+ */
 function answerTriedAll(context: ProxyContext, req: ProxyRequest, name: string): void {
-  const code = req.lastCode ?? ErrorCode.UPSTREAM_FAILED;
+  const last = req.last;
+  const code = last?.code ?? ErrorCode.UPSTREAM_FAILED;
   const how = code === ErrorCode.TIMEOUT ? 'timed out on' : 'failed on';
-  context.reply(req, errorMsg(code, `this request ${how} every server of privacy policy ${name} it could go to (tried ${req.tried!.join(', ')})`));
+  const why = last === undefined ? '' : `; the last try: ${last.message.length > REASON_CHARS ? `${last.message.slice(0, REASON_CHARS)}...` : last.message}`;
+  context.reply(req, errorMsg(code, `this request ${how} every server of privacy policy ${name} it could go to (tried ${req.tried!.join(', ')})${why}`));
 }
 
 export function refuse(context: ProxyContext, reqs: ProxyRequest[], failure: Failure): void {
@@ -187,7 +195,7 @@ function makeDeliver(context: ProxyContext) {
   return (member: string, request: unknown): void => {
     const req = request as ProxyRequest;
     // A request that failed elsewhere is being sent again: a retry, counted as it goes.
-    if (req.tried !== undefined) context.observer?.retried?.(req.msg.privPoliId, req.tried[req.tried.length - 1]!, req.lastCode!);
+    if (req.tried !== undefined) context.observer?.retried?.(req.msg.privPoliId, req.tried[req.tried.length - 1]!, req.last!.code);
     context.servers.get(member)!.traffic.sendOne(req);
   };
 }

@@ -368,6 +368,29 @@ faults('a server that answers an ERROR whose code is not shaped like a code is t
   await assertLoggedInvalid(/oops, bad/);
 });
 
+faults("a request that failed on every server it could go to is answered with the last failure's reason, briefly, not only the servers tried", async () => {
+  // It said "this request failed on every server of privacy policy P it could go to (tried bad)": a client's
+  // author could not tell a broken server from a dead one.
+  const server: Server = createServer((sock) => {
+    sock.on('error', () => {});
+    const decoder = new FrameDecoder({ validate: false });
+    sock.on('data', (chunk: Buffer) => {
+      for (const m of decoder.push(chunk).messages) {
+        if (m.type === MsgType.PING) sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
+        else if (m.type === MsgType.DATA) sock.write(frame({ type: MsgType.ERROR, seq: m.seq, code: 'UPSTREAM_FAILED', message: `disk full ${'x'.repeat(5000)}` }));
+      }
+    });
+  });
+  await registerStub(server, 'bad');
+  const { sock, c } = await rawClient();
+  sock.write(frame({ type: 0, seq: 9, srcid: 'c', privPoliId: 'P', payload: 'x' }));
+  await c.until(() => c.got.length === 1);
+  const answer = c.got[0] as ErrorMsg;
+  assert.is(answer.code, 'UPSTREAM_FAILED');
+  assert.match(answer.message, /\(tried bad\); the last try: server bad answered UPSTREAM_FAILED: disk full x+\.\.\.$/, answer.message.slice(0, 300));
+  assert.ok(answer.message.length < 400, `bounded: ${answer.message.length} characters`);
+});
+
 const deadLink = fresh('a link that goes dead', { timeoutMs: 600, probeInitialMs: 50, probeMaxMs: 200 });
 
 deadLink('a link that answers nothing, PINGs included, while its registration lives is ended and dialed again, not kept for ever', async () => {
