@@ -24,6 +24,8 @@ export class Inflight<R> {
   private overflow = new Map<number, Pending<R>>();
   private count = 0;
   private seq = 0;
+  /** Seqs have wrapped from 0xffffffff to 1: every seq was handed out once. */
+  private wrapped = false;
   /** No entry expires before this (it may be stale-low after removals; a scan refreshes it). */
   private min = Infinity;
   /** No entry was sent before the one with this seq (the oldest may have been answered since: `oldestSentAt` moves it on). */
@@ -44,7 +46,10 @@ export class Inflight<R> {
   }
 
   add(req: R, deadline: number, sentAt = 0): number {
-    this.seq = this.seq >= 0xffffffff ? 1 : this.seq + 1;
+    if (this.seq >= 0xffffffff) {
+      this.seq = 1;
+      this.wrapped = true;
+    } else this.seq++;
     const upSeq = this.seq;
     if (this.count >= this.slots.length >> 1) this.grow();
     if (this.count === 0) this.low = upSeq;
@@ -56,6 +61,11 @@ export class Inflight<R> {
     if (deadline < this.min) this.min = deadline;
     if (this.count === 1) this.busy?.add(this);
     return upSeq;
+  }
+
+  /** Whether `upSeq` was handed out by this table (in flight, answered or expired since), as against a seq it never gave. */
+  wasSent(upSeq: number): boolean {
+    return upSeq >= 1 && upSeq <= 0xffffffff && (this.wrapped || upSeq <= this.seq);
   }
 
   /** The entry for `upSeq`, left in the table. */

@@ -15,11 +15,12 @@ import { assertEvent, assign, enqueueActions, fromCallback, sendParent, setup, t
 import type { BufferBudget } from '../transport/budget.js';
 import type { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
-import { errorMsg, MsgType, type Message } from '../transport/messages.js';
+import { errorMsg, MsgType, type AckMsg, type ErrorMsg, type Message } from '../transport/messages.js';
 import type { Timer } from '../transport/clock.js';
 import { Connection } from '../transport/socket.js';
 import { readyEvent } from '../transport/tls.js';
 import { Inflight } from './inflight.js';
+import { fmt } from './logger.js';
 import {
   errorAnswersReport, logForward, retryReport, settle, tryDeadline,
   type Failure, type LinkCommand, type LinkInput, type LinkPhase, type LinkPort, type LinkReport, type ProxyRequest, type SocketFactory, type Tally,
@@ -132,7 +133,8 @@ export class LinkTraffic implements LinkPort {
       if (m.type !== MsgType.ACK && m.type !== MsgType.ERROR) continue;
       const p = m.seq === undefined ? undefined : link.inflight.take(m.seq);
       if (!p) {
-        link.logger.debug('late_answer', `Dropped an answer from server id ${link.member} for no pending request (seq ${m.seq})`, { server: link.member, seq: m.seq });
+        // Off the hot path: only answers no request waits for come here.
+        logStray(link, m);
         continue;
       }
       settle(link, p.req, m, tally);
@@ -140,6 +142,44 @@ export class LinkTraffic implements LinkPort {
     this.answered += tally.answered;
     this.failures = tally.failures;
     return errorAnswersReport(link.member, linkId, tally);
+  }
+}
+
+/** At most this much of a server's own ERROR message goes into the proxy's log line. */
+const QUOTE_CHARS = 200;
+
+/**
+ * An answer on a link that no request in flight there waits for is dropped, and said at
+ * `warn` once, then once per interval with a count (`logger.repeated`): by what it is - a seq
+ * the proxy never sent on the link (a server that answers with another seq than the DATA's,
+ * the client's say), one sent before (a late answer after its try timed out, or a second
+ * answer), or an ERROR with no seq. Without it the request the answer meant timed out as if
+ * the server had said nothing.
+ */
+function logStray(link: Pick<UpstreamContext, 'logger' | 'member' | 'tryTimeoutMs' | 'inflight'>, m: AckMsg | ErrorMsg): void {
+  const id = link.member;
+  const seq = m.seq;
+  if (seq === undefined) {
+    // An ACK always has a seq (the check of messages sees to it): this is an ERROR.
+    const e = m as ErrorMsg;
+    const said = e.message.length > QUOTE_CHARS ? `${e.message.slice(0, QUOTE_CHARS)}...` : e.message;
+    link.logger.repeated('warn', 'stray_answer', `${id}\0noseq`, 1, (n, span) => span
+      ? `Dropped ${fmt(n)} more ERROR(s) without a seq from server id ${id} ${span}`
+      : `Server id ${id} sent an ERROR without a seq on its upstream link (${e.code}: ${said}): it answers no request, so it was dropped; the server must give every ERROR about a request that request's seq`,
+    { server: id, code: e.code });
+    return;
+  }
+  const what = m.type === MsgType.ACK ? 'ACK' : `ERROR ${m.code}`;
+  if (link.inflight.wasSent(seq)) {
+    link.logger.repeated('warn', 'late_answer', id, 1, (n, span) => span
+      ? `Dropped ${fmt(n)} more late or repeated answer(s) from server id ${id} ${span}`
+      : `Dropped an answer (${what}, seq ${seq}) from server id ${id} to a request no longer in flight on its link: a late answer after its try timed out (${link.tryTimeoutMs} ms; the request went elsewhere), or a second answer to one request. A server this slow needs less load or a longer --try-timeout`,
+    { server: id, seq });
+  } else {
+    link.logger.repeated('warn', 'stray_answer', `${id}\0seq`, 1, (n, span) => span
+      ? `Dropped ${fmt(n)} more answer(s) with a seq never sent from server id ${id} ${span}`
+      : `Server id ${id} answered (${what}) with seq ${seq}, which the proxy never sent on its link: the answer was dropped and the request it meant will time out. Fix the server to answer each DATA with that DATA's seq (the proxy's own on the link, not the client's)`,
+    { server: id, seq });
   }
 }
 

@@ -50,4 +50,16 @@ test('the in-flight table behaves like a Map keyed by seq, in seq order, across 
   );
 });
 
+test('wasSent tells a seq the table handed out (answered, expired or in flight) from one it never did, across the seq wrap', () => {
+  const t = new Inflight<number>();
+  assert.not.ok(t.wasSent(1));
+  for (let i = 0; i < 3; i++) t.take(t.add(i, 10));
+  assert.equal([0, 1, 3, 4, 0x100000000].map((s) => t.wasSent(s)), [false, true, true, false, false]);
+  (t as unknown as { seq: number }).seq = 0xffffffff - 1;
+  assert.is(t.add(0, 10), 0xffffffff);
+  assert.is(t.add(0, 10), 1);
+  assert.ok(t.wasSent(5), 'every seq was handed out once, once they wrapped');
+  assert.not.ok(t.wasSent(0), 'never 0: the seq of PINGs');
+});
+
 test.run();

@@ -315,31 +315,39 @@ faults('a server whose listen port refuses connections is out of rotation, probe
 });
 
 /**
- * A stub server that answers every DATA with `answer(seq)`, registered as 'careless' beside a good
- * server: the client's requests are all answered by the good one. Returns what the stub was told.
+ * A stub server of policy P registered as `id`: it answers PINGs, writes what `answers(seq)` returns for
+ * each DATA (the proxy's seq on the link), and keeps whatever else it is sent.
  */
-async function carelessServer(answer: (seq: number) => Record<string, unknown>) {
-  await addServer('other', 'P');
-  const seen: Array<{ type: number; code?: string; message?: string }> = [];
-  let closed = false;
+async function stubServer(id: string, answers: (seq: number) => Array<Record<string, unknown>>) {
+  const stub = { seen: [] as Array<{ type: number; code?: string; message?: string }>, closed: false };
   const server: Server = createServer((sock) => {
-    sock.on('close', () => (closed = true));
+    sock.on('close', () => (stub.closed = true));
     sock.on('error', () => {});
     const decoder = new FrameDecoder({ validate: false });
     sock.on('data', (chunk: Buffer) => {
       for (const m of decoder.push(chunk).messages) {
         if (m.type === MsgType.PING) sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
-        else if (m.type === MsgType.DATA) sock.write(frame(answer(m.seq as number)));
-        else seen.push(m as (typeof seen)[number]);
+        else if (m.type === MsgType.DATA) for (const a of answers(m.seq as number)) sock.write(frame(a));
+        else stub.seen.push(m as (typeof stub.seen)[number]);
       }
     });
   });
-  await registerStub(server, 'careless');
+  await registerStub(server, id);
+  return stub;
+}
+
+/**
+ * A stub server that answers every DATA with `answer(seq)`, registered as 'careless' beside a good
+ * server: the client's requests are all answered by the good one. Returns what the stub was told.
+ */
+async function carelessServer(answer: (seq: number) => Record<string, unknown>) {
+  await addServer('other', 'P');
+  const stub = await stubServer('careless', (seq) => [answer(seq)]);
   const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('P', 2), timeoutMs: 3000 });
   assert.ok(results.every((r) => r.correct && r.server === 'other'), JSON.stringify(results));
-  await eventually(() => closed, 3000, 'the link closed');
-  assert.equal(seen.map((m) => [m.type, m.code]), [[MsgType.ERROR, 'BAD_REQUEST']], JSON.stringify(seen));
-  return seen[0]!.message!;
+  await eventually(() => stub.closed, 3000, 'the link closed');
+  assert.equal(stub.seen.map((m) => [m.type, m.code]), [[MsgType.ERROR, 'BAD_REQUEST']], JSON.stringify(stub.seen));
+  return stub.seen[0]!.message!;
 }
 
 /** The proxy's line for the careless server's link: it names what was wrong with the message and the fix, and does not send the operator to the network. */
@@ -371,17 +379,7 @@ faults('a server that answers an ERROR whose code is not shaped like a code is t
 faults("a request that failed on every server it could go to is answered with the last failure's reason, briefly, not only the servers tried", async () => {
   // It said "this request failed on every server of privacy policy P it could go to (tried bad)": a client's
   // author could not tell a broken server from a dead one.
-  const server: Server = createServer((sock) => {
-    sock.on('error', () => {});
-    const decoder = new FrameDecoder({ validate: false });
-    sock.on('data', (chunk: Buffer) => {
-      for (const m of decoder.push(chunk).messages) {
-        if (m.type === MsgType.PING) sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
-        else if (m.type === MsgType.DATA) sock.write(frame({ type: MsgType.ERROR, seq: m.seq, code: 'UPSTREAM_FAILED', message: `disk full ${'x'.repeat(5000)}` }));
-      }
-    });
-  });
-  await registerStub(server, 'bad');
+  await stubServer('bad', (seq) => [{ type: MsgType.ERROR, seq, code: 'UPSTREAM_FAILED', message: `disk full ${'x'.repeat(5000)}` }]);
   const { sock, c } = await rawClient();
   sock.write(frame({ type: 0, seq: 9, srcid: 'c', privPoliId: 'P', payload: 'x' }));
   await c.until(() => c.got.length === 1);
@@ -389,6 +387,30 @@ faults("a request that failed on every server it could go to is answered with th
   assert.is(answer.code, 'UPSTREAM_FAILED');
   assert.match(answer.message, /\(tried bad\); the last try: server bad answered UPSTREAM_FAILED: disk full x+\.\.\.$/, answer.message.slice(0, 300));
   assert.ok(answer.message.length < 400, `bounded: ${answer.message.length} characters`);
+});
+
+faults('answers no request waits for are said at warn, once then once per interval, by what they are: a seq never sent, a second or late answer, an ERROR without a seq', async () => {
+  // They were dropped with a debug line only: a server that answered with a seq of its own made every
+  // request it was sent time out, and the proxy said only "did not answer within N ms".
+  await stubServer('odd', (seq) => [
+    { type: MsgType.ACK, seq: seq + 1000, srcid: 'odd', destid: 'c', payload: 'x', payloadsize: 1 },
+    { type: MsgType.ERROR, code: 'UPSTREAM_FAILED', message: 'something about no request' },
+    { type: MsgType.ACK, seq, srcid: 'odd', destid: 'c', payload: sha1Hex('x'), payloadsize: 40 },
+    { type: MsgType.ACK, seq, srcid: 'odd', destid: 'c', payload: sha1Hex('x'), payloadsize: 40 },
+  ]);
+  const { sock, c } = await rawClient();
+  for (let i = 1; i <= 3; i++) {
+    sock.write(frame({ type: 0, seq: i, srcid: 'c', privPoliId: 'P', payload: 'x' }));
+    await c.until(() => c.got.length === i);
+  }
+  assert.ok(c.got.every((m) => m.type === MsgType.ACK), JSON.stringify(c.got));
+  const said = (event: string, what: RegExp) => ctx.logs.filter((l) => l.event === event && l.level === 'warn' && what.test(l.msg));
+  await eventually(() => said('late_answer', /./).length > 0, 2000, 'the second answer said');
+  assert.is(said('stray_answer', /with seq 1001, which the proxy never sent on its link.*Fix the server/).length, 1, 'the seq never sent, said once');
+  assert.is(said('stray_answer', /ERROR without a seq.*UPSTREAM_FAILED: something about no request/).length, 1, 'the ERROR without a seq, said once');
+  assert.is(said('late_answer', /seq 1\).*no longer in flight.*a second answer to one request/).length, 1, 'the second answer, said once');
+  // Repeats are counted for the interval's summary line ("Dropped N more ..."), not said each.
+  assert.is(ctx.logs.filter((l) => (l.event === 'stray_answer' || l.event === 'late_answer') && !/ more /.test(l.msg)).length, 3, 'the repeats are counted, not said');
 });
 
 const deadLink = fresh('a link that goes dead', { timeoutMs: 600, probeInitialMs: 50, probeMaxMs: 200 });
