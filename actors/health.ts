@@ -40,9 +40,11 @@ export function linkUp(context: ProxyContext, member: string, linkId: string): v
  */
 export function linkDown(context: ProxyContext, member: string, linkId: string, failure: Failure, requests: ProxyRequest[]): void {
   const entry = current(context, member, linkId);
-  // A registry entry stays while its key does, and is probed like any other.
+  // A registry entry stays while its key does, and is probed like any other; one kept unlisted (its key gone) leaves.
   if (entry?.wire === 'json' && entry.source === 'direct') {
     removeServer(context, entry, `it is gone from ${hostPort(entry.host, entry.port)}: ${failure.message}`);
+  } else if (entry?.unlisted) {
+    removeServer(context, entry, `its link failed (${failure.message}) while it was kept out of the registry (${entry.unlisted})`);
   } else if (entry) {
     const now = context.clock.now();
     entry.downSince ??= now;
@@ -73,7 +75,8 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
 export function triesFailed(context: ProxyContext, member: string, linkId: string, failure: Failure, failures: number, requests: ProxyRequest[]): void {
   const entry = current(context, member, linkId);
   if (entry) entry.lastFailure = { ...failure, at: context.clock.now(), inARow: failures };
-  if (entry && entry.state === 'serving' && failures >= context.opts.ejectAfter) eject(context, entry, failures);
+  if (entry?.unlisted && entry.state === 'serving' && failures >= context.opts.ejectAfter) removeServer(context, entry, `${failures} consecutive failures while it was kept out of the registry (${entry.unlisted})`);
+  else if (entry && entry.state === 'serving' && failures >= context.opts.ejectAfter) eject(context, entry, failures);
   retry(context, member, requests, failure);
 }
 

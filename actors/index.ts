@@ -12,7 +12,7 @@ import { releaseAll } from './children.js';
 import { badTrustedSource } from './port-limits.js';
 import { proxyMachine, type ProxyActor } from './proxy.js';
 import type { ProxyOptions } from './proxy-options.js';
-import type { MemberState } from './proxy-types.js';
+import type { MemberSource, MemberState } from './proxy-types.js';
 import type { ProxyRegistryOptions } from '../registry/proxy-registry.js';
 import type { RegistryOptions } from '../registry/options.js';
 import type { RegistryStatus } from '../registry/events.js';
@@ -59,8 +59,8 @@ export interface PoolView {
   state: string;
   /** Each member's state: connecting, serving, down or ejected. */
   states: Record<string, MemberState>;
-  /** Where each member came from: a registration connection (`direct`) or the registry. */
-  sources: Record<string, 'direct' | 'registry'>;
+  /** Where each member came from: a registration connection (`direct`), the registry, or the registry with its key gone (`unlisted`: kept while its link answers). */
+  sources: Record<string, MemberSource>;
   /** Members taking requests now, in rotation order. */
   serving: string[];
 }
@@ -126,10 +126,10 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
         const s = pool.getSnapshot() as unknown as { value: string; context: { members: string[]; cursor: number } };
         const members: string[] = [...s.context.members];
         const states: Record<string, MemberState> = {};
-        const sources: Record<string, 'direct' | 'registry'> = {};
+        const sources: Record<string, MemberSource> = {};
         for (const id of members) {
           states[id] = ctx.servers.get(id)?.state ?? 'down';
-          sources[id] = ctx.servers.get(id)?.source ?? 'direct';
+          sources[id] = ctx.servers.get(id)?.shownSource ?? 'direct';
         }
         out[policy] = { members, cursor: s.context.cursor, state: String(s.value), states, sources, serving: members.filter((id) => states[id] === 'serving') };
       }

@@ -21,6 +21,8 @@ import type { RegistryEvent, RegistryStatus } from '../registry/events.js';
 /** Every state a pool member can be in: `revproxy_pool_members` reads each of them, 0 when no member is in it. */
 export const MEMBER_STATES = ['connecting', 'serving', 'down', 'ejected', 'drained'] as const;
 export type MemberState = (typeof MEMBER_STATES)[number];
+/** Where a member came from: a registration connection, the registry, or the registry with its key gone and its link answering (registry-members.ts). */
+export type MemberSource = 'direct' | 'registry' | 'unlisted';
 
 export type LinkRef = ActorRef<Snapshot<unknown>, LinkCommand>;
 export type PoolRef = ActorRef<Snapshot<unknown>, PoolEvent>;
@@ -62,6 +64,8 @@ export class Member {
   source: 'direct' | 'registry' = 'direct';
   /** A registry entry's proof (registry/proof.ts): checked again when a reload changes the secrets. */
   proof?: string;
+  /** A registry member whose key went with its lease expired (why): kept while its link answers, removed when it fails (registry-members.ts). */
+  unlisted?: string;
 
   constructor(
     readonly id: string,
@@ -75,6 +79,11 @@ export class Member {
     probeDelay: number,
   ) {
     this.probeDelay = probeDelay;
+  }
+
+  /** Where it came from, as /metrics, the inspector and pools() show it: `unlisted`, a registry member kept with its key gone. */
+  get shownSource(): MemberSource {
+    return this.unlisted ? 'unlisted' : this.source;
   }
 
   get state(): MemberState {

@@ -165,7 +165,7 @@ export class Metrics implements ProxyObserver {
     });
     new Gauge({
       name: 'revproxy_pool_members',
-      help: `Members of each policy pool, by state (${MEMBER_STATES.join(', ')}; 0 when no member is in it) and source (direct: a registration connection; registry: an entry in etcd)`,
+      help: `Members of each policy pool, by state (${MEMBER_STATES.join(', ')}; 0 when no member is in it) and source (direct: a registration connection; registry: an entry in etcd; unlisted: an entry gone with its lease, kept while its link answers)`,
       labelNames: ['policy', 'state', 'source'],
       registers: [this.registry],
       collect: function (this: Gauge<string>) {

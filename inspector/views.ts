@@ -8,7 +8,7 @@
  * in page/app.js). A new field is one line in each.
  */
 import { pick } from '../actors/pool.js';
-import type { Member, ProxyContext } from '../actors/proxy-types.js';
+import type { Member, MemberSource, ProxyContext } from '../actors/proxy-types.js';
 import { unavailable, type Unavailable } from '../actors/routing.js';
 import type { ConnView } from './sanitise.js';
 
@@ -28,8 +28,8 @@ export interface MemberView {
   address?: string;
   /** `json` for an old server (one request per connection). */
   wire?: string;
-  /** Where it came from: `direct` (a registration connection) or `registry` (an entry in etcd). */
-  source?: 'direct' | 'registry';
+  /** Where it came from: `direct` (a registration connection), `registry` (an entry in etcd), `unlisted` (its entry gone with its lease, kept while its link answers). */
+  source?: MemberSource;
   /** Requests sent to it and not answered yet. */
   inflight?: number;
   /** Latency of its recent answers (ms): request in to answer out, over the last 5 to 10 s. */
@@ -136,7 +136,7 @@ export function poolView(src: PoolSource): PoolView {
 
 /** One member's card: `base` (its id and counts) with what the proxy knows of it. */
 export function memberView(base: MemberView, entry: Member, proxy: ProxyContext, toEpoch: (t: number) => number): MemberView {
-  const v: MemberView = { ...base, state: entry.state, address: `${entry.host}:${entry.port}`, source: entry.source };
+  const v: MemberView = { ...base, state: entry.state, address: `${entry.host}:${entry.port}`, source: entry.shownSource };
   if (entry.wire === 'json') v.wire = 'json';
   const inflight = entry.traffic.inflight;
   v.inflight = inflight.size;

@@ -32,8 +32,12 @@ export interface RegistryStatus {
 export type RegistryEvent =
   /** A server's entry appeared or changed: the proxy checks its proof and admits it (or refuses it). */
   | { type: 'REGISTRY_JOIN'; entry: ServerEntry }
-  /** A server's entry went (drained, lease expired) or became unusable. */
-  | { type: 'REGISTRY_LEAVE'; id: string; reason: string }
+  /**
+   * A server's entry went (drained, deleted) or became unusable. `unlisted`: its key went with its
+   * lease expired - the server may only have lost etcd, not died: the proxy keeps it while its link
+   * answers, and removes it when the link fails (actors/registry-members.ts).
+   */
+  | { type: 'REGISTRY_LEAVE'; id: string; reason: string; unlisted?: boolean }
   | { type: 'REGISTRY_HEALTH'; status: RegistryStatus };
 
 /** From the proxy machine to the registry actor. */

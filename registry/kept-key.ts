@@ -206,7 +206,10 @@ export class KeptKey {
   }
 
   /**
-   * Stop keeping the key: delete it first (while our lease holds it), then
+   * Stop keeping the key: with `farewell`, write it once more with that
+   * value (a server's entry saying it is leaving: proxies then remove it at
+   * once, and keep one whose key went with its lease expired, registry/proxy-registry.ts);
+   * then delete it (while our lease holds it), then
    * revoke the lease. Best effort, and over within two call timeouts whatever
    * etcd does: if etcd is away the lease ends a TTL after the last keepalive
    * anyway, and a drain waits for this before it closes the etcd client (a
@@ -214,7 +217,7 @@ export class KeptKey {
    * never to exit after SIGTERM, their client left open behind a stop that
    * never settled).
    */
-  async stop(): Promise<void> {
+  async stop(farewell?: string): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
     this.generation++;
@@ -227,6 +230,7 @@ export class KeptKey {
     if (!lease || id === undefined) return;
     const c = this.client;
     const work = (async () => {
+      if (farewell !== undefined) await c.if(this.key, 'Lease', '==', id).then(c.put(this.key).value(farewell).lease(id)).commit().catch(() => undefined);
       await c.if(this.key, 'Lease', '==', id).then(c.delete().key(this.key)).commit().catch(() => undefined);
       await lease.revoke().catch(() => undefined);
     })();

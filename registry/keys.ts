@@ -1,11 +1,12 @@
 /**
  * The key layout in etcd, under the fleet's prefix (default `/revproxy/`):
  *
- *   <prefix>servers/<id>           {"v":1,"id","policy","address","port","wire","proof"}   on the server's lease
+ *   <prefix>servers/<id>           {"v":1,"id","policy","address","port","wire","proof","leaving"}   on the server's lease
  *   <prefix>proxies/<host>:<port>  {"v":1,"address","port","tls"}                          on the proxy's lease
  *
  * Values are JSON. A server's key is its presence: it goes when the server
- * drains (deleted first) or dies (its lease expires). Decoding checks every
+ * drains (written once more with `"leaving": true`, then deleted, then its
+ * lease revoked) or dies (its lease expires). Decoding checks every
  * field, so a malformed entry is refused with a reason and hurts nobody.
  */
 import { createHash } from 'node:crypto';
@@ -22,6 +23,8 @@ export interface ServerEntry {
   wire: 'frames' | 'json';
   /** HMAC of id, policy, address and port under the policy's secret (proof.ts); absent when the server has no secret. */
   proof?: string;
+  /** The server is draining: written just before its key is deleted, so proxies tell a drain from a lease that expired (docs/PROTOCOL.md). */
+  leaving?: boolean;
 }
 
 /** A proxy as its registry entry says. */
@@ -35,7 +38,7 @@ export const serverKey = (prefix: string, id: string): string => `${prefix}${SER
 export const proxyKey = (prefix: string, e: Pick<ProxyEntry, 'address' | 'port'>): string => `${prefix}${PROXIES}${e.address.includes(':') ? `[${e.address}]` : e.address}:${e.port}`;
 
 export function encodeServer(e: ServerEntry): string {
-  return JSON.stringify({ v: 1, id: e.id, policy: e.policy, address: e.address, port: e.port, wire: e.wire, ...(e.proof === undefined ? {} : { proof: e.proof }) });
+  return JSON.stringify({ v: 1, id: e.id, policy: e.policy, address: e.address, port: e.port, wire: e.wire, ...(e.proof === undefined ? {} : { proof: e.proof }), ...(e.leaving ? { leaving: true } : {}) });
 }
 
 export function encodeProxy(e: ProxyEntry): string {
@@ -107,7 +110,7 @@ export function decodeServer(idFromKey: string, value: string): ServerEntry | st
   const wire = r.wire ?? 'frames';
   if (wire !== 'frames' && wire !== 'json') return `its wire is ${JSON.stringify(wire)}; expected frames or json`;
   if (r.proof !== undefined && typeof r.proof !== 'string') return 'its proof is not a string';
-  return { id: r.id, policy: r.policy, address: r.address, port: r.port, wire, ...(r.proof === undefined ? {} : { proof: r.proof as string }) };
+  return { id: r.id, policy: r.policy, address: r.address, port: r.port, wire, ...(r.proof === undefined ? {} : { proof: r.proof as string }), ...(r.leaving === true ? { leaving: true } : {}) };
 }
 
 /** The entry under `<prefix>proxies/...`, or why it cannot be used. */

@@ -20,8 +20,8 @@ import type { Resolved } from './options.js';
 export interface MirrorHandlers {
   /** A key appeared or changed (`name` is the part after the prefix). */
   put(name: string, value: string): void;
-  /** A key went. */
-  delete(name: string): void;
+  /** A key went (`lease`: the lease of its last write, '0' for none: whether that lease is still alive tells a delete from an expiry). */
+  delete(name: string, lease: string): void;
   /** The mirror is current: after the first read, and after each resync (`kept`: keys missing from a read after an outage, kept a while; see `sync`; `outage`: etcd had been said to be down, rather than a watch broken and read again at once). */
   synced(info: { keys: number; revision: string; reason: SyncReason; ms: number; kept: number; outage: boolean }): void;
   /** etcd cannot be reached (`up` false, with why), or can again. */
@@ -42,6 +42,8 @@ interface Watcher {
 
 export class PrefixMirror {
   private readonly held = new Map<string, string>();
+  /** The lease each held key was last written under (its keys are those of `held`). */
+  private readonly leases = new Map<string, string>();
   private watcher?: Watcher;
   private generation = 0;
   private timer?: NodeJS.Timeout;
@@ -135,6 +137,7 @@ export class PrefixMirror {
       const value = heldValue(kv.value);
       seen.add(name);
       this.missing.delete(name);
+      this.leases.set(name, String(kv.lease));
       if (this.held.get(name) !== value) {
         this.held.set(name, value);
         this.on.put(name, value);
@@ -182,6 +185,7 @@ export class PrefixMirror {
       if (put) {
         const value = heldValue(kv.value);
         this.missing.delete(name);
+        this.leases.set(name, String(kv.lease));
         if (this.held.get(name) === value) return;
         this.held.set(name, value);
         this.on.put(name, value);
@@ -202,7 +206,9 @@ export class PrefixMirror {
 
   private forget(name: string): void {
     this.missing.delete(name);
-    if (this.held.delete(name)) this.on.delete(name);
+    const lease = this.leases.get(name) ?? '0';
+    this.leases.delete(name);
+    if (this.held.delete(name)) this.on.delete(name, lease);
   }
 
   /**

@@ -5,6 +5,13 @@
  * REGISTRY_HEALTH); the machine checks each entry's proof and joins or
  * removes members (actors/registry-members.ts). It knows nothing of pools.
  *
+ * A key that goes is a server leaving, or a server that lost etcd: an entry
+ * written with `leaving` (a drain) leaves at once; a key deleted while its
+ * lease is alive (an operator's `etcdctl del`, an older server's drain)
+ * leaves; a key gone with its lease (expired: the server's host may be cut
+ * off from etcd while it still serves) is sent as `unlisted`, and the proxy
+ * keeps that member while its link answers.
+ *
  * Once the proxy listens and the membership is known (the first read is in,
  * and every server it names has had its first link check, or `settleMs`
  * passed), it writes the proxy's own key under `<prefix>proxies/` on a lease,
@@ -18,7 +25,7 @@ import { fromCallback } from 'xstate';
 import { fmt, type Logger } from '../actors/logger.js';
 import type { Clock } from '../transport/clock.js';
 import type { RegistryCommand, RegistryEvent, RegistryStatus } from './events.js';
-import { openEtcd, type Etcd3 } from './etcd.js';
+import { deadlineIn, openEtcd, type Etcd3 } from './etcd.js';
 import { KeptKey } from './kept-key.js';
 import { decodeServer, encodeProxy, proxyKey, SERVERS } from './keys.js';
 import { PrefixMirror } from './mirror.js';
@@ -67,6 +74,8 @@ function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: P
   let remind: NodeJS.Timeout | undefined;
   /** Ids whose entry could not be read (sent as leaves; told again only when they change). */
   const refused = new Map<string, string>();
+  /** Deleted keys whose lease is being checked (one check per id: a newer event for it drops the older check). */
+  const checking = new Map<string, object>();
 
   const counted = (): void => {
     if (!status.synced || status.entries === mirror.entries.size) return;
@@ -87,13 +96,27 @@ function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: P
         return;
       }
       refused.delete(id);
-      send({ type: 'REGISTRY_JOIN', entry });
+      checking.delete(id);
+      if (entry.leaving) send({ type: 'REGISTRY_LEAVE', id, reason: 'it is draining (its registry entry says it is leaving)' });
+      else send({ type: 'REGISTRY_JOIN', entry });
       counted();
     },
-    delete(id) {
+    delete(id, lease) {
       refused.delete(id);
-      send({ type: 'REGISTRY_LEAVE', id, reason: 'its registry key was deleted (the server drained, or it stopped renewing its lease)' });
       counted();
+      // No lease (an entry an operator wrote by hand): its deletion is deliberate.
+      if (lease === '0') return send({ type: 'REGISTRY_LEAVE', id, reason: 'its registry key was deleted' });
+      // Its lease alive: a deliberate delete (an operator's, a server's drain). Gone: it expired - the
+      // server may only be cut off from etcd while it still serves; it stays while its link answers.
+      const check = {};
+      checking.set(id, check);
+      void leaseAlive(client, lease, o.callTimeoutMs).then((alive) => {
+        if (checking.get(id) !== check) return; // written again (or deleted again) meanwhile
+        checking.delete(id);
+        if (stopped || mirror.entries.has(id)) return;
+        if (alive === true) send({ type: 'REGISTRY_LEAVE', id, reason: 'its registry key was deleted while its lease was alive (an operator deleted it, or the server drained)' });
+        else send({ type: 'REGISTRY_LEAVE', id, unlisted: true, reason: alive === false ? 'its registry key went and its lease is gone: expired, as when its host lost etcd, or revoked by a draining server of a build before the leaving field' : `its registry key was deleted and its lease could not be checked (${alive})` });
+      });
     },
     synced({ keys, revision, reason, ms, kept, outage }) {
       status.syncs[reason]++;
@@ -103,7 +126,7 @@ function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: P
       if (first) log.info('registry_synced', `Read ${fmt(keys)} server entr${keys === 1 ? 'y' : 'ies'} from the registry at ${url} (revision ${revision}, ${ms} ms); watching ${prefix}`, { url, entries: keys, revision, ms });
       else log.info('registry_resynced', `Read the registry again (${reason === 'compacted' ? 'its history was compacted' : outage ? 'etcd is back' : 'the watch broke, as when the etcd member it was on fails; etcd answered at once'}): ${fmt(keys - kept)} server entr${keys - kept === 1 ? 'y' : 'ies'} at revision ${revision}`, { url, entries: keys - kept, revision, reason });
       // etcd came back without keys it had: perhaps it lost its data, and their servers are about to write them again.
-      if (kept > 0) log.warn('registry_missing', `${fmt(kept)} server entr${kept === 1 ? 'y' : 'ies'} this proxy held ${kept === 1 ? 'is' : 'are'} missing from the registry after etcd came back (did etcd lose its data?); kept in rotation for ${o.ttlSeconds} s (the lease TTL), for their servers to write them again, then removed`, { url, missing: kept, graceS: o.ttlSeconds });
+      if (kept > 0) log.warn('registry_missing', `${fmt(kept)} server entr${kept === 1 ? 'y' : 'ies'} this proxy held ${kept === 1 ? 'is' : 'are'} missing from the registry after etcd came back (did etcd lose its data?); kept in rotation for ${o.ttlSeconds} s (the lease TTL), for their servers to write them again; then removed, or kept unlisted while their links answer if their leases are gone`, { url, missing: kept, graceS: o.ttlSeconds });
       report();
       maybeAdvertise();
     },
@@ -184,7 +207,7 @@ function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: P
     } else if (c.type === 'RELOAD') {
       for (const [id, value] of mirror.entries) {
         const entry = decodeServer(id, value);
-        if (typeof entry !== 'string') send({ type: 'REGISTRY_JOIN', entry });
+        if (typeof entry !== 'string' && !entry.leaving) send({ type: 'REGISTRY_JOIN', entry });
       }
     }
   });
@@ -198,4 +221,16 @@ function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: P
     if (!withdrawn) own?.release();
     void (withdrawn ?? Promise.resolve()).finally(() => client.close());
   };
+}
+
+/** Whether lease `id` is alive in etcd (true), gone (false: expired or revoked), or why that could not be read. */
+async function leaseAlive(client: Etcd3, id: string, timeoutMs: number): Promise<boolean | string> {
+  try {
+    const r = await client.leaseClient.leaseTimeToLive({ ID: id }, { deadline: deadlineIn(timeoutMs) });
+    return Number(r.TTL) >= 0;
+  } catch (err) {
+    // etcd says an unknown lease is not found (some versions) rather than TTL -1.
+    if (/not found|LeaseNotFound/i.test(`${(err as Error).name} ${(err as Error).message}`)) return false;
+    return (err as Error).message;
+  }
 }

@@ -6,8 +6,8 @@
  * keeps alive; every proxy watching the prefix admits it. When etcd is away
  * long enough for the lease to be lost, the key is written again once etcd
  * answers; the server keeps serving meanwhile. On drain (DEREGISTER_ALL) the
- * key is deleted first - the proxies stop sending - and the server finishes
- * what it has. A key held by another live server with the same id is left
+ * key is written once more saying it is leaving, then deleted - the proxies
+ * stop sending - and the server finishes what it has. A key held by another live server with the same id is left
  * alone; after the TTL and a margin the registration is refused
  * (DUPLICATE_ID), as a proxy would refuse it.
  */
@@ -67,7 +67,8 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
       // RENEW_TLS is the listener's (the proxies dial this server); etcd's TLS is registry.tls, read at start.
       if (e.type !== 'DEREGISTER_ALL') return;
       // DEREGISTER_ALL: the key goes first, so the proxies stop sending; in-flight requests are still answered.
-      if (!refused) leaving = kept.stop();
+      // Written first with "leaving": a proxy removes it at once, where a key gone with its lease is kept while the server answers.
+      if (!refused) leaving = kept.stop(encodeServer({ ...entry, leaving: true }));
     });
     return () => {
       // Stopped without a drain (kill()): the key stays until its lease ends, as when a process dies.

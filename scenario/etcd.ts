@@ -5,7 +5,7 @@
  * restarted on the same ports and data (to show an outage), and removed
  * after: nothing is left behind.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { request } from 'node:https';
 import { readFileSync } from 'node:fs';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
@@ -60,10 +60,16 @@ function healthOverTls(port: number, tls: EtcdTls): Promise<boolean> {
   });
 }
 
-/** Start an etcd of its own; resolves once it answers /health. With `tls`, its clients speak TLS to it. */
-export async function startEtcd(opts: { tls?: EtcdTls } = {}): Promise<Etcd> {
+/** Where an etcd runs other than on this host's loopback: a network namespace (spec/netns.ts's hosts) and its address there. */
+export interface EtcdHost {
+  ns: string;
+  addr: string;
+}
+
+/** Start an etcd of its own; resolves once it answers /health. With `tls`, its clients speak TLS to it; with `host`, it runs in that network namespace, on its address. */
+export async function startEtcd(opts: { tls?: EtcdTls; host?: EtcdHost } = {}): Promise<Etcd> {
   const dir = mkdtempSync(join(tmpdir(), 'revproxy-etcd-'));
-  const [m] = await members(dir, 1, opts.tls);
+  const [m] = await members(dir, 1, opts.tls, opts.host);
   await m!.start();
   return m!;
 }
@@ -144,30 +150,33 @@ async function removeAll(dir: string, ms: EtcdMember[]): Promise<void> {
 }
 
 /** `size` members under `dir`, not started yet: their ports chosen, each knowing the others. */
-async function members(dir: string, size: number, tls?: EtcdTls): Promise<EtcdMember[]> {
+async function members(dir: string, size: number, tls?: EtcdTls, host?: EtcdHost): Promise<EtcdMember[]> {
   const ports = [];
   for (let i = 0; i < size; i++) ports.push({ client: await freePort(), peer: await freePort() });
   const names = ports.map((_, i) => (size === 1 ? 'default' : `m${i + 1}`));
   const initialCluster = ports.map((p, i) => `${names[i]}=http://127.0.0.1:${p.peer}`).join(',');
   // A single etcd's `remove` takes its whole directory; a member's only its own data.
-  return ports.map((p, i) => member({ name: names[i]!, data: join(dir, size === 1 ? 'data' : names[i]!), dir, removes: size === 1 ? dir : join(dir, names[i]!), ...p, initialCluster, tls }));
+  return ports.map((p, i) => member({ name: names[i]!, data: join(dir, size === 1 ? 'data' : names[i]!), dir, removes: size === 1 ? dir : join(dir, names[i]!), ...p, initialCluster, tls, host }));
 }
 
-function member(o: { name: string; data: string; dir: string; removes: string; client: number; peer: number; initialCluster: string; tls?: EtcdTls }): EtcdMember {
+function member(o: { name: string; data: string; dir: string; removes: string; client: number; peer: number; initialCluster: string; tls?: EtcdTls; host?: EtcdHost }): EtcdMember {
   const { tls, client, peer } = o;
+  const ip = o.host?.addr ?? '127.0.0.1';
+  // In a namespace it is reached only from there: its health is asked from there too.
+  const inNs = (cmd: string, args: string[]): [string, string[]] => (o.host ? ['ip', ['netns', 'exec', o.host.ns, cmd, ...args]] : [cmd, args]);
   const scheme = tls ? 'https' : 'http';
   const out: string[] = [];
   let child: ChildProcess | undefined;
   let paused = false;
   const run = async (): Promise<void> => {
     paused = false;
-    const c = spawn(ETCD, [
+    const c = spawn(...inNs(ETCD, [
       '--name', o.name, '--data-dir', o.data,
-      '--listen-client-urls', `${scheme}://127.0.0.1:${client}`, '--advertise-client-urls', `${scheme}://127.0.0.1:${client}`,
+      '--listen-client-urls', `${scheme}://${ip}:${client}`, '--advertise-client-urls', `${scheme}://${ip}:${client}`,
       ...(tls ? ['--cert-file', tls.cert, '--key-file', tls.key, ...(tls.ca ? ['--client-cert-auth', '--trusted-ca-file', tls.ca] : [])] : []),
       '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`,
       '--initial-cluster', o.initialCluster, '--initial-cluster-state', 'new', '--logger', 'zap', '--log-level', 'warn',
-    ], { stdio: ['ignore', 'pipe', 'pipe'] });
+    ]), { stdio: ['ignore', 'pipe', 'pipe'] });
     child = c;
     live.add(c);
     const spawnFailed = new Promise<Error>((resolve) => c.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'ENOENT' ? new Error(NO_ETCD) : err)));
@@ -182,6 +191,8 @@ function member(o: { name: string; data: string; dir: string; removes: string; c
       if (c.exitCode !== null) throw new Error(`etcd exited (${c.exitCode}) before serving:\n${out.join('')}`);
       if (tls) {
         if (await healthOverTls(client, tls)) return;
+      } else if (o.host) {
+        if (await healthInNs(o.host, client)) return;
       } else {
         try {
           const r = await fetch(`http://127.0.0.1:${client}/health`, { signal: AbortSignal.timeout(500) });
@@ -204,8 +215,8 @@ function member(o: { name: string; data: string; dir: string; removes: string; c
   };
   return {
     name: o.name,
-    url: `${tls ? 'etcds' : 'etcd'}://127.0.0.1:${client}`,
-    endpoint: `127.0.0.1:${client}`,
+    url: `${tls ? 'etcds' : 'etcd'}://${ip}:${client}`,
+    endpoint: `${ip}:${client}`,
     dir: o.dir,
     out,
     stop,
@@ -231,6 +242,13 @@ function member(o: { name: string; data: string; dir: string; removes: string; c
       rmSync(o.removes, { recursive: true, force: true });
     },
   };
+}
+
+/** GET /health from inside the namespace etcd runs in. */
+function healthInNs(host: EtcdHost, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    execFile('ip', ['netns', 'exec', host.ns, 'curl', '-sf', '-m', '0.5', `http://${host.addr}:${port}/health`], (err, out) => resolve(!err && /"health":\s*"true"/.test(out)));
+  });
 }
 
 /** Kill every etcd still running (an `after` hook's last resort, and at exit). */

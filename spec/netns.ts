@@ -23,8 +23,8 @@ export interface Host {
 export interface Link {
   readonly a: Host;
   readonly b: Host;
-  /** Drop every packet in and out of `b`, silently. */
-  cut(): void;
+  /** Drop every packet in and out of `b`, silently; with `port`, only those to and from that TCP port of `a` (an etcd there, say). */
+  cut(only?: { port: number }): void;
   heal(): void;
   remove(): void;
 }
@@ -88,8 +88,9 @@ export function twoHosts(opts: { orphanRetries?: number } = {}): Link {
     return {
       a,
       b,
-      cut: () => {
-        const rules = 'table inet cut {\n chain in { type filter hook input priority 0; iifname != "lo" drop; }\n chain out { type filter hook output priority 0; oifname != "lo" drop; }\n}\n';
+      cut: (only) => {
+        const [inRule, outRule] = only ? [`ip saddr ${a.addr} tcp sport ${only.port} drop`, `ip daddr ${a.addr} tcp dport ${only.port} drop`] : ['iifname != "lo" drop', 'oifname != "lo" drop'];
+        const rules = `table inet cut {\n chain in { type filter hook input priority 0; ${inRule}; }\n chain out { type filter hook output priority 0; ${outRule}; }\n}\n`;
         run(['ip', 'netns', 'exec', b.ns, 'nft', '-f', '-'], rules);
       },
       heal: () => inNs(b.ns, ['nft', 'delete', 'table', 'inet', 'cut']),

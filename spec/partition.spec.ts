@@ -4,23 +4,38 @@
  * a pulled cable or a frozen VM would. On loopback a dead peer always answers
  * at once; here it does not. Needs root, iproute2 and nftables (CI has them).
  */
+import { execFileSync } from 'node:child_process';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
+import { killEtcds, startEtcd, type Etcd } from '../scenario/etcd.js';
 import { eventually } from './helpers.js';
-import { cannotMakeHosts, twoHosts, type Link } from './netns.js';
-import { killAll } from './procs.js';
+import { cannotMakeHosts, twoHosts, type Host, type Link } from './netns.js';
+import { killAll, type Proc } from './procs.js';
 
 const cut = suite('a silent cut between hosts');
 let link: Link | undefined;
+let etcd: Etcd | undefined;
 cut.before(() => {
   const why = cannotMakeHosts();
   if (why) throw new Error(`this spec runs hosts in network namespaces: ${why}`);
 });
-cut.after.each(() => {
+cut.after.each(async () => {
   killAll();
+  await etcd?.remove();
+  killEtcds();
+  etcd = undefined;
   link?.remove();
   link = undefined;
 });
+
+/** `revproxy load` from `host`, its --json report. */
+async function load(host: Host, args: string[]): Promise<{ ok: number; errors: Record<string, number> }> {
+  const p: Proc = host.revproxy(['load', '--no-progress', '--json', ...args]);
+  await p.exited;
+  const line = p.out.find((l) => l.startsWith('{'));
+  if (!line) throw new Error(`revproxy load printed no report:\n${p.out.join('\n')}`);
+  return JSON.parse(line) as { ok: number; errors: Record<string, number> };
+}
 
 cut('a server cut off from its proxy long enough to be removed registers again once the cut heals', async () => {
   // The proxy's side forgets its closed sockets within a second (as after a cut of two minutes or more):
@@ -43,6 +58,42 @@ cut('a server cut off from its proxy long enough to be removed registers again o
   const setups = (): number => proxy.out.filter((l) => l.includes('Received setup message from server id n1 ')).length;
   await eventually(() => setups() >= 2, 5000, 'the proxy to log the second registration');
   assert.is(setups(), 2, proxy.out.join('\n'));
+});
+
+cut('servers cut off from etcd while the proxy reaches them stay in rotation; their link failing, or their key deleted on purpose, removes them', async () => {
+  link = twoHosts();
+  const { a, b } = link;
+  etcd = await startEtcd({ host: { ns: a.ns, addr: a.addr } });
+  const reg = ['--registry', etcd.url, '--registry-ttl', '2'];
+  const proxy = a.revproxy(['proxy', '--host', a.addr, '--port', '2100', ...reg]);
+  await proxy.waitFor(/Running the reverse proxy on port 2100/);
+  const servers = ['n1', 'n2'].map((id) => b.revproxy(['server', '--id', id, '--pp', 'P', '--host', b.addr, ...reg]));
+  for (const s of servers) await s.waitFor(/Registered/);
+  const said = (re: RegExp): boolean => proxy.out.some((l) => re.test(l));
+  const ask = (): ReturnType<typeof load> => load(a, ['--revproc', `${a.addr}:2100`, '--policy', 'P', '-n', '200', '-c', '2', '-p', '4']);
+  await eventually(() => said(/Server id n1 privacy policy P port \d+ is in the registry/) && said(/Server id n2 privacy policy P port \d+ is in the registry/), 10000, 'the proxy to read both servers');
+  // Each joins once its link answers: until one has, requests wait or are refused.
+  for (let i = 0; i < 20 && (await ask()).ok !== 200; i++);
+  assert.is((await ask()).ok, 200);
+
+  // The servers' host loses etcd, not the proxy: their leases end and etcd deletes their keys.
+  link.cut({ port: Number(etcd.endpoint.split(':')[1]) });
+  const gone = (id: string) => new RegExp(`Server id ${id} (of privacy policy P is gone from the registry|left privacy policy P)`);
+  await eventually(() => said(gone('n1')) && said(gone('n2')), 15000, 'the proxy to hear both keys deleted');
+  const during = await ask();
+  assert.equal(during.errors, {}, proxy.out.join('\n'));
+  assert.is(during.ok, 200);
+
+  // A kept server whose link fails leaves, and is not probed back.
+  servers[1]!.kill('SIGKILL');
+  await eventually(() => said(/Server id n2 left privacy policy P: its link failed/), 10000, 'n2 to leave once its link failed');
+
+  // The cut heals: n1 writes its key again and is listed; an operator's delete (its lease alive) evicts it.
+  link.heal();
+  await eventually(() => said(/Server id n1 privacy policy P is in the registry again/), 15000, 'n1 listed again');
+  execFileSync('ip', ['netns', 'exec', a.ns, 'etcdctl', '--endpoints', etcd.endpoint, 'del', '/revproxy/servers/n1']);
+  await eventually(() => said(/Server id n1 left privacy policy P: its registry key was deleted while its lease was alive/), 10000, 'n1 evicted by the delete');
+  assert.ok((await ask()).errors.NO_SERVER, 'no server left to answer');
 });
 
 cut.run();

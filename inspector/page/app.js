@@ -223,7 +223,7 @@ function addOption(sel, value, text) {
  * leave the line out; `cls` adds a class (a warning, say).
  */
 const MEMBER_FIELDS = [
-  { key: 'address', show: (m) => m.address && `${m.address}${m.wire === 'json' ? ' · old JSON server' : ''}${m.source === 'registry' ? ' · from the registry' : ''}` },
+  { key: 'address', show: (m) => m.address && `${m.address}${m.wire === 'json' ? ' · old JSON server' : ''}${m.source === 'registry' ? ' · from the registry' : m.source === 'unlisted' ? ' · gone from the registry, kept while it answers' : ''}` },
   { key: 'why', show: (m) => whyText(m), cls: () => 'warn' },
   { key: 'load', show: (m) => m.inflight !== undefined && `${m.inflight} in flight · p50 ${ms(m.p50)} · p99 ${ms(m.p99)}` },
   { key: 'counts', show: (m) => `${m.answered} answered · ${m.errors} errors` },
