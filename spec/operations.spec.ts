@@ -321,6 +321,10 @@ reload('under load: a limit and a token change, a revoked server is drained out,
     proc.kill('SIGHUP');
     await proc.waitFor(/Reload refused, still running the previous configuration: .*r\.yaml:2:22: max_server_inflight: expected a count/);
     assert.is((await burst()).filter((o) => o === 'OVERLOADED').length, 20, 'the previous limits still apply');
+    // A whole round after the last reload, however slow the machine: the load sees what the reloads left
+    // (it asked for two rounds in all, and a loaded machine ran every step inside the first).
+    const roundsThen = total.rounds;
+    await eventually(() => total.rounds > roundsThen, 60_000, 'a round of load after the last reload');
   } finally {
     stop = true;
     await load;
@@ -330,7 +334,7 @@ reload('under load: a limit and a token change, a revoked server is drained out,
   assert.is(total.wrongHashes, 0);
   assert.equal(total.errors, {}, 'no request of the loaded policy failed');
   assert.is(total.acks, total.rounds * 2000);
-  assert.ok(total.rounds >= 2, `rounds of load: ${total.rounds}`);
+  assert.ok(total.rounds >= 1, `rounds of load: ${total.rounds}`);
   const metrics = (await get(`${admin}metrics`)).body;
   assert.match(metrics, /revproxy_reloads_total\{result="applied"\} 1/);
   assert.match(metrics, /revproxy_reloads_total\{result="refused"\} 1/);
