@@ -17,6 +17,8 @@ import type { ProxyRegistryOptions } from '../registry/proxy-registry.js';
 import type { RegistryOptions } from '../registry/options.js';
 import type { RegistryStatus } from '../registry/events.js';
 import { badLimit, serverMachine, type ServerActor, type ServerOptions } from './server.js';
+import { dial, type TlsMaterial } from '../transport/tls.js';
+import { renewed } from './renew-tls.js';
 
 export { clientMachine, RequestError, type ClientOptions } from './client.js';
 export { Client, connect, endpoints, runClient, type ConnectOptions, type Packet, type Reply, type RequestOptions, type Result, type Revproc, type RunOptions } from './connect.js';
@@ -76,6 +78,15 @@ export interface ProxyHandle {
   pools(): Record<string, PoolView>;
   /** The registry as the proxy last heard of it (undefined without one). */
   registry(): RegistryStatus | undefined;
+  /**
+   * Renewed certificates (or a new CA bundle), as Buffers like `startProxy`'s: `tls` for the
+   * listener's next handshakes, `upstreamTls` for its next dials to servers; connections already
+   * open keep theirs. Checked first as the files are at start: a bad set throws a `TlsConfigError`
+   * (code TLS_CONFIG) and the running one stays. Only what the proxy started with can be renewed.
+   */
+  renewTls(next: { tls?: TlsMaterial; upstreamTls?: TlsMaterial }): void;
+  /** The TLS material the proxy runs with now: its start's, or the last `renewTls`'s. */
+  tls(): { tls?: TlsMaterial; upstreamTls?: TlsMaterial };
 }
 
 /** What `startProxy` takes: the proxy's options, and a registry (etcd) to take servers from and advertise itself in. */
@@ -106,7 +117,11 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
     const { proxyRegistry } = await import('../registry/proxy-registry.js');
     machine = proxyMachine.provide({ actors: { registry: await proxyRegistry({ ...opts.registry, advertise, servesTls: Boolean(opts.tls?.cert) }) } });
   }
-  const actor = createActor(machine, { input: opts, inspect: opts.inspect, ...xstateClock(opts.clock ?? systemClock) });
+  // The one owner of what the proxy dials servers with: every dial reads it, renewTls replaces it.
+  const running = { tls: opts.tls, upstreamTls: opts.upstreamTls };
+  const dialWith = opts.connect ?? dial;
+  const input = { ...opts, connect: (host: string, port: number) => dialWith(host, port, running.upstreamTls) };
+  const actor = createActor(machine, { input, inspect: opts.inspect, ...xstateClock(opts.clock ?? systemClock) });
   actor.start();
   await waitUntil(actor, (s) => s.value !== 'starting');
   const snap = actor.getSnapshot();
@@ -136,6 +151,17 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
       return out;
     },
     registry: () => actor.getSnapshot().context.registry,
+    renewTls(next) {
+      // Both checked before either is taken: a bad set changes nothing.
+      const tls = next.tls && renewed('tls', running.tls, next.tls, true);
+      const upstreamTls = next.upstreamTls && renewed('upstreamTls', running.upstreamTls, next.upstreamTls);
+      if (upstreamTls) running.upstreamTls = upstreamTls;
+      if (tls) {
+        running.tls = tls;
+        actor.send({ type: 'RENEW_TLS', tls });
+      }
+    },
+    tls: () => ({ ...running }),
   };
 }
 

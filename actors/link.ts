@@ -11,6 +11,7 @@ import type { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode, type ErrorCode as WireCode } from '../transport/errors.js';
 import { MsgType, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import type { Connection } from '../transport/socket.js';
+import type { TlsMaterial } from '../transport/tls.js';
 import type { Clock } from '../transport/clock.js';
 import type { Inflight } from './inflight.js';
 import type { Logger } from './logger.js';
@@ -75,7 +76,8 @@ export interface Failure {
   invalid?: string;
 }
 
-export type SocketFactory = (host: string, port: number) => Socket;
+/** Dials host:port; `tls`, when given, is what to dial over TLS with now (the proxy's upstreamTls, renewed by `renewTls`). */
+export type SocketFactory = (host: string, port: number, tls?: TlsMaterial) => Socket;
 export const tcpConnect: SocketFactory = (host, port) => netConnect({ host, port });
 
 /** What the proxy gives every link it spawns. */

@@ -9,6 +9,7 @@ import type { BusyPoll } from '../transport/busy-poll.js';
 import type { ProtocolError } from '../transport/errors.js';
 import type { DataMsg, SetupMsg } from '../transport/messages.js';
 import type { Wire } from '../transport/sniff.js';
+import type { TlsMaterial } from '../transport/tls.js';
 import type { Clock, Timer } from '../transport/clock.js';
 import type { Inflight, InflightCount } from './inflight.js';
 import type { Failure, LinkCommand, LinkPort, LinkReport, Peer, ProxyRequest, Reply, SocketFactory } from './link.js';
@@ -165,4 +166,6 @@ export type ProxyEvent =
   | { type: 'DRAINED' }
   /** New options (SIGHUP): limits, timeouts, retries, health settings and secrets change at once. */
   | { type: 'RELOAD'; opts: Opts }
+  /** Renewed listener certificates (ProxyHandle.renewTls): the next handshakes use them. */
+  | { type: 'RENEW_TLS'; tls: TlsMaterial }
   | { type: 'STOP' };

@@ -222,6 +222,10 @@ export const proxyMachine = setup({
       assertEvent(event, 'RELOAD');
       applyReload(context, event.opts);
     },
+    renewTls: ({ context, event }) => {
+      assertEvent(event, 'RENEW_TLS');
+      if (context.opts.tls?.cert) context.opts = { ...context.opts, tls: event.tls };
+    },
 
     /** News from the registry (etcd): a server entry came, went, or etcd's health changed. */
     fromRegistry: ({ context, event }) => {
@@ -323,6 +327,7 @@ export const proxyMachine = setup({
     PROBE: { actions: 'probe' },
     READMIT: { actions: 'readmit' },
     MEMBER_DRAIN: { actions: 'memberDrain' },
+    RENEW_TLS: { actions: ['renewTls', sendTo('listener', ({ context }) => ({ type: 'RELOAD', opts: context.opts }))] },
     MEMBER_ENABLE: { actions: 'memberEnable' },
     DRAIN_WAITING: { actions: 'drainWaitingQueue' },
     EXPIRE_WAITING: { actions: 'expireWaiting' },

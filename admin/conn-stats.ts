@@ -40,8 +40,8 @@ export class ConnStats implements Pick<ProxyObserver, 'accepted' | 'connectionLi
 
   /** A socket factory whose sockets are counted as `upstream`. */
   wrap(factory: SocketFactory): SocketFactory {
-    return (host, port) => {
-      const s = factory(host, port);
+    return (host, port, tls) => {
+      const s = factory(host, port, tls);
       this.track(s, () => 'upstream');
       return s;
     };

@@ -8,7 +8,6 @@ import { lstatSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { startProxy, type ProxyHandle } from '../actors/index.js';
-import { tcpConnect } from '../actors/link.js';
 import { Destination, Logger, LogStream, LEVELS, LOG_BUFFER_BYTES } from '../actors/logger.js';
 import { DEFAULT_PROXY_MAX_CONNECTIONS, isLoopback, resolveOptions } from '../actors/proxy-options.js';
 import { badTrustedSource, fileLimitWarning } from '../actors/port-limits.js';
@@ -221,9 +220,9 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
     };
   }
   const reloads = { applied: 0, refused: 0 };
-  // What TLS runs with: a reload swaps in renewed files (the listener's through RELOAD, the dials' here).
-  let tlsNow = { tls: rt.options.tls, upstream: rt.options.upstreamTls, certs: rt.certs };
-  warnExpiring(logger, tlsNow.certs);
+  // The certificates the metrics and warnings describe; the proxy itself owns what it runs with (proxy.renewTls).
+  let certs = rt.certs;
+  warnExpiring(logger, certs);
   let proxy: ProxyHandle | undefined;
   let admin: AdminServer | undefined;
   let metrics: Metrics | undefined;
@@ -237,7 +236,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       maxConnections: () => conns!.limit,
       dropped: () => ({ main: logger.dropped, access: accessLog && accessLog.dest !== stdout ? accessLog.dropped : 0 }),
       reloads: () => reloads,
-      certs: () => tlsNow.certs,
+      certs: () => certs,
     });
     const readiness = new Readiness();
     readiness.add('proxy', () => {
@@ -262,14 +261,13 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
   const unignore = ignoreUserSignals(logger, 'send SIGHUP to reload the configuration and reopen the access log, SIGTERM to drain and stop');
   try {
     if (pidFile) writePidFile(pidFile);
-    const connect = rt.options.upstreamTls ? (host: string, port: number) => dial(host, port, tlsNow.upstream) : tcpConnect;
     proxy = await startProxy({
       ...rt.options,
       registry: rt.registry,
       logger,
       inspect: insp.attach.inspect,
       observer: combineObservers(metrics, accessLog, conns, insp.attach.observer),
-      connect: conns?.wrap(connect) ?? connect,
+      connect: conns?.wrap(dial),
     });
     const handle = proxy;
     onHup(() => {
@@ -301,11 +299,14 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       const applied = changed.filter((c) => c.reload !== 'restart').map((c) => c.key);
       if (!restart.includes('tls')) {
         // Same paths, new contents (a renewed certificate) is a change too.
-        if (!applied.includes('tls') && !sameTls(tlsNow.tls ?? tlsNow.upstream, nextRt.options.tls ?? nextRt.options.upstreamTls)) applied.push('tls');
+        const was = handle.tls();
+        if (!applied.includes('tls') && !sameTls(was.tls ?? was.upstreamTls, nextRt.options.tls ?? nextRt.options.upstreamTls)) applied.push('tls');
+        const { tls, upstreamTls } = nextRt.options;
+        if (tls?.cert || upstreamTls) handle.renewTls({ tls: tls?.cert ? tls : undefined, upstreamTls });
         // etcd's client keeps the files it read at start (registry.tls): so do its metrics.
-        tlsNow = { tls: nextRt.options.tls, upstream: nextRt.options.upstreamTls, certs: [...nextRt.certs.filter((c) => !c.atStart), ...tlsNow.certs.filter((c) => c.atStart)] };
+        certs = [...nextRt.certs.filter((c) => !c.atStart), ...certs.filter((c) => c.atStart)];
       }
-      handle.actor.send({ type: 'RELOAD', opts: resolveOptions({ ...nextRt.options, tls: tlsNow.tls }) });
+      handle.actor.send({ type: 'RELOAD', opts: resolveOptions({ ...nextRt.options, tls: handle.tls().tls }) });
       logger.setLevel(nextRt.log.level);
       if (!restart.includes('admin.listen')) admin?.setToken(nextRt.admin?.token);
       if (admin) readyPolicies = nextRt.admin?.readyPolicies ?? [];
@@ -314,7 +315,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       if (restart.length) {
         logger.warn('reload_restart_needed', `${restart.join(', ')} changed in ${source} but take${restart.length === 1 ? 's' : ''} effect only after a restart; running with the previous value${restart.length === 1 ? '' : 's'}`, { file: source, restart });
       }
-      warnExpiring(logger, tlsNow.certs);
+      warnExpiring(logger, certs);
       // What needs a restart stays as it runs, so the next reload reports it again.
       const before = running;
       running = { ...next };

@@ -32,5 +32,5 @@ export type { Answer, Handler, HandlerContext, Payload } from '../actors/handler
 export { sha1Hex } from '../actors/sha1.js';
 
 export { ErrorCode, LocalCode, RevproxyError, type ClientCode, type Code } from '../transport/errors.js';
-export type { TlsMaterial } from '../transport/tls.js';
+export { TlsConfigError, type TlsMaterial } from '../transport/tls.js';
 export { Logger, jsonSink, textSink, type LogRecord, type Level } from '../actors/logger.js';

@@ -7,11 +7,10 @@
 import { X509Certificate } from 'node:crypto';
 import { copyFileSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import * as assert from 'uvu/assert';
 import { connect, runClient, startServer } from '../actors/index.js';
-import { loadTls, type TlsFiles } from '../transport/tls.js';
-import { makePki, type Pki } from './certs.js';
+import { loadTls } from '../transport/tls.js';
+import { handshake, makePki, presented, type Pki } from './certs.js';
 import { eventually, LOCAL } from './helpers.js';
 import { freePort } from '../bench/procs.js';
 import { freshSuite, revproxy, type Fresh, type Proc } from './procs.js';
@@ -36,26 +35,6 @@ async function tlsProxy(mutual = true): Promise<{ proc: Proc; port: number; admi
   const port = Number((await proc.waitFor(/Running the reverse proxy on port (\d+)/))[1]);
   const admin = proc.out.map((l) => /Admin endpoint on (http:\S+)/.exec(l)?.[1]).find(Boolean) ?? '';
   return { proc, port, admin, file };
-}
-
-/**
- * A TLS handshake with the proxy, presenting `files`' certificate: resolves with the socket (left open) once it is done.
- * TLS 1.2, where the proxy's refusal of our certificate ends the handshake (in 1.3 it comes after the client's end of it).
- */
-function handshake(port: number, files: TlsFiles): Promise<TLSSocket> {
-  const tls = loadTls(files)!;
-  return new Promise((resolve, reject) => {
-    const s = tlsConnect({ host: LOCAL, port, ca: tls.ca, cert: tls.cert, key: tls.key, maxVersion: 'TLSv1.2' }, () => resolve(s));
-    s.once('error', reject);
-  });
-}
-
-/** The common name of the certificate the proxy presents to a new handshake. */
-async function presented(port: number, files: TlsFiles): Promise<string> {
-  const s = await handshake(port, files);
-  const cn = String(s.getPeerCertificate().subject.CN);
-  s.destroy();
-  return cn;
 }
 
 const metrics = async (admin: string): Promise<string> => (await fetch(`${admin}metrics`)).text();

@@ -2,8 +2,10 @@
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { loadTls, type TlsFiles } from '../transport/tls.js';
 import { libfaketime } from './faketime.js';
-import { tempDir } from './helpers.js';
+import { LOCAL, tempDir } from './helpers.js';
 
 export interface Pki {
   dir: string;
@@ -33,4 +35,24 @@ export function makePki(names: string[], caName = 'revproxy test CA', { days = 2
     openssl(['x509', '-req', '-in', `${n}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${n}.pem`, '-days', String(days), '-extfile', 'san.ext'], dir);
   }
   return { dir, ca: join(dir, 'ca.pem'), cert: (n) => ({ cert: join(dir, `${n}.pem`), key: join(dir, `${n}.key`) }) };
+}
+
+/**
+ * A TLS handshake with a listener (a proxy, a server), presenting `files`' certificate: resolves with the socket (left open) once it is done.
+ * TLS 1.2, where the proxy's refusal of our certificate ends the handshake (in 1.3 it comes after the client's end of it).
+ */
+export function handshake(port: number, files: TlsFiles): Promise<TLSSocket> {
+  const tls = loadTls(files)!;
+  return new Promise((resolve, reject) => {
+    const s = tlsConnect({ host: LOCAL, port, ca: tls.ca, cert: tls.cert, key: tls.key, maxVersion: 'TLSv1.2' }, () => resolve(s));
+    s.once('error', reject);
+  });
+}
+
+/** The common name of the certificate a listener presents to a new handshake. */
+export async function presented(port: number, files: TlsFiles): Promise<string> {
+  const s = await handshake(port, files);
+  const cn = String(s.getPeerCertificate().subject.CN);
+  s.destroy();
+  return cn;
 }

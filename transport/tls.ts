@@ -112,39 +112,54 @@ export function loadTls(files: TlsFiles, names: { cert: string; key: string; ca:
     key: files.key ? read(files.key, '--tls-key') : undefined,
     ca: files.ca ? read(files.ca, '--tls-ca') : undefined,
   };
+  return checkMaterial(material, (role) => `the ${names[role]} file '${files[role]}'`, names, true);
+}
+
+/**
+ * Check TLS material already read (a library caller's buffers) as `loadTls` checks files: a TlsConfigError
+ * naming the setting (`names`, e.g. tls.cert) when a certificate or key is not one, expired, or not the pair.
+ */
+export function checkTls(material: TlsMaterial, names: { cert: string; key: string; ca: string }): TlsMaterial {
+  if (!material.cert && !material.key && !material.ca) throw new TlsConfigError(`no ${names.cert}, ${names.key} or ${names.ca} given: give the renewed files`, 'usage');
+  if (Boolean(material.cert) !== Boolean(material.key)) throw new TlsConfigError(`${names.cert} and ${names.key} go together: give both or neither`, 'usage');
+  return checkMaterial(material, (role) => names[role], names, false);
+}
+
+/** The checks of `loadTls` and `checkTls`: `what(role)` names the file or setting in the errors. */
+function checkMaterial(material: TlsMaterial, what: (role: 'cert' | 'key' | 'ca') => string, names: { cert: string; key: string; ca: string }, files: boolean): TlsMaterial {
   // Check the contents now, so a bad file is a clear error at start rather than a failed handshake later.
   // Each file on its own first, to name the one that is wrong: a CA file with no certificate in it
   // passes createSecureContext (an empty CA store), and then every peer's certificate is refused.
   if (material.cert && !holdsCertificate(material.cert)) {
-    throw new TlsConfigError(`the ${names.cert} file '${files.cert}' holds no PEM certificate (-----BEGIN CERTIFICATE-----): give the certificate this side presents`);
+    throw new TlsConfigError(`${what('cert')} holds no PEM certificate (-----BEGIN CERTIFICATE-----): give the certificate this side presents`);
   }
   if (material.key) {
     try {
       createPrivateKey(material.key);
     } catch (err) {
-      throw new TlsConfigError(`the ${names.key} file '${files.key}' is not a PEM private key (${(err as Error).message.trim()}): give the private key of ${names.cert}`);
+      throw new TlsConfigError(`${what('key')} is not a PEM private key (${(err as Error).message.trim()}): give the private key of ${names.cert}`);
     }
   }
   if (material.ca && !holdsCertificate(material.ca)) {
-    throw new TlsConfigError(`the ${names.ca} file '${files.ca}' holds no PEM certificate (-----BEGIN CERTIFICATE-----): give the certificate of the CA that signs the peers' certificates`);
+    throw new TlsConfigError(`${what('ca')} holds no PEM certificate (-----BEGIN CERTIFICATE-----): give the certificate of the CA that signs the peers' certificates`);
   }
   // An expired certificate fails every handshake (peers refuse it, or refuse the certificates it should verify): refused
   // here, where it can still be fixed (at start, on a reload that keeps the previous one, by --check), not at each peer.
   const now = Date.now();
   const leaf = material.cert && certificatesOf(material.cert)[0];
   if (leaf && Date.parse(leaf.validTo) <= now) {
-    throw new TlsConfigError(`the ${names.cert} file '${files.cert}' holds a certificate that expired on ${new Date(leaf.validTo).toISOString()}: every peer would refuse it: install the renewed certificate (and its key) there`);
+    throw new TlsConfigError(`${what('cert')} holds a certificate that expired on ${new Date(leaf.validTo).toISOString()}: every peer would refuse it: install the renewed certificate (and its key) there`);
   }
   const cas = material.ca ? certificatesOf(material.ca) : [];
   if (cas.length && cas.every((c) => Date.parse(c.validTo) <= now)) {
-    throw new TlsConfigError(`every certificate in the ${names.ca} file '${files.ca}' has expired (the last on ${new Date(Math.max(...cas.map((c) => Date.parse(c.validTo)))).toISOString()}): no peer's certificate could be verified: install the CA's renewed certificate there`);
+    throw new TlsConfigError(`every certificate in ${what('ca')} has expired (the last on ${new Date(Math.max(...cas.map((c) => Date.parse(c.validTo)))).toISOString()}): no peer's certificate could be verified: install the CA's renewed certificate there`);
   }
   try {
     createSecureContext({ cert: material.cert, key: material.key, ca: material.ca });
   } catch (err) {
     const m = (err as Error).message;
-    const which = /key values mismatch/.test(m) ? `the ${names.key} file '${files.key}' is not the private key of the ${names.cert} file '${files.cert}' (a renewed certificate comes with its own key: install both)`
-      : /no start line|PEM|asn1|ASN1|bad base64|nested asn1/.test(m) ? 'a --tls-cert, --tls-key or --tls-ca file is not a PEM certificate or key'
+    const which = /key values mismatch/.test(m) ? `${what('key')} is not the private key of ${what('cert')} (a renewed certificate comes with its own key: install both)`
+      : /no start line|PEM|asn1|ASN1|bad base64|nested asn1/.test(m) ? `${files ? 'a --tls-cert, --tls-key or --tls-ca file' : `${names.cert}, ${names.key} or ${names.ca}`} is not a PEM certificate or key`
       : 'the TLS files were refused';
     throw new TlsConfigError(`${which}: ${m.trim()}`);
   }

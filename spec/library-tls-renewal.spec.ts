@@ -1,0 +1,78 @@
+/**
+ * Renewed certificates handed to a running proxy, server or client through the library
+ * (`renewTls`): the next handshakes and dials use them, connections already open keep theirs,
+ * and a bad set is refused with a TlsConfigError, the running one kept. Real openssl-made
+ * certificates (spec/certs.ts), the library's own handles.
+ */
+import { readFileSync } from 'node:fs';
+import type { TLSSocket } from 'node:tls';
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { connect, RevproxyError, startProxy, startServer, type Client, type ProxyHandle, type ServerHandle } from '../lib/index.js';
+import { loadTls, type TlsMaterial } from '../transport/tls.js';
+import { handshake, makePki, presented, type Pki } from './certs.js';
+import { LOCAL } from './helpers.js';
+
+const ctx = { proxies: [] as ProxyHandle[], servers: [] as ServerHandle[], clients: [] as Client[], sockets: [] as TLSSocket[] };
+const renew = suite('renewing certificates through the library', ctx);
+renew.after.each(async () => {
+  for (const s of ctx.sockets.splice(0)) s.destroy();
+  for (const c of ctx.clients.splice(0)) await c.close().catch(() => undefined);
+  for (const s of ctx.servers.splice(0)) s.kill();
+  for (const p of ctx.proxies.splice(0)) p.kill();
+});
+
+/** `name`'s certificate and key of `pki`, with `ca` (default: the pki's own CA), read as the library takes them. */
+const material = (pki: Pki, name: string, ca = readFileSync(pki.ca)): TlsMaterial => ({ ...loadTls(pki.cert(name))!, ca });
+
+/** What a library call threw, to look at. */
+function thrown(f: () => void): RevproxyError {
+  try {
+    f();
+  } catch (err) {
+    assert.instance(err, RevproxyError);
+    return err as RevproxyError;
+  }
+  throw new Error('expected renewTls to throw');
+}
+
+renew('proxy.renewTls: the listener and the dials to servers take the renewed certificates, open connections keep theirs; a bad set is refused and the running one stays', async () => {
+  const a = makePki(['proxy-a', 'server', 'client'], 'CA A');
+  const b = makePki(['proxy-b'], 'CA B');
+  const caA = readFileSync(a.ca);
+  const both = Buffer.concat([caA, readFileSync(b.ca)]);
+  // Clients and servers trust CA A and B; the proxy wants certificates of CA A from them.
+  const proxy = await startProxy({ port: 0, tls: material(a, 'proxy-a'), upstreamTls: material(a, 'proxy-a') });
+  ctx.proxies.push(proxy);
+  const port = proxy.port;
+  ctx.servers.push(await startServer({ id: 's1', policy: 'P', proxy: { host: LOCAL, port }, tls: material(a, 'server', both), handler: async () => 's1' }));
+  const client = await connect({ revproc: { host: LOCAL, port }, tls: material(a, 'client', both) });
+  ctx.clients.push(client);
+  assert.is(await client.request('P', 'x'), 's1');
+  const kept = await handshake(port, { ...a.cert('client'), ca: a.ca });
+  ctx.sockets.push(kept);
+
+  proxy.renewTls({ tls: { ...material(b, 'proxy-b'), ca: caA }, upstreamTls: { ...material(b, 'proxy-b'), ca: caA } });
+  // A new handshake gets the renewed certificate; the connection open before keeps the old one, and the client's works on.
+  assert.is(await presented(port, { ...a.cert('client'), ca: b.ca }), 'proxy-b');
+  assert.is(String(kept.getPeerCertificate().subject.CN), 'proxy-a');
+  assert.not.ok(kept.destroyed, 'the connection opened before the renewal is still open');
+  assert.is(await client.request('P', 'y'), 's1');
+  // The proxy's next dial to a server presents the renewed certificate: this server lets in only CA B's.
+  ctx.servers.push(await startServer({ id: 's2', policy: 'Q', proxy: { host: LOCAL, port }, tls: material(a, 'server', readFileSync(b.ca)), handler: async () => 's2' }));
+  assert.is(await client.request('Q', 'z', { timeoutMs: 3000 }), 's2');
+  assert.equal(proxy.tls().upstreamTls?.cert, readFileSync(b.cert('proxy-b').cert));
+
+  // A renewed certificate without its own key: refused, naming it; nothing changes, not even the half that was good.
+  const bad = thrown(() => proxy.renewTls({ tls: material(a, 'proxy-a'), upstreamTls: { ...material(a, 'proxy-a'), key: readFileSync(b.cert('proxy-b').key) } }));
+  assert.is(bad.code, 'TLS_CONFIG');
+  assert.match(bad.message, /upstreamTls\.key is not the private key of upstreamTls\.cert/);
+  assert.is(await presented(port, { ...a.cert('client'), ca: b.ca }), 'proxy-b');
+  assert.equal(proxy.tls().upstreamTls?.cert, readFileSync(b.cert('proxy-b').cert));
+  // What the proxy did not start with is not turned on by a renewal.
+  const plain = await startProxy({ port: 0 });
+  ctx.proxies.push(plain);
+  assert.match(thrown(() => plain.renewTls({ tls: material(a, 'proxy-a') })).message, /cannot renew tls: it was started without tls\.cert/);
+});
+
+renew.run();
