@@ -173,6 +173,13 @@ export interface ServerHandle {
   stop(): Promise<void>;
   /** Abrupt, as SIGKILL: close every socket now. */
   kill(): void;
+  /**
+   * Renewed certificates (or a new CA bundle), as Buffers like `startServer`'s `tls`: the listener's
+   * next handshakes and the next registration dials use them; connections already open keep theirs.
+   * Checked first as the files are at start: a bad set throws a `TlsConfigError` (code TLS_CONFIG)
+   * and the running one stays. A server started without `tls` has none to renew.
+   */
+  renewTls(tls: TlsMaterial): void;
 }
 
 /** What `startServer` takes: the server's options, with the proxies as `revproc` if you like and a free listen port by default. */
@@ -261,6 +268,10 @@ function serverHandle(actor: ServerActor, id: string): ServerHandle {
     id,
     stop: () => stopGracefully(actor),
     kill: () => actor.stop(),
+    renewTls(next) {
+      const { tls } = actor.getSnapshot().context.opts;
+      actor.send({ type: 'RENEW_TLS', tls: renewed('tls', tls, next, Boolean(tls?.cert)) });
+    },
   };
 }
 

@@ -110,7 +110,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
       } catch (err) {
         return logger.error('reload_refused', `Reload refused, still using the TLS files read before: ${(err as Error).message}`, {});
       }
-      server.actor.send({ type: 'RENEW_TLS', tls: next });
+      server.renewTls(next);
       logger.info('reload', 'Reloaded the TLS files (--tls-cert, --tls-key, --tls-ca): new connections and registrations use them, open ones keep theirs', {});
       warnExpiring(logger, loadedCerts({ cert: o.tlsCert, ca: o.tlsCa }, next, names));
     };

@@ -75,4 +75,26 @@ renew('proxy.renewTls: the listener and the dials to servers take the renewed ce
   assert.match(thrown(() => plain.renewTls({ tls: material(a, 'proxy-a') })).message, /cannot renew tls: it was started without tls\.cert/);
 });
 
+renew('server.renewTls: its listener serves the renewed certificate to new handshakes, requests flow on; a bad set is refused and the old one kept', async () => {
+  const pki = makePki(['proxy', 'old', 'renewed', 'client']);
+  const proxy = await startProxy({ port: 0, tls: material(pki, 'proxy'), upstreamTls: material(pki, 'proxy') });
+  ctx.proxies.push(proxy);
+  const server = await startServer({ id: 's1', policy: 'P', proxy: { host: LOCAL, port: proxy.port }, tls: material(pki, 'old'), handler: async () => 'ok' });
+  ctx.servers.push(server);
+  const client = await connect({ revproc: { host: LOCAL, port: proxy.port }, tls: material(pki, 'client') });
+  ctx.clients.push(client);
+  assert.is(await client.request('P', 'x'), 'ok');
+  const peer = { ...pki.cert('client'), ca: pki.ca };
+  assert.is(await presented(server.port, peer), 'old');
+
+  server.renewTls(material(pki, 'renewed'));
+  assert.is(await presented(server.port, peer), 'renewed');
+  assert.is(await client.request('P', 'y'), 'ok', 'the proxy\'s link opened before the renewal serves on');
+
+  const bad = thrown(() => server.renewTls({ ...material(pki, 'old'), key: readFileSync(pki.cert('renewed').key) }));
+  assert.is(bad.code, 'TLS_CONFIG');
+  assert.match(bad.message, /tls\.key is not the private key of tls\.cert/);
+  assert.is(await presented(server.port, peer), 'renewed');
+});
+
 renew.run();
