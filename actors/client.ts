@@ -115,6 +115,8 @@ export type ClientEvent =
   | { type: 'CLOSE' }
   /** The live proxies changed (a registry's list): fail over among these from now on. */
   | { type: 'PROXIES'; proxies: Endpoint[] }
+  /** Renewed client certificates (Client.renewTls): the next dials present them; the open connection keeps its own. */
+  | { type: 'RENEW_TLS'; tls: TlsMaterial }
   | { type: 'CONNECTED'; conn: Connection }
   | { type: 'CONNECT_FAILED'; error: string }
   | { type: 'ANSWERS'; messages: Message[] }
@@ -506,6 +508,10 @@ export const clientMachine = setup({
       if (failed) context.logger.error('connection', `${why}: ${failed} request(s) unanswered${hint(why, gotThrough)}`, { code, count: failed });
     },
     /** The list changes under the connection: it stays where it is (a proxy that left drains its clients), and fails over within the new list. */
+    renewTls: assign(({ context, event }) => {
+      assertEvent(event, 'RENEW_TLS');
+      return { opts: { ...context.opts, tls: event.tls } };
+    }),
     setProxies: assign(({ context, event }) => {
       assertEvent(event, 'PROXIES');
       if (event.proxies.length === 0) return {};
@@ -569,6 +575,7 @@ export const clientMachine = setup({
     CANCEL: { actions: 'cancel' },
     CLOSE: { target: '.closed' },
     PROXIES: { actions: 'setProxies' },
+    RENEW_TLS: { actions: 'renewTls' },
   },
   initial: 'session',
   states: {

@@ -15,6 +15,7 @@ import { show, type HandlerError, type Payload } from './handler.js';
 import type { Logger } from './logger.js';
 import type { Endpoint } from './server.js';
 import { sha1Hex } from './sha1.js';
+import { renewed } from './renew-tls.js';
 import { isRegistryUrl, parseRegistryUrl, type RegistryOptions } from '../registry/options.js';
 import type { Discovery } from '../registry/discovery.js';
 
@@ -152,6 +153,20 @@ export class Client {
     this.pending.add(p);
     void p.then(() => this.pending.delete(p));
     return p;
+  }
+
+  /**
+   * Renewed client certificates (or a new CA bundle), as Buffers like `connect`'s `tls`: the next
+   * dial to a proxy (a reconnect, a failover) presents them; the open connection keeps its own.
+   * Checked first as files are at start: a bad set throws a `TlsConfigError` (code TLS_CONFIG)
+   * and the running one stays. A client connected without `tls` has none to renew.
+   *
+   * @example
+   * client.renewTls({ cert: readFileSync('client.pem'), key: readFileSync('client.key'), ca: readFileSync('ca.pem') });
+   */
+  renewTls(tls: TlsMaterial): void {
+    const running = this.actor.getSnapshot().context.opts.tls;
+    this.actor.send({ type: 'RENEW_TLS', tls: renewed('tls', running, tls) });
   }
 
   /** Requests sent and not settled yet. */

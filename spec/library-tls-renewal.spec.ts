@@ -5,7 +5,7 @@
  * certificates (spec/certs.ts), the library's own handles.
  */
 import { readFileSync } from 'node:fs';
-import type { TLSSocket } from 'node:tls';
+import { createServer as tlsServer, type TLSSocket } from 'node:tls';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { connect, RevproxyError, startProxy, startServer, type Client, type ProxyHandle, type ServerHandle } from '../lib/index.js';
@@ -95,6 +95,50 @@ renew('server.renewTls: its listener serves the renewed certificate to new hands
   assert.is(bad.code, 'TLS_CONFIG');
   assert.match(bad.message, /tls\.key is not the private key of tls\.cert/);
   assert.is(await presented(server.port, peer), 'renewed');
+});
+
+renew("client.renewTls: the client's next dial presents the renewed certificate; a bad set is refused and the old one kept", async () => {
+  const pki = makePki(['proxy', 'old', 'renewed']);
+  // A TLS listener standing in for the proxy: it records whose certificate each dial presents, and closes it.
+  const seen: string[] = [];
+  const fake = tlsServer({ ...material(pki, 'proxy'), requestCert: true, rejectUnauthorized: true }, (s) => {
+    seen.push(String(s.getPeerCertificate().subject.CN));
+    s.destroy();
+  });
+  await new Promise<void>((r) => fake.listen(0, LOCAL, r));
+  try {
+    const port = (fake.address() as { port: number }).port;
+    const client = await connect({ revproc: { host: LOCAL, port }, tls: material(pki, 'old') });
+    ctx.clients.push(client);
+    await client.request('P', 'x', { timeoutMs: 500 }).catch(() => undefined);
+    assert.ok(seen.length > 0 && seen.every((cn) => cn === 'old'), seen.join());
+
+    const bad = thrown(() => client.renewTls({ ...material(pki, 'renewed'), key: readFileSync(pki.cert('old').key) }));
+    assert.is(bad.code, 'TLS_CONFIG');
+    assert.match(bad.message, /tls\.key is not the private key of tls\.cert/);
+    const before = seen.length;
+    await client.request('P', 'x', { timeoutMs: 500 }).catch(() => undefined);
+    assert.ok(seen.length > before && seen.every((cn) => cn === 'old'), seen.join());
+
+    client.renewTls(material(pki, 'renewed'));
+    const from = seen.length;
+    await client.request('P', 'y', { timeoutMs: 500 }).catch(() => undefined);
+    assert.ok(seen.length > from, 'the client dialled again');
+    assert.equal([...new Set(seen.slice(from))], ['renewed']);
+  } finally {
+    await new Promise((r) => fake.close(r));
+  }
+  // Through a real proxy: the connection open before a renewal carries on with what it began with.
+  const proxy = await startProxy({ port: 0, tls: material(pki, 'proxy'), upstreamTls: material(pki, 'proxy') });
+  ctx.proxies.push(proxy);
+  ctx.servers.push(await startServer({ id: 's1', policy: 'P', proxy: { host: LOCAL, port: proxy.port }, tls: material(pki, 'old'), handler: async () => 'ok' }));
+  const kept = await connect({ revproc: { host: LOCAL, port: proxy.port }, tls: material(pki, 'old') });
+  ctx.clients.push(kept);
+  assert.is(await kept.request('P', 'x'), 'ok');
+  const conn = kept.actor.getSnapshot().context.conn;
+  kept.renewTls(material(pki, 'renewed'));
+  assert.is(await kept.request('P', 'y'), 'ok');
+  assert.ok(conn && kept.actor.getSnapshot().context.conn === conn, 'the connection open before the renewal carries on');
 });
 
 renew.run();

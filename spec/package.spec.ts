@@ -89,7 +89,7 @@ const { connect, startProxy, startServer } = require('revproxy');
 `;
 
 const TYPED = `
-import { connect, HandlerError, startProxy, type Handler, type Reply, type StartProxyOptions, type StartServerOptions } from 'revproxy';
+import { connect, HandlerError, startProxy, TlsConfigError, type Handler, type ProxyHandle, type Reply, type ServerHandle, type StartProxyOptions, type StartServerOptions, type TlsMaterial } from 'revproxy';
 const handler: Handler = async (payload, ctx) => (ctx.signal.aborted ? 'late' : String(payload));
 // Each start function's options have a name to type a config with.
 const proxyOptions: StartProxyOptions = { port: 0, registry: { endpoints: ['127.0.0.1:2379'] } };
@@ -100,7 +100,17 @@ const answer: string | Uint8Array = await client.request('111', 'x', { timeoutMs
 client.requests('111', ['a']).subscribe((r: Reply) => r.error instanceof HandlerError && r.error.appCode);
 // @ts-expect-error a policy is a string
 void client.request(111, 'x');
-void handler, answer;
+// Renewed certificates, read as the start functions take them; a bad set throws a TlsConfigError.
+const renew = (proxy: ProxyHandle, server: ServerHandle, tls: TlsMaterial): void => {
+  try {
+    proxy.renewTls({ tls, upstreamTls: tls });
+    server.renewTls(tls);
+    client.renewTls(tls);
+  } catch (err) {
+    if (err instanceof TlsConfigError) console.error(err.code, proxy.tls().tls?.cert);
+  }
+};
+void handler, answer, renew;
 `;
 
 pkg('npm pack, installed from the tarball into another package, imported by name with plain node and type-checked', async () => {
