@@ -137,6 +137,8 @@ export class Hub {
   private pending: Rec[] = [];
   /** Session ids of stopped actors forgotten since the last flush. */
   private forgotten: string[] = [];
+  /** Session ids of the stopped actors kept, in the order they stopped: the oldest is forgotten first, without a scan of every actor. */
+  private readonly stopped = new Set<string>();
   private budget: number;
   private droppedTypes: Record<string, number> = {};
   private dropped = 0;
@@ -316,6 +318,7 @@ export class Hub {
           sid: rec.sid, id: rec.id, parent: rec.parent, machine: rec.machine, state: '', status: 'active', events: 0, context: null,
           since: rec.t, dirty: false, history: new Ring(this.o.historySize),
         });
+        this.stopped.delete(rec.sid);
         this.ring.push(rec);
         return;
       }
@@ -334,7 +337,7 @@ export class Hub {
         info.context = rec.context;
         info.history.push(rec);
         if (rec.changed) this.ring.push(rec);
-        if (rec.status !== 'active') this.forgetStopped();
+        if (rec.status !== 'active') this.forgetStopped(rec.sid);
         return;
       }
       case 'dropped':
@@ -353,11 +356,14 @@ export class Hub {
     }
   }
 
-  private forgetStopped(): void {
-    const stopped = [...this.actors.values()].filter((a) => a.status !== 'active');
-    for (const a of stopped.slice(0, Math.max(0, stopped.length - this.o.keepStopped))) {
-      this.actors.delete(a.sid);
-      this.forgotten.push(a.sid);
+  /** Keep the last `keepStopped` stopped actors: a fleet stopping at once costs one step per actor, not a scan of them all for each. */
+  private forgetStopped(sid: string): void {
+    this.stopped.add(sid);
+    for (const old of this.stopped) {
+      if (this.stopped.size <= this.o.keepStopped) return;
+      this.stopped.delete(old);
+      this.actors.delete(old);
+      this.forgotten.push(old);
     }
   }
 
@@ -370,13 +376,13 @@ export class Hub {
       this.droppedTypes = {};
     }
     this.budget = this.o.eventBudget;
-    const changed: ActorInfo[] = [];
+    const changed = new Set<ActorInfo>();
     for (const info of this.actors.values()) {
       if (info.dirty) this.sample(info, info.event, false);
     }
     for (const r of this.pending) if (r.k === 'state' || r.k === 'actor') {
       const info = this.actors.get(r.sid);
-      if (info && !changed.includes(info)) changed.push(info);
+      if (info) changed.add(info);
     }
     if (this.actors.size && this.hasLive()) this.readLive(now);
     const recs = this.pending;
@@ -385,7 +391,7 @@ export class Hub {
     this.forgotten = [];
     if (this.o.sink && recs.length) this.o.sink(recs.map((r) => JSON.stringify(r)).join('\n') + '\n');
     if (!recs.length || !this.listeners.size) return;
-    const batch: Batch = { recs, actors: changed.map(view), figures: this.figures, conns: this.conns, connsMore: this.connsMore, forgot: forgot.length ? forgot : undefined };
+    const batch: Batch = { recs, actors: [...changed].map(view), figures: this.figures, conns: this.conns, connsMore: this.connsMore, forgot: forgot.length ? forgot : undefined };
     for (const l of this.listeners) l(batch);
   }
 

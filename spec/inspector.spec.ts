@@ -235,6 +235,32 @@ fleet('the feed carries only the pools that changed: not the whole fleet at each
   assert.is(full.find((p) => p.policy === 'F07')!.members[0]!.state, 'drained');
 });
 
+fleet('a fleet stopping at once costs the hub one step per actor, not a scan of every actor for each (it kept the last 60 stopped by scanning them all)', () => {
+  /** Actors the hub walks through while `n` actors stop, one after the other; it keeps the same stopped ones whatever the count. */
+  const stopAll = (n: number) => {
+    const hub = new Hub({ keepStopped: 60 });
+    let walked = 0;
+    const actors = hub.actors;
+    const count = <T>(it: IterableIterator<T>): IterableIterator<T> => {
+      const next = it.next.bind(it);
+      return Object.assign(it, { next: () => (walked++, next()) });
+    };
+    for (const name of ['values', 'keys', 'entries', Symbol.iterator] as const) {
+      const own = actors[name].bind(actors) as () => IterableIterator<unknown>;
+      Object.defineProperty(actors, name, { value: () => count(own()) });
+    }
+    for (let i = 0; i < n; i++) hub.apply({ k: 'actor', t: i, sid: `s${i}`, id: `server ${i}`, machine: 'server' });
+    walked = 0;
+    for (let i = 0; i < n; i++) hub.apply({ k: 'state', t: n + i, sid: `s${i}`, state: 'stopped', status: 'stopped', changed: true, context: null });
+    assert.is(hub.actors.size, 60, 'the last 60 stopped are kept');
+    assert.ok(hub.actors.has(`s${n - 1}`) && !hub.actors.has(`s${n - 61}`), 'the ones that stopped last');
+    return walked;
+  };
+  const n = 300;
+  const [small, large] = [stopAll(n), stopAll(4 * n)];
+  assert.ok(large <= 5 * Math.max(small, n), `${n} actors stopping walked ${small} actors, ${4 * n} walked ${large}: it grows with the square of the count`);
+});
+
 parts.run();
 recorded.run();
 fleet.run();
