@@ -10,7 +10,8 @@ const S = {
   meta: {},
   actors: new Map(),
   charts: {},
-  pools: [],
+  /** Pools by policy; drawn in policy order. */
+  pools: new Map(),
   conns: [],
   figures: null,
   log: [],
@@ -45,7 +46,7 @@ function connect() {
     mergeRecs(d.recs);
     // After the log: its 'actor' records name actors the hub may have forgotten since; its list is the truth.
     S.actors = new Map(d.actors.map((a) => [a.sid, a]));
-    S.pools = d.pools;
+    setPools(d.pools || []);
     S.conns = d.conns;
     S.connsMore = d.connsMore || 0;
     S.figures = d.figures;
@@ -97,12 +98,22 @@ function renderBatches() {
   appendLog(rows);
 }
 
+/** What changed in the pools since they were drawn: which policies, whether one came or went, or everything (a full picture). */
+const poolsDirty = { all: true, order: false, policies: new Set() };
+
+function setPools(list) {
+  S.pools = new Map(list.map((p) => [p.policy, p]));
+  poolsDirty.all = true;
+}
+
 // A batch carries only the pools that changed (and the policies gone): inspector/views.ts mergePools.
-function mergePools(pools, changed, gone) {
-  const byPolicy = new Map(pools.map((p) => [p.policy, p]));
-  for (const p of changed) byPolicy.set(p.policy, p);
-  for (const policy of gone) byPolicy.delete(policy);
-  return [...byPolicy.values()].sort((a, b) => a.policy.localeCompare(b.policy));
+function mergePools(changed, gone) {
+  for (const p of changed) {
+    if (!S.pools.has(p.policy)) poolsDirty.order = true;
+    S.pools.set(p.policy, p);
+    poolsDirty.policies.add(p.policy);
+  }
+  for (const policy of gone) if (S.pools.delete(policy)) poolsDirty.order = true;
 }
 
 function mergeRecs(recs) {
@@ -113,7 +124,8 @@ function mergeRecs(recs) {
       continue;
     }
     if (r.k === 'pools') {
-      S.pools = r.gone ? mergePools(S.pools, r.pools, r.gone) : r.pools;
+      if (r.gone) mergePools(r.pools, r.gone);
+      else setPools(r.pools);
       continue;
     }
     if (r.k === 'actor' && !S.actors.has(r.sid)) {
@@ -261,25 +273,43 @@ function ago(t) {
   return `${dur(now() - t)} ago`;
 }
 
+/** Each policy's pool box. */
+const poolBoxes = new Map();
+
+/** Draws the pools that changed since the last draw (a fleet of 500 pools is 1,000 cards: one change rewrote them all). */
 function renderPools() {
   const box = $('pools');
-  if (!S.pools.length) return;
-  for (const e of [...box.children]) if (!e.classList.contains('pool')) e.remove();
-  const keep = new Set();
-  S.pools.forEach((p, i) => {
-    keep.add(p.policy);
-    const pool = [...box.children].find((e) => e.dataset.policy === p.policy) || newPool(p.policy);
-    if (box.children[i] !== pool) box.insertBefore(pool, box.children[i] || null);
-    updatePool(pool, p);
-  });
-  for (const e of [...box.children]) if (!keep.has(e.dataset.policy)) e.remove();
+  if (!S.pools.size) return;
+  const { all, order, policies } = poolsDirty;
+  if (all || order) {
+    for (const e of [...box.children]) if (!e.classList.contains('pool')) e.remove();
+    [...S.pools.keys()].sort((a, b) => a.localeCompare(b)).forEach((policy, i) => {
+      let pool = poolBoxes.get(policy);
+      if (!pool) poolBoxes.set(policy, (pool = newPool(policy)));
+      if (box.children[i] !== pool) box.insertBefore(pool, box.children[i] || null);
+    });
+    for (const [policy, pool] of poolBoxes) {
+      if (S.pools.has(policy)) continue;
+      for (const card of pool._cards.values()) dropCard(card);
+      pool.remove();
+      poolBoxes.delete(policy);
+    }
+  }
+  for (const policy of all ? S.pools.keys() : policies) {
+    const p = S.pools.get(policy);
+    if (p) updatePool(poolBoxes.get(policy), p);
+  }
+  poolsDirty.all = poolsDirty.order = false;
+  policies.clear();
 }
 
 function newPool(policy) {
-  return el('div', { class: 'pool', 'data-policy': policy },
+  const pool = el('div', { class: 'pool', 'data-policy': policy },
     el('h3', {}, el('span', { text: `policy ${policy}` }), el('span', { class: 'badge' }), el('span', { class: 'meta' })),
     el('div', { class: 'action-msg', role: 'status' }),
     el('div', { class: 'members' }));
+  pool._cards = new Map();
+  return pool;
 }
 
 function updatePool(box, p) {
@@ -295,48 +325,99 @@ function updatePool(box, p) {
   all.forEach(([m, isNext], i) => {
     const key = `${m.state === 'gone' ? 'gone:' : ''}${m.id}`;
     keep.add(key);
-    const card = [...list.children].find((c) => c.dataset.key === key) || newCard(key, m.id, box);
+    let card = box._cards.get(key);
+    if (!card) box._cards.set(key, (card = newCard(key, m.id, box)));
     if (list.children[i] !== card) list.insertBefore(card, list.children[i] || null);
+    if (!card._m) onScreen.watch(card);
     updateCard(card, m, isNext);
   });
-  for (const c of [...list.children]) if (!keep.has(c.dataset.key)) c.remove();
+  for (const [key, card] of box._cards) {
+    if (keep.has(key)) continue;
+    dropCard(card);
+    box._cards.delete(key);
+  }
+}
+
+/**
+ * The cards on screen (or nearly): the only ones whose ages move on each
+ * second. One that comes into view is brought up to date then.
+ */
+const onScreen = {
+  cards: new Set(),
+  seen: new IntersectionObserver((entries) => {
+    for (const e of entries) {
+      if (!e.isIntersecting) onScreen.cards.delete(e.target);
+      else if (!onScreen.cards.has(e.target)) {
+        onScreen.cards.add(e.target);
+        tickCard(e.target);
+      }
+    }
+  }, { rootMargin: '200px' }),
+  watch(card) {
+    this.seen.observe(card);
+  },
+};
+
+function dropCard(card) {
+  onScreen.seen.unobserve(card);
+  onScreen.cards.delete(card);
+  card.remove();
 }
 
 function newCard(key, id, poolBox) {
   const button = el('button', { class: 'act', type: 'button' });
   button.addEventListener('click', () => act(button, id, poolBox));
-  return el('div', { class: 'member', 'data-key': key, 'data-member': id },
-    el('div', { class: 'top' }, el('span', { class: 'id', text: id }), el('span', { class: 'ms' })),
-    ...MEMBER_FIELDS.map((f) => el('div', { class: `f f-${f.key}`, 'data-field': f.key })),
+  const state = el('span', { class: 'ms' });
+  const lines = MEMBER_FIELDS.map((f) => el('div', { class: `f f-${f.key}`, 'data-field': f.key }));
+  const card = el('div', { class: 'member', 'data-key': key, 'data-member': id },
+    el('div', { class: 'top' }, el('span', { class: 'id', text: id }), state),
+    ...lines,
     el('div', { class: 'actions' }, button));
+  Object.assign(card, { _state: state, _lines: lines, _button: button });
+  return card;
 }
 
+/** Writes only what differs from what the card shows: an unchanged card costs the browser nothing. */
 function updateCard(card, m, isNext) {
-  card.dataset.state = m.state;
-  card.dataset.why = m.why || '';
-  card.classList.toggle('next', isNext);
-  card.title = m.reason || '';
   card._m = m;
-  setText(card.querySelector('.ms'), m.state);
-  for (const f of MEMBER_FIELDS) {
-    const line = card.querySelector(`[data-field="${f.key}"]`);
+  card._next = isNext;
+  setData(card, 'state', m.state);
+  setData(card, 'why', m.why || '');
+  if (card.classList.contains('next') !== isNext) card.classList.toggle('next', isNext);
+  setProp(card, 'title', m.reason || '');
+  setText(card._state, m.state);
+  MEMBER_FIELDS.forEach((f, i) => {
+    const line = card._lines[i];
     const text = f.show(m) || '';
     setText(line, text);
-    line.hidden = !text;
-    line.className = `f f-${f.key}${text && f.cls ? ` ${f.cls(m)}` : ''}`;
-  }
-  const button = card.querySelector('.act');
+    setProp(line, 'hidden', !text);
+    setProp(line, 'className', `f f-${f.key}${text && f.cls ? ` ${f.cls(m)}` : ''}`);
+  });
+  const button = card._button;
   const action = m.state === 'drained' ? 'enable' : 'drain';
-  button.hidden = m.state === 'gone' || !S.meta.actions;
+  setProp(button, 'hidden', m.state === 'gone' || !S.meta.actions);
   if (!button.disabled) {
-    button.dataset.action = action;
+    setData(button, 'action', action);
     setText(button, action);
-    button.title = action === 'drain' ? 'no new requests for this member; it finishes what it has and stays registered' : 'put this member back in rotation';
+    setProp(button, 'title', action === 'drain' ? 'no new requests for this member; it finishes what it has and stays registered' : 'put this member back in rotation');
   }
+}
+
+/** A card's ages now (its other fields change with a batch). */
+function tickCard(card) {
+  if (card._m) updateCard(card, card._m, card._next);
 }
 
 function setText(node, text) {
   if (node.textContent !== text) node.textContent = text;
+}
+
+function setProp(node, key, value) {
+  if (node[key] !== value) node[key] = value;
+}
+
+function setData(node, key, value) {
+  if (node.dataset[key] !== value) node.dataset[key] = value;
 }
 
 /** Drain or enable a member: a POST with a JSON body, as the inspector's guard requires (inspector/guard.ts). */
@@ -361,10 +442,10 @@ async function act(button, id, poolBox) {
   }
 }
 
-/** Ages on the cards move on with the clock, between batches too. */
+/** Ages on the cards in view move on with the clock, between batches too. */
 function tickAges() {
   if (S.meta.recorded) return;
-  for (const card of document.querySelectorAll('#pools .member')) if (card._m) updateCard(card, card._m, card.classList.contains('next'));
+  for (const card of onScreen.cards) tickCard(card);
 }
 
 function renderConns() {
