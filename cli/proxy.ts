@@ -302,7 +302,14 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
         const was = handle.tls();
         if (!applied.includes('tls') && !sameTls(was.tls ?? was.upstreamTls, nextRt.options.tls ?? nextRt.options.upstreamTls)) applied.push('tls');
         const { tls, upstreamTls } = nextRt.options;
-        if (tls?.cert || upstreamTls) handle.renewTls({ tls: tls?.cert ? tls : undefined, upstreamTls });
+        try {
+          if (tls?.cert || upstreamTls) handle.renewTls({ tls: tls?.cert ? tls : undefined, upstreamTls });
+        } catch (err) {
+          // The files passed the same checks as they were read, so this is not expected; but SIGHUP must never end the process.
+          reloads.refused++;
+          logger.error('reload_refused', `Reload refused, still running the previous configuration: ${(err as Error).message}`, { file: source });
+          return;
+        }
         // etcd's client keeps the files it read at start (registry.tls): so do its metrics.
         certs = [...nextRt.certs.filter((c) => !c.atStart), ...certs.filter((c) => c.atStart)];
       }
