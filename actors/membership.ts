@@ -156,8 +156,8 @@ export function removeServer(context: ProxyContext, entry: Member, reason: strin
 
 /**
  * A reload: `opts` replace the running options, except what only a restart
- * changes (the listening address, TLS turned on or off, busy polling): new
- * TLS files are the listener's for its next handshakes. Everything that reads
+ * changes (the listening address, busy polling) and TLS, whose one owner is
+ * RENEW_TLS (`ProxyHandle.renewTls`, which the CLI's SIGHUP calls). Everything that reads
  * `context.opts` sees the new values at once; a member whose secret no
  * longer passes leaves its pool (it is told UNAUTHORIZED, its link finishes
  * what it has in flight); the others' links take the new timeouts; waiting
@@ -165,7 +165,7 @@ export function removeServer(context: ProxyContext, entry: Member, reason: strin
  */
 export function applyReload(context: ProxyContext, opts: Opts): void {
   const was = context.opts;
-  context.opts = { ...opts, port: was.port, host: was.host, tls: was.tls?.cert && opts.tls?.cert ? opts.tls : was.tls, busyPollUs: was.busyPollUs };
+  context.opts = { ...opts, port: was.port, host: was.host, tls: was.tls, busyPollUs: was.busyPollUs };
   const { timeoutMs, tryTimeoutMs } = context.opts;
   for (const entry of [...context.servers.values()]) {
     const denied = entry.source === 'registry'

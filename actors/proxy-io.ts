@@ -218,8 +218,9 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
         Object.assign(input, { maxFrameBytes, maxConnections, maxConnectionsPerPeer, idleTimeoutMs, frameTimeoutMs, proxyProtocolFrom });
         core.limits.retune();
         trusted = trustedSources(proxyProtocolFrom);
+      } else if (e.type === 'RENEW_TLS' && secure) {
         // Renewed certificates (or a new CA bundle) for the handshakes from now on.
-        if (secure && e.opts.tls?.cert && e.opts.tls !== input.tls) renewTls(secure, (input.tls = e.opts.tls));
+        renewTls(secure, (input.tls = e.tls));
       }
     });
     return () => {

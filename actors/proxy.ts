@@ -327,7 +327,7 @@ export const proxyMachine = setup({
     PROBE: { actions: 'probe' },
     READMIT: { actions: 'readmit' },
     MEMBER_DRAIN: { actions: 'memberDrain' },
-    RENEW_TLS: { actions: ['renewTls', sendTo('listener', ({ context }) => ({ type: 'RELOAD', opts: context.opts }))] },
+    RENEW_TLS: { actions: ['renewTls', sendTo('listener', ({ event }) => event)] },
     MEMBER_ENABLE: { actions: 'memberEnable' },
     DRAIN_WAITING: { actions: 'drainWaitingQueue' },
     EXPIRE_WAITING: { actions: 'expireWaiting' },

@@ -313,7 +313,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
         // etcd's client keeps the files it read at start (registry.tls): so do its metrics.
         certs = [...nextRt.certs.filter((c) => !c.atStart), ...certs.filter((c) => c.atStart)];
       }
-      handle.actor.send({ type: 'RELOAD', opts: resolveOptions({ ...nextRt.options, tls: handle.tls().tls }) });
+      handle.actor.send({ type: 'RELOAD', opts: resolveOptions(nextRt.options) });
       logger.setLevel(nextRt.log.level);
       if (!restart.includes('admin.listen')) admin?.setToken(nextRt.admin?.token);
       if (admin) readyPolicies = nextRt.admin?.readyPolicies ?? [];
