@@ -184,3 +184,11 @@ export function errorAnswersReport(member: string, linkId: string, tally: Tally)
   const m = tally.lastFailure;
   return tally.failed && m ? retryReport(member, linkId, tally.failed, { code: m.code as WireCode, message: `server ${member} answered ${m.code}: ${m.message}` }, tally.failures) : undefined;
 }
+
+/** At most this much of a server's own words (an ERROR's message, a failure quoting it) goes into an answer or a log line. */
+const QUOTE_CHARS = 200;
+
+/** `text`, cut to QUOTE_CHARS with '...' when longer: a server's ERROR message may be as long as a frame. */
+export function quoted(text: string): string {
+  return text.length > QUOTE_CHARS ? `${text.slice(0, QUOTE_CHARS)}...` : text;
+}

@@ -9,7 +9,7 @@
 import { ErrorCode } from '../transport/errors.js';
 import { errorMsg, MsgType, WIRE, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import { startChild, stopChild } from './children.js';
-import type { Failure, Peer, ProxyRequest, Reply } from './link.js';
+import { quoted, type Failure, type Peer, type ProxyRequest, type Reply } from './link.js';
 import { fmt } from './logger.js';
 import { poolMachine } from './pool.js';
 import type { Member, Policy, ProxyContext } from './proxy-types.js';
@@ -100,9 +100,6 @@ function couldServe(policy: Policy | undefined, req: ProxyRequest): boolean {
   return false;
 }
 
-/** At most this much of the last failure's reason goes into the answer (it may quote a server's own ERROR message). */
-const REASON_CHARS = 200;
-
 /**
  * Answer a request that failed on every member of its policy that could take it, with its last
  * try's code and, briefly, why it failed: a client's author can tell a broken server from a dead one.
@@ -111,7 +108,7 @@ function answerTriedAll(context: ProxyContext, req: ProxyRequest, name: string):
   const last = req.last;
   const code = last?.code ?? ErrorCode.UPSTREAM_FAILED;
   const how = code === ErrorCode.TIMEOUT ? 'timed out on' : 'failed on';
-  const why = last === undefined ? '' : `; the last try: ${last.message.length > REASON_CHARS ? `${last.message.slice(0, REASON_CHARS)}...` : last.message}`;
+  const why = last === undefined ? '' : `; the last try: ${quoted(last.message)}`;
   context.reply(req, errorMsg(code, `this request ${how} every server of privacy policy ${name} it could go to (tried ${req.tried!.join(', ')})${why}`));
 }
 

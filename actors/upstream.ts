@@ -22,7 +22,7 @@ import { readyEvent } from '../transport/tls.js';
 import { Inflight } from './inflight.js';
 import { fmt } from './logger.js';
 import {
-  errorAnswersReport, logForward, retryReport, settle, tryDeadline,
+  errorAnswersReport, logForward, quoted, retryReport, settle, tryDeadline,
   type Failure, type LinkCommand, type LinkInput, type LinkPhase, type LinkPort, type LinkReport, type ProxyRequest, type SocketFactory, type Tally,
 } from './link.js';
 
@@ -145,9 +145,6 @@ export class LinkTraffic implements LinkPort {
   }
 }
 
-/** At most this much of a server's own ERROR message goes into the proxy's log line. */
-const QUOTE_CHARS = 200;
-
 /**
  * An answer on a link that no request in flight there waits for is dropped, and said at
  * `warn` once, then once per interval with a count (`logger.repeated`): by what it is - a seq
@@ -162,10 +159,9 @@ function logStray(link: Pick<UpstreamContext, 'logger' | 'member' | 'tryTimeoutM
   if (seq === undefined) {
     // An ACK always has a seq (the check of messages sees to it): this is an ERROR.
     const e = m as ErrorMsg;
-    const said = e.message.length > QUOTE_CHARS ? `${e.message.slice(0, QUOTE_CHARS)}...` : e.message;
     link.logger.repeated('warn', 'stray_answer', `${id}\0noseq`, 1, (n, span) => span
       ? `Dropped ${fmt(n)} more ERROR(s) without a seq from server id ${id} ${span}`
-      : `Server id ${id} sent an ERROR without a seq on its upstream link (${e.code}: ${said}): it answers no request, so it was dropped; the server must give every ERROR about a request that request's seq`,
+      : `Server id ${id} sent an ERROR without a seq on its upstream link (${e.code}: ${quoted(e.message)}): it answers no request, so it was dropped; the server must give every ERROR about a request that request's seq`,
     { server: id, code: e.code });
     return;
   }
