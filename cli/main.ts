@@ -107,10 +107,11 @@ export function buildProgram(setExit: (code: number) => void): Command {
       let next;
       try {
         next = tlsFromFlags(o)!;
+        // Checked again as a renewal: never thrown out of the signal handler, should the two checks part.
+        server.renewTls(next);
       } catch (err) {
         return logger.error('reload_refused', `Reload refused, still using the TLS files read before: ${(err as Error).message}`, {});
       }
-      server.renewTls(next);
       logger.info('reload', 'Reloaded the TLS files (--tls-cert, --tls-key, --tls-ca): new connections and registrations use them, open ones keep theirs', {});
       warnExpiring(logger, loadedCerts({ cert: o.tlsCert, ca: o.tlsCa }, next, names));
     };
