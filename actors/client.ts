@@ -22,7 +22,7 @@ import { ErrorCode, LocalCode, RevproxyError, type ClientCode } from '../transpo
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { isIdValue, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
-import { connectTimedOut, DEFAULT_CONNECT_TIMEOUT_MS, describeTlsError, dial, readyEvent, type TlsMaterial } from '../transport/tls.js';
+import { connectTimedOut, DEFAULT_CONNECT_TIMEOUT_MS, describeDialError, dial, readyEvent, type TlsMaterial } from '../transport/tls.js';
 import { systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { HandlerError, show, type Payload } from './handler.js';
 import { silentLogger, type Logger } from './logger.js';
@@ -368,7 +368,7 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
     },
     error: (err: NodeJS.ErrnoException) => {
       if (!connected) {
-        const why = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${hostPort(input.proxy.host, input.proxy.port)}` : describeTlsError(err);
+        const why = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${hostPort(input.proxy.host, input.proxy.port)}` : describeDialError(err, input.proxy.host);
         send({ type: 'CONNECT_FAILED', error: why });
       } else send({ type: 'CLOSED', error: said ? refusedBy(input.proxy, said) : err.message });
     },

@@ -12,7 +12,7 @@
 import { fromCallback } from 'xstate';
 import { hostPort } from '../transport/address.js';
 import { Connection } from '../transport/socket.js';
-import { describeTlsError, dial, readyEvent } from '../transport/tls.js';
+import { describeDialError, dial, readyEvent } from '../transport/tls.js';
 import type { Timer } from '../transport/clock.js';
 import { logDialBackProblem, type Endpoint, type RegistrationCommand, type RegistrationInput } from './server.js';
 
@@ -35,7 +35,7 @@ export const jsonRegistrations = fromCallback<RegistrationCommand, RegistrationI
     });
     socket.once('error', (err: NodeJS.ErrnoException) => {
       if (stopping || socket.bytesWritten > 0) return;
-      const error = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${key}` : describeTlsError(err);
+      const error = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${key}` : describeDialError(err, ep.host);
       sendBack({ type: 'REGISTRATION_LOST', proxy: key, error, retryInMs: delay });
       const t = input.clock.setTimeout(() => {
         timers.delete(t);

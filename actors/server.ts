@@ -20,7 +20,7 @@ import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, MsgType, type DataMsg, type Message, type SetupMsg } from '../transport/messages.js';
 import { Connection, ConnectionTimeout } from '../transport/socket.js';
-import { connectTimedOut, DEFAULT_CONNECT_TIMEOUT_MS, describeTlsError, dial, listenOn, listenServer, readyEvent, renewTls, type TlsMaterial } from '../transport/tls.js';
+import { connectTimedOut, DEFAULT_CONNECT_TIMEOUT_MS, describeDialError, dial, listenOn, listenServer, readyEvent, renewTls, type TlsMaterial } from '../transport/tls.js';
 import { systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { BufferBudget, DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
 import { Caller, HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
@@ -337,7 +337,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
       error: (err: NodeJS.ErrnoException) => lost(
         err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${key}`
         : err.code === 'ETIMEDOUT' && accepted ? `the reverse proxy at ${key} stopped answering (TCP timed out: its keepalive probes or resent data got no reply): it is cut off or down`
-        : describeTlsError(err)),
+        : describeDialError(err, ep.host)),
       complete: () => lost('the reverse proxy closed the registration connection'),
     });
   };

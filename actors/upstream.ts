@@ -18,7 +18,7 @@ import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { errorMsg, MsgType, type AckMsg, type ErrorMsg, type Message } from '../transport/messages.js';
 import type { Timer } from '../transport/clock.js';
 import { Connection } from '../transport/socket.js';
-import { readyEvent } from '../transport/tls.js';
+import { describeLookupError, readyEvent } from '../transport/tls.js';
 import { Inflight } from './inflight.js';
 import { fmt } from './logger.js';
 import {
@@ -222,7 +222,7 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
           conn.endWith(errorMsg(err.code, err.message));
           return down(err.message, true);
         }
-        down(err.code === 'ECONNREFUSED' ? 'connection refused' : err.message);
+        down(err.code === 'ECONNREFUSED' ? 'connection refused' : describeLookupError(err, input.host) ?? err.message);
       },
       complete: () => down('connection closed by the server'),
     });

@@ -10,6 +10,7 @@ import { cliProgress } from '../bench/progress.js';
 import type { Endpoint } from '../actors/server.js';
 import { fileLimits } from '../actors/port-limits.js';
 import { hostPort } from '../transport/address.js';
+import { describeLookupError } from '../transport/tls.js';
 import { parseEndpoints, parseIntOption, tlsFromFlags, tlsOptions, UsageError, type TlsFlags } from './common.js';
 
 interface LoadFlags extends TlsFlags {
@@ -101,6 +102,11 @@ function hint(code: string, f: LoadFlags, first = '', unreachable: string[] = []
   switch (code) {
     case 'CONNECT_FAILED':
       if (first.startsWith('EMFILE')) return outOfFiles(f);
+      if (/^(ENOTFOUND|EAI_AGAIN|EAI_FAIL) /.test(first)) {
+        // `first` is 'ENOTFOUND name:port': a name that failed, so no IPv6 address in brackets.
+        const [errno, where = ''] = first.split(' ');
+        return `${describeLookupError({ code: errno } as NodeJS.ErrnoException, where.slice(0, where.lastIndexOf(':')))}; or give the proxy's address with --revproc HOST:PORT`;
+      }
       return `could not connect to ${unreachable.length ? unreachable.join(', ') : at}: start the proxy there (revproxy proxy --port ${unreachable[0]?.split(':').pop() ?? port}) or give its address with --revproc HOST:PORT`;
     case 'NO_SERVER':
       return `no server of the policy is registered with the proxy: start one (revproxy server --id 100 --pp ${f.policy[0]} --revproc ${target.host === '127.0.0.1' ? port : hostPort(target.host, port)}) or name another --policy`;

@@ -276,6 +276,22 @@ function isIp(host: string): boolean {
   return /^[\d.]+$/.test(host) || host.includes(':');
 }
 
+/**
+ * A host name a dial could not resolve, in words naming it and what to check; undefined for any
+ * other failure. Every dial asks the resolver again (nothing caches an address), so each caller's
+ * retry is also a new lookup: a name that comes back, or moves to another address, is followed.
+ */
+export function describeLookupError(err: NodeJS.ErrnoException, host: string): string | undefined {
+  if (err.code === 'ENOTFOUND') return `the name ${host} does not resolve to an address on this machine (ENOTFOUND): check the name, and that its DNS or /etc/hosts lists it`;
+  if (err.code === 'EAI_AGAIN' || err.code === 'EAI_FAIL') return `the name ${host} could not be resolved (${err.code}: the DNS server did not answer, or failed): check this machine's resolver (/etc/resolv.conf) and its DNS server`;
+  return undefined;
+}
+
+/** Why a dial to `host` failed, in words: its name not resolving (`describeLookupError`), or `describeTlsError`'s. */
+export function describeDialError(err: NodeJS.ErrnoException, host: string): string {
+  return describeLookupError(err, host) ?? describeTlsError(err);
+}
+
 /** A TLS failure in words a person can act on. */
 export function describeTlsError(err: NodeJS.ErrnoException): string {
   const code = err.code ?? '';
