@@ -118,6 +118,8 @@ export interface ServerContext {
   logger: Logger;
   clock: Clock;
   port: number;
+  /** The address the listener bound: its --host, or the address that name resolved to. */
+  listenAddress?: string;
   /** Runs the handler for every request and writes the answers; counts what it took. */
   runner: HandlerRunner;
   /** What the server holds for its peers: partial messages, unread answers, requests not answered yet. */
@@ -128,7 +130,7 @@ export interface ServerContext {
 }
 
 export type ServerEvent =
-  | { type: 'LISTENING'; port: number }
+  | { type: 'LISTENING'; port: number; address: string }
   | { type: 'LISTEN_FAILED'; error: string }
   | { type: 'REQUESTS'; caller: Caller; requests: DataMsg[] }
   | { type: 'REGISTERED'; proxy: string; again: boolean }
@@ -216,7 +218,7 @@ const requestListener = fromCallback<{ type: 'DRAIN' } | RenewTls, ListenerInput
     }, { handshakeTimeoutMs: FRAME_TIMEOUT_MS });
     limits.watch(server);
     logTlsRefusals(server, input.logger);
-    listenOn(server, input.port, input.host, (port) => send({ type: 'LISTENING', port }), (error) => send({ type: 'LISTEN_FAILED', error }), logAcceptErrors(input.logger, '--max-connections'));
+    listenOn(server, input.port, input.host, (port, address) => send({ type: 'LISTENING', port, address }), (error) => send({ type: 'LISTEN_FAILED', error }), logAcceptErrors(input.logger, '--max-connections'));
     receive((e) => {
       if (e.type === 'RENEW_TLS') return renewTls(server, e.tls);
       // DRAIN: no new connections; the proxies close theirs once they have their answers.
@@ -256,6 +258,8 @@ export interface RegistrationInput {
   keepAliveMs: number;
   /** The address the server listens on (its --host), which the proxy must reach it at. */
   listenHost: string;
+  /** The address its listener bound (what `listenHost` resolved to, when it is a name). */
+  listenAddress?: string;
   logger: Logger;
 }
 
@@ -371,17 +375,20 @@ function setupMsg(context: ServerContext): SetupMsg {
  * ::1 first), or on one address of a host whose route to the proxy leaves from another - or
  * undefined. The proxy would only report the server unreachable, its connection refused.
  */
-export function dialBackProblem(listenHost: string, local: string | undefined, port: number): string | undefined {
-  if (!local || isIP(listenHost) === 0 || listenHost === '::') return undefined;
+export function dialBackProblem(listenHost: string, local: string | undefined, port: number, bound?: string): string | undefined {
+  // A name (--host server.internal) is checked by the address the listener bound, which it resolved to.
+  const named = isIP(listenHost) === 0 && bound !== undefined && isIP(bound) !== 0;
+  const address = named ? bound : listenHost;
+  if (!local || isIP(address) === 0 || address === '::') return undefined;
   const from = plainIPv4(local);
-  if (listenHost === '0.0.0.0' ? isIP(from) === 4 : plainIPv4(listenHost) === from) return undefined;
-  return `it will dial ${hostPort(from, port)}, the address this registration comes from, but this server listens on ${listenHost} only: `
-    + `start it with --host ${from} (or --host :: for every address)${isIP(from) !== isIP(listenHost) ? `, or give the proxy by an IPv${isIP(listenHost)} address in --revproc` : ''}`;
+  if (address === '0.0.0.0' ? isIP(from) === 4 : plainIPv4(address) === from) return undefined;
+  return `it will dial ${hostPort(from, port)}, the address this registration comes from, but this server listens on ${named ? `${listenHost} (${address})` : address} only: `
+    + `start it with --host ${from} (or --host :: for every address)${isIP(from) !== isIP(address) ? `, or give the proxy by an IPv${isIP(address)} address in --revproc` : ''}`;
 }
 
 /** Say, as a registration connects (frames or JSON), when the proxy at `key` will not reach this server (`dialBackProblem`). */
 export function logDialBackProblem(input: RegistrationInput, key: string, local: string | undefined): void {
-  const unreachable = dialBackProblem(input.listenHost, local, input.setup.listenport);
+  const unreachable = dialBackProblem(input.listenHost, local, input.setup.listenport, input.listenAddress);
   if (unreachable) input.logger.error('unreachable_from_proxy', `The reverse proxy at ${key} cannot reach this server: ${unreachable}`, { proxy: key, listenHost: input.listenHost, from: local });
 }
 
@@ -455,7 +462,7 @@ export const serverMachine = setup({
     },
     setPort: assign(({ event }) => {
       assertEvent(event, 'LISTENING');
-      return { port: event.port };
+      return { port: event.port, listenAddress: event.address };
     }),
     logStart: ({ context }) => {
       const { logger: log, opts } = context;
@@ -594,6 +601,7 @@ export const serverMachine = setup({
           maxMs: context.opts.reconnectMaxMs ?? 5000,
           keepAliveMs: context.opts.tcpKeepAliveMs ?? DEFAULT_TCP_KEEPALIVE_MS,
           listenHost: context.opts.listenHost ?? '127.0.0.1',
+          listenAddress: context.listenAddress,
           logger: context.logger,
         }),
       },

@@ -51,4 +51,20 @@ names('a proxy name that does not resolve: the server says so, keeps trying, and
   noStack(server.out);
 });
 
+names('a server whose --host is a name the proxy will not dial back says so, naming the address the name resolved to', async () => {
+  hosts = hostNames({ 'server.test': ['127.0.0.3'], 'proxy.test': ['127.0.0.1'] });
+  const proxy = hosts.revproxy(['proxy', '--port', String(await freePort())]);
+  const port = (await proxy.waitFor(/Running the reverse proxy on port (\d+)/))[1]!;
+  // Registrations to 127.0.0.1 leave from 127.0.0.1; the proxy dials that back, where this server does not listen.
+  const server = hosts.revproxy(['server', '--id', 'n1', '--pp', 'P', '--host', 'server.test', '--revproc', `proxy.test:${port}`]);
+  await server.waitFor(/error: The reverse proxy at proxy\.test:\d+ cannot reach this server: it will dial 127\.0\.0\.1:\d+, the address this registration comes from, but this server listens on server\.test \(127\.0\.0\.3\) only: start it with --host 127\.0\.0\.1/);
+  await proxy.waitFor(/Server id n1 is unreachable at 127\.0\.0\.1:\d+ \(connection refused\)/);
+  // A name that resolves to the address the registration comes from is fine: no such line.
+  hosts.set({ 'server.test': ['127.0.0.1'], 'proxy.test': ['127.0.0.1'] });
+  const good = hosts.revproxy(['server', '--id', 'n2', '--pp', 'P', '--host', 'server.test', '--revproc', `proxy.test:${port}`]);
+  await proxy.waitFor(/Received setup message from server id n2/);
+  await good.waitFor(/Registered with the reverse proxy at proxy\.test/);
+  assert.not.ok(good.out.some((l) => l.includes('cannot reach this server')), good.out.join('\n'));
+});
+
 names.run();

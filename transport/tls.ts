@@ -215,21 +215,22 @@ function unprivilegedPortStart(): number {
 export const LISTEN_BACKLOG = 4096;
 
 /**
- * Listen on `host:port`: `listening` gets the port (the one picked, for 0),
+ * Listen on `host:port`: `listening` gets the port (the one picked, for 0) and the address
+ * bound (the one `host` resolved to, when it is a name),
  * `failed` a sentence saying why not - whether Node reports it as an 'error'
  * (the port is taken) or throws it from listen() (a port out of range),
  * which inside an actor would escape uncaught. Once it listens, an 'error' is
  * a connection it could not accept (ENFILE, ENOBUFS: the server listens on):
  * `acceptFailed` gets those. `failed` gets the error too, for a caller with words of its own.
  */
-export function listenOn(server: Server, port: number, host: string, listening: (port: number) => void, failed: (why: string, err: NodeJS.ErrnoException) => void, acceptFailed: (err: NodeJS.ErrnoException) => void): void {
+export function listenOn(server: Server, port: number, host: string, listening: (port: number, address: string) => void, failed: (why: string, err: NodeJS.ErrnoException) => void, acceptFailed: (err: NodeJS.ErrnoException) => void): void {
   let up = false;
   server.on('error', (err: NodeJS.ErrnoException) => (up ? acceptFailed(err) : failed(describeListenError(err, host, port), err)));
   try {
     server.listen({ port, host, backlog: LISTEN_BACKLOG }, () => {
       up = true;
       const addr = server.address();
-      listening(typeof addr === 'object' && addr ? addr.port : port);
+      listening(typeof addr === 'object' && addr ? addr.port : port, typeof addr === 'object' && addr ? addr.address : host);
     });
   } catch (err) {
     failed(describeListenError(err as NodeJS.ErrnoException, host, port), err as NodeJS.ErrnoException);
