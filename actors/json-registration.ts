@@ -14,16 +14,18 @@ import { hostPort } from '../transport/address.js';
 import { Connection } from '../transport/socket.js';
 import { describeDialError, dial, readyEvent } from '../transport/tls.js';
 import type { Timer } from '../transport/clock.js';
-import { logDialBackProblem, type Endpoint, type RegistrationCommand, type RegistrationInput } from './server.js';
+import { logDialBackProblem, logSeveralAddresses, type Endpoint, type RegistrationCommand, type RegistrationInput } from './server.js';
 
 export const jsonRegistrations = fromCallback<RegistrationCommand, RegistrationInput>(({ sendBack, receive, input }) => {
   let stopping = false;
   const timers = new Set<Timer>();
   const conns = new Set<Connection>();
+  const namesSaid = new Map<string, string>();
 
   const attempt = (ep: Endpoint, delay: number): void => {
     const key = hostPort(ep.host, ep.port);
     const socket = dial(ep.host, ep.port, input.tls);
+    logSeveralAddresses(input, key, ep.host, socket, namesSaid);
     const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'json', holdReadsWhenCongested: false });
     conns.add(conn);
     socket.once('close', () => conns.delete(conn));

@@ -272,10 +272,12 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
   let stopping = false;
   const live = new Map<string, Connection>();
   const timers = new Set<Timer>();
+  const namesSaid = new Map<string, string>();
 
   const attempt = (ep: Endpoint, delay: number, everRegistered: boolean): void => {
     const key = hostPort(ep.host, ep.port);
     const socket = dial(ep.host, ep.port, input.tls);
+    logSeveralAddresses(input, key, ep.host, socket, namesSaid);
     // A proxy that went away without a word (no FIN, no RST: a partition, a frozen host) sends no
     // PINGs, and the server sends nothing unasked: without probes of its own it would wait for ever,
     // and a proxy that removed it meanwhile would never hear from it again.
@@ -390,6 +392,39 @@ export function dialBackProblem(listenHost: string, local: string | undefined, p
 export function logDialBackProblem(input: RegistrationInput, key: string, local: string | undefined): void {
   const unreachable = dialBackProblem(input.listenHost, local, input.setup.listenport, input.listenAddress);
   if (unreachable) input.logger.error('unreachable_from_proxy', `The reverse proxy at ${key} cannot reach this server: ${unreachable}`, { proxy: key, listenHost: input.listenHost, from: local });
+}
+
+/**
+ * A `--revproc` name resolving to several addresses of one family (a Kubernetes headless service,
+ * a DNS round robin) is dialled as one proxy: the dial tries them in turn and registers with the
+ * first that answers, as a client connects to one, and never with each. Why that matters when
+ * each address is a proxy, in words - or undefined for an address, or a name with one address
+ * per family (`localhost` as ::1 and 127.0.0.1 is one host).
+ */
+export function severalAddresses(host: string, addresses: string[], reached: string): string | undefined {
+  if (isIP(host) !== 0) return undefined;
+  const distinct = [...new Set(addresses.map(plainIPv4))];
+  if (distinct.filter((a) => isIP(a) === 4).length < 2 && distinct.filter((a) => isIP(a) === 6).length < 2) return undefined;
+  return `${host} resolves to ${distinct.length} addresses (${distinct.join(', ')}) and this server registered with the first that answered (${plainIPv4(reached)}) only: `
+    + 'if each is a proxy (a Kubernetes headless service, a DNS round robin), the others have no server of this policy from it and answer NO_SERVER: '
+    + 'list every proxy in --revproc (HOST:PORT,HOST:PORT,...), or register through the registry (--registry)';
+}
+
+/**
+ * Say, as a registration to a proxy given by name connects, when the name stands for several
+ * addresses (`severalAddresses`): once for each set of addresses the name resolves to.
+ */
+export function logSeveralAddresses(input: RegistrationInput, key: string, host: string, socket: Socket, said: Map<string, string>): void {
+  if (isIP(host) !== 0) return;
+  const addresses: string[] = [];
+  socket.on('lookup', (err: Error | null, address: string) => void (err || addresses.push(address)));
+  socket.once(readyEvent(socket), () => {
+    const set = [...new Set(addresses)].sort().join(' ');
+    const why = severalAddresses(host, addresses, socket.remoteAddress ?? '?');
+    if (!why || said.get(key) === set) return;
+    said.set(key, set);
+    input.logger.warn('several_proxies', `The reverse proxy at ${key} may be several: ${why}`, { proxy: key, addresses: set });
+  });
 }
 
 /**

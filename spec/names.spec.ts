@@ -67,4 +67,19 @@ names('a server whose --host is a name the proxy will not dial back says so, nam
   assert.not.ok(good.out.some((l) => l.includes('cannot reach this server')), good.out.join('\n'));
 });
 
+names('a proxy name with several addresses is one proxy to a server: it registers with the first that answers, and says the others get none', async () => {
+  hosts = hostNames({ 'proxies.test': ['127.0.0.2', '127.0.0.3'], 'dual.test': ['127.0.0.2', '::1'] });
+  const port = String(await freePort());
+  const [a, b] = ['127.0.0.2', '127.0.0.3'].map((h) => hosts!.revproxy(['proxy', '--host', h, '--port', port]));
+  for (const p of [a!, b!]) await p.waitFor(/Running the reverse proxy on port/);
+  const server = hosts.revproxy(['server', '--id', 'n1', '--pp', 'P', '--host', '0.0.0.0', '--revproc', `proxies.test:${port}`]);
+  await server.waitFor(/warning: The reverse proxy at proxies\.test:\d+ may be several: proxies\.test resolves to 2 addresses \(127\.0\.0\.2, 127\.0\.0\.3\) and this server registered with the first that answered \(127\.0\.0\.2\) only: .*list every proxy in --revproc/);
+  await a!.waitFor(/Received setup message from server id n1 /);
+  assert.not.ok(b!.out.some((l) => l.includes('server id n1 ')), b!.out.join('\n'));
+  // One address of each family is one host reached either way (localhost as ::1 and 127.0.0.1): nothing to say.
+  const dual = hosts.revproxy(['server', '--id', 'n2', '--pp', 'P', '--host', '0.0.0.0', '--revproc', `dual.test:${port}`]);
+  await dual.waitFor(/Registered with the reverse proxy at dual\.test/);
+  assert.not.ok(dual.out.some((l) => l.includes('may be several')), dual.out.join('\n'));
+});
+
 names.run();
