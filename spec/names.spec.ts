@@ -7,19 +7,24 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { freePort } from '../bench/procs.js';
+import { killEtcds, startEtcd, type Etcd } from '../scenario/etcd.js';
 import { cannotMakeHosts, hostNames, type Names } from './hosts.js';
 import { killAll } from './procs.js';
 
 const names = suite('peers given by name');
 let hosts: Names | undefined;
+let etcd: Etcd | undefined;
 names.before(() => {
   const why = cannotMakeHosts();
   if (why) throw new Error(`this spec gives processes an /etc/hosts of their own: ${why}`);
 });
-names.after.each(() => {
+names.after.each(async () => {
   killAll();
   hosts?.remove();
   hosts = undefined;
+  await etcd?.remove();
+  killEtcds();
+  etcd = undefined;
 });
 
 /** Every line of a process's output is a log line: no stack trace, no uncaught error. */
@@ -80,6 +85,27 @@ names('a proxy name with several addresses is one proxy to a server: it register
   const dual = hosts.revproxy(['server', '--id', 'n2', '--pp', 'P', '--host', '0.0.0.0', '--revproc', `dual.test:${port}`]);
   await dual.waitFor(/Registered with the reverse proxy at dual\.test/);
   assert.not.ok(dual.out.some((l) => l.includes('may be several')), dual.out.join('\n'));
+});
+
+names('through the registry, etcd is found by name and a server advertised by name is resolved on the proxy\'s machine, each dial', async () => {
+  etcd = await startEtcd();
+  const registry = `etcd://etcd.test:${etcd.endpoint.split(':').pop()}`;
+  // The server's machine knows its own name; the proxy's does not, at first.
+  hosts = hostNames({ 'etcd.test': ['127.0.0.1'], 'server.test': ['127.0.0.1'] });
+  const proxyHosts = hostNames({ 'etcd.test': ['127.0.0.1'] });
+  try {
+    const proxy = proxyHosts.revproxy(['proxy', '--port', String(await freePort()), '--registry', registry]);
+    const server = hosts.revproxy(['server', '--id', 'n1', '--pp', '111', '--host', 'server.test', '--registry', registry]);
+    await server.waitFor(/Registered in the registry etcd:\/\/etcd\.test/);
+    await proxy.waitFor(/Server id n1 is unreachable at server\.test:\d+ \(the name server\.test does not resolve to an address on this machine \(ENOTFOUND\).*\); out of rotation, next probe in/);
+    proxyHosts.set({ 'etcd.test': ['127.0.0.1'], 'server.test': ['127.0.0.1'] });
+    await proxy.waitFor(/Server id n1 answers again; back in rotation for privacy policy 111/);
+    const client = hosts.revproxy(['client', '--revproc', registry, '--pkt', 'pktfiles/1.json']);
+    assert.is(await client.exited, 0, client.out.join('\n'));
+    noStack(proxy.out);
+  } finally {
+    proxyHosts.remove();
+  }
 });
 
 names.run();
