@@ -56,6 +56,25 @@ names('a proxy name that does not resolve: the server says so, keeps trying, and
   noStack(server.out);
 });
 
+names('a proxy replaced at another address under its name: the server registers with the new one, and clients reach it', async () => {
+  hosts = hostNames({ 'proxy.test': ['127.0.0.2'] });
+  const port = String(await freePort());
+  const old = hosts.revproxy(['proxy', '--host', '127.0.0.2', '--port', port]);
+  await old.waitFor(/Running the reverse proxy on port/);
+  const server = hosts.revproxy(['server', '--id', 'n1', '--pp', '111', '--revproc', `proxy.test:${port}`]);
+  await server.waitFor(/Registered with the reverse proxy at proxy\.test/);
+  // The pod is replaced: the old one goes, the new one comes up elsewhere, the record follows.
+  old.kill();
+  await old.exited;
+  const replaced = hosts.revproxy(['proxy', '--host', '127.0.0.3', '--port', port]);
+  await replaced.waitFor(/Running the reverse proxy on port/);
+  hosts.set({ 'proxy.test': ['127.0.0.3'] });
+  await server.waitFor(/Registered again with the reverse proxy at proxy\.test/);
+  await replaced.waitFor(/Received setup message from server id n1 /);
+  const client = hosts.revproxy(['client', '--revproc', `proxy.test:${port}`, '--pkt', 'pktfiles/1.json']);
+  assert.is(await client.exited, 0, client.out.join('\n'));
+});
+
 names('a server whose --host is a name the proxy will not dial back says so, naming the address the name resolved to', async () => {
   hosts = hostNames({ 'server.test': ['127.0.0.3'], 'proxy.test': ['127.0.0.1'] });
   const proxy = hosts.revproxy(['proxy', '--port', String(await freePort())]);
