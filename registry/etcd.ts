@@ -88,6 +88,9 @@ export function describeEtcdError(err: unknown, o: Resolved): string {
   // etcd3 builds this one with its sentence where the lease id goes ("Lease We lost connection ... is expired or revoked").
   if (name === 'EtcdLeaseInvalidError') return `etcd at ${where} let the lease expire: it could not be kept alive within its TTL (${o.ttlSeconds} s), as when etcd is out of reach or stalled; the key is written again under a new lease`;
   if (/ECONNREFUSED/.test(msg)) return `etcd is not reachable at ${where}: connection refused`;
+  // gRPC's resolver, asked again at each reconnect: a member's name that does not resolve (or a DNS server that did not answer).
+  const unresolved = /Name resolution failed for target dns:(\[[^\]]+\]|[^:\s]+)/.exec(msg);
+  if (unresolved) return `etcd at ${where} cannot be reached: the name ${unresolved[1]} does not resolve to an address on this machine, or its DNS server did not answer (${msg}): check the name in --registry, and that its DNS or /etc/hosts lists it`;
   if (name === 'GRPCDeadlineExceededError' || /deadline/i.test(msg)) return `etcd at ${where} did not answer within ${o.callTimeoutMs} ms`;
   if (/BrokenCircuit|circuit/i.test(name + msg)) return `etcd at ${where} is not reachable (it failed several calls in a row; trying again shortly)`;
   return `etcd at ${where}: ${msg}`;

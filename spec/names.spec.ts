@@ -127,4 +127,18 @@ names('through the registry, etcd is found by name and a server advertised by na
   }
 });
 
+names('an etcd name that does not resolve: the proxy, the server and the client say so in words and name it', async () => {
+  hosts = hostNames();
+  const registry = `etcd://etcd.test:${await freePort()}`;
+  const said = /etcd at etcd:\/\/etcd\.test:\d+ cannot be reached: the name etcd\.test does not resolve to an address on this machine, or its DNS server did not answer \(.*\): check the name in --registry/;
+  const proxy = hosts.revproxy(['proxy', '--port', String(await freePort()), '--registry', registry]);
+  const server = hosts.revproxy(['server', '--id', 'n1', '--pp', 'P', '--registry', registry]);
+  const client = hosts.revproxy(['client', '--revproc', registry, '--pkt', 'pktfiles/1.json', '--timeout', '1000']);
+  assert.is(await client.exited, 1, client.out.join('\n'));
+  assert.ok(client.out.some((l) => said.test(l)), client.out.join('\n'));
+  await proxy.waitFor(/Cannot read the registry yet \(etcd at etcd:\/\/etcd\.test:\d+ cannot be reached: the name etcd\.test does not resolve/);
+  await server.waitFor(/Not registered in the registry .*: etcd at etcd:\/\/etcd\.test:\d+ cannot be reached: the name etcd\.test does not resolve/);
+  for (const p of [proxy, server, client]) noStack(p.out);
+});
+
 names.run();
