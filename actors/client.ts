@@ -22,7 +22,7 @@ import { ErrorCode, LocalCode, RevproxyError, type ClientCode } from '../transpo
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { isIdValue, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
-import { connectTimedOut, DEFAULT_CONNECT_TIMEOUT_MS, describeDialError, dial, readyEvent, type TlsMaterial } from '../transport/tls.js';
+import { DEFAULT_CONNECT_TIMEOUT_MS, describeDialError, dial, dialDeadline, readyEvent, type TlsMaterial } from '../transport/tls.js';
 import { systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { HandlerError, show, type Payload } from './handler.js';
 import { silentLogger, type Logger } from './logger.js';
@@ -378,11 +378,11 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
   // about two minutes on Linux, before the next proxy is tried.
   const { host, port } = input.proxy;
   const ms = input.connectTimeoutMs;
-  const slow = input.clock.setTimeout(() => {
+  const slow = dialDeadline(socket, host, port, ms, input.clock, (why) => {
     sub.unsubscribe();
     conn.destroy();
-    send({ type: 'CONNECT_FAILED', error: connectTimedOut(host, port, ms, 'connectTimeoutMs') });
-  }, ms);
+    send({ type: 'CONNECT_FAILED', error: why });
+  }, 'connectTimeoutMs');
   return () => {
     slow.cancel();
     sub.unsubscribe();

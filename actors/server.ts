@@ -20,7 +20,7 @@ import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, MsgType, type DataMsg, type Message, type SetupMsg } from '../transport/messages.js';
 import { Connection, ConnectionTimeout } from '../transport/socket.js';
-import { connectTimedOut, DEFAULT_CONNECT_TIMEOUT_MS, describeDialError, dial, listenOn, listenServer, readyEvent, renewTls, type TlsMaterial } from '../transport/tls.js';
+import { DEFAULT_CONNECT_TIMEOUT_MS, describeDialError, dial, dialDeadline, listenOn, listenServer, readyEvent, renewTls, type TlsMaterial } from '../transport/tls.js';
 import { systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { BufferBudget, DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
 import { Caller, HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
@@ -288,7 +288,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
     let over = false;
     // A dial into a partition waits out the system's SYN retries (about two minutes), and after the
     // cut heals up to a minute more for the next one: give up on it and dial again under the backoff.
-    const slow = input.clock.setTimeout(() => lost(connectTimedOut(ep.host, ep.port, DEFAULT_CONNECT_TIMEOUT_MS)), DEFAULT_CONNECT_TIMEOUT_MS);
+    const slow = dialDeadline(socket, ep.host, ep.port, DEFAULT_CONNECT_TIMEOUT_MS, input.clock, (why) => lost(why));
     const lost = (error: string): void => {
       if (over) return;
       over = true;

@@ -1,7 +1,8 @@
 /**
  * Host names for specs: `revproxy` processes that read an /etc/hosts of the spec's own, in a
- * mount namespace each (`unshare -m`, a bind mount over /etc/hosts), with `hosts: files` as the
- * only source of names (no DNS: a name not in the file fails at once, ENOTFOUND). Rewriting the
+ * mount namespace each (`unshare -m`, bind mounts over /etc/hosts, nsswitch.conf and resolv.conf),
+ * with `hosts: files` as the only source of names (no DNS: a name not in the file fails at once,
+ * ENOTFOUND) unless a DNS server is asked for. Rewriting the
  * file moves a name for every process at once, as a DNS record changing when a pod is replaced:
  * glibc reads the file at every lookup. The namespaces end with their processes; the file's
  * folder (`tempDir`) is removed in `remove()` and when the spec's process exits. Needs root and util-linux.
@@ -22,7 +23,7 @@ export interface Names {
 }
 
 // The mounts go before the program: the file's inode is bound, so it is rewritten in place, never replaced.
-const MOUNT = 'mount --bind "$0/hosts" /etc/hosts && mount --bind "$0/nsswitch.conf" /etc/nsswitch.conf && exec "$@"';
+const MOUNT = 'for f in hosts nsswitch.conf resolv.conf; do mount --bind "$0/$f" /etc/$f || exit 1; done && exec "$@"';
 
 /** Why host names cannot be given here, or undefined when they can. */
 export function cannotMakeHosts(): string | undefined {
@@ -35,11 +36,16 @@ export function cannotMakeHosts(): string | undefined {
   return undefined;
 }
 
-/** A hosts file of the spec's own (`localhost` is 127.0.0.1 unless `names` says otherwise). */
-export function hostNames(names: Record<string, string[]> = {}): Names {
+/**
+ * A hosts file of the spec's own (`localhost` is 127.0.0.1 unless `names` says otherwise). With
+ * `dns`, the DNS server at that address is asked first, waiting `dnsTimeoutS` for its answer, and
+ * the file after it (glibc goes on to the next source when DNS fails): a spec makes it as slow as it likes.
+ */
+export function hostNames(names: Record<string, string[]> = {}, opts: { dns?: string; dnsTimeoutS?: number } = {}): Names {
   const dir = tempDir('names');
   const remove = (): void => rmSync(dir, { recursive: true, force: true });
-  writeFileSync(join(dir, 'nsswitch.conf'), 'hosts: files\n');
+  writeFileSync(join(dir, 'nsswitch.conf'), opts.dns ? 'hosts: dns files\n' : 'hosts: files\n');
+  writeFileSync(join(dir, 'resolv.conf'), opts.dns ? `nameserver ${opts.dns}\noptions timeout:${opts.dnsTimeoutS ?? 1} attempts:1\n` : '');
   const set = (n: Record<string, string[]>): void => {
     const all = { localhost: ['127.0.0.1'], ...n };
     writeFileSync(join(dir, 'hosts'), Object.entries(all).flatMap(([name, addrs]) => addrs.map((a) => `${a} ${name}\n`)).join(''));

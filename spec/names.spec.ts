@@ -4,6 +4,7 @@
  * spec's own (spec/hosts.ts), rewritten mid-run as DNS changes when a pod is replaced or the
  * resolver fails. Loopback addresses 127.0.0.2, 127.0.0.3 ... stand for hosts of their own.
  */
+import { createSocket } from 'node:dgram';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { freePort } from '../bench/procs.js';
@@ -73,6 +74,25 @@ names('a proxy replaced at another address under its name: the server registers 
   await replaced.waitFor(/Received setup message from server id n1 /);
   const client = hosts.revproxy(['client', '--revproc', `proxy.test:${port}`, '--pkt', 'pktfiles/1.json']);
   assert.is(await client.exited, 0, client.out.join('\n'));
+});
+
+names('a resolver that takes seconds to answer: the server still registers and the client connects, the connection timed from the lookup', async () => {
+  // A DNS server that never answers (as a first nameserver that is down): each lookup waits out its timeout, then reads the file.
+  const dns = createSocket('udp4');
+  await new Promise<void>((resolve, reject) => dns.once('error', reject).bind(53, '127.0.0.153', resolve));
+  try {
+    hosts = hostNames({ 'proxy.test': ['127.0.0.1'] }, { dns: '127.0.0.153', dnsTimeoutS: 3 });
+    const proxy = hosts.revproxy(['proxy', '--port', String(await freePort())]);
+    const port = (await proxy.waitFor(/Running the reverse proxy on port (\d+)/))[1]!;
+    const server = hosts.revproxy(['server', '--id', 'n1', '--pp', '111', '--revproc', `proxy.test:${port}`]);
+    // Before, each dial was given up 2 s in, the lookup not done yet: 'no answer from proxy.test ... is the host up', for ever.
+    await server.waitFor(/Registered with the reverse proxy at proxy\.test/, 20000);
+    assert.not.ok(server.out.some((l) => l.includes('no answer from')), server.out.join('\n'));
+    const client = hosts.revproxy(['client', '--revproc', `proxy.test:${port}`, '--pkt', 'pktfiles/1.json', '--timeout', '20000']);
+    assert.is(await client.exited, 0, client.out.join('\n'));
+  } finally {
+    dns.close();
+  }
 });
 
 names('a server whose --host is a name the proxy will not dial back says so, naming the address the name resolved to', async () => {

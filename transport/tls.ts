@@ -8,6 +8,7 @@ import { connect as netConnect, createServer as netServer, type Server, type Soc
 import { connect as tlsConnect, createSecureContext, createServer as tlsServer, TLSSocket, Server as TlsServer, type SecureContextOptions } from 'node:tls';
 import { LocalCode, RevproxyError } from './errors.js';
 import { hostPort } from './address.js';
+import type { Clock, Timer } from './clock.js';
 
 export interface TlsFiles {
   /** PEM certificate chain presented by this side. */
@@ -177,6 +178,30 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 2000;
 /** What to say of a dial to `host:port` given up after `ms` (`option`: the setting that chose `ms`). */
 export function connectTimedOut(host: string, port: number, ms: number, option?: string): string {
   return `no answer from ${hostPort(host, port)} within ${ms} ms${option ? ` (${option})` : ''}: is the host up, and does no firewall drop the connection?`;
+}
+
+/**
+ * How long a dial waits for its host name to resolve (ms): glibc's worst at its defaults (5 s a
+ * try, 2 tries, for each of up to 3 nameservers). A resolver that takes seconds (a first nameserver
+ * down costs its whole timeout at every lookup) still resolves, and the connection is timed after it.
+ */
+export const LOOKUP_TIMEOUT_MS = 30_000;
+
+/**
+ * The deadline of a dial to `host:port`: `ms` for the connection (TCP, and TLS's handshake), counted
+ * from when the name resolved - the resolver's wait is not the peer's, and a dial abandoned at every
+ * slow lookup would never connect - and `LOOKUP_TIMEOUT_MS` for the lookup. `slow` gets the sentence
+ * saying which passed. An address is dialled at once: `ms` from now.
+ */
+export function dialDeadline(socket: Socket, host: string, port: number, ms: number, clock: Clock, slow: (why: string) => void, option?: string): Timer {
+  if (isIp(host)) return clock.setTimeout(() => slow(connectTimedOut(host, port, ms, option)), ms);
+  let timer = clock.setTimeout(() => slow(`the name ${host} was not resolved within ${LOOKUP_TIMEOUT_MS} ms: its DNS server does not answer: check this machine's resolver (/etc/resolv.conf) and its DNS server`), LOOKUP_TIMEOUT_MS);
+  // Emitted once per address found (and once with the error when there is none): the first starts the connection's time.
+  socket.once('lookup', (err: Error | null) => {
+    timer.cancel();
+    if (!err) timer = clock.setTimeout(() => slow(connectTimedOut(host, port, ms, option)), ms);
+  });
+  return { cancel: () => timer.cancel() };
 }
 
 /** Dial host:port, over TLS when `tls` is given (verifying the peer against `tls.ca`, presenting `tls.cert` if any). */
