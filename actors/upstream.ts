@@ -11,6 +11,7 @@
  * (connection lost, try timed out, the server answered with an error) go
  * back to the proxy, which retries them on another member or answers them.
  */
+import { isIP } from 'node:net';
 import { assertEvent, assign, enqueueActions, fromCallback, sendParent, setup, type ActorRefFrom } from 'xstate';
 import type { BufferBudget } from '../transport/budget.js';
 import type { BusyPoll } from '../transport/busy-poll.js';
@@ -18,7 +19,7 @@ import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { errorMsg, MsgType, type AckMsg, type ErrorMsg, type Message } from '../transport/messages.js';
 import type { Timer } from '../transport/clock.js';
 import { Connection } from '../transport/socket.js';
-import { describeLookupError, readyEvent } from '../transport/tls.js';
+import { describeLookupError, LOOKUP_TIMEOUT_MS, readyEvent } from '../transport/tls.js';
 import { Inflight } from './inflight.js';
 import { fmt } from './logger.js';
 import {
@@ -186,6 +187,8 @@ export type UpstreamEvent =
   | { type: 'REPORT'; report: LinkReport }
   /** `invalid`: the server sent something that is not a valid message (what the check said); it was told so and the link closed. */
   | { type: 'DISCONNECTED'; error?: string; invalid?: boolean }
+  /** The server's name resolved: the connection's own time starts. */
+  | { type: 'RESOLVED' }
   | { type: 'TIMED_OUT' };
 
 /**
@@ -196,6 +199,8 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
   ({ sendBack, input }) => {
     const { link, linkId } = input;
     const socket = input.connect(input.host, input.port);
+    // Emitted once per address found, or once with the error (which DISCONNECTED reports).
+    if (isIP(input.host) === 0) socket.once('lookup', (err: Error | null) => err || sendBack({ type: 'RESOLVED' }));
     // Never hold this link's reads for its writes: the server may be waiting for us to read, too.
     const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, holdReadsWhenCongested: false, budget: input.budget });
     let done = false;
@@ -336,6 +341,7 @@ export const upstreamMachine = setup({
   },
   guards: {
     idle: ({ context }) => context.inflight.size === 0 && context.queue.length === 0,
+    byName: ({ context }) => isIP(context.host) === 0,
     hasPong: ({ event }) => {
       assertEvent(event, 'ANSWERS');
       return event.messages.some((m) => m.type === MsgType.PONG);
@@ -357,8 +363,23 @@ export const upstreamMachine = setup({
     RETUNE: { actions: 'retune' },
     REPORT: { actions: 'report' },
   },
-  initial: 'connecting',
+  initial: 'dialing',
   states: {
+    // A server given by name (a registry entry's address) is timed from when its name resolved: a
+    // slow resolver's wait (seconds, with a first nameserver down) is not the server's, and a link
+    // given up before its lookup ended would never connect. The lookup has LOOKUP_TIMEOUT_MS.
+    dialing: { always: [{ guard: 'byName', target: 'resolving' }, { target: 'connecting' }] },
+    resolving: {
+      invoke: { id: 'deadline', src: 'deadline', input: ({ context }) => ({ clock: context.clock, ms: LOOKUP_TIMEOUT_MS }) },
+      on: {
+        TIMED_OUT: { target: 'down', actions: assign({ lastError: ({ context }) => ({ code: ErrorCode.UPSTREAM_FAILED, message: `the name ${context.host} was not resolved within ${LOOKUP_TIMEOUT_MS} ms: its DNS server does not answer` }) }) },
+        RESOLVED: 'connecting',
+        SEND: { actions: 'enqueue' },
+        CONNECTED: { target: 'verifying', actions: ['setConn', 'ping'] },
+        DISCONNECTED: { target: 'down', actions: 'setError' },
+        RETIRE: { target: 'retired', actions: 'returnQueue' },
+      },
+    },
     connecting: {
       invoke: { id: 'deadline', src: 'deadline', input: ({ context }) => ({ clock: context.clock, ms: context.tryTimeoutMs }) },
       on: {

@@ -76,12 +76,24 @@ names('a proxy replaced at another address under its name: the server registers 
   assert.is(await client.exited, 0, client.out.join('\n'));
 });
 
-names('a resolver that takes seconds to answer: the server still registers and the client connects, the connection timed from the lookup', async () => {
-  // A DNS server that never answers (as a first nameserver that is down): each lookup waits out its timeout, then reads the file.
+/**
+ * A DNS server that never answers (as a first nameserver that is down), on 127.0.0.153:53, for
+ * the length of `run`: with `hostNames(..., SLOW_DNS)` each lookup waits out its 3 s, then reads the file.
+ */
+async function withSilentDns(run: () => Promise<void>): Promise<void> {
   const dns = createSocket('udp4');
   await new Promise<void>((resolve, reject) => dns.once('error', reject).bind(53, '127.0.0.153', resolve));
   try {
-    hosts = hostNames({ 'proxy.test': ['127.0.0.1'] }, { dns: '127.0.0.153', dnsTimeoutS: 3 });
+    await run();
+  } finally {
+    dns.close();
+  }
+}
+const SLOW_DNS = { dns: '127.0.0.153', dnsTimeoutS: 3 };
+
+names('a resolver that takes seconds to answer: the server still registers and the client connects, the connection timed from the lookup', async () => {
+  await withSilentDns(async () => {
+    hosts = hostNames({ 'proxy.test': ['127.0.0.1'] }, SLOW_DNS);
     const proxy = hosts.revproxy(['proxy', '--port', String(await freePort())]);
     const port = (await proxy.waitFor(/Running the reverse proxy on port (\d+)/))[1]!;
     const server = hosts.revproxy(['server', '--id', 'n1', '--pp', '111', '--revproc', `proxy.test:${port}`]);
@@ -90,9 +102,27 @@ names('a resolver that takes seconds to answer: the server still registers and t
     assert.not.ok(server.out.some((l) => l.includes('no answer from')), server.out.join('\n'));
     const client = hosts.revproxy(['client', '--revproc', `proxy.test:${port}`, '--pkt', 'pktfiles/1.json', '--timeout', '20000']);
     assert.is(await client.exited, 0, client.out.join('\n'));
-  } finally {
-    dns.close();
-  }
+  });
+});
+
+names('a proxy whose resolver takes seconds reaches a registry server by name: its link is timed from the lookup', async () => {
+  etcd = await startEtcd();
+  hosts = hostNames();
+  await withSilentDns(async () => {
+    const proxyHosts = hostNames({ 'server.test': ['127.0.0.1'] }, SLOW_DNS);
+    try {
+      const proxy = proxyHosts.revproxy(['proxy', '--port', String(await freePort()), '--registry', etcd!.url, '--log-level', 'debug']);
+      hosts!.revproxy(['server', '--id', 'n1', '--pp', '111', '--advertise', 'server.test', '--registry', etcd!.url]);
+      await proxy.waitFor(/Server id n1 privacy policy 111 port \d+ is in the registry \(server\.test\)/);
+      await proxy.waitFor(/Server id n1 is reachable and serving privacy policy 111/, 20000);
+      // Before, the link was given up a try timeout (1666 ms) in, its lookup not done: 'unreachable ... (connect timed out)', at every probe.
+      const client = hosts!.revproxy(['client', '--revproc', etcd!.url, '--pkt', 'pktfiles/1.json', '--timeout', '20000']);
+      assert.is(await client.exited, 0, `${client.out.join('\n')}\n${proxy.out.join('\n')}`);
+      assert.not.ok(proxy.out.some((l) => l.includes('connect timed out')), proxy.out.join('\n'));
+    } finally {
+      proxyHosts.remove();
+    }
+  });
 });
 
 names('a server whose --host is a name the proxy will not dial back says so, naming the address the name resolved to', async () => {
