@@ -23,7 +23,7 @@ import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { isIdValue, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
 import { DEFAULT_CONNECT_TIMEOUT_MS, describeDialError, dial, dialDeadline, readyEvent, type TlsMaterial } from '../transport/tls.js';
-import { systemClock, type Clock, type Timer } from '../transport/clock.js';
+import { setDeadline, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { HandlerError, show, type Payload } from './handler.js';
 import { silentLogger, type Logger } from './logger.js';
 import type { Endpoint } from './server.js';
@@ -407,6 +407,12 @@ const LEFT_SILENT_MS = 1000;
  */
 const SILENT_PROXY_MS = 5000;
 
+function stalled(log: Logger, late: number): void {
+  log.repeated('warn', 'stalled', '', 1, (n, span) => span
+    ? `${n} request deadline(s) fell in a stall of the client's event loop ${span} (the process was paused or blocked)`
+    : `The client's event loop did not run for ${Math.round(late)} ms (the process was paused or blocked): answers that came meanwhile are read before any request counts as timed out`, { ms: Math.round(late) });
+}
+
 function maxAttempts(context: ClientContext): number {
   return context.opts.maxAttempts ?? 2 * context.proxies.length;
 }
@@ -443,7 +449,8 @@ export const clientMachine = setup({
     enqueue: ({ context, event, self }) => {
       assertEvent(event, 'REQUEST');
       const timeout = context.opts.timeoutMs ?? 5000;
-      const expire = (handle: RequestHandle, ms: number): Timer => context.clock.setTimeout(() => self.send({ type: 'EXPIRE', handle }), ms);
+      // A request whose timer comes late (the process was paused) expires only once what the proxy sent meanwhile is read.
+      const expire = (handle: RequestHandle, ms: number): Timer => setDeadline(context.clock, () => self.send({ type: 'EXPIRE', handle }), ms, (late) => stalled(context.logger, late));
       for (const { req, handle } of event.requests) {
         if (req.timeoutMs === undefined) req.timeoutMs = timeout;
         context.book.add(req, handle, expire, context.opts.id);

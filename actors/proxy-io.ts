@@ -14,7 +14,7 @@ import { MsgType, type DataMsg, type Message } from '../transport/messages.js';
 import { Connection, ConnectionTimeout, sendTogether, type MessageSink } from '../transport/socket.js';
 import { listenOn, listenServer, renewTls, type TlsMaterial } from '../transport/tls.js';
 import { FORWARD_ROOM } from '../transport/frame.js';
-import type { Clock } from '../transport/clock.js';
+import { STALL_MS, type Clock } from '../transport/clock.js';
 import type { Inflight, InflightCount } from './inflight.js';
 import { newPeer, type Peer, type ProxyRequest } from './link.js';
 import { fmt, type Logger } from './logger.js';
@@ -249,12 +249,6 @@ export const linkHub = fromCallback<ProxyEvent, { logger: Logger }>(({ sendBack,
     }
   });
 });
-
-/**
- * A sweep this late (ms past its interval) means the event loop did not run
- * meanwhile: the process was paused (SIGSTOP, a frozen VM) or blocked.
- */
-const STALL_MS = 500;
 
 /**
  * Finds requests past their deadline without an event when none is.

@@ -10,9 +10,11 @@ import { once } from 'node:events';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { from, lastValueFrom, toArray } from 'rxjs';
-import { connect, ManualClock, RequestError, StartError, startProxy, startServer, type Client, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import { connect, Logger, ManualClock, memorySink, RequestError, StartError, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import { FrameDecoder } from '../transport/frame.js';
+import { MsgType } from '../transport/messages.js';
 import { freePort } from '../bench/procs.js';
-import { eventually } from './helpers.js';
+import { eventually, frame } from './helpers.js';
 import { killAll, python } from './procs.js';
 
 interface Ctx {
@@ -198,6 +200,37 @@ lib('a proxy that goes silent with requests on it (cut off, no FIN, no RST) is l
   } finally {
     for (const sock of held) sock.destroy();
     mute.close();
+  }
+});
+
+lib('after a pause of the client\'s process (SIGSTOP, a laptop asleep), an answer that came in time is taken, not a CLIENT_TIMEOUT, and the proxy is not left', async () => {
+  // Node runs late timers before it reads the sockets: every request whose timeout fell in the
+  // pause failed CLIENT_TIMEOUT though its answer sat unread in the socket, and the client left
+  // its healthy proxy as "cut off or stalled", sending the others again on a new connection.
+  const conns: Socket[] = [];
+  const clock = new ManualClock();
+  const stub = createServer((sock) => {
+    conns.push(sock);
+    const decoder = new FrameDecoder({ validate: false });
+    sock.on('data', (chunk: Buffer) => {
+      for (const m of decoder.push(chunk).messages) {
+        if (m.type !== MsgType.DATA) continue;
+        sock.write(frame({ type: MsgType.ACK, seq: m.seq, srcid: 'stub', destid: m.srcid, payload: `answer to ${String(m.payload)}` }));
+        clock.stall(6000); // the client's process stops just after the answer was sent, before it is read
+      }
+    });
+  }).listen(0, '127.0.0.1');
+  await once(stub, 'listening');
+  const records: LogRecord[] = [];
+  try {
+    const c = await client({ revproc: (stub.address() as AddressInfo).port, clock, logger: new Logger('client', memorySink(records), 'warn') });
+    assert.is(await c.request('P', 'x'), 'answer to x');
+    assert.is(conns.length, 1, 'the connection is kept');
+    assert.equal(records.map((r) => r.event), ['stalled']);
+    assert.match(records[0]!.msg, /did not run for \d+ ms \(the process was paused or blocked\): answers that came meanwhile are read before any request counts as timed out/);
+  } finally {
+    for (const sock of conns) sock.destroy();
+    stub.close();
   }
 });
 

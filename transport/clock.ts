@@ -20,6 +20,30 @@ export function timerMs(ms: number): number {
   return ms > MAX_TIMER_MS ? MAX_TIMER_MS : ms;
 }
 
+/**
+ * A timer this late (ms past when it was due) means the event loop did not run meanwhile: the
+ * process was paused (SIGSTOP, a frozen VM, a laptop asleep) or blocked.
+ */
+export const STALL_MS = 500;
+
+/**
+ * A deadline: `fn` runs `ms` from now, as `clock.setTimeout` would - but when the timer comes
+ * STALL_MS or more late, one turn of the event loop later. After a stall Node runs the late
+ * timers before it reads the sockets, so without that turn an answer that came in time, and sat
+ * unread while the process was stopped, would be taken for none. `stalled` is told how late
+ * the timer came, at once.
+ */
+export function setDeadline(clock: Clock, fn: () => void, ms: number, stalled?: (lateMs: number) => void): Timer {
+  const due = clock.now() + timerMs(ms);
+  let timer = clock.setTimeout(() => {
+    const late = clock.now() - due;
+    if (late < STALL_MS) return fn();
+    stalled?.(late);
+    timer = clock.setTimeout(fn, 0);
+  }, ms);
+  return { cancel: () => timer.cancel() };
+}
+
 export const systemClock: Clock = {
   now: () => performance.now(),
   setTimeout(fn, ms) {
