@@ -22,7 +22,7 @@ import { ErrorCode, LocalCode, RevproxyError, type ClientCode } from '../transpo
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { isIdValue, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
-import { DEFAULT_CONNECT_TIMEOUT_MS, describeDialError, dial, dialDeadline, readyEvent, type TlsMaterial } from '../transport/tls.js';
+import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, readyEvent, type TlsMaterial } from '../transport/tls.js';
 import { setDeadline, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { HandlerError, show, type Payload } from './handler.js';
 import { silentLogger, type Logger } from './logger.js';
@@ -68,6 +68,14 @@ export interface ClientOptions {
   failoverDelayMs?: number;
   /** Longest wait for a connection (TCP, and TLS's handshake) before the next proxy is tried (ms, default 2000: well within a request's default timeout). */
   connectTimeoutMs?: number;
+  /**
+   * TCP keepalive on the connection to the proxy: probes after this long without traffic (ms;
+   * 0 = off), one a second, ten unanswered end it. An idle connection whose path died without a
+   * word (a NAT or firewall that forgot the flow, a partition, a host gone) is found and dialled
+   * again before a request is lost on it, and the probes keep a NAT's or firewall's idle flow
+   * alive. Default 15000, as a server's registrations.
+   */
+  tcpKeepAliveMs?: number;
   /** TLS to the proxy: the CA that signed its certificate, and a client certificate for mutual TLS. */
   tls?: TlsMaterial;
   logger?: Logger;
@@ -347,9 +355,11 @@ export interface ClientContext {
   lastError?: string;
 }
 
-const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMaterial; wire?: 'frames' | 'json'; clock: Clock; connectTimeoutMs: number }>(({ sendBack, input }) => {
+const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMaterial; wire?: 'frames' | 'json'; clock: Clock; connectTimeoutMs: number; keepAliveMs: number }>(({ sendBack, input }) => {
   const send = (e: ClientEvent): void => sendBack(e);
   const socket = dial(input.proxy.host, input.proxy.port, input.tls);
+  // The proxy sends nothing unasked: without probes an idle connection whose path died silently looks open, and the next request is lost on it.
+  if (input.keepAliveMs > 0) socket.setKeepAlive(true, input.keepAliveMs);
   // On the json wire answers carry no seq: the connection gives each the seq of the oldest unanswered request.
   const conn = new Connection(socket, { wire: input.wire });
   let connected = false;
@@ -370,7 +380,9 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
       if (!connected) {
         const why = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${hostPort(input.proxy.host, input.proxy.port)}` : describeDialError(err, input.proxy.host);
         send({ type: 'CONNECT_FAILED', error: why });
-      } else send({ type: 'CLOSED', error: said ? refusedBy(input.proxy, said) : err.message });
+      } else if (said) send({ type: 'CLOSED', error: refusedBy(input.proxy, said) });
+      else if (err.code === 'ETIMEDOUT') send({ type: 'CLOSED', error: `the reverse proxy at ${hostPort(input.proxy.host, input.proxy.port)} stopped acknowledging anything (${err.message}: keepalive probes or resent data went unanswered): the path to it died without a word` });
+      else send({ type: 'CLOSED', error: err.message });
     },
     complete: () => send({ type: connected ? 'CLOSED' : 'CONNECT_FAILED', error: said ? refusedBy(input.proxy, said) : 'the reverse proxy closed the connection' }),
   });
@@ -592,6 +604,7 @@ export const clientMachine = setup({
         src: 'clientSocket',
         input: ({ context }) => ({
           proxy: context.proxies[context.proxyIndex]!, tls: context.opts.tls, wire: context.opts.wire, clock: context.clock, connectTimeoutMs: context.opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
+          keepAliveMs: context.opts.tcpKeepAliveMs ?? DEFAULT_TCP_KEEPALIVE_MS,
         }),
       },
       on: {

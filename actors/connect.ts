@@ -41,6 +41,8 @@ export interface ConnectOptions {
   failoverDelayMs?: number;
   /** Longest wait for a connection to a proxy (TCP, and TLS's handshake) before the next is tried (ms, default 2000). */
   connectTimeoutMs?: number;
+  /** TCP keepalive on the connection to a proxy: probes after this long without traffic (ms, default 15000; 0 = off), one a second, ten unanswered end it and the client dials again. */
+  tcpKeepAliveMs?: number;
   /** TLS to the proxy: its CA, and a client certificate for mutual TLS. */
   tls?: TlsMaterial;
   /** `frames` (default), or the old `json` wire (text only, one request at a time). */

@@ -20,7 +20,7 @@ import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, MsgType, type DataMsg, type Message, type SetupMsg } from '../transport/messages.js';
 import { Connection, ConnectionTimeout } from '../transport/socket.js';
-import { DEFAULT_CONNECT_TIMEOUT_MS, describeDialError, dial, dialDeadline, listenOn, listenServer, readyEvent, renewTls, type TlsMaterial } from '../transport/tls.js';
+import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, listenOn, listenServer, readyEvent, renewTls, type TlsMaterial } from '../transport/tls.js';
 import { systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { BufferBudget, DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
 import { Caller, HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
@@ -459,8 +459,6 @@ export function badLimit(opts: ServerOptions): string | undefined {
 
 /** Connections a server keeps at once by default: its peers are proxies, each with a link and now and then a probe. */
 export const DEFAULT_MAX_CONNECTIONS = 4096;
-/** TCP keepalive's idle time on a registration connection (ms): Go's default for the connections it dials and accepts. */
-export const DEFAULT_TCP_KEEPALIVE_MS = 15_000;
 /** How long a handler may take before its request is answered TIMEOUT and its slot freed (ms). */
 export const DEFAULT_HANDLER_TIMEOUT_MS = 30_000;
 /** What a drain allows beyond the handler timeout: for the last answers to reach the proxies and for them to let go (ms). */

@@ -22,7 +22,8 @@ import {
 } from './common.js';
 import { isRegistryUrl } from '../registry/options.js';
 import { DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
-import { DEFAULT_HANDLER_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_TCP_KEEPALIVE_MS, type Behaviour, type Endpoint } from '../actors/server.js';
+import { DEFAULT_HANDLER_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, type Behaviour, type Endpoint } from '../actors/server.js';
+import { DEFAULT_TCP_KEEPALIVE_MS } from '../transport/tls.js';
 import type { Level } from '../actors/logger.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };

@@ -4,6 +4,7 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createServer, Socket, type AddressInfo } from 'node:net';
 import { once } from 'node:events';
@@ -201,6 +202,24 @@ lib('a proxy that goes silent with requests on it (cut off, no FIN, no RST) is l
     for (const sock of held) sock.destroy();
     mute.close();
   }
+});
+
+lib('the connection to the proxy carries TCP keepalive (15 s by default, tcpKeepAliveMs: 0 for none): an idle path that died without a word is found before a request is lost on it', async () => {
+  // The proxy sends nothing unasked. A client idle behind a NAT or firewall that forgot its flow,
+  // or cut off, kept a connection that looked open: its next request waited out its whole
+  // timeout (CLIENT_TIMEOUT) before the client dialled again. Run in namespaces with the flow's
+  // packets dropped: the probes end it ~25 s after the cut, and the next request goes on a new one.
+  const p = await proxy();
+  const probed = await client({ revproc: p.port });
+  const bare = await client({ revproc: p.port, tcpKeepAliveMs: 0 });
+  const timer = (c: Client): string => {
+    const port = c.actor.getSnapshot().context.conn!.socket.localPort!;
+    const line = execFileSync('ss', ['-tnoH', 'state', 'established', 'sport', '=', `:${port}`], { encoding: 'utf8' }).trim();
+    assert.ok(line, `the client's connection from port ${port}`);
+    return /timer:\((\w+)/.exec(line)?.[1] ?? 'none';
+  };
+  assert.is(timer(probed), 'keepalive');
+  assert.is(timer(bare), 'none');
 });
 
 lib('after a pause of the client\'s process (SIGSTOP, a laptop asleep), an answer that came in time is taken, not a CLIENT_TIMEOUT, and the proxy is not left', async () => {

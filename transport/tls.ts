@@ -175,6 +175,13 @@ function checkMaterial(material: TlsMaterial, what: (role: 'cert' | 'key' | 'ca'
  */
 export const DEFAULT_CONNECT_TIMEOUT_MS = 2000;
 
+/**
+ * TCP keepalive's idle time on the connections a server and a client dial (ms): probes after this
+ * long without traffic, one a second, ten unanswered end the connection. Go's default for the
+ * connections it dials and accepts.
+ */
+export const DEFAULT_TCP_KEEPALIVE_MS = 15_000;
+
 /** What to say of a dial to `host:port` given up after `ms` (`option`: the setting that chose `ms`). */
 export function connectTimedOut(host: string, port: number, ms: number, option?: string): string {
   return `no answer from ${hostPort(host, port)} within ${ms} ms${option ? ` (${option})` : ''}: is the host up, and does no firewall drop the connection?`;
