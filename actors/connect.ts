@@ -85,6 +85,12 @@ export interface Reply {
 export class Client {
   private closing = false;
   private readonly pending = new Set<Promise<unknown>>();
+  /**
+   * The requests waiting on each signal, and the one listener the client keeps on it: a signal
+   * shared by many requests (an application's shutdown signal) carries one listener, not one per
+   * request - past ten, Node warns of a leak (MaxListenersExceededWarning) that is not one.
+   */
+  private readonly watched = new Map<AbortSignal, { handles: Set<RequestHandle>; onAbort: () => void }>();
 
   /** @internal */
   constructor(
@@ -144,10 +150,9 @@ export class Client {
     if (signal?.aborted) return Promise.resolve(failed(LocalCode.ABORTED, abortMessage(signal)));
     const handle: RequestHandle = {};
     const p = new Promise<Outcome>((resolve) => {
-      const onAbort = (): void => this.actor.send({ type: 'CANCEL', handle, error: new RequestError(LocalCode.ABORTED, abortMessage(signal!)) });
-      signal?.addEventListener('abort', onAbort, { once: true });
+      const unwatch = signal && this.watch(signal, handle);
       const done = (o: Outcome): void => {
-        signal?.removeEventListener('abort', onAbort);
+        unwatch?.();
         resolve(o);
       };
       this.actor.send({ type: 'REQUEST', requests: [{ req: { policy, payload, srcid: opts.srcid, timeoutMs: opts.timeoutMs, done }, handle }] });
@@ -155,6 +160,29 @@ export class Client {
     this.pending.add(p);
     void p.then(() => this.pending.delete(p));
     return p;
+  }
+
+  /** Cancel `handle` when `signal` aborts; returns what stops watching it for this request. */
+  private watch(signal: AbortSignal, handle: RequestHandle): () => void {
+    let w = this.watched.get(signal);
+    if (!w) {
+      const handles = new Set<RequestHandle>();
+      const onAbort = (): void => {
+        this.watched.delete(signal);
+        for (const h of handles) this.actor.send({ type: 'CANCEL', handle: h, error: new RequestError(LocalCode.ABORTED, abortMessage(signal)) });
+      };
+      w = { handles, onAbort };
+      this.watched.set(signal, w);
+      signal.addEventListener('abort', onAbort, { once: true });
+    }
+    const mine = w;
+    mine.handles.add(handle);
+    return () => {
+      mine.handles.delete(handle);
+      if (mine.handles.size > 0 || this.watched.get(signal) !== mine) return;
+      this.watched.delete(signal);
+      signal.removeEventListener('abort', mine.onAbort);
+    };
   }
 
   /**
