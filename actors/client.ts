@@ -135,9 +135,11 @@ export type ClientEvent =
  * between them. Owned by the machine; changed only in its actions.
  */
 export class RequestBook {
-  /** Requests to send, from `waitingHead` on; the slots before it are emptied as they are taken, so nothing sent is held here. */
-  private readonly waiting: Array<Entry | undefined> = [];
-  private waitingHead = 0;
+  /**
+   * Requests to send, oldest first. A request leaves it when it is sent or settled (aborted, timed
+   * out): nothing sent or settled is held here, or counted against `maxQueued`.
+   */
+  private waiting = new Set<Entry>();
   private readonly inflight = new Map<number, Entry>();
   /** Requests the proxy refused SHUTTING_DOWN (it is draining), to send again on the next proxy. */
   private bounced: Entry[] = [];
@@ -188,25 +190,24 @@ export class RequestBook {
       this.settle(entry, { ok: false, error: new RequestError(ErrorCode.BAD_REQUEST, 'the old JSON wire carries text only: send bytes over frames (the default wire)'), latencyMs: 0 });
       return;
     }
-    if (this.waiting.length - this.waitingHead >= this.maxQueued) {
+    if (this.waiting.size >= this.maxQueued) {
       this.settle(entry, { ok: false, error: new RequestError(LocalCode.CLIENT_OVERLOADED, `${this.maxQueued} requests are already waiting to be sent; slow down or raise maxQueued`), latencyMs: 0 });
       return;
     }
     this.byHandle.set(handle, entry);
     // Infinity, or longer than a timer can wait, waits the longest there is (the clock's timerMs): no timeout of the client's own in practice.
     entry.timer = expire(handle, req.timeoutMs!);
-    this.waiting.push(entry);
+    this.waiting.add(entry);
   }
 
   /** Send waiting requests while the window has room. */
   sendMore(conn: Connection, client: string, log: Logger, port: number): void {
     if (this.draining) return;
     const verbose = log.enabled('debug');
-    while (this.inflight.size < this.window && this.waitingHead < this.waiting.length) {
-      const entry = this.waiting[this.waitingHead]!;
+    for (const entry of this.waiting) {
+      if (this.inflight.size >= this.window) break;
       // Sent, it is held in `inflight` until answered, and by nothing once answered (its payload may be large).
-      this.waiting[this.waitingHead++] = undefined;
-      if (entry.settled) continue;
+      this.waiting.delete(entry);
       const seq = this.seq;
       this.seq = this.seq >= 0xffffffff ? 0 : this.seq + 1;
       const { req } = entry;
@@ -222,10 +223,6 @@ export class RequestBook {
       entry.sentAt = this.clock.now();
       this.inflight.set(seq, entry);
       conn.send(msg);
-    }
-    if (this.waitingHead > 1024 && this.waitingHead * 2 > this.waiting.length) {
-      this.waiting.splice(0, this.waitingHead);
-      this.waitingHead = 0;
     }
   }
 
@@ -294,8 +291,7 @@ export class RequestBook {
       e.seq = undefined;
       e.sentAt = undefined;
     }
-    this.waiting.splice(0, this.waitingHead, ...back);
-    this.waitingHead = 0;
+    this.waiting = new Set([...back, ...this.waiting]);
     return back.length;
   }
 
@@ -304,8 +300,7 @@ export class RequestBook {
     const all = [...this.byHandle.values()];
     this.inflight.clear();
     this.bounced = [];
-    this.waiting.length = 0;
-    this.waitingHead = 0;
+    this.waiting.clear();
     for (const e of all) this.settle(e, { ok: false, error, latencyMs: this.clock.now() - e.arrived });
     return all.length;
   }
@@ -315,6 +310,7 @@ export class RequestBook {
     entry.settled = true;
     entry.timer?.cancel();
     this.byHandle.delete(entry.handle);
+    this.waiting.delete(entry);
     const key = outcome.ok ? 'ok' : outcome.error.code;
     this.outcomes[key] = (this.outcomes[key] ?? 0) + 1;
     entry.req.done(outcome);

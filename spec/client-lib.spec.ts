@@ -183,6 +183,29 @@ lib('backpressure: past the window and the queue, a request is refused at once w
   assert.equal(closed.map((x) => x.code), ['CLIENT_CLOSED', 'CLIENT_CLOSED', 'CLIENT_CLOSED']);
 });
 
+lib('a request aborted or timed out while it waits for room in the window leaves the queue at once: a live request is not refused CLIENT_OVERLOADED for it', async () => {
+  // Settled while waiting, a request stayed in the queue until the window reached it, its payload
+  // held: a web service whose callers went away while the proxy was slow had every new request
+  // refused ("1000 requests are already waiting to be sent") though none waited, and 1,000
+  // aborted 64 KiB requests held 70 MB.
+  const p = await proxy();
+  await server('quiet', [p.port], { behaviour: 'silent' });
+  const c = await client({ revproc: p.port, window: 1, maxQueued: 3, timeoutMs: 10_000 });
+  const held = reject(c.request('P', 'in flight'));
+  for (let i = 0; i < 6; i++) {
+    const ac = new AbortController();
+    const waiting = reject(c.request('P', `aborted ${i}`, { signal: ac.signal }));
+    ac.abort();
+    assert.is((await waiting).code, 'ABORTED');
+  }
+  const expired = await Promise.all([1, 2, 3].map((i) => reject(c.request('P', `expired ${i}`, { timeoutMs: 20 }))));
+  assert.equal(expired.map((e) => e.code), ['CLIENT_TIMEOUT', 'CLIENT_TIMEOUT', 'CLIENT_TIMEOUT']);
+  const live = [1, 2, 3].map((i) => reject(c.request('P', `live ${i}`, { timeoutMs: 50 })));
+  assert.equal((await Promise.all(live)).map((e) => e.code), ['CLIENT_TIMEOUT', 'CLIENT_TIMEOUT', 'CLIENT_TIMEOUT'], 'queued, not refused');
+  c.destroy();
+  assert.is((await held).code, 'CLIENT_CLOSED');
+});
+
 lib('a proxy that never completes the connection (down, firewalled) is given up after connectTimeoutMs, and the next one answers', async () => {
   // Without a bound the client waited for the OS's connect timeout (about two minutes on Linux)
   // before trying the next proxy, and requests meanwhile timed out with CLIENT_TIMEOUT.
