@@ -386,6 +386,7 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
   // about two minutes on Linux, before the next proxy is tried.
   const { host, port } = input.proxy;
   const ms = input.connectTimeoutMs;
+  // A deadline (dialDeadline times through setDeadline): a connection made in time while the process was paused is taken (undici waits a turn too).
   const slow = dialDeadline(socket, host, port, ms, input.clock, (why) => {
     sub.unsubscribe();
     conn.destroy();

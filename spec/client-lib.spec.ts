@@ -11,7 +11,7 @@ import { getEventListeners, once } from 'node:events';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { from, lastValueFrom, toArray } from 'rxjs';
-import { connect, Logger, ManualClock, memorySink, RequestError, StartError, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import { connect, Logger, ManualClock, type Clock, memorySink, RequestError, StartError, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { FrameDecoder } from '../transport/frame.js';
 import { MsgType } from '../transport/messages.js';
 import { freePort } from '../bench/procs.js';
@@ -293,6 +293,24 @@ lib('after a pause of the client\'s process (SIGSTOP, a laptop asleep), an answe
     for (const sock of conns) sock.destroy();
     stub.close();
   }
+});
+
+lib('a connection made in time while the client\'s process was paused is taken, not given up after connectTimeoutMs', async () => {
+  // The connect timer ran before the socket's connect event was read: a client paused (a laptop
+  // asleep) as it dialled gave up a proxy that had accepted it ("no answer ... within 2000 ms").
+  const p = await proxy();
+  const manual = new ManualClock();
+  // The process stops right after the dial: the connection is made, not yet read, when it wakes.
+  const clock: Clock = {
+    now: () => manual.now(),
+    setInterval: (fn, ms) => manual.setInterval(fn, ms),
+    setTimeout: (fn, ms) => {
+      if (ms === 2345) queueMicrotask(() => manual.stall(3000));
+      return manual.setTimeout(fn, ms);
+    },
+  };
+  const c = await client({ revproc: p.port, clock, connectTimeoutMs: 2345, maxAttempts: 1 });
+  assert.is(c.actor.getSnapshot().context.attempts, 0, 'the first dial was taken');
 });
 
 lib('connect() rejects with CONNECT_FAILED when no proxy listens', async () => {

@@ -8,7 +8,7 @@ import { connect as netConnect, createServer as netServer, type Server, type Soc
 import { connect as tlsConnect, createSecureContext, createServer as tlsServer, TLSSocket, Server as TlsServer, type SecureContextOptions } from 'node:tls';
 import { LocalCode, RevproxyError } from './errors.js';
 import { hostPort } from './address.js';
-import type { Clock, Timer } from './clock.js';
+import { setDeadline, type Clock, type Timer } from './clock.js';
 
 export interface TlsFiles {
   /** PEM certificate chain presented by this side. */
@@ -198,15 +198,16 @@ export const LOOKUP_TIMEOUT_MS = 30_000;
  * The deadline of a dial to `host:port`: `ms` for the connection (TCP, and TLS's handshake), counted
  * from when the name resolved - the resolver's wait is not the peer's, and a dial abandoned at every
  * slow lookup would never connect - and `LOOKUP_TIMEOUT_MS` for the lookup. `slow` gets the sentence
- * saying which passed. An address is dialled at once: `ms` from now.
+ * saying which passed. An address is dialled at once: `ms` from now. Each is a deadline (`setDeadline`):
+ * a connection made in time while the process was paused (a laptop asleep, a frozen VM) is taken.
  */
 export function dialDeadline(socket: Socket, host: string, port: number, ms: number, clock: Clock, slow: (why: string) => void, option?: string): Timer {
-  if (isIp(host)) return clock.setTimeout(() => slow(connectTimedOut(host, port, ms, option)), ms);
-  let timer = clock.setTimeout(() => slow(`the name ${host} was not resolved within ${LOOKUP_TIMEOUT_MS} ms: its DNS server does not answer: check this machine's resolver (/etc/resolv.conf) and its DNS server`), LOOKUP_TIMEOUT_MS);
+  if (isIp(host)) return setDeadline(clock, () => slow(connectTimedOut(host, port, ms, option)), ms);
+  let timer = setDeadline(clock, () => slow(`the name ${host} was not resolved within ${LOOKUP_TIMEOUT_MS} ms: its DNS server does not answer: check this machine's resolver (/etc/resolv.conf) and its DNS server`), LOOKUP_TIMEOUT_MS);
   // Emitted once per address found (and once with the error when there is none): the first starts the connection's time.
   socket.once('lookup', (err: Error | null) => {
     timer.cancel();
-    if (!err) timer = clock.setTimeout(() => slow(connectTimedOut(host, port, ms, option)), ms);
+    if (!err) timer = setDeadline(clock, () => slow(connectTimedOut(host, port, ms, option)), ms);
   });
   return { cancel: () => timer.cancel() };
 }
