@@ -151,6 +151,12 @@ export class RequestBook {
   answers = 0;
   /** When the proxy last said anything, or the connection opened (the clock's ms). */
   heardAt = 0;
+  /**
+   * When the first request sent since the proxy last said anything went out (the clock's ms): the
+   * proxy owes it an answer within its timeout. Not the last thing it said: a client idle a minute
+   * has heard nothing for a minute from a proxy that owes it nothing.
+   */
+  private unheardSince?: number;
 
   constructor(
     private readonly clock: Clock,
@@ -221,6 +227,7 @@ export class RequestBook {
       const msg: DataMsg = { type: MsgType.DATA, seq, srcid, privPoliId: req.policy, payload: req.payload, payloadsize: size };
       entry.seq = seq;
       entry.sentAt = this.clock.now();
+      this.unheardSince ??= entry.sentAt;
       this.inflight.set(seq, entry);
       conn.send(msg);
     }
@@ -234,6 +241,7 @@ export class RequestBook {
   answer(messages: Message[], log: Logger, elsewhere: boolean): number {
     let settled = 0;
     this.heardAt = this.clock.now();
+    this.unheardSince = undefined;
     for (const m of messages) {
       if (m.type !== MsgType.ACK && m.type !== MsgType.ERROR) continue;
       const seq = m.seq;
@@ -265,13 +273,13 @@ export class RequestBook {
   }
 
   /**
-   * Whether the proxy has said nothing at all since this request was sent on the
-   * connection, and for at least `ms`: it holds the request and gives no sign of life.
+   * Whether this request is in flight on the connection and the proxy has said nothing at all
+   * for at least `ms` since a request went to it: it gives no sign of life.
    */
   silentSince(handle: RequestHandle, ms: number): boolean {
     const entry = this.byHandle.get(handle);
-    if (entry?.sentAt === undefined || entry.seq === undefined) return false;
-    return this.heardAt <= entry.sentAt && this.clock.now() - this.heardAt >= ms;
+    if (entry?.sentAt === undefined || entry.seq === undefined || this.unheardSince === undefined) return false;
+    return this.clock.now() - this.unheardSince >= ms;
   }
 
   /** Settle one request with an error (its timeout, its abort), wherever it is. */
@@ -287,6 +295,7 @@ export class RequestBook {
     const back = [...this.bounced, ...this.inflight.values()].filter((e) => !e.settled);
     this.bounced = [];
     this.inflight.clear();
+    this.unheardSince = undefined;
     for (const e of back) {
       e.seq = undefined;
       e.sentAt = undefined;
@@ -408,8 +417,8 @@ const LEFT_SILENT_MS = 1000;
 
 /**
  * A proxy answers every request within its `--timeout` (5000 ms by default), with `TIMEOUT` at
- * worst. One that has sent nothing at all for this long while a request waited on it, until the
- * request's own timeout ran out, is cut off (a partition, a host gone without a FIN or a RST) or
+ * worst. One that has sent nothing at all for this long since a request went to it, when a
+ * request's own timeout runs out, is cut off (a partition, a host gone without a FIN or a RST) or
  * stalled: its connection is given up as lost, and what it held goes to the next proxy. Without
  * this a client stayed on such a proxy, every request failing `CLIENT_TIMEOUT`, until TCP gave up
  * resending (about 15 minutes on Linux).

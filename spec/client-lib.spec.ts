@@ -264,6 +264,26 @@ lib('the connection to the proxy carries TCP keepalive (15 s by default, tcpKeep
   assert.is(timer(bare), 'none');
 });
 
+lib('a request with a short timeout, sent after the client was idle a while, times out alone: the proxy is not left as silent', async () => {
+  // The proxy's silence was counted from the last thing it said, before the idle time: the first
+  // request after 5 s of quiet whose own timeout (500 ms) was shorter than its handler took left a
+  // healthy proxy as "cut off or stalled", and the requests in flight went again, on a new connection.
+  const p = await proxy();
+  await server('slow', [p.port], { delayMs: 300 });
+  const clock = new ManualClock();
+  const c = await client({ revproc: p.port, clock, failoverDelayMs: 10 });
+  assert.is((await c.request('P', 'before')).length, 40);
+  const conn = c.actor.getSnapshot().context.conn;
+  clock.advance(60_000); // an idle minute
+  const short = reject(c.request('P', 'short', { timeoutMs: 500 }));
+  const other = c.request('P', 'other');
+  other.catch(() => {});
+  clock.advance(500);
+  assert.is((await short).code, 'CLIENT_TIMEOUT');
+  assert.ok(c.actor.getSnapshot().context.conn === conn, 'still on its connection');
+  assert.is((await other).length, 40);
+});
+
 lib('after a pause of the client\'s process (SIGSTOP, a laptop asleep), an answer that came in time is taken, not a CLIENT_TIMEOUT, and the proxy is not left', async () => {
   // Node runs late timers before it reads the sockets: every request whose timeout fell in the
   // pause failed CLIENT_TIMEOUT though its answer sat unread in the socket, and the client left
