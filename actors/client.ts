@@ -282,6 +282,11 @@ export class RequestBook {
     return this.clock.now() - this.unheardSince >= ms;
   }
 
+  /** The timeout `handle` was given (its own, or the client's), or undefined once it is settled. */
+  timeoutOf(handle: RequestHandle): number | undefined {
+    return this.byHandle.get(handle)?.req.timeoutMs;
+  }
+
   /** Settle one request with an error (its timeout, its abort), wherever it is. */
   fail(handle: RequestHandle, error: RequestError): void {
     const entry = this.byHandle.get(handle);
@@ -500,8 +505,8 @@ export const clientMachine = setup({
     }),
     expire: ({ context, event }) => {
       assertEvent(event, 'EXPIRE');
-      const timeout = context.opts.timeoutMs ?? 5000;
-      context.book.fail(event.handle, new RequestError(LocalCode.CLIENT_TIMEOUT, `no answer within the request's timeout (${timeout} ms unless the request set its own)`));
+      const ms = context.book.timeoutOf(event.handle);
+      if (ms !== undefined) context.book.fail(event.handle, new RequestError(LocalCode.CLIENT_TIMEOUT, `no answer within the request's timeout (${ms} ms)`));
     },
     cancel: ({ context, event }) => {
       assertEvent(event, 'CANCEL');
