@@ -4,9 +4,10 @@
  * about a third of a second to load), with its fault handling set for a
  * registry that must come back quickly after an outage: a per-host circuit
  * breaker that tries again after a second (etcd3's default waits 5 s), a
- * deadline on every call, gRPC keepalives that notice an etcd that went
- * silent. And etcd's errors in words.
+ * deadline on every call and on the making of every watch, gRPC keepalives
+ * that notice an etcd that went silent. And etcd's errors in words.
  */
+import type { Interceptor, InterceptingCall as Call } from '@grpc/grpc-js';
 import type { IBackoff } from 'cockatiel';
 import type { Etcd3, IOptions } from 'etcd3';
 import { systemClock } from '../transport/clock.js';
@@ -15,12 +16,13 @@ import { describeRegistry, type Resolved } from './options.js';
 export type { Etcd3 } from 'etcd3';
 
 export async function openEtcd(o: Resolved): Promise<Etcd3> {
-  const [{ Etcd3, isRecoverableError }, { circuitBreaker, ConsecutiveBreaker, ExponentialBackoff, handleWhen }] = await Promise.all([import('etcd3'), import('cockatiel')]);
+  const [{ Etcd3, isRecoverableError }, { circuitBreaker, ConsecutiveBreaker, ExponentialBackoff, handleWhen }, grpc] = await Promise.all([import('etcd3'), import('cockatiel'), import('@grpc/grpc-js')]);
+  const watchCall = watchInterceptor(grpc.InterceptingCall, grpc.status.DEADLINE_EXCEEDED, o.callTimeoutMs);
   const options: IOptions = {
     hosts: o.endpoints.map((e) => `${o.tls ? 'https' : 'http'}://${e}`),
     dialTimeout: o.callTimeoutMs,
     // gRPC takes a deadline as a wall-clock time and turns it into a timer (monotonic) when the call starts, a moment after this.
-    defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: deadlineIn(o.callTimeoutMs) }),
+    defaultCallOptions: (ctx) => (ctx.isStream ? (ctx.service === 'Watch' ? { interceptors: [watchCall] } : {}) : { deadline: deadlineIn(o.callTimeoutMs) }),
     // etcd's default --grpc-keepalive-min-time is 5 s: ping no more often than that.
     grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': Math.max(1000, o.callTimeoutMs) },
     faultHandling: {
@@ -34,6 +36,37 @@ export async function openEtcd(o: Resolved): Promise<Etcd3> {
     options.credentials = { rootCertificate: o.tls.ca ?? Buffer.alloc(0), privateKey: o.tls.key, certChain: o.tls.cert };
   }
   return new Etcd3(options);
+}
+
+/**
+ * What every watch stream goes through. A watch stream has no deadline (it lives as long as the
+ * watch), and etcd3 sends it to a member chosen at random: one sent to a member this host cannot
+ * reach (its packets dropped: a cut, a firewall) never connects and never fails - gRPC waits on
+ * the connection as long as TCP tries, minutes - and every watch of the client waits on that
+ * stream meanwhile (a mirror there said it was up and told nothing for over 120 s). So etcd must
+ * answer within `ms` (its first message says the watch is made); if not, the stream is ended as a
+ * missed deadline, and etcd3 marks the member failed and makes the stream again on another.
+ */
+function watchInterceptor(InterceptingCall: typeof Call, deadlineExceeded: number, ms: number): Interceptor {
+  return (options, next) => {
+    let timer: NodeJS.Timeout | undefined;
+    const call: Call = new InterceptingCall(next(options), {
+      start(metadata, _listener, start) {
+        timer = setTimeout(() => call.cancelWithStatus(deadlineExceeded, `deadline exceeded: etcd did not make the watch within ${ms} ms`), ms);
+        start(metadata, {
+          onReceiveMessage(message, next) {
+            clearTimeout(timer);
+            next(message);
+          },
+          onReceiveStatus(status, next) {
+            clearTimeout(timer);
+            next(status);
+          },
+        });
+      },
+    });
+    return call;
+  };
 }
 
 /**

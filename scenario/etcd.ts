@@ -90,6 +90,8 @@ export interface EtcdCluster {
 /** One member of a cluster: an Etcd (stop, start, wipe), which can also be paused as a hung machine is. */
 export interface EtcdMember extends Etcd {
   name: string;
+  /** The port its peers reach it on (raft), beside its client port in `endpoint`. */
+  readonly peerPort: number;
   readonly pid: number | undefined;
   readonly paused: boolean;
   /** SIGSTOP: its sockets stay open and it answers nothing, as a hung VM. */
@@ -101,10 +103,12 @@ export interface EtcdMember extends Etcd {
 /**
  * Start a cluster of `size` etcd members (`--initial-cluster`, state new) on free loopback ports;
  * resolves once every member answers /health (which etcd says only once the cluster has a leader).
+ * With `hosts`, member i runs in network namespace `hosts[i]` (spec/netns.ts's hosts), its client
+ * and peer URLs on that host's address, so a cut between hosts can split the cluster.
  */
-export async function startEtcdCluster(size = 3): Promise<EtcdCluster> {
+export async function startEtcdCluster(size = 3, opts: { hosts?: EtcdHost[] } = {}): Promise<EtcdCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'revproxy-etcd-cluster-'));
-  let ms = await members(dir, size);
+  let ms = await members(dir, size, undefined, opts.hosts);
   try {
     await Promise.all(ms.map((m) => m.start()));
   } catch (first) {
@@ -112,7 +116,7 @@ export async function startEtcdCluster(size = 3): Promise<EtcdCluster> {
     // once more, on ports chosen again, before giving up.
     await removeAll(dir, ms);
     mkdirSync(dir, { recursive: true });
-    ms = await members(dir, size);
+    ms = await members(dir, size, undefined, opts.hosts);
     try {
       await Promise.all(ms.map((m) => m.start()));
     } catch (err) {
@@ -149,18 +153,20 @@ async function removeAll(dir: string, ms: EtcdMember[]): Promise<void> {
   rmSync(dir, { recursive: true, force: true });
 }
 
-/** `size` members under `dir`, not started yet: their ports chosen, each knowing the others. */
-async function members(dir: string, size: number, tls?: EtcdTls, host?: EtcdHost): Promise<EtcdMember[]> {
+/** `size` members under `dir`, not started yet: their ports chosen, each knowing the others (`host`: one host for all, or one per member). */
+async function members(dir: string, size: number, tls?: EtcdTls, host?: EtcdHost | EtcdHost[]): Promise<EtcdMember[]> {
   const ports = [];
   for (let i = 0; i < size; i++) ports.push({ client: await freePort(), peer: await freePort() });
   const names = ports.map((_, i) => (size === 1 ? 'default' : `m${i + 1}`));
-  const initialCluster = ports.map((p, i) => `${names[i]}=http://127.0.0.1:${p.peer}`).join(',');
+  const hostOf = (i: number): EtcdHost | undefined => (Array.isArray(host) ? host[i] : host);
+  const initialCluster = ports.map((p, i) => `${names[i]}=http://${Array.isArray(host) ? hostOf(i)!.addr : '127.0.0.1'}:${p.peer}`).join(',');
   // A single etcd's `remove` takes its whole directory; a member's only its own data.
-  return ports.map((p, i) => member({ name: names[i]!, data: join(dir, size === 1 ? 'data' : names[i]!), dir, removes: size === 1 ? dir : join(dir, names[i]!), ...p, initialCluster, tls, host }));
+  return ports.map((p, i) => member({ name: names[i]!, data: join(dir, size === 1 ? 'data' : names[i]!), dir, removes: size === 1 ? dir : join(dir, names[i]!), ...p, initialCluster, tls, host: hostOf(i), peerOnHost: Array.isArray(host) }));
 }
 
-function member(o: { name: string; data: string; dir: string; removes: string; client: number; peer: number; initialCluster: string; tls?: EtcdTls; host?: EtcdHost }): EtcdMember {
+function member(o: { name: string; data: string; dir: string; removes: string; client: number; peer: number; initialCluster: string; tls?: EtcdTls; host?: EtcdHost; peerOnHost?: boolean }): EtcdMember {
   const { tls, client, peer } = o;
+  const peerIp = o.peerOnHost ? o.host!.addr : '127.0.0.1';
   const ip = o.host?.addr ?? '127.0.0.1';
   // In a namespace it is reached only from there: its health is asked from there too.
   const inNs = (cmd: string, args: string[]): [string, string[]] => (o.host ? ['ip', ['netns', 'exec', o.host.ns, cmd, ...args]] : [cmd, args]);
@@ -174,7 +180,7 @@ function member(o: { name: string; data: string; dir: string; removes: string; c
       '--name', o.name, '--data-dir', o.data,
       '--listen-client-urls', `${scheme}://${ip}:${client}`, '--advertise-client-urls', `${scheme}://${ip}:${client}`,
       ...(tls ? ['--cert-file', tls.cert, '--key-file', tls.key, ...(tls.ca ? ['--client-cert-auth', '--trusted-ca-file', tls.ca] : [])] : []),
-      '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`,
+      '--listen-peer-urls', `http://${peerIp}:${peer}`, '--initial-advertise-peer-urls', `http://${peerIp}:${peer}`,
       '--initial-cluster', o.initialCluster, '--initial-cluster-state', 'new', '--logger', 'zap', '--log-level', 'warn',
     ]), { stdio: ['ignore', 'pipe', 'pipe'] });
     child = c;
@@ -215,6 +221,7 @@ function member(o: { name: string; data: string; dir: string; removes: string; c
   };
   return {
     name: o.name,
+    peerPort: peer,
     url: `${tls ? 'etcds' : 'etcd'}://${ip}:${client}`,
     endpoint: `${ip}:${client}`,
     dir: o.dir,

@@ -16,6 +16,8 @@ export interface Host {
   readonly addr: string;
   /** Run `revproxy ARGS` inside it. */
   revproxy(args: string[]): Proc;
+  /** Run a TypeScript file of the project (`node --import tsx FILE ARGS`) inside it. */
+  tsx(file: string, args: string[]): Proc;
   /** The TCP connections it holds to `peer` (established, closing or orphaned), as `ss` lists them. */
   socketsTo(peer: Host): string[];
 }
@@ -23,8 +25,11 @@ export interface Host {
 export interface Link {
   readonly a: Host;
   readonly b: Host;
-  /** Drop every packet in and out of `b`, silently; with `port`, only those to and from that TCP port of `a` (an etcd there, say). */
-  cut(only?: { port: number }): void;
+  /**
+   * Drop every packet in and out of `b`, silently; with `port`, only those to and from that TCP port of `a` (an etcd there, say);
+   * with `ports`, only those between the hosts to or from any of these TCP ports, on either side (etcd members' client and peer ports: a cluster split).
+   */
+  cut(only?: { port: number } | { ports: number[] }): void;
   heal(): void;
   remove(): void;
 }
@@ -79,6 +84,7 @@ export function twoHosts(opts: { orphanRetries?: number } = {}): Link {
         ns,
         addr,
         revproxy: (args) => start('ip', ['netns', 'exec', ns, process.execPath, BIN, ...args]),
+        tsx: (file, args) => start('ip', ['netns', 'exec', ns, process.execPath, '--import', 'tsx', file, ...args]),
         socketsTo: (peer) => inNs(ns, ['ss', '-tanH', 'dst', peer.addr]).split('\n').filter((l) => l.trim() !== ''),
       };
       return host;
@@ -89,7 +95,12 @@ export function twoHosts(opts: { orphanRetries?: number } = {}): Link {
       a,
       b,
       cut: (only) => {
-        const [inRule, outRule] = only ? [`ip saddr ${a.addr} tcp sport ${only.port} drop`, `ip daddr ${a.addr} tcp dport ${only.port} drop`] : ['iifname != "lo" drop', 'oifname != "lo" drop'];
+        const set = only && 'ports' in only ? `{ ${only.ports.join(', ')} }` : undefined;
+        const [inRule, outRule] = set
+          ? [`ip saddr ${a.addr} tcp sport ${set} drop; ip saddr ${a.addr} tcp dport ${set} drop`, `ip daddr ${a.addr} tcp dport ${set} drop; ip daddr ${a.addr} tcp sport ${set} drop`]
+          : only && 'port' in only
+            ? [`ip saddr ${a.addr} tcp sport ${only.port} drop`, `ip daddr ${a.addr} tcp dport ${only.port} drop`]
+            : ['iifname != "lo" drop', 'oifname != "lo" drop'];
         const rules = `table inet cut {\n chain in { type filter hook input priority 0; ${inRule}; }\n chain out { type filter hook output priority 0; ${outRule}; }\n}\n`;
         run(['ip', 'netns', 'exec', b.ns, 'nft', '-f', '-'], rules);
       },

@@ -5,9 +5,10 @@
  * at once; here it does not. Needs root, iproute2 and nftables (CI has them).
  */
 import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { killEtcds, startEtcd, type Etcd } from '../scenario/etcd.js';
+import { killEtcds, startEtcd, startEtcdCluster, type Etcd, type EtcdCluster, type EtcdMember } from '../scenario/etcd.js';
 import { eventually } from './helpers.js';
 import { cannotMakeHosts, twoHosts, type Host, type Link } from './netns.js';
 import { killAll, type Proc } from './procs.js';
@@ -15,6 +16,7 @@ import { killAll, type Proc } from './procs.js';
 const cut = suite('a silent cut between hosts');
 let link: Link | undefined;
 let etcd: Etcd | undefined;
+let cluster: EtcdCluster | undefined;
 cut.before(() => {
   const why = cannotMakeHosts();
   if (why) throw new Error(`this spec runs hosts in network namespaces: ${why}`);
@@ -22,8 +24,10 @@ cut.before(() => {
 cut.after.each(async () => {
   killAll();
   await etcd?.remove();
+  await cluster?.remove();
   killEtcds();
   etcd = undefined;
+  cluster = undefined;
   link?.remove();
   link = undefined;
 });
@@ -94,6 +98,33 @@ cut('servers cut off from etcd while the proxy reaches them stay in rotation; th
   execFileSync('ip', ['netns', 'exec', a.ns, 'etcdctl', '--endpoints', etcd.endpoint, 'del', '/revproxy/servers/n1']);
   await eventually(() => said(/Server id n1 left privacy policy P: its registry key was deleted while its lease was alive/), 10000, 'n1 evicted by the delete');
   assert.ok((await ask()).errors.NO_SERVER, 'no server left to answer');
+});
+
+/** `spec/fixtures/mirror.ts` on `host`: `count` PrefixMirrors of `prefix`, each on an etcd client of its own, printing what they are told. */
+function mirrors(host: Host, endpoints: string[], prefix: string, count = 1): Proc {
+  return host.tsx(fileURLToPath(new URL('fixtures/mirror.ts', import.meta.url)), [endpoints.join(','), prefix, String(count)]);
+}
+
+/** Three etcd members, two on host a and one on host b, and the three as members. */
+async function splitCluster(l: Link): Promise<[EtcdMember, EtcdMember, EtcdMember]> {
+  cluster = await startEtcdCluster(3, { hosts: [l.a, l.a, l.b] });
+  return cluster.members as [EtcdMember, EtcdMember, EtcdMember];
+}
+
+const clientPort = (m: EtcdMember): number => Number(m.endpoint.split(':')[1]);
+
+cut('etcd members out of reach of a host (its packets to them dropped) while one is not: a watch made on one out of reach is made again on another, so every mirror follows changes', async () => {
+  link = twoHosts();
+  const { a, b } = link;
+  const [m1, m2] = await splitCluster(link);
+  // Host b reaches only its own member; a stream to another never connects, and never fails either.
+  link.cut({ ports: [clientPort(m1), clientPort(m2)] });
+  // Each etcd client picks a member at random for its watch: with six, some pick one out of reach.
+  const COUNT = 6;
+  const m = mirrors(b, cluster!.endpoints, '/revproxy/proxies/', COUNT);
+  for (let i = 0; i < COUNT; i++) await m.waitFor(new RegExp(`^${i} synced start 0$`), 30_000);
+  a.revproxy(['proxy', '--host', a.addr, '--port', '2100', '--registry', cluster!.url, '--registry-ttl', '2']);
+  for (let i = 0; i < COUNT; i++) await m.waitFor(new RegExp(`^${i} put 10\\.201\\.0\\.1:2100$`), 20_000);
 });
 
 cut.run();
