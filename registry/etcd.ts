@@ -39,19 +39,31 @@ export async function openEtcd(o: Resolved): Promise<Etcd3> {
 }
 
 /**
- * What every watch stream goes through. A watch stream has no deadline (it lives as long as the
+ * What every watch stream goes through.
+ *
+ * etcd must make the watch within `ms`. A watch stream has no deadline (it lives as long as the
  * watch), and etcd3 sends it to a member chosen at random: one sent to a member this host cannot
  * reach (its packets dropped: a cut, a firewall) never connects and never fails - gRPC waits on
  * the connection as long as TCP tries, minutes - and every watch of the client waits on that
  * stream meanwhile (a mirror there said it was up and told nothing for over 120 s). So etcd must
  * answer within `ms` (its first message says the watch is made); if not, the stream is ended as a
  * missed deadline, and etcd3 marks the member failed and makes the stream again on another.
+ *
+ * And the member must have a leader: the stream asks etcd to require one (`hasleader: true` in
+ * its metadata, what etcd's Go client sends for `WithRequireLeader`, and etcdctl for every watch).
+ * A member cut off from the others by a partition lives, answers gRPC's pings and has no leader;
+ * it serves a watch from its own data, which no longer changes, so the watch went silent without
+ * an error for as long as the cut lasted (a proxy that joined through the majority went unseen).
+ * Asked to require a leader, the member refuses such a watch at once, and ends one it holds once
+ * it has been without a leader for three election timeouts (3 s with etcd's defaults): etcd3 then
+ * makes the stream again, and the mirror reads again, on a member chosen anew.
  */
 function watchInterceptor(InterceptingCall: typeof Call, deadlineExceeded: number, ms: number): Interceptor {
   return (options, next) => {
     let timer: NodeJS.Timeout | undefined;
     const call: Call = new InterceptingCall(next(options), {
       start(metadata, _listener, start) {
+        metadata.set('hasleader', 'true');
         timer = setTimeout(() => call.cancelWithStatus(deadlineExceeded, `deadline exceeded: etcd did not make the watch within ${ms} ms`), ms);
         start(metadata, {
           onReceiveMessage(message, next) {

@@ -127,4 +127,33 @@ cut('etcd members out of reach of a host (its packets to them dropped) while one
   for (let i = 0; i < COUNT; i++) await m.waitFor(new RegExp(`^${i} put 10\\.201\\.0\\.1:2100$`), 20_000);
 });
 
+cut('an etcd member cut off from the other two: a watch on it ends, and the mirror follows the majority again (a proxy that joins meanwhile is seen)', async () => {
+  link = twoHosts();
+  const { a, b } = link;
+  const [m1, m2, m3] = await splitCluster(link);
+  const reg = ['--registry', cluster!.url, '--registry-ttl', '2'];
+  // At first host b reaches only its own member, so the mirror's watch can only be on it.
+  link.cut({ ports: [clientPort(m1), clientPort(m2)] });
+  const m = mirrors(b, cluster!.endpoints, '/revproxy/proxies/');
+  await m.waitFor(/^0 synced start 0$/, 30_000);
+  // A key written on host a and told after the mirror's last read came through the watch, which is then on
+  // the member of host b: until one is (a watch may first go to a member out of reach, and be made again).
+  const last = (re: RegExp): number => m.out.map((l) => re.test(l)).lastIndexOf(true);
+  const put = (key: string): string => execFileSync('ip', ['netns', 'exec', a.ns, 'etcdctl', '--endpoints', m1.endpoint, 'put', key, 'x'], { encoding: 'utf8' });
+  for (let i = 0; ; i++) {
+    put(`/revproxy/proxies/probe-${i}`);
+    await m.waitFor(new RegExp(`^0 put probe-${i}$`), 20_000);
+    if (last(new RegExp(`^0 put probe-${i}$`)) > last(/^0 synced /)) break;
+    assert.ok(i < 20, `the mirror's watch never settled on the member it reaches:\n${m.out.join('\n')}`);
+  }
+
+  // That member is cut off from the other two (their raft traffic dropped); host b reaches all three.
+  link.heal();
+  link.cut({ ports: [m1.peerPort, m2.peerPort, m3.peerPort] });
+  const late = a.revproxy(['proxy', '--host', a.addr, '--port', '2200', ...reg]);
+  await late.waitFor(/Advertised this proxy in the registry/, 20_000);
+  // The member has no leader and its watch no more events: it must end the watch, and the mirror read the majority.
+  await m.waitFor(/^0 put 10\.201\.0\.1:2200$/, 20_000);
+});
+
 cut.run();
