@@ -17,12 +17,13 @@ export type { Etcd3 } from 'etcd3';
 
 export async function openEtcd(o: Resolved): Promise<Etcd3> {
   const [{ Etcd3, isRecoverableError }, { circuitBreaker, ConsecutiveBreaker, ExponentialBackoff, handleWhen }, grpc] = await Promise.all([import('etcd3'), import('cockatiel'), import('@grpc/grpc-js')]);
-  const watchCall = watchInterceptor(grpc.InterceptingCall, grpc.status.DEADLINE_EXCEEDED, o.callTimeoutMs);
+  const leader = requireLeader(grpc.InterceptingCall);
+  const watch = [leader, watchInterceptor(grpc.InterceptingCall, grpc.status.DEADLINE_EXCEEDED, o.callTimeoutMs)];
   const options: IOptions = {
     hosts: o.endpoints.map((e) => `${o.tls ? 'https' : 'http'}://${e}`),
     dialTimeout: o.callTimeoutMs,
     // gRPC takes a deadline as a wall-clock time and turns it into a timer (monotonic) when the call starts, a moment after this.
-    defaultCallOptions: (ctx) => (ctx.isStream ? (ctx.service === 'Watch' ? { interceptors: [watchCall] } : {}) : { deadline: deadlineIn(o.callTimeoutMs) }),
+    defaultCallOptions: (ctx) => (ctx.isStream ? { interceptors: ctx.service === 'Watch' ? watch : [leader] } : { interceptors: [leader], deadline: deadlineIn(o.callTimeoutMs) }),
     // etcd's default --grpc-keepalive-min-time is 5 s: ping no more often than that.
     grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': Math.max(1000, o.callTimeoutMs) },
     faultHandling: {
@@ -39,31 +40,45 @@ export async function openEtcd(o: Resolved): Promise<Etcd3> {
 }
 
 /**
- * What every watch stream goes through.
- *
- * etcd must make the watch within `ms`. A watch stream has no deadline (it lives as long as the
- * watch), and etcd3 sends it to a member chosen at random: one sent to a member this host cannot
- * reach (its packets dropped: a cut, a firewall) never connects and never fails - gRPC waits on
- * the connection as long as TCP tries, minutes - and every watch of the client waits on that
- * stream meanwhile (a mirror there said it was up and told nothing for over 120 s). So etcd must
- * answer within `ms` (its first message says the watch is made); if not, the stream is ended as a
- * missed deadline, and etcd3 marks the member failed and makes the stream again on another.
- *
- * And the member must have a leader: the stream asks etcd to require one (`hasleader: true` in
- * its metadata, what etcd's Go client sends for `WithRequireLeader`, and etcdctl for every watch).
- * A member cut off from the others by a partition lives, answers gRPC's pings and has no leader;
- * it serves a watch from its own data, which no longer changes, so the watch went silent without
- * an error for as long as the cut lasted (a proxy that joined through the majority went unseen).
- * Asked to require a leader, the member refuses such a watch at once, and ends one it holds once
- * it has been without a leader for three election timeouts (3 s with etcd's defaults): etcd3 then
- * makes the stream again, and the mirror reads again, on a member chosen anew.
+ * Every call asks etcd to require a leader (`hasleader: true` in its metadata: what etcd's Go
+ * client sends for `WithRequireLeader`, and etcdctl for every watch). A member cut off from the
+ * others by a partition lives, answers gRPC's pings and has no leader. Without this, it served a
+ * watch from its own data, which no longer changes, so the watch went silent without an error for
+ * as long as the cut lasted (a proxy that joined through the majority went unseen); and every read
+ * and keepalive sent to it waited out its whole deadline (a proxy said the registry was
+ * unreachable when two reads in a row went there, though two members of three answered; a server
+ * took 4-6 s to register). Asked to require a leader, the member refuses at once ("etcdserver: no
+ * leader", which etcd3 counts as recoverable: it tries another member within the same call), and
+ * ends a stream it holds once it has been without a leader for three election timeouts (3 s with
+ * etcd's defaults): etcd3 makes the stream again, and the mirror reads again, on a member chosen
+ * anew. While a cluster elects a new leader (1-2 s) every member refuses so: the callers already
+ * try again for longer than that (registry/mirror.ts, registry/kept-key.ts).
+ */
+function requireLeader(InterceptingCall: typeof Call): Interceptor {
+  return (options, next) =>
+    new InterceptingCall(next(options), {
+      start(metadata, listener, start) {
+        metadata.set('hasleader', 'true');
+        start(metadata, listener);
+      },
+    });
+}
+
+/**
+ * What every watch stream goes through besides: etcd must make the watch within `ms`. A watch
+ * stream has no deadline (it lives as long as the watch), and etcd3 sends it to a member chosen at
+ * random: one sent to a member this host cannot reach (its packets dropped: a cut, a firewall)
+ * never connects and never fails - gRPC waits on the connection as long as TCP tries, minutes -
+ * and every watch of the client waits on that stream meanwhile (a mirror there said it was up and
+ * told nothing for over 120 s). So etcd must answer within `ms` (its first message says the watch
+ * is made); if not, the stream is ended as a missed deadline, and etcd3 marks the member failed and
+ * makes the stream again on another.
  */
 function watchInterceptor(InterceptingCall: typeof Call, deadlineExceeded: number, ms: number): Interceptor {
   return (options, next) => {
     let timer: NodeJS.Timeout | undefined;
     const call: Call = new InterceptingCall(next(options), {
       start(metadata, _listener, start) {
-        metadata.set('hasleader', 'true');
         timer = setTimeout(() => call.cancelWithStatus(deadlineExceeded, `deadline exceeded: etcd did not make the watch within ${ms} ms`), ms);
         start(metadata, {
           onReceiveMessage(message, next) {
@@ -136,6 +151,7 @@ export function describeEtcdError(err: unknown, o: Resolved): string {
   // gRPC's resolver, asked again at each reconnect: a member's name that does not resolve (or a DNS server that did not answer).
   const unresolved = /Name resolution failed for target dns:(\[[^\]]+\]|[^:\s]+)/.exec(msg);
   if (unresolved) return `etcd at ${where} cannot be reached: the name ${unresolved[1]} does not resolve to an address on this machine, or its DNS server did not answer (${msg}): check the name in --registry, and that its DNS or /etc/hosts lists it`;
+  if (/no leader/i.test(msg)) return `etcd at ${where} has no leader (${msg}): the members reached are cut off from the others, or the cluster lost quorum`;
   if (name === 'GRPCDeadlineExceededError' || /deadline/i.test(msg)) return `etcd at ${where} did not answer within ${o.callTimeoutMs} ms`;
   if (/BrokenCircuit|circuit/i.test(name + msg)) return `etcd at ${where} is not reachable (it failed several calls in a row; trying again shortly)`;
   return `etcd at ${where}: ${msg}`;

@@ -156,4 +156,24 @@ cut('an etcd member cut off from the other two: a watch on it ends, and the mirr
   await m.waitFor(/^0 put 10\.201\.0\.1:2200$/, 20_000);
 });
 
+cut('a proxy given only the etcd member that is cut off from the other two: it says that member has no leader', async () => {
+  link = twoHosts();
+  const { b } = link;
+  const [m1, m2, m3] = await splitCluster(link);
+  link.cut({ ports: [m1.peerPort, m2.peerPort, m3.peerPort] });
+  const status = (): string => {
+    try {
+      return execFileSync('ip', ['netns', 'exec', b.ns, 'etcdctl', '--endpoints', m3.endpoint, 'endpoint', 'status'], { encoding: 'utf8' });
+    } catch (err) {
+      return String(err);
+    }
+  };
+  await eventually(() => /no leader/.test(status()), 20_000, 'the cut-off member to know it has no leader');
+  // Its own member only, as a host that talks to the etcd member beside it.
+  const proxy = b.revproxy(['proxy', '--host', b.addr, '--port', '2100', '--registry', `etcd://${m3.endpoint}`, '--registry-ttl', '2']);
+  // Not "did not answer within 2000 ms": every call asks etcd to require a leader, and the member refuses it at once.
+  const [line] = await proxy.waitFor(/Cannot read the registry yet \(.*\)/, 20_000);
+  assert.match(line, /has no leader/, proxy.out.join('\n'));
+});
+
 cut.run();
