@@ -16,8 +16,9 @@ import type { MemberSource, MemberState } from './proxy-types.js';
 import type { ProxyRegistryOptions } from '../registry/proxy-registry.js';
 import type { RegistryOptions } from '../registry/options.js';
 import type { RegistryStatus } from '../registry/events.js';
+import type { EtcdClient, Renewal } from '../registry/etcd-client.js';
 import { badLimit, serverMachine, type ServerActor, type ServerOptions } from './server.js';
-import { dial, type TlsMaterial } from '../transport/tls.js';
+import { dial, TlsConfigError, type TlsMaterial } from '../transport/tls.js';
 import { renewed } from './renew-tls.js';
 
 export { clientMachine, RequestError, type ClientOptions } from './client.js';
@@ -87,6 +88,17 @@ export interface ProxyHandle {
   renewTls(next: { tls?: TlsMaterial; upstreamTls?: TlsMaterial }): void;
   /** The TLS material the proxy runs with now: its start's, or the last `renewTls`'s. */
   tls(): { tls?: TlsMaterial; upstreamTls?: TlsMaterial };
+  /** What the proxy's etcd client presents and trusts now (`registry.tls`, or the last `renewRegistryTls`'s); undefined without a registry over TLS. */
+  registryTls(): TlsMaterial | undefined;
+  /**
+   * Renewed TLS material for etcd (a client certificate and its key, a CA bundle), as Buffers like
+   * `registry.tls`: a new etcd client is made with it and tried, then the proxy's watch of the
+   * servers and its own key's lease move to it (the same lease; nothing read or written again)
+   * and the old client is closed. Rejects with a `TlsConfigError` (code TLS_CONFIG) when the set
+   * cannot be used - checked as `renewTls` checks its own - or etcd refuses it, the running
+   * client kept. Resolves with `tried: false` (and why) when etcd could not be reached to try it.
+   */
+  renewRegistryTls(tls: TlsMaterial): Promise<Renewal>;
 }
 
 /** What `startProxy` takes: the proxy's options, and a registry (etcd) to take servers from and advertise itself in. */
@@ -106,6 +118,7 @@ export type StartProxyOptions = ProxyOptions & Inspect & {
  */
 export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHandle> {
   let machine = proxyMachine;
+  let etcd: EtcdClient | undefined;
   const untrusted = (opts.proxyProtocolFrom ?? []).map(badTrustedSource).find(Boolean);
   if (untrusted) throw new StartError(`proxyProtocolFrom: ${untrusted}`);
   if (opts.registry) {
@@ -115,7 +128,9 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
       throw new StartError(`the proxy listens on ${host}, every address: say which address clients should dial to reach it (--advertise HOST, or registry.advertise in the config file)`);
     }
     const { proxyRegistry } = await import('../registry/proxy-registry.js');
-    machine = proxyMachine.provide({ actors: { registry: await proxyRegistry({ ...opts.registry, advertise, servesTls: Boolean(opts.tls?.cert) }) } });
+    const registry = await proxyRegistry({ ...opts.registry, advertise, servesTls: Boolean(opts.tls?.cert) });
+    etcd = registry.etcd;
+    machine = proxyMachine.provide({ actors: { registry: registry.logic } });
   }
   // The one owner of what the proxy dials servers with: every dial reads it, renewTls replaces it.
   const running = { tls: opts.tls, upstreamTls: opts.upstreamTls };
@@ -162,7 +177,15 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
       }
     },
     tls: () => ({ ...running }),
+    registryTls: () => etcd?.tls,
+    renewRegistryTls: (tls) => renewRegistryTls(etcd, tls, 'the proxy'),
   };
+}
+
+/** `EtcdClient.renew`, or a rejection saying there is no registry to renew. */
+async function renewRegistryTls(etcd: EtcdClient | undefined, tls: TlsMaterial, who: string): Promise<Renewal> {
+  if (!etcd) throw new TlsConfigError(`cannot renew registry.tls: ${who} was started without a registry`, 'usage');
+  return etcd.renew(tls);
 }
 
 export interface ServerHandle {
@@ -180,6 +203,8 @@ export interface ServerHandle {
    * and the running one stays. A server started without `tls` has none to renew.
    */
   renewTls(tls: TlsMaterial): void;
+  /** As `ProxyHandle.renewRegistryTls`: the server's registration (its key's lease) moves to a new etcd client made with `tls`. */
+  renewRegistryTls(tls: TlsMaterial): Promise<Renewal>;
 }
 
 /** What `startServer` takes: the server's options, with the proxies as `revproc` if you like and a free listen port by default. */
@@ -226,6 +251,7 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
   const bad = badLimit(opts);
   if (bad) throw new StartError(`server ${opts.id}: ${bad}`);
   let machine = opts.wire === 'json' ? serverMachine.provide({ actors: { registrations: jsonRegistrations } }) : serverMachine;
+  let etcd: EtcdClient | undefined;
   if (opts.registry) {
     if (opts.wire === 'json') throw new StartError('a server registers through the registry or the old way (--wire json), not both: the old proxy knows no registry');
     const host = opts.listenHost ?? '127.0.0.1';
@@ -234,7 +260,9 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
       throw new StartError(`server ${opts.id} listens on ${host}, every address: say which address proxies should dial to reach it (--advertise HOST)`);
     }
     const { serverRegistration } = await import('../registry/server-registration.js');
-    machine = serverMachine.provide({ actors: { registrations: await serverRegistration({ ...opts.registry, advertise }) } });
+    const registration = await serverRegistration({ ...opts.registry, advertise });
+    etcd = registration.etcd;
+    machine = serverMachine.provide({ actors: { registrations: registration.logic } });
     opts.proxies = [];
   }
   const actor = createActor(machine, { input: opts, inspect: opts.inspect, ...xstateClock(opts.clock ?? systemClock) });
@@ -244,7 +272,7 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
     await waitUntil(actor, (s) => s.status !== 'active' || s.value !== 'starting');
     const snap = actor.getSnapshot();
     if (snap.status !== 'active') throw new StartError(snap.context.error ?? `server ${opts.id} failed to start`);
-    return serverHandle(actor, opts.id);
+    return serverHandle(actor, opts.id, etcd);
   }
   const wait = opts.registerTimeoutMs ?? 5000;
   let timedOut = false;
@@ -258,10 +286,10 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
     const where = opts.registry ? `in the registry (etcd://${opts.registry.endpoints.join(',')})` : `with any reverse proxy (${proxies})`;
     throw new StartError(snap.context.error ?? `server ${opts.id} could not register ${where} within ${wait} ms`);
   }
-  return serverHandle(actor, opts.id);
+  return serverHandle(actor, opts.id, etcd);
 }
 
-function serverHandle(actor: ServerActor, id: string): ServerHandle {
+function serverHandle(actor: ServerActor, id: string, etcd?: EtcdClient): ServerHandle {
   return {
     actor,
     port: actor.getSnapshot().context.port,
@@ -272,6 +300,7 @@ function serverHandle(actor: ServerActor, id: string): ServerHandle {
       const { tls } = actor.getSnapshot().context.opts;
       actor.send({ type: 'RENEW_TLS', tls: renewed('tls', tls, next, Boolean(tls?.cert)) });
     },
+    renewRegistryTls: (tls) => renewRegistryTls(etcd, tls, `server ${id}`),
   };
 }
 

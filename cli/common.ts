@@ -215,7 +215,7 @@ export function ignoreUserSignals(logger: Logger, instead: string, signals: read
 /** A warn line for each certificate that ends soon (`expiryWarning`): at start and at each reload, by the proxy and a server. */
 export function warnExpiring(logger: Logger, certs: readonly LoadedCert[]): void {
   for (const c of certs) {
-    const why = expiryWarning(c.role, c.file, c, c.atStart);
+    const why = expiryWarning(c.role, c.file, c);
     if (why) logger.warn('tls_cert_expiring', why, { setting: c.role, file: c.file, not_after: Math.floor(c.notAfter / 1000) });
   }
 }

@@ -34,7 +34,7 @@ function withLogOptions(cmd: Command, level?: Level): Command {
 }
 
 /** What a server without TLS files says of SIGHUP, SIGUSR1 and SIGUSR2. */
-const NOTHING_TO_RELOAD = 'a server has nothing to reload or reopen without TLS files (its settings are its flags, its log is its output): restart it to change them; SIGTERM drains and stops it';
+const NOTHING_TO_RELOAD = 'a server has nothing to reload or reopen without TLS files (--tls-*, --registry-cert/--registry-key/--registry-ca; its settings are its flags, its log is its output): restart it to change them; SIGTERM drains and stops it';
 
 function withTlsOptions(cmd: Command): Command {
   for (const o of tlsOptions()) cmd.addOption(o);
@@ -87,7 +87,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('--max-conns-per-peer <n>', 'connections from one address at once (0 = no limit; default: none on loopback, 1024 on any other address)').argParser(parseIntOption('--max-conns-per-peer', 0)))
       .addOption(new Option('--token <secret>', "the proxy's registration secret (prefer the environment variable to the command line)").env('REVPROXY_TOKEN'))
       .addOption(wireOption('register the old way (setup on its own connection, then closed), for the old Python proxy'))
-      .addHelpText('after', '\nWith --registry etcd://HOST:PORT the server registers once, in etcd, instead of with each proxy:\nevery proxy watching the registry takes it (see README, "Running a fleet").\nA lost proxy is retried with backoff and the server registers again.\nSIGTERM, SIGINT or SIGQUIT drains: tells the proxies it is leaving, finishes requests in flight, exits 0.\nA second one stops it at once.\nSIGHUP reads the TLS files again (renewed certificates): new connections and registrations use them.\nA handler that throws an error with a string code answers the client HANDLER_ERROR with that code\n(not retried elsewhere; Node\'s own, such as ENOENT, answer HANDLER_FAILED and are logged); ctx.signal aborts when the proxy stops waiting for the answer.\n\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100\n  revproxy server -id 100 -pp 111 -revproc 2100,2200\n  revproxy server -id 500 -pp 111 --handler examples/privacy-handler.js --concurrency 8\n  revproxy server -id 100 -pp 111 --registry etcd://127.0.0.1:2379'),
+      .addHelpText('after', '\nWith --registry etcd://HOST:PORT the server registers once, in etcd, instead of with each proxy:\nevery proxy watching the registry takes it (see README, "Running a fleet").\nA lost proxy is retried with backoff and the server registers again.\nSIGTERM, SIGINT or SIGQUIT drains: tells the proxies it is leaving, finishes requests in flight, exits 0.\nA second one stops it at once.\nSIGHUP reads the TLS files again (renewed certificates): new connections and registrations use them;\n--registry-cert, --registry-key and --registry-ca make a new etcd client, the registration moved to it on its lease.\nA handler that throws an error with a string code answers the client HANDLER_ERROR with that code\n(not retried elsewhere; Node\'s own, such as ENOENT, answer HANDLER_FAILED and are logged); ctx.signal aborts when the proxy stops waiting for the answer.\n\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100\n  revproxy server -id 100 -pp 111 -revproc 2100,2200\n  revproxy server -id 500 -pp 111 --handler examples/privacy-handler.js --concurrency 8\n  revproxy server -id 100 -pp 111 --registry etcd://127.0.0.1:2379'),
   )))).action(async function (this: Command, o: LogFlags & TlsFlags & InspectFlags & RegistryFlags & { token?: string } & {
     id: string; pp: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout?: number; delay: number; maxFrame: number; wire: 'frames' | 'json';
     handler?: string; concurrency?: number; queueLimit: number; handlerTimeout: number; tcpKeepalive: number; maxBufferedBytes: number; maxConnections: number; maxConnsPerPeer?: number;
@@ -97,27 +97,39 @@ export function buildProgram(setExit: (code: number) => void): Command {
     if (registry && this.getOptionValueSource('revproc') !== 'default') throw new UsageError('--revproc and --registry do not go together: with --registry the server registers in etcd, and every proxy watching it takes it');
     const logger = makeLogger(`server ${o.id}`, o);
     const tls = tlsFromFlags(o);
-    const names = { cert: '--tls-cert', ca: '--tls-ca' };
-    warnExpiring(logger, loadedCerts({ cert: o.tlsCert, ca: o.tlsCa }, tls, names));
-    // A daemon's SIGHUP means reload: the TLS files (renewed certificates) for the next handshakes and dials.
+    // etcd's client certificate and CA (--registry-cert, --registry-ca) are read again on SIGHUP as the server's own are.
+    const registryFiles = o.registryCert || o.registryCa ? { cert: o.registryCert, ca: o.registryCa } : undefined;
+    const certsOf = (own: typeof tls, etcd: typeof tls) => [...loadedCerts({ cert: o.tlsCert, ca: o.tlsCa }, own, { cert: '--tls-cert', ca: '--tls-ca' }), ...loadedCerts(registryFiles, etcd, { cert: '--registry-cert', ca: '--registry-ca' })];
+    warnExpiring(logger, certsOf(tls, registry?.tls));
+    const files = [...(tls ? ['--tls-cert, --tls-key, --tls-ca'] : []), ...(registryFiles ? ['--registry-cert, --registry-key, --registry-ca'] : [])].join('; ');
+    // A daemon's SIGHUP means reload: the TLS files (renewed certificates) for the next handshakes and dials, and etcd's.
     // Its other settings are its flags; Node's default would end the server without its drain.
     let server: ServerHandle | undefined;
-    const hup = (): void => {
-      if (!tls) return logger.warn('signal_ignored', `SIGHUP ignored: ${NOTHING_TO_RELOAD}`, { signal: 'SIGHUP' });
-      if (!server) return logger.info('reload_ignored', 'SIGHUP ignored: the server is starting, with the TLS files it read at start; send it again once it listens', {});
-      let next;
+    const reload = async (s: ServerHandle): Promise<void> => {
+      let next, etcd;
       try {
-        next = tlsFromFlags(o)!;
+        next = tls && tlsFromFlags(o);
+        etcd = registryFiles && registryFromFlags(o)?.tls;
+        // etcd's first, tried against etcd: a set it refuses refuses the reload, the server's own files with it.
+        const renewal = etcd && (await s.renewRegistryTls(etcd));
+        if (renewal && !renewal.tried) logger.warn('registry_tls_untried', `The renewed --registry-cert/--registry-ca could not be tried against etcd (${renewal.why}): the registration's etcd client uses them from now on, and etcd checks them when it answers again`, {});
         // Checked again as a renewal: never thrown out of the signal handler, should the two checks part.
-        server.renewTls(next);
+        if (next) s.renewTls(next);
       } catch (err) {
         return logger.error('reload_refused', `Reload refused, still using the TLS files read before: ${(err as Error).message}`, {});
       }
-      logger.info('reload', 'Reloaded the TLS files (--tls-cert, --tls-key, --tls-ca): new connections and registrations use them, open ones keep theirs', {});
-      warnExpiring(logger, loadedCerts({ cert: o.tlsCert, ca: o.tlsCa }, next, names));
+      logger.info('reload', `Reloaded the TLS files (${files}): new connections and registrations use them, open ones keep theirs${etcd ? '; the registration moved to a new connection to etcd, its lease kept' : ''}`, {});
+      warnExpiring(logger, certsOf(next, etcd));
+    };
+    let reloading = Promise.resolve();
+    const hup = (): void => {
+      if (!files) return logger.warn('signal_ignored', `SIGHUP ignored: ${NOTHING_TO_RELOAD}`, { signal: 'SIGHUP' });
+      if (!server) return logger.info('reload_ignored', 'SIGHUP ignored: the server is starting, with the TLS files it read at start; send it again once it listens', {});
+      const s = server;
+      reloading = reloading.then(() => reload(s));
     };
     process.on('SIGHUP', hup);
-    const unignore = ignoreUserSignals(logger, tls ? 'send SIGHUP to reload the TLS files (--tls-cert, --tls-key, --tls-ca), SIGTERM to drain and stop; restart it to change its other settings' : NOTHING_TO_RELOAD);
+    const unignore = ignoreUserSignals(logger, files ? `send SIGHUP to reload the TLS files (${files}), SIGTERM to drain and stop; restart it to change its other settings` : NOTHING_TO_RELOAD);
     const handler = o.handler === undefined ? undefined : await loadHandler(o.handler);
     const insp = await startInspection(o, `server ${o.id}`);
     server = await startServer({

@@ -24,6 +24,7 @@ import type { PoolView } from '../inspector/views.js';
 import { systemClock } from '../transport/clock.js';
 import { ErrorCode } from '../transport/errors.js';
 import { dial, expiryWarning, type TlsMaterial } from '../transport/tls.js';
+import type { LoadedCert } from '../config/files.js';
 import { FileError, ignoreUserSignals, parseHost, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, warnExpiring, whyUnreadable } from './common.js';
 import { checkInspectToken, inspectOptions, startInspection } from './inspect.js';
 
@@ -136,7 +137,8 @@ SIGTERM, SIGINT or SIGQUIT drains: no new connections, every request in flight a
 A second one stops at once: what is still in flight is answered SHUTTING_DOWN.
 SIGHUP reloads the config file (or, without one, the tokens file): limits, timeouts, retries,
 health settings, log level and secrets change at once, and no connection is closed; the TLS
-files are read again (a renewed certificate serves new handshakes); the access log is reopened
+files are read again (a renewed certificate serves new handshakes; etcd's, registry.tls, make a
+new etcd client, the watch and the proxy's key moved to it on their lease); the access log is reopened
 (for logrotate). An invalid file is refused and the running settings stay.
 TLS: --tls-cert/--tls-key serve TLS; --tls-ca requires peers' certificates (mutual TLS) and verifies servers'.
 The proxy dials servers over TLS when --tls-ca is given, presenting --tls-cert.
@@ -181,7 +183,7 @@ Example:
       }
       // What a start would warn of, where an operator runs the check (CI, a deploy), as nginx -t warns; still valid (exit 0).
       const files = fileLimitWarning(resolveOptions(rt.options).maxConnections, DEFAULT_PROXY_MAX_CONNECTIONS, 'max_connections');
-      const warnings = [files?.message, ...rt.certs.map((c) => expiryWarning(c.role, c.file, c, c.atStart))].filter(Boolean);
+      const warnings = [files?.message, ...rt.certs.map((c) => expiryWarning(c.role, c.file, c))].filter(Boolean);
       for (const w of warnings) process.stderr.write(`revproxy: warning: ${w}\n`);
       process.stdout.write(`revproxy: ${file ? `the configuration file ${file}` : 'the configuration'} is valid (${Object.values(cfg).filter((v) => v !== undefined).length} setting(s); the files it names can be used)\n`);
       setExit(0);
@@ -270,7 +272,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       connect: conns?.wrap(dial),
     });
     const handle = proxy;
-    onHup(() => {
+    const reload = async (): Promise<void> => {
       try {
         accessLog?.reopen();
       } catch (err) {
@@ -297,6 +299,19 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       const changed = changes(running, next);
       const restart = changed.filter((c) => c.reload === 'restart').map((c) => c.key);
       const applied = changed.filter((c) => c.reload !== 'restart').map((c) => c.key);
+      // etcd's files first: a set etcd refuses refuses the whole reload, as a bad file does.
+      const registryTls = nextRt.registry?.tls;
+      if (!restart.includes('registry.tls') && (registryTls?.cert || registryTls?.ca) && !sameTls(handle.registryTls(), registryTls)) {
+        try {
+          const renewal = await handle.renewRegistryTls(registryTls);
+          if (!renewal.tried) logger.warn('registry_tls_untried', `The renewed registry.tls could not be tried against etcd (${renewal.why}): the proxy's etcd client uses it from now on, and etcd checks it when it answers again`, { file: source });
+        } catch (err) {
+          reloads.refused++;
+          logger.error('reload_refused', `Reload refused, still running the previous configuration: ${(err as Error).message}`, { file: source });
+          return;
+        }
+        if (!applied.includes('registry.tls')) applied.push('registry.tls');
+      }
       if (!restart.includes('tls')) {
         // Same paths, new contents (a renewed certificate) is a change too.
         const was = handle.tls();
@@ -310,9 +325,10 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
           logger.error('reload_refused', `Reload refused, still running the previous configuration: ${(err as Error).message}`, { file: source });
           return;
         }
-        // etcd's client keeps the files it read at start (registry.tls): so do its metrics.
-        certs = [...nextRt.certs.filter((c) => !c.atStart), ...certs.filter((c) => c.atStart)];
       }
+      // What the metrics and warnings describe: the files in use, the new ones of each part a reload took.
+      const ofRegistry = (c: LoadedCert): boolean => c.role.startsWith('registry.');
+      certs = [...(restart.includes('tls') ? certs : nextRt.certs).filter((c) => !ofRegistry(c)), ...(restart.includes('registry.tls') ? certs : nextRt.certs).filter(ofRegistry)];
       handle.actor.send({ type: 'RELOAD', opts: resolveOptions(nextRt.options) });
       logger.setLevel(nextRt.log.level);
       if (!restart.includes('admin.listen')) admin?.setToken(nextRt.admin?.token);
@@ -331,6 +347,15 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
         if (sub) (running as Record<string, unknown>)[k] = { ...(next[k] as object), [sub]: (before[k] as Record<string, unknown> | undefined)?.[sub] };
         else (running as Record<string, unknown>)[k] = before[k];
       }
+    };
+    // One reload at a time: etcd's renewed files are tried against etcd (a moment) before anything is applied.
+    let reloading = Promise.resolve();
+    onHup(() => {
+      reloading = reloading.then(reload).catch((err: Error) => {
+        // Not expected (each step catches its own errors); but SIGHUP must never end the process.
+        reloads.refused++;
+        logger.error('reload_refused', `Reload refused, still running the previous configuration: ${err.message}`, { file: source });
+      });
     });
     await runUntilStopped(proxy.actor, proxy.stop, logger).catch((err: Error) => {
       logger.error('crashed', `The reverse proxy stopped on an internal error, and exits: ${err.message}`, { error: err.message });

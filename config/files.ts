@@ -151,17 +151,15 @@ export function tlsFromFlags(o: TlsFlags, flag = { cert: '--tls-cert', key: '--t
 export interface LoadedCert extends Validity {
   role: string;
   file: string;
-  /** Read once, at start (etcd's client: registry.tls): a renewal takes a restart, not a reload. */
-  atStart?: boolean;
 }
 
 /** The certificate and CA files of `files`, with their validity (read from `material`, what was loaded), each named by `names`. */
-export function loadedCerts(files: { cert?: string; ca?: string } | undefined, material: TlsMaterial | undefined, names: { cert: string; ca: string }, atStart?: boolean): LoadedCert[] {
+export function loadedCerts(files: { cert?: string; ca?: string } | undefined, material: TlsMaterial | undefined, names: { cert: string; ca: string }): LoadedCert[] {
   const out: LoadedCert[] = [];
   for (const role of ['cert', 'ca'] as const) {
     const pem = material?.[role];
     const v = pem && validityOf(pem, role);
-    if (v && files?.[role]) out.push({ role: names[role], file: files[role]!, ...v, ...(atStart && { atStart }) });
+    if (v && files?.[role]) out.push({ role: names[role], file: files[role]!, ...v });
   }
   return out;
 }

@@ -289,7 +289,7 @@ export function toRuntime(c: ProxyConfig): Runtime {
     inspect: c.inspect,
     inspectLog: c.inspect_log,
     inspectToken: c.inspect_token,
-    certs: [...loadedCerts(c.tls, tls, { cert: 'tls.cert', ca: 'tls.ca' }), ...loadedCerts(c.registry?.tls, registry?.tls, { cert: 'registry.tls.cert', ca: 'registry.tls.ca' }, true)],
+    certs: [...loadedCerts(c.tls, tls, { cert: 'tls.cert', ca: 'tls.ca' }), ...loadedCerts(c.registry?.tls, registry?.tls, { cert: 'registry.tls.cert', ca: 'registry.tls.ca' })],
   };
 }
 
@@ -421,6 +421,13 @@ export function changes(before: ProxyConfig, after: ProxyConfig): Change[] {
       // TLS turned on or off, or mutual TLS (a CA), is how the listener was made: a restart.
       const shape = (t: ProxyConfig['tls']): string => `${Boolean(t?.cert)} ${Boolean(t?.ca)}`;
       out.push({ key, reload: shape(before.tls) === shape(after.tls) ? 'new' : 'restart' });
+    } else if (key === 'registry') {
+      // etcd's TLS files (a renewed client certificate, a new CA bundle) are taken on a reload: a new etcd client is made
+      // with them (registry/etcd-client.ts). TLS to etcd turned on or off, and the rest of the registry, need a restart.
+      const { tls: a, ...restBefore } = before.registry ?? {};
+      const { tls: b, ...restAfter } = after.registry ?? {};
+      if (JSON.stringify(restBefore) !== JSON.stringify(restAfter)) out.push({ key, reload: 'restart' });
+      if (JSON.stringify(a) !== JSON.stringify(b)) out.push({ key: 'registry.tls', reload: a && b ? 'new' : 'restart' });
     } else if (key === 'log') {
       for (const sub of ['level', 'format', 'color', 'summary_interval', 'access_log', 'access_log_flush'] as const) {
         if (before.log?.[sub] === after.log?.[sub]) continue;

@@ -15,8 +15,13 @@ import { describeRegistry, type Resolved } from './options.js';
 
 export type { Etcd3 } from 'etcd3';
 
+/** etcd3's module, once a client was made (`openEtcd` loads it): its errors, for `keepaliveOnce`. */
+let etcd3: typeof import('etcd3') | undefined;
+
 export async function openEtcd(o: Resolved): Promise<Etcd3> {
-  const [{ Etcd3, isRecoverableError }, { circuitBreaker, ConsecutiveBreaker, ExponentialBackoff, handleWhen }, grpc] = await Promise.all([import('etcd3'), import('cockatiel'), import('@grpc/grpc-js')]);
+  const [mod, { circuitBreaker, ConsecutiveBreaker, ExponentialBackoff, handleWhen }, grpc] = await Promise.all([import('etcd3'), import('cockatiel'), import('@grpc/grpc-js')]);
+  etcd3 = mod;
+  const { Etcd3, isRecoverableError } = mod;
   const leader = requireLeader(grpc.InterceptingCall);
   const watch = [leader, watchInterceptor(grpc.InterceptingCall, grpc.status.DEADLINE_EXCEEDED, o.callTimeoutMs)];
   const options: IOptions = {
@@ -125,6 +130,40 @@ function monotonicWait(ms: number): { next(): IBackoff<unknown> } {
 /** A gRPC deadline `ms` from now: a wall-clock time by gRPC's API, which makes it a timer (monotonic) as the call starts. */
 export function deadlineIn(ms: number): number {
   return Date.now() + ms;
+}
+
+/**
+ * One keepalive of lease `id` through `client`, on a stream of its own with a deadline: resolves
+ * with the TTL etcd gives the lease again, rejects when it is not answered in time or etcd says
+ * the lease is gone (EtcdLeaseInvalidError). By lease id rather than through etcd3's Lease, which
+ * is bound to the client that granted it: a kept key moves to a new client (renewed TLS files,
+ * registry/etcd-client.ts) and keeps its lease.
+ */
+export async function keepaliveOnce(client: Etcd3, id: string, deadline: number): Promise<void> {
+  const stream = await client.leaseClient.leaseKeepAlive({ deadline });
+  const res = await new Promise<{ ID: string; TTL: string }>((resolve, reject) => {
+    stream.on('data', resolve);
+    stream.on('error', (err: Error) => reject(etcd3 ? etcd3.castGrpcError(err) : err));
+    stream.write({ ID: id });
+  });
+  stream.end();
+  if (res.TTL === '0') throw etcd3 ? new etcd3.EtcdLeaseInvalidError(id) : Object.assign(new Error(`lease ${id} is expired or revoked`), { name: 'EtcdLeaseInvalidError' });
+}
+
+/**
+ * `call`, or a deadline error after `ms`. etcd3 tries a call that missed its deadline twice more
+ * (its pool's retry policy), each with a deadline of its own: against a cluster without quorum (2
+ * members of 3 hung) a read took 6-8 s to fail instead of 2, so a proxy said the registry was
+ * unreachable only after an 8 s outage had ended, and stayed so for 4 s more while the read still
+ * in flight failed. The call left behind settles on its own, unheard.
+ */
+export function inCallTimeout<T>(call: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(Object.assign(new Error(`deadline exceeded: the read had no answer within ${ms} ms`), { name: 'GRPCDeadlineExceededError' })), ms);
+  });
+  call.catch(() => undefined);
+  return Promise.race([call, late]).finally(() => clearTimeout(timer));
 }
 
 /** Whether etcd refused who we are (a wrong user or password, no role on the prefix): not something that trying again mends. */

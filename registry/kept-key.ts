@@ -12,10 +12,13 @@
  * them: a key held under another lease is another live server with the same
  * id, and is left alone (`taken`) until its lease ends. Our own earlier
  * leases (after etcd came back) are ours to replace.
+ *
+ * The lease is kept by its id, through whichever client is current: `moveTo` hands the key a
+ * new client (the registry's TLS files renewed, registry/etcd-client.ts) and its keepalives go
+ * on through it, the same lease and the key untouched.
  */
-import type { Lease } from 'etcd3';
 import type { Etcd3 } from './etcd.js';
-import { deadlineIn, describeEtcdError, isRefusal } from './etcd.js';
+import { deadlineIn, describeEtcdError, isRefusal, keepaliveOnce } from './etcd.js';
 import { systemClock } from '../transport/clock.js';
 import type { Resolved } from './options.js';
 
@@ -33,7 +36,7 @@ export interface KeptKeyHandlers {
 }
 
 export class KeptKey {
-  private lease?: Lease;
+  /** The lease the key is (being) written under; undefined while none is granted. */
   private leaseId?: string;
   /** Leases this key was written under: after an outage the key may still be on one of them. */
   private readonly ours = new Set<string>();
@@ -49,9 +52,11 @@ export class KeptKey {
   private failedGeneration = -1;
   /** The key is written under the current lease. */
   private written = false;
+  /** Bumped by `moveTo`: a keepalive loop on an earlier client stops. */
+  private moves = 0;
 
   constructor(
-    private readonly client: Etcd3,
+    private client: Etcd3,
     readonly key: string,
     private readonly value: string,
     private readonly opts: Resolved,
@@ -69,24 +74,37 @@ export class KeptKey {
     void this.establish();
   }
 
+  /**
+   * Carry on through `client` (the registry's client was made again with renewed TLS files): the
+   * lease is kept alive through it from now on, a keepalive sent at once; a grant or a write in
+   * flight finishes on the client it began on (closed only once such calls had their time), and
+   * whatever comes next uses this one.
+   */
+  moveTo(client: Etcd3): void {
+    this.client = client;
+    this.moves++;
+    if (this.stopped || this.leaseId === undefined || this.generation === this.failedGeneration) return;
+    clearTimeout(this.beat);
+    this.keepAlive(this.leaseId, this.generation, 0);
+  }
+
   private async establish(): Promise<void> {
     const gen = ++this.generation;
     this.written = false;
+    this.leaseId = undefined;
     clearTimeout(this.beat);
-    const lease = this.client.lease(this.opts.ttlSeconds, { autoKeepAlive: false });
-    this.lease = lease;
-    lease.on('lost', (err) => this.failed(err, gen));
     try {
-      const id = await lease.grant();
-      if (gen !== this.generation || this.stopped) return void lease.revoke().catch(() => undefined);
+      const id = String((await this.client.leaseClient.leaseGrant({ TTL: this.opts.ttlSeconds })).ID);
+      if (gen !== this.generation || this.stopped) return void this.revoke(id);
       this.leaseId = id;
       this.ours.add(id);
-      this.keepAlive(lease, gen);
+      this.keepAlive(id, gen);
       const holder = await this.write(id);
       if (gen !== this.generation || this.stopped) return;
       if (holder !== undefined) {
-        lease.release();
-        void lease.revoke().catch(() => undefined);
+        this.leaseId = undefined;
+        clearTimeout(this.beat);
+        this.revoke(id);
         this.ours.delete(id);
         const wait = Math.max(this.opts.retryInitialMs, Math.round((this.opts.ttlSeconds * 1000) / 2));
         this.on.taken(holder, wait);
@@ -128,26 +146,30 @@ export class KeptKey {
    * the hung member again one time in three: two at a time, both must. With no answer for 2 TTLs
    * (etcd away), the lease is given up for lost and written again when etcd answers, as etcd3 did.
    */
-  private keepAlive(lease: Lease, gen: number): void {
+  private keepAlive(id: string, gen: number, first?: number): void {
     const ttlMs = this.opts.ttlSeconds * 1000;
     const every = ttlMs / 3;
     const patience = Math.max(100, Math.min(this.opts.callTimeoutMs, Math.round(every / 2)));
     let last = systemClock.now();
-    const live = (): boolean => gen === this.generation && !this.stopped && !lease.revoked();
+    const client = this.client;
+    const moves = this.moves;
+    const live = (): boolean => gen === this.generation && gen !== this.failedGeneration && !this.stopped && this.leaseId === id && moves === this.moves;
     const send = async (): Promise<void> => {
       if (!live()) return;
       const sent = systemClock.now();
       try {
         const tries = this.suspected && this.opts.endpoints.length > 1 ? 2 : 1;
-        await Promise.any(Array.from({ length: tries }, () => lease.keepaliveOnce({ deadline: deadlineIn(patience) })));
+        await Promise.any(Array.from({ length: tries }, () => keepaliveOnce(client, id, deadlineIn(patience))));
         if (!live()) return;
         last = systemClock.now();
         this.suspected = false;
         if (!this.isUp && this.written) this.markUp();
         this.beat = setTimeout(send, every);
       } catch (caught) {
-        if (!live()) return; // an expired lease: etcd3 said so with 'lost'
+        if (!live()) return;
         const err = caught instanceof AggregateError ? caught.errors[0] : caught;
+        // etcd says the lease is gone (it expired while etcd was away, or was revoked): write the key again under a new one.
+        if ((err as Error)?.name === 'EtcdLeaseInvalidError' || (err as Error)?.constructor?.name === 'EtcdLeaseInvalidError') return this.failed(err, gen);
         if (!this.suspected) {
           this.suspected = true;
           this.on.suspect?.(err);
@@ -156,7 +178,12 @@ export class KeptKey {
         this.beat = setTimeout(send, Math.max(0, 100 - (systemClock.now() - sent)));
       }
     };
-    this.beat = setTimeout(send, every);
+    this.beat = setTimeout(send, first ?? every);
+  }
+
+  /** Revoke lease `id`, best effort (it ends a TTL after its last keepalive anyway). */
+  private revoke(id: string): void {
+    void this.client.leaseClient.leaseRevoke({ ID: id }).catch(() => undefined);
   }
 
   private markUp(): void {
@@ -173,7 +200,6 @@ export class KeptKey {
     this.failedGeneration = gen;
     this.isUp = false;
     clearTimeout(this.beat);
-    this.lease?.release();
     if (this.on.refused && isRefusal(err)) {
       this.stopped = true;
       this.on.refused(describeEtcdError(err, this.opts));
@@ -201,7 +227,6 @@ export class KeptKey {
     this.generation++;
     clearTimeout(this.timer);
     clearTimeout(this.beat);
-    this.lease?.release();
     this.isUp = false;
   }
 
@@ -223,16 +248,14 @@ export class KeptKey {
     this.generation++;
     clearTimeout(this.timer);
     clearTimeout(this.beat);
-    const lease = this.lease;
     const id = this.leaseId;
-    lease?.release();
     this.isUp = false;
-    if (!lease || id === undefined) return;
+    if (id === undefined) return;
     const c = this.client;
     const work = (async () => {
       if (farewell !== undefined) await c.if(this.key, 'Lease', '==', id).then(c.put(this.key).value(farewell).lease(id)).commit().catch(() => undefined);
       await c.if(this.key, 'Lease', '==', id).then(c.delete().key(this.key)).commit().catch(() => undefined);
-      await lease.revoke().catch(() => undefined);
+      await c.leaseClient.leaseRevoke({ ID: id }).catch(() => undefined);
     })();
     let limit: NodeJS.Timeout | undefined;
     await Promise.race([work, new Promise<void>((r) => (limit = setTimeout(r, 2 * this.opts.callTimeoutMs)))]);

@@ -13,7 +13,7 @@
 import type { IKeyValue } from 'etcd3';
 import { systemClock } from '../transport/clock.js';
 import type { Etcd3 } from './etcd.js';
-import { describeEtcdError, isRefusal } from './etcd.js';
+import { describeEtcdError, inCallTimeout, isRefusal } from './etcd.js';
 import { heldName, heldValue } from './keys.js';
 import type { Resolved } from './options.js';
 
@@ -62,7 +62,7 @@ export class PrefixMirror {
   private readonly prefixBytes: number;
 
   constructor(
-    private readonly client: Etcd3,
+    private client: Etcd3,
     private readonly prefix: string,
     private readonly opts: Resolved,
     private readonly on: MirrorHandlers,
@@ -87,6 +87,21 @@ export class PrefixMirror {
 
   start(): void {
     void this.sync('start');
+  }
+
+  /**
+   * Carry on through `client` (the registry's client was made again with renewed TLS files): a
+   * watch goes on there from the revision this mirror has reached, so nothing is missed or read
+   * again and the owner hears nothing of the move; a read in flight finishes on the client it
+   * began on (closed only once it had its time) and watches on this one, as the next read does.
+   */
+  moveTo(client: Etcd3): void {
+    this.client = client;
+    if (this.stopped || !this.watcher) return;
+    const gen = ++this.generation;
+    void this.watcher.cancel().catch(() => undefined);
+    this.watcher = undefined;
+    this.watch(gen);
   }
 
   stop(): void {
@@ -257,20 +272,4 @@ export class PrefixMirror {
       if (gen === this.generation && !this.stopped) void this.sync(reason);
     }, wait);
   }
-}
-
-/**
- * `read`, or a deadline error after `ms`. etcd3 tries a call that missed its deadline twice more
- * (its pool's retry policy), each with a deadline of its own: against a cluster without quorum (2
- * members of 3 hung) a read took 6-8 s to fail instead of 2, so a proxy said the registry was
- * unreachable only after an 8 s outage had ended, and stayed so for 4 s more while the read still
- * in flight failed. The read left behind settles on its own, unheard.
- */
-function inCallTimeout<T>(read: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(Object.assign(new Error(`deadline exceeded: the read had no answer within ${ms} ms`), { name: 'GRPCDeadlineExceededError' })), ms);
-  });
-  read.catch(() => undefined);
-  return Promise.race([read, late]).finally(() => clearTimeout(timer));
 }

@@ -25,7 +25,8 @@ import { fromCallback } from 'xstate';
 import { fmt, type Logger } from '../actors/logger.js';
 import type { Clock } from '../transport/clock.js';
 import type { RegistryCommand, RegistryEvent, RegistryStatus } from './events.js';
-import { deadlineIn, openEtcd, type Etcd3 } from './etcd.js';
+import { deadlineIn, type Etcd3 } from './etcd.js';
+import { EtcdClient } from './etcd-client.js';
 import { KeptKey } from './kept-key.js';
 import { decodeServer, encodeProxy, proxyKey, SERVERS } from './keys.js';
 import { PrefixMirror } from './mirror.js';
@@ -51,15 +52,16 @@ export interface ProxyRegistryInput {
 
 /**
  * The actor logic, with etcd's client loaded and made (not yet connected):
- * `proxyMachine.provide({ actors: { registry: await proxyRegistry(opts) } })`.
+ * `proxyMachine.provide({ actors: { registry: (await proxyRegistry(opts)).logic } })`; `etcd` is
+ * its client, for the proxy's handle to renew its TLS files (`EtcdClient.renew`).
  */
 export async function proxyRegistry(options: ProxyRegistryOptions) {
   const o = resolveRegistry(options);
-  const client = await openEtcd(o);
-  return fromCallback<RegistryCommand, ProxyRegistryInput>(({ sendBack, receive, input }) => run(client, o, options, input, (e: RegistryEvent) => sendBack(e), receive));
+  const etcd = await EtcdClient.open(o);
+  return { etcd, logic: fromCallback<RegistryCommand, ProxyRegistryInput>(({ sendBack, receive, input }) => run(etcd, o, options, input, (e: RegistryEvent) => sendBack(e), receive)) };
 }
 
-function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: ProxyRegistryInput, send: (e: RegistryEvent) => void, receive: (fn: (c: RegistryCommand) => void) => void): () => void {
+function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input: ProxyRegistryInput, send: (e: RegistryEvent) => void, receive: (fn: (c: RegistryCommand) => void) => void): () => void {
   const log = input.logger;
   const url = describeRegistry({ endpoints: o.endpoints, tls: o.tls !== undefined });
   const status: RegistryStatus = { url, up: false, synced: false, since: input.clock.now(), entries: 0, syncs: { start: 0, reconnect: 0, compacted: 0 }, advertised: false };
@@ -82,7 +84,7 @@ function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: P
     status.entries = mirror.entries.size;
     report();
   };
-  const mirror = new PrefixMirror(client, prefix, o, {
+  const mirror = new PrefixMirror(etcd.current, prefix, o, {
     put(id, value) {
       const entry = decodeServer(id, value);
       if (typeof entry === 'string') {
@@ -110,7 +112,7 @@ function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: P
       // server may only be cut off from etcd while it still serves; it stays while its link answers.
       const check = {};
       checking.set(id, check);
-      void leaseAlive(client, lease, o.callTimeoutMs).then((alive) => {
+      void leaseAlive(etcd.current, lease, o.callTimeoutMs).then((alive) => {
         if (checking.get(id) !== check) return; // written again (or deleted again) meanwhile
         checking.delete(id);
         if (stopped || mirror.entries.has(id)) return;
@@ -147,6 +149,7 @@ function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: P
       report();
     },
   });
+  etcd.use(mirror);
   mirror.start();
 
   /** Advertise once the proxy listens and the servers' links had their first check (or settleMs passed). */
@@ -171,7 +174,7 @@ function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: P
 
   function advertise(p: number): void {
     const entry = { address: options.advertise, port: p, tls: options.servesTls === true };
-    own = new KeptKey(client, proxyKey(o.prefix, entry), encodeProxy(entry), o, {
+    own = new KeptKey(etcd.current, proxyKey(o.prefix, entry), encodeProxy(entry), o, {
       up(again) {
         status.advertised = true;
         if (!again) log.info('advertised', `Advertised this proxy in the registry as ${entry.address}:${p}: clients given --registry ${url} find it`, { url, address: entry.address, port: p });
@@ -188,6 +191,7 @@ function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: P
       // The lease could not be renewed: the watch may be silently dead too.
       suspect: (err) => mirror.suspect(err),
     });
+    etcd.use(own);
     own.start();
   }
 
@@ -219,7 +223,7 @@ function run(client: Etcd3, o: Resolved, options: ProxyRegistryOptions, input: P
     mirror.stop();
     // Stopped without a drain (kill()): the key stays until its lease ends, as when a process dies.
     if (!withdrawn) own?.release();
-    void (withdrawn ?? Promise.resolve()).finally(() => client.close());
+    void (withdrawn ?? Promise.resolve()).finally(() => etcd.close());
   };
 }
 

@@ -14,7 +14,7 @@
 import { fromCallback } from 'xstate';
 import { ErrorCode } from '../transport/errors.js';
 import type { RegistrationCommand, RegistrationInput, ServerEvent } from '../actors/server.js';
-import { openEtcd } from './etcd.js';
+import { EtcdClient } from './etcd-client.js';
 import { KeptKey } from './kept-key.js';
 import { decodeServer, encodeServer, serverKey, type ServerEntry } from './keys.js';
 import { describeRegistry, resolveRegistry, type RegistryOptions } from './options.js';
@@ -25,11 +25,12 @@ export interface ServerRegistrationOptions extends RegistryOptions {
   advertise: string;
 }
 
+/** The actor logic (`registrations`), and its etcd client (`etcd`), for the server's handle to renew its TLS files. */
 export async function serverRegistration(options: ServerRegistrationOptions) {
   const o = resolveRegistry(options);
-  const client = await openEtcd(o);
+  const etcd = await EtcdClient.open(o);
   const url = describeRegistry({ endpoints: o.endpoints, tls: o.tls });
-  return fromCallback<RegistrationCommand, RegistrationInput>(({ sendBack, receive, input }) => {
+  const logic = fromCallback<RegistrationCommand, RegistrationInput>(({ sendBack, receive, input }) => {
     const send = (e: ServerEvent): void => sendBack(e);
     const s = input.setup;
     const entry: ServerEntry = { id: s.id, policy: s.privPolyId, address: options.advertise, port: s.listenport, wire: 'frames' };
@@ -40,7 +41,7 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
     const started = input.clock.now();
     const patience = o.ttlSeconds * 1000 + 2000;
     let refused = false;
-    const kept = new KeptKey(client, key, encodeServer(entry), o, {
+    const kept = new KeptKey(etcd.current, key, encodeServer(entry), o, {
       up: (again) => send({ type: 'REGISTERED', proxy: label, again }),
       down: (why, retryInMs) => send({ type: 'REGISTRATION_LOST', proxy: label, error: why, retryInMs }),
       // A wrong user or password is a mistake to fix, not an outage to wait out: the server stops, as when a proxy refuses its token.
@@ -61,10 +62,11 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
         send({ type: 'REFUSED', proxy: label, code: ErrorCode.DUPLICATE_ID, message: `server id ${s.id} is registered by ${who} (its key ${key} stayed alive for more than ${patience} ms); pick another id` });
       },
     }, true);
+    etcd.use(kept);
     kept.start();
     let leaving: Promise<void> | undefined;
     receive((e) => {
-      // RENEW_TLS is the listener's (the proxies dial this server); etcd's TLS is registry.tls, read at start.
+      // RENEW_TLS is the listener's (the proxies dial this server); etcd's TLS is renewed through `etcd` (ServerHandle.renewRegistryTls).
       if (e.type !== 'DEREGISTER_ALL') return;
       // DEREGISTER_ALL: the key goes first, so the proxies stop sending; in-flight requests are still answered.
       // Written first with "leaving": a proxy removes it at once, where a key gone with its lease is kept while the server answers.
@@ -73,7 +75,8 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
     return () => {
       // Stopped without a drain (kill()): the key stays until its lease ends, as when a process dies.
       if (!leaving) kept.release();
-      void (leaving ?? Promise.resolve()).finally(() => client.close());
+      void (leaving ?? Promise.resolve()).finally(() => etcd.close());
     };
   });
+  return { etcd, logic };
 }

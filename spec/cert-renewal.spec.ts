@@ -184,18 +184,20 @@ renew('a server (revproxy server --tls-cert) reads its renewed files on SIGHUP f
   assert.is(await proc.exited, 0, proc.out.join('\n'));
 });
 
-renew("etcd's client certificates (registry.tls) are read at start: their warning says to restart, and a reload leaves their metric as it runs", async () => {
+renew("etcd's client certificates (registry.tls) are read again on SIGHUP: their warning says so, and a reload while etcd is away takes the renewed files untried, their metric with them", async () => {
   const ending = makePki([], 'revproxy etcd CA', { days: 3, made: '-60h' });
   const ca = join(ctx.dir, 'etcd-ca.pem');
   copyFileSync(ending.ca, ca);
   // No etcd: the proxy starts and serves without it (README, "Running a fleet").
   const proc = revproxy(['proxy', '--port', '0', '--admin', '127.0.0.1:0', '--registry', `etcds://127.0.0.1:${await freePort()}`, '--registry-ca', ca]);
-  await proc.waitFor(/the registry\.tls\.ca certificate '.*etcd-ca\.pem' expires on .*: renew it, then restart to load the renewed files \(they are read at start\)/);
+  await proc.waitFor(/the registry\.tls\.ca certificate '.*etcd-ca\.pem' expires on .*: renew it, then send SIGHUP \(systemctl reload\) to load the renewed files/);
   const admin = (await proc.waitFor(/Admin endpoint on (http:\S+)/))[1]!;
-  copyFileSync(makePki([]).ca, ca);
+  const renewed = makePki([]);
+  copyFileSync(renewed.ca, ca);
   proc.kill('SIGHUP');
-  await proc.waitFor(/Reloaded/);
-  assert.ok((await metrics(admin)).includes(`revproxy_tls_cert_not_after_seconds{role="registry.tls.ca",file="${ca}"} ${notAfter(ending.ca)}`), 'the certificate etcd\'s client has');
+  await proc.waitFor(/The renewed registry\.tls could not be tried against etcd \(etcd is not reachable at etcds:\/\/127\.0\.0\.1:\d+: connection refused\): the proxy's etcd client uses it from now on/);
+  await proc.waitFor(/Reloaded .*: applied registry\.tls/);
+  assert.ok((await metrics(admin)).includes(`revproxy_tls_cert_not_after_seconds{role="registry.tls.ca",file="${ca}"} ${notAfter(renewed.ca)}`), 'the certificate etcd\'s client has now');
 });
 
 renew.run();

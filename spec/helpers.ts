@@ -67,9 +67,10 @@ export function frame(msg: Record<string, unknown>): Buffer {
   return encodeFrame(msg);
 }
 
-export async function eventually(pred: () => boolean, ms = 3000, what = 'condition'): Promise<void> {
+/** Resolves once `pred` holds (checked every 5 ms; it may be async); throws after `ms`. */
+export async function eventually(pred: () => boolean | Promise<boolean>, ms = 3000, what = 'condition'): Promise<void> {
   const end = Date.now() + ms;
-  while (!pred()) {
+  while (!(await pred())) {
     if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 5));
   }

@@ -87,14 +87,11 @@ function expiresSoon(v: Validity, now: number): boolean {
 }
 const EXPIRY_WARNING_MS = 7 * 24 * 3600 * 1000;
 
-/**
- * What to say of the certificate in `file` (named by `setting`) when it ends soon (`expiresSoon`); undefined when it does not.
- * `atStart`: the program reads the file only as it starts (a restart loads the renewal), not on SIGHUP.
- */
-export function expiryWarning(setting: string, file: string, v: Validity, atStart = false): string | undefined {
+/** What to say of the certificate in `file` (named by `setting`) when it ends soon (`expiresSoon`); undefined when it does not. */
+export function expiryWarning(setting: string, file: string, v: Validity): string | undefined {
   const now = Date.now();
   if (!expiresSoon(v, now)) return undefined;
-  return `the ${setting} certificate '${file}' expires on ${new Date(v.notAfter).toISOString()}, in ${timeLeft(v.notAfter, now)}: renew it, then ${atStart ? 'restart to load the renewed files (they are read at start)' : 'send SIGHUP (systemctl reload) to load the renewed files'}`;
+  return `the ${setting} certificate '${file}' expires on ${new Date(v.notAfter).toISOString()}, in ${timeLeft(v.notAfter, now)}: renew it, then send SIGHUP (systemctl reload) to load the renewed files`;
 }
 
 /** How long until `at`, in words: "3 days", "5 hours", "12 minutes". */
