@@ -79,7 +79,7 @@ export class EtcdClient {
     } catch (err) {
       if (refusedTls(err) || isRefusal(err)) {
         client.close();
-        throw new TlsConfigError(`etcd at ${describeRegistry(o)} refused the renewed registry.tls (${describeEtcdError(err, o)}): give a client certificate signed by a CA etcd trusts (its --trusted-ca-file) and the CA that signed etcd's own certificate; the previous files are still used`);
+        throw new TlsConfigError(`etcd refused the renewed registry.tls, the previous files are still used: ${describeEtcdError(err, o)}`);
       }
       // etcd cannot be reached now (nor through the running client): the renewed files passed every check that can be made here.
       renewal = { tried: false, why: describeEtcdError(err, o) };

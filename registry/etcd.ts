@@ -172,6 +172,13 @@ export function isRefusal(err: unknown): boolean {
   return /Authentication|PermissionDenied|RoleNotGranted|UserNotFound/.test(e?.name ?? '') || /authentication failed|invalid user ID or password|permission denied/i.test(String(e?.message ?? ''));
 }
 
+/** The part of a gRPC TLS failure a person reads: OpenSSL's reason ("sslv3 alert bad certificate"), without its codes and source paths. */
+function tlsWords(msg: string): string {
+  const ssl = /:SSL routines:[^:]*:([^:]+):/.exec(msg)?.[1];
+  if (ssl) return ssl.trim();
+  return msg.replace(/^\d+ UNAVAILABLE: No connection established\. Last error: (Error: )?/, '').replace(/\s*\(\d{4}-\d\d-\d\dT[^)]*\)\.?\s*$/, '').trim().replace(/\.$/, '');
+}
+
 /** What went wrong talking to etcd, in words, with what to do when it is a common mistake. */
 export function describeEtcdError(err: unknown, o: Resolved): string {
   const e = err as Error;
@@ -191,6 +198,14 @@ export function describeEtcdError(err: unknown, o: Resolved): string {
   const unresolved = /Name resolution failed for target dns:(\[[^\]]+\]|[^:\s]+)/.exec(msg);
   if (unresolved) return `etcd at ${where} cannot be reached: the name ${unresolved[1]} does not resolve to an address on this machine, or its DNS server did not answer (${msg}): check the name in --registry, and that its DNS or /etc/hosts lists it`;
   if (/no leader/i.test(msg)) return `etcd at ${where} has no leader (${msg}): the members reached are cut off from the others, or the cluster lost quorum`;
+  // TLS: etcd refused our client certificate (an alert in its handshake), or its own was not verified by our CA.
+  if (/alert certificate expired|SSL alert number 45/i.test(msg)) return `etcd at ${where} refused this client's certificate: it has expired (${tlsWords(msg)}): install the renewed one (registry.tls, --registry-cert and --registry-key; a running proxy or server takes it on SIGHUP)`;
+  if (/alert (bad certificate|unknown ca|certificate unknown|certificate required)|SSL alert number (42|46|48|116)/i.test(msg)) {
+    return `etcd at ${where} refused this client's certificate (${tlsWords(msg)}): give registry.tls (--registry-cert and --registry-key) a certificate signed by a CA etcd trusts (its --trusted-ca-file); a running proxy or server takes renewed files on SIGHUP`;
+  }
+  if (/unable to verify|self[- ]signed certificate|unable to get local issuer|certificate has expired|CERT_HAS_EXPIRED/i.test(msg)) {
+    return `etcd's certificate at ${where} was not accepted (${tlsWords(msg)}): give registry.tls.ca (--registry-ca) the CA that signed it`;
+  }
   if (name === 'GRPCDeadlineExceededError' || /deadline/i.test(msg)) return `etcd at ${where} did not answer within ${o.callTimeoutMs} ms`;
   if (/BrokenCircuit|circuit/i.test(name + msg)) return `etcd at ${where} is not reachable (it failed several calls in a row; trying again shortly)`;
   return `etcd at ${where}: ${msg}`;
