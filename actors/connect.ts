@@ -8,7 +8,7 @@ import { defer, from, mergeMap, Observable, type ObservableInput } from 'rxjs';
 import { createActor, type InspectionEvent } from 'xstate';
 import { systemClock, xstateClock } from '../transport/clock.js';
 import { LocalCode, type ClientCode } from '../transport/errors.js';
-import type { TlsMaterial } from '../transport/tls.js';
+import { TlsConfigError, type TlsMaterial } from '../transport/tls.js';
 import { clientMachine, RequestError, type ClientActor, type ClientOptions, type Outcome, type RequestHandle } from './client.js';
 import type { Clock } from '../transport/clock.js';
 import { show, type HandlerError, type Payload } from './handler.js';
@@ -18,6 +18,7 @@ import { sha1Hex } from './sha1.js';
 import { renewed } from './renew-tls.js';
 import { isRegistryUrl, parseRegistryUrl, type RegistryOptions } from '../registry/options.js';
 import type { Discovery } from '../registry/discovery.js';
+import type { Renewal } from '../registry/etcd-client.js';
 
 /** Where the proxies are: a port on 127.0.0.1, `"host:port"`, a comma-separated list of those, an endpoint, or a list. */
 export type Revproc = number | string | Endpoint | Array<number | string | Endpoint>;
@@ -197,6 +198,17 @@ export class Client {
   renewTls(tls: TlsMaterial): void {
     const running = this.actor.getSnapshot().context.opts.tls;
     this.actor.send({ type: 'RENEW_TLS', tls: renewed('tls', running, tls) });
+  }
+
+  /**
+   * Renewed TLS material for etcd (`registry.tls`), for a client that finds its proxies in the
+   * registry: as `ProxyHandle.renewRegistryTls`, its watch of the proxies moves to a new etcd
+   * client made with it. Rejects with a `TlsConfigError` when the set cannot be used or etcd
+   * refuses it (the running client kept), or when this client was not given a registry.
+   */
+  async renewRegistryTls(tls: TlsMaterial): Promise<Renewal> {
+    if (!this.discovery) throw new TlsConfigError('cannot renew registry.tls: this client was given its proxies, not a registry (connect({ registry }) or revproc etcd://...)', 'usage');
+    return this.discovery.renewTls(tls);
   }
 
   /** Requests sent and not settled yet. */

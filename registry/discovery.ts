@@ -8,7 +8,8 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { LocalCode, RevproxyError } from '../transport/errors.js';
-import { openEtcd } from './etcd.js';
+import { EtcdClient, type Renewal } from './etcd-client.js';
+import type { TlsMaterial } from '../transport/tls.js';
 import { decodeProxy, PROXIES } from './keys.js';
 import { PrefixMirror } from './mirror.js';
 import { describeRegistry, resolveRegistry, type RegistryOptions } from './options.js';
@@ -23,6 +24,8 @@ export interface Discovery {
   readonly proxies: Found[];
   /** Called with the new list whenever it changes (an empty list is not reported: the last one stays). */
   onChange(fn: (proxies: Found[]) => void): void;
+  /** Renewed TLS material for etcd: the watch moves to a new etcd client made with it (`EtcdClient.renew`). */
+  renewTls(tls: TlsMaterial): Promise<Renewal>;
   close(): void;
 }
 
@@ -41,7 +44,7 @@ export class DiscoveryError extends RevproxyError<typeof LocalCode.CONNECT_FAILE
  */
 export async function discoverProxies(options: RegistryOptions & { waitMs?: number }): Promise<Discovery> {
   const o = resolveRegistry(options);
-  const client = await openEtcd(o);
+  const etcd = await EtcdClient.open(o);
   const url = describeRegistry({ endpoints: o.endpoints, tls: o.tls });
   const prefix = o.prefix + PROXIES;
   const seed = randomBytes(8).toString('hex');
@@ -66,7 +69,7 @@ export async function discoverProxies(options: RegistryOptions & { waitMs?: numb
     settle?.();
     for (const fn of listeners) fn(current);
   };
-  const mirror = new PrefixMirror(client, prefix, o, {
+  const mirror = new PrefixMirror(etcd.current, prefix, o, {
     put: changed,
     delete: changed,
     synced: changed,
@@ -76,6 +79,7 @@ export async function discoverProxies(options: RegistryOptions & { waitMs?: numb
       if (refused) settle?.();
     },
   });
+  etcd.use(mirror);
   mirror.start();
   const waitMs = options.waitMs ?? 5000;
   let waiting: NodeJS.Timeout | undefined;
@@ -89,7 +93,7 @@ export async function discoverProxies(options: RegistryOptions & { waitMs?: numb
   settle = undefined;
   if (current.length === 0) {
     mirror.stop();
-    client.close();
+    etcd.close();
     throw new DiscoveryError(lastError ? `cannot read the proxies from the registry: ${lastError}` : `no reverse proxy is registered in the registry at ${url} (under ${prefix}) after ${waitMs} ms: start one with --registry ${url}`);
   }
   return {
@@ -97,10 +101,11 @@ export async function discoverProxies(options: RegistryOptions & { waitMs?: numb
       return current;
     },
     onChange: (fn) => void listeners.push(fn),
+    renewTls: (tls) => etcd.renew(tls),
     close: () => {
       listeners = [];
       mirror.stop();
-      client.close();
+      etcd.close();
     },
   };
 }

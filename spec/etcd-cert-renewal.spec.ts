@@ -194,7 +194,7 @@ renew('a set that cannot be used - a key not the certificate\'s, expired, half w
   assert.ok((await leaseOf(`${PREFIX}servers/s1`)) !== '', 'the server is still registered');
 });
 
-renew('through the library: renewRegistryTls moves a server and a proxy, and rejects what it cannot use with a TlsConfigError', async () => {
+renew('through the library: renewRegistryTls moves a server, a proxy and a client that finds its proxies in etcd, and rejects what it cannot use with a TlsConfigError', async () => {
   const a = makePki(['etcd', 'one', 'two'], 'etcd CA');
   const stranger = makePki(['stranger'], 'a CA etcd does not trust');
   await etcdTrusting(a, a);
@@ -220,7 +220,14 @@ renew('through the library: renewRegistryTls moves a server and a proxy, and rej
     // Still registered and watched after the moves: a request is answered.
     const c = await connect({ revproc: p.port, timeoutMs: 3000 });
     assert.is(await c.request('L', 'moved'), sha1Hex('moved'));
+    assert.match(String(await c.renewRegistryTls(material(a, 'two')).catch((e: Error) => e.message)), /given its proxies, not a registry/);
     await c.close();
+    // A client that finds the proxies in the registry renews its etcd client too, and still finds them.
+    const found = await connect({ registry: reg(material(a, 'one')), timeoutMs: 3000 });
+    assert.equal(await found.renewRegistryTls(material(a, 'two')), { tried: true });
+    assert.is((await found.renewRegistryTls(material(stranger, 'stranger')).then(() => undefined, (e: Error & { code?: string }) => e))?.code, 'TLS_CONFIG');
+    assert.is(await found.request('L', 'found'), sha1Hex('found'));
+    await found.close();
   } finally {
     p.kill();
   }
