@@ -215,7 +215,9 @@ renew('through the library: renewRegistryTls moves a server, a proxy and a clien
     const mismatched = await s.renewRegistryTls({ ...material(a, 'two'), key: material(a, 'one').key }).then(() => undefined, (e: Error & { code?: string }) => e);
     assert.is(mismatched?.code, 'TLS_CONFIG');
     assert.match(String(mismatched?.message), /registry\.tls\.key is not the private key of registry\.tls\.cert/);
-    const none = await (await startProxy({ port: 0 })).renewRegistryTls(material(a, 'two')).then(() => undefined, (e: Error) => e);
+    const alone = await startProxy({ port: 0 });
+    const none = await alone.renewRegistryTls(material(a, 'two')).then(() => undefined, (e: Error) => e);
+    alone.kill();
     assert.match(String(none?.message), /started without a registry/);
     // Still registered and watched after the moves: a request is answered.
     const c = await connect({ revproc: p.port, timeoutMs: 3000 });
