@@ -210,6 +210,9 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
   const rt = toRuntime(running);
   const stdout = new Destination({ to: '-' });
   const logger = new Logger('proxy', new LogStream(stdout, { format: rt.log.format, color: rt.log.color && process.stdout.isTTY === true && !process.env.NO_COLOR }), rt.log.level, { summaryMs: rt.log.summaryMs });
+  // Until the proxy is up (its registry client loading, its admin and inspector ports opening), a
+  // reload has nothing to apply to: say so, where the SIGHUP went unheard.
+  onHup(() => logger.info('reload_ignored', 'SIGHUP ignored: the proxy is starting, with the configuration it read at start; send it again once it listens', { file: source, state: 'starting' }));
   const accessLog = rt.log.accessLog ? new AccessLog(rt.log.accessLog === '-' ? stdout : new Destination({ to: rt.log.accessLog, ...accessLogHold(rt.log.accessLogFlushMs) }), rt.log.format) : undefined;
   if (accessLog && rt.log.accessLog !== '-') await accessLog.dest.ready().catch((err: Error) => {
     throw logFileIssue(source, 'log.access_log', rt.log.accessLog!, whyNotWritable(err, rt.log.accessLog!), flagOf('log.access_log'));

@@ -18,6 +18,7 @@ import { OTHER } from '../inspector/metrics.js';
 import { ERROR_CODES } from '../transport/errors.js';
 import { eventually, LOCAL, rawConnect, sleep } from './helpers.js';
 import { runLoad } from './load.js';
+import { freePort } from '../bench/procs.js';
 import { freshSuite, revproxy, ROOT, type Fresh, type Proc } from './procs.js';
 
 const EXAMPLE = join(ROOT, 'docs/revproxy.example.yaml');
@@ -249,6 +250,24 @@ access('an access log the proxy cannot write (a full disk) is an error line sayi
 });
 
 const reload = fresh('SIGHUP');
+
+reload('a SIGHUP while the proxy starts (its registry client loading) is said to be ignored, never unheard; one once it listens reloads', async () => {
+  // Loading etcd's client takes a third of a second or more, after the admin endpoint is up: a
+  // reload sent as soon as that line shows (a deploy script, systemd's ExecReload) went unheard.
+  const etcd = await freePort();
+  const proc = revproxy(['proxy', '--port', '0', '--admin', '127.0.0.1:0', '--registry', `etcd://127.0.0.1:${etcd}`]);
+  await proc.waitFor(/Admin endpoint on/);
+  proc.kill('SIGHUP');
+  const said = await Promise.race([
+    proc.waitFor(/SIGHUP ignored: the proxy is starting, with the configuration it read at start; send it again once it listens/).then(() => 'ignored'),
+    proc.waitFor(/Running the reverse proxy on port/).then(async () => (await sleep(300), proc.out.some((l) => /SIGHUP|Reload/.test(l)) ? 'heard' : 'unheard')),
+  ]);
+  assert.ok(said !== 'unheard', `the SIGHUP was ${said}:\n${proc.out.join('\n')}`);
+  await proc.waitFor(/Running the reverse proxy on port/);
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reloaded .*: no setting changed/);
+  assert.ok(proc.child.exitCode === null, 'SIGHUP did not end the process');
+});
 
 reload('--pid-file: the process id to signal (logrotate: kill -HUP $(cat FILE)), removed when the proxy stops; a file it cannot write stops the start', async () => {
   const pidFile = join(ctx.dir, 'revproxy.pid');
