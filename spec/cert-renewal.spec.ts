@@ -192,6 +192,8 @@ renew("etcd's client certificates (registry.tls) are read again on SIGHUP: their
   const proc = revproxy(['proxy', '--port', '0', '--admin', '127.0.0.1:0', '--registry', `etcds://127.0.0.1:${await freePort()}`, '--registry-ca', ca]);
   await proc.waitFor(/the registry\.tls\.ca certificate '.*etcd-ca\.pem' expires on .*: renew it, then send SIGHUP \(systemctl reload\) to load the renewed files/);
   const admin = (await proc.waitFor(/Admin endpoint on (http:\S+)/))[1]!;
+  // A SIGHUP before it listens is ignored (the admin endpoint is up a moment before, while etcd's client loads).
+  await proc.waitFor(/Running the reverse proxy on port/);
   const renewed = makePki([]);
   copyFileSync(renewed.ca, ca);
   proc.kill('SIGHUP');
