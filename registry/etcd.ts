@@ -172,7 +172,7 @@ export function isRefusal(err: unknown): boolean {
   return /Authentication|PermissionDenied|RoleNotGranted|UserNotFound/.test(e?.name ?? '') || /authentication failed|invalid user ID or password|permission denied/i.test(String(e?.message ?? ''));
 }
 
-/** The part of a gRPC TLS failure a person reads: OpenSSL's reason ("sslv3 alert bad certificate"), without its codes and source paths. */
+/** The part of a gRPC TLS failure a person reads: OpenSSL's reason ("sslv3 alert bad certificate"; "ssl/tls alert bad certificate" from Node 24's OpenSSL), without its codes and source paths. */
 function tlsWords(msg: string): string {
   const ssl = /:SSL routines:[^:]*:([^:]+):/.exec(msg)?.[1];
   if (ssl) return ssl.trim();

@@ -140,7 +140,7 @@ renew('SIGHUP moves the proxy and a server to the renewed certificate on their l
     // The server left as it was loses its key once its lease runs out: its keepalives are refused.
     await eventually(async () => (await leaseOf(`${PREFIX}servers/stale-1`)) === '', 30_000, "the unrenewed server's key gone");
     // And says why in words, with what to do.
-    await stale.waitFor(/Not registered in the registry .*: etcd at etcds:\/\/\S+ refused this client's certificate \(sslv3 alert bad certificate\): give registry\.tls \(--registry-cert and --registry-key\) a certificate signed by a CA etcd trusts/);
+    await stale.waitFor(/Not registered in the registry .*: etcd at etcds:\/\/\S+ refused this client's certificate \((?:sslv3|ssl\/tls) alert bad certificate\): give registry\.tls \(--registry-cert and --registry-key\) a certificate signed by a CA etcd trusts/);
     // The renewed ones kept theirs, on the same leases, through the same time.
     assert.is(await leaseOf(serverKey), serverLease, "the server's key is on the lease it had before the renewal");
     assert.is(await leaseOf(proxyKey), proxyLease, "the proxy's key is on the lease it had before the renewal");
@@ -171,7 +171,7 @@ renew('a set that cannot be used - a key not the certificate\'s, expired, half w
     ['a key not the certificate\'s', () => copyFileSync(a.cert('other').cert, files.cert), /registry\.tls\.key file '.*etcd-client\.key' is not the private key of the registry\.tls\.cert file/],
     ['an expired certificate', () => (copyFileSync(expired.cert('gone').cert, files.cert), copyFileSync(expired.cert('gone').key, files.key)), /registry\.tls\.cert file '.*etcd-client\.pem' holds a certificate that expired on/],
     ['a certificate half written', () => writeFileSync(files.cert, readFileSync(a.cert('other').cert, 'utf8').slice(0, 200)), /registry\.tls\.cert file '.*etcd-client\.pem' holds no PEM certificate/],
-    ['a certificate etcd does not trust', () => (copyFileSync(stranger.cert('stranger').cert, files.cert), copyFileSync(stranger.cert('stranger').key, files.key)), /etcd refused the renewed registry\.tls, the previous files are still used: etcd at etcds:\/\/\S+ refused this client's certificate \(sslv3 alert bad certificate\): give registry\.tls \(--registry-cert and --registry-key\) a certificate signed by a CA etcd trusts/],
+    ['a certificate etcd does not trust', () => (copyFileSync(stranger.cert('stranger').cert, files.cert), copyFileSync(stranger.cert('stranger').key, files.key)), /etcd refused the renewed registry\.tls, the previous files are still used: etcd at etcds:\/\/\S+ refused this client's certificate \((?:sslv3|ssl\/tls) alert bad certificate\): give registry\.tls \(--registry-cert and --registry-key\) a certificate signed by a CA etcd trusts/],
   ];
   for (const [i, [what, write, said]] of bad.entries()) {
     write();
