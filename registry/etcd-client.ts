@@ -50,10 +50,9 @@ export class EtcdClient {
     return this.o.tls;
   }
 
-  /** Move `m` along with the client from now on; returns the undo. */
-  use(m: Movable): () => void {
+  /** Move `m` along with the client from now on (for as long as the client lives: its users are made once, with it, and close with it). */
+  use(m: Movable): void {
     this.users.add(m);
-    return () => void this.users.delete(m);
   }
 
   /**
