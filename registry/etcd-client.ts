@@ -11,7 +11,7 @@
  * etcd's) is refused and the running client kept.
  */
 import type { Etcd3 } from './etcd.js';
-import { describeEtcdError, inCallTimeout, isRefusal, openEtcd } from './etcd.js';
+import { describeEtcdError, inCallTimeout, isRefusal, isTlsRefusal, openEtcd } from './etcd.js';
 import { describeRegistry, type Resolved } from './options.js';
 import { renewed } from '../actors/renew-tls.js';
 import { TlsConfigError, type TlsMaterial } from '../transport/tls.js';
@@ -76,7 +76,7 @@ export class EtcdClient {
     try {
       await inCallTimeout(client.get(o.prefix).exec(), o.callTimeoutMs);
     } catch (err) {
-      if (refusedTls(err) || isRefusal(err)) {
+      if (isTlsRefusal(err) || isRefusal(err)) {
         client.close();
         throw new TlsConfigError(`etcd refused the renewed registry.tls, the previous files are still used: ${describeEtcdError(err, o)}`);
       }
@@ -110,10 +110,4 @@ export class EtcdClient {
     this.retiring.clear();
     this.client.close();
   }
-}
-
-/** Whether a call failed in the TLS handshake: etcd refused our certificate (an SSL alert), or its own was not verified by our CA. */
-function refusedTls(err: unknown): boolean {
-  const m = String((err as Error)?.message ?? err);
-  return !/ECONNREFUSED|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|deadline/i.test(m) && /SSL alert|alert (bad|unknown|certificate)|certificate|handshake|self[- ]signed|verify/i.test(m);
 }

@@ -176,7 +176,40 @@ export function isRefusal(err: unknown): boolean {
 function tlsWords(msg: string): string {
   const ssl = /:SSL routines:[^:]*:([^:]+):/.exec(msg)?.[1];
   if (ssl) return ssl.trim();
-  return msg.replace(/^\d+ UNAVAILABLE: No connection established\. Last error: (Error: )?/, '').replace(/\s*\(\d{4}-\d\d-\d\dT[^)]*\)\.?\s*$/, '').trim().replace(/\.$/, '');
+  return msg.replace(/^\d+ UNAVAILABLE: No connection established\. Last error: (Error( \[[A-Z_]+\])?: )?/, '').replace(/\s*\(\d{4}-\d\d-\d\dT[^)]*\)\.?\s*$/, '').trim().replace(/\.$/, '');
+}
+
+/**
+ * etcd and this client did not agree in TLS, in words with what to do; undefined for any other
+ * failure. The one owner of what counts as a TLS refusal: a renewal of registry.tls that meets one
+ * is refused (registry/etcd-client.ts). What Node 20 says, from a real etcd: a client certificate
+ * etcd's CA did not sign, an expired one, or none where etcd requires one (--client-cert-auth) all
+ * end in etcd's alert 42, "sslv3 alert bad certificate"; a CA that does not verify etcd's
+ * certificate, "unable to verify the first certificate"; etcd's certificate not for the name
+ * dialled, ERR_TLS_CERT_ALTNAME_INVALID. An etcd that is down (ECONNREFUSED), slow (a deadline),
+ * or not serving TLS at all (the socket closes before the handshake ends) is none of these.
+ */
+function tlsRefusal(msg: string, where: string): string | undefined {
+  // etcd refused our client certificate (an alert in its handshake).
+  if (/alert certificate expired|SSL alert number 45/i.test(msg)) return `etcd at ${where} refused this client's certificate: it has expired (${tlsWords(msg)}): install the renewed one (registry.tls, --registry-cert and --registry-key; a running proxy or server takes it on SIGHUP)`;
+  if (/alert (bad certificate|unknown ca|certificate unknown|certificate required)|SSL alert number (42|46|48|116)/i.test(msg)) {
+    return `etcd at ${where} refused this client's certificate (${tlsWords(msg)}): give registry.tls (--registry-cert and --registry-key) a certificate signed by a CA etcd trusts (its --trusted-ca-file); a running proxy or server takes renewed files on SIGHUP`;
+  }
+  // etcd's certificate was not verified by our CA, or is not for the name dialled.
+  if (/unable to verify|self[- ]signed certificate|unable to get (local )?issuer|certificate has expired|certificate is not yet valid|CERT_HAS_EXPIRED|CERT_NOT_YET_VALID/i.test(msg)) {
+    return `etcd's certificate at ${where} was not accepted (${tlsWords(msg)}): give registry.tls.ca (--registry-ca) the CA that signed it`;
+  }
+  if (/ERR_TLS_CERT_ALTNAME_INVALID|does not match certificate's altnames/i.test(msg)) {
+    return `etcd's certificate at ${where} is not for the name dialled (${tlsWords(msg)}): give --registry a name or address its certificate lists, or give etcd a certificate that lists this one`;
+  }
+  // Any other alert etcd ended the handshake with (a TLS version or cipher it does not take).
+  if (/SSL alert number \d+/i.test(msg)) return `etcd at ${where} ended the TLS handshake (${tlsWords(msg)}): check that registry.tls suits etcd's TLS settings`;
+  return undefined;
+}
+
+/** Whether etcd and this client did not agree in TLS (`tlsRefusal`): new TLS files that meet this are refused. */
+export function isTlsRefusal(err: unknown): boolean {
+  return tlsRefusal(String((err as Error)?.message ?? err), '') !== undefined;
 }
 
 /** What went wrong talking to etcd, in words, with what to do when it is a common mistake. */
@@ -198,14 +231,9 @@ export function describeEtcdError(err: unknown, o: Resolved): string {
   const unresolved = /Name resolution failed for target dns:(\[[^\]]+\]|[^:\s]+)/.exec(msg);
   if (unresolved) return `etcd at ${where} cannot be reached: the name ${unresolved[1]} does not resolve to an address on this machine, or its DNS server did not answer (${msg}): check the name in --registry, and that its DNS or /etc/hosts lists it`;
   if (/no leader/i.test(msg)) return `etcd at ${where} has no leader (${msg}): the members reached are cut off from the others, or the cluster lost quorum`;
-  // TLS: etcd refused our client certificate (an alert in its handshake), or its own was not verified by our CA.
-  if (/alert certificate expired|SSL alert number 45/i.test(msg)) return `etcd at ${where} refused this client's certificate: it has expired (${tlsWords(msg)}): install the renewed one (registry.tls, --registry-cert and --registry-key; a running proxy or server takes it on SIGHUP)`;
-  if (/alert (bad certificate|unknown ca|certificate unknown|certificate required)|SSL alert number (42|46|48|116)/i.test(msg)) {
-    return `etcd at ${where} refused this client's certificate (${tlsWords(msg)}): give registry.tls (--registry-cert and --registry-key) a certificate signed by a CA etcd trusts (its --trusted-ca-file); a running proxy or server takes renewed files on SIGHUP`;
-  }
-  if (/unable to verify|self[- ]signed certificate|unable to get local issuer|certificate has expired|CERT_HAS_EXPIRED/i.test(msg)) {
-    return `etcd's certificate at ${where} was not accepted (${tlsWords(msg)}): give registry.tls.ca (--registry-ca) the CA that signed it`;
-  }
+  const tls = tlsRefusal(msg, where);
+  if (tls) return tls;
+  if (/disconnected before secure TLS connection was established/i.test(msg)) return `etcd at ${where} closed the connection before the TLS handshake ended: it may not serve TLS there (etcds:// is for an etcd started with --cert-file, etcd:// for one without)`;
   if (name === 'GRPCDeadlineExceededError' || /deadline/i.test(msg)) return `etcd at ${where} did not answer within ${o.callTimeoutMs} ms`;
   if (/BrokenCircuit|circuit/i.test(name + msg)) return `etcd at ${where} is not reachable (it failed several calls in a row; trying again shortly)`;
   return `etcd at ${where}: ${msg}`;

@@ -12,7 +12,9 @@ import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as assert from 'uvu/assert';
 import { connect, sha1Hex, startServer } from '../actors/index.js';
-import { openEtcd, type Etcd3 } from '../registry/etcd.js';
+import { freePort } from '../bench/procs.js';
+import { EtcdClient } from '../registry/etcd-client.js';
+import { describeEtcdError, isTlsRefusal, openEtcd, type Etcd3 } from '../registry/etcd.js';
 import { resolveRegistry } from '../registry/options.js';
 import { killEtcds, startEtcd, type Etcd } from '../scenario/etcd.js';
 import { makePki, type Pki } from './certs.js';
@@ -232,6 +234,54 @@ renew('through the library: renewRegistryTls moves a server, a proxy and a clien
     await found.close();
   } finally {
     p.kill();
+  }
+});
+
+renew('every TLS refusal by etcd refuses a renewal and is said in words; an etcd down or not serving TLS is not taken for one', async () => {
+  const a = makePki(['etcd', 'old', 'other'], 'etcd CA');
+  const stranger = makePki(['stranger'], 'a CA etcd does not trust');
+  const expired = makePki(['gone'], 'etcd CA', { days: 2, made: '-3d' });
+  await etcdTrusting(a, a);
+  const client = async (endpoint: string): Promise<EtcdClient> => EtcdClient.open(resolveRegistry({ endpoints: [endpoint], prefix: PREFIX, tls: material(a, 'old') }));
+  const outcome = (c: EtcdClient, next: ReturnType<typeof material>) => c.renew(next).then((r) => r, (e: Error & { code?: string }) => `${e.code}: ${e.message}`);
+  const refused: Array<[string, ReturnType<typeof material>, RegExp]> = [
+    ['a client certificate from a CA etcd does not trust', material(stranger, 'stranger', a.ca), /refused this client's certificate \((?:sslv3|ssl\/tls) alert bad certificate\)/],
+    ['no client certificate, where etcd requires one', { ca: readFileSync(a.ca) } as ReturnType<typeof material>, /refused this client's certificate \((?:sslv3|ssl\/tls) alert bad certificate\)/],
+    ['a CA that does not verify etcd\'s certificate', material(a, 'other', stranger.ca), /etcd's certificate at etcds:\/\/\S+ was not accepted \(unable to verify the first certificate\): give registry\.tls\.ca/],
+    ['an expired client certificate', material(expired, 'gone', a.ca), /registry\.tls\.cert holds a certificate that expired on/],
+  ];
+  const running = await client(ctx.etcd!.endpoint);
+  try {
+    for (const [what, next, said] of refused) {
+      const r = await outcome(running, next);
+      assert.type(r, 'string', `${what}: refused`);
+      assert.match(r as string, /^TLS_CONFIG: /, what);
+      assert.match(r as string, said, what);
+    }
+    assert.equal(await outcome(running, material(a, 'other')), { tried: true }, 'a set etcd takes is taken');
+  } finally {
+    running.close();
+  }
+  // etcd's certificate not for the name dialled (Node 20's words, from an etcd dialled by a name its certificate does not list).
+  const altname = new Error("14 UNAVAILABLE: No connection established. Last error: Error [ERR_TLS_CERT_ALTNAME_INVALID]: Hostname/IP does not match certificate's altnames: Host: vm. is not in the cert's altnames: IP Address:127.0.0.1, DNS:localhost. Resolution note: ");
+  assert.ok(isTlsRefusal(altname));
+  assert.match(describeEtcdError(altname, resolveRegistry({ endpoints: ['vm:2379'], tls: material(a, 'old') })), /^etcd's certificate at etcds:\/\/vm:2379 is not for the name dialled \(Hostname\/IP does not match certificate's altnames: Host: vm\. is not in the cert's altnames: IP Address:127\.0\.0\.1, DNS:localhost\): give --registry a name or address its certificate lists/);
+
+  // Not refusals: the running client could not reach etcd either, and the renewed set is taken untried.
+  const plain = await startEtcd();
+  const notTls = await client(plain.endpoint);
+  const down = await client(`127.0.0.1:${await freePort()}`);
+  try {
+    const r = await outcome(notTls, material(a, 'other'));
+    assert.equal(typeof r === 'string' ? r : r.tried, false, 'etcd not serving TLS: not a refusal');
+    assert.match(String((r as { why?: string }).why), /closed the connection before the TLS handshake ended: it may not serve TLS there/);
+    const d = await outcome(down, material(a, 'other'));
+    assert.equal(typeof d === 'string' ? d : d.tried, false, 'etcd down: not a refusal');
+    assert.match(String((d as { why?: string }).why), /etcd is not reachable at etcds:\/\/\S+: connection refused/);
+  } finally {
+    notTls.close();
+    down.close();
+    await plain.remove();
   }
 });
 
