@@ -69,7 +69,7 @@ export async function discoverProxies(options: RegistryOptions & { waitMs?: numb
     settle?.();
     for (const fn of listeners) fn(current);
   };
-  const mirror = new PrefixMirror(etcd.current, prefix, o, {
+  const mirror = etcd.use((client) => new PrefixMirror(client, prefix, o, {
     put: changed,
     delete: changed,
     synced: changed,
@@ -78,8 +78,7 @@ export async function discoverProxies(options: RegistryOptions & { waitMs?: numb
       // A wrong user or password will not come right by waiting: fail now, not after waitMs.
       if (refused) settle?.();
     },
-  });
-  etcd.use(mirror);
+  }));
   mirror.start();
   const waitMs = options.waitMs ?? 5000;
   let waiting: NodeJS.Timeout | undefined;

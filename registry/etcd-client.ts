@@ -50,9 +50,11 @@ export class EtcdClient {
     return this.o.tls;
   }
 
-  /** Move `m` along with the client from now on (for as long as the client lives: its users are made once, with it, and close with it). */
-  use(m: Movable): void {
+  /** `make` a user (a kept key, a mirror) on the current client, and move it along with the client from now on (for as long as the client lives: its users are made once, with it, and close with it). */
+  use<M extends Movable>(make: (client: Etcd3) => M): M {
+    const m = make(this.client);
     this.users.add(m);
+    return m;
   }
 
   /**

@@ -84,7 +84,7 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
     status.entries = mirror.entries.size;
     report();
   };
-  const mirror = new PrefixMirror(etcd.current, prefix, o, {
+  const mirror = etcd.use((client) => new PrefixMirror(client, prefix, o, {
     put(id, value) {
       const entry = decodeServer(id, value);
       if (typeof entry === 'string') {
@@ -148,8 +148,7 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
       }
       report();
     },
-  });
-  etcd.use(mirror);
+  }));
   mirror.start();
 
   /** Advertise once the proxy listens and the servers' links had their first check (or settleMs passed). */
@@ -174,7 +173,7 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
 
   function advertise(p: number): void {
     const entry = { address: options.advertise, port: p, tls: options.servesTls === true };
-    own = new KeptKey(etcd.current, proxyKey(o.prefix, entry), encodeProxy(entry), o, {
+    own = etcd.use((client) => new KeptKey(client, proxyKey(o.prefix, entry), encodeProxy(entry), o, {
       up(again) {
         status.advertised = true;
         if (!again) log.info('advertised', `Advertised this proxy in the registry as ${entry.address}:${p}: clients given --registry ${url} find it`, { url, address: entry.address, port: p });
@@ -190,8 +189,7 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
       taken() {},
       // The lease could not be renewed: the watch may be silently dead too.
       suspect: (err) => mirror.suspect(err),
-    });
-    etcd.use(own);
+    }));
     own.start();
   }
 

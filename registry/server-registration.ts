@@ -41,7 +41,7 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
     const started = input.clock.now();
     const patience = o.ttlSeconds * 1000 + 2000;
     let refused = false;
-    const kept = new KeptKey(etcd.current, key, encodeServer(entry), o, {
+    const kept = etcd.use((client) => new KeptKey(client, key, encodeServer(entry), o, {
       up: (again) => send({ type: 'REGISTERED', proxy: label, again }),
       down: (why, retryInMs) => send({ type: 'REGISTRATION_LOST', proxy: label, error: why, retryInMs }),
       // A wrong user or password is a mistake to fix, not an outage to wait out: the server stops, as when a proxy refuses its token.
@@ -61,8 +61,7 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
         void kept.stop();
         send({ type: 'REFUSED', proxy: label, code: ErrorCode.DUPLICATE_ID, message: `server id ${s.id} is registered by ${who} (its key ${key} stayed alive for more than ${patience} ms); pick another id` });
       },
-    }, true);
-    etcd.use(kept);
+    }, true));
     kept.start();
     let leaving: Promise<void> | undefined;
     receive((e) => {
