@@ -12,6 +12,8 @@ import { encodeFrame } from '../transport/frame.js';
 import { Connection, type MessageSink } from '../transport/socket.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { MsgType, type Message } from '../transport/messages.js';
+import { ManualClock } from '../transport/clock.js';
+import { dialDeadline } from '../transport/tls.js';
 
 const data = (seq: number): Message => ({ type: MsgType.DATA, seq, srcid: 'c1', privPoliId: '111', payload: `p${seq}` });
 
@@ -199,6 +201,27 @@ test('batches written at once reuse their buffer; every byte arrives as sent, wi
   assert.ok(queued >= 3, `writes were left queued in the socket (${queued} turns)`);
   assert.is(all.length, want.length);
   assert.ok(all.equals(want), 'every byte as sent');
+});
+
+test("a dial's deadline tells an address from a name as net.connect does: '127.1' is a name, timed from its lookup", () => {
+  const clock = new ManualClock();
+  const dialled = (host: string): { said: string[]; socket: Socket } => {
+    const said: string[] = [];
+    const socket = new Socket();
+    dialDeadline(socket, host, 2100, 100, clock, (why) => said.push(why));
+    return { said, socket };
+  };
+  const address = dialled('127.0.0.1');
+  // net.connect looks '127.1' up (isIP says it is no address), and the resolver makes it 127.0.0.1.
+  const name = dialled('127.1');
+  clock.advance(150);
+  assert.is(address.said.length, 1, 'an address: 100 ms from the dial');
+  assert.equal(name.said, [], "a name's 100 ms start at its lookup, not at the dial");
+  name.socket.emit('lookup', null, '127.0.0.1', 4, '127.1');
+  clock.advance(150);
+  assert.match(String(name.said), /^no answer from 127\.1:2100 within 100 ms/);
+  address.socket.destroy();
+  name.socket.destroy();
 });
 
 test.run();

@@ -4,7 +4,7 @@
  */
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { connect as netConnect, createServer as netServer, type Server, type Socket } from 'node:net';
+import { connect as netConnect, createServer as netServer, isIP, type Server, type Socket } from 'node:net';
 import { connect as tlsConnect, createSecureContext, createServer as tlsServer, TLSSocket, Server as TlsServer, type SecureContextOptions } from 'node:tls';
 import { LocalCode, RevproxyError } from './errors.js';
 import { hostPort } from './address.js';
@@ -199,7 +199,8 @@ export const LOOKUP_TIMEOUT_MS = 30_000;
  * a connection made in time while the process was paused (a laptop asleep, a frozen VM) is taken.
  */
 export function dialDeadline(socket: Socket, host: string, port: number, ms: number, clock: Clock, slow: (why: string) => void, option?: string): Timer {
-  if (isIp(host)) return setDeadline(clock, () => slow(connectTimedOut(host, port, ms, option)), ms);
+  // As net.connect tells them (it looks up whatever isIP does not call an address: '1.2.3', '127.1'), so a name's time starts at its lookup.
+  if (isIP(host) !== 0) return setDeadline(clock, () => slow(connectTimedOut(host, port, ms, option)), ms);
   let timer = setDeadline(clock, () => slow(`the name ${host} was not resolved within ${LOOKUP_TIMEOUT_MS} ms: its DNS server does not answer: check this machine's resolver (/etc/resolv.conf) and its DNS server`), LOOKUP_TIMEOUT_MS);
   // Emitted once per address found (and once with the error when there is none): the first starts the connection's time.
   socket.once('lookup', (err: Error | null) => {
@@ -212,7 +213,7 @@ export function dialDeadline(socket: Socket, host: string, port: number, ms: num
 /** Dial host:port, over TLS when `tls` is given (verifying the peer against `tls.ca`, presenting `tls.cert` if any). */
 export function dial(host: string, port: number, tls?: TlsMaterial): Socket {
   if (!tls) return netConnect({ host, port });
-  return tlsConnect({ host, port, ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: true, servername: isIp(host) ? undefined : host });
+  return tlsConnect({ host, port, ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: true, servername: isIP(host) !== 0 ? undefined : host });
 }
 
 /** What to tell a person when a listen fails: the cause and what to do. */
@@ -301,10 +302,6 @@ export function renewTls(server: Server, tls: TlsMaterial): void {
 /** The event that means "ready to talk": after the handshake on TLS, after connecting on TCP. */
 export function readyEvent(socket: Socket): 'secureConnect' | 'connect' {
   return socket instanceof TLSSocket ? 'secureConnect' : 'connect';
-}
-
-function isIp(host: string): boolean {
-  return /^[\d.]+$/.test(host) || host.includes(':');
 }
 
 /**
