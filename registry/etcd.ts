@@ -8,7 +8,7 @@
  * that notice an etcd that went silent. And etcd's errors in words.
  */
 import type { Interceptor, InterceptingCall as Call } from '@grpc/grpc-js';
-import type { IBackoff } from 'cockatiel';
+import type { CircuitBreakerPolicy, IBackoff } from 'cockatiel';
 import type { Etcd3, IOptions } from 'etcd3';
 import { systemClock } from '../transport/clock.js';
 import { describeRegistry, type Resolved } from './options.js';
@@ -32,7 +32,7 @@ export async function openEtcd(o: Resolved): Promise<Etcd3> {
     // etcd's default --grpc-keepalive-min-time is 5 s: ping no more often than that.
     grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': Math.max(1000, o.callTimeoutMs) },
     faultHandling: {
-      host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: monotonicWait(Math.min(1000, o.retryMaxMs)), breaker: new ConsecutiveBreaker(3) }),
+      host: () => withCause(circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: monotonicWait(Math.min(1000, o.retryMaxMs)), breaker: new ConsecutiveBreaker(3) })),
       // etcd3's types say a backoff, its code calls `.next()` on a factory (its own default is one).
       watchBackoff: new ExponentialBackoff({ initialDelay: o.retryInitialMs, maxDelay: o.retryMaxMs }) as never,
     },
@@ -99,6 +99,24 @@ function watchInterceptor(InterceptingCall: typeof Call, deadlineExceeded: numbe
     });
     return call;
   };
+}
+
+/**
+ * `breaker`, whose refusals while open (a BrokenCircuitError: "several calls in a row failed") carry
+ * the failure that opened it as their `cause`. Without it, a registration retrying while etcd was
+ * down or its name did not resolve said the cause and "failed several calls in a row" in turns, the
+ * cause hidden every other line (describeEtcdError says the cause, then that).
+ */
+function withCause(breaker: CircuitBreakerPolicy): CircuitBreakerPolicy {
+  let opened: unknown;
+  breaker.onBreak((reason) => (opened = 'error' in reason ? reason.error : undefined));
+  const execute = breaker.execute.bind(breaker);
+  breaker.execute = (fn, signal) =>
+    execute(fn, signal).catch((err: unknown) => {
+      if (opened !== undefined && (err as { isBrokenCircuitError?: boolean })?.isBrokenCircuitError) (err as Error).cause ??= opened;
+      throw err;
+    });
+  return breaker;
 }
 
 /**
@@ -235,6 +253,10 @@ export function describeEtcdError(err: unknown, o: Resolved): string {
   if (tls) return tls;
   if (/disconnected before secure TLS connection was established/i.test(msg)) return `etcd at ${where} closed the connection before the TLS handshake ended: it may not serve TLS there (etcds:// is for an etcd started with --cert-file, etcd:// for one without)`;
   if (name === 'GRPCDeadlineExceededError' || /deadline/i.test(msg)) return `etcd at ${where} did not answer within ${o.callTimeoutMs} ms`;
-  if (/BrokenCircuit|circuit/i.test(name + msg)) return `etcd at ${where} is not reachable (it failed several calls in a row; trying again shortly)`;
+  if (/BrokenCircuit|circuit/i.test(name + msg)) {
+    // Refused without a call while several calls in a row have failed: the failure that opened the breaker is the cause (withCause).
+    const cause = (e as { cause?: unknown }).cause;
+    return `${cause !== undefined ? describeEtcdError(cause, o) : `etcd at ${where} is not reachable`} (it failed several calls in a row; trying again shortly)`;
+  }
   return `etcd at ${where}: ${msg}`;
 }

@@ -18,6 +18,7 @@ import { PrefixMirror, type SyncReason } from '../registry/mirror.js';
 import { resolveRegistry } from '../registry/options.js';
 import { proofOf } from '../registry/proof.js';
 import { killEtcds, startEtcd, type Etcd } from '../scenario/etcd.js';
+import { freePort } from '../bench/procs.js';
 import { eventually, sleep } from './helpers.js';
 
 interface Ctx {
@@ -506,6 +507,23 @@ keptKey('a lease etcd let expire while out of reach is told in a sentence of our
   const why = describeEtcdError(new EtcdLeaseInvalidError('We lost connection to etcd and our lease has expired.'), o);
   assert.not.match(why, /Lease We lost/);
   assert.is(why, 'etcd at etcd://127.0.0.1:2379 let the lease expire: it could not be kept alive within its TTL (5 s), as when etcd is out of reach or stalled; the key is written again under a new lease');
+});
+
+keptKey('while etcd is down, every retry says why, those the circuit breaker holds back included', async () => {
+  // etcd3 stops calling a member that failed several calls in a row (its breaker): those retries said only that, every other line.
+  const o = resolveRegistry({ endpoints: [`127.0.0.1:${await freePort()}`], retryInitialMs: 40, retryMaxMs: 1000 });
+  const client = await openEtcd(o);
+  const whys: string[] = [];
+  const key = new KeptKey(client, '/k', 'v', o, { up: () => undefined, down: (why) => whys.push(why), taken: () => undefined });
+  try {
+    key.start();
+    await eventually(() => whys.length >= 4, 10_000, 'four attempts failed');
+  } finally {
+    key.release();
+    client.close();
+  }
+  assert.ok(whys.some((w) => /failed several calls in a row/.test(w)), `the breaker held some back: ${whys.join('\n')}`);
+  for (const why of whys) assert.match(why, /^etcd is not reachable at etcd:\/\/127\.0\.0\.1:\d+: connection refused/);
 });
 
 keptKey.run();
