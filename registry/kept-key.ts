@@ -18,7 +18,7 @@
  * on through it, the same lease and the key untouched.
  */
 import type { Etcd3 } from './etcd.js';
-import { deadlineIn, describeEtcdError, isRefusal, keepaliveOnce } from './etcd.js';
+import { deadlineIn, describeEtcdError, isRefusal, isTlsRefusal, keepaliveOnce } from './etcd.js';
 import { systemClock } from '../transport/clock.js';
 import type { Resolved } from './options.js';
 
@@ -174,7 +174,8 @@ export class KeptKey {
           this.suspected = true;
           this.on.suspect?.(err);
         }
-        if (systemClock.now() - last > 2 * ttlMs) return this.failed(Object.assign(new Error('no keepalive was answered within two lease TTLs'), { name: 'EtcdLeaseInvalidError' }), gen);
+        // Given up: said as a lease etcd let expire, unless etcd refused us in TLS (a client certificate it no longer trusts), which is the cause to tell.
+        if (systemClock.now() - last > 2 * ttlMs) return this.failed(isTlsRefusal(err) ? err : Object.assign(new Error('no keepalive was answered within two lease TTLs'), { name: 'EtcdLeaseInvalidError' }), gen);
         this.beat = setTimeout(send, Math.max(0, 100 - (systemClock.now() - sent)));
       }
     };

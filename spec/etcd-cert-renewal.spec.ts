@@ -285,4 +285,18 @@ renew('every TLS refusal by etcd refuses a renewal and is said in words; an etcd
   }
 });
 
+renew('a server whose client certificate etcd stopped trusting says so in its first "Not registered" line, not that etcd is unreachable', async () => {
+  const a = makePki(['old'], 'etcd client CA (old)');
+  const b = makePki(['etcd'], 'etcd CA (new)');
+  const { trust, etcdCa } = await etcdTrusting(b, a, b);
+  const server = serverWith('s1', install(a, 'old', 's1-client', etcdCa), 5);
+  await server.waitFor(/Registered in the registry/);
+  // etcd restarted trusting only a new CA: the server's keepalives are refused in TLS until its lease is given up.
+  writeFileSync(trust, readFileSync(b.ca));
+  await ctx.etcd!.stop();
+  await ctx.etcd!.start();
+  const first = await server.waitFor(/Not registered in the registry .*/, 30_000);
+  assert.match(first[0], /^Not registered in the registry \S+ \(\S+\): etcd at etcds:\/\/\S+ refused this client's certificate \((?:sslv3|ssl\/tls) alert bad certificate\)/, first[0]);
+});
+
 renew.run();
