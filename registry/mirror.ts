@@ -22,8 +22,8 @@ export interface MirrorHandlers {
   put(name: string, value: string): void;
   /** A key went (`lease`: the lease of its last write, '0' for none: whether that lease is still alive tells a delete from an expiry). */
   delete(name: string, lease: string): void;
-  /** The mirror is current: after the first read, and after each resync (`kept`: keys missing from a read after an outage, kept a while; see `sync`; `outage`: etcd had been said to be down, rather than a watch broken and read again at once). */
-  synced(info: { keys: number; revision: string; reason: SyncReason; ms: number; kept: number; outage: boolean }): void;
+  /** The mirror is current: after the first read, and after each resync (`kept`: keys missing from a read after an outage, kept a while; see `sync`; `outage`: etcd had been said to be down, rather than a watch broken and read again at once; `suspected`: read again because something else failed to reach etcd (`suspect`), not because the watch broke). */
+  synced(info: { keys: number; revision: string; reason: SyncReason; ms: number; kept: number; outage: boolean; suspected: boolean }): void;
   /** etcd cannot be reached (`up` false, with why), or can again. */
   /** `refused`: etcd answered and refused who we are (user, password, role): no retry will change that. */
   health(up: boolean, why?: string, refused?: boolean): void;
@@ -49,6 +49,8 @@ export class PrefixMirror {
   private timer?: NodeJS.Timeout;
   private retryMs: number;
   private state: 'unknown' | 'up' | 'down' = 'unknown';
+  /** The read under way (or due) checks a failure `suspect` was told of, not a broken watch. */
+  private suspected = false;
   /** A failure while up is being checked with reads until then (see `lost`). */
   private recheckUntil?: number;
   /** When a failure while up was last checked with a read at once (monotonic ms). */
@@ -82,7 +84,9 @@ export class PrefixMirror {
 
   /** Something else says etcd cannot be reached (a lease that could not be kept alive, say): stop trusting the watch, read again. */
   suspect(err: unknown): void {
-    if (this.state === 'up') this.lost(err, 'reconnect');
+    if (this.state !== 'up') return;
+    this.suspected = true;
+    this.lost(err, 'reconnect');
   }
 
   start(): void {
@@ -179,7 +183,9 @@ export class PrefixMirror {
     this.watch(gen);
     this.retryMs = this.opts.retryInitialMs;
     this.recheckUntil = undefined;
-    this.on.synced({ keys: this.held.size, revision: res.header.revision, reason, ms: Math.round(systemClock.now() - started), kept: this.missing.size, outage });
+    const suspected = this.suspected;
+    this.suspected = false;
+    this.on.synced({ keys: this.held.size, revision: res.header.revision, reason, ms: Math.round(systemClock.now() - started), kept: this.missing.size, outage, suspected });
     if (this.state !== 'up') {
       this.state = 'up';
       this.on.health(true);

@@ -17,7 +17,7 @@ import { KeptKey } from '../registry/kept-key.js';
 import { PrefixMirror, type SyncReason } from '../registry/mirror.js';
 import { resolveRegistry } from '../registry/options.js';
 import { proofOf } from '../registry/proof.js';
-import { killEtcds, startEtcd, type Etcd } from '../scenario/etcd.js';
+import { killEtcds, startEtcd, type Etcd, type EtcdMember } from '../scenario/etcd.js';
 import { freePort } from '../bench/procs.js';
 import { eventually, sleep } from './helpers.js';
 
@@ -466,6 +466,19 @@ reg_('clients find the proxies in etcd, spread over them, and follow the list as
   const none = await connect({ registry: { ...reg(), prefix: '/nothing-here/' }, timeoutMs: 300 }).then(() => undefined, (e: Error & { code?: string }) => e);
   assert.is(none?.code, 'CONNECT_FAILED');
   assert.match(String(none?.message), /no reverse proxy is registered in the registry/);
+});
+
+reg_('etcd hung for a moment: the proxy reads the registry again because its own key missed a keepalive, and says that, not that the watch broke', async () => {
+  const logs: LogRecord[] = [];
+  await proxy({ logs });
+  await eventually(() => logs.some((l) => l.event === 'advertised'), 5000, 'the proxy advertised');
+  // Longer than a keepalive's deadline (a third of the 2 s TTL, halved), shorter than the read that follows may wait (2 s): the watch sees nothing.
+  const etcd = ctx.etcd as EtcdMember;
+  etcd.pause();
+  await sleep(1000).finally(() => etcd.resume());
+  await eventually(() => logs.some((l) => l.event === 'registry_resynced'), 5000, 'the proxy read the registry again');
+  const line = logs.find((l) => l.event === 'registry_resynced')!.msg;
+  assert.match(line, /^Read the registry again \(this proxy's registry key could not be kept alive, so the watch may have gone silent too; etcd answered at once\)/, line);
 });
 
 reg_.run();
