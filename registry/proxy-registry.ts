@@ -228,6 +228,7 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
 /** Whether lease `id` is alive in etcd (true), gone (false: expired or revoked), or why that could not be read. */
 async function leaseAlive(client: Etcd3, id: string, timeoutMs: number): Promise<boolean | string> {
   try {
+    // A deadline of its own, not the default call options' one: etcd3 resolves those anew for each of its three tries, this one bounds them all.
     const r = await client.leaseClient.leaseTimeToLive({ ID: id }, { deadline: deadlineIn(timeoutMs) });
     return Number(r.TTL) >= 0;
   } catch (err) {
