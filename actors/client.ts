@@ -52,7 +52,7 @@ export interface ClientOptions {
   proxy?: Endpoint;
   /** Several proxies: the client uses the first and fails over to the next when one is down. */
   proxies?: Endpoint[];
-  /** Per-request timeout in ms, unless a request says otherwise (default 5000; `Infinity`: none of the client's own). */
+  /** Per-request timeout in ms, unless a request says otherwise (default 5000; `Infinity`: none of the client's own, the proxy's `TIMEOUT` still comes). */
   timeoutMs?: number;
   /** Requests in flight at once on the connection (default 64; always 1 on the json wire). */
   window?: number;
@@ -60,7 +60,7 @@ export interface ClientOptions {
   maxQueued?: number;
   /** `frames` (default), or `json`: the old wire, one request at a time, for the old Python proxy. */
   wire?: 'frames' | 'json';
-  /** Largest frame the proxy takes (its `--max-frame`, default 1 MiB): a request that would not fit is refused here, alone. */
+  /** Largest frame the proxy takes (its `--max-frame`, default 1 MiB): a request that would not fit is refused here, alone, with BAD_REQUEST before it is sent. */
   maxFrameBytes?: number;
   /** Consecutive failed connection attempts before giving up on what is pending (default: 2 per proxy). */
   maxAttempts?: number;

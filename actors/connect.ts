@@ -10,7 +10,6 @@ import { systemClock, xstateClock } from '../transport/clock.js';
 import { LocalCode, type ClientCode } from '../transport/errors.js';
 import { TlsConfigError, type TlsMaterial } from '../transport/tls.js';
 import { clientMachine, RequestError, type ClientActor, type ClientOptions, type Outcome, type RequestHandle } from './client.js';
-import type { Clock } from '../transport/clock.js';
 import { show, type HandlerError, type Payload } from './handler.js';
 import type { Logger } from './logger.js';
 import type { Endpoint } from './server.js';
@@ -23,35 +22,16 @@ import type { Renewal } from '../registry/etcd-client.js';
 /** Where the proxies are: a port on 127.0.0.1, `"host:port"`, a comma-separated list of those, an endpoint, or a list. */
 export type Revproc = number | string | Endpoint | Array<number | string | Endpoint>;
 
-export interface ConnectOptions {
+/** The options connect() hands the client machine as they are: each is documented once, in ClientOptions (client.ts). */
+type PassedOn = 'timeoutMs' | 'window' | 'maxQueued' | 'maxAttempts' | 'failoverDelayMs' | 'connectTimeoutMs' | 'tcpKeepAliveMs' | 'tls' | 'wire' | 'maxFrameBytes' | 'logger' | 'clock';
+
+export interface ConnectOptions extends Pick<ClientOptions, PassedOn> {
   /** The proxy, or proxies in failover order. Default 2100 on 127.0.0.1. `etcd://HOST:PORT` finds them in the registry instead. */
   revproc?: Revproc;
   /** Find the live proxies in the registry (etcd) and fail over between them, following it as proxies come and go. */
   registry?: RegistryOptions;
   /** The client's id, sent as `srcid` (default `client`). */
   id?: string;
-  /** Default timeout of a request (ms, default 5000). `Infinity`: none of the client's own (the proxy's `TIMEOUT` still comes). */
-  timeoutMs?: number;
-  /** Requests in flight at once on the connection (default 64). */
-  window?: number;
-  /** Requests that may wait for room in the window before new ones are refused with CLIENT_OVERLOADED (default 100,000). */
-  maxQueued?: number;
-  /** Failed connection attempts in a row before pending requests fail (default: 2 per proxy). */
-  maxAttempts?: number;
-  /** Pause before trying the next proxy (ms, default 100). */
-  failoverDelayMs?: number;
-  /** Longest wait for a connection to a proxy (TCP, and TLS's handshake) before the next is tried (ms, default 2000). */
-  connectTimeoutMs?: number;
-  /** TCP keepalive on the connection to a proxy: probes after this long without traffic (ms, default 15000; 0 = off), one a second, ten unanswered end it and the client dials again. */
-  tcpKeepAliveMs?: number;
-  /** TLS to the proxy: its CA, and a client certificate for mutual TLS. */
-  tls?: TlsMaterial;
-  /** `frames` (default), or the old `json` wire (text only, one request at a time). */
-  wire?: 'frames' | 'json';
-  /** Largest frame the proxy takes (its `--max-frame`, default 1 MiB): a larger request is refused with BAD_REQUEST before it is sent. */
-  maxFrameBytes?: number;
-  logger?: Logger;
-  clock?: Clock;
   /** XState inspection of the client machine (the inspector's `attach.inspect`). */
   inspect?: (event: InspectionEvent) => void;
 }
