@@ -11,6 +11,7 @@ import type { Interceptor, InterceptingCall as Call } from '@grpc/grpc-js';
 import type { CircuitBreakerPolicy, IBackoff } from 'cockatiel';
 import type { Etcd3, IOptions } from 'etcd3';
 import { systemClock } from '../transport/clock.js';
+import { validityOf } from '../transport/tls.js';
 import { describeRegistry, type Resolved } from './options.js';
 
 export type { Etcd3 } from 'etcd3';
@@ -202,14 +203,17 @@ function tlsWords(msg: string): string {
  * failure. The one owner of what counts as a TLS refusal: a renewal of registry.tls that meets one
  * is refused (registry/etcd-client.ts). What Node 20 says, from a real etcd: a client certificate
  * etcd's CA did not sign, an expired one, or none where etcd requires one (--client-cert-auth) all
- * end in etcd's alert 42, "sslv3 alert bad certificate"; a CA that does not verify etcd's
- * certificate, "unable to verify the first certificate"; etcd's certificate not for the name
- * dialled, ERR_TLS_CERT_ALTNAME_INVALID. An etcd that is down (ECONNREFUSED), slow (a deadline),
+ * end in etcd's alert 42, "sslv3 alert bad certificate" (said as expired when the certificate this
+ * client presents has expired); a CA that does not verify etcd's certificate, "unable to verify
+ * the first certificate"; etcd's certificate not for the name dialled, ERR_TLS_CERT_ALTNAME_INVALID. An etcd that is down (ECONNREFUSED), slow (a deadline),
  * or not serving TLS at all (the socket closes before the handshake ends) is none of these.
  */
-function tlsRefusal(msg: string, where: string): string | undefined {
-  // etcd refused our client certificate (an alert in its handshake).
-  if (/alert certificate expired|SSL alert number 45/i.test(msg)) return `etcd at ${where} refused this client's certificate: it has expired (${tlsWords(msg)}): install the renewed one (registry.tls, --registry-cert and --registry-key; a running proxy or server takes it on SIGHUP)`;
+function tlsRefusal(msg: string, where: string, expiredOn?: number): string | undefined {
+  // etcd refused our client certificate (an alert in its handshake). etcd says "bad certificate" (42) of an expired one too:
+  // when the certificate this client presents has expired (`expiredOn`), that is the cause to tell.
+  if (/alert certificate expired|SSL alert number 45/i.test(msg) || (expiredOn !== undefined && /alert bad certificate|SSL alert number 42/i.test(msg))) {
+    return `etcd at ${where} refused this client's certificate: it has expired${expiredOn !== undefined ? ` (on ${new Date(expiredOn).toISOString()})` : ''} (${tlsWords(msg)}): install the renewed one (registry.tls, --registry-cert and --registry-key; a running proxy or server takes it on SIGHUP)`;
+  }
   if (/alert (bad certificate|unknown ca|certificate unknown|certificate required)|SSL alert number (42|46|48|116)/i.test(msg)) {
     return `etcd at ${where} refused this client's certificate (${tlsWords(msg)}): give registry.tls (--registry-cert and --registry-key) a certificate signed by a CA etcd trusts (its --trusted-ca-file); a running proxy or server takes renewed files on SIGHUP`;
   }
@@ -223,6 +227,12 @@ function tlsRefusal(msg: string, where: string): string | undefined {
   // Any other alert etcd ended the handshake with (a TLS version or cipher it does not take).
   if (/SSL alert number \d+/i.test(msg)) return `etcd at ${where} ended the TLS handshake (${tlsWords(msg)}): check that registry.tls suits etcd's TLS settings`;
   return undefined;
+}
+
+/** When the certificate this client presents to etcd expired (ms since the epoch, the wall clock's), if it has. */
+function expiredOn(cert: Buffer | undefined): number | undefined {
+  const end = cert && validityOf(cert, 'cert')?.notAfter;
+  return end !== undefined && end <= Date.now() ? end : undefined;
 }
 
 /** Whether etcd and this client did not agree in TLS (`tlsRefusal`): new TLS files that meet this are refused. */
@@ -249,7 +259,7 @@ export function describeEtcdError(err: unknown, o: Resolved): string {
   const unresolved = /Name resolution failed for target dns:(\[[^\]]+\]|[^:\s]+)/.exec(msg);
   if (unresolved) return `etcd at ${where} cannot be reached: the name ${unresolved[1]} does not resolve to an address on this machine, or its DNS server did not answer (${msg}): check the name in --registry, and that its DNS or /etc/hosts lists it`;
   if (/no leader/i.test(msg)) return `etcd at ${where} has no leader (${msg}): the members reached are cut off from the others, or the cluster lost quorum`;
-  const tls = tlsRefusal(msg, where);
+  const tls = tlsRefusal(msg, where, expiredOn(o.tls?.cert));
   if (tls) return tls;
   if (/disconnected before secure TLS connection was established/i.test(msg)) return `etcd at ${where} closed the connection before the TLS handshake ended: it may not serve TLS there (etcds:// is for an etcd started with --cert-file, etcd:// for one without)`;
   if (name === 'GRPCDeadlineExceededError' || /deadline/i.test(msg)) return `etcd at ${where} did not answer within ${o.callTimeoutMs} ms`;

@@ -262,6 +262,18 @@ renew('every TLS refusal by etcd refuses a renewal and is said in words; an etcd
   } finally {
     running.close();
   }
+  // A client certificate that expired while the process ran (the files were checked when they were read): etcd says "bad
+  // certificate" of it, as of one it does not trust; the words tell which, from the certificate this client presents.
+  const lapsed = resolveRegistry({ endpoints: [ctx.etcd!.endpoint], prefix: PREFIX, tls: material(expired, 'gone', a.ca) });
+  const stale = await openEtcd(lapsed);
+  try {
+    const err = await stale.get('/any').exec().then(() => undefined, (e: unknown) => e);
+    assert.ok(err !== undefined && isTlsRefusal(err), String(err));
+    assert.match(describeEtcdError(err, lapsed), /refused this client's certificate: it has expired \(on \d{4}-\d\d-\d\dT[\d:.]+Z\) \((?:sslv3|ssl\/tls) alert bad certificate\): install the renewed one/);
+  } finally {
+    stale.close();
+  }
+
   // etcd's certificate not for the name dialled (Node 20's words, from an etcd dialled by a name its certificate does not list).
   const altname = new Error("14 UNAVAILABLE: No connection established. Last error: Error [ERR_TLS_CERT_ALTNAME_INVALID]: Hostname/IP does not match certificate's altnames: Host: vm. is not in the cert's altnames: IP Address:127.0.0.1, DNS:localhost. Resolution note: ");
   assert.ok(isTlsRefusal(altname));
