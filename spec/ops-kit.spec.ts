@@ -113,6 +113,14 @@ async function stopped(unit: Map<string, string[]>, proc: Proc): Promise<void> {
   assert.is(await Promise.race([proc.exited, timeout]), 0, 'exit 0: Restart=on-failure does not restart it');
 }
 
+/** `systemctl reload`: the unit's ExecReload commands in turn, each of which must exit 0 ($MAINPID the process's). */
+async function reload(unit: Map<string, string[]>, proc: Proc, writable: string): Promise<void> {
+  for (const command of unit.get('ExecReload')!) {
+    const step = command.includes('$MAINPID') ? start('/bin/sh', ['-c', command.replace('$MAINPID', String(proc.child.pid))]) : sandboxed(unit, command, writable);
+    assert.is(await step.exited, 0, `${command}: ${step.out.join('\n')}`);
+  }
+}
+
 systemd('systemd-analyze verify finds nothing to say; the limits fit the defaults; a stop is SIGTERM, a reload SIGHUP', () => {
   // systemd-analyze refuses a command that is not there: the unit's, pointed at this checkout.
   const copy = join(ctx.dir, 'revproxy.service');
@@ -145,10 +153,7 @@ systemd("its ExecStart serves under its environment, its LimitNOFILE and a read-
   const ask = async (): Promise<string | undefined> => (await runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: [{ srcid: 'c', privPoliId: 'P', payload: 'x' }] }))[0]!.error ?? 'ok';
   assert.is(await ask(), 'ok');
 
-  for (const command of unit.get('ExecReload')!) {
-    const step = command.includes('$MAINPID') ? start('/bin/sh', ['-c', command.replace('$MAINPID', String(proc.child.pid))]) : sandboxed(unit, command, logs);
-    assert.is(await step.exited, 0, `${command}: ${step.out.join('\n')}`);
-  }
+  await reload(unit, proc, logs);
   await proc.waitFor(/Reloaded/);
 
   const inFlight = ask();
@@ -161,7 +166,7 @@ systemd("its ExecStart serves under its environment, its LimitNOFILE and a read-
 const SERVER_UNIT = join(ROOT, 'docs/revproxy-server@.service');
 const serverUnit = fresh('docs/revproxy-server@.service');
 
-serverUnit('systemd-analyze verify finds nothing to say; the limits fit the defaults; a stop is SIGTERM; no reload, as a server ignores SIGHUP', () => {
+serverUnit('systemd-analyze verify finds nothing to say; the limits fit the defaults; a stop is SIGTERM, a reload SIGHUP (a server reads its TLS files again on it)', () => {
   const copy = join(ctx.dir, 'revproxy-server@.service');
   writeFileSync(copy, relocate(readFileSync(SERVER_UNIT, 'utf8'), ctx.dir));
   assert.equal(tool(SYSTEMD_ANALYZE, 'systemd', ['verify', copy]), { status: 0, said: '' });
@@ -170,11 +175,11 @@ serverUnit('systemd-analyze verify finds nothing to say; the limits fit the defa
   assert.ok(Number(one(unit, 'TimeoutStopSec')) * 1000 > defaultDrainTimeoutMs(), `TimeoutStopSec is longer than the default drain, ${defaultDrainTimeoutMs()} ms`);
   assert.is(one(unit, 'KillSignal'), 'SIGTERM');
   assert.is(one(unit, 'Restart'), 'on-failure');
-  assert.is(unit.get('ExecReload'), undefined, 'a server has nothing to reload');
+  assert.equal(unit.get('ExecReload'), ['/bin/kill -HUP $MAINPID'], 'systemctl reload sends SIGHUP, on which a server renews its TLS files (README, "Renewed certificates")');
   assert.match(one(unit, 'ExecStart'), /^\/usr\/local\/lib\/node_modules\/revproxy\/cli\/revproxy\.js server --id %i /, 'cli/revproxy.js itself, the instance its id');
 });
 
-serverUnit("an instance's ExecStart, its flags from its EnvironmentFile, registers and answers under its limits and a read-only file system; SIGHUP changes nothing; SIGTERM drains within TimeoutStopSec and exits 0", async () => {
+serverUnit("an instance's ExecStart, its flags from its EnvironmentFile, registers and answers under its limits and a read-only file system; ExecReload, without TLS files, changes nothing; SIGTERM drains within TimeoutStopSec and exits 0", async () => {
   const unit = service(relocate(readFileSync(SERVER_UNIT, 'utf8'), ctx.dir, '100'));
   const proxy = revproxy(['proxy', '--port', '0', '--admin', '127.0.0.1:0', '--token', 'kit-registration-secret']);
   const port = Number((await proxy.waitFor(/Running the reverse proxy on port (\d+)/))[1]);
@@ -188,9 +193,9 @@ serverUnit("an instance's ExecStart, its flags from its EnvironmentFile, registe
   const ask = async (): Promise<string | undefined> => (await runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: [{ srcid: 'c', privPoliId: 'P', payload: 'x' }] }))[0]!.error ?? 'ok';
   assert.is(await ask(), 'ok', 'server 100 (the instance) serves policy P (its EnvironmentFile)');
 
-  proc.kill('SIGHUP');
+  await reload(unit, proc, ctx.dir);
   await proc.waitFor(/nothing to reload/);
-  assert.is(await ask(), 'ok', 'still serving after SIGHUP');
+  assert.is(await ask(), 'ok', 'still serving after the reload');
 
   const inFlight = ask();
   await untilInflight(admin, '1');
