@@ -1,12 +1,12 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { X509Certificate } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createServer as httpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { makePki } from './certs.js';
-import { killAll, revproxy } from './procs.js';
+import { killAll, revproxy, ROOT } from './procs.js';
 import { collector, frame, rawConnect, tempDir } from './helpers.js';
 import type { AckMsg } from '../transport/messages.js';
 import { createActor, setup } from 'xstate';
@@ -466,6 +466,23 @@ cli('TLS on one side only: both sides say which', async () => {
   assert.match(tlsClient.out.join('\n'), /the peer does not speak TLS: start it with --tls-cert and --tls-key, or dial it without TLS/);
   assert.not.match(tlsClient.out.join('\n'), /wrong version number/);
   await plainProxy.waitFor(/Closed connection from .*: the peer speaks TLS and this side does not \(it sent a TLS ClientHello\): give this side --tls-cert and --tls-key/);
+});
+
+cli("every option a command's --help lists is named in README.md or docs/ (an operator reads them there)", async () => {
+  const help = async (args: string[]): Promise<string> => {
+    const p = revproxy(args);
+    assert.is(await p.exited, 0, p.out.join('\n'));
+    return p.out.join('\n');
+  };
+  const docs = ['README.md', ...readdirSync(join(ROOT, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)].map((f) => readFileSync(join(ROOT, f), 'utf8')).join('\n');
+  const commands = [...(await help(['--help'])).matchAll(/^ {2}([a-z]+) \[options\]/gm)].map((m) => m[1]!);
+  assert.ok(commands.length >= 8, `the commands of revproxy --help: ${commands.join(', ')}`);
+  const missing: string[] = [];
+  for (const command of commands) {
+    const options = new Set([...(await help([command, '--help'])).matchAll(/^ {2}(?:-\w, )?(--[a-z][a-z0-9-]*)/gm)].map((m) => m[1]!));
+    for (const option of options) if (option !== '--help' && !new RegExp(`${option}(?![a-z0-9-])`).test(docs)) missing.push(`${command} ${option}`);
+  }
+  assert.equal(missing, [], 'options --help lists that no doc names');
 });
 
 cli.run();
