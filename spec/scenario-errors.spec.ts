@@ -1,7 +1,10 @@
 import { suite } from 'uvu';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import * as assert from 'uvu/assert';
 import { parseScenario, runScenario, ScenarioError, stepLines } from '../scenario/index.js';
-import { killAll, revproxy } from './procs.js';
+import { OUTCOME_CODES } from '../scenario/format.js';
+import { killAll, revproxy, ROOT } from './procs.js';
 import { eventually, tempDir } from './helpers.js';
 
 /** The refusal a scenario text gets, as the user sees it. */
@@ -92,6 +95,12 @@ steps:
   - expect_pool: { policy: "111", members: ["600"] }
 `, 'issue.yaml');
   assert.ok(scenario, 'accepted');
+});
+
+refused("docs/SCENARIOS.md names every code an expect's `error:` takes", () => {
+  const row = readFileSync(join(ROOT, 'docs/SCENARIOS.md'), 'utf8').split('\n').find((l) => l.startsWith('| `error: CODE` |'));
+  assert.ok(row, "docs/SCENARIOS.md has a row for send's `error: CODE`");
+  assert.equal(OUTCOME_CODES.filter((code) => !row!.includes(`\`${code}\``)), [], 'codes the format takes that the row does not name');
 });
 
 refused.run();
