@@ -34,4 +34,14 @@ test('npm itself finds no install script left to review', async () => {
   assert.match(r.out, /No packages with unreviewed install scripts/);
 });
 
+test("README's apt-get line installs every Debian package .ci/run installs for the specs", () => {
+  const ci = readFileSync(`${ROOT}/.ci/run`, 'utf8');
+  const needed = new Set([...ci.matchAll(/need\+=\(([a-z0-9.-]+)\)|apt-get install -y ([a-z0-9.-]+)\)/g)].map((m) => (m[1] ?? m[2])!));
+  assert.ok(needed.size >= 10, `.ci/run's packages: ${[...needed].join(' ')}`);
+  const line = readFileSync(`${ROOT}/README.md`, 'utf8').split('\n').find((l) => l.startsWith('sudo apt-get update && sudo apt-get install -y '));
+  assert.ok(line, 'README has the apt-get line of "Two commands"');
+  const listed = new Set(line!.split(/\s+/).slice(line!.split(/\s+/).lastIndexOf('-y') + 1));
+  assert.equal([...needed].filter((p) => !listed.has(p)), [], "packages .ci/run installs that README's line leaves out");
+});
+
 test.run();
