@@ -468,13 +468,16 @@ cli('TLS on one side only: both sides say which', async () => {
   await plainProxy.waitFor(/Closed connection from .*: the peer speaks TLS and this side does not \(it sent a TLS ClientHello\): give this side --tls-cert and --tls-key/);
 });
 
+/** README.md and docs/*.md, what an operator reads, as one text. */
+const docsText = (): string => ['README.md', ...readdirSync(join(ROOT, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)].map((f) => readFileSync(join(ROOT, f), 'utf8')).join('\n');
+
 cli("every option a command's --help lists is named in README.md or docs/ (an operator reads them there)", async () => {
   const help = async (args: string[]): Promise<string> => {
     const p = revproxy(args);
     assert.is(await p.exited, 0, p.out.join('\n'));
     return p.out.join('\n');
   };
-  const docs = ['README.md', ...readdirSync(join(ROOT, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)].map((f) => readFileSync(join(ROOT, f), 'utf8')).join('\n');
+  const docs = docsText();
   const commands = [...(await help(['--help'])).matchAll(/^ {2}([a-z]+) \[options\]/gm)].map((m) => m[1]!);
   assert.ok(commands.length >= 8, `the commands of revproxy --help: ${commands.join(', ')}`);
   const missing: string[] = [];
@@ -483,6 +486,15 @@ cli("every option a command's --help lists is named in README.md or docs/ (an op
     for (const option of options) if (option !== '--help' && !new RegExp(`${option}(?![a-z0-9-])`).test(docs)) missing.push(`${command} ${option}`);
   }
   assert.equal(missing, [], 'options --help lists that no doc names');
+});
+
+cli('every REVPROXY_ environment variable the commands read is named in README.md or docs/', () => {
+  const docs = docsText();
+  const sources = ['cli', 'config', 'actors', 'admin', 'registry', 'inspector', 'transport', 'lib'].flatMap((dir) => readdirSync(join(ROOT, dir)).filter((f) => /\.(ts|js|mjs)$/.test(f)).map((f) => readFileSync(join(ROOT, dir, f), 'utf8')));
+  const read = new Set(sources.flatMap((text) => [...text.matchAll(/\bREVPROXY_[A-Z_]+/g)].map((m) => m[0])));
+  read.delete('REVPROXY_BENCH_RAISED'); // set by revproxy bench for the copy of itself it starts with a raised open-files limit
+  assert.ok(read.has('REVPROXY_TOKEN'), `the variables found: ${[...read].join(', ')}`);
+  assert.equal([...read].filter((name) => !docs.includes(name)), [], 'variables no doc names');
 });
 
 cli.run();
