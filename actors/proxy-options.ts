@@ -4,7 +4,8 @@
  * (`Opts`, from `resolveOptions`).
  */
 import type { ErrorCode as Code } from '../transport/errors.js';
-import { DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
+import { defaultBufferBudget } from '../transport/budget.js';
+import { memoryLimit } from './memory-limit.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import type { TlsMaterial } from '../transport/tls.js';
 import type { Clock } from '../transport/clock.js';
@@ -189,7 +190,7 @@ export function resolveOptions(input: ProxyOptions): Opts {
     maxConnectionsPerPeer: input.maxConnectionsPerPeer ?? defaultConnsPerPeer(host),
     proxyProtocolFrom: input.proxyProtocolFrom ?? [],
     busyPollUs: input.busyPollUs ?? 0,
-    maxBufferedBytes: input.maxBufferedBytes ?? DEFAULT_BUFFER_BUDGET,
+    maxBufferedBytes: input.maxBufferedBytes ?? defaultBufferBudget(memoryLimit()),
     maxServers: input.maxServers ?? 10000,
     maxServersPerPeer: input.maxServersPerPeer ?? 1000,
     slowAfterMs: input.slowAfterMs ?? Math.ceil(tryTimeoutMs / 4),

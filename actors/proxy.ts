@@ -40,6 +40,7 @@ import { admit, applyReload, evict, registeredBy, removeServer } from './members
 import { closeAfterAnswers, drainWaiting, expireWaiting, holdRequest, makeReply, refuse, route } from './routing.js';
 import { fromRegistry } from './registry-members.js';
 import { releaseAll } from './children.js';
+import { budgetNote } from './memory-limit.js';
 
 export const proxyMachine = setup({
   types: {
@@ -59,6 +60,8 @@ export const proxyMachine = setup({
     logListening: ({ context }) => {
       const o = context.opts;
       context.logger.info('listening', `Running the reverse proxy on port ${context.port}`, { host: o.host, port: context.port, tls: Boolean(o.tls?.cert) });
+      const memory = budgetNote(o.maxBufferedBytes, 'max_buffered_bytes (--max-buffered-bytes)');
+      if (memory) context.logger[memory.level]('memory_limit', memory.message, memory.fields);
       if (!isLoopback(o.host) && o.token === undefined && o.tokens === undefined) {
         context.logger.warn('insecure', `listening on ${o.host}, reachable from other machines, with no registration secret: anyone who can connect can register as a server of any privacy policy and receive its clients' data. Set --token (or REVPROXY_TOKEN) or --tokens FILE.`, { host: o.host });
       }

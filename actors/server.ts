@@ -22,7 +22,8 @@ import { errorMsg, MsgType, type DataMsg, type Message, type SetupMsg } from '..
 import { Connection, ConnectionTimeout } from '../transport/socket.js';
 import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, listenOn, listenServer, readyEvent, renewTls, type TlsMaterial } from '../transport/tls.js';
 import { systemClock, type Clock, type Timer } from '../transport/clock.js';
-import { BufferBudget, DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
+import { BufferBudget, defaultBufferBudget } from '../transport/budget.js';
+import { budgetNote, memoryLimit } from './memory-limit.js';
 import { Caller, HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
 import { defaultConnsPerPeer } from './proxy-options.js';
 import { ConnectionLimits, logAcceptErrors, logBadInput, logShed, logTlsRefusals, type ConnectionLimitsInput } from './port-limits.js';
@@ -501,6 +502,8 @@ export const serverMachine = setup({
       const { logger: log, opts } = context;
       log.info('start', `Server running with id ${opts.id}`, { id: opts.id });
       log.info('policy', `Server serving privacy policy ${opts.policy}`, { policy: opts.policy });
+      const memory = budgetNote(context.budget.limit, '--max-buffered-bytes');
+      if (memory) log[memory.level]('memory_limit', memory.message, memory.fields);
       if (opts.handler || opts.concurrency !== undefined) {
         const timeout = opts.handlerTimeoutMs ?? DEFAULT_HANDLER_TIMEOUT_MS;
         const limit = `${opts.concurrency === undefined ? 'no limit' : `${opts.concurrency} at once, ${opts.queueLimit ?? DEFAULT_QUEUE_LIMIT} waiting`}, ${timeout ? `${timeout} ms each at most` : 'no timeout'}`;
@@ -566,7 +569,7 @@ export const serverMachine = setup({
   context: ({ input }) => {
     const logger = input.logger ?? silentLogger;
     const clock = input.clock ?? systemClock;
-    const limit = input.maxBufferedBytes ?? DEFAULT_BUFFER_BUDGET;
+    const limit = input.maxBufferedBytes ?? defaultBufferBudget(memoryLimit());
     const budget = new BufferBudget(limit, logShed(logger, limit));
     return {
       opts: input,

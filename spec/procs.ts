@@ -29,10 +29,11 @@ const live = new Set<ChildProcess>();
  * proxy's memory is V8's defaults', which differ by Node version (Node 24 lets the young
  * generation grow to 64 MB semi-spaces on this machine, Node 20 to 16 MB).
  */
-export function revproxy(args: string[], opts: { env?: Record<string, string>; fileLimit?: number } = {}): Proc {
+export function revproxy(args: string[], opts: { env?: Record<string, string>; fileLimit?: number; memoryGroup?: string } = {}): Proc {
   const argv = [process.execPath, ...nodeFlags(BIN), BIN, ...args];
-  // `exec` keeps the process id, so signals reach revproxy itself.
-  if (opts.fileLimit) return start('/bin/sh', ['-c', `ulimit -n ${opts.fileLimit} && exec "$@"`, 'sh', ...argv], opts);
+  // `exec` keeps the process id, so signals reach revproxy itself; a control group is joined by writing that id (spec/cgroup.ts).
+  const before = [opts.fileLimit ? `ulimit -n ${opts.fileLimit}` : '', opts.memoryGroup ? `echo $$ > ${opts.memoryGroup}` : ''].filter(Boolean);
+  if (before.length) return start('/bin/sh', ['-c', `${before.join(' && ')} && exec "$@"`, 'sh', ...argv], opts);
   return start(argv[0]!, argv.slice(1), opts);
 }
 
@@ -117,8 +118,8 @@ export function killAll(): void {
   for (const c of live) c.kill('SIGKILL');
 }
 
-/** Start `revproxy proxy` on a free port (or `port`), under `ulimit -n fileLimit` if given; resolves once it accepts connections. */
-export async function proxyProcess(args: string[] = [], opts: { port?: number; env?: Record<string, string>; fileLimit?: number } = {}): Promise<{ proc: Proc; port: number }> {
+/** Start `revproxy proxy` on a free port (or `port`), under `ulimit -n fileLimit` and in the control group `memoryGroup` (its cgroup.procs) if given; resolves once it accepts connections. */
+export async function proxyProcess(args: string[] = [], opts: { port?: number; env?: Record<string, string>; fileLimit?: number; memoryGroup?: string } = {}): Promise<{ proc: Proc; port: number }> {
   const port = opts.port ?? (await freePort());
   const proc = revproxy(['proxy', '-port', String(port), ...args], opts);
   const end = Date.now() + 10000;

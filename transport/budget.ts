@@ -21,8 +21,20 @@ export interface BudgetHolder {
   shed(reason: string): void;
 }
 
-/** The budget's default limit (bytes), on the proxy's port and a server's. */
+/** The budget's default limit (bytes), on the proxy's port and a server's, where nothing limits the process's memory. */
 export const DEFAULT_BUFFER_BUDGET = 256 * 1024 * 1024;
+
+/**
+ * The budget's default for a process that may use `memory` bytes (its control group's limit,
+ * `memoryLimit()` in actors/memory-limit.ts; undefined: no limit): a quarter of it, at most
+ * `DEFAULT_BUFFER_BUDGET`. The rest is for what the budget does not count - V8's heap (at least
+ * about 256 MB on 64-bit, whatever the limit), the messages decoded from those bytes, sockets'
+ * own buffers, garbage not collected yet - so a crowd of peers filling the budget is shed
+ * (OVERLOADED) before the kernel's OOM killer ends the process and every request in flight.
+ */
+export function defaultBufferBudget(memory: number | undefined): number {
+  return memory === undefined ? DEFAULT_BUFFER_BUDGET : Math.min(DEFAULT_BUFFER_BUDGET, Math.floor(memory / 4));
+}
 
 export class BufferBudget {
   private total = 0;

@@ -1,0 +1,47 @@
+/**
+ * The memory a process may use, as its container or systemd unit limits it (cgroup
+ * `memory.max` / `memory.limit_in_bytes`, read by Node as `process.constrainedMemory()`), and
+ * the line a proxy or server logs at start about the buffer budget it keeps within it.
+ */
+import { totalmem } from 'node:os';
+import { getHeapStatistics } from 'node:v8';
+import { defaultBufferBudget } from '../transport/budget.js';
+
+/** The bytes this process may use when a control group limits it below the machine's memory, else undefined (no limit: Node 20 then reads 2^64, or 0). */
+export function memoryLimit(constrained = process.constrainedMemory?.(), machine = totalmem()): number | undefined {
+  return constrained !== undefined && constrained > 0 && constrained < machine ? constrained : undefined;
+}
+
+const mib = (n: number): string => `${Math.round((n / 1048576) * 10) / 10} MiB`;
+
+/**
+ * What a start says of the buffer budget `budget` (`flag` names the setting) in a process
+ * limited to `memory` bytes, whose V8 heap may grow to `heap` bytes: the default it derived, as
+ * an info line; a budget set past half the limit (or 0, none), or a heap that does not fit
+ * beside the budget, as a warn line - either way heavy peers would take the process past its
+ * limit and the kernel would kill it (OOM), ending every request in flight, before the budget
+ * sheds any. Undefined without a limit, or for a budget set that fits beside the heap.
+ */
+export function budgetNote(budget: number, flag: string, memory = memoryLimit(), heap = getHeapStatistics().heap_size_limit): { level: 'info' | 'warn'; message: string; fields: Record<string, number> } | undefined {
+  if (memory === undefined) return undefined;
+  const fallback = defaultBufferBudget(memory);
+  const fields = { memory_limit: memory, budget, heap_limit: heap };
+  const limit = `This process may use ${mib(memory)} (its control group's memory limit)`;
+  if (budget === 0 || budget > memory / 2) {
+    return {
+      level: 'warn',
+      message: `${limit}, and ${flag} is ${budget === 0 ? '0 (no limit)' : `${mib(budget)}, more than half of it`}: peers filling the buffers would take the process past its limit and the kernel would kill it (OOM), ending every request in flight, before the budget sheds any; lower ${flag} to ${fallback} (a quarter of the limit, the default here) or raise the memory limit`,
+      fields,
+    };
+  }
+  const said = budget === fallback ? `: the buffer budget is ${mib(budget)}, ${budget < memory / 4 ? 'its default' : 'a quarter of it'} (${flag} sets another)` : `: the buffer budget is ${mib(budget)} (${flag})`;
+  if (heap + budget > memory) {
+    const oldSpace = Math.max(16, Math.floor((memory - budget) / 2 / 1048576));
+    return {
+      level: 'warn',
+      message: `${limit}${said}, but V8's heap may grow to ${mib(heap)} (Node sizes it at start, at least about 256 MiB on 64-bit, whatever the limit): under heavy load the kernel would kill the process (OOM) before V8 collects its garbage; start Node with --max-old-space-size=${oldSpace} (NODE_OPTIONS=--max-old-space-size=${oldSpace} in the environment of its unit or container)`,
+      fields,
+    };
+  }
+  return budget === fallback ? { level: 'info', message: `${limit}${said}`, fields } : undefined;
+}

@@ -1,0 +1,100 @@
+/**
+ * A proxy in a memory-limited container or systemd unit: its buffer budget's default fits the
+ * memory the process may use (a quarter of its control group's limit), a start says what it
+ * chose and why, and a budget or heap that cannot fit is warned of. A real proxy in a real
+ * cgroup sheds a crowd of large frames (OVERLOADED) where it was killed by the kernel.
+ */
+import { connect, type Socket } from 'node:net';
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { budgetNote, memoryLimit } from '../actors/memory-limit.js';
+import { defaultBufferBudget, DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
+import { cannotLimitMemory, memoryGroup, type MemoryGroup } from './cgroup.js';
+import { collector, eventually, frame, LOCAL } from './helpers.js';
+import { killAll, proxyProcess } from './procs.js';
+
+const MiB = 1024 * 1024;
+const FLAG = '--max-buffered-bytes';
+
+const derive = suite('memory limit: the budget it derives');
+
+derive('no limit below the machine (Node 20 reads 2^64 then) keeps 256 MiB; a limit gives a quarter of it, at most 256 MiB', () => {
+  assert.is(memoryLimit(2 ** 64, 24 * 1024 * MiB), undefined);
+  assert.is(memoryLimit(0, 24 * 1024 * MiB), undefined);
+  assert.is(memoryLimit(256 * MiB, 24 * 1024 * MiB), 256 * MiB);
+  assert.is(defaultBufferBudget(undefined), DEFAULT_BUFFER_BUDGET);
+  assert.is(defaultBufferBudget(256 * MiB), 64 * MiB);
+  assert.is(defaultBufferBudget(8 * 1024 * MiB), DEFAULT_BUFFER_BUDGET);
+});
+
+derive('a start says what budget it chose and why; a budget or a heap that cannot fit the limit is a warn line saying what to set', () => {
+  const heapFits = 100 * MiB;
+  assert.is(budgetNote(DEFAULT_BUFFER_BUDGET, FLAG, undefined, heapFits), undefined, 'nothing to say without a limit');
+  const chosen = budgetNote(64 * MiB, FLAG, 256 * MiB, heapFits)!;
+  assert.is(chosen.level, 'info');
+  assert.is(chosen.message, `This process may use 256 MiB (its control group's memory limit): the buffer budget is 64 MiB, a quarter of it (${FLAG} sets another)`);
+  assert.is(budgetNote(32 * MiB, FLAG, 256 * MiB, heapFits), undefined, 'a budget set that fits is taken quietly');
+  const big = budgetNote(DEFAULT_BUFFER_BUDGET, FLAG, 256 * MiB, heapFits)!;
+  assert.is(big.level, 'warn');
+  assert.match(big.message, `${FLAG} is 256 MiB, more than half of it`);
+  assert.match(big.message, `lower ${FLAG} to ${64 * MiB}`);
+  assert.match(budgetNote(0, FLAG, 256 * MiB, heapFits)!.message, `${FLAG} is 0 (no limit)`);
+  // V8 sizes its heap from the machine, at least about 256 MB on 64-bit: in a 256 MiB group it may outgrow the limit by itself.
+  const heap = budgetNote(64 * MiB, FLAG, 256 * MiB, 280 * MiB)!;
+  assert.is(heap.level, 'warn');
+  assert.match(heap.message, "V8's heap may grow to 280 MiB");
+  assert.match(heap.message, 'NODE_OPTIONS=--max-old-space-size=96');
+});
+
+derive.run();
+
+const cgroup = suite('memory limit: a real proxy in a real cgroup');
+let group: MemoryGroup | undefined;
+const sockets: Socket[] = [];
+const why = cannotLimitMemory();
+
+cgroup.after.each(() => {
+  for (const s of sockets.splice(0)) s.destroy();
+  killAll();
+  group?.remove();
+  group = undefined;
+});
+
+cgroup('with its defaults in a 256 MiB group, 400 connections each sending most of a 1 MiB frame are shed (OVERLOADED) and the proxy lives: the kernel killed it', async () => {
+  if (why) {
+    console.log(`  skipped: this test runs a proxy in a memory-limited control group: ${why}`);
+    return;
+  }
+  group = memoryGroup(256 * MiB);
+  const { proc, port } = await proxyProcess([], { memoryGroup: group.procs });
+  await proc.waitFor(/may use 256 MiB .*the buffer budget is 64 MiB/);
+  // Each declares a frame just under the limit and sends all of it but its last byte: the proxy holds it, waiting for the rest.
+  const size = 1024 * 1024 - 100;
+  const body = Buffer.alloc(size - 1, 0x61);
+  const header = Buffer.alloc(4);
+  header.writeUInt32BE(size);
+  const cut: Array<ReturnType<typeof collector>> = [];
+  for (let i = 0; i < 400; i++) {
+    const s = connect({ host: LOCAL, port });
+    s.on('error', () => {});
+    sockets.push(s);
+    cut.push(collector(s));
+    s.write(header);
+    s.write(body);
+  }
+  // 400 MiB offered: the budget (64 MiB) holds about 64 of them and sheds the rest, each told why.
+  await eventually(() => cut.filter((c) => c.closed).length >= 300 || proc.child.exitCode !== null || proc.child.signalCode !== null, 30000, 'the connections past the budget shed');
+  assert.is(group.oomKills(), 0, `the kernel's OOM killer killed the proxy; output:\n${proc.out.join('\n')}`);
+  assert.ok(proc.child.exitCode === null && proc.child.signalCode === null, `the proxy runs on (it ended: ${proc.child.exitCode ?? proc.child.signalCode})`);
+  const told = cut.filter((c) => c.got.some((m) => (m as { code?: string }).code === 'OVERLOADED')).length;
+  assert.ok(told >= 300, `each connection cut is told OVERLOADED: ${told}`);
+  // And it still answers: a request now (no server registered) gets its answer.
+  const s = connect({ host: LOCAL, port });
+  sockets.push(s);
+  const c = collector(s);
+  s.write(frame({ type: 0, seq: 1, srcid: 'c', privPoliId: 'P', payload: 'after' }));
+  await c.until(() => c.got.length > 0, 10000);
+  assert.is((c.got[0] as { code?: string }).code, 'NO_SERVER');
+});
+
+cgroup.run();
