@@ -11,7 +11,7 @@ import { budgetNote, memoryLimit } from '../actors/memory-limit.js';
 import { defaultBufferBudget, DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
 import { cannotLimitMemory, memoryGroup, type MemoryGroup } from './cgroup.js';
 import { collector, eventually, frame, LOCAL } from './helpers.js';
-import { killAll, proxyProcess } from './procs.js';
+import { killAll, proxyProcess, revproxy } from './procs.js';
 
 const MiB = 1024 * 1024;
 const FLAG = '--max-buffered-bytes';
@@ -95,6 +95,17 @@ cgroup('with its defaults in a 256 MiB group, 400 connections each sending most 
   s.write(frame({ type: 0, seq: 1, srcid: 'c', privPoliId: 'P', payload: 'after' }));
   await c.until(() => c.got.length > 0, 10000);
   assert.is((c.got[0] as { code?: string }).code, 'NO_SERVER');
+});
+
+cgroup('proxy --check in a 256 MiB group warns of a budget that cannot fit, as a start would (still valid: exit 0)', async () => {
+  if (why) {
+    console.log(`  skipped: this test runs revproxy in a memory-limited control group: ${why}`);
+    return;
+  }
+  group = memoryGroup(256 * MiB);
+  const check = revproxy(['proxy', '--check', '--max-buffered-bytes', '0'], { memoryGroup: group.procs });
+  assert.is(await check.exited, 0, check.out.join('\n'));
+  assert.ok(check.out.some((l) => l.includes('warning: This process may use 256 MiB') && l.includes('is 0 (no limit)') && l.includes('to 67108864')), check.out.join('\n'));
 });
 
 cgroup.run();
