@@ -6,7 +6,11 @@
  *
  * session.connecting --CONNECTED--> session.open --CLOSED--> lost --failover delay--> session (next proxy)
  *        \--CONNECT_FAILED--> lost                          lost --attempts used up--> offline --REQUEST--> session
+ *                                     lost --attempts used up, requests held--> backoff --delay--> session
  *  (any) --CLOSE--> closed
+ *
+ * A client that has been connected holds its requests while no proxy answers (hold.ts): each
+ * waits until a proxy is back, or its own timeout or abort ends it.
  *
  * When a connection is lost, the requests sent on it go out again, first,
  * on the next proxy (the work is idempotent). So do requests a draining
@@ -26,6 +30,7 @@ import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError
 import { setDeadline, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { HandlerError, show, type Payload } from './handler.js';
 import { silentLogger, type Logger } from './logger.js';
+import { DEFAULT_RECONNECT_MAX_DELAY_MS, NO_SERVER_GRACE_MS, PARK_MS, reconnectDelay, stillNoServer, unreachable } from './hold.js';
 import type { Endpoint } from './server.js';
 
 /**
@@ -66,6 +71,15 @@ export interface ClientOptions {
   maxAttempts?: number;
   /** Pause before trying the next proxy (ms, default 100). */
   failoverDelayMs?: number;
+  /**
+   * Hold requests while no proxy answers, once the client has been connected (default true):
+   * dial again with backoff (the failover delay doubling up to `reconnectMaxDelayMs`) until a
+   * proxy is back or each request's own timeout or abort ends it. `false`: fail what is pending
+   * after `maxAttempts` dials, as before.
+   */
+  hold?: boolean;
+  /** The longest pause between dials while requests are held (ms, default 1000). */
+  reconnectMaxDelayMs?: number;
   /** Longest wait for a connection (TCP, and TLS's handshake) before the next proxy is tried (ms, default 2000: well within a request's default timeout). */
   connectTimeoutMs?: number;
   /**
@@ -110,6 +124,8 @@ interface Entry {
   seq?: number;
   /** When it was sent on the current connection (the clock's ms). */
   sentAt?: number;
+  /** What a proxy just reconnected to said when it refused it NO_SERVER (its servers may still be registering again): held to send again. */
+  refused?: string;
   settled: boolean;
 }
 
@@ -126,6 +142,8 @@ export type ClientEvent =
   /** Renewed client certificates (Client.renewTls): the next dials present them; the open connection keeps its own. */
   | { type: 'RENEW_TLS'; tls: TlsMaterial }
   | { type: 'CONNECTED'; conn: Connection }
+  /** Send the requests parked after a NO_SERVER again (see hold.ts). */
+  | { type: 'UNPARK' }
   | { type: 'CONNECT_FAILED'; error: string }
   | { type: 'ANSWERS'; messages: Message[] }
   | { type: 'CLOSED'; error: string };
@@ -143,6 +161,8 @@ export class RequestBook {
   private readonly inflight = new Map<number, Entry>();
   /** Requests the proxy refused SHUTTING_DOWN (it is draining), to send again on the next proxy. */
   private bounced: Entry[] = [];
+  /** Requests a proxy just reconnected to refused NO_SERVER (see `hold.ts`), to send again on it after a pause. */
+  private parked: Entry[] = [];
   private readonly byHandle = new Map<RequestHandle, Entry>();
   private seq = 0;
   /** Requests settled so far, by outcome: `ok`, or the error's code (for the inspector's counts). */
@@ -174,6 +194,24 @@ export class RequestBook {
 
   get inFlight(): number {
     return this.inflight.size;
+  }
+
+  /** Requests refused NO_SERVER by a proxy just reconnected to, waiting to be sent again. */
+  get parkedCount(): number {
+    return this.parked.length;
+  }
+
+  /** The parked requests wait again, first, to be sent on this connection. */
+  unpark(): void {
+    const back = this.parked.filter((e) => !e.settled);
+    this.parked = [];
+    this.waiting = new Set([...back, ...this.waiting]);
+  }
+
+  /** What the proxy said when it refused this held request NO_SERVER, if it did and it has not been sent since. */
+  refusedWith(handle: RequestHandle): string | undefined {
+    const entry = this.byHandle.get(handle);
+    return entry?.seq === undefined ? entry?.refused : undefined;
   }
 
   /** The proxy said it is shutting down: nothing more is sent on this connection. */
@@ -235,10 +273,11 @@ export class RequestBook {
 
   /**
    * Settle what one read answered; returns how many requests it settled. With
-   * `elsewhere` (another proxy to go to), a request refused SHUTTING_DOWN is
-   * not settled: it waits to go to the next proxy.
+   * `elsewhere` (another proxy to go to, or the same one once it is back), a request refused
+   * SHUTTING_DOWN is not settled: it waits to go to the next proxy. With `parkNoServer` (the
+   * proxy was just reconnected to after an outage), nor is one refused NO_SERVER: it is parked.
    */
-  answer(messages: Message[], log: Logger, elsewhere: boolean): number {
+  answer(messages: Message[], log: Logger, elsewhere: boolean, parkNoServer = false): number {
     let settled = 0;
     this.heardAt = this.clock.now();
     this.unheardSince = undefined;
@@ -257,6 +296,12 @@ export class RequestBook {
       if (elsewhere && m.type === MsgType.ERROR && m.code === ErrorCode.SHUTTING_DOWN) {
         entry.seq = undefined;
         this.bounced.push(entry);
+        continue;
+      }
+      if (parkNoServer && m.type === MsgType.ERROR && m.code === ErrorCode.NO_SERVER) {
+        entry.seq = undefined;
+        entry.refused = m.message;
+        this.parked.push(entry);
         continue;
       }
       const latencyMs = this.clock.now() - entry.arrived;
@@ -295,10 +340,11 @@ export class RequestBook {
     this.settle(entry, { ok: false, error, latencyMs: this.clock.now() - entry.arrived });
   }
 
-  /** The connection is gone: what was in flight on it, or refused SHUTTING_DOWN, waits again, first. */
+  /** The connection is gone: what was in flight on it, or refused SHUTTING_DOWN or NO_SERVER, waits again, first. */
   unsend(): number {
-    const back = [...this.bounced, ...this.inflight.values()].filter((e) => !e.settled);
+    const back = [...this.bounced, ...this.parked, ...this.inflight.values()].filter((e) => !e.settled);
     this.bounced = [];
+    this.parked = [];
     this.inflight.clear();
     this.unheardSince = undefined;
     for (const e of back) {
@@ -314,6 +360,7 @@ export class RequestBook {
     const all = [...this.byHandle.values()];
     this.inflight.clear();
     this.bounced = [];
+    this.parked = [];
     this.waiting.clear();
     for (const e of all) this.settle(e, { ok: false, error, latencyMs: this.clock.now() - e.arrived });
     return all.length;
@@ -363,6 +410,14 @@ export interface ClientContext {
   conn?: Connection;
   book: RequestBook;
   lastError?: string;
+  /** A connection to a proxy was made at least once: requests are held from then on (hold.ts). */
+  connectedOnce: boolean;
+  /** Since when no proxy has been connected (the clock's ms), after a connection or dial failed. */
+  outageSince?: number;
+  /** When a proxy was connected again after an outage: its NO_SERVER is held a while (NO_SERVER_GRACE_MS). */
+  recoveredAt?: number;
+  /** An UNPARK is on its way. */
+  unparking: boolean;
 }
 
 const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMaterial; wire?: 'frames' | 'json'; clock: Clock; connectTimeoutMs: number; keepAliveMs: number }>(({ sendBack, input }) => {
@@ -440,6 +495,11 @@ function maxAttempts(context: ClientContext): number {
   return context.opts.maxAttempts ?? 2 * context.proxies.length;
 }
 
+/** Whether this client holds requests while no proxy answers (it has been connected, and was not told not to). */
+function holding(context: ClientContext): boolean {
+  return context.opts.hold !== false && context.connectedOnce;
+}
+
 function windowOf(opts: ClientOptions): number {
   return opts.wire === 'json' ? 1 : opts.window ?? 64;
 }
@@ -467,6 +527,8 @@ export const clientMachine = setup({
   actors: { clientSocket },
   delays: {
     failoverDelay: ({ context }) => context.opts.failoverDelayMs ?? 100,
+    reconnectDelay: ({ context }) => reconnectDelay(context.attempts - maxAttempts(context), context.opts.failoverDelayMs ?? 100,
+      context.opts.reconnectMaxDelayMs ?? DEFAULT_RECONNECT_MAX_DELAY_MS, Math.random()),
   },
   actions: {
     enqueue: ({ context, event, self }) => {
@@ -485,12 +547,32 @@ export const clientMachine = setup({
     },
     setConn: assign(({ context, event }) => {
       assertEvent(event, 'CONNECTED');
-      context.book.heardAt = context.clock.now();
-      return { conn: event.conn };
+      const now = context.clock.now();
+      context.book.heardAt = now;
+      return { conn: event.conn, connectedOnce: true, outageSince: undefined, recoveredAt: context.outageSince === undefined ? context.recoveredAt : now };
     }),
     receive: ({ context, event }) => {
       assertEvent(event, 'ANSWERS');
-      context.book.answer(event.messages, context.logger, context.proxies.length > 1);
+      // Held, a request refused SHUTTING_DOWN waits for the proxy to be back (or the next), and one refused
+      // NO_SERVER by a proxy just back waits for its servers to register again.
+      const held = holding(context);
+      const fresh = held && context.recoveredAt !== undefined && context.clock.now() - context.recoveredAt < NO_SERVER_GRACE_MS;
+      context.book.answer(event.messages, context.logger, context.proxies.length > 1 || held, fresh);
+    },
+    scheduleUnpark: enqueueActions(({ context, enqueue }) => {
+      if (context.unparking || context.book.parkedCount === 0) return;
+      enqueue.assign({ unparking: true });
+      enqueue.raise({ type: 'UNPARK' }, { delay: PARK_MS });
+    }),
+    unpark: ({ context }) => context.book.unpark(),
+    unparked: assign({ unparking: false }),
+    /** The first pause of an outage with requests held says so; the next ones are only debug. */
+    noteHold: ({ context }) => {
+      const held = context.book.size;
+      const first = context.attempts === maxAttempts(context);
+      const msg = `${context.lastError ?? 'no reverse proxy reached'}: holding ${held} request(s) until a reverse proxy answers or their own timeouts end them, dialling again with backoff (at most ${context.opts.reconnectMaxDelayMs ?? DEFAULT_RECONNECT_MAX_DELAY_MS} ms apart)`;
+      if (first) context.logger.warn('holding', msg, { reason: context.lastError, count: held });
+      else context.logger.debug('holding', msg, { reason: context.lastError, count: held });
     },
     /** The proxy is draining and holds nothing more of ours: leave it for the next, with what it refused. */
     leaveIfDrained: enqueueActions(({ context, enqueue }) => {
@@ -506,7 +588,17 @@ export const clientMachine = setup({
     expire: ({ context, event }) => {
       assertEvent(event, 'EXPIRE');
       const ms = context.book.timeoutOf(event.handle);
-      if (ms !== undefined) context.book.fail(event.handle, new RequestError(LocalCode.CLIENT_TIMEOUT, `no answer within the request's timeout (${ms} ms)`));
+      if (ms === undefined) return;
+      const { book, clock } = context;
+      const refused = book.refusedWith(event.handle);
+      // A held request says why it was held: no proxy for so long, or a proxy just back without its servers.
+      const error = context.outageSince !== undefined && holding(context)
+        ? new RequestError(book.answers > 0 ? LocalCode.CONNECTION_LOST : LocalCode.CONNECT_FAILED,
+          unreachable(clock.now() - context.outageSince, context.proxies, context.lastError, ms) + hint(context.lastError ?? '', book.answers > 0))
+        : refused !== undefined
+          ? new RequestError(ErrorCode.NO_SERVER, stillNoServer(refused, clock.now() - (context.recoveredAt ?? clock.now()), ms))
+          : new RequestError(LocalCode.CLIENT_TIMEOUT, `no answer within the request's timeout (${ms} ms)`);
+      book.fail(event.handle, error);
     },
     cancel: ({ context, event }) => {
       assertEvent(event, 'CANCEL');
@@ -527,7 +619,10 @@ export const clientMachine = setup({
     },
     failover: assign(({ context, event }) => {
       assertEvent(event, ['CONNECT_FAILED', 'CLOSED']);
-      return { conn: undefined, proxyIndex: (context.proxyIndex + 1) % context.proxies.length, attempts: context.attempts + 1, lastError: event.error };
+      return {
+        conn: undefined, proxyIndex: (context.proxyIndex + 1) % context.proxies.length, attempts: context.attempts + 1, lastError: event.error,
+        outageSince: context.outageSince ?? context.clock.now(),
+      };
     }),
     giveUp: ({ context }) => {
       const why = context.lastError ?? 'no reverse proxy reached';
@@ -567,6 +662,9 @@ export const clientMachine = setup({
   },
   guards: {
     givesUp: ({ context }) => context.attempts >= maxAttempts(context),
+    /** The quick round of dials is used up with requests pending: they are held, not failed. */
+    holds: ({ context }) => context.attempts >= maxAttempts(context) && holding(context) && context.book.size > 0,
+    nothingHeld: ({ context }) => context.book.size === 0,
     /** The request that ran out of time waited on a proxy that has sent nothing since (see SILENT_PROXY_MS). */
     proxySilent: ({ context, event }) => {
       assertEvent(event, 'EXPIRE');
@@ -594,6 +692,8 @@ export const clientMachine = setup({
       proxies,
       proxyIndex: 0,
       attempts: 0,
+      connectedOnce: false,
+      unparking: false,
       logger: input.logger ?? silentLogger,
       clock,
       book: new RequestBook(clock, windowOf(input), input.maxQueued ?? 100_000, input.wire === 'json', input.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES),
@@ -606,6 +706,8 @@ export const clientMachine = setup({
     CLOSE: { target: '.closed' },
     PROXIES: { actions: 'setProxies' },
     RENEW_TLS: { actions: 'renewTls' },
+    // Not open (the connection went meanwhile): unsend took the parked requests back already.
+    UNPARK: { actions: 'unparked' },
   },
   initial: 'session',
   states: {
@@ -630,7 +732,8 @@ export const clientMachine = setup({
         open: {
           on: {
             REQUEST: { actions: ['enqueue', 'sendMore'] },
-            ANSWERS: { actions: ['receive', 'progress', 'sendMore', 'leaveIfDrained'] },
+            ANSWERS: { actions: ['receive', 'progress', 'sendMore', 'leaveIfDrained', 'scheduleUnpark'] },
+            UNPARK: { actions: ['unparked', 'unpark', 'sendMore'] },
             EXPIRE: [{ guard: 'proxySilent', actions: ['expire', 'leaveSilentProxy'] }, { actions: ['expire', 'sendMore', 'leaveIfDrained'] }],
             CANCEL: { actions: ['cancel', 'sendMore', 'leaveIfDrained'] },
             PROXIES: [{ guard: 'proxyLeftSilent', actions: ['setProxies', 'leaveProxy'] }, { actions: 'setProxies' }],
@@ -639,8 +742,14 @@ export const clientMachine = setup({
       },
     },
     lost: {
-      always: { guard: 'givesUp', target: 'offline' },
+      always: [{ guard: 'holds', target: 'backoff' }, { guard: 'givesUp', target: 'offline' }],
       after: { failoverDelay: 'session' },
+    },
+    /** No proxy answered the quick round: the requests wait, and the client dials again after a pause that grows. */
+    backoff: {
+      entry: 'noteHold',
+      always: { guard: 'nothingHeld', target: 'offline' },
+      after: { reconnectDelay: 'session' },
     },
     /** Gave up: everything pending has failed. The next request tries the proxies again. */
     offline: {

@@ -16,7 +16,7 @@ import { FrameDecoder } from '../transport/frame.js';
 import { MsgType } from '../transport/messages.js';
 import { freePort } from '../bench/procs.js';
 import { eventually, frame } from './helpers.js';
-import { killAll, python } from './procs.js';
+import { killAll, proxyProcess, python } from './procs.js';
 
 interface Ctx {
   proxies: ProxyHandle[];
@@ -92,7 +92,7 @@ lib('a lost proxy: requests in flight go again through the next one, and later r
   assert.is((await c.request('P', 'after')).length, 40);
 });
 
-lib('a proxy that drains: a request it refuses SHUTTING_DOWN goes to the next proxy once its requests in flight are answered; with no other proxy the caller gets SHUTTING_DOWN', async () => {
+lib('a proxy that drains: a request it refuses SHUTTING_DOWN goes to the next proxy once its requests in flight are answered; with no other proxy and hold: false the caller gets SHUTTING_DOWN', async () => {
   // A rolling restart of a fleet's proxies used to fail every request a client sent while
   // one drained (943 of 2,442 in a run with handlers of 0-1000 ms), though the client knew
   // the other proxy and the refusal said to try it.
@@ -114,7 +114,8 @@ lib('a proxy that drains: a request it refuses SHUTTING_DOWN goes to the next pr
   ctx.servers.push(s);
   for (const p of [a, b]) await eventually(() => p.pools().P?.serving.includes('held') ?? false, 3000, 'held serving');
   const c = await client({ revproc: [a.port, b.port], failoverDelayMs: 10 });
-  const alone = await client({ revproc: a.port });
+  // hold: false - a client that holds would wait for the proxy to be back (see the restart test below).
+  const alone = await client({ revproc: a.port, hold: false });
   const slow = c.request('P', 'slow');
   await slowArrived; // through a, the first proxy of the list
   const drained = a.stop();
@@ -482,4 +483,109 @@ lib('a long-lived client lets go of each payload once it is answered: one sendin
   assert.ok(held <= 5, `${held} of 50 answered payloads are still held by the client`);
 });
 
+lib('a proxy restarted under the client (SIGTERM, SIGKILL): requests in flight and those sent while it is down are held, then answered once it is back', async () => {
+  // A restart (systemctl restart, an upgrade, systemd after a crash) used to fail every request in
+  // flight and sent meanwhile with CONNECTION_LOST after two dials within about 200 ms, though each
+  // had seconds of its own timeout left.
+  // The proxy's own timeout is long: the requests held at the server must not time out there on a loaded machine.
+  const slow = ['--timeout', '30000'];
+  for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
+    const first = await proxyProcess(slow);
+    const { port } = first;
+    const calls = new Map<string, number>();
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    const handler = async (p: unknown): Promise<string> => {
+      const key = String(p);
+      calls.set(key, (calls.get(key) ?? 0) + 1);
+      if (key.startsWith('in')) await released;
+      return key.toUpperCase();
+    };
+    const s = await startServer({ id: `s-${signal}`, policy: 'P', revproc: port, handler });
+    ctx.servers.push(s);
+    const logs: LogRecord[] = [];
+    const c = await client({ revproc: port, timeoutMs: 20000, logger: new Logger('client', memorySink(logs), 'warn') });
+    assert.is(await c.request('P', 'warm'), 'WARM');
+    const outcome = (p: string): Promise<unknown> => c.request('P', p).catch((e: RequestError) => e.code);
+    const inFlight = ['in1', 'in2', 'in3'].map(outcome);
+    await eventually(() => ['in1', 'in2', 'in3'].every((p) => calls.get(p) === 1), 5000, 'requests in flight at the server');
+    first.proc.kill(signal);
+    // A draining proxy refuses new requests SHUTTING_DOWN: with no other proxy, they wait for it to be back.
+    if (signal === 'SIGTERM') await first.proc.waitFor(/Draining/);
+    const during = signal === 'SIGTERM' ? [outcome('drain1')] : [];
+    release(); // a draining proxy answers what it holds; a killed one took it with it
+    await first.proc.exited;
+    const gap = ['gap1', 'gap2', 'gap3'].map(outcome);
+    await eventually(() => logs.some((l) => l.event === 'holding'), 5000, 'the client holding its requests');
+    const hold = logs.find((l) => l.event === 'holding')!;
+    assert.match(hold.msg, new RegExp(`no reverse proxy is listening on 127\\.0\\.0\\.1:${port}: holding \\d+ request\\(s\\) until a reverse proxy answers or their own timeouts end them`));
+    await proxyProcess(slow, { port });
+    assert.equal(await Promise.all(inFlight), ['IN1', 'IN2', 'IN3'], `${signal}: the requests in flight`);
+    assert.equal(await Promise.all(gap), ['GAP1', 'GAP2', 'GAP3'], `${signal}: the requests sent while no proxy listened`);
+    assert.equal(await Promise.all(during), signal === 'SIGTERM' ? ['DRAIN1'] : [], `${signal}: the request sent during the drain`);
+    // At least once: a request whose connection broke before its answer came is sent again.
+    const twice = signal === 'SIGKILL' ? 2 : 1;
+    for (const p of ['in1', 'in2', 'in3']) assert.is(calls.get(p), twice, `${signal}: ${p} ran ${calls.get(p)} time(s)`);
+    assert.is(await c.request('P', 'after'), 'AFTER');
+    c.destroy();
+    await s.stop();
+    killAll();
+  }
+});
+
+lib('a request held while no proxy listens ends with its own timeout or abort, and says for how long which proxy could not be reached; destroy() settles the rest once', async () => {
+  const { proc, port } = await proxyProcess();
+  const s = await startServer({ id: 'held', policy: 'P', revproc: port });
+  ctx.servers.push(s);
+  const c = await client({ revproc: port, timeoutMs: 20000 });
+  assert.is((await c.request('P', 'warm')).length, 40);
+  proc.kill('SIGKILL');
+  await proc.exited;
+  const aborted = new AbortController();
+  const short = reject(c.request('P', 'short', { timeoutMs: 700 }));
+  const gone = reject(c.request('P', 'aborted', { signal: aborted.signal }));
+  const rest = Array.from({ length: 5 }, (_, i) => reject(c.request('P', `rest${i}`)));
+  const e = await short;
+  assert.is(e.code, 'CONNECTION_LOST');
+  assert.match(e.message, new RegExp(`^no reverse proxy could be reached for \\d+ ms \\(127\\.0\\.0\\.1:${port}; the last try: no reverse proxy is listening on 127\\.0\\.0\\.1:${port}\\): the request's timeout \\(700 ms\\) ran out while the client held it`));
+  assert.match(e.message, /check that the proxy runs/);
+  aborted.abort();
+  assert.is((await gone).code, 'ABORTED');
+  const book = c.actor.getSnapshot().context.book;
+  assert.is(book.size, 5, 'the others are still held');
+  c.destroy();
+  assert.equal((await Promise.all(rest)).map((x) => x.code), Array(5).fill('CLIENT_CLOSED'));
+  assert.equal(book.outcomes, { ok: 1, CONNECTION_LOST: 1, ABORTED: 1, CLIENT_CLOSED: 5 }, 'each settled once');
+});
+
+lib('a proxy just restarted answers NO_SERVER until its servers register again: a held request waits for them, and is answered', async () => {
+  const first = await proxyProcess();
+  const { port } = first;
+  const s1 = await startServer({ id: 'before', policy: 'P', revproc: port });
+  const c = await client({ revproc: port, timeoutMs: 20000 });
+  assert.is((await c.request('P', 'warm')).length, 40);
+  s1.kill();
+  first.proc.kill('SIGKILL');
+  await first.proc.exited;
+  const held = c.request('P', 'held').catch((e: RequestError) => `${e.code}: ${e.message}`);
+  const second = await proxyProcess([], { port });
+  // The client is back on the new proxy, which has no server of P yet and says so.
+  await second.proc.waitFor(/no server is registered for privacy policy P/);
+  const s2 = await startServer({ id: 'after', policy: 'P', revproc: port });
+  ctx.servers.push(s2);
+  assert.is(await held, createHash('sha1').update('held').digest('hex'));
+});
+
+lib('hold: false fails what is pending after the quick round of dials, as before', async () => {
+  const { proc, port } = await proxyProcess();
+  const s = await startServer({ id: 'nohold', policy: 'P', revproc: port });
+  ctx.servers.push(s);
+  const c = await client({ revproc: port, timeoutMs: 20000, hold: false, failoverDelayMs: 10 });
+  assert.is((await c.request('P', 'warm')).length, 40);
+  proc.kill('SIGKILL');
+  await proc.exited;
+  const e = await reject(c.request('P', 'x'));
+  assert.is(e.code, 'CONNECTION_LOST');
+  assert.match(e.message, /^no reverse proxy is listening/);
+});
 lib.run();

@@ -1,0 +1,55 @@
+/**
+ * How the client holds its requests while no proxy answers (a proxy restarting, a fleet's
+ * proxies all down for a moment): the backoff between its dials, and the words a held request
+ * gets when its own timeout ends the wait. The client machine (client.ts) decides when.
+ *
+ * A proxy restarted by its operator or by systemd is back in about a second; before, the client
+ * failed every request after two dials per proxy within about 200 ms, each with seconds of its
+ * own timeout left. As nats.js (reconnectTimeWait, jitter) and MQTT.js (reconnectPeriod, its
+ * offline queue) do, it now dials again with backoff and sends what it holds once a proxy answers.
+ */
+import { hostPort } from '../transport/address.js';
+import type { Endpoint } from './server.js';
+
+/**
+ * The longest pause between two dials while the client holds requests (ms). A proxy restarted
+ * is back in about a second: a client finds it at most this long after it listens. One refused
+ * dial a second costs next to nothing, where a longer pause would eat the requests' timeouts
+ * (5 s by default) for nothing.
+ */
+export const DEFAULT_RECONNECT_MAX_DELAY_MS = 1000;
+
+/**
+ * How long after a reconnect a proxy's NO_SERVER is taken for "its servers are still
+ * registering again" and the request held: servers dial a proxy they lost with backoff up to 5 s
+ * (`revproxy server`, `startServer`), so a restarted proxy knows none of them for up to that long.
+ */
+export const NO_SERVER_GRACE_MS = 5000;
+
+/** The pause before requests refused NO_SERVER in that grace are sent again on the same connection (ms). */
+export const PARK_MS = 250;
+
+/**
+ * The pause before the next dial once the quick round of failovers is used up: the failover
+ * delay doubled at each dial that fails (`step` 0 is the first), up to `maxMs`, each up to a fifth
+ * early at random, so clients that lost their proxy together do not dial it again all at once
+ * (the servers' backoff does the same).
+ */
+export function reconnectDelay(step: number, baseMs: number, maxMs: number, random: number): number {
+  const ms = Math.min(maxMs, Math.max(1, baseMs) * 2 ** Math.min(step + 1, 30));
+  return Math.round(ms * (1 - random / 5));
+}
+
+/** What a held request's own timeout ends with: how long no proxy answered, which, and what to check. */
+export function unreachable(ms: number, proxies: Endpoint[], lastError: string | undefined, timeoutMs: number): string {
+  const where = proxies.map((p) => hostPort(p.host, p.port)).join(', ');
+  return `no reverse proxy could be reached for ${Math.round(ms)} ms (${where}${lastError ? `; the last try: ${lastError}` : ''}): `
+    + `the request's timeout (${timeoutMs} ms) ran out while the client held it and dialled again with backoff; `
+    + 'check that the proxy runs (systemctl status, its log) and listens where --revproc says';
+}
+
+/** What a held request refused NO_SERVER by a proxy just reconnected to ends with. */
+export function stillNoServer(said: string, ms: number, timeoutMs: number): string {
+  return `${said} (the client reconnected to it ${Math.round(ms)} ms before and held the request while its servers registered again, `
+    + `until the request's timeout, ${timeoutMs} ms: check that a server of this policy runs and reaches this proxy)`;
+}
