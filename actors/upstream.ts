@@ -202,7 +202,9 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
     // Emitted once per address found, or once with the error (which DISCONNECTED reports).
     if (isIP(input.host) === 0) socket.once('lookup', (err: Error | null) => err || sendBack({ type: 'RESOLVED' }));
     // Never hold this link's reads for its writes: the server may be waiting for us to read, too.
-    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, holdReadsWhenCongested: false, budget: input.budget });
+    // What it has not written are the requests it forwards, which hold their bytes against the budget
+    // already (routing.ts `holdRequest`); the budget cuts clients, never this link (every request on it would fail).
+    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, holdReadsWhenCongested: false, budget: input.budget, forwarding: true });
     let done = false;
     /** Set once the server was told why its link ends (bad input): the connection closes by `endWith`, its last frame not cut off. */
     let told = false;

@@ -251,6 +251,31 @@ r('big requests held for a slow server stay within the buffer budget: a greedy c
   assert.match(JSON.stringify(crowd.flatMap((c) => c.got).find((m) => m.type === 3)), /--max-buffered-bytes/);
 });
 
+r('a crowd of big requests sheds clients, never the proxy\'s own link to their server: the server stays in rotation and answers after', async () => {
+  // The link's unwritten bytes are the requests it forwards, which hold their own bytes: it held the most
+  // (16 MB), was cut, and every client of the policy got UPSTREAM_FAILED, then NO_SERVER.
+  const { proc, port } = await proxyProcess(['--log-level', 'warn', '--max-buffered-bytes', String(64 * 1024 * 1024)]);
+  // A server slower than its clients: the proxy's writes to it pile up.
+  revproxy(['server', '-id', 's1', '-pp', 'P', '-listen', '0', '-revproc', String(port), '--delay', '200']);
+  await waitServing(port, 'P', 1);
+  const load = async (args: string[]): Promise<Record<string, any>> => {
+    const p = revproxy(['load', '--no-progress', '--json', '--revproc', String(port), '--policy', 'P', ...args]);
+    await p.exited;
+    const line = p.out.find((l) => l.startsWith('{'));
+    assert.ok(line, p.out.join('\n'));
+    return JSON.parse(line!);
+  };
+  const crowd = await load(['-c', '64', '-p', '8', '-d', '2s', '--timeout', '2000', '--payload-size', '1000000']);
+  const warnings = () => proc.out.filter((l) => /buffer budget|unreachable|failed after|No live server/.test(l)).join('\n');
+  assert.ok(proc.out.some((l) => /buffer budget .* (is|was) full/.test(l)), `the crowd filled the budget (the test's premise): ${JSON.stringify(crowd.errors)}\n${warnings()}`);
+  assert.ok((crowd.errors.OVERLOADED ?? 0) > 0, `clients shed or refused OVERLOADED: ${JSON.stringify(crowd.errors)}`);
+  assert.is(crowd.errors.NO_SERVER, undefined, warnings());
+  assert.is(crowd.errors.UPSTREAM_FAILED, undefined, warnings());
+  assert.not.ok(proc.out.some((l) => /Server id s1 is unreachable/.test(l)), warnings());
+  const after = await load(['-c', '1', '-p', '1', '-n', '3']);
+  assert.is(after.ok, 3, JSON.stringify(after.errors));
+});
+
 r('an old-wire client whose answers wait behind a slow one holds them within the buffer budget: past it, it is cut with OVERLOADED', async () => {
   const budget = 4 * 1024 * 1024;
   const proxy = await inProcess({ maxBufferedBytes: budget, timeoutMs: 20000 });

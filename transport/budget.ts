@@ -13,12 +13,19 @@
  * fit is refused, so partial messages and unread answers keep the other half.
  * One connection's requests may take `requestsPerPeer` (a sixteenth of that
  * half) before its reads pause, so one greedy client cannot take it all.
+ * A `shielded` holder (the proxy's link to a server) is counted and never cut.
  */
 
 /** What the budget needs of a connection: how to cut it. */
 export interface BudgetHolder {
   /** Close the connection now, telling the peer why if it can; its bytes are released. */
   shed(reason: string): void;
+  /**
+   * Never cut: what it holds counts, but the budget cuts the other holders instead.
+   * The proxy's own link to a server, whose cut would fail every request on it, its
+   * server's every client, and free nothing the requests do not hold already.
+   */
+  readonly shielded?: boolean;
 }
 
 /** The budget's default limit (bytes), on the proxy's port and a server's, where nothing limits the process's memory. */
@@ -90,21 +97,22 @@ export class BufferBudget {
     if (this.limit > 0 && this.used > this.limit) this.shedLargest();
   }
 
-  /** Cut the largest holders until the total is under the limit. */
+  /** Cut the largest holders (shielded ones never) until the total is under the limit. */
   private shedLargest(): void {
-    while (this.used > this.limit && this.held.size > 0) {
+    while (this.used > this.limit) {
       let victim: BudgetHolder | undefined;
       let most = -1;
       for (const [h, n] of this.held) {
-        if (n > most) {
+        if (n > most && !h.shielded) {
           most = n;
           victim = h;
         }
       }
-      this.held.delete(victim!);
+      if (victim === undefined) return;
+      this.held.delete(victim);
       this.total -= most;
-      this.onShed?.(victim!, most);
-      victim!.shed(`the buffer budget of ${this.limit} bytes is full, and this connection held the most of it (${most} bytes)`);
+      this.onShed?.(victim, most);
+      victim.shed(`the buffer budget of ${this.limit} bytes is full, and this connection held the most of it (${most} bytes)`);
     }
   }
 }

@@ -37,6 +37,13 @@ export interface ConnectionOptions {
   clock?: Clock;
   /** The process's budget of bytes held for peers: this connection's partial messages and unread answers count against it. */
   budget?: BufferBudget;
+  /**
+   * This side dialed the connection to forward requests the budget already holds (`BufferBudget.hold`,
+   * until their answers): what it has not written yet is those requests, not counted a second time, and
+   * the budget never cuts it (`shielded`), which would fail every request on it and free nothing. A
+   * partial message read from it still counts.
+   */
+  forwarding?: boolean;
   /** A frame (or JSON object) begun must be complete within this long (ms), or the connection is closed. 0 or absent: no limit. */
   frameTimeoutMs?: number;
   /**
@@ -173,6 +180,8 @@ export class Connection implements BudgetHolder {
   private pauses = 0;
   private readonly clock: Clock;
   private readonly budget?: BufferBudget;
+  /** Never cut by the budget (the `forwarding` option). */
+  readonly shielded: boolean;
   /** When the peer last sent bytes (clock ms). */
   private lastRead: number;
   private idleMs = 0;
@@ -209,6 +218,7 @@ export class Connection implements BudgetHolder {
     this.frameTimeoutMs = opts.frameTimeoutMs ?? 0;
     this.clock = opts.clock ?? systemClock;
     this.budget = opts.budget;
+    this.shielded = opts.forwarding ?? false;
     this.lastRead = this.clock.now();
     // One function per event for every socket (they find this connection through OWNER): a
     // proxy holding 10,000 connections keeps no closures per connection for them.
@@ -383,16 +393,16 @@ export class Connection implements BudgetHolder {
     if (this.reclaims && this.socket.writableLength === 0) this.batch.reclaim(data);
     if (!room) {
       this.holdReadsUntilDrained();
-      if (this.budget) {
+      if (this.budget && !this.shielded) {
         this.account();
         this.socket.once('drain', () => this.account());
       }
     }
   }
 
-  /** Tell the budget what this connection holds: a message begun, and answers the peer has not read while they pile up. */
+  /** Tell the budget what this connection holds: a message begun, and answers the peer has not read while they pile up (not requests it forwards: they hold their own). */
   private account(): void {
-    const unsent = this.socket.writableNeedDrain ? this.socket.writableLength : 0;
+    const unsent = this.socket.writableNeedDrain && !this.shielded ? this.socket.writableLength : 0;
     const encoder = this.encoder;
     this.budget!.set(this, this.decoder.buffered + unsent + (encoder.wire === 'json' ? encoder.encode.held ?? 0 : 0));
   }
