@@ -87,6 +87,29 @@ test('bad input ends the stream once with the ProtocolError; the close follows',
   server.close();
 });
 
+test('a connection the budget cut reads nothing more, even when its owner resumes reads it had paused: no bad input is made of what the peer still sends', async () => {
+  const { near, far, server } = await pair();
+  const conn = new Connection(near);
+  const sink = recorder();
+  conn.listen(sink);
+  // Its reads paused (the proxy does so while a connection's requests hold their share of the budget), the peer sends on.
+  conn.pause();
+  far.write(Buffer.concat([encodeFrame(data(1)), encodeFrame(data(2))]));
+  const told: Buffer[] = [];
+  far.on('data', (b: Buffer) => told.push(b));
+  conn.shed('the buffer budget of 64 bytes is full, and this connection held the most of it (80 bytes)');
+  // Its requests answered meanwhile, the owner resumes its reads: the bytes the peer sent come in.
+  conn.resume();
+  far.write(encodeFrame(data(3)));
+  await once(far, 'end');
+  far.end();
+  await sink.done;
+  assert.equal(sink.log.filter((l) => l.startsWith('failed')), [], `cut for the budget, not for bad input: ${sink.log.join(', ')}`);
+  assert.equal(sink.batches.flat(), [], 'nothing read after the cut');
+  assert.match(Buffer.concat(told).toString('latin1'), /buffer budget of 64 bytes is full/, 'the peer was told why (OVERLOADED)');
+  server.close();
+});
+
 test('a message begun and not finished in time fails the stream with a ConnectionTimeout', async () => {
   const { near, far, server } = await pair();
   const conn = new Connection(near, { frameTimeoutMs: 50 });

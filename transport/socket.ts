@@ -180,6 +180,8 @@ export class Connection implements BudgetHolder {
   private pauses = 0;
   private readonly clock: Clock;
   private readonly budget?: BufferBudget;
+  /** Cut by the budget (`shed`): what the peer still sends is dropped. */
+  private cut = false;
   /** Never cut by the budget (the `forwarding` option). */
   readonly shielded: boolean;
   /** When the peer last sent bytes (clock ms). */
@@ -265,6 +267,7 @@ export class Connection implements BudgetHolder {
 
   /** @internal One read from the socket. */
   read(chunk: Buffer): void {
+    if (this.cut) return;
     this.reads++;
     this.lastRead = this.clock.now();
     const decoder = this.decoder;
@@ -410,6 +413,9 @@ export class Connection implements BudgetHolder {
   /** Cut by the budget: read nothing more, drop what was buffered, tell the peer why (OVERLOADED) and close. */
   shed(reason: string): void {
     this.socket.pause();
+    // Reads stay off whoever resumes them (an owner that had paused them for its own reasons): what the
+    // peer still sends is dropped, not read as bad input by an emptied decoder.
+    this.cut = true;
     this.decoder = new FrameDecoder({ maxFrameBytes: 1 });
     if (this.encoder.wire === 'json') this.encoder.encode.drop?.();
     // A peer that does not read would not read the reason either: its bytes are released now.
