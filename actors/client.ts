@@ -32,6 +32,7 @@ import { HandlerError, show, type Payload } from './handler.js';
 import { silentLogger, type Logger } from './logger.js';
 import { DEFAULT_RECONNECT_MAX_DELAY_MS, NO_SERVER_GRACE_MS, PARK_MS, reconnectDelay, stillNoServer, unreachable } from './hold.js';
 import type { Endpoint } from './server.js';
+import { Liveness, PING_AFTER_MS, PONG_WITHIN_MS } from './liveness.js';
 
 /**
  * Why a request has no answer: the proxy's ERROR (its wire code: `NO_SERVER`,
@@ -141,7 +142,15 @@ export type ClientEvent =
   | { type: 'PROXIES'; proxies: Endpoint[] }
   /** Renewed client certificates (Client.renewTls): the next dials present them; the open connection keeps its own. */
   | { type: 'RENEW_TLS'; tls: TlsMaterial }
-  | { type: 'CONNECTED'; conn: Connection }
+  /** `probing`: a PING went to the proxy first; no request is sent on the connection until PROBED says how it went. */
+  | { type: 'CONNECTED'; conn: Connection; probing: boolean }
+  /**
+   * `pings`: the proxy answered that PING, so a silent cut is found by PINGs (liveness.ts). `unanswered`: it neither
+   * answered nor refused it in time: the connection is used without PINGs, and so is the proxy from then on.
+   */
+  | { type: 'PROBED'; pings: boolean; unanswered?: string }
+  /** The proxy refused that PING (one from before client PINGs: BAD_REQUEST, the connection closed with nothing in flight): dial it again without. */
+  | { type: 'PINGS_REFUSED'; error: string }
   /** Send the requests parked after a NO_SERVER again (see hold.ts). */
   | { type: 'UNPARK' }
   | { type: 'CONNECT_FAILED'; error: string }
@@ -186,6 +195,11 @@ export class RequestBook {
     private readonly textOnly: boolean,
     private readonly maxFrameBytes: number,
   ) {}
+
+  /** Since when the proxy's silence counts against it (liveness.ts): the first request sent since it last said anything, or when it did. */
+  get quietSince(): number {
+    return this.unheardSince ?? this.heardAt;
+  }
 
   /** Requests not settled yet. */
   get size(): number {
@@ -418,9 +432,22 @@ export interface ClientContext {
   recoveredAt?: number;
   /** An UNPARK is on its way. */
   unparking: boolean;
+  /** The proxies (host:port) that refused the PING sent before any request: older than client PINGs, never PINGed again. */
+  noPings: Set<string>;
+  /** The watch on the open connection, when its proxy answers PINGs. */
+  liveness?: Liveness;
+  /** The PING sent first on the open connection is not answered yet: no request goes out on it. */
+  probing: boolean;
 }
 
-const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMaterial; wire?: 'frames' | 'json'; clock: Clock; connectTimeoutMs: number; keepAliveMs: number }>(({ sendBack, input }) => {
+/**
+ * `probe`: before any request, PING the proxy and wait for its PONG: PROBED says whether it
+ * answered. A proxy from before client PINGs refuses the PING (BAD_REQUEST, 'message type 4 is not
+ * allowed as a first message') and closes the connection, with nothing of ours in flight:
+ * PINGS_REFUSED. One that says nothing within `connectTimeoutMs` (stalled, or another
+ * implementation that ignores a PING) is used without PINGs.
+ */
+const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMaterial; wire?: 'frames' | 'json'; clock: Clock; connectTimeoutMs: number; keepAliveMs: number; probe: boolean }>(({ sendBack, input }) => {
   const send = (e: ClientEvent): void => sendBack(e);
   const socket = dial(input.proxy.host, input.proxy.port, input.tls);
   // The proxy sends nothing unasked: without probes an idle connection whose path died silently looks open, and the next request is lost on it.
@@ -428,10 +455,18 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
   // On the json wire answers carry no seq: the connection gives each the seq of the oldest unanswered request.
   const conn = new Connection(socket, { wire: input.wire });
   let connected = false;
+  /** The PONG's deadline while the PING sent before any request waits for it. */
+  let probing: Timer | undefined;
   socket.once(readyEvent(socket), () => {
     connected = true;
     slow.cancel();
-    send({ type: 'CONNECTED', conn });
+    send({ type: 'CONNECTED', conn, probing: input.probe });
+    if (!input.probe) return;
+    conn.send({ type: MsgType.PING, seq: 0 });
+    probing = setDeadline(input.clock, () => {
+      probing = undefined;
+      send({ type: 'PROBED', pings: false, unanswered: `the reverse proxy at ${hostPort(input.proxy.host, input.proxy.port)} neither answered nor refused a PING within ${ms} ms (connectTimeoutMs)` });
+    }, ms);
   });
   // What the proxy said as it closed the connection (an ERROR without a seq): an older proxy refusing
   // what it cannot read says why here, and 'closed the connection' alone would hide it.
@@ -439,9 +474,19 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
   const sub = conn.messages$.subscribe({
     next: (messages) => {
       for (const m of messages) if (m.type === MsgType.ERROR && m.seq === undefined) said = `${m.code}: ${m.message}`;
+      if (probing) {
+        const pong = messages.findIndex((m) => m.type === MsgType.PONG);
+        if (pong < 0) return;
+        probing.cancel();
+        probing = undefined;
+        send({ type: 'PROBED', pings: true });
+        messages = messages.slice(pong + 1);
+        if (messages.length === 0) return;
+      }
       send({ type: 'ANSWERS', messages });
     },
     error: (err: NodeJS.ErrnoException) => {
+      if (refusedPing()) return;
       if (!connected) {
         const why = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${hostPort(input.proxy.host, input.proxy.port)}` : describeDialError(err, input.proxy.host);
         send({ type: 'CONNECT_FAILED', error: why });
@@ -449,8 +494,15 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
       else if (err.code === 'ETIMEDOUT') send({ type: 'CLOSED', error: `the reverse proxy at ${hostPort(input.proxy.host, input.proxy.port)} stopped acknowledging anything (${err.message}: keepalive probes or resent data went unanswered): the path to it died without a word` });
       else send({ type: 'CLOSED', error: err.message });
     },
-    complete: () => send({ type: connected ? 'CLOSED' : 'CONNECT_FAILED', error: said ? refusedBy(input.proxy, said) : 'the reverse proxy closed the connection' }),
+    complete: () => refusedPing() || send({ type: connected ? 'CLOSED' : 'CONNECT_FAILED', error: said ? refusedBy(input.proxy, said) : 'the reverse proxy closed the connection' }),
   });
+  function refusedPing(): boolean {
+    if (!probing || !said?.startsWith(`${ErrorCode.BAD_REQUEST}: `)) return false;
+    probing.cancel();
+    probing = undefined;
+    send({ type: 'PINGS_REFUSED', error: refusedBy(input.proxy, said) });
+    return true;
+  }
   // A host that drops the packets (down, firewalled) would hold us for the OS's connect timeout,
   // about two minutes on Linux, before the next proxy is tried.
   const { host, port } = input.proxy;
@@ -463,6 +515,7 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
   }, 'connectTimeoutMs');
   return () => {
     slow.cancel();
+    probing?.cancel();
     sub.unsubscribe();
     conn.destroy();
   };
@@ -489,6 +542,15 @@ function stalled(log: Logger, late: number): void {
   log.repeated('warn', 'stalled', '', 1, (n, span) => span
     ? `${n} request deadline(s) fell in a stall of the client's event loop ${span} (the process was paused or blocked)`
     : `The client's event loop did not run for ${Math.round(late)} ms (the process was paused or blocked): answers that came meanwhile are read before any request counts as timed out`, { ms: Math.round(late) });
+}
+
+/** The current proxy does not answer PINGs (`why`): it is never PINGed again by this client, and the log says what that costs. */
+function noPingsFrom(context: ClientContext, why: string, now: string): void {
+  const { host, port } = context.proxies[context.proxyIndex]!;
+  context.noPings.add(hostPort(host, port));
+  context.logger.warn('no_pings', `${why}: it answers no PING (a proxy older than this client), so a connection to it cut without a word is found only by TCP keepalive (tcpKeepAliveMs) or a request's timeout, not within about ${(PING_AFTER_MS + PONG_WITHIN_MS) / 1000} s; this client ${now}, and sends it no PINGs from now on (upgrade the proxy first, as README "Upgrading" says)`, {
+    proxy: hostPort(host, port),
+  });
 }
 
 function maxAttempts(context: ClientContext): number {
@@ -542,14 +604,35 @@ export const clientMachine = setup({
       }
     },
     sendMore: ({ context }) => {
-      if (!context.conn) return;
+      if (!context.conn || context.probing) return;
       context.book.sendMore(context.conn, context.opts.id, context.logger, context.proxies[context.proxyIndex]!.port);
+      // After every send and read: PING a proxy silent with requests waiting, or give up on one silent since a PING.
+      context.liveness?.check();
     },
     setConn: assign(({ context, event }) => {
       assertEvent(event, 'CONNECTED');
       const now = context.clock.now();
       context.book.heardAt = now;
-      return { conn: event.conn, connectedOnce: true, outageSince: undefined, recoveredAt: context.outageSince === undefined ? context.recoveredAt : now };
+      return { conn: event.conn, probing: event.probing, liveness: undefined, connectedOnce: true, outageSince: undefined, recoveredAt: context.outageSince === undefined ? context.recoveredAt : now };
+    }),
+    /** The PING sent first was answered (the connection is watched with PINGs from now on), or not in time (it never will be). */
+    probed: assign(({ context, event, self }) => {
+      assertEvent(event, 'PROBED');
+      const { host, port } = context.proxies[context.proxyIndex]!;
+      if (event.unanswered) noPingsFrom(context, event.unanswered, 'sends its requests on this connection');
+      const { conn } = context;
+      const liveness = event.pings && conn ? new Liveness(context.clock, context.book, () => conn.send({ type: MsgType.PING, seq: 0 }), (ms) => self.send({
+        type: 'CLOSED',
+        error: `the reverse proxy at ${hostPort(host, port)} said nothing within ${Math.round(ms)} ms of a PING, with ${context.book.inFlight} request(s) waiting on it: the connection died without a word (a NAT or firewall forgot it, or the path to it failed)`,
+      }), (late) => stalled(context.logger, late)) : undefined;
+      return { probing: false, liveness };
+    }),
+    stopLiveness: ({ context }) => context.liveness?.stop(),
+    /** The proxy is older than client PINGs: it is dialled again at once, and never PINGed again by this client. */
+    noPings: assign(({ context, event }) => {
+      assertEvent(event, 'PINGS_REFUSED');
+      noPingsFrom(context, event.error, 'dials it again at once without one (nothing was in flight on that connection)');
+      return { conn: undefined, probing: false };
     }),
     receive: ({ context, event }) => {
       assertEvent(event, 'ANSWERS');
@@ -694,6 +777,8 @@ export const clientMachine = setup({
       attempts: 0,
       connectedOnce: false,
       unparking: false,
+      noPings: new Set(),
+      probing: false,
       logger: input.logger ?? silentLogger,
       clock,
       book: new RequestBook(clock, windowOf(input), input.maxQueued ?? 100_000, input.wire === 'json', input.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES),
@@ -718,9 +803,12 @@ export const clientMachine = setup({
         input: ({ context }) => ({
           proxy: context.proxies[context.proxyIndex]!, tls: context.opts.tls, wire: context.opts.wire, clock: context.clock, connectTimeoutMs: context.opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
           keepAliveMs: context.opts.tcpKeepAliveMs ?? DEFAULT_TCP_KEEPALIVE_MS,
+          probe: context.opts.wire !== 'json' && !context.noPings.has(hostPort(context.proxies[context.proxyIndex]!.host, context.proxies[context.proxyIndex]!.port)),
         }),
       },
       on: {
+        // Nothing was sent on that connection: dial the same proxy again at once, not counted as a failed attempt.
+        PINGS_REFUSED: { target: 'session', reenter: true, actions: 'noPings' },
         CONNECT_FAILED: { target: 'lost', actions: ['unsend', 'failover'] },
         CLOSED: { target: 'lost', actions: ['unsend', 'failover'] },
       },
@@ -730,7 +818,9 @@ export const clientMachine = setup({
           on: { CONNECTED: { target: 'open', actions: ['setConn', 'sendMore'] } },
         },
         open: {
+          exit: 'stopLiveness',
           on: {
+            PROBED: { actions: ['probed', 'sendMore'] },
             REQUEST: { actions: ['enqueue', 'sendMore'] },
             ANSWERS: { actions: ['receive', 'progress', 'sendMore', 'leaveIfDrained', 'scheduleUnpark'] },
             UNPARK: { actions: ['unparked', 'unpark', 'sendMore'] },

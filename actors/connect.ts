@@ -238,7 +238,9 @@ export async function connect(opts: ConnectOptions = {}): Promise<Client> {
   await new Promise<void>((resolve, reject) => {
     const check = (): boolean => {
       const s = client.actor.getSnapshot();
-      if (s.matches({ session: 'open' })) resolve();
+      // Connected once the proxy answered the PING sent first (or was found not to answer one); a connection lost
+      // after it was made is the requests' business, as it was before that PING.
+      if ((s.matches({ session: 'open' }) && !s.context.probing) || (s.context.connectedOnce && !s.matches({ session: 'open' }))) resolve();
       else if (s.matches('offline') || s.status !== 'active') reject(new RequestError(LocalCode.CONNECT_FAILED, s.context.lastError ?? 'no reverse proxy could be reached'));
       else return false;
       return true;

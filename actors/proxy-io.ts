@@ -87,6 +87,11 @@ class AcceptedReads implements MessageSink {
         peer.missedPings = 0; // liveness bookkeeping only: no event
         continue;
       }
+      if (m.type === MsgType.PING && peer.role !== 'registration') {
+        // A client asking whether we are alive (a silent cut is found by its PONG not coming): answered here, never routed.
+        conn.send({ type: MsgType.PONG, seq: m.seq });
+        continue;
+      }
       if (data) core.forwardLater(peer, data);
       data = undefined;
       // Anything else this connection says comes after the requests it sent before.

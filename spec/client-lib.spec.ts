@@ -224,29 +224,93 @@ lib('a proxy that never completes the connection (down, firewalled) is given up 
   assert.match(e.message, new RegExp(`no answer from 127\\.0\\.0\\.1:${dead} within 200 ms`));
 });
 
-lib('a proxy that goes silent with requests on it (cut off, no FIN, no RST) is left once one runs out of time: the others go to the next proxy', async () => {
+/**
+ * A stand-in proxy on a free loopback port: `first` is what it does with each message on its first
+ * connection (`'older'`: refuse a PING as a proxy from before client PINGs does, then say nothing;
+ * `'mute'`: answer that PING, then say nothing); later connections are not answered either.
+ */
+async function standIn(first: 'older' | 'mute'): Promise<{ port: number; held: Socket[]; pings: number; close(): void }> {
+  const state = { port: 0, held: [] as Socket[], pings: 0, close: () => {} };
+  const stub = createServer((sock) => {
+    state.held.push(sock);
+    const decoder = new FrameDecoder();
+    const mine = state.held.length === 1;
+    sock.on('data', (chunk: Buffer) => {
+      for (const m of decoder.push(chunk).messages) {
+        if (m.type !== MsgType.PING || !mine) continue;
+        if (first === 'older') sock.end(frame({ type: MsgType.ERROR, code: 'BAD_REQUEST', message: 'message type 4 is not allowed as a first message' }));
+        else if (state.pings++ === 0) sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
+      }
+    });
+    sock.on('error', () => {});
+  }).listen(0, '127.0.0.1');
+  await once(stub, 'listening');
+  state.port = (stub.address() as AddressInfo).port;
+  state.close = () => {
+    for (const sock of state.held) sock.destroy();
+    stub.close();
+  };
+  return state;
+}
+
+lib('a proxy that answers no PING (older than the client) and goes silent with requests on it (cut off, no FIN, no RST) is left once one runs out of time: the others go to the next proxy', async () => {
   // A host cut off without a word keeps the connection open and answers nothing. The client stayed
   // on it, every request failing CLIENT_TIMEOUT, until TCP gave up resending (about 15 minutes).
-  const held: Socket[] = [];
-  const mute = createServer((sock) => held.push(sock)).listen(0, '127.0.0.1');
-  await once(mute, 'listening');
+  const older = await standIn('older');
+  const { held } = older;
   const p = await proxy();
   await server('s', [p.port]);
   const clock = new ManualClock();
   try {
-    const c = await client({ revproc: [(mute.address() as AddressInfo).port, p.port], clock, failoverDelayMs: 10 });
+    const c = await client({ revproc: [older.port, p.port], clock, failoverDelayMs: 10 });
     const first = reject(c.request('P', 'first', { timeoutMs: 6000 }));
     const second = c.request('P', 'second', { timeoutMs: 60_000 });
-    await eventually(() => held.length === 1, 3000, 'the client on the silent proxy');
+    second.catch(() => {}); // settled CLIENT_CLOSED when a failed check ends the test: not an unhandled rejection
+    await eventually(() => held.length === 2, 3000, 'the client on the silent proxy, dialled again without a PING');
     clock.advance(6000);
     assert.is((await first).code, 'CLIENT_TIMEOUT');
     clock.advance(10);
     const stuck = new Promise<never>((_, no) => setTimeout(() => no(new Error('the second request is still waiting on the silent proxy')), 5000));
     assert.is(await Promise.race([second, stuck]), createHash('sha1').update('second').digest('hex'));
   } finally {
-    for (const sock of held) sock.destroy();
+    older.close();
+  }
+});
+
+lib('a proxy that answers PINGs and goes silent with requests on it (a NAT forgot the flow): the client PINGs it after 1 s of silence, leaves it 2 s later, and the requests go to the next proxy', async () => {
+  // Before, the first request sent into such a connection waited its whole timeout (CLIENT_TIMEOUT),
+  // and every request behind it, unless TCP keepalive (about 25 s after the last traffic) found it first.
+  const mute = await standIn('mute');
+  const p = await proxy();
+  await server('s', [p.port]);
+  const clock = new ManualClock();
+  try {
+    const c = await client({ revproc: [mute.port, p.port], clock, failoverDelayMs: 10 });
+    const answer = c.request('P', 'first', { timeoutMs: 60_000 });
+    answer.catch(() => {}); // as above
+    await eventually(() => c.inFlight === 1 && c.actor.getSnapshot().context.book.inFlight === 1, 3000, 'the request sent to the silent proxy');
+    clock.advance(1000);
+    await eventually(() => mute.pings === 2, 3000, 'a PING after 1 s of silence');
+    clock.advance(2000);
+    clock.advance(10);
+    const stuck = new Promise<never>((_, no) => setTimeout(() => no(new Error('the request is still waiting on the silent proxy')), 5000));
+    assert.is(await Promise.race([answer, stuck]), createHash('sha1').update('first').digest('hex'));
+  } finally {
     mute.close();
   }
+});
+
+lib('a request that takes longer than the PINGs allow is not taken for a dead connection while the proxy answers its PINGs', async () => {
+  // A handler of 3.5 s, past the PING's 1 s and its PONG's 2 s: the proxy's own try timeout lets it answer.
+  const p = await startProxy({ port: 0, tryTimeoutMs: 4500 });
+  ctx.proxies.push(p);
+  await server('slow', [p.port], { delayMs: 3500 });
+  const records: LogRecord[] = [];
+  const c = await client({ revproc: p.port, logger: new Logger('client', memorySink(records), 'warn') });
+  const conn = c.actor.getSnapshot().context.conn;
+  assert.is(await c.request('P', 'slow'), createHash('sha1').update('slow').digest('hex'));
+  assert.is(c.actor.getSnapshot().context.conn, conn, 'the same connection');
+  assert.equal(records.map((r) => r.msg), [], 'no failover');
 });
 
 lib('the connection to the proxy carries TCP keepalive (15 s by default, tcpKeepAliveMs: 0 for none): an idle path that died without a word is found before a request is lost on it', async () => {
@@ -298,6 +362,7 @@ lib('after a pause of the client\'s process (SIGSTOP, a laptop asleep), an answe
     const decoder = new FrameDecoder({ validate: false });
     sock.on('data', (chunk: Buffer) => {
       for (const m of decoder.push(chunk).messages) {
+        if (m.type === MsgType.PING) sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
         if (m.type !== MsgType.DATA) continue;
         sock.write(frame({ type: MsgType.ACK, seq: m.seq, srcid: 'stub', destid: m.srcid, payload: `answer to ${String(m.payload)}` }));
         clock.stall(6000); // the client's process stops just after the answer was sent, before it is read

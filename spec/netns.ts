@@ -27,9 +27,10 @@ export interface Link {
   readonly b: Host;
   /**
    * Drop every packet in and out of `b`, silently; with `port`, only those to and from that TCP port of `a` (an etcd there, say);
-   * with `ports`, only those between the hosts to or from any of these TCP ports, on either side (etcd members' client and peer ports: a cluster split).
+   * with `ports`, only those between the hosts to or from any of these TCP ports, on either side (etcd members' client and peer ports: a cluster split);
+   * with `flow`, only those of `b`'s connection from this local TCP port (a NAT or firewall that forgot that one flow: a new connection goes through).
    */
-  cut(only?: { port: number } | { ports: number[] }): void;
+  cut(only?: { port: number } | { ports: number[] } | { flow: number }): void;
   heal(): void;
   remove(): void;
 }
@@ -100,7 +101,9 @@ export function twoHosts(opts: { orphanRetries?: number } = {}): Link {
           ? [`ip saddr ${a.addr} tcp sport ${set} drop; ip saddr ${a.addr} tcp dport ${set} drop`, `ip daddr ${a.addr} tcp dport ${set} drop; ip daddr ${a.addr} tcp sport ${set} drop`]
           : only && 'port' in only
             ? [`ip saddr ${a.addr} tcp sport ${only.port} drop`, `ip daddr ${a.addr} tcp dport ${only.port} drop`]
-            : ['iifname != "lo" drop', 'oifname != "lo" drop'];
+            : only && 'flow' in only
+              ? [`ip saddr ${a.addr} tcp dport ${only.flow} drop`, `ip daddr ${a.addr} tcp sport ${only.flow} drop`]
+              : ['iifname != "lo" drop', 'oifname != "lo" drop'];
         const rules = `table inet cut {\n chain in { type filter hook input priority 0; ${inRule}; }\n chain out { type filter hook output priority 0; ${outRule}; }\n}\n`;
         run(['ip', 'netns', 'exec', b.ns, 'nft', '-f', '-'], rules);
       },

@@ -100,6 +100,24 @@ cut('servers cut off from etcd while the proxy reaches them stay in rotation; th
   assert.ok((await ask()).errors.NO_SERVER, 'no server left to answer');
 });
 
+cut("a library client's connection cut without a word (a NAT forgot its flow) before the keepalive probes find it: the first request sent into it is PINGed for, and answered on a new connection within its timeout", async () => {
+  // Before, the client sent it into the dead flow and heard nothing: CLIENT_TIMEOUT after its whole
+  // 5 s, unless TCP keepalive (about 25 s after the last traffic) had found the flow dead first.
+  link = twoHosts();
+  const { a, b } = link;
+  const proxy = a.revproxy(['proxy', '--host', a.addr, '--port', '2100']);
+  await proxy.waitFor(/Running the reverse proxy on port 2100/);
+  const server = a.revproxy(['server', '--id', 's1', '--pp', 'P', '--host', a.addr, '--revproc', `${a.addr}:2100`]);
+  await server.waitFor(/Registered with the reverse proxy/);
+  const client = b.tsx(fileURLToPath(new URL('fixtures/cut-client.ts', import.meta.url)), [`${a.addr}:2100`, 'P']);
+  const [, port] = await client.waitFor(/^ready (\d+)$/, 20_000);
+  // That flow alone: a new connection from another port goes through, as through a NAT that forgot one.
+  link.cut({ flow: Number(port) });
+  client.kill('SIGUSR2');
+  const [line, outcome] = await client.waitFor(/^outcome (\S+) \d+$/, 15_000);
+  assert.is(outcome, 'ok', `${line}\n${client.out.join('\n')}`);
+});
+
 /** `spec/fixtures/mirror.ts` on `host`: `count` PrefixMirrors of `prefix`, each on an etcd client of its own, printing what they are told. */
 function mirrors(host: Host, endpoints: string[], prefix: string, count = 1): Proc {
   return host.tsx(fileURLToPath(new URL('fixtures/mirror.ts', import.meta.url)), [endpoints.join(','), prefix, String(count)]);

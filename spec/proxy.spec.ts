@@ -123,6 +123,19 @@ routing('a client that ends its side after sending (socket.end(data), nc -N) sti
   await idle.c.until(() => idle.c.closed, 1000);
 });
 
+routing("a PING on a client connection, first or between requests, is answered with a PONG of its seq, is routed nowhere, and leaves the connection open", async () => {
+  // A client PINGs to find a connection cut without a word; before, the proxy answered it BAD_REQUEST and closed the connection.
+  await addServer('1', 'P', 'normal', 30);
+  const { sock, c } = await rawClient();
+  sock.write(frame({ type: MsgType.PING, seq: 7 }));
+  await c.until(() => c.got.length >= 1);
+  sock.write(Buffer.concat([frame({ type: 0, seq: 1, srcid: 'c', privPoliId: 'P', payload: 'a' }), frame({ type: MsgType.PING, seq: 8 })]));
+  await c.until(() => c.got.length >= 3);
+  assert.equal(c.got.map((m) => [m.type, (m as AckMsg).seq]), [[MsgType.PONG, 7], [MsgType.PONG, 8], [MsgType.ACK, 1]], 'the PONG first: the request waits for its server');
+  assert.not.ok(c.closed);
+  assert.is(ctx.logs.filter((l) => l.level === 'warn' || l.level === 'error').length, 0, ctx.logs.map((l) => l.msg).join('\n'));
+});
+
 routing('a packet for a policy nobody serves gets NO_SERVER at once, and the proxy keeps serving', async () => {
   await addServer('1', 'P');
   const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: [...packets('nobody', 1), ...packets('P', 1)], timeoutMs: 1000 });

@@ -86,6 +86,7 @@ test("a server's answer with a newer error code fails that request alone: the li
 
 test("a proxy's answer with a newer error code fails that request alone: the client's connection stays", async () => {
   const proxy = await peer((m, sock) => {
+    if (m.type === MsgType.PING) sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
     if (m.type !== MsgType.DATA) return;
     if (m.payload === 'refuse') sock.write(frame({ type: MsgType.ERROR, seq: m.seq, ...NEWER }));
     else sock.write(frame({ type: MsgType.ACK, seq: m.seq, srcid: 's', destid: m.srcid, payload: 'fine', payloadsize: 4 }));
@@ -107,6 +108,22 @@ test("a proxy that ends the connection refusing what the client sent (an older p
   const e = await client.request('P', new Uint8Array([1, 2])).then(() => undefined, (err: { code: string; message: string }) => err);
   assert.is(e?.code, 'CONNECT_FAILED');
   assert.match(e!.message, `the reverse proxy at 127.0.0.1:${older.port} ended the connection saying BAD_REQUEST: field 'payload' must be a string, got binary`);
+});
+
+test('a client meets a proxy from before client PINGs: the PING it sends first, with nothing in flight, is refused and the connection closed; it dials again, PINGs that proxy no more, and is answered', async () => {
+  // What a proxy of 942d779 and before answers a PING as the first message of a connection (checked with that build), before it closes it.
+  let pings = 0;
+  const older = await peer((m, sock) => {
+    if (m.type === MsgType.PING) {
+      pings++;
+      sock.end(frame({ type: MsgType.ERROR, code: 'BAD_REQUEST', message: 'message type 4 is not allowed as a first message' }));
+    } else if (m.type === MsgType.DATA) sock.write(frame({ type: MsgType.ACK, seq: m.seq, srcid: 's', destid: m.srcid, payload: 'fine', payloadsize: 4 }));
+  });
+  const client = await connect({ revproc: older.port });
+  open.push({ close: () => client.close() });
+  for (let i = 0; i < 3; i++) assert.is(await client.request('P', `x${i}`), 'fine');
+  assert.is(pings, 1, 'one PING, refused');
+  assert.is(older.conns, 2, 'the refused connection, then one without PINGs');
 });
 
 interface Recorded {
