@@ -544,13 +544,17 @@ function stalled(log: Logger, late: number): void {
     : `The client's event loop did not run for ${Math.round(late)} ms (the process was paused or blocked): answers that came meanwhile are read before any request counts as timed out`, { ms: Math.round(late) });
 }
 
+/** The proxy in use, as host:port: what `noPings` knows it by, and how lines name it. */
+function currentProxy(context: ClientContext): string {
+  const { host, port } = context.proxies[context.proxyIndex]!;
+  return hostPort(host, port);
+}
+
 /** The current proxy does not answer PINGs (`why`): it is never PINGed again by this client, and the log says what that costs. */
 function noPingsFrom(context: ClientContext, why: string, now: string): void {
-  const { host, port } = context.proxies[context.proxyIndex]!;
-  context.noPings.add(hostPort(host, port));
-  context.logger.warn('no_pings', `${why}: it answers no PING (a proxy older than this client), so a connection to it cut without a word is found only by TCP keepalive (tcpKeepAliveMs) or a request's timeout, not within about ${(PING_AFTER_MS + PONG_WITHIN_MS) / 1000} s; this client ${now}, and sends it no PINGs from now on (upgrade the proxy first, as README "Upgrading" says)`, {
-    proxy: hostPort(host, port),
-  });
+  const proxy = currentProxy(context);
+  context.noPings.add(proxy);
+  context.logger.warn('no_pings', `${why}: it answers no PING (a proxy older than this client), so a connection to it cut without a word is found only by TCP keepalive (tcpKeepAliveMs) or a request's timeout, not within about ${(PING_AFTER_MS + PONG_WITHIN_MS) / 1000} s; this client ${now}, and sends it no PINGs from now on (upgrade the proxy first, as README "Upgrading" says)`, { proxy });
 }
 
 function maxAttempts(context: ClientContext): number {
@@ -590,7 +594,7 @@ export const clientMachine = setup({
   delays: {
     failoverDelay: ({ context }) => context.opts.failoverDelayMs ?? 100,
     reconnectDelay: ({ context }) => reconnectDelay(context.attempts - maxAttempts(context), context.opts.failoverDelayMs ?? 100,
-      context.opts.reconnectMaxDelayMs ?? DEFAULT_RECONNECT_MAX_DELAY_MS, Math.random()),
+      context.opts.reconnectMaxDelayMs ?? DEFAULT_RECONNECT_MAX_DELAY_MS),
   },
   actions: {
     enqueue: ({ context, event, self }) => {
@@ -618,12 +622,12 @@ export const clientMachine = setup({
     /** The PING sent first was answered (the connection is watched with PINGs from now on), or not in time (it never will be). */
     probed: assign(({ context, event, self }) => {
       assertEvent(event, 'PROBED');
-      const { host, port } = context.proxies[context.proxyIndex]!;
+      const proxy = currentProxy(context);
       if (event.unanswered) noPingsFrom(context, event.unanswered, 'sends its requests on this connection');
       const { conn } = context;
       const liveness = event.pings && conn ? new Liveness(context.clock, context.book, () => conn.send({ type: MsgType.PING, seq: 0 }), (ms) => self.send({
         type: 'CLOSED',
-        error: `the reverse proxy at ${hostPort(host, port)} said nothing within ${Math.round(ms)} ms of a PING, with ${context.book.inFlight} request(s) waiting on it: the connection died without a word (a NAT or firewall forgot it, or the path to it failed)`,
+        error: `the reverse proxy at ${proxy} said nothing within ${Math.round(ms)} ms of a PING, with ${context.book.inFlight} request(s) waiting on it: the connection died without a word (a NAT or firewall forgot it, or the path to it failed)`,
       }), (late) => stalled(context.logger, late)) : undefined;
       return { probing: false, liveness };
     }),
@@ -803,7 +807,7 @@ export const clientMachine = setup({
         input: ({ context }) => ({
           proxy: context.proxies[context.proxyIndex]!, tls: context.opts.tls, wire: context.opts.wire, clock: context.clock, connectTimeoutMs: context.opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
           keepAliveMs: context.opts.tcpKeepAliveMs ?? DEFAULT_TCP_KEEPALIVE_MS,
-          probe: context.opts.wire !== 'json' && !context.noPings.has(hostPort(context.proxies[context.proxyIndex]!.host, context.proxies[context.proxyIndex]!.port)),
+          probe: context.opts.wire !== 'json' && !context.noPings.has(currentProxy(context)),
         }),
       },
       on: {

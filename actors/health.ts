@@ -7,6 +7,7 @@
  * and enabled again.
  */
 import { hostPort } from '../transport/address.js';
+import { jittered } from '../transport/clock.js';
 import type { Failure, ProxyRequest } from './link.js';
 import { fmt } from './logger.js';
 import { current, joinPool, removeServer, spawnLink } from './membership.js';
@@ -50,7 +51,7 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
     entry.downSince ??= now;
     entry.lastCheck = { at: now, ok: false, message: failure.message };
     // Up to a fifth early, at random: servers that went down together are not probed together.
-    const delay = Math.round(entry.probeDelay * (0.8 + 0.2 * Math.random()));
+    const delay = jittered(entry.probeDelay);
     entry.probeDelay = Math.min(entry.probeDelay * 2, context.opts.probeMaxMs);
     const at = hostPort(entry.host, entry.port);
     const cause = failure.invalid === undefined ? 'unreachable' : 'invalid_message';

@@ -9,6 +9,7 @@
  * offline queue) do, it now dials again with backoff and sends what it holds once a proxy answers.
  */
 import { hostPort } from '../transport/address.js';
+import { jittered } from '../transport/clock.js';
 import type { Endpoint } from './server.js';
 
 /**
@@ -35,9 +36,8 @@ export const PARK_MS = 250;
  * early at random, so clients that lost their proxy together do not dial it again all at once
  * (the servers' backoff does the same).
  */
-export function reconnectDelay(step: number, baseMs: number, maxMs: number, random: number): number {
-  const ms = Math.min(maxMs, Math.max(1, baseMs) * 2 ** Math.min(step + 1, 30));
-  return Math.round(ms * (1 - random / 5));
+export function reconnectDelay(step: number, baseMs: number, maxMs: number): number {
+  return jittered(Math.min(maxMs, Math.max(1, baseMs) * 2 ** Math.min(step + 1, 30)));
 }
 
 /** What a held request's own timeout ends with: how long no proxy answered, which, and what to check. */

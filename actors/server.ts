@@ -21,7 +21,7 @@ import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, MsgType, type DataMsg, type Message, type SetupMsg } from '../transport/messages.js';
 import { Connection, ConnectionTimeout } from '../transport/socket.js';
 import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, listenOn, listenServer, readyEvent, renewTls, type TlsMaterial } from '../transport/tls.js';
-import { systemClock, type Clock, type Timer } from '../transport/clock.js';
+import { jittered, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { BufferBudget, defaultBufferBudget } from '../transport/budget.js';
 import { budgetNote, memoryLimit } from './memory-limit.js';
 import { Caller, HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
@@ -299,7 +299,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
       if (stopping) return;
       // Up to a fifth early, at random: a fleet that lost its proxy together would otherwise dial it
       // again in step, every server at the same moment at each round (1,000 at once at 5 s).
-      const wait = Math.round(delay * (0.8 + 0.2 * Math.random()));
+      const wait = jittered(delay);
       sendBack({ type: 'REGISTRATION_LOST', proxy: key, error, retryInMs: wait });
       const t = input.clock.setTimeout(() => {
         timers.delete(t);

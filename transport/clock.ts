@@ -33,6 +33,15 @@ export const STALL_MS = 500;
  * unread while the process was stopped, would be taken for none. `stalled` is told how late
  * the timer came, at once.
  */
+/**
+ * `ms` made up to a fifth shorter, at random: peers that lost something together (servers probed
+ * after going down together, servers and clients dialling a proxy they lost) do not all try again
+ * in step. The one owner of that rule.
+ */
+export function jittered(ms: number): number {
+  return Math.round(ms * (0.8 + 0.2 * Math.random()));
+}
+
 export function setDeadline(clock: Clock, fn: () => void, ms: number, stalled?: (lateMs: number) => void): Timer {
   const due = clock.now() + timerMs(ms);
   let timer = clock.setTimeout(() => {
