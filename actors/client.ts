@@ -331,14 +331,9 @@ export class RequestBook {
     return settled;
   }
 
-  /**
-   * Whether this request is in flight on the connection and the proxy has said nothing at all
-   * for at least `ms` since a request went to it: it gives no sign of life.
-   */
-  silentSince(handle: RequestHandle, ms: number): boolean {
-    const entry = this.byHandle.get(handle);
-    if (entry?.sentAt === undefined || entry.seq === undefined || this.unheardSince === undefined) return false;
-    return this.clock.now() - this.unheardSince >= ms;
+  /** Whether this request is in flight on the connection: sent, not answered. */
+  sent(handle: RequestHandle): boolean {
+    return this.byHandle.get(handle)?.seq !== undefined;
   }
 
   /** The timeout `handle` was given (its own, or the client's), or undefined once it is settled. */
@@ -434,7 +429,7 @@ export interface ClientContext {
   unparking: boolean;
   /** The proxies (host:port) that refused the PING sent before any request: older than client PINGs, never PINGed again. */
   noPings: Set<string>;
-  /** The watch on the open connection, when its proxy answers PINGs. */
+  /** The watch on the open connection: whether its proxy is silent, and what then (liveness.ts). */
   liveness?: Liveness;
   /** The PING sent first on the open connection is not answered yet: no request goes out on it. */
   probing: boolean;
@@ -528,16 +523,6 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
  */
 const LEFT_SILENT_MS = 1000;
 
-/**
- * A proxy answers every request within its `--timeout` (5000 ms by default), with `TIMEOUT` at
- * worst. One that has sent nothing at all for this long since a request went to it, when a
- * request's own timeout runs out, is cut off (a partition, a host gone without a FIN or a RST) or
- * stalled: its connection is given up as lost, and what it held goes to the next proxy. Without
- * this a client stayed on such a proxy, every request failing `CLIENT_TIMEOUT`, until TCP gave up
- * resending (about 15 minutes on Linux).
- */
-const SILENT_PROXY_MS = 5000;
-
 function stalled(log: Logger, late: number): void {
   log.repeated('warn', 'stalled', '', 1, (n, span) => span
     ? `${n} request deadline(s) fell in a stall of the client's event loop ${span} (the process was paused or blocked)`
@@ -613,23 +598,22 @@ export const clientMachine = setup({
       // After every send and read: PING a proxy silent with requests waiting, or give up on one silent since a PING.
       context.liveness?.check();
     },
-    setConn: assign(({ context, event }) => {
+    setConn: assign(({ context, event, self }) => {
       assertEvent(event, 'CONNECTED');
       const now = context.clock.now();
       context.book.heardAt = now;
-      return { conn: event.conn, probing: event.probing, liveness: undefined, connectedOnce: true, outageSince: undefined, recoveredAt: context.outageSince === undefined ? context.recoveredAt : now };
+      const { conn } = event;
+      // Without PINGs until the proxy answers one (probed).
+      const liveness = new Liveness(context.clock, context.book, currentProxy(context), () => conn.send({ type: MsgType.PING, seq: 0 }),
+        (error) => self.send({ type: 'CLOSED', error }), (late) => stalled(context.logger, late));
+      return { conn, probing: event.probing, liveness, connectedOnce: true, outageSince: undefined, recoveredAt: context.outageSince === undefined ? context.recoveredAt : now };
     }),
     /** The PING sent first was answered (the connection is watched with PINGs from now on), or not in time (it never will be). */
-    probed: assign(({ context, event, self }) => {
+    probed: assign(({ context, event }) => {
       assertEvent(event, 'PROBED');
-      const proxy = currentProxy(context);
       if (event.unanswered) noPingsFrom(context, event.unanswered, 'sends its requests on this connection');
-      const { conn } = context;
-      const liveness = event.pings && conn ? new Liveness(context.clock, context.book, () => conn.send({ type: MsgType.PING, seq: 0 }), (ms) => self.send({
-        type: 'CLOSED',
-        error: `the reverse proxy at ${proxy} said nothing within ${Math.round(ms)} ms of a PING, with ${context.book.inFlight} request(s) waiting on it: the connection died without a word (a NAT or firewall forgot it, or the path to it failed)`,
-      }), (late) => stalled(context.logger, late)) : undefined;
-      return { probing: false, liveness };
+      if (event.pings) context.liveness?.pinged();
+      return { probing: false };
     }),
     stopLiveness: ({ context }) => context.liveness?.stop(),
     /** The proxy is older than client PINGs: it is dialled again at once, and never PINGed again by this client. */
@@ -731,11 +715,8 @@ export const clientMachine = setup({
       const i = event.proxies.findIndex((p) => p.host === cur.host && p.port === cur.port);
       return i >= 0 ? { proxies: event.proxies, proxyIndex: i } : { proxies: [cur, ...event.proxies], proxyIndex: 0 };
     }),
-    /** A request ran out of time on a proxy that has said nothing since it was sent (proxySilent): the connection is given up as lost. */
-    leaveSilentProxy: raise(({ context }) => {
-      const { host, port } = context.proxies[context.proxyIndex]!;
-      return { type: 'CLOSED' as const, error: `the reverse proxy at ${hostPort(host, port)} has sent nothing for ${Math.round(context.clock.now() - context.book.heardAt)} ms with requests waiting on it: it is cut off or stalled` };
-    }),
+    /** A request ran out of time on a proxy that answers no PING and has been silent too long (proxySilent): the connection is given up as lost. */
+    leaveSilentProxy: raise(({ context }) => ({ type: 'CLOSED' as const, error: context.liveness!.silentAtExpiry()! })),
     /** The proxy left the registry and is silent (proxyLeftSilent): its connection is given up as lost, and what it held goes to the next. */
     leaveProxy: raise(({ context }) => {
       const { host, port } = context.proxies[context.proxyIndex]!;
@@ -752,10 +733,10 @@ export const clientMachine = setup({
     /** The quick round of dials is used up with requests pending: they are held, not failed. */
     holds: ({ context }) => context.attempts >= maxAttempts(context) && holding(context) && context.book.size > 0,
     nothingHeld: ({ context }) => context.book.size === 0,
-    /** The request that ran out of time waited on a proxy that has sent nothing since (see SILENT_PROXY_MS). */
+    /** The request that ran out of time was in flight on a proxy the watch finds silent too long (liveness.ts). */
     proxySilent: ({ context, event }) => {
       assertEvent(event, 'EXPIRE');
-      return context.book.silentSince(event.handle, SILENT_PROXY_MS);
+      return context.book.sent(event.handle) && context.liveness?.silentAtExpiry() !== undefined;
     },
     /**
      * The current proxy left the registry's list, and nothing waits on it or it has been silent a

@@ -1,20 +1,32 @@
 /**
- * The client's watch on a connection to a proxy that answers PINGs (client.ts): while requests
- * wait on it and the proxy has said nothing for PING_AFTER_MS, one PING goes out; nothing at all
- * heard within PONG_WITHIN_MS of it, the connection is dead (a NAT or firewall forgot the flow, a
- * path died without a word) and is given up, its requests sent again on a new one. Before, such a
- * connection held the first request sent on it its whole timeout (5 s), and every request behind
- * it, unless TCP keepalive (about 25 s after the last traffic) had found it first.
+ * The client's one watch on its connection to a proxy (client.ts): how long the proxy has said
+ * nothing with requests waiting on it, and when that makes the connection dead - given up, its
+ * requests sent again on a new one. The silence counts from the first request sent since the
+ * proxy last said anything (or from when it did): a client idle a minute has heard nothing for a
+ * minute from a proxy that owes it nothing.
+ *
+ * - A proxy that answered the client's first PING on the connection: once it has been silent
+ *   PING_AFTER_MS, one PING goes out; nothing at all heard within PONG_WITHIN_MS of it, the
+ *   connection is dead (a NAT or firewall forgot the flow, a path died without a word). A proxy
+ *   answers a PING at once, however long its servers take.
+ * - One that answers no PING (older than client PINGs, stalled as the client connected, the old
+ *   JSON wire): its silence is judged when a request's own timeout ends on it. A proxy answers
+ *   every request within its `--timeout` (5000 ms by default), with TIMEOUT at worst: one silent
+ *   SILENT_PROXY_MS then is cut off (a partition, a host gone without a FIN or a RST) or stalled.
+ *   Before, a client stayed on it, every request failing CLIENT_TIMEOUT, until TCP gave up
+ *   resending (about 15 minutes on Linux).
  *
  * Nothing here on the per-request path but a few comparisons: one timer per connection, armed
  * again at most about once a second while requests wait.
  */
 import { setDeadline, type Clock, type Timer } from '../transport/clock.js';
 
-/** Silence with requests waiting, after which the client PINGs the proxy. */
+/** Silence with requests waiting, after which the client PINGs a proxy that answers PINGs. */
 export const PING_AFTER_MS = 1000;
 /** How long after its PING the proxy has to say anything (the PONG, an answer) before the connection is given up. */
 export const PONG_WITHIN_MS = 2000;
+/** Silence after which a proxy that answers no PING is given up, when a request's own timeout ends on it. */
+export const SILENT_PROXY_MS = 5000;
 
 /** What the watch reads of the requests on the connection (the client's RequestBook). */
 export interface Watched {
@@ -32,19 +44,30 @@ export class Liveness {
   private dueAt = Infinity;
   /** When the unanswered PING went out. */
   private pingAt?: number;
+  /** The proxy answered a PING on this connection: it is watched with PINGs. */
+  private pings = false;
 
   constructor(
     private readonly clock: Clock,
     private readonly book: Watched,
+    /** The proxy as host:port, for the reasons. */
+    private readonly proxy: string,
     private readonly ping: () => void,
-    /** The connection is dead: `ms` since the PING, nothing heard. */
-    private readonly dead: (ms: number) => void,
+    /** The connection is dead (`why`), found by the PINGs: give it up. */
+    private readonly dead: (why: string) => void,
     private readonly stalled: (lateMs: number) => void,
   ) {}
+
+  /** The proxy answered a PING on this connection: from now on it is PINGed when silent. */
+  pinged(): void {
+    this.pings = true;
+    this.check();
+  }
 
   /** Look again after requests were sent or answers read: PING, give up, or arm the timer for when one is due. */
   check(): void {
     const { book } = this;
+    if (!this.pings) return;
     if (this.pingAt !== undefined && book.heardAt >= this.pingAt) this.pingAt = undefined;
     if (book.inFlight === 0) return;
     const due = this.pingAt !== undefined ? this.pingAt + PONG_WITHIN_MS : book.quietSince + PING_AFTER_MS;
@@ -57,12 +80,24 @@ export class Liveness {
     }
     if (this.pingAt !== undefined) {
       this.stop();
-      this.dead(now - this.pingAt);
+      this.dead(`the reverse proxy at ${this.proxy} said nothing within ${Math.round(now - this.pingAt)} ms of a PING, with ${book.inFlight} request(s) waiting on it: the connection died without a word (a NAT or firewall forgot it, or the path to it failed)`);
       return;
     }
     this.pingAt = now;
     this.ping();
     this.arm(now + PONG_WITHIN_MS, now);
+  }
+
+  /**
+   * A request in flight on this connection ran out of its own time: why the connection is dead, if
+   * it is (a proxy that answers no PING, silent SILENT_PROXY_MS); undefined if not. A proxy that
+   * answers PINGs is judged by them alone: a request's timeout says nothing of it.
+   */
+  silentAtExpiry(): string | undefined {
+    if (this.pings) return undefined;
+    const quiet = this.clock.now() - this.book.quietSince;
+    if (quiet < SILENT_PROXY_MS) return undefined;
+    return `the reverse proxy at ${this.proxy} has sent nothing for ${Math.round(quiet)} ms with requests waiting on it: it is cut off or stalled`;
   }
 
   /** The connection is gone: nothing more fires. */

@@ -227,16 +227,19 @@ lib('a proxy that never completes the connection (down, firewalled) is given up 
 /**
  * A stand-in proxy on a free loopback port: `first` is what it does with each message on its first
  * connection (`'older'`: refuse a PING as a proxy from before client PINGs does, then say nothing;
- * `'mute'`: answer that PING, then say nothing); later connections are not answered either.
+ * `'mute'`: answer that PING, then say nothing); later connections are not answered either, but
+ * for the first `answered` requests on them (each with an ACK, its payload as it came).
  */
-async function standIn(first: 'older' | 'mute'): Promise<{ port: number; held: Socket[]; pings: number; close(): void }> {
+async function standIn(first: 'older' | 'mute', answered = 0): Promise<{ port: number; held: Socket[]; pings: number; close(): void }> {
   const state = { port: 0, held: [] as Socket[], pings: 0, close: () => {} };
+  let acks = 0;
   const stub = createServer((sock) => {
     state.held.push(sock);
     const decoder = new FrameDecoder();
     const mine = state.held.length === 1;
     sock.on('data', (chunk: Buffer) => {
       for (const m of decoder.push(chunk).messages) {
+        if (m.type === MsgType.DATA && !mine && acks++ < answered) sock.write(frame({ type: MsgType.ACK, seq: m.seq, srcid: 'stand-in', destid: m.srcid, payload: m.payload }));
         if (m.type !== MsgType.PING || !mine) continue;
         if (first === 'older') sock.end(frame({ type: MsgType.ERROR, code: 'BAD_REQUEST', message: 'message type 4 is not allowed as a first message' }));
         else if (state.pings++ === 0) sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
@@ -272,6 +275,31 @@ lib('a proxy that answers no PING (older than the client) and goes silent with r
     clock.advance(10);
     const stuck = new Promise<never>((_, no) => setTimeout(() => no(new Error('the second request is still waiting on the silent proxy')), 5000));
     assert.is(await Promise.race([second, stuck]), createHash('sha1').update('second').digest('hex'));
+  } finally {
+    older.close();
+  }
+});
+
+lib('a proxy that answers no PING, cut off just after it answered one of two requests: when the other runs out of time, the connection is given up and the next request goes to the next proxy', async () => {
+  // The proxy's silence was counted only from a request sent since it last said anything: with none
+  // sent after its last answer, the request that ran out of time left the connection as it was, and
+  // the next request went into the cut too and waited its whole timeout.
+  const older = await standIn('older', 1);
+  const p = await proxy();
+  await server('s', [p.port]);
+  const clock = new ManualClock();
+  try {
+    const c = await client({ revproc: [older.port, p.port], clock, failoverDelayMs: 10 });
+    const answered = c.request('P', 'answered', { timeoutMs: 60_000 });
+    const cut = reject(c.request('P', 'cut', { timeoutMs: 6000 }));
+    assert.is(await answered, 'answered', 'the stand-in answered the first');
+    clock.advance(6000);
+    assert.is((await cut).code, 'CLIENT_TIMEOUT');
+    const next = c.request('P', 'next', { timeoutMs: 60_000 });
+    next.catch(() => {}); // as above
+    clock.advance(10);
+    const stuck = new Promise<never>((_, no) => setTimeout(() => no(new Error('the next request is still waiting on the silent proxy')), 5000));
+    assert.is(await Promise.race([next, stuck]), createHash('sha1').update('next').digest('hex'));
   } finally {
     older.close();
   }
