@@ -32,7 +32,7 @@ import { HandlerError, show, type Payload } from './handler.js';
 import { silentLogger, type Logger } from './logger.js';
 import { DEFAULT_RECONNECT_MAX_DELAY_MS, NO_SERVER_GRACE_MS, PARK_MS, reconnectDelay, stillNoServer, unreachable } from './hold.js';
 import type { Endpoint } from './server.js';
-import { Liveness, PING_AFTER_MS, PONG_WITHIN_MS } from './liveness.js';
+import { Liveness, NoPings, PING_AFTER_MS, PONG_WITHIN_MS } from './liveness.js';
 
 /**
  * Why a request has no answer: the proxy's ERROR (its wire code: `NO_SERVER`,
@@ -145,8 +145,9 @@ export type ClientEvent =
   /** `probing`: a PING went to the proxy first; no request is sent on the connection until PROBED says how it went. */
   | { type: 'CONNECTED'; conn: Connection; probing: boolean }
   /**
-   * `pings`: the proxy answered that PING, so a silent cut is found by PINGs (liveness.ts). `unanswered`: it neither
-   * answered nor refused it in time: the connection is used without PINGs, and so is the proxy from then on.
+   * `pings`: the proxy answered that PING, so a silent cut is found by PINGs (liveness.ts); it may come after `unanswered`:
+   * it neither answered nor refused it in time: the connection is used without PINGs until it does, and the proxy is dialled
+   * without one until that connection is lost.
    */
   | { type: 'PROBED'; pings: boolean; unanswered?: string }
   /** The proxy refused that PING (one from before client PINGs: BAD_REQUEST, the connection closed with nothing in flight): dial it again without. */
@@ -427,8 +428,8 @@ export interface ClientContext {
   recoveredAt?: number;
   /** An UNPARK is on its way. */
   unparking: boolean;
-  /** The proxies (host:port) that refused the PING sent before any request: older than client PINGs, never PINGed again. */
-  noPings: Set<string>;
+  /** The proxies (host:port) dialled without a PING first, until a connection to them is lost (liveness.ts). */
+  noPings: NoPings;
   /** The watch on the open connection: whether its proxy is silent, and what then (liveness.ts). */
   liveness?: Liveness;
   /** The PING sent first on the open connection is not answered yet: no request goes out on it. */
@@ -440,7 +441,7 @@ export interface ClientContext {
  * answered. A proxy from before client PINGs refuses the PING (BAD_REQUEST, 'message type 4 is not
  * allowed as a first message') and closes the connection, with nothing of ours in flight:
  * PINGS_REFUSED. One that says nothing within `connectTimeoutMs` (stalled, or another
- * implementation that ignores a PING) is used without PINGs.
+ * implementation that ignores a PING) is used without PINGs, until its PONG comes late.
  */
 const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMaterial; wire?: 'frames' | 'json'; clock: Clock; connectTimeoutMs: number; keepAliveMs: number; probe: boolean }>(({ sendBack, input }) => {
   const send = (e: ClientEvent): void => sendBack(e);
@@ -452,6 +453,8 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
   let connected = false;
   /** The PONG's deadline while the PING sent before any request waits for it. */
   let probing: Timer | undefined;
+  /** That PING went unanswered in time: a PONG that still comes says the proxy answers PINGs after all (it was stalled). */
+  let late = false;
   socket.once(readyEvent(socket), () => {
     connected = true;
     slow.cancel();
@@ -460,6 +463,7 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
     conn.send({ type: MsgType.PING, seq: 0 });
     probing = setDeadline(input.clock, () => {
       probing = undefined;
+      late = true;
       send({ type: 'PROBED', pings: false, unanswered: `the reverse proxy at ${hostPort(input.proxy.host, input.proxy.port)} neither answered nor refused a PING within ${ms} ms (connectTimeoutMs)` });
     }, ms);
   });
@@ -477,6 +481,9 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
         send({ type: 'PROBED', pings: true });
         messages = messages.slice(pong + 1);
         if (messages.length === 0) return;
+      } else if (late && messages.some((m) => m.type === MsgType.PONG)) {
+        late = false;
+        send({ type: 'PROBED', pings: true });
       }
       send({ type: 'ANSWERS', messages });
     },
@@ -535,11 +542,15 @@ function currentProxy(context: ClientContext): string {
   return hostPort(host, port);
 }
 
-/** The current proxy does not answer PINGs (`why`): it is never PINGed again by this client, and the log says what that costs. */
+/**
+ * The current proxy does not answer PINGs (`why`): it is dialled without one until a connection to
+ * it is lost, and the log says what that costs - once per proxy until it answers a PING (debug
+ * when it refuses again on a later connection).
+ */
 function noPingsFrom(context: ClientContext, why: string, now: string): void {
   const proxy = currentProxy(context);
-  context.noPings.add(proxy);
-  context.logger.warn('no_pings', `${why}: it answers no PING (a proxy older than this client), so a connection to it cut without a word is found only by TCP keepalive (tcpKeepAliveMs) or a request's timeout, not within about ${(PING_AFTER_MS + PONG_WITHIN_MS) / 1000} s; this client ${now}, and sends it no PINGs from now on (upgrade the proxy first, as README "Upgrading" says)`, { proxy });
+  const level = context.noPings.mark(proxy) ? 'warn' : 'debug';
+  context.logger[level]('no_pings', `${why}: it answers no PING (a proxy older than this client), so a connection to it cut without a word is found only by TCP keepalive (tcpKeepAliveMs) or a request's timeout, not within about ${(PING_AFTER_MS + PONG_WITHIN_MS) / 1000} s; this client ${now}, and sends it no PINGs until that connection is lost (the next one PINGs it again, in case it was upgraded: upgrade the proxy first, as README "Upgrading" says)`, { proxy });
 }
 
 function maxAttempts(context: ClientContext): number {
@@ -612,11 +623,18 @@ export const clientMachine = setup({
     probed: assign(({ context, event }) => {
       assertEvent(event, 'PROBED');
       if (event.unanswered) noPingsFrom(context, event.unanswered, 'sends its requests on this connection');
-      if (event.pings) context.liveness?.pinged();
+      if (!event.pings) return { probing: false };
+      context.liveness?.pinged();
+      const proxy = currentProxy(context);
+      if (context.noPings.answered(proxy)) {
+        context.logger.info('pings', `The reverse proxy at ${proxy} answers PINGs now (upgraded, or no longer stalled): a connection to it cut without a word is found within about ${(PING_AFTER_MS + PONG_WITHIN_MS) / 1000} s again`, { proxy });
+      }
       return { probing: false };
     }),
+    /** A connection lost, or a dial failed: a proxy dialled without PINGs may have been restarted, upgraded: the next connection PINGs it again. */
+    pingAgain: ({ context }) => context.noPings.lost(currentProxy(context)),
     stopLiveness: ({ context }) => context.liveness?.stop(),
-    /** The proxy is older than client PINGs: it is dialled again at once, and never PINGed again by this client. */
+    /** The proxy is older than client PINGs: it is dialled again at once, without a PING until that connection is lost (NoPings). */
     noPings: assign(({ context, event }) => {
       assertEvent(event, 'PINGS_REFUSED');
       noPingsFrom(context, event.error, 'dials it again at once without one (nothing was in flight on that connection)');
@@ -713,7 +731,9 @@ export const clientMachine = setup({
       if (event.proxies.length === 0) return {};
       const cur = context.proxies[context.proxyIndex]!;
       const i = event.proxies.findIndex((p) => p.host === cur.host && p.port === cur.port);
-      return i >= 0 ? { proxies: event.proxies, proxyIndex: i } : { proxies: [cur, ...event.proxies], proxyIndex: 0 };
+      const next = i >= 0 ? { proxies: event.proxies, proxyIndex: i } : { proxies: [cur, ...event.proxies], proxyIndex: 0 };
+      context.noPings.keep(next.proxies.map((p) => hostPort(p.host, p.port)));
+      return next;
     }),
     /** A request ran out of time on a proxy that answers no PING and has been silent too long (proxySilent): the connection is given up as lost. */
     leaveSilentProxy: raise(({ context }) => ({ type: 'CLOSED' as const, error: context.liveness!.silentAtExpiry()! })),
@@ -762,7 +782,7 @@ export const clientMachine = setup({
       attempts: 0,
       connectedOnce: false,
       unparking: false,
-      noPings: new Set(),
+      noPings: new NoPings(),
       probing: false,
       logger: input.logger ?? silentLogger,
       clock,
@@ -788,14 +808,14 @@ export const clientMachine = setup({
         input: ({ context }) => ({
           proxy: context.proxies[context.proxyIndex]!, tls: context.opts.tls, wire: context.opts.wire, clock: context.clock, connectTimeoutMs: context.opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
           keepAliveMs: context.opts.tcpKeepAliveMs ?? DEFAULT_TCP_KEEPALIVE_MS,
-          probe: context.opts.wire !== 'json' && !context.noPings.has(currentProxy(context)),
+          probe: context.opts.wire !== 'json' && !context.noPings.skips(currentProxy(context)),
         }),
       },
       on: {
         // Nothing was sent on that connection: dial the same proxy again at once, not counted as a failed attempt.
         PINGS_REFUSED: { target: 'session', reenter: true, actions: 'noPings' },
-        CONNECT_FAILED: { target: 'lost', actions: ['unsend', 'failover'] },
-        CLOSED: { target: 'lost', actions: ['unsend', 'failover'] },
+        CONNECT_FAILED: { target: 'lost', actions: ['unsend', 'pingAgain', 'failover'] },
+        CLOSED: { target: 'lost', actions: ['unsend', 'pingAgain', 'failover'] },
       },
       initial: 'connecting',
       states: {

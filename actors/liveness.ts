@@ -119,3 +119,45 @@ export class Liveness {
     }, at - now, this.stalled);
   }
 }
+
+/**
+ * The proxies (host:port) this client dials without a PING first: one refused it (a proxy older
+ * than client PINGs) or left it unanswered (stalled as the client connected). The mark lasts as
+ * long as the connection made without PINGs: once that is lost or a dial fails (the proxy
+ * restarted - upgraded, perhaps), the next connection PINGs it again, as nats.js reads a server's
+ * INFO afresh on each connection. Before, it was never PINGed again by that client: one that met
+ * an older proxy, or a stalled one, kept the slow detection of a silent cut for life. A proxy
+ * that refuses again is the same period (its `no_pings` line is not said again); one that answers
+ * a PING ends it.
+ */
+export class NoPings {
+  /** true: dial without a PING; false: it refused before, its connection since was lost: PING it again. */
+  private readonly marks = new Map<string, boolean>();
+
+  /** Whether to dial `proxy` without a PING. */
+  skips(proxy: string): boolean {
+    return this.marks.get(proxy) === true;
+  }
+
+  /** `proxy` answers no PING: dialled without one from now on. Returns whether it is news (not marked since it last answered one). */
+  mark(proxy: string): boolean {
+    const news = !this.marks.has(proxy);
+    this.marks.set(proxy, true);
+    return news;
+  }
+
+  /** The connection to `proxy` was lost, or a dial to it failed: the next connection PINGs it again. */
+  lost(proxy: string): void {
+    if (this.marks.has(proxy)) this.marks.set(proxy, false);
+  }
+
+  /** `proxy` answered a PING: returns whether it had been marked (the period ends). */
+  answered(proxy: string): boolean {
+    return this.marks.delete(proxy);
+  }
+
+  /** The proxies are these now: the others are forgotten (a registry's list changes for ever: the memory stays bounded). */
+  keep(proxies: string[]): void {
+    for (const p of this.marks.keys()) if (!proxies.includes(p)) this.marks.delete(p);
+  }
+}

@@ -227,11 +227,12 @@ lib('a proxy that never completes the connection (down, firewalled) is given up 
 /**
  * A stand-in proxy on a free loopback port: `first` is what it does with each message on its first
  * connection (`'older'`: refuse a PING as a proxy from before client PINGs does, then say nothing;
- * `'mute'`: answer that PING, then say nothing); later connections are not answered either, but
- * for the first `answered` requests on them (each with an ACK, its payload as it came).
+ * `'mute'`: answer that PING, then say nothing; `'late'`: answer that PING only when `pong()` is
+ * called, then say nothing); later connections are not answered either, but for the first
+ * `answered` requests on them (each with an ACK, its payload as it came).
  */
-async function standIn(first: 'older' | 'mute', answered = 0): Promise<{ port: number; held: Socket[]; pings: number; close(): void }> {
-  const state = { port: 0, held: [] as Socket[], pings: 0, close: () => {} };
+async function standIn(first: 'older' | 'mute' | 'late', answered = 0): Promise<{ port: number; held: Socket[]; pings: number; pong(): void; close(): void }> {
+  const state = { port: 0, held: [] as Socket[], pings: 0, pong: () => {}, close: () => {} };
   let acks = 0;
   const stub = createServer((sock) => {
     state.held.push(sock);
@@ -242,7 +243,9 @@ async function standIn(first: 'older' | 'mute', answered = 0): Promise<{ port: n
         if (m.type === MsgType.DATA && !mine && acks++ < answered) sock.write(frame({ type: MsgType.ACK, seq: m.seq, srcid: 'stand-in', destid: m.srcid, payload: m.payload }));
         if (m.type !== MsgType.PING || !mine) continue;
         if (first === 'older') sock.end(frame({ type: MsgType.ERROR, code: 'BAD_REQUEST', message: 'message type 4 is not allowed as a first message' }));
-        else if (state.pings++ === 0) sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
+        else if (state.pings++ > 0) continue;
+        else if (first === 'mute') sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
+        else state.pong = () => sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
       }
     });
     sock.on('error', () => {});
@@ -325,6 +328,29 @@ lib('a proxy that answers PINGs and goes silent with requests on it (a NAT forgo
     assert.is(await Promise.race([answer, stuck]), createHash('sha1').update('first').digest('hex'));
   } finally {
     mute.close();
+  }
+});
+
+lib('a proxy stalled as the client connected (its first PONG late) is used without PINGs until that PONG comes, and PINGed from then on', async () => {
+  // The proxy was marked as answering no PING for the client's life: a cut there was found only by
+  // a request's timeout or TCP keepalive, though it answered PINGs once it woke.
+  const late = await standIn('late');
+  const clock = new ManualClock();
+  const records: LogRecord[] = [];
+  try {
+    const connecting = client({ revproc: late.port, clock, logger: new Logger('client', memorySink(records), 'info') });
+    await eventually(() => late.pings === 1, 3000, 'the first PING');
+    clock.advance(2000); // connectTimeoutMs: it neither answered nor refused it
+    const c = await connecting;
+    assert.equal(records.map((r) => `${r.level} ${r.event}`), ['warn no_pings']);
+    late.pong();
+    await eventually(() => records.some((r) => r.event === 'pings'), 3000, 'the late PONG read');
+    c.request('P', 'unanswered', { timeoutMs: 60_000 }).catch(() => {});
+    await eventually(() => c.actor.getSnapshot().context.book.inFlight === 1, 3000, 'the request sent');
+    clock.advance(1000);
+    await eventually(() => late.pings === 2, 3000, 'a PING after 1 s of silence');
+  } finally {
+    late.close();
   }
 });
 

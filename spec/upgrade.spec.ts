@@ -10,16 +10,21 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
-import { connect, startProxy, type ProxyHandle } from '../lib/index.js';
+import { connect, startProxy, startServer, type ProxyHandle } from '../lib/index.js';
 import { decodeProxy, decodeServer, encodeProxy, encodeServer, PROXIES, SERVERS } from '../registry/keys.js';
 import { proofHolds } from '../registry/proof.js';
 import { ERROR_CODES } from '../transport/errors.js';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import { JsonDecoder } from '../transport/json.js';
 import { MsgType, type Message } from '../transport/messages.js';
+import { Logger, memorySink, type LogRecord } from '../actors/logger.js';
 import { eventually, frame, LOCAL, rawConnect } from './helpers.js';
+import { revproxy } from './procs.js';
+
+const sha1 = (s: string): string => createHash('sha1').update(s).digest('hex');
 
 /** What a newer peer might send: an error code this build has never heard of. */
 const NEWER = { code: 'RATE_LIMITED', message: 'slow down' };
@@ -29,9 +34,9 @@ test.after.each(async () => {
   for (const o of open.splice(0).reverse()) await o.close();
 });
 
-/** A TCP peer on a free loopback port that answers each decoded message with `answer`; `conns` counts its connections. */
-async function peer(answer: (m: Message, sock: Socket) => void): Promise<{ port: number; conns: number }> {
-  const state = { port: 0, conns: 0 };
+/** A TCP peer on a free loopback port (or `port`) that answers each decoded message with `answer`; `conns` counts its connections, `close()` stops it. */
+async function peer(answer: (m: Message, sock: Socket) => void, port = 0): Promise<{ port: number; conns: number; close(): Promise<void> }> {
+  const state = { port: 0, conns: 0, close: async () => {} };
   const socks = new Set<Socket>();
   const server: Server = createServer((sock) => {
     state.conns++;
@@ -40,8 +45,12 @@ async function peer(answer: (m: Message, sock: Socket) => void): Promise<{ port:
     sock.on('data', (chunk: Buffer) => decoder.push(chunk).messages.forEach((m) => answer(m, sock)));
     sock.on('error', () => {});
   });
-  await new Promise<void>((r) => server.listen(0, LOCAL, r));
-  open.push({ close: () => new Promise((r) => server.close(r)) }, { close: () => socks.forEach((s) => s.destroy()) });
+  await new Promise<void>((r) => server.listen(port, LOCAL, r));
+  state.close = async () => {
+    socks.forEach((s) => s.destroy());
+    if (server.listening) await new Promise((r) => server.close(r));
+  };
+  open.push(state);
   state.port = (server.address() as { port: number }).port;
   return state;
 }
@@ -110,20 +119,54 @@ test("a proxy that ends the connection refusing what the client sent (an older p
   assert.match(e!.message, `the reverse proxy at 127.0.0.1:${older.port} ended the connection saying BAD_REQUEST: field 'payload' must be a string, got binary`);
 });
 
-test('a client meets a proxy from before client PINGs: the PING it sends first, with nothing in flight, is refused and the connection closed; it dials again, PINGs that proxy no more, and is answered', async () => {
-  // What a proxy of 942d779 and before answers a PING as the first message of a connection (checked with that build), before it closes it.
+/** A proxy of 942d779 and before, on a free port (or `port`): it refuses a PING as the first message of a connection, as that build does (checked with it), and closes it; it answers DATA. */
+async function olderProxy(port = 0): Promise<{ port: number; conns: number; pings: number; close(): Promise<void> }> {
   let pings = 0;
   const older = await peer((m, sock) => {
     if (m.type === MsgType.PING) {
       pings++;
       sock.end(frame({ type: MsgType.ERROR, code: 'BAD_REQUEST', message: 'message type 4 is not allowed as a first message' }));
     } else if (m.type === MsgType.DATA) sock.write(frame({ type: MsgType.ACK, seq: m.seq, srcid: 's', destid: m.srcid, payload: 'fine', payloadsize: 4 }));
-  });
+  }, port);
+  return Object.defineProperty(older, 'pings', { get: () => pings }) as typeof older & { pings: number };
+}
+
+test('a client meets a proxy from before client PINGs: the PING it sends first, with nothing in flight, is refused and the connection closed; it dials again, PINGs that proxy no more on that connection, and is answered', async () => {
+  const older = await olderProxy();
   const client = await connect({ revproc: older.port });
   open.push({ close: () => client.close() });
   for (let i = 0; i < 3; i++) assert.is(await client.request('P', `x${i}`), 'fine');
-  assert.is(pings, 1, 'one PING, refused');
+  assert.is(older.pings, 1, 'one PING, refused');
   assert.is(older.conns, 2, 'the refused connection, then one without PINGs');
+});
+
+test('a client that met a proxy from before client PINGs PINGs again once a new proxy is in its place: a proxy stalled under it is then found by PINGs, not by a request\'s timeout', async () => {
+  // The proxy that refused a PING was never PINGed again by that client, even once upgraded and
+  // restarted under it: a long-lived client kept the slow detection of a silent cut for life.
+  const records: LogRecord[] = [];
+  const older = await olderProxy();
+  const client = await connect({ revproc: older.port, timeoutMs: 60_000, failoverDelayMs: 10, logger: new Logger('client', memorySink(records), 'debug') });
+  open.push({ close: () => client.destroy() });
+  assert.is(await client.request('P', 'old'), 'fine');
+  // The old proxy restarted, still old: PINGed again on the new connection, refused again, and the warn line not said again.
+  await older.close();
+  const again = await olderProxy(older.port);
+  assert.is(await client.request('P', 'old again'), 'fine');
+  assert.is(again.pings, 1, 'PINGed again after the restart');
+  assert.equal(records.filter((r) => r.event === 'no_pings').map((r) => r.level), ['warn', 'debug'], 'one warn line for the proxy');
+  // Upgraded: a real proxy of this build in its place.
+  await again.close();
+  const proxy = revproxy(['proxy', '--host', LOCAL, '-port', String(older.port)]);
+  open.push({ close: () => proxy.kill('SIGKILL') });
+  await proxy.waitFor(/Running the reverse proxy/);
+  const server = await startServer({ id: 's', policy: 'P', revproc: older.port });
+  open.push({ close: () => server.kill() });
+  await eventually(async () => (await client.request('P', 'new').catch(() => '')) === sha1('new'), 5000, 'an answer through the new proxy');
+  assert.ok(records.some((r) => r.event === 'pings' && r.level === 'info'), 'it says the proxy answers PINGs now');
+  // The proxy stalls (SIGSTOP) with a request on it: the client PINGs it after 1 s of silence and gives it up 2 s later.
+  proxy.kill('SIGSTOP');
+  client.request('P', 'into the stall').catch(() => {});
+  await eventually(() => records.some((r) => /said nothing within \d+ ms of a PING/.test(r.msg)), 10_000, 'the connection given up by its PINGs');
 });
 
 interface Recorded {
