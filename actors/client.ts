@@ -142,7 +142,7 @@ export type ClientEvent =
   | { type: 'PROXIES'; proxies: Endpoint[] }
   /** Renewed client certificates (Client.renewTls): the next dials present them; the open connection keeps its own. */
   | { type: 'RENEW_TLS'; tls: TlsMaterial }
-  /** `probing`: a PING went to the proxy first; no request is sent on the connection until PROBED says how it went. */
+  /** `probing`: a PING went to the proxy first, requests go out behind it; PROBED says how it went (connect() resolves then). */
   | { type: 'CONNECTED'; conn: Connection; probing: boolean }
   /**
    * `pings`: the proxy answered that PING, so a silent cut is found by PINGs (liveness.ts); it may come after `unanswered`:
@@ -150,7 +150,7 @@ export type ClientEvent =
    * without one until that connection is lost.
    */
   | { type: 'PROBED'; pings: boolean; unanswered?: string }
-  /** The proxy refused that PING (one from before client PINGs: BAD_REQUEST, the connection closed with nothing in flight): dial it again without. */
+  /** The proxy refused that PING (one from before client PINGs: BAD_REQUEST, the connection closed, nothing after the PING read): dial it again without. */
   | { type: 'PINGS_REFUSED'; error: string }
   /** Send the requests parked after a NO_SERVER again (see hold.ts). */
   | { type: 'UNPARK' }
@@ -432,16 +432,16 @@ export interface ClientContext {
   noPings: NoPings;
   /** The watch on the open connection: whether its proxy is silent, and what then (liveness.ts). */
   liveness?: Liveness;
-  /** The PING sent first on the open connection is not answered yet: no request goes out on it. */
+  /** The PING sent first on the open connection is not answered yet (requests go out behind it: connect() waits for it). */
   probing: boolean;
 }
 
 /**
- * `probe`: before any request, PING the proxy and wait for its PONG: PROBED says whether it
+ * `probe`: PING the proxy first, the requests going out right behind it: PROBED says whether it
  * answered. A proxy from before client PINGs refuses the PING (BAD_REQUEST, 'message type 4 is not
- * allowed as a first message') and closes the connection, with nothing of ours in flight:
- * PINGS_REFUSED. One that says nothing within `connectTimeoutMs` (stalled, or another
- * implementation that ignores a PING) is used without PINGs, until its PONG comes late.
+ * allowed as a first message') and closes the connection, reading nothing after it, so nothing
+ * sent behind it ran: PINGS_REFUSED. One that says nothing within `connectTimeoutMs` (stalled, or
+ * another implementation that ignores a PING) is used without PINGs, until its PONG comes late.
  */
 const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMaterial; wire?: 'frames' | 'json'; clock: Clock; connectTimeoutMs: number; keepAliveMs: number; probe: boolean }>(({ sendBack, input }) => {
   const send = (e: ClientEvent): void => sendBack(e);
@@ -458,9 +458,10 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
   socket.once(readyEvent(socket), () => {
     connected = true;
     slow.cancel();
+    // The PING first: the requests CONNECTED lets out go behind it, without waiting for its PONG (a round trip).
+    if (input.probe) conn.send({ type: MsgType.PING, seq: 0 });
     send({ type: 'CONNECTED', conn, probing: input.probe });
     if (!input.probe) return;
-    conn.send({ type: MsgType.PING, seq: 0 });
     probing = setDeadline(input.clock, () => {
       probing = undefined;
       late = true;
@@ -474,12 +475,14 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
     next: (messages) => {
       for (const m of messages) if (m.type === MsgType.ERROR && m.seq === undefined) said = `${m.code}: ${m.message}`;
       if (probing) {
-        const pong = messages.findIndex((m) => m.type === MsgType.PONG);
-        if (pong < 0) return;
-        probing.cancel();
-        probing = undefined;
-        send({ type: 'PROBED', pings: true });
-        messages = messages.slice(pong + 1);
+        // Answers to the requests sent behind the PING may come before its PONG. An ERROR without a seq is in `said`: a
+        // refused PING (refusedPing) or the reason the connection closes, as before the PONG nothing else is.
+        if (messages.some((m) => m.type === MsgType.PONG)) {
+          probing.cancel();
+          probing = undefined;
+          send({ type: 'PROBED', pings: true });
+        }
+        messages = messages.filter((m) => m.type !== MsgType.PONG && !(m.type === MsgType.ERROR && m.seq === undefined));
         if (messages.length === 0) return;
       } else if (late && messages.some((m) => m.type === MsgType.PONG)) {
         late = false;
@@ -604,7 +607,7 @@ export const clientMachine = setup({
       }
     },
     sendMore: ({ context }) => {
-      if (!context.conn || context.probing) return;
+      if (!context.conn) return;
       context.book.sendMore(context.conn, context.opts.id, context.logger, context.proxies[context.proxyIndex]!.port);
       // After every send and read: PING a proxy silent with requests waiting, or give up on one silent since a PING.
       context.liveness?.check();
@@ -619,7 +622,7 @@ export const clientMachine = setup({
         (error) => self.send({ type: 'CLOSED', error }), (late) => stalled(context.logger, late));
       return { conn, probing: event.probing, liveness, connectedOnce: true, outageSince: undefined, recoveredAt: context.outageSince === undefined ? context.recoveredAt : now };
     }),
-    /** The PING sent first was answered (the connection is watched with PINGs from now on), or not in time (it never will be). */
+    /** The PING sent first was answered (the connection is watched with PINGs from now on: a late PONG comes as one more PROBED), or not in time. */
     probed: assign(({ context, event }) => {
       assertEvent(event, 'PROBED');
       if (event.unanswered) noPingsFrom(context, event.unanswered, 'sends its requests on this connection');
@@ -634,10 +637,15 @@ export const clientMachine = setup({
     /** A connection lost, or a dial failed: a proxy dialled without PINGs may have been restarted, upgraded: the next connection PINGs it again. */
     pingAgain: ({ context }) => context.noPings.lost(currentProxy(context)),
     stopLiveness: ({ context }) => context.liveness?.stop(),
-    /** The proxy is older than client PINGs: it is dialled again at once, without a PING until that connection is lost (NoPings). */
+    /**
+     * The proxy is older than client PINGs: it is dialled again at once, without a PING until that
+     * connection is lost (NoPings), and what was sent behind the PING goes again on it (that proxy
+     * read nothing after the PING: none of it ran).
+     */
     noPings: assign(({ context, event }) => {
       assertEvent(event, 'PINGS_REFUSED');
-      noPingsFrom(context, event.error, 'dials it again at once without one (nothing was in flight on that connection)');
+      const resend = context.book.unsend();
+      noPingsFrom(context, event.error, `dials it again at once without one${resend ? `, sending again the ${resend} request(s) sent behind the PING (that proxy read nothing after it)` : ''}`);
       return { conn: undefined, probing: false };
     }),
     receive: ({ context, event }) => {
@@ -812,7 +820,7 @@ export const clientMachine = setup({
         }),
       },
       on: {
-        // Nothing was sent on that connection: dial the same proxy again at once, not counted as a failed attempt.
+        // Nothing sent on that connection was read: dial the same proxy again at once, not counted as a failed attempt.
         PINGS_REFUSED: { target: 'session', reenter: true, actions: 'noPings' },
         CONNECT_FAILED: { target: 'lost', actions: ['unsend', 'pingAgain', 'failover'] },
         CLOSED: { target: 'lost', actions: ['unsend', 'pingAgain', 'failover'] },

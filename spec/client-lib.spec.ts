@@ -11,7 +11,7 @@ import { getEventListeners, once } from 'node:events';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { from, lastValueFrom, toArray } from 'rxjs';
-import { connect, Logger, ManualClock, type Clock, memorySink, RequestError, StartError, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import { connect, Logger, ManualClock, type Clock, memorySink, RequestError, runClient, StartError, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { FrameDecoder } from '../transport/frame.js';
 import { MsgType } from '../transport/messages.js';
 import { freePort } from '../bench/procs.js';
@@ -228,8 +228,9 @@ lib('a proxy that never completes the connection (down, firewalled) is given up 
  * A stand-in proxy on a free loopback port: `first` is what it does with each message on its first
  * connection (`'older'`: refuse a PING as a proxy from before client PINGs does, then say nothing;
  * `'mute'`: answer that PING, then say nothing; `'late'`: answer that PING only when `pong()` is
- * called, then say nothing); later connections are not answered either, but for the first
- * `answered` requests on them (each with an ACK, its payload as it came).
+ * called, then say nothing but to the requests below); later connections are not answered either,
+ * but for the first `answered` requests on them, or on a `'late'` one's first (each with an ACK,
+ * its payload as it came).
  */
 async function standIn(first: 'older' | 'mute' | 'late', answered = 0): Promise<{ port: number; held: Socket[]; pings: number; pong(): void; close(): void }> {
   const state = { port: 0, held: [] as Socket[], pings: 0, pong: () => {}, close: () => {} };
@@ -240,7 +241,7 @@ async function standIn(first: 'older' | 'mute' | 'late', answered = 0): Promise<
     const mine = state.held.length === 1;
     sock.on('data', (chunk: Buffer) => {
       for (const m of decoder.push(chunk).messages) {
-        if (m.type === MsgType.DATA && !mine && acks++ < answered) sock.write(frame({ type: MsgType.ACK, seq: m.seq, srcid: 'stand-in', destid: m.srcid, payload: m.payload }));
+        if (m.type === MsgType.DATA && (!mine || first === 'late') && acks++ < answered) sock.write(frame({ type: MsgType.ACK, seq: m.seq, srcid: 'stand-in', destid: m.srcid, payload: m.payload }));
         if (m.type !== MsgType.PING || !mine) continue;
         if (first === 'older') sock.end(frame({ type: MsgType.ERROR, code: 'BAD_REQUEST', message: 'message type 4 is not allowed as a first message' }));
         else if (state.pings++ > 0) continue;
@@ -349,6 +350,21 @@ lib('a proxy stalled as the client connected (its first PONG late) is used witho
     await eventually(() => c.actor.getSnapshot().context.book.inFlight === 1, 3000, 'the request sent');
     clock.advance(1000);
     await eventually(() => late.pings === 2, 3000, 'a PING after 1 s of silence');
+  } finally {
+    late.close();
+  }
+});
+
+lib('the requests on a new connection go out right behind its first PING, not a round trip later when its PONG comes', async () => {
+  // runClient (`revproxy client`) and a request made before connect() resolved waited for that PONG.
+  const late = await standIn('late', 2);
+  const clock = new ManualClock();
+  try {
+    const packets = ['a', 'b'].map((payload) => ({ srcid: 'c', privPoliId: 'P', payload }));
+    const stuck = new Promise<never>((_, no) => setTimeout(() => no(new Error('the requests wait for the PONG')), 5000));
+    const results = await Promise.race([runClient({ id: 'c', proxy: { host: '127.0.0.1', port: late.port }, clock, packets }), stuck]);
+    assert.equal(results.map((r) => r.answer), ['a', 'b']);
+    assert.is(late.pings, 1, 'the PING, its PONG not sent yet');
   } finally {
     late.close();
   }

@@ -13,6 +13,7 @@ import * as assert from 'uvu/assert';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
+import { runClient } from '../actors/index.js';
 import { connect, startProxy, startServer, type ProxyHandle } from '../lib/index.js';
 import { decodeProxy, decodeServer, encodeProxy, encodeServer, PROXIES, SERVERS } from '../registry/keys.js';
 import { proofHolds } from '../registry/proof.js';
@@ -120,15 +121,17 @@ test("a proxy that ends the connection refusing what the client sent (an older p
 });
 
 /** A proxy of 942d779 and before, on a free port (or `port`): it refuses a PING as the first message of a connection, as that build does (checked with it), and closes it; it answers DATA. */
-async function olderProxy(port = 0): Promise<{ port: number; conns: number; pings: number; close(): Promise<void> }> {
+async function olderProxy(port = 0): Promise<{ port: number; conns: number; pings: number; requests: number; close(): Promise<void> }> {
   let pings = 0;
+  let requests = 0;
   const older = await peer((m, sock) => {
+    if (sock.writableEnded) return; // it reads nothing after what it refused
     if (m.type === MsgType.PING) {
       pings++;
       sock.end(frame({ type: MsgType.ERROR, code: 'BAD_REQUEST', message: 'message type 4 is not allowed as a first message' }));
-    } else if (m.type === MsgType.DATA) sock.write(frame({ type: MsgType.ACK, seq: m.seq, srcid: 's', destid: m.srcid, payload: 'fine', payloadsize: 4 }));
+    } else if (m.type === MsgType.DATA && ++requests) sock.write(frame({ type: MsgType.ACK, seq: m.seq, srcid: 's', destid: m.srcid, payload: 'fine', payloadsize: 4 }));
   }, port);
-  return Object.defineProperty(older, 'pings', { get: () => pings }) as typeof older & { pings: number };
+  return Object.defineProperties(older, { pings: { get: () => pings }, requests: { get: () => requests } }) as typeof older & { pings: number; requests: number };
 }
 
 test('a client meets a proxy from before client PINGs: the PING it sends first, with nothing in flight, is refused and the connection closed; it dials again, PINGs that proxy no more on that connection, and is answered', async () => {
@@ -138,6 +141,13 @@ test('a client meets a proxy from before client PINGs: the PING it sends first, 
   for (let i = 0; i < 3; i++) assert.is(await client.request('P', `x${i}`), 'fine');
   assert.is(older.pings, 1, 'one PING, refused');
   assert.is(older.conns, 2, 'the refused connection, then one without PINGs');
+});
+
+test('requests sent right behind the first PING to a proxy from before client PINGs are sent again on the next connection, each answered once', async () => {
+  const older = await olderProxy();
+  const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: older.port }, verify: false, packets: ['a', 'b', 'c'].map((payload) => ({ srcid: 'c', privPoliId: 'P', payload })) });
+  assert.equal(results.map((r) => r.answer ?? r.error), ['fine', 'fine', 'fine']);
+  assert.equal([older.pings, older.conns, older.requests], [1, 2, 3], 'one PING refused with the requests behind it unread; each request read once, on the next connection');
 });
 
 test('a client that met a proxy from before client PINGs PINGs again once a new proxy is in its place: a proxy stalled under it is then found by PINGs, not by a request\'s timeout', async () => {
