@@ -260,16 +260,28 @@ async function standIn(first: 'older' | 'mute' | 'late', answered = 0): Promise<
   return state;
 }
 
+/** A client on a manual clock whose first proxy is `first` (a stand-in) and whose next is a real one, with a server of P. */
+async function afterStandIn(first: { port: number }): Promise<{ c: Client; clock: ManualClock }> {
+  const p = await proxy();
+  await server('s', [p.port]);
+  const clock = new ManualClock();
+  return { c: await client({ revproc: [first.port, p.port], clock, failoverDelayMs: 10 }), clock };
+}
+
+/** What `outcome` settles with, or a failure saying `what` when it still waits after 5 s. */
+function within5s<T>(outcome: Promise<T>, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const stuck = new Promise<never>((_, no) => (timer = setTimeout(() => no(new Error(what)), 5000)));
+  return Promise.race([outcome, stuck]).finally(() => clearTimeout(timer));
+}
+
 lib('a proxy that answers no PING (older than the client) and goes silent with requests on it (cut off, no FIN, no RST) is left once one runs out of time: the others go to the next proxy', async () => {
   // A host cut off without a word keeps the connection open and answers nothing. The client stayed
   // on it, every request failing CLIENT_TIMEOUT, until TCP gave up resending (about 15 minutes).
   const older = await standIn('older');
   const { held } = older;
-  const p = await proxy();
-  await server('s', [p.port]);
-  const clock = new ManualClock();
   try {
-    const c = await client({ revproc: [older.port, p.port], clock, failoverDelayMs: 10 });
+    const { c, clock } = await afterStandIn(older);
     const first = reject(c.request('P', 'first', { timeoutMs: 6000 }));
     const second = c.request('P', 'second', { timeoutMs: 60_000 });
     second.catch(() => {}); // settled CLIENT_CLOSED when a failed check ends the test: not an unhandled rejection
@@ -277,8 +289,7 @@ lib('a proxy that answers no PING (older than the client) and goes silent with r
     clock.advance(6000);
     assert.is((await first).code, 'CLIENT_TIMEOUT');
     clock.advance(10);
-    const stuck = new Promise<never>((_, no) => setTimeout(() => no(new Error('the second request is still waiting on the silent proxy')), 5000));
-    assert.is(await Promise.race([second, stuck]), createHash('sha1').update('second').digest('hex'));
+    assert.is(await within5s(second, 'the second request is still waiting on the silent proxy'), createHash('sha1').update('second').digest('hex'));
   } finally {
     older.close();
   }
@@ -289,11 +300,8 @@ lib('a proxy that answers no PING, cut off just after it answered one of two req
   // sent after its last answer, the request that ran out of time left the connection as it was, and
   // the next request went into the cut too and waited its whole timeout.
   const older = await standIn('older', 1);
-  const p = await proxy();
-  await server('s', [p.port]);
-  const clock = new ManualClock();
   try {
-    const c = await client({ revproc: [older.port, p.port], clock, failoverDelayMs: 10 });
+    const { c, clock } = await afterStandIn(older);
     const answered = c.request('P', 'answered', { timeoutMs: 60_000 });
     const cut = reject(c.request('P', 'cut', { timeoutMs: 6000 }));
     assert.is(await answered, 'answered', 'the stand-in answered the first');
@@ -302,8 +310,7 @@ lib('a proxy that answers no PING, cut off just after it answered one of two req
     const next = c.request('P', 'next', { timeoutMs: 60_000 });
     next.catch(() => {}); // as above
     clock.advance(10);
-    const stuck = new Promise<never>((_, no) => setTimeout(() => no(new Error('the next request is still waiting on the silent proxy')), 5000));
-    assert.is(await Promise.race([next, stuck]), createHash('sha1').update('next').digest('hex'));
+    assert.is(await within5s(next, 'the next request is still waiting on the silent proxy'), createHash('sha1').update('next').digest('hex'));
   } finally {
     older.close();
   }
@@ -313,11 +320,8 @@ lib('a proxy that answers PINGs and goes silent with requests on it (a NAT forgo
   // Before, the first request sent into such a connection waited its whole timeout (CLIENT_TIMEOUT),
   // and every request behind it, unless TCP keepalive (about 25 s after the last traffic) found it first.
   const mute = await standIn('mute');
-  const p = await proxy();
-  await server('s', [p.port]);
-  const clock = new ManualClock();
   try {
-    const c = await client({ revproc: [mute.port, p.port], clock, failoverDelayMs: 10 });
+    const { c, clock } = await afterStandIn(mute);
     const answer = c.request('P', 'first', { timeoutMs: 60_000 });
     answer.catch(() => {}); // as above
     await eventually(() => c.inFlight === 1 && c.actor.getSnapshot().context.book.inFlight === 1, 3000, 'the request sent to the silent proxy');
@@ -325,8 +329,7 @@ lib('a proxy that answers PINGs and goes silent with requests on it (a NAT forgo
     await eventually(() => mute.pings === 2, 3000, 'a PING after 1 s of silence');
     clock.advance(2000);
     clock.advance(10);
-    const stuck = new Promise<never>((_, no) => setTimeout(() => no(new Error('the request is still waiting on the silent proxy')), 5000));
-    assert.is(await Promise.race([answer, stuck]), createHash('sha1').update('first').digest('hex'));
+    assert.is(await within5s(answer, 'the request is still waiting on the silent proxy'), createHash('sha1').update('first').digest('hex'));
   } finally {
     mute.close();
   }
@@ -361,8 +364,7 @@ lib('the requests on a new connection go out right behind its first PING, not a 
   const clock = new ManualClock();
   try {
     const packets = ['a', 'b'].map((payload) => ({ srcid: 'c', privPoliId: 'P', payload }));
-    const stuck = new Promise<never>((_, no) => setTimeout(() => no(new Error('the requests wait for the PONG')), 5000));
-    const results = await Promise.race([runClient({ id: 'c', proxy: { host: '127.0.0.1', port: late.port }, clock, packets }), stuck]);
+    const results = await within5s(runClient({ id: 'c', proxy: { host: '127.0.0.1', port: late.port }, clock, packets }), 'the requests wait for the PONG');
     assert.equal(results.map((r) => r.answer), ['a', 'b']);
     assert.is(late.pings, 1, 'the PING, its PONG not sent yet');
   } finally {
