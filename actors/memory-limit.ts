@@ -16,13 +16,14 @@ const mib = (n: number): string => `${Math.round((n / 1048576) * 10) / 10} MiB`;
 
 /**
  * What a start says of the buffer budget `budget` (`flag` names the setting) in a process
- * limited to `memory` bytes, whose V8 heap may grow to `heap` bytes: the default it derived, as
+ * limited to `memory` bytes (the `memoryLimit()` the budget's default was derived from, read
+ * once, so the line and the budget agree), whose V8 heap may grow to `heap` bytes: the default it derived, as
  * an info line; a budget set past half the limit (or 0, none), or a heap that does not fit
  * beside the budget, as a warn line - either way heavy peers would take the process past its
  * limit and the kernel would kill it (OOM), ending every request in flight, before the budget
  * sheds any. Undefined without a limit, or for a budget set that fits beside the heap.
  */
-export function budgetNote(budget: number, flag: string, memory = memoryLimit(), heap = getHeapStatistics().heap_size_limit): { level: 'info' | 'warn'; message: string; fields: Record<string, number> } | undefined {
+export function budgetNote(budget: number, flag: string, memory: number | undefined, heap = getHeapStatistics().heap_size_limit): { level: 'info' | 'warn'; message: string; fields: Record<string, number> } | undefined {
   if (memory === undefined) return undefined;
   const fallback = defaultBufferBudget(memory);
   const fields = { memory_limit: memory, budget, heap_limit: heap };

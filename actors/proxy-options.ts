@@ -5,7 +5,7 @@
  */
 import type { ErrorCode as Code } from '../transport/errors.js';
 import { defaultBufferBudget } from '../transport/budget.js';
-import { memoryLimit } from './memory-limit.js';
+import { budgetNote, memoryLimit } from './memory-limit.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import type { TlsMaterial } from '../transport/tls.js';
 import type { Clock } from '../transport/clock.js';
@@ -142,6 +142,8 @@ export type Opts = Required<Omit<ProxyOptions, 'logger' | 'clock' | 'connect' | 
   tokens?: Record<string, string>;
   tls?: TlsMaterial;
   oldServers: Required<OldServerOptions>;
+  /** The memory limit read when these were resolved (`memoryLimit()`; undefined: none), which the budget's default and the start's line about it both come from. */
+  memoryLimit?: number;
 };
 
 export function isLoopback(host: string): boolean {
@@ -162,6 +164,7 @@ export function resolveOptions(input: ProxyOptions): Opts {
   const timeoutMs = input.timeoutMs ?? 5000;
   const host = input.host ?? '127.0.0.1';
   const tryTimeoutMs = input.tryTimeoutMs ?? Math.ceil(timeoutMs / (retries + 1));
+  const memory = memoryLimit();
   return {
     port: input.port ?? 2100,
     host,
@@ -190,11 +193,17 @@ export function resolveOptions(input: ProxyOptions): Opts {
     maxConnectionsPerPeer: input.maxConnectionsPerPeer ?? defaultConnsPerPeer(host),
     proxyProtocolFrom: input.proxyProtocolFrom ?? [],
     busyPollUs: input.busyPollUs ?? 0,
-    maxBufferedBytes: input.maxBufferedBytes ?? defaultBufferBudget(memoryLimit()),
+    maxBufferedBytes: input.maxBufferedBytes ?? defaultBufferBudget(memory),
+    memoryLimit: memory,
     maxServers: input.maxServers ?? 10000,
     maxServersPerPeer: input.maxServersPerPeer ?? 1000,
     slowAfterMs: input.slowAfterMs ?? Math.ceil(tryTimeoutMs / 4),
   };
+}
+
+/** What a start (and `--check`) says of the buffer budget under a memory limit: `budgetNote` with the setting's name, in config and flag. */
+export function proxyBudgetNote(o: Opts): ReturnType<typeof budgetNote> {
+  return budgetNote(o.maxBufferedBytes, 'max_buffered_bytes (--max-buffered-bytes)', o.memoryLimit);
 }
 
 /** How often the sweeper looks for requests past their deadline: a twentieth of a try, within 5-100 ms. */

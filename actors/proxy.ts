@@ -33,14 +33,13 @@ import { tcpConnect, type ProxyRequest } from './link.js';
 import { silentLogger } from './logger.js';
 import { drainWatch, linkHub, listener, noRegistry, pinger, sweeper } from './proxy-io.js';
 import { logBadInput, logShed } from './port-limits.js';
-import { isLoopback, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
+import { isLoopback, proxyBudgetNote, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
 import type { ProxyContext, ProxyEvent } from './proxy-types.js';
 import { drainMember, enableMember, linkDown, linkUp, probe, readmit, triesFailed } from './health.js';
 import { admit, applyReload, evict, registeredBy, removeServer } from './membership.js';
 import { closeAfterAnswers, drainWaiting, expireWaiting, holdRequest, makeReply, refuse, route } from './routing.js';
 import { fromRegistry } from './registry-members.js';
 import { releaseAll } from './children.js';
-import { budgetNote } from './memory-limit.js';
 
 export const proxyMachine = setup({
   types: {
@@ -60,7 +59,7 @@ export const proxyMachine = setup({
     logListening: ({ context }) => {
       const o = context.opts;
       context.logger.info('listening', `Running the reverse proxy on port ${context.port}`, { host: o.host, port: context.port, tls: Boolean(o.tls?.cert) });
-      const memory = budgetNote(o.maxBufferedBytes, 'max_buffered_bytes (--max-buffered-bytes)');
+      const memory = proxyBudgetNote(o);
       if (memory) context.logger[memory.level]('memory_limit', memory.message, memory.fields);
       if (!isLoopback(o.host) && o.token === undefined && o.tokens === undefined) {
         context.logger.warn('insecure', `listening on ${o.host}, reachable from other machines, with no registration secret: anyone who can connect can register as a server of any privacy policy and receive its clients' data. Set --token (or REVPROXY_TOKEN) or --tokens FILE.`, { host: o.host });

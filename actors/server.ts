@@ -125,6 +125,8 @@ export interface ServerContext {
   runner: HandlerRunner;
   /** What the server holds for its peers: partial messages, unread answers, requests not answered yet. */
   budget: BufferBudget;
+  /** The memory limit read at start (`memoryLimit()`; undefined: none): the budget's default and the start's line about it both come from it. */
+  memoryLimit?: number;
   /** Proxies we are registered with now (`host:port`). */
   registered: string[];
   error?: string;
@@ -502,7 +504,7 @@ export const serverMachine = setup({
       const { logger: log, opts } = context;
       log.info('start', `Server running with id ${opts.id}`, { id: opts.id });
       log.info('policy', `Server serving privacy policy ${opts.policy}`, { policy: opts.policy });
-      const memory = budgetNote(context.budget.limit, '--max-buffered-bytes');
+      const memory = budgetNote(context.budget.limit, '--max-buffered-bytes', context.memoryLimit);
       if (memory) log[memory.level]('memory_limit', memory.message, memory.fields);
       if (opts.handler || opts.concurrency !== undefined) {
         const timeout = opts.handlerTimeoutMs ?? DEFAULT_HANDLER_TIMEOUT_MS;
@@ -569,7 +571,8 @@ export const serverMachine = setup({
   context: ({ input }) => {
     const logger = input.logger ?? silentLogger;
     const clock = input.clock ?? systemClock;
-    const limit = input.maxBufferedBytes ?? defaultBufferBudget(memoryLimit());
+    const memory = memoryLimit();
+    const limit = input.maxBufferedBytes ?? defaultBufferBudget(memory);
     const budget = new BufferBudget(limit, logShed(logger, limit));
     return {
       opts: input,
@@ -578,6 +581,7 @@ export const serverMachine = setup({
       clock,
       port: input.listenPort,
       budget,
+      memoryLimit: memory,
       runner: new HandlerRunner({
         serverId: input.id,
         policy: input.policy,

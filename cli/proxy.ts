@@ -9,9 +9,8 @@ import { resolve as resolvePath } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { startProxy, type ProxyHandle } from '../actors/index.js';
 import { Destination, Logger, LogStream, LEVELS, LOG_BUFFER_BYTES } from '../actors/logger.js';
-import { DEFAULT_PROXY_MAX_CONNECTIONS, isLoopback, resolveOptions } from '../actors/proxy-options.js';
+import { DEFAULT_PROXY_MAX_CONNECTIONS, isLoopback, proxyBudgetNote, resolveOptions } from '../actors/proxy-options.js';
 import { badTrustedSource, fileLimitWarning } from '../actors/port-limits.js';
-import { budgetNote } from '../actors/memory-limit.js';
 import { ACCESS_LOG_HOLD, AccessLog, accessLogHold, combineObservers } from '../admin/access-log.js';
 import { ConnStats } from '../admin/conn-stats.js';
 import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin/server.js';
@@ -185,7 +184,7 @@ Example:
       // What a start would warn of, where an operator runs the check (CI, a deploy), as nginx -t warns; still valid (exit 0).
       const resolved = resolveOptions(rt.options);
       const files = fileLimitWarning(resolved.maxConnections, DEFAULT_PROXY_MAX_CONNECTIONS, 'max_connections');
-      const memory = budgetNote(resolved.maxBufferedBytes, 'max_buffered_bytes (--max-buffered-bytes)');
+      const memory = proxyBudgetNote(resolved);
       const warnings = [files?.message, memory?.level === 'warn' ? memory.message : undefined, ...rt.certs.map((c) => expiryWarning(c.role, c.file, c))].filter(Boolean);
       for (const w of warnings) process.stderr.write(`revproxy: warning: ${w}\n`);
       process.stdout.write(`revproxy: ${file ? `the configuration file ${file}` : 'the configuration'} is valid (${Object.values(cfg).filter((v) => v !== undefined).length} setting(s); the files it names can be used)\n`);

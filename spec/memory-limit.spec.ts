@@ -12,6 +12,8 @@ import { defaultBufferBudget, DEFAULT_BUFFER_BUDGET } from '../transport/budget.
 import { cannotLimitMemory, memoryGroup, type MemoryGroup } from './cgroup.js';
 import { collector, eventually, frame, LOCAL } from './helpers.js';
 import { killAll, proxyProcess, revproxy } from './procs.js';
+import { startProxy, startServer } from '../actors/index.js';
+import { Logger, memorySink, type LogRecord } from '../actors/logger.js';
 
 const MiB = 1024 * 1024;
 const FLAG = '--max-buffered-bytes';
@@ -44,6 +46,25 @@ derive('a start says what budget it chose and why; a budget or a heap that canno
   assert.is(heap.level, 'warn');
   assert.match(heap.message, "V8's heap may grow to 280 MiB");
   assert.match(heap.message, 'NODE_OPTIONS=--max-old-space-size=96');
+});
+
+derive('a start reads the memory limit once: its line about the budget speaks of the limit the budget came from', async () => {
+  // A limit that changes between two reads (systemctl set-property MemoryMax=, a container's limit raised): the line used to read it again.
+  const real = process.constrainedMemory;
+  let reads = 0;
+  process.constrainedMemory = () => (++reads === 1 ? 256 * MiB : 512 * MiB);
+  const logs: LogRecord[] = [];
+  const proxy = await startProxy({ port: 0, logger: new Logger('proxy', memorySink(logs), 'info') }).finally(() => (reads = 0));
+  try {
+    const server = await startServer({ id: 's', policy: 'P', revproc: proxy.port, logger: new Logger('server', memorySink(logs), 'info') });
+    await server.stop();
+  } finally {
+    process.constrainedMemory = real;
+    await proxy.stop();
+  }
+  const said = logs.filter((r) => r.event === 'memory_limit').map((r) => `${r.actor}: ${r.msg}`);
+  assert.is(said.length, 2, said.join('\n'));
+  for (const line of said) assert.match(line, /may use 256 MiB .*: the buffer budget is 64 MiB, a quarter of it/);
 });
 
 derive.run();
