@@ -10,7 +10,7 @@ import type { Packet } from '../actors/connect.js';
 import { FileError, UsageError } from '../transport/errors.js';
 import { MsgType, toMessage } from '../transport/messages.js';
 import { loadTls, TlsConfigError, validityOf, type TlsMaterial, type Validity } from '../transport/tls.js';
-import { yaml } from './schema.js';
+import { yaml, type Issue } from './schema.js';
 
 /** Why a file could not be read, in words. */
 export function whyUnreadable(err: unknown): string {
@@ -27,6 +27,15 @@ export function whyUnreadable(err: unknown): string {
       return 'a part of its path is not a folder';
     default:
       return e.code ? `${e.code} (${e.message})` : e.message;
+  }
+}
+
+/** The text of a YAML file its loader checks next; one that cannot be read is refused as bad contents are, by `refuse`, at 1:1 ("cannot read WHAT: WHY"). */
+export function readYamlFile(file: string, what: string, refuse: (issues: Issue[]) => Error): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (err) {
+    throw refuse([{ line: 1, col: 1, path: '', message: `cannot read ${what}: ${whyUnreadable(err)}` }]);
   }
 }
 

@@ -15,13 +15,13 @@ import { LEVELS, type Level } from '../actors/logger.js';
 import { ACCESS_LOG_HOLD } from '../admin/access-log.js';
 import { resolveOptions, type Opts, type ProxyOptions } from '../actors/proxy-options.js';
 import { badTrustedSource } from '../actors/port-limits.js';
-import { FileError, LocalCode, RevproxyError } from '../transport/errors.js';
+import { FileError, LocalCode } from '../transport/errors.js';
 import { MAX_TIMER_MS } from '../transport/clock.js';
 import { MAX_ID_LENGTH } from '../transport/messages.js';
-import { loadedCerts, loadTokens, tlsFromFlags, whyUnreadable, type LoadedCert } from './files.js';
+import { loadedCerts, loadTokens, tlsFromFlags, readYamlFile, whyUnreadable, type LoadedCert } from './files.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 import {
-  dict, flag, formatIssues, list, name, object, oneOf, opt, readYaml, refine, req, scalar, text, whole, yaml, type Field, type Infer, type Issue,
+  dict, flag, IssuesError, list, name, object, oneOf, opt, readYaml, refine, req, scalar, text, whole, yaml, type Field, type Infer, type Issue,
 } from './schema.js';
 
 /** When a change of a setting takes effect. */
@@ -191,25 +191,16 @@ export const proxyConfigSpec = object('proxy configuration', { ...numberFields, 
 export type ProxyConfig = Infer<typeof proxyConfigSpec>;
 
 /** A config file that cannot be used: every problem, as `file:line:col: path: what was expected`. */
-export class ConfigError extends RevproxyError<typeof LocalCode.BAD_FILE> {
-  constructor(
-    readonly file: string,
-    readonly issues: Issue[],
-  ) {
-    super(LocalCode.BAD_FILE, formatIssues(file, issues));
+export class ConfigError extends IssuesError<typeof LocalCode.BAD_FILE> {
+  constructor(file: string, issues: Issue[]) {
+    super(LocalCode.BAD_FILE, file, issues);
     this.name = 'ConfigError';
   }
 }
 
 /** Read and check a config file; paths in it become absolute (relative to its folder). */
 export function loadConfigFile(file: string): ProxyConfig {
-  let source: string;
-  try {
-    source = readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new ConfigError(file, [{ line: 1, col: 1, path: '', message: `cannot read the configuration file: ${whyUnreadable(err)}` }]);
-  }
-  return parseConfig(source, file);
+  return parseConfig(readYamlFile(file, 'the configuration file', (issues) => new ConfigError(file, issues)), file);
 }
 
 /** Check a config given as text; `file` names it in messages and anchors relative paths. */

@@ -10,6 +10,7 @@
 import type * as Yaml from 'yaml';
 import type { Document, LineCounter, Pair } from 'yaml';
 import { lazyPackage } from '../transport/lazy.js';
+import { RevproxyError, type Code } from '../transport/errors.js';
 
 /** yaml, loaded when the first file is read (a proxy without a config file never loads it). */
 export const yaml = lazyPackage<typeof Yaml>('yaml');
@@ -50,6 +51,18 @@ export type Infer<S> = S extends Schema<infer T> ? T : never;
 /** `file:line:col: path: message`, one line per issue. */
 export function formatIssues(file: string, issues: Issue[]): string {
   return issues.map((i) => `${i.line ? `${file}:${i.line}:${i.col}` : file}: ${i.path ? `${i.path}: ` : ''}${i.message}`).join('\n');
+}
+
+/** A file read with these schemas that cannot be used (a config file, a scenario): every problem in it, as `formatIssues` writes them. */
+export class IssuesError<C extends Code = Code> extends RevproxyError<C> {
+  constructor(
+    code: C,
+    readonly file: string,
+    readonly issues: Issue[],
+  ) {
+    super(code, formatIssues(file, issues));
+    this.name = 'IssuesError';
+  }
 }
 
 /**

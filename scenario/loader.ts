@@ -4,33 +4,24 @@
  * it is stopped, ids are unique). Any problem refuses the file before anything
  * starts, naming file:line:column and what was expected there.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { LocalCode, RevproxyError } from '../transport/errors.js';
+import { LocalCode } from '../transport/errors.js';
 import { scenarioSpec, type Scenario, type Step } from './format.js';
-import { formatIssues, readYaml, type Issue } from '../config/schema.js';
-import { whyUnreadable } from '../config/files.js';
+import { IssuesError, readYaml, type Issue } from '../config/schema.js';
+import { readYamlFile } from '../config/files.js';
 
 /** A file that cannot run, with every problem found in it. */
-export class ScenarioError extends RevproxyError<typeof LocalCode.SCENARIO_INVALID> {
-  constructor(
-    readonly file: string,
-    readonly issues: Issue[],
-  ) {
-    super(LocalCode.SCENARIO_INVALID, formatIssues(file, issues));
+export class ScenarioError extends IssuesError<typeof LocalCode.SCENARIO_INVALID> {
+  constructor(file: string, issues: Issue[]) {
+    super(LocalCode.SCENARIO_INVALID, file, issues);
     this.name = 'ScenarioError';
   }
 }
 
 /** Read and check a scenario file; throws ScenarioError when it cannot run. */
 export function loadScenario(file: string): Scenario {
-  let source: string;
-  try {
-    source = readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new ScenarioError(file, [{ line: 1, col: 1, path: '', message: `cannot read the scenario: ${whyUnreadable(err)}` }]);
-  }
-  return parseScenario(source, file);
+  return parseScenario(readYamlFile(file, 'the scenario', (issues) => new ScenarioError(file, issues)), file);
 }
 
 /**

@@ -2,7 +2,8 @@ import { suite } from 'uvu';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as assert from 'uvu/assert';
-import { parseScenario, runScenario, ScenarioError, stepLines } from '../scenario/index.js';
+import { loadScenario, parseScenario, runScenario, ScenarioError, stepLines } from '../scenario/index.js';
+import { ConfigError, loadConfigFile } from '../config/proxy.js';
 import { OUTCOME_CODES } from '../scenario/format.js';
 import { killAll, revproxy, ROOT } from './procs.js';
 import { eventually, tempDir } from './helpers.js';
@@ -65,6 +66,26 @@ refused('missing keys, one step doing two things, and an unknown error code', ()
   assert.match(msg, /broken\.yaml:1:1: scenario needs 'name'/);
   assert.match(msg, /broken\.yaml:2:5: steps\[0\]: one step per entry, got wait and kill; split them into separate steps/);
   assert.match(msg, /broken\.yaml:5:22: steps\[1\]\.expect\.error: expected one of NO_SERVER, BAD_REQUEST, .*got "NO_SERVERS"/);
+});
+
+refused('a scenario or a config file that cannot be read is refused as a bad one is, at 1:1, with its own code and why', () => {
+  const dir = tempDir('unreadable-');
+  const thrown = (load: () => unknown): Error & { code?: string } => {
+    try {
+      load();
+    } catch (err) {
+      return err as Error;
+    }
+    throw new assert.Assertion({ message: 'the file was read', expects: 'a refusal', actual: 'read', operator: 'throws' });
+  };
+  const scenario = thrown(() => loadScenario(join(dir, 'gone.yaml')));
+  assert.instance(scenario, ScenarioError);
+  assert.is(scenario.code, 'SCENARIO_INVALID');
+  assert.is(scenario.message, `${join(dir, 'gone.yaml')}:1:1: cannot read the scenario: it does not exist`);
+  const config = thrown(() => loadConfigFile(dir));
+  assert.instance(config, ConfigError);
+  assert.is(config.code, 'BAD_FILE');
+  assert.is(config.message, `${dir}:1:1: cannot read the configuration file: it is a folder`);
 });
 
 refused('a story that stops a server never started names the step', () => {
