@@ -16,7 +16,7 @@
 // times its files were unpacked at say nothing about which is newer, and it
 // may be installed where it cannot write (a global install, a read-only
 // image).
-import { existsSync, mkdirSync, readdirSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -68,6 +68,14 @@ const packagesExternalButRxjs = {
   },
 };
 
+/** What esbuild compiles both bundles for (this one and lib/build.mjs's): the oldest Node package.json's `engines` allows (">=20": node20). */
+export function nodeTarget() {
+  const engines = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).engines?.node ?? '';
+  const major = /^>=\s*(\d+)/.exec(engines)?.[1];
+  if (!major) throw new Error(`package.json's engines.node is '${engines}': write the oldest Node it runs on as '>=N', which the bundles are compiled for`);
+  return `node${major}`;
+}
+
 /** The bundle's path, made first when it is not current (or always, with `force`: `npm pack`). */
 export async function bundle({ force = false } = {}) {
   if (!force && current()) return bundlePath;
@@ -77,7 +85,7 @@ export async function bundle({ force = false } = {}) {
     bundle: true,
     platform: 'node',
     format: 'esm',
-    target: 'node20',
+    target: nodeTarget(),
     plugins: [packagesExternalButRxjs],
     write: false,
     logLevel: 'silent',

@@ -2,7 +2,7 @@
 // JavaScript and its type declarations, so `import { connect } from 'revproxy'`
 // works from another project with plain Node, no tsx.
 //
-//   dist/index.js        lib/index.ts bundled by esbuild (ESM, Node 20; dependencies stay imports)
+//   dist/index.js        lib/index.ts bundled by esbuild (ESM, for package.json's oldest Node; dependencies stay imports)
 //   dist/types/**.d.ts   declarations by tsc (tsconfig.lib.json); package.json `types` points at lib/index.d.ts
 //   .build/revproxy.mjs  the CLI's bundle (cli/bundle.mjs), so an installed package runs `revproxy`
 //                        without writing into its own folder
@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import * as esbuild from 'esbuild';
-import { bundle } from '../cli/bundle.mjs';
+import { bundle, nodeTarget } from '../cli/bundle.mjs';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 rmSync(`${root}/dist`, { recursive: true, force: true });
@@ -21,7 +21,7 @@ await esbuild.build({
   bundle: true,
   platform: 'node',
   format: 'esm',
-  target: 'node20',
+  target: nodeTarget(),
   packages: 'external',
   sourcemap: true,
   logLevel: 'warning',

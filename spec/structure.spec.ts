@@ -7,6 +7,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { ROOT } from './procs.js';
 
 const FOLDERS = ['actors', 'transport', 'cli', 'scenario', 'inspector', 'bench', 'spec', 'lib', 'config', 'admin', 'registry', 'examples'];
@@ -126,6 +127,15 @@ shape('the proxy machine file reads top-down in one sitting (under 350 lines), i
 shape('no dead routing state: nothing counts picks made and undone in the same loop', () => {
   const hits = sources().filter((f) => f.includes('/actors/') && /\bplanned\b/.test(readFileSync(f, 'utf8')));
   assert.equal(hits.map((f) => relative(ROOT, f)), []);
+});
+
+shape("the oldest Node is written once, in package.json's engines: both bundles (cli/bundle.mjs, lib/build.mjs) compile for it", async () => {
+  const engines = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { engines: { node: string } }).engines.node;
+  const { nodeTarget } = (await import(pathToFileURL(join(ROOT, 'cli/bundle.mjs')).href)) as { nodeTarget(): string };
+  assert.is(nodeTarget(), `node${/\d+/.exec(engines)![0]}`);
+  const scripts = ['cli', 'lib', 'bench'].flatMap((dir) => readdirSync(join(ROOT, dir)).filter((n) => /\.(mjs|js|ts)$/.test(n)).map((n) => `${dir}/${n}`));
+  const written = scripts.filter((f) => /target:\s*['"`]node\d/.test(readFileSync(join(ROOT, f), 'utf8')));
+  assert.equal(written, [], 'a Node target written beside package.json');
 });
 
 shape.run();
