@@ -321,13 +321,15 @@ export function tagged<K extends Record<string, ObjectSchema<Fields>>>(what: str
   };
 }
 
-/** Adds the line the value starts on, for reports that point back into the file. */
-export function located<T extends object>(schema: Schema<T>): Schema<T & { line: number }> {
+/** Adds where the value starts (line and column), for reports that point back into the file. */
+export function located<T extends object>(schema: Schema<T>): Schema<T & { line: number; col: number }> {
   return {
     expected: schema.expected,
     read(node, at, ctx) {
       const v = schema.read(node, at, ctx);
-      return v === INVALID ? v : { ...v, line: ctx.lines.linePos(offsetOf(node, at.offset)).line };
+      if (v === INVALID) return v;
+      const { line, col } = ctx.lines.linePos(offsetOf(node, at.offset));
+      return { ...v, line, col };
     },
   };
 }

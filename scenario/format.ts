@@ -136,11 +136,12 @@ const leafKinds = {
 };
 
 type LeafKind = keyof typeof leafKinds;
-type StepOf<K extends LeafKind> = Infer<(typeof leafKinds)[K]> & { kind: K; line: number };
+type StepOf<K extends LeafKind> = Infer<(typeof leafKinds)[K]> & { kind: K; line: number; col: number };
 /** Steps run at the same time; the step ends when all of them have. */
 export interface ParallelStep {
   kind: 'parallel';
   line: number;
+  col: number;
   parallel: Step[];
   name?: string;
   timeout?: number;
@@ -181,4 +182,4 @@ export type RegistrySpec = Infer<typeof registrySpec>;
 export type SendExpect = Infer<typeof sendExpect>;
 export type RawExpect = Infer<typeof rawExpect>;
 export type PoolExpect = StepOf<'expect_pool'>['expect_pool'];
-export type Scenario = Infer<typeof scenarioSpec> & { file: string; servers: Array<ServerSpec & { line: number }> };
+export type Scenario = Infer<typeof scenarioSpec> & { file: string; servers: Array<ServerSpec & { line: number; col: number }> };

@@ -45,7 +45,7 @@ export function parseScenario(source: string, file: string): Scenario {
 function checkStory(sc: Scenario, issues: Issue[]): void {
   const started = new Set<string>();
   for (const s of sc.servers) {
-    if (started.has(s.id)) issues.push({ line: s.line, col: 1, path: 'servers', message: `server id ${s.id} is listed twice; ids are unique among live servers` });
+    if (started.has(s.id)) issues.push({ line: s.line, col: s.col, path: 'servers', message: `server id ${s.id} is listed twice; ids are unique among live servers` });
     started.add(s.id);
   }
   const walk = (steps: Step[], path: string): void => {
@@ -55,11 +55,11 @@ function checkStory(sc: Scenario, issues: Issue[]): void {
       if (st.kind === 'start') started.add(st.start.server.id);
       else if (target !== undefined && !started.has(target)) {
         const known = [...started].join(', ') || 'none';
-        issues.push({ line: st.line, col: 1, path: `${at}.${st.kind}`, message: `server ${target} is never started before this step (started: ${known})` });
+        issues.push({ line: st.line, col: st.col, path: `${at}.${st.kind}`, message: `server ${target} is never started before this step (started: ${known})` });
       } else if (st.kind === 'parallel') walk(st.parallel, `${at}.parallel`);
       else if (st.kind === 'send') {
         for (const p of st.send.pkt ?? []) {
-          if (!existsSync(resolve(dirname(sc.file), p))) issues.push({ line: st.line, col: 1, path: `${at}.send.pkt`, message: `packet file ${p} does not exist (paths are relative to the scenario file)` });
+          if (!existsSync(resolve(dirname(sc.file), p))) issues.push({ line: st.line, col: st.col, path: `${at}.send.pkt`, message: `packet file ${p} does not exist (paths are relative to the scenario file)` });
         }
       }
     });

@@ -88,9 +88,11 @@ refused('a scenario or a config file that cannot be read is refused as a bad one
   assert.is(config.message, `${dir}:1:1: cannot read the configuration file: it is a folder`);
 });
 
-refused('a story that stops a server never started names the step', () => {
-  const msg = refusal('name: x\nservers:\n  - { id: "1", policy: P }\nsteps:\n  - stop: { server: "2" }\n');
-  assert.match(msg, /broken\.yaml:5:1: steps\[0\]\.stop: server 2 is never started before this step \(started: 1\)/);
+refused("a story that stops a server never started names the step, at the step's line and column as the format's refusals are", () => {
+  const msg = refusal('name: x\nservers:\n  - { id: "1", policy: P }\n  - { id: "1", policy: Q }\nsteps:\n  - stop: { server: "2" }\n  - parallel:\n      - wait: 1\n      - kill: { server: "3" }\n');
+  assert.match(msg, /broken\.yaml:4:5: servers: server id 1 is listed twice/);
+  assert.match(msg, /broken\.yaml:6:5: steps\[0\]\.stop: server 2 is never started before this step \(started: 1\)/);
+  assert.match(msg, /broken\.yaml:9:9: steps\[1\]\.parallel\[1\]\.kill: server 3 is never started/);
 });
 
 refused("the issue's example loads exactly as written, wire: json included", () => {
