@@ -4,7 +4,7 @@
  * schemas expect. docs/SCENARIOS.md describes the same format for people.
  */
 import { NUMBERS, type NumberKey } from '../config/proxy.js';
-import { CLIENT_CODES, ERROR_CODES } from '../transport/errors.js';
+import { CLIENT_CODES, ERROR_CODES, REGISTRATION_CODES, type Code } from '../transport/errors.js';
 import {
   anything, dict, flag, fraction, lazy, list, located, name, object, oneOf, opt, refine, req, scalar, tagged, text, whole,
   type Field, type Infer, type Schema,
@@ -12,9 +12,13 @@ import {
 
 const ms = whole('milliseconds');
 
-/** Codes an answer can carry: the proxy's, and the client's own outcomes. */
-export const OUTCOME_CODES = [...ERROR_CODES, ...CLIENT_CODES] as const;
-const code = oneOf(OUTCOME_CODES);
+/** Codes a send's answers can carry: the proxy's, but those it says only to registrations, and the client's own outcomes. */
+export const SEND_CODES: readonly Code[] = [...ERROR_CODES.filter((c) => !(REGISTRATION_CODES as readonly string[]).includes(c)), ...CLIENT_CODES];
+const sendCode = scalar(`one of ${SEND_CODES.join(', ')}`, (v) => (SEND_CODES as readonly unknown[]).includes(v) ? (v as Code) : undefined, (v) =>
+  (REGISTRATION_CODES as readonly unknown[]).includes(v) ? `the proxy says ${String(v)} only to a server's registration, never in answer to a request, so no send gets it` : undefined,
+);
+/** Codes a raw connection or a registration is answered with: the wire's (the client's own outcomes never travel). */
+const wireCode = oneOf(ERROR_CODES);
 
 /**
  * Proxy options a scenario may set: the key in the file, the library's option
@@ -87,7 +91,7 @@ export const sendSpec = object(
 export const sendExpect = object('expect of send', {
   servers: opt(list(name), 'who answered each request, in order'),
   verified: opt(flag, 'every ACK carried the right SHA1 (and at least one came)'),
-  error: opt(code, 'the code every answer carried'),
+  error: opt(sendCode, 'the code every answer carried'),
   acked_at_least: opt(fraction, 'the least share of requests answered with an ACK'),
   acked: opt(whole('ACKs')),
   per_server: opt(dict(whole('answers')), 'how many answers each server gave'),
@@ -98,13 +102,13 @@ export const rawSpec = object('raw', { hex: opt(hex), text: opt(text), frame: op
 );
 
 export const rawExpect = object('expect of raw', {
-  error: opt(code, 'the code of every ERROR that came back (at least one)'),
+  error: opt(wireCode, 'the code of every ERROR that came back (at least one)'),
   closed: opt(flag, 'the proxy closed the connection'),
   answers: opt(whole('messages that came back')),
 });
 
 export const startExpect = object('expect of start', {
-  refused: opt(code, 'the proxy refuses the registration with this code'),
+  refused: opt(wireCode, 'the proxy refuses the registration with this code'),
 });
 
 const common = {

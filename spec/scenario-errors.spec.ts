@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import * as assert from 'uvu/assert';
 import { loadScenario, parseScenario, runScenario, ScenarioError, stepLines } from '../scenario/index.js';
 import { ConfigError, loadConfigFile } from '../config/proxy.js';
-import { OUTCOME_CODES } from '../scenario/format.js';
+import { SEND_CODES } from '../scenario/format.js';
+import { CLIENT_CODES, REGISTRATION_CODES } from '../transport/errors.js';
 import { killAll, revproxy, ROOT } from './procs.js';
 import { eventually, tempDir } from './helpers.js';
 
@@ -120,10 +121,22 @@ steps:
   assert.ok(scenario, 'accepted');
 });
 
-refused("docs/SCENARIOS.md names every code an expect's `error:` takes", () => {
+refused("docs/SCENARIOS.md names every code a send's `error:` takes, and the ones it refuses", () => {
   const row = readFileSync(join(ROOT, 'docs/SCENARIOS.md'), 'utf8').split('\n').find((l) => l.startsWith('| `error: CODE` |'));
   assert.ok(row, "docs/SCENARIOS.md has a row for send's `error: CODE`");
-  assert.equal(OUTCOME_CODES.filter((code) => !row!.includes(`\`${code}\``)), [], 'codes the format takes that the row does not name');
+  assert.equal(SEND_CODES.filter((code) => !row!.includes(`\`${code}\``)), [], 'codes the format takes that the row does not name');
+  const [taken, refused] = row!.split('The proxy says');
+  assert.match(refused ?? '', /only to a server's registration/, 'the row says which codes a send is refused');
+  assert.equal(REGISTRATION_CODES.filter((code) => taken!.includes(`\`${code}\``) || !refused!.includes(`\`${code}\``)), [], 'registration codes named as taken, or not named as refused');
+});
+
+refused('an expected code the step can never get is refused: a registration code on a send, a client outcome on a raw connection or a registration', () => {
+  const send = refusal('name: x\nsteps:\n  - send: { client: "1", policy: P, payload: x }\n    expect: { error: REMOVED }\n');
+  assert.match(send, /broken\.yaml:4:22: steps\[0\]\.expect\.error: expected one of NO_SERVER, .*HANDLER_ERROR, CLIENT_TIMEOUT, .*got "REMOVED": the proxy says REMOVED only to a server's registration, never in answer to a request, so no send gets it/);
+  for (const code of REGISTRATION_CODES) assert.match(refusal(`name: x\nsteps:\n  - send: { client: "1", policy: P, payload: x }\n    expect: { error: ${code} }\n`), `got "${code}"`);
+  assert.match(refusal('name: x\nsteps:\n  - raw: { hex: "ff" }\n    expect: { error: CLIENT_TIMEOUT }\n'), /steps\[0\]\.expect\.error: expected one of NO_SERVER, .*REMOVED, got "CLIENT_TIMEOUT"/);
+  assert.match(refusal('name: x\nsteps:\n  - start: { server: { id: "1", policy: P } }\n    expect: { refused: CONNECT_FAILED }\n'), /got "CONNECT_FAILED"/);
+  for (const code of CLIENT_CODES) parseScenario(`name: x\nsteps:\n  - send: { client: "1", policy: P, payload: x }\n    expect: { error: ${code} }\n`, 'fine.yaml');
 });
 
 refused.run();

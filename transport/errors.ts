@@ -45,6 +45,9 @@ export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 /** Every wire code: the set an ERROR frame's `code` is checked against. */
 export const ERROR_CODES: readonly ErrorCode[] = Object.values(ErrorCode);
 
+/** Wire codes the proxy says only to a server's registration (docs/PROTOCOL.md): never in answer to a request. */
+export const REGISTRATION_CODES = [ErrorCode.UNAUTHORIZED, ErrorCode.DUPLICATE_ID, ErrorCode.REMOVED] as const;
+
 const wireCodes: ReadonlySet<string> = new Set(ERROR_CODES);
 
 /** Whether `code` may travel in an ERROR frame. */
