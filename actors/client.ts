@@ -93,7 +93,9 @@ export interface ClientOptions {
   tcpKeepAliveMs?: number;
   /** TLS to the proxy: the CA that signed its certificate, and a client certificate for mutual TLS. */
   tls?: TlsMaterial;
+  /** Where the client says what happens to it (failovers, holding, a proxy gone quiet): nothing is logged without one. */
   logger?: Logger;
+  /** The clock its timers and timeouts run on (default: the system's monotonic clock); a manual one in tests. */
   clock?: Clock;
 }
 

@@ -9,6 +9,9 @@ import { createHash } from 'node:crypto';
 import { createServer, Socket, type AddressInfo } from 'node:net';
 import { getEventListeners, once } from 'node:events';
 import { setFlagsFromString } from 'node:v8';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import ts from 'typescript';
 import { runInNewContext } from 'node:vm';
 import { from, lastValueFrom, toArray } from 'rxjs';
 import { connect, Logger, ManualClock, type Clock, memorySink, RequestError, runClient, StartError, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
@@ -16,7 +19,7 @@ import { FrameDecoder } from '../transport/frame.js';
 import { MsgType } from '../transport/messages.js';
 import { freePort } from '../bench/procs.js';
 import { eventually, frame } from './helpers.js';
-import { killAll, proxyProcess, python } from './procs.js';
+import { killAll, proxyProcess, python, ROOT } from './procs.js';
 
 interface Ctx {
   proxies: ProxyHandle[];
@@ -726,3 +729,20 @@ lib('hold: false fails what is pending after the quick round of dials, as before
   assert.match(e.message, /^no reverse proxy is listening/);
 });
 lib.run();
+
+const readme = suite("README's list of connect()'s options");
+
+readme("names every key of ConnectOptions, and nothing else (the type's keys, read by TypeScript's checker)", () => {
+  const file = join(ROOT, 'actors/connect.ts');
+  const program = ts.createProgram([file], { module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext, target: ts.ScriptTarget.ES2022, strict: true, noEmit: true, skipLibCheck: true, types: [] });
+  const decl = program.getSourceFile(file)!.statements.find((s): s is ts.InterfaceDeclaration => ts.isInterfaceDeclaration(s) && s.name.text === 'ConnectOptions');
+  assert.ok(decl, 'actors/connect.ts declares ConnectOptions');
+  const checker = program.getTypeChecker();
+  const keys = checker.getPropertiesOfType(checker.getTypeAtLocation(decl.name)).map((p) => p.name).sort();
+  assert.ok(keys.includes('revproc') && keys.includes('hold'), `the keys read: ${keys.join(', ')}`);
+  const listed = /^- `connect\(\{ ([^}]*) \}\)`/m.exec(readFileSync(join(ROOT, 'README.md'), 'utf8'));
+  assert.ok(listed, "README.md has a bullet that starts with connect({ ... })");
+  assert.equal(listed[1]!.split(/,\s*/).sort(), keys);
+});
+
+readme.run();
