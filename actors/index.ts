@@ -11,7 +11,7 @@ import { jsonRegistrations } from './json-registration.js';
 import { releaseAll } from './children.js';
 import { badTrustedSource } from './port-limits.js';
 import { proxyMachine, type ProxyActor } from './proxy.js';
-import type { ProxyOptions } from './proxy-options.js';
+import { DEFAULT_LISTEN_HOST, type ProxyOptions } from './proxy-options.js';
 import type { MemberSource, MemberState } from './proxy-types.js';
 import type { ProxyRegistryOptions } from '../registry/proxy-registry.js';
 import type { RegistryOptions } from '../registry/options.js';
@@ -122,7 +122,7 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
   const untrusted = (opts.proxyProtocolFrom ?? []).map(badTrustedSource).find(Boolean);
   if (untrusted) throw new StartError(`proxyProtocolFrom: ${untrusted}`);
   if (opts.registry) {
-    const host = opts.host ?? '127.0.0.1';
+    const host = opts.host ?? DEFAULT_LISTEN_HOST;
     const advertise = opts.registry.advertise ?? host;
     if (/^(0\.0\.0\.0|::|\[::\])$/.test(advertise)) {
       throw new StartError(`the proxy listens on ${host}, every address: say which address clients should dial to reach it (--advertise HOST, or registry.advertise in the config file)`);
@@ -254,7 +254,7 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
   let etcd: EtcdClient | undefined;
   if (opts.registry) {
     if (opts.wire === 'json') throw new StartError('a server registers through the registry or the old way (--wire json), not both: the old proxy knows no registry');
-    const host = opts.listenHost ?? '127.0.0.1';
+    const host = opts.listenHost ?? DEFAULT_LISTEN_HOST;
     const advertise = opts.registry.advertise ?? host;
     if (/^(0\.0\.0\.0|::|\[::\])$/.test(advertise)) {
       throw new StartError(`server ${opts.id} listens on ${host}, every address: say which address proxies should dial to reach it (--advertise HOST)`);

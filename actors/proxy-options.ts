@@ -150,6 +150,9 @@ export function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || host.startsWith('127.') || host.startsWith('::ffff:127.');
 }
 
+/** Where a proxy or a server listens when given no host (`--host`'s default for both): this machine only. */
+export const DEFAULT_LISTEN_HOST = '127.0.0.1';
+
 /** Connections one address may keep open by default, on the proxy's port and a server's: no limit on loopback, 1024 otherwise. */
 export function defaultConnsPerPeer(host: string): number {
   return isLoopback(host) ? 0 : 1024;
@@ -162,7 +165,7 @@ export const DEFAULT_PROXY_MAX_CONNECTIONS = 20000;
 export function resolveOptions(input: ProxyOptions): Opts {
   const retries = input.retries ?? 2;
   const timeoutMs = input.timeoutMs ?? 5000;
-  const host = input.host ?? '127.0.0.1';
+  const host = input.host ?? DEFAULT_LISTEN_HOST;
   const tryTimeoutMs = input.tryTimeoutMs ?? Math.ceil(timeoutMs / (retries + 1));
   const memory = memoryLimit();
   return {

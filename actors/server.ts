@@ -25,7 +25,7 @@ import { jittered, systemClock, type Clock, type Timer } from '../transport/cloc
 import { BufferBudget, defaultBufferBudget } from '../transport/budget.js';
 import { budgetNote, memoryLimit } from './memory-limit.js';
 import { Caller, HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
-import { defaultConnsPerPeer } from './proxy-options.js';
+import { defaultConnsPerPeer, DEFAULT_LISTEN_HOST } from './proxy-options.js';
 import { ConnectionLimits, logAcceptErrors, logBadInput, logShed, logTlsRefusals, type ConnectionLimitsInput } from './port-limits.js';
 import { fmt, silentLogger, type Logger } from './logger.js';
 
@@ -41,7 +41,7 @@ export interface ServerOptions {
   policy: string;
   /** Port to listen on for the proxy's requests; 0 picks a free one. */
   listenPort: number;
-  /** Address to listen on. Default 127.0.0.1. */
+  /** Address to listen on. Default 127.0.0.1 (`DEFAULT_LISTEN_HOST`). */
   listenHost?: string;
   /** The proxy to register with (or use `proxies`). */
   proxy?: Endpoint;
@@ -513,7 +513,7 @@ export const serverMachine = setup({
           handler: opts.handler?.name || (opts.handler ? 'anonymous' : 'sha1'), concurrency: opts.concurrency ?? null,
         });
       }
-      log.info('listening', `Listening on port ${context.port}`, { port: context.port });
+      log.info('listening', `Listening on port ${context.port}`, { host: context.listenAddress ?? context.opts.listenHost ?? DEFAULT_LISTEN_HOST, port: context.port });
       for (const p of context.proxies) log.info('connecting', `Connecting to the reverse proxy on port ${p.port}`, { proxy: hostPort(p.host, p.port) });
     },
     respond: ({ context, event }) => {
@@ -603,7 +603,7 @@ export const serverMachine = setup({
     id: 'listener',
     src: 'requestListener',
     input: ({ context }) => ({
-      host: context.opts.listenHost ?? '127.0.0.1',
+      host: context.opts.listenHost ?? DEFAULT_LISTEN_HOST,
       port: context.opts.listenPort,
       maxFrameBytes: context.opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
       logger: context.logger,
@@ -612,7 +612,7 @@ export const serverMachine = setup({
       clock: context.clock,
       tls: context.opts.tls,
       maxConnections: context.opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
-      maxConnectionsPerPeer: context.opts.maxConnectionsPerPeer ?? defaultConnsPerPeer(context.opts.listenHost ?? '127.0.0.1'),
+      maxConnectionsPerPeer: context.opts.maxConnectionsPerPeer ?? defaultConnsPerPeer(context.opts.listenHost ?? DEFAULT_LISTEN_HOST),
     }),
   },
   // Renewed TLS files are taken in any state: for the listener's next handshakes and the registrations' next dials.
@@ -640,7 +640,7 @@ export const serverMachine = setup({
           initialMs: context.opts.reconnectInitialMs ?? 200,
           maxMs: context.opts.reconnectMaxMs ?? 5000,
           keepAliveMs: context.opts.tcpKeepAliveMs ?? DEFAULT_TCP_KEEPALIVE_MS,
-          listenHost: context.opts.listenHost ?? '127.0.0.1',
+          listenHost: context.opts.listenHost ?? DEFAULT_LISTEN_HOST,
           listenAddress: context.listenAddress,
           logger: context.logger,
         }),

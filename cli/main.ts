@@ -22,6 +22,7 @@ import {
 } from './common.js';
 import { isRegistryUrl } from '../registry/options.js';
 import { DEFAULT_HANDLER_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, type Behaviour, type Endpoint } from '../actors/server.js';
+import { DEFAULT_LISTEN_HOST } from '../actors/proxy-options.js';
 import { DEFAULT_TCP_KEEPALIVE_MS } from '../transport/tls.js';
 import type { Level } from '../actors/logger.js';
 
@@ -70,7 +71,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
         this.setOptionValue('pp', v);
       })
       .addOption(new Option('--listen <port>', 'port to listen on for the proxy\'s requests (0 picks a free one)').default(0).argParser((v) => parsePort(v)))
-      .addOption(new Option('--host <address>', 'address to listen on').default('127.0.0.1').argParser(parseHost))
+      .addOption(new Option('--host <address>', 'address to listen on').default(DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_HOST).argParser(parseHost))
       .addOption(new Option('--revproc <endpoints>', 'the reverse proxy or proxies to register with: PORT or HOST:PORT, comma-separated').default(parseEndpoints('2100'), '2100').argParser(parseEndpoints))
       .addOption(new Option('--behaviour <kind>', 'normal answers; silent accepts requests and never answers; fail answers every request with an error (for fault tests)').choices(['normal', 'silent', 'fail']).default('normal'))
       .option('--handler <module>', 'an ES module whose default export answers each request: async (payload, ctx) => answer (default: the SHA1 hex of the payload)')

@@ -9,7 +9,7 @@ import { resolve as resolvePath } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { startProxy, type ProxyHandle } from '../actors/index.js';
 import { Destination, Logger, LogStream, LEVELS, LOG_BUFFER_BYTES } from '../actors/logger.js';
-import { DEFAULT_PROXY_MAX_CONNECTIONS, isLoopback, proxyBudgetNote, resolveOptions } from '../actors/proxy-options.js';
+import { DEFAULT_LISTEN_HOST, DEFAULT_PROXY_MAX_CONNECTIONS, isLoopback, proxyBudgetNote, resolveOptions } from '../actors/proxy-options.js';
 import { badTrustedSource, fileLimitWarning } from '../actors/port-limits.js';
 import { ACCESS_LOG_HOLD, AccessLog, accessLogHold, combineObservers } from '../admin/access-log.js';
 import { ConnStats } from '../admin/conn-stats.js';
@@ -41,7 +41,7 @@ function proxyOptions(): Option[] {
   });
   return [
     ...numbers,
-    new Option('--host <address>', `address to listen on (default: ${resolveOptions({}).host})`).argParser(parseHost),
+    new Option('--host <address>', `address to listen on (default: ${DEFAULT_LISTEN_HOST})`).argParser(parseHost),
     new Option('--config <file>', 'read the settings from this YAML file (docs/CONFIG.md); flags given as well override it'),
     new Option('--check', 'check the configuration (the file, the flags and the files they name), then exit: 0 when it is valid, 1 when not'),
     new Option('--pid-file <file>', "write the process id to this file at start, as HAProxy's -p and nginx's pid do (logrotate: postrotate kill -HUP $(cat FILE)); removed on exit"),

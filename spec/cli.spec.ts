@@ -352,6 +352,18 @@ cli('--help marks the options a command cannot run without', async () => {
   assert.not.match(await flat(['proxy', '--help']), /\(required\)/, 'every proxy option has a default');
 });
 
+cli("--help's default --host is the address a proxy and a server started without --host listen on", async () => {
+  for (const [command, args] of [['proxy', ['--port', '0']], ['server', ['--id', '1', '--pp', 'P', '--listen', '0', '--revproc', '1']]] as const) {
+    const help = revproxy([command, '--help']);
+    assert.is(await help.exited, 0);
+    const said = /--host <address>\s+address to listen on \(default: ([^)]+)\)/.exec(help.out.join('\n'))?.[1];
+    const started = revproxy([command, ...args, '--log-format', 'json']);
+    const listening = JSON.parse((await started.waitFor(/^\{.*"event":"listening".*$/))[0]) as { host?: string };
+    started.kill();
+    assert.is(said, listening.host, `${command} --help says it listens on ${said}; it listens on ${listening.host}`);
+  }
+});
+
 cli('server: --pp is required, and --policy gives it', async () => {
   const missing = revproxy(['server', '-id', '1']);
   assert.is(await missing.exited, 2);
