@@ -8,7 +8,7 @@
 import { connect as netConnect, type Socket } from 'node:net';
 import type { BufferBudget } from '../transport/budget.js';
 import type { BusyPoll } from '../transport/busy-poll.js';
-import { ErrorCode, type ErrorCode as WireCode } from '../transport/errors.js';
+import { ErrorCode, REGISTRATION_CODES, type ErrorCode as WireCode } from '../transport/errors.js';
 import { MsgType, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import type { Connection } from '../transport/socket.js';
 import type { TlsMaterial } from '../transport/tls.js';
@@ -179,10 +179,16 @@ export function retryReport(member: string, linkId: string, requests: ProxyReque
   return { type: 'UPSTREAM_RETRY', member, linkId, requests, failure, failures };
 }
 
-/** The retry report for a tally's error answers, if it has any. */
+/**
+ * The retry report for a tally's error answers, if it has any. A code the proxy says only to
+ * registrations (REMOVED, UNAUTHORIZED, DUPLICATE_ID) means nothing about a request: a server
+ * that answers one fails it UPSTREAM_FAILED, its words kept in the message.
+ */
 export function errorAnswersReport(member: string, linkId: string, tally: Tally): LinkReport | undefined {
   const m = tally.lastFailure;
-  return tally.failed && m ? retryReport(member, linkId, tally.failed, { code: m.code as WireCode, message: `server ${member} answered ${m.code}: ${m.message}` }, tally.failures) : undefined;
+  if (!tally.failed || !m) return undefined;
+  const code = (REGISTRATION_CODES as readonly string[]).includes(m.code) ? ErrorCode.UPSTREAM_FAILED : (m.code as WireCode);
+  return retryReport(member, linkId, tally.failed, { code, message: `server ${member} answered ${m.code}: ${m.message}` }, tally.failures);
 }
 
 /** At most this much of a server's own words (an ERROR's message, a failure quoting it) goes into an answer or a log line. */

@@ -389,6 +389,17 @@ faults('a server that answers an ERROR whose code is not shaped like a code is t
   await assertLoggedInvalid(/oops, bad/);
 });
 
+faults("a server that answers a request with a code the proxy says only to registrations fails it UPSTREAM_FAILED, saying what the server said", async () => {
+  // A server answering REMOVED (or UNAUTHORIZED, DUPLICATE_ID) to a DATA got it to the client, as if its request had been taken out of a pool.
+  await stubServer('bad', (seq) => [{ type: MsgType.ERROR, seq, code: 'REMOVED', message: 'go away' }]);
+  const { sock, c } = await rawClient();
+  sock.write(frame({ type: 0, seq: 9, srcid: 'c', privPoliId: 'P', payload: 'x' }));
+  await c.until(() => c.got.length === 1);
+  const answer = c.got[0] as ErrorMsg;
+  assert.is(answer.code, 'UPSTREAM_FAILED');
+  assert.match(answer.message, /the last try: server bad answered REMOVED: go away$/);
+});
+
 faults("a request that failed on every server it could go to is answered with the last failure's reason, briefly, not only the servers tried", async () => {
   // It said "this request failed on every server of privacy policy P it could go to (tried bad)": a client's
   // author could not tell a broken server from a dead one.
