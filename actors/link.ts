@@ -115,6 +115,8 @@ export interface LinkPort {
   readonly inflight: Inflight<ProxyRequest>;
   /** Reads of answers so far (a sign of life), or -1 when the link has no connection of its own to count. */
   readonly reads: number;
+  /** It holds more bytes unwritten than it may (its server reads too slowly): it takes no new request until the server reads them. */
+  readonly backlogged: boolean;
   sendOne(req: ProxyRequest): void;
 }
 

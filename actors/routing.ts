@@ -154,14 +154,16 @@ export function closeAfterAnswers(peer: Peer, error?: ErrorMsg): void {
 }
 
 /** Why a member may not take a request now (`makeEligible`'s reasons, named for the inspector). */
-export type Unavailable = 'unregistered' | 'drained' | 'ejected' | 'not_connected' | 'full' | 'silent' | 'tried';
+export type Unavailable = 'unregistered' | 'drained' | 'ejected' | 'not_connected' | 'full' | 'silent' | 'backlogged' | 'tried';
 
 /**
  * Why `entry` may not take `req` now, or undefined when it may: it must be
  * registered, not drained or ejected, connected, below its in-flight limit,
  * not stalled (its oldest unanswered request has not waited past
  * `slowAfterMs`: a member that stopped answering holds only the requests it
- * already has, which retry on time), and not already tried for it.
+ * already has, which retry on time), not backlogged (its link holds no more
+ * unwritten than it may: a server that reads too slowly is sent nothing more
+ * until it reads), and not already tried for it.
  */
 export function unavailable(context: ProxyContext, entry: Member | undefined, req?: ProxyRequest): Unavailable | undefined {
   if (!entry) return 'unregistered';
@@ -175,6 +177,7 @@ export function unavailable(context: ProxyContext, entry: Member | undefined, re
     if (inflight.size >= maxServerInflight) return 'full';
     if (slowAfterMs && context.clock.now() - inflight.oldestSentAt()! >= slowAfterMs) return 'silent';
   }
+  if (entry.traffic.backlogged) return 'backlogged';
   const tried = req?.tried;
   return tried && tried.includes(entry.id) ? 'tried' : undefined;
 }

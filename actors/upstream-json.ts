@@ -82,6 +82,8 @@ interface Slot {
 class JsonLinkPort implements LinkPort {
   phase: LinkPhase = 'connecting';
   readonly reads = -1;
+  /** Never: each of its connections carries one request at a time, and it opens a bounded number of them. */
+  readonly backlogged = false;
   constructor(
     readonly inflight: Inflight<ProxyRequest>,
     private readonly self: { send(e: LinkCommand): void },

@@ -58,7 +58,7 @@ export class LinkTraffic implements LinkPort {
   /** A PING sent on the link after tries timed out, waiting for any sign of life (`checkLife`). */
   private lifeCheck?: Timer;
 
-  constructor(private readonly link: Pick<UpstreamContext, 'inflight' | 'clock' | 'tryTimeoutMs' | 'timeoutMs' | 'logger' | 'member' | 'policy' | 'reply' | 'queue'>) {}
+  constructor(private readonly link: Pick<UpstreamContext, 'inflight' | 'clock' | 'tryTimeoutMs' | 'timeoutMs' | 'logger' | 'member' | 'policy' | 'reply' | 'queue' | 'budget'>) {}
 
   get inflight(): Inflight<ProxyRequest> {
     return this.link.inflight;
@@ -72,6 +72,23 @@ export class LinkTraffic implements LinkPort {
 
   get reads(): number {
     return this.conn?.reads ?? -1;
+  }
+
+  /**
+   * The most the link may hold unwritten (Node's buffer, past what the kernel took) and still
+   * take new requests: one connection's share of the buffer budget, as a client's requests get
+   * (`requestsPerPeer`, a 32nd of it; no limit without a budget). Tries that timed out leave
+   * their bytes here, counted by no request (theirs were answered elsewhere): without a bound,
+   * a server that read its link a little at a time and answered a little - alive to every check -
+   * took every burst its clients sent, and the proxy's memory grew for as long as they sent.
+   */
+  private get maxUnwritten(): number {
+    return this.link.budget?.requestsPerPeer ?? Infinity;
+  }
+
+  get backlogged(): boolean {
+    const conn = this.conn;
+    return conn !== undefined && conn.pendingBytes > this.maxUnwritten;
   }
 
   /** Write requests to the server now (or queue them until the connection is there). */
@@ -93,7 +110,10 @@ export class LinkTraffic implements LinkPort {
     if (link.logger.enabled('debug')) logForward(link, req);
     // The server learns how long this try may take (its handler's signal fires then): time left, no shared clock needed.
     req.msg.timeoutms = Math.max(0, Math.floor(deadline - now));
+    const before = conn.pendingBytes;
     conn.send(req.msg, upSeq);
+    const max = this.maxUnwritten;
+    if (before <= max && conn.pendingBytes > max) logBacklog(link, conn.pendingBytes, max);
   }
 
   /**
@@ -144,6 +164,15 @@ export class LinkTraffic implements LinkPort {
     this.failures = tally.failures;
     return errorAnswersReport(link.member, linkId, tally);
   }
+}
+
+/** A link took more unwritten than it may (`LinkTraffic.backlogged`): said at `warn` once, then once per interval with a count. */
+function logBacklog(link: Pick<UpstreamContext, 'logger' | 'member' | 'policy'>, unwritten: number, max: number): void {
+  const id = link.member;
+  link.logger.repeated('warn', 'link_backlog', id, 1, (n, span) => span
+    ? `Server id ${id} fell behind reading its upstream link ${fmt(n)} more time(s) ${span}`
+    : `Server id ${id} reads its upstream link too slowly: ${unwritten} bytes of requests wait unwritten, more than its share of the buffer budget (${max} bytes, --max-buffered-bytes / 32). It gets no new requests until it reads them (the others of privacy policy ${link.policy} take them, or they wait); a server that stopped reading fails its tries and is taken out of rotation`,
+  { server: id, policy: link.policy, unwritten, max });
 }
 
 /**

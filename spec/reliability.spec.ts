@@ -5,10 +5,11 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { connect, type Socket } from 'node:net';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { Logger, ManualClock, memorySink, runClient, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
-import { encodeFrame, FORWARD_ROOM } from '../transport/frame.js';
+import { encodeFrame, FORWARD_ROOM, FrameDecoder } from '../transport/frame.js';
+import type { LinkTraffic } from '../actors/upstream.js';
 import { rssBytes } from '../bench/procs.js';
 import { readFileSync } from 'node:fs';
 import { makePki } from './certs.js';
@@ -21,13 +22,17 @@ interface Ctx {
   servers: ServerHandle[];
   sockets: Socket[];
   logs: LogRecord[];
+  /** Listeners a test opened itself (closed after it). */
+  listeners: Array<{ close(): void }>;
 }
-const ctx: Ctx = { servers: [], sockets: [], logs: [] };
+const ctx: Ctx = { servers: [], sockets: [], logs: [], listeners: [] };
 
 const r = suite('reliability');
 r.after.each(async () => {
   for (const s of ctx.sockets) s.destroy();
   for (const s of ctx.servers) s.kill();
+  for (const l of ctx.listeners) l.close();
+  ctx.listeners = [];
   ctx.proxy?.kill();
   ctx.proxy = undefined;
   ctx.servers = [];
@@ -276,6 +281,33 @@ r('a crowd of big requests sheds clients, never the proxy\'s own link to their s
   assert.is(after.ok, 3, JSON.stringify(after.errors));
 });
 
+r('a server that reads its link a little at a time holds no more of the proxy\'s memory than its share of the buffer budget, however long its clients send', async () => {
+  // It answers what it reads, so every check finds it alive; its tries time out, their requests are answered, and
+  // their bytes stayed in the link's buffer, counted by nobody: each burst its clients sent went there too.
+  const budget = 32 * 1024 * 1024;
+  const size = 100_000;
+  const proxy = await inProcess({ maxBufferedBytes: budget, timeoutMs: 1500, retries: 0 });
+  const trickle = await trickleServer(proxy.port, 'trickle', 'P');
+  await eventually(() => proxy.pools().P?.serving.includes('trickle') ?? false, 3000, 'the trickling server serving');
+  // 16 connections of 10 requests each: 15 MiB a round, within half the budget and each connection's share of it.
+  const clients = await Promise.all(Array.from({ length: 16 }, async () => {
+    const s = await rawConnect(proxy.port);
+    ctx.sockets.push(s);
+    return { s, c: collector(s) };
+  }));
+  for (let round = 0; round < 3; round++) {
+    clients.forEach(({ s }, i) => s.write(Buffer.concat(Array.from({ length: 10 }, (_, k) =>
+      encodeFrame({ type: 0, seq: round * 10 + k, srcid: `c${i}`, privPoliId: 'P', payload: Buffer.alloc(size, k) })))));
+    // Each is answered: by the server, or TIMEOUT (at the server, or waiting for it to read).
+    for (const { c } of clients) await c.until(() => c.got.length === (round + 1) * 10, 10000);
+  }
+  const link = (proxy.actor.getSnapshot().context.servers.get('trickle')!.traffic as LinkTraffic).conn!;
+  assert.ok(link.pendingBytes <= budget / 32 + size + 1024, `the link holds ${link.pendingBytes} bytes unwritten (its share of the budget is ${budget / 32}); the server read ${trickle.read} of the ${link.socket.bytesWritten} written to it`);
+  assert.ok(ctx.logs.some((l) => l.event === 'link_backlog' && /reads its upstream link too slowly/.test(l.msg)), 'the backlog is logged');
+  const codes = new Set(clients.flatMap(({ c }) => c.got.map((m) => (m.type === 3 ? m.code : 'ACK'))));
+  assert.ok([...codes].every((c) => c === 'ACK' || c === 'TIMEOUT'), [...codes].join());
+});
+
 r('an old-wire client whose answers wait behind a slow one holds them within the buffer budget: past it, it is cut with OVERLOADED', async () => {
   const budget = 4 * 1024 * 1024;
   const proxy = await inProcess({ maxBufferedBytes: budget, timeoutMs: 20000 });
@@ -338,6 +370,50 @@ r('a stalled member holds only the requests it already has: the others go to the
 });
 
 r.run();
+
+/**
+ * A server that registers `id` for `policy`, answers its PINGs and its link's first, then reads its link
+ * 20 KB every 100 ms and ACKs each request it has read: a wedged or hostile server that every check finds alive.
+ */
+async function trickleServer(proxyPort: number, id: string, policy: string): Promise<{ read: number }> {
+  const stats = { read: 0 };
+  const server = createServer((s) => {
+    ctx.sockets.push(s);
+    s.on('error', () => {});
+    const decoder = new FrameDecoder({ validate: true });
+    let verified = false;
+    const feed = (chunk: Buffer): void => {
+      stats.read += chunk.length;
+      for (const m of decoder.push(chunk).messages) {
+        if (m.type === 4) {
+          verified = true;
+          s.write(encodeFrame({ type: 5, seq: m.seq }));
+        } else if (m.type === 0) s.write(encodeFrame({ type: 2, seq: m.seq, srcid: id, destid: m.srcid, payload: 'ok', payloadsize: 2 }));
+      }
+    };
+    s.on('readable', () => {
+      let chunk: Buffer | null;
+      while (!verified && (chunk = s.read()) !== null) feed(chunk);
+    });
+    const tick = setInterval(() => {
+      const n = Math.min(20_000, s.readableLength);
+      const chunk = verified && n > 0 ? (s.read(n) as Buffer | null) : null;
+      if (chunk) feed(chunk);
+    }, 100);
+    s.on('close', () => clearInterval(tick));
+  });
+  await new Promise<void>((ok) => server.listen(0, LOCAL, ok));
+  const reg = await rawConnect(proxyPort);
+  reg.on('error', () => {});
+  const pings = new FrameDecoder({ validate: true });
+  reg.on('data', (chunk: Buffer) => {
+    for (const m of pings.push(chunk).messages) if (m.type === 4) reg.write(encodeFrame({ type: 5, seq: m.seq }));
+  });
+  reg.write(encodeFrame({ type: 1, id, privPolyId: policy, listenport: (server.address() as AddressInfo).port }));
+  ctx.sockets.push(reg);
+  ctx.listeners.push(server);
+  return stats;
+}
 
 /** A port nothing listens on (connections to it are refused). */
 async function closedPort(): Promise<number> {

@@ -253,6 +253,7 @@ function whyText(m) {
     case 'not_connected': return m.state === 'connecting' ? 'connecting: its link is not verified yet' : 'down: its link failed; probed until it answers';
     case 'full': return `at its in-flight limit (${m.inflight})`;
     case 'silent': return `silent: no answer for ${dur(now() - m.oldestAt)} (oldest of ${m.inflight} in flight)`;
+    case 'backlogged': return 'backlogged: it reads its link too slowly; no new requests until it has read what waits unwritten';
     default: return m.why || null;
   }
 }
