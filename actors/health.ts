@@ -18,7 +18,20 @@ import { drainWaiting, retry } from './routing.js';
 export function linkUp(context: ProxyContext, member: string, linkId: string): void {
   const entry = current(context, member, linkId);
   if (!entry) return;
-  if (entry.downSince !== undefined) {
+  const now = context.clock.now();
+  if (entry.downSince !== undefined && entry.ejectedUntil !== undefined && entry.ejectedUntil > now) {
+    // A probe dials a new connection and PINGs it: a server whose link was wedged answers that at once
+    // (as one that stopped reading its link does), and readmitted here it took a window of requests per
+    // probe, each held a try timeout, however many times it was ejected.
+    entry.ejected = true;
+    entry.timer?.cancel();
+    entry.timer = context.clock.setTimeout(() => context.self.send({ type: 'READMIT', member: entry.id }), entry.ejectedUntil - now);
+    entry.timerDue = entry.ejectedUntil;
+    const left = Math.ceil(entry.ejectedUntil - now);
+    context.logger.info('still_ejected', `Server id ${entry.id} answers a probe; it stays ejected from privacy policy ${entry.policy} for the ${left} ms left of its ejection`, {
+      id: entry.id, policy: entry.policy, ejectedForMs: left,
+    });
+  } else if (entry.downSince !== undefined) {
     context.logger.info('readmit', `Server id ${entry.id} answers again; back in rotation for privacy policy ${entry.policy}`, {
       id: entry.id, policy: entry.policy, reason: 'probe succeeded',
     });
@@ -27,7 +40,7 @@ export function linkUp(context: ProxyContext, member: string, linkId: string): v
     context.logger.debug('serving', `Server id ${entry.id} is reachable and serving privacy policy ${entry.policy}`, { id: entry.id, policy: entry.policy });
   }
   entry.downSince = undefined;
-  entry.lastCheck = { at: context.clock.now(), ok: true, message: 'connected and answered a PING' };
+  entry.lastCheck = { at: now, ok: true, message: 'connected and answered a PING' };
   entry.probeDelay = context.opts.probeInitialMs;
   // A registry member enters its pool once its link first answers.
   if (entry.source === 'registry') joinPool(context, entry);
@@ -62,8 +75,8 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
       id: entry.id, policy: entry.policy, code: failure.code, reason: failure.message, cause, probeInMs: delay,
     });
     context.observer?.ejected?.(entry.policy, entry.id, cause, false);
-    // The probe takes over from an ejection's timer (cancelled here): a new link that answers
-    // puts the member back, and an ejection left on would keep it out for good.
+    // The probe takes over from an ejection's timer (cancelled here); a new link that answers
+    // puts the member back once its ejection is over (`ejectedUntil`, linkUp).
     entry.ejected = false;
     entry.timer?.cancel();
     entry.timer = context.clock.setTimeout(() => context.probes.add(entry.id), delay);
@@ -106,6 +119,7 @@ export function eject(context: ProxyContext, entry: Member, failures: number): v
   entry.ejected = true;
   entry.ejections++;
   const ms = context.opts.ejectBaseMs * entry.ejections;
+  entry.ejectedUntil = context.clock.now() + ms;
   context.logger.warn('eject', `Ejected server id ${entry.id} from privacy policy ${entry.policy} for ${ms} ms after ${reason}`, {
     id: entry.id, policy: entry.policy, reason, ejectedForMs: ms, ejections: entry.ejections,
   });
@@ -121,6 +135,7 @@ export function readmit(context: ProxyContext, member: string): void {
   const entry = context.servers.get(member);
   if (!entry || !entry.ejected) return;
   entry.ejected = false;
+  entry.ejectedUntil = undefined;
   entry.link.send({ type: 'RESET_FAILURES' });
   context.logger.info('readmit', `Server id ${entry.id} is back in rotation for privacy policy ${entry.policy} after its ejection`, {
     id: entry.id, policy: entry.policy, reason: 'ejection time over',

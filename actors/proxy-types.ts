@@ -42,6 +42,11 @@ export class Member {
   /** Taken out of rotation by the proxy for consecutive failures, until a timer puts it back. */
   ejected = false;
   ejections = 0;
+  /**
+   * When its last ejection ends (clock ms). A link that goes down while its member is ejected
+   * is probed, and a probe only dials and PINGs: a member that passes it sits out the rest.
+   */
+  ejectedUntil?: number;
   /** Taken out of rotation by an operator (MEMBER_DRAIN) until MEMBER_ENABLE: no new requests, what it has finishes, it stays registered. */
   drained = false;
   probeDelay: number;

@@ -439,25 +439,24 @@ faults('answers no request waits for are said at warn, once then once per interv
 
 const deadLink = fresh('a link that goes dead', { timeoutMs: 600, probeInitialMs: 50, probeMaxMs: 200 });
 
-deadLink('a link that answers nothing, PINGs included, while its registration lives is ended and dialed again, not kept for ever', async () => {
-  // A NAT or firewall that forgot an idle flow drops the link's packets without a FIN or a RST, while
-  // the registration's PINGs keep its own flow alive: the server stayed registered, and each ejection
-  // ended on the same dead link, its requests lost a try timeout at a time, for ever.
-  await addServer('good', 'P');
-  const links: Array<{ closed: boolean }> = [];
+/**
+ * A server registered by hand as `id` of policy P, its registration answering PINGs, whose every link
+ * answers a PING only when `answers(link, pings)` says (its index, the PINGs it has read) and nothing
+ * else: each link's requests are counted, and whether it closed.
+ */
+async function mutePeer(id: string, answers: (link: number, pings: number) => boolean): Promise<Array<{ closed: boolean; requests: number }>> {
+  const links: Array<{ closed: boolean; requests: number }> = [];
   const server: Server = createServer((sock) => {
-    const link = { closed: false };
-    const first = links.push(link) === 1;
-    let verified = false;
+    const link = { closed: false, requests: 0 };
+    const index = links.push(link) - 1;
+    let pings = 0;
     sock.on('close', () => (link.closed = true));
     sock.on('error', () => {});
     const decoder = new FrameDecoder({ validate: false });
     sock.on('data', (chunk: Buffer) => {
       for (const m of decoder.push(chunk).messages) {
-        // The first link answers the PING that lets the member join, then nothing ever again; later links answer PINGs.
-        if (m.type !== MsgType.PING || (first && verified)) continue;
-        verified = true;
-        sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
+        if (m.type === MsgType.DATA) link.requests++;
+        if (m.type === MsgType.PING && answers(index, ++pings)) sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
       }
     });
   });
@@ -469,13 +468,44 @@ deadLink('a link that answers nothing, PINGs included, while its registration li
   reg.on('data', (chunk: Buffer) => {
     for (const m of pings.push(chunk).messages) if (m.type === MsgType.PING) reg.write(frame({ type: MsgType.PONG, seq: m.seq }));
   });
-  reg.write(frame({ type: 1, id: 'mute', privPolyId: 'P', listenport: (server.address() as { port: number }).port }));
-  await eventually(() => ctx.proxy.pools().P?.serving.includes('mute') ?? false, 2000, 'the member serving');
+  reg.write(frame({ type: 1, id, privPolyId: 'P', listenport: (server.address() as { port: number }).port }));
+  await eventually(() => ctx.proxy.pools().P?.serving.includes(id) ?? false, 2000, `${id} serving`);
+  return links;
+}
+
+deadLink('a link that answers nothing, PINGs included, while its registration lives is ended and dialed again, not kept for ever', async () => {
+  // A NAT or firewall that forgot an idle flow drops the link's packets without a FIN or a RST, while
+  // the registration's PINGs keep its own flow alive: the server stayed registered, and each ejection
+  // ended on the same dead link, its requests lost a try timeout at a time, for ever.
+  await addServer('good', 'P');
+  // The first link answers the PING that lets the member join, then nothing ever again; later links answer PINGs.
+  const links = await mutePeer('mute', (link, pings) => link > 0 || pings === 1);
   const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('P', 4), timeoutMs: 3000 });
   assert.ok(results.every((r) => r.correct && r.server === 'good'), JSON.stringify(results));
   await eventually(() => links[0]!.closed, 3000, 'the proxy to end the dead link');
   await eventually(() => links.length === 2 && ctx.proxy.pools().P?.states.mute === 'serving', 3000, 'the member back, on a new link');
   assert.ok(ctx.logs.some((l) => l.event === 'down' && l.id === 'mute' && /read nothing, not even a PONG/.test(l.msg)), 'the reason is logged');
+});
+
+deadLink('a member ejected while its link was wedged sits out the rest of its ejection when a probe finds it answering on a new link', async () => {
+  // A server that stops reading its link (alive, its registration answering PINGs) answers a new
+  // connection's first PING, which is all a probe asks: it was back in rotation a probe after each
+  // ejection (50 ms here, 1 s by default), took a window of requests that waited a try timeout, and
+  // its ejections, however long, kept it out of nothing.
+  await addServer('good', 'P');
+  const links = await mutePeer('mute', (_, pings) => pings === 1);
+  const client = { id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, window: 12, timeoutMs: 3000 };
+  // Half of 12 requests at once go to mute and time out together: 6 failures in a row eject it.
+  const first = await runClient({ ...client, packets: packets('P', 12) });
+  assert.ok(first.every((r) => r.correct && r.server === 'good'), JSON.stringify(first));
+  await eventually(() => ctx.logs.some((l) => l.event === 'eject' && l.id === 'mute'), 2000, 'mute ejected');
+  await eventually(() => links[0]!.closed, 3000, 'the proxy to end the wedged link');
+  await eventually(() => links.length === 2 && ctx.logs.some((l) => l.id === 'mute' && /answers (a probe|again)/.test(l.msg)), 3000, 'a probe answered on a new link');
+  const after = await runClient({ ...client, packets: packets('P', 12, 'q') });
+  assert.ok(after.every((r) => r.correct && r.server === 'good'), JSON.stringify(after));
+  assert.is(links[1]!.requests, 0, 'the new link was sent no request');
+  assert.is(ctx.proxy.pools().P!.states.mute, 'ejected');
+  assert.match(ctx.logs.find((l) => l.event === 'still_ejected')!.msg, /Server id mute answers a probe; it stays ejected from privacy policy P for the \d+ ms left of its ejection/);
 });
 
 const polling = fresh('busy polling', { busyPollUs: 20_000 });
