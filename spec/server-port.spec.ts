@@ -113,6 +113,22 @@ port('requests held by a slow handler stay within the buffer budget: a greedy co
   assert.is(answers.got.filter((m) => m.type === MsgType.ACK).length + answers.got.filter((m) => (m as ErrorMsg).code === 'OVERLOADED').length, 200);
 });
 
+port('big answers to many small requests, from a peer that reads none of them, count against the buffer budget as they are made: its connection is cut near the budget, and others are served', async () => {
+  // A handler answers a read's every request in the same turn, and the answers waited for that turn's end
+  // uncounted: 2,000 answers of 500 kB, 1 GB against a 64 MiB budget, before the connection was cut.
+  const budget = 4 * 1024 * 1024;
+  const answer = 'x'.repeat(256 * 1024);
+  const server = await lonely({ maxBufferedBytes: budget, handler: (p) => (p === 'quick' ? 'fine' : answer) });
+  const s = await peer(server.port);
+  s.pause();
+  // 400 requests of a few bytes in one write, each answered at once with 256 KiB: 100 MiB of answers.
+  s.write(Buffer.concat(Array.from({ length: 400 }, (_, i) => frame({ type: 0, seq: i + 1, srcid: 'greedy', privPoliId: 'P', payload: `r${i}` }))));
+  await eventually(() => ctx.logs.some((r) => r.event === 'budget_shed'), 5000, 'the connection cut');
+  const held = ctx.logs.find((r) => r.event === 'budget_shed')!.bytes as number;
+  assert.ok(held <= budget + answer.length + 1024, `the connection held ${held} bytes when it was cut (the budget is ${budget})`);
+  await stillServes(server.port);
+});
+
 port('connections past --max-connections, or past --max-conns-per-peer from one address, are refused at once and logged once; the server keeps serving', async () => {
   for (const limits of [{ maxConnections: 5 }, { maxConnectionsPerPeer: 5 }]) {
     ctx.logs.length = 0;

@@ -68,6 +68,14 @@ export class ConnectionTimeout extends RevproxyError<typeof LocalCode.CONNECTION
 let nextConnId = 1;
 
 /**
+ * A batch (what `send` queued this turn) this big or bigger counts against the budget as it grows,
+ * not only once written: a handler answering a read's every request in one turn (big answers to
+ * many small requests, from a peer that does not read them) filled a batch of 1 GB against a
+ * 64 MiB budget before the budget saw a byte of it.
+ */
+const BATCH_COUNTED = 64 * 1024;
+
+/**
  * Connections with bytes waiting, written out together once the event loop
  * has run every callback of this turn (setImmediate runs right after the
  * poll phase). Everything sent while handling one turn's reads - from every
@@ -177,6 +185,8 @@ export class Connection implements BudgetHolder {
   private readonly reclaims: boolean;
   /** Messages sent since the last flush. */
   private queued = 0;
+  /** The budget was last told of a batch (`BATCH_COUNTED`): it is told again once the batch is written. */
+  private batchCounted = false;
   private pauses = 0;
   private readonly clock: Clock;
   private readonly budget?: BufferBudget;
@@ -381,6 +391,7 @@ export class Connection implements BudgetHolder {
       // Answers held for an earlier one are answers the peer cannot read yet: they count as unread ones.
       if (this.budget && encoder.encode.held !== undefined) this.account();
     }
+    if (this.budget && !this.shielded && this.batch.length >= BATCH_COUNTED) this.account();
     return !this.congested;
   }
 
@@ -400,14 +411,16 @@ export class Connection implements BudgetHolder {
         this.account();
         this.socket.once('drain', () => this.account());
       }
-    }
+    } else if (this.batchCounted) this.account();
   }
 
   /** Tell the budget what this connection holds: a message begun, and answers the peer has not read while they pile up (not requests it forwards: they hold their own). */
   private account(): void {
     const unsent = this.socket.writableNeedDrain && !this.shielded ? this.socket.writableLength : 0;
+    const batch = this.batch.length >= BATCH_COUNTED && !this.shielded ? this.batch.length : 0;
+    this.batchCounted = batch > 0;
     const encoder = this.encoder;
-    this.budget!.set(this, this.decoder.buffered + unsent + (encoder.wire === 'json' ? encoder.encode.held ?? 0 : 0));
+    this.budget!.set(this, this.decoder.buffered + unsent + batch + (encoder.wire === 'json' ? encoder.encode.held ?? 0 : 0));
   }
 
   /** Cut by the budget: read nothing more, drop what was buffered, tell the peer why (OVERLOADED) and close. */
@@ -418,6 +431,9 @@ export class Connection implements BudgetHolder {
     this.cut = true;
     this.decoder = new FrameDecoder({ maxFrameBytes: 1 });
     if (this.encoder.wire === 'json') this.encoder.encode.drop?.();
+    // What this turn queued for it goes too (the reason alone is sent).
+    this.batch.clear();
+    this.queued = 0;
     // A peer that does not read would not read the reason either: its bytes are released now.
     if (this.closed || this.socket.writableNeedDrain) this.destroy();
     else this.endWith(errorMsg(ErrorCode.OVERLOADED, reason));
