@@ -33,4 +33,5 @@ export { sha1Hex } from '../actors/sha1.js';
 
 export { ErrorCode, LocalCode, RevproxyError, type ClientCode, type Code } from '../transport/errors.js';
 export { TlsConfigError, type TlsMaterial } from '../transport/tls.js';
+export { ManualClock, systemClock, type Clock, type Timer } from '../transport/clock.js';
 export { Logger, jsonSink, textSink, type LogRecord, type Level } from '../actors/logger.js';

@@ -89,7 +89,7 @@ const { connect, startProxy, startServer } = require('revproxy');
 `;
 
 const TYPED = `
-import { connect, HandlerError, startProxy, TlsConfigError, type Handler, type ProxyHandle, type Reply, type ServerHandle, type StartProxyOptions, type StartServerOptions, type TlsMaterial } from 'revproxy';
+import { connect, HandlerError, ManualClock, startProxy, TlsConfigError, type Clock, type Handler, type ProxyHandle, type Reply, type ServerHandle, type StartProxyOptions, type StartServerOptions, type TlsMaterial } from 'revproxy';
 const handler: Handler = async (payload, ctx) => (ctx.signal.aborted ? 'late' : String(payload));
 // Each start function's options have a name to type a config with.
 const proxyOptions: StartProxyOptions = { port: 0, registry: { endpoints: ['127.0.0.1:2379'] } };
@@ -110,7 +110,10 @@ const renew = (proxy: ProxyHandle, server: ServerHandle, tls: TlsMaterial): void
     if (err instanceof TlsConfigError) console.error(err.code, proxy.tls().tls?.cert);
   }
 };
-void handler, answer, renew;
+// A test's clock: ConnectOptions.clock (and the start functions') take one by its exported type.
+const clock: Clock = new ManualClock();
+const timed = (): Promise<unknown> => connect({ revproc: 2100, clock });
+void handler, answer, renew, timed;
 `;
 
 pkg('npm pack, installed from the tarball into another package, imported by name with plain node and type-checked', async () => {
