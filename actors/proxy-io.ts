@@ -17,6 +17,7 @@ import { FORWARD_ROOM } from '../transport/frame.js';
 import { STALL_MS, type Clock } from '../transport/clock.js';
 import type { Inflight, InflightCount } from './inflight.js';
 import { newPeer, type Peer, type ProxyRequest } from './link.js';
+import { requestBytes } from './routing.js';
 import { fmt, type Logger } from './logger.js';
 import { ConnectionLimits, logAcceptErrors, logNoProxyHeader, logTlsRefusals, trustedSources, trusts } from './port-limits.js';
 import { awaitProxyHeader, handOverToTls, proxiedClient } from '../transport/proxied.js';
@@ -153,12 +154,15 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
     // FORWARD event (setImmediate runs once the poll phase has delivered them all), and what that
     // event writes leaves at once.
     let pending: ForwardBatch[] = [];
+    // What the requests gathered hold, as the budget counts them once the FORWARD holds them.
+    let pendingBytes = 0;
     let scheduled = false;
     const forwardNow = (): void => {
       scheduled = false;
       if (pending.length === 0) return;
       const batches = pending;
       pending = [];
+      pendingBytes = 0;
       sendTogether(() => sendBack({ type: 'FORWARD', batches }));
     };
     const core: ListenerCore = {
@@ -168,6 +172,11 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       limits: new ConnectionLimits(input, input.logger, { total: 'max_connections', perPeer: 'max_conns_per_peer' }, DEFAULT_PROXY_MAX_CONNECTIONS, (limit) => input.observer?.connectionLimit?.(limit)),
       forwardLater(peer, requests) {
         pending.push({ peer, requests });
+        for (const m of requests) pendingBytes += requestBytes(m);
+        // Requests read are outside the budget until the FORWARD holds (or refuses) them: a turn that
+        // reads many large ones (64 clients' 1 MB frames) sends what it has once it is past one
+        // connection's share, rather than keep them all decoded in the heap until the turn ends.
+        if (pendingBytes >= input.budget.requestsPerPeer) return forwardNow();
         if (!scheduled) {
           scheduled = true;
           setImmediate(forwardNow);

@@ -121,7 +121,7 @@ export function refuse(context: ProxyContext, reqs: ProxyRequest[], failure: Fai
 }
 
 /** What a request holds in memory until it is answered, as the buffer budget counts it: its payload, and the frame it keeps to be forwarded as its own bytes (`WIRE`; a binary payload is a view of that frame). */
-function requestBytes(msg: DataMsg): number {
+export function requestBytes(msg: DataMsg): number {
   const w = msg[WIRE];
   return msg.payload.length + (w !== undefined && typeof msg.payload === 'string' ? w.end - w.start : 0);
 }

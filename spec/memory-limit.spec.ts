@@ -11,7 +11,7 @@ import { budgetNote, memoryLimit } from '../actors/memory-limit.js';
 import { defaultBufferBudget, DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
 import { cannotLimitMemory, memoryGroup, type MemoryGroup } from './cgroup.js';
 import { collector, eventually, frame, LOCAL } from './helpers.js';
-import { killAll, proxyProcess, revproxy } from './procs.js';
+import { killAll, proxyProcess, revproxy, type Proc } from './procs.js';
 import { startProxy, startServer } from '../actors/index.js';
 import { Logger, memorySink, type LogRecord } from '../actors/logger.js';
 
@@ -116,6 +116,38 @@ cgroup('with its defaults in a 256 MiB group, 400 connections each sending most 
   s.write(frame({ type: 0, seq: 1, srcid: 'c', privPoliId: 'P', payload: 'after' }));
   await c.until(() => c.got.length > 0, 10000);
   assert.is((c.got[0] as { code?: string }).code, 'NO_SERVER');
+});
+
+/**
+ * 64 clients each keeping 4 requests of 1 MB in flight to a server that takes 200 ms over each, against a proxy in a
+ * 256 MiB group: far more than the budget lets the requests hold, so most are refused OVERLOADED. Resolves with the
+ * proxy and what `revproxy load` reported (its --json object).
+ */
+async function largeRequestsToSlowServer(env: Record<string, string>): Promise<{ proc: Proc; report: { errors: Record<string, number> } }> {
+  group = memoryGroup(256 * MiB);
+  const { proc, port } = await proxyProcess([], { memoryGroup: group.procs, env });
+  await proc.waitFor(/may use 256 MiB/);
+  const server = revproxy(['server', '--id', 'slow', '--pp', '111', '--revproc', String(port), '--delay', '200', '--concurrency', '64']);
+  await proc.waitFor(/server id slow/);
+  const load = revproxy(['load', '--no-progress', '--json', '--revproc', String(port), '-c', '64', '-p', '4', '--payload-size', '1000000', '-d', '3s', '--timeout', '3000']);
+  await load.exited;
+  server.kill();
+  const line = load.out.find((l) => l.startsWith('{'));
+  assert.ok(line, `revproxy load reported nothing:\n${load.out.join('\n')}`);
+  return { proc, report: JSON.parse(line!) };
+}
+
+cgroup('with a heap fitted to its 256 MiB group, 1 MB requests from 64 clients to a slow server are refused OVERLOADED and the proxy lives: those read in one turn of its event loop, not yet held, filled the heap and it died (JavaScript heap out of memory)', async () => {
+  if (why) {
+    console.log(`  skipped: this test runs a proxy in a memory-limited control group: ${why}`);
+    return;
+  }
+  const { proc, report } = await largeRequestsToSlowServer({ NODE_OPTIONS: '--max-old-space-size=48' });
+  const out = proc.out.join('\n');
+  assert.not.match(out, 'heap out of memory');
+  assert.is(group!.oomKills(), 0, `the kernel's OOM killer killed the proxy; output:\n${out}`);
+  assert.ok(proc.child.exitCode === null && proc.child.signalCode === null, `the proxy runs on (it ended: ${proc.child.exitCode ?? proc.child.signalCode}); output:\n${out}`);
+  assert.ok((report.errors.OVERLOADED ?? 0) > 0, `the requests past the budget are refused OVERLOADED: ${JSON.stringify(report.errors)}`);
 });
 
 cgroup('proxy --check in a 256 MiB group warns of a budget that cannot fit, as a start would (still valid: exit 0)', async () => {
