@@ -15,6 +15,18 @@ export function memoryLimit(constrained = process.constrainedMemory?.(), machine
 const mib = (n: number): string => `${Math.round((n / 1048576) * 10) / 10} MiB`;
 
 /**
+ * The `--max-old-space-size` (MiB) that fits V8's heap beside a buffer budget of `budget` in a
+ * process limited to `memory` bytes: half of what the budget leaves, less 48 MiB for the young
+ * generation - 48 for 256 MiB. The other half is for what neither counts: buffers V8 frees only
+ * when it next collects, the allocator's slack, Node's own memory. With 96 (the half alone) 64
+ * clients sending 1 MB requests to a slow server still took a proxy in a 256 MiB group past its
+ * limit; with 48 it refused them OVERLOADED and lived (`spec/memory-limit.spec.ts`).
+ */
+export function fittedOldSpace(memory: number, budget: number): number {
+  return Math.max(16, Math.floor((memory - budget) / 2 / 1048576) - 48);
+}
+
+/**
  * What a start says of the buffer budget `budget` (`flag` names the setting) in a process
  * limited to `memory` bytes (the `memoryLimit()` the budget's default was derived from, read
  * once, so the line and the budget agree), whose V8 heap may grow to `heap` bytes: the default it derived, as
@@ -37,10 +49,10 @@ export function budgetNote(budget: number, flag: string, memory: number | undefi
   }
   const said = budget === fallback ? `: the buffer budget is ${mib(budget)}, ${budget < memory / 4 ? 'its default' : 'a quarter of it'} (${flag} sets another)` : `: the buffer budget is ${mib(budget)} (${flag})`;
   if (heap + budget > memory) {
-    const oldSpace = Math.max(16, Math.floor((memory - budget) / 2 / 1048576));
+    const oldSpace = fittedOldSpace(memory, budget);
     return {
       level: 'warn',
-      message: `${limit}${said}, but V8's heap may grow to ${mib(heap)} (Node sizes it at start, at least about 256 MiB on 64-bit, whatever the limit): under heavy load the kernel would kill the process (OOM) before V8 collects its garbage; start Node with --max-old-space-size=${oldSpace} (NODE_OPTIONS=--max-old-space-size=${oldSpace} in the environment of its unit or container)`,
+      message: `${limit}${said}, but V8's heap may grow to ${mib(heap)} (Node 20 sizes it at start, at half the limit but at least about 256 MiB): under heavy load the kernel would kill the process (OOM) before V8 collects its garbage; start Node with --max-old-space-size=${oldSpace} (NODE_OPTIONS=--max-old-space-size=${oldSpace} in the environment of its unit or container, with MALLOC_MMAP_THRESHOLD_=131072 so glibc gives freed large buffers back)`,
       fields,
     };
   }

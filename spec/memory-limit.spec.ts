@@ -45,7 +45,7 @@ derive('a start says what budget it chose and why; a budget or a heap that canno
   const heap = budgetNote(64 * MiB, FLAG, 256 * MiB, 280 * MiB)!;
   assert.is(heap.level, 'warn');
   assert.match(heap.message, "V8's heap may grow to 280 MiB");
-  assert.match(heap.message, 'NODE_OPTIONS=--max-old-space-size=96');
+  assert.match(heap.message, 'NODE_OPTIONS=--max-old-space-size=48');
 });
 
 derive('a start reads the memory limit once: its line about the budget speaks of the limit the budget came from', async () => {
