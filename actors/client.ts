@@ -218,6 +218,18 @@ export class RequestBook {
     return this.parked.length;
   }
 
+  /**
+   * The parked requests go to the next proxy instead (the client knows another): as after a
+   * SHUTTING_DOWN, nothing more is sent on this connection, left once what is in flight on it is
+   * answered. Returns how many.
+   */
+  moveParked(): number {
+    const moving = this.parked.filter((e) => !e.settled);
+    this.parked = [];
+    this.bounced.push(...moving);
+    return moving.length;
+  }
+
   /** The parked requests wait again, first, to be sent on this connection. */
   unpark(): void {
     const back = this.parked.filter((e) => !e.settled);
@@ -430,6 +442,13 @@ export interface ClientContext {
   recoveredAt?: number;
   /** An UNPARK is on its way. */
   unparking: boolean;
+  /**
+   * Why the client leaves the proxy once what is in flight there is answered, if not because it is
+   * draining: requests it refused NO_SERVER in the grace go to the next proxy (moveOn).
+   */
+  leaving?: string;
+  /** The connection being made follows a move to the next proxy for a NO_SERVER: the grace still counts from the first reconnect. */
+  hop: boolean;
   /** The proxies (host:port) dialled without a PING first, until a connection to them is lost (liveness.ts). */
   noPings: NoPings;
   /** The watch on the open connection: whether its proxy is silent, and what then (liveness.ts). */
@@ -622,7 +641,9 @@ export const clientMachine = setup({
       // Without PINGs until the proxy answers one (probed).
       const liveness = new Liveness(context.clock, context.book, currentProxy(context), () => conn.send({ type: MsgType.PING, seq: 0 }),
         (error) => self.send({ type: 'CLOSED', error }), (late) => stalled(context.logger, late));
-      return { conn, probing: event.probing, liveness, connectedOnce: true, outageSince: undefined, recoveredAt: context.outageSince === undefined ? context.recoveredAt : now };
+      // A move to the next proxy for a NO_SERVER does not start the grace again: it ends NO_SERVER_GRACE_MS after the reconnect.
+      const recoveredAt = context.hop || context.outageSince === undefined ? context.recoveredAt : now;
+      return { conn, probing: event.probing, liveness, connectedOnce: true, outageSince: undefined, recoveredAt, hop: false, leaving: undefined };
     }),
     /** The PING sent first was answered (the connection is watched with PINGs from now on: a late PONG comes as one more PROBED), or not in time. */
     probed: assign(({ context, event }) => {
@@ -664,6 +685,16 @@ export const clientMachine = setup({
       enqueue.raise({ type: 'UNPARK' }, { delay: PARK_MS });
     }),
     unpark: ({ context }) => context.book.unpark(),
+    /**
+     * Requests a proxy just reconnected to refused NO_SERVER go to the next proxy of the fleet, which
+     * may serve their policy now, rather than to the same one again (as Envoy retries on another
+     * host): the client leaves this one once what is in flight there is answered.
+     */
+    moveOn: assign(({ context }) => {
+      const moved = context.book.moveParked();
+      const ms = Math.round(context.clock.now() - (context.recoveredAt ?? context.clock.now()));
+      return { hop: true, leaving: `the reverse proxy at ${currentProxy(context)} has no server yet for ${moved} request(s) it refused NO_SERVER (the client reconnected to it ${ms} ms before: its servers may still be registering again)` };
+    }),
     unparked: assign({ unparking: false }),
     /** The first pause of an outage with requests held says so; the next ones are only debug. */
     noteHold: ({ context }) => {
@@ -676,8 +707,7 @@ export const clientMachine = setup({
     /** The proxy is draining and holds nothing more of ours: leave it for the next, with what it refused. */
     leaveIfDrained: enqueueActions(({ context, enqueue }) => {
       if (!context.book.draining || context.book.inFlight > 0) return;
-      const { host, port } = context.proxies[context.proxyIndex]!;
-      enqueue.raise({ type: 'CLOSED', error: `the reverse proxy at ${hostPort(host, port)} is shutting down` });
+      enqueue.raise({ type: 'CLOSED', error: context.leaving ?? `the reverse proxy at ${currentProxy(context)} is shutting down` });
     }),
     progress: assign(({ event }) => {
       assertEvent(event, 'ANSWERS');
@@ -763,6 +793,8 @@ export const clientMachine = setup({
     /** The quick round of dials is used up with requests pending: they are held, not failed. */
     holds: ({ context }) => context.attempts >= maxAttempts(context) && holding(context) && context.book.size > 0,
     nothingHeld: ({ context }) => context.book.size === 0,
+    /** Requests refused NO_SERVER in the grace are parked, and the client knows another proxy to send them to. */
+    anotherProxy: ({ context }) => context.proxies.length > 1 && context.book.parkedCount > 0,
     /** The request that ran out of time was in flight on a proxy the watch finds silent too long (liveness.ts). */
     proxySilent: ({ context, event }) => {
       assertEvent(event, 'EXPIRE');
@@ -792,6 +824,7 @@ export const clientMachine = setup({
       attempts: 0,
       connectedOnce: false,
       unparking: false,
+      hop: false,
       noPings: new NoPings(),
       probing: false,
       logger: input.logger ?? silentLogger,
@@ -838,7 +871,7 @@ export const clientMachine = setup({
             PROBED: { actions: ['probed', 'sendMore'] },
             REQUEST: { actions: ['enqueue', 'sendMore'] },
             ANSWERS: { actions: ['receive', 'progress', 'sendMore', 'leaveIfDrained', 'scheduleUnpark'] },
-            UNPARK: { actions: ['unparked', 'unpark', 'sendMore'] },
+            UNPARK: [{ guard: 'anotherProxy', actions: ['unparked', 'moveOn', 'leaveIfDrained'] }, { actions: ['unparked', 'unpark', 'sendMore'] }],
             EXPIRE: [{ guard: 'proxySilent', actions: ['expire', 'leaveSilentProxy'] }, { actions: ['expire', 'sendMore', 'leaveIfDrained'] }],
             CANCEL: { actions: ['cancel', 'sendMore', 'leaveIfDrained'] },
             PROXIES: [{ guard: 'proxyLeftSilent', actions: ['setProxies', 'leaveProxy'] }, { actions: 'setProxies' }],

@@ -27,7 +27,7 @@ export const DEFAULT_RECONNECT_MAX_DELAY_MS = 1000;
  */
 export const NO_SERVER_GRACE_MS = 5000;
 
-/** The pause before requests refused NO_SERVER in that grace are sent again on the same connection (ms). */
+/** The pause before requests refused NO_SERVER in that grace are sent again: to the next proxy when the client knows another, else on the same connection (ms). */
 export const PARK_MS = 250;
 
 /**

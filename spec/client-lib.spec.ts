@@ -716,6 +716,29 @@ lib('a proxy just restarted answers NO_SERVER until its servers register again: 
   assert.is(await held, createHash('sha1').update('held').digest('hex'));
 });
 
+lib('a fleet: a request refused NO_SERVER by a proxy just reconnected to goes to the next proxy, which serves its policy once its server is back', async () => {
+  // The client held such a request on the proxy that refused it, sending it there again every
+  // 250 ms, for the whole grace (5 s): it ended NO_SERVER though the other proxy served the policy again.
+  const empty = await proxyProcess(); // no server of P ever registers here
+  const first = await proxyProcess();
+  const { port } = first;
+  const s = await startServer({ id: 'only-b', policy: 'P', revproc: port });
+  ctx.servers.push(s);
+  const logs: LogRecord[] = [];
+  const c = await client({ revproc: [port, empty.port], timeoutMs: 20000, logger: new Logger('client', memorySink(logs), 'warn') });
+  assert.is((await c.request('P', 'warm')).length, 40);
+  first.proc.kill('SIGKILL');
+  await first.proc.exited;
+  // The client goes to the other proxy, which knows no server of P.
+  await eventually(() => logs.some((l) => l.event === 'failover'), 5000, 'the client leaving the killed proxy');
+  await proxyProcess([], { port });
+  const answer = await c.request('P', 'moved').catch((e: RequestError) => `${e.code}: ${e.message}`);
+  assert.is(answer, createHash('sha1').update('moved').digest('hex'));
+  const moved = logs.find((l) => l.msg.includes('refused NO_SERVER'));
+  assert.ok(moved, 'a line says why the client left the proxy without a server');
+  assert.match(moved.msg, new RegExp(`^the reverse proxy at 127\\.0\\.0\\.1:${empty.port} has no server yet for 1 request\\(s\\) it refused NO_SERVER`));
+});
+
 lib('hold: false fails what is pending after the quick round of dials, as before', async () => {
   const { proc, port } = await proxyProcess();
   const s = await startServer({ id: 'nohold', policy: 'P', revproc: port });
