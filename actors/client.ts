@@ -434,7 +434,7 @@ export interface ClientContext {
   conn?: Connection;
   book: RequestBook;
   lastError?: string;
-  /** A connection to a proxy was made at least once: requests are held from then on (hold.ts). */
+  /** A proxy was reached at least once (reached()): requests are held from then on (hold.ts). */
   connectedOnce: boolean;
   /** Since when no proxy has been connected (the clock's ms), after a connection or dial failed. */
   outageSince?: number;
@@ -516,11 +516,15 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
       if (!connected) {
         const why = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${hostPort(input.proxy.host, input.proxy.port)}` : describeDialError(err, input.proxy.host);
         send({ type: 'CONNECT_FAILED', error: why });
-      } else if (said) send({ type: 'CLOSED', error: refusedBy(input.proxy, said) });
+      } else if (!said && probing) send({ type: 'CLOSED', error: closedUnanswered(input.proxy, err.message) });
+      else if (said) send({ type: 'CLOSED', error: refusedBy(input.proxy, said) });
       else if (err.code === 'ETIMEDOUT') send({ type: 'CLOSED', error: `the reverse proxy at ${hostPort(input.proxy.host, input.proxy.port)} stopped acknowledging anything (${err.message}: keepalive probes or resent data went unanswered): the path to it died without a word` });
       else send({ type: 'CLOSED', error: err.message });
     },
-    complete: () => refusedPing() || send({ type: connected ? 'CLOSED' : 'CONNECT_FAILED', error: said ? refusedBy(input.proxy, said) : 'the reverse proxy closed the connection' }),
+    complete: () => refusedPing() || send({
+      type: connected ? 'CLOSED' : 'CONNECT_FAILED',
+      error: said ? refusedBy(input.proxy, said) : probing ? closedUnanswered(input.proxy) : 'the reverse proxy closed the connection',
+    }),
   });
   function refusedPing(): boolean {
     if (!probing || !said?.startsWith(`${ErrorCode.BAD_REQUEST}: `)) return false;
@@ -577,6 +581,16 @@ function noPingsFrom(context: ClientContext, why: string, now: string): void {
   context.logger[level]('no_pings', `${why}: it answers no PING (a proxy older than this client), so a connection to it cut without a word is found only by TCP keepalive (tcpKeepAliveMs) or a request's timeout, not within about ${(PING_AFTER_MS + PONG_WITHIN_MS) / 1000} s; this client ${now}, and sends it no PINGs until that connection is lost (the next one PINGs it again, in case it was upgraded: upgrade the proxy first, as README "Upgrading" says)`, { proxy });
 }
 
+/**
+ * A proxy is reached (it answered the PING sent first, or was dialled without one): the outage is
+ * over, and requests are held from now on when no proxy answers (hold.ts). A move to the next proxy
+ * for a NO_SERVER does not start the grace again: it ends NO_SERVER_GRACE_MS after the reconnect.
+ */
+function reached(context: ClientContext): Partial<ClientContext> {
+  const recoveredAt = context.hop || context.outageSince === undefined ? context.recoveredAt : context.clock.now();
+  return { connectedOnce: true, outageSince: undefined, recoveredAt, hop: false };
+}
+
 function maxAttempts(context: ClientContext): number {
   return context.opts.maxAttempts ?? 2 * context.proxies.length;
 }
@@ -595,9 +609,18 @@ function refusedBy(proxy: Endpoint, said: string): string {
   return `the reverse proxy at ${hostPort(proxy.host, proxy.port)} ended the connection saying ${said}`;
 }
 
+/**
+ * A connection closed by the other end before it answered the PING sent first, without a word: not
+ * a proxy reached (the client does not count it as connected), and what an operator should look at.
+ */
+function closedUnanswered(proxy: Endpoint, detail?: string): string {
+  return `the reverse proxy at ${hostPort(proxy.host, proxy.port)} accepted the connection and closed it${detail ? ` (${detail})` : ''} before answering the client's first PING: `
+    + 'check whether another program listens on that port, or the proxy wants TLS (--tls-ca, --tls-cert), is at its connection limit, or is the old proxy (--wire json)';
+}
+
 /** Why the client gave up, with a hint when the cause is a common mistake. */
 function hint(why: string, gotThrough: boolean): string {
-  if (gotThrough) return '';
+  if (gotThrough || why.includes("before answering the client's first PING")) return '';
   if (/closed the connection|ECONNRESET|socket hang up/.test(why)) {
     return ' (the proxy accepted the connection and closed it without answering: does it want TLS (--tls-ca, --tls-cert), is it at its connection limit, or is it the old proxy (--wire json)?)';
   }
@@ -641,21 +664,23 @@ export const clientMachine = setup({
       // Without PINGs until the proxy answers one (probed).
       const liveness = new Liveness(context.clock, context.book, currentProxy(context), () => conn.send({ type: MsgType.PING, seq: 0 }),
         (error) => self.send({ type: 'CLOSED', error }), (late) => stalled(context.logger, late));
-      // A move to the next proxy for a NO_SERVER does not start the grace again: it ends NO_SERVER_GRACE_MS after the reconnect.
-      const recoveredAt = context.hop || context.outageSince === undefined ? context.recoveredAt : now;
-      return { conn, probing: event.probing, liveness, connectedOnce: true, outageSince: undefined, recoveredAt, hop: false, leaving: undefined };
+      const opened = { conn, probing: event.probing, liveness, leaving: undefined };
+      // A proxy PINGed first is reached once it answers (PROBED): one that closes the connection before is not.
+      return event.probing ? opened : { ...opened, ...reached(context) };
     }),
     /** The PING sent first was answered (the connection is watched with PINGs from now on: a late PONG comes as one more PROBED), or not in time. */
     probed: assign(({ context, event }) => {
       assertEvent(event, 'PROBED');
       if (event.unanswered) noPingsFrom(context, event.unanswered, 'sends its requests on this connection');
-      if (!event.pings) return { probing: false };
+      // The first PROBED on the connection: the proxy answered its PING, or kept the connection open past connectTimeoutMs.
+      const first = context.probing ? reached(context) : {};
+      if (!event.pings) return { ...first, probing: false };
       context.liveness?.pinged();
       const proxy = currentProxy(context);
       if (context.noPings.answered(proxy)) {
         context.logger.info('pings', `The reverse proxy at ${proxy} answers PINGs now (upgraded, or no longer stalled): a connection to it cut without a word is found within about ${(PING_AFTER_MS + PONG_WITHIN_MS) / 1000} s again`, { proxy });
       }
-      return { probing: false };
+      return { ...first, probing: false };
     }),
     /** A connection lost, or a dial failed: a proxy dialled without PINGs may have been restarted, upgraded: the next connection PINGs it again. */
     pingAgain: ({ context }) => context.noPings.lost(currentProxy(context)),

@@ -739,6 +739,48 @@ lib('a fleet: a request refused NO_SERVER by a proxy just reconnected to goes to
   assert.match(moved.msg, new RegExp(`^the reverse proxy at 127\\.0\\.0\\.1:${empty.port} has no server yet for 1 request\\(s\\) it refused NO_SERVER`));
 });
 
+lib('a port where a program accepts the connection and closes it at once: connect() fails saying so; a client whose proxy it replaced holds, and says for how long and what to check', async () => {
+  // Such a connection counted as the proxy reached: connect() resolved and its requests were held
+  // until their timeouts, and each dial there ended the outage, so a held request said "no reverse
+  // proxy could be reached for 235 ms" after 8 s, and "the reverse proxy closed the connection",
+  // naming neither the proxy nor what to check.
+  const closer = createServer((socket) => socket.destroy());
+  closer.listen(0, '127.0.0.1');
+  await once(closer, 'listening');
+  try {
+    const wrong = (closer.address() as AddressInfo).port;
+    const e = await reject(connect({ revproc: wrong, timeoutMs: 20000 }));
+    assert.is(e.code, 'CONNECT_FAILED');
+    assert.match(e.message, new RegExp(`^the reverse proxy at 127\\.0\\.0\\.1:${wrong} accepted the connection and closed it before answering the client's first PING: check whether another program listens on that port, or the proxy wants TLS`));
+  } finally {
+    closer.close();
+  }
+  const { proc, port } = await proxyProcess();
+  const s = await startServer({ id: 'replaced', policy: 'P', revproc: port });
+  ctx.servers.push(s);
+  const logs: LogRecord[] = [];
+  const c = await client({ revproc: port, timeoutMs: 20000, logger: new Logger('client', memorySink(logs), 'warn') });
+  assert.is((await c.request('P', 'warm')).length, 40);
+  proc.kill('SIGKILL');
+  await proc.exited;
+  const taken = createServer((socket) => socket.destroy());
+  taken.listen(port, '127.0.0.1');
+  await once(taken, 'listening');
+  try {
+    const held = await reject(c.request('P', 'held', { timeoutMs: 700 }));
+    assert.is(held.code, 'CONNECTION_LOST');
+    const lost = /^no reverse proxy could be reached for (\d+) ms/.exec(held.message);
+    assert.ok(lost, held.message);
+    // The outage began before the request was sent: it lasted at least the request's timeout.
+    assert.ok(Number(lost[1]) >= 700, held.message);
+    assert.match(held.message, `the last try: the reverse proxy at 127.0.0.1:${port} accepted the connection and closed it`);
+    await eventually(() => logs.some((l) => l.event === 'holding'), 5000, 'the holding line');
+    assert.match(logs.find((l) => l.event === 'holding')!.msg, `the reverse proxy at 127.0.0.1:${port} accepted the connection and closed it`);
+  } finally {
+    taken.close();
+  }
+});
+
 lib('hold: false fails what is pending after the quick round of dials, as before', async () => {
   const { proc, port } = await proxyProcess();
   const s = await startServer({ id: 'nohold', policy: 'P', revproc: port });

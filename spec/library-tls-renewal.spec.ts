@@ -11,7 +11,8 @@ import * as assert from 'uvu/assert';
 import { connect, RevproxyError, startProxy, startServer, type Client, type ProxyHandle, type ServerHandle } from '../lib/index.js';
 import { loadTls, type TlsMaterial } from '../transport/tls.js';
 import { handshake, makePki, presented, type Pki } from './certs.js';
-import { LOCAL } from './helpers.js';
+import { frame, LOCAL } from './helpers.js';
+import { MsgType } from '../transport/messages.js';
 
 const ctx = { proxies: [] as ProxyHandle[], servers: [] as ServerHandle[], clients: [] as Client[], sockets: [] as TLSSocket[] };
 const renew = suite('renewing certificates through the library', ctx);
@@ -99,11 +100,12 @@ renew('server.renewTls: its listener serves the renewed certificate to new hands
 
 renew("client.renewTls: the client's next dial presents the renewed certificate; a bad set is refused and the old one kept", async () => {
   const pki = makePki(['proxy', 'old', 'renewed']);
-  // A TLS listener standing in for the proxy: it records whose certificate each dial presents, and closes it.
+  // A TLS listener standing in for the proxy: it records whose certificate each dial presents, answers the
+  // client's first PING (a proxy reached: the client holds its requests and dials it again), and closes it.
   const seen: string[] = [];
   const fake = tlsServer({ ...material(pki, 'proxy'), requestCert: true, rejectUnauthorized: true }, (s) => {
     seen.push(String(s.getPeerCertificate().subject.CN));
-    s.destroy();
+    s.write(frame({ type: MsgType.PONG, seq: 0 }), () => s.destroy());
   });
   await new Promise<void>((r) => fake.listen(0, LOCAL, r));
   try {
