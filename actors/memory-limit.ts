@@ -58,3 +58,46 @@ export function budgetNote(budget: number, flag: string, memory: number | undefi
   }
   return budget === fallback ? { level: 'info', message: `${limit}${said}`, fields } : undefined;
 }
+
+/**
+ * The V8 heap one connection may be taken to need: a proxy holds about 2.5 KiB for an idle client
+ * connection and 3.2 KiB for one part-way through a frame after a full collection (measured with
+ * 8,000 of each on Node 20), rounded up for the garbage between collections.
+ */
+export const HEAP_PER_CONNECTION = 4096;
+
+/**
+ * The part of V8's heap no connection may be counted on: its young generation (three
+ * semi-spaces, up to 16 MiB each on Node 20: 24 MiB with the `--max-semi-space-size=8` of
+ * `cli/revproxy.js`) and the process's own state (about 8 MiB).
+ */
+export const HEAP_RESERVE = 48 * 1048576;
+
+/** The fewest connections a small heap lowers a default limit to. */
+export const MIN_DEFAULT_CONNECTIONS = 1024;
+
+/**
+ * The default limit on connections open at once of a process whose V8 heap may grow to `heap`
+ * bytes: `fallback` (the proxy's 20000, a server's 4096), or as many as the heap holds past
+ * `HEAP_RESERVE` at `HEAP_PER_CONNECTION` each when that is fewer (at least
+ * `MIN_DEFAULT_CONNECTIONS`). With the heap the `memory_limit` line advises for 256 MiB
+ * (`--max-old-space-size=48`: 72 MiB) that is 6144, for 128 MiB (16: 40 MiB) 1024: such proxies
+ * died (JavaScript heap out of memory) past about 17,000 and 4,500 idle connections instead of
+ * refusing the excess. A limit set always wins.
+ */
+export function defaultMaxConnections(fallback: number, heap = getHeapStatistics().heap_size_limit): number {
+  return Math.min(fallback, Math.max(MIN_DEFAULT_CONNECTIONS, Math.floor((heap - HEAP_RESERVE) / HEAP_PER_CONNECTION)));
+}
+
+/**
+ * What a start (and `proxy --check`) says of a default limit on connections (`flag` names the
+ * setting) that V8's heap lowered below `fallback`: `limit` is what the process keeps. Undefined
+ * when the heap did not lower it (or the limit was set).
+ */
+export function connectionsNote(limit: number, fallback: number, flag: string, heap = getHeapStatistics().heap_size_limit): { message: string; fields: Record<string, number> } | undefined {
+  if (limit >= fallback || limit !== defaultMaxConnections(fallback, heap)) return undefined;
+  return {
+    message: `V8's heap may grow to ${mib(heap)} (--max-old-space-size): the process keeps at most ${limit} connections open at once, not ${fallback}, as many as it holds at ${HEAP_PER_CONNECTION / 1024} KiB each past ${mib(HEAP_RESERVE)} for its young generation and own state, so that a crowd of connections is refused before it fills the heap, which would end the process; ${flag} sets another, with a larger heap to hold them`,
+    fields: { max_connections: limit, heap_limit: heap },
+  };
+}

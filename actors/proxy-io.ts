@@ -21,7 +21,7 @@ import { requestBytes } from './routing.js';
 import { fmt, type Logger } from './logger.js';
 import { ConnectionLimits, logAcceptErrors, logNoProxyHeader, logTlsRefusals, trustedSources, trusts } from './port-limits.js';
 import { awaitProxyHeader, handOverToTls, proxiedClient } from '../transport/proxied.js';
-import { DEFAULT_PROXY_MAX_CONNECTIONS, type ProxyObserver } from './proxy-options.js';
+import { proxyMaxConnections, type ProxyObserver } from './proxy-options.js';
 import type { ForwardBatch, Member, Policy, ProxyEvent } from './proxy-types.js';
 import type { RegistryCommand } from '../registry/events.js';
 import type { ProxyRegistryInput } from '../registry/proxy-registry.js';
@@ -169,7 +169,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       input,
       sendBack,
       conns,
-      limits: new ConnectionLimits(input, input.logger, { total: 'max_connections', perPeer: 'max_conns_per_peer' }, DEFAULT_PROXY_MAX_CONNECTIONS, (limit) => input.observer?.connectionLimit?.(limit)),
+      limits: new ConnectionLimits(input, input.logger, { total: 'max_connections', perPeer: 'max_conns_per_peer' }, proxyMaxConnections(), (limit) => input.observer?.connectionLimit?.(limit)),
       forwardLater(peer, requests) {
         pending.push({ peer, requests });
         for (const m of requests) pendingBytes += requestBytes(m);

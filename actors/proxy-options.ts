@@ -5,7 +5,7 @@
  */
 import type { ErrorCode as Code } from '../transport/errors.js';
 import { defaultBufferBudget } from '../transport/budget.js';
-import { budgetNote, memoryLimit } from './memory-limit.js';
+import { budgetNote, connectionsNote, defaultMaxConnections, memoryLimit } from './memory-limit.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import type { TlsMaterial } from '../transport/tls.js';
 import type { Clock } from '../transport/clock.js';
@@ -158,8 +158,13 @@ export function defaultConnsPerPeer(host: string): number {
   return isLoopback(host) ? 0 : 1024;
 }
 
-/** Connections the proxy keeps at once by default (fewer when the open-files limit leaves room for fewer: port-limits.ts). */
+/** Connections the proxy keeps at once by default (fewer when the open-files limit leaves room for fewer: port-limits.ts; or V8's heap: `proxyMaxConnections`). */
 export const DEFAULT_PROXY_MAX_CONNECTIONS = 20000;
+
+/** The default max_connections in this process: 20000, or fewer when V8's heap is small (`defaultMaxConnections`). */
+export function proxyMaxConnections(): number {
+  return defaultMaxConnections(DEFAULT_PROXY_MAX_CONNECTIONS);
+}
 
 /** Apply the defaults. The one place a default is written. */
 export function resolveOptions(input: ProxyOptions): Opts {
@@ -178,7 +183,7 @@ export function resolveOptions(input: ProxyOptions): Opts {
     maxClientInflight: input.maxClientInflight ?? 4096,
     maxServerInflight: input.maxServerInflight ?? 1024,
     queueLimit: input.queueLimit ?? 1024,
-    maxConnections: input.maxConnections ?? DEFAULT_PROXY_MAX_CONNECTIONS,
+    maxConnections: input.maxConnections ?? proxyMaxConnections(),
     pingIntervalMs: input.pingIntervalMs ?? 1000,
     pingMisses: input.pingMisses ?? 3,
     probeInitialMs: input.probeInitialMs ?? 1000,
@@ -207,6 +212,11 @@ export function resolveOptions(input: ProxyOptions): Opts {
 /** What a start (and `--check`) says of the buffer budget under a memory limit: `budgetNote` with the setting's name, in config and flag. */
 export function proxyBudgetNote(o: Opts): ReturnType<typeof budgetNote> {
   return budgetNote(o.maxBufferedBytes, 'max_buffered_bytes (--max-buffered-bytes)', o.memoryLimit);
+}
+
+/** What a start (and `--check`) says of a max_connections V8's heap lowered: `connectionsNote` with the setting's name. */
+export function proxyConnectionsNote(o: Opts): ReturnType<typeof connectionsNote> {
+  return connectionsNote(o.maxConnections, DEFAULT_PROXY_MAX_CONNECTIONS, 'max_connections (--max-connections)');
 }
 
 /** How often the sweeper looks for requests past their deadline: a twentieth of a try, within 5-100 ms. */

@@ -33,7 +33,7 @@ import { tcpConnect, type ProxyRequest } from './link.js';
 import { silentLogger } from './logger.js';
 import { drainWatch, linkHub, listener, noRegistry, pinger, sweeper } from './proxy-io.js';
 import { logBadInput, logShed } from './port-limits.js';
-import { isLoopback, proxyBudgetNote, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
+import { isLoopback, proxyBudgetNote, proxyConnectionsNote, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
 import type { ProxyContext, ProxyEvent } from './proxy-types.js';
 import { drainMember, enableMember, linkDown, linkUp, probe, readmit, triesFailed } from './health.js';
 import { admit, applyReload, evict, registeredBy, removeServer } from './membership.js';
@@ -61,6 +61,8 @@ export const proxyMachine = setup({
       context.logger.info('listening', `Running the reverse proxy on port ${context.port}`, { host: o.host, port: context.port, tls: Boolean(o.tls?.cert) });
       const memory = proxyBudgetNote(o);
       if (memory) context.logger[memory.level]('memory_limit', memory.message, memory.fields);
+      const conns = proxyConnectionsNote(o);
+      if (conns) context.logger.info('connection_limit', conns.message, conns.fields);
       if (!isLoopback(o.host) && o.token === undefined && o.tokens === undefined) {
         context.logger.warn('insecure', `listening on ${o.host}, reachable from other machines, with no registration secret: anyone who can connect can register as a server of any privacy policy and receive its clients' data. Set --token (or REVPROXY_TOKEN) or --tokens FILE.`, { host: o.host });
       }

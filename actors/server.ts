@@ -23,7 +23,7 @@ import { Connection, ConnectionTimeout } from '../transport/socket.js';
 import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, listenOn, listenServer, readyEvent, renewTls, type TlsMaterial } from '../transport/tls.js';
 import { jittered, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { BufferBudget, defaultBufferBudget } from '../transport/budget.js';
-import { budgetNote, memoryLimit } from './memory-limit.js';
+import { budgetNote, connectionsNote, defaultMaxConnections, memoryLimit } from './memory-limit.js';
 import { Caller, HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
 import { defaultConnsPerPeer, DEFAULT_LISTEN_HOST } from './proxy-options.js';
 import { ConnectionLimits, logAcceptErrors, logBadInput, logShed, logTlsRefusals, type ConnectionLimitsInput } from './port-limits.js';
@@ -173,7 +173,7 @@ interface ListenerInput extends ConnectionLimitsInput {
 const requestListener = fromCallback<{ type: 'DRAIN' } | RenewTls, ListenerInput>(
   ({ sendBack, receive, input }) => {
     const send = (e: ServerEvent): void => sendBack(e);
-    const limits = new ConnectionLimits(input, input.logger, { total: '--max-connections', perPeer: '--max-conns-per-peer' }, DEFAULT_MAX_CONNECTIONS);
+    const limits = new ConnectionLimits(input, input.logger, { total: '--max-connections', perPeer: '--max-conns-per-peer' }, defaultMaxConnections(DEFAULT_MAX_CONNECTIONS));
     const conns = new Set<Connection>();
     let draining = false;
     const checkDrained = (): void => {
@@ -506,6 +506,8 @@ export const serverMachine = setup({
       log.info('policy', `Server serving privacy policy ${opts.policy}`, { policy: opts.policy });
       const memory = budgetNote(context.budget.limit, '--max-buffered-bytes', context.memoryLimit);
       if (memory) log[memory.level]('memory_limit', memory.message, memory.fields);
+      const conns = opts.maxConnections === undefined ? connectionsNote(defaultMaxConnections(DEFAULT_MAX_CONNECTIONS), DEFAULT_MAX_CONNECTIONS, '--max-connections') : undefined;
+      if (conns) log.info('connection_limit', conns.message, conns.fields);
       if (opts.handler || opts.concurrency !== undefined) {
         const timeout = opts.handlerTimeoutMs ?? DEFAULT_HANDLER_TIMEOUT_MS;
         const limit = `${opts.concurrency === undefined ? 'no limit' : `${opts.concurrency} at once, ${opts.queueLimit ?? DEFAULT_QUEUE_LIMIT} waiting`}, ${timeout ? `${timeout} ms each at most` : 'no timeout'}`;
@@ -611,7 +613,7 @@ export const serverMachine = setup({
       budget: context.budget,
       clock: context.clock,
       tls: context.opts.tls,
-      maxConnections: context.opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
+      maxConnections: context.opts.maxConnections ?? defaultMaxConnections(DEFAULT_MAX_CONNECTIONS),
       maxConnectionsPerPeer: context.opts.maxConnectionsPerPeer ?? defaultConnsPerPeer(context.opts.listenHost ?? DEFAULT_LISTEN_HOST),
     }),
   },

@@ -23,6 +23,7 @@ import {
 import { isRegistryUrl } from '../registry/options.js';
 import { DEFAULT_HANDLER_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, type Behaviour, type Endpoint } from '../actors/server.js';
 import { DEFAULT_LISTEN_HOST } from '../actors/proxy-options.js';
+import { HEAP_PER_CONNECTION, HEAP_RESERVE, MIN_DEFAULT_CONNECTIONS } from '../actors/memory-limit.js';
 import { DEFAULT_TCP_KEEPALIVE_MS } from '../transport/tls.js';
 import type { Level } from '../actors/logger.js';
 
@@ -83,14 +84,14 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('--tcp-keepalive <ms>', 'TCP keepalive on each registration connection: probes after this long without traffic, one a second, ten unanswered end it and the server registers again (finds a proxy cut off without a word) (0 = off)').default(DEFAULT_TCP_KEEPALIVE_MS).argParser(parseIntOption('--tcp-keepalive', 0)))
       .addOption(new Option('--max-frame <bytes>', "largest frame taken from a proxy: at least the proxies' --max-frame, or a request near their limit closes the link it is sent on, then the next").default(DEFAULT_MAX_FRAME_BYTES).argParser(parseIntOption('--max-frame', 1024)))
       .addOption(new Option('--max-buffered-bytes <bytes>', 'bytes held for all peers together (partial frames, unread answers, requests not answered yet); past it the connections holding the most are closed with OVERLOADED; requests may take half of it, one connection\'s requests a 32nd (then its reads pause) (0 = no limit; default: 268435456, or a quarter of the memory limit of a container or systemd unit, when less)').argParser(parseIntOption('--max-buffered-bytes', 0)))
-      .addOption(new Option('--max-connections <n>', 'connections kept open at once; past it each new one is closed at once').default(DEFAULT_MAX_CONNECTIONS).argParser(parseIntOption('--max-connections', 1)))
+      .addOption(new Option('--max-connections <n>', `connections kept open at once; past it each new one is closed at once (default: ${DEFAULT_MAX_CONNECTIONS}, or fewer when V8's heap is small: as many as it holds at ${HEAP_PER_CONNECTION / 1024} KiB each past ${HEAP_RESERVE / 1048576} MiB, ${MIN_DEFAULT_CONNECTIONS} or more)`).argParser(parseIntOption('--max-connections', 1)))
       .addOption(new Option('--max-conns-per-peer <n>', 'connections from one address at once (0 = no limit; default: none on loopback, 1024 on any other address)').argParser(parseIntOption('--max-conns-per-peer', 0)))
       .addOption(new Option('--token <secret>', "the proxy's registration secret (prefer the environment variable to the command line)").env('REVPROXY_TOKEN'))
       .addOption(wireOption('register the old way (setup on its own connection, then closed), for the old Python proxy'))
       .addHelpText('after', '\nWith --registry etcd://HOST:PORT the server registers once, in etcd, instead of with each proxy:\nevery proxy watching the registry takes it (see README, "Running a fleet").\nA lost proxy is retried with backoff and the server registers again.\nSIGTERM, SIGINT or SIGQUIT drains: tells the proxies it is leaving, finishes requests in flight, exits 0.\nA second one stops it at once.\nSIGHUP reads the TLS files again (renewed certificates): new connections and registrations use them;\n--registry-cert, --registry-key and --registry-ca make a new etcd client, the registration moved to it on its lease.\nA handler that throws an error with a string code answers the client HANDLER_ERROR with that code\n(not retried elsewhere; Node\'s own, such as ENOENT, answer HANDLER_FAILED and are logged); ctx.signal aborts when the proxy stops waiting for the answer.\n\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100\n  revproxy server -id 100 -pp 111 -revproc 2100,2200\n  revproxy server -id 500 -pp 111 --handler examples/privacy-handler.js --concurrency 8\n  revproxy server -id 100 -pp 111 --registry etcd://127.0.0.1:2379'),
   )))).action(async function (this: Command, o: LogFlags & TlsFlags & InspectFlags & RegistryFlags & { token?: string } & {
     id: string; pp: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout?: number; delay: number; maxFrame: number; wire: 'frames' | 'json';
-    handler?: string; concurrency?: number; queueLimit: number; handlerTimeout: number; tcpKeepalive: number; maxBufferedBytes?: number; maxConnections: number; maxConnsPerPeer?: number;
+    handler?: string; concurrency?: number; queueLimit: number; handlerTimeout: number; tcpKeepalive: number; maxBufferedBytes?: number; maxConnections?: number; maxConnsPerPeer?: number;
   }) {
     const policy = o.pp;
     const registry = registryFromFlags(o);

@@ -7,7 +7,8 @@
 import { connect, type Socket } from 'node:net';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { budgetNote, memoryLimit } from '../actors/memory-limit.js';
+import { budgetNote, connectionsNote, defaultMaxConnections, fittedOldSpace, memoryLimit } from '../actors/memory-limit.js';
+import { fileLimits } from '../actors/port-limits.js';
 import { defaultBufferBudget, DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
 import { cannotLimitMemory, memoryGroup, type MemoryGroup } from './cgroup.js';
 import { collector, eventually, frame, LOCAL } from './helpers.js';
@@ -65,6 +66,25 @@ derive('a start reads the memory limit once: its line about the budget speaks of
   const said = logs.filter((r) => r.event === 'memory_limit').map((r) => `${r.actor}: ${r.msg}`);
   assert.is(said.length, 2, said.join('\n'));
   for (const line of said) assert.match(line, /may use 256 MiB .*: the buffer budget is 64 MiB, a quarter of it/);
+});
+
+derive('a small V8 heap lowers the default limit on connections to what it holds (4 KiB each past 48 MiB, at least 1024); a large one keeps it, and a start says so', () => {
+  const proxy = 20000;
+  const server = 4096;
+  assert.is(defaultMaxConnections(proxy, 4120 * MiB), proxy, "no heap flag on a large machine: V8's own limit");
+  assert.is(defaultMaxConnections(proxy, 280 * MiB), proxy, 'Node 20 in a 256 MiB group without a heap flag');
+  assert.is(defaultMaxConnections(proxy, 72 * MiB), 6144, 'the heap the warn line advises for 256 MiB (--max-old-space-size=48, 8 MiB semi-spaces)');
+  assert.is(defaultMaxConnections(proxy, 40 * MiB), 1024, 'for 128 MiB (--max-old-space-size=16): the floor');
+  assert.is(defaultMaxConnections(proxy, 16 * MiB), 1024, 'the floor');
+  assert.is(defaultMaxConnections(server, 72 * MiB), server, "a server's 4096 fits 72 MiB");
+  assert.is(defaultMaxConnections(server, 60 * MiB), 3072);
+  assert.is(connectionsNote(proxy, proxy, 'max_connections', 72 * MiB), undefined, 'nothing to say of a limit the heap did not lower');
+  assert.is(connectionsNote(5000, proxy, 'max_connections', 72 * MiB), undefined, 'nor of one set');
+  assert.is(connectionsNote(6144, proxy, 'max_connections', 4120 * MiB), undefined, 'nor of one set where the heap is large');
+  const note = connectionsNote(6144, proxy, 'max_connections', 72 * MiB)!;
+  assert.match(note.message, "V8's heap may grow to 72 MiB (--max-old-space-size): the process keeps at most 6144 connections open at once, not 20000");
+  assert.match(note.message, 'max_connections sets another');
+  assert.equal(note.fields, { max_connections: 6144, heap_limit: 72 * MiB });
 });
 
 derive.run();
@@ -148,6 +168,54 @@ cgroup('with a heap fitted to its 256 MiB group, 1 MB requests from 64 clients t
   assert.is(group!.oomKills(), 0, `the kernel's OOM killer killed the proxy; output:\n${out}`);
   assert.ok(proc.child.exitCode === null && proc.child.signalCode === null, `the proxy runs on (it ended: ${proc.child.exitCode ?? proc.child.signalCode}); output:\n${out}`);
   assert.ok((report.errors.OVERLOADED ?? 0) > 0, `the requests past the budget are refused OVERLOADED: ${JSON.stringify(report.errors)}`);
+});
+
+cgroup('with the heap its start line advises for a 128 MiB group, a crowd of idle connections past what that heap holds is refused and the proxy lives: 6000 ended it (JavaScript heap out of memory) under max_connections 20000', async () => {
+  if (why) {
+    console.log(`  skipped: this test runs a proxy in a memory-limited control group: ${why}`);
+    return;
+  }
+  const crowd = 6000;
+  const files = fileLimits()?.soft ?? 0;
+  if (files < crowd + 1000) {
+    console.log(`  skipped: this test opens ${crowd} connections, and this process may open ${files} files (ulimit -n)`);
+    return;
+  }
+  // What the memory_limit warn line says to start Node with in a 128 MiB group (its budget, a quarter: 32 MiB).
+  const oldSpace = fittedOldSpace(128 * MiB, 32 * MiB);
+  assert.is(oldSpace, 16);
+  group = memoryGroup(128 * MiB);
+  const { proc, port } = await proxyProcess([], { memoryGroup: group.procs, env: { NODE_OPTIONS: `--max-old-space-size=${oldSpace}`, MALLOC_MMAP_THRESHOLD_: '131072' } });
+  await proc.waitFor(/may use 128 MiB/);
+  // Each asks once (no server: NO_SERVER) and stays open, as idle clients do.
+  const conns: Array<ReturnType<typeof collector>> = [];
+  for (let i = 0; i < crowd; i++) {
+    const s = connect({ host: LOCAL, port });
+    s.on('error', () => {});
+    sockets.push(s);
+    conns.push(collector(s));
+    s.write(frame({ type: 0, seq: 1, srcid: `c${i}`, privPoliId: 'P', payload: 'x' }));
+  }
+  const ended = (): boolean => proc.child.exitCode !== null || proc.child.signalCode !== null;
+  await eventually(() => conns.every((c) => c.got.length > 0 || c.closed) || ended(), 60000, 'every connection answered or refused');
+  const out = (): string => proc.out.join('\n');
+  assert.not.match(out(), 'heap out of memory');
+  assert.is(group.oomKills(), 0, `the kernel's OOM killer killed the proxy; output:\n${out()}`);
+  assert.not.ok(ended(), `the proxy runs on (it ended: ${proc.child.exitCode ?? proc.child.signalCode}); output:\n${out()}`);
+  assert.is(conns.filter((c) => !c.closed).length, 1024, 'it keeps what its heap holds and refuses the rest');
+  await proc.waitFor(/V8's heap may grow to 40 MiB .*at most 1024 connections/);
+  await proc.waitFor(/Refused .*connections are open \(max_connections\)/);
+  // And it still answers once the crowd goes (a connection the proxy took before it saw the crowd's closes is refused: dial again).
+  for (const s of sockets.splice(0)) s.destroy();
+  await eventually(async () => {
+    const s = connect({ host: LOCAL, port });
+    s.on('error', () => {});
+    sockets.push(s);
+    const c = collector(s);
+    s.write(frame({ type: 0, seq: 1, srcid: 'after', privPoliId: 'P', payload: 'after' }));
+    await c.until(() => c.got.length > 0 || c.closed, 10000);
+    return (c.got[0] as { code?: string } | undefined)?.code === 'NO_SERVER';
+  }, 10000, 'a request answered NO_SERVER after the crowd went');
 });
 
 cgroup('proxy --check in a 256 MiB group warns of a budget that cannot fit, as a start would (still valid: exit 0)', async () => {
