@@ -15,6 +15,7 @@ import { LEVELS, type Level } from '../actors/logger.js';
 import { ACCESS_LOG_HOLD } from '../admin/access-log.js';
 import { resolveOptions, type Opts, type ProxyOptions } from '../actors/proxy-options.js';
 import { badTrustedSource } from '../actors/port-limits.js';
+import { HEAP_PER_CONNECTION, HEAP_RESERVE, MIN_DEFAULT_CONNECTIONS } from '../actors/memory-limit.js';
 import { FileError, LocalCode } from '../transport/errors.js';
 import { MAX_TIMER_MS } from '../transport/clock.js';
 import { MAX_ID_LENGTH } from '../transport/messages.js';
@@ -58,7 +59,7 @@ export const NUMBERS = {
   retries: { option: 'retries', unit: 'n', min: 0, reload: 'live', doc: 'retries of a failed try on other servers of the policy' },
   try_timeout: { option: 'tryTimeoutMs', unit: 'ms', min: 1, reload: 'live', doc: 'timeout of one try', defaultText: 'timeout / (retries + 1)' },
   max_frame: { option: 'maxFrameBytes', unit: 'bytes', min: 16, reload: 'new', doc: 'largest frame accepted from any peer, less 64 bytes (the room forwarding a request takes, so what the proxy forwards is within it); its servers must take as much (revproxy server --max-frame)' },
-  max_connections: { option: 'maxConnections', unit: 'n', min: 1, reload: 'live', doc: 'connections open at once (clients and servers); at most what the open-files limit (ulimit -n) leaves room for; by default fewer when V8\'s heap is small (--max-old-space-size): as many as it holds at 4 KiB each past 48 MiB, 1024 or more' },
+  max_connections: { option: 'maxConnections', unit: 'n', min: 1, reload: 'live', doc: `connections open at once (clients and servers); at most what the open-files limit (ulimit -n) leaves room for; by default fewer when V8's heap is small (--max-old-space-size): as many as it holds at ${HEAP_PER_CONNECTION / 1024} KiB each past ${HEAP_RESERVE / 1048576} MiB, ${MIN_DEFAULT_CONNECTIONS} or more` },
   max_conns_per_peer: { option: 'maxConnectionsPerPeer', unit: 'n', min: 0, reload: 'live', doc: 'connections from one address at once (0 = no limit)', defaultText: 'none on loopback, 1024 otherwise' },
   max_client_inflight: { option: 'maxClientInflight', unit: 'n', min: 1, reload: 'live', doc: 'unanswered requests per client connection before its reads pause' },
   max_server_inflight: { option: 'maxServerInflight', unit: 'n', min: 1, reload: 'live', doc: 'requests in flight to one server' },
