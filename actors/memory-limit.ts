@@ -16,14 +16,16 @@ const mib = (n: number): string => `${Math.round((n / 1048576) * 10) / 10} MiB`;
 
 /**
  * The `--max-old-space-size` (MiB) that fits V8's heap beside a buffer budget of `budget` in a
- * process limited to `memory` bytes: half of what the budget leaves, less 48 MiB for the young
- * generation - 48 for 256 MiB. The other half is for what neither counts: buffers V8 frees only
- * when it next collects, the allocator's slack, Node's own memory. With 96 (the half alone) 64
- * clients sending 1 MB requests to a slow server still took a proxy in a 256 MiB group past its
- * limit; with 48 it refused them OVERLOADED and lived (`spec/memory-limit.spec.ts`).
+ * process limited to `memory` bytes: half of what the budget leaves, less 32 MiB for the young
+ * generation - 64 for 256 MiB. The other half is for what neither counts: buffers V8 frees only
+ * when it next collects, the allocator's slack, Node's own memory. 64 clients sending 1 MB
+ * requests to a slow server, a proxy in a 256 MiB group (`spec/memory-limit.spec.ts`): with 64
+ * it refused them OVERLOADED and lived, the group peaking at 174-185 MiB over 10 s; with 40 (and
+ * 46) the heap ran out (the requests' decoded payloads live in it); with 96, the half alone, it
+ * lived too, peaking near 200 MiB. 64 leaves room both ways.
  */
 export function fittedOldSpace(memory: number, budget: number): number {
-  return Math.max(16, Math.floor((memory - budget) / 2 / 1048576) - 48);
+  return Math.max(16, Math.floor((memory - budget) / 2 / 1048576) - 32);
 }
 
 /**
@@ -81,8 +83,8 @@ export const MIN_DEFAULT_CONNECTIONS = 1024;
  * bytes: `fallback` (the proxy's 20000, a server's 4096), or as many as the heap holds past
  * `HEAP_RESERVE` at `HEAP_PER_CONNECTION` each when that is fewer (at least
  * `MIN_DEFAULT_CONNECTIONS`). With the heap the `memory_limit` line advises for 256 MiB
- * (`--max-old-space-size=48`: 72 MiB) that is 6144, for 128 MiB (16: 40 MiB) 1024: such proxies
- * died (JavaScript heap out of memory) past about 17,000 and 4,500 idle connections instead of
+ * (`--max-old-space-size=64`: 88 MiB) that is 10240, for 128 MiB (16: 40 MiB) 1024: proxies with
+ * 48 and 16 died (JavaScript heap out of memory) past about 17,000 and 4,500 idle connections instead of
  * refusing the excess. A limit set always wins.
  */
 export function defaultMaxConnections(fallback: number, heap = getHeapStatistics().heap_size_limit): number {

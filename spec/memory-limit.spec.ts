@@ -46,7 +46,7 @@ derive('a start says what budget it chose and why; a budget or a heap that canno
   const heap = budgetNote(64 * MiB, FLAG, 256 * MiB, 280 * MiB)!;
   assert.is(heap.level, 'warn');
   assert.match(heap.message, "V8's heap may grow to 280 MiB");
-  assert.match(heap.message, 'NODE_OPTIONS=--max-old-space-size=48');
+  assert.match(heap.message, 'NODE_OPTIONS=--max-old-space-size=64');
 });
 
 derive('a start reads the memory limit once: its line about the budget speaks of the limit the budget came from', async () => {
@@ -73,7 +73,8 @@ derive('a small V8 heap lowers the default limit on connections to what it holds
   const server = 4096;
   assert.is(defaultMaxConnections(proxy, 4120 * MiB), proxy, "no heap flag on a large machine: V8's own limit");
   assert.is(defaultMaxConnections(proxy, 280 * MiB), proxy, 'Node 20 in a 256 MiB group without a heap flag');
-  assert.is(defaultMaxConnections(proxy, 72 * MiB), 6144, 'the heap the warn line advises for 256 MiB (--max-old-space-size=48, 8 MiB semi-spaces)');
+  assert.is(defaultMaxConnections(proxy, 88 * MiB), 10240, 'the heap the warn line advises for 256 MiB (--max-old-space-size=64, 8 MiB semi-spaces)');
+  assert.is(defaultMaxConnections(proxy, 72 * MiB), 6144);
   assert.is(defaultMaxConnections(proxy, 40 * MiB), 1024, 'for 128 MiB (--max-old-space-size=16): the floor');
   assert.is(defaultMaxConnections(proxy, 16 * MiB), 1024, 'the floor');
   assert.is(defaultMaxConnections(server, 72 * MiB), server, "a server's 4096 fits 72 MiB");
@@ -162,7 +163,7 @@ cgroup('with a heap fitted to its 256 MiB group, 1 MB requests from 64 clients t
     console.log(`  skipped: this test runs a proxy in a memory-limited control group: ${why}`);
     return;
   }
-  const { proc, report } = await largeRequestsToSlowServer({ NODE_OPTIONS: '--max-old-space-size=48' });
+  const { proc, report } = await largeRequestsToSlowServer({ NODE_OPTIONS: `--max-old-space-size=${fittedOldSpace(256 * MiB, 64 * MiB)}`, MALLOC_MMAP_THRESHOLD_: '131072' });
   const out = proc.out.join('\n');
   assert.not.match(out, 'heap out of memory');
   assert.is(group!.oomKills(), 0, `the kernel's OOM killer killed the proxy; output:\n${out}`);
