@@ -218,6 +218,11 @@ export class RequestBook {
     return this.parked.length;
   }
 
+  /** Whether a parked request still waits (one settled meanwhile - timed out, aborted - stays parked until they are sent again). */
+  get parkedWaiting(): boolean {
+    return this.parked.some((e) => !e.settled);
+  }
+
   /**
    * The parked requests go to the next proxy instead (the client knows another): as after a
    * SHUTTING_DOWN, nothing more is sent on this connection, left once what is in flight on it is
@@ -819,7 +824,7 @@ export const clientMachine = setup({
     holds: ({ context }) => context.attempts >= maxAttempts(context) && holding(context) && context.book.size > 0,
     nothingHeld: ({ context }) => context.book.size === 0,
     /** Requests refused NO_SERVER in the grace are parked, and the client knows another proxy to send them to. */
-    anotherProxy: ({ context }) => context.proxies.length > 1 && context.book.parkedCount > 0,
+    anotherProxy: ({ context }) => context.proxies.length > 1 && context.book.parkedWaiting,
     /** The request that ran out of time was in flight on a proxy the watch finds silent too long (liveness.ts). */
     proxySilent: ({ context, event }) => {
       assertEvent(event, 'EXPIRE');
