@@ -614,21 +614,22 @@ function refusedBy(proxy: Endpoint, said: string): string {
   return `the reverse proxy at ${hostPort(proxy.host, proxy.port)} ended the connection saying ${said}`;
 }
 
+/** What to look at when a port accepts the client's connection and closes it without answering. */
+const CLOSED_AT_ONCE = 'check whether another program listens on that port, or the proxy wants TLS (--tls-ca, --tls-cert), is at its connection limit, or is the old proxy (--wire json)';
+
 /**
  * A connection closed by the other end before it answered the PING sent first, without a word: not
  * a proxy reached (the client does not count it as connected), and what an operator should look at.
  */
 function closedUnanswered(proxy: Endpoint, detail?: string): string {
-  return `the reverse proxy at ${hostPort(proxy.host, proxy.port)} accepted the connection and closed it${detail ? ` (${detail})` : ''} before answering the client's first PING: `
-    + 'check whether another program listens on that port, or the proxy wants TLS (--tls-ca, --tls-cert), is at its connection limit, or is the old proxy (--wire json)';
+  return `the reverse proxy at ${hostPort(proxy.host, proxy.port)} accepted the connection and closed it${detail ? ` (${detail})` : ''} before answering the client's first PING: ${CLOSED_AT_ONCE}`;
 }
 
 /** Why the client gave up, with a hint when the cause is a common mistake. */
 function hint(why: string, gotThrough: boolean): string {
-  if (gotThrough || why.includes("before answering the client's first PING")) return '';
-  if (/closed the connection|ECONNRESET|socket hang up/.test(why)) {
-    return ' (the proxy accepted the connection and closed it without answering: does it want TLS (--tls-ca, --tls-cert), is it at its connection limit, or is it the old proxy (--wire json)?)';
-  }
+  // closedUnanswered says it already.
+  if (gotThrough || why.includes(CLOSED_AT_ONCE)) return '';
+  if (/closed the connection|ECONNRESET|socket hang up/.test(why)) return ` (the proxy accepted the connection and closed it without answering: ${CLOSED_AT_ONCE})`;
   return /no reverse proxy is listening/.test(why) ? ' (start one with `revproxy proxy -port N`, or check --revproc)' : '';
 }
 
