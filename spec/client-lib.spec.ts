@@ -263,12 +263,20 @@ async function standIn(first: 'older' | 'mute' | 'late', answered = 0): Promise<
   return state;
 }
 
-/** A client on a manual clock whose first proxy is `first` (a stand-in) and whose next is a real one, with a server of P. */
-async function afterStandIn(first: { port: number }): Promise<{ c: Client; clock: ManualClock }> {
-  const p = await proxy();
-  await server('s', [p.port]);
-  const clock = new ManualClock();
-  return { c: await client({ revproc: [first.port, p.port], clock, failoverDelayMs: 10 }), clock };
+/**
+ * Run `body` with a client on a manual clock whose first proxy is a `kind` stand-in (answering
+ * `answered` requests) and whose next is a real one, with a server of P; the stand-in is closed after.
+ */
+async function afterStandIn(kind: 'older' | 'mute', answered: number, body: (c: Client, clock: ManualClock, first: Awaited<ReturnType<typeof standIn>>) => Promise<void>): Promise<void> {
+  const first = await standIn(kind, answered);
+  try {
+    const p = await proxy();
+    await server('s', [p.port]);
+    const clock = new ManualClock();
+    await body(await client({ revproc: [first.port, p.port], clock, failoverDelayMs: 10 }), clock, first);
+  } finally {
+    first.close();
+  }
 }
 
 /** What `outcome` settles with, or a failure saying `what` when it still waits after 5 s. */
@@ -281,10 +289,7 @@ function within5s<T>(outcome: Promise<T>, what: string): Promise<T> {
 lib('a proxy that answers no PING (older than the client) and goes silent with requests on it (cut off, no FIN, no RST) is left once one runs out of time: the others go to the next proxy', async () => {
   // A host cut off without a word keeps the connection open and answers nothing. The client stayed
   // on it, every request failing CLIENT_TIMEOUT, until TCP gave up resending (about 15 minutes).
-  const older = await standIn('older');
-  const { held } = older;
-  try {
-    const { c, clock } = await afterStandIn(older);
+  await afterStandIn('older', 0, async (c, clock, { held }) => {
     const first = reject(c.request('P', 'first', { timeoutMs: 6000 }));
     const second = c.request('P', 'second', { timeoutMs: 60_000 });
     second.catch(() => {}); // settled CLIENT_CLOSED when a failed check ends the test: not an unhandled rejection
@@ -293,18 +298,14 @@ lib('a proxy that answers no PING (older than the client) and goes silent with r
     assert.is((await first).code, 'CLIENT_TIMEOUT');
     clock.advance(10);
     assert.is(await within5s(second, 'the second request is still waiting on the silent proxy'), createHash('sha1').update('second').digest('hex'));
-  } finally {
-    older.close();
-  }
+  });
 });
 
 lib('a proxy that answers no PING, cut off just after it answered one of two requests: when the other runs out of time, the connection is given up and the next request goes to the next proxy', async () => {
   // The proxy's silence was counted only from a request sent since it last said anything: with none
   // sent after its last answer, the request that ran out of time left the connection as it was, and
   // the next request went into the cut too and waited its whole timeout.
-  const older = await standIn('older', 1);
-  try {
-    const { c, clock } = await afterStandIn(older);
+  await afterStandIn('older', 1, async (c, clock) => {
     const answered = c.request('P', 'answered', { timeoutMs: 60_000 });
     const cut = reject(c.request('P', 'cut', { timeoutMs: 6000 }));
     assert.is(await answered, 'answered', 'the stand-in answered the first');
@@ -314,17 +315,13 @@ lib('a proxy that answers no PING, cut off just after it answered one of two req
     next.catch(() => {}); // as above
     clock.advance(10);
     assert.is(await within5s(next, 'the next request is still waiting on the silent proxy'), createHash('sha1').update('next').digest('hex'));
-  } finally {
-    older.close();
-  }
+  });
 });
 
 lib('a proxy that answers PINGs and goes silent with requests on it (a NAT forgot the flow): the client PINGs it after 1 s of silence, leaves it 2 s later, and the requests go to the next proxy', async () => {
   // Before, the first request sent into such a connection waited its whole timeout (CLIENT_TIMEOUT),
   // and every request behind it, unless TCP keepalive (about 25 s after the last traffic) found it first.
-  const mute = await standIn('mute');
-  try {
-    const { c, clock } = await afterStandIn(mute);
+  await afterStandIn('mute', 0, async (c, clock, mute) => {
     const answer = c.request('P', 'first', { timeoutMs: 60_000 });
     answer.catch(() => {}); // as above
     await eventually(() => c.inFlight === 1 && c.actor.getSnapshot().context.book.inFlight === 1, 3000, 'the request sent to the silent proxy');
@@ -333,9 +330,7 @@ lib('a proxy that answers PINGs and goes silent with requests on it (a NAT forgo
     clock.advance(2000);
     clock.advance(10);
     assert.is(await within5s(answer, 'the request is still waiting on the silent proxy'), createHash('sha1').update('first').digest('hex'));
-  } finally {
-    mute.close();
-  }
+  });
 });
 
 lib('a proxy stalled as the client connected (its first PONG late) is used without PINGs until that PONG comes, and PINGed from then on', async () => {
