@@ -92,12 +92,13 @@ export function defaultMaxConnections(fallback: number, heap = getHeapStatistics
 }
 
 /**
- * What a start (and `proxy --check`) says of a default limit on connections (`flag` names the
- * setting) that V8's heap lowered below `fallback`: `limit` is what the process keeps. Undefined
- * when the heap did not lower it (or the limit was set).
+ * What a start (and `proxy --check`) says of the limit on connections `limit` it keeps (`flag`
+ * names the setting; `set`: the operator set it) when V8's heap lowered the default below
+ * `fallback`. Undefined for a limit set, even to the number the heap gives, or one the heap did
+ * not lower.
  */
-export function connectionsNote(limit: number, fallback: number, flag: string, heap = getHeapStatistics().heap_size_limit): { message: string; fields: Record<string, number> } | undefined {
-  if (limit >= fallback || limit !== defaultMaxConnections(fallback, heap)) return undefined;
+export function connectionsNote(limit: number, set: boolean, fallback: number, flag: string, heap = getHeapStatistics().heap_size_limit): { message: string; fields: Record<string, number> } | undefined {
+  if (set || limit >= fallback) return undefined;
   return {
     message: `V8's heap may grow to ${mib(heap)} (--max-old-space-size): the process keeps at most ${limit} connections open at once, not ${fallback}, as many as it holds at ${HEAP_PER_CONNECTION / 1024} KiB each past ${mib(HEAP_RESERVE)} for its young generation and own state, so that a crowd of connections is refused before it fills the heap, which would end the process; ${flag} sets another, with a larger heap to hold them`,
     fields: { max_connections: limit, heap_limit: heap },

@@ -20,6 +20,8 @@ import { fmt, type Logger } from './logger.js';
 export interface ConnectionLimitsInput {
   /** Connections open at once; past it Node closes each new one at once. */
   maxConnections: number;
+  /** Whether the operator set `maxConnections` (else it is the default, which the open-files limit lowers quietly). */
+  maxConnectionsSet: boolean;
   /** Connections from one address at once (0: any number). */
   maxConnectionsPerPeer: number;
 }
@@ -65,8 +67,8 @@ function raiseFileLimit(wanted: number, total: string): string {
  * open-files limit leaves, or undefined. The default is lowered quietly (as HAProxy derives its
  * maxconn). A start logs it, and `proxy --check` prints it, as `nginx -t` warns.
  */
-export function fileLimitWarning(wanted: number, defaultTotal: number, total: string, files = fileLimits()): { message: string; fields: Record<string, number> } | undefined {
-  if (!files || !Number.isFinite(files.soft) || wanted === defaultTotal) return undefined;
+export function fileLimitWarning(wanted: number, set: boolean, total: string, files = fileLimits()): { message: string; fields: Record<string, number> } | undefined {
+  if (!files || !Number.isFinite(files.soft) || !set) return undefined;
   const room = fileRoom(files.soft);
   if (room >= wanted) return undefined;
   return {
@@ -89,15 +91,14 @@ export class ConnectionLimits {
   private softFiles = Infinity;
 
   /**
-   * `names` says how the log names the two limits (a config key or a flag); `defaultTotal` is the
-   * limit in all when none is set, which the open-files limit lowers quietly (as HAProxy derives
-   * its maxconn from it): only a limit set above it is worth a line at start.
+   * `names` says how the log names the two limits (a config key or a flag). The open-files limit
+   * lowers a default limit in all quietly (as HAProxy derives its maxconn from it): only a limit
+   * set (`maxConnectionsSet`) above it is worth a line at start.
    */
   constructor(
     private readonly limits: ConnectionLimitsInput,
     private readonly logger: Logger,
     private readonly names: { total: string; perPeer: string },
-    private readonly defaultTotal: number,
     /** Told the limit in all each time it is applied (start, reload). */
     private readonly applied?: (limit: number) => void,
   ) {}
@@ -138,7 +139,7 @@ export class ConnectionLimits {
     this.softFiles = files?.soft ?? Infinity;
     this.server.maxConnections = Math.min(wanted, Number.isFinite(this.softFiles) ? fileRoom(this.softFiles) : Infinity);
     this.applied?.(this.server.maxConnections);
-    const warning = fileLimitWarning(wanted, this.defaultTotal, this.names.total, files);
+    const warning = fileLimitWarning(wanted, this.limits.maxConnectionsSet, this.names.total, files);
     if (warning) this.logger.warn('file_limit', warning.message, warning.fields);
   }
 

@@ -21,7 +21,7 @@ import { requestBytes } from './routing.js';
 import { fmt, type Logger } from './logger.js';
 import { ConnectionLimits, logAcceptErrors, logNoProxyHeader, logTlsRefusals, trustedSources, trusts } from './port-limits.js';
 import { awaitProxyHeader, handOverToTls, proxiedClient } from '../transport/proxied.js';
-import { proxyMaxConnections, type ProxyObserver } from './proxy-options.js';
+import type { ProxyObserver } from './proxy-options.js';
 import type { ForwardBatch, Member, Policy, ProxyEvent } from './proxy-types.js';
 import type { RegistryCommand } from '../registry/events.js';
 import type { ProxyRegistryInput } from '../registry/proxy-registry.js';
@@ -32,6 +32,7 @@ export interface ListenerInput {
   port: number;
   maxFrameBytes: number;
   maxConnections: number;
+  maxConnectionsSet: boolean;
   maxConnectionsPerPeer: number;
   idleTimeoutMs: number;
   frameTimeoutMs: number;
@@ -169,7 +170,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       input,
       sendBack,
       conns,
-      limits: new ConnectionLimits(input, input.logger, { total: 'max_connections', perPeer: 'max_conns_per_peer' }, proxyMaxConnections(), (limit) => input.observer?.connectionLimit?.(limit)),
+      limits: new ConnectionLimits(input, input.logger, { total: 'max_connections', perPeer: 'max_conns_per_peer' }, (limit) => input.observer?.connectionLimit?.(limit)),
       forwardLater(peer, requests) {
         pending.push({ peer, requests });
         for (const m of requests) pendingBytes += requestBytes(m);
@@ -228,8 +229,8 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       if (e.type === 'STOP') server.close(); // stop accepting; open connections stay
       else if (e.type === 'RELOAD') {
         // New limits for the connections accepted from now on.
-        const { maxFrameBytes, maxConnections, maxConnectionsPerPeer, idleTimeoutMs, frameTimeoutMs, proxyProtocolFrom } = e.opts;
-        Object.assign(input, { maxFrameBytes, maxConnections, maxConnectionsPerPeer, idleTimeoutMs, frameTimeoutMs, proxyProtocolFrom });
+        const { maxFrameBytes, maxConnections, maxConnectionsSet, maxConnectionsPerPeer, idleTimeoutMs, frameTimeoutMs, proxyProtocolFrom } = e.opts;
+        Object.assign(input, { maxFrameBytes, maxConnections, maxConnectionsSet, maxConnectionsPerPeer, idleTimeoutMs, frameTimeoutMs, proxyProtocolFrom });
         core.limits.retune();
         trusted = trustedSources(proxyProtocolFrom);
       } else if (e.type === 'RENEW_TLS' && secure) {

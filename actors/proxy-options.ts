@@ -142,6 +142,8 @@ export type Opts = Required<Omit<ProxyOptions, 'logger' | 'clock' | 'connect' | 
   tokens?: Record<string, string>;
   tls?: TlsMaterial;
   oldServers: Required<OldServerOptions>;
+  /** Whether `maxConnections` was set; else it is the default read once here (`defaultMaxConnections`), which the start's lines and the limit kept all take. */
+  maxConnectionsSet: boolean;
   /** The memory limit read when these were resolved (`memoryLimit()`; undefined: none), which the budget's default and the start's line about it both come from. */
   memoryLimit?: number;
 };
@@ -158,13 +160,8 @@ export function defaultConnsPerPeer(host: string): number {
   return isLoopback(host) ? 0 : 1024;
 }
 
-/** Connections the proxy keeps at once by default (fewer when the open-files limit leaves room for fewer: port-limits.ts; or V8's heap: `proxyMaxConnections`). */
+/** Connections the proxy keeps at once by default (fewer when the open-files limit leaves room for fewer: port-limits.ts; or V8's heap: `defaultMaxConnections`). */
 export const DEFAULT_PROXY_MAX_CONNECTIONS = 20000;
-
-/** The default max_connections in this process: 20000, or fewer when V8's heap is small (`defaultMaxConnections`). */
-export function proxyMaxConnections(): number {
-  return defaultMaxConnections(DEFAULT_PROXY_MAX_CONNECTIONS);
-}
 
 /** Apply the defaults. The one place a default is written. */
 export function resolveOptions(input: ProxyOptions): Opts {
@@ -183,7 +180,8 @@ export function resolveOptions(input: ProxyOptions): Opts {
     maxClientInflight: input.maxClientInflight ?? 4096,
     maxServerInflight: input.maxServerInflight ?? 1024,
     queueLimit: input.queueLimit ?? 1024,
-    maxConnections: input.maxConnections ?? proxyMaxConnections(),
+    maxConnections: input.maxConnections ?? defaultMaxConnections(DEFAULT_PROXY_MAX_CONNECTIONS),
+    maxConnectionsSet: input.maxConnections !== undefined,
     pingIntervalMs: input.pingIntervalMs ?? 1000,
     pingMisses: input.pingMisses ?? 3,
     probeInitialMs: input.probeInitialMs ?? 1000,
@@ -216,7 +214,7 @@ export function proxyBudgetNote(o: Opts): ReturnType<typeof budgetNote> {
 
 /** What a start (and `--check`) says of a max_connections V8's heap lowered: `connectionsNote` with the setting's name. */
 export function proxyConnectionsNote(o: Opts): ReturnType<typeof connectionsNote> {
-  return connectionsNote(o.maxConnections, DEFAULT_PROXY_MAX_CONNECTIONS, 'max_connections (--max-connections)');
+  return connectionsNote(o.maxConnections, o.maxConnectionsSet, DEFAULT_PROXY_MAX_CONNECTIONS, 'max_connections (--max-connections)');
 }
 
 /** How often the sweeper looks for requests past their deadline: a twentieth of a try, within 5-100 ms. */

@@ -127,6 +127,8 @@ export interface ServerContext {
   budget: BufferBudget;
   /** The memory limit read at start (`memoryLimit()`; undefined: none): the budget's default and the start's line about it both come from it. */
   memoryLimit?: number;
+  /** The limit on connections open at once: `--max-connections`, or the default V8's heap gives (`defaultMaxConnections`), read once at start for the limit kept and the start's line alike. */
+  maxConnections: number;
   /** Proxies we are registered with now (`host:port`). */
   registered: string[];
   error?: string;
@@ -173,7 +175,7 @@ interface ListenerInput extends ConnectionLimitsInput {
 const requestListener = fromCallback<{ type: 'DRAIN' } | RenewTls, ListenerInput>(
   ({ sendBack, receive, input }) => {
     const send = (e: ServerEvent): void => sendBack(e);
-    const limits = new ConnectionLimits(input, input.logger, { total: '--max-connections', perPeer: '--max-conns-per-peer' }, defaultMaxConnections(DEFAULT_MAX_CONNECTIONS));
+    const limits = new ConnectionLimits(input, input.logger, { total: '--max-connections', perPeer: '--max-conns-per-peer' });
     const conns = new Set<Connection>();
     let draining = false;
     const checkDrained = (): void => {
@@ -506,7 +508,7 @@ export const serverMachine = setup({
       log.info('policy', `Server serving privacy policy ${opts.policy}`, { policy: opts.policy });
       const memory = budgetNote(context.budget.limit, '--max-buffered-bytes', context.memoryLimit);
       if (memory) log[memory.level]('memory_limit', memory.message, memory.fields);
-      const conns = opts.maxConnections === undefined ? connectionsNote(defaultMaxConnections(DEFAULT_MAX_CONNECTIONS), DEFAULT_MAX_CONNECTIONS, '--max-connections') : undefined;
+      const conns = connectionsNote(context.maxConnections, opts.maxConnections !== undefined, DEFAULT_MAX_CONNECTIONS, '--max-connections');
       if (conns) log.info('connection_limit', conns.message, conns.fields);
       if (opts.handler || opts.concurrency !== undefined) {
         const timeout = opts.handlerTimeoutMs ?? DEFAULT_HANDLER_TIMEOUT_MS;
@@ -584,6 +586,7 @@ export const serverMachine = setup({
       port: input.listenPort,
       budget,
       memoryLimit: memory,
+      maxConnections: input.maxConnections ?? defaultMaxConnections(DEFAULT_MAX_CONNECTIONS),
       runner: new HandlerRunner({
         serverId: input.id,
         policy: input.policy,
@@ -613,7 +616,8 @@ export const serverMachine = setup({
       budget: context.budget,
       clock: context.clock,
       tls: context.opts.tls,
-      maxConnections: context.opts.maxConnections ?? defaultMaxConnections(DEFAULT_MAX_CONNECTIONS),
+      maxConnections: context.maxConnections,
+      maxConnectionsSet: context.opts.maxConnections !== undefined,
       maxConnectionsPerPeer: context.opts.maxConnectionsPerPeer ?? defaultConnsPerPeer(context.opts.listenHost ?? DEFAULT_LISTEN_HOST),
     }),
   },

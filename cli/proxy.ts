@@ -9,7 +9,7 @@ import { resolve as resolvePath } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { startProxy, type ProxyHandle } from '../actors/index.js';
 import { Destination, Logger, LogStream, LEVELS, LOG_BUFFER_BYTES } from '../actors/logger.js';
-import { DEFAULT_LISTEN_HOST, isLoopback, proxyBudgetNote, proxyConnectionsNote, proxyMaxConnections, resolveOptions } from '../actors/proxy-options.js';
+import { DEFAULT_LISTEN_HOST, isLoopback, proxyBudgetNote, proxyConnectionsNote, resolveOptions } from '../actors/proxy-options.js';
 import { badTrustedSource, fileLimitWarning } from '../actors/port-limits.js';
 import { ACCESS_LOG_HOLD, AccessLog, accessLogHold, combineObservers } from '../admin/access-log.js';
 import { ConnStats } from '../admin/conn-stats.js';
@@ -183,7 +183,7 @@ Example:
       }
       // What a start would warn of, where an operator runs the check (CI, a deploy), as nginx -t warns; still valid (exit 0).
       const resolved = resolveOptions(rt.options);
-      const files = fileLimitWarning(resolved.maxConnections, proxyMaxConnections(), 'max_connections');
+      const files = fileLimitWarning(resolved.maxConnections, resolved.maxConnectionsSet, 'max_connections');
       const memory = proxyBudgetNote(resolved);
       const conns = proxyConnectionsNote(resolved);
       if (conns) process.stdout.write(`revproxy: ${conns.message}\n`);

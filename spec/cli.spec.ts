@@ -269,6 +269,22 @@ cli('proxy --check warns, as a start does, of a max_connections the open-files l
   }
 });
 
+cli('a max_connections set is the operator\'s even at the number a default would take: proxy --check neither says the heap lowered it nor keeps quiet of an open-files limit too low for it', async () => {
+  // Both compared numbers to tell a setting from the default: set to the heap's number it drew
+  // 'the process keeps at most N ... max_connections sets another', set to 20000 no file_limit line.
+  const heap = { NODE_OPTIONS: '--max-old-space-size=16' };
+  const lowered = revproxy(['proxy', '--check'], { env: heap });
+  assert.is(await lowered.exited, 0, lowered.out.join('\n'));
+  const derived = /keeps at most (\d+) connections open at once, not 20000/.exec(lowered.out.join('\n'))?.[1];
+  assert.ok(derived, lowered.out.join('\n'));
+  const same = revproxy(['proxy', '--check', '--max-connections', derived], { env: heap });
+  assert.is(await same.exited, 0, same.out.join('\n'));
+  assert.not.match(same.out.join('\n'), /keeps at most/);
+  const files = revproxy(['proxy', '--check', '--max-connections', '20000'], { fileLimit: 160 });
+  assert.is(await files.exited, 0, files.out.join('\n'));
+  assert.match(files.out.join('\n'), /warning: This process may open 160 files .*room for 96 connections .*fewer than max_connections \(20000\)/);
+});
+
 cli('a log file given by a flag beside --config is named by its flag, not blamed on the file', async () => {
   const dir = tempDir('flag-file-');
   writeFileSync(join(dir, 'p.yaml'), 'port: 0\n');

@@ -79,10 +79,10 @@ derive('a small V8 heap lowers the default limit on connections to what it holds
   assert.is(defaultMaxConnections(proxy, 16 * MiB), 1024, 'the floor');
   assert.is(defaultMaxConnections(server, 72 * MiB), server, "a server's 4096 fits 72 MiB");
   assert.is(defaultMaxConnections(server, 60 * MiB), 3072);
-  assert.is(connectionsNote(proxy, proxy, 'max_connections', 72 * MiB), undefined, 'nothing to say of a limit the heap did not lower');
-  assert.is(connectionsNote(5000, proxy, 'max_connections', 72 * MiB), undefined, 'nor of one set');
-  assert.is(connectionsNote(6144, proxy, 'max_connections', 4120 * MiB), undefined, 'nor of one set where the heap is large');
-  const note = connectionsNote(6144, proxy, 'max_connections', 72 * MiB)!;
+  assert.is(connectionsNote(proxy, false, proxy, 'max_connections', 4120 * MiB), undefined, 'nothing to say of a limit the heap did not lower');
+  assert.is(connectionsNote(5000, true, proxy, 'max_connections', 72 * MiB), undefined, 'nor of one set');
+  assert.is(connectionsNote(6144, true, proxy, 'max_connections', 72 * MiB), undefined, 'nor of one set to the very number the heap gives');
+  const note = connectionsNote(6144, false, proxy, 'max_connections', 72 * MiB)!;
   assert.match(note.message, "V8's heap may grow to 72 MiB (--max-old-space-size): the process keeps at most 6144 connections open at once, not 20000");
   assert.match(note.message, 'max_connections sets another');
   assert.equal(note.fields, { max_connections: 6144, heap_limit: 72 * MiB });
