@@ -8,7 +8,7 @@
 import { connect as netConnect, type Socket } from 'node:net';
 import type { BufferBudget } from '../transport/budget.js';
 import type { BusyPoll } from '../transport/busy-poll.js';
-import { ErrorCode, REGISTRATION_CODES, type ErrorCode as WireCode } from '../transport/errors.js';
+import { ErrorCode, SERVER_ANSWER_CODES, type ErrorCode as WireCode } from '../transport/errors.js';
 import { MsgType, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import type { Connection } from '../transport/socket.js';
 import type { TlsMaterial } from '../transport/tls.js';
@@ -182,14 +182,15 @@ export function retryReport(member: string, linkId: string, requests: ProxyReque
 }
 
 /**
- * The retry report for a tally's error answers, if it has any. A code the proxy says only to
- * registrations (REMOVED, UNAUTHORIZED, DUPLICATE_ID) means nothing about a request: a server
- * that answers one fails it UPSTREAM_FAILED, its words kept in the message.
+ * The retry report for a tally's error answers, if it has any. A code no server may answer a
+ * request with (`SERVER_ANSWER_CODES`: a proxy's NO_SERVER or SHUTTING_DOWN, BAD_REQUEST, a
+ * registration's REMOVED) would tell the client something untrue of its proxy or its bytes: a
+ * server that answers one fails the try UPSTREAM_FAILED, its words kept in the message.
  */
 export function errorAnswersReport(member: string, linkId: string, tally: Tally): LinkReport | undefined {
   const m = tally.lastFailure;
   if (!tally.failed || !m) return undefined;
-  const code = (REGISTRATION_CODES as readonly string[]).includes(m.code) ? ErrorCode.UPSTREAM_FAILED : (m.code as WireCode);
+  const code = (SERVER_ANSWER_CODES as readonly string[]).includes(m.code) ? (m.code as WireCode) : ErrorCode.UPSTREAM_FAILED;
   return retryReport(member, linkId, tally.failed, { code, message: `server ${member} answered ${m.code}: ${m.message}` }, tally.failures);
 }
 

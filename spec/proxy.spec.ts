@@ -400,6 +400,23 @@ faults("a server that answers a request with a code the proxy says only to regis
   assert.match(answer.message, /the last try: server bad answered REMOVED: go away$/);
 });
 
+faults("a server that answers a request with a code only a proxy says (NO_SERVER, SHUTTING_DOWN, BAD_REQUEST) fails it UPSTREAM_FAILED, its words kept; the codes a server may answer pass", async () => {
+  // Only the registration codes were mapped: a server answering NO_SERVER got it to the client, whose
+  // library then took the proxy for serving no server of P and moved to another proxy.
+  let code = '';
+  await stubServer('bad', (seq) => [{ type: MsgType.ERROR, seq, code, message: `said ${code}` }]);
+  const { sock, c } = await rawClient();
+  const expected = [['NO_SERVER', 'UPSTREAM_FAILED'], ['SHUTTING_DOWN', 'UPSTREAM_FAILED'], ['BAD_REQUEST', 'UPSTREAM_FAILED'], ['OVERLOADED', 'OVERLOADED'], ['TIMEOUT', 'TIMEOUT']];
+  for (const [i, [said, answered]] of expected.entries()) {
+    code = said!;
+    sock.write(frame({ type: 0, seq: i, srcid: 'c', privPoliId: 'P', payload: 'x' }));
+    await c.until(() => c.got.length === i + 1);
+    const answer = c.got[i] as ErrorMsg;
+    assert.is(answer.code, answered, `${said}: ${answer.message}`);
+    assert.match(answer.message, new RegExp(`server bad answered ${said}: said ${said}$`));
+  }
+});
+
 faults("a request that failed on every server it could go to is answered with the last failure's reason, briefly, not only the servers tried", async () => {
   // It said "this request failed on every server of privacy policy P it could go to (tried bad)": a client's
   // author could not tell a broken server from a dead one.

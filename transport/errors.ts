@@ -48,6 +48,14 @@ export const ERROR_CODES: readonly ErrorCode[] = Object.values(ErrorCode);
 /** Wire codes the proxy says only to a server's registration (docs/PROTOCOL.md): never in answer to a request. */
 export const REGISTRATION_CODES = [ErrorCode.UNAUTHORIZED, ErrorCode.DUPLICATE_ID, ErrorCode.REMOVED] as const;
 
+/**
+ * Wire codes a server may answer a request with (docs/PROTOCOL.md): its own OVERLOADED and
+ * TIMEOUT, UPSTREAM_FAILED (a failure of its own, or a newer code read as one), and its
+ * handler's HANDLER_ERROR. The others say something of the proxy or of the client's bytes
+ * (NO_SERVER, SHUTTING_DOWN, BAD_REQUEST) or of a registration, which a client would act on.
+ */
+export const SERVER_ANSWER_CODES = [ErrorCode.OVERLOADED, ErrorCode.TIMEOUT, ErrorCode.UPSTREAM_FAILED, ErrorCode.HANDLER_ERROR] as const;
+
 const wireCodes: ReadonlySet<string> = new Set(ERROR_CODES);
 
 /** Whether `code` may travel in an ERROR frame. */
