@@ -668,6 +668,43 @@ lib('a proxy restarted under the client (SIGTERM, SIGKILL): requests in flight a
   }
 });
 
+lib('a lone proxy that drains (SIGTERM): the requests it refuses SHUTTING_DOWN are not failed but wait for it to be back, and are answered there', async () => {
+  // README: "A client with one proxy holds it until the proxy is back". The restart test above sends
+  // one request during a drain but never sees the proxy refuse it; here the refusals are the proxy's own line.
+  const slow = ['--timeout', '30000'];
+  const first = await proxyProcess(slow);
+  const { port } = first;
+  let release!: () => void;
+  let arrived!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  const slowArrived = new Promise<void>((r) => (arrived = r));
+  const handler = async (p: unknown): Promise<string> => {
+    if (p === 'slow') {
+      arrived();
+      await released;
+    }
+    return String(p).toUpperCase();
+  };
+  const s = await startServer({ id: 'lone', policy: 'P', revproc: port, handler });
+  ctx.servers.push(s);
+  const c = await client({ revproc: port, timeoutMs: 20000 });
+  assert.is(await c.request('P', 'warm'), 'WARM');
+  const inFlight = c.request('P', 'slow');
+  await slowArrived;
+  first.proc.kill('SIGTERM');
+  await first.proc.waitFor(/Draining/);
+  let settled = 0;
+  const during = ['d1', 'd2'].map((p) => c.request('P', p).catch((e: RequestError) => e.code).finally(() => settled++));
+  await first.proc.waitFor(/the proxy is shutting down and takes no new requests; try another proxy; refused/);
+  release();
+  // Answered on the same connection after the refusals, so the client has read them by now.
+  assert.is(await inFlight, 'SLOW', 'the draining proxy answers what it holds');
+  await first.proc.exited;
+  assert.is(settled, 0, 'the refused requests are held, not failed SHUTTING_DOWN');
+  await proxyProcess(slow, { port });
+  assert.equal(await Promise.all(during), ['D1', 'D2'], 'answered by the proxy back on its port');
+});
+
 lib('a request held while no proxy listens ends with its own timeout or abort, and says for how long which proxy could not be reached; destroy() settles the rest once', async () => {
   const { proc, port } = await proxyProcess();
   const s = await startServer({ id: 'held', policy: 'P', revproc: port });
