@@ -16,6 +16,7 @@ import { runInNewContext } from 'node:vm';
 import { from, lastValueFrom, toArray } from 'rxjs';
 import { connect, Logger, ManualClock, type Clock, memorySink, RequestError, runClient, StartError, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { FrameDecoder } from '../transport/frame.js';
+import { NoPings } from '../actors/liveness.js';
 import { MsgType } from '../transport/messages.js';
 import { freePort } from '../bench/procs.js';
 import { eventually, frame } from './helpers.js';
@@ -826,6 +827,26 @@ lib('hold: false fails what is pending after the quick round of dials, as before
   assert.match(e.message, /^no reverse proxy is listening/);
 });
 lib.run();
+
+const noPings = suite('the proxies a client dials without a PING (NoPings)');
+
+noPings("keep() drops the marks of proxies gone from the registry's list and leaves the others as they were", () => {
+  // A registry's list of proxies changes for ever: marks of proxies no longer in it must not pile up.
+  const marks = new NoPings();
+  assert.ok(marks.mark('a:1') && marks.mark('b:2') && marks.mark('c:3'), 'each mark is news');
+  marks.lost('b:2');
+  marks.keep(['a:1', 'b:2', 'd:4']);
+  assert.ok(marks.skips('a:1'), 'a kept: still dialled without a PING');
+  assert.not.ok(marks.skips('b:2'), 'b kept as it was: its connection was lost, so it is PINGed again');
+  assert.not.ok(marks.skips('c:3'), 'c dropped');
+  assert.not.ok(marks.skips('d:4'), 'd, new to the list, was never marked');
+  assert.is(marks.mark('b:2'), false, 'a refusal from b again is the same period');
+  assert.is(marks.mark('c:3'), true, "c's mark was forgotten: its refusal is news again");
+  marks.keep([]);
+  assert.is(marks.answered('a:1'), false, 'an empty list forgets every mark');
+});
+
+noPings.run();
 
 const readme = suite("README's list of connect()'s options");
 
