@@ -30,7 +30,7 @@ import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError
 import { setDeadline, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { HandlerError, show, type Payload } from './handler.js';
 import { silentLogger, type Logger } from './logger.js';
-import { DEFAULT_RECONNECT_MAX_DELAY_MS, NO_SERVER_GRACE_MS, PARK_MS, reconnectDelay, stillNoServer, unreachable } from './hold.js';
+import { DEFAULT_RECONNECT_MAX_DELAY_MS, NO_SERVER_GRACE_MS, parkDelay, reconnectDelay, stillNoServer, unreachable } from './hold.js';
 import type { Endpoint } from './server.js';
 import { Liveness, NoPings, PING_AFTER_MS, PONG_WITHIN_MS } from './liveness.js';
 
@@ -454,6 +454,8 @@ export interface ClientContext {
   leaving?: string;
   /** The connection being made follows a move to the next proxy for a NO_SERVER: the grace still counts from the first reconnect. */
   hop: boolean;
+  /** Moves to the next proxy for a NO_SERVER since the reconnect (`parkDelay`): only the first is a warn line. */
+  hops: number;
   /** The proxies (host:port) dialled without a PING first, until a connection to them is lost (liveness.ts). */
   noPings: NoPings;
   /** The watch on the open connection: whether its proxy is silent, and what then (liveness.ts). */
@@ -592,8 +594,8 @@ function noPingsFrom(context: ClientContext, why: string, now: string): void {
  * for a NO_SERVER does not start the grace again: it ends NO_SERVER_GRACE_MS after the reconnect.
  */
 function reached(context: ClientContext): Partial<ClientContext> {
-  const recoveredAt = context.hop || context.outageSince === undefined ? context.recoveredAt : context.clock.now();
-  return { connectedOnce: true, outageSince: undefined, recoveredAt, hop: false };
+  const fresh = !context.hop && context.outageSince !== undefined;
+  return { connectedOnce: true, outageSince: undefined, recoveredAt: fresh ? context.clock.now() : context.recoveredAt, hop: false, hops: fresh ? 0 : context.hops };
 }
 
 function maxAttempts(context: ClientContext): number {
@@ -713,7 +715,7 @@ export const clientMachine = setup({
     scheduleUnpark: enqueueActions(({ context, enqueue }) => {
       if (context.unparking || context.book.parkedCount === 0) return;
       enqueue.assign({ unparking: true });
-      enqueue.raise({ type: 'UNPARK' }, { delay: PARK_MS });
+      enqueue.raise({ type: 'UNPARK' }, { delay: parkDelay(context.hops, context.opts.reconnectMaxDelayMs ?? DEFAULT_RECONNECT_MAX_DELAY_MS) });
     }),
     unpark: ({ context }) => context.book.unpark(),
     /**
@@ -724,7 +726,7 @@ export const clientMachine = setup({
     moveOn: assign(({ context }) => {
       const moved = context.book.moveParked();
       const ms = Math.round(context.clock.now() - (context.recoveredAt ?? context.clock.now()));
-      return { hop: true, leaving: `the reverse proxy at ${currentProxy(context)} has no server yet for ${moved} request(s) it refused NO_SERVER (the client reconnected to it ${ms} ms before: its servers may still be registering again)` };
+      return { hop: true, hops: context.hops + 1, leaving: `the reverse proxy at ${currentProxy(context)} has no server yet for ${moved} request(s) it refused NO_SERVER (the client reconnected to it ${ms} ms before: its servers may still be registering again)` };
     }),
     unparked: assign({ unparking: false }),
     /** The first pause of an outage with requests held says so; the next ones are only debug. */
@@ -772,7 +774,9 @@ export const clientMachine = setup({
       if (context.attempts + 1 < maxAttempts(context)) {
         const target = context.proxies[next]!;
         const how = next === context.proxyIndex ? 'trying again' : `trying the reverse proxy at ${hostPort(target.host, target.port)}`;
-        context.logger.warn('failover', `${event.error}; ${how}${resend ? ` and sending ${resend} unanswered request(s) again` : ''}`, {
+        // Requests no proxy serves yet move on and on within the grace: the first move says so, the rest are debug.
+        const again = event.type === 'CLOSED' && event.error === context.leaving && context.hops > 1;
+        context.logger[again ? 'debug' : 'warn']('failover', `${event.error}; ${how}${resend ? ` and sending ${resend} unanswered request(s) again` : ''}`, {
           reason: event.error, proxy: hostPort(target.host, target.port), resend,
         });
       }
@@ -856,6 +860,7 @@ export const clientMachine = setup({
       connectedOnce: false,
       unparking: false,
       hop: false,
+      hops: 0,
       noPings: new NoPings(),
       probing: false,
       logger: input.logger ?? silentLogger,

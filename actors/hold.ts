@@ -31,6 +31,16 @@ export const NO_SERVER_GRACE_MS = 5000;
 export const PARK_MS = 250;
 
 /**
+ * The pause before requests refused NO_SERVER in the grace are sent again, after `moves` moves to
+ * the next proxy since the reconnect: PARK_MS, doubled at each move up to `maxMs` (the reconnect
+ * backoff's longest pause). A fleet where no proxy serves the policy moved them about every
+ * 350 ms for the whole grace, a connection each time: now after 250, 500, 1000 ms, then each second.
+ */
+export function parkDelay(moves: number, maxMs: number): number {
+  return Math.max(PARK_MS, Math.min(maxMs, PARK_MS * 2 ** Math.min(moves, 30)));
+}
+
+/**
  * The pause before the next dial once the quick round of failovers is used up: the failover
  * delay doubled at each dial that fails (`step` 0 is the first), up to `maxMs`, each up to a fifth
  * early at random, so clients that lost their proxy together do not dial it again all at once

@@ -772,6 +772,26 @@ lib('a fleet: a request refused NO_SERVER by a proxy just reconnected to goes to
   assert.match(moved.msg, new RegExp(`^the reverse proxy at 127\\.0\\.0\\.1:${empty.port} has no server yet for 1 request\\(s\\) it refused NO_SERVER`));
 });
 
+lib('a fleet where no proxy serves the policy: a request refused NO_SERVER in the grace after a reconnect moves between the proxies at growing intervals, one warn line for it', async () => {
+  // It moved about every 350 ms for the whole grace (5 s), a connection and a failover warn line each
+  // move: 14 lines for one request, and as many from every client of the fleet.
+  const a = await proxy();
+  const b = await proxy();
+  const aPort = a.port;
+  const logs: LogRecord[] = [];
+  const c = await client({ revproc: [a.port, b.port], logger: new Logger('client', memorySink(logs), 'debug') });
+  await ctx.proxies.shift()!.stop(); // a: the client goes to b, a reconnect: its NO_SERVER grace begins
+  ctx.proxies.push(await startProxy({ port: aPort }));
+  await eventually(() => logs.some((l) => l.event === 'failover'), 5000, 'the client leaving a');
+  const from = logs.length;
+  // Its own timeout ends it within the grace: before, about 7 moves by then; now at most 3 (after 250, 500, 1000 ms).
+  const outcome = await c.request('P', 'nowhere', { timeoutMs: 2500 }).then(() => 'answered', (e: RequestError) => e.code);
+  assert.ok(outcome === 'NO_SERVER' || outcome === 'CLIENT_TIMEOUT', outcome);
+  const moves = logs.slice(from).filter((l) => l.event === 'failover' && l.msg.includes('refused NO_SERVER'));
+  assert.ok(moves.length >= 1 && moves.length <= 3, moves.map((l) => l.msg).join('\n'));
+  assert.equal(moves.map((l) => l.level), ['warn', ...moves.slice(1).map(() => 'debug')], 'the first move is a warn line, the rest debug');
+});
+
 lib('a port where a program accepts the connection and closes it at once: connect() fails saying so; a client whose proxy it replaced holds, and says for how long and what to check', async () => {
   // Such a connection counted as the proxy reached: connect() resolved and its requests were held
   // until their timeouts, and each dial there ended the outage, so a held request said "no reverse
