@@ -190,6 +190,19 @@ export function logShed(logger: Logger, limit: number) {
 }
 
 /**
+ * How the links to servers passing their bound together is logged (`BufferBudget.linksFull`): one
+ * line, then one per interval with a count.
+ */
+export function logLinksFull(logger: Logger) {
+  return (bytes: number, max: number): void => {
+    logger.repeated('warn', 'links_backlog', 'links', 1, (n, span) => span
+      ? `The links to servers filled their part of the buffer budget ${fmt(n)} more time(s) ${span}`
+      : `The links to servers hold ${bytes} bytes of requests unwritten together, more than their part of the buffer budget (${max} bytes, --max-buffered-bytes / 4): servers read their links too slowly. Those that have not read what waits on theirs get no new requests until they do (the other servers of their policies take them, or they wait); the inspector shows them backlogged`,
+    { unwritten: bytes, max });
+  };
+}
+
+/**
  * Log the TLS handshakes `server` refuses (a plain-TCP peer, an untrusted
  * certificate): a crowd of them must not become a log flood, so one line,
  * then one per interval with a count (per address).

@@ -32,7 +32,7 @@ import { Pacer } from './pacer.js';
 import { tcpConnect, type ProxyRequest } from './link.js';
 import { silentLogger } from './logger.js';
 import { drainWatch, linkHub, listener, noRegistry, pinger, sweeper } from './proxy-io.js';
-import { logBadInput, logShed } from './port-limits.js';
+import { logBadInput, logLinksFull, logShed } from './port-limits.js';
 import { isLoopback, proxyBudgetNote, proxyConnectionsNote, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
 import type { ProxyContext, ProxyEvent } from './proxy-types.js';
 import { drainMember, enableMember, linkDown, linkUp, probe, readmit, triesFailed } from './health.js';
@@ -264,7 +264,7 @@ export const proxyMachine = setup({
       reply: () => {},
       probes: new Pacer(input.clock ?? systemClock, opts.probesPerSecond, (member) => self.send({ type: 'PROBE', member })),
       busyPoll: opts.busyPollUs ? new BusyPoll({ windowUs: opts.busyPollUs }) : undefined,
-      budget: new BufferBudget(opts.maxBufferedBytes, logShed(logger, opts.maxBufferedBytes)),
+      budget: new BufferBudget(opts.maxBufferedBytes, logShed(logger, opts.maxBufferedBytes), logLinksFull(logger)),
     };
     ctx.reply = makeReply(ctx);
     return ctx;

@@ -86,9 +86,15 @@ export class LinkTraffic implements LinkPort {
     return this.link.budget?.requestsPerPeer ?? Infinity;
   }
 
+  /**
+   * Past its share; or, while the links together hold more unwritten than the budget lets them
+   * (`BufferBudget.linksFull`: many servers reading slowly, each within its share), holding bytes
+   * its server's side will not take now. A link whose server reads takes requests all the while.
+   */
   get backlogged(): boolean {
     const conn = this.conn;
-    return conn !== undefined && conn.pendingBytes > this.maxUnwritten;
+    if (conn === undefined) return false;
+    return conn.pendingBytes > this.maxUnwritten || (conn.unwritten > 0 && this.link.budget?.linksFull === true);
   }
 
   /** Write requests to the server now (or queue them until the connection is there). */
@@ -112,6 +118,9 @@ export class LinkTraffic implements LinkPort {
     req.msg.timeoutms = Math.max(0, Math.floor(deadline - now));
     const before = conn.pendingBytes;
     conn.send(req.msg, upSeq);
+    // While the links hold more than their part, each request is written at once, not at the turn's end: a link
+    // whose server's side is full shows it (`backlogged`) after one request, not after a turn's worth of them.
+    if (link.budget?.linksFull) conn.flush();
     const max = this.maxUnwritten;
     if (before <= max && conn.pendingBytes > max) logBacklog(link, conn.pendingBytes, max);
   }

@@ -308,6 +308,41 @@ r('a server that reads its link a little at a time holds no more of the proxy\'s
   assert.ok([...codes].every((c) => c === 'ACK' || c === 'TIMEOUT'), [...codes].join());
 });
 
+r('many servers that read their links too slowly hold no more of the proxy\'s memory together than the links\' part of the buffer budget, and the one that reads serves the clients', async () => {
+  // Each link may hold a 32nd of the budget unwritten; 24 servers that stopped reading (their PONGs keep them alive, and
+  // they are never ejected here, as a server that answers a little is not) held 24 of them: nothing bounded the total.
+  const budget = 16 * 1024 * 1024;
+  const size = 100_000;
+  const stuck = 24;
+  const proxy = await inProcess({ maxBufferedBytes: budget, timeoutMs: 900, retries: 2, ejectAfter: 1_000_000 });
+  await addServer('good');
+  for (let i = 0; i < stuck; i++) await trickleServer(proxy.port, `stuck${i}`, 'P', 0);
+  await eventually(() => proxy.pools().P?.serving.length === stuck + 1, 5000, 'every server serving');
+  const links = () => [...proxy.actor.getSnapshot().context.servers.values()].map((m) => (m.traffic as LinkTraffic).conn?.pendingBytes ?? 0);
+  const held = () => links().reduce((a, b) => a + b, 0);
+  // 16 connections of 5 requests each: 8 MB a round, within half the budget and each connection's share of it.
+  const clients = await Promise.all(Array.from({ length: 16 }, async () => {
+    const s = await rawConnect(proxy.port);
+    ctx.sockets.push(s);
+    return { s, c: collector(s) };
+  }));
+  const rounds = 30;
+  let most = 0;
+  for (let round = 0; round < rounds; round++) {
+    clients.forEach(({ s }, i) => s.write(Buffer.concat(Array.from({ length: 5 }, (_, k) =>
+      encodeFrame({ type: 0, seq: round * 5 + k, srcid: `c${i}`, privPoliId: 'P', payload: Buffer.alloc(size, k) })))));
+    for (const { c } of clients) await c.until(() => c.got.length === (round + 1) * 5, 10000);
+    most = Math.max(most, held());
+  }
+  // Their part is a quarter of the budget; a link may go past it by what one turn hands it before its server's side is seen full.
+  const bound = budget / 4 + stuck * (size + 1024);
+  assert.ok(most <= bound, `the links held up to ${most} bytes unwritten together (now ${links().filter((n) => n > 0).join(', ')}), more than their part of the budget (${budget / 4}) and a request each`);
+  assert.ok(ctx.logs.some((l) => l.event === 'links_backlog'), `the links' backlog is logged: ${ctx.logs.map((l) => l.event).join()}`);
+  const codes = clients.flatMap(({ c }) => c.got.map((m) => (m.type === 3 ? m.code : 'ACK')));
+  assert.ok(codes.every((c) => c === 'ACK' || c === 'TIMEOUT'), [...new Set(codes)].join());
+  assert.ok(codes.filter((c) => c === 'ACK').length > codes.length / 2, `most requests answered by the server that reads: ${codes.filter((c) => c === 'ACK').length} of ${codes.length}`);
+});
+
 r('an old-wire client whose answers wait behind a slow one holds them within the buffer budget: past it, it is cut with OVERLOADED', async () => {
   const budget = 4 * 1024 * 1024;
   const proxy = await inProcess({ maxBufferedBytes: budget, timeoutMs: 20000 });
@@ -373,9 +408,10 @@ r.run();
 
 /**
  * A server that registers `id` for `policy`, answers its PINGs and its link's first, then reads its link
- * 20 KB every 100 ms and ACKs each request it has read: a wedged or hostile server that every check finds alive.
+ * `perTick` bytes every 100 ms (20 KB) and ACKs each request it has read: a wedged or hostile server that
+ * every check finds alive. With `perTick` 0 it reads nothing more and sends a PONG on its link every tick.
  */
-async function trickleServer(proxyPort: number, id: string, policy: string): Promise<{ read: number }> {
+async function trickleServer(proxyPort: number, id: string, policy: string, perTick = 20_000): Promise<{ read: number }> {
   const stats = { read: 0 };
   const server = createServer((s) => {
     ctx.sockets.push(s);
@@ -396,7 +432,8 @@ async function trickleServer(proxyPort: number, id: string, policy: string): Pro
       while (!verified && (chunk = s.read()) !== null) feed(chunk);
     });
     const tick = setInterval(() => {
-      const n = Math.min(20_000, s.readableLength);
+      if (verified && perTick === 0) s.write(encodeFrame({ type: 5, seq: 0 }));
+      const n = Math.min(perTick, s.readableLength);
       const chunk = verified && n > 0 ? (s.read(n) as Buffer | null) : null;
       if (chunk) feed(chunk);
     }, 100);

@@ -14,6 +14,14 @@
  * One connection's requests may take `requestsPerPeer` (a sixteenth of that
  * half) before its reads pause, so one greedy client cannot take it all.
  * A `shielded` holder (the proxy's link to a server) is counted and never cut.
+ *
+ * What the proxy's links to servers hold unwritten (requests their servers have
+ * not read yet, `addUnwritten`) is counted apart: it cuts and refuses no client.
+ * One link may hold `requestsPerPeer`, all of them a quarter of the limit
+ * (`linksFull`): past it, a link whose server has stopped taking bytes gets no
+ * new request until it reads (upstream.ts `backlogged`). A try that timed out
+ * leaves its request's bytes in its link, held by no request, so without the
+ * total 1,000 servers reading slowly could hold 1,000 shares.
  */
 
 /** What the budget needs of a connection: how to cut it. */
@@ -49,15 +57,41 @@ export class BufferBudget {
   private requests = 0;
   /** Holders with bytes held, and how many. */
   private readonly held = new Map<BudgetHolder, number>();
+  /** Bytes the links to servers hold unwritten, together (`addUnwritten`). */
+  private linked = 0;
 
   /**
    * @param limit bytes allowed in all (0: no limit).
    * @param onShed told of each holder cut, with what it held (for the log).
+   * @param onLinksFull told when the links' unwritten bytes pass `maxUnwritten` (for the log).
    */
   constructor(
     readonly limit: number,
     private readonly onShed?: (holder: BudgetHolder, bytes: number) => void,
+    private readonly onLinksFull?: (bytes: number, max: number) => void,
   ) {}
+
+  /** Bytes the links to servers may hold unwritten together before those whose servers stopped taking bytes get no new request: a quarter of the limit (no limit without one). */
+  get maxUnwritten(): number {
+    return this.limit > 0 ? this.limit / 4 : Infinity;
+  }
+
+  /** Bytes the links to servers hold unwritten now, together. */
+  get unwritten(): number {
+    return this.linked;
+  }
+
+  /** Whether the links hold more unwritten than `maxUnwritten`. */
+  get linksFull(): boolean {
+    return this.linked > this.maxUnwritten;
+  }
+
+  /** A link's unwritten bytes changed by `delta` (a request queued to it, bytes its server took, the link closed). Cuts nobody. */
+  addUnwritten(delta: number): void {
+    const before = this.linked;
+    this.linked = before + delta;
+    if (delta > 0 && before <= this.maxUnwritten && this.linked > this.maxUnwritten) this.onLinksFull?.(this.linked, this.maxUnwritten);
+  }
 
   /** Bytes one connection's unanswered requests may hold before it is read no more until answers bring them down (no limit without one). */
   get requestsPerPeer(): number {

@@ -39,9 +39,9 @@ export interface ConnectionOptions {
   budget?: BufferBudget;
   /**
    * This side dialed the connection to forward requests the budget already holds (`BufferBudget.hold`,
-   * until their answers): what it has not written yet is those requests, not counted a second time, and
+   * until their answers): what it has not written yet counts apart, as a link's (`addUnwritten`), and
    * the budget never cuts it (`shielded`), which would fail every request on it and free nothing. A
-   * partial message read from it still counts.
+   * partial message read from it counts as any connection's.
    */
   forwarding?: boolean;
   /** A frame (or JSON object) begun must be complete within this long (ms), or the connection is closed. 0 or absent: no limit. */
@@ -194,6 +194,10 @@ export class Connection implements BudgetHolder {
   private cut = false;
   /** Never cut by the budget (the `forwarding` option). */
   readonly shielded: boolean;
+  /** On a link (`forwarding`): the unwritten bytes the budget was last told of (`countUnwritten`). */
+  private unwrittenCounted = 0;
+  /** On a link: a 'drain' will tell the budget again. */
+  private drainCounted = false;
   /** When the peer last sent bytes (clock ms). */
   private lastRead: number;
   private idleMs = 0;
@@ -334,6 +338,10 @@ export class Connection implements BudgetHolder {
     this.closed = true;
     if (this.encoder.wire === 'json') this.encoder.encode.drop?.();
     this.budget?.set(this, 0);
+    if (this.unwrittenCounted) {
+      this.budget!.addUnwritten(-this.unwrittenCounted);
+      this.unwrittenCounted = 0;
+    }
     this.idleTimer?.cancel();
     this.finish();
     const sink = this.sink;
@@ -391,7 +399,10 @@ export class Connection implements BudgetHolder {
       // Answers held for an earlier one are answers the peer cannot read yet: they count as unread ones.
       if (this.budget && encoder.encode.held !== undefined) this.account();
     }
-    if (this.budget && !this.shielded && this.batch.length >= BATCH_COUNTED) this.account();
+    if (this.budget) {
+      if (this.shielded) this.countUnwritten();
+      else if (this.batch.length >= BATCH_COUNTED) this.account();
+    }
     return !this.congested;
   }
 
@@ -412,6 +423,26 @@ export class Connection implements BudgetHolder {
         this.socket.once('drain', () => this.account());
       }
     } else if (this.batchCounted) this.account();
+    if (this.shielded && this.budget) this.countUnwritten();
+  }
+
+  /**
+   * On a link: tell the budget what it holds unwritten - this turn's batch, and what the socket
+   * holds past a full buffer of the kernel's (the server is not reading) - and again when that drains.
+   */
+  private countUnwritten(): void {
+    const now = this.closed ? 0 : this.batch.length + this.unwritten;
+    if (now !== this.unwrittenCounted) {
+      this.budget!.addUnwritten(now - this.unwrittenCounted);
+      this.unwrittenCounted = now;
+    }
+    if (now > this.batch.length && !this.drainCounted) {
+      this.drainCounted = true;
+      this.socket.once('drain', () => {
+        this.drainCounted = false;
+        this.countUnwritten();
+      });
+    }
   }
 
   /** Tell the budget what this connection holds: a message begun, and answers the peer has not read while they pile up (not requests it forwards: they hold their own). */
@@ -455,6 +486,11 @@ export class Connection implements BudgetHolder {
   /** Bytes accepted by `send` but not yet handed to the kernel. */
   get pendingBytes(): number {
     return this.socket.writableLength + this.batch.length;
+  }
+
+  /** Bytes the socket holds because the peer's side of the kernel is full (it reads too slowly): 0 while the socket takes more. */
+  get unwritten(): number {
+    return this.socket.writableNeedDrain ? this.socket.writableLength : 0;
   }
 
   /** Whether the socket's write buffer (with what waits for this turn's end) is over its high-water mark. */
