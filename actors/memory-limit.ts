@@ -80,27 +80,31 @@ export const MIN_DEFAULT_CONNECTIONS = 1024;
 
 /**
  * The default limit on connections open at once of a process whose V8 heap may grow to `heap`
- * bytes: `fallback` (the proxy's 20000, a server's 4096), or as many as the heap holds past
- * `HEAP_RESERVE` at `HEAP_PER_CONNECTION` each when that is fewer (at least
- * `MIN_DEFAULT_CONNECTIONS`). With the heap the `memory_limit` line advises for 256 MiB
- * (`--max-old-space-size=64`: 88 MiB) that is 10240, for 128 MiB (16: 40 MiB) 1024: proxies with
- * 48 and 16 died (JavaScript heap out of memory) past about 17,000 and 4,500 idle connections instead of
- * refusing the excess. A limit set always wins.
+ * bytes, beside a buffer budget of `budget` bytes (0: none): `fallback` (the proxy's 20000, a
+ * server's 4096), or as many as the heap holds past `HEAP_RESERVE` and the requests' half of the
+ * budget at `HEAP_PER_CONNECTION` each when that is fewer (at least `MIN_DEFAULT_CONNECTIONS`).
+ * The requests' half is heap too: a request read is held decoded, its text payload a string in V8's
+ * heap, until it is answered. With the heap the `memory_limit` line advises for 256 MiB
+ * (`--max-old-space-size=64`: 88 MiB, beside a 64 MiB budget) that is 2048, for 128 MiB (16: 40 MiB)
+ * 1024: proxies with 48 and 16 died (JavaScript heap out of memory) past about 17,000 and 4,500 idle
+ * connections instead of refusing the excess, and one with 64 under 10,000 idle connections and 64
+ * clients' 1 MB requests to a slow server (the requests filling their half: 8,000 lived, its heap
+ * full, 2,048 and 4,096 too). A limit set always wins.
  */
-export function defaultMaxConnections(fallback: number, heap = getHeapStatistics().heap_size_limit): number {
-  return Math.min(fallback, Math.max(MIN_DEFAULT_CONNECTIONS, Math.floor((heap - HEAP_RESERVE) / HEAP_PER_CONNECTION)));
+export function defaultMaxConnections(fallback: number, budget: number, heap = getHeapStatistics().heap_size_limit): number {
+  return Math.min(fallback, Math.max(MIN_DEFAULT_CONNECTIONS, Math.floor((heap - HEAP_RESERVE - budget / 2) / HEAP_PER_CONNECTION)));
 }
 
 /**
  * What a start (and `proxy --check`) says of the limit on connections `limit` it keeps (`flag`
- * names the setting; `set`: the operator set it) when V8's heap lowered the default below
- * `fallback`. Undefined for a limit set, even to the number the heap gives, or one the heap did
+ * names the setting; `set`: the operator set it) when V8's heap (beside a buffer budget of `budget`
+ * bytes) lowered the default below `fallback`. Undefined for a limit set, even to the number the heap gives, or one the heap did
  * not lower.
  */
-export function connectionsNote(limit: number, set: boolean, fallback: number, flag: string, heap = getHeapStatistics().heap_size_limit): { message: string; fields: Record<string, number> } | undefined {
+export function connectionsNote(limit: number, set: boolean, fallback: number, flag: string, budget: number, heap = getHeapStatistics().heap_size_limit): { message: string; fields: Record<string, number> } | undefined {
   if (set || limit >= fallback) return undefined;
   return {
-    message: `V8's heap may grow to ${mib(heap)} (--max-old-space-size): the process keeps at most ${limit} connections open at once, not ${fallback}, as many as it holds at ${HEAP_PER_CONNECTION / 1024} KiB each past ${mib(HEAP_RESERVE)} for its young generation and own state, so that a crowd of connections is refused before it fills the heap, which would end the process; ${flag} sets another, with a larger heap to hold them`,
-    fields: { max_connections: limit, heap_limit: heap },
+    message: `V8's heap may grow to ${mib(heap)} (--max-old-space-size): the process keeps at most ${limit} connections open at once, not ${fallback}, as many as it holds at ${HEAP_PER_CONNECTION / 1024} KiB each past ${mib(HEAP_RESERVE)} for its young generation and own state and ${mib(budget / 2)} for requests (half the buffer budget), so that a crowd of connections is refused before it fills the heap, which would end the process; ${flag} sets another, with a larger heap to hold them`,
+    fields: { max_connections: limit, heap_limit: heap, budget },
   };
 }

@@ -170,6 +170,7 @@ export function resolveOptions(input: ProxyOptions): Opts {
   const host = input.host ?? DEFAULT_LISTEN_HOST;
   const tryTimeoutMs = input.tryTimeoutMs ?? Math.ceil(timeoutMs / (retries + 1));
   const memory = memoryLimit();
+  const maxBufferedBytes = input.maxBufferedBytes ?? defaultBufferBudget(memory);
   return {
     port: input.port ?? 2100,
     host,
@@ -180,7 +181,7 @@ export function resolveOptions(input: ProxyOptions): Opts {
     maxClientInflight: input.maxClientInflight ?? 4096,
     maxServerInflight: input.maxServerInflight ?? 1024,
     queueLimit: input.queueLimit ?? 1024,
-    maxConnections: input.maxConnections ?? defaultMaxConnections(DEFAULT_PROXY_MAX_CONNECTIONS),
+    maxConnections: input.maxConnections ?? defaultMaxConnections(DEFAULT_PROXY_MAX_CONNECTIONS, maxBufferedBytes),
     maxConnectionsSet: input.maxConnections !== undefined,
     pingIntervalMs: input.pingIntervalMs ?? 1000,
     pingMisses: input.pingMisses ?? 3,
@@ -199,7 +200,7 @@ export function resolveOptions(input: ProxyOptions): Opts {
     maxConnectionsPerPeer: input.maxConnectionsPerPeer ?? defaultConnsPerPeer(host),
     proxyProtocolFrom: input.proxyProtocolFrom ?? [],
     busyPollUs: input.busyPollUs ?? 0,
-    maxBufferedBytes: input.maxBufferedBytes ?? defaultBufferBudget(memory),
+    maxBufferedBytes,
     memoryLimit: memory,
     maxServers: input.maxServers ?? 10000,
     maxServersPerPeer: input.maxServersPerPeer ?? 1000,
@@ -214,7 +215,7 @@ export function proxyBudgetNote(o: Opts): ReturnType<typeof budgetNote> {
 
 /** What a start (and `--check`) says of a max_connections V8's heap lowered: `connectionsNote` with the setting's name. */
 export function proxyConnectionsNote(o: Opts): ReturnType<typeof connectionsNote> {
-  return connectionsNote(o.maxConnections, o.maxConnectionsSet, DEFAULT_PROXY_MAX_CONNECTIONS, 'max_connections (--max-connections)');
+  return connectionsNote(o.maxConnections, o.maxConnectionsSet, DEFAULT_PROXY_MAX_CONNECTIONS, 'max_connections (--max-connections)', o.maxBufferedBytes);
 }
 
 /** How often the sweeper looks for requests past their deadline: a twentieth of a try, within 5-100 ms. */

@@ -508,7 +508,7 @@ export const serverMachine = setup({
       log.info('policy', `Server serving privacy policy ${opts.policy}`, { policy: opts.policy });
       const memory = budgetNote(context.budget.limit, '--max-buffered-bytes', context.memoryLimit);
       if (memory) log[memory.level]('memory_limit', memory.message, memory.fields);
-      const conns = connectionsNote(context.maxConnections, opts.maxConnections !== undefined, DEFAULT_MAX_CONNECTIONS, '--max-connections');
+      const conns = connectionsNote(context.maxConnections, opts.maxConnections !== undefined, DEFAULT_MAX_CONNECTIONS, '--max-connections', context.budget.limit);
       if (conns) log.info('connection_limit', conns.message, conns.fields);
       if (opts.handler || opts.concurrency !== undefined) {
         const timeout = opts.handlerTimeoutMs ?? DEFAULT_HANDLER_TIMEOUT_MS;
@@ -586,7 +586,7 @@ export const serverMachine = setup({
       port: input.listenPort,
       budget,
       memoryLimit: memory,
-      maxConnections: input.maxConnections ?? defaultMaxConnections(DEFAULT_MAX_CONNECTIONS),
+      maxConnections: input.maxConnections ?? defaultMaxConnections(DEFAULT_MAX_CONNECTIONS, limit),
       runner: new HandlerRunner({
         serverId: input.id,
         policy: input.policy,

@@ -68,24 +68,28 @@ derive('a start reads the memory limit once: its line about the budget speaks of
   for (const line of said) assert.match(line, /may use 256 MiB .*: the buffer budget is 64 MiB, a quarter of it/);
 });
 
-derive('a small V8 heap lowers the default limit on connections to what it holds (4 KiB each past 48 MiB, at least 1024); a large one keeps it, and a start says so', () => {
+derive('a small V8 heap lowers the default limit on connections to what it holds past 48 MiB and the requests\' half of the buffer budget (4 KiB each, at least 1024); a large one keeps it, and a start says so', () => {
   const proxy = 20000;
   const server = 4096;
-  assert.is(defaultMaxConnections(proxy, 4120 * MiB), proxy, "no heap flag on a large machine: V8's own limit");
-  assert.is(defaultMaxConnections(proxy, 280 * MiB), proxy, 'Node 20 in a 256 MiB group without a heap flag');
-  assert.is(defaultMaxConnections(proxy, 88 * MiB), 10240, 'the heap the warn line advises for 256 MiB (--max-old-space-size=64, 8 MiB semi-spaces)');
-  assert.is(defaultMaxConnections(proxy, 72 * MiB), 6144);
-  assert.is(defaultMaxConnections(proxy, 40 * MiB), 1024, 'for 128 MiB (--max-old-space-size=16): the floor');
-  assert.is(defaultMaxConnections(proxy, 16 * MiB), 1024, 'the floor');
-  assert.is(defaultMaxConnections(server, 72 * MiB), server, "a server's 4096 fits 72 MiB");
-  assert.is(defaultMaxConnections(server, 60 * MiB), 3072);
-  assert.is(connectionsNote(proxy, false, proxy, 'max_connections', 4120 * MiB), undefined, 'nothing to say of a limit the heap did not lower');
-  assert.is(connectionsNote(5000, true, proxy, 'max_connections', 72 * MiB), undefined, 'nor of one set');
-  assert.is(connectionsNote(6144, true, proxy, 'max_connections', 72 * MiB), undefined, 'nor of one set to the very number the heap gives');
-  const note = connectionsNote(6144, false, proxy, 'max_connections', 72 * MiB)!;
-  assert.match(note.message, "V8's heap may grow to 72 MiB (--max-old-space-size): the process keeps at most 6144 connections open at once, not 20000");
+  const budget = 64 * MiB; // a quarter of 256 MiB: its requests may hold 32 MiB, decoded in the heap
+  assert.is(defaultMaxConnections(proxy, DEFAULT_BUFFER_BUDGET, 4120 * MiB), proxy, "no heap flag on a large machine: V8's own limit");
+  assert.is(defaultMaxConnections(proxy, budget, 280 * MiB), proxy, 'Node 20 in a 256 MiB group without a heap flag');
+  assert.is(defaultMaxConnections(proxy, budget, 88 * MiB), 2048, 'the heap the warn line advises for 256 MiB (--max-old-space-size=64, 8 MiB semi-spaces) beside its 64 MiB budget');
+  assert.is(defaultMaxConnections(proxy, 0, 88 * MiB), 10240, 'no budget: nothing reserved for requests (the memory_limit line warns of it)');
+  assert.is(defaultMaxConnections(proxy, 16 * MiB, 72 * MiB), 4096);
+  assert.is(defaultMaxConnections(proxy, 32 * MiB, 40 * MiB), 1024, 'for 128 MiB (--max-old-space-size=16): the floor');
+  assert.is(defaultMaxConnections(proxy, 0, 16 * MiB), 1024, 'the floor');
+  assert.is(defaultMaxConnections(proxy, DEFAULT_BUFFER_BUDGET, 200 * MiB), 6144, 'a 256 MiB budget (no memory limit) lets requests hold 128 MiB of a 200 MiB heap');
+  assert.is(defaultMaxConnections(server, 16 * MiB, 72 * MiB), server, "a server's 4096 fits 72 MiB beside a 16 MiB budget");
+  assert.is(defaultMaxConnections(server, 16 * MiB, 60 * MiB), 1024);
+  assert.is(connectionsNote(proxy, false, proxy, 'max_connections', budget, 280 * MiB), undefined, 'nothing to say of a limit the heap did not lower');
+  assert.is(connectionsNote(5000, true, proxy, 'max_connections', budget, 88 * MiB), undefined, 'nor of one set');
+  assert.is(connectionsNote(2048, true, proxy, 'max_connections', budget, 88 * MiB), undefined, 'nor of one set to the very number the heap gives');
+  const note = connectionsNote(2048, false, proxy, 'max_connections', budget, 88 * MiB)!;
+  assert.match(note.message, "V8's heap may grow to 88 MiB (--max-old-space-size): the process keeps at most 2048 connections open at once, not 20000");
+  assert.match(note.message, 'past 48 MiB for its young generation and own state and 32 MiB for requests (half the buffer budget)');
   assert.match(note.message, 'max_connections sets another');
-  assert.equal(note.fields, { max_connections: 6144, heap_limit: 72 * MiB });
+  assert.equal(note.fields, { max_connections: 2048, heap_limit: 88 * MiB, budget });
 });
 
 derive.run();
@@ -147,18 +151,39 @@ cgroup('with its defaults in a 256 MiB group, 400 connections each sending most 
 /** What V8 prints as it aborts a process whose heap ran out ("FATAL ERROR: Reached heap limit Allocation failed - JavaScript heap out of memory"): not any log line that names the words. */
 const V8_OUT_OF_HEAP = /FATAL ERROR: .*JavaScript heap out of memory/;
 
-async function largeRequestsToSlowServer(env: Record<string, string>): Promise<{ proc: Proc; report: { errors: Record<string, number> } }> {
+async function largeRequestsToSlowServer(env: Record<string, string>, before?: (port: number, proc: Proc) => Promise<void>): Promise<{ proc: Proc; report: { errors: Record<string, number> } }> {
   group = memoryGroup(256 * MiB);
   const { proc, port } = await proxyProcess([], { memoryGroup: group.procs, env });
   await proc.waitFor(/may use 256 MiB/);
   const server = revproxy(['server', '--id', 'slow', '--pp', '111', '--revproc', String(port), '--delay', '200', '--concurrency', '64']);
   await proc.waitFor(/server id slow/);
+  await before?.(port, proc);
   const load = revproxy(['load', '--no-progress', '--json', '--revproc', String(port), '-c', '64', '-p', '4', '--payload-size', '1000000', '-d', '3s', '--timeout', '3000']);
   await load.exited;
   server.kill();
   const line = load.out.find((l) => l.startsWith('{'));
   assert.ok(line, `revproxy load reported nothing:\n${load.out.join('\n')}`);
   return { proc, report: JSON.parse(line!) };
+}
+
+/** `n` idle clients on `port`: each asks once (no server of policy P: NO_SERVER) and stays open, as idle clients do. */
+function idleCrowd(port: number, n: number): Array<ReturnType<typeof collector>> {
+  const conns: Array<ReturnType<typeof collector>> = [];
+  for (let i = 0; i < n; i++) {
+    const s = connect({ host: LOCAL, port });
+    s.on('error', () => {});
+    sockets.push(s);
+    conns.push(collector(s));
+    s.write(frame({ type: 0, seq: 1, srcid: `c${i}`, privPoliId: 'P', payload: 'x' }));
+  }
+  return conns;
+}
+
+/** Why a test of a proxy in a group under a crowd of `n` connections cannot run here (no group, or this process's open-files limit), or undefined. */
+function cannotCrowd(n: number): string | undefined {
+  if (why) return `this test runs a proxy in a memory-limited control group: ${why}`;
+  const files = fileLimits()?.soft ?? 0;
+  return files < n + 1000 ? `this test opens ${n} connections, and this process may open ${files} files (ulimit -n)` : undefined;
 }
 
 cgroup('with a heap fitted to its 256 MiB group, 1 MB requests from 64 clients to a slow server are refused OVERLOADED and the proxy lives: those read in one turn of its event loop, not yet held, filled the heap and it died (JavaScript heap out of memory)', async () => {
@@ -174,15 +199,35 @@ cgroup('with a heap fitted to its 256 MiB group, 1 MB requests from 64 clients t
   assert.ok((report.errors.OVERLOADED ?? 0) > 0, `the requests past the budget are refused OVERLOADED: ${JSON.stringify(report.errors)}`);
 });
 
-cgroup('with the heap its start line advises for a 128 MiB group, a crowd of idle connections past what that heap holds is refused and the proxy lives: 6000 ended it (JavaScript heap out of memory) under max_connections 20000', async () => {
-  if (why) {
-    console.log(`  skipped: this test runs a proxy in a memory-limited control group: ${why}`);
+cgroup('with the heap its start line advises for a 256 MiB group, 1 MB requests from 64 clients to a slow server and a crowd of 10,000 idle connections at once: the crowd past what the heap holds beside the requests is refused and the proxy lives: it took them all (max_connections 10240) and died (JavaScript heap out of memory)', async () => {
+  const crowd = 10000;
+  const skip = cannotCrowd(crowd);
+  if (skip) {
+    console.log(`  skipped: ${skip}`);
     return;
   }
+  let conns: Array<ReturnType<typeof collector>> = [];
+  const { proc } = await largeRequestsToSlowServer({ NODE_OPTIONS: `--max-old-space-size=${fittedOldSpace(256 * MiB, 64 * MiB)}`, MALLOC_MMAP_THRESHOLD_: '131072' }, async (port, proxy) => {
+    // The crowd first, then the load on top of it.
+    conns = idleCrowd(port, crowd);
+    const ended = (): boolean => proxy.child.exitCode !== null || proxy.child.signalCode !== null;
+    await eventually(() => conns.every((c) => c.got.length > 0 || c.closed) || ended(), 60000, 'every connection of the crowd answered or refused');
+  });
+  const out = (): string => proc.out.join('\n');
+  assert.not.match(out(), V8_OUT_OF_HEAP);
+  assert.is(group!.oomKills(), 0, `the kernel's OOM killer killed the proxy; output:\n${out()}`);
+  assert.ok(proc.child.exitCode === null && proc.child.signalCode === null, `the proxy runs on (it ended: ${proc.child.exitCode ?? proc.child.signalCode}); output:\n${out()}`);
+  await proc.waitFor(/V8's heap may grow to 88 MiB .*at most 2048 connections .*32 MiB for requests/);
+  const kept = conns.filter((c) => !c.closed).length;
+  assert.ok(kept > 0 && kept <= 2048, `it keeps what its heap holds beside the requests and refuses the rest: ${kept} kept`);
+  await proc.waitFor(/Refused .*2048 connections are open \(max_connections\)/);
+});
+
+cgroup('with the heap its start line advises for a 128 MiB group, a crowd of idle connections past what that heap holds is refused and the proxy lives: 6000 ended it (JavaScript heap out of memory) under max_connections 20000', async () => {
   const crowd = 6000;
-  const files = fileLimits()?.soft ?? 0;
-  if (files < crowd + 1000) {
-    console.log(`  skipped: this test opens ${crowd} connections, and this process may open ${files} files (ulimit -n)`);
+  const skip = cannotCrowd(crowd);
+  if (skip) {
+    console.log(`  skipped: ${skip}`);
     return;
   }
   // What the memory_limit warn line says to start Node with in a 128 MiB group (its budget, a quarter: 32 MiB).
@@ -191,15 +236,7 @@ cgroup('with the heap its start line advises for a 128 MiB group, a crowd of idl
   group = memoryGroup(128 * MiB);
   const { proc, port } = await proxyProcess([], { memoryGroup: group.procs, env: { NODE_OPTIONS: `--max-old-space-size=${oldSpace}`, MALLOC_MMAP_THRESHOLD_: '131072' } });
   await proc.waitFor(/may use 128 MiB/);
-  // Each asks once (no server: NO_SERVER) and stays open, as idle clients do.
-  const conns: Array<ReturnType<typeof collector>> = [];
-  for (let i = 0; i < crowd; i++) {
-    const s = connect({ host: LOCAL, port });
-    s.on('error', () => {});
-    sockets.push(s);
-    conns.push(collector(s));
-    s.write(frame({ type: 0, seq: 1, srcid: `c${i}`, privPoliId: 'P', payload: 'x' }));
-  }
+  const conns = idleCrowd(port, crowd);
   const ended = (): boolean => proc.child.exitCode !== null || proc.child.signalCode !== null;
   await eventually(() => conns.every((c) => c.got.length > 0 || c.closed) || ended(), 60000, 'every connection answered or refused');
   const out = (): string => proc.out.join('\n');
