@@ -7,7 +7,7 @@
  * membership.ts's; health (ejection, probes) is health.ts's.
  */
 import { ErrorCode } from '../transport/errors.js';
-import { errorMsg, MsgType, WIRE, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
+import { errorMsg, MsgType, payloadBytes, WIRE, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import { startChild, stopChild } from './children.js';
 import { quoted, type Failure, type Peer, type ProxyRequest, type Reply } from './link.js';
 import { fmt } from './logger.js';
@@ -120,10 +120,16 @@ export function refuse(context: ProxyContext, reqs: ProxyRequest[], failure: Fai
   for (const r of reqs) reply(r, errorMsg(failure.code, failure.message));
 }
 
-/** What a request holds in memory until it is answered, as the buffer budget counts it: its payload, and the frame it keeps to be forwarded as its own bytes (`WIRE`; a binary payload is a view of that frame). */
+/**
+ * What a request holds in memory until it is answered, as the buffer budget counts it: its
+ * payload, and the frame it keeps to be forwarded as its own bytes (`WIRE`; a binary payload is a
+ * view of that frame). A text payload counts its UTF-8 bytes, not its length: V8 keeps a string
+ * with any character past U+00FF at two bytes a character (CJK text: 2 bytes for its 3 in UTF-8,
+ * where its length counted 1), and UTF-8 is never less.
+ */
 export function requestBytes(msg: DataMsg): number {
   const w = msg[WIRE];
-  return msg.payload.length + (w !== undefined && typeof msg.payload === 'string' ? w.end - w.start : 0);
+  return payloadBytes(msg.payload) + (w !== undefined && typeof msg.payload === 'string' ? w.end - w.start : 0);
 }
 
 /**

@@ -148,15 +148,21 @@ cgroup('with its defaults in a 256 MiB group, 400 connections each sending most 
  * 256 MiB group: far more than the budget lets the requests hold, so most are refused OVERLOADED. Resolves with the
  * proxy and what `revproxy load` reported (its --json object).
  */
+/** A proxy in a 256 MiB group (`env` its environment) and a server of policy 111 behind it, `id` run with `options`. */
+async function serverBehindProxy(env: Record<string, string>, id: string, options: string[]): Promise<{ proc: Proc; port: number; server: Proc }> {
+  group = memoryGroup(256 * MiB);
+  const { proc, port } = await proxyProcess([], { memoryGroup: group.procs, env });
+  await proc.waitFor(/may use 256 MiB/);
+  const server = revproxy(['server', '--id', id, '--pp', '111', '--revproc', String(port), ...options]);
+  await proc.waitFor(new RegExp(`server id ${id}`));
+  return { proc, port, server };
+}
+
 /** What V8 prints as it aborts a process whose heap ran out ("FATAL ERROR: Reached heap limit Allocation failed - JavaScript heap out of memory"): not any log line that names the words. */
 const V8_OUT_OF_HEAP = /FATAL ERROR: .*JavaScript heap out of memory/;
 
 async function largeRequestsToSlowServer(env: Record<string, string>, before?: (port: number, proc: Proc) => Promise<void>): Promise<{ proc: Proc; report: { errors: Record<string, number> } }> {
-  group = memoryGroup(256 * MiB);
-  const { proc, port } = await proxyProcess([], { memoryGroup: group.procs, env });
-  await proc.waitFor(/may use 256 MiB/);
-  const server = revproxy(['server', '--id', 'slow', '--pp', '111', '--revproc', String(port), '--delay', '200', '--concurrency', '64']);
-  await proc.waitFor(/server id slow/);
+  const { proc, port, server } = await serverBehindProxy(env, 'slow', ['--delay', '200', '--concurrency', '64']);
   await before?.(port, proc);
   const load = revproxy(['load', '--no-progress', '--json', '--revproc', String(port), '-c', '64', '-p', '4', '--payload-size', '1000000', '-d', '3s', '--timeout', '3000']);
   await load.exited;
@@ -166,17 +172,28 @@ async function largeRequestsToSlowServer(env: Record<string, string>, before?: (
   return { proc, report: JSON.parse(line!) };
 }
 
-/** `n` idle clients on `port`: each asks once (no server of policy P: NO_SERVER) and stays open, as idle clients do. */
-function idleCrowd(port: number, n: number): Array<ReturnType<typeof collector>> {
+/** Says why a test is skipped, when `reason` says it is. */
+function skipped(reason: string | undefined): boolean {
+  if (reason) console.log(`  skipped: ${reason}`);
+  return reason !== undefined;
+}
+
+/** `n` clients on `port`, client `i` sending `sends(i)` and staying open. */
+function crowdOf(port: number, n: number, sends: (i: number) => Buffer): Array<ReturnType<typeof collector>> {
   const conns: Array<ReturnType<typeof collector>> = [];
   for (let i = 0; i < n; i++) {
     const s = connect({ host: LOCAL, port });
     s.on('error', () => {});
     sockets.push(s);
     conns.push(collector(s));
-    s.write(frame({ type: 0, seq: 1, srcid: `c${i}`, privPoliId: 'P', payload: 'x' }));
+    s.write(sends(i));
   }
   return conns;
+}
+
+/** `n` idle clients on `port`: each asks once (no server of policy P: NO_SERVER) and stays open, as idle clients do. */
+function idleCrowd(port: number, n: number): Array<ReturnType<typeof collector>> {
+  return crowdOf(port, n, (i) => frame({ type: 0, seq: 1, srcid: `c${i}`, privPoliId: 'P', payload: 'x' }));
 }
 
 /** Why a test of a proxy in a group under a crowd of `n` connections cannot run here (no group, or this process's open-files limit), or undefined. */
@@ -199,13 +216,30 @@ cgroup('with a heap fitted to its 256 MiB group, 1 MB requests from 64 clients t
   assert.ok((report.errors.OVERLOADED ?? 0) > 0, `the requests past the budget are refused OVERLOADED: ${JSON.stringify(report.errors)}`);
 });
 
-cgroup('with the heap its start line advises for a 256 MiB group, 1 MB requests from 64 clients to a slow server and a crowd of 10,000 idle connections at once: the crowd past what the heap holds beside the requests is refused and the proxy lives: it took them all (max_connections 10240) and died (JavaScript heap out of memory)', async () => {
-  const crowd = 10000;
-  const skip = cannotCrowd(crowd);
-  if (skip) {
-    console.log(`  skipped: ${skip}`);
+cgroup('with a heap fitted to its 256 MiB group, 1 MB requests of CJK text from 64 clients to a server that does not answer are refused OVERLOADED and the proxy lives: the budget counted a third of their bytes (their length), V8 holds two thirds, and the heap ran out (JavaScript heap out of memory)', async () => {
+  if (why) {
+    console.log(`  skipped: this test runs a proxy in a memory-limited control group: ${why}`);
     return;
   }
+  // The server reads each request and never answers: the proxy holds them until their time is up.
+  const { proc, port } = await serverBehindProxy({ NODE_OPTIONS: `--max-old-space-size=${fittedOldSpace(256 * MiB, 64 * MiB)}`, MALLOC_MMAP_THRESHOLD_: '131072' }, 'silent', ['--behaviour', 'silent']);
+  // 333,000 characters of 3 bytes in UTF-8 each: 999,000 bytes on the wire, 666,000 in V8's heap once decoded.
+  const text = '漢'.repeat(333000);
+  const requests = Buffer.concat([1, 2, 3, 4].map((seq) => frame({ type: 0, seq, srcid: 'cjk', privPoliId: '111', payload: text })));
+  const clients = crowdOf(port, 64, () => requests);
+  const ended = (): boolean => proc.child.exitCode !== null || proc.child.signalCode !== null;
+  await eventually(() => clients.every((c) => c.got.length === 4 || c.closed) || ended(), 30000, 'every request answered, or its connection closed');
+  const out = proc.out.join('\n');
+  assert.not.match(out, V8_OUT_OF_HEAP);
+  assert.is(group!.oomKills(), 0, `the kernel's OOM killer killed the proxy; output:\n${out}`);
+  assert.not.ok(ended(), `the proxy runs on (it ended: ${proc.child.exitCode ?? proc.child.signalCode}); output:\n${out}`);
+  const overloaded = clients.flatMap((c) => c.got).filter((m) => (m as { code?: string }).code === 'OVERLOADED').length;
+  assert.ok(overloaded > 0, 'the requests past the budget are refused OVERLOADED');
+});
+
+cgroup('with the heap its start line advises for a 256 MiB group, 1 MB requests from 64 clients to a slow server and a crowd of 10,000 idle connections at once: the crowd past what the heap holds beside the requests is refused and the proxy lives: it took them all (max_connections 10240) and died (JavaScript heap out of memory)', async () => {
+  const crowd = 10000;
+  if (skipped(cannotCrowd(crowd))) return;
   let conns: Array<ReturnType<typeof collector>> = [];
   const { proc } = await largeRequestsToSlowServer({ NODE_OPTIONS: `--max-old-space-size=${fittedOldSpace(256 * MiB, 64 * MiB)}`, MALLOC_MMAP_THRESHOLD_: '131072' }, async (port, proxy) => {
     // The crowd first, then the load on top of it.
@@ -225,11 +259,7 @@ cgroup('with the heap its start line advises for a 256 MiB group, 1 MB requests 
 
 cgroup('with the heap its start line advises for a 128 MiB group, a crowd of idle connections past what that heap holds is refused and the proxy lives: 6000 ended it (JavaScript heap out of memory) under max_connections 20000', async () => {
   const crowd = 6000;
-  const skip = cannotCrowd(crowd);
-  if (skip) {
-    console.log(`  skipped: ${skip}`);
-    return;
-  }
+  if (skipped(cannotCrowd(crowd))) return;
   // What the memory_limit warn line says to start Node with in a 128 MiB group (its budget, a quarter: 32 MiB).
   const oldSpace = fittedOldSpace(128 * MiB, 32 * MiB);
   assert.is(oldSpace, 16);
