@@ -41,6 +41,8 @@ export function memoryGroup(limit: number): MemoryGroup {
   const v1 = existsSync(join(V1, 'memory.limit_in_bytes'));
   const dir = join(v1 ? V1 : V2, `revproxy-spec-${process.pid}-${made++}`);
   const remove = (): void => {
+    // Once removed, the group no longer waits for the process's exit (a spec file that makes many would leak listeners).
+    process.off('exit', remove);
     try {
       for (const pid of readFileSync(join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)) {
         try {
