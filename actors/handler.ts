@@ -124,10 +124,14 @@ const REQUEST_ROOM = 1024;
  * A connection requests come on, and what its requests hold of the buffer
  * budget: past its share (`requestsPerPeer`) it is read no more until
  * answers bring it under half that, as the proxy does with its clients.
+ * Past the same share of answers it has not read, its requests wait unrun
+ * (`parked`) until it reads them.
  */
 export class Caller {
   heldBytes = 0;
   throttled = false;
+  /** Requests taken and not run yet because the peer has not read its answers (oldest first). */
+  parked: Job[] = [];
   constructor(readonly conn: Connection) {}
 }
 
@@ -218,12 +222,15 @@ export class HandlerRunner {
   readonly timed = new Set<Job>();
   private running = 0;
   private readonly queue: Job[] = [];
+  /** Callers with requests parked (`park`): let go all at once when the server stops. */
+  private readonly waiting = new Set<Caller>();
+  private parkedCount = 0;
   /** Answers sent: ACKs, and errors by code (the handler's own errors are HANDLER_ERROR); for the stop line and the inspector's metrics. */
   readonly outcomes = { ok: 0, errors: new Map<string, number>() };
 
   /** Requests taken and not answered yet: running, or waiting for a slot. */
   get held(): number {
-    return this.running + this.queue.length;
+    return this.running + this.queue.length + this.parkedCount;
   }
 
   /** Answers sent so far, whatever they were. */
@@ -270,7 +277,8 @@ export class HandlerRunner {
       }
       caller.heldBytes += bytes;
       const job = new Job(this, caller, msg, bytes, deadline);
-      if (runs) this.start(job);
+      if (caller.parked.length > 0 || this.backedUp(caller)) this.park(job);
+      else if (runs) this.start(job);
       else this.queue.push(job);
     }
     // A connection holding its share of the budget is not read until answers bring it down.
@@ -299,6 +307,49 @@ export class HandlerRunner {
     }
   }
 
+  /**
+   * Whether the caller has not read its share of answers (`requestsPerPeer` of the budget, as
+   * the proxy allows its link to a server unwritten): its requests then wait unrun. A handler
+   * answering a read's every request in the same turn made answers for a peer that reads
+   * nothing until the budget cut it - 256 MiB built in one turn, the event loop stalled for
+   * seconds (the proxy's PINGs unanswered, every other peer waiting) at every connection.
+   */
+  private backedUp(caller: Caller): boolean {
+    const conn = caller.conn;
+    return conn.pendingBytes >= this.opts.budget.requestsPerPeer && conn.congested;
+  }
+
+  /** Hold `job` unrun, holding its bytes, until its caller has read its answers (or is gone). */
+  private park(job: Job): void {
+    const caller = job.caller;
+    this.parkedCount++;
+    if (caller.parked.push(job) > 1) return;
+    this.waiting.add(caller);
+    caller.conn.whenWritten(() => this.unpark(caller));
+    const { serverId: id, logger } = this.opts;
+    const share = this.opts.budget.requestsPerPeer;
+    logger.repeated('warn', 'answers_unread', id, 1, (n, span) => span
+      ? `Held the requests of connections that had not read their answers ${fmt(n)} more time(s) ${span}, until they read them`
+      : `Connection from ${caller.conn.describe()} has not read ${caller.conn.pendingBytes} bytes of answers, more than its share of the buffer budget (${share} bytes, --max-buffered-bytes / 32): its requests wait, unrun, until it reads them`,
+    { peer: caller.conn.describe(), share });
+  }
+
+  /** The caller read its answers: run its parked requests, in order, until it falls behind again; gone, they are dropped. */
+  private unpark(caller: Caller): void {
+    const jobs = caller.parked;
+    caller.parked = [];
+    this.waiting.delete(caller);
+    this.parkedCount -= jobs.length;
+    for (let i = 0; i < jobs.length; i++) {
+      const job = jobs[i]!;
+      if (caller.conn.closed) this.letGo(job);
+      else if (this.expired(job, 'while its connection did not read its answers')) continue;
+      else if (caller.parked.length > 0 || this.backedUp(caller)) this.park(job);
+      else if (this.running < this.opts.concurrency) this.start(job);
+      else this.queue.push(job);
+    }
+  }
+
   /** Abort every handler still running that watches its signal (the server is going away). */
   abortAll(why: string): void {
     const reason = new RevproxyError(ErrorCode.SHUTTING_DOWN, why);
@@ -306,6 +357,12 @@ export class HandlerRunner {
     for (const job of this.timed) job.release();
     for (const job of this.queue) this.letGo(job);
     this.queue.length = 0;
+    for (const caller of this.waiting) {
+      for (const job of caller.parked) this.letGo(job);
+      caller.parked = [];
+    }
+    this.waiting.clear();
+    this.parkedCount = 0;
   }
 
   private start(job: Job): void {
@@ -373,14 +430,19 @@ export class HandlerRunner {
   private next(): void {
     while (this.running < this.opts.concurrency && this.queue.length > 0) {
       const job = this.queue.shift()!;
-      if (job.deadline !== undefined && this.opts.clock.now() >= job.deadline) {
-        // The proxy has stopped waiting for it: running it would only keep the others waiting.
-        this.letGo(job);
-        this.answer(job.caller.conn, errorMsg(ErrorCode.TIMEOUT, `request ${job.msg.seq} waited past its deadline in server ${this.opts.serverId}'s queue`, job.msg.seq));
-        continue;
-      }
-      this.start(job);
+      if (this.expired(job, `in server ${this.opts.serverId}'s queue`)) continue;
+      // A slot goes to a peer that reads its answers; this one's request waits for it to read.
+      if (job.caller.parked.length > 0 || this.backedUp(job.caller)) this.park(job);
+      else this.start(job);
     }
+  }
+
+  /** The proxy has stopped waiting for `job` while it waited: it is answered TIMEOUT (running it would only keep the others waiting). */
+  private expired(job: Job, where: string): boolean {
+    if (job.deadline === undefined || this.opts.clock.now() < job.deadline) return false;
+    this.letGo(job);
+    this.answer(job.caller.conn, errorMsg(ErrorCode.TIMEOUT, `request ${job.msg.seq} waited past its deadline ${where}`, job.msg.seq));
+    return true;
   }
 
   private ack(job: Job, answer: unknown): AckMsg | ErrorMsg {

@@ -10,6 +10,7 @@ import { connect as tlsConnect } from 'node:tls';
 import { Logger, ManualClock, memorySink, runClient, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { encodeFrame, FORWARD_ROOM, FrameDecoder } from '../transport/frame.js';
 import type { LinkTraffic } from '../actors/upstream.js';
+import { MsgType } from '../transport/messages.js';
 import { rssBytes } from '../bench/procs.js';
 import { readFileSync } from 'node:fs';
 import { makePki } from './certs.js';
@@ -341,6 +342,36 @@ r('many servers that read their links too slowly hold no more of the proxy\'s me
   const codes = clients.flatMap(({ c }) => c.got.map((m) => (m.type === 3 ? m.code : 'ACK')));
   assert.ok(codes.every((c) => c === 'ACK' || c === 'TIMEOUT'), [...new Set(codes)].join());
   assert.ok(codes.filter((c) => c === 'ACK').length > codes.length / 2, `most requests answered by the server that reads: ${codes.filter((c) => c === 'ACK').length} of ${codes.length}`);
+});
+
+r('a client that reads none of its many big answers costs the server no cut link and no missed PING: the server paces its answers to what the proxy reads', async () => {
+  // The server's handler answered a read's every request in one turn: a proxy link carrying 200 requests for 256 KiB
+  // answers made 50 MiB at once, past the server's 4 MiB budget, which cut the proxy's link (with the default budget,
+  // 256 MiB built over seconds: the proxy's PINGs unanswered, the server removed, its other clients NO_SERVER).
+  const proxy = await inProcess();
+  const serverLogs: LogRecord[] = [];
+  let made = 0;
+  const answer = 'x'.repeat(256 * 1024);
+  ctx.servers.push(await startServer({
+    id: 'big', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: proxy.port }, maxBufferedBytes: 4 * 1024 * 1024,
+    handler: (p) => (p === 'quick' ? 'fine' : (made++, answer)), logger: new Logger('server', memorySink(serverLogs), 'info'),
+  }));
+  await eventually(() => proxy.pools().P?.serving.includes('big') ?? false, 3000, 'the server serving');
+  const greedy = await rawConnect(proxy.port);
+  ctx.sockets.push(greedy);
+  greedy.pause();
+  greedy.write(Buffer.concat(Array.from({ length: 200 }, (_, i) => encodeFrame({ type: 0, seq: i + 1, srcid: 'greedy', privPoliId: 'P', payload: `r${i}` }))));
+  await eventually(() => made > 0, 5000, 'its requests reaching the server');
+  const good = await rawConnect(proxy.port);
+  ctx.sockets.push(good);
+  const got = collector(good);
+  good.write(encodeFrame({ type: 0, seq: 1, srcid: 'good', privPoliId: 'P', payload: 'quick' }));
+  await got.until(() => got.got.length === 1, 20_000);
+  const said = [...serverLogs, ...ctx.logs].filter((l) => l.level !== 'info').map((l) => l.msg).join('\n');
+  assert.equal([got.got[0]!.type, (got.got[0] as { payload?: unknown }).payload], [MsgType.ACK, 'fine'], said);
+  assert.not.ok(serverLogs.some((l) => l.event === 'budget_shed'), said);
+  assert.not.ok(ctx.logs.some((l) => /unreachable|missed \d+ PINGs|No live server/.test(l.msg)), said);
+  assert.ok(proxy.pools().P?.serving.includes('big'), 'still serving');
 });
 
 r('an old-wire client whose answers wait behind a slow one holds them within the buffer budget: past it, it is cut with OVERLOADED', async () => {

@@ -483,6 +483,24 @@ export class Connection implements BudgetHolder {
     });
   }
 
+  /**
+   * Call `cb` once, in a later turn, when what was sent so far has left for the kernel (this
+   * turn's batch written and the socket's buffer drained), or the connection is closed.
+   */
+  whenWritten(cb: () => void): void {
+    const socket = this.socket;
+    // A batch waits for this turn's flush, which was scheduled when it began: look again after it.
+    if (this.queued > 0 && !this.closed) return void setImmediate(() => this.whenWritten(cb));
+    if (this.closed || socket.destroyed || !socket.writableNeedDrain) return void setImmediate(cb);
+    const done = (): void => {
+      socket.off('drain', done);
+      socket.off('close', done);
+      this.whenWritten(cb);
+    };
+    socket.on('drain', done);
+    socket.on('close', done);
+  }
+
   /** Bytes accepted by `send` but not yet handed to the kernel. */
   get pendingBytes(): number {
     return this.socket.writableLength + this.batch.length;
