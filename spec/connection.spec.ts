@@ -14,6 +14,7 @@ import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { MsgType, type Message } from '../transport/messages.js';
 import { ManualClock } from '../transport/clock.js';
 import { dialDeadline } from '../transport/tls.js';
+import { BufferBudget } from '../transport/budget.js';
 
 const data = (seq: number): Message => ({ type: MsgType.DATA, seq, srcid: 'c1', privPoliId: '111', payload: `p${seq}` });
 
@@ -245,6 +246,28 @@ test("a dial's deadline tells an address from a name as net.connect does: '127.1
   assert.match(String(name.said), /^no answer from 127\.1:2100 within 100 ms/);
   address.socket.destroy();
   name.socket.destroy();
+});
+
+test('a peer that reads nothing: the budget is told of its unread bytes at the drain once, not by a listener left per turn written to it', async () => {
+  // Each flush the socket had no room for added a 'drain' listener: a proxy's client that read nothing
+  // while its answers came over many turns gathered one per turn (Node's MaxListenersExceededWarning at 11).
+  const { near, far, server } = await pair();
+  try {
+    far.pause();
+    const conn = new Connection(near, { budget: new BufferBudget(1 << 30) });
+    const payload = 'x'.repeat(64 * 1024);
+    for (let seq = 1; seq <= 200; seq++) {
+      conn.send({ type: MsgType.DATA, seq, srcid: 'c1', privPoliId: '111', payload });
+      // The end-of-turn flush runs before this.
+      await new Promise((r) => setImmediate(r));
+    }
+    assert.ok(near.writableNeedDrain, 'the socket is full');
+    assert.ok(near.listenerCount('drain') <= 2, `${near.listenerCount('drain')} drain listeners`);
+  } finally {
+    near.destroy();
+    far.destroy();
+    server.close();
+  }
 });
 
 test.run();

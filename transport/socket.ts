@@ -187,6 +187,8 @@ export class Connection implements BudgetHolder {
   private queued = 0;
   /** The budget was last told of a batch (`BATCH_COUNTED`): it is told again once the batch is written. */
   private batchCounted = false;
+  /** The budget is told again at the socket's drain (a listener is waiting for it). */
+  private accountAtDrain = false;
   private pauses = 0;
   private readonly clock: Clock;
   private readonly budget?: BufferBudget;
@@ -420,7 +422,14 @@ export class Connection implements BudgetHolder {
       this.holdReadsUntilDrained();
       if (this.budget && !this.shielded) {
         this.account();
-        this.socket.once('drain', () => this.account());
+        // One listener until the drain, however many turns write to the full socket before it.
+        if (!this.accountAtDrain) {
+          this.accountAtDrain = true;
+          this.socket.once('drain', () => {
+            this.accountAtDrain = false;
+            this.account();
+          });
+        }
       }
     } else if (this.batchCounted) this.account();
     if (this.shielded && this.budget) this.countUnwritten();
