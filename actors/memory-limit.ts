@@ -5,7 +5,7 @@
  */
 import { totalmem } from 'node:os';
 import { getHeapStatistics } from 'node:v8';
-import { defaultBufferBudget } from '../transport/budget.js';
+import { defaultBudgetShare, defaultBufferBudget } from '../transport/budget.js';
 
 /** The bytes this process may use when a control group limits it below the machine's memory, else undefined (no limit: Node 20 then reads 2^64, or 0). */
 export function memoryLimit(constrained = process.constrainedMemory?.(), machine = totalmem()): number | undefined {
@@ -17,15 +17,19 @@ const mib = (n: number): string => `${Math.round((n / 1048576) * 10) / 10} MiB`;
 /**
  * The `--max-old-space-size` (MiB) that fits V8's heap beside a buffer budget of `budget` in a
  * process limited to `memory` bytes: half of what the budget leaves, less 32 MiB for the young
- * generation - 64 for 256 MiB. The other half is for what neither counts: buffers V8 frees only
+ * generation, and at least 32 - 64 for 256 MiB, 32 for 128 MiB (beside its 16 MiB budget, an eighth). The other half is for what neither counts: buffers V8 frees only
  * when it next collects, the allocator's slack, Node's own memory. 64 clients sending 1 MB
  * requests to a slow server, a proxy in a 256 MiB group (`spec/memory-limit.spec.ts`): with 64
  * it refused them OVERLOADED and lived, the group peaking at 174-185 MiB over 10 s; with 40 (and
  * 46) the heap ran out (the requests' decoded payloads live in it); with 96, the half alone, it
- * lived too, peaking near 200 MiB. 64 leaves room both ways.
+ * lived too, peaking near 200 MiB. 64 leaves room both ways. In a 128 MiB group beside a
+ * 16 MiB budget (with 950 idle connections or none), 24 (what half of what the budget leaves
+ * gives) peaked at 86-106 MiB but ran out of heap in 1 of about 20 runs; 32 lived in 8 of 8 (and 8 of
+ * 8 of the spec), peaking at 100-116 MiB; 40 at 113-118 (2 runs), too near the limit. Hence the floor of 32.
+ * (`SMALL_MEMORY_LIMIT` in transport/budget.ts: what ended it beside a 32 MiB budget.)
  */
 export function fittedOldSpace(memory: number, budget: number): number {
-  return Math.max(16, Math.floor((memory - budget) / 2 / 1048576) - 32);
+  return Math.max(32, Math.floor((memory - budget) / 2 / 1048576) - 32);
 }
 
 /**
@@ -40,16 +44,17 @@ export function fittedOldSpace(memory: number, budget: number): number {
 export function budgetNote(budget: number, flag: string, memory: number | undefined, heap = getHeapStatistics().heap_size_limit): { level: 'info' | 'warn'; message: string; fields: Record<string, number> } | undefined {
   if (memory === undefined) return undefined;
   const fallback = defaultBufferBudget(memory);
+  const share = defaultBudgetShare(memory) === 8 ? 'an eighth' : 'a quarter';
   const fields = { memory_limit: memory, budget, heap_limit: heap };
   const limit = `This process may use ${mib(memory)} (its control group's memory limit)`;
   if (budget === 0 || budget > memory / 2) {
     return {
       level: 'warn',
-      message: `${limit}, and ${flag} is ${budget === 0 ? '0 (no limit)' : `${mib(budget)}, more than half of it`}: peers filling the buffers would take the process past its limit and the kernel would kill it (OOM), ending every request in flight, before the budget sheds any; lower ${flag} to ${fallback} (a quarter of the limit, the default here) or raise the memory limit`,
+      message: `${limit}, and ${flag} is ${budget === 0 ? '0 (no limit)' : `${mib(budget)}, more than half of it`}: peers filling the buffers would take the process past its limit and the kernel would kill it (OOM), ending every request in flight, before the budget sheds any; lower ${flag} to ${fallback} (${share} of the limit, the default here) or raise the memory limit`,
       fields,
     };
   }
-  const said = budget === fallback ? `: the buffer budget is ${mib(budget)}, ${budget < memory / 4 ? 'its default' : 'a quarter of it'} (${flag} sets another)` : `: the buffer budget is ${mib(budget)} (${flag})`;
+  const said = budget === fallback ? `: the buffer budget is ${mib(budget)}, ${budget < Math.floor(memory / defaultBudgetShare(memory)) ? 'its default' : `${share} of it`} (${flag} sets another)` : `: the buffer budget is ${mib(budget)} (${flag})`;
   if (heap + budget > memory) {
     const oldSpace = fittedOldSpace(memory, budget);
     return {
@@ -85,7 +90,7 @@ export const MIN_DEFAULT_CONNECTIONS = 1024;
  * budget at `HEAP_PER_CONNECTION` each when that is fewer (at least `MIN_DEFAULT_CONNECTIONS`).
  * The requests' half is heap too: a request read is held decoded, its text payload a string in V8's
  * heap, until it is answered. With the heap the `memory_limit` line advises for 256 MiB
- * (`--max-old-space-size=64`: 88 MiB, beside a 64 MiB budget) that is 2048, for 128 MiB (16: 40 MiB)
+ * (`--max-old-space-size=64`: 88 MiB, beside a 64 MiB budget) that is 2048, for 128 MiB (32: 56 MiB)
  * 1024: proxies with 48 and 16 died (JavaScript heap out of memory) past about 17,000 and 4,500 idle
  * connections instead of refusing the excess, and one with 64 under 10,000 idle connections and 64
  * clients' 1 MB requests to a slow server (the requests filling their half: 8,000 lived, its heap

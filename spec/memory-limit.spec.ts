@@ -1,6 +1,6 @@
 /**
  * A proxy in a memory-limited container or systemd unit: its buffer budget's default fits the
- * memory the process may use (a quarter of its control group's limit), a start says what it
+ * memory the process may use (a quarter of its control group's limit, an eighth below 256 MiB), a start says what it
  * chose and why, and a budget or heap that cannot fit is warned of. A real proxy in a real
  * cgroup sheds a crowd of large frames (OVERLOADED) where it was killed by the kernel.
  */
@@ -21,13 +21,17 @@ const FLAG = '--max-buffered-bytes';
 
 const derive = suite('memory limit: the budget it derives');
 
-derive('no limit below the machine (Node 20 reads 2^64 then) keeps 256 MiB; a limit gives a quarter of it, at most 256 MiB', () => {
+derive('no limit below the machine (Node 20 reads 2^64 then) keeps 256 MiB; a limit gives a quarter of it, at most 256 MiB, and an eighth of one below 256 MiB', () => {
   assert.is(memoryLimit(2 ** 64, 24 * 1024 * MiB), undefined);
   assert.is(memoryLimit(0, 24 * 1024 * MiB), undefined);
   assert.is(memoryLimit(256 * MiB, 24 * 1024 * MiB), 256 * MiB);
   assert.is(defaultBufferBudget(undefined), DEFAULT_BUFFER_BUDGET);
   assert.is(defaultBufferBudget(256 * MiB), 64 * MiB);
   assert.is(defaultBufferBudget(8 * 1024 * MiB), DEFAULT_BUFFER_BUDGET);
+  assert.is(defaultBufferBudget(128 * MiB), 16 * MiB);
+  assert.is(fittedOldSpace(128 * MiB, 16 * MiB), 32);
+  assert.is(budgetNote(16 * MiB, FLAG, 128 * MiB, 56 * MiB)!.message, `This process may use 128 MiB (its control group's memory limit): the buffer budget is 16 MiB, an eighth of it (${FLAG} sets another)`);
+  assert.match(budgetNote(0, FLAG, 128 * MiB, 56 * MiB)!.message, `lower ${FLAG} to ${16 * MiB} (an eighth of the limit, the default here)`);
 });
 
 derive('a start says what budget it chose and why; a budget or a heap that cannot fit the limit is a warn line saying what to set', () => {
@@ -77,7 +81,7 @@ derive('a small V8 heap lowers the default limit on connections to what it holds
   assert.is(defaultMaxConnections(proxy, budget, 88 * MiB), 2048, 'the heap the warn line advises for 256 MiB (--max-old-space-size=64, 8 MiB semi-spaces) beside its 64 MiB budget');
   assert.is(defaultMaxConnections(proxy, 0, 88 * MiB), 10240, 'no budget: nothing reserved for requests (the memory_limit line warns of it)');
   assert.is(defaultMaxConnections(proxy, 16 * MiB, 72 * MiB), 4096);
-  assert.is(defaultMaxConnections(proxy, 32 * MiB, 40 * MiB), 1024, 'for 128 MiB (--max-old-space-size=16): the floor');
+  assert.is(defaultMaxConnections(proxy, 16 * MiB, 56 * MiB), 1024, 'for 128 MiB (--max-old-space-size=32 beside a 16 MiB budget): the floor');
   assert.is(defaultMaxConnections(proxy, 0, 16 * MiB), 1024, 'the floor');
   assert.is(defaultMaxConnections(proxy, DEFAULT_BUFFER_BUDGET, 200 * MiB), 6144, 'a 256 MiB budget (no memory limit) lets requests hold 128 MiB of a 200 MiB heap');
   assert.is(defaultMaxConnections(server, 16 * MiB, 72 * MiB), server, "a server's 4096 fits 72 MiB beside a 16 MiB budget");
@@ -145,14 +149,14 @@ cgroup('with its defaults in a 256 MiB group, 400 connections each sending most 
 
 /**
  * 64 clients each keeping 4 requests of 1 MB in flight to a server that takes 200 ms over each, against a proxy in a
- * 256 MiB group: far more than the budget lets the requests hold, so most are refused OVERLOADED. Resolves with the
+ * 256 MiB group (or `limit` bytes), `before` run first: far more than the budget lets the requests hold, so most are refused OVERLOADED. Resolves with the
  * proxy and what `revproxy load` reported (its --json object).
  */
-/** A proxy in a 256 MiB group (`env` its environment) and a server of policy 111 behind it, `id` run with `options`. */
-async function serverBehindProxy(env: Record<string, string>, id: string, options: string[]): Promise<{ proc: Proc; port: number; server: Proc }> {
-  group = memoryGroup(256 * MiB);
+/** A proxy in a group of `limit` bytes (256 MiB unless given; `env` its environment) and a server of policy 111 behind it, `id` run with `options`. */
+async function serverBehindProxy(env: Record<string, string>, id: string, options: string[], limit = 256 * MiB): Promise<{ proc: Proc; port: number; server: Proc }> {
+  group = memoryGroup(limit);
   const { proc, port } = await proxyProcess([], { memoryGroup: group.procs, env });
-  await proc.waitFor(/may use 256 MiB/);
+  await proc.waitFor(new RegExp(`may use ${limit / MiB} MiB`));
   const server = revproxy(['server', '--id', id, '--pp', '111', '--revproc', String(port), ...options]);
   await proc.waitFor(new RegExp(`server id ${id}`));
   return { proc, port, server };
@@ -161,8 +165,8 @@ async function serverBehindProxy(env: Record<string, string>, id: string, option
 /** What V8 prints as it aborts a process whose heap ran out ("FATAL ERROR: Reached heap limit Allocation failed - JavaScript heap out of memory"): not any log line that names the words. */
 const V8_OUT_OF_HEAP = /FATAL ERROR: .*JavaScript heap out of memory/;
 
-async function largeRequestsToSlowServer(env: Record<string, string>, before?: (port: number, proc: Proc) => Promise<void>): Promise<{ proc: Proc; report: { errors: Record<string, number> } }> {
-  const { proc, port, server } = await serverBehindProxy(env, 'slow', ['--delay', '200', '--concurrency', '64']);
+async function largeRequestsToSlowServer(env: Record<string, string>, before?: (port: number, proc: Proc) => Promise<void>, limit?: number): Promise<{ proc: Proc; report: { errors: Record<string, number> } }> {
+  const { proc, port, server } = await serverBehindProxy(env, 'slow', ['--delay', '200', '--concurrency', '64'], limit);
   await before?.(port, proc);
   const load = revproxy(['load', '--no-progress', '--json', '--revproc', String(port), '-c', '64', '-p', '4', '--payload-size', '1000000', '-d', '3s', '--timeout', '3000']);
   await load.exited;
@@ -257,12 +261,30 @@ cgroup('with the heap its start line advises for a 256 MiB group, 1 MB requests 
   await proc.waitFor(/Refused .*2048 connections are open \(max_connections\)/);
 });
 
+cgroup('with its defaults and the heap its start line advises for a 128 MiB group, 1 MB requests from 64 clients to a slow server beside 950 idle connections are refused OVERLOADED and the proxy lives: with a quarter of it for a budget (32 MiB) and 16 for a heap the requests\' half ran the heap out (JavaScript heap out of memory)', async () => {
+  const crowd = 950; // with the load's 64 and the server's link, about the 1024 connections such a heap keeps
+  if (skipped(cannotCrowd(crowd))) return;
+  const oldSpace = fittedOldSpace(128 * MiB, defaultBufferBudget(128 * MiB));
+  let conns: Array<ReturnType<typeof collector>> = [];
+  const { proc, report } = await largeRequestsToSlowServer({ NODE_OPTIONS: `--max-old-space-size=${oldSpace}`, MALLOC_MMAP_THRESHOLD_: '131072' }, async (port, proxy) => {
+    conns = idleCrowd(port, crowd);
+    const ended = (): boolean => proxy.child.exitCode !== null || proxy.child.signalCode !== null;
+    await eventually(() => conns.every((c) => c.got.length > 0 || c.closed) || ended(), 60000, 'every connection of the crowd answered or refused');
+  }, 128 * MiB);
+  const out = proc.out.join('\n');
+  assert.not.match(out, V8_OUT_OF_HEAP);
+  assert.is(group!.oomKills(), 0, `the kernel's OOM killer killed the proxy; output:\n${out}`);
+  assert.ok(proc.child.exitCode === null && proc.child.signalCode === null, `the proxy runs on (it ended: ${proc.child.exitCode ?? proc.child.signalCode}); output:\n${out}`);
+  assert.ok((report.errors.OVERLOADED ?? 0) > 0, `the requests past the budget are refused OVERLOADED: ${JSON.stringify(report.errors)}`);
+  assert.is(conns.filter((c) => !c.closed).length, crowd, 'the idle connections are kept');
+});
+
 cgroup('with the heap its start line advises for a 128 MiB group, a crowd of idle connections past what that heap holds is refused and the proxy lives: 6000 ended it (JavaScript heap out of memory) under max_connections 20000', async () => {
   const crowd = 6000;
   if (skipped(cannotCrowd(crowd))) return;
-  // What the memory_limit warn line says to start Node with in a 128 MiB group (its budget, a quarter: 32 MiB).
-  const oldSpace = fittedOldSpace(128 * MiB, 32 * MiB);
-  assert.is(oldSpace, 16);
+  // What the memory_limit warn line says to start Node with in a 128 MiB group (its budget, an eighth: 16 MiB).
+  const oldSpace = fittedOldSpace(128 * MiB, defaultBufferBudget(128 * MiB));
+  assert.is(oldSpace, 32);
   group = memoryGroup(128 * MiB);
   const { proc, port } = await proxyProcess([], { memoryGroup: group.procs, env: { NODE_OPTIONS: `--max-old-space-size=${oldSpace}`, MALLOC_MMAP_THRESHOLD_: '131072' } });
   await proc.waitFor(/may use 128 MiB/);
@@ -274,7 +296,7 @@ cgroup('with the heap its start line advises for a 128 MiB group, a crowd of idl
   assert.is(group.oomKills(), 0, `the kernel's OOM killer killed the proxy; output:\n${out()}`);
   assert.not.ok(ended(), `the proxy runs on (it ended: ${proc.child.exitCode ?? proc.child.signalCode}); output:\n${out()}`);
   assert.is(conns.filter((c) => !c.closed).length, 1024, 'it keeps what its heap holds and refuses the rest');
-  await proc.waitFor(/V8's heap may grow to 40 MiB .*at most 1024 connections/);
+  await proc.waitFor(/V8's heap may grow to 56 MiB .*at most 1024 connections/);
   await proc.waitFor(/Refused .*connections are open \(max_connections\)/);
   // And it still answers once the crowd goes (a connection the proxy took before it saw the crowd's closes is refused: dial again).
   for (const s of sockets.splice(0)) s.destroy();

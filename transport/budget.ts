@@ -40,15 +40,34 @@ export interface BudgetHolder {
 export const DEFAULT_BUFFER_BUDGET = 256 * 1024 * 1024;
 
 /**
+ * Below this memory limit the budget's default is an eighth of the limit, not a quarter: what
+ * the budget does not count (Node's own memory, V8's young generation, the garbage between
+ * collections) hardly shrinks with the limit. In a 128 MiB group, 64 clients sending 1 MB
+ * requests to a slow server ended a proxy with a quarter (32 MiB: with the heap fitted beside it,
+ * `--max-old-space-size=16`, the requests' 16 MiB held decoded ran the heap out; with 40, the
+ * kernel killed it, 128 MiB, with 950 idle connections open too) and with 24 MiB (heap 24: out of
+ * heap with the idle connections); with an eighth, 16 MiB, and 32 it refused them OVERLOADED
+ * and lived, peaking at 100-116 MiB with 950 idle connections or none (8 runs, and 8 of the spec), a good client
+ * answered throughout (with 24, 86-106 MiB, but its heap ran out in 1 of about 20 runs) (`spec/memory-limit.spec.ts`).
+ */
+export const SMALL_MEMORY_LIMIT = 256 * 1024 * 1024;
+
+/** The share of a memory limit of `memory` bytes the budget's default takes: 8 (an eighth) below `SMALL_MEMORY_LIMIT`, else 4. */
+export function defaultBudgetShare(memory: number): 4 | 8 {
+  return memory < SMALL_MEMORY_LIMIT ? 8 : 4;
+}
+
+/**
  * The budget's default for a process that may use `memory` bytes (its control group's limit,
- * `memoryLimit()` in actors/memory-limit.ts; undefined: no limit): a quarter of it, at most
- * `DEFAULT_BUFFER_BUDGET`. The rest is for what the budget does not count - V8's heap (at least
- * about 256 MB on 64-bit, whatever the limit), the messages decoded from those bytes, sockets'
- * own buffers, garbage not collected yet - so a crowd of peers filling the budget is shed
- * (OVERLOADED) before the kernel's OOM killer ends the process and every request in flight.
+ * `memoryLimit()` in actors/memory-limit.ts; undefined: no limit): a quarter of it (an eighth
+ * below 256 MiB: `defaultBudgetShare`), at most `DEFAULT_BUFFER_BUDGET`. The rest is for what
+ * the budget does not count - V8's heap (at least about 256 MB on 64-bit, whatever the limit),
+ * the messages decoded from those bytes, sockets' own buffers, garbage not collected yet - so a
+ * crowd of peers filling the budget is shed (OVERLOADED) before the kernel's OOM killer ends the
+ * process and every request in flight.
  */
 export function defaultBufferBudget(memory: number | undefined): number {
-  return memory === undefined ? DEFAULT_BUFFER_BUDGET : Math.min(DEFAULT_BUFFER_BUDGET, Math.floor(memory / 4));
+  return memory === undefined ? DEFAULT_BUFFER_BUDGET : Math.min(DEFAULT_BUFFER_BUDGET, Math.floor(memory / defaultBudgetShare(memory)));
 }
 
 export class BufferBudget {
