@@ -80,16 +80,20 @@ export function nodeTarget() {
 export async function bundle({ force = false } = {}) {
   if (!force && current()) return bundlePath;
   const esbuild = await import('esbuild');
-  const result = await esbuild.build({
-    entryPoints: [join(root, 'cli', 'main.ts')],
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: nodeTarget(),
-    plugins: [packagesExternalButRxjs],
-    write: false,
-    logLevel: 'silent',
-  });
+  // esbuild runs as a child process (about 48 MB resident) that outlives the build unless stopped:
+  // it stayed beside the proxy it made the bundle for, as long as the proxy ran.
+  const result = await esbuild
+    .build({
+      entryPoints: [join(root, 'cli', 'main.ts')],
+      bundle: true,
+      platform: 'node',
+      format: 'esm',
+      target: nodeTarget(),
+      plugins: [packagesExternalButRxjs],
+      write: false,
+      logLevel: 'silent',
+    })
+    .finally(() => esbuild.stop());
   mkdirSync(dirname(bundlePath), { recursive: true });
   // Several processes may start at once: write aside, then rename (atomic).
   const tmp = `${bundlePath}.${process.pid}.tmp`;

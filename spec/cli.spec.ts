@@ -6,7 +6,7 @@ import { dirname, join } from 'node:path';
 import { createServer as httpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { makePki } from './certs.js';
-import { killAll, revproxy, ROOT } from './procs.js';
+import { killAll, revproxy, ROOT, start } from './procs.js';
 import { collector, frame, rawConnect, tempDir } from './helpers.js';
 import type { AckMsg } from '../transport/messages.js';
 import { createActor, setup } from 'xstate';
@@ -548,6 +548,16 @@ cli('every REVPROXY_ environment variable the commands read is named in README.m
   read.delete('REVPROXY_BENCH_RAISED'); // set by revproxy bench for the copy of itself it starts with a raised open-files limit
   assert.ok(read.has('REVPROXY_TOKEN'), `the variables found: ${[...read].join(', ')}`);
   assert.equal([...read].filter((name) => !docs.includes(name)), [], 'variables no doc names');
+});
+
+cli('making the bundle in a checkout leaves no esbuild process behind: its service process (about 48 MB) stayed beside the proxy that made it, as long as that ran', async () => {
+  // A process that makes the bundle (as `revproxy` does when a source is newer), then lists its own children still running (an exited one not reaped yet holds no memory).
+  const script = `const m = await import(${JSON.stringify(join(ROOT, 'cli/bundle.mjs'))}); await m.bundle({ force: true }); const fs = await import('node:fs');
+    const running = fs.readFileSync('/proc/' + process.pid + '/task/' + process.pid + '/children', 'utf8').split(' ').filter(Boolean).filter((pid) => { try { return fs.readFileSync('/proc/' + pid + '/stat', 'utf8').split(') ')[1][0] !== 'Z'; } catch { return false; } });
+    console.log('children: [' + running.join(' ') + ']');`;
+  const child = start(process.execPath, ['--input-type=module', '-e', script]);
+  assert.is(await child.exited, 0, child.out.join('\n'));
+  assert.ok(child.out.includes('children: []'), child.out.join('\n'));
 });
 
 cli.run();
