@@ -187,8 +187,8 @@ export class Connection implements BudgetHolder {
   private queued = 0;
   /** The budget was last told of a batch (`BATCH_COUNTED`): it is told again once the batch is written. */
   private batchCounted = false;
-  /** The budget is told again at the socket's drain (a listener is waiting for it). */
-  private accountAtDrain = false;
+  /** The budget is told again at the socket's drain (`tellBudgetAtDrain`: a listener is waiting for it). */
+  private budgetAtDrain = false;
   private pauses = 0;
   private readonly clock: Clock;
   private readonly budget?: BufferBudget;
@@ -198,8 +198,6 @@ export class Connection implements BudgetHolder {
   readonly shielded: boolean;
   /** On a link (`forwarding`): the unwritten bytes the budget was last told of (`countUnwritten`). */
   private unwrittenCounted = 0;
-  /** On a link: a 'drain' will tell the budget again. */
-  private drainCounted = false;
   /** When the peer last sent bytes (clock ms). */
   private lastRead: number;
   private idleMs = 0;
@@ -422,14 +420,7 @@ export class Connection implements BudgetHolder {
       this.holdReadsUntilDrained();
       if (this.budget && !this.shielded) {
         this.account();
-        // One listener until the drain, however many turns write to the full socket before it.
-        if (!this.accountAtDrain) {
-          this.accountAtDrain = true;
-          this.socket.once('drain', () => {
-            this.accountAtDrain = false;
-            this.account();
-          });
-        }
+        this.tellBudgetAtDrain();
       }
     } else if (this.batchCounted) this.account();
     if (this.shielded && this.budget) this.countUnwritten();
@@ -445,13 +436,21 @@ export class Connection implements BudgetHolder {
       this.budget!.addUnwritten(now - this.unwrittenCounted);
       this.unwrittenCounted = now;
     }
-    if (now > this.batch.length && !this.drainCounted) {
-      this.drainCounted = true;
-      this.socket.once('drain', () => {
-        this.drainCounted = false;
-        this.countUnwritten();
-      });
-    }
+    if (now > this.batch.length) this.tellBudgetAtDrain();
+  }
+
+  /**
+   * Tell the budget again at the socket's next drain - a link what it holds unwritten, any other
+   * connection what it holds - with one listener however many turns write to the full socket before it.
+   */
+  private tellBudgetAtDrain(): void {
+    if (this.budgetAtDrain) return;
+    this.budgetAtDrain = true;
+    this.socket.once('drain', () => {
+      this.budgetAtDrain = false;
+      if (this.shielded) this.countUnwritten();
+      else this.account();
+    });
   }
 
   /** Tell the budget what this connection holds: a message begun, and answers the peer has not read while they pile up (not requests it forwards: they hold their own). */
