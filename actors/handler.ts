@@ -277,7 +277,7 @@ export class HandlerRunner {
       }
       caller.heldBytes += bytes;
       const job = new Job(this, caller, msg, bytes, deadline);
-      if (caller.parked.length > 0 || this.backedUp(caller)) this.park(job);
+      if (this.backedUp(caller)) this.park(job);
       else if (runs) this.start(job);
       else this.queue.push(job);
     }
@@ -308,15 +308,16 @@ export class HandlerRunner {
   }
 
   /**
-   * Whether the caller has not read its share of answers (`requestsPerPeer` of the budget, as
-   * the proxy allows its link to a server unwritten): its requests then wait unrun. A handler
-   * answering a read's every request in the same turn made answers for a peer that reads
-   * nothing until the budget cut it - 256 MiB built in one turn, the event loop stalled for
-   * seconds (the proxy's PINGs unanswered, every other peer waiting) at every connection.
+   * Whether the caller's next request waits unrun: some of its requests wait already (they keep
+   * their order), or it has not read its share of answers (`requestsPerPeer` of the budget, as the
+   * proxy allows its link to a server unwritten). A handler answering a read's every request in
+   * the same turn made answers for a peer that reads nothing until the budget cut it - 256 MiB
+   * built in one turn, the event loop stalled for seconds (the proxy's PINGs unanswered, every
+   * other peer waiting) at every connection.
    */
   private backedUp(caller: Caller): boolean {
     const conn = caller.conn;
-    return conn.pendingBytes >= this.opts.budget.requestsPerPeer && conn.congested;
+    return caller.parked.length > 0 || (conn.pendingBytes >= this.opts.budget.requestsPerPeer && conn.congested);
   }
 
   /** Hold `job` unrun, holding its bytes, until its caller has read its answers (or is gone). */
@@ -344,7 +345,7 @@ export class HandlerRunner {
       const job = jobs[i]!;
       if (caller.conn.closed) this.letGo(job);
       else if (this.expired(job, 'while its connection did not read its answers')) continue;
-      else if (caller.parked.length > 0 || this.backedUp(caller)) this.park(job);
+      else if (this.backedUp(caller)) this.park(job);
       else if (this.running < this.opts.concurrency) this.start(job);
       else this.queue.push(job);
     }
@@ -432,7 +433,7 @@ export class HandlerRunner {
       const job = this.queue.shift()!;
       if (this.expired(job, `in server ${this.opts.serverId}'s queue`)) continue;
       // A slot goes to a peer that reads its answers; this one's request waits for it to read.
-      if (job.caller.parked.length > 0 || this.backedUp(job.caller)) this.park(job);
+      if (this.backedUp(job.caller)) this.park(job);
       else this.start(job);
     }
   }
