@@ -37,7 +37,12 @@ export const PARK_MS = 250;
  * 350 ms for the whole grace, a connection each time: now after 250, 500, 1000 ms, then each second.
  */
 export function parkDelay(moves: number, maxMs: number): number {
-  return Math.max(PARK_MS, Math.min(maxMs, PARK_MS * 2 ** Math.min(moves, 30)));
+  return Math.max(PARK_MS, doubled(PARK_MS, moves, maxMs));
+}
+
+/** `baseMs` doubled `times` times, at most `maxMs`: the backoff both pauses here take. */
+function doubled(baseMs: number, times: number, maxMs: number): number {
+  return Math.min(maxMs, baseMs * 2 ** Math.min(times, 30));
 }
 
 /**
@@ -47,7 +52,7 @@ export function parkDelay(moves: number, maxMs: number): number {
  * (the servers' backoff does the same).
  */
 export function reconnectDelay(step: number, baseMs: number, maxMs: number): number {
-  return jittered(Math.min(maxMs, Math.max(1, baseMs) * 2 ** Math.min(step + 1, 30)));
+  return jittered(doubled(Math.max(1, baseMs), step + 1, maxMs));
 }
 
 /** What a held request's own timeout ends with: how long no proxy answered, which, and what to check. */
