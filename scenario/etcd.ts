@@ -69,8 +69,7 @@ export interface EtcdHost {
 /** Start an etcd of its own; resolves once it answers /health. With `tls`, its clients speak TLS to it; with `host`, it runs in that network namespace, on its address. */
 export async function startEtcd(opts: { tls?: EtcdTls; host?: EtcdHost } = {}): Promise<Etcd> {
   const dir = mkdtempSync(join(tmpdir(), 'revproxy-etcd-'));
-  const [m] = await members(dir, 1, opts.tls, opts.host);
-  await m!.start();
+  const [m] = await startOnFreePorts(dir, () => members(dir, 1, opts.tls, opts.host));
   return m!;
 }
 
@@ -108,22 +107,7 @@ export interface EtcdMember extends Etcd {
  */
 export async function startEtcdCluster(size = 3, opts: { hosts?: EtcdHost[] } = {}): Promise<EtcdCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'revproxy-etcd-cluster-'));
-  let ms = await members(dir, size, undefined, opts.hosts);
-  try {
-    await Promise.all(ms.map((m) => m.start()));
-  } catch (first) {
-    // Free ports are chosen before the members bind them, and another socket may take one meanwhile:
-    // once more, on ports chosen again, before giving up.
-    await removeAll(dir, ms);
-    mkdirSync(dir, { recursive: true });
-    ms = await members(dir, size, undefined, opts.hosts);
-    try {
-      await Promise.all(ms.map((m) => m.start()));
-    } catch (err) {
-      await removeAll(dir, ms);
-      throw new Error(`${(err as Error).message}\n(the first try failed too: ${(first as Error).message})`);
-    }
-  }
+  const ms = await startOnFreePorts(dir, () => members(dir, size, undefined, opts.hosts));
   return {
     url: `etcd://${ms.map((m) => m.endpoint).join(',')}`,
     endpoints: ms.map((m) => m.endpoint),
@@ -151,6 +135,30 @@ async function removeAll(dir: string, ms: EtcdMember[]): Promise<void> {
   for (const m of ms) m.resume();
   await Promise.all(ms.map((m) => m.stop(true)));
   rmSync(dir, { recursive: true, force: true });
+}
+
+/**
+ * Start the members `make` chooses free ports for. Free ports are chosen before the members bind
+ * them, and another socket may take one meanwhile (an outgoing connection's local port: a lone etcd
+ * of names.spec once exited "address already in use"): once more, on ports chosen again, before
+ * giving up.
+ */
+async function startOnFreePorts(dir: string, make: () => Promise<EtcdMember[]>): Promise<EtcdMember[]> {
+  let ms = await make();
+  try {
+    await Promise.all(ms.map((m) => m.start()));
+  } catch (first) {
+    await removeAll(dir, ms);
+    mkdirSync(dir, { recursive: true });
+    ms = await make();
+    try {
+      await Promise.all(ms.map((m) => m.start()));
+    } catch (err) {
+      await removeAll(dir, ms);
+      throw new Error(`${(err as Error).message}\n(the first try failed too: ${(first as Error).message})`);
+    }
+  }
+  return ms;
 }
 
 /** `size` members under `dir`, not started yet: their ports chosen, each knowing the others (`host`: one host for all, or one per member). */
