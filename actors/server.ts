@@ -129,6 +129,8 @@ export interface ServerContext {
   memoryLimit?: number;
   /** The limit on connections open at once: `--max-connections`, or the default V8's heap gives (`defaultMaxConnections`), read once at start for the limit kept and the start's line alike. */
   maxConnections: number;
+  /** Whether `--max-connections` was given (else `maxConnections` is the default): the start's line and the listener's open-files warning both ask. */
+  maxConnectionsSet: boolean;
   /** Proxies we are registered with now (`host:port`). */
   registered: string[];
   error?: string;
@@ -508,7 +510,7 @@ export const serverMachine = setup({
       log.info('policy', `Server serving privacy policy ${opts.policy}`, { policy: opts.policy });
       const memory = budgetNote(context.budget.limit, '--max-buffered-bytes', context.memoryLimit);
       if (memory) log[memory.level]('memory_limit', memory.message, memory.fields);
-      const conns = connectionsNote(context.maxConnections, opts.maxConnections !== undefined, DEFAULT_MAX_CONNECTIONS, '--max-connections', context.budget.limit);
+      const conns = connectionsNote(context.maxConnections, context.maxConnectionsSet, DEFAULT_MAX_CONNECTIONS, '--max-connections', context.budget.limit);
       if (conns) log.info('connection_limit', conns.message, conns.fields);
       if (opts.handler || opts.concurrency !== undefined) {
         const timeout = opts.handlerTimeoutMs ?? DEFAULT_HANDLER_TIMEOUT_MS;
@@ -587,6 +589,7 @@ export const serverMachine = setup({
       budget,
       memoryLimit: memory,
       maxConnections: input.maxConnections ?? defaultMaxConnections(DEFAULT_MAX_CONNECTIONS, limit),
+      maxConnectionsSet: input.maxConnections !== undefined,
       runner: new HandlerRunner({
         serverId: input.id,
         policy: input.policy,
@@ -617,7 +620,7 @@ export const serverMachine = setup({
       clock: context.clock,
       tls: context.opts.tls,
       maxConnections: context.maxConnections,
-      maxConnectionsSet: context.opts.maxConnections !== undefined,
+      maxConnectionsSet: context.maxConnectionsSet,
       maxConnectionsPerPeer: context.opts.maxConnectionsPerPeer ?? defaultConnsPerPeer(context.opts.listenHost ?? DEFAULT_LISTEN_HOST),
     }),
   },
