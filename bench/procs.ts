@@ -5,7 +5,7 @@
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { connect, createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -39,16 +39,49 @@ export function fileLimits(): { soft: number; hard: number } {
   return processFileLimits() ?? { soft: 1024, hard: 1024 };
 }
 
-/** A port free right now (another process may still take it before we do; callers retry on failure). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+/** A port free right now (another process may still take it before we do: `onFreePorts` starts again on another). */
+export async function freePort(): Promise<number> {
+  return (await freePorts(1))[0]!;
+}
+
+/** `count` different ports free right now: each held until all are chosen, then let go. */
+async function freePorts(count: number): Promise<number[]> {
+  const held = await Promise.all(Array.from({ length: count }, () => new Promise<Server>((resolve, reject) => {
     const s = createServer();
     s.once('error', reject);
-    s.listen(0, HOST, () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
+    s.listen(0, HOST, () => resolve(s));
+  })));
+  const ports = held.map((s) => (s.address() as { port: number }).port);
+  await Promise.all(held.map((s) => new Promise((resolve) => s.close(resolve))));
+  return ports;
+}
+
+/** Whether a start failed because a port was taken: revproxy's "is already in use", etcd's and HAProxy's "address already in use", Node's EADDRINUSE. */
+export function portTaken(err: unknown): boolean {
+  return /already in use|EADDRINUSE/i.test(err instanceof Error ? err.message : String(err));
+}
+
+/**
+ * Start something on `count` free ports, resolving with what `start` resolves with. The ports are
+ * chosen before it binds them, and another socket may take one meanwhile (an outgoing connection's
+ * local port, another program's listener): when the start fails saying a port is already in use
+ * (`portTaken`), it is started again on ports chosen again, `tries` starts in all. Any other failure,
+ * and the last, is thrown as it is. `start` leaves nothing running when it fails.
+ */
+export async function onFreePorts<T>(count: number, start: (ports: number[]) => Promise<T>, tries = 3): Promise<T> {
+  const taken: string[] = [];
+  for (;;) {
+    const ports = await freePorts(count);
+    try {
+      return await start(ports);
+    } catch (err) {
+      if (!portTaken(err) || taken.length + 1 >= tries) {
+        if (taken.length > 0 && err instanceof Error) err.message += `\n(started ${taken.length + 1} times, on ports chosen again after each: ${[...taken, ports.join(', ')].join('; ')})`;
+        throw err;
+      }
+      taken.push(ports.join(', '));
+    }
+  }
 }
 
 export interface Child {

@@ -11,7 +11,7 @@ import { readFileSync } from 'node:fs';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort } from '../bench/procs.js';
+import { onFreePorts } from '../bench/procs.js';
 import { systemClock } from '../transport/clock.js';
 
 export const ETCD = existsSync('/usr/bin/etcd') ? '/usr/bin/etcd' : 'etcd';
@@ -69,7 +69,7 @@ export interface EtcdHost {
 /** Start an etcd of its own; resolves once it answers /health. With `tls`, its clients speak TLS to it; with `host`, it runs in that network namespace, on its address. */
 export async function startEtcd(opts: { tls?: EtcdTls; host?: EtcdHost } = {}): Promise<Etcd> {
   const dir = mkdtempSync(join(tmpdir(), 'revproxy-etcd-'));
-  const [m] = await startOnFreePorts(dir, () => members(dir, 1, opts.tls, opts.host));
+  const [m] = await startOnFreePorts(dir, 1, (ports) => members(dir, ports, opts.tls, opts.host));
   return m!;
 }
 
@@ -107,7 +107,7 @@ export interface EtcdMember extends Etcd {
  */
 export async function startEtcdCluster(size = 3, opts: { hosts?: EtcdHost[] } = {}): Promise<EtcdCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'revproxy-etcd-cluster-'));
-  const ms = await startOnFreePorts(dir, () => members(dir, size, undefined, opts.hosts));
+  const ms = await startOnFreePorts(dir, size, (ports) => members(dir, ports, undefined, opts.hosts));
   return {
     url: `etcd://${ms.map((m) => m.endpoint).join(',')}`,
     endpoints: ms.map((m) => m.endpoint),
@@ -138,33 +138,38 @@ async function removeAll(dir: string, ms: EtcdMember[]): Promise<void> {
 }
 
 /**
- * Start the members `make` chooses free ports for. Free ports are chosen before the members bind
- * them, and another socket may take one meanwhile (an outgoing connection's local port: a lone etcd
- * of names.spec once exited "address already in use"): once more, on ports chosen again, before
- * giving up.
+ * Start the members `make` sets up, on free ports (a client and a peer port each). Free ports are
+ * chosen before the members bind them, and another socket may take one meanwhile (an outgoing
+ * connection's local port: a lone etcd of names.spec once exited "address already in use"): a start
+ * that says so is made again on ports chosen again (`onFreePorts`); nothing is left of one that failed.
  */
-async function startOnFreePorts(dir: string, make: () => Promise<EtcdMember[]>): Promise<EtcdMember[]> {
-  let ms = await make();
+async function startOnFreePorts(dir: string, size: number, make: (ports: MemberPorts[]) => EtcdMember[]): Promise<EtcdMember[]> {
   try {
-    await Promise.all(ms.map((m) => m.start()));
-  } catch (first) {
-    await removeAll(dir, ms);
-    mkdirSync(dir, { recursive: true });
-    ms = await make();
-    try {
-      await Promise.all(ms.map((m) => m.start()));
-    } catch (err) {
-      await removeAll(dir, ms);
-      throw new Error(`${(err as Error).message}\n(the first try failed too: ${(first as Error).message})`);
-    }
+    return await onFreePorts(2 * size, async (free) => {
+      const ms = make(Array.from({ length: size }, (_, i) => ({ client: free[2 * i]!, peer: free[2 * i + 1]! })));
+      try {
+        await Promise.all(ms.map((m) => m.start()));
+        return ms;
+      } catch (err) {
+        await removeAll(dir, ms);
+        mkdirSync(dir, { recursive: true });
+        throw err;
+      }
+    });
+  } catch (err) {
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
   }
-  return ms;
 }
 
-/** `size` members under `dir`, not started yet: their ports chosen, each knowing the others (`host`: one host for all, or one per member). */
-async function members(dir: string, size: number, tls?: EtcdTls, host?: EtcdHost | EtcdHost[]): Promise<EtcdMember[]> {
-  const ports = [];
-  for (let i = 0; i < size; i++) ports.push({ client: await freePort(), peer: await freePort() });
+interface MemberPorts {
+  client: number;
+  peer: number;
+}
+
+/** Members under `dir` on `ports`, not started yet, each knowing the others (`host`: one host for all, or one per member). */
+function members(dir: string, ports: MemberPorts[], tls?: EtcdTls, host?: EtcdHost | EtcdHost[]): EtcdMember[] {
+  const size = ports.length;
   const names = ports.map((_, i) => (size === 1 ? 'default' : `m${i + 1}`));
   const hostOf = (i: number): EtcdHost | undefined => (Array.isArray(host) ? host[i] : host);
   const initialCluster = ports.map((p, i) => `${names[i]}=http://${Array.isArray(host) ? hostOf(i)!.addr : '127.0.0.1'}:${p.peer}`).join(',');
@@ -197,12 +202,17 @@ function member(o: { name: string; data: string; dir: string; removes: string; c
     let failure: Error | undefined;
     void spawnFailed.then((e) => (failure = e));
     c.on('exit', () => live.delete(c));
+    // Its last words (why it exited: "address already in use", which a start on other ports answers) may be read after its exit.
+    const closed = new Promise<void>((resolve) => c.once('close', () => resolve()));
     c.stdout!.setEncoding('utf8').on('data', (t: string) => out.push(t));
     c.stderr!.setEncoding('utf8').on('data', (t: string) => out.push(t));
     const end = systemClock.now() + 20_000;
     for (;;) {
       if (failure) throw failure;
-      if (c.exitCode !== null) throw new Error(`etcd exited (${c.exitCode}) before serving:\n${out.join('')}`);
+      if (c.exitCode !== null) {
+        await Promise.race([closed, new Promise((r) => setTimeout(r, 1000))]);
+        throw new Error(`etcd exited (${c.exitCode}) before serving:\n${out.join('')}`);
+      }
       if (tls) {
         if (await healthOverTls(client, tls)) return;
       } else if (o.host) {

@@ -68,9 +68,8 @@ procs('a server stopped with SIGTERM under load drains: zero errors, and it exit
 });
 
 procs('the proxy killed and restarted: servers register again on their own and clients then succeed', async () => {
-  const port = await freePort();
-  let proxy = revproxy(['proxy', '-port', String(port)]);
-  await proxy.waitFor(/Running the reverse proxy/);
+  let proxy = revproxy(['proxy', '-port', '0']);
+  const port = Number((await proxy.waitFor(/Running the reverse proxy on port (\d+)/))[1]);
   await serversUp([serverProc('1', 'P', String(port)), serverProc('2', 'P', String(port))]);
   proxy.kill('SIGKILL');
   await proxy.exited;

@@ -4,7 +4,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { freePort, nodeFlags } from '../bench/procs.js';
+import { nodeFlags, onFreePorts } from '../bench/procs.js';
 import { startServer, type ServerHandle } from '../actors/index.js';
 import { BIN, ROOT } from './procs.js';
 import { runLoad } from './load.js';
@@ -24,19 +24,41 @@ export interface Pressure {
   close(): Promise<void>;
 }
 
-/** Start a proxy process (stdout to a pipe nobody reads yet; the shebang's node flags unless `nodeArgs`) and two servers in this process. */
-export async function startPressure(args: string[], nodeArgs: string[] = nodeFlags(BIN)): Promise<Pressure> {
-  const port = await freePort();
-  const child = spawn(process.execPath, [...nodeArgs, BIN, 'proxy', '--port', String(port), ...args], { cwd: ROOT, env: { ...process.env, NO_COLOR: '1', FORCE_COLOR: undefined }, stdio: ['ignore', 'pipe', 'inherit'] });
-  // stdout stays paused: nothing is read from the pipe until `read`.
+/**
+ * Start a proxy process (stdout to a pipe nobody reads yet; the shebang's node flags unless `nodeArgs`) and
+ * two servers in this process; on another free port when the one chosen was taken before it listened (`onFreePorts`).
+ */
+export function startPressure(args: string[], nodeArgs: string[] = nodeFlags(BIN)): Promise<Pressure> {
+  return onFreePorts(1, ([port]) => pressureOn(port!, args, nodeArgs));
+}
+
+async function pressureOn(port: number, args: string[], nodeArgs: string[]): Promise<Pressure> {
+  const child = spawn(process.execPath, [...nodeArgs, BIN, 'proxy', '--port', String(port), ...args], { cwd: ROOT, env: { ...process.env, NO_COLOR: '1', FORCE_COLOR: undefined }, stdio: ['ignore', 'pipe', 'pipe'] });
+  // stdout stays paused: nothing is read from the pipe until `read`. Its errors are passed on, and kept for a start that fails.
+  let said = '';
+  const stderrEnded = new Promise((resolve) => child.stderr!.once('end', resolve));
+  child.stderr!.setEncoding('utf8').on('data', (t: string) => {
+    said += t;
+    process.stderr.write(t);
+  });
   const servers: ServerHandle[] = [];
-  for (let tries = 0; servers.length < 2; tries++) {
-    try {
-      servers.push(await startServer({ id: `s${servers.length}`, policy: 'P', listenPort: 0, proxy: { host: '127.0.0.1', port }, registerTimeoutMs: 500 }));
-    } catch (err) {
-      if (tries > 40) throw err;
-      await sleep(100);
+  try {
+    for (let tries = 0; servers.length < 2; tries++) {
+      if (child.exitCode !== null || child.signalCode !== null) {
+        await stderrEnded;
+        throw new Error(`the proxy on port ${port} exited before its servers registered: ${said}`);
+      }
+      try {
+        servers.push(await startServer({ id: `s${servers.length}`, policy: 'P', listenPort: 0, proxy: { host: '127.0.0.1', port }, registerTimeoutMs: 500 }));
+      } catch (err) {
+        if (tries > 40) throw err;
+        await sleep(100);
+      }
     }
+  } catch (err) {
+    child.kill('SIGKILL');
+    for (const s of servers) s.kill();
+    throw err;
   }
   await sleep(200);
   return {

@@ -49,19 +49,20 @@ names('a proxy name that does not resolve: the server says so, keeps trying, and
   assert.ok(load.out.some((l) => /CONNECT_FAILED .*the name proxy\.test does not resolve .*; or give the proxy's address with --revproc HOST:PORT/.test(l)), load.out.join('\n'));
   noStack(load.out);
 
-  // The name appears (DNS is back, the record was added): the next retry finds it.
-  const proxy = hosts.revproxy(['proxy', '--port', String(port)]);
+  // The name appears (DNS is back, the record was added): the next retry finds it. The proxy comes up on
+  // the port chosen long before, at an address of its own: there no outgoing connection's local port
+  // (from 127.0.0.1) can have taken the port meanwhile.
+  const proxy = hosts.revproxy(['proxy', '--host', '127.0.0.2', '--port', String(port)]);
   await proxy.waitFor(/Running the reverse proxy on port/);
-  hosts.set({ 'proxy.test': ['127.0.0.1'] });
+  hosts.set({ 'proxy.test': ['127.0.0.2'] });
   await server.waitFor(/Registered with the reverse proxy at proxy\.test:\d+/);
   noStack(server.out);
 });
 
 names('a proxy replaced at another address under its name: the server registers with the new one, and clients reach it', async () => {
   hosts = hostNames({ 'proxy.test': ['127.0.0.2'] });
-  const port = String(await freePort());
-  const old = hosts.revproxy(['proxy', '--host', '127.0.0.2', '--port', port]);
-  await old.waitFor(/Running the reverse proxy on port/);
+  const old = hosts.revproxy(['proxy', '--host', '127.0.0.2', '--port', '0']);
+  const port = (await old.waitFor(/Running the reverse proxy on port (\d+)/))[1]!;
   const server = hosts.revproxy(['server', '--id', 'n1', '--pp', '111', '--revproc', `proxy.test:${port}`]);
   await server.waitFor(/Registered with the reverse proxy at proxy\.test/);
   // The pod is replaced: the old one goes, the new one comes up elsewhere, the record follows.
@@ -94,7 +95,7 @@ const SLOW_DNS = { dns: '127.0.0.153', dnsTimeoutS: 3 };
 names('a resolver that takes seconds to answer: the server still registers and the client connects, the connection timed from the lookup', async () => {
   await withSilentDns(async () => {
     hosts = hostNames({ 'proxy.test': ['127.0.0.1'] }, SLOW_DNS);
-    const proxy = hosts.revproxy(['proxy', '--port', String(await freePort())]);
+    const proxy = hosts.revproxy(['proxy', '--port', '0']);
     const port = (await proxy.waitFor(/Running the reverse proxy on port (\d+)/))[1]!;
     const server = hosts.revproxy(['server', '--id', 'n1', '--pp', '111', '--revproc', `proxy.test:${port}`]);
     // Before, each dial was given up 2 s in, the lookup not done yet: 'no answer from proxy.test ... is the host up', for ever.
@@ -111,7 +112,7 @@ names('a proxy whose resolver takes seconds reaches a registry server by name: i
   await withSilentDns(async () => {
     const proxyHosts = hostNames({ 'server.test': ['127.0.0.1'] }, SLOW_DNS);
     try {
-      const proxy = proxyHosts.revproxy(['proxy', '--port', String(await freePort()), '--registry', etcd!.url, '--log-level', 'debug']);
+      const proxy = proxyHosts.revproxy(['proxy', '--port', '0', '--registry', etcd!.url, '--log-level', 'debug']);
       hosts!.revproxy(['server', '--id', 'n1', '--pp', '111', '--advertise', 'server.test', '--registry', etcd!.url]);
       await proxy.waitFor(/Server id n1 privacy policy 111 port \d+ is in the registry \(server\.test\)/);
       await proxy.waitFor(/Server id n1 is reachable and serving privacy policy 111/, 20000);
@@ -127,7 +128,7 @@ names('a proxy whose resolver takes seconds reaches a registry server by name: i
 
 names('a server whose --host is a name the proxy will not dial back says so, naming the address the name resolved to', async () => {
   hosts = hostNames({ 'server.test': ['127.0.0.3'], 'proxy.test': ['127.0.0.1'] });
-  const proxy = hosts.revproxy(['proxy', '--port', String(await freePort())]);
+  const proxy = hosts.revproxy(['proxy', '--port', '0']);
   const port = (await proxy.waitFor(/Running the reverse proxy on port (\d+)/))[1]!;
   // Registrations to 127.0.0.1 leave from 127.0.0.1; the proxy dials that back, where this server does not listen.
   const server = hosts.revproxy(['server', '--id', 'n1', '--pp', 'P', '--host', 'server.test', '--revproc', `proxy.test:${port}`]);
@@ -143,13 +144,14 @@ names('a server whose --host is a name the proxy will not dial back says so, nam
 
 names('a proxy name with several addresses is one proxy to a server: it registers with the first that answers, and says the others get none', async () => {
   hosts = hostNames({ 'proxies.test': ['127.0.0.2', '127.0.0.3'], 'dual.test': ['127.0.0.2', '::1'] });
-  const port = String(await freePort());
-  const [a, b] = ['127.0.0.2', '127.0.0.3'].map((h) => hosts!.revproxy(['proxy', '--host', h, '--port', port]));
-  for (const p of [a!, b!]) await p.waitFor(/Running the reverse proxy on port/);
+  const a = hosts.revproxy(['proxy', '--host', '127.0.0.2', '--port', '0']);
+  const port = (await a.waitFor(/Running the reverse proxy on port (\d+)/))[1]!;
+  const b = hosts.revproxy(['proxy', '--host', '127.0.0.3', '--port', port]);
+  await b.waitFor(/Running the reverse proxy on port/);
   const server = hosts.revproxy(['server', '--id', 'n1', '--pp', 'P', '--host', '0.0.0.0', '--revproc', `proxies.test:${port}`]);
   await server.waitFor(/warning: The reverse proxy at proxies\.test:\d+ may be several: proxies\.test resolves to 2 addresses \(127\.0\.0\.2, 127\.0\.0\.3\) and this server registered with the first that answered \(127\.0\.0\.2\) only: .*list every proxy in --revproc/);
-  await a!.waitFor(/Received setup message from server id n1 /);
-  assert.not.ok(b!.out.some((l) => l.includes('server id n1 ')), b!.out.join('\n'));
+  await a.waitFor(/Received setup message from server id n1 /);
+  assert.not.ok(b.out.some((l) => l.includes('server id n1 ')), b.out.join('\n'));
   // One address of each family is one host reached either way (localhost as ::1 and 127.0.0.1): nothing to say.
   const dual = hosts.revproxy(['server', '--id', 'n2', '--pp', 'P', '--host', '0.0.0.0', '--revproc', `dual.test:${port}`]);
   await dual.waitFor(/Registered with the reverse proxy at dual\.test/);
@@ -163,7 +165,7 @@ names('through the registry, etcd is found by name and a server advertised by na
   hosts = hostNames({ 'etcd.test': ['127.0.0.1'], 'server.test': ['127.0.0.1'] });
   const proxyHosts = hostNames({ 'etcd.test': ['127.0.0.1'] });
   try {
-    const proxy = proxyHosts.revproxy(['proxy', '--port', String(await freePort()), '--registry', registry]);
+    const proxy = proxyHosts.revproxy(['proxy', '--port', '0', '--registry', registry]);
     const server = hosts.revproxy(['server', '--id', 'n1', '--pp', '111', '--host', 'server.test', '--registry', registry]);
     await server.waitFor(/Registered in the registry etcd:\/\/etcd\.test/);
     await proxy.waitFor(/Server id n1 is unreachable at server\.test:\d+ \(the name server\.test does not resolve to an address on this machine \(ENOTFOUND\).*\); out of rotation, next probe in/);
@@ -181,7 +183,7 @@ names('an etcd name that does not resolve: the proxy, the server and the client 
   hosts = hostNames();
   const registry = `etcd://etcd.test:${await freePort()}`;
   const said = /etcd at etcd:\/\/etcd\.test:\d+ cannot be reached: the name etcd\.test does not resolve to an address on this machine, or its DNS server did not answer \(.*\): check the name in --registry/;
-  const proxy = hosts.revproxy(['proxy', '--port', String(await freePort()), '--registry', registry]);
+  const proxy = hosts.revproxy(['proxy', '--port', '0', '--registry', registry]);
   const server = hosts.revproxy(['server', '--id', 'n1', '--pp', 'P', '--registry', registry]);
   const client = hosts.revproxy(['client', '--revproc', registry, '--pkt', 'pktfiles/1.json', '--timeout', '1000']);
   assert.is(await client.exited, 1, client.out.join('\n'));

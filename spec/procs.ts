@@ -1,12 +1,10 @@
 /** Helpers to run `revproxy` as real processes in specs. */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { connect } from 'node:net';
-import { rmSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { suite } from 'uvu';
 import type { ServerHandle } from '../actors/index.js';
-import { freePort, nodeFlags } from '../bench/procs.js';
+import { nodeFlags, onFreePorts } from '../bench/procs.js';
 import { tempDir } from './helpers.js';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -118,25 +116,72 @@ export function killAll(): void {
   for (const c of live) c.kill('SIGKILL');
 }
 
-/** Start `revproxy proxy` on a free port (or `port`), under `ulimit -n fileLimit` and in the control group `memoryGroup` (its cgroup.procs) if given; resolves once it accepts connections. */
+/**
+ * Start `revproxy proxy` on a free port (or `port`), under `ulimit -n fileLimit` and in the control group
+ * `memoryGroup` (its cgroup.procs) if given; resolves once it accepts connections. On a free port it is
+ * started again on another when the one chosen was taken before it listened (`onFreePorts`).
+ */
 export async function proxyProcess(args: string[] = [], opts: { port?: number; env?: Record<string, string>; fileLimit?: number; memoryGroup?: string } = {}): Promise<{ proc: Proc; port: number }> {
-  const port = opts.port ?? (await freePort());
-  const proc = revproxy(['proxy', '-port', String(port), ...args], opts);
-  const end = Date.now() + 10000;
-  while (!(await accepts(port))) {
-    if (Date.now() > end) throw new Error(`the proxy did not listen on port ${port} within 10 s; output:\n${proc.out.join('\n')}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return { proc, port };
+  const on = async (port: number): Promise<{ proc: Proc; port: number }> => ({ proc: await listening(revproxy(['proxy', '-port', String(port), ...args], opts), port), port });
+  return opts.port !== undefined ? on(opts.port) : onFreePorts(1, ([port]) => on(port!));
 }
 
-function accepts(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect({ host: '127.0.0.1', port }, () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
+/**
+ * `proc` once it listens on `port`; killed, and its output thrown, when it exits first (its port taken)
+ * or does not listen within 30 s. The listening socket must be its own: another program that took the
+ * port accepts connections there too, while the proxy exits saying the port is in use.
+ */
+async function listening(proc: Proc, port: number): Promise<Proc> {
+  const end = Date.now() + 30000;
+  while (!listensOn(proc.child.pid!, port)) {
+    if (proc.child.exitCode !== null || proc.child.signalCode !== null) throw new Error(`the proxy exited before it listened on port ${port}; output:\n${await allOutput(proc)}`);
+    if (Date.now() > end) {
+      proc.kill('SIGKILL');
+      throw new Error(`the proxy did not listen on port ${port} within 30 s; output:\n${proc.out.join('\n')}`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return proc;
+}
+
+/** Everything `proc` printed, once it has exited and its output is read to the end (which may come after its exit). */
+export async function allOutput(proc: Proc): Promise<string> {
+  await proc.exited;
+  const end = Date.now() + 1000;
+  while ([proc.child.stdout, proc.child.stderr].some((s) => s && !s.readableEnded && !s.destroyed) && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+  return proc.out.join('\n');
+}
+
+/** Whether process `pid` holds a TCP socket listening on `port` (Linux: the sockets in /proc/net/tcp and tcp6, and the process's descriptors). */
+export function listensOn(pid: number, port: number): boolean {
+  const hexPort = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  const inodes = new Set<string>();
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text = '';
+    try {
+      text = readFileSync(table, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      // local_address, state 0A (LISTEN), inode
+      if (f[1]?.endsWith(hexPort) && f[3] === '0A') inodes.add(f[9]!);
+    }
+  }
+  if (inodes.size === 0) return false;
+  let fds: string[] = [];
+  try {
+    fds = readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return false;
+  }
+  return fds.some((fd) => {
+    try {
+      return inodes.has(/^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`))?.[1] ?? '');
+    } catch {
+      return false;
+    }
   });
 }
 

@@ -15,11 +15,11 @@ import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
 import { join } from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { findHaproxy, freePort } from '../bench/procs.js';
+import { findHaproxy, onFreePorts } from '../bench/procs.js';
 import { MsgType } from '../transport/messages.js';
 import { makePki } from './certs.js';
 import { collector, frame, LOCAL, tempDir } from './helpers.js';
-import { killAll, proxyProcess, revproxy, start, type Proc } from './procs.js';
+import { allOutput, killAll, proxyProcess, revproxy, start, type Proc } from './procs.js';
 
 /** HAProxy dials the proxy from this address (its `source`); the clients come from the others. All are loopback on Linux. */
 const BALANCER = '127.0.0.5';
@@ -41,20 +41,28 @@ async function proxyBehindBalancer(ctx: Ctx, extra: string[] = [], serverFlags: 
 /**
  * HAProxy in mode tcp on a free loopback port, sending `send` to the proxy from BALANCER, with
  * health checks as an operator would run them (a check connects, sends its header and resets);
- * resolves with its port once its first check of the proxy has passed.
+ * resolves with its port once its first check of the proxy has passed. On another free port when
+ * the one chosen was taken before it bound it (`onFreePorts`).
  */
 async function haproxy(proxyPort: number, send: 'send-proxy' | 'send-proxy-v2'): Promise<number> {
   assert.ok(HAPROXY, "Debian's haproxy is not installed (apt-get install haproxy; .ci/run installs it)");
-  const front = await freePort();
-  const file = join(tempDir('revproxy-pp-haproxy-'), 'haproxy.cfg');
-  writeFileSync(file, [
-    'global', '  log stdout format raw local0 info',
-    'defaults', '  mode tcp', '  log global', '  timeout connect 5s', '  timeout client 60s', '  timeout server 60s',
-    'frontend fe', `  bind ${LOCAL}:${front}`, '  default_backend proxies',
-    'backend proxies', '  option log-health-checks', `  source ${BALANCER}`, `  server p1 ${LOCAL}:${proxyPort} check inter 100ms ${send}`, '',
-  ].join('\n'));
-  await start(HAPROXY, ['-f', file, '-db']).waitFor(/Health check for server proxies\/p1 succeeded/);
-  return front;
+  const dir = tempDir('revproxy-pp-haproxy-');
+  return onFreePorts(1, async ([front]) => {
+    const file = join(dir, 'haproxy.cfg');
+    writeFileSync(file, [
+      'global', '  log stdout format raw local0 info',
+      'defaults', '  mode tcp', '  log global', '  timeout connect 5s', '  timeout client 60s', '  timeout server 60s',
+      'frontend fe', `  bind ${LOCAL}:${front}`, '  default_backend proxies',
+      'backend proxies', '  option log-health-checks', `  source ${BALANCER}`, `  server p1 ${LOCAL}:${proxyPort} check inter 100ms ${send}`, '',
+    ].join('\n'));
+    const proc = start(HAPROXY, ['-f', file, '-db']);
+    await proc.waitFor(/Health check for server proxies\/p1 succeeded/).catch(async (err: unknown) => {
+      if (proc.child.exitCode !== null) throw new Error(`haproxy exited before its first check passed; output:\n${await allOutput(proc)}`);
+      proc.kill('SIGKILL');
+      throw err;
+    });
+    return front!;
+  });
 }
 
 /** A connection from `from` to `port` (over TLS with `tls`), collecting what it is sent. */
