@@ -289,9 +289,9 @@ export const sweeper = fromCallback<ProxyEvent, { busy: Set<Inflight<ProxyReques
         return;
       }
       for (const table of input.busy) if (table.oldestDeadline() <= now) table.owner?.send({ type: 'EXPIRE', now });
+      const due = (req: ProxyRequest): boolean => req.arrived + input.timeoutMs <= now;
       for (const policy of input.policies.values()) {
-        const q = policy.waiting;
-        if (q.length && q[0]!.arrived + input.timeoutMs <= now) {
+        if (policy.waiting.anyOldest(due)) {
           sendBack({ type: 'EXPIRE_WAITING', now });
           break;
         }

@@ -12,6 +12,7 @@ import type { Wire } from '../transport/sniff.js';
 import type { TlsMaterial } from '../transport/tls.js';
 import type { Clock, Timer } from '../transport/clock.js';
 import type { Inflight, InflightCount } from './inflight.js';
+import type { FairQueue } from './fair-queue.js';
 import type { Failure, LinkCommand, LinkPort, LinkReport, Peer, ProxyRequest, Reply, SocketFactory } from './link.js';
 import type { Logger } from './logger.js';
 import type { PoolEvent } from './pool.js';
@@ -106,8 +107,8 @@ export interface Policy {
   pool: PoolRef;
   /** Registered members of this policy, whatever their state (the pool holds their rotation order). */
   members: Set<Member>;
-  /** Requests waiting for a member with room (bounded by queueLimit), oldest first. */
-  waiting: ProxyRequest[];
+  /** Requests waiting for a member with room (bounded by queueLimit): each client's oldest first, clients in turn (fair-queue.ts). */
+  waiting: FairQueue<Peer, ProxyRequest>;
 }
 
 export interface ProxyContext {

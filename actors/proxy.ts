@@ -214,7 +214,7 @@ export const proxyMachine = setup({
         }
       }
       for (const policy of context.policies.values()) {
-        for (const req of policy.waiting.splice(0)) {
+        for (const req of policy.waiting.takeAll()) {
           reply(req, errorMsg(ErrorCode.SHUTTING_DOWN, 'the proxy shut down before a server had room'));
           n++;
         }

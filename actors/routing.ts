@@ -9,6 +9,7 @@
 import { ErrorCode } from '../transport/errors.js';
 import { errorMsg, MsgType, payloadBytes, WIRE, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import { startChild, stopChild } from './children.js';
+import { FairQueue } from './fair-queue.js';
 import { quoted, type Failure, type Peer, type ProxyRequest, type Reply } from './link.js';
 import { fmt } from './logger.js';
 import { poolMachine } from './pool.js';
@@ -22,7 +23,7 @@ export function policyOf(context: ProxyContext, name: string): Policy {
       id: `pool:${name}`,
       input: { policy: name, deliver: makeDeliver(context), unrouted: (requests: unknown[]) => unrouted(context, requests as ProxyRequest[]), eligible: makeEligible(context) },
     });
-    policy = { name, pool, members: new Set(), waiting: [] };
+    policy = { name, pool, members: new Set(), waiting: new FairQueue() };
     context.policies.set(name, policy);
   }
   return policy;
@@ -210,12 +211,16 @@ function makeDeliver(context: ProxyContext) {
  * Requests no member can take now either wait (some member is busy or still
  * connecting), or are answered: OVERLOADED when the wait queue is full,
  * NO_SERVER when nobody could serve them, or the last failure when every
- * other member was tried.
+ * other member was tried. The queue is fair between clients (fair-queue.ts):
+ * when it is full, a client holding fewer waiting requests than the one
+ * holding the most gets in, and that one's newest waiting request is
+ * answered OVERLOADED instead; the client holding the most is refused its own.
  */
 function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
   const name = reqs[0]!.msg.privPoliId;
   const policy = context.policies.get(name);
   const reply = context.reply;
+  const limit = context.opts.queueLimit;
   let overloaded = 0;
   let noServer = 0;
   for (const req of reqs) {
@@ -225,12 +230,13 @@ function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
         reply(req, errorMsg(ErrorCode.NO_SERVER, `no live server serves privacy policy ${name}`));
         noServer++;
       }
-    } else if (policy && policy.waiting.length < context.opts.queueLimit) {
-      policy.waiting.push(req);
-    } else {
-      reply(req, errorMsg(ErrorCode.OVERLOADED, `every server of privacy policy ${name} is at its limit and ${context.opts.queueLimit} requests are waiting; try again later`));
-      overloaded++;
+      continue;
     }
+    const away = policy!.waiting.admit(req.client, req, limit);
+    if (away === undefined) continue;
+    const whose = away === req ? '' : ', the most of them from this connection';
+    reply(away, errorMsg(ErrorCode.OVERLOADED, `every server of privacy policy ${name} is at its limit and ${limit} requests are waiting${whose}; try again later`));
+    overloaded++;
   }
   if (noServer) {
     context.logger.repeated('warn', 'no_server', `${name}\0live`, noServer,
@@ -242,24 +248,25 @@ function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
   }
 }
 
-/** Route the requests waiting for room in `policy` again (after a member got room or came back). */
+/**
+ * Route the requests waiting for room in `policy` again (after a member got room or came back),
+ * one client's in turn (`FairQueue.takeAll`): those no member takes come back through `unrouted`
+ * in that order, so the client after the last one served is first in turn next time.
+ */
 export function drainWaiting(context: ProxyContext, name: string): void {
   const policy = context.policies.get(name);
   if (!policy || policy.waiting.length === 0) return;
-  policy.pool.send({ type: 'ROUTE', requests: policy.waiting.splice(0) });
+  policy.pool.send({ type: 'ROUTE', requests: policy.waiting.takeAll() });
 }
 
 /** Answer the requests of every policy that have waited past their deadline. */
 export function expireWaiting(context: ProxyContext, now: number): void {
   const reply = context.reply;
+  const timeoutMs = context.opts.timeoutMs;
+  const due = (req: ProxyRequest): boolean => req.arrived + timeoutMs <= now;
   for (const policy of context.policies.values()) {
-    const q = policy.waiting;
-    let n = 0;
-    while (n < q.length && q[n]!.arrived + context.opts.timeoutMs <= now) n++;
-    if (n === 0) continue;
-    for (const req of q.splice(0, n)) {
-      reply(req, errorMsg(ErrorCode.TIMEOUT, `no server of privacy policy ${policy.name} had room within ${context.opts.timeoutMs} ms`));
-    }
+    const why = `no server of privacy policy ${policy.name} had room within ${timeoutMs} ms`;
+    if (policy.waiting.takeDue(due, (req) => reply(req, errorMsg(ErrorCode.TIMEOUT, why))) === 0) continue;
     forgetIfEmpty(context, policy);
   }
 }

@@ -1,0 +1,208 @@
+/**
+ * A bounded wait queue that is fair between the keys (clients) its items come
+ * from: each key has its own FIFO lane, lanes with items take turns (round
+ * robin, one item each), and a full queue turns away the newest item of the
+ * key that holds the most (longest-queue drop), so a key that floods the
+ * queue is refused its own excess and never a lighter key's request.
+ *
+ * The proxy keeps one per policy (`Policy.waiting`, routing.ts): requests no
+ * server has room for wait here, keyed by the client connection they came from.
+ *
+ * Cost: push and shift are O(1) amortised and allocate nothing per item (a
+ * lane is made once per key, kept while the key lives: a WeakMap); a full
+ * queue finds its biggest holder in O(1), or once in O(keys waiting) after
+ * that holder lost an item.
+ */
+
+/** One key's items, oldest first, and its place in the ring of keys with items. */
+class Lane<T> {
+  items: (T | undefined)[] = [];
+  head = 0;
+  /** Neighbours in the ring while the lane has items (undefined when it has none). */
+  next?: Lane<T>;
+  prev?: Lane<T>;
+
+  get size(): number {
+    return this.items.length - this.head;
+  }
+
+  shift(): T {
+    const item = this.items[this.head]!;
+    this.items[this.head++] = undefined;
+    if (this.head === this.items.length) {
+      this.items.length = 0;
+      this.head = 0;
+    } else if (this.head > 1024 && this.head * 2 > this.items.length) {
+      this.items.splice(0, this.head);
+      this.head = 0;
+    }
+    return item;
+  }
+
+  pop(): T {
+    const item = this.items.pop()!;
+    if (this.head === this.items.length) {
+      this.items.length = 0;
+      this.head = 0;
+    }
+    return item;
+  }
+}
+
+export class FairQueue<K extends object, T> {
+  private readonly lanes = new WeakMap<K, Lane<T>>();
+  /** The lane whose turn is next; the ring holds exactly the lanes with items, in the order they got them. */
+  private turn?: Lane<T>;
+  /** A lane holding the most items, when known (`biggest` finds it again when it may no longer be). */
+  private longest?: Lane<T>;
+  private longestKnown = true;
+  /** Items queued, in all lanes. */
+  length = 0;
+
+  /** Items `key` has queued. */
+  sizeOf(key: K): number {
+    return this.lanes.get(key)?.size ?? 0;
+  }
+
+  /** Queue `item` as `key`'s newest, whatever the length. */
+  push(key: K, item: T): void {
+    let lane = this.lanes.get(key);
+    if (!lane) this.lanes.set(key, (lane = new Lane<T>()));
+    if (lane.size === 0) this.link(lane);
+    lane.items.push(item);
+    this.length++;
+    if (this.longestKnown && (!this.longest || lane.size > this.longest.size)) this.longest = lane;
+  }
+
+  /**
+   * Queue `item` as `key`'s newest when fewer than `limit` are queued. When
+   * the queue is full, a key holding fewer items than the biggest holder gets
+   * in, and the biggest holder's newest item is taken out instead. Returns
+   * the item turned away (`item` itself when `key` is the biggest holder, or
+   * ties with it, or `limit` is 0), or undefined when none was.
+   */
+  admit(key: K, item: T, limit: number): T | undefined {
+    if (this.length < limit) {
+      this.push(key, item);
+      return undefined;
+    }
+    const big = this.biggest();
+    if (!big || this.sizeOf(key) >= big.size) return item;
+    const dropped = big.pop();
+    this.length--;
+    if (big.size === 0) this.unlink(big);
+    this.longestKnown = false;
+    this.push(key, item);
+    return dropped;
+  }
+
+  /** The next item in turn: the oldest of the key whose turn it is; that key's turn then passes to the next. */
+  shift(): T | undefined {
+    const lane = this.turn;
+    if (!lane) return undefined;
+    const item = lane.shift();
+    this.length--;
+    if (lane === this.longest) this.longestKnown = false;
+    if (lane.size === 0) this.unlink(lane);
+    else this.turn = lane.next;
+    return item;
+  }
+
+  /** Take every item, in turn order (one per key per round): the queue is left empty. */
+  takeAll(): T[] {
+    const out: T[] = new Array(this.length);
+    for (let i = 0; i < out.length; i++) out[i] = this.shift()!;
+    this.longest = undefined;
+    this.longestKnown = true;
+    return out;
+  }
+
+  /** Whether any key's oldest item satisfies `pred`. */
+  anyOldest(pred: (item: T) => boolean): boolean {
+    const start = this.turn;
+    if (!start) return false;
+    let lane = start;
+    do {
+      if (pred(lane.items[lane.head]!)) return true;
+      lane = lane.next!;
+    } while (lane !== start);
+    return false;
+  }
+
+  /**
+   * Take out, from each key, its oldest items while `due` says so (each lane
+   * is in arrival order: items past a deadline are at its head), and hand
+   * each to `out`. Returns how many were taken.
+   */
+  takeDue(due: (item: T) => boolean, out: (item: T) => void): number {
+    const start = this.turn;
+    if (!start) return 0;
+    const lanes: Lane<T>[] = [];
+    let lane = start;
+    do {
+      lanes.push(lane);
+      lane = lane.next!;
+    } while (lane !== start);
+    let n = 0;
+    for (const l of lanes) {
+      while (l.size > 0 && due(l.items[l.head]!)) {
+        const item = l.shift();
+        this.length--;
+        n++;
+        out(item);
+      }
+      if (l.size === 0 && l.next) this.unlink(l);
+    }
+    if (n) this.longestKnown = false;
+    return n;
+  }
+
+  /** A lane holding the most items, or undefined when the queue is empty. */
+  private biggest(): Lane<T> | undefined {
+    if (!this.longestKnown) {
+      let best: Lane<T> | undefined;
+      const start = this.turn;
+      if (start) {
+        let lane = start;
+        do {
+          if (!best || lane.size > best.size) best = lane;
+          lane = lane.next!;
+        } while (lane !== start);
+      }
+      this.longest = best;
+      this.longestKnown = true;
+    }
+    return this.longest;
+  }
+
+  /** Put a lane that just got its first item last in the ring: its turn comes after those already waiting. */
+  private link(lane: Lane<T>): void {
+    const turn = this.turn;
+    if (!turn) {
+      lane.next = lane.prev = lane;
+      this.turn = lane;
+      return;
+    }
+    const last = turn.prev!;
+    lane.prev = last;
+    lane.next = turn;
+    last.next = lane;
+    turn.prev = lane;
+  }
+
+  /** Take a lane that has no items left out of the ring. */
+  private unlink(lane: Lane<T>): void {
+    const next = lane.next!;
+    if (next === lane) this.turn = undefined;
+    else {
+      lane.prev!.next = next;
+      next.prev = lane.prev;
+      if (this.turn === lane) this.turn = next;
+    }
+    lane.next = lane.prev = undefined;
+    if (this.longest === lane) {
+      this.longest = undefined;
+      this.longestKnown = this.turn === undefined;
+    }
+  }
+}

@@ -1,0 +1,155 @@
+/**
+ * The proxy's wait queue (actors/fair-queue.ts) as a structure: clients take turns, each in
+ * arrival order; a full queue refuses the client holding the most its own excess; deadlines
+ * take each client's oldest; a drain's leftovers pushed back keep the turns going round.
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import fc from 'fast-check';
+import { FairQueue } from '../actors/fair-queue.js';
+
+interface Client { name: string }
+const A: Client = { name: 'A' };
+const B: Client = { name: 'B' };
+const C: Client = { name: 'C' };
+interface Item { who: Client; n: number; at: number }
+const item = (who: Client, n: number, at = 0): Item => ({ who, n, at });
+const names = (items: (Item | undefined)[]): string[] => items.map((i) => (i ? `${i.who.name}${i.n}` : '-'));
+
+function queueOf(...entries: Item[]): FairQueue<Client, Item> {
+  const q = new FairQueue<Client, Item>();
+  for (const e of entries) q.push(e.who, e);
+  return q;
+}
+
+test('clients take turns, one request each, each in its arrival order', () => {
+  const q = queueOf(item(A, 1), item(A, 2), item(A, 3), item(B, 1), item(A, 4), item(C, 1), item(B, 2));
+  assert.is(q.length, 7);
+  assert.equal(names(q.takeAll()), ['A1', 'B1', 'C1', 'A2', 'B2', 'A3', 'A4']);
+  assert.is(q.length, 0);
+  assert.is(q.shift(), undefined);
+});
+
+test("a light client's request goes second behind a heavy client's backlog of 1,000, not 1,001st", () => {
+  const q = new FairQueue<Client, Item>();
+  for (let i = 1; i <= 1000; i++) q.push(A, item(A, i));
+  q.push(B, item(B, 1));
+  assert.equal(names([q.shift(), q.shift()]), ['A1', 'B1']);
+});
+
+test("a drain's leftovers pushed back in the order taken: the next client in turn goes first the next time", () => {
+  // As drainWaiting does: take all, a server with room for one takes the first, the rest come back (unrouted).
+  const q = new FairQueue<Client, Item>();
+  for (let i = 1; i <= 5; i++) q.push(A, item(A, i));
+  q.push(B, item(B, 1));
+  q.push(C, item(C, 1));
+  const served: Item[] = [];
+  for (let round = 0; round < 4; round++) {
+    const all = q.takeAll();
+    served.push(all[0]!);
+    for (const r of all.slice(1)) q.push(r.who, r);
+  }
+  assert.equal(names(served), ['A1', 'B1', 'C1', 'A2']);
+  assert.equal(names(q.takeAll()), ['A3', 'A4', 'A5']);
+});
+
+test('a full queue: the client holding the most is refused its own request; a lighter one gets in and the biggest holder loses its newest', () => {
+  const q = queueOf(item(A, 1), item(A, 2), item(A, 3), item(B, 1));
+  const heavy = item(A, 4);
+  assert.is(q.admit(A, heavy, 4), heavy, 'A holds the most (3): its own request is refused');
+  assert.is(q.length, 4);
+  const dropped = q.admit(C, item(C, 1), 4);
+  assert.equal(names([dropped]), ['A3'], "A's newest makes room for C");
+  assert.equal([q.sizeOf(A), q.sizeOf(B), q.sizeOf(C), q.length], [2, 1, 1, 4]);
+  assert.equal(names([q.admit(B, item(B, 2), 4)]), ['A2'], 'B (1) is below A (2): A loses its newest again');
+  assert.equal(names([q.admit(C, item(C, 2), 4)]), ['B2'], 'A, B and C hold 1, 2, 1: C is below B and gets in, B loses B2');
+  const most = item(C, 3);
+  assert.is(q.admit(C, most, 4), most, 'C now holds the most (2): refused its own');
+  assert.equal(names(q.takeAll()), ['A1', 'B1', 'C1', 'C2']);
+  const even = queueOf(item(A, 1), item(B, 1));
+  const tie = item(A, 2);
+  assert.is(even.admit(A, tie, 2), tie, 'A ties with the biggest holder: refused, nobody else loses a request');
+  assert.equal(names(even.takeAll()), ['A1', 'B1']);
+});
+
+test('a limit of 0 refuses every request; below the limit nobody is dropped', () => {
+  const q = new FairQueue<Client, Item>();
+  const r = item(A, 1);
+  assert.is(q.admit(A, r, 0), r);
+  assert.is(q.length, 0);
+  for (let i = 1; i <= 3; i++) assert.is(q.admit(A, item(A, i), 4), undefined);
+  assert.is(q.length, 3);
+});
+
+test("deadlines take each client's oldest requests that are due, and leave the turns of the others", () => {
+  const q = queueOf(item(A, 1, 10), item(B, 1, 5), item(A, 2, 30), item(B, 2, 6), item(C, 1, 40), item(B, 3, 50));
+  assert.ok(q.anyOldest((i) => i.at <= 5), "B's oldest is due");
+  assert.not.ok(q.anyOldest((i) => i.at <= 4));
+  const out: Item[] = [];
+  assert.is(q.takeDue((i) => i.at <= 10, (i) => out.push(i)), 3);
+  assert.equal(names(out), ['A1', 'B1', 'B2']);
+  assert.is(q.length, 3);
+  assert.equal(names(q.takeAll()), ['A2', 'B3', 'C1']);
+});
+
+test('against a model: any sequence of admits, shifts and deadlines keeps each client in arrival order, every item once, and at most the limit', () => {
+  const clients = [A, B, C];
+  const op = fc.oneof(
+    fc.record({ kind: fc.constant('admit' as const), who: fc.integer({ min: 0, max: 2 }) }),
+    fc.record({ kind: fc.constant('shift' as const) }),
+    fc.record({ kind: fc.constant('expire' as const), before: fc.integer({ min: 0, max: 60 }) }),
+  );
+  fc.assert(fc.property(fc.array(op, { maxLength: 200 }), fc.integer({ min: 0, max: 6 }), (ops, limit) => {
+    const q = new FairQueue<Client, Item>();
+    const model = new Map<Client, Item[]>(clients.map((c) => [c, []]));
+    const seen = new Set<Item>();
+    let n = 0;
+    const gone = (i: Item): void => {
+      assert.not.ok(seen.has(i), 'each item leaves once');
+      seen.add(i);
+      const lane = model.get(i.who)!;
+      const k = lane.indexOf(i);
+      assert.ok(k >= 0, 'it was queued');
+      lane.splice(k, 1);
+    };
+    for (const o of ops) {
+      if (o.kind === 'admit') {
+        const who = clients[o.who]!;
+        const it = item(who, ++n, n);
+        const sizes = clients.map((c) => model.get(c)!.length);
+        const most = Math.max(...sizes);
+        model.get(who)!.push(it);
+        const away = q.admit(who, it, limit);
+        const total = sizes.reduce((a, b) => a + b, 0);
+        if (total < limit) assert.is(away, undefined);
+        else if (model.get(who)!.length - 1 >= most) assert.is(away, it, 'the biggest holder (or a tie) is refused its own');
+        else {
+          assert.ok(away && away !== it && model.get(away.who)!.length - (away.who === who ? 1 : 0) === most, 'a lighter client gets in: a biggest holder loses one');
+          assert.is(model.get(away.who)!.at(-1), away, "that holder's newest");
+        }
+        if (away) gone(away);
+      } else if (o.kind === 'shift') {
+        const it = q.shift();
+        if (it) {
+          assert.is(model.get(it.who)![0], it, "each client's oldest first");
+          gone(it);
+        } else assert.ok(clients.every((c) => model.get(c)!.length === 0));
+      } else {
+        q.takeDue((i) => i.at < o.before, (i) => {
+          assert.is(model.get(i.who)![0], i, "deadlines take a client's oldest");
+          gone(i);
+        });
+        assert.not.ok(q.anyOldest((i) => i.at < o.before), 'none due is left');
+      }
+      const total = clients.reduce((a, c) => a + model.get(c)!.length, 0);
+      assert.is(q.length, total);
+      assert.ok(total <= limit, 'never past the limit');
+      for (const c of clients) assert.is(q.sizeOf(c), model.get(c)!.length);
+    }
+    const rest = q.takeAll();
+    for (const it of rest) gone(it);
+    assert.ok(clients.every((c) => model.get(c)!.length === 0), 'takeAll took everything left');
+  }), { numRuns: 300 });
+});
+
+test.run();
