@@ -108,13 +108,16 @@ export class FairQueue<K extends object, T> {
     return item;
   }
 
-  /** Take every item, in turn order (one per key per round): the queue is left empty. */
-  takeAll(): T[] {
-    const out: T[] = new Array(this.length);
+  /** Take the next `n` items (at most all), in turn order: one per key per round. */
+  take(n: number): T[] {
+    const out: T[] = new Array(Math.min(n, this.length));
     for (let i = 0; i < out.length; i++) out[i] = this.shift()!;
-    this.longest = undefined;
-    this.longestKnown = true;
     return out;
+  }
+
+  /** Take every item, in turn order: the queue is left empty. */
+  takeAll(): T[] {
+    return this.take(this.length);
   }
 
   /** Whether any key's oldest item satisfies `pred`. */
