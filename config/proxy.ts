@@ -63,7 +63,7 @@ export const NUMBERS = {
   max_conns_per_peer: { option: 'maxConnectionsPerPeer', unit: 'n', min: 0, reload: 'live', doc: 'connections from one address at once (0 = no limit)', defaultText: 'none on loopback, 1024 otherwise' },
   max_client_inflight: { option: 'maxClientInflight', unit: 'n', min: 1, reload: 'live', doc: 'unanswered requests per client connection before its reads pause' },
   max_server_inflight: { option: 'maxServerInflight', unit: 'n', min: 1, reload: 'live', doc: 'requests in flight to one server' },
-  queue_limit: { option: 'queueLimit', unit: 'n', min: 0, reload: 'live', doc: 'requests one policy may hold waiting for a server with room; beyond it OVERLOADED' },
+  queue_limit: { option: 'queueLimit', unit: 'n', min: 0, reload: 'live', doc: 'requests one policy may hold waiting for a server with room, its clients in turn; when full, a client holding fewer waiting than the one holding the most gets in and that one\'s newest is answered OVERLOADED, the one holding the most is refused its own (OVERLOADED)' },
   idle_timeout: { option: 'idleTimeoutMs', unit: 'ms', min: 0, reload: 'new', doc: 'close client connections silent this long and waiting for no answer (0 = never); registrations are watched by PINGs instead' },
   frame_timeout: { option: 'frameTimeoutMs', unit: 'ms', min: 0, reload: 'new', doc: 'a frame begun must be complete within this time (0 = no limit)' },
   ping_interval: { option: 'pingIntervalMs', unit: 'ms', min: 10, reload: 'live', doc: 'PING each server on its registration connection this often' },
