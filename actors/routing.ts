@@ -280,6 +280,7 @@ export function expireWaiting(context: ProxyContext, now: number): void {
   const timeoutMs = context.opts.timeoutMs;
   const due = (req: ProxyRequest): boolean => req.arrived + timeoutMs <= now;
   for (const policy of context.policies.values()) {
+    if (policy.waiting.length === 0) continue;
     const why = `no server of privacy policy ${policy.name} had room within ${timeoutMs} ms`;
     if (policy.waiting.takeDue(due, (req) => reply(req, errorMsg(ErrorCode.TIMEOUT, why))) === 0) continue;
     forgetIfEmpty(context, policy);

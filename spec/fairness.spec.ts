@@ -7,10 +7,10 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { Socket } from 'node:net';
-import { connect, type Client } from '../actors/index.js';
+import { connect, Logger, ManualClock, memorySink, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import { MsgType } from '../transport/messages.js';
-import { eventually, LOCAL, rawConnect, sleep } from './helpers.js';
+import { collector, eventually, frame, LOCAL, rawConnect, sleep } from './helpers.js';
 import { killAll, proxyProcess, revproxy, type Proc } from './procs.js';
 
 /**
@@ -107,3 +107,47 @@ fair('two clients flooding one policy share its server: the one that came second
 });
 
 fair.run();
+
+const deadlines = suite<{ proxy?: ProxyHandle; server?: ServerHandle; sockets: Socket[] }>('deadlines in the fair queue', { sockets: [] });
+deadlines.after.each((ctx) => {
+  for (const s of ctx.sockets) s.destroy();
+  ctx.server?.kill();
+  ctx.proxy?.kill();
+});
+
+deadlines("each waiting request is answered TIMEOUT at its own deadline, whichever client's turn it is in", async (ctx) => {
+  // The proxy's time is a manual clock; its one server has room for one request and answers none within the test.
+  const clock = new ManualClock();
+  const logs: LogRecord[] = [];
+  ctx.proxy = await startProxy({ port: 0, clock, timeoutMs: 1000, tryTimeoutMs: 1000, retries: 0, maxServerInflight: 1, queueLimit: 8, logger: new Logger('proxy', memorySink(logs), 'warn') });
+  ctx.server = await startServer({ id: 's', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, delayMs: 60000 });
+  await eventually(() => ctx.proxy!.pools().P?.serving.includes('s') ?? false, 3000, 's serving');
+  const a = await rawConnect(ctx.proxy.port);
+  const b = await rawConnect(ctx.proxy.port);
+  ctx.sockets.push(a, b);
+  const got = { a: collector(a), b: collector(b) };
+  const send = (sock: Socket, seqs: number[]): void => {
+    sock.write(Buffer.concat(seqs.map((seq) => frame({ type: MsgType.DATA, seq, srcid: 'c', privPoliId: 'P', payload: `r${seq}` }))));
+  };
+  send(a, [0, 1, 2]); // at 0 ms: a0 to the server, a1 and a2 wait
+  await sleep(100);
+  clock.advance(400);
+  send(b, [0, 1]); // at 400 ms: b0 and b1 wait, and a3
+  send(a, [3]);
+  await sleep(100);
+  clock.advance(600); // 1000 ms: a0's try, a1 and a2 are due; b's and a3 are not
+  await got.a.until(() => got.a.got.length >= 3);
+  await sleep(50);
+  const seqsOf = (c: typeof got.a): number[] => c.got.map((m) => (m as { seq: number }).seq).sort();
+  assert.equal(seqsOf(got.a), [0, 1, 2], "a's three oldest are answered at 1000 ms, not a3");
+  assert.equal(got.b.got, [], "b's requests arrived at 400 ms: not due");
+  assert.ok(got.a.got.every((m) => (m as { code?: string }).code === 'TIMEOUT'), JSON.stringify(got.a.got));
+  assert.ok(got.a.got.filter((m) => /had room within 1000 ms/.test((m as { message?: string }).message ?? '')).length === 2, 'a1 and a2 waited for room');
+  clock.advance(400); // 1400 ms: the rest
+  await got.b.until(() => got.b.got.length >= 2);
+  await got.a.until(() => got.a.got.length >= 4);
+  assert.equal(seqsOf(got.b), [0, 1]);
+  for (const m of [...got.a.got, ...got.b.got]) assert.is((m as { code?: string }).code, 'TIMEOUT');
+});
+
+deadlines.run();
