@@ -160,8 +160,8 @@ export function removeServer(context: ProxyContext, entry: Member, reason: strin
  * RENEW_TLS (`ProxyHandle.renewTls`, which the CLI's SIGHUP calls). Everything that reads
  * `context.opts` sees the new values at once; a member whose secret no
  * longer passes leaves its pool (it is told UNAUTHORIZED, its link finishes
- * what it has in flight); the others' links take the new timeouts; waiting
- * requests try the new limits.
+ * what it has in flight); the others' links take the new timeouts; every waiting
+ * request tries the new limits (queueLimit included).
  */
 export function applyReload(context: ProxyContext, opts: Opts): void {
   const was = context.opts;
@@ -176,7 +176,7 @@ export function applyReload(context: ProxyContext, opts: Opts): void {
       removeServer(context, entry, `its registration was revoked by a reload (${denied})`);
     } else entry.link.send({ type: 'RETUNE', timeoutMs, tryTimeoutMs });
   }
-  for (const name of [...context.policies.keys()]) drainWaiting(context, name);
+  for (const name of [...context.policies.keys()]) drainWaiting(context, name, true);
 }
 
 /**

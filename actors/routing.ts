@@ -253,11 +253,15 @@ function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
  * many as its members have room for, taken one client's in turn (`FairQueue.take`). Each is taken
  * at most once per drain; one no member takes (it tried those with room) goes back to its
  * client's turn (`unrouted`). Taking them all, as the queue once was, cost O(queue) per answer.
+ * A reload takes them all (`all`): those no member takes are admitted again under the new
+ * `queueLimit` (the excess of the client holding the most refused), or answered when no member
+ * could serve them any more.
  */
-export function drainWaiting(context: ProxyContext, name: string): void {
+export function drainWaiting(context: ProxyContext, name: string, all = false): void {
   const policy = context.policies.get(name);
   if (!policy) return;
   let left = policy.waiting.length;
+  if (all && left > 0) return void policy.pool.send({ type: 'ROUTE', requests: policy.waiting.takeAll() });
   while (left > 0) {
     const n = Math.min(left, roomIn(context, policy));
     if (n === 0) return;

@@ -10,6 +10,7 @@ import type { Socket } from 'node:net';
 import { connect, Logger, ManualClock, memorySink, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import { MsgType } from '../transport/messages.js';
+import { resolveOptions } from '../actors/proxy-options.js';
 import { collector, eventually, frame, LOCAL, rawConnect, sleep } from './helpers.js';
 import { killAll, proxyProcess, revproxy, type Proc } from './procs.js';
 
@@ -108,7 +109,7 @@ fair('two clients flooding one policy share its server: the one that came second
 
 fair.run();
 
-const deadlines = suite<{ proxy?: ProxyHandle; server?: ServerHandle; sockets: Socket[] }>('deadlines in the fair queue', { sockets: [] });
+const deadlines = suite<{ proxy?: ProxyHandle; server?: ServerHandle; sockets: Socket[] }>('the fair queue in one process: deadlines and reloads', { sockets: [] });
 deadlines.after.each((ctx) => {
   for (const s of ctx.sockets) s.destroy();
   ctx.server?.kill();
@@ -148,6 +149,32 @@ deadlines("each waiting request is answered TIMEOUT at its own deadline, whichev
   await got.a.until(() => got.a.got.length >= 4);
   assert.equal(seqsOf(got.b), [0, 1]);
   for (const m of [...got.a.got, ...got.b.got]) assert.is((m as { code?: string }).code, 'TIMEOUT');
+});
+
+deadlines("a reload that lowers queue_limit below what waits refuses the excess of the client holding the most: on main it kept the oldest and refused the client that came last", async (ctx) => {
+  const logs: LogRecord[] = [];
+  const opts = { port: 0, timeoutMs: 60000, maxServerInflight: 1, queueLimit: 8, logger: new Logger('proxy', memorySink(logs), 'warn') };
+  ctx.proxy = await startProxy(opts);
+  ctx.server = await startServer({ id: 's', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, delayMs: 60000 });
+  await eventually(() => ctx.proxy!.pools().P?.serving.includes('s') ?? false, 3000, 's serving');
+  const a = await rawConnect(ctx.proxy.port);
+  const b = await rawConnect(ctx.proxy.port);
+  ctx.sockets.push(a, b);
+  const got = { a: collector(a), b: collector(b) };
+  const send = (sock: Socket, seqs: number[]): void => {
+    sock.write(Buffer.concat(seqs.map((seq) => frame({ type: MsgType.DATA, seq, srcid: 'c', privPoliId: 'P', payload: `r${seq}` }))));
+  };
+  const waiting = (): number => ctx.proxy!.actor.getSnapshot().context.policies.get('P')?.waiting.length ?? 0;
+  send(a, [0, 1, 2, 3, 4, 5]); // a0 to the server, a1-a5 wait
+  await eventually(() => waiting() === 5, 3000, "a's requests waiting");
+  send(b, [0, 1]);
+  await eventually(() => waiting() === 7, 3000, "b's requests waiting");
+  ctx.proxy.actor.send({ type: 'RELOAD', opts: resolveOptions({ ...opts, queueLimit: 4 }) });
+  await got.a.until(() => got.a.got.length >= 3);
+  await sleep(50);
+  assert.equal(got.a.got.map((m) => [(m as { seq: number }).seq, (m as { code?: string }).code]).sort(), [[3, 'OVERLOADED'], [4, 'OVERLOADED'], [5, 'OVERLOADED']], "a's newest three");
+  assert.equal(got.b.got, [], "b's two still wait");
+  assert.is(waiting(), 4);
 });
 
 deadlines.run();
