@@ -9,43 +9,60 @@
  * server has room for wait here, keyed by the client connection they came from.
  *
  * Cost: push and shift are O(1) amortised and allocate nothing per item (a
- * lane is made once per key, kept while the key lives: a WeakMap); a full
+ * lane is made once per key, kept while the key lives: a WeakMap, and keeps
+ * its slots when it empties); a full
  * queue finds its biggest holder in O(1), or once in O(keys waiting) after
  * that holder lost an item.
  */
 
-/** One key's items, oldest first, and its place in the ring of keys with items. */
+/** Slots a lane keeps when it empties; a bigger array is let go (a flood's lane does not hold its peak). */
+const KEEP = 64;
+
+/** One key's items, oldest first, in `items[head..tail)`, and its place in the ring of keys with items. */
 class Lane<T> {
+  /** Its slots, kept when it empties (up to KEEP), so a client with one request waiting at a time allocates nothing per request. */
   items: (T | undefined)[] = [];
   head = 0;
+  tail = 0;
   /** Neighbours in the ring while the lane has items (undefined when it has none). */
   next?: Lane<T>;
   prev?: Lane<T>;
 
   get size(): number {
-    return this.items.length - this.head;
+    return this.tail - this.head;
+  }
+
+  oldest(): T {
+    return this.items[this.head]!;
+  }
+
+  push(item: T): void {
+    this.items[this.tail++] = item;
   }
 
   shift(): T {
     const item = this.items[this.head]!;
     this.items[this.head++] = undefined;
-    if (this.head === this.items.length) {
-      this.items.length = 0;
-      this.head = 0;
-    } else if (this.head > 1024 && this.head * 2 > this.items.length) {
-      this.items.splice(0, this.head);
+    if (this.head === this.tail) this.empty();
+    else if (this.head > 1024 && this.head * 2 > this.tail) {
+      this.items.copyWithin(0, this.head, this.tail);
+      this.items.fill(undefined, this.tail - this.head, this.tail);
+      this.tail -= this.head;
       this.head = 0;
     }
     return item;
   }
 
   pop(): T {
-    const item = this.items.pop()!;
-    if (this.head === this.items.length) {
-      this.items.length = 0;
-      this.head = 0;
-    }
+    const item = this.items[--this.tail]!;
+    this.items[this.tail] = undefined;
+    if (this.head === this.tail) this.empty();
     return item;
+  }
+
+  private empty(): void {
+    this.head = this.tail = 0;
+    if (this.items.length > KEEP) this.items = [];
   }
 }
 
@@ -69,7 +86,7 @@ export class FairQueue<K extends object, T> {
     let lane = this.lanes.get(key);
     if (!lane) this.lanes.set(key, (lane = new Lane<T>()));
     if (lane.size === 0) this.link(lane);
-    lane.items.push(item);
+    lane.push(item);
     this.length++;
     if (this.longestKnown && (!this.longest || lane.size > this.longest.size)) this.longest = lane;
   }
@@ -126,7 +143,7 @@ export class FairQueue<K extends object, T> {
     if (!start) return false;
     let lane = start;
     do {
-      if (pred(lane.items[lane.head]!)) return true;
+      if (pred(lane.oldest())) return true;
       lane = lane.next!;
     } while (lane !== start);
     return false;
@@ -148,7 +165,7 @@ export class FairQueue<K extends object, T> {
     } while (lane !== start);
     let n = 0;
     for (const l of lanes) {
-      while (l.size > 0 && due(l.items[l.head]!)) {
+      while (l.size > 0 && due(l.oldest())) {
         const item = l.shift();
         this.length--;
         n++;

@@ -92,6 +92,18 @@ test("deadlines take each client's oldest requests that are due, and leave the t
   assert.equal(names(q.takeAll()), ['A2', 'B3', 'C1']);
 });
 
+test('one client of thousands, pushed and taken in turns past the point where its lane is compacted, keeps its order', () => {
+  const q = new FairQueue<Client, Item>();
+  let pushed = 0;
+  let taken = 0;
+  for (let round = 0; round < 40; round++) {
+    for (let i = 0; i < 150; i++) q.push(A, item(A, pushed++));
+    for (let i = 0; i < 100; i++) assert.is(q.shift()!.n, taken++);
+  }
+  while (q.length) assert.is(q.shift()!.n, taken++);
+  assert.is(taken, pushed);
+});
+
 test('against a model: any sequence of admits, shifts and deadlines keeps each client in arrival order, every item once, and at most the limit', () => {
   const clients = [A, B, C];
   const op = fc.oneof(
