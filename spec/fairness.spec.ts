@@ -7,10 +7,10 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { Socket } from 'node:net';
-import { connect, Logger, ManualClock, memorySink, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import { connect, Logger, ManualClock, memorySink, startProxy, startServer, type Client, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import { MsgType } from '../transport/messages.js';
-import { resolveOptions } from '../actors/proxy-options.js';
+import { resolveOptions, type ProxyOptions } from '../actors/proxy-options.js';
 import { collector, eventually, frame, LOCAL, rawConnect, sleep } from './helpers.js';
 import { killAll, proxyProcess, revproxy, type Proc } from './procs.js';
 
@@ -109,27 +109,35 @@ fair('two clients flooding one policy share its server: the one that came second
 
 fair.run();
 
-const deadlines = suite<{ proxy?: ProxyHandle; server?: ServerHandle; sockets: Socket[] }>('the fair queue in one process: deadlines and reloads', { sockets: [] });
+type InProc = { proxy?: ProxyHandle; server?: ServerHandle; sockets: Socket[] };
+const deadlines = suite<InProc>('the fair queue in one process: deadlines and reloads', { sockets: [] });
 deadlines.after.each((ctx) => {
   for (const s of ctx.sockets) s.destroy();
   ctx.server?.kill();
   ctx.proxy?.kill();
 });
 
-deadlines("each waiting request is answered TIMEOUT at its own deadline, whichever client's turn it is in", async (ctx) => {
-  // The proxy's time is a manual clock; its one server has room for one request and answers none within the test.
-  const clock = new ManualClock();
-  const logs: LogRecord[] = [];
-  ctx.proxy = await startProxy({ port: 0, clock, timeoutMs: 1000, tryTimeoutMs: 1000, retries: 0, maxServerInflight: 1, queueLimit: 8, logger: new Logger('proxy', memorySink(logs), 'warn') });
+/**
+ * A proxy (`opts`) whose one server of P has room for one request and answers none within the
+ * test, and two raw clients: what each got, and `send` for their requests.
+ */
+async function twoClients(ctx: InProc, opts: ProxyOptions) {
+  ctx.proxy = await startProxy({ ...opts, maxServerInflight: 1, logger: new Logger('proxy', memorySink([]), 'warn') });
   ctx.server = await startServer({ id: 's', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, delayMs: 60000 });
   await eventually(() => ctx.proxy!.pools().P?.serving.includes('s') ?? false, 3000, 's serving');
   const a = await rawConnect(ctx.proxy.port);
   const b = await rawConnect(ctx.proxy.port);
   ctx.sockets.push(a, b);
-  const got = { a: collector(a), b: collector(b) };
   const send = (sock: Socket, seqs: number[]): void => {
     sock.write(Buffer.concat(seqs.map((seq) => frame({ type: MsgType.DATA, seq, srcid: 'c', privPoliId: 'P', payload: `r${seq}` }))));
   };
+  return { a, b, got: { a: collector(a), b: collector(b) }, send };
+}
+
+deadlines("each waiting request is answered TIMEOUT at its own deadline, whichever client's turn it is in", async (ctx) => {
+  // The proxy's time is a manual clock; its one server has room for one request and answers none within the test.
+  const clock = new ManualClock();
+  const { a, b, got, send } = await twoClients(ctx, { port: 0, clock, timeoutMs: 1000, tryTimeoutMs: 1000, retries: 0, queueLimit: 8 });
   send(a, [0, 1, 2]); // at 0 ms: a0 to the server, a1 and a2 wait
   await sleep(100);
   clock.advance(400);
@@ -152,24 +160,14 @@ deadlines("each waiting request is answered TIMEOUT at its own deadline, whichev
 });
 
 deadlines("a reload that lowers queue_limit below what waits refuses the excess of the client holding the most: on main it kept the oldest and refused the client that came last", async (ctx) => {
-  const logs: LogRecord[] = [];
-  const opts = { port: 0, timeoutMs: 60000, maxServerInflight: 1, queueLimit: 8, logger: new Logger('proxy', memorySink(logs), 'warn') };
-  ctx.proxy = await startProxy(opts);
-  ctx.server = await startServer({ id: 's', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, delayMs: 60000 });
-  await eventually(() => ctx.proxy!.pools().P?.serving.includes('s') ?? false, 3000, 's serving');
-  const a = await rawConnect(ctx.proxy.port);
-  const b = await rawConnect(ctx.proxy.port);
-  ctx.sockets.push(a, b);
-  const got = { a: collector(a), b: collector(b) };
-  const send = (sock: Socket, seqs: number[]): void => {
-    sock.write(Buffer.concat(seqs.map((seq) => frame({ type: MsgType.DATA, seq, srcid: 'c', privPoliId: 'P', payload: `r${seq}` }))));
-  };
+  const opts = { port: 0, timeoutMs: 60000, queueLimit: 8 };
+  const { a, b, got, send } = await twoClients(ctx, opts);
   const waiting = (): number => ctx.proxy!.actor.getSnapshot().context.policies.get('P')?.waiting.length ?? 0;
   send(a, [0, 1, 2, 3, 4, 5]); // a0 to the server, a1-a5 wait
   await eventually(() => waiting() === 5, 3000, "a's requests waiting");
   send(b, [0, 1]);
   await eventually(() => waiting() === 7, 3000, "b's requests waiting");
-  ctx.proxy.actor.send({ type: 'RELOAD', opts: resolveOptions({ ...opts, queueLimit: 4 }) });
+  ctx.proxy!.actor.send({ type: 'RELOAD', opts: resolveOptions({ ...opts, maxServerInflight: 1, queueLimit: 4 }) });
   await got.a.until(() => got.a.got.length >= 3);
   await sleep(50);
   assert.equal(got.a.got.map((m) => [(m as { seq: number }).seq, (m as { code?: string }).code]).sort(), [[3, 'OVERLOADED'], [4, 'OVERLOADED'], [5, 'OVERLOADED']], "a's newest three");
