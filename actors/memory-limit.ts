@@ -17,7 +17,9 @@ const mib = (n: number): string => `${Math.round((n / 1048576) * 10) / 10} MiB`;
 /**
  * The `--max-old-space-size` (MiB) that fits V8's heap beside a buffer budget of `budget` in a
  * process limited to `memory` bytes: half of what the budget leaves, less 32 MiB for the young
- * generation, and at least 32 - 64 for 256 MiB, 32 for 128 MiB (beside its 16 MiB budget, an eighth). The other half is for what neither counts: buffers V8 frees only
+ * generation, and at least 32 - 64 for 256 MiB, 32 for 128 MiB (beside its 16 MiB budget, an
+ * eighth), 38, 48 and 56 for 160, 192 and 224 MiB (beside budgets of 20, 32 and 48 MiB:
+ * `defaultBufferBudget`, whose share makes it grow with the limit). The other half is for what neither counts: buffers V8 frees only
  * when it next collects, the allocator's slack, Node's own memory. 64 clients sending 1 MB
  * requests to a slow server, a proxy in a 256 MiB group (`spec/memory-limit.spec.ts`): with 64
  * it refused them OVERLOADED and lived, the group peaking at 174-185 MiB over 10 s; with 40 (and
@@ -26,7 +28,7 @@ const mib = (n: number): string => `${Math.round((n / 1048576) * 10) / 10} MiB`;
  * 16 MiB budget (with 950 idle connections or none), 24 (what half of what the budget leaves
  * gives) peaked at 86-106 MiB but ran out of heap in 1 of about 20 runs; 32 lived in 8 of 8 (and 8 of
  * 8 of the spec), peaking at 100-116 MiB; 40 at 113-118 (2 runs), too near the limit. Hence the floor of 32.
- * (`SMALL_MEMORY_LIMIT` in transport/budget.ts: what ended it beside a 32 MiB budget.)
+ * (`defaultBufferBudget` in transport/budget.ts: what ended it beside a 32 MiB budget.)
  */
 export function fittedOldSpace(memory: number, budget: number): number {
   return Math.max(32, Math.floor((memory - budget) / 2 / 1048576) - 32);
@@ -44,17 +46,17 @@ export function fittedOldSpace(memory: number, budget: number): number {
 export function budgetNote(budget: number, flag: string, memory: number | undefined, heap = getHeapStatistics().heap_size_limit): { level: 'info' | 'warn'; message: string; fields: Record<string, number> } | undefined {
   if (memory === undefined) return undefined;
   const fallback = defaultBufferBudget(memory);
-  const share = defaultBudgetShare(memory) === 8 ? 'an eighth' : 'a quarter';
+  const share = defaultBudgetShare(memory) ?? 'its default';
   const fields = { memory_limit: memory, budget, heap_limit: heap };
   const limit = `This process may use ${mib(memory)} (its control group's memory limit)`;
   if (budget === 0 || budget > memory / 2) {
     return {
       level: 'warn',
-      message: `${limit}, and ${flag} is ${budget === 0 ? '0 (no limit)' : `${mib(budget)}, more than half of it`}: peers filling the buffers would take the process past its limit and the kernel would kill it (OOM), ending every request in flight, before the budget sheds any; lower ${flag} to ${fallback} (${share} of the limit, the default here) or raise the memory limit`,
+      message: `${limit}, and ${flag} is ${budget === 0 ? '0 (no limit)' : `${mib(budget)}, more than half of it`}: peers filling the buffers would take the process past its limit and the kernel would kill it (OOM), ending every request in flight, before the budget sheds any; lower ${flag} to ${fallback} (${defaultBudgetShare(memory, 'the limit')?.concat(', the default here') ?? 'the default'}) or raise the memory limit`,
       fields,
     };
   }
-  const said = budget === fallback ? `: the buffer budget is ${mib(budget)}, ${budget < Math.floor(memory / defaultBudgetShare(memory)) ? 'its default' : `${share} of it`} (${flag} sets another)` : `: the buffer budget is ${mib(budget)} (${flag})`;
+  const said = budget === fallback ? `: the buffer budget is ${mib(budget)}, ${share} (${flag} sets another)` : `: the buffer budget is ${mib(budget)} (${flag})`;
   if (heap + budget > memory) {
     const oldSpace = fittedOldSpace(memory, budget);
     return {

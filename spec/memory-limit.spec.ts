@@ -1,6 +1,6 @@
 /**
  * A proxy in a memory-limited container or systemd unit: its buffer budget's default fits the
- * memory the process may use (a quarter of its control group's limit, an eighth below 256 MiB), a start says what it
+ * memory the process may use (a quarter of its control group's limit, an eighth of a small one, half less 64 MiB between), a start says what it
  * chose and why, and a budget or heap that cannot fit is warned of. A real proxy in a real
  * cgroup sheds a crowd of large frames (OVERLOADED) where it was killed by the kernel.
  */
@@ -21,7 +21,7 @@ const FLAG = '--max-buffered-bytes';
 
 const derive = suite('memory limit: the budget it derives');
 
-derive('no limit below the machine (Node 20 reads 2^64 then) keeps 256 MiB; a limit gives a quarter of it, at most 256 MiB, and an eighth of one below 256 MiB', () => {
+derive('no limit below the machine (Node 20 reads 2^64 then) keeps 256 MiB; a limit gives a quarter of it, at most 256 MiB, an eighth of one up to about 171 MiB, and between them half of it less 64 MiB', () => {
   assert.is(memoryLimit(2 ** 64, 24 * 1024 * MiB), undefined);
   assert.is(memoryLimit(0, 24 * 1024 * MiB), undefined);
   assert.is(memoryLimit(256 * MiB, 24 * 1024 * MiB), 256 * MiB);
@@ -32,6 +32,33 @@ derive('no limit below the machine (Node 20 reads 2^64 then) keeps 256 MiB; a li
   assert.is(fittedOldSpace(128 * MiB, 16 * MiB), 32);
   assert.is(budgetNote(16 * MiB, FLAG, 128 * MiB, 56 * MiB)!.message, `This process may use 128 MiB (its control group's memory limit): the buffer budget is 16 MiB, an eighth of it (${FLAG} sets another)`);
   assert.match(budgetNote(0, FLAG, 128 * MiB, 56 * MiB)!.message, `lower ${FLAG} to ${16 * MiB} (an eighth of the limit, the default here)`);
+  assert.is(defaultBufferBudget(96 * MiB), 12 * MiB);
+  assert.is(defaultBufferBudget(160 * MiB), 20 * MiB);
+  assert.is(defaultBufferBudget(192 * MiB), 32 * MiB);
+  assert.is(defaultBufferBudget(224 * MiB), 48 * MiB);
+  assert.is(budgetNote(32 * MiB, FLAG, 192 * MiB, 72 * MiB)!.message, `This process may use 192 MiB (its control group's memory limit): the buffer budget is 32 MiB, half of it less 64 MiB, between an eighth and a quarter (${FLAG} sets another)`);
+  assert.match(budgetNote(0, FLAG, 8 * 1024 * MiB, 56 * MiB)!.message, `lower ${FLAG} to ${DEFAULT_BUFFER_BUDGET} (the default)`);
+});
+
+derive('from 128 MiB to 256 the budget, the heap the start line advises and the connections that heap keeps grow with the limit: an eighth up to 255 MiB gave it a heap of 79 and 10000 connections, and 256 a heap of 64 and 2048 (224 MiB, 66 and 7168: 7,094 idle connections and 64 clients\' 1 MB requests took it past its limit)', () => {
+  const at = (limit: number) => {
+    const budget = defaultBufferBudget(limit);
+    const oldSpace = fittedOldSpace(limit, budget);
+    // The heap of --max-old-space-size=N with the semi-spaces of cli/revproxy.js: N + 24 MiB.
+    return { budget, oldSpace, connections: defaultMaxConnections(20000, budget, (oldSpace + 24) * MiB) };
+  };
+  assert.equal(at(160 * MiB), { budget: 20 * MiB, oldSpace: 38, connections: 1024 });
+  assert.equal(at(192 * MiB), { budget: 32 * MiB, oldSpace: 48, connections: 2048 });
+  assert.equal(at(224 * MiB), { budget: 48 * MiB, oldSpace: 56, connections: 2048 });
+  assert.equal(at(256 * MiB), { budget: 64 * MiB, oldSpace: 64, connections: 2048 });
+  let before = at(128 * MiB);
+  for (let limit = 129 * MiB; limit <= 256 * MiB; limit += MiB) {
+    const now = at(limit);
+    for (const key of ['budget', 'oldSpace'] as const) assert.ok(now[key] >= before[key], `${key} at ${limit / MiB} MiB: ${now[key]}, at ${limit / MiB - 1} MiB: ${before[key]}`);
+    // The heap is advised in whole MiB, so the connections it keeps move by a few hundred from one MiB to the next: never past 256 MiB's.
+    assert.ok(now.connections <= 2048, `connections at ${limit / MiB} MiB: ${now.connections}`);
+    before = now;
+  }
 });
 
 derive('a start says what budget it chose and why; a budget or a heap that cannot fit the limit is a warn line saying what to set', () => {
@@ -261,22 +288,65 @@ cgroup('with the heap its start line advises for a 256 MiB group, 1 MB requests 
   await proc.waitFor(/Refused .*2048 connections are open \(max_connections\)/);
 });
 
-cgroup('with its defaults and the heap its start line advises for a 128 MiB group, 1 MB requests from 64 clients to a slow server beside 950 idle connections are refused OVERLOADED and the proxy lives: with a quarter of it for a budget (32 MiB) and 16 for a heap the requests\' half ran the heap out (JavaScript heap out of memory)', async () => {
-  const crowd = 950; // with the load's 64 and the server's link, about the 1024 connections such a heap keeps
-  if (skipped(cannotCrowd(crowd))) return;
-  const oldSpace = fittedOldSpace(128 * MiB, defaultBufferBudget(128 * MiB));
+/** The idle connections that with the load's 64 and the server's link make the connections a proxy keeps by default with the heap advised for a group of `limit` bytes. */
+function crowdUpToDefault(limit: number): number {
+  const budget = defaultBufferBudget(limit);
+  // The heap of --max-old-space-size=N with the semi-spaces of cli/revproxy.js: N + 24 MiB.
+  return defaultMaxConnections(20000, budget, (fittedOldSpace(limit, budget) + 24) * MiB) - 74;
+}
+
+/**
+ * A proxy with its defaults and the heap its start line advises in a group of `limit` bytes, `crowd` idle connections open,
+ * then 64 clients' 1 MB requests to a slow server: they are refused OVERLOADED, the idle connections are kept, and the proxy lives.
+ */
+async function heavyBesideIdle(limit: number, crowd: number): Promise<void> {
+  const oldSpace = fittedOldSpace(limit, defaultBufferBudget(limit));
   let conns: Array<ReturnType<typeof collector>> = [];
   const { proc, report } = await largeRequestsToSlowServer({ NODE_OPTIONS: `--max-old-space-size=${oldSpace}`, MALLOC_MMAP_THRESHOLD_: '131072' }, async (port, proxy) => {
     conns = idleCrowd(port, crowd);
     const ended = (): boolean => proxy.child.exitCode !== null || proxy.child.signalCode !== null;
     await eventually(() => conns.every((c) => c.got.length > 0 || c.closed) || ended(), 60000, 'every connection of the crowd answered or refused');
-  }, 128 * MiB);
+  }, limit);
   const out = proc.out.join('\n');
   assert.not.match(out, V8_OUT_OF_HEAP);
   assert.is(group!.oomKills(), 0, `the kernel's OOM killer killed the proxy; output:\n${out}`);
   assert.ok(proc.child.exitCode === null && proc.child.signalCode === null, `the proxy runs on (it ended: ${proc.child.exitCode ?? proc.child.signalCode}); output:\n${out}`);
   assert.ok((report.errors.OVERLOADED ?? 0) > 0, `the requests past the budget are refused OVERLOADED: ${JSON.stringify(report.errors)}`);
   assert.is(conns.filter((c) => !c.closed).length, crowd, 'the idle connections are kept');
+}
+
+cgroup('with its defaults and the heap its start line advises for a 128 MiB group, 1 MB requests from 64 clients to a slow server beside 950 idle connections are refused OVERLOADED and the proxy lives: with a quarter of it for a budget (32 MiB) and 16 for a heap the requests\' half ran the heap out (JavaScript heap out of memory)', async () => {
+  assert.is(crowdUpToDefault(128 * MiB), 950);
+  if (skipped(cannotCrowd(950))) return;
+  await heavyBesideIdle(128 * MiB, 950);
+});
+
+for (const limit of [160, 192, 224]) {
+  const crowd = crowdUpToDefault(limit * MiB);
+  cgroup(`with its defaults and the heap its start line advises for a ${limit} MiB group, 1 MB requests from 64 clients to a slow server beside ${crowd} idle connections (with them, the connections it keeps) are refused OVERLOADED and the proxy lives`, async () => {
+    if (skipped(cannotCrowd(crowd))) return;
+    await heavyBesideIdle(limit * MiB, crowd);
+  });
+}
+
+cgroup('with the heap its start line advises for a 224 MiB group, a crowd of 7,000 idle connections and then 1 MB requests from 64 clients to a slow server: the crowd past what the heap holds is refused and the proxy lives: with an eighth for a budget (28 MiB) it was advised a heap of 66 that kept 7168 connections, and the kernel killed it (1 run of 6) or it peaked within 11-29 MiB of its limit', async () => {
+  const crowd = 7000;
+  if (skipped(cannotCrowd(crowd))) return;
+  let conns: Array<ReturnType<typeof collector>> = [];
+  const { proc } = await largeRequestsToSlowServer({ NODE_OPTIONS: `--max-old-space-size=${fittedOldSpace(224 * MiB, defaultBufferBudget(224 * MiB))}`, MALLOC_MMAP_THRESHOLD_: '131072' }, async (port, proxy) => {
+    conns = idleCrowd(port, crowd);
+    const ended = (): boolean => proxy.child.exitCode !== null || proxy.child.signalCode !== null;
+    await eventually(() => conns.every((c) => c.got.length > 0 || c.closed) || ended(), 60000, 'every connection of the crowd answered or refused');
+  }, 224 * MiB);
+  const out = (): string => proc.out.join('\n');
+  assert.not.match(out(), V8_OUT_OF_HEAP);
+  assert.is(group!.oomKills(), 0, `the kernel's OOM killer killed the proxy; output:\n${out()}`);
+  assert.ok(proc.child.exitCode === null && proc.child.signalCode === null, `the proxy runs on (it ended: ${proc.child.exitCode ?? proc.child.signalCode}); output:\n${out()}`);
+  const kept = conns.filter((c) => !c.closed).length;
+  assert.ok(kept > 0 && kept <= 2048, `it keeps what its heap holds beside the requests and refuses the rest: ${kept} kept`);
+  await proc.waitFor(/may use 224 MiB .*the buffer budget is 48 MiB, half of it less 64 MiB/);
+  await proc.waitFor(/V8's heap may grow to 80 MiB .*at most 2048 connections/);
+  await proc.waitFor(/Refused .*2048 connections are open \(max_connections\)/);
 });
 
 cgroup('with the heap its start line advises for a 128 MiB group, a crowd of idle connections past what that heap holds is refused and the proxy lives: 6000 ended it (JavaScript heap out of memory) under max_connections 20000', async () => {

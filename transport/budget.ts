@@ -40,34 +40,59 @@ export interface BudgetHolder {
 export const DEFAULT_BUFFER_BUDGET = 256 * 1024 * 1024;
 
 /**
- * Below this memory limit the budget's default is an eighth of the limit, not a quarter: what
- * the budget does not count (Node's own memory, V8's young generation, the garbage between
- * collections) hardly shrinks with the limit. In a 128 MiB group, 64 clients sending 1 MB
- * requests to a slow server ended a proxy with a quarter (32 MiB: with the heap fitted beside it,
+ * The budget's default for a process that may use `memory` bytes, and how it was taken from it, as
+ * a start line says it (`of` names the limit: "an eighth of it"; undefined where it is
+ * `DEFAULT_BUFFER_BUDGET`, less than the share): an eighth of the limit, or half of it less 64 MiB
+ * where that is more (from about 171 MiB), at most a quarter (from 256 MiB). The three meet, so the
+ * budget, the heap fitted beside it (`fittedOldSpace`) and the connections that heap keeps
+ * (`defaultMaxConnections`) grow with the limit: 16 MiB for 128 MiB, 20 for 160, 32 for 192, 48
+ * for 224, 64 for 256.
+ *
+ * What the budget does not count (Node's own memory, V8's young generation, the garbage between
+ * collections) hardly shrinks with the limit. In a 128 MiB group, 64 clients sending 1 MB requests
+ * to a slow server ended a proxy with a quarter (32 MiB: with the heap fitted beside it,
  * `--max-old-space-size=16`, the requests' 16 MiB held decoded ran the heap out; with 40, the
  * kernel killed it, 128 MiB, with 950 idle connections open too) and with 24 MiB (heap 24: out of
- * heap with the idle connections); with an eighth, 16 MiB, and 32 it refused them OVERLOADED
- * and lived, peaking at 100-116 MiB with 950 idle connections or none (8 runs, and 8 of the spec), a good client
- * answered throughout (with 24, 86-106 MiB, but its heap ran out in 1 of about 20 runs) (`spec/memory-limit.spec.ts`).
+ * heap with the idle connections); with an eighth, 16 MiB, and 32 it refused them OVERLOADED and
+ * lived, peaking at 100-116 MiB with 950 idle connections or none (8 runs, and 8 of the spec), a
+ * good client answered throughout (with 24, 86-106 MiB, but its heap ran out in 1 of about 20
+ * runs) (`spec/memory-limit.spec.ts`).
+ *
+ * An eighth up to 255 MiB (until 2026-12-02) stepped from 32 MiB to 64 at 256, and the heap fitted
+ * beside it from 79 to 64, so a limit below 256 MiB got a larger heap than 256 and, from it, more
+ * connections (7168 for 224 MiB, 10000 for 255, where 256 keeps 2048): in a 224 MiB group 7,094
+ * idle connections and then the load above took the proxy past its limit (the kernel killed it in 1
+ * run of 6; the others peaked at 195-213 MiB; in 240 MiB, 8,630 of them, at 218 and 235). Now, the
+ * idle connections up to the default open (1974) or none, the load is refused OVERLOADED and the
+ * proxy lives, peaking at 148-149 MiB in 176 MiB, 150-164 in 192, 186-193 in 224, 194-208 in 240
+ * (2, 5, 4 and 2 runs); below about 171 MiB it is an eighth, as before (160: 109-131 MiB; 168, 1,590
+ * idle connections: 128-150).
+ * A line from an eighth at 128 MiB to a quarter at 256 (three eighths less 32 MiB) was worse below
+ * 160: in 144 MiB, a 22 MiB budget beside the floor heap of 32 peaked at 125-131 MiB, an eighth
+ * (18) at 112-114.
  */
-export const SMALL_MEMORY_LIMIT = 256 * 1024 * 1024;
+function budgetFor(memory: number, of: string): { bytes: number; share: string | undefined } {
+  const MiB = 1024 * 1024;
+  const [eighth, half, quarter] = [memory / 8, memory / 2 - 64 * MiB, memory / 4];
+  const [bytes, share] = half <= eighth ? [eighth, `an eighth of ${of}`] : half < quarter ? [half, `half of ${of} less 64 MiB, between an eighth and a quarter`] : [quarter, `a quarter of ${of}`];
+  return bytes > DEFAULT_BUFFER_BUDGET ? { bytes: DEFAULT_BUFFER_BUDGET, share: undefined } : { bytes: Math.floor(bytes), share };
+}
 
-/** The share of a memory limit of `memory` bytes the budget's default takes: 8 (an eighth) below `SMALL_MEMORY_LIMIT`, else 4. */
-export function defaultBudgetShare(memory: number): 4 | 8 {
-  return memory < SMALL_MEMORY_LIMIT ? 8 : 4;
+/** How the budget's default is taken from a memory limit of `memory` bytes (`budgetFor`), as a start line says it ("an eighth of it"); undefined where it is `DEFAULT_BUFFER_BUDGET`, less than the share. */
+export function defaultBudgetShare(memory: number, of = 'it'): string | undefined {
+  return budgetFor(memory, of).share;
 }
 
 /**
  * The budget's default for a process that may use `memory` bytes (its control group's limit,
- * `memoryLimit()` in actors/memory-limit.ts; undefined: no limit): a quarter of it (an eighth
- * below 256 MiB: `defaultBudgetShare`), at most `DEFAULT_BUFFER_BUDGET`. The rest is for what
- * the budget does not count - V8's heap (at least about 256 MB on 64-bit, whatever the limit),
- * the messages decoded from those bytes, sockets' own buffers, garbage not collected yet - so a
- * crowd of peers filling the budget is shed (OVERLOADED) before the kernel's OOM killer ends the
- * process and every request in flight.
+ * `memoryLimit()` in actors/memory-limit.ts; undefined: no limit): `budgetFor`'s share of it, at
+ * most `DEFAULT_BUFFER_BUDGET`. The rest is for what the budget does not count - V8's heap (at least
+ * about 256 MB on 64-bit, whatever the limit), the messages decoded from those bytes, sockets' own
+ * buffers, garbage not collected yet - so a crowd of peers filling the budget is shed (OVERLOADED)
+ * before the kernel's OOM killer ends the process and every request in flight.
  */
 export function defaultBufferBudget(memory: number | undefined): number {
-  return memory === undefined ? DEFAULT_BUFFER_BUDGET : Math.min(DEFAULT_BUFFER_BUDGET, Math.floor(memory / defaultBudgetShare(memory)));
+  return memory === undefined ? DEFAULT_BUFFER_BUDGET : budgetFor(memory, 'it').bytes;
 }
 
 export class BufferBudget {
