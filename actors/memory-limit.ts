@@ -28,18 +28,30 @@ const mib = (n: number): string => `${Math.round((n / 1048576) * 10) / 10} MiB`;
  * 16 MiB budget (with 950 idle connections or none), 24 (what half of what the budget leaves
  * gives) peaked at 86-106 MiB but ran out of heap in 1 of about 20 runs; 32 lived in 8 of 8 (and 8 of
  * 8 of the spec), peaking at 100-116 MiB; 40 at 113-118 (2 runs), too near the limit. Hence the floor of 32.
- * (`defaultBufferBudget` in transport/budget.ts: what ended it beside a 32 MiB budget.)
+ * (`defaultBufferBudget` in transport/budget.ts: what ended it beside a 32 MiB budget.) Below
+ * `MIN_MEMORY_LIMIT` no heap fits with a margin.
  */
 export function fittedOldSpace(memory: number, budget: number): number {
   return Math.max(32, Math.floor((memory - budget) / 2 / 1048576) - 32);
 }
 
 /**
+ * The least memory limit a proxy (or server) runs in safely: below it the `memory_limit` line is a
+ * warn saying so, whatever the budget and the heap. In a 96 MiB group (a 12 MiB budget, an eighth)
+ * 64 clients' 1 MB requests to a slow server got a proxy killed by the kernel (OOM) with the
+ * heap advised for 128 MiB (`--max-old-space-size=32`) in 6 of 6 runs, 950 idle connections open or
+ * none; with 16 its heap ran out (5 of 5, budgets of 6 and 12 MiB); with 24 beside a budget of 6 or
+ * 8 MiB it lived (9 of 9) but peaked at 70-90 MiB, closer to the limit than 128 MiB's 100-116. In
+ * 64 MiB: killed with 32 (2 of 2), out of heap with 16 (4 of 5).
+ */
+export const MIN_MEMORY_LIMIT = 128 * 1048576;
+
+/**
  * What a start says of the buffer budget `budget` (`flag` names the setting) in a process
  * limited to `memory` bytes (the `memoryLimit()` the budget's default was derived from, read
  * once, so the line and the budget agree), whose V8 heap may grow to `heap` bytes: the default it derived, as
- * an info line; a budget set past half the limit (or 0, none), or a heap that does not fit
- * beside the budget, as a warn line - either way heavy peers would take the process past its
+ * an info line; a budget set past half the limit (or 0, none), a heap that does not fit
+ * beside the budget, or a limit below `MIN_MEMORY_LIMIT`, as a warn line - either way heavy peers would take the process past its
  * limit and the kernel would kill it (OOM), ending every request in flight, before the budget
  * sheds any. Undefined without a limit, or for a budget set that fits beside the heap.
  */
@@ -57,11 +69,19 @@ export function budgetNote(budget: number, flag: string, memory: number | undefi
     };
   }
   const said = budget === fallback ? `: the buffer budget is ${mib(budget)}, ${share} (${flag} sets another)` : `: the buffer budget is ${mib(budget)} (${flag})`;
-  if (heap + budget > memory) {
-    const oldSpace = fittedOldSpace(memory, budget);
+  const node = (oldSpace: number): string => `--max-old-space-size=${oldSpace} (NODE_OPTIONS=--max-old-space-size=${oldSpace} in the environment of its unit or container, with MALLOC_MMAP_THRESHOLD_=131072 so glibc gives freed large buffers back)`;
+  if (memory < MIN_MEMORY_LIMIT) {
+    const least = MIN_MEMORY_LIMIT;
     return {
       level: 'warn',
-      message: `${limit}${said}, but V8's heap may grow to ${mib(heap)} (Node 20 sizes it at start, at half the limit but at least about 256 MiB): under heavy load the kernel would kill the process (OOM) before V8 collects its garbage; start Node with --max-old-space-size=${oldSpace} (NODE_OPTIONS=--max-old-space-size=${oldSpace} in the environment of its unit or container, with MALLOC_MMAP_THRESHOLD_=131072 so glibc gives freed large buffers back)`,
+      message: `${limit}${said}, but below ${mib(least)} it cannot run safely: under heavy load the kernel kills it (OOM) with the heap ${mib(least)} needs, or a smaller heap runs out, ending every request in flight; raise the memory limit to ${mib(least)} or more and start Node with ${node(fittedOldSpace(least, defaultBufferBudget(least)))}`,
+      fields,
+    };
+  }
+  if (heap + budget > memory) {
+    return {
+      level: 'warn',
+      message: `${limit}${said}, but V8's heap may grow to ${mib(heap)} (Node 20 sizes it at start, at half the limit but at least about 256 MiB): under heavy load the kernel would kill the process (OOM) before V8 collects its garbage; start Node with ${node(fittedOldSpace(memory, budget))}`,
       fields,
     };
   }

@@ -7,7 +7,7 @@
 import { connect, type Socket } from 'node:net';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { budgetNote, connectionsNote, defaultMaxConnections, fittedOldSpace, memoryLimit } from '../actors/memory-limit.js';
+import { budgetNote, connectionsNote, defaultMaxConnections, fittedOldSpace, memoryLimit, MIN_MEMORY_LIMIT } from '../actors/memory-limit.js';
 import { fileLimits } from '../actors/port-limits.js';
 import { defaultBufferBudget, DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
 import { cannotLimitMemory, memoryGroup, type MemoryGroup } from './cgroup.js';
@@ -59,6 +59,15 @@ derive('from 128 MiB to 256 the budget, the heap the start line advises and the 
     assert.ok(now.connections <= 2048, `connections at ${limit / MiB} MiB: ${now.connections}`);
     before = now;
   }
+});
+
+derive(`below ${MIN_MEMORY_LIMIT / MiB} MiB the start line is a warn: too little to run safely, raise the limit and start Node with the heap 128 MiB needs`, () => {
+  const note = budgetNote(12 * MiB, FLAG, 96 * MiB, 56 * MiB)!;
+  assert.is(note.level, 'warn');
+  assert.match(note.message, 'This process may use 96 MiB (its control group\'s memory limit): the buffer budget is 12 MiB, an eighth of it');
+  assert.match(note.message, 'but below 128 MiB it cannot run safely');
+  assert.match(note.message, 'raise the memory limit to 128 MiB or more and start Node with --max-old-space-size=32');
+  assert.is(budgetNote(16 * MiB, FLAG, 128 * MiB, 56 * MiB)!.level, 'info', '128 MiB is enough');
 });
 
 derive('a start says what budget it chose and why; a budget or a heap that cannot fit the limit is a warn line saying what to set', () => {
@@ -347,6 +356,16 @@ cgroup('with the heap its start line advises for a 224 MiB group, a crowd of 7,0
   await proc.waitFor(/may use 224 MiB .*the buffer budget is 48 MiB, half of it less 64 MiB/);
   await proc.waitFor(/V8's heap may grow to 80 MiB .*at most 2048 connections/);
   await proc.waitFor(/Refused .*2048 connections are open \(max_connections\)/);
+});
+
+cgroup('in a 96 MiB group a start and proxy --check warn that the limit is too small to run safely and say what to set (still valid: exit 0): with the heap they advised (32) 64 clients\' 1 MB requests got the proxy killed by the kernel, 6 runs of 6', async () => {
+  if (skipped(why && `this test runs revproxy in a memory-limited control group: ${why}`)) return;
+  group = memoryGroup(96 * MiB);
+  const check = revproxy(['proxy', '--check'], { memoryGroup: group.procs });
+  assert.is(await check.exited, 0, check.out.join('\n'));
+  assert.ok(check.out.some((l) => l.includes('warning: This process may use 96 MiB') && l.includes('below 128 MiB it cannot run safely') && l.includes('raise the memory limit to 128 MiB or more and start Node with --max-old-space-size=32')), check.out.join('\n'));
+  const { proc } = await proxyProcess([], { memoryGroup: group.procs, env: { NODE_OPTIONS: '--max-old-space-size=32' } });
+  await proc.waitFor(/may use 96 MiB .*the buffer budget is 12 MiB, an eighth of it .*below 128 MiB it cannot run safely/);
 });
 
 cgroup('with the heap its start line advises for a 128 MiB group, a crowd of idle connections past what that heap holds is refused and the proxy lives: 6000 ended it (JavaScript heap out of memory) under max_connections 20000', async () => {
