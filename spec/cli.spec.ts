@@ -552,8 +552,12 @@ cli('every REVPROXY_ environment variable the commands read is named in README.m
 
 cli('making the bundle in a checkout leaves no esbuild process behind: its service process (about 48 MB) stayed beside the proxy that made it, as long as that ran', async () => {
   // A process that makes the bundle (as `revproxy` does when a source is newer), then lists its own children still running (an exited one not reaped yet holds no memory).
+  // esbuild's stop() sends its service SIGTERM and does not wait for it to exit: the list is read again for up to 10 s
+  // (a CI run under load found it still running when read at once); on main it ran as long as its parent.
   const script = `const m = await import(${JSON.stringify(join(ROOT, 'cli/bundle.mjs'))}); await m.bundle({ force: true }); const fs = await import('node:fs');
-    const running = fs.readFileSync('/proc/' + process.pid + '/task/' + process.pid + '/children', 'utf8').split(' ').filter(Boolean).filter((pid) => { try { return fs.readFileSync('/proc/' + pid + '/stat', 'utf8').split(') ')[1][0] !== 'Z'; } catch { return false; } });
+    const runningNow = () => fs.readFileSync('/proc/' + process.pid + '/task/' + process.pid + '/children', 'utf8').split(' ').filter(Boolean).filter((pid) => { try { return fs.readFileSync('/proc/' + pid + '/stat', 'utf8').split(') ')[1][0] !== 'Z'; } catch { return false; } });
+    let running = runningNow();
+    for (const end = Date.now() + 10000; running.length > 0 && Date.now() < end; running = runningNow()) await new Promise((r) => setTimeout(r, 50));
     console.log('children: [' + running.join(' ') + ']');`;
   const child = start(process.execPath, ['--input-type=module', '-e', script]);
   assert.is(await child.exited, 0, child.out.join('\n'));
