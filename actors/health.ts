@@ -85,13 +85,19 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
   retry(context, member, requests, failure);
 }
 
-/** Tries failed on a member's link: retried elsewhere; a run of failures long enough ejects the member. */
+/**
+ * Tries failed on a member's link (an error answer, or no answer in time): retried elsewhere; a
+ * run of failures long enough ejects the member. Each freed a slot of the member, as an answer
+ * does: the policy's waiting requests may go (retries first: they are routed now, the drain after).
+ */
 export function triesFailed(context: ProxyContext, member: string, linkId: string, failure: Failure, failures: number, requests: ProxyRequest[]): void {
   const entry = current(context, member, linkId);
   if (entry) entry.lastFailure = { ...failure, at: context.clock.now(), inARow: failures };
   if (entry?.unlisted && entry.state === 'serving' && failures >= context.opts.ejectAfter) removeServer(context, entry, `${failures} consecutive failures while it was kept out of the registry (${entry.unlisted})`);
   else if (entry && entry.state === 'serving' && failures >= context.opts.ejectAfter) eject(context, entry, failures);
   retry(context, member, requests, failure);
+  const policy = context.servers.get(member)?.policy;
+  if (policy !== undefined) context.drainSoon(policy);
 }
 
 /** A probe is due (the pacer's turn came): a new link is dialed, unless the member came back or left meanwhile. */

@@ -135,6 +135,8 @@ export interface ProxyContext {
   probes: Pacer<string>;
   /** The one path every request's answer takes (made once, from this context). */
   reply: Reply;
+  /** Route a policy's waiting requests again soon, once per policy per microtask: a slot of its members freed (`makeDrainSoon`). */
+  drainSoon: (policy: string) => void;
   /** Keeps the event loop polling after traffic, when `busyPollUs` is set. */
   busyPoll?: BusyPoll;
   /** Bytes held for all peers together (maxBufferedBytes), shared by every connection. */

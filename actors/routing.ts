@@ -292,6 +292,25 @@ export function expireWaiting(context: ProxyContext, now: number): void {
 }
 
 /**
+ * Route the waiting requests of a policy again soon (`DRAIN_WAITING`, `drainWaiting`), once per
+ * policy per microtask however many slots of its members freed meanwhile: a member's answer
+ * (`makeReply`), and tries that failed or timed out (`triesFailed`): a try's expiry frees its slot
+ * as an answer does, and the waiting must not wait for the next answer or their own deadline.
+ * Nothing is scheduled for a policy with nothing waiting.
+ */
+export function makeDrainSoon(context: ProxyContext): (policy: string) => void {
+  const pending = new Set<string>();
+  return (name: string): void => {
+    if (pending.has(name) || !context.policies.get(name)?.waiting.length) return;
+    pending.add(name);
+    queueMicrotask(() => {
+      pending.delete(name);
+      context.self.send({ type: 'DRAIN_WAITING', policy: name });
+    });
+  };
+}
+
+/**
  * Every request gets exactly one answer through here; the proxy makes it
  * once, as `context.reply`. It keeps the proxy's count of requests in
  * flight, whose last answer ends a drain.
@@ -299,7 +318,6 @@ export function expireWaiting(context: ProxyContext, now: number): void {
 export function makeReply(context: ProxyContext): Reply {
   const observer = context.observer?.answered ? context.observer : undefined;
   const clock = context.clock;
-  const pendingDrains = new Set<string>();
   return (req: ProxyRequest, answer: AckMsg | ErrorMsg, member?: string): void => {
     const client = req.client;
     observer?.answered!(req.msg.privPoliId, member, answer.type === MsgType.ACK ? 'ok' : answer.code, clock.now() - req.arrived, req);
@@ -313,17 +331,7 @@ export function makeReply(context: ProxyContext): Reply {
       client.conn.resume();
     }
     // A request that freed room at a busy server lets waiting requests of its policy go.
-    if (member !== undefined) {
-      const name = req.msg.privPoliId;
-      const waiting = context.policies.get(name)?.waiting;
-      if (waiting && waiting.length && !pendingDrains.has(name)) {
-        pendingDrains.add(name);
-        queueMicrotask(() => {
-          pendingDrains.delete(name);
-          context.self.send({ type: 'DRAIN_WAITING', policy: name });
-        });
-      }
-    }
+    if (member !== undefined) context.drainSoon(req.msg.privPoliId);
     client.conn.send(answer, req.msg.seq);
     if (client.closing !== undefined && client.outstanding === 0) client.conn.endWith(client.closing.error);
     // Last: the last answer of a drain may end the proxy, which closes the client connections.

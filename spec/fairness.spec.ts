@@ -176,3 +176,27 @@ deadlines("a reload that lowers queue_limit below what waits refuses the excess 
 });
 
 deadlines.run();
+
+const mends = suite<InProc>('the fair queue in one process: closed clients, expired tries, order after a retry', { sockets: [] });
+mends.after.each((ctx) => {
+  for (const s of ctx.sockets) s.destroy();
+  ctx.server?.kill();
+  ctx.proxy?.kill();
+});
+
+mends("a try that times out frees its slot for a waiting request at once: on main the request waited for the next answer or its own deadline", async (ctx) => {
+  const clock = new ManualClock();
+  const { a, got, send } = await twoClients(ctx, { port: 0, clock, timeoutMs: 4000, tryTimeoutMs: 1000, retries: 0, queueLimit: 8 });
+  const waiting = (): number => ctx.proxy!.actor.getSnapshot().context.policies.get('P')?.waiting.length ?? 0;
+  send(a, [0, 1]); // a0 to the server, a1 waits
+  await eventually(() => waiting() === 1, 3000, 'a1 waiting');
+  clock.advance(1000); // a0's try times out (no retries: answered TIMEOUT) and frees the server's one slot
+  await got.a.until(() => got.a.got.length >= 1);
+  await eventually(() => waiting() === 0, 1000, 'a1 sent to the server, whose slot the expired try freed');
+  assert.equal(ctx.proxy!.pools().P?.serving, ['s']);
+  clock.advance(1000); // a1's try, sent at 1000 ms, times out in turn
+  await got.a.until(() => got.a.got.length >= 2);
+  assert.equal(got.a.got.map((m) => [(m as { seq: number }).seq, (m as { message?: string }).message?.includes('did not answer within 1000 ms')]), [[0, true], [1, true]]);
+});
+
+mends.run();
