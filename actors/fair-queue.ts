@@ -113,6 +113,18 @@ export class FairQueue<K extends object, T> {
     return dropped;
   }
 
+  /** Take out every item `key` has queued, oldest first (a key gone for good: a client whose connection closed). */
+  takeOf(key: K): T[] {
+    const lane = this.lanes.get(key);
+    if (!lane || lane.size === 0) return [];
+    const out = lane.items.slice(lane.head, lane.tail) as T[];
+    this.length -= out.length;
+    lane.items = [];
+    lane.head = lane.tail = 0;
+    this.unlink(lane);
+    return out;
+  }
+
   /** The next item in turn: the oldest of the key whose turn it is; that key's turn then passes to the next. */
   shift(): T | undefined {
     const lane = this.turn;

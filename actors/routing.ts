@@ -255,19 +255,56 @@ function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
  * client's turn (`unrouted`). Taking them all, as the queue once was, cost O(queue) per answer.
  * A reload takes them all (`all`): those no member takes are admitted again under the new
  * `queueLimit` (the excess of the client holding the most refused), or answered when no member
- * could serve them any more.
+ * could serve them any more. Requests of a client whose connection closed are not sent (`sendWaiting`).
  */
 export function drainWaiting(context: ProxyContext, name: string, all = false): void {
   const policy = context.policies.get(name);
   if (!policy) return;
   let left = policy.waiting.length;
-  if (all && left > 0) return void policy.pool.send({ type: 'ROUTE', requests: policy.waiting.takeAll() });
+  if (all && left > 0) return sendWaiting(context, policy, policy.waiting.takeAll());
   while (left > 0) {
     const n = Math.min(left, roomIn(context, policy));
     if (n === 0) return;
     left -= n;
-    policy.pool.send({ type: 'ROUTE', requests: policy.waiting.take(n) });
+    sendWaiting(context, policy, policy.waiting.take(n));
+    // A closed client's requests were taken out unsent: they no longer count.
+    left = Math.min(left, policy.waiting.length);
   }
+}
+
+/**
+ * Send requests taken from `policy`'s wait queue to its pool, but for those of a client whose
+ * connection closed while they waited (a client that pipelined the queue full and went): their
+ * answers would go nowhere, and the server's work with them. The first met answers every request
+ * that client has waiting, at once, OVERLOADED without a server (the queue turning a request away
+ * unsent, as when it is full; the answer is counted, releases the budget and the in-flight count,
+ * and is not written). The check is one read per request a drain takes.
+ */
+function sendWaiting(context: ProxyContext, policy: Policy, reqs: ProxyRequest[]): void {
+  let send: ProxyRequest[] | undefined;
+  let gone = 0;
+  for (let i = 0; i < reqs.length; i++) {
+    const req = reqs[i]!;
+    if (!req.client.conn.closed) {
+      send?.push(req);
+      continue;
+    }
+    send ??= reqs.slice(0, i);
+    const why = errorMsg(ErrorCode.OVERLOADED, `the client's connection closed while this request waited for a server of privacy policy ${policy.name} with room; not sent`);
+    context.reply(req, why);
+    gone++;
+    for (const r of policy.waiting.takeOf(req.client)) {
+      context.reply(r, why);
+      gone++;
+    }
+  }
+  if (gone) {
+    const name = policy.name;
+    context.logger.repeated('info', 'client_gone', name, gone,
+      (n, span) => `Dropped ${fmt(n)} waiting request(s) of privacy policy ${name} whose client closed its connection, unsent (answered OVERLOADED, to nobody)${span ? ` ${span}` : ''}`, { policy: name });
+  }
+  const out = send ?? reqs;
+  if (out.length) policy.pool.send({ type: 'ROUTE', requests: out });
 }
 
 /** Requests the members of `policy` could take now: the free in-flight slots of those that may take any (`unavailable`). */

@@ -92,6 +92,17 @@ test("deadlines take each client's oldest requests that are due, and leave the t
   assert.equal(names(q.takeAll()), ['A2', 'B3', 'C1']);
 });
 
+test("a client gone: every request it has waiting taken out at once, oldest first; the others keep their turns and the biggest holder is found again", () => {
+  const q = queueOf(item(A, 1), item(B, 1), item(A, 2), item(C, 1), item(A, 3), item(B, 2));
+  assert.equal(names(q.takeOf(A)), ['A1', 'A2', 'A3']);
+  assert.equal([q.length, q.sizeOf(A)], [3, 0]);
+  assert.equal(q.takeOf(A), [], 'nothing left of A');
+  const c2 = item(C, 2);
+  assert.equal(names([q.admit(C, c2, 3)]), ['B2'], 'B holds the most now: a full queue takes its newest for C');
+  q.push(A, item(A, 4));
+  assert.equal(names(q.takeAll()), ['B1', 'C1', 'A4', 'C2'], 'A comes back last in the turns');
+});
+
 test('one client of thousands, pushed and taken in turns past the point where its lane is compacted, keeps its order', () => {
   const q = new FairQueue<Client, Item>();
   let pushed = 0;
@@ -104,12 +115,13 @@ test('one client of thousands, pushed and taken in turns past the point where it
   assert.is(taken, pushed);
 });
 
-test('against a model: any sequence of admits, shifts and deadlines keeps each client in arrival order, every item once, and at most the limit', () => {
+test('against a model: any sequence of admits, shifts, deadlines and clients gone keeps each client in arrival order, every item once, and at most the limit', () => {
   const clients = [A, B, C];
   const op = fc.oneof(
     fc.record({ kind: fc.constant('admit' as const), who: fc.integer({ min: 0, max: 2 }) }),
     fc.record({ kind: fc.constant('shift' as const) }),
     fc.record({ kind: fc.constant('expire' as const), before: fc.integer({ min: 0, max: 60 }) }),
+    fc.record({ kind: fc.constant('gone' as const), who: fc.integer({ min: 0, max: 2 }) }),
   );
   fc.assert(fc.property(fc.array(op, { maxLength: 200 }), fc.integer({ min: 0, max: 6 }), (ops, limit) => {
     const q = new FairQueue<Client, Item>();
@@ -146,6 +158,12 @@ test('against a model: any sequence of admits, shifts and deadlines keeps each c
           assert.is(model.get(it.who)![0], it, "each client's oldest first");
           gone(it);
         } else assert.ok(clients.every((c) => model.get(c)!.length === 0));
+      } else if (o.kind === 'gone') {
+        const who = clients[o.who]!;
+        const lane = [...model.get(who)!];
+        const out = q.takeOf(who);
+        assert.equal(out, lane, "a gone client's every item, oldest first");
+        for (const it of out) gone(it);
       } else {
         q.takeDue((i) => i.at < o.before, (i) => {
           assert.is(model.get(i.who)![0], i, "deadlines take a client's oldest");

@@ -184,6 +184,25 @@ mends.after.each((ctx) => {
   ctx.proxy?.kill();
 });
 
+mends("a client that closes its connection with requests waiting: they are answered OVERLOADED without a server, where on main each was sent to the server and its answer went to the closed connection", async (ctx) => {
+  const outcomes: string[] = [];
+  const observer = { answered: (_p: string, member: string | undefined, outcome: string) => void outcomes.push(`${member ?? '-'} ${outcome}`) };
+  ctx.proxy = await startProxy({ port: 0, timeoutMs: 60000, queueLimit: 64, maxServerInflight: 1, observer, logger: new Logger('proxy', memorySink([]), 'warn') });
+  ctx.server = await startServer({ id: 's', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, delayMs: 150 });
+  await eventually(() => ctx.proxy!.pools().P?.serving.includes('s') ?? false, 3000, 's serving');
+  const waiting = (): number => ctx.proxy!.actor.getSnapshot().context.policies.get('P')?.waiting.length ?? 0;
+  const a = await rawConnect(ctx.proxy.port);
+  ctx.sockets.push(a);
+  a.write(Buffer.concat(Array.from({ length: 10 }, (_, seq) => frame({ type: MsgType.DATA, seq, srcid: 'a', privPoliId: 'P', payload: `a${seq}` }))));
+  await eventually(() => waiting() === 9, 3000, "a's requests waiting");
+  a.resetAndDestroy(); // gone: the proxy reads the reset
+  await eventually(() => outcomes.length === 10, 5000, 'each of the 10 answered');
+  await sleep(50);
+  assert.equal(outcomes.filter((o) => o === 's ok').length, 1, `only the one in flight was served: ${outcomes.join(', ')}`);
+  assert.equal(outcomes.filter((o) => o === '- OVERLOADED').length, 9, outcomes.join(', '));
+  assert.is(waiting(), 0);
+});
+
 mends("a try that times out frees its slot for a waiting request at once: on main the request waited for the next answer or its own deadline", async (ctx) => {
   const clock = new ManualClock();
   const { a, got, send } = await twoClients(ctx, { port: 0, clock, timeoutMs: 4000, tryTimeoutMs: 1000, retries: 0, queueLimit: 8 });
