@@ -40,6 +40,20 @@ class Lane<T> {
     this.items[this.tail++] = item;
   }
 
+  /** Put `item` after the newest item not `older` than it, so the lane stays in arrival order: O(items it goes before). */
+  insert(item: T, older: (a: T, b: T) => boolean): void {
+    let at = this.tail;
+    while (at > this.head && older(item, this.items[at - 1]!)) at--;
+    if (at === this.tail) return this.push(item);
+    if (at === this.head && this.head > 0) {
+      this.items[--this.head] = item;
+      return;
+    }
+    for (let i = this.tail; i > at; i--) this.items[i] = this.items[i - 1];
+    this.items[at] = item;
+    this.tail++;
+  }
+
   shift(): T {
     const item = this.items[this.head]!;
     this.items[this.head++] = undefined;
@@ -81,12 +95,17 @@ export class FairQueue<K extends object, T> {
     return this.lanes.get(key)?.size ?? 0;
   }
 
-  /** Queue `item` as `key`'s newest, whatever the length. */
-  push(key: K, item: T): void {
+  /**
+   * Queue `item` as `key`'s newest, whatever the length; with `older`, in its
+   * place among `key`'s items (behind each that is not `older` than it), for an
+   * item that may have come before some of them (a request back from a try).
+   */
+  push(key: K, item: T, older?: (a: T, b: T) => boolean): void {
     let lane = this.lanes.get(key);
     if (!lane) this.lanes.set(key, (lane = new Lane<T>()));
     if (lane.size === 0) this.link(lane);
-    lane.push(item);
+    if (older) lane.insert(item, older);
+    else lane.push(item);
     this.length++;
     if (this.longestKnown && (!this.longest || lane.size > this.longest.size)) this.longest = lane;
   }
@@ -96,11 +115,12 @@ export class FairQueue<K extends object, T> {
    * the queue is full, a key holding fewer items than the biggest holder gets
    * in, and the biggest holder's newest item is taken out instead. Returns
    * the item turned away (`item` itself when `key` is the biggest holder, or
-   * ties with it, or `limit` is 0), or undefined when none was.
+   * ties with it, or `limit` is 0), or undefined when none was. `older` as
+   * for `push` (the newest turned away is then the last in arrival order).
    */
-  admit(key: K, item: T, limit: number): T | undefined {
+  admit(key: K, item: T, limit: number, older?: (a: T, b: T) => boolean): T | undefined {
     if (this.length < limit) {
-      this.push(key, item);
+      this.push(key, item, older);
       return undefined;
     }
     const big = this.biggest();
@@ -109,7 +129,7 @@ export class FairQueue<K extends object, T> {
     this.length--;
     if (big.size === 0) this.unlink(big);
     this.longestKnown = false;
-    this.push(key, item);
+    this.push(key, item, older);
     return dropped;
   }
 

@@ -107,8 +107,10 @@ export interface Policy {
   pool: PoolRef;
   /** Registered members of this policy, whatever their state (the pool holds their rotation order). */
   members: Set<Member>;
-  /** Requests waiting for a member with room (bounded by queueLimit): each client's oldest first, clients in turn (fair-queue.ts). */
+  /** Requests waiting for a member with room (bounded by queueLimit): each client's in arrival order, oldest first, clients in turn (fair-queue.ts). */
   waiting: FairQueue<Peer, ProxyRequest>;
+  /** While a drain routes waiting requests: those no member took, put back in their lanes once it is done (`drainWaiting`). */
+  returned?: ProxyRequest[];
 }
 
 export interface ProxyContext {

@@ -215,10 +215,14 @@ function makeDeliver(context: ProxyContext) {
  * when it is full, a client holding fewer waiting requests than the one
  * holding the most gets in, and that one's newest waiting request is
  * answered OVERLOADED instead; the client holding the most is refused its own.
+ * Each client's waiting requests stay in arrival order, which deadlines rely on
+ * (`expireWaiting`): a request back from a failed try, or from a drain, goes in
+ * its place among its client's newer ones (one comparison for a new request).
  */
 function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
   const name = reqs[0]!.msg.privPoliId;
   const policy = context.policies.get(name);
+  const returned = policy?.returned;
   const reply = context.reply;
   const limit = context.opts.queueLimit;
   let overloaded = 0;
@@ -232,7 +236,11 @@ function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
       }
       continue;
     }
-    const away = policy!.waiting.admit(req.client, req, limit);
+    if (returned) {
+      returned.push(req);
+      continue;
+    }
+    const away = policy!.waiting.admit(req.client, req, limit, arrivedBefore);
     if (away === undefined) continue;
     const whose = away === req ? '' : ', the most of them from this connection';
     reply(away, errorMsg(ErrorCode.OVERLOADED, `every server of privacy policy ${name} is at its limit and ${limit} requests are waiting${whose}; try again later`));
@@ -248,11 +256,16 @@ function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
   }
 }
 
+/** Whether request `a` came to the proxy before `b`: the order of a client's lane in a policy's wait queue. */
+const arrivedBefore = (a: ProxyRequest, b: ProxyRequest): boolean => a.arrived < b.arrived;
+
 /**
  * Route requests waiting for room in `policy` again (after a member got room or came back): as
  * many as its members have room for, taken one client's in turn (`FairQueue.take`). Each is taken
- * at most once per drain; one no member takes (it tried those with room) goes back to its
- * client's turn (`unrouted`). Taking them all, as the queue once was, cost O(queue) per answer.
+ * at most once per drain; one no member takes (it tried those with room) is held aside while the
+ * drain goes on (`Policy.returned`), then goes back to its place in its client's lane (`unrouted`:
+ * at the head, before the newer ones its deadline comes before). Taking them all, as the queue once
+ * was, cost O(queue) per answer.
  * A reload takes them all (`all`): those no member takes are admitted again under the new
  * `queueLimit` (the excess of the client holding the most refused), or answered when no member
  * could serve them any more. Requests of a client whose connection closed are not sent (`sendWaiting`).
@@ -260,16 +273,18 @@ function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
 export function drainWaiting(context: ProxyContext, name: string, all = false): void {
   const policy = context.policies.get(name);
   if (!policy) return;
-  let left = policy.waiting.length;
-  if (all && left > 0) return sendWaiting(context, policy, policy.waiting.takeAll());
-  while (left > 0) {
-    const n = Math.min(left, roomIn(context, policy));
-    if (n === 0) return;
-    left -= n;
-    sendWaiting(context, policy, policy.waiting.take(n));
-    // A closed client's requests were taken out unsent: they no longer count.
-    left = Math.min(left, policy.waiting.length);
+  const waiting = policy.waiting;
+  if (waiting.length === 0) return;
+  if (all) return sendWaiting(context, policy, waiting.takeAll());
+  const returned: ProxyRequest[] = (policy.returned = []);
+  try {
+    for (let n = roomIn(context, policy); n > 0 && waiting.length > 0; n = roomIn(context, policy)) {
+      sendWaiting(context, policy, waiting.take(n));
+    }
+  } finally {
+    policy.returned = undefined;
   }
+  if (returned.length > 0) unrouted(context, returned);
 }
 
 /**

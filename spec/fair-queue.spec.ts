@@ -1,7 +1,8 @@
 /**
  * The proxy's wait queue (actors/fair-queue.ts) as a structure: clients take turns, each in
  * arrival order; a full queue refuses the client holding the most its own excess; deadlines
- * take each client's oldest; a drain's leftovers pushed back keep the turns going round.
+ * take each client's oldest; a drain's leftovers pushed back keep the turns going round, and a
+ * request put back goes in its place in its client's arrival order; a client gone is taken out whole.
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -103,6 +104,24 @@ test("a client gone: every request it has waiting taken out at once, oldest firs
   assert.equal(names(q.takeAll()), ['B1', 'C1', 'A4', 'C2'], 'A comes back last in the turns');
 });
 
+test("a request put back (a drain's that no server took, a retry that waits) goes in its place in its client's arrival order, so deadlines take it when it is due", () => {
+  const older = (a: Item, b: Item): boolean => a.at < b.at;
+  const q = queueOf(item(A, 1, 10), item(A, 2, 20), item(B, 1, 15), item(A, 3, 30));
+  const [a1, b1] = q.take(2);
+  assert.equal(names([a1, b1]), ['A1', 'B1']);
+  q.push(A, item(A, 4, 40));
+  assert.is(q.admit(A, a1!, 8, older), undefined);
+  q.push(A, item(A, 0, 5), older); // a retry that came before all of A's
+  q.push(A, item(A, 5, 25), older); // and one between A2 and A3
+  const out: Item[] = [];
+  q.takeDue((i) => i.at <= 10, (i) => out.push(i));
+  assert.equal(names(out), ['A0', 'A1'], 'due at 10: both, at the head of the lane');
+  assert.equal(names(q.takeAll()), ['A2', 'A5', 'A3', 'A4']);
+  const full = queueOf(item(A, 2, 20), item(A, 3, 30), item(B, 1, 15));
+  assert.equal(names([full.admit(B, item(B, 0, 5), 3, older)]), ['A3'], 'full: the biggest holder loses its newest');
+  assert.equal(names(full.takeAll()), ['A2', 'B0', 'B1']);
+});
+
 test('one client of thousands, pushed and taken in turns past the point where its lane is compacted, keeps its order', () => {
   const q = new FairQueue<Client, Item>();
   let pushed = 0;
@@ -115,13 +134,14 @@ test('one client of thousands, pushed and taken in turns past the point where it
   assert.is(taken, pushed);
 });
 
-test('against a model: any sequence of admits, shifts, deadlines and clients gone keeps each client in arrival order, every item once, and at most the limit', () => {
+test('against a model: any sequence of admits, shifts, deadlines, requests put back and clients gone keeps each client in arrival order, every item once, and at most the limit', () => {
   const clients = [A, B, C];
   const op = fc.oneof(
     fc.record({ kind: fc.constant('admit' as const), who: fc.integer({ min: 0, max: 2 }) }),
     fc.record({ kind: fc.constant('shift' as const) }),
     fc.record({ kind: fc.constant('expire' as const), before: fc.integer({ min: 0, max: 60 }) }),
     fc.record({ kind: fc.constant('gone' as const), who: fc.integer({ min: 0, max: 2 }) }),
+    fc.record({ kind: fc.constant('back' as const), skip: fc.integer({ min: 0, max: 3 }) }),
   );
   fc.assert(fc.property(fc.array(op, { maxLength: 200 }), fc.integer({ min: 0, max: 6 }), (ops, limit) => {
     const q = new FairQueue<Client, Item>();
@@ -158,6 +178,18 @@ test('against a model: any sequence of admits, shifts, deadlines and clients gon
           assert.is(model.get(it.who)![0], it, "each client's oldest first");
           gone(it);
         } else assert.ok(clients.every((c) => model.get(c)!.length === 0));
+      } else if (o.kind === 'back') {
+        // A drain takes some in turn and puts the last back (no server took it): it goes in its place.
+        const taken = q.take(o.skip + 1);
+        for (const it of taken) gone(it);
+        const it = taken.at(-1);
+        if (it) {
+          const lane = model.get(it.who)!;
+          const at = lane.findIndex((x) => x.at > it.at);
+          lane.splice(at < 0 ? lane.length : at, 0, it);
+          seen.delete(it);
+          assert.is(q.admit(it.who, it, limit, (a, b) => a.at < b.at), undefined, 'room for what was taken');
+        }
       } else if (o.kind === 'gone') {
         const who = clients[o.who]!;
         const lane = [...model.get(who)!];

@@ -218,4 +218,39 @@ mends("a try that times out frees its slot for a waiting request at once: on mai
   assert.equal(got.a.got.map((m) => [(m as { seq: number }).seq, (m as { message?: string }).message?.includes('did not answer within 1000 ms')]), [[0, true], [1, true]]);
 });
 
+mends("a retried request that waits keeps its place in its client's arrival order: answered TIMEOUT at its own deadline, where on main it waited behind the client's newer requests and was answered late", async (ctx) => {
+  const clock = new ManualClock();
+  ctx.proxy = await startProxy({ port: 0, clock, timeoutMs: 1000, tryTimeoutMs: 500, retries: 1, queueLimit: 8, maxServerInflight: 1, logger: new Logger('proxy', memorySink([]), 'error') });
+  const servers = await Promise.all(['s1', 's2'].map((id) => startServer({ id, policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy!.port }, delayMs: 60000 })));
+  ctx.server = servers[0];
+  await eventually(() => ctx.proxy!.pools().P?.serving.length === 2, 3000, 's1 and s2 serving');
+  const a = await rawConnect(ctx.proxy.port);
+  ctx.sockets.push(a);
+  const got = collector(a);
+  const send = (seqs: number[]): void => void a.write(Buffer.concat(seqs.map((seq) => frame({ type: MsgType.DATA, seq, srcid: 'a', privPoliId: 'P', payload: `a${seq}` }))));
+  const waiting = (): number => ctx.proxy!.actor.getSnapshot().context.policies.get('P')?.waiting.length ?? 0;
+  try {
+    send([0, 1]); // at 0 ms: one to each server
+    await sleep(100);
+    clock.advance(200);
+    send([2]); // at 200 ms: waits
+    await eventually(() => waiting() === 1, 3000, 'a2 waiting');
+    clock.advance(100);
+    send([3]); // at 300 ms: waits
+    await eventually(() => waiting() === 2, 3000, 'a3 waiting');
+    // 500 ms: both tries time out. The first retried finds the other server full and waits; the
+    // second goes to the first's server; the freed slot takes a2.
+    clock.advance(200);
+    await sleep(100);
+    clock.advance(500); // 1000 ms: a0 and a1 are due, a2 (200 ms) and a3 (300 ms) are not
+    await got.until(() => got.got.length >= 2);
+    await sleep(100);
+    const seqs = got.got.map((m) => (m as { seq: number }).seq).sort();
+    assert.equal(seqs, [0, 1], `answered at 1000 ms: ${JSON.stringify(got.got)}`);
+    for (const m of got.got) assert.is((m as { code?: string }).code, 'TIMEOUT');
+  } finally {
+    servers[1]!.kill();
+  }
+});
+
 mends.run();
