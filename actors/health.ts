@@ -12,7 +12,7 @@ import type { Failure, ProxyRequest } from './link.js';
 import { fmt } from './logger.js';
 import { current, joinPool, removeServer, spawnLink } from './membership.js';
 import type { Member, ProxyContext } from './proxy-types.js';
-import { drainWaiting, retry } from './routing.js';
+import { drainSoon, drainWaiting, retry } from './routing.js';
 
 /** A member's link verified its server (at registration, or after a probe). */
 export function linkUp(context: ProxyContext, member: string, linkId: string): void {
@@ -97,7 +97,7 @@ export function triesFailed(context: ProxyContext, member: string, linkId: strin
   else if (entry && entry.state === 'serving' && failures >= context.opts.ejectAfter) eject(context, entry, failures);
   retry(context, member, requests, failure);
   const policy = context.servers.get(member)?.policy;
-  if (policy !== undefined) context.drainSoon(policy);
+  if (policy !== undefined) drainSoon(context, policy);
 }
 
 /** A probe is due (the pacer's turn came): a new link is dialed, unless the member came back or left meanwhile. */

@@ -111,6 +111,8 @@ export interface Policy {
   waiting: FairQueue<Peer, ProxyRequest>;
   /** While a drain routes waiting requests: those no member took, put back in their lanes once it is done (`drainWaiting`). */
   returned?: ProxyRequest[];
+  /** A `DRAIN_WAITING` is scheduled for this microtask's end (`drainSoon`, its one owner). */
+  drainDue?: boolean;
 }
 
 export interface ProxyContext {
@@ -137,8 +139,6 @@ export interface ProxyContext {
   probes: Pacer<string>;
   /** The one path every request's answer takes (made once, from this context). */
   reply: Reply;
-  /** Route a policy's waiting requests again soon, once per policy per microtask: a slot of its members freed (`makeDrainSoon`). */
-  drainSoon: (policy: string) => void;
   /** Keeps the event loop polling after traffic, when `busyPollUs` is set. */
   busyPoll?: BusyPoll;
   /** Bytes held for all peers together (maxBufferedBytes), shared by every connection. */

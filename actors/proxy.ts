@@ -37,7 +37,7 @@ import { isLoopback, proxyBudgetNote, proxyConnectionsNote, resolveOptions, swee
 import type { ProxyContext, ProxyEvent } from './proxy-types.js';
 import { drainMember, enableMember, linkDown, linkUp, probe, readmit, triesFailed } from './health.js';
 import { admit, applyReload, evict, registeredBy, removeServer } from './membership.js';
-import { closeAfterAnswers, drainWaiting, expireWaiting, holdRequest, makeDrainSoon, makeReply, refuse, route } from './routing.js';
+import { closeAfterAnswers, drainWaiting, expireWaiting, holdRequest, makeReply, refuse, route } from './routing.js';
 import { fromRegistry } from './registry-members.js';
 import { releaseAll } from './children.js';
 
@@ -262,12 +262,10 @@ export const proxyMachine = setup({
       linkSeq: 0,
       self,
       reply: () => {},
-      drainSoon: () => {},
       probes: new Pacer(input.clock ?? systemClock, opts.probesPerSecond, (member) => self.send({ type: 'PROBE', member })),
       busyPoll: opts.busyPollUs ? new BusyPoll({ windowUs: opts.busyPollUs }) : undefined,
       budget: new BufferBudget(opts.maxBufferedBytes, logShed(logger, opts.maxBufferedBytes), logLinksFull(logger)),
     };
-    ctx.drainSoon = makeDrainSoon(ctx);
     ctx.reply = makeReply(ctx);
     return ctx;
   },

@@ -344,22 +344,20 @@ export function expireWaiting(context: ProxyContext, now: number): void {
 }
 
 /**
- * Route the waiting requests of a policy again soon (`DRAIN_WAITING`, `drainWaiting`), once per
- * policy per microtask however many slots of its members freed meanwhile: a member's answer
- * (`makeReply`), and tries that failed or timed out (`triesFailed`): a try's expiry frees its slot
- * as an answer does, and the waiting must not wait for the next answer or their own deadline.
- * Nothing is scheduled for a policy with nothing waiting.
+ * Route the waiting requests of policy `name` again soon (`DRAIN_WAITING`, `drainWaiting`), once
+ * per policy per microtask however many slots of its members freed meanwhile (`Policy.drainDue`):
+ * after a member's answer (`makeReply`), and after tries that failed or timed out (`triesFailed`):
+ * a try's expiry frees its slot as an answer does, and the waiting must not wait for the next
+ * answer or their own deadline. Nothing is scheduled for a policy with nothing waiting.
  */
-export function makeDrainSoon(context: ProxyContext): (policy: string) => void {
-  const pending = new Set<string>();
-  return (name: string): void => {
-    if (pending.has(name) || !context.policies.get(name)?.waiting.length) return;
-    pending.add(name);
-    queueMicrotask(() => {
-      pending.delete(name);
-      context.self.send({ type: 'DRAIN_WAITING', policy: name });
-    });
-  };
+export function drainSoon(context: ProxyContext, name: string): void {
+  const policy = context.policies.get(name);
+  if (!policy || policy.drainDue || policy.waiting.length === 0) return;
+  policy.drainDue = true;
+  queueMicrotask(() => {
+    policy.drainDue = false;
+    context.self.send({ type: 'DRAIN_WAITING', policy: name });
+  });
 }
 
 /**
@@ -383,7 +381,7 @@ export function makeReply(context: ProxyContext): Reply {
       client.conn.resume();
     }
     // A request that freed room at a busy server lets waiting requests of its policy go.
-    if (member !== undefined) context.drainSoon(req.msg.privPoliId);
+    if (member !== undefined) drainSoon(context, req.msg.privPoliId);
     client.conn.send(answer, req.msg.seq);
     if (client.closing !== undefined && client.outstanding === 0) client.conn.endWith(client.closing.error);
     // Last: the last answer of a drain may end the proxy, which closes the client connections.
