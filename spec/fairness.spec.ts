@@ -253,4 +253,43 @@ mends("a retried request that waits keeps its place in its client's arrival orde
   }
 });
 
+mends("a drain that meets a waiting request no member with room may take (it tried it) sends the next one there and puts it back first in its lane", async (ctx) => {
+  const clock = new ManualClock();
+  ctx.proxy = await startProxy({ port: 0, clock, timeoutMs: 2000, tryTimeoutMs: 500, retries: 1, queueLimit: 8, maxServerInflight: 1, logger: new Logger('proxy', memorySink([]), 'error') });
+  const took: Record<string, string[]> = { s1: [], s2: [] };
+  const never = new Promise<string>(() => {});
+  const servers = await Promise.all(['s1', 's2'].map((id) => startServer({ id, policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy!.port }, handler: (payload) => (took[id]!.push(String(payload)), never) })));
+  ctx.server = servers[0];
+  await eventually(() => ctx.proxy!.pools().P?.serving.length === 2, 3000, 's1 and s2 serving');
+  const a = await rawConnect(ctx.proxy.port);
+  ctx.sockets.push(a);
+  const send = (seqs: number[]): void => void a.write(Buffer.concat(seqs.map((seq) => frame({ type: MsgType.DATA, seq, srcid: 'a', privPoliId: 'P', payload: `a${seq}` }))));
+  const waiting = (): number => ctx.proxy!.actor.getSnapshot().context.policies.get('P')?.waiting.length ?? 0;
+  try {
+    send([0]);
+    await eventually(() => took.s1!.length + took.s2!.length === 1, 3000, 'a0 at a server');
+    const first = took.s1!.length ? 's1' : 's2';
+    clock.advance(100);
+    send([1]); // at 100 ms: to the other server
+    await eventually(() => took.s1!.length + took.s2!.length === 2, 3000, 'a1 at the other server');
+    clock.advance(50);
+    send([2]); // at 150 ms: waits
+    await eventually(() => waiting() === 1, 3000, 'a2 waiting');
+    // 500 ms: a0's try times out; its retry finds the other server full and waits, before a2.
+    // The drain has the first server's slot: a0 tried it, so a2 goes there and a0 waits first.
+    clock.advance(350);
+    await eventually(() => took[first]!.length === 2, 3000, `a2 sent to ${first}`);
+    assert.equal(took[first], ['a0', 'a2']);
+    assert.is(waiting(), 1, 'a0 waits');
+    // 600 ms: a1's try times out; the drain sends a0, at the head of the lane, to the other server.
+    clock.advance(100);
+    const other = first === 's1' ? 's2' : 's1';
+    await eventually(() => took[other]!.length === 2, 3000, `a0 sent to ${other}`);
+    assert.equal(took[other], ['a1', 'a0']);
+    assert.is(waiting(), 1, 'a1 waits');
+  } finally {
+    servers[1]!.kill();
+  }
+});
+
 mends.run();
