@@ -263,9 +263,10 @@ const arrivedBefore = (a: ProxyRequest, b: ProxyRequest): boolean => a.arrived <
  * Route requests waiting for room in `policy` again (after a member got room or came back): as
  * many as its members have room for, taken one client's in turn (`FairQueue.take`). Each is taken
  * at most once per drain; one no member takes (it tried those with room) is held aside while the
- * drain goes on (`Policy.returned`), then goes back to its place in its client's lane (`unrouted`:
- * at the head, before the newer ones its deadline comes before). Taking them all, as the queue once
- * was, cost O(queue) per answer.
+ * drain goes on (`Policy.returned`: taken again at once, it would be taken without end), then goes
+ * back to its place in its client's lane (`unrouted`, in arrival order: ahead of that client's newer
+ * requests, whose deadlines come after its own). Taking them all, as the queue once was, cost
+ * O(queue) per answer.
  * A reload takes them all (`all`): those no member takes are admitted again under the new
  * `queueLimit` (the excess of the client holding the most refused), or answered when no member
  * could serve them any more. Requests of a client whose connection closed are not sent (`sendWaiting`).
