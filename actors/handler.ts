@@ -132,6 +132,10 @@ export class Caller {
   throttled = false;
   /** Requests taken and not run yet because the peer has not read its answers (oldest first). */
   parked: Job[] = [];
+  /** Its requests whose handler runs: each owes it an answer (`HandlerRunner.backedUp`). */
+  running = 0;
+  /** Its parked requests wait for the next of its running ones to be answered (not for a drain). */
+  wakeOnAnswer = false;
   constructor(readonly conn: Connection) {}
 }
 
@@ -225,6 +229,14 @@ export class HandlerRunner {
   /** Callers with requests parked (`park`): let go all at once when the server stops. */
   private readonly waiting = new Set<Caller>();
   private parkedCount = 0;
+  /**
+   * The bytes an answer is taken to write until it is written (`backedUp`): the last answer's
+   * when bigger than this, else this less a 16th of the difference (big ones count at once,
+   * small ones over many). Before the first answer, a frame (`maxFrameBytes`, the most an answer
+   * may be), but at most half a connection's share of the budget, so that two run at once.
+   */
+  private answerRoom: number;
+  private answerKnown = false;
   /** Answers sent: ACKs, and errors by code (the handler's own errors are HANDLER_ERROR); for the stop line and the inspector's metrics. */
   readonly outcomes = { ok: 0, errors: new Map<string, number>() };
 
@@ -240,15 +252,23 @@ export class HandlerRunner {
     return n;
   }
 
-  /** Send one answer on `conn`, counted by its outcome. */
+  /** Send one answer on `conn`, counted by its outcome (and its size learnt, for `backedUp`). */
   private answer(conn: Connection, answer: AckMsg | ErrorMsg): void {
+    const before = conn.pendingBytes;
     conn.send(answer);
+    const bytes = conn.pendingBytes - before;
+    if (bytes > 0) {
+      const room = this.answerRoom;
+      this.answerRoom = !this.answerKnown || bytes >= room ? bytes : room - (room - bytes) / 16;
+      this.answerKnown = true;
+    }
     if (answer.type === MsgType.ACK) this.outcomes.ok++;
     else this.outcomes.errors.set(answer.code, (this.outcomes.errors.get(answer.code) ?? 0) + 1);
   }
 
   constructor(opts: RunnerOptions) {
     this.opts = opts;
+    this.answerRoom = Math.min(opts.budget.requestsPerPeer / 2, opts.maxFrameBytes);
   }
 
   /** Take one read's requests from `caller`. */
@@ -310,14 +330,18 @@ export class HandlerRunner {
   /**
    * Whether the caller's next request waits unrun: some of its requests wait already (they keep
    * their order), or it has not read its share of answers (`requestsPerPeer` of the budget, as the
-   * proxy allows its link to a server unwritten). A handler answering a read's every request in
+   * proxy allows its link to a server unwritten), counting the answers its running handlers owe it
+   * (each as big as `answerRoom`). A handler answering a read's every request in
    * the same turn made answers for a peer that reads nothing until the budget cut it - 256 MiB
    * built in one turn, the event loop stalled for seconds (the proxy's PINGs unanswered, every
-   * other peer waiting) at every connection.
+   * other peer waiting) at every connection. An async handler's were all running before the first
+   * was answered: 1,024 answers of 500 kB settled in one turn and the budget cut the proxy's link.
    */
   private backedUp(caller: Caller): boolean {
-    const conn = caller.conn;
-    return caller.parked.length > 0 || (conn.pendingBytes >= this.opts.budget.requestsPerPeer && conn.congested);
+    if (caller.parked.length > 0) return true;
+    const share = this.opts.budget.requestsPerPeer;
+    if (share === Infinity) return false;
+    return caller.conn.pendingBytes + caller.running * this.answerRoom >= share;
   }
 
   /** Hold `job` unrun, holding its bytes, until its caller has read its answers (or is gone). */
@@ -326,9 +350,15 @@ export class HandlerRunner {
     this.parkedCount++;
     if (caller.parked.push(job) > 1) return;
     this.waiting.add(caller);
-    caller.conn.whenWritten(() => this.unpark(caller));
     const { serverId: id, logger } = this.opts;
     const share = this.opts.budget.requestsPerPeer;
+    // Its running handlers owe the rest of its share: the next answer wakes them (`finish`), said by nobody (the
+    // peer reads; its requests wait their turn). Else it has not read its share: its written answers do.
+    if (caller.running > 0 && caller.conn.pendingBytes < share) {
+      caller.wakeOnAnswer = true;
+      return;
+    }
+    caller.conn.whenWritten(() => this.unpark(caller));
     logger.repeated('warn', 'answers_unread', id, 1, (n, span) => span
       ? `Held the requests of connections that had not read their answers ${fmt(n)} more time(s) ${span}, until they read them`
       : `Connection from ${caller.conn.describe()} has not read ${caller.conn.pendingBytes} bytes of answers, more than its share of the buffer budget (${share} bytes, --max-buffered-bytes / 32): its requests wait, unrun, until it reads them`,
@@ -368,6 +398,7 @@ export class HandlerRunner {
 
   private start(job: Job): void {
     this.running++;
+    job.caller.running++;
     const delay = this.opts.delayMs;
     if (delay > 0) this.opts.clock.setTimeout(() => this.invoke(job), delay);
     else this.invoke(job);
@@ -405,7 +436,13 @@ export class HandlerRunner {
     job.release();
     this.letGo(job);
     this.running--;
-    this.answer(job.caller.conn, answer);
+    const caller = job.caller;
+    caller.running--;
+    this.answer(caller.conn, answer);
+    if (caller.wakeOnAnswer) {
+      caller.wakeOnAnswer = false;
+      caller.conn.whenWritten(() => this.unpark(caller));
+    }
     this.next();
   }
 

@@ -137,6 +137,33 @@ port('big answers to many small requests, from a peer that reads none of them: p
   assert.equal(answers.got.map((m) => [m.type, (m as AckMsg).seq]), Array.from({ length: 400 }, (_, i) => [MsgType.ACK, i + 1]));
 });
 
+port('an async handler\'s big answers to a pipelined peer (a proxy\'s link) stay within its share of the buffer budget: it runs no more than their room allows, the connection is not cut, and it gets every answer', async () => {
+  // Without --concurrency every request of a read started before the first was answered: 1,024 answers of 500 kB
+  // settled in one turn, and the default 256 MiB budget cut the proxy's link with OVERLOADED (every request on it failed).
+  const budget = 4 * 1024 * 1024;
+  const answer = 'x'.repeat(256 * 1024);
+  let running = 0;
+  let most = 0;
+  const handler: Handler = async (p) => {
+    if (p === 'quick') return 'fine';
+    most = Math.max(most, ++running);
+    await new Promise((r) => setImmediate(r));
+    running--;
+    return answer;
+  };
+  const server = await lonely({ maxBufferedBytes: budget, handler });
+  const s = await peer(server.port);
+  const answers = collector(s);
+  // 400 requests of a few bytes in one write, each answered with 256 KiB: 100 MiB of answers, a 4 MiB budget.
+  s.write(Buffer.concat(Array.from({ length: 400 }, (_, i) => frame({ type: 0, seq: i + 1, srcid: 'proxy', privPoliId: 'P', payload: `r${i}` }))));
+  await answers.until(() => answers.got.length === 400 || answers.closed, 20_000);
+  assert.not.ok(ctx.logs.some((r) => r.event === 'budget_shed'), 'not cut');
+  assert.equal(answers.got.map((m) => [m.type, (m as AckMsg).seq]), Array.from({ length: 400 }, (_, i) => [MsgType.ACK, i + 1]));
+  // Its share, 128 KiB, is half an answer: one runs at a time (two before the first answer, each taken to owe half the share).
+  assert.ok(most <= 2, `${most} handlers ran at once for one connection`);
+  await stillServes(server.port);
+});
+
 port('with --concurrency, the slots go to peers that read their answers: the queued requests of one that reads none wait aside, and a good request is run before them', async () => {
   const budget = 4 * 1024 * 1024;
   const answer = 'x'.repeat(256 * 1024);
