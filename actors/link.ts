@@ -74,6 +74,11 @@ export interface Failure {
    * fault of the server's code, not of the network, and logged as one.
    */
   invalid?: string;
+  /**
+   * Set when the server ended the link with an ERROR without a seq (its buffer budget cutting
+   * the connection that held the most: OVERLOADED): its code. The server's doing, logged as one.
+   */
+  closed?: string;
 }
 
 /** Dials host:port; `tls`, when given, is what to dial over TLS with now (the proxy's upstreamTls, renewed by `renewTls`). */
@@ -190,8 +195,23 @@ export function retryReport(member: string, linkId: string, requests: ProxyReque
 export function errorAnswersReport(member: string, linkId: string, tally: Tally): LinkReport | undefined {
   const m = tally.lastFailure;
   if (!tally.failed || !m) return undefined;
-  const code = (SERVER_ANSWER_CODES as readonly string[]).includes(m.code) ? (m.code as WireCode) : ErrorCode.UPSTREAM_FAILED;
-  return retryReport(member, linkId, tally.failed, { code, message: `server ${member} answered ${m.code}: ${m.message}` }, tally.failures);
+  return retryReport(member, linkId, tally.failed, { code: answerCode(m.code), message: `server ${member} answered ${m.code}: ${m.message}` }, tally.failures);
+}
+
+/** A server's error code as a try's failure: its own when a server may answer a request with it (`SERVER_ANSWER_CODES`), else UPSTREAM_FAILED. */
+function answerCode(code: string): WireCode {
+  return (SERVER_ANSWER_CODES as readonly string[]).includes(code) ? (code as WireCode) : ErrorCode.UPSTREAM_FAILED;
+}
+
+/**
+ * The failure of the requests a link held when its server ended it with an ERROR without a seq
+ * (docs/PROTOCOL.md: an error about the connection, which is then closed): the server's code, as
+ * its answer to each of them would have been (HANDLER_ERROR, a handler's verdict on one request,
+ * is UPSTREAM_FAILED here), and its words.
+ */
+export function closedByServer(member: string, m: ErrorMsg): Failure {
+  const code = m.code === ErrorCode.HANDLER_ERROR ? ErrorCode.UPSTREAM_FAILED : answerCode(m.code);
+  return { code, message: `server ${member} closed the link with ${m.code}: ${quoted(m.message)}`, closed: m.code };
 }
 
 /** At most this much of a server's own words (an ERROR's message, a failure quoting it) goes into an answer or a log line. */

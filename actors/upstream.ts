@@ -23,7 +23,7 @@ import { describeLookupError, LOOKUP_TIMEOUT_MS, readyEvent } from '../transport
 import { Inflight } from './inflight.js';
 import { fmt } from './logger.js';
 import {
-  errorAnswersReport, logForward, quoted, retryReport, settle, tryDeadline,
+  closedByServer, errorAnswersReport, logForward, quoted, retryReport, settle, tryDeadline,
   type Failure, type LinkCommand, type LinkInput, type LinkPhase, type LinkPort, type LinkReport, type ProxyRequest, type SocketFactory, type Tally,
 } from './link.js';
 
@@ -55,6 +55,8 @@ export class LinkTraffic implements LinkPort {
   /** Failures since the last ACK (try timeouts, error answers): for outlier ejection. */
   failures = 0;
   answered = 0;
+  /** The server ended the link with an ERROR without a seq: the failure of what the link held (`closedByServer`). */
+  said?: Failure;
   /** A PING sent on the link after tries timed out, waiting for any sign of life (`checkLife`). */
   private lifeCheck?: Timer;
 
@@ -161,7 +163,12 @@ export class LinkTraffic implements LinkPort {
     for (let i = 0; i < messages.length; i++) {
       const m = messages[i]!;
       if (m.type !== MsgType.ACK && m.type !== MsgType.ERROR) continue;
-      const p = m.seq === undefined ? undefined : link.inflight.take(m.seq);
+      // An ACK always has a seq (the check of messages sees to it): this is an ERROR about the link, which the server closes.
+      if (m.seq === undefined) {
+        this.said ??= closedByServer(link.member, m as ErrorMsg);
+        continue;
+      }
+      const p = link.inflight.take(m.seq);
       if (!p) {
         // Off the hot path: only answers no request waits for come here.
         logStray(link, m);
@@ -188,22 +195,12 @@ function logBacklog(link: Pick<UpstreamContext, 'logger' | 'member' | 'policy'>,
  * An answer on a link that no request in flight there waits for is dropped, and said at
  * `warn` once, then once per interval with a count (`logger.repeated`): by what it is - a seq
  * the proxy never sent on the link (a server that answers with another seq than the DATA's,
- * the client's say), one sent before (a late answer after its try timed out, or a second
- * answer), or an ERROR with no seq. Without it the request the answer meant timed out as if
- * the server had said nothing.
+ * the client's say), or one sent before (a late answer after its try timed out, or a second
+ * answer). Without it the request the answer meant timed out as if the server had said nothing.
  */
 function logStray(link: Pick<UpstreamContext, 'logger' | 'member' | 'tryTimeoutMs' | 'inflight'>, m: AckMsg | ErrorMsg): void {
   const id = link.member;
-  const seq = m.seq;
-  if (seq === undefined) {
-    // An ACK always has a seq (the check of messages sees to it): this is an ERROR.
-    const e = m as ErrorMsg;
-    link.logger.repeated('warn', 'stray_answer', `${id}\0noseq`, 1, (n, span) => span
-      ? `Dropped ${fmt(n)} more ERROR(s) without a seq from server id ${id} ${span}`
-      : `Server id ${id} sent an ERROR without a seq on its upstream link (${e.code}: ${quoted(e.message)}): it answers no request, so it was dropped; the server must give every ERROR about a request that request's seq`,
-    { server: id, code: e.code });
-    return;
-  }
+  const seq = m.seq!;
   const what = m.type === MsgType.ACK ? 'ACK' : `ERROR ${m.code}`;
   if (link.inflight.wasSent(seq)) {
     link.logger.repeated('warn', 'late_answer', id, 1, (n, span) => span
@@ -258,6 +255,8 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
         if (link.phase !== 'open') return sendBack({ type: 'ANSWERS', messages });
         const report = link.answer(messages, linkId);
         if (report) sendBack({ type: 'REPORT', report });
+        // The server ended the link (an ERROR without a seq): down now, with its words, not when the close arrives.
+        if (link.said) down(link.said.message);
       },
       error: (err: NodeJS.ErrnoException) => {
         // A server that sent something not a valid message is told what, as a client would be: its
@@ -350,6 +349,7 @@ export const upstreamMachine = setup({
     }),
     setError: assign(({ context, event }) => {
       assertEvent(event, 'DISCONNECTED');
+      if (context.traffic.said) return { lastError: context.traffic.said };
       if (event.invalid && event.error) {
         return { lastError: { code: ErrorCode.UPSTREAM_FAILED, message: `server ${context.member} sent a message that is not valid (${event.error})`, invalid: event.error } };
       }
