@@ -70,7 +70,7 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
     const cause = failure.invalid === undefined ? 'unreachable' : 'invalid_message';
     // A server that sent something not a valid message is reachable: its author must fix it, not the network.
     context.logger.warn('down', failure.closed !== undefined
-      ? `Server id ${entry.id} at ${at} ended its upstream link with ERROR ${failure.closed} (${failure.message}); the requests in flight on it are retried, and it is out of rotation, next probe in ${delay} ms`
+      ? `Server id ${entry.id} at ${at} ended its upstream link with ERROR ${failure.closed.code}: ${failure.closed.reason}; the requests in flight on it are retried, and it is out of rotation, next probe in ${delay} ms`
       : failure.invalid === undefined
       ? `Server id ${entry.id} is unreachable at ${at} (${failure.message}); out of rotation, next probe in ${delay} ms`
       : `Server id ${entry.id} at ${at} sent a message that is not valid on its upstream link (${failure.invalid}); it was answered BAD_REQUEST and the link closed. Fix the server to send what docs/PROTOCOL.md describes; out of rotation, next probe in ${delay} ms`, {

@@ -76,9 +76,9 @@ export interface Failure {
   invalid?: string;
   /**
    * Set when the server ended the link with an ERROR without a seq (its buffer budget cutting
-   * the connection that held the most: OVERLOADED): its code. The server's doing, logged as one.
+   * the connection that held the most: OVERLOADED): its code and message. The server's doing, logged as one.
    */
-  closed?: string;
+  closed?: { code: string; reason: string };
 }
 
 /** Dials host:port; `tls`, when given, is what to dial over TLS with now (the proxy's upstreamTls, renewed by `renewTls`). */
@@ -211,7 +211,8 @@ function answerCode(code: string): WireCode {
  */
 export function closedByServer(member: string, m: ErrorMsg): Failure {
   const code = m.code === ErrorCode.HANDLER_ERROR ? ErrorCode.UPSTREAM_FAILED : answerCode(m.code);
-  return { code, message: `server ${member} closed the link with ${m.code}: ${quoted(m.message)}`, closed: m.code };
+  const reason = quoted(m.message);
+  return { code, message: `server ${member} closed the link with ${m.code}: ${reason}`, closed: { code: m.code, reason } };
 }
 
 /** At most this much of a server's own words (an ERROR's message, a failure quoting it) goes into an answer or a log line. */

@@ -464,7 +464,7 @@ faults('a server that ends its link with an ERROR without a seq (its buffer budg
   await eventually(() => stub.closed, 3000, 'the link closed');
   const down = ctx.logs.filter((l) => l.event === 'down' && l.id === 'cut');
   assert.is(down.length, 1, JSON.stringify(down));
-  assert.match(down[0]!.msg, /^Server id cut at 127\.0\.0\.1:\d+ ended its upstream link with ERROR OVERLOADED \(server cut closed the link with OVERLOADED: the buffer budget of 268435456 bytes is full.*\); the requests in flight on it are retried/);
+  assert.match(down[0]!.msg, /^Server id cut at 127\.0\.0\.1:\d+ ended its upstream link with ERROR OVERLOADED: the buffer budget of 268435456 bytes is full, .*\); the requests in flight on it are retried/);
   assert.is(down[0]!.code, 'OVERLOADED');
   assert.not.ok(ctx.logs.some((l) => l.event === 'stray_answer'), 'not said as an answer dropped');
 });
