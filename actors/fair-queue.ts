@@ -171,13 +171,7 @@ export class FairQueue<K extends object, T> {
 
   /** Whether any key's oldest item satisfies `pred`. */
   anyOldest(pred: (item: T) => boolean): boolean {
-    const start = this.turn;
-    if (!start) return false;
-    let lane = start;
-    do {
-      if (pred(lane.oldest())) return true;
-      lane = lane.next!;
-    } while (lane !== start);
+    for (const lane of this.ring()) if (pred(lane.oldest())) return true;
     return false;
   }
 
@@ -187,16 +181,9 @@ export class FairQueue<K extends object, T> {
    * each to `out`. Returns how many were taken.
    */
   takeDue(due: (item: T) => boolean, out: (item: T) => void): number {
-    const start = this.turn;
-    if (!start) return 0;
-    const lanes: Lane<T>[] = [];
-    let lane = start;
-    do {
-      lanes.push(lane);
-      lane = lane.next!;
-    } while (lane !== start);
     let n = 0;
-    for (const l of lanes) {
+    // The lanes listed first: one that empties leaves the ring.
+    for (const l of [...this.ring()]) {
       while (l.size > 0 && due(l.oldest())) {
         const item = l.shift();
         this.length--;
@@ -213,18 +200,22 @@ export class FairQueue<K extends object, T> {
   private biggest(): Lane<T> | undefined {
     if (!this.longestKnown) {
       let best: Lane<T> | undefined;
-      const start = this.turn;
-      if (start) {
-        let lane = start;
-        do {
-          if (!best || lane.size > best.size) best = lane;
-          lane = lane.next!;
-        } while (lane !== start);
-      }
+      for (const lane of this.ring()) if (!best || lane.size > best.size) best = lane;
       this.longest = best;
       this.longestKnown = true;
     }
     return this.longest;
+  }
+
+  /** The lanes with items, from the one whose turn is next, each once. */
+  private *ring(): Generator<Lane<T>> {
+    const start = this.turn;
+    if (!start) return;
+    let lane = start;
+    do {
+      yield lane;
+      lane = lane.next!;
+    } while (lane !== start);
   }
 
   /** Put a lane that just got its first item last in the ring: its turn comes after those already waiting. */
