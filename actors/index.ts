@@ -119,6 +119,7 @@ export type StartProxyOptions = ProxyOptions & Inspect & {
 export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHandle> {
   let machine = proxyMachine;
   let etcd: EtcdClient | undefined;
+  let left: (() => Promise<void>) | undefined;
   const untrusted = (opts.proxyProtocolFrom ?? []).map(badTrustedSource).find(Boolean);
   if (untrusted) throw new StartError(`proxyProtocolFrom: ${untrusted}`);
   if (opts.registry) {
@@ -130,6 +131,7 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
     const { proxyRegistry } = await import('../registry/proxy-registry.js');
     const registry = await proxyRegistry({ ...opts.registry, advertise, servesTls: Boolean(opts.tls?.cert) });
     etcd = registry.etcd;
+    left = registry.left;
     machine = proxyMachine.provide({ actors: { registry: registry.logic } });
   }
   // The one owner of what the proxy dials servers with: every dial reads it, renewTls replaces it.
@@ -144,7 +146,7 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
   return {
     actor,
     port: snap.context.port,
-    stop: () => stopGracefully(actor),
+    stop: () => stopGracefully(actor, left),
     kill: () => {
       actor.stop();
       releaseAll(actor.getSnapshot().context);
@@ -192,7 +194,7 @@ export interface ServerHandle {
   actor: ServerActor;
   port: number;
   id: string;
-  /** Graceful: leave the proxy's pool, finish what is in flight, then stop. */
+  /** Graceful: leave the proxy's pool (through the registry: its key is gone before this resolves), finish what is in flight, then stop. */
   stop(): Promise<void>;
   /** Abrupt, as SIGKILL: close every socket now. */
   kill(): void;
@@ -252,6 +254,7 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
   if (bad) throw new StartError(`server ${opts.id}: ${bad}`);
   let machine = opts.wire === 'json' ? serverMachine.provide({ actors: { registrations: jsonRegistrations } }) : serverMachine;
   let etcd: EtcdClient | undefined;
+  let left: (() => Promise<void>) | undefined;
   if (opts.registry) {
     if (opts.wire === 'json') throw new StartError('a server registers through the registry or the old way (--wire json), not both: the old proxy knows no registry');
     const host = opts.listenHost ?? DEFAULT_LISTEN_HOST;
@@ -262,6 +265,7 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
     const { serverRegistration } = await import('../registry/server-registration.js');
     const registration = await serverRegistration({ ...opts.registry, advertise });
     etcd = registration.etcd;
+    left = registration.left;
     machine = serverMachine.provide({ actors: { registrations: registration.logic } });
     opts.proxies = [];
   }
@@ -272,7 +276,7 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
     await waitUntil(actor, (s) => s.status !== 'active' || s.value !== 'starting');
     const snap = actor.getSnapshot();
     if (snap.status !== 'active') throw new StartError(snap.context.error ?? `server ${opts.id} failed to start`);
-    return serverHandle(actor, opts.id, etcd);
+    return serverHandle(actor, opts.id, etcd, left);
   }
   const wait = opts.registerTimeoutMs ?? 5000;
   let timedOut = false;
@@ -286,15 +290,16 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
     const where = opts.registry ? `in the registry (etcd://${opts.registry.endpoints.join(',')})` : `with any reverse proxy (${proxies})`;
     throw new StartError(snap.context.error ?? `server ${opts.id} could not register ${where} within ${wait} ms`);
   }
-  return serverHandle(actor, opts.id, etcd);
+  return serverHandle(actor, opts.id, etcd, left);
 }
 
-function serverHandle(actor: ServerActor, id: string, etcd?: EtcdClient): ServerHandle {
+/** `left`: settles once a registry registration's key is gone and its etcd client closed (the drain's last writes; bounded). */
+function serverHandle(actor: ServerActor, id: string, etcd?: EtcdClient, left?: () => Promise<void>): ServerHandle {
   return {
     actor,
     port: actor.getSnapshot().context.port,
     id,
-    stop: () => stopGracefully(actor),
+    stop: () => stopGracefully(actor, left),
     kill: () => actor.stop(),
     renewTls(next) {
       const { tls } = actor.getSnapshot().context.opts;
@@ -309,13 +314,19 @@ interface Watchable<S> {
   subscribe(o: { next: (s: S) => void; error?: (e: unknown) => void }): { unsubscribe(): void };
 }
 
-/** Send STOP (the machine drains), wait for its final state, then stop the actor. */
-async function stopGracefully(actor: { getSnapshot(): { status: string }; send(e: { type: 'STOP' }): void; stop(): void } & Watchable<{ status: string }>): Promise<void> {
+/**
+ * Send STOP (the machine drains), wait for its final state, then stop the actor; then wait for
+ * `left` (a registry's key gone and its etcd client closed, bounded by two call timeouts: a
+ * process that exits as soon as stop() resolves would otherwise leave its key, saying it is
+ * leaving, until its lease ends).
+ */
+async function stopGracefully(actor: { getSnapshot(): { status: string }; send(e: { type: 'STOP' }): void; stop(): void } & Watchable<{ status: string }>, left?: () => Promise<void>): Promise<void> {
   if (actor.getSnapshot().status === 'active') {
     actor.send({ type: 'STOP' });
     await waitUntil(actor, (s) => s.status !== 'active');
   }
   actor.stop();
+  await left?.();
 }
 
 /** Resolves when `pred` holds for the actor's snapshot; rejects after `timeoutMs` when given. */

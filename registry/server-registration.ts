@@ -30,6 +30,7 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
   const o = resolveRegistry(options);
   const etcd = await EtcdClient.open(o);
   const url = describeRegistry({ endpoints: o.endpoints, tls: o.tls });
+  let closed: Promise<void> = Promise.resolve();
   const logic = fromCallback<RegistrationCommand, RegistrationInput>(({ sendBack, receive, input }) => {
     const send = (e: ServerEvent): void => sendBack(e);
     const s = input.setup;
@@ -74,8 +75,10 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
     return () => {
       // Stopped without a drain (kill()): the key stays until its lease ends, as when a process dies.
       if (!leaving) kept.release();
-      void (leaving ?? Promise.resolve()).finally(() => etcd.close());
+      closed = (leaving ?? Promise.resolve()).finally(() => etcd.close());
     };
   });
-  return { etcd, logic };
+  /** Settles once the key is gone (a drain's farewell, delete and revoke: bounded, kept-key.ts) and the etcd client is closed; at once before the logic has stopped. */
+  const left = (): Promise<void> => closed;
+  return { etcd, logic, left };
 }

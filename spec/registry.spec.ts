@@ -104,6 +104,13 @@ reg_('servers register once; two proxies take them; round robin is exact on each
   const left = await ctx.raw!.getAll().prefix(`${ctx.prefix}servers/`).keys();
   assert.equal(left, [`${ctx.prefix}servers/2`]);
   assert.equal(await ask(a.port, '111', 2), ['2', '2']);
+  // stop() resolves once the key is gone, with nothing else to wait for (a program that exits right after leaves nothing behind); a proxy's own key as well.
+  const advertised = async (): Promise<number> => (await ctx.raw!.getAll().prefix(`${ctx.prefix}proxies/`).keys()).length;
+  await eventually(async () => (await advertised()) === 2, 3000, 'both proxies advertised');
+  await ctx.servers[1]!.stop();
+  assert.equal(await ctx.raw!.getAll().prefix(`${ctx.prefix}servers/`).keys(), []);
+  await a.stop();
+  assert.is(await advertised(), 1, "the stopped proxy's key is gone when its stop() resolves");
 });
 
 reg_('a server killed is removed from every proxy (its link at once, its key when its lease ends)', async () => {
