@@ -261,7 +261,10 @@ export function describeEtcdError(err: unknown, o: Resolved): string {
   if (/no leader/i.test(msg)) return `etcd at ${where} has no leader (${msg}): the members reached are cut off from the others, or the cluster lost quorum`;
   const tls = tlsRefusal(msg, where, expiredOn(o.tls?.cert));
   if (tls) return tls;
-  if (/disconnected before secure TLS connection was established/i.test(msg)) return `etcd at ${where} closed the connection before the TLS handshake ended: it may not serve TLS there (etcds:// is for an etcd started with --cert-file, etcd:// for one without)`;
+  // An etcd without TLS ends a TLS client's connection at its first bytes: Node says so when the close is orderly, and only
+  // ECONNRESET when the close resets it (seen under load, the hello still unread), which means the same before any connection was made.
+  const reset = o.tls !== undefined && /No connection established\. Last error: .*ECONNRESET/.test(msg);
+  if (reset || /disconnected before secure TLS connection was established/i.test(msg)) return `etcd at ${where} closed the connection before the TLS handshake ended${reset ? ' (it reset it)' : ''}: it may not serve TLS there (etcds:// is for an etcd started with --cert-file, etcd:// for one without)`;
   if (name === 'GRPCDeadlineExceededError' || /deadline/i.test(msg)) return `etcd at ${where} did not answer within ${o.callTimeoutMs} ms`;
   if (/BrokenCircuit|circuit/i.test(name + msg)) {
     // Refused without a call while several calls in a row have failed: the failure that opened the breaker is the cause (withCause).
