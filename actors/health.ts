@@ -67,8 +67,8 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
     const delay = jittered(entry.probeDelay);
     entry.probeDelay = Math.min(entry.probeDelay * 2, context.opts.probeMaxMs);
     const at = hostPort(entry.host, entry.port);
-    const cause = failure.invalid === undefined ? 'unreachable' : 'invalid_message';
-    // A server that sent something not a valid message is reachable: its author must fix it, not the network.
+    // A server that sent something not a valid message, or ended the link itself, is reachable: its author or its load is the cause, not the network.
+    const cause = failure.closed !== undefined ? 'ended_by_server' : failure.invalid === undefined ? 'unreachable' : 'invalid_message';
     context.logger.warn('down', failure.closed !== undefined
       ? `Server id ${entry.id} at ${at} ended its upstream link with ERROR ${failure.closed.code}: ${failure.closed.reason}; the requests in flight on it are retried, and it is out of rotation, next probe in ${delay} ms`
       : failure.invalid === undefined

@@ -133,8 +133,8 @@ export interface ProxyObserver {
 }
 
 /** Why a member left rotation or came back: codes, so a metric's label values stay few. */
-export type EjectReason = 'consecutive_failures' | 'unreachable' | 'invalid_message' | 'probe_succeeded' | 'ejection_over';
-export const EJECT_REASONS: readonly EjectReason[] = ['consecutive_failures', 'unreachable', 'invalid_message', 'probe_succeeded', 'ejection_over'];
+export type EjectReason = 'consecutive_failures' | 'unreachable' | 'invalid_message' | 'ended_by_server' | 'probe_succeeded' | 'ejection_over';
+export const EJECT_REASONS: readonly EjectReason[] = ['consecutive_failures', 'unreachable', 'invalid_message', 'ended_by_server', 'probe_succeeded', 'ejection_over'];
 
 /** The options every part of the proxy reads: each one set, defaults applied. */
 export type Opts = Required<Omit<ProxyOptions, 'logger' | 'clock' | 'connect' | 'observer' | 'token' | 'tokens' | 'tls' | 'upstreamTls' | 'oldServers'>> & {

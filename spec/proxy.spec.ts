@@ -466,6 +466,7 @@ faults('a server that ends its link with an ERROR without a seq (its buffer budg
   assert.is(down.length, 1, JSON.stringify(down));
   assert.match(down[0]!.msg, /^Server id cut at 127\.0\.0\.1:\d+ ended its upstream link with ERROR OVERLOADED: the buffer budget of 268435456 bytes is full, .*\); the requests in flight on it are retried/);
   assert.is(down[0]!.code, 'OVERLOADED');
+  assert.is(down[0]!.cause, 'ended_by_server', 'its cause is the server, not the network');
   assert.not.ok(ctx.logs.some((l) => l.event === 'stray_answer'), 'not said as an answer dropped');
 });
 
