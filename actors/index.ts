@@ -119,7 +119,6 @@ export type StartProxyOptions = ProxyOptions & Inspect & {
 export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHandle> {
   let machine = proxyMachine;
   let etcd: EtcdClient | undefined;
-  let left: (() => Promise<void>) | undefined;
   const untrusted = (opts.proxyProtocolFrom ?? []).map(badTrustedSource).find(Boolean);
   if (untrusted) throw new StartError(`proxyProtocolFrom: ${untrusted}`);
   if (opts.registry) {
@@ -131,7 +130,6 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
     const { proxyRegistry } = await import('../registry/proxy-registry.js');
     const registry = await proxyRegistry({ ...opts.registry, advertise, servesTls: Boolean(opts.tls?.cert) });
     etcd = registry.etcd;
-    left = registry.left;
     machine = proxyMachine.provide({ actors: { registry: registry.logic } });
   }
   // The one owner of what the proxy dials servers with: every dial reads it, renewTls replaces it.
@@ -146,7 +144,7 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
   return {
     actor,
     port: snap.context.port,
-    stop: () => stopGracefully(actor, left),
+    stop: () => stopGracefully(actor, etcd),
     kill: () => {
       actor.stop();
       releaseAll(actor.getSnapshot().context);
@@ -254,7 +252,6 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
   if (bad) throw new StartError(`server ${opts.id}: ${bad}`);
   let machine = opts.wire === 'json' ? serverMachine.provide({ actors: { registrations: jsonRegistrations } }) : serverMachine;
   let etcd: EtcdClient | undefined;
-  let left: (() => Promise<void>) | undefined;
   if (opts.registry) {
     if (opts.wire === 'json') throw new StartError('a server registers through the registry or the old way (--wire json), not both: the old proxy knows no registry');
     const host = opts.listenHost ?? DEFAULT_LISTEN_HOST;
@@ -265,7 +262,6 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
     const { serverRegistration } = await import('../registry/server-registration.js');
     const registration = await serverRegistration({ ...opts.registry, advertise });
     etcd = registration.etcd;
-    left = registration.left;
     machine = serverMachine.provide({ actors: { registrations: registration.logic } });
     opts.proxies = [];
   }
@@ -276,7 +272,7 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
     await waitUntil(actor, (s) => s.status !== 'active' || s.value !== 'starting');
     const snap = actor.getSnapshot();
     if (snap.status !== 'active') throw new StartError(snap.context.error ?? `server ${opts.id} failed to start`);
-    return serverHandle(actor, opts.id, etcd, left);
+    return serverHandle(actor, opts.id, etcd);
   }
   const wait = opts.registerTimeoutMs ?? 5000;
   let timedOut = false;
@@ -290,16 +286,15 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
     const where = opts.registry ? `in the registry (etcd://${opts.registry.endpoints.join(',')})` : `with any reverse proxy (${proxies})`;
     throw new StartError(snap.context.error ?? `server ${opts.id} could not register ${where} within ${wait} ms`);
   }
-  return serverHandle(actor, opts.id, etcd, left);
+  return serverHandle(actor, opts.id, etcd);
 }
 
-/** `left`: settles once a registry registration's key is gone and its etcd client closed (the drain's last writes; bounded). */
-function serverHandle(actor: ServerActor, id: string, etcd?: EtcdClient, left?: () => Promise<void>): ServerHandle {
+function serverHandle(actor: ServerActor, id: string, etcd?: EtcdClient): ServerHandle {
   return {
     actor,
     port: actor.getSnapshot().context.port,
     id,
-    stop: () => stopGracefully(actor, left),
+    stop: () => stopGracefully(actor, etcd),
     kill: () => actor.stop(),
     renewTls(next) {
       const { tls } = actor.getSnapshot().context.opts;
@@ -315,18 +310,17 @@ interface Watchable<S> {
 }
 
 /**
- * Send STOP (the machine drains), wait for its final state, then stop the actor; then wait for
- * `left` (a registry's key gone and its etcd client closed, bounded by two call timeouts: a
- * process that exits as soon as stop() resolves would otherwise leave its key, saying it is
- * leaving, until its lease ends).
+ * Send STOP (the machine drains), wait for its final state, then stop the actor; then, with a
+ * registry, wait for its etcd client to close after the drain's last writes (`EtcdClient.closing`:
+ * the key gone, bounded by two call timeouts).
  */
-async function stopGracefully(actor: { getSnapshot(): { status: string }; send(e: { type: 'STOP' }): void; stop(): void } & Watchable<{ status: string }>, left?: () => Promise<void>): Promise<void> {
+async function stopGracefully(actor: { getSnapshot(): { status: string }; send(e: { type: 'STOP' }): void; stop(): void } & Watchable<{ status: string }>, etcd?: EtcdClient): Promise<void> {
   if (actor.getSnapshot().status === 'active') {
     actor.send({ type: 'STOP' });
     await waitUntil(actor, (s) => s.status !== 'active');
   }
   actor.stop();
-  await left?.();
+  await etcd?.closing;
 }
 
 /** Resolves when `pred` holds for the actor's snapshot; rejects after `timeoutMs` when given. */

@@ -34,6 +34,8 @@ export class EtcdClient {
   /** Renewals one after the other: the last one given wins. */
   private queue: Promise<unknown> = Promise.resolve();
   private closed = false;
+  /** Settles once `closeAfter`'s last writes are done and the client is closed (at once until it is called). */
+  private ended: Promise<void> = Promise.resolve();
 
   constructor(private client: Etcd3, private o: Resolved) {}
 
@@ -101,6 +103,20 @@ export class EtcdClient {
     timer.unref();
     this.retiring.set(old, timer);
     return renewal;
+  }
+
+  /**
+   * Close once `last` settles (a drain's last writes: a key's farewell, delete and revoke, bounded
+   * by kept-key.ts), at once without it. `closing` settles then: a handle's stop() waits for it, so
+   * a program that exits as soon as stop() resolves leaves no key behind.
+   */
+  closeAfter(last?: Promise<void>): void {
+    this.ended = (last ?? Promise.resolve()).finally(() => this.close());
+  }
+
+  /** Settles once the client is closed after `closeAfter` (at once before it is called). */
+  get closing(): Promise<void> {
+    return this.ended;
   }
 
   close(): void {

@@ -58,20 +58,10 @@ export interface ProxyRegistryInput {
 export async function proxyRegistry(options: ProxyRegistryOptions) {
   const o = resolveRegistry(options);
   const etcd = await EtcdClient.open(o);
-  let closed: Promise<void> = Promise.resolve();
-  const logic = fromCallback<RegistryCommand, ProxyRegistryInput>(({ sendBack, receive, input }) => {
-    const stop = run(etcd, o, options, input, (e: RegistryEvent) => sendBack(e), receive);
-    return () => {
-      closed = stop();
-    };
-  });
-  /** Settles once the proxy's own key is withdrawn (on a drain: bounded, kept-key.ts) and the etcd client closed; at once before the logic has stopped. */
-  const left = (): Promise<void> => closed;
-  return { etcd, logic, left };
+  return { etcd, logic: fromCallback<RegistryCommand, ProxyRegistryInput>(({ sendBack, receive, input }) => run(etcd, o, options, input, (e: RegistryEvent) => sendBack(e), receive)) };
 }
 
-/** Returns the actor's cleanup, which settles once the key is withdrawn and the client closed. */
-function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input: ProxyRegistryInput, send: (e: RegistryEvent) => void, receive: (fn: (c: RegistryCommand) => void) => void): () => Promise<void> {
+function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input: ProxyRegistryInput, send: (e: RegistryEvent) => void, receive: (fn: (c: RegistryCommand) => void) => void): () => void {
   const log = input.logger;
   const url = describeRegistry({ endpoints: o.endpoints, tls: o.tls !== undefined });
   const status: RegistryStatus = { url, up: false, synced: false, since: input.clock.now(), entries: 0, syncs: { start: 0, reconnect: 0, compacted: 0 }, advertised: false };
@@ -231,7 +221,7 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
     mirror.stop();
     // Stopped without a drain (kill()): the key stays until its lease ends, as when a process dies.
     if (!withdrawn) own?.release();
-    return (withdrawn ?? Promise.resolve()).finally(() => etcd.close());
+    etcd.closeAfter(withdrawn);
   };
 }
 

@@ -30,7 +30,6 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
   const o = resolveRegistry(options);
   const etcd = await EtcdClient.open(o);
   const url = describeRegistry({ endpoints: o.endpoints, tls: o.tls });
-  let closed: Promise<void> = Promise.resolve();
   const logic = fromCallback<RegistrationCommand, RegistrationInput>(({ sendBack, receive, input }) => {
     const send = (e: ServerEvent): void => sendBack(e);
     const s = input.setup;
@@ -75,10 +74,8 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
     return () => {
       // Stopped without a drain (kill()): the key stays until its lease ends, as when a process dies.
       if (!leaving) kept.release();
-      closed = (leaving ?? Promise.resolve()).finally(() => etcd.close());
+      etcd.closeAfter(leaving);
     };
   });
-  /** Settles once the key is gone (a drain's farewell, delete and revoke: bounded, kept-key.ts) and the etcd client is closed; at once before the logic has stopped. */
-  const left = (): Promise<void> => closed;
-  return { etcd, logic, left };
+  return { etcd, logic };
 }
