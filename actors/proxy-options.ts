@@ -120,8 +120,8 @@ export interface ProxyOptions {
  * keep them cheap (count, don't format).
  */
 export interface ProxyObserver {
-  /** A request got its one answer: `outcome` is 'ok' for an ACK, else the error code; `req` is the request (for the access log). */
-  answered?(policy: string, member: string | undefined, outcome: 'ok' | Code, latencyMs: number, req: ProxyRequest): void;
+  /** A request got its one answer (`Outcome`); `req` is the request (for the access log). */
+  answered?(policy: string, member: string | undefined, outcome: Outcome, latencyMs: number, req: ProxyRequest): void;
   /** A request that failed on `failed` (with `code`) is being tried again on another member. */
   retried?(policy: string, failed: string, code: Code): void;
   /** A member was taken out of rotation (or put back, with `back` true), for a reason from a fixed set. */
@@ -131,6 +131,15 @@ export interface ProxyObserver {
   /** The listener's limit on connections open at once, as applied at start and after each reload: max_connections, or less when the open-files limit leaves room for fewer. */
   connectionLimit?(limit: number): void;
 }
+
+/**
+ * How a request ended, as the metrics and the access log count it: 'ok' for an ACK, else the error
+ * code the client got - or `client_gone` when its answer could not be written because the client's
+ * connection had closed (nginx's 499, HAProxy's `CD`), whatever the answer was; a connection the
+ * buffer budget cut was told OVERLOADED, which its requests count.
+ */
+export type Outcome = 'ok' | Code | typeof CLIENT_GONE;
+export const CLIENT_GONE = 'client_gone';
 
 /** Why a member left rotation or came back: codes, so a metric's label values stay few. */
 export type EjectReason = 'consecutive_failures' | 'unreachable' | 'invalid_message' | 'ended_by_server' | 'probe_succeeded' | 'ejection_over';

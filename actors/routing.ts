@@ -13,6 +13,7 @@ import { FairQueue } from './fair-queue.js';
 import { quoted, type Failure, type Peer, type ProxyRequest, type Reply } from './link.js';
 import { fmt } from './logger.js';
 import { poolMachine } from './pool.js';
+import { CLIENT_GONE } from './proxy-options.js';
 import type { Member, Policy, ProxyContext } from './proxy-types.js';
 
 /** The policy's record, made with its pool machine when it is first needed. */
@@ -292,9 +293,9 @@ export function drainWaiting(context: ProxyContext, name: string, all = false): 
  * Send requests taken from `policy`'s wait queue to its pool, but for those of a client whose
  * connection closed while they waited (a client that pipelined the queue full and went): their
  * answers would go nowhere, and the server's work with them. The first met answers every request
- * that client has waiting, at once, OVERLOADED without a server (the queue turning a request away
- * unsent, as when it is full; the answer is counted, releases the budget and the in-flight count,
- * and is not written). The check is one read per request a drain takes.
+ * that client has waiting, at once, OVERLOADED without a server (the answer releases the budget and
+ * the in-flight count, is not written, and is counted `client_gone`, as `makeReply` counts any
+ * answer to a closed connection). The check is one read per request a drain takes.
  */
 function sendWaiting(context: ProxyContext, policy: Policy, reqs: ProxyRequest[]): void {
   let send: ProxyRequest[] | undefined;
@@ -317,7 +318,7 @@ function sendWaiting(context: ProxyContext, policy: Policy, reqs: ProxyRequest[]
   if (gone) {
     const name = policy.name;
     context.logger.repeated('info', 'client_gone', name, gone,
-      (n, span) => `Dropped ${fmt(n)} waiting request(s) of privacy policy ${name} whose client closed its connection, unsent (answered OVERLOADED, to nobody)${span ? ` ${span}` : ''}`, { policy: name });
+      (n, span) => `Dropped ${fmt(n)} waiting request(s) of privacy policy ${name} whose client closed its connection, unsent (counted as outcome ${CLIENT_GONE})${span ? ` ${span}` : ''}`, { policy: name });
   }
   const out = send ?? reqs;
   if (out.length) policy.pool.send({ type: 'ROUTE', requests: out });
@@ -371,7 +372,11 @@ export function makeReply(context: ProxyContext): Reply {
   const clock = context.clock;
   return (req: ProxyRequest, answer: AckMsg | ErrorMsg, member?: string): void => {
     const client = req.client;
-    observer?.answered!(req.msg.privPoliId, member, answer.type === MsgType.ACK ? 'ok' : answer.code, clock.now() - req.arrived, req);
+    if (observer) {
+      const conn = client.conn;
+      const outcome = !conn.closed ? (answer.type === MsgType.ACK ? 'ok' : answer.code) : conn.shedByBudget ? ErrorCode.OVERLOADED : CLIENT_GONE;
+      observer.answered!(req.msg.privPoliId, member, outcome, clock.now() - req.arrived, req);
+    }
     client.outstanding--;
     if (req.bytes) {
       context.budget.release(req.bytes);

@@ -17,8 +17,7 @@
  */
 import type { Destination } from '../actors/logger.js';
 import type { Peer, ProxyRequest } from '../actors/link.js';
-import type { ProxyObserver } from '../actors/proxy-options.js';
-import type { ErrorCode } from '../transport/errors.js';
+import type { Outcome, ProxyObserver } from '../actors/proxy-options.js';
 
 /** One request's record, as the JSON form writes it (an unset value is `-` in text, absent in JSON). */
 export interface AccessRecord {
@@ -142,7 +141,7 @@ export class AccessLog implements ProxyObserver {
     this.timeRead = false;
   };
 
-  answered(policy: string, member: string | undefined, outcome: 'ok' | ErrorCode, latencyMs: number, req: ProxyRequest): void {
+  answered(policy: string, member: string | undefined, outcome: Outcome, latencyMs: number, req: ProxyRequest): void {
     const tries = (req.tried?.length ?? 0) + (member === undefined ? 0 : 1);
     if (this.format === 'json') this.json(policy, member, outcome, latencyMs, req, tries);
     else this.text(policy, member, outcome, latencyMs, req, tries);

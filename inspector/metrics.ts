@@ -16,7 +16,7 @@ import type { Counter, Gauge, Registry, MetricValue } from 'prom-client';
 import { lazyPackage } from '../transport/lazy.js';
 import { systemClock, type Clock } from '../transport/clock.js';
 import { ErrorCode } from '../transport/errors.js';
-import type { EjectReason, ProxyObserver } from '../actors/proxy-options.js';
+import { CLIENT_GONE, type EjectReason, type Outcome, type ProxyObserver } from '../actors/proxy-options.js';
 import { MEMBER_STATES } from '../actors/proxy-types.js';
 import { RecentLatency } from './latency.js';
 import type { Figures, PoolView, Tally } from './views.js';
@@ -139,7 +139,7 @@ export class Metrics implements ProxyObserver {
     const outcomes = new Map<string, number>();
     new Counter({
       name: 'revproxy_requests_total',
-      help: 'Requests answered by the proxy, by policy, server (empty when none was chosen) and outcome (ok or an error code)',
+      help: 'Requests answered by the proxy, by policy, server (empty when none was chosen) and outcome (ok, an error code, or client_gone: the client\'s connection closed before its answer)',
       labelNames: ['policy', 'server', 'outcome'],
       registers: [this.registry],
       collect: function (this: Counter<string>) {
@@ -228,7 +228,7 @@ export class Metrics implements ProxyObserver {
     return t;
   }
 
-  answered(policy: string, member: string | undefined, outcome: 'ok' | ErrorCode, latencyMs: number): void {
+  answered(policy: string, member: string | undefined, outcome: Outcome, latencyMs: number): void {
     // A policy with no label yet whose request no server could take (NO_SERVER) gets none: a client naming
     // made-up policies must not use up the label values real ones need (Envoy keeps no stats per unknown cluster).
     let t = this.policies.get(policy) ?? this.policy(member === undefined && outcome === ErrorCode.NO_SERVER ? OTHER : policy);
@@ -243,8 +243,9 @@ export class Metrics implements ProxyObserver {
     if (member !== undefined) {
       const m = this.card(policy, member, false);
       if (m) {
+        // A client gone is neither the server's answer nor its error (its latency still counts).
         if (outcome === 'ok') m.answered++;
-        else m.errors++;
+        else if (outcome !== CLIENT_GONE) m.errors++;
         m.recent?.add(latencyMs, this.window);
       }
     }
@@ -258,7 +259,7 @@ export class Metrics implements ProxyObserver {
       }
     }
     if (outcome === 'ok') this.totalAnswered++;
-    else this.totalErrors++;
+    else if (outcome !== CLIENT_GONE) this.totalErrors++;
     const at = this.recentAt++ & (RECENT - 1);
     this.recent[at] = latencyMs;
     this.recentTick[at] = this.tickNo;

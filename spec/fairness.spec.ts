@@ -7,7 +7,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { Socket } from 'node:net';
-import { connect, Logger, ManualClock, memorySink, startProxy, startServer, type Client, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import { connect, Logger, ManualClock, memorySink, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import { MsgType } from '../transport/messages.js';
 import { resolveOptions, type ProxyOptions } from '../actors/proxy-options.js';
@@ -184,7 +184,7 @@ mends.after.each((ctx) => {
   ctx.proxy?.kill();
 });
 
-mends("a client that closes its connection with requests waiting: they are answered OVERLOADED without a server, where on main each was sent to the server and its answer went to the closed connection", async (ctx) => {
+mends("a client that closes its connection with requests waiting: they are answered without a server and counted client_gone, as is the one in flight, where each was sent to the server and its answer went to the closed connection (and then the waiting ones counted OVERLOADED, the one in flight ok)", async (ctx) => {
   const outcomes: string[] = [];
   const observer = { answered: (_p: string, member: string | undefined, outcome: string) => void outcomes.push(`${member ?? '-'} ${outcome}`) };
   ctx.proxy = await startProxy({ port: 0, timeoutMs: 60000, queueLimit: 64, maxServerInflight: 1, observer, logger: new Logger('proxy', memorySink([]), 'warn') });
@@ -198,9 +198,29 @@ mends("a client that closes its connection with requests waiting: they are answe
   a.resetAndDestroy(); // gone: the proxy reads the reset
   await eventually(() => outcomes.length === 10, 5000, 'each of the 10 answered');
   await sleep(50);
-  assert.equal(outcomes.filter((o) => o === 's ok').length, 1, `only the one in flight was served: ${outcomes.join(', ')}`);
-  assert.equal(outcomes.filter((o) => o === '- OVERLOADED').length, 9, outcomes.join(', '));
+  assert.equal(outcomes.filter((o) => o === 's client_gone').length, 1, `only the one in flight was served, its answer written nowhere: ${outcomes.join(', ')}`);
+  assert.equal(outcomes.filter((o) => o === '- client_gone').length, 9, outcomes.join(', '));
   assert.is(waiting(), 0);
+});
+
+mends("a client connection the buffer budget cut: what its requests get after the cut counts OVERLOADED, as the cut told it, not client_gone (on main, the answers written nowhere counted ok)", async (ctx) => {
+  const outcomes: string[] = [];
+  const logs: LogRecord[] = [];
+  const observer = { answered: (_p: string, _m: string | undefined, outcome: string) => void outcomes.push(outcome) };
+  ctx.proxy = await startProxy({ port: 0, timeoutMs: 60000, maxBufferedBytes: 4 * 1024 * 1024, observer, logger: new Logger('proxy', memorySink(logs), 'warn') });
+  const answer = 'x'.repeat(256 * 1024);
+  ctx.server = await startServer({ id: 's', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, handler: () => answer });
+  await eventually(() => ctx.proxy!.pools().P?.serving.includes('s') ?? false, 3000, 's serving');
+  // A client that sends 40 requests and reads none of their 10 MiB of answers: past the 4 MiB budget it is cut.
+  const a = await rawConnect(ctx.proxy.port);
+  ctx.sockets.push(a);
+  a.pause();
+  a.write(Buffer.concat(Array.from({ length: 40 }, (_, seq) => frame({ type: MsgType.DATA, seq, srcid: 'a', privPoliId: 'P', payload: `a${seq}` }))));
+  await eventually(() => outcomes.length === 40, 10000, 'each of the 40 answered');
+  const tally = outcomes.reduce<Record<string, number>>((t, o) => ((t[o] = (t[o] ?? 0) + 1), t), {});
+  assert.ok(logs.some((l) => l.event === 'budget_shed'), `the cut is logged: ${JSON.stringify(tally)}`);
+  assert.is(tally.client_gone, undefined, JSON.stringify(tally));
+  assert.ok((tally.OVERLOADED ?? 0) > 0, JSON.stringify(tally));
 });
 
 mends("a try that times out frees its slot for a waiting request at once: on main the request waited for the next answer or its own deadline", async (ctx) => {

@@ -194,6 +194,10 @@ export class Connection implements BudgetHolder {
   private readonly budget?: BufferBudget;
   /** Cut by the budget (`shed`): what the peer still sends is dropped. */
   private cut = false;
+  /** Whether the buffer budget cut this connection (`shed`): its peer was told OVERLOADED, and owed answers go nowhere. */
+  get shedByBudget(): boolean {
+    return this.cut;
+  }
   /** Never cut by the budget (the `forwarding` option). */
   readonly shielded: boolean;
   /** On a link (`forwarding`): the unwritten bytes the budget was last told of (`countUnwritten`). */
