@@ -6,6 +6,7 @@
  * logged.
  */
 import { readFileSync } from 'node:fs';
+import { createServer, type RequestListener, type Server as HttpServer } from 'node:http';
 import { BlockList, isIP, type Server, type Socket } from 'node:net';
 import { Server as TlsServer } from 'node:tls';
 import type { BudgetHolder } from '../transport/budget.js';
@@ -235,6 +236,37 @@ export function logBadInput(logger: Logger, conn: Connection, err: { code: strin
     : `Closed connection from ${conn.describe()}: ${err.message}`, {
     peer: conn.describe(), code: err.code, ...fields,
   });
+}
+
+/**
+ * Connections the process's own HTTP ports (the admin endpoint, the inspector) hold at once.
+ * Probes, scrapes and a few inspector pages need far fewer; past it a new connection is closed
+ * unread (a `conn_refused` warn line). Unbounded, 1,500 connections to the admin port that sent
+ * nothing took every descriptor a proxy with `ulimit -n 1024` had - its clients' connections were
+ * reset, servers could not register, `/healthz` did not answer, and no line said why - for as long
+ * as their peer kept them: Node closes a connection that sends nothing never.
+ */
+export const HTTP_MAX_CONNECTIONS = 64;
+/** How long an HTTP connection may send nothing, or take to send its request's headers (a probe sends them at once). */
+export const HTTP_IDLE_TIMEOUT_MS = 10_000;
+
+/**
+ * An HTTP server for one of the process's own ports (`port` names it in lines: 'the admin
+ * endpoint', 'the inspector'): at most `HTTP_MAX_CONNECTIONS` open; a connection that sends
+ * nothing for 10 s (`server.timeout`: Node has no such limit by default, and its `headersTimeout`
+ * begins only with a request's first bytes) or has not sent its headers within 10 s, or its request
+ * within 30 s, is closed, checked every second (Node checks every 30 s); one idle between requests
+ * after 5 s. A response that streams (the inspector's events) turns its connection's idle timeout off.
+ */
+export function httpPort(port: string, logger: Logger, listener: RequestListener): HttpServer {
+  const server = createServer({ connectionsCheckingInterval: 1000, headersTimeout: HTTP_IDLE_TIMEOUT_MS, requestTimeout: 30_000, keepAliveTimeout: 5_000 }, listener);
+  server.timeout = HTTP_IDLE_TIMEOUT_MS;
+  server.maxConnections = HTTP_MAX_CONNECTIONS;
+  server.on('drop', (from?: { remoteAddress?: string; remotePort?: number }) => {
+    const peer = from?.remoteAddress ? peerName(from.remoteAddress, from.remotePort ?? 0) : 'a peer';
+    logger.repeated('warn', 'conn_refused', port, 1, (n, span) => `Refused ${span ? `${fmt(n)} connections to ${port} ${span}` : `a connection to ${port} from ${peer}`}: ${HTTP_MAX_CONNECTIONS} are open, the most it keeps (probes, scrapes and pages need a few; a connection that sends nothing is closed after ${HTTP_IDLE_TIMEOUT_MS / 1000} s). Look at what opens them`, { port, limit: HTTP_MAX_CONNECTIONS });
+  });
+  return server;
 }
 
 /**

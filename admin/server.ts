@@ -18,9 +18,9 @@
  * and a metric: `new Gauge({ name, help, registers: [metrics.registry], collect() {...} })`.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { listenOn } from '../transport/tls.js';
-import { logAcceptErrors } from '../actors/port-limits.js';
+import { httpPort, logAcceptErrors } from '../actors/port-limits.js';
 import type { Metrics } from '../inspector/metrics.js';
 import { silentLogger, type Logger } from '../actors/logger.js';
 
@@ -120,16 +120,13 @@ export function startAdmin(opts: AdminOptions): Promise<AdminServer> {
     return send(res, head, 404, 'text/plain; charset=utf-8', `nothing at ${path}: try /healthz, /readyz or /metrics\n`);
   };
 
-  const server: Server = createServer((req, res) => {
+  // Probes and scrapes are short: an idle or slow client is not kept around, nor a crowd of them.
+  const server: Server = httpPort('the admin endpoint', opts.logger ?? silentLogger, (req, res) => {
     handle(req, res).catch((err: Error) => {
       if (!res.headersSent) send(res, req.method === 'HEAD', 500, 'text/plain; charset=utf-8', `admin error: ${err.message}\n`);
       else res.destroy();
     });
   });
-  // Probes and scrapes are short: an idle or slow client is not kept around.
-  server.headersTimeout = 10_000;
-  server.requestTimeout = 30_000;
-  server.keepAliveTimeout = 5_000;
   return new Promise((resolve, reject) => {
     const failed = (why: string, err: NodeJS.ErrnoException): void =>
       reject(new Error(err.code === 'EADDRINUSE' ? `the admin port ${opts.host}:${opts.port} is already in use: choose another with --admin HOST:PORT` : `the admin endpoint (--admin): ${why}`));

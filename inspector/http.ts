@@ -6,14 +6,14 @@
  * guard.ts says.
  */
 import { readFileSync } from 'node:fs';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { silentLogger, type Logger } from '../actors/logger.js';
 import type { ProxyContext } from '../actors/proxy-types.js';
 import { checkListen, Guard, whoAsked, type Refusal } from './guard.js';
 import type { Hub } from './hub.js';
 import type { Metrics } from './metrics.js';
 import { listenOn } from '../transport/tls.js';
-import { logAcceptErrors } from '../actors/port-limits.js';
+import { httpPort, logAcceptErrors } from '../actors/port-limits.js';
 
 // Written from the project root's depth so it also resolves from the CLI bundle in .build/.
 const PAGE_DIR = new URL('../inspector/page/', import.meta.url);
@@ -132,6 +132,8 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
   };
 
   const openStream = (res: ServerResponse): void => {
+    // A stream may go quiet for longer than a connection may stay idle (`httpPort`): it stays open.
+    res.socket?.setTimeout(0);
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive' });
     let stale = false;
     const write = (event: string, data: unknown): void => {
@@ -155,7 +157,8 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
     });
   };
 
-  const server: Server = createServer((req, res) => {
+  // Its pages' event streams (at most MAX_STREAMS) stay open; a crowd of other connections does not.
+  const server: Server = httpPort('the inspector', log, (req, res) => {
     handler(req, res).catch((err: Error) => send(res, 500, 'text/plain', `inspector error: ${err.message}\n`));
   });
   return new Promise((resolve, reject) => {

@@ -533,6 +533,33 @@ admin('revproxy_max_connections: the limit its port keeps to (max_connections, o
   assert.is(await limit(lowUrl), String(fileRoom(512)));
 });
 
+admin('connections to the admin endpoint that send nothing cannot take the descriptors the proxy needs: past 64 they are closed at once (a warn line), the rest after 10 s idle, and its clients and servers are served meanwhile', async () => {
+  // Unbounded, and never closed by Node while they sent nothing, 400 of them took every descriptor a proxy with ulimit -n 256
+  // had: its clients' connections were reset, servers could not register, /healthz did not answer, and no line said why.
+  const file = write('crowd.yaml', 'port: 0\nadmin:\n  listen: 127.0.0.1:0\n');
+  const proc = revproxy(['proxy', '--config', file], { fileLimit: 256 });
+  const port = Number((await proc.waitFor(/Running the reverse proxy on port (\d+)/))[1]);
+  const url = proc.out.map((l) => /Admin endpoint on (http:\S+)/.exec(l)?.[1]).find(Boolean)!;
+  const crowd = await Promise.all(Array.from({ length: 400 }, () => rawConnect(Number(new URL(url).port))));
+  let closed = 0;
+  for (const s of crowd) {
+    s.on('error', () => {});
+    s.on('close', () => closed++);
+    s.resume(); // read, so that the proxy's end is seen
+  }
+  try {
+    await eventually(() => closed === 400 - 64, 10_000, `all but 64 closed at once (${closed})`);
+    await proc.waitFor(/warning: Refused a connection to the admin endpoint from 127\.0\.0\.1:\d+: 64 are open, the most it keeps/);
+    await server('s1', 'P', port);
+    const results = await runClient({ id: 'c1', proxy: { host: LOCAL, port }, packets: Array.from({ length: 20 }, (_, i) => ({ srcid: 'c1', privPoliId: 'P', payload: `m${i}` })) });
+    assert.is(results.filter((r) => r.correct).length, 20, 'the proxy serves its clients and a new server while the crowd holds its 64');
+    await eventually(() => closed === 400, 20_000, `the 64 that sent nothing closed once idle 10 s (${closed})`);
+    assert.is((await get(`${url}healthz`)).status, 200);
+  } finally {
+    for (const s of crowd) s.destroy();
+  }
+});
+
 admin('--ready-policies: /readyz is 503 while a listed policy has no server serving, naming each such policy, and 200 once every one has', async () => {
   // A proxy restarted with servers registered directly was ready as soon as it listened,
   // before they came back: a rolling restart waiting on /readyz got NO_SERVER meanwhile.
