@@ -11,7 +11,8 @@ import type { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode, SERVER_ANSWER_CODES, type ErrorCode as WireCode } from '../transport/errors.js';
 import { MsgType, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import type { Connection } from '../transport/socket.js';
-import type { TlsMaterial } from '../transport/tls.js';
+import { describeLookupError, type TlsMaterial } from '../transport/tls.js';
+import { outOfDescriptors } from './port-limits.js';
 import type { Clock } from '../transport/clock.js';
 import type { Inflight } from './inflight.js';
 import type { Logger } from './logger.js';
@@ -79,6 +80,15 @@ export interface Failure {
    * the connection that held the most: OVERLOADED): its code and message. The server's doing, logged as one.
    */
   closed?: { code: string; reason: string };
+}
+
+/**
+ * Why a link's connection failed, in words (both links' one rule): refused; the server's name not
+ * resolving; or this process out of descriptors, which is no fault of the server's.
+ */
+export function describeLinkError(err: NodeJS.ErrnoException, host: string): string {
+  if (err.code === 'ECONNREFUSED') return 'connection refused';
+  return describeLookupError(err, host) ?? outOfDescriptors(err, 'max_connections') ?? err.message;
 }
 
 /** Dials host:port; `tls`, when given, is what to dial over TLS with now (the proxy's upstreamTls, renewed by `renewTls`). */

@@ -207,7 +207,7 @@ export function admit(context: ProxyContext, peer: Peer, s: SetupMsg): void {
     return;
   }
   const host = conn.remoteAddress;
-  const tooMany = held ? undefined : checkOpenLimits(context, s.privPolyId, host);
+  const tooMany = (held ? undefined : checkOpenLimits(context, s.privPolyId, host)) ?? context.linkSockets.noRoomForLink();
   if (tooMany) {
     log.repeated('warn', 'register_refused', `${conn.remoteAddress}\0${ErrorCode.OVERLOADED}`, 1, (n, span) => `Refused setup from ${conn.describe()} for server id ${s.id}: ${tooMany}${span ? ` (${n} times ${span})` : ''}`, { id: s.id, policy: s.privPolyId, peer: conn.describe(), code: ErrorCode.OVERLOADED });
     conn.endWith(errorMsg(ErrorCode.OVERLOADED, `registration refused: ${tooMany}`));

@@ -15,6 +15,7 @@ import { ErrorCode } from '../transport/errors.js';
 import { recogniseTlsRefusal } from '../transport/foreign.js';
 import { proxiedClient, tcpUnder } from '../transport/proxied.js';
 import type { Connection } from '../transport/socket.js';
+import type { SocketFactory } from './link.js';
 import { fmt, type Logger } from './logger.js';
 
 /** The limits a listener reads (a reload may change them in place; `retune` applies them). */
@@ -57,9 +58,9 @@ function filesFor(connections: number): number {
   return Math.max(connections + 64, Math.ceil((connections * 8) / 7));
 }
 
-/** What to do for `wanted` connections (docs/CONFIG.md, "The open-files limit"); `total` names the setting. */
-function raiseFileLimit(wanted: number, total: string): string {
-  const need = filesFor(wanted);
+/** What to do for `wanted` connections beside `links` links to servers (docs/CONFIG.md, "The open-files limit"); `total` names the setting. */
+function raiseFileLimit(wanted: number, total: string, links = 0): string {
+  const need = filesFor(wanted + links);
   return `to allow ${wanted}, raise the limit where the process is started to ${need} (ulimit -n ${need} in its shell, LimitNOFILE=${need} in its systemd unit, docker run --ulimit nofile=${need}), or lower ${total}`;
 }
 
@@ -73,9 +74,49 @@ export function fileLimitWarning(wanted: number, set: boolean, total: string, fi
   const room = fileRoom(files.soft);
   if (room >= wanted) return undefined;
   return {
-    message: `This process may open ${files.soft} files (ulimit -n; its hard limit ${files.hard}), room for ${room} connections beside its links to servers, logs and files, fewer than ${total} (${wanted}): connections past ${room} will be refused; ${raiseFileLimit(wanted, total)}`,
+    message: `This process may open ${files.soft} files (ulimit -n; its hard limit ${files.hard}), room for ${room} connections (a proxy's links to servers among them: one for each server registered) beside its logs and files, fewer than ${total} (${wanted}): connections past ${room} will be refused; ${raiseFileLimit(wanted, total)}`,
     fields: { soft: files.soft, hard: files.hard, limit: room, wanted },
   };
+}
+
+/**
+ * The proxy's descriptors that its open-files limit bounds: its port's connections and its links
+ * to servers (`count` wraps the factory that dials them). Every registration comes with a link (an
+ * old JSON server with up to --old-server-connections), which the port's connections must leave a
+ * descriptor for: with `ulimit -n 256` the port took 150 registrations, the room it had, and their
+ * links' dials failed EMFILE (each server logged unreachable) - past them registrations and clients
+ * were closed unseen. So the port's limit is the room less the links open (`ConnectionLimits`), and
+ * a registration whose link would find no descriptor is refused (`noRoomForLink`).
+ */
+export class LinkSockets {
+  /** Link sockets open. */
+  open = 0;
+  /** The port's connections open (`ConnectionLimits` counts them). */
+  connections = 0;
+  /** The process's open-files limit (`ConnectionLimits` reads it), and the room it leaves the two (`fileRoom`). */
+  soft = Infinity;
+  room = Infinity;
+  /** Told each time `open` changes (the port's limits). */
+  changed?: () => void;
+
+  count(connect: SocketFactory): SocketFactory {
+    return (host, port, tls) => {
+      const socket = connect(host, port, tls);
+      this.open++;
+      this.changed?.();
+      socket.once('close', () => {
+        this.open--;
+        this.changed?.();
+      });
+      return socket;
+    };
+  }
+
+  /** Why a new server's link would find no descriptor (a registration connection is counted already), or undefined. */
+  noRoomForLink(): string | undefined {
+    if (this.connections + this.open < this.room) return undefined;
+    return `the proxy has no file descriptor for its link: ${this.connections} connections and ${this.open} links to servers fill the ${this.room} its open-files limit leaves room for (ulimit -n ${this.soft}); raise it (docs/CONFIG.md, "The open-files limit")`;
+  }
 }
 
 /** For sockets refused before they become connections: their errors are of no interest. */
@@ -100,14 +141,17 @@ export class ConnectionLimits {
     private readonly limits: ConnectionLimitsInput,
     private readonly logger: Logger,
     private readonly names: { total: string; perPeer: string },
-    /** Told the limit in all each time it is applied (start, reload). */
+    /** Told the limit in all each time it is applied (start, reload, a link opened or closed). */
     private readonly applied?: (limit: number) => void,
+    /** The proxy's links to servers: the descriptors they hold are not the port's to take. */
+    private readonly links?: LinkSockets,
   ) {}
 
   /** Hold `server` to the limit on connections in all (before it listens). */
   watch(server: Server): void {
     this.server = server;
     this.retune();
+    if (this.links) this.links.changed = () => this.apply();
     const { logger } = this;
     server.on('drop', () =>
       logger.repeated('warn', 'conn_refused', '', 1, (n, span) => `Refused ${span ? `${fmt(n)} connections ${span}` : 'a connection'}: ${this.refusedWhy()}`, { limit: server.maxConnections }),
@@ -119,11 +163,13 @@ export class ConnectionLimits {
     const max = this.server!.maxConnections;
     const wanted = this.limits.maxConnections;
     if (max >= wanted) return `${max} connections are open (${this.names.total})`;
-    return `${max} connections are open, the most this process's open-files limit leaves room for (ulimit -n ${this.softFiles}; ${this.names.total} is ${wanted}): ${this.raise()}`;
+    const links = this.links?.open ?? 0;
+    const beside = links > 0 ? ` beside its ${links} link(s) to servers, a descriptor each` : '';
+    return `${max} connections are open, the most this process's open-files limit leaves room for${beside} (ulimit -n ${this.softFiles}; ${this.names.total} is ${wanted}): ${this.raise(links)}`;
   }
 
-  private raise(): string {
-    return raiseFileLimit(this.limits.maxConnections, this.names.total);
+  private raise(links = 0): string {
+    return raiseFileLimit(this.limits.maxConnections, this.names.total, links);
   }
 
   /**
@@ -135,13 +181,26 @@ export class ConnectionLimits {
    */
   retune(): void {
     if (!this.server) return;
-    const wanted = this.limits.maxConnections;
     const files = fileLimits();
     this.softFiles = files?.soft ?? Infinity;
-    this.server.maxConnections = Math.min(wanted, Number.isFinite(this.softFiles) ? fileRoom(this.softFiles) : Infinity);
-    this.applied?.(this.server.maxConnections);
-    const warning = fileLimitWarning(wanted, this.limits.maxConnectionsSet, this.names.total, files);
+    this.apply();
+    const warning = fileLimitWarning(this.limits.maxConnections, this.limits.maxConnectionsSet, this.names.total, files);
     if (warning) this.logger.warn('file_limit', warning.message, warning.fields);
+  }
+
+  /** Set the port's limit: `maxConnections`, or the room the open-files limit leaves beside the links to servers (at least 1: 0 is no limit to Node). */
+  private apply(): void {
+    if (!this.server) return;
+    const links = this.links;
+    if (links) {
+      links.soft = this.softFiles;
+      links.room = Number.isFinite(this.softFiles) ? fileRoom(this.softFiles) : Infinity;
+    }
+    const room = Number.isFinite(this.softFiles) ? fileRoom(this.softFiles) - (links?.open ?? 0) : Infinity;
+    const max = Math.max(1, Math.min(this.limits.maxConnections, room));
+    if (max === this.server.maxConnections) return;
+    this.server.maxConnections = max;
+    this.applied?.(max);
   }
 
   /**
@@ -163,11 +222,13 @@ export class ConnectionLimits {
       return undefined;
     }
     this.perPeer.set(addr, n);
+    if (this.links) this.links.connections++;
     return addr;
   }
 
   /** A connection `admit` let in has closed. */
   left(addr: string): void {
+    if (this.links) this.links.connections--;
     const n = (this.perPeer.get(addr) ?? 1) - 1;
     if (n > 0) this.perPeer.set(addr, n);
     else this.perPeer.delete(addr);
@@ -283,13 +344,19 @@ export function logAcceptErrors(logger: Logger, total: string, port?: string) {
   };
 }
 
+/** A socket refused a descriptor (EMFILE, ENFILE), in words a person can act on; `lower` is what else to lower; undefined for another error. */
+export function outOfDescriptors(err: NodeJS.ErrnoException, lower: string): string | undefined {
+  if (err.code === 'EMFILE') return `this process has no file descriptor left (EMFILE, ulimit -n ${fileLimits()?.soft ?? '?'}): raise its open-files limit (docs/CONFIG.md, "The open-files limit"), or lower ${lower}`;
+  if (err.code === 'ENFILE') return 'the system has no file descriptor left (ENFILE, its limit is fs.file-max): raise it (sysctl fs.file-max) or find the process holding them (lsof)';
+  return undefined;
+}
+
 /** An accept error in words a person can act on. */
 function whyNotAccepted(err: NodeJS.ErrnoException, total: string): string {
   switch (err.code) {
     case 'EMFILE':
-      return `this process has no file descriptor left (EMFILE, ulimit -n ${fileLimits()?.soft ?? '?'}): raise its open-files limit, or lower ${total}`;
     case 'ENFILE':
-      return 'the system has no file descriptor left (ENFILE, its limit is fs.file-max): raise it (sysctl fs.file-max) or find the process holding them (lsof)';
+      return outOfDescriptors(err, total)!;
     case 'ENOBUFS':
     case 'ENOMEM':
       return `the kernel has no memory left for the socket (${err.code}): free memory on this machine, or lower ${total}`;

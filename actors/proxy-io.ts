@@ -19,7 +19,7 @@ import type { Inflight, InflightCount } from './inflight.js';
 import { newPeer, type Peer, type ProxyRequest } from './link.js';
 import { requestBytes } from './routing.js';
 import { fmt, type Logger } from './logger.js';
-import { ConnectionLimits, logAcceptErrors, logNoProxyHeader, logTlsRefusals, trustedSources, trusts } from './port-limits.js';
+import { ConnectionLimits, logAcceptErrors, type LinkSockets, logNoProxyHeader, logTlsRefusals, trustedSources, trusts } from './port-limits.js';
 import { awaitProxyHeader, handOverToTls, proxiedClient } from '../transport/proxied.js';
 import type { ProxyObserver } from './proxy-options.js';
 import type { ForwardBatch, Member, Policy, ProxyEvent } from './proxy-types.js';
@@ -45,6 +45,8 @@ export interface ListenerInput {
   budget: BufferBudget;
   /** Kicked by every client read; stopped with the listener. */
   busyPoll?: BusyPoll;
+  /** The links to servers, whose descriptors the port's limit leaves room for. */
+  linkSockets?: LinkSockets;
 }
 
 /** What every accepted connection's reads share: the listener's input, its events, and the FORWARD being gathered. */
@@ -170,7 +172,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       input,
       sendBack,
       conns,
-      limits: new ConnectionLimits(input, input.logger, { total: 'max_connections', perPeer: 'max_conns_per_peer' }, (limit) => input.observer?.connectionLimit?.(limit)),
+      limits: new ConnectionLimits(input, input.logger, { total: 'max_connections', perPeer: 'max_conns_per_peer' }, (limit) => input.observer?.connectionLimit?.(limit), input.linkSockets),
       forwardLater(peer, requests) {
         pending.push({ peer, requests });
         for (const m of requests) pendingBytes += requestBytes(m);

@@ -17,6 +17,7 @@ import type { Failure, LinkCommand, LinkPort, LinkReport, Peer, ProxyRequest, Re
 import type { Logger } from './logger.js';
 import type { PoolEvent } from './pool.js';
 import type { Pacer } from './pacer.js';
+import type { LinkSockets } from './port-limits.js';
 import type { Opts, ProxyObserver } from './proxy-options.js';
 import type { RegistryEvent, RegistryStatus } from '../registry/events.js';
 
@@ -120,7 +121,10 @@ export interface ProxyContext {
   observer?: ProxyObserver;
   logger: Logger;
   clock: Clock;
+  /** Dials servers; its sockets are counted in `linkSockets`. */
   connect: SocketFactory;
+  /** The sockets the links to servers hold open, which the listening port's limit leaves room for. */
+  linkSockets: LinkSockets;
   port: number;
   policies: Map<string, Policy>;
   servers: Map<string, Member>;

@@ -32,7 +32,7 @@ import { Pacer } from './pacer.js';
 import { tcpConnect, type ProxyRequest } from './link.js';
 import { silentLogger } from './logger.js';
 import { drainWatch, linkHub, listener, noRegistry, pinger, sweeper } from './proxy-io.js';
-import { logBadInput, logLinksFull, logShed } from './port-limits.js';
+import { LinkSockets, logBadInput, logLinksFull, logShed } from './port-limits.js';
 import { isLoopback, proxyBudgetNote, proxyConnectionsNote, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
 import type { ProxyContext, ProxyEvent } from './proxy-types.js';
 import { drainMember, enableMember, linkDown, linkUp, probe, readmit, triesFailed } from './health.js';
@@ -247,11 +247,13 @@ export const proxyMachine = setup({
   context: ({ input, self }) => {
     const opts = resolveOptions(input);
     const logger = input.logger ?? silentLogger;
+    const linkSockets = new LinkSockets();
     const ctx: ProxyContext = {
       opts,
       logger,
       clock: input.clock ?? systemClock,
-      connect: input.connect ?? (input.upstreamTls ? (host, port) => dial(host, port, input.upstreamTls) : tcpConnect),
+      connect: linkSockets.count(input.connect ?? (input.upstreamTls ? (host, port) => dial(host, port, input.upstreamTls) : tcpConnect)),
+      linkSockets,
       observer: input.observer,
       port: opts.port,
       policies: new Map(),
@@ -273,7 +275,7 @@ export const proxyMachine = setup({
     {
       id: 'listener',
       src: 'listener',
-      input: ({ context }) => ({ ...context.opts, logger: context.logger, clock: context.clock, busyPoll: context.busyPoll, observer: context.observer, budget: context.budget }),
+      input: ({ context }) => ({ ...context.opts, logger: context.logger, clock: context.clock, busyPoll: context.busyPoll, observer: context.observer, budget: context.budget, linkSockets: context.linkSockets }),
     },
     { id: 'links', src: 'linkHub', input: ({ context }) => ({ logger: context.logger }) },
     { id: 'registry', src: 'registry', input: ({ context }) => ({ logger: context.logger, clock: context.clock, servers: context.servers }) },

@@ -47,7 +47,7 @@ export function registryJoin(context: ProxyContext, e: ServerEntry): void {
     return;
   }
   if (held) removeServer(context, held, `its registry entry changed (now ${where})`);
-  const tooMany = checkOpenLimits(context, e.policy, e.address);
+  const tooMany = checkOpenLimits(context, e.policy, e.address) ?? context.linkSockets.noRoomForLink();
   if (tooMany) {
     // One line, then one per interval with a count, as for direct registrations over the limit (admit in membership.ts).
     log.repeated('warn', 'register_refused', `registry\0${e.address}\0${ErrorCode.OVERLOADED}`, 1, (n, span) => `Refused server id ${e.id} (${where}) from the registry: ${tooMany}${span ? ` (${n} entries ${span})` : ''}`, {

@@ -35,11 +35,11 @@ import { ErrorCode } from '../transport/errors.js';
 import { encodeJson } from '../transport/json.js';
 import { MsgType, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
-import { describeLookupError, readyEvent } from '../transport/tls.js';
+import { readyEvent } from '../transport/tls.js';
 import type { Timer } from '../transport/clock.js';
 import { Inflight } from './inflight.js';
 import {
-  errorAnswersReport, logForward, retryReport, settle, tryDeadline,
+  describeLinkError, errorAnswersReport, logForward, retryReport, settle, tryDeadline,
   type LinkCommand, type LinkInput, type LinkPhase, type LinkPort, type LinkReport, type ProxyRequest, type Tally,
 } from './link.js';
 import { OLD_SERVER_DEFAULTS, type OldServerOptions } from './proxy-options.js';
@@ -187,7 +187,7 @@ const jsonSockets = fromCallback<{ type: 'DIAL' } | { type: 'WAKE_LATER'; ms: nu
       next: (messages) => {
         if (!stopped) sendBack({ type: 'CONN_ANSWERS', conn, messages });
       },
-      error: (err: NodeJS.ErrnoException) => down(err.code === 'ECONNREFUSED' ? 'connection refused' : describeLookupError(err, input.host) ?? err.message, err.code === 'ECONNREFUSED'),
+      error: (err: NodeJS.ErrnoException) => down(describeLinkError(err, input.host), err.code === 'ECONNREFUSED'),
       complete: () => down(connected ? 'connection closed by the server' : 'connection closed before it was established'),
     });
   };

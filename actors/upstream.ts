@@ -19,11 +19,11 @@ import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { errorMsg, MsgType, type AckMsg, type ErrorMsg, type Message } from '../transport/messages.js';
 import type { Timer } from '../transport/clock.js';
 import { Connection } from '../transport/socket.js';
-import { describeLookupError, LOOKUP_TIMEOUT_MS, readyEvent } from '../transport/tls.js';
+import { LOOKUP_TIMEOUT_MS, readyEvent } from '../transport/tls.js';
 import { Inflight } from './inflight.js';
 import { fmt } from './logger.js';
 import {
-  closedByServer, errorAnswersReport, logForward, quoted, retryReport, settle, tryDeadline,
+  closedByServer, describeLinkError, errorAnswersReport, logForward, quoted, retryReport, settle, tryDeadline,
   type Failure, type LinkCommand, type LinkInput, type LinkPhase, type LinkPort, type LinkReport, type ProxyRequest, type SocketFactory, type Tally,
 } from './link.js';
 
@@ -266,7 +266,7 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
           conn.endWith(errorMsg(err.code, err.message));
           return down(err.message, true);
         }
-        down(err.code === 'ECONNREFUSED' ? 'connection refused' : describeLookupError(err, input.host) ?? err.message);
+        down(describeLinkError(err, input.host));
       },
       complete: () => down('connection closed by the server'),
     });

@@ -12,6 +12,7 @@ import { runClient, sha1Handler, startServer, type Handler, type ServerHandle } 
 import { EJECT_REASONS, resolveOptions } from '../actors/proxy-options.js';
 import { MEMBER_STATES } from '../actors/proxy-types.js';
 import { fileRoom } from '../actors/port-limits.js';
+import { describeLinkError } from '../actors/link.js';
 import { ROLES } from '../admin/conn-stats.js';
 import { DEFAULTS, NUMBERS, parseConfig, proxyConfigSpec, toRuntime } from '../config/proxy.js';
 import { OTHER } from '../inspector/metrics.js';
@@ -558,6 +559,35 @@ admin('connections to the admin endpoint that send nothing cannot take the descr
   } finally {
     for (const s of crowd) s.destroy();
   }
+});
+
+admin('the links to servers count against the open-files limit: a registration whose link would find no descriptor is refused, saying so, and the port keeps the room the links hold (no EMFILE)', async () => {
+  // Each registration comes with a link. With ulimit -n 256 the port took 150 registrations (the 192 it may keep), and
+  // their links' dials failed EMFILE: each server logged unreachable, and past them new connections were closed unseen.
+  const file = write('fds.yaml', 'port: 0\nadmin:\n  listen: 127.0.0.1:0\n');
+  const proc = revproxy(['proxy', '--config', file], { fileLimit: 256 });
+  const port = Number((await proc.waitFor(/Running the reverse proxy on port (\d+)/))[1]);
+  const url = proc.out.map((l) => /Admin endpoint on (http:\S+)/.exec(l)?.[1]).find(Boolean)!;
+  const room = fileRoom(256);
+  ctx.servers.push(...(await Promise.all(Array.from({ length: 150 }, (_, i) => startServer({ id: `s${i}`, policy: 'P', listenPort: 0, proxy: { host: LOCAL, port }, waitForRegistration: false })))));
+  await proc.waitFor(new RegExp(`Refused setup from .* the proxy has no file descriptor for its link: \\d+ connections and \\d+ links to servers fill the ${room} its open-files limit leaves room for \\(ulimit -n 256\\)`));
+  const results = await runClient({ id: 'c1', proxy: { host: LOCAL, port }, packets: Array.from({ length: 20 }, (_, i) => ({ srcid: 'c1', privPoliId: 'P', payload: `m${i}` })) });
+  assert.is(results.filter((r) => r.correct).length, 20, 'clients are served');
+  const text = (await get(`${url}metrics`)).body;
+  const gauge = (re: RegExp): number => Number(re.exec(text)?.[1]);
+  const links = gauge(/^revproxy_connections\{role="upstream"\} (\d+)$/m);
+  assert.ok(links > 0, 'servers registered');
+  assert.is(gauge(/^revproxy_max_connections (\d+)$/m), room - links, 'the port keeps the room the links hold');
+  assert.ok(gauge(/^revproxy_connections\{role="registration"\} (\d+)$/m) + links <= room, text);
+  assert.not.ok(proc.out.some((l) => /EMFILE/.test(l)), proc.out.filter((l) => /EMFILE/.test(l)).slice(0, 3).join('\n'));
+});
+
+admin("a link that finds no descriptor says it is this process's open-files limit, not the server", () => {
+  const err = (code: string): NodeJS.ErrnoException => Object.assign(new Error(`connect ${code} 127.0.0.1:9`), { code });
+  assert.match(describeLinkError(err('EMFILE'), '127.0.0.1'), /^this process has no file descriptor left \(EMFILE, ulimit -n \d+\): raise its open-files limit \(docs\/CONFIG\.md, "The open-files limit"\), or lower max_connections$/);
+  assert.match(describeLinkError(err('ENFILE'), '127.0.0.1'), /^the system has no file descriptor left \(ENFILE/);
+  assert.is(describeLinkError(err('ECONNREFUSED'), '127.0.0.1'), 'connection refused');
+  assert.is(describeLinkError(err('EHOSTUNREACH'), '127.0.0.1'), 'connect EHOSTUNREACH 127.0.0.1:9');
 });
 
 admin('--ready-policies: /readyz is 503 while a listed policy has no server serving, naming each such policy, and 200 once every one has', async () => {
