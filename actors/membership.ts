@@ -95,7 +95,7 @@ export function spawnLink(context: ProxyContext, entry: Member): void {
     policy: entry.policy,
     host: entry.host,
     port: entry.port,
-    connect: context.connect,
+    connect: context.linkSockets.connect,
     clock: context.clock,
     timeoutMs: context.opts.timeoutMs,
     tryTimeoutMs: context.opts.tryTimeoutMs,

@@ -15,7 +15,7 @@ import { ErrorCode } from '../transport/errors.js';
 import { recogniseTlsRefusal } from '../transport/foreign.js';
 import { proxiedClient, tcpUnder } from '../transport/proxied.js';
 import type { Connection } from '../transport/socket.js';
-import type { SocketFactory } from './link.js';
+import type { TlsMaterial } from '../transport/tls.js';
 import { fmt, type Logger } from './logger.js';
 
 /** The limits a listener reads (a reload may change them in place; `retune` applies them). */
@@ -81,7 +81,7 @@ export function fileLimitWarning(wanted: number, set: boolean, total: string, fi
 
 /**
  * The proxy's descriptors that its open-files limit bounds: its port's connections and its links
- * to servers (`count` wraps the factory that dials them). Every registration comes with a link (an
+ * to servers (`connect` dials them, counted). Every registration comes with a link (an
  * old JSON server with up to --old-server-connections), which the port's connections must leave a
  * descriptor for: with `ulimit -n 256` the port took 150 registrations, the room it had, and their
  * links' dials failed EMFILE (each server logged unreachable) - past them registrations and clients
@@ -98,10 +98,12 @@ export class LinkSockets {
   room = Infinity;
   /** Told each time `open` changes (the port's limits). */
   changed?: () => void;
+  /** Dials a server with `dial` (link.ts's `SocketFactory`), its socket counted while open. */
+  readonly connect: (host: string, port: number, tls?: TlsMaterial) => Socket;
 
-  count(connect: SocketFactory): SocketFactory {
-    return (host, port, tls) => {
-      const socket = connect(host, port, tls);
+  constructor(dial: (host: string, port: number, tls?: TlsMaterial) => Socket) {
+    this.connect = (host, port, tls) => {
+      const socket = dial(host, port, tls);
       this.open++;
       this.changed?.();
       socket.once('close', () => {

@@ -121,9 +121,7 @@ export interface ProxyContext {
   observer?: ProxyObserver;
   logger: Logger;
   clock: Clock;
-  /** Dials servers; its sockets are counted in `linkSockets`. */
-  connect: SocketFactory;
-  /** The sockets the links to servers hold open, which the listening port's limit leaves room for. */
+  /** Dials servers (`linkSockets.connect`), counting the sockets the links hold open, which the listening port's limit leaves room for. */
   linkSockets: LinkSockets;
   port: number;
   policies: Map<string, Policy>;

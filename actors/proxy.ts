@@ -247,13 +247,11 @@ export const proxyMachine = setup({
   context: ({ input, self }) => {
     const opts = resolveOptions(input);
     const logger = input.logger ?? silentLogger;
-    const linkSockets = new LinkSockets();
     const ctx: ProxyContext = {
       opts,
       logger,
       clock: input.clock ?? systemClock,
-      connect: linkSockets.count(input.connect ?? (input.upstreamTls ? (host, port) => dial(host, port, input.upstreamTls) : tcpConnect)),
-      linkSockets,
+      linkSockets: new LinkSockets(input.connect ?? (input.upstreamTls ? (host, port) => dial(host, port, input.upstreamTls) : tcpConnect)),
       observer: input.observer,
       port: opts.port,
       policies: new Map(),
