@@ -86,7 +86,7 @@ export function fileLimitWarning(wanted: number, set: boolean, total: string, fi
  * descriptor for: with `ulimit -n 256` the port took 150 registrations, the room it had, and their
  * links' dials failed EMFILE (each server logged unreachable) - past them registrations and clients
  * were closed unseen. So the port's limit is the room less the links open (`ConnectionLimits`), and
- * a registration whose link would find no descriptor is refused (`noRoomForLink`).
+ * a direct registration whose link would find no descriptor is refused (`noRoomForLink`).
  */
 export class LinkSockets {
   /** Link sockets open. */

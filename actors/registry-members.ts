@@ -47,7 +47,9 @@ export function registryJoin(context: ProxyContext, e: ServerEntry): void {
     return;
   }
   if (held) removeServer(context, held, `its registry entry changed (now ${where})`);
-  const tooMany = checkOpenLimits(context, e.policy, e.address) ?? context.linkSockets.noRoomForLink();
+  // Not refused for want of a descriptor, as a direct registration is: an entry is read once, and would stay out until it
+  // changed. Its link, failing EMFILE, says so and is probed again until there is room.
+  const tooMany = checkOpenLimits(context, e.policy, e.address);
   if (tooMany) {
     // One line, then one per interval with a count, as for direct registrations over the limit (admit in membership.ts).
     log.repeated('warn', 'register_refused', `registry\0${e.address}\0${ErrorCode.OVERLOADED}`, 1, (n, span) => `Refused server id ${e.id} (${where}) from the registry: ${tooMany}${span ? ` (${n} entries ${span})` : ''}`, {
