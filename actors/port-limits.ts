@@ -93,9 +93,8 @@ export class LinkSockets {
   open = 0;
   /** The port's connections open (`ConnectionLimits` counts them). */
   connections = 0;
-  /** The process's open-files limit (`ConnectionLimits` reads it), and the room it leaves the two (`fileRoom`). */
+  /** The process's open-files limit, as `ConnectionLimits` read it last. */
   soft = Infinity;
-  room = Infinity;
   /** Told each time `open` changes (the port's limits). */
   changed?: () => void;
   /** Dials a server with `dial` (link.ts's `SocketFactory`), its socket counted while open. */
@@ -116,8 +115,9 @@ export class LinkSockets {
 
   /** Why a new server's link would find no descriptor (a registration connection is counted already), or undefined. */
   noRoomForLink(): string | undefined {
-    if (this.connections + this.open < this.room) return undefined;
-    return `the proxy has no file descriptor for its link: ${this.connections} connections and ${this.open} links to servers fill the ${this.room} its open-files limit leaves room for (ulimit -n ${this.soft}); raise it (docs/CONFIG.md, "The open-files limit")`;
+    const room = Number.isFinite(this.soft) ? fileRoom(this.soft) : Infinity;
+    if (this.connections + this.open < room) return undefined;
+    return `the proxy has no file descriptor for its link: ${this.connections} connections and ${this.open} links to servers fill the ${room} its open-files limit leaves room for (ulimit -n ${this.soft}); raise it (docs/CONFIG.md, "The open-files limit")`;
   }
 }
 
@@ -185,6 +185,7 @@ export class ConnectionLimits {
     if (!this.server) return;
     const files = fileLimits();
     this.softFiles = files?.soft ?? Infinity;
+    if (this.links) this.links.soft = this.softFiles;
     this.apply();
     const warning = fileLimitWarning(this.limits.maxConnections, this.limits.maxConnectionsSet, this.names.total, files);
     if (warning) this.logger.warn('file_limit', warning.message, warning.fields);
@@ -193,12 +194,7 @@ export class ConnectionLimits {
   /** Set the port's limit: `maxConnections`, or the room the open-files limit leaves beside the links to servers (at least 1: 0 is no limit to Node). */
   private apply(): void {
     if (!this.server) return;
-    const links = this.links;
-    if (links) {
-      links.soft = this.softFiles;
-      links.room = Number.isFinite(this.softFiles) ? fileRoom(this.softFiles) : Infinity;
-    }
-    const room = Number.isFinite(this.softFiles) ? fileRoom(this.softFiles) - (links?.open ?? 0) : Infinity;
+    const room = Number.isFinite(this.softFiles) ? fileRoom(this.softFiles) - (this.links?.open ?? 0) : Infinity;
     const max = Math.max(1, Math.min(this.limits.maxConnections, room));
     if (max === this.server.maxConnections) return;
     this.server.maxConnections = max;
