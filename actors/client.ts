@@ -319,8 +319,10 @@ export class RequestBook {
       if (m.type !== MsgType.ACK && m.type !== MsgType.ERROR) continue;
       const seq = m.seq;
       if (m.type === MsgType.ERROR && seq === undefined) {
-        // Not about one request: the proxy is closing this connection.
-        log.error('proxy_error', `The reverse proxy said ${m.code}: ${m.message}`, { code: m.code });
+        // Not about one request: the proxy is closing this connection. SHUTTING_DOWN is a stopped proxy's last word (nothing
+        // unanswered on it was read): what is in flight goes again when the connection is gone, as after any lost connection.
+        if (m.code === ErrorCode.SHUTTING_DOWN) log.info('proxy_closing', `The reverse proxy closes the connection: ${m.message}`, { code: m.code });
+        else log.error('proxy_error', `The reverse proxy said ${m.code}: ${m.message}`, { code: m.code });
         continue;
       }
       const entry = seq === undefined ? undefined : this.inflight.get(seq);

@@ -9,6 +9,7 @@ import { LocalCode, RevproxyError } from '../transport/errors.js';
 import { endpoints, type Revproc } from './connect.js';
 import { jsonRegistrations } from './json-registration.js';
 import { releaseAll } from './children.js';
+import type { PortClosed } from './port-closed.js';
 import { badTrustedSource } from './port-limits.js';
 import { proxyMachine, type ProxyActor } from './proxy.js';
 import { DEFAULT_LISTEN_HOST, type ProxyOptions } from './proxy-options.js';
@@ -144,7 +145,7 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
   return {
     actor,
     port: snap.context.port,
-    stop: () => stopGracefully(actor, etcd),
+    stop: () => stopGracefully(actor, etcd, snap.context.portClosed),
     kill: () => {
       actor.stop();
       releaseAll(actor.getSnapshot().context);
@@ -312,15 +313,17 @@ interface Watchable<S> {
 /**
  * Send STOP (the machine drains), wait for its final state, then stop the actor; then, with a
  * registry, wait for its etcd client to close after the drain's last writes (`EtcdClient.closing`:
- * the key gone, bounded by two call timeouts).
+ * the key gone, bounded by two call timeouts); and, for a proxy, for its port's connections to
+ * close (`PortClosed.closing`: each within 2 s), so a process that exits after it loses no answer.
  */
-async function stopGracefully(actor: { getSnapshot(): { status: string }; send(e: { type: 'STOP' }): void; stop(): void } & Watchable<{ status: string }>, etcd?: EtcdClient): Promise<void> {
+async function stopGracefully(actor: { getSnapshot(): { status: string }; send(e: { type: 'STOP' }): void; stop(): void } & Watchable<{ status: string }>, etcd?: EtcdClient, port?: PortClosed): Promise<void> {
   if (actor.getSnapshot().status === 'active') {
     actor.send({ type: 'STOP' });
     await waitUntil(actor, (s) => s.status !== 'active');
   }
   actor.stop();
   await etcd?.closing;
+  await port?.closing;
 }
 
 /** Resolves when `pred` holds for the actor's snapshot; rejects after `timeoutMs` when given. */

@@ -22,6 +22,8 @@ import { fmt, type Logger } from './logger.js';
 import { ConnectionLimits, logAcceptErrors, type LinkSockets, logNoProxyHeader, logTlsRefusals, trustedSources, trusts } from './port-limits.js';
 import { awaitProxyHeader, handOverToTls, proxiedClient } from '../transport/proxied.js';
 import type { ProxyObserver } from './proxy-options.js';
+import type { PortClosed } from './port-closed.js';
+export { PortClosed } from './port-closed.js';
 import type { ForwardBatch, Member, Policy, ProxyEvent } from './proxy-types.js';
 import type { RegistryCommand } from '../registry/events.js';
 import type { ProxyRegistryInput } from '../registry/proxy-registry.js';
@@ -47,6 +49,8 @@ export interface ListenerInput {
   busyPoll?: BusyPoll;
   /** The links to servers, whose descriptors the port's limit leaves room for. */
   linkSockets?: LinkSockets;
+  /** The port's connections as the proxy stops (the listener closes them, each with its last word). */
+  portClosed?: PortClosed;
 }
 
 /** What every accepted connection's reads share: the listener's input, its events, and the FORWARD being gathered. */
@@ -78,6 +82,7 @@ class AcceptedReads implements MessageSink {
 
   messages(messages: Message[]): void {
     const { core, conn, peer } = this;
+    if (conn.closed) return core.input.portClosed?.read(peer, messages);
     core.input.busyPoll?.kick();
     let data: DataMsg[] | undefined;
     for (const m of messages) {
@@ -147,6 +152,7 @@ class AcceptedReads implements MessageSink {
   /** The peer's connection no longer counts against its limit. */
   closed(): void {
     this.core.limits.left(this.addr);
+    this.core.input.portClosed?.gone(this.conn);
   }
 }
 
@@ -243,8 +249,9 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
     return () => {
       server.close();
       input.busyPoll?.stop();
-      // Let answers already written leave before the sockets close.
-      for (const c of conns) c.endWith();
+      // Let answers already written leave before the sockets close; a client's last word says that it closes.
+      if (input.portClosed) input.portClosed.closeAll(conns);
+      else for (const c of conns) c.endWith();
     };
   },
 );

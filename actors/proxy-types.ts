@@ -18,6 +18,7 @@ import type { Logger } from './logger.js';
 import type { PoolEvent } from './pool.js';
 import type { Pacer } from './pacer.js';
 import type { LinkSockets } from './port-limits.js';
+import type { PortClosed } from './port-closed.js';
 import type { Opts, ProxyObserver } from './proxy-options.js';
 import type { RegistryEvent, RegistryStatus } from '../registry/events.js';
 
@@ -147,6 +148,8 @@ export interface ProxyContext {
   budget: BufferBudget;
   /** The registry (etcd), when the proxy has one: as its actor last reported it. */
   registry?: RegistryStatus;
+  /** The port's connections as the proxy stops: closed by the listener, each client told; a stop waits for them. */
+  portClosed: PortClosed;
 }
 
 /** The requests one read of one client connection brought. */

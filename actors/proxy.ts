@@ -31,13 +31,13 @@ import { InflightCount } from './inflight.js';
 import { Pacer } from './pacer.js';
 import { tcpConnect, type ProxyRequest } from './link.js';
 import { silentLogger } from './logger.js';
-import { drainWatch, linkHub, listener, noRegistry, pinger, sweeper } from './proxy-io.js';
+import { drainWatch, linkHub, listener, noRegistry, pinger, PortClosed, sweeper } from './proxy-io.js';
 import { LinkSockets, logBadInput, logLinksFull, logShed } from './port-limits.js';
 import { isLoopback, proxyBudgetNote, proxyConnectionsNote, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
 import type { ProxyContext, ProxyEvent } from './proxy-types.js';
 import { drainMember, enableMember, linkDown, linkUp, probe, readmit, triesFailed } from './health.js';
 import { admit, applyReload, evict, registeredBy, removeServer } from './membership.js';
-import { closeAfterAnswers, drainWaiting, expireWaiting, holdRequest, makeReply, refuse, route } from './routing.js';
+import { closeAfterAnswers, drainWaiting, expireWaiting, failRemaining, holdRequest, makeReply, refuse, route } from './routing.js';
 import { fromRegistry } from './registry-members.js';
 import { releaseAll } from './children.js';
 
@@ -204,23 +204,7 @@ export const proxyMachine = setup({
       });
     },
 
-    failRemaining: ({ context, event }) => {
-      const reply = context.reply;
-      let n = 0;
-      for (const entry of context.servers.values()) {
-        for (const p of entry.traffic.inflight.takeAll()) {
-          reply(p.req, errorMsg(ErrorCode.SHUTTING_DOWN, 'the proxy shut down before the server answered'));
-          n++;
-        }
-      }
-      for (const policy of context.policies.values()) {
-        for (const req of policy.waiting.takeAll()) {
-          reply(req, errorMsg(ErrorCode.SHUTTING_DOWN, 'the proxy shut down before a server had room'));
-          n++;
-        }
-      }
-      if (n) context.logger.warn('drain_timeout', `${event.type === 'STOP' ? 'Stopped before the drain ended' : 'Drain timeout'}: answered ${n} request(s) SHUTTING_DOWN`, { count: n });
-    },
+    failRemaining: ({ context, event }) => failRemaining(context, event.type === 'STOP'),
 
     reload: ({ context, event }) => {
       assertEvent(event, 'RELOAD');
@@ -265,6 +249,7 @@ export const proxyMachine = setup({
       probes: new Pacer(input.clock ?? systemClock, opts.probesPerSecond, (member) => self.send({ type: 'PROBE', member })),
       busyPoll: opts.busyPollUs ? new BusyPoll({ windowUs: opts.busyPollUs }) : undefined,
       budget: new BufferBudget(opts.maxBufferedBytes, logShed(logger, opts.maxBufferedBytes), logLinksFull(logger)),
+      portClosed: new PortClosed(logger, input.clock ?? systemClock, input.observer),
     };
     ctx.reply = makeReply(ctx);
     return ctx;
@@ -273,7 +258,7 @@ export const proxyMachine = setup({
     {
       id: 'listener',
       src: 'listener',
-      input: ({ context }) => ({ ...context.opts, logger: context.logger, clock: context.clock, busyPoll: context.busyPoll, observer: context.observer, budget: context.budget, linkSockets: context.linkSockets }),
+      input: ({ context }) => ({ ...context.opts, logger: context.logger, clock: context.clock, busyPoll: context.busyPoll, observer: context.observer, budget: context.budget, linkSockets: context.linkSockets, portClosed: context.portClosed }),
     },
     { id: 'links', src: 'linkHub', input: ({ context }) => ({ logger: context.logger }) },
     { id: 'registry', src: 'registry', input: ({ context }) => ({ logger: context.logger, clock: context.clock, servers: context.servers }) },

@@ -394,3 +394,25 @@ export function makeReply(context: ProxyContext): Reply {
     context.inflight.done();
   };
 }
+
+/**
+ * The drain is over before its requests are (its timeout ran out, or a second STOP: `stopped`):
+ * what servers still hold, and what still waits for one, is answered SHUTTING_DOWN, in one line.
+ */
+export function failRemaining(context: ProxyContext, stopped: boolean): void {
+  const reply = context.reply;
+  let n = 0;
+  for (const entry of context.servers.values()) {
+    for (const p of entry.traffic.inflight.takeAll()) {
+      reply(p.req, errorMsg(ErrorCode.SHUTTING_DOWN, 'the proxy shut down before the server answered'));
+      n++;
+    }
+  }
+  for (const policy of context.policies.values()) {
+    for (const req of policy.waiting.takeAll()) {
+      reply(req, errorMsg(ErrorCode.SHUTTING_DOWN, 'the proxy shut down before a server had room'));
+      n++;
+    }
+  }
+  if (n) context.logger.warn('drain_timeout', `${stopped ? 'Stopped before the drain ended' : 'Drain timeout'}: answered ${n} request(s) SHUTTING_DOWN`, { count: n });
+}

@@ -29,7 +29,9 @@ async def run(proxy_host, proxy_port, client_id, policy, payloads):
             print(f"proxy closed the connection with {len(pending)} requests unanswered")
             return 1
         if answer["type"] == ERROR and "seq" not in answer:
-            print(f"proxy refused the connection: {answer['code']}: {answer['message']}")
+            # About the connection, which the proxy then closes: SHUTTING_DOWN when it stopped (the requests
+            # unanswered were not read, and may go to another proxy), BAD_REQUEST for bytes it could not read.
+            print(f"proxy closed the connection with {len(pending)} requests unanswered: {answer['code']}: {answer['message']}")
             return 1
         payload = pending.pop(answer["seq"])
         if answer["type"] == ACK:
