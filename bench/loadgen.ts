@@ -383,44 +383,73 @@ class PipelinedConn {
     const run = this.run;
     const { messages, error } = this.decoder.push(chunk);
     const now = performance.now();
-    for (const m of messages) this.onMessage(m, now);
-    if (error) {
-      this.closing ??= { code: 'BAD_FRAME', detail: error.message };
-      this.socket.destroy();
-      return;
+    for (let i = 0; i < messages.length; i++) {
+      // A frame that is not a map ends the connection, as one that is not MessagePack does: what follows it is not read.
+      if (!this.onMessage(messages[i]!, now)) return;
     }
+    if (error) return this.badInput(error.message);
     this.fill();
     if (run.stopped && this.inflight === 0) this.close();
   }
 
-  private onMessage(m: Message, now: number): void {
+  /** The target sent what is not a revproxy frame: the connection ends, its requests in flight failing BAD_FRAME. */
+  private badInput(detail: string): void {
+    this.closing ??= { code: 'BAD_FRAME', detail };
+    this.socket.destroy();
+  }
+
+  /** One answer read (unvalidated: any MessagePack value); false when it ended the connection. */
+  private onMessage(m: Message | null | undefined, now: number): boolean {
     const run = this.run;
-    if (m.type !== MsgType.ACK && m.type !== MsgType.ERROR) return run.fail('UNEXPECTED_ANSWER');
+    // The decoder does not validate (it would cost the generator): a body of nil is null here (and msgpackr's d4 00 00 is undefined): reading its type would throw.
+    if (m === null || m === undefined || (m.type !== MsgType.ACK && m.type !== MsgType.ERROR)) {
+      if (!isMap(m)) {
+        this.badInput(notAMap(m));
+        return false;
+      }
+      run.fail('UNEXPECTED_ANSWER');
+      return true;
+    }
     if (typeof m.seq !== 'number') {
       // An ERROR that names no request is about the connection, which the target then closes.
       if (m.type === MsgType.ERROR) this.closing ??= { code: String(m.code), detail: m.message };
       else run.fail('UNEXPECTED_ANSWER');
-      return;
+      return true;
     }
     const slot = m.seq % this.depth;
-    if (this.seqs[slot] !== m.seq) return run.fail('UNEXPECTED_ANSWER');
+    if (this.seqs[slot] !== m.seq) {
+      run.fail('UNEXPECTED_ANSWER');
+      return true;
+    }
     this.seqs[slot] = -1;
     this.free[this.nFree++] = slot;
     this.inflight--;
     if (m.type === MsgType.ERROR) {
       run.fail(String(m.code), 1, m.message);
       run.answered(false, 0, 0);
-      return;
+      return true;
     }
     const right = m.payload === run.hashes[this.payloadOf[slot]!];
     if (!right) run.wrong();
     run.answered(right, now - this.sentAt[slot]!, this.sentAt[slot]!);
+    return true;
   }
 
   close(): void {
     this.closedHere = true;
     this.socket.destroy();
   }
+}
+
+/** Whether a value read is a MessagePack map (a frame's body must be one). */
+function isMap(v: unknown): boolean {
+  return typeof v === 'object' && v !== null && !Array.isArray(v) && !ArrayBuffer.isView(v);
+}
+
+/** What a frame whose body is not a map held, in words. */
+function notAMap(v: unknown): string {
+  const what = v === null ? 'nil' : v === undefined ? 'undefined' : Array.isArray(v) ? 'an array' : ArrayBuffer.isView(v) ? 'binary' : `a ${typeof v}`;
+  return `a frame whose body is ${what}, not a map`;
 }
 
 /** One loop of connection-per-request: connect, send one, read the answer, close, again. */
@@ -438,12 +467,12 @@ function perRequestLoop(run: Run, ep: LoadEndpoint, done: () => void): void {
     const socket = dial(ep.host, ep.port, run.opts.tls);
     socket.setNoDelay(true);
     let settled = false;
-    const settle = (ok: boolean | string): void => {
+    const settle = (ok: boolean | string, detail?: string): void => {
       if (settled) return;
       settled = true;
       socket.destroy();
       if (ok === true || ok === false) run.answered(ok, performance.now() - started, started);
-      else run.lost(ok, 1);
+      else run.lost(ok, 1, detail);
       setImmediate(next);
     };
     let up = false;
@@ -454,9 +483,13 @@ function perRequestLoop(run: Run, ep: LoadEndpoint, done: () => void): void {
       socket.write(t.bytes); // seq 0xfffffffe as templated: one request per connection
     });
     socket.on('data', (chunk: Buffer) => {
-      const { messages } = decoder.push(chunk);
-      const m = messages[0];
-      if (!m) return;
+      const { messages, error } = decoder.push(chunk);
+      if (messages.length === 0) {
+        if (error) settle('BAD_FRAME', error.message);
+        return;
+      }
+      const m = messages[0]!;
+      if (!isMap(m)) return settle('BAD_FRAME', notAMap(m));
       if (m.type === MsgType.ACK) {
         const right = m.payload === run.hashes[p];
         if (!right) run.wrong();

@@ -143,6 +143,18 @@ test('__proto__ keys cannot pollute prototypes', () => {
   assert.ok(r.messages.length === 1 || r.error);
 });
 
+test('unvalidated, a frame is whatever MessagePack value it holds (nil, a number, an array), returned as it is, not a crash', () => {
+  // holdLittle read `.type` of every value: a body of nil (00 00 00 01 c0) threw a TypeError out of push (and out of `revproxy load`).
+  const frames = Buffer.from([0, 0, 0, 1, 0xc0, 0, 0, 0, 1, 0x05, 0, 0, 0, 3, 0xd4, 0, 0, 0, 0, 0, 3, 0x92, 1, 2]);
+  const r = new FrameDecoder({ validate: false }).push(Buffer.concat([frames, encodeFrame(msgs[2]!)]));
+  assert.is(r.error, undefined);
+  assert.equal(r.messages.slice(0, 4) as unknown[], [null, 5, undefined, [1, 2]]);
+  assert.is(r.messages.length, 5);
+  assert.is((r.messages[4] as { seq: number }).seq, 7);
+  // Validated, the same bytes are refused, as before.
+  assert.ok(new FrameDecoder().push(frames).error);
+});
+
 test('a message arriving a byte per read is held in about its bytes, not an object per read (what the buffer budget counts is what is held)', () => {
   // A collection on demand, to measure what stays reachable (uvu runs without --expose-gc).
   setFlagsFromString('--expose-gc');

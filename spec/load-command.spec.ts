@@ -6,7 +6,11 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
+import { createHash } from 'node:crypto';
+import { createServer, type Server, type Socket } from 'node:net';
 import { probe } from '../bench/procs.js';
+import { encodeFrame, FrameDecoder } from '../transport/frame.js';
+import { MsgType, type DataMsg } from '../transport/messages.js';
 import { killAll, proxyProcess, revproxy, type Proc } from './procs.js';
 
 const test = suite('revproxy load');
@@ -37,6 +41,69 @@ async function load(args: string[]): Promise<{ code: number; out: string; json?:
   const line = p.out.find((l) => l.startsWith('{'));
   return { code, out, json: line ? JSON.parse(line) : undefined };
 }
+
+/**
+ * A fake target for what a real proxy never does (answers that are not frames, answers to nothing,
+ * silence): it reads requests with the proxy's own decoder, and `answer` says what to write for
+ * each. Its plain answer (`ack`) is checked against the real proxy by the first test that uses it:
+ * the same load against both reports the same counts.
+ */
+async function fakeTarget(answer: (m: DataMsg, socket: Socket) => void): Promise<{ port: number; server: Server }> {
+  const server = createServer((socket) => {
+    const decoder = new FrameDecoder();
+    socket.on('error', () => {});
+    socket.on('data', (chunk) => {
+      const { messages } = decoder.push(chunk);
+      for (const m of messages) if (m.type === MsgType.DATA) answer(m, socket);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  fakes.push(server);
+  return { port: (server.address() as { port: number }).port, server };
+}
+const fakes: Server[] = [];
+test.after(() => fakes.forEach((f) => f.close()));
+
+/** The ACK a server sends for `m`: the SHA1 hex of its payload. */
+function ack(m: DataMsg): Buffer {
+  const payload = createHash('sha1').update(m.payload as string).digest('hex');
+  return encodeFrame({ type: MsgType.ACK, seq: m.seq, srcid: 'fake', destid: m.srcid, payload, payloadsize: 40 });
+}
+
+/** The counts of a JSON report that do not depend on timing. */
+const counts = (j: Record<string, any>) => ({ sent: j.sent, ok: j.ok, wrongHash: j.wrongHash, errors: j.errors, connected: j.connected, answered: j.answered, latency: j.latencyMs.count });
+
+test('the fake target answering as a server does is the real proxy to load: the same run reports the same counts from both', async () => {
+  const fake = await fakeTarget((m, s) => s.write(ack(m)));
+  const args = ['-n', '300', '-c', '2', '-p', '8', '--json'];
+  const real = await load(['--revproc', String(proxyPort), ...args]);
+  const faked = await load(['--revproc', String(fake.port), ...args]);
+  assert.is(real.code, 0, real.out);
+  assert.is(faked.code, 0, faked.out);
+  assert.equal(counts(faked.json!), counts(real.json!));
+  assert.equal(Object.keys(faked.json!).sort(), Object.keys(real.json!).sort());
+});
+
+test('an answer whose body is MessagePack nil (00 00 00 01 c0): its request fails BAD_FRAME, the connection ends, and the run reports', async () => {
+  // load crashed: its decoder does not validate, and the nil was read as null (TypeError: Cannot read properties of null (reading 'type')), exit 1 with no report.
+  const nil = Buffer.from([0, 0, 0, 1, 0xc0]);
+  const fake = await fakeTarget((_m, s) => s.write(nil));
+  const j = await load(['--revproc', String(fake.port), '-n', '5', '-c', '1', '-p', '1', '--json']);
+  assert.is(j.code, 1, j.out);
+  assert.not.match(j.out, /TypeError/);
+  assert.is(j.json!.sent, 1, 'the connection ended at the bad frame: nothing more was sent on it');
+  assert.equal(j.json!.errors, { BAD_FRAME: 1 });
+  assert.match(j.json!.firstError.BAD_FRAME, /a frame whose body is nil, not a map/);
+  const t = await load(['--revproc', String(fake.port), '-n', '3', '-c', '1', '--connection-per-request']);
+  assert.is(t.code, 1, t.out);
+  assert.match(t.out, /requests {4}3 sent, 0 answered right, 3 failed/);
+  assert.match(t.out, /BAD_FRAME 3: an answer was not a revproxy frame.*\(first: a frame whose body is nil, not a map\)/);
+  // Other values than a map are no frame either (a number, an array), and do not count as answers.
+  const num = await fakeTarget((_m, s) => s.write(Buffer.from([0, 0, 0, 1, 0x05])));
+  const n = await load(['--revproc', String(num.port), '-n', '2', '-c', '1', '-p', '2', '--json']);
+  assert.equal(n.json!.errors, { BAD_FRAME: 2 }, n.out);
+  assert.match(n.json!.firstError.BAD_FRAME, /a number/);
+});
 
 test('a fixed count through the proxy: every request answered right, counted once, and the JSON says so', async () => {
   const r = await load(['--revproc', String(proxyPort), '--policy', '111', '-n', '2000', '-c', '3', '-p', '16', '--json']);

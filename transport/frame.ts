@@ -324,7 +324,11 @@ export interface Decoder {
 export interface FrameDecoderOptions {
   /** Largest frame body accepted; a longer declared length is refused before any of it is buffered. */
   maxFrameBytes?: number;
-  /** Check each value against the message model (default true). Off only for tests of the raw codec. */
+  /**
+   * Check each value against the message model (default true). Off for tests of the raw codec and for the load
+   * generator, which reads answers as fast as it can: each value is then whatever MessagePack value the peer sent
+   * (nil, a number, an array as well as a map), and the reader must check it is an object before reading its fields.
+   */
   validate?: boolean;
 }
 
@@ -411,10 +415,11 @@ export class FrameDecoder implements Decoder {
     } catch (err) {
       this.failed = err instanceof ProtocolError ? err : new ProtocolError(ErrorCode.BAD_REQUEST, String(err));
       held.clear();
-      holdLittle(messages, buf);
+      if (this.validate) holdLittle(messages, buf);
       return { messages, error: this.failed };
     }
-    holdLittle(messages, buf);
+    // Unvalidated values are whatever the peer sent (nil, a number: holdLittle would read their fields) and never keep a view of the read (only decodeHot's do).
+    if (this.validate) holdLittle(messages, buf);
     this.offset += pos;
     // Keep only the unread tail (copied when small, so the big read buffer can be freed).
     if (pos < buf.length) held.add(buf.subarray(pos), this.need);
