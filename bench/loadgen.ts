@@ -166,6 +166,8 @@ class Run {
   stopped = false;
   /** Counts sends and answers, so a wait can tell a slow run from a stuck one. */
   progress = 0;
+  /** When something was last sent or read (performance.now(), set once per write and per read): a fixed count's window ends there when the target goes quiet. */
+  lastAt = 0;
   readonly firstError: Record<string, string> = {};
   readonly pace?: Pace;
   readonly templates = new Map<string, Template[]>();
@@ -252,19 +254,23 @@ class Run {
     if (this.inflight === 0 && !this.mayIssue()) this.doneWaiter?.();
   }
 
-  /** Resolves once nothing is in flight and nothing more will be sent, or once nothing was sent or answered for `ms`. */
-  settled(ms: number): Promise<void> {
+  /**
+   * Resolves once nothing is in flight and nothing more will be sent (false), or once nothing was
+   * sent or answered for `ms` (true: the requests still in flight are given up).
+   */
+  settled(ms: number): Promise<boolean> {
     return new Promise((resolve) => {
       let seen = this.progress;
       const timer = setInterval(() => {
-        if (this.progress === seen) finish();
+        if (this.progress === seen) finish(true);
         seen = this.progress;
       }, ms);
-      function finish(): void {
+      const finish = (quiet: boolean): void => {
         clearInterval(timer);
-        resolve();
-      }
-      this.doneWaiter = finish;
+        this.doneWaiter = undefined;
+        resolve(quiet);
+      };
+      this.doneWaiter = () => finish(false);
       this.checkDone();
     });
   }
@@ -376,6 +382,7 @@ class PipelinedConn {
     }
     this.inflight += n;
     run.inflight += n;
+    run.lastAt = now;
     this.socket.write(at === out.length ? out : out.subarray(0, at));
   }
 
@@ -383,6 +390,7 @@ class PipelinedConn {
     const run = this.run;
     const { messages, error } = this.decoder.push(chunk);
     const now = performance.now();
+    run.lastAt = now;
     for (let i = 0; i < messages.length; i++) {
       // A frame that is not a map ends the connection, as one that is not MessagePack does: what follows it is not read.
       if (!this.onMessage(messages[i]!, now)) return;
@@ -471,7 +479,8 @@ function perRequestLoop(run: Run, ep: LoadEndpoint, done: () => void): void {
       if (settled) return;
       settled = true;
       socket.destroy();
-      if (ok === true || ok === false) run.answered(ok, performance.now() - started, started);
+      run.lastAt = performance.now();
+      if (ok === true || ok === false) run.answered(ok, run.lastAt - started, started);
       else run.lost(ok, 1, detail);
       setImmediate(next);
     };
@@ -541,7 +550,8 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
       for (let i = 0; i < opts.connections; i++) perRequestLoop(run, opts.target(i), () => --loopsLeft === 0 && resolve());
     });
     ({ started, ended } = await measure(run, warmupMs, opts.durationMs));
-    await Promise.race([loopsDone, run.settled(opts.drainMs ?? 5000)]);
+    // A fixed count's measure() waited for the answers already.
+    if (opts.requests === undefined) await Promise.race([loopsDone, run.settled(opts.drainMs ?? 5000)]);
   } else {
     // Open every connection first (bounded concurrency: a listen backlog is finite), then start sending.
     const limit = Math.max(1, opts.connectConcurrency ?? 256);
@@ -570,7 +580,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
     } finally {
       clearInterval(ticker);
     }
-    await run.settled(opts.drainMs ?? 5000);
+    if (opts.requests === undefined) await run.settled(opts.drainMs ?? 5000);
   }
   const unanswered = run.inflight;
   run.lost('NO_ANSWER', unanswered);
@@ -595,15 +605,19 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
   };
 }
 
-/** Warm up, then count answers for `durationMs` (or, for a fixed count, until every request is answered). */
+/**
+ * Warm up, then count answers for `durationMs` (or, for a fixed count, until every request is
+ * answered, or none was for `drainMs`: the window then ends at the last send or answer, and the
+ * wait for nothing is not measured). A fixed count waits here only: runLoad does not wait again.
+ */
 async function measure(run: Run, warmupMs: number, durationMs?: number): Promise<{ started: number; ended: number }> {
   if (durationMs === undefined) {
     run.measuring = true;
     // Open loop, the window opens when sending starts (the schedule's t0), whatever delayed this line.
     const started = run.pace?.t0 || performance.now();
     run.windowFrom = -Infinity;
-    await run.settled(run.opts.drainMs ?? 5000);
-    return { started, ended: performance.now() };
+    const quiet = await run.settled(run.opts.drainMs ?? 5000);
+    return { started, ended: quiet ? Math.max(started, run.lastAt) : performance.now() };
   }
   // Ctrl-C, or the target closing every connection, ends the run.
   const stop = AbortSignal.any([run.gone.signal, ...(run.opts.stop ? [run.opts.stop] : [])]);

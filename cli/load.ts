@@ -245,7 +245,7 @@ export function loadCommand(setExit: (code: number) => void): Command {
     .addOption(new Option('--warmup <time>', 'send for this long first without counting (with --duration)').default(0, '0').argParser(parseSeconds('--warmup', 0)))
     .option('--connection-per-request', 'open a new connection for every request, as the old client did (--connections loops at once, one request each)')
     .addOption(new Option('--payload-size <bytes>', 'bytes of each payload; a request must fit the target\'s --max-frame, 1 MiB by default (default: 16 different payloads of 16 bytes)').argParser(parseIntOption('--payload-size', 1)))
-    .addOption(new Option('--timeout <ms>', 'at the end, give up on unanswered requests when no answer came for this long').default(5000).argParser(parseIntOption('--timeout', 1)))
+    .addOption(new Option('--timeout <ms>', 'at the end, give up on unanswered requests (NO_ANSWER) when no answer came for this long; with --requests the window ends at the last answer, and this wait is not measured').default(5000).argParser(parseIntOption('--timeout', 1)))
     .option('--json', 'print the results as one JSON object')
     .option('--no-progress', 'no progress bar (it shows only on a terminal, on stderr)');
   for (const o of tlsOptions()) cmd.addOption(o);

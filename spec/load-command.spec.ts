@@ -105,6 +105,29 @@ test('an answer whose body is MessagePack nil (00 00 00 01 c0): its request fail
   assert.match(n.json!.firstError.BAD_FRAME, /a number/);
 });
 
+test('a fixed count to a target that stops answering waits --timeout once, and the wait is not the measured window', async () => {
+  // measure() and runLoad() each waited --timeout: with --timeout 3000 a silent target held load 6.3 s, and the report
+  // said "0 requests/s over 3.00 s" - the wait counted as the window. Answers that come between one --timeout and two
+  // were taken as answered right then: they count NO_ANSWER now, as --timeout says.
+  const silent = await fakeTarget(() => {});
+  const s = await load(['--revproc', String(silent.port), '-n', '4', '-c', '1', '-p', '4', '--timeout', '1500', '--json']);
+  assert.is(s.code, 1, s.out);
+  assert.equal(s.json!.errors, { NO_ANSWER: 4 });
+  assert.ok(s.json!.seconds < 1.5, `the window (${s.json!.seconds} s) is the sending, not the wait for answers that did not come`);
+  // Answered 1.5 --timeout after the requests: past the one wait (given up), within the two the old code waited.
+  const late = await fakeTarget((m, sock) => setTimeout(() => sock.write(ack(m)), 3000));
+  const l = await load(['--revproc', String(late.port), '-n', '4', '-c', '1', '-p', '4', '--timeout', '2000', '--json']);
+  assert.equal(l.json!.errors, { NO_ANSWER: 4 }, l.out);
+  assert.is(l.json!.ok, 0);
+  // A target that answers some and then stops: the window ends at the last answer.
+  let n = 0;
+  const half = await fakeTarget((m, sock) => ++n <= 2 && sock.write(ack(m)));
+  const h = await load(['--revproc', String(half.port), '-n', '4', '-c', '1', '-p', '4', '--timeout', '1500', '--json']);
+  assert.is(h.json!.ok, 2, h.out);
+  assert.equal(h.json!.errors, { NO_ANSWER: 2 });
+  assert.ok(h.json!.seconds < 1.5 && h.json!.rps > 2 / 1.5, h.out);
+});
+
 test('a fixed count through the proxy: every request answered right, counted once, and the JSON says so', async () => {
   const r = await load(['--revproc', String(proxyPort), '--policy', '111', '-n', '2000', '-c', '3', '-p', '16', '--json']);
   assert.is(r.code, 0, r.out);
