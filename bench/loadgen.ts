@@ -77,8 +77,20 @@ export interface LoadResult {
   ok: number;
   /** ACKs whose payload was not SHA1 of what was sent. */
   wrongHash: number;
-  /** ERROR answers and failures, by code (CONNECT_FAILED, CONNECTION_LOST, NO_ANSWER, UNEXPECTED_ANSWER included). */
+  /**
+   * Failed requests by code: ERROR answers, and CONNECT_FAILED, CONNECTION_LOST, NO_ANSWER, BAD_FRAME (and
+   * with `perRequest`, UNEXPECTED_ANSWER: a connection's one answer neither an ACK nor an ERROR). Each request
+   * counts once: `sent` = `ok` + `wrongHash` + these (CONNECT_FAILED of a connection kept open is a connection's, not a request's).
+   */
   errors: Record<string, number>;
+  /**
+   * Answers to no request in flight, apart from the requests (not in `errors`): an answer again to a
+   * request answered already, to a seq never sent, a message of another type (a PONG unasked), or a
+   * frame that is not one with nothing in flight. A target that sends them is broken.
+   */
+  unexpected: number;
+  /** What the first of them was. */
+  firstUnexpected?: string;
   /** Connections that were open at once at the peak. */
   connected: number;
   /** What the first failure of each code said (CONNECT_FAILED: 'ECONNREFUSED 127.0.0.1:2100'; an ERROR answer: its message). */
@@ -166,7 +178,7 @@ class Run {
   stopped = false;
   /** Counts sends and answers, so a wait can tell a slow run from a stuck one. */
   progress = 0;
-  /** When something was last sent or read (performance.now(), set once per write and per read): a fixed count's window ends there when the target goes quiet. */
+  /** When something was last sent or answered (performance.now(), set once per write and per answer): a fixed count's window ends there when the target goes quiet. */
   lastAt = 0;
   readonly firstError: Record<string, string> = {};
   readonly pace?: Pace;
@@ -212,6 +224,15 @@ class Run {
     this.errors[code] = (this.errors[code] ?? 0) + n;
     if (detail !== undefined) this.firstError[code] ??= detail;
     if (this.opts.live) this.opts.live.failed = (this.opts.live.failed ?? 0) + n;
+  }
+
+  /** Answers to no request in flight (see LoadResult.unexpected): not failures of requests. */
+  unexpected = 0;
+  firstUnexpected?: string;
+
+  /** An answer `m` to no request in flight (`detail` says what it was, when `m` alone does not). */
+  stray(m: unknown, detail?: string): void {
+    if (this.unexpected++ === 0) this.firstUnexpected = detail ?? describeStray(m);
   }
 
   wrong(): void {
@@ -390,7 +411,6 @@ class PipelinedConn {
     const run = this.run;
     const { messages, error } = this.decoder.push(chunk);
     const now = performance.now();
-    run.lastAt = now;
     for (let i = 0; i < messages.length; i++) {
       // A frame that is not a map ends the connection, as one that is not MessagePack does: what follows it is not read.
       if (!this.onMessage(messages[i]!, now)) return;
@@ -400,8 +420,9 @@ class PipelinedConn {
     if (run.stopped && this.inflight === 0) this.close();
   }
 
-  /** The target sent what is not a revproxy frame: the connection ends, its requests in flight failing BAD_FRAME. */
+  /** The target sent what is not a revproxy frame: the connection ends, its requests in flight failing BAD_FRAME (with none, it is an answer to nothing). */
   private badInput(detail: string): void {
+    if (this.inflight === 0 && this.closing === undefined) this.run.stray(undefined, `BAD_FRAME: ${detail}`);
     this.closing ??= { code: 'BAD_FRAME', detail };
     this.socket.destroy();
   }
@@ -415,20 +436,21 @@ class PipelinedConn {
         this.badInput(notAMap(m));
         return false;
       }
-      run.fail('UNEXPECTED_ANSWER');
+      run.stray(m);
       return true;
     }
     if (typeof m.seq !== 'number') {
       // An ERROR that names no request is about the connection, which the target then closes.
       if (m.type === MsgType.ERROR) this.closing ??= { code: String(m.code), detail: m.message };
-      else run.fail('UNEXPECTED_ANSWER');
+      else run.stray(m);
       return true;
     }
     const slot = m.seq % this.depth;
     if (this.seqs[slot] !== m.seq) {
-      run.fail('UNEXPECTED_ANSWER');
+      run.stray(m);
       return true;
     }
+    run.lastAt = now;
     this.seqs[slot] = -1;
     this.free[this.nFree++] = slot;
     this.inflight--;
@@ -458,6 +480,23 @@ function isMap(v: unknown): boolean {
 function notAMap(v: unknown): string {
   const what = v === null ? 'nil' : v === undefined ? 'undefined' : Array.isArray(v) ? 'an array' : ArrayBuffer.isView(v) ? 'binary' : `a ${typeof v}`;
   return `a frame whose body is ${what}, not a map`;
+}
+
+/**
+ * Every kind of error of a run, for the bench (which wants none of any): the failed requests by code, and the
+ * answers to no request in flight as UNEXPECTED_ANSWER.
+ */
+export function errorsOf(r: Pick<LoadResult, 'errors' | 'unexpected'>): Record<string, number> {
+  return r.unexpected ? { ...r.errors, UNEXPECTED_ANSWER: (r.errors.UNEXPECTED_ANSWER ?? 0) + r.unexpected } : r.errors;
+}
+
+/** What an answer to no request in flight was, in words (for the first one only: not on the hot path). */
+function describeStray(m: unknown): string {
+  if (!isMap(m)) return notAMap(m);
+  const { type, seq } = m as { type?: unknown; seq?: unknown };
+  const name = type === MsgType.ACK ? 'an ACK' : type === MsgType.ERROR ? 'an ERROR' : type === MsgType.PONG ? 'a PONG' : type === MsgType.DATA ? 'a DATA' : `a message of type ${JSON.stringify(type)}`;
+  if (type !== MsgType.ACK && type !== MsgType.ERROR) return `${name}, which load never asks for`;
+  return typeof seq === 'number' ? `${name} of seq ${seq}, which no request in flight has (answered already, or never sent)` : `${name} without a seq`;
 }
 
 /** One loop of connection-per-request: connect, send one, read the answer, close, again. */
@@ -594,6 +633,8 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
     ok: run.ok,
     wrongHash: run.wrongHash,
     errors: run.errors,
+    unexpected: run.unexpected,
+    firstUnexpected: run.firstUnexpected,
     connected: run.peakOpen,
     firstError: run.firstError,
     unreachable: [...run.unreachable],

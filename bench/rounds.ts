@@ -8,6 +8,7 @@
  * only calls what it is given.
  */
 import type { Row, Spread, Subject, Summary, Workload } from './types.js';
+import { errorsOf } from './loadgen.js';
 
 /** The subjects' order in each round: round r starts r places further on. */
 export function roundOrder<T>(subjects: readonly T[], rounds: number): T[][] {
@@ -52,7 +53,7 @@ export function summarise(rows: Row[]): Summary[] {
   return [...groups.values()].map((g) => {
     const first = g[0]!;
     const errors: Record<string, number> = {};
-    for (const r of g) for (const [code, n] of Object.entries(r.result.errors)) errors[code] = (errors[code] ?? 0) + n;
+    for (const r of g) for (const [code, n] of Object.entries(errorsOf(r.result))) errors[code] = (errors[code] ?? 0) + n;
     const rss = g.map((r) => r.peakRss).filter((v): v is number => v !== undefined);
     return {
       workload: first.workload,

@@ -38,7 +38,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { startEtcd, type Etcd } from '../scenario/etcd.js';
 import { Churn, verdict, type ChurnCounts, type Sample } from './churn.js';
-import { runLoad } from './loadgen.js';
+import { errorsOf, runLoad } from './loadgen.js';
 import { cpuSeconds, fdCount, freePort, HOST, probe, rssBytes, spawnRevproxy, stopAll, waitForPort } from './procs.js';
 
 const USAGE = `usage: npx tsx bench/soak.ts [--minutes N] [--stall SECONDS] [--window SECONDS] [--access-log [--rotate SECONDS]]
@@ -217,7 +217,7 @@ async function main(): Promise<void> {
     const r = await runLoad({ target: () => ({ host: HOST, port, policy: POLICY }), connections: 4, depth: 32, durationMs: windowS * 1000, ...(churning ? { rate } : {}) });
     const cpu = cpuSeconds(proxy.pid);
     const row: Row = {
-      at: Math.round((Date.now() - t0) / 1000), rps: Math.round(r.rps), ok: r.ok, errors: r.errors, wrongHash: r.wrongHash,
+      at: Math.round((Date.now() - t0) / 1000), rps: Math.round(r.rps), ok: r.ok, errors: errorsOf(r), wrongHash: r.wrongHash,
       p99: r.latency.p99, max: r.latency.max, rssMB: Math.round(rssBytes(proxy.pid) / 1048576), cpu: (cpu - lastCpu) / windowS, note,
     };
     lastCpu = cpu;
@@ -229,7 +229,7 @@ async function main(): Promise<void> {
       churned = churnColumns(row);
     }
     rows.push(row);
-    const errs = Object.entries(r.errors).map(([k, v]) => `${k} ${v}`).join(', ') || '0';
+    const errs = Object.entries(row.errors).map(([k, v]) => `${k} ${v}`).join(', ') || '0';
     console.log(`  ${String(row.at).padStart(4)} s ${String(row.rps).padStart(7)}   ${errs.padEnd(22)} ${row.p99.toFixed(2).padStart(7)} ${row.max.toFixed(1).padStart(8)} ${String(row.rssMB).padStart(8)}  ${(row.cpu * 100).toFixed(0).padStart(3)}%${churned}${note ? `   <- ${note}` : ''}`);
   }
   const answered = rows.reduce((n, r) => n + r.ok, 0);

@@ -48,10 +48,16 @@ export interface LoadReport {
   ok: number;
   wrongHash: number;
   /**
-   * Failed requests by code: the proxy's ERROR codes, and CONNECTION_LOST, NO_ANSWER, BAD_FRAME, UNEXPECTED_ANSWER;
+   * Failed requests by code, each request once: the proxy's ERROR codes, and CONNECTION_LOST, NO_ANSWER, BAD_FRAME
+   * (with --connection-per-request also UNEXPECTED_ANSWER: the one answer was neither an ACK nor an ERROR);
    * and CONNECT_FAILED: connections that could not be opened (with --connection-per-request each is a request's).
+   * `sent` = `ok` + `wrongHash` + these (less CONNECT_FAILED of connections kept open).
    */
   errors: Record<string, number>;
+  /** Answers to no request in flight (again to one answered already, to a seq never sent, a PONG unasked): counted apart from the requests; any makes the exit status 1. */
+  unexpected: number;
+  /** What the first of them was, or null. */
+  firstUnexpected: string | null;
   /** What the first failure of each code said. */
   firstError: Record<string, string>;
   /** Targets (`host:port`) a connection to could not be opened. */
@@ -128,7 +134,7 @@ function hint(code: string, f: LoadFlags, first = '', unreachable: string[] = []
     case 'NO_ANSWER':
       return `requests still unanswered ${f.timeout} ms after the last answer: the target stopped answering (--timeout waits longer)`;
     case 'UNEXPECTED_ANSWER':
-      return 'answers that match no request in flight';
+      return "the connection's one answer was neither an ACK nor an ERROR: is the target a revproxy proxy or server?";
     default:
       return 'a socket error';
   }
@@ -160,6 +166,8 @@ export function loadReport(r: LoadResult, f: LoadFlags): LoadReport {
     ok: r.ok,
     wrongHash: r.wrongHash,
     errors: r.errors,
+    unexpected: r.unexpected,
+    firstUnexpected: r.firstUnexpected ?? null,
     firstError: r.firstError,
     unreachable: r.unreachable,
     connected: r.connected,
@@ -182,6 +190,9 @@ function formatText(rep: LoadReport, f: LoadFlags): string {
     `load: ${what}, ${shape}, to ${rep.targets.join(', ')}, policy ${rep.policies.join(', ')} (${rep.mode}${rep.rate !== null ? ` at ${fmt(rep.rate)} requests/s` : ''})`,
     `  requests    ${fmt(rep.sent)} sent, ${fmt(rep.ok)} answered right${rep.wrongHash ? `, ${fmt(rep.wrongHash)} with a wrong hash` : ''}${failed ? `, ${fmt(failed)} failed` : ''}`,
     `  throughput  ${fmt(rep.rps)} requests/s over ${rep.seconds.toFixed(2)} s`,
+    ...(rep.unexpected
+      ? [`  unexpected  ${fmt(rep.unexpected)} answer(s) to no request in flight, apart from the requests above: the target answered twice, or what was not asked - it is broken (first: ${rep.firstUnexpected})`]
+      : []),
     ...(rep.closedAllAfterS === null ? [] : [`  ended       the target closed every connection ${rep.closedAllAfterS.toFixed(2)} s into the run, which ended there: load does not open connections again (a proxy that restarted, or stopped)`]),
     l.count
       ? `  latency ms  p50 ${ms(l.p50)}  p90 ${ms(l.p90)}  p99 ${ms(l.p99)}  p99.9 ${ms(l.p999)}  max ${ms(l.max)}  (${fmt(l.count)} requests of the window${rep.mode === 'open loop' ? ', from when each was due' : ''})`
@@ -260,8 +271,14 @@ came in the window or after it: p50, p90, p99, p99.9 and max. Errors are
 counted by code with what each means. Ctrl-C stops sending and reports what was
 measured.
 
+Each request counts once: sent = answered right + wrong hash + failed (those
+still unanswered --timeout after the last answer fail NO_ANSWER). Answers to no
+request in flight (a second answer to a request, an answer to a seq never sent)
+are counted apart, as "unexpected", not as failed requests.
+
 Exit status: 0 when every request was answered right, 1 when any failed or was
-answered wrong, 2 on a usage error.
+answered wrong, or when any answer was unexpected (the target is broken), 2 on
+a usage error.
 
 Examples:
   revproxy load --revproc 2100 --policy 111,222 -c 8 -p 32 -d 10s
@@ -303,7 +320,8 @@ Examples:
       }
       const rep = loadReport(result, f);
       process.stdout.write(`${f.json ? JSON.stringify(rep) : formatText(rep, f)}\n`);
-      const allRight = rep.ok === rep.sent && rep.wrongHash === 0 && Object.keys(rep.errors).length === 0;
+      // An answer to nothing fails the run too: a target that answers what was not asked is broken.
+      const allRight = rep.ok === rep.sent && rep.wrongHash === 0 && Object.keys(rep.errors).length === 0 && rep.unexpected === 0;
       setExit(allRight && rep.sent > 0 ? 0 : 1);
     });
 }

@@ -158,7 +158,7 @@ function cell(workload: Row['workload'], subject: Row['subject'], round: number,
   const target = subject.split(':')[0] as Row['target'];
   return {
     workload, label: workload, subject, target, round, cpuUs: {},
-    result: { sent: 1000, ok: 1000, wrongHash: 0, errors: {}, firstError: {}, unreachable: [], connected: 1, windowMs: 1000, answered: 1000, rps, latency },
+    result: { sent: 1000, ok: 1000, wrongHash: 0, errors: {}, unexpected: 0, firstError: {}, unreachable: [], connected: 1, windowMs: 1000, answered: 1000, rps, latency },
     ...extra,
   };
 }

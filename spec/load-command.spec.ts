@@ -48,10 +48,11 @@ async function load(args: string[]): Promise<{ code: number; out: string; json?:
  * each. Its plain answer (`ack`) is checked against the real proxy by the first test that uses it:
  * the same load against both reports the same counts.
  */
-async function fakeTarget(answer: (m: DataMsg, socket: Socket) => void): Promise<{ port: number; server: Server }> {
+async function fakeTarget(answer: (m: DataMsg, socket: Socket) => void, onConnect?: (socket: Socket) => void): Promise<{ port: number; server: Server }> {
   const server = createServer((socket) => {
     const decoder = new FrameDecoder();
     socket.on('error', () => {});
+    onConnect?.(socket);
     socket.on('data', (chunk) => {
       const { messages } = decoder.push(chunk);
       for (const m of messages) if (m.type === MsgType.DATA) answer(m, socket);
@@ -128,18 +129,41 @@ test('a fixed count to a target that stops answering waits --timeout once, and t
   assert.ok(h.json!.seconds < 1.5 && h.json!.rps > 2 / 1.5, h.out);
 });
 
+test('answers to no request in flight are counted apart from the requests, which add up: sent = answered right + failed; the exit status is 1', async () => {
+  // A target answering each request three times gave "sent":50,"ok":50,"errors":{"UNEXPECTED_ANSWER":100}; one sending
+  // frames unasked, "8 sent, 0 answered right, 1,344,008 failed": more requests failed than were sent.
+  const dup = await fakeTarget((m, s) => s.write(Buffer.concat([ack(m), ack(m), ack(m)])));
+  const d = await load(['--revproc', String(dup.port), '-n', '50', '-c', '1', '-p', '8', '--json']);
+  assert.is(d.code, 1, 'a target that answers twice is broken');
+  assert.is(d.json!.sent, 50);
+  assert.is(d.json!.ok, 50);
+  assert.equal(d.json!.errors, {});
+  assert.is(d.json!.unexpected, 100);
+  assert.match(d.json!.firstUnexpected, /^an ACK of seq \d+, which no request in flight has \(answered already, or never sent\)$/);
+  // Answers to seqs never sent, and a PONG nobody asked for, written as the connection opens; the requests get nothing.
+  const stray = Buffer.concat([...Array.from({ length: 1000 }, (_, i) => ack({ type: MsgType.DATA, seq: 1e6 + i, srcid: 'x', privPoliId: '111', payload: 'y' })), encodeFrame({ type: MsgType.PONG, seq: 1 })]);
+  const unasked = await fakeTarget(() => {}, (s) => s.write(stray));
+  const t = await load(['--revproc', String(unasked.port), '-n', '8', '-c', '1', '-p', '8', '--timeout', '1000']);
+  assert.is(t.code, 1, t.out);
+  assert.match(t.out, /requests {4}8 sent, 0 answered right, 8 failed\n/);
+  assert.match(t.out, /unexpected {2}1,001 answer\(s\) to no request in flight, apart from the requests above: the target answered twice, or what was not asked - it is broken \(first: an ACK of seq 1000000/);
+  assert.match(t.out, /NO_ANSWER 8: /);
+});
+
 test('a fixed count through the proxy: every request answered right, counted once, and the JSON says so', async () => {
   const r = await load(['--revproc', String(proxyPort), '--policy', '111', '-n', '2000', '-c', '3', '-p', '16', '--json']);
   assert.is(r.code, 0, r.out);
   const j = r.json!;
   assert.equal(
     Object.keys(j).sort(),
-    ['answered', 'closedAllAfterS', 'connected', 'connections', 'durationS', 'errors', 'firstError', 'inflight', 'latencyMs', 'mode', 'ok', 'policies', 'rate', 'requests', 'rps', 'seconds', 'sent', 'targets', 'unreachable', 'warmupS', 'wrongHash'].sort(),
+    ['answered', 'closedAllAfterS', 'connected', 'connections', 'durationS', 'errors', 'firstError', 'firstUnexpected', 'inflight', 'latencyMs', 'mode', 'ok', 'policies', 'rate', 'requests', 'rps', 'seconds', 'sent', 'targets', 'unexpected', 'unreachable', 'warmupS', 'wrongHash'].sort(),
   );
   assert.is(j.sent, 2000);
   assert.is(j.ok, 2000);
   assert.is(j.wrongHash, 0);
   assert.equal(j.errors, {});
+  assert.is(j.unexpected, 0);
+  assert.is(j.firstUnexpected, null);
   assert.is(j.connected, 3);
   assert.is(j.mode, 'closed loop');
   assert.is(j.requests, 2000);
