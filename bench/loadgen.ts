@@ -20,7 +20,8 @@ import type { Socket } from 'node:net';
 import { hostPort } from '../transport/address.js';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import { MsgType, type Message } from '../transport/messages.js';
-import { dial, type TlsMaterial } from '../transport/tls.js';
+import { systemClock, type Timer } from '../transport/clock.js';
+import { dial, dialDeadline, type TlsMaterial } from '../transport/tls.js';
 import { histogramsReady, LatencyHistogram, type LatencySummary } from './histogram.js';
 
 export interface LoadEndpoint {
@@ -49,6 +50,13 @@ export interface LoadOptions {
   requests?: number;
   /** Requests sent in this first part are not measured, nor answers that come in it (the run is `warmupMs + durationMs` long). */
   warmupMs?: number;
+  /**
+   * Give up a connection (TCP, and TLS's handshake) not made within this long (default 5000 ms, as
+   * `revproxy client`): it counts as CONNECT_FAILED, ETIMEDOUT or TLS_HANDSHAKE_TIMEOUT. A host that
+   * drops the packets would otherwise hold the run for the system's connect timeout (about two
+   * minutes), and a plain listener dialled over TLS, waiting for a request, for ever.
+   */
+  connectTimeoutMs?: number;
   /** Connects in progress at once while opening connections (default 256). */
   connectConcurrency?: number;
   /** Give up on the answers still in flight when none has come (and nothing was sent) for this long (default 5000 ms); they count as NO_ANSWER. */
@@ -342,6 +350,7 @@ class PipelinedConn {
     this.maxRound = Math.floor(MAX_SEQ / depth) - 1;
     this.socket = dial(ep.host, ep.port, run.opts.tls);
     this.socket.setNoDelay(true);
+    connectDeadline(run, this.socket, ep);
     this.socket.once(run.opts.tls ? 'secureConnect' : 'connect', () => {
       this.up = true;
       run.open++;
@@ -499,6 +508,25 @@ function describeStray(m: unknown): string {
   return typeof seq === 'number' ? `${name} of seq ${seq}, which no request in flight has (answered already, or never sent)` : `${name} without a seq`;
 }
 
+/**
+ * The deadline of a dial (transport/tls.ts's dialDeadline: the connection's time counts from when
+ * the name resolved): a socket not ready within `connectTimeoutMs` is destroyed with an error its
+ * 'error' handler counts as a connection that could not be opened - ETIMEDOUT, or over TLS, when the
+ * TCP connection was made, TLS_HANDSHAKE_TIMEOUT (a plain listener says nothing to a ClientHello).
+ */
+function connectDeadline(run: Run, socket: Socket, ep: LoadEndpoint): Timer {
+  const ms = run.opts.connectTimeoutMs ?? 5000;
+  let tcpUp = false;
+  if (run.opts.tls) socket.once('connect', () => (tcpUp = true));
+  const deadline = dialDeadline(socket, ep.host, ep.port, ms, systemClock, (why) => {
+    const code = why.startsWith('the name ') ? 'EAI_AGAIN' : tcpUp ? 'TLS_HANDSHAKE_TIMEOUT' : 'ETIMEDOUT';
+    socket.destroy(Object.assign(new Error(why), { code }));
+  }, '--connect-timeout');
+  socket.once(run.opts.tls ? 'secureConnect' : 'connect', () => deadline.cancel());
+  socket.once('close', () => deadline.cancel());
+  return deadline;
+}
+
 /** One loop of connection-per-request: connect, send one, read the answer, close, again. */
 function perRequestLoop(run: Run, ep: LoadEndpoint, done: () => void): void {
   const templates = run.templatesFor(ep.policy);
@@ -513,6 +541,7 @@ function perRequestLoop(run: Run, ep: LoadEndpoint, done: () => void): void {
     const decoder = new FrameDecoder({ validate: false });
     const socket = dial(ep.host, ep.port, run.opts.tls);
     socket.setNoDelay(true);
+    connectDeadline(run, socket, ep);
     let settled = false;
     const settle = (ok: boolean | string, detail?: string): void => {
       if (settled) return;
@@ -597,7 +626,15 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
     let nextConn = 0;
     await new Promise<void>((resolve) => {
       let pending = 0;
+      // Ctrl-C while connecting ends the run there: the connections not yet made are given up (nothing was sent on them).
+      const onAbort = (): void => {
+        for (const c of conns) c.close();
+        resolve();
+      };
+      if (opts.stop?.aborted) return onAbort();
+      opts.stop?.addEventListener('abort', onAbort, { once: true });
       const more = (): void => {
+        if (opts.stop?.aborted) return;
         while (pending < limit && nextConn < opts.connections) {
           pending++;
           const i = nextConn++;
@@ -606,7 +643,10 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
             more();
           }));
         }
-        if (pending === 0 && nextConn >= opts.connections) resolve();
+        if (pending === 0 && nextConn >= opts.connections) {
+          opts.stop?.removeEventListener('abort', onAbort);
+          resolve();
+        }
       };
       more();
     });

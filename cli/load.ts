@@ -25,6 +25,7 @@ interface LoadFlags extends TlsFlags {
   connectionPerRequest?: boolean;
   payloadSize?: number;
   timeout: number;
+  connectTimeout: number;
   json?: boolean;
   progress: boolean;
 }
@@ -74,6 +75,8 @@ export interface LoadReport {
   latencyMs: LoadResult['latency'];
   /** The target closed every connection this many seconds into the window, which ended there (connections are not opened again); null when they stayed open. */
   closedAllAfterS: number | null;
+  /** The signal (SIGINT: Ctrl-C, or SIGTERM) that stopped the run before its end, or null. */
+  stoppedBy: string | null;
 }
 
 /** `10`, `10s`, `500ms`, `2m` -> seconds. */
@@ -108,6 +111,12 @@ function hint(code: string, f: LoadFlags, first = '', unreachable: string[] = []
   switch (code) {
     case 'CONNECT_FAILED':
       if (first.startsWith('EMFILE')) return outOfFiles(f);
+      if (first.startsWith('TLS_HANDSHAKE_TIMEOUT ')) {
+        return `connected to ${unreachable.length ? unreachable.join(', ') : at}, but the TLS handshake was not answered within ${f.connectTimeout} ms (--connect-timeout): does the target serve TLS? A plain listener says nothing to a TLS hello: leave out --tls-ca (and --tls-cert) to dial it plain`;
+      }
+      if (first.startsWith('ETIMEDOUT ')) {
+        return `no answer from ${unreachable.length ? unreachable.join(', ') : at} within ${f.connectTimeout} ms (--connect-timeout): is the host up, and does no firewall drop the connection? A listener with a full backlog drops new connections too`;
+      }
       if (/^(ENOTFOUND|EAI_AGAIN|EAI_FAIL) /.test(first)) {
         // `first` is 'ENOTFOUND name:port': a name that failed, so no IPv6 address in brackets.
         const [errno, where = ''] = first.split(' ');
@@ -151,7 +160,7 @@ function outOfFiles(f: LoadFlags): string {
   return `this process ran out of file descriptors (EMFILE): ${limit}, and --connections asks for ${f.connections}: raise the limit in this shell (ulimit -n ${need}${files && files.hard < need ? `, as root: the hard limit is ${files.hard}` : ''}) or lower --connections`;
 }
 
-export function loadReport(r: LoadResult, f: LoadFlags): LoadReport {
+export function loadReport(r: LoadResult, f: LoadFlags, stoppedBy: string | null = null): LoadReport {
   return {
     targets: f.revproc.map((e) => hostPort(e.host, e.port)),
     policies: f.policy,
@@ -176,6 +185,7 @@ export function loadReport(r: LoadResult, f: LoadFlags): LoadReport {
     rps: r.rps,
     latencyMs: r.latency,
     closedAllAfterS: r.closedAllAfterMs === undefined ? null : r.closedAllAfterMs / 1000,
+    stoppedBy,
   };
 }
 
@@ -193,6 +203,7 @@ function formatText(rep: LoadReport, f: LoadFlags): string {
     ...(rep.unexpected
       ? [`  unexpected  ${fmt(rep.unexpected)} answer(s) to no request in flight, apart from the requests above: the target answered twice, or what was not asked - it is broken (first: ${rep.firstUnexpected})`]
       : []),
+    ...(rep.stoppedBy === null ? [] : [`  stopped     by ${rep.stoppedBy} ${rep.sent === 0 && rep.connected < rep.connections ? `while opening the connections (${rep.connected} of ${rep.connections} made): nothing was sent` : 'before the end: what was measured until then'}`]),
     ...(rep.closedAllAfterS === null ? [] : [`  ended       the target closed every connection ${rep.closedAllAfterS.toFixed(2)} s into the run, which ended there: load does not open connections again (a proxy that restarted, or stopped)`]),
     l.count
       ? `  latency ms  p50 ${ms(l.p50)}  p90 ${ms(l.p90)}  p99 ${ms(l.p99)}  p99.9 ${ms(l.p999)}  max ${ms(l.max)}  (${fmt(l.count)} requests of the window${rep.mode === 'open loop' ? ', from when each was due' : ''})`
@@ -256,6 +267,7 @@ export function loadCommand(setExit: (code: number) => void): Command {
     .addOption(new Option('--warmup <time>', 'send for this long first without counting (with --duration)').default(0, '0').argParser(parseSeconds('--warmup', 0)))
     .option('--connection-per-request', 'open a new connection for every request, as the old client did (--connections loops at once, one request each)')
     .addOption(new Option('--payload-size <bytes>', 'bytes of each payload; a request must fit the target\'s --max-frame, 1 MiB by default (default: 16 different payloads of 16 bytes)').argParser(parseIntOption('--payload-size', 1)))
+    .addOption(new Option('--connect-timeout <ms>', 'give up a connection (TCP, and the TLS handshake with --tls-ca) not made within this long: it counts as CONNECT_FAILED').default(5000).argParser(parseIntOption('--connect-timeout', 1)))
     .addOption(new Option('--timeout <ms>', 'at the end, give up on unanswered requests (NO_ANSWER) when no answer came for this long; with --requests the window ends at the last answer, and this wait is not measured').default(5000).argParser(parseIntOption('--timeout', 1)))
     .option('--json', 'print the results as one JSON object')
     .option('--no-progress', 'no progress bar (it shows only on a terminal, on stderr)');
@@ -268,8 +280,12 @@ Every answer's hash is checked. Requests/s counts the answers that came in the
 measured window (after --warmup). The latency of every request sent in the
 window goes into an HDR histogram (three significant digits), whether its answer
 came in the window or after it: p50, p90, p99, p99.9 and max. Errors are
-counted by code with what each means. Ctrl-C stops sending and reports what was
-measured.
+counted by code with what each means. Ctrl-C (or SIGTERM) stops sending and
+reports what was measured, also while the connections are still being opened;
+a second Ctrl-C stops at once. A connection not made within --connect-timeout
+(5000 ms) is given up: a host that drops the packets, a listener whose backlog
+is full, or a plain listener dialled with --tls-ca (it waits for a request and
+never answers the TLS handshake).
 
 Each request counts once: sent = answered right + wrong hash + failed (those
 still unanswered --timeout after the last answer fail NO_ANSWER). Answers to no
@@ -295,8 +311,14 @@ Examples:
       const tls = tlsFromFlags(f);
       const live: LiveCounters = { answered: 0, opened: 0, failed: 0 };
       const stop = new AbortController();
-      const onSignal = (): void => stop.abort();
+      let stoppedBy: string | null = null;
+      const onSignal = (signal: NodeJS.Signals): void => {
+        stoppedBy ??= signal;
+        stop.abort();
+      };
+      // Once each: a second one ends the process at once (as it would have without these).
       process.once('SIGINT', onSignal);
+      process.once('SIGTERM', onSignal);
       const bar = progressBar(f, live);
       let result: LoadResult;
       try {
@@ -309,6 +331,7 @@ Examples:
           rate: f.rate,
           tls,
           drainMs: f.timeout,
+          connectTimeoutMs: f.connectTimeout,
           payloads: f.payloadSize === undefined ? undefined : payloadsOf(f.payloadSize),
           srcid: 'load',
           live,
@@ -317,8 +340,9 @@ Examples:
       } finally {
         bar.stop();
         process.off('SIGINT', onSignal);
+        process.off('SIGTERM', onSignal);
       }
-      const rep = loadReport(result, f);
+      const rep = loadReport(result, f, stoppedBy);
       process.stdout.write(`${f.json ? JSON.stringify(rep) : formatText(rep, f)}\n`);
       // An answer to nothing fails the run too: a target that answers what was not asked is broken.
       const allRight = rep.ok === rep.sent && rep.wrongHash === 0 && Object.keys(rep.errors).length === 0 && rep.unexpected === 0;

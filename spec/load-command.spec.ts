@@ -11,7 +11,8 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { probe } from '../bench/procs.js';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import { MsgType, type DataMsg } from '../transport/messages.js';
-import { killAll, proxyProcess, revproxy, type Proc } from './procs.js';
+import { makePki } from './certs.js';
+import { killAll, proxyProcess, python, revproxy, type Proc } from './procs.js';
 
 const test = suite('revproxy load');
 
@@ -34,9 +35,13 @@ test.before(async () => {
 
 test.after(killAll);
 
-async function load(args: string[]): Promise<{ code: number; out: string; json?: Record<string, any> }> {
+/** Runs `revproxy load`; `during` gets the process while it runs (to signal it). One still running after a minute is killed: a hang fails the test instead of holding the suite. */
+async function load(args: string[], during?: (p: Proc) => Promise<void>): Promise<{ code: number; out: string; json?: Record<string, any> }> {
   const p: Proc = revproxy(['load', '--no-progress', ...args]);
+  const hung = setTimeout(() => p.kill('SIGKILL'), 60_000);
+  if (during) await Promise.race([during(p), p.exited]);
   const code = await p.exited;
+  clearTimeout(hung);
   const out = p.out.join('\n');
   const line = p.out.find((l) => l.startsWith('{'));
   return { code, out, json: line ? JSON.parse(line) : undefined };
@@ -150,13 +155,51 @@ test('answers to no request in flight are counted apart from the requests, which
   assert.match(t.out, /NO_ANSWER 8: /);
 });
 
+test('a connection not made within --connect-timeout is given up, saying what was not answered: a TLS handshake to a plain listener, a port that drops SYNs', async () => {
+  // load had no connect timeout: --tls-ca to a plain listener that waits for a request, or a full backlog, and it never ended, printing nothing.
+  // The fake's silence is what a plain listener waiting for its first request does (a revproxy proxy instead refuses the TLS hello and closes).
+  const { ca } = makePki([]);
+  const silent = await fakeTarget(() => {});
+  const t = await load(['--revproc', String(silent.port), '-n', '5', '-c', '1', '--tls-ca', ca, '--connect-timeout', '300']);
+  assert.is(t.code, 1, t.out);
+  assert.match(t.out, new RegExp(`CONNECT_FAILED 1 connection\\(s\\) of 1: connected to 127\\.0\\.0\\.1:${silent.port}, but the TLS handshake was not answered within 300 ms \\(--connect-timeout\\): does the target serve TLS\\?.*\\(first: TLS_HANDSHAKE_TIMEOUT 127\\.0\\.0\\.1:${silent.port}\\)`));
+  // A port whose accept queue is full: Linux drops the SYNs, as a firewall does (spec/fixtures/syn_blackhole.py).
+  const hole = python('syn_blackhole', []);
+  const port = (await hole.waitFor(/^(\d+)$/))[1]!;
+  const b = await load(['--revproc', port, '-n', '5', '-c', '1', '--connect-timeout', '300']);
+  hole.kill('SIGKILL');
+  assert.is(b.code, 1, b.out);
+  assert.match(b.out, new RegExp(`CONNECT_FAILED 1 connection\\(s\\) of 1: no answer from 127\\.0\\.0\\.1:${port} within 300 ms \\(--connect-timeout\\)`));
+  // A connection per request: each request's connection, the same.
+  const p = await load(['--revproc', String(silent.port), '-n', '2', '-c', '1', '--connection-per-request', '--tls-ca', ca, '--connect-timeout', '300', '--json']);
+  assert.equal(p.json!.errors, { CONNECT_FAILED: 2 }, p.out);
+  assert.match(p.json!.firstError.CONNECT_FAILED, /^TLS_HANDSHAKE_TIMEOUT /);
+});
+
+test('Ctrl-C or SIGTERM while the connections are being opened ends the run with its report, exit 1', async () => {
+  // The first Ctrl-C was ignored until every connection was made (with no connect timeout: never).
+  const { ca } = makePki([]);
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    let connected!: () => void;
+    const dialled = new Promise<void>((r) => (connected = r));
+    const silent = await fakeTarget(() => {}, () => connected());
+    const r = await load(['--revproc', String(silent.port), '-n', '5', '-c', '2', '--tls-ca', ca], async (p) => {
+      await dialled;
+      p.kill(signal);
+    });
+    assert.is(r.code, 1, r.out);
+    assert.match(r.out, new RegExp(`stopped +by ${signal} while opening the connections \\(0 of 2 made\\): nothing was sent`));
+    assert.match(r.out, /requests {4}0 sent, 0 answered right\n/);
+  }
+});
+
 test('a fixed count through the proxy: every request answered right, counted once, and the JSON says so', async () => {
   const r = await load(['--revproc', String(proxyPort), '--policy', '111', '-n', '2000', '-c', '3', '-p', '16', '--json']);
   assert.is(r.code, 0, r.out);
   const j = r.json!;
   assert.equal(
     Object.keys(j).sort(),
-    ['answered', 'closedAllAfterS', 'connected', 'connections', 'durationS', 'errors', 'firstError', 'firstUnexpected', 'inflight', 'latencyMs', 'mode', 'ok', 'policies', 'rate', 'requests', 'rps', 'seconds', 'sent', 'targets', 'unexpected', 'unreachable', 'warmupS', 'wrongHash'].sort(),
+    ['answered', 'closedAllAfterS', 'connected', 'connections', 'durationS', 'errors', 'firstError', 'firstUnexpected', 'inflight', 'latencyMs', 'mode', 'ok', 'policies', 'rate', 'requests', 'rps', 'seconds', 'sent', 'stoppedBy', 'targets', 'unexpected', 'unreachable', 'warmupS', 'wrongHash'].sort(),
   );
   assert.is(j.sent, 2000);
   assert.is(j.ok, 2000);
