@@ -321,6 +321,8 @@ class PipelinedConn {
   private up = false;
   /** This side closed it (the run is over), not the target. */
   private closedHere = false;
+  /** Whether any byte came from the target (one that closes before saying anything may want TLS, or be another program). */
+  private heard = false;
   /**
    * Why the connection is closing, when the target said (an ERROR naming no
    * request) or the socket did: its requests in flight fail with this code,
@@ -378,7 +380,7 @@ class PipelinedConn {
       const n = this.inflight;
       this.inflight = 0;
       this.nFree = 0;
-      run.lost(this.closing?.code ?? 'CONNECTION_LOST', n, this.closing?.detail);
+      run.lost(this.closing?.code ?? 'CONNECTION_LOST', n, this.closing?.detail ?? (this.heard ? undefined : CLOSED_UNHEARD));
     });
   }
 
@@ -418,6 +420,7 @@ class PipelinedConn {
 
   private onData(chunk: Buffer): void {
     const run = this.run;
+    this.heard = true;
     const { messages, error } = this.decoder.push(chunk);
     const now = performance.now();
     for (let i = 0; i < messages.length; i++) {
@@ -499,6 +502,9 @@ export function errorsOf(r: Pick<LoadResult, 'errors' | 'unexpected'>): Record<s
   return r.unexpected ? { ...r.errors, UNEXPECTED_ANSWER: (r.errors.UNEXPECTED_ANSWER ?? 0) + r.unexpected } : r.errors;
 }
 
+/** The first CONNECTION_LOST's detail when the target closed a connection without sending a byte on it (cli/load.ts hints from it). */
+export const CLOSED_UNHEARD = 'closed by the target before it sent anything on the connection';
+
 /** What an answer to no request in flight was, in words (for the first one only: not on the hot path). */
 function describeStray(m: unknown): string {
   if (!isMap(m)) return notAMap(m);
@@ -559,7 +565,9 @@ function perRequestLoop(run: Run, ep: LoadEndpoint, done: () => void): void {
       if (run.open > run.peakOpen) run.peakOpen = run.open;
       socket.write(t.bytes); // seq 0xfffffffe as templated: one request per connection
     });
+    let heard = false;
     socket.on('data', (chunk: Buffer) => {
+      heard = true;
       const { messages, error } = decoder.push(chunk);
       if (messages.length === 0) {
         if (error) settle('BAD_FRAME', error.message);
@@ -577,14 +585,14 @@ function perRequestLoop(run: Run, ep: LoadEndpoint, done: () => void): void {
       }
     });
     socket.on('error', (err: NodeJS.ErrnoException) => {
-      if (up) return settle('CONNECTION_LOST');
+      if (up) return settle('CONNECTION_LOST', heard ? err.message : CLOSED_UNHEARD);
       run.firstError.CONNECT_FAILED ??= `${err.code ?? err.message} ${hostPort(ep.host, ep.port)}`;
       run.unreachable.add(hostPort(ep.host, ep.port));
       settle('CONNECT_FAILED');
     });
     socket.on('close', () => {
       if (up) run.open--;
-      settle('CONNECTION_LOST');
+      settle('CONNECTION_LOST', heard ? undefined : CLOSED_UNHEARD);
     });
   };
   next();

@@ -5,12 +5,12 @@
  * Registered in cli/main.ts with one line.
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { runLoad, type LiveCounters, type LoadResult } from '../bench/loadgen.js';
+import { CLOSED_UNHEARD, runLoad, type LiveCounters, type LoadResult } from '../bench/loadgen.js';
 import { cliProgress } from '../bench/progress.js';
 import type { Endpoint } from '../actors/server.js';
 import { fileLimits } from '../actors/port-limits.js';
 import { hostPort } from '../transport/address.js';
-import { describeLookupError } from '../transport/tls.js';
+import { closedAtOnce, describeLookupError, describeTlsError } from '../transport/tls.js';
 import { parseEndpoints, parseIntOption, tlsFromFlags, tlsOptions, UsageError, type TlsFlags } from './common.js';
 
 interface LoadFlags extends TlsFlags {
@@ -114,6 +114,14 @@ function hint(code: string, f: LoadFlags, first = '', unreachable: string[] = []
       if (first.startsWith('TLS_HANDSHAKE_TIMEOUT ')) {
         return `connected to ${unreachable.length ? unreachable.join(', ') : at}, but the TLS handshake was not answered within ${f.connectTimeout} ms (--connect-timeout): does the target serve TLS? A plain listener says nothing to a TLS hello: leave out --tls-ca (and --tls-cert) to dial it plain`;
       }
+      if (f.tlsCa || f.tlsCert) {
+        // 'ERR_SSL_WRONG_VERSION_NUMBER 127.0.0.1:2100' (a plain listener answered the TLS hello), or a certificate's code.
+        // The code alone is kept: OpenSSL's reason is its ERR_SSL_ code in words, which describeTlsError reads.
+        const code = first.split(' ')[0]!;
+        const reason = code.replace(/^ERR_SSL_/, '').replace(/_/g, ' ').toLowerCase();
+        const said = describeTlsError({ code, message: reason } as NodeJS.ErrnoException);
+        if (said !== reason) return `could not connect to ${unreachable.length ? unreachable.join(', ') : at} over TLS: ${said}`;
+      }
       if (first.startsWith('ETIMEDOUT ')) {
         return `no answer from ${unreachable.length ? unreachable.join(', ') : at} within ${f.connectTimeout} ms (--connect-timeout): is the host up, and does no firewall drop the connection? A listener with a full backlog drops new connections too`;
       }
@@ -139,6 +147,8 @@ function hint(code: string, f: LoadFlags, first = '', unreachable: string[] = []
     case 'BAD_FRAME':
       return 'an answer was not a revproxy frame: is the target a revproxy proxy or server (the old JSON wire is not supported)?';
     case 'CONNECTION_LOST':
+      // As the client says of a proxy that closes before answering its first PING (actors/client.ts, CLOSED_AT_ONCE).
+      if (first === CLOSED_UNHEARD) return `the target accepted connections and closed them before sending anything: ${closedAtOnce()}`;
       return "the target closed connections with requests in flight: its log says why (a limit such as --max-conns-per-peer, or it stopped)";
     case 'NO_ANSWER':
       return `requests still unanswered ${f.timeout} ms after the last answer: the target stopped answering (--timeout waits longer)`;

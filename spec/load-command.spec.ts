@@ -193,6 +193,21 @@ test('Ctrl-C or SIGTERM while the connections are being opened ends the run with
   }
 });
 
+test('a plain load to a proxy that wants TLS says TLS may be why, as the client does; a TLS load to a plain proxy says it does not speak TLS', async () => {
+  // It said CONNECTION_LOST "... (a limit such as --max-conns-per-peer, or it stopped)", never TLS. Real proxies, no fakes.
+  const pki = makePki(['proxy']);
+  const { cert, key } = pki.cert('proxy');
+  const { port: tlsPort } = await proxyProcess(['--tls-cert', cert, '--tls-key', key]);
+  for (const mode of [[], ['--connection-per-request']]) {
+    const r = await load(['--revproc', String(tlsPort), '-n', '4', '-c', '2', ...mode]);
+    assert.is(r.code, 1, r.out);
+    assert.match(r.out, /CONNECTION_LOST \d+: the target accepted connections and closed them before sending anything: check whether another program listens on that port, or the proxy wants TLS \(--tls-ca, --tls-cert\) or is at its connection limit/);
+  }
+  const t = await load(['--revproc', String(proxyPort), '-n', '4', '-c', '2', '--tls-ca', pki.ca]);
+  assert.is(t.code, 1, t.out);
+  assert.match(t.out, new RegExp(`CONNECT_FAILED 2 connection\\(s\\) of 2: could not connect to 127\\.0\\.0\\.1:${proxyPort} over TLS: the peer does not speak TLS: start it with --tls-cert and --tls-key, or dial it without TLS \\(no --tls-ca here\\)`));
+});
+
 test('a fixed count through the proxy: every request answered right, counted once, and the JSON says so', async () => {
   const r = await load(['--revproc', String(proxyPort), '--policy', '111', '-n', '2000', '-c', '3', '-p', '16', '--json']);
   assert.is(r.code, 0, r.out);

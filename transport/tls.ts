@@ -320,6 +320,17 @@ export function describeDialError(err: NodeJS.ErrnoException, host: string): str
   return describeLookupError(err, host) ?? describeTlsError(err);
 }
 
+/**
+ * What to look at when a port accepts a connection and closes it before answering anything: another
+ * program on the port, a listener that wants TLS, one at its connection limit; `also`, what else fits
+ * the dialler (the client: 'is the old proxy (--wire json)'). The words of the client's CLOSED_AT_ONCE
+ * (actors/client.ts), shared so `revproxy load` says the same.
+ */
+export function closedAtOnce(also?: string): string {
+  const first = 'check whether another program listens on that port, or the proxy wants TLS (--tls-ca, --tls-cert)';
+  return also ? `${first}, is at its connection limit, or ${also}` : `${first} or is at its connection limit`;
+}
+
 /** A TLS failure in words a person can act on. */
 export function describeTlsError(err: NodeJS.ErrnoException): string {
   const code = err.code ?? '';
