@@ -212,6 +212,45 @@ export function ignoreUserSignals(logger: Logger, instead: string, signals: read
   };
 }
 
+/** What cli/early-signals.mjs keeps on globalThis: the signals caught before a command handled them, in order. */
+interface EarlySignals {
+  received: NodeJS.Signals[];
+  listeners: Map<NodeJS.Signals, () => void>;
+}
+
+const early = (): EarlySignals | undefined => (globalThis as Record<symbol, EarlySignals | undefined>)[Symbol.for('revproxy.earlySignals')];
+
+/**
+ * The signals of `which` caught before the caller installed its own handlers (cli/early-signals.mjs),
+ * in the order they came; from now on they are the caller's (install its handlers first). Empty when
+ * the CLI did not start through cli/revproxy.js.
+ */
+export function takeEarlySignals(which: readonly NodeJS.Signals[]): NodeJS.Signals[] {
+  const e = early();
+  if (!e) return [];
+  for (const signal of which) {
+    const f = e.listeners.get(signal);
+    if (f) process.off(signal, f);
+    e.listeners.delete(signal);
+  }
+  const taken = e.received.filter((s) => which.includes(s));
+  e.received = e.received.filter((s) => !which.includes(s));
+  return taken;
+}
+
+/**
+ * Node's defaults back for the signals no command took, and each that came meanwhile sent again, so it
+ * does what it did before they were caught (a SIGTERM to `revproxy client` ends it), for commands that
+ * do not handle them, as they start. Once a command is done, those still caught are let go unsent
+ * (`resend: false`): what it was asked to stop has stopped, and its exit status says how.
+ */
+export function releaseEarlySignals({ resend = true } = {}): void {
+  const e = early();
+  if (!e) return;
+  const pending = takeEarlySignals([...e.listeners.keys()]);
+  if (resend) for (const signal of new Set(pending)) process.kill(process.pid, signal);
+}
+
 /** A warn line for each certificate that ends soon (`expiryWarning`): at start and at each reload, by the proxy and a server. */
 export function warnExpiring(logger: Logger, certs: readonly LoadedCert[]): void {
   for (const c of certs) {
@@ -252,6 +291,8 @@ export function runUntilStopped(actor: { getSnapshot(): { status: string; error?
       for (const signal of STOP_SIGNALS) process.off(signal, onSignal);
     };
     for (const signal of STOP_SIGNALS) process.on(signal, onSignal);
+    // One sent while the command started (a deploy stopping what it just started) drains it now.
+    for (const signal of takeEarlySignals(STOP_SIGNALS)) onSignal(signal);
     const check = (): void => {
       const snap = actor.getSnapshot();
       if (snap.status !== 'active') {

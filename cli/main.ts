@@ -17,7 +17,7 @@ import { runDemo } from './demo.js';
 import { scenarioCommand } from './scenario.js';
 import { inspectCommand, inspectOptions, startInspection, type InspectFlags } from './inspect.js';
 import {
-  FileError, ignoreUserSignals, loadedCerts, loadPackets, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, parseHost, parseIntOption, parsePort, registryFromFlags, registryOptions, runUntilStopped, tlsFromFlags, tlsOptions, UsageError, warnExpiring,
+  FileError, ignoreUserSignals, loadedCerts, releaseEarlySignals, takeEarlySignals, loadPackets, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, parseHost, parseIntOption, parsePort, registryFromFlags, registryOptions, runUntilStopped, tlsFromFlags, tlsOptions, UsageError, warnExpiring,
   wireOption, type FlagTable, type LogFlags, type RegistryFlags, type TlsFlags,
 } from './common.js';
 import { isRegistryUrl } from '../registry/options.js';
@@ -123,14 +123,21 @@ export function buildProgram(setExit: (code: number) => void): Command {
       warnExpiring(logger, certsOf(next, etcd));
     };
     let reloading = Promise.resolve();
+    // One sent while the CLI loaded (cli/early-signals.mjs) or the server started is done once it listens.
+    let reloadOnceUp = false;
     const hup = (): void => {
       if (!files) return logger.warn('signal_ignored', `SIGHUP ignored: ${NOTHING_TO_RELOAD}`, { signal: 'SIGHUP' });
-      if (!server) return logger.info('reload_ignored', 'SIGHUP ignored: the server is starting, with the TLS files it read at start; send it again once it listens', {});
+      if (!server) {
+        if (!reloadOnceUp) logger.info('reload_pending', 'SIGHUP while the server starts: the TLS files are read again once it listens', {});
+        reloadOnceUp = true;
+        return;
+      }
       const s = server;
       reloading = reloading.then(() => reload(s));
     };
     process.on('SIGHUP', hup);
     const unignore = ignoreUserSignals(logger, files ? `send SIGHUP to reload the TLS files (${files}), SIGTERM to drain and stop; restart it to change its other settings` : NOTHING_TO_RELOAD);
+    for (const signal of takeEarlySignals(['SIGHUP', 'SIGUSR1', 'SIGUSR2'])) process.emit(signal, signal);
     const handler = o.handler === undefined ? undefined : await loadHandler(o.handler);
     const insp = await startInspection(o, `server ${o.id}`);
     server = await startServer({
@@ -138,6 +145,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
       drainTimeoutMs: o.drainTimeout, delayMs: o.delay, maxFrameBytes: o.maxFrame, logger, waitForRegistration: false, inspect: insp.attach.inspect,
       token: o.token, tls, wire: o.wire, handler, concurrency: o.concurrency, queueLimit: o.queueLimit, handlerTimeoutMs: o.handlerTimeout, tcpKeepAliveMs: o.tcpKeepalive, maxBufferedBytes: o.maxBufferedBytes, maxConnections: o.maxConnections, maxConnectionsPerPeer: o.maxConnsPerPeer, registry,
     });
+    if (reloadOnceUp) hup();
     await runUntilStopped(server.actor, server.stop, logger);
     unignore();
     process.off('SIGHUP', hup);
@@ -247,6 +255,11 @@ export async function main(argv: string[]): Promise<number> {
   const program = buildProgram((c) => (code = c));
   program.exitOverride();
   for (const c of program.commands) c.exitOverride().showHelpAfterError('(add --help for usage)');
+  // The daemons take the signals caught while the CLI loaded (cli/early-signals.mjs) as they install
+  // their handlers; every other command has Node's defaults back as it starts.
+  program.hook('preAction', (_, action) => {
+    if (!SIGNAL_TAKERS.includes(action.name())) releaseEarlySignals();
+  });
   try {
     await program.parseAsync(normaliseArgv(argv, flagTable(program)), { from: 'user' });
     return code;
@@ -265,8 +278,13 @@ export async function main(argv: string[]): Promise<number> {
     if (process.env.REVPROXY_DEBUG) throw err;
     process.stderr.write(`revproxy: ${describeFailure(err)}\n`);
     return 1;
+  } finally {
+    releaseEarlySignals({ resend: false });
   }
 }
+
+/** The commands that handle the signals caught while the CLI loaded (takeEarlySignals). */
+const SIGNAL_TAKERS = ['proxy', 'server'];
 
 /** The options of every command, for `normaliseArgv`. */
 function flagTable(program: Command): FlagTable {

@@ -25,7 +25,7 @@ import { systemClock } from '../transport/clock.js';
 import { ErrorCode } from '../transport/errors.js';
 import { dial, expiryWarning, type TlsMaterial } from '../transport/tls.js';
 import type { LoadedCert } from '../config/files.js';
-import { FileError, ignoreUserSignals, parseHost, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, warnExpiring, whyUnreadable } from './common.js';
+import { FileError, ignoreUserSignals, parseHost, releaseEarlySignals, takeEarlySignals, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, warnExpiring, whyUnreadable } from './common.js';
 import { checkInspectToken, inspectOptions, startInspection } from './inspect.js';
 
 const camel = (key: string): string => key.replace(/_(\w)/g, (_, c: string) => c.toUpperCase());
@@ -139,7 +139,8 @@ SIGHUP reloads the config file (or, without one, the tokens file): limits, timeo
 health settings, log level and secrets change at once, and no connection is closed; the TLS
 files are read again (a renewed certificate serves new handshakes; etcd's, registry.tls, make a
 new etcd client, the watch and the proxy's key moved to it on their lease); the access log is reopened
-(for logrotate). An invalid file is refused and the running settings stay.
+(for logrotate). An invalid file is refused and the running settings stay. A SIGHUP sent while
+the proxy starts is applied once it listens; a SIGTERM then drains it as soon as it is up.
 TLS: --tls-cert/--tls-key serve TLS; --tls-ca requires peers' certificates (mutual TLS) and verifies servers'.
 The proxy dials servers over TLS when --tls-ca is given, presenting --tls-cert.
 
@@ -174,6 +175,8 @@ Example:
     const asUsage = (err: unknown): unknown =>
       file ? anchorIssues(err, resolvePath(file), flagSet) : err instanceof ConfigError && err.issues.every((i) => i.line === 0) ? new UsageError(err.issues.map((i) => i.message).join('; ')) : err;
     if ((cmd.opts() as Flags).check) {
+      // A check is not a daemon: the signals it was sent while it loaded do what Node does with them.
+      releaseEarlySignals();
       const cfg = read();
       let rt: Runtime;
       try {
@@ -193,12 +196,23 @@ Example:
       setExit(0);
       return;
     }
-    // SIGHUP must never end the process, whatever happens before the proxy is up.
-    let onHup = (): void => {};
+    // SIGHUP must never end the process, whatever happens before the proxy is up: one sent while the
+    // CLI loaded (caught from its first line, cli/early-signals.mjs) or while the proxy starts is
+    // applied once it listens. Each handler `run` installs is given the one that came before it.
+    let hupBefore = false;
+    let onHup = (): void => void (hupBefore = true);
     const hup = (): void => onHup();
     process.on('SIGHUP', hup);
+    if (takeEarlySignals(['SIGHUP']).length) hup();
+    const setHup = (f: () => void): void => {
+      onHup = f;
+      if (hupBefore) {
+        hupBefore = false;
+        f();
+      }
+    };
     try {
-      await run(read, source, setExit, (f) => (onHup = f), flagOf, asUsage, (cmd.opts() as Flags).pidFile);
+      await run(read, source, setExit, setHup, flagOf, asUsage, (cmd.opts() as Flags).pidFile);
     } catch (err) {
       throw asUsage(err);
     } finally {
@@ -215,8 +229,13 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
   const stdout = new Destination({ to: '-' });
   const logger = new Logger('proxy', new LogStream(stdout, { format: rt.log.format, color: rt.log.color && process.stdout.isTTY === true && !process.env.NO_COLOR }), rt.log.level, { summaryMs: rt.log.summaryMs });
   // Until the proxy is up (its registry client loading, its admin and inspector ports opening), a
-  // reload has nothing to apply to: say so, where the SIGHUP went unheard.
-  onHup(() => logger.info('reload_ignored', 'SIGHUP ignored: the proxy is starting, with the configuration it read at start; send it again once it listens', { file: source, state: 'starting' }));
+  // reload has nothing to apply to: it is remembered, and done once the proxy listens (a deploy
+  // script or logrotate sending SIGHUP just after a start must not be lost, nor end the process).
+  let reloadOnceUp = false;
+  onHup(() => {
+    if (!reloadOnceUp) logger.info('reload_pending', 'SIGHUP while the proxy starts: the configuration is read again once it listens', { file: source, state: 'starting' });
+    reloadOnceUp = true;
+  });
   const accessLog = rt.log.accessLog ? new AccessLog(rt.log.accessLog === '-' ? stdout : new Destination({ to: rt.log.accessLog, ...accessLogHold(rt.log.accessLogFlushMs) }), rt.log.format) : undefined;
   if (accessLog && rt.log.accessLog !== '-') await accessLog.dest.ready().catch((err: Error) => {
     throw logFileIssue(source, 'log.access_log', rt.log.accessLog!, whyNotWritable(err, rt.log.accessLog!), flagOf('log.access_log'));
@@ -268,6 +287,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
   }
   const insp = await startInspection({ inspect: rt.inspect, inspectLog: rt.inspectLog, inspectToken: rt.inspectToken, logFormat: rt.log.format }, 'proxy', logger);
   const unignore = ignoreUserSignals(logger, 'send SIGHUP to reload the configuration and reopen the access log, SIGTERM to drain and stop');
+  for (const signal of takeEarlySignals(['SIGUSR1', 'SIGUSR2'])) process.emit(signal, signal);
   try {
     if (pidFile) writePidFile(pidFile);
     proxy = await startProxy({
@@ -357,13 +377,15 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
     };
     // One reload at a time: etcd's renewed files are tried against etcd (a moment) before anything is applied.
     let reloading = Promise.resolve();
-    onHup(() => {
+    const queueReload = (): void => {
       reloading = reloading.then(reload).catch((err: Error) => {
         // Not expected (each step catches its own errors); but SIGHUP must never end the process.
         reloads.refused++;
         logger.error('reload_refused', `Reload refused, still running the previous configuration: ${err.message}`, { file: source });
       });
-    });
+    };
+    onHup(queueReload);
+    if (reloadOnceUp) queueReload();
     await runUntilStopped(proxy.actor, proxy.stop, logger).catch((err: Error) => {
       logger.error('crashed', `The reverse proxy stopped on an internal error, and exits: ${err.message}`, { error: err.message });
       throw err;

@@ -23,6 +23,10 @@
 // made by `npm pack` for an installed package and, in a checkout, again
 // whenever a source is newer. If bundling is impossible they run through tsx,
 // a development dependency: a checkout has it, an installed package does not.
+//
+// The signals a daemon is sent are caught first, before anything slow loads (early-signals.mjs):
+// Node's default for SIGHUP ended a proxy reloaded in its first fifth of a second.
+import './early-signals.mjs';
 import { pathToFileURL } from 'node:url';
 import { bundle, bundlePath, installed } from './bundle.mjs';
 
