@@ -1,8 +1,8 @@
 /**
  * `revproxy proxy`: the flags (made from the config table in
  * config/proxy.ts), `--config FILE` and `--check`, the logs and the access
- * log, the admin endpoint, and SIGHUP (reload the config, reopen the access
- * log). SIGTERM, SIGINT and SIGQUIT drain.
+ * log, the admin endpoint, SIGHUP (reload the config, reopen the access
+ * log) and SIGUSR1 (reopen the access log only). SIGTERM, SIGINT and SIGQUIT drain.
  */
 import { lstatSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
@@ -44,7 +44,7 @@ function proxyOptions(): Option[] {
     new Option('--host <address>', `address to listen on (default: ${DEFAULT_LISTEN_HOST})`).argParser(parseHost),
     new Option('--config <file>', 'read the settings from this YAML file (docs/CONFIG.md); flags given as well override it'),
     new Option('--check', 'check the configuration (the file, the flags and the files they name), then exit: 0 when it is valid, 1 when not'),
-    new Option('--pid-file <file>', "write the process id to this file at start, as HAProxy's -p and nginx's pid do (logrotate: postrotate kill -HUP $(cat FILE)); removed on exit"),
+    new Option('--pid-file <file>', "write the process id to this file at start, as HAProxy's -p and nginx's pid do (logrotate: postrotate kill -USR1 $(cat FILE)); removed on exit"),
     new Option('--token <secret>', 'registration secret every server must present').env('REVPROXY_TOKEN'),
     new Option('--tokens <file>', 'per-policy registration secrets (YAML: policy: secret); policies not in it take --token, or no registrations; re-read on SIGHUP'),
     new Option('--proxy-protocol-from <sources>', PROXY_PROTOCOL_FROM_DOC).argParser(parseList('--proxy-protocol-from', 'addresses or networks', '10.0.0.5,10.1.0.0/16', badTrustedSource)),
@@ -139,7 +139,9 @@ SIGHUP reloads the config file (or, without one, the tokens file): limits, timeo
 health settings, log level and secrets change at once, and no connection is closed; the TLS
 files are read again (a renewed certificate serves new handshakes; etcd's, registry.tls, make a
 new etcd client, the watch and the proxy's key moved to it on their lease); the access log is reopened
-(for logrotate). An invalid file is refused and the running settings stay. A SIGHUP sent while
+(for logrotate). An invalid file is refused and the running settings stay.
+SIGUSR1 reopens the access log only (logrotate's postrotate: kill -USR1 $(cat PIDFILE), or
+systemctl kill -s USR1 revproxy), reading no configuration, as nginx's USR1 does; SIGUSR2 is ignored. A SIGHUP sent while
 the proxy starts is applied once it listens; a SIGTERM then drains it as soon as it is up.
 TLS: --tls-cert/--tls-key serve TLS; --tls-ca requires peers' certificates (mutual TLS) and verifies servers'.
 The proxy dials servers over TLS when --tls-ca is given, presenting --tls-cert.
@@ -240,6 +242,28 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
   if (accessLog && rt.log.accessLog !== '-') await accessLog.dest.ready().catch((err: Error) => {
     throw logFileIssue(source, 'log.access_log', rt.log.accessLog!, whyNotWritable(err, rt.log.accessLog!), flagOf('log.access_log'));
   });
+  // SIGUSR1 reopens the access log and nothing else, as nginx's USR1 reopens its logs: logrotate's
+  // postrotate must reach the file whatever the config file on disk holds (systemd's ExecReload
+  // runs --check first, and sends no SIGHUP when the file is not valid).
+  const reopen = (signal: NodeJS.Signals): boolean => {
+    if (!accessLog || accessLog.dest === stdout) return true;
+    try {
+      accessLog.reopen();
+      return true;
+    } catch (err) {
+      logger.error('access_log_reopen_failed', `cannot reopen the access log ${rt.log.accessLog}: ${whyUnreadable(err)}; its lines still go to the file it had open; fix this and send ${signal} again`, { file: rt.log.accessLog, signal });
+      return false;
+    }
+  };
+  const usr1 = (): void => {
+    if (!accessLog || accessLog.dest === stdout) {
+      logger.info('reopen', `SIGUSR1: no access log file to reopen (${accessLog ? 'the access log is stdout' : 'no access log'}); the configuration was not read again (SIGHUP does that)`, { signal: 'SIGUSR1' });
+      return;
+    }
+    if (reopen('SIGUSR1')) logger.info('reopen', `Reopened the access log ${rt.log.accessLog} (SIGUSR1); the configuration was not read again (SIGHUP does that)`, { file: rt.log.accessLog, signal: 'SIGUSR1' });
+  };
+  process.on('SIGUSR1', usr1);
+  for (const signal of takeEarlySignals(['SIGUSR1'])) process.emit(signal, signal);
   if (accessLog && accessLog.dest !== stdout) {
     const file = rt.log.accessLog;
     accessLog.dest.onError = (err) => {
@@ -286,8 +310,8 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
     }
   }
   const insp = await startInspection({ inspect: rt.inspect, inspectLog: rt.inspectLog, inspectToken: rt.inspectToken, logFormat: rt.log.format }, 'proxy', logger);
-  const unignore = ignoreUserSignals(logger, 'send SIGHUP to reload the configuration and reopen the access log, SIGTERM to drain and stop');
-  for (const signal of takeEarlySignals(['SIGUSR1', 'SIGUSR2'])) process.emit(signal, signal);
+  const unignore = ignoreUserSignals(logger, 'send SIGHUP to reload the configuration and reopen the access log, SIGUSR1 to reopen the access log only, SIGTERM to drain and stop', ['SIGUSR2']);
+  for (const signal of takeEarlySignals(['SIGUSR2'])) process.emit(signal, signal);
   try {
     if (pidFile) writePidFile(pidFile);
     proxy = await startProxy({
@@ -300,11 +324,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
     });
     const handle = proxy;
     const reload = async (): Promise<void> => {
-      try {
-        accessLog?.reopen();
-      } catch (err) {
-        logger.error('access_log_reopen_failed', `cannot reopen the access log ${rt.log.accessLog}: ${whyUnreadable(err)}; its lines still go to the file it had open; fix this and send SIGHUP again`, { file: rt.log.accessLog });
-      }
+      reopen('SIGHUP');
       const state = handle.actor.getSnapshot().value;
       if (state !== 'running') {
         // The drain keeps the settings it started with (its timeout was set as it began).
@@ -392,6 +412,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
     });
   } finally {
     unignore();
+    process.off('SIGUSR1', usr1);
     if (pidFile) removePidFile(pidFile);
     await admin?.close();
     await insp.close();

@@ -197,6 +197,26 @@ access('one line per request, matched to requests by seq, in JSON; reopened on S
   assert.ok(proc.child.exitCode === null, 'SIGHUP did not end the process');
 });
 
+access('SIGUSR1 reopens the access log after a rotation and reads no configuration, even when the file on disk is not valid (logrotate beside systemd\'s ExecReload, which runs --check first)', async () => {
+  const log = join(ctx.dir, 'access.log');
+  const cfgFile = write('u.yaml', `port: 0\nlog:\n  access_log: ${log}\n  access_log_flush: 0\n`);
+  const { proc, port } = await proxyWithConfig(cfgFile);
+  const one = (id: string) => runClient({ id, proxy: { host: LOCAL, port }, packets: [{ srcid: id, privPoliId: 'Z', payload: 'x' }] });
+  const has = (f: string, id: string): boolean => existsSync(f) && readFileSync(f, 'utf8').includes(`client=${id} `);
+  await one('c1');
+  await eventually(() => has(log, 'c1'), 3000, 'the first line');
+  // A config edit in progress: not valid. SIGUSR1 must not care.
+  writeFileSync(cfgFile, 'port: 0\ntimeout: soon\n');
+  renameSync(log, `${log}.1`);
+  proc.kill('SIGUSR1');
+  await proc.waitFor(new RegExp(`Reopened the access log ${log} \\(SIGUSR1\\); the configuration was not read again`));
+  await one('c2');
+  await eventually(() => has(log, 'c2'), 3000, 'the line in the reopened file');
+  assert.not.ok(has(`${log}.1`, 'c2'), 'the rotated file is no longer written');
+  assert.not.ok(proc.out.some((l) => /Reload|SIGUSR1 ignored/.test(l)), proc.out.join('\n'));
+  assert.ok(proc.child.exitCode === null, 'still running');
+});
+
 access('text lines: key=value, an unset value is -', async () => {
   const log = join(ctx.dir, 'access.log');
   const { port } = await proxyWithConfig(write('t.yaml', 'port: 0\n'), ['--access-log', log]);
@@ -296,7 +316,7 @@ reload('a signal sent while the CLI loads, before the proxy has a handler: SIGHU
   assert.not.ok(usr1.out.some((l) => /Debugger listening/.test(l)), usr1.out.join('\n'));
 });
 
-reload('--pid-file: the process id to signal (logrotate: kill -HUP $(cat FILE)), removed when the proxy stops; a file it cannot write stops the start', async () => {
+reload('--pid-file: the process id to signal (logrotate: kill -USR1 $(cat FILE)), removed when the proxy stops; a file it cannot write stops the start', async () => {
   const pidFile = join(ctx.dir, 'revproxy.pid');
   const { proc } = await proxyWithConfig(write('p.yaml', 'port: 0\n'), ['--pid-file', pidFile]);
   const pid = Number(readFileSync(pidFile, 'utf8').trim());
