@@ -376,7 +376,8 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       // What the metrics and warnings describe: the files in use, the new ones of each part a reload took.
       const ofRegistry = (c: LoadedCert): boolean => c.role.startsWith('registry.');
       certs = [...(restart.includes('tls') ? certs : nextRt.certs).filter((c) => !ofRegistry(c)), ...(restart.includes('registry.tls') ? certs : nextRt.certs).filter(ofRegistry)];
-      handle.actor.send({ type: 'RELOAD', opts: resolveOptions(nextRt.options) });
+      // Defaults computed from a setting that needs a restart (max_conns_per_peer's from host) follow its running value.
+      handle.actor.send({ type: 'RELOAD', opts: resolveOptions({ ...nextRt.options, host: rt.options.host, maxBufferedBytes: rt.options.maxBufferedBytes }) });
       logger.setLevel(nextRt.log.level);
       if (!restart.includes('admin.listen')) admin?.setToken(nextRt.admin?.token);
       if (admin) readyPolicies = nextRt.admin?.readyPolicies ?? [];
@@ -389,9 +390,10 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       // What needs a restart stays as it runs, so the next reload reports it again.
       const before = running;
       running = { ...next };
+      // Several keys of one section (log.format and log.access_log) each keep theirs: built on what the last one left.
       for (const key of restart) {
         const [k, sub] = key.split('.') as [keyof ProxyConfig, string | undefined];
-        if (sub) (running as Record<string, unknown>)[k] = { ...(next[k] as object), [sub]: (before[k] as Record<string, unknown> | undefined)?.[sub] };
+        if (sub) (running as Record<string, unknown>)[k] = { ...(running[k] as object), [sub]: (before[k] as Record<string, unknown> | undefined)?.[sub] };
         else (running as Record<string, unknown>)[k] = before[k];
       }
     };

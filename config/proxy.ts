@@ -11,7 +11,7 @@
  */
 import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { LEVELS, type Level } from '../actors/logger.js';
+import { LEVELS, SUMMARY_INTERVAL_MS, type Level } from '../actors/logger.js';
 import { ACCESS_LOG_HOLD } from '../admin/access-log.js';
 import { resolveOptions, type Opts, type ProxyOptions } from '../actors/proxy-options.js';
 import { badTrustedSource } from '../actors/port-limits.js';
@@ -397,9 +397,44 @@ const OTHER_RELOAD: Record<keyof typeof otherFields, Reload> = {
   inspect_token: 'restart',
 };
 
-/** Which settings differ (tokens compared without ever being shown), each with when it takes effect. */
-export function changes(before: ProxyConfig, after: ProxyConfig): Change[] {
+/**
+ * A configuration with its defaults written out, as it runs: what `changes` compares, so a setting
+ * written with the value it already had (a default added to the file, or one a reload that needed
+ * a restart left running) is no change. A default computed from other settings (try_timeout from
+ * timeout) is computed here too. Files are not read: their paths are what is compared.
+ */
+export function effective(c: ProxyConfig): ProxyConfig {
+  const options: Record<string, unknown> = {};
+  for (const [k, s] of Object.entries(NUMBERS)) if (c[k as NumberKey] !== undefined) options[s.option] = c[k as NumberKey];
+  if (c.host !== undefined) options.host = c.host;
+  const resolved = resolveOptions(options as ProxyOptions) as unknown as Record<string, unknown>;
+  const out: Record<string, unknown> = { ...c };
+  for (const [k, s] of Object.entries(NUMBERS)) out[k] = resolved[s.option];
+  out.host = resolved.host;
+  out.old_server_connections = c.old_server_connections ?? (resolved.oldServers as { connections: number }).connections;
+  const log = c.log ?? {};
+  out.log = {
+    level: log.level ?? 'info', format: log.format ?? 'text', color: log.color ?? true, summary_interval: log.summary_interval ?? SUMMARY_INTERVAL_MS,
+    access_log: log.access_log, access_log_flush: log.access_log_flush ?? ACCESS_LOG_HOLD.ms,
+  };
+  if (c.admin) out.admin = { ...c.admin, ready_policies: [...new Set(c.admin.ready_policies ?? [])] };
+  if (c.registry) out.registry = { ...c.registry, prefix: c.registry.prefix ?? REGISTRY_DEFAULTS.prefix, ttl: c.registry.ttl ?? REGISTRY_DEFAULTS.ttlSeconds };
+  return out as ProxyConfig;
+}
+
+/**
+ * Which settings differ (tokens compared without ever being shown), each with when it takes effect:
+ * their values as they run (`effective`), not as written.
+ */
+export function changes(was: ProxyConfig, next: ProxyConfig): Change[] {
   const out: Change[] = [];
+  const before = effective(was);
+  const after = effective(next);
+  // A default computed from a setting that needs a restart follows the value running, as the reload
+  // resolves it (cli/proxy.ts): max_conns_per_peer's from host, max_connections' from max_buffered_bytes.
+  const kept = effective({ ...next, host: was.host, max_buffered_bytes: was.max_buffered_bytes });
+  after.max_conns_per_peer = kept.max_conns_per_peer;
+  after.max_connections = kept.max_connections;
   for (const key of Object.keys(proxyConfigSpec.fields) as Array<keyof ProxyConfig>) {
     if (JSON.stringify(before[key]) === JSON.stringify(after[key])) continue;
     const reload = key in NUMBERS ? NUMBERS[key as NumberKey].reload : OTHER_RELOAD[key as keyof typeof otherFields];

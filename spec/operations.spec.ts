@@ -14,7 +14,7 @@ import { MEMBER_STATES } from '../actors/proxy-types.js';
 import { fileRoom } from '../actors/port-limits.js';
 import { describeLinkError } from '../actors/link.js';
 import { ROLES } from '../admin/conn-stats.js';
-import { DEFAULTS, NUMBERS, parseConfig, proxyConfigSpec, toRuntime } from '../config/proxy.js';
+import { changes, DEFAULTS, NUMBERS, parseConfig, proxyConfigSpec, toRuntime } from '../config/proxy.js';
 import { OTHER } from '../inspector/metrics.js';
 import { ERROR_CODES } from '../transport/errors.js';
 import { eventually, LOCAL, rawConnect, sleep } from './helpers.js';
@@ -426,6 +426,32 @@ reload('without a config file, SIGHUP re-reads the tokens file; a changed listen
   const reloaded = p2.out.find((l) => /Reloaded/.test(l)) ?? '';
   assert.not.match(reloaded, /no setting changed/, 'the info line does not contradict the warning');
   assert.match(reloaded, /nothing applied: host needs a restart/);
+});
+
+reload('a reload compares the settings as they run, defaults applied: a default written out is no change, nor is the file put back after a change that needed a restart', async () => {
+  const at = (text: string) => parseConfig(text, join(ctx.dir, 'x.yaml'));
+  assert.equal(changes(at('port: 0\nlog:\n  level: info\n'), at('port: 0\nlog:\n  level: info\n  format: text\n')), []);
+  assert.equal(changes(at('port: 0\n'), at('port: 0\nhost: 127.0.0.1\nprobes_per_second: 100\ntimeout: 5000\ntry_timeout: 1667\n')), []);
+  assert.equal(changes(at('port: 0\n'), at('port: 0\nlog:\n  format: json\n')), [{ key: 'log.format', reload: 'restart' }]);
+  const file = write('p.yaml', 'port: 0\nlog:\n  access_log: a.log\n');
+  const { proc } = await proxyWithConfig(file);
+  const reloads = (): string[] => proc.out.filter((l) => /Reloaded|changed in/.test(l));
+  const hup = async (text: string): Promise<string> => {
+    const n = proc.out.filter((l) => /Reloaded/.test(l)).length;
+    writeFileSync(file, text);
+    proc.kill('SIGHUP');
+    await eventually(() => proc.out.filter((l) => /Reloaded/.test(l)).length === n + 1, 5000, 'the reload');
+    await sleep(50); // its warn line, written just after
+    return proc.out.filter((l) => /Reloaded/.test(l))[n]!;
+  };
+  // The value already running, written out (it said "log.format needs a restart").
+  assert.match(await hup('port: 0\nlog:\n  access_log: a.log\n  format: text\n'), /no setting changed/);
+  assert.match(await hup('port: 0\nlog:\n  access_log: b.log\n  format: json\n'), /nothing applied: log\.format, log\.access_log need a restart/);
+  // The file as the proxy runs it, back: every reload after warned that log.format (or log.access_log) changed.
+  const warned = reloads().length;
+  assert.match(await hup('port: 0\nlog:\n  access_log: a.log\n'), /no setting changed/);
+  assert.match(await hup('port: 0\nlog:\n  access_log: a.log\n'), /no setting changed/);
+  assert.is(reloads().length, warned + 2, reloads().join('\n'));
 });
 
 reload('a SIGHUP while draining says it applies nothing (the drain keeps its settings), instead of "Reloaded ... applied"', async () => {
