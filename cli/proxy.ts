@@ -4,8 +4,8 @@
  * log, the admin endpoint, SIGHUP (reload the config, reopen the access
  * log) and SIGUSR1 (reopen the access log only). SIGTERM, SIGINT and SIGQUIT drain.
  */
-import { lstatSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
-import { resolve as resolvePath } from 'node:path';
+import { accessSync, constants, existsSync, lstatSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { dirname, resolve as resolvePath } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { startProxy, type ProxyHandle } from '../actors/index.js';
 import { Destination, Logger, LogStream, LEVELS, LOG_BUFFER_BYTES } from '../actors/logger.js';
@@ -70,7 +70,7 @@ function proxyOptions(): Option[] {
 type Flags = Record<string, unknown> & { config?: string; check?: boolean; pidFile?: string };
 
 /** The flags of the settings a clash found after merging names (config/proxy.ts, toAdmin): `anchorIssues` names them. */
-const CLASH_FLAGS: Record<string, string> = { 'admin.ready_policies': '--ready-policies', 'admin.token': '--admin-token' };
+const CLASH_FLAGS: Record<string, string> = { 'admin.ready_policies': '--ready-policies', 'admin.token': '--admin-token', 'admin.listen': '--admin', inspect: '--inspect' };
 
 /** What the flags set, as a config (only what was given: a flag overrides the file, a default does not). */
 function configFromFlags(cmd: Command): ProxyConfig {
@@ -186,6 +186,9 @@ Example:
       } catch (err) {
         throw asUsage(err);
       }
+      // The pid file a start would write: its folder must exist and be writable (the file itself is written at start).
+      const pidFile = (cmd.opts() as Flags).pidFile;
+      if (pidFile) checkPidFile(pidFile);
       // What a start would warn of, where an operator runs the check (CI, a deploy), as nginx -t warns; still valid (exit 0).
       const resolved = resolveOptions(rt.options);
       const files = fileLimitWarning(resolved.maxConnections, resolved.maxConnectionsSet, 'max_connections');
@@ -466,6 +469,21 @@ function poolReadiness(policies: readonly string[], pools: ReturnType<ProxyHandl
     out.push({ code: ErrorCode.NO_SERVER, policy, message });
   }
   return out;
+}
+
+/**
+ * What `--check` can tell of the pid file without writing it: its folder exists and this user may
+ * write there, and it is not a folder itself. A start writes it, and stops saying why when it cannot.
+ */
+function checkPidFile(path: string): void {
+  const folder = dirname(resolvePath(path));
+  try {
+    if (!statSync(folder).isDirectory()) throw Object.assign(new Error(`${folder} is not a folder`), { code: 'ENOTDIR' });
+    accessSync(folder, constants.W_OK);
+    if (existsSync(path) && statSync(path).isDirectory()) throw Object.assign(new Error(`'${path}' is a folder`), { code: 'EISDIR' });
+  } catch (err) {
+    throw new FileError(`cannot write the --pid-file '${path}': ${whyNotWritable(err, path)}`);
+  }
 }
 
 /** The process id, written at start (`--pid-file`); a file that cannot be written stops the start, saying why. */

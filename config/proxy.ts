@@ -13,7 +13,7 @@ import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { LEVELS, SUMMARY_INTERVAL_MS, type Level } from '../actors/logger.js';
 import { ACCESS_LOG_HOLD } from '../admin/access-log.js';
-import { resolveOptions, type Opts, type ProxyOptions } from '../actors/proxy-options.js';
+import { DEFAULT_LISTEN_HOST, resolveOptions, type Opts, type ProxyOptions } from '../actors/proxy-options.js';
 import { badTrustedSource } from '../actors/port-limits.js';
 import { HEAP_PER_CONNECTION, HEAP_RESERVE, MIN_DEFAULT_CONNECTIONS } from '../actors/memory-limit.js';
 import { FileError, LocalCode } from '../transport/errors.js';
@@ -272,6 +272,8 @@ export function toRuntime(c: ProxyConfig): Runtime {
   if (tls?.cert) options.tls = tls;
   if (tls?.ca) options.upstreamTls = tls;
   const log = c.log ?? {};
+  const clashes = portClashes(c);
+  if (clashes.length) throw new ConfigError('the configuration', clashes);
   const registry = toRegistry(c.registry);
   return {
     options: options as ProxyOptions,
@@ -283,6 +285,32 @@ export function toRuntime(c: ProxyConfig): Runtime {
     inspectToken: c.inspect_token,
     certs: [...loadedCerts(c.tls, tls, { cert: 'tls.cert', ca: 'tls.ca' }), ...loadedCerts(c.registry?.tls, registry?.tls, { cert: 'registry.tls.cert', ca: 'registry.tls.ca' })],
   };
+}
+
+/** Addresses a listener on which takes the port on every address: one on any other address clashes with it. */
+const ANY_ADDRESS = new Set(['0.0.0.0', '::']);
+
+/**
+ * The proxy's own listeners (its port, the admin endpoint, the inspector) that would share a port on
+ * addresses that overlap (the same address, or either on every address): the second to open failed
+ * "port P on H is already in use: stop what holds it", blaming another program, and --check passed
+ * it. Port 0 (a free one each) never clashes. Each clash is named on the later setting, saying both.
+ */
+function portClashes(c: ProxyConfig): Issue[] {
+  const listeners = [
+    { path: 'port', names: "the proxy's port (port, --port)", host: c.host ?? DEFAULT_LISTEN_HOST, port: c.port ?? DEFAULTS.port },
+    ...(c.admin?.listen ? [{ path: 'admin.listen', names: 'the admin endpoint (admin.listen, --admin)', host: c.admin.listen.host, port: c.admin.listen.port }] : []),
+    ...(c.inspect !== undefined ? [{ path: 'inspect', names: 'the inspector (inspect, --inspect, on 127.0.0.1)', host: '127.0.0.1', port: c.inspect }] : []),
+  ];
+  const issues: Issue[] = [];
+  for (const [j, b] of listeners.entries()) {
+    const a = listeners.slice(0, j).find((x) => x.port !== 0 && x.port === b.port && (x.host === b.host || ANY_ADDRESS.has(x.host) || ANY_ADDRESS.has(b.host)));
+    if (!a) continue;
+    const at = (x: { host: string; port: number }): string => `${x.host.includes(':') ? `[${x.host}]` : x.host}:${x.port}`;
+    const overlap = a.host === b.host ? 'the same address and port' : 'the same port, on addresses that overlap';
+    issues.push({ line: 0, col: 0, path: b.path, message: `${b.names}, ${at(b)}, and ${a.names}, ${at(a)}, are ${overlap}: one process cannot listen there twice; give each its own port` });
+  }
+  return issues;
 }
 
 function toAdmin(a: ProxyConfig['admin']): Runtime['admin'] {

@@ -127,6 +127,33 @@ config('--check opens the files a config names, as nginx -t does', async () => {
   assert.match(check.out.join('\n'), /cannot read the tokens file '.*nowhere\.yaml': it does not exist/);
 });
 
+config('--check refuses what a start cannot do: two of its listeners on one port (naming both settings), a pid file in a missing folder', async () => {
+  // Each passed --check, and the start then failed "port P on 127.0.0.1 is already in use: stop what holds it", blaming another program.
+  const run = async (args: string[]): Promise<{ code: number; out: string }> => {
+    const p = revproxy(['proxy', '--check', ...args]);
+    return { code: await p.exited, out: p.out.join('\n') };
+  };
+  const flags = await run(['--port', '23565', '--admin', '127.0.0.1:23565']);
+  assert.is(flags.code, 2, flags.out);
+  assert.match(flags.out, /the admin endpoint \(admin\.listen, --admin\), 127\.0\.0\.1:23565, and the proxy's port \(port, --port\), 127\.0\.0\.1:23565, are the same address and port: .*give each its own port/);
+  const file = await run(['--config', write('clash.yaml', 'port: 23566\nadmin:\n  listen: 0.0.0.0:23566\n')]);
+  assert.is(file.code, 1, file.out);
+  assert.match(file.out, /clash\.yaml:3:11: admin\.listen: the admin endpoint .*0\.0\.0\.0:23566, and the proxy's port .*127\.0\.0\.1:23566, are the same port, on addresses that overlap/);
+  const inspector = await run(['--port', '0', '--admin', '127.0.0.1:23567', '--inspect', '23567']);
+  assert.is(inspector.code, 2, inspector.out);
+  assert.match(inspector.out, /the inspector \(inspect, --inspect, on 127\.0\.0\.1\), 127\.0\.0\.1:23567, and the admin endpoint/);
+  // Port 0 is a free port for each; other addresses do not overlap.
+  assert.is((await run(['--port', '0', '--admin', '127.0.0.1:0', '--inspect', '0'])).code, 0);
+  assert.is((await run(['--port', '23568', '--host', '127.0.0.2', '--admin', '127.0.0.1:23568'])).code, 0);
+  const pid = await run(['--port', '0', '--pid-file', join(ctx.dir, 'nowhere', 'x.pid')]);
+  assert.is(pid.code, 1, pid.out);
+  assert.match(pid.out, /cannot write the --pid-file '.*x\.pid': its folder .*nowhere does not exist/);
+  // A start says the same as --check, not that another program holds the port.
+  const start = revproxy(['proxy', '--port', '23565', '--admin', '127.0.0.1:23565']);
+  assert.is(await start.exited, 2);
+  assert.not.match(start.out.join('\n'), /already in use/);
+});
+
 config('--check counts the settings the file sets', async () => {
   const tokens = write('tokens.yaml', '"111": secret-of-111\n');
   const check = revproxy(['proxy', '--check', '--config', write('one.yaml', `tokens_file: ${tokens}\n`)]);
