@@ -58,7 +58,7 @@ export const proxyMachine = setup({
     }),
     logListening: ({ context }) => {
       const o = context.opts;
-      context.logger.info('listening', `Running the reverse proxy on port ${context.port}`, { host: o.host, port: context.port, tls: Boolean(o.tls?.cert) });
+      context.logger.info('listening', `Running the reverse proxy on port ${context.port} at ${o.host}${o.host === '0.0.0.0' || o.host === '::' ? ' (every address)' : ''}`, { host: o.host, port: context.port, tls: Boolean(o.tls?.cert) });
       const memory = proxyBudgetNote(o);
       if (memory) context.logger[memory.level]('memory_limit', memory.message, memory.fields);
       const conns = proxyConnectionsNote(o);

@@ -519,7 +519,8 @@ export const serverMachine = setup({
           handler: opts.handler?.name || (opts.handler ? 'anonymous' : 'sha1'), concurrency: opts.concurrency ?? null,
         });
       }
-      log.info('listening', `Listening on port ${context.port}`, { host: context.listenAddress ?? context.opts.listenHost ?? DEFAULT_LISTEN_HOST, port: context.port });
+      const host = context.listenAddress ?? context.opts.listenHost ?? DEFAULT_LISTEN_HOST;
+      log.info('listening', `Listening on port ${context.port} at ${host}`, { host, port: context.port });
       for (const p of context.proxies) log.info('connecting', `Connecting to the reverse proxy on port ${p.port}`, { proxy: hostPort(p.host, p.port) });
     },
     respond: ({ context, event }) => {

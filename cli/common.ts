@@ -5,7 +5,7 @@ import type { Endpoint } from '../actors/server.js';
 import { UsageError } from '../transport/errors.js';
 import { tlsFromFlags, type LoadedCert } from '../config/files.js';
 import { expiryWarning } from '../transport/tls.js';
-import { EMPTY_HOST_HINT } from '../config/proxy.js';
+import { badListenHost, EMPTY_HOST_HINT, unbracket } from '../config/proxy.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 
 // The files a command is given are read by config/files.ts (the config file names the same
@@ -91,10 +91,18 @@ export function parsePort(value: string, what = 'port'): number {
   return Number(value);
 }
 
-/** `--host`: an address to listen on; an empty one (an unset variable) is refused, not taken as every address. */
-export function parseHost(value: string): string {
-  if (value.trim() === '') throw new InvalidArgumentError(`--host takes an address to listen on, got an empty one: ${EMPTY_HOST_HINT}`);
-  return value;
+/**
+ * `--host`: an address to listen on, an IPv6 one bracketed or not (`[::1]`, `::1`); an empty one (an
+ * unset variable) is refused, not taken as every address, and so is one with a port in it, which
+ * Node took for a host name that does not resolve. `portFlag` is the command's flag for the port.
+ */
+export function hostParser(portFlag: string): (value: string) => string {
+  return (value) => {
+    const bad = badListenHost(value);
+    if (bad === 'empty') throw new InvalidArgumentError(`--host takes an address to listen on, got an empty one: ${EMPTY_HOST_HINT}`);
+    if (bad === 'port') throw new InvalidArgumentError(`--host takes an address without a port, got '${value}': give the port with ${portFlag}`);
+    return unbracket(value);
+  };
 }
 
 export function parseIntOption(name: string, min: number, max?: number) {

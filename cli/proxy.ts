@@ -25,7 +25,7 @@ import { systemClock } from '../transport/clock.js';
 import { ErrorCode } from '../transport/errors.js';
 import { dial, expiryWarning, type TlsMaterial } from '../transport/tls.js';
 import type { LoadedCert } from '../config/files.js';
-import { FileError, ignoreUserSignals, parseHost, releaseEarlySignals, takeEarlySignals, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, warnExpiring, whyUnreadable } from './common.js';
+import { FileError, hostParser, ignoreUserSignals, releaseEarlySignals, takeEarlySignals, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, warnExpiring, whyUnreadable } from './common.js';
 import { checkInspectToken, inspectOptions, startInspection } from './inspect.js';
 
 const camel = (key: string): string => key.replace(/_(\w)/g, (_, c: string) => c.toUpperCase());
@@ -41,7 +41,7 @@ function proxyOptions(): Option[] {
   });
   return [
     ...numbers,
-    new Option('--host <address>', `address to listen on (default: ${DEFAULT_LISTEN_HOST})`).argParser(parseHost),
+    new Option('--host <address>', `address to listen on (default: ${DEFAULT_LISTEN_HOST}), without a port; an IPv6 one bare or in brackets (::1, [::1])`).argParser(hostParser('--port')),
     new Option('--config <file>', 'read the settings from this YAML file (docs/CONFIG.md); flags given as well override it'),
     new Option('--check', 'check the configuration (the file, the flags and the files they name), then exit: 0 when it is valid, 1 when not'),
     new Option('--pid-file <file>', "write the process id to this file at start, as HAProxy's -p and nginx's pid do (logrotate: postrotate kill -USR1 $(cat FILE)); removed on exit"),

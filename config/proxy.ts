@@ -22,7 +22,7 @@ import { MAX_ID_LENGTH } from '../transport/messages.js';
 import { loadedCerts, loadTokens, tlsFromFlags, readYamlFile, whyUnreadable, type LoadedCert } from './files.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 import {
-  dict, flag, IssuesError, list, name, object, oneOf, opt, readYaml, refine, req, scalar, text, whole, yaml, type Field, type Infer, type Issue,
+  dict, flag, INVALID, IssuesError, list, name, object, oneOf, opt, readYaml, refine, req, scalar, text, whole, yaml, type Field, type Infer, type Issue, type Schema,
 } from './schema.js';
 
 /** When a change of a setting takes effect. */
@@ -99,6 +99,36 @@ export function defaultOf(key: NumberKey): string {
 /** What to give instead of an empty listen address (Node would listen on every address). */
 export const EMPTY_HOST_HINT = 'give 127.0.0.1 (this machine only), or 0.0.0.0 or :: to listen on every address';
 
+/** `[::1]` as the address it brackets (::1), as a URL writes it; anything else as it is. */
+export function unbracket(host: string): string {
+  return /^\[([^\]]+)\]$/.exec(host.trim())?.[1] ?? host;
+}
+
+/**
+ * Why `host` is not an address to listen on, or undefined: 'empty' (an unset variable), or 'port': a
+ * port in it (`127.0.0.1:80`, `[::1]:80`), which Node took for a host name and failed to resolve
+ * ("cannot listen on [127.0.0.1:80]:2100"). A bare IPv6 address (::1, fe80::1) has colons of its own.
+ */
+export function badListenHost(host: string): 'empty' | 'port' | undefined {
+  const h = host.trim();
+  if (h === '') return 'empty';
+  if (/^\[[^\]]*\]:\d*$/.test(h) || /^[^:[\]]+:\d*$/.test(h)) return 'port';
+  return undefined;
+}
+
+/** `host`: an address to listen on, its IPv6 brackets taken off. */
+const listenHost: Schema<string> = {
+  expected: 'an address to listen on',
+  read(node, at, ctx) {
+    const why = (t: string): string | undefined => {
+      const bad = badListenHost(t);
+      return bad === 'empty' ? `expected an address to listen on, got an empty string: ${EMPTY_HOST_HINT}` : bad === 'port' ? `expected an address without a port, got '${t}': give the port with port (--port)` : undefined;
+    };
+    const v = refine(text, why).read(node, at, ctx);
+    return v === INVALID ? v : unbracket(v);
+  },
+};
+
 const secret = refine(text, (t) => (t.length < 8 ? 'a secret needs at least 8 characters: a short secret is easy to guess' : undefined));
 const path = refine(text, (t) => (t.length === 0 ? 'expected a file path, got an empty string' : undefined));
 
@@ -140,7 +170,7 @@ const numberFields = Object.fromEntries(
 
 /** Every other setting: listening, secrets, TLS, logs, the admin endpoint, the inspector. */
 const otherFields = {
-  host: opt(refine(text, (t) => (t.trim() === '' ? `expected an address to listen on, got an empty string: ${EMPTY_HOST_HINT}` : undefined)), 'address to listen on'),
+  host: opt(listenHost, 'address to listen on'),
   token: opt(secret, 'registration secret every server must present (REVPROXY_TOKEN, --token)'),
   tokens: opt(dict(secret), 'per-policy registration secrets: policy: secret'),
   tokens_file: opt(path, 'a YAML file of per-policy secrets (--tokens)'),

@@ -4,7 +4,7 @@ import { X509Certificate } from 'node:crypto';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createServer as httpServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer as netServer, type AddressInfo } from 'node:net';
 import { makePki } from './certs.js';
 import { killAll, revproxy, ROOT, start } from './procs.js';
 import { collector, frame, rawConnect, tempDir } from './helpers.js';
@@ -125,6 +125,32 @@ cli('a listen address that cannot be used, for the proxy or its admin endpoint, 
     assert.match(text, message, text);
     assert.not.match(text, /ENOTFOUND|EADDRNOTAVAIL|getaddrinfo/, text);
   }
+});
+
+cli('--host takes an IPv6 address in brackets ([::1], as a URL writes it) and refuses one with a port, saying to give the port on its own; the start line names the address', async () => {
+  // '[::1]' failed "cannot listen on [[::1]]:PORT: the host name does not resolve", '127.0.0.1:80' "cannot listen on [127.0.0.1:80]:PORT".
+  const exited = (p: ReturnType<typeof revproxy>): Promise<number> => {
+    const t = setTimeout(() => p.kill(), 5000);
+    return p.exited.finally(() => clearTimeout(t));
+  };
+  for (const [args, port] of [[['proxy', '-port', '0', '--host', '127.0.0.1:80'], '--port'], [['server', '--id', '1', '--pp', '1', '--host', '[::1]:80'], '--listen']] as const) {
+    const p = revproxy([...args]);
+    assert.is(await exited(p), 2, `${args.join(' ')}: ${p.out.join('\n')}`);
+    assert.match(p.out.join('\n'), new RegExp(`--host takes an address without a port, got '${args.at(-1)!.replace(/[[\].]/g, '\\$&')}': give the port with ${port}`));
+  }
+  const dir = tempDir('host-');
+  writeFileSync(join(dir, 'p.yaml'), 'port: 0\nhost: "127.0.0.1:80"\n');
+  const file = revproxy(['proxy', '--check', '--config', join(dir, 'p.yaml')]);
+  assert.is(await exited(file), 1, file.out.join('\n'));
+  assert.match(file.out.join('\n'), /p\.yaml:2:7: host: expected an address without a port, got '127\.0\.0\.1:80': give the port with port \(--port\)/);
+  const v6 = await new Promise<boolean>((resolve) => {
+    const srv = netServer().once('error', () => resolve(false)).listen(0, '::1', () => srv.close(() => resolve(true)));
+  });
+  if (!v6) return; // no IPv6 loopback here
+  const proxy = revproxy(['proxy', '-port', '0', '--host', '[::1]']);
+  await proxy.waitFor(/Running the reverse proxy on port \d+ at ::1$/);
+  const server = revproxy(['server', '--id', '1', '--pp', '1', '--host', '[::1]', '--revproc', '1']);
+  await server.waitFor(/Listening on port \d+ at ::1$/);
 });
 
 cli('an empty listen address is refused, not taken as every address (--host "$UNSET", host: "")', async () => {
