@@ -16,8 +16,8 @@ import { ConnStats } from '../admin/conn-stats.js';
 import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin/server.js';
 import type { RegistryStatus } from '../registry/events.js';
 import {
-  anchorIssues, badPolicy, changes, ConfigError, PROXY_PROTOCOL_FROM_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, parseHostPort, toRuntime,
-  whyNotWritable, type LogFileKey, type NumberKey, type ProxyConfig, type Runtime,
+  anchorIssues, badPolicy, changes, ConfigError, FILE_FLAGS, PROXY_PROTOCOL_FROM_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, parseHostPort, RuntimeProblems, toRuntime,
+  whyNotWritable, type FileKey, type NumberKey, type ProxyConfig, type Runtime,
 } from '../config/proxy.js';
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
 import type { PoolView } from '../inspector/views.js';
@@ -165,9 +165,9 @@ Example:
       if (envPassword) c.registry = withoutAmbient(c.registry, 'password', 'url');
       return c;
     };
-    // A log file a flag gave is named by that flag in errors, not blamed on the config file.
-    const flagOf = (key: LogFileKey): string | undefined =>
-      key === 'log.access_log' ? (flags.log?.access_log !== undefined ? '--access-log' : undefined) : flags.inspect_log !== undefined ? '--inspect-log' : undefined;
+    // A file a flag gave is named by that flag in errors, not blamed on the config file.
+    const flagOf = (key: FileKey): string | undefined =>
+      key.split('.').reduce<unknown>((o, k) => (o as Record<string, unknown> | undefined)?.[k], flags) !== undefined ? FILE_FLAGS[key] : undefined;
     // Settings that clash (ready policies or an admin token without --admin, registry settings without
     // --registry) when every one came from a flag: options that do not fit together, a usage error (exit 2).
     // With a file, the clash is pointed at the line that set it.
@@ -176,19 +176,31 @@ Example:
       path.split('.').reduce<unknown>((o, k) => (o as Record<string, unknown> | undefined)?.[k], flags) !== undefined ? CLASH_FLAGS[path] : undefined;
     const asUsage = (err: unknown): unknown =>
       file ? anchorIssues(err, resolvePath(file), flagSet) : err instanceof ConfigError && err.issues.every((i) => i.line === 0) ? new UsageError(err.issues.map((i) => i.message).join('; ')) : err;
+    // Every problem checkRuntime found, at once: the file's at their lines, then the files the flags named.
+    const explain = (err: unknown): unknown => {
+      if (!(err instanceof RuntimeProblems)) return asUsage(err);
+      const anchored = err.issues.length ? asUsage(new ConfigError(err.file, err.issues)) : undefined;
+      // In the file's order.
+      const inFile = anchored instanceof ConfigError ? new ConfigError(anchored.file, [...anchored.issues].sort((a, b) => (a.line || Infinity) - (b.line || Infinity) || a.col - b.col)) : anchored;
+      if (!err.given.length && inFile) return inFile;
+      return new FileError([...(inFile ? [(inFile as Error).message] : []), ...err.given].join('\n'));
+    };
     if ((cmd.opts() as Flags).check) {
       // A check is not a daemon: the signals it was sent while it loaded do what Node does with them.
       releaseEarlySignals();
       const cfg = read();
-      let rt: Runtime;
+      let rt: Runtime | undefined;
+      let problems: unknown;
       try {
         rt = checkRuntime(cfg, source, flagOf);
       } catch (err) {
-        throw asUsage(err);
+        problems = err;
       }
       // The pid file a start would write: its folder must exist and be writable (the file itself is written at start).
       const pidFile = (cmd.opts() as Flags).pidFile;
-      if (pidFile) checkPidFile(pidFile);
+      const pid = pidFile ? pidFileProblem(pidFile) : undefined;
+      if (pid) problems = problems instanceof RuntimeProblems ? new RuntimeProblems(problems.file, problems.issues, [...problems.given, pid]) : (problems ?? new FileError(pid));
+      if (problems || !rt) throw explain(problems);
       // What a start would warn of, where an operator runs the check (CI, a deploy), as nginx -t warns; still valid (exit 0).
       const resolved = resolveOptions(rt.options);
       const files = fileLimitWarning(resolved.maxConnections, resolved.maxConnectionsSet, 'max_connections');
@@ -217,9 +229,9 @@ Example:
       }
     };
     try {
-      await run(read, source, setExit, setHup, flagOf, asUsage, (cmd.opts() as Flags).pidFile);
+      await run(read, source, setExit, setHup, flagOf, explain, (cmd.opts() as Flags).pidFile);
     } catch (err) {
-      throw asUsage(err);
+      throw explain(err);
     } finally {
       process.off('SIGHUP', hup);
     }
@@ -228,9 +240,10 @@ Example:
 }
 
 /** Start everything a config asks for, serve until SIGTERM/SIGINT, reload on SIGHUP. */
-async function run(read: () => ProxyConfig, source: string, setExit: (code: number) => void, onHup: (f: () => void) => void, flagOf: (key: LogFileKey) => string | undefined, explain: (err: unknown) => unknown, pidFile?: string): Promise<void> {
+async function run(read: () => ProxyConfig, source: string, setExit: (code: number) => void, onHup: (f: () => void) => void, flagOf: (key: FileKey) => string | undefined, explain: (err: unknown) => unknown, pidFile?: string): Promise<void> {
   let running = read();
-  const rt = toRuntime(running);
+  // Checked as --check checks it: every problem at once, the file's at their lines.
+  const rt = checkRuntime(running, source, flagOf);
   const stdout = new Destination({ to: '-' });
   const logger = new Logger('proxy', new LogStream(stdout, { format: rt.log.format, color: rt.log.color && process.stdout.isTTY === true && !process.env.NO_COLOR }), rt.log.level, { summaryMs: rt.log.summaryMs });
   // Until the proxy is up (its registry client loading, its admin and inspector ports opening), a
@@ -338,7 +351,8 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       let nextRt: Runtime;
       try {
         next = read();
-        nextRt = toRuntime(next);
+        // Checked as at start: every problem at once, the file's at their lines (its log files aside: reopened below).
+        nextRt = checkRuntime(next, source, flagOf, { logs: false });
       } catch (err) {
         reloads.refused++;
         // Pointed at the file's lines, as at start.
@@ -475,14 +489,15 @@ function poolReadiness(policies: readonly string[], pools: ReturnType<ProxyHandl
  * What `--check` can tell of the pid file without writing it: its folder exists and this user may
  * write there, and it is not a folder itself. A start writes it, and stops saying why when it cannot.
  */
-function checkPidFile(path: string): void {
+function pidFileProblem(path: string): string | undefined {
   const folder = dirname(resolvePath(path));
   try {
     if (!statSync(folder).isDirectory()) throw Object.assign(new Error(`${folder} is not a folder`), { code: 'ENOTDIR' });
     accessSync(folder, constants.W_OK);
     if (existsSync(path) && statSync(path).isDirectory()) throw Object.assign(new Error(`'${path}' is a folder`), { code: 'EISDIR' });
+    return undefined;
   } catch (err) {
-    throw new FileError(`cannot write the --pid-file '${path}': ${whyNotWritable(err, path)}`);
+    return `cannot write the --pid-file '${path}': ${whyNotWritable(err, path)}`;
   }
 }
 

@@ -107,7 +107,7 @@ export function loadPackets(paths: string[], defaultSrcid: string, hint = PKT_HI
   });
 }
 
-const TOKENS_HINT = '--tokens takes a YAML file that maps each privacy policy to its secret (8 or more characters), e.g. "111": secret-of-111';
+export const TOKENS_HINT = '--tokens takes a YAML file that maps each privacy policy to its secret (8 or more characters), e.g. "111": secret-of-111';
 
 /**
  * A per-policy tokens file: YAML (or JSON) mapping each privacy policy to
@@ -146,14 +146,18 @@ export function tlsFromFlags(o: TlsFlags, flag = { cert: '--tls-cert', key: '--t
     if (!(err instanceof TlsConfigError)) throw err;
     if (err.kind === 'usage') throw new UsageError(err.message);
     // Name the file that cannot be read, and why, in words.
-    const given: Array<[string, string | undefined, string]> = [
-      [flag.cert, o.tlsCert, `a PEM certificate (with ${flag.key}, its key)`],
-      [flag.key, o.tlsKey, `the PEM private key of ${flag.cert}`],
-      [flag.ca, o.tlsCa, 'the PEM certificate of the CA that signs the peers\' certificates'],
-    ];
-    for (const [f, path, what] of given) if (path) readGiven(path, `${f} file`, `${f} takes ${what}`);
+    for (const role of ['cert', 'key', 'ca'] as const) {
+      const path = { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa }[role];
+      if (path) readGiven(path, `${flag[role]} file`, tlsFileHint(flag, role));
+    }
     throw new FileError(err.message);
   }
+}
+
+/** What each TLS file is, for the sentence saying it cannot be read: "--tls-cert takes a PEM certificate (with --tls-key, its key)". */
+export function tlsFileHint(flag: { cert: string; key: string; ca: string }, role: 'cert' | 'key' | 'ca'): string {
+  const what = { cert: `a PEM certificate (with ${flag.key}, its key)`, key: `the PEM private key of ${flag.cert}`, ca: "the PEM certificate of the CA that signs the peers' certificates" }[role];
+  return `${flag[role]} takes ${what}`;
 }
 
 /** A certificate file loaded: the setting that named it (tls.cert, --tls-ca...), the file, and when its certificate ends (`validityOf`). */

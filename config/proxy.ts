@@ -9,7 +9,7 @@
  * Precedence: a flag (or REVPROXY_TOKEN) over the file, the file over the
  * defaults. Paths in the file are relative to the file's folder.
  */
-import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, statSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { LEVELS, SUMMARY_INTERVAL_MS, type Level } from '../actors/logger.js';
 import { ACCESS_LOG_HOLD } from '../admin/access-log.js';
@@ -19,7 +19,7 @@ import { HEAP_PER_CONNECTION, HEAP_RESERVE, MIN_DEFAULT_CONNECTIONS } from '../a
 import { FileError, LocalCode } from '../transport/errors.js';
 import { MAX_TIMER_MS } from '../transport/clock.js';
 import { MAX_ID_LENGTH } from '../transport/messages.js';
-import { loadedCerts, loadTokens, tlsFromFlags, readYamlFile, whyUnreadable, type LoadedCert } from './files.js';
+import { loadedCerts, loadTokens, tlsFileHint, tlsFromFlags, TOKENS_HINT, readYamlFile, whyUnreadable, type LoadedCert } from './files.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 import {
   dict, flag, INVALID, IssuesError, list, name, object, oneOf, opt, readYaml, refine, req, scalar, text, whole, yaml, type Field, type Infer, type Issue, type Schema,
@@ -388,8 +388,9 @@ function toRegistry(r: ProxyConfig['registry']): Runtime['registry'] {
   return { endpoints, prefix: r.prefix, ttlSeconds: r.ttl, advertise: r.advertise, username: r.username, password: r.password, tls: material ?? (tls ? {} : undefined) };
 }
 
+/** A file the config names that cannot be used: at the line of its key (line 0 here: `anchorIssues` places it). */
 function fileIssue(source: string, what: string, path: string, why: string): ConfigError {
-  return new ConfigError(source, [{ line: 1, col: 1, path: what, message: `${path}: ${why}` }]);
+  return new ConfigError(source, [{ line: 0, col: 0, path: what, message: `${path}: ${why}` }]);
 }
 
 /** Why a log file cannot be opened for appending, in words (a missing folder is not created: the proxy would not create it either). */
@@ -408,20 +409,105 @@ export function whyNotWritable(err: unknown, path: string): string {
 }
 
 /**
+ * Every problem `checkRuntime` found, at once: `issues` those of settings the file made (line 0:
+ * `anchorIssues` places each at its key's line) and the settings that clash; `given` those of files a
+ * flag named, each a sentence naming its flag.
+ */
+export class RuntimeProblems extends ConfigError {
+  constructor(file: string, issues: Issue[], readonly given: string[]) {
+    super(file, issues);
+    this.name = 'RuntimeProblems';
+    if (given.length) this.message = [...(issues.length ? [this.message] : []), ...given].join('\n');
+  }
+}
+
+/** The settings naming a file the proxy reads or writes: each named by its flag when a flag gave it (`flagOf`). */
+export type FileKey = 'tokens_file' | 'tls.cert' | 'tls.key' | 'tls.ca' | 'registry.tls.cert' | 'registry.tls.key' | 'registry.tls.ca' | LogFileKey;
+
+/** Each file key's flag. */
+export const FILE_FLAGS: Record<FileKey, string> = {
+  tokens_file: '--tokens', 'tls.cert': '--tls-cert', 'tls.key': '--tls-key', 'tls.ca': '--tls-ca',
+  'registry.tls.cert': '--registry-cert', 'registry.tls.key': '--registry-key', 'registry.tls.ca': '--registry-ca',
+  'log.access_log': '--access-log', inspect_log: '--inspect-log',
+};
+
+/**
  * What `--check` does beyond reading: the files a config names can be used
  * (tokens, TLS; the access log and inspection log can be opened for
- * appending, as nginx -t opens its logs). Throws on the first that cannot.
+ * appending, as nginx -t opens its logs), and its settings fit together.
+ * Every problem is found, then thrown at once (`RuntimeProblems`): each file
+ * the config file named at its key, each a flag named by the flag.
  */
-export function checkRuntime(c: ProxyConfig, source: string, flagOf: (key: LogFileKey) => string | undefined = () => undefined): Runtime {
-  const rt = toRuntime(c);
-  for (const [what, p] of [['log.access_log', c.log?.access_log], ['inspect_log', c.inspect_log]] as const) {
+export function checkRuntime(c: ProxyConfig, source: string, flagOf: (key: FileKey) => string | undefined = () => undefined, opts: { logs?: boolean } = {}): Runtime {
+  const issues: Issue[] = [];
+  const given: string[] = [];
+  // A flag's file is said as before, with what the flag takes.
+  const hintOf = (key: FileKey): string => {
+    if (key === 'tokens_file') return TOKENS_HINT;
+    const [section, role] = key.startsWith('registry.') ? ['registry.tls', key.slice(13)] : ['tls', key.slice(4)];
+    const f = (r: string): string => flagOf(`${section}.${r}` as FileKey) ?? `${section}.${r}`;
+    return tlsFileHint({ cert: f('cert'), key: f('key'), ca: f('ca') }, role as 'cert' | 'key' | 'ca');
+  };
+  const readable = (key: FileKey, path: string | undefined): boolean => {
+    if (path === undefined) return true;
+    try {
+      if (statSync(path).isDirectory()) throw Object.assign(new Error('is a folder'), { code: 'EISDIR' });
+      closeSync(openSync(path, 'r'));
+      return true;
+    } catch (err) {
+      if (flagOf(key)) given.push(`cannot read the ${key === 'tokens_file' ? 'tokens' : flagOf(key)} file '${path}': ${whyUnreadable(err)}; ${hintOf(key)}`);
+      else issues.push({ line: 0, col: 0, path: key, message: `${path}: cannot read it: ${whyUnreadable(err)}` });
+      return false;
+    }
+  };
+  // The contents of a file read whole: a problem names the file as its loader does.
+  const contents = (key: FileKey, path: string, load: () => unknown): boolean => {
+    try {
+      load();
+      return true;
+    } catch (err) {
+      if (!(err instanceof FileError)) throw err;
+      if (flagOf(key)) given.push(err.message);
+      else issues.push({ line: 0, col: 0, path: key, message: err.message });
+      return false;
+    }
+  };
+  const next: ProxyConfig = { ...c };
+  if (c.tokens_file !== undefined && !(readable('tokens_file', c.tokens_file) && contents('tokens_file', c.tokens_file, () => loadTokens(c.tokens_file!)))) delete next.tokens_file;
+  for (const section of ['tls', 'registry.tls'] as const) {
+    const files = section === 'tls' ? c.tls : c.registry?.tls;
+    if (!files) continue;
+    const key = (role: 'cert' | 'key' | 'ca'): FileKey => `${section}.${role}`;
+    const names = { cert: flagOf(key('cert')) ?? key('cert'), key: flagOf(key('key')) ?? key('key'), ca: flagOf(key('ca')) ?? key('ca') };
+    // A certificate without its key (or a key without its certificate) is said first, as before: settings that do not go together.
+    if (Boolean(files.cert) !== Boolean(files.key)) tlsFromFlags({ tlsCert: files.cert, tlsKey: files.key, tlsCa: files.ca }, names);
+    let ok = (['cert', 'key', 'ca'] as const).map((role) => readable(key(role), files[role])).every(Boolean);
+    // Readable: a certificate that does not match its key, or has expired, is said by the loader, naming its setting.
+    if (ok) ok = contents(key(files.cert ? 'cert' : 'ca'), files.cert ?? files.ca ?? '', () => tlsFromFlags({ tlsCert: files.cert, tlsKey: files.key, tlsCa: files.ca }, names));
+    if (ok) continue;
+    if (section === 'tls') delete next.tls;
+    else next.registry = { ...next.registry!, tls: undefined };
+  }
+  // A reload (logs: false) reopens the access log itself, and keeps the one open when it cannot.
+  for (const [what, p] of opts.logs === false ? [] : ([['log.access_log', c.log?.access_log], ['inspect_log', c.inspect_log]] as const)) {
     if (p === undefined || p === '-') continue;
     try {
       closeSync(openSync(p, 'a'));
     } catch (err) {
-      throw logFileIssue(source, what, p, whyNotWritable(err, p), flagOf(what));
+      const flag = flagOf(what);
+      if (flag) given.push(`cannot open the ${flag} file '${p}' for writing: ${whyNotWritable(err, p)}`);
+      else issues.push({ line: 0, col: 0, path: what, message: `${p}: cannot open it for writing: ${whyNotWritable(err, p)}` });
     }
   }
+  // The settings that clash, found with the rest (the files that failed left out: each is said once).
+  let rt: Runtime | undefined;
+  try {
+    rt = toRuntime(next);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    issues.push(...err.issues);
+  }
+  if (issues.length || given.length || !rt) throw new RuntimeProblems(source, issues, given);
   return rt;
 }
 

@@ -120,10 +120,10 @@ renew('a bad set of renewed files is refused, naming the file and what to do; th
   const at = install(pki, 'old');
   const { proc, port, admin, file } = await tlsProxy(false);
   const bad: Array<[string, () => void, RegExp]> = [
-    ['a renewed certificate without its new key', () => copyFileSync(pki.cert('renewed').cert, at.cert), /the --tls-key file '.*proxy\.key' is not the private key of the --tls-cert file '.*proxy\.pem' \(a renewed certificate comes with its own key: install both\)/],
-    ['a certificate file half written', () => writeFileSync(at.cert, readFileSync(pki.cert('renewed').cert).subarray(0, 100)), /the --tls-cert file '.*proxy\.pem' holds no PEM certificate/],
-    ['a key file gone', () => rmSync(at.key), /cannot read the --tls-key file '.*proxy\.key': it does not exist/],
-    ['an expired certificate', () => install(expired, 'gone'), /the --tls-cert file '.*proxy\.pem' holds a certificate that expired on 20\d\d-[-\dT:.]+Z: every peer would refuse it: install the renewed certificate \(and its key\) there/],
+    ['a renewed certificate without its new key', () => copyFileSync(pki.cert('renewed').cert, at.cert), /p\.yaml:\d+:\d+: tls\.cert: the tls\.key file '.*proxy\.key' is not the private key of the tls\.cert file '.*proxy\.pem' \(a renewed certificate comes with its own key: install both\)/],
+    ['a certificate file half written', () => writeFileSync(at.cert, readFileSync(pki.cert('renewed').cert).subarray(0, 100)), /p\.yaml:\d+:\d+: tls\.cert: the tls\.cert file '.*proxy\.pem' holds no PEM certificate/],
+    ['a key file gone', () => rmSync(at.key), /p\.yaml:\d+:\d+: tls\.key: .*proxy\.key: cannot read it: it does not exist/],
+    ['an expired certificate', () => install(expired, 'gone'), /p\.yaml:\d+:\d+: tls\.cert: the tls\.cert file '.*proxy\.pem' holds a certificate that expired on 20\d\d-[-\dT:.]+Z: every peer would refuse it: install the renewed certificate \(and its key\) there/],
   ];
   for (const [what, spoil, said] of bad) {
     install(pki, 'old');

@@ -124,7 +124,31 @@ config('--check opens the files a config names, as nginx -t does', async () => {
   const cfg = write('missing.yaml', 'tokens_file: nowhere.yaml\n');
   const check = revproxy(['proxy', '--check', '--config', cfg]);
   assert.is(await check.exited, 1);
-  assert.match(check.out.join('\n'), /cannot read the tokens file '.*nowhere\.yaml': it does not exist/);
+  assert.match(check.out.join('\n'), /missing\.yaml:1:14: tokens_file: .*nowhere\.yaml: cannot read it: it does not exist/);
+});
+
+config('--check and a start say every file problem at once, each at its key\'s line in the file, or named by its flag', async () => {
+  // It said the first only (the tokens file), without a line; a missing TLS file as "the --tls-cert file" though the file named
+  // it, and a log file at 1:1 of a relative path though its key was on line 3.
+  const missing = join(ctx.dir, 'no-such-folder');
+  const cfg = write('files.yaml', `port: 0\ntls:\n  cert: nope.pem\n  key: nope.key\ntokens_file: nowhere.yaml\nlog:\n  access_log: ${missing}/a.log\ninspect_log: ${missing}/i.ndjson\nadmin:\n  listen: 127.0.0.1:23571\ninspect: 23571\n`);
+  const at = (line: number, col: number, key: string, what: string): RegExp => new RegExp(`${cfg.replace(/[.]/g, '\\.')}:${line}:${col}: ${key.replace(/[.]/g, '\\.')}: .*${what}`);
+  for (const args of [['--check'], []]) {
+    const p = revproxy(['proxy', ...args, '--config', cfg]);
+    assert.is(await p.exited, 1, p.out.join('\n'));
+    const out = p.out.join('\n');
+    assert.match(out, at(3, 9, 'tls.cert', 'nope\\.pem: cannot read it: it does not exist'));
+    assert.match(out, at(4, 8, 'tls.key', 'nope\\.key: cannot read it: it does not exist'));
+    assert.match(out, at(5, 14, 'tokens_file', 'nowhere\\.yaml: cannot read it: it does not exist'));
+    assert.match(out, at(7, 15, 'log.access_log', 'cannot open it for writing: its folder .* does not exist'));
+    assert.match(out, at(8, 14, 'inspect_log', 'cannot open it for writing: its folder .* does not exist'));
+    assert.match(out, at(11, 10, 'inspect', 'the inspector .* and the admin endpoint'));
+  }
+  // Given as flags: each named by its flag, all at once, the pid file with them.
+  const flags = revproxy(['proxy', '--check', '--port', '0', '--tls-cert', 'no/cert.pem', '--tls-key', 'no/key.pem', '--tokens', 'no/tokens.yaml', '--access-log', `${missing}/a.log`, '--pid-file', `${missing}/x.pid`]);
+  assert.is(await flags.exited, 1, flags.out.join('\n'));
+  const said = flags.out.join('\n');
+  for (const re of [/cannot read the --tls-cert file 'no\/cert\.pem': it does not exist/, /cannot read the --tls-key file 'no\/key\.pem'/, /cannot read the tokens file 'no\/tokens\.yaml'/, /cannot open the --access-log file '.*a\.log' for writing/, /cannot write the --pid-file '.*x\.pid'/]) assert.match(said, re);
 });
 
 config('--check refuses what a start cannot do: two of its listeners on one port (naming both settings), a pid file in a missing folder', async () => {
