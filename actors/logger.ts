@@ -474,21 +474,43 @@ export class Destination {
     }
   }
 
-  /** Flush what the reader takes and close the file. */
+  /**
+   * Lines handed over and not written yet: those waiting for a reader or for a write that failed (a full
+   * disk), a line written in part counted as one. What `end` could not write is lost with the process.
+   */
+  unwrittenLines(): number {
+    const sonic = this.sonic as unknown as { _writingBuf: Buffer | string; _bufs: Array<Buffer[] | Buffer | string> };
+    const newlines = (b: Buffer | string): number => {
+      if (typeof b === 'string') return b.split('\n').length - 1;
+      let n = 0;
+      for (let i = b.indexOf(10); i >= 0; i = b.indexOf(10, i + 1)) n++;
+      return n;
+    };
+    let n = this.lines + newlines(sonic._writingBuf ?? '');
+    for (const chunk of sonic._bufs ?? []) for (const b of Array.isArray(chunk) ? chunk : [chunk]) n += newlines(b);
+    return n;
+  }
+
+  /** Lines `end` could not write (a full disk, a reader that stopped): lost. */
+  lostAtEnd = 0;
+
+  /** Flush what the reader takes and close the file; `lostAtEnd` counts the lines it could not write. */
   end(): Promise<void> {
     process.off('exit', this.onExit);
     return new Promise((resolve) => {
       if ((this.sonic as unknown as { destroyed: boolean }).destroyed) return resolve();
-      const done = (): void => resolve();
-      this.flushPending();
-      this.sonic.once('close', done);
-      this.sonic.once('error', done);
-      // A reader that stopped reading must not hold the caller: give up after a while.
-      setTimeout(() => {
+      const giveUp = (): void => {
         this.exiting = true;
-        this.sonic.destroy();
+        this.lostAtEnd = this.unwrittenLines();
+        if (!(this.sonic as unknown as { destroyed: boolean }).destroyed) this.sonic.destroy();
         resolve();
-      }, 1000).unref();
+      };
+      this.flushPending();
+      this.sonic.once('close', () => resolve());
+      // A write that fails now (a full disk) is not tried again: what it held is lost.
+      this.sonic.once('error', giveUp);
+      // A reader that stopped reading must not hold the caller: give up after a while.
+      setTimeout(giveUp, 1000).unref();
       this.sonic.end();
     });
   }

@@ -284,7 +284,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
     const file = rt.log.accessLog;
     accessLog.dest.onError = (err) => {
       const why = err.code === 'ENOSPC' ? 'the disk is full (ENOSPC)' : err.code === 'EIO' ? 'an I/O error (EIO)' : err.message;
-      logger.repeated('error', 'access_log_write_failed', 'access', 1, (n, span) => `cannot write the access log ${file}: ${why}; ${n} write(s) failed${span ? ` ${span}` : ''}; its lines wait (up to ${LOG_BUFFER_BYTES / 1024 / 1024} MiB, then dropped and counted) and are written once it can be`, { file, code: err.code });
+      logger.repeated('error', 'access_log_write_failed', 'access', 1, (n, span) => `cannot write the access log ${file}: ${why}; ${n} write(s) failed${span ? ` ${span}` : ''}; its lines wait (up to ${LOG_BUFFER_BYTES / 1024 / 1024} MiB, then dropped and counted) and are written once it can be, unless the proxy stops first: what still waits then is lost, and counted`, { file, code: err.code });
     };
   }
   const reloads = { applied: 0, refused: 0 };
@@ -435,7 +435,12 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
     if (pidFile) removePidFile(pidFile);
     await admin?.close();
     await insp.close();
-    if (accessLog && accessLog.dest !== stdout) await accessLog.dest.end();
+    if (accessLog && accessLog.dest !== stdout) {
+      await accessLog.dest.end();
+      // Lines that waited for a write that kept failing (a full disk) go with the process: say how many.
+      const lost = accessLog.dest.lostAtEnd;
+      if (lost) logger.warn('access_log_lost', `${lost} access log line(s) could not be written to ${rt.log.accessLog} before the proxy stopped, and are lost${accessLog.dropped ? `; ${accessLog.dropped} more were dropped while it ran` : ''}`, { file: rt.log.accessLog, lost, dropped: accessLog.dropped });
+    }
     await logger.end();
   }
   setExit(0);

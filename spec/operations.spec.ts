@@ -322,6 +322,16 @@ access('an access log the proxy cannot write (a full disk) is an error line sayi
   assert.ok(proc.out.filter((l) => /cannot write the access log/.test(l)).length < 6, proc.out.join('\n'));
 });
 
+access('access log lines still waiting for a full disk when the proxy stops are counted in a warn line, not said to be written later', async () => {
+  // The error line said they "are written once it can be", and they were lost at exit without a word.
+  const { proc, port } = await proxyWithConfig(write('x.yaml', 'port: 0\nlog:\n  access_log: /dev/full\n  access_log_flush: 0\n'));
+  for (const id of ['c1', 'c2', 'c3']) await runClient({ id, proxy: { host: LOCAL, port }, packets: [{ srcid: id, privPoliId: 'Z', payload: 'x' }] });
+  await proc.waitFor(/cannot write the access log \/dev\/full: .*unless the proxy stops first/);
+  proc.kill('SIGTERM');
+  assert.is(await proc.exited, 0);
+  assert.match(proc.out.join('\n'), /warning: 3 access log line\(s\) could not be written to \/dev\/full before the proxy stopped, and are lost/);
+});
+
 const reload = fresh('SIGHUP');
 
 reload('a SIGHUP while the proxy starts (its registry client loading) is remembered and applied once it listens, never unheard; one once it listens reloads', async () => {
