@@ -378,6 +378,11 @@ export class Destination {
       this.onDrop?.();
     });
     this.sonic.on('error', (err: NodeJS.ErrnoException) => this.onError?.(err)); // a broken pipe or a full disk must not end the proxy
+    // Whether the last write stopped inside a line (a disk that filled took part of a chunk): see `reopen`.
+    this.sonic.on('write', (n: number) => {
+      const b = (this.sonic as unknown as { _writingBuf: Buffer | string })._writingBuf;
+      if (n > 0 && typeof b !== 'string') this.midLine = n < b.length && b[n - 1] !== 10;
+    });
     process.on('exit', this.onExit);
   }
 
@@ -446,8 +451,29 @@ export class Destination {
       // Tried first: SonicBoom reports a failed reopen only as an 'error' event, and leaves behind
       // a listener that would close its current file a second time at the next reopen.
       closeSync(openSync(this.opts.to, 'a'));
+      this.dropTornLine();
       this.sonic.reopen();
     }
+  }
+
+  /** The last write stopped inside a line: its start is in the file open now. */
+  private midLine = false;
+
+  /**
+   * A line whose start was written before the disk filled would end at the top of the next file,
+   * the rest of a line nobody can read: it is dropped (and counted) instead, so each file holds whole
+   * lines but for the last of the old one.
+   */
+  private dropTornLine(): void {
+    const sonic = this.sonic as unknown as { _writing: boolean; _writingBuf: Buffer | string; _len: number };
+    if (!this.midLine || sonic._writing || typeof sonic._writingBuf === 'string') return;
+    const nl = sonic._writingBuf.indexOf(10);
+    if (nl < 0) return;
+    sonic._writingBuf = sonic._writingBuf.subarray(nl + 1);
+    sonic._len -= nl + 1;
+    this.midLine = false;
+    this.dropped++;
+    this.onDrop?.();
   }
 
   /** Waits until the file is open (or fails with why it cannot be). */

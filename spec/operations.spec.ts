@@ -332,6 +332,41 @@ access('access log lines still waiting for a full disk when the proxy stops are 
   assert.match(proc.out.join('\n'), /warning: 3 access log line\(s\) could not be written to \/dev\/full before the proxy stopped, and are lost/);
 });
 
+access('a line half written when the disk filled does not end at the top of the next file after a rotation: its rest is dropped and counted', async () => {
+  // A small tmpfs fills inside a chunk of lines; logrotate moves the file and frees the space; SIGUSR1.
+  // The rest of the torn line went first into the new file, a line without its start.
+  const disk = join(ctx.dir, 'disk');
+  mkdirSync(disk);
+  if (process.getuid?.() !== 0 || spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', disk]).status !== 0) return; // needs root
+  let proc: Proc | undefined;
+  try {
+    writeFileSync(join(disk, 'filler'), Buffer.alloc(56 * 1024));
+    const log = join(disk, 'access.log');
+    const started = await proxyWithConfig(write('t.yaml', `port: 0\nadmin:\n  listen: 127.0.0.1:0\nlog:\n  access_log: ${log}\n  access_log_flush: 0\n`));
+    proc = started.proc;
+    const { port, admin: url } = started;
+    const burst = (n: number) => runClient({ id: 'c', proxy: { host: LOCAL, port }, window: 256, packets: Array.from({ length: n }, (_, i) => ({ srcid: 'c', privPoliId: 'Z', payload: `m${i}` })) });
+    await burst(200);
+    await proc.waitFor(/cannot write the access log .*ENOSPC/);
+    const old = readFileSync(log, 'utf8');
+    assert.ok(!old.endsWith('\n'), 'the disk filled inside a line');
+    renameSync(log, `${log}.1`);
+    spawnSync('rm', [join(disk, 'filler')]);
+    proc.kill('SIGUSR1');
+    await proc.waitFor(/Reopened the access log/);
+    await burst(2);
+    const whole = /^\d{4}-\d\d-\d\dT\S+Z client=c addr=127\.0\.0\.1:\d+ policy=Z server=- seq=\d+ tries=0 latency_ms=[\d.]+ outcome=NO_SERVER$/;
+    await eventually(() => existsSync(log) && readFileSync(log, 'utf8').split('\n').filter(Boolean).length === 200 - old.split('\n').length + 2, 3000, 'the waiting lines and two more in the new file');
+    for (const line of readFileSync(log, 'utf8').split('\n').filter(Boolean)) assert.match(line, whole);
+    assert.match((await get(`${url}metrics`)).body, /revproxy_log_lines_dropped_total\{log="access"\} 1$/m);
+  } finally {
+    proc?.kill('SIGKILL');
+    await proc?.exited;
+    // Lazily: a file still open (a process of the test's own) must not leave the mount behind.
+    spawnSync('umount', ['-l', disk]);
+  }
+});
+
 const reload = fresh('SIGHUP');
 
 reload('a SIGHUP while the proxy starts (its registry client loading) is remembered and applied once it listens, never unheard; one once it listens reloads', async () => {
