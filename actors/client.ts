@@ -17,7 +17,7 @@
  * proxy refused SHUTTING_DOWN, when there is another proxy: nothing more is
  * sent to it, and the client leaves it once it has answered the rest.
  * Connecting is not progress (a proxy that accepts and then closes must not
- * keep us trying for ever); an answer is. connect.ts builds the promise and
+ * keep us trying for ever); an answer is, but not a refusal SHUTTING_DOWN. connect.ts builds the promise and
  * RxJS forms on this machine.
  */
 import { assertEvent, assign, enqueueActions, fromCallback, raise, setup, type ActorRefFrom, type EventObject } from 'xstate';
@@ -30,7 +30,7 @@ import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError
 import { setDeadline, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { HandlerError, show, type Payload } from './handler.js';
 import { silentLogger, type Logger } from './logger.js';
-import { DEFAULT_RECONNECT_MAX_DELAY_MS, NO_SERVER_GRACE_MS, parkDelay, reconnectDelay, stillNoServer, unreachable } from './hold.js';
+import { DEFAULT_RECONNECT_MAX_DELAY_MS, NO_SERVER_GRACE_MS, parkDelay, reconnectDelay, stillNoServer, stillShuttingDown, unreachable } from './hold.js';
 import type { Endpoint } from './server.js';
 import { Liveness, NoPings, PING_AFTER_MS, PONG_WITHIN_MS } from './liveness.js';
 
@@ -434,8 +434,14 @@ export interface ClientContext {
   opts: ClientOptions;
   proxies: Endpoint[];
   proxyIndex: number;
-  /** Connection attempts in a row without an answer. */
+  /** Connection attempts in a row without an answer (a refusal SHUTTING_DOWN is none: the proxy takes nothing). */
   attempts: number;
+  /**
+   * The draining proxy (host:port) that last refused a request SHUTTING_DOWN, and its words, while
+   * no proxy has answered a request since: a held request whose timeout ends then, or a request
+   * failed when the client gives up, gets that code and says so.
+   */
+  shutting?: { proxy: string; message: string };
   logger: Logger;
   clock: Clock;
   conn?: Connection;
@@ -613,6 +619,22 @@ function windowOf(opts: ClientOptions): number {
   return opts.wire === 'json' ? 1 : opts.window ?? 64;
 }
 
+/** Why the client left a draining proxy (it refused requests SHUTTING_DOWN, and holds none of ours). */
+function leftDraining(proxy: string, shutting: ClientContext['shutting']): string {
+  return `the reverse proxy at ${proxy} is shutting down${shutting ? ` (it said: ${shutting.message})` : ''}`;
+}
+
+/** How the last dial or connection failed, when the client is not connected and that was not leaving the draining proxy. */
+function lastTry(context: ClientContext, shutting: NonNullable<ClientContext['shutting']>): string | undefined {
+  const { lastError } = context;
+  return context.outageSince === undefined || lastError === leftDraining(shutting.proxy, shutting) ? undefined : lastError;
+}
+
+/** A draining proxy's refusal, in words. */
+function refusedShutting(s: { proxy: string; message: string }): string {
+  return `the reverse proxy at ${s.proxy} refused the request ${ErrorCode.SHUTTING_DOWN}: ${s.message}`;
+}
+
 /** A proxy that ended the connection with an ERROR (a proxy older than this client refusing a binary payload, say), in words. */
 function refusedBy(proxy: Endpoint, said: string): string {
   return `the reverse proxy at ${hostPort(proxy.host, proxy.port)} ended the connection saying ${said}`;
@@ -742,12 +764,20 @@ export const clientMachine = setup({
     /** The proxy is draining and holds nothing more of ours: leave it for the next, with what it refused. */
     leaveIfDrained: enqueueActions(({ context, enqueue }) => {
       if (!context.book.draining || context.book.inFlight > 0) return;
-      enqueue.raise({ type: 'CLOSED', error: context.leaving ?? `the reverse proxy at ${currentProxy(context)} is shutting down` });
+      enqueue.raise({ type: 'CLOSED', error: context.leaving ?? leftDraining(currentProxy(context), context.shutting) });
     }),
-    progress: assign(({ event }) => {
+    /**
+     * An answer is progress: the dials start again from the quick round. A refusal SHUTTING_DOWN is
+     * not (the proxy took nothing): a proxy that refuses every request and still accepts connections
+     * was dialled again every failoverDelayMs, the request sent each time, for its whole timeout.
+     */
+    progress: assign(({ context, event }) => {
       assertEvent(event, 'ANSWERS');
-      const answered = event.messages.some((m) => m.type === MsgType.ACK || (m.type === MsgType.ERROR && m.seq !== undefined));
-      return answered ? { attempts: 0 } : {};
+      const refusing = (m: Message): boolean => m.type === MsgType.ERROR && m.code === ErrorCode.SHUTTING_DOWN;
+      const answered = event.messages.some((m) => m.type === MsgType.ACK || (m.type === MsgType.ERROR && m.seq !== undefined && !refusing(m)));
+      const refusal = event.messages.find((m) => refusing(m) && m.type === MsgType.ERROR && m.seq !== undefined);
+      const shutting = refusal?.type === MsgType.ERROR ? { proxy: currentProxy(context), message: refusal.message } : answered ? undefined : context.shutting;
+      return answered ? { attempts: 0, shutting } : { shutting };
     }),
     expire: ({ context, event }) => {
       assertEvent(event, 'EXPIRE');
@@ -755,8 +785,10 @@ export const clientMachine = setup({
       if (ms === undefined) return;
       const { book, clock } = context;
       const refused = book.refusedWith(event.handle);
-      // A held request says why it was held: no proxy for so long, or a proxy just back without its servers.
-      const error = context.outageSince !== undefined && holding(context)
+      // A held request says why it was held: a proxy refusing it SHUTTING_DOWN, no proxy for so long, or a proxy just back without its servers.
+      const error = context.shutting !== undefined && holding(context)
+        ? new RequestError(ErrorCode.SHUTTING_DOWN, stillShuttingDown(refusedShutting(context.shutting), ms, lastTry(context, context.shutting)))
+        : context.outageSince !== undefined && holding(context)
         ? new RequestError(book.answers > 0 ? LocalCode.CONNECTION_LOST : LocalCode.CONNECT_FAILED,
           unreachable(clock.now() - context.outageSince, context.proxies, context.lastError, ms) + hint(context.lastError ?? '', book.answers > 0))
         : refused !== undefined
@@ -794,10 +826,15 @@ export const clientMachine = setup({
       const why = context.lastError ?? 'no reverse proxy reached';
       // A client that never had an answer never got through: that is failing to connect, whatever TCP said.
       const gotThrough = context.book.answers > 0;
-      const code = gotThrough ? LocalCode.CONNECTION_LOST : LocalCode.CONNECT_FAILED;
-      const failed = context.book.failAll(new RequestError(code, why));
-      if (failed) context.logger.error('connection', `${why}: ${failed} request(s) unanswered${hint(why, gotThrough)}`, { code, count: failed });
+      // The last proxy that took the requests refused them draining: that is what the caller is told (hold: false, every proxy draining).
+      const code = context.shutting ? ErrorCode.SHUTTING_DOWN : gotThrough ? LocalCode.CONNECTION_LOST : LocalCode.CONNECT_FAILED;
+      const last = context.shutting && lastTry(context, context.shutting);
+      const said = context.shutting ? `${refusedShutting(context.shutting)}${last ? `; the last try: ${last}` : ''}` : why;
+      const failed = context.book.failAll(new RequestError(code, said));
+      if (failed) context.logger.error('connection', `${said}: ${failed} request(s) unanswered${context.shutting ? '' : hint(why, gotThrough)}`, { code, count: failed });
     },
+    /** Reported (giveUp): a later request that cannot be sent is told what happens then. */
+    forgetShutting: assign({ shutting: undefined }),
     /** The list changes under the connection: it stays where it is (a proxy that left drains its clients), and fails over within the new list. */
     renewTls: assign(({ context, event }) => {
       assertEvent(event, 'RENEW_TLS');
@@ -929,7 +966,7 @@ export const clientMachine = setup({
     },
     /** Gave up: everything pending has failed. The next request tries the proxies again. */
     offline: {
-      entry: 'giveUp',
+      entry: ['giveUp', 'forgetShutting'],
       on: { REQUEST: { target: 'session', actions: ['enqueue', 'resetAttempts'] } },
     },
     closed: { type: 'final', entry: 'closeAll' },

@@ -68,3 +68,13 @@ export function stillNoServer(said: string, ms: number, timeoutMs: number): stri
   return `${said} (the client reconnected to it ${Math.round(ms)} ms before and held the request while its servers registered again, `
     + `until the request's timeout, ${timeoutMs} ms: check that a server of this policy runs and reaches this proxy)`;
 }
+
+/**
+ * What a held request ends with when its timeout runs out after a proxy refused it SHUTTING_DOWN
+ * (`refusal`: which proxy, and its words) and none took it since; `lastTry`: how the client's last
+ * dial or connection failed, when it was not connected then.
+ */
+export function stillShuttingDown(refusal: string, timeoutMs: number, lastTry?: string): string {
+  return `${refusal} (the client held the request and sent it again with backoff until the request's timeout, ${timeoutMs} ms, ran out${lastTry ? `; the last try: ${lastTry}` : ''}): `
+    + 'it is draining; give the client another proxy (--revproc HOST:PORT,HOST:PORT), or wait for it to be back';
+}

@@ -19,7 +19,7 @@ import { FrameDecoder } from '../transport/frame.js';
 import { NoPings } from '../actors/liveness.js';
 import { MsgType } from '../transport/messages.js';
 import { freePort } from '../bench/procs.js';
-import { eventually, frame } from './helpers.js';
+import { collector, eventually, frame, rawConnect } from './helpers.js';
 import { killAll, proxyProcess, python, ROOT } from './procs.js';
 
 interface Ctx {
@@ -704,6 +704,74 @@ lib('a lone proxy that drains (SIGTERM): the requests it refuses SHUTTING_DOWN a
   assert.is(settled, 0, 'the refused requests are held, not failed SHUTTING_DOWN');
   await proxyProcess(slow, { port });
   assert.equal(await Promise.all(during), ['D1', 'D2'], 'answered by the proxy back on its port');
+});
+
+/**
+ * What the real proxy says while it drains, on a client connection opened before: to a PING, and to
+ * a request. A request held by a handler keeps it draining until `release` ends it.
+ */
+async function realDrain(): Promise<{ pong: Record<string, unknown>; refusal: Record<string, unknown> }> {
+  const p = await proxy();
+  let release!: () => void;
+  let arrived!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  const atHandler = new Promise<void>((r) => (arrived = r));
+  const s = await startServer({ id: 'held', policy: 'P', revproc: p.port, handler: async () => { arrived(); await released; return 'late'; } });
+  ctx.servers.push(s);
+  await eventually(() => p.pools().P?.serving.includes('held') ?? false, 3000, 'held serving');
+  const sock = await rawConnect(p.port);
+  const got = collector(sock);
+  sock.write(frame({ type: MsgType.DATA, seq: 1, srcid: 'raw', privPoliId: 'P', payload: 'held', payloadsize: 4 }));
+  await atHandler;
+  const drained = p.stop();
+  sock.write(Buffer.concat([frame({ type: MsgType.PING, seq: 7 }), frame({ type: MsgType.DATA, seq: 2, srcid: 'raw', privPoliId: 'P', payload: 'during', payloadsize: 6 })]));
+  await got.until(() => got.got.length >= 2);
+  release();
+  await drained;
+  sock.destroy();
+  const [pong, refusal] = [got.got.find((m) => m.type === MsgType.PONG), got.got.find((m) => m.type === MsgType.ERROR)];
+  assert.ok(pong && refusal, `the draining proxy's answers: ${JSON.stringify(got.got)}`);
+  return { pong: { ...pong }, refusal: { ...refusal } };
+}
+
+lib('a lone proxy that refuses every request SHUTTING_DOWN but keeps accepting connections: the client backs off as from a proxy that is down, and the request ends SHUTTING_DOWN in the proxy\'s words', async () => {
+  // Each refusal counted as the proxy answering, so the dials never backed off: the client dialled
+  // it again every failoverDelayMs (100 ms), sending the request each time (49 connections and warn
+  // lines in 5 s), and the request ended CONNECTION_LOST "no reverse proxy could be reached for
+  // 27 ms ... check that the proxy runs"; with timeoutMs: Infinity it went on at 10 a second.
+  // The stand-in says what the real proxy says while it drains (realDrain: a PONG to a PING, its
+  // refusal to a request, word for word); the real one stops accepting as it drains, so the stand-in
+  // is a draining proxy behind something that still accepts (a load balancer, another build).
+  const real = await realDrain();
+  assert.is(real.refusal.code, 'SHUTTING_DOWN');
+  assert.is(real.pong.seq, 7);
+  let dials = 0;
+  const stub = createServer((sock) => {
+    dials++;
+    const decoder = new FrameDecoder();
+    sock.on('data', (chunk: Buffer) => {
+      for (const m of decoder.push(chunk).messages) {
+        if (m.type === MsgType.PING) sock.write(frame({ ...real.pong, seq: m.seq }));
+        if (m.type === MsgType.DATA) sock.write(frame({ ...real.refusal, seq: m.seq }));
+      }
+    });
+    sock.on('error', () => {});
+  }).listen(0, '127.0.0.1');
+  await once(stub, 'listening');
+  const { port } = stub.address() as AddressInfo;
+  try {
+    const records: LogRecord[] = [];
+    const c = await client({ revproc: port, logger: new Logger('client', memorySink(records), 'info') });
+    const e = await reject(c.request('P', 'refused', { timeoutMs: 3000 }));
+    assert.is(e.code, 'SHUTTING_DOWN');
+    assert.ok(e.message.startsWith(`the reverse proxy at 127.0.0.1:${port} refused the request SHUTTING_DOWN: ${String(real.refusal.message)} (the client held the request and sent it again with backoff until the request's timeout, 3000 ms, ran out)`), e.message);
+    // The quick round (2 dials 100 ms apart), then 200, 400, 800 ms, then each second (each up to a
+    // fifth early): 7 or so in 3 s, where it was about 30.
+    assert.ok(dials <= 10, `${dials} connections in the request's 3 s`);
+    assert.equal(records.filter((r) => r.level === 'warn').map((r) => r.event), ['failover', 'holding'], 'a warn line for the first failover, one for holding');
+  } finally {
+    stub.close();
+  }
 });
 
 lib('a request held while no proxy listens ends with its own timeout or abort, and says for how long which proxy could not be reached; destroy() settles the rest once', async () => {
