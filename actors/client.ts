@@ -129,6 +129,11 @@ interface Entry {
   sentAt?: number;
   /** What a proxy just reconnected to said when it refused it NO_SERVER (its servers may still be registering again): held to send again. */
   refused?: string;
+  /**
+   * It was in flight, unanswered, on a connection the client left because the proxy went silent
+   * (RequestBook.losses then): until the client sends it again or a dial fails, its own timeout ending is no answer, not an outage.
+   */
+  unansweredAt?: number;
   settled: boolean;
 }
 
@@ -158,7 +163,8 @@ export type ClientEvent =
   | { type: 'UNPARK' }
   | { type: 'CONNECT_FAILED'; error: string }
   | { type: 'ANSWERS'; messages: Message[] }
-  | { type: 'CLOSED'; error: string };
+  /** `silent`: the client leaves a proxy that stopped answering (cut off, stalled, gone from the registry). */
+  | { type: 'CLOSED'; error: string; silent?: boolean };
 
 /**
  * Every request the client holds, waiting or in flight, with the window
@@ -177,6 +183,8 @@ export class RequestBook {
   private parked: Entry[] = [];
   private readonly byHandle = new Map<RequestHandle, Entry>();
   private seq = 0;
+  /** Connections lost and dials failed so far (unsend). */
+  private losses = 0;
   /** Requests settled so far, by outcome: `ok`, or the error's code (for the inspector's counts). */
   readonly outcomes: Record<string, number> = {};
   /** Answers a proxy gave (ACK or ERROR) so far: whether this client ever got through. */
@@ -286,6 +294,7 @@ export class RequestBook {
       if (this.inflight.size >= this.window) break;
       // Sent, it is held in `inflight` until answered, and by nothing once answered (its payload may be large).
       this.waiting.delete(entry);
+      entry.unansweredAt = undefined;
       const seq = this.seq;
       this.seq = this.seq >= 0xffffffff ? 0 : this.seq + 1;
       const { req } = entry;
@@ -371,8 +380,21 @@ export class RequestBook {
     this.settle(entry, { ok: false, error, latencyMs: this.clock.now() - entry.arrived });
   }
 
-  /** The connection is gone: what was in flight on it, or refused SHUTTING_DOWN or NO_SERVER, waits again, first. */
-  unsend(): number {
+  /**
+   * Whether `handle` went unanswered on a proxy the client left as silent, with no dial failed since:
+   * its timeout ending now is the proxy's silence (CLIENT_TIMEOUT), not a time when no proxy could be reached.
+   */
+  unanswered(handle: RequestHandle): boolean {
+    return this.byHandle.get(handle)?.unansweredAt === this.losses;
+  }
+
+  /**
+   * The connection is gone (`silent`: the client left it, the proxy having stopped answering), or a
+   * dial failed: what was in flight on it, or refused SHUTTING_DOWN or NO_SERVER, waits again, first.
+   */
+  unsend(silent = false): number {
+    this.losses++;
+    if (silent) for (const e of this.inflight.values()) e.unansweredAt = this.losses;
     const back = [...this.bounced, ...this.parked, ...this.inflight.values()].filter((e) => !e.settled);
     this.bounced = [];
     this.parked = [];
@@ -630,6 +652,11 @@ function lastTry(context: ClientContext, shutting: NonNullable<ClientContext['sh
   return context.outageSince === undefined || lastError === leftDraining(shutting.proxy, shutting) ? undefined : lastError;
 }
 
+/** A request's own timeout ran out with no answer. */
+function noAnswer(timeoutMs: number): string {
+  return `no answer within the request's timeout (${timeoutMs} ms)`;
+}
+
 /** A draining proxy's refusal, in words. */
 function refusedShutting(s: { proxy: string; message: string }): string {
   return `the reverse proxy at ${s.proxy} refused the request ${ErrorCode.SHUTTING_DOWN}: ${s.message}`;
@@ -695,7 +722,7 @@ export const clientMachine = setup({
       const { conn } = event;
       // Without PINGs until the proxy answers one (probed).
       const liveness = new Liveness(context.clock, context.book, currentProxy(context), () => conn.send({ type: MsgType.PING, seq: 0 }),
-        (error) => self.send({ type: 'CLOSED', error }), (late) => stalled(context.logger, late));
+        (error) => self.send({ type: 'CLOSED', error, silent: true }), (late) => stalled(context.logger, late));
       const opened = { conn, probing: event.probing, liveness, leaving: undefined };
       // A proxy PINGed first is reached once it answers (PROBED): one that closes the connection before is not.
       return event.probing ? opened : { ...opened, ...reached(context) };
@@ -786,14 +813,17 @@ export const clientMachine = setup({
       const { book, clock } = context;
       const refused = book.refusedWith(event.handle);
       // A held request says why it was held: a proxy refusing it SHUTTING_DOWN, no proxy for so long, or a proxy just back without its servers.
-      const error = context.shutting !== undefined && holding(context)
+      // One the client took off a proxy that went silent (the first of them to run out left it) has had no answer, as that first one.
+      const error = book.unanswered(event.handle)
+        ? new RequestError(LocalCode.CLIENT_TIMEOUT, noAnswer(ms))
+        : context.shutting !== undefined && holding(context)
         ? new RequestError(ErrorCode.SHUTTING_DOWN, stillShuttingDown(refusedShutting(context.shutting), ms, lastTry(context, context.shutting)))
         : context.outageSince !== undefined && holding(context)
         ? new RequestError(book.answers > 0 ? LocalCode.CONNECTION_LOST : LocalCode.CONNECT_FAILED,
           unreachable(clock.now() - context.outageSince, context.proxies, context.lastError, ms) + hint(context.lastError ?? '', book.answers > 0))
         : refused !== undefined
           ? new RequestError(ErrorCode.NO_SERVER, stillNoServer(refused, clock.now() - (context.recoveredAt ?? clock.now()), ms))
-          : new RequestError(LocalCode.CLIENT_TIMEOUT, `no answer within the request's timeout (${ms} ms)`);
+          : new RequestError(LocalCode.CLIENT_TIMEOUT, noAnswer(ms));
       book.fail(event.handle, error);
     },
     cancel: ({ context, event }) => {
@@ -803,7 +833,7 @@ export const clientMachine = setup({
     /** Requests sent on the lost connection go out again, first, on the next one. */
     unsend: ({ context, event }) => {
       assertEvent(event, ['CONNECT_FAILED', 'CLOSED']);
-      const resend = context.book.unsend();
+      const resend = context.book.unsend(event.type === 'CLOSED' && event.silent === true);
       const next = (context.proxyIndex + 1) % context.proxies.length;
       if (context.attempts + 1 < maxAttempts(context)) {
         const target = context.proxies[next]!;
@@ -850,12 +880,12 @@ export const clientMachine = setup({
       return next;
     }),
     /** A request ran out of time on a proxy that answers no PING and has been silent too long (proxySilent): the connection is given up as lost. */
-    leaveSilentProxy: raise(({ context }) => ({ type: 'CLOSED' as const, error: context.liveness!.silentAtExpiry()! })),
+    leaveSilentProxy: raise(({ context }) => ({ type: 'CLOSED' as const, error: context.liveness!.silentAtExpiry()!, silent: true })),
     /** The proxy left the registry and is silent (proxyLeftSilent): its connection is given up as lost, and what it held goes to the next. */
     leaveProxy: raise(({ context }) => {
       const { host, port } = context.proxies[context.proxyIndex]!;
       const idle = context.book.inFlight === 0;
-      return { type: 'CLOSED' as const, error: `the reverse proxy at ${hostPort(host, port)} left the registry${idle ? '' : ` and has not answered for ${context.clock.now() - context.book.heardAt} ms`}` };
+      return { type: 'CLOSED' as const, error: `the reverse proxy at ${hostPort(host, port)} left the registry${idle ? '' : ` and has not answered for ${context.clock.now() - context.book.heardAt} ms`}`, silent: true };
     }),
     resetAttempts: assign({ attempts: 0 }),
     closeAll: ({ context }) => {

@@ -302,6 +302,27 @@ lib('a proxy that answers no PING (older than the client) and goes silent with r
   });
 });
 
+lib('requests sent together to a silent proxy that answers no PING all end CLIENT_TIMEOUT, in the same words, when their timeouts run out together', async () => {
+  // The first to run out left the connection as cut off or stalled, and the 9 others, due the same
+  // millisecond, were taken for requests held while no proxy could be reached: CONNECT_FAILED "no
+  // reverse proxy could be reached for 2 ms ... check that the proxy runs". The stand-in does what
+  // the real proxy's own spec checks it never does (it answers every PING): nothing at all, as a
+  // proxy cut off, stalled, or older than client PINGs (refusing the first, as that one does).
+  const mute = await standIn('older');
+  try {
+    const clock = new ManualClock();
+    const c = await client({ revproc: mute.port, clock, failoverDelayMs: 10 });
+    const all = Array.from({ length: 10 }, (_, i) => reject(c.request('P', `r${i}`, { timeoutMs: 6000 })));
+    await eventually(() => mute.held.length === 2 && c.actor.getSnapshot().context.book.inFlight === 10, 3000, 'the requests on the silent proxy, dialled again without a PING');
+    clock.advance(6000);
+    const errors = await Promise.all(all);
+    assert.equal(errors.map((e) => e.code), Array(10).fill('CLIENT_TIMEOUT'));
+    assert.equal(new Set(errors.map((e) => e.message)).size, 1, `one wording: ${[...new Set(errors.map((e) => e.message))].join(' | ')}`);
+  } finally {
+    mute.close();
+  }
+});
+
 lib('a proxy that answers no PING, cut off just after it answered one of two requests: when the other runs out of time, the connection is given up and the next request goes to the next proxy', async () => {
   // The proxy's silence was counted only from a request sent since it last said anything: with none
   // sent after its last answer, the request that ran out of time left the connection as it was, and
