@@ -22,7 +22,7 @@
  */
 import { assertEvent, assign, enqueueActions, fromCallback, raise, setup, type ActorRefFrom, type EventObject } from 'xstate';
 import { hostPort } from '../transport/address.js';
-import { ErrorCode, LocalCode, RevproxyError, type ClientCode } from '../transport/errors.js';
+import { ErrorCode, LocalCode, ProtocolError, RevproxyError, type ClientCode } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { isIdValue, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
@@ -161,10 +161,11 @@ export type ClientEvent =
   | { type: 'PINGS_REFUSED'; error: string }
   /** Send the requests parked after a NO_SERVER again (see hold.ts). */
   | { type: 'UNPARK' }
-  | { type: 'CONNECT_FAILED'; error: string }
+  /** `invalid`: the proxy sent something that is not a valid message, and the client closed the connection. */
+  | { type: 'CONNECT_FAILED'; error: string; invalid?: boolean }
   | { type: 'ANSWERS'; messages: Message[] }
   /** `silent`: the client leaves a proxy that stopped answering (cut off, stalled, gone from the registry). */
-  | { type: 'CLOSED'; error: string; silent?: boolean };
+  | { type: 'CLOSED'; error: string; silent?: boolean; invalid?: boolean };
 
 /**
  * Every request the client holds, waiting or in flight, with the window
@@ -469,6 +470,8 @@ export interface ClientContext {
   conn?: Connection;
   book: RequestBook;
   lastError?: string;
+  /** The last connection was closed by the client because the proxy sent an invalid message (lastError says which): BAD_REQUEST, not an outage. */
+  lastInvalid?: boolean;
   /** A proxy was reached at least once (reached()): requests are held from then on (hold.ts). */
   connectedOnce: boolean;
   /** Since when no proxy has been connected (the clock's ms), after a connection or dial failed. */
@@ -550,7 +553,10 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
     },
     error: (err: NodeJS.ErrnoException) => {
       if (refusedPing()) return;
-      if (!connected) {
+      if (err instanceof ProtocolError) {
+        // Not the proxy closing: the client read something that is no message, and closed the connection itself.
+        send({ type: connected ? 'CLOSED' : 'CONNECT_FAILED', error: sentInvalid(input.proxy, err.message, probing !== undefined), invalid: true });
+      } else if (!connected) {
         const why = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${hostPort(input.proxy.host, input.proxy.port)}` : describeDialError(err, input.proxy.host);
         send({ type: 'CONNECT_FAILED', error: why });
       } else if (!said && probing) send({ type: 'CLOSED', error: closedUnanswered(input.proxy, err.message) });
@@ -650,6 +656,16 @@ function leftDraining(proxy: string, shutting: ClientContext['shutting']): strin
 function lastTry(context: ClientContext, shutting: NonNullable<ClientContext['shutting']>): string | undefined {
   const { lastError } = context;
   return context.outageSince === undefined || lastError === leftDraining(shutting.proxy, shutting) ? undefined : lastError;
+}
+
+/**
+ * The proxy sent bytes that are no valid message (`detail`: the decoder's words), and the client
+ * closed the connection; `unproven`: before it answered the first PING, so it may not be a proxy at all.
+ */
+function sentInvalid(proxy: Endpoint, detail: string, unproven: boolean): string {
+  return `the reverse proxy at ${hostPort(proxy.host, proxy.port)} sent an invalid message (${detail}); the client closed the connection`
+    // The decoder named what it is (`the peer is an SSH server ...`, foreign.ts), and what to check.
+    + (unproven && !detail.startsWith('the peer ') ? ': check that a revproxy proxy listens on that port (not another program), and whether it wants TLS (--tls-ca, --tls-cert)' : '');
 }
 
 /** A request's own timeout ran out with no answer. */
@@ -818,6 +834,8 @@ export const clientMachine = setup({
         ? new RequestError(LocalCode.CLIENT_TIMEOUT, noAnswer(ms))
         : context.shutting !== undefined && holding(context)
         ? new RequestError(ErrorCode.SHUTTING_DOWN, stillShuttingDown(refusedShutting(context.shutting), ms, lastTry(context, context.shutting)))
+        : context.outageSince !== undefined && holding(context) && context.lastInvalid
+        ? new RequestError(ErrorCode.BAD_REQUEST, `${context.lastError!} (the client held the request and dialled again with backoff until the request's timeout, ${ms} ms, ran out)`)
         : context.outageSince !== undefined && holding(context)
         ? new RequestError(book.answers > 0 ? LocalCode.CONNECTION_LOST : LocalCode.CONNECT_FAILED,
           unreachable(clock.now() - context.outageSince, context.proxies, context.lastError, ms) + hint(context.lastError ?? '', book.answers > 0))
@@ -848,7 +866,7 @@ export const clientMachine = setup({
     failover: assign(({ context, event }) => {
       assertEvent(event, ['CONNECT_FAILED', 'CLOSED']);
       return {
-        conn: undefined, proxyIndex: (context.proxyIndex + 1) % context.proxies.length, attempts: context.attempts + 1, lastError: event.error,
+        conn: undefined, proxyIndex: (context.proxyIndex + 1) % context.proxies.length, attempts: context.attempts + 1, lastError: event.error, lastInvalid: event.invalid === true,
         outageSince: context.outageSince ?? context.clock.now(),
       };
     }),
@@ -857,11 +875,12 @@ export const clientMachine = setup({
       // A client that never had an answer never got through: that is failing to connect, whatever TCP said.
       const gotThrough = context.book.answers > 0;
       // The last proxy that took the requests refused them draining: that is what the caller is told (hold: false, every proxy draining).
-      const code = context.shutting ? ErrorCode.SHUTTING_DOWN : gotThrough ? LocalCode.CONNECTION_LOST : LocalCode.CONNECT_FAILED;
+      // A proxy that sent an invalid message was reached, and answered wrongly: BAD_REQUEST (the peer sent something that is not a valid message).
+      const code = context.shutting ? ErrorCode.SHUTTING_DOWN : context.lastInvalid ? ErrorCode.BAD_REQUEST : gotThrough ? LocalCode.CONNECTION_LOST : LocalCode.CONNECT_FAILED;
       const last = context.shutting && lastTry(context, context.shutting);
       const said = context.shutting ? `${refusedShutting(context.shutting)}${last ? `; the last try: ${last}` : ''}` : why;
       const failed = context.book.failAll(new RequestError(code, said));
-      if (failed) context.logger.error('connection', `${said}: ${failed} request(s) unanswered${context.shutting ? '' : hint(why, gotThrough)}`, { code, count: failed });
+      if (failed) context.logger.error('connection', `${said}: ${failed} request(s) unanswered${context.shutting || context.lastInvalid ? '' : hint(why, gotThrough)}`, { code, count: failed });
     },
     /** Reported (giveUp): a later request that cannot be sent is told what happens then. */
     forgetShutting: assign({ shutting: undefined }),

@@ -795,6 +795,55 @@ lib('a lone proxy that refuses every request SHUTTING_DOWN but keeps accepting c
   }
 });
 
+/**
+ * A stand-in proxy on a free loopback port that answers a PING with a PONG, as the real proxy does
+ * (realDrain reads one), and writes `onData(message)` for each request; `greeting` first, unasked.
+ */
+async function oddProxy(onData: (m: { seq: number }) => Buffer, greeting?: Buffer): Promise<{ port: number; dials: number; close(): void }> {
+  const state = { port: 0, dials: 0, close: () => {} };
+  const stub = createServer((sock) => {
+    state.dials++;
+    if (greeting) sock.write(greeting);
+    const decoder = new FrameDecoder();
+    sock.on('data', (chunk: Buffer) => {
+      for (const m of decoder.push(chunk).messages) {
+        if (m.type === MsgType.PING) sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
+        if (m.type === MsgType.DATA) sock.write(onData(m));
+      }
+    });
+    sock.on('error', () => {});
+  }).listen(0, '127.0.0.1');
+  await once(stub, 'listening');
+  state.port = (stub.address() as AddressInfo).port;
+  state.close = () => stub.close();
+  return state;
+}
+
+lib('a proxy that sends an invalid message is named, the client says it closed the connection, and the request ends BAD_REQUEST, not CONNECT_FAILED "check that the proxy runs"', async () => {
+  // The log line was the decoder's words alone ("unknown message type 99; trying again"), and the
+  // request ended CONNECT_FAILED "no reverse proxy could be reached for 158 ms ... check that the
+  // proxy runs", though it answered the PING; bytes that are no frame at all read "the reverse
+  // proxy ... accepted the connection and closed it", where the client closed it. No real proxy
+  // sends such things: the stand-ins answer a PING as it does, then what a broken one might.
+  const odd = await oddProxy((m) => frame({ type: 99, seq: m.seq }));
+  const garbage = await oddProxy(() => Buffer.alloc(0), Buffer.from([0x53, 0xa1, 0x00, 0x7f, 0xc0]));
+  try {
+    const records: LogRecord[] = [];
+    const c = await client({ revproc: odd.port, logger: new Logger('client', memorySink(records), 'warn') });
+    const e = await reject(c.request('P', 'x', { timeoutMs: 1000 }));
+    const said = `the reverse proxy at 127.0.0.1:${odd.port} sent an invalid message (unknown message type 99); the client closed the connection`;
+    assert.is(e.code, 'BAD_REQUEST');
+    assert.ok(e.message.startsWith(said), e.message);
+    assert.ok(records.length > 0 && records.every((r) => r.msg.startsWith(said)), records.map((r) => r.msg).join('\n'));
+    const [r] = await runClient({ id: 'c', proxy: { host: '127.0.0.1', port: garbage.port }, packets: [{ srcid: 'c', privPoliId: 'P', payload: 'x' }] });
+    assert.is(r!.error, 'BAD_REQUEST');
+    assert.match(r!.message!, new RegExp(`^the reverse proxy at 127\\.0\\.0\\.1:${garbage.port} sent an invalid message \\(frame at byte 0 declares \\d+ bytes, over the limit of \\d+\\); the client closed the connection: check that a revproxy proxy listens on that port`));
+  } finally {
+    odd.close();
+    garbage.close();
+  }
+});
+
 lib('a request held while no proxy listens ends with its own timeout or abort, and says for how long which proxy could not be reached; destroy() settles the rest once', async () => {
   const { proc, port } = await proxyProcess();
   const s = await startServer({ id: 'held', policy: 'P', revproc: port });
