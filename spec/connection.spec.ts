@@ -13,7 +13,7 @@ import { Connection, type MessageSink } from '../transport/socket.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { MsgType, type Message } from '../transport/messages.js';
 import { ManualClock } from '../transport/clock.js';
-import { dialDeadline } from '../transport/tls.js';
+import { dial, dialDeadline } from '../transport/tls.js';
 import { BufferBudget } from '../transport/budget.js';
 
 const data = (seq: number): Message => ({ type: MsgType.DATA, seq, srcid: 'c1', privPoliId: '111', payload: `p${seq}` });
@@ -246,6 +246,31 @@ test("a dial's deadline tells an address from a name as net.connect does: '127.1
   assert.match(String(name.said), /^no answer from 127\.1:2100 within 100 ms/);
   address.socket.destroy();
   name.socket.destroy();
+});
+
+test('a TLS dial whose TCP connection was made and whose handshake goes unanswered says so, not that the host may be down or firewalled', async () => {
+  // It said "no answer from 127.0.0.1:PORT within 2000 ms (connectTimeoutMs): is the host up, and
+  // does no firewall drop the connection?" though the host had accepted the connection. A real
+  // revproxy proxy without TLS does not stay silent: it closes the connection, and the dial says
+  // "the peer does not speak TLS" (spec/cli.spec.ts); the silent listener stands for another
+  // program on the port, or a stalled one.
+  const silent = createServer((sock) => sock.on('error', () => {}));
+  silent.listen(0, '127.0.0.1');
+  await once(silent, 'listening');
+  const { port } = silent.address() as { port: number };
+  const clock = new ManualClock();
+  const said: string[] = [];
+  const socket = dial('127.0.0.1', port, {});
+  socket.on('error', () => {});
+  dialDeadline(socket, '127.0.0.1', port, 100, clock, (why) => said.push(why), 'connectTimeoutMs');
+  try {
+    await once(socket, 'connect');
+    clock.advance(100);
+    assert.equal(said, [`the TCP connection to 127.0.0.1:${port} was made, but the TLS handshake got no answer within 100 ms (connectTimeoutMs): does the proxy serve TLS there (--tls-cert, --tls-key), and is it a revproxy proxy, not another program, and not stalled?`]);
+  } finally {
+    socket.destroy();
+    silent.close();
+  }
 });
 
 test('a peer that reads nothing: the budget is told of its unread bytes at the drain once, not by a listener left per turn written to it', async () => {

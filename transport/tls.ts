@@ -185,6 +185,16 @@ export function connectTimedOut(host: string, port: number, ms: number, option?:
 }
 
 /**
+ * A TLS dial whose TCP connection was made, its handshake unanswered in time: the host is up and
+ * something listens, but says nothing to a ClientHello (a revproxy proxy without TLS closes the
+ * connection instead, and the dial says it does not speak TLS): another program, or a stalled one.
+ */
+export function handshakeTimedOut(host: string, port: number, ms: number, option?: string): string {
+  return `the TCP connection to ${hostPort(host, port)} was made, but the TLS handshake got no answer within ${ms} ms${option ? ` (${option})` : ''}: `
+    + 'does the proxy serve TLS there (--tls-cert, --tls-key), and is it a revproxy proxy, not another program, and not stalled?';
+}
+
+/**
  * How long a dial waits for its host name to resolve (ms): glibc's worst at its defaults (5 s a
  * try, 2 tries, for each of up to 3 nameservers). A resolver that takes seconds (a first nameserver
  * down costs its whole timeout at every lookup) still resolves, and the connection is timed after it.
@@ -199,13 +209,17 @@ export const LOOKUP_TIMEOUT_MS = 30_000;
  * a connection made in time while the process was paused (a laptop asleep, a frozen VM) is taken.
  */
 export function dialDeadline(socket: Socket, host: string, port: number, ms: number, clock: Clock, slow: (why: string) => void, option?: string): Timer {
+  // Over TLS, a TCP connection made says the host is up and reached: what got no answer is the handshake.
+  let tcpUp = false;
+  if (socket instanceof TLSSocket) socket.once('connect', () => (tcpUp = true));
+  const timedOut = (): string => (tcpUp ? handshakeTimedOut(host, port, ms, option) : connectTimedOut(host, port, ms, option));
   // As net.connect tells them (it looks up whatever isIP does not call an address: '1.2.3', '127.1'), so a name's time starts at its lookup.
-  if (isIP(host) !== 0) return setDeadline(clock, () => slow(connectTimedOut(host, port, ms, option)), ms);
+  if (isIP(host) !== 0) return setDeadline(clock, () => slow(timedOut()), ms);
   let timer = setDeadline(clock, () => slow(`the name ${host} was not resolved within ${LOOKUP_TIMEOUT_MS} ms: its DNS server does not answer: check this machine's resolver (/etc/resolv.conf) and its DNS server`), LOOKUP_TIMEOUT_MS);
   // Emitted once per address found (and once with the error when there is none): the first starts the connection's time.
   socket.once('lookup', (err: Error | null) => {
     timer.cancel();
-    if (!err) timer = setDeadline(clock, () => slow(connectTimedOut(host, port, ms, option)), ms);
+    if (!err) timer = setDeadline(clock, () => slow(timedOut()), ms);
   });
   return { cancel: () => timer.cancel() };
 }
