@@ -192,6 +192,8 @@ export class RequestBook {
   answers = 0;
   /** When the proxy last said anything, or the connection opened (the clock's ms). */
   heardAt = 0;
+  /** PINGs sent on the connection whose PONG may still come through the answers (strays): the watch's, and a first PING not answered in time. */
+  pingsOwed = 0;
   /**
    * When the first request sent since the proxy last said anything went out (the clock's ms): the
    * proxy owes it an answer within its timeout. Not the last thing it said: a client idle a minute
@@ -363,6 +365,39 @@ export class RequestBook {
     return settled;
   }
 
+  /**
+   * Say what in a read answers nothing (before `answer` takes the rest): an ACK or ERROR for a seq
+   * no request in flight has (or one answered earlier in the read) is debug - normal once a request
+   * timed out or was aborted - and a message no proxy sends a client (DATA, SETUP, PING, DEREGISTER,
+   * or a PONG answering no PING: its seq is not the 0 the client PINGs with, or none is owed) a warn
+   * line, once per proxy and type, then counted in a summary each interval. They are dropped, as before.
+   */
+  strays(messages: Message[], log: Logger, proxy: string): void {
+    // Answers are looked at only for debug lines: the usual read costs a type check per message.
+    const debug = log.enabled('debug');
+    let answered: Set<number> | undefined;
+    for (const m of messages) {
+      if (m.type === MsgType.ACK || m.type === MsgType.ERROR) {
+        if (!debug || m.seq === undefined) continue;
+        if (this.inflight.has(m.seq) && !answered?.has(m.seq)) {
+          if (messages.length > 1) (answered ??= new Set()).add(m.seq);
+          continue;
+        }
+        const what = m.type === MsgType.ACK ? 'an ACK' : `an ERROR ${m.code}`;
+        log.debug('stray_answer', `The reverse proxy at ${proxy} sent ${what} for seq ${m.seq}, which no request in flight has (it timed out, was aborted, or was answered already): dropped`, { proxy, seq: m.seq, type: m.type });
+      } else if (m.type === MsgType.PONG && m.seq === 0 && this.pingsOwed > 0) {
+        this.pingsOwed--;
+      } else {
+        const name = MSG_NAMES[m.type] ?? String(m.type);
+        const what = m.type !== MsgType.PONG ? `a ${name} message (type ${m.type}), which no proxy sends a client`
+          : m.seq === 0 ? 'a PONG when the client had sent no PING' : `a PONG for seq ${m.seq} (the client PINGs with seq 0 only)`;
+        log.repeated('warn', 'wrong_message', `${proxy} ${m.type}`, 1, (n, span) => span
+          ? `The reverse proxy at ${proxy} sent ${n} more ${name} message(s) a client cannot take ${span}: dropped`
+          : `The reverse proxy at ${proxy} sent ${what}: dropped (a broken proxy, or another program; more are counted)`, { proxy, type: m.type });
+      }
+    }
+  }
+
   /** Whether this request is in flight on the connection: sent, not answered. */
   sent(handle: RequestHandle): boolean {
     return this.byHandle.get(handle)?.seq !== undefined;
@@ -431,6 +466,9 @@ export class RequestBook {
     entry.req.done(outcome);
   }
 }
+
+/** Message types by number, for lines about them. */
+const MSG_NAMES: Record<number, string> = Object.fromEntries(Object.entries(MsgType).map(([name, n]) => [n, name]));
 
 /** Why the proxy would refuse this request, if it would. */
 function refusal(req: ClientRequest, size: number, maxFrameBytes: number, clientId: string): string | undefined {
@@ -735,9 +773,13 @@ export const clientMachine = setup({
       assertEvent(event, 'CONNECTED');
       const now = context.clock.now();
       context.book.heardAt = now;
+      context.book.pingsOwed = 0;
       const { conn } = event;
       // Without PINGs until the proxy answers one (probed).
-      const liveness = new Liveness(context.clock, context.book, currentProxy(context), () => conn.send({ type: MsgType.PING, seq: 0 }),
+      const liveness = new Liveness(context.clock, context.book, currentProxy(context), () => {
+        context.book.pingsOwed++;
+        conn.send({ type: MsgType.PING, seq: 0 });
+      },
         (error) => self.send({ type: 'CLOSED', error, silent: true }), (late) => stalled(context.logger, late));
       const opened = { conn, probing: event.probing, liveness, leaving: undefined };
       // A proxy PINGed first is reached once it answers (PROBED): one that closes the connection before is not.
@@ -746,7 +788,11 @@ export const clientMachine = setup({
     /** The PING sent first was answered (the connection is watched with PINGs from now on: a late PONG comes as one more PROBED), or not in time. */
     probed: assign(({ context, event }) => {
       assertEvent(event, 'PROBED');
-      if (event.unanswered) noPingsFrom(context, event.unanswered, 'sends its requests on this connection');
+      if (event.unanswered) {
+        // Its PONG may still come, late, with the answers.
+        context.book.pingsOwed++;
+        noPingsFrom(context, event.unanswered, 'sends its requests on this connection');
+      }
       // The first PROBED on the connection: the proxy answered its PING, or kept the connection open past connectTimeoutMs.
       const first = context.probing ? reached(context) : {};
       if (!event.pings) return { ...first, probing: false };
@@ -777,6 +823,7 @@ export const clientMachine = setup({
       // NO_SERVER by a proxy just back waits for its servers to register again.
       const held = holding(context);
       const fresh = held && context.recoveredAt !== undefined && context.clock.now() - context.recoveredAt < NO_SERVER_GRACE_MS;
+      context.book.strays(event.messages, context.logger, currentProxy(context));
       context.book.answer(event.messages, context.logger, context.proxies.length > 1 || held, fresh);
     },
     scheduleUnpark: enqueueActions(({ context, enqueue }) => {

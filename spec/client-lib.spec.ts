@@ -796,8 +796,9 @@ lib('a lone proxy that refuses every request SHUTTING_DOWN but keeps accepting c
 });
 
 /**
- * A stand-in proxy on a free loopback port that answers a PING with a PONG, as the real proxy does
- * (realDrain reads one), and writes `onData(message)` for each request; `greeting` first, unasked.
+ * A stand-in proxy on a free loopback port that answers a PING with a PONG of its seq, as the real
+ * proxy does (spec/proxy.spec.ts checks it; realDrain reads one), and writes `onData(message)` for
+ * each request; `greeting` first, unasked.
  */
 async function oddProxy(onData: (m: { seq: number }) => Buffer, greeting?: Buffer): Promise<{ port: number; dials: number; close(): void }> {
   const state = { port: 0, dials: 0, close: () => {} };
@@ -841,6 +842,41 @@ lib('a proxy that sends an invalid message is named, the client says it closed t
   } finally {
     odd.close();
     garbage.close();
+  }
+});
+
+lib('answers the client cannot take are logged: a stray ACK or ERROR (its request gone, or answered twice) at debug, each; a DATA, SETUP or PING from the proxy, or a PONG answering no PING, as one warn line per kind', async () => {
+  // They were dropped without a word even at debug: the requests ended CLIENT_TIMEOUT with no hint
+  // that the proxy had answered, wrongly. No real proxy sends them (spec/proxy.spec.ts checks what
+  // it answers); the stand-in answers PINGs as it does.
+  const odd = await oddProxy((m) => Buffer.concat([
+    frame({ type: MsgType.ACK, seq: m.seq + 1000, srcid: 's', destid: 'c', payload: 'x', payloadsize: 1 }),
+    frame({ type: MsgType.ERROR, seq: m.seq + 2000, code: 'TIMEOUT', message: 'late' }),
+    frame({ type: MsgType.PONG, seq: m.seq }),
+    frame({ type: MsgType.PONG, seq: m.seq + 7 }),
+    frame({ type: MsgType.DATA, seq: m.seq, srcid: 'proxy', privPoliId: 'P', payload: 'x', payloadsize: 1 }),
+    frame({ type: MsgType.SETUP, id: 'x', privPolyId: 'P', listenport: 1 }),
+    frame({ type: MsgType.PING, seq: 3 }),
+    frame({ type: MsgType.ACK, seq: m.seq, srcid: 's', destid: 'c', payload: 'ok', payloadsize: 2 }),
+    frame({ type: MsgType.ACK, seq: m.seq, srcid: 's', destid: 'c', payload: 'ok', payloadsize: 2 }),
+  ]));
+  try {
+    const records: LogRecord[] = [];
+    const c = await client({ revproc: odd.port, logger: new Logger('client', memorySink(records), 'debug') });
+    for (let i = 0; i < 3; i++) assert.is(await c.request('P', `r${i}`), 'ok', 'the right answer is taken');
+    const warns = records.filter((r) => r.level === 'warn');
+    assert.equal(warns.map((r) => r.msg.replace(String(odd.port), 'PORT')), [
+      'The reverse proxy at 127.0.0.1:PORT sent a PONG when the client had sent no PING: dropped (a broken proxy, or another program; more are counted)',
+      'The reverse proxy at 127.0.0.1:PORT sent a DATA message (type 0), which no proxy sends a client: dropped (a broken proxy, or another program; more are counted)',
+      'The reverse proxy at 127.0.0.1:PORT sent a SETUP message (type 1), which no proxy sends a client: dropped (a broken proxy, or another program; more are counted)',
+      'The reverse proxy at 127.0.0.1:PORT sent a PING message (type 4), which no proxy sends a client: dropped (a broken proxy, or another program; more are counted)',
+    ], 'one warn line per type (the PONGs for seq 7, 8, 9 and 1, 2 counted with the first), the rest counted for a summary');
+    const strays = records.filter((r) => r.event === 'stray_answer');
+    assert.is(strays.length, 9, 'a debug line for each stray ACK, stray ERROR and second ACK of the 3 requests');
+    assert.ok(strays.every((r) => r.level === 'debug'));
+    assert.match(strays[0]!.msg, /^The reverse proxy at 127\.0\.0\.1:\d+ sent an ACK for seq 1000, which no request in flight has \(it timed out, was aborted, or was answered already\): dropped$/);
+  } finally {
+    odd.close();
   }
 });
 
