@@ -129,6 +129,8 @@ interface Entry {
   sentAt?: number;
   /** What a proxy just reconnected to said when it refused it NO_SERVER (its servers may still be registering again): held to send again. */
   refused?: string;
+  /** A draining proxy refused it SHUTTING_DOWN, and the client held it to send again (unsend). */
+  refusedShutting?: boolean;
   /**
    * It was in flight, unanswered, on a connection the client left because the proxy went silent
    * (RequestBook.losses then): until the client sends it again or a dial fails, its own timeout ending is no answer, not an outage.
@@ -431,6 +433,7 @@ export class RequestBook {
   unsend(silent = false): number {
     this.losses++;
     if (silent) for (const e of this.inflight.values()) e.unansweredAt = this.losses;
+    for (const e of this.bounced) e.refusedShutting = true;
     const back = [...this.bounced, ...this.parked, ...this.inflight.values()].filter((e) => !e.settled);
     this.bounced = [];
     this.parked = [];
@@ -444,14 +447,19 @@ export class RequestBook {
     return back.length;
   }
 
-  /** Settle everything still held with `error`: the client gave up or was closed. Returns how many. */
-  failAll(error: RequestError): number {
+  /** Whether a draining proxy refused `handle` SHUTTING_DOWN, and the client held it to send again. */
+  wasRefusedShutting(handle: RequestHandle): boolean {
+    return this.byHandle.get(handle)?.refusedShutting === true;
+  }
+
+  /** Settle everything still held with `error` (or `refused`, those a draining proxy refused): the client gave up or was closed. Returns how many. */
+  failAll(error: RequestError, refused?: RequestError): number {
     const all = [...this.byHandle.values()];
     this.inflight.clear();
     this.bounced = [];
     this.parked = [];
     this.waiting.clear();
-    for (const e of all) this.settle(e, { ok: false, error, latencyMs: this.clock.now() - e.arrived });
+    for (const e of all) this.settle(e, { ok: false, error: (e.refusedShutting && refused) || error, latencyMs: this.clock.now() - e.arrived });
     return all.length;
   }
 
@@ -865,7 +873,8 @@ export const clientMachine = setup({
       assertEvent(event, 'ANSWERS');
       const refusing = (m: Message): boolean => m.type === MsgType.ERROR && m.code === ErrorCode.SHUTTING_DOWN;
       const answered = event.messages.some((m) => m.type === MsgType.ACK || (m.type === MsgType.ERROR && m.seq !== undefined && !refusing(m)));
-      const refusal = event.messages.find((m) => refusing(m) && m.type === MsgType.ERROR && m.seq !== undefined);
+      // Only a refusal the client holds the request through (receive: another proxy, or held) is remembered; one the caller got is told already.
+      const refusal = context.proxies.length > 1 || holding(context) ? event.messages.find((m) => refusing(m) && m.type === MsgType.ERROR && m.seq !== undefined) : undefined;
       const shutting = refusal?.type === MsgType.ERROR ? { proxy: currentProxy(context), message: refusal.message } : answered ? undefined : context.shutting;
       return answered ? { attempts: 0, shutting } : { shutting };
     }),
@@ -879,7 +888,7 @@ export const clientMachine = setup({
       // One the client took off a proxy that went silent (the first of them to run out left it) has had no answer, as that first one.
       const error = book.unanswered(event.handle)
         ? new RequestError(LocalCode.CLIENT_TIMEOUT, noAnswer(ms))
-        : context.shutting !== undefined && holding(context)
+        : context.shutting !== undefined && holding(context) && book.wasRefusedShutting(event.handle)
         ? new RequestError(ErrorCode.SHUTTING_DOWN, stillShuttingDown(refusedShutting(context.shutting), ms, lastTry(context, context.shutting)))
         : context.outageSince !== undefined && holding(context) && context.lastInvalid
         ? new RequestError(ErrorCode.BAD_REQUEST, `${context.lastError!} (the client held the request and dialled again with backoff until the request's timeout, ${ms} ms, ran out)`)
@@ -921,13 +930,14 @@ export const clientMachine = setup({
       const why = context.lastError ?? 'no reverse proxy reached';
       // A client that never had an answer never got through: that is failing to connect, whatever TCP said.
       const gotThrough = context.book.answers > 0;
-      // The last proxy that took the requests refused them draining: that is what the caller is told (hold: false, every proxy draining).
       // A proxy that sent an invalid message was reached, and answered wrongly: BAD_REQUEST (the peer sent something that is not a valid message).
-      const code = context.shutting ? ErrorCode.SHUTTING_DOWN : context.lastInvalid ? ErrorCode.BAD_REQUEST : gotThrough ? LocalCode.CONNECTION_LOST : LocalCode.CONNECT_FAILED;
+      const code = context.lastInvalid ? ErrorCode.BAD_REQUEST : gotThrough ? LocalCode.CONNECTION_LOST : LocalCode.CONNECT_FAILED;
+      // Those a draining proxy refused are told what it said (hold: false, every proxy draining).
       const last = context.shutting && lastTry(context, context.shutting);
-      const said = context.shutting ? `${refusedShutting(context.shutting)}${last ? `; the last try: ${last}` : ''}` : why;
-      const failed = context.book.failAll(new RequestError(code, said));
-      if (failed) context.logger.error('connection', `${said}: ${failed} request(s) unanswered${context.shutting || context.lastInvalid ? '' : hint(why, gotThrough)}`, { code, count: failed });
+      const refused = context.shutting && new RequestError(ErrorCode.SHUTTING_DOWN, `${refusedShutting(context.shutting)}${last ? `; the last try: ${last}` : ''}`);
+      const failed = context.book.failAll(new RequestError(code, why), refused);
+      const said = refused ? refused.message : why;
+      if (failed) context.logger.error('connection', `${said}: ${failed} request(s) unanswered${refused || context.lastInvalid ? '' : hint(why, gotThrough)}`, { code: refused ? refused.code : code, count: failed });
     },
     /** Reported (giveUp): a later request that cannot be sent is told what happens then. */
     forgetShutting: assign({ shutting: undefined }),

@@ -800,7 +800,7 @@ lib('a lone proxy that refuses every request SHUTTING_DOWN but keeps accepting c
  * proxy does (spec/proxy.spec.ts checks it; realDrain reads one), and writes `onData(message)` for
  * each request; `greeting` first, unasked.
  */
-async function oddProxy(onData: (m: { seq: number }) => Buffer, greeting?: Buffer): Promise<{ port: number; dials: number; close(): void }> {
+async function oddProxy(onData: (m: { seq: number }, sock: Socket) => Buffer, greeting?: Buffer): Promise<{ port: number; dials: number; close(): void }> {
   const state = { port: 0, dials: 0, close: () => {} };
   const stub = createServer((sock) => {
     state.dials++;
@@ -809,7 +809,8 @@ async function oddProxy(onData: (m: { seq: number }) => Buffer, greeting?: Buffe
     sock.on('data', (chunk: Buffer) => {
       for (const m of decoder.push(chunk).messages) {
         if (m.type === MsgType.PING) sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
-        if (m.type === MsgType.DATA) sock.write(onData(m));
+        const out = m.type === MsgType.DATA ? onData(m, sock) : undefined;
+        if (out?.length && !sock.destroyed) sock.write(out);
       }
     });
     sock.on('error', () => {});
@@ -877,6 +878,35 @@ lib('answers the client cannot take are logged: a stray ACK or ERROR (its reques
     assert.match(strays[0]!.msg, /^The reverse proxy at 127\.0\.0\.1:\d+ sent an ACK for seq 1000, which no request in flight has \(it timed out, was aborted, or was answered already\): dropped$/);
   } finally {
     odd.close();
+  }
+});
+
+lib('with hold: false, requests every proxy of a fleet refused SHUTTING_DOWN fail SHUTTING_DOWN after the quick round; a lone proxy\'s refusal, told to its caller, does not make a later request lost with it SHUTTING_DOWN', async () => {
+  // The refusal is the real proxy's (realDrain reads it, word for word, from one draining).
+  const words = 'the proxy is shutting down and takes no new requests; try another proxy';
+  const refuse = (m: { seq: number }): Buffer => frame({ type: MsgType.ERROR, seq: m.seq, code: 'SHUTTING_DOWN', message: words });
+  const a = await oddProxy(refuse);
+  const b = await oddProxy(refuse);
+  let requests = 0;
+  const lone = await oddProxy((m, sock) => {
+    if (requests++ === 0) return refuse(m);
+    lone.close(); // it exits: nothing listens on its port any more
+    sock.destroy();
+    return Buffer.alloc(0);
+  });
+  try {
+    const fleet = await client({ revproc: [a.port, b.port], hold: false, failoverDelayMs: 10 });
+    const e = await reject(fleet.request('P', 'x'));
+    assert.is(e.code, 'SHUTTING_DOWN');
+    assert.match(e.message, new RegExp(`^the reverse proxy at 127\\.0\\.0\\.1:(${a.port}|${b.port}) refused the request SHUTTING_DOWN: ${words}`));
+    const c = await client({ revproc: lone.port, hold: false, failoverDelayMs: 10 });
+    assert.is((await reject(c.request('P', 'refused'))).code, 'SHUTTING_DOWN', 'the caller is told at once');
+    const lost = await reject(c.request('P', 'lost'));
+    assert.is(lost.code, 'CONNECTION_LOST', lost.message);
+  } finally {
+    a.close();
+    b.close();
+    lone.close();
   }
 });
 
