@@ -750,7 +750,8 @@ async function realDrain(): Promise<{ pong: Record<string, unknown>; refusal: Re
   release();
   await drained;
   sock.destroy();
-  const [pong, refusal] = [got.got.find((m) => m.type === MsgType.PONG), got.got.find((m) => m.type === MsgType.ERROR)];
+  // Its last word as it closes the connection (an ERROR without a seq) comes after: the refusal is the one for seq 2.
+  const [pong, refusal] = [got.got.find((m) => m.type === MsgType.PONG), got.got.find((m) => m.type === MsgType.ERROR && m.seq === 2)];
   assert.ok(pong && refusal, `the draining proxy's answers: ${JSON.stringify(got.got)}`);
   return { pong: { ...pong }, refusal: { ...refusal } };
 }
