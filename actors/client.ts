@@ -26,7 +26,7 @@ import { ErrorCode, LocalCode, ProtocolError, RevproxyError, type ClientCode } f
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { isIdValue, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
-import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, readyEvent, type TlsMaterial } from '../transport/tls.js';
+import { closedAtOnce, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, readyEvent, type TlsMaterial } from '../transport/tls.js';
 import { setDeadline, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { HandlerError, show, type Payload } from './handler.js';
 import { silentLogger, type Logger } from './logger.js';
@@ -730,7 +730,7 @@ function refusedBy(proxy: Endpoint, said: string): string {
 }
 
 /** What to look at when a port accepts the client's connection and closes it without answering. */
-const CLOSED_AT_ONCE = 'check whether another program listens on that port, or the proxy wants TLS (--tls-ca, --tls-cert), is at its connection limit, or is the old proxy (--wire json)';
+const CLOSED_AT_ONCE = closedAtOnce('is the old proxy (--wire json)');
 
 /**
  * A connection closed by the other end before it answered the PING sent first, without a word: not

@@ -337,8 +337,8 @@ export function describeDialError(err: NodeJS.ErrnoException, host: string): str
 /**
  * What to look at when a port accepts a connection and closes it before answering anything: another
  * program on the port, a listener that wants TLS, one at its connection limit; `also`, what else fits
- * the dialler (the client: 'is the old proxy (--wire json)'). The words of the client's CLOSED_AT_ONCE
- * (actors/client.ts), shared so `revproxy load` says the same.
+ * the dialler (the client: 'is the old proxy (--wire json)'). The client (actors/client.ts) and
+ * `revproxy load` both say them.
  */
 export function closedAtOnce(also?: string): string {
   const first = 'check whether another program listens on that port, or the proxy wants TLS (--tls-ca, --tls-cert)';
