@@ -123,6 +123,39 @@ test('a message begun and not finished in time fails the stream with a Connectio
   server.close();
 });
 
+test('a message begun is not timed while we hold the reads ourselves (pause): its rest waits in our receive queue; the timer starts afresh at resume and still cuts a peer that stalls', async () => {
+  const { near, far, server } = await pair();
+  const clock = new ManualClock();
+  far.on('error', () => {});
+  const conn = new Connection(near, { frameTimeoutMs: 1000, clock });
+  const sink = recorder();
+  // The owner pauses the reads as it takes the read's messages (a connection past its share of the budget).
+  conn.listen({ ...sink, messages: (b) => (sink.messages(b), sink.batches.length === 1 && conn.pause()) });
+  const whole = encodeFrame(data(1));
+  far.write(Buffer.concat([encodeFrame(data(0)), whole.subarray(0, 6)]));
+  while (sink.batches.length < 1) await new Promise((r) => setTimeout(r, 5));
+  far.write(whole.subarray(6));
+  clock.advance(60_000);
+  await new Promise((r) => setTimeout(r, 30));
+  assert.equal(sink.log, ['messages 1'], 'not cut while paused by us');
+  conn.resume();
+  while (sink.batches.length < 2) await new Promise((r) => setTimeout(r, 5));
+  assert.equal(sink.batches.flat().map((m) => (m as { seq: number }).seq), [0, 1]);
+  // Paused and resumed with a message begun: the peer has the whole timeout from the resume, and no more.
+  far.write(encodeFrame(data(2)).subarray(0, 6));
+  while (conn.decoder.buffered === 0) await new Promise((r) => setTimeout(r, 5));
+  conn.pause();
+  clock.advance(5000);
+  conn.resume();
+  clock.advance(999);
+  assert.not.ok(sink.log.some((l) => l.startsWith('failed')), sink.log.join(', '));
+  clock.advance(1);
+  await sink.done;
+  assert.equal(sink.log.slice(-2), ['failed ConnectionTimeout', 'closed']);
+  far.destroy();
+  server.close();
+});
+
 test('one reader at a time; messages$ is the same stream as an Observable', async () => {
   const { near, far, server } = await pair();
   const conn = new Connection(near);

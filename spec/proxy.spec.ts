@@ -676,6 +676,55 @@ lastWord.run();
 idle.run();
 ipv6.run();
 
+// The proxy's clock is manual: a client's frame timeout (10 s) passes when the test moves it.
+let pausedClock = new ManualClock();
+const pausedReads = fresh('paused reads', () => ({ maxClientInflight: 2, timeoutMs: 600_000, tryTimeoutMs: 300_000, clock: (pausedClock = new ManualClock()) }));
+
+pausedReads('a client whose reads the proxy holds itself (at its limit of requests) is not cut as a slow sender: the rest of its message begun waits in our receive queue', async () => {
+  // The frame timer ran on while the reads were paused: a client pipelining twenty 1 MB requests to a slow
+  // server was closed 10 s in as "a message begun 10000 ms ago is still incomplete".
+  const held: Array<() => void> = [];
+  const stub: Server = createServer((sock) => {
+    const decoder = new FrameDecoder({ validate: false });
+    sock.on('data', (chunk: Buffer) => {
+      for (const m of decoder.push(chunk).messages) {
+        if (m.type === MsgType.PING) sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
+        if (m.type !== MsgType.DATA) continue;
+        held.push(() => sock.write(frame({ type: MsgType.ACK, seq: m.seq, srcid: 'stub', destid: m.srcid, payload: 'ok', payloadsize: 2 })));
+      }
+    });
+  });
+  await new Promise<void>((r) => stub.listen(0, LOCAL, r));
+  ctx.extra.push({ close: () => stub.close() });
+  // Its registration answers the proxy's PINGs (registerStub's does not: the clock moves 15 s here).
+  const reg = await rawConnect(ctx.proxy.port);
+  ctx.extra.push({ close: () => reg.destroy() });
+  const regDecoder = new FrameDecoder({ validate: false });
+  reg.on('data', (chunk: Buffer) => {
+    for (const m of regDecoder.push(chunk).messages) if (m.type === MsgType.PING) reg.write(frame({ type: MsgType.PONG, seq: m.seq }));
+  });
+  reg.write(frame({ type: 1, id: 'stub', privPolyId: 'P', listenport: (stub.address() as { port: number }).port }));
+  await eventually(() => ctx.proxy.pools().P?.serving.includes('stub') ?? false, 2000, 'the stub serving');
+  const { sock, c } = await rawClient();
+  const req = (seq: number) => frame({ type: 0, seq, srcid: 'c1', privPoliId: 'P', payload: `p${seq}` });
+  const third = req(3);
+  sock.write(Buffer.concat([req(1), req(2), third.subarray(0, 6)]));
+  await eventually(() => held.length === 2, 3000, 'two requests at the stub');
+  sock.write(third.subarray(6));
+  for (let i = 0; i < 30; i++) {
+    pausedClock.advance(500);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  assert.not.ok(c.closed, `the client is open: ${JSON.stringify(c.got)}`);
+  while (c.got.length < 3) {
+    for (const r of held.splice(0)) r();
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  assert.equal(c.got.map((m) => [m.type, (m as AckMsg).seq]).sort(), [[MsgType.ACK, 1], [MsgType.ACK, 2], [MsgType.ACK, 3]], JSON.stringify(c.got));
+});
+
+pausedReads.run();
+
 const listening = suite('listening');
 
 listening('the proxy\'s port holds a fleet\'s worth of connections for accept(), not Node\'s 511: servers that come back at once are not dropped', async () => {

@@ -242,6 +242,33 @@ port('a quiet connection is not closed, before its first message or after it: a 
   assert.is((first.got[0] as AckMsg).payload, 'fine');
 });
 
+port('a connection whose reads the server holds itself (its requests at their share of the budget) is not cut as a slow sender: the rest of its message begun waits in our receive queue, not on the peer', async () => {
+  // The frame timer ran on while the reads were paused: 10 s later the proxy's link was cut as "a message
+  // begun 10000 ms ago is still incomplete", and every request on it failed UPSTREAM_FAILED.
+  const clock = new ManualClock();
+  const server = await lonely({ clock, handlerTimeoutMs: 0, maxBufferedBytes: 32 * 8192 });
+  const req = (seq: number) => frame({ type: 0, seq, srcid: 'link', privPoliId: 'P', payload: 'x'.repeat(5000) });
+  const link = await peer(server.port);
+  const answers = collector(link);
+  // Two requests take its share (8 KiB): it is read no more, with the third begun.
+  const third = req(3);
+  link.write(Buffer.concat([req(1), req(2), third.subarray(0, 6)]));
+  await eventually(() => ctx.held.length === 2, 3000, 'two requests running');
+  link.write(third.subarray(6));
+  for (let i = 0; i < 30; i++) {
+    clock.advance(1000);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  assert.not.ok(link.destroyed || answers.closed, 'the connection is open');
+  assert.not.ok(ctx.logs.some((r) => r.event === 'conn_timeout'), JSON.stringify(ctx.logs.filter((r) => r.event === 'conn_timeout').map((r) => r.msg)));
+  // Answers bring it under its share: it is read again, and the third request is run and answered.
+  while (answers.got.length < 3) {
+    for (const r of ctx.held.splice(0)) r();
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  assert.equal(answers.got.map((m) => [m.type, (m as AckMsg).seq]).sort(), [[MsgType.ACK, 1], [MsgType.ACK, 2], [MsgType.ACK, 3]]);
+});
+
 port('garbage from many connections is refused on each, and logged once, then counted', async () => {
   const server = await lonely();
   const garbage = await Promise.all(Array.from({ length: 50 }, () => peer(server.port)));

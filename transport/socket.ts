@@ -307,8 +307,21 @@ export class Connection implements BudgetHolder {
         this.frameTimer?.cancel();
         this.frameTimer = undefined;
       }
-      if (buffered > 0 && !this.frameTimer) this.frameTimer = this.clock.setTimeout(() => this.frameExpired(), this.frameTimeoutMs);
+      this.armFrameTimer();
     }
+  }
+
+  /**
+   * Time the message begun, unless we hold the reads ourselves (`pause`; the sink may have paused
+   * them while taking this read's messages): its rest then waits in our own receive queue, not on
+   * the peer, and the timer starts afresh when the reads resume. A connection whose requests held
+   * their share of the budget, or whose answers went unread, was cut 10 s into the pause as "a
+   * message begun 10000 ms ago is still incomplete" - the proxy's link, and a client pipelining
+   * big requests, with every request on it.
+   */
+  private armFrameTimer(): void {
+    if (this.frameTimer || !this.frameTimeoutMs || !this.listening || this.pauses > 0 || this.decoder.buffered === 0) return;
+    this.frameTimer = this.clock.setTimeout(() => this.frameExpired(), this.frameTimeoutMs);
   }
 
   private frameExpired(): void {
@@ -530,11 +543,18 @@ export class Connection implements BudgetHolder {
 
   /** Stop reading (nested: each pause needs its resume). */
   pause(): void {
-    if (this.pauses++ === 0) this.socket.pause();
+    if (this.pauses++ !== 0) return;
+    this.socket.pause();
+    // Not the peer's stall but ours: the message begun is timed again once we read again.
+    this.frameTimer?.cancel();
+    this.frameTimer = undefined;
   }
 
   resume(): void {
-    if (this.pauses > 0 && --this.pauses === 0) this.socket.resume();
+    if (this.pauses > 0 && --this.pauses === 0) {
+      this.socket.resume();
+      this.armFrameTimer();
+    }
   }
 
   /** Send a last message, then close the write side once it has left. */
