@@ -415,7 +415,7 @@ export class HandlerRunner {
       this.finish(job, this.failure(job, err));
       return;
     }
-    if (typeof result === 'string' || result instanceof Uint8Array) this.finish(job, this.ack(job, result));
+    if (typeof result === 'string' || isBytes(result)) this.finish(job, this.ack(job, result));
     else {
       const ms = this.opts.handlerTimeoutMs;
       if (ms > 0) {
@@ -486,7 +486,7 @@ export class HandlerRunner {
   private ack(job: Job, answer: unknown): AckMsg | ErrorMsg {
     const { msg } = job;
     const id = this.opts.serverId;
-    if (typeof answer !== 'string' && !(answer instanceof Uint8Array)) {
+    if (typeof answer !== 'string' && !isBytes(answer)) {
       return this.appError(job, 'BAD_ANSWER', `the handler of server ${id} answered ${describe(answer)}; a handler answers a string or bytes`);
     }
     const size = typeof answer === 'string' ? Buffer.byteLength(answer) : answer.length;
@@ -511,17 +511,19 @@ export class HandlerRunner {
     if (job.aborted) {
       return errorMsg(ErrorCode.TIMEOUT, `the handler of server ${id} stopped: ${(job.signal().reason as Error).message}`, job.msg.seq);
     }
-    const e = err as { code?: unknown; appCode?: unknown; message?: unknown; stack?: unknown } | undefined;
-    const code = err instanceof HandlerError ? err.appCode : typeof e?.code === 'string' && APP_CODE.test(e.code) && !fromNode(e) ? e.code : undefined;
+    // Whatever was thrown is read through `safely`: a null-prototype object (no toString), a revoked
+    // Proxy (every look throws), an error whose `code` getter throws each ended the whole server.
+    const code = safely(() => appCodeOf(err), undefined);
     if (code !== undefined) {
-      const message = typeof e?.message === 'string' && e.message ? e.message.slice(0, MAX_APP_MESSAGE) : code;
+      const m = safely(() => (err as { message?: unknown }).message, undefined);
+      const message = typeof m === 'string' && m ? m.slice(0, MAX_APP_MESSAGE) : code;
       return this.appError(job, code, message);
     }
     // A handler that fails on every request would write a stack per request: the first, then a count per interval, per kind of failure.
-    const reason = String(e?.message ?? err);
+    const { reason, detail } = describeThrown(err);
     this.opts.logger.repeated('error', 'handler_failed', reason, 1, (n, span) => span
       ? `The handler of server ${id} failed on ${fmt(n)} request(s) ${span}: ${reason}`
-      : `The handler of server ${id} failed on request ${job.msg.seq} of client ${job.msg.srcid}: ${String(e?.stack ?? err)}`, {
+      : `The handler of server ${id} failed on request ${job.msg.seq} of client ${job.msg.srcid}: ${detail}`, {
       client: job.msg.srcid, seq: job.msg.seq, reason,
     });
     return this.appError(job, 'HANDLER_FAILED', `the handler of server ${id} failed; the server's log says why`);
@@ -544,6 +546,55 @@ function fromNode(e: { code?: unknown; syscall?: unknown }): boolean {
   return typeof e.syscall === 'string' || (typeof e.code === 'string' && e.code.startsWith('ERR_'));
 }
 
+/** `read()`, or `fallback` when reading throws (a getter, a revoked Proxy). */
+function safely<T, F>(read: () => T, fallback: F): T | F {
+  try {
+    return read();
+  } catch {
+    return fallback;
+  }
+}
+
+/** Bytes, asked safely: `instanceof` on a revoked Proxy throws. */
+function isBytes(v: unknown): v is Uint8Array {
+  return safely(() => v instanceof Uint8Array, false);
+}
+
+/** The handler's own application code in a thrown value (`HandlerError`, or a valid string `code` not Node's), if any. May throw: call it through `safely`. */
+function appCodeOf(err: unknown): string | undefined {
+  if (err instanceof HandlerError) return err.appCode;
+  if (err === null || (typeof err !== 'object' && typeof err !== 'function')) return undefined;
+  const e = err as { code?: unknown; syscall?: unknown };
+  const code = e.code;
+  return typeof code === 'string' && APP_CODE.test(code) && !fromNode(e) ? code : undefined;
+}
+
+/**
+ * A thrown value for the log, whatever it is: `reason` short (a message), `detail` with the stack
+ * when there is one. Never throws.
+ */
+export function describeThrown(err: unknown): { reason: string; detail: string } {
+  const text = (v: unknown): string | undefined => safely(() => (typeof v === 'string' ? v : v === undefined ? undefined : String(v)), undefined);
+  if (err === null || (typeof err !== 'object' && typeof err !== 'function')) {
+    const t = text(err) ?? typeof err;
+    const reason = `it threw ${typeof err === 'string' ? JSON.stringify(t) : t}, not an Error`;
+    return { reason, detail: reason };
+  }
+  const message = text(safely(() => (err as { message?: unknown }).message, undefined));
+  const stack = text(safely(() => (err as { stack?: unknown }).stack, undefined));
+  if (message !== undefined || stack !== undefined) {
+    const reason = message ?? stack!.split('\n')[0]!;
+    return { reason, detail: stack ?? reason };
+  }
+  const plain = text(err);
+  if (plain !== undefined && plain !== '[object Object]') return { reason: plain, detail: plain };
+  const kind = safely(() => Object.prototype.toString.call(err), undefined);
+  const what = kind === undefined
+    ? 'it threw a value that cannot be looked at (a revoked Proxy?), not an Error'
+    : `it threw ${safely(() => Object.getPrototypeOf(err) === null, false) ? 'an object with no prototype' : `a ${kind.slice(8, -1)}`}, not an Error (no message)`;
+  return { reason: what, detail: what };
+}
+
 /** A payload or answer for a log line: text as it is, bytes by their size. */
 export function show(p: Payload): string {
   return typeof p === 'string' ? p : `<${p.length} bytes>`;
@@ -551,6 +602,6 @@ export function show(p: Payload): string {
 
 function describe(v: unknown): string {
   if (v === null) return 'null';
-  if (Array.isArray(v)) return 'an array';
+  if (safely(() => Array.isArray(v), false)) return 'an array';
   return typeof v === 'object' ? 'an object' : typeof v;
 }

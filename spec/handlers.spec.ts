@@ -225,6 +225,47 @@ limits('--concurrency 1 runs one request at a time, queues up to the bound and r
   }
 });
 
+limits('whatever a handler throws (a null-prototype object, a revoked Proxy, an error whose code getter throws, null), sync or async, is HANDLER_FAILED with a log line saying what it was: the server lives on', async () => {
+  // Each of these ended the whole server (exit 1): String(err), err.code and instanceof threw in the error path.
+  const revoked = (): object => {
+    const r = Proxy.revocable({}, {});
+    r.revoke();
+    return r.proxy;
+  };
+  const codeGetter = (): Error => Object.defineProperty(new Error('g'), 'code', { get() { throw new Error('getter boom'); } });
+  const thrown: Record<string, () => unknown> = {
+    nullproto: () => Object.create(null), revoked, codeGetter, nothing: () => null, text: () => 'plain words',
+  };
+  const logs: LogRecord[] = [];
+  const server = await lonelyServer({
+    concurrency: 4, queueLimit: 16, logger: new Logger('server', memorySink(logs), 'info'),
+    handler: ((payload: string) => {
+      const [name, how] = payload.split(' ');
+      if (name === 'answer-revoked') return revoked();
+      if (how === 'sync') throw thrown[name!]!();
+      return Promise.reject(thrown[name!]!());
+    }) as unknown as Handler,
+  });
+  const sock = await rawConnect(server.port);
+  const got = collector(sock);
+  try {
+    const payloads = [...Object.keys(thrown).flatMap((k) => [`${k} sync`, `${k} async`]), 'answer-revoked sync'];
+    sock.write(Buffer.concat(payloads.map((payload, seq) => frame({ type: 0, seq, srcid: 'c', privPoliId: 'P', payload }))));
+    await got.until(() => got.got.length === payloads.length);
+    const codes = Object.fromEntries((got.got as ErrorMsg[]).map((m) => [payloads[m.seq!], `${m.code} ${(m as { appcode?: string }).appcode}`]));
+    // An answer that is a revoked Proxy is looked at as a promise (its `then`), which throws: HANDLER_FAILED as well.
+    for (const p of payloads) assert.is(codes[p], 'HANDLER_ERROR HANDLER_FAILED', `${p}: ${JSON.stringify(codes)}`);
+    const said = logs.filter((r) => r.event === 'handler_failed').map((r) => r.msg).join('\n');
+    for (const re of [/an object with no prototype/, /cannot be looked at \(a revoked Proxy\?\)/, /Error: g\n/, /it threw null, not an Error/, /it threw "plain words", not an Error/]) assert.match(said, re);
+    // Still serving.
+    sock.write(frame({ type: 0, seq: 99, srcid: 'c', privPoliId: 'P', payload: 'text async' }));
+    await got.until(() => got.got.length === payloads.length + 1);
+  } finally {
+    sock.destroy();
+    await server.stop();
+  }
+});
+
 limits('with --concurrency 1, --delay is paid by each request in turn', async () => {
   const clock = new ManualClock();
   const server = await lonelyServer({ concurrency: 1, queueLimit: 10, delayMs: 100, clock, handler: (p) => `ok ${String(p)}` });
