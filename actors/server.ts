@@ -162,6 +162,13 @@ export type RenewTls = { type: 'RENEW_TLS'; tls: TlsMaterial };
  */
 const FRAME_TIMEOUT_MS = 10_000;
 
+/**
+ * Bytes a registration connection may hold unread by its proxy (its PONGs, mostly) before the
+ * registration is closed as misbehaving and made again after the longest backoff. A proxy PINGs
+ * once a second and reads the PONGs: at a few bytes each, this is hours of them.
+ */
+export const REGISTRATION_UNREAD_BYTES = 256 * 1024;
+
 interface ListenerInput extends ConnectionLimitsInput {
   host: string;
   port: number;
@@ -296,7 +303,8 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
     // A dial into a partition waits out the system's SYN retries (about two minutes), and after the
     // cut heals up to a minute more for the next one: give up on it and dial again under the backoff.
     const slow = dialDeadline(socket, ep.host, ep.port, DEFAULT_CONNECT_TIMEOUT_MS, input.clock, (why) => lost(why));
-    const lost = (error: string): void => {
+    /** `backoff`: wait this step rather than the current one (a proxy that misbehaved waits the longest). */
+    const lost = (error: string, backoff = delay): void => {
       if (over) return;
       over = true;
       slow.cancel();
@@ -305,11 +313,11 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
       if (stopping) return;
       // Up to a fifth early, at random: a fleet that lost its proxy together would otherwise dial it
       // again in step, every server at the same moment at each round (1,000 at once at 5 s).
-      const wait = jittered(delay);
+      const wait = jittered(backoff);
       sendBack({ type: 'REGISTRATION_LOST', proxy: key, error, retryInMs: wait });
       const t = input.clock.setTimeout(() => {
         timers.delete(t);
-        if (!stopping) attempt(ep, Math.min(delay * 2, input.maxMs), registered);
+        if (!stopping) attempt(ep, Math.min(backoff * 2, input.maxMs), registered);
       }, wait);
       timers.add(t);
     };
@@ -325,6 +333,12 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
         for (const m of messages) {
           if (m.type === MsgType.PING) {
             conn.send({ type: MsgType.PONG, seq: m.seq });
+            // Its reads are never held (see above), so a peer that PINGs and never reads our PONGs would
+            // pile them up without end (781 MB in 50 s of a flood): past a bound no proxy comes near
+            // (one PING a second, PONGs read as they come), it is cut as misbehaving.
+            if (conn.pendingBytes > REGISTRATION_UNREAD_BYTES) {
+              return lost(`it sent PINGs and did not read our PONGs (${conn.pendingBytes} bytes unread, more than ${REGISTRATION_UNREAD_BYTES}): closed as a misbehaving proxy`, input.maxMs);
+            }
             // The proxy answers an accepted SETUP with a PING: we are in.
             if (!accepted) {
               accepted = true;

@@ -1,0 +1,85 @@
+/**
+ * A server's registrations against proxies that misbehave (a fake proxy of the spec's own, on a
+ * real socket): what the server holds for one stays bounded, a registration never acknowledged is
+ * given up and made again, and one proxy's refusal is that proxy's matter.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { createServer, type Server, type Socket } from 'node:net';
+import { Logger, memorySink, startServer, type LogRecord, type ServerHandle, type StartServerOptions } from '../actors/index.js';
+import { FrameDecoder } from '../transport/frame.js';
+import { MsgType, type Message } from '../transport/messages.js';
+import { eventually, frame, LOCAL } from './helpers.js';
+
+interface Ctx {
+  logs: LogRecord[];
+  servers: ServerHandle[];
+  fakes: Server[];
+  socks: Socket[];
+}
+const ctx = {} as Ctx;
+const reg = suite<Ctx>('a server registering with proxies that misbehave', ctx);
+
+reg.before.each(() => {
+  ctx.logs = [];
+  ctx.servers = [];
+  ctx.fakes = [];
+  ctx.socks = [];
+});
+reg.after.each(async () => {
+  for (const s of ctx.socks) s.destroy();
+  for (const f of ctx.fakes) f.close();
+  for (const s of ctx.servers) await s.stop();
+});
+
+/** A fake proxy: `onConn` gets each registration connection, with the messages the server sends it. */
+async function fakeProxy(onConn: (sock: Socket, read: (cb: (m: Message) => void) => void) => void): Promise<number> {
+  const fake = createServer((sock) => {
+    ctx.socks.push(sock);
+    sock.on('error', () => {});
+    onConn(sock, (cb) => {
+      const decoder = new FrameDecoder({ validate: false });
+      sock.on('data', (chunk: Buffer) => {
+        for (const m of decoder.push(chunk).messages) cb(m);
+      });
+    });
+  });
+  await new Promise<void>((r) => fake.listen(0, LOCAL, r));
+  ctx.fakes.push(fake);
+  return (fake.address() as { port: number }).port;
+}
+
+async function server(ports: number[], opts: Partial<StartServerOptions> = {}): Promise<ServerHandle> {
+  const s = await startServer({
+    id: 's1', policy: 'P', listenPort: 0, proxies: ports.map((port) => ({ host: LOCAL, port })), waitForRegistration: false,
+    reconnectInitialMs: 60_000, reconnectMaxMs: 60_000, logger: new Logger('server', memorySink(ctx.logs), 'info'), ...opts,
+  });
+  ctx.servers.push(s);
+  return s;
+}
+
+const lines = (event: string): string[] => ctx.logs.filter((r) => r.event === event).map((r) => r.msg);
+
+reg('a proxy that floods PINGs and reads none of the PONGs is cut as misbehaving past a bound, said, and registered with again after the longest backoff', async () => {
+  // The registration's reads are never held (a deadlock of two full buffers): its PONGs piled up unread, 781 MB in 50 s.
+  const ping = frame({ type: MsgType.PING, seq: 7 });
+  const burst = Buffer.concat(Array(8192).fill(ping));
+  let closedByServer = false;
+  const port = await fakeProxy((sock) => {
+    sock.pause();
+    sock.on('close', () => (closedByServer = true));
+    const pump = (): void => {
+      while (!sock.destroyed && sock.write(burst));
+    };
+    sock.on('drain', pump);
+    pump();
+  });
+  await server([port]);
+  await eventually(() => closedByServer, 20_000, 'the flooding registration closed by the server');
+  const lost = ctx.logs.find((r) => r.event === 'registration_lost');
+  assert.ok(lost, JSON.stringify(ctx.logs.map((r) => r.msg)));
+  assert.match(lost!.msg, /did not read our PONGs \(\d+ bytes unread, more than 262144\): closed as a misbehaving proxy; retrying in \d+ ms/);
+  assert.ok((lost!.retryInMs as number) >= 48_000, `the longest backoff, less a fifth at most: ${lost!.retryInMs as number}`);
+});
+
+reg.run();
