@@ -169,6 +169,14 @@ const FRAME_TIMEOUT_MS = 10_000;
  */
 export const REGISTRATION_UNREAD_BYTES = 256 * 1024;
 
+/**
+ * How long a proxy has to accept a registration (its first PING, docs/PROTOCOL.md) once the SETUP
+ * is sent: past it the registration is given up, said, and made again under the backoff.
+ */
+export const ACCEPT_TIMEOUT_MS = 10_000;
+
+const MSG_NAMES: Record<number, string> = { [MsgType.DATA]: 'DATA', [MsgType.SETUP]: 'SETUP', [MsgType.ACK]: 'ACK', [MsgType.PONG]: 'PONG', [MsgType.DEREGISTER]: 'DEREGISTER' };
+
 interface ListenerInput extends ConnectionLimitsInput {
   host: string;
   port: number;
@@ -297,9 +305,13 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
     // and a proxy that removed it meanwhile would never hear from it again.
     if (input.keepAliveMs > 0) socket.setKeepAlive(true, input.keepAliveMs);
     // Never hold a registration's reads for its writes (PINGs and PONGs both ways): that could deadlock.
-    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, holdReadsWhenCongested: false });
+    // A message begun must arrive whole, as on the listener: a proxy that stops mid-frame is given up.
+    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, holdReadsWhenCongested: false, frameTimeoutMs: FRAME_TIMEOUT_MS, clock: input.clock });
     let registered = everRegistered;
     let over = false;
+    /** The proxy's acceptance (its first PING) is due by then; what it sent instead, if anything. */
+    let acceptance: Timer | undefined;
+    let instead: string | undefined;
     // A dial into a partition waits out the system's SYN retries (about two minutes), and after the
     // cut heals up to a minute more for the next one: give up on it and dial again under the backoff.
     const slow = dialDeadline(socket, ep.host, ep.port, DEFAULT_CONNECT_TIMEOUT_MS, input.clock, (why) => lost(why));
@@ -308,6 +320,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
       if (over) return;
       over = true;
       slow.cancel();
+      acceptance?.cancel();
       live.delete(key);
       conn.destroy();
       if (stopping) return;
@@ -327,6 +340,11 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
       live.set(key, conn);
       logDialBackProblem(input, key, socket.localAddress);
       conn.send(input.setup);
+      // A proxy that took the connection and says nothing (stopped with SIGSTOP: the kernel completes
+      // the handshake; something else on the port) was waited on for ever, without a word.
+      acceptance = input.clock.setTimeout(() => lost(
+        `it did not accept the registration within ${ACCEPT_TIMEOUT_MS} ms (no PING after our SETUP${instead ? `; it sent ${instead} instead` : ''}): is it stopped, overloaded, or not a revproxy proxy?`,
+      ), ACCEPT_TIMEOUT_MS);
     });
     conn.messages$.subscribe({
       next: (messages: Message[]) => {
@@ -342,6 +360,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
             // The proxy answers an accepted SETUP with a PING: we are in.
             if (!accepted) {
               accepted = true;
+              acceptance?.cancel();
               sendBack({ type: 'REGISTERED', proxy: key, again: registered });
               registered = true;
               delay = input.initialMs;
@@ -359,10 +378,19 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
               sendBack({ type: 'REFUSED', proxy: key, code: m.code, message: m.message });
             }
           }
+          else {
+            // Only PINGs and ERRORs come on a registration: anything else is ignored, and said once per proxy, then counted.
+            const what = `${MSG_NAMES[m.type] ?? 'type ' + String(m.type)} (type ${m.type})`;
+            instead ??= `a ${what}`;
+            input.logger.repeated('warn', 'registration_unexpected', key, 1, (n, span) => span
+              ? `The reverse proxy at ${key} sent ${fmt(n)} more message(s) not allowed on a registration connection ${span}: ignored`
+              : `The reverse proxy at ${key} sent a ${what} on the registration connection, where only PING and ERROR are allowed: ignored`, { proxy: key, type: m.type });
+          }
         }
       },
       error: (err: NodeJS.ErrnoException) => lost(
-        err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${key}`
+        err instanceof ConnectionTimeout ? `it stalled: ${err.message}`
+        : err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${key}`
         : err.code === 'ETIMEDOUT' && accepted ? `the reverse proxy at ${key} stopped answering (TCP timed out: its keepalive probes or resent data got no reply): it is cut off or down`
         : describeDialError(err, ep.host)),
       complete: () => lost('the reverse proxy closed the registration connection'),

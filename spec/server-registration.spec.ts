@@ -6,7 +6,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createServer, type Server, type Socket } from 'node:net';
-import { Logger, memorySink, startServer, type LogRecord, type ServerHandle, type StartServerOptions } from '../actors/index.js';
+import { Logger, ManualClock, memorySink, startServer, type LogRecord, type ServerHandle, type StartServerOptions } from '../actors/index.js';
 import { FrameDecoder } from '../transport/frame.js';
 import { MsgType, type Message } from '../transport/messages.js';
 import { eventually, frame, LOCAL } from './helpers.js';
@@ -80,6 +80,43 @@ reg('a proxy that floods PINGs and reads none of the PONGs is cut as misbehaving
   assert.ok(lost, JSON.stringify(ctx.logs.map((r) => r.msg)));
   assert.match(lost!.msg, /did not read our PONGs \(\d+ bytes unread, more than 262144\): closed as a misbehaving proxy; retrying in \d+ ms/);
   assert.ok((lost!.retryInMs as number) >= 48_000, `the longest backoff, less a fifth at most: ${lost!.retryInMs as number}`);
+});
+
+reg('a registration never accepted (the proxy says nothing, stops mid-frame, or answers SETUP with a DATA or an ACK) is given up after 10 s, said, and made again under the backoff; a message not allowed there is said', async () => {
+  // Each was waited on for ever: the last line stayed "Connecting to the reverse proxy", no timeout, no retry.
+  const cases: Array<[string, (sock: Socket) => void, RegExp]> = [
+    ['silent', () => {}, /did not accept the registration within 10000 ms \(no PING after our SETUP\)/],
+    ['partial', (sock) => sock.write(frame({ type: MsgType.PING, seq: 1 }).subarray(0, 3)), /did not accept the registration within 10000 ms|still incomplete/],
+    ['data', (sock) => sock.write(frame({ type: MsgType.DATA, seq: 1, srcid: 'x', privPoliId: 'P', payload: 'p' })), /did not accept the registration within 10000 ms \(no PING after our SETUP; it sent a DATA \(type 0\) instead\)/],
+    ['ack', (sock) => sock.write(frame({ type: MsgType.ACK, seq: 1, srcid: 'x', destid: 's1', payload: 'p', payloadsize: 1 })), /it sent a ACK \(type 2\) instead/],
+  ];
+  for (const [name, answer, why] of cases) {
+    ctx.logs.length = 0;
+    const clock = new ManualClock();
+    let setups = 0;
+    const port = await fakeProxy((sock, read) => read((m) => {
+      if (m.type !== MsgType.SETUP) return;
+      setups++;
+      answer(sock);
+    }));
+    const s = await server([port], { clock, reconnectInitialMs: 100, reconnectMaxMs: 100 });
+    await eventually(() => setups === 1, 3000, `${name}: the SETUP at the fake proxy`);
+    if (name === 'data' || name === 'ack') {
+      await eventually(() => lines('registration_unexpected').length === 1, 3000, `${name}: the message not allowed said`);
+      assert.match(lines('registration_unexpected')[0]!, /where only PING and ERROR are allowed: ignored/);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+    clock.advance(9999);
+    assert.is(lines('registration_lost').length, 0, `${name}: not before 10 s`);
+    clock.advance(1);
+    await eventually(() => lines('registration_lost').length === 1, 3000, `${name}: the registration given up`);
+    assert.match(lines('registration_lost')[0]!, why, name);
+    assert.match(lines('registration_lost')[0]!, /; retrying in \d+ ms/);
+    clock.advance(100);
+    await eventually(() => setups === 2, 3000, `${name}: registered again`);
+    await s.stop();
+    ctx.servers.length = 0;
+  }
 });
 
 reg.run();
