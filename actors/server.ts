@@ -8,8 +8,10 @@
  * starting --LISTENING--> online.serving --STOP--> online.draining --DRAINED / drain timeout--> stopped
  *    \--LISTEN_FAILED--> failed            \--REFUSED--> failed
  *
- * A registration that is lost (the proxy went away) is retried with backoff
- * and the server registers again, so restarting a proxy heals on its own.
+ * A registration that is lost (the proxy went away, refused it with a code
+ * that may pass, or never accepted it) is retried with backoff and the server
+ * registers again, so restarting a proxy heals on its own. REFUSED (fatal) is
+ * a refusal for good from every proxy; from one of several, it is that proxy's.
  * Draining: DEREGISTER on every registration, keep answering what the proxies
  * already sent, stop once every proxy has closed its connections to us.
  */
@@ -143,6 +145,8 @@ export type ServerEvent =
   | { type: 'REGISTERED'; proxy: string; again: boolean }
   | { type: 'REFUSED'; proxy: string; code: string; message: string }
   | { type: 'REGISTRATION_LOST'; proxy: string; error: string; retryInMs: number }
+  /** One of several proxies refused the registration for good (UNAUTHORIZED, DUPLICATE_ID): the others' stand; it is asked again after the longest backoff. */
+  | { type: 'REGISTRATION_REFUSED'; proxy: string; code: string; message: string; retryInMs: number }
   | { type: 'DEREGISTER_ALL' }
   | { type: 'DRAIN' }
   | { type: 'DRAINED' }
@@ -293,6 +297,8 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
   const sendBack = (e: ServerEvent): void => sendAny(e);
   let stopping = false;
   const live = new Map<string, Connection>();
+  /** Proxies whose last word was a refusal for good (UNAUTHORIZED, DUPLICATE_ID): once it is every proxy, the server stops. */
+  const refusedForGood = new Set<string>();
   const timers = new Set<Timer>();
   const namesSaid = new Map<string, string>();
 
@@ -315,8 +321,11 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
     // A dial into a partition waits out the system's SYN retries (about two minutes), and after the
     // cut heals up to a minute more for the next one: give up on it and dial again under the backoff.
     const slow = dialDeadline(socket, ep.host, ep.port, DEFAULT_CONNECT_TIMEOUT_MS, input.clock, (why) => lost(why));
-    /** `backoff`: wait this step rather than the current one (a proxy that misbehaved waits the longest). */
-    const lost = (error: string, backoff = delay): void => {
+    /**
+     * `backoff`: wait this step rather than the current one (a proxy that misbehaved, or refused us
+     * for good, waits the longest); `refusal`: said as that proxy's refusal, not as a loss.
+     */
+    const lost = (error: string, backoff = delay, refusal?: { code: string; message: string }): void => {
       if (over) return;
       over = true;
       slow.cancel();
@@ -327,7 +336,8 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
       // Up to a fifth early, at random: a fleet that lost its proxy together would otherwise dial it
       // again in step, every server at the same moment at each round (1,000 at once at 5 s).
       const wait = jittered(backoff);
-      sendBack({ type: 'REGISTRATION_LOST', proxy: key, error, retryInMs: wait });
+      if (refusal) sendBack({ type: 'REGISTRATION_REFUSED', proxy: key, ...refusal, retryInMs: wait });
+      else sendBack({ type: 'REGISTRATION_LOST', proxy: key, error, retryInMs: wait });
       const t = input.clock.setTimeout(() => {
         timers.delete(t);
         if (!stopping) attempt(ep, Math.min(backoff * 2, input.maxMs), registered);
@@ -361,26 +371,41 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
             if (!accepted) {
               accepted = true;
               acceptance?.cancel();
+              refusedForGood.delete(key);
               sendBack({ type: 'REGISTERED', proxy: key, again: registered });
               registered = true;
               delay = input.initialMs;
             }
           }
-          else if (m.type === MsgType.ERROR) {
+          else if (m.type === MsgType.ERROR && m.seq === undefined) {
+            const why = `${m.code}: ${m.message}`;
             // A duplicate id right after we lost the proxy is our own stale registration: retry.
-            if (m.code === ErrorCode.DUPLICATE_ID && everRegistered) lost(`${m.code}: ${m.message}`);
+            if (m.code === ErrorCode.DUPLICATE_ID && everRegistered) lost(why);
             // A proxy shutting down, or one that took us out of its pool (we missed its PINGs while stopped, say): register again.
-            else if (m.code === ErrorCode.SHUTTING_DOWN || m.code === ErrorCode.REMOVED) lost(`${m.code}: ${m.message}`);
-            else {
-              over = true;
-              slow.cancel();
-              live.delete(key);
-              sendBack({ type: 'REFUSED', proxy: key, code: m.code, message: m.message });
+            else if (m.code === ErrorCode.SHUTTING_DOWN || m.code === ErrorCode.REMOVED) lost(why);
+            // Refused for good (a wrong token, an id a live server holds): the operator must act. With this
+            // proxy the only one, the server stops (exit 1); with several, it is this proxy's matter, as a
+            // fleet member's refusal is in HAProxy or Envoy: the others' registrations stand, this one is
+            // asked again after the longest backoff (its secret may be fixed), and the server stops only
+            // once every proxy has refused it so.
+            else if (m.code === ErrorCode.UNAUTHORIZED || m.code === ErrorCode.DUPLICATE_ID) {
+              refusedForGood.add(key);
+              if (refusedForGood.size < input.proxies.length) lost(why, input.maxMs, { code: m.code, message: m.message });
+              else {
+                over = true;
+                slow.cancel();
+                acceptance?.cancel();
+                live.delete(key);
+                sendBack({ type: 'REFUSED', proxy: key, code: m.code, message: m.message });
+              }
             }
+            // Anything else (OVERLOADED past its --max-servers, TIMEOUT, BAD_REQUEST, a code newer than this
+            // server knows) may pass: tried again under the backoff. It stopped the server, every registration with it.
+            else lost(why);
           }
           else {
             // Only PINGs and ERRORs come on a registration: anything else is ignored, and said once per proxy, then counted.
-            const what = `${MSG_NAMES[m.type] ?? 'type ' + String(m.type)} (type ${m.type})`;
+            const what = m.type === MsgType.ERROR ? `ERROR about request ${m.seq} (${m.code})` : `${MSG_NAMES[m.type] ?? 'type ' + String(m.type)} (type ${m.type})`;
             instead ??= `a ${what}`;
             input.logger.repeated('warn', 'registration_unexpected', key, 1, (n, span) => span
               ? `The reverse proxy at ${key} sent ${fmt(n)} more message(s) not allowed on a registration connection ${span}: ignored`
@@ -585,8 +610,18 @@ export const serverMachine = setup({
         proxy: event.proxy, reason: event.error, retryInMs: event.retryInMs,
       });
     },
+    logRefusedOne: ({ context, event }) => {
+      assertEvent(event, 'REGISTRATION_REFUSED');
+      const { proxy, code, message, retryInMs } = event;
+      const others = context.proxies.length - 1;
+      const who = registrar(proxy).who.replace(/^the/, 'The');
+      context.logger.repeated('error', 'registration_refused', `${proxy} ${code}`, 1, (n, span) => span
+        ? `${who} refused the registration (${code}) ${fmt(n)} more time(s) ${span}: ${message}`
+        : `${who} refused the registration (${code}): ${message}; this server keeps its registrations with the ${others} other prox${others === 1 ? 'y' : 'ies'} and asks it again in ${retryInMs} ms`,
+      { proxy, code, retryInMs });
+    },
     lost: assign(({ context, event }) => {
-      assertEvent(event, 'REGISTRATION_LOST');
+      assertEvent(event, ['REGISTRATION_LOST', 'REGISTRATION_REFUSED']);
       return { registered: context.registered.filter((p) => p !== event.proxy) };
     }),
     setError: assign(({ event }) => {
@@ -702,6 +737,7 @@ export const serverMachine = setup({
         REQUESTS: { actions: 'respond' },
         REGISTERED: { actions: ['logRegistered', 'registered'] },
         REGISTRATION_LOST: { actions: ['logLost', 'lost'] },
+        REGISTRATION_REFUSED: { actions: ['logRefusedOne', 'lost'] },
         REFUSED: { target: 'failed', actions: ['setError', 'logError'] },
       },
       initial: 'serving',

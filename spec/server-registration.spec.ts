@@ -119,4 +119,80 @@ reg('a registration never accepted (the proxy says nothing, stops mid-frame, or 
   }
 });
 
+/** A fake proxy that accepts each SETUP with a PING, answers PINGs' PONGs with nothing, and then does `then` (its `n`th registration, from 1). */
+async function accepting(then: (sock: Socket, n: number) => void = () => {}): Promise<{ port: number; setups: () => number; open: () => number }> {
+  let setups = 0;
+  let open = 0;
+  const port = await fakeProxy((sock, read) => {
+    open++;
+    sock.on('close', () => open--);
+    read((m) => {
+      if (m.type !== MsgType.SETUP) return;
+      setups++;
+      sock.write(frame({ type: MsgType.PING, seq: 1 }));
+      then(sock, setups);
+    });
+  });
+  return { port, setups: () => setups, open: () => open };
+}
+
+const error = (code: string, seq?: number): Buffer => frame(seq === undefined ? { type: MsgType.ERROR, code, message: `refused: ${code}` } : { type: MsgType.ERROR, seq, code, message: `about a request: ${code}` });
+
+reg('a refusal that may pass (OVERLOADED, TIMEOUT, BAD_REQUEST, a code newer than the server knows), before or after acceptance, is retried under the backoff: the server lives on, and its other proxy\'s registration stands', async () => {
+  // Each stopped the whole server (exit 1), the good proxy's registration with it; a second server at --max-servers 1 too.
+  for (const [code, after] of [['OVERLOADED', false], ['OVERLOADED', true], ['TIMEOUT', true], ['BAD_REQUEST', false], ['SOMETHING_NEWER', true]] as const) {
+    ctx.logs.length = 0;
+    const good = await accepting();
+    // After acceptance: a PING, then the ERROR; before: the ERROR in the PING's place. The next registration is accepted.
+    let setups = 0;
+    const port = await fakeProxy((sock, read) => read((m) => {
+      if (m.type !== MsgType.SETUP) return;
+      if (++setups > 1 || after) sock.write(frame({ type: MsgType.PING, seq: 1 }));
+      if (setups === 1) sock.write(error(code));
+    }));
+    const refusing = { port, setups: () => setups };
+    const s = await server([good.port, refusing.port], { reconnectInitialMs: 20, reconnectMaxMs: 20 });
+    await eventually(() => refusing.setups() >= 2, 3000, `${code}${after ? ' after acceptance' : ''}: registered with again`);
+    assert.is(s.actor.getSnapshot().status, 'active', `${code}: the server lives on`);
+    assert.ok(ctx.logs.some((r) => r.event === 'registration_lost' && r.msg.includes(code) && r.msg.includes(`refused: ${code}`) && r.level === 'warn'), `${code}: ${JSON.stringify(lines('registration_lost'))}`);
+    assert.equal([good.setups(), good.open()], [1, 1], `${code}: the good proxy's registration stands`);
+    await eventually(() => s.actor.getSnapshot().context.registered.length === 2, 3000, `${code}: registered with both`);
+    await s.stop();
+    ctx.servers.length = 0;
+  }
+});
+
+reg('an ERROR about a request (with a seq) on a registration is not a refusal: ignored and said', async () => {
+  const proxy = await accepting((sock) => sock.write(error('TIMEOUT', 5)));
+  const s = await server([proxy.port]);
+  await eventually(() => lines('registration_unexpected').length === 1, 3000, 'said');
+  assert.match(lines('registration_unexpected')[0]!, /sent a ERROR about request 5 \(TIMEOUT\) on the registration connection/);
+  assert.equal([proxy.setups(), proxy.open(), s.actor.getSnapshot().status], [1, 1, 'active']);
+});
+
+reg('a refusal for good (UNAUTHORIZED) from one of several proxies is that proxy\'s matter: said as an error, the others\' registrations stand, it is asked again after the longest backoff; from every proxy (or the only one) the server stops', async () => {
+  const good = await accepting();
+  let asked = 0;
+  const port = await fakeProxy((sock, read) => read((m) => {
+    if (m.type !== MsgType.SETUP) return;
+    asked++;
+    sock.write(error('UNAUTHORIZED'));
+  }));
+  const clock = new ManualClock();
+  const s = await server([good.port, port], { clock, reconnectInitialMs: 100, reconnectMaxMs: 5000 });
+  await eventually(() => lines('registration_refused').length === 1, 3000, 'the refusal said');
+  const line = ctx.logs.find((r) => r.event === 'registration_refused')!;
+  assert.is(line.level, 'error');
+  assert.match(line.msg, /^The reverse proxy at 127\.0\.0\.1:\d+ refused the registration \(UNAUTHORIZED\): refused: UNAUTHORIZED; this server keeps its registrations with the 1 other proxy and asks it again in \d+ ms$/);
+  assert.ok((line.retryInMs as number) >= 4000, `the longest backoff: ${line.retryInMs as number}`);
+  await eventually(() => s.actor.getSnapshot().context.registered.length === 1, 3000, 'registered with the good one');
+  assert.is(s.actor.getSnapshot().status, 'active');
+  clock.advance(5000);
+  await eventually(() => asked === 2, 3000, 'asked again');
+  assert.equal([good.setups(), good.open(), s.actor.getSnapshot().status], [1, 1, 'active']);
+  // Every proxy refusing for good: the server stops, as with one proxy.
+  const alone = await startServer({ id: 's2', policy: 'P', listenPort: 0, proxies: [{ host: LOCAL, port }], waitForRegistration: true, logger: new Logger('server', memorySink([]), 'info') }).catch((e: Error) => e);
+  assert.match(String((alone as Error).message), /refused the registration \(UNAUTHORIZED\)/);
+});
+
 reg.run();
