@@ -147,6 +147,8 @@ class Job {
   limit?: Timer;
   /** Answered: what the handler does afterwards is ignored. */
   done = false;
+  /** Answered TIMEOUT while its handler still runs (it ignores ctx.signal): counted by the runner until it settles. */
+  lingering = false;
 
   constructor(
     readonly runner: HandlerRunner,
@@ -225,6 +227,15 @@ export class HandlerRunner {
   /** Jobs whose handler timeout runs: given up on all at once when the server stops (no line about them after it). */
   readonly timed = new Set<Job>();
   private running = 0;
+  /**
+   * Handlers answered TIMEOUT that still run (they ignore ctx.signal): a promise cannot be
+   * cancelled. Up to `concurrency` of them take no slot; past it each takes one (`busy`), so at
+   * most twice `concurrency` handlers run at once, and their requests' bytes stay held of the
+   * budget until they settle. They were not bounded: with --concurrency 4, 76 ran at once, and
+   * the server grew to 2.7 GB within 20 s with the defaults.
+   */
+  private lingering = 0;
+  private lingeringBytes = 0;
   private readonly queue: Job[] = [];
   /** Callers with requests parked (`park`): let go all at once when the server stops. */
   private readonly waiting = new Set<Caller>();
@@ -239,6 +250,11 @@ export class HandlerRunner {
   private answerKnown = false;
   /** Answers sent: ACKs, and errors by code (the handler's own errors are HANDLER_ERROR); for the stop line and the inspector's metrics. */
   readonly outcomes = { ok: 0, errors: new Map<string, number>() };
+
+  /** Slots taken: requests running, and timed-out handlers still running past the `concurrency` that may linger. */
+  private get busy(): number {
+    return this.running + Math.max(0, this.lingering - this.opts.concurrency);
+  }
 
   /** Requests taken and not answered yet: running, or waiting for a slot. */
   get held(): number {
@@ -284,10 +300,11 @@ export class HandlerRunner {
       }
       let deadline: number | undefined;
       if (msg.timeoutms !== undefined) deadline = (now < 0 ? (now = clock.now()) : now) + msg.timeoutms;
-      const runs = this.running < this.opts.concurrency;
+      const runs = this.busy < this.opts.concurrency;
       if (!runs && this.queue.length >= this.opts.queueLimit) {
+        const lingering = this.lingering > 0 ? ` (and ${this.lingering} handler(s) that timed out still run: they ignore ctx.signal)` : '';
         this.answer(conn, errorMsg(ErrorCode.OVERLOADED,
-          `server ${this.opts.serverId} is running ${this.running} request(s), its limit, and ${this.queue.length} more are waiting; try another server or later`, msg.seq));
+          `server ${this.opts.serverId} is running ${this.running} request(s)${lingering}, its limit, and ${this.queue.length} more are waiting; try another server or later`, msg.seq));
         continue;
       }
       const bytes = payloadBytes(msg.payload) + REQUEST_ROOM; // UTF-8, as the proxy counts it (routing.ts, requestBytes)
@@ -311,15 +328,16 @@ export class HandlerRunner {
   /** The budget's half for requests is taken: refused at once, as the proxy refuses its clients'. */
   private overBudget(conn: Connection, msg: DataMsg): void {
     const { serverId: id, budget, logger } = this.opts;
-    const why = `server ${id} holds ${budget.limit / 2} bytes of requests not answered yet, half its buffer budget (--max-buffered-bytes); try another server or later`;
+    const lingering = this.lingeringBytes > 0 ? ` (${this.lingeringBytes} of them for ${this.lingering} handler(s) answered TIMEOUT that still run: they ignore ctx.signal)` : '';
+    const why = `server ${id} holds ${budget.limit / 2} bytes of requests not answered yet${lingering}, half its buffer budget (--max-buffered-bytes); try another server or later`;
     this.answer(conn, errorMsg(ErrorCode.OVERLOADED, why, msg.seq));
     logger.repeated('warn', 'refused', id, 1, (n, span) => `Refused ${fmt(n)} request(s) with OVERLOADED${span ? ` ${span}` : ''}: ${why}`, { code: ErrorCode.OVERLOADED });
   }
 
-  /** The job holds nothing of the budget any more; its connection is read again once under half its share. */
-  private letGo(job: Job): void {
+  /** The job holds nothing of the budget any more (`keepBytes`: but what its lingering handler holds); its connection is read again once under half its share. */
+  private letGo(job: Job, keepBytes = false): void {
     const caller = job.caller;
-    this.opts.budget.release(job.bytes);
+    if (!keepBytes) this.opts.budget.release(job.bytes);
     caller.heldBytes -= job.bytes;
     if (caller.throttled && caller.heldBytes <= this.opts.budget.requestsPerPeer / 2) {
       caller.throttled = false;
@@ -376,7 +394,7 @@ export class HandlerRunner {
       if (caller.conn.closed) this.letGo(job);
       else if (this.expired(job, 'while its connection did not read its answers')) continue;
       else if (this.backedUp(caller)) this.park(job);
-      else if (this.running < this.opts.concurrency) this.start(job);
+      else if (this.busy < this.opts.concurrency) this.start(job);
       else this.queue.push(job);
     }
   }
@@ -423,18 +441,23 @@ export class HandlerRunner {
         this.timed.add(job);
       }
       Promise.resolve(result).then(
-        (answer) => this.finish(job, this.ack(job, answer)),
-        (err: unknown) => this.finish(job, this.failure(job, err)),
+        (answer) => (job.lingering ? this.settled(job) : this.finish(job, this.ack(job, answer))),
+        (err: unknown) => (job.lingering ? this.settled(job) : this.finish(job, this.failure(job, err))),
       );
     }
   }
 
   /** Write the job's answer, free its slot, start the next waiting job whose answer is still wanted. */
-  private finish(job: Job, answer: AckMsg | ErrorMsg): void {
+  private finish(job: Job, answer: AckMsg | ErrorMsg, lingers = false): void {
     if (job.done) return;
     job.done = true;
     job.release();
-    this.letGo(job);
+    this.letGo(job, lingers);
+    if (lingers) {
+      job.lingering = true;
+      this.lingering++;
+      this.lingeringBytes += job.bytes;
+    }
     this.running--;
     const caller = job.caller;
     caller.running--;
@@ -456,8 +479,15 @@ export class HandlerRunner {
     const { msg } = job;
     const id = this.opts.serverId;
     const reason = new RevproxyError(ErrorCode.TIMEOUT, `the handler of server ${id} did not settle within ${ms} ms (its handler timeout)`);
-    this.finish(job, errorMsg(ErrorCode.TIMEOUT, reason.message, msg.seq));
+    this.finish(job, errorMsg(ErrorCode.TIMEOUT, reason.message, msg.seq), true);
     job.abort(reason);
+    const c = this.opts.concurrency;
+    if (this.lingering > c) {
+      this.opts.logger.repeated('warn', 'handler_lingering', id, 1, (n, span) => span
+        ? `Handlers of server ${id} that timed out and ignore ctx.signal took ${fmt(n)} more slot(s) ${span}`
+        : `${this.lingering} handlers of server ${id} were answered TIMEOUT and still run, more than --concurrency (${c}): the handler ignores ctx.signal, so each one past ${c} takes a slot from new requests (they wait, or are refused OVERLOADED) until it settles; pass ctx.signal on to whatever it waits for`,
+      { lingering: this.lingering, concurrency: c });
+    }
     this.opts.logger.repeated('warn', 'handler_timeout', id, 1, (n, span) => span
       ? `The handler of server ${id} did not settle within ${ms} ms on ${fmt(n)} request(s) ${span}: answered TIMEOUT, aborted their ctx.signal and freed their slots (--handler-timeout)`
       : `The handler of server ${id} did not settle within ${ms} ms on request ${msg.seq} of client ${msg.srcid}: answered TIMEOUT, aborted its ctx.signal and freed its slot (--handler-timeout); a handler should pass ctx.signal on to whatever it waits for`, {
@@ -465,8 +495,17 @@ export class HandlerRunner {
     });
   }
 
+  /** A handler answered TIMEOUT has settled at last: what it held is free, and its slot if it took one. */
+  private settled(job: Job): void {
+    job.lingering = false;
+    this.lingering--;
+    this.lingeringBytes -= job.bytes;
+    this.opts.budget.release(job.bytes);
+    this.next();
+  }
+
   private next(): void {
-    while (this.running < this.opts.concurrency && this.queue.length > 0) {
+    while (this.busy < this.opts.concurrency && this.queue.length > 0) {
       const job = this.queue.shift()!;
       if (this.expired(job, `in server ${this.opts.serverId}'s queue`)) continue;
       // A slot goes to a peer that reads its answers; this one's request waits for it to read.

@@ -266,6 +266,52 @@ limits('whatever a handler throws (a null-prototype object, a revoked Proxy, an 
   }
 });
 
+limits('handlers that time out and ignore ctx.signal stay bounded: up to --concurrency of them linger beside the running ones, past it each takes a slot (requests wait, or are refused OVERLOADED), and a warn line says why', async () => {
+  // Their slots were freed at the timeout and new requests started: with --concurrency 4, 76 ran at once.
+  const clock = new ManualClock();
+  const logs: LogRecord[] = [];
+  let live = 0;
+  let most = 0;
+  const release: Array<() => void> = [];
+  const server = await lonelyServer({
+    concurrency: 2, queueLimit: 4, handlerTimeoutMs: 100, clock, logger: new Logger('server', memorySink(logs), 'info'),
+    handler: () => new Promise<string>((resolve) => {
+      live++;
+      most = Math.max(most, live);
+      release.push(() => {
+        live--;
+        resolve('late');
+      });
+    }),
+  });
+  const sock = await rawConnect(server.port);
+  const got = collector(sock);
+  try {
+    sock.write(Buffer.concat(Array.from({ length: 6 }, (_, seq) => frame({ type: 0, seq, srcid: 'c', privPoliId: 'P', payload: `p${seq}` }))));
+    await eventually(() => live === 2, 2000, 'two running');
+    for (let round = 0; round < 5; round++) {
+      clock.advance(100);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.is(most, 4, `at most twice --concurrency handlers at once: ${most}`);
+    const timedOut = () => got.got.filter((m) => (m as ErrorMsg).code === 'TIMEOUT').length;
+    await eventually(() => timedOut() === 4, 2000, 'four answered TIMEOUT');
+    // Two requests wait; past the queue, a new one is refused OVERLOADED, naming the lingering handlers.
+    sock.write(Buffer.concat(Array.from({ length: 5 }, (_, i) => frame({ type: 0, seq: 10 + i, srcid: 'c', privPoliId: 'P', payload: 'more' }))));
+    await eventually(() => got.got.some((m) => (m as ErrorMsg).code === 'OVERLOADED'), 2000, 'refused past the queue');
+    assert.match((got.got.find((m) => (m as ErrorMsg).code === 'OVERLOADED') as ErrorMsg).message, /4 handler\(s\) that timed out still run: they ignore ctx\.signal/);
+    assert.ok(logs.some((r) => r.event === 'handler_lingering' && r.level === 'warn' && /ignores ctx\.signal/.test(r.msg)), JSON.stringify(logs.map((r) => r.msg)));
+    // The lingering handlers settle: the waiting requests run.
+    for (const r of release.splice(0)) r();
+    await eventually(() => live === 2, 2000, 'the waiting requests started');
+    assert.is(most, 4);
+  } finally {
+    for (const r of release.splice(0)) r();
+    sock.destroy();
+    await server.stop();
+  }
+});
+
 limits('with --concurrency 1, --delay is paid by each request in turn', async () => {
   const clock = new ManualClock();
   const server = await lonelyServer({ concurrency: 1, queueLimit: 10, delayMs: 100, clock, handler: (p) => `ok ${String(p)}` });
