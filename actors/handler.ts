@@ -528,10 +528,19 @@ export class HandlerRunner {
     if (typeof answer !== 'string' && !isBytes(answer)) {
       return this.appError(job, 'BAD_ANSWER', `the handler of server ${id} answered ${describe(answer)}; a handler answers a string or bytes`);
     }
+    // Text goes out as UTF-8, which has no lone surrogates: it became U+FFFD without a word, where the answer
+    // reaches the client as returned (and the wire refuses such text from a peer: docs/PROTOCOL.md).
+    if (typeof answer === 'string') {
+      const at = loneSurrogate(answer);
+      if (at >= 0) {
+        return this.appError(job, 'BAD_ANSWER', `the handler of server ${id} answered text with a lone surrogate (U+${answer.charCodeAt(at).toString(16).toUpperCase()} at index ${at}), which UTF-8 cannot carry; answer well-formed text, or bytes`);
+      }
+    }
     const size = typeof answer === 'string' ? Buffer.byteLength(answer) : answer.length;
     // The ACK's other fields take well under 1 KiB; the proxy would refuse the whole frame, and the link with it.
-    if (size + 1024 > this.opts.maxFrameBytes) {
-      return this.appError(job, 'ANSWER_TOO_LARGE', `the handler of server ${id} answered ${size} bytes; answers must fit in a ${this.opts.maxFrameBytes}-byte frame`);
+    const most = this.opts.maxFrameBytes - 1024;
+    if (size > most) {
+      return this.appError(job, 'ANSWER_TOO_LARGE', `the handler of server ${id} answered ${size} bytes; answers may be ${most} bytes at most (--max-frame ${this.opts.maxFrameBytes} less 1024 for the rest of the frame)`);
     }
     const log = this.opts.logger;
     if (log.enabled('debug')) log.debug('answer', `Sending a message to the client ${msg.srcid} payload ${show(answer)}`, { client: msg.srcid, payload: show(answer) });
@@ -592,6 +601,15 @@ function safely<T, F>(read: () => T, fallback: F): T | F {
   } catch {
     return fallback;
   }
+}
+
+const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
+
+/** Index of the first lone surrogate in `text` (one UTF-8 cannot encode), or -1. */
+function loneSurrogate(text: string): number {
+  const wellFormed = (text as { isWellFormed?: () => boolean }).isWellFormed;
+  if (wellFormed ? wellFormed.call(text) : !LONE_SURROGATE.test(text)) return -1;
+  return LONE_SURROGATE.exec(text)?.index ?? -1;
 }
 
 /** Bytes, asked safely: `instanceof` on a revoked Proxy throws. */

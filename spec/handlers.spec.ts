@@ -312,6 +312,31 @@ limits('handlers that time out and ignore ctx.signal stay bounded: up to --concu
   }
 });
 
+limits('an answer UTF-8 cannot carry (a lone surrogate) is BAD_ANSWER, not U+FFFD without a word; one too big for the frame is ANSWER_TOO_LARGE naming the real cap, --max-frame less 1024', async () => {
+  const cap = 1024 * 1024 - 1024;
+  const server = await lonelyServer({
+    concurrency: 4, queueLimit: 4,
+    handler: (p) => (p === 'lone' ? 'A\ud800B' : p === 'pair' ? 'A\ud83d\ude00B' : p === 'at-cap' ? 'x'.repeat(cap) : 'x'.repeat(cap + 1)),
+  });
+  const sock = await rawConnect(server.port);
+  const got = collector(sock);
+  try {
+    const asks = ['lone', 'pair', 'at-cap', 'over-cap'];
+    sock.write(Buffer.concat(asks.map((payload, seq) => frame({ type: 0, seq, srcid: 'c', privPoliId: 'P', payload }))));
+    await got.until(() => got.got.length === asks.length, 5000);
+    const by = (seq: number) => got.got.find((m) => (m as ErrorMsg).seq === seq) as unknown as { type: number; code: string; appcode?: string; message: string; payload: unknown };
+    assert.equal([by(0).code, by(0).appcode], ['HANDLER_ERROR', 'BAD_ANSWER']);
+    assert.match(by(0).message, /a lone surrogate \(U\+D800 at index 1\)/);
+    assert.equal([by(1).type, by(1).payload], [MsgType.ACK, 'A\ud83d\ude00B'], 'a surrogate pair is well-formed');
+    assert.equal([by(2).type, (by(2).payload as string).length], [MsgType.ACK, cap], 'the cap itself fits');
+    assert.equal([by(3).code, by(3).appcode], ['HANDLER_ERROR', 'ANSWER_TOO_LARGE']);
+    assert.match(by(3).message, new RegExp(`answered ${cap + 1} bytes; answers may be ${cap} bytes at most \\(--max-frame 1048576 less 1024`));
+  } finally {
+    sock.destroy();
+    await server.stop();
+  }
+});
+
 limits('with --concurrency 1, --delay is paid by each request in turn', async () => {
   const clock = new ManualClock();
   const server = await lonelyServer({ concurrency: 1, queueLimit: 10, delayMs: 100, clock, handler: (p) => `ok ${String(p)}` });
