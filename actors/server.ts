@@ -318,6 +318,8 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
     /** The proxy's acceptance (its first PING) is due by then; what it sent instead, if anything. */
     let acceptance: Timer | undefined;
     let instead: string | undefined;
+    /** When the proxy accepted this registration (clock ms; -1: not yet). */
+    let acceptedAt = -1;
     // A dial into a partition waits out the system's SYN retries (about two minutes), and after the
     // cut heals up to a minute more for the next one: give up on it and dial again under the backoff.
     const slow = dialDeadline(socket, ep.host, ep.port, DEFAULT_CONNECT_TIMEOUT_MS, input.clock, (why) => lost(why));
@@ -325,7 +327,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
      * `backoff`: wait this step rather than the current one (a proxy that misbehaved, or refused us
      * for good, waits the longest); `refusal`: said as that proxy's refusal, not as a loss.
      */
-    const lost = (error: string, backoff = delay, refusal?: { code: string; message: string }): void => {
+    const lost = (error: string, backoff?: number, refusal?: { code: string; message: string }): void => {
       if (over) return;
       over = true;
       slow.cancel();
@@ -335,12 +337,16 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
       if (stopping) return;
       // Up to a fifth early, at random: a fleet that lost its proxy together would otherwise dial it
       // again in step, every server at the same moment at each round (1,000 at once at 5 s).
-      const wait = jittered(backoff);
+      // A registration that lasted the longest backoff or more starts again from the first step (a proxy
+      // restarted: back within 200 ms); one lost sooner goes on doubling. Reset at every acceptance, a proxy
+      // that accepted and dropped it at once (OVERLOADED a second later, again and again) was dialled every 1.2 s for ever.
+      const step = backoff ?? (acceptedAt >= 0 && input.clock.now() - acceptedAt >= input.maxMs ? input.initialMs : delay);
+      const wait = jittered(step);
       if (refusal) sendBack({ type: 'REGISTRATION_REFUSED', proxy: key, ...refusal, retryInMs: wait });
       else sendBack({ type: 'REGISTRATION_LOST', proxy: key, error, retryInMs: wait });
       const t = input.clock.setTimeout(() => {
         timers.delete(t);
-        if (!stopping) attempt(ep, Math.min(backoff * 2, input.maxMs), registered);
+        if (!stopping) attempt(ep, Math.min(step * 2, input.maxMs), registered);
       }, wait);
       timers.add(t);
     };
@@ -374,7 +380,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
               refusedForGood.delete(key);
               sendBack({ type: 'REGISTERED', proxy: key, again: registered });
               registered = true;
-              delay = input.initialMs;
+              acceptedAt = input.clock.now();
             }
           }
           else if (m.type === MsgType.ERROR && m.seq === undefined) {

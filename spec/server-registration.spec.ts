@@ -195,4 +195,13 @@ reg('a refusal for good (UNAUTHORIZED) from one of several proxies is that proxy
   assert.match(String((alone as Error).message), /refused the registration \(UNAUTHORIZED\)/);
 });
 
+reg('a proxy that accepts and drops the registration at once, again and again, is dialled under a growing backoff, not every second for ever', async () => {
+  const flapping = await accepting((sock) => sock.write(error('OVERLOADED')));
+  await server([flapping.port], { reconnectInitialMs: 20, reconnectMaxMs: 160 });
+  await eventually(() => lines('registration_lost').length >= 6, 5000, 'six losses');
+  const waits = ctx.logs.filter((r) => r.event === 'registration_lost').map((r) => r.retryInMs as number);
+  // Steps 20, 40, 80, 160, 160, ... each up to a fifth early.
+  [20, 40, 80, 160, 160].forEach((step, i) => assert.ok(waits[i]! >= step * 0.8 && waits[i]! <= step, `wait ${i}: ${waits[i]!} ms for a step of ${step} (${waits.join(', ')})`));
+});
+
 reg.run();
