@@ -125,6 +125,11 @@ export interface LoadResult {
    * opened again, and the window ended there. Undefined when they stayed open.
    */
   closedAllAfterMs?: number;
+  /**
+   * Who closed them, when every connection closed: the target, load itself (each after the target
+   * sent what is not a revproxy frame: BAD_FRAME), or both, some each.
+   */
+  closedAllBy?: 'target' | 'load' | 'both';
 }
 
 export const DEFAULT_PAYLOADS = Array.from({ length: 16 }, (_, i) => `bench payload ${i.toString(16).padStart(2, '0')}`);
@@ -198,6 +203,8 @@ class Run {
   readonly gone = new AbortController();
   /** When the last open connection closed (performance.now()). */
   closedAllAt?: number;
+  /** Connections closed by the target, and by load on what the target sent (BAD_FRAME), before the run's end. */
+  readonly closedBy = { target: 0, load: 0 };
 
   constructor(readonly opts: LoadOptions) {
     const payloads = opts.payloads ?? DEFAULT_PAYLOADS;
@@ -321,6 +328,8 @@ class PipelinedConn {
   private up = false;
   /** This side closed it (the run is over), not the target. */
   private closedHere = false;
+  /** This side closed it because the target sent what is not a revproxy frame: not the target's close, nor the run's end. */
+  private refused = false;
   /** Whether any byte came from the target (one that closes before saying anything may want TLS, or be another program). */
   private heard = false;
   /**
@@ -373,6 +382,7 @@ class PipelinedConn {
       this.up = false;
       // With every connection gone nothing more can be sent: let the run end.
       if (run.open === 0) run.stopped = true;
+      if (wasUp && !this.closedHere) run.closedBy[this.refused ? 'load' : 'target']++;
       if (run.open === 0 && wasUp && !this.closedHere && !run.gone.signal.aborted) {
         run.closedAllAt = performance.now();
         run.gone.abort();
@@ -436,6 +446,7 @@ class PipelinedConn {
   private badInput(detail: string): void {
     if (this.inflight === 0 && this.closing === undefined) this.run.stray(undefined, `BAD_FRAME: ${detail}`);
     this.closing ??= { code: 'BAD_FRAME', detail };
+    this.refused = true;
     this.socket.destroy();
   }
 
@@ -549,16 +560,29 @@ function perRequestLoop(run: Run, ep: LoadEndpoint, done: () => void): void {
     socket.setNoDelay(true);
     connectDeadline(run, socket, ep);
     let settled = false;
+    let up = false;
+    // Ctrl-C while this request's connection is being made gives it up: nothing was sent on it, so it
+    // is not counted as sent (a dial to a silent target held the run's end for its --connect-timeout).
+    const giveUp = (): void => {
+      if (settled || up) return;
+      settled = true;
+      socket.destroy();
+      run.sent--;
+      run.inflight--;
+      run.checkDone();
+      setImmediate(next);
+    };
+    run.opts.stop?.addEventListener('abort', giveUp, { once: true });
     const settle = (ok: boolean | string, detail?: string): void => {
       if (settled) return;
       settled = true;
+      run.opts.stop?.removeEventListener('abort', giveUp);
       socket.destroy();
       run.lastAt = performance.now();
       if (ok === true || ok === false) run.answered(ok, run.lastAt - started, started);
       else run.lost(ok, 1, detail);
       setImmediate(next);
     };
-    let up = false;
     socket.once(run.opts.tls ? 'secureConnect' : 'connect', () => {
       up = true;
       run.open++;
@@ -691,6 +715,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
     rps: (run.inWindow / windowMs) * 1000,
     latency,
     closedAllAfterMs: run.closedAllAt === undefined ? undefined : Math.max(0, run.closedAllAt - started),
+    closedAllBy: run.closedAllAt === undefined ? undefined : run.closedBy.load === 0 ? 'target' : run.closedBy.target === 0 ? 'load' : 'both',
   };
 }
 

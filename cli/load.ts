@@ -75,6 +75,8 @@ export interface LoadReport {
   latencyMs: LoadResult['latency'];
   /** The target closed every connection this many seconds into the window, which ended there (connections are not opened again); null when they stayed open. */
   closedAllAfterS: number | null;
+  /** Who closed them then: 'target', 'load' (each after the target sent what is not a revproxy frame, BAD_FRAME) or 'both'; null when they stayed open. */
+  closedAllBy: 'target' | 'load' | 'both' | null;
   /** The signal (SIGINT: Ctrl-C, or SIGTERM) that stopped the run before its end, or null. */
   stoppedBy: string | null;
 }
@@ -195,8 +197,17 @@ export function loadReport(r: LoadResult, f: LoadFlags, stoppedBy: string | null
     rps: r.rps,
     latencyMs: r.latency,
     closedAllAfterS: r.closedAllAfterMs === undefined ? null : r.closedAllAfterMs / 1000,
+    closedAllBy: r.closedAllBy ?? null,
     stoppedBy,
   };
+}
+
+/** The `ended` line: every connection closed, by whom, and what that suggests. */
+function closedAll(rep: LoadReport): string {
+  const at = `${rep.closedAllAfterS!.toFixed(2)} s into the run, which ended there: load does not open connections again`;
+  if (rep.closedAllBy === 'load') return `load closed every connection ${at} - each after the target sent what is not a revproxy frame (BAD_FRAME above): is it a revproxy proxy or server?`;
+  if (rep.closedAllBy === 'both') return `every connection was closed ${at} - load closed those whose target sent what is not a revproxy frame (BAD_FRAME above), the target the others`;
+  return `the target closed every connection ${at} (a proxy that restarted, or stopped)`;
 }
 
 function formatText(rep: LoadReport, f: LoadFlags): string {
@@ -214,7 +225,7 @@ function formatText(rep: LoadReport, f: LoadFlags): string {
       ? [`  unexpected  ${fmt(rep.unexpected)} answer(s) to no request in flight, apart from the requests above: the target answered twice, or what was not asked - it is broken (first: ${rep.firstUnexpected})`]
       : []),
     ...(rep.stoppedBy === null ? [] : [`  stopped     by ${rep.stoppedBy} ${rep.sent === 0 && rep.connected < rep.connections ? `while opening the connections (${rep.connected} of ${rep.connections} made): nothing was sent` : 'before the end: what was measured until then'}`]),
-    ...(rep.closedAllAfterS === null ? [] : [`  ended       the target closed every connection ${rep.closedAllAfterS.toFixed(2)} s into the run, which ended there: load does not open connections again (a proxy that restarted, or stopped)`]),
+    ...(rep.closedAllAfterS === null ? [] : [`  ended       ${closedAll(rep)}`]),
     l.count
       ? `  latency ms  p50 ${ms(l.p50)}  p90 ${ms(l.p90)}  p99 ${ms(l.p99)}  p99.9 ${ms(l.p999)}  max ${ms(l.max)}  (${fmt(l.count)} requests of the window${rep.mode === 'open loop' ? ', from when each was due' : ''})`
       : '  latency     no answers measured',

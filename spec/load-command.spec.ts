@@ -100,6 +100,11 @@ test('an answer whose body is MessagePack nil (00 00 00 01 c0): its request fail
   assert.is(j.json!.sent, 1, 'the connection ended at the bad frame: nothing more was sent on it');
   assert.equal(j.json!.errors, { BAD_FRAME: 1 });
   assert.match(j.json!.firstError.BAD_FRAME, /a frame whose body is nil, not a map/);
+  // load closed it, not the target: the report said "the target closed every connection ... (a proxy that restarted, or stopped)".
+  assert.is(j.json!.closedAllBy, 'load');
+  const k = await load(['--revproc', String(fake.port), '-n', '4', '-c', '2', '-p', '1']);
+  assert.match(k.out, /ended +load closed every connection [\d.]+ s into the run, which ended there: load does not open connections again - each after the target sent what is not a revproxy frame/);
+  assert.not.match(k.out, /the target closed every connection/);
   const t = await load(['--revproc', String(fake.port), '-n', '3', '-c', '1', '--connection-per-request']);
   assert.is(t.code, 1, t.out);
   assert.match(t.out, /requests {4}3 sent, 0 answered right, 3 failed/);
@@ -191,6 +196,19 @@ test('Ctrl-C or SIGTERM while the connections are being opened ends the run with
     assert.is(r.code, 1, r.out);
     assert.match(r.out, new RegExp(`stopped +by ${signal} while opening the connections \\(0 of 2 made\\): nothing was sent`));
     assert.match(r.out, /requests {4}0 sent, 0 answered right\n/);
+    // A connection per request, the same: the loops' dials were given up, where the run waited for them to time out
+    // (--connect-timeout) and counted each as a request sent that failed CONNECT_FAILED.
+    let dialledEach!: () => void;
+    const both = new Promise<void>((r) => { let n = 0; dialledEach = () => ++n === 2 && r(); });
+    const quiet = await fakeTarget(() => {}, () => dialledEach());
+    const q = await load(['--revproc', String(quiet.port), '-d', '60s', '-c', '2', '--connection-per-request', '--tls-ca', ca, '--connect-timeout', '60000'], async (p) => {
+      await both;
+      p.kill(signal);
+    });
+    assert.is(q.code, 1, q.out);
+    assert.match(q.out, new RegExp(`stopped +by ${signal} while opening the connections \\(0 of 2 made\\): nothing was sent`));
+    assert.match(q.out, /requests {4}0 sent, 0 answered right\n/);
+    assert.match(q.out, /errors +none/);
   }
 });
 
@@ -215,7 +233,7 @@ test('a fixed count through the proxy: every request answered right, counted onc
   const j = r.json!;
   assert.equal(
     Object.keys(j).sort(),
-    ['answered', 'closedAllAfterS', 'connected', 'connections', 'durationS', 'errors', 'firstError', 'firstUnexpected', 'inflight', 'latencyMs', 'mode', 'ok', 'policies', 'rate', 'requests', 'rps', 'seconds', 'sent', 'stoppedBy', 'targets', 'unexpected', 'unreachable', 'warmupS', 'wrongHash'].sort(),
+    ['answered', 'closedAllAfterS', 'closedAllBy', 'connected', 'connections', 'durationS', 'errors', 'firstError', 'firstUnexpected', 'inflight', 'latencyMs', 'mode', 'ok', 'policies', 'rate', 'requests', 'rps', 'seconds', 'sent', 'stoppedBy', 'targets', 'unexpected', 'unreachable', 'warmupS', 'wrongHash'].sort(),
   );
   assert.is(j.sent, 2000);
   assert.is(j.ok, 2000);
