@@ -39,12 +39,16 @@ export interface Attach {
 export interface Inspection {
   attach: Attach;
   url?: string;
+  /** The inspection log's file, when one is written. */
+  logFile?: string;
   /** With a page being served: keep serving until Ctrl-C (for commands that would otherwise exit). */
   hold(): Promise<void>;
+  /** Open the inspection log again (after logrotate moved it); throws why it cannot be. */
+  reopen(): void;
   close(): Promise<void>;
 }
 
-const none: Inspection = { attach: {}, hold: async () => {}, close: async () => {} };
+const none: Inspection = { attach: {}, hold: async () => {}, reopen: () => {}, close: async () => {} };
 
 /**
  * A line about the inspector, on stderr whatever the log level (its URL is what `--inspect 0`
@@ -72,6 +76,8 @@ export async function startInspection(flags: InspectFlags & { logFormat?: 'text'
   return {
     attach: { inspect: insp.inspect, observer: insp.observer },
     url: insp.url,
+    logFile: flags.inspectLog,
+    reopen: () => insp.reopen(),
     async hold() {
       if (!insp.url) return;
       say(format, title, 'inspector_holding', `Inspector still serving on ${insp.url}; Ctrl-C exits.`, { url: insp.url });

@@ -2,7 +2,7 @@
  * `revproxy proxy`: the flags (made from the config table in
  * config/proxy.ts), `--config FILE` and `--check`, the logs and the access
  * log, the admin endpoint, SIGHUP (reload the config, reopen the access
- * log) and SIGUSR1 (reopen the access log only). SIGTERM, SIGINT and SIGQUIT drain.
+ * and inspection logs) and SIGUSR1 (reopen those logs only). SIGTERM, SIGINT and SIGQUIT drain.
  */
 import { accessSync, constants, existsSync, lstatSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { dirname, resolve as resolvePath } from 'node:path';
@@ -138,9 +138,9 @@ A second one stops at once: what is still in flight is answered SHUTTING_DOWN.
 SIGHUP reloads the config file (or, without one, the tokens file): limits, timeouts, retries,
 health settings, log level and secrets change at once, and no connection is closed; the TLS
 files are read again (a renewed certificate serves new handshakes; etcd's, registry.tls, make a
-new etcd client, the watch and the proxy's key moved to it on their lease); the access log is reopened
-(for logrotate). An invalid file is refused and the running settings stay.
-SIGUSR1 reopens the access log only (logrotate's postrotate: kill -USR1 $(cat PIDFILE), or
+new etcd client, the watch and the proxy's key moved to it on their lease); the access log and the
+inspection log (--inspect-log) are reopened (for logrotate). An invalid file is refused and the running settings stay.
+SIGUSR1 reopens those log files only (logrotate's postrotate: kill -USR1 $(cat PIDFILE), or
 systemctl kill -s USR1 revproxy), reading no configuration, as nginx's USR1 does; SIGUSR2 is ignored. A SIGHUP sent while
 the proxy starts is applied once it listens; a SIGTERM then drains it as soon as it is up.
 TLS: --tls-cert/--tls-key serve TLS; --tls-ca requires peers' certificates (mutual TLS) and verifies servers'.
@@ -258,25 +258,31 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
   if (accessLog && rt.log.accessLog !== '-') await accessLog.dest.ready().catch((err: Error) => {
     throw logFileIssue(source, 'log.access_log', rt.log.accessLog!, whyNotWritable(err, rt.log.accessLog!), flagOf('log.access_log'));
   });
-  // SIGUSR1 reopens the access log and nothing else, as nginx's USR1 reopens its logs: logrotate's
-  // postrotate must reach the file whatever the config file on disk holds (systemd's ExecReload
-  // runs --check first, and sends no SIGHUP when the file is not valid).
-  const reopen = (signal: NodeJS.Signals): boolean => {
-    if (!accessLog || accessLog.dest === stdout) return true;
-    try {
-      accessLog.reopen();
-      return true;
-    } catch (err) {
-      logger.error('access_log_reopen_failed', `cannot reopen the access log ${rt.log.accessLog}: ${whyUnreadable(err)}; its lines still go to the file it had open; fix this and send ${signal} again`, { file: rt.log.accessLog, signal });
-      return false;
+  // SIGUSR1 reopens the log files (the access log, the inspection log) and nothing else, as nginx's
+  // USR1 reopens its logs: logrotate's postrotate must reach them whatever the config file on disk
+  // holds (systemd's ExecReload runs --check first, and sends no SIGHUP when the file is not valid).
+  // The inspection log joins once the inspector has started.
+  const files: Array<{ what: string; file: string; key: string; reopen(): void }> = [];
+  if (accessLog && accessLog.dest !== stdout) files.push({ what: 'the access log', file: rt.log.accessLog!, key: 'access_log', reopen: () => accessLog.reopen() });
+  const reopen = (signal: NodeJS.Signals): string[] => {
+    const done: string[] = [];
+    for (const f of files) {
+      try {
+        f.reopen();
+        done.push(`${f.what} ${f.file}`);
+      } catch (err) {
+        logger.error(`${f.key}_reopen_failed`, `cannot reopen ${f.what} ${f.file}: ${whyUnreadable(err)}; its lines still go to the file it had open; fix this and send ${signal} again`, { file: f.file, signal });
+      }
     }
+    return done;
   };
   const usr1 = (): void => {
-    if (!accessLog || accessLog.dest === stdout) {
-      logger.info('reopen', `SIGUSR1: no access log file to reopen (${accessLog ? 'the access log is stdout' : 'no access log'}); the configuration was not read again (SIGHUP does that)`, { signal: 'SIGUSR1' });
+    if (!files.length) {
+      logger.info('reopen', `SIGUSR1: no access log file to reopen (${accessLog ? 'the access log is stdout' : 'no access log'}) nor an inspection log; the configuration was not read again (SIGHUP does that)`, { signal: 'SIGUSR1' });
       return;
     }
-    if (reopen('SIGUSR1')) logger.info('reopen', `Reopened the access log ${rt.log.accessLog} (SIGUSR1); the configuration was not read again (SIGHUP does that)`, { file: rt.log.accessLog, signal: 'SIGUSR1' });
+    const done = reopen('SIGUSR1');
+    if (done.length) logger.info('reopen', `Reopened ${done.join(' and ')} (SIGUSR1); the configuration was not read again (SIGHUP does that)`, { file: files[0]!.file, files: files.map((f) => f.file), signal: 'SIGUSR1' });
   };
   process.on('SIGUSR1', usr1);
   for (const signal of takeEarlySignals(['SIGUSR1'])) process.emit(signal, signal);
@@ -326,7 +332,8 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
     }
   }
   const insp = await startInspection({ inspect: rt.inspect, inspectLog: rt.inspectLog, inspectToken: rt.inspectToken, logFormat: rt.log.format }, 'proxy', logger);
-  const unignore = ignoreUserSignals(logger, 'send SIGHUP to reload the configuration and reopen the access log, SIGUSR1 to reopen the access log only, SIGTERM to drain and stop', ['SIGUSR2']);
+  if (insp.logFile) files.push({ what: 'the inspection log', file: insp.logFile, key: 'inspect_log', reopen: () => insp.reopen() });
+  const unignore = ignoreUserSignals(logger, 'send SIGHUP to reload the configuration and reopen the log files, SIGUSR1 to reopen the log files only, SIGTERM to drain and stop', ['SIGUSR2']);
   for (const signal of takeEarlySignals(['SIGUSR2'])) process.emit(signal, signal);
   try {
     if (pidFile) writePidFile(pidFile);
@@ -344,7 +351,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       const state = handle.actor.getSnapshot().value;
       if (state !== 'running') {
         // The drain keeps the settings it started with (its timeout was set as it began).
-        logger.info('reload_ignored', `Reload ignored: the proxy is ${String(state)}${accessLog ? '; the access log was reopened' : ''}`, { file: source, state });
+        logger.info('reload_ignored', `Reload ignored: the proxy is ${String(state)}${files.length ? `; ${files.map((f) => f.what).join(' and ')} reopened` : ''}`, { file: source, state });
         return;
       }
       let next: ProxyConfig;

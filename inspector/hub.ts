@@ -87,8 +87,8 @@ export interface HubOptions {
   eventBudget?: number;
   /** Stopped actors kept on the page. Default 60. */
   keepStopped?: number;
-  /** Receives every record (the NDJSON log). */
-  sink?: (lines: string) => void;
+  /** Receives every record (the NDJSON log): a flush's records as lines, and how many. */
+  sink?: (lines: string, count: number) => void;
   /** The records' clock, epoch ms (default `monotonicEpoch`). */
   now?: () => number;
 }
@@ -389,7 +389,7 @@ export class Hub {
     this.pending = [];
     const forgot = this.forgotten;
     this.forgotten = [];
-    if (this.o.sink && recs.length) this.o.sink(recs.map((r) => JSON.stringify(r)).join('\n') + '\n');
+    if (this.o.sink && recs.length) this.o.sink(recs.map((r) => JSON.stringify(r)).join('\n') + '\n', recs.length);
     if (!recs.length || !this.listeners.size) return;
     const batch: Batch = { recs, actors: [...changed].map(view), figures: this.figures, conns: this.conns, connsMore: this.connsMore, forgot: forgot.length ? forgot : undefined };
     for (const l of this.listeners) l(batch);

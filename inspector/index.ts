@@ -7,9 +7,9 @@
  *   const proxy = await startProxy({ port: 0, inspect: insp.inspect, observer: insp.observer });
  *   console.log(insp.url);
  */
-import { createWriteStream, readFileSync, type WriteStream } from 'node:fs';
+import { closeSync, openSync, readFileSync } from 'node:fs';
 import type { InspectionEvent } from 'xstate';
-import type { Logger } from '../actors/logger.js';
+import { Destination, LOG_BUFFER_BYTES, silentLogger, type Logger } from '../actors/logger.js';
 import type { ProxyObserver } from '../actors/proxy-options.js';
 import { Hub, type HubOptions, type Rec } from './hub.js';
 import { serveInspector, type InspectorServer } from './http.js';
@@ -29,9 +29,13 @@ export interface InspectorOptions extends Omit<HubOptions, 'sink'> {
   host?: string;
   /** HTTP Basic password for every request (any user name, logged as who asked). */
   token?: string;
-  /** Where refused actions are logged (the proxy logs the drains and enables it does). */
+  /** Where refused actions are logged (the proxy logs the drains and enables it does), and the inspection log's failures. */
   logger?: Logger;
-  /** Write every inspection record to this file as NDJSON. */
+  /**
+   * Write every inspection record to this file as NDJSON: emptied at start, then appended to,
+   * through a bounded `Destination` (a slow or full disk drops records, counted and logged;
+   * `reopen` follows logrotate).
+   */
   logFile?: string;
   /** What this process runs, shown on the page. */
   title?: string;
@@ -47,19 +51,14 @@ export interface Inspector {
   /** The page's address, when served. */
   url?: string;
   port?: number;
+  /** Open the inspection log again (logrotate moved it); throws why it cannot be (records keep going to the file open now). Nothing without one. */
+  reopen(): void;
   close(): Promise<void>;
 }
 
 export async function startInspector(opts: InspectorOptions = {}): Promise<Inspector> {
-  let log: WriteStream | undefined;
-  if (opts.logFile) {
-    log = createWriteStream(opts.logFile, { flags: 'w' });
-    await new Promise<void>((resolve, reject) => {
-      log!.once('open', () => resolve());
-      log!.once('error', (err) => reject(new Error(`cannot write the inspection log ${opts.logFile}: ${err.message}`)));
-    });
-  }
-  const hub = new Hub({ ...opts, sink: log ? (lines) => void log!.write(lines) : undefined });
+  const log = opts.logFile === undefined ? undefined : await openLog(opts.logFile, opts.logger ?? silentLogger);
+  const hub = new Hub({ ...opts, sink: log ? (lines, count) => writeRecords(log, lines, count) : undefined });
   const metrics = new Metrics({ pools: () => hub.livePools(), inflight: () => hub.inflight(), actorCounts: () => hub.actorCounts() }, opts.flushMs ?? 200);
   hub.metrics = metrics;
   hub.start();
@@ -68,7 +67,7 @@ export async function startInspector(opts: InspectorOptions = {}): Promise<Inspe
     if (opts.port !== undefined) server = await serveInspector(hub, metrics, { port: opts.port, host: opts.host, token: opts.token, logger: opts.logger, title: opts.title ?? 'revproxy' });
   } catch (err) {
     hub.stop();
-    log?.end();
+    await log?.end();
     throw err;
   }
   // The metrics count answers, retries and ejections; the hub notes each connection as it is accepted.
@@ -85,12 +84,53 @@ export async function startInspector(opts: InspectorOptions = {}): Promise<Inspe
     observer,
     url: server?.url,
     port: server?.port,
+    reopen() {
+      log?.reopen();
+    },
     async close() {
       hub.stop();
       await server?.close();
-      if (log) await new Promise<void>((resolve) => log!.end(resolve));
+      if (!log) return;
+      await log.end();
+      if (log.lostAtEnd) (opts.logger ?? silentLogger).warn('inspect_log_lost', `${log.lostAtEnd} inspection record(s) could not be written to ${opts.logFile} before the process stopped, and are lost`, { file: opts.logFile, lost: log.lostAtEnd });
     },
   };
+}
+
+/**
+ * The inspection log: emptied (one run per file: `revproxy inspect` replays one process's actors),
+ * then written as the access log is, bounded: under load it takes about 350 KB a second, and a
+ * stream that buffered without bound grew the process on a slow disk, said nothing when the disk
+ * was full, and was never reopened, so logrotate's moved file grew on.
+ */
+async function openLog(file: string, logger: Logger): Promise<Destination> {
+  try {
+    closeSync(openSync(file, 'w'));
+  } catch (err) {
+    throw new Error(`cannot write the inspection log ${file}: ${(err as Error).message}`);
+  }
+  const log = new Destination({ to: file });
+  await log.ready().catch((err: Error) => {
+    throw new Error(`cannot write the inspection log ${file}: ${err.message}`);
+  });
+  log.onError = (err) => {
+    const why = err.code === 'ENOSPC' ? 'the disk is full (ENOSPC)' : err.code === 'EIO' ? 'an I/O error (EIO)' : err.message;
+    logger.repeated('error', 'inspect_log_write_failed', file, 1, (n, span) => `cannot write the inspection log ${file}: ${why}; ${n} write(s) failed${span ? ` ${span}` : ''}; its records wait (up to ${LOG_BUFFER_BYTES / 1024 / 1024} MiB, then dropped and counted) and are written once it can be`, { file, code: err.code });
+  };
+  let reported = 0;
+  log.onDrop = () => {
+    logger.repeated('warn', 'inspect_log_dropped', file, log.dropped - reported, (n, span) => `${n} inspection record(s) dropped${span ? ` ${span}` : ''}: the inspection log ${file} is written more slowly than records come (a slow or full disk); the page and the proxy are not affected`, { file });
+    reported = log.dropped;
+  };
+  return log;
+}
+
+/** A flush's records into the log's chunk of this turn, counted one line each (what a drop loses). */
+function writeRecords(log: Destination, lines: string, count: number): void {
+  const bytes = log.bytes;
+  const at = bytes.reserve(Buffer.byteLength(lines));
+  bytes.commit(at + bytes.buffer.write(lines, at, 'utf8'));
+  for (let i = 0; i < count; i++) log.wrote();
 }
 
 /** Read a recorded NDJSON log; lines that are not records are counted, not fatal. */

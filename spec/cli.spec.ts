@@ -189,7 +189,7 @@ cli("SIGUSR1 and SIGUSR2 (nginx's reopen, HAProxy's reload) neither open Node's 
     // What to send instead: the proxy reloads on SIGHUP; a server has nothing to reload, and drains on SIGTERM.
     const instead = args[0] === 'proxy' ? 'SIGHUP' : 'SIGTERM';
     p.kill('SIGUSR1');
-    await p.waitFor(args[0] === 'proxy' ? /SIGUSR1: no access log file to reopen \(no access log\); the configuration was not read again/ : /warning: SIGUSR1 ignored: .*SIGTERM/);
+    await p.waitFor(args[0] === 'proxy' ? /SIGUSR1: no access log file to reopen \(no access log\) nor an inspection log; the configuration was not read again/ : /warning: SIGUSR1 ignored: .*SIGTERM/);
     p.kill('SIGUSR2');
     await p.waitFor(new RegExp(`warning: SIGUSR2 ignored: .*${instead}`));
     assert.ok(p.child.exitCode === null && p.child.signalCode === null, `${args[0]} still runs`);

@@ -268,6 +268,37 @@ access('SIGUSR1 reopens the access log after a rotation and reads no configurati
   assert.ok(proc.child.exitCode === null, 'still running');
 });
 
+access('the inspection log (--inspect-log) is reopened on SIGUSR1 and on SIGHUP after a rotation: it was written on into the moved file', async () => {
+  const log = join(ctx.dir, 'inspect.ndjson');
+  const { proc, port } = await proxyWithConfig(write('i.yaml', 'port: 0\n'), ['--inspect-log', log]);
+  const one = (id: string) => runClient({ id, proxy: { host: LOCAL, port }, packets: [{ srcid: id, privPoliId: 'Z', payload: 'x' }] });
+  // Each request is recorded as the proxy's FORWARD event.
+  const forwards = (f: string): number => (existsSync(f) ? readFileSync(f, 'utf8').split('"type":"FORWARD"').length - 1 : 0);
+  await one('c1');
+  await eventually(() => forwards(log) === 1, 3000, 'the first request recorded');
+  renameSync(log, `${log}.1`);
+  proc.kill('SIGUSR1');
+  await proc.waitFor(new RegExp(`Reopened the inspection log ${log} \\(SIGUSR1\\)`));
+  await one('c2');
+  await eventually(() => forwards(log) === 1, 3000, 'the second request in the reopened file');
+  renameSync(log, `${log}.2`);
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reloaded/);
+  await one('c3');
+  await eventually(() => forwards(log) === 1, 3000, 'the third request in the file reopened on SIGHUP');
+  assert.equal([forwards(`${log}.1`), forwards(`${log}.2`)], [1, 1], 'each rotated file holds only the request made before it was moved');
+  // Whole records in each file.
+  for (const f of [`${log}.1`, `${log}.2`, log]) for (const line of readFileSync(f, 'utf8').split('\n').filter(Boolean)) JSON.parse(line);
+});
+
+access('an inspection log the proxy cannot write (a full disk) is an error line saying why; the proxy serves on (it said nothing)', async () => {
+  const { proc, port } = await proxyWithConfig(write('if.yaml', 'port: 0\nlog:\n  summary_interval: 500\n'), ['--inspect-log', '/dev/full']);
+  const [r] = await runClient({ id: 'c1', proxy: { host: LOCAL, port }, packets: [{ srcid: 'c1', privPoliId: 'Z', payload: 'x' }] });
+  assert.is(r!.error, 'NO_SERVER');
+  await proc.waitFor(/error: cannot write the inspection log \/dev\/full: the disk is full \(ENOSPC\)/);
+  assert.ok(proc.child.exitCode === null, 'still running');
+});
+
 access('text lines: key=value, an unset value is -', async () => {
   const log = join(ctx.dir, 'access.log');
   const { port } = await proxyWithConfig(write('t.yaml', 'port: 0\n'), ['--access-log', log]);
