@@ -142,6 +142,47 @@ page('a page that fell behind catches up in a few renders, not one per batch it 
   assert.ok(renders <= batches / 2, `${renders} renders for ${batches} batches`);
 });
 
+page('the actor tree keeps its nodes while only what it does not show changes (rebuilt each batch, a node was replaced under the pointer)', async () => {
+  // Mark the nodes now; requests change the proxy's and the pool's contexts (and counts) in every batch.
+  const marked = await ctx.page.evaluate(() => {
+    const nodes = [...document.querySelectorAll('#tree .node')];
+    for (const n of nodes) (n as unknown as { kept: boolean }).kept = true;
+    return nodes.length;
+  });
+  assert.ok(marked > 3, `${marked} nodes in the tree`);
+  const answered = Number(await ctx.page.textContent('#f-answered'));
+  const packets = Array.from({ length: 30 }, (_, i) => ({ srcid: 'tree', privPoliId: 'P', payload: `tree ${i}` }));
+  await runClient({ id: 'tree', proxy: { host: LOCAL, port: ctx.proxy.port }, packets });
+  await ctx.page.waitForFunction((n) => Number(document.getElementById('f-answered')!.textContent) >= n + 30, answered, { timeout: 5000 });
+  await ctx.page.evaluate(() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done))));
+  const kept = await ctx.page.$$eval('#tree .node', (els) => els.filter((e) => (e as unknown as { kept?: boolean }).kept).length);
+  assert.is(kept, marked, 'every node drawn before the requests is the same element after them');
+  // A change the tree shows still reaches it: selecting an actor marks its node.
+  await ctx.page.click('#tree .node:has(.name:text-is("proxy"))');
+  await ctx.page.waitForSelector('#tree .node.selected:has(.name:text-is("proxy"))', { timeout: 3000 });
+});
+
+page('the event log follows new rows while it is scrolled to its end, and stays where the reader scrolled it otherwise', async () => {
+  const send = async (tag: string): Promise<void> => {
+    const rows = await ctx.page.$eval('#log-body', (b) => b.lastElementChild?.textContent ?? '');
+    await runClient({ id: tag, proxy: { host: LOCAL, port: ctx.proxy.port }, packets: Array.from({ length: 10 }, (_, i) => ({ srcid: tag, privPoliId: 'P', payload: `${tag} ${i}` })) });
+    await ctx.page.waitForFunction((was) => (document.getElementById('log-body')!.lastElementChild?.textContent ?? '') !== was, rows, { timeout: 5000 });
+    await ctx.page.evaluate(() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done))));
+  };
+  const gap = () => ctx.page.$eval('#log', (l) => l.scrollHeight - l.scrollTop - l.clientHeight);
+  await ctx.page.$eval('#log', (l) => (l.scrollTop = l.scrollHeight));
+  // Rows are laid out at an estimated height until seen (content-visibility): the end moved away
+  // from the log after each scroll to it, and after a batch or two the log no longer followed.
+  for (const round of [1, 2, 3]) {
+    await send(`follow${round}`);
+    assert.ok((await gap()) < 30, `at the end after new rows, round ${round} (${await gap()} px from it)`);
+  }
+  await ctx.page.$eval('#log', (l) => (l.scrollTop = 0));
+  await send('stay');
+  assert.is(await ctx.page.$eval('#log', (l) => l.scrollTop), 0, 'left where the reader scrolled');
+  await ctx.page.$eval('#log', (l) => (l.scrollTop = l.scrollHeight));
+});
+
 page('servers that come and go: the page keeps the actors the inspector keeps, and a reload shows no forgotten one as live', async () => {
   // Each server that leaves stops about five of the proxy's actors; the inspector keeps the last 60 stopped.
   for (let i = 0; i < 20; i++) {
@@ -161,6 +202,39 @@ page('servers that come and go: the page keeps the actors the inspector keeps, a
   await ctx.page.reload();
   await ctx.page.waitForSelector(`${pool} [data-member="1"]`, { timeout: 5000 });
   assert.equal(await shown(), await want(), 'after a reload: no actor the inspector forgot is shown, as live or at all');
+});
+
+page('after the proxy restarts twice the page shows the new one, and its filters list each event type once (they gained them again at each restart)', async () => {
+  let insp = await startInspector({ port: 0, title: 'restarting proxy', flushMs: 50 });
+  const port = insp.port!;
+  let proxy = await startProxy({ port: 0, inspect: insp.inspect, observer: insp.observer });
+  let server = await startServer({ id: 'r1', policy: 'R', listenPort: 0, proxy: { host: LOCAL, port: proxy.port } });
+  const tab = await ctx.browser.newPage();
+  try {
+    await tab.goto(insp.url!);
+    await tab.waitForSelector('[data-policy="R"] [data-member="r1"]', { timeout: 5000 });
+    for (const next of ['r2', 'r3']) {
+      server.kill();
+      await proxy.stop();
+      await insp.close();
+      await tab.waitForFunction(() => document.getElementById('link')!.textContent === 'disconnected', undefined, { timeout: 5000 });
+      insp = await startInspector({ port, title: 'restarting proxy', flushMs: 50 });
+      proxy = await startProxy({ port: 0, inspect: insp.inspect, observer: insp.observer });
+      server = await startServer({ id: next, policy: 'R', listenPort: 0, proxy: { host: LOCAL, port: proxy.port } });
+      // The browser opens its stream again by itself (EventSource retries a dropped one).
+      await tab.waitForSelector(`[data-policy="R"] [data-member="${next}"]`, { timeout: 15_000 });
+    }
+    const members = await tab.$$eval('[data-policy="R"] .member', (els) => els.map((e) => e.getAttribute('data-member')));
+    assert.equal(members, ['r3'], 'only the running proxy\'s server');
+    const types = await tab.$$eval('#f-type option', (els) => els.map((e) => (e as HTMLOptionElement).value));
+    assert.ok(types.length > 3, types.join(', '));
+    assert.equal(types, [...new Set(types)], `each event type once: ${types.join(', ')}`);
+  } finally {
+    await tab.close();
+    server.kill();
+    await proxy.stop();
+    await insp.close();
+  }
 });
 
 page('the page loads nothing from outside the inspector', () => {

@@ -42,7 +42,8 @@ function connect() {
     S.toWall = d.meta.wall ? d.meta.wall - d.meta.now : 0;
     S.charts = d.charts;
     S.log = [];
-    S.types = new Set();
+    // S.types stays: it lists the options the type filter already has (a new picture after a
+    // reconnect or a proxy restart added each type a second time, 32 options for 13 types after 3).
     mergeRecs(d.recs);
     // After the log: its 'actor' records name actors the hub may have forgotten since; its list is the truth.
     S.actors = new Map(d.actors.map((a) => [a.sid, a]));
@@ -190,7 +191,17 @@ function name(sid) {
   return a ? a.id : sid || '';
 }
 
+/** What the tree showed when last drawn: it is drawn again only when that changes. */
+let treeShown = '';
+
 function renderTree() {
+  // A fleet under load changes its actors' contexts every batch, but seldom what the tree shows;
+  // rebuilt each frame (500 actors), its nodes were replaced under the pointer and the page spent
+  // its time laying them out again.
+  let shown = S.selected || '';
+  for (const a of S.actors.values()) shown += `\n${a.sid} ${a.parent || ''} ${a.status} ${a.state} ${a.id}`;
+  if (shown === treeShown) return;
+  treeShown = shown;
   const kids = new Map();
   const roots = [];
   for (const a of S.actors.values()) {
@@ -218,7 +229,7 @@ function renderActorFilter() {
   for (const o of [...sel.options]) if (o.value && o.value !== sel.value && !S.actors.has(o.value)) o.remove();
   const have = new Set([...sel.options].map((o) => o.value));
   for (const a of S.actors.values()) if (!have.has(a.sid)) addOption(sel, a.sid, a.id);
-  for (const o of sel.options) if (o.value) o.textContent = name(o.value);
+  for (const o of sel.options) if (o.value) setText(o, name(o.value));
 }
 
 function addOption(sel, value, text) {
@@ -603,15 +614,44 @@ function row(r) {
     detail ? el('div', { class: 'd', text: detail }) : null);
 }
 
-function atBottom() {
-  const box = $('log');
-  return box.scrollHeight - box.scrollTop - box.clientHeight < 30;
-}
+/**
+ * Whether the log follows its newest rows: a state the reader changes by scrolling, not read from
+ * where the log is scrolled after a batch. Rows off screen are laid out at an estimated height
+ * (content-visibility in style.css) and grow as they come into view, so the end moved away after
+ * each scroll to it and the log stopped following after a batch or two; and reading it after the
+ * frame's changes laid the whole page out once more each frame (a fifth of the page's time with
+ * a fleet under load).
+ */
+const follow = {
+  on: true,
+  /** The log is being scrolled by the page, not by the reader. */
+  own: false,
+  atEnd() {
+    const box = $('log');
+    return box.scrollHeight - box.scrollTop - box.clientHeight < 30;
+  },
+  /** To the end, when following. */
+  pin() {
+    if (!follow.on) return;
+    const box = $('log');
+    const end = box.scrollHeight - box.clientHeight;
+    if (Math.abs(box.scrollTop - end) <= 1) return;
+    follow.own = true;
+    box.scrollTop = end;
+  },
+};
+$('log').addEventListener('scroll', () => {
+  if (follow.own) follow.own = false;
+  else follow.on = follow.atEnd();
+});
+// Rows grow to their real height as they are laid out: the end moves, and a following log goes with it.
+new ResizeObserver(() => follow.pin()).observe($('log-body'));
 
 function redrawLog() {
   const rows = S.log.filter(matches).slice(-MAX_ROWS).map(row);
   $('log-body').replaceChildren(...rows);
-  $('log').scrollTop = $('log').scrollHeight;
+  follow.on = true;
+  follow.pin();
   countLog();
 }
 
@@ -620,7 +660,6 @@ function appendLog(recs) {
     countLog();
     return;
   }
-  const stick = atBottom();
   const body = $('log-body');
   const rows = recs.filter(matches).slice(-MAX_ROWS).map(row);
   const extra = body.childElementCount + rows.length - MAX_ROWS;
@@ -632,7 +671,7 @@ function appendLog(recs) {
     range.deleteContents();
   }
   body.append(...rows);
-  if (stick) $('log').scrollTop = $('log').scrollHeight;
+  follow.pin();
   countLog();
 }
 
