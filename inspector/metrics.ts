@@ -78,6 +78,14 @@ export const MAX_LABEL_VALUES = 1000;
 export const MAX_DEPARTED_POLICIES = MAX_LABEL_VALUES;
 /** How often, at most, the label values of departed policies and servers are looked for when room is needed. */
 const MAKE_ROOM_EVERY_MS = 1000;
+/**
+ * A series' label values as one map key, and back. Ids are any string (a NUL too): values joined
+ * with a NUL split apart elsewhere, so a server registered as `s1\0TIMEOUT` had its answers counted
+ * as `{server="s1",outcome="TIMEOUT"}`, another server's timeouts.
+ */
+const labelKey = (...values: string[]): string => JSON.stringify(values);
+const labelsOf = (key: string): string[] => JSON.parse(key) as string[];
+
 /** The label value of what is past MAX_LABEL_VALUES. */
 export const OTHER = '_other';
 
@@ -132,7 +140,7 @@ export class Metrics implements ProxyObserver {
       function (this: Counter<string>) {
         this.reset();
         for (const [key, n] of map) {
-          const parts = key.split('\0');
+          const parts = labelsOf(key);
           this.inc(Object.fromEntries(names.map((l, i) => [l, parts[i] ?? ''])), n);
         }
       };
@@ -144,7 +152,7 @@ export class Metrics implements ProxyObserver {
       registers: [this.registry],
       collect: function (this: Counter<string>) {
         outcomes.clear();
-        for (const [policy, t] of self.policies) for (const [server, m] of t.outcomes) for (const [outcome, n] of m) outcomes.set(`${policy}\0${server}\0${outcome}`, n);
+        for (const [policy, t] of self.policies) for (const [server, m] of t.outcomes) for (const [outcome, n] of m) outcomes.set(labelKey(policy, server, outcome), n);
         tally(outcomes, ['policy', 'server', 'outcome']).call(this);
       },
     });
@@ -267,12 +275,12 @@ export class Metrics implements ProxyObserver {
   }
 
   retried(policy: string, failed: string, code: ErrorCode): void {
-    const k = `${policy}\0${failed}\0${code}`;
+    const k = labelKey(policy, failed, code);
     if (this.retries.has(k) || this.retries.size < MAX_LABEL_VALUES || (this.makeRoom() && this.retries.size < MAX_LABEL_VALUES)) this.retries.set(k, (this.retries.get(k) ?? 0) + 1);
   }
 
   ejected(policy: string, member: string, reason: EjectReason, back: boolean): void {
-    const k = `${policy}\0${member}\0${reason}\0${back ? 'back' : 'out'}`;
+    const k = labelKey(policy, member, reason, back ? 'back' : 'out');
     if (this.ejections.has(k) || this.ejections.size < MAX_LABEL_VALUES || (this.makeRoom() && this.ejections.size < MAX_LABEL_VALUES)) this.ejections.set(k, (this.ejections.get(k) ?? 0) + 1);
   }
 
@@ -298,7 +306,7 @@ export class Metrics implements ProxyObserver {
     }
     for (const table of [this.retries, this.ejections]) {
       for (const k of table.keys()) {
-        const [policy, server] = k.split('\0') as [string, string];
+        const [policy, server] = labelsOf(k) as [string, string];
         if (gone(policy, server) && table.delete(k)) forgot++;
       }
     }

@@ -147,6 +147,30 @@ hooks('retries and ejections count through the proxy observer hooks', async () =
   assert.is(sample(text, 'revproxy_ejections_total', { policy: 'P', server: '1', direction: 'back' }), 1);
 });
 
+hooks('ids holding a NUL keep their own series: a server registered as "s\\0TIMEOUT" counted its answers as server s timing out', async () => {
+  const insp = await startInspector({ port: 0, flushMs: 50 });
+  const proxy = await startProxy({ port: 0, inspect: insp.inspect, observer: insp.observer });
+  const forger = await startServer({ id: 's\0TIMEOUT', policy: 'N', listenPort: 0, proxy: { host: LOCAL, port: proxy.port } });
+  try {
+    await eventually(() => proxy.pools().N?.members.length === 1, 3000, 'the server in pool N');
+    const rs = await runClient({ id: 'c', proxy: { host: LOCAL, port: proxy.port }, packets: Array.from({ length: 3 }, (_, i) => ({ srcid: 'c', privPoliId: 'N', payload: `n${i}` })) });
+    assert.ok(rs.every((r) => r.error === undefined), JSON.stringify(rs));
+    const m = new Metrics({ pools: () => [], inflight: () => 0, actorCounts: () => [] });
+    m.retried('N\0x', 's\0y', 'UPSTREAM_FAILED');
+    m.ejected('N', 's\0consecutive_failures', 'unreachable', false);
+    const text = (await (await fetch(`${insp.url}metrics`)).text()) + (await m.text());
+    assert.is(sample(text, 'revproxy_requests_total', { policy: 'N', server: 's' }), 0, 'nothing counted for a server s');
+    assert.is(sample(text, 'revproxy_requests_total', { policy: 'N', server: 's\0TIMEOUT', outcome: 'ok' }), 3);
+    assert.is(sample(text, 'revproxy_retries_total', { policy: 'N\0x', server: 's\0y', code: 'UPSTREAM_FAILED' }), 1);
+    assert.is(sample(text, 'revproxy_ejections_total', { policy: 'N', server: 's' }), 0);
+    assert.is(sample(text, 'revproxy_ejections_total', { policy: 'N', server: 's\0consecutive_failures', reason: 'unreachable' }), 1);
+  } finally {
+    forger.kill();
+    await proxy.stop();
+    await insp.close();
+  }
+});
+
 hooks('live figures: requests per second over the last second, p50 and p99', () => {
   const m = new Metrics({ pools: () => [], inflight: () => 3, actorCounts: () => [] }, 100);
   for (let i = 1; i <= 100; i++) m.answered('P', '1', 'ok', i);
