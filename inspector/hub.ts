@@ -514,6 +514,27 @@ export class Hub {
     return out;
   }
 
+  /**
+   * Records that rebuild the hub's picture from nothing: what a new inspection log file starts
+   * with after a rotation, so that it replays on its own (`revproxy inspect`). Without them a
+   * rotated file held events of actors it never introduced: 4 actors, no chart, one pool of 50.
+   */
+  picture(): Rec[] {
+    const t = this.o.now();
+    const recs: Rec[] = [];
+    for (const [machine, chart] of this.charts) recs.push({ k: 'chart', machine, chart });
+    for (const a of this.actors.values()) {
+      recs.push({ k: 'actor', t: a.since, sid: a.sid, id: a.id, parent: a.parent, machine: a.machine });
+      const [state] = a.history.last(1);
+      if (state) recs.push(state);
+    }
+    // Without `gone`: every pool, as a full picture has them.
+    recs.push({ k: 'pools', t, pools: this.pools });
+    if (this.figures) recs.push({ k: 'figures', t, figures: this.figures });
+    recs.push({ k: 'conns', t, conns: this.conns, more: this.connsMore || undefined });
+    return recs;
+  }
+
   /** Everything a page needs when it (re)connects. */
   full(recent = 2000): Batch & { charts: Record<string, Omit<Chart, 'machine'>> } {
     return {

@@ -85,7 +85,13 @@ export async function startInspector(opts: InspectorOptions = {}): Promise<Inspe
     url: server?.url,
     port: server?.port,
     reopen() {
-      log?.reopen();
+      if (!log) return;
+      // What was recorded before the signal goes to the file it was recorded for; the new file
+      // starts with the picture it needs to replay on its own.
+      hub.flush();
+      log.reopen();
+      const recs = hub.picture();
+      writeRecords(log, recs.map((r) => JSON.stringify(r)).join('\n') + '\n', recs.length);
     },
     async close() {
       hub.stop();

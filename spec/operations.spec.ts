@@ -15,6 +15,7 @@ import { fileRoom } from '../actors/port-limits.js';
 import { describeLinkError } from '../actors/link.js';
 import { ROLES } from '../admin/conn-stats.js';
 import { changes, DEFAULTS, NUMBERS, parseConfig, proxyConfigSpec, toRuntime } from '../config/proxy.js';
+import { Hub, readLog } from '../inspector/index.js';
 import { OTHER } from '../inspector/metrics.js';
 import { ERROR_CODES } from '../transport/errors.js';
 import { eventually, LOCAL, rawConnect, sleep } from './helpers.js';
@@ -271,6 +272,7 @@ access('SIGUSR1 reopens the access log after a rotation and reads no configurati
 access('the inspection log (--inspect-log) is reopened on SIGUSR1 and on SIGHUP after a rotation: it was written on into the moved file', async () => {
   const log = join(ctx.dir, 'inspect.ndjson');
   const { proc, port } = await proxyWithConfig(write('i.yaml', 'port: 0\n'), ['--inspect-log', log]);
+  await server('y1', 'Y', port);
   const one = (id: string) => runClient({ id, proxy: { host: LOCAL, port }, packets: [{ srcid: id, privPoliId: 'Z', payload: 'x' }] });
   // Each request is recorded as the proxy's FORWARD event.
   const forwards = (f: string): number => (existsSync(f) ? readFileSync(f, 'utf8').split('"type":"FORWARD"').length - 1 : 0);
@@ -287,6 +289,15 @@ access('the inspection log (--inspect-log) is reopened on SIGUSR1 and on SIGHUP 
   await one('c3');
   await eventually(() => forwards(log) === 1, 3000, 'the third request in the file reopened on SIGHUP');
   assert.equal([forwards(`${log}.1`), forwards(`${log}.2`)], [1, 1], 'each rotated file holds only the request made before it was moved');
+  // Each file replays on its own (revproxy inspect): the new one starts with the picture it needs.
+  // A continuation file held events of actors it never introduced: 4 actors of 856, no chart, one pool of 50.
+  for (const f of [`${log}.2`, log]) {
+    const replay = new Hub();
+    for (const r of readLog(f).recs) replay.apply(r);
+    assert.ok([...replay.actors.values()].some((a) => a.machine === 'proxy' && a.status === 'active' && a.state === 'running'), `${f}: the running proxy`);
+    assert.ok(replay.charts.has('proxy'), `${f}: the proxy's chart`);
+    assert.equal(replay.pools.find((p) => p.policy === 'Y')?.members.map((m) => m.id), ['y1'], `${f}: pool Y with its server`);
+  }
   // Whole records in each file.
   for (const f of [`${log}.1`, `${log}.2`, log]) for (const line of readFileSync(f, 'utf8').split('\n').filter(Boolean)) JSON.parse(line);
 });
