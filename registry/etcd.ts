@@ -2,16 +2,16 @@
  * The etcd client (npm `etcd3`, over gRPC), made the same way for servers,
  * proxies and clients: loaded only when a registry is asked for (it costs
  * about a third of a second to load), with its fault handling set for a
- * registry that must come back quickly after an outage: a per-host circuit
- * breaker that tries again after a second (etcd3's default waits 5 s), a
+ * registry that must come back quickly after an outage: a per-member circuit
+ * breaker that tries again after a second (etcd3's default waits 5 s), longer
+ * for a member that keeps failing while others answer (registry/host-breaker.ts), a
  * deadline on every call and on the making of every watch, gRPC keepalives
  * that notice an etcd that went silent. And etcd's errors in words.
  */
 import type { Interceptor, InterceptingCall as Call } from '@grpc/grpc-js';
-import type { CircuitBreakerPolicy, IBackoff } from 'cockatiel';
 import type { Etcd3, IOptions } from 'etcd3';
-import { systemClock } from '../transport/clock.js';
 import { validityOf } from '../transport/tls.js';
+import { HostBreakers } from './host-breaker.js';
 import { describeRegistry, type Resolved } from './options.js';
 
 export type { Etcd3 } from 'etcd3';
@@ -20,11 +20,12 @@ export type { Etcd3 } from 'etcd3';
 let etcd3: typeof import('etcd3') | undefined;
 
 export async function openEtcd(o: Resolved): Promise<Etcd3> {
-  const [mod, { circuitBreaker, ConsecutiveBreaker, ExponentialBackoff, handleWhen }, grpc] = await Promise.all([import('etcd3'), import('cockatiel'), import('@grpc/grpc-js')]);
+  const [mod, { BrokenCircuitError, ExponentialBackoff }, grpc] = await Promise.all([import('etcd3'), import('cockatiel'), import('@grpc/grpc-js')]);
   etcd3 = mod;
   const { Etcd3, isRecoverableError } = mod;
   const leader = requireLeader(grpc.InterceptingCall);
   const watch = [leader, watchInterceptor(grpc.InterceptingCall, grpc.status.DEADLINE_EXCEEDED, o.callTimeoutMs)];
+  const breakers = new HostBreakers(Math.min(1000, o.retryMaxMs), (err) => err instanceof Error && isRecoverableError(err), BrokenCircuitError);
   const options: IOptions = {
     hosts: o.endpoints.map((e) => `${o.tls ? 'https' : 'http'}://${e}`),
     dialTimeout: o.callTimeoutMs,
@@ -33,7 +34,8 @@ export async function openEtcd(o: Resolved): Promise<Etcd3> {
     // etcd's default --grpc-keepalive-min-time is 5 s: ping no more often than that.
     grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': Math.max(1000, o.callTimeoutMs) },
     faultHandling: {
-      host: () => withCause(circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: monotonicWait(Math.min(1000, o.retryMaxMs)), breaker: new ConsecutiveBreaker(3) })),
+      // etcd3's types want cockatiel's whole policy; it calls only `execute` (registry/host-breaker.ts).
+      host: () => breakers.add() as never,
       // etcd3's types say a backoff, its code calls `.next()` on a factory (its own default is one).
       watchBackoff: new ExponentialBackoff({ initialDelay: o.retryInitialMs, maxDelay: o.retryMaxMs }) as never,
     },
@@ -99,50 +101,6 @@ function watchInterceptor(InterceptingCall: typeof Call, deadlineExceeded: numbe
       },
     });
     return call;
-  };
-}
-
-/**
- * `breaker`, whose refusals while open (a BrokenCircuitError: "several calls in a row failed") carry
- * the failure that opened it as their `cause`. Without it, a registration retrying while etcd was
- * down or its name did not resolve said the cause and "failed several calls in a row" in turns, the
- * cause hidden every other line (describeEtcdError says the cause, then that).
- */
-function withCause(breaker: CircuitBreakerPolicy): CircuitBreakerPolicy {
-  let opened: unknown;
-  breaker.onBreak((reason) => (opened = 'error' in reason ? reason.error : undefined));
-  const execute = breaker.execute.bind(breaker);
-  breaker.execute = (fn, signal) =>
-    execute(fn, signal).catch((err: unknown) => {
-      if (opened !== undefined && (err as { isBrokenCircuitError?: boolean })?.isBrokenCircuitError) (err as Error).cause ??= opened;
-      throw err;
-    });
-  return breaker;
-}
-
-/**
- * The circuit breaker's wait before it lets a call through again, `ms` of
- * monotonic time. cockatiel times an open breaker on the wall clock (it
- * refuses calls while `Date.now() - openedAt < duration`): a wall-clock step
- * back while etcd was away kept every call refused for as long as the step
- * (an hour's step, an hour without the registry once etcd was back). This
- * duration is worked out when cockatiel reads it (when a call comes): `ms`,
- * plus how far the wall clock moved beyond the monotonic one since the
- * breaker opened (it asks for the wait as it opens), so the test is true for
- * exactly `ms` of real time whatever the wall clock did.
- */
-function monotonicWait(ms: number): { next(): IBackoff<unknown> } {
-  return {
-    next() {
-      const wall = Date.now();
-      const mono = systemClock.now();
-      return {
-        get duration() {
-          return ms + (Date.now() - wall) - (systemClock.now() - mono);
-        },
-        next: () => monotonicWait(ms).next(),
-      };
-    },
   };
 }
 
@@ -267,7 +225,7 @@ export function describeEtcdError(err: unknown, o: Resolved): string {
   if (reset || /disconnected before secure TLS connection was established/i.test(msg)) return `etcd at ${where} closed the connection before the TLS handshake ended${reset ? ' (it reset it)' : ''}: it may not serve TLS there (etcds:// is for an etcd started with --cert-file, etcd:// for one without)`;
   if (name === 'GRPCDeadlineExceededError' || /deadline/i.test(msg)) return `etcd at ${where} did not answer within ${o.callTimeoutMs} ms`;
   if (/BrokenCircuit|circuit/i.test(name + msg)) {
-    // Refused without a call while several calls in a row have failed: the failure that opened the breaker is the cause (withCause).
+    // Refused without a call while several calls in a row have failed: the failure that opened the breaker is the cause (registry/host-breaker.ts).
     const cause = (e as { cause?: unknown }).cause;
     return `${cause !== undefined ? describeEtcdError(cause, o) : `etcd at ${where} is not reachable`} (it failed several calls in a row; trying again shortly)`;
   }
