@@ -471,6 +471,8 @@ function registryReadiness(r: RegistryStatus | undefined): NotReady | undefined 
     const s = Math.round((systemClock.now() - r.since) / 1000);
     return { code: 'REGISTRY_UNREACHABLE', message: `the registry has been unreachable for ${s} s (${r.why}); serving with the membership last seen (${r.entries} server entries)`, warning: true };
   }
+  // etcd answers and refuses this proxy's key (out of space, a role that may not write it): it serves, unseen by clients that find their proxies in etcd.
+  if (r.unadvertised) return { code: 'REGISTRY_NOT_ADVERTISED', message: `etcd refused to write this proxy's registry key (${r.unadvertised}): clients that find their proxies in etcd do not find this one`, warning: true };
   return undefined;
 }
 

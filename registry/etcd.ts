@@ -24,13 +24,14 @@ export async function openEtcd(o: Resolved): Promise<Etcd3> {
   etcd3 = mod;
   const { Etcd3, isRecoverableError } = mod;
   const leader = requireLeader(grpc.InterceptingCall);
+  const calls = [leader, noSpaceIsNoFault(grpc.InterceptingCall, grpc.status)];
   const watch = [leader, watchInterceptor(grpc.InterceptingCall, grpc.status.DEADLINE_EXCEEDED, o.callTimeoutMs)];
   const breakers = new HostBreakers(Math.min(1000, o.retryMaxMs), (err) => err instanceof Error && isRecoverableError(err), BrokenCircuitError);
   const options: IOptions = {
     hosts: o.endpoints.map((e) => `${o.tls ? 'https' : 'http'}://${e}`),
     dialTimeout: o.callTimeoutMs,
     // gRPC takes a deadline as a wall-clock time and turns it into a timer (monotonic) when the call starts, a moment after this.
-    defaultCallOptions: (ctx) => (ctx.isStream ? { interceptors: ctx.service === 'Watch' ? watch : [leader] } : { interceptors: [leader], deadline: deadlineIn(o.callTimeoutMs) }),
+    defaultCallOptions: (ctx) => (ctx.isStream ? { interceptors: ctx.service === 'Watch' ? watch : [leader] } : { interceptors: calls, deadline: deadlineIn(o.callTimeoutMs) }),
     // etcd's default --grpc-keepalive-min-time is 5 s: ping no more often than that.
     grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': Math.max(1000, o.callTimeoutMs) },
     faultHandling: {
@@ -71,6 +72,32 @@ function requireLeader(InterceptingCall: typeof Call): Interceptor {
       },
     });
 }
+
+/**
+ * What every call but a stream goes through besides: etcd out of space (its NOSPACE alarm, raised
+ * when its database reached --quota-backend-bytes) refuses every write, a lease grant too, with
+ * RESOURCE_EXHAUSTED. etcd3 takes that code for a failing member: it closed the member's
+ * connection at each refusal, the watches on it with it, and its breaker stopped the reads too. A
+ * proxy that could not write its own key read the whole registry again every 12 s, each time
+ * saying etcd was unreachable (and /readyz with it) then back, though etcd answered every read.
+ * The refusal is etcd's answer, not a fault: it is passed on as FAILED_PRECONDITION (what it is:
+ * the write cannot be made in etcd's state), which etcd3 leaves to the caller, etcd's words kept.
+ */
+function noSpaceIsNoFault(InterceptingCall: typeof Call, status: { RESOURCE_EXHAUSTED: number; FAILED_PRECONDITION: number }): Interceptor {
+  return (options, next) =>
+    new InterceptingCall(next(options), {
+      start(metadata, listener, start) {
+        start(metadata, {
+          onReceiveStatus(s, next) {
+            next(s.code === status.RESOURCE_EXHAUSTED && NO_SPACE.test(s.details) ? { ...s, code: status.FAILED_PRECONDITION } : s);
+          },
+        });
+      },
+    });
+}
+
+/** etcd's words for a write it refuses while out of space (its ErrGRPCNoSpace). */
+const NO_SPACE = /database space exceeded/i;
 
 /**
  * What every watch stream goes through besides: etcd must make the watch within `ms`. A watch
@@ -141,6 +168,17 @@ export function inCallTimeout<T>(call: Promise<T>, ms: number): Promise<T> {
   });
   call.catch(() => undefined);
   return Promise.race([call, late]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Whether etcd answered a call and refused it, in its own words (out of space, permission denied),
+ * rather than could not be reached, did not answer in time or has no leader (each of which etcd3
+ * takes for a failing member), or let a lease go (written again under a new one).
+ */
+export function isEtcdRefusal(err: unknown): boolean {
+  const e = err as Error | undefined;
+  if (!(e instanceof Error) || (etcd3 && (etcd3.isRecoverableError(e) || e instanceof etcd3.EtcdLeaseInvalidError))) return false;
+  return !(e as { isBrokenCircuitError?: boolean }).isBrokenCircuitError && e.name !== 'EtcdLeaseInvalidError' && /etcdserver:/.test(e.message);
 }
 
 /** Whether etcd refused who we are (a wrong user or password, no role on the prefix): not something that trying again mends. */
@@ -216,6 +254,8 @@ export function describeEtcdError(err: unknown, o: Resolved): string {
   // gRPC's resolver, asked again at each reconnect: a member's name that does not resolve (or a DNS server that did not answer).
   const unresolved = /Name resolution failed for target dns:(\[[^\]]+\]|[^:\s]+)/.exec(msg);
   if (unresolved) return `etcd at ${where} cannot be reached: the name ${unresolved[1]} does not resolve to an address on this machine, or its DNS server did not answer (${msg}): check the name in --registry, and that its DNS or /etc/hosts lists it`;
+  // What etcd says itself, without gRPC's code (which noSpaceIsNoFault changed).
+  if (NO_SPACE.test(msg)) return `etcd at ${where} is out of space and refuses every write (${msg.replace(/^\d+ [A-Z_]+: /, '')}): its database reached its quota (--quota-backend-bytes, 2 GB by default) and etcd raised its NOSPACE alarm. Free it: etcdctl compaction REVISION, etcdctl defrag (and perhaps a larger quota), then etcdctl alarm disarm; keys are written again as soon as it takes writes`;
   if (/no leader/i.test(msg)) return `etcd at ${where} has no leader (${msg}): the members reached are cut off from the others, or the cluster lost quorum`;
   const tls = tlsRefusal(msg, where, expiredOn(o.tls?.cert));
   if (tls) return tls;

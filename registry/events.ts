@@ -26,6 +26,8 @@ export interface RegistryStatus {
   syncs: Record<SyncReason, number>;
   /** This proxy's own key is in the registry (clients find it there). */
   advertised: boolean;
+  /** Why this proxy's own key cannot be written while etcd answers its reads (out of space, a role that may not write it): clients do not find it. */
+  unadvertised?: string;
 }
 
 /** From the registry actor to the proxy machine. */

@@ -18,15 +18,15 @@
  * on through it, the same lease and the key untouched.
  */
 import type { Etcd3 } from './etcd.js';
-import { deadlineIn, describeEtcdError, isRefusal, isTlsRefusal, keepaliveOnce } from './etcd.js';
+import { deadlineIn, describeEtcdError, isEtcdRefusal, isRefusal, isTlsRefusal, keepaliveOnce } from './etcd.js';
 import { systemClock } from '../transport/clock.js';
 import type { Resolved } from './options.js';
 
 export interface KeptKeyHandlers {
   /** The key is in etcd and its lease is alive (`again` after an outage). */
   up(again: boolean): void;
-  /** The key could not be written, or its lease was lost; trying again in `retryInMs`. */
-  down(why: string, retryInMs: number): void;
+  /** The key could not be written, or its lease was lost; trying again in `retryInMs`. `refused`: etcd answered and refused it (out of space, permission denied), rather than could not be reached. */
+  down(why: string, retryInMs: number, refused: boolean): void;
   /** An exclusive key is held by another lease (its current value); trying again in `retryInMs`. */
   taken(holder: string, retryInMs: number): void;
   /** A keepalive failed: etcd may be unreachable (called once per outage). */
@@ -208,7 +208,7 @@ export class KeptKey {
     }
     const wait = this.retryMs;
     this.retryMs = Math.min(this.retryMs * 2, this.opts.retryMaxMs);
-    this.on.down(describeEtcdError(err, this.opts), wait);
+    this.on.down(describeEtcdError(err, this.opts), wait, isEtcdRefusal(err));
     this.retry(wait);
   }
 

@@ -74,6 +74,8 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
   let withdrawn: Promise<void> | undefined;
   let settle: NodeJS.Timeout | undefined;
   let remind: NodeJS.Timeout | undefined;
+  /** Says again, while it lasts, that etcd refuses to write this proxy's key. */
+  let remindUnadvertised: NodeJS.Timeout | undefined;
   /** Ids whose entry could not be read (sent as leaves; told again only when they change). */
   const refused = new Map<string, string>();
   /** Deleted keys whose lease is being checked (one check per id: a newer event for it drops the older check). */
@@ -173,18 +175,33 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
 
   function advertise(p: number): void {
     const entry = { address: options.advertise, port: p, tls: options.servesTls === true };
-    own = etcd.use((client) => new KeptKey(client, proxyKey(o.prefix, entry), encodeProxy(entry), o, {
+    const key = proxyKey(o.prefix, entry);
+    own = etcd.use((client) => new KeptKey(client, key, encodeProxy(entry), o, {
       up(again) {
         status.advertised = true;
+        clearInterval(remindUnadvertised);
         if (!again) log.info('advertised', `Advertised this proxy in the registry as ${entry.address}:${p}: clients given --registry ${url} find it`, { url, address: entry.address, port: p });
+        else if (status.unadvertised) log.info('advertised', `Advertised this proxy in the registry again as ${entry.address}:${p}: clients find it again`, { url, address: entry.address, port: p });
+        status.unadvertised = undefined;
         report();
       },
-      down(why, retryInMs) {
-        if (status.advertised) {
+      down(why, retryInMs, refused) {
+        log.debug('advertise_retry', `Could not keep this proxy's registry key (${why}); trying again in ${retryInMs} ms`, { reason: why, retryInMs });
+        // etcd away is said as such (registry_down). etcd answering and refusing this write (out of space, a role that may
+        // not write under proxies/) is said here, once per reason and again every remindMs: clients that find their proxies
+        // in etcd do not find this one.
+        const told = status.unadvertised;
+        if (status.advertised || (refused ? why !== told : told !== undefined)) {
           status.advertised = false;
+          status.unadvertised = refused ? why : undefined;
           report();
         }
-        log.debug('advertise_retry', `Could not keep this proxy's registry key (${why}); trying again in ${retryInMs} ms`, { reason: why, retryInMs });
+        if (!refused) return clearInterval(remindUnadvertised);
+        if (why === told) return;
+        const say = (): void => log.warn('unadvertised', `This proxy is not in the registry: etcd refused to write its key ${key} (${why}); clients that find their proxies in etcd do not find this one. Serving on, and trying again`, { url, key, reason: why });
+        say();
+        clearInterval(remindUnadvertised);
+        remindUnadvertised = setInterval(say, options.remindMs ?? 30_000);
       },
       taken() {},
       // The lease could not be renewed: the watch may be silently dead too.
@@ -200,6 +217,7 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
     } else if (c.type === 'DRAIN') {
       draining = true;
       clearTimeout(settle);
+      clearInterval(remindUnadvertised);
       withdrawn = own?.stop();
       void withdrawn?.then(() => {
         if (status.advertised) log.info('withdrawn', 'Withdrew this proxy from the registry (draining): clients stop choosing it', { url });
@@ -218,6 +236,7 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
     stopped = true;
     clearTimeout(settle);
     clearInterval(remind);
+    clearInterval(remindUnadvertised);
     mirror.stop();
     // Stopped without a drain (kill()): the key stays until its lease ends, as when a process dies.
     if (!withdrawn) own?.release();

@@ -66,10 +66,10 @@ export interface EtcdHost {
   addr: string;
 }
 
-/** Start an etcd of its own; resolves once it answers /health. With `tls`, its clients speak TLS to it; with `host`, it runs in that network namespace, on its address. */
-export async function startEtcd(opts: { tls?: EtcdTls; host?: EtcdHost } = {}): Promise<Etcd> {
+/** Start an etcd of its own; resolves once it answers /health. With `tls`, its clients speak TLS to it; with `host`, it runs in that network namespace, on its address; `args` are more of etcd's flags (`--quota-backend-bytes`). */
+export async function startEtcd(opts: { tls?: EtcdTls; host?: EtcdHost; args?: string[] } = {}): Promise<Etcd> {
   const dir = mkdtempSync(join(tmpdir(), 'revproxy-etcd-'));
-  const [m] = await startOnFreePorts(dir, 1, (ports) => members(dir, ports, opts.tls, opts.host));
+  const [m] = await startOnFreePorts(dir, 1, (ports) => members(dir, ports, opts.tls, opts.host, opts.args));
   return m!;
 }
 
@@ -168,16 +168,16 @@ interface MemberPorts {
 }
 
 /** Members under `dir` on `ports`, not started yet, each knowing the others (`host`: one host for all, or one per member). */
-function members(dir: string, ports: MemberPorts[], tls?: EtcdTls, host?: EtcdHost | EtcdHost[]): EtcdMember[] {
+function members(dir: string, ports: MemberPorts[], tls?: EtcdTls, host?: EtcdHost | EtcdHost[], args: string[] = []): EtcdMember[] {
   const size = ports.length;
   const names = ports.map((_, i) => (size === 1 ? 'default' : `m${i + 1}`));
   const hostOf = (i: number): EtcdHost | undefined => (Array.isArray(host) ? host[i] : host);
   const initialCluster = ports.map((p, i) => `${names[i]}=http://${Array.isArray(host) ? hostOf(i)!.addr : '127.0.0.1'}:${p.peer}`).join(',');
   // A single etcd's `remove` takes its whole directory; a member's only its own data.
-  return ports.map((p, i) => member({ name: names[i]!, data: join(dir, size === 1 ? 'data' : names[i]!), dir, removes: size === 1 ? dir : join(dir, names[i]!), ...p, initialCluster, tls, host: hostOf(i), peerOnHost: Array.isArray(host) }));
+  return ports.map((p, i) => member({ name: names[i]!, data: join(dir, size === 1 ? 'data' : names[i]!), dir, removes: size === 1 ? dir : join(dir, names[i]!), ...p, initialCluster, tls, host: hostOf(i), peerOnHost: Array.isArray(host), args }));
 }
 
-function member(o: { name: string; data: string; dir: string; removes: string; client: number; peer: number; initialCluster: string; tls?: EtcdTls; host?: EtcdHost; peerOnHost?: boolean }): EtcdMember {
+function member(o: { name: string; data: string; dir: string; removes: string; client: number; peer: number; initialCluster: string; tls?: EtcdTls; host?: EtcdHost; peerOnHost?: boolean; args: string[] }): EtcdMember {
   const { tls, client, peer } = o;
   const peerIp = o.peerOnHost ? o.host!.addr : '127.0.0.1';
   const ip = o.host?.addr ?? '127.0.0.1';
@@ -194,7 +194,7 @@ function member(o: { name: string; data: string; dir: string; removes: string; c
       '--listen-client-urls', `${scheme}://${ip}:${client}`, '--advertise-client-urls', `${scheme}://${ip}:${client}`,
       ...(tls ? ['--cert-file', tls.cert, '--key-file', tls.key, ...(tls.ca ? ['--client-cert-auth', '--trusted-ca-file', tls.ca] : [])] : []),
       '--listen-peer-urls', `http://${peerIp}:${peer}`, '--initial-advertise-peer-urls', `http://${peerIp}:${peer}`,
-      '--initial-cluster', o.initialCluster, '--initial-cluster-state', 'new', '--logger', 'zap', '--log-level', 'warn',
+      '--initial-cluster', o.initialCluster, '--initial-cluster-state', 'new', '--logger', 'zap', '--log-level', 'warn', ...o.args,
     ]), { stdio: ['ignore', 'pipe', 'pipe'] });
     child = c;
     live.add(c);

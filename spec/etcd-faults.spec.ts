@@ -1,16 +1,23 @@
 /**
- * What an etcd in trouble does to a fleet, as real processes against Debian's etcd: an endpoints
- * list with a member that is down (connection refused) beside one that serves. The registry
- * answers: the proxies must not take it for an outage nor read the whole registry again and again.
+ * What an etcd in trouble does to a fleet, as real processes against Debian's etcd: an etcd out
+ * of space (its NOSPACE alarm: every write refused, reads answered), and an endpoints list with a
+ * member that is down (connection refused) beside one that serves. In both the registry answers:
+ * the proxies must say what is wrong once, in words an operator acts on, and not take it for an
+ * outage nor read the whole registry again and again.
  */
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { freePort } from '../bench/procs.js';
 import { killEtcds, startEtcd, type Etcd } from '../scenario/etcd.js';
-import { sleep } from './helpers.js';
+import { openEtcd, type Etcd3 } from '../registry/etcd.js';
+import { resolveRegistry } from '../registry/options.js';
+import { eventually, sleep } from './helpers.js';
 import { killAll, revproxy, type Proc } from './procs.js';
 
-const ctx: { etcd?: Etcd } = {};
+const run = promisify(execFile);
+const ctx: { etcd?: Etcd; raw?: Etcd3; n: number } = { n: 0 };
 const TTL = '2';
 
 /** Its /metrics as name{labels} -> value. */
@@ -31,6 +38,63 @@ async function proxyProc(registry: string, prefix: string): Promise<{ proc: Proc
 }
 
 const lines = (p: Proc, re: RegExp): string[] => p.out.filter((l) => re.test(l));
+
+const full = suite('etcd out of space');
+full.before(async () => {
+  // The smallest quota etcd takes without complaint; 40 values of 100 kB fill it.
+  ctx.etcd = await startEtcd({ args: ['--quota-backend-bytes', String(4 * 1024 * 1024)] });
+  ctx.raw = await openEtcd(resolveRegistry({ endpoints: [ctx.etcd.endpoint] }));
+});
+full.after.each(() => killAll());
+full.after(async () => {
+  ctx.raw?.close();
+  await ctx.etcd?.remove();
+  killEtcds();
+});
+
+full('a proxy whose key etcd refuses for want of space says so once, with what to do, in its log and /readyz; it does not take etcd for unreachable, nor read the registry again; freed, it is advertised again', async () => {
+  const prefix = '/full/';
+  const flags = ['--registry', ctx.etcd!.url, '--registry-prefix', prefix, '--registry-ttl', TTL];
+  const early = revproxy(['server', '--id', 'a', '--pp', '111', ...flags]);
+  await early.waitFor(/Registered in the registry/);
+  const value = 'x'.repeat(100_000);
+  let filled = false;
+  for (let i = 0; i < 100 && !filled; i++) await ctx.raw!.put(`/filler/${i}`).value(value).exec().catch(() => (filled = true));
+  assert.ok(filled, 'etcd refused a write: out of space');
+  const { proc, admin } = await proxyProc(ctx.etcd!.url, prefix);
+  const server = revproxy(['server', '--id', 'b', '--pp', '111', ...flags]);
+  // Its key refused at once, then every retry (up to 2 s apart) for 6 s.
+  await proc.waitFor(/This proxy is not in the registry/, 8000);
+  await sleep(6000);
+  const said = lines(proc, /This proxy is not in the registry/);
+  assert.is(said.length, 1, `one line, not one per retry:\n${proc.out.join('\n')}`);
+  assert.match(said[0]!, /etcd refused to write its key \/full\/proxies\/127\.0\.0\.1:\d+ \(etcd at etcd:\/\/127\.0\.0\.1:\d+ is out of space and refuses every write \(etcdserver: mvcc: database space exceeded\): .*etcdctl alarm disarm/);
+  const ready = (await (await fetch(`${admin}readyz`)).json()) as { ready: boolean; warnings?: Array<{ code: string; message: string }> };
+  assert.ok(ready.ready, JSON.stringify(ready));
+  assert.equal(ready.warnings?.map((w) => w.code), ['REGISTRY_NOT_ADVERTISED'], JSON.stringify(ready));
+  // etcd answered every read throughout: the proxy never said otherwise, and read the registry once.
+  assert.equal(lines(proc, /registry is unreachable|Read the registry again/), [], proc.out.join('\n'));
+  const m = await metrics(admin);
+  assert.is(m.get('revproxy_registry_up'), 1);
+  assert.is(m.get('revproxy_registry_advertised'), 0);
+  assert.is(m.get('revproxy_registry_syncs_total{reason="reconnect"}'), 0);
+  // The server that registered before keeps its key (a keepalive is no write); the new one says why it is not registered.
+  assert.match(lines(server, /Not registered in the registry/)[0] ?? server.out.join('\n'), /is out of space and refuses every write/);
+  assert.not.ok(early.out.some((l) => /Not registered/.test(l)), early.out.join('\n'));
+  // Freed as the words say: the proxy is advertised again and says so, the new server registers.
+  const mark = proc.out.length;
+  await ctx.raw!.delete().prefix('/filler/').exec();
+  const revision = (await ctx.raw!.get('/none').exec()).header.revision;
+  const etcdctl = (...args: string[]) => run('etcdctl', ['--endpoints', ctx.etcd!.endpoint, ...args], { env: { ...process.env, ETCDCTL_API: '3' } });
+  await etcdctl('compaction', revision);
+  await etcdctl('defrag');
+  await etcdctl('alarm', 'disarm');
+  await eventually(() => lines(proc, /Advertised this proxy in the registry/).some((l) => proc.out.indexOf(l) >= mark), 8000, 'the proxy advertised');
+  await server.waitFor(/Registered in the registry/, 8000);
+  await eventually(async () => !('warnings' in ((await (await fetch(`${admin}readyz`)).json()) as object)), 3000, '/readyz without a warning');
+});
+
+full.run();
 
 const member = suite('an etcd member down in the endpoints list');
 member.before(async () => {
