@@ -233,7 +233,9 @@ function expiredOn(cert: Buffer | undefined): number | undefined {
 
 /** Whether etcd and this client did not agree in TLS (`tlsRefusal`): new TLS files that meet this are refused. */
 export function isTlsRefusal(err: unknown): boolean {
-  return tlsRefusal(String((err as Error)?.message ?? err), '') !== undefined;
+  // A call the breaker held back (registry/host-breaker.ts) is refused for the failure that opened it.
+  const cause = (err as { isBrokenCircuitError?: boolean; cause?: unknown } | undefined)?.isBrokenCircuitError ? (err as { cause?: unknown }).cause : undefined;
+  return tlsRefusal(String((err as Error)?.message ?? err), '') !== undefined || (cause !== undefined && isTlsRefusal(cause));
 }
 
 /** What went wrong talking to etcd, in words, with what to do when it is a common mistake. */
