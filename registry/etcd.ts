@@ -238,6 +238,9 @@ export function isTlsRefusal(err: unknown): boolean {
   return tlsRefusal(String((err as Error)?.message ?? err), '') !== undefined || (cause !== undefined && isTlsRefusal(cause));
 }
 
+/** What describeEtcdError adds for a call the breaker held back: the same failure as the one that opened it. */
+export const HELD_BACK = ' (it failed several calls in a row; trying again shortly)';
+
 /** What went wrong talking to etcd, in words, with what to do when it is a common mistake. */
 export function describeEtcdError(err: unknown, o: Resolved): string {
   const e = err as Error;
@@ -269,7 +272,7 @@ export function describeEtcdError(err: unknown, o: Resolved): string {
   if (/BrokenCircuit|circuit/i.test(name + msg)) {
     // Refused without a call while several calls in a row have failed: the failure that opened the breaker is the cause (registry/host-breaker.ts).
     const cause = (e as { cause?: unknown }).cause;
-    return `${cause !== undefined ? describeEtcdError(cause, o) : `etcd at ${where} is not reachable`} (it failed several calls in a row; trying again shortly)`;
+    return `${cause !== undefined ? describeEtcdError(cause, o) : `etcd at ${where} is not reachable`}${HELD_BACK}`;
   }
   return `etcd at ${where}: ${msg}`;
 }

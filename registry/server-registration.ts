@@ -15,10 +15,14 @@ import { fromCallback } from 'xstate';
 import { ErrorCode } from '../transport/errors.js';
 import type { RegistrationCommand, RegistrationInput, ServerEvent } from '../actors/server.js';
 import { EtcdClient } from './etcd-client.js';
+import { HELD_BACK } from './etcd.js';
 import { KeptKey } from './kept-key.js';
 import { decodeServer, encodeServer, serverKey, type ServerEntry } from './keys.js';
 import { describeRegistry, resolveRegistry, type RegistryOptions } from './options.js';
 import { proofOf } from './proof.js';
+
+/** While a registration keeps failing for the same reason, how often it is said (ms). */
+const REMIND_MS = 30_000;
 
 export interface ServerRegistrationOptions extends RegistryOptions {
   /** The address proxies dial to reach this server. */
@@ -41,9 +45,26 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
     const started = input.clock.now();
     const patience = o.ttlSeconds * 1000 + 2000;
     let refused = false;
+    /**
+     * The failure said last: while the same one goes on (etcd away, out of space), it is said again only every
+     * REMIND_MS, with how many tries failed since. Every try was a warn line (up to 2 s apart): 13 a server in a
+     * 30 s outage, and a fleet of 200 servers wrote 100 a second, all alike.
+     */
+    let said: { why: string; at: number; since: number; tries: number } | undefined;
     const kept = etcd.use((client) => new KeptKey(client, key, encodeServer(entry), o, {
-      up: (again) => send({ type: 'REGISTERED', proxy: label, again }),
-      down: (why, retryInMs) => send({ type: 'REGISTRATION_LOST', proxy: label, error: why, retryInMs }),
+      up: (again) => {
+        said = undefined;
+        send({ type: 'REGISTERED', proxy: label, again });
+      },
+      down: (why, retryInMs) => {
+        const now = input.clock.now();
+        // A call the breaker held back fails for the same reason as the one before it.
+        const same = said !== undefined && said.why.replace(HELD_BACK, '') === why.replace(HELD_BACK, '');
+        if (same && now - said!.at < REMIND_MS) return void said!.tries++;
+        const error = same ? `${why} (${said!.tries + 1} tries failed so in ${Math.round((now - said!.since) / 1000)} s; said again every ${REMIND_MS / 1000} s while it lasts)` : why;
+        said = same ? { ...said!, at: now, tries: said!.tries + 1 } : { why, at: now, since: now, tries: 1 };
+        send({ type: 'REGISTRATION_LOST', proxy: label, error, retryInMs });
+      },
       // A wrong user or password is a mistake to fix, not an outage to wait out: the server stops, as when a proxy refuses its token.
       refused: (why) => {
         refused = true;

@@ -126,3 +126,29 @@ member('a member that refuses connections beside one that serves: the proxy is n
 });
 
 member.run();
+
+const away = suite('etcd stopped');
+away.before(async () => {
+  ctx.etcd = await startEtcd();
+});
+away.after.each(() => killAll());
+away.after(async () => {
+  await ctx.etcd?.remove();
+  killEtcds();
+});
+
+away('a server that cannot reach etcd says so when the reason changes, then every 30 s, not at every try; back, it says it registered again', async () => {
+  const server = revproxy(['server', '--id', 's', '--pp', '111', '--registry', ctx.etcd!.url, '--registry-prefix', '/away/', '--registry-ttl', TTL]);
+  await server.waitFor(/Registered in the registry/);
+  await ctx.etcd!.stop();
+  // Its lease given up two TTLs in (4 s), then tries 0.25, 0.5, 1, 2, 2, 2 ... s apart: a warn line each, 8 in 14 s.
+  await sleep(14_000);
+  const said = lines(server, /Not registered in the registry/);
+  assert.ok(said.length >= 1 && said.length <= 3, `${said.length} lines:\n${said.join('\n')}`);
+  assert.ok(said.some((l) => /connection refused/.test(l)), said.join('\n'));
+  await ctx.etcd!.start();
+  await server.waitFor(/Registered again in the registry/, 8000);
+});
+
+away.run();
+
