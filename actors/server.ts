@@ -144,7 +144,8 @@ export type ServerEvent =
   | { type: 'REQUESTS'; caller: Caller; requests: DataMsg[] }
   | { type: 'REGISTERED'; proxy: string; again: boolean }
   | { type: 'REFUSED'; proxy: string; code: string; message: string }
-  | { type: 'REGISTRATION_LOST'; proxy: string; error: string; retryInMs: number }
+  /** `repeat`: the same failure as the one said last, said at debug (a registry registration says a lasting one every 30 s). */
+  | { type: 'REGISTRATION_LOST'; proxy: string; error: string; retryInMs: number; repeat?: boolean }
   /** One of several proxies refused the registration for good (UNAUTHORIZED, DUPLICATE_ID): the others' stand; it is asked again after the longest backoff. */
   | { type: 'REGISTRATION_REFUSED'; proxy: string; code: string; message: string; retryInMs: number }
   | { type: 'DEREGISTER_ALL' }
@@ -612,7 +613,7 @@ export const serverMachine = setup({
     }),
     logLost: ({ context, event }) => {
       assertEvent(event, 'REGISTRATION_LOST');
-      context.logger.warn('registration_lost', `Not registered ${registrar(event.proxy).within}: ${event.error}; retrying in ${event.retryInMs} ms`, {
+      context.logger[event.repeat ? 'debug' : 'warn']('registration_lost', `Not registered ${registrar(event.proxy).within}: ${event.error}; retrying in ${event.retryInMs} ms`, {
         proxy: event.proxy, reason: event.error, retryInMs: event.retryInMs,
       });
     },

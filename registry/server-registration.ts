@@ -47,8 +47,8 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
     let refused = false;
     /**
      * The failure said last: while the same one goes on (etcd away, out of space), it is said again only every
-     * REMIND_MS, with how many tries failed since. Every try was a warn line (up to 2 s apart): 13 a server in a
-     * 30 s outage, and a fleet of 200 servers wrote 100 a second, all alike.
+     * REMIND_MS, with how many tries failed since, and each try between at debug. Every try was a warn line (up to
+     * 2 s apart): 13 a server in a 30 s outage, all alike.
      */
     let said: { why: string; at: number; since: number; tries: number } | undefined;
     const kept = etcd.use((client) => new KeptKey(client, key, encodeServer(entry), o, {
@@ -60,7 +60,10 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
         const now = input.clock.now();
         // A call the breaker held back fails for the same reason as the one before it.
         const same = said !== undefined && said.why.replace(HELD_BACK, '') === why.replace(HELD_BACK, '');
-        if (same && now - said!.at < REMIND_MS) return void said!.tries++;
+        if (same && now - said!.at < REMIND_MS) {
+          said!.tries++;
+          return send({ type: 'REGISTRATION_LOST', proxy: label, error: why, retryInMs, repeat: true });
+        }
         const error = same ? `${why} (${said!.tries + 1} tries failed so in ${Math.round((now - said!.since) / 1000)} s; said again every ${REMIND_MS / 1000} s while it lasts)` : why;
         said = same ? { ...said!, at: now, tries: said!.tries + 1 } : { why, at: now, since: now, tries: 1 };
         send({ type: 'REGISTRATION_LOST', proxy: label, error, retryInMs });

@@ -64,7 +64,8 @@ test('a server waiting out an earlier lease on its id keeps waiting when the wal
 test('etcd away while the wall clock steps: /readyz counts the outage in real seconds; once etcd is back the proxy reads it again and the server registers again, within seconds', async () => {
   const { flags } = fleet();
   const clock = steppedClock();
-  const server = revproxy(['server', '--id', '8', '--pp', '111', ...flags], { env: clock.env });
+  // At debug: each try of a lasting failure (the breaker's included) is a debug line, the warn lines say it when it changes and every 30 s.
+  const server = revproxy(['server', '--id', '8', '--pp', '111', '--log-level', 'debug', ...flags], { env: clock.env });
   const proxy = revproxy(['proxy', '--port', '0', '--admin', '127.0.0.1:0', '--log-level', 'debug', ...flags], { env: clock.env });
   const admin = (await proxy.waitFor(/Admin endpoint on (http:\S+)/))[1]!;
   await printed(server, /Registered in the registry/, 0, 'the server registered');
