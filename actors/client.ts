@@ -503,6 +503,8 @@ export interface ClientContext {
   opts: ClientOptions;
   proxies: Endpoint[];
   proxyIndex: number;
+  /** The first of `proxies` is kept only because the connection is on it: it left the registry's list (setProxies), and goes at the next failover. */
+  unlisted: boolean;
   /** Connection attempts in a row without an answer (a refusal SHUTTING_DOWN is none: the proxy takes nothing). */
   attempts: number;
   /**
@@ -921,8 +923,11 @@ export const clientMachine = setup({
     },
     failover: assign(({ context, event }) => {
       assertEvent(event, ['CONNECT_FAILED', 'CLOSED']);
+      // Leaving a proxy that left the registry: it goes from the list (it was first; the next is the list's first).
+      const moved = context.unlisted ? { proxies: context.proxies.slice(1), proxyIndex: 0, unlisted: false } : { proxyIndex: (context.proxyIndex + 1) % context.proxies.length };
+      if (context.unlisted) context.noPings.keep(moved.proxies!.map((p) => hostPort(p.host, p.port)));
       return {
-        conn: undefined, proxyIndex: (context.proxyIndex + 1) % context.proxies.length, attempts: context.attempts + 1, lastError: event.error, lastInvalid: event.invalid === true,
+        ...moved, conn: undefined, attempts: context.attempts + 1, lastError: event.error, lastInvalid: event.invalid === true,
         outageSince: context.outageSince ?? context.clock.now(),
       };
     }),
@@ -951,7 +956,7 @@ export const clientMachine = setup({
       if (event.proxies.length === 0) return {};
       const cur = context.proxies[context.proxyIndex]!;
       const i = event.proxies.findIndex((p) => p.host === cur.host && p.port === cur.port);
-      const next = i >= 0 ? { proxies: event.proxies, proxyIndex: i } : { proxies: [cur, ...event.proxies], proxyIndex: 0 };
+      const next = i >= 0 ? { proxies: event.proxies, proxyIndex: i, unlisted: false } : { proxies: [cur, ...event.proxies], proxyIndex: 0, unlisted: true };
       context.noPings.keep(next.proxies.map((p) => hostPort(p.host, p.port)));
       return next;
     }),
@@ -1001,6 +1006,7 @@ export const clientMachine = setup({
       opts: input,
       proxies,
       proxyIndex: 0,
+      unlisted: false,
       attempts: 0,
       connectedOnce: false,
       unparking: false,
