@@ -125,9 +125,15 @@ export function eject(context: ProxyContext, entry: Member, failures: number): v
     return;
   }
   entry.ejected = true;
+  const now = context.clock.now();
+  const base = context.opts.ejectBaseMs;
+  // Each ejection in a row lasts longer, up to the most (Envoy's max_ejection_time); one is forgotten for each
+  // eject time the member served since its last ejection ended. Counted for its whole life, a server with a
+  // hiccup an hour was out for 12 minutes at each after a day, and for hours within a month.
+  if (entry.ejectedUntil !== undefined && now > entry.ejectedUntil) entry.ejections = Math.max(0, entry.ejections - Math.floor((now - entry.ejectedUntil) / base));
   entry.ejections++;
-  const ms = context.opts.ejectBaseMs * entry.ejections;
-  entry.ejectedUntil = context.clock.now() + ms;
+  const ms = Math.min(base * entry.ejections, Math.max(context.opts.ejectMaxMs, base));
+  entry.ejectedUntil = now + ms;
   context.logger.warn('eject', `Ejected server id ${entry.id} from privacy policy ${entry.policy} for ${ms} ms after ${reason}`, {
     id: entry.id, policy: entry.policy, reason, ejectedForMs: ms, ejections: entry.ejections,
   });
@@ -135,7 +141,7 @@ export function eject(context: ProxyContext, entry: Member, failures: number): v
   const self = context.self;
   entry.timer?.cancel();
   entry.timer = context.clock.setTimeout(() => self.send({ type: 'READMIT', member: entry.id }), ms);
-  entry.timerDue = context.clock.now() + ms;
+  entry.timerDue = now + ms;
 }
 
 /** An ejection is over: the member takes requests again, with its failure count reset. */
@@ -143,7 +149,6 @@ export function readmit(context: ProxyContext, member: string): void {
   const entry = context.servers.get(member);
   if (!entry || !entry.ejected) return;
   entry.ejected = false;
-  entry.ejectedUntil = undefined;
   entry.link.send({ type: 'RESET_FAILURES' });
   context.logger.info('readmit', `Server id ${entry.id} is back in rotation for privacy policy ${entry.policy} after its ejection`, {
     id: entry.id, policy: entry.policy, reason: 'ejection time over',

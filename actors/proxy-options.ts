@@ -58,8 +58,10 @@ export interface ProxyOptions {
   probesPerSecond?: number;
   /** Consecutive failures (try timeouts, error answers) that eject a server. Default 5. */
   ejectAfter?: number;
-  /** An ejected server stays out this long times the number of its ejections (ms). Default 30000. */
+  /** An ejected server stays out this long times the number of its ejections in a row (ms); one is forgotten for each such time it serves. Default 30000. */
   ejectBaseMs?: number;
+  /** The longest an ejection lasts (ms), however many came in a row (`ejectBaseMs` when that is longer). Default 300000. */
+  ejectMaxMs?: number;
   /**
    * On STOP, how long to wait for requests in flight before answering them SHUTTING_DOWN (ms).
    * Default: `timeoutMs`, by which every request is answered anyway, so a drain cuts nothing off.
@@ -199,6 +201,7 @@ export function resolveOptions(input: ProxyOptions): Opts {
     probesPerSecond: input.probesPerSecond ?? 100,
     ejectAfter: input.ejectAfter ?? 5,
     ejectBaseMs: input.ejectBaseMs ?? 30000,
+    ejectMaxMs: input.ejectMaxMs ?? 300000,
     drainTimeoutMs: input.drainTimeoutMs ?? timeoutMs,
     oldServers: { ...OLD_SERVER_DEFAULTS, ...input.oldServers },
     token: input.token,

@@ -44,9 +44,10 @@ export class Member {
   traffic!: LinkPort;
   /** Taken out of rotation by the proxy for consecutive failures, until a timer puts it back. */
   ejected = false;
+  /** Its ejections in a row: less one for each eject time it served since the last ended (health.ts, `eject`). */
   ejections = 0;
   /**
-   * When its last ejection ends (clock ms). A link that goes down while its member is ejected
+   * When its last ejection ends, or ended (clock ms). A link that goes down while its member is ejected
    * is probed, and a probe only dials and PINGs: a member that passes it sits out the rest.
    */
   ejectedUntil?: number;

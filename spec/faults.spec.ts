@@ -153,6 +153,36 @@ inproc('a server that answers with errors is ejected after consecutive failures 
   assert.ok(ctx.logs.some((l) => l.event === 'readmit' && l.id === 'bad'));
 });
 
+inproc('each ejection in a row lasts longer, up to max_eject_time, and one is forgotten for each eject time the server serves', async (ctx) => {
+  // A server registered for weeks with a hiccup an hour was ejected for 30 s times every ejection of its life:
+  // 12 minutes at each after a day. Envoy's rule: a most (max_ejection_time), and a count that goes down while healthy.
+  const clock = new ManualClock();
+  // PINGs out of the way: a day of the manual clock would miss them all, and remove both servers.
+  const add = await setup(ctx, { ejectAfter: 3, ejectBaseMs: 200, ejectMaxMs: 500, pingIntervalMs: 2 ** 31 - 1, clock });
+  await add('bad', 'fail');
+  await add('good');
+  const ejections = (): LogRecord[] => ctx.logs.filter((l) => l.event === 'eject' && l.id === 'bad');
+  // Requests until bad is ejected; then its ejection runs out on the test's clock. Returns how long it was.
+  const ejectedFor = async (): Promise<number> => {
+    const before = ejections().length;
+    const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: pkts(12), window: 1 });
+    assert.ok(results.every((r) => r.correct && r.server === 'good'), JSON.stringify(results.filter((r) => !r.correct)));
+    await eventually(() => ejections().length > before, 1000, 'ejection');
+    const ms = ejections().at(-1)!.ejectedForMs as number;
+    clock.advance(ms);
+    assert.is(ctx.proxy.pools().P!.states.bad, 'serving', `re-admitted after its ${ms} ms`);
+    return ms;
+  };
+  const inARow = [await ejectedFor(), await ejectedFor(), await ejectedFor(), await ejectedFor()];
+  assert.equal(inARow, [200, 400, 500, 500], 'longer each time, up to max_eject_time');
+  // Three eject times served: three of its four ejections forgotten.
+  clock.advance(600);
+  assert.is(await ejectedFor(), 400);
+  // A day later, a hiccup is a first ejection again.
+  clock.advance(86_400_000);
+  assert.is(await ejectedFor(), 200);
+});
+
 inproc('the last healthy member is never ejected', async (ctx) => {
   const add = await setup(ctx, { ejectAfter: 2, retries: 0 });
   await add('only', 'fail');
