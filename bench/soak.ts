@@ -114,25 +114,42 @@ const POLICY = 'SOAK';
 const LOCAL_CODES = new Set(['CONNECT_FAILED', 'CONNECTION_LOST', 'NO_ANSWER', 'UNEXPECTED_ANSWER']);
 
 /** What a text access line looks like (admin/access-log.ts; spec/access-log.spec.ts checks every field). */
-const ACCESS_LINE = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z client=\S+ addr=\S+ policy=SOAK server=\S+ seq=\d+ tries=\d+ latency_ms=[\d.]+ outcome=\S+$/;
+const ACCESS_LINE = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z client=\S+ addr=\S+ policy=\S+ server=\S+ seq=\d+ tries=\d+ latency_ms=[\d.]+ outcome=\S+$/;
+/** The lines of the churn's requests (bench/churn.ts): its short clients', and its probes of the policies it replaces servers under. */
+const CHURN_CLIENT = Buffer.from(' client=short-');
+const SOAK_POLICY = Buffer.from(` policy=${POLICY} `);
 
-/** A rotated access log: its lines counted, its first and last line checked, and whether it ends with a whole line. */
-async function countLines(file: string): Promise<{ lines: number; whole: boolean; bad: string[] }> {
+/**
+ * A rotated access log: its lines counted (the load's and the soak's probes', apart from the
+ * churn's: they are counted, not checked), its first and last line checked, and whether it ends
+ * with a whole line.
+ */
+async function countLines(file: string): Promise<{ lines: number; churn: number; whole: boolean; bad: string[] }> {
   let lines = 0;
+  let churn = 0;
   let first = '';
   let tail: Buffer = Buffer.alloc(0);
-  for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) {
-    for (let i = chunk.indexOf(10); i !== -1; i = chunk.indexOf(10, i + 1)) lines++;
-    if (!first) {
-      const nl = chunk.indexOf(10);
-      first = chunk.subarray(0, nl === -1 ? chunk.length : nl).toString();
+  /** The line a chunk ended inside, read with the next one. */
+  let rest: Buffer = Buffer.alloc(0);
+  for await (const read of createReadStream(file, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) {
+    const chunk = rest.length ? Buffer.concat([rest, read]) : read;
+    let at = 0;
+    for (let i = chunk.indexOf(10); i !== -1; at = i + 1, i = chunk.indexOf(10, at)) {
+      const line = chunk.subarray(at, i);
+      if (line.includes(CHURN_CLIENT) || !line.includes(SOAK_POLICY)) churn++;
+      else lines++;
     }
-    tail = chunk.length >= 512 ? chunk.subarray(-512) : Buffer.concat([tail, chunk]).subarray(-512);
+    rest = chunk.subarray(at);
+    if (!first) {
+      const nl = read.indexOf(10);
+      first = read.subarray(0, nl === -1 ? read.length : nl).toString();
+    }
+    tail = read.length >= 512 ? read.subarray(-512) : Buffer.concat([tail, read]).subarray(-512);
   }
   const whole = tail.length === 0 || tail[tail.length - 1] === 10;
   const last = tail.toString().split('\n').at(whole ? -2 : -1) ?? '';
   const bad = [first, last].filter((l) => l && !ACCESS_LINE.test(l));
-  return { lines, whole, bad };
+  return { lines, churn, whole, bad };
 }
 
 async function main(): Promise<void> {
@@ -173,7 +190,7 @@ async function main(): Promise<void> {
   if (churning) console.log(`  churn: ${clientsPerS} short clients/s from 250 addresses, a server replaced every ${restartS} s (direct and etcd in turn), a bad peer every ${badS} s, /metrics read every 2 s, the inspector feed every 15 s`);
   console.log(`  time   req/s     errors                 p99 ms   max ms   RSS MB  CPU${churning ? '   heap MB  after GC  fds  handles  conns c/r/u/up  short ok/err  restarts' : ''}`);
   // The access log's rotations: what each rotated file held, and any fault found in one.
-  const access = { lines: 0, files: 0, answered: 0, faults: [] as string[] };
+  const access = { lines: 0, churnLines: 0, files: 0, answered: 0, faults: [] as string[] };
   let nextRotation = t0 + rotateS * 1000;
   const rotation = async (): Promise<void> => {
     const file = `${accessLog}.${access.files + 1}`;
@@ -188,6 +205,7 @@ async function main(): Promise<void> {
   const tally = async (file: string): Promise<void> => {
     const c = await countLines(file);
     access.lines += c.lines;
+    access.churnLines += c.churn;
     if (!c.whole) access.faults.push(`${file} ends inside a line`);
     for (const l of c.bad) access.faults.push(`${file}: not an access line: ${l.slice(0, 200)}`);
     // A file with a fault is kept, to be read.
@@ -259,7 +277,7 @@ async function main(): Promise<void> {
     const theirs = Object.entries(errors).filter(([code]) => !LOCAL_CODES.has(code)).reduce((n, [, v]) => n + v, 0);
     access.answered = rows.reduce((n, r) => n + r.ok + r.wrongHash, 0) + theirs + probed;
     const off = access.lines - access.answered;
-    accessLine = `access log: ${access.lines.toLocaleString('en')} lines in ${access.files} files for ${access.answered.toLocaleString('en')} requests answered (${probed} of them probes)${off === 0 ? ', one each' : `, ${off.toLocaleString('en')} off`}; ${access.faults.length ? `faults: ${access.faults.join('; ')}` : 'every file ended with a whole line'}`;
+    accessLine = `access log: ${access.lines.toLocaleString('en')} lines in ${access.files} files for ${access.answered.toLocaleString('en')} requests answered (${probed} of them probes)${off === 0 ? ', one each' : `, ${off.toLocaleString('en')} off`}${access.churnLines ? ` (and ${access.churnLines.toLocaleString('en')} of the churn's requests)` : ''}; ${access.faults.length ? `faults: ${access.faults.join('; ')}` : 'every file ended with a whole line'}`;
     if (off !== 0 || access.faults.length) process.exitCode = 1;
   }
   const summary = {
