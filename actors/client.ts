@@ -785,12 +785,14 @@ export const clientMachine = setup({
       context.book.heardAt = now;
       context.book.pingsOwed = 0;
       const { conn } = event;
-      // Without PINGs until the proxy answers one (probed).
-      const liveness = new Liveness(context.clock, context.book, currentProxy(context), () => {
-        context.book.pingsOwed++;
+      const { logger, book } = context;
+      // Without PINGs until the proxy answers one (probed). Its callbacks hold no `context`: this one's holds
+      // the last connection and its watch, whose callbacks held the one before, and so on for every connection.
+      const liveness = new Liveness(context.clock, book, currentProxy(context), () => {
+        book.pingsOwed++;
         conn.send({ type: MsgType.PING, seq: 0 });
       },
-        (error) => self.send({ type: 'CLOSED', error, silent: true }), (late) => stalled(context.logger, late));
+        (error) => self.send({ type: 'CLOSED', error, silent: true }), (late) => stalled(logger, late));
       const opened = { conn, probing: event.probing, liveness, leaving: undefined };
       // A proxy PINGed first is reached once it answers (PROBED): one that closes the connection before is not.
       return event.probing ? opened : { ...opened, ...reached(context) };
