@@ -79,12 +79,25 @@ export const MAX_DEPARTED_POLICIES = MAX_LABEL_VALUES;
 /** How often, at most, the label values of departed policies and servers are looked for when room is needed. */
 const MAKE_ROOM_EVERY_MS = 1000;
 /**
+ * How long the series of a server no pool holds stay (its answers, retries and ejections), so
+ * that scrapes read its last counts: then they end. A server back under its id meanwhile keeps
+ * them. Without it they stayed until room was needed (1000 servers a policy): a fleet of six
+ * whose servers restart under new ids grew by a series or more each restart, for ever.
+ */
+export const DEPARTED_SERVER_SERIES_MS = 10 * 60_000;
+/**
  * A series' label values as one map key, and back. Ids are any string (a NUL too): values joined
  * with a NUL split apart elsewhere, so a server registered as `s1\0TIMEOUT` had its answers counted
  * as `{server="s1",outcome="TIMEOUT"}`, another server's timeouts.
  */
 const labelKey = (...values: string[]): string => JSON.stringify(values);
 const labelsOf = (key: string): string[] => JSON.parse(key) as string[];
+
+/** Whether a server (a label value: not '' nor OTHER) is a member of no pool of its policy now. */
+function departedTest(pools: readonly PoolView[]): (policy: string, server: string) => boolean {
+  const live = new Map(pools.map((p) => [p.policy, new Set(p.members.map((m) => m.id))]));
+  return (policy, server) => server !== '' && server !== OTHER && !live.get(policy)?.has(server);
+}
 
 /** The label value of what is past MAX_LABEL_VALUES. */
 export const OTHER = '_other';
@@ -120,6 +133,8 @@ export class Metrics implements ProxyObserver {
   private totalErrors = 0;
   private readonly clock: Clock;
   private lastRoomMade = -Infinity;
+  /** Per `labelKey(policy, server)`: when a scrape first found that server in no pool. */
+  private readonly goneSince = new Map<string, number>();
 
   constructor(
     private readonly sources: MetricSources,
@@ -180,6 +195,7 @@ export class Metrics implements ProxyObserver {
         this.reset();
         const shown = new Map<string, Set<string>>();
         const pools = sources.pools();
+        self.forgetDeparted(pools);
         for (const p of pools) {
           const seen = new Set(p.members.map((m) => m.source ?? 'direct'));
           if (seen.size > 0) shown.set(p.policy, seen);
@@ -293,8 +309,9 @@ export class Metrics implements ProxyObserver {
     const now = this.clock.now();
     if (now - this.lastRoomMade < MAKE_ROOM_EVERY_MS) return false;
     this.lastRoomMade = now;
-    const live = new Map(this.sources.pools().map((p) => [p.policy, new Set(p.members.map((m) => m.id))]));
-    const gone = (policy: string, server: string): boolean => server !== '' && server !== OTHER && !live.get(policy)?.has(server);
+    const pools = this.sources.pools();
+    const live = new Set(pools.map((p) => p.policy));
+    const gone = departedTest(pools);
     let forgot = 0;
     for (const [policy, t] of this.policies) {
       if (policy !== OTHER && !live.has(policy)) {
@@ -311,6 +328,32 @@ export class Metrics implements ProxyObserver {
       }
     }
     return forgot > 0;
+  }
+
+  /**
+   * At each scrape: the counts of servers no pool has held for DEPARTED_SERVER_SERIES_MS are
+   * forgotten (their series end), so the series follow the fleet, not its history.
+   */
+  private forgetDeparted(pools: readonly PoolView[]): void {
+    const now = this.clock.now();
+    const gone = departedTest(pools);
+    const still = new Set<string>();
+    const expired = (policy: string, server: string): boolean => {
+      if (!gone(policy, server)) return false;
+      const k = labelKey(policy, server);
+      still.add(k);
+      const since = this.goneSince.get(k);
+      if (since === undefined) this.goneSince.set(k, now);
+      return since !== undefined && now - since >= DEPARTED_SERVER_SERIES_MS;
+    };
+    for (const [policy, t] of this.policies) for (const server of t.outcomes.keys()) if (expired(policy, server)) t.outcomes.delete(server);
+    for (const table of [this.retries, this.ejections]) {
+      for (const k of table.keys()) {
+        const [policy, server] = labelsOf(k) as [string, string];
+        if (expired(policy, server)) table.delete(k);
+      }
+    }
+    for (const k of this.goneSince.keys()) if (!still.has(k)) this.goneSince.delete(k);
   }
 
   /** Answers and errors of one member, for the pool view. */

@@ -3,7 +3,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { runClient, startProxy, startServer, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { Metrics, startInspector, type Inspector } from '../inspector/index.js';
-import { MAX_DEPARTED_POLICIES, MAX_LABEL_VALUES } from '../inspector/metrics.js';
+import { DEPARTED_SERVER_SERIES_MS, MAX_DEPARTED_POLICIES, MAX_LABEL_VALUES } from '../inspector/metrics.js';
 import { MEMBER_STATES } from '../actors/proxy-types.js';
 import type { PoolView } from '../inspector/views.js';
 import { ManualClock } from '../transport/clock.js';
@@ -215,6 +215,44 @@ hooks('after more servers and policies came and went than are counted one by one
   assert.not.match(text, /policy="gone-1"/);
   const lines = text.split('\n').filter((l) => l.startsWith('revproxy_requests_total{')).length;
   assert.ok(lines <= 2 * MAX_LABEL_VALUES, `${lines} requests_total series`);
+});
+
+hooks('servers that restart under new ids leave their series for DEPARTED_SERVER_SERIES_MS, then they end: the series follow the fleet, not its history', async () => {
+  // The soak (a fleet of six, a server restarted each minute, every other one under a new id): each
+  // new id left a requests_total series for ever (until 1000 a policy), and Prometheus kept them all.
+  const clock = new ManualClock();
+  const pool = (ids: string[]): PoolView => ({ policy: 'P', state: 'serving', members: ids.map((id) => ({ id, state: 'serving', answered: 0, errors: 0 })), cursor: 0, routed: 0, gone: [] });
+  let pools = [pool(['a', 'b', 'c'])];
+  const m = new Metrics({ pools: () => pools, inflight: () => 0, actorCounts: () => [] }, 200, { clock });
+  const servers = (t: string): Set<string> => new Set([...t.matchAll(/^revproxy_(?:requests|retries|ejections)_total\{policy="P",server="([^"]*)"/gm)].map((x) => x[1]!));
+  const counts: number[] = [];
+  for (let i = 0; i < 60; i++) {
+    // A minute: 'c' restarts under a new id; 'a' and 'b' stay.
+    const c = `c${i}`;
+    pools = [pool(['a', 'b', c])];
+    for (const id of ['a', 'b', c]) m.answered('P', id, 'ok', 1);
+    m.retried('P', c, 'UPSTREAM_FAILED');
+    m.ejected('P', c, 'unreachable', false);
+    for (let s = 0; s < 4; s++) {
+      counts.push(servers(await m.text()).size);
+      clock.advance(15_000);
+    }
+  }
+  const text = await m.text();
+  assert.is(sample(text, 'revproxy_requests_total', { policy: 'P', server: 'a', outcome: 'ok' }), 60, 'a live server keeps its counts');
+  const kept = Math.ceil(DEPARTED_SERVER_SERIES_MS / 60_000) + 2;
+  assert.ok(servers(text).size <= 2 + kept, `${servers(text).size} servers have series after 60 restarts under new ids (at most ${2 + kept})`);
+  const late = counts.slice(-40);
+  assert.ok(Math.max(...late) - Math.min(...late) <= 1, `the count is flat once DEPARTED_SERVER_SERIES_MS has passed: ${late.join(' ')}`);
+  // One that left is still read for a while: scrapes see its last counts.
+  assert.is(sample(text, 'revproxy_requests_total', { policy: 'P', server: 'c58', outcome: 'ok' }), 1);
+  assert.is(sample(text, 'revproxy_retries_total', { policy: 'P', server: 'c58' }), 1);
+  assert.not.match(text, /server="c0"/, 'the first to leave is forgotten, from every table');
+  // A server back under its id before its series ended keeps its counts.
+  pools = [pool(['a', 'b', 'c58'])];
+  m.answered('P', 'c58', 'ok', 1);
+  clock.advance(DEPARTED_SERVER_SERIES_MS);
+  assert.is(sample(await m.text(), 'revproxy_requests_total', { policy: 'P', server: 'c58', outcome: 'ok' }), 2);
 });
 
 hooks('policies whose last member left read 0 until a member comes back, the oldest forgotten past MAX_DEPARTED_POLICIES: a churn of policies does not grow the series', async () => {
