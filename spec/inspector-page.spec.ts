@@ -199,6 +199,15 @@ page('servers that come and go: the page keeps the actors the inspector keeps, a
   assert.equal(await shown(), await want(), 'live page: the tree is the inspector\'s actors');
   const options = await ctx.page.$$eval('#f-actor option', (els) => els.length);
   assert.ok(options <= (await kept()).length + 1, `the actor filter lists ${options} actors`);
+  // XState names an actor's done and error events after the actor (`xstate.done.actor.upstream:churn-3#4`):
+  // the type filter gained an option for each server that came and went, for ever (a soak: one a restart).
+  const types = await ctx.page.$$eval('#f-type option', (els) => els.map((e) => (e as HTMLOptionElement).value));
+  assert.not.ok(types.some((t) => t.includes('churn-')), `the type filter names no actor: ${types.join(', ')}`);
+  await ctx.page.selectOption('#f-type', 'xstate.done.actor.*');
+  const kinds = await ctx.page.$$eval('#log-body .row .e', (els) => [...new Set(els.map((e) => e.textContent!))]);
+  assert.ok(kinds.some((k) => k.startsWith('xstate.done.actor.upstream:churn-')), `the one entry picks every actor's: ${kinds.join(', ')}`);
+  assert.ok(kinds.every((k) => k.startsWith('xstate.done.actor.') || k.startsWith('→')), kinds.join(', '));
+  await ctx.page.selectOption('#f-type', '');
   await ctx.page.reload();
   await ctx.page.waitForSelector(`${pool} [data-member="1"]`, { timeout: 5000 });
   assert.equal(await shown(), await want(), 'after a reload: no actor the inspector forgot is shown, as live or at all');

@@ -137,15 +137,26 @@ function mergeRecs(recs) {
       if (a) a.id = r.name;
     }
     if (r.k !== 'event' && r.k !== 'actor' && r.k !== 'dropped' && !(r.k === 'state' && r.changed)) continue;
-    if (r.k === 'event' && !S.types.has(r.type)) {
-      S.types.add(r.type);
-      addOption($('f-type'), r.type, r.type);
+    const type = r.k === 'event' && typeKey(r.type);
+    if (type && !S.types.has(type)) {
+      S.types.add(type);
+      addOption($('f-type'), type, type);
     }
     S.log.push(r);
     added.push(r);
   }
   if (S.log.length > MAX_LOG) S.log.splice(0, S.log.length - MAX_LOG);
   return added;
+}
+
+/**
+ * An event's entry in the type filter. XState names an actor's done and error events after the
+ * actor (`xstate.done.actor.upstream:310#26`): listed as they are, the filter gained an option for
+ * each server that came and went, for ever (a soak: one a restart); they are one entry each,
+ * `xstate.done.actor.*` and `xstate.error.actor.*`, which picks those events of every actor.
+ */
+function typeKey(type) {
+  return type.replace(/^(xstate\.(?:done|error)\.actor\.).+$/, '$1*');
 }
 
 function firstActor() {
@@ -579,7 +590,7 @@ function matches(r) {
   const ft = $('f-type').value;
   if (r.k === 'state' && !$('f-states').checked) return false;
   if (fa && r.sid !== fa && r.from !== fa) return false;
-  if (ft && !(r.k === 'event' && r.type === ft)) return false;
+  if (ft && !(r.k === 'event' && typeKey(r.type) === ft)) return false;
   return true;
 }
 
