@@ -4,7 +4,7 @@ import { Packr } from 'msgpackr';
 import { readFileSync } from 'node:fs';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { encodeFrame, FrameDecoder, nativeAcceleration } from '../transport/frame.js';
+import { encodeFrame, FrameDecoder, MAX_VALUES, nativeAcceleration } from '../transport/frame.js';
 import { JsonDecoder } from '../transport/json.js';
 import { ERROR_CODES, ErrorCode, LocalCode } from '../transport/errors.js';
 import type { Message } from '../transport/messages.js';
@@ -192,6 +192,45 @@ test("an ACK without payloadsize (a server's may leave it out) is read with its 
   const old = new JsonDecoder().push(Buffer.from('{"type": "2", "srcid": "100", "destid": "1", "payload": "naïve"}'));
   assert.is((old.messages[0] as { payloadsize: number }).payloadsize, 6, 'the old JSON wire');
   assert.is((new FrameDecoder().push(encodeFrame({ ...ack('abc'), payloadsize: 40 } as never)).messages[0] as { payloadsize: number }).payloadsize, 40, 'one written is kept');
+});
+
+test('a frame of more values than a message holds, or of a library\'s own extension types, is refused before msgpackr decodes any of it', () => {
+  const frame = (body: Buffer): Buffer => Buffer.concat([Buffer.from([body.length >>> 24, body.length >>> 16, body.length >>> 8, body.length]), body]);
+  const packr = new Packr({ useRecords: false });
+  const data = { type: 0, seq: 1, srcid: 'a', privPoliId: 'P', payload: 'x' };
+  // 1 MiB of empty maps in an array: a million objects (140 ms of the event loop each frame; four connections sending them stalled the proxy).
+  const maps = Buffer.alloc(1024 * 1024 - 200, 0x80);
+  maps[0] = 0xdd;
+  maps.writeUInt32BE(maps.length - 5, 1);
+  // The same inside a valid DATA, as a field nobody reads.
+  const inData = packr.pack({ ...data, junk: Array.from({ length: 5000 }, () => ({})) });
+  // msgpackr's BigInt extension (0x42): a 1 MiB integer took 45 ms to decode; Error (0x65), RegExp (0x78), Set (0x73).
+  const bigint = Buffer.concat([Buffer.from([0xc9, 0, 0x0f, 0xff, 0xf0, 0x42]), Buffer.alloc(0x0ffff0, 0x7f)]);
+  const error = Buffer.concat([Buffer.from([0xd4, 0x65, 0]), packr.pack(['constructor', data])]);
+  const regexp = Buffer.concat([Buffer.from([0xd4, 0x78, 0]), packr.pack(['(a+)+$', 'g'])]);
+  const set = Buffer.concat([Buffer.from([0xd4, 0x73, 0]), packr.pack([1, 2])]);
+  for (const [name, body, re] of [
+    ['a million empty maps', maps, new RegExp(`holds more than ${MAX_VALUES} MessagePack values .*: value ${MAX_VALUES + 1} is at byte ${MAX_VALUES + 4}$`)],
+    ['a DATA with 5,000 maps in a field of its own', inData, /holds more than 1024 MessagePack values/],
+    ['a BigInt', bigint, /holds a MessagePack extension value \(type 66\) at byte 0: messages hold none but timestamps/],
+    ['an Error whose name is a method of a plain object', error, /extension value \(type 101\)/],
+    ['a RegExp', regexp, /extension value \(type 120\)/],
+    ['a Set', set, /extension value \(type 115\)/],
+  ] as const) {
+    const started = performance.now();
+    const r = new FrameDecoder().push(frame(body));
+    assert.is(r.error?.code, ErrorCode.BAD_REQUEST, name);
+    assert.match(r.error!.message, re, name);
+    assert.equal(r.messages, [], name);
+    assert.ok(performance.now() - started < 100, `${name}: refused in ${performance.now() - started} ms`);
+  }
+  // Exactly the count (the map, 5 fields, 505 more, and a key whose value is an array of a timestamp - the extension MessagePack itself defines): read as before.
+  const fields = Object.fromEntries(Array.from({ length: 505 }, (_, i) => [`f${i}`, i]));
+  const within = new FrameDecoder().push(frame(packr.pack({ ...data, ...fields, at: [new Date(1e12)] })));
+  assert.is(within.error, undefined, within.error?.message);
+  assert.equal(within.messages, [data]);
+  const over = new FrameDecoder().push(frame(packr.pack({ ...data, ...fields, g: 1, h: [] })));
+  assert.match(over.error?.message ?? '', /value 1025 is at byte/, 'one value past the count');
 });
 
 test("msgpackr's native addon is in use", () => {

@@ -80,6 +80,9 @@ const bad: Array<[string, string, RegExp]> = [
   ['broken JSON inside the braces', '{"type": "0" "srcid": "1"}', /not valid JSON/],
   ['mismatched brackets', '{"a": [1}]', /not valid JSON/],
   ['deep nesting', `{"a": ${'['.repeat(40)}`, /nested deeper than 32/],
+  // 1 MiB of `{}` is 350,000 objects for JSON.parse (~100 ms of the event loop); two connections sending them stalled the proxy.
+  ['an object of more values than a message holds', `{"type": "0", "srcid": "1", "privPoliId": "1", "payload": "x", "j": [${'{},'.repeat(2000)}{}]}`, /JSON object holds more than 1024 values .*: value 1025 begins at byte 1589$/],
+  ['numbers past the count, split over many reads', `{"j": [${'0,'.repeat(1100)}0]}`, /more than 1024 values/],
   ['an unknown type', '{"type": "9"}', /unknown message type 9/],
   ['data without a payload', '{"type": "0", "srcid": "1", "privPoliId": "1"}', /missing field 'payload'/],
   ['a setup with a port out of range', '{"type": "1", "id": "1", "privPolyId": "1", "listenport": "70000"}', /listenport/],
@@ -93,6 +96,12 @@ for (const [name, text, re] of bad) {
     assert.is(d.push(Buffer.from(data)).messages.length, 0, 'the decoder stays failed');
   });
 }
+
+test('an object of up to 1024 values, strings full of the characters that count them included, decodes', () => {
+  const fields = Array.from({ length: 500 }, (_, i) => `"f${i}": "{[,:]}"`).join(', ');
+  const text = `{"type": "0", "srcid": "1", "privPoliId": "111", "payload": "x", ${fields}, "l": [1, 2]}`;
+  assert.equal(decodeAll(new JsonDecoder({ number: true }), [Buffer.from(text)]), [{ type: 0, seq: 0, srcid: '1', privPoliId: '111', payload: 'x' }]);
+});
 
 test('the encoder writes the old shapes byte for byte', () => {
   assert.is(encodeJson(expected[1]!).toString(), setup);
