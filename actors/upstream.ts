@@ -57,6 +57,8 @@ export class LinkTraffic implements LinkPort {
   answered = 0;
   /** The server ended the link with an ERROR without a seq: the failure of what the link held (`closedByServer`). */
   said?: Failure;
+  /** The server sent a message a server never sends on a link (DATA, SETUP, PING, DEREGISTER): what is wrong, to tell it, and the link is closed. */
+  wrong?: ProtocolError;
   /** A PING sent on the link after tries timed out, waiting for any sign of life (`checkLife`). */
   private lifeCheck?: Timer;
 
@@ -162,7 +164,12 @@ export class LinkTraffic implements LinkPort {
     const tally: Tally = { answered: 0, failures: this.failures };
     for (let i = 0; i < messages.length; i++) {
       const m = messages[i]!;
-      if (m.type !== MsgType.ACK && m.type !== MsgType.ERROR) continue;
+      if (m.type !== MsgType.ACK && m.type !== MsgType.ERROR) {
+        if (m.type === MsgType.PONG) continue;
+        // Dropped unsaid, a server's DATA left the request it was sent unanswered (its try timed out, 1.7 s of a client's wait) and its author none the wiser.
+        this.wrong = new ProtocolError(ErrorCode.BAD_REQUEST, `message type ${m.type} is not allowed on an upstream link: a server sends ACK, ERROR and PONG there`);
+        break;
+      }
       // An ACK always has a seq (the check of messages sees to it): this is an ERROR about the link, which the server closes.
       if (m.seq === undefined) {
         this.said ??= closedByServer(link.member, m as ErrorMsg);
@@ -248,6 +255,12 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
       done = true;
       sendBack({ type: 'DISCONNECTED', error, invalid });
     };
+    const refuse = (err: ProtocolError): void => {
+      if (done) return;
+      told = true;
+      conn.endWith(errorMsg(err.code, err.message));
+      down(err.message, true);
+    };
     socket.once(readyEvent(socket), () => sendBack({ type: 'CONNECTED', conn }));
     const sub = conn.messages$.subscribe({
       next: (messages) => {
@@ -257,15 +270,12 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
         if (report) sendBack({ type: 'REPORT', report });
         // The server ended the link (an ERROR without a seq): down now, with its words, not when the close arrives.
         if (link.said) down(link.said.message);
+        else if (link.wrong) refuse(link.wrong);
       },
       error: (err: NodeJS.ErrnoException) => {
         // A server that sent something not a valid message is told what, as a client would be: its
         // author may never see the proxy's log.
-        if (err instanceof ProtocolError) {
-          told = true;
-          conn.endWith(errorMsg(err.code, err.message));
-          return down(err.message, true);
-        }
+        if (err instanceof ProtocolError) return refuse(err);
         down(describeLinkError(err, input.host));
       },
       complete: () => down('connection closed by the server'),

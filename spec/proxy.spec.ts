@@ -389,6 +389,14 @@ faults('a server that answers an ERROR whose code is not shaped like a code is t
   await assertLoggedInvalid(/oops, bad/);
 });
 
+faults('a server that sends a DATA on its link, where it answers, is told BAD_REQUEST and the link closed, not left to time out each request it was sent', async () => {
+  // The proxy dropped any DATA, SETUP, PING or DEREGISTER a server sent on its link, saying nothing: the request the
+  // server had been sent waited its try timeout (a client's median went from 1.2 ms to 1.7 s) and the server stayed in rotation.
+  const told = await carelessServer((seq) => ({ type: MsgType.DATA, seq, srcid: 'careless', privPoliId: 'P', payload: 'x' }));
+  assert.match(told, /^message type 0 is not allowed on an upstream link: a server sends ACK, ERROR and PONG there$/);
+  await assertLoggedInvalid(/message type 0 is not allowed on an upstream link/);
+});
+
 faults("a server that answers a request with a code the proxy says only to registrations fails it UPSTREAM_FAILED, saying what the server said", async () => {
   // A server answering REMOVED (or UNAUTHORIZED, DUPLICATE_ID) to a DATA got it to the client, as if its request had been taken out of a pool.
   await stubServer('bad', (seq) => [{ type: MsgType.ERROR, seq, code: 'REMOVED', message: 'go away' }]);
