@@ -4,10 +4,10 @@ import { Packr } from 'msgpackr';
 import { readFileSync } from 'node:fs';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { encodeFrame, FrameDecoder, MAX_VALUES, nativeAcceleration } from '../transport/frame.js';
+import { encodeFrame, FrameDecoder, nativeAcceleration } from '../transport/frame.js';
 import { JsonDecoder } from '../transport/json.js';
 import { ERROR_CODES, ErrorCode, LocalCode } from '../transport/errors.js';
-import type { Message } from '../transport/messages.js';
+import { MAX_VALUES, type Message } from '../transport/messages.js';
 
 const msgs: Message[] = [
   { type: 0, seq: 1, srcid: '1', privPoliId: '111', payload: 'xyz1' },
@@ -231,6 +231,10 @@ test('a frame of more values than a message holds, or of a library\'s own extens
   assert.equal(within.messages, [data]);
   const over = new FrameDecoder().push(frame(packr.pack({ ...data, ...fields, g: 1, h: [] })));
   assert.match(over.error?.message ?? '', /value 1025 is at byte/, 'one value past the count');
+  // A flat map of short ASCII text and small integers takes the fast path (fastwire.ts), which made no objects of the fields it skips: the count holds there too.
+  const flat = Object.fromEntries(Array.from({ length: 600 }, (_, i) => [`f${i}`, i]));
+  const hot = new FrameDecoder().push(frame(packr.pack({ ...data, ...flat })));
+  assert.match(hot.error?.message ?? '', /value 1025 is at byte/, 'a flat DATA of 605 fields');
 });
 
 test("msgpackr's native addon is in use", () => {

@@ -21,7 +21,7 @@
  * The limits and spellings checked here are the model's (messages.ts),
  * imported, never restated.
  */
-import { isIdValue, MAX_SEQ, MsgType, ownSpellingFirst, payloadBytes, POLICY_KEY, WIRE, type AckMsg, type DataMsg, type Message, type WireBytes } from './messages.js';
+import { isIdValue, MAX_SEQ, MAX_VALUES, MsgType, ownSpellingFirst, payloadBytes, POLICY_KEY, WIRE, type AckMsg, type DataMsg, type Message, type WireBytes } from './messages.js';
 
 /** The fields of the hot messages (their string keys: `WIRE` is no field). */
 type Field = Exclude<keyof DataMsg | keyof AckMsg, typeof WIRE>;
@@ -233,6 +233,8 @@ export function decodeHot(buf: Uint8Array, start: number, end: number): DataMsg 
     n = (buf[start + 1]! << 8) | buf[start + 2]!;
     pos = start + 3;
   } else return undefined;
+  // More fields than a message may hold (`MAX_VALUES`): the general path refuses it.
+  if (2 * n + 1 > MAX_VALUES) return undefined;
   let type: Scalar;
   let seq: Scalar;
   let srcid: Scalar;

@@ -7,7 +7,7 @@ import { Packr, Unpackr, isNativeAccelerationEnabled } from 'msgpackr';
 import { ErrorCode, ProtocolError, hexPreview } from './errors.js';
 import { asRead, asReadSize, decodeHot, encodeAsRead, encodeHot, hotSize } from './fastwire.js';
 import { recogniseForeign } from './foreign.js';
-import { MsgType, toMessage, WIRE, type AckMsg, type DataMsg, type Message } from './messages.js';
+import { MAX_VALUES, MsgType, toMessage, WIRE, type AckMsg, type DataMsg, type Message } from './messages.js';
 import { describeBadText, findBadText, mayHoldBadText } from './utf8.js';
 
 export const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024;
@@ -22,17 +22,6 @@ export const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024;
  */
 export const FORWARD_ROOM = 64;
 const HEADER = 4;
-
-/**
- * Most values (map keys, map values, array items, each counted) one message
- * may hold, on either wire. A message is a flat map of a dozen fields at
- * most; unknown fields are ignored, but each value costs decoding about as
- * much as an object: a 1 MiB frame of a million empty maps took msgpackr
- * 140 ms, and four connections sending such frames stalled the proxy
- * (another client's median request went from 1.2 ms to 750 ms). So a body
- * over this count is refused, `BAD_REQUEST`, before anything of it is decoded.
- */
-export const MAX_VALUES = 1024;
 
 // useRecords:false keeps every frame self-contained (no shared structures
 // between frames), so any peer in any language can read any single frame.

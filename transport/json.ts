@@ -9,9 +9,9 @@
  */
 import { ErrorCode, ProtocolError, hexPreview } from './errors.js';
 import { recogniseForeign } from './foreign.js';
-import { DEFAULT_MAX_FRAME_BYTES, MAX_VALUES, PartialBytes, type DecodeResult, type Decoder } from './frame.js';
+import { DEFAULT_MAX_FRAME_BYTES, PartialBytes, type DecodeResult, type Decoder } from './frame.js';
 import { isUtf8 } from 'node:buffer';
-import { MAX_SEQ, MsgType, toMessage, type ErrorMsg, type Message } from './messages.js';
+import { MAX_SEQ, MAX_VALUES, MsgType, toMessage, type ErrorMsg, type Message } from './messages.js';
 import { firstInvalidUtf8 } from './utf8.js';
 
 const OPEN = 0x7b; // {
