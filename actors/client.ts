@@ -484,6 +484,9 @@ function refusal(req: ClientRequest, size: number, maxFrameBytes: number, client
   if (!isIdValue(req.policy)) return `a policy is a string of 1 to ${MAX_ID_LENGTH} characters, not ${describe(req.policy)}`;
   if (req.srcid !== undefined && !isIdValue(req.srcid)) return `a srcid is a string of 1 to ${MAX_ID_LENGTH} characters, not ${describe(req.srcid)}`;
   if (req.srcid === undefined && !isIdValue(clientId)) return `the client's id (its requests' srcid) is a string of 1 to ${MAX_ID_LENGTH} characters, not ${describe(clientId)}: connect({ id })`;
+  // A timeout of -1 or NaN failed CLIENT_TIMEOUT at once, as if the proxy were slow; '100' ran as 100 by chance.
+  const ms = req.timeoutMs;
+  if (typeof ms !== 'number' || !(ms > 0)) return `timeoutMs is a number of milliseconds above 0 (Infinity for no timeout of the client's own), not ${describe(ms)}`;
   // The DATA's other fields take well under 1 KiB (the server bounds its answers the same way).
   if (size + 1024 > maxFrameBytes) {
     return `the payload is ${size} bytes; a request must fit in a ${maxFrameBytes}-byte frame (the proxy's --max-frame: raise maxFrameBytes here with it, or send less)`;

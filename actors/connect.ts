@@ -7,7 +7,7 @@
 import { defer, from, mergeMap, Observable, type ObservableInput } from 'rxjs';
 import { createActor, type InspectionEvent } from 'xstate';
 import { systemClock, xstateClock } from '../transport/clock.js';
-import { LocalCode, type ClientCode } from '../transport/errors.js';
+import { ErrorCode, LocalCode, type ClientCode } from '../transport/errors.js';
 import { TlsConfigError, type TlsMaterial } from '../transport/tls.js';
 import { clientMachine, RequestError, type ClientActor, type ClientOptions, type Outcome, type RequestHandle } from './client.js';
 import { show, type HandlerError, type Payload } from './handler.js';
@@ -128,6 +128,10 @@ export class Client {
   send(policy: string, payload: Payload, opts: RequestOptions = {}): Promise<Outcome> {
     if (this.closing) return Promise.resolve(failed(LocalCode.CLIENT_CLOSED, 'the client is closed'));
     const { signal } = opts;
+    // Anything else made the client's own bookkeeping throw: an unhandled rejection that ended the process.
+    if (signal !== undefined && !isAbortSignal(signal)) {
+      return Promise.resolve(failed(ErrorCode.BAD_REQUEST, `signal is an AbortSignal (AbortSignal.timeout(ms), or an AbortController's signal), not ${signal === null ? 'null' : typeof signal}`));
+    }
     if (signal?.aborted) return Promise.resolve(failed(LocalCode.ABORTED, abortMessage(signal)));
     const handle: RequestHandle = {};
     const p = new Promise<Outcome>((resolve) => {
@@ -304,8 +308,14 @@ export function endpoints(revproc: Revproc): Endpoint[] {
   });
 }
 
-function failed(code: ClientCode, message: string): Outcome {
+function failed(code: ErrorCode | ClientCode, message: string): Outcome {
   return { ok: false, error: new RequestError(code, message), latencyMs: 0 };
+}
+
+/** An AbortSignal, from this realm or another (a test runner's, a polyfill's): what the client calls on it is there. */
+function isAbortSignal(v: unknown): v is AbortSignal {
+  const s = v as AbortSignal | null;
+  return typeof s === 'object' && s !== null && typeof s.aborted === 'boolean' && typeof s.addEventListener === 'function' && typeof s.removeEventListener === 'function';
 }
 
 function abortMessage(signal: AbortSignal): string {

@@ -582,6 +582,13 @@ lib('a request the proxy would refuse is refused alone, with BAD_REQUEST, and th
       ['empty srcid', c.request('P', 'x', { srcid: '' })],
       ['text past the frame', c.request('P', 'x'.repeat(1024 * 1024))],
       ['bytes past the frame', c.request('P', new Uint8Array(1024 * 1024))],
+      // Not the proxy's to refuse, but a mistake all the same: a signal that is no AbortSignal threw in the
+      // client's bookkeeping, an unhandled rejection that ended the process; a timeout of -1 or NaN failed
+      // CLIENT_TIMEOUT at once, as if the proxy were slow.
+      ['a signal that is no AbortSignal', c.request('P', 'x', { signal: {} as unknown as AbortSignal })],
+      ['a negative timeout', c.request('P', 'x', { timeoutMs: -1 })],
+      ['a NaN timeout', c.request('P', 'x', { timeoutMs: NaN })],
+      ['a timeout as text', c.request('P', 'x', { timeoutMs: '100' as unknown as number })],
     ];
     // Bounded: a client machine stopped by an exception never settles what it holds.
     const within = <T>(p: Promise<T>): Promise<T | string> => Promise.race([p, new Promise<string>((r) => setTimeout(() => r('unsettled after 3 s'), 3000))]);
@@ -590,6 +597,10 @@ lib('a request the proxy would refuse is refused alone, with BAD_REQUEST, and th
       assert.instance(e, RequestError, `${what}: ${String(e)}`);
       assert.is((e as RequestError).code, 'BAD_REQUEST', `${what}: ${(e as RequestError).code} ${(e as RequestError).message}`);
     }
+    const said = (await reject(c.request('P', 'x', { signal: {} as unknown as AbortSignal }))) as Error;
+    assert.match(said.message, /^signal is an AbortSignal \(AbortSignal\.timeout\(ms\), or an AbortController's signal\), not object$/);
+    assert.match(((await reject(c.request('P', 'x', { timeoutMs: -1 }))) as Error).message, /^timeoutMs is a number of milliseconds above 0 \(Infinity for no timeout of the client's own\), not the number -1$/);
+    assert.is(await c.request('P', 'x', { timeoutMs: Infinity, signal: AbortSignal.timeout(2000) }), createHash('sha1').update('x').digest('hex'));
     const nameless = await client({ revproc: p.port, id: '' });
     const e = await within(reject(nameless.request('P', 'x')));
     assert.is((e as RequestError).code, 'BAD_REQUEST', `an empty client id: ${String(e)}`);
