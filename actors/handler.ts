@@ -70,6 +70,21 @@ export type Handler = (payload: Payload, ctx: HandlerContext) => Answer | Promis
  */
 export const sha1Handler: Handler = (payload) => sha1Hex(payload);
 
+/**
+ * Why `handler` cannot answer requests, if it cannot: what is not a function, and a generator
+ * function, whose call returns a generator (an object) instead of running: every request would
+ * be answered BAD_ANSWER. Said at start (`startServer`, `--handler`), not per request.
+ */
+export function badHandler(handler: unknown): string | undefined {
+  if (handler === undefined) return undefined;
+  if (typeof handler !== 'function') return `the handler is a function, async (payload, ctx) => answer, not ${handler === null ? 'null' : typeof handler === 'object' ? 'an object' : `a ${typeof handler}`}`;
+  const kind = Object.prototype.toString.call(handler).slice(8, -1);
+  if (kind === 'AsyncGeneratorFunction' || kind === 'GeneratorFunction') {
+    return `the handler is ${kind === 'AsyncGeneratorFunction' ? 'an async generator function (async function*)' : 'a generator function (function*)'}: a handler returns one answer, it does not yield; write async (payload, ctx) => answer`;
+  }
+  return undefined;
+}
+
 /** Longest handler error message passed on to the client (characters). */
 const MAX_APP_MESSAGE = 1024;
 
@@ -526,7 +541,14 @@ export class HandlerRunner {
     const { msg } = job;
     const id = this.opts.serverId;
     if (typeof answer !== 'string' && !isBytes(answer)) {
-      return this.appError(job, 'BAD_ANSWER', `the handler of server ${id} answered ${describe(answer)}; a handler answers a string or bytes`);
+      // A bug in the handler, as one that throws: the server's log says so too (it said nothing, even at info).
+      const what = describe(answer);
+      this.opts.logger.repeated('error', 'bad_answer', what, 1, (n, span) => span
+        ? `The handler of server ${id} answered ${fmt(n)} request(s) ${span} with what is neither text nor bytes: ${what}`
+        : `The handler of server ${id} answered request ${msg.seq} of client ${msg.srcid} with ${what}: a handler answers a string or bytes (the client gets BAD_ANSWER)`, {
+        client: msg.srcid, seq: msg.seq, answer: what,
+      });
+      return this.appError(job, 'BAD_ANSWER', `the handler of server ${id} answered ${what}; a handler answers a string or bytes`);
     }
     // Text goes out as UTF-8, which has no lone surrogates: it became U+FFFD without a word, where the answer
     // reaches the client as returned (and the wire refuses such text from a peer: docs/PROTOCOL.md).
@@ -659,6 +681,11 @@ export function show(p: Payload): string {
 
 function describe(v: unknown): string {
   if (v === null) return 'null';
+  if (v === undefined) return 'undefined (does it return its answer?)';
+  if (typeof v === 'string') return 'a string';
   if (safely(() => Array.isArray(v), false)) return 'an array';
-  return typeof v === 'object' ? 'an object' : typeof v;
+  const kind = safely(() => Object.prototype.toString.call(v).slice(8, -1), 'Object');
+  if (kind === 'AsyncGenerator' || kind === 'Generator') return `${kind === 'AsyncGenerator' ? 'an async generator' : 'a generator'} (a handler returns its answer, it does not yield)`;
+  if (typeof v === 'object') return 'an object (JSON.stringify it to answer JSON)';
+  return typeof v;
 }

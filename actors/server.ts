@@ -20,13 +20,13 @@ import { assertEvent, assign, fromCallback, sendTo, setup, type ActorRefFrom } f
 import { hostPort, plainIPv4 } from '../transport/address.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
-import { errorMsg, MsgType, type DataMsg, type Message, type SetupMsg } from '../transport/messages.js';
+import { errorMsg, isIdValue, MAX_ID_LENGTH, MsgType, type DataMsg, type Message, type SetupMsg } from '../transport/messages.js';
 import { Connection, ConnectionTimeout } from '../transport/socket.js';
 import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, listenOn, listenServer, readyEvent, renewTls, type TlsMaterial } from '../transport/tls.js';
 import { jittered, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { BufferBudget, defaultBufferBudget } from '../transport/budget.js';
 import { budgetNote, connectionsNote, defaultMaxConnections, memoryLimit } from './memory-limit.js';
-import { Caller, HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
+import { badHandler, Caller, HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
 import { defaultConnsPerPeer, DEFAULT_LISTEN_HOST } from './proxy-options.js';
 import { ConnectionLimits, logAcceptErrors, logBadInput, logShed, logTlsRefusals, type ConnectionLimitsInput } from './port-limits.js';
 import { fmt, silentLogger, type Logger } from './logger.js';
@@ -516,6 +516,20 @@ function registrar(proxy: string): { within: string; who: string } {
   return proxy.startsWith('registry ')
     ? { within: `in the ${proxy}`, who: `the ${proxy}` }
     : { within: `with the reverse proxy at ${proxy}`, who: `the reverse proxy at ${proxy}` };
+}
+
+/**
+ * Why the server cannot be told apart or cannot answer, if so: an `id` or `policy` the proxy would
+ * refuse at registration (left out, empty, an object), a handler that is no function. Without an id
+ * the server dialled the proxy and waited out `registerTimeoutMs` for nothing; a handler that is
+ * a string registered and failed every request.
+ */
+export function badIdentity(opts: ServerOptions): string | undefined {
+  for (const name of ['id', 'policy'] as const) {
+    const v: unknown = opts[name];
+    if (!isIdValue(v)) return `${name} must be a string of 1 to ${MAX_ID_LENGTH} characters, got ${typeof v === 'string' ? 'an empty string' : String(v)}`;
+  }
+  return badHandler(opts.handler);
 }
 
 /** Requests that may wait for a slot when `concurrency` is set. */

@@ -7,6 +7,7 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { StartError, type Handler } from '../actors/index.js';
+import { badHandler, describeThrown } from '../actors/handler.js';
 
 /** Why a module that exists could not be imported, and what to do about it. */
 function whyNotLoaded(err: unknown, path: string): string {
@@ -25,7 +26,23 @@ function whyNotLoaded(err: unknown, path: string): string {
     return `this Node (${process.version}) does not run this TypeScript (${first}): it runs only TypeScript whose types can be erased (no enums, namespaces or parameter properties); compile it (tsc) and give the .js file`;
   }
   if (e instanceof SyntaxError) return `${e.name}: ${first} (node --check ${resolve(path)} shows where)`;
-  return first;
+  // Node's own (a JSON file without its import attribute, require() of an ES module...): its words say it.
+  if (typeof e?.code === 'string' && e.code.startsWith('ERR_')) return first;
+  // The module's own code threw as it ran (a setting it reads at the top, a file it opens): say so, and where.
+  const url = pathToFileURL(resolve(path)).href;
+  const at = safeStack(err).split('\n').find((l) => l.includes(url) || l.includes(resolve(path)))?.trim();
+  const what = e instanceof Error ? `${e.name}: ${first}` : `${describeThrown(err).reason.replace(/^it threw /, '')}`;
+  return `its top-level code threw as it was imported (${what})${at ? `, ${at}` : ''}; it runs once, before the server starts: fix what it needs and start the server again`;
+}
+
+/** The stack of whatever was thrown, or nothing: a getter may throw too. */
+function safeStack(err: unknown): string {
+  try {
+    const stack = (err as { stack?: unknown } | null)?.stack;
+    return typeof stack === 'string' ? stack : '';
+  } catch {
+    return '';
+  }
 }
 
 /** Import the handler module at `path` (relative to the working directory); a StartError says what is wrong with it. */
@@ -46,8 +63,15 @@ export async function loadHandler(path: string): Promise<Handler> {
     const keys = Object.keys(handler);
     throw new StartError(`handler module '${path}' exports an object${keys.length ? ` (${keys.slice(0, 5).join(', ')})` : ''}, not a function: export the handler itself (export default async (payload, ctx) => answer, or module.exports = fn)`);
   }
-  if (typeof handler !== 'function') {
-    throw new StartError(`handler module '${path}' has no default export function (it exports ${typeof handler}); write: export default async (payload, ctx) => answer`);
+  if (handler === undefined) {
+    // A named export (`export async function handler`) is not taken: which one would be meant is a guess.
+    const named = Object.keys(mod).filter((k) => k !== 'default' && k !== 'module.exports');
+    const fns = named.filter((k) => typeof (mod as Record<string, unknown>)[k] === 'function');
+    const has = named.length ? `; it exports ${named.slice(0, 5).map((k) => `${k}${fns.includes(k) ? ' (a function)' : ''}`).join(', ')}` : '';
+    const fix = fns.length ? `export default ${fns[0]};` : 'export default async (payload, ctx) => answer';
+    throw new StartError(`handler module '${path}' has no default export${has}: the handler is the module's default export; add: ${fix}`);
   }
+  const bad = badHandler(handler);
+  if (bad) throw new StartError(`handler module '${path}' cannot be used: ${bad}`);
   return handler as Handler;
 }

@@ -103,7 +103,7 @@ examples('a handler module that cannot be used stops the server with exit 1, nam
   }
 });
 
-examples('a handler module that cannot be used is told apart: a missing import is not a missing file; a syntax error and an object holding the handler each say what to do', async () => {
+examples('a handler module that cannot be used is told apart: a missing import is not a missing file; a syntax error, an object holding the handler, a named export, code that throws as it is imported and a generator each say what to do', async () => {
   const dir = tempDir('revproxy-handlers-');
   const why = (name: string, text: string): Promise<string> => {
     writeFileSync(join(dir, name), text);
@@ -117,6 +117,17 @@ examples('a handler module that cannot be used is told apart: a missing import i
     assert.match(syntax, /syntax\.mjs' cannot be loaded: SyntaxError: Unexpected token '\}' \(node --check .*syntax\.mjs shows where\)/, syntax);
     const object = await why('object.cjs', 'module.exports = { handler: async () => "x" };\n');
     assert.match(object, /object\.cjs' exports an object \(handler\), not a function: export the handler itself/, object);
+    // A named export is not taken, but named: it said "has no default export function (it exports undefined)".
+    const named = await why('named.mjs', 'export async function handler(p) { return p; }\nexport const version = 1;\n');
+    assert.match(named, /named\.mjs' has no default export; it exports handler \(a function\), version: the handler is the module's default export; add: export default handler;$/, named);
+    // Its own code throwing as it ran said only the error's message, as if the module were not found or broken.
+    const threw = await why('threw.mjs', 'if (!process.env.NO_SUCH_SETTING) throw new Error("set NO_SUCH_SETTING");\nexport default async (p) => p;\n');
+    assert.match(threw, /threw\.mjs' cannot be loaded: its top-level code threw as it was imported \(Error: set NO_SUCH_SETTING\), at .*threw\.mjs:1:\d+; it runs once, before the server starts/, threw);
+    const threwText = await why('threw-text.mjs', 'throw "no config";\nexport default async (p) => p;\n');
+    assert.match(threwText, /threw-text\.mjs' cannot be loaded: its top-level code threw as it was imported \("no config", not an Error\)/, threwText);
+    // A generator answers nothing: every request was BAD_ANSWER "an object".
+    const gen = await why('gen.mjs', 'export default async function* (p) { yield p; }\n');
+    assert.match(gen, /gen\.mjs' cannot be used: the handler is an async generator function \(async function\*\): a handler returns one answer, it does not yield/, gen);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

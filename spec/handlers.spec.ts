@@ -145,11 +145,53 @@ answers('an error from Node itself (a failed system call, ERR_...) is not the ha
   }
 });
 
-answers('an answer that is not text or bytes is the handler\'s error, BAD_ANSWER', async () => {
-  await serve('s', 'P', (async () => ({ not: 'bytes' })) as unknown as Handler);
+answers('an answer that is not text or bytes is the handler\'s error, BAD_ANSWER, saying what it was; the server\'s log says so once per kind', async () => {
+  const logs: LogRecord[] = [];
+  const wrong: Record<string, unknown> = { object: { not: 'bytes' }, nothing: undefined, number: 42 };
+  const s = await startServer({
+    id: 's', policy: 'P', revproc: ctx.proxy.port, logger: new Logger('server', memorySink(logs), 'info'),
+    handler: (async (p: string) => wrong[p]) as unknown as Handler,
+  });
+  ctx.servers.push(s);
+  await eventually(() => ctx.proxy.pools().P?.serving.includes('s') ?? false, 3000, 'serving');
   const c = await client();
-  const err = (await c.request('P', 'x').catch((e: unknown) => e)) as HandlerError;
-  assert.is(err.appCode, 'BAD_ANSWER');
+  const said = async (p: string): Promise<string> => {
+    const err = (await c.request('P', p).catch((e: unknown) => e)) as HandlerError;
+    assert.is(err.appCode, 'BAD_ANSWER');
+    return err.message;
+  };
+  assert.is(await said('object'), 'the handler of server s answered an object (JSON.stringify it to answer JSON); a handler answers a string or bytes');
+  assert.is(await said('nothing'), 'the handler of server s answered undefined (does it return its answer?); a handler answers a string or bytes');
+  assert.is(await said('number'), 'the handler of server s answered number; a handler answers a string or bytes');
+  await said('nothing');
+  // Said nothing in the server's log before, even at info: a developer watching the server saw no sign of the bug.
+  const lines = logs.filter((r) => r.event === 'bad_answer');
+  assert.is(lines.length, 3, lines.map((r) => r.msg).join('\n'));
+  assert.is(lines[1]!.level, 'error');
+  assert.match(lines[1]!.msg, /^The handler of server s answered request \d+ of client c1 with undefined \(does it return its answer\?\): a handler answers a string or bytes/);
+});
+
+answers('a handler, an id or a policy that cannot serve is refused at start with a StartError saying which, not registered to fail every request', async () => {
+  // Before: a handler that was a string (or an async generator) registered and answered every request
+  // HANDLER_FAILED or BAD_ANSWER; a server without an id dialled the proxy and waited out the 5 s
+  // registration timeout.
+  const bad: Array<[Record<string, unknown>, RegExp]> = [
+    [{ handler: 'upper' }, /^server x: the handler is a function, async \(payload, ctx\) => answer, not a string$/],
+    [{ handler: async function* gen() { yield 'a'; } }, /^server x: the handler is an async generator function \(async function\*\): a handler returns one answer, it does not yield/],
+    [{ handler: function* gen() { yield 'a'; } }, /^server x: the handler is a generator function \(function\*\)/],
+    [{ id: undefined }, /^startServer: id must be a string of 1 to 256 characters, got undefined$/],
+    [{ id: '' }, /^startServer: id must be a string of 1 to 256 characters, got an empty string$/],
+    [{ policy: undefined }, /^server x: policy must be a string of 1 to 256 characters, got undefined$/],
+  ];
+  for (const [opts, why] of bad) {
+    const started = Date.now();
+    const err = await startServer({ id: 'x', policy: 'X', revproc: ctx.proxy.port, ...opts } as unknown as Parameters<typeof startServer>[0])
+      .then((s) => s.stop().then(() => 'started'), (e: unknown) => e);
+    assert.instance(err, StartError, `${JSON.stringify(opts)}: ${String(err)}`);
+    assert.match((err as Error).message, why);
+    assert.ok(Date.now() - started < 1000, `${JSON.stringify(opts)} refused at once, not after the registration timeout`);
+  }
+  assert.equal(Object.keys(ctx.proxy.pools()), [], 'nothing registered');
 });
 
 const timing = withProxy('a handler that does not answer in time', { timeoutMs: 400, retries: 0 });
