@@ -8,6 +8,7 @@ import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { StartError, type Handler } from '../actors/index.js';
 import { badHandler, describeThrown } from '../actors/handler.js';
+import type { Logger } from '../actors/logger.js';
 
 /** Why a module that exists could not be imported, and what to do about it. */
 function whyNotLoaded(err: unknown, path: string): string {
@@ -74,4 +75,30 @@ export async function loadHandler(path: string): Promise<Handler> {
   const bad = badHandler(handler);
   if (bad) throw new StartError(`handler module '${path}' cannot be used: ${bad}`);
   return handler as Handler;
+}
+
+/** The signals that stop a server (cli/common.ts, runUntilStopped). */
+const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGQUIT'] as const;
+
+/**
+ * `loadHandler` for `revproxy server`: a module whose top-level code takes long (a top-level await:
+ * a connection, a file) is said to after `slowMs`, and a SIGINT, SIGTERM or SIGQUIT meanwhile stops
+ * the server there (a StartError: nothing listens yet, there is nothing to drain). The import cannot
+ * be cancelled: it was waited for, signals held (cli/early-signals.mjs) until it ended, and one that
+ * never ends left a server that Ctrl-C and SIGTERM could not stop.
+ */
+export async function loadHandlerStoppable(path: string, logger: Logger, slowMs = 5000): Promise<Handler> {
+  const started = Date.now();
+  const slow = setTimeout(() => logger.warn('handler_loading', `Still importing the handler module '${path}' after ${slowMs} ms: its top-level code has not finished (a top-level await?); the server starts once it has (SIGTERM or Ctrl-C stops it now)`, { module: path }), slowMs);
+  let onSignal: ((signal: NodeJS.Signals) => void) | undefined;
+  const stopped = new Promise<never>((_, reject) => {
+    onSignal = (signal) => reject(new StartError(`${signal} while the handler module '${path}' was being imported (its top-level code had run ${Date.now() - started} ms): stopped before the server started`));
+  });
+  for (const signal of STOP_SIGNALS) process.on(signal, onSignal!);
+  try {
+    return await Promise.race([loadHandler(path), stopped]);
+  } finally {
+    clearTimeout(slow);
+    for (const signal of STOP_SIGNALS) process.off(signal, onSignal!);
+  }
 }

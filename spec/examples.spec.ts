@@ -133,6 +133,26 @@ examples('a handler module that cannot be used is told apart: a missing import i
   }
 });
 
+examples('a handler module whose top-level code does not finish is said to after 5 s, and SIGTERM or Ctrl-C stops the server there', async () => {
+  // Before, its import was waited for with the stop signals held until the server started: one that never
+  // finished (a top-level await on something that never comes) left a server neither SIGTERM nor SIGINT stopped.
+  const dir = tempDir('revproxy-handlers-');
+  try {
+    writeFileSync(join(dir, 'hang.mjs'), 'console.log("importing");\nawait new Promise((r) => setTimeout(r, 600_000));\nexport default async (p) => p;\n');
+    for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+      const server = revproxy(['server', '--id', 'h', '--pp', 'P', '--revproc', '1', '--handler', join(dir, 'hang.mjs')]);
+      await server.waitFor(/^importing$/);
+      if (signal === 'SIGTERM') await server.waitFor(/warning: Still importing the handler module '.*hang\.mjs' after 5000 ms: its top-level code has not finished \(a top-level await\?\)/, 8000);
+      server.kill(signal);
+      const code = await Promise.race([server.exited, new Promise<string>((r) => setTimeout(() => r('still running 5 s after the signal'), 5000))]);
+      assert.is(code, 1, server.out.join('\n'));
+      assert.match(server.out.join('\n'), new RegExp(`revproxy: ${signal} while the handler module '.*hang\\.mjs' was being imported \\(its top-level code had run \\d+ ms\\): stopped before the server started`));
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 examples('a handler module may be CommonJS: `module.exports = fn`, or TypeScript\'s `export default` compiled to CommonJS', async () => {
   // Plain node, as the CLI runs (tsx, which runs the specs, unwraps a compiled module's default on its own).
   const dir = tempDir('revproxy-handlers-');
