@@ -148,9 +148,11 @@ pkg('npm pack, installed from the tarball into another package, imported by name
   }
 
   writeFileSync(join(dir, 'typed.ts'), TYPED);
+  // A CommonJS file in a project type-checked with "module": "NodeNext", as README says (TypeScript 5.8 and later).
+  writeFileSync(join(dir, 'required.cts'), "import { connect, type Handler } from 'revproxy';\nconst h: Handler = (p) => String(p);\nvoid connect, h;\n");
   writeFileSync(join(dir, 'tsconfig.json'), JSON.stringify({
     compilerOptions: { target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, noEmit: true, skipLibCheck: true, types: ['node'], typeRoots: [join(ROOT, 'node_modules/@types')] },
-    files: ['typed.ts'],
+    files: ['typed.ts', 'required.cts'],
   }));
   await run(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.json'], dir);
 });
