@@ -9,6 +9,7 @@ import { pathToFileURL } from 'node:url';
 import { StartError, type Handler } from '../actors/index.js';
 import { badHandler, describeThrown } from '../actors/handler.js';
 import type { Logger } from '../actors/logger.js';
+import { systemClock } from '../transport/clock.js';
 
 /** Why a module that exists could not be imported, and what to do about it. */
 function whyNotLoaded(err: unknown, path: string): string {
@@ -88,11 +89,11 @@ const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGQUIT'] as const;
  * never ends left a server that Ctrl-C and SIGTERM could not stop.
  */
 export async function loadHandlerStoppable(path: string, logger: Logger, slowMs = 5000): Promise<Handler> {
-  const started = Date.now();
+  const started = systemClock.now();
   const slow = setTimeout(() => logger.warn('handler_loading', `Still importing the handler module '${path}' after ${slowMs} ms: its top-level code has not finished (a top-level await?); the server starts once it has (SIGTERM or Ctrl-C stops it now)`, { module: path }), slowMs);
   let onSignal: ((signal: NodeJS.Signals) => void) | undefined;
   const stopped = new Promise<never>((_, reject) => {
-    onSignal = (signal) => reject(new StartError(`${signal} while the handler module '${path}' was being imported (its top-level code had run ${Date.now() - started} ms): stopped before the server started`));
+    onSignal = (signal) => reject(new StartError(`${signal} while the handler module '${path}' was being imported (its top-level code had run ${Math.round(systemClock.now() - started)} ms): stopped before the server started`));
   });
   for (const signal of STOP_SIGNALS) process.on(signal, onSignal!);
   try {
