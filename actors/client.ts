@@ -24,7 +24,7 @@ import { assertEvent, assign, enqueueActions, fromCallback, raise, setup, type A
 import { hostPort } from '../transport/address.js';
 import { ErrorCode, LocalCode, ProtocolError, RevproxyError, type ClientCode } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
-import { isIdValue, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
+import { isIdValue, loneSurrogate, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
 import { closedAtOnce, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, readyEvent, type TlsMaterial } from '../transport/tls.js';
 import { setDeadline, systemClock, type Clock, type Timer } from '../transport/clock.js';
@@ -484,6 +484,8 @@ function refusal(req: ClientRequest, size: number, maxFrameBytes: number, client
   if (!isIdValue(req.policy)) return `a policy is a string of 1 to ${MAX_ID_LENGTH} characters, not ${describe(req.policy)}`;
   if (req.srcid !== undefined && !isIdValue(req.srcid)) return `a srcid is a string of 1 to ${MAX_ID_LENGTH} characters, not ${describe(req.srcid)}`;
   if (req.srcid === undefined && !isIdValue(clientId)) return `the client's id (its requests' srcid) is a string of 1 to ${MAX_ID_LENGTH} characters, not ${describe(clientId)}: connect({ id })`;
+  const broken = surrogate('the payload', req.payload) ?? surrogate('the policy', req.policy) ?? surrogate('the srcid', req.srcid ?? clientId);
+  if (broken) return broken;
   // A timeout of -1 or NaN failed CLIENT_TIMEOUT at once, as if the proxy were slow; '100' ran as 100 by chance.
   const ms = req.timeoutMs;
   if (typeof ms !== 'number' || !(ms > 0)) return `timeoutMs is a number of milliseconds above 0 (Infinity for no timeout of the client's own), not ${describe(ms)}`;
@@ -492,6 +494,17 @@ function refusal(req: ClientRequest, size: number, maxFrameBytes: number, client
     return `the payload is ${size} bytes; a request must fit in a ${maxFrameBytes}-byte frame (the proxy's --max-frame: raise maxFrameBytes here with it, or send less)`;
   }
   return undefined;
+}
+
+/**
+ * Why text to be sent cannot be, if it has a lone surrogate: UTF-8 cannot carry one, and the
+ * encoder wrote U+FFFD in its place without a word (a policy 'p\uD800' was refused NO_SERVER
+ * for 'p\uFFFD', a payload reached the handler changed).
+ */
+function surrogate(what: string, text: unknown): string | undefined {
+  const at = typeof text === 'string' ? loneSurrogate(text) : -1;
+  if (at < 0) return undefined;
+  return `${what} has a lone surrogate (U+${(text as string).charCodeAt(at).toString(16).toUpperCase()} at index ${at}), which UTF-8 cannot carry (it would arrive as U+FFFD): send well-formed text${what === 'the payload' ? ', or bytes' : ''}`;
 }
 
 function describe(v: unknown): string {

@@ -19,7 +19,7 @@
  * the default SHA1 handler costs what hashing costs.
  */
 import { ErrorCode, RevproxyError } from '../transport/errors.js';
-import { APP_CODE, errorMsg, MsgType, payloadBytes, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
+import { APP_CODE, errorMsg, loneSurrogate, MsgType, payloadBytes, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import type { BufferBudget } from '../transport/budget.js';
 import type { Connection } from '../transport/socket.js';
 import type { Clock, Timer } from '../transport/clock.js';
@@ -625,14 +625,6 @@ function safely<T, F>(read: () => T, fallback: F): T | F {
   }
 }
 
-const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
-
-/** Index of the first lone surrogate in `text` (one UTF-8 cannot encode), or -1. */
-function loneSurrogate(text: string): number {
-  const wellFormed = (text as { isWellFormed?: () => boolean }).isWellFormed;
-  if (wellFormed ? wellFormed.call(text) : !LONE_SURROGATE.test(text)) return -1;
-  return LONE_SURROGATE.exec(text)?.index ?? -1;
-}
 
 /** Bytes, asked safely: `instanceof` on a revoked Proxy throws. */
 function isBytes(v: unknown): v is Uint8Array {

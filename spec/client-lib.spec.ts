@@ -589,6 +589,10 @@ lib('a request the proxy would refuse is refused alone, with BAD_REQUEST, and th
       ['a negative timeout', c.request('P', 'x', { timeoutMs: -1 })],
       ['a NaN timeout', c.request('P', 'x', { timeoutMs: NaN })],
       ['a timeout as text', c.request('P', 'x', { timeoutMs: '100' as unknown as number })],
+      // Text UTF-8 cannot carry: the encoder sent U+FFFD in place of the lone surrogate, without a word.
+      ['a payload with a lone surrogate', c.request('P', 'a\udc00b')],
+      ['a policy with a lone surrogate', c.request('P\ud800', 'x')],
+      ['a srcid with a lone surrogate', c.request('P', 'x', { srcid: '\ud800' })],
     ];
     // Bounded: a client machine stopped by an exception never settles what it holds.
     const within = <T>(p: Promise<T>): Promise<T | string> => Promise.race([p, new Promise<string>((r) => setTimeout(() => r('unsettled after 3 s'), 3000))]);
@@ -600,6 +604,8 @@ lib('a request the proxy would refuse is refused alone, with BAD_REQUEST, and th
     const said = (await reject(c.request('P', 'x', { signal: {} as unknown as AbortSignal }))) as Error;
     assert.match(said.message, /^signal is an AbortSignal \(AbortSignal\.timeout\(ms\), or an AbortController's signal\), not object$/);
     assert.match(((await reject(c.request('P', 'x', { timeoutMs: -1 }))) as Error).message, /^timeoutMs is a number of milliseconds above 0 \(Infinity for no timeout of the client's own\), not the number -1$/);
+    assert.is(((await reject(c.request('P', 'a\udc00b'))) as Error).message, "the payload has a lone surrogate (U+DC00 at index 1), which UTF-8 cannot carry (it would arrive as U+FFFD): send well-formed text, or bytes");
+    assert.is(await c.request('P', 'a\ud83d\ude00b'), createHash('sha1').update('a\u{1F600}b').digest('hex'), 'a pair is well-formed');
     assert.is(await c.request('P', 'x', { timeoutMs: Infinity, signal: AbortSignal.timeout(2000) }), createHash('sha1').update('x').digest('hex'));
     const nameless = await client({ revproc: p.port, id: '' });
     const e = await within(reject(nameless.request('P', 'x')));

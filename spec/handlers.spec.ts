@@ -182,6 +182,9 @@ answers('a handler, an id or a policy that cannot serve is refused at start with
     [{ id: undefined }, /^startServer: id must be a string of 1 to 256 characters, got undefined$/],
     [{ id: '' }, /^startServer: id must be a string of 1 to 256 characters, got an empty string$/],
     [{ policy: undefined }, /^server x: policy must be a string of 1 to 256 characters, got undefined$/],
+    // Registered as 'x\uFFFD' before: UTF-8 cannot carry the lone surrogate, and the encoder replaced it without a word.
+    [{ id: 'x\ud800' }, /^startServer: id has a lone surrogate \(U\+D800 at index 1\), which UTF-8 cannot carry: use well-formed text$/],
+    [{ policy: '\udfff' }, /^server x: policy has a lone surrogate \(U\+DFFF at index 0\)/],
   ];
   for (const [opts, why] of bad) {
     const started = Date.now();

@@ -125,6 +125,18 @@ export function ownSpellingFirst<T>(own: T | undefined, other: T | undefined): T
   return own !== undefined ? own : other;
 }
 
+const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
+
+/**
+ * Index of the first lone surrogate in `text` (half of a pair, which UTF-8 cannot encode), or -1.
+ * The encoder writes one as U+FFFD without a word: what is sent must be checked before.
+ */
+export function loneSurrogate(text: string): number {
+  const wellFormed = (text as { isWellFormed?: () => boolean }).isWellFormed;
+  if (wellFormed ? wellFormed.call(text) : !LONE_SURROGATE.test(text)) return -1;
+  return LONE_SURROGATE.exec(text)?.index ?? -1;
+}
+
 /** Whether `v` is a valid id value: a string of 1 to `MAX_ID_LENGTH` characters, or an integer written as a number. */
 export function isIdValue(v: unknown): v is string | number {
   return typeof v === 'string' ? v.length > 0 && v.length <= MAX_ID_LENGTH : typeof v === 'number' && Number.isSafeInteger(v);
