@@ -24,7 +24,7 @@ import { assertEvent, assign, enqueueActions, fromCallback, raise, setup, type A
 import { hostPort } from '../transport/address.js';
 import { ErrorCode, LocalCode, ProtocolError, RevproxyError, type ClientCode } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
-import { isIdValue, loneSurrogate, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
+import { isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
 import { closedAtOnce, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, readyEvent, type TlsMaterial } from '../transport/tls.js';
 import { setDeadline, systemClock, type Clock, type Timer } from '../transport/clock.js';
@@ -502,9 +502,8 @@ function refusal(req: ClientRequest, size: number, maxFrameBytes: number, client
  * for 'p\uFFFD', a payload reached the handler changed).
  */
 function surrogate(what: string, text: unknown): string | undefined {
-  const at = typeof text === 'string' ? loneSurrogate(text) : -1;
-  if (at < 0) return undefined;
-  return `${what} has a lone surrogate (U+${(text as string).charCodeAt(at).toString(16).toUpperCase()} at index ${at}), which UTF-8 cannot carry (it would arrive as U+FFFD): send well-formed text${what === 'the payload' ? ', or bytes' : ''}`;
+  const lone = typeof text === 'string' ? loneSurrogateIn(text) : undefined;
+  return lone && `${what} has ${lone}, which UTF-8 cannot carry (it would arrive as U+FFFD): send well-formed text${what === 'the payload' ? ', or bytes' : ''}`;
 }
 
 function describe(v: unknown): string {

@@ -19,7 +19,7 @@
  * the default SHA1 handler costs what hashing costs.
  */
 import { ErrorCode, RevproxyError } from '../transport/errors.js';
-import { APP_CODE, errorMsg, loneSurrogate, MsgType, payloadBytes, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
+import { APP_CODE, errorMsg, loneSurrogateIn, MsgType, payloadBytes, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import type { BufferBudget } from '../transport/budget.js';
 import type { Connection } from '../transport/socket.js';
 import type { Clock, Timer } from '../transport/clock.js';
@@ -553,10 +553,8 @@ export class HandlerRunner {
     // Text goes out as UTF-8, which has no lone surrogates: it became U+FFFD without a word, where the answer
     // reaches the client as returned (and the wire refuses such text from a peer: docs/PROTOCOL.md).
     if (typeof answer === 'string') {
-      const at = loneSurrogate(answer);
-      if (at >= 0) {
-        return this.appError(job, 'BAD_ANSWER', `the handler of server ${id} answered text with a lone surrogate (U+${answer.charCodeAt(at).toString(16).toUpperCase()} at index ${at}), which UTF-8 cannot carry; answer well-formed text, or bytes`);
-      }
+      const lone = loneSurrogateIn(answer);
+      if (lone) return this.appError(job, 'BAD_ANSWER', `the handler of server ${id} answered text with ${lone}, which UTF-8 cannot carry; answer well-formed text, or bytes`);
     }
     const size = typeof answer === 'string' ? Buffer.byteLength(answer) : answer.length;
     // The ACK's other fields take well under 1 KiB; the proxy would refuse the whole frame, and the link with it.

@@ -20,7 +20,7 @@ import { assertEvent, assign, fromCallback, sendTo, setup, type ActorRefFrom } f
 import { hostPort, plainIPv4 } from '../transport/address.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
-import { errorMsg, isIdValue, loneSurrogate, MAX_ID_LENGTH, MsgType, type DataMsg, type Message, type SetupMsg } from '../transport/messages.js';
+import { errorMsg, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type DataMsg, type Message, type SetupMsg } from '../transport/messages.js';
 import { Connection, ConnectionTimeout } from '../transport/socket.js';
 import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, listenOn, listenServer, readyEvent, renewTls, type TlsMaterial } from '../transport/tls.js';
 import { jittered, systemClock, type Clock, type Timer } from '../transport/clock.js';
@@ -529,8 +529,8 @@ export function badIdentity(opts: ServerOptions): string | undefined {
     const v: unknown = opts[name];
     if (!isIdValue(v)) return `${name} must be a string of 1 to ${MAX_ID_LENGTH} characters, got ${typeof v === 'string' ? 'an empty string' : String(v)}`;
     // UTF-8 cannot carry a lone surrogate: the encoder sent U+FFFD in its place, and the server registered as another id.
-    const at = typeof v === 'string' ? loneSurrogate(v) : -1;
-    if (at >= 0) return `${name} has a lone surrogate (U+${(v as string).charCodeAt(at).toString(16).toUpperCase()} at index ${at}), which UTF-8 cannot carry: use well-formed text`;
+    const lone = typeof v === 'string' ? loneSurrogateIn(v) : undefined;
+    if (lone) return `${name} has ${lone}, which UTF-8 cannot carry: use well-formed text`;
   }
   return badHandler(opts.handler);
 }

@@ -131,10 +131,16 @@ const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
  * Index of the first lone surrogate in `text` (half of a pair, which UTF-8 cannot encode), or -1.
  * The encoder writes one as U+FFFD without a word: what is sent must be checked before.
  */
-export function loneSurrogate(text: string): number {
+function loneSurrogate(text: string): number {
   const wellFormed = (text as { isWellFormed?: () => boolean }).isWellFormed;
   if (wellFormed ? wellFormed.call(text) : !LONE_SURROGATE.test(text)) return -1;
   return LONE_SURROGATE.exec(text)?.index ?? -1;
+}
+
+/** `text`'s first lone surrogate, for a message (`a lone surrogate (U+D800 at index 1)`), or undefined when it has none. */
+export function loneSurrogateIn(text: string): string | undefined {
+  const at = loneSurrogate(text);
+  return at < 0 ? undefined : `a lone surrogate (U+${text.charCodeAt(at).toString(16).toUpperCase()} at index ${at})`;
 }
 
 /** Whether `v` is a valid id value: a string of 1 to `MAX_ID_LENGTH` characters, or an integer written as a number. */
