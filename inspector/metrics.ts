@@ -426,6 +426,8 @@ class LatencyHistogram {
   readonly name = 'revproxy_request_duration_seconds';
   readonly help = 'Time from a request reaching the proxy to its answer leaving it, by policy';
   readonly type = 'histogram';
+  /** As a prom-client metric says its labels (its series have `le` besides). */
+  readonly labelNames = ['policy'];
   readonly aggregator = 'sum';
   constructor(private readonly policies: Map<string, PolicyTally>) {}
 

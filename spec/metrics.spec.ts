@@ -1,13 +1,16 @@
 /** `/metrics` on the inspector's port moves with the traffic. Issue #6. */
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { runClient, startProxy, startServer, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { Metrics, startInspector, type Inspector } from '../inspector/index.js';
-import { DEPARTED_SERVER_SERIES_MS, MAX_DEPARTED_POLICIES, MAX_LABEL_VALUES } from '../inspector/metrics.js';
+import { addOperationsMetrics, addRegistryMetrics, DEPARTED_SERVER_SERIES_MS, MAX_DEPARTED_POLICIES, MAX_LABEL_VALUES } from '../inspector/metrics.js';
 import { MEMBER_STATES } from '../actors/proxy-types.js';
 import type { PoolView } from '../inspector/views.js';
 import { ManualClock } from '../transport/clock.js';
 import { eventually, LOCAL } from './helpers.js';
+import { ROOT } from './procs.js';
 
 /** `name{labels} value` lines of a Prometheus text body, summed per name and label subset. */
 function sample(text: string, name: string, labels: Record<string, string> = {}): number {
@@ -276,5 +279,34 @@ hooks('policies whose last member left read 0 until a member comes back, the old
   assert.is(policies(text).size, MAX_DEPARTED_POLICIES);
 });
 
+const docs = suite('the metrics README.md and docs/ name');
+
+docs('every revproxy_ metric the docs name is one the proxy registers, with the labels they give it, and every one it registers is named', () => {
+  // Every metric a proxy may serve: the request metrics, the admin endpoint's, and the registry's (with --registry).
+  const m = new Metrics({ pools: () => [], inflight: () => 0, actorCounts: () => [] });
+  addOperationsMetrics(m.registry, { conns: () => ({}) as never, maxConnections: () => undefined, dropped: () => ({ main: 0, access: 0 }), reloads: () => ({ applied: 0, refused: 0 }), certs: () => [] });
+  addRegistryMetrics(m.registry, () => undefined);
+  const registered = new Map(m.registry.getMetricsAsArray().filter((x) => x.name.startsWith('revproxy_')).map((x) => [x.name, [...((x as unknown as { labelNames?: string[] }).labelNames ?? [])].sort()]));
+  const text = ['README.md', ...readdirSync(join(ROOT, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)].map((f) => readFileSync(join(ROOT, f), 'utf8')).join('\n');
+  const base = (name: string): string => (registered.has(name) ? name : name.replace(/_(bucket|sum|count)$/, ''));
+  const named = new Set([...text.matchAll(/\brevproxy_[a-z_]*[a-z]/g)].map((x) => base(x[0])));
+  assert.equal([...named].filter((n) => !registered.has(n)), [], 'metrics the docs name that no proxy serves');
+  assert.equal([...registered.keys()].filter((n) => !named.has(n)), [], 'metrics a proxy serves that the docs never name in full (an operator greps for it)');
+  // Labels, where the docs give them: `name{a,b}` or `name{a="x"}`, and the rows of README's table (| `name` | a, b |).
+  const wrong: string[] = [];
+  const check = (name: string, labels: string[], where: string) => {
+    const want = registered.get(base(name));
+    if (want && labels.some((l) => l !== 'le' && !want.includes(l))) wrong.push(`${where}: ${name} {${labels.join(',')}}, served with {${want.join(',')}}`);
+  };
+  for (const x of text.matchAll(/\b(revproxy_[a-z_]*[a-z])\{([^}]*)\}/g)) check(x[1]!, x[2]!.split(',').map((l) => l.split('=')[0]!.trim()), x[0]);
+  for (const x of text.matchAll(/^\| `(revproxy_[a-z_]+)` \| ([a-z, ]*) \|/gm)) {
+    const labels = x[2]!.split(',').map((l) => l.trim()).filter(Boolean).sort();
+    check(x[1]!, labels, 'table row');
+    if (labels.join(',') !== registered.get(x[1]!)?.join(',')) wrong.push(`table row: ${x[1]} | ${labels.join(', ')} |, served with {${registered.get(x[1]!)?.join(',')}}`);
+  }
+  assert.equal(wrong, [], 'labels the docs give that the metric does not have');
+});
+
 metrics.run();
 hooks.run();
+docs.run();
