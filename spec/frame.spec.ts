@@ -1,7 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Packr } from 'msgpackr';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { encodeFrame, FrameDecoder, nativeAcceleration } from '../transport/frame.js';
@@ -239,6 +239,20 @@ test('a frame of more values than a message holds, or of a library\'s own extens
 
 test("msgpackr's native addon is in use", () => {
   assert.ok(nativeAcceleration, 'msgpackr-extract should be installed (optional dependency of msgpackr)');
+});
+
+test('docs/PROTOCOL.md has a row for every wire code and every local code, and no other; each class it says raises one exists', () => {
+  const doc = readFileSync(new URL('../docs/PROTOCOL.md', import.meta.url), 'utf8');
+  const section = (from: string, to: string) => doc.slice(doc.indexOf(from), doc.indexOf(to, doc.indexOf(from)));
+  const rows = (text: string) => [...text.matchAll(/^\| `([A-Z_]+)` \| ([^|]*)\|/gm)];
+  const wire = rows(section('\n## Error codes', '\n### Local codes'));
+  const local = rows(section('\n### Local codes', '\n## Compatibility'));
+  assert.equal(wire.map((r) => r[1]).sort(), [...ERROR_CODES].sort(), 'the wire codes of "Error codes" are ErrorCode (transport/errors.ts)');
+  assert.equal(local.map((r) => r[1]).sort(), Object.values(LocalCode).sort(), 'the codes of "Local codes" are LocalCode (transport/errors.ts)');
+  const sources = ['actors', 'transport', 'scenario', 'lib', 'cli'].flatMap((dir) => readdirSync(new URL(`../${dir}/`, import.meta.url)).filter((f) => f.endsWith('.ts')).map((f) => readFileSync(new URL(`../${dir}/${f}`, import.meta.url), 'utf8'))).join('\n');
+  const classes = new Set(local.flatMap((r) => [...r[2]!.matchAll(/`([A-Z][A-Za-z]+)`/g)].map((m) => m[1]!)));
+  assert.ok(classes.size >= 6, `the classes named: ${[...classes].join(', ')}`);
+  assert.equal([...classes].filter((c) => !new RegExp(`export class ${c} extends`).test(sources)), [], 'error classes the doc names that do not exist');
 });
 
 test.run();
