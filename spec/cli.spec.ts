@@ -567,6 +567,21 @@ cli("every option a command's --help lists is named where that command is docume
   assert.equal(missing, [], "options --help lists that the command's docs do not name");
 });
 
+cli("every --option README.md and docs/ name is one a revproxy command's --help lists, the soak's, or another program's the docs run", async () => {
+  const helps = await Promise.all([[], ...[...['proxy', 'server', 'client', 'demo', 'inspect', 'scenario', 'load', 'bench']].map((c) => [c])].map(async (args) => {
+    const p = revproxy([...args, '--help']);
+    assert.is(await p.exited, 0, p.out.join('\n'));
+    return p.out.join('\n');
+  }));
+  const optionsIn = (text: string): string[] => [...text.matchAll(/(?:^|[^a-z0-9-])(--[a-z][a-z0-9-]*)/gm)].map((m) => m[1]!);
+  const known = new Set([...optionsIn(helps.join('\n')), ...optionsIn(/const USAGE = `([^`]*)`/.exec(readFileSync(join(ROOT, 'bench/soak.ts'), 'utf8'))![1]!)]);
+  // Other programs' options the docs show beside revproxy's: Node's, etcd's and etcdctl's, Docker's, systemctl's, npm's, certbot's.
+  const others = ['--import', '--require', '--cpu-prof', '--trace-gc', '--trace-gc-nvp', '--max-semi-space-size', '--min-semi-space-size', '--initial-heap-size', '--heap-growing-percent',
+    '--auto-compaction-retention', '--client-cert-auth', '--quota-backend-bytes', '--trusted-ca-file', '--consistency', '--lease', '--prefix', '--memory', '--ulimit', '--now', '--no-save', '--deploy-hook'];
+  const unknown = [...new Set(optionsIn(docsText()))].filter((o) => !known.has(o) && !others.includes(o));
+  assert.equal(unknown, [], 'options the docs name that no --help lists (renamed or removed?)');
+});
+
 cli('every REVPROXY_ environment variable the commands read is named in README.md or docs/', () => {
   const docs = docsText();
   const sources = ['cli', 'config', 'actors', 'admin', 'registry', 'inspector', 'transport', 'lib'].flatMap((dir) => readdirSync(join(ROOT, dir)).filter((f) => /\.(ts|js|mjs)$/.test(f)).map((f) => readFileSync(join(ROOT, dir, f), 'utf8')));
