@@ -156,8 +156,11 @@ function hint(code: string, f: LoadFlags, first = '', unreachable: string[] = []
       return `requests still unanswered ${f.timeout} ms after the last answer: the target stopped answering (--timeout waits longer)`;
     case 'UNEXPECTED_ANSWER':
       return "the connection's one answer was neither an ACK nor an ERROR: is the target a revproxy proxy or server?";
+    case 'HANDLER_ERROR':
+      return "the servers' handler refused the requests with an application error of its own (the first one's message below): load a policy whose handler takes these payloads (the default SHA1 handler takes any)";
     default:
-      return 'a socket error';
+      // An errno (ECONNRESET), Node's ERR_ codes and SOCKET_ERROR are the socket's; any other code is one the target answered with.
+      return /^(E[A-Z0-9]+|ERR_[A-Z0-9_]+|SOCKET_ERROR)$/.test(code) ? 'a socket error' : "an error the target answered with: see the proxy's and the servers' logs";
   }
 }
 

@@ -288,6 +288,16 @@ test('straight to two servers (no proxy): connections spread over the listed por
   assert.equal(r.json!.targets, serverPorts.map((p) => `127.0.0.1:${p}`));
 });
 
+test("a handler's own errors (HANDLER_ERROR) are said to be the handler's, not a socket's", async () => {
+  // examples/privacy-handler.js refuses policy 222's payloads that are not JSON (NOT_JSON), as every load payload is.
+  const s = revproxy(['server', '--id', 'privacy', '--pp', '222', '--listen', '0', '--revproc', String(proxyPort), '--handler', 'examples/privacy-handler.js']);
+  const port = (await s.waitFor(/Listening on port (\d+)/))[1]!;
+  const t = await load(['--revproc', port, '--policy', '222', '-n', '20']);
+  assert.is(t.code, 1, t.out);
+  assert.match(t.out, /HANDLER_ERROR 20: the servers' handler refused the requests with an application error of its own .*\(first: policy 222 takes a JSON object/);
+  assert.not.match(t.out, /socket error/);
+});
+
 test('a policy nobody serves: exit 1, NO_SERVER counted for every request, and the words say what to start', async () => {
   const j = await load(['--revproc', String(proxyPort), '--policy', 'nobody', '-n', '50', '--json']);
   assert.is(j.code, 1);
