@@ -7,7 +7,7 @@ import { runInNewContext } from 'node:vm';
 import { encodeFrame, FrameDecoder, nativeAcceleration } from '../transport/frame.js';
 import { JsonDecoder } from '../transport/json.js';
 import { ERROR_CODES, ErrorCode, LocalCode } from '../transport/errors.js';
-import { MAX_VALUES, type Message } from '../transport/messages.js';
+import { MAX_VALUES, toMessage, type Message } from '../transport/messages.js';
 
 const msgs: Message[] = [
   { type: 0, seq: 1, srcid: '1', privPoliId: '111', payload: 'xyz1' },
@@ -253,6 +253,16 @@ test('docs/PROTOCOL.md has a row for every wire code and every local code, and n
   const classes = new Set(local.flatMap((r) => [...r[2]!.matchAll(/`([A-Z][A-Za-z]+)`/g)].map((m) => m[1]!)));
   assert.ok(classes.size >= 6, `the classes named: ${[...classes].join(', ')}`);
   assert.equal([...classes].filter((c) => !new RegExp(`export class ${c} extends`).test(sources)), [], 'error classes the doc names that do not exist');
+});
+
+test("a code's shape is what docs/PROTOCOL.md says: a capital letter, then up to 63 capital letters, digits or _", () => {
+  const doc = readFileSync(new URL('../docs/PROTOCOL.md', import.meta.url), 'utf8').replace(/\s+/g, ' ');
+  assert.ok(doc.includes('a capital letter, then up to 63 capital letters, digits or `_`'), 'the rule in "Error codes"');
+  for (const code of ['RATE_LIMITED', 'A', `R${'9'.repeat(63)}`]) assert.is((toMessage({ type: 3, seq: 1, code, message: 'm' }) as { code: string }).code, 'UPSTREAM_FAILED', code);
+  for (const code of ['1ABC', '_X', `R${'9'.repeat(64)}`, 'rate_limited']) {
+    // It said "a code is 1 to 64 capital letters, digits or _" of '1ABC', which is that and is refused all the same.
+    assert.throws(() => toMessage({ type: 3, seq: 1, code, message: 'm' }), /a code is a capital letter, then up to 63 capital letters, digits or _/, code);
+  }
 });
 
 test.run();

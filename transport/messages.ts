@@ -302,7 +302,7 @@ export function toMessage(value: unknown, opts: ValidateOptions = {}): Message {
     case MsgType.ERROR: {
       const code = strField(o, 'code');
       if (isLocalCode(code)) fail(`error code '${code}' is local to this side's programs and never travels on the wire`);
-      if (!isWireCode(code) && !NEWER_CODE.test(code)) fail(`unknown error code '${code.slice(0, 40)}' (a code is 1 to 64 capital letters, digits or _)`);
+      if (!isWireCode(code) && !NEWER_CODE.test(code)) fail(`unknown error code '${code.slice(0, 40)}' (a code is a capital letter, then up to 63 capital letters, digits or _)`);
       const message = strField(o, 'message');
       const m: ErrorMsg = isWireCode(code) ? { type: 3, code, message } : { type: 3, code: ErrorCode.UPSTREAM_FAILED, message: newerCode(code, message) };
       const s = intField(o, 'seq', 0, MAX_SEQ, false);
