@@ -14,7 +14,7 @@ import { MEMBER_STATES } from '../actors/proxy-types.js';
 import { fileRoom } from '../actors/port-limits.js';
 import { describeLinkError } from '../actors/link.js';
 import { ROLES } from '../admin/conn-stats.js';
-import { changes, DEFAULTS, NUMBERS, parseConfig, proxyConfigSpec, toRuntime } from '../config/proxy.js';
+import { changes, defaultOf, DEFAULTS, NUMBERS, parseConfig, proxyConfigSpec, toRuntime } from '../config/proxy.js';
 import { Hub, readLog } from '../inspector/index.js';
 import { OTHER } from '../inspector/metrics.js';
 import { ERROR_CODES } from '../transport/errors.js';
@@ -89,6 +89,14 @@ config('docs/CONFIG.md documents every key, section keys included', () => {
     const sub = (field.schema as { fields?: Record<string, unknown> }).fields;
     for (const k of sub ? Object.keys(sub).map((s) => `${key}.${s}`) : [key]) assert.ok(doc.includes(`| \`${k}\` |`), `docs/CONFIG.md has a row for ${k}`);
   }
+  // The default column of each number (| key | flag | unit | range | default |) begins as --help's words for it (defaultOf, the one source of both).
+  const wrong = Object.keys(NUMBERS).flatMap((key) => {
+    const cells = new RegExp(`^\\| \`${key}\` \\|([^\n]*)$`, 'm').exec(doc)?.[1]?.split('|').map((c) => c.trim());
+    const shown = cells?.[3] ?? '';
+    const want = defaultOf(key as keyof typeof NUMBERS);
+    return shown.startsWith(want) && !/^[\w.]/.test(shown.slice(want.length)) ? [] : [`${key}: the doc says '${shown.slice(0, 40)}', the default is '${want}'`];
+  });
+  assert.equal(wrong, [], 'defaults docs/CONFIG.md gives that are not the defaults');
 });
 
 config('--check refuses a bad file with exit 1, naming file:line:col and what was expected at each problem', async () => {
