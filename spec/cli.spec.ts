@@ -582,6 +582,30 @@ cli("every --option README.md and docs/ name is one a revproxy command's --help 
   assert.equal(unknown, [], 'options the docs name that no --help lists (renamed or removed?)');
 });
 
+cli("the defaults README's CLI table gives in brackets (`--port` (2100), `--max-frame` bytes (1 MiB)) are the ones each command's --help gives", async () => {
+  const rows = readFileSync(join(ROOT, 'README.md'), 'utf8').split('\n').filter((l) => /^\| `[a-z]+` \|/.test(l));
+  const bytes = (v: string): number => {
+    const m = /^(\d+) (KiB|MiB)$/.exec(v);
+    return m ? Number(m[1]) * (m[2] === 'MiB' ? 1 << 20 : 1 << 10) : Number(v.replace(/,/g, ''));
+  };
+  const wrong: string[] = [];
+  let checked = 0;
+  for (const row of rows) {
+    const command = /^\| `([a-z]+)`/.exec(row)![1]!;
+    const p = revproxy([command, '--help']);
+    assert.is(await p.exited, 0, p.out.join('\n'));
+    // Each option's help, from its line to the next option's (its words may name other options).
+    const options = new Map(p.out.join('\n').split(/\n(?= {2}(?:-\w, )?--)/).map((o) => [/^ {2}(?:-\w, )?(--[a-z-]+)/.exec(o)?.[1], o.replace(/\s+/g, ' ')]));
+    for (const m of row.matchAll(/`(--[a-z-]+)`(?: [a-z]+)? \((\d[\d,]*(?: [KM]iB)?)[);= ]/g)) {
+      const given = /default:? (\d+)[),]/.exec(options.get(m[1]!) ?? '')?.[1];
+      checked++;
+      if (given === undefined || bytes(m[2]!) !== Number(given)) wrong.push(`${command} ${m[1]}: README (${m[2]}), --help ${given ?? 'no default'}`);
+    }
+  }
+  assert.ok(checked >= 12, `defaults checked: ${checked}`);
+  assert.equal(wrong, [], "defaults README's CLI table gives that --help does not");
+});
+
 cli('every REVPROXY_ environment variable the commands read is named in README.md or docs/', () => {
   const docs = docsText();
   const sources = ['cli', 'config', 'actors', 'admin', 'registry', 'inspector', 'transport', 'lib'].flatMap((dir) => readdirSync(join(ROOT, dir)).filter((f) => /\.(ts|js|mjs)$/.test(f)).map((f) => readFileSync(join(ROOT, dir, f), 'utf8')));
