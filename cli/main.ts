@@ -219,10 +219,21 @@ export function buildProgram(setExit: (code: number) => void): Command {
   return program;
 }
 
-/** `--help` shows the options a command cannot run without: in its usage line, and "(required)" beside each. */
+/**
+ * `--help` shows the options a command cannot run without: in its usage line, and "(required)" beside each.
+ * A misspelt option is named before a missing required one: commander checks for the missing one first,
+ * so `client --timout 5` said only that --pkt was missing, never that --timout is not an option.
+ */
 function markRequired(cmd: Command): void {
   const required = cmd.options.filter((o) => o.mandatory);
   if (required.length === 0) return;
+  // What commander could not take is in `args`; its first word with a dash is the first unknown option.
+  const missing = cmd.missingMandatoryOptionValue.bind(cmd);
+  cmd.missingMandatoryOptionValue = (o: Option): void => {
+    const unknown = cmd.args.find((a) => /^-./.test(a) && a !== '--');
+    if (unknown !== undefined) cmd.unknownOption(unknown);
+    missing(o);
+  };
   const args = cmd.registeredArguments.map((a) => (a.required ? `<${a.name()}${a.variadic ? '...' : ''}>` : `[${a.name()}${a.variadic ? '...' : ''}]`));
   cmd.usage([...required.map((o) => o.flags.replace(/^-\w, /, '')), '[options]', ...args].join(' '));
   cmd.configureHelp({

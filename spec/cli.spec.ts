@@ -104,6 +104,16 @@ cli('usage errors exit 2 with a message that says what is wrong', async () => {
   assert.match(window.out.join('\n'), /--window does not go with --wire json: the old format carries one request at a time on a connection, so its window is always 1\n\(add --help for usage\)/);
 });
 
+cli('a misspelt option is named, with the option meant, before a required option found missing', async () => {
+  // Commander checks required options first: `client --timout 5` said only that --pkt was missing.
+  const typo = revproxy(['client', '--timout', '5']);
+  assert.is(await typo.exited, 2);
+  assert.match(typo.out.join('\n'), /unknown option '--timout'\n\(Did you mean --timeout\?\)/);
+  const missing = revproxy(['client', '--timeout', '5']);
+  assert.is(await missing.exited, 2);
+  assert.match(missing.out.join('\n'), /required option '--pkt <paths\.\.\.>' not specified/);
+});
+
 cli('a second proxy on a port in use fails with a clear message', async () => {
   const first = revproxy(['proxy', '-port', '0']);
   const port = (await first.waitFor(/port (\d+)/))[1]!;
