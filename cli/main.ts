@@ -228,10 +228,12 @@ function markRequired(cmd: Command): void {
   const required = cmd.options.filter((o) => o.mandatory);
   if (required.length === 0) return;
   // What commander could not take is in `args`; its first word with a dash is the first unknown option.
-  const missing = cmd.missingMandatoryOptionValue.bind(cmd);
-  cmd.missingMandatoryOptionValue = (o: Option): void => {
-    const unknown = cmd.args.find((a) => /^-./.test(a) && a !== '--');
-    if (unknown !== undefined) cmd.unknownOption(unknown);
+  // Both methods are commander's own, left out of its types.
+  const c = cmd as Command & { missingMandatoryOptionValue(o: Option): void; unknownOption(flag: string): void };
+  const missing = c.missingMandatoryOptionValue.bind(c);
+  c.missingMandatoryOptionValue = (o: Option): void => {
+    const unknown = c.args.find((a) => /^-./.test(a) && a !== '--');
+    if (unknown !== undefined) c.unknownOption(unknown);
     missing(o);
   };
   const args = cmd.registeredArguments.map((a) => (a.required ? `<${a.name()}${a.variadic ? '...' : ''}>` : `[${a.name()}${a.variadic ? '...' : ''}]`));
