@@ -68,11 +68,19 @@ export interface LogFlags {
 /** Synchronous records to stdout, as the demo prints them (no time: the old system's look). */
 export function makeSink(flags: LogFlags, width = 0): LogSink {
   if (flags.logFormat === 'json') return jsonSink(process.stdout);
-  return textSink(process.stdout, { color: useColor(flags), width });
+  return textSink(process.stdout, { color: useColor(flags.color), width });
 }
 
-function useColor(flags: LogFlags): boolean {
-  return flags.color && process.stdout.isTTY === true && !process.env.NO_COLOR;
+/**
+ * Whether text for `stream` (stdout) is coloured: `on` (not --no-color) and a terminal, unless NO_COLOR
+ * is set; FORCE_COLOR (1, 2, 3, true or empty, as Node reads it; 0 or false is no colour) colours a
+ * pipe too, as CI logs ask of the tools they run, and wins over NO_COLOR. `--no-color` always wins.
+ */
+export function useColor(on: boolean, stream: { isTTY?: boolean } = process.stdout): boolean {
+  const force = process.env.FORCE_COLOR;
+  if (!on) return false;
+  if (force !== undefined) return ['', '1', '2', '3', 'true'].includes(force);
+  return stream.isTTY === true && !process.env.NO_COLOR;
 }
 
 /**
@@ -82,7 +90,7 @@ function useColor(flags: LogFlags): boolean {
  */
 export function makeLogger(actor: string, flags: LogFlags, width = 0): Logger {
   if (flags.logLevel === 'silent') return new Logger(actor, () => {}, 'silent');
-  const out = new LogStream(new Destination({ to: '-' }), { format: flags.logFormat, color: useColor(flags), width });
+  const out = new LogStream(new Destination({ to: '-' }), { format: flags.logFormat, color: useColor(flags.color), width });
   return new Logger(actor, out, flags.logLevel);
 }
 

@@ -8,7 +8,7 @@ import { styleText } from 'node:util';
 import { Logger } from '../actors/logger.js';
 import { runClient, startProxy, startServer, StartError, type ServerHandle } from '../actors/index.js';
 import { systemClock } from '../transport/clock.js';
-import { loadPackets, makeSink, type LogFlags } from './common.js';
+import { loadPackets, makeSink, useColor, type LogFlags } from './common.js';
 import type { Attach } from './inspect.js';
 
 export const DEMO_SERVERS = [
@@ -89,7 +89,7 @@ function printSummary(o: DemoOptions, rows: string[][], verified: number): void 
   }
   process.stdout.write(`\n${table(['client', 'policy', 'payload', 'server', 'verified'], rows)}\n`);
   const line = `${verified}/${DEMO_CLIENTS.length} clients verified their answers`;
-  const color = o.color && process.stdout.isTTY && !process.env.NO_COLOR;
+  const color = useColor(o.color);
   process.stdout.write(`${color ? styleText(verified === DEMO_CLIENTS.length ? 'green' : 'red', line) : line}\n`);
 }
 

@@ -25,7 +25,7 @@ import { systemClock } from '../transport/clock.js';
 import { ErrorCode } from '../transport/errors.js';
 import { dial, expiryWarning, type TlsMaterial } from '../transport/tls.js';
 import type { LoadedCert } from '../config/files.js';
-import { FileError, hostParser, ignoreUserSignals, releaseEarlySignals, takeEarlySignals, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, warnExpiring, whyUnreadable } from './common.js';
+import { FileError, hostParser, ignoreUserSignals, releaseEarlySignals, takeEarlySignals, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, useColor, warnExpiring, whyUnreadable } from './common.js';
 import { checkInspectToken, inspectOptions, startInspection } from './inspect.js';
 
 const camel = (key: string): string => key.replace(/_(\w)/g, (_, c: string) => c.toUpperCase());
@@ -245,7 +245,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
   // Checked as --check checks it: every problem at once, the file's at their lines.
   const rt = checkRuntime(running, source, flagOf);
   const stdout = new Destination({ to: '-' });
-  const logger = new Logger('proxy', new LogStream(stdout, { format: rt.log.format, color: rt.log.color && process.stdout.isTTY === true && !process.env.NO_COLOR }), rt.log.level, { summaryMs: rt.log.summaryMs });
+  const logger = new Logger('proxy', new LogStream(stdout, { format: rt.log.format, color: useColor(rt.log.color) }), rt.log.level, { summaryMs: rt.log.summaryMs });
   // Until the proxy is up (its registry client loading, its admin and inspector ports opening), a
   // reload has nothing to apply to: it is remembered, and done once the proxy listens (a deploy
   // script or logrotate sending SIGHUP just after a start must not be lost, nor end the process).

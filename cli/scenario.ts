@@ -8,6 +8,7 @@ import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command } from 'commander';
 import { inspectOptions, startInspection, type InspectFlags } from './inspect.js';
+import { useColor } from './common.js';
 import {
   jsonRefusal, jsonReport, loadScenario, runScenario, scenarioFooter, scenarioHeader, ScenarioError, stepLines,
   type Scenario, type ScenarioReport,
@@ -73,7 +74,7 @@ export function scenarioCommand(setExit: (code: number) => void): Command {
         process.stderr.write(`revproxy scenario: ${why}; nothing ran\n`);
         return setExit(2);
       }
-      const style = { color: o.color && !o.json && process.stdout.isTTY === true && !process.env.NO_COLOR };
+      const style = { color: !o.json && useColor(o.color) };
       const say = (line: string): void => {
         if (!o.json) process.stdout.write(`${line}\n`);
       };

@@ -114,6 +114,19 @@ cli('a misspelt option is named, with the option meant, before a required option
   assert.match(missing.out.join('\n'), /required option '--pkt <paths\.\.\.>' not specified/);
 });
 
+cli('FORCE_COLOR colours the log through a pipe, over NO_COLOR; FORCE_COLOR=0 and --no-color keep it plain', async () => {
+  // Nothing listens on port 1: the client logs its failure and exits 1. The specs run it with NO_COLOR=1, stdout a pipe.
+  const run = async (env: Record<string, string>, ...flags: string[]): Promise<string> => {
+    const p = revproxy(['client', '--revproc', '1', '--pkt', 'pktfiles/1.json', ...flags], { env });
+    assert.is(await p.exited, 1, p.out.join('\n'));
+    return p.out.join('\n');
+  };
+  assert.not.match(await run({}), /\x1b\[/, 'a pipe is plain');
+  assert.match(await run({ FORCE_COLOR: '1' }), /\x1b\[34mclient 1\x1b\[39m \| /, 'FORCE_COLOR was ignored on a pipe');
+  assert.not.match(await run({ FORCE_COLOR: '0' }), /\x1b\[/);
+  assert.not.match(await run({ FORCE_COLOR: '1' }, '--no-color'), /\x1b\[/);
+});
+
 cli('a second proxy on a port in use fails with a clear message', async () => {
   const first = revproxy(['proxy', '-port', '0']);
   const port = (await first.waitFor(/port (\d+)/))[1]!;
