@@ -115,7 +115,9 @@ export function hostParser(portFlag: string): (value: string) => string {
 
 export function parseIntOption(name: string, min: number, max?: number) {
   return (value: string): number => {
-    if (!/^\d+$/.test(value) || Number(value) < min) throw new InvalidArgumentError(`${name} must be a whole number of at least ${min}, got '${value}'`);
+    // `--timeout 5s`: the unit is the one named beside the option (`option '--timeout <ms>'`), never written.
+    const unit = /^\d+(?:\.\d+)?\s*[a-z]+$/i.test(value) ? ' without a unit' : '';
+    if (!/^\d+$/.test(value) || Number(value) < min) throw new InvalidArgumentError(`${name} must be a whole number of at least ${min}${unit}, got '${value}'`);
     if (max !== undefined && Number(value) > max) throw new InvalidArgumentError(`${name} must be at most ${max}, got '${value}'`);
     return Number(value);
   };

@@ -10,7 +10,7 @@ import { killAll, revproxy, ROOT, start } from './procs.js';
 import { collector, frame, rawConnect, tempDir } from './helpers.js';
 import type { AckMsg } from '../transport/messages.js';
 import { createActor, setup } from 'xstate';
-import { normaliseArgv, OLD_FLAGS, runUntilStopped, UsageError, type FlagTable } from '../cli/common.js';
+import { normaliseArgv, OLD_FLAGS, parseIntOption, runUntilStopped, UsageError, type FlagTable } from '../cli/common.js';
 import { silentLogger } from '../actors/logger.js';
 import { describeListenError } from '../transport/tls.js';
 
@@ -125,6 +125,16 @@ cli('FORCE_COLOR colours the log through a pipe, over NO_COLOR; FORCE_COLOR=0 an
   assert.match(await run({ FORCE_COLOR: '1' }), /\x1b\[34mclient 1\x1b\[39m \| /, 'FORCE_COLOR was ignored on a pipe');
   assert.not.match(await run({ FORCE_COLOR: '0' }), /\x1b\[/);
   assert.not.match(await run({ FORCE_COLOR: '1' }, '--no-color'), /\x1b\[/);
+});
+
+cli("a number given with a unit (--timeout 5s, --max-frame 2MB) is refused saying to leave the unit out: the option's <ms> or <bytes> is its unit", async () => {
+  assert.is(parseIntOption('--timeout', 1)('5000'), 5000);
+  assert.throws(() => parseIntOption('--timeout', 1)('5s'), /--timeout must be a whole number of at least 1 without a unit, got '5s'/);
+  assert.throws(() => parseIntOption('--max-frame', 1024)('2 MB'), /without a unit, got '2 MB'/);
+  assert.throws(() => parseIntOption('--timeout', 1)('-1'), (e: unknown) => !/without a unit/.test((e as Error).message));
+  const p = revproxy(['client', '--pkt', 'pktfiles/1.json', '--timeout', '5s']);
+  assert.is(await p.exited, 2);
+  assert.match(p.out.join('\n'), /option '--timeout <ms>' argument '5s' is invalid\. --timeout must be a whole number of at least 1 without a unit, got '5s'/);
 });
 
 cli('a second proxy on a port in use fails with a clear message', async () => {
