@@ -172,15 +172,16 @@ export function buildProgram(setExit: (code: number) => void): Command {
   )))).action(async function (this: Command, o: LogFlags & TlsFlags & InspectFlags & RegistryFlags & { id: string; revproc: Endpoint[] | string; pkt: string[]; timeout: number; window: number; maxFrame: number; json?: boolean; verify: boolean; wire: 'frames' | 'json' }) {
     if (o.wire === 'json' && this.getOptionValueSource('window') === 'cli') throw new UsageError('--window does not go with --wire json: the old format carries one request at a time on a connection, so its window is always 1');
     const packets = loadPackets(o.pkt, o.id ?? '0');
-    const logger = makeLogger(`client ${o.id ?? packets[0]?.srcid ?? '0'}`, o.json ? { ...o, logFormat: 'text', logLevel: 'silent' } : o);
-    const insp = await startInspection(o, `client ${o.id}`);
+    const id = o.id ?? packets[0]?.srcid ?? '0';
+    const logger = makeLogger(`client ${id}`, o.json ? { ...o, logFormat: 'text', logLevel: 'silent' } : o);
+    const insp = await startInspection(o, `client ${id}`);
     if (typeof o.revproc === 'string') {
       if (o.registry !== undefined) throw new UsageError('give the registry once: --revproc etcd://... or --registry etcd://...');
       o.registry = o.revproc;
     }
     const registry = registryFromFlags(o);
     const results = await runClient({
-      id: o.id ?? packets[0]?.srcid ?? '0', proxies: typeof o.revproc === 'string' ? undefined : o.revproc, registry, packets, tls: tlsFromFlags(o), timeoutMs: o.timeout, window: o.window, maxFrameBytes: o.maxFrame, wire: o.wire, logger,
+      id, proxies: typeof o.revproc === 'string' ? undefined : o.revproc, registry, packets, tls: tlsFromFlags(o), timeoutMs: o.timeout, window: o.window, maxFrameBytes: o.maxFrame, wire: o.wire, logger,
       inspect: insp.attach.inspect, verify: o.verify ? 'auto' : false,
     });
     const ok = results.filter((r) => r.answer !== undefined && r.correct !== false).length;
@@ -192,9 +193,10 @@ export function buildProgram(setExit: (code: number) => void): Command {
       logger.info('summary', line, { verified, answered: ok, total: results.length });
     }
     setExit(ok === results.length ? 0 : 1);
+    // The log ends first: its last lines (the summary) were printed after the inspector's "Ctrl-C exits".
+    await logger.end();
     await insp.hold();
     await insp.close();
-    await logger.end();
   });
 
   withLogOptions(withInspectOptions(

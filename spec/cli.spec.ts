@@ -137,6 +137,17 @@ cli("a number given with a unit (--timeout 5s, --max-frame 2MB) is refused sayin
   assert.match(p.out.join('\n'), /option '--timeout <ms>' argument '5s' is invalid\. --timeout must be a whole number of at least 1 without a unit, got '5s'/);
 });
 
+cli('client --inspect: the inspector is named for the client, and its "Ctrl-C exits" comes after the summary; Ctrl-C then exits with the run\'s status', async () => {
+  // Without --id the title said "client undefined", and the async log's last lines came after the line saying to press Ctrl-C.
+  const p = revproxy(['client', '--revproc', '1', '--pkt', 'pktfiles/1.json', '--inspect', '0']);
+  await p.waitFor(/Ctrl-C exits/);
+  const text = p.out.join('\n');
+  assert.match(text, /Inspector for client 1 on http/);
+  assert.match(text, /0\/1 answered \(answers not checked\)\nInspector still serving on http:\/\/127\.0\.0\.1:\d+\/; Ctrl-C exits\./);
+  p.kill('SIGINT');
+  assert.is(await p.exited, 1);
+});
+
 cli('a second proxy on a port in use fails with a clear message', async () => {
   const first = revproxy(['proxy', '-port', '0']);
   const port = (await first.waitFor(/port (\d+)/))[1]!;
