@@ -6,6 +6,7 @@ import { UsageError } from '../transport/errors.js';
 import { tlsFromFlags, type LoadedCert } from '../config/files.js';
 import { expiryWarning } from '../transport/tls.js';
 import { badListenHost, EMPTY_HOST_HINT, unbracket } from '../config/proxy.js';
+import { nearest } from '../config/schema.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 
 // The files a command is given are read by config/files.ts (the config file names the same
@@ -43,6 +44,9 @@ export function normaliseArgv(argv: string[], flags: FlagTable = { takesValue: (
     else if (OLD_FLAGS.includes(m[1]!)) out.push(`-${a}`);
     else if (flags.known(`--${m[1]}`)) {
       throw new UsageError(`unknown option '${a}': one dash is for the old system's flags only (${OLD_FLAGS.map((f) => `-${f}`).join(', ')}); write --${m[1]}`);
+    } else if (m[1]!.length > 2 && nearest(m[1]!, OLD_FLAGS)) {
+      // A misspelt old flag: commander took `-prot` for -p with the value 'rot', and named no flag for `-revprox`.
+      throw new UsageError(`unknown option '${a}' (did you mean -${nearest(m[1]!, OLD_FLAGS)}?)`);
     } else out.push(a);
   }
   return out;

@@ -353,7 +353,7 @@ export function refine<T>(schema: Schema<T>, check: (v: T) => string | undefined
 }
 
 /** The known word one or two edits away, when there is one: for "did you mean". */
-function nearest(word: string, candidates: string[]): string | undefined {
+export function nearest(word: string, candidates: readonly string[]): string | undefined {
   let best: string | undefined;
   let bestD = 3;
   for (const c of candidates) {

@@ -397,6 +397,11 @@ cli("one dash maps only the old system's six flags, never a value", () => {
   assert.equal(normaliseArgv(['client', '-h', '-5', '-x'], table), ['client', '-h', '-5', '-x'], 'short flags, numbers, unknown words: untouched');
   assert.equal(normaliseArgv(['scenario', '--', '-port'], table), ['scenario', '--', '-port'], 'nothing after --');
   assert.throws(() => normaliseArgv(['client', '-window', '1'], table), (e: unknown) => e instanceof UsageError && /'-window'.*write --window/.test(e.message));
+  // A misspelt old flag: `-prot 2100` was -p with the value 'rot' ("argument 'rot' is invalid"), `-revprox` had no suggestion.
+  assert.throws(() => normaliseArgv(['proxy', '-prot', '2100'], table), (e: unknown) => e instanceof UsageError && e.message === "unknown option '-prot' (did you mean -port?)");
+  assert.throws(() => normaliseArgv(['client', '-revprox', '2100'], table), (e: unknown) => e instanceof UsageError && /did you mean -revproc\?/.test(e.message));
+  assert.equal(normaliseArgv(['proxy', '-xyzzy'], table), ['proxy', '-xyzzy'], 'a word like no flag is left to commander');
+  assert.equal(normaliseArgv(['server', '--token', '-prot'], table), ['server', '--token', '-prot'], 'a value is never a typo');
 });
 
 cli('a secret that starts with a dash is kept, on the command line and in REVPROXY_TOKEN', async () => {
