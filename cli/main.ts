@@ -55,7 +55,13 @@ function withInspectOptions(cmd: Command): Command {
 export function buildProgram(setExit: (code: number) => void): Command {
   const program = new Command('revproxy')
     .description(`Reverse proxy with policy-based round-robin load balancing.\nThe old system's single-dash flags (${OLD_FLAGS.map((f) => `-${f}`).join(', ')}) are accepted as well as --port, --id, ...`)
-    .version(pkg.version)
+    .version(pkg.version, '-V, --version', 'output the version number (also -v)')
+    // `revproxy -v`, as node -v and npm -v: it was an unknown option.
+    .addOption(new Option('-v').hideHelp())
+    .on('option:v', () => {
+      process.stdout.write(`${pkg.version}\n`);
+      throw new CommanderError(0, 'commander.version', pkg.version);
+    })
     .showHelpAfterError('(add --help for usage)')
     .configureHelp({ showGlobalOptions: false });
 

@@ -148,6 +148,15 @@ cli('client --inspect: the inspector is named for the client, and its "Ctrl-C ex
   assert.is(await p.exited, 1);
 });
 
+cli('-v prints the version, as -V and --version do (it was an unknown option, exit 2)', async () => {
+  const { version } = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+  for (const flag of ['-v', '-V', '--version']) {
+    const p = revproxy([flag]);
+    assert.is(await p.exited, 0, `${flag}: ${p.out.join('\n')}`);
+    assert.equal(p.out, [version], flag);
+  }
+});
+
 cli('a second proxy on a port in use fails with a clear message', async () => {
   const first = revproxy(['proxy', '-port', '0']);
   const port = (await first.waitFor(/port (\d+)/))[1]!;
