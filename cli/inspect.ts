@@ -110,7 +110,7 @@ export function inspectCommand(setExit: (code: number) => void): Command {
       const page = await serveRecorded(file, o.port);
       if (page.records === 0) {
         await page.close();
-        throw new FileError(`'${file}' holds no inspection records (${page.bad} unreadable lines); give a log written with --inspect-log FILE`);
+        throw new FileError(`'${file}' holds no inspection records (${page.bad ? `${page.bad} unreadable line(s)` : 'it is empty'}); give a log written with --inspect-log FILE`);
       }
       process.stdout.write(`Serving ${page.records} recorded inspection events from ${file} on ${page.url}${page.bad ? ` (${page.bad} unreadable lines skipped)` : ''}; Ctrl-C exits.\n`);
       await untilSignal();
