@@ -80,8 +80,10 @@ export async function startInspection(flags: InspectFlags & { logFormat?: 'text'
     reopen: () => insp.reopen(),
     async hold() {
       if (!insp.url) return;
+      // Listening first: a Ctrl-C sent as soon as the line is read ended the process by the signal.
+      const stopped = untilSignal();
       say(format, title, 'inspector_holding', `Inspector still serving on ${insp.url}; Ctrl-C exits.`, { url: insp.url });
-      await untilSignal();
+      await stopped;
     },
     close: () => insp.close(),
   };
@@ -112,8 +114,9 @@ export function inspectCommand(setExit: (code: number) => void): Command {
         await page.close();
         throw new FileError(`'${file}' holds no inspection records (${page.bad ? `${page.bad} unreadable line(s)` : 'it is empty'}); give a log written with --inspect-log FILE`);
       }
+      const stopped = untilSignal();
       process.stdout.write(`Serving ${page.records} recorded inspection events from ${file} on ${page.url}${page.bad ? ` (${page.bad} unreadable lines skipped)` : ''}; Ctrl-C exits.\n`);
-      await untilSignal();
+      await stopped;
       await page.close();
       setExit(0);
     });
