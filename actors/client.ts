@@ -506,6 +506,12 @@ function surrogate(what: string, text: unknown): string | undefined {
   return lone && `${what} has ${lone}, which UTF-8 cannot carry (it would arrive as U+FFFD): send well-formed text${what === 'the payload' ? ', or bytes' : ''}`;
 }
 
+/** The client's list of proxies from now on, its connection at `proxyIndex`: the PING refusals remembered are kept for those alone. */
+function listed(context: ClientContext, proxies: Endpoint[], proxyIndex: number): Pick<ClientContext, 'proxies' | 'proxyIndex' | 'unlisted'> {
+  context.noPings.keep(proxies.map((p) => hostPort(p.host, p.port)));
+  return { proxies, proxyIndex, unlisted: false };
+}
+
 function describe(v: unknown): string {
   if (v === null) return 'null';
   if (typeof v === 'string') return v.length ? `a string of ${v.length} characters` : 'an empty string';
@@ -941,8 +947,7 @@ export const clientMachine = setup({
     failover: assign(({ context, event }) => {
       assertEvent(event, ['CONNECT_FAILED', 'CLOSED']);
       // Leaving a proxy that left the registry: it goes from the list (it was first; the next is the list's first).
-      const moved = context.unlisted ? { proxies: context.proxies.slice(1), proxyIndex: 0, unlisted: false } : { proxyIndex: (context.proxyIndex + 1) % context.proxies.length };
-      if (context.unlisted) context.noPings.keep(moved.proxies!.map((p) => hostPort(p.host, p.port)));
+      const moved = context.unlisted ? listed(context, context.proxies.slice(1), 0) : { proxyIndex: (context.proxyIndex + 1) % context.proxies.length };
       return {
         ...moved, conn: undefined, attempts: context.attempts + 1, lastError: event.error, lastInvalid: event.invalid === true,
         outageSince: context.outageSince ?? context.clock.now(),
@@ -973,9 +978,7 @@ export const clientMachine = setup({
       if (event.proxies.length === 0) return {};
       const cur = context.proxies[context.proxyIndex]!;
       const i = event.proxies.findIndex((p) => p.host === cur.host && p.port === cur.port);
-      const next = i >= 0 ? { proxies: event.proxies, proxyIndex: i, unlisted: false } : { proxies: [cur, ...event.proxies], proxyIndex: 0, unlisted: true };
-      context.noPings.keep(next.proxies.map((p) => hostPort(p.host, p.port)));
-      return next;
+      return i >= 0 ? listed(context, event.proxies, i) : { ...listed(context, [cur, ...event.proxies], 0), unlisted: true };
     }),
     /** A request ran out of time on a proxy that answers no PING and has been silent too long (proxySilent): the connection is given up as lost. */
     leaveSilentProxy: raise(({ context }) => ({ type: 'CLOSED' as const, error: context.liveness!.silentAtExpiry()!, silent: true })),

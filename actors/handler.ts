@@ -623,7 +623,6 @@ function safely<T, F>(read: () => T, fallback: F): T | F {
   }
 }
 
-
 /** Bytes, asked safely: `instanceof` on a revoked Proxy throws. */
 function isBytes(v: unknown): v is Uint8Array {
   return safely(() => v instanceof Uint8Array, false);
