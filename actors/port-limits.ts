@@ -54,7 +54,7 @@ export function fileRoom(soft: number): number {
 }
 
 /** The open-files limit that leaves room for `connections` (the least `soft` with `fileRoom(soft) >= connections`). */
-function filesFor(connections: number): number {
+export function filesFor(connections: number): number {
   return Math.max(connections + 64, Math.ceil((connections * 8) / 7));
 }
 

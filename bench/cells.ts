@@ -3,6 +3,7 @@
  * every process under test read from /proc over the measured window; and the
  * routing comparison through the proxy.
  */
+import { fileRoom } from '../actors/port-limits.js';
 import { runLoad, type LoadOptions } from './loadgen.js';
 import { fdCount, HOST, ProcWatch } from './procs.js';
 import { registerMany } from './stub.js';
@@ -39,14 +40,36 @@ export async function measureCell(plan: WorkloadPlan, s: CellSubject, round: num
  * Register `members` stub ids for a policy of their own, all pointing at the
  * four real servers, and run the pipelined workload through the proxy on it.
  */
+/** Descriptors the routing comparison leaves the proxy beside its registrations, links and load connections: the topology's own servers, their links, its logs. */
+export const ROUTING_SPARE = 64;
+
+/** How long the routing comparison waits for one more registration before it gives up. */
+const STALLED_MS = 15_000;
+
+/**
+ * Servers the routing comparison can register: each takes a registration connection and a link,
+ * which with the load's `connections` must fit the room the proxy's open-files limit (`hard`, the
+ * bench raises each process's soft limit to it) leaves; past it the proxy refuses registrations
+ * and clients, as it should (docs/CONFIG.md, "The open-files limit").
+ */
+export function routingRoom(registered: number, hard: number, connections: number): number {
+  return Math.max(0, Math.min(registered, Math.floor((fileRoom(hard) - connections - ROUTING_SPARE) / 2)));
+}
+
 export async function routingEndToEnd(topo: Topology, members: number, o: BenchOptions, live: LoadOptions['live']): Promise<RoutingRun[]> {
   const policy = `routing-${members}`;
   const base = fdCount(topo.proxy.pid);
   const reg = await registerMany(topo.proxyPort, policy, topo.servers.map((s) => s.port), members, policy);
   try {
-    // The proxy dials every member's listen port: wait until it holds both connections of each.
-    const until = Date.now() + 60_000;
-    while (fdCount(topo.proxy.pid) < base + 2 * members && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+    // The proxy dials every member's listen port: wait until it holds both connections of each,
+    // as long as their count grows (a loaded machine takes minutes for 8,000).
+    let fds = fdCount(topo.proxy.pid);
+    for (let last = fds, since = Date.now(); fds < base + 2 * members && Date.now() - since < STALLED_MS; fds = fdCount(topo.proxy.pid)) {
+      if (fds > last) [last, since] = [fds, Date.now()];
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const held = Math.min(Math.floor((fds - base) / 2), reg.count);
+    if (held < members) throw new Error(`the proxy held ${held.toLocaleString('en')} of ${members.toLocaleString('en')} registrations with their links, and no more for ${STALLED_MS / 1000} s`);
     await untilServed(topo.proxyPort, policy, topo.servers.length);
     const runs: RoutingRun[] = [];
     for (const mode of ['pipelined', 'serial'] as const) {

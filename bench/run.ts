@@ -9,7 +9,8 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { nativeAcceleration } from '../transport/frame.js';
-import { measureCell, routingEndToEnd } from './cells.js';
+import { filesFor, fileRoom } from '../actors/port-limits.js';
+import { measureCell, ROUTING_SPARE, routingEndToEnd, routingRoom } from './cells.js';
 import { runLoad } from './loadgen.js';
 import { fileLimits, findHaproxy, HAPROXY_INSTALL, haproxyVersion, revproxyOptions, stopAll } from './procs.js';
 import { progress } from './progress.js';
@@ -34,9 +35,9 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
     const holds = Math.floor((limits.hard - 100) / 2);
     if (holds < o.many) notes.push(`HAProxy needs two descriptors per proxied connection: with a hard limit of ${limits.hard} open files it holds about ${holds.toLocaleString('en')} connections at once, fewer than ${o.many.toLocaleString('en')}.`);
   }
-  const routingMembers = Math.min(o.registered, Math.floor((limits.hard - 300) / 2));
+  const routingMembers = routingRoom(o.registered, limits.hard, o.connections);
   if (o.routing && routingMembers < o.registered) {
-    notes.push(`Routing end to end uses ${routingMembers.toLocaleString('en')} registered servers, not ${o.registered.toLocaleString('en')}: the proxy holds a registration connection and an upstream link per server, and the hard limit is ${limits.hard} open files (raise it to ${2 * o.registered + 300} for the full count).`);
+    notes.push(`Routing end to end uses ${routingMembers.toLocaleString('en')} registered servers, not ${o.registered.toLocaleString('en')}: the proxy holds a registration connection and an upstream link per server, and keeps them and its clients within the room its open-files limit leaves (${fileRoom(limits.hard).toLocaleString('en')} of ${limits.hard}; docs/CONFIG.md, "The open-files limit"); raise the hard limit to ${filesFor(2 * o.registered + ROUTING_SPARE + o.connections)} for the full count.`);
   }
   // What this checkout can do: the workloads that need more are named in the notes and the verdicts, not failed.
   const caps: Capabilities = { concurrency: revproxyOptions('server').has('--concurrency'), accessLog: revproxyOptions('proxy').get('--access-log') };
