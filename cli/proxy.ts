@@ -25,7 +25,7 @@ import { systemClock } from '../transport/clock.js';
 import { ErrorCode } from '../transport/errors.js';
 import { dial, expiryWarning, type TlsMaterial } from '../transport/tls.js';
 import type { LoadedCert } from '../config/files.js';
-import { FileError, hostParser, ignoreUserSignals, releaseEarlySignals, takeEarlySignals, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, useColor, warnExpiring, whyUnreadable } from './common.js';
+import { FileError, hostParser, ignoreUserSignals, releaseEarlySignals, takeEarlySignals, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, useColor, warnExpiring } from './common.js';
 import { checkInspectToken, inspectOptions, startInspection } from './inspect.js';
 
 const camel = (key: string): string => key.replace(/_(\w)/g, (_, c: string) => c.toUpperCase());
@@ -271,7 +271,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
         f.reopen();
         done.push(`${f.what} ${f.file}`);
       } catch (err) {
-        logger.error(`${f.key}_reopen_failed`, `cannot reopen ${f.what} ${f.file}: ${whyUnreadable(err)}; its lines still go to the file it had open; fix this and send ${signal} again`, { file: f.file, signal });
+        logger.error(`${f.key}_reopen_failed`, `cannot reopen ${f.what} ${f.file}: ${whyNotWritable(err, f.file)}; its lines still go to the file it had open; fix this and send ${signal} again`, { file: f.file, signal });
       }
     }
     return done;

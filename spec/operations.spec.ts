@@ -350,7 +350,7 @@ access('a SIGHUP that cannot reopen the access log says so and why, keeps writin
   renameSync(logs, `${logs}.old`);
   proc.kill('SIGHUP');
   await proc.waitFor(/cannot reopen the access log/);
-  assert.match(proc.out.find((l) => /cannot reopen/.test(l)) ?? '', new RegExp(`error: cannot reopen the access log ${log}: it does not exist.*SIGHUP again`));
+  assert.match(proc.out.find((l) => /cannot reopen/.test(l)) ?? '', new RegExp(`error: cannot reopen the access log ${log}: its folder ${logs} does not exist: create it, or name another file; .*SIGHUP again`));
   await one('c1');
   await eventually(() => has(join(`${logs}.old`, 'access.log'), 'c1'), 3000, 'the line in the file still open');
   mkdirSync(logs);
