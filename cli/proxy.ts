@@ -44,7 +44,7 @@ function proxyOptions(): Option[] {
     new Option('--host <address>', `address to listen on (default: ${DEFAULT_LISTEN_HOST}), without a port; an IPv6 one bare or in brackets (::1, [::1])`).argParser(hostParser('--port')),
     new Option('--config <file>', 'read the settings from this YAML file (docs/CONFIG.md); flags given as well override it'),
     new Option('--check', 'check the configuration (the file, the flags and the files they name), then exit: 0 when it is valid, 1 when not'),
-    new Option('--pid-file <file>', "write the process id to this file at start, as HAProxy's -p and nginx's pid do (logrotate: postrotate kill -USR1 $(cat FILE)); removed on exit"),
+    new Option('--pid-file <file>', "write the process id to this file once the proxy listens, as HAProxy's -p and nginx's pid do (logrotate: postrotate kill -USR1 $(cat FILE)); removed on exit"),
     new Option('--token <secret>', 'registration secret every server must present').env('REVPROXY_TOKEN'),
     new Option('--tokens <file>', 'per-policy registration secrets (YAML: policy: secret); policies not in it take --token, or no registrations; re-read on SIGHUP'),
     new Option('--proxy-protocol-from <sources>', PROXY_PROTOCOL_FROM_DOC).argParser(parseList('--proxy-protocol-from', 'addresses or networks', '10.0.0.5,10.1.0.0/16', badTrustedSource)),
@@ -336,7 +336,8 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
   const unignore = ignoreUserSignals(logger, 'send SIGHUP to reload the configuration and reopen the log files, SIGUSR1 to reopen the log files only, SIGTERM to drain and stop', ['SIGUSR2']);
   for (const signal of takeEarlySignals(['SIGUSR2'])) process.emit(signal, signal);
   try {
-    if (pidFile) writePidFile(pidFile);
+    const unwritable = pidFile && pidFileProblem(pidFile);
+    if (unwritable) throw new FileError(unwritable);
     proxy = await startProxy({
       ...rt.options,
       registry: rt.registry,
@@ -346,6 +347,17 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       connect: conns?.wrap(dial),
     });
     const handle = proxy;
+    // Once it listens, as nginx and HAProxy write theirs: a second start that cannot take the port
+    // (the proxy started twice) wrote its pid over the running one's, then removed the file as it
+    // failed, and logrotate's `kill -USR1 $(cat FILE)` reached no proxy.
+    if (pidFile) {
+      try {
+        writePidFile(pidFile);
+      } catch (err) {
+        await handle.stop();
+        throw err;
+      }
+    }
     const reload = async (): Promise<void> => {
       reopen('SIGHUP');
       const state = handle.actor.getSnapshot().value;
@@ -515,7 +527,7 @@ function pidFileProblem(path: string): string | undefined {
   }
 }
 
-/** The process id, written at start (`--pid-file`); a file that cannot be written stops the start, saying why. */
+/** The process id, written once the proxy listens (`--pid-file`); a file that cannot be written stops the proxy, saying why. */
 function writePidFile(path: string): void {
   try {
     writeFileSync(path, `${process.pid}\n`);

@@ -268,7 +268,6 @@ access('SIGUSR1 reopens the access log after a rotation and reads no configurati
   // A config edit in progress: not valid. SIGUSR1 must not care.
   writeFileSync(cfgFile, 'port: 0\ntimeout: soon\n');
   renameSync(log, `${log}.1`);
-  proc.kill('SIGUSR1');
   await proc.waitFor(new RegExp(`Reopened the access log ${log} \\(SIGUSR1\\); the configuration was not read again`));
   await one('c2');
   await eventually(() => has(log, 'c2'), 3000, 'the line in the reopened file');
@@ -287,7 +286,6 @@ access('the inspection log (--inspect-log) is reopened on SIGUSR1 and on SIGHUP 
   await one('c1');
   await eventually(() => forwards(log) === 1, 3000, 'the first request recorded');
   renameSync(log, `${log}.1`);
-  proc.kill('SIGUSR1');
   await proc.waitFor(new RegExp(`Reopened the inspection log ${log} \\(SIGUSR1\\)`));
   await one('c2');
   await eventually(() => forwards(log) === 1, 3000, 'the second request in the reopened file');
@@ -475,6 +473,20 @@ reload('--pid-file: the process id to signal (logrotate: kill -USR1 $(cat FILE))
   const bad = revproxy(['proxy', '--port', '0', '--pid-file', join(ctx.dir, 'nowhere', 'x.pid')]);
   assert.is(await bad.exited, 1);
   assert.match(bad.out.join('\n'), /cannot write the --pid-file '.*x\.pid': its folder .*nowhere does not exist/);
+});
+
+reload('--pid-file: a second start that cannot take the port (the proxy started twice) leaves the running proxy\'s pid in the file', async () => {
+  // It wrote its pid over the running one's before binding, then removed the file as it failed:
+  // logrotate's `kill -USR1 $(cat FILE)` then reached no proxy, and the access log was never reopened.
+  const pidFile = join(ctx.dir, 'twice.pid');
+  const { proc, port } = await proxyWithConfig(write('t1.yaml', 'port: 0\n'), ['--pid-file', pidFile]);
+  const again = revproxy(['proxy', '--port', String(port), '--pid-file', pidFile]);
+  assert.is(await again.exited, 1);
+  assert.match(again.out.join('\n'), /port \d+ on 127\.0\.0\.1 is already in use/);
+  assert.is(existsSync(pidFile) ? readFileSync(pidFile, 'utf8').trim() : 'removed', String(proc.child.pid));
+  proc.kill();
+  assert.is(await proc.exited, 0);
+  assert.not.ok(existsSync(pidFile), 'removed by the proxy whose pid it holds');
 });
 
 reload('--pid-file on a full disk (/dev/full: every write ENOSPC) stops the start at once, saying the disk is full', async () => {
