@@ -5,9 +5,11 @@
  * environment and limits, with the file system read-only but for its LogsDirectory, as
  * ProtectSystem=strict leaves it); and docs/revproxy.rules.yml, checked and unit-tested by
  * Debian's promtool, every metric, label and value it names read from a running proxy's /metrics.
+ * docs/revproxy.logrotate is run with Debian's logrotate against a proxy under load.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { gunzipSync } from 'node:zlib';
 import { join } from 'node:path';
 import * as assert from 'uvu/assert';
 import { parse } from 'yaml';
@@ -203,6 +205,44 @@ serverUnit("an instance's ExecStart, its flags from its EnvironmentFile, registe
   assert.is(await inFlight, 'ok', 'the request in flight was answered');
 });
 
+const LOGROTATE_CONF = join(ROOT, 'docs/revproxy.logrotate');
+const LOGROTATE = '/usr/sbin/logrotate';
+const logrotate = fresh('docs/revproxy.logrotate');
+
+logrotate("Debian's logrotate, run with it five times against a proxy under load, says nothing, and every request's line is in one file, once", async () => {
+  const text = readFileSync(LOGROTATE_CONF, 'utf8');
+  assert.match(text, /^\s*if systemctl is-active --quiet revproxy\.service; then systemctl kill -s USR1 revproxy\.service; fi$/m, 'the postrotate line of the unit: SIGUSR1');
+  assert.ok(existsSync(LOGROTATE), `${LOGROTATE} is missing: install Debian's logrotate package (apt-get install logrotate), as .ci/run does`);
+  const logs = join(ctx.dir, 'logs'); // the unit's LogsDirectory, /var/log/revproxy
+  mkdirSync(logs);
+  const proc = revproxy(['proxy', '--port', '0', '--access-log', join(logs, 'access.log')]);
+  const port = Number((await proc.waitFor(/Running the reverse proxy on port (\d+)/))[1]);
+  ctx.servers.push(await startServer({ id: 's1', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port } }));
+  // This machine has no systemd as PID 1: the signal the unit's `systemctl kill` sends, to the process.
+  const conf = join(ctx.dir, 'revproxy.logrotate');
+  writeFileSync(conf, text.split('/var/log/revproxy').join(logs).replace(/^(\s*)if systemctl is-active.*$/m, `$1kill -USR1 ${proc.child.pid}`), { mode: 0o644 });
+  const load = revproxy(['load', '--revproc', `127.0.0.1:${port}`, '--policy', 'P', '-c', '4', '-R', '2000', '-d', '6s', '--json', '--no-progress']);
+  for (let i = 0; i < 5; i++) {
+    await sleep(900);
+    const run = start(LOGROTATE, ['-f', '-s', join(ctx.dir, 'logrotate.state'), conf]);
+    assert.is(await run.exited, 0, run.out.join('\n'));
+    assert.equal(run.out.filter(Boolean), [], 'logrotate said nothing');
+  }
+  assert.is(await load.exited, 0, load.out.join('\n'));
+  const report = JSON.parse(load.out.join('\n')) as { sent: number; ok: number; errors: Record<string, number> };
+  assert.equal(report.errors, {});
+  proc.kill('SIGTERM');
+  assert.is(await proc.exited, 0);
+  const files = readdirSync(logs).sort();
+  assert.ok(files.includes('access.log.1') && files.some((f) => f.endsWith('.gz')), `the newest rotated file kept as it is, older ones compressed: ${files.join(' ')}`);
+  const lines = files.flatMap((f) => {
+    const bytes = readFileSync(join(logs, f));
+    return (f.endsWith('.gz') ? gunzipSync(bytes) : bytes).toString('utf8').split('\n').filter(Boolean);
+  });
+  assert.ok(lines.every((l) => / client=load addr=127\.0\.0\.1:\d+ policy=P server=s1 seq=\d+ tries=1 latency_ms=[\d.]+ outcome=ok$/.test(l)), 'whole lines only');
+  assert.is(lines.length, report.sent, 'one line for each request sent, none lost and none twice');
+});
+
 const rules = fresh('docs/revproxy.rules.yml');
 
 interface Rule {
@@ -278,4 +318,5 @@ rules('every metric, label and label value it names is one a running proxy expor
 
 systemd.run();
 serverUnit.run();
+logrotate.run();
 rules.run();
