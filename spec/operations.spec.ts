@@ -268,6 +268,7 @@ access('SIGUSR1 reopens the access log after a rotation and reads no configurati
   // A config edit in progress: not valid. SIGUSR1 must not care.
   writeFileSync(cfgFile, 'port: 0\ntimeout: soon\n');
   renameSync(log, `${log}.1`);
+  proc.kill('SIGUSR1');
   await proc.waitFor(new RegExp(`Reopened the access log ${log} \\(SIGUSR1\\); the configuration was not read again`));
   await one('c2');
   await eventually(() => has(log, 'c2'), 3000, 'the line in the reopened file');
@@ -286,6 +287,7 @@ access('the inspection log (--inspect-log) is reopened on SIGUSR1 and on SIGHUP 
   await one('c1');
   await eventually(() => forwards(log) === 1, 3000, 'the first request recorded');
   renameSync(log, `${log}.1`);
+  proc.kill('SIGUSR1');
   await proc.waitFor(new RegExp(`Reopened the inspection log ${log} \\(SIGUSR1\\)`));
   await one('c2');
   await eventually(() => forwards(log) === 1, 3000, 'the second request in the reopened file');
