@@ -22,6 +22,7 @@ import {
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
 import type { PoolView } from '../inspector/views.js';
 import { systemClock } from '../transport/clock.js';
+import { bracketHint } from '../transport/address.js';
 import { ErrorCode } from '../transport/errors.js';
 import { dial, expiryWarning, type TlsMaterial } from '../transport/tls.js';
 import type { LoadedCert } from '../config/files.js';
@@ -56,7 +57,8 @@ function proxyOptions(): Option[] {
     new Option('--access-log <file>', "one line per request (time, client and address, policy, server, seq, tries, latency, outcome): '-' for stdout, or a file, reopened on SIGHUP (default: off)"),
     new Option('--access-log-flush <ms>', `a file access log holds its lines for fewer, larger writes: it writes at least this often, and whenever ${ACCESS_LOG_HOLD.bytes / 1024} KiB wait; 0 writes every turn of the event loop (default: ${ACCESS_LOG_HOLD.ms})`).argParser(parseIntOption('--access-log-flush', 0)),
     new Option('--admin <host:port>', 'serve /healthz, /readyz and /metrics on HOST:PORT (default: off)').argParser((v) => {
-      if (!parseHostPort(v)) throw new InvalidArgumentError(`--admin takes HOST:PORT (e.g. 127.0.0.1:9100) or a port, got '${v}'`);
+      const v6 = bracketHint(v);
+      if (!parseHostPort(v)) throw new InvalidArgumentError(`--admin takes HOST:PORT (e.g. 127.0.0.1:9100) or a port, got '${v}'${v6 ? `: ${v6}` : ''}`);
       return v;
     }),
     new Option('--admin-token <secret>', 'bearer token /metrics requires (the health checks stay open)').env('REVPROXY_ADMIN_TOKEN'),

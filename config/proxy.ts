@@ -16,6 +16,7 @@ import { ACCESS_LOG_HOLD } from '../admin/access-log.js';
 import { DEFAULT_LISTEN_HOST, resolveOptions, type Opts, type ProxyOptions } from '../actors/proxy-options.js';
 import { badTrustedSource } from '../actors/port-limits.js';
 import { HEAP_PER_CONNECTION, HEAP_RESERVE, MIN_DEFAULT_CONNECTIONS } from '../actors/memory-limit.js';
+import { bracketHint } from '../transport/address.js';
 import { FileError, LocalCode } from '../transport/errors.js';
 import { MAX_TIMER_MS } from '../transport/clock.js';
 import { MAX_ID_LENGTH } from '../transport/messages.js';
@@ -157,7 +158,7 @@ const trustedSource = refine(text, badTrustedSource);
 /** What `proxy_protocol_from` (`--proxy-protocol-from`) does, for the help text and docs/CONFIG.md. */
 export const PROXY_PROTOCOL_FROM_DOC = 'addresses or networks (10.0.0.0/8) of the L4 balancers in front of the proxy: their connections must begin with a PROXY protocol header (v1 or v2), whose client address the limits, logs and access log then use; anyone else is read as without it (default: none)';
 
-const hostPort = scalar('HOST:PORT (e.g. 127.0.0.1:9100), or a port on 127.0.0.1', (v) => parseHostPort(String(v)));
+const hostPort = scalar('HOST:PORT (e.g. 127.0.0.1:9100), or a port on 127.0.0.1', (v) => parseHostPort(String(v)), (v) => bracketHint(String(v)));
 
 const UNIT_WORDS: Record<string, string> = { ms: 'milliseconds', us: 'microseconds', n: 'a count', bytes: 'bytes', port: 'a port' };
 

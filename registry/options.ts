@@ -5,6 +5,7 @@
  * and the client; the defaults are written here once.
  */
 import type { TlsMaterial } from '../transport/tls.js';
+import { bracketHint } from '../transport/address.js';
 
 export interface RegistryOptions {
   /** etcd's client endpoints, `host:port` each (from `etcd://a:2379,b:2379`). */
@@ -58,7 +59,8 @@ export function parseRegistryUrl(value: string): { endpoints: string[]; tls: boo
   if (endpoints.length === 0) throw new TypeError(expected);
   for (const e of endpoints) {
     const hp = /^(?:\[[^\]]+\]|[^:/\s]+):(\d{1,5})$/.exec(e);
-    if (!hp || Number(hp[1]) < 1 || Number(hp[1]) > 65535) throw new TypeError(`'${e}' in ${value} is not HOST:PORT; ${expected}`);
+    const v6 = hp ? undefined : bracketHint(e);
+    if (!hp || Number(hp[1]) < 1 || Number(hp[1]) > 65535) throw new TypeError(`'${e}' in ${value} is not HOST:PORT${v6 ? ` (${v6})` : ''}; ${expected}`);
   }
   return { endpoints, tls: m[1]!.toLowerCase() === 'etcds' };
 }

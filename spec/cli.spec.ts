@@ -217,6 +217,26 @@ cli('--host takes an IPv6 address in brackets ([::1], as a URL writes it) and re
   await server.waitFor(/Listening on port \d+ at ::1$/);
 });
 
+cli('an IPv6 address given with a port but without brackets (::1:2100), or an address without a port, is refused saying how to write it: --revproc, --admin, admin.listen, --registry', async () => {
+  // They said only "the reverse proxy port must be a number from 0 to 65535, got '::1:2100'",
+  // "--admin takes HOST:PORT ... got '::1:9100'", "'::1:2379' in etcd://::1:2379 is not HOST:PORT".
+  const bracket = (hostPort: string) => new RegExp(`an IPv6 address goes in brackets before its port: ${hostPort.replace(/[[\].]/g, '\\$&')}`);
+  const usage = async (args: string[], said: RegExp, status = 2): Promise<void> => {
+    const p = revproxy(args);
+    assert.is(await p.exited, status, `${args.join(' ')}: ${p.out.join('\n')}`);
+    assert.match(p.out.join('\n'), said, args.join(' '));
+  };
+  await usage(['client', '--revproc', '::1:2100', '--pkt', 'pktfiles'], bracket('[::1]:2100'));
+  await usage(['server', '--id', '1', '--pp', '1', '--revproc', '2100,fd00::5:2100'], bracket('[fd00::5]:2100'));
+  await usage(['load', '--revproc', '::1', '-n', '1'], /'::1' has no port: give HOST:PORT \(\[::1\]:2100\)/);
+  await usage(['client', '--revproc', 'proxy.internal', '--pkt', 'pktfiles'], /'proxy\.internal' has no port: give HOST:PORT \(proxy\.internal:2100\)/);
+  await usage(['proxy', '--port', '0', '--admin', '::1:9100', '--check'], bracket('[::1]:9100'));
+  await usage(['server', '--id', '1', '--pp', '1', '--registry', 'etcd://::1:2379'], bracket('[::1]:2379'));
+  const dir = tempDir('bracket-');
+  writeFileSync(join(dir, 'p.yaml'), 'port: 0\nadmin:\n  listen: "::1:9100"\n');
+  await usage(['proxy', '--check', '--config', join(dir, 'p.yaml')], /p\.yaml:3:11: admin\.listen: expected HOST:PORT .*, got "::1:9100": an IPv6 address goes in brackets before its port: \[::1\]:9100/, 1);
+});
+
 cli('an empty listen address is refused, not taken as every address (--host "$UNSET", host: "")', async () => {
   // A process that started anyway is stopped, so the spec fails instead of waiting for it.
   const exited = (p: ReturnType<typeof revproxy>): Promise<number> => {

@@ -3,10 +3,23 @@
  * an IPv6 address in brackets, `[::1]:2100`, as in a URL - `::1:2100` reads as an address alone;
  * and how a peer's address is read off its socket (`peerAddress`), the one place that is done.
  */
-import { isIPv4 } from 'node:net';
+import { isIPv4, isIPv6 } from 'node:net';
 
 export function hostPort(host: string, port: number | string): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/**
+ * What to write for `value` when it is an IPv6 address and a port without brackets (`::1:2100`,
+ * refused: which colon ends the address cannot be told, and `::1:2100` is itself an address):
+ * `an IPv6 address goes in brackets before its port: [::1]:2100`; undefined for anything else.
+ */
+export function bracketHint(value: string): string | undefined {
+  const at = value.lastIndexOf(':');
+  const host = value.slice(0, at);
+  const port = value.slice(at + 1);
+  if (at < 0 || !/^\d{1,5}$/.test(port) || !isIPv6(host)) return undefined;
+  return `an IPv6 address goes in brackets before its port: ${hostPort(host, port)}`;
 }
 
 /** A peer whose address its socket cannot tell (it reset before its accept was seen): `?` in every log, with no port. */
