@@ -164,7 +164,7 @@ export class ConnectionLimits {
   private refusedWhy(): string {
     const max = this.server!.maxConnections;
     const wanted = this.limits.maxConnections;
-    if (max >= wanted) return `${max} connections are open (${this.names.total})`;
+    if (max >= wanted) return `${max} connections are open (${this.names.total}): raise ${this.names.total} to keep more`;
     const links = this.links?.open ?? 0;
     const beside = links > 0 ? ` beside its ${links} link(s) to servers, a descriptor each` : '';
     return `${max} connections are open, the most this process's open-files limit leaves room for${beside} (ulimit -n ${this.softFiles}; ${this.names.total} is ${wanted}): ${this.raise(links)}`;
@@ -213,7 +213,7 @@ export class ConnectionLimits {
     const limit = this.limits.maxConnectionsPerPeer;
     if (limit && n > limit) {
       socket.on('error', ignore);
-      this.logger.repeated('warn', 'conn_refused', addr, 1, (k, span) => `Refused ${span ? `${fmt(k)} connections` : 'a connection'} from ${addr}${span ? ` ${span}` : ''}: it has ${limit} open (${this.names.perPeer})`, {
+      this.logger.repeated('warn', 'conn_refused', addr, 1, (k, span) => `Refused ${span ? `${fmt(k)} connections` : 'a connection'} from ${addr}${span ? ` ${span}` : ''}: it has ${limit} open (${this.names.perPeer}); raise ${this.names.perPeer} (0: no limit) if that address stands for many clients`, {
         peer: addr, limit,
       });
       socket.destroy();

@@ -210,7 +210,7 @@ port('connections past --max-connections, or past --max-conns-per-peer from one 
     await eventually(() => over.every((s) => s.destroyed || s.readableEnded), 3000, 'the connections past the limit closed');
     await eventually(() => ctx.logs.some((r) => r.event === 'conn_refused'), 3000, 'the refusal logged');
     assert.is(ctx.logs.filter((r) => r.event === 'conn_refused').length, 1, 'once, then counted');
-    assert.match(ctx.logs.find((r) => r.event === 'conn_refused')!.msg, limits.maxConnections ? /5 connections are open \(--max-connections\)/ : /it has 5 open \(--max-conns-per-peer\)/);
+    assert.match(ctx.logs.find((r) => r.event === 'conn_refused')!.msg, limits.maxConnections ? /5 connections are open \(--max-connections\): raise --max-connections to keep more$/ : /it has 5 open \(--max-conns-per-peer\); raise --max-conns-per-peer \(0: no limit\) if that address stands for many clients$/);
     // The connections it has are served on.
     const first = collector(socks[0]!);
     socks[0]!.write(frame({ type: 0, seq: 2, srcid: 'c', privPoliId: 'P', payload: 'quick' }));
