@@ -138,4 +138,18 @@ shape("the oldest Node is written once, in package.json's engines: both bundles 
   assert.equal(written, [], 'a Node target written beside package.json');
 });
 
+shape("the hot path reads Buffer and performance from their modules, not Node 20's global getters (README's Benchmark: an inline-cache miss and a call at each read)", () => {
+  const hot = ['transport/fastwire.ts', 'transport/frame.ts', 'transport/messages.ts', 'transport/clock.ts', 'transport/busy-poll.ts'];
+  const wrong: string[] = [];
+  for (const f of hot) {
+    const code = readFileSync(join(ROOT, f), 'utf8').replace(/\/\*[\s\S]*?\*\/|\/\/.*$/gm, '');
+    for (const [name, from] of [['Buffer', 'node:buffer'], ['performance', 'node:perf_hooks']] as const) {
+      const used = new RegExp(`(?<![\\w.])${name}\\.`).test(code);
+      const imported = new RegExp(`import \\{[^}]*\\b${name}\\b[^}]*\\} from '${from}'`).test(code);
+      if (used && !imported) wrong.push(`${f}: ${name} from the global object`);
+    }
+  }
+  assert.equal(wrong, []);
+});
+
 shape.run();

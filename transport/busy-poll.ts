@@ -13,6 +13,7 @@
  * once the window after the last traffic has passed. HAProxy's `busy-polling`
  * does the same without a window (its threads never sleep).
  */
+import { performance } from 'node:perf_hooks';
 
 export interface BusyPollOptions {
   /** Keep polling this long after the last traffic (microseconds). */

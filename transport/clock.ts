@@ -1,3 +1,5 @@
+import { performance } from 'node:perf_hooks';
+
 /**
  * Time, injectable: actors read time and set timers only through a Clock, so
  * fault tests can run on a manual clock, fast and deterministic.
@@ -53,6 +55,12 @@ export function setDeadline(clock: Clock, fn: () => void, ms: number, stalled?: 
   return { cancel: () => timer.cancel() };
 }
 
+/**
+ * The system clock. `performance` comes from its module, not from the global
+ * object: in Node 20 the global is a getter, so each read of it in hot code was
+ * an inline-cache miss and a call (`performance.now()` 68-70 ns through the
+ * global, 55-59 ns through the import; README's Benchmark).
+ */
 export const systemClock: Clock = {
   now: () => performance.now(),
   setTimeout(fn, ms) {

@@ -3,6 +3,7 @@
  * MessagePack map. Pure: bytes in, messages out, and messages into frames
  * (one encoder, whatever buffer it writes to); no sockets here.
  */
+import { Buffer } from 'node:buffer';
 import { Packr, Unpackr, isNativeAccelerationEnabled } from 'msgpackr';
 import { ErrorCode, ProtocolError, hexPreview } from './errors.js';
 import { asRead, asReadSize, decodeHot, encodeAsRead, encodeHot, hotSize } from './fastwire.js';

@@ -3,6 +3,7 @@
  * JSON objects) decode into these types, and every decoded value goes through
  * `toMessage` before any actor sees it.
  */
+import { Buffer } from 'node:buffer';
 import { ErrorCode, isLocalCode, isWireCode, ProtocolError } from './errors.js';
 
 export const MsgType = {
