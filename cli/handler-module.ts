@@ -78,6 +78,29 @@ export async function loadHandler(path: string): Promise<Handler> {
   return handler as Handler;
 }
 
+/**
+ * `revproxy server` has stopped and ended its log: a process still up `graceMs` later is held by what
+ * the handler module left open (a setInterval never cleared, a connection never closed), which the
+ * server cannot close. It ran on for ever after its drain ('Server ... stopped', then nothing) until
+ * a supervisor's SIGKILL. Say what is open, on a log of its own (`newLogger`), and exit with `code`.
+ */
+export function exitOnceStopped(code: number, newLogger: () => Logger, graceMs = 1000): void {
+  setTimeout(() => {
+    const counts = new Map<string, number>();
+    for (const kind of process.getActiveResourcesInfo()) counts.set(kind, (counts.get(kind) ?? 0) + 1);
+    // Its own stdout and stderr are listed once written to (PipeWrap, TTYWrap), and hold nothing up.
+    for (const stream of [process.stdout, process.stderr]) {
+      const kind = `${(stream as { _handle?: object })._handle?.constructor.name}Wrap`;
+      const n = counts.get(kind);
+      if (n !== undefined) n > 1 ? counts.set(kind, n - 1) : counts.delete(kind);
+    }
+    const open = [...counts].map(([kind, n]) => `${n} ${kind}`).join(', ') || 'something';
+    const logger = newLogger();
+    logger.warn('kept_alive', `Still running ${graceMs} ms after the server stopped: the handler module left ${open} open, which would keep the process running for ever (a setInterval never cleared, a connection never closed); exiting now. unref() what must not keep a process running (setInterval(...).unref()), or close it on SIGTERM`, { open });
+    void logger.end().then(() => process.exit(code));
+  }, graceMs).unref();
+}
+
 /** The signals that stop a server (cli/common.ts, runUntilStopped). */
 const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGQUIT'] as const;
 

@@ -9,7 +9,7 @@ import { LocalCode, RevproxyError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import type { Result } from '../actors/connect.js';
 import type { Payload } from '../actors/handler.js';
-import { loadHandlerStoppable } from './handler-module.js';
+import { exitOnceStopped, loadHandlerStoppable } from './handler-module.js';
 import { benchCommand } from './bench.js';
 import { proxyCommand } from './proxy.js';
 import { loadCommand } from './load.js';
@@ -157,7 +157,9 @@ export function buildProgram(setExit: (code: number) => void): Command {
     process.off('SIGHUP', hup);
     await insp.close();
     await logger.end();
-    setExit(server.actor.getSnapshot().value === 'failed' ? 1 : 0);
+    const code = server.actor.getSnapshot().value === 'failed' ? 1 : 0;
+    setExit(code);
+    exitOnceStopped(code, () => makeLogger(`server ${o.id}`, o));
   });
 
   withOptions(registryOptions(), withTlsOptions(withLogOptions(withInspectOptions(

@@ -177,4 +177,22 @@ examples('a handler module may be CommonJS: `module.exports = fn`, or TypeScript
   }
 });
 
+examples('a server whose handler module left a timer running still exits after its drain, saying what was left open', async () => {
+  // Before, 'Server ... stopped' and then nothing: the module's setInterval kept the process up for ever, until a supervisor's SIGKILL.
+  const dir = tempDir('revproxy-handlers-');
+  try {
+    writeFileSync(join(dir, 'leaky.mjs'), 'setInterval(() => {}, 1000); // a flush the module never clears\nexport default async (p) => `leaky ${p}`;\n');
+    const { proc: proxy, port } = await proxyProcess();
+    const server = revproxy(['server', '--id', 'leaky', '--pp', 'L', '--revproc', String(port), '--handler', join(dir, 'leaky.mjs')]);
+    await proxy.waitFor(/Received setup message from server id leaky /);
+    server.kill('SIGTERM');
+    await server.waitFor(/Server leaky stopped after answering 0 request\(s\)/);
+    const code = await Promise.race([server.exited, new Promise<string>((r) => setTimeout(() => r('still running 5 s after it stopped'), 5000))]);
+    assert.is(code, 0, server.out.join('\n'));
+    assert.match(server.out.join('\n'), /warning: Still running 1000 ms after the server stopped: the handler module left 1 Timeout open, which would keep the process running for ever .*; exiting now/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 examples.run();
