@@ -29,8 +29,8 @@ import { sha1Hex } from './sha1.js';
 /** A request's payload as the client sent it: text (MessagePack `str`) or bytes (`bin`). */
 export type Payload = string | Uint8Array;
 
-/** What a handler answers: text or bytes, sent to the client as it is. */
-export type Answer = string | Uint8Array;
+/** What a handler answers: text or bytes (a `Uint8Array` or `Buffer`, an `ArrayBuffer`, a `DataView` or any typed array, its bytes), sent to the client as it is. */
+export type Answer = string | Uint8Array | ArrayBuffer | ArrayBufferView;
 
 /** What a handler knows about the request it runs for. */
 export interface HandlerContext {
@@ -537,9 +537,10 @@ export class HandlerRunner {
     return true;
   }
 
-  private ack(job: Job, answer: unknown): AckMsg | ErrorMsg {
+  private ack(job: Job, returned: unknown): AckMsg | ErrorMsg {
     const { msg } = job;
     const id = this.opts.serverId;
+    const answer = asBytes(returned);
     if (typeof answer !== 'string' && !isBytes(answer)) {
       // A bug in the handler, as one that throws: the server's log says so too (it said nothing, even at info).
       const what = describe(answer);
@@ -623,6 +624,15 @@ function safely<T, F>(read: () => T, fallback: F): T | F {
   }
 }
 
+/**
+ * An answer that is bytes of another shape - an `ArrayBuffer` (`await response.arrayBuffer()`), a `DataView`,
+ * a typed array other than `Uint8Array` - as a `Uint8Array` over the same memory, as `ws` and undici take
+ * them; anything else as it is. They were BAD_ANSWER 'an object (JSON.stringify it...)', which gives '{}'.
+ */
+function asBytes(v: unknown): unknown {
+  return safely(() => (v instanceof ArrayBuffer ? new Uint8Array(v) : ArrayBuffer.isView(v) && !(v instanceof Uint8Array) ? new Uint8Array(v.buffer, v.byteOffset, v.byteLength) : v), v);
+}
+
 /** Bytes, asked safely: `instanceof` on a revoked Proxy throws. */
 function isBytes(v: unknown): v is Uint8Array {
   return safely(() => v instanceof Uint8Array, false);
@@ -675,6 +685,9 @@ function describe(v: unknown): string {
   if (safely(() => Array.isArray(v), false)) return 'an array';
   const kind = safely(() => Object.prototype.toString.call(v).slice(8, -1), 'Object');
   if (kind === 'AsyncGenerator' || kind === 'Generator') return `${kind === 'AsyncGenerator' ? 'an async generator' : 'a generator'} (a handler returns its answer, it does not yield)`;
+  // What fetch() gives: its bytes or text are the answer, read with one more await.
+  if (kind === 'Blob' || kind === 'File') return `a ${kind} (answer await blob.arrayBuffer(), its bytes)`;
+  if (kind === 'Response') return 'a fetch Response (answer await response.text(), or await response.arrayBuffer() for its bytes)';
   if (typeof v === 'object') return 'an object (JSON.stringify it to answer JSON)';
   return typeof v;
 }

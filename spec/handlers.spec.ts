@@ -607,6 +607,25 @@ bytes('bytes and text round-trip byte-exact through the proxy, and the SHA1 hand
   );
 });
 
+bytes('an ArrayBuffer, a DataView or another typed array answers its bytes, as ws and undici take them; a Blob or a fetch Response is BAD_ANSWER saying how to read it', async () => {
+  // Before, each was BAD_ANSWER 'an object (JSON.stringify it to answer JSON)', and JSON.stringify of an ArrayBuffer is '{}'.
+  const memory = new Uint8Array([9, 1, 2, 3, 4, 9]).buffer;
+  const shapes: Record<string, unknown> = {
+    buffer: memory.slice(1, 5), view: new DataView(memory, 1, 4), u16: new Uint16Array(memory.slice(1, 5)), sub: new Int8Array(memory, 1, 4),
+    blob: new Blob(['x']), response: new Response('x'),
+  };
+  await serve('shapes', 'S', ((p: string) => shapes[p]) as unknown as Handler);
+  const c = await client();
+  for (const shape of ['buffer', 'view', 'u16', 'sub']) {
+    const back = await c.request('S', shape).catch((e: unknown) => e);
+    assert.instance(back, Uint8Array, `${shape}: ${String(back)}`);
+    assert.equal([...(back as Uint8Array)], [1, 2, 3, 4], shape);
+  }
+  const said = async (p: string): Promise<string> => ((await c.request('S', p).catch((e: unknown) => e)) as HandlerError).message;
+  assert.is(await said('blob'), 'the handler of server shapes answered a Blob (answer await blob.arrayBuffer(), its bytes); a handler answers a string or bytes');
+  assert.is(await said('response'), 'the handler of server shapes answered a fetch Response (answer await response.text(), or await response.arrayBuffer() for its bytes); a handler answers a string or bytes');
+});
+
 bytes('a binary request never goes to an old JSON server: it is tried on the next member, and fails only when none is left', async () => {
   const old = await startServer({ id: 'old', policy: 'M', revproc: ctx.proxy.port, wire: 'json' });
   ctx.servers.push(old);
