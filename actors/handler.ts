@@ -85,6 +85,9 @@ export function badHandler(handler: unknown): string | undefined {
   return undefined;
 }
 
+/** A handler computing this long without returning (ms) held the server's thread past a PING interval (1 s by default): said, at warn. */
+const BLOCKING_MS = 1000;
+
 /** Longest handler error message passed on to the client (characters). */
 const MAX_APP_MESSAGE = 1024;
 
@@ -442,12 +445,15 @@ export class HandlerRunner {
     const { msg } = job;
     if (log.enabled('debug')) log.debug('request', `Received a message from client ${msg.srcid} payload ${show(msg.payload)}`, { client: msg.srcid, payload: show(msg.payload) });
     let result: Answer | Promise<Answer>;
+    const began = this.opts.clock.now();
     try {
       result = this.opts.handler(msg.payload, new RequestContext(job));
     } catch (err) {
+      this.blocking(job, began);
       this.finish(job, this.failure(job, err));
       return;
     }
+    this.blocking(job, began);
     if (typeof result === 'string' || isBytes(result)) this.finish(job, this.ack(job, result));
     else {
       const ms = this.opts.handlerTimeoutMs;
@@ -460,6 +466,23 @@ export class HandlerRunner {
         (err: unknown) => (job.lingering ? this.settled(job) : this.finish(job, this.failure(job, err))),
       );
     }
+  }
+
+  /**
+   * The handler computed for `BLOCKING_MS` or more before it returned (or awaited): the server's one
+   * thread answered nothing meanwhile, the proxy's PINGs included. The proxy then tries its requests
+   * elsewhere and, past --ping-interval x --ping-misses (3 s), removes the server; the server's log
+   * said only 'REMOVED: it missed 3 PINGs', nothing of the handler.
+   */
+  private blocking(job: Job, began: number): void {
+    const ms = Math.round(this.opts.clock.now() - began);
+    if (ms < BLOCKING_MS) return;
+    const { msg } = job;
+    const id = this.opts.serverId;
+    this.opts.logger.repeated('warn', 'handler_blocking', id, 1, (n, span) => span
+      ? `The handler of server ${id} computed for ${BLOCKING_MS} ms or more without awaiting on ${fmt(n)} more request(s) ${span}, the server answering nothing meanwhile`
+      : `The handler of server ${id} computed for ${ms} ms without awaiting on request ${msg.seq} of client ${msg.srcid}: the server answered nothing meanwhile, the proxy's PINGs included, so the proxy tries its requests on other servers after its try timeout and removes the server after 3 s of it (--ping-interval x --ping-misses). Run heavy work in a worker thread (node:worker_threads, or a pool such as piscina) and await it`,
+    { client: msg.srcid, seq: msg.seq, ms });
   }
 
   /** Write the job's answer, free its slot, start the next waiting job whose answer is still wanted. */

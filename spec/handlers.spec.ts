@@ -199,6 +199,29 @@ answers('a handler, an id or a policy that cannot serve is refused at start with
 
 const timing = withProxy('a handler that does not answer in time', { timeoutMs: 400, retries: 0 });
 
+answers('a handler that computes for a second or more without awaiting is said to, at warn, naming the request and what to do: the server answered nothing meanwhile, PINGs included', async () => {
+  // Before, the server's log said nothing of it; past 3 s, only 'REMOVED: it missed 3 PINGs in a row' once it was free again.
+  const logs: LogRecord[] = [];
+  const spin = (ms: number): void => {
+    const end = performance.now() + ms;
+    while (performance.now() < end);
+  };
+  const s = await startServer({
+    id: 'cpu', policy: 'C', revproc: ctx.proxy.port, logger: new Logger('server', memorySink(logs), 'info'),
+    handler: (p) => (spin(p === 'long' ? 1100 : 50), `spun ${String(p)}`),
+  });
+  ctx.servers.push(s);
+  await eventually(() => ctx.proxy.pools().C?.serving.includes('cpu') ?? false, 3000, 'serving');
+  const c = await client({ timeoutMs: 10_000 });
+  assert.is(await c.request('C', 'short'), 'spun short');
+  assert.equal(logs.filter((r) => r.event === 'handler_blocking'), [], 'a 50 ms computation is not said');
+  assert.is(await c.request('C', 'long'), 'spun long');
+  const lines = logs.filter((r) => r.event === 'handler_blocking');
+  assert.is(lines.length, 1, lines.map((r) => r.msg).join('\n'));
+  assert.is(lines[0]!.level, 'warn');
+  assert.match(lines[0]!.msg, /^The handler of server cpu computed for 1\d{3} ms without awaiting on request \d+ of client c1: the server answered nothing meanwhile, the proxy's PINGs included, .* Run heavy work in a worker thread \(node:worker_threads, or a pool such as piscina\) and await it$/);
+});
+
 timing('a handler that ignores its signal still gets the client the proxy\'s TIMEOUT, before its own timeout', async () => {
   await serve('s', 'P', () => new Promise<string>(() => {}));
   // The client's own timeout is far later: the error must be the proxy's.
