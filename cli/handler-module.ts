@@ -6,6 +6,7 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { format } from 'node:util';
 import { StartError, type Handler } from '../actors/index.js';
 import { badHandler, describeThrown } from '../actors/handler.js';
 import type { Logger } from '../actors/logger.js';
@@ -99,6 +100,21 @@ export function exitOnceStopped(code: number, newLogger: () => Logger, graceMs =
     logger.warn('kept_alive', `Still running ${graceMs} ms after the server stopped: the handler module left ${open} open, which would keep the process running for ever (a setInterval never cleared, a connection never closed); exiting now. unref() what must not keep a process running (setInterval(...).unref()), or close it on SIGTERM`, { open });
     void logger.end().then(() => process.exit(code));
   }, graceMs).unref();
+}
+
+/** The console methods a handler module writes with, and the level each becomes in the server's log. */
+const CONSOLE_LEVELS = { log: 'info', info: 'info', debug: 'debug', warn: 'warn', error: 'error' } as const;
+
+/**
+ * A handler module's `console.log` (and `info`, `debug`, `warn`, `error`) becomes a line of the server's
+ * log (`console`, at its level): its text went raw to the stdout the log is written to, so that
+ * `--log-format json` had lines that are not JSON, and `process.stdout.write('...')` without a newline
+ * ran on into the next record (`...{"level":"info",...}`). As AWS Lambda does with JSON logs.
+ */
+export function consoleToLog(logger: Logger): void {
+  for (const [method, level] of Object.entries(CONSOLE_LEVELS)) {
+    console[method as keyof typeof CONSOLE_LEVELS] = (...args: unknown[]) => logger[level]('console', format(...args), { method });
+  }
 }
 
 /** The signals that stop a server (cli/common.ts, runUntilStopped). */

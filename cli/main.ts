@@ -9,7 +9,7 @@ import { LocalCode, RevproxyError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import type { Result } from '../actors/connect.js';
 import type { Payload } from '../actors/handler.js';
-import { exitOnceStopped, loadHandlerStoppable } from './handler-module.js';
+import { consoleToLog, exitOnceStopped, loadHandlerStoppable } from './handler-module.js';
 import { benchCommand } from './bench.js';
 import { proxyCommand } from './proxy.js';
 import { loadCommand } from './load.js';
@@ -144,6 +144,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     process.on('SIGHUP', hup);
     const unignore = ignoreUserSignals(logger, files ? `send SIGHUP to reload the TLS files (${files}), SIGTERM to drain and stop; restart it to change its other settings` : NOTHING_TO_RELOAD);
     for (const signal of takeEarlySignals(['SIGHUP', 'SIGUSR1', 'SIGUSR2'])) process.emit(signal, signal);
+    if (o.handler !== undefined) consoleToLog(logger);
     const handler = o.handler === undefined ? undefined : await loadHandlerStoppable(o.handler, logger);
     const insp = await startInspection(o, `server ${o.id}`);
     server = await startServer({

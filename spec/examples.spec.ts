@@ -141,7 +141,7 @@ examples('a handler module whose top-level code does not finish is said to after
     writeFileSync(join(dir, 'hang.mjs'), 'console.log("importing");\nawait new Promise((r) => setTimeout(r, 600_000));\nexport default async (p) => p;\n');
     for (const signal of ['SIGTERM', 'SIGINT'] as const) {
       const server = revproxy(['server', '--id', 'h', '--pp', 'P', '--revproc', '1', '--handler', join(dir, 'hang.mjs')]);
-      await server.waitFor(/^importing$/);
+      await server.waitFor(/ \| importing$/);
       if (signal === 'SIGTERM') await server.waitFor(/warning: Still importing the handler module '.*hang\.mjs' after 5000 ms: its top-level code has not finished \(a top-level await\?\)/, 8000);
       server.kill(signal);
       const code = await Promise.race([server.exited, new Promise<string>((r) => setTimeout(() => r('still running 5 s after the signal'), 5000))]);
@@ -190,6 +190,37 @@ examples('a server whose handler module left a timer running still exits after i
     const code = await Promise.race([server.exited, new Promise<string>((r) => setTimeout(() => r('still running 5 s after it stopped'), 5000))]);
     assert.is(code, 0, server.out.join('\n'));
     assert.match(server.out.join('\n'), /warning: Still running 1000 ms after the server stopped: the handler module left 1 Timeout open, which would keep the process running for ever .*; exiting now/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+examples('what a handler module writes with console is a line of the server\'s log: with --log-format json every line stays JSON', async () => {
+  // Before, console.log's text went raw to the stdout the JSON log is written to: lines a log shipper cannot parse.
+  const dir = tempDir('revproxy-handlers-');
+  try {
+    writeFileSync(join(dir, 'chatty.mjs'), 'console.log("loaded", { v: 1 });\nexport default async (p, ctx) => { console.log("handling %s for", p, ctx.clientId); console.error(new Error("not fatal")); console.debug("hidden at info"); return `chatty ${p}`; };\n');
+    const { proc: proxy, port } = await proxyProcess();
+    const server = revproxy(['server', '--id', 'chatty', '--pp', 'T', '--revproc', String(port), '--handler', join(dir, 'chatty.mjs'), '--log-format', 'json']);
+    await proxy.waitFor(/Received setup message from server id chatty /);
+    const client = await connect({ revproc: port, id: 'c7' });
+    try {
+      assert.is(await client.request('T', 'x'), 'chatty x');
+    } finally {
+      client.destroy();
+    }
+    await server.waitFor(/not fatal/);
+    server.kill('SIGTERM');
+    assert.is(await server.exited, 0, server.out.join('\n'));
+    const records = server.out.map((line) => {
+      try {
+        return JSON.parse(line) as { level: string; event: string; method?: string; msg: string };
+      } catch {
+        throw new Error(`not a JSON line: ${line}\n${server.out.join('\n')}`);
+      }
+    });
+    const said = records.filter((r) => r.event === 'console').map((r) => [r.level, r.method, r.msg.split('\n')[0]]);
+    assert.equal(said, [['info', 'log', 'loaded { v: 1 }'], ['info', 'log', 'handling x for c7'], ['error', 'error', 'Error: not fatal']]);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
