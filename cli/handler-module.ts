@@ -117,6 +117,31 @@ export function consoleToLog(logger: Logger): void {
   }
 }
 
+/**
+ * While the server serves, an end it did not choose is said in its log: `process.exit()` called by the
+ * handler module ended it without a line (the proxy saw the connection close, the log nothing), and a
+ * throw from one of its timers or an unhandled rejection was Node's raw stack on stderr alone, outside
+ * a JSON log. Node still ends the process as it would (exit 1, its stack on stderr): this only says so,
+ * first (prepended: the log's own exit hook then writes it out). Returns the function that stops it.
+ */
+export function sayUnplannedExit(logger: Logger): () => void {
+  let said = false;
+  const onUncaught = (err: unknown, origin: string): void => {
+    said = true;
+    const what = origin === 'unhandledRejection' ? 'a promise it did not await rejected (an unhandled rejection)' : 'an exception was thrown outside any request (a timer or callback of its own)';
+    logger.error('uncaught', `The server ends (exit 1): ${what}: ${describeThrown(err).detail}; catch it, or await what the handler starts (README, "Your own handler")`, { origin });
+  };
+  const onExit = (code: number): void => {
+    if (!said) logger.error('unplanned_exit', `The process is exiting with code ${code} while the server serves, not by its drain: process.exit() was called (by the handler module?), and requests in flight are lost; a handler throws to fail its request, and the server stops on SIGTERM`, { code });
+  };
+  process.on('uncaughtExceptionMonitor', onUncaught);
+  process.prependListener('exit', onExit);
+  return () => {
+    process.off('uncaughtExceptionMonitor', onUncaught);
+    process.off('exit', onExit);
+  };
+}
+
 /** The signals that stop a server (cli/common.ts, runUntilStopped). */
 const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGQUIT'] as const;
 

@@ -9,7 +9,7 @@ import { LocalCode, RevproxyError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import type { Result } from '../actors/connect.js';
 import type { Payload } from '../actors/handler.js';
-import { consoleToLog, exitOnceStopped, loadHandlerStoppable } from './handler-module.js';
+import { consoleToLog, exitOnceStopped, loadHandlerStoppable, sayUnplannedExit } from './handler-module.js';
 import { benchCommand } from './bench.js';
 import { proxyCommand } from './proxy.js';
 import { loadCommand } from './load.js';
@@ -153,7 +153,12 @@ export function buildProgram(setExit: (code: number) => void): Command {
       token: o.token, tls, wire: o.wire, handler, concurrency: o.concurrency, queueLimit: o.queueLimit, handlerTimeoutMs: o.handlerTimeout, tcpKeepAliveMs: o.tcpKeepalive, maxBufferedBytes: o.maxBufferedBytes, maxConnections: o.maxConnections, maxConnectionsPerPeer: o.maxConnsPerPeer, registry,
     });
     if (reloadOnceUp) hup();
-    await runUntilStopped(server.actor, server.stop, logger);
+    const planned = sayUnplannedExit(logger);
+    try {
+      await runUntilStopped(server.actor, server.stop, logger);
+    } finally {
+      planned();
+    }
     unignore();
     process.off('SIGHUP', hup);
     await insp.close();

@@ -226,4 +226,40 @@ examples('what a handler module writes with console is a line of the server\'s l
   }
 });
 
+examples('a server ended by its handler module - process.exit(), a throw from its own timer, an unhandled rejection - says so in its log before it goes', async () => {
+  // Before, process.exit() ended it without a line, and the other two left Node's raw stack on stderr alone, outside a JSON log.
+  const dir = tempDir('revproxy-handlers-');
+  try {
+    writeFileSync(join(dir, 'ends.mjs'), [
+      'export default async (p) => {',
+      '  if (p === "exit") process.exit(3);',
+      '  if (p === "timer") setTimeout(() => { throw new Error("late boom"); }, 10);',
+      '  if (p === "rejection") Promise.reject(new Error("forgotten"));',
+      '  return `ok ${p}`;',
+      '};',
+    ].join('\n'));
+    const { proc: proxy, port } = await proxyProcess();
+    const ends: Record<string, [number, RegExp]> = {
+      exit: [3, /"event":"unplanned_exit","code":3,"msg":"The process is exiting with code 3 while the server serves, not by its drain: process\.exit\(\) was called \(by the handler module\?\)/],
+      timer: [1, /"event":"uncaught","origin":"uncaughtException","msg":"The server ends \(exit 1\): an exception was thrown outside any request \(a timer or callback of its own\): Error: late boom\\n    at /],
+      rejection: [1, /"event":"uncaught","origin":"unhandledRejection","msg":"The server ends \(exit 1\): a promise it did not await rejected \(an unhandled rejection\): Error: forgotten\\n    at /],
+    };
+    for (const [name, [status, line]] of Object.entries(ends)) {
+      const server = revproxy(['server', '--id', name, '--pp', name, '--revproc', String(port), '--handler', join(dir, 'ends.mjs'), '--log-format', 'json']);
+      await proxy.waitFor(new RegExp(`Received setup message from server id ${name} `));
+      const client = await connect({ revproc: port });
+      try {
+        await client.request(name, name).catch(() => undefined);
+      } finally {
+        client.destroy();
+      }
+      assert.is(await server.exited, status, server.out.join('\n'));
+      assert.match(server.out.join('\n'), line, name);
+      assert.not.match(server.out.join('\n'), name === 'exit' ? /"event":"uncaught"/ : /"event":"unplanned_exit"/, `${name}: said once`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 examples.run();
