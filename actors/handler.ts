@@ -157,6 +157,9 @@ export class Caller {
   constructor(readonly conn: Connection) {}
 }
 
+/** Handlers' promises not settled yet: one collected unsettled can never settle (`HandlerRunner.collected`). */
+const unsettled = new FinalizationRegistry<Job>((job) => job.runner.collected(job));
+
 /** One request, from its arrival until its answer is written. */
 class Job {
   private controller?: AbortController;
@@ -461,9 +464,10 @@ export class HandlerRunner {
         job.limit = this.opts.clock.setTimeout(() => this.timedOut(job, ms), ms);
         this.timed.add(job);
       }
+      if (typeof result === 'object' && result !== null) unsettled.register(result, job, job);
       Promise.resolve(result).then(
-        (answer) => (job.lingering ? this.settled(job) : this.finish(job, this.ack(job, answer))),
-        (err: unknown) => (job.lingering ? this.settled(job) : this.finish(job, this.failure(job, err))),
+        (answer) => (unsettled.unregister(job), job.lingering ? this.settled(job) : this.finish(job, this.ack(job, answer))),
+        (err: unknown) => (unsettled.unregister(job), job.lingering ? this.settled(job) : this.finish(job, this.failure(job, err))),
       );
     }
   }
@@ -531,6 +535,23 @@ export class HandlerRunner {
       : `The handler of server ${id} did not settle within ${ms} ms on request ${msg.seq} of client ${msg.srcid}: answered TIMEOUT, aborted its ctx.signal and freed its slot (--handler-timeout); a handler should pass ctx.signal on to whatever it waits for`, {
       client: msg.srcid, seq: msg.seq, timeoutMs: ms,
     });
+  }
+
+  /**
+   * The handler's promise was garbage-collected unsettled: nothing refers to it, so nothing can settle
+   * it (a resolve() left out on some path). What it held is free: before, such handlers kept their
+   * slots for good (with --concurrency 2, four of them and the server ran no request again, its
+   * queue waiting for ever). One not answered yet (no handler timeout) is answered TIMEOUT now.
+   */
+  collected(job: Job): void {
+    if (!job.lingering && job.done) return;
+    const id = this.opts.serverId;
+    this.opts.logger.repeated('warn', 'handler_unsettled', id, 1, (n, span) => span
+      ? `The handler of server ${id} returned ${fmt(n)} more promise(s) that can never settle ${span}: their slots are free`
+      : `The handler of server ${id} returned a promise that can never settle on request ${job.msg.seq} of client ${job.msg.srcid}: nothing refers to it any more (it was garbage-collected), so nothing can resolve it; a resolve() or reject() left out on some path? Its slot is free`,
+    { client: job.msg.srcid, seq: job.msg.seq });
+    if (job.lingering) this.settled(job);
+    else this.finish(job, errorMsg(ErrorCode.TIMEOUT, `the handler of server ${id} returned a promise that can never settle`, job.msg.seq));
   }
 
   /** A handler answered TIMEOUT has settled at last: what it held is free, and its slot if it took one. */

@@ -7,6 +7,8 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import fc from 'fast-check';
 import { readFile } from 'node:fs/promises';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import {
   connect, HandlerError, Logger, ManualClock, memorySink, RequestError, sha1Hex, StartError, startProxy, startServer,
   type Client, type Handler, type HandlerContext, type LogRecord, type ProxyHandle, type ProxyOptions, type ServerHandle,
@@ -243,6 +245,31 @@ timing('the handler\'s signal fires when the proxy stops waiting, with a TIMEOUT
   assert.is(((await c.request('P', 'x').catch((e: unknown) => e)) as RequestError).code, 'TIMEOUT');
   await eventually(() => reason !== undefined, 3000, 'the signal fired');
   assert.is(reason!.code, 'TIMEOUT');
+});
+
+answers('a handler promise that can never settle (garbage-collected unsettled) gives its slot back: with --concurrency 2, more than four such requests do not stop the server', async () => {
+  // Before, each one lingered for good past its handler timeout: after four, the server ran nothing again, its queue waiting for ever.
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const logs: LogRecord[] = [];
+  const s = await startServer({
+    id: 'lost', policy: 'N', revproc: ctx.proxy.port, concurrency: 2, handlerTimeoutMs: 100, logger: new Logger('server', memorySink(logs), 'info'),
+    handler: (p) => (p === 'ok' ? 'fine' : new Promise<string>(() => {})),
+  });
+  ctx.servers.push(s);
+  await eventually(() => ctx.proxy.pools().N?.serving.includes('lost') ?? false, 3000, 'serving');
+  const c = await client({ timeoutMs: 3000 });
+  for (let i = 0; i < 6; i++) {
+    const err = (await c.request('N', `lost ${i}`).catch((e: unknown) => e)) as RequestError;
+    assert.is(err.code, 'TIMEOUT', String(err));
+  }
+  for (let i = 0; i < 5; i++) {
+    gc();
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  assert.is(await c.request('N', 'ok'), 'fine');
+  const line = logs.find((r) => r.event === 'handler_unsettled');
+  assert.match(line?.msg ?? '', /^The handler of server lost returned a promise that can never settle on request \d+ of client c1: nothing refers to it any more \(it was garbage-collected\)/);
 });
 
 answers.run();
