@@ -525,14 +525,15 @@ function registrar(proxy: string): { within: string; who: string } {
  * a string registered and failed every request.
  */
 export function badIdentity(opts: ServerOptions): string | undefined {
-  for (const name of ['id', 'policy'] as const) {
-    const v: unknown = opts[name];
-    if (!isIdValue(v)) return `${name} must be a string of 1 to ${MAX_ID_LENGTH} characters, got ${typeof v === 'string' ? 'an empty string' : String(v)}`;
-    // UTF-8 cannot carry a lone surrogate: the encoder sent U+FFFD in its place, and the server registered as another id.
-    const lone = typeof v === 'string' ? loneSurrogateIn(v) : undefined;
-    if (lone) return `${name} has ${lone}, which UTF-8 cannot carry: use well-formed text`;
-  }
-  return badHandler(opts.handler);
+  return badId('id', opts.id) ?? badId('policy', opts.policy) ?? badHandler(opts.handler);
+}
+
+/** Why `v` cannot be the server's `name` (its id or policy), if so. */
+export function badId(name: 'id' | 'policy', v: unknown): string | undefined {
+  if (!isIdValue(v)) return `${name} must be a string of 1 to ${MAX_ID_LENGTH} characters, got ${typeof v === 'string' ? 'an empty string' : String(v)}`;
+  // UTF-8 cannot carry a lone surrogate: the encoder sent U+FFFD in its place, and the server registered as another id.
+  const lone = typeof v === 'string' ? loneSurrogateIn(v) : undefined;
+  return lone ? `${name} has ${lone}, which UTF-8 cannot carry: use well-formed text` : undefined;
 }
 
 /** Requests that may wait for a slot when `concurrency` is set. */
