@@ -9,7 +9,7 @@ import { Logger } from '../actors/logger.js';
 import { runClient, startProxy, startServer, StartError, type ServerHandle } from '../actors/index.js';
 import { systemClock } from '../transport/clock.js';
 import { loadPackets, makeSink, useColor, type LogFlags } from './common.js';
-import { untilSignal, type Attach } from './inspect.js';
+import { untilSignalAfter, type Attach } from './inspect.js';
 
 export const DEMO_SERVERS = [
   { id: '100', policy: '111', offset: 5 },
@@ -66,10 +66,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     }
     if (o.keep) {
       printSummary(o, rows, verified);
-      // Listening before saying so: a Ctrl-C sent as soon as the line is read must not end the process by the signal.
-      const stopped = untilSignal();
-      process.stdout.write(`Proxy on port ${proxy.port}; Ctrl-C stops.\n`);
-      await stopped;
+      await untilSignalAfter(() => process.stdout.write(`Proxy on port ${proxy.port}; Ctrl-C stops.\n`));
     }
     summary = { rows, verified };
     return verified === DEMO_CLIENTS.length ? 0 : 1;

@@ -80,17 +80,18 @@ export async function startInspection(flags: InspectFlags & { logFormat?: 'text'
     reopen: () => insp.reopen(),
     async hold() {
       if (!insp.url) return;
-      // Listening first: a Ctrl-C sent as soon as the line is read ended the process by the signal.
-      const stopped = untilSignal();
-      say(format, title, 'inspector_holding', `Inspector still serving on ${insp.url}; Ctrl-C exits.`, { url: insp.url });
-      await stopped;
+      await untilSignalAfter(() => say(format, title, 'inspector_holding', `Inspector still serving on ${insp.url}; Ctrl-C exits.`, { url: insp.url }));
     },
     close: () => insp.close(),
   };
 }
 
-export function untilSignal(): Promise<void> {
-  return new Promise<void>((resolve) => {
+/**
+ * Print the line that says Ctrl-C ends the wait (`announce`), then wait for SIGINT or SIGTERM.
+ * Listening first: a Ctrl-C sent as soon as the line was read ended the process by the signal.
+ */
+export function untilSignalAfter(announce: () => void): Promise<void> {
+  const stopped = new Promise<void>((resolve) => {
     const done = (): void => {
       process.off('SIGINT', done);
       process.off('SIGTERM', done);
@@ -99,6 +100,8 @@ export function untilSignal(): Promise<void> {
     process.once('SIGINT', done);
     process.once('SIGTERM', done);
   });
+  announce();
+  return stopped;
 }
 
 export function inspectCommand(setExit: (code: number) => void): Command {
@@ -114,9 +117,7 @@ export function inspectCommand(setExit: (code: number) => void): Command {
         await page.close();
         throw new FileError(`'${file}' holds no inspection records (${page.bad ? `${page.bad} unreadable line(s)` : 'it is empty'}); give a log written with --inspect-log FILE`);
       }
-      const stopped = untilSignal();
-      process.stdout.write(`Serving ${page.records} recorded inspection events from ${file} on ${page.url}${page.bad ? ` (${page.bad} unreadable lines skipped)` : ''}; Ctrl-C exits.\n`);
-      await stopped;
+      await untilSignalAfter(() => process.stdout.write(`Serving ${page.records} recorded inspection events from ${file} on ${page.url}${page.bad ? ` (${page.bad} unreadable lines skipped)` : ''}; Ctrl-C exits.\n`));
       await page.close();
       setExit(0);
     });
