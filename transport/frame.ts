@@ -10,6 +10,7 @@ import { asRead, asReadSize, decodeHot, encodeAsRead, encodeHot, hotSize } from 
 import { recogniseForeign } from './foreign.js';
 import { MAX_VALUES, MsgType, toMessage, WIRE, type AckMsg, type DataMsg, type Message } from './messages.js';
 import { describeBadText, findBadText, mayHoldBadText } from './utf8.js';
+import { head, valueHead } from './valuehead.js';
 
 export const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024;
 
@@ -309,19 +310,15 @@ export class PartialBytes {
   }
 }
 
-/** Bytes after a MessagePack value's first byte before its next value (its length fields and contents), by that byte; the rest are read in `refuseUnread`. */
-const FIXED_AFTER: Record<number, number> = {
-  0xca: 4, 0xcb: 8, 0xcc: 1, 0xcd: 2, 0xce: 4, 0xcf: 8, 0xd0: 1, 0xd1: 2, 0xd2: 4, 0xd3: 8, 0xdc: 2, 0xdd: 4, 0xde: 2, 0xdf: 4,
-};
 /** The extension type MessagePack itself defines (timestamp, -1); the others are a library's own. */
 const TIMESTAMP = 0xff;
 
 /**
  * Why the MessagePack body `buf[start, end)` is refused before msgpackr
- * decodes any of it, or undefined. Every value's first byte is read in order,
- * strings and bins skipped by their lengths, so no value is made and the cost
- * is the count of values, not the bytes; bytes that are no MessagePack are
- * left for msgpackr to name. Refused:
+ * decodes any of it, or undefined. Every value's head is read in order
+ * (valuehead.ts), strings and bins skipped by their lengths, so no value is
+ * made and the cost is the count of values, not the bytes; bytes that are no
+ * MessagePack are left for msgpackr to name. Refused:
  * - more than `MAX_VALUES` values;
  * - an extension value other than a timestamp: messages hold none, and
  *   msgpackr's own (BigInt, Error, RegExp, Set, typed arrays, records,
@@ -332,25 +329,9 @@ function refuseUnread(buf: Buffer, start: number, end: number): string | undefin
   let pos = start;
   for (let n = 0; pos < end; n++) {
     if (n === MAX_VALUES) return `holds more than ${MAX_VALUES} MessagePack values (a message is one flat map of a few fields): value ${n + 1} is at byte ${pos - start}`;
-    const at = pos;
-    const b = buf[pos++]!;
-    let ext = -1;
-    if (b < 0xa0 || b >= 0xe0 || b === 0xc0 || b === 0xc2 || b === 0xc3) continue;
-    if (b <= 0xbf) pos += b & 0x1f;
-    else if (b === 0xc4 || b === 0xd9) pos += 1 + (buf[pos] ?? 0);
-    else if (b === 0xc5 || b === 0xda) pos += 2 + (pos + 2 <= end ? buf.readUInt16BE(pos) : 0);
-    else if (b === 0xc6 || b === 0xdb) pos += 4 + (pos + 4 <= end ? buf.readUInt32BE(pos) : 0);
-    else if (b >= 0xd4 && b <= 0xd8) {
-      ext = buf[pos] ?? TIMESTAMP;
-      pos += 1 + (1 << (b - 0xd4));
-    } else if (b >= 0xc7 && b <= 0xc9) {
-      // ext 8, 16, 32: the data's length in 1, 2 or 4 bytes, the type, the data.
-      const w = 1 << (b - 0xc7);
-      ext = buf[pos + w] ?? TIMESTAMP;
-      pos += w + 1 + (pos + w <= end ? buf.readUIntBE(pos, w) : 0);
-    } else if (FIXED_AFTER[b] !== undefined) pos += FIXED_AFTER[b]!;
-    else return undefined;
-    if (ext >= 0 && ext !== TIMESTAMP) return `holds a MessagePack extension value (type ${ext}) at byte ${at - start}: messages hold none but timestamps`;
+    if (!valueHead(buf, pos, end)) return undefined;
+    if (head.ext >= 0 && head.ext !== TIMESTAMP) return `holds a MessagePack extension value (type ${head.ext}) at byte ${pos - start}: messages hold none but timestamps`;
+    pos = head.next;
   }
   return undefined;
 }

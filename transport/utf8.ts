@@ -7,6 +7,7 @@
  * U+FFFD (which valid input may also carry, as EF BF BD) do they look at the
  * bytes again here, so well-formed traffic pays nothing.
  */
+import { head, Kind, valueHead } from './valuehead.js';
 
 /** Offset of the first byte in `buf[start, end)` that breaks UTF-8 (RFC 3629: no overlongs, no surrogates, at most U+10FFFF), or -1. */
 export function firstInvalidUtf8(buf: Uint8Array, start: number, end: number): number {
@@ -56,22 +57,13 @@ export interface BadText {
  * well-formed MessagePack; anything unexpected ends the search.
  */
 export function findBadText(body: Uint8Array, start: number, end: number): BadText | undefined {
-  const head = body[start]!;
-  let pairs = -1;
-  let pos = start + 1;
-  if (head >= 0x80 && head <= 0x8f) pairs = head - 0x80;
-  else if (head === 0xde) {
-    pairs = u16(body, pos);
-    pos += 2;
-  } else if (head === 0xdf) {
-    pairs = u32(body, pos);
-    pos += 4;
-  }
-  if (pairs < 0) {
+  if (!valueHead(body, start, end) || head.kind !== Kind.MAP) {
     const r = scan(body, start, end, 1);
     return r.bad < 0 ? undefined : { at: r.bad - start, byte: body[r.bad]! };
   }
   // A map (every message is one): name the field whose value holds the bad text.
+  const pairs = head.items / 2;
+  let pos = head.next;
   for (let i = 0; i < pairs && pos < end; i++) {
     const k = scan(body, pos, end, 1);
     if (k.bad >= 0) return { at: k.bad - start, byte: body[k.bad]! };
@@ -83,14 +75,6 @@ export function findBadText(body: Uint8Array, start: number, end: number): BadTe
   return undefined;
 }
 
-function u16(b: Uint8Array, at: number): number {
-  return (b[at]! << 8) | b[at + 1]!;
-}
-
-function u32(b: Uint8Array, at: number): number {
-  return ((b[at]! << 24) | (b[at + 1]! << 16) | (b[at + 2]! << 8) | b[at + 3]!) >>> 0;
-}
-
 /**
  * Walk `count` values from `pos` (nested ones included): where they end,
  * the offset of the first bad byte in a `str` among them (or -1), and, when
@@ -100,47 +84,15 @@ function scan(body: Uint8Array, pos: number, end: number, count: number): { next
   let text: [number, number] | undefined;
   let first = true;
   while (count > 0 && pos < end) {
-    const b = body[pos++]!;
-    count--;
-    let len = -1;
-    let skip = 0;
-    if (b <= 0x7f || b >= 0xe0 || b === 0xc0 || b === 0xc2 || b === 0xc3) skip = 0;
-    else if (b <= 0x8f) count += 2 * (b - 0x80);
-    else if (b <= 0x9f) count += b - 0x90;
-    else if (b <= 0xbf) len = b - 0xa0;
-    else {
-      switch (b) {
-        case 0xd9: len = body[pos]!; pos += 1; break;
-        case 0xda: len = u16(body, pos); pos += 2; break;
-        case 0xdb: len = u32(body, pos); pos += 4; break;
-        case 0xc4: skip = 1 + body[pos]!; break;
-        case 0xc5: skip = 2 + u16(body, pos); break;
-        case 0xc6: skip = 4 + u32(body, pos); break;
-        case 0xc7: skip = 2 + body[pos]!; break;
-        case 0xc8: skip = 3 + u16(body, pos); break;
-        case 0xc9: skip = 5 + u32(body, pos); break;
-        case 0xcc: case 0xd0: skip = 1; break;
-        case 0xcd: case 0xd1: case 0xd4: skip = 2; break;
-        case 0xd5: skip = 3; break;
-        case 0xca: case 0xce: case 0xd2: skip = 4; break;
-        case 0xd6: skip = 5; break;
-        case 0xcb: case 0xcf: case 0xd3: skip = 8; break;
-        case 0xd7: skip = 9; break;
-        case 0xd8: skip = 17; break;
-        case 0xdc: count += u16(body, pos); pos += 2; break;
-        case 0xdd: count += u32(body, pos); pos += 4; break;
-        case 0xde: count += 2 * u16(body, pos); pos += 2; break;
-        case 0xdf: count += 2 * u32(body, pos); pos += 4; break;
-        default: return { next: end, bad: -1 };
-      }
-    }
-    if (len >= 0) {
-      const stop = Math.min(pos + len, end);
-      const bad = firstInvalidUtf8(body, pos, stop);
+    if (!valueHead(body, pos, end)) return { next: end, bad: -1 };
+    count += head.items - 1;
+    if (head.kind === Kind.STR) {
+      const stop = Math.min(head.next, end);
+      const bad = firstInvalidUtf8(body, head.data, stop);
       if (bad >= 0) return { next: stop, bad };
-      if (first) text = [pos, stop];
-      pos = stop;
-    } else pos += skip;
+      if (first) text = [head.data, stop];
+    }
+    pos = head.next;
     first = false;
   }
   return { next: pos, bad: -1, text };
