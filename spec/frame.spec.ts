@@ -237,6 +237,16 @@ test('a frame of more values than a message holds, or of a library\'s own extens
   assert.match(hot.error?.message ?? '', /value 1025 is at byte/, 'a flat DATA of 605 fields');
 });
 
+test("a body cut inside an extension's head is refused as cut, not by the next frame's bytes read as its type", () => {
+  // 81 a1 61 d4: a map whose value is a fixext with neither type nor data. The extension check read
+  // the byte after the body (the next frame's length, 00) as its type and refused "type 0".
+  const body = Buffer.from('81a161d4', 'hex');
+  const next = Buffer.from('0000000281c0', 'hex');
+  const r = new FrameDecoder().push(Buffer.concat([Buffer.from([0, 0, 0, body.length]), body, next]));
+  assert.is(r.error?.code, ErrorCode.BAD_REQUEST);
+  assert.match(r.error!.message, /^frame at byte 0 is not one MessagePack value \(.*\): 81 a1 61 d4$/);
+});
+
 test("msgpackr's native addon is in use", () => {
   assert.ok(nativeAcceleration, 'msgpackr-extract should be installed (optional dependency of msgpackr)');
 });
