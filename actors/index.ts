@@ -3,7 +3,7 @@
  * helper returns once the actor is ready (or has failed with a clear error).
  */
 import { createActor, type InspectionEvent } from 'xstate';
-import { hostPort } from '../transport/address.js';
+import { hostPort, isEveryAddress } from '../transport/address.js';
 import { systemClock, xstateClock } from '../transport/clock.js';
 import { LocalCode, RevproxyError } from '../transport/errors.js';
 import { endpoints, type Revproc } from './connect.js';
@@ -125,7 +125,7 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
   if (opts.registry) {
     const host = opts.host ?? DEFAULT_LISTEN_HOST;
     const advertise = opts.registry.advertise ?? host;
-    if (/^(0\.0\.0\.0|::|\[::\])$/.test(advertise)) {
+    if (isEveryAddress(advertise)) {
       throw new StartError(`the proxy listens on ${host}, every address: say which address clients should dial to reach it (--advertise HOST, or registry.advertise in the config file)`);
     }
     const { proxyRegistry } = await import('../registry/proxy-registry.js');
@@ -260,7 +260,7 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
     if (opts.wire === 'json') throw new StartError('a server registers through the registry or the old way (--wire json), not both: the old proxy knows no registry');
     const host = opts.listenHost ?? DEFAULT_LISTEN_HOST;
     const advertise = opts.registry.advertise ?? host;
-    if (/^(0\.0\.0\.0|::|\[::\])$/.test(advertise)) {
+    if (isEveryAddress(advertise)) {
       throw new StartError(`server ${opts.id} listens on ${host}, every address: say which address proxies should dial to reach it (--advertise HOST)`);
     }
     const { serverRegistration } = await import('../registry/server-registration.js');

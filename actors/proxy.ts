@@ -21,6 +21,7 @@
  * (by an operator, MEMBER_DRAIN: out until MEMBER_ENABLE).
  */
 import { assertEvent, assign, sendTo, setup, type ActorRefFrom } from 'xstate';
+import { isEveryAddress } from '../transport/address.js';
 import { BufferBudget } from '../transport/budget.js';
 import { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode } from '../transport/errors.js';
@@ -58,7 +59,7 @@ export const proxyMachine = setup({
     }),
     logListening: ({ context }) => {
       const o = context.opts;
-      context.logger.info('listening', `Running the reverse proxy on port ${context.port} at ${o.host}${o.host === '0.0.0.0' || o.host === '::' ? ' (every address)' : ''}`, { host: o.host, port: context.port, tls: Boolean(o.tls?.cert) });
+      context.logger.info('listening', `Running the reverse proxy on port ${context.port} at ${o.host}${isEveryAddress(o.host) ? ' (every address)' : ''}`, { host: o.host, port: context.port, tls: Boolean(o.tls?.cert) });
       const memory = proxyBudgetNote(o);
       if (memory) context.logger[memory.level]('memory_limit', memory.message, memory.fields);
       const conns = proxyConnectionsNote(o);

@@ -16,7 +16,7 @@ import { ACCESS_LOG_HOLD } from '../admin/access-log.js';
 import { DEFAULT_LISTEN_HOST, resolveOptions, type Opts, type ProxyOptions } from '../actors/proxy-options.js';
 import { badTrustedSource } from '../actors/port-limits.js';
 import { HEAP_PER_CONNECTION, HEAP_RESERVE, MIN_DEFAULT_CONNECTIONS } from '../actors/memory-limit.js';
-import { bracketHint } from '../transport/address.js';
+import { bracketHint, hostPort as hostAndPort, isEveryAddress } from '../transport/address.js';
 import { FileError, LocalCode } from '../transport/errors.js';
 import { MAX_TIMER_MS } from '../transport/clock.js';
 import { MAX_ID_LENGTH } from '../transport/messages.js';
@@ -319,9 +319,6 @@ export function toRuntime(c: ProxyConfig): Runtime {
   };
 }
 
-/** Addresses a listener on which takes the port on every address: one on any other address clashes with it. */
-const ANY_ADDRESS = new Set(['0.0.0.0', '::']);
-
 /**
  * The proxy's own listeners (its port, the admin endpoint, the inspector) that would share a port on
  * addresses that overlap (the same address, or either on every address): the second to open failed
@@ -336,11 +333,10 @@ function portClashes(c: ProxyConfig): Issue[] {
   ];
   const issues: Issue[] = [];
   for (const [j, b] of listeners.entries()) {
-    const a = listeners.slice(0, j).find((x) => x.port !== 0 && x.port === b.port && (x.host === b.host || ANY_ADDRESS.has(x.host) || ANY_ADDRESS.has(b.host)));
+    const a = listeners.slice(0, j).find((x) => x.port !== 0 && x.port === b.port && (x.host === b.host || isEveryAddress(x.host) || isEveryAddress(b.host)));
     if (!a) continue;
-    const at = (x: { host: string; port: number }): string => `${x.host.includes(':') ? `[${x.host}]` : x.host}:${x.port}`;
     const overlap = a.host === b.host ? 'the same address and port' : 'the same port, on addresses that overlap';
-    issues.push({ line: 0, col: 0, path: b.path, message: `${b.names}, ${at(b)}, and ${a.names}, ${at(a)}, are ${overlap}: one process cannot listen there twice; give each its own port` });
+    issues.push({ line: 0, col: 0, path: b.path, message: `${b.names}, ${hostAndPort(b.host, b.port)}, and ${a.names}, ${hostAndPort(a.host, a.port)}, are ${overlap}: one process cannot listen there twice; give each its own port` });
   }
   return issues;
 }

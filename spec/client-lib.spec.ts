@@ -528,6 +528,21 @@ lib('a port or proxy list that cannot be used is refused by connect(), startServ
   });
 });
 
+lib('registering in the registry while listening on every address (0.0.0.0, ::, [::]) is refused at start: no peer could dial it there', async () => {
+  // One list of the addresses that mean every address (transport/address.ts): the proxy's and the server's refusals read it.
+  const registry = { endpoints: ['127.0.0.1:1'], callTimeoutMs: 200 };
+  for (const host of ['0.0.0.0', '::']) {
+    const p = await startProxy({ port: 0, host, registry }).then((h) => (void h.kill(), undefined), (err: unknown) => err as Error);
+    assert.instance(p, StartError, host);
+    assert.match(p!.message, new RegExp(`^the proxy listens on ${host.replace(/\./g, '\\.')}, every address: say which address clients should dial to reach it`), host);
+    const s = await startServer({ id: 'x', policy: 'P', listenHost: host, registry }).then((h) => (void h.kill(), undefined), (err: unknown) => err as Error);
+    assert.instance(s, StartError, host);
+    assert.match(s!.message, new RegExp(`^server x listens on ${host.replace(/\./g, '\\.')}, every address: say which address proxies should dial`), host);
+  }
+  const bracketed = await startProxy({ port: 0, registry: { ...registry, advertise: '[::]' } }).then((h) => (void h.kill(), undefined), (err: unknown) => err as Error);
+  assert.match(String(bracketed), /every address: say which address clients should dial/);
+});
+
 lib('proxy.kill() closes its connections to the servers too, as SIGKILL would', async () => {
   // The links to servers live outside XState's children map (actors/children.ts): stopping the
   // proxy's actor left them and their sockets open, holding the host process open and every

@@ -22,6 +22,14 @@ export function bracketHint(value: string): string | undefined {
   return `an IPv6 address goes in brackets before its port: ${hostPort(host, port)}`;
 }
 
+/**
+ * Whether a listener on `host` listens on every address of the machine (`0.0.0.0`, `::`, or `[::]` as
+ * a URL writes it): no address a peer could dial, and one that takes its port on every other address too.
+ */
+export function isEveryAddress(host: string): boolean {
+  return host === '0.0.0.0' || host === '::' || host === '[::]';
+}
+
 /** A peer whose address its socket cannot tell (it reset before its accept was seen): `?` in every log, with no port. */
 export const UNKNOWN_PEER = '?';
 
