@@ -4,6 +4,7 @@
  * (`Opts`, from `resolveOptions`).
  */
 import type { ErrorCode as Code } from '../transport/errors.js';
+import { isLoopback } from '../transport/address.js';
 import { defaultBufferBudget } from '../transport/budget.js';
 import { budgetNote, connectionsNote, defaultMaxConnections, memoryLimit } from './memory-limit.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
@@ -158,10 +159,6 @@ export type Opts = Required<Omit<ProxyOptions, 'logger' | 'clock' | 'connect' | 
   /** The memory limit read when these were resolved (`memoryLimit()`; undefined: none), which the budget's default and the start's line about it both come from. */
   memoryLimit?: number;
 };
-
-export function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || host.startsWith('127.') || host.startsWith('::ffff:127.');
-}
 
 /** Where a proxy or a server listens when given no host (`--host`'s default for both): this machine only. */
 export const DEFAULT_LISTEN_HOST = '127.0.0.1';

@@ -21,7 +21,7 @@
  * (by an operator, MEMBER_DRAIN: out until MEMBER_ENABLE).
  */
 import { assertEvent, assign, sendTo, setup, type ActorRefFrom } from 'xstate';
-import { isEveryAddress } from '../transport/address.js';
+import { isEveryAddress, isLoopback } from '../transport/address.js';
 import { BufferBudget } from '../transport/budget.js';
 import { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode } from '../transport/errors.js';
@@ -34,7 +34,7 @@ import { tcpConnect, type ProxyRequest } from './link.js';
 import { silentLogger } from './logger.js';
 import { drainWatch, linkHub, listener, noRegistry, pinger, PortClosed, sweeper } from './proxy-io.js';
 import { LinkSockets, logBadInput, logLinksFull, logShed } from './port-limits.js';
-import { isLoopback, proxyBudgetNote, proxyConnectionsNote, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
+import { proxyBudgetNote, proxyConnectionsNote, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
 import type { ProxyContext, ProxyEvent } from './proxy-types.js';
 import { drainMember, enableMember, linkDown, linkUp, probe, readmit, triesFailed } from './health.js';
 import { admit, applyReload, evict, registeredBy, removeServer } from './membership.js';

@@ -9,7 +9,7 @@ import { dirname, resolve as resolvePath } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { startProxy, type ProxyHandle } from '../actors/index.js';
 import { Destination, Logger, LogStream, LEVELS, LOG_BUFFER_BYTES } from '../actors/logger.js';
-import { DEFAULT_LISTEN_HOST, isLoopback, proxyBudgetNote, proxyConnectionsNote, resolveOptions } from '../actors/proxy-options.js';
+import { DEFAULT_LISTEN_HOST, proxyBudgetNote, proxyConnectionsNote, resolveOptions } from '../actors/proxy-options.js';
 import { badTrustedSource, fileLimitWarning } from '../actors/port-limits.js';
 import { ACCESS_LOG_HOLD, AccessLog, accessLogHold, combineObservers } from '../admin/access-log.js';
 import { ConnStats } from '../admin/conn-stats.js';
@@ -21,6 +21,7 @@ import {
 } from '../config/proxy.js';
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
 import type { PoolView } from '../inspector/views.js';
+import { isLoopback } from '../transport/address.js';
 import { systemClock } from '../transport/clock.js';
 import { bracketHint } from '../transport/address.js';
 import { ErrorCode } from '../transport/errors.js';

@@ -24,7 +24,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import { peerAddress, peerName } from '../transport/address.js';
+import { isLoopback, peerAddress, peerName } from '../transport/address.js';
 
 export interface GuardOptions {
   /** The address the inspector listens on. */
@@ -53,7 +53,7 @@ const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
 /** Why the inspector may not listen as asked, or undefined. */
 export function checkListen(o: GuardOptions): string | undefined {
   if (o.token !== undefined && o.token.length < MIN_TOKEN_LENGTH) return `the inspector token must be at least ${MIN_TOKEN_LENGTH} characters: a short secret is easy to guess`;
-  if (!isLoopbackName(o.host) && o.token === undefined) {
+  if (!isLoopback(o.host) && o.token === undefined) {
     return `the inspector on ${o.host} would be reachable from other machines, and its buttons change the running proxy: give it a token (--inspect-token, REVPROXY_INSPECT_TOKEN) or listen on 127.0.0.1`;
   }
   return undefined;
@@ -72,7 +72,7 @@ export class Guard {
     if (this.o.token === undefined) {
       const host = req.headers.host ?? '';
       const name = /^(\[[^\]]+\]|[^:]+)(?::\d+)?$/.exec(host)?.[1];
-      if (name !== undefined && isLoopbackName(name)) return { user: '' };
+      if (name !== undefined && isLoopback(name)) return { user: '' };
       return { status: 403, message: `refused: the request names host '${host}', not this inspector: open it as http://127.0.0.1:${this.o.port}/ or http://localhost:${this.o.port}/ (or set --inspect-token to reach it under another name)` };
     }
     const m = /^Basic ([A-Za-z0-9+/=]+)$/.exec(req.headers.authorization ?? '');
@@ -105,14 +105,8 @@ export class Guard {
   private loopbackHost(host: string): boolean {
     const m = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(host);
     if (!m || Number(m[2]) !== this.o.port) return false;
-    return isLoopbackName(m[1]!);
+    return isLoopback(m[1]!);
   }
-}
-
-/** A loopback address or `localhost`, exactly: a DNS name such as 127.example.com is not loopback whatever it resolves to. */
-export function isLoopbackName(name: string): boolean {
-  const bare = name.replace(/^\[(.*)\]$/, '$1');
-  return bare === 'localhost' || bare === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(bare);
 }
 
 /** Who asked, for the log: the user name given with the token, and the address the request came from. */

@@ -7,8 +7,10 @@ import * as assert from 'uvu/assert';
 import fc from 'fast-check';
 import { connect, type Socket } from 'node:net';
 import { Packr } from 'msgpackr';
-import { Logger, memorySink, runClient, startProxy, startServer, StartError, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import { isLoopback, Logger, memorySink, runClient, startProxy, startServer, StartError, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { encodeFrame, FORWARD_ROOM } from '../transport/frame.js';
+import { resolveOptions } from '../actors/proxy-options.js';
+import { checkListen } from '../inspector/guard.js';
 import { loadTls } from '../transport/tls.js';
 import { makePki } from './certs.js';
 import { collector, eventually, LOCAL, rawConnect, sleep } from './helpers.js';
@@ -86,6 +88,19 @@ tokens('a proxy listening beyond loopback without any secret warns loudly at sta
   const w = ctx.logs.find((l) => l.event === 'insecure');
   assert.ok(w && w.level === 'warn');
   assert.match(w!.msg, /anyone who can connect can register/);
+});
+
+tokens('one rule says which listen address is loopback, for the proxy\'s warning and per-peer default and the inspector\'s token: localhost, ::1 and 127.x.x.x exactly, never a DNS name', () => {
+  // The proxy read a host starting '127.' as loopback (127.example.com, resolving anywhere: no warning, no per-peer limit)
+  // while the inspector's guard, rightly, did not; the guard refused ::ffff:127.0.0.1, which the proxy took as loopback.
+  const loopback = ['localhost', '127.0.0.1', '127.1.2.3', '::1', '[::1]', '::ffff:127.0.0.1'];
+  const other = ['127.example.com', '127.evil.example', '127.0.0.1.nip.io', '0.0.0.0', '::', '10.0.0.5', '::ffff:10.0.0.5', 'example.com'];
+  for (const host of [...loopback, ...other]) {
+    const yes = loopback.includes(host);
+    assert.is(isLoopback(host), yes, host);
+    assert.is(resolveOptions({ host }).maxConnectionsPerPeer, yes ? 0 : 1024, `${host}: per-peer default`);
+    assert.is(checkListen({ host, port: 1 }) === undefined, yes, `${host}: inspector without a token`);
+  }
 });
 
 const tls = inProcess('mutual TLS');

@@ -30,6 +30,18 @@ export function isEveryAddress(host: string): boolean {
   return host === '0.0.0.0' || host === '::' || host === '[::]';
 }
 
+/**
+ * Whether `host` is this machine only, exactly as written: `localhost`, `::1` or a `127.x.x.x`
+ * address (IPv4-mapped too, `::ffff:127.0.0.1`; IPv6 in brackets too, as a URL or a `Host` header
+ * writes it). A DNS name such as `127.example.com` is not, whatever it resolves to. The one rule
+ * for a listen address (the warnings of a proxy or admin endpoint open to other machines, the
+ * per-peer limit's default, the inspector's token) and for the inspector's `Host` check.
+ */
+export function isLoopback(host: string): boolean {
+  const bare = plainIPv4(host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host);
+  return bare === 'localhost' || bare === '::1' || (isIPv4(bare) && bare.startsWith('127.'));
+}
+
 /** A peer whose address its socket cannot tell (it reset before its accept was seen): `?` in every log, with no port. */
 export const UNKNOWN_PEER = '?';
 
