@@ -8,8 +8,8 @@ import { accessSync, constants, existsSync, lstatSync, readFileSync, statSync, u
 import { dirname, resolve as resolvePath } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { startProxy, type ProxyHandle } from '../actors/index.js';
-import { Destination, Logger, LogStream, LEVELS, LOG_BUFFER_BYTES } from '../actors/logger.js';
-import { DEFAULT_LISTEN_HOST, proxyBudgetNote, proxyConnectionsNote, resolveOptions } from '../actors/proxy-options.js';
+import { Destination, Logger, LogStream, LEVELS, LOG_BUFFER_BYTES, SUMMARY_INTERVAL_MS } from '../actors/logger.js';
+import { DEFAULT_LISTEN_HOST, OLD_SERVER_DEFAULTS, proxyBudgetNote, proxyConnectionsNote, resolveOptions } from '../actors/proxy-options.js';
 import { badTrustedSource, fileLimitWarning } from '../actors/port-limits.js';
 import { ACCESS_LOG_HOLD, AccessLog, accessLogHold, combineObservers } from '../admin/access-log.js';
 import { ConnStats } from '../admin/conn-stats.js';
@@ -50,11 +50,11 @@ function proxyOptions(): Option[] {
     new Option('--token <secret>', 'registration secret every server must present').env('REVPROXY_TOKEN'),
     new Option('--tokens <file>', 'per-policy registration secrets (YAML: policy: secret); policies not in it take --token, or no registrations; re-read on SIGHUP'),
     new Option('--proxy-protocol-from <sources>', PROXY_PROTOCOL_FROM_DOC).argParser(parseList('--proxy-protocol-from', 'addresses or networks', '10.0.0.5,10.1.0.0/16', badTrustedSource)),
-    new Option('--old-server-connections <n>', 'most connections to each old (JSON) server, one request on each at a time; it gets more than one only once it answers that many at once (default: 8)').argParser(parseIntOption('--old-server-connections', 1)),
+    new Option('--old-server-connections <n>', `most connections to each old (JSON) server, one request on each at a time; it gets more than one only once it answers that many at once (default: ${OLD_SERVER_DEFAULTS.connections})`).argParser(parseIntOption('--old-server-connections', 1)),
     new Option('--log-level <level>', 'least severe log level written (debug adds a line per request, with payloads) (default: info)').choices(LEVELS),
     new Option('--log-format <format>', 'text for people, json for machines, one object per line; also the access log\'s format (default: text)').choices(['text', 'json']),
     new Option('--no-color', 'plain text even on a terminal'),
-    new Option('--log-summary-interval <ms>', 'repeated conditions (refusals, retries) and dropped log lines are summarised once per this interval (default: 5000)').argParser(parseIntOption('--log-summary-interval', 100)),
+    new Option('--log-summary-interval <ms>', `repeated conditions (refusals, retries) and dropped log lines are summarised once per this interval (default: ${SUMMARY_INTERVAL_MS})`).argParser(parseIntOption('--log-summary-interval', 100)),
     new Option('--access-log <file>', "one line per request (time, client and address, policy, server, seq, tries, latency, outcome): '-' for stdout, or a file, reopened on SIGHUP (default: off)"),
     new Option('--access-log-flush <ms>', `a file access log holds its lines for fewer, larger writes: it writes at least this often, and whenever ${ACCESS_LOG_HOLD.bytes / 1024} KiB wait; 0 writes every turn of the event loop (default: ${ACCESS_LOG_HOLD.ms})`).argParser(parseIntOption('--access-log-flush', 0)),
     new Option('--admin <host:port>', 'serve /healthz, /readyz and /metrics on HOST:PORT (default: off)').argParser((v) => {
