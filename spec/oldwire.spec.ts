@@ -32,7 +32,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Logger, memorySink, runClient, sha1Hex, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { JsonDecoder } from '../transport/json.js';
-import type { Message } from '../transport/messages.js';
+import { MsgType, type Message } from '../transport/messages.js';
 import { eventually, LOCAL, rawConnect, tempDir } from './helpers.js';
 import { killAll, python, revproxy, type Proc } from './procs.js';
 
@@ -227,6 +227,32 @@ oldThroughOurs('errors to a JSON client are one JSON object with "type": "3", co
   await closed;
   const text = Buffer.concat(chunks).toString();
   assert.is(text, `{"type": "3", "code": "BAD_REQUEST", "message": "missing field 'privPoliId'", "payload": "BAD_REQUEST: missing field 'privPoliId'"}`);
+});
+
+oldThroughOurs('a JSON packet with half a surrogate pair escaped (\\ud800) is refused BAD_REQUEST: it never reaches a server, so an old server is not broken and a new one does not hash U+FFFD', async () => {
+  // Checked with the real programs (commit 38c973a): the proxy forwarded "\ud800" to server.py,
+  // whose print of the payload raised UnicodeEncodeError in the handler holding its lock - that
+  // server answered nobody again; a frames server got U+FFFD and answered SHA1(EF BF BD).
+  const old = await oldServer('100', 'P');
+  await newServer('200', 'P');
+  for (const field of ['payload', 'srcid']) {
+    const sock = await rawConnect(ctx.proxy.port);
+    ctx.closers.push(() => sock.destroy());
+    const got = jsonCollector(sock);
+    const closed = new Promise((r) => sock.on('close', r));
+    sock.write(`{"type": "0", "srcid": ${field === 'srcid' ? '"a\\udc00"' : '"1"'}, "privPoliId": "P", "payload": ${field === 'payload' ? '"x\\ud800y"' : '"z"'}}`);
+    await closed;
+    assert.is(got.length, 1, 'one answer, then the close');
+    const e = got[0] as { type: number; code: string; message: string };
+    assert.is(e.type, MsgType.ERROR);
+    assert.is(e.code, 'BAD_REQUEST');
+    assert.match(e.message, new RegExp(`^field '${field}' of the JSON object at byte 0 holds a lone surrogate \\(U\\+D[8C]00 at index 1\\)`));
+  }
+  // Both servers still answer, each in turn: nothing reached them.
+  const r = await oldClient(['-id', '1', '-pkt', packetFile({ srcid: '1', privPoliId: 'P', payload: 'after' }), '-repeat', '4']);
+  assert.is(r.correct, 4, r.text);
+  assert.equal([...r.servers].sort(), ['100', '100', '200', '200']);
+  noBreakage(old);
 });
 
 oldThroughOurs('an old server that listens only after its setup arrived is dialed again, not dropped', async () => {

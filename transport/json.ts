@@ -11,7 +11,7 @@ import { ErrorCode, ProtocolError, hexPreview } from './errors.js';
 import { recogniseForeign } from './foreign.js';
 import { DEFAULT_MAX_FRAME_BYTES, PartialBytes, type DecodeResult, type Decoder } from './frame.js';
 import { isUtf8 } from 'node:buffer';
-import { MAX_SEQ, MAX_VALUES, MsgType, toMessage, type ErrorMsg, type Message } from './messages.js';
+import { loneSurrogateIn, MAX_SEQ, MAX_VALUES, MsgType, toMessage, type ErrorMsg, type Message } from './messages.js';
 import { firstInvalidUtf8 } from './utf8.js';
 
 const OPEN = 0x7b; // {
@@ -169,6 +169,18 @@ export class JsonDecoder implements Decoder {
       );
     }
     const msg = toMessage(value, { seqOptional: true });
+    // A `\ud800` escape decodes to half a surrogate pair, which no UTF-8 can carry: a frames peer got
+    // U+FFFD in its place (the SHA1 of EF BF BD), and the old server.py, printing it, died holding its lock.
+    // Only a `\u` escape makes one (the bytes were checked as UTF-8 above), so most objects skip the look.
+    for (const [field, v] of bytes.includes('\\u') ? Object.entries(msg) : []) {
+      const lone = typeof v === 'string' ? loneSurrogateIn(v) : undefined;
+      if (lone) {
+        throw new ProtocolError(
+          ErrorCode.BAD_REQUEST,
+          `field '${field}' of the JSON object at byte ${at} holds ${lone}, escaped without its other half: it is not text any peer can read (write both halves of the pair)`,
+        );
+      }
+    }
     if (this.numbering && (msg.type === MsgType.DATA || msg.type === MsgType.ACK || msg.type === MsgType.ERROR)) {
       const given = typeof this.numbering === 'function' ? this.numbering() : undefined;
       msg.seq = given ?? this.nextSeq;
