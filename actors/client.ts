@@ -690,7 +690,7 @@ function currentProxy(context: ClientContext): string {
 function noPingsFrom(context: ClientContext, why: string, now: string): void {
   const proxy = currentProxy(context);
   const level = context.noPings.mark(proxy) ? 'warn' : 'debug';
-  context.logger[level]('no_pings', `${why}: it answers no PING (a proxy older than this client), so a connection to it cut without a word is found only by TCP keepalive (tcpKeepAliveMs) or a request's timeout, not within about ${(PING_AFTER_MS + PONG_WITHIN_MS) / 1000} s; this client ${now}, and sends it no PINGs until that connection is lost (the next one PINGs it again, in case it was upgraded: upgrade the proxy first, as README "Upgrading" says)`, { proxy });
+  context.logger[level]('no_pings', `${why}: it answers no PING (a proxy older than this client - or the old system's reverse_proxy.py, which reads no frame and answers nobody after one: speak its JSON to it, wire 'json', \`--wire json\`), so a connection to it cut without a word is found only by TCP keepalive (tcpKeepAliveMs) or a request's timeout, not within about ${(PING_AFTER_MS + PONG_WITHIN_MS) / 1000} s; this client ${now}, and sends it no PINGs until that connection is lost (the next one PINGs it again, in case it was upgraded: upgrade the proxy first, as README "Upgrading" says)`, { proxy });
 }
 
 /**

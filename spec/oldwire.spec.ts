@@ -388,6 +388,20 @@ reverse('revproxy server --wire json and revproxy client --wire json work with t
   for (const s of servers) assert.is(s.child.exitCode, null, 'our servers keep running after their setup connections closed');
 });
 
+reverse("revproxy client without --wire json, to the old Python proxy: its warning names the old proxy and --wire json, not only an older revproxy", async () => {
+  // Checked with the real reverse_proxy.py (commit 38c973a): the client's first frame (a PING)
+  // killed its handler (UnicodeDecodeError) holding its lock, and the client's warning said only
+  // "a proxy older than this client ... upgrade the proxy first".
+  const proxy = python('old_proxy', ['-port', '0']);
+  const port = (await proxy.waitFor(/Running the reverse proxy on port (\d+)/))[1]!;
+  const dir = tempDir('oldwire-');
+  writeFileSync(join(dir, '1.json'), JSON.stringify({ type: '0', srcid: '7', privPoliId: 'PP_1', payload: 'm' }));
+  const client = revproxy(['client', '-id', '7', '-revproc', port, '-pkt', join(dir, '1.json'), '--timeout', '2500']);
+  assert.is(await client.exited, 1);
+  const warning = client.out.find((l) => l.includes('answers no PING')) ?? '';
+  assert.match(warning, /the old system's reverse_proxy\.py, which reads no frame and answers nobody after one: speak its JSON to it, wire 'json', `--wire json`/, client.out.join('\n'));
+});
+
 /** A port nothing listens on now (the old server binds a given one). */
 function freePort(): Promise<number> {
   return new Promise((resolve) => {
