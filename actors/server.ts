@@ -360,7 +360,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
       // A proxy that took the connection and says nothing (stopped with SIGSTOP: the kernel completes
       // the handshake; something else on the port) was waited on for ever, without a word.
       acceptance = input.clock.setTimeout(() => lost(
-        `it did not accept the registration within ${ACCEPT_TIMEOUT_MS} ms (no PING after our SETUP${instead ? `; it sent ${instead} instead` : ''}): is it stopped, overloaded, or not a revproxy proxy?`,
+        `it did not accept the registration within ${ACCEPT_TIMEOUT_MS} ms (no PING after our SETUP${instead ? `; it sent ${instead} instead` : ''}): is it stopped, overloaded, or not a revproxy proxy? The old system's reverse_proxy.py reads no frame, and answers nobody after one: register with it in its JSON, \`--wire json\`, and restart it`,
       ), ACCEPT_TIMEOUT_MS);
     });
     conn.messages$.subscribe({

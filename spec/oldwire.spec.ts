@@ -402,6 +402,16 @@ reverse("revproxy client without --wire json, to the old Python proxy: its warni
   assert.match(warning, /the old system's reverse_proxy\.py, which reads no frame and answers nobody after one: speak its JSON to it, wire 'json', `--wire json`/, client.out.join('\n'));
 });
 
+reverse('revproxy server without --wire json, to the old Python proxy: when its setup is not accepted, the error names the old proxy and --wire json', async () => {
+  // Checked with the real reverse_proxy.py (commit 38c973a): the frame SETUP killed its handler
+  // holding its lock, and 10 s later the server said only "... or not a revproxy proxy?".
+  const proxy = python('old_proxy', ['-port', '0']);
+  const port = (await proxy.waitFor(/Running the reverse proxy on port (\d+)/))[1]!;
+  const server = revproxy(['server', '-id', '1', '-pp', 'PP_1', '-listen', '0', '-revproc', port]);
+  const line = (await server.waitFor(/did not accept the registration within .*/, 15000))[0];
+  assert.match(line, /The old system's reverse_proxy\.py reads no frame, and answers nobody after one: register with it in its JSON, `--wire json`, and restart it/);
+});
+
 /** A port nothing listens on now (the old server binds a given one). */
 function freePort(): Promise<number> {
   return new Promise((resolve) => {
