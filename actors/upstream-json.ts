@@ -7,7 +7,7 @@
  *   `registrationWindowMs` after registration is retried with backoff.
  * - It parses each read as one whole object, and one bad read breaks it for
  *   good: each connection carries one whole request per write, at most one at
- *   a time, and no request over what it reads at once (OLD_SERVER_READ_BYTES).
+ *   a time, and no request over what it reads at once (OLD_READ_BYTES).
  * - Many serve one connection at a time, holding a lock until the proxy closes
  *   that connection; a reset (RST) of a connection it has not read yet also
  *   breaks it for good. So the link starts with one connection, and opens
@@ -33,7 +33,7 @@
 import { assertEvent, assign, enqueueActions, fromCallback, sendParent, setup, type ActorRefFrom } from 'xstate';
 import { hostPort } from '../transport/address.js';
 import { ErrorCode } from '../transport/errors.js';
-import { encodeJson } from '../transport/json.js';
+import { encodeJson, OLD_READ_BYTES } from '../transport/json.js';
 import { MsgType, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
 import { readyEvent } from '../transport/tls.js';
@@ -45,8 +45,6 @@ import {
 } from './link.js';
 import { OLD_SERVER_DEFAULTS, type OldServerOptions } from './proxy-options.js';
 
-/** The old server reads each request with one recv(2048): a longer one arrives in pieces and breaks it. */
-export const OLD_SERVER_READ_BYTES = 2048;
 /** Refused dials in the registration window are retried after this, doubling up to DIAL_RETRY_MAX_MS. */
 export const DIAL_RETRY_FIRST_MS = 25;
 export const DIAL_RETRY_MAX_MS = 1000;
@@ -245,7 +243,7 @@ export const upstreamJsonMachine = setup({
           continue;
         }
         const bytes = encodeJson(req.msg).length;
-        if (bytes > OLD_SERVER_READ_BYTES) {
+        if (bytes > OLD_READ_BYTES) {
           (tooLong ??= []).push(req);
           longest = Math.max(longest, bytes);
           continue;
@@ -256,7 +254,7 @@ export const upstreamJsonMachine = setup({
       if (tooLong) {
         enqueue.sendParent(retryReport(context.member, self.id, tooLong, {
           code: ErrorCode.UPSTREAM_FAILED,
-          message: `server ${context.member} is an old server, which reads at most ${OLD_SERVER_READ_BYTES} bytes of a request at once; this one is ${longest} bytes as JSON`,
+          message: `server ${context.member} is an old server, which reads at most ${OLD_READ_BYTES} bytes of a request at once; this one is ${longest} bytes as JSON`,
         }, context.consecutiveFailures));
       }
       if (binary) {

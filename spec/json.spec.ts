@@ -151,4 +151,28 @@ test('the first byte picks the wire: { for JSON, anything else frames', () => {
   assert.ok(new FrameDecoder().push(Buffer.from('{"ty')).error, 'a { can never start a valid frame under the limit');
 });
 
+test('an ERROR on the old wire fits the old client\'s one recv(2048): a longer reason is cut in both copies, never half a surrogate pair', () => {
+  // Measured with the real client.py (commit 38c973a): UPSTREAM_FAILED naming three old servers
+  // of 250-character ids was 2,329 bytes, and the client ended with a JSONDecodeError.
+  const short = { type: 3, code: ErrorCode.NO_SERVER, message: 'no server is registered for privacy policy 111' } as const;
+  assert.is(encodeJson(short).toString(), `{"type": "3", "code": "NO_SERVER", "message": "${short.message}", "payload": "NO_SERVER: ${short.message}"}`);
+  for (const message of ['x'.repeat(3000), 'é'.repeat(1500), `${'y'.repeat(1003)}${'😀'.repeat(600)}`, `tried ${'a'.repeat(250)}, ${'b'.repeat(250)}, ${'c'.repeat(250)}; the last try: server ${'c'.repeat(250)} ${'z'.repeat(200)}`]) {
+    const bytes = encodeJson({ type: 3, code: ErrorCode.UPSTREAM_FAILED, appcode: 'APP', message });
+    assert.ok(bytes.length <= 2048 && bytes.length > 1900, `${bytes.length} bytes`);
+    const e = JSON.parse(bytes.toString()) as { message: string; payload: string; appcode: string };
+    assert.ok(e.message.endsWith('...') && message.startsWith(e.message.slice(0, -3)), e.message.slice(-20));
+    assert.is(e.payload, `APP: ${e.message}`);
+    assert.not.match(e.message, /[\uD800-\uDFFF]/u, 'no lone surrogate');
+  }
+});
+
+test('a JSON string holding half a surrogate pair (an escape alone) is refused, naming the field; a whole pair passes', () => {
+  const d = new JsonDecoder();
+  const ok = d.push(Buffer.from('{"type": "0", "srcid": "1", "privPoliId": "P", "payload": "\\ud83d\\ude00"}'));
+  assert.is((ok.messages[0] as { payload: string }).payload, '😀');
+  const r = d.push(Buffer.from('{"type": "0", "srcid": "1", "privPoliId": "P\\udc00", "payload": "x"}'));
+  assert.is(r.error?.code, ErrorCode.BAD_REQUEST);
+  assert.match(r.error!.message, /^field 'privPoliId' of the JSON object at byte \d+ holds a lone surrogate \(U\+DC00 at index 1\)/);
+});
+
 test.run();

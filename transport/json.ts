@@ -193,6 +193,13 @@ export class JsonDecoder implements Decoder {
 const q = JSON.stringify;
 
 /**
+ * The old programs read each message with one recv(2048) and parse what it returned as one
+ * object: a longer message arrives cut, and breaks them (the server for good, the client with
+ * a JSONDecodeError).
+ */
+export const OLD_READ_BYTES = 2048;
+
+/**
  * One message in the old system's exact shape, as Python's `json.dumps` wrote
  * it: values as strings (the ACK's `payloadsize` as the number it was), no
  * `seq`. Messages the old wire never carried keep the same style.
@@ -216,9 +223,7 @@ export function encodeJson(msg: Message): Buffer {
       text = `{"type": "2", "srcid": ${q(msg.srcid)}, "destid": ${q(msg.destid)}, "payloadsize": ${msg.payloadsize}, "payload": ${q(msg.payload)}}`;
       break;
     case MsgType.ERROR:
-      // The reason again as `payload`: the old client prints the payload of whatever it gets
-      // (and would end in a KeyError without one), then says the hash is not correct.
-      text = `{"type": "3", "code": ${q(msg.code)}, ${msg.appcode === undefined ? '' : `"appcode": ${q(msg.appcode)}, `}"message": ${q(msg.message)}, "payload": ${q(`${msg.appcode ?? msg.code}: ${msg.message}`)}}`;
+      text = errorJson(msg);
       break;
     case MsgType.PING:
     case MsgType.PONG:
@@ -233,6 +238,33 @@ export function encodeJson(msg: Message): Buffer {
     }
   }
   return Buffer.from(text, 'utf8');
+}
+
+/**
+ * An ERROR on the old wire. The reason goes again as `payload`: the old client prints the payload
+ * of whatever it gets (and would end in a KeyError without one), then says the hash is not
+ * correct. It reads that answer with one recv(OLD_READ_BYTES): a longer ERROR (a reason naming
+ * 250-character server ids, twice) ended it with a JSONDecodeError instead, so a reason that would
+ * not fit is cut, in both copies, and ends with `...`.
+ */
+function errorJson(msg: ErrorMsg): string {
+  const write = (message: string): string =>
+    `{"type": "3", "code": ${q(msg.code)}, ${msg.appcode === undefined ? '' : `"appcode": ${q(msg.appcode)}, `}"message": ${q(message)}, "payload": ${q(`${msg.appcode ?? msg.code}: ${message}`)}}`;
+  const text = write(msg.message);
+  if (Buffer.byteLength(text) <= OLD_READ_BYTES) return text;
+  // The longest start of the reason that fits (found by halving), never ending in half a surrogate pair.
+  const cut = (keep: number): string => {
+    const last = msg.message.charCodeAt(keep - 1);
+    return write(`${msg.message.slice(0, last >= 0xd800 && last <= 0xdbff ? keep - 1 : keep)}...`);
+  };
+  let lo = 0;
+  let hi = msg.message.length;
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (Buffer.byteLength(cut(mid)) <= OLD_READ_BYTES) lo = mid;
+    else hi = mid - 1;
+  }
+  return cut(lo);
 }
 
 /**
