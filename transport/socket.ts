@@ -570,14 +570,10 @@ export class Connection implements BudgetHolder {
   }
 
   destroy(err?: Error): void {
-    this.dropUnsent();
-    this.socket.destroy(err);
-  }
-
-  private dropUnsent(): void {
     this.closed = true;
     this.queued = 0;
     this.batch.clear();
+    this.socket.destroy(err);
   }
 
   /**
@@ -588,7 +584,9 @@ export class Connection implements BudgetHolder {
    */
   resetAfterPeerEnd(): void {
     if (!this.reclaims) return this.destroy();
-    this.dropUnsent();
+    this.closed = true;
+    this.queued = 0;
+    this.batch.clear();
     this.socket.resetAndDestroy();
   }
 
