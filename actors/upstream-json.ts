@@ -16,9 +16,8 @@
  *   the first, already answered, is open. If instead the first keeps being
  *   answered while the trial waits, the link closes the first (which lets a
  *   one-at-a-time server go on to the trial) and tries again later, with
- *   backoff. Every connection the link closes is closed gently (FIN, then the
- *   server's close is awaited), never reset; one the server closed first is
- *   reset back (see `Connection.resetAfterPeerEnd`).
+ *   backoff. Every connection is closed gently (FIN, then the server's close
+ *   is awaited), never reset.
  * - A request that waited on a connection the server was not reading says
  *   nothing against it: a timeout counts as a miss only when the server
  *   answered nothing of this link's since the request was written.
@@ -187,11 +186,7 @@ const jsonSockets = fromCallback<{ type: 'DIAL' } | { type: 'WAKE_LATER'; ms: nu
         if (!stopped) sendBack({ type: 'CONN_ANSWERS', conn, messages });
       },
       error: (err: NodeJS.ErrnoException) => down(describeLinkError(err, input.host), err.code === 'ECONNREFUSED'),
-      complete: () => {
-        // The server closed first: a FIN of ours would leave its port in TIME_WAIT (see resetAfterPeerEnd).
-        if (connected) conn.resetAfterPeerEnd();
-        down(connected ? 'connection closed by the server' : 'connection closed before it was established');
-      },
+      complete: () => down(connected ? 'connection closed by the server' : 'connection closed before it was established'),
     });
   };
   receive((ev) => {
