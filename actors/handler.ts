@@ -19,7 +19,7 @@
  * the default SHA1 handler costs what hashing costs.
  */
 import { ErrorCode, RevproxyError } from '../transport/errors.js';
-import { APP_CODE, errorMsg, loneSurrogateIn, MsgType, payloadBytes, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
+import { APP_CODE, errorMsg, loneSurrogateIn, MsgType, payloadBytes, sliceWhole, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import type { BufferBudget } from '../transport/budget.js';
 import type { Connection } from '../transport/socket.js';
 import type { Clock, Timer } from '../transport/clock.js';
@@ -629,7 +629,7 @@ export class HandlerRunner {
     const code = safely(() => appCodeOf(err), undefined);
     if (code !== undefined) {
       const m = safely(() => (err as { message?: unknown }).message, undefined);
-      const message = typeof m === 'string' && m ? m.slice(0, MAX_APP_MESSAGE) : code;
+      const message = typeof m === 'string' && m ? sliceWhole(m, MAX_APP_MESSAGE) : code;
       return this.appError(job, code, message);
     }
     // A handler that fails on every request would write a stack per request: the first, then a count per interval, per kind of failure.

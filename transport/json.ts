@@ -11,7 +11,7 @@ import { ErrorCode, ProtocolError, hexPreview } from './errors.js';
 import { recogniseForeign } from './foreign.js';
 import { DEFAULT_MAX_FRAME_BYTES, PartialBytes, type DecodeResult, type Decoder } from './frame.js';
 import { isUtf8 } from 'node:buffer';
-import { loneSurrogateIn, MAX_SEQ, MAX_VALUES, MsgType, toMessage, type ErrorMsg, type Message } from './messages.js';
+import { loneSurrogateIn, MAX_SEQ, sliceWhole, MAX_VALUES, MsgType, toMessage, type ErrorMsg, type Message } from './messages.js';
 import { firstInvalidUtf8 } from './utf8.js';
 
 const OPEN = 0x7b; // {
@@ -253,10 +253,7 @@ function errorJson(msg: ErrorMsg): string {
   const text = write(msg.message);
   if (Buffer.byteLength(text) <= OLD_READ_BYTES) return text;
   // The longest start of the reason that fits (found by halving), never ending in half a surrogate pair.
-  const cut = (keep: number): string => {
-    const last = msg.message.charCodeAt(keep - 1);
-    return write(`${msg.message.slice(0, last >= 0xd800 && last <= 0xdbff ? keep - 1 : keep)}...`);
-  };
+  const cut = (keep: number): string => write(`${sliceWhole(msg.message, keep)}...`);
   let lo = 0;
   let hi = msg.message.length;
   while (lo < hi) {

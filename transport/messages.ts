@@ -138,6 +138,12 @@ function loneSurrogate(text: string): number {
   return LONE_SURROGATE.exec(text)?.index ?? -1;
 }
 
+/** The first `n` UTF-16 units of `text`, one fewer when the last would be the first half of a pair (a lone surrogate made by the cut). */
+export function sliceWhole(text: string, n: number): string {
+  const last = text.charCodeAt(n - 1);
+  return text.slice(0, last >= 0xd800 && last <= 0xdbff ? n - 1 : n);
+}
+
 /** `text`'s first lone surrogate, for a message (`a lone surrogate (U+D800 at index 1)`), or undefined when it has none. */
 export function loneSurrogateIn(text: string): string | undefined {
   const at = loneSurrogate(text);
