@@ -151,6 +151,8 @@ export function removeServer(context: ProxyContext, entry: Member, reason: strin
     forgetIfEmpty(context, policy);
   }
   if (entry.link.getSnapshot().status === 'active') entry.link.send({ type: 'RETIRE' });
+  // A registry entry under this id was passed over while a direct registration held it (registry-members.ts): it may join now.
+  if (entry.source === 'direct' && context.registry) context.self.send({ type: 'RELEASED', id: entry.id });
 }
 
 

@@ -180,6 +180,8 @@ export type ProxyEvent =
   | { type: 'DRAIN_WAITING'; policy: string }
   | { type: 'EXPIRE_WAITING'; now: number }
   | { type: 'DRAINED' }
+  /** A direct registration left its id: the registry may hold an entry under it (to the registry actor). */
+  | { type: 'RELEASED'; id: string }
   /** New options (SIGHUP): limits, timeouts, retries, health settings and secrets change at once. */
   | { type: 'RELOAD'; opts: Opts }
   /** Renewed listener certificates (ProxyHandle.renewTls): the next handshakes use them. */

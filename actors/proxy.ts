@@ -324,6 +324,7 @@ export const proxyMachine = setup({
     REGISTRY_JOIN: { actions: 'fromRegistry' },
     REGISTRY_LEAVE: { actions: 'fromRegistry' },
     REGISTRY_HEALTH: { actions: 'fromRegistry' },
+    RELEASED: { actions: sendTo('registry', ({ event }) => event) },
   },
 });
 

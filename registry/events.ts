@@ -49,4 +49,6 @@ export type RegistryCommand =
   /** The proxy drains: withdraw its own key (clients stop choosing it); keep watching. */
   | { type: 'DRAIN' }
   /** The secrets may have changed: send every entry again, for the proxy to check. */
-  | { type: 'RELOAD' };
+  | { type: 'RELOAD' }
+  /** A server registered directly under this id left: send the registry's entry under it again, which the proxy passed over while the id was held. */
+  | { type: 'RELEASED'; id: string };

@@ -210,6 +210,12 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
     own.start();
   }
 
+  /** An entry held sent again for the proxy to check (it may have passed it over). */
+  function offer(id: string, value: string): void {
+    const entry = decodeServer(id, value);
+    if (typeof entry !== 'string' && !entry.leaving) send({ type: 'REGISTRY_JOIN', entry });
+  }
+
   receive((c) => {
     if (c.type === 'LISTENING') {
       port = c.port;
@@ -225,10 +231,11 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
         report();
       });
     } else if (c.type === 'RELOAD') {
-      for (const [id, value] of mirror.entries) {
-        const entry = decodeServer(id, value);
-        if (typeof entry !== 'string' && !entry.leaving) send({ type: 'REGISTRY_JOIN', entry });
-      }
+      for (const [id, value] of mirror.entries) offer(id, value);
+    } else if (c.type === 'RELEASED') {
+      // Its entry was read once, passed over, and never changes while its lease lives (keepalives write nothing).
+      const value = mirror.entries.get(c.id);
+      if (value !== undefined) offer(c.id, value);
     }
   });
 

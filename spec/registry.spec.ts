@@ -203,6 +203,20 @@ reg_('registry and direct registrations mix on one proxy: one rotation; an id he
   assert.match(String(err?.message), /DUPLICATE_ID/);
 });
 
+reg_('a registry entry passed over for a direct server holding its id joins once that server leaves', async () => {
+  const logs: LogRecord[] = [];
+  const p = await proxy({ logs });
+  const direct = await server('x', '111', { direct: p.port });
+  // Another server under the same id, through the registry: etcd takes its key (it knows nothing of the direct one).
+  await server('x');
+  await eventually(() => logs.some((l) => l.event === 'register_refused' && l.id === 'x'), 3000, 'the registry entry passed over');
+  assert.equal(p.pools()['111']!.sources, { x: 'direct' });
+  await direct.stop();
+  // Its key never changes again (keepalives write nothing): read once and passed over, it stayed out for good.
+  await eventually(() => p.pools()['111']?.sources.x === 'registry' && serving(p).includes('x'), 3000, "the registry's server x serving once the direct one left");
+  assert.equal(await ask(p.port, '111', 2), ['x', 'x']);
+});
+
 reg_('etcd stops: every proxy keeps serving with what it saw, and says so; etcd back: it resyncs and a new server joins', async () => {
   const logs: LogRecord[] = [];
   const a = await proxy({ logs });
