@@ -49,7 +49,7 @@ export function checkProof(opts: Opts, e: Provable & { proof?: string }): string
     return opts.tokens ? `privacy policy ${e.policy} is not in the proxy's tokens file` : undefined;
   }
   if (e.proof === undefined) return 'its entry carries no proof; this proxy requires a registration secret (start the server with --token)';
-  return proofHolds(required, e, e.proof) ? undefined : 'its proof does not match: a wrong secret, or an entry written or changed without it';
+  return proofHolds(required, e, e.proof) ? undefined : 'its proof does not match: a wrong secret, an entry written or changed without it, or a server of another fleet under the same --registry-prefix';
 }
 
 /**

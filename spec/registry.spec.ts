@@ -147,6 +147,8 @@ reg_('an entry without a valid proof never gets traffic; a valid one does', asyn
   assert.equal(new Set(who), new Set(['good']));
   assert.is(rogue.actor.getSnapshot().context.runner.answered, 0, 'the rogue server got nothing');
   assert.is(logs.some((l) => JSON.stringify(l).includes(SECRET)), false, 'the secret is never logged');
+  // Another fleet under the same prefix, with its own secret, looks the same: the line says so, for the operator who did not know.
+  assert.match(logs.find((l) => l.event === 'unauthorized' && l.id === 'wrongsecret')!.msg, /another fleet under the same --registry-prefix/);
   // The same server with a proof made with the policy's secret is admitted.
   await put('rogue', encodeServer({ id: 'rogue', ...at, wire: 'frames', proof: proofOf(SECRET, { id: 'rogue', ...at }) }));
   await eventually(() => serving(p).length === 2, 3000, 'the entry with a valid proof serving');
