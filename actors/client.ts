@@ -182,6 +182,8 @@ export class RequestBook {
   private readonly inflight = new Map<number, Entry>();
   /** Requests the proxy refused SHUTTING_DOWN (it is draining), to send again on the next proxy. */
   private bounced: Entry[] = [];
+  /** The client leaves this connection for a proxy that came and ranks first for it (rebalance): nothing more is sent on it. */
+  moving = false;
   /** Requests a proxy just reconnected to refused NO_SERVER (see `hold.ts`), to send again on it after a pause. */
   private parked: Entry[] = [];
   private readonly byHandle = new Map<RequestHandle, Entry>();
@@ -263,7 +265,7 @@ export class RequestBook {
 
   /** The proxy said it is shutting down: nothing more is sent on this connection. */
   get draining(): boolean {
-    return this.bounced.length > 0;
+    return this.bounced.length > 0 || this.moving;
   }
 
   /** Take a request to send when the window has room (settled at once with CLIENT_OVERLOADED when the queue is full). */
@@ -432,6 +434,7 @@ export class RequestBook {
    */
   unsend(silent = false): number {
     this.losses++;
+    this.moving = false;
     if (silent) for (const e of this.inflight.values()) e.unansweredAt = this.losses;
     for (const e of this.bounced) e.refusedShutting = true;
     const back = [...this.bounced, ...this.parked, ...this.inflight.values()].filter((e) => !e.settled);
@@ -455,6 +458,7 @@ export class RequestBook {
   /** Settle everything still held with `error` (or `refused`, those a draining proxy refused): the client gave up or was closed. Returns how many. */
   failAll(error: RequestError, refused?: RequestError): number {
     const all = [...this.byHandle.values()];
+    this.moving = false;
     this.inflight.clear();
     this.bounced = [];
     this.parked = [];
@@ -558,6 +562,8 @@ export interface ClientContext {
   hop: boolean;
   /** Moves to the next proxy for a NO_SERVER since the reconnect (`parkDelay`): only the first is a warn line. */
   hops: number;
+  /** The client is leaving its proxy for the list's first, a proxy that came (rebalance): it dials that one next, at once. */
+  rebalance: boolean;
   /** The proxies (host:port) dialled without a PING first, until a connection to them is lost (liveness.ts). */
   noPings: NoPings;
   /** The watch on the open connection: whether its proxy is silent, and what then (liveness.ts). */
@@ -779,7 +785,7 @@ export const clientMachine = setup({
   },
   actors: { clientSocket },
   delays: {
-    failoverDelay: ({ context }) => context.opts.failoverDelayMs ?? 100,
+    failoverDelay: ({ context }) => (context.rebalance ? 0 : context.opts.failoverDelayMs ?? 100),
     reconnectDelay: ({ context }) => reconnectDelay(context.attempts - maxAttempts(context), context.opts.failoverDelayMs ?? 100,
       context.opts.reconnectMaxDelayMs ?? DEFAULT_RECONNECT_MAX_DELAY_MS),
   },
@@ -814,7 +820,7 @@ export const clientMachine = setup({
         conn.send({ type: MsgType.PING, seq: 0 });
       },
         (error) => self.send({ type: 'CLOSED', error, silent: true }), (late) => stalled(logger, late));
-      const opened = { conn, probing: event.probing, liveness, leaving: undefined };
+      const opened = { conn, probing: event.probing, liveness, leaving: undefined, rebalance: false };
       // A proxy PINGed first is reached once it answers (PROBED): one that closes the connection before is not.
       return event.probing ? opened : { ...opened, ...reached(context) };
     }),
@@ -933,13 +939,15 @@ export const clientMachine = setup({
     unsend: ({ context, event }) => {
       assertEvent(event, ['CONNECT_FAILED', 'CLOSED']);
       const resend = context.book.unsend(event.type === 'CLOSED' && event.silent === true);
-      const next = (context.proxyIndex + 1) % context.proxies.length;
+      const next = context.rebalance ? 0 : (context.proxyIndex + 1) % context.proxies.length;
       if (context.attempts + 1 < maxAttempts(context)) {
         const target = context.proxies[next]!;
         const how = next === context.proxyIndex ? 'trying again' : `trying the reverse proxy at ${hostPort(target.host, target.port)}`;
         // Requests no proxy serves yet move on and on within the grace: the first move says so, the rest are debug.
         const again = event.type === 'CLOSED' && event.error === context.leaving && context.hops > 1;
-        context.logger[again ? 'debug' : 'warn']('failover', `${event.error}; ${how}${resend ? ` and sending ${resend} unanswered request(s) again` : ''}`, {
+        // A move back to a proxy that came is chosen, not a failure.
+        const back = event.type === 'CLOSED' && event.error === context.leaving && context.rebalance;
+        context.logger[again ? 'debug' : back ? 'info' : 'warn']('failover', `${event.error}; ${how}${resend ? ` and sending ${resend} unanswered request(s) again` : ''}`, {
           reason: event.error, proxy: hostPort(target.host, target.port), resend,
         });
       }
@@ -947,9 +955,9 @@ export const clientMachine = setup({
     failover: assign(({ context, event }) => {
       assertEvent(event, ['CONNECT_FAILED', 'CLOSED']);
       // Leaving a proxy that left the registry: it goes from the list (it was first; the next is the list's first).
-      const moved = context.unlisted ? listed(context, context.proxies.slice(1), 0) : { proxyIndex: (context.proxyIndex + 1) % context.proxies.length };
+      const moved = context.unlisted ? listed(context, context.proxies.slice(1), 0) : { proxyIndex: context.rebalance ? 0 : (context.proxyIndex + 1) % context.proxies.length };
       return {
-        ...moved, conn: undefined, attempts: context.attempts + 1, lastError: event.error, lastInvalid: event.invalid === true,
+        ...moved, conn: undefined, attempts: context.rebalance ? context.attempts : context.attempts + 1, lastError: event.error, lastInvalid: event.invalid === true,
         outageSince: context.outageSince ?? context.clock.now(),
       };
     }),
@@ -968,6 +976,23 @@ export const clientMachine = setup({
     },
     /** Reported (giveUp): a later request that cannot be sent is told what happens then. */
     forgetShutting: assign({ shutting: undefined }),
+    /**
+     * A proxy came (it was not in the list) and ranks first for this client (rendezvous): the client
+     * goes to it, as a proxy that goes moves its share away. Nothing more is sent on this connection;
+     * it is left once what is in flight on it is answered, and the next request waits only for the dial.
+     * Without this a client stayed where its last failover had put it: after a rolling restart of three
+     * proxies, the last one restarted had no client at all.
+     */
+    rebalance: assign(({ context, event }) => {
+      assertEvent(event, 'PROXIES');
+      const top = event.proxies[0];
+      const cur = context.proxies[context.proxyIndex]!;
+      const same = (a: Endpoint, b: Endpoint): boolean => a.host === b.host && a.port === b.port;
+      if (!top || same(top, cur) || context.proxies.some((p) => same(p, top)) || context.book.draining) return {};
+      if (!event.proxies.some((p) => same(p, cur))) return {};
+      context.book.moving = true;
+      return { rebalance: true, leaving: `the reverse proxy at ${hostPort(top.host, top.port)} joined the registry and comes first for this client: moving to it from ${currentProxy(context)}` };
+    }),
     /** The list changes under the connection: it stays where it is (a proxy that left drains its clients), and fails over within the new list. */
     renewTls: assign(({ context, event }) => {
       assertEvent(event, 'RENEW_TLS');
@@ -1031,6 +1056,7 @@ export const clientMachine = setup({
       connectedOnce: false,
       unparking: false,
       hop: false,
+      rebalance: false,
       hops: 0,
       noPings: new NoPings(),
       probing: false,
@@ -1081,7 +1107,7 @@ export const clientMachine = setup({
             UNPARK: [{ guard: 'anotherProxy', actions: ['unparked', 'moveOn', 'leaveIfDrained'] }, { actions: ['unparked', 'unpark', 'sendMore'] }],
             EXPIRE: [{ guard: 'proxySilent', actions: ['expire', 'leaveSilentProxy'] }, { actions: ['expire', 'sendMore', 'leaveIfDrained'] }],
             CANCEL: { actions: ['cancel', 'sendMore', 'leaveIfDrained'] },
-            PROXIES: [{ guard: 'proxyLeftSilent', actions: ['setProxies', 'leaveProxy'] }, { actions: 'setProxies' }],
+            PROXIES: [{ guard: 'proxyLeftSilent', actions: ['setProxies', 'leaveProxy'] }, { actions: ['rebalance', 'setProxies', 'leaveIfDrained'] }],
           },
         },
       },

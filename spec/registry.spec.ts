@@ -491,6 +491,47 @@ reg_('clients find the proxies in etcd, spread over them, and follow the list as
   assert.match(String(none?.message), /no reverse proxy is registered in the registry/);
 });
 
+reg_('a proxy that comes takes back the clients that rank it first: after a restart it is not left without clients', async () => {
+  const a = await proxy();
+  const b = await proxy();
+  await server('1');
+  for (const p of [a, b]) await eventually(() => p.registry()?.advertised === true && serving(p).length === 1, 3000, 'advertised');
+  const clients = await Promise.all(Array.from({ length: 16 }, (_, i) => connect({ id: `c${i}`, registry: reg(), timeoutMs: 3000 })));
+  ctx.closers.push(() => Promise.all(clients.map((c) => c.close())));
+  const at = (c: (typeof clients)[number]) => {
+    const s = c.actor.getSnapshot().context;
+    return s.proxies[s.proxyIndex]!.port;
+  };
+  // Load the whole time: each client keeps two requests in flight.
+  let stop = false;
+  const failed: string[] = [];
+  const loops = clients.flatMap((c, i) => [0, 1].map(async (k) => {
+    for (let n = 0; !stop; n++) {
+      const o = await c.send('111', `c${i}-${k}-${n}`);
+      if (!o.ok) failed.push(o.error.code);
+    }
+  }));
+  let onC = 0;
+  let first = 0;
+  try {
+    // b goes (a restart): its clients move to a. A proxy comes (b again, or its replacement): those that rank it first go to it.
+    await b.stop();
+    await eventually(() => clients.every((c) => at(c) === a.port), 5000, 'every client on a');
+    const c = await proxy();
+    await eventually(() => c.registry()?.advertised === true, 3000, 'the new proxy advertised');
+    await eventually(() => clients.some((x) => x.actor.getSnapshot().context.proxies[0]!.port === c.port), 5000, 'the lists follow etcd');
+    await sleep(1000);
+    onC = clients.filter((x) => at(x) === c.port).length;
+    first = clients.filter((x) => x.actor.getSnapshot().context.proxies[0]!.port === c.port).length;
+  } finally {
+    stop = true;
+    await Promise.all(loops);
+  }
+  assert.ok(first > 0, 'some clients rank the new proxy first');
+  assert.is(onC, first, 'the clients that rank the new proxy first are on it, and no others');
+  assert.equal(failed, [], 'nothing failed as the clients moved');
+});
+
 reg_('a client whose proxy left the list while a request was in flight stays on it, then fails over and drops it from its list', async () => {
   // The order the drain above meets about one run in three: the deletion reaches a client while it is still on the proxy
   // (an idle client leaves it at once: proxyLeftSilent).
