@@ -151,8 +151,15 @@ export function removeServer(context: ProxyContext, entry: Member, reason: strin
     forgetIfEmpty(context, policy);
   }
   if (entry.link.getSnapshot().status === 'active') entry.link.send({ type: 'RETIRE' });
-  // A registry entry under this id was passed over while a direct registration held it (registry-members.ts): it may join now.
-  if (entry.source === 'direct' && context.registry) context.self.send({ type: 'RELEASED', id: entry.id });
+  if (!context.registry) return;
+  // Registry entries passed over while this member held their id or the room it took (registry-members.ts) may join now:
+  // an entry is read once, and its key does not change while its lease lives.
+  if (entry.source === 'direct') context.self.send({ type: 'RELEASED', id: entry.id });
+  const waiting = entry.open ? context.overLimit.values().next() : undefined;
+  if (waiting && !waiting.done) {
+    context.overLimit.delete(waiting.value);
+    context.self.send({ type: 'RELEASED', id: waiting.value });
+  }
 }
 
 

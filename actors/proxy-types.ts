@@ -149,6 +149,8 @@ export interface ProxyContext {
   budget: BufferBudget;
   /** The registry (etcd), when the proxy has one: as its actor last reported it. */
   registry?: RegistryStatus;
+  /** Ids of registry entries refused for the open limits (registry-members.ts): one is offered again each time a member frees room. */
+  overLimit: Set<string>;
   /** The port's connections as the proxy stops: closed by the listener, each client told; a stop waits for them. */
   portClosed: PortClosed;
 }
@@ -180,7 +182,7 @@ export type ProxyEvent =
   | { type: 'DRAIN_WAITING'; policy: string }
   | { type: 'EXPIRE_WAITING'; now: number }
   | { type: 'DRAINED' }
-  /** A direct registration left its id: the registry may hold an entry under it (to the registry actor). */
+  /** A member left an id, or room under the open limits, a registry entry was passed over for (to the registry actor). */
   | { type: 'RELEASED'; id: string }
   /** New options (SIGHUP): limits, timeouts, retries, health settings and secrets change at once. */
   | { type: 'RELOAD'; opts: Opts }

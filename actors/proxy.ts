@@ -242,6 +242,7 @@ export const proxyMachine = setup({
       policies: new Map(),
       servers: new Map(),
       openRegistrations: { total: 0, byHost: new Map() },
+      overLimit: new Set(),
       inflight: new InflightCount(),
       busy: new Set(),
       linkSeq: 0,

@@ -51,12 +51,14 @@ export function registryJoin(context: ProxyContext, e: ServerEntry): void {
   // changed. Its link, failing EMFILE, says so and is probed again until there is room.
   const tooMany = checkOpenLimits(context, e.policy, e.address);
   if (tooMany) {
+    context.overLimit.add(e.id);
     // One line, then one per interval with a count, as for direct registrations over the limit (admit in membership.ts).
     log.repeated('warn', 'register_refused', `registry\0${e.address}\0${ErrorCode.OVERLOADED}`, 1, (n, span) => `Refused server id ${e.id} (${where}) from the registry: ${tooMany}${span ? ` (${n} entries ${span})` : ''}`, {
       id: e.id, policy: e.policy, code: ErrorCode.OVERLOADED, source: 'registry',
     });
     return;
   }
+  context.overLimit.delete(e.id);
   log.info('register', `Server id ${e.id} privacy policy ${e.policy} port ${e.port} is in the registry (${e.address}); it joins once its link answers`, {
     id: e.id, policy: e.policy, port: e.port, host: e.address, wire: e.wire, source: 'registry',
   });
@@ -75,6 +77,7 @@ export function registryJoin(context: ProxyContext, e: ServerEntry): void {
  * probed back; its key written again makes it an ordinary member.
  */
 export function registryLeave(context: ProxyContext, id: string, reason: string, unlisted = false): void {
+  context.overLimit.delete(id);
   const held = context.servers.get(id);
   if (held?.source !== 'registry') return;
   if (!unlisted || held.state !== 'serving') return removeServer(context, held, reason);

@@ -50,5 +50,5 @@ export type RegistryCommand =
   | { type: 'DRAIN' }
   /** The secrets may have changed: send every entry again, for the proxy to check. */
   | { type: 'RELOAD' }
-  /** A server registered directly under this id left: send the registry's entry under it again, which the proxy passed over while the id was held. */
+  /** A member left the id or the room the registry's entry under `id` was passed over for: send that entry again, for the proxy to check. */
   | { type: 'RELEASED'; id: string };

@@ -219,6 +219,19 @@ reg_('a registry entry passed over for a direct server holding its id joins once
   assert.equal(await ask(p.port, '111', 2), ['x', 'x']);
 });
 
+reg_('a registry entry refused for --max-servers-per-peer joins once a member leaves room', async () => {
+  const logs: LogRecord[] = [];
+  const p = await proxy({ logs, maxServersPerPeer: 2 });
+  const a = await server('a');
+  await server('b');
+  await eventually(() => serving(p).length === 2, 3000, 'a and b serving');
+  await server('c');
+  await eventually(() => logs.some((l) => l.event === 'register_refused' && l.id === 'c'), 3000, 'c refused for the limit');
+  await a.stop();
+  await eventually(() => serving(p).includes('c'), 3000, 'c serving once a left room');
+  assert.equal(serving(p).sort(), ['b', 'c']);
+});
+
 reg_('etcd stops: every proxy keeps serving with what it saw, and says so; etcd back: it resyncs and a new server joins', async () => {
   const logs: LogRecord[] = [];
   const a = await proxy({ logs });
