@@ -232,7 +232,7 @@ function idString(v: string | number): string {
  * `toMessage` would give it; undefined when the body is anything else
  * (including every invalid body): then use the general path.
  */
-export function decodeHot(buf: Uint8Array, start: number, end: number): DataMsg | AckMsg | undefined {
+export function decodeHot(buf: Uint8Array, start: number, end: number, view?: DataView): DataMsg | AckMsg | undefined {
   const b = buf[start]!;
   let n: number;
   pos = start + 1;
@@ -314,7 +314,7 @@ export function decodeHot(buf: Uint8Array, start: number, end: number): DataMsg 
     if (timeout !== undefined) m.timeoutms = timeout;
     // Read as exactly the model's fields, each once (n keys, no other): forwarded as these bytes (the proxy adds its own timeoutms).
     if ((seen & ~DATA_KEYS) === 0 && n === (size === undefined ? 5 : 6) && b <= 0x8f && typeof srcid === 'string' && typeof poli === 'string') {
-      m[WIRE] = { msg: m, buf, start, seqAt, seqEnd, end };
+      m[WIRE] = { msg: m, buf, view: view ?? viewOf(buf), start, seqAt, seqEnd, end };
     }
     return m;
   }
@@ -322,11 +322,16 @@ export function decodeHot(buf: Uint8Array, start: number, end: number): DataMsg 
     if (!isIdValue(destid)) return undefined;
     const m: AckMsg = { type: 2, seq, srcid: idString(srcid), destid: idString(destid), payload, payloadsize: size ?? payloadBytes(payload) };
     if (seen === ACK_KEYS && n === 6 && b <= 0x8f && typeof srcid === 'string' && typeof destid === 'string') {
-      m[WIRE] = { msg: m, buf, start, seqAt, seqEnd, end };
+      m[WIRE] = { msg: m, buf, view: view ?? viewOf(buf), start, seqAt, seqEnd, end };
     }
     return m;
   }
   return undefined;
+}
+
+/** `buf`'s bytes as a DataView (what `WireBytes.view` and a `FrameBuffer`'s view are). */
+export function viewOf(buf: Uint8Array): DataView {
+  return new DataView(buf.buffer, buf.byteOffset, buf.length);
 }
 
 /** The keys of a DATA as the model has it, and those an ACK has with every field (payloadsize included). */
@@ -365,13 +370,13 @@ export function asReadSize(w: WireBytes): number {
  * `seq` in place of its own, and a DATA's `timeoutms` when the message has
  * one: the map header counts it, and it goes last. Returns where it ends.
  */
-export function encodeAsRead(w: WireBytes, seq: number, out: Buffer, at: number): number {
+export function encodeAsRead(w: WireBytes, seq: number, out: Buffer, outView: DataView, at: number): number {
   const b = w.buf;
   const timeout = w.msg.type === MsgType.DATA ? w.msg.timeoutms : undefined;
   out[at] = b[w.start]! + (timeout === undefined ? 0 : 1);
-  at = copyBytes(b, w.start + 1, w.seqAt, out, at + 1);
+  at = copyBytes(b, w.view, w.start + 1, w.seqAt, out, outView, at + 1);
   at = uint(out, at, seq);
-  at = copyBytes(b, w.seqEnd, w.end, out, at);
+  at = copyBytes(b, w.view, w.seqEnd, w.end, out, outView, at);
   return timeout === undefined ? at : uint(out, K_TIMEOUT(out, at), timeout);
 }
 
@@ -384,12 +389,17 @@ export function encodeAsRead(w: WireBytes, seq: number, out: Buffer, at: number)
  * byte by byte 1,040-1,100. `Buffer.copy` makes a view of the source each
  * time (about 60 ns a call).
  */
-function copyBytes(src: Uint8Array, from: number, to: number, out: Buffer, at: number): number {
+function copyBytes(src: Uint8Array, srcView: DataView, from: number, to: number, out: Buffer, outView: DataView, at: number): number {
   if (to - from > 256) {
     out.set(src.subarray(from, to), at);
     return at + to - from;
   }
-  for (let i = from; i < to; i++) out[at++] = src[i]!;
+  let i = from;
+  for (; i + 8 <= to; i += 8, at += 8) {
+    outView.setInt32(at, srcView.getInt32(i));
+    outView.setInt32(at + 4, srcView.getInt32(i + 4));
+  }
+  for (; i < to; i++) out[at++] = src[i]!;
   return at;
 }
 

@@ -6,7 +6,7 @@
 import { Buffer } from 'node:buffer';
 import { Packr, Unpackr, isNativeAccelerationEnabled } from 'msgpackr';
 import { ErrorCode, ProtocolError, hexPreview } from './errors.js';
-import { asRead, asReadSize, decodeHot, encodeAsRead, encodeHot, hotSize } from './fastwire.js';
+import { asRead, asReadSize, decodeHot, encodeAsRead, encodeHot, hotSize, viewOf } from './fastwire.js';
 import { recogniseForeign } from './foreign.js';
 import { MAX_VALUES, MsgType, toMessage, WIRE, type AckMsg, type DataMsg, type Message } from './messages.js';
 import { describeBadText, findBadText, mayHoldBadText } from './utf8.js';
@@ -53,7 +53,7 @@ export function writeFrame(msg: Message | Record<string, unknown>, out: FrameBuf
   const read = asRead(msg, seq);
   if (read !== undefined) {
     const at = out.reserve(HEADER + asReadSize(read));
-    out.commit(lengthFirst(out.buffer, at, encodeAsRead(read, seq ?? read.msg.seq, out.buffer, at + HEADER)));
+    out.commit(lengthFirst(out.buffer, at, encodeAsRead(read, seq ?? read.msg.seq, out.buffer, out.view, at + HEADER)));
     return;
   }
   const room = hotSize(msg, seq);
@@ -103,6 +103,8 @@ export function encodeFrame(msg: Message | Record<string, unknown>, seq?: number
  */
 export class FrameBuffer {
   private buf?: Buffer;
+  /** `buf` as a DataView, made on first use after each new buffer: the encoder copies a frame read from the wire eight bytes at a time into it. */
+  private dv?: DataView;
   /** Where the bytes not yet taken begin in `buf` (a busy connection carves many batches from one buffer). */
   private start = 0;
   private end = 0;
@@ -120,6 +122,11 @@ export class FrameBuffer {
     return this.buf!;
   }
 
+  /** `buffer` as a DataView. */
+  get view(): DataView {
+    return (this.dv ??= viewOf(this.buf!));
+  }
+
   /** Room for `n` more bytes; returns where they go in `buffer`. */
   reserve(n: number): number {
     const buf = this.buf;
@@ -130,6 +137,7 @@ export class FrameBuffer {
     const grown = Buffer.allocUnsafe(need <= 2048 ? need : Math.max(need, Math.min(8 * need, MAX_SLAB)));
     if (buf && pending) buf.copy(grown, 0, this.start, this.end);
     this.buf = grown;
+    this.dv = undefined;
     this.start = 0;
     this.end = pending;
     return pending;
@@ -179,6 +187,7 @@ export class FrameBuffer {
   /** Drop what was written and not taken. */
   clear(): void {
     this.buf = undefined;
+    this.dv = undefined;
     this.start = this.end = 0;
   }
 }
@@ -225,6 +234,7 @@ function holdLittle(messages: Message[], buf: Buffer): void {
   }
   if (small === 0 || 4 * small >= size) return;
   const own = Buffer.allocUnsafeSlow(small);
+  const ownView = viewOf(own);
   let at = 0;
   for (const m of messages) {
     const w = (m as DataMsg | AckMsg)[WIRE];
@@ -237,6 +247,7 @@ function holdLittle(messages: Message[], buf: Buffer): void {
       (m as DataMsg | AckMsg).payload = own.subarray(from, from + p.length);
     }
     w.buf = own;
+    w.view = ownView;
     w.start += shift;
     w.seqAt += shift;
     w.seqEnd += shift;
@@ -398,6 +409,7 @@ export class FrameDecoder implements Decoder {
     }
     let buf = held.size === 0 ? chunk : held.take(chunk);
     let pos = 0;
+    let view: DataView | undefined;
     try {
       while (buf.length - pos >= HEADER) {
         const len = buf.readUInt32BE(pos);
@@ -415,8 +427,10 @@ export class FrameDecoder implements Decoder {
         const end = start + len;
         pos = end;
         this.need = HEADER;
-        const hot = this.validate ? decodeHot(buf, start, end) : undefined;
+        const hot = this.validate ? decodeHot(buf, start, end, view) : undefined;
         if (hot) {
+          // The read's view, made by the first frame kept as its bytes, serves the read's other frames.
+          view ??= hot[WIRE]?.view;
           messages.push(hot);
           continue;
         }
