@@ -70,22 +70,20 @@ for (const [k, name] of KEY_NAMES) {
   (KEY_IDS[n] ??= []).push(k);
 }
 
-/** What a key's bytes name. */
-function keyAt(b: Uint8Array, at: number, len: number): K {
+/** What a key's bytes name (`view`: the same bytes, read four at a time). */
+function keyAt(b: Uint8Array, view: DataView, at: number, len: number): K {
   const ids = KEY_IDS[len];
   if (ids === undefined) return K.OTHER;
   const words = KEY_WORDS[len]!;
   const per = (len + 3) >> 2;
-  for (let c = 0; c < ids.length; c++) if (same(b, at, len, words, c * per)) return ids[c]!;
+  for (let c = 0; c < ids.length; c++) if (same(b, view, at, len, words, c * per)) return ids[c]!;
   return K.OTHER;
 }
 
 /** Whether the `len` bytes at `at` are those `words` hold from `w`. */
-function same(b: Uint8Array, at: number, len: number, words: Int32Array, w: number): boolean {
+function same(b: Uint8Array, view: DataView, at: number, len: number, words: Int32Array, w: number): boolean {
   let i = 0;
-  for (; i + 4 <= len; i += 4, w++) {
-    if ((b[at + i]! | (b[at + i + 1]! << 8) | (b[at + i + 2]! << 16) | (b[at + i + 3]! << 24)) !== words[w]) return false;
-  }
+  for (; i + 4 <= len; i += 4, w++) if (view.getInt32(at + i, true) !== words[w]) return false;
   switch (len - i) {
     case 3: return (b[at + i]! | (b[at + i + 1]! << 8) | (b[at + i + 2]! << 16)) === words[w];
     case 2: return (b[at + i]! | (b[at + i + 1]! << 8)) === words[w];
@@ -99,11 +97,18 @@ const SHORT = 24;
 const cache: Array<string | undefined> = new Array(512).fill(undefined);
 
 /** An ASCII string from bytes, or undefined when a byte is not ASCII. */
-function ascii(buf: Uint8Array, at: number, len: number): string | undefined {
+function ascii(buf: Uint8Array, view: DataView, at: number, len: number): string | undefined {
   if (len < SHORT) {
+    // Four bytes at a time, each word mixed in (a sum of words would leave the last bytes, where ids and payloads differ, out of the slot).
     let h = len;
-    for (let i = 0; i < len; i++) h = (Math.imul(h, 31) + buf[at + i]!) | 0;
-    const slot = (h ^ (h >>> 9)) & 511;
+    let i = 0;
+    for (; i + 4 <= len; i += 4) {
+      h = Math.imul(h ^ view.getInt32(at + i, true), 0x5bd1e995);
+      h ^= h >>> 15;
+    }
+    for (; i < len; i++) h = (Math.imul(h, 31) + buf[at + i]!) | 0;
+    h = Math.imul(h ^ (h >>> 13), 0x5bd1e995);
+    const slot = (h ^ (h >>> 15)) & 511;
     const hit = cache[slot];
     // A cached string is ASCII, so bytes equal to it are too.
     if (hit !== undefined && hit.length === len) {
@@ -111,11 +116,11 @@ function ascii(buf: Uint8Array, at: number, len: number): string | undefined {
       while (i < len && hit.charCodeAt(i) === buf[at + i]) i++;
       if (i === len) return hit;
     }
-    const s = latin1(buf, at, len);
+    const s = latin1(buf, view, at, len);
     if (s !== undefined) cache[slot] = s;
     return s;
   }
-  return latin1(buf, at, len);
+  return latin1(buf, view, at, len);
 }
 
 /**
@@ -126,8 +131,10 @@ function ascii(buf: Uint8Array, at: number, len: number): string | undefined {
 const latin1Slice = (Buffer.prototype as unknown as { latin1Slice(this: Uint8Array, start: number, end: number): string }).latin1Slice;
 
 /** The bytes as a string when every one is ASCII, else undefined. */
-function latin1(buf: Uint8Array, at: number, len: number): string | undefined {
-  for (let i = 0; i < len; i++) if (buf[at + i]! > 0x7f) return undefined;
+function latin1(buf: Uint8Array, view: DataView, at: number, len: number): string | undefined {
+  let i = 0;
+  for (; i + 4 <= len; i += 4) if ((view.getInt32(at + i) & 0x80808080) !== 0) return undefined;
+  for (; i < len; i++) if (buf[at + i]! > 0x7f) return undefined;
   return latin1Slice.call(buf, at, at + len);
 }
 
@@ -145,7 +152,7 @@ type Scalar = string | number | Uint8Array | undefined;
  * than kept in a variable of the module: a string stored there costs a write
  * barrier each time.)
  */
-function scalar(buf: Uint8Array, end: number): Scalar | typeof FAIL {
+function scalar(buf: Uint8Array, view: DataView, end: number): Scalar | typeof FAIL {
   if (pos >= end) return FAIL;
   const b = buf[pos++]!;
   let len: number;
@@ -206,7 +213,7 @@ function scalar(buf: Uint8Array, end: number): Scalar | typeof FAIL {
     }
   }
   if (pos + len > end) return FAIL;
-  const s = ascii(buf, pos, len);
+  const s = ascii(buf, view, pos, len);
   if (s === undefined) return FAIL;
   pos += len;
   return s;
@@ -232,7 +239,7 @@ function idString(v: string | number): string {
  * `toMessage` would give it; undefined when the body is anything else
  * (including every invalid body): then use the general path.
  */
-export function decodeHot(buf: Uint8Array, start: number, end: number, view?: DataView): DataMsg | AckMsg | undefined {
+export function decodeHot(buf: Uint8Array, start: number, end: number, view = viewOf(buf)): DataMsg | AckMsg | undefined {
   const b = buf[start]!;
   let n: number;
   pos = start + 1;
@@ -270,19 +277,19 @@ export function decodeHot(buf: Uint8Array, start: number, end: number, view?: Da
       pos += 2;
     } else return undefined;
     if (pos + klen > end) return undefined;
-    const key = keyAt(buf, pos, klen);
+    const key = keyAt(buf, view, pos, klen);
     if (key === K.OTHER) {
       // msgpackr renames __proto__, and may read non-ASCII bytes as one of our keys (overlong UTF-8): general path.
       if (klen === 9 && buf[pos] === 0x5f && buf[pos + 1] === 0x5f) return undefined;
       for (let j = 0; j < klen; j++) if (buf[pos + j]! > 0x7f) return undefined;
       pos += klen;
-      if (scalar(buf, end) === FAIL) return undefined;
+      if (scalar(buf, view, end) === FAIL) return undefined;
       seen |= 1 << K.OTHER;
       continue;
     }
     pos += klen;
     const at = pos;
-    const v = scalar(buf, end);
+    const v = scalar(buf, view, end);
     if (v === FAIL) return undefined;
     seen |= 1 << key;
     if (key === K.SEQ) {
@@ -314,7 +321,7 @@ export function decodeHot(buf: Uint8Array, start: number, end: number, view?: Da
     if (timeout !== undefined) m.timeoutms = timeout;
     // Read as exactly the model's fields, each once (n keys, no other): forwarded as these bytes (the proxy adds its own timeoutms).
     if ((seen & ~DATA_KEYS) === 0 && n === (size === undefined ? 5 : 6) && b <= 0x8f && typeof srcid === 'string' && typeof poli === 'string') {
-      m[WIRE] = { msg: m, buf, view: view ?? viewOf(buf), start, seqAt, seqEnd, end };
+      m[WIRE] = { msg: m, buf, view, start, seqAt, seqEnd, end };
     }
     return m;
   }
@@ -322,7 +329,7 @@ export function decodeHot(buf: Uint8Array, start: number, end: number, view?: Da
     if (!isIdValue(destid)) return undefined;
     const m: AckMsg = { type: 2, seq, srcid: idString(srcid), destid: idString(destid), payload, payloadsize: size ?? payloadBytes(payload) };
     if (seen === ACK_KEYS && n === 6 && b <= 0x8f && typeof srcid === 'string' && typeof destid === 'string') {
-      m[WIRE] = { msg: m, buf, view: view ?? viewOf(buf), start, seqAt, seqEnd, end };
+      m[WIRE] = { msg: m, buf, view, start, seqAt, seqEnd, end };
     }
     return m;
   }

@@ -427,10 +427,9 @@ export class FrameDecoder implements Decoder {
         const end = start + len;
         pos = end;
         this.need = HEADER;
-        const hot = this.validate ? decodeHot(buf, start, end, view) : undefined;
+        // One view of the read serves its frames (the scanner reads through it, a frame kept as its bytes keeps it).
+        const hot = this.validate ? decodeHot(buf, start, end, (view ??= viewOf(buf))) : undefined;
         if (hot) {
-          // The read's view, made by the first frame kept as its bytes, serves the read's other frames.
-          view ??= hot[WIRE]?.view;
           messages.push(hot);
           continue;
         }
