@@ -6,7 +6,7 @@
 import { Buffer } from 'node:buffer';
 import { Packr, Unpackr, isNativeAccelerationEnabled } from 'msgpackr';
 import { ErrorCode, ProtocolError, hexPreview } from './errors.js';
-import { asRead, asReadSize, decodeHot, encodeAsRead, encodeHot, hotSize, viewOf } from './fastwire.js';
+import { asRead, asReadSize, decodeHot, encodeAsRead, encodeHot, hotSize, viewOf, viewOfMemory } from './fastwire.js';
 import { recogniseForeign } from './foreign.js';
 import { MAX_VALUES, MsgType, toMessage, WIRE, type AckMsg, type DataMsg, type Message } from './messages.js';
 import { describeBadText, findBadText, mayHoldBadText } from './utf8.js';
@@ -103,7 +103,7 @@ export function encodeFrame(msg: Message | Record<string, unknown>, seq?: number
  */
 export class FrameBuffer {
   private buf?: Buffer;
-  /** `buf` as a DataView, made on first use after each new buffer: the encoder copies a frame read from the wire eight bytes at a time into it. */
+  /** A DataView of `buf`'s memory (`viewOfMemory`): the encoder copies a frame read from the wire eight bytes at a time into it. */
   private dv?: DataView;
   /** Where the bytes not yet taken begin in `buf` (a busy connection carves many batches from one buffer). */
   private start = 0;
@@ -122,9 +122,11 @@ export class FrameBuffer {
     return this.buf!;
   }
 
-  /** `buffer` as a DataView. */
+  /** A DataView of `buffer`'s memory, all of it: `buffer`'s bytes start at its `byteOffset`. */
   get view(): DataView {
-    return (this.dv ??= viewOf(this.buf!));
+    const memory = this.buf!.buffer;
+    const dv = this.dv;
+    return dv !== undefined && dv.buffer === memory ? dv : (this.dv = viewOfMemory(memory));
   }
 
   /** Room for `n` more bytes; returns where they go in `buffer`. */
@@ -137,7 +139,6 @@ export class FrameBuffer {
     const grown = Buffer.allocUnsafe(need <= 2048 ? need : Math.max(need, Math.min(8 * need, MAX_SLAB)));
     if (buf && pending) buf.copy(grown, 0, this.start, this.end);
     this.buf = grown;
-    this.dv = undefined;
     this.start = 0;
     this.end = pending;
     return pending;
