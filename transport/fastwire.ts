@@ -70,20 +70,22 @@ for (const [k, name] of KEY_NAMES) {
   (KEY_IDS[n] ??= []).push(k);
 }
 
-/** What a key's bytes name (`view`: the same bytes, read four at a time). */
-function keyAt(b: Uint8Array, view: DataView, at: number, len: number): K {
+/** What a key's bytes name. */
+function keyAt(b: Uint8Array, at: number, len: number): K {
   const ids = KEY_IDS[len];
   if (ids === undefined) return K.OTHER;
   const words = KEY_WORDS[len]!;
   const per = (len + 3) >> 2;
-  for (let c = 0; c < ids.length; c++) if (same(b, view, at, len, words, c * per)) return ids[c]!;
+  for (let c = 0; c < ids.length; c++) if (same(b, at, len, words, c * per)) return ids[c]!;
   return K.OTHER;
 }
 
 /** Whether the `len` bytes at `at` are those `words` hold from `w`. */
-function same(b: Uint8Array, view: DataView, at: number, len: number, words: Int32Array, w: number): boolean {
+function same(b: Uint8Array, at: number, len: number, words: Int32Array, w: number): boolean {
   let i = 0;
-  for (; i + 4 <= len; i += 4, w++) if (view.getInt32(at + i, true) !== words[w]) return false;
+  for (; i + 4 <= len; i += 4, w++) {
+    if ((b[at + i]! | (b[at + i + 1]! << 8) | (b[at + i + 2]! << 16) | (b[at + i + 3]! << 24)) !== words[w]) return false;
+  }
   switch (len - i) {
     case 3: return (b[at + i]! | (b[at + i + 1]! << 8) | (b[at + i + 2]! << 16)) === words[w];
     case 2: return (b[at + i]! | (b[at + i + 1]! << 8)) === words[w];
@@ -97,18 +99,11 @@ const SHORT = 24;
 const cache: Array<string | undefined> = new Array(512).fill(undefined);
 
 /** An ASCII string from bytes, or undefined when a byte is not ASCII. */
-function ascii(buf: Uint8Array, view: DataView, at: number, len: number): string | undefined {
+function ascii(buf: Uint8Array, at: number, len: number): string | undefined {
   if (len < SHORT) {
-    // Four bytes at a time, each word mixed in (a sum of words would leave the last bytes, where ids and payloads differ, out of the slot).
     let h = len;
-    let i = 0;
-    for (; i + 4 <= len; i += 4) {
-      h = Math.imul(h ^ view.getInt32(at + i, true), 0x5bd1e995);
-      h ^= h >>> 15;
-    }
-    for (; i < len; i++) h = (Math.imul(h, 31) + buf[at + i]!) | 0;
-    h = Math.imul(h ^ (h >>> 13), 0x5bd1e995);
-    const slot = (h ^ (h >>> 15)) & 511;
+    for (let i = 0; i < len; i++) h = (Math.imul(h, 31) + buf[at + i]!) | 0;
+    const slot = (h ^ (h >>> 9)) & 511;
     const hit = cache[slot];
     // A cached string is ASCII, so bytes equal to it are too.
     if (hit !== undefined && hit.length === len) {
@@ -116,11 +111,11 @@ function ascii(buf: Uint8Array, view: DataView, at: number, len: number): string
       while (i < len && hit.charCodeAt(i) === buf[at + i]) i++;
       if (i === len) return hit;
     }
-    const s = latin1(buf, view, at, len);
+    const s = latin1(buf, at, len);
     if (s !== undefined) cache[slot] = s;
     return s;
   }
-  return latin1(buf, view, at, len);
+  return latin1(buf, at, len);
 }
 
 /**
@@ -131,10 +126,8 @@ function ascii(buf: Uint8Array, view: DataView, at: number, len: number): string
 const latin1Slice = (Buffer.prototype as unknown as { latin1Slice(this: Uint8Array, start: number, end: number): string }).latin1Slice;
 
 /** The bytes as a string when every one is ASCII, else undefined. */
-function latin1(buf: Uint8Array, view: DataView, at: number, len: number): string | undefined {
-  let i = 0;
-  for (; i + 4 <= len; i += 4) if ((view.getInt32(at + i) & 0x80808080) !== 0) return undefined;
-  for (; i < len; i++) if (buf[at + i]! > 0x7f) return undefined;
+function latin1(buf: Uint8Array, at: number, len: number): string | undefined {
+  for (let i = 0; i < len; i++) if (buf[at + i]! > 0x7f) return undefined;
   return latin1Slice.call(buf, at, at + len);
 }
 
@@ -152,7 +145,7 @@ type Scalar = string | number | Uint8Array | undefined;
  * than kept in a variable of the module: a string stored there costs a write
  * barrier each time.)
  */
-function scalar(buf: Uint8Array, view: DataView, end: number): Scalar | typeof FAIL {
+function scalar(buf: Uint8Array, end: number): Scalar | typeof FAIL {
   if (pos >= end) return FAIL;
   const b = buf[pos++]!;
   let len: number;
@@ -213,7 +206,7 @@ function scalar(buf: Uint8Array, view: DataView, end: number): Scalar | typeof F
     }
   }
   if (pos + len > end) return FAIL;
-  const s = ascii(buf, view, pos, len);
+  const s = ascii(buf, pos, len);
   if (s === undefined) return FAIL;
   pos += len;
   return s;
@@ -239,7 +232,7 @@ function idString(v: string | number): string {
  * `toMessage` would give it; undefined when the body is anything else
  * (including every invalid body): then use the general path.
  */
-export function decodeHot(buf: Uint8Array, start: number, end: number, view = viewOf(buf)): DataMsg | AckMsg | undefined {
+export function decodeHot(buf: Uint8Array, start: number, end: number): DataMsg | AckMsg | undefined {
   const b = buf[start]!;
   let n: number;
   pos = start + 1;
@@ -277,19 +270,19 @@ export function decodeHot(buf: Uint8Array, start: number, end: number, view = vi
       pos += 2;
     } else return undefined;
     if (pos + klen > end) return undefined;
-    const key = keyAt(buf, view, pos, klen);
+    const key = keyAt(buf, pos, klen);
     if (key === K.OTHER) {
       // msgpackr renames __proto__, and may read non-ASCII bytes as one of our keys (overlong UTF-8): general path.
       if (klen === 9 && buf[pos] === 0x5f && buf[pos + 1] === 0x5f) return undefined;
       for (let j = 0; j < klen; j++) if (buf[pos + j]! > 0x7f) return undefined;
       pos += klen;
-      if (scalar(buf, view, end) === FAIL) return undefined;
+      if (scalar(buf, end) === FAIL) return undefined;
       seen |= 1 << K.OTHER;
       continue;
     }
     pos += klen;
     const at = pos;
-    const v = scalar(buf, view, end);
+    const v = scalar(buf, end);
     if (v === FAIL) return undefined;
     seen |= 1 << key;
     if (key === K.SEQ) {
@@ -321,7 +314,7 @@ export function decodeHot(buf: Uint8Array, start: number, end: number, view = vi
     if (timeout !== undefined) m.timeoutms = timeout;
     // Read as exactly the model's fields, each once (n keys, no other): forwarded as these bytes (the proxy adds its own timeoutms).
     if ((seen & ~DATA_KEYS) === 0 && n === (size === undefined ? 5 : 6) && b <= 0x8f && typeof srcid === 'string' && typeof poli === 'string') {
-      m[WIRE] = { msg: m, buf, view, start, seqAt, seqEnd, end };
+      m[WIRE] = { msg: m, buf, start, seqAt, seqEnd, end };
     }
     return m;
   }
@@ -329,33 +322,11 @@ export function decodeHot(buf: Uint8Array, start: number, end: number, view = vi
     if (!isIdValue(destid)) return undefined;
     const m: AckMsg = { type: 2, seq, srcid: idString(srcid), destid: idString(destid), payload, payloadsize: size ?? payloadBytes(payload) };
     if (seen === ACK_KEYS && n === 6 && b <= 0x8f && typeof srcid === 'string' && typeof destid === 'string') {
-      m[WIRE] = { msg: m, buf, view, start, seqAt, seqEnd, end };
+      m[WIRE] = { msg: m, buf, start, seqAt, seqEnd, end };
     }
     return m;
   }
   return undefined;
-}
-
-/** `buf`'s bytes as a DataView (what `WireBytes.view` is: one per read). */
-export function viewOf(buf: Uint8Array): DataView {
-  return new DataView(buf.buffer, buf.byteOffset, buf.length);
-}
-
-// The last memory `viewOfMemory` made a view of: the small batches of every connection come from Node's shared pool, so they share one.
-let lastMemory: ArrayBufferLike | undefined;
-let lastView: DataView | undefined;
-
-/**
- * A DataView of the whole of `memory` (a batch buffer's `.buffer`; offsets into it are the
- * buffer's `byteOffset` plus its own). Making a view costs about as much as allocating a small
- * buffer (100-140 ns), so the last one is reused: a view per batch made small batches dearer.
- */
-export function viewOfMemory(memory: ArrayBufferLike): DataView {
-  if (memory !== lastMemory) {
-    lastView = new DataView(memory);
-    lastMemory = memory;
-  }
-  return lastView!;
 }
 
 /** The keys of a DATA as the model has it, and those an ACK has with every field (payloadsize included). */
@@ -394,39 +365,31 @@ export function asReadSize(w: WireBytes): number {
  * `seq` in place of its own, and a DATA's `timeoutms` when the message has
  * one: the map header counts it, and it goes last. Returns where it ends.
  */
-export function encodeAsRead(w: WireBytes, seq: number, out: Buffer, outView: DataView, at: number): number {
+export function encodeAsRead(w: WireBytes, seq: number, out: Buffer, at: number): number {
   const b = w.buf;
   const timeout = w.msg.type === MsgType.DATA ? w.msg.timeoutms : undefined;
   out[at] = b[w.start]! + (timeout === undefined ? 0 : 1);
-  at = copyBytes(b, w.view, w.start + 1, w.seqAt, out, outView, at + 1);
+  at = copyBytes(b, w.start + 1, w.seqAt, out, at + 1);
   at = uint(out, at, seq);
-  at = copyBytes(b, w.view, w.seqEnd, w.end, out, outView, at);
+  at = copyBytes(b, w.seqEnd, w.end, out, at);
   return timeout === undefined ? at : uint(out, K_TIMEOUT(out, at), timeout);
 }
 
 /**
- * Copy `src[from, to)` to `out` at `at`; returns where it ends. Eight bytes at a time through
- * `srcView` (of `src`) and `outView` (of all of `out`'s memory: `viewOfMemory`), the rest byte by
- * byte; long runs natively. Measured with bench/codec.ts's proxy row (requests in turn to 4
- * servers' batches, answers to 8 clients'): four bytes at a time through DataViews made per
- * message cost 1,200-1,250 ns a request against byte by byte's 1,040-1,100 (fifth session); with
- * views made once per read and per batch memory, an ACK into a batch 121-168 ns against 293-427
- * byte by byte (twenty-seventh session). `Buffer.copy` makes a view of the source each time
- * (about 60 ns a call).
+ * Copy `src[from, to)` to `out` at `at`; returns where it ends. Short runs
+ * byte by byte, long ones natively. Measured with bench/codec.ts's proxy row
+ * (requests in turn to 4 servers' batches, answers to 8 clients'): four bytes
+ * at a time through DataViews cost 1,200-1,250 ns a request, since each
+ * message goes to another buffer than the last and needs a view of it made;
+ * byte by byte 1,040-1,100. `Buffer.copy` makes a view of the source each
+ * time (about 60 ns a call).
  */
-function copyBytes(src: Uint8Array, srcView: DataView, from: number, to: number, out: Buffer, outView: DataView, at: number): number {
+function copyBytes(src: Uint8Array, from: number, to: number, out: Buffer, at: number): number {
   if (to - from > 256) {
     out.set(src.subarray(from, to), at);
     return at + to - from;
   }
-  let i = from;
-  let o = out.byteOffset + at;
-  for (; i + 8 <= to; i += 8, o += 8) {
-    outView.setInt32(o, srcView.getInt32(i));
-    outView.setInt32(o + 4, srcView.getInt32(i + 4));
-  }
-  at = o - out.byteOffset;
-  for (; i < to; i++) out[at++] = src[i]!;
+  for (let i = from; i < to; i++) out[at++] = src[i]!;
   return at;
 }
 

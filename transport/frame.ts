@@ -6,7 +6,7 @@
 import { Buffer } from 'node:buffer';
 import { Packr, Unpackr, isNativeAccelerationEnabled } from 'msgpackr';
 import { ErrorCode, ProtocolError, hexPreview } from './errors.js';
-import { asRead, asReadSize, decodeHot, encodeAsRead, encodeHot, hotSize, viewOf, viewOfMemory } from './fastwire.js';
+import { asRead, asReadSize, decodeHot, encodeAsRead, encodeHot, hotSize } from './fastwire.js';
 import { recogniseForeign } from './foreign.js';
 import { MAX_VALUES, MsgType, toMessage, WIRE, type AckMsg, type DataMsg, type Message } from './messages.js';
 import { describeBadText, findBadText, mayHoldBadText } from './utf8.js';
@@ -53,7 +53,7 @@ export function writeFrame(msg: Message | Record<string, unknown>, out: FrameBuf
   const read = asRead(msg, seq);
   if (read !== undefined) {
     const at = out.reserve(HEADER + asReadSize(read));
-    out.commit(lengthFirst(out.buffer, at, encodeAsRead(read, seq ?? read.msg.seq, out.buffer, out.view, at + HEADER)));
+    out.commit(lengthFirst(out.buffer, at, encodeAsRead(read, seq ?? read.msg.seq, out.buffer, at + HEADER)));
     return;
   }
   const room = hotSize(msg, seq);
@@ -103,8 +103,6 @@ export function encodeFrame(msg: Message | Record<string, unknown>, seq?: number
  */
 export class FrameBuffer {
   private buf?: Buffer;
-  /** A DataView of `buf`'s memory (`viewOfMemory`): the encoder copies a frame read from the wire eight bytes at a time into it. */
-  private dv?: DataView;
   /** Where the bytes not yet taken begin in `buf` (a busy connection carves many batches from one buffer). */
   private start = 0;
   private end = 0;
@@ -120,13 +118,6 @@ export class FrameBuffer {
   /** The buffer the last `reserve` made room in. */
   get buffer(): Buffer {
     return this.buf!;
-  }
-
-  /** A DataView of `buffer`'s memory, all of it: `buffer`'s bytes start at its `byteOffset`. */
-  get view(): DataView {
-    const memory = this.buf!.buffer;
-    const dv = this.dv;
-    return dv !== undefined && dv.buffer === memory ? dv : (this.dv = viewOfMemory(memory));
   }
 
   /** Room for `n` more bytes; returns where they go in `buffer`. */
@@ -188,7 +179,6 @@ export class FrameBuffer {
   /** Drop what was written and not taken. */
   clear(): void {
     this.buf = undefined;
-    this.dv = undefined;
     this.start = this.end = 0;
   }
 }
@@ -235,7 +225,6 @@ function holdLittle(messages: Message[], buf: Buffer): void {
   }
   if (small === 0 || 4 * small >= size) return;
   const own = Buffer.allocUnsafeSlow(small);
-  const ownView = viewOf(own);
   let at = 0;
   for (const m of messages) {
     const w = (m as DataMsg | AckMsg)[WIRE];
@@ -248,7 +237,6 @@ function holdLittle(messages: Message[], buf: Buffer): void {
       (m as DataMsg | AckMsg).payload = own.subarray(from, from + p.length);
     }
     w.buf = own;
-    w.view = ownView;
     w.start += shift;
     w.seqAt += shift;
     w.seqEnd += shift;
@@ -410,7 +398,6 @@ export class FrameDecoder implements Decoder {
     }
     let buf = held.size === 0 ? chunk : held.take(chunk);
     let pos = 0;
-    let view: DataView | undefined;
     try {
       while (buf.length - pos >= HEADER) {
         const len = buf.readUInt32BE(pos);
@@ -428,8 +415,7 @@ export class FrameDecoder implements Decoder {
         const end = start + len;
         pos = end;
         this.need = HEADER;
-        // One view of the read serves its frames (the scanner reads through it, a frame kept as its bytes keeps it).
-        const hot = this.validate ? decodeHot(buf, start, end, (view ??= viewOf(buf))) : undefined;
+        const hot = this.validate ? decodeHot(buf, start, end) : undefined;
         if (hot) {
           messages.push(hot);
           continue;

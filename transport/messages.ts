@@ -40,8 +40,6 @@ export interface WireBytes {
   /** The message these bytes were read as (not a copy of it). */
   readonly msg: DataMsg | AckMsg;
   buf: Uint8Array;
-  /** `buf` as a DataView (one per read, shared by its frames): the encoder copies the bytes eight at a time through it. */
-  view: DataView;
   start: number;
   seqAt: number;
   seqEnd: number;
