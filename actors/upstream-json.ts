@@ -16,8 +16,9 @@
  *   the first, already answered, is open. If instead the first keeps being
  *   answered while the trial waits, the link closes the first (which lets a
  *   one-at-a-time server go on to the trial) and tries again later, with
- *   backoff. Every connection is closed gently (FIN, then the server's close
- *   is awaited), never reset.
+ *   backoff. Every connection the link closes is closed gently (FIN, then the
+ *   server's close is awaited), never reset; one the server closed first is
+ *   reset back (see `Connection.resetAfterPeerEnd`).
  * - A request that waited on a connection the server was not reading says
  *   nothing against it: a timeout counts as a miss only when the server
  *   answered nothing of this link's since the request was written.
@@ -186,7 +187,11 @@ const jsonSockets = fromCallback<{ type: 'DIAL' } | { type: 'WAKE_LATER'; ms: nu
         if (!stopped) sendBack({ type: 'CONN_ANSWERS', conn, messages });
       },
       error: (err: NodeJS.ErrnoException) => down(describeLinkError(err, input.host), err.code === 'ECONNREFUSED'),
-      complete: () => down(connected ? 'connection closed by the server' : 'connection closed before it was established'),
+      complete: () => {
+        // The server closed first: a FIN of ours would leave its port in TIME_WAIT (see resetAfterPeerEnd).
+        if (connected) conn.resetAfterPeerEnd();
+        down(connected ? 'connection closed by the server' : 'connection closed before it was established');
+      },
     });
   };
   receive((ev) => {

@@ -29,6 +29,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { Logger, memorySink, runClient, sha1Hex, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { JsonDecoder } from '../transport/json.js';
@@ -308,6 +309,31 @@ leaving('an old server that restarts and sends its setup again replaces its old 
   assert.ok(results[0]!.correct, JSON.stringify(results));
 });
 
+oldThroughOurs('an old server stopped with Ctrl-C (or killed) starts again at once on the same port: the proxy leaves no TIME_WAIT on it', async () => {
+  // Checked with the real server.py (commit 38c973a), which binds without SO_REUSEADDR: behind this
+  // proxy, stopped with Ctrl-C or kill -9 and started again with the same -id and -listen, it
+  // sent its setup, then died in bind() with "Address already in use" for 60 s - the side that
+  // closes a connection first keeps its port in TIME_WAIT, and that was the server's, on the one
+  // connection the proxy keeps to it. The old proxy, closing after each message, never left one there.
+  const port = await freePort();
+  for (const signal of ['SIGINT', 'SIGKILL'] as const) {
+    const start = (): Proc => python('old_server', ['-id', '7', '-pp', 'R', '-listen', String(port), '-revproc', String(ctx.proxy.port)]);
+    const first = start();
+    await eventually(() => serving('R').includes('7'), 5000, 'server 7 serving');
+    assert.is((await oldClient(['-id', '1', '-pkt', packetFile({ srcid: '1', privPoliId: 'R', payload: signal })])).correct, 1);
+    first.kill(signal);
+    await first.exited;
+    await eventually(() => !members('R').includes('7'), 5000, 'server 7 removed');
+    const again = start();
+    await eventually(() => serving('R').includes('7'), 5000, `server 7 serving again after ${signal}`);
+    const r = await oldClient(['-id', '1', '-pkt', packetFile({ srcid: '1', privPoliId: 'R', payload: `${signal} again` }), '-repeat', '2']);
+    assert.is(r.correct, 2, r.text);
+    again.kill('SIGINT');
+    await again.exited;
+    await eventually(() => !members('R').includes('7'), 5000, 'server 7 removed again');
+  }
+});
+
 leaving('a try that times out while its answer is on the way: the proxy closes that connection with FIN, never RST, and the old server keeps serving', async () => {
   // The old server dies for good when a connection it serves is reset. A reset goes out when a
   // socket is destroyed with bytes unread: here the answer arrives while the proxy's event loop
@@ -385,6 +411,16 @@ reverse('revproxy server without --wire json, to the old Python proxy: when its 
   const line = (await server.waitFor(/did not accept the registration within .*/, 15000))[0];
   assert.match(line, /The old system's reverse_proxy\.py reads no frame, and answers nobody after one: register with it in its JSON, `--wire json`, and restart it/);
 });
+
+/** A port nothing listens on now (the old server binds a given one). */
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const srv = createServer().listen(0, LOCAL, () => {
+      const { port } = srv.address() as AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+}
 
 function jsonCollector(sock: import('node:net').Socket): Message[] {
   const d = new JsonDecoder();

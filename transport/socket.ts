@@ -576,6 +576,20 @@ export class Connection implements BudgetHolder {
     this.socket.destroy(err);
   }
 
+  /**
+   * After the peer's end (its FIN) on a dialed connection: close with a reset rather than a FIN of
+   * ours, so the TIME_WAIT the peer's side would hold for 60 s is not held. An old server.py binds
+   * its listen port without SO_REUSEADDR: that TIME_WAIT kept it from starting again on its port.
+   * Its side is closed by then, so the reset reaches no reader. A TLS socket closes as `destroy`.
+   */
+  resetAfterPeerEnd(): void {
+    if (!this.reclaims) return this.destroy();
+    this.closed = true;
+    this.queued = 0;
+    this.batch.clear();
+    this.socket.resetAndDestroy();
+  }
+
   describe(): string {
     return peerName(this.remoteAddress, this.remotePort);
   }
