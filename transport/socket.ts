@@ -570,10 +570,14 @@ export class Connection implements BudgetHolder {
   }
 
   destroy(err?: Error): void {
+    this.dropUnsent();
+    this.socket.destroy(err);
+  }
+
+  private dropUnsent(): void {
     this.closed = true;
     this.queued = 0;
     this.batch.clear();
-    this.socket.destroy(err);
   }
 
   /**
@@ -584,9 +588,7 @@ export class Connection implements BudgetHolder {
    */
   resetAfterPeerEnd(): void {
     if (!this.reclaims) return this.destroy();
-    this.closed = true;
-    this.queued = 0;
-    this.batch.clear();
+    this.dropUnsent();
     this.socket.resetAndDestroy();
   }
 
