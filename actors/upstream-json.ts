@@ -17,8 +17,8 @@
  *   answered while the trial waits, the link closes the first (which lets a
  *   one-at-a-time server go on to the trial) and tries again later, with
  *   backoff. Every connection the link closes is closed gently (FIN, then the
- *   server's close is awaited), never reset; one the server closed first is
- *   reset back (see `Connection.resetAfterPeerEnd`).
+ *   server's close is awaited), never reset while the server may read it; once
+ *   the server has closed its side, a reset ends ours (`Connection.resetAfterPeerEnd`).
  * - A request that waited on a connection the server was not reading says
  *   nothing against it: a timeout counts as a miss only when the server
  *   answered nothing of this link's since the request was written.
@@ -188,7 +188,8 @@ const jsonSockets = fromCallback<{ type: 'DIAL' } | { type: 'WAKE_LATER'; ms: nu
       },
       error: (err: NodeJS.ErrnoException) => down(describeLinkError(err, input.host), err.code === 'ECONNREFUSED'),
       complete: () => {
-        // The server closed first: a FIN of ours would leave its port in TIME_WAIT (see resetAfterPeerEnd).
+        // The server has closed its side. When it closed first, a FIN of ours would leave its port in TIME_WAIT
+        // (see resetAfterPeerEnd); after our FIN, the reset only ends the connection (no reader is left).
         if (connected) conn.resetAfterPeerEnd();
         down(connected ? 'connection closed by the server' : 'connection closed before it was established');
       },
