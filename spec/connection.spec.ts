@@ -328,4 +328,39 @@ test('a peer that reads nothing: the budget is told of its unread bytes at the d
   }
 });
 
+test("resetAfterPeerEnd in the turn our own end was queued (endWith): the socket still closes - a refused reset left it open for good, and the process spinning at exit", async () => {
+  // The old-server link answers a server's close with a reset (no TIME_WAIT on the server's port). When
+  // the link had ended that connection itself in the same turn (stopping while the server stopped),
+  // libuv refused the reset of a socket it was shutting down (EINVAL), and Node 20 never closed the
+  // handle: no 'close', the descriptor kept, and the oldwire spec process at 98 % of a core after its
+  // last test, waiting at exit for that handle. Here both events are ready before one poll: the
+  // trigger's bytes, whose reader ends the connection, then the server's close.
+  const { near: server, far: dialed, server: listener } = await pair();
+  const trigger = await pair();
+  try {
+    const conn = new Connection(dialed, { wire: 'json' });
+    const said: string[] = [];
+    conn.messages$.subscribe({ complete: () => conn.resetAfterPeerEnd() });
+    dialed.on('error', (err) => said.push(err.message));
+    const closed = once(dialed, 'close').then(() => true);
+    trigger.near.on('data', () => conn.endWith());
+    // Its reads flowing, so the trigger's bytes are read in the same poll as the server's close.
+    await new Promise((r) => setTimeout(r, 20));
+    trigger.far.write('go');
+    server.destroy();
+    const until = Date.now() + 30;
+    while (Date.now() < until); // both arrive before the loop polls again
+    const inTime = await Promise.race([closed, new Promise<false>((r) => setTimeout(() => r(false), 3000))]);
+    assert.ok(inTime, `no 'close' within 3 s (its errors: ${said.join('; ') || 'none'})`);
+    assert.ok(conn.closed);
+    assert.equal(said, []);
+  } finally {
+    dialed.destroy();
+    trigger.near.destroy();
+    trigger.far.destroy();
+    trigger.server.close();
+    listener.close();
+  }
+});
+
 test.run();

@@ -585,9 +585,15 @@ export class Connection implements BudgetHolder {
    * ours, so the TIME_WAIT the peer's side would hold for 60 s is not held. An old server.py binds
    * its listen port without SO_REUSEADDR: that TIME_WAIT kept it from starting again on its port.
    * Its side is closed by then, so the reset reaches no reader. A TLS socket closes as `destroy`.
+   *
+   * Not while our own end is under way (`endWith` in this turn: its FIN is queued, not yet sent):
+   * libuv refuses to reset a socket it is shutting down (`uv_tcp_close_reset`: EINVAL), and
+   * Node 20 then never closes the handle - no 'close', the descriptor held for good, and at exit
+   * the process spins at a full core waiting for that handle. Such a socket is destroyed (the
+   * FIN goes out; the server's port holds TIME_WAIT, as when both sides close at once).
    */
   resetAfterPeerEnd(): void {
-    if (!this.reclaims) return this.destroy();
+    if (!this.reclaims || (this.socket.writableEnded && !this.socket.writableFinished)) return this.destroy();
     this.dropUnsent();
     this.socket.resetAndDestroy();
   }
