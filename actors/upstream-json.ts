@@ -189,7 +189,8 @@ const jsonSockets = fromCallback<{ type: 'DIAL' } | { type: 'WAKE_LATER'; ms: nu
       error: (err: NodeJS.ErrnoException) => down(describeLinkError(err, input.host), err.code === 'ECONNREFUSED'),
       complete: () => {
         // The server has closed its side. When it closed first, a FIN of ours would leave its port in TIME_WAIT
-        // (see resetAfterPeerEnd); after our FIN, the reset only ends the connection (no reader is left).
+        // (see resetAfterPeerEnd); after our FIN, the reset only ends the connection (no reader is left), and
+        // with our FIN still queued (the link stopped in this turn) the socket is closed instead.
         if (connected) conn.resetAfterPeerEnd();
         down(connected ? 'connection closed by the server' : 'connection closed before it was established');
       },
