@@ -268,9 +268,23 @@ export interface TextOptions {
   time?: boolean;
 }
 
-/** The text form of a record: `[TIME ]ACTOR | [warning: ]sentence`. */
+/**
+ * Characters a terminal or a line reader acts on: C0 controls but the newline (folded below), DEL,
+ * C1 controls and the line and paragraph separators. Ids and policies are any text a peer sends, and
+ * a server registered as `x\r<a forged line>` or with ANSI escapes in its id rewrote what `tail -f`
+ * showed of the text log.
+ */
+const CONTROLS = /[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]/g;
+
+/** `s` with those characters written as JSON writes them (`\u001b`), so a text line shows them and never acts on them. */
+export function escapeControls(s: string): string {
+  CONTROLS.lastIndex = 0;
+  return CONTROLS.test(s) ? s.replace(CONTROLS, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`) : s;
+}
+
+/** The text form of a record: `[TIME ]ACTOR | [warning: ]sentence`, control characters escaped. */
 export function textLine(rec: Pick<LogRecord, 'time' | 'level' | 'actor' | 'msg'>, opts: TextOptions, colors?: Map<string, (typeof PALETTE)[number]>): string {
-  let prefix = rec.actor.padEnd(opts.width ?? 0);
+  let prefix = escapeControls(rec.actor).padEnd(opts.width ?? 0);
   if (opts.color) {
     let c = colors?.get(rec.actor);
     if (!c) {
@@ -280,7 +294,7 @@ export function textLine(rec: Pick<LogRecord, 'time' | 'level' | 'actor' | 'msg'
     prefix = styleText(c, prefix);
   }
   // One event, one line: messages from elsewhere (OpenSSL's end in a newline) are folded.
-  let msg = rec.msg.includes('\n') ? rec.msg.replace(/\s*\n\s*/g, ' ').trim() : rec.msg;
+  let msg = escapeControls(rec.msg.includes('\n') ? rec.msg.replace(/\s*\n\s*/g, ' ').trim() : rec.msg);
   if (rec.level === 'warn') msg = opts.color ? styleText('yellow', `warning: ${msg}`) : `warning: ${msg}`;
   if (rec.level === 'error') msg = opts.color ? styleText('red', `error: ${msg}`) : `error: ${msg}`;
   return `${opts.time ? `${rec.time} ` : ''}${prefix} | ${msg}\n`;

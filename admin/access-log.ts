@@ -15,7 +15,7 @@
  * collecting them afterwards. `spec/access-log.spec.ts` checks the bytes
  * against the same line made the plain way.
  */
-import type { Destination } from '../actors/logger.js';
+import { escapeControls, type Destination } from '../actors/logger.js';
 import type { Peer, ProxyRequest } from '../actors/link.js';
 import type { Outcome, ProxyObserver } from '../actors/proxy-options.js';
 
@@ -32,9 +32,10 @@ export interface AccessRecord {
   outcome: string;
 }
 
-// Ids are any string up to 256 characters: anything unusual is quoted, so a line always splits on spaces.
+// Ids are any string up to 256 characters: anything unusual is quoted, so a line always splits on spaces,
+// and what JSON leaves raw that a terminal acts on (DEL, C1 controls, U+2028) is escaped too.
 const PLAIN = /^[\w.:@/+-]+$/;
-const q = (v: string): string => (PLAIN.test(v) ? v : JSON.stringify(v));
+const q = (v: string): string => (PLAIN.test(v) ? v : escapeControls(JSON.stringify(v)));
 
 /** A client connection's last (srcid, policy), and its part of a line: ` client=... addr=... policy=... server=`. */
 interface ClientPart {

@@ -11,6 +11,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Logger, memorySink, runClient, startProxy, startServer, type LogRecord } from '../actors/index.js';
 import { Destination, LogStream } from '../actors/logger.js';
+import { AccessLog } from '../admin/access-log.js';
 import { Readiness, startAdmin, type AdminServer } from '../admin/server.js';
 import { Metrics, startInspector, type Inspector } from '../inspector/index.js';
 import { ManualClock } from '../transport/clock.js';
@@ -214,6 +215,46 @@ inproc('a destination whose reader never reads holds at most its bound and count
   assert.ok(dest.dropped >= 20_000 - 400, `dropped ${dest.dropped}`);
   closeSync(reader); // the blocked write ends (EPIPE)
   await dest.end();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+inproc('ids and policies holding control characters cannot forge or restyle a text log line or an access-log line', async () => {
+  // A server registered as `x\r<a line>` made `tail -f` show the forged line over the real one, and
+  // ANSI escapes in an id or policy coloured, cleared or retitled the operator's terminal.
+  const dir = tempDir('revproxy-inject-');
+  const hostile = ['evil\r2026-01-01T00:00:00.000Z proxy | Registered server id root', 'ansi\x1b[2J\x1b]0;pwned\x07', 'del\x7f csi\u009b31m sep\u2028end'];
+  const logDest = new Destination({ to: join(dir, 'proxy.log') });
+  const accessDest = new Destination({ to: join(dir, 'access.log') });
+  await Promise.all([logDest.ready(), accessDest.ready()]);
+  const logger = new Logger('proxy', new LogStream(logDest, { format: 'text' }), 'debug');
+  const proxy = await startProxy({ port: 0, logger, observer: new AccessLog(accessDest, 'text') });
+  const listen = new Server();
+  await new Promise<void>((r) => listen.listen(0, LOCAL, r));
+  const listenport = (listen.address() as { port: number }).port;
+  for (const id of hostile) {
+    const reg = await rawConnect(proxy.port);
+    reg.write(frame({ type: 1, id, privPolyId: `p ${id}`, listenport }));
+    await eventually(() => proxy.pools()[`p ${id}`] !== undefined, 2000, 'registered');
+    reg.destroy();
+    await eventually(() => proxy.pools()[`p ${id}`] === undefined, 2000, 'left');
+  }
+  const client = await rawConnect(proxy.port);
+  const answers = collector(client);
+  hostile.forEach((id, seq) => client.write(frame({ type: 0, seq, srcid: id, privPoliId: id, payload: 'x' })));
+  await answers.until(() => answers.got.length === hostile.length, 3000);
+  client.destroy();
+  listen.close();
+  await proxy.stop();
+  await logger.end();
+  await accessDest.end();
+  for (const name of ['proxy.log', 'access.log']) {
+    const text = readFileSync(join(dir, name), 'utf8');
+    const raw = [...text.matchAll(/[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]/g)].map((m) => `U+${m[0].charCodeAt(0).toString(16).padStart(4, '0')}`);
+    assert.equal(raw, [], `${name} holds control characters as they came:\n${text}`);
+    for (const line of text.split('\n').filter(Boolean)) assert.match(line, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z /, `${name}: each line starts with its time`);
+    const cr = name === 'proxy.log' ? '\\u000d' : '\\r'; // the access log quotes as JSON does
+    assert.ok(text.includes(`evil${cr}2026-01-01`) && text.includes('ansi\\u001b[2J') && text.includes('del\\u007f'), `${name} shows them escaped:\n${text}`);
+  }
   rmSync(dir, { recursive: true, force: true });
 });
 
