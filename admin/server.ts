@@ -114,7 +114,7 @@ export function startAdmin(opts: AdminOptions): Promise<AdminServer> {
         res.setHeader('www-authenticate', 'Bearer realm="revproxy"');
         return send(res, head, 401, 'text/plain; charset=utf-8', 'this path needs Authorization: Bearer <the admin token>\n');
       }
-      if (path === '/metrics') return send(res, head, 200, opts.metrics.contentType, await opts.metrics.text());
+      if (path === '/metrics') return send(res, head, 200, opts.metrics.contentType, await opts.metrics.scrape());
       if (opts.inspector && (await opts.inspector(req, res, path.slice('/inspector'.length) || '/'))) return;
     }
     return send(res, head, 404, 'text/plain; charset=utf-8', `nothing at ${path}: try /healthz, /readyz or /metrics\n`);

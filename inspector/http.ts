@@ -115,7 +115,7 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
       }
       case '/metrics':
         if (!metrics) return send(res, 404, 'text/plain', 'no metrics: this page shows a recorded log\n');
-        return send(res, 200, metrics.contentType, await metrics.text());
+        return send(res, 200, metrics.contentType, await metrics.scrape());
       case '/events':
         if (streams.size >= MAX_STREAMS) {
           // Told to the operator too: without a token any local process can hold the streams (set
