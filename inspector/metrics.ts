@@ -15,6 +15,7 @@ import type * as PromClient from 'prom-client';
 import type { Counter, Gauge, Registry, MetricValue } from 'prom-client';
 import { lazyPackage } from '../transport/lazy.js';
 import { systemClock, type Clock } from '../transport/clock.js';
+import { Paced } from './paced.js';
 import { ErrorCode } from '../transport/errors.js';
 import { CLIENT_GONE, type EjectReason, type Outcome, type ProxyObserver } from '../actors/proxy-options.js';
 import { MEMBER_STATES } from '../actors/proxy-types.js';
@@ -77,11 +78,6 @@ export const MAX_LABEL_VALUES = 1000;
  */
 export const MAX_DEPARTED_POLICIES = MAX_LABEL_VALUES;
 /** How often, at most, the label values of departed policies and servers are looked for when room is needed. */
-/** A scrape's render starts once this many times the last render's cost has passed since it ended (`Metrics.scrape`). */
-const SCRAPE_GAP = 9;
-/** ... but never waits longer than this, so a scrape is answered within Prometheus's default 10 s timeout. */
-const MAX_SCRAPE_WAIT_MS = 2000;
-
 const MAKE_ROOM_EVERY_MS = 1000;
 /**
  * How long the series of a server no pool holds stay (its answers, retries and ejections), so
@@ -137,11 +133,8 @@ export class Metrics implements ProxyObserver {
   private totalAnswered = 0;
   private totalErrors = 0;
   private readonly clock: Clock;
+  private readonly scrapes: Paced;
   private lastRoomMade = -Infinity;
-  /** The render a scrape asked for now gets (not started yet), the one running, and when the next may start. */
-  private nextScrape?: Promise<string>;
-  private rendering?: Promise<string>;
-  private nextRenderAt = -Infinity;
   /** Per `labelKey(policy, server)`: when a scrape first found that server in no pool. */
   private readonly goneSince = new Map<string, number>();
 
@@ -152,6 +145,7 @@ export class Metrics implements ProxyObserver {
     opts: { defaults?: boolean; clock?: Clock } = {},
   ) {
     this.clock = opts.clock ?? systemClock;
+    this.scrapes = new Paced(() => this.text(), this.clock);
     const self = this;
     const { Counter, Gauge, collectDefaultMetrics } = prom();
     if (opts.defaults) {
@@ -423,35 +417,12 @@ export class Metrics implements ProxyObserver {
   }
 
   /**
-   * The text for a scrape over HTTP (the admin endpoint's and the inspector's `/metrics`): made after
-   * it was asked for, as `text()`, but one render at a time, each starting once `SCRAPE_GAP` times the
-   * last one's cost has passed since it ended (at most `MAX_SCRAPE_WAIT_MS`), and shared by every
-   * scrape asked for meanwhile. So scrapes take about a tenth of the event loop at most, however
-   * many ask: a 900-policy fleet's text took about 95 ms to make, and 64 connections asking for it
+   * The text for a scrape over HTTP (the admin endpoint's and the inspector's `/metrics`), paced
+   * (paced.ts): a 900-policy fleet's text took about 95 ms to make, and 64 connections asking for it
    * again and again left the proxy's clients 8 answers in 8 s.
    */
   scrape(): Promise<string> {
-    return (this.nextScrape ??= this.renderNext());
-  }
-
-  private async renderNext(): Promise<string> {
-    // Awaited even when nothing renders: `scrape` must have kept this promise before it is let go below.
-    await this.rendering?.catch(() => {});
-    const wait = Math.min(MAX_SCRAPE_WAIT_MS, this.nextRenderAt - this.clock.now());
-    if (wait > 0) await new Promise<void>((resolve) => this.clock.setTimeout(resolve, wait));
-    this.nextScrape = undefined; // asked for from now on: the render after this one
-    const render = (async () => {
-      const start = this.clock.now();
-      try {
-        return await this.text();
-      } finally {
-        const end = this.clock.now();
-        this.nextRenderAt = end + SCRAPE_GAP * (end - start);
-        this.rendering = undefined;
-      }
-    })();
-    this.rendering = render;
-    return render;
+    return this.scrapes.get();
   }
 
   get contentType(): string {
