@@ -14,6 +14,12 @@
  *   send one without a CORS preflight, and none is ever granted.
  * - An action's `Origin`, which browsers send with every POST, must be the
  *   inspector's own; `null` (a sandboxed or privacy-stripped page) is refused.
+ * - A browser's request made by another site's page (`Sec-Fetch-Site`
+ *   `cross-site` or `same-site`, which another port of 127.0.0.1 is) is
+ *   refused, but for a navigation: images and no-cors fetches need no CORS
+ *   and carry no `Origin`, so a page the operator opens could make the
+ *   inspector work for it, hold its event streams, or read with a signed-in
+ *   operator's credentials into a response it cannot see.
  * - Without a token the `Host` must be a loopback name (for an action, with
  *   the inspector's port): a page that rebinds its own DNS name to 127.0.0.1
  *   sends its own name, and is refused, whether it acts or only reads.
@@ -69,6 +75,13 @@ export class Guard {
    * forward another one. Gives the user name (or '') when let in.
    */
   admit(req: IncomingMessage): { user: string } | Refusal {
+    // Fetch Metadata (every current browser): another site's page reaches 127.0.0.1 too, with requests
+    // that need no CORS (an image, a no-cors fetch: no Origin header at all), and an image takes a
+    // signed-in operator's Basic credentials with it. Only a navigation (a link followed) may come from elsewhere.
+    const site = req.headers['sec-fetch-site'];
+    if ((site === 'cross-site' || site === 'same-site') && req.headers['sec-fetch-mode'] !== 'navigate') {
+      return { status: 403, message: `refused: a request made by another site's page (Sec-Fetch-Site: ${site}); the inspector answers its own page, and links to it` };
+    }
     if (this.o.token === undefined) {
       const host = req.headers.host ?? '';
       const name = /^(\[[^\]]+\]|[^:]+)(?::\d+)?$/.exec(host)?.[1];

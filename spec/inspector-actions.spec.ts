@@ -218,6 +218,25 @@ guard('a page that rebinds its name to 127.0.0.1 cannot read the inspector eithe
   assert.ok(refused.every((l) => l.level === 'warn' && l.status === 403 && /^Refused GET \/\S* from 127\.0\.0\.1:\d+ via the inspector: refused: the request names host/.test(String(l.msg))), refused.map((l) => l.msg).join('\n'));
 });
 
+guard("another site's page reaches the inspector only by a link: its images and no-cors fetches, which carry no Origin, are refused", async () => {
+  // What real Chromium sends from a page on http://localhost:OTHER to the inspector on 127.0.0.1: a
+  // no-cors fetch and an image without Origin, both served before, and an image would carry a signed-in
+  // operator's Basic credentials (checked by hand with playwright; the headers are those it sent).
+  const { insp } = await setUp([['1', 'normal']]);
+  for (const [path, site, mode] of [['api/state', 'cross-site', 'no-cors'], ['metrics', 'cross-site', 'no-cors'], ['events', 'same-site', 'no-cors'], ['api/history?actor=x:0', 'same-site', 'cors']]) {
+    const r = await raw(`${insp.url}${path}`, 'GET', { 'sec-fetch-site': site!, 'sec-fetch-mode': mode!, 'sec-fetch-dest': 'image' });
+    assert.is(r.status, 403, `GET /${path} from ${site} (${mode}): ${r.body.slice(0, 200)}`);
+    assert.match(JSON.parse(r.body).error, /made by another site's page/);
+  }
+  const act = await raw(`${insp.url}api/members/drain`, 'POST', { ...json, 'sec-fetch-site': 'same-site', 'sec-fetch-mode': 'cors' }, drainBody);
+  assert.is(act.status, 403);
+  for (const [site, mode] of [['same-origin', 'cors'], ['none', 'navigate'], ['cross-site', 'navigate']]) {
+    assert.is((await raw(`${insp.url}${mode === 'navigate' ? '' : 'api/state'}`, 'GET', { 'sec-fetch-site': site!, 'sec-fetch-mode': mode! })).status, 200, `${site} ${mode}: its own page, a typed address, a link followed`);
+  }
+  assert.is((await raw(`${insp.url}api/state`, 'GET', {})).status, 200, 'a program that is not a browser (curl, Prometheus) sends no such header');
+  assert.ok(ctx.logs.some((l) => l.event === 'inspector_refused' && /another site's page/.test(String(l.msg))), 'the operator hears of it');
+});
+
 guard('readers of /events are bounded: one more than MAX_STREAMS, none of them reading, is refused (503) until one goes', async () => {
   const { insp } = await setUp([['1', 'normal']]);
   const readers: Socket[] = [];
