@@ -302,6 +302,12 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
   const refusedForGood = new Set<string>();
   const timers = new Set<Timer>();
   const namesSaid = new Map<string, string>();
+  /**
+   * The registrations still being dialled, each one's way to give up. A server stopped before its
+   * dial connected (a SIGTERM as it started) had its dial connect after the stop, send SETUP and stay
+   * open: the proxy took a server whose port was closed, and the process was held by the socket.
+   */
+  const dialling = new Set<() => void>();
 
   const attempt = (ep: Endpoint, delay: number, everRegistered: boolean): void => {
     const key = hostPort(ep.host, ep.port);
@@ -331,6 +337,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
     const lost = (error: string, backoff?: number, refusal?: { code: string; message: string }): void => {
       if (over) return;
       over = true;
+      dialling.delete(giveUp);
       slow.cancel();
       acceptance?.cancel();
       live.delete(key);
@@ -351,8 +358,11 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
       }, wait);
       timers.add(t);
     };
+    const giveUp = (): void => lost('the server is stopping');
+    dialling.add(giveUp);
     let accepted = false;
     socket.once(readyEvent(socket), () => {
+      dialling.delete(giveUp);
       slow.cancel();
       live.set(key, conn);
       logDialBackProblem(input, key, socket.localAddress);
@@ -436,11 +446,13 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
     // DEREGISTER_ALL: the server is draining.
     stopping = true;
     for (const t of timers) t.cancel();
+    for (const giveUp of [...dialling]) giveUp();
     for (const conn of live.values()) conn.send({ type: MsgType.DEREGISTER, id: input.setup.id });
   });
   return () => {
     stopping = true;
     for (const t of timers) t.cancel();
+    for (const giveUp of [...dialling]) giveUp();
     for (const conn of live.values()) conn.endWith();
   };
 });

@@ -84,8 +84,10 @@ export async function loadHandler(path: string): Promise<Handler> {
  * the handler module left open (a setInterval never cleared, a connection never closed), which the
  * server cannot close. It ran on for ever after its drain ('Server ... stopped', then nothing) until
  * a supervisor's SIGKILL. Say what is open, on a log of its own (`newLogger`), and exit with `code`.
+ * Without a handler module (`handlerModule` false) what is open is the server's own (its registration
+ * dial left open by a stop as it started did this), and the line says so rather than blaming a module.
  */
-export function exitOnceStopped(code: number, newLogger: () => Logger, graceMs = 1000): void {
+export function exitOnceStopped(code: number, newLogger: () => Logger, graceMs = 1000, handlerModule = true): void {
   setTimeout(() => {
     const counts = new Map<string, number>();
     for (const kind of process.getActiveResourcesInfo()) counts.set(kind, (counts.get(kind) ?? 0) + 1);
@@ -97,7 +99,9 @@ export function exitOnceStopped(code: number, newLogger: () => Logger, graceMs =
     }
     const open = [...counts].map(([kind, n]) => `${n} ${kind}`).join(', ') || 'something';
     const logger = newLogger();
-    logger.warn('kept_alive', `Still running ${graceMs} ms after the server stopped: the handler module left ${open} open, which would keep the process running for ever (a setInterval never cleared, a connection never closed); exiting now. unref() what must not keep a process running (setInterval(...).unref()), or close it on SIGTERM`, { open });
+    // Without a handler module nothing but the server's own code ran: what it left open is its bug, not the user's.
+    if (!handlerModule) logger.warn('kept_alive', `Still running ${graceMs} ms after the server stopped, with ${open} open though no handler module was loaded: revproxy itself left it (a bug: please report it with this line); exiting now`, { open });
+    else logger.warn('kept_alive', `Still running ${graceMs} ms after the server stopped: the handler module left ${open} open, which would keep the process running for ever (a setInterval never cleared, a connection never closed); exiting now. unref() what must not keep a process running (setInterval(...).unref()), or close it on SIGTERM`, { open });
     void logger.end().then(() => process.exit(code));
   }, graceMs).unref();
 }

@@ -165,7 +165,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     await logger.end();
     const code = server.actor.getSnapshot().value === 'failed' ? 1 : 0;
     setExit(code);
-    exitOnceStopped(code, () => makeLogger(`server ${o.id}`, o));
+    exitOnceStopped(code, () => makeLogger(`server ${o.id}`, o), undefined, o.handler !== undefined);
   });
 
   withOptions(registryOptions(), withTlsOptions(withLogOptions(withInspectOptions(

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { connect } from '../actors/index.js';
 import { built } from './built.js';
 import { loadHandler } from '../cli/handler-module.js';
-import { killAll, node, proxyProcess, revproxy } from './procs.js';
+import { killAll, node, proxyProcess, revproxy, ROOT, start } from './procs.js';
 import { tempDir } from './helpers.js';
 
 const examples = suite('examples');
@@ -190,6 +190,29 @@ examples('a server whose handler module left a timer running still exits after i
     const code = await Promise.race([server.exited, new Promise<string>((r) => setTimeout(() => r('still running 5 s after it stopped'), 5000))]);
     assert.is(code, 0, server.out.join('\n'));
     assert.match(server.out.join('\n'), /warning: Still running 1000 ms after the server stopped: the handler module left 1 Timeout open, which would keep the process running for ever .*; exiting now/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+examples('a server without a handler module that is still held up after it stopped says it is revproxy\'s own doing, not a handler module\'s', async () => {
+  // A registration dial left open by a SIGTERM as the server started (found in an hour of churn) read
+  // 'the handler module left 1 TCPSocketWrap open' from a server that had loaded no handler module.
+  const dir = tempDir('revproxy-handlers-');
+  try {
+    const script = join(dir, 'held.mts');
+    writeFileSync(script, [
+      "import { createServer } from 'node:net';",
+      `import { exitOnceStopped } from ${JSON.stringify(join(ROOT, 'cli/handler-module.ts'))};`,
+      `import { makeLogger } from ${JSON.stringify(join(ROOT, 'cli/common.ts'))};`,
+      "createServer().listen(0, '127.0.0.1'); // what the server's own code left open",
+      "exitOnceStopped(0, () => makeLogger('server held', { logLevel: 'info', logFormat: 'text', color: false }), 50, false);",
+    ].join('\n'));
+    const held = start(process.execPath, ['--import', 'tsx', script]);
+    assert.is(await held.exited, 0, held.out.join('\n'));
+    const out = held.out.join('\n');
+    assert.match(out, /warning: Still running 50 ms after the server stopped, with 1 TCPServerWrap open though no handler module was loaded: revproxy itself left it \(a bug: please report it with this line\); exiting now/);
+    assert.not.match(out, /the handler module left/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

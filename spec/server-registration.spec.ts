@@ -204,4 +204,35 @@ reg('a proxy that accepts and drops the registration at once, again and again, i
   [20, 40, 80, 160, 160].forEach((step, i) => assert.ok(waits[i]! >= step * 0.8 && waits[i]! <= step, `wait ${i}: ${waits[i]!} ms for a step of ${step} (${waits.join(', ')})`));
 });
 
+reg('a server stopped while its registration is still being dialled (a SIGTERM as it starts) leaves no connection behind: none stays open to a proxy, none sends a SETUP', async () => {
+  // Found in an hour of churn: a server sent SIGTERM as it started drained and stopped at once (registered
+  // nowhere yet), then its dial connected, sent SETUP and stayed open - the proxy took a server whose port
+  // was closed (unreachable, probed), and the process was held until 'Still running 1000 ms after the server
+  // stopped: the handler module left 1 TCPSocketWrap open' (it had no handler module). In a library, for ever.
+  const rounds = 20;
+  const accepted: { ended: boolean; setups: number }[] = [];
+  const port = await fakeProxy((sock, read) => {
+    const c = { ended: false, setups: 0 };
+    accepted.push(c);
+    sock.on('end', () => (c.ended = true));
+    sock.on('close', () => (c.ended = true));
+    read((m) => void (m.type === MsgType.SETUP && c.setups++));
+  });
+  for (let i = 0; i < rounds; i++) {
+    const s = await startServer({
+      id: `s${i}`, policy: 'P', listenPort: 0, proxies: [{ host: LOCAL, port }], waitForRegistration: false,
+      reconnectInitialMs: 60_000, reconnectMaxMs: 60_000, logger: new Logger('server', memorySink(ctx.logs), 'info'),
+    });
+    // Stopped before its dial has connected: it is registered nowhere, so the drain ends at once.
+    await s.stop();
+  }
+  // Each dial reaches the fake (the kernel completes the handshake) and must then be ended by its server.
+  await eventually(() => accepted.length === rounds, 5000, `${rounds} dials to reach the fake proxy`);
+  await eventually(() => accepted.every((c) => c.ended), 5000, 'every registration connection ended').catch(() => undefined);
+  const open = accepted.filter((c) => !c.ended).length;
+  const setups = accepted.reduce((n, c) => n + c.setups, 0);
+  assert.is(open, 0, `${open} of ${rounds} registration connections still open after their server stopped`);
+  assert.is(setups, 0, `${setups} SETUPs sent by servers already stopped`);
+});
+
 reg.run();
