@@ -511,6 +511,15 @@ function surrogate(what: string, text: unknown): string | undefined {
 }
 
 /** The client's list of proxies from now on, its connection at `proxyIndex`: the PING refusals remembered are kept for those alone. */
+/** The list's first proxy, if it was not in the client's list (it came) and the proxy in use stays listed: the client goes to it (rebalance). */
+function newcomerFirst(context: ClientContext, proxies: Endpoint[]): Endpoint | undefined {
+  const same = (a: Endpoint, b: Endpoint): boolean => a.host === b.host && a.port === b.port;
+  const top = proxies[0];
+  const cur = context.proxies[context.proxyIndex]!;
+  if (!top || context.proxies.some((p) => same(p, top)) || !proxies.some((p) => same(p, cur))) return undefined;
+  return top;
+}
+
 function listed(context: ClientContext, proxies: Endpoint[], proxyIndex: number): Pick<ClientContext, 'proxies' | 'proxyIndex' | 'unlisted'> {
   context.noPings.keep(proxies.map((p) => hostPort(p.host, p.port)));
   return { proxies, proxyIndex, unlisted: false };
@@ -985,13 +994,19 @@ export const clientMachine = setup({
      */
     rebalance: assign(({ context, event }) => {
       assertEvent(event, 'PROXIES');
-      const top = event.proxies[0];
-      const cur = context.proxies[context.proxyIndex]!;
-      const same = (a: Endpoint, b: Endpoint): boolean => a.host === b.host && a.port === b.port;
-      if (!top || same(top, cur) || context.proxies.some((p) => same(p, top)) || context.book.draining) return {};
-      if (!event.proxies.some((p) => same(p, cur))) return {};
+      const top = newcomerFirst(context, event.proxies);
+      if (!top || context.book.draining) return {};
       context.book.moving = true;
       return { rebalance: true, leaving: `the reverse proxy at ${hostPort(top.host, top.port)} joined the registry and comes first for this client: moving to it from ${currentProxy(context)}` };
+    }),
+    /**
+     * A proxy came and ranks first (as `rebalance`) while no connection is open (the client is between
+     * dials after a failover, backing off, or idle): the next dial goes to it. Without this a client that
+     * had just failed over when a proxy came stayed where the dial took it.
+     */
+    dialFirst: assign(({ context, event }) => {
+      assertEvent(event, 'PROXIES');
+      return listed(context, event.proxies, 0);
     }),
     /** The list changes under the connection: it stays where it is (a proxy that left drains its clients), and fails over within the new list. */
     renewTls: assign(({ context, event }) => {
@@ -1019,6 +1034,10 @@ export const clientMachine = setup({
     },
   },
   guards: {
+    newcomerFirst: ({ context, event }) => {
+      assertEvent(event, 'PROXIES');
+      return newcomerFirst(context, event.proxies) !== undefined;
+    },
     givesUp: ({ context }) => context.attempts >= maxAttempts(context),
     /** The quick round of dials is used up with requests pending: they are held, not failed. */
     holds: ({ context }) => context.attempts >= maxAttempts(context) && holding(context) && context.book.size > 0,
@@ -1070,7 +1089,8 @@ export const clientMachine = setup({
     EXPIRE: { actions: 'expire' },
     CANCEL: { actions: 'cancel' },
     CLOSE: { target: '.closed' },
-    PROXIES: { actions: 'setProxies' },
+    // Between connections: a proxy that came and ranks first is the next dialled.
+    PROXIES: [{ guard: 'newcomerFirst', actions: 'dialFirst' }, { actions: 'setProxies' }],
     RENEW_TLS: { actions: 'renewTls' },
     // Not open (the connection went meanwhile): unsend took the parked requests back already.
     UNPARK: { actions: 'unparked' },
@@ -1096,7 +1116,11 @@ export const clientMachine = setup({
       initial: 'connecting',
       states: {
         connecting: {
-          on: { CONNECTED: { target: 'open', actions: ['setConn', 'sendMore'] } },
+          on: {
+            CONNECTED: { target: 'open', actions: ['setConn', 'sendMore'] },
+            // Nothing is sent until the dial connects: a proxy that came and ranks first is dialled instead.
+            PROXIES: [{ guard: 'newcomerFirst', target: '#client.session', reenter: true, actions: 'dialFirst' }, { actions: 'setProxies' }],
+          },
         },
         open: {
           exit: 'stopLiveness',
