@@ -31,7 +31,7 @@ import { setDeadline, systemClock, type Clock, type Timer } from '../transport/c
 import { HandlerError, show, type Payload } from './handler.js';
 import { silentLogger, type Logger } from './logger.js';
 import { DEFAULT_RECONNECT_MAX_DELAY_MS, NO_SERVER_GRACE_MS, parkDelay, reconnectDelay, stillNoServer, stillShuttingDown, unreachable } from './hold.js';
-import type { Endpoint } from './server.js';
+import { DEFAULT_PROXY, type Endpoint } from './server.js';
 import { Liveness, NoPings, PING_AFTER_MS, PONG_WITHIN_MS } from './liveness.js';
 
 /**
@@ -50,6 +50,9 @@ export class RequestError extends RevproxyError<ErrorCode | ClientCode> {
     this.name = 'RequestError';
   }
 }
+
+/** How long a client waits for each answer unless told otherwise (ms): the library's `timeoutMs` and `revproxy client --timeout`. */
+export const DEFAULT_CLIENT_TIMEOUT_MS = 5000;
 
 export interface ClientOptions {
   /** The client's id: the `srcid` of its requests unless a request names another. */
@@ -801,7 +804,7 @@ export const clientMachine = setup({
   actions: {
     enqueue: ({ context, event, self }) => {
       assertEvent(event, 'REQUEST');
-      const timeout = context.opts.timeoutMs ?? 5000;
+      const timeout = context.opts.timeoutMs ?? DEFAULT_CLIENT_TIMEOUT_MS;
       // A request whose timer comes late (the process was paused) expires only once what the proxy sent meanwhile is read.
       const expire = (handle: RequestHandle, ms: number): Timer => setDeadline(context.clock, () => self.send({ type: 'EXPIRE', handle }), ms, (late) => stalled(context.logger, late));
       for (const { req, handle } of event.requests) {
@@ -1064,7 +1067,7 @@ export const clientMachine = setup({
 }).createMachine({
   id: 'client',
   context: ({ input }) => {
-    const proxies = input.proxies ?? (input.proxy ? [input.proxy] : [{ host: '127.0.0.1', port: 2100 }]);
+    const proxies = input.proxies ?? (input.proxy ? [input.proxy] : [{ ...DEFAULT_PROXY }]);
     const clock = input.clock ?? systemClock;
     return {
       opts: input,

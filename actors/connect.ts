@@ -12,7 +12,7 @@ import { TlsConfigError, type TlsMaterial } from '../transport/tls.js';
 import { clientMachine, RequestError, type ClientActor, type ClientOptions, type Outcome, type RequestHandle } from './client.js';
 import { show, type HandlerError, type Payload } from './handler.js';
 import type { Logger } from './logger.js';
-import type { Endpoint } from './server.js';
+import { DEFAULT_PROXY, type Endpoint } from './server.js';
 import { sha1Hex } from './sha1.js';
 import { renewed } from './renew-tls.js';
 import { isRegistryUrl, parseRegistryUrl, type RegistryOptions } from '../registry/options.js';
@@ -277,7 +277,7 @@ async function locate(opts: { revproc?: Revproc; registry?: RegistryOptions; pro
     // etcds://: TLS with the system's CAs, as the CLI's --revproc etcds:// (cli/common.ts registryFromFlags).
     registry = { endpoints, tls: tls ? {} : undefined };
   }
-  if (!registry) return { proxies: opts.proxies ?? endpoints(opts.revproc ?? 2100) };
+  if (!registry) return { proxies: opts.proxies ?? (opts.revproc === undefined ? [{ ...DEFAULT_PROXY }] : endpoints(opts.revproc)) };
   const { discoverProxies } = await import('../registry/discovery.js');
   const discovery = await discoverProxies({ ...registry, waitMs: opts.timeoutMs });
   return { proxies: discovery.proxies, discovery };

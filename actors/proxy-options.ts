@@ -4,7 +4,7 @@
  * (`Opts`, from `resolveOptions`).
  */
 import type { ErrorCode as Code } from '../transport/errors.js';
-import { isLoopback } from '../transport/address.js';
+import { DEFAULT_PROXY_PORT, isLoopback } from '../transport/address.js';
 import { defaultBufferBudget } from '../transport/budget.js';
 import { budgetNote, connectionsNote, defaultMaxConnections, memoryLimit } from './memory-limit.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
@@ -180,7 +180,7 @@ export function resolveOptions(input: ProxyOptions): Opts {
   const memory = memoryLimit();
   const maxBufferedBytes = input.maxBufferedBytes ?? defaultBufferBudget(memory);
   return {
-    port: input.port ?? 2100,
+    port: input.port ?? DEFAULT_PROXY_PORT,
     host,
     timeoutMs,
     retries,

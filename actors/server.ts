@@ -17,7 +17,7 @@
  */
 import { isIP, type Socket } from 'node:net';
 import { assertEvent, assign, fromCallback, sendTo, setup, type ActorRefFrom } from 'xstate';
-import { hostPort, plainIPv4 } from '../transport/address.js';
+import { DEFAULT_PROXY_PORT, hostPort, plainIPv4 } from '../transport/address.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type DataMsg, type Message, type SetupMsg } from '../transport/messages.js';
@@ -37,6 +37,9 @@ export interface Endpoint {
   host: string;
   port: number;
 }
+
+/** Where a server, a client and the library find the proxy when told nothing: this machine, the proxy's default port. */
+export const DEFAULT_PROXY: Readonly<Endpoint> = { host: DEFAULT_LISTEN_HOST, port: DEFAULT_PROXY_PORT };
 
 export interface ServerOptions {
   id: string;
@@ -697,7 +700,7 @@ export const serverMachine = setup({
     const budget = new BufferBudget(limit, logShed(logger, limit));
     return {
       opts: input,
-      proxies: input.proxies ?? (input.proxy ? [input.proxy] : [{ host: '127.0.0.1', port: 2100 }]),
+      proxies: input.proxies ?? (input.proxy ? [input.proxy] : [{ ...DEFAULT_PROXY }]),
       logger,
       clock,
       port: input.listenPort,

@@ -3,7 +3,7 @@ import { isIP } from 'node:net';
 import { InvalidArgumentError, Option } from 'commander';
 import { Destination, jsonSink, LEVELS, Logger, LogStream, textSink, type Level, type LogSink } from '../actors/logger.js';
 import type { Endpoint } from '../actors/server.js';
-import { bracketHint, hostPort } from '../transport/address.js';
+import { bracketHint, DEFAULT_PROXY_PORT, hostPort } from '../transport/address.js';
 import { UsageError } from '../transport/errors.js';
 import { tlsFromFlags, type LoadedCert } from '../config/files.js';
 import { expiryWarning } from '../transport/tls.js';
@@ -156,7 +156,7 @@ export function parseEndpoint(value: string): Endpoint {
   const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(value);
   const v6 = m ? undefined : bracketHint(value);
   if (v6) throw new InvalidArgumentError(`'${value}' is not PORT nor HOST:PORT: ${v6}`);
-  if (!m && !/^\d+$/.test(value) && (isIP(unbracket(value)) !== 0 || /^[a-z][\w.-]*$/i.test(value))) throw new InvalidArgumentError(`'${value}' has no port: give HOST:PORT (${hostPort(unbracket(value), 2100)})`);
+  if (!m && !/^\d+$/.test(value) && (isIP(unbracket(value)) !== 0 || /^[a-z][\w.-]*$/i.test(value))) throw new InvalidArgumentError(`'${value}' has no port: give HOST:PORT (${hostPort(unbracket(value), DEFAULT_PROXY_PORT)})`);
   const ep = m ? { host: m[1] ?? m[2]!, port: parsePort(m[3]!, `port in '${value}'`) } : { host: '127.0.0.1', port: parsePort(value, 'the reverse proxy port') };
   if (ep.port === 0) throw new InvalidArgumentError(`'${value}': port 0 cannot be dialled; give the port the reverse proxy listens on`);
   return ep;

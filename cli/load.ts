@@ -7,9 +7,9 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { CLOSED_UNHEARD, runLoad, type LiveCounters, type LoadResult } from '../bench/loadgen.js';
 import { cliProgress } from '../bench/progress.js';
-import type { Endpoint } from '../actors/server.js';
+import { DEFAULT_PROXY, type Endpoint } from '../actors/server.js';
 import { fileLimits } from '../actors/port-limits.js';
-import { hostPort } from '../transport/address.js';
+import { DEFAULT_PROXY_PORT, hostPort } from '../transport/address.js';
 import { closedAtOnce, describeLookupError, describeTlsError } from '../transport/tls.js';
 import { parseEndpoints, parseIntOption, tlsFromFlags, tlsOptions, UsageError, type TlsFlags } from './common.js';
 
@@ -279,7 +279,7 @@ export function loadCommand(setExit: (code: number) => void): Command {
     .description('put load on a running proxy (or on servers directly) and report requests/s, latency percentiles and errors')
     .addOption(
       new Option('--revproc <endpoints>', "where to send: the proxy, PORT or HOST:PORT; a comma-separated list spreads the connections over them in turn (servers' --listen ports load them directly)")
-        .default(parseEndpoints('2100'), '2100')
+        .default([{ ...DEFAULT_PROXY }], String(DEFAULT_PROXY_PORT))
         .argParser(parseEndpoints),
     )
     .addOption(new Option('--policy <list>', 'privacy policies the requests name, comma-separated; connection i names the i-th in turn').default(['111'], '111').argParser(parsePolicies))

@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Help, Option } from 'commander';
 import { runClient, startServer, StartError, type ServerHandle } from '../actors/index.js';
+import { DEFAULT_CLIENT_TIMEOUT_MS } from '../actors/client.js';
 import { LocalCode, RevproxyError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import type { Result } from '../actors/connect.js';
@@ -21,7 +22,8 @@ import {
   wireOption, type FlagTable, type LogFlags, type RegistryFlags, type TlsFlags,
 } from './common.js';
 import { isRegistryUrl } from '../registry/options.js';
-import { DEFAULT_HANDLER_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, type Behaviour, type Endpoint } from '../actors/server.js';
+import { DEFAULT_HANDLER_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_PROXY, type Behaviour, type Endpoint } from '../actors/server.js';
+import { DEFAULT_PROXY_PORT } from '../transport/address.js';
 import { DEFAULT_LISTEN_HOST } from '../actors/proxy-options.js';
 import { HEAP_PER_CONNECTION, HEAP_RESERVE, MIN_DEFAULT_CONNECTIONS } from '../actors/memory-limit.js';
 import { DEFAULT_TCP_KEEPALIVE_MS } from '../transport/tls.js';
@@ -79,7 +81,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
       })
       .addOption(new Option('--listen <port>', 'port to listen on for the proxy\'s requests (0 picks a free one)').default(0).argParser((v) => parsePort(v)))
       .addOption(new Option('--host <address>', 'address to listen on').default(DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_HOST).argParser(hostParser('--listen')))
-      .addOption(new Option('--revproc <endpoints>', 'the reverse proxy or proxies to register with: PORT or HOST:PORT, comma-separated').default(parseEndpoints('2100'), '2100').argParser(parseEndpoints))
+      .addOption(new Option('--revproc <endpoints>', 'the reverse proxy or proxies to register with: PORT or HOST:PORT, comma-separated').default([{ ...DEFAULT_PROXY }], String(DEFAULT_PROXY_PORT)).argParser(parseEndpoints))
       .addOption(new Option('--behaviour <kind>', 'normal answers; silent accepts requests and never answers; fail answers every request with an error (for fault tests)').choices(['normal', 'silent', 'fail']).default('normal'))
       .option('--handler <module>', 'an ES module whose default export answers each request: async (payload, ctx) => answer (default: the SHA1 hex of the payload)')
       .addOption(new Option('--concurrency <n>', 'requests the handler runs at once; more wait (default: no limit)').argParser(parseIntOption('--concurrency', 1)))
@@ -173,10 +175,10 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .command('client')
       .description('send packets through the reverse proxy and verify every answer')
       .option('--id <id>', 'client id: names its log lines, and is the srcid of packets that carry none (default: the first packet\'s srcid)')
-      .addOption(new Option('--revproc <endpoints>', 'the reverse proxy: PORT or HOST:PORT; a comma-separated list fails over in order; etcd://HOST:PORT finds the live proxies in the registry').default(parseEndpoints('2100'), '2100').argParser((v) => (isRegistryUrl(v) ? v : parseEndpoints(v))))
+      .addOption(new Option('--revproc <endpoints>', 'the reverse proxy: PORT or HOST:PORT; a comma-separated list fails over in order; etcd://HOST:PORT finds the live proxies in the registry').default([{ ...DEFAULT_PROXY }], String(DEFAULT_PROXY_PORT)).argParser((v) => (isRegistryUrl(v) ? v : parseEndpoints(v))))
       .requiredOption('--pkt <paths...>', 'packet files (JSON), or folders of them')
 
-      .addOption(new Option('--timeout <ms>', 'time to wait for each answer').default(5000).argParser(parseIntOption('--timeout', 1)))
+      .addOption(new Option('--timeout <ms>', 'time to wait for each answer').default(DEFAULT_CLIENT_TIMEOUT_MS).argParser(parseIntOption('--timeout', 1)))
       .addOption(new Option('--window <n>', 'requests in flight at once on the connection (with --wire json always 1)').default(64).argParser(parseIntOption('--window', 1)))
       .addOption(new Option('--max-frame <bytes>', "the proxy's --max-frame: a request that would not fit is refused here (BAD_REQUEST), not sent").default(DEFAULT_MAX_FRAME_BYTES).argParser(parseIntOption('--max-frame', 1024)))
       .option('--json', 'print the results as one JSON object at the end')
@@ -217,7 +219,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     program
       .command('demo')
       .description("run the seed's demo in one terminal: proxy, servers 100/111 200/222 300/111 400/222, clients 1-6")
-      .addOption(new Option('-p, --port <port>', 'proxy port; servers listen on port+5, +10, +15, +20 (0 picks free ports)').default(2100).argParser((v) => parsePort(v)))
+      .addOption(new Option('-p, --port <port>', 'proxy port; servers listen on port+5, +10, +15, +20 (0 picks free ports)').default(DEFAULT_PROXY_PORT).argParser((v) => parsePort(v)))
       .option('--pkt <dir>', 'folder with the clients\' packet files, 1.json to 6.json', new URL('../pktfiles', import.meta.url).pathname)
       .option('--keep', 'keep the proxy and servers running after the clients finish (Ctrl-C stops); implied by --inspect'),
   ), 'debug').action(async (o: LogFlags & InspectFlags & { port: number; pkt: string; keep?: boolean }) => {

@@ -152,4 +152,19 @@ shape("the hot path reads Buffer and performance from their modules, not Node 20
   assert.equal(wrong, []);
 });
 
+shape("the proxy's default port (2100) and a client's default timeout are each written once, help texts read them from there (transport/address.ts, actors/client.ts)", () => {
+  const code = (f: string): string => readFileSync(f, 'utf8').replace(/\/\*[\s\S]*?\*\/|\/\/.*$/gm, '');
+  const found: string[] = [];
+  for (const file of sources()) {
+    const rel = relative(ROOT, file);
+    if (/^(spec|bench|examples)\//.test(rel) || rel === 'transport/address.ts') continue;
+    // Command lines shown as examples (`revproxy proxy -port 2100`) give the port; they do not default it.
+    for (const m of code(file).matchAll(/(?<![-\w] ?|:)\b2100\b/g)) found.push(`${rel}: ${m.input.slice(Math.max(0, m.index - 40), m.index + 10).replace(/\s+/g, ' ')}`);
+  }
+  for (const rel of ['actors/client.ts', 'actors/connect.ts', 'cli/main.ts']) {
+    for (const m of code(join(ROOT, rel)).matchAll(/(?:timeoutMs \?\? |'time to wait for each answer'\)\.default\()(\d+)/g)) found.push(`${rel}: ${m[0]}`);
+  }
+  assert.equal(found, []);
+});
+
 shape.run();

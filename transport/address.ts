@@ -5,6 +5,13 @@
  */
 import { isIPv4, isIPv6 } from 'node:net';
 
+/**
+ * The reverse proxy's port when none is given, the old system's (`reverse_proxy.py -port 2100`): the
+ * proxy listens on it, and servers, clients, `revproxy load`, the demo and the library dial it. The one
+ * place it is written; help texts and messages read it from here.
+ */
+export const DEFAULT_PROXY_PORT = 2100;
+
 export function hostPort(host: string, port: number | string): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }
