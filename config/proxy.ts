@@ -20,6 +20,7 @@ import { bracketHint, hostPort as hostAndPort, isEveryAddress } from '../transpo
 import { FileError, LocalCode } from '../transport/errors.js';
 import { MAX_TIMER_MS } from '../transport/clock.js';
 import { MAX_ID_LENGTH } from '../transport/messages.js';
+import { BUDGET_UNDER_A_LIMIT } from '../transport/budget.js';
 import { loadedCerts, loadTokens, tlsFileHint, tlsFromFlags, TOKENS_HINT, readYamlFile, whyUnreadable, type LoadedCert } from './files.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 import {
@@ -75,7 +76,7 @@ export const NUMBERS = {
   eject_time: { option: 'ejectBaseMs', unit: 'ms', min: 1, reload: 'live', doc: 'ejection time, times the number of ejections in a row (one is forgotten for each eject time the server serves), up to max_eject_time' },
   max_eject_time: { option: 'ejectMaxMs', unit: 'ms', min: 1, reload: 'live', doc: 'the longest an ejection lasts, however many came in a row (eject_time when that is longer)' },
   drain_timeout: { option: 'drainTimeoutMs', unit: 'ms', min: 0, reload: 'live', doc: 'on SIGTERM, the longest wait for requests in flight (then answered SHUTTING_DOWN)', defaultText: 'timeout' },
-  max_buffered_bytes: { option: 'maxBufferedBytes', unit: 'bytes', min: 0, reload: 'restart', doc: 'bytes held for all peers together (partial frames, unread answers, requests not answered yet); past it the connections holding the most are closed with OVERLOADED; requests may take half of it (past that they are refused OVERLOADED), the requests of one connection a 32nd (then its reads pause) (0 = no limit; default: 268435456, or a quarter of the memory limit of a container or systemd unit when less, an eighth of a small one, or half of it less 64 MiB when that is more, up to a quarter)' },
+  max_buffered_bytes: { option: 'maxBufferedBytes', unit: 'bytes', min: 0, reload: 'restart', doc: `bytes held for all peers together (partial frames, unread answers, requests not answered yet); past it the connections holding the most are closed with OVERLOADED; requests may take half of it (past that they are refused OVERLOADED), the requests of one connection a 32nd (then its reads pause) (0 = no limit; less under a memory limit: ${BUDGET_UNDER_A_LIMIT})` },
   max_servers: { option: 'maxServers', unit: 'n', min: 0, reload: 'live', doc: 'servers registered without a token, in total (0 = no limit)' },
   max_servers_per_peer: { option: 'maxServersPerPeer', unit: 'n', min: 0, reload: 'live', doc: 'servers registered without a token from one address (0 = no limit)' },
   probes_per_second: { option: 'probesPerSecond', unit: 'n', min: 1, reload: 'restart', doc: 'probes of servers that are down started per second at most, across all of them' },

@@ -700,6 +700,18 @@ cli("the defaults README's CLI table gives in brackets (`--port` (2100), `--max-
   assert.equal(wrong, [], "defaults README's CLI table gives that --help does not");
 });
 
+cli("each option's --help says its default once: proxy --max-buffered-bytes said it in its words and again in brackets, (default: 268435456 ...) (default: 268435456)", async () => {
+  const twice: string[] = [];
+  for (const command of ['proxy', 'server', 'client', 'demo', 'inspect', 'scenario', 'load', 'bench']) {
+    const p = revproxy([command, '--help']);
+    assert.is(await p.exited, 0, p.out.join('\n'));
+    for (const option of p.out.join('\n').split(/\n(?= {2}(?:-\w, )?--)/)) {
+      if ((option.match(/default:/g) ?? []).length > 1) twice.push(`${command} ${/--[a-z-]+/.exec(option)?.[0]}`);
+    }
+  }
+  assert.equal(twice, []);
+});
+
 cli('every REVPROXY_ environment variable the commands read is named in README.md or docs/', () => {
   const docs = docsText();
   const sources = ['cli', 'config', 'actors', 'admin', 'registry', 'inspector', 'transport', 'lib'].flatMap((dir) => readdirSync(join(ROOT, dir)).filter((f) => /\.(ts|js|mjs)$/.test(f)).map((f) => readFileSync(join(ROOT, dir, f), 'utf8')));

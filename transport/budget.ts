@@ -39,6 +39,9 @@ export interface BudgetHolder {
 /** The budget's default limit (bytes), on the proxy's port and a server's, where nothing limits the process's memory. */
 export const DEFAULT_BUFFER_BUDGET = 256 * 1024 * 1024;
 
+/** The default under a memory limit, in a help text's words (`budgetFor`). */
+export const BUDGET_UNDER_A_LIMIT = 'a quarter of the memory limit of a container or systemd unit when less, an eighth of a small one, or half of it less 64 MiB when that is more, up to a quarter';
+
 /**
  * The budget's default for a process that may use `memory` bytes, and how it was taken from it, as
  * a start line says it (`of` names the limit: "an eighth of it"; undefined where it is
