@@ -165,55 +165,53 @@ export const anything: Schema<unknown> = {
 
 const keyOf = (pair: Pair): string => String(yaml().isScalar(pair.key) ? pair.key.value : pair.key);
 
-/** Resolves aliases and checks the node's kind; refuses anything else with what was expected. */
-function shaped<N>(node: unknown, at: At, ctx: ReadContext, is: (n: unknown) => n is N, expected: string): { n: N; offset: number } | typeof INVALID {
-  const n = resolve(node, ctx);
-  const offset = offsetOf(n, at.offset);
-  return is(n) ? { n, offset } : report(ctx, { ...at, offset }, `expected ${expected}, got ${shown(n, ctx)}`);
+/**
+ * A schema of one kind of node (a list, a mapping): aliases resolved, anything else refused with what
+ * was expected; `read` gets the node and where it starts. `is` is asked for when a file is read (yaml loads lazily).
+ */
+function ofKind<N, T>(expected: string, is: () => (n: unknown) => n is N, read: (n: N, offset: number, at: At, ctx: ReadContext) => Read<T>): Schema<T> {
+  return {
+    expected,
+    read(node, at, ctx) {
+      const n = resolve(node, ctx);
+      const offset = offsetOf(n, at.offset);
+      return is()(n) ? read(n, offset, at, ctx) : report(ctx, { ...at, offset }, `expected ${expected}, got ${shown(n, ctx)}`);
+    },
+  };
+}
+
+/**
+ * Each child of a list or mapping read with one schema, at its own path: their values in order, or
+ * INVALID when any was not what it should be (all are read, so every issue in them is reported).
+ */
+function readEach<T>(children: Array<{ key: string; node: unknown; at: At }>, schema: Schema<T>, ctx: ReadContext): Array<[string, T]> | typeof INVALID {
+  const out: Array<[string, T]> = [];
+  let ok = true;
+  for (const { key, node, at } of children) {
+    const v = schema.read(node, at, ctx);
+    if (v === INVALID) ok = false;
+    else out.push([key, v]);
+  }
+  return ok ? out : INVALID;
 }
 
 export function list<T>(item: Schema<T>, opts: { min?: number } = {}): Schema<T[]> {
   const min = opts.min ?? 0;
   const expected = `a list${min ? ` of at least ${min}` : ''} of ${item.expected}`;
-  return {
-    expected,
-    read(node, at, ctx) {
-      const got = shaped(node, at, ctx, yaml().isSeq, expected);
-      if (got === INVALID) return got;
-      const { n, offset } = got;
-      if (n.items.length < min) return report(ctx, { ...at, offset }, `expected ${expected}, got ${n.items.length}`);
-      const out: T[] = [];
-      let ok = true;
-      n.items.forEach((el, i) => {
-        const v = item.read(el, { path: `${at.path}[${i}]`, offset: offsetOf(el, offset) }, ctx);
-        if (v === INVALID) ok = false;
-        else out.push(v);
-      });
-      return ok ? out : INVALID;
-    },
-  };
+  return ofKind(expected, () => yaml().isSeq, (n, offset, at, ctx) => {
+    if (n.items.length < min) return report(ctx, { ...at, offset }, `expected ${expected}, got ${n.items.length}`);
+    const read = readEach(n.items.map((el, i) => ({ key: String(i), node: el, at: { path: `${at.path}[${i}]`, offset: offsetOf(el, offset) } })), item, ctx);
+    return read === INVALID ? read : read.map(([, v]) => v);
+  });
 }
 
-/** A mapping whose keys are free (ids) and whose values all follow one schema. */
+/** A mapping whose keys are free (ids) and whose values all follow one schema. Every key is the object's own, `__proto__` too. */
 export function dict<T>(value: Schema<T>): Schema<Record<string, T>> {
   const expected = `a mapping of names to ${value.expected}`;
-  return {
-    expected,
-    read(node, at, ctx) {
-      const got = shaped(node, at, ctx, yaml().isMap, expected);
-      if (got === INVALID) return got;
-      const { n, offset } = got;
-      const out: Record<string, T> = {};
-      let ok = true;
-      for (const pair of n.items) {
-        const key = keyOf(pair);
-        const v = value.read(pair.value, { path: `${at.path}.${key}`, offset: offsetOf(pair.key, offset) }, ctx);
-        if (v === INVALID) ok = false;
-        else out[key] = v;
-      }
-      return ok ? out : INVALID;
-    },
-  };
+  return ofKind(expected, () => yaml().isMap, (n, offset, at, ctx) => {
+    const read = readEach((n.items as Pair[]).map((pair) => ({ key: keyOf(pair), node: pair.value, at: { path: `${at.path}.${keyOf(pair)}`, offset: offsetOf(pair.key, offset) } })), value, ctx);
+    return read === INVALID ? read : Object.fromEntries(read);
+  });
 }
 
 export interface Field<T, R extends boolean> {
@@ -250,44 +248,38 @@ export function object<F extends Fields>(
 ): ObjectSchema<F> {
   const keys = Object.keys(fields);
   const expected = `a mapping (${what}) with keys ${keys.join(', ')}`;
-  return {
-    expected,
-    fields,
-    read(node, at, ctx) {
-      const got = shaped(node, at, ctx, yaml().isMap, expected);
-      if (got === INVALID) return got;
-      const { n, offset } = got;
-      const out: Record<string, unknown> = {};
-      const seen = new Set<string>();
-      let ok = true;
-      for (const pair of n.items as Pair[]) {
-        const key = keyOf(pair);
-        const keyAt = { path: at.path ? `${at.path}.${key}` : key, offset: offsetOf(pair.key, offset) };
-        const field = fields[key];
-        if (!field) {
-          const there = elsewhere?.[key];
-          const near = there ? undefined : nearest(key, keys);
-          report(ctx, keyAt, there ? `'${key}' does not go in ${what}: it belongs to ${there}` : `unknown key '${key}' in ${what}; expected one of: ${keys.join(', ')}${near ? ` (did you mean '${near}'?)` : ''}`);
-          if (near) seen.add(near); // a misspelt key is reported once, not also as missing
-          ok = false;
-          continue;
-        }
-        seen.add(key);
-        const v = field.schema.read(pair.value, { ...keyAt, offset: offsetOf(pair.value, keyAt.offset) }, ctx);
-        if (v === INVALID) ok = false;
-        else out[key] = v;
+  const read = (n: Yaml.YAMLMap, offset: number, at: At, ctx: ReadContext): Read<ObjectOf<F>> => {
+    const out: Record<string, unknown> = {};
+    const seen = new Set<string>();
+    let ok = true;
+    for (const pair of n.items as Pair[]) {
+      const key = keyOf(pair);
+      const keyAt = { path: at.path ? `${at.path}.${key}` : key, offset: offsetOf(pair.key, offset) };
+      const field = fields[key];
+      if (!field) {
+        const there = elsewhere?.[key];
+        const near = there ? undefined : nearest(key, keys);
+        report(ctx, keyAt, there ? `'${key}' does not go in ${what}: it belongs to ${there}` : `unknown key '${key}' in ${what}; expected one of: ${keys.join(', ')}${near ? ` (did you mean '${near}'?)` : ''}`);
+        if (near) seen.add(near); // a misspelt key is reported once, not also as missing
+        ok = false;
+        continue;
       }
-      for (const key of keys) {
-        if (fields[key]!.required && !seen.has(key)) {
-          report(ctx, { ...at, offset }, `${what} needs '${key}': ${fields[key]!.schema.expected}`);
-          ok = false;
-        }
+      seen.add(key);
+      const v = field.schema.read(pair.value, { ...keyAt, offset: offsetOf(pair.value, keyAt.offset) }, ctx);
+      if (v === INVALID) ok = false;
+      else out[key] = v;
+    }
+    for (const key of keys) {
+      if (fields[key]!.required && !seen.has(key)) {
+        report(ctx, { ...at, offset }, `${what} needs '${key}': ${fields[key]!.schema.expected}`);
+        ok = false;
       }
-      if (!ok) return INVALID;
-      const problem = check?.(out as ObjectOf<F>);
-      return problem ? report(ctx, { ...at, offset }, `${what}: ${problem}`) : (out as ObjectOf<F>);
-    },
+    }
+    if (!ok) return INVALID;
+    const problem = check?.(out as ObjectOf<F>);
+    return problem ? report(ctx, { ...at, offset }, `${what}: ${problem}`) : (out as ObjectOf<F>);
   };
+  return { ...ofKind(expected, () => yaml().isMap, read), fields };
 }
 
 /**
@@ -298,27 +290,22 @@ export function object<F extends Fields>(
 export function tagged<K extends Record<string, ObjectSchema<Fields>>>(what: string, kinds: K): Schema<{ [T in keyof K]: Infer<K[T]> & { kind: T } }[keyof K]> {
   const names = Object.keys(kinds);
   const expected = `a ${what}: a mapping with one of ${names.join(', ')}`;
-  return {
-    expected,
-    read(node, at, ctx) {
-      const got = shaped(node, at, ctx, yaml().isMap, expected);
-      if (got === INVALID) return got;
-      const { n, offset } = got;
-      const keys = (n.items as Pair[]).map(keyOf);
-      const found = keys.filter((k) => k in kinds);
-      if (found.length === 0) {
-        const common = new Set(Object.values(kinds).flatMap((s) => Object.keys(s.fields)));
-        const odd = keys.filter((k) => !common.has(k));
-        const pair = (n.items as Pair[])[keys.indexOf(odd[0] ?? '')];
-        const where = { ...at, offset: pair ? offsetOf(pair.key, offset) : offset };
-        return report(ctx, where, `${odd.length ? `unknown ${what} '${odd[0]}'` : `no ${what} given`}; expected one of: ${names.join(', ')}${suggest(odd[0] ?? '', names)}`);
-      }
-      if (found.length > 1) return report(ctx, { ...at, offset }, `one ${what} per entry, got ${found.join(' and ')}; split them into separate ${what}s`);
-      const kind = found[0]!;
-      const v = kinds[kind]!.read(n, at, ctx);
-      return v === INVALID ? INVALID : ({ ...v, kind } as never);
-    },
-  };
+  type Tagged = { [T in keyof K]: Infer<K[T]> & { kind: T } }[keyof K];
+  return ofKind<Yaml.YAMLMap, Tagged>(expected, () => yaml().isMap, (n, offset, at, ctx) => {
+    const keys = (n.items as Pair[]).map(keyOf);
+    const found = keys.filter((k) => k in kinds);
+    if (found.length === 0) {
+      const common = new Set(Object.values(kinds).flatMap((s) => Object.keys(s.fields)));
+      const odd = keys.filter((k) => !common.has(k));
+      const pair = (n.items as Pair[])[keys.indexOf(odd[0] ?? '')];
+      const where = { ...at, offset: pair ? offsetOf(pair.key, offset) : offset };
+      return report(ctx, where, `${odd.length ? `unknown ${what} '${odd[0]}'` : `no ${what} given`}; expected one of: ${names.join(', ')}${suggest(odd[0] ?? '', names)}`);
+    }
+    if (found.length > 1) return report(ctx, { ...at, offset }, `one ${what} per entry, got ${found.join(' and ')}; split them into separate ${what}s`);
+    const kind = found[0]!;
+    const v = kinds[kind]!.read(n, at, ctx);
+    return v === INVALID ? INVALID : ({ ...v, kind } as never);
+  });
 }
 
 /** Adds where the value starts (line and column), for reports that point back into the file. */

@@ -588,6 +588,12 @@ reload('without a config file, SIGHUP re-reads the tokens file; a changed listen
   assert.match(reloaded, /nothing applied: host needs a restart/);
 });
 
+reload("a mapping of free names (tokens: policy: secret) keeps every key the file gives as its own, __proto__ too (it was set as the object's prototype, and the entry lost unsaid)", () => {
+  const cfg = parseConfig('tokens:\n  __proto__: a-long-secret-1\n  "111": a-long-secret-2\n', join(ctx.dir, 'x.yaml'));
+  assert.equal(Object.keys(cfg.tokens ?? {}), ['111', '__proto__']); // an index-like key first, as JavaScript orders them
+  assert.is(Object.getOwnPropertyDescriptor(cfg.tokens, '__proto__')?.value, 'a-long-secret-1');
+});
+
 reload('a reload compares the settings as they run, defaults applied: a default written out is no change, nor is the file put back after a change that needed a restart', async () => {
   const at = (text: string) => parseConfig(text, join(ctx.dir, 'x.yaml'));
   assert.equal(changes(at('port: 0\nlog:\n  level: info\n'), at('port: 0\nlog:\n  level: info\n  format: text\n')), []);
