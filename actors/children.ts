@@ -11,6 +11,7 @@
  * tables, which it changes in place.
  */
 import { createActor, type ActorRefFrom, type AnyActorLogic, type AnyActorRef, type InputFrom } from 'xstate';
+import type { Logger } from './logger.js';
 import type { ProxyContext } from './proxy-types.js';
 
 /** Start `logic` as a child of `parent`, outside the parent's children map. */
@@ -27,6 +28,16 @@ export function startChild<T extends AnyActorLogic>(parent: AnyActorRef, logic: 
  */
 export function stopChild(child: AnyActorRef): void {
   (child as unknown as { _stop(): void })._stop();
+}
+
+/**
+ * The proxy's last line, after the summaries of what repeated while it ran: a "Retrying ... in the
+ * last 4 s" written after "stopped" read as if it still ran. The CLI says it itself, once it has closed
+ * its access and inspection logs, whose warnings come before it (`StartProxyOptions.stoppedLine`).
+ */
+export function logStopped(logger: Logger, port: number): void {
+  logger.flush();
+  logger.info('stopped', 'Reverse proxy stopped', { port });
 }
 
 /**

@@ -107,6 +107,12 @@ export interface ProxyHandle {
 export type StartProxyOptions = ProxyOptions & Inspect & {
   /** Watch etcd for servers, and advertise this proxy there for clients. `advertise` defaults to `host` (which must then not be a wildcard address). */
   registry?: Omit<ProxyRegistryOptions, 'advertise' | 'servesTls'> & { advertise?: string };
+  /**
+   * Who logs the last line, "Reverse proxy stopped": the proxy as it stops (the default), or the
+   * caller, with `logStopped`, once it has closed what it keeps beside the proxy (an access log whose
+   * lost lines it warns of): a warning after "stopped" reads as if the proxy still ran.
+   */
+  stoppedLine?: 'proxy' | 'caller';
 };
 
 /**
@@ -136,6 +142,7 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
   }
   // The one owner of what the proxy dials servers with: every dial reads it, renewTls replaces it.
   const running = { tls: opts.tls, upstreamTls: opts.upstreamTls };
+  if (opts.stoppedLine === 'caller') machine = machine.provide({ actions: { logStopped: () => {} } });
   const dialWith = opts.connect ?? dial;
   const input = { ...opts, connect: (host: string, port: number) => dialWith(host, port, running.upstreamTls) };
   const actor = createActor(machine, { input, inspect: opts.inspect, ...xstateClock(opts.clock ?? systemClock) });

@@ -148,8 +148,13 @@ class Core {
     }
   }
 
-  close(): void {
+  /** The summaries due, written now; the timer runs on. */
+  flush(): void {
     if (this.timer) this.tick();
+  }
+
+  close(): void {
+    this.flush();
     this.timer?.cancel();
     this.timer = undefined;
   }
@@ -234,6 +239,14 @@ export class Logger {
   get dropped(): number {
     const out = this.core.out;
     return out instanceof LogStream ? out.dest.dropped : 0;
+  }
+
+  /**
+   * Write the pending summaries now ("Retrying 16 request(s) ... in the last 4 s"), as before a line
+   * that must come last: a summary after "stopped" reads as if the actor still ran.
+   */
+  flush(): void {
+    this.core.flush();
   }
 
   /** Write the pending summaries now and stop their timer. */

@@ -40,7 +40,7 @@ import { drainMember, enableMember, linkDown, linkUp, probe, readmit, triesFaile
 import { admit, applyReload, evict, registeredBy, removeServer } from './membership.js';
 import { closeAfterAnswers, drainWaiting, expireWaiting, failRemaining, holdRequest, makeReply, refuse, route } from './routing.js';
 import { fromRegistry } from './registry-members.js';
-import { releaseAll } from './children.js';
+import { logStopped, releaseAll } from './children.js';
 
 export const proxyMachine = setup({
   types: {
@@ -222,10 +222,8 @@ export const proxyMachine = setup({
       fromRegistry(context, event);
     },
 
-    stopAll: ({ context }) => {
-      releaseAll(context);
-      context.logger.info('stopped', 'Reverse proxy stopped', { port: context.port });
-    },
+    stopAll: ({ context }) => releaseAll(context),
+    logStopped: ({ context }) => logStopped(context.logger, context.port),
   },
 }).createMachine({
   id: 'proxy',
@@ -304,7 +302,7 @@ export const proxyMachine = setup({
         STOP: { target: 'stopped', actions: 'failRemaining' },
       },
     },
-    stopped: { type: 'final', entry: 'stopAll' },
+    stopped: { type: 'final', entry: ['stopAll', 'logStopped'] },
     failed: { type: 'final' },
   },
   on: {

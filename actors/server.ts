@@ -687,6 +687,7 @@ export const serverMachine = setup({
     },
     logStopped: ({ context }) => {
       const { answered } = context.runner;
+      context.logger.flush(); // the summaries of what repeated come before the last line
       context.logger.info('stopped', `Server ${context.opts.id} stopped after answering ${answered} request(s)`, { id: context.opts.id, answered });
     },
   },

@@ -8,6 +8,7 @@ import { accessSync, constants, existsSync, lstatSync, readFileSync, statSync, u
 import { dirname, resolve as resolvePath } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { startProxy, type ProxyHandle } from '../actors/index.js';
+import { logStopped } from '../actors/children.js';
 import { Destination, Logger, LogStream, LEVELS, LOG_BUFFER_BYTES, SUMMARY_INTERVAL_MS } from '../actors/logger.js';
 import { DEFAULT_LISTEN_HOST, OLD_SERVER_DEFAULTS, proxyBudgetNote, proxyConnectionsNote, resolveOptions } from '../actors/proxy-options.js';
 import { badTrustedSource, fileLimitWarning } from '../actors/port-limits.js';
@@ -348,6 +349,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       inspect: insp.attach.inspect,
       observer: combineObservers(metrics, accessLog, conns, insp.attach.observer),
       connect: conns?.wrap(dial),
+      stoppedLine: 'caller',
     });
     const handle = proxy;
     // Once it listens, as nginx and HAProxy write theirs: a second start that cannot take the port
@@ -458,11 +460,14 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
     await admin?.close();
     await insp.close();
     if (accessLog && accessLog.dest !== stdout) {
+      logger.flush(); // what the failing writes were, summarised, before what they lost
       await accessLog.dest.end();
       // Lines that waited for a write that kept failing (a full disk) go with the process: say how many.
       const lost = accessLog.dest.lostAtEnd;
       if (lost) logger.warn('access_log_lost', `${lost} access log line(s) could not be written to ${rt.log.accessLog} before the proxy stopped, and are lost${accessLog.dropped ? `; ${accessLog.dropped} more were dropped while it ran` : ''}`, { file: rt.log.accessLog, lost, dropped: accessLog.dropped });
     }
+    // Last, once the files beside it are closed and their warnings written.
+    if (proxy?.actor.getSnapshot().value === 'stopped') logStopped(logger, proxy.port);
     await logger.end();
   }
   setExit(0);

@@ -172,6 +172,22 @@ inproc('a repeated condition gives one line, then one summary line per interval 
   for (const l of lines.slice(2)) assert.is(l.msg, 'no server is registered for privacy policy 999; refused 100 request(s) in the last 100 ms');
 });
 
+inproc('"stopped" is the last line: the summary of a condition that repeated comes before it (a "refused 40 request(s) in the last ..." after it read as if the proxy still ran)', async () => {
+  const logs: LogRecord[] = [];
+  const clock = new ManualClock();
+  const proxy = await startProxy({ port: 0, logger: new Logger('proxy', memorySink(logs), 'info', { summaryMs: 100, clock }) });
+  const sock = await rawConnect(proxy.port);
+  const answers = collector(sock);
+  for (let seq = 0; seq < 60; seq++) sock.write(frame({ type: 0, seq, srcid: 'c', privPoliId: '999', payload: 'x' }));
+  await answers.until(() => answers.got.length === 60, 3000);
+  sock.destroy();
+  await proxy.stop();
+  clock.advance(100); // the summaries' timer, had it been left to run
+  const lines = logs.filter((l) => l.event === 'no_server' || l.event === 'stopped');
+  assert.is(lines.at(-1)?.event, 'stopped', lines.map((l) => l.msg).join('\n'));
+  assert.is(lines.filter((l) => l.event === 'no_server').reduce((k, l) => k + Number(l.count), 0), 60, 'every refusal is counted before "stopped"');
+});
+
 inproc('the dropped-lines report is a warn line: --log-level error or silent leaves it out, as any other warning (the metric still counts)', async () => {
   // It was written at warn whatever the level, the one line --log-level error let through below error.
   const dir = tempDir('revproxy-dropped-');

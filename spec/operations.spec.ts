@@ -380,6 +380,8 @@ access('access log lines still waiting for a full disk when the proxy stops are 
   proc.kill('SIGTERM');
   assert.is(await proc.exited, 0);
   assert.match(proc.out.join('\n'), /warning: 3 access log line\(s\) could not be written to \/dev\/full before the proxy stopped, and are lost/);
+  // ... and before the last line, which was written before it.
+  assert.match(proc.out.at(-1) ?? '', /Reverse proxy stopped$/, proc.out.slice(-3).join('\n'));
 });
 
 access('a line half written when the disk filled does not end at the top of the next file after a rotation: its rest is dropped and counted', async () => {
