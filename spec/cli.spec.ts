@@ -676,6 +676,34 @@ cli("every --option README.md and docs/ name is one a revproxy command's --help 
   assert.equal(unknown, [], 'options the docs name that no --help lists (renamed or removed?)');
 });
 
+cli("every --option a command line in README.md or docs/ gives a revproxy command (`revproxy load --revproc 2100 -c 8`) is one that command's --help lists", async () => {
+  const commands = ['proxy', 'server', 'client', 'demo', 'inspect', 'scenario', 'load', 'bench'];
+  const optionsOf = new Map<string, Set<string>>();
+  for (const command of commands) {
+    const p = revproxy([command, '--help']);
+    assert.is(await p.exited, 0, p.out.join('\n'));
+    optionsOf.set(command, new Set([...p.out.join('\n').matchAll(/(?:^|[^a-z0-9-])(--[a-z][a-z0-9-]*)/gm)].map((m) => m[1]!)));
+  }
+  const files = ['README.md', ...readdirSync(join(ROOT, 'docs')).map((f) => `docs/${f}`)];
+  const wrong: string[] = [];
+  let lines = 0;
+  for (const file of files) {
+    // A command line continued with a backslash is one line.
+    const text = readFileSync(join(ROOT, file), 'utf8').replace(/\\\n\s*/g, ' ');
+    for (const line of text.split('\n')) {
+      // The command's own words: up to the end of the code span, a pipe, a comment or the next command.
+      for (const m of line.matchAll(new RegExp(`revproxy(?:\\.js)? (${commands.join('|')})\\b([^\`|;&#\n]*)`, 'g'))) {
+        lines++;
+        for (const o of m[2]!.matchAll(/(?:^|\s)(--[a-z][a-z0-9-]*)/g)) {
+          if (!optionsOf.get(m[1]!)!.has(o[1]!) && o[1] !== '--help' && o[1] !== '--timout') wrong.push(`${file}: revproxy ${m[1]} ${o[1]}`);
+        }
+      }
+    }
+  }
+  assert.ok(lines > 50, `command lines read: ${lines}`);
+  assert.equal(wrong, [], "options the docs give a command that its --help does not list (another command's, renamed or removed?)");
+});
+
 cli("the defaults README's CLI table gives in brackets (`--port` (2100), `--max-frame` bytes (1 MiB)) are the ones each command's --help gives", async () => {
   const rows = readFileSync(join(ROOT, 'README.md'), 'utf8').split('\n').filter((l) => /^\| `[a-z]+` \|/.test(l));
   const bytes = (v: string): number => {
