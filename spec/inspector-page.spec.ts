@@ -246,6 +246,36 @@ page('after the proxy restarts twice the page shows the new one, and its filters
   }
 });
 
+page('a proxy that stops while the page is open: its members are shown as the last states seen, without drain buttons, their ages still (they read SERVING, drain and "serving for 83 s" counting up)', async () => {
+  const insp = await startInspector({ port: 0, title: 'stopping proxy', flushMs: 50 });
+  const proxy = await startProxy({ port: 0, inspect: insp.inspect, observer: insp.observer });
+  const server = await startServer({ id: 'o1', policy: 'O', listenPort: 0, proxy: { host: LOCAL, port: proxy.port } });
+  const tab = await ctx.browser.newPage();
+  const card = '[data-policy="O"] [data-member="o1"]';
+  let stopped = false;
+  try {
+    await tab.goto(insp.url!);
+    await tab.waitForSelector(`${card} button.act`, { state: 'visible', timeout: 5000 });
+    server.kill();
+    await proxy.stop();
+    await insp.close();
+    stopped = true;
+    await tab.waitForFunction(() => document.getElementById('link')!.textContent === 'disconnected', undefined, { timeout: 5000 });
+    assert.not.ok(await tab.isVisible(`${card} button.act`), 'no drain button for a proxy that is gone');
+    assert.is(await tab.getAttribute('#pools', 'title'), 'disconnected: the last states seen');
+    const text = await tab.innerText(card);
+    await new Promise((r) => setTimeout(r, 2500));
+    assert.is(await tab.innerText(card), text, 'the ages stand still');
+  } finally {
+    await tab.close();
+    if (!stopped) {
+      server.kill();
+      await proxy.stop();
+      await insp.close();
+    }
+  }
+});
+
 page('the page loads nothing from outside the inspector', () => {
   assert.equal((ctx as unknown as { outside: string[] }).outside, []);
 });

@@ -166,6 +166,10 @@ function firstActor() {
 }
 
 function linkBadge(kind) {
+  // Disconnected (the proxy stopped, or its inspector): the pools are the last states seen, not
+  // its members now - they read SERVING with a drain button and ages still counting up.
+  document.body.classList.toggle('offline', kind === 'down');
+  $('pools').title = kind === 'down' ? 'disconnected: the last states seen' : '';
   const b = $('link');
   b.className = `badge ${kind === 'full' ? 'down' : kind}`;
   b.textContent = kind === 'live' ? 'live' : kind === 'recorded' ? 'recorded log' : kind === 'full' ? 'refused: too many pages follow this inspector; trying again' : 'disconnected';
@@ -467,7 +471,7 @@ async function act(button, id, poolBox) {
 
 /** Ages on the cards in view move on with the clock, between batches too. */
 function tickAges() {
-  if (S.meta.recorded) return;
+  if (S.meta.recorded || document.body.classList.contains('offline')) return;
   for (const card of onScreen.cards) tickCard(card);
 }
 
