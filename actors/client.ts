@@ -513,16 +513,17 @@ function surrogate(what: string, text: unknown): string | undefined {
   return lone && `${what} has ${lone}, which UTF-8 cannot carry (it would arrive as U+FFFD): send well-formed text${what === 'the payload' ? ', or bytes' : ''}`;
 }
 
-/** The client's list of proxies from now on, its connection at `proxyIndex`: the PING refusals remembered are kept for those alone. */
+const sameEndpoint = (a: Endpoint, b: Endpoint): boolean => a.host === b.host && a.port === b.port;
+
 /** The list's first proxy, if it was not in the client's list (it came) and the proxy in use stays listed: the client goes to it (rebalance). */
 function newcomerFirst(context: ClientContext, proxies: Endpoint[]): Endpoint | undefined {
-  const same = (a: Endpoint, b: Endpoint): boolean => a.host === b.host && a.port === b.port;
   const top = proxies[0];
   const cur = context.proxies[context.proxyIndex]!;
-  if (!top || context.proxies.some((p) => same(p, top)) || !proxies.some((p) => same(p, cur))) return undefined;
+  if (!top || context.proxies.some((p) => sameEndpoint(p, top)) || !proxies.some((p) => sameEndpoint(p, cur))) return undefined;
   return top;
 }
 
+/** The client's list of proxies from now on, its connection at `proxyIndex`: the PING refusals remembered are kept for those alone. */
 function listed(context: ClientContext, proxies: Endpoint[], proxyIndex: number): Pick<ClientContext, 'proxies' | 'proxyIndex' | 'unlisted'> {
   context.noPings.keep(proxies.map((p) => hostPort(p.host, p.port)));
   return { proxies, proxyIndex, unlisted: false };
@@ -1020,7 +1021,7 @@ export const clientMachine = setup({
       assertEvent(event, 'PROXIES');
       if (event.proxies.length === 0) return {};
       const cur = context.proxies[context.proxyIndex]!;
-      const i = event.proxies.findIndex((p) => p.host === cur.host && p.port === cur.port);
+      const i = event.proxies.findIndex((p) => sameEndpoint(p, cur));
       return i >= 0 ? listed(context, event.proxies, i) : { ...listed(context, [cur, ...event.proxies], 0), unlisted: true };
     }),
     /** A request ran out of time on a proxy that answers no PING and has been silent too long (proxySilent): the connection is given up as lost. */
@@ -1060,7 +1061,7 @@ export const clientMachine = setup({
     proxyLeftSilent: ({ context, event }) => {
       assertEvent(event, 'PROXIES');
       const cur = context.proxies[context.proxyIndex]!;
-      if (event.proxies.length === 0 || event.proxies.some((p) => p.host === cur.host && p.port === cur.port)) return false;
+      if (event.proxies.length === 0 || event.proxies.some((p) => sameEndpoint(p, cur))) return false;
       return context.book.inFlight === 0 || context.clock.now() - context.book.heardAt >= LEFT_SILENT_MS;
     },
   },

@@ -22,9 +22,8 @@ import {
 } from '../config/proxy.js';
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
 import type { PoolView } from '../inspector/views.js';
-import { isLoopback } from '../transport/address.js';
 import { systemClock } from '../transport/clock.js';
-import { bracketHint } from '../transport/address.js';
+import { bracketHint, isLoopback } from '../transport/address.js';
 import { ErrorCode } from '../transport/errors.js';
 import { dial, expiryWarning, type TlsMaterial } from '../transport/tls.js';
 import type { LoadedCert } from '../config/files.js';
