@@ -11,7 +11,7 @@ import * as assert from 'uvu/assert';
 import { runClient, sha1Handler, startServer, type Handler, type ServerHandle } from '../actors/index.js';
 import { EJECT_REASONS, resolveOptions } from '../actors/proxy-options.js';
 import { MEMBER_STATES } from '../actors/proxy-types.js';
-import { fileRoom } from '../actors/port-limits.js';
+import { clientRoom, fileRoom } from '../actors/port-limits.js';
 import { describeLinkError } from '../actors/link.js';
 import { ROLES } from '../admin/conn-stats.js';
 import { changes, defaultOf, DEFAULTS, NUMBERS, parseConfig, proxyConfigSpec, toRuntime } from '../config/proxy.js';
@@ -805,7 +805,7 @@ admin('the links to servers count against the open-files limit: a registration w
   const room = fileRoom(256);
   const servers = await Promise.all(Array.from({ length: 150 }, (_, i) => startServer({ id: `s${i}`, policy: 'P', listenPort: 0, proxy: { host: LOCAL, port }, waitForRegistration: false })));
   ctx.servers.push(...servers);
-  await proc.waitFor(new RegExp(`Refused setup from .* the proxy has no file descriptor for its link: \\d+ connections and \\d+ links to servers fill the ${room} its open-files limit leaves room for \\(ulimit -n 256\\)`));
+  await proc.waitFor(new RegExp(`Refused setup from .* the proxy has no file descriptor for its link: \\d+ connections and \\d+ links to servers fill the ${room} its open-files limit leaves room for \\(ulimit -n 256\\) but the ${clientRoom(room)} kept for clients`));
   // The refused ones dial again and again, as real servers do; a crowd of them dialling at once may hold every slot the
   // port has left for a moment (1 run in 4 refused the client's one connection), like any crowd under max_connections.
   // They go before the client, which is not what this test is about. Each server is asked once the proxy's count of
@@ -816,6 +816,10 @@ admin('the links to servers count against the open-files limit: a registration w
   await eventually(async () => { const n = registered().length; return n > 0 && n === (await upstream()); }, 15000, "the servers' registrations and the proxy's links to agree");
   const keep = new Set(registered());
   for (const s of servers) if (!keep.has(s)) s.kill();
+  // The killed ones' connections may still fill the port when the client dials (Node counts a connection until its
+  // 'close'): it goes once the proxy has seen them close.
+  const registrations = async (): Promise<number> => Number(/^revproxy_connections\{role="registration"\} (\d+)$/m.exec((await get(`${url}metrics`)).body)?.[1]);
+  await eventually(async () => (await registrations()) === keep.size, 10000, 'the killed servers\' connections to close');
   const results = await runClient({ id: 'c1', proxy: { host: LOCAL, port }, packets: Array.from({ length: 20 }, (_, i) => ({ srcid: 'c1', privPoliId: 'P', payload: `m${i}` })) });
   assert.is(results.filter((r) => r.correct).length, 20, 'clients are served');
   const text = (await get(`${url}metrics`)).body;
@@ -823,7 +827,8 @@ admin('the links to servers count against the open-files limit: a registration w
   const links = gauge(/^revproxy_connections\{role="upstream"\} (\d+)$/m);
   assert.ok(links > 0, 'servers registered');
   assert.is(gauge(/^revproxy_max_connections (\d+)$/m), room - links, 'the port keeps the room the links hold');
-  assert.ok(gauge(/^revproxy_connections\{role="registration"\} (\d+)$/m) + links <= room, text);
+  // Each registered server holds two descriptors; 96 of them took all 192, and every client was refused (2 CI runs in 6).
+  assert.ok(gauge(/^revproxy_connections\{role="registration"\} (\d+)$/m) + links + clientRoom(room) <= room, `the links leave ${clientRoom(room)} for clients:\n${text}`);
   assert.not.ok(proc.out.some((l) => /EMFILE/.test(l)), proc.out.filter((l) => /EMFILE/.test(l)).slice(0, 3).join('\n'));
 });
 
