@@ -11,7 +11,7 @@ import type { BufferBudget } from '../transport/budget.js';
 import type { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { MsgType, type DataMsg, type Message } from '../transport/messages.js';
-import { Connection, ConnectionTimeout, sendTogether, type MessageSink } from '../transport/socket.js';
+import { Connection, ConnectionTimeout, READ_SLICE, sendTogether, type MessageSink } from '../transport/socket.js';
 import { listenOn, listenServer, renewTls, type TlsMaterial } from '../transport/tls.js';
 import { FORWARD_ROOM } from '../transport/frame.js';
 import { STALL_MS, type Clock } from '../transport/clock.js';
@@ -200,7 +200,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       if (addr === undefined) return;
       // The connection listens for the socket's errors from here on.
       // Room for what forwarding adds, so a request read whole is never too big to forward.
-      const conn = new Connection(socket, { maxFrameBytes: Math.max(1, input.maxFrameBytes - FORWARD_ROOM), idleTimeoutMs: input.idleTimeoutMs, frameTimeoutMs: input.frameTimeoutMs, wire: 'sniff', clock: input.clock, budget: input.budget, from });
+      const conn = new Connection(socket, { maxFrameBytes: Math.max(1, input.maxFrameBytes - FORWARD_ROOM), idleTimeoutMs: input.idleTimeoutMs, frameTimeoutMs: input.frameTimeoutMs, wire: 'sniff', clock: input.clock, budget: input.budget, from, readSlice: READ_SLICE });
       const peer = newPeer(conn);
       conn.owed = peer;
       conns.add(conn);
