@@ -145,6 +145,24 @@ test('a read handed over in slices ends, as it would whole, with the messages fi
   }
 });
 
+test("a caller's own read while slices wait (the proxy's, of the bytes after a PROXY header) goes after them, none lost", async () => {
+  const { near, far, server } = await pair();
+  const conn = new Connection(near, { wire: 'sniff', readSlice: READ_SLICE });
+  const sink = recorder();
+  conn.listen(sink);
+  try {
+    far.write(Buffer.concat(Array.from({ length: 300 }, (_, i) => encodeFrame(data(i)))));
+    while (sink.batches.length === 0) await new Promise((r) => setImmediate(r));
+    conn.read(Buffer.concat([encodeFrame(data(300)), encodeFrame(data(301))]));
+    while (sink.batches.flat().length < 302) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(sink.batches.flat().map((m) => (m as { seq: number }).seq), Array.from({ length: 302 }, (_, i) => i));
+  } finally {
+    near.destroy();
+    far.destroy();
+    server.close();
+  }
+});
+
 test('bad input ends the stream once with the ProtocolError; the close follows', async () => {
   const { near, far, server } = await pair();
   const conn = new Connection(near, { wire: 'sniff' });

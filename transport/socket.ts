@@ -75,12 +75,12 @@ let nextConnId = 1;
 
 /**
  * The most messages one client connection hands the proxy in one turn of the event loop (its
- * `readSlice`). A read holds
- * up to 64 KiB (libuv reads up to 32 of them from a socket per turn), which is a thousand small
- * requests or more; the rest of such a read waits for the next turns, a slice a turn, its socket
- * not read meanwhile (`Connection.read`). Without it every turn did all that a flood had sent:
- * 30 connections each keeping 4,096 requests to a full policy in flight made turns of up to 0.8 s,
- * and a one-at-a-time client of another policy waited 899 ms (p50) for answers that took 2.6 ms.
+ * `readSlice`). A read holds up to 64 KiB (libuv reads up to 32 of them from a socket per turn),
+ * a thousand small requests or more; the rest of such a read waits for the next turns, a slice a
+ * turn, its socket not read meanwhile (`Connection.slice`). Without it every turn did all that a
+ * flood had sent: 30 connections each keeping 4,096 requests to a full policy in flight made turns
+ * of up to 0.8 s, and a one-at-a-time client of another policy waited 899 ms (p50) for answers
+ * that took 2.6 ms.
  */
 export const READ_SLICE = 64;
 
@@ -328,6 +328,12 @@ export class Connection implements BudgetHolder {
       }
     }
     if (this.budget) this.account();
+    if (this.unread) {
+      // Slices wait, which hold the socket's reads: this is a caller's own `read`, and goes after them.
+      for (const m of messages) this.unread.push(m);
+      this.unreadError ??= error;
+      return;
+    }
     if (messages.length > this.readSlice && this.sink) return this.slice(messages, error);
     if (messages.length > 0) this.sink?.messages(messages);
     if (error) return this.finish(error);
