@@ -26,7 +26,7 @@ import { ErrorCode, LocalCode, ProtocolError, RevproxyError, type ClientCode } f
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
-import { closedAtOnce, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, readyEvent, type TlsMaterial } from '../transport/tls.js';
+import { closedAtOnce, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, whenReady, type TlsMaterial } from '../transport/tls.js';
 import { setDeadline, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { HandlerError, show, type Payload } from './handler.js';
 import { silentLogger, type Logger } from './logger.js';
@@ -604,7 +604,7 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
   let probing: Timer | undefined;
   /** That PING went unanswered in time: a PONG that still comes says the proxy answers PINGs after all (it was stalled). */
   let late = false;
-  socket.once(readyEvent(socket), () => {
+  whenReady(socket, () => {
     connected = true;
     slow.cancel();
     // The PING first: the requests CONNECTED lets out go behind it, without waiting for its PONG (a round trip).

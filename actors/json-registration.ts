@@ -12,7 +12,7 @@
 import { fromCallback } from 'xstate';
 import { hostPort } from '../transport/address.js';
 import { Connection } from '../transport/socket.js';
-import { describeDialError, dial, readyEvent } from '../transport/tls.js';
+import { describeDialError, dial, whenReady } from '../transport/tls.js';
 import type { Timer } from '../transport/clock.js';
 import { logDialBackProblem, logSeveralAddresses, type Endpoint, type RegistrationCommand, type RegistrationInput } from './server.js';
 
@@ -29,7 +29,7 @@ export const jsonRegistrations = fromCallback<RegistrationCommand, RegistrationI
     const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'json', holdReadsWhenCongested: false });
     conns.add(conn);
     socket.once('close', () => conns.delete(conn));
-    socket.once(readyEvent(socket), () => {
+    whenReady(socket, () => {
       // The old proxy dials the server back at the address this comes from, as the new one does.
       logDialBackProblem(input, key, socket.localAddress);
       conn.endWith(input.setup);

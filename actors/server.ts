@@ -22,7 +22,7 @@ import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type DataMsg, type Message, type SetupMsg } from '../transport/messages.js';
 import { Connection, ConnectionTimeout } from '../transport/socket.js';
-import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, listenOn, listenServer, readyEvent, renewTls, type TlsMaterial } from '../transport/tls.js';
+import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, listenOn, listenServer, whenReady, renewTls, type TlsMaterial } from '../transport/tls.js';
 import { jittered, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { BufferBudget, defaultBufferBudget } from '../transport/budget.js';
 import { budgetNote, connectionsNote, defaultMaxConnections, memoryLimit } from './memory-limit.js';
@@ -364,7 +364,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
     const giveUp = (): void => lost('the server is stopping');
     dialling.add(giveUp);
     let accepted = false;
-    socket.once(readyEvent(socket), () => {
+    whenReady(socket, () => {
       dialling.delete(giveUp);
       slow.cancel();
       live.set(key, conn);
@@ -514,7 +514,7 @@ export function logSeveralAddresses(input: RegistrationInput, key: string, host:
   if (isIP(host) !== 0) return;
   const addresses: string[] = [];
   socket.on('lookup', (err: Error | null, address: string) => void (err || addresses.push(address)));
-  socket.once(readyEvent(socket), () => {
+  whenReady(socket, () => {
     const set = [...new Set(addresses)].sort().join(' ');
     const why = severalAddresses(host, addresses, socket.remoteAddress ?? '?');
     if (!why || said.get(key) === set) return;

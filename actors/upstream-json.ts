@@ -36,7 +36,7 @@ import { ErrorCode } from '../transport/errors.js';
 import { encodeJson, OLD_READ_BYTES } from '../transport/json.js';
 import { MsgType, type Message } from '../transport/messages.js';
 import { Connection } from '../transport/socket.js';
-import { readyEvent } from '../transport/tls.js';
+import { whenReady } from '../transport/tls.js';
 import type { Timer } from '../transport/clock.js';
 import { Inflight } from './inflight.js';
 import {
@@ -177,7 +177,7 @@ const jsonSockets = fromCallback<{ type: 'DIAL' } | { type: 'WAKE_LATER'; ms: nu
       // Nothing was written: the server has nothing of ours to read, whatever state the handshake is in.
       conn.destroy();
     }, input.tryTimeoutMs);
-    socket.once(readyEvent(socket), () => {
+    whenReady(socket, () => {
       connected = true;
       connectTimer.cancel();
       if (!stopped) sendBack({ type: 'CONN_UP', conn });

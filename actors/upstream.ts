@@ -19,7 +19,7 @@ import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { errorMsg, MsgType, type AckMsg, type ErrorMsg, type Message } from '../transport/messages.js';
 import type { Timer } from '../transport/clock.js';
 import { Connection } from '../transport/socket.js';
-import { LOOKUP_TIMEOUT_MS, readyEvent } from '../transport/tls.js';
+import { LOOKUP_TIMEOUT_MS, whenReady } from '../transport/tls.js';
 import { Inflight } from './inflight.js';
 import { fmt } from './logger.js';
 import {
@@ -261,7 +261,7 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
       conn.endWith(errorMsg(err.code, err.message));
       down(err.message, true);
     };
-    socket.once(readyEvent(socket), () => sendBack({ type: 'CONNECTED', conn }));
+    whenReady(socket, () => sendBack({ type: 'CONNECTED', conn }));
     const sub = conn.messages$.subscribe({
       next: (messages) => {
         input.busyPoll?.kick();

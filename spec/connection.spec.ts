@@ -13,7 +13,7 @@ import { Connection, READ_SLICE, type MessageSink } from '../transport/socket.js
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { MsgType, type Message } from '../transport/messages.js';
 import { ManualClock } from '../transport/clock.js';
-import { dial, dialDeadline } from '../transport/tls.js';
+import { dial, dialDeadline, whenReady } from '../transport/tls.js';
 import { BufferBudget } from '../transport/budget.js';
 
 const data = (seq: number): Message => ({ type: MsgType.DATA, seq, srcid: 'c1', privPoliId: '111', payload: `p${seq}` });
@@ -161,6 +161,34 @@ test("a caller's own read while slices wait (the proxy's, of the bytes after a P
     far.destroy();
     server.close();
   }
+});
+
+test('a dial that meets itself (a port of the ephemeral range with nothing listening, which the kernel picked for its own end) fails as refused, never ready', async () => {
+  // TCP's simultaneous open connects such a socket to itself: a server dialling its stopped proxy read back its own
+  // SETUP, waited 10 s for an acceptance, and held the port the proxy would start again on. Made here at will by
+  // binding the dial's own end to the port it dials.
+  const probe = createServer().listen(0, '127.0.0.1');
+  await once(probe, 'listening');
+  const port = (probe.address() as { port: number }).port;
+  await new Promise((r) => probe.close(r));
+  const socket = connect({ host: '127.0.0.1', port, localAddress: '127.0.0.1', localPort: port });
+  let ready = false;
+  whenReady(socket, () => (ready = true));
+  const err = await new Promise<NodeJS.ErrnoException | undefined>((resolve) => {
+    socket.once('error', resolve);
+    setTimeout(() => resolve(undefined), 2000);
+  });
+  socket.destroy();
+  assert.is(ready, false, 'never ready');
+  assert.is(err?.code, 'ECONNREFUSED');
+  assert.match(err!.message, new RegExp(`^connect ECONNREFUSED 127\\.0\\.0\\.1:${port} \\(the dial met itself: nothing listens there`));
+  // A dial that meets a listener is ready as before.
+  const { near, far, server } = await pair();
+  const again = connect((server.address() as { port: number }).port, '127.0.0.1');
+  server.once('connection', (s: Socket) => s.destroy());
+  await new Promise<void>((r) => whenReady(again, r));
+  for (const s of [again, near, far]) s.destroy();
+  server.close();
 });
 
 test('bad input ends the stream once with the ProtocolError; the close follows', async () => {

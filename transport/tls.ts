@@ -313,9 +313,22 @@ export function renewTls(server: Server, tls: TlsMaterial): void {
   if (server instanceof TlsServer && tls.cert) server.setSecureContext(contextOf(tls));
 }
 
-/** The event that means "ready to talk": after the handshake on TLS, after connecting on TCP. */
-export function readyEvent(socket: Socket): 'secureConnect' | 'connect' {
-  return socket instanceof TLSSocket ? 'secureConnect' : 'connect';
+/**
+ * Call `ready` once a dialled socket may talk: after the handshake on TLS, after connecting on TCP.
+ * Not when the dial met itself: a port in the system's ephemeral range (net.ipv4.ip_local_port_range,
+ * 32768-60999 by default) with nothing listening can be the one the kernel picks for the dial's own
+ * end, and TCP's simultaneous open then connects the socket to itself. A server dialling its stopped
+ * proxy so read back its own SETUP, waited 10 s for an acceptance, and held the proxy's port while it
+ * did (the proxy could not start again there). Such a socket fails as a refused dial does
+ * (`ECONNREFUSED`, which is what it is: nothing listens), as Go's net package does for the same case.
+ */
+export function whenReady(socket: Socket, ready: () => void): void {
+  if (socket instanceof TLSSocket) return void socket.once('secureConnect', ready);
+  socket.once('connect', () => {
+    if (socket.localPort !== socket.remotePort || socket.localAddress !== socket.remoteAddress) return ready();
+    const at = hostPort(socket.remoteAddress ?? '?', socket.remotePort ?? 0);
+    socket.destroy(Object.assign(new Error(`connect ECONNREFUSED ${at} (the dial met itself: nothing listens there, and the port is in this system's ephemeral range)`), { code: 'ECONNREFUSED', syscall: 'connect' }));
+  });
 }
 
 /**
