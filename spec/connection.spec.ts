@@ -165,7 +165,7 @@ test("a caller's own read while slices wait (the proxy's, of the bytes after a P
 
 test('a dial that meets itself (a port of the ephemeral range with nothing listening, which the kernel picked for its own end) fails as refused, never ready', async () => {
   // TCP's simultaneous open connects such a socket to itself: a server dialling its stopped proxy read back its own
-  // SETUP, waited 10 s for an acceptance, and held the port the proxy would start again on. Made here at will by
+  // SETUP and waited 10 s for an acceptance before it dialled again. Made here at will by
   // binding the dial's own end to the port it dials.
   const probe = createServer().listen(0, '127.0.0.1');
   await once(probe, 'listening');

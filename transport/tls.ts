@@ -318,8 +318,8 @@ export function renewTls(server: Server, tls: TlsMaterial): void {
  * Not when the dial met itself: a port in the system's ephemeral range (net.ipv4.ip_local_port_range,
  * 32768-60999 by default) with nothing listening can be the one the kernel picks for the dial's own
  * end, and TCP's simultaneous open then connects the socket to itself. A server dialling its stopped
- * proxy so read back its own SETUP, waited 10 s for an acceptance, and held the proxy's port while it
- * did (the proxy could not start again there). Such a socket fails as a refused dial does
+ * proxy so read back its own SETUP and waited 10 s for an acceptance before it dialled again: a proxy
+ * back meanwhile had it 10 s late. Such a socket fails as a refused dial does
  * (`ECONNREFUSED`, which is what it is: nothing listens), as Go's net package does for the same case.
  */
 export function whenReady(socket: Socket, ready: () => void): void {
