@@ -31,6 +31,11 @@ export interface Peer {
   heldBytes: number;
   /** Whether its reads are paused because `outstanding` or `heldBytes` hit its limit. */
   throttled: boolean;
+  /**
+   * Whether its reads are paused because a policy's full wait queue refused it (`unrouted`): until
+   * its next answer, what it sends waits in the kernel rather than be read and refused at once.
+   */
+  queueHeld: boolean;
   /** PINGs sent on a registration connection without a PONG since. */
   missedPings: number;
   /** On a registration connection: the id of the server it registered. */
@@ -44,7 +49,7 @@ export interface Peer {
 }
 
 export function newPeer(conn: Connection): Peer {
-  return { conn, role: 'unknown', outstanding: 0, heldBytes: 0, throttled: false, missedPings: 0 };
+  return { conn, role: 'unknown', outstanding: 0, heldBytes: 0, throttled: false, queueHeld: false, missedPings: 0 };
 }
 
 /** A client request as it travels through the proxy. */
