@@ -3,7 +3,7 @@
  * every process under test read from /proc over the measured window; and the
  * routing comparison through the proxy.
  */
-import { fileRoom } from '../actors/port-limits.js';
+import { clientRoom, fileRoom } from '../actors/port-limits.js';
 import { runLoad, type LoadOptions } from './loadgen.js';
 import { fdCount, HOST, ProcWatch } from './procs.js';
 import { registerMany } from './stub.js';
@@ -49,11 +49,13 @@ const STALLED_MS = 15_000;
 /**
  * Servers the routing comparison can register: each takes a registration connection and a link,
  * which with the load's `connections` must fit the room the proxy's open-files limit (`hard`, the
- * bench raises each process's soft limit to it) leaves; past it the proxy refuses registrations
- * and clients, as it should (docs/CONFIG.md, "The open-files limit").
+ * bench raises each process's soft limit to it) leaves, less the descriptors its links leave to
+ * clients (`clientRoom`: without them the proxy held 8,709 of 8,714 and refused the rest); past it
+ * the proxy refuses registrations and clients, as it should (docs/CONFIG.md, "The open-files limit").
  */
 export function routingRoom(registered: number, hard: number, connections: number): number {
-  return Math.max(0, Math.min(registered, Math.floor((fileRoom(hard) - connections - ROUTING_SPARE) / 2)));
+  const room = fileRoom(hard);
+  return Math.max(0, Math.min(registered, Math.floor((room - clientRoom(room) - connections - ROUTING_SPARE) / 2)));
 }
 
 export async function routingEndToEnd(topo: Topology, members: number, o: BenchOptions, live: LoadOptions['live']): Promise<RoutingRun[]> {

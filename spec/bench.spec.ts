@@ -12,7 +12,7 @@ import { checks } from '../bench/verdicts.js';
 import { histogramsReady, LatencyHistogram } from '../bench/histogram.js';
 import { startStubServer, type StubServer } from '../bench/stub.js';
 import { ROUTING_SPARE, routingRoom } from '../bench/cells.js';
-import { fileRoom } from '../actors/port-limits.js';
+import { clientRoom, fileRoom } from '../actors/port-limits.js';
 
 const stubs: StubServer[] = [];
 const test = suite('bench load generator');
@@ -285,10 +285,12 @@ const room = suite('bench routing comparison');
 room('registers only as many servers as the proxy keeps room for beside the load: 9,850 of a 20,000-file limit were more, and the proxy refused registrations and 6 of the 8 load connections (CONNECTION_LOST 192)', () => {
   for (const hard of [1024, 4096, 20_000, 65_536]) {
     const members = routingRoom(10_000, hard, 8);
-    assert.ok(2 * members + 8 + ROUTING_SPARE <= fileRoom(hard), `${members} servers with ${hard} files`);
-    assert.ok(2 * (members + 1) + 8 + ROUTING_SPARE > fileRoom(hard) || members === 10_000, `${members} servers with ${hard} files: room for more`);
+    // The proxy's links leave clientRoom to clients (actors/port-limits.ts): a bench that filled the room held 8,709 of 8,714.
+    const usable = fileRoom(hard) - clientRoom(fileRoom(hard));
+    assert.ok(2 * members + 8 + ROUTING_SPARE <= usable, `${members} servers with ${hard} files`);
+    assert.ok(2 * (members + 1) + 8 + ROUTING_SPARE > usable || members === 10_000, `${members} servers with ${hard} files: room for more`);
   }
-  assert.is(routingRoom(10_000, 20_000, 8), 8_714);
+  assert.is(routingRoom(10_000, 20_000, 8), 8_682);
   assert.is(routingRoom(100, 20_000, 8), 100, 'fewer asked for: all of them');
   assert.is(routingRoom(10_000, 64, 8), 0, 'no room: none, never a negative count');
 });
