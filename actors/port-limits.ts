@@ -53,9 +53,12 @@ export function fileRoom(soft: number): number {
   return soft - Math.min(Math.floor(soft / 2), Math.max(64, Math.ceil(soft / 8)));
 }
 
-/** Of the room `fileRoom` gives, the descriptors the links to servers leave to clients' connections: a sixteenth, at most 64, at least 1. */
+/** The most descriptors the links to servers leave to clients (`clientRoom`). */
+export const CLIENT_ROOM_MAX = 64;
+
+/** Of the room `fileRoom` gives, the descriptors the links to servers leave to clients' connections: a sixteenth, at most `CLIENT_ROOM_MAX`, at least 1. */
 export function clientRoom(room: number): number {
-  return Math.max(1, Math.min(64, Math.ceil(room / 16)));
+  return Math.max(1, Math.min(CLIENT_ROOM_MAX, Math.ceil(room / 16)));
 }
 
 /** The open-files limit that leaves room for `connections` (the least `soft` with `fileRoom(soft) >= connections`). */

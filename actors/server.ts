@@ -444,18 +444,20 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
 
   for (const ep of input.proxies) attempt(ep, input.initialMs, false);
 
+  /** No more dials: the timers of those to come cancelled, those under way abandoned (draining or stopping alike). */
+  const stopDialling = (): void => {
+    stopping = true;
+    for (const t of timers) t.cancel();
+    for (const giveUp of [...dialling]) giveUp();
+  };
   receive((e) => {
     if (e.type === 'RENEW_TLS') return void (input.tls = e.tls);
     // DEREGISTER_ALL: the server is draining.
-    stopping = true;
-    for (const t of timers) t.cancel();
-    for (const giveUp of [...dialling]) giveUp();
+    stopDialling();
     for (const conn of live.values()) conn.send({ type: MsgType.DEREGISTER, id: input.setup.id });
   });
   return () => {
-    stopping = true;
-    for (const t of timers) t.cancel();
-    for (const giveUp of [...dialling]) giveUp();
+    stopDialling();
     for (const conn of live.values()) conn.endWith();
   };
 });

@@ -9,7 +9,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { nativeAcceleration } from '../transport/frame.js';
-import { filesFor, fileRoom } from '../actors/port-limits.js';
+import { CLIENT_ROOM_MAX, filesFor, fileRoom } from '../actors/port-limits.js';
 import { measureCell, ROUTING_SPARE, routingEndToEnd, routingRoom } from './cells.js';
 import { runLoad } from './loadgen.js';
 import { fileLimits, findHaproxy, HAPROXY_INSTALL, haproxyVersion, revproxyOptions, stopAll } from './procs.js';
@@ -37,7 +37,7 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
   }
   const routingMembers = routingRoom(o.registered, limits.hard, o.connections);
   if (o.routing && routingMembers < o.registered) {
-    notes.push(`Routing end to end uses ${routingMembers.toLocaleString('en')} registered servers, not ${o.registered.toLocaleString('en')}: the proxy holds a registration connection and an upstream link per server, and keeps them and its clients within the room its open-files limit leaves (${fileRoom(limits.hard).toLocaleString('en')} of ${limits.hard}; docs/CONFIG.md, "The open-files limit"); raise the hard limit to ${filesFor(2 * o.registered + ROUTING_SPARE + o.connections + 64 /* what the links leave to clients, at most */)} for the full count.`);
+    notes.push(`Routing end to end uses ${routingMembers.toLocaleString('en')} registered servers, not ${o.registered.toLocaleString('en')}: the proxy holds a registration connection and an upstream link per server, and keeps them and its clients within the room its open-files limit leaves (${fileRoom(limits.hard).toLocaleString('en')} of ${limits.hard}; docs/CONFIG.md, "The open-files limit"); raise the hard limit to ${filesFor(2 * o.registered + ROUTING_SPARE + o.connections + CLIENT_ROOM_MAX)} for the full count.`);
   }
   // What this checkout can do: the workloads that need more are named in the notes and the verdicts, not failed.
   const caps: Capabilities = { concurrency: revproxyOptions('server').has('--concurrency'), accessLog: revproxyOptions('proxy').get('--access-log') };
