@@ -145,6 +145,52 @@ test('a read handed over in slices ends, as it would whole, with the messages fi
   }
 });
 
+test('a connection whose reads are held (pause) is handed no further slice until they are let go (resume), then one', async () => {
+  // The proxy holds a connection a full wait queue refused, and one past --max-client-inflight. Its read's slices came
+  // all the same, a slice a turn: a held flood was refused 140 requests for each answer that let it go, not 64.
+  const { near, far, server } = await pair();
+  const conn = new Connection(near, { wire: 'sniff', readSlice: READ_SLICE });
+  const sink = recorder();
+  // The sink holds the reads on every slice, as the proxy does on each refusal.
+  conn.listen({ ...sink, messages: (batch) => (sink.messages(batch), conn.pause()) });
+  const turns = async (n: number): Promise<void> => {
+    for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r));
+  };
+  const got = (): number => sink.batches.flat().length;
+  try {
+    far.write(Buffer.concat(Array.from({ length: 300 }, (_, i) => encodeFrame(data(i)))));
+    while (sink.batches.length === 0) await new Promise((r) => setImmediate(r));
+    await turns(20);
+    assert.is(got(), READ_SLICE, 'one slice while held');
+    conn.resume();
+    await turns(5);
+    assert.is(got(), 2 * READ_SLICE, 'let go: one more slice, then held again');
+    conn.resume();
+    conn.pause();
+    await turns(5);
+    assert.is(got(), 2 * READ_SLICE, 'held again before the next turn: none');
+    conn.resume();
+    conn.pause();
+    conn.resume();
+    await turns(5);
+    assert.is(got(), 3 * READ_SLICE, 'let go twice in a turn: one slice, not two');
+    while (got() < 300) {
+      conn.resume();
+      await turns(2);
+    }
+    assert.equal(sink.batches.flat().map((m) => (m as { seq: number }).seq), Array.from({ length: 300 }, (_, i) => i));
+    assert.ok(sink.batches.every((m) => m.length <= READ_SLICE));
+    // The read's slices done and the sink's hold let go, the socket is read again.
+    conn.resume();
+    far.write(encodeFrame(data(300)));
+    while (got() < 301) await new Promise((r) => setTimeout(r, 5));
+  } finally {
+    near.destroy();
+    far.destroy();
+    server.close();
+  }
+});
+
 test("a caller's own read while slices wait (the proxy's, of the bytes after a PROXY header) goes after them, none lost", async () => {
   const { near, far, server } = await pair();
   const conn = new Connection(near, { wire: 'sniff', readSlice: READ_SLICE });

@@ -7,6 +7,7 @@ import { runClient, startProxy, startServer, sha1Hex, Logger, ManualClock, memor
 import { MsgType, type AckMsg, type ErrorMsg } from '../transport/messages.js';
 import { resolveOptions } from '../actors/proxy-options.js';
 import { FrameDecoder } from '../transport/frame.js';
+import { READ_SLICE } from '../transport/socket.js';
 import { collector, eventually, frame, LOCAL, rawConnect } from './helpers.js';
 
 interface Ctx {
@@ -688,9 +689,8 @@ ipv6.run();
 let pausedClock = new ManualClock();
 const pausedReads = fresh('paused reads', () => ({ maxClientInflight: 2, timeoutMs: 600_000, tryTimeoutMs: 300_000, clock: (pausedClock = new ManualClock()) }));
 
-pausedReads('a client whose reads the proxy holds itself (at its limit of requests) is not cut as a slow sender: the rest of its message begun waits in our receive queue', async () => {
-  // The frame timer ran on while the reads were paused: a client pipelining twenty 1 MB requests to a slow
-  // server was closed 10 s in as "a message begun 10000 ms ago is still incomplete".
+/** A server of policy P that answers nothing until told: each request's ACK waits in `held`. */
+async function heldStub(): Promise<Array<() => void>> {
   const held: Array<() => void> = [];
   const stub: Server = createServer((sock) => {
     const decoder = new FrameDecoder({ validate: false });
@@ -713,6 +713,13 @@ pausedReads('a client whose reads the proxy holds itself (at its limit of reques
   });
   reg.write(frame({ type: 1, id: 'stub', privPolyId: 'P', listenport: (stub.address() as { port: number }).port }));
   await eventually(() => ctx.proxy.pools().P?.serving.includes('stub') ?? false, 2000, 'the stub serving');
+  return held;
+}
+
+pausedReads('a client whose reads the proxy holds itself (at its limit of requests) is not cut as a slow sender: the rest of its message begun waits in our receive queue', async () => {
+  // The frame timer ran on while the reads were paused: a client pipelining twenty 1 MB requests to a slow
+  // server was closed 10 s in as "a message begun 10000 ms ago is still incomplete".
+  const held = await heldStub();
   const { sock, c } = await rawClient();
   const req = (seq: number) => frame({ type: 0, seq, srcid: 'c1', privPoliId: 'P', payload: `p${seq}` });
   const third = req(3);
@@ -729,6 +736,24 @@ pausedReads('a client whose reads the proxy holds itself (at its limit of reques
     await new Promise((r) => setTimeout(r, 10));
   }
   assert.equal(c.got.map((m) => [m.type, (m as AckMsg).seq]).sort(), [[MsgType.ACK, 1], [MsgType.ACK, 2], [MsgType.ACK, 3]], JSON.stringify(c.got));
+});
+
+pausedReads('a client at its limit of requests is handed no more of a read it sent at once: a slice (READ_SLICE) past the limit at most, not the read', async () => {
+  // Paused, a client's read was still handed over a slice a turn: 300 requests sent at once all went to the server
+  // past a limit of 2 (a read of 64 KiB holds a thousand small requests and more).
+  const held = await heldStub();
+  const { sock, c } = await rawClient();
+  sock.write(Buffer.concat(Array.from({ length: 300 }, (_, i) => frame({ type: 0, seq: i + 1, srcid: 'c1', privPoliId: 'P', payload: `p${i}` }))));
+  await eventually(() => held.length > 0, 3000, 'requests at the stub');
+  await new Promise((r) => setTimeout(r, 200));
+  const atStub = held.length;
+  // Every one answered before the verdict: the suite's proxy drains what is in flight when it stops.
+  while (c.got.length < 300) {
+    for (const r of held.splice(0)) r();
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  assert.ok(c.got.every((m) => m.type === MsgType.ACK), 'every request answered');
+  assert.ok(atStub <= READ_SLICE, `${atStub} requests at the stub at once, past the client's limit of 2`);
 });
 
 pausedReads.run();

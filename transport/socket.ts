@@ -243,6 +243,8 @@ export class Connection implements BudgetHolder {
   private readonly readSlice: number;
   private unreadAt = 0;
   private unreadError?: ProtocolError;
+  /** A next slice found the reads held by another (`pause`) and waits for their `resume`. */
+  private sliceHeld = false;
 
   constructor(socket: Socket, opts: ConnectionOptions = {}) {
     this.socket = socket;
@@ -293,6 +295,7 @@ export class Connection implements BudgetHolder {
     this.frameTimer = undefined;
     if (this.unread) {
       this.unread = this.unreadError = undefined;
+      this.sliceHeld = false;
       this.resume();
     }
     if (!this.listening) return;
@@ -363,9 +366,19 @@ export class Connection implements BudgetHolder {
     if (this.unread === messages) setImmediate(nextSlice, this, messages);
   }
 
-  /** @internal The next slice of `messages`, if they are still the ones waiting. */
+  /**
+   * @internal The next slice of `messages`, if they are still the ones waiting, and unless someone
+   * besides the slicing holds the reads (the proxy's hold of a connection a full queue refused, or of
+   * one past --max-client-inflight): the rest then waits for their `resume`. Handed over regardless,
+   * a held flood's read (a thousand requests and more) was refused a slice a turn all the same: 140
+   * refusals for each answer that let the connection go, where one slice was meant.
+   */
   nextSlice(messages: Message[]): void {
     if (this.unread !== messages) return;
+    if (this.pauses > 1) {
+      this.sliceHeld = true;
+      return;
+    }
     const from = this.unreadAt;
     const to = from + this.readSlice;
     if (to < messages.length) {
@@ -376,6 +389,7 @@ export class Connection implements BudgetHolder {
     }
     const error = this.unreadError;
     this.unread = this.unreadError = undefined;
+    this.sliceHeld = false;
     this.sink?.messages(messages.slice(from));
     if (error) return this.finish(error);
     this.resume();
@@ -387,6 +401,7 @@ export class Connection implements BudgetHolder {
     if (!messages) return undefined;
     const { unreadAt: from, unreadError: error } = this;
     this.unread = this.unreadError = undefined;
+    this.sliceHeld = false;
     this.resume();
     this.sink?.messages(messages.slice(from));
     return error;
@@ -570,6 +585,7 @@ export class Connection implements BudgetHolder {
     // peer still sends is dropped, not read as bad input by an emptied decoder.
     this.cut = true;
     this.unread = this.unreadError = undefined;
+    this.sliceHeld = false;
     this.decoder = new FrameDecoder({ maxFrameBytes: 1 });
     if (this.encoder.wire === 'json') this.encoder.encode.drop?.();
     // What this turn queued for it goes too (the reason alone is sent).
@@ -639,6 +655,10 @@ export class Connection implements BudgetHolder {
     if (this.pauses > 0 && --this.pauses === 0) {
       this.socket.resume();
       this.armFrameTimer();
+    } else if (this.pauses === 1 && this.sliceHeld && this.unread) {
+      // Only the slicing holds the reads again: its next slice, next turn (not inside the caller's own).
+      this.sliceHeld = false;
+      setImmediate(nextSlice, this, this.unread);
     }
   }
 
