@@ -14,7 +14,14 @@
  *   silent connection, a registration that leaves mid-handshake, a
  *   registration whose listen port nobody serves;
  * - readers of the proxy's /metrics (a new connection every sample) and of
- *   the inspector's live feed (a few seconds each, then gone).
+ *   the inspector's live feed (a few seconds each, then gone);
+ * - floods: every `floodS` seconds, for 5 s, 4 connections keep 4,096
+ *   requests in flight each to a policy whose one server works one at a time
+ *   (2 ms each), as a misbehaving batch job does: the policy's wait queue
+ *   fills, most are refused OVERLOADED and those connections' reads held
+ *   until their next answer (actors/routing.ts, `holdRefused`). Every request
+ *   of a flood must be answered (an ACK, OVERLOADED, or TIMEOUT for those
+ *   that waited too long), none lost or left waiting.
  *
  * Every sample reads the proxy's /metrics: the heap in use (the window's
  * lowest sample stands for the heap after a collection), descriptors, active
@@ -26,6 +33,7 @@ import { get, type IncomingMessage } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import { MsgType } from '../transport/messages.js';
+import { errorsOf, runLoad } from './loadgen.js';
 import { freePort, HOST, probe, spawnRevproxy, type Child } from './procs.js';
 
 export interface ChurnCounts {
@@ -37,6 +45,10 @@ export interface ChurnCounts {
   badPeers: number;
   metricsReads: number;
   inspectorReads: number;
+  /** Floods run (bench/churn.ts, `flood`), their requests answered ACK, and their failures by code (OVERLOADED expected). */
+  floods: number;
+  floodAnswers: number;
+  floodErrors: Record<string, number>;
   failures: string[];
 }
 
@@ -52,7 +64,7 @@ export interface Sample {
   pools: number;
 }
 
-const zero = (): ChurnCounts => ({ clients: 0, clientAnswers: 0, clientErrors: {}, leftInFlight: 0, restarts: 0, badPeers: 0, metricsReads: 0, inspectorReads: 0, failures: [] });
+const zero = (): ChurnCounts => ({ clients: 0, clientAnswers: 0, clientErrors: {}, leftInFlight: 0, restarts: 0, badPeers: 0, metricsReads: 0, inspectorReads: 0, floods: 0, floodAnswers: 0, floodErrors: {}, failures: [] });
 
 /** GET a path over a connection of its own (no keep-alive): the body, or a rejection. */
 function fetchText(port: number, path: string, ms = 5000): Promise<string> {
@@ -79,11 +91,25 @@ function parseMetrics(text: string): Map<string, number> {
   return out;
 }
 
+/** The policy the floods ask for: one server of it, one request at a time. */
+export const FLOOD_POLICY = 'FLOOD';
+/**
+ * The proxy's answers a flood's failed requests may have: refused (a full wait queue), or waited past
+ * the request timeout (2,048 waiting at the proxy and the server, 2 ms each, is 4 s and more).
+ */
+const FLOOD_ANSWERS = new Set(['OVERLOADED', 'TIMEOUT']);
+
 export class Churn {
   counts = zero();
   private readonly timers: NodeJS.Timeout[] = [];
   private readonly sockets = new Set<Socket>();
   private server?: Child;
+  /** The one-at-a-time server of the flooded policy. */
+  private floodServer?: Child;
+  /** The flood under way, and how to end it early (the churn stopping). */
+  private flooding?: Promise<void>;
+  private readonly floodStop = new AbortController();
+  private floodReady = false;
   private generation = 0;
   /** The policy the current churn server serves (the short clients' target). */
   private policy = 'SOAK';
@@ -106,6 +132,8 @@ export class Churn {
       clientsPerS: number;
       restartS: number;
       badS: number;
+      /** Seconds between floods (0: none). */
+      floodS: number;
       logs: string;
       /** The proxy's output, with its --trace-gc lines. */
       proxyLog: string;
@@ -121,7 +149,41 @@ export class Churn {
     every(this.o.badS * 1000, () => this.badPeer());
     every(2000, () => this.sample());
     every(15_000, () => this.readInspector());
+    if (this.o.floodS > 0) {
+      this.floodServer = spawnRevproxy('flood server', ['server', '--id', 'flood-1', '--pp', FLOOD_POLICY, '--listen', '0', '--revproc', String(this.o.proxyPort), '--concurrency', '1', '--delay', '2'], undefined, `${this.o.logs}/flood-server.log`);
+      every(this.o.floodS * 1000, () => this.flood());
+    }
     void this.restart().catch((err: Error) => this.fail(err.message));
+  }
+
+  /**
+   * A flood: 4 connections keep 4,096 requests in flight each for 5 s to the one-at-a-time
+   * policy, then wait for their answers. Every request must be answered, an ACK, OVERLOADED or TIMEOUT:
+   * one given up (NO_ANSWER, CONNECTION_LOST) is a held connection never let go, or a lost request.
+   */
+  private async flood(): Promise<void> {
+    if (this.flooding || this.stopped) return;
+    this.flooding = this.floodOnce();
+    try {
+      await this.flooding;
+    } finally {
+      this.flooding = undefined;
+    }
+  }
+
+  private async floodOnce(): Promise<void> {
+    // The first flood waits for the flood server to answer through the proxy.
+    for (let i = 0; !this.floodReady; i++) {
+      this.floodReady = (await probe(this.o.proxyPort, FLOOD_POLICY, 1).catch(() => new Set())).size > 0;
+      if (i === 100) throw new Error('the flood server was not answering through the proxy after 20 s');
+      if (!this.floodReady) await new Promise((r) => setTimeout(r, 200));
+    }
+    const r = await runLoad({ target: () => ({ host: HOST, port: this.o.proxyPort, policy: FLOOD_POLICY }), connections: 4, depth: 4096, durationMs: 5000, srcid: 'flood', drainMs: 15_000, stop: this.floodStop.signal });
+    this.counts.floods++;
+    this.counts.floodAnswers += r.ok;
+    for (const [code, n] of Object.entries(errorsOf(r))) this.counts.floodErrors[code] = (this.counts.floodErrors[code] ?? 0) + n;
+    const lost = Object.entries(errorsOf(r)).filter(([code]) => !FLOOD_ANSWERS.has(code));
+    if (r.ok === 0 || lost.length || r.wrongHash) this.fail(`flood: ${r.ok} answered, ${r.wrongHash} wrong hashes, ${lost.map(([k, v]) => `${k} ${v}`).join(', ') || 'no other failure'}${r.firstError.NO_ANSWER ? ` (${r.firstError.NO_ANSWER})` : ''}`);
   }
 
   private fail(why: string): void {
@@ -312,7 +374,10 @@ export class Churn {
     this.stopped = true;
     for (const t of this.timers) clearInterval(t);
     for (const s of this.sockets) s.destroy();
-    await this.server?.stop();
+    // A flood under way stops sending and waits for its answers before its server goes.
+    this.floodStop.abort();
+    await this.flooding;
+    await Promise.all([this.server?.stop(), this.floodServer?.stop()]);
   }
 }
 

@@ -42,15 +42,17 @@ import { errorsOf, runLoad } from './loadgen.js';
 import { cpuSeconds, fdCount, freePort, HOST, probe, rssBytes, spawnRevproxy, stopAll, waitForPort } from './procs.js';
 
 const USAGE = `usage: npx tsx bench/soak.ts [--minutes N] [--stall SECONDS] [--window SECONDS] [--access-log [--rotate SECONDS]]
-                          [--churn [--rate N] [--clients N] [--restart SECONDS] [--bad SECONDS]]
+                          [--churn [--rate N] [--clients N] [--restart SECONDS] [--bad SECONDS] [--flood SECONDS]]
   --minutes     how long the load runs (default 10)
   --stall       seconds one server is stopped (SIGSTOP) in the middle (default 10; 0 = none)
   --window      seconds per reported window (default 10)
   --access-log  the proxy writes its access log, rotated as logrotate does every --rotate seconds (default 60), every line checked
   --churn       beside a steady load of --rate requests/s (default 2000): --clients short-lived clients a second (default 20),
                 a server drained and replaced every --restart seconds (default 20; directly and through etcd in turn),
-                a bad peer every --bad seconds (default 5), /metrics and inspector readers; reports heap, fds, handles
-                and connections per window and whether any grew`;
+                a bad peer every --bad seconds (default 5), /metrics and inspector readers, and every --flood seconds
+                (default 60; 0 = none) a 5 s flood of 4 x 4,096 requests in flight at a one-at-a-time server's policy
+                (every request answered: an ACK, OVERLOADED or TIMEOUT); reports heap, fds, handles and connections per
+                window and whether any grew`;
 
 function options(): { [k: string]: string | boolean | undefined } {
   try {
@@ -66,6 +68,7 @@ function options(): { [k: string]: string | boolean | undefined } {
         clients: { type: 'string', default: '20' },
         restart: { type: 'string', default: '20' },
         bad: { type: 'string', default: '5' },
+        flood: { type: 'string', default: '60' },
         help: { type: 'boolean', short: 'h', default: false },
       },
     }).values;
@@ -88,7 +91,8 @@ const rate = Number(values.rate);
 const clientsPerS = Number(values.clients);
 const restartS = Number(values.restart);
 const badS = Number(values.bad);
-if (!(minutes > 0) || !(stallS >= 0) || !(windowS > 0) || !(rotateS > 0) || !(rate > 0) || !(clientsPerS > 0) || !(restartS > 0) || !(badS > 0)) {
+const floodS = Number(values.flood);
+if (!(minutes > 0) || !(stallS >= 0) || !(windowS > 0) || !(rotateS > 0) || !(rate > 0) || !(clientsPerS > 0) || !(restartS > 0) || !(badS > 0) || !(floodS >= 0)) {
   console.error(USAGE);
   process.exit(2);
 }
@@ -176,7 +180,7 @@ async function main(): Promise<void> {
     if ((await probeAll()).size === 3) break;
     await new Promise((r) => setTimeout(r, 200));
   }
-  const churn = churnPorts && new Churn({ proxyPort: port, adminPort: churnPorts.admin, inspectPort: churnPorts.inspect, registry: etcd!.url, steadyPolicy: POLICY, clientsPerS, restartS, badS, logs, proxyLog: join(logs, 'proxy.log') });
+  const churn = churnPorts && new Churn({ proxyPort: port, adminPort: churnPorts.admin, inspectPort: churnPorts.inspect, registry: etcd!.url, steadyPolicy: POLICY, clientsPerS, restartS, badS, floodS, logs, proxyLog: join(logs, 'proxy.log') });
   // The figures before the churn begins, to compare with those once it has stopped.
   const before = churn && { ...(await churn.readNow()), rssMB: Math.round(rssBytes(proxy.pid) / 1048576), fdsProc: fdCount(proxy.pid) };
   churn?.start();
@@ -187,8 +191,8 @@ async function main(): Promise<void> {
   let stalled: 'before' | 'now' | 'after' = stallS > 0 ? 'before' : 'after';
   let lastCpu = cpuSeconds(proxy.pid);
   console.log(`soak: ${minutes} min through the proxy on ${HOST}:${port}, 3 servers, 4 connections x 32 in flight${churning ? ` at ${rate} requests/s` : ''}${stallS ? `, server 2 stopped for ${stallS} s at ${minutes / 2} min` : ''}; logs in ${logs}`);
-  if (churning) console.log(`  churn: ${clientsPerS} short clients/s from 250 addresses, a server replaced every ${restartS} s (direct and etcd in turn), a bad peer every ${badS} s, /metrics read every 2 s, the inspector feed every 15 s`);
-  console.log(`  time   req/s     errors                 p99 ms   max ms   RSS MB  CPU${churning ? '   heap MB  after GC  fds  handles  conns c/r/u/up  short ok/err  restarts' : ''}`);
+  if (churning) console.log(`  churn: ${clientsPerS} short clients/s from 250 addresses, a server replaced every ${restartS} s (direct and etcd in turn), a bad peer every ${badS} s, /metrics read every 2 s, the inspector feed every 15 s${floodS ? `, a 5 s flood (4 x 4,096 in flight) at a one-at-a-time policy every ${floodS} s` : ''}`);
+  console.log(`  time   req/s     errors                 p99 ms   max ms   RSS MB  CPU${churning ? '   heap MB  after GC  fds  handles  conns c/r/u/up  short ok/err  restarts  flood ok/overl' : ''}`);
   // The access log's rotations: what each rotated file held, and any fault found in one.
   const access = { lines: 0, churnLines: 0, files: 0, answered: 0, faults: [] as string[] };
   let nextRotation = t0 + rotateS * 1000;
@@ -297,7 +301,9 @@ async function main(): Promise<void> {
     const a = churnEnd.after;
     console.log(`before the churn / 15 s after it stopped: heap ${before.heapMB.toFixed(1)} / ${a.heapMB.toFixed(1)} MB (after the last full GC seen: ${before.heapAfterGcMB} MB idle before the load / ${a.heapAfterGcMB} MB, the run's last), RSS ${before.rssMB} / ${a.rssMB} MB, fds ${before.fdsProc} / ${a.fdsProc}, handles ${before.handles} / ${a.handles}, connections ${JSON.stringify(before.conns)} / ${JSON.stringify(a.conns)}`);
     if (churnEnd.failures.length) console.log(`churn failures: ${[...new Set(churnEnd.failures)].slice(0, 10).join('; ')}`);
-    if (churnEnd.growth.some((g) => g.grew) || a.fdsProc > before.fdsProc + 8 || a.handles > before.handles + 8) process.exitCode = 1;
+    // A flood's request lost or given up is a failure of the proxy, as growth is.
+    const floodLost = churnEnd.failures.some((f) => f.startsWith('flood:'));
+    if (churnEnd.growth.some((g) => g.grew) || a.fdsProc > before.fdsProc + 8 || a.handles > before.handles + 8 || floodLost) process.exitCode = 1;
   }
   console.log(`results: ${file}`);
 }
@@ -308,7 +314,8 @@ function churnColumns(row: Row): string {
   const c = row.churn!;
   const conns = p ? ['client', 'registration', 'unknown', 'upstream'].map((k) => p.conns[k] ?? 0).join('/') : '-';
   const errs = Object.values(c.clientErrors).reduce((a, b) => a + b, 0);
-  return `  ${(p ? p.heapMB.toFixed(1) : '-').padStart(8)} ${(p ? p.heapAfterGcMB.toFixed(1) : '-').padStart(9)} ${String(p?.fdsProc ?? '-').padStart(4)} ${String(p?.handles ?? '-').padStart(8)}  ${conns.padStart(14)}  ${`${c.clientAnswers}/${errs}`.padStart(12)}  ${String(c.restarts).padStart(8)}`;
+  const flood = c.floods ? `${c.floodAnswers}/${c.floodErrors.OVERLOADED ?? 0}` : '-';
+  return `  ${(p ? p.heapMB.toFixed(1) : '-').padStart(8)} ${(p ? p.heapAfterGcMB.toFixed(1) : '-').padStart(9)} ${String(p?.fdsProc ?? '-').padStart(4)} ${String(p?.handles ?? '-').padStart(8)}  ${conns.padStart(14)}  ${`${c.clientAnswers}/${errs}`.padStart(12)}  ${String(c.restarts).padStart(8)}  ${flood.padStart(14)}`;
 }
 
 main()
