@@ -19,6 +19,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import { hostHeaderIsLoopback, isLoopback } from '../transport/address.js';
 import { listenOn } from '../transport/tls.js';
 import { httpPort, logAcceptErrors } from '../actors/port-limits.js';
 import type { Metrics } from '../inspector/metrics.js';
@@ -90,6 +91,8 @@ const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
 
 export function startAdmin(opts: AdminOptions): Promise<AdminServer> {
   let token = opts.token;
+  const onLoopback = isLoopback(opts.host);
+  let boundPort = opts.port;
   const authorised = (req: IncomingMessage): boolean => {
     if (token === undefined) return true;
     const m = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
@@ -114,7 +117,15 @@ export function startAdmin(opts: AdminOptions): Promise<AdminServer> {
         res.setHeader('www-authenticate', 'Bearer realm="revproxy"');
         return send(res, head, 401, 'text/plain; charset=utf-8', 'this path needs Authorization: Bearer <the admin token>\n');
       }
-      if (path === '/metrics') return send(res, head, 200, opts.metrics.contentType, await opts.metrics.scrape());
+      if (path === '/metrics') {
+        // On loopback without a token, a browser page whose DNS name was rebound to 127.0.0.1 could read the
+        // fleet's policies, server ids and counts: such a request names its own host, not this machine.
+        const host = req.headers.host;
+        if (token === undefined && onLoopback && host !== undefined && !hostHeaderIsLoopback(host)) {
+          return send(res, head, 403, 'text/plain; charset=utf-8', `refused: the request names host '${host}', not this machine: scrape http://127.0.0.1:${boundPort}/metrics (or localhost), or set --admin-token to reach it under another name\n`);
+        }
+        return send(res, head, 200, opts.metrics.contentType, await opts.metrics.scrape());
+      }
       if (opts.inspector && (await opts.inspector(req, res, path.slice('/inspector'.length) || '/'))) return;
     }
     return send(res, head, 404, 'text/plain; charset=utf-8', `nothing at ${path}: try /healthz, /readyz or /metrics\n`);
@@ -131,6 +142,7 @@ export function startAdmin(opts: AdminOptions): Promise<AdminServer> {
     const failed = (why: string, err: NodeJS.ErrnoException): void =>
       reject(new Error(err.code === 'EADDRINUSE' ? `the admin port ${opts.host}:${opts.port} is already in use: choose another with --admin HOST:PORT` : `the admin endpoint (--admin): ${why}`));
     listenOn(server, opts.port, opts.host, (port) => {
+      boundPort = port;
       const host = opts.host.includes(':') ? `[${opts.host}]` : opts.host;
       resolve({
         port,

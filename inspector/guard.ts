@@ -30,7 +30,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import { isLoopback, peerAddress, peerName } from '../transport/address.js';
+import { hostHeaderIsLoopback, isLoopback, peerAddress, peerName } from '../transport/address.js';
 
 export interface GuardOptions {
   /** The address the inspector listens on. */
@@ -84,8 +84,7 @@ export class Guard {
     }
     if (this.o.token === undefined) {
       const host = req.headers.host ?? '';
-      const name = /^(\[[^\]]+\]|[^:]+)(?::\d+)?$/.exec(host)?.[1];
-      if (name !== undefined && isLoopback(name)) return { user: '' };
+      if (hostHeaderIsLoopback(host)) return { user: '' };
       return { status: 403, message: `refused: the request names host '${host}', not this inspector: open it as http://127.0.0.1:${this.o.port}/ or http://localhost:${this.o.port}/ (or set --inspect-token to reach it under another name)` };
     }
     const m = /^Basic ([A-Za-z0-9+/=]+)$/.exec(req.headers.authorization ?? '');

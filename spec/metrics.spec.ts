@@ -174,6 +174,38 @@ scrapes('a crowd scraping /metrics again and again shares renders (each about a 
   }
 });
 
+const rebinding = suite('metrics on loopback, asked under another name');
+
+rebinding("the admin endpoint on loopback without a token refuses /metrics to a request naming another host (a page whose DNS name was rebound to 127.0.0.1); the health checks stay open, and a token lets any name in", async () => {
+  // Any web page could read the fleet's policies, server ids and counts this way: its scripts may GET
+  // http://evil.example:PORT/metrics once evil.example resolves to 127.0.0.1, and read the answer as same-origin.
+  const { request } = await import('node:http');
+  const get = (port: number, path: string, host?: string, auth?: string): Promise<{ status: number; body: string }> =>
+    new Promise((resolve, reject) => {
+      const req = request({ host: LOCAL, port, path, setHost: host === undefined, headers: { ...(host ? { host } : {}), ...(auth ? { authorization: auth } : {}) } }, (res) => {
+        let body = '';
+        res.setEncoding('utf8').on('data', (c: string) => (body += c)).on('end', () => resolve({ status: res.statusCode!, body }));
+      });
+      req.on('error', reject).end();
+    });
+  const m = new Metrics({ pools: () => [], inflight: () => 0, actorCounts: () => [] });
+  const admin = await startAdmin({ host: LOCAL, port: 0, metrics: m, readiness: new Readiness() });
+  try {
+    const p = admin.port;
+    for (const host of [`127.0.0.1:${p}`, `localhost:${p}`, 'localhost', `127.0.0.1:8080`]) assert.is((await get(p, '/metrics', host)).status, 200, host);
+    for (const host of [`evil.example:${p}`, `127.evil.example:${p}`, `10.0.0.1:${p}`]) {
+      const r = await get(p, '/metrics', host);
+      assert.is(r.status, 403, host);
+      assert.match(r.body, `not this machine: scrape http://127.0.0.1:${p}/metrics`);
+    }
+    assert.is((await get(p, '/healthz', `evil.example:${p}`)).status, 200, 'liveness tells nothing');
+    admin.setToken('s3cret-token');
+    assert.is((await get(p, '/metrics', `proxy.internal:${p}`, 'Bearer s3cret-token')).status, 200, 'with the token, any name');
+  } finally {
+    await admin.close();
+  }
+});
+
 const hooks = suite('metrics hooks');
 
 hooks('retries and ejections count through the proxy observer hooks', async () => {
@@ -347,5 +379,6 @@ docs('every revproxy_ metric the docs name is one the proxy registers, with the 
 
 metrics.run();
 scrapes.run();
+rebinding.run();
 hooks.run();
 docs.run();

@@ -49,6 +49,16 @@ export function isLoopback(host: string): boolean {
   return bare === 'localhost' || bare === '::1' || (isIPv4(bare) && bare.startsWith('127.'));
 }
 
+/**
+ * Whether an HTTP `Host` header (`name` or `name:port`, IPv6 in brackets) names this machine only
+ * (`isLoopback`). A page that rebinds its own DNS name to 127.0.0.1 sends its own name: the
+ * inspector and the admin endpoint's /metrics, listening on loopback without a token, refuse it.
+ */
+export function hostHeaderIsLoopback(host: string): boolean {
+  const name = /^(\[[^\]]+\]|[^:]+)(?::\d+)?$/.exec(host)?.[1];
+  return name !== undefined && isLoopback(name);
+}
+
 /** A peer whose address its socket cannot tell (it reset before its accept was seen): `?` in every log, with no port. */
 export const UNKNOWN_PEER = '?';
 
