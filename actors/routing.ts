@@ -272,7 +272,8 @@ function holdRefused(clients: Set<Peer>): void {
   for (const client of clients) {
     if (client.queueHeld || client.outstanding === 0 || client.conn.closed) continue;
     client.queueHeld = true;
-    client.conn.pause();
+    // The socket only: what a read already took in is refused at once, as before the queue filled.
+    client.conn.holdSocket();
   }
 }
 
@@ -403,7 +404,7 @@ export function makeReply(context: ProxyContext): Reply {
     }
     if (client.queueHeld) {
       client.queueHeld = false;
-      client.conn.resume();
+      client.conn.releaseSocket();
     }
     if (client.throttled && client.outstanding <= context.opts.maxClientInflight >> 1 && client.heldBytes <= context.budget.requestsPerPeer / 2) {
       client.throttled = false;

@@ -146,8 +146,8 @@ test('a read handed over in slices ends, as it would whole, with the messages fi
 });
 
 test('a connection whose reads are held (pause) is handed no further slice until they are let go (resume), then one', async () => {
-  // The proxy holds a connection a full wait queue refused, and one past --max-client-inflight. Its read's slices came
-  // all the same, a slice a turn: a held flood was refused 140 requests for each answer that let it go, not 64.
+  // The proxy pauses a connection past --max-client-inflight (and one that does not read its answers). Its read's slices
+  // came all the same, a slice a turn: 300 requests sent at once all went to a server past a limit of 2.
   const { near, far, server } = await pair();
   const conn = new Connection(near, { wire: 'sniff', readSlice: READ_SLICE });
   const sink = recorder();
@@ -183,6 +183,30 @@ test('a connection whose reads are held (pause) is handed no further slice until
     // The read's slices done and the sink's hold let go, the socket is read again.
     conn.resume();
     far.write(encodeFrame(data(300)));
+    while (got() < 301) await new Promise((r) => setTimeout(r, 5));
+  } finally {
+    near.destroy();
+    far.destroy();
+    server.close();
+  }
+});
+
+test("a hold of the socket alone (holdSocket: the proxy's hold of a connection a full queue refused) lets a read's slices go on, and nothing more is read until it is let go", async () => {
+  // Held whole, a client pipelining to a pool at its limits was refused 64 requests per answer: with its server silent,
+  // 3,760 of 4,000 waited for the 60 s timeout where the pool answered OVERLOADED at once (spec/faults.spec.ts).
+  const { near, far, server } = await pair();
+  const conn = new Connection(near, { wire: 'sniff', readSlice: READ_SLICE });
+  const sink = recorder();
+  let held = false;
+  conn.listen({ ...sink, messages: (batch) => (sink.messages(batch), held || (conn.holdSocket(), (held = true))) });
+  const got = (): number => sink.batches.flat().length;
+  try {
+    far.write(Buffer.concat(Array.from({ length: 300 }, (_, i) => encodeFrame(data(i)))));
+    while (got() < 300) await new Promise((r) => setTimeout(r, 5));
+    far.write(encodeFrame(data(300)));
+    await new Promise((r) => setTimeout(r, 100));
+    assert.is(got(), 300, 'the socket is not read while held');
+    conn.releaseSocket();
     while (got() < 301) await new Promise((r) => setTimeout(r, 5));
   } finally {
     near.destroy();

@@ -243,8 +243,10 @@ export class Connection implements BudgetHolder {
   private readonly readSlice: number;
   private unreadAt = 0;
   private unreadError?: ProtocolError;
-  /** A next slice found the reads held by another (`pause`) and waits for their `resume`. */
+  /** A next slice found the reads paused by another (`pause`) and waits for their `resume`. */
   private sliceHeld = false;
+  /** Pauses that stop a read's slices too (`pause`), apart from those of the socket alone (`holdSocket`). */
+  private sliceStops = 0;
 
   constructor(socket: Socket, opts: ConnectionOptions = {}) {
     this.socket = socket;
@@ -296,7 +298,7 @@ export class Connection implements BudgetHolder {
     if (this.unread) {
       this.unread = this.unreadError = undefined;
       this.sliceHeld = false;
-      this.resume();
+      this.releaseSocket();
     }
     if (!this.listening) return;
     this.listening = false;
@@ -361,21 +363,22 @@ export class Connection implements BudgetHolder {
     this.unread = messages;
     this.unreadAt = this.readSlice;
     this.unreadError = error;
-    this.pause();
+    this.holdSocket();
     this.sink!.messages(messages.slice(0, this.readSlice));
     if (this.unread === messages) setImmediate(nextSlice, this, messages);
   }
 
   /**
-   * @internal The next slice of `messages`, if they are still the ones waiting, and unless someone
-   * besides the slicing holds the reads (the proxy's hold of a connection a full queue refused, or of
-   * one past --max-client-inflight): the rest then waits for their `resume`. Handed over regardless,
-   * a held flood's read (a thousand requests and more) was refused a slice a turn all the same: 140
-   * refusals for each answer that let the connection go, where one slice was meant.
+   * @internal The next slice of `messages`, if they are still the ones waiting, and unless the reads
+   * are paused (`pause`: a client past --max-client-inflight, a peer that does not read its answers):
+   * the rest then waits for their `resume`. Handed over regardless, a client past its limit of 2 had
+   * a whole read of 300 requests sent to its server. A hold of the socket alone (`holdSocket`: the
+   * proxy's hold of a connection a full queue refused) lets them go on, so what was read is answered
+   * at once.
    */
   nextSlice(messages: Message[]): void {
     if (this.unread !== messages) return;
-    if (this.pauses > 1) {
+    if (this.sliceStops > 0) {
       this.sliceHeld = true;
       return;
     }
@@ -392,7 +395,7 @@ export class Connection implements BudgetHolder {
     this.sliceHeld = false;
     this.sink?.messages(messages.slice(from));
     if (error) return this.finish(error);
-    this.resume();
+    this.releaseSocket();
   }
 
   /** What a read left for later turns, handed over now (the stream is ending); returns the error that read ended in. */
@@ -402,7 +405,7 @@ export class Connection implements BudgetHolder {
     const { unreadAt: from, unreadError: error } = this;
     this.unread = this.unreadError = undefined;
     this.sliceHeld = false;
-    this.resume();
+    this.releaseSocket();
     this.sink?.messages(messages.slice(from));
     return error;
   }
@@ -642,8 +645,23 @@ export class Connection implements BudgetHolder {
     return this.socket.writableNeedDrain || this.pendingBytes >= this.socket.writableHighWaterMark;
   }
 
-  /** Stop reading (nested: each pause needs its resume). */
+  /** Stop reading, and handing over what a read took in (nested: each pause needs its resume). */
   pause(): void {
+    this.sliceStops++;
+    this.holdSocket();
+  }
+
+  resume(): void {
+    if (this.sliceStops > 0 && --this.sliceStops === 0 && this.sliceHeld && this.unread) {
+      // Its next slice, next turn (not inside the caller's own).
+      this.sliceHeld = false;
+      setImmediate(nextSlice, this, this.unread);
+    }
+    this.releaseSocket();
+  }
+
+  /** Stop reading the socket; what a read took in is still handed over, a slice a turn (nested: each needs its `releaseSocket`). */
+  holdSocket(): void {
     if (this.pauses++ !== 0) return;
     this.socket.pause();
     // Not the peer's stall but ours: the message begun is timed again once we read again.
@@ -651,14 +669,10 @@ export class Connection implements BudgetHolder {
     this.frameTimer = undefined;
   }
 
-  resume(): void {
+  releaseSocket(): void {
     if (this.pauses > 0 && --this.pauses === 0) {
       this.socket.resume();
       this.armFrameTimer();
-    } else if (this.pauses === 1 && this.sliceHeld && this.unread) {
-      // Only the slicing holds the reads again: its next slice, next turn (not inside the caller's own).
-      this.sliceHeld = false;
-      setImmediate(nextSlice, this, this.unread);
     }
   }
 
