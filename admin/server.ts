@@ -92,7 +92,6 @@ const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
 export function startAdmin(opts: AdminOptions): Promise<AdminServer> {
   let token = opts.token;
   const onLoopback = isLoopback(opts.host);
-  let boundPort = opts.port;
   const authorised = (req: IncomingMessage): boolean => {
     if (token === undefined) return true;
     const m = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
@@ -122,7 +121,7 @@ export function startAdmin(opts: AdminOptions): Promise<AdminServer> {
         // fleet's policies, server ids and counts: such a request names its own host, not this machine.
         const host = req.headers.host;
         if (token === undefined && onLoopback && host !== undefined && !hostHeaderIsLoopback(host)) {
-          return send(res, head, 403, 'text/plain; charset=utf-8', `refused: the request names host '${host}', not this machine: scrape http://127.0.0.1:${boundPort}/metrics (or localhost), or set --admin-token to reach it under another name\n`);
+          return send(res, head, 403, 'text/plain; charset=utf-8', `refused: the request names host '${host}', not this machine: scrape http://127.0.0.1:${req.socket.localPort}/metrics (or localhost), or set --admin-token to reach it under another name\n`);
         }
         return send(res, head, 200, opts.metrics.contentType, await opts.metrics.scrape());
       }
@@ -142,7 +141,6 @@ export function startAdmin(opts: AdminOptions): Promise<AdminServer> {
     const failed = (why: string, err: NodeJS.ErrnoException): void =>
       reject(new Error(err.code === 'EADDRINUSE' ? `the admin port ${opts.host}:${opts.port} is already in use: choose another with --admin HOST:PORT` : `the admin endpoint (--admin): ${why}`));
     listenOn(server, opts.port, opts.host, (port) => {
-      boundPort = port;
       const host = opts.host.includes(':') ? `[${opts.host}]` : opts.host;
       resolve({
         port,

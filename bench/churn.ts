@@ -173,17 +173,23 @@ export class Churn {
 
   private async floodOnce(): Promise<void> {
     // The first flood waits for the flood server to answer through the proxy.
-    for (let i = 0; !this.floodReady; i++) {
-      this.floodReady = (await probe(this.o.proxyPort, FLOOD_POLICY, 1).catch(() => new Set())).size > 0;
-      if (i === 100) throw new Error('the flood server was not answering through the proxy after 20 s');
-      if (!this.floodReady) await new Promise((r) => setTimeout(r, 200));
-    }
+    if (!this.floodReady && !(this.floodReady = await this.untilAnswering(FLOOD_POLICY, 'the flood server'))) return;
     const r = await runLoad({ target: () => ({ host: HOST, port: this.o.proxyPort, policy: FLOOD_POLICY }), connections: 4, depth: 4096, durationMs: 5000, srcid: 'flood', drainMs: 15_000, stop: this.floodStop.signal });
     this.counts.floods++;
     this.counts.floodAnswers += r.ok;
     for (const [code, n] of Object.entries(errorsOf(r))) this.counts.floodErrors[code] = (this.counts.floodErrors[code] ?? 0) + n;
     const lost = Object.entries(errorsOf(r)).filter(([code]) => !FLOOD_ANSWERS.has(code));
     if (r.ok === 0 || lost.length || r.wrongHash) this.fail(`flood: ${r.ok} answered, ${r.wrongHash} wrong hashes, ${lost.map(([k, v]) => `${k} ${v}`).join(', ') || 'no other failure'}${r.firstError.NO_ANSWER ? ` (${r.firstError.NO_ANSWER})` : ''}`);
+  }
+
+  /** Wait until `policy` answers through the proxy (tried every 200 ms, for 20 s): false when the churn stopped meanwhile. */
+  private async untilAnswering(policy: string, who: string): Promise<boolean> {
+    for (let i = 0; ; i++) {
+      if (this.stopped) return false;
+      if ((await probe(this.o.proxyPort, policy, 1).catch(() => new Set())).size) return true;
+      if (i === 100) throw new Error(`${who} was not answering through the proxy after 20 s`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
   }
 
   private fail(why: string): void {
@@ -251,12 +257,7 @@ export class Churn {
     const where = g % 2 ? ['--revproc', String(this.o.proxyPort)] : ['--registry', this.o.registry];
     this.server = spawnRevproxy(`churn ${g}`, ['server', '--id', `churn-${g}`, '--pp', policy, '--listen', '0', ...where], undefined, `${this.o.logs}/churn-servers.log`);
     // A rolling replacement: the short clients move to the new policy once it answers, then the old server drains.
-    for (let i = 0; ; i++) {
-      if (this.stopped) return void (await old?.stop());
-      if ((await probe(this.o.proxyPort, policy, 1).catch(() => new Set())).size) break;
-      if (i === 100) throw new Error(`churn server ${g} (${where[0]}) was not answering through the proxy after 20 s`);
-      await new Promise((r) => setTimeout(r, 200));
-    }
+    if (!(await this.untilAnswering(policy, `churn server ${g} (${where[0]})`))) return void (await old?.stop());
     this.policy = policy;
     if (old) await old.stop();
     if (g > 1) this.counts.restarts++;

@@ -102,7 +102,7 @@ export class Guard {
   checkAction(req: IncomingMessage): Refusal | undefined {
     if (req.method !== 'POST') return { status: 405, message: 'actions are POSTs with a JSON body, e.g. {"member":"2"}', headers: { allow: 'POST' } };
     const host = req.headers.host ?? '';
-    if (this.o.token === undefined && !this.loopbackHost(host)) {
+    if (this.o.token === undefined && !hostHeaderIsLoopback(host, this.o.port)) {
       return { status: 403, message: `refused: the request names host '${host}', not this inspector (127.0.0.1:${this.o.port} or localhost:${this.o.port})` };
     }
     const origin = req.headers.origin;
@@ -112,12 +112,6 @@ export class Guard {
     const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
     if (type !== 'application/json') return { status: 415, message: 'an action\'s body is JSON: send Content-Type: application/json' };
     return undefined;
-  }
-
-  private loopbackHost(host: string): boolean {
-    const m = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(host);
-    if (!m || Number(m[2]) !== this.o.port) return false;
-    return isLoopback(m[1]!);
   }
 }
 

@@ -53,6 +53,19 @@ function recorder(): MessageSink & { log: string[]; batches: Message[][]; done: 
   };
 }
 
+/** A connection handing over READ_SLICE a turn on a fresh pair, with a recorder to listen with; `close` ends the pair. */
+async function sliced() {
+  const { near, far, server } = await pair();
+  const conn = new Connection(near, { wire: 'sniff', readSlice: READ_SLICE });
+  const sink = recorder();
+  const close = (): void => {
+    near.destroy();
+    far.destroy();
+    server.close();
+  };
+  return { far, conn, sink, close, got: (): number => sink.batches.flat().length };
+}
+
 test('a sink gets each read in order, then ended once, then closed', async () => {
   const { near, far, server } = await pair();
   const conn = new Connection(near, { wire: 'sniff' });
@@ -148,15 +161,12 @@ test('a read handed over in slices ends, as it would whole, with the messages fi
 test('a connection whose reads are held (pause) is handed no further slice until they are let go (resume), then one', async () => {
   // The proxy pauses a connection past --max-client-inflight (and one that does not read its answers). Its read's slices
   // came all the same, a slice a turn: 300 requests sent at once all went to a server past a limit of 2.
-  const { near, far, server } = await pair();
-  const conn = new Connection(near, { wire: 'sniff', readSlice: READ_SLICE });
-  const sink = recorder();
-  // The sink holds the reads on every slice, as the proxy does on each refusal.
+  const { far, conn, sink, close, got } = await sliced();
+  // The sink pauses the reads on every slice, as the proxy does for a client at its limit.
   conn.listen({ ...sink, messages: (batch) => (sink.messages(batch), conn.pause()) });
   const turns = async (n: number): Promise<void> => {
     for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r));
   };
-  const got = (): number => sink.batches.flat().length;
   try {
     far.write(Buffer.concat(Array.from({ length: 300 }, (_, i) => encodeFrame(data(i)))));
     while (sink.batches.length === 0) await new Promise((r) => setImmediate(r));
@@ -185,21 +195,16 @@ test('a connection whose reads are held (pause) is handed no further slice until
     far.write(encodeFrame(data(300)));
     while (got() < 301) await new Promise((r) => setTimeout(r, 5));
   } finally {
-    near.destroy();
-    far.destroy();
-    server.close();
+    close();
   }
 });
 
 test("a hold of the socket alone (holdSocket: the proxy's hold of a connection a full queue refused) lets a read's slices go on, and nothing more is read until it is let go", async () => {
   // Held whole, a client pipelining to a pool at its limits was refused 64 requests per answer: with its server silent,
   // 3,760 of 4,000 waited for the 60 s timeout where the pool answered OVERLOADED at once (spec/faults.spec.ts).
-  const { near, far, server } = await pair();
-  const conn = new Connection(near, { wire: 'sniff', readSlice: READ_SLICE });
-  const sink = recorder();
+  const { far, conn, sink, close, got } = await sliced();
   let held = false;
   conn.listen({ ...sink, messages: (batch) => (sink.messages(batch), held || (conn.holdSocket(), (held = true))) });
-  const got = (): number => sink.batches.flat().length;
   try {
     far.write(Buffer.concat(Array.from({ length: 300 }, (_, i) => encodeFrame(data(i)))));
     while (got() < 300) await new Promise((r) => setTimeout(r, 5));
@@ -209,16 +214,12 @@ test("a hold of the socket alone (holdSocket: the proxy's hold of a connection a
     conn.releaseSocket();
     while (got() < 301) await new Promise((r) => setTimeout(r, 5));
   } finally {
-    near.destroy();
-    far.destroy();
-    server.close();
+    close();
   }
 });
 
 test("a caller's own read while slices wait (the proxy's, of the bytes after a PROXY header) goes after them, none lost", async () => {
-  const { near, far, server } = await pair();
-  const conn = new Connection(near, { wire: 'sniff', readSlice: READ_SLICE });
-  const sink = recorder();
+  const { far, conn, sink, close } = await sliced();
   conn.listen(sink);
   try {
     far.write(Buffer.concat(Array.from({ length: 300 }, (_, i) => encodeFrame(data(i)))));
@@ -227,9 +228,7 @@ test("a caller's own read while slices wait (the proxy's, of the bytes after a P
     while (sink.batches.flat().length < 302) await new Promise((r) => setTimeout(r, 5));
     assert.equal(sink.batches.flat().map((m) => (m as { seq: number }).seq), Array.from({ length: 302 }, (_, i) => i));
   } finally {
-    near.destroy();
-    far.destroy();
-    server.close();
+    close();
   }
 });
 

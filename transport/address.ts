@@ -51,12 +51,14 @@ export function isLoopback(host: string): boolean {
 
 /**
  * Whether an HTTP `Host` header (`name` or `name:port`, IPv6 in brackets) names this machine only
- * (`isLoopback`). A page that rebinds its own DNS name to 127.0.0.1 sends its own name: the
- * inspector and the admin endpoint's /metrics, listening on loopback without a token, refuse it.
+ * (`isLoopback`), and with `port`, names that port. A page that rebinds its own DNS name to
+ * 127.0.0.1 sends its own name: the inspector and the admin endpoint's /metrics, listening on
+ * loopback without a token, refuse it.
  */
-export function hostHeaderIsLoopback(host: string): boolean {
-  const name = /^(\[[^\]]+\]|[^:]+)(?::\d+)?$/.exec(host)?.[1];
-  return name !== undefined && isLoopback(name);
+export function hostHeaderIsLoopback(host: string, port?: number): boolean {
+  const m = /^(\[[^\]]+\]|[^:]+)(?::(\d+))?$/.exec(host);
+  if (!m || (port !== undefined && Number(m[2] ?? NaN) !== port)) return false;
+  return isLoopback(m[1]!);
 }
 
 /** A peer whose address its socket cannot tell (it reset before its accept was seen): `?` in every log, with no port. */
