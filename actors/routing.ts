@@ -119,7 +119,8 @@ export function refuse(context: ProxyContext, reqs: ProxyRequest[], failure: Fai
   const policy = reqs[0]?.msg.privPoliId;
   context.logger.repeated('warn', failure.code === ErrorCode.NO_SERVER ? 'no_server' : 'refused', `${policy}\0${failure.code}`, reqs.length,
     (n, span) => `${failure.message}; refused ${fmt(n)} request(s)${span ? ` ${span}` : ''}`, { policy, code: failure.code });
-  for (const r of reqs) reply(r, errorMsg(failure.code, failure.message));
+  const answer = errorMsg(failure.code, failure.message);
+  for (const r of reqs) reply(r, answer);
 }
 
 /**
@@ -229,6 +230,10 @@ function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
   let overloaded = 0;
   let noServer = 0;
   let refused: Set<Peer> | undefined;
+  // The two refusals, made once a batch (a flood of a full policy is refused by the million).
+  let full: ErrorMsg | undefined;
+  let fullMost: ErrorMsg | undefined;
+  const overload = (whose: string): ErrorMsg => errorMsg(ErrorCode.OVERLOADED, `every server of privacy policy ${name} is at its limit and ${limit} requests are waiting${whose}; try again later`);
   for (const req of reqs) {
     if (!couldServe(policy, req)) {
       if (req.tried?.length) answerTriedAll(context, req, name);
@@ -244,8 +249,7 @@ function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
     }
     const away = policy!.waiting.admit(req.client, req, limit, arrivedBefore);
     if (away === undefined) continue;
-    const whose = away === req ? '' : ', the most of them from this connection';
-    reply(away, errorMsg(ErrorCode.OVERLOADED, `every server of privacy policy ${name} is at its limit and ${limit} requests are waiting${whose}; try again later`));
+    reply(away, away === req ? (full ??= overload('')) : (fullMost ??= overload(', the most of them from this connection')));
     overloaded++;
     (refused ??= new Set()).add(away.client);
   }

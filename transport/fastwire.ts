@@ -15,14 +15,15 @@
  *
  * `encodeHot` writes a DATA or ACK body straight into an outgoing buffer:
  * it is how the frame encoder (`writeFrame` in frame.ts) writes these two,
- * whichever buffer it writes to. msgpackr decodes the body as the same map
+ * whichever buffer it writes to; and an ERROR's, the answer a refusal is (a
+ * flood of a full policy is refused a million times in seconds). msgpackr decodes the body as the same map
  * (not necessarily msgpackr's own bytes: string headers may be wider).
  *
  * The limits and spellings checked here are the model's (messages.ts),
  * imported, never restated.
  */
 import { Buffer } from 'node:buffer';
-import { isIdValue, MAX_SEQ, MAX_VALUES, MsgType, ownSpellingFirst, payloadBytes, POLICY_KEY, WIRE, type AckMsg, type DataMsg, type Message, type WireBytes } from './messages.js';
+import { isIdValue, MAX_SEQ, MAX_VALUES, MsgType, ownSpellingFirst, payloadBytes, POLICY_KEY, WIRE, type AckMsg, type DataMsg, type ErrorMsg, type Message, type WireBytes } from './messages.js';
 
 /** The fields of the hot messages (their string keys: `WIRE` is no field). */
 type Field = Exclude<keyof DataMsg | keyof AckMsg, typeof WIRE>;
@@ -531,10 +532,12 @@ function payloadOf(out: Buffer, at: number, p: string | Uint8Array): number {
  * (an upper bound), or -1 when that is not a message it writes: then pack it
  * the general way. It writes DATA and ACK in the model's shape - the model's
  * fields, of the model's types, and nothing else (a crafted value with another
- * key or without a seq is packed as it is, so nothing of it is lost or made up).
+ * key or without a seq is packed as it is, so nothing of it is lost or made up),
+ * and ERROR (`errorSize`).
  */
 export function hotSize(msg: Message | Record<string, unknown>, seq?: number): number {
   const m = msg as { [K in Field]?: unknown };
+  if (m.type === MsgType.ERROR) return errorSize(msg as Record<string, unknown>, seq);
   const { type, srcid, payload, payloadsize } = m;
   const s = seq ?? m.seq;
   const text = typeof payload === 'string';
@@ -570,12 +573,13 @@ function hasKeys(o: object, n: number): boolean {
  * at `at`, in `hotSize(msg)` bytes or fewer; returns where it ends. Only for
  * messages `hotSize` accepted, and seqs 0..2^32-1.
  */
-export function encodeHot(msg: DataMsg | AckMsg, seq: number, out: Buffer, at: number): number {
+export function encodeHot(msg: DataMsg | AckMsg | ErrorMsg, seq: number | undefined, out: Buffer, at: number): number {
+  if (msg.type === MsgType.ERROR) return encodeError(msg, seq, out, at);
   if (msg.type === MsgType.DATA) {
     const sized = msg.payloadsize !== undefined;
     const timed = msg.timeoutms !== undefined;
     out[at++] = 0x85 + (sized ? 1 : 0) + (timed ? 1 : 0);
-    at = uint(out, DATA_HEAD(out, at), seq);
+    at = uint(out, DATA_HEAD(out, at), seq!);
     at = str(out, K_SRCID(out, at), msg.srcid);
     at = str(out, K_POLICY(out, at), msg.privPoliId);
     at = payloadOf(out, K_PAYLOAD(out, at), msg.payload);
@@ -584,9 +588,61 @@ export function encodeHot(msg: DataMsg | AckMsg, seq: number, out: Buffer, at: n
     return at;
   }
   out[at++] = 0x86;
-  at = uint(out, ACK_HEAD(out, at), seq);
+  at = uint(out, ACK_HEAD(out, at), seq!);
   at = str(out, K_SRCID(out, at), msg.srcid);
   at = str(out, K_DESTID(out, at), msg.destid);
   at = payloadOf(out, K_PAYLOAD(out, at), msg.payload);
   return uint(out, K_SIZE(out, at), msg.payloadsize);
+}
+
+/** An ERROR's fields, each a string (its `type` and `seq` aside). */
+const ERROR_TEXT = new Set(['code', 'message', 'appcode']);
+
+/**
+ * Room `encodeError` may need for the ERROR `m` (sent with `seq`, when given,
+ * in place of its own), or -1 when it is not one in the model's shape: its
+ * keys `type`, `seq` (an integer up to 2^32-1, or none), `code`, `message`
+ * and `appcode` (strings), the first three of them at least, in any order.
+ * Packed by msgpackr, each refusal of a flood cost 4-5 us and its garbage.
+ */
+function errorSize(m: Record<string, unknown>, seq: number | undefined): number {
+  if (typeof m.code !== 'string' || typeof m.message !== 'string') return -1;
+  if (seq !== undefined && !(isUint32(seq) && Number.isInteger(seq))) return -1;
+  let room = 64;
+  for (const k in m) {
+    const v = m[k];
+    if (k === 'seq') {
+      if (seq === undefined && !(isUint32(v) && Number.isInteger(v))) return -1;
+    } else if (ERROR_TEXT.has(k)) {
+      if (typeof v !== 'string') return -1;
+      room += 3 * v.length;
+    } else if (k !== 'type') return -1;
+  }
+  return room;
+}
+
+/**
+ * Write the body of an ERROR `hotSize` accepted: its keys in its own order, as
+ * msgpackr writes them (a `seq` given for one without takes the last place, as
+ * in the copy `{ ...msg, seq }` it stands for); returns where it ends.
+ */
+function encodeError(msg: ErrorMsg, seq: number | undefined, out: Buffer, at: number): number {
+  const head = at++;
+  let keys = 0;
+  let seqDone = false;
+  for (const k in msg) {
+    keys++;
+    at = str(out, at, k);
+    if (k === 'type') out[at++] = MsgType.ERROR;
+    else if (k === 'seq') {
+      at = uint(out, at, seq!);
+      seqDone = true;
+    } else at = str(out, at, (msg as unknown as Record<string, string>)[k]!);
+  }
+  if (!seqDone && seq !== undefined) {
+    keys++;
+    at = uint(out, str(out, at, 'seq'), seq);
+  }
+  out[head] = 0x80 + keys;
+  return at;
 }

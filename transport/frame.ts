@@ -8,7 +8,7 @@ import { Packr, Unpackr, isNativeAccelerationEnabled } from 'msgpackr';
 import { ErrorCode, ProtocolError, hexPreview } from './errors.js';
 import { asRead, asReadSize, decodeHot, encodeAsRead, encodeHot, hotSize } from './fastwire.js';
 import { recogniseForeign } from './foreign.js';
-import { MAX_VALUES, MsgType, toMessage, WIRE, type AckMsg, type DataMsg, type Message } from './messages.js';
+import { MAX_VALUES, MsgType, toMessage, WIRE, type AckMsg, type DataMsg, type ErrorMsg, type Message } from './messages.js';
 import { describeBadText, findBadText, mayHoldBadText } from './utf8.js';
 import { head, valueHead } from './valuehead.js';
 
@@ -38,8 +38,8 @@ export const nativeAcceleration = isNativeAccelerationEnabled;
  * `out`, with `seq` in place of its own when given (the message itself is
  * never touched). A DATA or ACK read from the wire goes out as the bytes it
  * was read from, with the seq replaced (and a DATA's `timeoutms` added: see
- * `WIRE`); other DATA and ACK go through the fast writer (no intermediate
- * body); anything else is packed by msgpackr and copied. The destination does
+ * `WIRE`); other DATA and ACK, and ERROR, go through the fast writer (no
+ * intermediate body); anything else is packed by msgpackr and copied. The destination does
  * not change the bytes: `encodeFrame` is this function writing into a fresh
  * buffer, a connection's `send` is it writing into the connection's batch.
  *
@@ -59,7 +59,8 @@ export function writeFrame(msg: Message | Record<string, unknown>, out: FrameBuf
   const room = hotSize(msg, seq);
   if (room >= 0) {
     const at = out.reserve(HEADER + room);
-    out.commit(lengthFirst(out.buffer, at, encodeHot(msg as DataMsg | AckMsg, seq ?? (msg as DataMsg | AckMsg).seq, out.buffer, at + HEADER)));
+    const hot = msg as DataMsg | AckMsg | ErrorMsg;
+    out.commit(lengthFirst(out.buffer, at, encodeHot(hot, seq ?? hot.seq, out.buffer, at + HEADER)));
     return;
   }
   // Not a hot message: a copy carries the seq (rare).
