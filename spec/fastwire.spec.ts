@@ -294,7 +294,7 @@ test('the fast encoder writes bodies msgpackr decodes as the message, with the s
   );
 });
 
-test('an ERROR is written by the fast encoder too: what msgpackr packs, keys in its order, any text', () => {
+test('an ERROR is written by the fast encoder too: the bytes msgpackr packs, any text', () => {
   // The shapes the proxy and servers answer with (errorMsg, the handler's appError), keys in either order.
   const error = fc.tuple(
     fc.constantFrom(...ERROR_CODES),
@@ -319,10 +319,8 @@ test('an ERROR is written by the fast encoder too: what msgpackr packs, keys in 
       const out = Buffer.alloc(room + 8, 0xee);
       const end = encodeHot(m, seq ?? m.seq, out, 3);
       assert.ok(end - 3 <= room, 'stays inside the room it asked for');
-      const sent = seq === undefined ? m : { ...m, seq };
-      const read = unpackr.unpack(out.subarray(3, end)) as Record<string, unknown>;
-      assert.equal(read, unpackr.unpack(packr.pack(sent)));
-      assert.equal(Object.keys(read), Object.keys(sent));
+      // The same bytes: an older peer reads what this build writes as it reads its own (spec/upgrade.spec.ts).
+      assert.is(out.subarray(3, end).toString('hex'), packr.pack(seq === undefined ? m : { ...m, seq }).toString('hex'));
     }),
     { numRuns: 2000 },
   );

@@ -601,7 +601,7 @@ const ERROR_TEXT = new Set(['code', 'message', 'appcode']);
 /**
  * Room `encodeError` may need for the ERROR `m` (sent with `seq`, when given,
  * in place of its own), or -1 when it is not one in the model's shape: its
- * keys `type`, `seq` (an integer up to 2^32-1, or none), `code`, `message`
+ * own keys `type`, `seq` (an integer up to 2^32-1, or none), `code`, `message`
  * and `appcode` (strings), the first three of them at least, in any order.
  * Packed by msgpackr, each refusal of a flood cost 4-5 us and its garbage.
  */
@@ -610,6 +610,7 @@ function errorSize(m: Record<string, unknown>, seq: number | undefined): number 
   if (seq !== undefined && !(isUint32(seq) && Number.isInteger(seq))) return -1;
   let room = 64;
   for (const k in m) {
+    if (!Object.hasOwn(m, k)) return -1;
     const v = m[k];
     if (k === 'seq') {
       if (seq === undefined && !(isUint32(v) && Number.isInteger(v))) return -1;
@@ -622,12 +623,15 @@ function errorSize(m: Record<string, unknown>, seq: number | undefined): number 
 }
 
 /**
- * Write the body of an ERROR `hotSize` accepted: its keys in its own order, as
- * msgpackr writes them (a `seq` given for one without takes the last place, as
- * in the copy `{ ...msg, seq }` it stands for); returns where it ends.
+ * Write the body of an ERROR `hotSize` accepted as the bytes msgpackr packs
+ * for it (the copy `{ ...msg, seq }` when a seq is given): a 16-bit map head,
+ * its keys in its own order (a seq given for one without takes the last
+ * place), each string under the smallest head its UTF-8 fits. An older peer
+ * reads what it wrote itself (spec/upgrade.spec.ts). Returns where it ends.
  */
 function encodeError(msg: ErrorMsg, seq: number | undefined, out: Buffer, at: number): number {
-  const head = at++;
+  const head = at;
+  at += 3;
   let keys = 0;
   let seqDone = false;
   for (const k in msg) {
@@ -637,12 +641,40 @@ function encodeError(msg: ErrorMsg, seq: number | undefined, out: Buffer, at: nu
     else if (k === 'seq') {
       at = uint(out, at, seq!);
       seqDone = true;
-    } else at = str(out, at, (msg as unknown as Record<string, string>)[k]!);
+    } else at = text(out, at, (msg as unknown as Record<string, string>)[k]!);
   }
   if (!seqDone && seq !== undefined) {
     keys++;
     at = uint(out, str(out, at, 'seq'), seq);
   }
-  out[head] = 0x80 + keys;
+  out[head] = 0xde;
+  out[head + 1] = 0;
+  out[head + 2] = keys;
   return at;
+}
+
+/** A string under the smallest head its UTF-8 length fits, as msgpackr writes one (a lone surrogate as U+FFFD, as both do). */
+function text(out: Buffer, at: number, s: string): number {
+  if (s.length < 32) {
+    const end = str(out, at, s);
+    // Short ASCII: a fixstr already; else `str` chose its head by the worst case.
+    if (out[at]! <= 0xbf) return end;
+  }
+  const len = Buffer.byteLength(s);
+  if (len < 0x20) out[at++] = 0xa0 + len;
+  else if (len < 0x100) {
+    out[at] = 0xd9;
+    out[at + 1] = len;
+    at += 2;
+  } else if (len < 0x10000) {
+    out[at] = 0xda;
+    out[at + 1] = len >>> 8;
+    out[at + 2] = len;
+    at += 3;
+  } else {
+    out[at] = 0xdb;
+    out.writeUInt32BE(len, at + 1);
+    at += 5;
+  }
+  return at + utf8Write(out, s, at);
 }
