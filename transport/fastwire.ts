@@ -447,23 +447,7 @@ function uint(out: Buffer, at: number, v: number): number {
     out[at] = v;
     return at + 1;
   }
-  if (v <= 0xff) {
-    out[at] = 0xcc;
-    out[at + 1] = v;
-    return at + 2;
-  }
-  if (v <= 0xffff) {
-    out[at] = 0xcd;
-    out[at + 1] = v >>> 8;
-    out[at + 2] = v;
-    return at + 3;
-  }
-  out[at] = 0xce;
-  out[at + 1] = v >>> 24;
-  out[at + 2] = v >>> 16;
-  out[at + 3] = v >>> 8;
-  out[at + 4] = v;
-  return at + 5;
+  return withLength(out, at, v, 0xcc);
 }
 
 /** A string; short ASCII ones byte by byte, others as UTF-8 under a header sized for the worst case. */
@@ -499,28 +483,36 @@ function str(out: Buffer, at: number, s: string): number {
   return at + 5 + len;
 }
 
-/** Bytes under the smallest `bin` header that holds them. */
-function bin(out: Buffer, at: number, b: Uint8Array): number {
-  const n = b.length;
+/**
+ * `n` in the smallest of three forms whose type bytes follow each other, `h8`
+ * for 8 bits, then 16 and 32: an unsigned integer (0xcc), the head of a `bin`
+ * (0xc4) or `str` (0xd9) of `n` bytes. Returns where it ends (the contents').
+ */
+function withLength(out: Buffer, at: number, n: number, h8: number): number {
   if (n <= 0xff) {
-    out[at] = 0xc4;
+    out[at] = h8;
     out[at + 1] = n;
-    at += 2;
-  } else if (n <= 0xffff) {
-    out[at] = 0xc5;
+    return at + 2;
+  }
+  if (n <= 0xffff) {
+    out[at] = h8 + 1;
     out[at + 1] = n >>> 8;
     out[at + 2] = n;
-    at += 3;
-  } else {
-    out[at] = 0xc6;
-    out[at + 1] = n >>> 24;
-    out[at + 2] = n >>> 16;
-    out[at + 3] = n >>> 8;
-    out[at + 4] = n;
-    at += 5;
+    return at + 3;
   }
+  out[at] = h8 + 2;
+  out[at + 1] = n >>> 24;
+  out[at + 2] = n >>> 16;
+  out[at + 3] = n >>> 8;
+  out[at + 4] = n;
+  return at + 5;
+}
+
+/** Bytes under the smallest `bin` header that holds them. */
+function bin(out: Buffer, at: number, b: Uint8Array): number {
+  at = withLength(out, at, b.length, 0xc4);
   out.set(b, at);
-  return at + n;
+  return at + b.length;
 }
 
 /** A payload: text as `str`, bytes as `bin`. */
@@ -664,19 +656,6 @@ function text(out: Buffer, at: number, s: string): number {
   }
   const len = Buffer.byteLength(s);
   if (len < 0x20) out[at++] = 0xa0 + len;
-  else if (len < 0x100) {
-    out[at] = 0xd9;
-    out[at + 1] = len;
-    at += 2;
-  } else if (len < 0x10000) {
-    out[at] = 0xda;
-    out[at + 1] = len >>> 8;
-    out[at + 2] = len;
-    at += 3;
-  } else {
-    out[at] = 0xdb;
-    out.writeUInt32BE(len, at + 1);
-    at += 5;
-  }
+  else at = withLength(out, at, len, 0xd9);
   return at + utf8Write(out, s, at);
 }
