@@ -73,8 +73,9 @@ export const MAX_LABEL_VALUES = 1000;
 /**
  * Policies /metrics showed with members and no pool holds now, remembered so that their
  * revproxy_pool_members read 0 (an alert on `{state="serving"} == 0` fires, as it does for a
- * policy of --ready-policies): until a member comes back, or this many policies left after them
- * (the one that left first is forgotten first), or the process ends.
+ * policy of --ready-policies): until a member comes back, or DEPARTED_POLICY_SERIES_MS passes
+ * with no request for them, or this many policies left after them (the one that left first is
+ * forgotten first), or the process ends.
  */
 export const MAX_DEPARTED_POLICIES = MAX_LABEL_VALUES;
 /** How often, at most, the label values of departed policies and servers are looked for when room is needed. */
@@ -86,6 +87,15 @@ const MAKE_ROOM_EVERY_MS = 1000;
  * whose servers restart under new ids grew by a series or more each restart, for ever.
  */
 export const DEPARTED_SERVER_SERIES_MS = 10 * 60_000;
+/**
+ * How long the series of a policy no pool holds stay (its requests, latencies and pool-member
+ * zeros) once no request has named it either: then they end. A request for it (refused
+ * NO_SERVER) starts the time again, so a policy clients still ask for keeps its zeros and an
+ * alert on `serving == 0` keeps firing; a policy retired on purpose goes by itself. Without it
+ * they stayed until 1000 policies had left: a fleet retiring a policy every 20 s (the soak's
+ * churn) held 10-13 KB a policy, some 13 MB, and a scrape of 25 series each, for hours.
+ */
+export const DEPARTED_POLICY_SERIES_MS = 60 * 60_000;
 /**
  * A series' label values as one map key, and back. Ids are any string (a NUL too): values joined
  * with a NUL split apart elsewhere, so a server registered as `s1\0TIMEOUT` had its answers counted
@@ -137,6 +147,8 @@ export class Metrics implements ProxyObserver {
   private lastRoomMade = -Infinity;
   /** Per `labelKey(policy, server)`: when a scrape first found that server in no pool. */
   private readonly goneSince = new Map<string, number>();
+  /** Per policy no pool holds: since when a scrape has found it so with this request count (a new request starts the time again). */
+  private readonly policyGoneSince = new Map<string, { since: number; count: number }>();
 
   constructor(
     private readonly sources: MetricSources,
@@ -258,7 +270,8 @@ export class Metrics implements ProxyObserver {
   answered(policy: string, member: string | undefined, outcome: Outcome, latencyMs: number): void {
     // A policy with no label yet whose request no server could take (NO_SERVER) gets none: a client naming
     // made-up policies must not use up the label values real ones need (Envoy keeps no stats per unknown cluster).
-    let t = this.policies.get(policy) ?? this.policy(member === undefined && outcome === ErrorCode.NO_SERVER ? OTHER : policy);
+    // One that left (whose zeros a scrape still shows) keeps its own label: clients asking for it keep its series.
+    let t = this.policies.get(policy) ?? this.policy(member === undefined && outcome === ErrorCode.NO_SERVER && !this.departed.has(policy) ? OTHER : policy);
     let server = member ?? '';
     if (member !== undefined && !t.outcomes.has(member) && t.outcomes.size >= MAX_LABEL_VALUES) {
       // Making room may forget this very policy (it has no pool now): its record is looked up again.
@@ -335,10 +348,12 @@ export class Metrics implements ProxyObserver {
 
   /**
    * At each scrape: the counts of servers no pool has held for DEPARTED_SERVER_SERIES_MS are
-   * forgotten (their series end), so the series follow the fleet, not its history.
+   * forgotten (their series end), and all series of policies no pool has held and no request
+   * has named for DEPARTED_POLICY_SERIES_MS, so the series follow the fleet, not its history.
    */
   private forgetDeparted(pools: readonly PoolView[]): void {
     const now = this.clock.now();
+    this.forgetDepartedPolicies(pools, now);
     const gone = departedTest(pools);
     const still = new Set<string>();
     const expired = (policy: string, server: string): boolean => {
@@ -357,6 +372,31 @@ export class Metrics implements ProxyObserver {
       }
     }
     for (const k of this.goneSince.keys()) if (!still.has(k)) this.goneSince.delete(k);
+  }
+
+  private forgetDepartedPolicies(pools: readonly PoolView[], now: number): void {
+    const held = new Set(pools.map((p) => p.policy));
+    const quiet = (policy: string): boolean => {
+      if (policy === OTHER || held.has(policy)) return false;
+      const count = this.policies.get(policy)?.count ?? 0;
+      const gone = this.policyGoneSince.get(policy);
+      if (gone === undefined || gone.count !== count) {
+        this.policyGoneSince.set(policy, { since: now, count });
+        return false;
+      }
+      return now - gone.since >= DEPARTED_POLICY_SERIES_MS;
+    };
+    const expired = new Set<string>();
+    for (const policy of this.policies.keys()) if (quiet(policy)) expired.add(policy);
+    for (const policy of this.departed.keys()) if (!this.policies.has(policy) && quiet(policy)) expired.add(policy);
+    for (const policy of expired) {
+      this.policies.delete(policy);
+      this.departed.delete(policy);
+      this.cards.delete(policy);
+    }
+    for (const policy of this.policyGoneSince.keys()) {
+      if (held.has(policy) || expired.has(policy) || !(this.policies.has(policy) || this.departed.has(policy))) this.policyGoneSince.delete(policy);
+    }
   }
 
   /** Answers and errors of one member, for the pool view. */

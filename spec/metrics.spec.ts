@@ -5,7 +5,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { runClient, startProxy, startServer, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { Metrics, startInspector, type Inspector } from '../inspector/index.js';
-import { addOperationsMetrics, addRegistryMetrics, DEPARTED_SERVER_SERIES_MS, MAX_DEPARTED_POLICIES, MAX_LABEL_VALUES } from '../inspector/metrics.js';
+import { addOperationsMetrics, addRegistryMetrics, DEPARTED_POLICY_SERIES_MS, DEPARTED_SERVER_SERIES_MS, MAX_DEPARTED_POLICIES, MAX_LABEL_VALUES } from '../inspector/metrics.js';
 import { MEMBER_STATES } from '../actors/proxy-types.js';
 import type { PoolView } from '../inspector/views.js';
 import { ManualClock } from '../transport/clock.js';
@@ -347,6 +347,46 @@ hooks('policies whose last member left read 0 until a member comes back, the old
   assert.ok(policies(text).has('p5') && policies(text).has('new'));
   assert.not.ok(policies(text).has('p6'), 'the oldest made room');
   assert.is(policies(text).size, MAX_DEPARTED_POLICIES);
+});
+
+hooks('a policy no pool holds and no request names for DEPARTED_POLICY_SERIES_MS loses its series; one clients still ask for keeps them', async () => {
+  // The soak's churn retires a policy every 20 s: each kept its request, latency and pool-member
+  // series (and 10-13 KB of the heap) until 1000 had left, some five and a half hours.
+  const clock = new ManualClock();
+  const pool = (policy: string): PoolView => ({ policy, state: 'serving', members: [{ id: 's', state: 'serving', answered: 0, errors: 0 }], cursor: 0, routed: 0, gone: [] });
+  let pools: PoolView[] = ['retired', 'asked', 'silent', 'stays'].map(pool);
+  const m = new Metrics({ pools: () => pools, inflight: () => 0, actorCounts: () => [] }, 200, { clock });
+  for (const p of ['retired', 'asked', 'stays']) m.answered(p, 's', 'ok', 1);
+  await m.text();
+  pools = [pool('stays')];
+  const series = (t: string, policy: string): number => t.split('\n').filter((l) => l.includes(`{policy="${policy}"`)).length;
+  let text = await m.text();
+  for (const p of ['retired', 'asked', 'silent']) assert.is(sample(text, 'revproxy_pool_members', { policy: p, state: 'serving' }), 0, `${p}: its zeros read once it left`);
+  // An hour and more with scrapes each minute: clients keep asking for 'asked' (refused NO_SERVER).
+  for (let i = 0; i < 70; i++) {
+    clock.advance(60_000);
+    m.answered('asked', undefined, 'NO_SERVER', 0);
+    m.answered('stays', 's', 'ok', 1);
+    text = await m.text();
+    if (i === 50) assert.ok(series(text, 'retired') > 0, 'fifty minutes on, the retired policy is still read');
+  }
+  for (const p of ['retired', 'silent']) assert.is(series(text, p), 0, `${p}: no series ${DEPARTED_POLICY_SERIES_MS / 60_000} minutes after it left with no request for it`);
+  assert.is(sample(text, 'revproxy_requests_total', { policy: 'asked', outcome: 'NO_SERVER' }), 70, 'the refusals count under the policy, not _other');
+  assert.is(sample(text, 'revproxy_requests_total', { policy: 'asked', server: 's', outcome: 'ok' }), 0, 'its server\'s series ended after DEPARTED_SERVER_SERIES_MS');
+  assert.is(sample(text, 'revproxy_pool_members', { policy: 'asked', state: 'serving' }), 0);
+  assert.ok(series(text, 'asked') > 0, 'a policy clients still ask for keeps its zeros: an alert on it still fires');
+  assert.is(sample(text, 'revproxy_requests_total', { policy: 'stays', outcome: 'ok' }), 71, 'a held policy keeps its counts');
+  // Clients stop asking: an hour later it ends too; a policy that comes back starts afresh.
+  for (let i = 0; i < 61; i++) {
+    clock.advance(60_000);
+    text = await m.text();
+  }
+  assert.is(series(text, 'asked'), 0);
+  pools = [pool('stays'), pool('retired')];
+  m.answered('retired', 's', 'ok', 1);
+  text = await m.text();
+  assert.is(sample(text, 'revproxy_requests_total', { policy: 'retired', outcome: 'ok' }), 1, 'back, counted from 0');
+  assert.is(sample(text, 'revproxy_pool_members', { policy: 'retired', state: 'serving' }), 1);
 });
 
 const docs = suite('the metrics README.md and docs/ name');
