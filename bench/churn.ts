@@ -61,7 +61,10 @@ export interface Sample {
   fds: number;
   handles: number;
   conns: Record<string, number>;
+  /** Policies /metrics shows `revproxy_pool_members` for (held, or left and still read). */
   pools: number;
+  /** Series (sample lines) on /metrics. */
+  series: number;
 }
 
 const zero = (): ChurnCounts => ({ clients: 0, clientAnswers: 0, clientErrors: {}, leftInFlight: 0, restarts: 0, badPeers: 0, metricsReads: 0, inspectorReads: 0, floods: 0, floodAnswers: 0, floodErrors: {}, failures: [] });
@@ -315,7 +318,7 @@ export class Churn {
       if (k.startsWith('nodejs_active_handles{')) handles += v;
     }
     this.readGc();
-    this.window.push({ heapMB: (m.get('nodejs_heap_size_used_bytes') ?? NaN) / 1048576, heapAfterGcMB: this.heapAfterGc, fds: m.get('process_open_fds') ?? NaN, handles, conns, pools });
+    this.window.push({ heapMB: (m.get('nodejs_heap_size_used_bytes') ?? NaN) / 1048576, heapAfterGcMB: this.heapAfterGc, fds: m.get('process_open_fds') ?? NaN, handles, conns, pools, series: m.size });
   }
 
   /** The proxy's full collections since the last read (`[pid]  123 ms: Mark-Compact 20.1 (25.3) -> 15.2 (25.8) MB, ...`). */

@@ -192,7 +192,7 @@ async function main(): Promise<void> {
   let lastCpu = cpuSeconds(proxy.pid);
   console.log(`soak: ${minutes} min through the proxy on ${HOST}:${port}, 3 servers, 4 connections x 32 in flight${churning ? ` at ${rate} requests/s` : ''}${stallS ? `, server 2 stopped for ${stallS} s at ${minutes / 2} min` : ''}; logs in ${logs}`);
   if (churning) console.log(`  churn: ${clientsPerS} short clients/s from 250 addresses, a server replaced every ${restartS} s (direct and etcd in turn), a bad peer every ${badS} s, /metrics read every 2 s, the inspector feed every 15 s${floodS ? `, a 5 s flood (4 x 4,096 in flight) at a one-at-a-time policy every ${floodS} s` : ''}`);
-  console.log(`  time   req/s     errors                 p99 ms   max ms   RSS MB  CPU${churning ? '   heap MB  after GC  fds  handles  conns c/r/u/up  short ok/err  restarts  flood ok/overl' : ''}`);
+  console.log(`  time   req/s     errors                 p99 ms   max ms   RSS MB  CPU${churning ? '   heap MB  after GC  fds  handles  conns c/r/u/up  short ok/err  restarts  flood ok/overl  policies/series' : ''}`);
   // The access log's rotations: what each rotated file held, and any fault found in one.
   const access = { lines: 0, churnLines: 0, files: 0, answered: 0, faults: [] as string[] };
   let nextRotation = t0 + rotateS * 1000;
@@ -308,14 +308,14 @@ async function main(): Promise<void> {
   console.log(`results: ${file}`);
 }
 
-/** The churn's columns of a window's line: the proxy's heap, fds, handles, connections (client/registration/unknown/upstream), short clients, restarts. */
+/** The churn's columns of a window's line: the proxy's heap, fds, handles, connections (client/registration/unknown/upstream), short clients, restarts, floods, and the policies and series /metrics shows. */
 function churnColumns(row: Row): string {
   const p = row.proxy;
   const c = row.churn!;
   const conns = p ? ['client', 'registration', 'unknown', 'upstream'].map((k) => p.conns[k] ?? 0).join('/') : '-';
   const errs = Object.values(c.clientErrors).reduce((a, b) => a + b, 0);
   const flood = c.floods ? `${c.floodAnswers}/${c.floodErrors.OVERLOADED ?? 0}` : '-';
-  return `  ${(p ? p.heapMB.toFixed(1) : '-').padStart(8)} ${(p ? p.heapAfterGcMB.toFixed(1) : '-').padStart(9)} ${String(p?.fdsProc ?? '-').padStart(4)} ${String(p?.handles ?? '-').padStart(8)}  ${conns.padStart(14)}  ${`${c.clientAnswers}/${errs}`.padStart(12)}  ${String(c.restarts).padStart(8)}  ${flood.padStart(14)}`;
+  return `  ${(p ? p.heapMB.toFixed(1) : '-').padStart(8)} ${(p ? p.heapAfterGcMB.toFixed(1) : '-').padStart(9)} ${String(p?.fdsProc ?? '-').padStart(4)} ${String(p?.handles ?? '-').padStart(8)}  ${conns.padStart(14)}  ${`${c.clientAnswers}/${errs}`.padStart(12)}  ${String(c.restarts).padStart(8)}  ${flood.padStart(14)}  ${(p ? `${p.pools}/${p.series}` : '-').padStart(15)}`;
 }
 
 main()
