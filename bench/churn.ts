@@ -49,6 +49,8 @@ export interface ChurnCounts {
   floods: number;
   floodAnswers: number;
   floodErrors: Record<string, number>;
+  /** Floods that lost a request, were answered wrong or not at all: a failure of the proxy (the soak exits 1), counted apart from `failures`, which keeps the first 50 of every kind. */
+  floodFailures: number;
   failures: string[];
 }
 
@@ -67,7 +69,7 @@ export interface Sample {
   series: number;
 }
 
-const zero = (): ChurnCounts => ({ clients: 0, clientAnswers: 0, clientErrors: {}, leftInFlight: 0, restarts: 0, badPeers: 0, metricsReads: 0, inspectorReads: 0, floods: 0, floodAnswers: 0, floodErrors: {}, failures: [] });
+const zero = (): ChurnCounts => ({ clients: 0, clientAnswers: 0, clientErrors: {}, leftInFlight: 0, restarts: 0, badPeers: 0, metricsReads: 0, inspectorReads: 0, floods: 0, floodAnswers: 0, floodErrors: {}, floodFailures: 0, failures: [] });
 
 /** GET a path over a connection of its own (no keep-alive): the body, or a rejection. */
 function fetchText(port: number, path: string, ms = 5000): Promise<string> {
@@ -182,7 +184,9 @@ export class Churn {
     this.counts.floodAnswers += r.ok;
     for (const [code, n] of Object.entries(errorsOf(r))) this.counts.floodErrors[code] = (this.counts.floodErrors[code] ?? 0) + n;
     const lost = Object.entries(errorsOf(r)).filter(([code]) => !FLOOD_ANSWERS.has(code));
-    if (r.ok === 0 || lost.length || r.wrongHash) this.fail(`flood: ${r.ok} answered, ${r.wrongHash} wrong hashes, ${lost.map(([k, v]) => `${k} ${v}`).join(', ') || 'no other failure'}${r.firstError.NO_ANSWER ? ` (${r.firstError.NO_ANSWER})` : ''}`);
+    if (!(r.ok === 0 || lost.length || r.wrongHash) || this.stopped) return;
+    this.counts.floodFailures++;
+    this.fail(`flood: ${r.ok} answered, ${r.wrongHash} wrong hashes, ${lost.map(([k, v]) => `${k} ${v}`).join(', ') || 'no other failure'}${r.firstError.NO_ANSWER ? ` (${r.firstError.NO_ANSWER})` : ''}`);
   }
 
   /** Wait until `policy` answers through the proxy (tried every 200 ms, for 20 s): false when the churn stopped meanwhile. */

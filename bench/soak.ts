@@ -259,12 +259,12 @@ async function main(): Promise<void> {
   for (const r of rows) for (const [k, v] of Object.entries(r.errors)) errors[k] = (errors[k] ?? 0) + v;
   const wrong = rows.reduce((n, r) => n + r.wrongHash, 0);
   // The churn stops; once the proxy has let go of what it brought, its figures should be back where they were.
-  let churnEnd: { after: Sample & { rssMB: number; fdsProc: number }; growth: ReturnType<typeof verdict>; failures: string[] } | undefined;
+  let churnEnd: { after: Sample & { rssMB: number; fdsProc: number }; growth: ReturnType<typeof verdict>; failures: string[]; floodFailures: number } | undefined;
   if (churn) {
     await churn.stop();
     await new Promise((r) => setTimeout(r, 15_000));
     const after = { ...(await churn.readNow()), rssMB: Math.round(rssBytes(proxy.pid) / 1048576), fdsProc: fdCount(proxy.pid) };
-    churnEnd = { after, growth: verdict(rows.flatMap((r) => (r.proxy ? [r.proxy] : []))), failures: rows.flatMap((r) => r.churn?.failures ?? []) };
+    churnEnd = { after, growth: verdict(rows.flatMap((r) => (r.proxy ? [r.proxy] : []))), failures: rows.flatMap((r) => r.churn?.failures ?? []), floodFailures: rows.reduce((n, r) => n + (r.churn?.floodFailures ?? 0), 0) };
   }
   const members = await probeAll();
   const departures = proxy.tail().split('\n').filter((l) => /left privacy policy/.test(l));
@@ -302,8 +302,8 @@ async function main(): Promise<void> {
     console.log(`before the churn / 15 s after it stopped: heap ${before.heapMB.toFixed(1)} / ${a.heapMB.toFixed(1)} MB (after the last full GC seen: ${before.heapAfterGcMB} MB idle before the load / ${a.heapAfterGcMB} MB, the run's last), RSS ${before.rssMB} / ${a.rssMB} MB, fds ${before.fdsProc} / ${a.fdsProc}, handles ${before.handles} / ${a.handles}, connections ${JSON.stringify(before.conns)} / ${JSON.stringify(a.conns)}`);
     if (churnEnd.failures.length) console.log(`churn failures: ${[...new Set(churnEnd.failures)].slice(0, 10).join('; ')}`);
     // A flood's request lost or given up is a failure of the proxy, as growth is.
-    const floodLost = churnEnd.failures.some((f) => f.startsWith('flood:'));
-    if (churnEnd.growth.some((g) => g.grew) || a.fdsProc > before.fdsProc + 8 || a.handles > before.handles + 8 || floodLost) process.exitCode = 1;
+    if (churnEnd.floodFailures) console.log(`floods failed: ${churnEnd.floodFailures} of ${rows.reduce((n, r) => n + (r.churn?.floods ?? 0), 0)} lost a request, had one answered wrong or none answered (see the churn failures above)`);
+    if (churnEnd.growth.some((g) => g.grew) || a.fdsProc > before.fdsProc + 8 || a.handles > before.handles + 8 || churnEnd.floodFailures) process.exitCode = 1;
   }
   console.log(`results: ${file}`);
 }
