@@ -10,9 +10,10 @@ import { hostPort } from '../transport/address.js';
 import { jittered } from '../transport/clock.js';
 import type { Failure, ProxyRequest } from './link.js';
 import { fmt } from './logger.js';
+import { clearlyBetter, RECENT_WINDOW_MS } from './recent-outcomes.js';
 import { current, joinPool, removeServer, spawnLink } from './membership.js';
 import type { Member, ProxyContext } from './proxy-types.js';
-import { drainSoon, drainWaiting, retry } from './routing.js';
+import { drainSoon, drainWaiting, retry, stalled } from './routing.js';
 
 /** A member's link verified its server (at registration, or after a probe). */
 export function linkUp(context: ProxyContext, member: string, linkId: string): void {
@@ -112,8 +113,20 @@ export function probe(context: ProxyContext, member: string): void {
 
 export function eject(context: ProxyContext, entry: Member, failures: number): void {
   const policy = context.policies.get(entry.policy);
+  const now = context.clock.now();
+  // An outlier is ejected; a server failing as the others of its policy do is not. Under overload every server
+  // answers OVERLOADED or TIMEOUT to a share of its requests, the first to fail 5 in a row while the others were still
+  // answering: ejecting it sent its load to them, which then failed more (2 servers at 1.5x their capacity:
+  // 1,714-2,080 answered in 30 s, against 3,097-3,148 with no ejection). Another member does clearly better when it
+  // fails far less lately and answers promptly (none of its requests waited past slow_after).
+  const mine = entry.traffic.recent.failureRatio(now) ?? 1;
   let othersServing = false;
-  for (const m of policy?.members ?? []) if (m !== entry && m.state === 'serving') othersServing = true;
+  let betterServing = false;
+  for (const m of policy?.members ?? []) {
+    if (m === entry || m.state !== 'serving') continue;
+    othersServing = true;
+    if (clearlyBetter(m.traffic.recent.failureRatio(now), mine) && !stalled(context, m)) betterServing = true;
+  }
   const reason = `${failures} consecutive failures`;
   if (!othersServing) {
     // Said once, then once per interval with a count: a failing last member under load fails a read's worth of requests at a time.
@@ -124,8 +137,16 @@ export function eject(context: ProxyContext, entry: Member, failures: number): v
     });
     return;
   }
+  if (!betterServing) {
+    const pct = Math.round(mine * 100);
+    context.logger.repeated('warn', 'eject_skipped', `${entry.policy}\0${entry.id}\0alike`, 1, (n, span) => span
+      ? `Server id ${entry.id} kept failing as the other servers of privacy policy ${entry.policy} did; kept in rotation (${fmt(n)} more time(s) ${span})`
+      : `Server id ${entry.id} has ${reason} but no other server of privacy policy ${entry.policy} does clearly better: they fail about as often (this one ${pct} % of its tries in the last ${RECENT_WINDOW_MS / 1000}-${(2 * RECENT_WINDOW_MS) / 1000} s) or have requests unanswered for ${context.opts.slowAfterMs} ms (--slow-after) themselves. The policy looks overloaded, or failing as a whole, and taking this server out would only send its load to the others; kept in rotation`, {
+      id: entry.id, policy: entry.policy, reason, failureRatio: mine,
+    });
+    return;
+  }
   entry.ejected = true;
-  const now = context.clock.now();
   const base = context.opts.ejectBaseMs;
   // Each ejection in a row lasts longer, up to the most (Envoy's max_ejection_time); one is forgotten for each
   // eject time the member served since its last ejection ended. Counted for its whole life, a server with a

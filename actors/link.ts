@@ -15,6 +15,7 @@ import { describeLookupError, type TlsMaterial } from '../transport/tls.js';
 import { outOfDescriptors } from './port-limits.js';
 import type { Clock } from '../transport/clock.js';
 import type { Inflight } from './inflight.js';
+import type { RecentOutcomes } from './recent-outcomes.js';
 import type { Logger } from './logger.js';
 
 /**
@@ -137,6 +138,8 @@ export interface LinkPort {
   readonly reads: number;
   /** It holds more bytes unwritten than it may (its server reads too slowly): it takes no new request until the server reads them. */
   readonly backlogged: boolean;
+  /** How its tries ended lately, for telling an outlier from a policy failing as a whole (ejection). */
+  readonly recent: RecentOutcomes;
   sendOne(req: ProxyRequest): void;
 }
 
@@ -170,8 +173,10 @@ export function logForward(link: Pick<LinkInput, 'member' | 'policy' | 'logger'>
 /** What a batch of answers did: counted for the link, error answers kept to be retried elsewhere. */
 export interface Tally {
   answered: number;
-  /** Failures in a row, carried over from the link and reset by an ACK. */
+  /** Failures in a row, carried over from the link and reset by an ACK; a server shedding load does not add to them. */
   failures: number;
+  /** Error answers that count against the server (all but its OVERLOADED and TIMEOUT). */
+  faults?: number;
   failed?: ProxyRequest[];
   lastFailure?: ErrorMsg;
 }
@@ -190,7 +195,15 @@ export function settle(link: Pick<LinkInput, 'member' | 'logger' | 'reply'>, req
     tally.answered++;
     link.reply(req, m, link.member);
   } else {
-    tally.failures++;
+    // A server that answers OVERLOADED (its queue or buffer budget is full) or TIMEOUT (the request waited past its
+    // deadline in its queue) is shedding load, busy rather than broken: the request is retried elsewhere, but the
+    // answer does not count towards ejecting the server. Counted, an overloaded policy lost its servers one by one,
+    // each ejected by its first run of them and its load sent to the others (Google's SRE book, "Addressing Cascading
+    // Failures", warns of the same).
+    if (m.code !== ErrorCode.OVERLOADED && m.code !== ErrorCode.TIMEOUT) {
+      tally.failures++;
+      tally.faults = (tally.faults ?? 0) + 1;
+    }
     tally.lastFailure = m;
     (tally.failed ??= []).push(req);
   }

@@ -181,14 +181,20 @@ export function unavailable(context: ProxyContext, entry: Member | undefined, re
   if (entry.traffic.phase !== 'open') return 'not_connected';
   const inflight = entry.traffic.inflight;
   if (inflight.size > 0) {
-    // Read live: a reload may change them.
-    const { maxServerInflight, slowAfterMs } = context.opts;
-    if (inflight.size >= maxServerInflight) return 'full';
-    if (slowAfterMs && context.clock.now() - inflight.oldestSentAt()! >= slowAfterMs) return 'silent';
+    // Read live: a reload may change it.
+    if (inflight.size >= context.opts.maxServerInflight) return 'full';
+    if (stalled(context, entry)) return 'silent';
   }
   if (entry.traffic.backlogged) return 'backlogged';
   const tried = req?.tried;
   return tried && tried.includes(entry.id) ? 'tried' : undefined;
+}
+
+/** Whether a member's oldest unanswered request has waited `slowAfterMs` or more (never, when it is 0). */
+export function stalled(context: ProxyContext, entry: Member): boolean {
+  const inflight = entry.traffic.inflight;
+  const slowAfterMs = context.opts.slowAfterMs;
+  return slowAfterMs > 0 && inflight.size > 0 && context.clock.now() - inflight.oldestSentAt()! >= slowAfterMs;
 }
 
 /** Whether member `id` may take `req` now (the pool's `eligible`): `unavailable` has no reason against it. */

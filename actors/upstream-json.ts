@@ -44,6 +44,7 @@ import {
   type LinkCommand, type LinkInput, type LinkPhase, type LinkPort, type LinkReport, type ProxyRequest, type Tally,
 } from './link.js';
 import { OLD_SERVER_DEFAULTS, type OldServerOptions } from './proxy-options.js';
+import { RecentOutcomes } from './recent-outcomes.js';
 
 /** Refused dials in the registration window are retried after this, doubling up to DIAL_RETRY_MAX_MS. */
 export const DIAL_RETRY_FIRST_MS = 25;
@@ -83,6 +84,7 @@ class JsonLinkPort implements LinkPort {
   readonly reads = -1;
   /** Never: each of its connections carries one request at a time, and it opens a bounded number of them. */
   readonly backlogged = false;
+  readonly recent = new RecentOutcomes();
   constructor(
     readonly inflight: Inflight<ProxyRequest>,
     private readonly self: { send(e: LinkCommand): void },
@@ -303,6 +305,7 @@ export const upstreamJsonMachine = setup({
       context.lastAnswerAt = now;
       learnWidth(context, slot, now);
       if (slot.closing || !context.reuse) closeGently(context, slot);
+      context.traffic.recent.add(now, tally.answered, tally.faults ?? 0);
       enqueue.assign({ answered: context.answered + tally.answered, consecutiveFailures: tally.failures, misses: 0, retryMs: DIAL_RETRY_FIRST_MS });
       const report = errorAnswersReport(context.member, self.id, tally);
       if (report) enqueue.sendParent(report);
@@ -368,6 +371,7 @@ export const upstreamJsonMachine = setup({
       context.resent.delete(slot.upSeq);
       if (!p) return;
       const failures = context.consecutiveFailures + 1;
+      context.traffic.recent.add(context.clock.now(), 0, 1);
       enqueue.assign({ consecutiveFailures: failures });
       enqueue.sendParent(retryReport(context.member, self.id, [p.req], { code: ErrorCode.UPSTREAM_FAILED, message: `server ${context.member} failed before answering: ${event.error}` }, failures));
     }),
@@ -401,6 +405,7 @@ export const upstreamJsonMachine = setup({
         }
       }
       const failures = context.consecutiveFailures + missed.length;
+      context.traffic.recent.add(event.now, 0, missed.length);
       const gone = misses >= context.limits.missesToLeave ? `it stopped answering (${misses} tries in a row timed out with no answer from it meanwhile)` : undefined;
       enqueue.assign({ misses, consecutiveFailures: failures, gone });
       const within = `within ${context.tryTimeoutMs} ms`;

@@ -22,6 +22,7 @@ import { Connection } from '../transport/socket.js';
 import { LOOKUP_TIMEOUT_MS, whenReady } from '../transport/tls.js';
 import { Inflight } from './inflight.js';
 import { fmt } from './logger.js';
+import { RecentOutcomes } from './recent-outcomes.js';
 import {
   closedByServer, describeLinkError, errorAnswersReport, logForward, quoted, retryReport, settle, tryDeadline,
   type Failure, type LinkCommand, type LinkInput, type LinkPhase, type LinkPort, type LinkReport, type ProxyRequest, type SocketFactory, type Tally,
@@ -55,6 +56,7 @@ export class LinkTraffic implements LinkPort {
   /** Failures since the last ACK (try timeouts, error answers): for outlier ejection. */
   failures = 0;
   answered = 0;
+  readonly recent = new RecentOutcomes();
   /** The server ended the link with an ERROR without a seq: the failure of what the link held (`closedByServer`). */
   said?: Failure;
   /** The server sent a message a server never sends on a link (DATA, SETUP, PING, DEREGISTER): what is wrong, to tell it, and the link is closed. */
@@ -185,6 +187,7 @@ export class LinkTraffic implements LinkPort {
     }
     this.answered += tally.answered;
     this.failures = tally.failures;
+    if (tally.answered || tally.faults) this.recent.add(link.clock.now(), tally.answered, tally.faults ?? 0);
     return errorAnswersReport(link.member, linkId, tally);
   }
 }
@@ -353,6 +356,7 @@ export const upstreamMachine = setup({
       const expired = context.inflight.takeExpired(event.now);
       if (expired.length === 0) return;
       const failures = (context.traffic.failures += expired.length);
+      context.traffic.recent.add(event.now, 0, expired.length);
       context.traffic.checkLife();
       const failure = { code: ErrorCode.TIMEOUT, message: `server ${context.member} did not answer within ${context.tryTimeoutMs} ms` };
       enqueue.sendParent(retryReport(context.member, self.id, expired.map((p) => p.req), failure, failures));
