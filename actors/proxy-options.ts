@@ -37,6 +37,10 @@ export interface ProxyOptions {
   retries?: number;
   /** Timeout of one try, in ms. Default: the request timeout divided by (retries + 1). */
   tryTimeoutMs?: number;
+  /** A policy's retries of failed tries over the last 10 s may be this percentage of its requests over them, plus `minRetryRate` a second (retry-budget.ts). Default 20. */
+  retryBudget?: number;
+  /** Retries a second a policy may always make, whatever its retry budget. Default 10. */
+  minRetryRate?: number;
   /** Largest frame accepted from any peer. Default 1 MiB. */
   maxFrameBytes?: number;
   /** Unanswered requests one client connection may have before its reads pause. Default 4096. */
@@ -127,6 +131,8 @@ export interface ProxyObserver {
   answered?(policy: string, member: string | undefined, outcome: Outcome, latencyMs: number, req: ProxyRequest): void;
   /** A request that failed on `failed` (with `code`) is being tried again on another member. */
   retried?(policy: string, failed: string, code: Code): void;
+  /** A request that failed on `failed` (with `code`) was not tried again: its policy's retry budget was spent. */
+  retryRefused?(policy: string, failed: string, code: Code): void;
   /** A member was taken out of rotation (or put back, with `back` true), for a reason from a fixed set. */
   ejected?(policy: string, member: string, reason: EjectReason, back: boolean): void;
   /** The listener accepted a connection (its role is known from its first message). */
@@ -185,6 +191,8 @@ export function resolveOptions(input: ProxyOptions): Opts {
     timeoutMs,
     retries,
     tryTimeoutMs,
+    retryBudget: input.retryBudget ?? 20,
+    minRetryRate: input.minRetryRate ?? 10,
     maxFrameBytes: input.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
     maxClientInflight: input.maxClientInflight ?? 4096,
     maxServerInflight: input.maxServerInflight ?? 1024,

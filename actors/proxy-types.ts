@@ -17,6 +17,7 @@ import type { Failure, LinkCommand, LinkPort, LinkReport, Peer, ProxyRequest, Re
 import type { Logger } from './logger.js';
 import type { PoolEvent } from './pool.js';
 import type { Pacer } from './pacer.js';
+import type { RetryBudget } from './retry-budget.js';
 import type { LinkSockets } from './port-limits.js';
 import type { PortClosed } from './port-closed.js';
 import type { Opts, ProxyObserver } from './proxy-options.js';
@@ -116,6 +117,8 @@ export interface Policy {
   returned?: ProxyRequest[];
   /** A `DRAIN_WAITING` is scheduled for this microtask's end (`drainSoon`, its one owner). */
   drainDue?: boolean;
+  /** Its requests and retries over the last 10 s, which bound its retries (`retry`). */
+  retryBudget: RetryBudget;
 }
 
 export interface ProxyContext {

@@ -106,7 +106,7 @@ export const proxyMachine = setup({
           peer.conn.pause();
         }
       }
-      for (const [policy, reqs] of byPolicy) route(context, policy, reqs);
+      for (const [policy, reqs] of byPolicy) route(context, policy, reqs, now);
     },
 
     refuseNew: ({ context, event }) => {

@@ -13,6 +13,7 @@ import { FairQueue } from './fair-queue.js';
 import { quoted, type Failure, type Peer, type ProxyRequest, type Reply } from './link.js';
 import { fmt } from './logger.js';
 import { poolMachine } from './pool.js';
+import { RETRY_BUDGET_WINDOW_MS, RetryBudget, type RetryBudgetRules } from './retry-budget.js';
 import { CLIENT_GONE } from './proxy-options.js';
 import type { Member, Policy, ProxyContext } from './proxy-types.js';
 
@@ -24,7 +25,7 @@ export function policyOf(context: ProxyContext, name: string): Policy {
       id: `pool:${name}`,
       input: { policy: name, deliver: makeDeliver(context), unrouted: (requests: unknown[]) => unrouted(context, requests as ProxyRequest[]), eligible: makeEligible(context) },
     });
-    policy = { name, pool, members: new Set(), waiting: new FairQueue() };
+    policy = { name, pool, members: new Set(), waiting: new FairQueue(), retryBudget: new RetryBudget() };
     context.policies.set(name, policy);
   }
   return policy;
@@ -37,25 +38,33 @@ export function forgetIfEmpty(context: ProxyContext, policy: Policy): void {
   stopChild(policy.pool);
 }
 
-/** Hand requests to their policy's pool, or refuse them when nobody serves the policy. */
-export function route(context: ProxyContext, name: string, requests: ProxyRequest[]): void {
+/**
+ * Hand requests to their policy's pool, or refuse them when nobody serves the policy. New
+ * requests (`arrived`: when, not a retry) count towards the policy's retry budget.
+ */
+export function route(context: ProxyContext, name: string, requests: ProxyRequest[], arrived?: number): void {
   const policy = context.policies.get(name);
-  if (policy) policy.pool.send({ type: 'ROUTE', requests });
-  else refuse(context, requests, { code: ErrorCode.NO_SERVER, message: `no server is registered for privacy policy ${name}` });
+  if (policy) {
+    if (arrived !== undefined) policy.retryBudget.deposit(arrived, requests.length);
+    policy.pool.send({ type: 'ROUTE', requests });
+  } else refuse(context, requests, { code: ErrorCode.NO_SERVER, message: `no server is registered for privacy policy ${name}` });
 }
 
 /**
  * A try failed on `member`: send each request to another member of its pool,
  * or answer it when its retries or its time are used up, or when no member it
- * has not tried could take it. Only a request that goes elsewhere is logged as
- * retried; the observer counts each retry as it is sent (`makeDeliver`).
+ * has not tried could take it, or - `budgeted`, a try that failed rather than a
+ * link that went down - when its policy's retry budget is spent (retry-budget.ts).
+ * Only a request that goes elsewhere is logged as retried; the observer counts
+ * each retry as it is sent (`makeDeliver`).
  */
-export function retry(context: ProxyContext, member: string, requests: ProxyRequest[], failure: Failure): void {
+export function retry(context: ProxyContext, member: string, requests: ProxyRequest[], failure: Failure, budgeted: boolean): void {
   if (requests.length === 0) return;
   const now = context.clock.now();
   const reply = context.reply;
   const again = new Map<string, ProxyRequest[]>();
   let failedNow = 0;
+  let overBudget: Map<Policy, number> | undefined;
   for (const req of requests) {
     (req.tried ??= []).push(member);
     req.last = failure;
@@ -68,9 +77,16 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
       continue;
     }
     const name = req.msg.privPoliId;
-    if (!couldServe(context.policies.get(name), req)) {
+    const policy = context.policies.get(name);
+    if (!couldServe(policy, req)) {
       answerTriedAll(context, req, name);
       failedNow++;
+      continue;
+    }
+    if (budgeted && !policy!.retryBudget.take(now, budgetRules(context))) {
+      reply(req, errorMsg(failure.code, `${failure.message}; not retried: ${budgetSpent(context, policy!, now)}`));
+      context.observer?.retryRefused?.(name, member, failure.code);
+      (overBudget ??= new Map()).set(policy!, (overBudget.get(policy!) ?? 0) + 1);
       continue;
     }
     let group = again.get(name);
@@ -84,11 +100,31 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
       { policy, server: member, code: failure.code });
     route(context, policy, reqs);
   }
+  if (overBudget) {
+    for (const [policy, n] of overBudget) {
+      context.logger.repeated('warn', 'retry_budget', `${policy.name}\0${member}\0${failure.code}`, n,
+        (k, span) => `Did not retry ${fmt(k)} request(s) that failed on server id ${member}${span ? ` ${span}` : ''} (${failure.message}): ${budgetSpent(context, policy, now)}; they got that answer`,
+        { policy: policy.name, server: member, code: failure.code });
+    }
+  }
   if (failedNow) {
     context.logger.repeated('warn', 'request_failed', `${member}\0${failure.code}`, failedNow,
       (n, span) => `${fmt(n)} request(s) failed after server id ${member}${span ? ` ${span}` : ''}: ${failure.message}`,
       { server: member, code: failure.code });
   }
+}
+
+/** The retry budget's rules as the options now have them (a reload may change them). */
+function budgetRules(context: ProxyContext): RetryBudgetRules {
+  return { percent: context.opts.retryBudget, minPerSecond: context.opts.minRetryRate };
+}
+
+/** Why a retry was not made: the policy's budget, with its figures and the settings that make it. */
+function budgetSpent(context: ProxyContext, policy: Policy, now: number): string {
+  const rules = budgetRules(context);
+  const s = policy.retryBudget.state(now, rules);
+  return `privacy policy ${policy.name} made ${fmt(s.retries)} retries in the last ${RETRY_BUDGET_WINDOW_MS / 1000} s, all its retry budget allows `
+    + `(${rules.percent} % of its ${fmt(s.requests)} requests and ${rules.minPerSecond} a second: --retry-budget, --min-retry-rate)`;
 }
 
 /** Whether a member of `policy` that `req` has not tried is serving or connecting (it may take `req` now or soon). */

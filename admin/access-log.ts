@@ -227,6 +227,7 @@ export function combineObservers(...list: Array<ProxyObserver | undefined>): Pro
   return {
     answered: hook(obs, 'answered'),
     retried: hook(obs, 'retried'),
+    retryRefused: hook(obs, 'retryRefused'),
     ejected: hook(obs, 'ejected'),
     accepted: hook(obs, 'accepted'),
     connectionLimit: hook(obs, 'connectionLimit'),

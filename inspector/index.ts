@@ -74,6 +74,7 @@ export async function startInspector(opts: InspectorOptions = {}): Promise<Inspe
   const observer: ProxyObserver = {
     answered: (policy, member, outcome, latencyMs) => metrics.answered(policy, member, outcome, latencyMs),
     retried: (policy, failed, code) => metrics.retried(policy, failed, code),
+    retryRefused: (policy, failed, code) => metrics.retryRefused(policy, failed, code),
     ejected: (policy, member, reason, back) => metrics.ejected(policy, member, reason, back),
     accepted: (peer) => hub.notePeer(peer),
   };

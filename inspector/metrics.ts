@@ -128,6 +128,8 @@ export class Metrics implements ProxyObserver {
   /** Per policy, per member: what its card shows (only members a card has shown are counted). */
   private readonly cards = new Map<string, Map<string, MemberTally>>();
   private readonly retries = new Map<string, number>();
+  /** Failed tries not retried for the retry budget, by policy, server and code. */
+  private readonly overBudget = new Map<string, number>();
   /** Policies the last scrape showed with members, each with their sources. */
   private shown = new Map<string, Set<string>>();
   /** Policies shown once, held by no pool now: in the order they left, each with the sources it last had. */
@@ -193,6 +195,13 @@ export class Metrics implements ProxyObserver {
       labelNames: ['policy', 'server', 'code'],
       registers: [this.registry],
       collect: tally(this.retries, ['policy', 'server', 'code']),
+    });
+    new Counter({
+      name: 'revproxy_retries_over_budget_total',
+      help: 'Requests a failed try was not retried for, their policy\'s retry budget spent (--retry-budget, --min-retry-rate): they got that try\'s answer; by policy, failed server and the failure\'s error code',
+      labelNames: ['policy', 'server', 'code'],
+      registers: [this.registry],
+      collect: tally(this.overBudget, ['policy', 'server', 'code']),
     });
     new Counter({
       name: 'revproxy_ejections_total',
@@ -307,13 +316,20 @@ export class Metrics implements ProxyObserver {
   }
 
   retried(policy: string, failed: string, code: ErrorCode): void {
-    const k = labelKey(policy, failed, code);
-    if (this.retries.has(k) || this.retries.size < MAX_LABEL_VALUES || (this.makeRoom() && this.retries.size < MAX_LABEL_VALUES)) this.retries.set(k, (this.retries.get(k) ?? 0) + 1);
+    this.count(this.retries, labelKey(policy, failed, code));
+  }
+
+  retryRefused(policy: string, failed: string, code: ErrorCode): void {
+    this.count(this.overBudget, labelKey(policy, failed, code));
   }
 
   ejected(policy: string, member: string, reason: EjectReason, back: boolean): void {
-    const k = labelKey(policy, member, reason, back ? 'back' : 'out');
-    if (this.ejections.has(k) || this.ejections.size < MAX_LABEL_VALUES || (this.makeRoom() && this.ejections.size < MAX_LABEL_VALUES)) this.ejections.set(k, (this.ejections.get(k) ?? 0) + 1);
+    this.count(this.ejections, labelKey(policy, member, reason, back ? 'back' : 'out'));
+  }
+
+  /** One more for series `k` of a per-server table, unless the table is full of live series (MAX_LABEL_VALUES). */
+  private count(table: Map<string, number>, k: string): void {
+    if (table.has(k) || table.size < MAX_LABEL_VALUES || (this.makeRoom() && table.size < MAX_LABEL_VALUES)) table.set(k, (table.get(k) ?? 0) + 1);
   }
 
   /**
@@ -337,7 +353,7 @@ export class Metrics implements ProxyObserver {
       }
       for (const server of t.outcomes.keys()) if (gone(policy, server) && t.outcomes.delete(server)) forgot++;
     }
-    for (const table of [this.retries, this.ejections]) {
+    for (const table of [this.retries, this.overBudget, this.ejections]) {
       for (const k of table.keys()) {
         const [policy, server] = labelsOf(k) as [string, string];
         if (gone(policy, server) && table.delete(k)) forgot++;
@@ -365,7 +381,7 @@ export class Metrics implements ProxyObserver {
       return since !== undefined && now - since >= DEPARTED_SERVER_SERIES_MS;
     };
     for (const [policy, t] of this.policies) for (const server of t.outcomes.keys()) if (expired(policy, server)) t.outcomes.delete(server);
-    for (const table of [this.retries, this.ejections]) {
+    for (const table of [this.retries, this.overBudget, this.ejections]) {
       for (const k of table.keys()) {
         const [policy, server] = labelsOf(k) as [string, string];
         if (expired(policy, server)) table.delete(k);

@@ -1,0 +1,135 @@
+/**
+ * The retry budget (actors/retry-budget.ts): a policy's retries of failed tries over the last 10 s
+ * are at most `--retry-budget` percent of its requests over them plus `--min-retry-rate` a second;
+ * the requests of a server whose link went down are sent again outside it.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { runClient, startProxy, startServer, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import { resolveOptions, type ProxyObserver } from '../actors/proxy-options.js';
+import { RETRY_BUDGET_WINDOW_MS, RetryBudget } from '../actors/retry-budget.js';
+import { eventually, LOCAL, sleep } from './helpers.js';
+import { killAll, proxyProcess, revproxy, type Proc } from './procs.js';
+
+const unit = suite('retry budget, alone');
+
+unit('with no requests, the minimum rate allows its 10 seconds worth, then no more', () => {
+  const b = new RetryBudget();
+  const rules = { percent: 20, minPerSecond: 3 };
+  let taken = 0;
+  while (b.take(1000, rules)) taken++;
+  assert.is(taken, 30);
+  assert.equal(b.state(1000, rules), { requests: 0, retries: 30, allowed: 30 });
+});
+
+unit('requests over the last 10 s allow their percentage; older ones and older retries are forgotten', () => {
+  const b = new RetryBudget();
+  const rules = { percent: 20, minPerSecond: 0 };
+  b.deposit(0, 500);
+  b.deposit(5000, 500);
+  let taken = 0;
+  while (b.take(5500, rules)) taken++;
+  assert.is(taken, 200, '20 % of 1,000');
+  // The first second's 500 requests and none of the retries (taken at 5.5 s) have aged out at 10.0 s.
+  assert.equal(b.state(10_000, rules), { requests: 500, retries: 200, allowed: 100 });
+  assert.not.ok(b.take(10_000, rules));
+  // 10 s after the retries, they are gone too; so are the 5 s requests.
+  assert.equal(b.state(15_000, rules), { requests: 0, retries: 0, allowed: 0 });
+  b.deposit(15_000, 10);
+  assert.ok(b.take(15_000, rules));
+  assert.ok(b.take(15_000, rules));
+  assert.not.ok(b.take(15_000, rules), '20 % of 10 is 2');
+  assert.is(RETRY_BUDGET_WINDOW_MS, 10_000);
+});
+
+unit('a slot met again after a whole window counts afresh', () => {
+  const b = new RetryBudget();
+  const rules = { percent: 100, minPerSecond: 0 };
+  b.deposit(2500, 7);
+  // 12.5 s is the same slot as 2.5 s, ten seconds on: the 7 are gone.
+  b.deposit(12_500, 1);
+  assert.equal(b.state(12_500, rules), { requests: 1, retries: 0, allowed: 1 });
+});
+
+interface Counts {
+  retried: number;
+  refused: number;
+}
+
+function counting(): { counts: Counts; observer: ProxyObserver } {
+  const counts = { retried: 0, refused: 0 };
+  return { counts, observer: { retried: () => void counts.retried++, retryRefused: () => void counts.refused++ } };
+}
+
+type Ctx = { proxy?: ProxyHandle; servers: ServerHandle[] };
+const live = suite<Ctx>('retry budget, in a proxy', { servers: [] });
+live.after.each(async (ctx) => {
+  for (const s of ctx.servers) s.kill();
+  ctx.servers = [];
+  await ctx.proxy?.stop();
+  ctx.proxy = undefined;
+});
+
+/** Three servers of policy F that answer every request UPSTREAM_FAILED, never ejected (they fail alike anyway). */
+async function failingPolicy(ctx: Ctx, options: Parameters<typeof startProxy>[0]): Promise<{ host: string; port: number }> {
+  ctx.proxy = await startProxy({ port: 0, ejectAfter: 1_000_000, ...options });
+  const proxy = { host: LOCAL, port: ctx.proxy.port };
+  for (const id of ['f1', 'f2', 'f3']) ctx.servers.push(await startServer({ id, policy: 'F', listenPort: 0, proxy, behaviour: 'fail' }));
+  await eventually(() => ctx.proxy!.pools().F?.serving.length === 3, 3000, 'three failing servers serving F');
+  return proxy;
+}
+
+live('a policy whose every server fails: 20 % of its requests are retried, the rest get their first answer', async (ctx) => {
+  const { counts, observer } = counting();
+  const proxy = await failingPolicy(ctx, { retries: 2, retryBudget: 20, minRetryRate: 0, observer });
+  const results = await runClient({ id: 'c', proxy, packets: Array.from({ length: 100 }, (_, i) => ({ srcid: 'c', privPoliId: 'F', payload: `f${i}` })), window: 100 });
+  assert.ok(results.every((r) => r.error === 'UPSTREAM_FAILED'), JSON.stringify(results.slice(0, 3)));
+  // Without the budget each request went to all three servers: 200 retries, none refused.
+  assert.is(counts.retried, 20);
+  // Every request ends refused a retry (the 20 retried, on their second failure), but one a retry's
+  // second failure might have reached before the budget was spent (two retries: answered for its --retries).
+  assert.ok(counts.refused >= 90 && counts.refused <= 100, `refused ${counts.refused}`);
+  const told = results.filter((r) => /; not retried: privacy policy F made 20 retries in the last 10 s, all its retry budget allows \(20 % of its 100 requests and 0 a second: --retry-budget, --min-retry-rate\)$/.test(r.message ?? ''));
+  assert.is(told.length, counts.refused, results.map((r) => r.message).slice(0, 2).join('\n'));
+});
+
+live('a budget of 100 % a retry (200 % with --retries 2) is no budget', async (ctx) => {
+  const { counts, observer } = counting();
+  const proxy = await failingPolicy(ctx, { retries: 2, retryBudget: 200, minRetryRate: 0, observer });
+  const results = await runClient({ id: 'c', proxy, packets: Array.from({ length: 30 }, (_, i) => ({ srcid: 'c', privPoliId: 'F', payload: `q${i}` })), window: 30 });
+  assert.ok(results.every((r) => r.error === 'UPSTREAM_FAILED' && / tried f\d, f\d, f\d$/.test(r.message ?? '')), JSON.stringify(results.slice(0, 2)));
+  assert.equal(counts, { retried: 60, refused: 0 });
+});
+
+live('the minimum rate lets a policy with no budget retry; a reload changes the rules at once', async (ctx) => {
+  const { counts, observer } = counting();
+  const proxy = await failingPolicy(ctx, { retries: 2, retryBudget: 0, minRetryRate: 0, observer });
+  const send = (tag: string) => runClient({ id: 'c', proxy, packets: Array.from({ length: 10 }, (_, i) => ({ srcid: 'c', privPoliId: 'F', payload: `${tag}${i}` })), window: 10 });
+  await send('a');
+  assert.equal(counts, { retried: 0, refused: 10 }, 'no budget: no retry');
+  ctx.proxy!.actor.send({ type: 'RELOAD', opts: resolveOptions({ port: proxy.port, ejectAfter: 1_000_000, retries: 2, retryBudget: 0, minRetryRate: 1 }) });
+  const results = await send('b');
+  assert.ok(results.every((r) => r.error === 'UPSTREAM_FAILED'));
+  // 1 a second, over the 10 s: 10 retries.
+  assert.is(counts.retried, 10);
+});
+
+const procs = suite('retry budget across processes');
+procs.after.each(killAll);
+
+procs('the requests of a server killed mid-run are sent again outside the budget: none lost', async () => {
+  const { port } = await proxyProcess(['--log-level', 'warn', '--retry-budget', '0', '--min-retry-rate', '0']);
+  const slow: Proc = revproxy(['server', '-id', 'slow', '-pp', 'P', '-listen', '0', '-revproc', String(port), '--behaviour', 'silent']);
+  const good: Proc = revproxy(['server', '-id', 'good', '-pp', 'P', '-listen', '0', '-revproc', String(port)]);
+  await eventually(() => [slow, good].every((s) => s.out.some((l) => /Registered with the reverse proxy/.test(l))), 15000, 'servers registered');
+  const run = runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: Array.from({ length: 40 }, (_, i) => ({ srcid: 'c', privPoliId: 'P', payload: `k${i}` })), window: 40 });
+  // The silent server holds its half until it is killed; its link goes down and they go to the other.
+  await sleep(300);
+  slow.kill('SIGKILL');
+  const results = await run;
+  assert.ok(results.every((r) => r.correct), JSON.stringify(results.filter((r) => !r.correct).slice(0, 3)));
+});
+
+unit.run();
+live.run();
+procs.run();
