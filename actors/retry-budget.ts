@@ -8,9 +8,10 @@
  * `TIMEOUT` after their handler timeout for a third of the requests ran every fast request's p50
  * from 4 ms to over a second (README, "Retries and their budget").
  *
- * Only retries of tries that failed count (an error answer, a try timeout): the requests of a
- * server whose link went down are sent again outside it - they are what the server held when it
- * went, a one-off bounded by its in-flight limit, and the server takes no more.
+ * Only retries of work that may have run count (an error answer, a try timeout). Outside it: a
+ * server's OVERLOADED (it ran none of the work; sent elsewhere, the request runs once all the same),
+ * and the requests of a server whose link went down - what the server held when it went, a one-off
+ * bounded by its in-flight limit, and the server takes no more.
  *
  * Ten one-second slots; a request or a retry is counted in the slot of its second. Counting a
  * request is one add per batch of a read; the sum over the slots is taken per retry only.

@@ -54,7 +54,8 @@ export function route(context: ProxyContext, name: string, requests: ProxyReques
  * A try failed on `member`: send each request to another member of its pool,
  * or answer it when its retries or its time are used up, or when no member it
  * has not tried could take it, or - `budgeted`, a try that failed rather than a
- * link that went down - when its policy's retry budget is spent (retry-budget.ts).
+ * link that went down, and not for the server's OVERLOADED - when its policy's
+ * retry budget is spent (retry-budget.ts).
  * Only a request that goes elsewhere is logged as retried; the observer counts
  * each retry as it is sent (`makeDeliver`).
  */
@@ -65,6 +66,10 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
   const again = new Map<string, ProxyRequest[]>();
   let failedNow = 0;
   let overBudget: Map<Policy, number> | undefined;
+  // A server's OVERLOADED says it ran none of the work (its queue was full): sent elsewhere, the request runs
+  // once all the same, and that is how a policy with one full server and others with room balances. Outside
+  // the budget too, as a link that went down: what the budget bounds is work done again.
+  const budget = budgeted && failure.code !== ErrorCode.OVERLOADED;
   for (const req of requests) {
     (req.tried ??= []).push(member);
     req.last = failure;
@@ -83,7 +88,7 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
       failedNow++;
       continue;
     }
-    if (budgeted && !policy!.retryBudget.take(now, budgetRules(context))) {
+    if (budget && !policy!.retryBudget.take(now, budgetRules(context))) {
       reply(req, errorMsg(failure.code, `${failure.message}; not retried: ${budgetSpent(context, policy!, now)}`));
       context.observer?.retryRefused?.(name, member, failure.code);
       (overBudget ??= new Map()).set(policy!, (overBudget.get(policy!) ?? 0) + 1);

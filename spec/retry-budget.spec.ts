@@ -114,6 +114,20 @@ live('the minimum rate lets a policy with no budget retry; a reload changes the 
   assert.is(counts.retried, 10);
 });
 
+live("a server's OVERLOADED answers (it ran none of the work) are sent again outside the budget: what a full server refuses goes to the other", async (ctx) => {
+  const { counts, observer } = counting();
+  ctx.proxy = await startProxy({ port: 0, retryBudget: 0, minRetryRate: 0, observer });
+  const proxy = { host: LOCAL, port: ctx.proxy.port };
+  // One request at a time, 100 ms each, none waiting: it refuses the rest of what it is sent OVERLOADED, at once.
+  ctx.servers.push(await startServer({ id: 'busy', policy: 'P', listenPort: 0, proxy, delayMs: 100, concurrency: 1, queueLimit: 0 }));
+  ctx.servers.push(await startServer({ id: 'good', policy: 'P', listenPort: 0, proxy }));
+  await eventually(() => ctx.proxy!.pools().P?.serving.length === 2, 3000, 'both servers serving P');
+  const results = await runClient({ id: 'c', proxy, packets: Array.from({ length: 40 }, (_, i) => ({ srcid: 'c', privPoliId: 'P', payload: `o${i}` })), window: 16 });
+  assert.ok(results.every((r) => r.correct), JSON.stringify(results.filter((r) => !r.correct).slice(0, 2)));
+  assert.ok(counts.retried >= 5, `busy refused ${counts.retried}`);
+  assert.is(counts.refused, 0);
+});
+
 const procs = suite('retry budget across processes');
 procs.after.each(killAll);
 
