@@ -8,6 +8,8 @@ import * as assert from 'uvu/assert';
 import { runClient, startProxy, startServer, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { resolveOptions, type ProxyObserver } from '../actors/proxy-options.js';
 import { RETRY_BUDGET_WINDOW_MS, RetryBudget } from '../actors/retry-budget.js';
+import { combineObservers } from '../admin/access-log.js';
+import { Metrics } from '../inspector/metrics.js';
 import { eventually, LOCAL, sleep } from './helpers.js';
 import { killAll, proxyProcess, revproxy, type Proc } from './procs.js';
 
@@ -81,7 +83,8 @@ async function failingPolicy(ctx: Ctx, options: Parameters<typeof startProxy>[0]
 
 live('a policy whose every server fails: 20 % of its requests are retried, the rest get their first answer', async (ctx) => {
   const { counts, observer } = counting();
-  const proxy = await failingPolicy(ctx, { retries: 2, retryBudget: 20, minRetryRate: 0, observer });
+  const metrics = new Metrics({ pools: () => [], inflight: () => 0, actorCounts: () => [] });
+  const proxy = await failingPolicy(ctx, { retries: 2, retryBudget: 20, minRetryRate: 0, observer: combineObservers(observer, metrics) });
   const results = await runClient({ id: 'c', proxy, packets: Array.from({ length: 100 }, (_, i) => ({ srcid: 'c', privPoliId: 'F', payload: `f${i}` })), window: 100 });
   assert.ok(results.every((r) => r.error === 'UPSTREAM_FAILED'), JSON.stringify(results.slice(0, 3)));
   // Without the budget each request went to all three servers: 200 retries, none refused.
@@ -91,6 +94,9 @@ live('a policy whose every server fails: 20 % of its requests are retried, the r
   assert.ok(counts.refused >= 90 && counts.refused <= 100, `refused ${counts.refused}`);
   const told = results.filter((r) => /; not retried: privacy policy F made 20 retries in the last 10 s, all its retry budget allows \(20 % of its 100 requests and 0 a second: --retry-budget, --min-retry-rate\)$/.test(r.message ?? ''));
   assert.is(told.length, counts.refused, results.map((r) => r.message).slice(0, 2).join('\n'));
+  const text = await metrics.registry.metrics();
+  const series = [...text.matchAll(/^revproxy_retries_over_budget_total\{policy="F",server="f\d",code="UPSTREAM_FAILED"\} (\d+)$/gm)];
+  assert.is(series.reduce((sum, m) => sum + Number(m[1]), 0), counts.refused, text);
 });
 
 live('a budget of 100 % a retry (200 % with --retries 2) is no budget', async (ctx) => {
