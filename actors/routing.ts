@@ -65,7 +65,8 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
   const reply = context.reply;
   const again = new Map<string, ProxyRequest[]>();
   let failedNow = 0;
-  let overBudget: Map<Policy, number> | undefined;
+  // Per policy: the requests the budget held back, and their one answer (the budget does not change within a call).
+  let overBudget: Map<Policy, { n: number; answer: ErrorMsg }> | undefined;
   // A server's OVERLOADED says it ran none of the work (its queue was full): sent elsewhere, the request runs
   // once all the same, and that is how a policy with one full server and others with room balances. Outside
   // the budget too, as a link that went down: what the budget bounds is work done again.
@@ -89,9 +90,11 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
       continue;
     }
     if (budget && !policy!.retryBudget.take(now, budgetRules(context))) {
-      reply(req, errorMsg(failure.code, `${failure.message}; not retried: ${budgetSpent(context, policy!, now)}`));
+      let held = (overBudget ??= new Map()).get(policy!);
+      if (!held) overBudget.set(policy!, (held = { n: 0, answer: errorMsg(failure.code, `${failure.message}; not retried: ${budgetSpent(context, policy!, now)}`) }));
+      held.n++;
+      reply(req, held.answer);
       context.observer?.retryRefused?.(name, member, failure.code);
-      (overBudget ??= new Map()).set(policy!, (overBudget.get(policy!) ?? 0) + 1);
       continue;
     }
     let group = again.get(name);
@@ -106,7 +109,7 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
     route(context, policy, reqs);
   }
   if (overBudget) {
-    for (const [policy, n] of overBudget) {
+    for (const [policy, { n }] of overBudget) {
       context.logger.repeated('warn', 'retry_budget', `${policy.name}\0${member}\0${failure.code}`, n,
         (k, span) => `Did not retry ${fmt(k)} request(s) that failed on server id ${member}${span ? ` ${span}` : ''} (${failure.message}): ${budgetSpent(context, policy, now)}; they got that answer`,
         { policy: policy.name, server: member, code: failure.code });
