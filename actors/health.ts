@@ -85,7 +85,7 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
     entry.timer = context.clock.setTimeout(() => context.probes.add(entry.id), delay);
     entry.timerDue = now + delay;
   }
-  retry(context, member, requests, failure, false);
+  retry(context, member, requests, failure, failure.cause ?? 'reset');
 }
 
 /**
@@ -98,7 +98,7 @@ export function triesFailed(context: ProxyContext, member: string, linkId: strin
   if (entry) entry.lastFailure = { ...failure, at: context.clock.now(), inARow: failures };
   if (entry?.unlisted && entry.state === 'serving' && failures >= context.opts.ejectAfter) removeServer(context, entry, `${failures} consecutive failures while it was kept out of the registry (${entry.unlisted})`);
   else if (entry && entry.state === 'serving' && failures >= context.opts.ejectAfter) eject(context, entry, failures);
-  retry(context, member, requests, failure, true);
+  retry(context, member, requests, failure, failure.cause ?? 'upstream-failed');
   const policy = context.servers.get(member)?.policy;
   if (policy !== undefined) drainSoon(context, policy);
 }

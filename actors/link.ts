@@ -71,10 +71,23 @@ export interface ProxyRequest {
 /** Sends the one answer a request gets. */
 export type Reply = (req: ProxyRequest, answer: AckMsg | ErrorMsg, member?: string) => void;
 
+/**
+ * How a try failed, as `--retry-on` names the failures it retries (`RETRY_CONDITIONS`): the server's
+ * link went down or the server left (`reset`), no answer within the try timeout (`try-timeout`), or
+ * the server answered `OVERLOADED`, `TIMEOUT`, or another error (`upstream-failed`). `unsent`: the
+ * request never reached the server (an old JSON server cannot carry it, or had no free connection
+ * in time): always retried, as no try at all.
+ */
+export const RETRY_CONDITIONS = ['reset', 'try-timeout', 'overloaded', 'timeout', 'upstream-failed'] as const;
+export type RetryCondition = (typeof RETRY_CONDITIONS)[number];
+export type TryCause = RetryCondition | 'unsent';
+
 /** A coded failure, as reports and events carry it (never a bare string). */
 export interface Failure {
   code: WireCode;
   message: string;
+  /** How the try failed (`--retry-on`); unset on a link that went down (`reset`). */
+  cause?: TryCause;
   /**
    * Set when a link ended because its server sent something that is not a
    * valid message (what the check said, e.g. `missing field 'destid'`): a
@@ -223,7 +236,8 @@ export function retryReport(member: string, linkId: string, requests: ProxyReque
 export function errorAnswersReport(member: string, linkId: string, tally: Tally): LinkReport | undefined {
   const m = tally.lastFailure;
   if (!tally.failed || !m) return undefined;
-  return retryReport(member, linkId, tally.failed, { code: answerCode(m.code), message: `server ${member} answered ${m.code}: ${m.message}` }, tally.failures);
+  const cause = m.code === ErrorCode.OVERLOADED ? 'overloaded' : m.code === ErrorCode.TIMEOUT ? 'timeout' : 'upstream-failed';
+  return retryReport(member, linkId, tally.failed, { code: answerCode(m.code), message: `server ${member} answered ${m.code}: ${m.message}`, cause }, tally.failures);
 }
 
 /** A server's error code as a try's failure: its own when a server may answer a request with it (`SERVER_ANSWER_CODES`), else UPSTREAM_FAILED. */

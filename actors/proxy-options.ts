@@ -11,7 +11,7 @@ import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import type { TlsMaterial } from '../transport/tls.js';
 import type { Clock } from '../transport/clock.js';
 import type { Socket } from 'node:net';
-import type { Peer, ProxyRequest, SocketFactory } from './link.js';
+import { RETRY_CONDITIONS, type Peer, type ProxyRequest, type RetryCondition, type SocketFactory } from './link.js';
 import type { Logger } from './logger.js';
 
 /** How the proxy treats servers of the old JSON wire. */
@@ -41,6 +41,8 @@ export interface ProxyOptions {
   retryBudget?: number;
   /** Retries a second a policy may always make, whatever its retry budget. Default 10. */
   minRetryRate?: number;
+  /** How a try may have failed for the request to be retried (`RETRY_CONDITIONS`). Default: all of them. */
+  retryOn?: readonly RetryCondition[];
   /** Largest frame accepted from any peer. Default 1 MiB. */
   maxFrameBytes?: number;
   /** Unanswered requests one client connection may have before its reads pause. Default 4096. */
@@ -193,6 +195,7 @@ export function resolveOptions(input: ProxyOptions): Opts {
     tryTimeoutMs,
     retryBudget: input.retryBudget ?? 20,
     minRetryRate: input.minRetryRate ?? 10,
+    retryOn: input.retryOn ?? RETRY_CONDITIONS,
     maxFrameBytes: input.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
     maxClientInflight: input.maxClientInflight ?? 4096,
     maxServerInflight: input.maxServerInflight ?? 1024,

@@ -10,7 +10,7 @@ import { ErrorCode } from '../transport/errors.js';
 import { errorMsg, MsgType, payloadBytes, WIRE, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import { startChild, stopChild } from './children.js';
 import { FairQueue } from './fair-queue.js';
-import { quoted, type Failure, type Peer, type ProxyRequest, type Reply } from './link.js';
+import { quoted, type Failure, type Peer, type ProxyRequest, type Reply, type TryCause } from './link.js';
 import { fmt } from './logger.js';
 import { poolMachine } from './pool.js';
 import { RETRY_BUDGET_WINDOW_MS, RetryBudget, type RetryBudgetRules } from './retry-budget.js';
@@ -53,13 +53,13 @@ export function route(context: ProxyContext, name: string, requests: ProxyReques
 /**
  * A try failed on `member`: send each request to another member of its pool,
  * or answer it when its retries or its time are used up, or when no member it
- * has not tried could take it, or - `budgeted`, a try that failed rather than a
- * link that went down, and not for the server's OVERLOADED - when its policy's
- * retry budget is spent (retry-budget.ts).
- * Only a request that goes elsewhere is logged as retried; the observer counts
- * each retry as it is sent (`makeDeliver`).
+ * has not tried could take it, or when `--retry-on` leaves out how the try
+ * failed (`cause`), or when its policy's retry budget is spent (retry-budget.ts;
+ * for work that may have run: not a link that went down, a server's OVERLOADED or
+ * a request never sent). Only a request that goes elsewhere is logged as retried;
+ * the observer counts each retry as it is sent (`makeDeliver`).
  */
-export function retry(context: ProxyContext, member: string, requests: ProxyRequest[], failure: Failure, budgeted: boolean): void {
+export function retry(context: ProxyContext, member: string, requests: ProxyRequest[], failure: Failure, cause: TryCause): void {
   if (requests.length === 0) return;
   const now = context.clock.now();
   const reply = context.reply;
@@ -69,8 +69,10 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
   let overBudget: Map<Policy, { n: number; answer: ErrorMsg }> | undefined;
   // A server's OVERLOADED says it ran none of the work (its queue was full): sent elsewhere, the request runs
   // once all the same, and that is how a policy with one full server and others with room balances. Outside
-  // the budget too, as a link that went down: what the budget bounds is work done again.
-  const budget = budgeted && failure.code !== ErrorCode.OVERLOADED;
+  // the budget too, as a link that went down or a request never sent: what the budget bounds is work done again.
+  const budget = cause === 'try-timeout' || cause === 'timeout' || cause === 'upstream-failed';
+  const wanted = cause === 'unsent' || context.opts.retryOn.includes(cause);
+  let notWanted: ErrorMsg | undefined;
   for (const req of requests) {
     (req.tried ??= []).push(member);
     req.last = failure;
@@ -79,6 +81,11 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
       const finalCode = expired ? ErrorCode.TIMEOUT : failure.code;
       const why = expired ? `no answer within ${context.opts.timeoutMs} ms (last try: ${failure.message})` : `${failure.message}; tried ${req.tried.join(', ')}`;
       reply(req, errorMsg(finalCode, why));
+      failedNow++;
+      continue;
+    }
+    if (!wanted) {
+      reply(req, (notWanted ??= errorMsg(failure.code, `${failure.message}; not retried: retry_on (--retry-on) leaves out ${cause}`)));
       failedNow++;
       continue;
     }

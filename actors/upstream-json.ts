@@ -41,7 +41,7 @@ import type { Timer } from '../transport/clock.js';
 import { Inflight } from './inflight.js';
 import {
   describeLinkError, errorAnswersReport, logForward, retryReport, settle, tryDeadline,
-  type LinkCommand, type LinkInput, type LinkPhase, type LinkPort, type LinkReport, type ProxyRequest, type Tally,
+  type LinkCommand, type LinkInput, type LinkPhase, type LinkPort, type LinkReport, type ProxyRequest, type Tally, type TryCause,
 } from './link.js';
 import { OLD_SERVER_DEFAULTS, type OldServerOptions } from './proxy-options.js';
 import { RecentOutcomes } from './recent-outcomes.js';
@@ -259,12 +259,14 @@ export const upstreamJsonMachine = setup({
         enqueue.sendParent(retryReport(context.member, self.id, tooLong, {
           code: ErrorCode.UPSTREAM_FAILED,
           message: `server ${context.member} is an old server, which reads at most ${OLD_READ_BYTES} bytes of a request at once; this one is ${longest} bytes as JSON`,
+          cause: 'unsent',
         }, context.consecutiveFailures));
       }
       if (binary) {
         enqueue.sendParent(retryReport(context.member, self.id, binary, {
           code: ErrorCode.UPSTREAM_FAILED,
           message: `server ${context.member} is an old JSON server, which takes text only, and the payload is binary`,
+          cause: 'unsent',
         }, context.consecutiveFailures));
       }
     }),
@@ -373,7 +375,7 @@ export const upstreamJsonMachine = setup({
       const failures = context.consecutiveFailures + 1;
       context.traffic.recent.add(context.clock.now(), 0, 1);
       enqueue.assign({ consecutiveFailures: failures });
-      enqueue.sendParent(retryReport(context.member, self.id, [p.req], { code: ErrorCode.UPSTREAM_FAILED, message: `server ${context.member} failed before answering: ${event.error}` }, failures));
+      enqueue.sendParent(retryReport(context.member, self.id, [p.req], { code: ErrorCode.UPSTREAM_FAILED, message: `server ${context.member} failed before answering: ${event.error}`, cause: 'reset' }, failures));
     }),
     expire: enqueueActions(({ context, event, enqueue, self }) => {
       assertEvent(event, 'EXPIRE');
@@ -409,13 +411,13 @@ export const upstreamJsonMachine = setup({
       const gone = misses >= context.limits.missesToLeave ? `it stopped answering (${misses} tries in a row timed out with no answer from it meanwhile)` : undefined;
       enqueue.assign({ misses, consecutiveFailures: failures, gone });
       const within = `within ${context.tryTimeoutMs} ms`;
-      const reports: Array<[ProxyRequest[], string]> = [
-        [missed, `server ${context.member} did not answer ${within}`],
-        [unread, `server ${context.member} did not answer ${within}, though it answered others meanwhile (it serves ${context.width} connection(s) at once)`],
-        [waited, `server ${context.member} had no free connection ${within} (it serves ${context.width} connection(s) at once)`],
+      const reports: Array<[ProxyRequest[], string, TryCause]> = [
+        [missed, `server ${context.member} did not answer ${within}`, 'try-timeout'],
+        [unread, `server ${context.member} did not answer ${within}, though it answered others meanwhile (it serves ${context.width} connection(s) at once)`, 'try-timeout'],
+        [waited, `server ${context.member} had no free connection ${within} (it serves ${context.width} connection(s) at once)`, 'unsent'],
       ];
-      for (const [reqs, message] of reports) {
-        if (reqs.length) enqueue.sendParent(retryReport(context.member, self.id, reqs, { code: ErrorCode.TIMEOUT, message }, failures));
+      for (const [reqs, message, cause] of reports) {
+        if (reqs.length) enqueue.sendParent(retryReport(context.member, self.id, reqs, { code: ErrorCode.TIMEOUT, message, cause }, failures));
       }
     }),
     wake: assign({ retryPending: false }),
@@ -467,7 +469,7 @@ export const upstreamJsonMachine = setup({
       const requests = context.inflight.takeAll().map((p) => p.req);
       context.queue.length = 0;
       if (requests.length === 0) return;
-      enqueue.sendParent(retryReport(context.member, self.id, requests, { code: ErrorCode.UPSTREAM_FAILED, message: `server ${context.member} left before answering` }, 0));
+      enqueue.sendParent(retryReport(context.member, self.id, requests, { code: ErrorCode.UPSTREAM_FAILED, message: `server ${context.member} left before answering`, cause: 'reset' }, 0));
     }),
   },
   guards: {

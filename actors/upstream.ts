@@ -358,7 +358,7 @@ export const upstreamMachine = setup({
       const failures = (context.traffic.failures += expired.length);
       context.traffic.recent.add(event.now, 0, expired.length);
       context.traffic.checkLife();
-      const failure = { code: ErrorCode.TIMEOUT, message: `server ${context.member} did not answer within ${context.tryTimeoutMs} ms` };
+      const failure: Failure = { code: ErrorCode.TIMEOUT, message: `server ${context.member} did not answer within ${context.tryTimeoutMs} ms`, cause: 'try-timeout' };
       enqueue.sendParent(retryReport(context.member, self.id, expired.map((p) => p.req), failure, failures));
     }),
     setError: assign(({ context, event }) => {
@@ -390,7 +390,7 @@ export const upstreamMachine = setup({
     returnQueue: enqueueActions(({ context, enqueue, self }) => {
       const requests = [...context.inflight.takeAll().map((p) => p.req), ...context.queue.splice(0)];
       if (requests.length === 0) return;
-      enqueue.sendParent(retryReport(context.member, self.id, requests, { code: ErrorCode.UPSTREAM_FAILED, message: `server ${context.member} left before answering` }, 0));
+      enqueue.sendParent(retryReport(context.member, self.id, requests, { code: ErrorCode.UPSTREAM_FAILED, message: `server ${context.member} left before answering`, cause: 'reset' }, 0));
     }),
   },
   guards: {

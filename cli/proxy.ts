@@ -17,7 +17,7 @@ import { ConnStats } from '../admin/conn-stats.js';
 import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin/server.js';
 import type { RegistryStatus } from '../registry/events.js';
 import {
-  anchorIssues, badPolicy, changes, ConfigError, FILE_FLAGS, PROXY_PROTOCOL_FROM_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, parseHostPort, RuntimeProblems, toRuntime,
+  anchorIssues, badPolicy, changes, ConfigError, FILE_FLAGS, PROXY_PROTOCOL_FROM_DOC, RETRY_ON_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, parseHostPort, RuntimeProblems, toRuntime,
   whyNotWritable, type FileKey, type NumberKey, type ProxyConfig, type Runtime,
 } from '../config/proxy.js';
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
@@ -25,6 +25,7 @@ import type { PoolView } from '../inspector/views.js';
 import { systemClock } from '../transport/clock.js';
 import { bracketHint, isLoopback } from '../transport/address.js';
 import { ErrorCode } from '../transport/errors.js';
+import { RETRY_CONDITIONS } from '../actors/link.js';
 import { dial, expiryWarning, type TlsMaterial } from '../transport/tls.js';
 import type { LoadedCert } from '../config/files.js';
 import { FileError, hostParser, ignoreUserSignals, releaseEarlySignals, takeEarlySignals, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, useColor, warnExpiring } from './common.js';
@@ -49,6 +50,7 @@ function proxyOptions(): Option[] {
     new Option('--pid-file <file>', "write the process id to this file once the proxy listens, as HAProxy's -p and nginx's pid do (logrotate: postrotate kill -USR1 $(cat FILE)); removed on exit"),
     new Option('--token <secret>', 'registration secret every server must present').env('REVPROXY_TOKEN'),
     new Option('--tokens <file>', 'per-policy registration secrets (YAML: policy: secret); policies not in it take --token, or no registrations; re-read on SIGHUP'),
+    new Option('--retry-on <conditions>', RETRY_ON_DOC).argParser(parseList('--retry-on', `conditions (${RETRY_CONDITIONS.join(', ')})`, 'reset,overloaded', (e) => ((RETRY_CONDITIONS as readonly string[]).includes(e) ? undefined : `'${e}' is not one`))),
     new Option('--proxy-protocol-from <sources>', PROXY_PROTOCOL_FROM_DOC).argParser(parseList('--proxy-protocol-from', 'addresses or networks', '10.0.0.5,10.1.0.0/16', badTrustedSource)),
     new Option('--old-server-connections <n>', `most connections to each old (JSON) server, one request on each at a time; it gets more than one only once it answers that many at once (default: ${OLD_SERVER_DEFAULTS.connections})`).argParser(parseIntOption('--old-server-connections', 1)),
     new Option('--log-level <level>', 'least severe log level written (debug adds a line per request, with payloads) (default: info)').choices(LEVELS),
@@ -90,6 +92,7 @@ function configFromFlags(cmd: Command): ProxyConfig {
   }
   if (given('tokens')) c.tokens_file = abs(o.tokens);
   if (given('proxyProtocolFrom')) c.proxy_protocol_from = o.proxyProtocolFrom;
+  if (given('retryOn')) c.retry_on = o.retryOn;
   if (given('oldServerConnections')) c.old_server_connections = o.oldServerConnections;
   const log: Record<string, unknown> = {};
   if (given('logLevel')) log.level = o.logLevel;

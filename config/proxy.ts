@@ -14,6 +14,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { LEVELS, SUMMARY_INTERVAL_MS, type Level } from '../actors/logger.js';
 import { ACCESS_LOG_HOLD } from '../admin/access-log.js';
 import { DEFAULT_LISTEN_HOST, resolveOptions, type Opts, type ProxyOptions } from '../actors/proxy-options.js';
+import { RETRY_CONDITIONS, type RetryCondition } from '../actors/link.js';
 import { badTrustedSource } from '../actors/port-limits.js';
 import { HEAP_PER_CONNECTION, HEAP_RESERVE, MIN_DEFAULT_CONNECTIONS } from '../actors/memory-limit.js';
 import { bracketHint, hostPort as hostAndPort, isEveryAddress } from '../transport/address.js';
@@ -92,6 +93,11 @@ export function maxOf(s: NumberSetting): number | undefined {
   return s.max ?? (s.unit === 'ms' ? MAX_TIMER_MS : undefined);
 }
 
+/** A `retry_on` list as the proxy runs it: each condition once, in `RETRY_CONDITIONS`' order (so a reload that only reorders it changes nothing). */
+export function retryOnOf(given: readonly RetryCondition[]): RetryCondition[] {
+  return RETRY_CONDITIONS.filter((c) => given.includes(c));
+}
+
 /** The defaults, as `resolveOptions` gives them: for help texts and docs, never restated. */
 export const DEFAULTS = resolveOptions({});
 
@@ -158,6 +164,9 @@ export function badPolicy(p: string): string | undefined {
 const policy = refine(name, badPolicy);
 const trustedSource = refine(text, badTrustedSource);
 
+/** What `retry_on` (`--retry-on`) does, for the help text and docs/CONFIG.md. */
+export const RETRY_ON_DOC = `how a try may have failed for its request to be sent to another server (within retries and retry_budget): ${RETRY_CONDITIONS.join(', ')} (the server's link went down or it left; no answer within the try timeout; it answered OVERLOADED, TIMEOUT, or another error); a request that never reached a server goes again whatever this says (default: all of them)`;
+
 /** What `proxy_protocol_from` (`--proxy-protocol-from`) does, for the help text and docs/CONFIG.md. */
 export const PROXY_PROTOCOL_FROM_DOC = 'addresses or networks (10.0.0.0/8) of the L4 balancers in front of the proxy: their connections must begin with a PROXY protocol header (v1 or v2), whose client address the limits, logs and access log then use; anyone else is read as without it (default: none)';
 
@@ -180,6 +189,7 @@ const otherFields = {
   tokens: opt(dict(secret), 'per-policy registration secrets: policy: secret'),
   tokens_file: opt(path, 'a YAML file of per-policy secrets (--tokens)'),
   proxy_protocol_from: opt(list(trustedSource), PROXY_PROTOCOL_FROM_DOC),
+  retry_on: opt(list(oneOf(RETRY_CONDITIONS)), RETRY_ON_DOC),
   old_server_connections: opt(whole('connections to one old (JSON) server', 1), 'connections opened to each old (JSON) server, one request on each at a time'),
   tls: opt(object('tls', {
     cert: opt(path, 'PEM certificate the proxy presents (with key): turns TLS on'),
@@ -302,6 +312,7 @@ export function toRuntime(c: ProxyConfig): Runtime {
   if (c.tokens) options.tokens = { ...c.tokens };
   if (c.tokens_file) options.tokens = loadTokens(c.tokens_file);
   if (c.proxy_protocol_from !== undefined) options.proxyProtocolFrom = c.proxy_protocol_from;
+  if (c.retry_on !== undefined) options.retryOn = retryOnOf(c.retry_on);
   if (c.old_server_connections !== undefined) options.oldServers = { connections: c.old_server_connections };
   const tls = c.tls ? tlsFromFlags({ tlsCert: c.tls.cert, tlsKey: c.tls.key, tlsCa: c.tls.ca }) : undefined;
   if (tls?.cert) options.tls = tls;
@@ -532,6 +543,7 @@ const OTHER_RELOAD: Record<keyof typeof otherFields, Reload> = {
   tokens: 'live',
   tokens_file: 'live',
   proxy_protocol_from: 'new',
+  retry_on: 'live',
   old_server_connections: 'new',
   tls: 'new',
   log: 'live',
@@ -552,11 +564,13 @@ export function effective(c: ProxyConfig): ProxyConfig {
   const options: Record<string, unknown> = {};
   for (const [k, s] of Object.entries(NUMBERS)) if (c[k as NumberKey] !== undefined) options[s.option] = c[k as NumberKey];
   if (c.host !== undefined) options.host = c.host;
+  if (c.retry_on !== undefined) options.retryOn = retryOnOf(c.retry_on);
   const resolved = resolveOptions(options as ProxyOptions) as unknown as Record<string, unknown>;
   const out: Record<string, unknown> = { ...c };
   for (const [k, s] of Object.entries(NUMBERS)) out[k] = resolved[s.option];
   out.host = resolved.host;
   out.old_server_connections = c.old_server_connections ?? (resolved.oldServers as { connections: number }).connections;
+  out.retry_on = resolved.retryOn;
   const log = c.log ?? {};
   out.log = {
     level: log.level ?? 'info', format: log.format ?? 'text', color: log.color ?? true, summary_interval: log.summary_interval ?? SUMMARY_INTERVAL_MS,

@@ -134,6 +134,39 @@ live("a server's OVERLOADED answers (it ran none of the work) are sent again out
   assert.is(counts.refused, 0);
 });
 
+const on = suite<Ctx>('retry_on', { servers: [] });
+on.after.each(async (ctx) => {
+  for (const s of ctx.servers) s.kill();
+  ctx.servers = [];
+  await ctx.proxy?.stop();
+  ctx.proxy = undefined;
+});
+
+on('without upstream-failed: what a failing server answers goes to the client after that one try, saying so', async (ctx) => {
+  const { counts, observer } = counting();
+  ctx.proxy = await startProxy({ port: 0, ejectAfter: 1_000_000, retryOn: ['reset', 'try-timeout', 'overloaded', 'timeout'], observer });
+  const proxy = { host: LOCAL, port: ctx.proxy.port };
+  ctx.servers.push(await startServer({ id: 'bad', policy: 'P', listenPort: 0, proxy, behaviour: 'fail' }));
+  ctx.servers.push(await startServer({ id: 'good', policy: 'P', listenPort: 0, proxy }));
+  await eventually(() => ctx.proxy!.pools().P?.serving.length === 2, 3000, 'both servers serving P');
+  const results = await runClient({ id: 'c', proxy, packets: Array.from({ length: 6 }, (_, i) => ({ srcid: 'c', privPoliId: 'P', payload: `u${i}` })), window: 1 });
+  assert.equal(results.map((r) => r.error ?? 'ok'), ['UPSTREAM_FAILED', 'ok', 'UPSTREAM_FAILED', 'ok', 'UPSTREAM_FAILED', 'ok']);
+  assert.match(results[0]!.message!, /^server bad answered UPSTREAM_FAILED: .*; not retried: retry_on \(--retry-on\) leaves out upstream-failed$/);
+  assert.equal(counts, { retried: 0, refused: 0 });
+});
+
+on('without try-timeout: a silent server\'s request is answered TIMEOUT at its try timeout, not sent on', async (ctx) => {
+  ctx.proxy = await startProxy({ port: 0, timeoutMs: 3000, tryTimeoutMs: 200, ejectAfter: 1_000_000, retryOn: ['reset', 'overloaded', 'timeout', 'upstream-failed'] });
+  const proxy = { host: LOCAL, port: ctx.proxy.port };
+  ctx.servers.push(await startServer({ id: 'mute', policy: 'P', listenPort: 0, proxy, behaviour: 'silent' }));
+  ctx.servers.push(await startServer({ id: 'good', policy: 'P', listenPort: 0, proxy }));
+  await eventually(() => ctx.proxy!.pools().P?.serving.length === 2, 3000, 'both servers serving P');
+  const results = await runClient({ id: 'c', proxy, packets: [{ srcid: 'c', privPoliId: 'P', payload: 'v' }], window: 1 });
+  assert.is(results[0]!.error, 'TIMEOUT');
+  assert.match(results[0]!.message!, /^server mute did not answer within 200 ms; not retried: retry_on \(--retry-on\) leaves out try-timeout$/);
+  assert.ok(results[0]!.latencyMs! < 1500, `answered at the try timeout, not the request's: ${results[0]!.latencyMs} ms`);
+});
+
 const procs = suite('retry budget across processes');
 procs.after.each(killAll);
 
@@ -150,6 +183,21 @@ procs('the requests of a server killed mid-run are sent again outside the budget
   assert.ok(results.every((r) => r.correct), JSON.stringify(results.filter((r) => !r.correct).slice(0, 3)));
 });
 
+procs('--retry-on without reset: a killed server\'s requests fail with it, saying so', async () => {
+  const { port } = await proxyProcess(['--log-level', 'warn', '--retry-on', 'try-timeout,overloaded,timeout,upstream-failed']);
+  const slow: Proc = revproxy(['server', '-id', 'slow', '-pp', 'P', '-listen', '0', '-revproc', String(port), '--behaviour', 'silent']);
+  const good: Proc = revproxy(['server', '-id', 'good', '-pp', 'P', '-listen', '0', '-revproc', String(port)]);
+  await eventually(() => [slow, good].every((s) => s.out.some((l) => /Registered with the reverse proxy/.test(l))), 15000, 'servers registered');
+  const run = runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: Array.from({ length: 40 }, (_, i) => ({ srcid: 'c', privPoliId: 'P', payload: `k${i}` })), window: 40 });
+  await sleep(300);
+  slow.kill('SIGKILL');
+  const results = await run;
+  const failed = results.filter((r) => !r.correct);
+  assert.ok(failed.length >= 1 && failed.length <= 20, `${failed.length} failed`);
+  assert.ok(failed.every((r) => r.error === 'UPSTREAM_FAILED' && /; not retried: retry_on \(--retry-on\) leaves out reset$/.test(r.message ?? '')), JSON.stringify(failed.slice(0, 2)));
+});
+
 unit.run();
 live.run();
+on.run();
 procs.run();
