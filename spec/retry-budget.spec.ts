@@ -9,6 +9,7 @@ import { runClient, startProxy, startServer, type ProxyHandle, type ServerHandle
 import { resolveOptions, type ProxyObserver } from '../actors/proxy-options.js';
 import { RETRY_BUDGET_WINDOW_MS, RetryBudget } from '../actors/retry-budget.js';
 import { combineObservers } from '../admin/access-log.js';
+import { changes, parseConfig, toRuntime } from '../config/proxy.js';
 import { Metrics } from '../inspector/metrics.js';
 import { eventually, LOCAL, sleep } from './helpers.js';
 import { killAll, proxyProcess, revproxy, type Proc } from './procs.js';
@@ -165,6 +166,15 @@ on('without try-timeout: a silent server\'s request is answered TIMEOUT at its t
   assert.is(results[0]!.error, 'TIMEOUT');
   assert.match(results[0]!.message!, /^server mute did not answer within 200 ms; not retried: retry_on \(--retry-on\) leaves out try-timeout$/);
   assert.ok(results[0]!.latencyMs! < 1500, `answered at the try timeout, not the request's: ${results[0]!.latencyMs} ms`);
+});
+
+on('in the file: a YAML list, run in one order, so a reload that only reorders it or writes the default changes nothing', () => {
+  const at = (text: string) => parseConfig(text, '/tmp/revproxy-retry-on.yaml');
+  assert.equal(toRuntime(at('retry_on: [timeout, reset]\n')).options.retryOn, ['reset', 'timeout']);
+  assert.equal(changes(at('retry_on: [timeout, reset]\n'), at('retry_on: [reset, timeout]\n')), []);
+  assert.equal(changes(at('port: 0\n'), at('port: 0\nretry_on: [reset, try-timeout, overloaded, timeout, upstream-failed]\n')), []);
+  assert.equal(changes(at('port: 0\n'), at('port: 0\nretry_on: [reset]\n')), [{ key: 'retry_on', reload: 'live' }]);
+  assert.throws(() => at('retry_on: [reset, never]\n'), /retry_on\[1\].*one of reset, try-timeout, overloaded, timeout, upstream-failed/);
 });
 
 const procs = suite('retry budget across processes');
