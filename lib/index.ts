@@ -21,6 +21,8 @@
 export { startProxy, startServer, StartError } from '../actors/index.js';
 export type { ProxyHandle, ServerHandle, StartProxyOptions, StartServerOptions, PoolView, Inspect } from '../actors/index.js';
 export type { ProxyOptions } from '../actors/proxy-options.js';
+/** The failures `ProxyOptions.retryOn` may list (`--retry-on`). */
+export { RETRY_CONDITIONS, type RetryCondition } from '../actors/link.js';
 export type { Endpoint } from '../actors/server.js';
 
 export { connect, Client } from '../actors/connect.js';
