@@ -66,12 +66,14 @@ function counting(): { counts: Counts; observer: ProxyObserver } {
 
 type Ctx = { proxy?: ProxyHandle; servers: ServerHandle[] };
 const live = suite<Ctx>('retry budget, in a proxy', { servers: [] });
-live.after.each(async (ctx) => {
+/** Each test's proxy and servers go with it. */
+async function stopAll(ctx: Ctx): Promise<void> {
   for (const s of ctx.servers) s.kill();
   ctx.servers = [];
   await ctx.proxy?.stop();
   ctx.proxy = undefined;
-});
+}
+live.after.each(stopAll);
 
 /** Three servers of policy F that answer every request UPSTREAM_FAILED, never ejected (they fail alike anyway). */
 async function failingPolicy(ctx: Ctx, options: Parameters<typeof startProxy>[0]): Promise<{ host: string; port: number }> {
@@ -136,12 +138,7 @@ live("a server's OVERLOADED answers (it ran none of the work) are sent again out
 });
 
 const on = suite<Ctx>('retry_on', { servers: [] });
-on.after.each(async (ctx) => {
-  for (const s of ctx.servers) s.kill();
-  ctx.servers = [];
-  await ctx.proxy?.stop();
-  ctx.proxy = undefined;
-});
+on.after.each(stopAll);
 
 on('without upstream-failed: what a failing server answers goes to the client after that one try, saying so', async (ctx) => {
   const { counts, observer } = counting();
@@ -180,29 +177,28 @@ on('in the file: a YAML list, run in one order, so a reload that only reorders i
 const procs = suite('retry budget across processes');
 procs.after.each(killAll);
 
-procs('the requests of a server killed mid-run are sent again outside the budget: none lost', async () => {
-  const { port } = await proxyProcess(['--log-level', 'warn', '--retry-budget', '0', '--min-retry-rate', '0']);
+/**
+ * A proxy process run with `proxyArgs`, a silent server and one that answers (policy P), and 40 requests
+ * at once: the silent server holds its half until it is killed 300 ms in, and its link goes down.
+ */
+async function killedMidRun(proxyArgs: string[]): Promise<Awaited<ReturnType<typeof runClient>>> {
+  const { port } = await proxyProcess(['--log-level', 'warn', ...proxyArgs]);
   const slow: Proc = revproxy(['server', '-id', 'slow', '-pp', 'P', '-listen', '0', '-revproc', String(port), '--behaviour', 'silent']);
   const good: Proc = revproxy(['server', '-id', 'good', '-pp', 'P', '-listen', '0', '-revproc', String(port)]);
   await eventually(() => [slow, good].every((s) => s.out.some((l) => /Registered with the reverse proxy/.test(l))), 15000, 'servers registered');
   const run = runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: Array.from({ length: 40 }, (_, i) => ({ srcid: 'c', privPoliId: 'P', payload: `k${i}` })), window: 40 });
-  // The silent server holds its half until it is killed; its link goes down and they go to the other.
   await sleep(300);
   slow.kill('SIGKILL');
-  const results = await run;
+  return run;
+}
+
+procs('the requests of a server killed mid-run are sent again outside the budget: none lost', async () => {
+  const results = await killedMidRun(['--retry-budget', '0', '--min-retry-rate', '0']);
   assert.ok(results.every((r) => r.correct), JSON.stringify(results.filter((r) => !r.correct).slice(0, 3)));
 });
 
 procs('--retry-on without reset: a killed server\'s requests fail with it, saying so', async () => {
-  const { port } = await proxyProcess(['--log-level', 'warn', '--retry-on', 'try-timeout,overloaded,timeout,upstream-failed']);
-  const slow: Proc = revproxy(['server', '-id', 'slow', '-pp', 'P', '-listen', '0', '-revproc', String(port), '--behaviour', 'silent']);
-  const good: Proc = revproxy(['server', '-id', 'good', '-pp', 'P', '-listen', '0', '-revproc', String(port)]);
-  await eventually(() => [slow, good].every((s) => s.out.some((l) => /Registered with the reverse proxy/.test(l))), 15000, 'servers registered');
-  const run = runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: Array.from({ length: 40 }, (_, i) => ({ srcid: 'c', privPoliId: 'P', payload: `k${i}` })), window: 40 });
-  await sleep(300);
-  slow.kill('SIGKILL');
-  const results = await run;
-  const failed = results.filter((r) => !r.correct);
+  const failed = (await killedMidRun(['--retry-on', 'try-timeout,overloaded,timeout,upstream-failed'])).filter((r) => !r.correct);
   assert.ok(failed.length >= 1 && failed.length <= 20, `${failed.length} failed`);
   assert.ok(failed.every((r) => r.error === 'UPSTREAM_FAILED' && /; not retried: retry_on \(--retry-on\) leaves out reset$/.test(r.message ?? '')), JSON.stringify(failed.slice(0, 2)));
 });
