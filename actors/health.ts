@@ -8,7 +8,7 @@
  */
 import { hostPort } from '../transport/address.js';
 import { jittered } from '../transport/clock.js';
-import type { Failure, ProxyRequest } from './link.js';
+import type { Failure, ProxyRequest, TryFailure } from './link.js';
 import { fmt } from './logger.js';
 import { clearlyBetter, RECENT_WINDOW_MS } from './recent-outcomes.js';
 import { current, joinPool, removeServer, spawnLink } from './membership.js';
@@ -93,12 +93,12 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
  * run of failures long enough ejects the member. Each freed a slot of the member, as an answer
  * does: the policy's waiting requests may go (retries first: they are routed now, the drain after).
  */
-export function triesFailed(context: ProxyContext, member: string, linkId: string, failure: Failure, failures: number, requests: ProxyRequest[]): void {
+export function triesFailed(context: ProxyContext, member: string, linkId: string, failure: TryFailure, failures: number, requests: ProxyRequest[]): void {
   const entry = current(context, member, linkId);
   if (entry) entry.lastFailure = { ...failure, at: context.clock.now(), inARow: failures };
   if (entry?.unlisted && entry.state === 'serving' && failures >= context.opts.ejectAfter) removeServer(context, entry, `${failures} consecutive failures while it was kept out of the registry (${entry.unlisted})`);
   else if (entry && entry.state === 'serving' && failures >= context.opts.ejectAfter) eject(context, entry, failures);
-  retry(context, member, requests, failure, failure.cause ?? 'upstream-failed');
+  retry(context, member, requests, failure, failure.cause);
   const policy = context.servers.get(member)?.policy;
   if (policy !== undefined) drainSoon(context, policy);
 }

@@ -86,7 +86,7 @@ export type TryCause = RetryCondition | 'unsent';
 export interface Failure {
   code: WireCode;
   message: string;
-  /** How the try failed (`--retry-on`); unset on a link that went down (`reset`). */
+  /** How the try failed (`--retry-on`): every retry report says (`TryFailure`); unset on a link that went down (`reset`). */
   cause?: TryCause;
   /**
    * Set when a link ended because its server sent something that is not a
@@ -100,6 +100,9 @@ export interface Failure {
    */
   closed?: { code: string; reason: string };
 }
+
+/** A failure of tries a link reports to be retried: it always says how they failed. */
+export type TryFailure = Failure & { cause: TryCause };
 
 /**
  * Why a link's connection failed, in words (both links' one rule): refused; the server's name not
@@ -169,7 +172,7 @@ export type LinkCommand =
 export type LinkReport =
   | { type: 'UPSTREAM_UP'; member: string; linkId: string }
   | { type: 'UPSTREAM_DOWN'; member: string; linkId: string; failure: Failure; requests: ProxyRequest[] }
-  | { type: 'UPSTREAM_RETRY'; member: string; linkId: string; requests: ProxyRequest[]; failure: Failure; failures: number };
+  | { type: 'UPSTREAM_RETRY'; member: string; linkId: string; requests: ProxyRequest[]; failure: TryFailure; failures: number };
 
 /** A try ends at the try timeout, and never after the request's own deadline. */
 export function tryDeadline(link: Pick<LinkInput, 'tryTimeoutMs' | 'timeoutMs'>, req: ProxyRequest, now: number): number {
@@ -223,7 +226,7 @@ export function settle(link: Pick<LinkInput, 'member' | 'logger' | 'reply'>, req
 }
 
 /** Hands requests a link cannot finish back to the proxy, to be retried on another member. */
-export function retryReport(member: string, linkId: string, requests: ProxyRequest[], failure: Failure, failures: number): LinkReport {
+export function retryReport(member: string, linkId: string, requests: ProxyRequest[], failure: TryFailure, failures: number): LinkReport {
   return { type: 'UPSTREAM_RETRY', member, linkId, requests, failure, failures };
 }
 

@@ -71,6 +71,7 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
   // once all the same, and that is how a policy with one full server and others with room balances. Outside
   // the budget too, as a link that went down or a request never sent: what the budget bounds is work done again.
   const budget = cause === 'try-timeout' || cause === 'timeout' || cause === 'upstream-failed';
+  const rules = budgetRules(context);
   const wanted = cause === 'unsent' || context.opts.retryOn.includes(cause);
   let notWanted: ErrorMsg | undefined;
   for (const req of requests) {
@@ -96,9 +97,9 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
       failedNow++;
       continue;
     }
-    if (budget && !policy!.retryBudget.take(now, budgetRules(context))) {
+    if (budget && !policy!.retryBudget.take(now, rules)) {
       let held = (overBudget ??= new Map()).get(policy!);
-      if (!held) overBudget.set(policy!, (held = { n: 0, answer: errorMsg(failure.code, `${failure.message}; not retried: ${budgetSpent(context, policy!, now)}`) }));
+      if (!held) overBudget.set(policy!, (held = { n: 0, answer: errorMsg(failure.code, `${failure.message}; not retried: ${budgetSpent(rules, policy!, now)}`) }));
       held.n++;
       reply(req, held.answer);
       context.observer?.retryRefused?.(name, member, failure.code);
@@ -118,7 +119,7 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
   if (overBudget) {
     for (const [policy, { n }] of overBudget) {
       context.logger.repeated('warn', 'retry_budget', `${policy.name}\0${member}\0${failure.code}`, n,
-        (k, span) => `Did not retry ${fmt(k)} request(s) that failed on server id ${member}${span ? ` ${span}` : ''} (${failure.message}): ${budgetSpent(context, policy, now)}; they got that answer`,
+        (k, span) => `Did not retry ${fmt(k)} request(s) that failed on server id ${member}${span ? ` ${span}` : ''} (${failure.message}): ${budgetSpent(rules, policy, now)}; they got that answer`,
         { policy: policy.name, server: member, code: failure.code });
     }
   }
@@ -135,8 +136,7 @@ function budgetRules(context: ProxyContext): RetryBudgetRules {
 }
 
 /** Why a retry was not made: the policy's budget, with its figures and the settings that make it. */
-function budgetSpent(context: ProxyContext, policy: Policy, now: number): string {
-  const rules = budgetRules(context);
+function budgetSpent(rules: RetryBudgetRules, policy: Policy, now: number): string {
   const s = policy.retryBudget.state(now, rules);
   return `privacy policy ${policy.name} made ${fmt(s.retries)} retries in the last ${RETRY_BUDGET_WINDOW_MS / 1000} s, all its retry budget allows `
     + `(${rules.percent} % of its ${fmt(s.requests)} requests and ${rules.minPerSecond} a second: --retry-budget, --min-retry-rate)`;

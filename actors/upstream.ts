@@ -25,7 +25,7 @@ import { fmt } from './logger.js';
 import { RecentOutcomes } from './recent-outcomes.js';
 import {
   closedByServer, describeLinkError, errorAnswersReport, logForward, quoted, retryReport, settle, tryDeadline,
-  type Failure, type LinkCommand, type LinkInput, type LinkPhase, type LinkPort, type LinkReport, type ProxyRequest, type SocketFactory, type Tally,
+  type Failure, type LinkCommand, type LinkInput, type LinkPhase, type LinkPort, type LinkReport, type ProxyRequest, type SocketFactory, type Tally, type TryFailure,
 } from './link.js';
 
 /** The seq of the proxy's PINGs on a link (verifying it, checking its life). */
@@ -358,7 +358,7 @@ export const upstreamMachine = setup({
       const failures = (context.traffic.failures += expired.length);
       context.traffic.recent.add(event.now, 0, expired.length);
       context.traffic.checkLife();
-      const failure: Failure = { code: ErrorCode.TIMEOUT, message: `server ${context.member} did not answer within ${context.tryTimeoutMs} ms`, cause: 'try-timeout' };
+      const failure: TryFailure = { code: ErrorCode.TIMEOUT, message: `server ${context.member} did not answer within ${context.tryTimeoutMs} ms`, cause: 'try-timeout' };
       enqueue.sendParent(retryReport(context.member, self.id, expired.map((p) => p.req), failure, failures));
     }),
     setError: assign(({ context, event }) => {
