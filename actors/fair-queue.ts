@@ -57,6 +57,12 @@ class Lane<T> {
   shift(): T {
     const item = this.items[this.head]!;
     this.items[this.head++] = undefined;
+    this.settle();
+    return item;
+  }
+
+  /** After items left the head: an empty lane starts again, and a long-lived one moves down once half its slots are behind it. */
+  private settle(): void {
     if (this.head === this.tail) this.empty();
     else if (this.head > 1024 && this.head * 2 > this.tail) {
       this.items.copyWithin(0, this.head, this.tail);
@@ -64,7 +70,45 @@ class Lane<T> {
       this.tail -= this.head;
       this.head = 0;
     }
-    return item;
+  }
+
+  /**
+   * Take out the items `due` says, from the oldest, into `out`; the scan ends at the first item
+   * not due that `passOver` does not let it look past (without one, at the first not due). Items
+   * passed over keep their order. O(items scanned), and O(items behind) when one passed over
+   * stays ahead of one taken.
+   */
+  takeDue(due: (item: T) => boolean, passOver: ((item: T) => boolean) | undefined, out: T[]): void {
+    const items = this.items;
+    let keep = this.head;
+    let i = this.head;
+    for (; i < this.tail; i++) {
+      const item = items[i]!;
+      if (due(item)) out.push(item);
+      else if (passOver?.(item)) items[keep++] = item;
+      else break;
+    }
+    if (keep === i) return;
+    if (keep === this.head) {
+      // Only the oldest were taken: the lane starts further on.
+      items.fill(undefined, this.head, i);
+      this.head = i;
+    } else {
+      items.copyWithin(keep, i, this.tail);
+      items.fill(undefined, this.tail - (i - keep), this.tail);
+      this.tail -= i - keep;
+    }
+    this.settle();
+  }
+
+  /** Whether `due` says so of an item the scan `takeDue` makes reaches. */
+  anyDue(due: (item: T) => boolean, passOver?: (item: T) => boolean): boolean {
+    for (let i = this.head; i < this.tail; i++) {
+      const item = this.items[i]!;
+      if (due(item)) return true;
+      if (!passOver?.(item)) return false;
+    }
+    return false;
   }
 
   pop(): T {
@@ -169,31 +213,36 @@ export class FairQueue<K extends object, T> {
     return this.take(this.length);
   }
 
-  /** Whether any key's oldest item satisfies `pred`. */
-  anyOldest(pred: (item: T) => boolean): boolean {
-    for (const lane of this.ring()) if (pred(lane.oldest())) return true;
+  /**
+   * Whether any key has an item `due` says so of: its oldest, or one behind items not due that
+   * `passOver` lets the look go past (as `takeDue`).
+   */
+  anyDue(due: (item: T) => boolean, passOver?: (item: T) => boolean): boolean {
+    for (const lane of this.ring()) if (lane.anyDue(due, passOver)) return true;
     return false;
   }
 
   /**
-   * Take out, from each key, its oldest items while `due` says so (each lane
-   * is in arrival order: items past a deadline are at its head), and hand
-   * each to `out`. Returns how many were taken.
+   * Take out, from each key, its items `due` says so of, and hand each to `out` (once the queue is
+   * whole again: `out` may use it). Each lane is scanned from its oldest and the scan ends at the
+   * first item not due, or with `passOver`, at the first not due it does not let the scan go past:
+   * a lane is in arrival order, so items past a deadline that runs from arrival are at its head,
+   * and `passOver` names those whose deadline runs from elsewhere (a request back from a try waits
+   * in its place by arrival, its stay in the queue counted from its return). Returns how many were
+   * taken.
    */
-  takeDue(due: (item: T) => boolean, out: (item: T) => void): number {
-    let n = 0;
+  takeDue(due: (item: T) => boolean, out: (item: T) => void, passOver?: (item: T) => boolean): number {
+    const taken: T[] = [];
     // The lanes listed first: one that empties leaves the ring.
     for (const l of [...this.ring()]) {
-      while (l.size > 0 && due(l.oldest())) {
-        const item = l.shift();
-        this.length--;
-        n++;
-        out(item);
-      }
+      l.takeDue(due, passOver, taken);
       if (l.size === 0 && l.next) this.unlink(l);
     }
-    if (n) this.longestKnown = false;
-    return n;
+    if (taken.length === 0) return 0;
+    this.length -= taken.length;
+    this.longestKnown = false;
+    for (const item of taken) out(item);
+    return taken.length;
   }
 
   /** A lane holding the most items, or undefined when the queue is empty. */

@@ -66,6 +66,12 @@ export interface ProxyRequest {
   tried?: string[];
   /** How the last try failed (its code and reason; the report's own object, shared by its requests), for the answer when no member is left to try. */
   last?: Failure;
+  /**
+   * When it came back from a failed try to wait for a member with room (clock ms), while it waits:
+   * its stay in the queue (`queue_timeout`) counts from here. Undefined for a request that has not
+   * been sent: its stay counts from `arrived`.
+   */
+  queued?: number;
 }
 
 /** Sends the one answer a request gets. */

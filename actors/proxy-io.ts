@@ -17,11 +17,11 @@ import { FORWARD_ROOM } from '../transport/frame.js';
 import { STALL_MS, type Clock } from '../transport/clock.js';
 import type { Inflight, InflightCount } from './inflight.js';
 import { newPeer, type Peer, type ProxyRequest } from './link.js';
-import { requestBytes } from './routing.js';
+import { backFromTry, requestBytes, waitingDue } from './routing.js';
 import { fmt, type Logger } from './logger.js';
 import { ConnectionLimits, logAcceptErrors, type LinkSockets, logNoProxyHeader, logTlsRefusals, trustedSources, trusts } from './port-limits.js';
 import { awaitProxyHeader, handOverToTls, proxiedClient } from '../transport/proxied.js';
-import type { ProxyObserver } from './proxy-options.js';
+import type { Opts, ProxyObserver } from './proxy-options.js';
 import type { PortClosed } from './port-closed.js';
 export { PortClosed } from './port-closed.js';
 import type { ForwardBatch, Member, Policy, ProxyEvent } from './proxy-types.js';
@@ -284,7 +284,7 @@ export const linkHub = fromCallback<ProxyEvent, { logger: Logger }>(({ sendBack,
  * elsewhere. So a late sweep only notes the stall; the next one, an interval
  * later, after what arrived has been read, finds what is really unanswered.
  */
-export const sweeper = fromCallback<ProxyEvent, { busy: Set<Inflight<ProxyRequest>>; policies: Map<string, Policy>; timeoutMs: number; clock: Clock; every: number; logger: Logger }>(
+export const sweeper = fromCallback<ProxyEvent, { busy: Set<Inflight<ProxyRequest>>; policies: Map<string, Policy>; opts: Pick<Opts, 'timeoutMs' | 'queueTimeoutMs'>; clock: Clock; every: number; logger: Logger }>(
   ({ sendBack, input }) => {
     let last = input.clock.now();
     const timer = input.clock.setInterval(() => {
@@ -298,9 +298,9 @@ export const sweeper = fromCallback<ProxyEvent, { busy: Set<Inflight<ProxyReques
         return;
       }
       for (const table of input.busy) if (table.oldestDeadline() <= now) table.owner?.send({ type: 'EXPIRE', now });
-      const due = (req: ProxyRequest): boolean => req.arrived + input.timeoutMs <= now;
+      const due = waitingDue(input.opts, now);
       for (const policy of input.policies.values()) {
-        if (policy.waiting.anyOldest(due)) {
+        if (policy.waiting.anyDue(due, backFromTry)) {
           sendBack({ type: 'EXPIRE_WAITING', now });
           break;
         }

@@ -51,6 +51,12 @@ export interface ProxyOptions {
   maxServerInflight?: number;
   /** Requests one pool may hold waiting for a member with room; past it, OVERLOADED. Default 1024. */
   queueLimit?: number;
+  /**
+   * The longest a request waits in a policy's queue for a member with room (ms), as HAProxy's
+   * `timeout queue`; past it the request is answered OVERLOADED, unsent (one back from a failed
+   * try: that try's answer). Default: the request timeout (then TIMEOUT).
+   */
+  queueTimeoutMs?: number;
   /** Connections the proxy accepts at once (clients and servers); at most what the process's open-files limit leaves room for (docs/CONFIG.md). Default 20000. */
   maxConnections?: number;
   /** PING every registration connection this often (ms). Default 1000. */
@@ -200,6 +206,7 @@ export function resolveOptions(input: ProxyOptions): Opts {
     maxClientInflight: input.maxClientInflight ?? 4096,
     maxServerInflight: input.maxServerInflight ?? 1024,
     queueLimit: input.queueLimit ?? 1024,
+    queueTimeoutMs: input.queueTimeoutMs ?? timeoutMs,
     maxConnections: input.maxConnections ?? defaultMaxConnections(DEFAULT_PROXY_MAX_CONNECTIONS, maxBufferedBytes),
     maxConnectionsSet: input.maxConnections !== undefined,
     pingIntervalMs: input.pingIntervalMs ?? 1000,
@@ -238,7 +245,7 @@ export function proxyConnectionsNote(o: Opts): ReturnType<typeof connectionsNote
   return connectionsNote(o.maxConnections, o.maxConnectionsSet, DEFAULT_PROXY_MAX_CONNECTIONS, 'max_connections (--max-connections)', o.maxBufferedBytes);
 }
 
-/** How often the sweeper looks for requests past their deadline: a twentieth of a try, within 5-100 ms. */
-export function sweepInterval(tryTimeoutMs: number): number {
-  return Math.max(5, Math.min(100, Math.floor(tryTimeoutMs / 20)));
+/** How often the sweeper looks for requests past their deadline: a twentieth of a try, or of the queue timeout when shorter, within 5-100 ms. */
+export function sweepInterval(o: Pick<Opts, 'tryTimeoutMs' | 'queueTimeoutMs'>): number {
+  return Math.max(5, Math.min(100, Math.floor(Math.min(o.tryTimeoutMs, o.queueTimeoutMs) / 20)));
 }

@@ -328,7 +328,7 @@ export const proxyMachine = setup({
 });
 
 function sweeperInput({ context }: { context: ProxyContext }) {
-  return { busy: context.busy, policies: context.policies, timeoutMs: context.opts.timeoutMs, clock: context.clock, every: sweepInterval(context.opts.tryTimeoutMs), logger: context.logger };
+  return { busy: context.busy, policies: context.policies, opts: context.opts, clock: context.clock, every: sweepInterval(context.opts), logger: context.logger };
 }
 
 export type ProxyActor = ActorRefFrom<typeof proxyMachine>;

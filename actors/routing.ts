@@ -14,7 +14,7 @@ import { quoted, type Failure, type Peer, type ProxyRequest, type Reply, type Tr
 import { fmt } from './logger.js';
 import { poolMachine } from './pool.js';
 import { RETRY_BUDGET_WINDOW_MS, RetryBudget, type RetryBudgetRules } from './retry-budget.js';
-import { CLIENT_GONE } from './proxy-options.js';
+import { CLIENT_GONE, type Opts } from './proxy-options.js';
 import type { Member, Policy, ProxyContext } from './proxy-types.js';
 
 /** The policy's record, made with its pool machine when it is first needed. */
@@ -261,7 +261,10 @@ function makeDeliver(context: ProxyContext) {
   return (member: string, request: unknown): void => {
     const req = request as ProxyRequest;
     // A request that failed elsewhere is being sent again: a retry, counted as it goes.
-    if (req.tried !== undefined) context.observer?.retried?.(req.msg.privPoliId, req.tried[req.tried.length - 1]!, req.last!.code);
+    if (req.tried !== undefined) {
+      context.observer?.retried?.(req.msg.privPoliId, req.tried[req.tried.length - 1]!, req.last!.code);
+      req.queued = undefined;
+    }
     context.servers.get(member)!.traffic.sendOne(req);
   };
 }
@@ -290,6 +293,7 @@ function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
   // The two refusals, made once a batch (a flood of a full policy is refused by the million).
   let full: ErrorMsg | undefined;
   let fullMost: ErrorMsg | undefined;
+  let now: number | undefined;
   const overload = (whose: string): ErrorMsg => errorMsg(ErrorCode.OVERLOADED, `every server of privacy policy ${name} is at its limit and ${limit} requests are waiting${whose}; try again later`);
   for (const req of reqs) {
     if (!couldServe(policy, req)) {
@@ -304,6 +308,8 @@ function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
       returned.push(req);
       continue;
     }
+    // Back from a failed try: its stay in the queue starts now (one a drain put back keeps its own).
+    if (req.tried !== undefined && req.queued === undefined) req.queued = now ??= context.clock.now();
     const away = policy!.waiting.admit(req.client, req, limit, arrivedBefore);
     if (away === undefined) continue;
     reply(away, away === req ? (full ??= overload('')) : (fullMost ??= overload(', the most of them from this connection')));
@@ -413,15 +419,56 @@ function roomIn(context: ProxyContext, policy: Policy): number {
   return room;
 }
 
-/** Answer the requests of every policy that have waited past their deadline. */
+/**
+ * Whether a waiting request is due at `now`: past its deadline (`timeout`, from its arrival), or
+ * past `queue_timeout` in the queue (from its arrival, or when it came back from a failed try:
+ * `queued`). The sweeper asks, and `expireWaiting` answers them.
+ */
+export function waitingDue(o: Pick<Opts, 'timeoutMs' | 'queueTimeoutMs'>, now: number): (req: ProxyRequest) => boolean {
+  const { timeoutMs, queueTimeoutMs } = o;
+  return (req) => req.arrived + timeoutMs <= now || (req.queued ?? req.arrived) + queueTimeoutMs <= now;
+}
+
+/**
+ * A waiting request back from a failed try: it waits in its place by arrival, but its stay counts
+ * from its return, so one not yet due does not end the look for due ones behind it (`takeDue`). The
+ * others' stays run from arrival, in the lane's order: the first not due ends it.
+ */
+export const backFromTry = (req: ProxyRequest): boolean => req.queued !== undefined;
+
+/**
+ * Answer the requests of every policy that have waited past their deadline (TIMEOUT) or past
+ * `queue_timeout` for a member with room: OVERLOADED, unsent, or for one back from a failed try,
+ * that try's answer. As HAProxy's `timeout queue`: a policy short of room refuses what it cannot
+ * serve soon, and what it serves has not waited long (README, "Overload").
+ */
 export function expireWaiting(context: ProxyContext, now: number): void {
   const reply = context.reply;
-  const timeoutMs = context.opts.timeoutMs;
-  const due = (req: ProxyRequest): boolean => req.arrived + timeoutMs <= now;
+  const { timeoutMs, queueTimeoutMs } = context.opts;
+  const due = waitingDue(context.opts, now);
   for (const policy of context.policies.values()) {
     if (policy.waiting.length === 0) continue;
-    const why = `no server of privacy policy ${policy.name} had room within ${timeoutMs} ms`;
-    if (policy.waiting.takeDue(due, (req) => reply(req, errorMsg(ErrorCode.TIMEOUT, why))) === 0) continue;
+    const name = policy.name;
+    let late: ErrorMsg | undefined;
+    let full: ErrorMsg | undefined;
+    let queueTimedOut = 0;
+    const expire = (req: ProxyRequest): void => {
+      if (req.arrived + timeoutMs <= now) {
+        reply(req, (late ??= errorMsg(ErrorCode.TIMEOUT, `no server of privacy policy ${name} had room within ${timeoutMs} ms`)));
+        return;
+      }
+      queueTimedOut++;
+      const wait = `no server of privacy policy ${name} had room within ${queueTimeoutMs} ms (--queue-timeout)`;
+      const last = req.last;
+      if (req.queued !== undefined && last) reply(req, errorMsg(last.code, `${last.message}; not retried: ${wait}`));
+      else reply(req, (full ??= errorMsg(ErrorCode.OVERLOADED, `${wait}; not sent, try again later`)));
+    };
+    if (policy.waiting.takeDue(due, expire, backFromTry) === 0) continue;
+    if (queueTimedOut) {
+      context.logger.repeated('warn', 'queue_timeout', name, queueTimedOut,
+        (n, span) => `Privacy policy ${name} is short of room: ${fmt(n)} request(s) waited ${queueTimeoutMs} ms in its queue (--queue-timeout) and were answered unsent: OVERLOADED, or a retry its try's answer${span ? ` ${span}` : ''}`,
+        { policy: name, code: ErrorCode.OVERLOADED });
+    }
     forgetIfEmpty(context, policy);
   }
 }

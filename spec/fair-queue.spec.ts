@@ -84,13 +84,45 @@ test('a limit of 0 refuses every request; below the limit nobody is dropped', ()
 
 test("deadlines take each client's oldest requests that are due, and leave the turns of the others", () => {
   const q = queueOf(item(A, 1, 10), item(B, 1, 5), item(A, 2, 30), item(B, 2, 6), item(C, 1, 40), item(B, 3, 50));
-  assert.ok(q.anyOldest((i) => i.at <= 5), "B's oldest is due");
-  assert.not.ok(q.anyOldest((i) => i.at <= 4));
+  assert.ok(q.anyDue((i) => i.at <= 5), "B's oldest is due");
+  assert.not.ok(q.anyDue((i) => i.at <= 4));
   const out: Item[] = [];
   assert.is(q.takeDue((i) => i.at <= 10, (i) => out.push(i)), 3);
   assert.equal(names(out), ['A1', 'B1', 'B2']);
   assert.is(q.length, 3);
   assert.equal(names(q.takeAll()), ['A2', 'B3', 'C1']);
+});
+
+test('deadlines look past the items passOver names that are not due (requests back from a try), and stop at the first other one not due', () => {
+  // A2 is back from a try: not due, it does not end A's scan; A4 does, so A5 waits though due.
+  const back = new Set(['A2', 'B2']);
+  const passOver = (i: Item): boolean => back.has(`${i.who.name}${i.n}`);
+  const q = queueOf(item(A, 1, 1), item(A, 2, 90), item(A, 3, 2), item(A, 4, 50), item(A, 5, 3), item(B, 1, 60), item(B, 2, 70), item(B, 3, 4));
+  const due = (i: Item): boolean => i.at <= 10;
+  assert.not.ok(q.anyDue((i) => i.at <= 4 && i.who === B, passOver), "B3, behind B1, is not seen: B1 ends B's look");
+  assert.ok(q.anyDue(due, passOver));
+  assert.not.ok(q.anyDue((i) => i.at === 3, passOver), 'A5 is behind A4');
+  const out: Item[] = [];
+  assert.is(q.takeDue(due, (i) => out.push(i), passOver), 2);
+  assert.equal(names(out), ['A1', 'A3']);
+  assert.is(q.length, 6);
+  assert.equal([q.sizeOf(A), q.sizeOf(B)], [3, 3]);
+  // Without passOver, the first not due ends each lane's look, as before.
+  assert.is(q.takeDue(due, (i) => out.push(i)), 0);
+  assert.equal(names(q.takeAll()), ['A2', 'B1', 'A4', 'B2', 'A5', 'B3'], 'those passed over keep their order and turns');
+});
+
+test('a long-lived lane whose oldest are taken by deadlines moves down: its slots do not grow while it never empties', () => {
+  const q = new FairQueue<Client, Item>();
+  let n = 0;
+  for (let round = 0; round < 50; round++) {
+    for (let i = 0; i < 100; i++) q.push(A, item(A, ++n, n));
+    q.takeDue((i) => i.at <= n - 100, () => {});
+  }
+  assert.is(q.length, 100);
+  // Reach into the lane: its array holds at most twice what waits, plus the 1,024 it may trail.
+  const lane = (q as unknown as { lanes: WeakMap<Client, { items: unknown[] }> }).lanes.get(A)!;
+  assert.ok(lane.items.length <= 2 * 100 + 1024 + 100, `${lane.items.length} slots for 100 items`);
 });
 
 test("a client gone: every request it has waiting taken out at once, oldest first; the others keep their turns and the biggest holder is found again", () => {
@@ -201,7 +233,7 @@ test('against a model: any sequence of admits, shifts, deadlines, requests put b
           assert.is(model.get(i.who)![0], i, "deadlines take a client's oldest");
           gone(i);
         });
-        assert.not.ok(q.anyOldest((i) => i.at < o.before), 'none due is left');
+        assert.not.ok(q.anyDue((i) => i.at < o.before), 'none due is left');
       }
       const total = clients.reduce((a, c) => a + model.get(c)!.length, 0);
       assert.is(q.length, total);
