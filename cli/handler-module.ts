@@ -6,6 +6,7 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { StringDecoder } from 'node:string_decoder';
 import { format } from 'node:util';
 import { StartError, type Handler } from '../actors/index.js';
 import { badHandler, describeThrown } from '../actors/handler.js';
@@ -113,12 +114,72 @@ const CONSOLE_LEVELS = { log: 'info', info: 'info', debug: 'debug', warn: 'warn'
  * A handler module's `console.log` (and `info`, `debug`, `warn`, `error`) becomes a line of the server's
  * log (`console`, at its level): its text went raw to the stdout the log is written to, so that
  * `--log-format json` had lines that are not JSON, and `process.stdout.write('...')` without a newline
- * ran on into the next record (`...{"level":"info",...}`). As AWS Lambda does with JSON logs.
+ * ran on into the next record (`...{"level":"info",...}`). As AWS Lambda does with JSON logs. Raw
+ * writes to stdout too (`stdoutToLog`); the function returned logs a piece of a line still held.
  */
-export function consoleToLog(logger: Logger): void {
+export function consoleToLog(logger: Logger): () => void {
   for (const [method, level] of Object.entries(CONSOLE_LEVELS)) {
     console[method as keyof typeof CONSOLE_LEVELS] = (...args: unknown[]) => logger[level]('console', format(...args), { method });
   }
+  return stdoutToLog(logger);
+}
+
+/** The longest piece of a line a handler module's raw stdout writes are held for, waiting for its end; past it, a line of its own. */
+export const STDOUT_LINE_MAX = 64 * 1024;
+/** How long a piece of a line without its end waits for the rest before it is a line of its own (ms). */
+export const STDOUT_LINE_WAIT_MS = 1000;
+
+/**
+ * What a handler module writes to `process.stdout` itself (`process.stdout.write`, and what `console`
+ * methods other than those above write: `console.table`, `console.dir`) becomes a line of the server's
+ * log too (`stdout`, at info), one per line it wrote: it went raw into the stdout the log is written
+ * to, so a JSON log got lines that are not JSON, and a write without a newline ran on into the next
+ * record. A piece of a line waits for the rest (at most `STDOUT_LINE_WAIT_MS`, or `STDOUT_LINE_MAX`
+ * bytes) and a multi-byte character split between writes stays whole. The log itself is written
+ * to the file descriptor (SonicBoom), not through `process.stdout.write`; should a sink write
+ * through it, that write goes out as it is (no loop). Returns the function that puts it back.
+ */
+export function stdoutToLog(logger: Logger, stream: NodeJS.WriteStream = process.stdout): () => void {
+  const raw = stream.write;
+  const decoder = new StringDecoder('utf8');
+  let held = '';
+  let timer: NodeJS.Timeout | undefined;
+  let inLog = false;
+  const say = (line: string): void => {
+    inLog = true;
+    try {
+      logger.info('stdout', line.endsWith('\r') ? line.slice(0, -1) : line, {});
+    } finally {
+      inLog = false;
+    }
+  };
+  const flush = (): void => {
+    timer = undefined;
+    if (held) say(held);
+    held = '';
+  };
+  stream.write = function write(this: NodeJS.WriteStream, chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
+    if (inLog) return (raw as (...a: unknown[]) => boolean).call(this, chunk, encoding, cb);
+    const done = typeof encoding === 'function' ? encoding : cb;
+    const text = typeof chunk === 'string' ? chunk : decoder.write(Buffer.from(chunk as Uint8Array));
+    let at = 0;
+    for (let nl = text.indexOf('\n'); nl >= 0; nl = text.indexOf('\n', at)) {
+      say(held + text.slice(at, nl));
+      held = '';
+      at = nl + 1;
+    }
+    held += text.slice(at);
+    if (held.length >= STDOUT_LINE_MAX) flush();
+    if (timer) clearTimeout(timer);
+    timer = held ? setTimeout(flush, STDOUT_LINE_WAIT_MS).unref() : undefined;
+    if (typeof done === 'function') process.nextTick(done as () => void);
+    return true;
+  } as typeof stream.write;
+  return () => {
+    if (timer) clearTimeout(timer);
+    flush();
+    stream.write = raw;
+  };
 }
 
 /**

@@ -147,7 +147,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     process.on('SIGHUP', hup);
     const unignore = ignoreUserSignals(logger, files ? `send SIGHUP to reload the TLS files (${files}), SIGTERM to drain and stop; restart it to change its other settings` : NOTHING_TO_RELOAD);
     for (const signal of takeEarlySignals(['SIGHUP', 'SIGUSR1', 'SIGUSR2'])) process.emit(signal, signal);
-    if (o.handler !== undefined) consoleToLog(logger);
+    const stdoutHeld = o.handler !== undefined ? consoleToLog(logger) : undefined;
     const handler = o.handler === undefined ? undefined : await loadHandlerStoppable(o.handler, logger);
     const insp = await startInspection(o, `server ${o.id}`);
     server = await startServer({
@@ -165,6 +165,8 @@ export function buildProgram(setExit: (code: number) => void): Command {
     unignore();
     process.off('SIGHUP', hup);
     await insp.close();
+    // A piece of a line the handler module wrote last, without its end: a line of its own before the log ends.
+    stdoutHeld?.();
     await logger.end();
     const code = server.actor.getSnapshot().value === 'failed' ? 1 : 0;
     setExit(code);

@@ -7,9 +7,9 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { connect } from '../actors/index.js';
+import { connect, Logger, memorySink, type LogRecord } from '../actors/index.js';
 import { built } from './built.js';
-import { loadHandler } from '../cli/handler-module.js';
+import { loadHandler, STDOUT_LINE_MAX, stdoutToLog } from '../cli/handler-module.js';
 import { killAll, node, proxyProcess, revproxy, ROOT, start } from './procs.js';
 import { tempDir } from './helpers.js';
 
@@ -222,7 +222,7 @@ examples('what a handler module writes with console is a line of the server\'s l
   // Before, console.log's text went raw to the stdout the JSON log is written to: lines a log shipper cannot parse.
   const dir = tempDir('revproxy-handlers-');
   try {
-    writeFileSync(join(dir, 'chatty.mjs'), 'console.log("loaded", { v: 1 });\nexport default async (p, ctx) => { console.log("handling %s for", p, ctx.clientId); console.error(new Error("not fatal")); console.debug("hidden at info"); return `chatty ${p}`; };\n');
+    writeFileSync(join(dir, 'chatty.mjs'), 'console.log("loaded", { v: 1 });\nprocess.stdout.write("loaded raw\\n");\nexport default async (p, ctx) => { console.log("handling %s for", p, ctx.clientId); console.error(new Error("not fatal")); console.debug("hidden at info"); process.stdout.write("partial "); process.stdout.write("line\\nnext line\\n"); process.stdout.write(Buffer.from([0xc3])); process.stdout.write(Buffer.from([0xa9, 0x0a])); process.stdout.write("no end"); return `chatty ${p}`; };\n');
     const { proc: proxy, port } = await proxyProcess();
     const server = revproxy(['server', '--id', 'chatty', '--pp', 'T', '--revproc', String(port), '--handler', join(dir, 'chatty.mjs'), '--log-format', 'json']);
     await proxy.waitFor(/Received setup message from server id chatty /);
@@ -244,9 +244,36 @@ examples('what a handler module writes with console is a line of the server\'s l
     });
     const said = records.filter((r) => r.event === 'console').map((r) => [r.level, r.method, r.msg.split('\n')[0]]);
     assert.equal(said, [['info', 'log', 'loaded { v: 1 }'], ['info', 'log', 'handling x for c7'], ['error', 'error', 'Error: not fatal']]);
+    // Its raw writes to stdout, one line of the log per line written: pieces joined, an é split
+    // between two writes whole, and the piece without an end at the stop. Before, they went raw
+    // into the JSON log, the last running on into the next record.
+    const raw = records.filter((r) => r.event === 'stdout');
+    assert.ok(raw.every((r) => r.level === 'info'));
+    assert.equal(raw.map((r) => r.msg), ['loaded raw', 'partial line', 'next line', 'é', 'no end']);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+examples('raw stdout writes, line by line: a piece waits for the rest, a piece past 64 KiB is a line of its own, the rest at the stop; the stream is put back', () => {
+  const records: LogRecord[] = [];
+  const written: string[] = [];
+  const stream = { write: (chunk: unknown) => written.push(String(chunk)) > 0 } as unknown as NodeJS.WriteStream;
+  const restore = stdoutToLog(new Logger('server t', memorySink(records), 'info'), stream);
+  let called = 0;
+  assert.ok(stream.write('a\nb', () => called++));
+  stream.write('c\r\n');
+  stream.write('x'.repeat(STDOUT_LINE_MAX + 5));
+  stream.write('tail');
+  restore();
+  stream.write('after\n');
+  assert.equal(records.map((r) => (r.msg.length > 100 ? r.msg.length : r.msg)), ['a', 'bc', STDOUT_LINE_MAX + 5, 'tail']);
+  assert.ok(records.every((r) => r.event === 'stdout' && r.level === 'info'));
+  assert.equal(written, ['after\n'], 'nothing raw until it was put back');
+  return new Promise<void>((done) => process.nextTick(() => {
+    assert.is(called, 1, 'the write callback is called');
+    done();
+  }));
 });
 
 examples('a server ended by its handler module - process.exit(), a throw from its own timer, an unhandled rejection - says so in its log before it goes', async () => {
