@@ -68,6 +68,8 @@ export interface PoolView {
   sources: Record<string, MemberSource>;
   /** Members taking requests now, in rotation order. */
   serving: string[];
+  /** Requests waiting in the policy's queue for a member with room (`queue_limit`, `queue_timeout`). */
+  waiting: number;
 }
 
 export interface ProxyHandle {
@@ -161,7 +163,7 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
     pools() {
       const ctx = actor.getSnapshot().context;
       const out: Record<string, PoolView> = {};
-      for (const [policy, { pool }] of ctx.policies) {
+      for (const [policy, { pool, waiting }] of ctx.policies) {
         const s = pool.getSnapshot() as unknown as { value: string; context: { members: string[]; cursor: number } };
         const members: string[] = [...s.context.members];
         const states: Record<string, MemberState> = {};
@@ -170,7 +172,7 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
           states[id] = ctx.servers.get(id)?.state ?? 'down';
           sources[id] = ctx.servers.get(id)?.shownSource ?? 'direct';
         }
-        out[policy] = { members, cursor: s.context.cursor, state: String(s.value), states, sources, serving: members.filter((id) => states[id] === 'serving') };
+        out[policy] = { members, cursor: s.context.cursor, state: String(s.value), states, sources, serving: members.filter((id) => states[id] === 'serving'), waiting: waiting.length };
       }
       return out;
     },

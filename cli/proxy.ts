@@ -591,6 +591,7 @@ function poolViews(proxy: ProxyHandle, readyPolicies: readonly string[]): PoolVi
     cursor: p.cursor,
     routed: 0,
     gone: [],
+    waiting: p.waiting,
   }));
   for (const policy of readyPolicies) if (!Object.hasOwn(pools, policy)) views.push({ policy, state: 'empty', members: [], cursor: 0, routed: 0, gone: [] });
   return views;

@@ -243,6 +243,16 @@ export class Metrics implements ProxyObserver {
       },
     });
     new Gauge({
+      name: 'revproxy_queued_requests',
+      help: "Requests waiting in each policy's queue for a server with room (queue_limit, queue_timeout), as HAProxy's current queue; a policy whose servers keep up reads 0",
+      labelNames: ['policy'],
+      registers: [this.registry],
+      collect: function (this: Gauge<string>) {
+        this.reset();
+        for (const p of sources.pools()) if (p.waiting !== undefined) this.set({ policy: p.policy }, p.waiting);
+      },
+    });
+    new Gauge({
       name: 'revproxy_inflight_requests',
       help: 'Requests the proxy has forwarded (or queued for a server) and not yet answered',
       registers: [this.registry],

@@ -66,6 +66,8 @@ export interface PoolView {
   gone: MemberView[];
   /** The session id of the proxy that owns the pool (actions name it). */
   proxy?: string;
+  /** Requests waiting in the policy's queue for a member with room, where known (the proxy's own `/metrics`). */
+  waiting?: number;
 }
 
 export interface Figures {

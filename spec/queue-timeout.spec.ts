@@ -192,5 +192,24 @@ cli('--queue-timeout: a server working one request at a time answers one; the ot
   }
 });
 
+cli('revproxy_queued_requests reads how many requests wait in each policy\'s queue, and 0 once none does', async () => {
+  const { proc: proxy, port } = await proxyProcess(['--log-level', 'info', '--max-server-inflight', '1', '--timeout', '3000', '--admin', '127.0.0.1:0']);
+  const admin = (await proxy.waitFor(/Admin endpoint on (http:\S+)/)).at(1)!;
+  const server = revproxy(['server', '--id', 's1', '--pp', 'P', '--revproc', String(port), '--behaviour', 'silent']);
+  await server.waitFor(/Registered with the reverse proxy/, 15000);
+  const queued = async (): Promise<string | undefined> => /^revproxy_queued_requests\{policy="P"\} (\d+)$/m.exec(await (await fetch(`${admin}metrics`)).text())?.[1];
+  await eventually(async () => (await queued()) === '0', 5000, 'P reads 0 with nothing waiting');
+  const c = await connect({ revproc: `${LOCAL}:${port}`, id: 'c' });
+  try {
+    // The silent server holds the first; the other three wait in P's queue until their timeout.
+    const answers = Promise.all(['a', 'b', 'c', 'd'].map((p) => c.request('P', p).then(() => 'ok', (e: { code: string }) => e.code)));
+    await eventually(async () => (await queued()) === '3', 2500, 'three waiting');
+    assert.equal(await answers, ['TIMEOUT', 'TIMEOUT', 'TIMEOUT', 'TIMEOUT']);
+    assert.is(await queued(), '0');
+  } finally {
+    c.destroy();
+  }
+});
+
 live.run();
 cli.run();
