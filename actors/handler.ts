@@ -122,6 +122,8 @@ export interface RunnerOptions {
   concurrency: number;
   /** Requests waiting for a free slot; past it the server answers OVERLOADED. */
   queueLimit: number;
+  /** The longest a request waits for a free slot (ms); past it the server answers OVERLOADED, unrun (0: until the proxy's deadline). */
+  queueTimeoutMs: number;
   /** Every request waits this long inside its slot before its handler runs (ms, for tests and benchmarks). */
   delayMs: number;
   /** A handler's promise not settled this long after it started (ms) is answered TIMEOUT, its signal aborted and its slot freed (0: never). */
@@ -170,6 +172,8 @@ class Job {
   done = false;
   /** Answered TIMEOUT while its handler still runs (it ignores ctx.signal): counted by the runner until it settles. */
   lingering = false;
+  /** When it last went into the queue for a slot (clock ms): `queueTimeoutMs` counts from here. */
+  queuedAt = 0;
 
   constructor(
     readonly runner: HandlerRunner,
@@ -258,6 +262,8 @@ export class HandlerRunner {
   private lingering = 0;
   private lingeringBytes = 0;
   private readonly queue: Job[] = [];
+  /** With a queue timeout, while the queue holds requests: the timer that answers its oldest once past it. */
+  private queueSweep?: Timer;
   /** Callers with requests parked (`park`): let go all at once when the server stops. */
   private readonly waiting = new Set<Caller>();
   private parkedCount = 0;
@@ -337,7 +343,7 @@ export class HandlerRunner {
       const job = new Job(this, caller, msg, bytes, deadline);
       if (this.backedUp(caller)) this.park(job);
       else if (runs) this.start(job);
-      else this.queue.push(job);
+      else this.enqueue(job);
     }
     // A connection holding its share of the budget is not read until answers bring it down.
     if (!caller.throttled && caller.heldBytes >= budget.requestsPerPeer) {
@@ -416,7 +422,7 @@ export class HandlerRunner {
       else if (this.expired(job, 'while its connection did not read its answers')) continue;
       else if (this.backedUp(caller)) this.park(job);
       else if (this.busy < this.opts.concurrency) this.start(job);
-      else this.queue.push(job);
+      else this.enqueue(job);
     }
   }
 
@@ -427,6 +433,8 @@ export class HandlerRunner {
     for (const job of this.timed) job.release();
     for (const job of this.queue) this.letGo(job);
     this.queue.length = 0;
+    this.queueSweep?.cancel();
+    this.queueSweep = undefined;
     for (const caller of this.waiting) {
       for (const job of caller.parked) this.letGo(job);
       caller.parked = [];
@@ -561,6 +569,42 @@ export class HandlerRunner {
     this.lingeringBytes -= job.bytes;
     this.opts.budget.release(job.bytes);
     this.next();
+  }
+
+  /** Queue `job` for a slot; with a queue timeout, the sweep that answers those past it is armed. */
+  private enqueue(job: Job): void {
+    this.queue.push(job);
+    if (this.opts.queueTimeoutMs <= 0) return;
+    job.queuedAt = this.opts.clock.now();
+    if (!this.queueSweep) this.armQueueSweep();
+  }
+
+  /** Arm the queue's one timer: due when its oldest has waited `queueTimeoutMs` (the queue is in the order they went in). */
+  private armQueueSweep(): void {
+    const head = this.queue[0];
+    if (!head) return;
+    const { clock, queueTimeoutMs } = this.opts;
+    this.queueSweep = clock.setTimeout(() => {
+      this.queueSweep = undefined;
+      const now = clock.now();
+      let n = 0;
+      while (this.queue.length > 0 && this.queue[0]!.queuedAt + queueTimeoutMs <= now) {
+        this.waitedTooLong(this.queue.shift()!);
+        n++;
+      }
+      if (n) {
+        const id = this.opts.serverId;
+        this.opts.logger.repeated('warn', 'queue_timeout', id, n, (k, span) => `Answered ${fmt(k)} request(s) OVERLOADED, unrun, that waited ${queueTimeoutMs} ms for a slot (--queue-timeout: ${this.opts.concurrency} run at once)${span ? ` ${span}` : ''}`, { code: ErrorCode.OVERLOADED });
+      }
+      this.armQueueSweep();
+    }, Math.max(0, head.queuedAt + queueTimeoutMs - clock.now()));
+  }
+
+  /** A request that waited `queueTimeoutMs` for a slot: OVERLOADED, unrun, so the proxy sends it to a server with room. */
+  private waitedTooLong(job: Job): void {
+    this.letGo(job);
+    const { serverId: id, queueTimeoutMs } = this.opts;
+    this.answer(job.caller.conn, errorMsg(ErrorCode.OVERLOADED, `request ${job.msg.seq} waited ${queueTimeoutMs} ms in server ${id}'s queue for a slot (--queue-timeout), not run; try another server or later`, job.msg.seq));
   }
 
   private next(): void {

@@ -58,6 +58,12 @@ export interface ServerOptions {
   concurrency?: number;
   /** Requests waiting for one of the `concurrency` slots; past it the server answers OVERLOADED. Default 1024. */
   queueLimit?: number;
+  /**
+   * The longest a request waits for one of the `concurrency` slots (ms); past it the server answers
+   * OVERLOADED, not run, and the proxy sends it to another server (0: it waits until the proxy's
+   * deadline for the try, then TIMEOUT). Default 0.
+   */
+  queueTimeoutMs?: number;
   maxFrameBytes?: number;
   /**
    * Bytes the server holds for all its peers together (0 = no limit):
@@ -562,7 +568,7 @@ const DEFAULT_QUEUE_LIMIT = 1024;
  */
 export function badLimit(opts: ServerOptions): string | undefined {
   const checks: Array<[keyof ServerOptions, number, string]> = [
-    ['concurrency', 1, ' (leave it out for no limit)'], ['queueLimit', 0, ''], ['handlerTimeoutMs', 0, ' (0 = never)'], ['delayMs', 0, ''],
+    ['concurrency', 1, ' (leave it out for no limit)'], ['queueLimit', 0, ''], ['queueTimeoutMs', 0, ' (0 = until the proxy\'s deadline)'], ['handlerTimeoutMs', 0, ' (0 = never)'], ['delayMs', 0, ''],
     ['drainTimeoutMs', 0, ''], ['tcpKeepAliveMs', 0, ' (0 = off)'], ['maxFrameBytes', 1024, ''], ['maxBufferedBytes', 0, ' (0 = no limit)'], ['maxConnections', 1, ''], ['maxConnectionsPerPeer', 0, ' (0 = no limit)'],
   ];
   for (const [name, min, hint] of checks) {
@@ -623,7 +629,7 @@ export const serverMachine = setup({
       if (conns) log.info('connection_limit', conns.message, conns.fields);
       if (opts.handler || opts.concurrency !== undefined) {
         const timeout = opts.handlerTimeoutMs ?? DEFAULT_HANDLER_TIMEOUT_MS;
-        const limit = `${opts.concurrency === undefined ? 'no limit' : `${opts.concurrency} at once, ${opts.queueLimit ?? DEFAULT_QUEUE_LIMIT} waiting`}, ${timeout ? `${timeout} ms each at most` : 'no timeout'}`;
+        const limit = `${opts.concurrency === undefined ? 'no limit' : `${opts.concurrency} at once, ${opts.queueLimit ?? DEFAULT_QUEUE_LIMIT} waiting${opts.queueTimeoutMs ? ` up to ${opts.queueTimeoutMs} ms` : ''}`}, ${timeout ? `${timeout} ms each at most` : 'no timeout'}`;
         log.info('handler', `Answering with ${opts.handler ? `handler ${opts.handler.name || '(anonymous)'}` : 'SHA1 of the payload'} (${limit})`, {
           handler: opts.handler?.name || (opts.handler ? 'anonymous' : 'sha1'), concurrency: opts.concurrency ?? null,
         });
@@ -717,6 +723,7 @@ export const serverMachine = setup({
         handler: input.handler ?? sha1Handler,
         concurrency: input.concurrency ?? Infinity,
         queueLimit: input.queueLimit ?? DEFAULT_QUEUE_LIMIT,
+        queueTimeoutMs: input.queueTimeoutMs ?? 0,
         delayMs: input.delayMs ?? 0,
         handlerTimeoutMs: input.handlerTimeoutMs ?? DEFAULT_HANDLER_TIMEOUT_MS,
         behaviour: input.behaviour ?? 'normal',

@@ -173,6 +173,85 @@ live('a reload changes the queue timeout at once', async (ctx) => {
   assert.match(next.done!.message!, 'within 100 ms (--queue-timeout)');
 });
 
+type ServerCtx = { proxy?: ProxyHandle; servers: ServerHandle[]; clients: Client[] };
+const server = suite<ServerCtx>("a server's queue timeout (revproxy server --queue-timeout), on a manual clock", { servers: [], clients: [] });
+server.after.each(async (ctx) => {
+  for (const c of ctx.clients) c.destroy();
+  for (const s of ctx.servers) s.kill();
+  await ctx.proxy?.stop();
+  Object.assign(ctx, { proxy: undefined, servers: [], clients: [] });
+});
+
+server("a request that waits --queue-timeout for one of a server's slots is answered OVERLOADED, not run, and goes to another server; a slot taken in time runs it", async (ctx) => {
+  ctx.proxy = await startProxy({ port: 0, ejectAfter: 1_000_000, slowAfterMs: 0, timeoutMs: 20_000, tryTimeoutMs: 10_000 });
+  const proxy = { host: LOCAL, port: ctx.proxy.port };
+  const clock = new ManualClock();
+  const busy = held();
+  const records: LogRecord[] = [];
+  ctx.servers.push(await startServer({
+    id: 'busy', policy: 'P', listenPort: 0, proxy, handler: busy.handler, concurrency: 1, queueTimeoutMs: 500, clock,
+    logger: new Logger('server busy', memorySink(records), 'info'),
+  }));
+  await eventually(() => ctx.proxy!.pools().P?.serving.length === 1, 3000, 'busy serving P');
+  const c = await connect({ revproc: `${LOCAL}:${proxy.port}`, id: 'c' });
+  ctx.clients.push(c);
+  const first = outcome(c.request('P', 'first'));
+  await eventually(() => busy.got.length === 1, 3000, 'the first running');
+  const second = outcome(c.request('P', 'second'));
+  const third = outcome(c.request('P', 'third'));
+  await new Promise((r) => setTimeout(r, 100)); // both read by the server, waiting for its one slot
+  clock.advance(499);
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal([second.done, third.done], [undefined, undefined], 'still waiting at 499 ms');
+  // A second server comes: what busy refuses at 500 ms goes there.
+  const idle = held();
+  ctx.servers.push(await startServer({ id: 'idle', policy: 'P', listenPort: 0, proxy, handler: idle.handler }));
+  await eventually(() => ctx.proxy!.pools().P?.serving.length === 2, 3000, 'idle serving P');
+  clock.advance(1);
+  await eventually(() => idle.got.length === 2, 3000, 'both sent on to idle');
+  assert.equal(busy.got, ['first'], 'busy ran neither');
+  idle.release('second');
+  idle.release('third');
+  busy.release('first');
+  await eventually(() => [first, second, third].every((o) => o.done !== undefined), 3000, 'all answered');
+  assert.equal([first.done, second.done, third.done], [{ answer: 'done first' }, { answer: 'done second' }, { answer: 'done third' }]);
+  const warn = records.filter((r) => r.event === 'queue_timeout');
+  assert.is(warn.length, 1);
+  assert.match(warn[0]!.msg, 'Answered 2 request(s) OVERLOADED, unrun, that waited 500 ms for a slot (--queue-timeout: 1 run at once)');
+});
+
+server('with one server, the client gets its OVERLOADED, which says why; a request that gets the slot before its 500 ms runs', async (ctx) => {
+  ctx.proxy = await startProxy({ port: 0, timeoutMs: 20_000, tryTimeoutMs: 10_000 });
+  const proxy = { host: LOCAL, port: ctx.proxy.port };
+  const clock = new ManualClock();
+  const s = held();
+  ctx.servers.push(await startServer({ id: 'only', policy: 'P', listenPort: 0, proxy, handler: s.handler, concurrency: 1, queueTimeoutMs: 500, clock }));
+  await eventually(() => ctx.proxy!.pools().P?.serving.length === 1, 3000, 'only serving P');
+  const c = await connect({ revproc: `${LOCAL}:${proxy.port}`, id: 'c' });
+  ctx.clients.push(c);
+  const first = outcome(c.request('P', 'first'));
+  await eventually(() => s.got.length === 1, 3000, 'the first running');
+  const second = outcome(c.request('P', 'second'));
+  await new Promise((r) => setTimeout(r, 100));
+  clock.advance(300);
+  const third = outcome(c.request('P', 'third'));
+  await new Promise((r) => setTimeout(r, 100));
+  s.release('first');
+  // The slot goes to second, 300 ms into its wait; third waits from 300 ms, and is refused at 800.
+  await eventually(() => s.got.length === 2, 3000, 'second running');
+  clock.advance(499);
+  await new Promise((r) => setTimeout(r, 50));
+  assert.is(third.done, undefined);
+  clock.advance(1);
+  await eventually(() => third.done !== undefined, 3000, 'third refused');
+  assert.is(third.done!.code, 'OVERLOADED');
+  assert.match(third.done!.message!, /waited 500 ms in server only's queue for a slot \(--queue-timeout\), not run; try another server or later/);
+  s.release('second');
+  await eventually(() => second.done !== undefined, 3000, 'second answered');
+  assert.equal([first.done, second.done], [{ answer: 'done first' }, { answer: 'done second' }]);
+  assert.equal(s.got, ['first', 'second']);
+});
+
 const cli = suite('queue timeout, from the command line');
 cli.after.each(() => killAll());
 
@@ -212,4 +291,5 @@ cli('revproxy_queued_requests reads how many requests wait in each policy\'s que
 });
 
 live.run();
+server.run();
 cli.run();
