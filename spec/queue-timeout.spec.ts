@@ -79,6 +79,17 @@ async function policy(ctx: Ctx, ids: string[], options: ProxyOptions) {
   return { clock, records, servers, client, waiting };
 }
 
+/** A policy of one server holding a client's first request, and that client's next waiting in the proxy's queue. */
+async function oneWaiting(ctx: Ctx, options: ProxyOptions) {
+  const { clock, servers: [s], client, waiting } = await policy(ctx, ['s'], options);
+  const c = await client('c');
+  c.request('P', 'first', { timeoutMs: 60_000 }).catch(() => {});
+  await eventually(() => s!.got.length === 1, 3000, 'the first request at the server');
+  const next = outcome(c.request('P', 'next', { timeoutMs: 60_000 }));
+  await eventually(() => waiting() === 1, 3000, 'one request waiting');
+  return { clock, next };
+}
+
 live('a request that waits --queue-timeout for a server with room is answered OVERLOADED, unsent; the one the server has is answered', async (ctx) => {
   const { clock, records, servers: [s], client, waiting } = await policy(ctx, ['s'], { queueTimeoutMs: 500 });
   const c = await client('c');
@@ -107,13 +118,8 @@ live('a request that waits --queue-timeout for a server with room is answered OV
 });
 
 live('without --queue-timeout a waiting request is answered TIMEOUT at the request timeout, as before', async (ctx) => {
-  const { clock, servers: [s], client, waiting } = await policy(ctx, ['s'], { timeoutMs: 2000 });
   assert.is(resolveOptions({ timeoutMs: 2000 }).queueTimeoutMs, 2000, 'the default is the request timeout');
-  const c = await client('c');
-  c.request('P', 'first', { timeoutMs: 60_000 }).catch(() => {});
-  await eventually(() => s!.got.length === 1, 3000, 'the first request at the server');
-  const next = outcome(c.request('P', 'next', { timeoutMs: 60_000 }));
-  await eventually(() => waiting() === 1, 3000, 'one request waiting');
+  const { clock, next } = await oneWaiting(ctx, { timeoutMs: 2000 });
   clock.advance(1999);
   await new Promise((r) => setTimeout(r, 50));
   assert.is(next.done, undefined, 'still waiting at 1999 ms');
@@ -158,12 +164,7 @@ live("a request back from a failed try waits --queue-timeout from its return, an
 });
 
 live('a reload changes the queue timeout at once', async (ctx) => {
-  const { clock, servers: [s], client, waiting } = await policy(ctx, ['s'], { queueTimeoutMs: 5000 });
-  const c = await client('c');
-  c.request('P', 'first', { timeoutMs: 60_000 }).catch(() => {});
-  await eventually(() => s!.got.length === 1, 3000, 'the first request at the server');
-  const next = outcome(c.request('P', 'next', { timeoutMs: 60_000 }));
-  await eventually(() => waiting() === 1, 3000, 'one request waiting');
+  const { clock, next } = await oneWaiting(ctx, { queueTimeoutMs: 5000 });
   clock.advance(200);
   const opts = ctx.proxy!.actor.getSnapshot().context.opts;
   ctx.proxy!.actor.send({ type: 'RELOAD', opts: { ...opts, queueTimeoutMs: 100 } });
@@ -182,21 +183,30 @@ server.after.each(async (ctx) => {
   Object.assign(ctx, { proxy: undefined, servers: [], clients: [] });
 });
 
-server("a request that waits --queue-timeout for one of a server's slots is answered OVERLOADED, not run, and goes to another server; a slot taken in time runs it", async (ctx) => {
+/**
+ * A proxy whose tries do not end here, a server `id` of P on a manual clock that runs one request at
+ * a time and lets others wait 500 ms for it, and a client whose first request it is running.
+ */
+async function oneSlot(ctx: ServerCtx, id: string) {
   ctx.proxy = await startProxy({ port: 0, ejectAfter: 1_000_000, slowAfterMs: 0, timeoutMs: 20_000, tryTimeoutMs: 10_000 });
   const proxy = { host: LOCAL, port: ctx.proxy.port };
   const clock = new ManualClock();
-  const busy = held();
+  const s = held();
   const records: LogRecord[] = [];
   ctx.servers.push(await startServer({
-    id: 'busy', policy: 'P', listenPort: 0, proxy, handler: busy.handler, concurrency: 1, queueTimeoutMs: 500, clock,
-    logger: new Logger('server busy', memorySink(records), 'info'),
+    id, policy: 'P', listenPort: 0, proxy, handler: s.handler, concurrency: 1, queueTimeoutMs: 500, clock,
+    logger: new Logger(`server ${id}`, memorySink(records), 'info'),
   }));
-  await eventually(() => ctx.proxy!.pools().P?.serving.length === 1, 3000, 'busy serving P');
+  await eventually(() => ctx.proxy!.pools().P?.serving.length === 1, 3000, `${id} serving P`);
   const c = await connect({ revproc: `${LOCAL}:${proxy.port}`, id: 'c' });
   ctx.clients.push(c);
   const first = outcome(c.request('P', 'first'));
-  await eventually(() => busy.got.length === 1, 3000, 'the first running');
+  await eventually(() => s.got.length === 1, 3000, 'the first running');
+  return { proxy, clock, s, records, c, first };
+}
+
+server("a request that waits --queue-timeout for one of a server's slots is answered OVERLOADED, not run, and goes to another server; a slot taken in time runs it", async (ctx) => {
+  const { proxy, clock, s: busy, records, c, first } = await oneSlot(ctx, 'busy');
   const second = outcome(c.request('P', 'second'));
   const third = outcome(c.request('P', 'third'));
   await new Promise((r) => setTimeout(r, 100)); // both read by the server, waiting for its one slot
@@ -221,16 +231,7 @@ server("a request that waits --queue-timeout for one of a server's slots is answ
 });
 
 server('with one server, the client gets its OVERLOADED, which says why; a request that gets the slot before its 500 ms runs', async (ctx) => {
-  ctx.proxy = await startProxy({ port: 0, timeoutMs: 20_000, tryTimeoutMs: 10_000 });
-  const proxy = { host: LOCAL, port: ctx.proxy.port };
-  const clock = new ManualClock();
-  const s = held();
-  ctx.servers.push(await startServer({ id: 'only', policy: 'P', listenPort: 0, proxy, handler: s.handler, concurrency: 1, queueTimeoutMs: 500, clock }));
-  await eventually(() => ctx.proxy!.pools().P?.serving.length === 1, 3000, 'only serving P');
-  const c = await connect({ revproc: `${LOCAL}:${proxy.port}`, id: 'c' });
-  ctx.clients.push(c);
-  const first = outcome(c.request('P', 'first'));
-  await eventually(() => s.got.length === 1, 3000, 'the first running');
+  const { clock, s, c, first } = await oneSlot(ctx, 'only');
   const second = outcome(c.request('P', 'second'));
   await new Promise((r) => setTimeout(r, 100));
   clock.advance(300);
