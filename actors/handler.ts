@@ -594,7 +594,7 @@ export class HandlerRunner {
       }
       if (n) {
         const id = this.opts.serverId;
-        this.opts.logger.repeated('warn', 'queue_timeout', id, n, (k, span) => `Answered ${fmt(k)} request(s) OVERLOADED, unrun, that waited ${queueTimeoutMs} ms for a slot (--queue-timeout: ${this.opts.concurrency} run at once)${span ? ` ${span}` : ''}`, { code: ErrorCode.OVERLOADED });
+        this.opts.logger.repeated('warn', 'queue_timeout', id, n, (k, span) => `Answered ${fmt(k)} request(s) OVERLOADED, unrun: they waited ${queueTimeoutMs} ms for one of the server's ${this.opts.concurrency} slot(s) (--queue-timeout, --concurrency)${span ? ` ${span}` : ''}`, { code: ErrorCode.OVERLOADED });
       }
       this.armQueueSweep();
     }, Math.max(0, head.queuedAt + queueTimeoutMs - clock.now()));

@@ -440,7 +440,7 @@ export const backFromTry = (req: ProxyRequest): boolean => req.queued !== undefi
  * Answer the requests of every policy that have waited past their deadline (TIMEOUT) or past
  * `queue_timeout` for a member with room: OVERLOADED, unsent, or for one back from a failed try,
  * that try's answer. As HAProxy's `timeout queue`: a policy short of room refuses what it cannot
- * serve soon, and what it serves has not waited long (README, "Overload").
+ * serve soon, and what it serves has not waited long (README, "Overload: queue_limit and queue_timeout").
  */
 export function expireWaiting(context: ProxyContext, now: number): void {
   const reply = context.reply;
@@ -452,13 +452,13 @@ export function expireWaiting(context: ProxyContext, now: number): void {
     let late: ErrorMsg | undefined;
     let full: ErrorMsg | undefined;
     let queueTimedOut = 0;
+    const wait = `no server of privacy policy ${name} had room within ${queueTimeoutMs} ms (--queue-timeout)`;
     const expire = (req: ProxyRequest): void => {
       if (req.arrived + timeoutMs <= now) {
         reply(req, (late ??= errorMsg(ErrorCode.TIMEOUT, `no server of privacy policy ${name} had room within ${timeoutMs} ms`)));
         return;
       }
       queueTimedOut++;
-      const wait = `no server of privacy policy ${name} had room within ${queueTimeoutMs} ms (--queue-timeout)`;
       const last = req.last;
       if (req.queued !== undefined && last) reply(req, errorMsg(last.code, `${last.message}; not retried: ${wait}`));
       else reply(req, (full ??= errorMsg(ErrorCode.OVERLOADED, `${wait}; not sent, try again later`)));

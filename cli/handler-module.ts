@@ -124,7 +124,7 @@ export function consoleToLog(logger: Logger): () => void {
   return stdoutToLog(logger);
 }
 
-/** The longest piece of a line a handler module's raw stdout writes are held for, waiting for its end; past it, a line of its own. */
+/** The longest piece of a line (in characters) a handler module's raw stdout writes are held for, waiting for its end; past it, a line of its own. */
 export const STDOUT_LINE_MAX = 64 * 1024;
 /** How long a piece of a line without its end waits for the rest before it is a line of its own (ms). */
 export const STDOUT_LINE_WAIT_MS = 1000;
@@ -161,7 +161,8 @@ export function stdoutToLog(logger: Logger, stream: NodeJS.WriteStream = process
   stream.write = function write(this: NodeJS.WriteStream, chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
     if (inLog) return (raw as (...a: unknown[]) => boolean).call(this, chunk, encoding, cb);
     const done = typeof encoding === 'function' ? encoding : cb;
-    const text = typeof chunk === 'string' ? chunk : decoder.write(Buffer.from(chunk as Uint8Array));
+    const text = typeof chunk !== 'string' ? decoder.write(Buffer.from(chunk as Uint8Array))
+      : typeof encoding === 'string' && encoding !== 'utf8' && encoding !== 'utf-8' ? Buffer.from(chunk, encoding as BufferEncoding).toString() : chunk;
     let at = 0;
     for (let nl = text.indexOf('\n'); nl >= 0; nl = text.indexOf('\n', at)) {
       say(held + text.slice(at, nl));

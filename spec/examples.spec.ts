@@ -264,7 +264,7 @@ examples('raw stdout writes, line by line: a piece waits for the rest, a piece p
   assert.ok(stream.write('a\nb', () => called++));
   stream.write('c\r\n');
   stream.write('x'.repeat(STDOUT_LINE_MAX + 5));
-  stream.write('tail');
+  stream.write('dGFpbA==', 'base64');
   restore();
   stream.write('after\n');
   assert.equal(records.map((r) => (r.msg.length > 100 ? r.msg.length : r.msg)), ['a', 'bc', STDOUT_LINE_MAX + 5, 'tail']);

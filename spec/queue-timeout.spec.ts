@@ -227,7 +227,7 @@ server("a request that waits --queue-timeout for one of a server's slots is answ
   assert.equal([first.done, second.done, third.done], [{ answer: 'done first' }, { answer: 'done second' }, { answer: 'done third' }]);
   const warn = records.filter((r) => r.event === 'queue_timeout');
   assert.is(warn.length, 1);
-  assert.match(warn[0]!.msg, 'Answered 2 request(s) OVERLOADED, unrun, that waited 500 ms for a slot (--queue-timeout: 1 run at once)');
+  assert.match(warn[0]!.msg, "Answered 2 request(s) OVERLOADED, unrun: they waited 500 ms for one of the server's 1 slot(s) (--queue-timeout, --concurrency)");
 });
 
 server('with one server, the client gets its OVERLOADED, which says why; a request that gets the slot before its 500 ms runs', async (ctx) => {
