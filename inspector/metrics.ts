@@ -151,6 +151,8 @@ export class Metrics implements ProxyObserver {
   private readonly goneSince = new Map<string, number>();
   /** Per policy no pool holds: since when a scrape has found it so with this request count (a new request starts the time again). */
   private readonly policyGoneSince = new Map<string, { since: number; count: number }>();
+  /** The pools as the render under way read them once (`text`): the series made from them read the same, once a scrape. */
+  private renderPools?: PoolView[];
 
   constructor(
     private readonly sources: MetricSources,
@@ -218,7 +220,7 @@ export class Metrics implements ProxyObserver {
       collect: function (this: Gauge<string>) {
         this.reset();
         const shown = new Map<string, Set<string>>();
-        const pools = sources.pools();
+        const pools = self.pools();
         self.forgetDeparted(pools);
         for (const p of pools) {
           const seen = new Set(p.members.map((m) => m.source ?? 'direct'));
@@ -249,7 +251,7 @@ export class Metrics implements ProxyObserver {
       registers: [this.registry],
       collect: function (this: Gauge<string>) {
         this.reset();
-        for (const p of sources.pools()) if (p.waiting !== undefined) this.set({ policy: p.policy }, p.waiting);
+        for (const p of self.pools()) if (p.waiting !== undefined) this.set({ policy: p.policy }, p.waiting);
       },
     });
     new Gauge({
@@ -478,8 +480,23 @@ export class Metrics implements ProxyObserver {
     return { rps: n * (1000 / (per * this.tickMs)), p50: q(0.5), p99: q(0.99), inflight: this.sources.inflight(), answered: this.totalAnswered, errors: this.totalErrors };
   }
 
+  /**
+   * The text of every series. The pools are read once for it, not once per series made from them
+   * (members, queued requests): prom-client runs every collect as `metrics()` is called, before it
+   * first awaits, so the snapshot is let go as soon as that call returns.
+   */
   text(): Promise<string> {
-    return this.registry.metrics();
+    this.renderPools = this.sources.pools();
+    try {
+      return this.registry.metrics();
+    } finally {
+      this.renderPools = undefined;
+    }
+  }
+
+  /** The pools: those the render under way read, or read now (a collect outside `text`). */
+  private pools(): PoolView[] {
+    return this.renderPools ?? this.sources.pools();
   }
 
   /**
