@@ -67,11 +67,29 @@ export interface ProxyRequest {
   /** How the last try failed (its code and reason; the report's own object, shared by its requests), for the answer when no member is left to try. */
   last?: Failure;
   /**
-   * When it came back from a failed try to wait for a member with room (clock ms), while it waits:
-   * its stay in the queue (`queue_timeout`) counts from here. Undefined for a request that has not
-   * been sent: its stay counts from `arrived`.
+   * While it waits in its policy's queue for a member with room: when this stay began (clock ms),
+   * from which `queue_timeout` counts. A request not sent yet waits from its arrival (`arrived`), one
+   * back from a failed try from its return. Undefined while it is not waiting.
    */
   queued?: number;
+  /** Ms it waited in its policy's queue over its stays before this one (HAProxy's `Tw`; `waitedMs`); undefined if it never waited. */
+  waited?: number;
+}
+
+/** When a request's whole time is up: `timeout` from its arrival. Every deadline check reads it here. */
+export function deadline(o: { timeoutMs: number }, req: ProxyRequest): number {
+  return req.arrived + o.timeoutMs;
+}
+
+/**
+ * Ends a request's stay in its policy's queue at `now` (it is sent, or answered while waiting),
+ * adding the stay to what it waited. Returns the request's total wait so far (ms).
+ */
+export function endStay(req: ProxyRequest, now: number): number {
+  const since = req.queued;
+  if (since === undefined) return req.waited ?? 0;
+  req.queued = undefined;
+  return (req.waited = (req.waited ?? 0) + (now - since));
 }
 
 /** Sends the one answer a request gets. */
@@ -182,7 +200,7 @@ export type LinkReport =
 
 /** A try ends at the try timeout, and never after the request's own deadline. */
 export function tryDeadline(link: Pick<LinkInput, 'tryTimeoutMs' | 'timeoutMs'>, req: ProxyRequest, now: number): number {
-  return Math.min(now + link.tryTimeoutMs, req.arrived + link.timeoutMs);
+  return Math.min(now + link.tryTimeoutMs, deadline(link, req));
 }
 
 /** Per request, so `debug` only (callers check `enabled('debug')` first): the payload is never logged above it. */

@@ -10,7 +10,7 @@ import { ErrorCode } from '../transport/errors.js';
 import { errorMsg, MsgType, payloadBytes, WIRE, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import { startChild, stopChild } from './children.js';
 import { FairQueue } from './fair-queue.js';
-import { quoted, type Failure, type Peer, type ProxyRequest, type Reply, type TryCause } from './link.js';
+import { deadline, endStay, quoted, type Failure, type Peer, type ProxyRequest, type Reply, type TryCause } from './link.js';
 import { fmt } from './logger.js';
 import { poolMachine } from './pool.js';
 import { RETRY_BUDGET_WINDOW_MS, RetryBudget, type RetryBudgetRules } from './retry-budget.js';
@@ -77,7 +77,7 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
   for (const req of requests) {
     (req.tried ??= []).push(member);
     req.last = failure;
-    const expired = now >= req.arrived + context.opts.timeoutMs;
+    const expired = deadline(context.opts, req) <= now;
     if (expired || req.tried.length > context.opts.retries) {
       const finalCode = expired ? ErrorCode.TIMEOUT : failure.code;
       const why = expired ? `no answer within ${context.opts.timeoutMs} ms (last try: ${failure.message})` : `${failure.message}; tried ${req.tried.join(', ')}`;
@@ -261,10 +261,9 @@ function makeDeliver(context: ProxyContext) {
   return (member: string, request: unknown): void => {
     const req = request as ProxyRequest;
     // A request that failed elsewhere is being sent again: a retry, counted as it goes.
-    if (req.tried !== undefined) {
-      context.observer?.retried?.(req.msg.privPoliId, req.tried[req.tried.length - 1]!, req.last!.code);
-      req.queued = undefined;
-    }
+    if (req.tried !== undefined) context.observer?.retried?.(req.msg.privPoliId, req.tried[req.tried.length - 1]!, req.last!.code);
+    // Its wait for a member with room, if it had one, ends here (the access log's queue_ms).
+    if (req.queued !== undefined) endStay(req, context.clock.now());
     context.servers.get(member)!.traffic.sendOne(req);
   };
 }
@@ -308,8 +307,9 @@ function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
       returned.push(req);
       continue;
     }
-    // Back from a failed try: its stay in the queue starts now (one a drain put back keeps its own).
-    if (req.tried !== undefined && req.queued === undefined) req.queued = now ??= context.clock.now();
+    // Its stay in the queue starts at its arrival, or now when it is back from a failed try; one a
+    // drain put back keeps its own.
+    if (req.queued === undefined) req.queued = req.tried === undefined ? req.arrived : (now ??= context.clock.now());
     const away = policy!.waiting.admit(req.client, req, limit, arrivedBefore);
     if (away === undefined) continue;
     reply(away, away === req ? (full ??= overload('')) : (fullMost ??= overload(', the most of them from this connection')));
@@ -425,8 +425,8 @@ function roomIn(context: ProxyContext, policy: Policy): number {
  * `queued`). The sweeper asks, and `expireWaiting` answers them.
  */
 export function waitingDue(o: Pick<Opts, 'timeoutMs' | 'queueTimeoutMs'>, now: number): (req: ProxyRequest) => boolean {
-  const { timeoutMs, queueTimeoutMs } = o;
-  return (req) => req.arrived + timeoutMs <= now || (req.queued ?? req.arrived) + queueTimeoutMs <= now;
+  const queueTimeoutMs = o.queueTimeoutMs;
+  return (req) => deadline(o, req) <= now || (req.queued ?? req.arrived) + queueTimeoutMs <= now;
 }
 
 /**
@@ -434,7 +434,7 @@ export function waitingDue(o: Pick<Opts, 'timeoutMs' | 'queueTimeoutMs'>, now: n
  * from its return, so one not yet due does not end the look for due ones behind it (`takeDue`). The
  * others' stays run from arrival, in the lane's order: the first not due ends it.
  */
-export const backFromTry = (req: ProxyRequest): boolean => req.queued !== undefined;
+export const backFromTry = (req: ProxyRequest): boolean => req.tried !== undefined;
 
 /**
  * Answer the requests of every policy that have waited past their deadline (TIMEOUT) or past
@@ -454,13 +454,13 @@ export function expireWaiting(context: ProxyContext, now: number): void {
     let queueTimedOut = 0;
     const wait = `no server of privacy policy ${name} had room within ${queueTimeoutMs} ms (--queue-timeout)`;
     const expire = (req: ProxyRequest): void => {
-      if (req.arrived + timeoutMs <= now) {
+      if (deadline(context.opts, req) <= now) {
         reply(req, (late ??= errorMsg(ErrorCode.TIMEOUT, `no server of privacy policy ${name} had room within ${timeoutMs} ms`)));
         return;
       }
       queueTimedOut++;
       const last = req.last;
-      if (req.queued !== undefined && last) reply(req, errorMsg(last.code, `${last.message}; not retried: ${wait}`));
+      if (last) reply(req, errorMsg(last.code, `${last.message}; not retried: ${wait}`));
       else reply(req, (full ??= errorMsg(ErrorCode.OVERLOADED, `${wait}; not sent, try again later`)));
     };
     if (policy.waiting.takeDue(due, expire, backFromTry) === 0) continue;
@@ -503,7 +503,10 @@ export function makeReply(context: ProxyContext): Reply {
     if (observer) {
       const conn = client.conn;
       const outcome = !conn.closed ? (answer.type === MsgType.ACK ? 'ok' : answer.code) : conn.shedByBudget ? ErrorCode.OVERLOADED : CLIENT_GONE;
-      observer.answered!(req.msg.privPoliId, member, outcome, clock.now() - req.arrived, req);
+      const now = clock.now();
+      // Answered while it waited (a queue timeout, a deadline, its client gone): that stay ends here.
+      if (req.queued !== undefined) endStay(req, now);
+      observer.answered!(req.msg.privPoliId, member, outcome, now - req.arrived, req);
     }
     client.outstanding--;
     if (req.bytes) {

@@ -1,7 +1,8 @@
 /**
  * The access log (`--access-log -|FILE`): one line per request, written when
  * the request gets its one answer - time, client id and address, policy,
- * server, client seq, tries, latency and outcome code - as text (key=value)
+ * server, client seq, tries, latency, outcome code and the time it waited
+ * in its policy's queue for a server with room - as text (key=value)
  * or JSON. It is a `ProxyObserver`: with no access log nothing is attached
  * and the reply path pays nothing. Lines go through a bounded asynchronous
  * `Destination` (a slow disk or reader drops lines, counted, rather than
@@ -30,6 +31,8 @@ export interface AccessRecord {
   tries: number;
   latency_ms: number;
   outcome: string;
+  /** Of `latency_ms`, the time it waited in its policy's queue for a server with room (HAProxy's `Tw`); 0 when it never waited. Last, so a line's earlier fields keep their places. */
+  queue_ms: number;
 }
 
 // Ids are any string up to 256 characters: anything unusual is quoted, so a line always splits on spaces,
@@ -68,7 +71,7 @@ function own(text: string): Buffer {
 }
 const serverPart = (id: string | undefined): Buffer => own(`${id === undefined ? '-' : q(id)} seq=`);
 const triesPart = (tries: number): Buffer => own(` tries=${tries} latency_ms=`);
-const outcomePart = (outcome: string): Buffer => own(` outcome=${outcome}\n`);
+const outcomePart = (outcome: string): Buffer => own(` outcome=${outcome} queue_ms=`);
 
 /** Writes the decimal digits of a whole number `n` >= 0 at `at`; returns where they end. */
 function digits(b: Buffer, at: number, n: number): number {
@@ -113,8 +116,8 @@ export function accessLogHold(flushMs: number = ACCESS_LOG_HOLD.ms): { hold?: { 
   return flushMs === 0 ? {} : { hold: { bytes: ACCESS_LOG_HOLD.bytes, ms: flushMs } };
 }
 
-/** Room a text line needs beyond its cached parts: the time, two numbers, and slack. */
-const LINE_SLACK = 64;
+/** Room a text line needs beyond its cached parts: three numbers, the newline, and slack. */
+const LINE_SLACK = 80;
 
 export class AccessLog implements ProxyObserver {
   private lastMs = 0;
@@ -172,6 +175,7 @@ export class AccessLog implements ProxyObserver {
       tries,
       latency_ms: Math.round(latencyMs * 1000) / 1000,
       outcome,
+      queue_ms: req.waited === undefined ? 0 : Math.round(req.waited * 1000) / 1000,
     };
     this.dest.write(`${JSON.stringify(rec)}\n`);
   }
@@ -201,7 +205,9 @@ export class AccessLog implements ProxyObserver {
     b.set(middle, at);
     at = millis(b, at + middle.length, latencyMs);
     b.set(end, at);
-    chunk.commit(at + end.length);
+    at = millis(b, at + end.length, req.waited ?? 0);
+    b[at++] = 10; // \n
+    chunk.commit(at);
     this.dest.wrote();
   }
 

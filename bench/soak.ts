@@ -118,7 +118,7 @@ const POLICY = 'SOAK';
 const LOCAL_CODES = new Set(['CONNECT_FAILED', 'CONNECTION_LOST', 'NO_ANSWER', 'UNEXPECTED_ANSWER']);
 
 /** What a text access line looks like (admin/access-log.ts; spec/access-log.spec.ts checks every field). */
-const ACCESS_LINE = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z client=\S+ addr=\S+ policy=\S+ server=\S+ seq=\d+ tries=\d+ latency_ms=[\d.]+ outcome=\S+$/;
+const ACCESS_LINE = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z client=\S+ addr=\S+ policy=\S+ server=\S+ seq=\d+ tries=\d+ latency_ms=[\d.]+ outcome=\S+ queue_ms=[\d.]+$/;
 /** The lines of the churn's requests (bench/churn.ts): its short clients', and its probes of the policies it replaces servers under. */
 const CHURN_CLIENT = Buffer.from(' client=short-');
 const SOAK_POLICY = Buffer.from(` policy=${POLICY} `);

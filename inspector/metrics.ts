@@ -17,6 +17,7 @@ import { lazyPackage } from '../transport/lazy.js';
 import { systemClock, type Clock } from '../transport/clock.js';
 import { Paced } from './paced.js';
 import { ErrorCode } from '../transport/errors.js';
+import type { ProxyRequest } from '../actors/link.js';
 import { CLIENT_GONE, type EjectReason, type Outcome, type ProxyObserver } from '../actors/proxy-options.js';
 import { MEMBER_STATES } from '../actors/proxy-types.js';
 import { RecentLatency } from './latency.js';
@@ -32,12 +33,32 @@ export const UNLINTED_DEFAULTS = ['nodejs_active_handles_total', 'nodejs_active_
 /** Latency buckets in seconds: loopback answers take tenths of a millisecond, timeouts seconds. */
 export const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
-interface PolicyTally {
+/** A histogram's counts in LATENCY_BUCKETS (seconds). */
+interface Buckets {
   buckets: Float64Array;
   sum: number;
   count: number;
+}
+
+interface PolicyTally extends Buckets {
   /** member -> outcome -> count */
   outcomes: Map<string, Map<string, number>>;
+  /** The waits of its requests that waited in its queue for a server with room (made at the first). */
+  queued?: Buckets;
+}
+
+const newBuckets = (): Buckets => ({ buckets: new Float64Array(LATENCY_BUCKETS.length), sum: 0, count: 0 });
+
+/** Counts `s` seconds in `t`. */
+function observe(t: Buckets, s: number): void {
+  t.sum += s;
+  t.count++;
+  for (let i = 0; i < LATENCY_BUCKETS.length; i++) {
+    if (s <= LATENCY_BUCKETS[i]!) {
+      t.buckets[i]!++;
+      break;
+    }
+  }
 }
 
 /**
@@ -190,7 +211,8 @@ export class Metrics implements ProxyObserver {
         tally(outcomes, ['policy', 'server', 'outcome']).call(this);
       },
     });
-    this.registry.registerMetric(new LatencyHistogram(this.policies) as never);
+    this.registry.registerMetric(new PolicyHistogram('revproxy_request_duration_seconds', 'Time from a request reaching the proxy to its answer leaving it, by policy', this.policies, (t) => t) as never);
+    this.registry.registerMetric(new PolicyHistogram('revproxy_queue_wait_seconds', 'Of the requests that waited in their policy\'s queue for a server with room, how long they waited there (all their stays), by policy', this.policies, (t) => t.queued) as never);
     new Counter({
       name: 'revproxy_retries_total',
       help: 'Requests sent again to another member after one failed them, by policy, failed server and the failure\'s error code',
@@ -283,12 +305,12 @@ export class Metrics implements ProxyObserver {
       t = this.policies.get(OTHER);
       if (t) return t;
     }
-    t = { buckets: new Float64Array(LATENCY_BUCKETS.length), sum: 0, count: 0, outcomes: new Map() };
+    t = { ...newBuckets(), outcomes: new Map() };
     this.policies.set(policy, t);
     return t;
   }
 
-  answered(policy: string, member: string | undefined, outcome: Outcome, latencyMs: number): void {
+  answered(policy: string, member: string | undefined, outcome: Outcome, latencyMs: number, req?: ProxyRequest): void {
     // A policy with no label yet whose request no server could take (NO_SERVER) gets none: a client naming
     // made-up policies must not use up the label values real ones need (Envoy keeps no stats per unknown cluster).
     // One that left (whose zeros a scrape still shows) keeps its own label: clients asking for it keep its series.
@@ -310,15 +332,9 @@ export class Metrics implements ProxyObserver {
         m.recent?.add(latencyMs, this.window);
       }
     }
-    const s = latencyMs / 1000;
-    t.sum += s;
-    t.count++;
-    for (let i = 0; i < LATENCY_BUCKETS.length; i++) {
-      if (s <= LATENCY_BUCKETS[i]!) {
-        t.buckets[i]!++;
-        break;
-      }
-    }
+    observe(t, latencyMs / 1000);
+    const waited = req?.waited;
+    if (waited !== undefined) observe((t.queued ??= newBuckets()), waited / 1000);
     if (outcome === 'ok') this.totalAnswered++;
     else if (outcome !== CLIENT_GONE) this.totalErrors++;
     const at = this.recentAt++ & (RECENT - 1);
@@ -514,21 +530,27 @@ export class Metrics implements ProxyObserver {
 }
 
 /**
- * The latency histogram, rendered from the per-policy buckets counted on the
- * hot path: prom-client's own Histogram hashes its labels on every observe.
+ * A histogram by policy (the latency, the queue waits), rendered from the per-policy
+ * buckets counted on the hot path: prom-client's own Histogram hashes its labels on every
+ * observe. A policy whose `pick` has no tally has no series.
  */
-class LatencyHistogram {
-  readonly name = 'revproxy_request_duration_seconds';
-  readonly help = 'Time from a request reaching the proxy to its answer leaving it, by policy';
+class PolicyHistogram {
   readonly type = 'histogram';
   /** As a prom-client metric says its labels (its series have `le` besides). */
   readonly labelNames = ['policy'];
   readonly aggregator = 'sum';
-  constructor(private readonly policies: Map<string, PolicyTally>) {}
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    private readonly policies: Map<string, PolicyTally>,
+    private readonly pick: (t: PolicyTally) => Buckets | undefined,
+  ) {}
 
   get(): { name: string; help: string; type: string; values: MetricValue<string>[]; aggregator: string } {
     const values: Array<MetricValue<string> & { metricName: string }> = [];
-    for (const [policy, t] of this.policies) {
+    for (const [policy, p] of this.policies) {
+      const t = this.pick(p);
+      if (t === undefined) continue;
       let cum = 0;
       LATENCY_BUCKETS.forEach((le, i) => {
         cum += t.buckets[i]!;

@@ -31,15 +31,16 @@ function peer() {
   return newPeer(new Connection(new Socket()));
 }
 
-function request(client: ReturnType<typeof peer>, srcid: string, seq: number, tried?: string[]): ProxyRequest {
+function request(client: ReturnType<typeof peer>, srcid: string, seq: number, tried?: string[], waited?: number): ProxyRequest {
   const msg = { type: MsgType.DATA, srcid, privPoliId: 'ignored', seq, payload: 'x' } as unknown as DataMsg;
-  return { client, msg, arrived: 0, tried };
+  return { client, msg, arrived: 0, tried, waited };
 }
 
 /** What a line says after its time, made the plain way. */
-function expected(srcid: string, addr: string, policy: string, member: string | undefined, seq: number, tries: number, latencyMs: number, outcome: string): string {
+function expected(srcid: string, addr: string, policy: string, member: string | undefined, seq: number, tries: number, latencyMs: number, outcome: string, waited = 0): string {
   const q = (v: string) => (/^[\w.:@/+-]+$/.test(v) ? v : JSON.stringify(v));
-  return `client=${q(srcid)} addr=${addr} policy=${q(policy)} server=${member === undefined ? '-' : q(member)} seq=${seq} tries=${tries} latency_ms=${Math.round(latencyMs * 1000) / 1000} outcome=${outcome}`;
+  const ms = (v: number) => Math.round(v * 1000) / 1000;
+  return `client=${q(srcid)} addr=${addr} policy=${q(policy)} server=${member === undefined ? '-' : q(member)} seq=${seq} tries=${tries} latency_ms=${ms(latencyMs)} outcome=${outcome} queue_ms=${ms(waited)}`;
 }
 
 test('text lines in bytes read exactly as the same lines formatted by JavaScript', async ({ dir }) => {
@@ -63,8 +64,10 @@ test('text lines in bytes read exactly as the same lines formatted by JavaScript
     const tried = i % 7 === 0 ? ['a', 'b'] : undefined;
     const policy = i % 3 ? '111' : 'policy 2';
     const outcome = outcomes[i % outcomes.length]!;
-    log.answered(policy, member, outcome, latencies[i]!, request(client, srcid, seq, tried));
-    want.push(expected(srcid, client.conn.describe(), policy, member, seq, (tried?.length ?? 0) + (member === undefined ? 0 : 1), latencies[i]!, outcome));
+    // Most requests never waited (no `waited`); the rest waited some part of their latency.
+    const waited = i % 5 === 0 ? latencies[(i * 7) % latencies.length]! : undefined;
+    log.answered(policy, member, outcome, latencies[i]!, request(client, srcid, seq, tried, waited));
+    want.push(expected(srcid, client.conn.describe(), policy, member, seq, (tried?.length ?? 0) + (member === undefined ? 0 : 1), latencies[i]!, outcome, waited));
   }
   await dest.end();
   const lines = readFileSync(file, 'utf8').split('\n');

@@ -237,6 +237,7 @@ access('one line per request, matched to requests by seq, in JSON; reopened on S
     assert.is(r.outcome, 'ok');
     assert.match(String(r.addr), /^127\.0\.0\.1:\d+$/);
     assert.ok(typeof r.latency_ms === 'number' && r.latency_ms >= 0);
+    assert.ok(typeof r.queue_ms === 'number' && r.queue_ms >= 0 && r.queue_ms <= r.latency_ms, `queue_ms ${r.queue_ms} within latency_ms ${r.latency_ms}`);
     assert.match(String(r.time), /^\d{4}-\d\d-\d\dT/);
   }
   // logrotate: move the file away, SIGHUP, and the next lines go to a new file.
@@ -323,7 +324,7 @@ access('text lines: key=value, an unset value is -', async () => {
   const { port } = await proxyWithConfig(write('t.yaml', 'port: 0\n'), ['--access-log', log]);
   await runClient({ id: 'c1', proxy: { host: LOCAL, port }, packets: [{ srcid: 'c1', privPoliId: 'Z', payload: 'x' }] });
   await eventually(() => readFileSync(log, 'utf8').length > 0, 3000, 'a line');
-  assert.match(readFileSync(log, 'utf8'), /^\d{4}-\d\d-\d\dT\S+Z client=c1 addr=127\.0\.0\.1:\d+ policy=Z server=- seq=0 tries=0 latency_ms=[\d.]+ outcome=NO_SERVER\n$/);
+  assert.match(readFileSync(log, 'utf8'), /^\d{4}-\d\d-\d\dT\S+Z client=c1 addr=127\.0\.0\.1:\d+ policy=Z server=- seq=0 tries=0 latency_ms=[\d.]+ outcome=NO_SERVER queue_ms=0\n$/);
 });
 
 access('a file access log holds its lines for --access-log-flush ms; 0 writes them at once', async () => {
@@ -407,7 +408,7 @@ access('a line half written when the disk filled does not end at the top of the 
     proc.kill('SIGUSR1');
     await proc.waitFor(/Reopened the access log/);
     await burst(2);
-    const whole = /^\d{4}-\d\d-\d\dT\S+Z client=c addr=127\.0\.0\.1:\d+ policy=Z server=- seq=\d+ tries=0 latency_ms=[\d.]+ outcome=NO_SERVER$/;
+    const whole = /^\d{4}-\d\d-\d\dT\S+Z client=c addr=127\.0\.0\.1:\d+ policy=Z server=- seq=\d+ tries=0 latency_ms=[\d.]+ outcome=NO_SERVER queue_ms=0$/;
     await eventually(() => existsSync(log) && readFileSync(log, 'utf8').split('\n').filter(Boolean).length === 200 - old.split('\n').length + 2, 3000, 'the waiting lines and two more in the new file');
     for (const line of readFileSync(log, 'utf8').split('\n').filter(Boolean)) assert.match(line, whole);
     assert.match((await get(`${url}metrics`)).body, /revproxy_log_lines_dropped_total\{log="access"\} 1$/m);

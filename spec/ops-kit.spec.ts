@@ -162,7 +162,7 @@ systemd("its ExecStart serves under its environment, its LimitNOFILE and a read-
   await untilInflight(admin, '1', { authorization: 'Bearer kit-admin-secret' });
   await stopped(unit, proc);
   assert.is(await inFlight, 'ok', 'the request in flight was answered');
-  await eventually(() => readFileSync(`${logs}/access.log`, 'utf8').split('\n').filter((l) => / outcome=ok$/.test(l)).length === 2, 3000, 'both requests in the access log');
+  await eventually(() => readFileSync(`${logs}/access.log`, 'utf8').split('\n').filter((l) => / outcome=ok queue_ms=[\d.]+$/.test(l)).length === 2, 3000, 'both requests in the access log');
 });
 
 const SERVER_UNIT = join(ROOT, 'docs/revproxy-server@.service');
@@ -239,7 +239,7 @@ logrotate("Debian's logrotate, run with it five times against a proxy under load
     const bytes = readFileSync(join(logs, f));
     return (f.endsWith('.gz') ? gunzipSync(bytes) : bytes).toString('utf8').split('\n').filter(Boolean);
   });
-  assert.ok(lines.every((l) => / client=load addr=127\.0\.0\.1:\d+ policy=P server=s1 seq=\d+ tries=1 latency_ms=[\d.]+ outcome=ok$/.test(l)), 'whole lines only');
+  assert.ok(lines.every((l) => / client=load addr=127\.0\.0\.1:\d+ policy=P server=s1 seq=\d+ tries=1 latency_ms=[\d.]+ outcome=ok queue_ms=[\d.]+$/.test(l)), 'whole lines only');
   assert.is(lines.length, report.sent, 'one line for each request sent, none lost and none twice');
 });
 

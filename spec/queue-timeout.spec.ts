@@ -9,6 +9,12 @@ import * as assert from 'uvu/assert';
 import { connect, Logger, ManualClock, memorySink, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import type { HandlerContext, Payload } from '../actors/handler.js';
 import { resolveOptions, type ProxyOptions } from '../actors/proxy-options.js';
+import { Destination } from '../actors/logger.js';
+import { AccessLog, combineObservers, type AccessRecord } from '../admin/access-log.js';
+import { Metrics } from '../inspector/metrics.js';
+import { readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { tempDir } from './helpers.js';
 import { eventually, LOCAL } from './helpers.js';
 import { killAll, proxyProcess, revproxy } from './procs.js';
 
@@ -161,6 +167,69 @@ live("a request back from a failed try waits --queue-timeout from its return, an
   assert.is(r.done!.code, 'UPSTREAM_FAILED', 'its failed try answers it');
   assert.match(r.done!.message!, /; not retried: no server of privacy policy P had room within 500 ms \(--queue-timeout\)$/);
   assert.is(hold.done, undefined, 'the other server still holds its request');
+});
+
+live("the access log's queue_ms and revproxy_queue_wait_seconds say how long each request waited in its policy's queue, over all its stays", async (ctx) => {
+  const dir = tempDir('revproxy-qtime-');
+  try {
+    const dest = new Destination({ to: join(dir, 'access.log') });
+    await dest.ready();
+    const metrics = new Metrics({ pools: () => [], inflight: () => 0, actorCounts: () => [] });
+    const observer = combineObservers(new AccessLog(dest, 'json'), metrics);
+    const { clock, servers: [a, b], client, waiting } = await policy(ctx, ['a', 'b'], { queueTimeoutMs: 500, retries: 2, observer });
+    const c = await client('c');
+    const ask = (p: string) => outcome(c.request('P', p, { timeoutMs: 60_000 }));
+    const at = (p: string) => (a!.got.includes(p) ? a! : b!);
+    // first and second take both servers; w1 waits 300 ms for first's server; w2 waits 200 ms, then
+    // w2's server dies with it: w2 waits 100 ms more for the other, then runs there; w3 waits out its 500 ms.
+    const [first, second] = [ask('first'), ask('second')];
+    await eventually(() => a!.got.length + b!.got.length === 2, 3000, 'first and second at the servers');
+    const w1 = ask('w1');
+    await eventually(() => waiting() === 1, 3000, 'w1 waiting');
+    clock.advance(300);
+    at('first').release('first');
+    await eventually(() => at('first').got.includes('w1'), 3000, 'w1 sent when first was answered');
+    const w2 = ask('w2');
+    await eventually(() => waiting() === 1, 3000, 'w2 waiting');
+    clock.advance(200);
+    at('second').release('second');
+    await eventually(() => at('second').got.includes('w2'), 3000, 'w2 sent when second was answered');
+    const w2server = at('w2') === a ? 0 : 1;
+    clock.advance(50);
+    ctx.servers[w2server]!.kill();
+    await eventually(() => waiting() === 1, 3000, 'w2 back to wait, the other server running w1');
+    clock.advance(100);
+    at('w1').release('w1');
+    await eventually(() => at('w1').got.includes('w2'), 3000, 'w2 sent again when w1 was answered');
+    const w3 = ask('w3');
+    await eventually(() => waiting() === 1, 3000, 'w3 waiting');
+    clock.advance(500);
+    await eventually(() => w3.done !== undefined, 3000, 'w3 answered at its queue timeout');
+    at('w1').release('w2');
+    await eventually(() => [first, second, w1, w2].every((r) => r.done !== undefined), 3000, 'the rest answered');
+    assert.equal(w2.done, { answer: 'done w2' });
+    await dest.end();
+    const recs = readFileSync(join(dir, 'access.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as AccessRecord);
+    const bySeq = new Map(recs.map((r) => [r.seq, r]));
+    const rec = (p: string): Pick<AccessRecord, 'outcome' | 'tries' | 'latency_ms' | 'queue_ms'> => {
+      const r = bySeq.get(['first', 'second', 'w1', 'w2', 'w3'].indexOf(p))!;
+      return { outcome: r.outcome, tries: r.tries, latency_ms: r.latency_ms, queue_ms: r.queue_ms };
+    };
+    assert.equal(rec('first'), { outcome: 'ok', tries: 1, latency_ms: 300, queue_ms: 0 }, 'first never waited');
+    assert.equal(rec('second'), { outcome: 'ok', tries: 1, latency_ms: 500, queue_ms: 0 });
+    assert.equal(rec('w1'), { outcome: 'ok', tries: 1, latency_ms: 650, queue_ms: 300 });
+    assert.equal(rec('w2'), { outcome: 'ok', tries: 2, latency_ms: 850, queue_ms: 300 }, 'w2 waited 200 ms, then 100 ms after its failed try');
+    assert.equal(rec('w3'), { outcome: 'OVERLOADED', tries: 0, latency_ms: 500, queue_ms: 500 });
+    const text = await metrics.text();
+    const series = (name: string) => Number(new RegExp(`^revproxy_queue_wait_seconds_${name} (\\S+)$`, 'm').exec(text)?.[1]);
+    assert.match(text, /# TYPE revproxy_queue_wait_seconds histogram/);
+    assert.is(series('count{policy="P"}'), 3, 'the three that waited');
+    assert.ok(Math.abs(series('sum{policy="P"}') - 1.1) < 1e-9, `0.3 + 0.3 + 0.5 s, not ${series('sum{policy="P"}')}`);
+    assert.is(series('bucket{policy="P",le="0.25"}'), 0);
+    assert.is(series('bucket{policy="P",le="0.5"}'), 3);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 live('a reload changes the queue timeout at once', async (ctx) => {
