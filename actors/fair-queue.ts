@@ -189,11 +189,11 @@ export class FairQueue<K extends object, T> {
     return out;
   }
 
-  /** The next item in turn: the oldest of the key whose turn it is; that key's turn then passes to the next. */
-  shift(): T | undefined {
+  /** The next item in turn: the oldest (or with `newest`, the newest) of the key whose turn it is; that key's turn then passes to the next. */
+  shift(newest = false): T | undefined {
     const lane = this.turn;
     if (!lane) return undefined;
-    const item = lane.shift();
+    const item = newest ? lane.pop() : lane.shift();
     this.length--;
     if (lane === this.longest) this.longestKnown = false;
     if (lane.size === 0) this.unlink(lane);
@@ -201,10 +201,14 @@ export class FairQueue<K extends object, T> {
     return item;
   }
 
-  /** Take the next `n` items (at most all), in turn order: one per key per round. */
-  take(n: number): T[] {
+  /**
+   * Take the next `n` items (at most all), in turn order: one per key per round, each key's oldest,
+   * or with `newest` each key's newest (adaptive LIFO: what is left of each lane stays in arrival
+   * order, so `takeDue` still finds the due at its head).
+   */
+  take(n: number, newest = false): T[] {
     const out: T[] = new Array(Math.min(n, this.length));
-    for (let i = 0; i < out.length; i++) out[i] = this.shift()!;
+    for (let i = 0; i < out.length; i++) out[i] = this.shift(newest)!;
     return out;
   }
 

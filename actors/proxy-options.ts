@@ -57,6 +57,14 @@ export interface ProxyOptions {
    * try: that try's answer). Default: the request timeout (then TIMEOUT).
    */
   queueTimeoutMs?: number;
+  /**
+   * Adaptive LIFO: once a policy's queue has not been empty for this long (ms), a member with room
+   * is given the newest waiting request first (each client's newest, clients still in turn), and the
+   * oldest wait out `queueTimeoutMs`. Under sustained overload most requests are then answered
+   * promptly instead of every one after most of the queue timeout; a burst shorter than this is
+   * served oldest first. Default 0: always oldest first.
+   */
+  queueLifoAfterMs?: number;
   /** Connections the proxy accepts at once (clients and servers); at most what the process's open-files limit leaves room for (docs/CONFIG.md). Default 20000. */
   maxConnections?: number;
   /** PING every registration connection this often (ms). Default 1000. */
@@ -207,6 +215,7 @@ export function resolveOptions(input: ProxyOptions): Opts {
     maxServerInflight: input.maxServerInflight ?? 1024,
     queueLimit: input.queueLimit ?? 1024,
     queueTimeoutMs: input.queueTimeoutMs ?? timeoutMs,
+    queueLifoAfterMs: input.queueLifoAfterMs ?? 0,
     maxConnections: input.maxConnections ?? defaultMaxConnections(DEFAULT_PROXY_MAX_CONNECTIONS, maxBufferedBytes),
     maxConnectionsSet: input.maxConnections !== undefined,
     pingIntervalMs: input.pingIntervalMs ?? 1000,

@@ -113,6 +113,8 @@ export interface Policy {
   members: Set<Member>;
   /** Requests waiting for a member with room (bounded by queueLimit): each client's in arrival order, oldest first, clients in turn (fair-queue.ts). */
   waiting: FairQueue<Peer, ProxyRequest>;
+  /** When `waiting` last went from empty to not (clock ms): how long its queue has stood (`queueLifoAfterMs`). */
+  waitingSince?: number;
   /** While a drain routes waiting requests: those no member took, put back in their lanes once it is done (`drainWaiting`). */
   returned?: ProxyRequest[];
   /** A `DRAIN_WAITING` is scheduled for this microtask's end (`drainSoon`, its one owner). */

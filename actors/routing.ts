@@ -310,6 +310,7 @@ function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
     // Its stay in the queue starts at its arrival, or now when it is back from a failed try; one a
     // drain put back keeps its own.
     if (req.queued === undefined) req.queued = req.tried === undefined ? req.arrived : (now ??= context.clock.now());
+    if (policy!.waiting.length === 0) policy!.waitingSince = now ??= context.clock.now();
     const away = policy!.waiting.admit(req.client, req, limit, arrivedBefore);
     if (away === undefined) continue;
     reply(away, away === req ? (full ??= overload('')) : (fullMost ??= overload(', the most of them from this connection')));
@@ -365,15 +366,27 @@ export function drainWaiting(context: ProxyContext, name: string, all = false): 
   const waiting = policy.waiting;
   if (waiting.length === 0) return;
   if (all) return sendWaiting(context, policy, waiting.takeAll());
+  const newest = standing(context, policy);
   const returned: ProxyRequest[] = (policy.returned = []);
   try {
     for (let n = roomIn(context, policy); n > 0 && waiting.length > 0; n = roomIn(context, policy)) {
-      sendWaiting(context, policy, waiting.take(n));
+      sendWaiting(context, policy, waiting.take(n, newest));
     }
   } finally {
     policy.returned = undefined;
   }
   if (returned.length > 0) unrouted(context, returned);
+}
+
+/**
+ * Adaptive LIFO (`queueLifoAfterMs`, off at 0): whether `policy`'s queue has stood that long, not
+ * empty once, so its members are given the newest waiting first. A standing queue is overload: in
+ * arrival order every request served would have waited nearly `queue_timeout`; newest first, most
+ * are served at once and the oldest are refused at it. A burst that clears sooner is served in order.
+ */
+function standing(context: ProxyContext, policy: Policy): boolean {
+  const after = context.opts.queueLifoAfterMs;
+  return after > 0 && context.clock.now() - policy.waitingSince! >= after;
 }
 
 /**

@@ -82,6 +82,22 @@ test('a limit of 0 refuses every request; below the limit nobody is dropped', ()
   assert.is(q.length, 3);
 });
 
+test("newest first (adaptive LIFO): each client's newest in turn, and what is left of each lane stays in arrival order for the deadlines", () => {
+  const q = queueOf(item(A, 1, 0), item(A, 2, 10), item(A, 3, 20), item(B, 1, 5), item(B, 2, 15), item(C, 1, 30));
+  assert.equal(names(q.take(4, true)), ['A3', 'B2', 'C1', 'A2']);
+  assert.is(q.length, 2);
+  // A1 and B1 are left, oldest of their lanes: the deadlines find them at the head.
+  const due: Item[] = [];
+  assert.is(q.takeDue((i) => i.at <= 5, (i) => due.push(i)), 2);
+  assert.equal(names(due), ['B1', 'A1']);
+  assert.is(q.length, 0);
+  // The biggest holder is still found after pops: a full queue refuses its newest.
+  const r = queueOf(item(A, 1), item(A, 2), item(A, 3), item(B, 1));
+  assert.equal(names([r.shift(true)]), ['A3']);
+  assert.equal(names([r.admit(C, item(C, 1), 3)]), ['A2']);
+  assert.equal(names(r.takeAll()), ['B1', 'A1', 'C1']);
+});
+
 test("deadlines take each client's oldest requests that are due, and leave the turns of the others", () => {
   const q = queueOf(item(A, 1, 10), item(B, 1, 5), item(A, 2, 30), item(B, 2, 6), item(C, 1, 40), item(B, 3, 50));
   assert.ok(q.anyDue((i) => i.at <= 5), "B's oldest is due");

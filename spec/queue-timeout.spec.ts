@@ -232,6 +232,46 @@ live("the access log's queue_ms and revproxy_queue_wait_seconds say how long eac
   }
 });
 
+/**
+ * One server that runs one request at a time: `first` runs, a waits from 0, b from 50; first is
+ * answered at 60 (the queue has stood 60 ms); c waits from 70; a is answered at 120 (the queue has
+ * stood 120 ms, b having waited throughout); then the rest. Returns the order the server got them.
+ */
+async function orderServed(ctx: Ctx, options: ProxyOptions): Promise<string[]> {
+  const { clock, servers: [s], client, waiting } = await policy(ctx, ['s'], { queueTimeoutMs: 10_000, ...options });
+  const c = await client('c');
+  const ask = (p: string) => void c.request('P', p, { timeoutMs: 60_000 }).catch(() => {});
+  const served = (n: number, why: string) => eventually(() => s!.got.length === n, 3000, why);
+  ask('first');
+  await served(1, 'first at the server');
+  ask('a');
+  await eventually(() => waiting() === 1, 3000, 'a waiting');
+  clock.advance(50);
+  ask('b');
+  await eventually(() => waiting() === 2, 3000, 'b waiting');
+  clock.advance(10);
+  s!.release('first');
+  await served(2, 'the next sent at 60 ms');
+  clock.advance(10);
+  ask('c');
+  await eventually(() => waiting() === 2, 3000, 'c waiting');
+  clock.advance(50);
+  s!.release(s!.got[1]!);
+  await served(3, 'the next sent at 120 ms');
+  s!.release(s!.got[2]!);
+  await served(4, 'the last sent');
+  return s!.got;
+}
+
+live('--queue-lifo-after: a queue that has stood that long gives a server with room the newest waiting request first; a shorter one the oldest', async (ctx) => {
+  assert.equal(await orderServed(ctx, { queueLifoAfterMs: 100 }), ['first', 'a', 'c', 'b'], 'a at 60 ms (oldest first), c at 120 ms (newest first)');
+});
+
+live('without --queue-lifo-after the queue is served oldest first however long it stands', async (ctx) => {
+  assert.is(resolveOptions({}).queueLifoAfterMs, 0, 'off by default');
+  assert.equal(await orderServed(ctx, {}), ['first', 'a', 'b', 'c']);
+});
+
 live('a reload changes the queue timeout at once', async (ctx) => {
   const { clock, next } = await oneWaiting(ctx, { queueTimeoutMs: 5000 });
   clock.advance(200);
