@@ -124,6 +124,8 @@ export interface RunnerOptions {
   queueLimit: number;
   /** The longest a request waits for a free slot (ms); past it the server answers OVERLOADED, unrun (0: until the proxy's deadline). */
   queueTimeoutMs: number;
+  /** Adaptive LIFO: once the queue has not been empty for this long (ms), a free slot takes the newest waiting request (0: always the oldest). */
+  queueLifoAfterMs: number;
   /** Every request waits this long inside its slot before its handler runs (ms, for tests and benchmarks). */
   delayMs: number;
   /** A handler's promise not settled this long after it started (ms) is answered TIMEOUT, its signal aborted and its slot freed (0: never). */
@@ -264,6 +266,8 @@ export class HandlerRunner {
   private readonly queue: Job[] = [];
   /** With a queue timeout, while the queue holds requests: the timer that answers its oldest once past it. */
   private queueSweep?: Timer;
+  /** When the queue last went from empty to not (clock ms; kept only with `queueLifoAfterMs`). */
+  private queueSince = 0;
   /** Callers with requests parked (`park`): let go all at once when the server stops. */
   private readonly waiting = new Set<Caller>();
   private parkedCount = 0;
@@ -573,6 +577,7 @@ export class HandlerRunner {
 
   /** Queue `job` for a slot; with a queue timeout, the sweep that answers those past it is armed. */
   private enqueue(job: Job): void {
+    if (this.queue.length === 0 && this.opts.queueLifoAfterMs > 0) this.queueSince = this.opts.clock.now();
     this.queue.push(job);
     if (this.opts.queueTimeoutMs <= 0) return;
     job.queuedAt = this.opts.clock.now();
@@ -607,9 +612,21 @@ export class HandlerRunner {
     this.answer(job.caller.conn, errorMsg(ErrorCode.OVERLOADED, `request ${job.msg.seq} waited ${queueTimeoutMs} ms in server ${id}'s queue for a slot (--queue-timeout), not run; try another server or later`, job.msg.seq));
   }
 
+  /**
+   * Adaptive LIFO (`queueLifoAfterMs`): whether the queue has stood that long, not empty once, so a
+   * free slot takes its newest (the proxy's `queue_lifo_after` does the same in its own queue). The
+   * queue stays in the order its jobs came: the queue timeout's sweep still takes the oldest first.
+   */
+  private standing(): boolean {
+    const after = this.opts.queueLifoAfterMs;
+    return after > 0 && this.opts.clock.now() - this.queueSince >= after;
+  }
+
   private next(): void {
+    if (this.busy >= this.opts.concurrency || this.queue.length === 0) return;
+    const newest = this.standing();
     while (this.busy < this.opts.concurrency && this.queue.length > 0) {
-      const job = this.queue.shift()!;
+      const job = newest ? this.queue.pop()! : this.queue.shift()!;
       if (this.expired(job, `in server ${this.opts.serverId}'s queue`)) continue;
       // A slot goes to a peer that reads its answers; this one's request waits for it to read.
       if (this.backedUp(job.caller)) this.park(job);

@@ -64,6 +64,12 @@ export interface ServerOptions {
    * deadline for the try, then TIMEOUT). Default 0.
    */
   queueTimeoutMs?: number;
+  /**
+   * Adaptive LIFO: once the queue for the `concurrency` slots has not been empty for this long (ms),
+   * a free slot takes the newest waiting request, and the oldest wait out `queueTimeoutMs` (set it
+   * too). Default 0: always the oldest.
+   */
+  queueLifoAfterMs?: number;
   maxFrameBytes?: number;
   /**
    * Bytes the server holds for all its peers together (0 = no limit):
@@ -568,7 +574,7 @@ const DEFAULT_QUEUE_LIMIT = 1024;
  */
 export function badLimit(opts: ServerOptions): string | undefined {
   const checks: Array<[keyof ServerOptions, number, string]> = [
-    ['concurrency', 1, ' (leave it out for no limit)'], ['queueLimit', 0, ''], ['queueTimeoutMs', 0, ' (0 = until the proxy\'s deadline)'], ['handlerTimeoutMs', 0, ' (0 = never)'], ['delayMs', 0, ''],
+    ['concurrency', 1, ' (leave it out for no limit)'], ['queueLimit', 0, ''], ['queueTimeoutMs', 0, ' (0 = until the proxy\'s deadline)'], ['queueLifoAfterMs', 0, ' (0 = oldest first)'], ['handlerTimeoutMs', 0, ' (0 = never)'], ['delayMs', 0, ''],
     ['drainTimeoutMs', 0, ''], ['tcpKeepAliveMs', 0, ' (0 = off)'], ['maxFrameBytes', 1024, ''], ['maxBufferedBytes', 0, ' (0 = no limit)'], ['maxConnections', 1, ''], ['maxConnectionsPerPeer', 0, ' (0 = no limit)'],
   ];
   for (const [name, min, hint] of checks) {
@@ -629,7 +635,7 @@ export const serverMachine = setup({
       if (conns) log.info('connection_limit', conns.message, conns.fields);
       if (opts.handler || opts.concurrency !== undefined) {
         const timeout = opts.handlerTimeoutMs ?? DEFAULT_HANDLER_TIMEOUT_MS;
-        const limit = `${opts.concurrency === undefined ? 'no limit' : `${opts.concurrency} at once, ${opts.queueLimit ?? DEFAULT_QUEUE_LIMIT} waiting${opts.queueTimeoutMs ? ` up to ${opts.queueTimeoutMs} ms` : ''}`}, ${timeout ? `${timeout} ms each at most` : 'no timeout'}`;
+        const limit = `${opts.concurrency === undefined ? 'no limit' : `${opts.concurrency} at once, ${opts.queueLimit ?? DEFAULT_QUEUE_LIMIT} waiting${opts.queueTimeoutMs ? ` up to ${opts.queueTimeoutMs} ms` : ''}${opts.queueLifoAfterMs ? `, newest first once waiting ${opts.queueLifoAfterMs} ms` : ''}`}, ${timeout ? `${timeout} ms each at most` : 'no timeout'}`;
         log.info('handler', `Answering with ${opts.handler ? `handler ${opts.handler.name || '(anonymous)'}` : 'SHA1 of the payload'} (${limit})`, {
           handler: opts.handler?.name || (opts.handler ? 'anonymous' : 'sha1'), concurrency: opts.concurrency ?? null,
         });
@@ -724,6 +730,7 @@ export const serverMachine = setup({
         concurrency: input.concurrency ?? Infinity,
         queueLimit: input.queueLimit ?? DEFAULT_QUEUE_LIMIT,
         queueTimeoutMs: input.queueTimeoutMs ?? 0,
+        queueLifoAfterMs: input.queueLifoAfterMs ?? 0,
         delayMs: input.delayMs ?? 0,
         handlerTimeoutMs: input.handlerTimeoutMs ?? DEFAULT_HANDLER_TIMEOUT_MS,
         behaviour: input.behaviour ?? 'normal',

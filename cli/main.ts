@@ -88,6 +88,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('--concurrency <n>', 'requests the handler runs at once; more wait (default: no limit)').argParser(parseIntOption('--concurrency', 1)))
       .addOption(new Option('--queue-limit <n>', 'with --concurrency, requests that may wait for a slot; past it OVERLOADED').default(1024).argParser(parseIntOption('--queue-limit', 0)))
       .addOption(new Option('--queue-timeout <ms>', "with --concurrency, the longest a request waits for a slot; past it OVERLOADED, not run, and the proxy sends it to another server (0 = until the proxy's deadline for the try)").default(0).argParser(parseIntOption('--queue-timeout', 0)))
+      .addOption(new Option('--queue-lifo-after <ms>', 'with --concurrency, adaptive LIFO: once the queue has not been empty for this long, a free slot takes the newest waiting request and the oldest wait out --queue-timeout (0 = always the oldest)').default(0).argParser(parseIntOption('--queue-lifo-after', 0)))
       .addOption(new Option('--handler-timeout <ms>', 'a handler not done this long after it started is given up on: its request is answered TIMEOUT, its ctx.signal aborted, its slot freed (0 = never)').default(DEFAULT_HANDLER_TIMEOUT_MS).argParser(parseIntOption('--handler-timeout', 0)))
       .addOption(new Option('--delay <ms>', 'every request waits this long before its handler runs, inside its --concurrency slot (for tests and benchmarks)').default(0).argParser(parseIntOption('--delay', 0)))
       .addOption(new Option('--drain-timeout <ms>', 'on SIGTERM, the longest wait for the proxies to let go; requests still running then are cut off (default: --handler-timeout plus 5000, 35000 with its default)').argParser(parseIntOption('--drain-timeout', 0)))
@@ -101,7 +102,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addHelpText('after', '\nWith --registry etcd://HOST:PORT the server registers once, in etcd, instead of with each proxy:\nevery proxy watching the registry takes it (see README, "Running a fleet").\nA lost proxy is retried with backoff and the server registers again.\nSIGTERM, SIGINT or SIGQUIT drains: tells the proxies it is leaving, finishes requests in flight, exits 0.\nA second one stops it at once.\nSIGHUP reads the TLS files again (renewed certificates): new connections and registrations use them;\n--registry-cert, --registry-key and --registry-ca make a new etcd client, the registration moved to it on its lease.\nA handler that throws an error with a string code answers the client HANDLER_ERROR with that code\n(not retried elsewhere; Node\'s own, such as ENOENT, answer HANDLER_FAILED and are logged); ctx.signal aborts when the proxy stops waiting for the answer.\n\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100\n  revproxy server -id 100 -pp 111 -revproc 2100,2200\n  revproxy server -id 500 -pp 111 --handler examples/privacy-handler.js --concurrency 8\n  revproxy server -id 100 -pp 111 --registry etcd://127.0.0.1:2379'),
   )))).action(async function (this: Command, o: LogFlags & TlsFlags & InspectFlags & RegistryFlags & { token?: string } & {
     id: string; pp: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout?: number; delay: number; maxFrame: number; wire: 'frames' | 'json';
-    handler?: string; concurrency?: number; queueLimit: number; queueTimeout: number; handlerTimeout: number; tcpKeepalive: number; maxBufferedBytes?: number; maxConnections?: number; maxConnsPerPeer?: number;
+    handler?: string; concurrency?: number; queueLimit: number; queueTimeout: number; queueLifoAfter: number; handlerTimeout: number; tcpKeepalive: number; maxBufferedBytes?: number; maxConnections?: number; maxConnsPerPeer?: number;
   }) {
     const policy = o.pp;
     const registry = registryFromFlags(o);
@@ -154,7 +155,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     server = await startServer({
       id: o.id, policy, listenPort: o.listen, listenHost: o.host, proxies: o.revproc, behaviour: o.behaviour,
       drainTimeoutMs: o.drainTimeout, delayMs: o.delay, maxFrameBytes: o.maxFrame, logger, waitForRegistration: false, inspect: insp.attach.inspect,
-      token: o.token, tls, wire: o.wire, handler, concurrency: o.concurrency, queueLimit: o.queueLimit, queueTimeoutMs: o.queueTimeout, handlerTimeoutMs: o.handlerTimeout, tcpKeepAliveMs: o.tcpKeepalive, maxBufferedBytes: o.maxBufferedBytes, maxConnections: o.maxConnections, maxConnectionsPerPeer: o.maxConnsPerPeer, registry,
+      token: o.token, tls, wire: o.wire, handler, concurrency: o.concurrency, queueLimit: o.queueLimit, queueTimeoutMs: o.queueTimeout, queueLifoAfterMs: o.queueLifoAfter, handlerTimeoutMs: o.handlerTimeout, tcpKeepAliveMs: o.tcpKeepalive, maxBufferedBytes: o.maxBufferedBytes, maxConnections: o.maxConnections, maxConnectionsPerPeer: o.maxConnsPerPeer, registry,
     });
     if (reloadOnceUp) hup();
     const planned = sayUnplannedExit(logger);

@@ -7,6 +7,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { connect, Logger, ManualClock, memorySink, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import type { ServerOptions } from '../actors/server.js';
 import type { HandlerContext, Payload } from '../actors/handler.js';
 import { resolveOptions, type ProxyOptions } from '../actors/proxy-options.js';
 import { Destination } from '../actors/logger.js';
@@ -296,7 +297,7 @@ server.after.each(async (ctx) => {
  * A proxy whose tries do not end here, a server `id` of P on a manual clock that runs one request at
  * a time and lets others wait 500 ms for it, and a client whose first request it is running.
  */
-async function oneSlot(ctx: ServerCtx, id: string) {
+async function oneSlot(ctx: ServerCtx, id: string, extra: Partial<ServerOptions> = {}) {
   ctx.proxy = await startProxy({ port: 0, ejectAfter: 1_000_000, slowAfterMs: 0, timeoutMs: 20_000, tryTimeoutMs: 10_000 });
   const proxy = { host: LOCAL, port: ctx.proxy.port };
   const clock = new ManualClock();
@@ -304,7 +305,7 @@ async function oneSlot(ctx: ServerCtx, id: string) {
   const records: LogRecord[] = [];
   ctx.servers.push(await startServer({
     id, policy: 'P', listenPort: 0, proxy, handler: s.handler, concurrency: 1, queueTimeoutMs: 500, clock,
-    logger: new Logger(`server ${id}`, memorySink(records), 'info'),
+    logger: new Logger(`server ${id}`, memorySink(records), 'info'), ...extra,
   }));
   await eventually(() => ctx.proxy!.pools().P?.serving.length === 1, 3000, `${id} serving P`);
   const c = await connect({ revproc: `${LOCAL}:${proxy.port}`, id: 'c' });
@@ -337,6 +338,29 @@ server("a request that waits --queue-timeout for one of a server's slots is answ
   const warn = records.filter((r) => r.event === 'queue_timeout');
   assert.is(warn.length, 1);
   assert.match(warn[0]!.msg, "Answered 2 request(s) OVERLOADED, unrun: they waited 500 ms for one of the server's 1 slot(s) (--queue-timeout, --concurrency)");
+});
+
+server("--queue-lifo-after: once a server's queue has stood that long a free slot takes the newest waiting request; before, the oldest", async (ctx) => {
+  const { clock, s, c } = await oneSlot(ctx, 'lifo', { queueTimeoutMs: 10_000, queueLifoAfterMs: 100 });
+  const read = () => new Promise((r) => setTimeout(r, 100)); // the server has read what was sent
+  const ask = (p: string) => void c.request('P', p).catch(() => {});
+  ask('a');
+  await read();
+  clock.advance(50);
+  ask('b');
+  await read();
+  clock.advance(10);
+  s.release('first');
+  await eventually(() => s.got.length === 2, 3000, 'the next running at 60 ms');
+  clock.advance(10);
+  ask('c');
+  await read();
+  clock.advance(50);
+  s.release(s.got[1]!);
+  await eventually(() => s.got.length === 3, 3000, 'the next running at 120 ms');
+  s.release(s.got[2]!);
+  await eventually(() => s.got.length === 4, 3000, 'the last running');
+  assert.equal(s.got, ['first', 'a', 'c', 'b'], 'a at 60 ms (oldest first), c at 120 ms (newest first)');
 });
 
 server('with one server, the client gets its OVERLOADED, which says why; a request that gets the slot before its 500 ms runs', async (ctx) => {
