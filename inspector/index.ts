@@ -72,7 +72,7 @@ export async function startInspector(opts: InspectorOptions = {}): Promise<Inspe
   }
   // The metrics count answers, retries and ejections; the hub notes each connection as it is accepted.
   const observer: ProxyObserver = {
-    answered: (policy, member, outcome, latencyMs) => metrics.answered(policy, member, outcome, latencyMs),
+    answered: (policy, member, outcome, latencyMs, req) => metrics.answered(policy, member, outcome, latencyMs, req),
     retried: (policy, failed, code) => metrics.retried(policy, failed, code),
     retryRefused: (policy, failed, code) => metrics.retryRefused(policy, failed, code),
     ejected: (policy, member, reason, back) => metrics.ejected(policy, member, reason, back),

@@ -66,7 +66,7 @@ export interface PoolView {
   gone: MemberView[];
   /** The session id of the proxy that owns the pool (actions name it). */
   proxy?: string;
-  /** Requests waiting in the policy's queue for a member with room, where known (the proxy's own `/metrics`). */
+  /** Requests waiting in the policy's queue for a member with room, where known: the proxy's own `/metrics`, and a live proxy's pools in the inspector. */
   waiting?: number;
 }
 
@@ -133,7 +133,10 @@ export function poolView(src: PoolSource): PoolView {
   for (const [id, reason] of src.left) if (!ctx.members.includes(id)) gone.unshift({ ...counts(id), state: 'gone', reason });
   // The pool's own rule, from its cursor: the member a request with no tries yet goes to.
   const next = ctx.eligible ? pick(ctx, ctx.eligible, {}).member : members[ctx.cursor >= members.length ? 0 : ctx.cursor]?.id;
-  return { policy: ctx.policy, state: String(src.value), members, cursor: ctx.cursor, next, routed: ctx.routed ?? 0, gone: gone.slice(0, MAX_GONE), proxy: src.proxySid };
+  const view: PoolView = { policy: ctx.policy, state: String(src.value), members, cursor: ctx.cursor, next, routed: ctx.routed ?? 0, gone: gone.slice(0, MAX_GONE), proxy: src.proxySid };
+  const waiting = proxy?.policies.get(ctx.policy)?.waiting.length;
+  if (waiting !== undefined) view.waiting = waiting;
+  return view;
 }
 
 /** One member's card: `base` (its id and counts) with what the proxy knows of it. */

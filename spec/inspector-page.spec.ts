@@ -487,4 +487,17 @@ many('what the page rewrites at idle and for one member changed does not grow wi
   assert.ok(large.change <= 2 * Math.max(small.change, 60), `one member changed: ${small.change} DOM changes with 120 cards, ${large.change} with 480`);
 });
 
+many('a pool with requests waiting for a member with room says how many, and nothing once none waits', async () => {
+  const [pool] = feedPools(1);
+  const hub = c3.insp.hub;
+  const meta = `[data-policy="${pool!.policy}"] .meta`;
+  await c3.page.goto(c3.insp.url!);
+  await c3.page.waitForSelector(meta, { timeout: 20_000 });
+  hub.record({ k: 'pools', t: hub.now(), pools: [{ ...pool!, waiting: 3 }], gone: [] });
+  await c3.page.waitForFunction((sel) => /· 3 waiting for room/.test(document.querySelector(sel)?.textContent ?? ''), meta, { timeout: 20_000 });
+  hub.record({ k: 'pools', t: hub.now(), pools: [{ ...pool!, waiting: 0, routed: 5 }], gone: [] });
+  await c3.page.waitForFunction((sel) => /5 routed/.test(document.querySelector(sel)?.textContent ?? ''), meta, { timeout: 20_000 });
+  assert.not.match(await c3.page.textContent(meta) ?? '', 'waiting');
+});
+
 many.run();

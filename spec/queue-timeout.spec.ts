@@ -13,6 +13,7 @@ import { resolveOptions, type ProxyOptions } from '../actors/proxy-options.js';
 import { Destination } from '../actors/logger.js';
 import { AccessLog, combineObservers, type AccessRecord } from '../admin/access-log.js';
 import { Metrics } from '../inspector/metrics.js';
+import { startInspector } from '../inspector/index.js';
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tempDir } from './helpers.js';
@@ -66,7 +67,7 @@ live.after.each((ctx) => {
  * A proxy on a manual clock that sends each server one request at a time (so requests wait in its
  * queue), with tries and slowness that never end on their own here, and servers of policy P.
  */
-async function policy(ctx: Ctx, ids: string[], options: ProxyOptions) {
+async function policy(ctx: Ctx, ids: string[], options: Omit<Parameters<typeof startProxy>[0], "port">) {
   const clock = new ManualClock();
   const records: LogRecord[] = [];
   ctx.proxy = await startProxy({
@@ -271,6 +272,32 @@ live('--queue-lifo-after: a queue that has stood that long gives a server with r
 live('without --queue-lifo-after the queue is served oldest first however long it stands', async (ctx) => {
   assert.is(resolveOptions({}).queueLifoAfterMs, 0, 'off by default');
   assert.equal(await orderServed(ctx, {}), ['first', 'a', 'b', 'c']);
+});
+
+live("the inspector sees the queue: its pools say how many wait, and its /metrics has revproxy_queued_requests and revproxy_queue_wait_seconds", async (ctx) => {
+  const insp = await startInspector({ port: 0, flushMs: 50 });
+  try {
+    const { clock, servers: [s], client, waiting } = await policy(ctx, ['s'], { inspect: insp.inspect, observer: insp.observer });
+    const c = await client('c');
+    const answers = ['first', 'a', 'b'].map((p) => outcome(c.request('P', p, { timeoutMs: 60_000 })));
+    await eventually(() => waiting() === 2, 3000, 'two waiting');
+    const pool = () => insp.hub.livePools().find((p) => p.policy === 'P');
+    assert.is(pool()?.waiting, 2);
+    const scrape = async () => (await fetch(`${insp.url}metrics`)).text();
+    await eventually(async () => /^revproxy_queued_requests\{policy="P"\} 2$/m.test(await scrape()), 3000, "the inspector's gauge reads 2");
+    clock.advance(40);
+    for (const p of ['first', 'a', 'b']) {
+      await eventually(() => s!.got.includes(p), 3000, `${p} at the server`);
+      s!.release(p);
+    }
+    await eventually(() => answers.every((a) => a.done !== undefined), 3000, 'all answered');
+    assert.is(pool()?.waiting, 0);
+    const text = await scrape();
+    assert.match(text, /^revproxy_queue_wait_seconds_count\{policy="P"\} 2$/m);
+    assert.match(text, /^revproxy_queue_wait_seconds_sum\{policy="P"\} 0\.08$/m, 'a and b waited 40 ms each');
+  } finally {
+    await insp.close();
+  }
 });
 
 live('a reload changes the queue timeout at once', async (ctx) => {

@@ -345,7 +345,8 @@ function updatePool(box, p) {
   box.dataset.proxy = p.proxy || '';
   setText(box.querySelector('.badge'), p.state);
   const noneNext = p.members.length && !p.next ? ' · no member can take a request now' : '';
-  setText(box.querySelector('.meta'), `cursor ${p.cursor} · ${p.routed} routed${noneNext}`);
+  const waiting = p.waiting ? ` · ${p.waiting} waiting for room` : '';
+  setText(box.querySelector('.meta'), `cursor ${p.cursor} · ${p.routed} routed${waiting}${noneNext}`);
   const list = box.querySelector('.members');
   const all = [...p.members.map((m) => [m, m.id === p.next]), ...p.gone.map((m) => [m, false])];
   const keep = new Set();
