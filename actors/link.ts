@@ -72,7 +72,7 @@ export interface ProxyRequest {
    * back from a failed try from its return. Undefined while it is not waiting.
    */
   queued?: number;
-  /** Ms it waited in its policy's queue over its stays before this one (HAProxy's `Tw`; `waitedMs`); undefined if it never waited. */
+  /** Ms it waited in its policy's queue over the stays that ended (`endStay`): HAProxy's `Tw`, the access log's `queue_ms`. Undefined if it never waited. */
   waited?: number;
 }
 
@@ -81,15 +81,12 @@ export function deadline(o: { timeoutMs: number }, req: ProxyRequest): number {
   return req.arrived + o.timeoutMs;
 }
 
-/**
- * Ends a request's stay in its policy's queue at `now` (it is sent, or answered while waiting),
- * adding the stay to what it waited. Returns the request's total wait so far (ms).
- */
-export function endStay(req: ProxyRequest, now: number): number {
+/** Ends a request's stay in its policy's queue at `now` (it is sent, or answered while waiting), adding the stay to what it waited. */
+export function endStay(req: ProxyRequest, now: number): void {
   const since = req.queued;
-  if (since === undefined) return req.waited ?? 0;
+  if (since === undefined) return;
   req.queued = undefined;
-  return (req.waited = (req.waited ?? 0) + (now - since));
+  req.waited = (req.waited ?? 0) + (now - since);
 }
 
 /** Sends the one answer a request gets. */
