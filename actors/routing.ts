@@ -131,7 +131,7 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
 }
 
 /** The retry budget's rules as the options now have them (a reload may change them). */
-function budgetRules(context: ProxyContext): RetryBudgetRules {
+export function budgetRules(context: ProxyContext): RetryBudgetRules {
   return { percent: context.opts.retryBudget, minPerSecond: context.opts.minRetryRate };
 }
 

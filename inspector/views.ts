@@ -9,7 +9,7 @@
  */
 import { pick } from '../actors/pool.js';
 import type { Member, MemberSource, ProxyContext } from '../actors/proxy-types.js';
-import { unavailable, type Unavailable } from '../actors/routing.js';
+import { budgetRules, unavailable, type Unavailable } from '../actors/routing.js';
 import type { ConnView } from './sanitise.js';
 
 /**
@@ -68,6 +68,8 @@ export interface PoolView {
   proxy?: string;
   /** Requests waiting in the policy's queue for a member with room, where known: the proxy's own `/metrics`, and a live proxy's pools in the inspector. */
   waiting?: number;
+  /** A live proxy's retries of failed tries over the last 10 s and what its retry budget allows (`retry_budget`, `min_retry_rate`), while it made any. */
+  retries?: { made: number; allowed: number };
 }
 
 export interface Figures {
@@ -134,8 +136,12 @@ export function poolView(src: PoolSource): PoolView {
   // The pool's own rule, from its cursor: the member a request with no tries yet goes to.
   const next = ctx.eligible ? pick(ctx, ctx.eligible, {}).member : members[ctx.cursor >= members.length ? 0 : ctx.cursor]?.id;
   const view: PoolView = { policy: ctx.policy, state: String(src.value), members, cursor: ctx.cursor, next, routed: ctx.routed ?? 0, gone: gone.slice(0, MAX_GONE), proxy: src.proxySid };
-  const waiting = proxy?.policies.get(ctx.policy)?.waiting.length;
-  if (waiting !== undefined) view.waiting = waiting;
+  const policy = proxy?.policies.get(ctx.policy);
+  if (policy) {
+    view.waiting = policy.waiting.length;
+    const budget = policy.retryBudget.state(proxy!.clock.now(), budgetRules(proxy!));
+    if (budget.retries > 0) view.retries = { made: budget.retries, allowed: budget.allowed };
+  }
   return view;
 }
 

@@ -487,7 +487,7 @@ many('what the page rewrites at idle and for one member changed does not grow wi
   assert.ok(large.change <= 2 * Math.max(small.change, 60), `one member changed: ${small.change} DOM changes with 120 cards, ${large.change} with 480`);
 });
 
-many('a pool with requests waiting for a member with room says how many, and nothing once none waits', async () => {
+many('a pool with requests waiting for a member with room says how many, and nothing once none waits; its retries against its budget while it makes any', async () => {
   const [pool] = feedPools(1);
   const hub = c3.insp.hub;
   const meta = `[data-policy="${pool!.policy}"] .meta`;
@@ -498,6 +498,9 @@ many('a pool with requests waiting for a member with room says how many, and not
   hub.record({ k: 'pools', t: hub.now(), pools: [{ ...pool!, waiting: 0, routed: 5 }], gone: [] });
   await c3.page.waitForFunction((sel) => /5 routed/.test(document.querySelector(sel)?.textContent ?? ''), meta, { timeout: 20_000 });
   assert.not.match(await c3.page.textContent(meta) ?? '', 'waiting');
+  // The retry budget, while the policy made retries: spent once they reach what it allows.
+  hub.record({ k: 'pools', t: hub.now(), pools: [{ ...pool!, routed: 6, retries: { made: 20, allowed: 20 } }], gone: [] });
+  await c3.page.waitForFunction((sel) => /6 routed · 20 of 20 retries the budget allows in 10 s \(spent\)/.test(document.querySelector(sel)?.textContent ?? ''), meta, { timeout: 20_000 });
 });
 
 many.run();

@@ -186,16 +186,17 @@ live("the access log's queue_ms and revproxy_queue_wait_seconds say how long eac
     // w2's server dies with it: w2 waits 100 ms more for the other, then runs there; w3 waits out its 500 ms.
     const [first, second] = [ask('first'), ask('second')];
     await eventually(() => a!.got.length + b!.got.length === 2, 3000, 'first and second at the servers');
-    const w1 = ask('w1');
-    await eventually(() => waiting() === 1, 3000, 'w1 waiting');
-    clock.advance(300);
-    at('first').release('first');
-    await eventually(() => at('first').got.includes('w1'), 3000, 'w1 sent when first was answered');
-    const w2 = ask('w2');
-    await eventually(() => waiting() === 1, 3000, 'w2 waiting');
-    clock.advance(200);
-    at('second').release('second');
-    await eventually(() => at('second').got.includes('w2'), 3000, 'w2 sent when second was answered');
+    /** `p` waits `ms`, then `holder` is answered and `p` goes to its server. */
+    const waitFor = async (p: string, ms: number, holder: string) => {
+      const r = ask(p);
+      await eventually(() => waiting() === 1, 3000, `${p} waiting`);
+      clock.advance(ms);
+      at(holder).release(holder);
+      await eventually(() => at(holder).got.includes(p), 3000, `${p} sent when ${holder} was answered`);
+      return r;
+    };
+    const w1 = await waitFor('w1', 300, 'first');
+    const w2 = await waitFor('w2', 200, 'second');
     const w2server = at('w2') === a ? 0 : 1;
     clock.advance(50);
     ctx.servers[w2server]!.kill();

@@ -11,6 +11,7 @@ import { RETRY_BUDGET_WINDOW_MS, RetryBudget } from '../actors/retry-budget.js';
 import { combineObservers } from '../admin/access-log.js';
 import { changes, parseConfig, toRuntime } from '../config/proxy.js';
 import { Metrics } from '../inspector/metrics.js';
+import { startInspector } from '../inspector/index.js';
 import { eventually, LOCAL, sleep } from './helpers.js';
 import { killAll, proxyProcess, revproxy, type Proc } from './procs.js';
 
@@ -100,6 +101,19 @@ live('a policy whose every server fails: 20 % of its requests are retried, the r
   const text = await metrics.registry.metrics();
   const series = [...text.matchAll(/^revproxy_retries_over_budget_total\{policy="F",server="f\d",code="UPSTREAM_FAILED"\} (\d+)$/gm)];
   assert.is(series.reduce((sum, m) => sum + Number(m[1]), 0), counts.refused, text);
+});
+
+live("the inspector's pool shows the retries of the last 10 s against what the budget allows, once there were any", async (ctx) => {
+  const insp = await startInspector({ port: 0, flushMs: 50 });
+  try {
+    const proxy = await failingPolicy(ctx, { retries: 2, retryBudget: 20, minRetryRate: 0, inspect: insp.inspect, observer: insp.observer });
+    const pool = () => insp.hub.livePools().find((p) => p.policy === 'F');
+    assert.is(pool()?.retries, undefined, 'none before any retry');
+    await runClient({ id: 'c', proxy, packets: Array.from({ length: 100 }, (_, i) => ({ srcid: 'c', privPoliId: 'F', payload: `f${i}` })), window: 100 });
+    assert.equal(pool()?.retries, { made: 20, allowed: 20 });
+  } finally {
+    await insp.close();
+  }
 });
 
 live('a budget of 100 % a retry (200 % with --retries 2) is no budget', async (ctx) => {

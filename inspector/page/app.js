@@ -346,7 +346,8 @@ function updatePool(box, p) {
   setText(box.querySelector('.badge'), p.state);
   const noneNext = p.members.length && !p.next ? ' · no member can take a request now' : '';
   const waiting = p.waiting ? ` · ${p.waiting} waiting for room` : '';
-  setText(box.querySelector('.meta'), `cursor ${p.cursor} · ${p.routed} routed${waiting}${noneNext}`);
+  const retries = p.retries ? ` · ${p.retries.made} of ${p.retries.allowed} retries the budget allows in 10 s${p.retries.made >= p.retries.allowed ? ' (spent)' : ''}` : '';
+  setText(box.querySelector('.meta'), `cursor ${p.cursor} · ${p.routed} routed${waiting}${retries}${noneNext}`);
   const list = box.querySelector('.members');
   const all = [...p.members.map((m) => [m, m.id === p.next]), ...p.gone.map((m) => [m, false])];
   const keep = new Set();
