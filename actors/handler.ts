@@ -332,7 +332,7 @@ export class HandlerRunner {
       let deadline: number | undefined;
       if (msg.timeoutms !== undefined) deadline = (now < 0 ? (now = clock.now()) : now) + msg.timeoutms;
       const runs = this.busy < this.opts.concurrency;
-      if (!runs && this.queue.length >= this.opts.queueLimit) {
+      if (!runs && this.queue.length >= this.opts.queueLimit && !this.shedExpired(now < 0 ? (now = clock.now()) : now)) {
         const lingering = this.lingering > 0 ? ` (and ${this.lingering} handler(s) that timed out still run: they ignore ctx.signal)` : '';
         this.answer(conn, errorMsg(ErrorCode.OVERLOADED,
           `server ${this.opts.serverId} is running ${this.running} request(s)${lingering}, its limit, and ${this.queue.length} more are waiting; try another server or later`, msg.seq));
@@ -354,6 +354,23 @@ export class HandlerRunner {
       caller.throttled = true;
       conn.pause();
     }
+  }
+
+  /**
+   * A full queue first answers its oldest whose deadline has passed (TIMEOUT: the proxy no longer
+   * waits for them), from the head while they have; returns whether that made room. They were
+   * answered only on reaching a slot, and meanwhile filled the queue: with handlers slower than the
+   * proxy's try timeout, or newest first (`--queue-lifo-after`) without `--queue-timeout`, a queue
+   * of requests nobody waited for refused every new one OVERLOADED.
+   */
+  private shedExpired(now: number): boolean {
+    const queue = this.queue;
+    let n = 0;
+    while (queue.length > 0 && queue[0]!.deadline !== undefined && queue[0]!.deadline <= now) {
+      this.expired(queue.shift()!, `in server ${this.opts.serverId}'s queue`);
+      n++;
+    }
+    return n > 0;
   }
 
   /** The budget's half for requests is taken: refused at once, as the proxy refuses its clients'. */

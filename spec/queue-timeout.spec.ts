@@ -33,8 +33,11 @@ function outcome(p: Promise<Payload>): { done?: Outcome } {
   return box;
 }
 
-/** A handler that records what it got and holds each request until `release(payload)`, or fails it when released with an error. */
-function held() {
+/**
+ * A handler that records what it got and holds each request until `release(payload)`, or fails it
+ * when released with an error; with `signal`, also when its ctx.signal aborts (at its deadline).
+ */
+function held(signal = true) {
   const got: string[] = [];
   const waiting = new Map<string, { ok: (v: string) => void; fail: (e: Error) => void }>();
   const handler = (payload: Payload, ctx: HandlerContext): Promise<string> => {
@@ -42,7 +45,7 @@ function held() {
     got.push(p);
     return new Promise((ok, fail) => {
       waiting.set(p, { ok, fail });
-      ctx.signal.addEventListener('abort', () => fail(ctx.signal.reason as Error));
+      if (signal) ctx.signal.addEventListener('abort', () => fail(ctx.signal.reason as Error));
     });
   };
   const release = (payload: string, error?: string): void => {
@@ -325,11 +328,11 @@ server.after.each(async (ctx) => {
  * A proxy whose tries do not end here, a server `id` of P on a manual clock that runs one request at
  * a time and lets others wait 500 ms for it, and a client whose first request it is running.
  */
-async function oneSlot(ctx: ServerCtx, id: string, extra: Partial<ServerOptions> = {}) {
+async function oneSlot(ctx: ServerCtx, id: string, extra: Partial<ServerOptions> = {}, signal = true) {
   ctx.proxy = await startProxy({ port: 0, ejectAfter: 1_000_000, slowAfterMs: 0, timeoutMs: 20_000, tryTimeoutMs: 10_000 });
   const proxy = { host: LOCAL, port: ctx.proxy.port };
   const clock = new ManualClock();
-  const s = held();
+  const s = held(signal);
   const records: LogRecord[] = [];
   ctx.servers.push(await startServer({
     id, policy: 'P', listenPort: 0, proxy, handler: s.handler, concurrency: 1, queueTimeoutMs: 500, clock,
@@ -389,6 +392,28 @@ server("--queue-lifo-after: once a server's queue has stood that long a free slo
   s.release(s.got[2]!);
   await eventually(() => s.got.length === 4, 3000, 'the last running');
   assert.equal(s.got, ['first', 'a', 'c', 'b'], 'a at 60 ms (oldest first), c at 120 ms (newest first)');
+});
+
+server("a full server queue first answers TIMEOUT the requests in it whose deadline passed, and takes the new one, where it refused it OVERLOADED", async (ctx) => {
+  // The proxy's tries last 10 s (its own clock); the server's clock is moved past them. The handler
+  // ignores its ctx.signal, so first keeps the slot past its deadline, as a slow handler does.
+  const { clock, s, c, first } = await oneSlot(ctx, 'full', { queueLimit: 2, queueTimeoutMs: 0 }, false);
+  const [a, b] = [outcome(c.request('P', 'a')), outcome(c.request('P', 'b'))];
+  await new Promise((r) => setTimeout(r, 100)); // both waiting in the server's queue, which is full
+  clock.advance(10_001);
+  const late = outcome(c.request('P', 'late'));
+  await eventually(() => a.done !== undefined && b.done !== undefined, 3000, 'a and b answered');
+  for (const o of [a, b]) {
+    assert.is(o.done!.code, 'TIMEOUT');
+    assert.match(o.done!.message!, "waited past its deadline in server full's queue");
+  }
+  assert.is(late.done, undefined, 'late waits for the slot, not refused');
+  s.release('first');
+  await eventually(() => s.got.length === 2, 3000, 'late running');
+  assert.equal(s.got, ['first', 'late']);
+  s.release('late');
+  await eventually(() => late.done !== undefined && first.done !== undefined, 3000, 'late answered');
+  assert.equal(late.done, { answer: 'done late' });
 });
 
 server('with one server, the client gets its OVERLOADED, which says why; a request that gets the slot before its 500 ms runs', async (ctx) => {
