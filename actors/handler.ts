@@ -332,7 +332,7 @@ export class HandlerRunner {
       let deadline: number | undefined;
       if (msg.timeoutms !== undefined) deadline = (now < 0 ? (now = clock.now()) : now) + msg.timeoutms;
       const runs = this.busy < this.opts.concurrency;
-      if (!runs && this.queue.length >= this.opts.queueLimit && !this.shedExpired(now < 0 ? (now = clock.now()) : now)) {
+      if (!runs && this.queue.length >= this.opts.queueLimit && !this.shedExpired()) {
         const lingering = this.lingering > 0 ? ` (and ${this.lingering} handler(s) that timed out still run: they ignore ctx.signal)` : '';
         this.answer(conn, errorMsg(ErrorCode.OVERLOADED,
           `server ${this.opts.serverId} is running ${this.running} request(s)${lingering}, its limit, and ${this.queue.length} more are waiting; try another server or later`, msg.seq));
@@ -363,14 +363,12 @@ export class HandlerRunner {
    * proxy's try timeout, or newest first (`--queue-lifo-after`) without `--queue-timeout`, a queue
    * of requests nobody waited for refused every new one OVERLOADED.
    */
-  private shedExpired(now: number): boolean {
+  private shedExpired(): boolean {
     const queue = this.queue;
-    let n = 0;
-    while (queue.length > 0 && queue[0]!.deadline !== undefined && queue[0]!.deadline <= now) {
-      this.expired(queue.shift()!, `in server ${this.opts.serverId}'s queue`);
-      n++;
-    }
-    return n > 0;
+    const before = queue.length;
+    // `expired` is the one deadline check (and its answer), as `next` makes it for each job it takes.
+    while (queue.length > 0 && this.expired(queue[0]!, `in server ${this.opts.serverId}'s queue`)) queue.shift();
+    return queue.length < before;
   }
 
   /** The budget's half for requests is taken: refused at once, as the proxy refuses its clients'. */

@@ -137,9 +137,9 @@ export function poolView(src: PoolSource): PoolView {
   const next = ctx.eligible ? pick(ctx, ctx.eligible, {}).member : members[ctx.cursor >= members.length ? 0 : ctx.cursor]?.id;
   const view: PoolView = { policy: ctx.policy, state: String(src.value), members, cursor: ctx.cursor, next, routed: ctx.routed ?? 0, gone: gone.slice(0, MAX_GONE), proxy: src.proxySid };
   const policy = proxy?.policies.get(ctx.policy);
-  if (policy) {
+  if (proxy && policy) {
     view.waiting = policy.waiting.length;
-    const budget = policy.retryBudget.state(proxy!.clock.now(), budgetRules(proxy!));
+    const budget = policy.retryBudget.state(proxy.clock.now(), budgetRules(proxy));
     if (budget.retries > 0) view.retries = { made: budget.retries, allowed: budget.allowed };
   }
   return view;
