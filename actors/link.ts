@@ -67,6 +67,11 @@ export interface ProxyRequest {
   /** How the last try failed (its code and reason; the report's own object, shared by its requests), for the answer when no member is left to try. */
   last?: Failure;
   /**
+   * Members whose link went down while they held it (its tries that ended `reset`), in order: a
+   * request its handler crashes on ends every server it reaches (`maxResets`).
+   */
+  downWith?: string[];
+  /**
    * While it waits in its policy's queue for a member with room: when this stay began (clock ms),
    * from which `queue_timeout` counts. A request not sent yet waits from its arrival (`arrived`), one
    * back from a failed try from its return. Undefined while it is not waiting.

@@ -43,6 +43,12 @@ export interface ProxyOptions {
   minRetryRate?: number;
   /** How a try may have failed for the request to be retried (`RETRY_CONDITIONS`). Default: all of them. */
   retryOn?: readonly RetryCondition[];
+  /**
+   * Servers whose link may go down while they hold one request (its tries ended `reset`) before it
+   * is not sent to another: a request its handler crashes on ends every server it reaches, and
+   * each retry would take down one more. 0: no limit. Default 2.
+   */
+  maxResets?: number;
   /** Largest frame accepted from any peer. Default 1 MiB. */
   maxFrameBytes?: number;
   /** Unanswered requests one client connection may have before its reads pause. Default 4096. */
@@ -149,6 +155,8 @@ export interface ProxyObserver {
   retried?(policy: string, failed: string, code: Code): void;
   /** A request that failed on `failed` (with `code`) was not tried again: its policy's retry budget was spent. */
   retryRefused?(policy: string, failed: string, code: Code): void;
+  /** A request was not sent again because the links of `maxResets` servers went down while each held it (`servers`, in order). */
+  poison?(policy: string, servers: readonly string[]): void;
   /** A member was taken out of rotation (or put back, with `back` true), for a reason from a fixed set. */
   ejected?(policy: string, member: string, reason: EjectReason, back: boolean): void;
   /** The listener accepted a connection (its role is known from its first message). */
@@ -210,6 +218,7 @@ export function resolveOptions(input: ProxyOptions): Opts {
     retryBudget: input.retryBudget ?? 20,
     minRetryRate: input.minRetryRate ?? 10,
     retryOn: input.retryOn ?? RETRY_CONDITIONS,
+    maxResets: input.maxResets ?? 2,
     maxFrameBytes: input.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
     maxClientInflight: input.maxClientInflight ?? 4096,
     maxServerInflight: input.maxServerInflight ?? 1024,

@@ -74,9 +74,13 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
   const rules = budgetRules(context);
   const wanted = cause === 'unsent' || context.opts.retryOn.includes(cause);
   let notWanted: ErrorMsg | undefined;
+  const reset = cause === 'reset';
+  const maxResets = context.opts.maxResets;
+  let poisoned: ProxyRequest[] | undefined;
   for (const req of requests) {
     (req.tried ??= []).push(member);
     req.last = failure;
+    if (reset) (req.downWith ??= []).push(member);
     const expired = deadline(context.opts, req) <= now;
     if (expired || req.tried.length > context.opts.retries) {
       const finalCode = expired ? ErrorCode.TIMEOUT : failure.code;
@@ -88,6 +92,11 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
     if (!wanted) {
       reply(req, (notWanted ??= errorMsg(failure.code, `${failure.message}; not retried: retry_on (--retry-on) leaves out ${cause}`)));
       failedNow++;
+      continue;
+    }
+    if (reset && maxResets > 0 && req.downWith!.length >= maxResets) {
+      reply(req, errorMsg(failure.code, `${failure.message}; not sent to another server: ${downWithIt(req.downWith!)}: a request the handler crashes on ends every server it reaches (max_resets, --max-resets ${maxResets})`));
+      (poisoned ??= []).push(req);
       continue;
     }
     const name = req.msg.privPoliId;
@@ -123,10 +132,36 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
         { policy: policy.name, server: member, code: failure.code });
     }
   }
+  if (poisoned) logPoisoned(context, poisoned);
   if (failedNow) {
     context.logger.repeated('warn', 'request_failed', `${member}\0${failure.code}`, failedNow,
       (n, span) => `${fmt(n)} request(s) failed after server id ${member}${span ? ` ${span}` : ''}: ${failure.message}`,
       { server: member, code: failure.code });
+  }
+}
+
+/** `the links of servers a and b went down while each held it`: the members a request was in flight on when their link went down. */
+function downWithIt(servers: readonly string[]): string {
+  const names = servers.length === 1 ? `server ${servers[0]}` : `servers ${servers.slice(0, -1).join(', ')} and ${servers[servers.length - 1]}`;
+  return `the link${servers.length === 1 ? '' : 's'} of ${names} went down while ${servers.length === 1 ? 'it' : 'each'} held it`;
+}
+
+/**
+ * Requests not sent again because `max_resets` servers went down with each (`retry`): a line per
+ * client address (the first names the request, then a count an interval), and the observer's count.
+ */
+function logPoisoned(context: ProxyContext, requests: ProxyRequest[]): void {
+  for (const req of requests) {
+    const policy = req.msg.privPoliId;
+    const servers = req.downWith!;
+    context.observer?.poison?.(policy, servers);
+    const conn = req.client.conn;
+    const addr = conn.remoteAddress;
+    context.logger.repeated('warn', 'poison_request', `${addr}\0${policy}`, 1, (n, span) => span
+      ? `Did not send ${fmt(n)} request(s) of privacy policy ${policy} from ${addr} to another server ${span}: the links of ${context.opts.maxResets} servers went down while each held it`
+      : `Did not send request ${req.msg.seq} of client ${req.msg.srcid} (privacy policy ${policy}) from ${conn.describe()} to another server: ${downWithIt(servers)}, and a request the handler crashes on ends every server it reaches; it got the last try's answer. Look for what its payload holds that the handler cannot take (--log-level debug logs every payload forwarded); max_resets (--max-resets ${context.opts.maxResets}) bounds the servers one request may take down`, {
+      policy, client: req.msg.srcid, seq: req.msg.seq, peer: conn.describe(), servers: [...servers],
+    });
   }
 }
 

@@ -234,6 +234,7 @@ export function combineObservers(...list: Array<ProxyObserver | undefined>): Pro
     answered: hook(obs, 'answered'),
     retried: hook(obs, 'retried'),
     retryRefused: hook(obs, 'retryRefused'),
+    poison: hook(obs, 'poison'),
     ejected: hook(obs, 'ejected'),
     accepted: hook(obs, 'accepted'),
     connectionLimit: hook(obs, 'connectionLimit'),

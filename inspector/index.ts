@@ -75,6 +75,7 @@ export async function startInspector(opts: InspectorOptions = {}): Promise<Inspe
     answered: (policy, member, outcome, latencyMs, req) => metrics.answered(policy, member, outcome, latencyMs, req),
     retried: (policy, failed, code) => metrics.retried(policy, failed, code),
     retryRefused: (policy, failed, code) => metrics.retryRefused(policy, failed, code),
+    poison: (policy) => metrics.poison(policy),
     ejected: (policy, member, reason, back) => metrics.ejected(policy, member, reason, back),
     accepted: (peer) => hub.notePeer(peer),
   };

@@ -45,6 +45,8 @@ interface PolicyTally extends Buckets {
   outcomes: Map<string, Map<string, number>>;
   /** The waits of its requests that waited in its queue for a server with room (made at the first). */
   queued?: Buckets;
+  /** Its requests not sent again because `max_resets` servers went down with each (from the first). */
+  poison?: number;
 }
 
 const newBuckets = (): Buckets => ({ buckets: new Float64Array(LATENCY_BUCKETS.length), sum: 0, count: 0 });
@@ -228,6 +230,16 @@ export class Metrics implements ProxyObserver {
       collect: tally(this.overBudget, ['policy', 'server', 'code']),
     });
     new Counter({
+      name: 'revproxy_poison_requests_total',
+      help: 'Requests not sent to another server because the links of max_resets servers (--max-resets) went down while each held it, as for a request their handler crashes on: they got the last try\'s answer; by policy',
+      labelNames: ['policy'],
+      registers: [this.registry],
+      collect: function (this: Counter<string>) {
+        this.reset();
+        for (const [policy, t] of self.policies) if (t.poison !== undefined) this.inc({ policy }, t.poison);
+      },
+    });
+    new Counter({
       name: 'revproxy_ejections_total',
       help: 'Members taken out of rotation (direction="out") or put back (direction="back"), by policy, server and reason (consecutive_failures, unreachable, invalid_message, ended_by_server, probe_succeeded, ejection_over)',
       labelNames: ['policy', 'server', 'reason', 'direction'],
@@ -349,6 +361,11 @@ export class Metrics implements ProxyObserver {
 
   retryRefused(policy: string, failed: string, code: ErrorCode): void {
     this.count(this.overBudget, labelKey(policy, failed, code));
+  }
+
+  poison(policy: string): void {
+    const t = this.policy(policy);
+    t.poison = (t.poison ?? 0) + 1;
   }
 
   ejected(policy: string, member: string, reason: EjectReason, back: boolean): void {

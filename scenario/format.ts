@@ -27,7 +27,7 @@ const wireCode = oneOf(ERROR_CODES);
  */
 const SCENARIO_KEYS = [
   'timeout', 'retries', 'try_timeout', 'max_frame', 'max_connections', 'max_client_inflight', 'max_server_inflight',
-  'queue_limit', 'queue_timeout', 'queue_lifo_after', 'ping_interval', 'ping_misses', 'eject_after', 'eject_time', 'drain_timeout', 'retry_budget', 'min_retry_rate',
+  'queue_limit', 'queue_timeout', 'queue_lifo_after', 'ping_interval', 'ping_misses', 'eject_after', 'eject_time', 'drain_timeout', 'retry_budget', 'min_retry_rate', 'max_resets',
 ] as const satisfies readonly NumberKey[];
 export const PROXY_OPTIONS = Object.fromEntries(
   SCENARIO_KEYS.map((k) => [k, { option: NUMBERS[k].option, flag: `--${k.replace(/_/g, '-')}`, min: NUMBERS[k].min, doc: NUMBERS[k].doc }]),
