@@ -37,6 +37,14 @@ export interface Peer {
    * its next answer, what it sends waits in the kernel rather than be read and refused at once.
    */
   queueHeld: boolean;
+  /** The one privacy policy its requests have named so far (until `mixed`). */
+  policy?: string;
+  /**
+   * Whether its requests have named more than one privacy policy (the library's client carries
+   * all of an application's policies on one connection): a full queue does not hold its reads,
+   * which would hold its requests to the other policies too (`holdRefused`).
+   */
+  mixed: boolean;
   /** PINGs sent on a registration connection without a PONG since. */
   missedPings: number;
   /** On a registration connection: the id of the server it registered. */
@@ -50,7 +58,7 @@ export interface Peer {
 }
 
 export function newPeer(conn: Connection): Peer {
-  return { conn, role: 'unknown', outstanding: 0, heldBytes: 0, throttled: false, queueHeld: false, missedPings: 0 };
+  return { conn, role: 'unknown', outstanding: 0, heldBytes: 0, throttled: false, queueHeld: false, policy: undefined, mixed: false, missedPings: 0 };
 }
 
 /** A client request as it travels through the proxy. */

@@ -38,7 +38,7 @@ import { proxyBudgetNote, proxyConnectionsNote, resolveOptions, sweepInterval, t
 import type { ProxyContext, ProxyEvent } from './proxy-types.js';
 import { drainMember, enableMember, linkDown, linkUp, probe, readmit, triesFailed } from './health.js';
 import { admit, applyReload, evict, registeredBy, removeServer } from './membership.js';
-import { closeAfterAnswers, drainWaiting, expireWaiting, failRemaining, holdRequest, makeReply, refuse, route } from './routing.js';
+import { closeAfterAnswers, drainWaiting, expireWaiting, failRemaining, holdRequest, makeReply, namedPolicy, refuse, route } from './routing.js';
 import { fromRegistry } from './registry-members.js';
 import { logStopped, releaseAll } from './children.js';
 
@@ -94,6 +94,7 @@ export const proxyMachine = setup({
               client: msg.srcid, policy: msg.privPoliId, payload: msg.payload,
             });
           }
+          if (!peer.mixed && msg.privPoliId !== peer.policy) namedPolicy(peer, msg.privPoliId);
           const req = holdRequest(context, peer, msg, now);
           if (!req) continue;
           let group = byPolicy.get(msg.privPoliId);

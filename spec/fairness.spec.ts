@@ -198,6 +198,34 @@ deadlines("each waiting request is answered TIMEOUT at its own deadline, whichev
   for (const m of [...got.a.got, ...got.b.got]) assert.is((m as { code?: string }).code, 'TIMEOUT');
 });
 
+deadlines("a connection whose requests named two policies is not held for one's full queue: its request to the other is read and answered at once, where it waited for the full policy's next answer", async (ctx) => {
+  // Manual clock: nothing times out. P's one server has room for one request and answers none; Q's answers at once.
+  ctx.proxy = await startProxy({ port: 0, clock: new ManualClock(), timeoutMs: 60000, retries: 0, queueLimit: 1, maxServerInflight: 1, logger: new Logger('proxy', memorySink([]), 'warn') });
+  const at = { host: LOCAL, port: ctx.proxy.port };
+  ctx.server = await startServer({ id: 's', policy: 'P', listenPort: 0, proxy: at, delayMs: 60000 });
+  const q = await startServer({ id: 'q', policy: 'Q', listenPort: 0, proxy: at });
+  try {
+    await eventually(() => (ctx.proxy!.pools().P?.serving.length ?? 0) + (ctx.proxy!.pools().Q?.serving.length ?? 0) === 2, 3000, 's and q serving');
+    const a = await rawConnect(ctx.proxy.port);
+    ctx.sockets.push(a);
+    const got = collector(a);
+    const send = (seq: number, policy: string): boolean => a.write(frame({ type: MsgType.DATA, seq, srcid: 'a', privPoliId: policy, payload: `${policy}${seq}` }));
+    const answer = (seq: number) => got.got.find((m) => (m as { seq?: number }).seq === seq) as { type: number; code?: string } | undefined;
+    send(0, 'Q');
+    await got.until(() => answer(0) !== undefined);
+    // P: one to its server, one waiting, the third refused OVERLOADED at once.
+    for (const seq of [1, 2, 3]) send(seq, 'P');
+    await got.until(() => answer(3) !== undefined);
+    assert.is(answer(3)!.code, 'OVERLOADED');
+    send(4, 'Q');
+    await got.until(() => answer(4) !== undefined);
+    assert.is(answer(4)!.type, MsgType.ACK);
+    assert.equal([1, 2].map(answer), [undefined, undefined], "P's first two wait for its server");
+  } finally {
+    q.kill();
+  }
+});
+
 deadlines("a reload that lowers queue_limit below what waits refuses the excess of the client holding the most: on main it kept the oldest and refused the client that came last", async (ctx) => {
   const opts = { port: 0, timeoutMs: 60000, queueLimit: 8 };
   const { a, b, got, send } = await twoClients(ctx, opts);
