@@ -63,7 +63,11 @@ export interface ClientOptions {
   proxies?: Endpoint[];
   /** Per-request timeout in ms, unless a request says otherwise (default 5000; `Infinity`: none of the client's own, the proxy's `TIMEOUT` still comes). */
   timeoutMs?: number;
-  /** Requests in flight at once on the connection (default 64; always 1 on the json wire). */
+  /**
+   * Requests of one privacy policy in flight at once on the connection (default 64; always 1 request
+   * in all on the json wire): each policy has its own, so a slow policy's requests do not hold up
+   * another's.
+   */
   window?: number;
   /** Requests that may wait for room in the window; past it a request is refused with CLIENT_OVERLOADED (default 100,000). */
   maxQueued?: number;
@@ -178,11 +182,20 @@ export type ClientEvent =
  */
 export class RequestBook {
   /**
-   * Requests to send, oldest first. A request leaves it when it is sent or settled (aborted, timed
-   * out): nothing sent or settled is held here, or counted against `maxQueued`.
+   * Requests to send, by privacy policy, each policy's oldest first. A request leaves it when it is
+   * sent or settled (aborted, timed out): nothing sent or settled is held here, or counted against
+   * `maxQueued` (`waitingCount`). Each policy has its own `window`: with one window for all, a
+   * policy whose requests waited long at the proxy (its servers short of room) took every place in
+   * it, and the others' requests waited behind them in the client (1.8 s at the median where they
+   * took 3 ms).
    */
-  private waiting = new Set<Entry>();
+  private readonly waiting = new Map<string, Set<Entry>>();
+  private waitingCount = 0;
   private readonly inflight = new Map<number, Entry>();
+  /** Requests in flight, by privacy policy (policies with none are not kept). */
+  private readonly inflightBy = new Map<string, number>();
+  /** Requests in flight at most, all policies together: 1 on the old JSON wire (one at a time on a connection). */
+  private readonly total: number;
   /** Requests the proxy refused SHUTTING_DOWN (it is draining), to send again on the next proxy. */
   private bounced: Entry[] = [];
   /** The client leaves this connection for a proxy that came and ranks first for it (rebalance): nothing more is sent on it. */
@@ -215,7 +228,9 @@ export class RequestBook {
     /** The old JSON wire: payloads must be text. */
     private readonly textOnly: boolean,
     private readonly maxFrameBytes: number,
-  ) {}
+  ) {
+    this.total = textOnly ? 1 : Infinity;
+  }
 
   /** Since when the proxy's silence counts against it (liveness.ts): the first request sent since it last said anything, or when it did. */
   get quietSince(): number {
@@ -257,7 +272,7 @@ export class RequestBook {
   unpark(): void {
     const back = this.parked.filter((e) => !e.settled);
     this.parked = [];
-    this.waiting = new Set([...back, ...this.waiting]);
+    this.waitFirst(back);
   }
 
   /** What the proxy said when it refused this held request NO_SERVER, if it did and it has not been sent since. */
@@ -286,42 +301,89 @@ export class RequestBook {
       this.settle(entry, { ok: false, error: new RequestError(ErrorCode.BAD_REQUEST, 'the old JSON wire carries text only: send bytes over frames (the default wire)'), latencyMs: 0 });
       return;
     }
-    if (this.waiting.size >= this.maxQueued) {
+    if (this.waitingCount >= this.maxQueued) {
       this.settle(entry, { ok: false, error: new RequestError(LocalCode.CLIENT_OVERLOADED, `${this.maxQueued} requests are already waiting to be sent; slow down or raise maxQueued`), latencyMs: 0 });
       return;
     }
     this.byHandle.set(handle, entry);
     // Infinity, or longer than a timer can wait, waits the longest there is (the clock's timerMs): no timeout of the client's own in practice.
     entry.timer = expire(handle, req.timeoutMs!);
-    this.waiting.add(entry);
+    let queue = this.waiting.get(req.policy);
+    if (!queue) this.waiting.set(req.policy, (queue = new Set()));
+    queue.add(entry);
+    this.waitingCount++;
   }
 
-  /** Send waiting requests while the window has room. */
+  /** `entries` (sent, then taken back) wait again, each before its policy's other waiting requests, in their order. */
+  private waitFirst(entries: Entry[]): void {
+    const by = new Map<string, Entry[]>();
+    for (const e of entries) {
+      const list = by.get(e.req.policy);
+      if (list) list.push(e);
+      else by.set(e.req.policy, [e]);
+    }
+    for (const [policy, list] of by) this.waiting.set(policy, new Set([...list, ...(this.waiting.get(policy) ?? [])]));
+    this.waitingCount += entries.length;
+  }
+
+  /** A request waiting to be sent leaves the queue (sent, or settled). */
+  private unwait(entry: Entry): void {
+    const queue = this.waiting.get(entry.req.policy);
+    if (!queue?.delete(entry)) return;
+    this.waitingCount--;
+    if (queue.size === 0) this.waiting.delete(entry.req.policy);
+  }
+
+  /** The request in flight with `seq` is answered, settled or taken back: its policy's window has room for one more. */
+  private landed(seq: number, entry: Entry): void {
+    this.inflight.delete(seq);
+    const policy = entry.req.policy;
+    const n = this.inflightBy.get(policy)! - 1;
+    if (n > 0) this.inflightBy.set(policy, n);
+    else this.inflightBy.delete(policy);
+  }
+
+  /** Nothing is in flight any more (the connection is gone, or the client gave up). */
+  private landedAll(): void {
+    this.inflight.clear();
+    this.inflightBy.clear();
+  }
+
+  /** Send waiting requests while their policy's window has room, each policy's oldest first. */
   sendMore(conn: Connection, client: string, log: Logger, port: number): void {
     if (this.draining) return;
     const verbose = log.enabled('debug');
-    for (const entry of this.waiting) {
-      if (this.inflight.size >= this.window) break;
-      // Sent, it is held in `inflight` until answered, and by nothing once answered (its payload may be large).
-      this.waiting.delete(entry);
-      entry.unansweredAt = undefined;
-      const seq = this.seq;
-      this.seq = this.seq >= 0xffffffff ? 0 : this.seq + 1;
-      const { req } = entry;
-      const srcid = req.srcid ?? client;
-      const { size } = entry;
-      if (verbose) {
-        log.debug('send', `Sending message ${show(req.payload)} to privacy policy ${req.policy} through reverse proxy running on port ${port}`, {
-          client: srcid, policy: req.policy, payload: show(req.payload), seq,
-        });
+    for (const [policy, queue] of this.waiting) {
+      let room = Math.min(this.window - (this.inflightBy.get(policy) ?? 0), this.total - this.inflight.size);
+      if (room <= 0) continue;
+      for (const entry of queue) {
+        if (room-- <= 0) break;
+        this.unwait(entry);
+        this.send(entry, conn, client, log, port, verbose);
       }
-      const msg: DataMsg = { type: MsgType.DATA, seq, srcid, privPoliId: req.policy, payload: req.payload, payloadsize: size };
-      entry.seq = seq;
-      entry.sentAt = this.clock.now();
-      this.unheardSince ??= entry.sentAt;
-      this.inflight.set(seq, entry);
-      conn.send(msg);
     }
+  }
+
+  /** Write one waiting request: held in `inflight` until answered, and by nothing once answered (its payload may be large). */
+  private send(entry: Entry, conn: Connection, client: string, log: Logger, port: number, verbose: boolean): void {
+    entry.unansweredAt = undefined;
+    const seq = this.seq;
+    this.seq = this.seq >= 0xffffffff ? 0 : this.seq + 1;
+    const { req } = entry;
+    const srcid = req.srcid ?? client;
+    const { size } = entry;
+    if (verbose) {
+      log.debug('send', `Sending message ${show(req.payload)} to privacy policy ${req.policy} through reverse proxy running on port ${port}`, {
+        client: srcid, policy: req.policy, payload: show(req.payload), seq,
+      });
+    }
+    const msg: DataMsg = { type: MsgType.DATA, seq, srcid, privPoliId: req.policy, payload: req.payload, payloadsize: size };
+    entry.seq = seq;
+    entry.sentAt = this.clock.now();
+    this.unheardSince ??= entry.sentAt;
+    this.inflight.set(seq, entry);
+    this.inflightBy.set(req.policy, (this.inflightBy.get(req.policy) ?? 0) + 1);
+    conn.send(msg);
   }
 
   /**
@@ -347,7 +409,7 @@ export class RequestBook {
       const entry = seq === undefined ? undefined : this.inflight.get(seq);
       if (!entry) continue;
       this.answers++;
-      this.inflight.delete(seq!);
+      this.landed(seq!, entry);
       if (elsewhere && m.type === MsgType.ERROR && m.code === ErrorCode.SHUTTING_DOWN) {
         entry.seq = undefined;
         this.bounced.push(entry);
@@ -419,7 +481,7 @@ export class RequestBook {
   fail(handle: RequestHandle, error: RequestError): void {
     const entry = this.byHandle.get(handle);
     if (!entry) return;
-    if (entry.seq !== undefined) this.inflight.delete(entry.seq);
+    if (entry.seq !== undefined) this.landed(entry.seq, entry);
     this.settle(entry, { ok: false, error, latencyMs: this.clock.now() - entry.arrived });
   }
 
@@ -443,13 +505,13 @@ export class RequestBook {
     const back = [...this.bounced, ...this.parked, ...this.inflight.values()].filter((e) => !e.settled);
     this.bounced = [];
     this.parked = [];
-    this.inflight.clear();
+    this.landedAll();
     this.unheardSince = undefined;
     for (const e of back) {
       e.seq = undefined;
       e.sentAt = undefined;
     }
-    this.waiting = new Set([...back, ...this.waiting]);
+    this.waitFirst(back);
     return back.length;
   }
 
@@ -462,10 +524,11 @@ export class RequestBook {
   failAll(error: RequestError, refused?: RequestError): number {
     const all = [...this.byHandle.values()];
     this.moving = false;
-    this.inflight.clear();
+    this.landedAll();
     this.bounced = [];
     this.parked = [];
     this.waiting.clear();
+    this.waitingCount = 0;
     for (const e of all) this.settle(e, { ok: false, error: (e.refusedShutting && refused) || error, latencyMs: this.clock.now() - e.arrived });
     return all.length;
   }
@@ -475,7 +538,7 @@ export class RequestBook {
     entry.settled = true;
     entry.timer?.cancel();
     this.byHandle.delete(entry.handle);
-    this.waiting.delete(entry);
+    this.unwait(entry);
     const key = outcome.ok ? 'ok' : outcome.error.code;
     this.outcomes[key] = (this.outcomes[key] ?? 0) + 1;
     entry.req.done(outcome);

@@ -190,6 +190,25 @@ lib('backpressure: past the window and the queue, a request is refused at once w
   assert.equal(closed.map((x) => x.code), ['CLIENT_CLOSED', 'CLIENT_CLOSED', 'CLIENT_CLOSED']);
 });
 
+lib("each policy has its own window: a policy whose requests wait long at the proxy does not hold up another's in the client, and each still keeps to its window", async () => {
+  // One window for the connection: P's four unanswered requests filled it, and Q's waited behind them in
+  // the client until P's timed out (1.8 s at the median, where they took 3 ms, with P's server short of room).
+  const p = await proxy();
+  await server('quiet', [p.port], { behaviour: 'silent' });
+  const q = await startServer({ id: 'q', policy: 'Q', revproc: [p.port] });
+  ctx.servers.push(q);
+  await eventually(() => p.pools().Q?.serving.includes('q') ?? false, 3000, 'q serving');
+  const c = await client({ revproc: p.port, window: 4, timeoutMs: 10_000 });
+  const held = Array.from({ length: 6 }, (_, i) => reject(c.request('P', `p${i}`)));
+  const atProxy = (): number => p.actor.getSnapshot().context.inflight.size;
+  await eventually(() => atProxy() === 4, 3000, "P's window full");
+  assert.is((await c.request('Q', 'q0')).length, 40, "Q's request is answered while P's four wait");
+  await sleep(50);
+  assert.is(atProxy(), 4, 'P still has its four at the proxy, two waiting in the client');
+  c.destroy();
+  assert.equal(new Set((await Promise.all(held)).map((e) => e.code)), new Set(['CLIENT_CLOSED']));
+});
+
 lib('a request aborted or timed out while it waits for room in the window leaves the queue at once: a live request is not refused CLIENT_OVERLOADED for it', async () => {
   // Settled while waiting, a request stayed in the queue until the window reached it, its payload
   // held: a web service whose callers went away while the proxy was slow had every new request
