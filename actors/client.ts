@@ -187,7 +187,7 @@ export class RequestBook {
    * `maxQueued` (`waitingCount`). Each policy has its own `window`: with one window for all, a
    * policy whose requests waited long at the proxy (its servers short of room) took every place in
    * it, and the others' requests waited behind them in the client (1.8 s at the median where they
-   * took 3 ms).
+   * took 2-4 ms).
    */
   private readonly waiting = new Map<string, Set<Entry>>();
   private waitingCount = 0;
