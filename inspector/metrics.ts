@@ -231,7 +231,7 @@ export class Metrics implements ProxyObserver {
     });
     new Counter({
       name: 'revproxy_poison_requests_total',
-      help: 'Requests not sent to another server because the links of max_resets servers (--max-resets) went down while each held it, as for a request their handler crashes on: they got the last try\'s answer; by policy',
+      help: 'Requests not sent to another server because the links of max_resets servers (--max-resets) went down while each held it, as a request the handler crashes on does: they got the last try\'s answer; by policy',
       labelNames: ['policy'],
       registers: [this.registry],
       collect: function (this: Counter<string>) {
