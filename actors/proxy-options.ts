@@ -155,8 +155,8 @@ export interface ProxyObserver {
   retried?(policy: string, failed: string, code: Code): void;
   /** A request that failed on `failed` (with `code`) was not tried again: its policy's retry budget was spent. */
   retryRefused?(policy: string, failed: string, code: Code): void;
-  /** A request was not sent again because the links of `maxResets` servers went down while each held it (`servers`, in order). */
-  poison?(policy: string, servers: readonly string[]): void;
+  /** A request was not sent again because the links of `maxResets` servers went down while each held it (the `poison_request` line names them). */
+  poison?(policy: string): void;
   /** A member was taken out of rotation (or put back, with `back` true), for a reason from a fixed set. */
   ejected?(policy: string, member: string, reason: EjectReason, back: boolean): void;
   /** The listener accepted a connection (its role is known from its first message). */

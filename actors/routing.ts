@@ -154,7 +154,7 @@ function logPoisoned(context: ProxyContext, requests: ProxyRequest[]): void {
   for (const req of requests) {
     const policy = req.msg.privPoliId;
     const servers = req.downWith!;
-    context.observer?.poison?.(policy, servers);
+    context.observer?.poison?.(policy);
     const conn = req.client.conn;
     const addr = conn.remoteAddress;
     context.logger.repeated('warn', 'poison_request', `${addr}\0${policy}`, 1, (n, span) => span
