@@ -476,13 +476,17 @@ export class HandlerRunner {
     if (log.enabled('debug')) log.debug('request', `Received a message from client ${msg.srcid} payload ${show(msg.payload)}`, { client: msg.srcid, payload: show(msg.payload) });
     let result: Answer | Promise<Answer>;
     const began = this.opts.clock.now();
+    this.calling = job;
+    this.callingSince = began;
     try {
       result = this.opts.handler(msg.payload, new RequestContext(job));
     } catch (err) {
+      this.calling = undefined;
       this.blocking(job, began);
       this.finish(job, this.failure(job, err));
       return;
     }
+    this.calling = undefined;
     this.blocking(job, began);
     if (typeof result === 'string' || isBytes(result)) this.finish(job, this.ack(job, result));
     else {
@@ -497,6 +501,27 @@ export class HandlerRunner {
         (err: unknown) => (unsettled.unregister(job), job.lingering ? this.settled(job) : this.finish(job, this.failure(job, err))),
       );
     }
+  }
+
+  /** The job whose handler is being called (it has not returned yet), and since when (clock ms). */
+  private calling?: Job;
+  private callingSince = 0;
+
+  /**
+   * What the handler was doing when the server's event loop stopped turning, for the watchdog's line
+   * (`cli/watchdog.ts`): the request it was called for and has not returned from, else where the loop
+   * must be.
+   */
+  stuckOn(): string {
+    const job = this.calling;
+    if (job) {
+      const { msg } = job;
+      return `the handler had not returned from request ${msg.seq} of client ${msg.srcid}, called ${fmt(Math.round(this.opts.clock.now() - this.callingSince))} ms before`;
+    }
+    const n = this.running;
+    return n > 0
+      ? `the handler had returned for each of its ${fmt(n)} running request(s), so it computes after an await in one of them, or in a callback of the handler module's own`
+      : "no request was running, so it computes in a callback of the handler module's own (a timer, an event)";
   }
 
   /**

@@ -235,6 +235,19 @@ export class Logger {
     if (RANK[level] >= this.core.rank) this.core.repeated(level, this.actor, event, key, count, describe, fields);
   }
 
+  /**
+   * The line this logger would write for the record now, and where to (a file descriptor or a file's
+   * path), without writing it: for a thread that writes a line of this log when this one cannot run
+   * (cli/watchdog.ts). Undefined when records go to a function (tests, the demo) or the level leaves
+   * it out.
+   */
+  render(level: Emitting, event: string, msg: string, fields?: Record<string, unknown>): { line: string; to: string | number } | undefined {
+    const out = this.core.out;
+    if (!(out instanceof LogStream) || RANK[level] < this.core.rank) return undefined;
+    const to = out.dest.opts.to;
+    return { line: out.render(level, this.actor, event, msg, fields), to: to === '-' ? 1 : to };
+  }
+
   /** Lines the output dropped so far because its reader was too slow. */
   get dropped(): number {
     const out = this.core.out;
@@ -594,7 +607,7 @@ export class LogStream {
       this.root = pino(
         { level: 'debug', base: undefined, timestamp: stdTimeFunctions.isoTime, formatters: { level: (label) => ({ level: label }) } },
         // pino's lines join the destination's chunk of the turn (SonicBoom takes bytes only).
-        { write: (line: string) => dest.write(line) },
+        { write: (line: string) => this.put(line) },
       );
     }
     dest.onDrop = () => this.onFirstDrop?.(); // the logger's timer starts when it is not running
@@ -609,8 +622,27 @@ export class LogStream {
       }
       p[level]({ event, ...fields }, msg);
     } else {
-      this.dest.write(textLine({ time: new Date().toISOString(), level, actor, msg }, { ...this.opts, time: true }, this.colors));
+      this.put(textLine({ time: new Date().toISOString(), level, actor, msg }, { ...this.opts, time: true }, this.colors));
     }
+  }
+
+  /** Set while `render` runs: the line is kept here, not written. */
+  private capture?: { line: string };
+
+  private put(line: string): void {
+    if (this.capture) this.capture.line = line;
+    else this.dest.write(line);
+  }
+
+  /** The line `write` would write now, not written. */
+  render(level: Emitting, actor: string, event: string, msg: string, fields?: Record<string, unknown>): string {
+    const into = (this.capture = { line: '' });
+    try {
+      this.write(level, actor, event, msg, fields);
+    } finally {
+      this.capture = undefined;
+    }
+    return into.line;
   }
 
   /** Lines dropped since the last call. */

@@ -11,6 +11,7 @@ import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import type { Result } from '../actors/connect.js';
 import type { Payload } from '../actors/handler.js';
 import { consoleToLog, exitOnceStopped, loadHandlerStoppable, sayUnplannedExit } from './handler-module.js';
+import { DEFAULT_WATCHDOG_MS, startWatchdog, WATCHDOG_EXIT_CODE } from './watchdog.js';
 import { benchCommand } from './bench.js';
 import { proxyCommand } from './proxy.js';
 import { loadCommand } from './load.js';
@@ -90,6 +91,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('--queue-timeout <ms>', "with --concurrency, the longest a request waits for a slot; past it OVERLOADED, not run, and the proxy sends it to another server (0 = until the proxy's deadline for the try)").default(0).argParser(parseIntOption('--queue-timeout', 0)))
       .addOption(new Option('--queue-lifo-after <ms>', 'with --concurrency, adaptive LIFO: once the queue has not been empty for this long, a free slot takes the newest waiting request and the oldest wait out --queue-timeout (0 = always the oldest)').default(0).argParser(parseIntOption('--queue-lifo-after', 0)))
       .addOption(new Option('--handler-timeout <ms>', 'a handler not done this long after it started is given up on: its request is answered TIMEOUT, its ctx.signal aborted, its slot freed (0 = never)').default(DEFAULT_HANDLER_TIMEOUT_MS).argParser(parseIntOption('--handler-timeout', 0)))
+      .addOption(new Option('--watchdog <ms>', `a server whose event loop has not turned this long (a handler computing without end) logs where it is and exits ${WATCHDOG_EXIT_CODE}, for its supervisor to start it again (0 = never)`).default(DEFAULT_WATCHDOG_MS).argParser(parseIntOption('--watchdog', 0)))
       .addOption(new Option('--delay <ms>', 'every request waits this long before its handler runs, inside its --concurrency slot (for tests and benchmarks)').default(0).argParser(parseIntOption('--delay', 0)))
       .addOption(new Option('--drain-timeout <ms>', 'on SIGTERM, the longest wait for the proxies to let go; requests still running then are cut off (default: --handler-timeout plus 5000, 35000 with its default)').argParser(parseIntOption('--drain-timeout', 0)))
       .addOption(new Option('--tcp-keepalive <ms>', 'TCP keepalive on each registration connection: probes after this long without traffic, one a second, ten unanswered end it and the server registers again (finds a proxy cut off without a word) (0 = off)').default(DEFAULT_TCP_KEEPALIVE_MS).argParser(parseIntOption('--tcp-keepalive', 0)))
@@ -102,7 +104,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addHelpText('after', '\nWith --registry etcd://HOST:PORT the server registers once, in etcd, instead of with each proxy:\nevery proxy watching the registry takes it (see README, "Running a fleet").\nA lost proxy is retried with backoff and the server registers again.\nSIGTERM, SIGINT or SIGQUIT drains: tells the proxies it is leaving, finishes requests in flight, exits 0.\nA second one stops it at once.\nSIGHUP reads the TLS files again (renewed certificates): new connections and registrations use them;\n--registry-cert, --registry-key and --registry-ca make a new etcd client, the registration moved to it on its lease.\nA handler that throws an error with a string code answers the client HANDLER_ERROR with that code\n(not retried elsewhere; Node\'s own, such as ENOENT, answer HANDLER_FAILED and are logged); ctx.signal aborts when the proxy stops waiting for the answer.\n\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100\n  revproxy server -id 100 -pp 111 -revproc 2100,2200\n  revproxy server -id 500 -pp 111 --handler examples/privacy-handler.js --concurrency 8\n  revproxy server -id 100 -pp 111 --registry etcd://127.0.0.1:2379'),
   )))).action(async function (this: Command, o: LogFlags & TlsFlags & InspectFlags & RegistryFlags & { token?: string } & {
     id: string; pp: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout?: number; delay: number; maxFrame: number; wire: 'frames' | 'json';
-    handler?: string; concurrency?: number; queueLimit: number; queueTimeout: number; queueLifoAfter: number; handlerTimeout: number; tcpKeepalive: number; maxBufferedBytes?: number; maxConnections?: number; maxConnsPerPeer?: number;
+    handler?: string; concurrency?: number; queueLimit: number; queueTimeout: number; queueLifoAfter: number; handlerTimeout: number; watchdog: number; tcpKeepalive: number; maxBufferedBytes?: number; maxConnections?: number; maxConnsPerPeer?: number;
   }) {
     const policy = o.pp;
     const registry = registryFromFlags(o);
@@ -159,10 +161,13 @@ export function buildProgram(setExit: (code: number) => void): Command {
     });
     if (reloadOnceUp) hup();
     const planned = sayUnplannedExit(logger);
+    const { runner } = server.actor.getSnapshot().context;
+    const watchdog = o.watchdog > 0 ? startWatchdog({ limitMs: o.watchdog, logger, doing: () => runner.stuckOn(), beforeExit: planned }) : undefined;
     try {
       await runUntilStopped(server.actor, server.stop, logger);
     } finally {
       planned();
+      await watchdog?.stop();
     }
     unignore();
     process.off('SIGHUP', hup);
