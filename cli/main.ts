@@ -152,6 +152,10 @@ export function buildProgram(setExit: (code: number) => void): Command {
     const unignore = ignoreUserSignals(logger, files ? `send SIGHUP to reload the TLS files (${files}), SIGTERM to drain and stop; restart it to change its other settings` : NOTHING_TO_RELOAD);
     for (const signal of takeEarlySignals(['SIGHUP', 'SIGUSR1', 'SIGUSR2'])) process.emit(signal, signal);
     const stdoutHeld = o.handler !== undefined ? consoleToLog(logger) : undefined;
+    // Watching from before the handler module is imported: its top-level code may loop too.
+    let planned: (() => void) | undefined;
+    const doing = (): string => server?.actor.getSnapshot().context.runner.stuckOn() ?? "the server was starting: the handler module's top-level code computes";
+    const watchdog = o.watchdog > 0 ? startWatchdog({ limitMs: o.watchdog, logger, doing, beforeExit: () => planned?.() }) : undefined;
     const handler = o.handler === undefined ? undefined : await loadHandlerStoppable(o.handler, logger);
     const insp = await startInspection(o, `server ${o.id}`);
     server = await startServer({
@@ -160,9 +164,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
       token: o.token, tls, wire: o.wire, handler, concurrency: o.concurrency, queueLimit: o.queueLimit, queueTimeoutMs: o.queueTimeout, queueLifoAfterMs: o.queueLifoAfter, handlerTimeoutMs: o.handlerTimeout, tcpKeepAliveMs: o.tcpKeepalive, maxBufferedBytes: o.maxBufferedBytes, maxConnections: o.maxConnections, maxConnectionsPerPeer: o.maxConnsPerPeer, registry,
     });
     if (reloadOnceUp) hup();
-    const planned = sayUnplannedExit(logger);
-    const { runner } = server.actor.getSnapshot().context;
-    const watchdog = o.watchdog > 0 ? startWatchdog({ limitMs: o.watchdog, logger, doing: () => runner.stuckOn(), beforeExit: planned }) : undefined;
+    planned = sayUnplannedExit(logger);
     try {
       await runUntilStopped(server.actor, server.stop, logger);
     } finally {

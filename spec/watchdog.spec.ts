@@ -116,6 +116,14 @@ test('no stall, no end: computing for less than --watchdog, a process stopped (S
   assert.is(off.server.child.signalCode, null);
 });
 
+test("a handler module whose top-level code never ends: watched from before it is imported, the server ends saying it was starting", async () => {
+  const handler = join(tempDir('watchdog-'), 'never-loads.mjs');
+  writeFileSync(handler, 'let n = 0;\nwhile (n >= 0) n++;\nexport default async () => "never";\n');
+  const server = revproxy(['server', '--id', 's1', '--pp', 'P', '--listen', '0', '--revproc', '9', '--handler', handler, '--watchdog', '1000']);
+  assert.is(await Promise.race([server.exited, sleep(8000).then(() => 'still running')]), 70, server.out.join('\n'));
+  assert.match(server.out.join('\n'), /error: The server's event loop has not turned for [\d,]+ ms \(--watchdog 1000\), at <anonymous> \(file:\S+never-loads\.mjs:2:\d+\): the server was starting: the handler module's top-level code computes\./);
+});
+
 test('--watchdog takes a whole number of milliseconds', async () => {
   const bad = revproxy(['server', '--id', 's1', '--pp', 'P', '--watchdog', '10s']);
   assert.is(await bad.exited, 2);
