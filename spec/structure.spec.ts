@@ -88,6 +88,7 @@ shape('waits, deadlines and durations run on the monotonic clock (transport/cloc
   // A wall-clock step (NTP at boot, a resumed VM, `date -s`) moves Date.now() by hours: a wait timed on it ends at once or never (spec/clock-step.spec.ts).
   const wall: Record<string, string> = {
     'actors/logger.ts': "a log line's time",
+    'cli/watchdog.ts': "the time of the line its thread writes (the log's format)",
     'cli/inspect.ts': "a log line's time",
     'admin/access-log.ts': "an access-log line's time",
     'inspector/http.ts': "the wall clock the inspector's page shows times of day by (its records are on monotonicEpoch)",
