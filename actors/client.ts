@@ -29,7 +29,7 @@ import { Connection } from '../transport/socket.js';
 import { closedAtOnce, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, whenReady, type TlsMaterial } from '../transport/tls.js';
 import { setDeadline, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { HandlerError, show, type Payload } from './handler.js';
-import { silentLogger, type Logger } from './logger.js';
+import { fmt, silentLogger, type Logger } from './logger.js';
 import { DEFAULT_RECONNECT_MAX_DELAY_MS, NO_SERVER_GRACE_MS, parkDelay, reconnectDelay, stillNoServer, stillShuttingDown, unreachable } from './hold.js';
 import { DEFAULT_PROXY, type Endpoint } from './server.js';
 import { Liveness, NoPings, PING_AFTER_MS, PONG_WITHIN_MS } from './liveness.js';
@@ -301,7 +301,7 @@ export class RequestBook {
       this.settle(entry, { ok: false, error: new RequestError(ErrorCode.BAD_REQUEST, 'the old JSON wire carries text only: send bytes over frames (the default wire)'), latencyMs: 0 });
       return;
     }
-    if (this.waitingCount >= this.maxQueued) {
+    if (this.waitingCount >= this.maxQueued && !this.makeRoom(req.policy)) {
       this.settle(entry, { ok: false, error: new RequestError(LocalCode.CLIENT_OVERLOADED, `${this.maxQueued} requests are already waiting to be sent; slow down or raise maxQueued`), latencyMs: 0 });
       return;
     }
@@ -312,6 +312,30 @@ export class RequestBook {
     if (!queue) this.waiting.set(req.policy, (queue = new Set()));
     queue.add(entry);
     this.waitingCount++;
+  }
+
+  /**
+   * The queue is full (`maxQueued`): a request to a policy with fewer requests waiting than the
+   * policy with the most, less one, gets in, and that policy's oldest waiting request (the nearest
+   * its timeout) is given up instead, `CLIENT_OVERLOADED` saying so. As the proxy's `FairQueue`
+   * shares its queue between client connections: one policy whose requests piled up here (its
+   * servers slow, the application sending on regardless) took every place, and every other
+   * policy's requests were refused. Returns whether room was made.
+   */
+  private makeRoom(policy: string): boolean {
+    let most: Set<Entry> | undefined;
+    let mostPolicy = '';
+    for (const [p, queue] of this.waiting) {
+      if (!most || queue.size > most.size) {
+        most = queue;
+        mostPolicy = p;
+      }
+    }
+    if (!most || (this.waiting.get(policy)?.size ?? 0) + 1 >= most.size) return false;
+    const oldest = most.values().next().value!;
+    const message = `${fmt(this.maxQueued)} requests were waiting to be sent, ${fmt(most.size)} of them to policy ${mostPolicy}, the most: its oldest was given up to make room for one to policy ${policy} (each policy keeps its share of maxQueued); slow down or raise maxQueued`;
+    this.settle(oldest, { ok: false, error: new RequestError(LocalCode.CLIENT_OVERLOADED, message), latencyMs: this.clock.now() - oldest.arrived });
+    return true;
   }
 
   /** `entries` (sent, then taken back) wait again, each before its policy's other waiting requests, in their order. */

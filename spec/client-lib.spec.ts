@@ -190,6 +190,29 @@ lib('backpressure: past the window and the queue, a request is refused at once w
   assert.equal(closed.map((x) => x.code), ['CLIENT_CLOSED', 'CLIENT_CLOSED', 'CLIENT_CLOSED']);
 });
 
+lib('a full queue is shared between policies: a request to a policy with fewer waiting gets in, the oldest of the policy with the most given up for it', async () => {
+  // One queue for all: P's requests, piled up behind its silent server, took every place, and every
+  // request to Q was refused CLIENT_OVERLOADED though Q's server answered at once.
+  const p = await proxy();
+  await server('quiet', [p.port], { behaviour: 'silent' });
+  const q = await startServer({ id: 'q', policy: 'Q', revproc: [p.port] });
+  ctx.servers.push(q);
+  await eventually(() => p.pools().Q?.serving.includes('q') ?? false, 3000, 'q serving');
+  const c = await client({ revproc: p.port, window: 1, maxQueued: 4, timeoutMs: 10_000 });
+  const ps = Array.from({ length: 5 }, (_, i) => reject(c.request('P', `p${i}`)));
+  // p0 in flight, p1-p4 fill the queue; P's own next request is refused as before.
+  const refused = await reject(c.request('P', 'p5'));
+  assert.is(refused.code, 'CLIENT_OVERLOADED');
+  assert.match(refused.message, /^4 requests are already waiting to be sent; slow down or raise maxQueued/);
+  assert.is((await c.request('Q', 'q0')).length, 40, "Q's request gets in, and is answered");
+  const given = await ps[1]!;
+  assert.is(given.code, 'CLIENT_OVERLOADED');
+  assert.match(given.message, /^4 requests were waiting to be sent, 4 of them to policy P, the most: its oldest was given up to make room for one to policy Q \(each policy keeps its share of maxQueued\); slow down or raise maxQueued$/);
+  c.destroy();
+  const closed = await Promise.all([ps[0]!, ...ps.slice(2)]);
+  assert.equal(closed.map((e) => e.code), ['CLIENT_CLOSED', 'CLIENT_CLOSED', 'CLIENT_CLOSED', 'CLIENT_CLOSED'], 'p0 in flight, p2-p4 waiting');
+});
+
 lib("each policy has its own window: a policy whose requests wait long at the proxy does not hold up another's in the client, and each still keeps to its window", async () => {
   // One window for the connection: P's four unanswered requests filled it, and Q's waited behind them in
   // the client until P's timed out (1.8 s at the median, where they took 3 ms, with P's server short of room).
