@@ -190,14 +190,20 @@ lib('backpressure: past the window and the queue, a request is refused at once w
   assert.equal(closed.map((x) => x.code), ['CLIENT_CLOSED', 'CLIENT_CLOSED', 'CLIENT_CLOSED']);
 });
 
-lib('a full queue is shared between policies: a request to a policy with fewer waiting gets in, the oldest of the policy with the most given up for it', async () => {
-  // One queue for all: P's requests, piled up behind its silent server, took every place, and every
-  // request to Q was refused CLIENT_OVERLOADED though Q's server answered at once.
+/** A proxy with two policies: P's server never answers, Q's answers at once. */
+async function silentPAndQ(): Promise<Awaited<ReturnType<typeof proxy>>> {
   const p = await proxy();
   await server('quiet', [p.port], { behaviour: 'silent' });
   const q = await startServer({ id: 'q', policy: 'Q', revproc: [p.port] });
   ctx.servers.push(q);
   await eventually(() => p.pools().Q?.serving.includes('q') ?? false, 3000, 'q serving');
+  return p;
+}
+
+lib('a full queue is shared between policies: a request to a policy with fewer waiting gets in, the oldest of the policy with the most given up for it', async () => {
+  // One queue for all: P's requests, piled up behind its silent server, took every place, and every
+  // request to Q was refused CLIENT_OVERLOADED though Q's server answered at once.
+  const p = await silentPAndQ();
   const c = await client({ revproc: p.port, window: 1, maxQueued: 4, timeoutMs: 10_000 });
   const ps = Array.from({ length: 5 }, (_, i) => reject(c.request('P', `p${i}`)));
   // p0 in flight, p1-p4 fill the queue; P's own next request is refused as before.
@@ -216,11 +222,7 @@ lib('a full queue is shared between policies: a request to a policy with fewer w
 lib("each policy has its own window: a policy whose requests wait long at the proxy does not hold up another's in the client, and each still keeps to its window", async () => {
   // One window for the connection: P's four unanswered requests filled it, and Q's waited behind them in
   // the client until P's timed out (1.8 s at the median, where they took 3 ms, with P's server short of room).
-  const p = await proxy();
-  await server('quiet', [p.port], { behaviour: 'silent' });
-  const q = await startServer({ id: 'q', policy: 'Q', revproc: [p.port] });
-  ctx.servers.push(q);
-  await eventually(() => p.pools().Q?.serving.includes('q') ?? false, 3000, 'q serving');
+  const p = await silentPAndQ();
   const c = await client({ revproc: p.port, window: 4, timeoutMs: 10_000 });
   const held = Array.from({ length: 6 }, (_, i) => reject(c.request('P', `p${i}`)));
   const atProxy = (): number => p.actor.getSnapshot().context.inflight.size;
