@@ -44,7 +44,6 @@ const PLACEHOLDER = '@@revproxy-watchdog@@';
 
 const WORKER_SOURCE = String.raw`'use strict';
 const { workerData } = require('node:worker_threads');
-const { performance } = require('node:perf_hooks');
 const { limitMs, periodMs, graceMs, hook, fallback, placeholder } = workerData;
 // When the main thread last beat, and this thread last looked (process.hrtime: one monotonic clock for both threads).
 const lastBeat = new BigInt64Array(workerData.lastBeat);
