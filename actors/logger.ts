@@ -236,16 +236,16 @@ export class Logger {
   }
 
   /**
-   * The line this logger would write for the record now, and where to (a file descriptor or a file's
-   * path), without writing it: for a thread that writes a line of this log when this one cannot run
-   * (cli/watchdog.ts). Undefined when records go to a function (tests, the demo) or the level leaves
-   * it out.
+   * The line this logger would write for the record now, its format and where it would go (a file
+   * descriptor or a file's path), without writing it: for a thread that writes a line of this log when
+   * this one cannot run (cli/watchdog.ts). Undefined when records go to a function (tests, the demo)
+   * or the level leaves it out.
    */
-  render(level: Emitting, event: string, msg: string, fields?: Record<string, unknown>): { line: string; to: string | number } | undefined {
+  render(level: Emitting, event: string, msg: string, fields?: Record<string, unknown>): { line: string; format: 'text' | 'json'; to: string | number } | undefined {
     const out = this.core.out;
     if (!(out instanceof LogStream) || RANK[level] < this.core.rank) return undefined;
     const to = out.dest.opts.to;
-    return { line: out.render(level, this.actor, event, msg, fields), to: to === '-' ? 1 : to };
+    return { line: out.render(level, this.actor, event, msg, fields), format: out.format, to: to === '-' ? 1 : to };
   }
 
   /** Lines the output dropped so far because its reader was too slow. */
@@ -632,6 +632,10 @@ export class LogStream {
   private put(line: string): void {
     if (this.capture) this.capture.line = line;
     else this.dest.write(line);
+  }
+
+  get format(): 'text' | 'json' {
+    return this.opts.format;
   }
 
   /** The line `write` would write now, not written. */

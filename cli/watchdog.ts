@@ -95,7 +95,7 @@ function unpaused(ms) {
   const msg = 'The server\'s event loop has not turned for ' + ms.toLocaleString('en-US') + ' ms (--watchdog ' + limitMs + '), blocked outside JavaScript (a synchronous child process or system call, a native addon), where no pause can stop it to tell where: the server is killed now (SIGKILL) so that its supervisor starts it again';
   if (fallback) {
     const text = fallback.line.replace(/\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z/, new Date().toISOString())
-      .replace(placeholder, fallback.json ? JSON.stringify(msg).slice(1, -1) : msg);
+      .replace(placeholder, fallback.format === 'json' ? JSON.stringify(msg).slice(1, -1) : msg);
     const fs = require('node:fs');
     try {
       if (typeof fallback.to === 'number') fs.writeSync(fallback.to, text);
@@ -146,8 +146,7 @@ export function startWatchdog(opts: WatchdogOptions): Watchdog {
     logger.error('watchdog', `The server's event loop has not turned for ${fmt(ms)} ms (--watchdog ${limitMs})${where}: ${doing}. It answered nothing meanwhile, the proxy's PINGs included, and would not again: it ends now (exit ${WATCHDOG_EXIT_CODE}) so that its supervisor starts it again. Run long work in a worker thread (node:worker_threads, or a pool such as piscina) and await it, or raise --watchdog if the handler must compute this long`, { ms, limitMs, stack: shown });
     exitQuietly(WATCHDOG_EXIT_CODE);
   };
-  const line = logger.render('error', 'watchdog', PLACEHOLDER, { limitMs });
-  const fallback = line && { ...line, json: line.line.startsWith('{') };
+  const fallback = logger.render('error', 'watchdog', PLACEHOLDER, { limitMs });
   const worker = new Worker(WORKER_SOURCE, {
     eval: true,
     // Nothing of the CLI's own flags (tsx's loader, in a checkout) is needed to run a string.
