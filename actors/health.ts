@@ -53,7 +53,7 @@ export function linkUp(context: ProxyContext, member: string, linkId: string): v
  * again when it restarts); any other is probed later, with backoff. Its
  * unfinished requests are retried elsewhere.
  */
-export function linkDown(context: ProxyContext, member: string, linkId: string, failure: Failure, requests: ProxyRequest[]): void {
+export function linkDown(context: ProxyContext, member: string, linkId: string, failure: Failure, requests: ProxyRequest[], unsent: ProxyRequest[]): void {
   const entry = current(context, member, linkId);
   // A registry entry stays while its key does, and is probed like any other; one kept unlisted (its key gone) leaves.
   if (entry?.wire === 'json' && entry.source === 'direct') {
@@ -86,6 +86,8 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
     entry.timerDue = now + delay;
   }
   retry(context, member, requests, failure, failure.cause ?? 'reset');
+  // Never written to the server: whatever took it down, it was not these.
+  retry(context, member, unsent, { code: failure.code, message: `server ${member} went down before the request was written to it: ${failure.message}` }, 'unsent');
 }
 
 /**

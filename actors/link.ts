@@ -205,7 +205,11 @@ export type LinkCommand =
 /** What a link tells the proxy. */
 export type LinkReport =
   | { type: 'UPSTREAM_UP'; member: string; linkId: string }
-  | { type: 'UPSTREAM_DOWN'; member: string; linkId: string; failure: Failure; requests: ProxyRequest[] }
+  /**
+   * `requests` had been written to the server (counted against `max_resets`, as the server may have
+   * gone down on one of them); `unsent` only waited in the link for room, and go on as `unsent`.
+   */
+  | { type: 'UPSTREAM_DOWN'; member: string; linkId: string; failure: Failure; requests: ProxyRequest[]; unsent: ProxyRequest[] }
   | { type: 'UPSTREAM_RETRY'; member: string; linkId: string; requests: ProxyRequest[]; failure: TryFailure; failures: number };
 
 /** A try ends at the try timeout, and never after the request's own deadline. */
@@ -262,6 +266,19 @@ export function settle(link: Pick<LinkInput, 'member' | 'logger' | 'reply'>, req
 /** Hands requests a link cannot finish back to the proxy, to be retried on another member. */
 export function retryReport(member: string, linkId: string, requests: ProxyRequest[], failure: TryFailure, failures: number): LinkReport {
   return { type: 'UPSTREAM_RETRY', member, linkId, requests, failure, failures };
+}
+
+/**
+ * A retiring link whose server left hands back what it had not finished: the requests written to
+ * the server as `reset` (each counts against `max_resets`), the ones still waiting in the link as
+ * `unsent` (the server never saw them).
+ */
+export function leftReports(member: string, linkId: string, written: ProxyRequest[], unsent: ProxyRequest[]): LinkReport[] {
+  const reports: LinkReport[] = [];
+  const code = ErrorCode.UPSTREAM_FAILED;
+  if (written.length) reports.push(retryReport(member, linkId, written, { code, message: `server ${member} left before answering`, cause: 'reset' }, 0));
+  if (unsent.length) reports.push(retryReport(member, linkId, unsent, { code, message: `server ${member} left before the request was written to it`, cause: 'unsent' }, 0));
+  return reports;
 }
 
 /**

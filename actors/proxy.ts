@@ -162,7 +162,7 @@ export const proxyMachine = setup({
 
     upstreamDown: ({ context, event }) => {
       assertEvent(event, 'UPSTREAM_DOWN');
-      linkDown(context, event.member, event.linkId, event.failure, event.requests);
+      linkDown(context, event.member, event.linkId, event.failure, event.requests, event.unsent);
     },
 
     upstreamRetry: ({ context, event }) => {

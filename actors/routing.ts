@@ -118,11 +118,11 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
     if (!group) again.set(name, (group = []));
     group.push(req);
   }
-  // Repeated conditions: one line at first, then one per interval with a count (logger.ts).
+  // Repeated conditions (per policy, server, code and how the try failed): one line at first, then one per interval with a count (logger.ts).
   for (const [policy, reqs] of again) {
-    context.logger.repeated('warn', 'retry', `${policy}\0${member}\0${failure.code}`, reqs.length,
+    context.logger.repeated('warn', 'retry', `${policy}\0${member}\0${failure.code}\0${cause}`, reqs.length,
       (n, span) => `Retrying ${fmt(n)} request(s) of privacy policy ${policy} on another server${span ? ` ${span}` : ''}: ${failure.message}`,
-      { policy, server: member, code: failure.code });
+      { policy, server: member, code: failure.code, cause });
     route(context, policy, reqs);
   }
   if (overBudget) {

@@ -40,7 +40,7 @@ import { whenReady } from '../transport/tls.js';
 import type { Timer } from '../transport/clock.js';
 import { Inflight } from './inflight.js';
 import {
-  describeLinkError, errorAnswersReport, logForward, retryReport, settle, tryDeadline,
+  describeLinkError, errorAnswersReport, leftReports, logForward, retryReport, settle, tryDeadline,
   type LinkCommand, type LinkInput, type LinkPhase, type LinkPort, type LinkReport, type ProxyRequest, type Tally, type TryCause,
 } from './link.js';
 import { OLD_SERVER_DEFAULTS, type OldServerOptions } from './proxy-options.js';
@@ -451,25 +451,24 @@ export const upstreamJsonMachine = setup({
       for (let i = 0; i < dials; i++) enqueue.sendTo('sockets', { type: 'DIAL' });
       enqueue.assign({ dialing: context.dialing + dials, wantStanding: false, trialDialing: trial || context.trialDialing });
     }),
-    /** The server is gone: every unfinished request goes back to the proxy with the reason. */
+    /**
+     * The server is gone: every unfinished request goes back to the proxy with the reason, those
+     * that waited for a free connection apart (never written: not counted against `max_resets`).
+     */
     notifyDown: sendParent(({ context, self }) => {
-      context.queue.length = 0;
-      context.resent.clear();
       context.traffic.phase = 'down';
       return {
         type: 'UPSTREAM_DOWN' as const,
         member: context.member,
         linkId: self.id,
         failure: { code: ErrorCode.UPSTREAM_FAILED, message: context.gone ?? 'link closed' },
-        requests: context.inflight.takeAll().map((p) => p.req),
+        ...takeUnfinished(context),
       } satisfies LinkReport;
     }),
     /** Gone while retiring: unfinished requests go back to be routed elsewhere. */
     returnAll: enqueueActions(({ context, enqueue, self }) => {
-      const requests = context.inflight.takeAll().map((p) => p.req);
-      context.queue.length = 0;
-      if (requests.length === 0) return;
-      enqueue.sendParent(retryReport(context.member, self.id, requests, { code: ErrorCode.UPSTREAM_FAILED, message: `server ${context.member} left before answering`, cause: 'reset' }, 0));
+      const { requests, unsent } = takeUnfinished(context);
+      for (const r of leftReports(context.member, self.id, requests, unsent)) enqueue.sendParent(r);
     }),
   },
   guards: {
@@ -541,6 +540,21 @@ export const upstreamJsonMachine = setup({
     },
   },
 });
+
+/**
+ * Every unfinished request, taken from the link: `requests` were written to a connection (the
+ * server may have read them), `unsent` waited in the queue for a free one (and a request sent
+ * again after a reused connection closed under it: the server had not read it).
+ */
+function takeUnfinished(context: UpstreamJsonContext): { requests: ProxyRequest[]; unsent: ProxyRequest[] } {
+  const waiting = new Set(context.queue);
+  context.queue.length = 0;
+  context.resent.clear();
+  const requests: ProxyRequest[] = [];
+  const unsent: ProxyRequest[] = [];
+  for (const p of context.inflight.takeAll()) (waiting.has(p.upSeq) ? unsent : requests).push(p.req);
+  return { requests, unsent };
+}
 
 /** One whole request in one write, on a connection that carries nothing else. */
 function write(context: UpstreamJsonContext, slot: Slot, upSeq: number): void {

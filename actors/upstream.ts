@@ -24,7 +24,7 @@ import { Inflight } from './inflight.js';
 import { fmt } from './logger.js';
 import { RecentOutcomes } from './recent-outcomes.js';
 import {
-  closedByServer, describeLinkError, errorAnswersReport, logForward, quoted, retryReport, settle, tryDeadline,
+  closedByServer, describeLinkError, errorAnswersReport, leftReports, logForward, quoted, retryReport, settle, tryDeadline,
   type Failure, type LinkCommand, type LinkInput, type LinkPhase, type LinkPort, type LinkReport, type ProxyRequest, type SocketFactory, type Tally, type TryFailure,
 } from './link.js';
 
@@ -384,13 +384,12 @@ export const upstreamMachine = setup({
       member: context.member,
       linkId: self.id,
       failure: context.lastError ?? { code: ErrorCode.UPSTREAM_FAILED, message: 'connection lost' },
-      requests: [...context.inflight.takeAll().map((p) => p.req), ...context.queue.splice(0)],
+      requests: context.inflight.takeAll().map((p) => p.req),
+      unsent: context.queue.splice(0),
     })),
-    /** A retired link's unsent requests go back to be routed elsewhere. */
+    /** A retired link's unfinished requests go back to be routed elsewhere. */
     returnQueue: enqueueActions(({ context, enqueue, self }) => {
-      const requests = [...context.inflight.takeAll().map((p) => p.req), ...context.queue.splice(0)];
-      if (requests.length === 0) return;
-      enqueue.sendParent(retryReport(context.member, self.id, requests, { code: ErrorCode.UPSTREAM_FAILED, message: `server ${context.member} left before answering`, cause: 'reset' }, 0));
+      for (const r of leftReports(context.member, self.id, context.inflight.takeAll().map((p) => p.req), context.queue.splice(0))) enqueue.sendParent(r);
     }),
   },
   guards: {

@@ -334,6 +334,35 @@ oldThroughOurs('an old server stopped with Ctrl-C (or killed) starts again at on
   }
 });
 
+oldThroughOurs('old servers killed one after the other: a request that only waited in a link for a free connection was never sent there, and is not counted against max_resets', async () => {
+  // Each old server reads one connection at a time, so most of what it is handed waits in its link.
+  // Killed (as a supervisor restarting it, or an operator), a server takes down with it only the
+  // requests written to it; the others go on to another server as unsent, and a second server
+  // killed the same way does not make them look like requests that crash every server they reach.
+  const a = await oldServer('1', 'P', ['-delay', '300']);
+  const b = await oldServer('2', 'P', ['-delay', '300']);
+  const c = await oldServer('3', 'P', ['-delay', '10']);
+  const packets = Array.from({ length: 12 }, (_, i) => ({ srcid: 'c1', privPoliId: 'P', payload: `rolling ${i}` }));
+  const answers = runClient({ id: 'c1', proxy: { host: LOCAL, port: ctx.proxy.port }, packets, window: 12 });
+  await a.waitFor(/Received a message from client c1/);
+  await b.waitFor(/Received a message from client c1/);
+  a.kill('SIGKILL');
+  await a.exited;
+  await eventually(() => !members('P').includes('1'), 3000, 'server 1 removed');
+  b.kill('SIGKILL'); // before it answers its first (300 ms): nothing that waited in its link was written to it
+  await b.exited;
+  const results = await answers;
+  const poisoned = results.filter((r) => /max_resets/.test(r.message ?? ''));
+  assert.equal(poisoned.map((r) => r.message), [], 'no request that waited unsent is taken for poison');
+  assert.ok(results.every((r) => r.correct), JSON.stringify(results.filter((r) => !r.correct)));
+  assert.equal([...new Set(results.map((r) => r.server))], ['3'], 'server 3 answered them all');
+  // Both kinds were there: requests written to server 2 when it died, and requests that waited in its link.
+  const retried = ctx.logs.filter((l) => l.event === 'retry' && l.server === '2').map((l) => l.msg);
+  assert.ok(retried.some((m) => /: server 2 failed before answering: /.test(m)), retried.join('\n'));
+  assert.ok(retried.some((m) => /: server 2 went down before the request was written to it: its listen port \S+ refuses connections$/.test(m)), retried.join('\n'));
+  noBreakage(c);
+});
+
 leaving('a try that times out while its answer is on the way: the proxy closes that connection with FIN, never RST, and the old server keeps serving', async () => {
   // The old server dies for good when a connection it serves is reset. A reset goes out when a
   // socket is destroyed with bytes unread: here the answer arrives while the proxy's event loop
