@@ -24,7 +24,8 @@ import { assertEvent, assign, enqueueActions, fromCallback, raise, setup, type A
 import { hostPort } from '../transport/address.js';
 import { ErrorCode, LocalCode, ProtocolError, RevproxyError, type ClientCode } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
-import { isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
+import { heldEstimate, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
+import { DEFAULT_BUFFER_BUDGET, PEER_SHARE } from '../transport/budget.js';
 import { Connection } from '../transport/socket.js';
 import { closedAtOnce, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, whenReady, type TlsMaterial } from '../transport/tls.js';
 import { setDeadline, systemClock, type Clock, type Timer } from '../transport/clock.js';
@@ -71,6 +72,16 @@ export interface ClientOptions {
   window?: number;
   /** Requests that may wait for room in the window; past it a request is refused with CLIENT_OVERLOADED (default 100,000). */
   maxQueued?: number;
+  /**
+   * Bytes the connection's requests in flight may hold at the proxy, as its buffer budget counts
+   * them (the payload; a text one under 64 KiB twice, with its frame). Default 8 MiB less 64 KiB,
+   * under the proxy's default share for one connection (`--max-buffered-bytes` / 32, 8 MiB), past
+   * which it stops reading the connection - every policy's requests with it. A policy that would
+   * hold more than an eighth of this takes at most seven eighths, so one policy's large requests to
+   * slow servers leave room for the others'. A request larger than this is sent alone. Set it under
+   * the proxy's own share where that is lower.
+   */
+  maxBytesInFlight?: number;
   /** `frames` (default), or `json`: the old wire, one request at a time, for the old Python proxy. */
   wire?: 'frames' | 'json';
   /** Largest frame the proxy takes (its `--max-frame`, default 1 MiB): a request that would not fit is refused here, alone, with BAD_REQUEST before it is sent. */
@@ -129,6 +140,8 @@ interface Entry {
   readonly arrived: number;
   /** The payload's size in bytes, as sent in `payloadsize`. */
   readonly size: number;
+  /** What the proxy holds for it while it is in flight (`heldEstimate`), against `maxBytesInFlight`. */
+  readonly held: number;
   timer?: Timer;
   /** Its seq on the current connection while in flight there. */
   seq?: number;
@@ -194,6 +207,9 @@ export class RequestBook {
   private readonly inflight = new Map<number, Entry>();
   /** Requests in flight, by privacy policy (policies with none are not kept). */
   private readonly inflightBy = new Map<string, number>();
+  /** What the requests in flight hold at the proxy (`Entry.held`), in all and by privacy policy (policies with none are not kept). */
+  private bytesInFlight = 0;
+  private readonly bytesBy = new Map<string, number>();
   /** Requests in flight at most, all policies together: 1 on the old JSON wire (one at a time on a connection). */
   private readonly total: number;
   /** Requests the proxy refused SHUTTING_DOWN (it is draining), to send again on the next proxy. */
@@ -228,6 +244,7 @@ export class RequestBook {
     /** The old JSON wire: payloads must be text. */
     private readonly textOnly: boolean,
     private readonly maxFrameBytes: number,
+    private readonly maxBytes = DEFAULT_MAX_BYTES_IN_FLIGHT,
   ) {
     this.total = textOnly ? 1 : Infinity;
   }
@@ -290,7 +307,7 @@ export class RequestBook {
   add(req: ClientRequest, handle: RequestHandle, expire: (handle: RequestHandle, ms: number) => Timer, clientId: string): void {
     const { payload } = req;
     const size = typeof payload === 'string' ? Buffer.byteLength(payload) : payload instanceof Uint8Array ? payload.length : -1;
-    const entry: Entry = { req, handle, arrived: this.clock.now(), size, settled: false };
+    const entry: Entry = { req, handle, arrived: this.clock.now(), size, held: heldEstimate(size, typeof payload === 'string'), settled: false };
     // The proxy closes a connection that sends a message it cannot take, failing every request in flight on it.
     const refused = refusal(req, size, this.maxFrameBytes, clientId);
     if (refused) {
@@ -365,15 +382,21 @@ export class RequestBook {
     const n = this.inflightBy.get(policy)! - 1;
     if (n > 0) this.inflightBy.set(policy, n);
     else this.inflightBy.delete(policy);
+    this.bytesInFlight -= entry.held;
+    const b = this.bytesBy.get(policy)! - entry.held;
+    if (n > 0) this.bytesBy.set(policy, b);
+    else this.bytesBy.delete(policy);
   }
 
   /** Nothing is in flight any more (the connection is gone, or the client gave up). */
   private landedAll(): void {
     this.inflight.clear();
     this.inflightBy.clear();
+    this.bytesInFlight = 0;
+    this.bytesBy.clear();
   }
 
-  /** Send waiting requests while their policy's window has room, each policy's oldest first. */
+  /** Send waiting requests while their policy's window and the bytes in flight have room, each policy's oldest first. */
   sendMore(conn: Connection, client: string, log: Logger, port: number): void {
     if (this.draining) return;
     const verbose = log.enabled('debug');
@@ -381,11 +404,26 @@ export class RequestBook {
       let room = Math.min(this.window - (this.inflightBy.get(policy) ?? 0), this.total - this.inflight.size);
       if (room <= 0) continue;
       for (const entry of queue) {
-        if (room-- <= 0) break;
+        if (room-- <= 0 || !this.bytesFit(policy, entry.held)) break;
         this.unwait(entry);
         this.send(entry, conn, client, log, port, verbose);
       }
     }
+  }
+
+  /**
+   * Whether a request of `policy` holding `held` bytes at the proxy may go now (`maxBytesInFlight`):
+   * the connection's requests in flight stay under what the proxy lets one connection hold before
+   * it stops reading it, every policy's requests with it. Past it, one policy's large requests to
+   * slow servers held another policy's requests in the kernel for seconds. A policy that would hold
+   * more than an eighth of it leaves that last eighth to the others, so a small request of another
+   * policy goes at once rather than after the large ones' next answer. One request alone always goes.
+   */
+  private bytesFit(policy: string, held: number): boolean {
+    const total = this.bytesInFlight;
+    if (total === 0) return true;
+    const reserve = this.maxBytes / 8;
+    return total + held <= ((this.bytesBy.get(policy) ?? 0) + held > reserve ? this.maxBytes - reserve : this.maxBytes);
   }
 
   /** Write one waiting request: held in `inflight` until answered, and by nothing once answered (its payload may be large). */
@@ -407,6 +445,8 @@ export class RequestBook {
     this.unheardSince ??= entry.sentAt;
     this.inflight.set(seq, entry);
     this.inflightBy.set(req.policy, (this.inflightBy.get(req.policy) ?? 0) + 1);
+    this.bytesInFlight += entry.held;
+    this.bytesBy.set(req.policy, (this.bytesBy.get(req.policy) ?? 0) + entry.held);
     conn.send(msg);
   }
 
@@ -818,6 +858,9 @@ function holding(context: ClientContext): boolean {
   return context.opts.hold !== false && context.connectedOnce;
 }
 
+/** `maxBytesInFlight`'s default: a proxy's default share of its buffer budget for one connection (8 MiB), less a read (64 KiB). */
+export const DEFAULT_MAX_BYTES_IN_FLIGHT = DEFAULT_BUFFER_BUDGET / PEER_SHARE - 64 * 1024;
+
 function windowOf(opts: ClientOptions): number {
   return opts.wire === 'json' ? 1 : opts.window ?? 64;
 }
@@ -1172,7 +1215,7 @@ export const clientMachine = setup({
       probing: false,
       logger: input.logger ?? silentLogger,
       clock,
-      book: new RequestBook(clock, windowOf(input), input.maxQueued ?? 100_000, input.wire === 'json', input.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES),
+      book: new RequestBook(clock, windowOf(input), input.maxQueued ?? 100_000, input.wire === 'json', input.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES, input.maxBytesInFlight),
     };
   },
   on: {

@@ -23,7 +23,7 @@ import type { Renewal } from '../registry/etcd-client.js';
 export type Revproc = number | string | Endpoint | Array<number | string | Endpoint>;
 
 /** The options connect() hands the client machine as they are: each is documented once, in ClientOptions (client.ts). */
-type PassedOn = 'timeoutMs' | 'window' | 'maxQueued' | 'maxAttempts' | 'failoverDelayMs' | 'hold' | 'reconnectMaxDelayMs' | 'connectTimeoutMs' | 'tcpKeepAliveMs' | 'tls' | 'wire' | 'maxFrameBytes' | 'logger' | 'clock';
+type PassedOn = 'timeoutMs' | 'window' | 'maxQueued' | 'maxBytesInFlight' | 'maxAttempts' | 'failoverDelayMs' | 'hold' | 'reconnectMaxDelayMs' | 'connectTimeoutMs' | 'tcpKeepAliveMs' | 'tls' | 'wire' | 'maxFrameBytes' | 'logger' | 'clock';
 
 export interface ConnectOptions extends Pick<ClientOptions, PassedOn> {
   /** The proxy, or proxies in failover order. Default 2100 on 127.0.0.1. `etcd://HOST:PORT` finds them in the registry instead. */

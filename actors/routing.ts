@@ -7,7 +7,7 @@
  * membership.ts's; health (ejection, probes) is health.ts's.
  */
 import { ErrorCode } from '../transport/errors.js';
-import { errorMsg, MsgType, payloadBytes, WIRE, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
+import { errorMsg, heldBytes, MsgType, payloadBytes, WIRE, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import { startChild, stopChild } from './children.js';
 import { FairQueue } from './fair-queue.js';
 import { deadline, endStay, quoted, type Failure, type Peer, type ProxyRequest, type Reply, type TryCause } from './link.js';
@@ -210,15 +210,15 @@ export function refuse(context: ProxyContext, reqs: ProxyRequest[], failure: Fai
 }
 
 /**
- * What a request holds in memory until it is answered, as the buffer budget counts it: its
- * payload, and the frame it keeps to be forwarded as its own bytes (`WIRE`; a binary payload is a
- * view of that frame). A text payload counts its UTF-8 bytes, not its length: V8 keeps a string
- * with any character past U+00FF at two bytes a character (CJK text: 2 bytes for its 3 in UTF-8,
- * where its length counted 1), and UTF-8 is never less.
+ * What a request holds in memory until it is answered, as the buffer budget counts it
+ * (`heldBytes`: its payload, and the frame it keeps to be forwarded as its own bytes, `WIRE`). A
+ * text payload counts its UTF-8 bytes, not its length: V8 keeps a string with any character past
+ * U+00FF at two bytes a character (CJK text: 2 bytes for its 3 in UTF-8, where its length counted
+ * 1), and UTF-8 is never less.
  */
 export function requestBytes(msg: DataMsg): number {
   const w = msg[WIRE];
-  return payloadBytes(msg.payload) + (w !== undefined && typeof msg.payload === 'string' ? w.end - w.start : 0);
+  return heldBytes(payloadBytes(msg.payload), typeof msg.payload === 'string', w === undefined ? 0 : w.end - w.start);
 }
 
 /**

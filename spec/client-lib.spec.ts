@@ -234,6 +234,27 @@ lib("each policy has its own window: a policy whose requests wait long at the pr
   assert.equal(new Set((await Promise.all(held)).map((e) => e.code)), new Set(['CLIENT_CLOSED']));
 });
 
+lib("the bytes in flight stay under the proxy's share for one connection: one policy's large requests leave room for another's, which is answered while they all wait", async () => {
+  // The proxy stops reading a connection whose unanswered requests hold its share of the buffer budget
+  // (8 MiB). The library carries every policy on one connection: P's large requests to a slow server
+  // filled the share, and Q's requests waited unread in the kernel behind them for seconds (3.4-3.6 s
+  // at the median, a request every 20 ms, P's server taking 500 ms; 2.1-2.4 ms now).
+  const p = await silentPAndQ();
+  const c = await client({ revproc: p.port, timeoutMs: 10_000 });
+  const big = 'p'.repeat(512 * 1024);
+  let pSettled = 0;
+  const ps = Array.from({ length: 20 }, () => reject(c.request('P', big)).finally(() => pSettled++));
+  const atProxy = (): number => p.actor.getSnapshot().context.inflight.size;
+  await eventually(() => atProxy() >= 13, 3000, "P's requests at the proxy");
+  await sleep(50);
+  assert.is((await c.request('Q', 'q0')).length, 40, "Q's request is answered");
+  assert.is(pSettled, 0, "while all of P's requests still wait");
+  // Seven eighths of 8 MiB less 64 KiB: 13 of them at the proxy, the rest waiting in the client.
+  assert.is(atProxy(), 13, "P's requests at the proxy");
+  c.destroy();
+  assert.equal(new Set((await Promise.all(ps)).map((e) => e.code)), new Set(['CLIENT_CLOSED']));
+});
+
 lib('a request aborted or timed out while it waits for room in the window leaves the queue at once: a live request is not refused CLIENT_OVERLOADED for it', async () => {
   // Settled while waiting, a request stayed in the queue until the window reached it, its payload
   // held: a web service whose callers went away while the proxy was slow had every new request

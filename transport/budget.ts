@@ -38,6 +38,8 @@ export interface BudgetHolder {
 
 /** The budget's default limit (bytes), on the proxy's port and a server's, where nothing limits the process's memory. */
 export const DEFAULT_BUFFER_BUDGET = 256 * 1024 * 1024;
+/** One connection's requests may hold this part of the budget (`requestsPerPeer`): a 32nd. */
+export const PEER_SHARE = 32;
 
 /** The default under a memory limit, in a help text's words (`budgetFor`). */
 export const BUDGET_UNDER_A_LIMIT = 'a quarter of the memory limit of a container or systemd unit when less, an eighth of a small one, or half of it less 64 MiB when that is more, up to a quarter';
@@ -142,7 +144,7 @@ export class BufferBudget {
 
   /** Bytes one connection's unanswered requests may hold before it is read no more until answers bring them down (no limit without one). */
   get requestsPerPeer(): number {
-    return this.limit > 0 ? this.limit / 32 : Infinity;
+    return this.limit > 0 ? this.limit / PEER_SHARE : Infinity;
   }
 
   /** Bytes held now, across every holder. */

@@ -228,6 +228,27 @@ export function payloadBytes(payload: string | Uint8Array): number {
   return typeof payload === 'string' ? Buffer.byteLength(payload, 'utf8') : payload.length;
 }
 
+/**
+ * What a proxy holds in memory for a request until it is answered, as its buffer budget counts it
+ * (routing.ts `requestBytes`, and the library's client before it sends, `frameBytes` estimated): its
+ * payload, and for a text payload the frame it keeps too, to forward as its own bytes (a binary
+ * payload is a view of that frame).
+ */
+export function heldBytes(payloadSize: number, text: boolean, frameBytes: number): number {
+  return text ? payloadSize + frameBytes : payloadSize;
+}
+
+/** A frame's bytes beyond its payload at most: its 4-byte length, its keys and small fields, and its two ids at their longest. */
+const FRAME_FIELDS_MAX = 4 + 64 + 2 * MAX_ID_LENGTH;
+/** The most one socket read brings (libuv's 64 KiB): a longer frame is put together from several, alone, and keeps no view of its bytes (frame.ts `holdLittle`). */
+const READ_BYTES = 64 * 1024;
+
+/** `heldBytes` as a client can tell it before it sends a request: at most what the proxy will count. */
+export function heldEstimate(payloadSize: number, text: boolean): number {
+  const frame = payloadSize + FRAME_FIELDS_MAX;
+  return heldBytes(payloadSize, text && frame <= READ_BYTES, frame);
+}
+
 /** A payload: text, or bytes (msgpackr gives a `bin` as a Buffer). */
 function payloadField(o: Raw): string | Uint8Array {
   const v = own(o, 'payload');
