@@ -24,7 +24,7 @@ import { assertEvent, assign, enqueueActions, fromCallback, raise, setup, type A
 import { hostPort } from '../transport/address.js';
 import { ErrorCode, LocalCode, ProtocolError, RevproxyError, type ClientCode } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
-import { heldEstimate, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message } from '../transport/messages.js';
+import { heldEstimate, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message, type PongMsg } from '../transport/messages.js';
 import { DEFAULT_BUFFER_BUDGET, PEER_SHARE } from '../transport/budget.js';
 import { Connection } from '../transport/socket.js';
 import { closedAtOnce, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, whenReady, type TlsMaterial } from '../transport/tls.js';
@@ -74,12 +74,13 @@ export interface ClientOptions {
   maxQueued?: number;
   /**
    * Bytes the connection's requests in flight may hold at the proxy, as its buffer budget counts
-   * them (the payload; a text one under 64 KiB twice, with its frame). Default 8 MiB less 64 KiB,
-   * under the proxy's default share for one connection (`--max-buffered-bytes` / 32, 8 MiB), past
-   * which it stops reading the connection - every policy's requests with it. A policy that would
-   * hold more than an eighth of this takes at most seven eighths, so one policy's large requests to
-   * slow servers leave room for the others'. A request larger than this is sent alone. Set it under
-   * the proxy's own share where that is lower.
+   * them (the payload; a text one under 64 KiB twice, with its frame). Default: under the share the
+   * proxy states in its PONG (`--max-buffered-bytes` / 32: 8 MiB by default, less under a memory
+   * limit) by 64 KiB, and 8 MiB less 64 KiB until it has (or from a proxy that states none). Past
+   * its share the proxy stops reading the connection - every policy's requests with it. A policy
+   * that would hold more than an eighth of this takes at most seven eighths, so one policy's large
+   * requests to slow servers leave room for the others'. A request larger than this is sent alone.
+   * Given, it is kept whatever the proxy states.
    */
   maxBytesInFlight?: number;
   /** `frames` (default), or `json`: the old wire, one request at a time, for the old Python proxy. */
@@ -178,7 +179,7 @@ export type ClientEvent =
    * it neither answered nor refused it in time: the connection is used without PINGs until it does, and the proxy is dialled
    * without one until that connection is lost.
    */
-  | { type: 'PROBED'; pings: boolean; unanswered?: string }
+  | { type: 'PROBED'; pings: boolean; unanswered?: string; share?: number }
   /** The proxy refused that PING (one from before client PINGs: BAD_REQUEST, the connection closed, nothing after the PING read): dial it again without. */
   | { type: 'PINGS_REFUSED'; error: string }
   /** Send the requests parked after a NO_SERVER again (see hold.ts). */
@@ -209,6 +210,8 @@ export class RequestBook {
   private readonly inflightBy = new Map<string, number>();
   /** What the requests in flight hold at the proxy (`Entry.held`), in all and by privacy policy (policies with none are not kept). */
   private bytesInFlight = 0;
+  /** The most they may hold (`maxBytesInFlight`, or under the proxy's share: `proxyShare`). */
+  private maxBytes: number;
   private readonly bytesBy = new Map<string, number>();
   /** Requests in flight at most, all policies together: 1 on the old JSON wire (one at a time on a connection). */
   private readonly total: number;
@@ -244,9 +247,22 @@ export class RequestBook {
     /** The old JSON wire: payloads must be text. */
     private readonly textOnly: boolean,
     private readonly maxFrameBytes: number,
-    private readonly maxBytes = DEFAULT_MAX_BYTES_IN_FLIGHT,
+    /** `maxBytesInFlight` as given: the proxy's share does not change it. */
+    private readonly maxBytesSet?: number,
   ) {
     this.total = textOnly ? 1 : Infinity;
+    this.maxBytes = maxBytesSet ?? DEFAULT_MAX_BYTES_IN_FLIGHT;
+  }
+
+  /**
+   * The connection's proxy said what its requests may hold before it stops reading the connection
+   * (its PONG's `share`), or said nothing (an older proxy, or no PONG in time): unless
+   * `maxBytesInFlight` was given, the requests in flight keep under that share (less a read), or
+   * under the default one.
+   */
+  proxyShare(share: number | undefined): void {
+    if (this.maxBytesSet !== undefined) return;
+    this.maxBytes = share === undefined ? DEFAULT_MAX_BYTES_IN_FLIGHT : underShare(share);
   }
 
   /** Since when the proxy's silence counts against it (liveness.ts): the first request sent since it last said anything, or when it did. */
@@ -753,16 +769,20 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
       if (probing) {
         // Answers to the requests sent behind the PING may come before its PONG. An ERROR without a seq is in `said`: a
         // refused PING (refusedPing) or the reason the connection closes, as before the PONG nothing else is.
-        if (messages.some((m) => m.type === MsgType.PONG)) {
+        const pong = messages.find((m): m is PongMsg => m.type === MsgType.PONG);
+        if (pong) {
           probing.cancel();
           probing = undefined;
-          send({ type: 'PROBED', pings: true });
+          send({ type: 'PROBED', pings: true, share: pong.share });
         }
         messages = messages.filter((m) => m.type !== MsgType.PONG && !(m.type === MsgType.ERROR && m.seq === undefined));
         if (messages.length === 0) return;
-      } else if (late && messages.some((m) => m.type === MsgType.PONG)) {
-        late = false;
-        send({ type: 'PROBED', pings: true });
+      } else if (late) {
+        const pong = messages.find((m): m is PongMsg => m.type === MsgType.PONG);
+        if (pong) {
+          late = false;
+          send({ type: 'PROBED', pings: true, share: pong.share });
+        }
       }
       send({ type: 'ANSWERS', messages });
     },
@@ -858,8 +878,13 @@ function holding(context: ClientContext): boolean {
   return context.opts.hold !== false && context.connectedOnce;
 }
 
-/** `maxBytesInFlight`'s default: a proxy's default share of its buffer budget for one connection (8 MiB), less a read (64 KiB). */
-export const DEFAULT_MAX_BYTES_IN_FLIGHT = DEFAULT_BUFFER_BUDGET / PEER_SHARE - 64 * 1024;
+/** What the requests in flight may hold under a proxy's `share` for one connection: less a read (64 KiB), or a 16th of a share under 1 MiB. */
+function underShare(share: number): number {
+  return share - Math.min(64 * 1024, share / 16);
+}
+
+/** `maxBytesInFlight`'s default, until the proxy says its share: under a proxy's default share of its buffer budget for one connection (8 MiB). */
+export const DEFAULT_MAX_BYTES_IN_FLIGHT = underShare(DEFAULT_BUFFER_BUDGET / PEER_SHARE);
 
 function windowOf(opts: ClientOptions): number {
   return opts.wire === 'json' ? 1 : opts.window ?? 64;
@@ -954,6 +979,8 @@ export const clientMachine = setup({
       const now = context.clock.now();
       context.book.heardAt = now;
       context.book.pingsOwed = 0;
+      // A new proxy: its share comes with its PONG (probed); until then, the default one's.
+      context.book.proxyShare(undefined);
       const { conn } = event;
       const { logger, book } = context;
       // Without PINGs until the proxy answers one (probed). Its callbacks hold no `context`: this one's holds
@@ -977,6 +1004,7 @@ export const clientMachine = setup({
       }
       // The first PROBED on the connection: the proxy answered its PING, or kept the connection open past connectTimeoutMs.
       const first = context.probing ? reached(context) : {};
+      if (event.share !== undefined) context.book.proxyShare(event.share);
       if (!event.pings) return { ...first, probing: false };
       context.liveness?.pinged();
       const proxy = currentProxy(context);

@@ -97,8 +97,10 @@ class AcceptedReads implements MessageSink {
         continue;
       }
       if (m.type === MsgType.PING && peer.role !== 'registration') {
-        // A client asking whether we are alive (a silent cut is found by its PONG not coming): answered here, never routed.
-        conn.send({ type: MsgType.PONG, seq: m.seq });
+        // A client asking whether we are alive (a silent cut is found by its PONG not coming): answered here, never routed,
+        // with the bytes its requests may hold before we stop reading it (the library's client keeps under them).
+        const share = core.input.budget.requestsPerPeer;
+        conn.send(share === Infinity ? { type: MsgType.PONG, seq: m.seq } : { type: MsgType.PONG, seq: m.seq, share: Math.floor(share) });
         continue;
       }
       if (data) core.forwardLater(peer, data);

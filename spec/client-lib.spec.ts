@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import ts from 'typescript';
 import { runInNewContext } from 'node:vm';
 import { from, lastValueFrom, toArray } from 'rxjs';
-import { connect, Logger, ManualClock, type Clock, memorySink, RequestError, runClient, StartError, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import { connect, Logger, ManualClock, type Clock, memorySink, RequestError, runClient, StartError, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ProxyOptions, type ServerHandle } from '../actors/index.js';
 import { FrameDecoder } from '../transport/frame.js';
 import { NoPings } from '../actors/liveness.js';
 import { MsgType } from '../transport/messages.js';
@@ -42,8 +42,8 @@ lib.after.each(async () => {
   for (const p of ctx.proxies) await p.stop();
 });
 
-async function proxy(): Promise<ProxyHandle> {
-  const p = await startProxy({ port: 0 });
+async function proxy(opts: Omit<ProxyOptions, 'port'> = {}): Promise<ProxyHandle> {
+  const p = await startProxy({ port: 0, ...opts });
   ctx.proxies.push(p);
   return p;
 }
@@ -191,8 +191,8 @@ lib('backpressure: past the window and the queue, a request is refused at once w
 });
 
 /** A proxy with two policies: P's server never answers, Q's answers at once. */
-async function silentPAndQ(): Promise<Awaited<ReturnType<typeof proxy>>> {
-  const p = await proxy();
+async function silentPAndQ(opts: Omit<ProxyOptions, 'port'> = {}): Promise<Awaited<ReturnType<typeof proxy>>> {
+  const p = await proxy(opts);
   await server('quiet', [p.port], { behaviour: 'silent' });
   const q = await startServer({ id: 'q', policy: 'Q', revproc: [p.port] });
   ctx.servers.push(q);
@@ -251,6 +251,24 @@ lib("the bytes in flight stay under the proxy's share for one connection: one po
   assert.is(pSettled, 0, "while all of P's requests still wait");
   // Seven eighths of 8 MiB less 64 KiB: 13 of them at the proxy, the rest waiting in the client.
   assert.is(atProxy(), 13, "P's requests at the proxy");
+  c.destroy();
+  assert.equal(new Set((await Promise.all(ps)).map((e) => e.code)), new Set(['CLIENT_CLOSED']));
+});
+
+lib("the proxy says its share in its PONG: under a smaller one than the default, the client keeps under that", async () => {
+  // A proxy with a smaller buffer budget (a memory limit lowers its default: a 512 MiB container gives
+  // 128 MiB, a 4 MiB share) stopped reading the connection long before the client's default limit.
+  const p = await silentPAndQ({ maxBufferedBytes: 32 * 1024 * 1024 }); // a 1 MiB share
+  const c = await client({ revproc: p.port, timeoutMs: 10_000 });
+  let pSettled = 0;
+  const ps = Array.from({ length: 6 }, () => reject(c.request('P', 'p'.repeat(256 * 1024))).finally(() => pSettled++));
+  const atProxy = (): number => p.actor.getSnapshot().context.inflight.size;
+  await eventually(() => atProxy() >= 3, 3000, "P's requests at the proxy");
+  await sleep(50);
+  assert.is((await c.request('Q', 'q0')).length, 40, "Q's request is answered");
+  assert.is(pSettled, 0, "while all of P's requests still wait");
+  // Seven eighths of 1 MiB less 64 KiB: 3 of them, the rest waiting in the client.
+  assert.is(atProxy(), 3, "P's requests at the proxy");
   c.destroy();
   assert.equal(new Set((await Promise.all(ps)).map((e) => e.code)), new Set(['CLIENT_CLOSED']));
 });

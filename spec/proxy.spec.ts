@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { runClient, startProxy, startServer, sha1Hex, Logger, ManualClock, memorySink, type LogRecord, type ProxyHandle, type ProxyOptions, type ServerHandle } from '../actors/index.js';
-import { MsgType, type AckMsg, type ErrorMsg } from '../transport/messages.js';
+import { MsgType, type AckMsg, type ErrorMsg, type PongMsg } from '../transport/messages.js';
 import { resolveOptions } from '../actors/proxy-options.js';
 import { FrameDecoder } from '../transport/frame.js';
 import { READ_SLICE } from '../transport/socket.js';
@@ -133,6 +133,10 @@ routing("a PING on a client connection, first or between requests, is answered w
   sock.write(Buffer.concat([frame({ type: 0, seq: 1, srcid: 'c', privPoliId: 'P', payload: 'a' }), frame({ type: MsgType.PING, seq: 8 })]));
   await c.until(() => c.got.length >= 3);
   assert.equal(c.got.map((m) => [m.type, (m as AckMsg).seq]), [[MsgType.PONG, 7], [MsgType.PONG, 8], [MsgType.ACK, 1]], 'the PONG first: the request waits for its server');
+  // Each PONG says what the connection's requests may hold before the proxy stops reading it (the library's client keeps under it).
+  const share = ctx.proxy.actor.getSnapshot().context.budget.requestsPerPeer;
+  assert.equal(c.got.slice(0, 2).map((m) => (m as PongMsg).share), [share, share]);
+  assert.ok(Number.isInteger(share) && share > 0, String(share));
   assert.not.ok(c.closed);
   assert.is(ctx.logs.filter((l) => l.level === 'warn' || l.level === 'error').length, 0, ctx.logs.map((l) => l.msg).join('\n'));
 });

@@ -91,7 +91,16 @@ export interface ErrorMsg {
 }
 /** Liveness on a registration connection. */
 export interface PingMsg { type: 4; seq: number }
-export interface PongMsg { type: 5; seq: number }
+export interface PongMsg {
+  type: 5;
+  seq: number;
+  /**
+   * From a proxy to a client: the bytes the connection's unanswered requests may hold before the
+   * proxy stops reading it (its share of the buffer budget, `--max-buffered-bytes` / 32); absent
+   * when nothing limits them. The library's client keeps its requests in flight under it.
+   */
+  share?: number;
+}
 /** Server -> proxy on its registration connection: stop sending me new requests. */
 export interface DeregisterMsg { type: 6; id: string }
 
@@ -344,8 +353,12 @@ export function toMessage(value: unknown, opts: ValidateOptions = {}): Message {
     }
     case MsgType.PING:
       return { type: 4, seq: intField(o, 'seq', 0, MAX_SEQ, true) };
-    case MsgType.PONG:
-      return { type: 5, seq: intField(o, 'seq', 0, MAX_SEQ, true) };
+    case MsgType.PONG: {
+      const m: PongMsg = { type: 5, seq: intField(o, 'seq', 0, MAX_SEQ, true) };
+      const share = intField(o, 'share', 0, Number.MAX_SAFE_INTEGER, false);
+      if (share !== undefined) m.share = share;
+      return m;
+    }
     case MsgType.DEREGISTER:
       return { type: 6, id: idField(o, 'id') };
     default:
