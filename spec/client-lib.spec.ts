@@ -200,6 +200,26 @@ async function silentPAndQ(opts: Omit<ProxyOptions, 'port'> = {}): Promise<Await
   return p;
 }
 
+/**
+ * `count` requests of `size` bytes to P (its server silent) from one client, then one to Q: Q's is
+ * answered while none of P's has settled, and `sent` of P's are at the proxy, the rest waiting in the client.
+ */
+async function largePThenQ(proxyOpts: Omit<ProxyOptions, 'port'>, count: number, size: number, sent: number): Promise<void> {
+  const p = await silentPAndQ(proxyOpts);
+  const c = await client({ revproc: p.port, timeoutMs: 10_000 });
+  const big = 'p'.repeat(size);
+  let pSettled = 0;
+  const ps = Array.from({ length: count }, () => reject(c.request('P', big)).finally(() => pSettled++));
+  const atProxy = (): number => p.actor.getSnapshot().context.inflight.size;
+  await eventually(() => atProxy() >= sent, 3000, "P's requests at the proxy");
+  await sleep(50);
+  assert.is((await c.request('Q', 'q0')).length, 40, "Q's request is answered");
+  assert.is(pSettled, 0, "while all of P's requests still wait");
+  assert.is(atProxy(), sent, "P's requests at the proxy, the rest waiting in the client");
+  c.destroy();
+  assert.equal(new Set((await Promise.all(ps)).map((e) => e.code)), new Set(['CLIENT_CLOSED']));
+}
+
 lib('a full queue is shared between policies: a request to a policy with fewer waiting gets in, the oldest of the policy with the most given up for it', async () => {
   // One queue for all: P's requests, piled up behind its silent server, took every place, and every
   // request to Q was refused CLIENT_OVERLOADED though Q's server answered at once.
@@ -239,38 +259,15 @@ lib("the bytes in flight stay under the proxy's share for one connection: one po
   // (8 MiB). The library carries every policy on one connection: P's large requests to a slow server
   // filled the share, and Q's requests waited unread in the kernel behind them for seconds (3.4-3.6 s
   // at the median, a request every 20 ms, P's server taking 500 ms; 2.1-2.4 ms now).
-  const p = await silentPAndQ();
-  const c = await client({ revproc: p.port, timeoutMs: 10_000 });
-  const big = 'p'.repeat(512 * 1024);
-  let pSettled = 0;
-  const ps = Array.from({ length: 20 }, () => reject(c.request('P', big)).finally(() => pSettled++));
-  const atProxy = (): number => p.actor.getSnapshot().context.inflight.size;
-  await eventually(() => atProxy() >= 13, 3000, "P's requests at the proxy");
-  await sleep(50);
-  assert.is((await c.request('Q', 'q0')).length, 40, "Q's request is answered");
-  assert.is(pSettled, 0, "while all of P's requests still wait");
-  // Seven eighths of 8 MiB less 64 KiB: 13 of them at the proxy, the rest waiting in the client.
-  assert.is(atProxy(), 13, "P's requests at the proxy");
-  c.destroy();
-  assert.equal(new Set((await Promise.all(ps)).map((e) => e.code)), new Set(['CLIENT_CLOSED']));
+  // Seven eighths of 8 MiB less 64 KiB: 13 of twenty 512 KiB requests at the proxy.
+  await largePThenQ({}, 20, 512 * 1024, 13);
 });
 
 lib("the proxy says its share in its PONG: under a smaller one than the default, the client keeps under that", async () => {
   // A proxy with a smaller buffer budget (a memory limit lowers its default: a 512 MiB container gives
   // 128 MiB, a 4 MiB share) stopped reading the connection long before the client's default limit.
-  const p = await silentPAndQ({ maxBufferedBytes: 32 * 1024 * 1024 }); // a 1 MiB share
-  const c = await client({ revproc: p.port, timeoutMs: 10_000 });
-  let pSettled = 0;
-  const ps = Array.from({ length: 6 }, () => reject(c.request('P', 'p'.repeat(256 * 1024))).finally(() => pSettled++));
-  const atProxy = (): number => p.actor.getSnapshot().context.inflight.size;
-  await eventually(() => atProxy() >= 3, 3000, "P's requests at the proxy");
-  await sleep(50);
-  assert.is((await c.request('Q', 'q0')).length, 40, "Q's request is answered");
-  assert.is(pSettled, 0, "while all of P's requests still wait");
-  // Seven eighths of 1 MiB less 64 KiB: 3 of them, the rest waiting in the client.
-  assert.is(atProxy(), 3, "P's requests at the proxy");
-  c.destroy();
-  assert.equal(new Set((await Promise.all(ps)).map((e) => e.code)), new Set(['CLIENT_CLOSED']));
+  // A 1 MiB share: seven eighths of it less 64 KiB take 3 of six 256 KiB requests.
+  await largePThenQ({ maxBufferedBytes: 32 * 1024 * 1024 }, 6, 256 * 1024, 3);
 });
 
 lib('a request aborted or timed out while it waits for room in the window leaves the queue at once: a live request is not refused CLIENT_OVERLOADED for it', async () => {
