@@ -252,10 +252,12 @@ const FRAME_FIELDS_MAX = 4 + 64 + 2 * MAX_ID_LENGTH;
 /** The most one socket read brings (libuv's 64 KiB): a longer frame is put together from several, alone, and keeps no view of its bytes (frame.ts `holdLittle`). */
 const READ_BYTES = 64 * 1024;
 
-/** `heldBytes` as a client can tell it before it sends a request: at most what the proxy will count. */
+/**
+ * `heldBytes` as a client can tell it before it sends a request, never less than what the proxy
+ * will count: a text payload under a read's size may come in one read with others, its frame kept.
+ */
 export function heldEstimate(payloadSize: number, text: boolean): number {
-  const frame = payloadSize + FRAME_FIELDS_MAX;
-  return heldBytes(payloadSize, text && frame <= READ_BYTES, frame);
+  return heldBytes(payloadSize, text && payloadSize < READ_BYTES, payloadSize + FRAME_FIELDS_MAX);
 }
 
 /** A payload: text, or bytes (msgpackr gives a `bin` as a Buffer). */
