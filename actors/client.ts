@@ -886,6 +886,25 @@ function underShare(share: number): number {
 /** `maxBytesInFlight`'s default, until the proxy says its share: under a proxy's default share of its buffer budget for one connection (8 MiB). */
 export const DEFAULT_MAX_BYTES_IN_FLIGHT = underShare(DEFAULT_BUFFER_BUDGET / PEER_SHARE);
 
+/**
+ * What is wrong with the client's numeric options, if anything: each a whole number of at least its
+ * least, or `Infinity` where none is a limit. Unchecked, a `window` of 0 sent nothing and every
+ * request waited out its timeout; a `maxQueued` of 0 refused every request.
+ */
+export function badClientOption(opts: Partial<ClientOptions>): string | undefined {
+  const checks: Array<[keyof ClientOptions, number, string]> = [
+    ['timeoutMs', 1, ' (Infinity: none)'], ['window', 1, ''], ['maxQueued', 1, ''], ['maxBytesInFlight', 1, ' (Infinity: no limit)'],
+    ['maxFrameBytes', 1024, ''], ['maxAttempts', 1, ''], ['failoverDelayMs', 0, ''], ['reconnectMaxDelayMs', 0, ''],
+    ['connectTimeoutMs', 1, ''], ['tcpKeepAliveMs', 0, ' (0 = off)'],
+  ];
+  for (const [name, min, hint] of checks) {
+    const v = opts[name];
+    if (v === undefined || (v === Infinity && hint.includes('Infinity'))) continue;
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min) return `${name} must be a whole number of at least ${min}${hint}, got ${typeof v === 'string' ? `'${v}'` : String(v)}`;
+  }
+  return undefined;
+}
+
 function windowOf(opts: ClientOptions): number {
   return opts.wire === 'json' ? 1 : opts.window ?? 64;
 }

@@ -7,9 +7,9 @@
 import { defer, from, mergeMap, Observable, type ObservableInput } from 'rxjs';
 import { createActor, type InspectionEvent } from 'xstate';
 import { systemClock, xstateClock } from '../transport/clock.js';
-import { ErrorCode, LocalCode, type ClientCode } from '../transport/errors.js';
+import { ErrorCode, LocalCode, StartError, type ClientCode } from '../transport/errors.js';
 import { TlsConfigError, type TlsMaterial } from '../transport/tls.js';
-import { clientMachine, RequestError, type ClientActor, type ClientOptions, type Outcome, type RequestHandle } from './client.js';
+import { badClientOption, clientMachine, RequestError, type ClientActor, type ClientOptions, type Outcome, type RequestHandle } from './client.js';
 import { show, type HandlerError, type Payload } from './handler.js';
 import type { Logger } from './logger.js';
 import { DEFAULT_PROXY, type Endpoint } from './server.js';
@@ -235,6 +235,8 @@ export class Client {
  * await client.close();
  */
 export async function connect(opts: ConnectOptions = {}): Promise<Client> {
+  const bad = badClientOption(opts);
+  if (bad) throw new StartError(`connect(): ${bad}`);
   const found = await locate(opts).catch((err: Error) => {
     throw new RequestError(LocalCode.CONNECT_FAILED, err.message);
   });
@@ -368,6 +370,8 @@ const SHA1_SHAPE = /^[0-9a-f]{40}$/;
 
 /** Send every packet (at most `window` at a time), wait for every answer or failure, return the results in packet order. */
 export async function runClient(opts: RunOptions): Promise<Result[]> {
+  const bad = badClientOption(opts);
+  if (bad) throw new StartError(`runClient(): ${bad}`);
   let found: { proxies: Endpoint[]; discovery?: Discovery };
   try {
     found = await locate(opts);

@@ -5,7 +5,7 @@
 import { createActor, type InspectionEvent } from 'xstate';
 import { hostPort, isEveryAddress } from '../transport/address.js';
 import { systemClock, xstateClock } from '../transport/clock.js';
-import { LocalCode, RevproxyError } from '../transport/errors.js';
+import { StartError } from '../transport/errors.js';
 import { endpoints, type Revproc } from './connect.js';
 import { jsonRegistrations } from './json-registration.js';
 import { releaseAll } from './children.js';
@@ -23,6 +23,7 @@ import { dial, TlsConfigError, type TlsMaterial } from '../transport/tls.js';
 import { renewed } from './renew-tls.js';
 
 export { clientMachine, RequestError, type ClientOptions } from './client.js';
+export { StartError } from '../transport/errors.js';
 export { Client, connect, endpoints, runClient, type ConnectOptions, type Packet, type Reply, type RequestOptions, type Result, type Revproc, type RunOptions } from './connect.js';
 export { HandlerError, sha1Handler, type Answer, type Handler, type HandlerContext, type Payload } from './handler.js';
 export { systemClock, ManualClock, type Clock } from '../transport/clock.js';
@@ -39,20 +40,6 @@ export { upstreamJsonMachine } from './upstream-json.js';
 
 export interface Inspect {
   inspect?: (event: InspectionEvent) => void;
-}
-
-/**
- * A proxy or server that could not start, and why (the CLI exits with 1).
- *
- * @example
- * try { await startProxy({ port: 2100 }); }
- * catch (err) { if (err instanceof StartError) console.error(err.message); } // e.g. the port is in use
- */
-export class StartError extends RevproxyError<typeof LocalCode.START_FAILED> {
-  constructor(message: string) {
-    super(LocalCode.START_FAILED, message);
-    this.name = 'StartError';
-  }
 }
 
 export interface PoolView {

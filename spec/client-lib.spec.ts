@@ -270,6 +270,23 @@ lib("the proxy says its share in its PONG: under a smaller one than the default,
   await largePThenQ({ maxBufferedBytes: 32 * 1024 * 1024 }, 6, 256 * 1024, 3);
 });
 
+lib('an option out of range is refused at once with a StartError saying which: a window of 0 sent nothing, and every request waited out its timeout', async () => {
+  const p = await proxy();
+  const refused = async (run: () => Promise<unknown>): Promise<string> => {
+    const err = await run().then(() => undefined, (e: unknown) => e);
+    assert.instance(err, StartError);
+    return (err as StartError).message;
+  };
+  assert.is(await refused(() => connect({ revproc: p.port, window: 0 })), 'connect(): window must be a whole number of at least 1, got 0');
+  assert.is(await refused(() => connect({ revproc: p.port, maxBytesInFlight: -1 })), 'connect(): maxBytesInFlight must be a whole number of at least 1 (Infinity: no limit), got -1');
+  assert.is(await refused(() => connect({ revproc: p.port, timeoutMs: Number.NaN })), 'connect(): timeoutMs must be a whole number of at least 1 (Infinity: none), got NaN');
+  assert.is(await refused(() => connect({ revproc: p.port, tcpKeepAliveMs: '15000' as unknown as number })), "connect(): tcpKeepAliveMs must be a whole number of at least 0 (0 = off), got '15000'");
+  assert.is(await refused(() => runClient({ id: 'c', proxy: { host: '127.0.0.1', port: p.port }, packets: [], maxQueued: 0 })), 'runClient(): maxQueued must be a whole number of at least 1, got 0');
+  // No limit where none makes sense.
+  const c = await client({ revproc: p.port, timeoutMs: Infinity, maxBytesInFlight: Infinity });
+  c.destroy();
+});
+
 lib('a request aborted or timed out while it waits for room in the window leaves the queue at once: a live request is not refused CLIENT_OVERLOADED for it', async () => {
   // Settled while waiting, a request stayed in the queue until the window reached it, its payload
   // held: a web service whose callers went away while the proxy was slow had every new request

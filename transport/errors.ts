@@ -130,6 +130,21 @@ export class RevproxyError<C extends Code = Code> extends Error {
   }
 }
 
+/**
+ * A proxy, server or client that could not start, and why (the CLI exits with 1): a port in use,
+ * an option out of range.
+ *
+ * @example
+ * try { await startProxy({ port: 2100 }); }
+ * catch (err) { if (err instanceof StartError) console.error(err.message); } // e.g. the port is in use
+ */
+export class StartError extends RevproxyError<typeof LocalCode.START_FAILED> {
+  constructor(message: string) {
+    super(LocalCode.START_FAILED, message);
+    this.name = 'StartError';
+  }
+}
+
 /** Bytes or a decoded value that break the protocol. The connection that sent them is closed. */
 export class ProtocolError extends RevproxyError<ErrorCode> {
   constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
