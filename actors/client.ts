@@ -32,7 +32,7 @@ import { setDeadline, systemClock, type Clock, type Timer } from '../transport/c
 import { HandlerError, show, type Payload } from './handler.js';
 import { fmt, silentLogger, type Logger } from './logger.js';
 import { DEFAULT_RECONNECT_MAX_DELAY_MS, NO_SERVER_GRACE_MS, parkDelay, reconnectDelay, stillNoServer, stillShuttingDown, unreachable } from './hold.js';
-import { DEFAULT_PROXY, type Endpoint } from './server.js';
+import { badWholeNumbers, DEFAULT_PROXY, type Endpoint } from './server.js';
 import { Liveness, NoPings, PING_AFTER_MS, PONG_WITHIN_MS } from './liveness.js';
 
 /**
@@ -888,21 +888,15 @@ export const DEFAULT_MAX_BYTES_IN_FLIGHT = underShare(DEFAULT_BUFFER_BUDGET / PE
 
 /**
  * What is wrong with the client's numeric options, if anything: each a whole number of at least its
- * least, or `Infinity` where none is a limit. Unchecked, a `window` of 0 sent nothing and every
- * request waited out its timeout; a `maxQueued` of 0 refused every request.
+ * least, or `Infinity` (no limit). Unchecked, a `window` of 0 sent nothing and every request waited
+ * out its timeout; a `maxQueued` of 0 refused every request.
  */
 export function badClientOption(opts: Partial<ClientOptions>): string | undefined {
-  const checks: Array<[keyof ClientOptions, number, string]> = [
+  return badWholeNumbers(opts, [
     ['timeoutMs', 1, ' (Infinity: none)'], ['window', 1, ''], ['maxQueued', 1, ''], ['maxBytesInFlight', 1, ' (Infinity: no limit)'],
     ['maxFrameBytes', 1024, ''], ['maxAttempts', 1, ''], ['failoverDelayMs', 0, ''], ['reconnectMaxDelayMs', 0, ''],
     ['connectTimeoutMs', 1, ''], ['tcpKeepAliveMs', 0, ' (0 = off)'],
-  ];
-  for (const [name, min, hint] of checks) {
-    const v = opts[name];
-    if (v === undefined || (v === Infinity && hint.includes('Infinity'))) continue;
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < min) return `${name} must be a whole number of at least ${min}${hint}, got ${typeof v === 'string' ? `'${v}'` : String(v)}`;
-  }
-  return undefined;
+  ]);
 }
 
 function windowOf(opts: ClientOptions): number {

@@ -573,14 +573,21 @@ const DEFAULT_QUEUE_LIMIT = 1024;
  * ever free) or mean something else than meant (0 is "no limit" elsewhere).
  */
 export function badLimit(opts: ServerOptions): string | undefined {
-  const checks: Array<[keyof ServerOptions, number, string]> = [
+  return badWholeNumbers(opts, [
     ['concurrency', 1, ' (leave it out for no limit)'], ['queueLimit', 0, ''], ['queueTimeoutMs', 0, ' (0 = until the proxy\'s deadline)'], ['queueLifoAfterMs', 0, ' (0 = oldest first)'], ['handlerTimeoutMs', 0, ' (0 = never)'], ['delayMs', 0, ''],
     ['drainTimeoutMs', 0, ''], ['tcpKeepAliveMs', 0, ' (0 = off)'], ['maxFrameBytes', 1024, ''], ['maxBufferedBytes', 0, ' (0 = no limit)'], ['maxConnections', 1, ''], ['maxConnectionsPerPeer', 0, ' (0 = no limit)'],
-  ];
+  ]);
+}
+
+/**
+ * The first of `checks` (an option's name, its least, a hint) whose option is set and is neither
+ * a whole number of at least its least nor `Infinity` (no limit), said as what is wrong with it.
+ */
+export function badWholeNumbers<T extends object>(opts: T, checks: ReadonlyArray<readonly [keyof T & string, number, string]>): string | undefined {
   for (const [name, min, hint] of checks) {
-    const v = opts[name];
+    const v: unknown = opts[name];
     if (v === undefined || v === Infinity) continue;
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < min) return `${name} must be a whole number of at least ${min}${hint}, got ${String(v)}`;
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min) return `${name} must be a whole number of at least ${min}${hint}, got ${typeof v === 'string' ? `'${v}'` : String(v)}`;
   }
   return undefined;
 }
