@@ -239,6 +239,37 @@ export function ignoreUserSignals(logger: Logger, instead: string, signals: read
   };
 }
 
+/** Node's warnings that are news for whoever wrote the code, not for whoever runs it: logged at `info`. */
+const DEVELOPERS_WARNINGS = new Set(['DeprecationWarning', 'ExperimentalWarning']);
+
+/**
+ * Node's process warnings as lines of the command's log, where Node prints them raw on stderr: a
+ * deprecation in a library under the registry (grpc-js's `DEP0123` for `etcds://` given an IP
+ * address), an EventEmitter leak in a handler module. Printed raw they are two lines that are not
+ * the log's format (`(node:4242) [DEP0123] DeprecationWarning: ...` and Node's hint to rerun with
+ * `--trace-deprecation`), which a collector parsing JSON lines cannot read. Each is an `info`
+ * (a deprecation, an experimental feature) or `warn` line, `node_warning`, once, then counted as a
+ * repeated condition; with `--trace-warnings` (or `--trace-deprecation`) its `stack` is a field. A
+ * silent logger leaves Node's own printing in place. Returns the undo.
+ */
+export function logProcessWarnings(logger: Logger): () => void {
+  if (logger.level === 'silent') return () => {};
+  const nodes = process.listeners('warning');
+  for (const f of nodes) process.off('warning', f);
+  const onWarning = (w: Error & { code?: string }): void => {
+    const level = DEVELOPERS_WARNINGS.has(w.name) ? 'info' : 'warn';
+    const what = `Node warning: ${w.code ? `[${w.code}] ` : ''}${w.name}: ${w.message}`;
+    const trace = (process as { traceProcessWarnings?: boolean }).traceProcessWarnings || (w.name === 'DeprecationWarning' && process.traceDeprecation);
+    const fields = { name: w.name, ...(w.code ? { code: w.code } : {}), ...(trace && w.stack ? { stack: w.stack } : {}) };
+    logger.repeated(level, 'node_warning', what, 1, (n, span) => (span ? `${what} (${n} time(s) ${span})` : what), fields);
+  };
+  process.on('warning', onWarning);
+  return () => {
+    process.off('warning', onWarning);
+    for (const f of nodes) process.on('warning', f);
+  };
+}
+
 /** What cli/early-signals.mjs keeps on globalThis: the signals caught before a command handled them, in order. */
 interface EarlySignals {
   received: NodeJS.Signals[];

@@ -19,7 +19,7 @@ import { runDemo } from './demo.js';
 import { scenarioCommand } from './scenario.js';
 import { inspectCommand, inspectOptions, startInspection, type InspectFlags } from './inspect.js';
 import {
-  FileError, ignoreUserSignals, loadedCerts, releaseEarlySignals, takeEarlySignals, loadPackets, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, hostParser, parseIntOption, parsePort, registryFromFlags, registryOptions, runUntilStopped, tlsFromFlags, tlsOptions, UsageError, warnExpiring,
+  FileError, ignoreUserSignals, logProcessWarnings, loadedCerts, releaseEarlySignals, takeEarlySignals, loadPackets, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, hostParser, parseIntOption, parsePort, registryFromFlags, registryOptions, runUntilStopped, tlsFromFlags, tlsOptions, UsageError, warnExpiring,
   wireOption, type FlagTable, type LogFlags, type RegistryFlags, type TlsFlags,
 } from './common.js';
 import { isRegistryUrl } from '../registry/options.js';
@@ -110,6 +110,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     const registry = registryFromFlags(o);
     if (registry && this.getOptionValueSource('revproc') !== 'default') throw new UsageError('--revproc and --registry do not go together: with --registry the server registers in etcd, and every proxy watching it takes it');
     const logger = makeLogger(`server ${o.id}`, o);
+    const unwarn = logProcessWarnings(logger);
     const tls = tlsFromFlags(o);
     // etcd's client certificate and CA (--registry-cert, --registry-ca) are read again on SIGHUP as the server's own are.
     const registryFiles = o.registryCert || o.registryCa ? { cert: o.registryCert, ca: o.registryCa } : undefined;
@@ -176,6 +177,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     await insp.close();
     // A piece of a line the handler module wrote last, without its end: a line of its own before the log ends.
     stdoutHeld?.();
+    unwarn();
     await logger.end();
     const code = server.actor.getSnapshot().value === 'failed' ? 1 : 0;
     setExit(code);
@@ -202,6 +204,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     const packets = loadPackets(o.pkt, o.id ?? '0');
     const id = o.id ?? packets[0]?.srcid ?? '0';
     const logger = makeLogger(`client ${id}`, o.json ? { ...o, logFormat: 'text', logLevel: 'silent' } : o);
+    const unwarn = logProcessWarnings(logger);
     const insp = await startInspection(o, `client ${id}`);
     if (typeof o.revproc === 'string') {
       if (o.registry !== undefined) throw new UsageError('give the registry once: --revproc etcd://... or --registry etcd://...');
@@ -222,6 +225,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     }
     setExit(ok === results.length ? 0 : 1);
     // The log ends first: its last lines (the summary) were printed after the inspector's "Ctrl-C exits".
+    unwarn();
     await logger.end();
     await insp.hold();
     await insp.close();

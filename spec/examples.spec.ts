@@ -222,7 +222,8 @@ examples('what a handler module writes with console is a line of the server\'s l
   // Before, console.log's text went raw to the stdout the JSON log is written to: lines a log shipper cannot parse.
   const dir = tempDir('revproxy-handlers-');
   try {
-    writeFileSync(join(dir, 'chatty.mjs'), 'console.log("loaded", { v: 1 });\nprocess.stdout.write("loaded raw\\n");\nexport default async (p, ctx) => { console.log("handling %s for", p, ctx.clientId); console.error(new Error("not fatal")); console.debug("hidden at info"); process.stdout.write("partial "); process.stdout.write("line\\nnext line\\n"); process.stdout.write(Buffer.from([0xc3])); process.stdout.write(Buffer.from([0xa9, 0x0a])); process.stdout.write("no end"); return `chatty ${p}`; };\n');
+    // Its top-level code also leaks listeners, as a handler may: Node's MaxListenersExceededWarning.
+    writeFileSync(join(dir, 'chatty.mjs'), 'import { EventEmitter } from "node:events";\nconst leaky = new EventEmitter();\nfor (let i = 0; i < 11; i++) leaky.on("x", () => {});\nconsole.log("loaded", { v: 1 });\nprocess.stdout.write("loaded raw\\n");\nexport default async (p, ctx) => { console.log("handling %s for", p, ctx.clientId); console.error(new Error("not fatal")); console.debug("hidden at info"); process.stdout.write("partial "); process.stdout.write("line\\nnext line\\n"); process.stdout.write(Buffer.from([0xc3])); process.stdout.write(Buffer.from([0xa9, 0x0a])); process.stdout.write("no end"); return `chatty ${p}`; };\n');
     const { proc: proxy, port } = await proxyProcess();
     const server = revproxy(['server', '--id', 'chatty', '--pp', 'T', '--revproc', String(port), '--handler', join(dir, 'chatty.mjs'), '--log-format', 'json']);
     await proxy.waitFor(/Received setup message from server id chatty /);
@@ -247,6 +248,10 @@ examples('what a handler module writes with console is a line of the server\'s l
     // Its raw writes to stdout, one line of the log per line written: pieces joined, an é split
     // between two writes whole, and the piece without an end at the stop. Before, they went raw
     // into the JSON log, the last running on into the next record.
+    // Node's warning is a warn line of its own (Node printed it with console.error: an `error` line
+    // `console`, with its hint to rerun with --trace-warnings).
+    const warned = records.filter((r) => r.event === 'node_warning').map((r) => [r.level, (r as { name?: string }).name, r.msg.split('.')[0]]);
+    assert.equal(warned, [['warn', 'MaxListenersExceededWarning', 'Node warning: MaxListenersExceededWarning: Possible EventEmitter memory leak detected']]);
     const raw = records.filter((r) => r.event === 'stdout');
     assert.ok(raw.every((r) => r.level === 'info'));
     assert.equal(raw.map((r) => r.msg), ['loaded raw', 'partial line', 'next line', 'é', 'no end']);

@@ -16,6 +16,7 @@ import { resolveRegistry } from '../registry/options.js';
 import { killEtcds, startEtcd, type Etcd } from '../scenario/etcd.js';
 import { eventually, sleep } from './helpers.js';
 import { makePki } from './certs.js';
+import { revproxy } from './procs.js';
 import { readFileSync, rmSync } from 'node:fs';
 
 const ctx: { etcd?: Etcd; root?: Etcd3; proxies: ProxyHandle[]; servers: ServerHandle[] } = { proxies: [], servers: [] };
@@ -86,12 +87,13 @@ auth('a user without a role on the prefix is denied, and told which prefix', asy
 auth.run();
 
 const tls = suite('registry over TLS, with a client certificate (mutual TLS)');
-const tctx: { etcd?: Etcd; dir?: string; proxies: ProxyHandle[]; servers: ServerHandle[] } = { proxies: [], servers: [] };
+const tctx: { etcd?: Etcd; dir?: string; files?: { ca: string; cert: string; key: string }; proxies: ProxyHandle[]; servers: ServerHandle[] } = { proxies: [], servers: [] };
 tls.before(async () => {
   const pki = makePki(['etcd', 'fleet']);
   tctx.dir = pki.dir;
   tctx.etcd = await startEtcd({ tls: { ...pki.cert('etcd'), ca: pki.ca } });
   const f = pki.cert('fleet');
+  tctx.files = { ca: pki.ca, cert: f.cert, key: f.key };
   material = { ca: readFileSync(pki.ca), cert: readFileSync(f.cert), key: readFileSync(f.key) };
 });
 tls.after(async () => {
@@ -127,6 +129,33 @@ tls('a client given revproc etcds://... speaks TLS to etcd (as --revproc etcds:/
   const err = await connect({ revproc: tctx.etcd!.url, timeoutMs: 1000 }).then(() => undefined, (e: Error & { code?: string }) => e);
   assert.is(err?.code, 'CONNECT_FAILED');
   assert.match(String(err?.message), /etcds:\/\//);
+});
+
+tls('the proxy given etcds:// with an IP address logs Node\'s DEP0123 warning as a line of its log: with --log-format json every line stays JSON', async () => {
+  // grpc-js sets the TLS server name to the address, and Node warns once (grpc/grpc-node#1919).
+  // Before, Node printed it raw on stderr, two lines a collector parsing JSON cannot read:
+  // `(node:4242) [DEP0123] DeprecationWarning: ...` and its hint to rerun with --trace-deprecation.
+  assert.match(tctx.etcd!.url, /^etcds:\/\/127\.0\.0\.1:/);
+  const f = tctx.files!;
+  const proxy = revproxy(['proxy', '--port', '0', '--log-format', 'json', '--registry', tctx.etcd!.url, '--registry-ca', f.ca, '--registry-cert', f.cert, '--registry-key', f.key]);
+  try {
+    await proxy.waitFor(/"event":"advertised"/);
+    proxy.kill('SIGTERM');
+    assert.is(await proxy.exited, 0, proxy.out.join('\n'));
+  } finally {
+    proxy.kill('SIGKILL');
+  }
+  const records = proxy.out.filter((line) => line !== '').map((line) => {
+    try {
+      return JSON.parse(line) as { level: string; event: string; code?: string; name?: string; msg: string };
+    } catch {
+      throw new Error(`not a JSON line: ${line}\n${proxy.out.join('\n')}`);
+    }
+  });
+  const warned = records.filter((r) => r.event === 'node_warning');
+  assert.is(warned.length, 1, proxy.out.join('\n'));
+  assert.equal([warned[0]!.level, warned[0]!.name, warned[0]!.code], ['info', 'DeprecationWarning', 'DEP0123']);
+  assert.match(warned[0]!.msg, /^Node warning: \[DEP0123\] DeprecationWarning: Setting the TLS ServerName to an IP address/);
 });
 
 tls.run();
