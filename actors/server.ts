@@ -198,6 +198,8 @@ export const ACCEPT_TIMEOUT_MS = 10_000;
 const MSG_NAMES: Record<number, string> = { [MsgType.DATA]: 'DATA', [MsgType.SETUP]: 'SETUP', [MsgType.ACK]: 'ACK', [MsgType.PONG]: 'PONG', [MsgType.DEREGISTER]: 'DEREGISTER' };
 
 interface ListenerInput extends ConnectionLimitsInput {
+  /** The server's id: its JSON ERRORs carry it as `srcid` (the old proxy reads it from every answer). */
+  id: string;
   host: string;
   port: number;
   maxFrameBytes: number;
@@ -224,7 +226,7 @@ const requestListener = fromCallback<{ type: 'DRAIN' } | RenewTls, ListenerInput
       socket.once('close', () => limits.left(addr));
       // Either wire: the old proxy talks JSON here, ours frames.
       const conn = new Connection(socket, {
-        maxFrameBytes: input.maxFrameBytes, frameTimeoutMs: FRAME_TIMEOUT_MS, wire: 'sniff', budget: input.budget, clock: input.clock,
+        maxFrameBytes: input.maxFrameBytes, frameTimeoutMs: FRAME_TIMEOUT_MS, wire: 'sniff', answerAs: input.id, budget: input.budget, clock: input.clock,
       });
       const caller = new Caller(conn);
       conns.add(conn);
@@ -753,6 +755,7 @@ export const serverMachine = setup({
     id: 'listener',
     src: 'requestListener',
     input: ({ context }) => ({
+      id: context.opts.id,
       host: context.opts.listenHost ?? DEFAULT_LISTEN_HOST,
       port: context.opts.listenPort,
       maxFrameBytes: context.opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,

@@ -34,7 +34,7 @@ import { join } from 'node:path';
 import { Logger, memorySink, runClient, sha1Hex, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { JsonDecoder } from '../transport/json.js';
 import { MsgType, type Message } from '../transport/messages.js';
-import { eventually, LOCAL, rawConnect, tempDir } from './helpers.js';
+import { eventually, LOCAL, rawConnect, sleep, tempDir } from './helpers.js';
 import { killAll, python, revproxy, type Proc } from './procs.js';
 
 interface Ctx {
@@ -415,6 +415,39 @@ reverse('revproxy server --wire json and revproxy client --wire json work with t
   const by = old.out.filter((l) => l.startsWith('answered by'));
   assert.is(new Set(by).size, 2, `both servers answered: ${by}`);
   for (const s of servers) assert.is(s.child.exitCode, null, 'our servers keep running after their setup connections closed');
+});
+
+reverse("a revproxy server's error through the old Python proxy reaches the old client, and the old proxy goes on serving: the ERROR carries the server's id as srcid", async () => {
+  // The old proxy reads `srcid` and `payload` from every answer (reverse_proxy.py, commit 38c973a,
+  // checked against the real one: "Received a data message from server id", recv_json_msg["srcid"]).
+  // Our servers' ERRORs had no `srcid`: a handler's error, or a request the server refuses (srcid
+  // "" or longer than 256 characters, which server.py answers), killed the old proxy's handler in a
+  // KeyError with its one lock held, and it answered nobody again.
+  const proxy = python('old_proxy', ['-port', '0']);
+  const port = (await proxy.waitFor(/Running the reverse proxy on port (\d+)/))[1]!;
+  const failing = revproxy(['server', '-id', 'F1', '-pp', 'F', '-listen', '0', '-revproc', port, '--wire', 'json', '--behaviour', 'fail']);
+  await proxy.waitFor(/Received setup message from server id F1 privacy policy F port \d+/);
+  const fine = revproxy(['server', '-id', 'N1', '-pp', 'N', '-listen', '0', '-revproc', port, '--wire', 'json']);
+  await proxy.waitFor(/Received setup message from server id N1 privacy policy N port \d+/);
+  const dir = tempDir('oldwire-');
+  writeFileSync(join(dir, 'fail.json'), JSON.stringify({ type: '0', srcid: '7', privPoliId: 'F', payload: 'm' }));
+  writeFileSync(join(dir, 'empty-srcid.json'), JSON.stringify({ type: '0', srcid: '', privPoliId: 'N', payload: 'm' }));
+  writeFileSync(join(dir, 'fine.json'), JSON.stringify({ type: '0', srcid: '7', privPoliId: 'N', payload: 'm' }));
+  // An old client waits for ever on an old proxy whose handler died: each gets 5 s.
+  const exited = (p: Proc): Promise<number | string> => Promise.race([p.exited, sleep(5000).then(() => 'hung')]);
+  for (const pkt of ['fail.json', 'empty-srcid.json']) {
+    const old = python('old_client', ['-id', '7', '-revproc', port, '-pkt', join(dir, pkt)]);
+    assert.is(await exited(old), 0, `${pkt}: ${old.out.join('\n')}\n--- old proxy:\n${proxy.out.join('\n')}`);
+    assert.ok(old.out.includes('Hash of payload is not correct'), old.out.join('\n'));
+  }
+  await proxy.waitFor(/Received a data message from server id F1 payload UPSTREAM_FAILED: server F1 is configured to fail every request/);
+  await proxy.waitFor(/Received a data message from server id N1 payload BAD_REQUEST: /);
+  // The old proxy still answers: an old client's ordinary request is served.
+  const old = python('old_client', ['-id', '7', '-revproc', port, '-pkt', join(dir, 'fine.json')]);
+  assert.is(await exited(old), 0, `the old proxy answers after our servers' errors: ${old.out.join('\n')}\n--- old proxy:\n${proxy.out.join('\n')}`);
+  assert.ok(old.out.includes('Hash of payload is correct'), old.out.join('\n'));
+  assert.is(failing.child.exitCode, null);
+  assert.is(fine.child.exitCode, null);
 });
 
 reverse("revproxy client without --wire json, to the old Python proxy: its warning names the old proxy and --wire json, not only an older revproxy", async () => {

@@ -202,9 +202,11 @@ export const OLD_READ_BYTES = 2048;
 /**
  * One message in the old system's exact shape, as Python's `json.dumps` wrote
  * it: values as strings (the ACK's `payloadsize` as the number it was), no
- * `seq`. Messages the old wire never carried keep the same style.
+ * `seq`. Messages the old wire never carried keep the same style. `from` is
+ * the id of the side writing it, when it has one (a server): an ERROR then
+ * carries it as `srcid`, as its ACKs do.
  */
-export function encodeJson(msg: Message): Buffer {
+export function encodeJson(msg: Message, from?: string): Buffer {
   let text: string;
   switch (msg.type) {
     case MsgType.DATA:
@@ -219,11 +221,11 @@ export function encodeJson(msg: Message): Buffer {
         (msg.token === undefined ? '}' : `, "token": ${q(msg.token)}}`);
       break;
     case MsgType.ACK:
-      if (typeof msg.payload !== 'string') return encodeJson(binaryAnswer(msg.payload, msg.seq));
+      if (typeof msg.payload !== 'string') return encodeJson(binaryAnswer(msg.payload, msg.seq), msg.srcid);
       text = `{"type": "2", "srcid": ${q(msg.srcid)}, "destid": ${q(msg.destid)}, "payloadsize": ${msg.payloadsize}, "payload": ${q(msg.payload)}}`;
       break;
     case MsgType.ERROR:
-      text = errorJson(msg);
+      text = errorJson(msg, from);
       break;
     case MsgType.PING:
     case MsgType.PONG:
@@ -246,10 +248,16 @@ export function encodeJson(msg: Message): Buffer {
  * correct. It reads that answer with one recv(OLD_READ_BYTES): a longer ERROR (a reason naming
  * 250-character server ids, twice) ended it with a JSONDecodeError instead, so a reason that would
  * not fit is cut, in both copies, and ends with `...`.
+ *
+ * A server's ERROR carries its id as `srcid` (`from`), as its ACK does: the old proxy reads
+ * `srcid` and `payload` from any answer, and a server's ERROR without `srcid` (a handler's error, a
+ * request refused `BAD_REQUEST`) killed its handler in a KeyError with its one lock held - from
+ * then on it answered nobody.
  */
-function errorJson(msg: ErrorMsg): string {
+function errorJson(msg: ErrorMsg, from?: string): string {
+  const head = from === undefined ? '{"type": "3", ' : `{"type": "3", "srcid": ${q(from)}, `;
   const write = (message: string): string =>
-    `{"type": "3", "code": ${q(msg.code)}, ${msg.appcode === undefined ? '' : `"appcode": ${q(msg.appcode)}, `}"message": ${q(message)}, "payload": ${q(`${msg.appcode ?? msg.code}: ${message}`)}}`;
+    `${head}"code": ${q(msg.code)}, ${msg.appcode === undefined ? '' : `"appcode": ${q(msg.appcode)}, `}"message": ${q(message)}, "payload": ${q(`${msg.appcode ?? msg.code}: ${message}`)}}`;
   const text = write(msg.message);
   if (Buffer.byteLength(text) <= OLD_READ_BYTES) return text;
   // The longest start of the reason that fits (found by halving), never ending in half a surrogate pair.
@@ -297,21 +305,21 @@ export interface JsonEncoder {
  * sends one slow request and then thousands of quick ones makes it hold their
  * answers). Everything else is written at once.
  */
-export function orderedJsonEncoder(): JsonEncoder {
+export function orderedJsonEncoder(from?: string): JsonEncoder {
   let next = 0;
   let heldBytes = 0;
   const held = new Map<number, Buffer>();
   const encode = (msg: Message, seq?: number): Buffer => {
-    if (msg.type !== MsgType.ACK && msg.type !== MsgType.ERROR) return encodeJson(msg);
+    if (msg.type !== MsgType.ACK && msg.type !== MsgType.ERROR) return encodeJson(msg, from);
     const s = seq ?? msg.seq;
-    if (s === undefined) return encodeJson(msg);
+    if (s === undefined) return encodeJson(msg, from);
     if (s !== next) {
-      const bytes = encodeJson(msg);
+      const bytes = encodeJson(msg, from);
       held.set(s, bytes);
       heldBytes += bytes.length;
       return EMPTY;
     }
-    const out = [encodeJson(msg)];
+    const out = [encodeJson(msg, from)];
     next = next >= MAX_SEQ ? 0 : next + 1;
     for (let b = held.get(next); b; b = held.get(next)) {
       held.delete(next);
@@ -338,8 +346,8 @@ export function orderedJsonEncoder(): JsonEncoder {
  * arrive and answered in that order) or the side that `asks` (dialed it: each
  * answer gets the seq of the oldest request sent and not yet answered).
  */
-export function jsonWire(maxFrameBytes: number | undefined, side: 'answers' | 'asks'): { decoder: JsonDecoder; encoder: JsonEncoder } {
-  if (side === 'answers') return { decoder: new JsonDecoder({ maxFrameBytes, number: true }), encoder: orderedJsonEncoder() };
+export function jsonWire(maxFrameBytes: number | undefined, side: 'answers' | 'asks', from?: string): { decoder: JsonDecoder; encoder: JsonEncoder } {
+  if (side === 'answers') return { decoder: new JsonDecoder({ maxFrameBytes, number: true }), encoder: orderedJsonEncoder(from) };
   const sent: number[] = [];
   return {
     decoder: new JsonDecoder({ maxFrameBytes, number: () => sent.shift() }),

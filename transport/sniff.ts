@@ -10,6 +10,8 @@ export type Wire = 'frames' | 'json';
 
 export interface SniffOptions {
   maxFrameBytes?: number;
+  /** The id this side answers as (a server's): its JSON ERRORs carry it as `srcid`, as its ACKs do (`encodeJson`). */
+  answerAs?: string;
   /** Told once, on the first byte, which wire the peer speaks and the encoder to answer it with. */
   onWire?: (wire: Wire, encoder: JsonEncoder | undefined) => void;
 }
@@ -41,7 +43,7 @@ export class SniffDecoder implements Decoder {
     if (!this.inner) {
       if (chunk.length === 0) return { messages: [] };
       if (startsJson(chunk[0]!)) {
-        const w = jsonWire(this.opts.maxFrameBytes, 'answers');
+        const w = jsonWire(this.opts.maxFrameBytes, 'answers', this.opts.answerAs);
         this.inner = w.decoder;
         this.picked = 'json';
         this.jsonEncoder = w.encoder;

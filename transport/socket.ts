@@ -31,6 +31,8 @@ export interface ConnectionOptions {
    * connection: the peer's first byte decides, and requests are answered in order.
    */
   wire?: Wire | 'sniff';
+  /** With `sniff`: the id this side answers as (a server's), written as `srcid` in its JSON ERRORs (transport/sniff.ts). */
+  answerAs?: string;
   /** Close the connection after this long without any bytes from the peer (ms). 0 or absent: never. Changed later with `setIdleTimeout`. */
   idleTimeoutMs?: number;
   /** Where the connection's timers come from (default: the system clock). */
@@ -256,7 +258,7 @@ export class Connection implements BudgetHolder {
       const json = jsonWire(opts.maxFrameBytes, 'asks');
       this.decoder = json.decoder;
       this.encoder = { wire: 'json', encode: json.encoder };
-    } else if (opts.wire === 'sniff') this.decoder = new SniffDecoder({ maxFrameBytes: opts.maxFrameBytes });
+    } else if (opts.wire === 'sniff') this.decoder = new SniffDecoder({ maxFrameBytes: opts.maxFrameBytes, answerAs: opts.answerAs });
     else this.decoder = new FrameDecoder({ maxFrameBytes: opts.maxFrameBytes });
     this.holdReadsWhenCongested = opts.holdReadsWhenCongested ?? true;
     this.readSlice = opts.readSlice ?? Infinity;
