@@ -191,6 +191,36 @@ badInput('a request of the whole frame limit is refused from its header instead 
   assert.is(ctx.proxy!.pools().P!.serving.length, 2);
 });
 
+badInput("a registration naming the proxy's own port (or any proxy's) is never served: its link finds a proxy there, not a server, and requests for it do not loop back through the proxy", async (ctx) => {
+  // Found by a hostile-peer probe: 20 such registrations (one policy's token is enough) sent each
+  // request round through the proxy, a fresh deadline each pass; other policies' p99 rose 40 times.
+  await proxyWith(ctx, {});
+  await server(ctx, 'h1', '111');
+  const port = ctx.proxy!.port;
+  const reg = await rawConnect(port);
+  const r = collector(reg);
+  reg.write(encodeFrame({ type: 1, id: 'loop', privPolyId: 'LOOP', listenport: port }));
+  // It answers the proxy's PINGs on its registration, as a live server does.
+  const ponged = setInterval(() => {
+    for (const m of r.got.splice(0)) if ((m as { type: number }).type === 4) reg.write(encodeFrame({ type: 5, seq: (m as { seq: number }).seq }));
+  }, 50);
+  try {
+    await eventually(() => ctx.logs.some((l) => l.event === 'unreachable' || l.event === 'down'), 3000, "the link's verdict");
+    const [res] = await runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: pkts('LOOP'), timeoutMs: 3000 });
+    assert.is(res!.error, 'NO_SERVER', JSON.stringify(res));
+    const said = ctx.logs.map((l) => l.msg).find((m) => m.includes("answered as a revproxy proxy's client port"));
+    assert.ok(said, ctx.logs.map((l) => l.msg).join('\n'));
+    assert.match(said!, new RegExp(`127\\.0\\.0\\.1:${port} answered as a revproxy proxy's client port \\(its PONG states a share\\), not as a server`));
+    assert.is(ctx.proxy!.pools().LOOP?.serving.length ?? 0, 0);
+    // The proxy's own policies are served as before.
+    const [ok] = await runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: pkts('111'), timeoutMs: 3000 });
+    assert.ok(ok!.correct, JSON.stringify(ok));
+  } finally {
+    clearInterval(ponged);
+    reg.destroy();
+  }
+});
+
 // ---- hostile input, against a proxy process ----
 
 const hostile = suite('hostile input');
