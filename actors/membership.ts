@@ -32,7 +32,7 @@ function secretFor(opts: Opts, policy: string): string | undefined {
 export function checkSecret(opts: Opts, s: SetupMsg): string | undefined {
   const required = secretFor(opts, s.privPolyId);
   if (required === undefined) {
-    return opts.tokens ? `privacy policy ${s.privPolyId} is not in the proxy's tokens file` : undefined;
+    return opts.tokens ? `privacy policy ${s.privPolyId} has no secret in the proxy's per-policy tokens (--tokens, or tokens in its config)` : undefined;
   }
   if (s.token === undefined) return 'no token given; this proxy requires a registration token';
   return timingSafeEqual(digest(s.token), digest(required)) ? undefined : 'wrong token';
@@ -46,7 +46,7 @@ export function checkSecret(opts: Opts, s: SetupMsg): string | undefined {
 export function checkProof(opts: Opts, e: Provable & { proof?: string }): string | undefined {
   const required = secretFor(opts, e.policy);
   if (required === undefined) {
-    return opts.tokens ? `privacy policy ${e.policy} is not in the proxy's tokens file` : undefined;
+    return opts.tokens ? `privacy policy ${e.policy} has no secret in the proxy's per-policy tokens (--tokens, or tokens in its config)` : undefined;
   }
   if (e.proof === undefined) return 'its entry carries no proof; this proxy requires a registration secret (start the server with --token)';
   return proofHolds(required, e, e.proof) ? undefined : 'its proof does not match: a wrong secret, an entry written or changed without it, or a server of another fleet under the same --registry-prefix';

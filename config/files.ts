@@ -117,7 +117,9 @@ export function loadTokens(path: string): Record<string, string> {
   const text = readGiven(path, 'tokens file', TOKENS_HINT).toString('utf8');
   let doc: unknown;
   try {
-    doc = yaml().parse(text);
+    // Every key and secret as text, as written: YAML's core schema read `0111:` as policy 111 and
+    // a secret `0123456789` as the number 123456789, a secret the servers do not have.
+    doc = yaml().parse(text, { schema: 'failsafe' });
   } catch (err) {
     throw new FileError(`the tokens file '${path}' is not valid YAML (${firstLine(err)}); ${TOKENS_HINT}`);
   }
@@ -126,7 +128,7 @@ export function loadTokens(path: string): Record<string, string> {
   }
   const out: Record<string, string> = Object.create(null);
   for (const [policy, secret] of Object.entries(doc)) {
-    if (typeof secret !== 'string' && typeof secret !== 'number') throw new FileError(`the tokens file '${path}': the secret of policy '${policy}' must be a string; ${TOKENS_HINT}`);
+    if (typeof secret !== 'string') throw new FileError(`the tokens file '${path}': the secret of policy '${policy}' must be a string; ${TOKENS_HINT}`);
     if (String(secret).length < 8) throw new FileError(`the tokens file '${path}': the secret of policy '${policy}' is shorter than 8 characters: a short secret is easy to guess`);
     out[policy] = String(secret);
   }

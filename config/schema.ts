@@ -112,16 +112,24 @@ export function shown(node: unknown, ctx: ReadContext): string {
   return String(n);
 }
 
-/** A scalar converted by `convert`; `undefined` from it means "not what was expected". */
-export function scalar<T>(expected: string, convert: (value: unknown) => T | undefined, hint?: (value: unknown) => string | undefined): Schema<T> {
+/** The text of a scalar as the file wrote it (`0111`, `0x10`), where YAML read it as something else (111, 16); its value's text otherwise. */
+export function written(n: { value: unknown; source?: string }): string {
+  return typeof n.source === 'string' ? n.source : String(n.value);
+}
+
+/**
+ * A scalar converted by `convert` (given the value YAML read, and the text as written: `written`);
+ * `undefined` from it means "not what was expected".
+ */
+export function scalar<T>(expected: string, convert: (value: unknown, source: string) => T | undefined, hint?: (value: unknown, source: string) => string | undefined): Schema<T> {
   return {
     expected,
     read(node, at, ctx) {
       const n = resolve(node, ctx);
       const isScalar = yaml().isScalar(n);
-      const value = isScalar ? convert(n.value) : undefined;
+      const value = isScalar ? convert(n.value, written(n)) : undefined;
       if (value === undefined) {
-        const more = isScalar ? hint?.(n.value) : undefined;
+        const more = isScalar ? hint?.(n.value, written(n)) : undefined;
         return report(ctx, { ...at, offset: offsetOf(n, at.offset) }, `expected ${expected}, got ${shown(n, ctx)}${more ? `: ${more}` : ''}`);
       }
       return value;
@@ -129,15 +137,24 @@ export function scalar<T>(expected: string, convert: (value: unknown) => T | und
   };
 }
 
-/** YAML reads 12, 1.5, true and null as other things than text: say how to write them as text. */
-export const text = scalar('a string', (v) => (typeof v === 'string' ? v : undefined), (v) =>
-  v === null || typeof v === 'number' || typeof v === 'boolean' ? `YAML reads it as ${v === null ? 'null' : `a ${typeof v}`}; quote it to make it text ("${String(v)}")` : undefined,
+/**
+ * YAML reads 12, 1.5, true and null as other things than text: say how to write them as text, as
+ * written (`0x1234abcd`, which YAML reads as 305441741: the hint named the number, a secret the
+ * servers do not have).
+ */
+export const text = scalar('a string', (v) => (typeof v === 'string' ? v : undefined), (v, source) =>
+  v === null || typeof v === 'number' || typeof v === 'boolean' ? `YAML reads it as ${v === null ? 'null' : `a ${typeof v}`}; quote it to make it text (${JSON.stringify(source)})` : undefined,
 );
 
-/** Ids and policies: a string, or a whole number read as its decimal string (as on the wire). */
-export const name = scalar('a string or a whole number', (v) => {
+/**
+ * Ids and policies: a string, or a whole number taken as written (`0111` is policy "0111", as
+ * `--pp 0111` registers it, not 111; `12345678901234567890` keeps its digits). They were the
+ * number's decimal string, so a policy written with a leading zero, in hex or past 2^53 quietly
+ * named another.
+ */
+export const name = scalar('a string or a whole number', (v, source) => {
   if (typeof v === 'string' && v.length > 0) return v;
-  if (typeof v === 'number' && Number.isInteger(v) && v >= 0) return String(v);
+  if (typeof v === 'number' && Number.isInteger(v) && v >= 0) return source;
   return undefined;
 });
 
@@ -163,7 +180,8 @@ export const anything: Schema<unknown> = {
   },
 };
 
-const keyOf = (pair: Pair): string => String(yaml().isScalar(pair.key) ? pair.key.value : pair.key);
+/** A mapping's key as written: `0111:` is "0111" (a policy), not 111. */
+const keyOf = (pair: Pair): string => (yaml().isScalar(pair.key) ? (typeof pair.key.value === 'string' ? pair.key.value : written(pair.key)) : String(pair.key));
 
 /**
  * A schema of one kind of node (a list, a mapping): aliases resolved, anything else refused with what

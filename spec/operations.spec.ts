@@ -15,6 +15,7 @@ import { clientRoom, fileRoom } from '../actors/port-limits.js';
 import { describeLinkError } from '../actors/link.js';
 import { ROLES } from '../admin/conn-stats.js';
 import { changes, defaultOf, DEFAULTS, NUMBERS, parseConfig, proxyConfigSpec, toRuntime } from '../config/proxy.js';
+import { loadTokens } from '../config/files.js';
 import { Hub, readLog } from '../inspector/index.js';
 import { OTHER } from '../inspector/metrics.js';
 import { ERROR_CODES } from '../transport/errors.js';
@@ -595,6 +596,28 @@ reload("a mapping of free names (tokens: policy: secret) keeps every key the fil
   const cfg = parseConfig('tokens:\n  __proto__: a-long-secret-1\n  "111": a-long-secret-2\n', join(ctx.dir, 'x.yaml'));
   assert.equal(Object.keys(cfg.tokens ?? {}), ['111', '__proto__']); // an index-like key first, as JavaScript orders them
   assert.is(Object.getOwnPropertyDescriptor(cfg.tokens, '__proto__')?.value, 'a-long-secret-1');
+});
+
+reload('policies, ids and secrets are taken as the file writes them: 0111 is policy "0111", not 111, in the config and in a tokens file; a secret YAML reads as a number is refused with a hint that quotes what was written', () => {
+  // Found by an operator's probe: `--check` passed, and /readyz waited for 111 and 12345678901234567000,
+  // a server of `--pp 0111` was refused as having no secret, and `token: 0x1234abcd` was refused
+  // with the hint to write "305441741" - a secret the servers do not have.
+  const file = join(ctx.dir, 'x.yaml');
+  const cfg = parseConfig('admin:\n  listen: 127.0.0.1:0\n  ready_policies: [0111, 12345678901234567890, 007, "222", 1_000]\ntokens:\n  0111: a-long-secret-1\n  0x10: a-long-secret-2\n', file);
+  assert.equal(cfg.admin?.ready_policies, ['0111', '12345678901234567890', '007', '222', '1_000']);
+  assert.equal(Object.keys(cfg.tokens ?? {}).sort(), ['0111', '0x10']);
+  const hint = (text: string): string => {
+    try {
+      parseConfig(text, file);
+    } catch (err) {
+      return (err as Error).message;
+    }
+    return 'accepted';
+  };
+  assert.match(hint('token: 0x1234abcd\n'), /YAML reads it as a number; quote it to make it text \("0x1234abcd"\)/);
+  assert.match(hint('tokens:\n  "111": 0123456789\n'), /quote it to make it text \("0123456789"\)/);
+  const tokensFile = write('tokens.yaml', '0111: 0123456789\n"222": secret-of-222\n0x10: true-secret\n');
+  assert.equal({ ...loadTokens(tokensFile) }, { '0111': '0123456789', '222': 'secret-of-222', '0x10': 'true-secret' });
 });
 
 reload('a reload compares the settings as they run, defaults applied: a default written out is no change, nor is the file put back after a change that needed a restart', async () => {

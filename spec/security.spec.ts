@@ -78,7 +78,7 @@ tokens('per-policy tokens: each policy takes only its own secret; a policy not i
   const wrong = await server(ctx, 'b1', 'B', { token: 'secret-of-A' }).catch((e: unknown) => e);
   assert.match((wrong as Error).message, /UNAUTHORIZED.*wrong token/);
   const unknown = await server(ctx, 'c1', 'C', { token: 'secret-of-A' }).catch((e: unknown) => e);
-  assert.match((unknown as Error).message, /policy C is not in the proxy's tokens file/);
+  assert.match((unknown as Error).message, /policy C has no secret in the proxy's per-policy tokens \(--tokens, or tokens in its config\)/);
   await eventually(() => ctx.proxy!.pools().A?.serving.includes('a1') ?? false, 2000, 'a1 serving');
   assert.equal(Object.keys(ctx.proxy!.pools()), ['A']);
 });
