@@ -145,6 +145,10 @@ systemd("its ExecStart serves under its environment, its LimitNOFILE and a read-
   writeFileSync(join(ctx.dir, 'revproxy.env'), 'REVPROXY_ADMIN_TOKEN=kit-admin-secret\n');
   const files = Math.min(Number(one(unit, 'LimitNOFILE')), fileLimits().hard);
   await bundled();
+  // ExecStartPre checks the file (`systemctl start` fails at once on one that is not valid).
+  const pre = sandboxed(unit, one(unit, 'ExecStartPre'), logs);
+  assert.is(await pre.exited, 0, pre.out.join('\n'));
+  assert.match(pre.out.join('\n'), /revproxy\.yaml is valid/);
   const proc = sandboxed(unit, one(unit, 'ExecStart'), logs);
   const port = Number((await proc.waitFor(/Running the reverse proxy on port (\d+)/))[1]);
   const admin = proc.out.map((l) => /Admin endpoint on (http:\S+)/.exec(l)?.[1]).find(Boolean);
