@@ -9,7 +9,7 @@ import { dirname, resolve as resolvePath } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { startProxy, type ProxyHandle } from '../actors/index.js';
 import { logStopped } from '../actors/children.js';
-import { Destination, Logger, LogStream, LEVELS, LOG_BUFFER_BYTES, SUMMARY_INTERVAL_MS } from '../actors/logger.js';
+import { Destination, fmt, Logger, LogStream, LEVELS, LOG_BUFFER_BYTES, SUMMARY_INTERVAL_MS } from '../actors/logger.js';
 import { DEFAULT_LISTEN_HOST, OLD_SERVER_DEFAULTS, proxyBudgetNote, proxyConnectionsNote, resolveOptions } from '../actors/proxy-options.js';
 import { badTrustedSource, fileLimitWarning } from '../actors/port-limits.js';
 import { ACCESS_LOG_HOLD, AccessLog, accessLogHold, combineObservers } from '../admin/access-log.js';
@@ -298,6 +298,10 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
     accessLog.dest.onError = (err) => {
       const why = err.code === 'ENOSPC' ? 'the disk is full (ENOSPC)' : err.code === 'EIO' ? 'an I/O error (EIO)' : err.message;
       logger.repeated('error', 'access_log_write_failed', 'access', 1, (n, span) => `cannot write the access log ${file}: ${why}; ${n} write(s) failed${span ? ` ${span}` : ''}; its lines wait (up to ${LOG_BUFFER_BYTES / 1024 / 1024} MiB, then dropped and counted) and are written once it can be, unless the proxy stops first: what still waits then is lost, and counted`, { file, code: err.code });
+    };
+    accessLog.dest.onRecovered = () => {
+      logger.flush(); // the failures' summary first
+      logger.info('access_log_write_recovered', `the access log ${file} is written again; ${fmt(accessLog.dropped)} line(s) dropped so far while it could not be`, { file, dropped: accessLog.dropped });
     };
   }
   const reloads = { applied: 0, refused: 0 };

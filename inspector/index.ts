@@ -125,6 +125,7 @@ async function openLog(file: string, logger: Logger): Promise<Destination> {
     const why = err.code === 'ENOSPC' ? 'the disk is full (ENOSPC)' : err.code === 'EIO' ? 'an I/O error (EIO)' : err.message;
     logger.repeated('error', 'inspect_log_write_failed', file, 1, (n, span) => `cannot write the inspection log ${file}: ${why}; ${n} write(s) failed${span ? ` ${span}` : ''}; its records wait (up to ${LOG_BUFFER_BYTES / 1024 / 1024} MiB, then dropped and counted) and are written once it can be`, { file, code: err.code });
   };
+  log.onRecovered = () => logger.info('inspect_log_write_recovered', `the inspection log ${file} is written again`, { file });
   let reported = 0;
   log.onDrop = () => {
     logger.repeated('warn', 'inspect_log_dropped', file, log.dropped - reported, (n, span) => `${n} inspection record(s) dropped${span ? ` ${span}` : ''}: the inspection log ${file} is written more slowly than records come (a slow or full disk); the page and the proxy are not affected`, { file });
