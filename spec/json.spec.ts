@@ -107,6 +107,9 @@ test('the encoder writes the old shapes byte for byte', () => {
   assert.is(encodeJson(expected[1]!).toString(), setup);
   assert.is(encodeJson(expected[2]!).toString(), ack);
   assert.is(encodeJson({ type: 0, seq: 5, srcid: '1', privPoliId: '111', payload: 'xyz1' }).toString(), data);
+  // A data packet as the old client sends it, `payloadsize` or not: it wrote "payloadsize": "4", 20-odd
+  // bytes the old proxy's one recv(2048) had no room for in a packet the old client fitted.
+  assert.is(encodeJson({ type: 0, seq: 5, srcid: '1', privPoliId: '111', payload: 'xyz1', payloadsize: 4 }).toString(), data);
   assert.is(
     encodeJson({ type: 3, seq: 2, code: 'NO_SERVER', message: 'no server is registered for privacy policy 9' }).toString(),
     '{"type": "3", "code": "NO_SERVER", "message": "no server is registered for privacy policy 9", "payload": "NO_SERVER: no server is registered for privacy policy 9"}',

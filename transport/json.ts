@@ -212,8 +212,10 @@ export function encodeJson(msg: Message, from?: string): Buffer {
     case MsgType.DATA:
       // Senders keep bytes off this wire (the client refuses them, the proxy's old-server link hands them back).
       if (typeof msg.payload !== 'string') throw new TypeError('the old JSON wire carries text only: a binary payload cannot be written');
-      text = `{"type": "0", "srcid": ${q(msg.srcid)}, "privPoliId": ${q(msg.privPoliId)}, "payload": ${q(msg.payload)}` +
-        (msg.payloadsize === undefined ? '}' : `, "payloadsize": "${msg.payloadsize}"}`);
+      // No `payloadsize`, which the old system's data packets never carried and the old programs do
+      // not read: it took 20-odd of the 2,048 bytes the old proxy reads a message in, and a packet the
+      // old client fitted, sent by our client, reached it cut (a JSONDecodeError that killed it).
+      text = `{"type": "0", "srcid": ${q(msg.srcid)}, "privPoliId": ${q(msg.privPoliId)}, "payload": ${q(msg.payload)}}`;
       break;
     case MsgType.SETUP:
       // A registration secret is this project's addition: written only when there is one (the old proxy ignores it).
