@@ -17,6 +17,15 @@ import { drainWaiting, forgetIfEmpty, policyOf } from './routing.js';
 import { proofHolds, type Provable } from '../registry/proof.js';
 import { upstreamJsonMachine } from './upstream-json.js';
 import { upstreamMachine } from './upstream.js';
+import { fmt } from './logger.js';
+
+/**
+ * Registration and departure lines written one by one in a summary interval (5 s), each kind: a
+ * fleet's start (servers registering a few a second each) fits; a peer registering and leaving a
+ * thousand times a second (1.1-1.4 MB of log a second before, the proxy's thread saturated) is
+ * counted past it instead.
+ */
+export const LIFE_LINES = 100;
 
 function digest(s: string): Buffer {
   return createHash('sha256').update(s).digest();
@@ -141,9 +150,9 @@ export function removeServer(context: ProxyContext, entry: Member, reason: strin
   context.servers.delete(entry.id);
   countOpen(context, entry, -1);
   entry.timer?.cancel();
-  context.logger.info('deregister', `Server id ${entry.id} left privacy policy ${entry.policy}: ${reason}`, {
+  context.logger.budgeted('info', 'deregister', '', LIFE_LINES, `Server id ${entry.id} left privacy policy ${entry.policy}: ${reason}`, {
     id: entry.id, policy: entry.policy, reason,
-  });
+  }, (n, span) => `${fmt(n)} more server(s) left${span ? ` ${span}` : ''}, past ${LIFE_LINES} departure lines an interval: not logged one by one`);
   const policy = context.policies.get(entry.policy);
   if (policy) {
     policy.members.delete(entry);
@@ -222,9 +231,9 @@ export function admit(context: ProxyContext, peer: Peer, s: SetupMsg): void {
     conn.endWith(errorMsg(ErrorCode.OVERLOADED, `registration refused: ${tooMany}`));
     return;
   }
-  log.info('register', `Received setup message from server id ${s.id} privacy policy ${s.privPolyId} port ${s.listenport}`, {
+  log.budgeted('info', 'register', '', LIFE_LINES, `Received setup message from server id ${s.id} privacy policy ${s.privPolyId} port ${s.listenport}`, {
     id: s.id, policy: s.privPolyId, port: s.listenport, host: conn.remoteAddress, wire: conn.wire,
-  });
+  }, (n, span) => `${fmt(n)} more registration(s)${span ? ` ${span}` : ''}, past ${LIFE_LINES} registration lines an interval: not logged one by one`);
   // The first PING on a registration connection tells the server it was accepted (an old server has closed it already).
   if (conn.wire !== 'json') conn.send({ type: MsgType.PING, seq: 0 });
   // An old server's setup connection closes at once: it is not its presence.

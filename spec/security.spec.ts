@@ -221,6 +221,30 @@ badInput("a registration naming the proxy's own port (or any proxy's) is never s
   }
 });
 
+badInput('a peer registering and leaving over and over gets 100 registration and 100 departure lines an interval, then a count: the log cannot be flooded with them', async (ctx) => {
+  // A hostile-peer probe: eight loops of SETUP, the accepting PING, close - 1,000-1,200 a second,
+  // each two info lines (1.1-1.4 MB of log a second), the proxy's thread saturated.
+  const logs: LogRecord[] = [];
+  await proxyWith(ctx, { logger: new Logger('proxy', memorySink(logs), 'info', { summaryMs: 60_000 }) });
+  const port = ctx.proxy!.port;
+  for (let i = 0; i < 150; i++) {
+    const s = await rawConnect(port);
+    const c = collector(s);
+    s.write(encodeFrame({ type: 1, id: `churn-${i}`, privPolyId: 'C', listenport: 1 }));
+    await c.until(() => c.got.some((m) => (m as { type: number }).type === 4), 2000);
+    s.destroy();
+  }
+  await eventually(() => logs.filter((l) => l.event === 'deregister').length === 100, 3000, 'the departures');
+  assert.is(logs.filter((l) => l.event === 'register').length, 100);
+  const more = logs.filter((l) => l.event === 'register_more');
+  assert.is(more.length, 1, 'the first past the budget is said at once, the rest in the summary');
+  assert.match(more[0]!.msg, /^1 more registration\(s\), past 100 registration lines an interval: not logged one by one$/);
+  assert.is(logs.filter((l) => l.event === 'deregister_more').length, 1);
+  ctx.proxy!.stop();
+  await eventually(() => logs.some((l) => l.event === 'register_more' && l.summary === true), 3000, 'the summary at the stop');
+  assert.is(logs.find((l) => l.event === 'register_more' && l.summary === true)!.count, 49);
+});
+
 // ---- hostile input, against a proxy process ----
 
 const hostile = suite('hostile input');
