@@ -379,7 +379,9 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
     dialling.add(giveUp);
     let accepted = false;
     whenReady(socket, () => {
-      dialling.delete(giveUp);
+      // Still given up by a stop until the proxy accepts: one that never does (a SIGSTOPped proxy, a port
+      // that takes connections and reads nothing) left the connection open past the server's stop, its
+      // end waiting for a reader, and the stop's check called it a bug (`revproxy itself left it`).
       slow.cancel();
       live.set(key, conn);
       logDialBackProblem(input, key, socket.localAddress);
@@ -404,6 +406,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
             // The proxy answers an accepted SETUP with a PING: we are in.
             if (!accepted) {
               accepted = true;
+              dialling.delete(giveUp);
               acceptance?.cancel();
               refusedForGood.delete(key);
               sendBack({ type: 'REGISTERED', proxy: key, again: registered });
@@ -458,7 +461,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
 
   for (const ep of input.proxies) attempt(ep, input.initialMs, false);
 
-  /** No more dials: the timers of those to come cancelled, those under way abandoned (draining or stopping alike). */
+  /** No more dials: the timers of those to come cancelled, those under way or not yet accepted abandoned (draining or stopping alike). */
   const stopDialling = (): void => {
     stopping = true;
     for (const t of timers) t.cancel();

@@ -10,6 +10,7 @@ import { Logger, ManualClock, memorySink, startServer, type LogRecord, type Serv
 import { FrameDecoder } from '../transport/frame.js';
 import { MsgType, type Message } from '../transport/messages.js';
 import { eventually, frame, LOCAL } from './helpers.js';
+import { revproxy } from './procs.js';
 
 interface Ctx {
   logs: LogRecord[];
@@ -233,6 +234,24 @@ reg('a server stopped while its registration is still being dialled (a SIGTERM a
   const setups = accepted.reduce((n, c) => n + c.setups, 0);
   assert.is(open, 0, `${open} of ${rounds} registration connections still open after their server stopped`);
   assert.is(setups, 0, `${setups} SETUPs sent by servers already stopped`);
+});
+
+reg('a stop while a proxy has not accepted the registration (it took the connection and reads nothing) closes that connection at once: revproxy server exits without a word of a bug', async () => {
+  // It was ended gently and left waiting 2 s for a reader that never came: open past the stop, and
+  // `revproxy server`'s check 1 s after its stop called it revproxy's own bug (`Still running 1000 ms
+  // after the server stopped, with 1 TCPSocketWrap open ...`). The old proxy with its one lock held
+  // does this, as does a proxy stopped with SIGSTOP.
+  const port = await fakeProxy((sock) => sock.pause());
+  const proc = revproxy(['server', '--id', 'b1', '--pp', 'P', '--listen', '0', '--revproc', String(port)]);
+  try {
+    await proc.waitFor(/Connecting to the reverse proxy/);
+    await new Promise((r) => setTimeout(r, 300));
+    proc.kill('SIGTERM');
+    assert.is(await proc.exited, 0, proc.out.join('\n'));
+    assert.not.match(proc.out.join('\n'), /Still running/, proc.out.join('\n'));
+  } finally {
+    proc.kill('SIGKILL');
+  }
 });
 
 reg.run();
