@@ -17,7 +17,7 @@ import { ConnStats } from '../admin/conn-stats.js';
 import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin/server.js';
 import type { RegistryStatus } from '../registry/events.js';
 import {
-  anchorIssues, badPolicy, changes, ConfigError, FILE_FLAGS, PROXY_PROTOCOL_FROM_DOC, RETRY_ON_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, parseHostPort, RuntimeProblems, toRuntime,
+  anchorIssues, badPolicy, changes, ConfigError, FILE_FLAGS, PROXY_PROTOCOL_FROM_DOC, RETRY_ON_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, overridden, parseHostPort, RuntimeProblems, toRuntime,
   whyNotWritable, type FileKey, type NumberKey, type ProxyConfig, type Runtime,
 } from '../config/proxy.js';
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
@@ -165,8 +165,11 @@ Example:
     const envPassword = cmd.getOptionValueSource('registryPassword') === 'env';
     // REVPROXY_ADMIN_TOKEN likewise: a proxy with no admin endpoint ignores it (--admin-token without --admin is refused).
     const envAdminToken = cmd.getOptionValueSource('adminToken') === 'env';
+    // What the file last said, and the settings the command line takes from it (said at start and at each reload).
+    let fromFile: ProxyConfig = {};
     const read = (): ProxyConfig => {
-      const c = merge(file ? loadConfigFile(resolvePath(file)) : {}, flags);
+      fromFile = file ? loadConfigFile(resolvePath(file)) : {};
+      const c = merge(fromFile, flags);
       if (envAdminToken) c.admin = withoutAmbient(c.admin, 'token', 'listen');
       if (envPassword) c.registry = withoutAmbient(c.registry, 'password', 'url');
       return c;
@@ -235,7 +238,7 @@ Example:
       }
     };
     try {
-      await run(read, source, setExit, setHup, flagOf, explain, (cmd.opts() as Flags).pidFile);
+      await run(read, source, setExit, setHup, flagOf, explain, (cmd.opts() as Flags).pidFile, () => ({ file: fromFile, keys: overridden(fromFile, flags) }));
     } catch (err) {
       throw explain(err);
     } finally {
@@ -246,7 +249,10 @@ Example:
 }
 
 /** Start everything a config asks for, serve until SIGTERM/SIGINT, reload on SIGHUP. */
-async function run(read: () => ProxyConfig, source: string, setExit: (code: number) => void, onHup: (f: () => void) => void, flagOf: (key: FileKey) => string | undefined, explain: (err: unknown) => unknown, pidFile?: string): Promise<void> {
+/** The file's settings as last read, and those of them the command line sets too (`overridden`). */
+type Overrides = () => { file: ProxyConfig; keys: string[] };
+
+async function run(read: () => ProxyConfig, source: string, setExit: (code: number) => void, onHup: (f: () => void) => void, flagOf: (key: FileKey) => string | undefined, explain: (err: unknown) => unknown, pidFile?: string, overrides: Overrides = () => ({ file: {}, keys: [] })): Promise<void> {
   let running = read();
   // Checked as --check checks it: every problem at once, the file's at their lines.
   const rt = checkRuntime(running, source, flagOf);
@@ -308,6 +314,11 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
   // The certificates the metrics and warnings describe; the proxy itself owns what it runs with (proxy.renewTls).
   let certs = rt.certs;
   warnExpiring(logger, certs);
+  // A file's setting the command line overrides is not the one running, and editing it then reloading
+  // changed nothing, saying "no setting changed" (REVPROXY_TOKEN from the unit's environment file beside
+  // a `token` in the file, say): said at start, and at a reload that changes it in the file.
+  let said = overrides();
+  if (said.keys.length) logger.warn('config_overridden', `${source} sets ${said.keys.join(', ')}, which the command line (its flags, or REVPROXY_* variables) sets too: the command line's value${said.keys.length === 1 ? ' is' : 's are'} the one${said.keys.length === 1 ? '' : 's'} running, and a reload keeps ${said.keys.length === 1 ? 'it' : 'them'}`, { file: source, keys: said.keys });
   let proxy: ProxyHandle | undefined;
   let admin: AdminServer | undefined;
   let metrics: Metrics | undefined;
@@ -391,6 +402,11 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
         logger.error('reload_refused', `Reload refused, still running the previous configuration: ${why}`, { file: source });
         return;
       }
+      const was = said;
+      said = overrides();
+      const pick = (c: ProxyConfig, key: string): unknown => key.split('.').reduce<unknown>((o, k) => (o as Record<string, unknown> | undefined)?.[k], c);
+      const unheard = said.keys.filter((k) => JSON.stringify(pick(was.file, k)) !== JSON.stringify(pick(said.file, k)));
+      if (unheard.length) logger.warn('reload_overridden', `${unheard.join(', ')} changed in ${source}, but the command line (its flags, or REVPROXY_* variables) sets ${unheard.length === 1 ? 'it' : 'them'}: running with the command line's value${unheard.length === 1 ? '' : 's'}`, { file: source, keys: unheard });
       const changed = changes(running, next);
       const restart = changed.filter((c) => c.reload === 'restart').map((c) => c.key);
       const applied = changed.filter((c) => c.reload !== 'restart').map((c) => c.key);

@@ -273,6 +273,23 @@ function absolutePaths(c: ProxyConfig, dir: string): ProxyConfig {
   };
 }
 
+/**
+ * The settings both `base` (the file) and `over` (the command line: flags, REVPROXY_* variables) set,
+ * as dotted keys (`token`, `log.level`): the file's value of each is not the one running. A section
+ * is looked into key by key; a list or the `tokens` mapping is one setting.
+ */
+export function overridden(base: ProxyConfig, over: ProxyConfig, at = ''): string[] {
+  const out: string[] = [];
+  for (const [k, v] of Object.entries(over)) {
+    const b = (base as Record<string, unknown>)[k];
+    if (v === undefined || b === undefined) continue;
+    const section = (x: unknown): boolean => x !== null && typeof x === 'object' && !Array.isArray(x) && k !== 'tokens';
+    if (section(v) && section(b)) out.push(...overridden(b as ProxyConfig, v as ProxyConfig, `${at}${k}.`));
+    else out.push(`${at}${k}`);
+  }
+  return out;
+}
+
 /** `over` wins wherever it sets a value; sections (tls, log, admin) merge key by key. */
 export function merge(base: ProxyConfig, over: ProxyConfig): ProxyConfig {
   const out: Record<string, unknown> = { ...base };

@@ -620,6 +620,24 @@ reload('policies, ids and secrets are taken as the file writes them: 0111 is pol
   assert.equal({ ...loadTokens(tokensFile) }, { '0111': '0123456789', '222': 'secret-of-222', '0x10': 'true-secret' });
 });
 
+reload('a file setting the command line overrides (a flag, REVPROXY_TOKEN) is said at start, and a reload that changes it in the file says it keeps the command line\'s', async () => {
+  // An operator's probe: REVPROXY_TOKEN from the unit's environment file beside `token:` in the file;
+  // the file's secret was refused, and rotating it in the file then reloading said "no setting changed".
+  const file = write('o.yaml', 'port: 0\ntoken: file-secret-1\ntimeout: 4000\nretries: 1\n');
+  const proc = revproxy(['proxy', '--config', file, '--timeout', '3000'], { env: { REVPROXY_TOKEN: 'env-secret-1' } });
+  await proc.waitFor(/Running the reverse proxy on port/);
+  const start = proc.out.find((l) => /config_overridden|sets timeout, token/.test(l)) ?? '';
+  assert.match(start, /warning: .*o\.yaml sets timeout, token, which the command line \(its flags, or REVPROXY_\* variables\) sets too: the command line's values are the ones running, and a reload keeps them/, proc.out.join('\n'));
+  assert.not.match(proc.out.join('\n'), /env-secret-1|file-secret-1/, 'secrets never logged');
+  writeFileSync(file, 'port: 0\ntoken: file-secret-2\ntimeout: 4000\nretries: 2\n');
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reloaded/);
+  assert.match(proc.out.join('\n'), /warning: token changed in .*o\.yaml, but the command line \(its flags, or REVPROXY_\* variables\) sets it: running with the command line's value/);
+  assert.match(proc.out.find((l) => /Reloaded/.test(l)) ?? '', /applied retries/);
+  proc.kill('SIGTERM');
+  assert.is(await proc.exited, 0);
+});
+
 reload('a reload compares the settings as they run, defaults applied: a default written out is no change, nor is the file put back after a change that needed a restart', async () => {
   const at = (text: string) => parseConfig(text, join(ctx.dir, 'x.yaml'));
   assert.equal(changes(at('port: 0\nlog:\n  level: info\n'), at('port: 0\nlog:\n  level: info\n  format: text\n')), []);
