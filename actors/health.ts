@@ -56,7 +56,9 @@ export function linkUp(context: ProxyContext, member: string, linkId: string): v
 export function linkDown(context: ProxyContext, member: string, linkId: string, failure: Failure, requests: ProxyRequest[], unsent: ProxyRequest[]): void {
   const entry = current(context, member, linkId);
   // A registry entry stays while its key does, and is probed like any other; one kept unlisted (its key gone) leaves.
-  if (entry?.wire === 'json' && entry.source === 'direct') {
+  // An old server registered directly leaves when its port refuses (a restarted one sends its setup again);
+  // one that stopped answering with its port open (stalled) is probed, as it sends no setup until it restarts.
+  if (entry?.wire === 'json' && entry.source === 'direct' && !failure.stalled) {
     removeServer(context, entry, `it is gone from ${hostPort(entry.host, entry.port)}: ${failure.message}`);
   } else if (entry?.unlisted) {
     removeServer(context, entry, `its link failed (${failure.message}) while it was kept out of the registry (${entry.unlisted})`);

@@ -133,6 +133,12 @@ export interface Failure {
    * the connection that held the most: OVERLOADED): its code and message. The server's doing, logged as one.
    */
   closed?: { code: string; reason: string };
+  /**
+   * Set when an old server's link went down because the server stopped answering (misses in a row),
+   * its port still taking connections: stalled (stopped with SIGSTOP, a `print` blocked on a full
+   * pipe), not gone. It is probed, not removed: it sends its setup again only when it restarts.
+   */
+  stalled?: boolean;
 }
 
 /** A failure of tries a link reports to be retried: it always says how they failed. */
