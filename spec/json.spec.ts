@@ -103,6 +103,12 @@ test('an object of up to 1024 values, strings full of the characters that count 
   assert.equal(decodeAll(new JsonDecoder({ number: true }), [Buffer.from(text)]), [{ type: 0, seq: 0, srcid: '1', privPoliId: '111', payload: 'x' }]);
 });
 
+test('bytes that are not UTF-8 are named where their sequence starts: a Latin-1 é (0xe9) before a quote is the é, not the quote', () => {
+  const b = Buffer.concat([Buffer.from('{"type": "0", "srcid": "1", "privPoliId": "111", "payload": "caf'), Buffer.from([0xe9]), Buffer.from('"}')]);
+  const { error } = new JsonDecoder({ number: true }).push(b);
+  assert.is(error?.message, `the JSON object at byte 0 is not valid UTF-8: byte 0xe9 at byte ${b.indexOf(0xe9)} (text must be UTF-8)`);
+});
+
 test('the encoder writes the old shapes byte for byte', () => {
   assert.is(encodeJson(expected[1]!).toString(), setup);
   assert.is(encodeJson(expected[2]!).toString(), ack);

@@ -9,7 +9,11 @@
  */
 import { head, Kind, valueHead } from './valuehead.js';
 
-/** Offset of the first byte in `buf[start, end)` that breaks UTF-8 (RFC 3629: no overlongs, no surrogates, at most U+10FFFF), or -1. */
+/**
+ * Offset of the first byte in `buf[start, end)` that breaks UTF-8 (RFC 3629: no overlongs, no
+ * surrogates, at most U+10FFFF), or -1: the start of the ill-formed sequence. A Latin-1 `é` (0xe9)
+ * before a quote was named as the quote (`byte 0x22 at byte 65`), the byte after it, which is fine.
+ */
 export function firstInvalidUtf8(buf: Uint8Array, start: number, end: number): number {
   let i = start;
   while (i < end) {
@@ -34,7 +38,7 @@ export function firstInvalidUtf8(buf: Uint8Array, start: number, end: number): n
     for (let k = 1; k <= need; k++) {
       if (i + k >= end) return i;
       const c = buf[i + k]!;
-      if (c < lo || c > hi) return i + k;
+      if (c < lo || c > hi) return i;
       lo = 0x80;
       hi = 0xbf;
     }
