@@ -248,6 +248,9 @@ Example:
   return cmd;
 }
 
+/** This build's version (package.json), for `revproxy_build_info`. */
+const PACKAGE_VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
 /** Start everything a config asks for, serve until SIGTERM/SIGINT, reload on SIGHUP. */
 /** The file's settings as last read, and those of them the command line sets too (`overridden`). */
 type Overrides = () => { file: ProxyConfig; keys: string[] };
@@ -310,7 +313,13 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       logger.info('access_log_write_recovered', `the access log ${file} is written again; ${fmt(accessLog.dropped)} line(s) dropped so far while it could not be`, { file, dropped: accessLog.dropped });
     };
   }
-  const reloads = { applied: 0, refused: 0 };
+  // The last reload's outcome too, as Prometheus's own prometheus_config_last_reload_successful: an alert on
+  // the refusals' increase over 15 minutes cleared while the proxy still ran the old configuration.
+  const reloads = { applied: 0, refused: 0, lastOk: true, lastOkAt: Date.now() };
+  const refusedOne = (): void => {
+    reloads.refused++;
+    reloads.lastOk = false;
+  };
   // The certificates the metrics and warnings describe; the proxy itself owns what it runs with (proxy.renewTls).
   let certs = rt.certs;
   warnExpiring(logger, certs);
@@ -332,6 +341,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       maxConnections: () => conns!.limit,
       dropped: () => ({ main: logger.dropped, access: accessLog && accessLog.dest !== stdout ? accessLog.dropped : 0 }),
       reloads: () => reloads,
+      version: PACKAGE_VERSION,
       certs: () => certs,
     });
     const readiness = new Readiness();
@@ -396,7 +406,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
         // Checked as at start: every problem at once, the file's at their lines (its log files aside: reopened below).
         nextRt = checkRuntime(next, source, flagOf, { logs: false });
       } catch (err) {
-        reloads.refused++;
+        refusedOne();
         // Pointed at the file's lines, as at start.
         const why = (explain(err) as Error).message.replace(/\n/g, '; ');
         logger.error('reload_refused', `Reload refused, still running the previous configuration: ${why}`, { file: source });
@@ -417,7 +427,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
           const renewal = await handle.renewRegistryTls(registryTls);
           if (!renewal.tried) logger.warn('registry_tls_untried', `The renewed registry.tls could not be tried against etcd (${renewal.why}): the proxy's etcd client uses it from now on, and etcd checks it when it answers again`, { file: source });
         } catch (err) {
-          reloads.refused++;
+          refusedOne();
           logger.error('reload_refused', `Reload refused, still running the previous configuration: ${(err as Error).message}`, { file: source });
           return;
         }
@@ -432,7 +442,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
           if (tls?.cert || upstreamTls) handle.renewTls({ tls: tls?.cert ? tls : undefined, upstreamTls });
         } catch (err) {
           // The files passed the same checks as they were read, so this is not expected; but SIGHUP must never end the process.
-          reloads.refused++;
+          refusedOne();
           logger.error('reload_refused', `Reload refused, still running the previous configuration: ${(err as Error).message}`, { file: source });
           return;
         }
@@ -446,6 +456,8 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       if (!restart.includes('admin.listen')) admin?.setToken(nextRt.admin?.token);
       if (admin) readyPolicies = nextRt.admin?.readyPolicies ?? [];
       reloads.applied++;
+      reloads.lastOk = true;
+      reloads.lastOkAt = Date.now();
       logger.info('reload', `Reloaded ${source}: ${applied.length ? `applied ${applied.join(', ')}` : restart.length ? `nothing applied: ${restart.join(', ')} need${restart.length === 1 ? 's' : ''} a restart` : 'no setting changed'}; secrets re-read; no connection closed`, { file: source, applied });
       if (restart.length) {
         logger.warn('reload_restart_needed', `${restart.join(', ')} changed in ${source} but take${restart.length === 1 ? 's' : ''} effect only after a restart; running with the previous value${restart.length === 1 ? '' : 's'}`, { file: source, restart });
@@ -466,7 +478,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
     const queueReload = (): void => {
       reloading = reloading.then(reload).catch((err: Error) => {
         // Not expected (each step catches its own errors); but SIGHUP must never end the process.
-        reloads.refused++;
+        refusedOne();
         logger.error('reload_refused', `Reload refused, still running the previous configuration: ${err.message}`, { file: source });
       });
     };

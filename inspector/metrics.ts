@@ -590,8 +590,10 @@ export interface OperationsSources {
   maxConnections(): number | undefined;
   /** Log lines dropped so far because a reader was too slow, per log. */
   dropped(): Record<'main' | 'access', number>;
-  /** Reloads so far: applied, or refused (invalid file). */
-  reloads(): Record<'applied' | 'refused', number>;
+  /** Reloads so far: applied, or refused (invalid file); whether the last one was applied (true before any), and when the configuration running was last read (ms). */
+  reloads(): Record<'applied' | 'refused', number> & { lastOk?: boolean; lastOkAt?: number };
+  /** This build's version, for `revproxy_build_info`. */
+  version?: string;
   /** The certificate files in use, by the setting that names them (tls.cert, tls.ca, registry.tls.*): when each begins and ends (ms). */
   certs(): ReadonlyArray<{ role: string; file: string; notBefore: number; notAfter: number }>;
 }
@@ -633,6 +635,30 @@ export function addOperationsMetrics(registry: Registry, s: OperationsSources): 
   byRole('revproxy_sent_bytes_total', 'Bytes written to peers, by role', (c) => c.sent, Counter);
   labelled('revproxy_log_lines_dropped_total', 'Log lines dropped because the log\'s reader (or disk) was slower than the log, by log (main, access)', 'log', ['main', 'access'], () => s.dropped(), Counter);
   labelled('revproxy_reloads_total', 'Configuration reloads (SIGHUP), by result (applied, refused: the file was invalid and the running configuration stayed)', 'result', ['applied', 'refused'], () => s.reloads(), Counter);
+  // As Prometheus's prometheus_config_last_reload_successful and _success_timestamp_seconds: what an
+  // alert on a refused reload needs for as long as the proxy runs the old configuration.
+  new Gauge({
+    name: 'revproxy_config_last_reload_successful',
+    help: 'Whether the last configuration reload (SIGHUP) was applied: 1, or 0 when it was refused and the proxy runs the configuration it had before (1 before any reload)',
+    registers: [registry],
+    collect: function (this: Gauge<string>) {
+      this.set(s.reloads().lastOk === false ? 0 : 1);
+    },
+  });
+  new Gauge({
+    name: 'revproxy_config_last_reload_success_timestamp_seconds',
+    help: 'When the configuration running was read (Unix time): the start, or the last reload applied',
+    registers: [registry],
+    collect: function (this: Gauge<string>) {
+      const at = s.reloads().lastOkAt;
+      if (at === undefined) this.reset();
+      else this.set(Math.floor(at / 1000));
+    },
+  });
+  if (s.version !== undefined) {
+    // As prometheus_build_info: a constant 1 whose labels say which build runs (a rollout's version skew, at a glance).
+    new Gauge({ name: 'revproxy_build_info', help: 'The build running: version (package.json) and Node version; always 1', labelNames: ['version', 'node'], registers: [registry] }).set({ version: s.version, node: process.version }, 1);
+  }
   // As Traefik's traefik_tls_certs_not_after: one series per certificate file in use (a chain's leaf, a CA bundle's first to end).
   const validity = (name: string, help: string, at: 'notBefore' | 'notAfter') =>
     new Gauge({

@@ -394,7 +394,7 @@ const docs = suite('the metrics README.md and docs/ name');
 docs('every revproxy_ metric the docs name is one the proxy registers, with the labels they give it, and every one it registers is named', () => {
   // Every metric a proxy may serve: the request metrics, the admin endpoint's, and the registry's (with --registry).
   const m = new Metrics({ pools: () => [], inflight: () => 0, actorCounts: () => [] });
-  addOperationsMetrics(m.registry, { conns: () => ({}) as never, maxConnections: () => undefined, dropped: () => ({ main: 0, access: 0 }), reloads: () => ({ applied: 0, refused: 0 }), certs: () => [] });
+  addOperationsMetrics(m.registry, { conns: () => ({}) as never, maxConnections: () => undefined, dropped: () => ({ main: 0, access: 0 }), reloads: () => ({ applied: 0, refused: 0 }), certs: () => [], version: '0.0.0' });
   addRegistryMetrics(m.registry, () => undefined);
   const registered = new Map(m.registry.getMetricsAsArray().filter((x) => x.name.startsWith('revproxy_')).map((x) => [x.name, [...((x as unknown as { labelNames?: string[] }).labelNames ?? [])].sort()]));
   const text = ['README.md', ...readdirSync(join(ROOT, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)].map((f) => readFileSync(join(ROOT, f), 'utf8')).join('\n');

@@ -638,6 +638,33 @@ reload('a file setting the command line overrides (a flag, REVPROXY_TOKEN) is sa
   assert.is(await proc.exited, 0);
 });
 
+reload('/metrics says whether the last reload was applied for as long as it matters (revproxy_config_last_reload_successful), when the running configuration was read, and which build runs', async () => {
+  // An operator's probe: the alert on an increase of refused reloads over 15 minutes cleared while the
+  // proxy still ran its old configuration, and nothing said which version ran.
+  const file = write('g.yaml', 'port: 0\nadmin:\n  listen: 127.0.0.1:0\n');
+  const { proc, admin } = await proxyWithConfig(file);
+  const scrape = async (): Promise<string> => (await get(`${admin}metrics`)).body;
+  const version = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+  let m = await scrape();
+  assert.match(m, new RegExp(`^revproxy_build_info\\{version="${version.replace(/\./g, '\\.')}",node="${process.version}"\\} 1$`, 'm'));
+  assert.match(m, /^revproxy_config_last_reload_successful 1$/m);
+  const started = Number(/^revproxy_config_last_reload_success_timestamp_seconds (\d+)$/m.exec(m)?.[1]);
+  assert.ok(Math.abs(started - Date.now() / 1000) < 60, String(started));
+  writeFileSync(file, 'port: 0\nadmin:\n  listen: 127.0.0.1:0\ntimeout: fast\n');
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reload refused/);
+  m = await scrape();
+  assert.match(m, /^revproxy_config_last_reload_successful 0$/m);
+  assert.match(m, new RegExp(`^revproxy_config_last_reload_success_timestamp_seconds ${started}$`, 'm'));
+  await sleep(1100);
+  writeFileSync(file, 'port: 0\nadmin:\n  listen: 127.0.0.1:0\ntimeout: 4000\n');
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reloaded/);
+  m = await scrape();
+  assert.match(m, /^revproxy_config_last_reload_successful 1$/m);
+  assert.ok(Number(/^revproxy_config_last_reload_success_timestamp_seconds (\d+)$/m.exec(m)?.[1]) > started);
+});
+
 reload('a reload compares the settings as they run, defaults applied: a default written out is no change, nor is the file put back after a change that needed a restart', async () => {
   const at = (text: string) => parseConfig(text, join(ctx.dir, 'x.yaml'));
   assert.equal(changes(at('port: 0\nlog:\n  level: info\n'), at('port: 0\nlog:\n  level: info\n  format: text\n')), []);
@@ -744,6 +771,9 @@ admin('/healthz, /readyz (503 while draining) and /metrics (GET and HEAD): count
     direction: (v) => v === 'out' || v === 'back',
     log: (v) => v === 'main' || v === 'access',
     result: (v) => v === 'applied' || v === 'refused',
+    // revproxy_build_info's: one series, this build's.
+    version: (v) => v === (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version,
+    node: (v) => v === process.version,
     policy: (v) => ['P', 'NONE', OTHER].includes(v),
     server: (v) => ['', 's1', 's2', OTHER].includes(v),
     le: (v) => v === '+Inf' || Number.isFinite(Number(v)),
