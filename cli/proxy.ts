@@ -251,10 +251,10 @@ Example:
 /** This build's version (package.json), for `revproxy_build_info`. */
 const PACKAGE_VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
-/** Start everything a config asks for, serve until SIGTERM/SIGINT, reload on SIGHUP. */
 /** The file's settings as last read, and those of them the command line sets too (`overridden`). */
 type Overrides = () => { file: ProxyConfig; keys: string[] };
 
+/** Start everything a config asks for, serve until SIGTERM/SIGINT, reload on SIGHUP. */
 async function run(read: () => ProxyConfig, source: string, setExit: (code: number) => void, onHup: (f: () => void) => void, flagOf: (key: FileKey) => string | undefined, explain: (err: unknown) => unknown, pidFile?: string, overrides: Overrides = () => ({ file: {}, keys: [] })): Promise<void> {
   let running = read();
   // Checked as --check checks it: every problem at once, the file's at their lines.
