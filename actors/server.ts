@@ -164,6 +164,8 @@ export type ServerEvent =
   /** One of several proxies refused the registration for good (UNAUTHORIZED, DUPLICATE_ID): the others' stand; it is asked again after the longest backoff. */
   | { type: 'REGISTRATION_REFUSED'; proxy: string; code: string; message: string; retryInMs: number }
   | { type: 'DEREGISTER_ALL' }
+  /** The drain could not tell a registry that this server is leaving (etcd away): its proxies keep their links. */
+  | { type: 'DEREGISTER_FAILED'; proxy: string; error: string }
   | { type: 'DRAIN' }
   | { type: 'DRAINED' }
   | { type: 'STOP' }
@@ -705,6 +707,12 @@ export const serverMachine = setup({
       const ms = drainTimeoutOf(context.opts);
       context.logger.info('draining', `Draining: ${what}; finishing requests in flight (at most ${ms} ms)`, { id: context.opts.id, registered: context.registered, drainTimeoutMs: ms });
     },
+    /** The drain's line said the registry is told; it was not: the proxies keep sending, and the drain waits for their links to close. */
+    logUntold: ({ context, event }) => {
+      assertEvent(event, 'DEREGISTER_FAILED');
+      const ms = drainTimeoutOf(context.opts);
+      context.logger.warn('deregister_failed', `Could not tell the ${event.proxy} that this server is leaving: ${event.error}. Its proxies keep its entry, and keep sending it requests (it answers them), until its lease ends and they reach etcd again; the drain waits for their links to close, at most ${ms} ms (--drain-timeout)`, { proxy: event.proxy, error: event.error, drainTimeoutMs: ms });
+    },
     logDrainTimedOut: ({ context }) => {
       // Said, not left to the stop line's count: the proxies retry these elsewhere or fail them, and a deploy should know.
       const n = context.runner.held;
@@ -821,6 +829,7 @@ export const serverMachine = setup({
           on: {
             DRAINED: '#server.stopped',
             STOP: '#server.stopped',
+            DEREGISTER_FAILED: { actions: 'logUntold' },
           },
         },
       },

@@ -110,8 +110,8 @@ export class EtcdClient {
    * by kept-key.ts), at once without it. `closing` settles then: a handle's stop() waits for it, so
    * a program that exits as soon as stop() resolves leaves no key behind.
    */
-  closeAfter(last?: Promise<void>): void {
-    this.ended = (last ?? Promise.resolve()).finally(() => this.close());
+  closeAfter(last?: Promise<unknown>): void {
+    this.ended = (last ?? Promise.resolve()).then(() => undefined).finally(() => this.close());
   }
 
   /** Settles once the client is closed after `closeAfter` (at once before it is called). */

@@ -243,23 +243,30 @@ export class KeptKey {
    * never to exit after SIGTERM, their client left open behind a stop that
    * never settled).
    */
-  async stop(farewell?: string): Promise<void> {
-    if (this.stopped) return;
+  /**
+   * Resolves true once etcd has taken the farewell (or the delete, without one): the watchers know the
+   * key is leaving. False when it did not within twice the call timeout (etcd away): they learn it only
+   * when the lease ends, and only once they reach etcd again.
+   */
+  async stop(farewell?: string): Promise<boolean> {
+    if (this.stopped) return true;
     this.stopped = true;
     this.generation++;
     clearTimeout(this.timer);
     clearTimeout(this.beat);
     const id = this.leaseId;
     this.isUp = false;
-    if (id === undefined) return;
+    if (id === undefined) return true;
     const c = this.client;
+    let told = false;
     const work = (async () => {
-      if (farewell !== undefined) await c.if(this.key, 'Lease', '==', id).then(c.put(this.key).value(farewell).lease(id)).commit().catch(() => undefined);
-      await c.if(this.key, 'Lease', '==', id).then(c.delete().key(this.key)).commit().catch(() => undefined);
+      if (farewell !== undefined) await c.if(this.key, 'Lease', '==', id).then(c.put(this.key).value(farewell).lease(id)).commit().then(() => (told = true), () => undefined);
+      await c.if(this.key, 'Lease', '==', id).then(c.delete().key(this.key)).commit().then(() => (told = true), () => undefined);
       await c.leaseClient.leaseRevoke({ ID: id }).catch(() => undefined);
     })();
     let limit: NodeJS.Timeout | undefined;
     await Promise.race([work, new Promise<void>((r) => (limit = setTimeout(r, 2 * this.opts.callTimeoutMs)))]);
     clearTimeout(limit);
+    return told;
   }
 }

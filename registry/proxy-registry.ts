@@ -71,7 +71,7 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
   let own: KeptKey | undefined;
   let draining = false;
   let stopped = false;
-  let withdrawn: Promise<void> | undefined;
+  let withdrawn: Promise<unknown> | undefined;
   let settle: NodeJS.Timeout | undefined;
   let remind: NodeJS.Timeout | undefined;
   /** Says again, while it lasts, that etcd refuses to write this proxy's key. */

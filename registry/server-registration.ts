@@ -87,13 +87,17 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
       },
     }, true));
     kept.start();
-    let leaving: Promise<void> | undefined;
+    let leaving: Promise<unknown> | undefined;
     receive((e) => {
       // RENEW_TLS is the listener's (the proxies dial this server); etcd's TLS is renewed through `etcd` (ServerHandle.renewRegistryTls).
       if (e.type !== 'DEREGISTER_ALL') return;
       // DEREGISTER_ALL: the key goes first, so the proxies stop sending; in-flight requests are still answered.
       // Written first with "leaving": a proxy removes it at once, where a key gone with its lease is kept while the server answers.
-      if (!refused) leaving = kept.stop(encodeServer({ ...entry, leaving: true }));
+      if (!refused) {
+        leaving = kept.stop(encodeServer({ ...entry, leaving: true })).then((told) => {
+          if (!told) send({ type: 'DEREGISTER_FAILED', proxy: label, error: `etcd did not take the entry saying it is leaving within ${2 * o.callTimeoutMs} ms` });
+        });
+      }
     });
     return () => {
       // Stopped without a drain (kill()): the key stays until its lease ends, as when a process dies.

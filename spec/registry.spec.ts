@@ -265,6 +265,27 @@ reg_('etcd stops: every proxy keeps serving with what it saw, and says so; etcd 
   await c.close();
 });
 
+reg_('a server drained while etcd is away says it could not tell the registry, and why its drain then waits (it said it had told it)', async () => {
+  // An operator's probe: "Draining: told the registry ... that we are leaving", then 35 s without a word.
+  const p = await proxy();
+  const logs: LogRecord[] = [];
+  const s = await startServer({ id: 'untold', policy: '111', registry: reg({ callTimeoutMs: 500 }), drainTimeoutMs: 2500, logger: new Logger('server untold', memorySink(logs), 'info') });
+  ctx.servers.push(s);
+  await eventually(() => serving(p).includes('untold'), 5000, 'serving');
+  await ctx.etcd!.stop();
+  try {
+    const t0 = Date.now();
+    await s.stop();
+    const warned = logs.find((l) => l.event === 'deregister_failed');
+    assert.ok(warned, logs.map((l) => l.msg).join('\n'));
+    assert.is(warned!.level, 'warn');
+    assert.match(warned!.msg, /^Could not tell the registry etcd:\/\/.* that this server is leaving: etcd did not take the entry saying it is leaving within 1000 ms\. Its proxies keep its entry, and keep sending it requests \(it answers them\), until its lease ends and they reach etcd again; the drain waits for their links to close, at most 2500 ms \(--drain-timeout\)$/);
+    assert.ok(Date.now() - t0 >= 2000, 'the drain waited for the links');
+  } finally {
+    await ctx.etcd!.start();
+  }
+});
+
 reg_('etcd comes back without its data: the proxy keeps its servers for a lease TTL, for them to write their keys again', async () => {
   const logs: LogRecord[] = [];
   const p = await proxy({ logs });
