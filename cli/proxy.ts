@@ -21,6 +21,7 @@ import {
   whyNotWritable, type FileKey, type NumberKey, type ProxyConfig, type Runtime,
 } from '../config/proxy.js';
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
+import { monotonicEpoch } from '../inspector/hub.js';
 import type { PoolView } from '../inspector/views.js';
 import { systemClock } from '../transport/clock.js';
 import { bracketHint, isLoopback } from '../transport/address.js';
@@ -314,8 +315,9 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
     };
   }
   // The last reload's outcome too, as Prometheus's own prometheus_config_last_reload_successful: an alert on
-  // the refusals' increase over 15 minutes cleared while the proxy still ran the old configuration.
-  const reloads = { applied: 0, refused: 0, lastOk: true, lastOkAt: Date.now() };
+  // the refusals' increase over 15 minutes cleared while the proxy still ran the old configuration. Its time
+  // is Unix time that moves with the monotonic clock (as the inspector's records), not with a stepped wall clock.
+  const reloads = { applied: 0, refused: 0, lastOk: true, lastOkAt: monotonicEpoch() };
   const refusedOne = (): void => {
     reloads.refused++;
     reloads.lastOk = false;
@@ -457,7 +459,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       if (admin) readyPolicies = nextRt.admin?.readyPolicies ?? [];
       reloads.applied++;
       reloads.lastOk = true;
-      reloads.lastOkAt = Date.now();
+      reloads.lastOkAt = monotonicEpoch();
       logger.info('reload', `Reloaded ${source}: ${applied.length ? `applied ${applied.join(', ')}` : restart.length ? `nothing applied: ${restart.join(', ')} need${restart.length === 1 ? 's' : ''} a restart` : 'no setting changed'}; secrets re-read; no connection closed`, { file: source, applied });
       if (restart.length) {
         logger.warn('reload_restart_needed', `${restart.join(', ')} changed in ${source} but take${restart.length === 1 ? 's' : ''} effect only after a restart; running with the previous value${restart.length === 1 ? '' : 's'}`, { file: source, restart });

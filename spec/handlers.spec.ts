@@ -708,10 +708,10 @@ bytes('text that is not UTF-8 is refused with BAD_REQUEST naming the byte, on fr
   const text: Buffer[] = [];
   json.on('data', (d: Buffer) => text.push(d));
   const head = Buffer.from('{"type": "0", "srcid": "c", "privPoliId": "H", "payload": "ab');
-  // C3 starts a two-byte sequence; 28 cannot continue it.
+  // C3 starts a two-byte sequence; 28 cannot continue it: named at C3, where the ill-formed sequence starts.
   json.write(Buffer.concat([head, Buffer.from([0xc3, 0x28]), Buffer.from('"}')]));
   await new Promise((r) => json.once('close', r));
-  assert.match(Buffer.concat(text).toString(), new RegExp(`"code": "BAD_REQUEST".*is not valid UTF-8: byte 0x28 at byte ${head.length + 1}`));
+  assert.match(Buffer.concat(text).toString(), new RegExp(`"code": "BAD_REQUEST".*is not valid UTF-8: byte 0xc3 at byte ${head.length}`));
 });
 
 bytes('an old JSON client gets a binary answer as HANDLER_ERROR BINARY_ANSWER, and an application error with its appcode', async () => {
