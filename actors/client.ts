@@ -766,23 +766,20 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
   const sub = conn.messages$.subscribe({
     next: (messages) => {
       for (const m of messages) if (m.type === MsgType.ERROR && m.seq === undefined) said = `${m.code}: ${m.message}`;
-      if (probing) {
+      const probed = probing !== undefined;
+      // The first PING's PONG, in time or late: the proxy answers PINGs, and says its share.
+      const pong = probed || late ? messages.find((m): m is PongMsg => m.type === MsgType.PONG) : undefined;
+      if (pong) {
+        probing?.cancel();
+        probing = undefined;
+        late = false;
+        send({ type: 'PROBED', pings: true, share: pong.share });
+      }
+      if (probed) {
         // Answers to the requests sent behind the PING may come before its PONG. An ERROR without a seq is in `said`: a
         // refused PING (refusedPing) or the reason the connection closes, as before the PONG nothing else is.
-        const pong = messages.find((m): m is PongMsg => m.type === MsgType.PONG);
-        if (pong) {
-          probing.cancel();
-          probing = undefined;
-          send({ type: 'PROBED', pings: true, share: pong.share });
-        }
         messages = messages.filter((m) => m.type !== MsgType.PONG && !(m.type === MsgType.ERROR && m.seq === undefined));
         if (messages.length === 0) return;
-      } else if (late) {
-        const pong = messages.find((m): m is PongMsg => m.type === MsgType.PONG);
-        if (pong) {
-          late = false;
-          send({ type: 'PROBED', pings: true, share: pong.share });
-        }
       }
       send({ type: 'ANSWERS', messages });
     },
