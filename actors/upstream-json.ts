@@ -138,8 +138,6 @@ export interface UpstreamJsonContext extends LinkInput {
   answered: number;
   /** Set when the server is judged gone; the machine then leaves `open`. */
   gone?: string;
-  /** `gone` for misses in a row (its port still takes connections): probed, not removed (`Failure.stalled`). */
-  stalled?: boolean;
 }
 
 /** The proxy's commands, and the news of the link's own connections and timer. */
@@ -333,7 +331,6 @@ export const upstreamJsonMachine = setup({
             misses,
             consecutiveFailures: context.consecutiveFailures + 1,
             gone: misses >= context.limits.missesToLeave ? `it did not accept a connection within ${context.tryTimeoutMs} ms (${misses} misses in a row)` : undefined,
-            stalled: misses >= context.limits.missesToLeave,
           });
         } else {
           context.logger.debug('old_server_not_listening', `Server id ${context.member} does not listen on ${hostPort(context.host, context.port)} yet (an old server sends its setup first); dialing again in ${context.retryMs} ms`, {
@@ -412,7 +409,7 @@ export const upstreamJsonMachine = setup({
       const failures = context.consecutiveFailures + missed.length;
       context.traffic.recent.add(event.now, 0, missed.length);
       const gone = misses >= context.limits.missesToLeave ? `it stopped answering (${misses} tries in a row timed out with no answer from it meanwhile)` : undefined;
-      enqueue.assign({ misses, consecutiveFailures: failures, gone, stalled: gone !== undefined });
+      enqueue.assign({ misses, consecutiveFailures: failures, gone });
       const within = `within ${context.tryTimeoutMs} ms`;
       const reports: Array<[ProxyRequest[], string, TryCause]> = [
         [missed, `server ${context.member} did not answer ${within}`, 'try-timeout'],
@@ -464,7 +461,8 @@ export const upstreamJsonMachine = setup({
         type: 'UPSTREAM_DOWN' as const,
         member: context.member,
         linkId: self.id,
-        failure: { code: ErrorCode.UPSTREAM_FAILED, message: context.gone ?? 'link closed', ...(context.stalled ? { stalled: true } : {}) },
+        // Gone for its misses (its port still takes connections: stalled), not for a refused port: probed, not removed.
+        failure: { code: ErrorCode.UPSTREAM_FAILED, message: context.gone ?? 'link closed', ...(context.misses >= context.limits.missesToLeave ? { stalled: true } : {}) },
         ...takeUnfinished(context),
       } satisfies LinkReport;
     }),
