@@ -13,7 +13,7 @@ import { fmt } from './logger.js';
 import { clearlyBetter, RECENT_WINDOW_MS } from './recent-outcomes.js';
 import { current, joinPool, removeServer, spawnLink } from './membership.js';
 import type { Member, ProxyContext } from './proxy-types.js';
-import { drainSoon, drainWaiting, retry, stalled } from './routing.js';
+import { drainSoon, drainWaiting, memberLost, retry, stalled } from './routing.js';
 
 /** A member's link verified its server (at registration, or after a probe). */
 export function linkUp(context: ProxyContext, member: string, linkId: string): void {
@@ -90,6 +90,8 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
   retry(context, member, requests, failure, failure.cause ?? 'reset');
   // Never written to the server: whatever took it down, it was not these.
   retry(context, member, unsent, { code: failure.code, message: `server ${member} went down before the request was written to it: ${failure.message}` }, 'unsent');
+  const policy = entry && context.policies.get(entry.policy);
+  if (policy) memberLost(context, policy);
 }
 
 /**
@@ -193,9 +195,11 @@ export function drainMember(context: ProxyContext, member: string, by: string): 
   const inflight = entry.traffic.inflight.size;
   context.logger.info('member_drain', already
     ? `Server id ${entry.id} of privacy policy ${entry.policy} is already drained (asked again by ${by})`
-    : `Drained server id ${entry.id} of privacy policy ${entry.policy} (asked by ${by}): it takes no new requests, finishes the ${inflight} it has, and stays registered${othersServing ? '' : `; no other server of privacy policy ${entry.policy} is serving, so its requests wait or are refused until one is`}`, {
+    : `Drained server id ${entry.id} of privacy policy ${entry.policy} (asked by ${by}): it takes no new requests, finishes the ${inflight} it has, and stays registered${othersServing ? '' : `; no other server of privacy policy ${entry.policy} is serving, so its requests are refused NO_SERVER until one is, those waiting too`}`, {
     id: entry.id, policy: entry.policy, by, inflight,
   });
+  const policy = context.policies.get(entry.policy);
+  if (policy) memberLost(context, policy);
 }
 
 /** An operator puts a drained member back (`by`: who asked); it takes requests as soon as it is serving. */

@@ -13,7 +13,7 @@ import { startChild } from './children.js';
 import type { LinkInput, LinkPort, Peer } from './link.js';
 import type { Opts } from './proxy-options.js';
 import { Member, type ProxyContext } from './proxy-types.js';
-import { drainWaiting, forgetIfEmpty, policyOf } from './routing.js';
+import { drainWaiting, memberLost, policyOf } from './routing.js';
 import { proofHolds, type Provable } from '../registry/proof.js';
 import { upstreamJsonMachine } from './upstream-json.js';
 import { upstreamMachine } from './upstream.js';
@@ -157,7 +157,7 @@ export function removeServer(context: ProxyContext, entry: Member, reason: strin
   if (policy) {
     policy.members.delete(entry);
     policy.pool.send({ type: 'LEAVE', id: entry.id, reason });
-    forgetIfEmpty(context, policy);
+    memberLost(context, policy);
   }
   if (entry.link.getSnapshot().status === 'active') entry.link.send({ type: 'RETIRE' });
   if (!context.registry) return;

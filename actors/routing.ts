@@ -39,6 +39,18 @@ export function forgetIfEmpty(context: ProxyContext, policy: Policy): void {
 }
 
 /**
+ * A member of `policy` left, went down or was drained. When no member could serve now (none
+ * serving or connecting), its waiting requests are answered at once, as a new request is then
+ * (`unrouted`: NO_SERVER, or a retry its tries' answer): they waited for room, and kept waiting for a
+ * server until their deadline (a policy's only server stopped: up to the request timeout, then a
+ * TIMEOUT that said no server had room). A policy left with no member and nothing waiting is forgotten.
+ */
+export function memberLost(context: ProxyContext, policy: Policy): void {
+  if (policy.waiting.length > 0 && !couldServe(policy)) drainWaiting(context, policy.name, true);
+  forgetIfEmpty(context, policy);
+}
+
+/**
  * Hand requests to their policy's pool, or refuse them when nobody serves the policy. New
  * requests (`arrived`: when, not a retry) count towards the policy's retry budget.
  */
@@ -178,10 +190,10 @@ function budgetSpent(rules: RetryBudgetRules, policy: Policy, now: number): stri
 }
 
 /** Whether a member of `policy` that `req` has not tried is serving or connecting (it may take `req` now or soon). */
-function couldServe(policy: Policy | undefined, req: ProxyRequest): boolean {
+function couldServe(policy: Policy | undefined, req?: ProxyRequest): boolean {
   if (!policy) return false;
   for (const m of policy.members) {
-    if (req.tried?.includes(m.id)) continue;
+    if (req?.tried?.includes(m.id)) continue;
     const s = m.state;
     if (s === 'serving' || s === 'connecting') return true;
   }

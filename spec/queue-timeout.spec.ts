@@ -92,13 +92,13 @@ async function policy(ctx: Ctx, ids: string[], options: Omit<Parameters<typeof s
 
 /** A policy of one server holding a client's first request, and that client's next waiting in the proxy's queue. */
 async function oneWaiting(ctx: Ctx, options: ProxyOptions) {
-  const { clock, servers: [s], client, waiting } = await policy(ctx, ['s'], options);
+  const { clock, records, servers: [s], client, waiting } = await policy(ctx, ['s'], options);
   const c = await client('c');
   c.request('P', 'first', { timeoutMs: 60_000 }).catch(() => {});
   await eventually(() => s!.got.length === 1, 3000, 'the first request at the server');
   const next = outcome(c.request('P', 'next', { timeoutMs: 60_000 }));
   await eventually(() => waiting() === 1, 3000, 'one request waiting');
-  return { clock, next };
+  return { clock, records, next };
 }
 
 live('a request that waits --queue-timeout for a server with room is answered OVERLOADED, unsent; the one the server has is answered', async (ctx) => {
@@ -475,6 +475,56 @@ cli('revproxy_queued_requests reads how many requests wait in each policy\'s que
   } finally {
     c.destroy();
   }
+});
+
+/** What a waiting request is answered when its policy's last server is gone: what a new one is, at once. */
+const gone = { code: 'NO_SERVER', message: 'no live server serves privacy policy P' };
+
+live("the requests waiting for a policy's only server are answered NO_SERVER at once when it dies, as a new request is, not at their timeout", async (ctx) => {
+  const { clock, records, next } = await oneWaiting(ctx, { timeoutMs: 60_000 });
+  ctx.servers[0]!.kill();
+  await eventually(() => next.done !== undefined, 3000, `the waiting request answered with the clock at ${clock.now()} ms`);
+  assert.equal(next.done, gone);
+  assert.is(clock.now(), 0, 'no time passed');
+  const fresh = outcome(ctx.clients[0]!.request('P', 'fresh', { timeoutMs: 60_000 }));
+  await eventually(() => fresh.done !== undefined, 3000, 'a new request answered');
+  assert.is(fresh.done!.code, 'NO_SERVER');
+  assert.ok(records.some((r) => r.event === 'no_server' && r.policy === 'P'), 'the no_server line counts them');
+});
+
+live("the requests waiting for a policy's only server are answered NO_SERVER at once when it stops, and the policy is forgotten", async (ctx) => {
+  const { clock, next } = await oneWaiting(ctx, { timeoutMs: 60_000 });
+  void ctx.servers[0]!.stop();
+  await eventually(() => next.done !== undefined, 3000, `the waiting request answered with the clock at ${clock.now()} ms`);
+  assert.equal(next.done, gone);
+  await eventually(() => ctx.proxy!.pools().P === undefined, 3000, 'policy P forgotten once its server left');
+});
+
+live("an operator's drain of a policy's only server answers its waiting requests NO_SERVER at once", async (ctx) => {
+  const { next } = await oneWaiting(ctx, { timeoutMs: 60_000 });
+  ctx.proxy!.actor.send({ type: 'MEMBER_DRAIN', member: 's', by: 'spec' });
+  await eventually(() => next.done !== undefined, 3000, 'the waiting request answered');
+  assert.equal(next.done, gone);
+});
+
+live('requests waiting for room keep waiting when one of two servers dies, and go to the other when it has room', async (ctx) => {
+  const { clock, servers: [a, b], client, waiting } = await policy(ctx, ['a', 'b'], { timeoutMs: 60_000, retries: 0 });
+  const c = await client('c');
+  const [x, y] = [outcome(c.request('P', 'x', { timeoutMs: 60_000 })), outcome(c.request('P', 'y', { timeoutMs: 60_000 }))];
+  await eventually(() => a!.got.length === 1 && b!.got.length === 1, 3000, 'one request at each server');
+  const next = outcome(c.request('P', 'next', { timeoutMs: 60_000 }));
+  await eventually(() => waiting() === 1, 3000, 'one request waiting');
+  ctx.servers[0]!.kill();
+  await eventually(() => (a!.got.includes('x') ? x : y).done !== undefined, 3000, "the dead server's request answered");
+  await new Promise((r) => setTimeout(r, 100));
+  assert.is(next.done, undefined, 'still waiting: b could serve it');
+  assert.is(waiting(), 1);
+  b!.release(b!.got[0]!);
+  await eventually(() => b!.got.includes('next'), 3000, 'sent to b when it had room');
+  b!.release('next');
+  await eventually(() => next.done !== undefined, 3000, 'answered');
+  assert.equal(next.done, { answer: 'done next' });
+  assert.is(clock.now(), 0);
 });
 
 live.run();
