@@ -18,6 +18,10 @@ import type { Connection } from '../transport/socket.js';
 import type { TlsMaterial } from '../transport/tls.js';
 import { fmt, type Logger } from './logger.js';
 
+/** Why a listening port refused a connection as it came: past its limit in all, or from an address holding its share (revproxy_connections_refused_total's reasons). */
+export const REFUSE_REASONS = ['max_connections', 'per_peer'] as const;
+export type RefuseReason = (typeof REFUSE_REASONS)[number];
+
 /** The limits a listener reads (a reload may change them in place; `retune` applies them). */
 export interface ConnectionLimitsInput {
   /** Connections open at once; past it Node closes each new one at once. */
@@ -162,6 +166,8 @@ export class ConnectionLimits {
     private readonly applied?: (limit: number) => void,
     /** The proxy's links to servers: the descriptors they hold are not the port's to take. */
     private readonly links?: LinkSockets,
+    /** Told each connection refused as it came, and why. */
+    private readonly refused?: (reason: RefuseReason) => void,
   ) {}
 
   /** Hold `server` to the limit on connections in all (before it listens). */
@@ -170,9 +176,10 @@ export class ConnectionLimits {
     this.retune();
     if (this.links) this.links.changed = () => this.apply();
     const { logger } = this;
-    server.on('drop', () =>
-      logger.repeated('warn', 'conn_refused', '', 1, (n, span) => `Refused ${span ? `${fmt(n)} connections ${span}` : 'a connection'}: ${this.refusedWhy()}`, { limit: server.maxConnections }),
-    );
+    server.on('drop', () => {
+      this.refused?.('max_connections');
+      logger.repeated('warn', 'conn_refused', '', 1, (n, span) => `Refused ${span ? `${fmt(n)} connections ${span}` : 'a connection'}: ${this.refusedWhy()}`, { limit: server.maxConnections });
+    });
   }
 
   /** Why a connection past the limit in all was refused. */
@@ -228,6 +235,7 @@ export class ConnectionLimits {
     const limit = this.limits.maxConnectionsPerPeer;
     if (limit && n > limit) {
       socket.on('error', ignore);
+      this.refused?.('per_peer');
       this.logger.repeated('warn', 'conn_refused', addr, 1, (k, span) => `Refused ${span ? `${fmt(k)} connections` : 'a connection'} from ${addr}${span ? ` ${span}` : ''}: it has ${limit} open (${this.names.perPeer}); raise ${this.names.perPeer} (0: no limit) if that address stands for many clients`, {
         peer: addr, limit,
       });

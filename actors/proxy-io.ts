@@ -180,7 +180,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       input,
       sendBack,
       conns,
-      limits: new ConnectionLimits(input, input.logger, { total: 'max_connections', perPeer: 'max_conns_per_peer' }, (limit) => input.observer?.connectionLimit?.(limit), input.linkSockets),
+      limits: new ConnectionLimits(input, input.logger, { total: 'max_connections', perPeer: 'max_conns_per_peer' }, (limit) => input.observer?.connectionLimit?.(limit), input.linkSockets, (reason) => input.observer?.refused?.(reason)),
       forwardLater(peer, requests) {
         pending.push({ peer, requests });
         for (const m of requests) pendingBytes += requestBytes(m);

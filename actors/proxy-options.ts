@@ -13,6 +13,7 @@ import type { Clock } from '../transport/clock.js';
 import type { Socket } from 'node:net';
 import { RETRY_CONDITIONS, type Peer, type ProxyRequest, type RetryCondition, type SocketFactory } from './link.js';
 import type { Logger } from './logger.js';
+import type { RefuseReason } from './port-limits.js';
 
 /** How the proxy treats servers of the old JSON wire. */
 export interface OldServerOptions {
@@ -163,6 +164,8 @@ export interface ProxyObserver {
   accepted?(peer: Peer, socket: Socket): void;
   /** The listener's limit on connections open at once, as applied at start and after each reload: max_connections, or less when the open-files limit leaves room for fewer. */
   connectionLimit?(limit: number): void;
+  /** The listener refused a connection as it came: past its limit in all (max_connections, or the room the open-files limit leaves), or from an address with max_conns_per_peer open. */
+  refused?(reason: RefuseReason): void;
 }
 
 /**

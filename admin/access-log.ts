@@ -238,6 +238,7 @@ export function combineObservers(...list: Array<ProxyObserver | undefined>): Pro
     ejected: hook(obs, 'ejected'),
     accepted: hook(obs, 'accepted'),
     connectionLimit: hook(obs, 'connectionLimit'),
+    refused: hook(obs, 'refused'),
   };
 }
 

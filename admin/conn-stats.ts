@@ -7,6 +7,7 @@
  */
 import type { Socket } from 'node:net';
 import type { Peer, SocketFactory } from '../actors/link.js';
+import { REFUSE_REASONS, type RefuseReason } from '../actors/port-limits.js';
 import type { ProxyObserver } from '../actors/proxy-options.js';
 
 /** The roles a connection can have: the label values of the connection metrics. */
@@ -19,16 +20,19 @@ export interface ConnSnapshot {
   received: Record<Role, number>;
   /** Bytes written to peers, by role, since the start. */
   sent: Record<Role, number>;
+  /** Connections the listener refused as they came, by why, since the start. */
+  refused: Record<RefuseReason, number>;
 }
 
 const zero = (): Record<Role, number> => ({ client: 0, registration: 0, unknown: 0, upstream: 0 });
 
-export class ConnStats implements Pick<ProxyObserver, 'accepted' | 'connectionLimit'> {
+export class ConnStats implements Pick<ProxyObserver, 'accepted' | 'connectionLimit' | 'refused'> {
   private readonly live = new Map<Socket, () => Role>();
   /** The listener's limit on connections open at once (client, registration and unknown ones), as last applied; undefined before it listens. */
   limit?: number;
   private readonly received = zero();
   private readonly sent = zero();
+  private readonly refusedBy = Object.fromEntries(REFUSE_REASONS.map((r) => [r, 0])) as Record<RefuseReason, number>;
 
   accepted(peer: Peer, socket: Socket): void {
     this.track(socket, () => peer.role);
@@ -36,6 +40,10 @@ export class ConnStats implements Pick<ProxyObserver, 'accepted' | 'connectionLi
 
   connectionLimit(limit: number): void {
     this.limit = limit;
+  }
+
+  refused(reason: RefuseReason): void {
+    this.refusedBy[reason]++;
   }
 
   /** A socket factory whose sockets are counted as `upstream`. */
@@ -67,6 +75,6 @@ export class ConnStats implements Pick<ProxyObserver, 'accepted' | 'connectionLi
       received[r] += s.bytesRead;
       sent[r] += s.bytesWritten;
     }
-    return { open, received, sent };
+    return { open, received, sent, refused: { ...this.refusedBy } };
   }
 }

@@ -8,9 +8,9 @@ import type { Message } from '../transport/messages.js';
 
 export const LOCAL = '127.0.0.1';
 
-export function rawConnect(port: number): Promise<Socket> {
+export function rawConnect(port: number, localAddress?: string): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const s = connect({ host: LOCAL, port }, () => resolve(s));
+    const s = connect({ host: LOCAL, port, localAddress }, () => resolve(s));
     s.once('error', reject);
   });
 }

@@ -7,6 +7,7 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { Socket } from 'node:net';
 import * as assert from 'uvu/assert';
 import { runClient, sha1Handler, startServer, type Handler, type ServerHandle } from '../actors/index.js';
 import { EJECT_REASONS, resolveOptions } from '../actors/proxy-options.js';
@@ -842,6 +843,36 @@ admin('revproxy_max_connections: the limit its port keeps to (max_connections, o
   writeFileSync(file, 'port: 0\nmax_connections: 1000\nadmin:\n  listen: 127.0.0.1:0\n');
   const { admin: lowUrl } = await proxyWithConfig(file, [], 512);
   assert.is(await limit(lowUrl), String(fileRoom(512)));
+});
+
+admin('revproxy_connections_refused_total counts the connections its port refused as they came, by reason: max_connections and per_peer', async () => {
+  const file = write('refused.yaml', 'port: 0\nmax_connections: 3\nmax_conns_per_peer: 2\nadmin:\n  listen: 127.0.0.1:0\n');
+  const { proc, port, admin: url } = await proxyWithConfig(file);
+  const refused = async (): Promise<string> => [...(await get(`${url}metrics`)).body.matchAll(/^revproxy_connections_refused_total\{reason="(\w+)"\} (\d+)$/gm)].map((m) => `${m[1]}=${m[2]}`).sort().join(' ');
+  assert.is(await refused(), 'max_connections=0 per_peer=0', 'both reasons at 0 before any');
+  const open: Socket[] = [];
+  const closedAtOnce = async (from: string): Promise<void> => {
+    const s = await rawConnect(port, from);
+    s.on('error', () => {});
+    s.resume();
+    await new Promise((r) => s.once('close', r));
+  };
+  try {
+    for (const from of ['127.0.0.1', '127.0.0.1', '127.0.0.2']) {
+      open.push(await rawConnect(port, from));
+      // Each is counted once the proxy has accepted it (its connection count), before the next comes.
+      await eventually(async () => /^revproxy_connections\{role="unknown"\} (\d+)$/m.exec((await get(`${url}metrics`)).body)?.[1] === String(open.length), 3000, `${open.length} open`);
+    }
+    await closedAtOnce('127.0.0.3');
+    await proc.waitFor(/Refused a connection: 3 connections are open \(max_connections\)/);
+    open.pop()!.destroy();
+    await eventually(async () => /^revproxy_connections\{role="unknown"\} 2$/m.test((await get(`${url}metrics`)).body), 3000, 'two open');
+    await closedAtOnce('127.0.0.1');
+    await proc.waitFor(/Refused a connection from 127\.0\.0\.1: it has 2 open \(max_conns_per_peer\)/);
+    assert.is(await refused(), 'max_connections=1 per_peer=1');
+  } finally {
+    for (const s of open) s.destroy();
+  }
 });
 
 admin('connections to the admin endpoint that send nothing cannot take the descriptors the proxy needs: past 64 they are closed at once (a warn line), the rest after 10 s idle, and its clients and servers are served meanwhile', async () => {
