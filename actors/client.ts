@@ -641,7 +641,7 @@ function refusal(req: ClientRequest, size: number, maxFrameBytes: number, client
   if (typeof ms !== 'number' || !(ms > 0)) return `timeoutMs is a number of milliseconds above 0 (Infinity for no timeout of the client's own), not ${describe(ms)}`;
   // The DATA's other fields take well under 1 KiB (the server bounds its answers the same way).
   if (size + 1024 > maxFrameBytes) {
-    return `the payload is ${size} bytes; a request must fit in a ${maxFrameBytes}-byte frame (the proxy's --max-frame: raise maxFrameBytes here with it, or send less)`;
+    return `the payload is ${size} bytes, over the ${maxFrameBytes - 1024} a request may carry: its frame is at most ${maxFrameBytes} bytes, 1024 of them kept for its other fields (the proxy's --max-frame: raise maxFrameBytes here with it, or send less)`;
   }
   return undefined;
 }

@@ -238,7 +238,7 @@ export async function connect(opts: ConnectOptions = {}): Promise<Client> {
   const bad = badClientOption(opts);
   if (bad) throw new StartError(`connect(): ${bad}`);
   const found = await locate(opts).catch((err: Error) => {
-    throw new RequestError(LocalCode.CONNECT_FAILED, err.message);
+    throw err instanceof StartError ? new StartError(`connect(): ${err.message}`) : new RequestError(LocalCode.CONNECT_FAILED, err.message);
   });
   const client = startClient({ ...opts, id: opts.id ?? 'client', proxies: found.proxies }, opts.inspect, found.discovery);
   await new Promise<void>((resolve, reject) => {
@@ -286,26 +286,26 @@ async function locate(opts: { revproc?: Revproc; registry?: RegistryOptions; pro
 }
 
 /**
- * The proxies `revproc` names, in order. Throws a TypeError naming what cannot
- * be dialled: net would throw it later, inside the actor that dials, where
+ * The proxies `revproc` names, in order. Throws a StartError naming what cannot
+ * be dialled (an option out of range, as the numeric ones are): net would throw it later, inside the actor that dials, where
  * nothing can catch it.
  */
 export function endpoints(revproc: Revproc): Endpoint[] {
   const list = Array.isArray(revproc) ? revproc : typeof revproc === 'string' ? revproc.split(',') : [revproc];
-  if (list.length === 0) throw new TypeError('revproc names no reverse proxy: give a port, HOST:PORT, or a list of them');
+  if (list.length === 0) throw new StartError('revproc names no reverse proxy: give a port, HOST:PORT, or a list of them');
   const isPort = (p: unknown): p is number => Number.isInteger(p) && (p as number) >= 1 && (p as number) <= 65535;
   return list.map((r) => {
     if (typeof r === 'number') {
-      if (!isPort(r)) throw new TypeError(`revproc ${r} is not a port (1 to 65535)`);
+      if (!isPort(r)) throw new StartError(`revproc ${r} is not a port (1 to 65535)`);
       return { host: '127.0.0.1', port: r };
     }
     if (typeof r !== 'string') {
-      if (typeof r?.host !== 'string' || !r.host || !isPort(r.port)) throw new TypeError(`revproc ${JSON.stringify(r)} is not { host, port } with a port from 1 to 65535`);
+      if (typeof r?.host !== 'string' || !r.host || !isPort(r.port)) throw new StartError(`revproc ${JSON.stringify(r)} is not { host, port } with a port from 1 to 65535`);
       return r;
     }
     const m = /^\s*(?:\[([^\]]+)\]|([^:]+)):(\d+)\s*$/.exec(r) ?? /^\s*()()(\d+)\s*$/.exec(r);
     const port = m ? Number(m[3]) : NaN;
-    if (!m || port < 1 || port > 65535) throw new TypeError(`revproc '${r}' is not PORT or HOST:PORT`);
+    if (!m || port < 1 || port > 65535) throw new StartError(`revproc '${r}' is not PORT or HOST:PORT`);
     return { host: m[1] || m[2] || '127.0.0.1', port };
   });
 }

@@ -103,7 +103,7 @@ const MAX_APP_MESSAGE = 1024;
  * try { await client.request('222', 'hello'); }
  * catch (err) { if (err instanceof HandlerError && err.appCode === 'NOT_JSON') ... }
  */
-export class HandlerError extends RevproxyError {
+export class HandlerError extends RevproxyError<typeof ErrorCode.HANDLER_ERROR> {
   readonly appCode: string;
   constructor(appCode: string, message: string, options?: { cause?: unknown }) {
     super(ErrorCode.HANDLER_ERROR, message, options);
@@ -833,6 +833,8 @@ function describe(v: unknown): string {
   // What fetch() gives: its bytes or text are the answer, read with one more await.
   if (kind === 'Blob' || kind === 'File') return `a ${kind} (answer await blob.arrayBuffer(), its bytes)`;
   if (kind === 'Response') return 'a fetch Response (answer await response.text(), or await response.arrayBuffer() for its bytes)';
+  // asBytes reads any other: this one could not be read.
+  if (kind === 'ArrayBuffer' || kind === 'SharedArrayBuffer') return `an ${kind} that cannot be read (detached: transferred to a worker or by structuredClone; answer a copy of its bytes)`;
   if (typeof v === 'object') return 'an object (JSON.stringify it to answer JSON)';
   return typeof v;
 }

@@ -116,6 +116,9 @@ export type StartProxyOptions = ProxyOptions & Inspect & {
 export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHandle> {
   let machine = proxyMachine;
   let etcd: EtcdClient | undefined;
+  // The rules the config file and the flags keep (config/proxy.ts owns them), for a caller of the library.
+  const badNumber = (await import('../config/proxy.js')).badProxyNumber(opts);
+  if (badNumber) throw new StartError(`startProxy: ${badNumber}`);
   const untrusted = (opts.proxyProtocolFrom ?? []).map(badTrustedSource).find(Boolean);
   if (untrusted) throw new StartError(`proxyProtocolFrom: ${untrusted}`);
   if (opts.registry) {

@@ -91,6 +91,24 @@ export const NUMBERS = {
 } as const satisfies Record<string, NumberSetting>;
 export type NumberKey = keyof typeof NUMBERS;
 
+/**
+ * What is wrong with the numeric options a library caller gave `startProxy`, if anything, by the
+ * rules the file and the flags keep (`NUMBERS`, their one owner): a whole number within the
+ * setting's range, or `Infinity` where it has no largest. Unchecked, a `timeoutMs` of 0 or NaN
+ * started a proxy whose every link timed out, its servers said unreachable and every request
+ * refused NO_SERVER; `retries: -1`, `maxServerInflight: 0` and the like ran as nobody meant.
+ */
+export function badProxyNumber(opts: ProxyOptions): string | undefined {
+  for (const [key, s] of Object.entries(NUMBERS) as Array<[NumberKey, NumberSetting]>) {
+    const v: unknown = (opts as Record<string, unknown>)[s.option];
+    if (v === undefined || (v === Infinity && s.max === undefined)) continue;
+    if (typeof v === 'number' && Number.isInteger(v) && v >= s.min && (s.max === undefined || v <= s.max)) continue;
+    const range = s.max === undefined ? `of at least ${s.min}` : `from ${s.min} to ${s.max}`;
+    return `${s.option} must be a whole number ${range} (${key} in a config file), got ${typeof v === 'string' ? `'${v}'` : String(v)}`;
+  }
+  return undefined;
+}
+
 /** A setting's largest value: its own, or for a time the longest a timer can wait (transport/clock.ts; about 24.8 days). */
 export function maxOf(s: NumberSetting): number | undefined {
   return s.max ?? (s.unit === 'ms' ? MAX_TIMER_MS : undefined);

@@ -622,7 +622,8 @@ lib('a port or proxy list that cannot be used is refused by connect(), startServ
       assert.match((e as RequestError).message, message, what);
     };
     for (const revproc of [70000, [] as number[], { host: '127.0.0.1', port: -1 }]) {
-      await fails(`connect ${JSON.stringify(revproc)}`, connect({ revproc, maxAttempts: 1 }), RequestError, 'CONNECT_FAILED', /revproc|port/);
+      // An option out of range, as a numeric one is: not a failure to connect (it was CONNECT_FAILED, retried as an outage would be).
+      await fails(`connect ${JSON.stringify(revproc)}`, connect({ revproc, maxAttempts: 1 }), StartError, 'START_FAILED', /^connect\(\): revproc/);
     }
     for (const revproc of ['nope', 70000]) {
       await fails(`startServer revproc ${revproc}`, startServer({ id: 'x', policy: 'P', revproc, registerTimeoutMs: 300 }), StartError, 'START_FAILED', /revproc/);
@@ -630,6 +631,30 @@ lib('a port or proxy list that cannot be used is refused by connect(), startServ
     await fails('startServer listenPort 70000', startServer({ id: 'x', policy: 'P', revproc: p.port, listenPort: 70000 }), StartError, 'START_FAILED', /70000/);
     await fails('startProxy port 70000', startProxy({ port: 70000 }), StartError, 'START_FAILED', /70000/);
   });
+});
+
+lib('startProxy() refuses a numeric option out of the range its config key and flag keep, naming it, as startServer() and connect() do', async () => {
+  // Unchecked, timeoutMs 0 or NaN started a proxy whose links all timed out: its servers were said unreachable
+  // (connect timed out) and every request refused NO_SERVER; retries -1 and maxServerInflight 0 ran as nobody meant.
+  const bad: Array<[ProxyOptions, string]> = [
+    [{ timeoutMs: 0 }, 'timeoutMs must be a whole number of at least 1 (timeout in a config file), got 0'],
+    [{ timeoutMs: Number.NaN }, 'timeoutMs must be a whole number of at least 1 (timeout in a config file), got NaN'],
+    [{ timeoutMs: 'abc' as never }, "timeoutMs must be a whole number of at least 1 (timeout in a config file), got 'abc'"],
+    [{ tryTimeoutMs: -1 }, 'tryTimeoutMs must be a whole number of at least 1 (try_timeout in a config file), got -1'],
+    [{ retries: 1.5 }, 'retries must be a whole number of at least 0 (retries in a config file), got 1.5'],
+    [{ maxServerInflight: 0 }, 'maxServerInflight must be a whole number of at least 1 (max_server_inflight in a config file), got 0'],
+    [{ queueLimit: -3 }, 'queueLimit must be a whole number of at least 0 (queue_limit in a config file), got -3'],
+    [{ pingIntervalMs: 0 }, 'pingIntervalMs must be a whole number of at least 10 (ping_interval in a config file), got 0'],
+    [{ port: 70000 }, 'port must be a whole number from 0 to 65535 (port in a config file), got 70000'],
+  ];
+  for (const [opts, why] of bad) {
+    const err = await startProxy({ port: 0, ...opts }).then((p) => (p.kill(), undefined), (e: unknown) => e);
+    assert.instance(err, StartError, JSON.stringify(opts));
+    assert.is((err as StartError).message, `startProxy: ${why}`);
+  }
+  // Infinity is no limit where a setting has no largest value, as before.
+  const p = await startProxy({ port: 0, drainTimeoutMs: Infinity, queueLimit: Infinity });
+  p.kill();
 });
 
 lib('registering in the registry while listening on every address (0.0.0.0, ::, [::]) is refused at start: no peer could dial it there', async () => {
@@ -744,6 +769,10 @@ lib('maxFrameBytes raises the client\'s bound with the proxy\'s: a 2 MiB payload
   const c = await client({ revproc: p.port, maxFrameBytes: max });
   const payload = new Uint8Array(2 * 1024 * 1024).fill(7);
   assert.is(await c.request('P', payload), createHash('sha1').update(payload).digest('hex'));
+  // Past the bound, the refusal names the most a payload may be: it quoted the frame's size, above the payload's.
+  const over = await reject(c.request('P', new Uint8Array(max - 100)));
+  assert.is(over.code, 'BAD_REQUEST');
+  assert.match(over.message, `the payload is ${max - 100} bytes, over the ${max - 1024} a request may carry: its frame is at most ${max} bytes`);
 });
 
 lib('the old JSON wire takes text only: bytes are refused before anything is sent', async () => {
