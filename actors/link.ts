@@ -177,6 +177,11 @@ export interface LinkInput {
   busyPoll?: BusyPoll;
   /** The proxy's buffer budget, which the link's connections count against. */
   budget?: BufferBudget;
+  /**
+   * Reads so far on the server's registration connection, when it registered directly: whether the
+   * server itself answers elsewhere while this link is silent (`LinkTraffic.checkLife`).
+   */
+  registrationReads?: () => number;
 }
 
 /** Where a link is, as its traffic side shows it: written only by the link machine. */

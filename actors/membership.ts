@@ -114,6 +114,7 @@ export function spawnLink(context: ProxyContext, entry: Member): void {
     logger: context.logger,
     busyPoll: context.busyPoll,
     budget: context.budget,
+    registrationReads: entry.registration ? () => entry.registration!.conn.reads : undefined,
   };
   const id = `upstream:${entry.id}#${linkSeq}`;
   // Their parent is the proxy's link hub (proxy-io.ts), which passes their reports on.

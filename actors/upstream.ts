@@ -65,7 +65,7 @@ export class LinkTraffic implements LinkPort {
   /** A PING sent on the link after tries timed out, waiting for any sign of life (`checkLife`). */
   private lifeCheck?: Timer;
 
-  constructor(private readonly link: Pick<UpstreamContext, 'inflight' | 'clock' | 'tryTimeoutMs' | 'timeoutMs' | 'logger' | 'member' | 'policy' | 'reply' | 'queue' | 'budget'>) {}
+  constructor(private readonly link: Pick<UpstreamContext, 'inflight' | 'clock' | 'tryTimeoutMs' | 'timeoutMs' | 'logger' | 'member' | 'policy' | 'reply' | 'queue' | 'budget' | 'registrationReads'>) {}
 
   get inflight(): Inflight<ProxyRequest> {
     return this.link.inflight;
@@ -140,18 +140,30 @@ export class LinkTraffic implements LinkPort {
    * answers PINGs), and without this each ejection ended on the same dead
    * link, its requests lost a try timeout at a time, for ever. Ended, the link
    * goes down and the member is probed with a new one, as after a reset.
-   * A server that is only slow answers the PING at once.
+   * A server that is only slow answers the PING at once. One whose registration read nothing either
+   * is silent everywhere - its event loop blocked by a handler that computes, or the server gone -
+   * not cut off on this path: the link is kept, and looked at again a try timeout later, while the
+   * registration's PING misses decide whether the server stays. Ended, a blocked server's link lost
+   * every request it held (UPSTREAM_FAILED, with only one server), which it answered once free.
    */
   checkLife(): void {
     const conn = this.conn;
     if (!conn || this.lifeCheck) return;
-    const reads = conn.reads;
     const ms = this.link.tryTimeoutMs;
+    const elsewhere = this.link.registrationReads;
     conn.send({ type: MsgType.PING, seq: PING_SEQ });
-    this.lifeCheck = this.link.clock.setTimeout(() => {
-      this.lifeCheck = undefined;
-      if (this.conn === conn && conn.reads === reads) conn.destroy(new Error(`tries timed out and the link read nothing, not even a PONG, within ${ms} ms: the connection is dead (a NAT or firewall dropping it, or a broken path)`));
-    }, ms);
+    const watch = (reads: number, registered: number | undefined): void => {
+      this.lifeCheck = this.link.clock.setTimeout(() => {
+        this.lifeCheck = undefined;
+        if (this.conn !== conn || conn.reads !== reads) return;
+        const now = elsewhere?.();
+        if (now !== undefined && now === registered) return watch(reads, now);
+        conn.destroy(new Error(now === undefined
+          ? `tries timed out and the link read nothing, not even a PONG, within ${ms} ms: the connection is dead (a NAT or firewall dropping it, or a broken path), or the server's event loop is blocked`
+          : `tries timed out and the link read nothing, not even a PONG, within ${ms} ms, while the server's registration answered: the connection is dead (a NAT or firewall dropping it, or a broken path)`));
+      }, ms);
+    };
+    watch(conn.reads, elsewhere?.());
   }
 
   /** The link's connection is gone: no check of it is due. */

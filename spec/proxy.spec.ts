@@ -2,8 +2,8 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:net';
-import { runClient, startProxy, startServer, sha1Hex, Logger, ManualClock, memorySink, type LogRecord, type ProxyHandle, type ProxyOptions, type ServerHandle } from '../actors/index.js';
+import { createServer, type Server, type Socket } from 'node:net';
+import { connect, runClient, RequestError, startProxy, startServer, sha1Hex, Logger, ManualClock, memorySink, type LogRecord, type ProxyHandle, type ProxyOptions, type ServerHandle } from '../actors/index.js';
 import { MsgType, type AckMsg, type ErrorMsg, type PongMsg } from '../transport/messages.js';
 import { resolveOptions } from '../actors/proxy-options.js';
 import { FrameDecoder } from '../transport/frame.js';
@@ -531,6 +531,66 @@ deadLink('a link that answers nothing, PINGs included, while its registration li
   await eventually(() => links[0]!.closed, 3000, 'the proxy to end the dead link');
   await eventually(() => links.length === 2 && ctx.proxy.pools().P?.states.mute === 'serving', 3000, 'the member back, on a new link');
   assert.ok(ctx.logs.some((l) => l.event === 'down' && l.id === 'mute' && /read nothing, not even a PONG/.test(l.msg)), 'the reason is logged');
+});
+
+/**
+ * A server registered by hand as `id` of policy P whose process can be frozen (`freeze(ms)`), as a
+ * handler that computes without awaiting freezes its one thread: nothing it is sent is read, on its
+ * registration or its links, until the time is up; then everything is read and answered at once
+ * (PINGs with PONGs, requests with an ACK of their payload). Each link is counted, and whether it closed.
+ */
+async function freezablePeer(id: string) {
+  let frozenUntil = 0;
+  const links: Array<{ closed: boolean }> = [];
+  const waiting: Array<() => void> = [];
+  const serve = (sock: Socket, onClose?: () => void): void => {
+    const decoder = new FrameDecoder({ validate: false });
+    sock.on('error', () => {});
+    sock.on('close', () => onClose?.());
+    const read = (chunk: Buffer): void => {
+      for (const m of decoder.push(chunk).messages) {
+        if (m.type === MsgType.PING) sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
+        if (m.type === MsgType.DATA) sock.write(frame({ type: MsgType.ACK, seq: m.seq, srcid: id, destid: m.srcid, payload: `done ${String(m.payload)}`, payloadsize: 0 }));
+      }
+    };
+    sock.on('data', (chunk: Buffer) => (Date.now() < frozenUntil ? waiting.push(() => read(chunk)) : read(chunk)));
+  };
+  const server: Server = createServer((sock) => {
+    const link = { closed: false };
+    links.push(link);
+    serve(sock, () => (link.closed = true));
+  });
+  await new Promise<void>((r) => server.listen(0, LOCAL, r));
+  ctx.extra.push({ close: () => server.close() });
+  const reg = await rawConnect(ctx.proxy.port);
+  ctx.extra.push({ close: () => reg.destroy() });
+  serve(reg);
+  reg.write(frame({ type: 1, id, privPolyId: 'P', listenport: (server.address() as { port: number }).port }));
+  await eventually(() => ctx.proxy.pools().P?.serving.includes(id) ?? false, 2000, `${id} serving`);
+  const freeze = async (ms: number): Promise<void> => {
+    frozenUntil = Date.now() + ms;
+    await new Promise((r) => setTimeout(r, ms));
+    for (const w of waiting.splice(0)) w();
+  };
+  return { links, freeze };
+}
+
+deadLink("a server frozen by a computation, silent on its registration too, keeps its link: the tries time out, and it answers on it once free, not 'unreachable' with what the link held lost", async () => {
+  // Tries timed out (try timeout 200 ms here), then the link's PING went unanswered a try timeout, and the link was
+  // ended as dead (a NAT or firewall...), though the server's registration was as silent: its requests were lost
+  // UPSTREAM_FAILED, answered once it was free, and the policy's only server was out (NO_SERVER) until a probe.
+  const peer = await freezablePeer('busy');
+  const c = await connect({ revproc: `${LOCAL}:${ctx.proxy.port}`, id: 'c' });
+  ctx.extra.push({ close: () => c.destroy() });
+  assert.is(await c.request('P', 'before'), 'done before');
+  const frozen = peer.freeze(1500);
+  const during = await c.request('P', 'during').catch((e: RequestError) => e.code);
+  assert.is(during, 'TIMEOUT', 'its try timed out while the server was frozen');
+  await frozen;
+  assert.is(await c.request('P', 'after'), 'done after', 'answered once free');
+  assert.is(peer.links.length, 1, 'on the link it had');
+  assert.is(peer.links[0]!.closed, false);
+  assert.equal(ctx.logs.filter((l) => l.event === 'down' || l.event === 'deregister').map((l) => l.msg), [], 'never down, never removed');
 });
 
 deadLink('a member ejected while its link was wedged sits out the rest of its ejection when a probe finds it answering on a new link', async () => {
