@@ -201,6 +201,10 @@ export interface LinkPort {
   readonly backlogged: boolean;
   /** How its tries ended lately, for telling an outlier from a policy failing as a whole (ejection). */
   readonly recent: RecentOutcomes;
+  /** When it last read an answer (clock ms; -Infinity before any): a sign its server works (`stalled`). */
+  readonly answeredAt: number;
+  /** When it last took a request (clock ms; -Infinity before any; Infinity where `stalled` keeps to the oldest request's wait alone). */
+  readonly sentAt: number;
   sendOne(req: ProxyRequest): void;
 }
 

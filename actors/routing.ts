@@ -266,8 +266,8 @@ export type Unavailable = 'unregistered' | 'drained' | 'ejected' | 'not_connecte
 /**
  * Why `entry` may not take `req` now, or undefined when it may: it must be
  * registered, not drained or ejected, connected, below its in-flight limit,
- * not stalled (its oldest unanswered request has not waited past
- * `slowAfterMs`: a member that stopped answering holds only the requests it
+ * not stalled (`stalled`: answering nothing for `slowAfterMs`, a request sent
+ * since unanswered too: a member that stopped answering holds only the requests it
  * already has, which retry on time), not backlogged (its link holds no more
  * unwritten than it may: a server that reads too slowly is sent nothing more
  * until it reads), and not already tried for it.
@@ -288,11 +288,23 @@ export function unavailable(context: ProxyContext, entry: Member | undefined, re
   return tried && tried.includes(entry.id) ? 'tried' : undefined;
 }
 
-/** Whether a member's oldest unanswered request has waited `slowAfterMs` or more (never, when it is 0). */
+/**
+ * Whether a member answers nothing (never, when `slowAfterMs` is 0): nothing came back for
+ * `slowAfterMs` since its last answer or since its oldest unanswered request went, whichever is
+ * later, and a request sent to it after that long is unanswered too. One slow request does not
+ * make it so: a server that awaits one long call answers the next request at once, and traffic
+ * goes on; it took no new request until the slow one was answered or its try timed out (1.7 s by
+ * default), and every other request of the policy, from every client, waited for it. Such a
+ * member gets one request to find out (`sentAt`); one that answers nothing holds it, and no more.
+ */
 export function stalled(context: ProxyContext, entry: Member): boolean {
-  const inflight = entry.traffic.inflight;
   const slowAfterMs = context.opts.slowAfterMs;
-  return slowAfterMs > 0 && inflight.size > 0 && context.clock.now() - inflight.oldestSentAt()! >= slowAfterMs;
+  if (slowAfterMs === 0) return false;
+  const traffic = entry.traffic;
+  const inflight = traffic.inflight;
+  if (inflight.size === 0) return false;
+  const since = Math.max(traffic.answeredAt, inflight.oldestSentAt()!) + slowAfterMs;
+  return context.clock.now() >= since && traffic.sentAt >= since;
 }
 
 /** Whether member `id` may take `req` now (the pool's `eligible`): `unavailable` has no reason against it. */

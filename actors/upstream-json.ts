@@ -85,6 +85,9 @@ class JsonLinkPort implements LinkPort {
   /** Never: each of its connections carries one request at a time, and it opens a bounded number of them. */
   readonly backlogged = false;
   readonly recent = new RecentOutcomes();
+  /** An old server works one request at a time on each connection: a request waiting past slow_after is enough (`stalled`). */
+  readonly answeredAt = -Infinity;
+  readonly sentAt = Infinity;
   constructor(
     readonly inflight: Inflight<ProxyRequest>,
     private readonly self: { send(e: LinkCommand): void },

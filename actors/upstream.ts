@@ -64,6 +64,8 @@ export class LinkTraffic implements LinkPort {
   wrong?: ProtocolError;
   /** A PING sent on the link after tries timed out, waiting for any sign of life (`checkLife`). */
   private lifeCheck?: Timer;
+  answeredAt = -Infinity;
+  sentAt = -Infinity;
 
   constructor(private readonly link: Pick<UpstreamContext, 'inflight' | 'clock' | 'tryTimeoutMs' | 'timeoutMs' | 'logger' | 'member' | 'policy' | 'reply' | 'queue' | 'budget' | 'registrationReads'>) {}
 
@@ -120,6 +122,7 @@ export class LinkTraffic implements LinkPort {
     const now = link.clock.now();
     const deadline = tryDeadline(link, req, now);
     const upSeq = link.inflight.add(req, deadline, now);
+    this.sentAt = now;
     if (link.logger.enabled('debug')) logForward(link, req);
     // The server learns how long this try may take (its handler's signal fires then): time left, no shared clock needed.
     req.msg.timeoutms = Math.max(0, Math.floor(deadline - now));
@@ -177,6 +180,7 @@ export class LinkTraffic implements LinkPort {
   answer(messages: Message[], linkId: string): LinkReport | undefined {
     const link = this.link;
     const tally: Tally = { answered: 0, failures: this.failures };
+    let settled = false;
     for (let i = 0; i < messages.length; i++) {
       const m = messages[i]!;
       if (m.type !== MsgType.ACK && m.type !== MsgType.ERROR) {
@@ -197,10 +201,12 @@ export class LinkTraffic implements LinkPort {
         continue;
       }
       settle(link, p.req, m, tally);
+      settled = true;
     }
     this.answered += tally.answered;
     this.failures = tally.failures;
-    if (tally.answered || tally.faults) this.recent.add(link.clock.now(), tally.answered, tally.faults ?? 0);
+    if (settled) this.answeredAt = link.clock.now();
+    if (tally.answered || tally.faults) this.recent.add(this.answeredAt, tally.answered, tally.faults ?? 0);
     return errorAnswersReport(link.member, linkId, tally);
   }
 }

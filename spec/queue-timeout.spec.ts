@@ -527,6 +527,40 @@ live('requests waiting for room keep waiting when one of two servers dies, and g
   assert.is(clock.now(), 0);
 });
 
+live("--slow-after: a server with one slow request takes the next at once when it answers the one sent to find out; one answering nothing holds that one and no more", async (ctx) => {
+  // A server awaiting one long call got no new request until it was answered or its try timed out (1.7 s by
+  // default): every other request of the policy, from every client, waited that long behind it.
+  const { clock, servers: [s], client, waiting } = await policy(ctx, ['s'], { slowAfterMs: 400, maxServerInflight: 100 });
+  const c = await client('c');
+  const slow = outcome(c.request('P', 'slow', { timeoutMs: 60_000 }));
+  await eventually(() => s!.got.length === 1, 3000, 'slow at the server');
+  clock.advance(500);
+  const quick1 = outcome(c.request('P', 'quick1', { timeoutMs: 60_000 }));
+  await eventually(() => s!.got.includes('quick1'), 3000, `quick1 at the server, 500 ms after slow (waiting: ${waiting()})`);
+  s!.release('quick1');
+  await eventually(() => quick1.done !== undefined, 3000, 'quick1 answered');
+  const quick2 = outcome(c.request('P', 'quick2', { timeoutMs: 60_000 }));
+  await eventually(() => s!.got.includes('quick2'), 3000, 'quick2 at the server: it answers');
+  s!.release('quick2');
+  await eventually(() => quick2.done !== undefined, 3000, 'quick2 answered');
+  // Now it answers nothing: a request sent 400 ms after its last answer finds out, and the next waits.
+  clock.advance(500);
+  const probe = outcome(c.request('P', 'probe', { timeoutMs: 60_000 }));
+  await eventually(() => s!.got.includes('probe'), 3000, 'probe at the server');
+  const held = outcome(c.request('P', 'held', { timeoutMs: 60_000 }));
+  await eventually(() => waiting() === 1, 3000, 'held waits in the queue');
+  assert.not.ok(s!.got.includes('held'));
+  clock.advance(399);
+  await new Promise((r) => setTimeout(r, 50));
+  assert.is(waiting(), 1, 'still held back: nothing came back for the probe');
+  s!.release('probe');
+  await eventually(() => s!.got.includes('held'), 3000, 'held sent once the server answered');
+  s!.release('held');
+  s!.release('slow');
+  await eventually(() => [slow, probe, held].every((r) => r.done !== undefined), 3000, 'all answered');
+  assert.equal([slow, probe, held].map((r) => r.done!.answer), ['done slow', 'done probe', 'done held']);
+});
+
 live.run();
 server.run();
 cli.run();
