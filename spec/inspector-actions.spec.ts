@@ -109,12 +109,14 @@ live('an ejected member says why: failures in a row, the last error, since when,
 
 live('a silent member says so; next is the member the next request really goes to, not the one at the cursor', async () => {
   const { insp, proxy } = await setUp([['1', 'normal'], ['2', 'normal'], ['quiet', 'silent']]);
-  // One request is held at quiet: past slowAfterMs it is silent, and passed over.
-  const held = runClient({ id: 'held', proxy: { host: LOCAL, port: proxy.port }, packets: [1, 2, 3].map((i) => ({ srcid: 'held', privPoliId: 'P', payload: `h${i}` })), timeoutMs: 100 });
-  await held;
+  // One request is held at quiet; past slowAfterMs with nothing back, the next one sent there finds out that it
+  // answers nothing (one slow request alone does not make a member silent): held too, quiet is silent, and passed over.
+  const held = (tag: string) => runClient({ id: tag, proxy: { host: LOCAL, port: proxy.port }, packets: [1, 2, 3].map((i) => ({ srcid: tag, privPoliId: 'P', payload: `${tag}${i}` })), timeoutMs: 100 });
+  await held('held');
+  await held('probe');
   const quiet = await viewOf(insp, (s) => { const m = memberIn(s, 'quiet'); return m?.why === 'silent' ? m : undefined; }, 'quiet silent');
   assert.is(quiet.state, 'serving', 'silent is not a state of its own: its link is open');
-  assert.is(quiet.inflight, 1);
+  assert.is(quiet.inflight, 2);
   assert.ok(quiet.oldestAt! <= Date.now() - 100);
   // Move the cursor onto quiet: after 2 answers, the cursor points at the next member in the rotation.
   for (let i = 0; i < 6 && proxy.pools().P!.members[proxy.pools().P!.cursor % 3] !== 'quiet'; i++) await one(`m${i}`);
