@@ -182,6 +182,13 @@ export interface LinkInput {
    * server itself answers elsewhere while this link is silent (`LinkTraffic.checkLife`).
    */
   registrationReads?: () => number;
+  /**
+   * Whether the server's first PONG must not state another id or policy than this member's: for a
+   * member found in the registry, whose address may outlive its server (another, of another policy,
+   * may listen there since). A direct registration is the server's own word on a live connection, and
+   * its address goes with it; a relay or a stand-in registered for a server is the operator's choice.
+   */
+  checkIdentity?: boolean;
 }
 
 /** Where a link is, as its traffic side shows it: written only by the link machine. */

@@ -115,6 +115,7 @@ export function spawnLink(context: ProxyContext, entry: Member): void {
     busyPoll: context.busyPoll,
     budget: context.budget,
     registrationReads: entry.registration ? () => entry.registration!.conn.reads : undefined,
+    checkIdentity: entry.source === 'registry',
   };
   const id = `upstream:${entry.id}#${linkSeq}`;
   // Their parent is the proxy's link hub (proxy-io.ts), which passes their reports on.

@@ -200,8 +200,10 @@ export const ACCEPT_TIMEOUT_MS = 10_000;
 const MSG_NAMES: Record<number, string> = { [MsgType.DATA]: 'DATA', [MsgType.SETUP]: 'SETUP', [MsgType.ACK]: 'ACK', [MsgType.PONG]: 'PONG', [MsgType.DEREGISTER]: 'DEREGISTER' };
 
 interface ListenerInput extends ConnectionLimitsInput {
-  /** The server's id: its JSON ERRORs carry it as `srcid` (the old proxy reads it from every answer). */
+  /** The server's id: its JSON ERRORs carry it as `srcid` (the old proxy reads it from every answer); its PONGs on a link state it. */
   id: string;
+  /** The privacy policy it serves, which its PONGs on a link state with its id (a proxy checks a registry member's). */
+  policy: string;
   host: string;
   port: number;
   maxFrameBytes: number;
@@ -242,7 +244,7 @@ const requestListener = fromCallback<{ type: 'DRAIN' } | RenewTls, ListenerInput
           const requests: DataMsg[] = [];
           for (const m of messages) {
             if (m.type === MsgType.DATA) requests.push(m);
-            else if (m.type === MsgType.PING) conn.send({ type: MsgType.PONG, seq: m.seq });
+            else if (m.type === MsgType.PING) conn.send({ type: MsgType.PONG, seq: m.seq, id: input.id, privPolyId: input.policy });
             else {
               if (requests.length) send({ type: 'REQUESTS', caller, requests: requests.splice(0) });
               refuse(conn, new ProtocolError(ErrorCode.BAD_REQUEST, `message type ${m.type} is not a request`), input.logger);
@@ -767,6 +769,7 @@ export const serverMachine = setup({
     src: 'requestListener',
     input: ({ context }) => ({
       id: context.opts.id,
+      policy: context.opts.policy,
       host: context.opts.listenHost ?? DEFAULT_LISTEN_HOST,
       port: context.opts.listenPort,
       maxFrameBytes: context.opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,

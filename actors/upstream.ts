@@ -17,7 +17,7 @@ import type { BufferBudget } from '../transport/budget.js';
 import type { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { hostPort } from '../transport/address.js';
-import { errorMsg, MsgType, type AckMsg, type ErrorMsg, type Message } from '../transport/messages.js';
+import { errorMsg, MsgType, type AckMsg, type ErrorMsg, type Message, type PongMsg } from '../transport/messages.js';
 import type { Timer } from '../transport/clock.js';
 import { Connection } from '../transport/socket.js';
 import { LOOKUP_TIMEOUT_MS, whenReady } from '../transport/tls.js';
@@ -209,6 +209,17 @@ export class LinkTraffic implements LinkPort {
     if (tally.answered || tally.faults) this.recent.add(this.answeredAt, tally.answered, tally.faults ?? 0);
     return errorAnswersReport(link.member, linkId, tally);
   }
+}
+
+/**
+ * Why the server at a registry member's address is not that member, if it says so in its PONG:
+ * another id or another policy. Requests sent there would reach a server of another policy (a
+ * server killed, and another started on its port before its entry's lease ran out).
+ */
+function stranger(context: Pick<UpstreamContext, 'member' | 'policy' | 'host' | 'port'>, messages: Message[]): string | undefined {
+  const pong = messages.find((m): m is PongMsg => m.type === MsgType.PONG);
+  if (!pong || ((pong.id === undefined || pong.id === context.member) && (pong.privPolyId === undefined || pong.privPolyId === context.policy))) return undefined;
+  return `${hostPort(context.host, context.port)} answered as server id ${pong.id ?? '(not said)'} of privacy policy ${pong.privPolyId ?? '(not said)'}, not as id ${context.member} of privacy policy ${context.policy}, which the registry's entry names: another server listens there now (the entry outlived its server, or names a wrong address); not sent anything`;
 }
 
 /** A link took more unwritten than it may (`LinkTraffic.backlogged`): said at `warn` once, then once per interval with a count. */
@@ -429,6 +440,11 @@ export const upstreamMachine = setup({
       assertEvent(event, 'ANSWERS');
       return event.messages.some((m) => m.type === MsgType.PONG && m.share !== undefined);
     },
+    /** A registry member's server that states another id or policy than the entry's (`checkIdentity`). */
+    strangerPong: ({ context, event }) => {
+      assertEvent(event, 'ANSWERS');
+      return context.checkIdentity === true && stranger(context, event.messages) !== undefined;
+    },
   },
 }).createMachine({
   id: 'upstream',
@@ -483,6 +499,11 @@ export const upstreamMachine = setup({
             guard: 'proxyPong',
             target: 'down',
             actions: assign({ lastError: ({ context }) => ({ code: ErrorCode.UPSTREAM_FAILED, message: `${hostPort(context.host, context.port)} answered as a revproxy proxy's client port (its PONG states a share), not as a server: requests sent there would come back into a proxy. Register the server's own listen port` }) }),
+          },
+          {
+            guard: 'strangerPong',
+            target: 'down',
+            actions: assign({ lastError: ({ context, event }) => ({ code: ErrorCode.UPSTREAM_FAILED, message: stranger(context, (event as { messages: Message[] }).messages)! }) }),
           },
           { guard: 'hasPong', target: 'open', actions: ['notifyUp', 'flushQueue'] },
         ],

@@ -113,6 +113,27 @@ reg_('servers register once; two proxies take them; round robin is exact on each
   assert.is(await advertised(), 1, "the stopped proxy's key is gone when its stop() resolves");
 });
 
+reg_("a registry entry whose address another server of another policy answers now (its port taken after a crash) is sent nothing: the link says who answered, and the entry goes with its lease", async () => {
+  // Its probe (a dial and a PING) found the new server, and the member was back in rotation: a third of policy
+  // 111's requests were answered by a server of policy 222 for as long as the runs went (found with a fleet).
+  const logs: LogRecord[] = [];
+  const p = await proxy({ logs });
+  const port = await freePort();
+  const a = await startServer({ id: '105', policy: '111', listenPort: port, registry: reg() });
+  ctx.servers.push(a);
+  await eventually(() => serving(p).includes('105'), 3000, '105 serving 111');
+  a.kill(); // as a crash: its key stays until its lease ends (2 s)
+  const b = await startServer({ id: '205', policy: '222', listenPort: port, registry: reg() });
+  ctx.servers.push(b);
+  await eventually(() => serving(p, '222').includes('205'), 3000, '205 serving 222');
+  const who: string[] = [];
+  for (const end = Date.now() + 3000; Date.now() < end;) who.push(...(await ask(p.port, '111', 5)));
+  assert.ok(!who.includes('205'), `${who.filter((w) => w === '205').length} of ${who.length} requests of policy 111 answered by 205, of policy 222`);
+  assert.ok(logs.some((l) => l.event === 'down' && l.id === '105' && l.msg.includes(`answered as server id 205 of privacy policy 222, not as id 105 of privacy policy 111`)), logs.filter((l) => l.id === '105').map((l) => l.msg).join('\n'));
+  await eventually(() => p.pools()['111'] === undefined || !p.pools()['111']!.members.includes('105'), 5000, '105 gone with its lease');
+  assert.equal(await ask(p.port, '222', 2), ['205', '205']);
+});
+
 reg_('a server killed is removed from every proxy (its link at once, its key when its lease ends)', async () => {
   const a = await proxy();
   const b = await proxy();

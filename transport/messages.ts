@@ -100,6 +100,14 @@ export interface PongMsg {
    * when nothing limits them. The library's client keeps its requests in flight under it.
    */
   share?: number;
+  /**
+   * From a revproxy server on a proxy's link: the server's id and the privacy policy it serves. A
+   * proxy checks them on the link to a member it found in the registry: an address can outlive
+   * the server its entry names, and another server may listen there since. Absent from servers
+   * that do not state them (checked for nothing).
+   */
+  id?: string;
+  privPolyId?: string;
 }
 /** Server -> proxy on its registration connection: stop sending me new requests. */
 export interface DeregisterMsg { type: 6; id: string }
@@ -359,6 +367,8 @@ export function toMessage(value: unknown, opts: ValidateOptions = {}): Message {
       const m: PongMsg = { type: 5, seq: intField(o, 'seq', 0, MAX_SEQ, true) };
       const share = intField(o, 'share', 0, Number.MAX_SAFE_INTEGER, false);
       if (share !== undefined) m.share = share;
+      if (own(o, 'id') !== undefined) m.id = idField(o, 'id');
+      if (own(o, 'privPolyId') !== undefined) m.privPolyId = idField(o, 'privPolyId');
       return m;
     }
     case MsgType.DEREGISTER:
