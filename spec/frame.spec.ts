@@ -14,6 +14,7 @@ const msgs: Message[] = [
   { type: 1, id: '100', privPolyId: '111', listenport: 2105 },
   { type: 2, seq: 7, srcid: '100', destid: '1', payload: 'b0400cf1f3919fdba057dbd2acc52f148fbb43ac', payloadsize: 40 },
   { type: 3, seq: 9, code: 'NO_SERVER', message: 'no server' },
+  { type: 5, seq: 3, id: '100', privPolyId: '111' },
 ];
 const bytes = Buffer.concat(msgs.map((m) => encodeFrame(m)));
 
