@@ -213,6 +213,12 @@ export interface LinkPort {
   /** When it last took a request (clock ms; -Infinity before any; Infinity where `stalled` keeps to the oldest request's wait alone). */
   readonly sentAt: number;
   sendOne(req: ProxyRequest): void;
+  /**
+   * The pinger's round, for a member with no registration connection (found in the registry):
+   * its link is then the only sign of its life. A link that read nothing since the last round is
+   * PINGed; past `misses` such rounds in a row it is ended, and the member probed.
+   */
+  heartbeat?(misses: number): void;
 }
 
 /** What the proxy tells a link. */

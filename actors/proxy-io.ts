@@ -314,7 +314,13 @@ export const sweeper = fromCallback<ProxyEvent, { busy: Set<Inflight<ProxyReques
 
 const DOWN_PING_EVERY = 4;
 
-/** Liveness: PING each registration connection; a server that misses too many PONGs is removed. */
+/**
+ * Liveness: PING each registration connection; a server that misses too many PONGs is removed. A
+ * member found in the registry has none: its link is PINGed while idle (`LinkPort.heartbeat`), and
+ * ended past as many misses, the member probed. It was judged only by the requests sent it: a
+ * server stopped (SIGSTOP) while its policy was idle stayed serving, `/readyz` 200, and the first
+ * requests waited out their tries on it.
+ */
 export const pinger = fromCallback<ProxyEvent, { servers: Map<string, Member>; clock: Clock; every: number; misses: number }>(({ sendBack, input }) => {
   let round = 0;
   const timer = input.clock.setInterval(() => {
@@ -322,7 +328,11 @@ export const pinger = fromCallback<ProxyEvent, { servers: Map<string, Member>; c
     const quiet = round++ % DOWN_PING_EVERY !== 0;
     for (const entry of input.servers.values()) {
       const peer = entry.registration;
-      if (!peer || peer.conn.closed) continue;
+      if (!peer) {
+        if (entry.traffic.phase === 'open') entry.traffic.heartbeat?.(input.misses);
+        continue;
+      }
+      if (peer.conn.closed) continue;
       if (quiet && entry.traffic.phase === 'down') continue;
       if (peer.missedPings >= input.misses) {
         sendBack({ type: 'MISSED_PINGS', peer, misses: peer.missedPings });

@@ -169,6 +169,25 @@ export class LinkTraffic implements LinkPort {
     watch(conn.reads, elsewhere?.());
   }
 
+  /** `heartbeat`'s: the link's reads at the last round, and the rounds since it read anything. */
+  private heardReads = -1;
+  private missedRounds = 0;
+
+  heartbeat(misses: number): void {
+    const conn = this.conn;
+    if (!conn) return;
+    if (conn.reads !== this.heardReads) {
+      this.heardReads = conn.reads;
+      this.missedRounds = 0;
+      return;
+    }
+    if (++this.missedRounds > misses) {
+      conn.destroy(new Error(`its link answered none of ${misses} PINGs in a row, and nothing else: the server is stopped, frozen (SIGSTOP, a handler computing without awaiting) or cut off; a server found in the registry has no registration connection to PING, so its link is PINGed while idle`));
+      return;
+    }
+    conn.send({ type: MsgType.PING, seq: PING_SEQ });
+  }
+
   /** The link's connection is gone: no check of it is due. */
   release(): void {
     this.lifeCheck?.cancel();

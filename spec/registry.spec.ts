@@ -8,11 +8,14 @@
  * proxies. spec/fleet.spec.ts runs the same as real processes, under load.
  */
 import { EventEmitter } from 'node:events';
+import { createServer, type Socket } from 'node:net';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { connect, Logger, memorySink, sha1Hex, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { describeEtcdError, openEtcd, type Etcd3 } from '../registry/etcd.js';
 import { encodeServer, serverKey } from '../registry/keys.js';
+import { encodeFrame, FrameDecoder } from '../transport/frame.js';
+import { MsgType } from '../transport/messages.js';
 import { KeptKey } from '../registry/kept-key.js';
 import { PrefixMirror, type SyncReason } from '../registry/mirror.js';
 import { resolveRegistry } from '../registry/options.js';
@@ -132,6 +135,41 @@ reg_("a registry entry whose address another server of another policy answers no
   assert.ok(logs.some((l) => l.event === 'down' && l.id === '105' && l.msg.includes(`answered as server id 205 of privacy policy 222, not as id 105 of privacy policy 111`)), logs.filter((l) => l.id === '105').map((l) => l.msg).join('\n'));
   await eventually(() => p.pools()['111'] === undefined || !p.pools()['111']!.members.includes('105'), 5000, '105 gone with its lease');
   assert.equal(await ask(p.port, '222', 2), ['205', '205']);
+});
+
+reg_("a server found in the registry that stops answering while its policy is idle goes out of rotation (its link PINGed), and comes back when it answers again", async () => {
+  // Nothing PINGed a registry member (it has no registration connection): stopped (SIGSTOP) with its policy idle,
+  // it stayed serving, /readyz 200, and the first requests waited out their tries on it. A server by hand here, as
+  // a stopped process: it takes connections (the kernel does) and reads nothing while frozen.
+  const logs: LogRecord[] = [];
+  const p = await proxy({ logs });
+  let frozen = false;
+  const socks = new Set<Socket>();
+  const server = createServer((sock) => {
+    socks.add(sock);
+    sock.on('error', () => {});
+    const decoder = new FrameDecoder({ validate: false });
+    sock.on('data', (chunk: Buffer) => {
+      if (frozen) return;
+      for (const m of decoder.push(chunk).messages) if (m.type === MsgType.PING) sock.write(encodeFrame({ type: MsgType.PONG, seq: m.seq }));
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  ctx.closers.push(() => { for (const s of socks) s.destroy(); server.close(); });
+  const port = (server.address() as { port: number }).port;
+  await ctx.raw!.put(serverKey(ctx.prefix, 'x')).value(encodeServer({ id: 'x', policy: '111', address: '127.0.0.1', port, wire: 'frames' })).exec();
+  await eventually(() => serving(p).includes('x'), 3000, 'x serving');
+  await sleep(2500);
+  assert.ok(serving(p).includes('x'), 'an idle server that answers its link\'s PINGs stays');
+  frozen = true;
+  const t0 = Date.now();
+  await eventually(() => !serving(p).includes('x'), 8000, 'x out of rotation');
+  const took = Date.now() - t0;
+  assert.ok(took >= 2500, `not before 3 PINGs were missed (${took} ms)`);
+  const down = logs.find((l) => l.event === 'down' && l.id === 'x');
+  assert.match(down?.msg ?? '', 'its link answered none of 3 PINGs in a row');
+  frozen = false;
+  await eventually(() => serving(p).includes('x'), 8000, 'x back once it answers a probe');
 });
 
 reg_('a server killed is removed from every proxy (its link at once, its key when its lease ends)', async () => {
