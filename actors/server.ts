@@ -700,12 +700,15 @@ export const serverMachine = setup({
     }),
     logError: ({ context }) => context.logger.error('failed', context.error ?? 'unknown error', { id: context.opts.id }),
     logDraining: ({ context }) => {
-      // Whom it tells: each proxy it is registered with now, or the registry; with none, nobody.
+      // Whom it tells: each proxy it is registered with now (its DEREGISTER is written), or the registry
+      // (being written: etcd may not take it, then deregister_failed says so); with none, nobody.
       const told = context.registered.map((p) => registrar(p).who);
+      const direct = told.filter((who) => !who.startsWith('the registry '));
+      const registry = told.filter((who) => who.startsWith('the registry '));
       // The old JSON wire has no deregistration: its proxies learn it when this server stops taking their connections.
       const what = !told.length ? 'registered nowhere, so nobody to tell'
         : context.opts.wire === 'json' ? `the old JSON wire cannot tell ${told.join(' and ')} (it has no deregistration): no new connections are taken, so they see this server gone`
-        : `told ${told.join(' and ')} that we are leaving`;
+        : [direct.length ? `told ${direct.join(' and ')}` : '', registry.length ? `telling ${registry.join(' and ')}` : ''].filter(Boolean).join(', and ') + ' that we are leaving';
       const ms = drainTimeoutOf(context.opts);
       context.logger.info('draining', `Draining: ${what}; finishing requests in flight (at most ${ms} ms)`, { id: context.opts.id, registered: context.registered, drainTimeoutMs: ms });
     },

@@ -214,6 +214,9 @@ export class KeptKey {
 
   private retry(wait: number): void {
     clearTimeout(this.timer);
+    // `on.taken` may have given up (DUPLICATE_ID: stopped): a timer set after that held the process 2.5 s,
+    // and `revproxy server`'s exit check blamed the handler module, or called it a bug of revproxy's.
+    if (this.stopped) return;
     this.timer = setTimeout(() => {
       if (!this.stopped) void this.establish();
     }, wait);

@@ -75,15 +75,16 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
       },
       taken: (holder, retryInMs) => {
         const other = decodeServer(s.id, holder);
-        const who = typeof other === 'string' ? 'an entry this server did not write' : `a live server at ${other.address}:${other.port}`;
+        const at = typeof other === 'string' ? undefined : `${other.address}:${other.port}`;
+        const who = at === undefined ? 'an entry this server did not write' : `a server at ${at}`;
         if (input.clock.now() - started < patience) {
           // Perhaps our own previous run, whose lease has not ended yet.
-          send({ type: 'REGISTRATION_LOST', proxy: label, error: `server id ${s.id} is held in the registry by ${who}; waiting for its lease to end`, retryInMs });
+          send({ type: 'REGISTRATION_LOST', proxy: label, error: `server id ${s.id} is held in the registry by ${who} whose lease lives: a server running, or one that stopped less than its TTL ago (this server's previous run?); waiting for the lease to end`, retryInMs });
           return;
         }
         refused = true;
         void kept.stop();
-        send({ type: 'REFUSED', proxy: label, code: ErrorCode.DUPLICATE_ID, message: `server id ${s.id} is registered by ${who} (its key ${key} stayed alive for more than ${patience} ms); pick another id` });
+        send({ type: 'REFUSED', proxy: label, code: ErrorCode.DUPLICATE_ID, message: `server id ${s.id} is registered by ${at === undefined ? who : `a live server at ${at}`} (its key ${key} stayed alive for more than ${patience} ms); pick another id` });
       },
     }, true));
     kept.start();
