@@ -32,19 +32,25 @@ function digest(s: string): Buffer {
 }
 
 /** The secret a registration for `policy` must present, if any. */
-function secretFor(opts: Opts, policy: string): string | undefined {
+/** The secrets a policy's servers may register with (any one of them), or undefined when it needs none. */
+function secretsFor(opts: Opts, policy: string): readonly string[] | undefined {
   const perPolicy = opts.tokens && Object.prototype.hasOwnProperty.call(opts.tokens, policy) ? opts.tokens[policy] : undefined;
-  return perPolicy ?? opts.token;
+  const given = perPolicy ?? opts.token;
+  return given === undefined ? undefined : typeof given === 'string' ? [given] : given;
 }
 
-/** Why a setup's secret is not accepted, or undefined when it is. Compared in constant time; never logged. */
+/** Why a setup's secret is not accepted, or undefined when it is (any of its policy's). Compared in constant time; never logged. */
 export function checkSecret(opts: Opts, s: SetupMsg): string | undefined {
-  const required = secretFor(opts, s.privPolyId);
-  if (required === undefined) {
+  const accepted = secretsFor(opts, s.privPolyId);
+  if (accepted === undefined) {
     return opts.tokens ? `privacy policy ${s.privPolyId} has no secret in the proxy's per-policy tokens (--tokens, or tokens in its config)` : undefined;
   }
   if (s.token === undefined) return 'no token given; this proxy requires a registration token';
-  return timingSafeEqual(digest(s.token), digest(required)) ? undefined : 'wrong token';
+  const given = digest(s.token);
+  // Every one compared, whichever matches.
+  let ok = false;
+  for (const secret of accepted) ok = timingSafeEqual(given, digest(secret)) || ok;
+  return ok ? undefined : 'wrong token';
 }
 
 /**
@@ -53,12 +59,13 @@ export function checkSecret(opts: Opts, s: SetupMsg): string | undefined {
  * for its policy (the secret itself never leaves the server). Constant time.
  */
 export function checkProof(opts: Opts, e: Provable & { proof?: string }): string | undefined {
-  const required = secretFor(opts, e.policy);
-  if (required === undefined) {
+  const accepted = secretsFor(opts, e.policy);
+  if (accepted === undefined) {
     return opts.tokens ? `privacy policy ${e.policy} has no secret in the proxy's per-policy tokens (--tokens, or tokens in its config)` : undefined;
   }
   if (e.proof === undefined) return 'its entry carries no proof; this proxy requires a registration secret (start the server with --token)';
-  return proofHolds(required, e, e.proof) ? undefined : 'its proof does not match: a wrong secret, an entry written or changed without it, or a server of another fleet under the same --registry-prefix';
+  const proof = e.proof;
+  return accepted.some((secret) => proofHolds(secret, e, proof)) ? undefined : 'its proof does not match: a wrong secret, an entry written or changed without it, or a server of another fleet under the same --registry-prefix';
 }
 
 /**
@@ -66,7 +73,7 @@ export function checkProof(opts: Opts, e: Provable & { proof?: string }): string
  * undefined: anyone who can connect may register then, so how many may is bounded.
  */
 export function checkOpenLimits(context: ProxyContext, policy: string, host: string): string | undefined {
-  if (secretFor(context.opts, policy) !== undefined) return undefined;
+  if (secretsFor(context.opts, policy) !== undefined) return undefined;
   const { maxServers, maxServersPerPeer } = context.opts;
   const open = context.openRegistrations;
   if (maxServers && open.total >= maxServers) return `${maxServers} servers are registered without a token (--max-servers); set a registration token (--token) to register more`;
@@ -134,7 +141,7 @@ export function spawnLink(context: ProxyContext, entry: Member): void {
 export function addServer(context: ProxyContext, entry: Member): void {
   spawnLink(context, entry);
   context.servers.set(entry.id, entry);
-  entry.open = secretFor(context.opts, entry.policy) === undefined;
+  entry.open = secretsFor(context.opts, entry.policy) === undefined;
   countOpen(context, entry, 1);
   if (entry.source !== 'registry') joinPool(context, entry);
 }
@@ -187,6 +194,7 @@ export function applyReload(context: ProxyContext, opts: Opts): void {
   const was = context.opts;
   context.opts = { ...opts, port: was.port, host: was.host, tls: was.tls, busyPollUs: was.busyPollUs };
   const { timeoutMs, tryTimeoutMs } = context.opts;
+  const revoked = new Map<string, number>();
   for (const entry of [...context.servers.values()]) {
     const denied = entry.source === 'registry'
       ? checkProof(context.opts, { id: entry.id, policy: entry.policy, address: entry.host, port: entry.port, proof: entry.proof })
@@ -194,7 +202,12 @@ export function applyReload(context: ProxyContext, opts: Opts): void {
     if (denied) {
       entry.registration?.conn.endWith(errorMsg(ErrorCode.UNAUTHORIZED, `registration revoked: ${denied}`));
       removeServer(context, entry, `its registration was revoked by a reload (${denied})`);
+      revoked.set(entry.policy, (revoked.get(entry.policy) ?? 0) + 1);
     } else entry.link.send({ type: 'RETUNE', timeoutMs, tryTimeoutMs });
+  }
+  for (const [policy, n] of revoked) {
+    if (context.policies.get(policy)?.members.size) continue;
+    context.logger.warn('reload_emptied', `The reload's secrets revoked every server of privacy policy ${policy} (${n}): its requests are refused NO_SERVER until a server registers with a secret it accepts. To change a secret with no outage, accept the old and the new one (tokens: {"${policy}": [OLD, NEW]}), move the servers to the new one, then drop the old (README, "Changing a secret")`, { policy, revoked: n });
   }
   for (const name of [...context.policies.keys()]) drainWaiting(context, name, true);
 }

@@ -95,10 +95,14 @@ export interface ProxyOptions {
    * Default: `timeoutMs`, by which every request is answered anyway, so a drain cuts nothing off.
    */
   drainTimeoutMs?: number;
-  /** Registration secret every server must present (unless `tokens` names its policy). */
-  token?: string;
-  /** Per-policy registration secrets. When given, a policy it does not name takes `token`, or no registrations at all. */
-  tokens?: Record<string, string>;
+  /**
+   * Registration secret every server must present (unless `tokens` names its policy). A list: each
+   * is accepted, to change the secret without an outage (the proxies take old and new, then the
+   * servers move to the new one, then the proxies drop the old: README, "Changing a secret").
+   */
+  token?: Secrets;
+  /** Per-policy registration secrets (each one, or a list as `token`). When given, a policy it does not name takes `token`, or no registrations at all. */
+  tokens?: Record<string, Secrets>;
   /** TLS for the listener (clients and servers connect over it); with a CA, peers must present certificates it signed. */
   tls?: TlsMaterial;
   /** TLS for the proxy's connections to servers: the CA that signed servers' certificates, and the proxy's own certificate for mutual TLS. */
@@ -181,10 +185,13 @@ export const CLIENT_GONE = 'client_gone';
 export type EjectReason = 'consecutive_failures' | 'unreachable' | 'invalid_message' | 'ended_by_server' | 'probe_succeeded' | 'ejection_over';
 export const EJECT_REASONS: readonly EjectReason[] = ['consecutive_failures', 'unreachable', 'invalid_message', 'ended_by_server', 'probe_succeeded', 'ejection_over'];
 
+/** A registration secret, or several accepted alike (while servers move from one to the next). */
+export type Secrets = string | readonly string[];
+
 /** The options every part of the proxy reads: each one set, defaults applied. */
 export type Opts = Required<Omit<ProxyOptions, 'logger' | 'clock' | 'connect' | 'observer' | 'token' | 'tokens' | 'tls' | 'upstreamTls' | 'oldServers'>> & {
-  token?: string;
-  tokens?: Record<string, string>;
+  token?: Secrets;
+  tokens?: Record<string, Secrets>;
   tls?: TlsMaterial;
   oldServers: Required<OldServerOptions>;
   /** Whether `maxConnections` was set; else it is the default read once here (`defaultMaxConnections`), which the start's lines and the limit kept all take. */

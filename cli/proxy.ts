@@ -453,14 +453,17 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       const ofRegistry = (c: LoadedCert): boolean => c.role.startsWith('registry.');
       certs = [...(restart.includes('tls') ? certs : nextRt.certs).filter((c) => !ofRegistry(c)), ...(restart.includes('registry.tls') ? certs : nextRt.certs).filter(ofRegistry)];
       // Defaults computed from a setting that needs a restart (max_conns_per_peer's from host) follow its running value.
+      // A secret no longer accepted revokes its servers' registrations, in the RELOAD itself: counted for the line below.
+      const registered = handle.actor.getSnapshot().context.servers.size;
       handle.actor.send({ type: 'RELOAD', opts: resolveOptions({ ...nextRt.options, host: rt.options.host, maxBufferedBytes: rt.options.maxBufferedBytes }) });
+      const revoked = registered - handle.actor.getSnapshot().context.servers.size;
       logger.setLevel(nextRt.log.level);
       if (!restart.includes('admin.listen')) admin?.setToken(nextRt.admin?.token);
       if (admin) readyPolicies = nextRt.admin?.readyPolicies ?? [];
       reloads.applied++;
       reloads.lastOk = true;
       reloads.lastOkAt = monotonicEpoch();
-      logger.info('reload', `Reloaded ${source}: ${applied.length ? `applied ${applied.join(', ')}` : restart.length ? `nothing applied: ${restart.join(', ')} need${restart.length === 1 ? 's' : ''} a restart` : 'no setting changed'}; secrets re-read; no connection closed`, { file: source, applied });
+      logger.info('reload', `Reloaded ${source}: ${applied.length ? `applied ${applied.join(', ')}` : restart.length ? `nothing applied: ${restart.join(', ')} need${restart.length === 1 ? 's' : ''} a restart` : 'no setting changed'}; secrets re-read; ${revoked > 0 ? `revoked ${revoked} server registration(s) whose secret no longer passes (deregister lines name them)` : 'no connection closed'}`, { file: source, applied, revoked });
       if (restart.length) {
         logger.warn('reload_restart_needed', `${restart.join(', ')} changed in ${source} but take${restart.length === 1 ? 's' : ''} effect only after a restart; running with the previous value${restart.length === 1 ? '' : 's'}`, { file: source, restart });
       }

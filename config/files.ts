@@ -107,13 +107,13 @@ export function loadPackets(paths: string[], defaultSrcid: string, hint = PKT_HI
   });
 }
 
-export const TOKENS_HINT = '--tokens takes a YAML file that maps each privacy policy to its secret (8 or more characters), e.g. "111": secret-of-111';
+export const TOKENS_HINT = '--tokens takes a YAML file that maps each privacy policy to its secret (8 or more characters), e.g. "111": secret-of-111, or to a list of secrets each accepted ("111": [old-secret, new-secret])';
 
 /**
  * A per-policy tokens file: YAML (or JSON) mapping each privacy policy to
  * its registration secret, e.g. `"111": s3cret-for-111`.
  */
-export function loadTokens(path: string): Record<string, string> {
+export function loadTokens(path: string): Record<string, string | string[]> {
   const text = readGiven(path, 'tokens file', TOKENS_HINT).toString('utf8');
   let doc: unknown;
   try {
@@ -126,11 +126,13 @@ export function loadTokens(path: string): Record<string, string> {
   if (!doc || typeof doc !== 'object' || Array.isArray(doc)) {
     throw new FileError(`the tokens file '${path}' is not a map of policies to secrets; ${TOKENS_HINT}`);
   }
-  const out: Record<string, string> = Object.create(null);
-  for (const [policy, secret] of Object.entries(doc)) {
-    if (typeof secret !== 'string') throw new FileError(`the tokens file '${path}': the secret of policy '${policy}' must be a string; ${TOKENS_HINT}`);
-    if (String(secret).length < 8) throw new FileError(`the tokens file '${path}': the secret of policy '${policy}' is shorter than 8 characters: a short secret is easy to guess`);
-    out[policy] = String(secret);
+  const out: Record<string, string | string[]> = Object.create(null);
+  for (const [policy, given] of Object.entries(doc)) {
+    // A list: each accepted, while the policy's servers move from one secret to the next.
+    const list = Array.isArray(given) ? given : [given];
+    if (list.length === 0 || list.some((secret) => typeof secret !== 'string')) throw new FileError(`the tokens file '${path}': the secret of policy '${policy}' must be a string, or a list of them; ${TOKENS_HINT}`);
+    if (list.some((secret) => String(secret).length < 8)) throw new FileError(`the tokens file '${path}': a secret of policy '${policy}' is shorter than 8 characters: a short secret is easy to guess`);
+    out[policy] = Array.isArray(given) ? list.map(String) : String(given);
   }
   return out;
 }

@@ -25,7 +25,7 @@ import { BUDGET_UNDER_A_LIMIT } from '../transport/budget.js';
 import { loadedCerts, loadTokens, tlsFileHint, tlsFromFlags, TOKENS_HINT, readYamlFile, whyUnreadable, type LoadedCert } from './files.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 import {
-  dict, flag, INVALID, IssuesError, list, name, object, oneOf, opt, readYaml, refine, req, scalar, text, whole, yaml, type Field, type Infer, type Issue, type Schema,
+  dict, flag, INVALID, IssuesError, list, name, object, oneOf, oneOrList, opt, readYaml, refine, req, scalar, text, whole, yaml, type Field, type Infer, type Issue, type Schema,
 } from './schema.js';
 
 /** When a change of a setting takes effect. */
@@ -206,8 +206,8 @@ const numberFields = Object.fromEntries(
 /** Every other setting: listening, secrets, TLS, logs, the admin endpoint, the inspector. */
 const otherFields = {
   host: opt(listenHost, 'address to listen on'),
-  token: opt(secret, 'registration secret every server must present (REVPROXY_TOKEN, --token)'),
-  tokens: opt(dict(secret), 'per-policy registration secrets: policy: secret'),
+  token: opt(oneOrList(secret), 'registration secret every server must present (REVPROXY_TOKEN, --token); a list is each accepted, to change secrets without an outage'),
+  tokens: opt(dict(oneOrList(secret)), 'per-policy registration secrets: policy: secret, or policy: [old, new] while its servers move to the new one'),
   tokens_file: opt(path, 'a YAML file of per-policy secrets (--tokens)'),
   proxy_protocol_from: opt(list(trustedSource), PROXY_PROTOCOL_FROM_DOC),
   retry_on: opt(list(oneOf(RETRY_CONDITIONS)), RETRY_ON_DOC),

@@ -223,6 +223,15 @@ export function list<T>(item: Schema<T>, opts: { min?: number } = {}): Schema<T[
   });
 }
 
+/** One value, or a list of at least one of them (a secret, or the secrets accepted while servers move from one to the next). */
+export function oneOrList<T>(item: Schema<T>): Schema<T | T[]> {
+  const many = list(item, { min: 1 });
+  return {
+    expected: `${item.expected}, or a list of them`,
+    read: (node, at, ctx) => (yaml().isSeq(resolve(node, ctx)) ? many.read(node, at, ctx) : item.read(node, at, ctx)),
+  };
+}
+
 /** A mapping whose keys are free (ids) and whose values all follow one schema. Every key is the object's own, `__proto__` too. */
 export function dict<T>(value: Schema<T>): Schema<Record<string, T>> {
   const expected = `a mapping of names to ${value.expected}`;
