@@ -9,7 +9,7 @@ import { tlsFromFlags, type LoadedCert } from '../config/files.js';
 import { expiryWarning } from '../transport/tls.js';
 import { badListenHost, EMPTY_HOST_HINT, unbracket } from '../config/proxy.js';
 import { nearest } from '../config/schema.js';
-import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
+import { isRegistryUrl, parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 
 // The files a command is given are read by config/files.ts (the config file names the same
 // kinds); the commands take them, and the two errors, from here.
@@ -153,6 +153,8 @@ export function parseEndpoints(value: string): Endpoint[] {
 
 /** `2100`, `host:2100` or `[::1]:2100`. */
 export function parseEndpoint(value: string): Endpoint {
+  // A registry where an address is asked: it was "the reverse proxy port must be a number ..., got 'etcd://...'".
+  if (isRegistryUrl(value)) throw new InvalidArgumentError(`'${value}' is a registry: this command dials addresses; give PORT or HOST:PORT (the fleet's proxies: etcdctl get --prefix --keys-only /revproxy/proxies/)`);
   const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(value);
   const v6 = m ? undefined : bracketHint(value);
   if (v6) throw new InvalidArgumentError(`'${value}' is not PORT nor HOST:PORT: ${v6}`);

@@ -229,6 +229,8 @@ cli('an IPv6 address given with a port but without brackets (::1:2100), or an ad
   await usage(['client', '--revproc', '::1:2100', '--pkt', 'pktfiles'], bracket('[::1]:2100'));
   await usage(['server', '--id', '1', '--pp', '1', '--revproc', '2100,fd00::5:2100'], bracket('[fd00::5]:2100'));
   await usage(['load', '--revproc', '::1', '-n', '1'], /'::1' has no port: give HOST:PORT \(\[::1\]:2100\)/);
+  // It said the port must be a number, got 'etcd://...'.
+  await usage(['load', '--revproc', 'etcd://127.0.0.1:2379', '-n', '1'], /'etcd:\/\/127\.0\.0\.1:2379' is a registry: this command dials addresses; give PORT or HOST:PORT/);
   await usage(['client', '--revproc', 'proxy.internal', '--pkt', 'pktfiles'], /'proxy\.internal' has no port: give HOST:PORT \(proxy\.internal:2100\)/);
   await usage(['proxy', '--port', '0', '--admin', '::1:9100', '--check'], bracket('[::1]:9100'));
   await usage(['server', '--id', '1', '--pp', '1', '--registry', 'etcd://::1:2379'], bracket('[::1]:2379'));
