@@ -668,6 +668,8 @@ export const serverMachine = setup({
       assertEvent(event, 'REGISTERED');
       const where = registrar(event.proxy).within;
       if (event.again) context.logger.info('reregistered', `Registered again ${where}`, { proxy: event.proxy });
+      // The registry takes any entry: each proxy checks its proof, and only the proxies can say they refused it.
+      else if (event.proxy.startsWith('registry ')) context.logger.info('registered', `Registered ${where}: each proxy reading it admits this server once its link answers and its proof holds under that proxy's secret for privacy policy ${context.opts.policy} (a wrong or missing --token is said only in the proxies' logs, as unauthorized lines)`, { proxy: event.proxy });
       else context.logger.info('registered', `Registered ${where}`, { proxy: event.proxy });
     },
     registered: assign(({ context, event }) => {

@@ -345,6 +345,8 @@ reg_('a server drained while etcd is away says it could not tell the registry, a
   const s = await startServer({ id: 'untold', policy: '111', registry: reg({ callTimeoutMs: 500 }), drainTimeoutMs: 2500, logger: new Logger('server untold', memorySink(logs), 'info') });
   ctx.servers.push(s);
   await eventually(() => serving(p).includes('untold'), 5000, 'serving');
+  // The registry takes any entry: the line says the proxies decide, and where a refusal is said.
+  assert.match(logs.find((l) => l.event === 'registered')?.msg ?? '', /^Registered in the registry etcd:\/\/\S+ \(\S+\): each proxy reading it admits this server once its link answers and its proof holds under that proxy's secret for privacy policy 111 \(a wrong or missing --token is said only in the proxies' logs/);
   await ctx.etcd!.stop();
   try {
     const t0 = Date.now();
