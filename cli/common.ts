@@ -89,6 +89,24 @@ export function useColor(on: boolean, stream: { isTTY?: boolean } = process.stdo
   return stream.isTTY === true && !process.env.NO_COLOR;
 }
 
+/** The daemon whose log is JSON lines, if this command runs one (`logStartFailuresTo`). */
+let jsonActor: string | undefined;
+
+/**
+ * A daemon's log, once made: when its lines are JSON, a failure to start (a port in use, a file that
+ * cannot be read) is one of them, `start_failed` at `error` (`startFailureLog`), where it was a plain
+ * `revproxy: ...` line among them that a machine reading JSON lines could not parse. Text logs keep
+ * the plain line.
+ */
+export function logStartFailuresTo(actor: string, format: 'text' | 'json'): void {
+  jsonActor = format === 'json' ? actor : undefined;
+}
+
+/** A log for that line (the daemon's own is closed by then), or undefined for the plain line. */
+export function startFailureLog(): Logger | undefined {
+  return jsonActor === undefined ? undefined : new Logger(jsonActor, jsonSink(process.stdout), 'error');
+}
+
 /**
  * The log of a long-running command: text lines that start with their time,
  * or JSON lines (pino), written asynchronously to stdout with a bounded

@@ -19,7 +19,7 @@ import { runDemo } from './demo.js';
 import { scenarioCommand } from './scenario.js';
 import { inspectCommand, inspectOptions, startInspection, type InspectFlags } from './inspect.js';
 import {
-  FileError, ignoreUserSignals, logProcessWarnings, loadedCerts, releaseEarlySignals, takeEarlySignals, loadPackets, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, hostParser, parseIntOption, parsePort, registryFromFlags, registryOptions, runUntilStopped, tlsFromFlags, tlsOptions, UsageError, warnExpiring,
+  FileError, ignoreUserSignals, logProcessWarnings, logStartFailuresTo, startFailureLog, loadedCerts, releaseEarlySignals, takeEarlySignals, loadPackets, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, hostParser, parseIntOption, parsePort, registryFromFlags, registryOptions, runUntilStopped, tlsFromFlags, tlsOptions, UsageError, warnExpiring,
   wireOption, type FlagTable, type LogFlags, type RegistryFlags, type TlsFlags,
 } from './common.js';
 import { isRegistryUrl } from '../registry/options.js';
@@ -111,6 +111,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     if (registry && this.getOptionValueSource('revproc') !== 'default') throw new UsageError('--revproc and --registry do not go together: with --registry the server registers in etcd, and every proxy watching it takes it');
     const logger = makeLogger(`server ${o.id}`, o);
     const unwarn = logProcessWarnings(logger);
+    logStartFailuresTo(`server ${o.id}`, o.logFormat);
     const tls = tlsFromFlags(o);
     // etcd's client certificate and CA (--registry-cert, --registry-ca) are read again on SIGHUP as the server's own are.
     const registryFiles = o.registryCert || o.registryCa ? { cert: o.registryCert, ca: o.registryCa } : undefined;
@@ -316,14 +317,14 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`revproxy: ${err.message}\n(add --help for usage)\n`);
       return 2;
     }
-    if (err instanceof StartError || err instanceof FileError || (err instanceof RevproxyError && err.code === LocalCode.BAD_FILE)) {
-      process.stderr.write(`revproxy: ${err.message}\n`);
-      return 1;
-    }
+    const known = err instanceof StartError || err instanceof FileError || (err instanceof RevproxyError && err.code === LocalCode.BAD_FILE);
     // Anything else that stops a command from starting (a port in use, a file that cannot be
     // written, bad certificate contents): one line, no stack; REVPROXY_DEBUG=1 shows the stack.
-    if (process.env.REVPROXY_DEBUG) throw err;
-    process.stderr.write(`revproxy: ${describeFailure(err)}\n`);
+    if (!known && process.env.REVPROXY_DEBUG) throw err;
+    const message = known ? (err as Error).message : describeFailure(err);
+    const log = startFailureLog();
+    if (log) log.error('start_failed', message, { exitCode: 1 });
+    else process.stderr.write(`revproxy: ${message}\n`);
     return 1;
   } finally {
     releaseEarlySignals({ resend: false });

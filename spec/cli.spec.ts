@@ -176,6 +176,22 @@ cli('a second proxy on a port in use fails with a clear message', async () => {
   assert.match(second.out.join('\n'), new RegExp(`port ${port} on 127.0.0.1 is already in use`));
 });
 
+cli('with --log-format json, a failure to start is a JSON line of the log (start_failed), for the proxy and the server', async () => {
+  // It was a plain "revproxy: port ... is already in use" among JSON lines, which a reader of JSON lines could not parse.
+  const first = revproxy(['proxy', '-port', '0']);
+  const port = (await first.waitFor(/port (\d+)/))[1]!;
+  for (const args of [['proxy', '--port', port], ['server', '--id', '1', '--pp', '1', '--listen', port]]) {
+    const p = revproxy([...args, '--log-format', 'json']);
+    assert.is(await p.exited, 1, args.join(' '));
+    const lines = p.out.filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as { level: string; event: string; msg: string; actor: string });
+    const failed = lines.find((l) => l.event === 'start_failed');
+    assert.ok(failed, p.out.join('\n'));
+    assert.is(failed!.level, 'error');
+    assert.is(failed!.actor, args[0] === 'proxy' ? 'proxy' : 'server 1');
+    assert.match(failed!.msg, `port ${port} on 127.0.0.1 is already in use`);
+  }
+});
+
 cli('a listen address that cannot be used, for the proxy or its admin endpoint, says why and what to do, without an errno', async () => {
   const cases: Array<[string[], RegExp]> = [
     [['--host', 'no-such-host.invalid'], /cannot listen on no-such-host\.invalid:0: the host name does not resolve to an address: give an address of this machine \(e\.g\. 127\.0\.0\.1, or 0\.0\.0\.0 for every one\)/],
