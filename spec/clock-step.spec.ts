@@ -51,10 +51,10 @@ test('a server waiting out an earlier lease on its id keeps waiting when the wal
   const lease = ctx.raw!.lease(Number(TTL));
   await lease.put(`${prefix}servers/7`).value('{"policy":"111","address":"127.0.0.1","port":1}').exec();
   const server = revproxy(['server', '--id', '7', '--pp', '111', ...flags], { env: clock.env });
-  await printed(server, /waiting for its lease to end/, 0, 'the server waits for the lease');
+  await printed(server, /waiting for the lease to end/, 0, 'the server waits for the lease');
   clock.step('+1h');
   const mark = server.out.length;
-  await printed(server, /waiting for its lease to end/, mark, 'the server still waiting after the step');
+  await printed(server, /waiting for the lease to end/, mark, 'the server still waiting after the step');
   await lease.revoke();
   await printed(server, /Registered in the registry/, mark, 'the server registered once the lease ended');
   server.kill();
