@@ -31,7 +31,6 @@ function digest(s: string): Buffer {
   return createHash('sha256').update(s).digest();
 }
 
-/** The secret a registration for `policy` must present, if any. */
 /** The secrets a policy's servers may register with (any one of them), or undefined when it needs none. */
 function secretsFor(opts: Opts, policy: string): readonly string[] | undefined {
   const perPolicy = opts.tokens && Object.prototype.hasOwnProperty.call(opts.tokens, policy) ? opts.tokens[policy] : undefined;

@@ -94,7 +94,7 @@ let jsonActor: string | undefined;
 
 /**
  * A daemon's log, once made: when its lines are JSON, a failure to start (a port in use, a file that
- * cannot be read) is one of them, `start_failed` at `error` (`startFailureLog`), where it was a plain
+ * cannot be read), or any failure that ends it, is one of them, `failed` at `error` (`startFailureLog`), where it was a plain
  * `revproxy: ...` line among them that a machine reading JSON lines could not parse. Text logs keep
  * the plain line.
  */

@@ -323,7 +323,7 @@ export async function main(argv: string[]): Promise<number> {
     if (!known && process.env.REVPROXY_DEBUG) throw err;
     const message = known ? (err as Error).message : describeFailure(err);
     const log = startFailureLog();
-    if (log) log.error('start_failed', message, { exitCode: 1 });
+    if (log) log.error('failed', message, { exitCode: 1 });
     else process.stderr.write(`revproxy: ${message}\n`);
     return 1;
   } finally {

@@ -176,7 +176,7 @@ cli('a second proxy on a port in use fails with a clear message', async () => {
   assert.match(second.out.join('\n'), new RegExp(`port ${port} on 127.0.0.1 is already in use`));
 });
 
-cli('with --log-format json, a failure to start is a JSON line of the log (start_failed), for the proxy and the server', async () => {
+cli('with --log-format json, a failure to start is a JSON line of the log (failed), for the proxy and the server', async () => {
   // It was a plain "revproxy: port ... is already in use" among JSON lines, which a reader of JSON lines could not parse.
   const first = revproxy(['proxy', '-port', '0']);
   const port = (await first.waitFor(/port (\d+)/))[1]!;
@@ -184,7 +184,7 @@ cli('with --log-format json, a failure to start is a JSON line of the log (start
     const p = revproxy([...args, '--log-format', 'json']);
     assert.is(await p.exited, 1, args.join(' '));
     const lines = p.out.filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as { level: string; event: string; msg: string; actor: string });
-    const failed = lines.find((l) => l.event === 'start_failed');
+    const failed = lines.find((l) => l.event === 'failed');
     assert.ok(failed, p.out.join('\n'));
     assert.is(failed!.level, 'error');
     assert.is(failed!.actor, args[0] === 'proxy' ? 'proxy' : 'server 1');
