@@ -208,8 +208,12 @@ export interface LinkPort {
   readonly backlogged: boolean;
   /** How its tries ended lately, for telling an outlier from a policy failing as a whole (ejection). */
   readonly recent: RecentOutcomes;
-  /** When it last read an answer (clock ms; -Infinity before any): a sign its server works (`stalled`). */
-  readonly answeredAt: number;
+  /**
+   * When it last read an answer to a request sent after one still unanswered (clock ms; -Infinity
+   * before any): its server works past a slow request (`stalled`). A server that works one request
+   * at a time answers in order, and never does.
+   */
+  readonly overtakenAt: number;
   /** When it last took a request (clock ms; -Infinity before any; Infinity where `stalled` keeps to the oldest request's wait alone). */
   readonly sentAt: number;
   sendOne(req: ProxyRequest): void;

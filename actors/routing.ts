@@ -289,13 +289,14 @@ export function unavailable(context: ProxyContext, entry: Member | undefined, re
 }
 
 /**
- * Whether a member answers nothing (never, when `slowAfterMs` is 0): nothing came back for
- * `slowAfterMs` since its last answer or since its oldest unanswered request went, whichever is
- * later, and a request sent to it after that long is unanswered too. One slow request does not
- * make it so: a server that awaits one long call answers the next request at once, and traffic
- * goes on; it took no new request until the slow one was answered or its try timed out (1.7 s by
- * default), and every other request of the policy, from every client, waited for it. Such a
- * member gets one request to find out (`sentAt`); one that answers nothing holds it, and no more.
+ * Whether a member is held back as slow or silent (never, when `slowAfterMs` is 0): its oldest
+ * unanswered request has waited `slowAfterMs`, it has not answered a newer request past it in that
+ * time, and a request sent it since is unanswered too. A server that works one request at a time
+ * (or not at all) answers none past its oldest: once one request has been sent it to find out, it
+ * takes nothing more until it answers, so a backlog waits in the proxy's queue, fair between
+ * clients, not in the server's. One that awaits one long call answers the next past it at once,
+ * and keeps taking requests: it took none until the slow one was answered or its try timed out
+ * (1.7 s by default), and every other request of the policy, from every client, waited for it.
  */
 export function stalled(context: ProxyContext, entry: Member): boolean {
   const slowAfterMs = context.opts.slowAfterMs;
@@ -303,7 +304,7 @@ export function stalled(context: ProxyContext, entry: Member): boolean {
   const traffic = entry.traffic;
   const inflight = traffic.inflight;
   if (inflight.size === 0) return false;
-  const since = Math.max(traffic.answeredAt, inflight.oldestSentAt()!) + slowAfterMs;
+  const since = Math.max(traffic.overtakenAt, inflight.oldestSentAt()!) + slowAfterMs;
   return context.clock.now() >= since && traffic.sentAt >= since;
 }
 

@@ -86,7 +86,7 @@ class JsonLinkPort implements LinkPort {
   readonly backlogged = false;
   readonly recent = new RecentOutcomes();
   /** An old server works one request at a time on each connection: a request waiting past slow_after is enough (`stalled`). */
-  readonly answeredAt = -Infinity;
+  readonly overtakenAt = -Infinity;
   readonly sentAt = Infinity;
   constructor(
     readonly inflight: Inflight<ProxyRequest>,

@@ -64,7 +64,7 @@ export class LinkTraffic implements LinkPort {
   wrong?: ProtocolError;
   /** A PING sent on the link after tries timed out, waiting for any sign of life (`checkLife`). */
   private lifeCheck?: Timer;
-  answeredAt = -Infinity;
+  overtakenAt = -Infinity;
   sentAt = -Infinity;
 
   constructor(private readonly link: Pick<UpstreamContext, 'inflight' | 'clock' | 'tryTimeoutMs' | 'timeoutMs' | 'logger' | 'member' | 'policy' | 'reply' | 'queue' | 'budget' | 'registrationReads'>) {}
@@ -199,7 +199,8 @@ export class LinkTraffic implements LinkPort {
   answer(messages: Message[], linkId: string): LinkReport | undefined {
     const link = this.link;
     const tally: Tally = { answered: 0, failures: this.failures };
-    let settled = false;
+    // When the newest request this read answered went (`overtakenAt`).
+    let newest = -Infinity;
     for (let i = 0; i < messages.length; i++) {
       const m = messages[i]!;
       if (m.type !== MsgType.ACK && m.type !== MsgType.ERROR) {
@@ -220,12 +221,14 @@ export class LinkTraffic implements LinkPort {
         continue;
       }
       settle(link, p.req, m, tally);
-      settled = true;
+      if (p.sentAt > newest) newest = p.sentAt;
     }
     this.answered += tally.answered;
     this.failures = tally.failures;
-    if (settled) this.answeredAt = link.clock.now();
-    if (tally.answered || tally.faults) this.recent.add(this.answeredAt, tally.answered, tally.faults ?? 0);
+    const inflight = link.inflight;
+    const now = newest > -Infinity ? link.clock.now() : 0;
+    if (inflight.size > 0 && newest > inflight.oldestSentAt()!) this.overtakenAt = now;
+    if (tally.answered || tally.faults) this.recent.add(now, tally.answered, tally.faults ?? 0);
     return errorAnswersReport(link.member, linkId, tally);
   }
 }

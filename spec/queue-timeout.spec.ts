@@ -561,6 +561,29 @@ live("--slow-after: a server with one slow request takes the next at once when i
   assert.equal([slow, probe, held].map((r) => r.done!.answer), ['done slow', 'done probe', 'done held']);
 });
 
+live("--slow-after: a server that answers in order, one at a time, with a backlog is held back once one request was sent it to find out: the rest wait in the proxy's queue, not the server's", async (ctx) => {
+  // Answers that came, in order, do not make it a server that works past a slow request: an answer to the
+  // oldest is no sign the next would be quick. Taken as one, a one-at-a-time server under a flood took every
+  // request up to max_server_inflight into its own queue (the soak's RSS grew 159 to 208 MB).
+  const { clock, servers: [s], client, waiting } = await policy(ctx, ['s'], { slowAfterMs: 400, maxServerInflight: 100 });
+  const c = await client('c');
+  const [a, b] = [outcome(c.request('P', 'a', { timeoutMs: 60_000 })), outcome(c.request('P', 'b', { timeoutMs: 60_000 }))];
+  await eventually(() => s!.got.length === 2, 3000, 'a and b at the server');
+  clock.advance(500);
+  s!.release('a');
+  await eventually(() => a.done !== undefined, 3000, 'a answered, in order');
+  const probe = outcome(c.request('P', 'c', { timeoutMs: 60_000 }));
+  await eventually(() => s!.got.includes('c'), 3000, 'c sent to find out');
+  const d = outcome(c.request('P', 'd', { timeoutMs: 60_000 }));
+  await eventually(() => waiting() === 1, 3000, 'd waits in the proxy');
+  await new Promise((r) => setTimeout(r, 50));
+  assert.not.ok(s!.got.includes('d'));
+  s!.release('b');
+  await eventually(() => s!.got.includes('d'), 3000, 'd sent once b, the oldest, was answered and the oldest left is young');
+  for (const p of ['c', 'd']) s!.release(p);
+  await eventually(() => [b, probe, d].every((r) => r.done !== undefined), 3000, 'all answered');
+});
+
 live.run();
 server.run();
 cli.run();
