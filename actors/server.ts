@@ -589,14 +589,17 @@ export function badLimit(opts: ServerOptions): string | undefined {
 }
 
 /**
- * The first of `checks` (an option's name, its least, a hint) whose option is set and is neither
- * a whole number of at least its least nor `Infinity` (no limit), said as what is wrong with it.
+ * The first of `checks` (an option's name, its least, a hint, and its largest if it has one) whose
+ * option is set and is neither a whole number in that range nor `Infinity` (no limit, where there
+ * is no largest), said as what is wrong with it.
  */
-export function badWholeNumbers<T extends object>(opts: T, checks: ReadonlyArray<readonly [keyof T & string, number, string]>): string | undefined {
-  for (const [name, min, hint] of checks) {
+export function badWholeNumbers<T extends object>(opts: T, checks: ReadonlyArray<readonly [keyof T & string, number, string, number?]>): string | undefined {
+  for (const [name, min, hint, max] of checks) {
     const v: unknown = opts[name];
-    if (v === undefined || v === Infinity) continue;
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < min) return `${name} must be a whole number of at least ${min}${hint}, got ${typeof v === 'string' ? `'${v}'` : String(v)}`;
+    if (v === undefined || (v === Infinity && max === undefined)) continue;
+    if (typeof v === 'number' && Number.isInteger(v) && v >= min && (max === undefined || v <= max)) continue;
+    const range = max === undefined ? `of at least ${min}` : `from ${min} to ${max}`;
+    return `${name} must be a whole number ${range}${hint}, got ${typeof v === 'string' ? `'${v}'` : String(v)}`;
   }
   return undefined;
 }

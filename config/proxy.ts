@@ -16,6 +16,7 @@ import { ACCESS_LOG_HOLD } from '../admin/access-log.js';
 import { DEFAULT_LISTEN_HOST, resolveOptions, type Opts, type ProxyOptions } from '../actors/proxy-options.js';
 import { RETRY_CONDITIONS, type RetryCondition } from '../actors/link.js';
 import { badTrustedSource } from '../actors/port-limits.js';
+import { badWholeNumbers } from '../actors/server.js';
 import { HEAP_PER_CONNECTION, HEAP_RESERVE, MIN_DEFAULT_CONNECTIONS } from '../actors/memory-limit.js';
 import { bracketHint, hostPort as hostAndPort, isEveryAddress } from '../transport/address.js';
 import { FileError, LocalCode } from '../transport/errors.js';
@@ -99,14 +100,7 @@ export type NumberKey = keyof typeof NUMBERS;
  * refused NO_SERVER; `retries: -1`, `maxServerInflight: 0` and the like ran as nobody meant.
  */
 export function badProxyNumber(opts: ProxyOptions): string | undefined {
-  for (const [key, s] of Object.entries(NUMBERS) as Array<[NumberKey, NumberSetting]>) {
-    const v: unknown = (opts as Record<string, unknown>)[s.option];
-    if (v === undefined || (v === Infinity && s.max === undefined)) continue;
-    if (typeof v === 'number' && Number.isInteger(v) && v >= s.min && (s.max === undefined || v <= s.max)) continue;
-    const range = s.max === undefined ? `of at least ${s.min}` : `from ${s.min} to ${s.max}`;
-    return `${s.option} must be a whole number ${range} (${key} in a config file), got ${typeof v === 'string' ? `'${v}'` : String(v)}`;
-  }
-  return undefined;
+  return badWholeNumbers(opts, (Object.entries(NUMBERS) as Array<[NumberKey, NumberSetting]>).map(([key, s]) => [s.option, s.min, ` (${key} in a config file)`, s.max] as const));
 }
 
 /** A setting's largest value: its own, or for a time the longest a timer can wait (transport/clock.ts; about 24.8 days). */
