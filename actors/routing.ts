@@ -266,9 +266,9 @@ export type Unavailable = 'unregistered' | 'drained' | 'ejected' | 'not_connecte
 /**
  * Why `entry` may not take `req` now, or undefined when it may: it must be
  * registered, not drained or ejected, connected, below its in-flight limit,
- * not stalled (`stalled`: answering nothing for `slowAfterMs`, a request sent
- * since unanswered too: a member that stopped answering holds only the requests it
- * already has, which retry on time), not backlogged (its link holds no more
+ * not held back as slow or silent (`stalled`: its oldest request unanswered for
+ * `slowAfterMs`, none newer answered past it, and the one sent to find out
+ * unanswered too: it holds only the requests it already has, which retry on time), not backlogged (its link holds no more
  * unwritten than it may: a server that reads too slowly is sent nothing more
  * until it reads), and not already tried for it.
  */
