@@ -30,7 +30,7 @@ import { Connection } from '../transport/socket.js';
 import { closedAtOnce, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, whenReady, type TlsMaterial } from '../transport/tls.js';
 import { setDeadline, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { HandlerError, show, type Payload } from './handler.js';
-import { fmt, silentLogger, type Logger } from './logger.js';
+import { badLogger, fmt, silentLogger, type Logger } from './logger.js';
 import { DEFAULT_RECONNECT_MAX_DELAY_MS, NO_SERVER_GRACE_MS, parkDelay, reconnectDelay, stillNoServer, stillShuttingDown, unreachable } from './hold.js';
 import { badWholeNumbers, DEFAULT_PROXY, type Endpoint } from './server.js';
 import { Liveness, NoPings, PING_AFTER_MS, PONG_WITHIN_MS } from './liveness.js';
@@ -885,7 +885,7 @@ export const DEFAULT_MAX_BYTES_IN_FLIGHT = underShare(DEFAULT_BUFFER_BUDGET / PE
 
 /**
  * What is wrong with the client's numeric options, if anything: each a whole number of at least its
- * least, or `Infinity` (no limit). Unchecked, a `window` of 0 sent nothing and every request waited
+ * least, or `Infinity` (no limit); or with its `logger`. Unchecked, a `window` of 0 sent nothing and every request waited
  * out its timeout; a `maxQueued` of 0 refused every request.
  */
 export function badClientOption(opts: Partial<ClientOptions>): string | undefined {
@@ -893,7 +893,7 @@ export function badClientOption(opts: Partial<ClientOptions>): string | undefine
     ['timeoutMs', 1, ' (Infinity: none)'], ['window', 1, ''], ['maxQueued', 1, ''], ['maxBytesInFlight', 1, ' (Infinity: no limit)'],
     ['maxFrameBytes', 1024, ''], ['maxAttempts', 1, ''], ['failoverDelayMs', 0, ''], ['reconnectMaxDelayMs', 0, ''],
     ['connectTimeoutMs', 1, ''], ['tcpKeepAliveMs', 0, ' (0 = off)'],
-  ]);
+  ]) ?? badLogger(opts.logger);
 }
 
 function windowOf(opts: ClientOptions): number {

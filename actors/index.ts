@@ -11,6 +11,7 @@ import { jsonRegistrations } from './json-registration.js';
 import { releaseAll } from './children.js';
 import type { PortClosed } from './port-closed.js';
 import { badTrustedSource } from './port-limits.js';
+import { badLogger } from './logger.js';
 import { proxyMachine, type ProxyActor } from './proxy.js';
 import { DEFAULT_LISTEN_HOST, type ProxyOptions } from './proxy-options.js';
 import type { MemberSource, MemberState } from './proxy-types.js';
@@ -117,7 +118,7 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
   let machine = proxyMachine;
   let etcd: EtcdClient | undefined;
   // The rules the config file and the flags keep (config/proxy.ts owns them), for a caller of the library.
-  const badNumber = (await import('../config/proxy.js')).badProxyNumber(opts);
+  const badNumber = (await import('../config/proxy.js')).badProxyNumber(opts) ?? badLogger(opts.logger);
   if (badNumber) throw new StartError(`startProxy: ${badNumber}`);
   const untrusted = (opts.proxyProtocolFrom ?? []).map(badTrustedSource).find(Boolean);
   if (untrusted) throw new StartError(`proxyProtocolFrom: ${untrusted}`);
@@ -252,7 +253,7 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
   // An id that is no id cannot name the server in its own error: the call is named instead.
   const noId = badId('id', opts.id);
   if (noId) throw new StartError(`startServer: ${noId}`);
-  const bad = badIdentity(opts) ?? badLimit(opts);
+  const bad = badIdentity(opts) ?? badLimit(opts) ?? badLogger(opts.logger);
   if (bad) throw new StartError(`server ${opts.id}: ${bad}`);
   let machine = opts.wire === 'json' ? serverMachine.provide({ actors: { registrations: jsonRegistrations } }) : serverMachine;
   let etcd: EtcdClient | undefined;

@@ -720,3 +720,21 @@ export class LogStream {
 
 /** Logs nothing (defined last: it needs the classes above). */
 export const silentLogger = new Logger('-', () => {}, 'silent');
+
+/** The methods the actors call on a logger: a pino, winston or console logger lacks some (`repeated`, `child(actor)`). */
+const LOGGER_METHODS = ['child', 'enabled', 'repeated', 'budgeted', 'debug', 'info', 'warn', 'error', 'flush', 'close'] as const;
+
+/**
+ * What is wrong with a `logger` option given to the library, if anything: it must be this file's
+ * `Logger`. Unchecked, a pino or console logger failed at the first line the actor wrote, inside
+ * an action (`context.logger.repeated is not a function`), far from the call that passed it.
+ */
+export function badLogger(v: unknown): string | undefined {
+  if (v === undefined || v instanceof Logger) return undefined;
+  const how = `pass new Logger(actor, textSink(process.stderr), level) (or jsonSink(...) for JSON lines), both exported by revproxy`;
+  if (typeof v === 'function') return `logger must be a Logger, not a function: a function taking log records is a sink, passed as new Logger(actor, sink, level); ${how}`;
+  if (typeof v !== 'object' || v === null) return `logger must be a Logger, got ${v === null ? 'null' : typeof v}: ${how}`;
+  const missing = LOGGER_METHODS.filter((m) => typeof (v as Record<string, unknown>)[m] !== 'function');
+  if (missing.length === 0) return undefined;
+  return `logger must be a revproxy Logger; this one has no ${missing.map((m) => `${m}()`).join(', ')} (a pino, winston or console logger?): ${how}`;
+}

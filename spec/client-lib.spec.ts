@@ -15,6 +15,7 @@ import ts from 'typescript';
 import { runInNewContext } from 'node:vm';
 import { from, lastValueFrom, toArray } from 'rxjs';
 import { connect, Logger, ManualClock, type Clock, memorySink, RequestError, runClient, StartError, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ProxyOptions, type ServerHandle } from '../actors/index.js';
+import { pino } from 'pino';
 import { FrameDecoder } from '../transport/frame.js';
 import { NoPings } from '../actors/liveness.js';
 import { MsgType } from '../transport/messages.js';
@@ -655,6 +656,34 @@ lib('startProxy() refuses a numeric option out of the range its config key and f
   // Infinity is no limit where a setting has no largest value, as before.
   const p = await startProxy({ port: 0, drainTimeoutMs: Infinity, queueLimit: Infinity });
   p.kill();
+});
+
+lib('a logger that is not a revproxy Logger (pino, console, a sink function) is refused at start, saying what to pass', async () => {
+  // Unchecked, it failed at the first line an actor wrote, inside an action ("context.logger.repeated is not a function"),
+  // far from the call that passed it: a proxy or server half started, a client's first request lost.
+  const loggers: Array<[string, unknown, RegExp]> = [
+    ['pino', pino({ level: 'silent' }), /^logger must be a revproxy Logger; this one has no enabled\(\), repeated\(\), budgeted\(\), close\(\) \(a pino, winston or console logger\?\): pass new Logger\(actor, textSink\(process\.stderr\), level\)/],
+    ['console', console, /this one has no child\(\), enabled\(\), repeated\(\), budgeted\(\), flush\(\), close\(\)/],
+    ['a sink', memorySink([]), /^logger must be a Logger, not a function: a function taking log records is a sink, passed as new Logger\(actor, sink, level\)/],
+    ['a string', 'debug', /^logger must be a Logger, got string: pass new Logger/],
+  ];
+  const p = await proxy();
+  for (const [what, logger, why] of loggers) {
+    const calls: Array<[string, () => Promise<{ kill?(): void; close?(): Promise<void> }>, string]> = [
+      ['startProxy', () => startProxy({ port: 0, logger: logger as Logger }), 'startProxy: '],
+      ['startServer', () => startServer({ id: 'x', policy: 'P', revproc: p.port, logger: logger as Logger }), 'server x: '],
+      ['connect', () => connect({ revproc: p.port, logger: logger as Logger }), 'connect(): '],
+    ];
+    for (const [call, start, prefix] of calls) {
+      const err = await start().then((h) => (h.kill ? h.kill() : void h.close?.(), undefined), (e: unknown) => e);
+      assert.instance(err, StartError, `${call} with ${what}`);
+      assert.ok((err as StartError).message.startsWith(prefix), `${call}: ${(err as StartError).message}`);
+      assert.match((err as StartError).message.slice(prefix.length), why, `${call} with ${what}`);
+    }
+  }
+  // A revproxy Logger is taken, as before.
+  const c = await client({ revproc: p.port, logger: new Logger('client', memorySink([]), 'warn') });
+  assert.ok(c);
 });
 
 lib('registering in the registry while listening on every address (0.0.0.0, ::, [::]) is refused at start: no peer could dial it there', async () => {
