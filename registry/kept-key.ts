@@ -31,6 +31,12 @@ export interface KeptKeyHandlers {
   taken(holder: string, retryInMs: number): void;
   /** A keepalive failed: etcd may be unreachable (called once per outage). */
   suspect?(err: unknown): void;
+  /**
+   * No keepalive was answered for a whole TTL: etcd, if it runs, has let the lease end and the key
+   * go, though the lease is given up only after two (it may yet answer: a leader change, a slow disk).
+   * Once per outage; `up(true)` follows if a keepalive is answered again, on this lease or a new one.
+   */
+  lapsed?(why: string): void;
   /** etcd refused who we are (user, password, role): with this handler the key stops trying; without it, it keeps trying. */
   refused?(why: string): void;
 }
@@ -151,6 +157,7 @@ export class KeptKey {
     const every = ttlMs / 3;
     const patience = Math.max(100, Math.min(this.opts.callTimeoutMs, Math.round(every / 2)));
     let last = systemClock.now();
+    let lapsed = false;
     const client = this.client;
     const moves = this.moves;
     const live = (): boolean => gen === this.generation && gen !== this.failedGeneration && !this.stopped && this.leaseId === id && moves === this.moves;
@@ -163,7 +170,8 @@ export class KeptKey {
         if (!live()) return;
         last = systemClock.now();
         this.suspected = false;
-        if (!this.isUp && this.written) this.markUp();
+        if ((!this.isUp || lapsed) && this.written) this.markUp();
+        lapsed = false;
         this.beat = setTimeout(send, every);
       } catch (caught) {
         if (!live()) return;
@@ -173,6 +181,11 @@ export class KeptKey {
         if (!this.suspected) {
           this.suspected = true;
           this.on.suspect?.(err);
+        }
+        // A TTL since etcd last renewed the lease (it did before its answer came): the key may be gone.
+        if (!lapsed && this.isUp && this.on.lapsed && systemClock.now() - last > ttlMs) {
+          lapsed = true;
+          this.on.lapsed(`no keepalive answered for ${Math.round((systemClock.now() - last) / 100) / 10} s, more than the lease's TTL (${this.opts.ttlSeconds} s): ${describeEtcdError(err, this.opts)}`);
         }
         // Given up: said as a lease etcd let expire, unless etcd refused us in TLS (a client certificate it no longer trusts), which is the cause to tell.
         if (systemClock.now() - last > 2 * ttlMs) return this.failed(isTlsRefusal(err) ? err : Object.assign(new Error('no keepalive was answered within two lease TTLs'), { name: 'EtcdLeaseInvalidError' }), gen);

@@ -204,6 +204,12 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
         remindUnadvertised = setInterval(say, options.remindMs ?? 30_000);
       },
       taken() {},
+      // A TTL without a keepalive answered: etcd has let the key go, if it runs. /metrics said 1 for a second TTL, until the lease was given up.
+      lapsed(why) {
+        log.debug('advertise_lapsed', `This proxy's registry key may be gone (${why}); keeping its lease alive`, { reason: why });
+        status.advertised = false;
+        report();
+      },
       // The lease could not be renewed: the watch may be silently dead too.
       suspect: (err) => mirror.suspect(err),
     }));

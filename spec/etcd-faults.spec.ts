@@ -125,6 +125,27 @@ member('a member that refuses connections beside one that serves: the proxy is n
   assert.equal(lines(server, /Not registered/), []);
 });
 
+member('etcd stopped: the proxy reports its key gone (revproxy_registry_advertised 0) once a TTL passed without a keepalive answered, not two; back, 1 again', async () => {
+  // The lease is given up after two TTLs (etcd may yet answer), but etcd, if it runs, lets the key go a TTL after it last
+  // renewed it: /metrics said the proxy was in the registry for a second TTL in which clients could not find it.
+  const ttl = 3;
+  const proc = revproxy(['proxy', '--port', '0', '--admin', '127.0.0.1:0', '--registry', ctx.etcd!.url, '--registry-prefix', '/lapse/', '--registry-ttl', String(ttl)]);
+  const admin = (await proc.waitFor(/Admin endpoint on (http:\S+)/))[1]!;
+  await proc.waitFor(/Advertised this proxy in the registry/);
+  assert.is((await metrics(admin)).get('revproxy_registry_advertised'), 1);
+  await sleep(1500);
+  const stopped = Date.now();
+  await ctx.etcd!.stop();
+  await eventually(async () => (await metrics(admin)).get('revproxy_registry_advertised') === 0, 3 * ttl * 1000, 'advertised 0');
+  const after = Date.now() - stopped;
+  // At most a TTL after the last keepalive answered (a third of a TTL before the stop at most), with room for a loaded machine;
+  // two TTLs before (at least 5 s of the 6 here).
+  assert.ok(after < (ttl + 1) * 1000, `advertised 0 ${after} ms after etcd stopped, its TTL ${ttl} s`);
+  await ctx.etcd!.start();
+  await eventually(async () => (await metrics(admin)).get('revproxy_registry_advertised') === 1, 15_000, 'advertised again');
+  assert.equal(lines(proc, /error|warn/i).filter((l) => /lapsed|may be gone/.test(l)), [], 'the lapse is said at debug only');
+});
+
 member('a server that cannot reach etcd says so when the reason changes, then every 30 s, not at every try; back, it says it registered again', async () => {
   const server = revproxy(['server', '--id', 's', '--pp', '111', '--registry', ctx.etcd!.url, '--registry-prefix', '/away/', '--registry-ttl', TTL]);
   await server.waitFor(/Registered in the registry/);
