@@ -11,7 +11,7 @@ import { jittered } from '../transport/clock.js';
 import type { Failure, ProxyRequest, TryFailure } from './link.js';
 import { fmt } from './logger.js';
 import { clearlyBetter, RECENT_WINDOW_MS } from './recent-outcomes.js';
-import { current, joinPool, removeServer, spawnLink } from './membership.js';
+import { current, joinPool, LIFE_LINES, removeServer, spawnLink } from './membership.js';
 import type { Member, ProxyContext } from './proxy-types.js';
 import { drainSoon, drainWaiting, memberLost, retry, stalled } from './routing.js';
 
@@ -72,13 +72,14 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
     const at = hostPort(entry.host, entry.port);
     // A server that sent something not a valid message, or ended the link itself, is reachable: its author or its load is the cause, not the network.
     const cause = failure.closed !== undefined ? 'ended_by_server' : failure.invalid === undefined ? 'unreachable' : 'invalid_message';
-    context.logger.warn('down', failure.closed !== undefined
+    // Budgeted as registrations are: a peer registering in a loop with a port nobody listens on made one such line each (2,345 in 10 s).
+    context.logger.budgeted('warn', 'down', '', LIFE_LINES, failure.closed !== undefined
       ? `Server id ${entry.id} at ${at} ended its upstream link with ERROR ${failure.closed.code}: ${failure.closed.reason}; the requests in flight on it are retried, and it is out of rotation, next probe in ${delay} ms`
       : failure.invalid === undefined
       ? `Server id ${entry.id} is unreachable at ${at} (${failure.message}); out of rotation, next probe in ${delay} ms`
       : `Server id ${entry.id} at ${at} sent a message that is not valid on its upstream link (${failure.invalid}); it was answered BAD_REQUEST and the link closed. Fix the server to send what docs/PROTOCOL.md describes; out of rotation, next probe in ${delay} ms`, {
       id: entry.id, policy: entry.policy, code: failure.code, reason: failure.message, cause, probeInMs: delay,
-    });
+    }, (n, span) => `${fmt(n)} more server(s) went out of rotation, unreachable or ending their links${span ? ` ${span}` : ''}, past ${LIFE_LINES} such lines an interval: not logged one by one (revproxy_ejections_total counts them by reason)`);
     context.observer?.ejected?.(entry.policy, entry.id, cause, false);
     // The probe takes over from an ejection's timer (cancelled here); a new link that answers
     // puts the member back once its ejection is over (`ejectedUntil`, linkUp).

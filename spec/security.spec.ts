@@ -245,6 +245,30 @@ badInput('a peer registering and leaving over and over gets 100 registration and
   assert.is(logs.find((l) => l.event === 'register_more' && l.summary === true)!.count, 49);
 });
 
+badInput('a peer registering servers at a port nobody listens on gets 100 lines an interval saying they are unreachable, then a count', async (ctx) => {
+  // A hostile-peer probe: 20 loops registering with dead ports, each registration one warn line (2,345 in 10 s from
+  // one process), outside the budget of the registration lines.
+  const logs: LogRecord[] = [];
+  await proxyWith(ctx, { logger: new Logger('proxy', memorySink(logs), 'info', { summaryMs: 60_000 }) });
+  const port = ctx.proxy!.port;
+  const held: Socket[] = [];
+  try {
+    for (let i = 0; i < 150; i++) {
+      const s = await rawConnect(port);
+      held.push(s);
+      s.write(encodeFrame({ type: 1, id: `dead-${i}`, privPolyId: 'D', listenport: 1 }));
+    }
+    await eventually(() => logs.some((l) => l.event === 'down_more'), 5000, 'the count past the budget');
+    await sleep(300);
+    const down = logs.filter((l) => l.event === 'down');
+    assert.is(down.length, 100, `${down.length} down lines`);
+    assert.match(down[0]!.msg, /^Server id dead-\d+ is unreachable at 127\.0\.0\.1:1 \(connection refused\)/);
+    assert.match(logs.find((l) => l.event === 'down_more')!.msg, /^1 more server\(s\) went out of rotation, unreachable or ending their links, past 100 such lines an interval: not logged one by one/);
+  } finally {
+    for (const s of held) s.destroy();
+  }
+});
+
 // ---- hostile input, against a proxy process ----
 
 const hostile = suite('hostile input');
