@@ -285,8 +285,10 @@ export function object<F extends Fields>(
       const field = fields[key];
       if (!field) {
         const there = elsewhere?.[key];
-        const near = there ? undefined : nearest(key, keys);
-        report(ctx, keyAt, there ? `'${key}' does not go in ${what}: it belongs to ${there}` : `unknown key '${key}' in ${what}; expected one of: ${keys.join(', ')}${near ? ` (did you mean '${near}'?)` : ''}`);
+        // A key written as a flag (max-connections) or as the library's option (maxConnections) is the same word in snake_case.
+        const cased = there ? undefined : keys.find((k) => k === snakeCase(key));
+        const near = there ? undefined : cased ?? nearest(key, keys);
+        report(ctx, keyAt, there ? `'${key}' does not go in ${what}: it belongs to ${there}` : `unknown key '${key}' in ${what}; expected one of: ${keys.join(', ')}${near ? ` (did you mean '${near}'?${cased ? ' keys are snake_case' : ''})` : ''}`);
         if (near) seen.add(near); // a misspelt key is reported once, not also as missing
         ok = false;
         continue;
@@ -364,6 +366,11 @@ export function refine<T>(schema: Schema<T>, check: (v: T) => string | undefined
       return problem ? report(ctx, { ...at, offset: offsetOf(node, at.offset) }, problem) : v;
     },
   };
+}
+
+/** `maxConnections` and `max-connections` as a config key is written: `max_connections`. */
+function snakeCase(key: string): string {
+  return key.replace(/([a-z0-9])([A-Z])/g, '$1_$2').replace(/-/g, '_').toLowerCase();
 }
 
 /** The known word one or two edits away, when there is one: for "did you mean". */

@@ -108,6 +108,12 @@ config('--check refuses a bad file with exit 1, naming file:line:col and what wa
   const out = check.out.join('\n');
   assert.match(out, /bad\.yaml:2:10: timeout: expected milliseconds \(a whole number, at least 1\), got "fast"/);
   assert.match(out, /bad\.yaml:4:3: log\.levl: unknown key 'levl' in log; .*did you mean 'level'/);
+  // A key written as its flag or as the library's option name is found, however far it is from the key by edits.
+  const cased = write('cased.yaml', 'port: 2100\nmaxServerInflight: 4\nadmin:\n  ready-policies: [a]\n');
+  const c = revproxy(['proxy', '--check', '--config', cased]);
+  assert.is(await c.exited, 1);
+  assert.match(c.out.join('\n'), /cased\.yaml:2:1: maxServerInflight: unknown key 'maxServerInflight' in proxy configuration; .*\(did you mean 'max_server_inflight'\? keys are snake_case\)/);
+  assert.match(c.out.join('\n'), /cased\.yaml:4:3: admin\.ready-policies: unknown key 'ready-policies' in admin; .*\(did you mean 'ready_policies'\? keys are snake_case\)/);
   assert.match(out, /bad\.yaml:5:22: max_server_inflight: expected a count \(a whole number, at least 1\), got 0/);
   // A time no timer can wait (Node would fire it at once), from the file and from a flag alike.
   assert.match(out, /bad\.yaml:6:16: drain_timeout: expected at most 2147483647, got 2147483648/);
