@@ -7,6 +7,7 @@
  * and enabled again.
  */
 import { hostPort } from '../transport/address.js';
+import { ErrorCode } from '../transport/errors.js';
 import { jittered } from '../transport/clock.js';
 import type { Failure, ProxyRequest, TryFailure } from './link.js';
 import { fmt } from './logger.js';
@@ -108,6 +109,23 @@ export function triesFailed(context: ProxyContext, member: string, linkId: strin
   retry(context, member, requests, failure, failure.cause);
   const policy = context.servers.get(member)?.policy;
   if (policy !== undefined) drainSoon(context, policy);
+}
+
+/**
+ * A server answered SHUTTING_DOWN: it is draining and ran none of `requests`, which go to another
+ * member as requests never sent do. It says so on its link because its registry entry could not (etcd
+ * did not take its leaving): a registry member leaves now, as at an entry saying it is leaving; its link
+ * finishes what the server has read, then closes, and the server's drain ends. A member registered
+ * directly leaves at its DEREGISTER, which its registration connection carries: until then it is
+ * drained, as by an operator (a server of another make answering SHUTTING_DOWN to every request is
+ * sent none, where it was ejected after five).
+ */
+export function serverLeaving(context: ProxyContext, member: string, linkId: string, requests: ProxyRequest[], reason: string): void {
+  const entry = current(context, member, linkId);
+  const why = `it answered SHUTTING_DOWN (${reason})`;
+  if (entry?.source === 'registry') removeServer(context, entry, `it is draining: ${why}, its registry entry unchanged (etcd did not take its leaving)`);
+  else if (entry && !entry.drained) drainMember(context, member, `the server itself: ${why}`);
+  retry(context, member, requests, { code: ErrorCode.UPSTREAM_FAILED, message: `server ${member} is draining and did not run it` }, 'unsent');
 }
 
 /** A probe is due (the pacer's turn came): a new link is dialed, unless the member came back or left meanwhile. */

@@ -242,7 +242,12 @@ export type LinkReport =
    * gone down on one of them); `unsent` only waited in the link for room, and go on as `unsent`.
    */
   | { type: 'UPSTREAM_DOWN'; member: string; linkId: string; failure: Failure; requests: ProxyRequest[]; unsent: ProxyRequest[] }
-  | { type: 'UPSTREAM_RETRY'; member: string; linkId: string; requests: ProxyRequest[]; failure: TryFailure; failures: number };
+  | { type: 'UPSTREAM_RETRY'; member: string; linkId: string; requests: ProxyRequest[]; failure: TryFailure; failures: number }
+  /**
+   * The server answered `requests` SHUTTING_DOWN: it is draining, ran none of them (docs/PROTOCOL.md), and says so
+   * because its registry entry could not (etcd away). `reason`: its words.
+   */
+  | { type: 'UPSTREAM_LEAVING'; member: string; linkId: string; requests: ProxyRequest[]; reason: string };
 
 /** A try ends at the try timeout, and never after the request's own deadline. */
 export function tryDeadline(link: Pick<LinkInput, 'tryTimeoutMs' | 'timeoutMs'>, req: ProxyRequest, now: number): number {
@@ -265,6 +270,9 @@ export interface Tally {
   faults?: number;
   failed?: ProxyRequest[];
   lastFailure?: ErrorMsg;
+  /** Requests the server answered SHUTTING_DOWN (draining: not run), and its words. */
+  unrun?: ProxyRequest[];
+  leaving?: string;
 }
 
 /**
@@ -280,6 +288,10 @@ export function settle(link: Pick<LinkInput, 'member' | 'logger' | 'reply'>, req
     tally.failures = 0;
     tally.answered++;
     link.reply(req, m, link.member);
+  } else if (m.code === ErrorCode.SHUTTING_DOWN) {
+    // A draining server ran none of it: no fault of the server's, and safe to send elsewhere.
+    (tally.unrun ??= []).push(req);
+    tally.leaving ??= m.message;
   } else {
     // A server that answers OVERLOADED (its queue or buffer budget is full) or TIMEOUT (the request waited past its
     // deadline in its queue) is shedding load, busy rather than broken: the request is retried elsewhere, but the
@@ -319,11 +331,22 @@ export function leftReports(member: string, linkId: string, written: ProxyReques
  * registration's REMOVED) would tell the client something untrue of its proxy or its bytes: a
  * server that answers one fails the try UPSTREAM_FAILED, its words kept in the message.
  */
-export function errorAnswersReport(member: string, linkId: string, tally: Tally): LinkReport | undefined {
+function errorAnswersReport(member: string, linkId: string, tally: Tally): LinkReport | undefined {
   const m = tally.lastFailure;
   if (!tally.failed || !m) return undefined;
   const cause = m.code === ErrorCode.OVERLOADED ? 'overloaded' : m.code === ErrorCode.TIMEOUT ? 'timeout' : 'upstream-failed';
   return retryReport(member, linkId, tally.failed, { code: answerCode(m.code), message: `server ${member} answered ${m.code}: ${m.message}`, cause }, tally.failures);
+}
+
+/**
+ * The reports of a read's answers that were not answers to pass on, if any: the error answers, to be
+ * retried (`errorAnswersReport`), and the requests a draining server did not run, with its leaving.
+ */
+export function answersReports(member: string, linkId: string, tally: Tally): LinkReport[] | undefined {
+  const failed = errorAnswersReport(member, linkId, tally);
+  if (!tally.unrun) return failed && [failed];
+  const leaving: LinkReport = { type: 'UPSTREAM_LEAVING', member, linkId, requests: tally.unrun, reason: quoted(tally.leaving ?? '') };
+  return failed ? [failed, leaving] : [leaving];
 }
 
 /** A server's error code as a try's failure: its own when a server may answer a request with it (`SERVER_ANSWER_CODES`), else UPSTREAM_FAILED. */

@@ -36,7 +36,7 @@ import { drainWatch, linkHub, listener, noRegistry, pinger, PortClosed, sweeper 
 import { LinkSockets, logBadInput, logLinksFull, logShed } from './port-limits.js';
 import { proxyBudgetNote, proxyConnectionsNote, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
 import type { ProxyContext, ProxyEvent } from './proxy-types.js';
-import { drainMember, enableMember, linkDown, linkUp, probe, readmit, triesFailed } from './health.js';
+import { drainMember, enableMember, linkDown, linkUp, probe, readmit, serverLeaving, triesFailed } from './health.js';
 import { admit, applyReload, evict, registeredBy, removeServer } from './membership.js';
 import { closeAfterAnswers, drainWaiting, expireWaiting, failRemaining, holdRequest, makeReply, namedPolicy, refuse, route } from './routing.js';
 import { fromRegistry } from './registry-members.js';
@@ -168,6 +168,11 @@ export const proxyMachine = setup({
     upstreamRetry: ({ context, event }) => {
       assertEvent(event, 'UPSTREAM_RETRY');
       triesFailed(context, event.member, event.linkId, event.failure, event.failures, event.requests);
+    },
+
+    upstreamLeaving: ({ context, event }) => {
+      assertEvent(event, 'UPSTREAM_LEAVING');
+      serverLeaving(context, event.member, event.linkId, event.requests, event.reason);
     },
 
     probe: ({ context, event }) => {
@@ -314,6 +319,7 @@ export const proxyMachine = setup({
     UPSTREAM_UP: { actions: 'upstreamUp' },
     UPSTREAM_DOWN: { actions: 'upstreamDown' },
     UPSTREAM_RETRY: { actions: 'upstreamRetry' },
+    UPSTREAM_LEAVING: { actions: 'upstreamLeaving' },
     PROBE: { actions: 'probe' },
     READMIT: { actions: 'readmit' },
     MEMBER_DRAIN: { actions: 'memberDrain' },

@@ -20,7 +20,7 @@ import { assertEvent, assign, fromCallback, sendTo, setup, type ActorRefFrom } f
 import { DEFAULT_PROXY_PORT, hostPort, plainIPv4 } from '../transport/address.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
-import { errorMsg, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type DataMsg, type Message, type SetupMsg } from '../transport/messages.js';
+import { errorMsg, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type DataMsg, type ErrorMsg, type Message, type SetupMsg } from '../transport/messages.js';
 import { Connection, ConnectionTimeout } from '../transport/socket.js';
 import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, listenOn, listenServer, whenReady, renewTls, type TlsMaterial } from '../transport/tls.js';
 import { jittered, systemClock, type Clock, type Timer } from '../transport/clock.js';
@@ -215,12 +215,14 @@ interface ListenerInput extends ConnectionLimitsInput {
 }
 
 /** Accepts the proxies' connections; each read becomes one REQUESTS batch. Stopped, it aborts the handlers still running. */
-const requestListener = fromCallback<{ type: 'DRAIN' } | RenewTls, ListenerInput>(
+const requestListener = fromCallback<{ type: 'DRAIN' } | { type: 'REFUSE_NEW'; message: string } | RenewTls, ListenerInput>(
   ({ sendBack, receive, input }) => {
     const send = (e: ServerEvent): void => sendBack(e);
     const limits = new ConnectionLimits(input, input.logger, { total: '--max-connections', perPeer: '--max-conns-per-peer' });
     const conns = new Set<Connection>();
     let draining = false;
+    /** Set when a drain could not tell the registry: each request read from then on is answered this, SHUTTING_DOWN, and not run. */
+    let refusing: ErrorMsg | undefined;
     const checkDrained = (): void => {
       if (draining && conns.size === 0) send({ type: 'DRAINED' });
     };
@@ -243,7 +245,10 @@ const requestListener = fromCallback<{ type: 'DRAIN' } | RenewTls, ListenerInput
         next: (messages) => {
           const requests: DataMsg[] = [];
           for (const m of messages) {
-            if (m.type === MsgType.DATA) requests.push(m);
+            if (m.type === MsgType.DATA) {
+              if (refusing && conn.wire !== 'json') conn.send({ ...refusing, seq: m.seq });
+              else requests.push(m);
+            }
             else if (m.type === MsgType.PING) conn.send({ type: MsgType.PONG, seq: m.seq, id: input.id, privPolyId: input.policy });
             else {
               if (requests.length) send({ type: 'REQUESTS', caller, requests: requests.splice(0) });
@@ -269,6 +274,10 @@ const requestListener = fromCallback<{ type: 'DRAIN' } | RenewTls, ListenerInput
     listenOn(server, input.port, input.host, (port, address) => send({ type: 'LISTENING', port, address }), (error) => send({ type: 'LISTEN_FAILED', error }), logAcceptErrors(input.logger, '--max-connections'));
     receive((e) => {
       if (e.type === 'RENEW_TLS') return renewTls(server, e.tls);
+      if (e.type === 'REFUSE_NEW') {
+        refusing = errorMsg(ErrorCode.SHUTTING_DOWN, e.message);
+        return;
+      }
       // DRAIN: no new connections; the proxies close theirs once they have their answers.
       draining = true;
       server.close();
@@ -721,7 +730,7 @@ export const serverMachine = setup({
     logUntold: ({ context, event }) => {
       assertEvent(event, 'DEREGISTER_FAILED');
       const ms = drainTimeoutOf(context.opts);
-      context.logger.warn('deregister_failed', `Could not tell the ${event.proxy} that this server is leaving: ${event.error}. Its proxies keep its entry, and keep sending it requests (it answers them), until its lease ends and they reach etcd again; the drain waits for their links to close, at most ${ms} ms (--drain-timeout)`, { proxy: event.proxy, error: event.error, drainTimeoutMs: ms });
+      context.logger.warn('deregister_failed', `Could not tell the ${event.proxy} that this server is leaving: ${event.error}. Its proxies keep its entry until its lease ends and they reach etcd again: each request they send from now is answered SHUTTING_DOWN and not run, which takes this server out of a proxy's rotation (of this build or later) and the request to another server; the drain waits for their links to close, at most ${ms} ms (--drain-timeout)`, { proxy: event.proxy, error: event.error, drainTimeoutMs: ms });
     },
     logDrainTimedOut: ({ context }) => {
       // Said, not left to the stop line's count: the proxies retry these elsewhere or fail them, and a deploy should know.
@@ -840,7 +849,8 @@ export const serverMachine = setup({
           on: {
             DRAINED: '#server.stopped',
             STOP: '#server.stopped',
-            DEREGISTER_FAILED: { actions: 'logUntold' },
+            // The proxies learn it from the next request each sends: answered SHUTTING_DOWN, not run (docs/PROTOCOL.md).
+            DEREGISTER_FAILED: { actions: ['logUntold', sendTo('listener', ({ context }) => ({ type: 'REFUSE_NEW' as const, message: `server ${context.opts.id} is draining and did not run this request: send it to another server (its registry entry could not say it is leaving)` }))] },
           },
         },
       },

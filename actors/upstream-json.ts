@@ -40,7 +40,7 @@ import { whenReady } from '../transport/tls.js';
 import type { Timer } from '../transport/clock.js';
 import { Inflight } from './inflight.js';
 import {
-  describeLinkError, errorAnswersReport, leftReports, logForward, retryReport, settle, tryDeadline,
+  describeLinkError, answersReports, leftReports, logForward, retryReport, settle, tryDeadline,
   type LinkCommand, type LinkInput, type LinkPhase, type LinkPort, type LinkReport, type ProxyRequest, type Tally, type TryCause,
 } from './link.js';
 import { OLD_SERVER_DEFAULTS, type OldServerOptions } from './proxy-options.js';
@@ -312,8 +312,8 @@ export const upstreamJsonMachine = setup({
       if (slot.closing || !context.reuse) closeGently(context, slot);
       context.traffic.recent.add(now, tally.answered, tally.faults ?? 0);
       enqueue.assign({ answered: context.answered + tally.answered, consecutiveFailures: tally.failures, misses: 0, retryMs: DIAL_RETRY_FIRST_MS });
-      const report = errorAnswersReport(context.member, self.id, tally);
-      if (report) enqueue.sendParent(report);
+      const reports = answersReports(context.member, self.id, tally);
+      if (reports) for (const report of reports) enqueue.sendParent(report);
     }),
     connDown: enqueueActions(({ context, event, enqueue, self }) => {
       assertEvent(event, 'CONN_DOWN');

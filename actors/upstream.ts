@@ -25,7 +25,7 @@ import { Inflight } from './inflight.js';
 import { fmt } from './logger.js';
 import { RecentOutcomes } from './recent-outcomes.js';
 import {
-  closedByServer, describeLinkError, errorAnswersReport, leftReports, logForward, quoted, retryReport, settle, tryDeadline,
+  closedByServer, describeLinkError, answersReports, leftReports, logForward, quoted, retryReport, settle, tryDeadline,
   type Failure, type LinkCommand, type LinkInput, type LinkPhase, type LinkPort, type LinkReport, type ProxyRequest, type SocketFactory, type Tally, type TryFailure,
 } from './link.js';
 
@@ -196,7 +196,7 @@ export class LinkTraffic implements LinkPort {
   }
 
   /** Settle one read of answers; returns the report of its error answers, if any, for the proxy. */
-  answer(messages: Message[], linkId: string): LinkReport | undefined {
+  answer(messages: Message[], linkId: string): LinkReport[] | undefined {
     const link = this.link;
     const tally: Tally = { answered: 0, failures: this.failures };
     // When the newest request this read answered went (`overtakenAt`).
@@ -229,7 +229,7 @@ export class LinkTraffic implements LinkPort {
     const now = newest > -Infinity ? link.clock.now() : 0;
     if (inflight.size > 0 && newest > inflight.oldestSentAt()!) this.overtakenAt = now;
     if (tally.answered || tally.faults) this.recent.add(now, tally.answered, tally.faults ?? 0);
-    return errorAnswersReport(link.member, linkId, tally);
+    return answersReports(link.member, linkId, tally);
   }
 }
 
@@ -321,8 +321,8 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
       next: (messages) => {
         input.busyPoll?.kick();
         if (link.phase !== 'open') return sendBack({ type: 'ANSWERS', messages });
-        const report = link.answer(messages, linkId);
-        if (report) sendBack({ type: 'REPORT', report });
+        const reports = link.answer(messages, linkId);
+        if (reports) for (const report of reports) sendBack({ type: 'REPORT', report });
         // The server ended the link (an ERROR without a seq): down now, with its words, not when the close arrives.
         if (link.said) down(link.said.message);
         else if (link.wrong) refuse(link.wrong);
@@ -400,8 +400,8 @@ export const upstreamMachine = setup({
     },
     respond: enqueueActions(({ context, event, enqueue, self }) => {
       assertEvent(event, 'ANSWERS');
-      const report = context.traffic.answer(event.messages, self.id);
-      if (report) enqueue.sendParent(report);
+      const reports = context.traffic.answer(event.messages, self.id);
+      if (reports) for (const report of reports) enqueue.sendParent(report);
     }),
     expire: enqueueActions(({ context, event, enqueue, self }) => {
       assertEvent(event, 'EXPIRE');

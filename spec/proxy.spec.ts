@@ -413,13 +413,13 @@ faults("a server that answers a request with a code the proxy says only to regis
   assert.match(answer.message, /the last try: server bad answered REMOVED: go away$/);
 });
 
-faults("a server that answers a request with a code only a proxy says (NO_SERVER, SHUTTING_DOWN, BAD_REQUEST) fails it UPSTREAM_FAILED, its words kept; the codes a server may answer pass", async () => {
+faults("a server that answers a request with a code only a proxy says (NO_SERVER, BAD_REQUEST) fails it UPSTREAM_FAILED, its words kept; the codes a server may answer pass; SHUTTING_DOWN drains the server, the request sent elsewhere", async () => {
   // Only the registration codes were mapped: a server answering NO_SERVER got it to the client, whose
   // library then took the proxy for serving no server of P and moved to another proxy.
   let code = '';
   await stubServer('bad', (seq) => [{ type: MsgType.ERROR, seq, code, message: `said ${code}` }]);
   const { sock, c } = await rawClient();
-  const expected = [['NO_SERVER', 'UPSTREAM_FAILED'], ['SHUTTING_DOWN', 'UPSTREAM_FAILED'], ['BAD_REQUEST', 'UPSTREAM_FAILED'], ['OVERLOADED', 'OVERLOADED'], ['TIMEOUT', 'TIMEOUT']];
+  const expected = [['NO_SERVER', 'UPSTREAM_FAILED'], ['BAD_REQUEST', 'UPSTREAM_FAILED'], ['OVERLOADED', 'OVERLOADED'], ['TIMEOUT', 'TIMEOUT']];
   for (const [i, [said, answered]] of expected.entries()) {
     code = said!;
     sock.write(frame({ type: 0, seq: i, srcid: 'c', privPoliId: 'P', payload: 'x' }));
@@ -428,6 +428,15 @@ faults("a server that answers a request with a code only a proxy says (NO_SERVER
     assert.is(answer.code, answered, `${said}: ${answer.message}`);
     assert.match(answer.message, new RegExp(`server bad answered ${said}: said ${said}$`));
   }
+  // A draining server's word (docs/PROTOCOL.md): it ran none of it, and takes no more. With no other server, the request has none to go to.
+  code = 'SHUTTING_DOWN';
+  sock.write(frame({ type: 0, seq: 9, srcid: 'c', privPoliId: 'P', payload: 'x' }));
+  await c.until(() => c.got.length === expected.length + 1);
+  const last = c.got[expected.length] as ErrorMsg;
+  assert.is(last.code, 'UPSTREAM_FAILED', last.message);
+  assert.match(last.message, /\(tried bad\); the last try: server bad is draining and did not run it$/);
+  assert.is(ctx.proxy.pools().P?.states.bad, 'drained');
+  assert.ok(ctx.logs.some((l) => l.event === 'member_drain' && /^Drained server id bad of privacy policy P \(asked by the server itself: it answered SHUTTING_DOWN \(said SHUTTING_DOWN\)\)/.test(l.msg)), ctx.logs.map((l) => l.msg).join('\n'));
 });
 
 faults("a request that failed on every server it could go to is answered with the last failure's reason, briefly, not only the servers tried", async () => {

@@ -356,8 +356,55 @@ reg_('a server drained while etcd is away says it could not tell the registry, a
     const warned = logs.find((l) => l.event === 'deregister_failed');
     assert.ok(warned, logs.map((l) => l.msg).join('\n'));
     assert.is(warned!.level, 'warn');
-    assert.match(warned!.msg, /^Could not tell the registry etcd:\/\/.* that this server is leaving: etcd did not take the entry saying it is leaving within 1000 ms\. Its proxies keep its entry, and keep sending it requests \(it answers them\), until its lease ends and they reach etcd again; the drain waits for their links to close, at most 2500 ms \(--drain-timeout\)$/);
+    assert.match(warned!.msg, /^Could not tell the registry etcd:\/\/.* that this server is leaving: etcd did not take the entry saying it is leaving within 1000 ms\. Its proxies keep its entry until its lease ends and they reach etcd again: each request they send from now is answered SHUTTING_DOWN and not run, which takes this server out of a proxy's rotation \(of this build or later\) and the request to another server; the drain waits for their links to close, at most 2500 ms \(--drain-timeout\)$/);
+    // No request came to say it on: the idle link stays open until the drain timeout.
     assert.ok(Date.now() - t0 >= 2000, 'the drain waited for the links');
+  } finally {
+    await ctx.etcd!.start();
+  }
+});
+
+reg_('a server drained while etcd is away answers the requests that still come SHUTTING_DOWN, not run: the proxy takes it out and sends them to another server, and the drain ends when its links close', async () => {
+  // A fleet probe: drained during an etcd outage, a server was sent requests for its whole drain (35 s), then cut off
+  // those in flight at its drain timeout: its proxies could not learn it was leaving.
+  const logs: LogRecord[] = [];
+  const p = await proxy({ logs });
+  const ran = { a: 0, b: 0 } as Record<string, number> & { a: number; b: number };
+  const start = (id: string) => startServer({ id, policy: '111', registry: reg({ callTimeoutMs: 500 }), drainTimeoutMs: 20_000, handler: (payload) => (ran[id]!++, sha1Hex(payload)) });
+  const a = await start('a');
+  const b = await start('b');
+  ctx.servers.push(a, b);
+  await eventually(() => serving(p).length === 2, 5000, 'both serving');
+  const c = await connect({ revproc: p.port, timeoutMs: 5000, window: 4 });
+  ctx.closers.push(() => c.close());
+  let going = true;
+  const outcomes: Record<string, number> = {};
+  const load = (async () => {
+    for (let i = 0; going; i++) {
+      const o = await c.send('111', `m${i}`);
+      const k = o.ok ? `ok ${o.answer.srcid}` : o.error.code;
+      outcomes[k] = (outcomes[k] ?? 0) + 1;
+    }
+  })();
+  await sleep(300);
+  await ctx.etcd!.stop();
+  try {
+    const t0 = Date.now();
+    await a.stop();
+    const took = Date.now() - t0;
+    const ranBy = { ...ran };
+    await sleep(300);
+    going = false;
+    await load;
+    // Nothing failed; a's links closed once the proxy took it out, not at its drain timeout.
+    assert.equal(Object.keys(outcomes).filter((k) => !k.startsWith('ok ')), [], JSON.stringify(outcomes));
+    assert.ok(took < 10_000, `the drain took ${took} ms (its timeout 20000 ms)`);
+    const left = logs.find((l) => l.event === 'deregister' && l.id === 'a');
+    assert.match(left?.msg ?? logs.map((l) => l.msg).join('\n'), /^Server id a left privacy policy 111: it is draining: it answered SHUTTING_DOWN \(server a is draining and did not run this request: send it to another server \(its registry entry could not say it is leaving\)\), its registry entry unchanged \(etcd did not take its leaving\)$/);
+    assert.equal(serving(p), ['b']);
+    // a ran nothing after its drain; b took the rest.
+    assert.is(ran.a, ranBy.a);
+    assert.ok(ran.b > ranBy.b, JSON.stringify({ ran, ranBy }));
   } finally {
     await ctx.etcd!.start();
   }
