@@ -214,6 +214,10 @@ export interface LinkPort {
    * at a time answers in order, and never does.
    */
   readonly overtakenAt: number;
+  /** When it last read an answer to a request (clock ms; -Infinity before any). */
+  readonly answeredAt: number;
+  /** How many requests its server says it runs at once (a revproxy server's `--concurrency`, in its link PONG); undefined: not said. */
+  readonly limit: number | undefined;
   /** When it last took a request (clock ms; -Infinity before any; Infinity where `stalled` keeps to the oldest request's wait alone). */
   readonly sentAt: number;
   sendOne(req: ProxyRequest): void;

@@ -290,13 +290,15 @@ export function unavailable(context: ProxyContext, entry: Member | undefined, re
 
 /**
  * Whether a member is held back as slow or silent (never, when `slowAfterMs` is 0): its oldest
- * unanswered request has waited `slowAfterMs`, it has not answered a newer request past it in that
- * time, and a request sent it since is unanswered too. A server that works one request at a time
- * (or not at all) answers none past its oldest: once one request has been sent it to find out, it
- * takes nothing more until it answers, so a backlog waits in the proxy's queue, fair between
- * clients, not in the server's. One that awaits one long call answers the next past it at once,
- * and keeps taking requests: it took none until the slow one was answered or its try timed out
- * (1.7 s by default), and every other request of the policy, from every client, waited for it.
+ * unanswered request has waited `slowAfterMs`, it answered nothing in that time (or, holding as many
+ * requests as it says it runs at once, no newer request past that one), and a request sent it since
+ * is unanswered too. A server that stopped answering takes one request to find out, then nothing
+ * until it answers. A server whose `--concurrency` is full (one at a time: `--concurrency 1`) and
+ * answers in order queues what more it takes: it takes nothing more until it answers, so a backlog
+ * waits in the proxy's queue, fair between clients, not in the server's. One that awaits one long
+ * call answers the next past it at once, and keeps taking requests; so does one that states no limit
+ * and answers: every request may take longer than `slow_after` (a handler awaiting a 1 s call), and
+ * held to the in-order rule such a server was sent one request at a time (7 of 20 a second answered).
  */
 export function stalled(context: ProxyContext, entry: Member): boolean {
   const slowAfterMs = context.opts.slowAfterMs;
@@ -304,7 +306,8 @@ export function stalled(context: ProxyContext, entry: Member): boolean {
   const traffic = entry.traffic;
   const inflight = traffic.inflight;
   if (inflight.size === 0) return false;
-  const since = Math.max(traffic.overtakenAt, inflight.oldestSentAt()!) + slowAfterMs;
+  const full = traffic.limit !== undefined && inflight.size >= traffic.limit;
+  const since = Math.max(full ? traffic.overtakenAt : traffic.answeredAt, inflight.oldestSentAt()!) + slowAfterMs;
   return context.clock.now() >= since && traffic.sentAt >= since;
 }
 

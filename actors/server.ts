@@ -20,7 +20,7 @@ import { assertEvent, assign, fromCallback, sendTo, setup, type ActorRefFrom } f
 import { DEFAULT_PROXY_PORT, hostPort, plainIPv4 } from '../transport/address.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
-import { errorMsg, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type DataMsg, type ErrorMsg, type Message, type SetupMsg } from '../transport/messages.js';
+import { errorMsg, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type DataMsg, type ErrorMsg, type Message, type PongMsg, type SetupMsg } from '../transport/messages.js';
 import { Connection, ConnectionTimeout } from '../transport/socket.js';
 import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, listenOn, listenServer, whenReady, renewTls, type TlsMaterial } from '../transport/tls.js';
 import { jittered, systemClock, type Clock, type Timer } from '../transport/clock.js';
@@ -204,6 +204,8 @@ interface ListenerInput extends ConnectionLimitsInput {
   id: string;
   /** The privacy policy it serves, which its PONGs on a link state with its id (a proxy checks a registry member's). */
   policy: string;
+  /** How many requests it runs at once (`--concurrency`), which its PONGs on a link state; undefined: no limit. */
+  concurrency?: number;
   host: string;
   port: number;
   maxFrameBytes: number;
@@ -221,6 +223,9 @@ const requestListener = fromCallback<{ type: 'DRAIN' } | { type: 'REFUSE_NEW'; m
     const limits = new ConnectionLimits(input, input.logger, { total: '--max-connections', perPeer: '--max-conns-per-peer' });
     const conns = new Set<Connection>();
     let draining = false;
+    const pong: PongMsg = input.concurrency === undefined || !Number.isSafeInteger(input.concurrency)
+      ? { type: MsgType.PONG, seq: 0, id: input.id, privPolyId: input.policy }
+      : { type: MsgType.PONG, seq: 0, id: input.id, privPolyId: input.policy, concurrency: input.concurrency };
     /** Set when a drain could not tell the registry: each request read from then on is answered this, SHUTTING_DOWN, and not run. */
     let refusing: ErrorMsg | undefined;
     const checkDrained = (): void => {
@@ -249,7 +254,7 @@ const requestListener = fromCallback<{ type: 'DRAIN' } | { type: 'REFUSE_NEW'; m
               if (refusing && conn.wire !== 'json') conn.send({ ...refusing, seq: m.seq });
               else requests.push(m);
             }
-            else if (m.type === MsgType.PING) conn.send({ type: MsgType.PONG, seq: m.seq, id: input.id, privPolyId: input.policy });
+            else if (m.type === MsgType.PING) conn.send({ ...pong, seq: m.seq });
             else {
               if (requests.length) send({ type: 'REQUESTS', caller, requests: requests.splice(0) });
               refuse(conn, new ProtocolError(ErrorCode.BAD_REQUEST, `message type ${m.type} is not a request`), input.logger);
@@ -787,6 +792,7 @@ export const serverMachine = setup({
     input: ({ context }) => ({
       id: context.opts.id,
       policy: context.opts.policy,
+      concurrency: context.opts.concurrency,
       host: context.opts.listenHost ?? DEFAULT_LISTEN_HOST,
       port: context.opts.listenPort,
       maxFrameBytes: context.opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,

@@ -87,6 +87,8 @@ class JsonLinkPort implements LinkPort {
   readonly recent = new RecentOutcomes();
   /** An old server works one request at a time on each connection: a request waiting past slow_after is enough (`stalled`). */
   readonly overtakenAt = -Infinity;
+  readonly answeredAt = -Infinity;
+  readonly limit = undefined;
   readonly sentAt = Infinity;
   constructor(
     readonly inflight: Inflight<ProxyRequest>,

@@ -65,7 +65,10 @@ export class LinkTraffic implements LinkPort {
   /** A PING sent on the link after tries timed out, waiting for any sign of life (`checkLife`). */
   private lifeCheck?: Timer;
   overtakenAt = -Infinity;
+  answeredAt = -Infinity;
   sentAt = -Infinity;
+  /** How many requests its server runs at once, as its first PONG stated (`concurrency`); undefined: not said. */
+  limit: number | undefined;
 
   constructor(private readonly link: Pick<UpstreamContext, 'inflight' | 'clock' | 'tryTimeoutMs' | 'timeoutMs' | 'logger' | 'member' | 'policy' | 'reply' | 'queue' | 'budget' | 'registrationReads'>) {}
 
@@ -227,6 +230,7 @@ export class LinkTraffic implements LinkPort {
     this.failures = tally.failures;
     const inflight = link.inflight;
     const now = newest > -Infinity ? link.clock.now() : 0;
+    if (newest > -Infinity) this.answeredAt = now;
     if (inflight.size > 0 && newest > inflight.oldestSentAt()!) this.overtakenAt = now;
     if (tally.answered || tally.faults) this.recent.add(now, tally.answered, tally.faults ?? 0);
     return answersReports(link.member, linkId, tally);
@@ -389,6 +393,10 @@ export const upstreamMachine = setup({
       return event.report;
     }),
     ping: ({ context }) => context.traffic.conn?.send({ type: MsgType.PING, seq: PING_SEQ }),
+    noteLimit: ({ context, event }) => {
+      assertEvent(event, 'ANSWERS');
+      context.traffic.limit = event.messages.find((m): m is PongMsg => m.type === MsgType.PONG)?.concurrency;
+    },
     notifyUp: sendParent(({ context, self }) => ({ type: 'UPSTREAM_UP' as const, member: context.member, linkId: self.id })),
     flushQueue: ({ context }) => {
       const queued = context.queue.splice(0);
@@ -527,7 +535,7 @@ export const upstreamMachine = setup({
             target: 'down',
             actions: assign({ lastError: ({ context, event }) => ({ code: ErrorCode.UPSTREAM_FAILED, message: stranger(context, (event as { messages: Message[] }).messages)! }) }),
           },
-          { guard: 'hasPong', target: 'open', actions: ['notifyUp', 'flushQueue'] },
+          { guard: 'hasPong', target: 'open', actions: ['noteLimit', 'notifyUp', 'flushQueue'] },
         ],
         DISCONNECTED: { target: 'down', actions: 'setError' },
         RETIRE: { target: 'retired', actions: 'returnQueue' },

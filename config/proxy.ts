@@ -87,7 +87,7 @@ export const NUMBERS = {
   max_servers: { option: 'maxServers', unit: 'n', min: 0, reload: 'live', doc: 'servers registered without a token, in total (0 = no limit)' },
   max_servers_per_peer: { option: 'maxServersPerPeer', unit: 'n', min: 0, reload: 'live', doc: 'servers registered without a token from one address (0 = no limit)' },
   probes_per_second: { option: 'probesPerSecond', unit: 'n', min: 1, reload: 'restart', doc: 'probes of servers that are down started per second at most, across all of them' },
-  slow_after: { option: 'slowAfterMs', unit: 'ms', min: 0, reload: 'live', doc: 'a server whose oldest unanswered request has waited this long, and that answered no newer request past it meanwhile, is sent one more to find out, then none until it answers: a backlog waits in the proxy\'s queue (a server that awaits one slow call and answers the next at once keeps taking requests) (0 = off)', defaultText: 'try timeout / 4' },
+  slow_after: { option: 'slowAfterMs', unit: 'ms', min: 0, reload: 'live', doc: 'a server whose oldest unanswered request has waited this long, and that answered nothing meanwhile, is sent one more to find out, then none until it answers; so is one whose --concurrency is full (its link PONG states it) while it answers no newer request past its oldest: a backlog waits in the proxy\'s queue, not the server\'s (0 = off)', defaultText: 'try timeout / 4' },
   busy_poll: { option: 'busyPollUs', unit: 'us', min: 0, reload: 'restart', doc: 'after traffic, keep polling sockets this many microseconds instead of sleeping: lower one-at-a-time latency on virtual machines, for up to one core of CPU while traffic flows (0 = off)' },
 } as const satisfies Record<string, NumberSetting>;
 export type NumberKey = keyof typeof NUMBERS;

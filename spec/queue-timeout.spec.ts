@@ -70,7 +70,7 @@ live.after.each((ctx) => {
  * A proxy on a manual clock that sends each server one request at a time (so requests wait in its
  * queue), with tries and slowness that never end on their own here, and servers of policy P.
  */
-async function policy(ctx: Ctx, ids: string[], options: Omit<Parameters<typeof startProxy>[0], "port">) {
+async function policy(ctx: Ctx, ids: string[], options: Omit<Parameters<typeof startProxy>[0], "port">, serverOptions: { concurrency?: number } = {}) {
   const clock = new ManualClock();
   const records: LogRecord[] = [];
   ctx.proxy = await startProxy({
@@ -79,7 +79,7 @@ async function policy(ctx: Ctx, ids: string[], options: Omit<Parameters<typeof s
   });
   const proxy = { host: LOCAL, port: ctx.proxy.port };
   const servers = ids.map((id) => ({ id, ...held() }));
-  for (const s of servers) ctx.servers.push(await startServer({ id: s.id, policy: 'P', listenPort: 0, proxy, handler: s.handler }));
+  for (const s of servers) ctx.servers.push(await startServer({ id: s.id, policy: 'P', listenPort: 0, proxy, handler: s.handler, ...serverOptions }));
   await eventually(() => ctx.proxy!.pools().P?.serving.length === ids.length, 3000, 'the servers serving P');
   const client = async (id: string): Promise<Client> => {
     const c = await connect({ revproc: `${LOCAL}:${proxy.port}`, id });
@@ -561,11 +561,12 @@ live("--slow-after: a server with one slow request takes the next at once when i
   assert.equal([slow, probe, held].map((r) => r.done!.answer), ['done slow', 'done probe', 'done held']);
 });
 
-live("--slow-after: a server that answers in order, one at a time, with a backlog is held back once one request was sent it to find out: the rest wait in the proxy's queue, not the server's", async (ctx) => {
+live("--slow-after: a server whose --concurrency is full and that answers in order, with a backlog, is held back once one request was sent it to find out: the rest wait in the proxy's queue, not the server's", async (ctx) => {
   // Answers that came, in order, do not make it a server that works past a slow request: an answer to the
   // oldest is no sign the next would be quick. Taken as one, a one-at-a-time server under a flood took every
-  // request up to max_server_inflight into its own queue (the soak's RSS grew 159 to 208 MB).
-  const { clock, servers: [s], client, waiting } = await policy(ctx, ['s'], { slowAfterMs: 400, maxServerInflight: 100 });
+  // request up to max_server_inflight into its own queue (the soak's RSS grew 159 to 208 MB). Its link PONG
+  // states its limit (2 here: a and b run, c would wait in its queue).
+  const { clock, servers: [s], client, waiting } = await policy(ctx, ['s'], { slowAfterMs: 400, maxServerInflight: 100 }, { concurrency: 2 });
   const c = await client('c');
   const [a, b] = [outcome(c.request('P', 'a', { timeoutMs: 60_000 })), outcome(c.request('P', 'b', { timeoutMs: 60_000 }))];
   await eventually(() => s!.got.length === 2, 3000, 'a and b at the server');
@@ -582,6 +583,32 @@ live("--slow-after: a server that answers in order, one at a time, with a backlo
   await eventually(() => s!.got.includes('d'), 3000, 'd sent once b, the oldest, was answered and the oldest left is young');
   for (const p of ['c', 'd']) s!.release(p);
   await eventually(() => [b, probe, d].every((r) => r.done !== undefined), 3000, 'all answered');
+});
+
+live("--slow-after: a server that states no limit and answers in order, every request taking longer than slow_after, keeps taking requests", async (ctx) => {
+  // A hostile-peer probe: a server whose handler awaits a 1 s call, 20 requests a second, no --concurrency: it
+  // answered in order, never past its oldest, and was sent one request at a time past slow_after (417 ms by
+  // default): 7.2 of 20 a second answered, 23 of 161 TIMEOUT; 17.6 a second with --slow-after 0.
+  const { clock, servers: [s], client, waiting } = await policy(ctx, ['s'], { slowAfterMs: 400, maxServerInflight: 100 });
+  const c = await client('c');
+  const [a, b] = [outcome(c.request('P', 'a', { timeoutMs: 60_000 })), outcome(c.request('P', 'b', { timeoutMs: 60_000 }))];
+  await eventually(() => s!.got.length === 2, 3000, 'a and b at the server');
+  clock.advance(500);
+  s!.release('a');
+  await eventually(() => a.done !== undefined, 3000, 'a answered, in order');
+  const more = ['c', 'd', 'e'].map((p) => outcome(c.request('P', p, { timeoutMs: 60_000 })));
+  await eventually(() => ['c', 'd', 'e'].every((p) => s!.got.includes(p)), 3000, 'c, d and e at the server: it answers, and states no limit');
+  assert.is(waiting(), 0);
+  // Silent past slow_after, it is held back as before: one more to find out, the next waits.
+  clock.advance(500);
+  const f = outcome(c.request('P', 'f', { timeoutMs: 60_000 }));
+  await eventually(() => s!.got.includes('f'), 3000, 'f sent to find out');
+  const g = outcome(c.request('P', 'g', { timeoutMs: 60_000 }));
+  await eventually(() => waiting() === 1, 3000, 'g waits in the proxy');
+  for (const p of ['b', 'c', 'd', 'e', 'f']) s!.release(p);
+  await eventually(() => s!.got.includes('g'), 3000, 'g sent once the server answered');
+  s!.release('g');
+  await eventually(() => [b, ...more, f, g].every((r) => r.done !== undefined), 3000, 'all answered');
 });
 
 live.run();

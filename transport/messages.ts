@@ -108,6 +108,12 @@ export interface PongMsg {
    */
   id?: string;
   privPolyId?: string;
+  /**
+   * From a revproxy server on a proxy's link: how many requests it runs at once (`--concurrency`),
+   * when it has a limit. Past it the server queues them; the proxy then holds a server that answers
+   * in order back under `slow_after`, its backlog waiting in the proxy's fair queue.
+   */
+  concurrency?: number;
 }
 /** Server -> proxy on its registration connection: stop sending me new requests. */
 export interface DeregisterMsg { type: 6; id: string }
@@ -369,6 +375,8 @@ export function toMessage(value: unknown, opts: ValidateOptions = {}): Message {
       if (share !== undefined) m.share = share;
       if (own(o, 'id') !== undefined) m.id = idField(o, 'id');
       if (own(o, 'privPolyId') !== undefined) m.privPolyId = idField(o, 'privPolyId');
+      const concurrency = intField(o, 'concurrency', 1, Number.MAX_SAFE_INTEGER, false);
+      if (concurrency !== undefined) m.concurrency = concurrency;
       return m;
     }
     case MsgType.DEREGISTER:
