@@ -561,18 +561,24 @@ live("--slow-after: a server with one slow request takes the next at once when i
   assert.equal([slow, probe, held].map((r) => r.done!.answer), ['done slow', 'done probe', 'done held']);
 });
 
-live("--slow-after: a server whose --concurrency is full and that answers in order, with a backlog, is held back once one request was sent it to find out: the rest wait in the proxy's queue, not the server's", async (ctx) => {
-  // Answers that came, in order, do not make it a server that works past a slow request: an answer to the
-  // oldest is no sign the next would be quick. Taken as one, a one-at-a-time server under a flood took every
-  // request up to max_server_inflight into its own queue (the soak's RSS grew 159 to 208 MB). Its link PONG
-  // states its limit (2 here: a and b run, c would wait in its queue).
-  const { clock, servers: [s], client, waiting } = await policy(ctx, ['s'], { slowAfterMs: 400, maxServerInflight: 100 }, { concurrency: 2 });
+/** One server (slow_after 400 ms): a and b sent it, 500 ms pass, a answered - in order, b still unanswered. */
+async function answeredInOrder(ctx: Ctx, serverOptions: { concurrency?: number } = {}) {
+  const { clock, servers: [s], client, waiting } = await policy(ctx, ['s'], { slowAfterMs: 400, maxServerInflight: 100 }, serverOptions);
   const c = await client('c');
   const [a, b] = [outcome(c.request('P', 'a', { timeoutMs: 60_000 })), outcome(c.request('P', 'b', { timeoutMs: 60_000 }))];
   await eventually(() => s!.got.length === 2, 3000, 'a and b at the server');
   clock.advance(500);
   s!.release('a');
   await eventually(() => a.done !== undefined, 3000, 'a answered, in order');
+  return { clock, s: s!, c, waiting, b };
+}
+
+live("--slow-after: a server whose --concurrency is full and that answers in order, with a backlog, is held back once one request was sent it to find out: the rest wait in the proxy's queue, not the server's", async (ctx) => {
+  // Answers that came, in order, do not make it a server that works past a slow request: an answer to the
+  // oldest is no sign the next would be quick. Taken as one, a one-at-a-time server under a flood took every
+  // request up to max_server_inflight into its own queue (the soak's RSS grew 159 to 208 MB). Its link PONG
+  // states its limit (2 here: a and b run, c would wait in its queue).
+  const { s, c, waiting, b } = await answeredInOrder(ctx, { concurrency: 2 });
   const probe = outcome(c.request('P', 'c', { timeoutMs: 60_000 }));
   await eventually(() => s!.got.includes('c'), 3000, 'c sent to find out');
   const d = outcome(c.request('P', 'd', { timeoutMs: 60_000 }));
@@ -589,13 +595,7 @@ live("--slow-after: a server that states no limit and answers in order, every re
   // A hostile-peer probe: a server whose handler awaits a 1 s call, 20 requests a second, no --concurrency: it
   // answered in order, never past its oldest, and was sent one request at a time past slow_after (417 ms by
   // default): 7.2 of 20 a second answered, 23 of 161 TIMEOUT; 17.6 a second with --slow-after 0.
-  const { clock, servers: [s], client, waiting } = await policy(ctx, ['s'], { slowAfterMs: 400, maxServerInflight: 100 });
-  const c = await client('c');
-  const [a, b] = [outcome(c.request('P', 'a', { timeoutMs: 60_000 })), outcome(c.request('P', 'b', { timeoutMs: 60_000 }))];
-  await eventually(() => s!.got.length === 2, 3000, 'a and b at the server');
-  clock.advance(500);
-  s!.release('a');
-  await eventually(() => a.done !== undefined, 3000, 'a answered, in order');
+  const { clock, s, c, waiting, b } = await answeredInOrder(ctx);
   const more = ['c', 'd', 'e'].map((p) => outcome(c.request('P', p, { timeoutMs: 60_000 })));
   await eventually(() => ['c', 'd', 'e'].every((p) => s!.got.includes(p)), 3000, 'c, d and e at the server: it answers, and states no limit');
   assert.is(waiting(), 0);
