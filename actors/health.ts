@@ -65,6 +65,8 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
     removeServer(context, entry, `its link failed (${failure.message}) while it was kept out of the registry (${entry.unlisted})`);
   } else if (entry) {
     const now = context.clock.now();
+    // A probe failing as the last one did is no news: at debug (a server killed was 3 warn lines before its lease ended).
+    const again = entry.downSince !== undefined && entry.lastCheck?.ok === false && entry.lastCheck.message === failure.message;
     entry.downSince ??= now;
     entry.lastCheck = { at: now, ok: false, message: failure.message };
     // Up to a fifth early, at random: servers that went down together are not probed together.
@@ -73,14 +75,18 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
     const at = hostPort(entry.host, entry.port);
     // A server that sent something not a valid message, or ended the link itself, is reachable: its author or its load is the cause, not the network.
     const cause = failure.closed !== undefined ? 'ended_by_server' : failure.invalid === undefined ? 'unreachable' : 'invalid_message';
-    // Budgeted as registrations are: a peer registering in a loop with a port nobody listens on made one such line each (2,345 in 10 s).
-    context.logger.budgeted('warn', 'down', '', LIFE_LINES, failure.closed !== undefined
-      ? `Server id ${entry.id} at ${at} ended its upstream link with ERROR ${failure.closed.code}: ${failure.closed.reason}; the requests in flight on it are retried, and it is out of rotation, next probe in ${delay} ms`
-      : failure.invalid === undefined
-      ? `Server id ${entry.id} is unreachable at ${at} (${failure.message}); out of rotation, next probe in ${delay} ms`
-      : `Server id ${entry.id} at ${at} sent a message that is not valid on its upstream link (${failure.invalid}); it was answered BAD_REQUEST and the link closed. Fix the server to send what docs/PROTOCOL.md describes; out of rotation, next probe in ${delay} ms`, {
-      id: entry.id, policy: entry.policy, code: failure.code, reason: failure.message, cause, probeInMs: delay,
-    }, (n, span) => `${fmt(n)} more server(s) went out of rotation, unreachable or ending their links${span ? ` ${span}` : ''}, past ${LIFE_LINES} such lines an interval: not logged one by one (revproxy_ejections_total counts them by reason)`);
+    if (again) {
+      context.logger.debug('still_down', `Server id ${entry.id} is still unreachable at ${at} (${failure.message}); next probe in ${delay} ms`, { id: entry.id, policy: entry.policy, reason: failure.message, probeInMs: delay });
+    } else {
+      // Budgeted as registrations are: a peer registering in a loop with a port nobody listens on made one such line each (2,345 in 10 s).
+      context.logger.budgeted('warn', 'down', '', LIFE_LINES, failure.closed !== undefined
+        ? `Server id ${entry.id} at ${at} ended its upstream link with ERROR ${failure.closed.code}: ${failure.closed.reason}; the requests in flight on it are retried, and it is out of rotation, next probe in ${delay} ms`
+        : failure.invalid === undefined
+        ? `Server id ${entry.id} is unreachable at ${at} (${failure.message}); out of rotation, next probe in ${delay} ms`
+        : `Server id ${entry.id} at ${at} sent a message that is not valid on its upstream link (${failure.invalid}); it was answered BAD_REQUEST and the link closed. Fix the server to send what docs/PROTOCOL.md describes; out of rotation, next probe in ${delay} ms`, {
+        id: entry.id, policy: entry.policy, code: failure.code, reason: failure.message, cause, probeInMs: delay,
+      }, (n, span) => `${fmt(n)} more server(s) went out of rotation, unreachable or ending their links${span ? ` ${span}` : ''}, past ${LIFE_LINES} such lines an interval: not logged one by one (revproxy_ejections_total counts them by reason)`);
+    }
     context.observer?.ejected?.(entry.policy, entry.id, cause, false);
     // The probe takes over from an ejection's timer (cancelled here); a new link that answers
     // puts the member back once its ejection is over (`ejectedUntil`, linkUp).

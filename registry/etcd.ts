@@ -254,6 +254,9 @@ export function describeEtcdError(err: unknown, o: Resolved): string {
     return `etcd at ${where} denied access under ${o.prefix} (${msg}): give the user a role with readwrite on that prefix (etcdctl role grant-permission --prefix ...)`;
   }
   // etcd3 builds this one with its sentence where the lease id goes ("Lease We lost connection ... is expired or revoked").
+  // Ours, giving the lease up after two TTLs without a keepalive answered: said by why they were not (etcd stopped is no lease etcd let expire).
+  const last = (e as { lastError?: unknown } | undefined)?.lastError;
+  if (name === 'EtcdLeaseInvalidError' && last !== undefined) return `no keepalive reached etcd within two lease TTLs (${2 * o.ttlSeconds} s), so the lease is given up: ${describeEtcdError(last, o)}; the key is written again under a new lease once etcd answers`;
   if (name === 'EtcdLeaseInvalidError') return `etcd at ${where} let the lease expire: it could not be kept alive within its TTL (${o.ttlSeconds} s), as when etcd is out of reach or stalled; the key is written again under a new lease`;
   if (/ECONNREFUSED/.test(msg)) return `etcd is not reachable at ${where}: connection refused`;
   // gRPC's resolver, asked again at each reconnect: a member's name that does not resolve (or a DNS server that did not answer).

@@ -72,6 +72,9 @@ export class KeptKey {
     this.retryMs = opts.retryInitialMs;
   }
 
+  /** Why `stop` could not tell etcd the key goes (its first call's failure, in words), when it could not. */
+  stopError?: string;
+
   get alive(): boolean {
     return this.isUp;
   }
@@ -188,7 +191,7 @@ export class KeptKey {
           this.on.lapsed(`no keepalive answered for ${Math.round((systemClock.now() - last) / 100) / 10} s, more than the lease's TTL (${this.opts.ttlSeconds} s): ${describeEtcdError(err, this.opts)}`);
         }
         // Given up: said as a lease etcd let expire, unless etcd refused us in TLS (a client certificate it no longer trusts), which is the cause to tell.
-        if (systemClock.now() - last > 2 * ttlMs) return this.failed(isTlsRefusal(err) ? err : Object.assign(new Error('no keepalive was answered within two lease TTLs'), { name: 'EtcdLeaseInvalidError' }), gen);
+        if (systemClock.now() - last > 2 * ttlMs) return this.failed(isTlsRefusal(err) ? err : Object.assign(new Error('no keepalive was answered within two lease TTLs'), { name: 'EtcdLeaseInvalidError', lastError: err }), gen);
         this.beat = setTimeout(send, Math.max(0, 100 - (systemClock.now() - sent)));
       }
     };
@@ -275,9 +278,10 @@ export class KeptKey {
     if (id === undefined) return true;
     const c = this.client;
     let told = false;
+    const failed = (err: unknown): void => void (this.stopError ??= describeEtcdError(err, this.opts));
     const work = (async () => {
-      if (farewell !== undefined) await c.if(this.key, 'Lease', '==', id).then(c.put(this.key).value(farewell).lease(id)).commit().then(() => (told = true), () => undefined);
-      await c.if(this.key, 'Lease', '==', id).then(c.delete().key(this.key)).commit().then(() => (told = true), () => undefined);
+      if (farewell !== undefined) await c.if(this.key, 'Lease', '==', id).then(c.put(this.key).value(farewell).lease(id)).commit().then(() => (told = true), failed);
+      await c.if(this.key, 'Lease', '==', id).then(c.delete().key(this.key)).commit().then(() => (told = true), failed);
       await c.leaseClient.leaseRevoke({ ID: id }).catch(() => undefined);
     })();
     let limit: NodeJS.Timeout | undefined;

@@ -119,7 +119,7 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
         checking.delete(id);
         if (stopped || mirror.entries.has(id)) return;
         if (alive === true) send({ type: 'REGISTRY_LEAVE', id, reason: 'its registry key was deleted while its lease was alive (an operator deleted it, or the server drained)' });
-        else send({ type: 'REGISTRY_LEAVE', id, unlisted: true, reason: alive === false ? 'its registry key went and its lease is gone: expired, as when its host lost etcd, or revoked by a draining server of a build before the leaving field' : `its registry key was deleted and its lease could not be checked (${alive})` });
+        else send({ type: 'REGISTRY_LEAVE', id, unlisted: true, reason: alive === false ? 'its registry key went and its lease is gone: expired (the server stopped without draining - killed, crashed - or its host lost etcd), or revoked by a draining server of a build before the leaving field' : `its registry key was deleted and its lease could not be checked (${alive})` });
       });
     },
     synced({ keys, revision, reason, ms, kept, outage, suspected }) {

@@ -96,7 +96,7 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
       // Written first with "leaving": a proxy removes it at once, where a key gone with its lease is kept while the server answers.
       if (!refused) {
         leaving = kept.stop(encodeServer({ ...entry, leaving: true })).then((told) => {
-          if (!told) send({ type: 'DEREGISTER_FAILED', proxy: label, error: `etcd did not take the entry saying it is leaving within ${2 * o.callTimeoutMs} ms` });
+          if (!told) send({ type: 'DEREGISTER_FAILED', proxy: label, error: `etcd did not take the entry saying it is leaving (${kept.stopError ?? `no answer within ${2 * o.callTimeoutMs} ms`})` });
         });
       }
     });
