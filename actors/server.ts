@@ -223,9 +223,9 @@ const requestListener = fromCallback<{ type: 'DRAIN' } | { type: 'REFUSE_NEW'; m
     const limits = new ConnectionLimits(input, input.logger, { total: '--max-connections', perPeer: '--max-conns-per-peer' });
     const conns = new Set<Connection>();
     let draining = false;
-    const pong: PongMsg = input.concurrency === undefined || !Number.isSafeInteger(input.concurrency)
-      ? { type: MsgType.PONG, seq: 0, id: input.id, privPolyId: input.policy }
-      : { type: MsgType.PONG, seq: 0, id: input.id, privPolyId: input.policy, concurrency: input.concurrency };
+    // What every PONG on a link states (its seq each PING's); a concurrency of Infinity is no limit, not stated.
+    const pong: PongMsg = { type: MsgType.PONG, seq: 0, id: input.id, privPolyId: input.policy };
+    if (Number.isSafeInteger(input.concurrency)) pong.concurrency = input.concurrency;
     /** Set when a drain could not tell the registry: each request read from then on is answered this, SHUTTING_DOWN, and not run. */
     let refusing: ErrorMsg | undefined;
     const checkDrained = (): void => {

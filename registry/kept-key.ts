@@ -278,10 +278,10 @@ export class KeptKey {
     if (id === undefined) return true;
     const c = this.client;
     let told = false;
-    const failed = (err: unknown): void => void (this.stopError ??= describeEtcdError(err, this.opts));
+    const untold = (err: unknown): void => void (this.stopError ??= describeEtcdError(err, this.opts));
     const work = (async () => {
-      if (farewell !== undefined) await c.if(this.key, 'Lease', '==', id).then(c.put(this.key).value(farewell).lease(id)).commit().then(() => (told = true), failed);
-      await c.if(this.key, 'Lease', '==', id).then(c.delete().key(this.key)).commit().then(() => (told = true), failed);
+      if (farewell !== undefined) await c.if(this.key, 'Lease', '==', id).then(c.put(this.key).value(farewell).lease(id)).commit().then(() => (told = true), untold);
+      await c.if(this.key, 'Lease', '==', id).then(c.delete().key(this.key)).commit().then(() => (told = true), untold);
       await c.leaseClient.leaseRevoke({ ID: id }).catch(() => undefined);
     })();
     let limit: NodeJS.Timeout | undefined;
