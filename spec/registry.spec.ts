@@ -371,7 +371,17 @@ reg_('a server drained while etcd is away answers the requests that still come S
   const logs: LogRecord[] = [];
   const p = await proxy({ logs });
   const ran = { a: 0, b: 0 } as Record<string, number> & { a: number; b: number };
-  const start = (id: string) => startServer({ id, policy: '111', registry: reg({ callTimeoutMs: 500 }), drainTimeoutMs: 20_000, handler: (payload) => (ran[id]!++, sha1Hex(payload)) });
+  // What each server logs, and the requests a ran once it had said etcd did not take its leaving (none may run from then on).
+  const said: Record<string, LogRecord[]> = { a: [], b: [] };
+  let ranUntold = 0;
+  const start = (id: string) => startServer({
+    id, policy: '111', registry: reg({ callTimeoutMs: 500 }), drainTimeoutMs: 20_000, logger: new Logger(`server ${id}`, memorySink(said[id]!), 'info'),
+    handler: (payload) => {
+      ran[id]!++;
+      if (said[id]!.some((r) => r.event === 'deregister_failed')) ranUntold++;
+      return sha1Hex(payload);
+    },
+  });
   const a = await start('a');
   const b = await start('b');
   ctx.servers.push(a, b);
@@ -394,6 +404,7 @@ reg_('a server drained while etcd is away answers the requests that still come S
     await a.stop();
     const took = Date.now() - t0;
     const ranBy = { ...ran };
+    assert.ok(said.a!.some((r) => r.event === 'deregister_failed'), said.a!.map((r) => r.msg).join('\n'));
     await sleep(300);
     going = false;
     await load;
@@ -403,8 +414,8 @@ reg_('a server drained while etcd is away answers the requests that still come S
     const left = logs.find((l) => l.event === 'deregister' && l.id === 'a');
     assert.match(left?.msg ?? logs.map((l) => l.msg).join('\n'), /^Server id a left privacy policy 111: it is draining: it answered SHUTTING_DOWN \(server a is draining and did not run this request: send it to another server \(its registry entry could not say it is leaving\)\), its registry entry unchanged \(etcd did not take its leaving\)$/);
     assert.equal(serving(p), ['b']);
-    // a ran nothing after its drain; b took the rest.
-    assert.is(ran.a, ranBy.a);
+    // a ran nothing once it knew etcd had not taken its leaving (what came was answered SHUTTING_DOWN); b took the rest.
+    assert.is(ranUntold, 0, `${ranUntold} request(s) ran on a after its deregister_failed line`);
     assert.ok(ran.b > ranBy.b, JSON.stringify({ ran, ranBy }));
   } finally {
     await ctx.etcd!.start();
