@@ -118,7 +118,8 @@ export function triesFailed(context: ProxyContext, member: string, linkId: strin
 }
 
 /**
- * A server answered SHUTTING_DOWN: it is draining and ran none of `requests`, which go to another
+ * A server answered SHUTTING_DOWN, or its link's PONG says it leaves (`why` says which, in the
+ * log's words): it is draining and ran none of `requests` (none, for a PONG), which go to another
  * member as requests never sent do. It says so on its link because its registry entry could not (etcd
  * did not take its leaving): a registry member leaves now, as at an entry saying it is leaving; its link
  * finishes what the server has read, then closes, and the server's drain ends. A member registered
@@ -126,9 +127,8 @@ export function triesFailed(context: ProxyContext, member: string, linkId: strin
  * drained, as by an operator (a server of another make answering SHUTTING_DOWN to every request is
  * sent none, where it was ejected after five).
  */
-export function serverLeaving(context: ProxyContext, member: string, linkId: string, requests: ProxyRequest[], reason: string): void {
+export function serverLeaving(context: ProxyContext, member: string, linkId: string, requests: ProxyRequest[], why: string): void {
   const entry = current(context, member, linkId);
-  const why = `it answered SHUTTING_DOWN (${reason})`;
   if (entry?.source === 'registry') removeServer(context, entry, `it is draining: ${why}, its registry entry unchanged (etcd did not take its leaving)`);
   else if (entry && !entry.drained) drainMember(context, member, `the server itself: ${why}`);
   retry(context, member, requests, { code: ErrorCode.UPSTREAM_FAILED, message: `server ${member} is draining and did not run it` }, 'unsent');

@@ -9,7 +9,7 @@ import { connect as netConnect, type Socket } from 'node:net';
 import type { BufferBudget } from '../transport/budget.js';
 import type { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode, SERVER_ANSWER_CODES, type ErrorCode as WireCode } from '../transport/errors.js';
-import { MsgType, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
+import { MsgType, type AckMsg, type DataMsg, type ErrorMsg, type PongMsg } from '../transport/messages.js';
 import type { Connection } from '../transport/socket.js';
 import { describeLookupError, type TlsMaterial } from '../transport/tls.js';
 import { outOfDescriptors } from './port-limits.js';
@@ -274,7 +274,7 @@ export interface Tally {
   faults?: number;
   failed?: ProxyRequest[];
   lastFailure?: ErrorMsg;
-  /** Requests the server answered SHUTTING_DOWN (draining: not run), and its words. */
+  /** Requests the server answered SHUTTING_DOWN (draining: not run), and how it said it leaves (its answer's words, or its PONG's: `leavingPong`). */
   unrun?: ProxyRequest[];
   leaving?: string;
 }
@@ -295,7 +295,7 @@ export function settle(link: Pick<LinkInput, 'member' | 'logger' | 'reply'>, req
   } else if (m.code === ErrorCode.SHUTTING_DOWN) {
     // A draining server ran none of it: no fault of the server's, and safe to send elsewhere.
     (tally.unrun ??= []).push(req);
-    tally.leaving ??= m.message;
+    tally.leaving ??= `it answered SHUTTING_DOWN (${quoted(m.message)})`;
   } else {
     // A server that answers OVERLOADED (its queue or buffer budget is full) or TIMEOUT (the request waited past its
     // deadline in its queue) is shedding load, busy rather than broken: the request is retried elsewhere, but the
@@ -349,8 +349,19 @@ function errorAnswersReport(member: string, linkId: string, tally: Tally): LinkR
 export function answersReports(member: string, linkId: string, tally: Tally): LinkReport[] | undefined {
   const failed = errorAnswersReport(member, linkId, tally);
   if (!tally.unrun) return failed && [failed];
-  const leaving: LinkReport = { type: 'UPSTREAM_LEAVING', member, linkId, requests: tally.unrun, reason: quoted(tally.leaving ?? '') };
+  const leaving: LinkReport = { type: 'UPSTREAM_LEAVING', member, linkId, requests: tally.unrun, reason: tally.leaving ?? '' };
   return failed ? [failed, leaving] : [leaving];
+}
+
+/**
+ * A server's PONG on its link saying it leaves (`PongMsg.leaving`: it drains, and its registry entry
+ * could not say so): noted in the tally as its SHUTTING_DOWN answers are, so the proxy takes it out
+ * of rotation even while no request goes to it (an idle link stayed open until its drain timeout).
+ */
+export function leavingPong(tally: Tally, m: PongMsg): void {
+  if (m.leaving === undefined) return;
+  tally.unrun ??= [];
+  tally.leaving ??= `its link's PONG says it is leaving (${quoted(m.leaving)})`;
 }
 
 /** A server's error code as a try's failure: its own when a server may answer a request with it (`SERVER_ANSWER_CODES`), else UPSTREAM_FAILED. */

@@ -217,7 +217,7 @@ interface ListenerInput extends ConnectionLimitsInput {
 }
 
 /** Accepts the proxies' connections; each read becomes one REQUESTS batch. Stopped, it aborts the handlers still running. */
-const requestListener = fromCallback<{ type: 'DRAIN' } | { type: 'REFUSE_NEW'; message: string } | RenewTls, ListenerInput>(
+const requestListener = fromCallback<{ type: 'DRAIN' } | { type: 'REFUSE_NEW'; message: string; leaving: string } | RenewTls, ListenerInput>(
   ({ sendBack, receive, input }) => {
     const send = (e: ServerEvent): void => sendBack(e);
     const limits = new ConnectionLimits(input, input.logger, { total: '--max-connections', perPeer: '--max-conns-per-peer' });
@@ -228,6 +228,8 @@ const requestListener = fromCallback<{ type: 'DRAIN' } | { type: 'REFUSE_NEW'; m
     if (Number.isSafeInteger(input.concurrency)) pong.concurrency = input.concurrency;
     /** Set when a drain could not tell the registry: each request read from then on is answered this, SHUTTING_DOWN, and not run. */
     let refusing: ErrorMsg | undefined;
+    /** The connections that PINGed: proxies' links, told unasked when the server leaves untold (`PongMsg.leaving`). */
+    const pinged = new WeakSet<Connection>();
     const checkDrained = (): void => {
       if (draining && conns.size === 0) send({ type: 'DRAINED' });
     };
@@ -254,7 +256,10 @@ const requestListener = fromCallback<{ type: 'DRAIN' } | { type: 'REFUSE_NEW'; m
               if (refusing && conn.wire !== 'json') conn.send({ ...refusing, seq: m.seq });
               else requests.push(m);
             }
-            else if (m.type === MsgType.PING) conn.send({ ...pong, seq: m.seq });
+            else if (m.type === MsgType.PING) {
+              pinged.add(conn);
+              conn.send({ ...pong, seq: m.seq });
+            }
             else {
               if (requests.length) send({ type: 'REQUESTS', caller, requests: requests.splice(0) });
               refuse(conn, new ProtocolError(ErrorCode.BAD_REQUEST, `message type ${m.type} is not a request`), input.logger);
@@ -281,6 +286,10 @@ const requestListener = fromCallback<{ type: 'DRAIN' } | { type: 'REFUSE_NEW'; m
       if (e.type === 'RENEW_TLS') return renewTls(server, e.tls);
       if (e.type === 'REFUSE_NEW') {
         refusing = errorMsg(ErrorCode.SHUTTING_DOWN, e.message);
+        // Every PONG says it from now on, and each proxy's link is told now: one with no request to carry the
+        // SHUTTING_DOWN stayed open, and the drain waited for it until its timeout.
+        pong.leaving = e.leaving;
+        for (const c of conns) if (pinged.has(c) && !c.closed) c.send({ ...pong, seq: 0 });
         return;
       }
       // DRAIN: no new connections; the proxies close theirs once they have their answers.
@@ -735,7 +744,7 @@ export const serverMachine = setup({
     logUntold: ({ context, event }) => {
       assertEvent(event, 'DEREGISTER_FAILED');
       const ms = drainTimeoutOf(context.opts);
-      context.logger.warn('deregister_failed', `Could not tell the ${event.proxy} that this server is leaving: ${event.error}. Its proxies keep its entry until its lease ends and they reach etcd again: each request they send from now is answered SHUTTING_DOWN and not run, which takes this server out of a proxy's rotation (of this build or later) and the request to another server; the drain waits for their links to close, at most ${ms} ms (--drain-timeout)`, { proxy: event.proxy, error: event.error, drainTimeoutMs: ms });
+      context.logger.warn('deregister_failed', `Could not tell the ${event.proxy} that this server is leaving: ${event.error}. Its proxies keep its entry until its lease ends and they reach etcd again: their links are told it is leaving (in its PONGs), and each request they send from now is answered SHUTTING_DOWN and not run, which takes this server out of a proxy's rotation (a proxy of this build or later; an older one keeps the link until the drain ends) and the request to another server; the drain waits for their links to close, at most ${ms} ms (--drain-timeout)`, { proxy: event.proxy, error: event.error, drainTimeoutMs: ms });
     },
     logDrainTimedOut: ({ context }) => {
       // Said, not left to the stop line's count: the proxies retry these elsewhere or fail them, and a deploy should know.
@@ -856,7 +865,11 @@ export const serverMachine = setup({
             DRAINED: '#server.stopped',
             STOP: '#server.stopped',
             // The proxies learn it from the next request each sends: answered SHUTTING_DOWN, not run (docs/PROTOCOL.md).
-            DEREGISTER_FAILED: { actions: ['logUntold', sendTo('listener', ({ context }) => ({ type: 'REFUSE_NEW' as const, message: `server ${context.opts.id} is draining and did not run this request: send it to another server (its registry entry could not say it is leaving)` }))] },
+            DEREGISTER_FAILED: { actions: ['logUntold', sendTo('listener', ({ context }) => ({
+              type: 'REFUSE_NEW' as const,
+              message: `server ${context.opts.id} is draining and did not run this request: send it to another server (its registry entry could not say it is leaving)`,
+              leaving: `server ${context.opts.id} is draining, and its registry entry could not say it is leaving`,
+            }))] },
           },
         },
       },

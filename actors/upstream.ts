@@ -25,7 +25,7 @@ import { Inflight } from './inflight.js';
 import { fmt } from './logger.js';
 import { RecentOutcomes } from './recent-outcomes.js';
 import {
-  closedByServer, describeLinkError, answersReports, leftReports, logForward, quoted, retryReport, settle, tryDeadline,
+  closedByServer, describeLinkError, answersReports, leavingPong, leftReports, logForward, quoted, retryReport, settle, tryDeadline,
   type Failure, type LinkCommand, type LinkInput, type LinkPhase, type LinkPort, type LinkReport, type ProxyRequest, type SocketFactory, type Tally, type TryFailure,
 } from './link.js';
 
@@ -207,7 +207,10 @@ export class LinkTraffic implements LinkPort {
     for (let i = 0; i < messages.length; i++) {
       const m = messages[i]!;
       if (m.type !== MsgType.ACK && m.type !== MsgType.ERROR) {
-        if (m.type === MsgType.PONG) continue;
+        if (m.type === MsgType.PONG) {
+          leavingPong(tally, m);
+          continue;
+        }
         // Dropped unsaid, a server's DATA left the request it was sent unanswered (its try timed out, 1.7 s of a client's wait) and its author none the wiser.
         this.wrong = new ProtocolError(ErrorCode.BAD_REQUEST, `message type ${m.type} is not allowed on an upstream link: a server sends ACK, ERROR and PONG there`);
         break;
@@ -397,6 +400,13 @@ export const upstreamMachine = setup({
       assertEvent(event, 'ANSWERS');
       context.traffic.limit = event.messages.find((m): m is PongMsg => m.type === MsgType.PONG)?.concurrency;
     },
+    // A first PONG saying the server leaves (a member read again from the registry while it drains untold): out again at once.
+    noteLeaving: enqueueActions(({ context, event, enqueue, self }) => {
+      assertEvent(event, 'ANSWERS');
+      const tally: Tally = { answered: 0, failures: context.traffic.failures };
+      for (const m of event.messages) if (m.type === MsgType.PONG) leavingPong(tally, m);
+      for (const report of answersReports(context.member, self.id, tally) ?? []) enqueue.sendParent(report);
+    }),
     notifyUp: sendParent(({ context, self }) => ({ type: 'UPSTREAM_UP' as const, member: context.member, linkId: self.id })),
     flushQueue: ({ context }) => {
       const queued = context.queue.splice(0);
@@ -535,7 +545,7 @@ export const upstreamMachine = setup({
             target: 'down',
             actions: assign({ lastError: ({ context, event }) => ({ code: ErrorCode.UPSTREAM_FAILED, message: stranger(context, (event as { messages: Message[] }).messages)! }) }),
           },
-          { guard: 'hasPong', target: 'open', actions: ['noteLimit', 'notifyUp', 'flushQueue'] },
+          { guard: 'hasPong', target: 'open', actions: ['noteLimit', 'notifyUp', 'flushQueue', 'noteLeaving'] },
         ],
         DISCONNECTED: { target: 'down', actions: 'setError' },
         RETIRE: { target: 'retired', actions: 'returnQueue' },

@@ -439,6 +439,26 @@ faults("a server that answers a request with a code only a proxy says (NO_SERVER
   assert.ok(ctx.logs.some((l) => l.event === 'member_drain' && /^Drained server id bad of privacy policy P \(asked by the server itself: it answered SHUTTING_DOWN \(said SHUTTING_DOWN\)\)/.test(l.msg)), ctx.logs.map((l) => l.msg).join('\n'));
 });
 
+faults("a server whose link's PONG says it is leaving (asked or not) is drained while idle, as at its SHUTTING_DOWN (a registry member is removed, its link closed: registry.spec)", async () => {
+  // A revproxy server that drains while etcd is away says so in its PONGs (docs/PROTOCOL.md); with no request
+  // to answer SHUTTING_DOWN, nothing told its proxies, and its drain waited out its timeout for their links.
+  const links: Socket[] = [];
+  const server: Server = createServer((sock) => {
+    links.push(sock);
+    sock.on('error', () => {});
+    const decoder = new FrameDecoder({ validate: false });
+    sock.on('data', (chunk: Buffer) => {
+      for (const m of decoder.push(chunk).messages) if (m.type === MsgType.PING) sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
+    });
+  });
+  await registerStub(server, 'going');
+  await eventually(() => links.length === 1, 2000, 'its link');
+  // Unasked, as the server sends it to each link that PINGed it.
+  links[0]!.write(frame({ type: MsgType.PONG, seq: 0, leaving: 'server going is draining, and its registry entry could not say it is leaving' }));
+  await eventually(() => ctx.proxy.pools().P?.states.going === 'drained', 2000, 'drained');
+  assert.ok(ctx.logs.some((l) => l.event === 'member_drain' && /^Drained server id going of privacy policy P \(asked by the server itself: its link's PONG says it is leaving \(server going is draining, and its registry entry could not say it is leaving\)\)/.test(l.msg)), ctx.logs.map((l) => l.msg).join('\n'));
+});
+
 faults("a request that failed on every server it could go to is answered with the last failure's reason, briefly, not only the servers tried", async () => {
   // It said "this request failed on every server of privacy policy P it could go to (tried bad)": a client's
   // author could not tell a broken server from a dead one.

@@ -114,6 +114,13 @@ export interface PongMsg {
    * in order back under `slow_after`, its backlog waiting in the proxy's fair queue.
    */
   concurrency?: number;
+  /**
+   * From a revproxy server on a proxy's link, once it drains and its registry entry could not say so
+   * (etcd did not take its leaving): why, in its words. Sent unasked too, on each link that PINGed it
+   * (a PONG answering no PING, which a proxy's link skips). A proxy takes the server out of rotation,
+   * as at its `SHUTTING_DOWN` answers, and the link then closes, ending the drain.
+   */
+  leaving?: string;
 }
 /** Server -> proxy on its registration connection: stop sending me new requests. */
 export interface DeregisterMsg { type: 6; id: string }
@@ -377,6 +384,7 @@ export function toMessage(value: unknown, opts: ValidateOptions = {}): Message {
       if (own(o, 'privPolyId') !== undefined) m.privPolyId = idField(o, 'privPolyId');
       const concurrency = intField(o, 'concurrency', 1, Number.MAX_SAFE_INTEGER, false);
       if (concurrency !== undefined) m.concurrency = concurrency;
+      if (own(o, 'leaving') !== undefined) m.leaving = strField(o, 'leaving');
       return m;
     }
     case MsgType.DEREGISTER:
