@@ -864,7 +864,7 @@ export const serverMachine = setup({
           on: {
             DRAINED: '#server.stopped',
             STOP: '#server.stopped',
-            // The proxies learn it from the next request each sends: answered SHUTTING_DOWN, not run (docs/PROTOCOL.md).
+            // The proxies learn it from a PONG on each link (sent now, and every one after) and from each request sent: answered SHUTTING_DOWN, not run (docs/PROTOCOL.md).
             DEREGISTER_FAILED: { actions: ['logUntold', sendTo('listener', ({ context }) => ({
               type: 'REFUSE_NEW' as const,
               message: `server ${context.opts.id} is draining and did not run this request: send it to another server (its registry entry could not say it is leaving)`,

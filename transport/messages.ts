@@ -117,8 +117,8 @@ export interface PongMsg {
   /**
    * From a revproxy server on a proxy's link, once it drains and its registry entry could not say so
    * (etcd did not take its leaving): why, in its words. Sent unasked too, on each link that PINGed it
-   * (a PONG answering no PING, which a proxy's link skips). A proxy takes the server out of rotation,
-   * as at its `SHUTTING_DOWN` answers, and the link then closes, ending the drain.
+   * (a PONG answering no PING, which a proxy of an earlier build skips). A proxy takes the server out
+   * of rotation, as at its `SHUTTING_DOWN` answers, and a registry member's link then closes, ending the drain.
    */
   leaving?: string;
 }
