@@ -248,8 +248,9 @@ export type LinkReport =
   | { type: 'UPSTREAM_DOWN'; member: string; linkId: string; failure: Failure; requests: ProxyRequest[]; unsent: ProxyRequest[] }
   | { type: 'UPSTREAM_RETRY'; member: string; linkId: string; requests: ProxyRequest[]; failure: TryFailure; failures: number }
   /**
-   * The server answered `requests` SHUTTING_DOWN: it is draining, ran none of them (docs/PROTOCOL.md), and says so
-   * because its registry entry could not (etcd away). `reason`: its words.
+   * The server answered `requests` SHUTTING_DOWN, or its PONG said it leaves (no requests): it is draining, ran none
+   * of them (docs/PROTOCOL.md), and says so because its registry entry could not (etcd away). `reason`: how it said
+   * so, its words quoted (`settle`, `leavingPong`), as the proxy's line gives it.
    */
   | { type: 'UPSTREAM_LEAVING'; member: string; linkId: string; requests: ProxyRequest[]; reason: string };
 

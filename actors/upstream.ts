@@ -198,7 +198,7 @@ export class LinkTraffic implements LinkPort {
     this.conn = undefined;
   }
 
-  /** Settle one read of answers; returns the report of its error answers, if any, for the proxy. */
+  /** Settle one read of answers; returns the reports for the proxy, if any: its error answers, and the server's leaving (`answersReports`). */
   answer(messages: Message[], linkId: string): LinkReport[] | undefined {
     const link = this.link;
     const tally: Tally = { answered: 0, failures: this.failures };
