@@ -19,7 +19,7 @@
  * the default SHA1 handler costs what hashing costs.
  */
 import { ErrorCode, RevproxyError } from '../transport/errors.js';
-import { APP_CODE, errorMsg, loneSurrogateIn, MsgType, payloadBytes, sliceWhole, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
+import { APP_CODE, errorMsg, loneSurrogateIn, MsgType, payloadSize, sliceWhole, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import type { BufferBudget } from '../transport/budget.js';
 import type { Connection } from '../transport/socket.js';
 import type { Clock, Timer } from '../transport/clock.js';
@@ -338,7 +338,7 @@ export class HandlerRunner {
           `server ${this.opts.serverId} is running ${this.running} request(s)${lingering}, its limit, and ${this.queue.length} more are waiting; try another server or later`, msg.seq));
         continue;
       }
-      const bytes = payloadBytes(msg.payload) + REQUEST_ROOM; // UTF-8, as the proxy counts it (routing.ts, requestBytes)
+      const bytes = payloadSize(msg) + REQUEST_ROOM; // UTF-8, as the proxy counts it (routing.ts, requestBytes)
       if (!budget.hold(bytes)) {
         this.overBudget(conn, msg);
         continue;

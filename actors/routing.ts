@@ -7,7 +7,7 @@
  * membership.ts's; health (ejection, probes) is health.ts's.
  */
 import { ErrorCode } from '../transport/errors.js';
-import { errorMsg, heldBytes, MsgType, payloadBytes, WIRE, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
+import { errorMsg, heldBytes, MsgType, payloadSize, textPayload, WIRE, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import { startChild, stopChild } from './children.js';
 import { FairQueue } from './fair-queue.js';
 import { deadline, endStay, quoted, type Failure, type Peer, type ProxyRequest, type Reply, type TryCause } from './link.js';
@@ -230,7 +230,7 @@ export function refuse(context: ProxyContext, reqs: ProxyRequest[], failure: Fai
  */
 export function requestBytes(msg: DataMsg): number {
   const w = msg[WIRE];
-  return heldBytes(payloadBytes(msg.payload), typeof msg.payload === 'string', w === undefined ? 0 : w.end - w.start);
+  return heldBytes(payloadSize(msg), textPayload(msg), w === undefined ? 0 : w.end - w.start);
 }
 
 /**

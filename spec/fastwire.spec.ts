@@ -4,9 +4,9 @@ import * as assert from 'uvu/assert';
 import fc from 'fast-check';
 import { Packr, Unpackr } from 'msgpackr';
 import { ERROR_CODES, ErrorCode, ProtocolError } from '../transport/errors.js';
-import { asRead, decodeHot, encodeHot, hotSize } from '../transport/fastwire.js';
+import { asRead, decodeHot, encodeHot, hotSize, LAZY_TEXT_BYTES } from '../transport/fastwire.js';
 import { encodeFrame, FrameBuffer, FrameDecoder, writeFrame } from '../transport/frame.js';
-import { toMessage, WIRE, type AckMsg, type DataMsg, type ErrorMsg, type Message } from '../transport/messages.js';
+import { payloadSize, TEXT_BYTES, textPayload, toMessage, WIRE, type AckMsg, type DataMsg, type ErrorMsg, type Message } from '../transport/messages.js';
 
 const packr = new Packr({ useRecords: false });
 const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true });
@@ -85,6 +85,59 @@ test('for any mutated, truncated or extended frame body, the fast decoder agrees
     return out;
   });
   fc.assert(fc.property(mutated, (b) => agrees(b)), { numRuns: 5000 });
+});
+
+test('a text payload of LAZY_TEXT_BYTES or more is made into a string only when read: the same string msgpackr gives, its size known before, and forwarded as its bytes without it', () => {
+  const texts = ['a'.repeat(LAZY_TEXT_BYTES - 1), 'a'.repeat(LAZY_TEXT_BYTES), 'x'.repeat(1_000_000), '漢'.repeat(40000), '😀é\u0000z'.repeat(30000)];
+  for (const t of texts) {
+    for (const o of [{ type: 0, seq: 7, srcid: 'c1', privPoliId: '111', payload: t }, { type: 2, seq: 7, srcid: '100', destid: 'c1', payload: t, payloadsize: 3 }]) {
+      // As this project's encoder writes it (msgpackr writes a map this big with a map16 header, which is read but not forwarded as its bytes).
+      const body = encodeFrame(o as Message).subarray(4);
+      assert.ok(agrees(packr.pack(o)));
+      const hot = decodeHot(body, 0, body.length)!;
+      assert.ok(hot, `read by the fast path (${t.length} characters)`);
+      const bytes = Buffer.byteLength(t);
+      const lazy = bytes >= LAZY_TEXT_BYTES;
+      assert.is(hot[TEXT_BYTES], lazy ? bytes : undefined);
+      assert.is(payloadSize(hot), bytes);
+      assert.ok(textPayload(hot));
+      if (lazy) assert.ok(Object.getOwnPropertyDescriptor(hot, 'payload')!.get, 'not made into a string yet');
+      if (o.type === 2) assert.is((hot as AckMsg).payloadsize, 3);
+      // Forwarded as its bytes (a new seq), the payload not made.
+      assert.ok(asRead(hot, 9), 'goes out as its bytes');
+      const fb = new FrameBuffer();
+      writeFrame(hot, fb, 9);
+      assert.equal(unpackr.unpack(fb.take().subarray(4)), { ...o, seq: 9 });
+      if (lazy) assert.ok(Object.getOwnPropertyDescriptor(hot, 'payload')!.get, 'still not made after it was forwarded');
+      // Read: the string msgpackr gives, made once; the message as the general path has it.
+      assert.is(hot.payload, t);
+      assert.is(hot[TEXT_BYTES], undefined);
+      assert.is(Object.getOwnPropertyDescriptor(hot, 'payload')!.value, t);
+      assert.equal(hot, general(body).msg);
+      assert.equal(Object.keys(hot), Object.keys(general(body).msg!), 'its keys in their order');
+    }
+  }
+  // A copy is a message with a string; a payload set is the payload.
+  const body = encodeFrame({ type: 0, seq: 1, srcid: 'c1', privPoliId: '111', payload: 'q'.repeat(LAZY_TEXT_BYTES) }).subarray(4);
+  const m = decodeHot(body, 0, body.length) as DataMsg;
+  const copy = { ...m };
+  assert.is(copy[TEXT_BYTES], undefined);
+  assert.is(copy.payload, 'q'.repeat(LAZY_TEXT_BYTES));
+  const n = decodeHot(body, 0, body.length) as DataMsg;
+  n.payload = Buffer.from('bytes');
+  assert.is(n[TEXT_BYTES], undefined);
+  assert.is(payloadSize(n), 5);
+  assert.not.ok(textPayload(n));
+  // Not valid UTF-8 (a lone continuation byte, a surrogate's bytes): the general path's, which reads it as msgpackr does.
+  for (const bad of [Buffer.from([0x80]), Buffer.from([0xed, 0xa0, 0x80])]) {
+    const head = encodeFrame({ type: 0, seq: 1, srcid: 'c1', privPoliId: '111', payload: 'a'.repeat(LAZY_TEXT_BYTES) }).subarray(4);
+    const forged = Buffer.concat([head, bad]);
+    // The str32's length grows by the bytes added (the payload is last).
+    const at = head.indexOf(0xdb);
+    forged.writeUInt32BE(LAZY_TEXT_BYTES + bad.length, at + 1);
+    assert.is(decodeHot(forged, 0, forged.length), undefined, 'deferred');
+    assert.ok(agrees(forged));
+  }
 });
 
 /**

@@ -23,11 +23,11 @@
  * The limits and spellings checked here are the model's (messages.ts),
  * imported, never restated.
  */
-import { Buffer } from 'node:buffer';
-import { isIdValue, MAX_SEQ, MAX_VALUES, MsgType, ownSpellingFirst, payloadBytes, POLICY_KEY, WIRE, type AckMsg, type DataMsg, type ErrorMsg, type Message, type WireBytes } from './messages.js';
+import { Buffer, isUtf8 } from 'node:buffer';
+import { isIdValue, MAX_SEQ, MAX_VALUES, MsgType, ownSpellingFirst, payloadBytes, POLICY_KEY, TEXT_BYTES, WIRE, type AckMsg, type DataMsg, type ErrorMsg, type Message, type WireBytes } from './messages.js';
 
 /** The fields of the hot messages (their string keys: `WIRE` is no field). */
-type Field = Exclude<keyof DataMsg | keyof AckMsg, typeof WIRE>;
+type Field = Exclude<keyof DataMsg | keyof AckMsg, typeof WIRE | typeof TEXT_BYTES>;
 
 // Keys the hot messages use. Anything else is skipped when its value is a scalar.
 const enum K {
@@ -221,6 +221,73 @@ function bytes(buf: Uint8Array, end: number, len: number): Uint8Array | typeof F
   return buf.subarray(pos - len, pos);
 }
 
+/**
+ * A text payload this long (bytes) or longer is not made into a string as it is read (`TEXT_BYTES`):
+ * V8 makes a string of 128 KiB or more in its large-object space, at about 4 ms a megabyte against
+ * 0.1 for shorter ones, and a proxy that forwards the frame's bytes never reads it. A flood of 1 MB
+ * text requests to a policy whose server was silent, read and refused, kept the proxy's core busy
+ * making strings nobody read: another policy's client waited 216 ms at p50 (1.6 before it).
+ */
+export const LAZY_TEXT_BYTES = 64 * 1024;
+
+/** A text payload's UTF-8 bytes, `buf[at, at + len)`, valid, not made into a string yet. */
+class LazyText {
+  constructor(readonly buf: Uint8Array, readonly at: number, readonly len: number) {}
+}
+
+/** A value `decodeHot` read: a scalar, or a payload's text not made into a string. */
+type Value = Scalar | LazyText;
+
+const utf8Slice = (Buffer.prototype as unknown as { utf8Slice(this: Uint8Array, start: number, end: number): string }).utf8Slice;
+
+/**
+ * The payload's value at `pos` when it is text of `LAZY_TEXT_BYTES` or more (str16 or str32) and
+ * valid UTF-8, as a `LazyText` (text that is not: FAIL, the general path's; msgpackr reads valid
+ * UTF-8 as Node does); shorter text as `scalar` reads it, in a str32 too; any other value by `scalar`.
+ */
+function payloadValue(buf: Uint8Array, end: number): Scalar | LazyText | typeof FAIL {
+  const b = buf[pos];
+  if (b !== 0xda && b !== 0xdb) return scalar(buf, end);
+  const head = b === 0xda ? 3 : 5;
+  if (pos + head > end) return FAIL;
+  const len = b === 0xda ? (buf[pos + 1]! << 8) | buf[pos + 2]! : buf[pos + 1]! * 0x1000000 + ((buf[pos + 2]! << 16) | (buf[pos + 3]! << 8) | buf[pos + 4]!);
+  const at = pos + head;
+  if (at + len > end) return FAIL;
+  if (len < LAZY_TEXT_BYTES) {
+    // As `scalar` reads a str16 (and a str32, which this project's encoder writes for text that might need it).
+    const text = ascii(buf, at, len);
+    if (text === undefined) return FAIL;
+    pos = at + len;
+    return text;
+  }
+  if (!isUtf8(buf.subarray(at, at + len))) return FAIL;
+  pos = at + len;
+  return new LazyText(buf, at, len);
+}
+
+/**
+ * Give `m` the text `t` as its payload, made into a string the first time it is read (and kept):
+ * until then `m[TEXT_BYTES]` says its size. Setting `payload` sets it as any field.
+ */
+function lazyText<M extends DataMsg | AckMsg>(m: M, t: LazyText): M {
+  const settle = (v: string | Uint8Array): void => {
+    Object.defineProperty(m, 'payload', { value: v, writable: true, enumerable: true, configurable: true });
+    m[TEXT_BYTES] = undefined;
+  };
+  Object.defineProperty(m, TEXT_BYTES, { value: t.len, writable: true, enumerable: false, configurable: true });
+  Object.defineProperty(m, 'payload', {
+    get(): string {
+      const text = utf8Slice.call(t.buf, t.at, t.at + t.len);
+      settle(text);
+      return text;
+    },
+    set: settle,
+    enumerable: true,
+    configurable: true,
+  });
+  return m;
+}
+
 function isUint32(v: unknown): v is number {
   return typeof v === 'number' && v >= 0 && v <= MAX_SEQ;
 }
@@ -245,15 +312,15 @@ export function decodeHot(buf: Uint8Array, start: number, end: number): DataMsg 
   } else return undefined;
   // More fields than a message may hold (`MAX_VALUES`): the general path refuses it.
   if (2 * n + 1 > MAX_VALUES) return undefined;
-  let type: Scalar;
-  let seq: Scalar;
-  let srcid: Scalar;
-  let destid: Scalar;
-  let poli: Scalar;
-  let poly: Scalar;
-  let payload: Scalar;
-  let size: Scalar;
-  let timeout: Scalar;
+  let type: Value;
+  let seq: Value;
+  let srcid: Value;
+  let destid: Value;
+  let poli: Value;
+  let poly: Value;
+  let payload: Value;
+  let size: Value;
+  let timeout: Value;
   // A key present with a skipped scalar (nil, bool): the general path decides what it means.
   let odd = false;
   // Which keys were seen (a bit per K) and where the seq's value is: for the bytes' view (`WIRE`).
@@ -284,7 +351,7 @@ export function decodeHot(buf: Uint8Array, start: number, end: number): DataMsg 
     }
     pos += klen;
     const at = pos;
-    const v = scalar(buf, end);
+    const v = key === K.PAYLOAD ? payloadValue(buf, end) : scalar(buf, end);
     if (v === FAIL) return undefined;
     seen |= 1 << key;
     if (key === K.SEQ) {
@@ -305,6 +372,8 @@ export function decodeHot(buf: Uint8Array, start: number, end: number): DataMsg 
     }
   }
   if (pos !== end || odd) return undefined;
+  const lazy = payload instanceof LazyText ? payload : undefined;
+  if (lazy) payload = '';
   if (!isUint32(seq) || !isIdValue(srcid) || !(typeof payload === 'string' || payload instanceof Uint8Array)) return undefined;
   if (size !== undefined && !isUint32(size)) return undefined;
   if (type === MsgType.DATA) {
@@ -314,6 +383,7 @@ export function decodeHot(buf: Uint8Array, start: number, end: number): DataMsg 
     const m: DataMsg = { type: 0, seq, srcid: idString(srcid), privPoliId: idString(policy), payload };
     if (size !== undefined) m.payloadsize = size;
     if (timeout !== undefined) m.timeoutms = timeout;
+    if (lazy) lazyText(m, lazy);
     // Read as exactly the model's fields, each once (n keys, no other): forwarded as these bytes (the proxy adds its own timeoutms).
     if ((seen & ~DATA_KEYS) === 0 && n === (size === undefined ? 5 : 6) && b <= 0x8f && typeof srcid === 'string' && typeof poli === 'string') {
       m[WIRE] = { msg: m, buf, start, seqAt, seqEnd, end };
@@ -322,7 +392,8 @@ export function decodeHot(buf: Uint8Array, start: number, end: number): DataMsg 
   }
   if (type === MsgType.ACK) {
     if (!isIdValue(destid)) return undefined;
-    const m: AckMsg = { type: 2, seq, srcid: idString(srcid), destid: idString(destid), payload, payloadsize: size ?? payloadBytes(payload) };
+    const m: AckMsg = { type: 2, seq, srcid: idString(srcid), destid: idString(destid), payload, payloadsize: size ?? (lazy ? lazy.len : payloadBytes(payload)) };
+    if (lazy) lazyText(m, lazy);
     if (seen === ACK_KEYS && n === 6 && b <= 0x8f && typeof srcid === 'string' && typeof destid === 'string') {
       m[WIRE] = { msg: m, buf, start, seqAt, seqEnd, end };
     }

@@ -8,7 +8,7 @@ import { Packr, Unpackr, isNativeAccelerationEnabled } from 'msgpackr';
 import { ErrorCode, ProtocolError, hexPreview } from './errors.js';
 import { asRead, asReadSize, decodeHot, encodeAsRead, encodeHot, hotSize } from './fastwire.js';
 import { recogniseForeign } from './foreign.js';
-import { MAX_VALUES, MsgType, toMessage, WIRE, type AckMsg, type DataMsg, type ErrorMsg, type Message } from './messages.js';
+import { MAX_VALUES, MsgType, TEXT_BYTES, toMessage, WIRE, type AckMsg, type DataMsg, type ErrorMsg, type Message } from './messages.js';
 import { describeBadText, findBadText, mayHoldBadText } from './utf8.js';
 import { head, valueHead } from './valuehead.js';
 
@@ -216,7 +216,8 @@ function holdLittle(messages: Message[], buf: Buffer): void {
       lone = m;
     }
   }
-  if (requests === 1) lone![WIRE] = undefined;
+  // One whose text is not made into a string yet keeps its frame for it anyway (`TEXT_BYTES`): forwarded as its bytes, never made.
+  if (requests === 1 && lone![TEXT_BYTES] === undefined) lone![WIRE] = undefined;
   const size = buf.buffer.byteLength;
   if (size <= SMALL_READ) return;
   let small = 0;
@@ -232,7 +233,8 @@ function holdLittle(messages: Message[], buf: Buffer): void {
     if (w === undefined || w.buf !== buf || 4 * (w.end - w.start) >= size) continue;
     const shift = at - w.start;
     at += buf.copy(own, at, w.start, w.end);
-    const p = (m as DataMsg | AckMsg).payload;
+    // A payload not made into a string yet is of a frame too big to move (`LAZY_TEXT_BYTES`, a read's size or more); it is not read here.
+    const p = (m as DataMsg | AckMsg)[TEXT_BYTES] === undefined ? (m as DataMsg | AckMsg).payload : '';
     if (typeof p !== 'string') {
       const from = p.byteOffset - buf.byteOffset + shift;
       (m as DataMsg | AckMsg).payload = own.subarray(from, from + p.length);
