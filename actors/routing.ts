@@ -7,7 +7,7 @@
  * membership.ts's; health (ejection, probes) is health.ts's.
  */
 import { ErrorCode } from '../transport/errors.js';
-import { errorMsg, heldBytes, MsgType, payloadSize, textPayload, WIRE, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
+import { errorMsg, heldBytes, MsgType, payloadSize, TEXT_BYTES, WIRE, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import { startChild, stopChild } from './children.js';
 import { FairQueue } from './fair-queue.js';
 import { deadline, endStay, quoted, type Failure, type Peer, type ProxyRequest, type Reply, type TryCause } from './link.js';
@@ -230,7 +230,8 @@ export function refuse(context: ProxyContext, reqs: ProxyRequest[], failure: Fai
  */
 export function requestBytes(msg: DataMsg): number {
   const w = msg[WIRE];
-  return heldBytes(payloadSize(msg), textPayload(msg), w === undefined ? 0 : w.end - w.start);
+  // A text payload not made into a string (`TEXT_BYTES`) is held as its frame's bytes alone, as a binary one is.
+  return heldBytes(payloadSize(msg), msg[TEXT_BYTES] === undefined && typeof msg.payload === 'string', w === undefined ? 0 : w.end - w.start);
 }
 
 /**

@@ -276,11 +276,6 @@ export function payloadSize(m: DataMsg | AckMsg): number {
   return m[TEXT_BYTES] ?? payloadBytes(m.payload);
 }
 
-/** Whether a message's payload is text, without making one read from the wire into a string (`TEXT_BYTES`). */
-export function textPayload(m: DataMsg | AckMsg): boolean {
-  return m[TEXT_BYTES] !== undefined || typeof m.payload === 'string';
-}
-
 /**
  * What a proxy holds in memory for a request until it is answered, as its buffer budget counts it
  * (routing.ts `requestBytes`, and the library's client before it sends, `frameBytes` estimated): its
