@@ -170,6 +170,8 @@ export interface LinkInput {
   /** One try's timeout; also bounds connecting and the first PING. */
   tryTimeoutMs: number;
   maxFrameBytes: number;
+  /** Answers' text payloads of this many bytes or more are made into strings only when read (memory-limit.ts `lazyTextFrom` of the memory limit). */
+  lazyTextFrom: number;
   busy: Set<Inflight<ProxyRequest>>;
   reply: Reply;
   logger: Logger;

@@ -18,6 +18,7 @@ import { proofHolds, type Provable } from '../registry/proof.js';
 import { upstreamJsonMachine } from './upstream-json.js';
 import { upstreamMachine } from './upstream.js';
 import { fmt } from './logger.js';
+import { lazyTextFrom } from './memory-limit.js';
 
 /**
  * Registration and departure lines written one by one in a summary interval (5 s), each kind: a
@@ -115,6 +116,7 @@ export function spawnLink(context: ProxyContext, entry: Member): void {
     timeoutMs: context.opts.timeoutMs,
     tryTimeoutMs: context.opts.tryTimeoutMs,
     maxFrameBytes: context.opts.maxFrameBytes,
+    lazyTextFrom: lazyTextFrom(context.opts.memoryLimit),
     busy: context.busy,
     reply: context.reply,
     logger: context.logger,

@@ -33,6 +33,8 @@ export interface ListenerInput {
   host: string;
   port: number;
   maxFrameBytes: number;
+  /** Clients' text payloads of this many bytes or more are made into strings only when read (memory-limit.ts `lazyTextFrom` of the memory limit). */
+  lazyTextFrom: number;
   maxConnections: number;
   maxConnectionsSet: boolean;
   maxConnectionsPerPeer: number;
@@ -202,7 +204,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       if (addr === undefined) return;
       // The connection listens for the socket's errors from here on.
       // Room for what forwarding adds, so a request read whole is never too big to forward.
-      const conn = new Connection(socket, { maxFrameBytes: Math.max(1, input.maxFrameBytes - FORWARD_ROOM), idleTimeoutMs: input.idleTimeoutMs, frameTimeoutMs: input.frameTimeoutMs, wire: 'sniff', clock: input.clock, budget: input.budget, from, readSlice: READ_SLICE });
+      const conn = new Connection(socket, { maxFrameBytes: Math.max(1, input.maxFrameBytes - FORWARD_ROOM), idleTimeoutMs: input.idleTimeoutMs, frameTimeoutMs: input.frameTimeoutMs, wire: 'sniff', lazyTextFrom: input.lazyTextFrom, clock: input.clock, budget: input.budget, from, readSlice: READ_SLICE });
       const peer = newPeer(conn);
       conn.owed = peer;
       conns.add(conn);

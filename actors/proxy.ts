@@ -32,6 +32,7 @@ import { InflightCount } from './inflight.js';
 import { Pacer } from './pacer.js';
 import { tcpConnect, type ProxyRequest } from './link.js';
 import { silentLogger } from './logger.js';
+import { lazyTextFrom } from './memory-limit.js';
 import { drainWatch, linkHub, listener, noRegistry, pinger, PortClosed, sweeper } from './proxy-io.js';
 import { LinkSockets, logBadInput, logLinksFull, logShed } from './port-limits.js';
 import { proxyBudgetNote, proxyConnectionsNote, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
@@ -264,7 +265,7 @@ export const proxyMachine = setup({
     {
       id: 'listener',
       src: 'listener',
-      input: ({ context }) => ({ ...context.opts, logger: context.logger, clock: context.clock, busyPoll: context.busyPoll, observer: context.observer, budget: context.budget, linkSockets: context.linkSockets, portClosed: context.portClosed }),
+      input: ({ context }) => ({ ...context.opts, lazyTextFrom: lazyTextFrom(context.opts.memoryLimit), logger: context.logger, clock: context.clock, busyPoll: context.busyPoll, observer: context.observer, budget: context.budget, linkSockets: context.linkSockets, portClosed: context.portClosed }),
     },
     { id: 'links', src: 'linkHub', input: ({ context }) => ({ logger: context.logger }) },
     { id: 'registry', src: 'registry', input: ({ context }) => ({ logger: context.logger, clock: context.clock, servers: context.servers }) },

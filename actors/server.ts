@@ -25,7 +25,7 @@ import { Connection, ConnectionTimeout } from '../transport/socket.js';
 import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, listenOn, listenServer, whenReady, renewTls, type TlsMaterial } from '../transport/tls.js';
 import { jittered, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { BufferBudget, defaultBufferBudget } from '../transport/budget.js';
-import { budgetNote, connectionsNote, defaultMaxConnections, memoryLimit } from './memory-limit.js';
+import { budgetNote, connectionsNote, defaultMaxConnections, lazyTextFrom, memoryLimit } from './memory-limit.js';
 import { badHandler, Caller, HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
 import { defaultConnsPerPeer, DEFAULT_LISTEN_HOST } from './proxy-options.js';
 import { ConnectionLimits, logAcceptErrors, logBadInput, logShed, logTlsRefusals, type ConnectionLimitsInput } from './port-limits.js';
@@ -209,6 +209,8 @@ interface ListenerInput extends ConnectionLimitsInput {
   host: string;
   port: number;
   maxFrameBytes: number;
+  /** Requests' text payloads of this many bytes or more are made into strings only when read (memory-limit.ts `lazyTextFrom`): by the handler, or never for one refused. */
+  lazyTextFrom: number;
   logger: Logger;
   runner: HandlerRunner;
   budget: BufferBudget;
@@ -239,7 +241,7 @@ const requestListener = fromCallback<{ type: 'DRAIN' } | { type: 'REFUSE_NEW'; m
       socket.once('close', () => limits.left(addr));
       // Either wire: the old proxy talks JSON here, ours frames.
       const conn = new Connection(socket, {
-        maxFrameBytes: input.maxFrameBytes, frameTimeoutMs: FRAME_TIMEOUT_MS, wire: 'sniff', answerAs: input.id, budget: input.budget, clock: input.clock,
+        maxFrameBytes: input.maxFrameBytes, lazyTextFrom: input.lazyTextFrom, frameTimeoutMs: FRAME_TIMEOUT_MS, wire: 'sniff', answerAs: input.id, budget: input.budget, clock: input.clock,
       });
       const caller = new Caller(conn);
       conns.add(conn);
@@ -805,6 +807,7 @@ export const serverMachine = setup({
       host: context.opts.listenHost ?? DEFAULT_LISTEN_HOST,
       port: context.opts.listenPort,
       maxFrameBytes: context.opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
+      lazyTextFrom: lazyTextFrom(context.memoryLimit),
       logger: context.logger,
       runner: context.runner,
       budget: context.budget,

@@ -299,7 +299,7 @@ export type UpstreamEvent =
  * Owns the socket: dials, then turns its reads into ANSWERS batches until the
  * link is open, and settles them through the link's port from then on.
  */
-const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number; connect: SocketFactory; maxFrameBytes: number; link: LinkTraffic; linkId: string; busyPoll?: BusyPoll; budget?: BufferBudget }>(
+const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number; connect: SocketFactory; maxFrameBytes: number; lazyTextFrom: number; link: LinkTraffic; linkId: string; busyPoll?: BusyPoll; budget?: BufferBudget }>(
   ({ sendBack, input }) => {
     const { link, linkId } = input;
     const socket = input.connect(input.host, input.port);
@@ -308,7 +308,7 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
     // Never hold this link's reads for its writes: the server may be waiting for us to read, too.
     // What it has not written are the requests it forwards, which hold their bytes against the budget
     // already (routing.ts `holdRequest`); the budget cuts clients, never this link (every request on it would fail).
-    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, holdReadsWhenCongested: false, budget: input.budget, forwarding: true });
+    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, lazyTextFrom: input.lazyTextFrom, holdReadsWhenCongested: false, budget: input.budget, forwarding: true });
     let done = false;
     /** Set once the server was told why its link ends (bad input): the connection closes by `endWith`, its last frame not cut off. */
     let told = false;
@@ -495,7 +495,7 @@ export const upstreamMachine = setup({
   invoke: {
     id: 'socket',
     src: 'upstreamSocket',
-    input: ({ context, self }) => ({ host: context.host, port: context.port, connect: context.connect, maxFrameBytes: context.maxFrameBytes, link: context.traffic, linkId: self.id, busyPoll: context.busyPoll, budget: context.budget }),
+    input: ({ context, self }) => ({ host: context.host, port: context.port, connect: context.connect, maxFrameBytes: context.maxFrameBytes, lazyTextFrom: context.lazyTextFrom, link: context.traffic, linkId: self.id, busyPoll: context.busyPoll, budget: context.budget }),
   },
   on: {
     RESET_FAILURES: { actions: 'resetFailures' },

@@ -87,15 +87,24 @@ test('for any mutated, truncated or extended frame body, the fast decoder agrees
   fc.assert(fc.property(mutated, (b) => agrees(b)), { numRuns: 5000 });
 });
 
-test('a text payload of LAZY_TEXT_BYTES or more is made into a string only when read: the same string msgpackr gives, its size known before, and forwarded as its bytes without it', () => {
+test('a text payload of LAZY_TEXT_BYTES or more, where the reader may (lazyFrom), is made into a string only when read: the same string msgpackr gives, its size known before, and forwarded as its bytes without it', () => {
   const texts = ['a'.repeat(LAZY_TEXT_BYTES - 1), 'a'.repeat(LAZY_TEXT_BYTES), 'x'.repeat(1_000_000), '漢'.repeat(40000), '😀é\u0000z'.repeat(30000)];
   for (const t of texts) {
     for (const o of [{ type: 0, seq: 7, srcid: 'c1', privPoliId: '111', payload: t }, { type: 2, seq: 7, srcid: '100', destid: 'c1', payload: t, payloadsize: 3 }]) {
       // As this project's encoder writes it (msgpackr writes a map this big with a map16 header, which is read but not forwarded as its bytes).
       const body = encodeFrame(o as Message).subarray(4);
       assert.ok(agrees(packr.pack(o)));
-      const hot = decodeHot(body, 0, body.length)!;
+      const hot = decodeHot(body, 0, body.length, LAZY_TEXT_BYTES)!;
       assert.ok(hot, `read by the fast path (${t.length} characters)`);
+      // Where the reader may not (the default: memory-limit.ts lazyTextFrom in a small group), the same message, made as read.
+      // (Text not all ASCII is then the general path's, msgpackr's, as before.)
+      const made = decodeHot(body, 0, body.length);
+      assert.is(made === undefined, /[^\x00-\x7f]/.test(t), 'text not all ASCII is left to the general path');
+      if (made) {
+        assert.is(made[TEXT_BYTES], undefined);
+        assert.is(Object.getOwnPropertyDescriptor(made, 'payload')!.value, t, 'made as read');
+        assert.equal(made, general(body).msg);
+      }
       const bytes = Buffer.byteLength(t);
       const lazy = bytes >= LAZY_TEXT_BYTES;
       assert.is(hot[TEXT_BYTES], lazy ? bytes : undefined);
@@ -118,11 +127,11 @@ test('a text payload of LAZY_TEXT_BYTES or more is made into a string only when 
   }
   // A copy is a message with a string; a payload set is the payload.
   const body = encodeFrame({ type: 0, seq: 1, srcid: 'c1', privPoliId: '111', payload: 'q'.repeat(LAZY_TEXT_BYTES) }).subarray(4);
-  const m = decodeHot(body, 0, body.length) as DataMsg;
+  const m = decodeHot(body, 0, body.length, LAZY_TEXT_BYTES) as DataMsg;
   const copy = { ...m };
   assert.is(copy[TEXT_BYTES], undefined);
   assert.is(copy.payload, 'q'.repeat(LAZY_TEXT_BYTES));
-  const n = decodeHot(body, 0, body.length) as DataMsg;
+  const n = decodeHot(body, 0, body.length, LAZY_TEXT_BYTES) as DataMsg;
   n.payload = Buffer.from('bytes');
   assert.is(n[TEXT_BYTES], undefined);
   assert.is(payloadSize(n), 5);
@@ -133,9 +142,29 @@ test('a text payload of LAZY_TEXT_BYTES or more is made into a string only when 
     // The str32's length grows by the bytes added (the payload is last).
     const at = head.indexOf(0xdb);
     forged.writeUInt32BE(LAZY_TEXT_BYTES + bad.length, at + 1);
-    assert.is(decodeHot(forged, 0, forged.length), undefined, 'deferred');
+    assert.is(decodeHot(forged, 0, forged.length, LAZY_TEXT_BYTES), undefined, 'deferred');
     assert.ok(agrees(forged));
   }
+});
+
+test('a frame decoder leaves large text unmade only when told to (lazyTextFrom), and a lone request keeps its frame for it', () => {
+  const o = { type: 0, seq: 3, srcid: 'c1', privPoliId: '111', payload: 'y'.repeat(300_000) } as DataMsg;
+  const wire = encodeFrame(o);
+  // In reads of 64 KiB, as a socket gives them.
+  const read = (d: FrameDecoder): DataMsg => {
+    const got: Message[] = [];
+    for (let at = 0; at < wire.length; at += 65536) got.push(...d.push(wire.subarray(at, at + 65536)).messages);
+    assert.is(got.length, 1);
+    return got[0] as DataMsg;
+  };
+  const lazy = read(new FrameDecoder({ lazyTextFrom: LAZY_TEXT_BYTES }));
+  assert.is(lazy[TEXT_BYTES], 300_000);
+  assert.ok(lazy[WIRE], 'kept as its bytes, to forward unmade');
+  assert.is(lazy.payload, o.payload);
+  const made = read(new FrameDecoder());
+  assert.is(made[TEXT_BYTES], undefined);
+  assert.is(Object.getOwnPropertyDescriptor(made, 'payload')!.value, o.payload);
+  assert.is(made[WIRE], undefined, 'a lone request made as read lets its frame go');
 });
 
 /**

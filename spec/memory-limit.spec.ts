@@ -7,7 +7,8 @@
 import { connect, type Socket } from 'node:net';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { budgetNote, connectionsNote, defaultMaxConnections, fittedOldSpace, memoryLimit, MIN_MEMORY_LIMIT } from '../actors/memory-limit.js';
+import { budgetNote, connectionsNote, defaultMaxConnections, fittedOldSpace, lazyTextFrom, LAZY_TEXT_MEMORY, memoryLimit, MIN_MEMORY_LIMIT } from '../actors/memory-limit.js';
+import { LAZY_TEXT_BYTES } from '../transport/fastwire.js';
 import { fileLimits } from '../actors/port-limits.js';
 import { defaultBufferBudget, DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
 import { cannotLimitMemory, memoryGroup, type MemoryGroup } from './cgroup.js';
@@ -59,6 +60,15 @@ derive('from 128 MiB to 256 the budget, the heap the start line advises and the 
     assert.ok(now.connections <= 2048, `connections at ${limit / MiB} MiB: ${now.connections}`);
     before = now;
   }
+});
+
+derive('large text payloads are left unmade as read without a limit and in one of 256 MiB or more; below it each is made as read, as V8 collects Buffers only 64 MB at a time', () => {
+  assert.is(LAZY_TEXT_MEMORY, 256 * MiB);
+  assert.is(lazyTextFrom(undefined), LAZY_TEXT_BYTES);
+  assert.is(lazyTextFrom(256 * MiB), LAZY_TEXT_BYTES);
+  assert.is(lazyTextFrom(8 * 1024 * MiB), LAZY_TEXT_BYTES);
+  assert.is(lazyTextFrom(255 * MiB), Infinity);
+  assert.is(lazyTextFrom(MIN_MEMORY_LIMIT), Infinity);
 });
 
 derive(`below ${MIN_MEMORY_LIMIT / MiB} MiB the start line is a warn: too little to run safely, raise the limit and start Node with the heap 128 MiB needs`, () => {

@@ -222,11 +222,13 @@ function bytes(buf: Uint8Array, end: number, len: number): Uint8Array | typeof F
 }
 
 /**
- * A text payload this long (bytes) or longer is not made into a string as it is read (`TEXT_BYTES`):
- * V8 makes a string of 128 KiB or more in its large-object space, at about 4 ms a megabyte against
- * 0.1 for shorter ones, and a proxy that forwards the frame's bytes never reads it. A flood of 1 MB
- * text requests to a policy whose server was silent, read and refused, kept the proxy's core busy
- * making strings nobody read: another policy's client waited 216 ms at p50 (1.6 before it).
+ * A text payload this long (bytes) or longer may be left unmade as it is read (`decodeHot`'s
+ * `lazyFrom`, `TEXT_BYTES`): V8 makes a string of 128 KiB or more in its large-object space, at
+ * about 4 ms a megabyte against 0.1 for shorter ones, and a proxy that forwards the frame's bytes
+ * never reads it. A flood of 1 MB text requests to a policy whose server was silent, read and
+ * refused, kept the proxy's core busy making strings nobody read: another policy's client waited
+ * 216 ms at p50 (1.6 before it). Whether a process leaves text unmade is memory-limit.ts's
+ * `lazyTextFrom`.
  */
 export const LAZY_TEXT_BYTES = 64 * 1024;
 
@@ -241,11 +243,11 @@ type Value = Scalar | LazyText;
 const utf8Slice = (Buffer.prototype as unknown as { utf8Slice(this: Uint8Array, start: number, end: number): string }).utf8Slice;
 
 /**
- * The payload's value at `pos` when it is text of `LAZY_TEXT_BYTES` or more (str16 or str32) and
+ * The payload's value at `pos` when it is text of `lazyFrom` bytes or more (str16 or str32) and
  * valid UTF-8, as a `LazyText` (text that is not: FAIL, the general path's; msgpackr reads valid
  * UTF-8 as Node does); shorter text as `scalar` reads it, in a str32 too; any other value by `scalar`.
  */
-function payloadValue(buf: Uint8Array, end: number): Scalar | LazyText | typeof FAIL {
+function payloadValue(buf: Uint8Array, end: number, lazyFrom: number): Scalar | LazyText | typeof FAIL {
   const b = buf[pos];
   if (b !== 0xda && b !== 0xdb) return scalar(buf, end);
   const head = b === 0xda ? 3 : 5;
@@ -253,7 +255,7 @@ function payloadValue(buf: Uint8Array, end: number): Scalar | LazyText | typeof 
   const len = b === 0xda ? (buf[pos + 1]! << 8) | buf[pos + 2]! : buf[pos + 1]! * 0x1000000 + ((buf[pos + 2]! << 16) | (buf[pos + 3]! << 8) | buf[pos + 4]!);
   const at = pos + head;
   if (at + len > end) return FAIL;
-  if (len < LAZY_TEXT_BYTES) {
+  if (len < lazyFrom) {
     // As `scalar` reads a str16 (and a str32, which this project's encoder writes for text that might need it).
     const text = ascii(buf, at, len);
     if (text === undefined) return FAIL;
@@ -299,9 +301,11 @@ function idString(v: string | number): string {
 /**
  * The DATA or ACK message in `buf[start, end)`, exactly as msgpackr +
  * `toMessage` would give it; undefined when the body is anything else
- * (including every invalid body): then use the general path.
+ * (including every invalid body): then use the general path. A text payload
+ * of `lazyFrom` bytes or more is made into a string when first read
+ * (`lazyText`; `LAZY_TEXT_BYTES` where a process may, Infinity: never).
  */
-export function decodeHot(buf: Uint8Array, start: number, end: number): DataMsg | AckMsg | undefined {
+export function decodeHot(buf: Uint8Array, start: number, end: number, lazyFrom = Infinity): DataMsg | AckMsg | undefined {
   const b = buf[start]!;
   let n: number;
   pos = start + 1;
@@ -351,7 +355,7 @@ export function decodeHot(buf: Uint8Array, start: number, end: number): DataMsg 
     }
     pos += klen;
     const at = pos;
-    const v = key === K.PAYLOAD ? payloadValue(buf, end) : scalar(buf, end);
+    const v = key === K.PAYLOAD ? payloadValue(buf, end, lazyFrom) : scalar(buf, end);
     if (v === FAIL) return undefined;
     seen |= 1 << key;
     if (key === K.SEQ) {

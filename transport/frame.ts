@@ -361,6 +361,11 @@ export interface FrameDecoderOptions {
    * (nil, a number, an array as well as a map), and the reader must check it is an object before reading its fields.
    */
   validate?: boolean;
+  /**
+   * A text payload of this many bytes or more is made into a string only when read (fastwire.ts `lazyText`;
+   * `LAZY_TEXT_BYTES` where the process may: memory-limit.ts `lazyTextFrom`). Default: never, each made as read.
+   */
+  lazyTextFrom?: number;
 }
 
 /**
@@ -376,6 +381,7 @@ export interface FrameDecoderOptions {
 export class FrameDecoder implements Decoder {
   private readonly max: number;
   private readonly validate: boolean;
+  private readonly lazyTextFrom: number;
   private readonly held = new PartialBytes();
   private need = HEADER;
   private failed?: ProtocolError;
@@ -384,6 +390,7 @@ export class FrameDecoder implements Decoder {
   constructor(opts: FrameDecoderOptions = {}) {
     this.max = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     this.validate = opts.validate ?? true;
+    this.lazyTextFrom = opts.lazyTextFrom ?? Infinity;
   }
 
   get buffered(): number {
@@ -418,7 +425,7 @@ export class FrameDecoder implements Decoder {
         const end = start + len;
         pos = end;
         this.need = HEADER;
-        const hot = this.validate ? decodeHot(buf, start, end) : undefined;
+        const hot = this.validate ? decodeHot(buf, start, end, this.lazyTextFrom) : undefined;
         if (hot) {
           messages.push(hot);
           continue;

@@ -10,6 +10,8 @@ export type Wire = 'frames' | 'json';
 
 export interface SniffOptions {
   maxFrameBytes?: number;
+  /** For frames: `FrameDecoderOptions.lazyTextFrom` (the old JSON wire makes its text as it reads). */
+  lazyTextFrom?: number;
   /** The id this side answers as (a server's): its JSON ERRORs carry it as `srcid`, as its ACKs do (`encodeJson`). */
   answerAs?: string;
   /** Told once, on the first byte, which wire the peer speaks and the encoder to answer it with. */
@@ -49,7 +51,7 @@ export class SniffDecoder implements Decoder {
         this.jsonEncoder = w.encoder;
         this.opts.onWire?.('json', w.encoder);
       } else {
-        this.inner = new FrameDecoder({ maxFrameBytes: this.opts.maxFrameBytes });
+        this.inner = new FrameDecoder({ maxFrameBytes: this.opts.maxFrameBytes, lazyTextFrom: this.opts.lazyTextFrom });
         this.picked = 'frames';
         this.opts.onWire?.('frames', undefined);
       }

@@ -25,6 +25,8 @@ const FRAMES: WireEncoder = { wire: 'frames' };
 
 export interface ConnectionOptions {
   maxFrameBytes?: number;
+  /** Frames' text payloads of this many bytes or more are made into strings only when read (`FrameDecoderOptions.lazyTextFrom`; default: never). */
+  lazyTextFrom?: number;
   /**
    * `frames` (default); the old `json` wire, on a connection this side dialed to
    * ask (answers are matched to its requests in order); or `sniff`, on an accepted
@@ -258,8 +260,8 @@ export class Connection implements BudgetHolder {
       const json = jsonWire(opts.maxFrameBytes, 'asks');
       this.decoder = json.decoder;
       this.encoder = { wire: 'json', encode: json.encoder };
-    } else if (opts.wire === 'sniff') this.decoder = new SniffDecoder({ maxFrameBytes: opts.maxFrameBytes, answerAs: opts.answerAs });
-    else this.decoder = new FrameDecoder({ maxFrameBytes: opts.maxFrameBytes });
+    } else if (opts.wire === 'sniff') this.decoder = new SniffDecoder({ maxFrameBytes: opts.maxFrameBytes, lazyTextFrom: opts.lazyTextFrom, answerAs: opts.answerAs });
+    else this.decoder = new FrameDecoder({ maxFrameBytes: opts.maxFrameBytes, lazyTextFrom: opts.lazyTextFrom });
     this.holdReadsWhenCongested = opts.holdReadsWhenCongested ?? true;
     this.readSlice = opts.readSlice ?? Infinity;
     this.reclaims = socket instanceof NetSocket && (socket as { encrypted?: boolean }).encrypted !== true;
