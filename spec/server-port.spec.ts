@@ -164,6 +164,36 @@ port('an async handler\'s big answers to a pipelined peer (a proxy\'s link) stay
   await stillServes(server.port);
 });
 
+port('one big answer among small ones does not hold back a pipelined peer\'s other requests: the room an answer is taken to need is the answers\' mean, not the last big one', async () => {
+  // A 32 MiB budget: a connection's share is 1 MiB. It was the last answer's size whenever bigger, a 16th off at each
+  // smaller one: after one of 200 KiB, 5 of the held requests ran at once (1 MiB / 200 KiB) until answers came.
+  const big = 'b'.repeat(200 * 1024);
+  let running = 0;
+  let most = 0;
+  const handler: Handler = (p) => {
+    if (p === 'small') return 'ok';
+    if (p === 'big') return big;
+    most = Math.max(most, ++running);
+    return new Promise<string>((r) => ctx.held.push(() => (running--, r('late'))));
+  };
+  const server = await lonely({ maxBufferedBytes: 32 * 1024 * 1024, handler });
+  const s = await peer(server.port);
+  const answers = collector(s);
+  const send = (from: number, n: number, payload: string): boolean => s.write(Buffer.concat(Array.from({ length: n }, (_, i) => frame({ type: 0, seq: from + i, srcid: 'proxy', privPoliId: 'P', payload }))));
+  send(1, 20, 'small');
+  await answers.until(() => answers.got.length === 20);
+  send(21, 1, 'big');
+  await answers.until(() => answers.got.length === 21);
+  assert.is((answers.got[20] as AckMsg).payload, big);
+  // 40 requests its handler holds: all run at once (the mean after the big answer is about 25 KiB: 40 fit in 1 MiB).
+  send(22, 40, 'held');
+  await eventually(() => running === 40, 3000, 'the 40 held requests running at once').catch(() => assert.unreachable(`${running} of the 40 held requests ran at once`));
+  for (const r of ctx.held.splice(0)) r();
+  await answers.until(() => answers.got.length === 61);
+  assert.is(most, 40);
+  assert.equal(answers.got.map((m) => [m.type, (m as AckMsg).seq]), Array.from({ length: 61 }, (_, i) => [MsgType.ACK, i + 1]));
+});
+
 port('with --concurrency, the slots go to peers that read their answers: the queued requests of one that reads none wait aside, and a good request is run before them', async () => {
   const budget = 4 * 1024 * 1024;
   const answer = 'x'.repeat(256 * 1024);
