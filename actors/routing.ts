@@ -6,6 +6,7 @@
  * every request gets its answer. Membership (who is registered) is
  * membership.ts's; health (ejection, probes) is health.ts's.
  */
+import { hostPort } from '../transport/address.js';
 import { ErrorCode } from '../transport/errors.js';
 import { errorMsg, heldBytes, MsgType, payloadSize, TEXT_BYTES, WIRE, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import { startChild, stopChild } from './children.js';
@@ -15,7 +16,7 @@ import { fmt } from './logger.js';
 import { poolMachine } from './pool.js';
 import { RETRY_BUDGET_WINDOW_MS, RetryBudget, type RetryBudgetRules } from './retry-budget.js';
 import { CLIENT_GONE, type Opts } from './proxy-options.js';
-import type { Member, Policy, ProxyContext } from './proxy-types.js';
+import { MEMBER_STATES, type Member, type MemberState, type Policy, type ProxyContext } from './proxy-types.js';
 
 /** The policy's record, made with its pool machine when it is first needed. */
 export function policyOf(context: ProxyContext, name: string): Policy {
@@ -523,6 +524,41 @@ export function waitingDue(o: Pick<Opts, 'timeoutMs' | 'queueTimeoutMs'>, now: n
  */
 export const backFromTry = (req: ProxyRequest): boolean => req.tried !== undefined;
 
+/** How a policy's servers are named in `roomlessWhy`: at most this many of each state, then how many more. */
+const NAMED_PER_STATE = 3;
+
+/**
+ * What the servers of `policy` were doing when a request waited in its queue past its time: none
+ * had room, and which were serving (with no room: at their limit, or held back), connecting (an old
+ * server that has not listened yet since its setup, a new link dialing), down, ejected or drained,
+ * with their ids: `its one server, OLD1, was connecting to 127.0.0.1:9001`, `its 3 servers: 2 serving with no room
+ * (a, b), 1 down (c)`. A TIMEOUT said only that no server had room: a policy whose one old server
+ * registered and never listened timed its requests out for 5 s as if its server were busy.
+ */
+export function roomlessWhy(policy: Policy): string {
+  const doing = (state: MemberState): string => (state === 'serving' ? 'serving with no room' : state);
+  if (policy.members.size === 0) return 'it has no server now';
+  if (policy.members.size === 1) {
+    const [m] = policy.members as Iterable<Member> as [Member];
+    // Connecting: where to (an old server listens only after its setup; a registered port may be wrong).
+    return `its one server, ${quoted(m.id)}, was ${doing(m.state)}${m.state === 'connecting' ? ` to ${hostPort(m.host, m.port)}` : ''}`;
+  }
+  const by = new Map<MemberState, string[]>();
+  for (const m of policy.members) {
+    const ids = by.get(m.state);
+    if (ids) ids.push(m.id);
+    else by.set(m.state, [m.id]);
+  }
+  const parts: string[] = [];
+  for (const state of MEMBER_STATES) {
+    const ids = by.get(state);
+    if (!ids) continue;
+    const named = ids.slice(0, NAMED_PER_STATE).map(quoted).join(', ');
+    parts.push(`${ids.length} ${doing(state)} (${named}${ids.length > NAMED_PER_STATE ? ` and ${ids.length - NAMED_PER_STATE} more` : ''})`);
+  }
+  return `its ${policy.members.size} servers: ${parts.join(', ')}`;
+}
+
 /**
  * Answer the requests of every policy that have waited past their deadline (TIMEOUT) or past
  * `queue_timeout` for a member with room: OVERLOADED, unsent, or for one back from a failed try,
@@ -539,16 +575,17 @@ export function expireWaiting(context: ProxyContext, now: number): void {
     let late: ErrorMsg | undefined;
     let full: ErrorMsg | undefined;
     let queueTimedOut = 0;
-    const wait = `no server of privacy policy ${name} had room within ${queueTimeoutMs} ms (--queue-timeout)`;
+    let why: string | undefined;
+    const wait = (): string => `no server of privacy policy ${name} had room within ${queueTimeoutMs} ms (--queue-timeout; ${(why ??= roomlessWhy(policy))})`;
     const expire = (req: ProxyRequest): void => {
       if (deadline(context.opts, req) <= now) {
-        reply(req, (late ??= errorMsg(ErrorCode.TIMEOUT, `no server of privacy policy ${name} had room within ${timeoutMs} ms`)));
+        reply(req, (late ??= errorMsg(ErrorCode.TIMEOUT, `no server of privacy policy ${name} had room within ${timeoutMs} ms (${(why ??= roomlessWhy(policy))})`)));
         return;
       }
       queueTimedOut++;
       const last = req.last;
-      if (last) reply(req, errorMsg(last.code, `${last.message}; not retried: ${wait}`));
-      else reply(req, (full ??= errorMsg(ErrorCode.OVERLOADED, `${wait}; not sent, try again later`)));
+      if (last) reply(req, errorMsg(last.code, `${last.message}; not retried: ${wait()}`));
+      else reply(req, (full ??= errorMsg(ErrorCode.OVERLOADED, `${wait()}; not sent, try again later`)));
     };
     if (policy.waiting.takeDue(due, expire, backFromTry) === 0) continue;
     if (queueTimedOut) {

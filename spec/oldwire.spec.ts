@@ -294,6 +294,22 @@ leaving('an old server whose listen port refuses connections leaves its pool; th
   assert.equal(results.map((r) => r.server), ['2', '2', '2']);
 });
 
+leaving('a request to a policy whose one old server sent its setup and never listened is answered TIMEOUT saying so, and the server leaves', async () => {
+  // The real server.py sends its setup before it binds, and dies in bind() when the port is taken (its own
+  // TIME_WAIT after a restart: see below). The proxy dials it again for 5 s after the setup (it may not listen
+  // yet); a request meanwhile was answered only "no server of privacy policy Q had room within 300 ms".
+  const port = await freePort();
+  // The setup as server.py sends it: one JSON object on a connection it then closes.
+  const reg = await rawConnect(ctx.proxy.port);
+  reg.end(JSON.stringify({ type: '1', id: '9', privPolyId: 'Q', listenport: String(port) }));
+  await eventually(() => members('Q').includes('9'), 3000, 'server 9 registered');
+  const [r] = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: [{ srcid: 'c', privPoliId: 'Q', payload: 'x' }] });
+  assert.is(r!.error, 'TIMEOUT');
+  assert.is(r!.message, `no server of privacy policy Q had room within 300 ms (its one server, 9, was connecting to 127.0.0.1:${port})`);
+  await eventually(() => !members('Q').includes('9'), 8000, 'server 9 removed once its port still refuses after the setup\'s window');
+  assert.ok(ctx.logs.some((l) => /Server id 9 left privacy policy Q: .*its listen port 127\.0\.0\.1:\d+ refuses connections/.test(l.msg)), ctx.logs.map((l) => l.msg).join('\n'));
+});
+
 leaving('an old server that stops answering goes out of rotation after tries in a row time out with no answer from it, and is probed (its port still takes connections)', async () => {
   await oldServer('1', 'P', ['-mute']);
   const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: Array.from({ length: 3 }, (_, i) => ({ srcid: 'c', privPoliId: 'P', payload: `q${i}` })), window: 1, timeoutMs: 2000 });

@@ -19,6 +19,9 @@ import { join } from 'node:path';
 import { tempDir } from './helpers.js';
 import { eventually, LOCAL } from './helpers.js';
 import { killAll, proxyProcess, revproxy } from './procs.js';
+import { roomlessWhy } from '../actors/routing.js';
+import { Member, type Policy } from '../actors/proxy-types.js';
+import type { LinkPort } from '../actors/link.js';
 
 interface Outcome {
   answer?: string;
@@ -115,7 +118,7 @@ live('a request that waits --queue-timeout for a server with room is answered OV
   await eventually(() => rest.every((r) => r.done !== undefined), 3000, 'the waiting answered');
   for (const r of rest) {
     assert.is(r.done!.code, 'OVERLOADED');
-    assert.match(r.done!.message!, 'no server of privacy policy P had room within 500 ms (--queue-timeout); not sent, try again later');
+    assert.match(r.done!.message!, 'no server of privacy policy P had room within 500 ms (--queue-timeout; its one server, s, was serving with no room); not sent, try again later');
   }
   assert.equal(s!.got, ['first'], 'none of them reached the server');
   assert.is(first.done, undefined);
@@ -136,7 +139,7 @@ live('without --queue-timeout a waiting request is answered TIMEOUT at the reque
   assert.is(next.done, undefined, 'still waiting at 1999 ms');
   clock.advance(1);
   await eventually(() => next.done !== undefined, 3000, 'answered at its timeout');
-  assert.equal(next.done, { code: 'TIMEOUT', message: 'no server of privacy policy P had room within 2000 ms' });
+  assert.equal(next.done, { code: 'TIMEOUT', message: 'no server of privacy policy P had room within 2000 ms (its one server, s, was serving with no room)' });
 });
 
 live("a request back from a failed try waits --queue-timeout from its return, and a client's newer request behind it is still answered at its own", async (ctx) => {
@@ -170,7 +173,8 @@ live("a request back from a failed try waits --queue-timeout from its return, an
   clock.advance(1);
   await eventually(() => r.done !== undefined, 3000, 'r answered at 500 ms of its stay');
   assert.is(r.done!.code, 'UPSTREAM_FAILED', 'its failed try answers it');
-  assert.match(r.done!.message!, /; not retried: no server of privacy policy P had room within 500 ms \(--queue-timeout\)$/);
+  // Its dead server gone, the other was full.
+  assert.match(r.done!.message!, /; not retried: no server of privacy policy P had room within 500 ms \(--queue-timeout; its one server, [ab], was serving with no room\)$/);
   assert.is(hold.done, undefined, 'the other server still holds its request');
 });
 
@@ -312,7 +316,7 @@ live('a reload changes the queue timeout at once', async (ctx) => {
   clock.advance(100);
   await eventually(() => next.done !== undefined, 3000, 'answered under the new timeout');
   assert.is(next.done!.code, 'OVERLOADED');
-  assert.match(next.done!.message!, 'within 100 ms (--queue-timeout)');
+  assert.match(next.done!.message!, 'within 100 ms (--queue-timeout;');
 });
 
 type ServerCtx = { proxy?: ProxyHandle; servers: ServerHandle[]; clients: Client[] };
@@ -611,6 +615,27 @@ live("--slow-after: a server that states no limit and answers in order, every re
   await eventually(() => [b, ...more, f, g].every((r) => r.done !== undefined), 3000, 'all answered');
 });
 
+const why = suite('why no server had room');
+
+why('a waiting request\'s answer names what its policy\'s servers were doing, and which: connecting (and where to, for its one), serving with no room, down, ejected, drained', () => {
+  const member = (id: string, phase: 'open' | 'connecting' | 'down', set: Partial<Pick<Member, 'ejected' | 'drained'>> = {}): Member => {
+    const m = new Member(id, 'P', '10.0.0.7', 9001, 'json', undefined, 1000);
+    m.traffic = { phase } as LinkPort;
+    return Object.assign(m, set);
+  };
+  const policy = (...members: Member[]): Policy => ({ members: new Set(members) }) as Policy;
+  assert.is(roomlessWhy(policy()), 'it has no server now');
+  assert.is(roomlessWhy(policy(member('OLD1', 'connecting'))), 'its one server, OLD1, was connecting to 10.0.0.7:9001');
+  assert.is(roomlessWhy(policy(member('a', 'open'))), 'its one server, a, was serving with no room');
+  assert.is(
+    roomlessWhy(policy(member('a', 'open'), member('b', 'down'), member('c', 'open'), member('d', 'open', { ejected: true }), member('e', 'open', { drained: true }), member('f', 'connecting'))),
+    'its 6 servers: 1 connecting (f), 2 serving with no room (a, c), 1 down (b), 1 ejected (d), 1 drained (e)',
+  );
+  const many = Array.from({ length: 5 }, (_, i) => member(`s${i}`, 'open'));
+  assert.is(roomlessWhy(policy(...many)), 'its 5 servers: 5 serving with no room (s0, s1, s2 and 2 more)');
+});
+
 live.run();
 server.run();
 cli.run();
+why.run();
