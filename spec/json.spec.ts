@@ -4,7 +4,7 @@ import * as assert from 'uvu/assert';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import { ErrorCode } from '../transport/errors.js';
 import { encodeJson, JsonDecoder, jsonWire, orderedJsonEncoder } from '../transport/json.js';
-import type { Message } from '../transport/messages.js';
+import { toMessage, type Message } from '../transport/messages.js';
 import { SniffDecoder, type Wire } from '../transport/sniff.js';
 
 // Exactly as the old programs write them (Python json.dumps).
@@ -32,6 +32,22 @@ function decodeAll(d: JsonDecoder, parts: Buffer[]): Message[] {
 
 test("the old system's packets decode with both policy spellings and string-typed values", () => {
   assert.equal(decodeAll(new JsonDecoder(), [stream]), expected);
+});
+
+test("a data packet's payloadsize that is not a size is left out, as the old system passed it, not refused; a frame's still is", () => {
+  // Checked with the real reverse_proxy.py and server.py (commit 38c973a): packets holding "payloadsize": "four",
+  // 1.5, -1, null, [4] or "4.0" were each answered with the payload's SHA1 (neither program reads a request's payloadsize).
+  const d = new JsonDecoder();
+  for (const junk of ['"four"', '1.5', '-1', 'null', '[4]', '"4.0"']) {
+    const { messages, error } = d.push(Buffer.from(`{"type": "0", "srcid": "1", "privPoliId": "111", "payloadsize": ${junk}, "payload": "xyz1"}`));
+    assert.is(error, undefined, junk);
+    assert.equal(messages, [{ type: 0, seq: 0, srcid: '1', privPoliId: '111', payload: 'xyz1' }], junk);
+  }
+  // A size is kept, as before ("4" as the old client wrote it, or 4).
+  assert.equal(d.push(Buffer.from('{"type": "0", "srcid": "1", "privPoliId": "111", "payloadsize": "4", "payload": "xyz1"}')).messages, [{ type: 0, seq: 0, srcid: '1', privPoliId: '111', payload: 'xyz1', payloadsize: 4 }]);
+  // An answer's is read (the proxy passes it on), and frames are the model's, checked as they were.
+  assert.match(new JsonDecoder().push(Buffer.from('{"type": "2", "srcid": "100", "destid": "1", "payloadsize": "forty", "payload": "h"}')).error?.message ?? '', "field 'payloadsize' must be an integer");
+  assert.throws(() => toMessage({ type: 0, seq: 1, srcid: '1', privPoliId: '111', payloadsize: 'four', payload: 'x' }), /field 'payloadsize' must be an integer/);
 });
 
 test('objects fed one byte at a time decode exactly once', () => {

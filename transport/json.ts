@@ -168,7 +168,7 @@ export class JsonDecoder implements Decoder {
         { cause: err },
       );
     }
-    const msg = toMessage(value, { seqOptional: true });
+    const msg = toMessage(value, { seqOptional: true, sizeAdvisory: true });
     // A `\ud800` escape decodes to half a surrogate pair, which no UTF-8 can carry: a frames peer got
     // U+FFFD in its place (the SHA1 of EF BF BD), and the old server.py, printing it, died holding its lock.
     // Only a `\u` escape makes one (the bytes were checked as UTF-8 above), so most objects skip the look.

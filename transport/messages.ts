@@ -259,6 +259,16 @@ function intField(o: Raw, key: string, min: number, max: number, required: boole
   return v;
 }
 
+/** A request's `payloadsize` where it is advisory (`ValidateOptions.sizeAdvisory`): the size, or undefined when it is none. */
+function advisorySize(o: Raw): number | undefined {
+  try {
+    return intField(o, 'payloadsize', 0, MAX_SEQ, false);
+  } catch (err) {
+    if (err instanceof ProtocolError) return undefined;
+    throw err;
+  }
+}
+
 function strField(o: Raw, key: string): string {
   const v = own(o, key);
   if (typeof v === 'string') return v;
@@ -331,6 +341,12 @@ export interface ValidateOptions {
    * order, one at a time. There a missing `seq` is allowed (taken as 0).
    */
   seqOptional?: boolean;
+  /**
+   * A request's `payloadsize` is advisory (the old JSON wire): one that is not a size is left out,
+   * not refused. Nothing of the old system read a request's, and its proxy and server passed
+   * whatever a packet file held (`"four"`, `1.5`): such a request was refused `BAD_REQUEST`.
+   */
+  sizeAdvisory?: boolean;
 }
 
 /**
@@ -353,7 +369,7 @@ export function toMessage(value: unknown, opts: ValidateOptions = {}): Message {
         privPoliId: idField(o, spelling(o, POLICY_KEY.DATA, POLICY_KEY.SETUP)),
         payload: payloadField(o),
       };
-      const size = intField(o, 'payloadsize', 0, MAX_SEQ, false);
+      const size = opts.sizeAdvisory ? advisorySize(o) : intField(o, 'payloadsize', 0, MAX_SEQ, false);
       if (size !== undefined) m.payloadsize = size;
       const timeout = intField(o, 'timeoutms', 0, MAX_SEQ, false);
       if (timeout !== undefined) m.timeoutms = timeout;
