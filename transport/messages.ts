@@ -32,8 +32,9 @@ export const WIRE: unique symbol = Symbol('revproxy.wire');
 
 /**
  * A DATA or ACK whose text payload was read from the wire and not yet made into a string
- * (fastwire.ts `lazyText`: a string of 128 KiB or more costs V8 about 4 ms a megabyte to make, 40
- * times a shorter one's, and a proxy forwarding the frame's bytes never needs it) holds here the
+ * (fastwire.ts `lazyText`, where the process may: memory-limit.ts `lazyTextFrom`; a string of 128 KiB
+ * or more costs V8 about 4 ms a megabyte to make, 40 times a shorter one's, and a proxy forwarding
+ * the frame's bytes never needs it) holds here the
  * text's size in UTF-8 bytes, until its `payload` is set. Reading `payload` makes the string, once.
  * Not enumerable: a copy (`{...m}`) does not carry it, and its payload is a string.
  */
