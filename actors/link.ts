@@ -277,8 +277,9 @@ export interface Tally {
   faults?: number;
   failed?: ProxyRequest[];
   lastFailure?: ErrorMsg;
-  /** Requests the server answered SHUTTING_DOWN (draining: not run), and how it said it leaves (its answer's words, or its PONG's: `leavingPong`). */
+  /** Requests the server answered SHUTTING_DOWN (draining: not run). */
   unrun?: ProxyRequest[];
+  /** Set when the server said it leaves, how (its SHUTTING_DOWN answer's words, or its PONG's: `leavingPong`): the read reports UPSTREAM_LEAVING. */
   leaving?: string;
 }
 
@@ -351,8 +352,8 @@ function errorAnswersReport(member: string, linkId: string, tally: Tally): LinkR
  */
 export function answersReports(member: string, linkId: string, tally: Tally): LinkReport[] | undefined {
   const failed = errorAnswersReport(member, linkId, tally);
-  if (!tally.unrun) return failed && [failed];
-  const leaving: LinkReport = { type: 'UPSTREAM_LEAVING', member, linkId, requests: tally.unrun, reason: tally.leaving ?? '' };
+  if (tally.leaving === undefined) return failed && [failed];
+  const leaving: LinkReport = { type: 'UPSTREAM_LEAVING', member, linkId, requests: tally.unrun ?? [], reason: tally.leaving };
   return failed ? [failed, leaving] : [leaving];
 }
 
@@ -363,7 +364,6 @@ export function answersReports(member: string, linkId: string, tally: Tally): Li
  */
 export function leavingPong(tally: Tally, m: PongMsg): void {
   if (m.leaving === undefined) return;
-  tally.unrun ??= [];
   tally.leaving ??= `its link's PONG says it is leaving (${quoted(m.leaving)})`;
 }
 
