@@ -113,6 +113,10 @@ live('a silent member says so; next is the member the next request really goes t
   // answers nothing (one slow request alone does not make a member silent): held too, quiet is silent, and passed over.
   const held = (tag: string) => runClient({ id: tag, proxy: { host: LOCAL, port: proxy.port }, packets: [1, 2, 3].map((i) => ({ srcid: tag, privPoliId: 'P', payload: `${tag}${i}` })), timeoutMs: 100 });
   await held('held');
+  // The probe must reach quiet slowAfterMs (100) after the held request did: the held client's own 100 ms timeout
+  // runs from its send, and under load the proxy forwarded it later (CI once saw the probe arrive too soon, and quiet
+  // never found silent). Wait until quiet has held it that long.
+  await viewOf(insp, (s) => { const m = memberIn(s, 'quiet'); return m?.oldestAt !== undefined && m.oldestAt <= Date.now() - 100 ? m : undefined; }, 'quiet holding the held request for slowAfterMs');
   await held('probe');
   const quiet = await viewOf(insp, (s) => { const m = memberIn(s, 'quiet'); return m?.why === 'silent' ? m : undefined; }, 'quiet silent');
   assert.is(quiet.state, 'serving', 'silent is not a state of its own: its link is open');
