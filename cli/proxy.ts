@@ -48,7 +48,7 @@ function proxyOptions(): Option[] {
     new Option('--host <address>', `address to listen on (default: ${DEFAULT_LISTEN_HOST}), without a port; an IPv6 one bare or in brackets (::1, [::1])`).argParser(hostParser('--port')),
     new Option('--config <file>', 'read the settings from this YAML file (docs/CONFIG.md); flags given as well override it'),
     new Option('--check', 'check the configuration (the file, the flags and the files they name), then exit: 0 when it is valid, 1 when not'),
-    new Option('--pid-file <file>', "write the process id to this file once the proxy listens, as HAProxy's -p and nginx's pid do (logrotate: postrotate kill -USR1 $(cat FILE)); removed on exit"),
+    new Option('--pid-file <file>', "write the process id to this file once the proxy listens, as HAProxy's -p and nginx's pid do (logrotate: postrotate kill -USR1 $(cat FILE)); removed on exit; a start refuses one naming another proxy still running"),
     new Option('--token <secret>', 'registration secret every server must present').env('REVPROXY_TOKEN'),
     new Option('--tokens <file>', 'per-policy registration secrets (YAML: policy: secret); policies not in it take --token, or no registrations; re-read on SIGHUP'),
     new Option('--retry-on <conditions>', RETRY_ON_DOC).argParser(parseList('--retry-on', `conditions (${RETRY_CONDITIONS.join(', ')})`, 'reset,overloaded', (e) => ((RETRY_CONDITIONS as readonly string[]).includes(e) ? undefined : `'${e}' is not one`))),
@@ -371,7 +371,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
   const unignore = ignoreUserSignals(logger, 'send SIGHUP to reload the configuration and reopen the log files, SIGUSR1 to reopen the log files only, SIGTERM to drain and stop', ['SIGUSR2']);
   for (const signal of takeEarlySignals(['SIGUSR2'])) process.emit(signal, signal);
   try {
-    const unwritable = pidFile && pidFileProblem(pidFile);
+    const unwritable = pidFile && (pidFileProblem(pidFile) ?? pidFileHeld(pidFile));
     if (unwritable) throw new FileError(unwritable);
     proxy = await startProxy({
       ...rt.options,
@@ -575,6 +575,34 @@ function pidFileProblem(path: string): string | undefined {
   } catch (err) {
     return `cannot write the --pid-file '${path}': ${whyNotWritable(err, path)}`;
   }
+}
+
+/**
+ * Why a start must not take the pid file: it names another revproxy proxy that is running (its
+ * `/proc/PID/cmdline`), as PostgreSQL refuses a live postmaster.pid. A second proxy on another port
+ * wrote its pid over the running one's, and logrotate's `kill -USR1 $(cat FILE)` then reopened the
+ * new proxy's logs only; the first proxy's stop found the file not its own and left it. A file that
+ * names no process, or one that is not a revproxy proxy (its pid reused since a reboot), is stale and
+ * written over. `--check` does not ask: it is run beside the running proxy (`nginx -t`).
+ */
+function pidFileHeld(path: string): string | undefined {
+  let pid: number;
+  try {
+    if (!lstatSync(path).isFile()) return undefined;
+    pid = Number(readFileSync(path, 'utf8').trim());
+  } catch {
+    return undefined; // none yet
+  }
+  if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid) return undefined;
+  let args: string[];
+  try {
+    args = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+  } catch {
+    return undefined; // no such process (or no /proc to tell)
+  }
+  const main = args.findIndex((a) => /(^|\/)revproxy(\.m?js)?$/.test(a));
+  if (main < 0 || !args.slice(main + 1).includes('proxy')) return undefined;
+  return `the --pid-file '${path}' names process ${pid}, a revproxy proxy that is running (${args.filter(Boolean).join(' ').slice(0, 200)}): stop it first, or give each proxy its own --pid-file (a signal sent by the file reaches one of them only)`;
 }
 
 /** The process id, written once the proxy listens (`--pid-file`); a file that cannot be written stops the proxy, saying why. */

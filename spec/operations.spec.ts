@@ -495,11 +495,36 @@ reload('--pid-file: a second start that cannot take the port (the proxy started 
   const { proc, port } = await proxyWithConfig(write('t1.yaml', 'port: 0\n'), ['--pid-file', pidFile]);
   const again = revproxy(['proxy', '--port', String(port), '--pid-file', pidFile]);
   assert.is(await again.exited, 1);
-  assert.match(again.out.join('\n'), /port \d+ on 127\.0\.0\.1 is already in use/);
+  // Refused before it binds: the file names the running proxy (the port would be refused next).
+  assert.match(again.out.join('\n'), /the --pid-file '.*twice\.pid' names process \d+, a revproxy proxy that is running/);
   assert.is(existsSync(pidFile) ? readFileSync(pidFile, 'utf8').trim() : 'removed', String(proc.child.pid));
   proc.kill();
   assert.is(await proc.exited, 0);
   assert.not.ok(existsSync(pidFile), 'removed by the proxy whose pid it holds');
+});
+
+reload('--pid-file: a second proxy on another port refuses a pid file that names a running proxy; a stale one (no such process, or not a proxy) is written over', async () => {
+  // It wrote its pid over the running one's: logrotate's `kill -USR1 $(cat FILE)` then reopened
+  // the second proxy's logs only, and the first, stopping, found the file not its own and left it.
+  const pidFile = join(ctx.dir, 'held.pid');
+  const { proc } = await proxyWithConfig(write('h1.yaml', 'port: 0\n'), ['--pid-file', pidFile]);
+  const again = revproxy(['proxy', '--port', '0', '--pid-file', pidFile]);
+  assert.is(await again.exited, 1, again.out.join('\n'));
+  assert.match(again.out.join('\n'), new RegExp(`the --pid-file '.*held\\.pid' names process ${proc.child.pid}, a revproxy proxy that is running \\(.*revproxy\\.js proxy .*\\): stop it first, or give each proxy its own --pid-file`));
+  assert.is(readFileSync(pidFile, 'utf8').trim(), String(proc.child.pid));
+  // --check is run beside the running proxy (nginx -t): the pid file it would write is not its business.
+  const check = revproxy(['proxy', '--check', '--port', '0', '--pid-file', pidFile]);
+  assert.is(await check.exited, 0, check.out.join('\n'));
+  proc.kill();
+  assert.is(await proc.exited, 0);
+  // Stale: a pid no process has, and a live process that is not a revproxy proxy (this spec's runner).
+  for (const stale of ['4194304', String(process.pid)]) {
+    writeFileSync(pidFile, `${stale}\n`);
+    const { proc: next } = await proxyWithConfig(write('h2.yaml', 'port: 0\n'), ['--pid-file', pidFile]);
+    assert.is(readFileSync(pidFile, 'utf8').trim(), String(next.child.pid), `over ${stale}`);
+    next.kill();
+    assert.is(await next.exited, 0);
+  }
 });
 
 reload('--pid-file on a full disk (/dev/full: every write ENOSPC) stops the start at once, saying the disk is full', async () => {
