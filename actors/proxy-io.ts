@@ -38,6 +38,8 @@ export interface ListenerInput {
   maxConnections: number;
   maxConnectionsSet: boolean;
   maxConnectionsPerPeer: number;
+  /** New connections one address may open a second (0: no limit), checked before a TLS handshake. */
+  maxConnRatePerPeer: number;
   idleTimeoutMs: number;
   frameTimeoutMs: number;
   /** The balancers whose connections begin with a PROXY protocol header (addresses and networks). */
@@ -182,7 +184,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       input,
       sendBack,
       conns,
-      limits: new ConnectionLimits(input, input.logger, { total: 'max_connections', perPeer: 'max_conns_per_peer' }, (limit) => input.observer?.connectionLimit?.(limit), input.linkSockets, (reason) => input.observer?.refused?.(reason)),
+      limits: new ConnectionLimits(input, input.logger, { total: 'max_connections', perPeer: 'max_conns_per_peer', connRate: 'max_conn_rate_per_peer' }, (limit) => input.observer?.connectionLimit?.(limit), input.linkSockets, (reason) => input.observer?.refused?.(reason)),
       forwardLater(peer, requests) {
         pending.push({ peer, requests });
         for (const m of requests) pendingBytes += requestBytes(m);
@@ -224,10 +226,15 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       // A peer reset before its accept was seen has no address to check (HAProxy's health checks connect, send their header and reset):
       // nothing can be answered, and nothing it sent can be believed.
       if (trusted && socket.remoteAddress === undefined) return socket.destroy();
-      if (!trusts(trusted, socket.remoteAddress)) return secure ? void secure.emit('connection', socket) : accept(socket);
+      if (!trusts(trusted, socket.remoteAddress)) {
+        // An address opening connections too fast is refused before its handshake costs anything.
+        if (core.limits.tooFast(socket)) return;
+        return secure ? void secure.emit('connection', socket) : accept(socket);
+      }
       awaitProxyHeader(socket, { timeoutMs: input.frameTimeoutMs, clock: input.clock }, (outcome) => {
         if ('header' in outcome) {
           const { header: { source }, rest } = outcome;
+          if (core.limits.tooFast(socket, source?.address)) return;
           return secure ? handOverToTls(secure, socket, source, rest) : accept(socket, source, rest);
         }
         if ('error' in outcome) logNoProxyHeader(input.logger, socket, outcome.error);
@@ -241,8 +248,8 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       if (e.type === 'STOP') server.close(); // stop accepting; open connections stay
       else if (e.type === 'RELOAD') {
         // New limits for the connections accepted from now on.
-        const { maxFrameBytes, maxConnections, maxConnectionsSet, maxConnectionsPerPeer, idleTimeoutMs, frameTimeoutMs, proxyProtocolFrom } = e.opts;
-        Object.assign(input, { maxFrameBytes, maxConnections, maxConnectionsSet, maxConnectionsPerPeer, idleTimeoutMs, frameTimeoutMs, proxyProtocolFrom });
+        const { maxFrameBytes, maxConnections, maxConnectionsSet, maxConnectionsPerPeer, maxConnRatePerPeer, idleTimeoutMs, frameTimeoutMs, proxyProtocolFrom } = e.opts;
+        Object.assign(input, { maxFrameBytes, maxConnections, maxConnectionsSet, maxConnectionsPerPeer, maxConnRatePerPeer, idleTimeoutMs, frameTimeoutMs, proxyProtocolFrom });
         core.limits.retune();
         trusted = trustedSources(proxyProtocolFrom);
       } else if (e.type === 'RENEW_TLS' && secure) {

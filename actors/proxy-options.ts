@@ -113,6 +113,8 @@ export interface ProxyOptions {
   frameTimeoutMs?: number;
   /** Connections from one address at once (0 = no limit). Default: none on loopback, 1024 on any other address. */
   maxConnectionsPerPeer?: number;
+  /** New connections one address may open a second, refused past it before a TLS handshake (0 = no limit). Default 0. */
+  maxConnRatePerPeer?: number;
   /**
    * Addresses and networks (`10.0.0.5`, `10.0.0.0/8`, `fd00::/8`) of the L4
    * balancers in front of the proxy: a connection from one of them must begin
@@ -168,7 +170,7 @@ export interface ProxyObserver {
   accepted?(peer: Peer, socket: Socket): void;
   /** The listener's limit on connections open at once, as applied at start and after each reload: max_connections, or less when the open-files limit leaves room for fewer. */
   connectionLimit?(limit: number): void;
-  /** The listener refused a connection as it came: past its limit in all (max_connections, or the room the open-files limit leaves), or from an address with max_conns_per_peer open. */
+  /** The listener refused a connection as it came: past its limit in all (max_connections, or the room the open-files limit leaves), from an address with max_conns_per_peer open, or from one opening more than max_conn_rate_per_peer a second. */
   refused?(reason: RefuseReason): void;
 }
 
@@ -253,6 +255,7 @@ export function resolveOptions(input: ProxyOptions): Opts {
     idleTimeoutMs: input.idleTimeoutMs ?? 60000,
     frameTimeoutMs: input.frameTimeoutMs ?? 10000,
     maxConnectionsPerPeer: input.maxConnectionsPerPeer ?? defaultConnsPerPeer(host),
+    maxConnRatePerPeer: input.maxConnRatePerPeer ?? 0,
     proxyProtocolFrom: input.proxyProtocolFrom ?? [],
     busyPollUs: input.busyPollUs ?? 0,
     maxBufferedBytes,

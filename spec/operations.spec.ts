@@ -929,11 +929,11 @@ admin('revproxy_max_connections: the limit its port keeps to (max_connections, o
   assert.is(await limit(lowUrl), String(fileRoom(512)));
 });
 
-admin('revproxy_connections_refused_total counts the connections its port refused as they came, by reason: max_connections and per_peer', async () => {
+admin('revproxy_connections_refused_total counts the connections its port refused as they came, by reason: max_connections, per_peer, and conn_rate (max_conn_rate_per_peer, set by a reload)', async () => {
   const file = write('refused.yaml', 'port: 0\nmax_connections: 3\nmax_conns_per_peer: 2\nadmin:\n  listen: 127.0.0.1:0\n');
   const { proc, port, admin: url } = await proxyWithConfig(file);
   const refused = async (): Promise<string> => [...(await get(`${url}metrics`)).body.matchAll(/^revproxy_connections_refused_total\{reason="(\w+)"\} (\d+)$/gm)].map((m) => `${m[1]}=${m[2]}`).sort().join(' ');
-  assert.is(await refused(), 'max_connections=0 per_peer=0', 'both reasons at 0 before any');
+  assert.is(await refused(), 'conn_rate=0 max_connections=0 per_peer=0', 'every reason at 0 before any');
   const open: Socket[] = [];
   const closedAtOnce = async (from: string): Promise<void> => {
     const s = await rawConnect(port, from);
@@ -953,7 +953,17 @@ admin('revproxy_connections_refused_total counts the connections its port refuse
     await eventually(async () => /^revproxy_connections\{role="unknown"\} 2$/m.test((await get(`${url}metrics`)).body), 3000, 'two open');
     await closedAtOnce('127.0.0.1');
     await proc.waitFor(/Refused a connection from 127\.0\.0\.1: it has 2 open \(max_conns_per_peer\)/);
-    assert.is(await refused(), 'max_connections=1 per_peer=1');
+    assert.is(await refused(), 'conn_rate=0 max_connections=1 per_peer=1');
+    // A reload sets a rate: a third connection from one address within the second is closed as it comes.
+    writeFileSync(file, 'port: 0\nmax_connections: 3\nmax_conns_per_peer: 2\nmax_conn_rate_per_peer: 2\nadmin:\n  listen: 127.0.0.1:0\n');
+    proc.kill('SIGHUP');
+    await proc.waitFor(/Reloaded/);
+    for (const s of open.splice(0)) s.destroy();
+    await eventually(async () => /^revproxy_connections\{role="unknown"\} 0$/m.test((await get(`${url}metrics`)).body), 3000, 'none open');
+    for (let i = 0; i < 2; i++) open.push(await rawConnect(port, '127.0.0.4'));
+    await closedAtOnce('127.0.0.4');
+    await proc.waitFor(/Refused a connection from 127\.0\.0\.4: it opens more than 2 a second \(max_conn_rate_per_peer\)/);
+    assert.is(await refused(), 'conn_rate=1 max_connections=1 per_peer=1');
   } finally {
     for (const s of open) s.destroy();
   }

@@ -183,6 +183,17 @@ async function askWithHeader(from: string, port: number, client: string, srcid: 
   return c;
 }
 
+test('--max-conn-rate-per-peer behind a balancer counts the client its header names, not the balancer: one client opening too fast is refused, another through the same balancer is served', async (ctx) => {
+  await proxyBehindBalancer(ctx, ['--max-conn-rate-per-peer', '3']);
+  const burst = await Promise.all(Array.from({ length: 10 }, (_, i) => askWithHeader(BALANCER, ctx.port, CLIENTS[0]!, `b${i}`)));
+  const served = burst.filter((c) => c.got.got[0]?.type === MsgType.ACK).length;
+  assert.ok(served >= 3 && served <= 5, `${served} of 10 served`);
+  await ctx.proxy!.waitFor(new RegExp(`Refused a connection from ${CLIENTS[0]!.replace(/\./g, '\\.')}: it opens more than 3 a second \\(max_conn_rate_per_peer\\)`));
+  const other = await askWithHeader(BALANCER, ctx.port, CLIENTS[1]!, 'other');
+  assert.is(other.got.got[0]?.type, MsgType.ACK, `another client through the balancer: ${JSON.stringify(other.got.got)}`);
+  for (const c of [...burst, other]) c.socket.destroy();
+});
+
 test('proxy_protocol_from changed in the file and SIGHUP: a source no longer listed is not believed, one newly listed is', async (ctx) => {
   const file = join(tempDir('revproxy-pp-reload-'), 'p.yaml');
   writeFileSync(file, `proxy_protocol_from: ["${BALANCER}"]\n`);
