@@ -731,6 +731,25 @@ idle('a client waiting for an answer slower than the idle timeout is not cut; an
   await c.until(() => c.closed, 1000);
 });
 
+idle('whitespace between JSON objects is not activity: a client sending a space every 50 ms is closed at the idle timeout', async () => {
+  // A space every 20 s kept an old-wire connection open past --idle-timeout for ever (the hostile-peer probe).
+  await addServer('1', 'P', 'normal');
+  const { sock, c } = await rawClient();
+  let raw = '';
+  sock.on('data', (d: Buffer) => (raw += d.toString()));
+  sock.write('{"type": "0", "srcid": "c", "privPoliId": "P", "payload": "x"}  ');
+  await c.until(() => raw.length > 0 || c.closed, 2000);
+  assert.match(raw, new RegExp(sha1Hex('x')), 'answered');
+  const spaces = setInterval(() => sock.writable && sock.write(' '), 50);
+  try {
+    await c.until(() => c.closed, 1500);
+  } finally {
+    clearInterval(spaces);
+  }
+  assert.ok(c.closed, 'closed within the idle timeout of its last message');
+  await eventually(() => ctx.logs.some((l) => /no message for 150 ms/.test(l.msg)), 1000, `the line: ${JSON.stringify(ctx.logs.filter((l) => l.level !== 'debug'))}`);
+});
+
 const ipv6 = fresh('a proxy on IPv6', { host: '::1' });
 
 ipv6('a server registering over IPv6 (frames or the JSON wire) while it listens on 127.0.0.1 (the default) is told the proxy cannot reach it and what to run; one listening on ::1 is served', async () => {

@@ -226,7 +226,7 @@ export class Connection implements BudgetHolder {
   readonly shielded: boolean;
   /** On a link (`forwarding`): the unwritten bytes the budget was last told of (`countUnwritten`). */
   private unwrittenCounted = 0;
-  /** When the peer last sent bytes (clock ms). */
+  /** When the peer last sent bytes of a message (clock ms): whitespace between JSON objects does not count. */
   private lastRead: number;
   private idleMs = 0;
   private idleTimer?: Timer;
@@ -326,9 +326,11 @@ export class Connection implements BudgetHolder {
   read(chunk: Buffer): void {
     if (this.cut) return;
     this.reads++;
-    this.lastRead = this.clock.now();
     const decoder = this.decoder;
     const { messages, error } = decoder.push(chunk);
+    // A read that began or ended no message (whitespace between JSON objects) is not activity: a
+    // space every 20 s kept a JSON connection past --idle-timeout for ever.
+    if (messages.length > 0 || decoder.buffered > 0 || error) this.lastRead = this.clock.now();
     if (this.sniffing) {
       const sniff = decoder as SniffDecoder;
       if (sniff.wire) {
@@ -495,7 +497,7 @@ export class Connection implements BudgetHolder {
       if (quiet < this.idleMs) return this.armIdle(this.idleMs - quiet);
       if ((this.owed?.outstanding ?? 0) > 0) return this.armIdle(this.idleMs);
       this.idleTimer = undefined;
-      this.finish(new ConnectionTimeout(`no bytes for ${this.idleMs} ms`));
+      this.finish(new ConnectionTimeout(`no message for ${this.idleMs} ms`));
       this.socket.destroy();
     }, wait);
   }
