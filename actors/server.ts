@@ -85,6 +85,8 @@ export interface ServerOptions {
   maxConnections?: number;
   /** Connections from one address at once (0 = no limit). Default: none when listening on loopback, 1024 on any other address. */
   maxConnectionsPerPeer?: number;
+  /** New connections one address may open a second, refused past it before a TLS handshake (0 = no limit; port-limits.ts `tooFast`). Default 0. */
+  maxConnRatePerPeer?: number;
   /** `normal` answers; `silent` accepts requests and never answers; `fail` answers every request with an error (for fault tests). */
   behaviour?: Behaviour;
   /**
@@ -222,7 +224,7 @@ interface ListenerInput extends ConnectionLimitsInput {
 const requestListener = fromCallback<{ type: 'DRAIN' } | { type: 'REFUSE_NEW'; message: string; leaving: string } | RenewTls, ListenerInput>(
   ({ sendBack, receive, input }) => {
     const send = (e: ServerEvent): void => sendBack(e);
-    const limits = new ConnectionLimits(input, input.logger, { total: '--max-connections', perPeer: '--max-conns-per-peer' });
+    const limits = new ConnectionLimits(input, input.logger, { total: '--max-connections', perPeer: '--max-conns-per-peer', connRate: '--max-conn-rate-per-peer' });
     const conns = new Set<Connection>();
     let draining = false;
     // What every PONG on a link states (its seq each PING's); a concurrency of Infinity is no limit, not stated.
@@ -235,7 +237,7 @@ const requestListener = fromCallback<{ type: 'DRAIN' } | { type: 'REFUSE_NEW'; m
     const checkDrained = (): void => {
       if (draining && conns.size === 0) send({ type: 'DRAINED' });
     };
-    const server = listenServer(input.tls, (socket: Socket) => {
+    const accept = (socket: Socket): void => {
       const addr = limits.admit(socket);
       if (addr === undefined) return;
       socket.once('close', () => limits.left(addr));
@@ -280,12 +282,20 @@ const requestListener = fromCallback<{ type: 'DRAIN' } | { type: 'REFUSE_NEW'; m
         },
         complete: gone,
       });
-    }, { handshakeTimeoutMs: FRAME_TIMEOUT_MS });
+    };
+    // With TLS the listening server is TCP's and `secure` does the handshakes (as on the proxy's port),
+    // so that an address opening connections too fast is refused before its handshake costs anything.
+    const secure = input.tls?.cert ? listenServer(input.tls, accept, { handshakeTimeoutMs: FRAME_TIMEOUT_MS }) : undefined;
+    const server = listenServer(undefined, (socket: Socket) => {
+      if (limits.tooFast(socket)) return;
+      if (secure) secure.emit('connection', socket);
+      else accept(socket);
+    });
     limits.watch(server);
-    logTlsRefusals(server, input.logger);
+    if (secure) logTlsRefusals(secure, input.logger);
     listenOn(server, input.port, input.host, (port, address) => send({ type: 'LISTENING', port, address }), (error) => send({ type: 'LISTEN_FAILED', error }), logAcceptErrors(input.logger, '--max-connections'));
     receive((e) => {
-      if (e.type === 'RENEW_TLS') return renewTls(server, e.tls);
+      if (e.type === 'RENEW_TLS') return secure && renewTls(secure, e.tls);
       if (e.type === 'REFUSE_NEW') {
         refusing = errorMsg(ErrorCode.SHUTTING_DOWN, e.message);
         // Every PONG says it from now on, and each proxy's link is told now: one with no request to carry the
@@ -609,7 +619,7 @@ const DEFAULT_QUEUE_LIMIT = 1024;
 export function badLimit(opts: ServerOptions): string | undefined {
   return badWholeNumbers(opts, [
     ['concurrency', 1, ' (leave it out for no limit)'], ['queueLimit', 0, ''], ['queueTimeoutMs', 0, ' (0 = until the proxy\'s deadline)'], ['queueLifoAfterMs', 0, ' (0 = oldest first)'], ['handlerTimeoutMs', 0, ' (0 = never)'], ['delayMs', 0, ''],
-    ['drainTimeoutMs', 0, ''], ['tcpKeepAliveMs', 0, ' (0 = off)'], ['maxFrameBytes', 1024, ''], ['maxBufferedBytes', 0, ' (0 = no limit)'], ['maxConnections', 1, ''], ['maxConnectionsPerPeer', 0, ' (0 = no limit)'],
+    ['drainTimeoutMs', 0, ''], ['tcpKeepAliveMs', 0, ' (0 = off)'], ['maxFrameBytes', 1024, ''], ['maxBufferedBytes', 0, ' (0 = no limit)'], ['maxConnections', 1, ''], ['maxConnectionsPerPeer', 0, ' (0 = no limit)'], ['maxConnRatePerPeer', 0, ' (0 = no limit)'],
   ]);
 }
 
@@ -816,6 +826,7 @@ export const serverMachine = setup({
       maxConnections: context.maxConnections,
       maxConnectionsSet: context.maxConnectionsSet,
       maxConnectionsPerPeer: context.opts.maxConnectionsPerPeer ?? defaultConnsPerPeer(context.opts.listenHost ?? DEFAULT_LISTEN_HOST),
+      maxConnRatePerPeer: context.opts.maxConnRatePerPeer ?? 0,
     }),
   },
   // Renewed TLS files are taken in any state: for the listener's next handshakes and the registrations' next dials.

@@ -6,10 +6,13 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import type { Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { loadTls } from '../transport/tls.js';
+import { makePki } from './certs.js';
 import { Logger, ManualClock, memorySink, startServer, type Handler, type LogRecord, type ServerHandle, type StartServerOptions } from '../actors/index.js';
 import { MsgType, type AckMsg, type ErrorMsg } from '../transport/messages.js';
-import { collector, eventually, frame, rawConnect } from './helpers.js';
+import { collector, eventually, frame, LOCAL, rawConnect } from './helpers.js';
 
 interface Ctx {
   server: ServerHandle;
@@ -249,6 +252,31 @@ port('connections past --max-connections, or past --max-conns-per-peer from one 
     for (const s of ctx.socks.splice(0)) s.destroy();
     await server.stop();
   }
+});
+
+port('--max-conn-rate-per-peer: over TLS, an address opening connections too fast is refused before its handshake and logged once; another address completes its handshake and is served', async () => {
+  const pki = makePki(['server']);
+  const server = await lonely({ tls: loadTls(pki.cert('server')), maxConnRatePerPeer: 3 });
+  const handshake = (localAddress: string): Promise<TLSSocket | undefined> => new Promise((done) => {
+    const s = tlsConnect({ socket: connect({ host: LOCAL, port: server.port, localAddress }), rejectUnauthorized: false }, () => done(s));
+    s.on('error', () => done(undefined));
+    s.on('close', () => done(undefined));
+  });
+  const burst = await Promise.all(Array.from({ length: 12 }, () => handshake('127.0.0.3')));
+  const done = burst.filter(Boolean).length;
+  assert.ok(done >= 3 && done <= 5, `${done} of 12 handshakes done`);
+  for (const s of burst) s?.destroy();
+  await eventually(() => ctx.logs.some((r) => r.event === 'conn_refused'), 3000, 'the refusal logged');
+  assert.is(ctx.logs.filter((r) => r.event === 'conn_refused').length, 1, 'once, then counted');
+  assert.match(ctx.logs.find((r) => r.event === 'conn_refused')!.msg, /^Refused a connection from 127\.0\.0\.3: it opens more than 3 a second \(--max-conn-rate-per-peer\); it is let in again once it slows down/);
+  assert.not.ok(ctx.logs.some((r) => r.event === 'tls_refused'), 'no handshake begun for a refused one');
+  const other = await handshake('127.0.0.2');
+  assert.ok(other, 'another address completes its handshake');
+  const got = collector(other!);
+  other!.write(frame({ type: 0, seq: 1, srcid: 'good', privPoliId: 'P', payload: 'quick' }));
+  await got.until(() => got.got.length === 1);
+  assert.is((got.got[0] as AckMsg).payload, 'fine');
+  other!.destroy();
 });
 
 port('a quiet connection is not closed, before its first message or after it: a proxy\'s link may carry nothing for hours (to a --wire json server, nothing at all until a request)', async () => {
