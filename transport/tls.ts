@@ -349,13 +349,15 @@ export function describeDialError(err: NodeJS.ErrnoException, host: string): str
 
 /**
  * What to look at when a port accepts a connection and closes it before answering anything: another
- * program on the port, a listener that wants TLS, one at its connection limit; `also`, what else fits
+ * program on the port, a listener that wants TLS, one at a connection limit (max_connections, max_conns_per_peer,
+ * max_conn_rate_per_peer); `also`, what else fits
  * the dialler (the client: 'is the old proxy (--wire json)'). The client (actors/client.ts) and
  * `revproxy load` both say them.
  */
 export function closedAtOnce(also?: string): string {
   const first = 'check whether another program listens on that port, or the proxy wants TLS (--tls-ca, --tls-cert)';
-  return also ? `${first}, is at its connection limit, or ${also}` : `${first} or is at its connection limit`;
+  const limit = 'is at its connection limit (in all, from one address, or new ones a second: its conn_refused lines say which)';
+  return also ? `${first}, ${limit}, or ${also}` : `${first} or ${limit}`;
 }
 
 /** A TLS failure in words a person can act on. */
