@@ -218,8 +218,23 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
     // With TLS the listening server is TCP's, and `secure` does the handshakes, so that a trusted balancer's header
     // (which comes before the handshake) can be read first: a socket is handed to it as is, or after its header.
     const secure = input.tls?.cert
-      ? listenServer(input.tls, (socket: Socket) => accept(socket, proxiedClient(socket)), { handshakeTimeoutMs: input.frameTimeoutMs, allowHalfOpen: true }) as TlsServer
+      ? listenServer(input.tls, (socket: Socket) => {
+        // Handshaken: a client may now half-close and still read its answers (see `toTls`).
+        socket.allowHalfOpen = true;
+        accept(socket, proxiedClient(socket));
+      }, { handshakeTimeoutMs: input.frameTimeoutMs, allowHalfOpen: true }) as TlsServer
       : undefined;
+    /**
+     * A socket handed to `secure` for its handshake is not half-open until the handshake is done: a
+     * peer that closes its side mid-handshake cannot finish it, and is closed at once. Half-open, such
+     * a socket waited for the frame timeout (10 s) and was logged `TLS handshake timeout`: a Node
+     * client destroying its socket on `secureConnect` (its Finished still unwritten) left every such
+     * connection open 10 s, a slot and a warn line each.
+     */
+    const toTls = (socket: Socket): Socket => {
+      socket.allowHalfOpen = false;
+      return socket;
+    };
     // One check per connection, at accept: connections from anyone else are read (or handed to TLS) as they always were.
     let trusted = trustedSources(input.proxyProtocolFrom);
     const server: Server = listenServer(undefined, (socket: Socket) => {
@@ -229,13 +244,13 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       if (!trusts(trusted, socket.remoteAddress)) {
         // An address opening connections too fast is refused before its handshake costs anything.
         if (core.limits.tooFast(socket)) return;
-        return secure ? void secure.emit('connection', socket) : accept(socket);
+        return secure ? void secure.emit('connection', toTls(socket)) : accept(socket);
       }
       awaitProxyHeader(socket, { timeoutMs: input.frameTimeoutMs, clock: input.clock }, (outcome) => {
         if ('header' in outcome) {
           const { header: { source }, rest } = outcome;
           if (core.limits.tooFast(socket, source?.address)) return;
-          return secure ? handOverToTls(secure, socket, source, rest) : accept(socket, source, rest);
+          return secure ? handOverToTls(secure, toTls(socket), source, rest) : accept(socket, source, rest);
         }
         if ('error' in outcome) logNoProxyHeader(input.logger, socket, outcome.error);
         socket.destroy();

@@ -128,6 +128,7 @@ foreign('plain bytes on a TLS port: what the TLS library says when a real client
   assert.equal(codes, ['ERR_SSL_WRONG_VERSION_NUMBER', 'ERR_SSL_HTTP_REQUEST', 'ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE']);
   assert.equal(codes.map((c) => recogniseTlsRefusal(c)?.kind), ['plain', 'http-client', 'no-certificate']);
   assert.match(recogniseTlsRefusal(codes[0])!.message, /^the peer speaks plain TCP to this TLS port .*: have it connect with TLS \(--tls-ca\)$/);
+  assert.is(recogniseTlsRefusal('ECONNRESET')?.message, 'the peer closed the connection before its TLS handshake was done', 'not Node\'s "socket hang up"');
   assert.is(recogniseTlsRefusal('ERR_SSL_SOMETHING_ELSE'), undefined, 'anything else keeps the library\'s words');
 });
 

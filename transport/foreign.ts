@@ -11,7 +11,7 @@
 export type ForeignKind =
   | 'http-server' | 'http-client' | 'tls-client' | 'tls' | 'tls-alert' | 'ssh' | 'redis' | 'banner' | 'json' | 'proxy-header'
   /** Seen by a TLS listener (recogniseTlsRefusal). */
-  | 'plain' | 'no-certificate';
+  | 'plain' | 'no-certificate' | 'closed';
 
 export interface ForeignPeer {
   /** What was recognised (stable; specs and callers may branch on it). */
@@ -115,6 +115,9 @@ export function recogniseTlsRefusal(code: string | undefined): ForeignPeer | und
     case 'ERR_SSL_HTTP_REQUEST':
     case 'ERR_SSL_HTTPS_PROXY_REQUEST':
       return { kind: 'http-client', message: 'the peer sent a plain HTTP request to this TLS port: it is not a revproxy peer; the inspector page and /metrics are on the --inspect port' };
+    case 'ECONNRESET':
+      // Node's words for it are "socket hang up".
+      return { kind: 'closed', message: 'the peer closed the connection before its TLS handshake was done' };
     case 'ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE':
       return {
         kind: 'no-certificate',
