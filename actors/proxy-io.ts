@@ -249,7 +249,9 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       awaitProxyHeader(socket, { timeoutMs: input.frameTimeoutMs, clock: input.clock }, (outcome) => {
         if ('header' in outcome) {
           const { header: { source }, rest } = outcome;
-          if (core.limits.tooFast(socket, source?.address)) return;
+          // A header naming no client (v2 LOCAL, v1 UNKNOWN) is the trusted balancer's own connection, its health
+          // check (HAProxy's `check inter 100ms`: 10 a second): not a peer's flood, so not held to the rate.
+          if (source && core.limits.tooFast(socket, source.address)) return;
           return secure ? handOverToTls(secure, toTls(socket), source, rest) : accept(socket, source, rest);
         }
         if ('error' in outcome) logNoProxyHeader(input.logger, socket, outcome.error);
