@@ -94,7 +94,8 @@ export function startAdmin(opts: AdminOptions): Promise<AdminServer> {
   const onLoopback = isLoopback(opts.host);
   const authorised = (req: IncomingMessage): boolean => {
     if (token === undefined) return true;
-    const m = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
+    // The scheme is case-insensitive (RFC 7235): some scrapers and hand-made requests send `bearer`.
+    const m = /^Bearer +(.+)$/i.exec(req.headers.authorization ?? '');
     return m !== null && timingSafeEqual(digest(m[1]!), digest(token));
   };
 

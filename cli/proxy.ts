@@ -4,7 +4,7 @@
  * log, the admin endpoint, SIGHUP (reload the config, reopen the access
  * and inspection logs) and SIGUSR1 (reopen those logs only). SIGTERM, SIGINT and SIGQUIT drain.
  */
-import { accessSync, constants, existsSync, lstatSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, lstatSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { dirname, resolve as resolvePath } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { startProxy, type ProxyHandle } from '../actors/index.js';
@@ -18,7 +18,7 @@ import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin
 import type { RegistryStatus } from '../registry/events.js';
 import {
   anchorIssues, badPolicy, changes, ConfigError, FILE_FLAGS, PROXY_PROTOCOL_FROM_DOC, RETRY_ON_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, overridden, parseHostPort, RuntimeProblems, toRuntime,
-  whyNotWritable, type FileKey, type NumberKey, type ProxyConfig, type Runtime,
+  assertWritable, whyNotWritable, type FileKey, type NumberKey, type ProxyConfig, type Runtime,
 } from '../config/proxy.js';
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
 import { monotonicEpoch } from '../inspector/hub.js';
@@ -570,7 +570,7 @@ function pidFileProblem(path: string): string | undefined {
   try {
     if (!statSync(folder).isDirectory()) throw Object.assign(new Error(`${folder} is not a folder`), { code: 'ENOTDIR' });
     accessSync(folder, constants.W_OK);
-    if (existsSync(path) && statSync(path).isDirectory()) throw Object.assign(new Error(`'${path}' is a folder`), { code: 'EISDIR' });
+    assertWritable(path);
     return undefined;
   } catch (err) {
     return `cannot write the --pid-file '${path}': ${whyNotWritable(err, path)}`;

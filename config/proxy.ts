@@ -9,7 +9,7 @@
  * Precedence: a flag (or REVPROXY_TOKEN) over the file, the file over the
  * defaults. Paths in the file are relative to the file's folder.
  */
-import { closeSync, existsSync, openSync, readFileSync, statSync } from 'node:fs';
+import { accessSync, closeSync, constants, existsSync, openSync, readFileSync, statSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { LEVELS, SUMMARY_INTERVAL_MS, type Level } from '../actors/logger.js';
 import { ACCESS_LOG_HOLD } from '../admin/access-log.js';
@@ -454,6 +454,25 @@ export function whyNotWritable(err: unknown, path: string): string {
 }
 
 /**
+ * Throws why `path` could not be opened for writing, without creating it: a file that exists must be
+ * writable and not a folder, a new one's folder must exist and be writable. `--check` run as root (as
+ * `nginx -t` is) created the access log it checked, owned by root, and the service's own user could then
+ * not open it: the proxy would not start.
+ */
+export function assertWritable(path: string): void {
+  let folder = false;
+  try {
+    folder = statSync(path).isDirectory();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    accessSync(dirname(resolve(path)), constants.W_OK);
+    return;
+  }
+  if (folder) throw Object.assign(new Error(`'${path}' is a folder`), { code: 'EISDIR' });
+  accessSync(path, constants.W_OK);
+}
+
+/**
  * Every problem `checkRuntime` found, at once: `issues` those of settings the file made (line 0:
  * `anchorIssues` places each at its key's line) and the settings that clash; `given` those of files a
  * flag named, each a sentence naming its flag.
@@ -537,7 +556,7 @@ export function checkRuntime(c: ProxyConfig, source: string, flagOf: (key: FileK
   for (const [what, p] of opts.logs === false ? [] : ([['log.access_log', c.log?.access_log], ['inspect_log', c.inspect_log]] as const)) {
     if (p === undefined || p === '-') continue;
     try {
-      closeSync(openSync(p, 'a'));
+      assertWritable(p);
     } catch (err) {
       const flag = flagOf(what);
       if (flag) given.push(`cannot open the ${flag} file '${p}' for writing: ${whyNotWritable(err, p)}`);

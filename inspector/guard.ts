@@ -87,7 +87,7 @@ export class Guard {
       if (hostHeaderIsLoopback(host)) return { user: '' };
       return { status: 403, message: `refused: the request names host '${host}', not this inspector: open it as http://127.0.0.1:${this.o.port}/ or http://localhost:${this.o.port}/ (or set --inspect-token to reach it under another name)` };
     }
-    const m = /^Basic ([A-Za-z0-9+/=]+)$/.exec(req.headers.authorization ?? '');
+    const m = /^Basic +([A-Za-z0-9+/=]+)$/i.exec(req.headers.authorization ?? '');
     const decoded = m ? Buffer.from(m[1]!, 'base64').toString('utf8') : '';
     const colon = decoded.indexOf(':');
     if (colon >= 0 && timingSafeEqual(digest(decoded.slice(colon + 1)), digest(this.o.token))) return { user: decoded.slice(0, colon) };

@@ -5,7 +5,7 @@
  * servers and load run in this process.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Socket } from 'node:net';
 import * as assert from 'uvu/assert';
@@ -214,6 +214,26 @@ config('--check and a start agree on a log whose folder does not exist: both ref
   const start = revproxy(['proxy', '--config', write('s.yaml', `port: 0\nlog:\n  access_log: ${missing}/access.log\n`)]);
   assert.is(await start.exited, 1);
   assert.match(start.out.join('\n'), new RegExp(`log\\.access_log: .*cannot open it for writing: its folder ${missing} does not exist`));
+});
+
+config('--check does not create the log files it checks: run as root (as nginx -t is), it made an access log owned by root that the service\'s user could not open', async () => {
+  const folder = join(ctx.dir, 'logs-here');
+  mkdirSync(folder);
+  const check = revproxy(['proxy', '--check', '--config', write('c.yaml', `port: 0\nlog:\n  access_log: ${folder}/access.log\ninspect_log: ${folder}/run.ndjson\n`)]);
+  assert.is(await check.exited, 0, check.out.join('\n'));
+  assert.not.ok(existsSync(join(folder, 'access.log')), 'no access log made');
+  assert.not.ok(existsSync(join(folder, 'run.ndjson')), 'no inspection log made');
+  // One that exists and cannot be written is still refused (root may write anything: checked as another user only).
+  if (process.getuid?.() !== 0) {
+    writeFileSync(join(folder, 'access.log'), '');
+    chmodSync(join(folder, 'access.log'), 0o444);
+    const ro = revproxy(['proxy', '--check', '--config', write('c2.yaml', `port: 0\nlog:\n  access_log: ${folder}/access.log\n`)]);
+    assert.is(await ro.exited, 1, ro.out.join('\n'));
+  }
+  // A folder named as the file is refused.
+  const dir = revproxy(['proxy', '--check', '--config', write('c3.yaml', `port: 0\nlog:\n  access_log: ${folder}\n`)]);
+  assert.is(await dir.exited, 1, dir.out.join('\n'));
+  assert.match(dir.out.join('\n'), /log\.access_log: .*cannot open it for writing/);
 });
 
 config('flags override the file; the table gives every numeric key its flag', async () => {
@@ -892,6 +912,8 @@ admin('with a token, /metrics needs it and the health checks do not', async () =
   assert.is((await get(`${url}metrics`)).status, 401);
   assert.is((await get(`${url}metrics`, { headers: { authorization: 'Bearer wrong-secret' } })).status, 401);
   assert.is((await get(`${url}metrics`, { headers: { authorization: 'Bearer an-admin-secret' } })).status, 200);
+  // The scheme is case-insensitive (RFC 7235).
+  assert.is((await get(`${url}metrics`, { headers: { authorization: 'bearer an-admin-secret' } })).status, 200);
   assert.is((await get(`${url}healthz`)).status, 200);
   assert.is((await get(`${url}readyz`)).status, 200);
 });
