@@ -138,7 +138,7 @@ function hint(code: string, f: LoadFlags, first = '', unreachable: string[] = []
     case 'OVERLOADED':
       return "the proxy refused requests at one of its limits (--queue-limit, --max-server-inflight): ask for less (--connections, --inflight, --rate) or raise the proxy's limits";
     case 'TIMEOUT':
-      return "no answer within the proxy's --timeout: the servers are too slow for this load, or stuck";
+      return "no answer in time - the proxy's --timeout, or each try's --try-timeout (by default a third of it: its message says which fired) - the servers are too slow for this load, or stuck";
     case 'UPSTREAM_FAILED':
       return 'the server chosen for a request failed before answering (and the retries did too): see the proxy\'s and the servers\' logs';
     case 'SHUTTING_DOWN':

@@ -47,7 +47,7 @@ function proxyOptions(): Option[] {
     ...numbers,
     new Option('--host <address>', `address to listen on (default: ${DEFAULT_LISTEN_HOST}), without a port; an IPv6 one bare or in brackets (::1, [::1])`).argParser(hostParser('--port')),
     new Option('--config <file>', 'read the settings from this YAML file (docs/CONFIG.md); flags given as well override it'),
-    new Option('--check', 'check the configuration (the file, the flags and the files they name), then exit: 0 when it is valid, 1 when not'),
+    new Option('--check', 'check the configuration (the file, the flags and the files they name), then exit: 0 when it is valid, 1 when not, 2 when the flags themselves are wrong (a usage error)'),
     new Option('--pid-file <file>', "write the process id to this file once the proxy listens, as HAProxy's -p and nginx's pid do (logrotate: postrotate kill -USR1 $(cat FILE)); removed on exit; a start refuses one naming another proxy still running"),
     new Option('--token <secret>', 'registration secret every server must present').env('REVPROXY_TOKEN'),
     new Option('--tokens <file>', 'per-policy registration secrets (YAML: policy: secret); policies not in it take --token, or no registrations; re-read on SIGHUP'),
@@ -217,7 +217,7 @@ Example:
       const memory = proxyBudgetNote(resolved);
       const conns = proxyConnectionsNote(resolved);
       if (conns) process.stdout.write(`revproxy: ${conns.message}\n`);
-      const warnings = [files?.message, memory?.level === 'warn' ? memory.message : undefined, ...rt.certs.map((c) => expiryWarning(c.role, c.file, c))].filter(Boolean);
+      const warnings = [files?.message, memory?.level === 'warn' ? memory.message : undefined, rt.admin && adminInsecure(rt.admin), ...rt.certs.map((c) => expiryWarning(c.role, c.file, c))].filter(Boolean);
       for (const w of warnings) process.stderr.write(`revproxy: warning: ${w}\n`);
       process.stdout.write(`revproxy: ${file ? `the configuration file ${file}` : 'the configuration'} is valid (${Object.values(cfg).filter((v) => v !== undefined).length} setting(s); the files it names can be used)\n`);
       setExit(0);
@@ -362,9 +362,8 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
     readiness.add('pool', () => poolReadiness(readyPolicies, proxy?.pools() ?? {}));
     admin = await startAdmin({ host: rt.admin.host, port: rt.admin.port, token: rt.admin.token, metrics, readiness, logger });
     logger.info('admin', `Admin endpoint on ${admin.url} (/healthz, /readyz, /metrics)`, { url: admin.url });
-    if (!isLoopback(rt.admin.host) && !rt.admin.token) {
-      logger.warn('admin_insecure', `the admin endpoint listens on ${rt.admin.host}, reachable from other machines, with no token: anyone who can connect can read /metrics. Set admin.token (--admin-token, REVPROXY_ADMIN_TOKEN).`, { host: rt.admin.host });
-    }
+    const open = adminInsecure(rt.admin);
+    if (open) logger.warn('admin_insecure', open, { host: rt.admin.host });
   }
   const insp = await startInspection({ inspect: rt.inspect, inspectLog: rt.inspectLog, inspectToken: rt.inspectToken, logFormat: rt.log.format }, 'proxy', logger);
   if (insp.logFile) files.push({ what: 'the inspection log', file: insp.logFile, key: 'inspect_log', reopen: () => insp.reopen() });
@@ -559,6 +558,12 @@ function poolReadiness(policies: readonly string[], pools: ReturnType<ProxyHandl
     out.push({ code: ErrorCode.NO_SERVER, policy, message });
   }
   return out;
+}
+
+/** The warn line for an admin endpoint other machines can reach with no token (a start logs it, `--check` prints it), or undefined. */
+function adminInsecure(admin: { host: string; token?: string }): string | undefined {
+  if (isLoopback(admin.host) || admin.token) return undefined;
+  return `the admin endpoint listens on ${admin.host}, reachable from other machines, with no token: anyone who can connect can read /metrics. Set admin.token (--admin-token, REVPROXY_ADMIN_TOKEN).`;
 }
 
 /**

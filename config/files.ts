@@ -90,7 +90,8 @@ export function loadPackets(paths: string[], defaultSrcid: string, hint = PKT_HI
   return files.map((file) => {
     let raw: unknown;
     try {
-      raw = JSON.parse(readGiven(file, 'packet file', hint).toString('utf8'));
+      // A UTF-8 byte order mark (Windows editors write one) is not JSON: read past it, as a config file's.
+      raw = JSON.parse(readGiven(file, 'packet file', hint).toString('utf8').replace(/^\uFEFF/, ''));
     } catch (err) {
       if (err instanceof FileError) throw err;
       throw new FileError(`the packet file '${file}' is not valid JSON (${firstLine(err)}); ${PACKET_SHAPE}`);

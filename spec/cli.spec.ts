@@ -13,6 +13,7 @@ import { createActor, setup } from 'xstate';
 import { normaliseArgv, OLD_FLAGS, parseIntOption, runUntilStopped, UsageError, type FlagTable } from '../cli/common.js';
 import { silentLogger } from '../actors/logger.js';
 import { describeListenError } from '../transport/tls.js';
+import { loadPackets } from '../config/files.js';
 
 const cli = suite('cli');
 cli.after.each(killAll);
@@ -521,6 +522,13 @@ cli('server: --pp is required, and --policy gives it', async () => {
   const port = (await proxy.waitFor(/port (\d+)/))[1]!;
   revproxy(['server', '--id', '1', '--policy', '111', '--revproc', port]);
   await proxy.waitFor(/Received setup message from server id 1 privacy policy 111 /);
+});
+
+cli('a packet file saved with a UTF-8 byte order mark (as Windows editors save it) is read as without it', () => {
+  const file = join(tempDir('bom-'), 'bom.json');
+  writeFileSync(file, Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('{"type": "0", "srcid": "1", "privPoliId": "111", "payload": "xyz1"}')]));
+  const [p] = loadPackets([file], 'c');
+  assert.equal([p!.srcid, p!.privPoliId, p!.payload], ['1', '111', 'xyz1']);
 });
 
 cli('a file that cannot be used fails the start with exit 1, naming the file and what to do, without the usage hint', async () => {

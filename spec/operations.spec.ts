@@ -216,6 +216,15 @@ config('--check and a start agree on a log whose folder does not exist: both ref
   assert.match(start.out.join('\n'), new RegExp(`log\\.access_log: .*cannot open it for writing: its folder ${missing} does not exist`));
 });
 
+config('--check prints the warning a start logs for an admin endpoint other machines can reach with no token, as nginx -t prints its warnings', async () => {
+  const check = revproxy(['proxy', '--check', '--port', '0', '--admin', '0.0.0.0:0']);
+  assert.is(await check.exited, 0, check.out.join('\n'));
+  assert.match(check.out.join('\n'), /revproxy: warning: the admin endpoint listens on 0\.0\.0\.0, reachable from other machines, with no token/);
+  const quiet = revproxy(['proxy', '--check', '--port', '0', '--admin', '127.0.0.1:0']);
+  assert.is(await quiet.exited, 0);
+  assert.not.match(quiet.out.join('\n'), /admin endpoint listens/);
+});
+
 config('--check does not create the log files it checks: run as root (as nginx -t is), it made an access log owned by root that the service\'s user could not open', async () => {
   const folder = join(ctx.dir, 'logs-here');
   mkdirSync(folder);

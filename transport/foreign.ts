@@ -76,7 +76,7 @@ export function recogniseForeign(bytes: Uint8Array): ForeignPeer | undefined {
   if (HTTP_METHODS.some((m) => startsWith(bytes, m))) {
     return {
       kind: 'http-client',
-      message: `the peer speaks HTTP, not revproxy frames (it sent "${firstLine(bytes)}"): this port is not a web page; the inspector page and /metrics are on the --inspect port`,
+      message: `the peer speaks HTTP, not revproxy frames (it sent "${firstLine(bytes)}"): this port is not a web page; /metrics and the health checks are on the --admin port, the inspector page on the --inspect port`,
     };
   }
   if (startsWith(bytes, 'SSH-')) {
@@ -114,7 +114,7 @@ export function recogniseTlsRefusal(code: string | undefined): ForeignPeer | und
       };
     case 'ERR_SSL_HTTP_REQUEST':
     case 'ERR_SSL_HTTPS_PROXY_REQUEST':
-      return { kind: 'http-client', message: 'the peer sent a plain HTTP request to this TLS port: it is not a revproxy peer; the inspector page and /metrics are on the --inspect port' };
+      return { kind: 'http-client', message: 'the peer sent a plain HTTP request to this TLS port: it is not a revproxy peer; /metrics and the health checks are on the --admin port, the inspector page on the --inspect port' };
     case 'ECONNRESET':
       // Node's words for it are "socket hang up".
       return { kind: 'closed', message: 'the peer closed the connection before its TLS handshake was done' };
