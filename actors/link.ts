@@ -75,6 +75,13 @@ export interface ProxyRequest {
   /** How the last try failed (its code and reason; the report's own object, shared by its requests), for the answer when no member is left to try. */
   last?: Failure;
   /**
+   * Its try now is one no retry could follow (`makeDeliver`): its retries are spent, or its policy has
+   * no member it has not tried. Such a try runs to the request's deadline (`tryDeadline`), not the try
+   * timeout: given up there, it was answered `TIMEOUT` with most of its time left, and a policy of one
+   * server whose handler took longer than a third of `timeout` answered nothing in time.
+   */
+  finalTry?: boolean;
+  /**
    * Members whose link went down while they held it (its tries that ended `reset`), in order: a
    * request its handler crashes on ends every server it reaches (`maxResets`).
    */
@@ -256,9 +263,14 @@ export type LinkReport =
    */
   | { type: 'UPSTREAM_LEAVING'; member: string; linkId: string; requests: ProxyRequest[]; reason: string };
 
-/** A try ends at the try timeout, and never after the request's own deadline. */
+/** A try ends at the try timeout, and never after the request's own deadline; a final try (`finalTry`) at that deadline. */
 export function tryDeadline(link: Pick<LinkInput, 'tryTimeoutMs' | 'timeoutMs'>, req: ProxyRequest, now: number): number {
-  return Math.min(now + link.tryTimeoutMs, deadline(link, req));
+  return req.finalTry ? deadline(link, req) : Math.min(now + link.tryTimeoutMs, deadline(link, req));
+}
+
+/** The words of a try that timed out: after the try timeout, or (a final try) at its request's deadline. */
+export function tryTimedOut(member: string, tryTimeoutMs: number, final: boolean, timeoutMs: number): string {
+  return final ? `server ${member} did not answer within the request's ${timeoutMs} ms (no other server to try)` : `server ${member} did not answer within ${tryTimeoutMs} ms`;
 }
 
 /** Per request, so `debug` only (callers check `enabled('debug')` first): the payload is never logged above it. */

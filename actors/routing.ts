@@ -329,6 +329,11 @@ function makeDeliver(context: ProxyContext) {
     if (req.tried !== undefined) context.observer?.retried?.(req.msg.privPoliId, req.tried[req.tried.length - 1]!, req.last!.code);
     // Its wait for a member with room, if it had one, ends here (the access log's queue_ms).
     if (req.queued !== undefined) endStay(req, context.clock.now());
+    // No retry could follow this try (its retries spent, or every other member tried or none): it runs to
+    // the request's deadline. Members are counted, not looked at: one down or drained still counts, so
+    // the rule is exact for a policy of one server, and costs nothing per request.
+    const tried = req.tried?.length ?? 0;
+    req.finalTry = tried >= context.opts.retries || (context.policies.get(req.msg.privPoliId)?.members.size ?? 0) <= tried + 1;
     context.servers.get(member)!.traffic.sendOne(req);
   };
 }

@@ -40,7 +40,7 @@ import { whenReady } from '../transport/tls.js';
 import type { Timer } from '../transport/clock.js';
 import { Inflight } from './inflight.js';
 import {
-  describeLinkError, answersReports, leftReports, logForward, retryReport, settle, tryDeadline,
+  describeLinkError, answersReports, leftReports, logForward, retryReport, settle, tryDeadline, tryTimedOut,
   type LinkCommand, type LinkInput, type LinkPhase, type LinkPort, type LinkReport, type ProxyRequest, type Tally, type TryCause,
 } from './link.js';
 import { OLD_SERVER_DEFAULTS, type OldServerOptions } from './proxy-options.js';
@@ -417,7 +417,7 @@ export const upstreamJsonMachine = setup({
       enqueue.assign({ misses, consecutiveFailures: failures, gone });
       const within = `within ${context.tryTimeoutMs} ms`;
       const reports: Array<[ProxyRequest[], string, TryCause]> = [
-        [missed, `server ${context.member} did not answer ${within}`, 'try-timeout'],
+        [missed, tryTimedOut(context.member, context.tryTimeoutMs, missed.every((r) => r.finalTry), context.timeoutMs), 'try-timeout'],
         [unread, `server ${context.member} did not answer ${within}, though it answered others meanwhile (it serves ${context.width} connection(s) at once)`, 'try-timeout'],
         [waited, `server ${context.member} had no free connection ${within} (it serves ${context.width} connection(s) at once)`, 'unsent'],
       ];

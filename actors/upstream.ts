@@ -25,7 +25,7 @@ import { Inflight } from './inflight.js';
 import { fmt } from './logger.js';
 import { RecentOutcomes } from './recent-outcomes.js';
 import {
-  closedByServer, describeLinkError, answersReports, leavingPong, leftReports, logForward, quoted, retryReport, settle, tryDeadline,
+  closedByServer, describeLinkError, answersReports, leavingPong, leftReports, logForward, quoted, retryReport, settle, tryDeadline, tryTimedOut,
   type Failure, type LinkCommand, type LinkInput, type LinkPhase, type LinkPort, type LinkReport, type ProxyRequest, type SocketFactory, type Tally, type TryFailure,
 } from './link.js';
 
@@ -428,8 +428,10 @@ export const upstreamMachine = setup({
       const failures = (context.traffic.failures += expired.length);
       context.traffic.recent.add(event.now, 0, expired.length);
       context.traffic.checkLife();
-      const failure: TryFailure = { code: ErrorCode.TIMEOUT, message: `server ${context.member} did not answer within ${context.tryTimeoutMs} ms`, cause: 'try-timeout' };
-      enqueue.sendParent(retryReport(context.member, self.id, expired.map((p) => p.req), failure, failures));
+      const reqs = expired.map((p) => p.req);
+      const final = reqs.every((r) => r.finalTry);
+      const failure: TryFailure = { code: ErrorCode.TIMEOUT, message: tryTimedOut(context.member, context.tryTimeoutMs, final, context.timeoutMs), cause: 'try-timeout' };
+      enqueue.sendParent(retryReport(context.member, self.id, reqs, failure, failures));
     }),
     setError: assign(({ context, event }) => {
       assertEvent(event, 'DISCONNECTED');

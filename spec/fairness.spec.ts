@@ -294,15 +294,19 @@ mends("a try that times out frees its slot for a waiting request at once: on mai
   const clock = new ManualClock();
   const { a, got, send } = await twoClients(ctx, { port: 0, clock, timeoutMs: 4000, tryTimeoutMs: 1000, retries: 0, queueLimit: 8 });
   const waiting = (): number => ctx.proxy!.actor.getSnapshot().context.policies.get('P')?.waiting.length ?? 0;
-  send(a, [0, 1]); // a0 to the server, a1 waits
+  // No retries: each try is one no retry could follow, and runs to its request's deadline (4000 ms from its arrival).
+  send(a, [0]); // a0 to the server
+  await eventually(() => (ctx.proxy!.actor.getSnapshot().context.servers.get('s')?.traffic.inflight.size ?? 0) === 1, 3000, 'a0 at the server');
+  clock.advance(2000);
+  send(a, [1]); // at 2000 ms: a1 waits
   await eventually(() => waiting() === 1, 3000, 'a1 waiting');
-  clock.advance(1000); // a0's try times out (no retries: answered TIMEOUT) and frees the server's one slot
+  clock.advance(2000); // a0's try times out at its deadline (answered TIMEOUT) and frees the server's one slot
   await got.a.until(() => got.a.got.length >= 1);
   await eventually(() => waiting() === 0, 1000, 'a1 sent to the server, whose slot the expired try freed');
   assert.equal(ctx.proxy!.pools().P?.serving, ['s']);
-  clock.advance(1000); // a1's try, sent at 1000 ms, times out in turn
+  clock.advance(2000); // a1's try, sent at 4000 ms, times out in turn at its deadline (6000 ms)
   await got.a.until(() => got.a.got.length >= 2);
-  assert.equal(got.a.got.map((m) => [(m as { seq: number }).seq, (m as { message?: string }).message?.includes('did not answer within 1000 ms')]), [[0, true], [1, true]]);
+  assert.equal(got.a.got.map((m) => [(m as { seq: number }).seq, (m as { message?: string }).message?.includes("did not answer within the request's 4000 ms")]), [[0, true], [1, true]]);
 });
 
 mends("a retried request that waits keeps its place in its client's arrival order: answered TIMEOUT at its own deadline, where on main it waited behind the client's newer requests and was answered late", async (ctx) => {

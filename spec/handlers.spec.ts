@@ -253,7 +253,11 @@ timing('the handler\'s signal fires when the proxy stops waiting, with a TIMEOUT
   assert.is(reason!.code, 'TIMEOUT');
 });
 
-answers('a handler promise that can never settle (garbage-collected unsettled) gives its slot back: with --concurrency 2, more than four such requests do not stop the server', async () => {
+// The proxy's timeout (1 s) is shorter than the client's (3 s): requests waiting in the server's queue for a
+// slot are answered TIMEOUT by it at their deadline, which a try to a policy's one server runs to.
+const lostSlots = withProxy('a handler whose promise never settles', { timeoutMs: 1000 });
+
+lostSlots('a handler promise that can never settle (garbage-collected unsettled) gives its slot back: with --concurrency 2, more than four such requests do not stop the server', async () => {
   // Before, each one lingered for good past its handler timeout: after four, the server ran nothing again, its queue waiting for ever.
   setFlagsFromString('--expose-gc');
   const gc = runInNewContext('gc') as () => void;
@@ -279,6 +283,7 @@ answers('a handler promise that can never settle (garbage-collected unsettled) g
 });
 
 answers.run();
+lostSlots.run();
 timing.run();
 
 // ---- limits, straight to one server (no proxy in between) ----

@@ -410,9 +410,10 @@ leaving('a try that times out while its answer is on the way: the proxy closes t
   const got = jsonCollector(sock);
   sock.write('{"type": "0", "srcid": "7", "privPoliId": "D", "payload": "late"}');
   await p.waitFor(/Received a message from client 7 payload late/);
-  const until = Date.now() + 250;
+  const until = Date.now() + 450;
   while (Date.now() < until) {
-    // Hold the event loop: the answer (20 ms) and the try's deadline (100 ms) both pass meanwhile.
+    // Hold the event loop: the answer (20 ms) and the try's deadline (300 ms: the request's, its one server's
+    // try running to it) both pass meanwhile.
   }
   await eventually(() => got.length === 1, 3000, 'an answer to the first request');
   assert.is((got[0] as { code?: string }).code, 'TIMEOUT', JSON.stringify(got));

@@ -274,7 +274,10 @@ faults('when no member answers, the client gets TIMEOUT within the request timeo
   const t0 = Date.now();
   const pending = runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('P', 3), timeoutMs: 3000 });
   await eventually(() => inflightAt('s') === 3, 2000, 'the requests at the silent server');
-  clock.advance(210); // one try timeout: no other member to retry on
+  // No other member to retry on: the one try runs to the request's deadline (600 ms), not the try timeout (200).
+  clock.advance(210);
+  assert.is(inflightAt('s'), 3, 'still in flight past the try timeout');
+  clock.advance(400);
   const results = await pending;
   assert.ok(results.every((r) => r.error === 'TIMEOUT'), JSON.stringify(results));
   assert.ok(Date.now() - t0 < 2000, 'within the request timeout');
@@ -750,6 +753,27 @@ idle('whitespace between JSON objects is not activity: a client sending a space 
   await eventually(() => ctx.logs.some((l) => /no message for 150 ms/.test(l.msg)), 1000, `the line: ${JSON.stringify(ctx.logs.filter((l) => l.level !== 'debug'))}`);
 });
 
+const finalTry = fresh('a try no retry could follow', { timeoutMs: 1500 });
+
+finalTry('runs to the request\'s deadline, not the try timeout: a policy of one server taking 800 ms (past the 500 ms try timeout) is answered; of two, the second try is answered; one silent server is answered TIMEOUT at the deadline, saying so', async () => {
+  // Given up at the try timeout, every such request was answered TIMEOUT with most of its time left
+  // (`server D1 did not answer within 500 ms`), the work done and its answer dropped as late.
+  await addServer('one', 'ONE', 'normal', 800);
+  const one = await runClient({ id: 'c1', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('ONE', 2), window: 2 });
+  assert.equal(one.map((r) => [r.server, r.correct]), [['one', true], ['one', true]], JSON.stringify(one));
+  await addServer('a', 'TWO', 'normal', 800);
+  await addServer('b', 'TWO', 'normal', 800);
+  const two = await runClient({ id: 'c2', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('TWO', 1) });
+  assert.ok(two[0]!.correct, `the second try answered: ${JSON.stringify(two)}`);
+  await addServer('mute', 'MUTE', 'silent');
+  const started = Date.now();
+  const mute = await runClient({ id: 'c3', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('MUTE', 1), timeoutMs: 5000 }).catch((e: unknown) => e);
+  const text = JSON.stringify(mute instanceof Error ? mute.message : mute);
+  assert.match(text, /TIMEOUT/);
+  assert.match(text, /server mute did not answer within the request's 1500 ms \(no other server to try\)/);
+  assert.ok(Date.now() - started >= 1400, `answered at the deadline (${Date.now() - started} ms), not the try timeout`);
+});
+
 const ipv6 = fresh('a proxy on IPv6', { host: '::1' });
 
 ipv6('a server registering over IPv6 (frames or the JSON wire) while it listens on 127.0.0.1 (the default) is told the proxy cannot reach it and what to run; one listening on ::1 is served', async () => {
@@ -795,6 +819,7 @@ forever.run();
 drainDefault.run();
 lastWord.run();
 idle.run();
+finalTry.run();
 ipv6.run();
 
 // The proxy's clock is manual: a client's frame timeout (10 s) passes when the test moves it.

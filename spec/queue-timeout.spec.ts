@@ -399,12 +399,13 @@ server("--queue-lifo-after: once a server's queue has stood that long a free slo
 });
 
 server("a full server queue first answers TIMEOUT the requests in it whose deadline passed, and takes the new one, where it refused it OVERLOADED", async (ctx) => {
-  // The proxy's tries last 10 s (its own clock); the server's clock is moved past them. The handler
-  // ignores its ctx.signal, so first keeps the slot past its deadline, as a slow handler does.
+  // The proxy's tries to its one server run to the requests' deadline, 20 s (its own clock); the server's
+  // clock is moved past it. The handler ignores its ctx.signal, so first keeps the slot past its deadline,
+  // as a slow handler does.
   const { clock, s, c, first } = await oneSlot(ctx, 'full', { queueLimit: 2, queueTimeoutMs: 0 }, false);
   const [a, b] = [outcome(c.request('P', 'a')), outcome(c.request('P', 'b'))];
   await new Promise((r) => setTimeout(r, 100)); // both waiting in the server's queue, which is full
-  clock.advance(10_001);
+  clock.advance(20_001);
   const late = outcome(c.request('P', 'late'));
   await eventually(() => a.done !== undefined && b.done !== undefined, 3000, 'a and b answered');
   for (const o of [a, b]) {
