@@ -63,6 +63,19 @@ export class Inflight<R> {
     return upSeq;
   }
 
+  /**
+   * Put in an entry another table handed out (its `upSeq` and `deadline` its own): a link's tries kept
+   * past their try timeout (link.ts `keepTry`) wait for their answer in a table of their own, apart
+   * from its in-flight requests, which the slots and the stall rule count.
+   */
+  put(p: Pending<R>): void {
+    if (this.count >= this.slots.length >> 1) this.grow();
+    this.place(p);
+    this.count++;
+    if (p.deadline < this.min) this.min = p.deadline;
+    if (this.count === 1) this.busy?.add(this);
+  }
+
   /** Whether `upSeq` was handed out by this table (in flight, answered or expired since), as against a seq it never gave. */
   wasSent(upSeq: number): boolean {
     return upSeq >= 1 && upSeq <= 0xffffffff && (this.wrapped || upSeq <= this.seq);

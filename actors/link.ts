@@ -16,7 +16,7 @@ import { outOfDescriptors } from './port-limits.js';
 import type { Clock } from '../transport/clock.js';
 import type { Inflight } from './inflight.js';
 import type { RecentOutcomes } from './recent-outcomes.js';
-import type { Logger } from './logger.js';
+import { fmt, type Logger } from './logger.js';
 
 /**
  * A client connection as the proxy keeps it: the connection, and the
@@ -81,6 +81,21 @@ export interface ProxyRequest {
    * server whose handler took longer than a third of `timeout` answered nothing in time.
    */
   finalTry?: boolean;
+  /**
+   * Set once it is answered (`makeReply`, the one reply path). A try given up at its try timeout may
+   * be kept in flight for its answer (`hedge_on_try_timeout`, `keepTry`) while the request goes on to
+   * another member: whichever answers first answers the client, and every later answer, or a kept try's
+   * own failure, is dropped (`settle`), never retried or replied again.
+   */
+  answered?: boolean;
+  /** Its tries kept past their try timeout and still in flight (`keepTry`: each link's `kept` table), if any. */
+  kept?: number;
+  /**
+   * Set when a failure would have been its answer (`retry`: no member left to try, its retries or the
+   * retry budget spent) while a try of it was kept (`kept`): it waits for that try instead, whose answer,
+   * or failure, or the deadline, answers it. Cleared when it is sent on another try (`makeDeliver`).
+   */
+  keptOnly?: boolean;
   /**
    * Members whose link went down while they held it (its tries that ended `reset`), in order: a
    * request its handler crashes on ends every server it reaches (`maxResets`).
@@ -176,6 +191,11 @@ export interface LinkInput {
   timeoutMs: number;
   /** One try's timeout; also bounds connecting and the first PING. */
   tryTimeoutMs: number;
+  /**
+   * A try given up at the try timeout stays in flight until the request's deadline, its answer still
+   * taken if it comes first (`hedge_on_try_timeout`, Envoy's `hedge_on_per_try_timeout`): `keepTry`.
+   */
+  hedge: boolean;
   maxFrameBytes: number;
   /** Answers' text payloads of this many bytes or more are made into strings only when read (memory-limit.ts `lazyTextFrom` of the memory limit). */
   lazyTextFrom: number;
@@ -211,6 +231,8 @@ export type LinkPhase = 'connecting' | 'open' | 'retiring' | 'down' | 'retired';
 export interface LinkPort {
   readonly phase: LinkPhase;
   readonly inflight: Inflight<ProxyRequest>;
+  /** Its tries kept past their try timeout for their answer (`keepTry`), apart from `inflight`; none on an old JSON server's link. */
+  readonly kept?: Inflight<ProxyRequest>;
   /** Reads of answers so far (a sign of life), or -1 when the link has no connection of its own to count. */
   readonly reads: number;
   /** It holds more bytes unwritten than it may (its server reads too slowly): it takes no new request until the server reads them. */
@@ -244,8 +266,8 @@ export type LinkCommand =
   | { type: 'EXPIRE'; now: number }
   | { type: 'RETIRE' }
   | { type: 'RESET_FAILURES' }
-  /** A reload changed the timeouts: tries started from now on use these. */
-  | { type: 'RETUNE'; timeoutMs: number; tryTimeoutMs: number };
+  /** A reload changed the timeouts (or `hedge_on_try_timeout`): tries started from now on use these. */
+  | { type: 'RETUNE'; timeoutMs: number; tryTimeoutMs: number; hedge: boolean };
 
 /** What a link tells the proxy. */
 export type LinkReport =
@@ -266,6 +288,25 @@ export type LinkReport =
 /** A try ends at the try timeout, and never after the request's own deadline; a final try (`finalTry`) at that deadline. */
 export function tryDeadline(link: Pick<LinkInput, 'tryTimeoutMs' | 'timeoutMs'>, req: ProxyRequest, now: number): number {
   return req.finalTry ? deadline(link, req) : Math.min(now + link.tryTimeoutMs, deadline(link, req));
+}
+
+/**
+ * Whether a try given up at its try timeout is kept in flight for its answer (`hedge`), until the
+ * request's deadline: then its new deadline, else undefined. A server slower than the try timeout
+ * still answers it (the request went on to another member meanwhile, and the first answer wins):
+ * given up, three servers each slower than the try timeout left every request unanswered, TIMEOUT,
+ * though each did the work. A final try already runs to the deadline. A try whose request another
+ * answered is kept as well: its server still works on it, and its answer is dropped as such (`settle`).
+ */
+export function keepTry(link: Pick<LinkInput, 'hedge' | 'timeoutMs'>, req: ProxyRequest, now: number): number | undefined {
+  if (!link.hedge || req.finalTry) return undefined;
+  const end = deadline(link, req);
+  return end > now ? end : undefined;
+}
+
+/** Whether `req` waits on its kept tries alone (`keptOnly`) and none is left: what ended the last one answers it. */
+export function lastKept(req: ProxyRequest): boolean {
+  return req.keptOnly === true && !req.kept;
 }
 
 /** The words of a try that timed out: after the try timeout, or (a final try) at its request's deadline. */
@@ -300,7 +341,13 @@ export interface Tally {
  * handler's own `HANDLER_ERROR`: an answer, not a fault of the server), goes
  * to the client now; any other ERROR is kept in the tally for a retry.
  */
-export function settle(link: Pick<LinkInput, 'member' | 'logger' | 'reply'>, req: ProxyRequest, m: AckMsg | ErrorMsg, tally: Tally): void {
+export function settle(link: Pick<LinkInput, 'member' | 'logger' | 'reply'>, req: ProxyRequest, m: AckMsg | ErrorMsg, tally: Tally, kept = false): void {
+  if (kept) req.kept!--;
+  if (req.answered) {
+    // Another try of it answered first (one kept past its try timeout, or the retry that went on meanwhile).
+    logLateAnswer(link, m);
+    return;
+  }
   if (m.type === MsgType.ACK || m.code === ErrorCode.HANDLER_ERROR) {
     if (m.type === MsgType.ACK && link.logger.enabled('debug')) {
       link.logger.debug('ack', `Received a data message from server id ${link.member} payload ${m.payload}`, { server: link.member, client: m.destid, payload: m.payload });
@@ -308,6 +355,9 @@ export function settle(link: Pick<LinkInput, 'member' | 'logger' | 'reply'>, req
     tally.failures = 0;
     tally.answered++;
     link.reply(req, m, link.member);
+  } else if (kept && !lastKept(req)) {
+    // A kept try that failed while another try of it goes on: that one answers it.
+    return;
   } else if (m.code === ErrorCode.SHUTTING_DOWN) {
     // A draining server ran none of it: no fault of the server's, and safe to send elsewhere.
     (tally.unrun ??= []).push(req);
@@ -325,6 +375,18 @@ export function settle(link: Pick<LinkInput, 'member' | 'logger' | 'reply'>, req
     tally.lastFailure = m;
     (tally.failed ??= []).push(req);
   }
+}
+
+/**
+ * An answer to a request already answered (`ProxyRequest.answered`) is dropped: said at `warn` once,
+ * then once per interval with a count, per server.
+ */
+function logLateAnswer(link: Pick<LinkInput, 'member' | 'logger'>, m: AckMsg | ErrorMsg): void {
+  const id = link.member;
+  link.logger.repeated('warn', 'late_answer', id, 1, (n, span) => span
+    ? `Dropped ${fmt(n)} more late or repeated answer(s) from server id ${id} ${span}`
+    : `Dropped an answer (${m.type === MsgType.ACK ? 'ACK' : `ERROR ${m.code}`}, seq ${m.seq}) from server id ${id} to a request another server answered first: a try of it timed out (--try-timeout) and was kept in flight while it went on to another server (hedge_on_try_timeout), and the first answer of the two was the client's. A server this slow needs less load or a longer --try-timeout`,
+  { server: id, seq: m.seq });
 }
 
 /** Hands requests a link cannot finish back to the proxy, to be retried on another member. */

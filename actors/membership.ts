@@ -115,6 +115,7 @@ export function spawnLink(context: ProxyContext, entry: Member): void {
     clock: context.clock,
     timeoutMs: context.opts.timeoutMs,
     tryTimeoutMs: context.opts.tryTimeoutMs,
+    hedge: context.opts.hedgeOnTryTimeout,
     maxFrameBytes: context.opts.maxFrameBytes,
     lazyTextFrom: lazyTextFrom(context.opts.memoryLimit),
     busy: context.busy,
@@ -194,7 +195,7 @@ export function removeServer(context: ProxyContext, entry: Member, reason: strin
 export function applyReload(context: ProxyContext, opts: Opts): void {
   const was = context.opts;
   context.opts = { ...opts, port: was.port, host: was.host, tls: was.tls, busyPollUs: was.busyPollUs };
-  const { timeoutMs, tryTimeoutMs } = context.opts;
+  const { timeoutMs, tryTimeoutMs, hedgeOnTryTimeout: hedge } = context.opts;
   const revoked = new Map<string, number>();
   for (const entry of [...context.servers.values()]) {
     const denied = entry.source === 'registry'
@@ -204,7 +205,7 @@ export function applyReload(context: ProxyContext, opts: Opts): void {
       entry.registration?.conn.endWith(errorMsg(ErrorCode.UNAUTHORIZED, `registration revoked: ${denied}`));
       removeServer(context, entry, `its registration was revoked by a reload (${denied})`);
       revoked.set(entry.policy, (revoked.get(entry.policy) ?? 0) + 1);
-    } else entry.link.send({ type: 'RETUNE', timeoutMs, tryTimeoutMs });
+    } else entry.link.send({ type: 'RETUNE', timeoutMs, tryTimeoutMs, hedge });
   }
   for (const [policy, n] of revoked) {
     if (context.policies.get(policy)?.members.size) continue;

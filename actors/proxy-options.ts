@@ -38,6 +38,12 @@ export interface ProxyOptions {
   retries?: number;
   /** Timeout of one try, in ms. Default: the request timeout divided by (retries + 1). */
   tryTimeoutMs?: number;
+  /**
+   * A try given up at the try timeout stays in flight until the request's deadline, on a server of
+   * this project's (frames) wire: whichever of it and the tries after it answers first answers the
+   * client (Envoy's `hedge_on_per_try_timeout`). Default true.
+   */
+  hedgeOnTryTimeout?: boolean;
   /** A policy's retries of failed tries over the last 10 s may be this percentage of its requests over them, plus `minRetryRate` a second (retry-budget.ts). Default 20. */
   retryBudget?: number;
   /** Retries a second a policy may always make, whatever its retry budget. Default 10. */
@@ -231,6 +237,7 @@ export function resolveOptions(input: ProxyOptions): Opts {
     minRetryRate: input.minRetryRate ?? 10,
     retryOn: input.retryOn ?? RETRY_CONDITIONS,
     maxResets: input.maxResets ?? 2,
+    hedgeOnTryTimeout: input.hedgeOnTryTimeout ?? true,
     maxFrameBytes: input.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
     maxClientInflight: input.maxClientInflight ?? 4096,
     maxServerInflight: input.maxServerInflight ?? 1024,

@@ -91,11 +91,14 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
   const maxResets = context.opts.maxResets;
   let poisoned: ProxyRequest[] | undefined;
   for (const req of requests) {
+    // Answered meanwhile by a try kept past its try timeout on another member (`keepTry`): nothing left to do.
+    if (req.answered) continue;
     (req.tried ??= []).push(member);
     req.last = failure;
     if (reset) (req.downWith ??= []).push(member);
     const expired = deadline(context.opts, req) <= now;
     if (expired || req.tried.length > context.opts.retries) {
+      if (!expired && waitsOnKept(req)) continue;
       const finalCode = expired ? ErrorCode.TIMEOUT : failure.code;
       const why = expired ? `no answer within ${context.opts.timeoutMs} ms (last try: ${failure.message})` : `${failure.message}; tried ${req.tried.join(', ')}`;
       reply(req, errorMsg(finalCode, why));
@@ -103,6 +106,7 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
       continue;
     }
     if (!wanted) {
+      if (waitsOnKept(req)) continue;
       reply(req, (notWanted ??= errorMsg(failure.code, `${failure.message}; not retried: retry_on (--retry-on) leaves out ${cause}`)));
       failedNow++;
       continue;
@@ -115,11 +119,13 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
     const name = req.msg.privPoliId;
     const policy = context.policies.get(name);
     if (!couldServe(policy, req)) {
+      if (waitsOnKept(req)) continue;
       answerTriedAll(context, req, name);
       failedNow++;
       continue;
     }
     if (budget && !policy!.retryBudget.take(now, rules)) {
+      if (waitsOnKept(req)) continue;
       let held = (overBudget ??= new Map()).get(policy!);
       if (!held) overBudget.set(policy!, (held = { n: 0, answer: errorMsg(failure.code, `${failure.message}; not retried: ${budgetSpent(rules, policy!, now)}`) }));
       held.n++;
@@ -151,6 +157,19 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
       (n, span) => `${fmt(n)} request(s) failed after server id ${member}${span ? ` ${span}` : ''}: ${failure.message}`,
       { server: member, code: failure.code });
   }
+}
+
+/**
+ * Whether a request that would be answered with a failure now (no member left to try, its retries or
+ * the retry budget spent, `retry_on` leaving the failure out) waits for a try of it kept past its try
+ * timeout instead (`keepTry`): that try may still answer before the deadline, and its answer, its
+ * failure or the deadline then answers the request (`lastKept`). A policy of two servers, one down and
+ * the other slower than the try timeout, answered `TIMEOUT` at the try timeout, the answer dropped.
+ */
+function waitsOnKept(req: ProxyRequest): boolean {
+  if (!req.kept) return false;
+  req.keptOnly = true;
+  return true;
 }
 
 /** `the links of servers a and b went down while each held it`: the members a request was in flight on when their link went down. */
@@ -333,6 +352,8 @@ function makeDeliver(context: ProxyContext) {
     // the request's deadline. Members are counted, not looked at: one down or drained still counts, so
     // the rule is exact for a policy of one server, and costs nothing per request.
     const tried = req.tried?.length ?? 0;
+    // On another try now: it no longer waits on its kept ones alone.
+    if (req.keptOnly) req.keptOnly = false;
     req.finalTry = tried >= context.opts.retries || (context.policies.get(req.msg.privPoliId)?.members.size ?? 0) <= tried + 1;
     context.servers.get(member)!.traffic.sendOne(req);
   };
@@ -482,6 +503,11 @@ function sendWaiting(context: ProxyContext, policy: Policy, reqs: ProxyRequest[]
   let gone = 0;
   for (let i = 0; i < reqs.length; i++) {
     const req = reqs[i]!;
+    // Answered while it waited, by a try of it kept past its try timeout (`keepTry`): not sent again.
+    if (req.answered) {
+      send ??= reqs.slice(0, i);
+      continue;
+    }
     if (!req.client.conn.closed) {
       send?.push(req);
       continue;
@@ -628,6 +654,9 @@ export function makeReply(context: ProxyContext): Reply {
   const observer = context.observer?.answered ? context.observer : undefined;
   const clock = context.clock;
   return (req: ProxyRequest, answer: AckMsg | ErrorMsg, member?: string): void => {
+    // Once: a try kept past its try timeout and the try after it may both answer (`keepTry`), and what still held it is then done with it.
+    if (req.answered) return;
+    req.answered = true;
     const client = req.client;
     if (observer) {
       const conn = client.conn;
@@ -667,7 +696,10 @@ export function failRemaining(context: ProxyContext, stopped: boolean): void {
   const reply = context.reply;
   let n = 0;
   for (const entry of context.servers.values()) {
-    for (const p of entry.traffic.inflight.takeAll()) {
+    // Tries kept past their try timeout (`keepTry`) hold requests too: those that waited on them alone are answered here once.
+    const kept = entry.traffic.kept?.takeAll() ?? [];
+    for (const p of [...entry.traffic.inflight.takeAll(), ...kept]) {
+      if (p.req.answered) continue;
       reply(p.req, errorMsg(ErrorCode.SHUTTING_DOWN, 'the proxy shut down before the server answered'));
       n++;
     }

@@ -429,7 +429,7 @@ export const upstreamJsonMachine = setup({
     resetFailures: assign({ consecutiveFailures: 0 }),
     retune: assign(({ event }) => {
       assertEvent(event, 'RETUNE');
-      return { timeoutMs: event.timeoutMs, tryTimeoutMs: event.tryTimeoutMs };
+      return { timeoutMs: event.timeoutMs, tryTimeoutMs: event.tryTimeoutMs, hedge: event.hedge };
     }),
     /**
      * Put waiting requests on idle connections; decide whether the trial has

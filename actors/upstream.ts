@@ -21,11 +21,11 @@ import { errorMsg, MsgType, type AckMsg, type ErrorMsg, type Message, type PongM
 import type { Timer } from '../transport/clock.js';
 import { Connection } from '../transport/socket.js';
 import { LOOKUP_TIMEOUT_MS, whenReady } from '../transport/tls.js';
-import { Inflight } from './inflight.js';
+import { Inflight, type Pending } from './inflight.js';
 import { fmt } from './logger.js';
 import { RecentOutcomes } from './recent-outcomes.js';
 import {
-  closedByServer, describeLinkError, answersReports, leavingPong, leftReports, logForward, quoted, retryReport, settle, tryDeadline, tryTimedOut,
+  closedByServer, deadline as requestDeadline, describeLinkError, answersReports, keepTry, lastKept, leavingPong, leftReports, logForward, quoted, retryReport, settle, tryDeadline, tryTimedOut,
   type Failure, type LinkCommand, type LinkInput, type LinkPhase, type LinkPort, type LinkReport, type ProxyRequest, type SocketFactory, type Tally, type TryFailure,
 } from './link.js';
 
@@ -34,6 +34,12 @@ const PING_SEQ = 0;
 
 export interface UpstreamContext extends LinkInput {
   inflight: Inflight<ProxyRequest>;
+  /**
+   * Tries given up at their try timeout and kept for their answer until their request's deadline
+   * (`hedge`, `keepTry`), apart from `inflight`: the slots and the stall rule count what is in flight
+   * there, as before tries were kept. Swept by the proxy's sweeper as `inflight` is (one `busy` set).
+   */
+  kept: Inflight<ProxyRequest>;
   queue: ProxyRequest[];
   /** The traffic side of the link: how requests go out and answers come in while it is open. */
   traffic: LinkTraffic;
@@ -70,16 +76,21 @@ export class LinkTraffic implements LinkPort {
   /** How many requests its server runs at once, as its first PONG stated (`concurrency`); undefined: not said. */
   limit: number | undefined;
 
-  constructor(private readonly link: Pick<UpstreamContext, 'inflight' | 'clock' | 'tryTimeoutMs' | 'timeoutMs' | 'logger' | 'member' | 'policy' | 'reply' | 'queue' | 'budget' | 'registrationReads'>) {}
+  constructor(private readonly link: Pick<UpstreamContext, 'inflight' | 'kept' | 'clock' | 'tryTimeoutMs' | 'timeoutMs' | 'hedge' | 'logger' | 'member' | 'policy' | 'reply' | 'queue' | 'budget' | 'registrationReads'>) {}
 
   get inflight(): Inflight<ProxyRequest> {
     return this.link.inflight;
   }
 
+  get kept(): Inflight<ProxyRequest> {
+    return this.link.kept;
+  }
+
   /** New timeouts (a reload): the tries sent from now on use them. */
-  retune(timeoutMs: number, tryTimeoutMs: number): void {
+  retune(timeoutMs: number, tryTimeoutMs: number, hedge: boolean): void {
     this.link.timeoutMs = timeoutMs;
     this.link.tryTimeoutMs = tryTimeoutMs;
+    this.link.hedge = hedge;
   }
 
   get reads(): number {
@@ -127,8 +138,9 @@ export class LinkTraffic implements LinkPort {
     const upSeq = link.inflight.add(req, deadline, now);
     this.sentAt = now;
     if (link.logger.enabled('debug')) logForward(link, req);
-    // The server learns how long this try may take (its handler's signal fires then): time left, no shared clock needed.
-    req.msg.timeoutms = Math.max(0, Math.floor(deadline - now));
+    // The server learns how long its answer is waited for (its handler's signal fires then): time left, no shared
+    // clock needed. A try kept past its try timeout (`hedge`, `keepTry`) is waited for until the request's deadline.
+    req.msg.timeoutms = Math.max(0, Math.floor((link.hedge ? requestDeadline(link, req) : deadline) - now));
     const before = conn.pendingBytes;
     conn.send(req.msg, upSeq);
     // While the links hold more than their part, each request is written at once, not at the turn's end: a link
@@ -220,13 +232,15 @@ export class LinkTraffic implements LinkPort {
         this.said ??= closedByServer(link.member, m as ErrorMsg);
         continue;
       }
-      const p = link.inflight.take(m.seq);
+      let p = link.inflight.take(m.seq);
+      let kept = false;
+      // Off the hot path: only answers no request in flight waits for come here, a kept try's (`keepTry`) among them.
+      if (!p && link.kept.size > 0 && (p = link.kept.take(m.seq))) kept = true;
       if (!p) {
-        // Off the hot path: only answers no request waits for come here.
         logStray(link, m);
         continue;
       }
-      settle(link, p.req, m, tally);
+      settle(link, p.req, m, tally, kept);
       if (p.sentAt > newest) newest = p.sentAt;
     }
     this.answered += tally.answered;
@@ -282,6 +296,47 @@ function logStray(link: Pick<UpstreamContext, 'logger' | 'member' | 'tryTimeoutM
       : `Server id ${id} answered (${what}) with seq ${seq}, which the proxy never sent on its link: the answer was dropped and the request it meant will time out. Fix the server to answer each DATA with that DATA's seq (the proxy's own on the link, not the client's)`,
     { server: id, seq });
   }
+}
+
+/**
+ * Tries timed out at `now` (`expired`, out of `inflight`): kept for their answer until their request's
+ * deadline when they may be (`keepTry`); returns the requests to retry, those not answered already.
+ */
+function keepTimedOut(context: Pick<UpstreamContext, 'kept' | 'hedge' | 'timeoutMs'>, expired: Array<Pending<ProxyRequest>>, now: number): ProxyRequest[] {
+  const reqs: ProxyRequest[] = [];
+  for (const p of expired) {
+    const req = p.req;
+    const end = keepTry(context, req, now);
+    if (end !== undefined) {
+      p.deadline = end;
+      context.kept.put(p);
+      req.kept = (req.kept ?? 0) + 1;
+    }
+    if (!req.answered) reqs.push(req);
+  }
+  return reqs;
+}
+
+/**
+ * Kept tries that are over (their request's deadline came, or their link went down): the requests
+ * that waited on them alone (`lastKept`), unanswered, for the proxy to answer.
+ */
+function keptOver(entries: Array<Pending<ProxyRequest>>): ProxyRequest[] {
+  const out: ProxyRequest[] = [];
+  for (const p of entries) {
+    const req = p.req;
+    req.kept!--;
+    if (!req.answered && lastKept(req)) out.push(req);
+  }
+  return out;
+}
+
+/** The requests a link that went down or left hands back: those in flight on it, and those that waited on a try of theirs it kept (`keptOver`); not those answered meanwhile. */
+function liveTries(context: Pick<UpstreamContext, 'inflight' | 'kept'>): ProxyRequest[] {
+  const reqs: ProxyRequest[] = [];
+  for (const p of context.inflight.takeAll()) if (!p.req.answered) reqs.push(p.req);
+  if (context.kept.size > 0) reqs.push(...keptOver(context.kept.takeAll()));
+  return reqs;
 }
 
 export type UpstreamEvent =
@@ -423,12 +478,18 @@ export const upstreamMachine = setup({
     }),
     expire: enqueueActions(({ context, event, enqueue, self }) => {
       assertEvent(event, 'EXPIRE');
-      const expired = context.inflight.takeExpired(event.now);
-      if (expired.length === 0) return;
-      const failures = (context.traffic.failures += expired.length);
-      context.traffic.recent.add(event.now, 0, expired.length);
+      const now = event.now;
+      // Kept tries whose request's deadline came: those that it waited on alone end it (TIMEOUT, as its last try's).
+      const lapsed = context.kept.size > 0 ? keptOver(context.kept.takeExpired(now)) : [];
+      if (lapsed.length) {
+        const message = `server ${context.member} did not answer within the request's ${context.timeoutMs} ms (its try, kept past the ${context.tryTimeoutMs} ms try timeout, was all it had left)`;
+        enqueue.sendParent(retryReport(context.member, self.id, lapsed, { code: ErrorCode.TIMEOUT, message, cause: 'try-timeout' }, context.traffic.failures));
+      }
+      const reqs = keepTimedOut(context, context.inflight.takeExpired(now), now);
+      if (reqs.length === 0) return;
+      const failures = (context.traffic.failures += reqs.length);
+      context.traffic.recent.add(now, 0, reqs.length);
       context.traffic.checkLife();
-      const reqs = expired.map((p) => p.req);
       const final = reqs.every((r) => r.finalTry);
       const failure: TryFailure = { code: ErrorCode.TIMEOUT, message: tryTimedOut(context.member, context.tryTimeoutMs, final, context.timeoutMs), cause: 'try-timeout' };
       enqueue.sendParent(retryReport(context.member, self.id, reqs, failure, failures));
@@ -448,7 +509,8 @@ export const upstreamMachine = setup({
       assertEvent(event, 'RETUNE');
       context.timeoutMs = event.timeoutMs;
       context.tryTimeoutMs = event.tryTimeoutMs;
-      context.traffic.retune(event.timeoutMs, event.tryTimeoutMs);
+      context.hedge = event.hedge;
+      context.traffic.retune(event.timeoutMs, event.tryTimeoutMs, event.hedge);
     },
     /** Hand every unfinished request back to the proxy, with the reason. */
     notifyDown: sendParent(({ context, self }) => ({
@@ -456,12 +518,12 @@ export const upstreamMachine = setup({
       member: context.member,
       linkId: self.id,
       failure: context.lastError ?? { code: ErrorCode.UPSTREAM_FAILED, message: 'connection lost' },
-      requests: context.inflight.takeAll().map((p) => p.req),
+      requests: liveTries(context),
       unsent: context.queue.splice(0),
     })),
     /** A retired link's unfinished requests go back to be routed elsewhere. */
     returnQueue: enqueueActions(({ context, enqueue, self }) => {
-      for (const r of leftReports(context.member, self.id, context.inflight.takeAll().map((p) => p.req), context.queue.splice(0))) enqueue.sendParent(r);
+      for (const r of leftReports(context.member, self.id, liveTries(context), context.queue.splice(0))) enqueue.sendParent(r);
     }),
   },
   guards: {
@@ -491,7 +553,7 @@ export const upstreamMachine = setup({
 }).createMachine({
   id: 'upstream',
   context: ({ input, self }) => {
-    const link = { ...input, inflight: new Inflight<ProxyRequest>(input.busy, self), queue: [] as ProxyRequest[] };
+    const link = { ...input, inflight: new Inflight<ProxyRequest>(input.busy, self), kept: new Inflight<ProxyRequest>(input.busy, self), queue: [] as ProxyRequest[] };
     return { ...link, traffic: new LinkTraffic(link) };
   },
   invoke: {

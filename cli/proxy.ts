@@ -52,6 +52,7 @@ function proxyOptions(): Option[] {
     new Option('--token <secret>', 'registration secret every server must present').env('REVPROXY_TOKEN'),
     new Option('--tokens <file>', 'per-policy registration secrets (YAML: policy: secret); policies not in it take --token, or no registrations; re-read on SIGHUP'),
     new Option('--retry-on <conditions>', RETRY_ON_DOC).argParser(parseList('--retry-on', `conditions (${RETRY_CONDITIONS.join(', ')})`, 'reset,overloaded', (e) => ((RETRY_CONDITIONS as readonly string[]).includes(e) ? undefined : `'${e}' is not one`))),
+    new Option('--no-hedge-on-try-timeout', "give a try up at --try-timeout, its answer dropped if it comes later; by default it stays in flight until the request's deadline while the request goes on to another server, and the first answer of either is the client's (hedge_on_try_timeout in the file)"),
     new Option('--proxy-protocol-from <sources>', PROXY_PROTOCOL_FROM_DOC).argParser(parseList('--proxy-protocol-from', 'addresses or networks', '10.0.0.5,10.1.0.0/16', badTrustedSource)),
     new Option('--old-server-connections <n>', `most connections to each old (JSON) server, one request on each at a time; it gets more than one only once it answers that many at once (default: ${OLD_SERVER_DEFAULTS.connections})`).argParser(parseIntOption('--old-server-connections', 1)),
     new Option('--log-level <level>', 'least severe log level written (debug adds a line per request, with payloads) (default: info)').choices(LEVELS),
@@ -94,6 +95,7 @@ function configFromFlags(cmd: Command): ProxyConfig {
   if (given('tokens')) c.tokens_file = abs(o.tokens);
   if (given('proxyProtocolFrom')) c.proxy_protocol_from = o.proxyProtocolFrom;
   if (given('retryOn')) c.retry_on = o.retryOn;
+  if (o.hedgeOnTryTimeout === false) c.hedge_on_try_timeout = false;
   if (given('oldServerConnections')) c.old_server_connections = o.oldServerConnections;
   const log: Record<string, unknown> = {};
   if (given('logLevel')) log.level = o.logLevel;

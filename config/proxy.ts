@@ -180,6 +180,9 @@ export function badPolicy(p: string): string | undefined {
 const policy = refine(name, badPolicy);
 const trustedSource = refine(text, badTrustedSource);
 
+/** What `hedge_on_try_timeout` (`--no-hedge-on-try-timeout`) does, for the help text and docs/CONFIG.md. */
+export const HEDGE_DOC = "a try given up at try_timeout stays in flight until the request's deadline while the request goes on to another server, and the first answer of either is the client's (Envoy's hedge_on_per_try_timeout); servers of this project's wire only (an old JSON server's try is given up)";
+
 /** What `retry_on` (`--retry-on`) does, for the help text and docs/CONFIG.md. */
 export const RETRY_ON_DOC = `how a try may have failed for its request to be sent to another server (within retries and retry_budget): ${RETRY_CONDITIONS.join(', ')} (the server's link went down or it left; no answer within the try timeout; it answered OVERLOADED, TIMEOUT, or another error); a request that never reached a server goes again whatever this says (default: all of them)`;
 
@@ -206,6 +209,7 @@ const otherFields = {
   tokens_file: opt(path, 'a YAML file of per-policy secrets (--tokens)'),
   proxy_protocol_from: opt(list(trustedSource), PROXY_PROTOCOL_FROM_DOC),
   retry_on: opt(list(oneOf(RETRY_CONDITIONS)), RETRY_ON_DOC),
+  hedge_on_try_timeout: opt(flag, HEDGE_DOC),
   old_server_connections: opt(whole('connections to one old (JSON) server', 1), 'connections opened to each old (JSON) server, one request on each at a time'),
   tls: opt(object('tls', {
     cert: opt(path, 'PEM certificate the proxy presents (with key): turns TLS on'),
@@ -346,6 +350,7 @@ export function toRuntime(c: ProxyConfig): Runtime {
   if (c.tokens_file) options.tokens = loadTokens(c.tokens_file);
   if (c.proxy_protocol_from !== undefined) options.proxyProtocolFrom = c.proxy_protocol_from;
   if (c.retry_on !== undefined) options.retryOn = retryOnOf(c.retry_on);
+  if (c.hedge_on_try_timeout !== undefined) options.hedgeOnTryTimeout = c.hedge_on_try_timeout;
   if (c.old_server_connections !== undefined) options.oldServers = { connections: c.old_server_connections };
   const tls = c.tls ? tlsFromFlags({ tlsCert: c.tls.cert, tlsKey: c.tls.key, tlsCa: c.tls.ca }) : undefined;
   if (tls?.cert) options.tls = tls;
@@ -596,6 +601,7 @@ const OTHER_RELOAD: Record<keyof typeof otherFields, Reload> = {
   tokens_file: 'live',
   proxy_protocol_from: 'new',
   retry_on: 'live',
+  hedge_on_try_timeout: 'live',
   old_server_connections: 'new',
   tls: 'new',
   log: 'live',
@@ -623,6 +629,7 @@ export function effective(c: ProxyConfig): ProxyConfig {
   out.host = resolved.host;
   out.old_server_connections = c.old_server_connections ?? (resolved.oldServers as { connections: number }).connections;
   out.retry_on = resolved.retryOn;
+  out.hedge_on_try_timeout = c.hedge_on_try_timeout ?? resolved.hedgeOnTryTimeout;
   const log = c.log ?? {};
   out.log = {
     level: log.level ?? 'info', format: log.format ?? 'text', color: log.color ?? true, summary_interval: log.summary_interval ?? SUMMARY_INTERVAL_MS,

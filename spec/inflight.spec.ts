@@ -62,4 +62,23 @@ test('wasSent tells a seq the table handed out (answered, expired or in flight) 
   assert.not.ok(t.wasSent(0), 'never 0: the seq of PINGs');
 });
 
+test('put takes in entries another table handed out (a link\'s kept tries): found by their seq, expired by their deadline, in the busy set while any is there', () => {
+  const busy = new Set<Inflight<string>>();
+  const main = new Inflight<string>();
+  const kept = new Inflight<string>(busy);
+  const seqs = Array.from({ length: 40 }, (_, i) => main.add(`r${i}`, 10 + i));
+  // Every other one timed out and is kept, until a later deadline; the table grows past its 16 slots.
+  for (const p of main.takeExpired(49)) if (p.upSeq % 2 === 0) kept.put({ ...p, deadline: 100 + p.upSeq });
+  assert.is(kept.size, 20);
+  assert.ok(busy.has(kept));
+  assert.is(kept.oldestDeadline(), 102);
+  assert.is(seqs[2], 3);
+  assert.is(kept.take(3), undefined, 'an odd one was not kept');
+  assert.is(kept.take(2)?.req, 'r1');
+  assert.equal(kept.takeExpired(110).map((p) => p.req), ['r3', 'r5', 'r7', 'r9']);
+  assert.is(kept.size, 15);
+  kept.takeAll();
+  assert.not.ok(busy.has(kept));
+});
+
 test.run();

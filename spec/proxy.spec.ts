@@ -774,6 +774,47 @@ finalTry('runs to the request\'s deadline, not the try timeout: a policy of one 
   assert.ok(Date.now() - started >= 1400, `answered at the deadline (${Date.now() - started} ms), not the try timeout`);
 });
 
+const hedged = fresh('a try kept past its try timeout', { timeoutMs: 1500 });
+
+hedged('stays in flight until the deadline while the request goes on (hedge_on_try_timeout, the default): three servers each taking 800 ms, past the 500 ms try timeout, answer every request, once; the later answers are dropped and said', async () => {
+  // Given up at the try timeout, each try's answer was dropped as late, and every request was answered
+  // TIMEOUT: tries at 0, 500 and 1000 ms, the last waited for until 1500, each server's answer 800 ms on.
+  for (const id of ['a', 'b', 'c']) await addServer(id, 'SLOW', 'normal', 800);
+  const started = Date.now();
+  const answers = await runClient({ id: 'c1', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('SLOW', 3), window: 1, timeoutMs: 5000 });
+  assert.equal(answers.map((r) => r.correct), [true, true, true], JSON.stringify(answers));
+  // Each answered by its first try, kept (800 ms), not by a retry (1300 ms or later).
+  assert.ok(Date.now() - started < 3 * 1300, `answered at ${Date.now() - started} ms for three`);
+  await eventually(() => ctx.logs.some((l) => l.event === 'late_answer'), 2000, 'the retries\' answers dropped');
+  const late = ctx.logs.find((l) => l.event === 'late_answer')!.msg;
+  assert.match(late, /to a request another server answered first: a try of it timed out \(--try-timeout\) and was kept in flight while it went on to another server \(hedge_on_try_timeout\)/, late);
+  assert.not.ok(ctx.logs.some((l) => l.event === 'request_failed'), JSON.stringify(ctx.logs.filter((l) => l.level !== 'debug')));
+});
+
+const keptAlone = fresh('a try kept when no retry follows', { timeoutMs: 1500, retryOn: ['reset'] });
+
+keptAlone('a request that would get its timed-out try\'s failure (retry_on leaves try-timeout out) waits for that kept try instead: answered at 800 ms; a silent one is answered TIMEOUT at the deadline, not the try timeout', async () => {
+  // It was answered TIMEOUT at the try timeout (500 ms), "not retried: retry_on (--retry-on) leaves out try-timeout", the answer dropped.
+  for (const id of ['a', 'b']) await addServer(id, 'SLOW', 'normal', 800);
+  const slow = await runClient({ id: 'c1', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('SLOW', 2), window: 1, timeoutMs: 5000 });
+  assert.equal(slow.map((r) => r.correct), [true, true], JSON.stringify(slow));
+  for (const id of ['m1', 'm2']) await addServer(id, 'MUTE', 'silent');
+  const started = Date.now();
+  const mute = await runClient({ id: 'c2', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('MUTE', 1), timeoutMs: 5000 }).catch((e: unknown) => e);
+  const text = JSON.stringify(mute instanceof Error ? mute.message : mute);
+  assert.match(text, /TIMEOUT/);
+  assert.match(text, /did not answer within the request's 1500 ms \(its try, kept past the 500 ms try timeout, was all it had left\)/);
+  assert.ok(Date.now() - started >= 1400, `answered at the deadline (${Date.now() - started} ms), not the try timeout`);
+});
+
+const unhedged = fresh('a try given up at its try timeout', { timeoutMs: 1500, hedgeOnTryTimeout: false });
+
+unhedged('with hedge_on_try_timeout off, three servers each slower than the try timeout answer nothing in time: TIMEOUT', async () => {
+  for (const id of ['a', 'b', 'c']) await addServer(id, 'SLOW', 'normal', 800);
+  const r = await runClient({ id: 'c1', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('SLOW', 1), timeoutMs: 5000 }).catch((e: unknown) => e);
+  assert.match(JSON.stringify(r instanceof Error ? r.message : r), /TIMEOUT/);
+});
+
 const ipv6 = fresh('a proxy on IPv6', { host: '::1' });
 
 ipv6('a server registering over IPv6 (frames or the JSON wire) while it listens on 127.0.0.1 (the default) is told the proxy cannot reach it and what to run; one listening on ::1 is served', async () => {
@@ -820,6 +861,9 @@ drainDefault.run();
 lastWord.run();
 idle.run();
 finalTry.run();
+hedged.run();
+keptAlone.run();
+unhedged.run();
 ipv6.run();
 
 // The proxy's clock is manual: a client's frame timeout (10 s) passes when the test moves it.

@@ -167,16 +167,28 @@ on('without upstream-failed: what a failing server answers goes to the client af
   assert.equal(counts, { retried: 0, refused: 0 });
 });
 
-on('without try-timeout: a silent server\'s request is answered TIMEOUT at its try timeout, not sent on', async (ctx) => {
-  ctx.proxy = await startProxy({ port: 0, timeoutMs: 3000, tryTimeoutMs: 200, ejectAfter: 1_000_000, retryOn: ['reset', 'overloaded', 'timeout', 'upstream-failed'] });
-  const proxy = { host: LOCAL, port: ctx.proxy.port };
-  ctx.servers.push(await startServer({ id: 'mute', policy: 'P', listenPort: 0, proxy, behaviour: 'silent' }));
-  ctx.servers.push(await startServer({ id: 'good', policy: 'P', listenPort: 0, proxy }));
-  await eventually(() => ctx.proxy!.pools().P?.serving.length === 2, 3000, 'both servers serving P');
-  const results = await runClient({ id: 'c', proxy, packets: [{ srcid: 'c', privPoliId: 'P', payload: 'v' }], window: 1 });
-  assert.is(results[0]!.error, 'TIMEOUT');
-  assert.match(results[0]!.message!, /^server mute did not answer within 200 ms; not retried: retry_on \(--retry-on\) leaves out try-timeout$/);
-  assert.ok(results[0]!.latencyMs! < 1500, `answered at the try timeout, not the request's: ${results[0]!.latencyMs} ms`);
+on('without try-timeout: a silent server\'s request is not sent on; it waits for its try, kept (hedge_on_try_timeout), until the deadline, or with hedging off is answered TIMEOUT at its try timeout', async (ctx) => {
+  for (const hedge of [true, false]) {
+    ctx.proxy = await startProxy({ port: 0, timeoutMs: 1500, tryTimeoutMs: 200, ejectAfter: 1_000_000, retryOn: ['reset', 'overloaded', 'timeout', 'upstream-failed'], hedgeOnTryTimeout: hedge });
+    const proxy = { host: LOCAL, port: ctx.proxy.port };
+    const mute = await startServer({ id: 'mute', policy: 'P', listenPort: 0, proxy, behaviour: 'silent' });
+    const good = await startServer({ id: 'good', policy: 'P', listenPort: 0, proxy });
+    await eventually(() => ctx.proxy!.pools().P?.serving.length === 2, 3000, 'both servers serving P');
+    // Round robin: the first request goes to the first member to register (mute).
+    const results = await runClient({ id: 'c', proxy, packets: [{ srcid: 'c', privPoliId: 'P', payload: 'v' }], window: 1, timeoutMs: 5000 });
+    assert.is(results[0]!.error, 'TIMEOUT');
+    if (hedge) {
+      assert.match(results[0]!.message!, /^no answer within 1500 ms \(last try: server mute did not answer within the request's 1500 ms \(its try, kept past the 200 ms try timeout, was all it had left\)\)$/);
+      assert.ok(results[0]!.latencyMs! >= 1400, `answered at the deadline: ${results[0]!.latencyMs} ms`);
+    } else {
+      assert.match(results[0]!.message!, /^server mute did not answer within 200 ms; not retried: retry_on \(--retry-on\) leaves out try-timeout$/);
+      assert.ok(results[0]!.latencyMs! < 1000, `answered at the try timeout, not the request's: ${results[0]!.latencyMs} ms`);
+    }
+    await mute.stop();
+    await good.stop();
+    await ctx.proxy.stop();
+    ctx.proxy = undefined;
+  }
 });
 
 on('in the file: a YAML list, run in one order, so a reload that only reorders it or writes the default changes nothing', () => {
