@@ -7,7 +7,7 @@ import { bracketHint, DEFAULT_PROXY_PORT, hostPort } from '../transport/address.
 import { UsageError } from '../transport/errors.js';
 import { tlsFromFlags, type LoadedCert } from '../config/files.js';
 import { expiryWarning } from '../transport/tls.js';
-import { badListenHost, EMPTY_HOST_HINT, unbracket } from '../config/proxy.js';
+import { badListenHost, EMPTY_HOST_HINT, listenAddress, unbracket } from '../config/proxy.js';
 import { nearest } from '../config/schema.js';
 import { isRegistryUrl, parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 
@@ -133,7 +133,7 @@ export function hostParser(portFlag: string): (value: string) => string {
     const bad = badListenHost(value);
     if (bad === 'empty') throw new InvalidArgumentError(`--host takes an address to listen on, got an empty one: ${EMPTY_HOST_HINT}`);
     if (bad === 'port') throw new InvalidArgumentError(`--host takes an address without a port, got '${value}': give the port with ${portFlag}`);
-    return unbracket(value);
+    return listenAddress(value);
   };
 }
 

@@ -5,6 +5,10 @@
  * and inspection logs) and SIGUSR1 (reopen those logs only). SIGTERM, SIGINT and SIGQUIT drain.
  */
 import { accessSync, constants, lstatSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { lookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
+import { networkInterfaces } from 'node:os';
+import { setTimeout as wait } from 'node:timers/promises';
 import { dirname, resolve as resolvePath } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { startProxy, type ProxyHandle } from '../actors/index.js';
@@ -219,7 +223,8 @@ Example:
       const memory = proxyBudgetNote(resolved);
       const conns = proxyConnectionsNote(resolved);
       if (conns) process.stdout.write(`revproxy: ${conns.message}\n`);
-      const warnings = [files?.message, memory?.level === 'warn' ? memory.message : undefined, rt.admin && adminInsecure(rt.admin), ...rt.certs.map((c) => expiryWarning(c.role, c.file, c))].filter(Boolean);
+      const listen = await Promise.all([listenWarning('host', resolved.host), rt.admin ? listenWarning('the admin endpoint\'s host', rt.admin.host) : undefined]);
+      const warnings = [...listen, files?.message, memory?.level === 'warn' ? memory.message : undefined, rt.admin && adminInsecure(rt.admin), ...rt.certs.map((c) => expiryWarning(c.role, c.file, c))].filter(Boolean);
       for (const w of warnings) process.stderr.write(`revproxy: warning: ${w}\n`);
       process.stdout.write(`revproxy: ${file ? `the configuration file ${file}` : 'the configuration'} is valid (${Object.values(cfg).filter((v) => v !== undefined).length} setting(s); the files it names can be used)\n`);
       setExit(0);
@@ -561,6 +566,33 @@ function poolReadiness(policies: readonly string[], pools: ReturnType<ProxyHandl
   }
   return out;
 }
+
+/**
+ * What `--check` says of an address a start would listen on that it cannot here (`--check` binds
+ * nothing, as `nginx -t` and `haproxy -c` do not): a name that does not resolve, or an address no
+ * interface of this machine has (EADDRNOTAVAIL at start). A warning, not an error: the configuration
+ * may be checked on another machine than the one it is for.
+ */
+export async function listenWarning(what: string, host: string): Promise<string | undefined> {
+  if (host === '0.0.0.0' || host === '::' || isLoopback(host) || host.includes('%')) return undefined;
+  let addresses: string[];
+  if (isIP(host) !== 0) addresses = [host];
+  else {
+    const lookedUp = await Promise.race([
+      lookup(host, { all: true }).then((r) => r.map((a) => a.address), (err: NodeJS.ErrnoException) => err),
+      wait(LOOKUP_WAIT_MS, undefined, { ref: false }),
+    ]);
+    if (lookedUp === undefined) return `${what} ${host} did not resolve within ${LOOKUP_WAIT_MS / 1000} s here: a start here may fail to listen`;
+    if (lookedUp instanceof Error) return `${what} ${host} does not resolve here (${lookedUp.code ?? lookedUp.message}): a start here fails to listen; give an address of this machine, or 0.0.0.0 or :: for every address`;
+    addresses = lookedUp;
+  }
+  const mine = new Set(Object.values(networkInterfaces()).flatMap((list) => (list ?? []).map((a) => a.address)));
+  if (addresses.some((a) => isLoopback(a) || mine.has(a))) return undefined;
+  return `${what} ${host}${addresses[0] === host ? '' : ` (${addresses.join(', ')})`} is not an address of this machine: a start here fails to listen (EADDRNOTAVAIL); give one of its addresses (${[...mine].join(', ')}), or 0.0.0.0 or :: for every address`;
+}
+
+/** How long `--check` waits for a listen address's name to resolve (`listenWarning`). */
+const LOOKUP_WAIT_MS = 3000;
 
 /** The warn line for an admin endpoint other machines can reach with no token (a start logs it, `--check` prints it), or undefined. */
 function adminInsecure(admin: { host: string; token?: string }): string | undefined {

@@ -126,6 +126,16 @@ export function defaultOf(key: NumberKey): string {
 /** What to give instead of an empty listen address (Node would listen on every address). */
 export const EMPTY_HOST_HINT = 'give 127.0.0.1 (this machine only), or 0.0.0.0 or :: to listen on every address';
 
+/**
+ * A listen address as given, as Node takes it: `[::1]` as ::1 (`unbracket`), and `*` as 0.0.0.0, every
+ * IPv4 address, as HAProxy's `bind *:80` and nginx's `listen *:80` mean it (Node took it for a host name
+ * and failed: getaddrinfo ENOTFOUND *).
+ */
+export function listenAddress(host: string): string {
+  const h = unbracket(host);
+  return h.trim() === '*' ? '0.0.0.0' : h;
+}
+
 /** `[::1]` as the address it brackets (::1), as a URL writes it; anything else as it is. */
 export function unbracket(host: string): string {
   return /^\[([^\]]+)\]$/.exec(host.trim())?.[1] ?? host;
@@ -152,7 +162,7 @@ const listenHost: Schema<string> = {
       return bad === 'empty' ? `expected an address to listen on, got an empty string: ${EMPTY_HOST_HINT}` : bad === 'port' ? `expected an address without a port, got '${t}': give the port with port (--port)` : undefined;
     };
     const v = refine(text, why).read(node, at, ctx);
-    return v === INVALID ? v : unbracket(v);
+    return v === INVALID ? v : listenAddress(v);
   },
 };
 
@@ -163,7 +173,7 @@ const path = refine(text, (t) => (t.length === 0 ? 'expected a file path, got an
 export function parseHostPort(value: string): { host: string; port: number } | undefined {
   const m = /^(?:\[([^\]]+)\]|([^:\s]+)):(\d{1,5})$/.exec(value) ?? /^()()(\d{1,5})$/.exec(value);
   if (!m || Number(m[3]) > 65535) return undefined;
-  return { host: m[1] || m[2] || '127.0.0.1', port: Number(m[3]) };
+  return { host: listenAddress(m[1] || m[2] || '127.0.0.1'), port: Number(m[3]) };
 }
 const etcdUrl = scalar('etcd://HOST:PORT (a comma-separated list for several etcd members; etcds:// for TLS)', (v) => {
   try {

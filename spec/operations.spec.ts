@@ -225,6 +225,25 @@ config('--check prints the warning a start logs for an admin endpoint other mach
   assert.not.match(quiet.out.join('\n'), /admin endpoint listens/);
 });
 
+config("'*' listens on every IPv4 address, as HAProxy's bind *:80 and nginx's listen *:80 mean it (the proxy, its admin endpoint, a server); --check warns of a listen address this machine does not have or cannot resolve, and still passes", async () => {
+  // Node took '*' for a host name: the start failed `getaddrinfo ENOTFOUND *` after --check had said it was valid.
+  const star = await proxyWithConfig(write('star.yaml', "port: 0\nhost: '*'\ntoken: a-long-secret\nadmin:\n  listen: '*:0'\n"));
+  assert.match(star.proc.out.join('\n'), /Running the reverse proxy on port \d+ at 0\.0\.0\.0 \(every address\)/);
+  assert.match(star.admin, /^http:\/\/0\.0\.0\.0:\d+\/$/);
+  star.proc.kill();
+  const srv = revproxy(['server', '--host', '*', '--id', 's', '--policy', 'P', '--revproc', '127.0.0.1:1']);
+  await srv.waitFor(/Listening on port \d+ at 0\.0\.0\.0/);
+  srv.kill();
+  const elsewhere = revproxy(['proxy', '--check', '--host', '192.0.2.123', '--admin', 'no-such-name.invalid:9100', '--admin-token', 'a-long-secret']);
+  assert.is(await elsewhere.exited, 0, elsewhere.out.join('\n'));
+  const said = elsewhere.out.join('\n');
+  assert.match(said, /revproxy: warning: host 192\.0\.2\.123 is not an address of this machine: a start here fails to listen \(EADDRNOTAVAIL\); give one of its addresses \(127\.0\.0\.1, /);
+  assert.match(said, /revproxy: warning: the admin endpoint's host no-such-name\.invalid (does not resolve here \((ENOTFOUND|EAI_AGAIN)\)|did not resolve within 3 s)/);
+  const here = revproxy(['proxy', '--check', '--host', '0.0.0.0', '--token', 'a-long-secret', '--admin', 'localhost:9100']);
+  assert.is(await here.exited, 0);
+  assert.not.match(here.out.join('\n'), /warning/);
+});
+
 config('--check does not create the log files it checks: run as root (as nginx -t is), it made an access log owned by root that the service\'s user could not open', async () => {
   const folder = join(ctx.dir, 'logs-here');
   mkdirSync(folder);
