@@ -10,10 +10,12 @@ import { fromCallback } from 'xstate';
 import type { BufferBudget } from '../transport/budget.js';
 import type { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
-import { MsgType, type DataMsg, type Message } from '../transport/messages.js';
+import { errorMsg, MsgType, type DataMsg, type Message } from '../transport/messages.js';
+import { encodeJson, startsJson } from '../transport/json.js';
+import { peerAddress } from '../transport/address.js';
 import { Connection, ConnectionTimeout, READ_SLICE, sendTogether, type MessageSink } from '../transport/socket.js';
 import { listenOn, listenServer, renewTls, type TlsMaterial } from '../transport/tls.js';
-import { FORWARD_ROOM } from '../transport/frame.js';
+import { encodeFrame, FORWARD_ROOM } from '../transport/frame.js';
 import { STALL_MS, type Clock } from '../transport/clock.js';
 import type { Inflight, InflightCount } from './inflight.js';
 import { newPeer, type Peer, type ProxyRequest } from './link.js';
@@ -254,7 +256,10 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
           if (source && core.limits.tooFast(socket, source.address)) return;
           return secure ? handOverToTls(secure, toTls(socket), source, rest) : accept(socket, source, rest);
         }
-        if ('error' in outcome) logNoProxyHeader(input.logger, socket, outcome.error);
+        if ('error' in outcome) {
+          logNoProxyHeader(input.logger, socket, outcome.error);
+          return tellHeaderless(socket, outcome.first, input.clock);
+        }
         socket.destroy();
       });
     }, { allowHalfOpen: true });
@@ -387,3 +392,28 @@ export const drainWatch = fromCallback<ProxyEvent, { inflight: InflightCount }>(
 
 /** The `registry` actor without a registry: nothing. startProxy provides etcd's (registry/proxy-registry.ts) when one is given. */
 export const noRegistry = fromCallback<RegistryCommand, ProxyRegistryInput>(() => undefined);
+
+/**
+ * A connection from a trusted balancer's address that began with no PROXY header is told why in its
+ * own wire, when its first byte shows one (a frame's 0x00, the JSON wire's `{`), then closed: a
+ * `revproxy server` or client on that address (proxy_protocol_from: 127.0.0.1 shuts out this
+ * machine's own) logged only that the proxy closed its connection, over and over, while the proxy's
+ * log alone said why. Bytes still coming are read and dropped, so the close does not reset the
+ * answer away; the socket is destroyed once the peer closes, or a second later. Anything else (TLS's
+ * 0x16, a stranger's bytes) is closed at once.
+ */
+function tellHeaderless(socket: Socket, first: number | undefined, clock: Clock): void {
+  const frames = first === 0;
+  if (!frames && (first === undefined || !startsJson(first))) return void socket.destroy();
+  const addr = peerAddress(socket);
+  const answer = errorMsg(ErrorCode.BAD_REQUEST, `this proxy takes connections from ${addr} only when they begin with a PROXY protocol header: ${addr} is one of its balancers (proxy_protocol_from). Connect from another address; for a balancer on the proxy's own machine, its operator can give the balancer a source address of its own (HAProxy: source 127.0.0.5 on its server line) and list that one instead`);
+  socket.on('data', ignoreBytes);
+  const timer = clock.setTimeout(() => socket.destroy(), HEADERLESS_CLOSE_MS);
+  socket.once('close', () => timer.cancel());
+  socket.end(frames ? encodeFrame(answer) : encodeJson(answer));
+}
+
+/** How long a connection told it needed a PROXY header (`tellHeaderless`) is given to close its side. */
+const HEADERLESS_CLOSE_MS = 1000;
+
+const ignoreBytes = (): void => {};

@@ -232,7 +232,13 @@ test('a trusted source that sends no header, or too slowly, is closed with one l
   const bare = await dialFrom(BALANCER, ctx.port);
   bare.socket.write(frame({ type: MsgType.DATA, seq: 1, srcid: 'bare', privPoliId: '111', payload: 'x' }));
   await bare.got.until(() => bare.got.closed, 5000);
-  assert.is(bare.got.got.length, 0, 'nothing answered');
+  // Told why in its own wire (it began with a frame), not only closed.
+  const told = bare.got.got as Array<{ type: number; code?: string; message?: string; seq?: number }>;
+  assert.is(told.length, 1, JSON.stringify(told));
+  assert.is(told[0]!.type, MsgType.ERROR);
+  assert.is(told[0]!.code, 'BAD_REQUEST');
+  assert.is(told[0]!.seq, undefined);
+  assert.match(told[0]!.message!, /^this proxy takes connections from 127\.0\.0\.5 only when they begin with a PROXY protocol header: 127\.0\.0\.5 is one of its balancers \(proxy_protocol_from\)/);
   const { input: line } = await ctx.proxy!.waitFor(/Closed connection from 127\.0\.0\.5:\d+: bad PROXY protocol header: expected "PROXY " \(v1\) or the v2 signature first, got 00 00 00/);
   assert.match(line!, /must begin with a PROXY protocol header \(it is in proxy_protocol_from\): have the balancer send one \(HAProxy: send-proxy-v2/);
   const slow = await dialFrom('127.0.0.6', ctx.port);
@@ -242,6 +248,22 @@ test('a trusted source that sends no header, or too slowly, is closed with one l
   const direct = await dialFrom(LOCAL, ctx.port);
   await ask(direct, 'direct');
   direct.socket.destroy();
+});
+
+test('a server on a trusted address (proxy_protocol_from 127.0.0.1) is told, in its own log, why the proxy closes its registration; so is an old JSON peer', async () => {
+  // It logged only that the proxy closed the registration connection, again at each backoff; the proxy's log alone said why.
+  const { proc, port } = await proxyProcess(['--proxy-protocol-from', '127.0.0.1']);
+  const server = revproxy(['server', '-id', '100', '-pp', '111', '-listen', '0', '-revproc', String(port)]);
+  await server.waitFor(/this proxy takes connections from 127\.0\.0\.1 only when they begin with a PROXY protocol header: 127\.0\.0\.1 is one of its balancers \(proxy_protocol_from\)\. Connect from another address; for a balancer on the proxy's own machine/);
+  await proc.waitFor(/Closed connection from 127\.0\.0\.1:\d+: bad PROXY protocol header/);
+  const old = connect({ host: LOCAL, port });
+  const got: Buffer[] = [];
+  old.on('data', (b: Buffer) => got.push(b));
+  old.write('{"type": 1, "id": "OLD1", "privPolyId": "111", "listenport": 9}');
+  await new Promise((r) => old.once('close', r));
+  const text = Buffer.concat(got).toString();
+  assert.match(text, /"code": ?"BAD_REQUEST"/, text);
+  assert.match(text, /only when they begin with a PROXY protocol header/);
 });
 
 test('an untrusted address that sends a header is not believed: bad input, closed, naming what it sent', async (ctx) => {

@@ -13,7 +13,7 @@ import { ProxyHeaderReader, type ProxyHeader } from './proxy-header.js';
 import { ConnectionTimeout } from './socket.js';
 
 /** How waiting for a header ended: the header and the bytes after it; bad bytes or too slow (`error`); or the peer left first (`closed`). */
-export type HeaderOutcome = { header: ProxyHeader; rest: Buffer } | { error: ProtocolError | ConnectionTimeout } | { closed: true };
+export type HeaderOutcome = { header: ProxyHeader; rest: Buffer } | { error: ProtocolError | ConnectionTimeout; first?: number } | { closed: true };
 
 /** Socket errors while waiting: a 'close' follows each, and that ends the wait. */
 const ignore = (): void => {};
@@ -28,6 +28,8 @@ const ignore = (): void => {};
 export function awaitProxyHeader(socket: Socket, opts: { timeoutMs: number; clock: Clock }, done: (outcome: HeaderOutcome) => void): void {
   const reader = new ProxyHeaderReader();
   let timer: Timer | undefined;
+  // The connection's first byte, for an answer in the peer's own wire when what came is no header (`error`'s `first`).
+  let first: number | undefined;
   const finish = (outcome: HeaderOutcome): void => {
     socket.off('data', onData);
     socket.off('end', onGone);
@@ -37,8 +39,9 @@ export function awaitProxyHeader(socket: Socket, opts: { timeoutMs: number; cloc
     done(outcome);
   };
   const onData = (chunk: Buffer): void => {
+    if (first === undefined && chunk.length > 0) first = chunk[0];
     const r = reader.push(chunk);
-    if (!('need' in r)) finish(r);
+    if (!('need' in r)) finish('error' in r ? { error: r.error, first } : r);
   };
   const onGone = (): void => finish({ closed: true });
   socket.on('error', ignore);
