@@ -88,7 +88,8 @@ class Core {
   emit(level: Emitting, actor: string, event: string, msg: string, fields?: Record<string, unknown>): void {
     const out = this.out;
     if (out instanceof LogStream) out.write(level, actor, event, msg, fields);
-    else out({ time: new Date().toISOString(), level, actor, event, msg, ...fields });
+    // Keys in the order pino writes them (level, time, ...), as the proxy's and server's JSON lines have them.
+    else out({ level, time: new Date().toISOString(), actor, event, msg, ...fields });
   }
 
   repeated(level: Emitting, actor: string, event: string, key: string, count: number, describe: Describe, fields?: Record<string, unknown>): void {

@@ -187,7 +187,7 @@ export class ConnectionLimits {
     const { logger } = this;
     server.on('drop', () => {
       this.refused?.('max_connections');
-      logger.repeated('warn', 'conn_refused', '', 1, (n, span) => `Refused ${span ? `${fmt(n)} connections ${span}` : 'a connection'}: ${this.refusedWhy()}`, { limit: server.maxConnections });
+      logger.repeated('warn', 'conn_refused', '', 1, (n, span) => `Refused ${span ? `${fmt(n)} connection(s) ${span}` : 'a connection'}: ${this.refusedWhy()}`, { limit: server.maxConnections });
     });
   }
 
@@ -245,7 +245,7 @@ export class ConnectionLimits {
     if (limit && n > limit) {
       socket.on('error', ignore);
       this.refused?.('per_peer');
-      this.logger.repeated('warn', 'conn_refused', addr, 1, (k, span) => `Refused ${span ? `${fmt(k)} connections` : 'a connection'} from ${addr}${span ? ` ${span}` : ''}: it has ${limit} open (${this.names.perPeer}); raise ${this.names.perPeer} (0: no limit) if that address stands for many clients`, {
+      this.logger.repeated('warn', 'conn_refused', addr, 1, (k, span) => `Refused ${span ? `${fmt(k)} connection(s)` : 'a connection'} from ${addr}${span ? ` ${span}` : ''}: it has ${limit} open (${this.names.perPeer}); raise ${this.names.perPeer} (0: no limit) if that address stands for many clients`, {
         peer: addr, limit,
       });
       socket.destroy();
@@ -283,7 +283,7 @@ export class ConnectionLimits {
     if (rate <= limit) return false;
     socket.on('error', ignore);
     this.refused?.('conn_rate');
-    this.logger.repeated('warn', 'conn_refused', `${addr}\0rate`, 1, (k, span) => `Refused ${span ? `${fmt(k)} connections` : 'a connection'} from ${addr}${span ? ` ${span}` : ''}: it opens more than ${limit} a second (${this.names.connRate ?? 'its limit'}); it is let in again once it slows down. Raise ${this.names.connRate ?? 'it'} (0: no limit) if that address stands for many clients`, {
+    this.logger.repeated('warn', 'conn_refused', `${addr}\0rate`, 1, (k, span) => `Refused ${span ? `${fmt(k)} connection(s)` : 'a connection'} from ${addr}${span ? ` ${span}` : ''}: it opens more than ${limit} a second (${this.names.connRate ?? 'its limit'}); it is let in again once it slows down. Raise ${this.names.connRate ?? 'it'} (0: no limit) if that address stands for many clients`, {
       peer: addr, limit,
     });
     socket.destroy();
@@ -344,7 +344,7 @@ export function logTlsRefusals(server: Server, logger: Logger): void {
     const why = recogniseTlsRefusal(err.code)?.message ?? err.message;
     // A socket a trusted balancer handed over names its client in its PROXY header: that is who was refused, not the balancer.
     const addr = peerAddress(socket.remoteAddress !== undefined ? socket : tcpUnder(socket) ?? socket, proxiedClient(socket)?.address);
-    logger.repeated('warn', 'tls_refused', addr, 1, (n, span) => `Refused ${span ? `${fmt(n)} TLS connections` : 'a TLS connection'} from ${addr}${span ? ` ${span}` : ''}: ${why}`, { peer: addr, reason: err.message });
+    logger.repeated('warn', 'tls_refused', addr, 1, (n, span) => `Refused ${span ? `${fmt(n)} TLS connection(s)` : 'a TLS connection'} from ${addr}${span ? ` ${span}` : ''}: ${why}`, { peer: addr, reason: err.message });
   });
 }
 
@@ -389,7 +389,7 @@ export function httpPort(port: string, logger: Logger, listener: RequestListener
   server.maxConnections = HTTP_MAX_CONNECTIONS;
   server.on('drop', (from?: { remoteAddress?: string; remotePort?: number }) => {
     const peer = from?.remoteAddress ? peerName(from.remoteAddress, from.remotePort ?? 0) : 'a peer';
-    logger.repeated('warn', 'conn_refused', port, 1, (n, span) => `Refused ${span ? `${fmt(n)} connections to ${port} ${span}` : `a connection to ${port} from ${peer}`}: ${HTTP_MAX_CONNECTIONS} are open, the most it keeps (probes, scrapes and pages need a few; a connection that sends nothing is closed after ${HTTP_IDLE_TIMEOUT_MS / 1000} s). Look at what opens them`, { port, limit: HTTP_MAX_CONNECTIONS });
+    logger.repeated('warn', 'conn_refused', port, 1, (n, span) => `Refused ${span ? `${fmt(n)} connection(s) to ${port} ${span}` : `a connection to ${port} from ${peer}`}: ${HTTP_MAX_CONNECTIONS} are open, the most it keeps (probes, scrapes and pages need a few; a connection that sends nothing is closed after ${HTTP_IDLE_TIMEOUT_MS / 1000} s). Look at what opens them`, { port, limit: HTTP_MAX_CONNECTIONS });
   });
   return server;
 }

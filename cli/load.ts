@@ -223,7 +223,7 @@ function formatText(rep: LoadReport, f: LoadFlags): string {
   const lines = [
     `load: ${what}, ${shape}, to ${rep.targets.join(', ')}, policy ${rep.policies.join(', ')} (${rep.mode}${rep.rate !== null ? ` at ${fmt(rep.rate)} requests/s` : ''})`,
     `  requests    ${fmt(rep.sent)} sent, ${fmt(rep.ok)} answered right${rep.wrongHash ? `, ${fmt(rep.wrongHash)} with a wrong hash` : ''}${failed ? `, ${fmt(failed)} failed` : ''}`,
-    `  throughput  ${fmt(rep.rps)} requests/s over ${rep.seconds.toFixed(2)} s`,
+    `  throughput  ${fmt(rep.rps)} requests/s answered right over ${rep.seconds.toFixed(2)} s${rep.rps === 0 && failed ? ' (every answer failed: see errors)' : ''}`,
     ...(rep.unexpected
       ? [`  unexpected  ${fmt(rep.unexpected)} answer(s) to no request in flight, apart from the requests above: the target answered twice, or what was not asked - it is broken (first: ${rep.firstUnexpected})`]
       : []),
@@ -231,7 +231,7 @@ function formatText(rep: LoadReport, f: LoadFlags): string {
     ...(rep.closedAllAfterS === null ? [] : [`  ended       ${closedAll(rep)}`]),
     l.count
       ? `  latency ms  p50 ${ms(l.p50)}  p90 ${ms(l.p90)}  p99 ${ms(l.p99)}  p99.9 ${ms(l.p999)}  max ${ms(l.max)}  (${fmt(l.count)} requests of the window${rep.mode === 'open loop' ? ', from when each was due' : ''})`
-      : '  latency     no answers measured',
+      : `  latency     no right answer to measure${failed ? ' (latency is of right answers only)' : ''}`,
   ];
   const problems = Object.entries(rep.errors)
     .sort((a, b) => b[1] - a[1])

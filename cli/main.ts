@@ -222,7 +222,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     if (o.json) process.stdout.write(`${JSON.stringify(summarise(results, packets.map((p) => p.file)))}\n`);
     else if (results.length > 1 || ok < results.length) {
       const verified = results.filter((r) => r.correct).length;
-      const line = checked === results.length ? `${verified}/${results.length} answers verified` : `${ok}/${results.length} answered${checked ? `, ${verified} of ${checked} checked answers verified` : ' (answers not checked)'}`;
+      const line = checked === results.length ? `${verified}/${results.length} answers verified` : `${ok}/${results.length} answered${ok < results.length ? `, ${results.length - ok} failed` : ''}${checked ? `, ${verified} of ${checked} checked answers verified` : ok ? ' (answers not checked)' : ''}`;
       logger.info('summary', line, { verified, answered: ok, total: results.length });
     }
     setExit(ok === results.length ? 0 : 1);

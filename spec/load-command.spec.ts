@@ -266,7 +266,7 @@ test('a proxy that stops under load: the run ends when its last connection close
   const r = await run;
   s.kill('SIGKILL');
   assert.match(r.out, /ended +the target closed every connection [\d.]+ s into the run, which ended there/);
-  const over = Number(/requests\/s over ([\d.]+) s/.exec(r.out)?.[1]);
+  const over = Number(/requests\/s answered right over ([\d.]+) s/.exec(r.out)?.[1]);
   assert.ok(over < 60, r.out);
   assert.not.match(r.out, / 0 answered right/);
 });
@@ -306,6 +306,9 @@ test('a policy nobody serves: exit 1, NO_SERVER counted for every request, and t
   const t = await load(['--revproc', String(proxyPort), '--policy', 'nobody', '-n', '50']);
   assert.is(t.code, 1);
   assert.match(t.out, /NO_SERVER 50: no server of the policy is registered with the proxy: start one \(revproxy server --id 100 --pp nobody/);
+  // It said "0 requests/s" and "no answers measured" beside 50 answers, all of them errors.
+  assert.match(t.out, /throughput  0 requests\/s answered right over [\d.]+ s \(every answer failed: see errors\)/);
+  assert.match(t.out, /latency     no right answer to measure \(latency is of right answers only\)/);
 });
 
 test('a policy nobody serves on a proxy at another address: the words give that address to register with', async () => {
