@@ -415,11 +415,12 @@ export const upstreamJsonMachine = setup({
       context.traffic.recent.add(event.now, 0, missed.length);
       const gone = misses >= context.limits.missesToLeave ? `it stopped answering (${misses} tries in a row timed out with no answer from it meanwhile)` : undefined;
       enqueue.assign({ misses, consecutiveFailures: failures, gone });
-      const within = `within ${context.tryTimeoutMs} ms`;
+      // A final try waited until the request's deadline (`tryDeadline`), not the try timeout: its words say which.
+      const within = (reqs: ProxyRequest[]): string => (reqs.every((r) => r.finalTry) ? `within the request's ${context.timeoutMs} ms` : `within ${context.tryTimeoutMs} ms`);
       const reports: Array<[ProxyRequest[], string, TryCause]> = [
         [missed, tryTimedOut(context.member, context.tryTimeoutMs, missed.every((r) => r.finalTry), context.timeoutMs), 'try-timeout'],
-        [unread, `server ${context.member} did not answer ${within}, though it answered others meanwhile (it serves ${context.width} connection(s) at once)`, 'try-timeout'],
-        [waited, `server ${context.member} had no free connection ${within} (it serves ${context.width} connection(s) at once)`, 'unsent'],
+        [unread, `server ${context.member} did not answer ${within(unread)}, though it answered others meanwhile (it serves ${context.width} connection(s) at once)`, 'try-timeout'],
+        [waited, `server ${context.member} had no free connection ${within(waited)} (it serves ${context.width} connection(s) at once)`, 'unsent'],
       ];
       for (const [reqs, message, cause] of reports) {
         if (reqs.length) enqueue.sendParent(retryReport(context.member, self.id, reqs, { code: ErrorCode.TIMEOUT, message, cause }, failures));

@@ -159,6 +159,18 @@ oldThroughOurs("this project's server registered with --wire json answers severa
   assert.ok(Math.max(1, ...widths) >= 2, `the link widened past one connection (${JSON.stringify(widths)})`);
 });
 
+const oneConnection = fresh('an old server with one connection', { timeoutMs: 1000, oldServers: { connections: 1 } });
+
+oneConnection("a request that waited for a free connection on a final try says it waited the request's time, not the try timeout", async () => {
+  // The final try runs to the request's deadline (1000 ms), and the words named the try timeout (334 ms), which nothing waited.
+  ctx.servers.push(await startServer({ id: 'slow', policy: 'S', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, wire: 'json', delayMs: 1500 }));
+  await eventually(() => serving('S').includes('slow'), 3000, 'slow serving S');
+  const r = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: [{ srcid: 'c', privPoliId: 'S', payload: 'a' }, { srcid: 'c', privPoliId: 'S', payload: 'b' }], window: 2, timeoutMs: 5000 });
+  assert.equal(r.map((x) => x.error), ['TIMEOUT', 'TIMEOUT'], JSON.stringify(r));
+  assert.match(r[0]!.message!, /server slow did not answer within the request's 1000 ms \(no other server to try\)/);
+  assert.match(r[1]!.message!, /server slow had no free connection within the request's 1000 ms \(it serves 1 connection\(s\) at once\)/, r[1]!.message);
+});
+
 oldThroughOurs('an old server that closes each connection after one answer is still served, request after request', async () => {
   const a = await oldServer('1', 'P', ['-once']);
   const packets = Array.from({ length: 30 }, (_, i) => ({ srcid: 'c', privPoliId: 'P', payload: `o${i}` }));
@@ -530,5 +542,6 @@ function jsonCollector(sock: import('node:net').Socket): Message[] {
 }
 
 oldThroughOurs.run();
+oneConnection.run();
 leaving.run();
 reverse.run();
