@@ -52,8 +52,14 @@ export class RequestError extends RevproxyError<ErrorCode | ClientCode> {
   }
 }
 
-/** How long a client waits for each answer unless told otherwise (ms): the library's `timeoutMs` and `revproxy client --timeout`. */
-export const DEFAULT_CLIENT_TIMEOUT_MS = 5000;
+/**
+ * How long a client waits for each answer unless told otherwise (ms): the library's `timeoutMs` and
+ * `revproxy client --timeout`. A second past the proxy's default `--timeout` (5000), within which the
+ * proxy answers every request: its `TIMEOUT`, which says which server did not answer and why, reaches
+ * the client first. At 5000 the client's timer, started as it sent, ran out before the proxy's, started
+ * as it read the request: a policy whose servers did not answer got `CLIENT_TIMEOUT`, which names none.
+ */
+export const DEFAULT_CLIENT_TIMEOUT_MS = 6000;
 
 export interface ClientOptions {
   /** The client's id: the `srcid` of its requests unless a request names another. */
