@@ -134,6 +134,16 @@ lib('a proxy that drains: a request it refuses SHUTTING_DOWN goes to the next pr
   assert.is(await c.request('P', 'after'), sha1('after'));
 });
 
+lib("with the defaults on both sides, a policy whose one server never answers gets the proxy's TIMEOUT naming it, not the client's CLIENT_TIMEOUT", async () => {
+  // The client's default was the proxy's (5000 ms), and its timer, started as it sent, ran out first.
+  const p = await proxy();
+  await server('quiet', [p.port], { behaviour: 'silent' });
+  const c = await client({ revproc: p.port });
+  const e = await reject(c.request('P', 'x'));
+  assert.is(e.code, 'TIMEOUT', e.message);
+  assert.match(e.message, /server quiet did not answer within the request's 5000 ms \(no other server to try\)/);
+});
+
 lib('a request past its own timeout rejects with CLIENT_TIMEOUT; an aborted one with ABORTED, and the window moves on', async () => {
   const p = await proxy();
   await server('quiet', [p.port], { behaviour: 'silent' });
