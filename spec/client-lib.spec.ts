@@ -572,7 +572,7 @@ lib('after a pause of the client\'s process (SIGSTOP, a laptop asleep), an answe
         if (m.type === MsgType.PING) sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
         if (m.type !== MsgType.DATA) continue;
         sock.write(frame({ type: MsgType.ACK, seq: m.seq, srcid: 'stub', destid: m.srcid, payload: `answer to ${String(m.payload)}` }));
-        clock.stall(6000); // the client's process stops just after the answer was sent, before it is read
+        clock.stall(7000); // past the default timeout (6000 ms): the client's process stops just after the answer was sent, before it is read
       }
     });
   }).listen(0, '127.0.0.1');
