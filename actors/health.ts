@@ -14,7 +14,7 @@ import { fmt } from './logger.js';
 import { clearlyBetter, RECENT_WINDOW_MS } from './recent-outcomes.js';
 import { current, joinPool, LIFE_LINES, removeServer, spawnLink } from './membership.js';
 import type { Member, ProxyContext } from './proxy-types.js';
-import { drainSoon, drainWaiting, memberLost, retry, stalled } from './routing.js';
+import { drainSoon, drainWaiting, endEjection, memberLost, retry, stalled } from './routing.js';
 
 /** A member's link verified its server (at registration, or after a probe). */
 export function linkUp(context: ProxyContext, member: string, linkId: string): void {
@@ -95,11 +95,12 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
     entry.timer = context.clock.setTimeout(() => context.probes.add(entry.id), delay);
     entry.timerDue = now + delay;
   }
+  // First: the ejected members it leaves alone take requests again (`memberLost`), before its requests look for one.
+  const policy = entry && context.policies.get(entry.policy);
+  if (policy) memberLost(context, policy);
   retry(context, member, requests, failure, failure.cause ?? 'reset');
   // Never written to the server: whatever took it down, it was not these.
   retry(context, member, unsent, { code: failure.code, message: `server ${member} went down before the request was written to it: ${failure.message}` }, 'unsent');
-  const policy = entry && context.policies.get(entry.policy);
-  if (policy) memberLost(context, policy);
 }
 
 /**
@@ -200,13 +201,7 @@ export function eject(context: ProxyContext, entry: Member, failures: number): v
 export function readmit(context: ProxyContext, member: string): void {
   const entry = context.servers.get(member);
   if (!entry || !entry.ejected) return;
-  entry.ejected = false;
-  entry.link.send({ type: 'RESET_FAILURES' });
-  context.logger.info('readmit', `Server id ${entry.id} is back in rotation for privacy policy ${entry.policy} after its ejection`, {
-    id: entry.id, policy: entry.policy, reason: 'ejection time over',
-  });
-  context.observer?.ejected?.(entry.policy, entry.id, 'ejection_over', true);
-  drainWaiting(context, entry.policy);
+  endEjection(context, entry, 'ejection time over', false);
 }
 
 /** An operator takes a member out of rotation (`by`: who asked): no new requests; what it has finishes; it stays registered. */

@@ -807,6 +807,27 @@ keptAlone('a request that would get its timed-out try\'s failure (retry_on leave
   assert.ok(Date.now() - started >= 1400, `answered at the deadline (${Date.now() - started} ms), not the try timeout`);
 });
 
+const panic = fresh('ejected servers left alone', { timeoutMs: 1500, tryTimeoutMs: 200, ejectAfter: 3 });
+
+panic('take requests again at once when the last server serving their policy leaves, not NO_SERVER until their ejection ends', async () => {
+  // Ejection never takes the last healthy server, but that one could still leave: the policy then answered
+  // NO_SERVER for the rest of the ejections (30 s and more) while the ejected servers sat out.
+  let hang = true;
+  const a = await startServer({ id: 'a', policy: 'EJ', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, handlerTimeoutMs: 300,
+    handler: (payload) => (hang ? new Promise<string>(() => {}) : sha1Hex(String(payload))) });
+  ctx.servers.push(a);
+  const b = await startServer({ id: 'b', policy: 'EJ', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port } });
+  await eventually(() => ctx.proxy.pools().EJ?.serving.length === 2, 2000, 'a and b serving');
+  await runClient({ id: 'c1', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('EJ', 12), window: 1, timeoutMs: 5000 });
+  await eventually(() => ctx.logs.some((l) => l.event === 'eject' && l.id === 'a'), 3000, 'a ejected');
+  hang = false;
+  await b.stop();
+  await eventually(() => ctx.logs.some((l) => l.event === 'readmit' && l.id === 'a'), 3000, 'a back in rotation');
+  assert.match(ctx.logs.find((l) => l.event === 'readmit' && l.id === 'a')!.msg, /^Server id a is back in rotation for privacy policy EJ before its ejection ended: no other server of privacy policy EJ is serving/);
+  const r = await runClient({ id: 'c2', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('EJ', 2, 'q'), window: 1, timeoutMs: 5000 });
+  assert.equal(r.map((x) => [x.server, x.correct]), [['a', true], ['a', true]], JSON.stringify(r));
+});
+
 const unhedged = fresh('a try given up at its try timeout', { timeoutMs: 1500, hedgeOnTryTimeout: false });
 
 unhedged('with hedge_on_try_timeout off, three servers each slower than the try timeout answer nothing in time: TIMEOUT', async () => {
@@ -863,6 +884,7 @@ idle.run();
 finalTry.run();
 hedged.run();
 keptAlone.run();
+panic.run();
 unhedged.run();
 ipv6.run();
 
