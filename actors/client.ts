@@ -21,7 +21,7 @@
  * RxJS forms on this machine.
  */
 import { assertEvent, assign, enqueueActions, fromCallback, raise, setup, type ActorRefFrom, type EventObject } from 'xstate';
-import { hostPort } from '../transport/address.js';
+import { DEFAULT_PROXY_TIMEOUT_MS, hostPort } from '../transport/address.js';
 import { ErrorCode, LocalCode, ProtocolError, RevproxyError, type ClientCode } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { heldEstimate, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message, type PongMsg } from '../transport/messages.js';
@@ -59,7 +59,7 @@ export class RequestError extends RevproxyError<ErrorCode | ClientCode> {
  * the client first. At 5000 the client's timer, started as it sent, ran out before the proxy's, started
  * as it read the request: a policy whose servers did not answer got `CLIENT_TIMEOUT`, which names none.
  */
-export const DEFAULT_CLIENT_TIMEOUT_MS = 6000;
+export const DEFAULT_CLIENT_TIMEOUT_MS = DEFAULT_PROXY_TIMEOUT_MS + 1000;
 
 export interface ClientOptions {
   /** The client's id: the `srcid` of its requests unless a request names another. */

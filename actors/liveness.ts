@@ -19,6 +19,7 @@
  * Nothing here on the per-request path but a few comparisons: one timer per connection, armed
  * again at most about once a second while requests wait.
  */
+import { DEFAULT_PROXY_TIMEOUT_MS } from '../transport/address.js';
 import { setDeadline, type Clock, type Timer } from '../transport/clock.js';
 
 /** Silence with requests waiting, after which the client PINGs a proxy that answers PINGs. */
@@ -26,7 +27,7 @@ export const PING_AFTER_MS = 1000;
 /** How long after its PING the proxy has to say anything (the PONG, an answer) before the connection is given up. */
 export const PONG_WITHIN_MS = 2000;
 /** Silence after which a proxy that answers no PING is given up, when a request's own timeout ends on it. */
-export const SILENT_PROXY_MS = 5000;
+export const SILENT_PROXY_MS = DEFAULT_PROXY_TIMEOUT_MS;
 
 /** What the watch reads of the requests on the connection (the client's RequestBook). */
 export interface Watched {

@@ -4,7 +4,7 @@
  * (`Opts`, from `resolveOptions`).
  */
 import type { ErrorCode as Code } from '../transport/errors.js';
-import { DEFAULT_PROXY_PORT, isLoopback } from '../transport/address.js';
+import { DEFAULT_PROXY_PORT, DEFAULT_PROXY_TIMEOUT_MS, isLoopback } from '../transport/address.js';
 import { defaultBufferBudget } from '../transport/budget.js';
 import { budgetNote, connectionsNote, defaultMaxConnections, memoryLimit } from './memory-limit.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
@@ -222,7 +222,7 @@ export const DEFAULT_PROXY_MAX_CONNECTIONS = 20000;
 /** Apply the defaults. The one place a default is written. */
 export function resolveOptions(input: ProxyOptions): Opts {
   const retries = input.retries ?? 2;
-  const timeoutMs = input.timeoutMs ?? 5000;
+  const timeoutMs = input.timeoutMs ?? DEFAULT_PROXY_TIMEOUT_MS;
   const host = input.host ?? DEFAULT_LISTEN_HOST;
   const tryTimeoutMs = input.tryTimeoutMs ?? Math.ceil(timeoutMs / (retries + 1));
   const memory = memoryLimit();

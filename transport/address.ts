@@ -12,6 +12,14 @@ import { isIPv4, isIPv6 } from 'node:net';
  */
 export const DEFAULT_PROXY_PORT = 2100;
 
+/**
+ * The proxy's request timeout when none is given (`--timeout`): it answers every request within it.
+ * What a client assumes of a proxy it was told nothing about reads it here too: its own default wait
+ * (`DEFAULT_CLIENT_TIMEOUT_MS`, a second past it) and the silence after which it gives up a proxy
+ * that answers no PING (`SILENT_PROXY_MS`).
+ */
+export const DEFAULT_PROXY_TIMEOUT_MS = 5000;
+
 export function hostPort(host: string, port: number | string): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }
