@@ -68,7 +68,7 @@ export interface ClientOptions {
   proxy?: Endpoint;
   /** Several proxies: the client uses the first and fails over to the next when one is down. */
   proxies?: Endpoint[];
-  /** Per-request timeout in ms, unless a request says otherwise (default 5000; `Infinity`: none of the client's own, the proxy's `TIMEOUT` still comes). */
+  /** Per-request timeout in ms, unless a request says otherwise (default 6000, a second past the proxy's default timeout, so the proxy's `TIMEOUT`, which names the server, arrives first; `Infinity`: none of the client's own, the proxy's `TIMEOUT` still comes). */
   timeoutMs?: number;
   /**
    * Requests of one privacy policy in flight at once on the connection (default 64; always 1 request

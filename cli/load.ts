@@ -284,7 +284,7 @@ export function loadCommand(setExit: (code: number) => void): Command {
     )
     .addOption(new Option('--policy <list>', 'privacy policies the requests name, comma-separated; connection i names the i-th in turn').default(['111'], '111').argParser(parsePolicies))
     .addOption(new Option('-c, --connections <n>', 'connections held open at once').default(2).argParser(parseIntOption('--connections', 1)))
-    .addOption(new Option('-p, --inflight <n>', 'requests in flight on each connection (pipelined); with --rate, the most waiting for answers').default(32).argParser(parseIntOption('--inflight', 1)))
+    .addOption(new Option('-p, --inflight <n>', 'requests in flight on each connection (pipelined); with --rate, the most waiting for answers (-p is requests in flight here, not a port: the target is --revproc)').default(32).argParser(parseIntOption('--inflight', 1)))
     .addOption(new Option('-d, --duration <time>', 'send for this long: 10, 10s, 500ms, 2m').default(10, '10s').argParser(parseSeconds('--duration', 0.001)))
     .addOption(new Option('-n, --requests <n>', 'send exactly this many requests instead of for a duration, then stop').argParser(parseIntOption('--requests', 1)))
     .addOption(new Option('-R, --rate <n>', 'open loop: send this many requests per second in all, each at its time, and measure latency from when each was due (as wrk2 does); without it, each connection sends as soon as it has room').argParser(parseIntOption('--rate', 1)))
@@ -302,9 +302,10 @@ export function loadCommand(setExit: (code: number) => void): Command {
       `
 Every answer's hash is checked. Requests/s counts the answers that came in the
 measured window (after --warmup). The latency of every request sent in the
-window goes into an HDR histogram (three significant digits), whether its answer
-came in the window or after it: p50, p90, p99, p99.9 and max. Errors are
-counted by code with what each means. Ctrl-C (or SIGTERM) stops sending and
+window and answered right goes into an HDR histogram (three significant
+digits), whether its answer came in the window or after it: p50, p90, p99,
+p99.9 and max. Failed requests are counted by code, with what each means, not
+timed; nor are answers with a wrong hash. Ctrl-C (or SIGTERM) stops sending and
 reports what was measured, also while the connections are still being opened;
 a second Ctrl-C stops at once. A connection not made within --connect-timeout
 (5000 ms) is given up: a host that drops the packets, a listener whose backlog

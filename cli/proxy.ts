@@ -63,7 +63,7 @@ function proxyOptions(): Option[] {
     new Option('--log-format <format>', 'text for people, json for machines, one object per line; also the access log\'s format (default: text)').choices(['text', 'json']),
     new Option('--no-color', 'plain text even on a terminal'),
     new Option('--log-summary-interval <ms>', `repeated conditions (refusals, retries) and dropped log lines are summarised once per this interval (default: ${SUMMARY_INTERVAL_MS})`).argParser(parseIntOption('--log-summary-interval', 100)),
-    new Option('--access-log <file>', "one line per request (time, client and address, policy, server, seq, tries, latency, outcome): '-' for stdout, or a file, reopened on SIGHUP (default: off)"),
+    new Option('--access-log <file>', "one line per request (time, client and address, policy, server, seq, tries, latency, outcome): '-' for stdout, or a file, reopened on SIGUSR1 (logrotate) and SIGHUP (default: off)"),
     new Option('--access-log-flush <ms>', `a file access log holds its lines for fewer, larger writes: it writes at least this often, and whenever ${ACCESS_LOG_HOLD.bytes / 1024} KiB wait; 0 writes every turn of the event loop (default: ${ACCESS_LOG_HOLD.ms})`).argParser(parseIntOption('--access-log-flush', 0)),
     new Option('--admin <host:port>', 'serve /healthz, /readyz and /metrics on HOST:PORT (default: off)').argParser((v) => {
       const v6 = bracketHint(v);
@@ -144,7 +144,11 @@ export function proxyCommand(setExit: (code: number) => void): Command {
     'after',
     `
 Every setting can also be given in a YAML file (--config FILE; docs/CONFIG.md): the key is the
-flag's name with _ for - (max_server_inflight: 2048); flags override the file.
+flag's name with _ for - (max_server_inflight: 2048), except where CONFIG.md's tables say
+otherwise: a section's flags go under it (--log-level is log: {level}, --admin is admin: {listen},
+--tls-cert is tls: {cert}), and --tokens is tokens_file, --access-log and --no-color are
+log: {access_log, color: false}, --ready-policies is admin: {ready_policies}, --advertise and
+--registry-user are registry: {advertise, username}. Flags override the file.
 Old JSON clients and servers use the same port: the first byte of a connection decides.
 SIGTERM, SIGINT or SIGQUIT drains: no new connections, every request in flight answered, then exit 0.
 A second one stops at once: what is still in flight is answered SHUTTING_DOWN.

@@ -84,7 +84,7 @@ export const NUMBERS = {
   eject_time: { option: 'ejectBaseMs', unit: 'ms', min: 1, reload: 'live', doc: 'ejection time, times the number of ejections in a row (one is forgotten for each eject time the server serves), up to max_eject_time' },
   max_eject_time: { option: 'ejectMaxMs', unit: 'ms', min: 1, reload: 'live', doc: 'the longest an ejection lasts, however many came in a row (eject_time when that is longer)' },
   drain_timeout: { option: 'drainTimeoutMs', unit: 'ms', min: 0, reload: 'live', doc: 'on SIGTERM, the longest wait for requests in flight (then answered SHUTTING_DOWN)', defaultText: 'timeout' },
-  max_buffered_bytes: { option: 'maxBufferedBytes', unit: 'bytes', min: 0, reload: 'restart', doc: `bytes held for all peers together (partial frames, unread answers, requests not answered yet); past it the connections holding the most are closed with OVERLOADED; requests may take half of it (past that they are refused OVERLOADED), the requests of one connection a 32nd (then its reads pause) (0 = no limit; less under a memory limit: ${BUDGET_UNDER_A_LIMIT})` },
+  max_buffered_bytes: { option: 'maxBufferedBytes', unit: 'bytes', min: 0, reload: 'restart', doc: `bytes held for all peers together (partial frames, unread answers, requests not answered yet); past it the connections holding the most are closed with OVERLOADED; requests may take half of it (past that they are refused OVERLOADED), the requests of one connection a 32nd (then its reads pause) (0 = no limit; by default less ${BUDGET_UNDER_A_LIMIT})` },
   max_servers: { option: 'maxServers', unit: 'n', min: 0, reload: 'live', doc: 'servers registered without a token, in total (0 = no limit)' },
   max_servers_per_peer: { option: 'maxServersPerPeer', unit: 'n', min: 0, reload: 'live', doc: 'servers registered without a token from one address (0 = no limit)' },
   probes_per_second: { option: 'probesPerSecond', unit: 'n', min: 1, reload: 'restart', doc: 'probes of servers that are down started per second at most, across all of them' },
@@ -231,7 +231,7 @@ const otherFields = {
     format: opt(oneOf(['text', 'json'] as const), 'text for people, json for machines'),
     color: opt(flag, 'colour text lines on a terminal'),
     summary_interval: opt(whole('milliseconds between summary lines', 100), 'repeated conditions and dropped lines are summarised this often'),
-    access_log: opt(path, "one line per request: '-' for stdout, or a file (reopened on SIGHUP)"),
+    access_log: opt(path, "one line per request: '-' for stdout, or a file (reopened on SIGUSR1, for logrotate, and on SIGHUP)"),
     access_log_flush: opt(whole('milliseconds a file access log may hold its lines'), `a file access log writes at least this often, and whenever ${ACCESS_LOG_HOLD.bytes / 1024} KiB wait; 0 writes every turn`),
   }), 'logging'),
   admin: opt(object('admin', {

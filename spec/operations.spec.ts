@@ -58,7 +58,7 @@ const get = async (url: string, init: RequestInit = {}): Promise<{ status: numbe
 
 const config = fresh('the config file');
 
-config('docs/revproxy.example.yaml is valid, sets every key the format has, and --check says so', async () => {
+config('docs/revproxy.example.yaml is valid, shows every key the format has (set or commented), and --check says so', async () => {
   const text = readFileSync(EXAMPLE, 'utf8');
   const cfg = parseConfig(text, EXAMPLE);
   toRuntime(cfg);

@@ -42,7 +42,7 @@ export const DEFAULT_BUFFER_BUDGET = 256 * 1024 * 1024;
 export const PEER_SHARE = 32;
 
 /** The default under a memory limit, in a help text's words (`budgetFor`). */
-export const BUDGET_UNDER_A_LIMIT = 'a quarter of the memory limit of a container or systemd unit when less, an eighth of a small one, or half of it less 64 MiB when that is more, up to a quarter';
+export const BUDGET_UNDER_A_LIMIT = "under a memory limit (a container's or systemd unit's) below 1 GiB, a quarter of the limit; below 256 MiB, half of it less 64 MiB; up to about 171 MiB, an eighth of it";
 
 /**
  * The budget's default for a process that may use `memory` bytes, and how it was taken from it, as
