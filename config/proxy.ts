@@ -215,7 +215,7 @@ const numberFields = Object.fromEntries(
 const otherFields = {
   host: opt(listenHost, 'address to listen on'),
   token: opt(oneOrList(secret), 'registration secret every server must present (REVPROXY_TOKEN, --token); a list is each accepted, to change secrets without an outage'),
-  tokens: opt(dict(oneOrList(secret)), 'per-policy registration secrets: policy: secret, or policy: [old, new] while its servers move to the new one'),
+  tokens: opt(dict(oneOrList(secret), (v) => (typeof v === 'string' ? 'did you mean tokens_file (a file of per-policy secrets, as --tokens FILE), or token (one secret for every policy)?' : undefined)), 'per-policy registration secrets: policy: secret, or policy: [old, new] while its servers move to the new one'),
   tokens_file: opt(path, 'a YAML file of per-policy secrets (--tokens)'),
   proxy_protocol_from: opt(list(trustedSource), PROXY_PROTOCOL_FROM_DOC),
   retry_on: opt(list(oneOf(RETRY_CONDITIONS)), RETRY_ON_DOC),
@@ -257,11 +257,36 @@ const otherFields = {
   inspect_token: opt(secret, "the inspector's HTTP Basic password (any user name): its page and its drain and enable buttons need it (REVPROXY_INSPECT_TOKEN, --inspect-token)"),
 } as const;
 
+/**
+ * Top-level keys written as a flag whose key is not its name with `_` for `-` (docs/CONFIG.md's tables),
+ * and the key meant: `log_level` (`--log-level`) is `log: {level}`. Each section's keys with its name
+ * before them (`admin_listen`, `tls_cert`), then the flags named otherwise.
+ */
+const MEANT: Record<string, string> = {
+  ...Object.fromEntries(
+    Object.entries(otherFields).flatMap(([section, field]) => {
+      const sub = (field.schema as { fields?: Record<string, unknown> }).fields;
+      return sub ? Object.keys(sub).map((k) => [`${section}_${k}`, `${section}: {${k}}`]) : [];
+    }),
+  ),
+  access_log: 'log: {access_log}',
+  access_log_flush: 'log: {access_log_flush}',
+  color: 'log: {color}',
+  no_color: 'log: {color: false}',
+  ready_policies: 'admin: {ready_policies}',
+  advertise: 'registry: {advertise}',
+  registry_user: 'registry: {username}',
+  registry_ca: 'registry: {tls: {ca}}',
+  registry_cert: 'registry: {tls: {cert}}',
+  registry_key: 'registry: {tls: {key}}',
+  no_hedge_on_try_timeout: 'hedge_on_try_timeout: false',
+};
+
 export const proxyConfigSpec = object('proxy configuration', { ...numberFields, ...otherFields }, (c) => {
   if (c.tokens && c.tokens_file) return "give per-policy secrets as 'tokens' or in 'tokens_file', not both";
   if (c.tls && (c.tls.cert === undefined) !== (c.tls.key === undefined)) return 'tls needs both cert and key, or neither';
   return undefined;
-});
+}, undefined, MEANT);
 
 /** What a config file (or the flags) set: every key optional. */
 export type ProxyConfig = Infer<typeof proxyConfigSpec>;
@@ -302,16 +327,19 @@ function absolutePaths(c: ProxyConfig, dir: string): ProxyConfig {
 
 /**
  * The settings both `base` (the file) and `over` (the command line: flags, REVPROXY_* variables) set,
- * as dotted keys (`token`, `log.level`): the file's value of each is not the one running. A section
- * is looked into key by key; a list or the `tokens` mapping is one setting.
+ * as dotted keys (`token`, `log.level`), as the file writes them: the file's value of each is not the
+ * one running. A section of the format (`log`, `admin`, `registry.tls`) is looked into key by key; any
+ * other value is one setting, whatever it reads as: a list, the `tokens` mapping, `admin.listen` (read
+ * as its host and port, which named `admin.listen.host, admin.listen.port`, keys no file has).
  */
-export function overridden(base: ProxyConfig, over: ProxyConfig, at = ''): string[] {
+export function overridden(base: ProxyConfig, over: ProxyConfig, at = '', fields: Record<string, Field<unknown, boolean>> = proxyConfigSpec.fields): string[] {
   const out: string[] = [];
   for (const [k, v] of Object.entries(over)) {
     const b = (base as Record<string, unknown>)[k];
     if (v === undefined || b === undefined) continue;
-    const section = (x: unknown): boolean => x !== null && typeof x === 'object' && !Array.isArray(x) && k !== 'tokens';
-    if (section(v) && section(b)) out.push(...overridden(b as ProxyConfig, v as ProxyConfig, `${at}${k}.`));
+    const sub = (fields[k]?.schema as { fields?: Record<string, Field<unknown, boolean>> } | undefined)?.fields;
+    const section = (x: unknown): boolean => x !== null && typeof x === 'object' && !Array.isArray(x);
+    if (sub && section(v) && section(b)) out.push(...overridden(b as ProxyConfig, v as ProxyConfig, `${at}${k}.`, sub));
     else out.push(`${at}${k}`);
   }
   return out;

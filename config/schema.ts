@@ -187,13 +187,15 @@ const keyOf = (pair: Pair): string => (yaml().isScalar(pair.key) ? (typeof pair.
  * A schema of one kind of node (a list, a mapping): aliases resolved, anything else refused with what
  * was expected; `read` gets the node and where it starts. `is` is asked for when a file is read (yaml loads lazily).
  */
-function ofKind<N, T>(expected: string, is: () => (n: unknown) => n is N, read: (n: N, offset: number, at: At, ctx: ReadContext) => Read<T>): Schema<T> {
+function ofKind<N, T>(expected: string, is: () => (n: unknown) => n is N, read: (n: N, offset: number, at: At, ctx: ReadContext) => Read<T>, hint?: (value: unknown) => string | undefined): Schema<T> {
   return {
     expected,
     read(node, at, ctx) {
       const n = resolve(node, ctx);
       const offset = offsetOf(n, at.offset);
-      return is()(n) ? read(n, offset, at, ctx) : report(ctx, { ...at, offset }, `expected ${expected}, got ${shown(n, ctx)}`);
+      if (is()(n)) return read(n, offset, at, ctx);
+      const more = yaml().isScalar(n) ? hint?.(n.value) : undefined;
+      return report(ctx, { ...at, offset }, `expected ${expected}, got ${shown(n, ctx)}${more ? `: ${more}` : ''}`);
     },
   };
 }
@@ -232,13 +234,16 @@ export function oneOrList<T>(item: Schema<T>): Schema<T | T[]> {
   };
 }
 
-/** A mapping whose keys are free (ids) and whose values all follow one schema. Every key is the object's own, `__proto__` too. */
-export function dict<T>(value: Schema<T>): Schema<Record<string, T>> {
+/**
+ * A mapping whose keys are free (ids) and whose values all follow one schema. Every key is the object's own, `__proto__` too.
+ * `hint`: more words for a scalar given instead of the mapping (`tokens: tokens.yaml`, a path where `tokens_file` takes one).
+ */
+export function dict<T>(value: Schema<T>, hint?: (value: unknown) => string | undefined): Schema<Record<string, T>> {
   const expected = `a mapping of names to ${value.expected}`;
   return ofKind(expected, () => yaml().isMap, (n, offset, at, ctx) => {
     const read = readEach((n.items as Pair[]).map((pair) => ({ key: keyOf(pair), node: pair.value, at: { path: `${at.path}.${keyOf(pair)}`, offset: offsetOf(pair.key, offset) } })), value, ctx);
     return read === INVALID ? read : Object.fromEntries(read);
-  });
+  }, hint);
 }
 
 export interface Field<T, R extends boolean> {
@@ -272,6 +277,8 @@ export function object<F extends Fields>(
   check?: (v: ObjectOf<F>) => string | undefined,
   /** Keys that belong somewhere else, and where: an unknown key found here that is one of them says so. */
   elsewhere?: Record<string, string>,
+  /** Unknown keys (in snake_case) that mean a key written otherwise, and how it is written: `log_level` is `log: {level}`. */
+  meant?: Record<string, string>,
 ): ObjectSchema<F> {
   const keys = Object.keys(fields);
   const expected = `a mapping (${what}) with keys ${keys.join(', ')}`;
@@ -287,7 +294,7 @@ export function object<F extends Fields>(
         const there = elsewhere?.[key];
         // A key written as a flag (max-connections) or as the library's option (maxConnections) is the same word in snake_case.
         const cased = there ? undefined : keys.find((k) => k === snakeCase(key));
-        const near = there ? undefined : cased ?? nearest(key, keys);
+        const near = there ? undefined : cased ?? (meant && Object.hasOwn(meant, snakeCase(key)) ? meant[snakeCase(key)] : nearest(key, keys));
         report(ctx, keyAt, there ? `'${key}' does not go in ${what}: it belongs to ${there}` : `unknown key '${key}' in ${what}; expected one of: ${keys.join(', ')}${near ? ` (did you mean '${near}'?${cased ? ' keys are snake_case' : ''})` : ''}`);
         if (near) seen.add(near); // a misspelt key is reported once, not also as missing
         ok = false;

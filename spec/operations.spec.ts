@@ -109,11 +109,14 @@ config('--check refuses a bad file with exit 1, naming file:line:col and what wa
   assert.match(out, /bad\.yaml:2:10: timeout: expected milliseconds \(a whole number, at least 1\), got "fast"/);
   assert.match(out, /bad\.yaml:4:3: log\.levl: unknown key 'levl' in log; .*did you mean 'level'/);
   // A key written as its flag or as the library's option name is found, however far it is from the key by edits.
-  const cased = write('cased.yaml', 'port: 2100\nmaxServerInflight: 4\nadmin:\n  ready-policies: [a]\n');
+  const cased = write('cased.yaml', 'port: 2100\nmaxServerInflight: 4\nadmin:\n  ready-policies: [a]\nlog_level: debug\ntokens: tokens.yaml\n');
   const c = revproxy(['proxy', '--check', '--config', cased]);
   assert.is(await c.exited, 1);
   assert.match(c.out.join('\n'), /cased\.yaml:2:1: maxServerInflight: unknown key 'maxServerInflight' in proxy configuration; .*\(did you mean 'max_server_inflight'\? keys are snake_case\)/);
   assert.match(c.out.join('\n'), /cased\.yaml:4:3: admin\.ready-policies: unknown key 'ready-policies' in admin; .*\(did you mean 'ready_policies'\? keys are snake_case\)/);
+  // A key written as a flag whose key is named otherwise (docs/CONFIG.md's tables): --log-level is log: {level}, --tokens FILE is tokens_file.
+  assert.match(c.out.join('\n'), /cased\.yaml:5:1: log_level: unknown key 'log_level' in proxy configuration; .*\(did you mean 'log: \{level\}'\?\)/);
+  assert.match(c.out.join('\n'), /cased\.yaml:6:9: tokens: expected a mapping .*, got "tokens\.yaml": did you mean tokens_file \(a file of per-policy secrets, as --tokens FILE\), or token/);
   assert.match(out, /bad\.yaml:5:22: max_server_inflight: expected a count \(a whole number, at least 1\), got 0/);
   // A time no timer can wait (Node would fire it at once), from the file and from a flag alike.
   assert.match(out, /bad\.yaml:6:16: drain_timeout: expected at most 2147483647, got 2147483648/);
@@ -756,16 +759,18 @@ reload('policies, ids and secrets are taken as the file writes them: 0111 is pol
 reload('a file setting the command line overrides (a flag, REVPROXY_TOKEN) is said at start, and a reload that changes it in the file says it keeps the command line\'s', async () => {
   // An operator's probe: REVPROXY_TOKEN from the unit's environment file beside `token:` in the file;
   // the file's secret was refused, and rotating it in the file then reloading said "no setting changed".
-  const file = write('o.yaml', 'port: 0\ntoken: file-secret-1\ntimeout: 4000\nretries: 1\n');
-  const proc = revproxy(['proxy', '--config', file, '--timeout', '3000'], { env: { REVPROXY_TOKEN: 'env-secret-1' } });
+  // admin.listen is named as the file writes it, once: it said `admin.listen.host, admin.listen.port`, keys no file has.
+  const file = write('o.yaml', 'port: 0\ntoken: file-secret-1\ntimeout: 4000\nretries: 1\nadmin:\n  listen: 127.0.0.1:0\n');
+  const proc = revproxy(['proxy', '--config', file, '--timeout', '3000', '--admin', '127.0.0.1:0'], { env: { REVPROXY_TOKEN: 'env-secret-1' } });
   await proc.waitFor(/Running the reverse proxy on port/);
   const start = proc.out.find((l) => /config_overridden|sets timeout, token/.test(l)) ?? '';
-  assert.match(start, /warning: .*o\.yaml sets timeout, token, which the command line \(its flags, or REVPROXY_\* variables\) sets too: the command line's values are the ones running, and a reload keeps them/, proc.out.join('\n'));
+  assert.match(start, /warning: .*o\.yaml sets timeout, token, admin\.listen, which the command line \(its flags, or REVPROXY_\* variables\) sets too: the command line's values are the ones running, and a reload keeps them/, proc.out.join('\n'));
+  assert.not.match(start, /admin\.listen\./);
   assert.not.match(proc.out.join('\n'), /env-secret-1|file-secret-1/, 'secrets never logged');
-  writeFileSync(file, 'port: 0\ntoken: file-secret-2\ntimeout: 4000\nretries: 2\n');
+  writeFileSync(file, 'port: 0\ntoken: file-secret-2\ntimeout: 4000\nretries: 2\nadmin:\n  listen: 127.0.0.1:1\n');
   proc.kill('SIGHUP');
   await proc.waitFor(/Reloaded/);
-  assert.match(proc.out.join('\n'), /warning: token changed in .*o\.yaml, but the command line \(its flags, or REVPROXY_\* variables\) sets it: running with the command line's value/);
+  assert.match(proc.out.join('\n'), /warning: token, admin\.listen changed in .*o\.yaml, but the command line \(its flags, or REVPROXY_\* variables\) sets them: running with the command line's values/);
   assert.match(proc.out.find((l) => /Reloaded/.test(l)) ?? '', /applied retries/);
   proc.kill('SIGTERM');
   assert.is(await proc.exited, 0);
