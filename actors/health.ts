@@ -157,7 +157,11 @@ export function eject(context: ProxyContext, entry: Member, failures: number): v
   for (const m of policy?.members ?? []) {
     if (m === entry || m.state !== 'serving') continue;
     othersServing = true;
-    if (clearlyBetter(m.traffic.recent.failureRatio(now), mine) && !stalled(context, m)) betterServing = true;
+    const theirs = m.traffic.recent.failureRatio(now);
+    // One with requests in flight and no try ended lately is untried, not better: the servers of a policy all slower
+    // than the try timeout time out in turn, and the first to have its run of them counted was ejected for it.
+    if (theirs === undefined && m.traffic.inflight.size > 0) continue;
+    if (clearlyBetter(theirs, mine) && !stalled(context, m)) betterServing = true;
   }
   const reason = `${failures} consecutive failures`;
   if (!othersServing) {
@@ -173,7 +177,7 @@ export function eject(context: ProxyContext, entry: Member, failures: number): v
     const pct = Math.round(mine * 100);
     context.logger.repeated('warn', 'eject_skipped', `${entry.policy}\0${entry.id}\0alike`, 1, (n, span) => span
       ? `Server id ${entry.id} kept failing as the other servers of privacy policy ${entry.policy} did; kept in rotation (${fmt(n)} more time(s) ${span})`
-      : `Server id ${entry.id} has ${reason} but no other server of privacy policy ${entry.policy} does clearly better: they fail about as often (this one ${pct} % of its tries in the last ${RECENT_WINDOW_MS / 1000}-${(2 * RECENT_WINDOW_MS) / 1000} s) or have requests unanswered for ${context.opts.slowAfterMs} ms (--slow-after) themselves. The policy looks overloaded, or failing as a whole, and taking this server out would only send its load to the others; kept in rotation`, {
+      : `Server id ${entry.id} has ${reason} but no other server of privacy policy ${entry.policy} does clearly better: they fail about as often (this one ${pct} % of its tries in the last ${RECENT_WINDOW_MS / 1000}-${(2 * RECENT_WINDOW_MS) / 1000} s), have requests unanswered for ${context.opts.slowAfterMs} ms (--slow-after) themselves, or have had no try end yet. The policy looks overloaded, or failing as a whole, and taking this server out would only send its load to the others; kept in rotation`, {
       id: entry.id, policy: entry.policy, reason, failureRatio: mine,
     });
     return;

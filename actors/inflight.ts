@@ -114,6 +114,14 @@ export class Inflight<R> {
     }
   }
 
+  /** Whether any entry passes `test` (entries in no particular order). */
+  some(test: (p: Pending<R>) => boolean): boolean {
+    if (this.count === 0) return false;
+    for (const p of this.slots) if (p !== undefined && test(p)) return true;
+    for (const p of this.overflow.values()) if (test(p)) return true;
+    return false;
+  }
+
   /** Earliest deadline of any entry (a lower bound), or Infinity when empty. */
   oldestDeadline(): number {
     return this.min;

@@ -521,13 +521,16 @@ export const upstreamMachine = setup({
       requests: liveTries(context),
       unsent: context.queue.splice(0),
     })),
-    /** A retired link's unfinished requests go back to be routed elsewhere. */
+    /** A retired link's unfinished requests go back to be routed elsewhere; its kept tries are let go (`keptOver`), so none is left in the sweeper's tables. */
     returnQueue: enqueueActions(({ context, enqueue, self }) => {
       for (const r of leftReports(context.member, self.id, liveTries(context), context.queue.splice(0))) enqueue.sendParent(r);
     }),
   },
   guards: {
-    idle: ({ context }) => context.inflight.size === 0 && context.queue.length === 0,
+    // Kept tries too (`keepTry`) whose requests wait for an answer: a link that retired with some left let their requests
+    // wait on tries nothing would end, never answered. A retiring link waits for their answers, or their deadlines, as for
+    // its requests in flight; those answered by another try meanwhile are dropped as it retires (`returnQueue`).
+    idle: ({ context }) => context.inflight.size === 0 && context.queue.length === 0 && !context.kept.some((p) => !p.req.answered),
     byName: ({ context }) => isIP(context.host) === 0,
     hasPong: ({ event }) => {
       assertEvent(event, 'ANSWERS');
@@ -580,7 +583,7 @@ export const upstreamMachine = setup({
         SEND: { actions: 'enqueue' },
         CONNECTED: { target: 'verifying', actions: ['setConn', 'ping'] },
         DISCONNECTED: { target: 'down', actions: 'setError' },
-        RETIRE: { target: 'retired', actions: 'returnQueue' },
+        RETIRE: { target: 'retired' },
       },
     },
     connecting: {
@@ -590,7 +593,7 @@ export const upstreamMachine = setup({
         SEND: { actions: 'enqueue' },
         CONNECTED: { target: 'verifying', actions: ['setConn', 'ping'] },
         DISCONNECTED: { target: 'down', actions: 'setError' },
-        RETIRE: { target: 'retired', actions: 'returnQueue' },
+        RETIRE: { target: 'retired' },
       },
     },
     verifying: {
@@ -612,7 +615,7 @@ export const upstreamMachine = setup({
           { guard: 'hasPong', target: 'open', actions: ['noteLimit', 'notifyUp', 'flushQueue', 'noteLeaving'] },
         ],
         DISCONNECTED: { target: 'down', actions: 'setError' },
-        RETIRE: { target: 'retired', actions: 'returnQueue' },
+        RETIRE: { target: 'retired' },
       },
     },
     // Only here does traffic bypass events: `retiring` waits for its last answers as events, so its `idle` check sees each one.
@@ -633,11 +636,11 @@ export const upstreamMachine = setup({
         SEND: { actions: 'write' },
         ANSWERS: { actions: 'respond' },
         EXPIRE: { actions: 'expire' },
-        DISCONNECTED: { target: 'retired', actions: ['setError', 'returnQueue'] },
+        DISCONNECTED: { target: 'retired', actions: 'setError' },
       },
     },
     down: { type: 'final', entry: ['trafficDown', 'notifyDown'] },
-    retired: { type: 'final', entry: 'trafficRetired' },
+    retired: { type: 'final', entry: ['trafficRetired', 'returnQueue'] },
   },
 });
 

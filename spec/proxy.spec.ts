@@ -791,6 +791,24 @@ hedged('stays in flight until the deadline while the request goes on (hedge_on_t
   assert.not.ok(ctx.logs.some((l) => l.event === 'request_failed'), JSON.stringify(ctx.logs.filter((l) => l.level !== 'debug')));
 });
 
+const untried = fresh('a server whose tries have not ended yet', { timeoutMs: 1500, tryTimeoutMs: 200, ejectAfter: 1 });
+
+untried('is not taken as doing better than one whose try just timed out: two servers alike (800 ms, past the 200 ms try timeout) and none ejected for the first timeout', async () => {
+  // It was: a server with no try ended lately counted as well, so the first of a policy's slow servers to have its
+  // tries time out was ejected beside others whose tries had not timed out yet (3,000 requests over three such servers
+  // under load: one or two ejections a run, though every request was answered right).
+  for (const id of ['a', 'b']) await addServer(id, 'ALIKE', 'normal', 800);
+  const first = runClient({ id: 'c1', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('ALIKE', 1), timeoutMs: 5000 });
+  await new Promise((r) => setTimeout(r, 100));
+  // The other server's try: in flight when the first one times out (200 ms), not ended until 300 ms.
+  const second = runClient({ id: 'c2', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('ALIKE', 1, 'q'), timeoutMs: 5000 });
+  await eventually(() => ctx.logs.some((l) => l.event === 'eject' || l.event === 'eject_skipped'), 1000, 'the first timeout weighed');
+  assert.not.ok(ctx.logs.some((l) => l.event === 'eject'), JSON.stringify(ctx.logs.filter((l) => l.event === 'eject').map((l) => l.msg)));
+  assert.match(ctx.logs.find((l) => l.event === 'eject_skipped')!.msg, /has 1 consecutive failures but no other server of privacy policy ALIKE does clearly better: .*or have had no try end yet/);
+  const answers = [...(await first), ...(await second)];
+  assert.equal(answers.map((r) => r.correct), [true, true], JSON.stringify(answers));
+});
+
 const keptAlone = fresh('a try kept when no retry follows', { timeoutMs: 1500, retryOn: ['reset'] });
 
 keptAlone('a request that would get its timed-out try\'s failure (retry_on leaves try-timeout out) waits for that kept try instead: answered at 800 ms; a silent one is answered TIMEOUT at the deadline, not the try timeout', async () => {
@@ -805,6 +823,22 @@ keptAlone('a request that would get its timed-out try\'s failure (retry_on leave
   assert.match(text, /TIMEOUT/);
   assert.match(text, /did not answer within the request's 1500 ms \(its try, kept past the 500 ms try timeout, was all it had left\)/);
   assert.ok(Date.now() - started >= 1400, `answered at the deadline (${Date.now() - started} ms), not the try timeout`);
+});
+
+keptAlone('a server that leaves while its kept try is all a request has (a drain) finishes it first: answered, not left unanswered', async () => {
+  // The leaving link counted its in-flight requests only: with the try moved to its kept table it retired at once, and
+  // the request waited on a try nothing would end, never answered (the client gave up; revproxy_inflight_requests kept it).
+  const a = await addServer('a', 'DR', 'normal', 800);
+  await addServer('b', 'DR', 'normal', 800);
+  const started = Date.now();
+  const pending = runClient({ id: 'c1', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('DR', 1), timeoutMs: 4000 }).catch((e: unknown) => e);
+  // Past the try timeout (500 ms), before the server's answer (800 ms): it drains.
+  await new Promise((r) => setTimeout(r, 600));
+  const stopped = a.stop();
+  const r = await pending;
+  await stopped;
+  assert.equal(Array.isArray(r) ? r.map((x) => [x.server, x.correct]) : r, [['a', true]], JSON.stringify(r instanceof Error ? r.message : r));
+  assert.ok(Date.now() - started < 1500, `answered at ${Date.now() - started} ms`);
 });
 
 const panic = fresh('ejected servers left alone', { timeoutMs: 1500, tryTimeoutMs: 200, ejectAfter: 3 });
@@ -883,6 +917,7 @@ lastWord.run();
 idle.run();
 finalTry.run();
 hedged.run();
+untried.run();
 keptAlone.run();
 panic.run();
 unhedged.run();
