@@ -22,7 +22,7 @@
  */
 import { assertEvent, assign, enqueueActions, fromCallback, raise, setup, type ActorRefFrom, type EventObject } from 'xstate';
 import { DEFAULT_PROXY_TIMEOUT_MS, hostPort } from '../transport/address.js';
-import { ErrorCode, LocalCode, ProtocolError, RevproxyError, type ClientCode } from '../transport/errors.js';
+import { ErrorCode, HANDLER_FAILED, LocalCode, ProtocolError, RevproxyError, type ClientCode } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { heldEstimate, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message, type PongMsg } from '../transport/messages.js';
 import { DEFAULT_BUFFER_BUDGET, PEER_SHARE } from '../transport/budget.js';
@@ -512,7 +512,7 @@ export class RequestBook {
         log.debug('answer', `Receiving a response from the server payload: ${show(m.payload)}`, { server: m.srcid, payload: show(m.payload), seq });
         this.settle(entry, { ok: true, answer: m, latencyMs });
       } else {
-        const error = m.code === ErrorCode.HANDLER_ERROR ? new HandlerError(m.appcode ?? 'HANDLER_FAILED', m.message) : new RequestError(m.code, m.message);
+        const error = m.code === ErrorCode.HANDLER_ERROR ? new HandlerError(m.appcode ?? HANDLER_FAILED, m.message) : new RequestError(m.code, m.message);
         this.settle(entry, { ok: false, error, latencyMs });
       }
       settled++;

@@ -18,7 +18,7 @@
  * turn, with no timer and no AbortController unless it reads `ctx.signal`:
  * the default SHA1 handler costs what hashing costs.
  */
-import { ErrorCode, RevproxyError } from '../transport/errors.js';
+import { ErrorCode, HANDLER_FAILED, RevproxyError } from '../transport/errors.js';
 import { APP_CODE, errorMsg, loneSurrogateIn, MsgType, payloadSize, sliceWhole, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import type { BufferBudget } from '../transport/budget.js';
 import type { Connection } from '../transport/socket.js';
@@ -108,7 +108,7 @@ export class HandlerError extends RevproxyError<typeof ErrorCode.HANDLER_ERROR> 
   constructor(appCode: string, message: string, options?: { cause?: unknown }) {
     super(ErrorCode.HANDLER_ERROR, message, options);
     this.name = 'HandlerError';
-    this.appCode = APP_CODE.test(appCode) ? appCode : 'HANDLER_FAILED';
+    this.appCode = APP_CODE.test(appCode) ? appCode : HANDLER_FAILED;
   }
 }
 
@@ -745,7 +745,7 @@ export class HandlerRunner {
       : `The handler of server ${id} failed on request ${job.msg.seq} of client ${job.msg.srcid}: ${detail}`, {
       client: job.msg.srcid, seq: job.msg.seq, reason,
     });
-    return this.appError(job, 'HANDLER_FAILED', `the handler of server ${id} failed; the server's log says why`);
+    return this.appError(job, HANDLER_FAILED, `the handler of server ${id} failed; the server's log says why`);
   }
 
   private appError(job: Job, appcode: string, message: string): ErrorMsg {

@@ -8,7 +8,7 @@
 import { connect as netConnect, type Socket } from 'node:net';
 import type { BufferBudget } from '../transport/budget.js';
 import type { BusyPoll } from '../transport/busy-poll.js';
-import { ErrorCode, SERVER_ANSWER_CODES, type ErrorCode as WireCode } from '../transport/errors.js';
+import { ErrorCode, HANDLER_FAILED, SERVER_ANSWER_CODES, type ErrorCode as WireCode } from '../transport/errors.js';
 import { MsgType, type AckMsg, type DataMsg, type ErrorMsg, type PongMsg } from '../transport/messages.js';
 import type { Connection } from '../transport/socket.js';
 import { describeLookupError, type TlsMaterial } from '../transport/tls.js';
@@ -326,8 +326,10 @@ export interface Tally {
   answered: number;
   /** Failures in a row, carried over from the link and reset by an ACK; a server shedding load does not add to them. */
   failures: number;
-  /** Error answers that count against the server (all but its OVERLOADED and TIMEOUT). */
+  /** Error answers that count against the server (all but its OVERLOADED and TIMEOUT), and handler failures (`handlerFailed`). */
   faults?: number;
+  /** The last answer of the read whose handler failed (`HANDLER_FAILED`): answered to its client, and a fault of the server's. */
+  handlerFailed?: ErrorMsg;
   failed?: ProxyRequest[];
   lastFailure?: ErrorMsg;
   /** Requests the server answered SHUTTING_DOWN (draining: not run). */
@@ -345,15 +347,25 @@ export function settle(link: Pick<LinkInput, 'member' | 'logger' | 'reply'>, req
   if (kept) req.kept!--;
   if (req.answered) {
     // Another try of it answered first (one kept past its try timeout, or the retry that went on meanwhile).
-    logLateAnswer(link, m);
+    logLateAnswer(link, m, kept);
     return;
   }
   if (m.type === MsgType.ACK || m.code === ErrorCode.HANDLER_ERROR) {
     if (m.type === MsgType.ACK && link.logger.enabled('debug')) {
       link.logger.debug('ack', `Received a data message from server id ${link.member} payload ${m.payload}`, { server: link.member, client: m.destid, payload: m.payload });
     }
-    tally.failures = 0;
-    tally.answered++;
+    if (m.type === MsgType.ERROR && m.appcode === HANDLER_FAILED) {
+      // The handler failed (threw something of no code of its own: a bug, a broken instance), not the application's
+      // verdict: the client gets it, as it ran there (not retried), but it counts against the server as a 5xx does
+      // in Envoy's outlier detection. Counted as an answer, a server whose handler threw on every request was never
+      // ejected, and a third of its policy's requests failed for as long as it ran.
+      tally.failures++;
+      tally.faults = (tally.faults ?? 0) + 1;
+      tally.handlerFailed = m;
+    } else {
+      tally.failures = 0;
+      tally.answered++;
+    }
     link.reply(req, m, link.member);
   } else if (kept && !lastKept(req)) {
     // A kept try that failed while another try of it goes on: that one answers it.
@@ -379,13 +391,18 @@ export function settle(link: Pick<LinkInput, 'member' | 'logger' | 'reply'>, req
 
 /**
  * An answer to a request already answered (`ProxyRequest.answered`) is dropped: said at `warn` once,
- * then once per interval with a count, per server.
+ * then once per interval with a count, per server. A kept try's (`kept`) came from a server slower than
+ * the try timeout; a live try's came from the server that took the request on, after another's kept
+ * try answered first: that one was not slow, and is not told to be faster.
  */
-function logLateAnswer(link: Pick<LinkInput, 'member' | 'logger'>, m: AckMsg | ErrorMsg): void {
+function logLateAnswer(link: Pick<LinkInput, 'member' | 'logger'>, m: AckMsg | ErrorMsg, kept: boolean): void {
   const id = link.member;
+  const what = `${m.type === MsgType.ACK ? 'ACK' : `ERROR ${m.code}`}, seq ${m.seq}`;
   link.logger.repeated('warn', 'late_answer', id, 1, (n, span) => span
     ? `Dropped ${fmt(n)} more late or repeated answer(s) from server id ${id} ${span}`
-    : `Dropped an answer (${m.type === MsgType.ACK ? 'ACK' : `ERROR ${m.code}`}, seq ${m.seq}) from server id ${id} to a request another server answered first: a try of it timed out (--try-timeout) and was kept in flight while it went on to another server (hedge_on_try_timeout), and the first answer of the two was the client's. A server this slow needs less load or a longer --try-timeout`,
+    : kept
+      ? `Dropped an answer (${what}) from server id ${id} to a request another server answered first: its try timed out here (--try-timeout) and was kept in flight while the request went on to another server (hedge_on_try_timeout), and the first answer of the two was the client's. A server this slow needs less load or a longer --try-timeout`
+      : `Dropped an answer (${what}) from server id ${id} to a request another server answered first: the request came here after its try on that server timed out (--try-timeout), and that try, kept in flight (hedge_on_try_timeout), answered before this one did. Nothing is wrong with this server; the other one is slower than the try timeout`,
   { server: id, seq: m.seq });
 }
 
@@ -415,9 +432,19 @@ export function leftReports(member: string, linkId: string, written: ProxyReques
  */
 function errorAnswersReport(member: string, linkId: string, tally: Tally): LinkReport | undefined {
   const m = tally.lastFailure;
-  if (!tally.failed || !m) return undefined;
+  if (!tally.failed || !m) return handlerFailedReport(member, linkId, tally);
   const cause = m.code === ErrorCode.OVERLOADED ? 'overloaded' : m.code === ErrorCode.TIMEOUT ? 'timeout' : 'upstream-failed';
   return retryReport(member, linkId, tally.failed, { code: answerCode(m.code), message: `server ${member} answered ${m.code}: ${m.message}`, cause }, tally.failures);
+}
+
+/**
+ * A read whose only faults were handler failures (`HANDLER_FAILED`, answered to their clients) reports
+ * them with no request to retry, for the failure count to be weighed (ejection).
+ */
+function handlerFailedReport(member: string, linkId: string, tally: Tally): LinkReport | undefined {
+  const m = tally.handlerFailed;
+  if (!m) return undefined;
+  return retryReport(member, linkId, [], { code: ErrorCode.UPSTREAM_FAILED, message: `the handler of server ${member} failed (${HANDLER_FAILED}: ${m.message}); answered to the client, not retried`, cause: 'upstream-failed' }, tally.failures);
 }
 
 /**

@@ -98,6 +98,31 @@ answers('a throwing handler gives its own code to the client once: not retried o
   assert.equal(ctx.proxy.pools().P!.serving, ['a', 'b']);
 });
 
+answers('a handler that fails without a code of its own (HANDLER_FAILED) on every request: each answered to its client, not retried, and the server is ejected as a 5xx would have it', async () => {
+  // Counted as answers, a server whose handler threw a TypeError on every request was never ejected: a third of its
+  // policy's requests failed HANDLER_FAILED for as long as it ran, and the proxy logged nothing (a probe of three servers).
+  let calls = 0;
+  await serve('broken', 'P', async () => {
+    calls++;
+    throw new TypeError("Cannot read properties of undefined (reading 'x')");
+  });
+  await serve('good', 'P');
+  const c = await client();
+  const outcomes: string[] = [];
+  for (let i = 0; i < 16; i++) {
+    outcomes.push(await c.request('P', `x${i}`).then((a) => (a === sha1Hex(`x${i}`) ? 'ok' : `wrong ${String(a)}`), (e: unknown) => (e instanceof HandlerError ? e.appCode : String(e))));
+  }
+  // Five in a row on the broken one (every other request), then every request goes to the good one.
+  assert.equal(outcomes.filter((o) => o === 'HANDLER_FAILED').length, 5, JSON.stringify(outcomes));
+  assert.equal(outcomes.filter((o) => o === 'ok').length, 11, JSON.stringify(outcomes));
+  assert.is(calls, 5, 'each failed request reached one handler: not retried');
+  const ejected = ctx.logs.find((r) => r.event === 'eject');
+  assert.ok(ejected && ejected.id === 'broken', JSON.stringify(ctx.logs.filter((r) => /eject/.test(String(r.event)))));
+  assert.match(ejected!.msg, /after 5 consecutive failures/);
+  assert.match(String(ctx.proxy.actor.getSnapshot().context.servers.get('broken')?.lastFailure?.message), /the handler of server broken failed \(HANDLER_FAILED: /);
+  assert.is(ctx.logs.filter((r) => r.event === 'retry').length, 0, 'no retry');
+});
+
 answers('an error with a string code is the handler\'s own; any other error is HANDLER_FAILED without its details', async () => {
   await serve('s', 'P', async (payload) => {
     if (payload === 'coded') throw Object.assign(new Error('no e-mail here'), { code: 'NO_EMAIL' });

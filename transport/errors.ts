@@ -42,6 +42,12 @@ export const ErrorCode = {
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
+/**
+ * The `appcode` of a `HANDLER_ERROR` whose handler failed without a code of its own (a plain `Error`, one of
+ * Node's, anything thrown): a fault of the server's, where any other appcode is the application's answer.
+ */
+export const HANDLER_FAILED = 'HANDLER_FAILED';
+
 /** Every wire code: the set an ERROR frame's `code` is checked against. */
 export const ERROR_CODES: readonly ErrorCode[] = Object.values(ErrorCode);
 
