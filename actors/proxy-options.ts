@@ -62,6 +62,11 @@ export interface ProxyOptions {
   maxClientInflight?: number;
   /** Requests in flight to one server; past it the server takes no more until answers come. Default 1024. */
   maxServerInflight?: number;
+  /**
+   * Requests a server that states its `--concurrency` (its first PONG) is sent beyond it, to wait in its own
+   * queue; past them a policy's requests wait in the proxy's, fair between clients. Default: its concurrency.
+   */
+  maxServerQueue?: number;
   /** Requests one pool may hold waiting for a member with room; past it, OVERLOADED. Default 1024. */
   queueLimit?: number;
   /**
@@ -197,7 +202,9 @@ export const EJECT_REASONS: readonly EjectReason[] = ['consecutive_failures', 'u
 export type Secrets = string | readonly string[];
 
 /** The options every part of the proxy reads: each one set, defaults applied. */
-export type Opts = Required<Omit<ProxyOptions, 'logger' | 'clock' | 'connect' | 'observer' | 'token' | 'tokens' | 'tls' | 'upstreamTls' | 'oldServers'>> & {
+export type Opts = Required<Omit<ProxyOptions, 'logger' | 'clock' | 'connect' | 'observer' | 'token' | 'tokens' | 'tls' | 'upstreamTls' | 'oldServers' | 'maxServerQueue'>> & {
+  /** Undefined: each server's own concurrency. */
+  maxServerQueue?: number;
   token?: Secrets;
   tokens?: Record<string, Secrets>;
   tls?: TlsMaterial;
@@ -241,6 +248,7 @@ export function resolveOptions(input: ProxyOptions): Opts {
     maxFrameBytes: input.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
     maxClientInflight: input.maxClientInflight ?? 4096,
     maxServerInflight: input.maxServerInflight ?? 1024,
+    maxServerQueue: input.maxServerQueue,
     queueLimit: input.queueLimit ?? 1024,
     queueTimeoutMs: input.queueTimeoutMs ?? timeoutMs,
     queueLifoAfterMs: input.queueLifoAfterMs ?? 0,

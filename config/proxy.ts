@@ -39,7 +39,7 @@ export type Reload =
   | 'restart';
 
 /** The numeric options the table maps: keys of `Opts` whose value is a number. */
-type NumericOption = { [K in keyof Opts]-?: Opts[K] extends number ? K : never }[keyof Opts];
+type NumericOption = { [K in keyof ProxyOptions]-?: NonNullable<ProxyOptions[K]> extends number ? K : never }[keyof ProxyOptions];
 
 interface NumberSetting {
   option: NumericOption;
@@ -71,6 +71,7 @@ export const NUMBERS = {
   max_conn_rate_per_peer: { option: 'maxConnRatePerPeer', unit: 'n', min: 0, reload: 'live', doc: "new connections one address may open a second (HAProxy's conn_rate(1s): this second's and the last one's, weighted); past it each is closed as it comes, before a TLS handshake or a read, until the address slows down (0 = no limit)" },
   max_client_inflight: { option: 'maxClientInflight', unit: 'n', min: 1, reload: 'live', doc: 'unanswered requests per client connection before its reads pause' },
   max_server_inflight: { option: 'maxServerInflight', unit: 'n', min: 1, reload: 'live', doc: 'requests in flight to one server' },
+  max_server_queue: { option: 'maxServerQueue', unit: 'n', min: 0, reload: 'live', doc: "requests a server that states its --concurrency is sent beyond it, to wait in its own queue; past them a policy's requests wait in the proxy's queue, fair between clients (HAProxy's maxconn on a server line, from what the server says; a server that states none is held to max_server_inflight only)", defaultText: 'its concurrency' },
   queue_limit: { option: 'queueLimit', unit: 'n', min: 0, reload: 'live', doc: 'requests one policy may hold waiting for a server with room, its clients in turn; when full, a client holding fewer waiting than the one holding the most gets in and that one\'s newest is answered OVERLOADED, the one holding the most is refused its own (OVERLOADED)' },
   queue_timeout: { option: 'queueTimeoutMs', unit: 'ms', min: 1, reload: 'live', doc: "the longest a request waits in its policy's queue for a server with room (HAProxy's timeout queue); past it, it is answered OVERLOADED, unsent (one back from a failed try, that try's answer), and a policy short of room serves what it can promptly and refuses the rest early", defaultText: 'timeout' },
   queue_lifo_after: { option: 'queueLifoAfterMs', unit: 'ms', min: 0, reload: 'live', doc: "adaptive LIFO: once a policy's queue has not been empty for this long, a server with room gets the newest waiting request first (each client's newest, clients in turn) and the oldest wait out queue_timeout, so under sustained overload most requests are answered promptly; a shorter burst is served oldest first (0 = always oldest first)" },

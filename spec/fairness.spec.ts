@@ -90,6 +90,31 @@ fair("during one client's flood, another client of the policy is answered, each 
   assert.match(proxy.out.join('\n'), /Privacy policy P is at its limits; refused [\d,]+ request\(s\) with OVERLOADED/);
 });
 
+fair("with the default --max-server-inflight (1024), a server stating --concurrency 2 is sent at most 4: a flood waits in the proxy's queue, and another client's request is answered in turn, not behind the whole flood in the server's queue", async (ctx) => {
+  // Only max_server_inflight bounded it: the server took the flood's 300 requests into its own queue (1024), and the
+  // good client's request waited behind every one of them (300 x 10 ms), where the proxy's queue would have taken
+  // the clients in turn.
+  const { port } = await proxyProcess(['--log-level', 'warn', '--queue-limit', '64']);
+  const server = revproxy(['server', '-id', 's1', '-pp', 'P', '-listen', '0', '-revproc', String(port), '--concurrency', '2', '--delay', '20']);
+  await server.waitFor(/Registered with the reverse proxy/, 15000);
+  await sleep(150); // the upstream link's PING round trip: its PONG states the concurrency
+  const heavy = await flood(port, 'heavy', 300, 500);
+  ctx.sockets.push(heavy.sock);
+  // 4 sent to the server, 64 waiting in the proxy's queue, the rest refused at once.
+  await eventually(() => count(heavy.answers, 'OVERLOADED') >= 300 - 4 - 64 - 8, 15000, "the flood's excess refused by the proxy, not taken by the server");
+  const good = await connect({ revproc: `${LOCAL}:${port}`, id: 'good' });
+  ctx.clients.push(good);
+  const heavyAcksAt: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const before = count(heavy.answers, 'ACK');
+    assert.is(await good.request('P', `good-${i}`).then(() => 'ACK', (e: { code: string }) => e.code), 'ACK');
+    heavyAcksAt.push(count(heavy.answers, 'ACK') - before);
+  }
+  for (const n of heavyAcksAt) assert.ok(n <= 12, `the flood's answers while one good request waited: ${heavyAcksAt.join(', ')}`);
+  await eventually(() => heavy.answers.length === 500, 30000, 'every flood request answered');
+  assert.is(count(heavy.answers, 'ACK') + count(heavy.answers, 'OVERLOADED'), 500, JSON.stringify(heavy.answers.filter((a) => a !== 'ACK' && a !== 'OVERLOADED')));
+});
+
 fair('two clients flooding one policy share its server: the one that came second is served in turn with the first, where on main it was refused until the first one\'s backlog was gone', async (ctx) => {
   const { port } = await busyPolicy();
   const first = await flood(port, 'first', 300, 500);

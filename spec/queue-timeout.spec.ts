@@ -333,7 +333,8 @@ server.after.each(async (ctx) => {
  * a time and lets others wait 500 ms for it, and a client whose first request it is running.
  */
 async function oneSlot(ctx: ServerCtx, id: string, extra: Partial<ServerOptions> = {}, signal = true) {
-  ctx.proxy = await startProxy({ port: 0, ejectAfter: 1_000_000, slowAfterMs: 0, timeoutMs: 20_000, tryTimeoutMs: 10_000 });
+  // The server's own queue is what is tested: the proxy sends it past its concurrency (max_server_queue).
+  ctx.proxy = await startProxy({ port: 0, ejectAfter: 1_000_000, slowAfterMs: 0, timeoutMs: 20_000, tryTimeoutMs: 10_000, maxServerQueue: 1024 });
   const proxy = { host: LOCAL, port: ctx.proxy.port };
   const clock = new ManualClock();
   const s = held(signal);

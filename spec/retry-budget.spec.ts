@@ -139,7 +139,8 @@ live('the minimum rate lets a policy with no budget retry; a reload changes the 
 
 live("a server's OVERLOADED answers (it ran none of the work) are sent again outside the budget: what a full server refuses goes to the other", async (ctx) => {
   const { counts, observer } = counting();
-  ctx.proxy = await startProxy({ port: 0, retryBudget: 0, minRetryRate: 0, observer });
+  // Sent past its concurrency (max_server_queue), for its own OVERLOADED answers to be what is tested.
+  ctx.proxy = await startProxy({ port: 0, retryBudget: 0, minRetryRate: 0, observer, maxServerQueue: 1024 });
   const proxy = { host: LOCAL, port: ctx.proxy.port };
   // One request at a time, 100 ms each, none waiting: it refuses the rest of what it is sent OVERLOADED, at once.
   ctx.servers.push(await startServer({ id: 'busy', policy: 'P', listenPort: 0, proxy, delayMs: 100, concurrency: 1, queueLimit: 0 }));
