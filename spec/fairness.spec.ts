@@ -54,10 +54,11 @@ fair.after.each((ctx) => {
 
 /**
  * A proxy with 4 requests in flight per server and 64 waiting per policy, and one server of P
- * that works 2 requests at a time, 20 ms each: a flood of 1,000 fills both at once.
+ * that works 2 requests at a time, 20 ms each: a flood of 1,000 fills both at once. `limit` is what
+ * holds the server to 4 (by default, what it states: max_server_queue).
  */
-async function busyPolicy(): Promise<{ proxy: Proc; port: number }> {
-  const { proc: proxy, port } = await proxyProcess(['--log-level', 'warn', '--max-server-inflight', '4', '--queue-limit', '64']);
+async function busyPolicy(limit: string[] = ['--max-server-inflight', '4']): Promise<{ proxy: Proc; port: number }> {
+  const { proc: proxy, port } = await proxyProcess(['--log-level', 'warn', ...limit, '--queue-limit', '64']);
   const server = revproxy(['server', '-id', 's1', '-pp', 'P', '-listen', '0', '-revproc', String(port), '--concurrency', '2', '--delay', '20']);
   await server.waitFor(/Registered with the reverse proxy/, 15000);
   await sleep(150); // the upstream link's PING round trip
@@ -94,10 +95,7 @@ fair("with the default --max-server-inflight (1024), a server stating --concurre
   // Only max_server_inflight bounded it: the server took the flood's 300 requests into its own queue (1024), and the
   // good client's request waited behind every one of them (300 x 10 ms), where the proxy's queue would have taken
   // the clients in turn.
-  const { port } = await proxyProcess(['--log-level', 'warn', '--queue-limit', '64']);
-  const server = revproxy(['server', '-id', 's1', '-pp', 'P', '-listen', '0', '-revproc', String(port), '--concurrency', '2', '--delay', '20']);
-  await server.waitFor(/Registered with the reverse proxy/, 15000);
-  await sleep(150); // the upstream link's PING round trip: its PONG states the concurrency
+  const { port } = await busyPolicy([]);
   const heavy = await flood(port, 'heavy', 300, 500);
   ctx.sockets.push(heavy.sock);
   // 4 sent to the server, 64 waiting in the proxy's queue, the rest refused at once.
