@@ -8,6 +8,7 @@
  */
 import { hostPort } from '../transport/address.js';
 import { ErrorCode } from '../transport/errors.js';
+import { ownRead } from '../transport/frame.js';
 import { errorMsg, heldBytes, MsgType, payloadSize, TEXT_BYTES, WIRE, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import { startChild, stopChild } from './children.js';
 import { FairQueue } from './fair-queue.js';
@@ -456,6 +457,7 @@ function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
     if (req.queued === undefined) req.queued = req.tried === undefined ? req.arrived : (now ??= context.clock.now());
     if (policy!.waiting.length === 0) policy!.waitingSince = now ??= context.clock.now();
     const away = policy!.waiting.admit(req.client, req, limit, arrivedBefore);
+    if (away !== req) ownRead(req.msg);
     if (away === undefined) continue;
     reply(away, away === req ? (full ??= overload('')) : (fullMost ??= overload(', the most of them from this connection')));
     overloaded++;

@@ -5,7 +5,7 @@ import fc from 'fast-check';
 import { Packr, Unpackr } from 'msgpackr';
 import { ERROR_CODES, ErrorCode, ProtocolError } from '../transport/errors.js';
 import { asRead, decodeHot, encodeHot, hotSize, LAZY_TEXT_BYTES } from '../transport/fastwire.js';
-import { encodeFrame, FrameBuffer, FrameDecoder, writeFrame } from '../transport/frame.js';
+import { encodeFrame, FrameBuffer, FrameDecoder, ownRead, writeFrame } from '../transport/frame.js';
 import { payloadSize, TEXT_BYTES, toMessage, WIRE, type AckMsg, type DataMsg, type ErrorMsg, type Message } from '../transport/messages.js';
 
 const packr = new Packr({ useRecords: false });
@@ -330,6 +330,14 @@ test('requests kept as bytes hold at most four times their size of a big read; a
   assert.is((messages[0] as AckMsg)[WIRE]!.buf, bigFirst);
   const many = Buffer.concat(Array.from({ length: 300 }, (_, i) => encodeFrame({ ...small, seq: i })));
   for (const m of new FrameDecoder().push(many).messages) assert.is((m as DataMsg)[WIRE]!.buf, many);
+  // One of them about to wait in its policy's queue (ownRead) lets go of it: the rest of the read was answered and
+  // dropped, and 1,024 waiting, each of another read, kept 64 MB.
+  const waiting = new FrameDecoder().push(many).messages[150] as DataMsg;
+  ownRead(waiting);
+  assert.ok(waiting[WIRE]!.buf !== many && waiting[WIRE]!.buf.buffer.byteLength < 100, 'moved out of the read');
+  assert.equal(waiting.payload, Buffer.from('abc'));
+  assert.ok((waiting.payload as Buffer).buffer === waiting[WIRE]!.buf.buffer, 'the payload moved with its frame');
+  assert.equal(unpackr.unpack(encodeFrame(waiting, 8).subarray(4)), { ...small, seq: 8 });
   // A read of one request keeps nothing of the read: it goes out encoded from its fields.
   const [lone] = new FrameDecoder().push(encodeFrame(small)).messages as [DataMsg];
   assert.is(lone[WIRE], undefined);

@@ -231,20 +231,45 @@ function holdLittle(messages: Message[], buf: Buffer): void {
   for (const m of messages) {
     const w = (m as DataMsg | AckMsg)[WIRE];
     if (w === undefined || w.buf !== buf || 4 * (w.end - w.start) >= size) continue;
-    const shift = at - w.start;
-    at += buf.copy(own, at, w.start, w.end);
-    // A payload not made into a string yet is of a frame too big to move (`LAZY_TEXT_BYTES`, a read's size or more); it is not read here.
-    const p = (m as DataMsg | AckMsg)[TEXT_BYTES] === undefined ? (m as DataMsg | AckMsg).payload : '';
-    if (typeof p !== 'string') {
-      const from = p.byteOffset - buf.byteOffset + shift;
-      (m as DataMsg | AckMsg).payload = own.subarray(from, from + p.length);
-    }
-    w.buf = own;
-    w.start += shift;
-    w.seqAt += shift;
-    w.seqEnd += shift;
-    w.end += shift;
+    at = moveTo(m as DataMsg | AckMsg, own, at);
   }
+}
+
+/** Copies a message's frame bytes into `own` at `at`, its view and a binary payload moved with them; returns where the next may go. */
+function moveTo(m: DataMsg | AckMsg, own: Buffer, at: number): number {
+  const w = m[WIRE]!;
+  const buf = w.buf;
+  const shift = at - w.start;
+  own.set(buf.subarray(w.start, w.end), at);
+  const next = at + (w.end - w.start);
+  // A payload not made into a string yet is of a frame too big to move (`LAZY_TEXT_BYTES`, a read's size or more); it is not read here.
+  const p = m[TEXT_BYTES] === undefined ? m.payload : '';
+  if (typeof p !== 'string') {
+    const from = p.byteOffset - buf.byteOffset + shift;
+    m.payload = own.subarray(from, from + p.length);
+  }
+  w.buf = own;
+  w.start += shift;
+  w.seqAt += shift;
+  w.seqEnd += shift;
+  w.end += shift;
+  return next;
+}
+
+/**
+ * A request about to wait (its policy's queue: up to `queue_timeout`) lets go of the read it came in
+ * when it is a small part of it, as `holdLittle` has a small frame do in a read that is not mostly
+ * small frames: its bytes move to a buffer of their own. A read full of a flooding client's requests
+ * was kept whole by whichever of them waited, each of the 1,024 a full queue holds keeping another
+ * (64 KiB each): the churn soak's proxy ran at 181-206 MB of RSS, where it ran at 134-154 while the
+ * servers' queues held them (its heap the same).
+ */
+export function ownRead(m: DataMsg): void {
+  const w = m[WIRE];
+  if (w === undefined || m[TEXT_BYTES] !== undefined) return;
+  const size = w.buf.buffer.byteLength;
+  if (size <= SMALL_READ || 4 * (w.end - w.start) >= size) return;
+  moveTo(m, Buffer.allocUnsafeSlow(w.end - w.start), 0);
 }
 
 /** Reads shorter than this, of a message not yet complete, are copied into a buffer of the holder's own; longer ones are kept as they are. */
