@@ -8,7 +8,7 @@ import { Packr, Unpackr, isNativeAccelerationEnabled } from 'msgpackr';
 import { ErrorCode, ProtocolError, hexPreview } from './errors.js';
 import { asRead, asReadSize, decodeHot, encodeAsRead, encodeHot, hotSize } from './fastwire.js';
 import { recogniseForeign } from './foreign.js';
-import { MAX_VALUES, MsgType, TEXT_BYTES, toMessage, WIRE, type AckMsg, type DataMsg, type ErrorMsg, type Message } from './messages.js';
+import { MAX_VALUES, MsgType, TEXT_BYTES, toMessage, WIRE, type AckMsg, type DataMsg, type ErrorMsg, type Message, type WireBytes } from './messages.js';
 import { describeBadText, findBadText, mayHoldBadText } from './utf8.js';
 import { head, valueHead } from './valuehead.js';
 
@@ -223,16 +223,21 @@ function holdLittle(messages: Message[], buf: Buffer): void {
   let small = 0;
   for (let i = 0; i < messages.length; i++) {
     const w = (messages[i] as DataMsg | AckMsg)[WIRE];
-    if (w !== undefined && w.buf === buf && 4 * (w.end - w.start) < size) small += w.end - w.start;
+    if (w !== undefined && w.buf === buf && smallPart(w, size)) small += w.end - w.start;
   }
   if (small === 0 || 4 * small >= size) return;
   const own = Buffer.allocUnsafeSlow(small);
   let at = 0;
   for (const m of messages) {
     const w = (m as DataMsg | AckMsg)[WIRE];
-    if (w === undefined || w.buf !== buf || 4 * (w.end - w.start) >= size) continue;
+    if (w === undefined || w.buf !== buf || !smallPart(w, size)) continue;
     at = moveTo(m as DataMsg | AckMsg, own, at);
   }
+}
+
+/** Whether a frame is under a quarter of its read (of `size` bytes): too small a part of it to keep it, past `SMALL_READ`. */
+function smallPart(w: WireBytes, size: number): boolean {
+  return 4 * (w.end - w.start) < size;
 }
 
 /** Copies a message's frame bytes into `own` at `at`, its view and a binary payload moved with them; returns where the next may go. */
@@ -268,7 +273,7 @@ export function ownRead(m: DataMsg): void {
   const w = m[WIRE];
   if (w === undefined || m[TEXT_BYTES] !== undefined) return;
   const size = w.buf.buffer.byteLength;
-  if (size <= SMALL_READ || 4 * (w.end - w.start) >= size) return;
+  if (size <= SMALL_READ || !smallPart(w, size)) return;
   moveTo(m, Buffer.allocUnsafeSlow(w.end - w.start), 0);
 }
 
