@@ -21,7 +21,7 @@ import { ConnStats } from '../admin/conn-stats.js';
 import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin/server.js';
 import type { RegistryStatus } from '../registry/events.js';
 import {
-  anchorIssues, badPolicy, changes, ConfigError, FILE_FLAGS, PROXY_PROTOCOL_FROM_DOC, RETRY_ON_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, overridden, parseHostPort, RuntimeProblems, toRuntime,
+  anchorIssues, badPolicy, changes, ConfigError, FLAG_KEYS, flagOfKey, flagWords, keyOfFlag, PROXY_PROTOCOL_FROM_DOC, RETRY_ON_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, overridden, parseHostPort, RuntimeProblems, toRuntime,
   assertWritable, whyNotWritable, type FileKey, type NumberKey, type ProxyConfig, type Runtime,
 } from '../config/proxy.js';
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
@@ -36,15 +36,14 @@ import type { LoadedCert } from '../config/files.js';
 import { FileError, hostParser, ignoreUserSignals, logProcessWarnings, logStartFailuresTo, releaseEarlySignals, takeEarlySignals, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, useColor, warnExpiring } from './common.js';
 import { checkInspectToken, inspectOptions, startInspection } from './inspect.js';
 
-const camel = (key: string): string => key.replace(/_(\w)/g, (_, c: string) => c.toUpperCase());
-const flagOf = (key: string): string => `--${key.replace(/_/g, '-')}`;
 
 /** The proxy command's options: one per numeric setting of the table, then the rest. */
 function proxyOptions(): Option[] {
   const numbers = (Object.keys(NUMBERS) as NumberKey[]).map((key) => {
     const s = NUMBERS[key];
-    const flags = key === 'port' ? `-p, --port <port>` : `${flagOf(key)} <${s.unit}>`;
-    const parse = key === 'port' ? (v: string) => parsePort(v) : parseIntOption(flagOf(key), s.min, maxOf(s));
+    const flag = flagOfKey(key)!;
+    const flags = key === 'port' ? `-p, --port <port>` : `${flag} <${s.unit}>`;
+    const parse = key === 'port' ? (v: string) => parsePort(v) : parseIntOption(flag, s.min, maxOf(s));
     return new Option(flags, `${s.doc} (default: ${defaultOf(key)})`).argParser(parse);
   });
   return [
@@ -80,61 +79,62 @@ function proxyOptions(): Option[] {
 
 type Flags = Record<string, unknown> & { config?: string; check?: boolean; pidFile?: string };
 
-/** The flags of the settings a clash found after merging names (config/proxy.ts, toAdmin): `anchorIssues` names them. */
-const CLASH_FLAGS: Record<string, string> = { 'admin.ready_policies': '--ready-policies', 'admin.token': '--admin-token', 'admin.listen': '--admin', inspect: '--inspect' };
+/** The proxy command's flags that are not settings: what to read, and what to do with it. */
+const NOT_SETTINGS = new Set(['config', 'check', 'pid-file']);
 
-/** What the flags set, as a config (only what was given: a flag overrides the file, a default does not). */
+function secretFlag(flag: string, value: unknown): unknown {
+  if (String(value).length < 8) throw new UsageError(`${flag} must be at least 8 characters: a short secret is easy to guess`);
+  return value;
+}
+
+/** A flag's value as its key in a file takes it, where they differ (the others are the same). */
+const FROM_FLAG: Record<string, (value: unknown) => unknown> = {
+  token: (v) => secretFlag('--token (or REVPROXY_TOKEN)', v),
+  'admin-token': (v) => secretFlag('--admin-token (or REVPROXY_ADMIN_TOKEN)', v),
+  admin: (v) => parseHostPort(String(v)),
+  inspect: (v) => (v === true ? 0 : v),
+  'inspect-token': checkInspectToken,
+};
+
+/** `value` at `key` (a dotted path) of `c`, its sections made as needed. */
+function setKey(c: Record<string, unknown>, key: string, value: unknown): void {
+  const [head, ...rest] = key.split('.');
+  if (!rest.length) c[head!] = value;
+  else setKey((c[head!] ??= {}) as Record<string, unknown>, rest.join('.'), value);
+}
+
+/**
+ * What the flags set, as a config (only what was given: a flag overrides the file, a default does not),
+ * each at its key (config/proxy.ts, `keyOfFlag`). Paths from flags stay as given (the working directory
+ * does not change); the file's are made absolute.
+ */
 function configFromFlags(cmd: Command): ProxyConfig {
   const o = cmd.opts() as Flags;
-  const given = (name: string): boolean => o[name] !== undefined && cmd.getOptionValueSource(name) !== 'default';
-  // Paths from flags stay as given (the working directory does not change); the file's are made absolute.
-  const abs = (p: unknown): string | undefined => (typeof p === 'string' ? p : undefined);
   const c: Record<string, unknown> = {};
-  for (const key of Object.keys(NUMBERS)) if (given(camel(key))) c[key] = o[camel(key)];
-  if (given('host')) c.host = o.host;
-  if (given('token')) {
-    if (String(o.token).length < 8) throw new UsageError('--token (or REVPROXY_TOKEN) must be at least 8 characters: a short secret is easy to guess');
-    c.token = o.token;
+  for (const option of cmd.options) {
+    const flag = option.long?.slice(2);
+    const name = option.attributeName();
+    if (!flag || NOT_SETTINGS.has(flag) || o[name] === undefined || cmd.getOptionValueSource(name) === 'default') continue;
+    const convert = FROM_FLAG[flag];
+    setKey(c, keyOfFlag(flag), convert ? convert(o[name]) : o[name]);
   }
-  if (given('tokens')) c.tokens_file = abs(o.tokens);
-  if (given('proxyProtocolFrom')) c.proxy_protocol_from = o.proxyProtocolFrom;
-  if (given('retryOn')) c.retry_on = o.retryOn;
-  if (o.hedgeOnTryTimeout === false) c.hedge_on_try_timeout = false;
-  if (given('oldServerConnections')) c.old_server_connections = o.oldServerConnections;
-  const log: Record<string, unknown> = {};
-  if (given('logLevel')) log.level = o.logLevel;
-  if (given('logFormat')) log.format = o.logFormat;
-  if (o.color === false) log.color = false;
-  if (given('logSummaryInterval')) log.summary_interval = o.logSummaryInterval;
-  if (given('accessLog')) log.access_log = abs(o.accessLog);
-  if (given('accessLogFlush')) log.access_log_flush = o.accessLogFlush;
-  if (Object.keys(log).length) c.log = log;
-  const admin: Record<string, unknown> = {};
-  if (given('admin')) admin.listen = parseHostPort(String(o.admin));
-  if (given('readyPolicies')) admin.ready_policies = o.readyPolicies;
-  if (given('adminToken')) {
-    if (String(o.adminToken).length < 8) throw new UsageError('--admin-token (or REVPROXY_ADMIN_TOKEN) must be at least 8 characters: a short secret is easy to guess');
-    admin.token = o.adminToken;
-  }
-  if (Object.keys(admin).length) c.admin = admin;
-  const tls: Record<string, unknown> = {};
-  if (given('tlsCert')) tls.cert = abs(o.tlsCert);
-  if (given('tlsKey')) tls.key = abs(o.tlsKey);
-  if (given('tlsCa')) tls.ca = abs(o.tlsCa);
-  if (Object.keys(tls).length) c.tls = tls;
-  const registry: Record<string, unknown> = {};
-  const flagOfRegistry = { registry: 'url', registryPrefix: 'prefix', registryTtl: 'ttl', advertise: 'advertise', registryUser: 'username', registryPassword: 'password' } as const;
-  for (const [name, key] of Object.entries(flagOfRegistry)) if (given(name)) registry[key] = o[name];
-  const registryTls: Record<string, unknown> = {};
-  if (given('registryCa')) registryTls.ca = abs(o.registryCa);
-  if (given('registryCert')) registryTls.cert = abs(o.registryCert);
-  if (given('registryKey')) registryTls.key = abs(o.registryKey);
-  if (Object.keys(registryTls).length) registry.tls = registryTls;
-  if (Object.keys(registry).length) c.registry = registry;
-  if (given('inspect')) c.inspect = o.inspect === true ? 0 : o.inspect;
-  if (given('inspectLog')) c.inspect_log = abs(o.inspectLog);
-  if (given('inspectToken')) c.inspect_token = checkInspectToken(o.inspectToken);
   return c as ProxyConfig;
+}
+
+/** `proxy --help`'s words for the flags whose key is not their name with _ for - (config/proxy.ts, FLAG_KEYS), beyond a section's. */
+function flagExceptions(): string {
+  const odd = Object.keys(FLAG_KEYS).filter((flag) => flag !== FLAG_KEYS[flag]!.replace(/[._]/g, '-'));
+  // Wrapped at 100 columns, as the rest of the text is.
+  const lines: string[] = [];
+  for (const words of odd.map((flag) => `--${flag} is ${flagWords(flag)}`)) {
+    const last = lines.length - 1;
+    if (last >= 0 && lines[last]!.length + words.length + 2 <= 100) lines[last] += `, ${words}`;
+    else {
+      if (last >= 0) lines[last] += ',';
+      lines.push(words);
+    }
+  }
+  return lines.join('\n');
 }
 
 export function proxyCommand(setExit: (code: number) => void): Command {
@@ -144,11 +144,10 @@ export function proxyCommand(setExit: (code: number) => void): Command {
     'after',
     `
 Every setting can also be given in a YAML file (--config FILE; docs/CONFIG.md): the key is the
-flag's name with _ for - (max_server_inflight: 2048), except where CONFIG.md's tables say
-otherwise: a section's flags go under it (--log-level is log: {level}, --admin is admin: {listen},
---tls-cert is tls: {cert}), and --tokens is tokens_file, --access-log and --no-color are
-log: {access_log, color: false}, --ready-policies is admin: {ready_policies}, --advertise and
---registry-user are registry: {advertise, username}. Flags override the file.
+flag's name with _ for - (max_server_inflight: 2048), and a section's flags go under it (--log-level
+is log: {level}, --tls-cert is tls: {cert}), except:
+${flagExceptions()}.
+Flags override the file.
 Old JSON clients and servers use the same port: the first byte of a connection decides.
 SIGTERM, SIGINT or SIGQUIT drains: no new connections, every request in flight answered, then exit 0.
 A second one stops at once: what is still in flight is answered SHUTTING_DOWN.
@@ -186,14 +185,12 @@ Example:
       return c;
     };
     // A file a flag gave is named by that flag in errors, not blamed on the config file.
-    const flagOf = (key: FileKey): string | undefined =>
-      key.split('.').reduce<unknown>((o, k) => (o as Record<string, unknown> | undefined)?.[k], flags) !== undefined ? FILE_FLAGS[key] : undefined;
     // Settings that clash (ready policies or an admin token without --admin, registry settings without
     // --registry) when every one came from a flag: options that do not fit together, a usage error (exit 2).
     // With a file, the clash is pointed at the line that set it.
     // A clash a flag's setting is part of is named by the flag (the file did not set it).
     const flagSet = (path: string): string | undefined =>
-      path.split('.').reduce<unknown>((o, k) => (o as Record<string, unknown> | undefined)?.[k], flags) !== undefined ? CLASH_FLAGS[path] : undefined;
+      path.split('.').reduce<unknown>((o, k) => (o as Record<string, unknown> | undefined)?.[k], flags) !== undefined ? flagOfKey(path) : undefined;
     const asUsage = (err: unknown): unknown =>
       file ? anchorIssues(err, resolvePath(file), flagSet) : err instanceof ConfigError && err.issues.every((i) => i.line === 0) ? new UsageError(err.issues.map((i) => i.message).join('; ')) : err;
     // Every problem checkRuntime found, at once: the file's at their lines, then the files the flags named.
@@ -212,7 +209,7 @@ Example:
       let rt: Runtime | undefined;
       let problems: unknown;
       try {
-        rt = checkRuntime(cfg, source, flagOf);
+        rt = checkRuntime(cfg, source, flagSet);
       } catch (err) {
         problems = err;
       }
@@ -250,7 +247,7 @@ Example:
       }
     };
     try {
-      await run(read, source, setExit, setHup, flagOf, explain, (cmd.opts() as Flags).pidFile, () => ({ file: fromFile, keys: overridden(fromFile, flags) }));
+      await run(read, source, setExit, setHup, flagSet, explain, (cmd.opts() as Flags).pidFile, () => ({ file: fromFile, keys: overridden(fromFile, flags) }));
     } catch (err) {
       throw explain(err);
     } finally {

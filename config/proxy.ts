@@ -259,9 +259,68 @@ const otherFields = {
 } as const;
 
 /**
- * Top-level keys written as a flag whose key is not its name with `_` for `-` (docs/CONFIG.md's tables),
- * and the key meant: `log_level` (`--log-level`) is `log: {level}`. Each section's keys with its name
- * before them (`admin_listen`, `tls_cert`), then the flags named otherwise.
+ * The flags of `revproxy proxy` whose key in a file is not the flag's name with `_` for `-` at the top
+ * level (`max_server_inflight` is `--max-server-inflight`), and the key each sets: `log-level` is
+ * `log.level`. The one owner of which flag is which key: the command line reads it for what its flags
+ * set and to name a flag in an error (cli/proxy.ts), the schema for its "did you mean" (`MEANT`),
+ * `proxy --help` for its list of exceptions, and a spec for docs/CONFIG.md's flag column. A `no-` flag
+ * sets its key to false.
+ */
+export const FLAG_KEYS: Readonly<Record<string, string>> = {
+  tokens: 'tokens_file',
+  'no-hedge-on-try-timeout': 'hedge_on_try_timeout',
+  'log-level': 'log.level',
+  'log-format': 'log.format',
+  'no-color': 'log.color',
+  'log-summary-interval': 'log.summary_interval',
+  'access-log': 'log.access_log',
+  'access-log-flush': 'log.access_log_flush',
+  admin: 'admin.listen',
+  'admin-token': 'admin.token',
+  'ready-policies': 'admin.ready_policies',
+  'tls-cert': 'tls.cert',
+  'tls-key': 'tls.key',
+  'tls-ca': 'tls.ca',
+  registry: 'registry.url',
+  'registry-prefix': 'registry.prefix',
+  'registry-ttl': 'registry.ttl',
+  advertise: 'registry.advertise',
+  'registry-user': 'registry.username',
+  'registry-password': 'registry.password',
+  'registry-ca': 'registry.tls.ca',
+  'registry-cert': 'registry.tls.cert',
+  'registry-key': 'registry.tls.key',
+};
+
+/** The key (a dotted path) a flag of `revproxy proxy` sets, the flag named without its dashes: `log-level` sets `log.level`. */
+export function keyOfFlag(flag: string): string {
+  return Object.hasOwn(FLAG_KEYS, flag) ? FLAG_KEYS[flag]! : flag.replace(/-/g, '_');
+}
+
+/** The flag that sets `key` (`--log-level` for `log.level`), or undefined when none does (`tokens`, a section). */
+export function flagOfKey(key: string): string | undefined {
+  const named = Object.keys(FLAG_KEYS).find((f) => FLAG_KEYS[f] === key);
+  if (named) return `--${named}`;
+  const flag = key.replace(/_/g, '-');
+  return key.includes('.') || Object.hasOwn(FLAG_KEYS, flag) ? undefined : `--${flag}`;
+}
+
+/** A key as a file writes it: `log.level` is `log: {level}`, with `value` `log: {color: false}`. */
+export function keyWords(key: string, value?: string): string {
+  const [head, ...rest] = key.split('.');
+  return rest.length ? `${head}: {${keyWords(rest.join('.'), value)}}` : value === undefined ? head! : `${head}: ${value}`;
+}
+
+/** What a flag sets, as a file writes it: `--no-color` sets `log: {color: false}`. */
+export function flagWords(flag: string): string {
+  return keyWords(keyOfFlag(flag), flag.startsWith('no-') ? 'false' : undefined);
+}
+
+/**
+ * Top-level keys written as a flag whose key is not its name with `_` for `-` (`FLAG_KEYS`), and the
+ * key meant: `log_level` (`--log-level`) is `log: {level}`. Each section's keys with its name before
+ * them (`admin_listen`, `tls_cert`), then the flags named otherwise, and a `no-` flag without its `no-`
+ * (`color`).
  */
 const MEANT: Record<string, string> = {
   ...Object.fromEntries(
@@ -270,17 +329,12 @@ const MEANT: Record<string, string> = {
       return sub ? Object.keys(sub).map((k) => [`${section}_${k}`, `${section}: {${k}}`]) : [];
     }),
   ),
-  access_log: 'log: {access_log}',
-  access_log_flush: 'log: {access_log_flush}',
-  color: 'log: {color}',
-  no_color: 'log: {color: false}',
-  ready_policies: 'admin: {ready_policies}',
-  advertise: 'registry: {advertise}',
-  registry_user: 'registry: {username}',
-  registry_ca: 'registry: {tls: {ca}}',
-  registry_cert: 'registry: {tls: {cert}}',
-  registry_key: 'registry: {tls: {key}}',
-  no_hedge_on_try_timeout: 'hedge_on_try_timeout: false',
+  ...Object.fromEntries(
+    Object.keys(FLAG_KEYS).flatMap((flag) => {
+      const own = flag.replace(/^no-/, '');
+      return [flag, own].map((f) => [f.replace(/-/g, '_'), f === own ? keyWords(keyOfFlag(flag)) : flagWords(flag)] as const);
+    }).filter(([key]) => !Object.hasOwn(otherFields, key) && !Object.hasOwn(NUMBERS, key)),
+  ),
 };
 
 export const proxyConfigSpec = object('proxy configuration', { ...numberFields, ...otherFields }, (c) => {
@@ -531,13 +585,6 @@ export class RuntimeProblems extends ConfigError {
 
 /** The settings naming a file the proxy reads or writes: each named by its flag when a flag gave it (`flagOf`). */
 export type FileKey = 'tokens_file' | 'tls.cert' | 'tls.key' | 'tls.ca' | 'registry.tls.cert' | 'registry.tls.key' | 'registry.tls.ca' | LogFileKey;
-
-/** Each file key's flag. */
-export const FILE_FLAGS: Record<FileKey, string> = {
-  tokens_file: '--tokens', 'tls.cert': '--tls-cert', 'tls.key': '--tls-key', 'tls.ca': '--tls-ca',
-  'registry.tls.cert': '--registry-cert', 'registry.tls.key': '--registry-key', 'registry.tls.ca': '--registry-ca',
-  'log.access_log': '--access-log', inspect_log: '--inspect-log',
-};
 
 /**
  * What `--check` does beyond reading: the files a config names can be used

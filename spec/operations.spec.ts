@@ -15,7 +15,8 @@ import { MEMBER_STATES } from '../actors/proxy-types.js';
 import { clientRoom, fileRoom, REFUSE_REASONS } from '../actors/port-limits.js';
 import { describeLinkError } from '../actors/link.js';
 import { ROLES } from '../admin/conn-stats.js';
-import { changes, defaultOf, DEFAULTS, NUMBERS, parseConfig, proxyConfigSpec, toRuntime } from '../config/proxy.js';
+import { changes, defaultOf, DEFAULTS, flagOfKey, keyOfFlag, NUMBERS, parseConfig, proxyConfigSpec, toRuntime } from '../config/proxy.js';
+import { proxyCommand } from '../cli/proxy.js';
 import { loadTokens } from '../config/files.js';
 import { Hub, readLog } from '../inspector/index.js';
 import { OTHER } from '../inspector/metrics.js';
@@ -101,6 +102,29 @@ config('docs/CONFIG.md documents every key, section keys included', () => {
   assert.equal(wrong, [], 'defaults docs/CONFIG.md gives that are not the defaults');
 });
 
+config('one table says which flag sets which key: every flag of proxy --help sets a key the schema has, and docs/CONFIG.md names each key\'s flag as it does', () => {
+  const fieldsOf = (s: unknown): Record<string, { schema: unknown }> | undefined => (s as { fields?: Record<string, { schema: unknown }> } | undefined)?.fields;
+  // The field at a dotted key (`registry.tls.ca`), or undefined.
+  const fieldAt = (key: string): { schema: unknown } | undefined =>
+    key.split('.').reduce<{ schema: unknown } | undefined>((field, part) => {
+      const fields = fieldsOf(field?.schema);
+      return fields && Object.hasOwn(fields, part) ? fields[part] : undefined;
+    }, { schema: proxyConfigSpec });
+  const known = (key: string): boolean => fieldAt(key) !== undefined;
+  const flags = proxyCommand(() => {}).options.map((o) => o.long!.slice(2)).filter((f) => !['config', 'check', 'pid-file'].includes(f));
+  assert.ok(flags.length > 60, `proxy has its flags (${flags.length})`);
+  const lost = flags.filter((f) => !known(keyOfFlag(f)) || flagOfKey(keyOfFlag(f)) !== `--${f}`);
+  assert.equal(lost, [], 'flags whose key (config/proxy.ts, keyOfFlag) the schema does not have, or whose key is named by another flag');
+  // docs/CONFIG.md's flag column (| key | flag | ...) begins with the flag keyOfFlag's inverse names; a key no flag sets has none.
+  const doc = readFileSync(join(ROOT, 'docs/CONFIG.md'), 'utf8');
+  const wrong = [...doc.matchAll(/^\| `([a-z_.]+)` \|([^|\n]*)\|/gm)].flatMap(([, key, cell]) => {
+    if (!known(key!) || fieldsOf(fieldAt(key!)!.schema)) return [];
+    const shown = /`(--[a-z-]+)/.exec(cell!)?.[1];
+    return shown === flagOfKey(key!) ? [] : [`${key}: the doc says ${shown ?? 'no flag'}, the flag is ${flagOfKey(key!) ?? 'none'}`];
+  });
+  assert.equal(wrong, [], "docs/CONFIG.md's flags that are not the flags of their keys");
+});
+
 config('--check refuses a bad file with exit 1, naming file:line:col and what was expected at each problem', async () => {
   const bad = write('bad.yaml', 'port: 2100\ntimeout: fast\nlog:\n  levl: info\nmax_server_inflight: 0\ndrain_timeout: 2147483648\n');
   const check = revproxy(['proxy', '--check', '--config', bad]);
@@ -116,6 +140,11 @@ config('--check refuses a bad file with exit 1, naming file:line:col and what wa
   assert.match(c.out.join('\n'), /cased\.yaml:4:3: admin\.ready-policies: unknown key 'ready-policies' in admin; .*\(did you mean 'ready_policies'\? keys are snake_case\)/);
   // A key written as a flag whose key is named otherwise (docs/CONFIG.md's tables): --log-level is log: {level}, --tokens FILE is tokens_file.
   assert.match(c.out.join('\n'), /cased\.yaml:5:1: log_level: unknown key 'log_level' in proxy configuration; .*\(did you mean 'log: \{level\}'\?\)/);
+  const negated = write('negated.yaml', 'no_color: true\nregistry_ca: ca.pem\n');
+  const n = revproxy(['proxy', '--check', '--config', negated]);
+  assert.is(await n.exited, 1);
+  assert.match(n.out.join('\n'), /negated\.yaml:1:1: no_color: unknown key 'no_color' .*\(did you mean 'log: \{color: false\}'\?\)/);
+  assert.match(n.out.join('\n'), /negated\.yaml:2:1: registry_ca: unknown key 'registry_ca' .*\(did you mean 'registry: \{tls: \{ca\}\}'\?\)/);
   assert.match(c.out.join('\n'), /cased\.yaml:6:9: tokens: expected a mapping .*, got "tokens\.yaml": did you mean tokens_file \(a file of per-policy secrets, as --tokens FILE\), or token/);
   assert.match(out, /bad\.yaml:5:22: max_server_inflight: expected a count \(a whole number, at least 1\), got 0/);
   // A time no timer can wait (Node would fire it at once), from the file and from a flag alike.
