@@ -12,7 +12,7 @@ import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import { MsgType } from '../transport/messages.js';
 import { resolveOptions, type ProxyOptions } from '../actors/proxy-options.js';
 import { collector, eventually, frame, LOCAL, rawConnect, sleep } from './helpers.js';
-import { killAll, proxyProcess, revproxy, type Proc } from './procs.js';
+import { adminOnFreePort, killAll, proxyProcess, revproxy, serving, type Proc } from './procs.js';
 
 /**
  * A raw client that pipelines `first` requests at once, then sends one more for each ACK until it
@@ -58,10 +58,11 @@ fair.after.each((ctx) => {
  * holds the server to 4 (by default, what it states: max_server_queue).
  */
 async function busyPolicy(limit: string[] = ['--max-server-inflight', '4']): Promise<{ proxy: Proc; port: number }> {
-  const { proc: proxy, port } = await proxyProcess(['--log-level', 'warn', ...limit, '--queue-limit', '64']);
+  const admin = await adminOnFreePort();
+  const { proc: proxy, port } = await proxyProcess(['--log-level', 'warn', ...admin.args, ...limit, '--queue-limit', '64']);
   const server = revproxy(['server', '-id', 's1', '-pp', 'P', '-listen', '0', '-revproc', String(port), '--concurrency', '2', '--delay', '20']);
   await server.waitFor(/Registered with the reverse proxy/, 15000);
-  await sleep(150); // the upstream link's PING round trip
+  await serving(admin.url, 'P', 1); // the upstream link's PING round trip
   return { proxy, port };
 }
 

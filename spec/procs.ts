@@ -4,8 +4,8 @@ import { existsSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'nod
 import { fileURLToPath } from 'node:url';
 import { suite } from 'uvu';
 import type { ServerHandle } from '../actors/index.js';
-import { nodeFlags, onFreePorts } from '../bench/procs.js';
-import { tempDir } from './helpers.js';
+import { freePort, nodeFlags, onFreePorts } from '../bench/procs.js';
+import { eventually, tempDir } from './helpers.js';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 export const BIN = fileURLToPath(new URL('../cli/revproxy.js', import.meta.url));
@@ -137,6 +137,23 @@ export function killAll(): void {
 export async function proxyProcess(args: string[] = [], opts: { port?: number; env?: Record<string, string>; fileLimit?: number; memoryGroup?: string } = {}): Promise<{ proc: Proc; port: number }> {
   const on = async (port: number): Promise<{ proc: Proc; port: number }> => ({ proc: await listening(revproxy(['proxy', '-port', String(port), ...args], opts), port), port });
   return opts.port !== undefined ? on(opts.port) : onFreePorts(1, ([port]) => on(port!));
+}
+
+/**
+ * Resolves once the proxy whose admin endpoint is `admin` (`http://127.0.0.1:PORT/`) has `n` members of
+ * `policy` serving (its /metrics, revproxy_pool_members): their links open and answering, not their
+ * registrations only. A server says it is registered a PING round trip before the proxy's link to it
+ * is open, and requests sent meanwhile all go to the one open first.
+ */
+export async function serving(admin: string, policy: string, n: number, ms = 15000): Promise<void> {
+  const re = new RegExp(`^revproxy_pool_members\\{policy="${policy}",state="serving"[^}]*\\} ${n}$`, 'm');
+  await eventually(async () => re.test(await (await fetch(`${admin}metrics`)).text()), ms, `${n} server(s) of privacy policy ${policy} serving`);
+}
+
+/** A proxy process's admin endpoint on a free port: the flags that serve it, and its URL. */
+export async function adminOnFreePort(): Promise<{ args: string[]; url: string }> {
+  const port = await freePort();
+  return { args: ['--admin', `127.0.0.1:${port}`], url: `http://127.0.0.1:${port}/` };
 }
 
 /**

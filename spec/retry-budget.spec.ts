@@ -13,7 +13,7 @@ import { changes, parseConfig, toRuntime } from '../config/proxy.js';
 import { Metrics } from '../inspector/metrics.js';
 import { startInspector } from '../inspector/index.js';
 import { eventually, LOCAL, sleep } from './helpers.js';
-import { killAll, proxyProcess, revproxy, type Proc } from './procs.js';
+import { adminOnFreePort, killAll, proxyProcess, revproxy, serving, type Proc } from './procs.js';
 
 const unit = suite('retry budget, alone');
 
@@ -209,13 +209,14 @@ procs.after.each(killAll);
  * at once: the silent server holds its half until it is killed 300 ms in, and its link goes down.
  */
 async function killedMidRun(proxyArgs: string[]): Promise<Awaited<ReturnType<typeof runClient>>> {
-  const { port } = await proxyProcess(['--log-level', 'warn', ...proxyArgs]);
+  const admin = await adminOnFreePort();
+  const { port } = await proxyProcess(['--log-level', 'warn', ...admin.args, ...proxyArgs]);
   const slow: Proc = revproxy(['server', '-id', 'slow', '-pp', 'P', '-listen', '0', '-revproc', String(port), '--behaviour', 'silent']);
   const good: Proc = revproxy(['server', '-id', 'good', '-pp', 'P', '-listen', '0', '-revproc', String(port)]);
   await eventually(() => [slow, good].every((s) => s.out.some((l) => /Registered with the reverse proxy/.test(l))), 15000, 'servers registered');
   // The proxy's links to them open a PING round trip after their registrations: on a loaded machine all 40 went to
   // the one open first (a CI run: 40 failed where this expects the killed server's half).
-  await sleep(300);
+  await serving(admin.url, 'P', 2);
   const run = runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: Array.from({ length: 40 }, (_, i) => ({ srcid: 'c', privPoliId: 'P', payload: `k${i}` })), window: 40 });
   await sleep(300);
   slow.kill('SIGKILL');
