@@ -3,7 +3,7 @@
  * runner gets its types from it, and every refusal message names what these
  * schemas expect. docs/SCENARIOS.md describes the same format for people.
  */
-import { NUMBERS, type NumberKey } from '../config/proxy.js';
+import { flagOfKey, NUMBERS, type NumberKey } from '../config/proxy.js';
 import { CLIENT_CODES, ERROR_CODES, REGISTRATION_CODES, type Code } from '../transport/errors.js';
 import {
   anything, dict, flag, fraction, lazy, list, located, name, object, oneOf, opt, refine, req, scalar, tagged, text, whole,
@@ -26,11 +26,11 @@ const wireCode = oneOf(ERROR_CODES);
  * proxy's config-file settings of the same names (config/proxy.ts).
  */
 const SCENARIO_KEYS = [
-  'timeout', 'retries', 'try_timeout', 'max_frame', 'max_connections', 'max_client_inflight', 'max_server_inflight',
+  'timeout', 'retries', 'try_timeout', 'max_frame', 'max_connections', 'max_client_inflight', 'max_server_inflight', 'max_server_queue', 'slow_after',
   'queue_limit', 'queue_timeout', 'queue_lifo_after', 'ping_interval', 'ping_misses', 'eject_after', 'eject_time', 'drain_timeout', 'retry_budget', 'min_retry_rate', 'max_resets',
 ] as const satisfies readonly NumberKey[];
 export const PROXY_OPTIONS = Object.fromEntries(
-  SCENARIO_KEYS.map((k) => [k, { option: NUMBERS[k].option, flag: `--${k.replace(/_/g, '-')}`, min: NUMBERS[k].min, doc: NUMBERS[k].doc }]),
+  SCENARIO_KEYS.map((k) => [k, { option: NUMBERS[k].option, flag: flagOfKey(k)!, min: NUMBERS[k].min, doc: NUMBERS[k].doc }]),
 ) as { [K in (typeof SCENARIO_KEYS)[number]]: { option: (typeof NUMBERS)[K]['option']; flag: string; min: number; doc: string } };
 export type ProxyOptionKey = keyof typeof PROXY_OPTIONS;
 
