@@ -63,7 +63,7 @@ export interface PoolView {
 export interface ProxyHandle {
   actor: ProxyActor;
   port: number;
-  /** Graceful: stop accepting, answer everything in flight (at most the drain timeout), then close. */
+  /** Graceful: stop accepting, answer everything in flight (at most the drain timeout), then close. Called again, it returns the same promise: the drain goes on (`kill()` ends it). */
   stop(): Promise<void>;
   /** Abrupt, as SIGKILL: close every socket now. */
   kill(): void;
@@ -146,7 +146,7 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
   return {
     actor,
     port: snap.context.port,
-    stop: () => stopGracefully(actor, etcd, snap.context.portClosed),
+    stop: once(() => stopGracefully(actor, etcd, snap.context.portClosed)),
     kill: () => {
       actor.stop();
       releaseAll(actor.getSnapshot().context);
@@ -194,7 +194,7 @@ export interface ServerHandle {
   actor: ServerActor;
   port: number;
   id: string;
-  /** Graceful: leave the proxy's pool (through the registry: its key is gone before this resolves), finish what is in flight, then stop. */
+  /** Graceful: leave the proxy's pool (through the registry: its key is gone before this resolves), finish what is in flight, then stop. Called again, it returns the same promise: the drain goes on (`kill()` ends it). */
   stop(): Promise<void>;
   /** Abrupt, as SIGKILL: close every socket now. */
   kill(): void;
@@ -299,7 +299,7 @@ function serverHandle(actor: ServerActor, id: string, etcd?: EtcdClient): Server
     actor,
     port: actor.getSnapshot().context.port,
     id,
-    stop: () => stopGracefully(actor, etcd),
+    stop: once(() => stopGracefully(actor, etcd)),
     kill: () => actor.stop(),
     renewTls(next) {
       const { tls } = actor.getSnapshot().context.opts;
@@ -312,6 +312,18 @@ function serverHandle(actor: ServerActor, id: string, etcd?: EtcdClient): Server
 interface Watchable<S> {
   getSnapshot(): S;
   subscribe(o: { next: (s: S) => void; error?: (e: unknown) => void }): { unsubscribe(): void };
+}
+
+/**
+ * `f` run once, its promise returned to every call: a handle's stop() called twice (two shutdown
+ * hooks, a test's teardown after an explicit stop) sent a second STOP, which a draining proxy or
+ * server takes as "stop now" (the CLI's second SIGTERM): every request in flight was answered
+ * SHUTTING_DOWN, every handler call aborted, where one call drained them (undici's close(),
+ * nats.js's drain() do not turn abrupt when called again).
+ */
+function once(f: () => Promise<void>): () => Promise<void> {
+  let running: Promise<void> | undefined;
+  return () => (running ??= f());
 }
 
 /**

@@ -340,6 +340,9 @@ export function warnExpiring(logger: Logger, certs: readonly LoadedCert[]): void
 /** The signals that drain (a second one stops at once). */
 const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGQUIT'] as const;
 
+/** The same stop signal again within this long is a copy of the first (a process group's), not a second (ms). */
+export const SAME_SIGNAL_MS = 100;
+
 /**
  * Resolves when the actor stops; SIGINT, SIGTERM and SIGQUIT (nginx's graceful
  * stop, the official nginx image's STOPSIGNAL: left to Node it ended the
@@ -353,15 +356,30 @@ const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGQUIT'] as const;
  * and still cleanly - what is in flight answered or handed back, the pid file
  * removed, the logs written - where Node's default would end the process with
  * nothing answered; a third is left to Node, which ends it there and then.
+ * A copy of the first, the same signal within `SAME_SIGNAL_MS`, is not a
+ * second: GNU timeout (without --foreground) sends its signal to the command
+ * and then to its process group, the command included, and `timeout 60
+ * revproxy server` skipped its drain ("SIGTERM again: stopping now"), its
+ * handlers' calls in flight aborted; so did a script that kills a process and
+ * its group.
  */
-export function runUntilStopped(actor: { getSnapshot(): { status: string; error?: unknown }; subscribe(o: { complete?: () => void; next?: () => void; error?: (e: unknown) => void }): unknown }, stop: () => Promise<void>, logger: Logger): Promise<void> {
+export function runUntilStopped(actor: { getSnapshot(): { status: string; error?: unknown }; send(e: { type: 'STOP' }): void; subscribe(o: { complete?: () => void; next?: () => void; error?: (e: unknown) => void }): unknown }, stop: () => Promise<void>, logger: Logger): Promise<void> {
   return new Promise((resolve, reject) => {
     let signals = 0;
+    let first: { signal: NodeJS.Signals; at: number } | undefined;
     const onSignal = (signal: NodeJS.Signals): void => {
+      const now = performance.now();
+      if (first && first.signal === signal && signals === 1 && now - first.at < SAME_SIGNAL_MS) {
+        logger.debug('stop_copy', `${signal} again within ${Math.ceil(now - first.at)} ms: the same request to stop (a process group's copy), still draining`, { signal });
+        return;
+      }
+      first ??= { signal, at: now };
       signals++;
       if (signals === 2) {
         logger.warn('stop_now', `${signal} again: stopping now, without waiting for the drain to end (a third ends the process at once)`, { signal });
         off();
+        // The handle's stop() drains however often it is called; a STOP to a draining actor ends its drain.
+        actor.send({ type: 'STOP' });
       }
       void stop();
     };

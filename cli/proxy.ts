@@ -150,7 +150,8 @@ ${flagExceptions()}.
 Flags override the file.
 Old JSON clients and servers use the same port: the first byte of a connection decides.
 SIGTERM, SIGINT or SIGQUIT drains: no new connections, every request in flight answered, then exit 0.
-A second one stops at once: what is still in flight is answered SHUTTING_DOWN.
+A second one stops at once: what is still in flight is answered SHUTTING_DOWN (the same signal
+within 100 ms is a copy of the first, not a second: GNU timeout signals the command, then its group).
 SIGHUP reloads the config file (or, without one, the tokens file): limits, timeouts, retries,
 health settings, log level and secrets change at once, and no connection is closed; the TLS
 files are read again (a renewed certificate serves new handshakes; etcd's, registry.tls, make a

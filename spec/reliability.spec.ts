@@ -70,6 +70,30 @@ async function registerMany(proxyPort: number, n: number, policy: (i: number) =>
   return out;
 }
 
+r('stop() called twice drains as once: the server\'s handler call and the proxy\'s request in flight are answered (a second call cut them off SHUTTING_DOWN)', async () => {
+  for (const stopping of ['server', 'proxy'] as const) {
+    const proxy = await inProcess();
+    let reached!: () => void;
+    const atHandler = new Promise<void>((r) => (reached = r));
+    const s = await startServer({ id: 's', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: proxy.port }, handler: async () => (reached(), await sleep(300), 'done') });
+    ctx.servers.push(s);
+    await eventually(() => proxy.pools().P?.serving.includes('s') ?? false, 3000, 's serving');
+    const answer = runClient({ id: 'c', proxy: { host: LOCAL, port: proxy.port }, packets: [{ srcid: 'c', privPoliId: 'P', payload: 'x' }], verify: false, hold: false });
+    await atHandler;
+    const handle = stopping === 'server' ? s : proxy;
+    // Two shutdown hooks: the same drain, the same promise.
+    const [first, second] = [handle.stop(), handle.stop()];
+    await Promise.all([first, second]);
+    const [a] = await answer;
+    assert.equal([a!.error, a!.answer === undefined ? undefined : String(a!.answer)], [undefined, 'done'], `${stopping}: ${a!.error} ${a!.message ?? ''}`);
+    assert.ok(first === second, `${stopping}.stop() twice returns the one drain`);
+    if (stopping === 'proxy') s.kill();
+    else proxy.kill();
+    ctx.proxy = undefined;
+    ctx.servers = [];
+  }
+});
+
 r('busy servers stay registered through many idle-timeout periods of sustained load: no request refused', async () => {
   // The registrations carry nothing while the links are busy answering; before, the idle timeout closed them all.
   const proxy = await inProcess({ idleTimeoutMs: 200, pingIntervalMs: 50 });
