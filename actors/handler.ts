@@ -79,6 +79,11 @@ export function badHandler(handler: unknown): string | undefined {
   if (handler === undefined) return undefined;
   if (typeof handler !== 'function') return `the handler is a function, async (payload, ctx) => answer, not ${handler === null ? 'null' : typeof handler === 'object' ? 'an object' : `a ${typeof handler}`}`;
   const kind = Object.prototype.toString.call(handler).slice(8, -1);
+  // A class is a function that cannot be called: it started, then every request failed HANDLER_FAILED ("Class constructor ... cannot be invoked without 'new'").
+  if (/^class\b/.test(Function.prototype.toString.call(handler))) {
+    const name = (handler as { name?: unknown }).name;
+    return `the handler is a class${typeof name === 'string' && name ? ` (${name})` : ''}, which cannot be called: a handler is a function, async (payload, ctx) => answer; make one instance and give a function that calls its method, (payload, ctx) => instance.handle(payload, ctx)`;
+  }
   if (kind === 'AsyncGeneratorFunction' || kind === 'GeneratorFunction') {
     return `the handler is ${kind === 'AsyncGeneratorFunction' ? 'an async generator function (async function*)' : 'a generator function (function*)'}: a handler returns one answer, it does not yield; write async (payload, ctx) => answer`;
   }
@@ -105,11 +110,32 @@ const MAX_APP_MESSAGE = 1024;
  */
 export class HandlerError extends RevproxyError<typeof ErrorCode.HANDLER_ERROR> {
   readonly appCode: string;
+  /**
+   * @param appCode 1 to 64 letters, digits, `_ . : -` (docs/PROTOCOL.md, `appcode`); any other throws a
+   *   `TypeError` saying so, as Node's own functions refuse an invalid argument. It became HANDLER_FAILED
+   *   without a word: `new HandlerError('user/not-found', ...)` answered every client HANDLER_FAILED, the
+   *   server logged nothing, and the proxy counted each as its server failing.
+   */
   constructor(appCode: string, message: string, options?: { cause?: unknown }) {
     super(ErrorCode.HANDLER_ERROR, message, options);
     this.name = 'HandlerError';
-    this.appCode = APP_CODE.test(appCode) ? appCode : HANDLER_FAILED;
+    const bad = badAppCode(appCode);
+    if (bad) throw new TypeError(`new HandlerError(${typeof appCode === 'string' ? JSON.stringify(appCode.slice(0, 80)) : String(appCode)}, ...): ${bad}`);
+    this.appCode = appCode;
   }
+}
+
+/** Why `code` is not an application code a client can be answered with, or undefined when it is one. */
+export function badAppCode(code: unknown): string | undefined {
+  if (typeof code !== 'string') return `an application code is a string, not ${code === null ? 'null' : typeof code}`;
+  if (APP_CODE.test(code)) return undefined;
+  const why = code.length === 0 ? 'it is empty' : code.length > 64 ? `it has ${code.length} characters` : `it has ${JSON.stringify([...new Set(code.replace(/[A-Za-z0-9_.:-]/g, ''))].join(''))} in it`;
+  return `an application code is 1 to 64 letters, digits, _ . : or - (docs/PROTOCOL.md, appcode), and ${why}: write it as, say, ${JSON.stringify(suggestAppCode(code))}`;
+}
+
+/** An application code like `code`: its other characters as `_`, at most 64 (`user/not-found`: `user_not-found`). */
+function suggestAppCode(code: string): string {
+  return code.replace(/[^A-Za-z0-9_.:-]/g, '_').slice(0, 64) || 'NOT_FOUND';
 }
 
 export type Behaviour = 'normal' | 'silent' | 'fail';
@@ -739,7 +765,11 @@ export class HandlerRunner {
       return this.appError(job, code, message);
     }
     // A handler that fails on every request would write a stack per request: the first, then a count per interval, per kind of failure.
-    const { reason, detail } = describeThrown(err);
+    const described = describeThrown(err);
+    // An error with a code of its own that is no application code says why it was not taken as one: its log line showed the stack only.
+    const why = safely(() => codeRefused(err), undefined);
+    const reason = why ? `${described.reason} (${why})` : described.reason;
+    const detail = why ? `${described.detail}\n(${why})` : described.detail;
     this.opts.logger.repeated('error', 'handler_failed', reason, 1, (n, span) => span
       ? `The handler of server ${id} failed on ${fmt(n)} request(s) ${span}: ${reason}`
       : `The handler of server ${id} failed on request ${job.msg.seq} of client ${job.msg.srcid}: ${detail}`, {
@@ -786,6 +816,19 @@ function asBytes(v: unknown): unknown {
 /** Bytes, asked safely: `instanceof` on a revoked Proxy throws. */
 function isBytes(v: unknown): v is Uint8Array {
   return safely(() => v instanceof Uint8Array, false);
+}
+
+/**
+ * Why a thrown error's string `code` was not taken as its application code, or undefined when it has
+ * none: Node's (a failed system call, an `ERR_` code), or not an application code. May throw: call it through `safely`.
+ */
+function codeRefused(err: unknown): string | undefined {
+  if (err === null || (typeof err !== 'object' && typeof err !== 'function')) return undefined;
+  const e = err as { code?: unknown; syscall?: unknown };
+  if (typeof e.code !== 'string') return undefined;
+  if (fromNode(e)) return `its code ${JSON.stringify(e.code.slice(0, 80))} is taken as Node's own (${typeof e.syscall === 'string' ? `a failed ${e.syscall}` : 'ERR_...'}), not an application code: answered HANDLER_FAILED; to answer the client with a code of the handler's own, throw new HandlerError(CODE, message)`;
+  const bad = badAppCode(e.code);
+  return bad ? `its code is not an application code: ${bad}; answered HANDLER_FAILED` : undefined;
 }
 
 /** The handler's own application code in a thrown value (`HandlerError`, or a valid string `code` not Node's), if any. May throw: call it through `safely`. */

@@ -136,6 +136,31 @@ answers('an error with a string code is the handler\'s own; any other error is H
   assert.not.match(bug.message, /secret/);
 });
 
+answers('an error code that is no application code is refused out loud: HandlerError throws a TypeError saying why, a plain error\'s code is named in its handler_failed line', async () => {
+  assert.throws(() => new HandlerError('user/not-found', 'user 7 does not exist'), (e: unknown) => e instanceof TypeError && /an application code is 1 to 64 letters, digits, _ \. : or - \(docs\/PROTOCOL\.md, appcode\), and it has "\/" in it: write it as, say, "user_not-found"/.test((e as Error).message));
+  assert.throws(() => new HandlerError('', 'empty'), /and it is empty/);
+  assert.throws(() => new HandlerError('X'.repeat(65), 'long'), /and it has 65 characters/);
+  assert.is(new HandlerError('user.not-found:7', 'fine').appCode, 'user.not-found:7');
+  const logs: LogRecord[] = [];
+  const s = await startServer({
+    id: 'codes', policy: 'K', revproc: ctx.proxy.port, logger: new Logger('server', memorySink(logs), 'info'),
+    handler: async (p) => {
+      if (p === 'class') throw new HandlerError('user/not-found', 'user 7 does not exist');
+      if (p === 'plain') throw Object.assign(new Error('no such user'), { code: 'NOT FOUND' });
+      throw Object.assign(new Error('no such user'), { code: 'ERR_USER_NOT_FOUND' });
+    },
+  });
+  ctx.servers.push(s);
+  await eventually(() => ctx.proxy.pools().K?.serving.includes('codes') ?? false, 3000, 'serving');
+  const c = await client();
+  for (const p of ['class', 'plain', 'node']) assert.is(((await c.request('K', p).catch((e: unknown) => e)) as HandlerError).appCode, 'HANDLER_FAILED', p);
+  const said = logs.filter((r) => r.event === 'handler_failed').map((r) => r.msg).join('\n');
+  // The HandlerError case logged nothing before; the plain ones their stacks only.
+  assert.match(said, /TypeError: new HandlerError\("user\/not-found", \.\.\.\): an application code is 1 to 64/);
+  assert.match(said, /\(its code is not an application code: an application code is 1 to 64 .* and it has " " in it: write it as, say, "NOT_FOUND"; answered HANDLER_FAILED\)/);
+  assert.match(said, /\(its code "ERR_USER_NOT_FOUND" is taken as Node's own \(ERR_\.\.\.\), not an application code: answered HANDLER_FAILED; to answer the client with a code of the handler's own, throw new HandlerError\(CODE, message\)\)/);
+});
+
 answers('a handler that fails on every request is logged once with its stack, then counted: not a line per request', async () => {
   const logs: LogRecord[] = [];
   const s = await startServer({
@@ -212,6 +237,8 @@ answers('a handler, an id or a policy that cannot serve is refused at start with
     [{ handler: 'upper' }, /^server x: the handler is a function, async \(payload, ctx\) => answer, not a string$/],
     [{ handler: async function* gen() { yield 'a'; } }, /^server x: the handler is an async generator function \(async function\*\): a handler returns one answer, it does not yield/],
     [{ handler: function* gen() { yield 'a'; } }, /^server x: the handler is a generator function \(function\*\)/],
+    // It started, then answered every request HANDLER_FAILED ("Class constructor Upper cannot be invoked without 'new'").
+    [{ handler: class Upper { handle(p: string) { return p.toUpperCase(); } } }, /^server x: the handler is a class \(Upper\), which cannot be called: a handler is a function/],
     [{ id: undefined }, /^startServer: id must be a string of 1 to 256 characters, got undefined$/],
     [{ id: '' }, /^startServer: id must be a string of 1 to 256 characters, got an empty string$/],
     [{ policy: undefined }, /^server x: policy must be a string of 1 to 256 characters, got undefined$/],
