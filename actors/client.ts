@@ -106,7 +106,12 @@ export interface ClientOptions {
   hold?: boolean;
   /** The longest pause between dials while requests are held (ms, default 1000). */
   reconnectMaxDelayMs?: number;
-  /** Longest wait for a connection (TCP, and TLS's handshake) before the next proxy is tried (ms, default 2000: well within a request's default timeout). */
+  /**
+   * Longest wait for a connection (TCP, and TLS's handshake), and then for the proxy's answer to
+   * the PING the client sends first, before the next proxy is tried (ms, default 2000: well within
+   * a request's default timeout). A peer that accepts the connection and answers no PING in that
+   * time (a wrong port, a stopped or hung proxy) counts as a failed dial.
+   */
   connectTimeoutMs?: number;
   /**
    * TCP keepalive on the connection to the proxy: probes after this long without traffic (ms;
@@ -180,12 +185,8 @@ export type ClientEvent =
   | { type: 'RENEW_TLS'; tls: TlsMaterial }
   /** `probing`: a PING went to the proxy first, requests go out behind it; PROBED says how it went (connect() resolves then). */
   | { type: 'CONNECTED'; conn: Connection; probing: boolean }
-  /**
-   * `pings`: the proxy answered that PING, so a silent cut is found by PINGs (liveness.ts); it may come after `unanswered`:
-   * it neither answered nor refused it in time: the connection is used without PINGs until it does, and the proxy is dialled
-   * without one until that connection is lost.
-   */
-  | { type: 'PROBED'; pings: boolean; unanswered?: string; share?: number }
+  /** The proxy answered that PING (its PONG says its `share`): a silent cut is found by PINGs from now on (liveness.ts). */
+  | { type: 'PROBED'; share?: number }
   /** The proxy refused that PING (one from before client PINGs: BAD_REQUEST, the connection closed, nothing after the PING read): dial it again without. */
   | { type: 'PINGS_REFUSED'; error: string }
   /** Send the requests parked after a NO_SERVER again (see hold.ts). */
@@ -237,7 +238,7 @@ export class RequestBook {
   answers = 0;
   /** When the proxy last said anything, or the connection opened (the clock's ms). */
   heardAt = 0;
-  /** PINGs sent on the connection whose PONG may still come through the answers (strays): the watch's, and a first PING not answered in time. */
+  /** PINGs sent on the connection whose PONG may still come through the answers (strays): the watch's. */
   pingsOwed = 0;
   /**
    * When the first request sent since the proxy last said anything went out (the clock's ms): the
@@ -636,7 +637,7 @@ const MSG_NAMES: Record<number, string> = Object.fromEntries(Object.entries(MsgT
 
 /** Why the proxy would refuse this request, if it would. */
 function refusal(req: ClientRequest, size: number, maxFrameBytes: number, clientId: string): string | undefined {
-  if (size < 0) return `a payload is a string or a Uint8Array (a Buffer is one), not ${describe(req.payload)}`;
+  if (size < 0) return `a payload is a string or a Uint8Array (a Buffer is one), not ${describe(req.payload)}${isArrayBuffer(req.payload) ? ': pass a view of it, new Uint8Array(buffer)' : ''}`;
   if (!isIdValue(req.policy)) return `a policy is a string of 1 to ${MAX_ID_LENGTH} characters, not ${describe(req.policy)}`;
   if (req.srcid !== undefined && !isIdValue(req.srcid)) return `a srcid is a string of 1 to ${MAX_ID_LENGTH} characters, not ${describe(req.srcid)}`;
   if (req.srcid === undefined && !isIdValue(clientId)) return `the client's id (its requests' srcid) is a string of 1 to ${MAX_ID_LENGTH} characters, not ${describe(clientId)}: connect({ id })`;
@@ -678,11 +679,19 @@ function listed(context: ClientContext, proxies: Endpoint[], proxyIndex: number)
   return { proxies, proxyIndex, unlisted: false };
 }
 
+/** An ArrayBuffer or SharedArrayBuffer, from this realm or another. */
+function isArrayBuffer(v: unknown): v is ArrayBufferLike {
+  const tag = Object.prototype.toString.call(v);
+  return tag === '[object ArrayBuffer]' || tag === '[object SharedArrayBuffer]';
+}
+
 function describe(v: unknown): string {
   if (v === null) return 'null';
   if (typeof v === 'string') return v.length ? `a string of ${v.length} characters` : 'an empty string';
   if (typeof v === 'number') return `the number ${v}`;
   if (ArrayBuffer.isView(v)) return `a ${v.constructor.name}`;
+  // It read 'an object', though the bytes were there (fetch's arrayBuffer() gives one).
+  if (isArrayBuffer(v)) return `an ${Object.prototype.toString.call(v).slice(8, -1)} of ${v.byteLength} bytes`;
   return Array.isArray(v) ? 'an array' : typeof v === 'object' ? 'an object' : typeof v;
 }
 
@@ -705,6 +714,12 @@ export interface ClientContext {
   conn?: Connection;
   book: RequestBook;
   lastError?: string;
+  /**
+   * Each proxy's last failed dial or connection since the client was last connected (host:port and
+   * why), in the order first tried: connect() names them all. It named only the last one: two
+   * proxies down read "no reverse proxy is listening on <the second>".
+   */
+  tried: Array<{ proxy: string; why: string }>;
   /** The last connection was closed by the client because the proxy sent an invalid message (lastError says which): BAD_REQUEST, not an outage. */
   lastInvalid?: boolean;
   /** A proxy was reached at least once (reached()): requests are held from then on (hold.ts). */
@@ -735,11 +750,11 @@ export interface ClientContext {
 }
 
 /**
- * `probe`: PING the proxy first, the requests going out right behind it: PROBED says whether it
+ * `probe`: PING the proxy first, the requests going out right behind it: PROBED says it
  * answered. A proxy from before client PINGs refuses the PING (BAD_REQUEST, 'message type 4 is not
  * allowed as a first message') and closes the connection, reading nothing after it, so nothing
- * sent behind it ran: PINGS_REFUSED. One that says nothing within `connectTimeoutMs` (stalled, or
- * another implementation that ignores a PING) is used without PINGs, until its PONG comes late.
+ * sent behind it ran: PINGS_REFUSED. One that says nothing within `connectTimeoutMs` is no proxy
+ * reached: CONNECT_FAILED, and the next proxy is tried (unanswered).
  */
 const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMaterial; wire?: 'frames' | 'json'; clock: Clock; connectTimeoutMs: number; keepAliveMs: number; probe: boolean }>(({ sendBack, input }) => {
   const send = (e: ClientEvent): void => sendBack(e);
@@ -751,8 +766,6 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
   let connected = false;
   /** The PONG's deadline while the PING sent before any request waits for it. */
   let probing: Timer | undefined;
-  /** That PING went unanswered in time: a PONG that still comes says the proxy answers PINGs after all (it was stalled). */
-  let late = false;
   whenReady(socket, () => {
     connected = true;
     slow.cancel();
@@ -760,10 +773,16 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
     if (input.probe) conn.send({ type: MsgType.PING, seq: 0 });
     send({ type: 'CONNECTED', conn, probing: input.probe });
     if (!input.probe) return;
+    // Silent that long, the peer is no proxy reached (a wrong port, a proxy stopped or hung): before,
+    // the connection was used without PINGs, connect() resolved after 2 s and each request waited
+    // out its whole timeout. A revproxy proxy answers the PING as it reads it; an older one refuses
+    // it at once (PINGS_REFUSED); the old reverse_proxy.py dies on it holding its lock and says
+    // nothing again (oldwire.spec.ts), so it was never usable on this wire anyway.
     probing = setDeadline(input.clock, () => {
       probing = undefined;
-      late = true;
-      send({ type: 'PROBED', pings: false, unanswered: `the reverse proxy at ${hostPort(input.proxy.host, input.proxy.port)} neither answered nor refused a PING within ${ms} ms (connectTimeoutMs)` });
+      sub.unsubscribe();
+      conn.destroy();
+      send({ type: 'CONNECT_FAILED', error: unanswered(input.proxy, ms) });
     }, ms);
   });
   // What the proxy said as it closed the connection (an ERROR without a seq): an older proxy refusing
@@ -773,13 +792,12 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
     next: (messages) => {
       for (const m of messages) if (m.type === MsgType.ERROR && m.seq === undefined) said = `${m.code}: ${m.message}`;
       const probed = probing !== undefined;
-      // The first PING's PONG, in time or late: the proxy answers PINGs, and says its share.
-      const pong = probed || late ? messages.find((m): m is PongMsg => m.type === MsgType.PONG) : undefined;
+      // The first PING's PONG: the proxy answers PINGs, and says its share.
+      const pong = probed ? messages.find((m): m is PongMsg => m.type === MsgType.PONG) : undefined;
       if (pong) {
         probing?.cancel();
         probing = undefined;
-        late = false;
-        send({ type: 'PROBED', pings: true, share: pong.share });
+        send({ type: 'PROBED', share: pong.share });
       }
       if (probed) {
         // Answers to the requests sent behind the PING may come before its PONG. An ERROR without a seq is in `said`: a
@@ -859,7 +877,7 @@ function currentProxy(context: ClientContext): string {
 function noPingsFrom(context: ClientContext, why: string, now: string): void {
   const proxy = currentProxy(context);
   const level = context.noPings.mark(proxy) ? 'warn' : 'debug';
-  context.logger[level]('no_pings', `${why}: it answers no PING (a proxy older than this client - or the old system's reverse_proxy.py, which reads no frame and answers nobody after one: speak its JSON to it, wire 'json', \`--wire json\`), so a connection to it cut without a word is found only by TCP keepalive (tcpKeepAliveMs) or a request's timeout, not within about ${(PING_AFTER_MS + PONG_WITHIN_MS) / 1000} s; this client ${now}, and sends it no PINGs until that connection is lost (the next one PINGs it again, in case it was upgraded: upgrade the proxy first, as README "Upgrading" says)`, { proxy });
+  context.logger[level]('no_pings', `${why}: it answers no PING (a proxy older than this client), so a connection to it cut without a word is found only by TCP keepalive (tcpKeepAliveMs) or a request's timeout, not within about ${(PING_AFTER_MS + PONG_WITHIN_MS) / 1000} s; this client ${now}, and sends it no PINGs until that connection is lost (the next one PINGs it again, in case it was upgraded: upgrade the proxy first, as README "Upgrading" says)`, { proxy });
 }
 
 /**
@@ -869,7 +887,7 @@ function noPingsFrom(context: ClientContext, why: string, now: string): void {
  */
 function reached(context: ClientContext): Partial<ClientContext> {
   const fresh = !context.hop && context.outageSince !== undefined;
-  return { connectedOnce: true, outageSince: undefined, recoveredAt: fresh ? context.clock.now() : context.recoveredAt, hop: false, hops: fresh ? 0 : context.hops };
+  return { connectedOnce: true, outageSince: undefined, tried: [], recoveredAt: fresh ? context.clock.now() : context.recoveredAt, hop: false, hops: fresh ? 0 : context.hops };
 }
 
 function maxAttempts(context: ClientContext): number {
@@ -953,6 +971,27 @@ function closedUnanswered(proxy: Endpoint, detail?: string): string {
   return `the reverse proxy at ${hostPort(proxy.host, proxy.port)} accepted the connection and closed it${detail ? ` (${detail})` : ''} before answering the client's first PING: ${CLOSED_AT_ONCE}`;
 }
 
+/**
+ * A peer that accepted the connection and said nothing within `ms` of the PING sent first: what
+ * to check. Measured (probe, 2026-12-06): a listener that accepts and never reads or writes (a
+ * wrong port, a SIGSTOPped proxy) was taken for a proxy, and each request waited out its timeout.
+ */
+function unanswered(proxy: Endpoint, ms: number): string {
+  const at = hostPort(proxy.host, proxy.port);
+  return `the reverse proxy at ${at} accepted the connection but did not answer the client's first PING within ${ms} ms (connectTimeoutMs), as a revproxy proxy does at once:`
+    + ` check that a revproxy proxy listens on that port (not another program) and is not stopped or hung (SIGSTOP, a blocked event loop);`
+    + ` the old system's reverse_proxy.py reads no frame and answers nobody after one: speak its JSON to it, wire 'json' (\`--wire json\`), and restart it`;
+}
+
+/**
+ * Why no proxy could be reached: the last failure when one proxy was tried, else each proxy's (its
+ * last try), named, in the order they were tried.
+ */
+export function whyUnreached(context: ClientContext): string | undefined {
+  if (context.tried.length < 2) return context.lastError;
+  return `no reverse proxy could be reached: ${context.tried.map(({ proxy, why }) => (why.includes(proxy) ? why : `${proxy}: ${why}`)).join('; ')}`;
+}
+
 /** Why the client gave up, with a hint when the cause is a common mistake. */
 function hint(why: string, gotThrough: boolean): string {
   // closedUnanswered says it already.
@@ -1010,22 +1049,15 @@ export const clientMachine = setup({
       // A proxy PINGed first is reached once it answers (PROBED): one that closes the connection before is not.
       return event.probing ? opened : { ...opened, ...reached(context) };
     }),
-    /** The PING sent first was answered (the connection is watched with PINGs from now on: a late PONG comes as one more PROBED), or not in time. */
+    /** The PING sent first was answered: the proxy is reached, and the connection is watched with PINGs from now on. */
     probed: assign(({ context, event }) => {
       assertEvent(event, 'PROBED');
-      if (event.unanswered) {
-        // Its PONG may still come, late, with the answers.
-        context.book.pingsOwed++;
-        noPingsFrom(context, event.unanswered, 'sends its requests on this connection');
-      }
-      // The first PROBED on the connection: the proxy answered its PING, or kept the connection open past connectTimeoutMs.
       const first = context.probing ? reached(context) : {};
       if (event.share !== undefined) context.book.proxyShare(event.share);
-      if (!event.pings) return { ...first, probing: false };
       context.liveness?.pinged();
       const proxy = currentProxy(context);
       if (context.noPings.answered(proxy)) {
-        context.logger.info('pings', `The reverse proxy at ${proxy} answers PINGs now (upgraded, or no longer stalled): a connection to it cut without a word is found within about ${(PING_AFTER_MS + PONG_WITHIN_MS) / 1000} s again`, { proxy });
+        context.logger.info('pings', `The reverse proxy at ${proxy} answers PINGs now (upgraded): a connection to it cut without a word is found within about ${(PING_AFTER_MS + PONG_WITHIN_MS) / 1000} s again`, { proxy });
       }
       return { ...first, probing: false };
     }),
@@ -1141,17 +1173,21 @@ export const clientMachine = setup({
     },
     failover: assign(({ context, event }) => {
       assertEvent(event, ['CONNECT_FAILED', 'CLOSED']);
+      // Each proxy keeps its place in the order first tried, with its latest failure.
+      const proxy = currentProxy(context);
+      const known = context.tried.some((t) => t.proxy === proxy);
+      const tried = known ? context.tried.map((t) => (t.proxy === proxy ? { proxy, why: event.error } : t)) : [...context.tried, { proxy, why: event.error }];
       // Leaving a proxy that left the registry: it goes from the list (it was first; the next is the list's first).
       const moved = context.unlisted ? listed(context, context.proxies.slice(1), 0) : { proxyIndex: context.rebalance ? 0 : (context.proxyIndex + 1) % context.proxies.length };
       return {
-        ...moved, conn: undefined, attempts: context.rebalance ? context.attempts : context.attempts + 1, lastError: event.error, lastInvalid: event.invalid === true,
+        ...moved, conn: undefined, tried, attempts: context.rebalance ? context.attempts : context.attempts + 1, lastError: event.error, lastInvalid: event.invalid === true,
         outageSince: context.outageSince ?? context.clock.now(),
       };
     }),
     giveUp: ({ context }) => {
-      const why = context.lastError ?? 'no reverse proxy reached';
       // A client that never had an answer never got through: that is failing to connect, whatever TCP said.
       const gotThrough = context.book.answers > 0;
+      const why = (gotThrough ? context.lastError : whyUnreached(context)) ?? 'no reverse proxy reached';
       // A proxy that sent an invalid message was reached, and answered wrongly: BAD_REQUEST (the peer sent something that is not a valid message).
       const code = context.lastInvalid ? ErrorCode.BAD_REQUEST : gotThrough ? LocalCode.CONNECTION_LOST : LocalCode.CONNECT_FAILED;
       // Those a draining proxy refused are told what it said (hold: false, every proxy draining).
@@ -1251,6 +1287,7 @@ export const clientMachine = setup({
       unlisted: false,
       attempts: 0,
       connectedOnce: false,
+      tried: [],
       unparking: false,
       hop: false,
       rebalance: false,

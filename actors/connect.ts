@@ -9,7 +9,7 @@ import { createActor, type InspectionEvent } from 'xstate';
 import { systemClock, xstateClock } from '../transport/clock.js';
 import { ErrorCode, LocalCode, StartError, type ClientCode } from '../transport/errors.js';
 import { TlsConfigError, type TlsMaterial } from '../transport/tls.js';
-import { badClientOption, clientMachine, RequestError, type ClientActor, type ClientOptions, type Outcome, type RequestHandle } from './client.js';
+import { badClientOption, clientMachine, RequestError, whyUnreached, type ClientActor, type ClientOptions, type Outcome, type RequestHandle } from './client.js';
 import { show, type HandlerError, type Payload } from './handler.js';
 import type { Logger } from './logger.js';
 import { DEFAULT_PROXY, type Endpoint } from './server.js';
@@ -37,7 +37,7 @@ export interface ConnectOptions extends Pick<ClientOptions, PassedOn> {
 }
 
 export interface RequestOptions {
-  /** Abort the request: it rejects with a `RequestError` coded `ABORTED` (an answer arriving later is dropped). */
+  /** Abort the request: it rejects with a `RequestError` coded `ABORTED`, its `cause` the signal's `reason` (an answer arriving later is dropped). */
   signal?: AbortSignal;
   /** This request's timeout (ms); it rejects with `CLIENT_TIMEOUT` when it passes. Default: the client's. `Infinity`: none. */
   timeoutMs?: number;
@@ -132,7 +132,7 @@ export class Client {
     if (signal !== undefined && !isAbortSignal(signal)) {
       return Promise.resolve(failed(ErrorCode.BAD_REQUEST, `signal is an AbortSignal (AbortSignal.timeout(ms), or an AbortController's signal), not ${signal === null ? 'null' : typeof signal}`));
     }
-    if (signal?.aborted) return Promise.resolve(failed(LocalCode.ABORTED, abortMessage(signal)));
+    if (signal?.aborted) return Promise.resolve(aborted(signal));
     const handle: RequestHandle = {};
     const p = new Promise<Outcome>((resolve) => {
       const unwatch = signal && this.watch(signal, handle);
@@ -154,7 +154,7 @@ export class Client {
       const handles = new Set<RequestHandle>();
       const onAbort = (): void => {
         this.watched.delete(signal);
-        for (const h of handles) this.actor.send({ type: 'CANCEL', handle: h, error: new RequestError(LocalCode.ABORTED, abortMessage(signal)) });
+        for (const h of handles) this.actor.send({ type: 'CANCEL', handle: h, error: aborted(signal).error });
       };
       w = { handles, onAbort };
       this.watched.set(signal, w);
@@ -244,10 +244,11 @@ export async function connect(opts: ConnectOptions = {}): Promise<Client> {
   await new Promise<void>((resolve, reject) => {
     const check = (): boolean => {
       const s = client.actor.getSnapshot();
-      // Connected once the proxy answered the PING sent first (or was found not to answer one); a connection lost
-      // after it was made is the requests' business, as it was before that PING.
+      // Connected once the proxy answered the PING sent first (or refused it, as a proxy older than client PINGs
+      // does, and took the connection made again without one); a connection lost after it was made is the
+      // requests' business, as it was before that PING.
       if ((s.matches({ session: 'open' }) && !s.context.probing) || (s.context.connectedOnce && !s.matches({ session: 'open' }))) resolve();
-      else if (s.matches('offline') || s.status !== 'active') reject(new RequestError(LocalCode.CONNECT_FAILED, s.context.lastError ?? 'no reverse proxy could be reached'));
+      else if (s.matches('offline') || s.status !== 'active') reject(new RequestError(LocalCode.CONNECT_FAILED, whyUnreached(s.context) ?? 'no reverse proxy could be reached'));
       else return false;
       return true;
     };
@@ -320,9 +321,15 @@ function isAbortSignal(v: unknown): v is AbortSignal {
   return typeof s === 'object' && s !== null && typeof s.aborted === 'boolean' && typeof s.addEventListener === 'function' && typeof s.removeEventListener === 'function';
 }
 
-function abortMessage(signal: AbortSignal): string {
+/**
+ * A request ended by its signal: ABORTED, its `cause` the signal's reason (a TimeoutError for
+ * AbortSignal.timeout(), whatever abort(reason) was given), as fetch rejects with it; before, the
+ * reason was lost but for its message.
+ */
+function aborted(signal: AbortSignal): Outcome & { ok: false } {
   const r = signal.reason as { message?: unknown } | undefined;
-  return `the request was aborted${typeof r?.message === 'string' ? `: ${r.message}` : ''}`;
+  const error = new RequestError(LocalCode.ABORTED, `the request was aborted${typeof r?.message === 'string' ? `: ${r.message}` : ''}`, { cause: signal.reason });
+  return { ok: false, error, latencyMs: 0 };
 }
 
 function toReply(index: number, payload: Payload, o: Outcome): Reply {

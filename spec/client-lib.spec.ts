@@ -159,6 +159,29 @@ lib('a request past its own timeout rejects with CLIENT_TIMEOUT; an aborted one 
   assert.is((await reject(c.request('P', 'z', { signal: AbortSignal.abort() }))).code, 'ABORTED');
 });
 
+lib('an ABORTED request carries the signal\'s reason as its cause, aborted before or while in flight (as fetch rejects with it)', async () => {
+  // The reason was lost but for its message: a caller could not tell its own shutdown from a timeout signal.
+  const p = await proxy();
+  await server('quiet', [p.port], { behaviour: 'silent' });
+  const c = await client({ revproc: p.port });
+  const reason = new Error('user gave up');
+  const ac = new AbortController();
+  const inFlight = reject(c.request('P', 'y', { signal: ac.signal }));
+  ac.abort(reason);
+  assert.is((await inFlight).cause, reason);
+  const before = await reject(c.request('P', 'z', { signal: AbortSignal.abort('shutdown') }));
+  assert.equal([before.code, before.cause], ['ABORTED', 'shutdown']);
+  const timedOut = await reject(c.request('P', 't', { signal: AbortSignal.timeout(20) }));
+  assert.is((timedOut.cause as Error).name, 'TimeoutError');
+});
+
+lib('an ArrayBuffer payload is refused naming what it is and what is taken, not as "an object"', async () => {
+  const p = await proxy();
+  const c = await client({ revproc: p.port });
+  const e = await reject(c.request('P', new ArrayBuffer(3) as unknown as Uint8Array));
+  assert.equal([e.code, e.message], ['BAD_REQUEST', 'a payload is a string or a Uint8Array (a Buffer is one), not an ArrayBuffer of 3 bytes: pass a view of it, new Uint8Array(buffer)']);
+});
+
 lib('a signal shared by many requests (an application\'s shutdown signal) carries one listener of the client\'s, none once they settle, and aborts them all', async () => {
   // One listener per request: past ten on one signal Node warned "Possible EventTarget memory
   // leak detected. 11 abort listeners added to [AbortSignal]" in every application that passed
@@ -463,26 +486,72 @@ lib('a proxy that answers PINGs and goes silent with requests on it (a NAT forgo
   });
 });
 
-lib('a proxy stalled as the client connected (its first PONG late) is used without PINGs until that PONG comes, and PINGed from then on', async () => {
-  // The proxy was marked as answering no PING for the client's life: a cut there was found only by
-  // a request's timeout or TCP keepalive, though it answered PINGs once it woke.
-  const late = await standIn('late');
-  const clock = new ManualClock();
-  const records: LogRecord[] = [];
+/** A TCP listener on a free loopback port that accepts connections and never reads or writes: a wrong port, a SIGSTOPped proxy. */
+async function silentPeer(): Promise<{ port: number; accepted: () => number; close(): void }> {
+  const socks: Socket[] = [];
+  const peer = createServer((sock) => {
+    socks.push(sock);
+    sock.on('error', () => {});
+  }).listen(0, '127.0.0.1');
+  await once(peer, 'listening');
+  return {
+    port: (peer.address() as AddressInfo).port,
+    accepted: () => socks.length,
+    close: () => {
+      for (const sock of socks) sock.destroy();
+      peer.close();
+    },
+  };
+}
+
+lib('a peer that accepts the connection and never answers the first PING (a wrong port, a hung proxy): connect() rejects CONNECT_FAILED saying what to check', async () => {
+  // connect() resolved after connectTimeoutMs (2013 ms measured by a probe), the client used the
+  // connection without PINGs, and every request waited out its whole timeout (CLIENT_TIMEOUT at 6 s);
+  // without a logger nothing said why.
+  const peer = await silentPeer();
   try {
-    const connecting = client({ revproc: late.port, clock, logger: new Logger('client', memorySink(records), 'info') });
-    await eventually(() => late.pings === 1, 3000, 'the first PING');
-    clock.advance(2000); // connectTimeoutMs: it neither answered nor refused it
-    const c = await connecting;
-    assert.equal(records.map((r) => `${r.level} ${r.event}`), ['warn no_pings']);
-    late.pong();
-    await eventually(() => records.some((r) => r.event === 'pings'), 3000, 'the late PONG read');
-    c.request('P', 'unanswered', { timeoutMs: 60_000 }).catch(() => {});
-    await eventually(() => c.actor.getSnapshot().context.book.inFlight === 1, 3000, 'the request sent');
-    clock.advance(1000);
-    await eventually(() => late.pings === 2, 3000, 'a PING after 1 s of silence');
+    const t0 = Date.now();
+    const e = await reject(within5s(connect({ revproc: peer.port, connectTimeoutMs: 300, failoverDelayMs: 10 }), 'connect() still waiting after 5 s'));
+    assert.is(e.code, 'CONNECT_FAILED');
+    assert.ok(Date.now() - t0 < 3000, `rejected after ${Date.now() - t0} ms`);
+    assert.match(e.message, new RegExp(`^the reverse proxy at 127\\.0\\.0\\.1:${peer.port} accepted the connection but did not answer the client's first PING within 300 ms \\(connectTimeoutMs\\)`));
+    assert.match(e.message, /check that a revproxy proxy listens on that port \(not another program\) and is not stopped or hung/);
+    assert.is(peer.accepted(), 2, 'dialled twice (maxAttempts: twice the proxies), as a proxy that refuses');
   } finally {
-    late.close();
+    peer.close();
+  }
+});
+
+lib('a silent peer first in the list is passed over for the next proxy, as one that refuses is, and the requests sent behind the PING are answered there', async () => {
+  const peer = await silentPeer();
+  try {
+    const p = await proxy();
+    await server('s', [p.port]);
+    // runClient (`revproxy client`) sends its requests right behind the PING: to the silent peer first, then again to the proxy.
+    const packets = ['a', 'b'].map((payload) => ({ srcid: 'c', privPoliId: 'P', payload }));
+    const results = await within5s(runClient({ id: 'c', proxies: [{ host: '127.0.0.1', port: peer.port }, { host: '127.0.0.1', port: p.port }], connectTimeoutMs: 300, failoverDelayMs: 10, packets }), 'runClient still waiting after 5 s');
+    assert.equal(results.map((r) => r.correct), [true, true], JSON.stringify(results.map((r) => r.message)));
+    const records: LogRecord[] = [];
+    const c = await within5s(client({ revproc: [peer.port, p.port], connectTimeoutMs: 300, failoverDelayMs: 10, logger: new Logger('client', memorySink(records), 'info') }), 'connect() still waiting after 5 s');
+    assert.is(await c.request('P', 'x'), createHash('sha1').update('x').digest('hex'));
+    const failover = records.find((r) => r.event === 'failover');
+    assert.match(failover?.msg ?? '', new RegExp(`did not answer the client's first PING within 300 ms .*; trying the reverse proxy at 127\\.0\\.0\\.1:${p.port}`));
+    assert.not.ok(records.some((r) => r.event === 'no_pings'), 'not taken for a proxy that answers no PING');
+  } finally {
+    peer.close();
+  }
+});
+
+lib('connect() given several proxies, none reachable, names each one tried and why', async () => {
+  // It named only the last: "no reverse proxy is listening on 127.0.0.1:<the second>".
+  const [a, b] = [await freePort(), await freePort()];
+  const peer = await silentPeer();
+  try {
+    const e = await reject(connect({ revproc: `127.0.0.1:${a},127.0.0.1:${b},127.0.0.1:${peer.port}`, connectTimeoutMs: 300, failoverDelayMs: 10 }));
+    assert.is(e.code, 'CONNECT_FAILED');
+    assert.match(e.message, new RegExp(`^no reverse proxy could be reached: no reverse proxy is listening on 127\\.0\\.0\\.1:${a}; no reverse proxy is listening on 127\\.0\\.0\\.1:${b}; the reverse proxy at 127\\.0\\.0\\.1:${peer.port} accepted the connection but did not answer`));
+  } finally {
+    peer.close();
   }
 });
 

@@ -500,18 +500,20 @@ reverse("a revproxy server's error through the old Python proxy reaches the old 
   assert.is(fine.child.exitCode, null);
 });
 
-reverse("revproxy client without --wire json, to the old Python proxy: its warning names the old proxy and --wire json, not only an older revproxy", async () => {
+reverse("revproxy client without --wire json, to the old Python proxy: its error names the old proxy and --wire json, not only an older revproxy", async () => {
   // Checked with the real reverse_proxy.py (commit 38c973a): the client's first frame (a PING)
-  // killed its handler (UnicodeDecodeError) holding its lock, and the client's warning said only
-  // "a proxy older than this client ... upgrade the proxy first".
+  // killed its handler (UnicodeDecodeError) holding its lock, the connection left open and silent,
+  // and the client's warning said only "a proxy older than this client ... upgrade the proxy first".
+  // Since 2026-12-06 a PING unanswered within connectTimeoutMs fails the dial (CONNECT_FAILED), and its line says it.
   const proxy = python('old_proxy', ['-port', '0']);
   const port = (await proxy.waitFor(/Running the reverse proxy on port (\d+)/))[1]!;
   const dir = tempDir('oldwire-');
   writeFileSync(join(dir, '1.json'), JSON.stringify({ type: '0', srcid: '7', privPoliId: 'PP_1', payload: 'm' }));
   const client = revproxy(['client', '-id', '7', '-revproc', port, '-pkt', join(dir, '1.json'), '--timeout', '2500']);
   assert.is(await client.exited, 1);
-  const warning = client.out.find((l) => l.includes('answers no PING')) ?? '';
-  assert.match(warning, /the old system's reverse_proxy\.py, which reads no frame and answers nobody after one: speak its JSON to it, wire 'json', `--wire json`/, client.out.join('\n'));
+  // The warn line of the failed dial (the request's 2500 ms ran out before the second one failed too).
+  const failed = client.out.find((l) => l.includes("did not answer the client's first PING")) ?? '';
+  assert.match(failed, /the old system's reverse_proxy\.py reads no frame and answers nobody after one: speak its JSON to it, wire 'json' \(`--wire json`\), and restart it/, client.out.join('\n'));
 });
 
 reverse('revproxy server without --wire json, to the old Python proxy: when its setup is not accepted, the error names the old proxy and --wire json', async () => {
