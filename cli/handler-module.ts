@@ -3,7 +3,7 @@
  * default export is `async (payload, ctx) => answer`, or a CommonJS module
  * that exports it (`module.exports = fn`, or `export default` compiled by tsc).
  */
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { StringDecoder } from 'node:string_decoder';
@@ -30,8 +30,8 @@ function whyNotLoaded(err: unknown, path: string): string {
     return `this Node (${process.version}) does not run this TypeScript (${first}): it runs only TypeScript whose types can be erased (no enums, namespaces or parameter properties); compile it (tsc) and give the .js file`;
   }
   if (e instanceof SyntaxError) return `${e.name}: ${first} (node --check ${resolve(path)} shows where)`;
-  // Node's own (a JSON file without its import attribute, require() of an ES module...): its words say it.
-  if (typeof e?.code === 'string' && e.code.startsWith('ERR_')) return first;
+  // Node's own (require() of an ES module...): its words say it, but for where revproxy's own bundle imported it from.
+  if (typeof e?.code === 'string' && e.code.startsWith('ERR_')) return first.replace(/ (?:resolving ES modules )?imported from \S+$/, '');
   // The module's own code threw as it ran (a setting it reads at the top, a file it opens): say so, and where.
   const url = pathToFileURL(resolve(path)).href;
   const at = safeStack(err).split('\n').find((l) => l.includes(url) || l.includes(resolve(path)))?.trim();
@@ -49,10 +49,17 @@ function safeStack(err: unknown): string {
   }
 }
 
+/** What --handler takes, for the errors about what it was given instead. */
+const TAKES = '--handler takes a JavaScript module (.js, .mjs or .cjs; .ts on a Node that runs TypeScript) whose default export is the handler';
+
 /** Import the handler module at `path` (relative to the working directory); a StartError says what is wrong with it. */
 export async function loadHandler(path: string): Promise<Handler> {
   const file = resolve(path);
   if (!existsSync(file)) throw new StartError(`handler module '${path}' cannot be loaded: the file does not exist`);
+  // Node's words named the path of revproxy's own bundle ("... imported from .../.build/revproxy.mjs"), not what to give.
+  if (statSync(file).isDirectory()) throw new StartError(`handler module '${path}' cannot be loaded: it is a directory: ${TAKES}; give the module's file`);
+  // Node's words were 'needs an import attribute of type "json"': how to import it, which --handler cannot do.
+  if (/\.json$/i.test(file)) throw new StartError(`handler module '${path}' cannot be loaded: it is a JSON file: ${TAKES}; to answer from this data, import it in one: import data from '${file}' with { type: 'json' }`);
   let mod: { default?: unknown };
   try {
     mod = (await import(pathToFileURL(file).href)) as { default?: unknown };

@@ -103,6 +103,22 @@ examples('a handler module that cannot be used stops the server with exit 1, nam
   }
 });
 
+examples('--handler given a JSON file or a directory says what --handler takes, not Node\'s words for an import nobody wrote', async () => {
+  // Node's raw text reached the user: 'needs an import attribute of type "json"' for data.json, and for a
+  // directory "Directory import '...' is not supported resolving ES modules imported from <revproxy's own bundle>".
+  const dir = tempDir('revproxy-handlers-');
+  try {
+    writeFileSync(join(dir, 'data.json'), '{"answer": 42}\n');
+    const json = await loadHandler(join(dir, 'data.json')).then(() => 'loaded', (e: Error) => e.message);
+    assert.match(json, /data\.json' cannot be loaded: it is a JSON file: --handler takes a JavaScript module \(\.js, \.mjs or \.cjs; .*\) whose default export is the handler; to answer from this data, import it in one: import data from '.*data\.json' with \{ type: 'json' \}$/, json);
+    const folder = await loadHandler(dir).then(() => 'loaded', (e: Error) => e.message);
+    assert.match(folder, /cannot be loaded: it is a directory: --handler takes a JavaScript module .* whose default export is the handler; give the module's file$/, folder);
+    assert.not.match(`${json}\n${folder}`, /imported from|import attribute/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 examples('a handler module that cannot be used is told apart: a missing import is not a missing file; a syntax error, an object holding the handler, a named export, code that throws as it is imported and a generator each say what to do', async () => {
   const dir = tempDir('revproxy-handlers-');
   const why = (name: string, text: string): Promise<string> => {
