@@ -737,7 +737,7 @@ export class HandlerRunner {
     // The ACK's other fields take well under 1 KiB; the proxy would refuse the whole frame, and the link with it.
     const most = this.opts.maxFrameBytes - 1024;
     if (size > most) {
-      return this.appError(job, 'ANSWER_TOO_LARGE', `the handler of server ${id} answered ${size} bytes; answers may be ${most} bytes at most (--max-frame ${this.opts.maxFrameBytes} less 1024 for the rest of the frame)`);
+      return this.appError(job, 'ANSWER_TOO_LARGE', `the handler of server ${id} answered ${size} bytes; answers may be ${most} bytes at most (the server's --max-frame, maxFrameBytes to startServer, ${this.opts.maxFrameBytes} less 1024 for the rest of the frame)`);
     }
     const log = this.opts.logger;
     if (log.enabled('debug')) log.debug('answer', `Sending a message to the client ${msg.srcid} payload ${show(answer)}`, { client: msg.srcid, payload: show(answer) });

@@ -287,8 +287,14 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
   const snap = actor.getSnapshot();
   if (snap.value === 'failed' || snap.status !== 'active' || timedOut || snap.context.registered.length === 0) {
     actor.stop();
-    const proxies = snap.context.proxies.map((p) => hostPort(p.host, p.port)).join(', ');
-    const where = opts.registry ? `in the registry (etcd://${opts.registry.endpoints.join(',')})` : `with any reverse proxy (${proxies})`;
+    // Each proxy with why its last try failed, when one did (a try still under way says nothing yet).
+    const why = (at: string): string => {
+      const failed = snap.context.unregistered[at];
+      return failed === undefined ? at : failed.includes(at) ? failed : `${at}: ${failed}`;
+    };
+    const proxies = snap.context.proxies.map((p) => why(hostPort(p.host, p.port))).join('; ');
+    const failed = Object.entries(snap.context.unregistered).find(([at]) => at.startsWith('registry '))?.[1];
+    const where = opts.registry ? `in the registry (etcd://${opts.registry.endpoints.join(',')}${failed ? `: ${failed}` : ''})` : `with any reverse proxy (${proxies})`;
     throw new StartError(snap.context.error ?? `server ${opts.id} could not register ${where} within ${wait} ms`);
   }
   return serverHandle(actor, opts.id, etcd);

@@ -152,6 +152,12 @@ export interface ServerContext {
   maxConnectionsSet: boolean;
   /** Proxies we are registered with now (`host:port`). */
   registered: string[];
+  /**
+   * Why the last registration with each proxy that lost or refused one failed (`host:port`: why): a
+   * start that registers with none says so for each. It said "could not register with any reverse proxy
+   * (...) within 1500 ms", not whether each refused the connection, timed out or turned it down.
+   */
+  unregistered: Record<string, string>;
   error?: string;
 }
 
@@ -732,7 +738,8 @@ export const serverMachine = setup({
     },
     lost: assign(({ context, event }) => {
       assertEvent(event, ['REGISTRATION_LOST', 'REGISTRATION_REFUSED']);
-      return { registered: context.registered.filter((p) => p !== event.proxy) };
+      const why = event.type === 'REGISTRATION_LOST' ? event.error : `${event.code}: ${event.message}`;
+      return { registered: context.registered.filter((p) => p !== event.proxy), unregistered: { ...context.unregistered, [event.proxy]: why } };
     }),
     setError: assign(({ event }) => {
       assertEvent(event, ['LISTEN_FAILED', 'REFUSED']);
@@ -805,6 +812,7 @@ export const serverMachine = setup({
         budget,
       }),
       registered: [],
+      unregistered: {},
     };
   },
   invoke: {

@@ -15,6 +15,7 @@ import {
 } from '../actors/index.js';
 import { MsgType, type AckMsg, type ErrorMsg } from '../transport/messages.js';
 import { collector, eventually, frame, LOCAL, rawConnect } from './helpers.js';
+import { freePort } from '../bench/procs.js';
 
 interface Ctx {
   proxy: ProxyHandle;
@@ -227,6 +228,14 @@ answers('an answer that is not text or bytes is the handler\'s error, BAD_ANSWER
   assert.is(lines.length, 4, lines.map((r) => r.msg).join('\n'));
   assert.is(lines[1]!.level, 'error');
   assert.match(lines[1]!.msg, /^The handler of server s answered request \d+ of client c1 with undefined \(does it return its answer\?\): a handler answers a string or bytes/);
+});
+
+answers('a server that registers with no proxy says why for each proxy it tried, not only that it could not', async () => {
+  const [a, b] = [await freePort(), await freePort()];
+  const err = (await startServer({ id: 'lonely', policy: 'P', listenPort: 0, revproc: `${LOCAL}:${a},${LOCAL}:${b}`, registerTimeoutMs: 1500 }).catch((e: unknown) => e)) as Error;
+  assert.instance(err, StartError);
+  // It said "could not register with any reverse proxy (127.0.0.1:A, 127.0.0.1:B) within 1500 ms".
+  assert.is(err.message, `server lonely could not register with any reverse proxy (no reverse proxy is listening on ${LOCAL}:${a}; no reverse proxy is listening on ${LOCAL}:${b}) within 1500 ms`);
 });
 
 answers('a handler, an id or a policy that cannot serve is refused at start with a StartError saying which, not registered to fail every request', async () => {
@@ -488,7 +497,7 @@ limits('an answer UTF-8 cannot carry (a lone surrogate) is BAD_ANSWER, not U+FFF
     assert.equal([by(1).type, by(1).payload], [MsgType.ACK, 'A\ud83d\ude00B'], 'a surrogate pair is well-formed');
     assert.equal([by(2).type, (by(2).payload as string).length], [MsgType.ACK, cap], 'the cap itself fits');
     assert.equal([by(3).code, by(3).appcode], ['HANDLER_ERROR', 'ANSWER_TOO_LARGE']);
-    assert.match(by(3).message, new RegExp(`answered ${cap + 1} bytes; answers may be ${cap} bytes at most \\(--max-frame 1048576 less 1024`));
+    assert.match(by(3).message, new RegExp(`answered ${cap + 1} bytes; answers may be ${cap} bytes at most \\(the server's --max-frame, maxFrameBytes to startServer, 1048576 less 1024`));
   } finally {
     sock.destroy();
     await server.stop();
