@@ -121,8 +121,9 @@ export function triesFailed(context: ProxyContext, member: string, linkId: strin
 /**
  * A server answered SHUTTING_DOWN, or its link's PONG says it leaves (`why` says which, in the
  * log's words): it is draining and ran none of `requests` (none, for a PONG), which go to another
- * member as requests never sent do. It says so on its link because its registry entry could not (etcd
- * did not take its leaving): a registry member leaves now, as at an entry saying it is leaving; its link
+ * member as requests never sent do. It says so on its link at once when its registry entry could not (etcd
+ * did not take its leaving), and a grace after it did (actors/server.ts LEAVING_GRACE_MS), for a proxy that
+ * did not hear etcd: a registry member leaves now, as at an entry saying it is leaving; its link
  * finishes what the server has read, then closes, and the server's drain ends. A member registered
  * directly leaves at its DEREGISTER, which its registration connection carries: until then it is
  * drained, as by an operator (a server of another make answering SHUTTING_DOWN to every request is
@@ -130,7 +131,7 @@ export function triesFailed(context: ProxyContext, member: string, linkId: strin
  */
 export function serverLeaving(context: ProxyContext, member: string, linkId: string, requests: ProxyRequest[], why: string): void {
   const entry = current(context, member, linkId);
-  if (entry?.source === 'registry') removeServer(context, entry, `it is draining: ${why}, its registry entry unchanged (etcd did not take its leaving)`);
+  if (entry?.source === 'registry') removeServer(context, entry, `it is draining: ${why}; this proxy had read no registry entry saying so (etcd did not take it, or this proxy did not hear from etcd)`);
   else if (entry && !entry.drained) drainMember(context, member, `the server itself: ${why}`);
   retry(context, member, requests, { code: ErrorCode.UPSTREAM_FAILED, message: `server ${member} is draining and did not run it` }, 'unsent');
 }

@@ -7,7 +7,8 @@
  * long enough for the lease to be lost, the key is written again once etcd
  * answers; the server keeps serving meanwhile. On drain (DEREGISTER_ALL) the
  * key is written once more saying it is leaving, then deleted - the proxies
- * stop sending - and the server finishes what it has. A key held by another live server with the same id is left
+ * stop sending - and the server finishes what it has (and, a grace later,
+ * answers SHUTTING_DOWN to a proxy that did not hear etcd: actors/server.ts). A key held by another live server with the same id is left
  * alone; after the TTL and a margin the registration is refused
  * (DUPLICATE_ID), as a proxy would refuse it.
  */
@@ -96,7 +97,8 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
       // Written first with "leaving": a proxy removes it at once, where a key gone with its lease is kept while the server answers.
       if (!refused) {
         leaving = kept.stop(encodeServer({ ...entry, leaving: true })).then((told) => {
-          if (!told) send({ type: 'DEREGISTER_FAILED', proxy: label, error: `etcd did not take the entry saying it is leaving (${kept.stopError ?? `no answer within ${2 * o.callTimeoutMs} ms`})` });
+          if (told) send({ type: 'DEREGISTERED', proxy: label });
+          else send({ type: 'DEREGISTER_FAILED', proxy: label, error: `etcd did not take the entry saying it is leaving (${kept.stopError ?? `no answer within ${2 * o.callTimeoutMs} ms`})` });
         });
       }
     });

@@ -8,7 +8,7 @@
  * proxies. spec/fleet.spec.ts runs the same as real processes, under load.
  */
 import { EventEmitter } from 'node:events';
-import { createServer, type Socket } from 'node:net';
+import { connect as netConnect, createServer, type Socket } from 'node:net';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { connect, Logger, memorySink, sha1Hex, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
@@ -365,7 +365,7 @@ reg_('a server drained while etcd is away says it could not tell the registry, a
     assert.ok(took < 2000, `the drain took ${took} ms (its timeout 2500 ms)`);
     assert.equal(serving(p), []);
     const left = plogs.find((l) => l.event === 'deregister' && l.id === 'untold');
-    assert.match(left?.msg ?? plogs.map((l) => l.msg).join('\n'), /^Server id untold left privacy policy 111: it is draining: its link's PONG says it is leaving \(server untold is draining, and its registry entry could not say it is leaving\), its registry entry unchanged \(etcd did not take its leaving\)$/);
+    assert.match(left?.msg ?? plogs.map((l) => l.msg).join('\n'), /^Server id untold left privacy policy 111: it is draining: its link's PONG says it is leaving \(server untold is draining, and its registry entry could not say it is leaving\); this proxy had read no registry entry saying so \(etcd did not take it, or this proxy did not hear from etcd\)$/);
   } finally {
     await ctx.etcd!.start();
   }
@@ -419,7 +419,7 @@ reg_('a server drained while etcd is away answers the requests that still come S
     assert.ok(took < 10_000, `the drain took ${took} ms (its timeout 20000 ms)`);
     const left = logs.find((l) => l.event === 'deregister' && l.id === 'a');
     // Told by the first of its answers SHUTTING_DOWN and its PONG, sent to its links as it knew etcd had not taken its leaving.
-    assert.match(left?.msg ?? logs.map((l) => l.msg).join('\n'), /^Server id a left privacy policy 111: it is draining: (it answered SHUTTING_DOWN \(server a is draining and did not run this request: send it to another server \(its registry entry could not say it is leaving\)\)|its link's PONG says it is leaving \(server a is draining, and its registry entry could not say it is leaving\)), its registry entry unchanged \(etcd did not take its leaving\)$/);
+    assert.match(left?.msg ?? logs.map((l) => l.msg).join('\n'), /^Server id a left privacy policy 111: it is draining: (it answered SHUTTING_DOWN \(server a is draining and did not run this request: send it to another server \(its registry entry could not say it is leaving\)\)|its link's PONG says it is leaving \(server a is draining, and its registry entry could not say it is leaving\)); this proxy had read no registry entry saying so \(etcd did not take it, or this proxy did not hear from etcd\)$/);
     assert.equal(serving(p), ['b']);
     // a ran nothing once it knew etcd had not taken its leaving (what came was answered SHUTTING_DOWN); b took the rest.
     assert.is(ranUntold, 0, `${ranUntold} request(s) ran on a after its deregister_failed line`);
@@ -427,6 +427,95 @@ reg_('a server drained while etcd is away answers the requests that still come S
   } finally {
     await ctx.etcd!.start();
   }
+});
+
+/**
+ * A TCP forwarder to `target` (HOST:PORT) that can be frozen: from then on it holds every byte both ways and
+ * connects nothing, as a SIGSTOPped forwarder or a silent partition does (no FIN, no RST).
+ */
+async function forwarder(target: string): Promise<{ endpoint: string; freeze(): void; close(): void }> {
+  const i = target.lastIndexOf(':');
+  const socks = new Set<Socket>();
+  const pairs: Array<[Socket, Socket]> = [];
+  let frozen = false;
+  const server = createServer((c) => {
+    socks.add(c);
+    c.on('error', () => {});
+    if (frozen) return void c.pause();
+    const u = netConnect(Number(target.slice(i + 1)), target.slice(0, i));
+    socks.add(u);
+    u.on('error', () => c.destroy());
+    c.on('error', () => u.destroy());
+    c.pipe(u);
+    u.pipe(c);
+    pairs.push([c, u]);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    endpoint: `127.0.0.1:${(server.address() as { port: number }).port}`,
+    freeze: () => {
+      frozen = true;
+      for (const [c, u] of pairs) {
+        c.unpipe(u);
+        u.unpipe(c);
+        c.pause();
+        u.pause();
+      }
+    },
+    close: () => {
+      for (const x of socks) x.destroy();
+      server.close();
+    },
+  };
+}
+
+reg_('a server that drains while a proxy cannot hear etcd stops taking new requests a grace after etcd took its leaving: that proxy takes it out then, not at the drain timeout, and nothing fails', async () => {
+  // A fleet probe: one proxy of two reached etcd through a forwarder that was SIGSTOPped; a server drained with etcd taking
+  // its leaving, so it told no link, and that proxy sent it requests for its whole drain (10.1 s of --drain-timeout 10000),
+  // then had 6 in flight cut off. The proxy that heard etcd took it out 23-27 ms after the drain began.
+  const fwd = await forwarder(ctx.etcd!.endpoint);
+  ctx.closers.push(() => fwd.close());
+  const heard: LogRecord[] = [];
+  const cutLogs: LogRecord[] = [];
+  const p = await proxy({ logs: heard });
+  const cut = await startProxy({ port: 0, timeoutMs: 2000, probeInitialMs: 100, logger: new Logger('proxy', memorySink(cutLogs), 'info'), registry: reg({ endpoints: [fwd.endpoint] }) });
+  ctx.proxies.push(cut);
+  const logs: LogRecord[] = [];
+  const a = await startServer({ id: 'a', policy: '111', registry: reg(), drainTimeoutMs: 10_000, delayMs: 20, logger: new Logger('server a', memorySink(logs), 'info') });
+  const b = await startServer({ id: 'b', policy: '111', registry: reg(), delayMs: 20 });
+  ctx.servers.push(a, b);
+  for (const x of [p, cut]) await eventually(() => serving(x).length === 2, 5000, 'both servers serving on both proxies');
+  let going = true;
+  const outcomes: Record<string, number> = {};
+  // Each proxy's client keeps four requests in flight the whole time.
+  const clients = await Promise.all([p, cut].map((x) => connect({ revproc: x.port, timeoutMs: 5000, window: 4 })));
+  ctx.closers.push(() => Promise.all(clients.map((c) => c.close())));
+  const loads = clients.flatMap((c, n) => [0, 1, 2, 3].map(async (k) => {
+    for (let i = 0; going; i++) {
+      const o = await c.send('111', `${n}-${k}-${i}`);
+      const key = o.ok ? 'ok' : o.error.code;
+      outcomes[key] = (outcomes[key] ?? 0) + 1;
+    }
+  }));
+  await sleep(300);
+  fwd.freeze();
+  await sleep(300);
+  const t0 = Date.now();
+  await a.stop();
+  const took = Date.now() - t0;
+  await sleep(200);
+  going = false;
+  await Promise.all(loads);
+  assert.ok(took < 3000, `the drain took ${took} ms (its timeout 10000 ms)`);
+  assert.ok(took >= 1000, `the drain took ${took} ms: less than the grace (1000 ms) for the proxies that heard etcd`);
+  assert.equal(serving(cut), ['b']);
+  // The proxy cut off from etcd learned it on the link (its PONG, or the SHUTTING_DOWN of a request), the other from etcd.
+  const cutLeft = cutLogs.find((l) => l.event === 'deregister' && l.id === 'a');
+  assert.match(cutLeft?.msg ?? cutLogs.map((l) => l.msg).join('\n'), /^Server id a left privacy policy 111: it is draining: (its link's PONG says it is leaving \(server a is draining, and its registry entry has said it is leaving for 1000 ms\)|it answered SHUTTING_DOWN \(server a is draining and did not run this request: send it to another server \(its registry entry has said it is leaving for 1000 ms\)\)); this proxy had read no registry entry saying so \(etcd did not take it, or this proxy did not hear from etcd\)$/);
+  assert.is(heard.find((l) => l.event === 'deregister' && l.id === 'a')?.msg, 'Server id a left privacy policy 111: it is draining (its registry entry says it is leaving)');
+  assert.ok(!heard.some((l) => / is draining and did not run it/.test(l.msg)), 'the proxy that heard etcd sent nothing into the grace\'s end');
+  assert.ok(!logs.some((l) => l.event === 'drain_timeout'), logs.map((l) => l.msg).join('\n'));
+  assert.equal(Object.keys(outcomes), ['ok'], JSON.stringify(outcomes));
 });
 
 reg_('etcd comes back without its data: the proxy keeps its servers for a lease TTL, for them to write their keys again', async () => {
