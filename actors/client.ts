@@ -180,7 +180,7 @@ export type ClientEvent =
   | { type: 'EXPIRE'; handle: RequestHandle }
   | { type: 'CLOSE' }
   /** The live proxies changed (a registry's list): fail over among these from now on. */
-  | { type: 'PROXIES'; proxies: Endpoint[] }
+  | { type: 'PROXIES'; proxies: ListedProxy[] }
   /** Renewed client certificates (Client.renewTls): the next dials present them; the open connection keeps its own. */
   | { type: 'RENEW_TLS'; tls: TlsMaterial }
   /** `probing`: a PING went to the proxy first, requests go out behind it; PROBED says how it went (connect() resolves then). */
@@ -665,11 +665,16 @@ function surrogate(what: string, text: unknown): string | undefined {
 
 const sameEndpoint = (a: Endpoint, b: Endpoint): boolean => a.host === b.host && a.port === b.port;
 
-/** The list's first proxy, if it was not in the client's list (it came) and the proxy in use stays listed: the client goes to it (rebalance). */
-function newcomerFirst(context: ClientContext, proxies: Endpoint[]): Endpoint | undefined {
+/**
+ * The list's first proxy, if it came - it was not in the client's list, or was as another start of it (a proxy
+ * restarted within its lease TTL, whose key never left etcd: `ListedProxy.instance`) - and is not the one in use,
+ * which stays listed: the client goes to it (rebalance). Told by its address alone, a proxy killed and restarted
+ * a second later had no client back (0 of 9 for the 23 s measured; 6 before the kill).
+ */
+function newcomerFirst(context: ClientContext, proxies: ListedProxy[]): ListedProxy | undefined {
   const top = proxies[0];
   const cur = context.proxies[context.proxyIndex]!;
-  if (!top || context.proxies.some((p) => sameEndpoint(p, top)) || !proxies.some((p) => sameEndpoint(p, cur))) return undefined;
+  if (!top || sameEndpoint(top, cur) || context.proxies.some((p) => sameEndpoint(p, top) && p.instance === top.instance) || !proxies.some((p) => sameEndpoint(p, cur))) return undefined;
   return top;
 }
 
@@ -695,9 +700,14 @@ function describe(v: unknown): string {
   return Array.isArray(v) ? 'an array' : typeof v === 'object' ? 'an object' : typeof v;
 }
 
+/** A proxy of the client's list: from the registry, with the start of it found there (registry/discovery.ts `Found`). */
+export interface ListedProxy extends Endpoint {
+  instance?: string;
+}
+
 export interface ClientContext {
   opts: ClientOptions;
-  proxies: Endpoint[];
+  proxies: ListedProxy[];
   proxyIndex: number;
   /** The first of `proxies` is kept only because the connection is on it: it left the registry's list (setProxies), and goes at the next failover. */
   unlisted: boolean;
@@ -1211,7 +1221,8 @@ export const clientMachine = setup({
       const top = newcomerFirst(context, event.proxies);
       if (!top || context.book.draining) return {};
       context.book.moving = true;
-      return { rebalance: true, leaving: `the reverse proxy at ${hostPort(top.host, top.port)} joined the registry and comes first for this client: moving to it from ${currentProxy(context)}` };
+      const back = context.proxies.some((p) => sameEndpoint(p, top));
+      return { rebalance: true, leaving: `the reverse proxy at ${hostPort(top.host, top.port)} ${back ? 'started again (its registry entry names a new start of it)' : 'joined the registry'} and comes first for this client: moving to it from ${currentProxy(context)}` };
     }),
     /**
      * A proxy came and ranks first (as `rebalance`) while no connection is open (the client is between

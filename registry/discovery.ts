@@ -17,6 +17,8 @@ import { describeRegistry, resolveRegistry, type RegistryOptions } from './optio
 export interface Found {
   host: string;
   port: number;
+  /** The proxy's start it was found as (`ProxyEntry.instance`): a new one is a proxy back from a restart, though its key never left. */
+  instance?: string;
 }
 
 export interface Discovery {
@@ -57,9 +59,9 @@ export async function discoverProxies(options: RegistryOptions & { waitMs?: numb
     const out: Array<Found & { r: string }> = [];
     for (const [name, value] of mirror.entries) {
       const e = decodeProxy(value);
-      if (typeof e !== 'string') out.push({ host: e.address, port: e.port, r: rank(name) });
+      if (typeof e !== 'string') out.push({ host: e.address, port: e.port, ...(e.instance === undefined ? {} : { instance: e.instance }), r: rank(name) });
     }
-    return out.sort((a, b) => (a.r < b.r ? -1 : 1)).map(({ host, port }) => ({ host, port }));
+    return out.sort((a, b) => (a.r < b.r ? -1 : 1)).map(({ r: _, ...found }) => found);
   };
   const changed = (): void => {
     const next = compute();

@@ -2,7 +2,7 @@
  * The key layout in etcd, under the fleet's prefix (default `/revproxy/`):
  *
  *   <prefix>servers/<id>           {"v":1,"id","policy","address","port","wire","proof","leaving"}   on the server's lease
- *   <prefix>proxies/<host>:<port>  {"v":1,"address","port","tls"}                          on the proxy's lease
+ *   <prefix>proxies/<host>:<port>  {"v":1,"address","port","tls","instance"}               on the proxy's lease
  *
  * Values are JSON. A server's key is its presence: it goes when the server
  * drains (written once more with `"leaving": true`, then deleted, then its
@@ -32,6 +32,12 @@ export interface ProxyEntry {
   address: string;
   port: number;
   tls: boolean;
+  /**
+   * Random, new at each start of the proxy (since 2026-12-06; absent in an older proxy's entry): a proxy
+   * restarted within its lease TTL rewrites its key, which never left etcd, and only this tells its clients
+   * that it came back (client.ts `newcomerFirst`).
+   */
+  instance?: string;
 }
 
 export const serverKey = (prefix: string, id: string): string => `${prefix}${SERVERS}${id}`;
@@ -42,7 +48,7 @@ export function encodeServer(e: ServerEntry): string {
 }
 
 export function encodeProxy(e: ProxyEntry): string {
-  return JSON.stringify({ v: 1, address: e.address, port: e.port, tls: e.tls });
+  return JSON.stringify({ v: 1, address: e.address, port: e.port, tls: e.tls, ...(e.instance === undefined ? {} : { instance: e.instance }) });
 }
 
 /**
@@ -119,5 +125,6 @@ export function decodeProxy(value: string): ProxyEntry | string {
   if (typeof r === 'string') return r;
   if (!isText(r.address)) return 'its address is missing or not a string';
   if (!isPort(r.port)) return 'its port is not a number from 1 to 65535';
-  return { address: r.address, port: r.port, tls: r.tls === true };
+  // An instance that is not text is read as absent: it only tells a restart apart, and the entry serves without it.
+  return { address: r.address, port: r.port, tls: r.tls === true, ...(isText(r.instance) ? { instance: r.instance } : {}) };
 }

@@ -21,6 +21,7 @@
  * `remindMs`); when etcd answers again it reads the whole prefix and the
  * proxy gets only what changed.
  */
+import { randomBytes } from 'node:crypto';
 import { fromCallback } from 'xstate';
 import { fmt, type Logger } from '../actors/logger.js';
 import type { Clock } from '../transport/clock.js';
@@ -68,6 +69,8 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
   const report = (): void => send({ type: 'REGISTRY_HEALTH', status: { ...status, syncs: { ...status.syncs } } });
   const prefix = o.prefix + SERVERS;
   let port: number | undefined;
+  /** This start of the proxy, in its entry: its clients tell a restart by it, its key never having left etcd when the restart was within the TTL. */
+  const instance = randomBytes(8).toString('hex');
   let own: KeptKey | undefined;
   let draining = false;
   let stopped = false;
@@ -174,7 +177,7 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
   }
 
   function advertise(p: number): void {
-    const entry = { address: options.advertise, port: p, tls: options.servesTls === true };
+    const entry = { address: options.advertise, port: p, tls: options.servesTls === true, instance };
     const key = proxyKey(o.prefix, entry);
     own = etcd.use((client) => new KeptKey(client, key, encodeProxy(entry), o, {
       up(again) {

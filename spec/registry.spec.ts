@@ -798,6 +798,48 @@ reg_('a proxy that comes takes back the clients that rank it first: after a rest
   assert.equal(failed, [], 'nothing failed as the clients moved');
 });
 
+reg_('a proxy killed and started again within its lease TTL takes back the clients that rank it first: its key never left etcd, but its entry names a new start', async () => {
+  // A fleet probe: a proxy SIGKILLed and restarted a second later (Restart=on-failure, RestartSec=1) rewrote its key, which
+  // never left etcd, under a new lease: its clients' lists did not change, and it had 0 of 9 clients for the 23 s measured.
+  const a = await proxy();
+  const b = await proxy();
+  await server('1');
+  for (const p of [a, b]) await eventually(() => p.registry()?.advertised === true && serving(p).length === 1, 3000, 'advertised');
+  const clients = await Promise.all(Array.from({ length: 12 }, (_, i) => connect({ id: `c${i}`, registry: reg(), timeoutMs: 3000 })));
+  ctx.closers.push(() => Promise.all(clients.map((c) => c.close())));
+  const at = (c: (typeof clients)[number]): number => {
+    const s = c.actor.getSnapshot().context;
+    return s.proxies[s.proxyIndex]!.port;
+  };
+  const port = b.port;
+  const ranked = (): number => clients.filter((c) => c.actor.getSnapshot().context.proxies[0]!.port === port).length;
+  let stop = false;
+  const failed: string[] = [];
+  const loops = clients.map(async (c, i) => {
+    for (let n = 0; !stop; n++) {
+      const o = await c.send('111', `c${i}-${n}`);
+      if (!o.ok) failed.push(o.error.code);
+    }
+  });
+  try {
+    await eventually(() => ranked() > 0 && clients.filter((c) => at(c) === port).length === ranked(), 5000, 'the clients that rank b first on b');
+    const t0 = Date.now();
+    b.kill();
+    await eventually(() => clients.every((c) => at(c) === a.port), 5000, 'every client on a');
+    const again = await startProxy({ port, timeoutMs: 2000, probeInitialMs: 100, registry: reg() });
+    ctx.proxies.push(again);
+    await eventually(() => again.registry()?.advertised === true, 3000, 'b advertised again');
+    // Within the TTL (2 s): the old lease still held the key when it was written again.
+    const back = Date.now() - t0;
+    assert.ok(back < 2000, `b was advertised again ${back} ms after it was killed, past the TTL`);
+    await eventually(() => clients.filter((c) => at(c) === port).length === ranked(), 5000, `the ${ranked()} clients that rank b first back on it`);
+  } finally {
+    stop = true;
+    await Promise.all(loops);
+  }
+  assert.equal(failed, [], 'nothing failed as the clients moved');
+});
+
 reg_('a client whose proxy left the list while a request was in flight stays on it, then fails over and drops it from its list', async () => {
   // The order the drain above meets about one run in three: the deletion reaches a client while it is still on the proxy
   // (an idle client leaves it at once: proxyLeftSilent).

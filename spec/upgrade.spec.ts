@@ -257,4 +257,13 @@ test("an etcd entry with fields a newer revproxy added under version 1 is read; 
   assert.is(decodeServer('7', JSON.stringify({ ...newer, v: 2 })), 'it has version 2; this revproxy reads version 1');
 });
 
+test("a proxy's etcd entry names its start (instance, since 2026-12-06): written and read back; an older proxy's, without it, reads as before", () => {
+  const mine = { address: '10.0.0.1', port: 2100, tls: false, instance: '0123456789abcdef' };
+  assert.is(encodeProxy(mine), '{"v":1,"address":"10.0.0.1","port":2100,"tls":false,"instance":"0123456789abcdef"}');
+  assert.equal(decodeProxy(encodeProxy(mine)), mine);
+  assert.equal(decodeProxy('{"v":1,"address":"10.0.0.1","port":2100,"tls":false}'), { address: '10.0.0.1', port: 2100, tls: false });
+  // Not text: read as absent (the entry serves; only a restart goes untold).
+  assert.equal(decodeProxy(JSON.stringify({ v: 1, address: '10.0.0.1', port: 2100, tls: false, instance: 7 })), { address: '10.0.0.1', port: 2100, tls: false });
+});
+
 test.run();
