@@ -259,6 +259,9 @@ export function describeEtcdError(err: unknown, o: Resolved): string {
   if (name === 'EtcdLeaseInvalidError' && last !== undefined) return `no keepalive reached etcd within two lease TTLs (${2 * o.ttlSeconds} s), so the lease is given up: ${describeEtcdError(last, o)}; the key is written again under a new lease once etcd answers`;
   if (name === 'EtcdLeaseInvalidError') return `etcd at ${where} let the lease expire: it could not be kept alive within its TTL (${o.ttlSeconds} s), as when etcd is out of reach or stalled; the key is written again under a new lease`;
   if (/ECONNREFUSED/.test(msg)) return `etcd is not reachable at ${where}: connection refused`;
+  // gRPC's words when the connection a call was queued on ends before the call went out: seen as a proxy's first line when its
+  // way to etcd stopped carrying anything (its forwarder SIGSTOPped: 3.4 s after, in a probe), gRPC's keepalive having given it up.
+  if (/Channel closed before call started/i.test(msg)) return `etcd at ${where} stopped answering: the connection to it was lost (etcd is stopped or overloaded, or the network to it drops everything) and is being made again`;
   // gRPC's resolver, asked again at each reconnect: a member's name that does not resolve (or a DNS server that did not answer).
   const unresolved = /Name resolution failed for target dns:(\[[^\]]+\]|[^:\s]+)/.exec(msg);
   if (unresolved) return `etcd at ${where} cannot be reached: the name ${unresolved[1]} does not resolve to an address on this machine, or its DNS server did not answer (${msg}): check the name in --registry, and that its DNS or /etc/hosts lists it`;

@@ -533,6 +533,8 @@ reg_('etcd comes back without its data: the proxy keeps its servers for a lease 
   assert.equal(serving(p).sort(), ['back', 'gone'], 'still serving both right after reading a registry without them');
   assert.equal(new Set(await ask(p.port, '111', 4)), new Set(['back', 'gone']));
   assert.ok(logs.some((l) => l.event === 'registry_missing' && l.missing === 2), 'a warn line says so');
+  // It names both causes: etcd lost its data (as here), or the leases ran out while etcd was away (an etcd SIGSTOPped for 15 s), where it asked only the first.
+  assert.match(logs.find((l) => l.event === 'registry_missing')!.msg, /^2 server entries this proxy held are missing from the registry after etcd came back: their leases ran out while etcd was away \(no keepalive reached it within the TTL\), or etcd lost its data;/);
   // One server writes its key again, as a live server does when its lease is refused; the other never does.
   await write(0);
   await eventually(() => serving(p).join() === 'back', 5000, 'the entry not written again gone after the TTL');
@@ -913,6 +915,12 @@ keptKey('a lease etcd let expire while out of reach is told in a sentence of our
   const why = describeEtcdError(new EtcdLeaseInvalidError('We lost connection to etcd and our lease has expired.'), o);
   assert.not.match(why, /Lease We lost/);
   assert.is(why, 'etcd at etcd://127.0.0.1:2379 let the lease expire: it could not be kept alive within its TTL (5 s), as when etcd is out of reach or stalled; the key is written again under a new lease');
+});
+
+keptKey("gRPC's 'Channel closed before call started' is told in words, not as its code", () => {
+  // A proxy cut off from etcd (its forwarder SIGSTOPped) said: The registry is unreachable (etcd at ...: 14 UNAVAILABLE: Channel closed before call started).
+  const o = resolveRegistry({ endpoints: ['127.0.0.1:2379'] });
+  assert.is(describeEtcdError(new Error('14 UNAVAILABLE: Channel closed before call started'), o), 'etcd at etcd://127.0.0.1:2379 stopped answering: the connection to it was lost (etcd is stopped or overloaded, or the network to it drops everything) and is being made again');
 });
 
 keptKey('while etcd is down, every retry says why, those the circuit breaker holds back included', async () => {
