@@ -11,7 +11,7 @@ import { EventEmitter } from 'node:events';
 import { connect as netConnect, createServer, type Socket } from 'node:net';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { connect, Logger, memorySink, sha1Hex, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
+import { connect, Logger, memorySink, sha1Hex, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { describeEtcdError, openEtcd, type Etcd3 } from '../registry/etcd.js';
 import { encodeServer, serverKey } from '../registry/keys.js';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
@@ -734,17 +734,26 @@ reg_('a key name of half a megabyte under the prefix is held as its size and dig
   await eventually(() => held.size === 0 && m.entries.size === 0, 3000, 'the deletion seen');
 });
 
-reg_('clients find the proxies in etcd, spread over them, and follow the list as proxies drain', async () => {
+/**
+ * Two proxies of the registry serving one server of 111, and `n` clients that found them in etcd; `at(c)`: the port of
+ * the proxy client `c` is on.
+ */
+async function fleetWithClients(n: number): Promise<{ a: ProxyHandle; b: ProxyHandle; clients: Client[]; at(c: Client): number }> {
   const a = await proxy();
   const b = await proxy();
   await server('1');
   for (const p of [a, b]) await eventually(() => p.registry()?.advertised === true && serving(p).length === 1, 3000, 'advertised');
-  const clients = await Promise.all(Array.from({ length: 12 }, (_, i) => connect({ id: `c${i}`, registry: reg(), timeoutMs: 3000 })));
+  const clients = await Promise.all(Array.from({ length: n }, (_, i) => connect({ id: `c${i}`, registry: reg(), timeoutMs: 3000 })));
   ctx.closers.push(() => Promise.all(clients.map((c) => c.close())));
-  const at = (c: (typeof clients)[number]) => {
+  const at = (c: Client): number => {
     const s = c.actor.getSnapshot().context;
     return s.proxies[s.proxyIndex]!.port;
   };
+  return { a, b, clients, at };
+}
+
+reg_('clients find the proxies in etcd, spread over them, and follow the list as proxies drain', async () => {
+  const { a, b, clients, at } = await fleetWithClients(12);
   const ports = clients.map(at);
   assert.ok(ports.includes(a.port) && ports.includes(b.port), `both proxies have clients (${ports.join(' ')})`);
   for (const c of clients) assert.is(await c.request('111', 'hello'), sha1Hex('hello'));
@@ -760,16 +769,7 @@ reg_('clients find the proxies in etcd, spread over them, and follow the list as
 });
 
 reg_('a proxy that comes takes back the clients that rank it first: after a restart it is not left without clients', async () => {
-  const a = await proxy();
-  const b = await proxy();
-  await server('1');
-  for (const p of [a, b]) await eventually(() => p.registry()?.advertised === true && serving(p).length === 1, 3000, 'advertised');
-  const clients = await Promise.all(Array.from({ length: 16 }, (_, i) => connect({ id: `c${i}`, registry: reg(), timeoutMs: 3000 })));
-  ctx.closers.push(() => Promise.all(clients.map((c) => c.close())));
-  const at = (c: (typeof clients)[number]) => {
-    const s = c.actor.getSnapshot().context;
-    return s.proxies[s.proxyIndex]!.port;
-  };
+  const { a, b, clients, at } = await fleetWithClients(16);
   // Load the whole time: each client keeps two requests in flight.
   let stop = false;
   const failed: string[] = [];
@@ -803,16 +803,7 @@ reg_('a proxy that comes takes back the clients that rank it first: after a rest
 reg_('a proxy killed and started again within its lease TTL takes back the clients that rank it first: its key never left etcd, but its entry names a new start', async () => {
   // A fleet probe: a proxy SIGKILLed and restarted a second later (Restart=on-failure, RestartSec=1) rewrote its key, which
   // never left etcd, under a new lease: its clients' lists did not change, and it had 0 of 9 clients for the 23 s measured.
-  const a = await proxy();
-  const b = await proxy();
-  await server('1');
-  for (const p of [a, b]) await eventually(() => p.registry()?.advertised === true && serving(p).length === 1, 3000, 'advertised');
-  const clients = await Promise.all(Array.from({ length: 12 }, (_, i) => connect({ id: `c${i}`, registry: reg(), timeoutMs: 3000 })));
-  ctx.closers.push(() => Promise.all(clients.map((c) => c.close())));
-  const at = (c: (typeof clients)[number]): number => {
-    const s = c.actor.getSnapshot().context;
-    return s.proxies[s.proxyIndex]!.port;
-  };
+  const { a, b, clients, at } = await fleetWithClients(12);
   const port = b.port;
   const ranked = (): number => clients.filter((c) => c.actor.getSnapshot().context.proxies[0]!.port === port).length;
   let stop = false;
