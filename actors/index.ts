@@ -289,8 +289,8 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
     actor.stop();
     // Each proxy with why its last try failed, when one did (a try still under way says nothing yet).
     const why = (at: string): string => {
-      const failed = snap.context.unregistered[at];
-      return failed === undefined ? at : failed.includes(at) ? failed : `${at}: ${failed}`;
+      const last = snap.context.unregistered[at];
+      return last === undefined ? at : last.includes(at) ? last : `${at}: ${last}`;
     };
     const proxies = snap.context.proxies.map((p) => why(hostPort(p.host, p.port))).join('; ');
     const failed = Object.entries(snap.context.unregistered).find(([at]) => at.startsWith('registry '))?.[1];

@@ -700,15 +700,11 @@ export const serverMachine = setup({
   },
   actions: {
     // The proxies learn it from a PONG on each link (sent now, and every one after) and from each request sent: answered SHUTTING_DOWN, not run (docs/PROTOCOL.md).
-    refuseNewUntold: sendTo('listener', ({ context }) => ({
+    // `entry`: what the server's registry entry did.
+    refuseNew: sendTo('listener', ({ context }, params: { entry: string }) => ({
       type: 'REFUSE_NEW' as const,
-      message: `server ${context.opts.id} is draining and did not run this request: send it to another server (its registry entry could not say it is leaving)`,
-      leaving: `server ${context.opts.id} is draining, and its registry entry could not say it is leaving`,
-    })),
-    refuseNewTold: sendTo('listener', ({ context }) => ({
-      type: 'REFUSE_NEW' as const,
-      message: `server ${context.opts.id} is draining and did not run this request: send it to another server (its registry entry has said it is leaving for ${LEAVING_GRACE_MS} ms)`,
-      leaving: `server ${context.opts.id} is draining, and its registry entry has said it is leaving for ${LEAVING_GRACE_MS} ms`,
+      message: `server ${context.opts.id} is draining and did not run this request: send it to another server (its registry entry ${params.entry})`,
+      leaving: `server ${context.opts.id} is draining, and its registry entry ${params.entry}`,
     })),
     renewTls: ({ context, event, self }) => {
       assertEvent(event, 'RENEW_TLS');
@@ -933,11 +929,11 @@ export const serverMachine = setup({
             telling: {
               on: {
                 DEREGISTERED: 'told',
-                DEREGISTER_FAILED: { target: 'refusing', actions: ['logUntold', 'refuseNewUntold'] },
+                DEREGISTER_FAILED: { target: 'refusing', actions: ['logUntold', { type: 'refuseNew', params: { entry: 'could not say it is leaving' } }] },
               },
             },
             told: {
-              after: { leavingGrace: { target: 'refusing', actions: 'refuseNewTold' } },
+              after: { leavingGrace: { target: 'refusing', actions: { type: 'refuseNew', params: { entry: `has said it is leaving for ${LEAVING_GRACE_MS} ms` } } } },
             },
             refusing: {},
           },

@@ -331,8 +331,10 @@ const MEANT: Record<string, string> = {
   ),
   ...Object.fromEntries(
     Object.keys(FLAG_KEYS).flatMap((flag) => {
-      const own = flag.replace(/^no-/, '');
-      return [flag, own].map((f) => [f.replace(/-/g, '_'), f === own ? keyWords(keyOfFlag(flag)) : flagWords(flag)] as const);
+      const entries: Array<[string, string]> = [[flag.replace(/-/g, '_'), flagWords(flag)]];
+      // `color` (--no-color without its no-) is log: {color}.
+      if (flag.startsWith('no-')) entries.push([flag.slice(3).replace(/-/g, '_'), keyWords(keyOfFlag(flag))]);
+      return entries;
     }).filter(([key]) => !Object.hasOwn(otherFields, key) && !Object.hasOwn(NUMBERS, key)),
   ),
 };
