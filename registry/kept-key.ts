@@ -16,6 +16,12 @@
  * The lease is kept by its id, through whichever client is current: `moveTo` hands the key a
  * new client (the registry's TLS files renewed, registry/etcd-client.ts) and its keepalives go
  * on through it, the same lease and the key untouched.
+ *
+ * The key is watched: deleted while its lease lives (an operator's `etcdctl del`, a `del --prefix`
+ * meant for another fleet), it is written again at once and `restored` says so, as Consul's agent
+ * puts back a service removed from the catalog behind its back. Before, such a key stayed gone
+ * until its owner restarted: a `del --prefix` of the servers left every policy answering
+ * NO_SERVER. The owner's own drain (`stop`) deletes it without that.
  */
 import type { Etcd3 } from './etcd.js';
 import { deadlineIn, describeEtcdError, isEtcdRefusal, isRefusal, isTlsRefusal, keepaliveOnce } from './etcd.js';
@@ -39,6 +45,14 @@ export interface KeptKeyHandlers {
   lapsed?(why: string): void;
   /** etcd refused who we are (user, password, role): with this handler the key stops trying; without it, it keeps trying. */
   refused?(why: string): void;
+  /** The key was deleted while its lease lived, by someone else, and is written again (under the same lease). */
+  restored?(): void;
+}
+
+/** What the key's watch is used for (etcd3's Watcher). */
+interface Watcher {
+  on(event: string, fn: (...args: never[]) => void): unknown;
+  cancel(): Promise<void>;
 }
 
 export class KeptKey {
@@ -60,6 +74,8 @@ export class KeptKey {
   private written = false;
   /** Bumped by `moveTo`: a keepalive loop on an earlier client stops. */
   private moves = 0;
+  /** The watch of the key (see `watchKey`). */
+  private watcher?: Watcher;
 
   constructor(
     private client: Etcd3,
@@ -80,6 +96,7 @@ export class KeptKey {
   }
 
   start(): void {
+    this.watchKey();
     void this.establish();
   }
 
@@ -92,6 +109,7 @@ export class KeptKey {
   moveTo(client: Etcd3): void {
     this.client = client;
     this.moves++;
+    if (!this.stopped) this.watchKey();
     if (this.stopped || this.leaseId === undefined || this.generation === this.failedGeneration) return;
     clearTimeout(this.beat);
     this.keepAlive(this.leaseId, this.generation, 0);
@@ -198,6 +216,48 @@ export class KeptKey {
     this.beat = setTimeout(send, first ?? every);
   }
 
+  /**
+   * Watch the key (on the current client) for a delete that is not ours. etcd3 resumes a watch
+   * after a broken connection from the revision it had reached; a watch etcd cancelled (its
+   * revision compacted away) is made again and the key looked at once, as a delete may have gone
+   * by meanwhile.
+   */
+  private watchKey(): void {
+    void this.watcher?.cancel().catch(() => undefined);
+    const w = this.client.watch().key(this.key).watcher() as unknown as Watcher;
+    this.watcher = w;
+    w.on('delete', () => {
+      if (this.watcher === w) void this.restore();
+    });
+    w.on('error', () => {
+      if (this.watcher !== w || this.stopped) return;
+      this.watcher = undefined;
+      setTimeout(() => {
+        if (this.stopped || this.watcher !== undefined) return;
+        this.watchKey();
+        void this.restore();
+      }, this.opts.retryInitialMs).unref();
+    });
+  }
+
+  /**
+   * The key is gone while it was written under the lease now kept: write it again under that lease,
+   * only if it is absent (a put seen meanwhile, another holder's or ours, is left alone). A lease that
+   * ended meanwhile fails the write, and the key is written again under a new one, as after an outage.
+   */
+  private async restore(): Promise<void> {
+    const id = this.leaseId;
+    const gen = this.generation;
+    if (this.stopped || id === undefined || !this.written) return;
+    const c = this.client;
+    try {
+      const r = await c.if(this.key, 'Create', '==', 0).then(c.put(this.key).value(this.value).lease(id)).commit();
+      if (r.succeeded && gen === this.generation && !this.stopped) this.on.restored?.();
+    } catch (err) {
+      this.failed(err, gen);
+    }
+  }
+
   /** Revoke lease `id`, best effort (it ends a TTL after its last keepalive anyway). */
   private revoke(id: string): void {
     void this.client.leaseClient.leaseRevoke({ ID: id }).catch(() => undefined);
@@ -228,6 +288,11 @@ export class KeptKey {
     this.retry(wait);
   }
 
+  private unwatch(): void {
+    void this.watcher?.cancel().catch(() => undefined);
+    this.watcher = undefined;
+  }
+
   private retry(wait: number): void {
     clearTimeout(this.timer);
     // `on.taken` may have given up (DUPLICATE_ID: stopped): a timer set after that held the process 2.5 s,
@@ -245,6 +310,7 @@ export class KeptKey {
   release(): void {
     this.stopped = true;
     this.generation++;
+    this.unwatch();
     clearTimeout(this.timer);
     clearTimeout(this.beat);
     this.isUp = false;
@@ -271,6 +337,7 @@ export class KeptKey {
     if (this.stopped) return true;
     this.stopped = true;
     this.generation++;
+    this.unwatch();
     clearTimeout(this.timer);
     clearTimeout(this.beat);
     const id = this.leaseId;

@@ -208,6 +208,9 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
         remindUnadvertised = setInterval(say, options.remindMs ?? 30_000);
       },
       taken() {},
+      restored() {
+        log.warn('registry_key_restored', `This proxy's registry key ${key} was deleted while its lease was alive (an operator's etcdctl del?): clients that find their proxies in etcd may have moved off it; written again, so they find it again`, { url, key });
+      },
       // A TTL without a keepalive answered: etcd has let the key go, if it runs. /metrics said 1 for a second TTL, until the lease was given up.
       lapsed(why) {
         log.debug('advertise_lapsed', `This proxy's registry key may be gone (${why}); keeping its lease alive`, { reason: why });
