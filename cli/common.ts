@@ -367,6 +367,8 @@ export function runUntilStopped(actor: { getSnapshot(): { status: string; error?
   return new Promise((resolve, reject) => {
     let signals = 0;
     let first: { signal: NodeJS.Signals; at: number } | undefined;
+    /** The handle's drain (its stop()), once asked for: it ends after the actor does (a proxy's registry key withdrawn, its port's connections closed). */
+    let stopping: Promise<void> | undefined;
     const onSignal = (signal: NodeJS.Signals): void => {
       const now = performance.now();
       if (first && first.signal === signal && signals === 1 && now - first.at < SAME_SIGNAL_MS) {
@@ -381,7 +383,7 @@ export function runUntilStopped(actor: { getSnapshot(): { status: string; error?
         // The handle's stop() drains however often it is called; a STOP to a draining actor ends its drain.
         actor.send({ type: 'STOP' });
       }
-      void stop();
+      stopping = stop();
     };
     const off = (): void => {
       for (const signal of STOP_SIGNALS) process.off(signal, onSignal);
@@ -394,7 +396,9 @@ export function runUntilStopped(actor: { getSnapshot(): { status: string; error?
       if (snap.status !== 'active') {
         off();
         if (snap.status === 'error') reject(snap.error instanceof Error ? snap.error : new Error(String(snap.error)));
-        else resolve();
+        // Resolved once the drain is over, not only the actor: the caller's last line ("Reverse proxy stopped") came
+        // before the registry's ("Withdrew this proxy from the registry"), though the key went first.
+        else void (stopping ?? Promise.resolve()).catch(() => undefined).then(() => resolve());
       }
     };
     actor.subscribe({ next: check, complete: check, error: check });

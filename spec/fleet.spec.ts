@@ -320,4 +320,17 @@ test('a server killed is removed from every proxy', async () => {
   }
 });
 
+test("a proxy stopped with SIGTERM says it withdrew from the registry, then, last, that it stopped", async () => {
+  // Its key goes first; its last line came 5 ms before the withdrawal's in a probe (the CLI said it once the
+  // actor stopped, while etcd was still taking the delete).
+  const p = live().at(-1)!;
+  p.proc.kill('SIGTERM');
+  assert.is(await p.proc.exited, 0);
+  const lines = p.proc.out.filter((l) => l.trim() !== '');
+  const withdrew = lines.findIndex((l) => /Withdrew this proxy from the registry \(draining\)/.test(l));
+  assert.ok(withdrew >= 0, lines.slice(-10).join('\n'));
+  assert.match(lines.at(-1)!, /Reverse proxy stopped/, lines.slice(-10).join('\n'));
+  assert.ok(withdrew < lines.length - 1);
+});
+
 test.run();
