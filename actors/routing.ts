@@ -176,8 +176,10 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
     group.push(req);
   }
   // Repeated conditions (per policy, server, code and how the try failed): one line at first, then one per interval with a count (logger.ts).
+  // Requests the server never ran (it left or drains before they reached it) are an `info` line: nothing failed,
+  // and a rolling restart made a warn line per server; why it left is said where it left.
   for (const [policy, reqs] of again) {
-    context.logger.repeated('warn', 'retry', `${policy}\0${member}\0${failure.code}\0${cause}`, reqs.length,
+    context.logger.repeated(cause === 'unsent' ? 'info' : 'warn', 'retry', `${policy}\0${member}\0${failure.code}\0${cause}`, reqs.length,
       (n, span) => `Retrying ${fmt(n)} request(s) of privacy policy ${policy} on another server${span ? ` ${span}` : ''}: ${failure.message}`,
       { policy, server: member, code: failure.code, cause });
     route(context, policy, reqs);

@@ -442,6 +442,20 @@ faults("a server that answers a request with a code only a proxy says (NO_SERVER
   assert.ok(ctx.logs.some((l) => l.event === 'member_drain' && /^Drained server id bad of privacy policy P \(asked by the server itself: it answered SHUTTING_DOWN \(said SHUTTING_DOWN\)\)/.test(l.msg)), ctx.logs.map((l) => l.msg).join('\n'));
 });
 
+faults("a request a draining server did not run goes to another server with an info line, not a warning: nothing failed", async () => {
+  // A rolling restart made a warn line "Retrying 1 request(s) ... is draining and did not run it" per server.
+  await stubServer('bad', (seq) => [{ type: MsgType.ERROR, seq, code: 'SHUTTING_DOWN', message: 'draining' }]);
+  await addServer('good', 'P');
+  const { sock, c } = await rawClient();
+  for (let i = 0; i < 2; i++) sock.write(frame({ type: 0, seq: i, srcid: 'c', privPoliId: 'P', payload: `x${i}` }));
+  await c.until(() => c.got.length === 2);
+  assert.equal(c.got.map((m) => (m as { srcid?: string }).srcid), ['good', 'good']);
+  const retried = ctx.logs.filter((l) => l.event === 'retry');
+  assert.is(retried.length, 1, ctx.logs.map((l) => l.msg).join('\n'));
+  assert.is(retried[0]!.level, 'info');
+  assert.match(retried[0]!.msg, /^Retrying 1 request\(s\) of privacy policy P on another server: server bad is draining and did not run it$/);
+});
+
 faults("a server whose link's PONG says it is leaving (asked or not) is drained while idle, as at its SHUTTING_DOWN (a registry member is removed, its link closed: registry.spec)", async () => {
   // A revproxy server that drains while etcd is away says so in its PONGs (docs/PROTOCOL.md); with no request
   // to answer SHUTTING_DOWN, nothing told its proxies, and its drain waited out its timeout for their links.
