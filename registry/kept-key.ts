@@ -18,11 +18,13 @@
  * on through it, the same lease and the key untouched.
  *
  * The key is watched: deleted while its lease lives (an operator's `etcdctl del`, a `del --prefix`
- * meant for another fleet), it is written again at once and `restored` says so, as Consul's agent
- * puts back a service removed from the catalog behind its back. Before, such a key stayed gone
+ * meant for another fleet), or overwritten (an `etcdctl put` without `--lease` makes a key that
+ * outlives its owner), it is written again at once and `restored` says so, as Consul's agent
+ * puts back a service removed from or changed in the catalog behind its back. Before, such a key stayed gone
  * until its owner restarted: a `del --prefix` of the servers left every policy answering
  * NO_SERVER. The owner's own drain (`stop`) deletes it without that.
  */
+import type { IKeyValue } from 'etcd3';
 import type { Etcd3 } from './etcd.js';
 import { deadlineIn, describeEtcdError, isEtcdRefusal, isRefusal, isTlsRefusal, keepaliveOnce } from './etcd.js';
 import { systemClock } from '../transport/clock.js';
@@ -45,8 +47,8 @@ export interface KeptKeyHandlers {
   lapsed?(why: string): void;
   /** etcd refused who we are (user, password, role): with this handler the key stops trying; without it, it keeps trying. */
   refused?(why: string): void;
-  /** The key was deleted while its lease lived, by someone else, and is written again (under the same lease). */
-  restored?(): void;
+  /** The key was deleted or overwritten while its lease lived, by someone else (`how`: what was done, in words), and is written again as it was (under the same lease). */
+  restored?(how: string): void;
 }
 
 /** What the key's watch is used for (etcd3's Watcher). */
@@ -217,7 +219,7 @@ export class KeptKey {
   }
 
   /**
-   * Watch the key (on the current client) for a delete that is not ours. etcd3 resumes a watch
+   * Watch the key (on the current client) for a delete or a write that is not ours. etcd3 resumes a watch
    * after a broken connection from the revision it had reached; a watch etcd cancelled (its
    * revision compacted away) is made again and the key looked at once, as a delete may have gone
    * by meanwhile.
@@ -228,6 +230,13 @@ export class KeptKey {
     this.watcher = w;
     w.on('delete', () => {
       if (this.watcher === w) void this.restore();
+    });
+    w.on('put', (kv: IKeyValue) => {
+      if (this.watcher !== w) return;
+      const lease = String(kv.lease);
+      if (lease === this.leaseId && kv.value.toString() === this.value) return;
+      const how = lease === '0' ? 'overwritten without a lease (it would outlive this process)' : lease === this.leaseId ? 'overwritten with another value' : 'overwritten under another lease';
+      void this.restore({ revision: kv.mod_revision, how });
     });
     w.on('error', () => {
       if (this.watcher !== w || this.stopped) return;
@@ -241,18 +250,20 @@ export class KeptKey {
   }
 
   /**
-   * The key is gone while it was written under the lease now kept: write it again under that lease,
-   * only if it is absent (a put seen meanwhile, another holder's or ours, is left alone). A lease that
-   * ended meanwhile fails the write, and the key is written again under a new one, as after an outage.
+   * The key is gone (or, with `over`, was overwritten at that revision) while it was written under the
+   * lease now kept: write it again under that lease, only if it is still absent (or still as that write
+   * left it): a write seen meanwhile, another's or ours, is left alone. A lease that ended meanwhile fails
+   * the write, and the key is written again under a new one, as after an outage.
    */
-  private async restore(): Promise<void> {
+  private async restore(over?: { revision: string; how: string }): Promise<void> {
     const id = this.leaseId;
     const gen = this.generation;
     if (this.stopped || id === undefined || !this.written) return;
     const c = this.client;
     try {
-      const r = await c.if(this.key, 'Create', '==', 0).then(c.put(this.key).value(this.value).lease(id)).commit();
-      if (r.succeeded && gen === this.generation && !this.stopped) this.on.restored?.();
+      const unchanged = over ? c.if(this.key, 'Mod', '==', over.revision) : c.if(this.key, 'Create', '==', 0);
+      const r = await unchanged.then(c.put(this.key).value(this.value).lease(id)).commit();
+      if (r.succeeded && gen === this.generation && !this.stopped) this.on.restored?.(over?.how ?? 'deleted');
     } catch (err) {
       this.failed(err, gen);
     }

@@ -208,8 +208,8 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
         remindUnadvertised = setInterval(say, options.remindMs ?? 30_000);
       },
       taken() {},
-      restored() {
-        log.warn('registry_key_restored', `This proxy's registry key ${key} was deleted while its lease was alive (an operator's etcdctl del?): clients that find their proxies in etcd may have moved off it; written again, so they find it again`, { url, key });
+      restored(how) {
+        log.warn('registry_key_restored', `This proxy's registry key ${key} was ${how} while its lease was alive (an operator's etcdctl?); written again as this proxy writes it${how === 'deleted' ? ': clients that find their proxies in etcd may have moved off it at the delete, and find it again now' : ''}`, { url, key, how });
       },
       // A TTL without a keepalive answered: etcd has let the key go, if it runs. /metrics said 1 for a second TTL, until the lease was given up.
       lapsed(why) {

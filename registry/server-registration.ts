@@ -10,8 +10,8 @@
  * stop sending - and the server finishes what it has (and, a grace later,
  * answers SHUTTING_DOWN to a proxy that did not hear etcd: actors/server.ts). A key held by another live server with the same id is left
  * alone; after the TTL and a margin the registration is refused
- * (DUPLICATE_ID), as a proxy would refuse it. A key deleted under it while its lease lives is
- * written again (registry/kept-key.ts).
+ * (DUPLICATE_ID), as a proxy would refuse it. A key deleted or overwritten under it while its
+ * lease lives is written again (registry/kept-key.ts).
  */
 import { fromCallback } from 'xstate';
 import { ErrorCode } from '../transport/errors.js';
@@ -71,7 +71,7 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
         send({ type: 'REGISTRATION_LOST', proxy: label, error, retryInMs });
       },
       // Every proxy reading etcd took this server out at the delete, and takes it back at the write (its link checked again).
-      restored: () => input.logger.warn('registry_key_restored', `This server's registry key ${key} was deleted while its lease was alive (an operator's etcdctl del?): every proxy reading the registry took it out; written again, so they take it back. To take a server out of the fleet, stop it (SIGTERM drains it)`, { proxy: label, key }),
+      restored: (how) => input.logger.warn('registry_key_restored', `This server's registry key ${key} was ${how} while its lease was alive (an operator's etcdctl?); written again as this server writes it${how === 'deleted' ? ': every proxy reading the registry took this server out at the delete, and takes it back now' : ''}. To take a server out of the fleet, stop it (SIGTERM drains it)`, { proxy: label, key, how }),
       // A wrong user or password is a mistake to fix, not an outage to wait out: the server stops, as when a proxy refuses its token.
       refused: (why) => {
         refused = true;

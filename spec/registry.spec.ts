@@ -244,7 +244,7 @@ reg_('changes made in one etcd revision (a transaction; etcdctl del --prefix) al
   await eventually(() => p.registry()?.entries === 0, 3000, 'revproxy_registry_entries back to 0');
 });
 
-reg_("keys deleted under their owners while their leases live (an operator's etcdctl del --prefix) are written again at once: every proxy takes the servers back, clients find the proxy again, and each owner says so", async () => {
+reg_("keys deleted (an operator's etcdctl del --prefix) or overwritten under their owners while their leases live are written again at once: every proxy takes the servers back, clients find the proxy again, and each owner says so", async () => {
   // Before, a deleted server key stayed gone until its server restarted: every proxy had taken it out for good.
   const proxyLogs: LogRecord[] = [];
   const serverLogs: LogRecord[] = [];
@@ -268,12 +268,19 @@ reg_("keys deleted under their owners while their leases live (an operator's etc
   assert.equal(await keysOf('proxies/'), proxies);
   await eventually(() => serving(p).length === 2, 3000, 'both serving again');
   assert.equal(new Set(await ask(p.port, '111', 4)), new Set(['d1', 'd2']));
+  // Overwritten without a lease (a key that would outlive its server): written back as the server wrote it.
+  const d2 = `${ctx.prefix}servers/d2`;
+  const value = await ctx.raw!.get(d2).string();
+  await ctx.raw!.put(d2).value('{"hand": "made"}').exec();
+  await eventually(() => restored(serverLogs).length === 3, 3000, 'd2 to write its key again');
+  assert.match(String(restored(serverLogs)[2]!.msg), /registry key \/spec\d+\/servers\/d2 was overwritten without a lease \(it would outlive this process\) while its lease was alive/);
+  await eventually(async () => (await ctx.raw!.get(d2).string()) === value && (await keysOf('servers/'))[d2] === servers[d2], 3000, 'd2 as it wrote it, under its lease');
   // A drain's own delete is not written back.
   await live[0]!.stop();
   await eventually(() => serving(p).join() === 'd2', 3000, 'd1 gone at its drain');
   await sleep(300);
   assert.equal(Object.keys(await keysOf('servers/')), [`${ctx.prefix}servers/d2`]);
-  assert.is(restored(serverLogs).length, 2);
+  assert.is(restored(serverLogs).length, 3);
 });
 
 reg_('a flood of entries refused for their numbers or their shape is a few log lines, as for direct registrations', async () => {
