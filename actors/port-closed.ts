@@ -53,7 +53,7 @@ export class PortClosed {
       if (msg.type !== MsgType.DATA) continue;
       this.unread++;
       this.late.add(peer.conn);
-      this.observer?.answered?.(msg.privPoliId, undefined, ErrorCode.SHUTTING_DOWN, 0, { client: peer, msg, arrived: now });
+      this.observer?.answered?.(msg.privPoliId, undefined, ErrorCode.SHUTTING_DOWN, 0, { client: peer, msg, arrived: now }, 0);
     }
   }
 

@@ -167,8 +167,12 @@ export interface ProxyOptions {
  * keep them cheap (count, don't format).
  */
 export interface ProxyObserver {
-  /** A request got its one answer (`Outcome`); `req` is the request (for the access log). */
-  answered?(policy: string, member: string | undefined, outcome: Outcome, latencyMs: number, req: ProxyRequest): void;
+  /**
+   * A request got its one answer (`Outcome`); `req` is the request (for the access log). `member`: the
+   * server that answered, or when the proxy answered for it (its try timed out, failed, was cut off),
+   * the last one tried; undefined when none was (`NO_SERVER`). `tries`: how many servers it was sent to.
+   */
+  answered?(policy: string, member: string | undefined, outcome: Outcome, latencyMs: number, req: ProxyRequest, tries: number): void;
   /** A request that failed on `failed` (with `code`) is being tried again on another member. */
   retried?(policy: string, failed: string, code: Code): void;
   /** A request that failed on `failed` (with `code`) was not tried again: its policy's retry budget was spent. */

@@ -721,7 +721,12 @@ export function makeReply(context: ProxyContext): Reply {
       const now = clock.now();
       // Answered while it waited (a queue timeout, a deadline, its client gone): that stay ends here.
       if (req.queued !== undefined) endStay(req, now);
-      observer.answered!(req.msg.privPoliId, member, outcome, now - req.arrived, req);
+      // Answered by the proxy after a try (a TIMEOUT at the deadline, the last of its retries failed): counted
+      // against the server that had it last, as HAProxy logs it. It was counted against no server: a server
+      // that timed out every request showed 0 errors on its card and in /metrics.
+      const tried = req.tried;
+      const tries = (tried?.length ?? 0) + (member === undefined ? 0 : 1);
+      observer.answered!(req.msg.privPoliId, member ?? tried?.[tried.length - 1], outcome, now - req.arrived, req, tries);
     }
     client.outstanding--;
     if (req.bytes) {

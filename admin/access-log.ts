@@ -156,8 +156,7 @@ export class AccessLog implements ProxyObserver {
     this.timeRead = false;
   };
 
-  answered(policy: string, member: string | undefined, outcome: Outcome, latencyMs: number, req: ProxyRequest): void {
-    const tries = (req.tried?.length ?? 0) + (member === undefined ? 0 : 1);
+  answered(policy: string, member: string | undefined, outcome: Outcome, latencyMs: number, req: ProxyRequest, tries: number): void {
     if (this.format === 'json') this.json(policy, member, outcome, latencyMs, req, tries);
     else this.text(policy, member, outcome, latencyMs, req, tries);
   }

@@ -66,8 +66,9 @@ test('text lines in bytes read exactly as the same lines formatted by JavaScript
     const outcome = outcomes[i % outcomes.length]!;
     // Most requests never waited (no `waited`); the rest waited some part of their latency.
     const waited = i % 5 === 0 ? latencies[(i * 7) % latencies.length]! : undefined;
-    log.answered(policy, member, outcome, latencies[i]!, request(client, srcid, seq, tried, waited));
-    want.push(expected(srcid, client.conn.describe(), policy, member, seq, (tried?.length ?? 0) + (member === undefined ? 0 : 1), latencies[i]!, outcome, waited));
+    const tries = (tried?.length ?? 0) + (member === undefined ? 0 : 1);
+    log.answered(policy, member, outcome, latencies[i]!, request(client, srcid, seq, tried, waited), tries);
+    want.push(expected(srcid, client.conn.describe(), policy, member, seq, tries, latencies[i]!, outcome, waited));
   }
   await dest.end();
   const lines = readFileSync(file, 'utf8').split('\n');
@@ -107,7 +108,7 @@ test('the parts a text log keeps (per server id, per client connection) hold the
   const clients = Array.from({ length: ids }, () => peer());
   const lines: Buffer[] = [];
   for (let i = 0; i < ids; i++) {
-    log.answered('P', `server-${i}`, 'ok', 1, request(clients[i]!, `c${i}`, i));
+    log.answered('P', `server-${i}`, 'ok', 1, request(clients[i]!, `c${i}`, i), 1);
     // What a busy proxy does between two new ids: other small buffers cut from the pool, let go at once.
     lines.push(Buffer.from('x'.repeat(4000)));
     lines.length = 0;
@@ -137,7 +138,7 @@ test('observers combined: a hook one of them has is its own, bound; a hook sever
   }
   const one = combineObservers(new Counter('a'), undefined, new Answers('b'))!;
   assert.is(one.retried, undefined);
-  one.answered!('111', undefined, 'ok', 1, request(peer(), 'c', 1));
+  one.answered!('111', undefined, 'ok', 1, request(peer(), 'c', 1), 0);
   one.accepted!(peer(), new Socket());
   assert.equal(calls, ['b answered 111', 'a accepted', 'b accepted']);
   assert.is(combineObservers(undefined, undefined), undefined);

@@ -123,6 +123,34 @@ metrics('retries count the requests sent again to another member, not the failur
   const text = await scrape();
   assert.is(sample(text, 'revproxy_retries_total', { policy: 'F' }), 2, 'one retry per request');
   assert.is(sample(text, 'revproxy_requests_total', { policy: 'F', outcome: 'UPSTREAM_FAILED' }), 3);
+  // Each counted against the server that failed it last, not against none.
+  assert.is(sample(text, 'revproxy_requests_total', { policy: 'F', server: '' }), 0);
+  assert.is(sample(text, 'revproxy_requests_total', { policy: 'F', server: 'f1' }) + sample(text, 'revproxy_requests_total', { policy: 'F', server: 'f2' }), 3);
+});
+
+metrics("a request the proxy answers TIMEOUT for a server that never answered is counted against that server: in /metrics and on its card", async () => {
+  // It was counted under server="" and the card read "0 answered · 0 errors": an alert on a server's errors never
+  // fired for a server that timed out every request (HAProxy logs the server a request timed out on).
+  const p = await startProxy({ port: 0, timeoutMs: 300, inspect: ctx.insp.inspect, observer: ctx.insp.observer });
+  try {
+    ctx.servers.push(await startServer({ id: 't1', policy: 'T', listenPort: 0, proxy: { host: LOCAL, port: p.port }, behaviour: 'silent' }));
+    await eventually(() => p.pools().T?.serving.includes('t1') ?? false, 3000, 'server t1 in pool T');
+    const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: p.port }, packets: [{ srcid: 'c', privPoliId: 'T', payload: 'a' }, { srcid: 'c', privPoliId: 'T', payload: 'b' }] });
+    assert.ok(results.every((r) => r.error === 'TIMEOUT'), JSON.stringify(results));
+    const text = await scrape();
+    assert.is(sample(text, 'revproxy_requests_total', { policy: 'T', server: 't1', outcome: 'TIMEOUT' }), 2);
+    assert.is(sample(text, 'revproxy_requests_total', { policy: 'T', server: '' }), 0);
+    // The page's state is pushed every flushMs: read until it has the answers.
+    const card = async () => {
+      const state = await (await fetch(`${ctx.insp.url}api/state`)).json() as { pools: Array<{ policy: string; members: Array<{ id: string; answered: number; errors: number; inflight: number }> }> };
+      return state.pools.find((x) => x.policy === 'T')?.members.find((m) => m.id === 't1');
+    };
+    await eventually(async () => (await card())?.inflight === 0, 3000, "t1's card to show nothing in flight");
+    const t1 = await card();
+    assert.equal(t1 && { answered: t1.answered, errors: t1.errors }, { answered: 0, errors: 2 });
+  } finally {
+    p.kill();
+  }
 });
 
 metrics("a server's answers are counted by what they were: ok or the error code it answered", async () => {
