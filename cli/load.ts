@@ -133,8 +133,11 @@ function hint(code: string, f: LoadFlags, first = '', unreachable: string[] = []
         return `${describeLookupError({ code: errno } as NodeJS.ErrnoException, where.slice(0, where.lastIndexOf(':')))}; or give the proxy's address with --revproc HOST:PORT`;
       }
       return `could not connect to ${unreachable.length ? unreachable.join(', ') : at}: start the proxy there (revproxy proxy --port ${unreachable[0]?.split(':').pop() ?? port}) or give its address with --revproc HOST:PORT`;
-    case 'NO_SERVER':
-      return `no server of the policy is registered with the proxy: start one (revproxy server --id 100 --pp ${f.policy[0]} --revproc ${target.host === '127.0.0.1' ? port : hostPort(target.host, port)}) or name another --policy`;
+    case 'NO_SERVER': {
+      // Of several policies, the one the proxy named (it was always the first given, which may be served).
+      const policy = /^no server is registered for privacy policy (.+)$/.exec(first)?.[1] ?? f.policy[0];
+      return `no server of ${f.policy.length > 1 ? `policy ${policy}` : 'the policy'} is registered with the proxy: start one (revproxy server --id 100 --pp ${policy} --revproc ${target.host === '127.0.0.1' ? port : hostPort(target.host, port)}) or name another --policy`;
+    }
     case 'OVERLOADED':
       return "the proxy refused requests at one of its limits (--queue-limit, --max-server-inflight): ask for less (--connections, --inflight, --rate) or raise the proxy's limits";
     case 'TIMEOUT':

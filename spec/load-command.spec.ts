@@ -311,6 +311,14 @@ test('a policy nobody serves: exit 1, NO_SERVER counted for every request, and t
   assert.match(t.out, /latency     no right answer to measure \(latency is of right answers only\)/);
 });
 
+test('of several policies, the one nobody serves is the one the NO_SERVER words name', async () => {
+  // They named the first policy given, here the one served: "start one (revproxy server --id 100 --pp 111 ...)".
+  // A connection per policy (the first gets 111): for a while, so that both send.
+  const t = await load(['--revproc', String(proxyPort), '--policy', '111,nobody', '-d', '300ms', '-p', '1']);
+  assert.is(t.code, 1, t.out);
+  assert.match(t.out, /NO_SERVER [\d,]+: no server of policy nobody is registered with the proxy: start one \(revproxy server --id 100 --pp nobody /);
+});
+
 test('a policy nobody serves on a proxy at another address: the words give that address to register with', async () => {
   // They gave the port alone, which a server reads as 127.0.0.1: for a proxy on ::1 (or another host) the command named would register elsewhere.
   const p = revproxy(['proxy', '--host', '::1', '--port', '0']);
