@@ -130,19 +130,27 @@ class Core {
     this.timer = this.clock.setInterval(() => this.tick(), this.summaryMs);
   }
 
+  /** The interval so far: its length in seconds, and in words ("in the last 4 s"). */
+  private interval(): { seconds: number; span: string } {
+    const ms = this.clock.now() - this.lastTick;
+    return { seconds: Math.round(ms / 100) / 10, span: ms < 1000 ? `in the last ${Math.round(ms)} ms` : `in the last ${Math.round(ms / 1000)} s` };
+  }
+
+  private summarise(r: Repeat, span: string, seconds: number): void {
+    if (RANK[r.level] >= this.rank) this.emit(r.level, r.actor, r.event, r.describe(r.count, span), { ...r.fields, count: r.count, summary: true, intervalS: seconds });
+  }
+
   /** One line per repeated condition that happened again in the interval; conditions that did not are forgotten. */
   tick(): void {
-    const ms = this.clock.now() - this.lastTick;
-    const seconds = Math.round(ms / 100) / 10;
+    const { seconds, span } = this.interval();
     this.lastTick = this.clock.now();
     this.spent.clear();
-    const span = ms < 1000 ? `in the last ${Math.round(ms)} ms` : `in the last ${Math.round(ms / 1000)} s`;
     for (const [id, r] of this.repeats) {
       if (r.count === 0) {
         this.repeats.delete(id);
         continue;
       }
-      if (RANK[r.level] >= this.rank) this.emit(r.level, r.actor, r.event, r.describe(r.count, span), { ...r.fields, count: r.count, summary: true, intervalS: seconds });
+      this.summarise(r, span, seconds);
       r.count = 0;
     }
     for (const [event, o] of this.overflow) {
@@ -168,6 +176,20 @@ class Core {
   /** The summaries due, written now; the timer runs on. */
   flush(): void {
     if (this.timer) this.tick();
+  }
+
+  /** The summaries of the conditions whose fields name `id` (as `server` or `id`), written now, and those conditions forgotten. */
+  settle(id: string): void {
+    let interval: { seconds: number; span: string } | undefined;
+    for (const [key, r] of this.repeats) {
+      const f = r.fields;
+      if (f === undefined || (f.server !== id && f.id !== id)) continue;
+      if (r.count > 0) {
+        interval ??= this.interval();
+        this.summarise(r, interval.span, interval.seconds);
+      }
+      this.repeats.delete(key);
+    }
   }
 
   close(): void {
@@ -287,6 +309,15 @@ export class Logger {
    */
   flush(): void {
     this.core.flush();
+  }
+
+  /**
+   * Write now the pending summaries about server `id` (conditions whose fields name it, as `server` or
+   * `id`) and forget those conditions: before the line saying it left, so that no "kept failing but is
+   * ... kept in rotation (2 more time(s) in the last 5 s)" comes after it, reading as if it were still there.
+   */
+  settle(id: string): void {
+    this.core.settle(id);
   }
 
   /** Write the pending summaries now and stop their timer. */

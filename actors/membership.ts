@@ -161,6 +161,7 @@ export function removeServer(context: ProxyContext, entry: Member, reason: strin
   context.servers.delete(entry.id);
   countOpen(context, entry, -1);
   entry.timer?.cancel();
+  context.logger.settle(entry.id);
   context.logger.budgeted('info', 'deregister', '', LIFE_LINES, `Server id ${entry.id} left privacy policy ${entry.policy}: ${reason}`, {
     id: entry.id, policy: entry.policy, reason,
   }, (n, span) => `${fmt(n)} more server(s) left${span ? ` ${span}` : ''}, past ${LIFE_LINES} departure lines an interval: not logged one by one`);

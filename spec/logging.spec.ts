@@ -172,6 +172,35 @@ inproc('a repeated condition gives one line, then one summary line per interval 
   for (const l of lines.slice(2)) assert.is(l.msg, 'no server is registered for privacy policy 999; refused 100 request(s) in the last 100 ms');
 });
 
+inproc("a server's pending summaries come before the line saying it left, not after it (\"kept in rotation (2 more time(s) ...)\" 3 s after it left)", () => {
+  const logs: LogRecord[] = [];
+  const clock = new ManualClock();
+  const logger = new Logger('proxy', memorySink(logs), 'info', { summaryMs: 5000, clock });
+  const kept = (n: number, span?: string) => (span ? `Server id 7 kept failing; kept in rotation (${n} more time(s) ${span})` : 'Server id 7 kept failing; kept in rotation');
+  for (let i = 0; i < 3; i++) logger.repeated('warn', 'eject_skipped', 'A\u00007', 1, kept, { id: '7', policy: 'A' });
+  for (let i = 0; i < 2; i++) logger.repeated('warn', 'retry', 'A\u00007', 1, (n, span) => `Retrying ${n}${span ? ` ${span}` : ''}`, { server: '7' });
+  logger.repeated('warn', 'retry', 'A\u00008', 1, (n, span) => `Retrying ${n} of 8${span ? ` ${span}` : ''}`, { server: '8' });
+  logger.repeated('warn', 'retry', 'A\u00008', 1, (n, span) => `Retrying ${n} of 8${span ? ` ${span}` : ''}`, { server: '8' });
+  clock.advance(3000);
+  logger.settle('7');
+  logger.info('deregister', 'Server id 7 left privacy policy A', { id: '7' });
+  clock.advance(2000);
+  const msgs = logs.map((l) => l.msg);
+  assert.equal(msgs, [
+    'Server id 7 kept failing; kept in rotation',
+    'Retrying 1',
+    'Retrying 1 of 8',
+    'Server id 7 kept failing; kept in rotation (2 more time(s) in the last 3 s)',
+    'Retrying 1 in the last 3 s',
+    'Server id 7 left privacy policy A',
+    // Another server's condition is summarised at the interval, as before; 7's are forgotten.
+    'Retrying 1 of 8 in the last 5 s',
+  ]);
+  // 7's condition starts over: said at once again.
+  logger.repeated('warn', 'retry', 'A\u00007', 1, (n, span) => `Retrying ${n}${span ? ` ${span}` : ''}`, { server: '7' });
+  assert.is(logs.at(-1)!.msg, 'Retrying 1');
+});
+
 inproc('"stopped" is the last line: the summary of a condition that repeated comes before it (a "refused 40 request(s) in the last ..." after it read as if the proxy still ran)', async () => {
   const logs: LogRecord[] = [];
   const clock = new ManualClock();

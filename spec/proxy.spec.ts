@@ -456,6 +456,23 @@ faults("a request a draining server did not run goes to another server with an i
   assert.match(retried[0]!.msg, /^Retrying 1 request\(s\) of privacy policy P on another server: server bad is draining and did not run it$/);
 });
 
+faults("a server that leaves has its pending summaries written before the line saying it left, none after", async () => {
+  // "Server id 7 kept failing but is the last healthy server ...; kept in rotation (2 more time(s) in the last 5 s)"
+  // came 3 s after "Server id 7 left privacy policy A", reading as if it were still there.
+  const s = await startServer({ id: 'lone', policy: 'L', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, behaviour: 'fail' });
+  await eventually(() => ctx.proxy.pools().L?.serving.includes('lone') ?? false, 2000, 'lone serving');
+  const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: Array.from({ length: 8 }, (_, i) => ({ srcid: 'c', privPoliId: 'L', payload: `x${i}` })), window: 1 });
+  assert.ok(results.every((r) => r.error === 'UPSTREAM_FAILED'), JSON.stringify(results));
+  const skipped = () => ctx.logs.filter((l) => l.event === 'eject_skipped');
+  assert.is(skipped().length, 1, 'said once, the rest counted');
+  s.kill();
+  await eventually(() => ctx.logs.some((l) => l.event === 'deregister' && l.id === 'lone'), 3000, 'lone to leave');
+  const left = ctx.logs.findIndex((l) => l.event === 'deregister' && l.id === 'lone');
+  const summary = ctx.logs.findIndex((l) => l.event === 'eject_skipped' && l.summary === true);
+  assert.ok(summary >= 0 && summary < left, ctx.logs.map((l) => `${l.event}: ${l.msg}`).join('\n'));
+  assert.is(Number(ctx.logs[summary]!.count), 3);
+});
+
 faults("a server whose link's PONG says it is leaving (asked or not) is drained while idle, as at its SHUTTING_DOWN (a registry member is removed, its link closed: registry.spec)", async () => {
   // A revproxy server that drains while etcd is away says so in its PONGs (docs/PROTOCOL.md); with no request
   // to answer SHUTTING_DOWN, nothing told its proxies, and its drain waited out its timeout for their links.
