@@ -41,26 +41,49 @@ export function parseScenario(source: string, file: string): Scenario {
   return scenario;
 }
 
-/** Story rules the schema cannot see: who is running when each step names a server. */
+/** Story rules the schema cannot see: who is running when each step names a server, which proxies there are, what a pool can hold. */
 function checkStory(sc: Scenario, issues: Issue[]): void {
-  const started = new Set<string>();
+  /** Servers running at this point of the story; those that left, with the line of the step that took them out. */
+  const running = new Set<string>();
+  const left = new Map<string, number>();
   for (const s of sc.servers) {
-    if (started.has(s.id)) issues.push({ line: s.line, col: s.col, path: 'servers', message: `server id ${s.id} is listed twice; ids are unique among live servers` });
-    started.add(s.id);
+    if (running.has(s.id)) issues.push({ line: s.line, col: s.col, path: 'servers', message: `server id ${s.id} is listed twice; ids are unique among live servers` });
+    running.add(s.id);
   }
+  const proxies = sc.registry ? (sc.registry.proxies ?? 1) : 1;
+  const proxyIssue = (n: number | undefined): string | undefined =>
+    n === undefined || n <= proxies ? undefined
+      : sc.registry ? `there is no proxy ${n}: registry.proxies is ${proxies}; name a proxy from 1 to ${proxies}, or raise registry.proxies`
+      : `there is no proxy ${n}: without a \`registry\` the scenario runs one proxy; add \`registry: { proxies: ${n} }\` for a fleet, or leave \`proxy:\` out`;
   const walk = (steps: Step[], path: string): void => {
     steps.forEach((st, i) => {
       const at = `${path}[${i}]`;
-      const target = st.kind === 'kill' ? st.kill.server : st.kind === 'stop' ? st.stop.server : undefined;
-      if (st.kind === 'start') started.add(st.start.server.id);
-      else if (target !== undefined && !started.has(target)) {
-        const known = [...started].join(', ') || 'none';
-        issues.push({ line: st.line, col: st.col, path: `${at}.${st.kind}`, message: `server ${target} is never started before this step (started: ${known})` });
+      const say = (where: string, message: string): void => void issues.push({ line: st.line, col: st.col, path: `${at}.${where}`, message });
+      if (st.kind === 'start') {
+        running.add(st.start.server.id);
+        left.delete(st.start.server.id);
+      } else if (st.kind === 'kill' || st.kind === 'stop') {
+        const target = st.kind === 'kill' ? st.kill.server : st.stop.server;
+        if (!running.has(target)) {
+          const gone = left.get(target);
+          const known = [...running].join(', ') || 'none';
+          say(st.kind, gone === undefined ? `server ${target} is never started before this step (started: ${known})`
+            : `server ${target} already left at line ${gone} and is not started again before this step (running: ${known}); take this step out, or add a \`start\` before it`);
+        }
+        if (running.delete(target)) left.set(target, st.line);
       } else if (st.kind === 'parallel') walk(st.parallel, `${at}.parallel`);
       else if (st.kind === 'send') {
+        const wrong = proxyIssue(st.send.proxy);
+        if (wrong) say('send.proxy', wrong);
         for (const p of st.send.pkt ?? []) {
-          if (!existsSync(resolve(dirname(sc.file), p))) issues.push({ line: st.line, col: st.col, path: `${at}.send.pkt`, message: `packet file ${p} does not exist (paths are relative to the scenario file)` });
+          if (!existsSync(resolve(dirname(sc.file), p))) say('send.pkt', `packet file ${p} does not exist (paths are relative to the scenario file)`);
         }
+      } else if (st.kind === 'expect_pool') {
+        const e = st.expect_pool;
+        const wrong = proxyIssue(e.proxy);
+        if (wrong) say('expect_pool.proxy', wrong);
+        const outside = e.members ? (e.serving ?? []).filter((id) => !e.members!.includes(id)) : [];
+        if (outside.length) say('expect_pool.serving', `serving names ${outside.join(', ')}, not among members (${e.members!.join(', ') || 'none'}): only a member can serve; add it to members or take it out of serving`);
       }
     });
   };

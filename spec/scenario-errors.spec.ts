@@ -96,6 +96,27 @@ refused("a story that stops a server never started names the step, at the step's
   assert.match(msg, /broken\.yaml:9:9: steps\[1\]\.parallel\[1\]\.kill: server 3 is never started/);
 });
 
+refused('a story mistake known before anything runs is refused at load: a server stopped twice, a proxy the scenario does not run, a serving id not among members', () => {
+  const msg = refusal(`name: x
+servers:
+  - { id: "1", policy: P }
+steps:
+  - stop: { server: "1" }
+  - kill: { server: "1" }
+  - start: { server: { id: "1", policy: P } }
+  - kill: { server: "1" }
+  - expect_pool: { policy: P, members: ["1"], serving: ["2"] }
+  - send: { client: a, policy: P, payload: x, proxy: 3 }
+`);
+  assert.is(msg.split('\n').length, 3, msg);
+  assert.match(msg, /^broken\.yaml:6:5: steps\[1\]\.kill: server 1 already left at line 5 and is not started again before this step \(running: none\); take this step out, or add a `start` before it$/m);
+  assert.match(msg, /^broken\.yaml:9:5: steps\[4\]\.expect_pool\.serving: serving names 2, not among members \(1\): only a member can serve/m);
+  assert.match(msg, /^broken\.yaml:10:5: steps\[5\]\.send\.proxy: there is no proxy 3: without a `registry` the scenario runs one proxy; add `registry: \{ proxies: 3 \}` for a fleet/m);
+  const fleet = refusal('name: x\nregistry: { proxies: 2 }\nsteps:\n  - expect_pool: { policy: P, members: [], proxy: 3 }\n');
+  assert.match(fleet, /^broken\.yaml:4:5: steps\[0\]\.expect_pool\.proxy: there is no proxy 3: registry\.proxies is 2; name a proxy from 1 to 2, or raise registry\.proxies$/);
+  parseScenario('name: x\nregistry: { proxies: 2 }\nsteps:\n  - send: { client: a, policy: P, payload: x, proxy: 2 }\n', 'fine.yaml');
+});
+
 refused("the issue's example loads exactly as written, wire: json included", () => {
   const scenario = parseScenario(`name: failover inside one policy
 proxy: { timeout: 2000, retries: 2 }
