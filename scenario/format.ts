@@ -48,7 +48,7 @@ export const serverSpec = object('server', {
   id: req(name, "the server's id"),
   policy: req(name, 'the privacy policy it serves'),
   wire: opt(oneOf(['msgpack', 'frames', 'json'] as const), "msgpack (default; frames is the same) or json: the old system's wire (setup on its own connection, one request at a time)"),
-  behaviour: opt(oneOf(['normal', 'silent', 'fail'] as const), 'normal answers; silent accepts requests and never answers; fail answers every request with an error'),
+  behaviour: opt(oneOf(['normal', 'silent', 'fail'] as const), 'normal answers; silent accepts requests and never answers; fail answers every request UPSTREAM_FAILED, which the proxy retries on another server'),
   token: opt(text, 'the registration secret it presents'),
 });
 
