@@ -50,6 +50,7 @@ export const serverSpec = object('server', {
   wire: opt(oneOf(['msgpack', 'frames', 'json'] as const), "msgpack (default; frames is the same) or json: the old system's wire (setup on its own connection, one request at a time)"),
   behaviour: opt(oneOf(['normal', 'silent', 'fail'] as const), 'normal answers; silent accepts requests and never answers; fail answers every request UPSTREAM_FAILED, which the proxy retries on another server'),
   token: opt(text, 'the registration secret it presents'),
+  delay: opt(ms, 'every request waits this long before the server answers it, as `revproxy server --delay` (a slow server; the default 0 answers at once)'),
 });
 
 const hex = scalar('hex digits, two per byte (spaces allowed)', (v) => {

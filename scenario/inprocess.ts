@@ -75,6 +75,7 @@ export class InProcessTopology implements Topology {
       listenHost: LOCAL,
       ...(this.fleet ? { registry: this.registry() } : { proxy: { host: LOCAL, port: this.port } }),
       behaviour: spec.behaviour,
+      delayMs: spec.delay,
       wire: spec.wire === 'json' ? 'json' : undefined,
       token: spec.token,
       inspect: this.attach.inspect,

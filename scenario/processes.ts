@@ -157,6 +157,7 @@ export class ProcessTopology implements Topology {
     const where = this.fleet ? this.registryArgs() : ['--revproc', `127.0.0.1:${this.port}`];
     const args = ['server', '--id', spec.id, '--pp', spec.policy, '--listen', '0', ...where, '--log-format', 'json', '--log-level', 'warn'];
     if (spec.behaviour) args.push('--behaviour', spec.behaviour);
+    if (spec.delay !== undefined) args.push('--delay', String(spec.delay));
     if (spec.wire === 'json') args.push('--wire', 'json');
     if (spec.token !== undefined) args.push('--token', spec.token);
     const child = new Child(args, () => {});

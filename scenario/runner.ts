@@ -264,7 +264,7 @@ class Run {
 }
 
 function serverLabel(s: ServerSpec): string {
-  const extra = s.behaviour && s.behaviour !== 'normal' ? `, ${s.behaviour}` : '';
+  const extra = `${s.behaviour && s.behaviour !== 'normal' ? `, ${s.behaviour}` : ''}${s.delay ? `, ${s.delay} ms slow` : ''}`;
   return `start server ${s.id} (policy ${s.policy}${extra})`;
 }
 

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import * as assert from 'uvu/assert';
 import { loadScenario, parseScenario, runScenario, ScenarioError, stepLines } from '../scenario/index.js';
 import { ConfigError, loadConfigFile } from '../config/proxy.js';
-import { PROXY_OPTIONS, SEND_CODES } from '../scenario/format.js';
+import { PROXY_OPTIONS, SEND_CODES, serverSpec } from '../scenario/format.js';
 import { CLIENT_CODES, REGISTRATION_CODES } from '../transport/errors.js';
 import { killAll, revproxy, ROOT } from './procs.js';
 import { eventually, tempDir } from './helpers.js';
@@ -145,6 +145,11 @@ steps:
 refused("docs/SCENARIOS.md names every proxy key a scenario takes", () => {
   const section = readFileSync(join(ROOT, 'docs/SCENARIOS.md'), 'utf8').split('### `proxy`')[1]?.split('\n### ')[0] ?? '';
   assert.equal(Object.keys(PROXY_OPTIONS).filter((k) => !section.includes(`\`${k}\``)), [], 'keys the format takes that the proxy section does not name');
+});
+
+refused('docs/SCENARIOS.md names every key a server takes', () => {
+  const section = readFileSync(join(ROOT, 'docs/SCENARIOS.md'), 'utf8').split('### A server')[1]?.split('\n### ')[0] ?? '';
+  assert.equal(Object.keys(serverSpec.fields).filter((k) => !section.includes(`\`${k}\``)), [], 'keys the format takes that the server section does not name');
 });
 
 refused("docs/SCENARIOS.md names every code a send's `error:` takes, and the ones it refuses", () => {

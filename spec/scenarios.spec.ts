@@ -37,12 +37,12 @@ inProcess.run();
 const processes = suite('scenarios, as revproxy processes');
 processes.after.each(killAll);
 
-processes("`revproxy scenario --processes --json` runs the assignment's example and a proxy restart with real processes", async () => {
-  const run = revproxy(['scenario', '--processes', '--json', 'spec/scenarios/round-robin.yaml', 'spec/scenarios/proxy-restart.yaml']);
+processes("`revproxy scenario --processes --json` runs the assignment's example, a proxy restart and slow servers (`delay`, as `--delay`) with real processes", async () => {
+  const run = revproxy(['scenario', '--processes', '--json', 'spec/scenarios/round-robin.yaml', 'spec/scenarios/proxy-restart.yaml', 'spec/scenarios/slow-server.yaml']);
   assert.is(await run.exited, 0, run.out.join('\n'));
   const report = JSON.parse(run.out.find((l) => l.startsWith('{'))!);
-  assert.is(report.ok, true);
-  assert.is(report.passed, 2);
+  assert.is(report.ok, true, JSON.stringify(report.scenarios.map((s: ScenarioReport) => s.steps.filter((st) => st.status !== 'passed'))));
+  assert.is(report.passed, 3);
   const [sc] = report.scenarios;
   assert.is(sc.mode, 'processes');
   const five = sc.steps.find((s: { line?: number }) => s.line === 7);
