@@ -119,9 +119,15 @@ export function written(n: { value: unknown; source?: string }): string {
 
 /**
  * A scalar converted by `convert` (given the value YAML read, and the text as written: `written`);
- * `undefined` from it means "not what was expected".
+ * `undefined` from it means "not what was expected". `near`: the words it takes, for a "did you
+ * mean" when what was written is one or two edits from one.
  */
-export function scalar<T>(expected: string, convert: (value: unknown, source: string) => T | undefined, hint?: (value: unknown, source: string) => string | undefined): Schema<T> {
+export function scalar<T>(
+  expected: string,
+  convert: (value: unknown, source: string) => T | undefined,
+  hint?: (value: unknown, source: string) => string | undefined,
+  near?: readonly string[],
+): Schema<T> {
   return {
     expected,
     read(node, at, ctx) {
@@ -130,7 +136,8 @@ export function scalar<T>(expected: string, convert: (value: unknown, source: st
       const value = isScalar ? convert(n.value, written(n)) : undefined;
       if (value === undefined) {
         const more = isScalar ? hint?.(n.value, written(n)) : undefined;
-        return report(ctx, { ...at, offset: offsetOf(n, at.offset) }, `expected ${expected}, got ${shown(n, ctx)}${more ? `: ${more}` : ''}`);
+        const meant = isScalar && near && !more ? suggest(written(n), near) : '';
+        return report(ctx, { ...at, offset: offsetOf(n, at.offset) }, `expected ${expected}, got ${shown(n, ctx)}${meant}${more ? `: ${more}` : ''}`);
       }
       return value;
     },
@@ -167,8 +174,13 @@ export function whole(expected: string, min = 0): Schema<number> {
 export const fraction = scalar('a fraction from 0 to 1 (e.g. 0.99)', (v) => (typeof v === 'number' && v >= 0 && v <= 1 ? v : undefined));
 export const flag = scalar('true or false', (v) => (typeof v === 'boolean' ? v : undefined));
 
-export function oneOf<const V extends string>(values: readonly V[]): Schema<V> {
-  return scalar(`one of ${values.join(', ')}`, (v) => (typeof v === 'string' && (values as readonly string[]).includes(v) ? (v as V) : undefined));
+/**
+ * One of a few words (a behaviour, an error code). A word not among them is refused with the
+ * nearest one, as an unknown key is: `NO_SEVRER` was refused with only the list to search. `hint`
+ * says more about a value that is known to be wrong (a code no such step can get).
+ */
+export function oneOf<const V extends string>(values: readonly V[], hint?: (value: unknown) => string | undefined): Schema<V> {
+  return scalar(`one of ${values.join(', ')}`, (v) => (typeof v === 'string' && (values as readonly string[]).includes(v) ? (v as V) : undefined), hint, values);
 }
 
 /** Any YAML value, as plain JSON-like data. */
@@ -380,18 +392,18 @@ function snakeCase(key: string): string {
   return key.replace(/([a-z0-9])([A-Z])/g, '$1_$2').replace(/-/g, '_').toLowerCase();
 }
 
-/** The known word one or two edits away, when there is one: for "did you mean". */
+/** The known word one or two edits away, when there is one, whatever the case (`no_server` is `NO_SERVER`): for "did you mean". */
 export function nearest(word: string, candidates: readonly string[]): string | undefined {
   let best: string | undefined;
   let bestD = 3;
   for (const c of candidates) {
-    const d = distance(word, c);
+    const d = distance(word.toLowerCase(), c.toLowerCase());
     if (d < bestD) [best, bestD] = [c, d];
   }
   return word ? best : undefined;
 }
 
-function suggest(word: string, candidates: string[]): string {
+function suggest(word: string, candidates: readonly string[]): string {
   const near = nearest(word, candidates);
   return near ? ` (did you mean '${near}'?)` : '';
 }

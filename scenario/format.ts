@@ -14,7 +14,7 @@ const ms = whole('milliseconds');
 
 /** Codes a send's answers can carry: the proxy's, but those it says only to registrations, and the client's own outcomes. */
 export const SEND_CODES: readonly Code[] = [...ERROR_CODES.filter((c) => !(REGISTRATION_CODES as readonly string[]).includes(c)), ...CLIENT_CODES];
-const sendCode = scalar(`one of ${SEND_CODES.join(', ')}`, (v) => (SEND_CODES as readonly unknown[]).includes(v) ? (v as Code) : undefined, (v) =>
+const sendCode = oneOf(SEND_CODES, (v) =>
   (REGISTRATION_CODES as readonly unknown[]).includes(v) ? `the proxy says ${String(v)} only to a server's registration, never in answer to a request, so no send gets it` : undefined,
 );
 /** Codes a raw connection or a registration is answered with: the wire's (the client's own outcomes never travel). */

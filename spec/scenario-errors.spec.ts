@@ -69,6 +69,31 @@ refused('missing keys, one step doing two things, and an unknown error code', ()
   assert.match(msg, /broken\.yaml:5:22: steps\[1\]\.expect\.error: expected one of NO_SERVER, BAD_REQUEST, .*got "NO_SERVERS"/);
 });
 
+refused('a misspelt error code, behaviour or word is refused with the nearest one it takes, as a misspelt key is', () => {
+  const msg = refusal(`name: x
+servers:
+  - { id: "1", policy: P, behaviour: slient }
+steps:
+  - send: { client: "1", policy: P, payload: x }
+    expect: { error: NO_SEVRER }
+  - send: { client: "1", policy: P, payload: x }
+    expect: { error: client_timeout }
+  - start: { server: { id: "2", policy: P } }
+    expect: { refused: DUPLICATE_DI }
+  - raw: { hex: "ff" }
+    expect: { error: BAD_REQEST }
+  - restart: prxy
+`);
+  assert.match(msg, /^broken\.yaml:3:38: servers\[0\]\.behaviour: expected one of normal, silent, fail, got "slient" \(did you mean 'silent'\?\)$/m);
+  assert.match(msg, /^broken\.yaml:6:22: steps\[0\]\.expect\.error: expected one of NO_SERVER, .*, got "NO_SEVRER" \(did you mean 'NO_SERVER'\?\)$/m);
+  assert.match(msg, /^broken\.yaml:8:22: steps\[1\]\.expect\.error: .*got "client_timeout" \(did you mean 'CLIENT_TIMEOUT'\?\)$/m);
+  assert.match(msg, /steps\[2\]\.expect\.refused: .*got "DUPLICATE_DI" \(did you mean 'DUPLICATE_ID'\?\)$/m);
+  assert.match(msg, /steps\[3\]\.expect\.error: .*got "BAD_REQEST" \(did you mean 'BAD_REQUEST'\?\)$/m);
+  assert.match(msg, /steps\[4\]\.restart: expected one of proxy, got "prxy" \(did you mean 'proxy'\?\)$/m);
+  // A code the step cannot get says why, not which code is near.
+  assert.not.match(refusal('name: x\nsteps:\n  - send: { client: "1", policy: P, payload: x }\n    expect: { error: REMOVED }\n'), /did you mean/);
+});
+
 refused('a scenario or a config file that cannot be read is refused as a bad one is, at 1:1, with its own code and why', () => {
   const dir = tempDir('unreadable-');
   const thrown = (load: () => unknown): Error & { code?: string } => {
