@@ -116,8 +116,12 @@ export function describeAnswer(m: Message): string {
 export function checkPool(expect: PoolExpect, got: PoolState): Diff[] {
   const diffs: Diff[] = [];
   const none = got.members.length ? undefined : `no server is registered for policy ${expect.policy}`;
-  if (expect.members && firstDifference(expect.members, got.members) >= 0) diffs.push({ what: `pool ${expect.policy} members`, expected: expect.members, got: got.members, note: none });
-  if (expect.serving && firstDifference(expect.serving, got.serving) >= 0) diffs.push({ what: `pool ${expect.policy} serving`, expected: expect.serving, got: got.serving, note: none });
+  // `order: any`: the same servers, in whatever order the proxy took them (a restart's re-registrations race).
+  const any = expect.order === 'any';
+  const differ = (a: string[], b: string[]): boolean => (any ? firstDifference([...a].sort(), [...b].sort()) : firstDifference(a, b)) >= 0;
+  const what = any ? ' (in any order)' : '';
+  if (expect.members && differ(expect.members, got.members)) diffs.push({ what: `pool ${expect.policy} members${what}`, expected: expect.members, got: got.members, note: none });
+  if (expect.serving && differ(expect.serving, got.serving)) diffs.push({ what: `pool ${expect.policy} serving${what}`, expected: expect.serving, got: got.serving, note: none });
   return diffs;
 }
 

@@ -131,8 +131,9 @@ const leafKinds = {
     expect_pool: req(
       object('expect_pool', {
         policy: req(name),
-        members: opt(list(name), 'every member, in rotation order'),
-        serving: opt(list(name), 'the members taking requests now (not down, not ejected), in rotation order'),
+        members: opt(list(name), 'every member, in rotation order (unless `order: any`)'),
+        serving: opt(list(name), 'the members taking requests now (not down, not ejected), in rotation order (unless `order: any`)'),
+        order: opt(oneOf(['rotation', 'any'] as const), 'rotation (default): members and serving as the proxy rotates over them; any: the same servers in whatever order (servers registering again after a restart, in whatever order they reach it)'),
         proxy: opt(whole('which proxy of the fleet (1 = the first)', 1), 'with a registry: default 1'),
       }, (v) => (v.members === undefined && v.serving === undefined ? 'needs `members`, `serving` or both' : undefined), stepKeys('expect_pool')),
     ),

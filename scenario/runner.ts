@@ -296,7 +296,7 @@ export function labelOf(st: Step): string {
     case 'expect_pool': {
       const e = st.expect_pool;
       const parts = [e.members && `[${e.members.join(', ')}]`, e.serving && `serving [${e.serving.join(', ')}]`].filter(Boolean);
-      return `pool ${e.policy} is ${parts.join(', ')}`;
+      return `pool ${e.policy} is ${parts.join(', ')}${e.order === 'any' ? ' in any order' : ''}`;
     }
     case 'parallel':
       return `in parallel: ${st.parallel.length} steps`;

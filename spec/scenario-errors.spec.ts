@@ -5,6 +5,8 @@ import * as assert from 'uvu/assert';
 import { loadScenario, parseScenario, runScenario, ScenarioError, stepLines } from '../scenario/index.js';
 import { ConfigError, loadConfigFile } from '../config/proxy.js';
 import { PROXY_OPTIONS, SEND_CODES, serverSpec } from '../scenario/format.js';
+import { checkPool } from '../scenario/expect.js';
+import { labelOf } from '../scenario/runner.js';
 import { CLIENT_CODES, REGISTRATION_CODES } from '../transport/errors.js';
 import { killAll, revproxy, ROOT } from './procs.js';
 import { eventually, tempDir } from './helpers.js';
@@ -232,6 +234,16 @@ failing('a wrong expectation fails its step with the line, what was expected and
   const text = stepLines(rr, { color: false }).join('\n');
   assert.match(text, /✘ line 6 +\d+ ms {2}send 3 packets as client c to policy P/);
   assert.match(text, /servers: expected \["1","1","2"\]\n +got {6}\["1","2","1"\]\n +\(request 2: expected 1, got 2\)/);
+});
+
+failing("expect_pool's `order: any` holds for the same servers in any order, where the default holds only for rotation order", () => {
+  const sc = parseScenario('name: x\nsteps:\n  - expect_pool: { policy: P, members: ["3", "1"], serving: ["1"], order: any }\n  - expect_pool: { policy: P, members: ["3", "1"] }\n', 'order.yaml');
+  const [any, rotation] = sc.steps.map((s) => (s.kind === 'expect_pool' ? s.expect_pool : undefined));
+  const got = { members: ['1', '3'], serving: ['1'] };
+  assert.equal(checkPool(any!, got), []);
+  assert.equal(checkPool(rotation!, got).map((d) => d.what), ['pool P members']);
+  assert.equal(checkPool(any!, { members: ['1', '2'], serving: ['1'] }), [{ what: 'pool P members (in any order)', expected: ['3', '1'], got: ['1', '2'], note: undefined }]);
+  assert.is(labelOf(sc.steps[0]!), 'pool P is [3, 1], serving [1] in any order');
 });
 
 failing('an action that cannot be done fails with the reason', async () => {
