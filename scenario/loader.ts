@@ -1,8 +1,9 @@
 /**
  * Reads scenario files: YAML parsed with line numbers kept, checked against
- * the format (format.ts), then checked as a story (a server is started before
- * it is stopped, ids are unique). Any problem refuses the file before anything
- * starts, naming file:line:column and what was expected there.
+ * the format (format.ts), then checked as a story (a server is running when a
+ * step stops or kills it, ids are unique, a `proxy: N` is one the scenario
+ * runs, a pool's serving ids are among its members). Any problem refuses the
+ * file before anything starts, naming file:line:column and what was expected there.
  */
 import { existsSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
