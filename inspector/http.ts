@@ -36,6 +36,13 @@ const SLOW_CLIENT_BYTES = 1 << 20;
 export const MAX_STREAMS = 32;
 /** How often a page refused its stream asks again (s): `Retry-After`, and the page's own timer. */
 const STREAM_RETRY_S = 5;
+/**
+ * How often a live stream carries a heartbeat (ms). An idle proxy sends no batch, so without one a
+ * page could not tell an idle proxy from a hung one (SIGSTOP, a frozen event loop): it said "live"
+ * for as long as the proxy was stopped. The beat comes from the proxy's own event loop, so it stops
+ * when that loop does; the page says how long it has heard nothing (page/app.js `heard`).
+ */
+export const BEAT_MS = 2000;
 
 export interface InspectorServer {
   port: number;
@@ -55,6 +62,8 @@ export interface ServeOptions {
   title: string;
   /** Whether the page shows a recorded log rather than a live system. */
   recorded?: boolean;
+  /** How often a live stream carries a heartbeat (ms). Default `BEAT_MS`. */
+  beatMs?: number;
 }
 
 export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: ServeOptions): Promise<InspectorServer> {
@@ -64,10 +73,11 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
   const log = opts.logger ?? silentLogger;
   const streams = new Set<ServerResponse>();
   const recorded = opts.recorded ?? false;
+  const beatMs = opts.beatMs ?? BEAT_MS;
   let guard!: Guard;
   // `now` lets the page count ages from the records' clock (for a recorded log: the end of the log); `wall`, the wall clock at the same
   // moment, lets it show their times of day as the wall clock would now (live, the records' clock is monotonic: see monotonicEpoch).
-  const meta = () => ({ title: opts.title, recorded, pid: process.pid, now: recorded ? hub.lastTime : hub.now(), wall: recorded ? undefined : Date.now(), actions: !recorded });
+  const meta = () => ({ title: opts.title, recorded, pid: process.pid, now: recorded ? hub.lastTime : hub.now(), wall: recorded ? undefined : Date.now(), actions: !recorded, beatMs: recorded ? undefined : beatMs });
   // The whole picture (1.7 MB for a 900-policy fleet, about 300 ms to make): any page the operator's browser opens may ask for it, again and again.
   const state = new Paced(() => JSON.stringify({ meta: meta(), ...hub.full() }));
   const refuse = (res: ServerResponse, r: Refusal): void => {
@@ -148,6 +158,13 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
     return lastMessage;
   };
 
+  // One timer for every stream, on the proxy's event loop (a recorded log has nothing to hear from).
+  // `beat` is an event, not an SSE comment: a browser's EventSource never shows comments to the page.
+  const beat = Buffer.from('event: beat\ndata: {}\n\n');
+  const beats = recorded ? undefined : setInterval(() => {
+    for (const res of streams) if (res.writableLength <= SLOW_CLIENT_BYTES) res.write(beat);
+  }, beatMs).unref();
+
   const openStream = (res: ServerResponse): void => {
     // A stream may go quiet for longer than a connection may stay idle (`httpPort`): it stays open.
     res.socket?.setTimeout(0);
@@ -187,6 +204,7 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
         url: `http://${host.includes(':') ? `[${host}]` : host}:${port}/`,
         close: () =>
           new Promise<void>((done) => {
+            clearInterval(beats);
             for (const s of streams) s.end();
             server.close(() => done());
             server.closeAllConnections();

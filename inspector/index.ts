@@ -39,6 +39,8 @@ export interface InspectorOptions extends Omit<HubOptions, 'sink'> {
   logFile?: string;
   /** What this process runs, shown on the page. */
   title?: string;
+  /** How often a page's stream carries a heartbeat (ms; default http.ts `BEAT_MS`). */
+  beatMs?: number;
 }
 
 export interface Inspector {
@@ -64,7 +66,7 @@ export async function startInspector(opts: InspectorOptions = {}): Promise<Inspe
   hub.start();
   let server: InspectorServer | undefined;
   try {
-    if (opts.port !== undefined) server = await serveInspector(hub, metrics, { port: opts.port, host: opts.host, token: opts.token, logger: opts.logger, title: opts.title ?? 'revproxy' });
+    if (opts.port !== undefined) server = await serveInspector(hub, metrics, { port: opts.port, host: opts.host, token: opts.token, logger: opts.logger, title: opts.title ?? 'revproxy', beatMs: opts.beatMs });
   } catch (err) {
     hub.stop();
     await log?.end();

@@ -14,7 +14,7 @@ import type { Socket } from 'node:net';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { connect, Logger, memorySink, runClient, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { startInspector, type Inspector, type PoolView } from '../inspector/index.js';
-import { eventually, LOCAL, sseReader } from './helpers.js';
+import { eventually, LOCAL, sleep, sseReader } from './helpers.js';
 import { ROOT } from './procs.js';
 
 const CHROMIUM = { executablePath: '/usr/bin/chromium', args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'] };
@@ -273,6 +273,34 @@ page('a proxy that stops while the page is open: its members are shown as the la
       await proxy.stop();
       await insp.close();
     }
+  }
+});
+
+page('a proxy whose event loop hangs: the page says how long it has heard nothing, not "live", and is live again when it resumes', async () => {
+  // An idle proxy sends no batch; hung (SIGSTOP, a frozen event loop) it sends nothing either, and the page said "live" throughout.
+  const insp = await startInspector({ port: 0, title: 'hanging proxy', flushMs: 50, beatMs: 100 });
+  const tab = await ctx.browser.newPage();
+  try {
+    await tab.goto(insp.url!);
+    await tab.waitForFunction(() => document.getElementById('link')!.textContent === 'live', undefined, { timeout: 5000 });
+    // Idle, with heartbeats: still live a while later.
+    await sleep(1000);
+    assert.is(await tab.textContent('#link'), 'live', 'an idle proxy that beats is live');
+    await tab.evaluate(() => {
+      const w = window as unknown as { badges: string[] };
+      w.badges = [];
+      new MutationObserver(() => w.badges.push(document.getElementById('link')!.textContent!)).observe(document.getElementById('link')!, { childList: true, characterData: true, subtree: true });
+    });
+    // This process's event loop (the inspector's) frozen for 2 s; the browser goes on meanwhile.
+    const end = performance.now() + 2000;
+    while (performance.now() < end);
+    await tab.waitForFunction(() => document.getElementById('link')!.textContent === 'live', undefined, { timeout: 5000 });
+    const badges = await tab.evaluate(() => (window as unknown as { badges: string[] }).badges);
+    assert.ok(badges.some((b) => /^no data for [\d.]+ s/.test(b)), `the badge said so while it hung: ${badges.join(' | ')}`);
+    assert.is(badges.at(-1), 'live');
+  } finally {
+    await tab.close();
+    await insp.close();
   }
 });
 

@@ -128,6 +128,30 @@ parts('a crowd asking for /api/state again and again shares its pictures, as /me
   }
 });
 
+parts('an idle live stream carries a heartbeat, so a page can tell an idle proxy from a hung one (it sent nothing at idle)', async () => {
+  const insp = await startInspector({ port: 0, beatMs: 50 });
+  const stop = new AbortController();
+  try {
+    const res = await fetch(`${insp.url}events`, { signal: stop.signal });
+    const reader = res.body!.getReader();
+    let text = '';
+    const end = Date.now() + 400;
+    while (Date.now() < end) {
+      const { value, done } = await Promise.race([reader.read(), sleep(end - Date.now()).then(() => ({ value: undefined, done: false }))]);
+      if (done) break;
+      if (value) text += Buffer.from(value).toString();
+    }
+    const full = JSON.parse(/^event: full\ndata: (.*)$/m.exec(text)![1]!) as { meta: { beatMs: number } };
+    assert.is(full.meta.beatMs, 50, 'the page is told how often to expect one');
+    const beats = text.split('event: beat\n').length - 1;
+    assert.ok(beats >= 3, `${beats} heartbeats in 400 ms of an idle stream`);
+    assert.not.match(text, /event: batch/, 'nothing else: the stream was idle');
+  } finally {
+    stop.abort();
+    await insp.close();
+  }
+});
+
 const recorded = suite('recorded logs');
 let cleanup: Array<() => Promise<void> | void> = [];
 recorded.after.each(async () => {

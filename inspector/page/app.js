@@ -4,6 +4,8 @@
 
 const MAX_LOG = 5000;
 const MAX_ROWS = 1500;
+/** Heartbeats (meta.beatMs apart) missed before the page says it hears nothing: one late beat on a busy machine is not a hung proxy. */
+const QUIET_BEATS = 3;
 const $ = (id) => document.getElementById(id);
 
 const S = {
@@ -52,11 +54,14 @@ function connect() {
     S.connsMore = d.connsMore || 0;
     S.figures = d.figures;
     if (!S.selected || !S.actors.has(S.selected)) S.selected = firstActor();
+    heardAt = performance.now();
     linkBadge(S.meta.recorded ? 'recorded' : 'live');
     pendingRows = [];
     renderAll();
   });
+  es.addEventListener('beat', heard);
   es.addEventListener('batch', (m) => {
+    heard();
     const d = JSON.parse(m.data);
     for (const a of d.actors) S.actors.set(a.sid, a);
     const added = mergeRecs(d.recs);
@@ -81,6 +86,26 @@ function connect() {
     fetch('/api/state', { cache: 'no-store' }).then((r) => r.ok && es.readyState === EventSource.CLOSED && linkBadge('full'), () => {});
     setTimeout(connect, 5000);
   };
+}
+
+/**
+ * When the page last heard from the proxy (its own monotonic clock, ms). A live proxy sends a batch
+ * when something changes and a heartbeat every meta.beatMs: an idle one only beats, a hung one
+ * (stopped, its event loop frozen) sends nothing, and the page said "live" for as long as it hung.
+ */
+let heardAt = performance.now();
+
+function heard() {
+  heardAt = performance.now();
+  if ($('link').classList.contains('quiet')) linkBadge('live');
+}
+
+/** Says how long nothing came, once past a few heartbeats; only over "live" (disconnected or refused says more). */
+function watchQuiet() {
+  const badge = $('link');
+  if (S.meta.recorded || !S.meta.beatMs || !(badge.classList.contains('live') || badge.classList.contains('quiet'))) return;
+  const silent = performance.now() - heardAt;
+  if (silent > QUIET_BEATS * S.meta.beatMs) linkBadge('quiet', silent);
 }
 
 /** Log records of the batches not drawn yet, and the frame that will draw them. */
@@ -165,14 +190,16 @@ function firstActor() {
   return null;
 }
 
-function linkBadge(kind) {
-  // Disconnected (the proxy stopped, or its inspector): the pools are the last states seen, not
-  // its members now - they read SERVING with a drain button and ages still counting up.
-  document.body.classList.toggle('offline', kind === 'down');
-  $('pools').title = kind === 'down' ? 'disconnected: the last states seen' : '';
+function linkBadge(kind, silent = 0) {
+  // Disconnected (the proxy stopped, or its inspector), or hung (nothing heard for a few heartbeats):
+  // the pools are the last states seen, not its members now - they read SERVING with a drain button
+  // and ages still counting up.
+  document.body.classList.toggle('offline', kind === 'down' || kind === 'quiet');
+  $('pools').title = kind === 'down' ? 'disconnected: the last states seen' : kind === 'quiet' ? 'nothing heard from the proxy lately: the last states seen' : '';
   const b = $('link');
   b.className = `badge ${kind === 'full' ? 'down' : kind}`;
-  b.textContent = kind === 'live' ? 'live' : kind === 'recorded' ? 'recorded log' : kind === 'full' ? 'refused: too many pages follow this inspector; trying again' : 'disconnected';
+  b.textContent = kind === 'live' ? 'live' : kind === 'recorded' ? 'recorded log' : kind === 'full' ? 'refused: too many pages follow this inspector; trying again'
+    : kind === 'quiet' ? `no data for ${dur(silent)}: the proxy may be hung` : 'disconnected';
 }
 
 // ---------- rendering ----------
@@ -709,3 +736,4 @@ $('pause').onclick = () => {
 
 connect();
 setInterval(tickAges, 1000);
+setInterval(watchQuiet, 500);
