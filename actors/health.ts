@@ -184,6 +184,7 @@ export function eject(context: ProxyContext, entry: Member, failures: number): v
     return;
   }
   entry.ejected = true;
+  entry.ejectedFor = { failures, code: entry.lastFailure?.code ?? 'unknown' };
   const base = context.opts.ejectBaseMs;
   // Each ejection in a row lasts longer, up to the most (Envoy's max_ejection_time); one is forgotten for each
   // eject time the member served since its last ejection ended. Counted for its whole life, a server with a

@@ -45,6 +45,11 @@ export class Member {
   traffic!: LinkPort;
   /** Taken out of rotation by the proxy for consecutive failures, until a timer puts it back. */
   ejected = false;
+  /**
+   * What its last ejection was for, as the eject line says it: the failures in a row then and the code of the last.
+   * Not `lastFailure.inARow`, which goes on counting the failures after it (a card said 32 where the log said 10).
+   */
+  ejectedFor?: { failures: number; code: string };
   /** Its ejections in a row: less one for each eject time it served since the last ended (health.ts, `eject`). */
   ejections = 0;
   /**

@@ -41,6 +41,8 @@ export interface MemberView {
   why?: Unavailable;
   /** When its oldest unanswered request was sent (a silent member's: how long it has not answered). */
   oldestAt?: number;
+  /** Ejected: the failures in a row that ejected it and the last one's code (the eject line's own figure). */
+  ejectedFor?: { failures: number; code: string };
   /** Its last failed try, and how many in a row its link had counted then. */
   lastError?: { code: string; message: string; at: number; inARow: number };
   /** The last check of its link: connecting and its first PING, or a probe. */
@@ -154,6 +156,7 @@ export function memberView(base: MemberView, entry: Member, proxy: ProxyContext,
   v.why = unavailable(proxy, entry);
   const oldest = inflight.size ? inflight.oldestSentAt() : undefined;
   if (oldest !== undefined) v.oldestAt = toEpoch(oldest);
+  if (entry.ejected && entry.ejectedFor) v.ejectedFor = entry.ejectedFor;
   const f = entry.lastFailure;
   if (f) v.lastError = { code: f.code, message: f.message, at: toEpoch(f.at), inARow: f.inARow };
   const c = entry.lastCheck;

@@ -531,4 +531,17 @@ many('a pool with requests waiting for a member with room says how many, and not
   await c3.page.waitForFunction((sel) => /6 routed · 20 of 20 retries the budget allows in 10 s \(spent\)/.test(document.querySelector(sel)?.textContent ?? ''), meta, { timeout: 20_000 });
 });
 
+many('an ejected member\'s card says the failures that ejected it, not its last error\'s count, which goes on after (it said 32 where the eject line said 10)', async () => {
+  const [pool] = feedPools(1);
+  const hub = c3.insp.hub;
+  const at = hub.now();
+  const ejected = { ...pool!.members[0]!, state: 'ejected', why: 'ejected' as const, ejectedFor: { failures: 10, code: 'TIMEOUT' }, lastError: { code: 'TIMEOUT', message: 'no answer in 2000 ms', at, inARow: 32 } };
+  hub.record({ k: 'pools', t: at, pools: [{ ...pool!, members: [ejected, pool!.members[1]!] }], gone: [] });
+  await c3.page.goto(c3.insp.url!);
+  const why = `[data-member="${ejected.id}"] .f-why`;
+  await c3.page.waitForSelector(why, { timeout: 20_000 });
+  assert.is(await c3.page.textContent(why), 'ejected after 10 failures in a row (TIMEOUT)');
+  assert.match(await c3.page.textContent(`[data-member="${ejected.id}"] .f-error`) ?? '', /TIMEOUT \(32 in a row\)/, 'the last error still counts on');
+});
+
 many.run();

@@ -6,7 +6,7 @@ import { createServer, Socket, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createActor, createMachine } from 'xstate';
-import { poolMachine, runClient, serverMachine, startProxy, startServer, upstreamMachine } from '../actors/index.js';
+import { connect, poolMachine, runClient, serverMachine, startProxy, startServer, upstreamMachine } from '../actors/index.js';
 import { chartOf, Hub, project, Ring, serveRecorded, startInspector } from '../inspector/index.js';
 import { Connection } from '../transport/socket.js';
 import { newPeer } from '../actors/link.js';
@@ -148,6 +148,35 @@ parts('an idle live stream carries a heartbeat, so a page can tell an idle proxy
     assert.not.match(text, /event: batch/, 'nothing else: the stream was idle');
   } finally {
     stop.abort();
+    await insp.close();
+  }
+});
+
+parts('an ejected member\'s card gives the failures that ejected it, as the eject line does, though its tries in flight go on failing after', async () => {
+  // A silent server's tries time out one by one: the card said "ejected after 5 failures in a row" (its last
+  // error's count, still growing) where the proxy's line said "after 3 consecutive failures".
+  const insp = await startInspector({ flushMs: 20 });
+  const proxy = await startProxy({ port: 0, inspect: insp.inspect, observer: insp.observer, tryTimeoutMs: 200, timeoutMs: 5000, retries: 3, ejectAfter: 3, slowAfterMs: 60_000, ejectBaseMs: 60_000 });
+  const quiet = await startServer({ id: 'quiet', policy: 'E', listenPort: 0, proxy: { host: LOCAL, port: proxy.port }, behaviour: 'silent' });
+  const ok = await startServer({ id: 'ok', policy: 'E', listenPort: 0, proxy: { host: LOCAL, port: proxy.port } });
+  const client = await connect({ revproc: proxy.port, id: 'eject' });
+  try {
+    await eventually(() => proxy.pools().E?.serving.length === 2, 3000, 'both serving');
+    // One at a time, 30 ms apart: about half go to quiet, and each of those times out on its own.
+    const asked: Array<Promise<unknown>> = [];
+    for (let i = 0; i < 12; i++) {
+      asked.push(client.request('E', `r${i}`).catch(() => undefined));
+      await sleep(30);
+    }
+    await Promise.all(asked);
+    const member = () => insp.hub.livePools().find((p) => p.policy === 'E')!.members.find((m) => m.id === 'quiet')!;
+    await eventually(() => member().state === 'ejected' && member().lastError!.inARow > 3, 3000, 'quiet ejected, with failures after');
+    assert.equal(member().ejectedFor, { failures: 3, code: member().lastError!.code });
+  } finally {
+    client.destroy();
+    quiet.kill();
+    ok.kill();
+    await proxy.stop();
     await insp.close();
   }
 });

@@ -302,7 +302,8 @@ const MEMBER_FIELDS = [
 function whyText(m) {
   switch (m.why) {
     case 'drained': return `drained by an operator: no new requests${m.inflight ? `; finishing ${m.inflight}` : ''}`;
-    case 'ejected': return `ejected${m.lastError ? ` after ${m.lastError.inARow} failures in a row (${m.lastError.code})` : ''}`;
+    // The count that ejected it, as the proxy's eject line says: its last error's count goes on after the ejection.
+    case 'ejected': return `ejected${m.ejectedFor ? ` after ${m.ejectedFor.failures} failures in a row (${m.ejectedFor.code})` : ''}`;
     case 'not_connected': return m.state === 'connecting' ? 'connecting: its link is not verified yet' : 'down: its link failed; probed until it answers';
     case 'full': return `at its in-flight limit (${m.inflight})`;
     case 'silent': return `silent: no answer for ${dur(now() - m.oldestAt)} (oldest of ${m.inflight} in flight)`;
