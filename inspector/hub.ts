@@ -245,7 +245,7 @@ export class Hub {
     const e = event as { peer?: unknown; conn?: unknown; batches?: Array<{ peer?: unknown }> };
     const peers = e.batches ? e.batches.map((b) => b.peer) : [e.peer];
     for (const p of peers) if (isPeer(p)) this.notePeer(p);
-    if (e.conn instanceof Connection && !this.liveConns.has(e.conn.id)) {
+    if (e.conn instanceof Connection && !this.liveConns.has(e.conn.id) && !e.conn.closed) {
       const machine = info?.machine;
       const role = machine === 'upstream' || machine === 'upstreamJson' ? 'upstream' : machine === 'client' ? 'client' : 'link';
       this.liveConns.set(e.conn.id, { conn: e.conn, role, dialed: dialedBy(info) });
@@ -256,7 +256,10 @@ export class Hub {
   notePeer(p: SeenConn): void {
     const seen = this.liveConns.get(p.conn.id);
     if (seen) seen.role = p.role;
-    else this.liveConns.set(p.conn.id, p);
+    // A closed connection not followed any more was listed as closed already (at the flush that found it so):
+    // an event about it after that (the proxy's CONN_CLOSED, a member removed for missed PINGs) listed it again,
+    // once per such event, and the last 20 closed filled with one registration.
+    else if (!p.conn.closed) this.liveConns.set(p.conn.id, p);
   }
 
   private register(ref: { sessionId: string; id: string; _parent?: { sessionId: string }; logic?: { id?: string; root?: StateNodeLike }; getSnapshot(): unknown; send(event: unknown): void }): void {

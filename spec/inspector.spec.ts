@@ -181,6 +181,27 @@ parts('an ejected member\'s card gives the failures that ejected it, as the ejec
   }
 });
 
+parts('a closed connection is listed once under Connections, whatever events name it after it closed (a registration removed for missed PINGs was listed twice, 61 times in one log)', () => {
+  const hub = new Hub({ flushMs: 1000 });
+  const m = createMachine({ id: 'holder', on: { '*': {} } });
+  const actor = createActor(m, { inspect: hub.observe }).start();
+  const conn = new Connection(new Socket());
+  const peer = { ...newPeer(conn), role: 'registration' as const };
+  actor.send({ type: 'REGISTER', peer });
+  hub.flush();
+  assert.equal(hub.conns.map((c) => [c.id, c.closed]), [[conn.id, false]]);
+  conn.destroy();
+  hub.flush();
+  // The proxy hears of the close after it closed the connection itself (CONN_CLOSED), and later events may name the peer too.
+  actor.send({ type: 'CONN_CLOSED', peer });
+  hub.flush();
+  actor.send({ type: 'MISSED_PINGS', peer, misses: 3 });
+  hub.notePeer(peer);
+  hub.flush();
+  assert.equal(hub.conns.map((c) => [c.id, c.role, c.closed]), [[conn.id, 'registration', true]]);
+  actor.stop();
+});
+
 const recorded = suite('recorded logs');
 let cleanup: Array<() => Promise<void> | void> = [];
 recorded.after.each(async () => {
