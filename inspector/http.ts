@@ -25,6 +25,10 @@ const FILES: Record<string, { file: string; type: string }> = {
   '/style.css': { file: 'style.css', type: 'text/css; charset=utf-8' },
 };
 
+/** Rows of the event log in one answer of `/api/events`: by default as many as the page shows, at most a few pages' worth. */
+const ROWS_PAGE = 1500;
+const MAX_ROWS_PAGE = 5000;
+
 /** A client whose socket buffer holds more than this gets no batches until it drains, then a fresh full picture. */
 const SLOW_CLIENT_BYTES = 1 << 20;
 
@@ -122,6 +126,14 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
         return void res.end();
       case '/api/state':
         return send(res, 200, 'application/json', await state.get());
+      case '/api/events': {
+        // The event log a page at a time: a recorded log's rows, more than a page keeps, filtered here.
+        const q = url.searchParams;
+        const before = Number(q.get('before') ?? NaN);
+        const limit = Math.min(Math.max(Number(q.get('limit')) || ROWS_PAGE, 1), MAX_ROWS_PAGE);
+        const rows = hub.rows({ before: Number.isInteger(before) ? before : undefined, limit, actor: q.get('actor') || undefined, type: q.get('type') || undefined, states: q.get('states') !== '0' });
+        return send(res, 200, 'application/json', JSON.stringify(rows));
+      }
       case '/api/history': {
         const sid = url.searchParams.get('actor') ?? '';
         return send(res, 200, 'application/json', JSON.stringify(hub.history(sid)));

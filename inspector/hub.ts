@@ -33,6 +33,48 @@ export type Rec =
 
 type StateRec = Extract<Rec, { k: 'state' }>;
 
+/** What a reader of the event log asks for (`/api/events`): the rows before `before` (a row's number) that match, at most `limit`. */
+export interface RowQuery {
+  before?: number;
+  limit: number;
+  /** Only rows of this actor (its session id), sent by it or to it. */
+  actor?: string;
+  /** Only events of this type, as `typeKey` names it. */
+  type?: string;
+  /** With state changes. */
+  states: boolean;
+}
+
+/** A page of the event log: rows oldest first, each with its number (`i`), and how many there are. */
+export interface RowPage {
+  rows: Array<Rec & { i: number }>;
+  /** Rows before the first one given that match too. */
+  more: boolean;
+  /** Rows that match, of every row kept. */
+  matching: number;
+  /** Rows kept: for a recorded log, every one it holds. */
+  total: number;
+  /** Every event type of the rows kept, as `typeKey` names them. */
+  types: string[];
+}
+
+/**
+ * An event's entry in the type filter. XState names an actor's done and error events after the
+ * actor (`xstate.done.actor.upstream:310#26`): one entry each, `xstate.done.actor.*` and
+ * `xstate.error.actor.*`. The page's `typeKey` (page/app.js) is this rule, for the rows it keeps.
+ */
+export function typeKey(type: string): string {
+  return type.replace(/^(xstate\.(?:done|error)\.actor\.).+$/, '$1*');
+}
+
+/** Whether a row of the event log is one a query asks for; the page's `matches` (page/app.js) is this rule. */
+function rowMatches(r: Rec, q: RowQuery): boolean {
+  if (r.k === 'state' && !q.states) return false;
+  if (q.actor && !('sid' in r && r.sid === q.actor) && !(r.k === 'event' && r.from === q.actor)) return false;
+  if (q.type && !(r.k === 'event' && typeKey(r.type) === q.type)) return false;
+  return true;
+}
+
 /** Open connections listed on the page (the rest are counted), and closed ones kept. */
 const MAX_OPEN_CONNS = 100;
 const MAX_CLOSED_CONNS = 20;
@@ -150,6 +192,9 @@ export class Hub {
   /** Each policy's pool as last recorded (JSON), to record only the ones that changed. */
   private readonly lastPools = new Map<string, string>();
   private lastConns = '';
+  /** The event types of the rows kept, and the ring's count when they were listed (`rows`). */
+  private types: string[] = [];
+  private typesAt = -1;
 
   constructor(opts: HubOptions = {}) {
     this.o = {
@@ -388,6 +433,9 @@ export class Hub {
       if (info) changed.add(info);
     }
     if (this.actors.size && this.hasLive()) this.readLive(now);
+    // Its actors stopped, a process's connections close after them: read so, the log's last picture
+    // (and a page's) listed them open under a stopped proxy.
+    else if (this.liveConns.size) this.readConns(now);
     const recs = this.pending;
     this.pending = [];
     const forgot = this.forgotten;
@@ -419,6 +467,20 @@ export class Hub {
     const gone = [...this.lastPools.keys()].filter((policy) => !live.has(policy));
     for (const policy of gone) this.lastPools.delete(policy);
     if (changed.length || gone.length) this.record({ k: 'pools', t: now, pools: changed, gone });
+    this.readConns(now);
+    if (this.metrics) {
+      this.metrics.tick();
+      const figures = this.metrics.figures();
+      const fj = JSON.stringify(figures);
+      if (fj !== this.lastFigures) {
+        this.lastFigures = fj;
+        this.record({ k: 'figures', t: now, figures });
+      }
+    }
+  }
+
+  /** The connections followed: the open ones, the last closed; recorded when they changed. */
+  private readConns(now: number): void {
     const open: ConnView[] = [];
     let more = 0;
     for (const [id, c] of this.liveConns) {
@@ -433,15 +495,6 @@ export class Hub {
     if (cj !== this.lastConns) {
       this.lastConns = cj;
       this.record({ k: 'conns', t: now, conns, more: more || undefined });
-    }
-    if (this.metrics) {
-      this.metrics.tick();
-      const figures = this.metrics.figures();
-      const fj = JSON.stringify(figures);
-      if (fj !== this.lastFigures) {
-        this.lastFigures = fj;
-        this.record({ k: 'figures', t: now, figures });
-      }
     }
   }
 
@@ -549,6 +602,46 @@ export class Hub {
       connsMore: this.connsMore,
       charts: Object.fromEntries(this.charts),
     };
+  }
+
+  /**
+   * A page of the event log, from the server's rows: a recorded log keeps every row it holds
+   * (`serveRecorded`), more than a page can, and the page reads them here a page at a time, filtered.
+   */
+  rows(q: RowQuery): RowPage {
+    const ring = this.ring;
+    const end = Math.min(q.before ?? ring.total, ring.total);
+    const rows: Array<Rec & { i: number }> = [];
+    let matching = 0;
+    let more = false;
+    for (let i = ring.total - 1; i >= ring.first; i--) {
+      const r = ring.at(i)!;
+      if (!rowMatches(r, q)) continue;
+      matching++;
+      if (i >= end) continue;
+      if (rows.length < q.limit) rows.push({ ...r, i });
+      else more = true;
+    }
+    if (this.typesAt !== ring.total) {
+      const types = new Set<string>();
+      for (let i = ring.first; i < ring.total; i++) {
+        const r = ring.at(i)!;
+        if (r.k === 'event') types.add(typeKey(r.type));
+      }
+      this.types = [...types].sort();
+      this.typesAt = ring.total;
+    }
+    return { rows: rows.reverse(), more, matching, total: ring.size, types: this.types };
+  }
+
+  /**
+   * A recorded log whose every actor stopped ends with its process, and so do its connections: a log
+   * recorded before the hub read them after the proxy stopped listed them open under a stopped proxy.
+   */
+  ended(): void {
+    for (const a of this.actors.values()) if (a.status === 'active') return;
+    this.conns = this.conns.map((c) => (c.closed ? c : { ...c, closed: true }));
+    this.connsMore = 0;
   }
 
   /** The recorded states of one actor, oldest first. */

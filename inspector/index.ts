@@ -167,6 +167,7 @@ export async function serveRecorded(file: string, port: number): Promise<{ url: 
   const { recs, bad } = readLog(file);
   const hub = new Hub({ ringSize: Math.max(5000, recs.length), historySize: 5000, keepStopped: 10_000 });
   for (const r of recs) hub.apply(r);
+  hub.ended();
   const server = await serveInspector(hub, undefined, { port, title: `recorded: ${file}`, recorded: true });
   return { url: server.url, port: server.port, records: recs.length, bad, close: () => server.close() };
 }

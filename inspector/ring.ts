@@ -36,6 +36,17 @@ export class Ring<T> {
     return out;
   }
 
+  /** The number (as `total` counts) of the oldest item kept. */
+  get first(): number {
+    return this.total - this.count;
+  }
+
+  /** The item numbered `n` (as `total` counts), if still kept. */
+  at(n: number): T | undefined {
+    const i = n - this.first;
+    return i >= 0 && i < this.count ? this.items[(this.start + i) % this.capacity] : undefined;
+  }
+
   /** The newest `n` items, oldest first. */
   last(n: number): T[] {
     const all = this.toArray();

@@ -9,12 +9,13 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Socket } from 'node:net';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { connect, Logger, memorySink, runClient, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
-import { startInspector, type Inspector, type PoolView } from '../inspector/index.js';
-import { eventually, LOCAL, sleep, sseReader } from './helpers.js';
+import { serveRecorded, startInspector, type Inspector, type PoolView } from '../inspector/index.js';
+import { eventually, LOCAL, sleep, sseReader, tempDir } from './helpers.js';
 import { ROOT } from './procs.js';
 
 const CHROMIUM = { executablePath: '/usr/bin/chromium', args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'] };
@@ -542,6 +543,33 @@ many('an ejected member\'s card says the failures that ejected it, not its last 
   await c3.page.waitForSelector(why, { timeout: 20_000 });
   assert.is(await c3.page.textContent(why), 'ejected after 10 failures in a row (TIMEOUT)');
   assert.match(await c3.page.textContent(`[data-member="${ejected.id}"] .f-error`) ?? '', /TIMEOUT \(32 in a row\)/, 'the last error still counts on');
+});
+
+many('a replayed log: its filters reach every recorded row, the list pages back to the first, and the page says how many there are (it kept the last 2000)', async () => {
+  const file = join(tempDir('insp-page-'), 'long.ndjson');
+  const lines = [JSON.stringify({ k: 'actor', t: 1, sid: 'x:0', id: 'proxy', machine: 'proxy' })];
+  lines.push(JSON.stringify({ k: 'event', t: 2, n: 0, sid: 'x:0', type: 'INCIDENT', data: { what: 'early' } }));
+  for (let n = 1; n <= 4000; n++) lines.push(JSON.stringify({ k: 'event', t: 2 + n, n, sid: 'x:0', type: 'TICK', data: {} }));
+  writeFileSync(file, lines.join('\n') + '\n');
+  const replay = await serveRecorded(file, 0);
+  try {
+    await c3.page.goto(replay.url);
+    await c3.page.waitForFunction(() => /4002 recorded/.test(document.getElementById('log-count')!.textContent!), undefined, { timeout: 10_000 });
+    assert.is(await c3.page.textContent('#log-count'), '1500 shown of 4002 recorded');
+    await c3.page.selectOption('#f-type', 'INCIDENT');
+    await c3.page.waitForFunction(() => /1 matching/.test(document.getElementById('log-count')!.textContent!), undefined, { timeout: 10_000 });
+    assert.equal(await c3.page.$$eval('#log-body .row .e', (els) => els.map((e) => e.textContent)), ['INCIDENT']);
+    await c3.page.selectOption('#f-type', '');
+    await c3.page.waitForFunction(() => /^1500 shown/.test(document.getElementById('log-count')!.textContent!), undefined, { timeout: 10_000 });
+    for (const shown of [3000, 4002]) {
+      await c3.page.click('#log-earlier');
+      await c3.page.waitForFunction((n) => document.getElementById('log-count')!.textContent!.startsWith(`${n} shown`), shown, { timeout: 10_000 });
+    }
+    assert.not.ok(await c3.page.isVisible('#log-earlier'), 'no earlier rows past the first');
+    assert.match(await c3.page.textContent('#log-body .row:first-child') ?? '', /started/);
+  } finally {
+    await replay.close();
+  }
 });
 
 many.run();

@@ -234,6 +234,65 @@ recorded('a log written with --inspect-log replays into the same page: pools, ac
   assert.is((await fetch(`${page.url}metrics`)).status, 404);
 });
 
+recorded('a replay keeps every row of the log reachable, a page at a time and filtered by the server (only the last 2000 were), and says how many there are', async () => {
+  const file = join(tempDir('insp-'), 'long.ndjson');
+  const lines = [JSON.stringify({ k: 'actor', t: 1, sid: 'x:0', id: 'proxy', machine: 'proxy' })];
+  // An incident early on, then a long quiet stretch of the same event.
+  lines.push(JSON.stringify({ k: 'event', t: 2, n: 0, sid: 'x:0', type: 'INCIDENT', data: { what: 'early' } }));
+  for (let n = 1; n <= 12_000; n++) lines.push(JSON.stringify({ k: 'event', t: 2 + n, n, sid: 'x:0', type: 'TICK', data: {} }));
+  writeFileSync(file, lines.join('\n') + '\n');
+  const page = await serveRecorded(file, 0);
+  cleanup.push(() => page.close());
+  type Rows = { rows: Array<{ i: number; type?: string; k: string }>; more: boolean; matching: number; total: number; types: string[] };
+  const rows = async (q: string): Promise<Rows> => (await fetch(`${page.url}api/events?${q}`)).json() as Promise<Rows>;
+  const last = await rows('limit=1500');
+  assert.equal([last.total, last.matching, last.rows.length, last.more], [12_002, 12_002, 1500, true]);
+  assert.is(last.rows.at(-1)!.i, 12_001, 'the newest row last');
+  assert.equal(last.types, ['INCIDENT', 'TICK'], 'every type in the log, for the filter');
+  const incident = await rows('type=INCIDENT');
+  assert.equal(incident.rows.map((r) => [r.i, r.type]), [[1, 'INCIDENT']]);
+  assert.is(incident.matching, 1);
+  // Paging back from the newest reaches the first row.
+  let before = last.rows[0]!.i;
+  let pages = 1;
+  for (let more = last.more; more; pages++) {
+    const p = await rows(`limit=5000&before=${before}`);
+    before = p.rows[0]!.i;
+    more = p.more;
+  }
+  assert.is(before, 0, `the first row, after ${pages} pages`);
+  const state = (await (await fetch(`${page.url}api/state`)).json()) as { recs: unknown[] };
+  assert.ok(state.recs.length <= 2000, 'the picture itself stays small');
+});
+
+recorded('a replay whose actors all stopped lists no connection open, and a log records its connections closing after its actors stop', async () => {
+  const file = join(tempDir('insp-'), 'conns.ndjson');
+  const insp = await startInspector({ logFile: file, flushMs: 20 });
+  const proxy = await startProxy({ port: 0, inspect: insp.inspect, observer: insp.observer });
+  const s1 = await startServer({ id: '1', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: proxy.port } });
+  await eventually(() => proxy.pools().P?.members.length === 1, 3000, 'server in pool');
+  await eventually(() => insp.hub.conns.some((c) => !c.closed), 3000, 'an open connection listed');
+  await proxy.stop();
+  s1.kill();
+  await sleep(60);
+  await insp.close();
+  const recs = readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { k: string; conns?: Array<{ id: number; closed: boolean }> });
+  const lastConns = recs.filter((r) => r.k === 'conns').at(-1)!.conns!;
+  assert.ok(lastConns.length > 0 && lastConns.every((c) => c.closed), `the log's last connections: ${JSON.stringify(lastConns)}`);
+  // A log recorded before that: its last conns record has them open, under actors that all stopped.
+  const old = join(tempDir('insp-'), 'old.ndjson');
+  writeFileSync(old, [
+    { k: 'actor', t: 1, sid: 'x:0', id: 'proxy', machine: 'proxy' },
+    { k: 'conns', t: 2, conns: [{ id: 3, role: 'registration', peer: '127.0.0.1:5000', outstanding: 0, closed: false }, { id: 4, role: 'client', peer: '127.0.0.1:5001', outstanding: 0, closed: true }], more: 2 },
+    { k: 'state', t: 3, sid: 'x:0', state: 'stopped', status: 'done', changed: true, context: null },
+  ].map((r) => JSON.stringify(r)).join('\n') + '\n');
+  const page = await serveRecorded(old, 0);
+  cleanup.push(() => page.close());
+  const state = (await (await fetch(`${page.url}api/state`)).json()) as { conns: Array<{ id: number; closed: boolean }>; connsMore?: number };
+  assert.equal(state.conns.map((c) => [c.id, c.closed]), [[3, true], [4, true]]);
+  assert.not.ok(state.connsMore, 'no "more open" either');
+});
+
 recorded('a port in use names the flag that chooses it: --port for revproxy inspect FILE, --inspect for a live inspector', async () => {
   const holder = createServer();
   await new Promise<void>((r) => holder.listen(0, LOCAL, r));

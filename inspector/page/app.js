@@ -180,6 +180,7 @@ function mergeRecs(recs) {
  * each server that came and went, for ever (a soak: one a restart); they are one entry each,
  * `xstate.done.actor.*` and `xstate.error.actor.*`, which picks those events of every actor.
  */
+// The server's `typeKey` (inspector/hub.ts) is this rule, for a recorded log's rows it filters.
 function typeKey(type) {
   return type.replace(/^(xstate\.(?:done|error)\.actor\.).+$/, '$1*');
 }
@@ -619,6 +620,7 @@ $('step-live').onclick = () => {
 };
 
 // ---------- event log ----------
+// The server's `rowMatches` (inspector/hub.ts) is this rule, for a recorded log's rows it filters.
 function matches(r) {
   const fa = $('f-actor').value;
   const ft = $('f-type').value;
@@ -692,7 +694,52 @@ $('log').addEventListener('scroll', () => {
 // Rows grow to their real height as they are laid out: the end moves, and a following log goes with it.
 new ResizeObserver(() => follow.pin()).observe($('log-body'));
 
+/**
+ * A recorded log's rows as the server keeps them (/api/events): every row the log holds, read a
+ * page at a time and filtered there. The page kept only the last 2000 the picture carried, so an
+ * incident minutes before the end could not be reached by the list or its filters.
+ */
+const recordedRows = {
+  /** The number of the first row shown, whether rows before it match too, how many match, how many there are. */
+  first: null,
+  more: false,
+  matching: 0,
+  total: 0,
+  /** Answers to an older question are dropped (the filters changed since). */
+  asked: 0,
+  async load(before) {
+    const q = new URLSearchParams({ limit: String(MAX_ROWS), actor: $('f-actor').value, type: $('f-type').value, states: $('f-states').checked ? '1' : '0' });
+    if (before !== undefined) q.set('before', String(before));
+    const asked = ++this.asked;
+    const d = await (await fetch(`/api/events?${q}`, { cache: 'no-store' })).json();
+    if (asked !== this.asked) return;
+    for (const type of d.types) if (!S.types.has(type)) {
+      S.types.add(type);
+      addOption($('f-type'), type, type);
+    }
+    const body = $('log-body');
+    const rows = d.rows.map(row);
+    if (before === undefined) {
+      body.replaceChildren(...rows);
+      follow.on = true;
+      follow.pin();
+    } else {
+      // Earlier rows go above the ones shown, which stay where the reader has them.
+      const box = $('log');
+      const height = box.scrollHeight;
+      body.prepend(...rows);
+      box.scrollTop += box.scrollHeight - height;
+    }
+    if (d.rows.length) this.first = d.rows[0].i;
+    Object.assign(this, { more: d.more, matching: d.matching, total: d.total });
+    $('log-earlier').hidden = !d.more;
+    countLog();
+  },
+};
+$('log-earlier').onclick = () => recordedRows.load(recordedRows.first ?? undefined);
+
 function redrawLog() {
+  if (S.meta.recorded) return void recordedRows.load();
   const rows = S.log.filter(matches).slice(-MAX_ROWS).map(row);
   $('log-body').replaceChildren(...rows);
   follow.on = true;
@@ -721,6 +768,12 @@ function appendLog(recs) {
 }
 
 function countLog() {
+  if (S.meta.recorded) {
+    const r = recordedRows;
+    const shown = $('log-body').childElementCount;
+    $('log-count').textContent = `${shown} shown of ${r.matching === r.total ? `${r.total} recorded` : `${r.matching} matching, ${r.total} recorded`}`;
+    return;
+  }
   $('log-count').textContent = `${S.log.length} kept${S.paused ? ' · paused' : ''}`;
 }
 
