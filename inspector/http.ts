@@ -81,7 +81,7 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
   let guard!: Guard;
   // `now` lets the page count ages from the records' clock (for a recorded log: the end of the log); `wall`, the wall clock at the same
   // moment, lets it show their times of day as the wall clock would now (live, the records' clock is monotonic: see monotonicEpoch).
-  const meta = () => ({ title: opts.title, recorded, pid: process.pid, now: recorded ? hub.lastTime : hub.now(), wall: recorded ? undefined : Date.now(), actions: !recorded, beatMs: recorded ? undefined : beatMs });
+  const meta = () => ({ title: opts.title, recorded, pid: process.pid, now: recorded ? hub.lastTime : hub.now(), wall: recorded ? undefined : Date.now(), actions: !recorded, beatMs: recorded ? undefined : beatMs, started: recorded ? undefined : hub.started });
   // The whole picture (1.7 MB for a 900-policy fleet, about 300 ms to make): any page the operator's browser opens may ask for it, again and again.
   const state = new Paced(() => JSON.stringify({ meta: meta(), ...hub.full() }));
   const refuse = (res: ServerResponse, r: Refusal): void => {

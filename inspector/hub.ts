@@ -168,6 +168,8 @@ export class Hub {
   connsMore = 0;
   /** The time of the latest record (a recorded log's end). */
   lastTime = 0;
+  /** When this hub started, on the records' clock: a page that sees another start knows the process (or its inspector) restarted. */
+  readonly started: number;
   metrics?: Metrics;
   private readonly edgeMaps = new Map<string, Map<object, string>>();
   private readonly liveConns = new Map<number, SeenConn>();
@@ -208,6 +210,7 @@ export class Hub {
     };
     this.ring = new Ring(this.o.ringSize);
     this.budget = this.o.eventBudget;
+    this.started = this.o.now();
   }
 
   /** The records' clock now (epoch ms, see `monotonicEpoch`). */

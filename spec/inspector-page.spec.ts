@@ -236,6 +236,11 @@ page('after the proxy restarts twice the page shows the new one, and its filters
     }
     const members = await tab.$$eval('[data-policy="R"] .member', (els) => els.map((e) => e.getAttribute('data-member')));
     assert.equal(members, ['r3'], 'only the running proxy\'s server');
+    // The previous session's events are gone from the log: its first row says so (it said nothing).
+    const first = await tab.$eval('#log-body', (b) => ({ cls: b.firstElementChild?.className, text: [...(b.firstElementChild?.querySelectorAll('.a, .e, .d') ?? [])].map((e) => e.textContent).join(' | ') }));
+    assert.is(first.cls, 'row restart', first.text);
+    assert.match(first.text, /^restarting proxy \| restarted at \d\d:\d\d:\d\d\.\d{3} \| its inspector started again: the \d+ events shown before are gone from this page$/, first.text);
+    assert.is(await tab.$$eval('#log-body .row.restart', (els) => els.length), 1, 'one row, for the latest restart');
     const types = await tab.$$eval('#f-type option', (els) => els.map((e) => (e as HTMLOptionElement).value));
     assert.ok(types.length > 3, types.join(', '));
     assert.equal(types, [...new Set(types)], `each event type once: ${types.join(', ')}`);

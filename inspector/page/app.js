@@ -39,11 +39,17 @@ function connect() {
   const es = new EventSource('/events');
   es.addEventListener('full', (m) => {
     const d = JSON.parse(m.data);
+    const was = S.meta;
     S.meta = d.meta;
     S.skew = d.meta.now ? d.meta.now - performance.now() : 0;
     S.toWall = d.meta.wall ? d.meta.wall - d.meta.now : 0;
     S.charts = d.charts;
+    // A new picture replaces the log. From the same process (a dropped stream) it holds what the page
+    // showed; from a process that started since, not: the log lost the previous session's events
+    // without a word, so it starts with a row saying so.
+    const shown = S.log.filter((r) => r.k !== 'restart').length;
     S.log = [];
+    if (was.started !== undefined && d.meta.started !== was.started) S.log.push({ k: 'restart', t: d.meta.started, pid: d.meta.pid, was: was.pid, lost: shown });
     // S.types stays: it lists the options the type filter already has (a new picture after a
     // reconnect or a proxy restart added each type a second time, 32 options for 13 types after 3).
     mergeRecs(d.recs);
@@ -622,6 +628,7 @@ $('step-live').onclick = () => {
 // ---------- event log ----------
 // The server's `rowMatches` (inspector/hub.ts) is this rule, for a recorded log's rows it filters.
 function matches(r) {
+  if (r.k === 'restart') return true;
   const fa = $('f-actor').value;
   const ft = $('f-type').value;
   if (r.k === 'state' && !$('f-states').checked) return false;
@@ -650,6 +657,10 @@ function row(r) {
     actor = r.id;
     what = 'started';
     detail = r.parent ? `child of ${name(r.parent)}` : 'root actor';
+  } else if (r.k === 'restart') {
+    actor = S.meta.title || '';
+    what = `restarted at ${time}`;
+    detail = `${r.pid === r.was ? 'its inspector started again' : `a new process, pid ${r.pid} (was ${r.was})`}: the ${r.lost} events shown before are gone from this page`;
   } else if (r.k === 'dropped') {
     actor = '';
     what = `${r.count} events not logged`;
