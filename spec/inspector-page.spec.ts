@@ -430,9 +430,13 @@ ops('a page refused its event stream (the inspector feeds its most readers) says
     }
     await late.goto(c2.insp.url!);
     await late.waitForFunction(() => /too many pages/.test(document.getElementById('link')?.textContent ?? ''), undefined, { timeout: 5000 });
+    // Its pools panel says why it is empty: it said "No pool yet: pools appear when a server registers" with four registered.
+    assert.match(await late.textContent('#pools') ?? '', /^This page was refused: .*It shows nothing until one of them closes/);
     assert.ok(c2.logs.some((l) => l.event === 'inspector_refused' && l.status === 503 && /pages already follow this inspector/.test(String(l.msg))), 'the refusal is logged');
     for (const s of readers) s.destroy();
     await late.waitForFunction(() => document.getElementById('link')?.textContent === 'live', undefined, { timeout: 15_000 });
+    await late.waitForSelector(`${pool} [data-member="1"]`, { timeout: 5000 });
+    assert.not.match(await late.textContent('#pools') ?? '', /refused/, 'the pools, once it follows');
   } finally {
     for (const s of readers) s.destroy();
     await late.close();

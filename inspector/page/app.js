@@ -6,6 +6,13 @@ const MAX_LOG = 5000;
 const MAX_ROWS = 1500;
 /** Heartbeats (meta.beatMs apart) missed before the page says it hears nothing: one late beat on a busy machine is not a hung proxy. */
 const QUIET_BEATS = 3;
+/** How often a page refused its stream asks again (ms): the inspector's Retry-After (http.ts STREAM_RETRY_S). */
+const RETRY_MS = 5000;
+/** What the pools panel says while it has no pool to show: why. */
+const NO_POOL = {
+  yet: 'No pool yet: pools appear when a server registers with a proxy.',
+  refused: `This page was refused: the inspector already feeds as many pages as it will. It shows nothing until one of them closes (it asks again every ${RETRY_MS / 1000} s); the proxy's pools may well have servers.`,
+};
 const $ = (id) => document.getElementById(id);
 
 const S = {
@@ -56,6 +63,7 @@ function connect() {
     // After the log: its 'actor' records name actors the hub may have forgotten since; its list is the truth.
     S.actors = new Map(d.actors.map((a) => [a.sid, a]));
     setPools(d.pools || []);
+    noPool(NO_POOL.yet);
     S.conns = d.conns;
     S.connsMore = d.connsMore || 0;
     S.figures = d.figures;
@@ -90,7 +98,7 @@ function connect() {
     // feeds its most pages) it gives up on, so the page asks again, and says why when it can.
     if (es.readyState !== EventSource.CLOSED) return;
     fetch('/api/state', { cache: 'no-store' }).then((r) => r.ok && es.readyState === EventSource.CLOSED && linkBadge('full'), () => {});
-    setTimeout(connect, 5000);
+    setTimeout(connect, RETRY_MS);
   };
 }
 
@@ -197,7 +205,13 @@ function firstActor() {
   return null;
 }
 
+/** Says why the pools panel is empty, while it is: a refused page said "No pool yet" with servers registered. */
+function noPool(why) {
+  if (!S.pools.size) $('pools').replaceChildren(el('p', { class: 'muted', text: why }));
+}
+
 function linkBadge(kind, silent = 0) {
+  if (kind === 'full') noPool(NO_POOL.refused);
   // Disconnected (the proxy stopped, or its inspector), or hung (nothing heard for a few heartbeats):
   // the pools are the last states seen, not its members now - they read SERVING with a drain button
   // and ages still counting up.
