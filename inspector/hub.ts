@@ -17,7 +17,7 @@ import type { Metrics } from './metrics.js';
 import { Ring } from './ring.js';
 import { CONTEXT_LIMITS, connView, isPeer, project, projectEvent, stateName, type ConnView, type Json, type SeenConn } from './sanitise.js';
 import type { ProxyContext } from '../actors/proxy-types.js';
-import { mergePools, poolView, proxyInflight, type Figures, type PoolView } from './views.js';
+import { byPolicy, mergePools, poolKey, poolView, proxyInflight, type Figures, type PoolView } from './views.js';
 
 /** One line of the inspection log, and one item of the page's feed. */
 export type Rec =
@@ -26,7 +26,7 @@ export type Rec =
   | { k: 'event'; t: number; n: number; sid: string; from?: string; type: string; data: Json }
   | { k: 'state'; t: number; sid: string; name?: string; state: string; status: string; event?: string; edge?: string; changed: boolean; context: Json }
   | { k: 'dropped'; t: number; count: number; types: Record<string, number> }
-  /** The pools that changed since the last record, and the policies gone (without `gone`, as in logs before it: every pool). */
+  /** The pools that changed since the last record, and those gone, by `poolKey` (without `gone`, as in logs before it: every pool). */
   | { k: 'pools'; t: number; pools: PoolView[]; gone?: string[] }
   | { k: 'figures'; t: number; figures: Figures }
   | { k: 'conns'; t: number; conns: ConnView[]; more?: number };
@@ -191,8 +191,8 @@ export class Hub {
   private readonly listeners = new Set<(b: Batch) => void>();
   private readonly o: Required<Omit<HubOptions, 'sink'>> & Pick<HubOptions, 'sink'>;
   private lastFigures = '';
-  /** Each policy's pool as last recorded (JSON), to record only the ones that changed. */
-  private readonly lastPools = new Map<string, string>();
+  /** Each pool as last recorded (by `poolKey`; its view and JSON), to record only the ones that changed; `stopped` once its proxy did. */
+  private readonly lastPools = new Map<string, { view: PoolView; json: string; stopped?: boolean }>();
   private lastConns = '';
   /** The event types of the rows kept, and the ring's count when they were listed (`rows`). */
   private types: string[] = [];
@@ -435,10 +435,14 @@ export class Hub {
       const info = this.actors.get(r.sid);
       if (info) changed.add(info);
     }
-    if (this.actors.size && this.hasLive()) this.readLive(now);
+    const live = this.actors.size > 0 && this.hasLive();
+    // After the last live actor stopped too: the pools of a proxy that stopped were never read again and
+    // said SERVING for ever (`revproxy scenario ... --inspect`, whose page stays up after the scenarios).
+    if (live || [...this.lastPools.values()].some((p) => !p.stopped)) this.readPools(now);
     // Its actors stopped, a process's connections close after them: read so, the log's last picture
     // (and a page's) listed them open under a stopped proxy.
-    else if (this.liveConns.size) this.readConns(now);
+    if (live || this.liveConns.size) this.readConns(now);
+    if (live) this.readFigures(now);
     const recs = this.pending;
     this.pending = [];
     const forgot = this.forgotten;
@@ -454,23 +458,40 @@ export class Hub {
     return false;
   }
 
-  /** Pools, connections and figures, read from live snapshots. */
-  private readLive(now: number): void {
+  /**
+   * The pools, read from live snapshots. A pool whose actor stopped is gone, but for one whose proxy
+   * stopped: that one stays as last seen, marked stopped, while the hub keeps its actor (`keepStopped`).
+   */
+  private readPools(now: number): void {
     // Only the pools that changed: a fleet of 500 policies is 300 KB of pools, and one member's
     // change sent them all again to every page (and into the log) at each flush.
     const changed: PoolView[] = [];
     const live = new Set<string>();
     for (const pool of this.livePools()) {
-      live.add(pool.policy);
+      const key = poolKey(pool);
+      live.add(key);
       const json = JSON.stringify(pool);
-      if (this.lastPools.get(pool.policy) === json) continue;
-      this.lastPools.set(pool.policy, json);
+      if (this.lastPools.get(key)?.json === json) continue;
+      this.lastPools.set(key, { view: pool, json });
       changed.push(pool);
     }
-    const gone = [...this.lastPools.keys()].filter((policy) => !live.has(policy));
-    for (const policy of gone) this.lastPools.delete(policy);
+    const gone: string[] = [];
+    for (const [key, last] of this.lastPools) {
+      if (live.has(key)) continue;
+      const proxy = last.view.proxy === undefined ? undefined : this.actors.get(last.view.proxy);
+      if (this.actors.has(key) && proxy && proxy.status !== 'active') {
+        if (last.stopped) continue;
+        last.stopped = true;
+        changed.push({ ...last.view, stoppedAt: now });
+      } else {
+        this.lastPools.delete(key);
+        gone.push(key);
+      }
+    }
     if (changed.length || gone.length) this.record({ k: 'pools', t: now, pools: changed, gone });
-    this.readConns(now);
+  }
+
+  private readFigures(now: number): void {
     if (this.metrics) {
       this.metrics.tick();
       const figures = this.metrics.figures();
@@ -521,6 +542,7 @@ export class Hub {
       pools.push(poolView({
         value: snap.value,
         ctx: snap.context,
+        sid: info.sid,
         proxy,
         proxySid,
         tally: (p, m) => this.metrics?.tally(p, m),
@@ -534,7 +556,7 @@ export class Hub {
         },
       }));
     }
-    return pools.sort((a, b) => a.policy.localeCompare(b.policy));
+    return pools.sort(byPolicy);
   }
 
   /** The live proxy actors, with their session ids (for actions). */

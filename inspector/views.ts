@@ -68,6 +68,14 @@ export interface PoolView {
   gone: MemberView[];
   /** The session id of the proxy that owns the pool (actions name it). */
   proxy?: string;
+  /**
+   * The pool actor's session id: which pool this is (`poolKey`). A process running several proxies
+   * (`revproxy scenario A.yaml B.yaml`) has a pool of the same policy in each; keyed by policy, they
+   * were one card. None in logs recorded before it.
+   */
+  sid?: string;
+  /** Its proxy stopped (epoch ms): the pool as last seen, kept while the inspector keeps its actor. */
+  stoppedAt?: number;
   /** Requests waiting in the policy's queue for a member with room, where known: the proxy's own `/metrics`, and a live proxy's pools in the inspector. */
   waiting?: number;
   /** A live proxy's retries of failed tries over the last 10 s and what its retry budget allows (`retry_budget`, `min_retry_rate`), while it made any. */
@@ -106,6 +114,8 @@ export interface PoolSource {
   /** The pool machine's state value. */
   value: unknown;
   ctx: PoolContextLike;
+  /** The pool actor's session id. */
+  sid?: string;
   /** The context of the proxy that owns the pool (its members), when live. */
   proxy?: ProxyContext;
   proxySid?: string;
@@ -137,7 +147,7 @@ export function poolView(src: PoolSource): PoolView {
   for (const [id, reason] of src.left) if (!ctx.members.includes(id)) gone.unshift({ ...counts(id), state: 'gone', reason });
   // The pool's own rule, from its cursor: the member a request with no tries yet goes to.
   const next = ctx.eligible ? pick(ctx, ctx.eligible, {}).member : members[ctx.cursor >= members.length ? 0 : ctx.cursor]?.id;
-  const view: PoolView = { policy: ctx.policy, state: String(src.value), members, cursor: ctx.cursor, next, routed: ctx.routed ?? 0, gone: gone.slice(0, MAX_GONE), proxy: src.proxySid };
+  const view: PoolView = { policy: ctx.policy, state: String(src.value), members, cursor: ctx.cursor, next, routed: ctx.routed ?? 0, gone: gone.slice(0, MAX_GONE), proxy: src.proxySid, sid: src.sid };
   const policy = proxy?.policies.get(ctx.policy);
   if (proxy && policy) {
     view.waiting = policy.waiting.length;
@@ -180,10 +190,20 @@ export interface ConnsView {
   closed: ConnView[];
 }
 
-/** `pools` with those `changed` put in (by policy) and those `gone` taken out, ordered by policy as the hub lists them. */
+/** Which pool a view is: its pool actor, or in a log recorded before views named it, its policy (`gone` named policies then). */
+export function poolKey(p: PoolView): string {
+  return p.sid ?? p.policy;
+}
+
+/** Pools in the order the page lists them: by policy, then by proxy. */
+export function byPolicy(a: PoolView, b: PoolView): number {
+  return a.policy.localeCompare(b.policy) || (a.proxy ?? '').localeCompare(b.proxy ?? '');
+}
+
+/** `pools` with those `changed` put in and those `gone` (their `poolKey`s) taken out, ordered as the hub lists them. */
 export function mergePools(pools: readonly PoolView[], changed: readonly PoolView[], gone: readonly string[]): PoolView[] {
-  const byPolicy = new Map(pools.map((p) => [p.policy, p]));
-  for (const p of changed) byPolicy.set(p.policy, p);
-  for (const policy of gone) byPolicy.delete(policy);
-  return [...byPolicy.values()].sort((a, b) => a.policy.localeCompare(b.policy));
+  const byKey = new Map(pools.map((p) => [poolKey(p), p]));
+  for (const p of changed) byKey.set(poolKey(p), p);
+  for (const key of gone) byKey.delete(key);
+  return [...byKey.values()].sort(byPolicy);
 }

@@ -310,6 +310,47 @@ page('a proxy whose event loop hangs: the page says how long it has heard nothin
   }
 });
 
+page('two proxies in one process, as revproxy scenario A.yaml B.yaml runs: a pool card each, and a stopped one\'s pool dimmed as last seen, without buttons, its ages standing (it said SERVING with a drain button)', async () => {
+  const insp = await startInspector({ port: 0, title: 'two proxies', flushMs: 50 });
+  const proxies = [await startProxy({ port: 0, inspect: insp.inspect, observer: insp.observer }), await startProxy({ port: 0, inspect: insp.inspect, observer: insp.observer })];
+  const servers = await Promise.all(proxies.map((p) => startServer({ id: 's1', policy: 'S', listenPort: 0, proxy: { host: LOCAL, port: p.port }, inspect: insp.inspect })));
+  const tab = await ctx.browser.newPage();
+  const [a, b] = proxies as [ProxyHandle, ProxyHandle];
+  try {
+    await eventually(() => proxies.every((p) => p.pools().S?.serving.length === 1), 3000, 'each proxy serving s1');
+    await tab.goto(insp.url!);
+    await tab.waitForFunction(() => document.querySelectorAll('[data-policy="S"] .member[data-member="s1"] button.act').length === 2, undefined, { timeout: 5000 });
+    const boxes = await tab.$$eval('[data-policy="S"]', (els) => els.map((e) => (e as HTMLElement).dataset.proxy));
+    assert.is(new Set(boxes).size, 2, `one pool of S per proxy: ${boxes.join(', ')}`);
+    servers[0]!.kill();
+    await a.stop();
+    const sid = (p: ProxyHandle) => insp.hub.liveProxies().find((x) => x.ref === (p.actor as unknown))?.sid;
+    const bSid = sid(b)!;
+    assert.ok(bSid, 'the running proxy is known');
+    const stopped = '[data-policy="S"].stopped';
+    await tab.waitForSelector(stopped, { timeout: 5000 });
+    assert.is(await tab.$$eval(stopped, (els) => els.length), 1);
+    assert.ok((await tab.getAttribute(stopped, 'data-proxy')) !== bSid, 'the stopped proxy\'s pool');
+    assert.is(await tab.textContent(`${stopped} h3 .badge`), 'proxy stopped');
+    assert.not.ok(await tab.isVisible(`${stopped} button.act`), 'no drain button for a stopped proxy');
+    const card = `${stopped} .member[data-member="s1"]`;
+    const text = await tab.innerText(card);
+    await sleep(2200);
+    assert.is(await tab.innerText(card), text, 'its ages stand still');
+    assert.ok(await tab.isVisible(`[data-policy="S"][data-proxy="${bSid}"] .member[data-member="s1"] button.act`), 'the running proxy\'s pool keeps its button');
+    assert.is(await tab.textContent(`[data-policy="S"][data-proxy="${bSid}"] h3 .badge`), 'serving');
+    // Once nothing runs any more, the last pool read stopped too (the pools were never read after the last actor stopped).
+    servers[1]!.kill();
+    await b.stop();
+    await tab.waitForFunction(() => document.querySelectorAll('[data-policy="S"].stopped').length === 2, undefined, { timeout: 5000 });
+  } finally {
+    await tab.close();
+    for (const s of servers) s.kill();
+    for (const p of proxies) await p.stop();
+    await insp.close();
+  }
+});
+
 page('the page loads nothing from outside the inspector', () => {
   assert.equal((ctx as unknown as { outside: string[] }).outside, []);
 });

@@ -19,7 +19,7 @@ const S = {
   meta: {},
   actors: new Map(),
   charts: {},
-  /** Pools by policy; drawn in policy order. */
+  /** Pools by `poolKey` (their pool actor: one per policy per proxy); drawn by policy, then proxy. */
   pools: new Map(),
   conns: [],
   figures: null,
@@ -36,10 +36,13 @@ const S = {
   toWall: 0,
 };
 
-/** The server's time now (its records' clock); for a recorded log, the log's end. */
+/** The server's time now (its records' clock); for a recorded log, the log's end; for a card of a stopped proxy's pool, when it stopped. */
 function now() {
+  if (stoppedAt !== undefined) return stoppedAt;
   return S.meta.recorded ? S.meta.now : performance.now() + S.skew;
 }
+/** Set while a stopped proxy's card is drawn: its ages stand at its proxy's stop (`updateCard`). */
+let stoppedAt;
 
 // ---------- feed ----------
 function connect() {
@@ -141,19 +144,25 @@ function renderBatches() {
 /** What changed in the pools since they were drawn: which policies, whether one came or went, or everything (a full picture). */
 const poolsDirty = { all: true, order: false, policies: new Set() };
 
+// Which pool a view is: inspector/views.ts poolKey (its pool actor; its policy in logs from before).
+function poolKey(p) {
+  return p.sid ?? p.policy;
+}
+
 function setPools(list) {
-  S.pools = new Map(list.map((p) => [p.policy, p]));
+  S.pools = new Map(list.map((p) => [poolKey(p), p]));
   poolsDirty.all = true;
 }
 
-// A batch carries only the pools that changed (and the policies gone): inspector/views.ts mergePools.
+// A batch carries only the pools that changed (and the keys of those gone): inspector/views.ts mergePools.
 function mergePools(changed, gone) {
   for (const p of changed) {
-    if (!S.pools.has(p.policy)) poolsDirty.order = true;
-    S.pools.set(p.policy, p);
-    poolsDirty.policies.add(p.policy);
+    const key = poolKey(p);
+    if (!S.pools.has(key)) poolsDirty.order = true;
+    S.pools.set(key, p);
+    poolsDirty.policies.add(key);
   }
-  for (const policy of gone) if (S.pools.delete(policy)) poolsDirty.order = true;
+  for (const key of gone) if (S.pools.delete(key)) poolsDirty.order = true;
 }
 
 function mergeRecs(recs) {
@@ -359,21 +368,22 @@ function renderPools() {
   const { all, order, policies } = poolsDirty;
   if (all || order) {
     for (const e of [...box.children]) if (!e.classList.contains('pool')) e.remove();
-    [...S.pools.keys()].sort((a, b) => a.localeCompare(b)).forEach((policy, i) => {
-      let pool = poolBoxes.get(policy);
-      if (!pool) poolBoxes.set(policy, (pool = newPool(policy)));
+    // By policy, then proxy (inspector/views.ts byPolicy).
+    [...S.pools.entries()].sort(([, a], [, b]) => a.policy.localeCompare(b.policy) || (a.proxy || '').localeCompare(b.proxy || '')).forEach(([key, p], i) => {
+      let pool = poolBoxes.get(key);
+      if (!pool) poolBoxes.set(key, (pool = newPool(p.policy)));
       if (box.children[i] !== pool) box.insertBefore(pool, box.children[i] || null);
     });
-    for (const [policy, pool] of poolBoxes) {
-      if (S.pools.has(policy)) continue;
+    for (const [key, pool] of poolBoxes) {
+      if (S.pools.has(key)) continue;
       for (const card of pool._cards.values()) dropCard(card);
       pool.remove();
-      poolBoxes.delete(policy);
+      poolBoxes.delete(key);
     }
   }
-  for (const policy of all ? S.pools.keys() : policies) {
-    const p = S.pools.get(policy);
-    if (p) updatePool(poolBoxes.get(policy), p);
+  for (const key of all ? S.pools.keys() : policies) {
+    const p = S.pools.get(key);
+    if (p) updatePool(poolBoxes.get(key), p);
   }
   poolsDirty.all = poolsDirty.order = false;
   policies.clear();
@@ -381,7 +391,7 @@ function renderPools() {
 
 function newPool(policy) {
   const pool = el('div', { class: 'pool', 'data-policy': policy },
-    el('h3', {}, el('span', { text: `policy ${policy}` }), el('span', { class: 'badge' }), el('span', { class: 'meta' })),
+    el('h3', {}, el('span', { text: `policy ${policy}` }), el('span', { class: 'proxy muted' }), el('span', { class: 'badge' }), el('span', { class: 'meta' })),
     el('div', { class: 'action-msg', role: 'status' }),
     el('div', { class: 'members' }));
   pool._cards = new Map();
@@ -392,7 +402,12 @@ function updatePool(box, p) {
   box.dataset.cursor = String(p.cursor);
   box.dataset.next = p.next || '';
   box.dataset.proxy = p.proxy || '';
-  setText(box.querySelector('.badge'), p.state);
+  // A stopped proxy's pool: its last states, dimmed, without buttons, its ages standing (style.css .pool.stopped).
+  box._stoppedAt = p.stoppedAt;
+  if (box.classList.contains('stopped') !== (p.stoppedAt !== undefined)) box.classList.toggle('stopped');
+  setText(box.querySelector('.badge'), p.stoppedAt !== undefined ? 'proxy stopped' : p.state);
+  // Several proxies in one process (revproxy scenario A.yaml B.yaml) may each have a pool of a policy.
+  setText(box.querySelector('.proxy'), p.proxy && [...S.pools.values()].some((o) => o !== p && o.policy === p.policy) ? `proxy ${p.proxy}` : '');
   const noneNext = p.members.length && !p.next ? ' · no member can take a request now' : '';
   const waiting = p.waiting ? ` · ${p.waiting} waiting for room` : '';
   const retries = p.retries ? ` · ${p.retries.made} of ${p.retries.allowed} retries the budget allows in 10 s${p.retries.made >= p.retries.allowed ? ' (spent)' : ''}` : '';
@@ -451,7 +466,7 @@ function newCard(key, id, poolBox) {
     el('div', { class: 'top' }, el('span', { class: 'id', text: id }), state),
     ...lines,
     el('div', { class: 'actions' }, button));
-  Object.assign(card, { _state: state, _lines: lines, _button: button });
+  Object.assign(card, { _state: state, _lines: lines, _button: button, _pool: poolBox });
   return card;
 }
 
@@ -459,6 +474,15 @@ function newCard(key, id, poolBox) {
 function updateCard(card, m, isNext) {
   card._m = m;
   card._next = isNext;
+  stoppedAt = card._pool._stoppedAt;
+  try {
+    drawCard(card, m, isNext);
+  } finally {
+    stoppedAt = undefined;
+  }
+}
+
+function drawCard(card, m, isNext) {
   setData(card, 'state', m.state);
   setData(card, 'why', m.why || '');
   if (card.classList.contains('next') !== isNext) card.classList.toggle('next', isNext);
@@ -473,7 +497,7 @@ function updateCard(card, m, isNext) {
   });
   const button = card._button;
   const action = m.state === 'drained' ? 'enable' : 'drain';
-  setProp(button, 'hidden', m.state === 'gone' || !S.meta.actions);
+  setProp(button, 'hidden', m.state === 'gone' || !S.meta.actions || stoppedAt !== undefined);
   if (!button.disabled) {
     setData(button, 'action', action);
     setText(button, action);
