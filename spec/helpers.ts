@@ -1,5 +1,5 @@
 /** Test helpers: raw sockets, frames, waiting. */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -93,4 +93,17 @@ export function tempDir(prefix: string): string {
     });
   }
   return dir;
+}
+
+/**
+ * An inspection log (NDJSON, as --inspect-log writes it) of one proxy actor: an `INCIDENT` event
+ * first, then `quiet` TICK events, so the incident is far from the log's end. Its path.
+ */
+export function longInspectionLog(quiet: number): string {
+  const file = join(tempDir('insp-log-'), 'long.ndjson');
+  const lines = [JSON.stringify({ k: 'actor', t: 1, sid: 'x:0', id: 'proxy', machine: 'proxy' })];
+  lines.push(JSON.stringify({ k: 'event', t: 2, n: 0, sid: 'x:0', type: 'INCIDENT', data: { what: 'early' } }));
+  for (let n = 1; n <= quiet; n++) lines.push(JSON.stringify({ k: 'event', t: 2 + n, n, sid: 'x:0', type: 'TICK', data: {} }));
+  writeFileSync(file, lines.join('\n') + '\n');
+  return file;
 }

@@ -9,13 +9,12 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { mkdirSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { connect, Logger, memorySink, runClient, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { serveRecorded, startInspector, type Inspector, type PoolView } from '../inspector/index.js';
-import { eventually, LOCAL, sleep, sseReader, tempDir } from './helpers.js';
+import { eventually, LOCAL, longInspectionLog, sleep, sseReader } from './helpers.js';
 import { ROOT } from './procs.js';
 
 const CHROMIUM = { executablePath: '/usr/bin/chromium', args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'] };
@@ -596,12 +595,7 @@ many('an ejected member\'s card says the failures that ejected it, not its last 
 });
 
 many('a replayed log: its filters reach every recorded row, the list pages back to the first, and the page says how many there are (it kept the last 2000)', async () => {
-  const file = join(tempDir('insp-page-'), 'long.ndjson');
-  const lines = [JSON.stringify({ k: 'actor', t: 1, sid: 'x:0', id: 'proxy', machine: 'proxy' })];
-  lines.push(JSON.stringify({ k: 'event', t: 2, n: 0, sid: 'x:0', type: 'INCIDENT', data: { what: 'early' } }));
-  for (let n = 1; n <= 4000; n++) lines.push(JSON.stringify({ k: 'event', t: 2 + n, n, sid: 'x:0', type: 'TICK', data: {} }));
-  writeFileSync(file, lines.join('\n') + '\n');
-  const replay = await serveRecorded(file, 0);
+  const replay = await serveRecorded(longInspectionLog(4000), 0);
   try {
     await c3.page.goto(replay.url);
     await c3.page.waitForFunction(() => /4002 recorded/.test(document.getElementById('log-count')!.textContent!), undefined, { timeout: 10_000 });

@@ -10,7 +10,7 @@ import { connect, poolMachine, runClient, serverMachine, startProxy, startServer
 import { chartOf, Hub, project, Ring, serveRecorded, startInspector } from '../inspector/index.js';
 import { Connection } from '../transport/socket.js';
 import { newPeer } from '../actors/link.js';
-import { eventually, LOCAL, sleep, tempDir } from './helpers.js';
+import { eventually, LOCAL, longInspectionLog, sleep, tempDir } from './helpers.js';
 import { killAll, revproxy } from './procs.js';
 
 const parts = suite('inspector parts');
@@ -235,13 +235,8 @@ recorded('a log written with --inspect-log replays into the same page: pools, ac
 });
 
 recorded('a replay keeps every row of the log reachable, a page at a time and filtered by the server (only the last 2000 were), and says how many there are', async () => {
-  const file = join(tempDir('insp-'), 'long.ndjson');
-  const lines = [JSON.stringify({ k: 'actor', t: 1, sid: 'x:0', id: 'proxy', machine: 'proxy' })];
   // An incident early on, then a long quiet stretch of the same event.
-  lines.push(JSON.stringify({ k: 'event', t: 2, n: 0, sid: 'x:0', type: 'INCIDENT', data: { what: 'early' } }));
-  for (let n = 1; n <= 12_000; n++) lines.push(JSON.stringify({ k: 'event', t: 2 + n, n, sid: 'x:0', type: 'TICK', data: {} }));
-  writeFileSync(file, lines.join('\n') + '\n');
-  const page = await serveRecorded(file, 0);
+  const page = await serveRecorded(longInspectionLog(12_000), 0);
   cleanup.push(() => page.close());
   type Rows = { rows: Array<{ i: number; type?: string; k: string }>; more: boolean; matching: number; total: number; types: string[] };
   const rows = async (q: string): Promise<Rows> => (await fetch(`${page.url}api/events?${q}`)).json() as Promise<Rows>;
