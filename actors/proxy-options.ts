@@ -171,8 +171,10 @@ export interface ProxyObserver {
    * A request got its one answer (`Outcome`); `req` is the request (for the access log). `member`: the
    * server that answered, or when the proxy answered for it (its try timed out, failed, was cut off),
    * the last one tried; undefined when none was (`NO_SERVER`). `tries`: how many servers it was sent to.
+   * `proxy`: the session id of the proxy actor that answered it, for an observer shared by several
+   * proxies in one process (the inspector's cards count each proxy's members apart).
    */
-  answered?(policy: string, member: string | undefined, outcome: Outcome, latencyMs: number, req: ProxyRequest, tries: number): void;
+  answered?(policy: string, member: string | undefined, outcome: Outcome, latencyMs: number, req: ProxyRequest, tries: number, proxy?: string): void;
   /** A request that failed on `failed` (with `code`) is being tried again on another member. */
   retried?(policy: string, failed: string, code: Code): void;
   /** A request that failed on `failed` (with `code`) was not tried again: its policy's retry budget was spent. */

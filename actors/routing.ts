@@ -726,7 +726,7 @@ export function makeReply(context: ProxyContext): Reply {
       // that timed out every request showed 0 errors on its card and in /metrics.
       const tried = req.tried;
       const tries = (tried?.length ?? 0) + (member === undefined ? 0 : 1);
-      observer.answered!(req.msg.privPoliId, member ?? tried?.[tried.length - 1], outcome, now - req.arrived, req, tries);
+      observer.answered!(req.msg.privPoliId, member ?? tried?.[tried.length - 1], outcome, now - req.arrived, req, tries, context.self.sessionId);
     }
     client.outstanding--;
     if (req.bytes) {

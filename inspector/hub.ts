@@ -545,7 +545,7 @@ export class Hub {
         sid: info.sid,
         proxy,
         proxySid,
-        tally: (p, m) => this.metrics?.tally(p, m),
+        tally: (p, m) => this.metrics?.tally(p, m, proxySid),
         left: info.leaves ?? new Map(),
         toEpoch: (t) => Math.round(t + (offset ?? 0)),
         since: (id, state) => {

@@ -74,7 +74,7 @@ export async function startInspector(opts: InspectorOptions = {}): Promise<Inspe
   }
   // The metrics count answers, retries and ejections; the hub notes each connection as it is accepted.
   const observer: ProxyObserver = {
-    answered: (policy, member, outcome, latencyMs, req) => metrics.answered(policy, member, outcome, latencyMs, req),
+    answered: (policy, member, outcome, latencyMs, req, tries, proxy) => metrics.answered(policy, member, outcome, latencyMs, req, tries, proxy),
     retried: (policy, failed, code) => metrics.retried(policy, failed, code),
     retryRefused: (policy, failed, code) => metrics.retryRefused(policy, failed, code),
     poison: (policy) => metrics.poison(policy),

@@ -323,7 +323,7 @@ export class Metrics implements ProxyObserver {
     return t;
   }
 
-  answered(policy: string, member: string | undefined, outcome: Outcome, latencyMs: number, req?: ProxyRequest): void {
+  answered(policy: string, member: string | undefined, outcome: Outcome, latencyMs: number, req?: ProxyRequest, _tries?: number, proxy?: string): void {
     // A policy with no label yet whose request no server could take (NO_SERVER) gets none: a client naming
     // made-up policies must not use up the label values real ones need (Envoy keeps no stats per unknown cluster).
     // One that left (whose zeros a scrape still shows) keeps its own label: clients asking for it keep its series.
@@ -337,7 +337,7 @@ export class Metrics implements ProxyObserver {
     if (!byOutcome) t.outcomes.set(server, (byOutcome = new Map()));
     byOutcome.set(outcome, (byOutcome.get(outcome) ?? 0) + 1);
     if (member !== undefined) {
-      const m = this.card(policy, member, false);
+      const m = this.card(policy, member, false, proxy);
       if (m) {
         // A client gone is neither the server's answer nor its error (its latency still counts).
         if (outcome === 'ok') m.answered++;
@@ -461,9 +461,9 @@ export class Metrics implements ProxyObserver {
     }
   }
 
-  /** Answers and errors of one member, for the pool view. */
-  tally(policy: string, member: string): Tally | undefined {
-    const m = this.card(policy, member, true);
+  /** Answers and errors of one member (of the proxy whose session id is `proxy`, if named), for the pool view. */
+  tally(policy: string, member: string, proxy?: string): Tally | undefined {
+    const m = this.card(policy, member, true, proxy);
     if (!m) return undefined;
     m.seen = true;
     m.recent ??= new RecentLatency();
@@ -480,12 +480,17 @@ export class Metrics implements ProxyObserver {
     if (this.tickNo % Math.max(1, Math.round(MEMBER_SWEEP_MS / this.tickMs)) === 0) this.sweepMembers();
   }
 
-  /** A member's card tally, made when first needed (up to MAX_LABEL_VALUES policies, and members per policy). */
-  private card(policy: string, member: string, seen: boolean): MemberTally | undefined {
+  /**
+   * A member's card tally, made when first needed (up to MAX_LABEL_VALUES policies, and members per policy).
+   * Per proxy as well: several proxies in one process (`revproxy scenario A.yaml B.yaml`) each have a
+   * card of server 1 of policy P, and one tally showed the first one's answers on the second one's card.
+   */
+  private card(policy: string, member: string, seen: boolean, proxy = ''): MemberTally | undefined {
     let members = this.cards.get(policy);
     if (!members && this.cards.size < MAX_LABEL_VALUES) this.cards.set(policy, (members = new Map()));
-    let m = members?.get(member);
-    if (!m && members && members.size < MAX_LABEL_VALUES) members.set(member, (m = { answered: 0, errors: 0, seen }));
+    const key = proxy ? `${proxy}\0${member}` : member;
+    let m = members?.get(key);
+    if (!m && members && members.size < MAX_LABEL_VALUES) members.set(key, (m = { answered: 0, errors: 0, seen }));
     return m;
   }
 

@@ -321,11 +321,19 @@ page('two proxies in one process, as revproxy scenario A.yaml B.yaml runs: a poo
     await tab.waitForFunction(() => document.querySelectorAll('[data-policy="S"] .member[data-member="s1"] button.act').length === 2, undefined, { timeout: 5000 });
     const boxes = await tab.$$eval('[data-policy="S"]', (els) => els.map((e) => (e as HTMLElement).dataset.proxy));
     assert.is(new Set(boxes).size, 2, `one pool of S per proxy: ${boxes.join(', ')}`);
+    const sid = (p: ProxyHandle) => insp.hub.liveProxies().find((x) => x.ref === (p.actor as unknown))?.sid;
+    const [aSid, bSid] = [sid(a)!, sid(b)!];
+    assert.ok(aSid && bSid, 'both proxies are known');
+    // Each proxy's s1 counts its own answers: one tally per policy and server id showed A's on B's card too.
+    const counts = (proxy: string) => `[data-policy="S"][data-proxy="${proxy}"] .member[data-member="s1"] .f-counts`;
+    const send = (p: ProxyHandle, n: number) => runClient({ id: 'two', proxy: { host: LOCAL, port: p.port }, packets: Array.from({ length: n }, (_, i) => ({ srcid: 'two', privPoliId: 'S', payload: `two ${i}` })) });
+    await send(a, 3);
+    await tab.waitForFunction((sel) => /^3 answered/.test(document.querySelector(sel)?.textContent ?? ''), counts(aSid), { timeout: 5000 });
+    await send(b, 1);
+    await tab.waitForFunction((sel) => /^1 answered/.test(document.querySelector(sel)?.textContent ?? ''), counts(bSid), { timeout: 5000 });
+    assert.match(await tab.textContent(counts(aSid)) ?? '', /^3 answered/, 'A\'s card keeps its own');
     servers[0]!.kill();
     await a.stop();
-    const sid = (p: ProxyHandle) => insp.hub.liveProxies().find((x) => x.ref === (p.actor as unknown))?.sid;
-    const bSid = sid(b)!;
-    assert.ok(bSid, 'the running proxy is known');
     const stopped = '[data-policy="S"].stopped';
     await tab.waitForSelector(stopped, { timeout: 5000 });
     assert.is(await tab.$$eval(stopped, (els) => els.length), 1);
