@@ -8,7 +8,7 @@ import { systemClock, xstateClock } from '../transport/clock.js';
 import { StartError } from '../transport/errors.js';
 import { endpoints, type Revproc } from './connect.js';
 import { jsonRegistrations } from './json-registration.js';
-import { releaseAll } from './children.js';
+import { logStopped, releaseAll } from './children.js';
 import type { PortClosed } from './port-closed.js';
 import { badTrustedSource } from './port-limits.js';
 import { badLogger } from './logger.js';
@@ -98,9 +98,10 @@ export type StartProxyOptions = ProxyOptions & Inspect & {
   /** Watch etcd for servers, and advertise this proxy there for clients. `advertise` defaults to `host` (which must then not be a wildcard address). */
   registry?: Omit<ProxyRegistryOptions, 'advertise' | 'servesTls'> & { advertise?: string };
   /**
-   * Who logs the last line, "Reverse proxy stopped": the proxy as it stops (the default), or the
-   * caller, with `logStopped`, once it has closed what it keeps beside the proxy (an access log whose
-   * lost lines it warns of): a warning after "stopped" reads as if the proxy still ran.
+   * Who logs the last line, "Reverse proxy stopped": the proxy as it stops (the default; with a
+   * registry, `stop()` once its key is withdrawn), or the caller, with `logStopped`, once it has
+   * closed what it keeps beside the proxy (an access log whose lost lines it warns of): a warning
+   * after "stopped" reads as if the proxy still ran.
    */
   stoppedLine?: 'proxy' | 'caller';
 };
@@ -135,7 +136,10 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
   }
   // The one owner of what the proxy dials servers with: every dial reads it, renewTls replaces it.
   const running = { tls: opts.tls, upstreamTls: opts.upstreamTls };
-  if (opts.stoppedLine === 'caller') machine = machine.provide({ actions: { logStopped: () => {} } });
+  // With a registry the drain's last work (the key withdrawn: its `withdrawn` line) ends after the machine does:
+  // `stop()` says "stopped" once it is over, as the CLI does (`logStopped`), where the machine said it first.
+  const lineAfterDrain = opts.stoppedLine !== 'caller' && etcd !== undefined;
+  if (opts.stoppedLine === 'caller' || lineAfterDrain) machine = machine.provide({ actions: { logStopped: () => {} } });
   const dialWith = opts.connect ?? dial;
   const input = { ...opts, connect: (host: string, port: number) => dialWith(host, port, running.upstreamTls) };
   const actor = createActor(machine, { input, inspect: opts.inspect, ...xstateClock(opts.clock ?? systemClock) });
@@ -146,7 +150,10 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
   return {
     actor,
     port: snap.context.port,
-    stop: once(() => stopGracefully(actor, etcd, snap.context.portClosed)),
+    stop: once(async () => {
+      await stopGracefully(actor, etcd, snap.context.portClosed);
+      if (lineAfterDrain && actor.getSnapshot().value === 'stopped') logStopped(snap.context.logger, snap.context.port);
+    }),
     kill: () => {
       actor.stop();
       releaseAll(actor.getSnapshot().context);

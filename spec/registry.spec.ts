@@ -283,6 +283,18 @@ reg_("keys deleted (an operator's etcdctl del --prefix) or overwritten under the
   assert.is(restored(serverLogs).length, 3);
 });
 
+reg_("a registry proxy's stop() says it withdrew from the registry before its last line, \"Reverse proxy stopped\"", async () => {
+  // The machine said "stopped" as it stopped, before etcd took the withdrawal: that line came after it.
+  const logs: LogRecord[] = [];
+  const p = await proxy({ logs });
+  await eventually(() => p.registry()?.advertised === true, 3000, 'advertised');
+  await p.stop();
+  const events = logs.map((l) => l.event);
+  assert.ok(events.includes('withdrawn'), events.join(' '));
+  assert.is(events.at(-1), 'stopped', events.join(' '));
+  assert.is(events.filter((e) => e === 'stopped').length, 1);
+});
+
 reg_('a flood of entries refused for their numbers or their shape is a few log lines, as for direct registrations', async () => {
   const logs: LogRecord[] = [];
   const p = await proxy({ logs, maxServersPerPeer: 2 });
