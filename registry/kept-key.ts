@@ -225,7 +225,7 @@ export class KeptKey {
    * by meanwhile.
    */
   private watchKey(): void {
-    void this.watcher?.cancel().catch(() => undefined);
+    this.unwatch();
     const w = this.client.watch().key(this.key).watcher() as unknown as Watcher;
     this.watcher = w;
     w.on('delete', () => {
