@@ -221,8 +221,8 @@ export class KeptKey {
   /**
    * Watch the key (on the current client) for a delete or a write that is not ours. etcd3 resumes a watch
    * after a broken connection from the revision it had reached; a watch etcd cancelled (its
-   * revision compacted away) is made again and the key looked at once, as a delete may have gone
-   * by meanwhile.
+   * revision compacted away) is made again and the key read once (`lookAgain`), as a delete or an
+   * overwrite may have gone by meanwhile.
    */
   private watchKey(): void {
     this.unwatch();
@@ -233,10 +233,8 @@ export class KeptKey {
     });
     w.on('put', (kv: IKeyValue) => {
       if (this.watcher !== w) return;
-      const lease = String(kv.lease);
-      if (lease === this.leaseId && kv.value.toString() === this.value) return;
-      const how = lease === '0' ? 'overwritten without a lease (it would outlive this process)' : lease === this.leaseId ? 'overwritten with another value' : 'overwritten under another lease';
-      void this.restore({ revision: kv.mod_revision, how });
+      const over = this.overwrite(kv);
+      if (over) void this.restore(over);
     });
     w.on('error', () => {
       if (this.watcher !== w || this.stopped) return;
@@ -244,9 +242,31 @@ export class KeptKey {
       setTimeout(() => {
         if (this.stopped || this.watcher !== undefined) return;
         this.watchKey();
-        void this.restore();
+        void this.lookAgain();
       }, this.opts.retryInitialMs).unref();
     });
+  }
+
+  /** How `kv`, a write of the key, differs from ours (undefined when it is ours): the words `restored` is told. */
+  private overwrite(kv: IKeyValue): { revision: string; how: string } | undefined {
+    const lease = String(kv.lease);
+    if (lease === this.leaseId && kv.value.toString() === this.value) return undefined;
+    const how = lease === '0' ? 'overwritten without a lease (it would outlive this process)' : lease === this.leaseId ? 'overwritten with another value' : 'overwritten under another lease';
+    return { revision: String(kv.mod_revision), how };
+  }
+
+  /**
+   * After a watch etcd cancelled: whatever went by meanwhile, a delete or an overwrite, is read from the
+   * key as it is now. A read that fails is left (etcd away: the lease's keepalives say so, and the new watch
+   * sees the next change).
+   */
+  private async lookAgain(): Promise<void> {
+    if (this.stopped || this.leaseId === undefined || !this.written) return;
+    const kv = await this.client.get(this.key).exec().then((r) => r.kvs[0], () => null);
+    if (kv === null) return;
+    if (kv === undefined) return this.restore();
+    const over = this.overwrite(kv);
+    if (over) return this.restore(over);
   }
 
   /**

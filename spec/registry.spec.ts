@@ -483,16 +483,19 @@ reg_('a server drained while etcd is away answers the requests that still come S
 
 /**
  * A TCP forwarder to `target` (HOST:PORT) that can be frozen: from then on it holds every byte both ways and
- * connects nothing, as a SIGSTOPped forwarder or a silent partition does (no FIN, no RST).
+ * connects nothing, as a SIGSTOPped forwarder or a silent partition does (no FIN, no RST). `cut` closes every
+ * connection through it and each new one until `mend` (etcd's port closed and opened again, its data kept).
  */
-async function forwarder(target: string): Promise<{ endpoint: string; freeze(): void; close(): void }> {
+async function forwarder(target: string): Promise<{ endpoint: string; freeze(): void; cut(): void; mend(): void; close(): void }> {
   const i = target.lastIndexOf(':');
   const socks = new Set<Socket>();
   const pairs: Array<[Socket, Socket]> = [];
   let frozen = false;
+  let cut = false;
   const server = createServer((c) => {
     socks.add(c);
     c.on('error', () => {});
+    if (cut) return void c.destroy();
     if (frozen) return void c.pause();
     const u = netConnect(Number(target.slice(i + 1)), target.slice(0, i));
     socks.add(u);
@@ -514,12 +517,44 @@ async function forwarder(target: string): Promise<{ endpoint: string; freeze(): 
         u.pause();
       }
     },
+    cut: () => {
+      cut = true;
+      for (const x of socks) x.destroy();
+      socks.clear();
+      pairs.length = 0;
+    },
+    mend: () => void (cut = false),
     close: () => {
       for (const x of socks) x.destroy();
       server.close();
     },
   };
 }
+
+reg_("a key overwritten while its owner's watch was away, and the history compacted past it, is written back when the watch is made again", async () => {
+  // The watch etcd cancels for the compaction was made again and the key checked for a delete only: a value
+  // written under no lease meanwhile stayed, and would outlive the server.
+  const fwd = await forwarder(ctx.etcd!.endpoint);
+  ctx.closers.push(() => fwd.close());
+  const logs: LogRecord[] = [];
+  const s = await startServer({ id: 'w1', policy: '111', registry: reg({ endpoints: [fwd.endpoint], ttlSeconds: 10 }), logger: new Logger('server w1', memorySink(logs), 'info') });
+  ctx.servers.push(s);
+  const key = `${ctx.prefix}servers/w1`;
+  await eventually(async () => (await ctx.raw!.get(key).string()) !== null, 5000, 'w1 registered');
+  const value = await ctx.raw!.get(key).string();
+  const lease = String((await ctx.raw!.get(key).exec()).kvs[0]!.lease);
+  fwd.cut();
+  await ctx.raw!.put(key).value('{"hand": "made"}').exec();
+  await ctx.raw!.put(`${ctx.prefix}other`).value('x').exec();
+  const revision = (await ctx.raw!.get(key).exec()).header.revision;
+  await ctx.raw!.kv.compact({ revision });
+  fwd.mend();
+  const restored = () => logs.filter((l) => l.event === 'registry_key_restored');
+  await eventually(() => restored().length === 1, 10_000, 'w1 to write its key again');
+  assert.match(String(restored()[0]!.msg), /registry key \/spec\d+\/servers\/w1 was overwritten without a lease \(it would outlive this process\) while its lease was alive/);
+  await eventually(async () => (await ctx.raw!.get(key).string()) === value, 3000, 'w1 as it wrote it');
+  assert.is(String((await ctx.raw!.get(key).exec()).kvs[0]!.lease), lease);
+});
 
 reg_('a server that drains while a proxy cannot hear etcd stops taking new requests a grace after etcd took its leaving: that proxy takes it out then, not at the drain timeout, and nothing fails', async () => {
   // A fleet probe: one proxy of two reached etcd through a forwarder that was SIGSTOPped; a server drained with etcd taking
