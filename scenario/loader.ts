@@ -1,7 +1,8 @@
 /**
  * Reads scenario files: YAML parsed with line numbers kept, checked against
  * the format (format.ts), then checked as a story (a server is running when a
- * step stops or kills it, ids are unique, a `proxy: N` is one the scenario
+ * step stops or kills it, ids are unique (a server started again while it runs
+ * is refused, unless the step expects that refusal), a `proxy: N` is one the scenario
  * runs, a pool's serving ids are among its members). Any problem refuses the
  * file before anything starts, naming file:line:column and what was expected there.
  */
@@ -45,11 +46,11 @@ export function parseScenario(source: string, file: string): Scenario {
 /** Story rules the schema cannot see: who is running when each step names a server, which proxies there are, what a pool can hold. */
 function checkStory(sc: Scenario, issues: Issue[]): void {
   /** Servers running at this point of the story; those that left, with the line of the step that took them out. */
-  const running = new Set<string>();
+  const running = new Map<string, string>();
   const left = new Map<string, number>();
   for (const s of sc.servers) {
     if (running.has(s.id)) issues.push({ line: s.line, col: s.col, path: 'servers', message: `server id ${s.id} is listed twice; ids are unique among live servers` });
-    running.add(s.id);
+    running.set(s.id, `listed under servers at line ${s.line}`);
   }
   const proxies = sc.registry ? (sc.registry.proxies ?? 1) : 1;
   const proxyIssue = (n: number | undefined): string | undefined =>
@@ -61,13 +62,20 @@ function checkStory(sc: Scenario, issues: Issue[]): void {
       const at = `${path}[${i}]`;
       const say = (where: string, message: string): void => void issues.push({ line: st.line, col: st.col, path: `${at}.${where}`, message });
       if (st.kind === 'start') {
-        running.add(st.start.server.id);
-        left.delete(st.start.server.id);
+        const id = st.start.server.id;
+        const refused = st.expect?.refused;
+        const since = running.get(id);
+        if (since !== undefined && refused === undefined) say('start', `server ${id} is already running (${since}): the proxy refuses a second registration of a live id (DUPLICATE_ID); give this server another id, stop or kill ${id} before this step, or add \`expect: { refused: DUPLICATE_ID }\` to show the refusal`);
+        else if (since === undefined && refused === 'DUPLICATE_ID') say('expect.refused', `server ${id} is not running at this step (running: ${[...running.keys()].join(', ') || 'none'}), so its registration is not a duplicate: start ${id} before this step, or name a running server`);
+        if (refused === undefined) {
+          running.set(id, `started at line ${st.line}`);
+          left.delete(id);
+        }
       } else if (st.kind === 'kill' || st.kind === 'stop') {
         const target = st.kind === 'kill' ? st.kill.server : st.stop.server;
         if (!running.has(target)) {
           const gone = left.get(target);
-          const known = [...running].join(', ') || 'none';
+          const known = [...running.keys()].join(', ') || 'none';
           say(st.kind, gone === undefined ? `server ${target} is never started before this step (started: ${known})`
             : `server ${target} already left at line ${gone} and is not started again before this step (running: ${known}); take this step out, or add a \`start\` before it`);
         }

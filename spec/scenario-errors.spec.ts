@@ -144,6 +144,29 @@ steps:
   parseScenario('name: x\nregistry: { proxies: 2 }\nsteps:\n  - send: { client: a, policy: P, payload: x, proxy: 2 }\n', 'fine.yaml');
 });
 
+refused('a server started again while it runs is refused at load, unless the step expects DUPLICATE_ID; a DUPLICATE_ID expected of an id not running is refused too', () => {
+  // It failed only as it ran: "the proxy refused server 1 (DUPLICATE_ID)", after every step before it.
+  const msg = refusal(`name: x
+servers:
+  - { id: "1", policy: P }
+steps:
+  - start: { server: { id: "2", policy: P } }
+  - start: { server: { id: "1", policy: Q } }
+  - start: { server: { id: "2", policy: P } }
+  - start: { server: { id: "3", policy: P } }
+    expect: { refused: DUPLICATE_ID }
+  - kill: { server: "3" }
+`);
+  assert.is(msg.split('\n').length, 4, msg);
+  assert.match(msg, /^broken\.yaml:6:5: steps\[1\]\.start: server 1 is already running \(listed under servers at line 3\): the proxy refuses a second registration of a live id \(DUPLICATE_ID\); give this server another id, stop or kill 1 before this step, or add `expect: \{ refused: DUPLICATE_ID \}` to show the refusal$/m);
+  assert.match(msg, /^broken\.yaml:7:5: steps\[2\]\.start: server 2 is already running \(started at line 5\)/m);
+  assert.match(msg, /^broken\.yaml:8:5: steps\[3\]\.expect\.refused: server 3 is not running at this step \(running: 1, 2\), so its registration is not a duplicate/m);
+  // A refused start runs nothing: the kill after it names a server never started.
+  assert.match(msg, /^broken\.yaml:10:5: steps\[4\]\.kill: server 3 is never started before this step/m);
+  // The refusal expected of a live id, and a start after a kill, load.
+  parseScenario('name: x\nservers:\n  - { id: "1", policy: P }\nsteps:\n  - start: { server: { id: "1", policy: Q } }\n    expect: { refused: DUPLICATE_ID }\n  - kill: { server: "1" }\n  - start: { server: { id: "1", policy: P } }\n', 'fine.yaml');
+});
+
 refused("the issue's example loads exactly as written, wire: json included", () => {
   const scenario = parseScenario(`name: failover inside one policy
 proxy: { timeout: 2000, retries: 2 }
@@ -247,10 +270,11 @@ failing("expect_pool's `order: any` holds for the same servers in any order, whe
 });
 
 failing('an action that cannot be done fails with the reason', async () => {
-  const report = await runScenario(parseScenario('name: x\nservers:\n  - { id: "1", policy: P }\nsteps:\n  - start: { server: { id: "1", policy: P } }\n', 'dup.yaml'));
-  const step = report.steps.find((s) => s.line === 5)!;
+  // (A second start of a live id, the example here before, is refused at load now.)
+  const report = await runScenario(parseScenario('name: x\nproxy: { token: right }\nsteps:\n  - start: { server: { id: "1", policy: P, token: wrong } }\n', 'unauthorized.yaml'));
+  const step = report.steps.find((s) => s.line === 4)!;
   assert.is(step.status, 'failed');
-  assert.match(String(step.error), /the proxy refused server 1 \(DUPLICATE_ID\): .*already registered/);
+  assert.match(String(step.error), /the proxy refused server 1 \(UNAUTHORIZED\): /);
 });
 
 failing('with --processes, a proxy whose (re)start a step gave up on is stopped with the rest, not left running', async () => {
