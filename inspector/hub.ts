@@ -191,6 +191,8 @@ export class Hub {
   private readonly listeners = new Set<(b: Batch) => void>();
   private readonly o: Required<Omit<HubOptions, 'sink'>> & Pick<HubOptions, 'sink'>;
   private lastFigures = '';
+  /** The last figures read showed traffic (a rate, a latency, requests in flight): read them until they settle, live actors or not. */
+  private figuresStirring = false;
   /** Each pool as last recorded (by `poolKey`; its view and JSON), to record only the ones that changed; `stopped` once its proxy did. */
   private readonly lastPools = new Map<string, { view: PoolView; json: string; stopped?: boolean }>();
   private lastConns = '';
@@ -442,7 +444,8 @@ export class Hub {
     // Its actors stopped, a process's connections close after them: read so, the log's last picture
     // (and a page's) listed them open under a stopped proxy.
     if (live || this.liveConns.size) this.readConns(now);
-    if (live) this.readFigures(now);
+    // And the figures, until they settle: the header kept its last `1 req/s · 2 in flight` for good.
+    if (live || this.figuresStirring) this.readFigures(now);
     const recs = this.pending;
     this.pending = [];
     const forgot = this.forgotten;
@@ -495,6 +498,7 @@ export class Hub {
     if (this.metrics) {
       this.metrics.tick();
       const figures = this.metrics.figures();
+      this.figuresStirring = figures.rps > 0 || figures.inflight > 0 || figures.p50 !== undefined;
       const fj = JSON.stringify(figures);
       if (fj !== this.lastFigures) {
         this.lastFigures = fj;

@@ -288,6 +288,22 @@ recorded('a replay whose actors all stopped lists no connection open, and a log 
   assert.not.ok(state.connsMore, 'no "more open" either');
 });
 
+recorded('the live figures settle after the last actor stops: no rate, no latency, nothing in flight (the header kept its last values for good)', async () => {
+  const insp = await startInspector({ flushMs: 20 });
+  cleanup.push(() => insp.close());
+  const proxy = await startProxy({ port: 0, inspect: insp.inspect, observer: insp.observer });
+  const s1 = await startServer({ id: '1', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: proxy.port } });
+  await eventually(() => proxy.pools().P?.members.length === 1, 3000, 'server in pool');
+  const c = await connect({ revproc: proxy.port });
+  for (let i = 0; i < 20; i++) await c.send('P', `m${i}`);
+  await eventually(() => (insp.hub.figures?.rps ?? 0) > 0 && insp.hub.figures?.p50 !== undefined, 3000, 'figures showing the traffic');
+  await c.close();
+  await proxy.stop();
+  s1.kill();
+  await eventually(() => insp.hub.figures?.rps === 0 && insp.hub.figures.p50 === undefined && insp.hub.figures.inflight === 0, 3000, `the figures settled (${JSON.stringify(insp.hub.figures)})`);
+  assert.is(insp.hub.figures!.answered, 20, 'the totals stay');
+});
+
 recorded('a port in use names the flag that chooses it: --port for revproxy inspect FILE, --inspect for a live inspector', async () => {
   const holder = createServer();
   await new Promise<void>((r) => holder.listen(0, LOCAL, r));
