@@ -608,6 +608,7 @@ many('a replayed log: its filters reach every recorded row, the list pages back 
     await c3.page.goto(replay.url);
     await c3.page.waitForFunction(() => /4002 recorded/.test(document.getElementById('log-count')!.textContent!), undefined, { timeout: 10_000 });
     assert.is(await c3.page.textContent('#log-count'), '1500 shown of 4002 recorded');
+    assert.not.ok(await c3.page.isVisible('#pause'), 'no pause button: nothing comes to a recorded log (it did nothing)');
     await c3.page.selectOption('#f-type', 'INCIDENT');
     await c3.page.waitForFunction(() => /1 matching/.test(document.getElementById('log-count')!.textContent!), undefined, { timeout: 10_000 });
     assert.equal(await c3.page.$$eval('#log-body .row .e', (els) => els.map((e) => e.textContent)), ['INCIDENT']);

@@ -73,6 +73,8 @@ function connect() {
     if (!S.selected || !S.actors.has(S.selected)) S.selected = firstActor();
     heardAt = performance.now();
     linkBadge(S.meta.recorded ? 'recorded' : 'live');
+    // A recorded log has nothing coming to hold back: its rows are paged and filtered on the server.
+    $('pause').hidden = !!S.meta.recorded;
     pendingRows = [];
     renderAll();
   });
