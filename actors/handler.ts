@@ -746,7 +746,7 @@ export class HandlerRunner {
 
   /**
    * A thrown error becomes the request's answer. A `HandlerError`, or any
-   * error with a valid string `code` that is not Node's (`fromNode`), is the
+   * error with a valid string `code` that is not Node's (`readCode`), is the
    * handler's own: its code and message go to the client. Anything else is a bug in the handler: the
    * client gets `HANDLER_FAILED` and a message that hides the details, and
    * the server's log has them.
@@ -758,7 +758,7 @@ export class HandlerRunner {
     }
     // Whatever was thrown is read through `safely`: a null-prototype object (no toString), a revoked
     // Proxy (every look throws), an error whose `code` getter throws each ended the whole server.
-    const code = safely(() => appCodeOf(err), undefined);
+    const { code, refused: why } = safely(() => readCode(err), {} as ThrownCode);
     if (code !== undefined) {
       const m = safely(() => (err as { message?: unknown }).message, undefined);
       const message = typeof m === 'string' && m ? sliceWhole(m, MAX_APP_MESSAGE) : code;
@@ -766,8 +766,7 @@ export class HandlerRunner {
     }
     // A handler that fails on every request would write a stack per request: the first, then a count per interval, per kind of failure.
     const described = describeThrown(err);
-    // An error with a code of its own that is no application code says why it was not taken as one: its log line showed the stack only.
-    const why = safely(() => codeRefused(err), undefined);
+    // An error with a code of its own that is no application code says why it was not taken as one (`why`): its log line showed the stack only.
     const reason = why ? `${described.reason} (${why})` : described.reason;
     const detail = why ? `${described.detail}\n(${why})` : described.detail;
     this.opts.logger.repeated('error', 'handler_failed', reason, 1, (n, span) => span
@@ -783,16 +782,6 @@ export class HandlerRunner {
     this.opts.logger.debug('app_error', `Answering request ${msg.seq} of client ${msg.srcid} with ${appcode}: ${message}`, { client: msg.srcid, seq: msg.seq, appcode });
     return { type: MsgType.ERROR, seq: msg.seq, code: ErrorCode.HANDLER_ERROR, appcode, message };
   }
-}
-
-/**
- * Whether an error with a string code is Node's rather than the handler's: a
- * failed system call (ENOENT, ECONNREFUSED: it names its `syscall`) or one of
- * Node's own (`ERR_...`). Its code is no application answer, and its message
- * (a path, an internal address) is not the client's to read.
- */
-function fromNode(e: { code?: unknown; syscall?: unknown }): boolean {
-  return typeof e.syscall === 'string' || (typeof e.code === 'string' && e.code.startsWith('ERR_'));
 }
 
 /** `read()`, or `fallback` when reading throws (a getter, a revoked Proxy). */
@@ -818,26 +807,33 @@ function isBytes(v: unknown): v is Uint8Array {
   return safely(() => v instanceof Uint8Array, false);
 }
 
-/**
- * Why a thrown error's string `code` was not taken as its application code, or undefined when it has
- * none: Node's (a failed system call, an `ERR_` code), or not an application code. May throw: call it through `safely`.
- */
-function codeRefused(err: unknown): string | undefined {
-  if (err === null || (typeof err !== 'object' && typeof err !== 'function')) return undefined;
-  const e = err as { code?: unknown; syscall?: unknown };
-  if (typeof e.code !== 'string') return undefined;
-  if (fromNode(e)) return `its code ${JSON.stringify(e.code.slice(0, 80))} is taken as Node's own (${typeof e.syscall === 'string' ? `a failed ${e.syscall}` : 'ERR_...'}), not an application code: answered HANDLER_FAILED; to answer the client with a code of the handler's own, throw new HandlerError(CODE, message)`;
-  const bad = badAppCode(e.code);
-  return bad ? `its code is not an application code: ${bad}; answered HANDLER_FAILED` : undefined;
+/** A thrown value's `code`, read once: the handler's own application code, or why a string code is not one. */
+interface ThrownCode {
+  /** The application code the client is answered with (`HandlerError`'s, or a valid string `code` not Node's). */
+  code?: string;
+  /** Why a string `code` was not taken as one: Node's (a failed system call, an `ERR_` code), or not an application code. */
+  refused?: string;
 }
 
-/** The handler's own application code in a thrown value (`HandlerError`, or a valid string `code` not Node's), if any. May throw: call it through `safely`. */
-function appCodeOf(err: unknown): string | undefined {
-  if (err instanceof HandlerError) return err.appCode;
-  if (err === null || (typeof err !== 'object' && typeof err !== 'function')) return undefined;
+/**
+ * Read a thrown value's code once (a getter may answer differently each time). A code of Node's - a failed
+ * system call (ENOENT, ECONNREFUSED: it names its `syscall`) or one of Node's own (`ERR_...`) - is no
+ * application answer, and its message (a path, an internal address) is not the client's to read.
+ * May throw: call it through `safely`.
+ */
+function readCode(err: unknown): ThrownCode {
+  if (err instanceof HandlerError) return { code: err.appCode };
+  if (err === null || (typeof err !== 'object' && typeof err !== 'function')) return {};
   const e = err as { code?: unknown; syscall?: unknown };
   const code = e.code;
-  return typeof code === 'string' && APP_CODE.test(code) && !fromNode(e) ? code : undefined;
+  if (typeof code !== 'string') return {};
+  const syscall = e.syscall;
+  if (typeof syscall === 'string' || code.startsWith('ERR_')) {
+    return { refused: `its code ${JSON.stringify(code.slice(0, 80))} is taken as Node's own (${typeof syscall === 'string' ? `a failed ${syscall}` : 'ERR_...'}), not an application code: answered HANDLER_FAILED; to answer the client with a code of the handler's own, throw new HandlerError(CODE, message)` };
+  }
+  if (APP_CODE.test(code)) return { code };
+  const bad = badAppCode(code);
+  return bad ? { refused: `its code is not an application code: ${bad}; answered HANDLER_FAILED` } : {};
 }
 
 /**
