@@ -3,7 +3,7 @@
  * helper returns once the actor is ready (or has failed with a clear error).
  */
 import { createActor, type InspectionEvent } from 'xstate';
-import { hostPort, isEveryAddress } from '../transport/address.js';
+import { badDialAddress, dialAddress, hostPort, isEveryAddress } from '../transport/address.js';
 import { systemClock, xstateClock } from '../transport/clock.js';
 import { StartError } from '../transport/errors.js';
 import { endpoints, type Revproc } from './connect.js';
@@ -125,7 +125,7 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
   if (untrusted) throw new StartError(`proxyProtocolFrom: ${untrusted}`);
   if (opts.registry) {
     const host = opts.host ?? DEFAULT_LISTEN_HOST;
-    const advertise = opts.registry.advertise ?? host;
+    const advertise = advertised(opts.registry.advertise, 'clients', 'give the port with port') ?? host;
     if (isEveryAddress(advertise)) {
       throw new StartError(`the proxy listens on ${host}, every address: say which address clients should dial to reach it (--advertise HOST, or registry.advertise in the config file)`);
     }
@@ -267,7 +267,7 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
   if (opts.registry) {
     if (opts.wire === 'json') throw new StartError('a server registers through the registry or the old way (--wire json), not both: the old proxy knows no registry');
     const host = opts.listenHost ?? DEFAULT_LISTEN_HOST;
-    const advertise = opts.registry.advertise ?? host;
+    const advertise = advertised(opts.registry.advertise, 'proxies', 'give the port with listenPort') ?? host;
     if (isEveryAddress(advertise)) {
       throw new StartError(`server ${opts.id} listens on ${host}, every address: say which address proxies should dial to reach it (--advertise HOST)`);
     }
@@ -377,4 +377,12 @@ export function waitUntil<S>(actor: Watchable<S>, pred: (s: S) => boolean, timeo
       }, timeoutMs);
     }
   });
+}
+
+/** `registry.advertise` as peers dial it (`badDialAddress`), or undefined when not given; a StartError naming it when it is no such address. */
+function advertised(value: string | undefined, who: string, portSays: string): string | undefined {
+  if (value === undefined) return undefined;
+  const bad = typeof value === 'string' ? badDialAddress(value, portSays) : `it is ${typeof value}, not a string`;
+  if (bad) throw new StartError(`registry.advertise is the address ${who} dial to reach this machine, without a port, got '${String(value)}': ${bad}`);
+  return dialAddress(value);
 }

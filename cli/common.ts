@@ -3,7 +3,7 @@ import { isIP } from 'node:net';
 import { InvalidArgumentError, Option } from 'commander';
 import { Destination, jsonSink, LEVELS, Logger, LogStream, textSink, type Level, type LogSink } from '../actors/logger.js';
 import type { Endpoint } from '../actors/server.js';
-import { bracketHint, DEFAULT_PROXY_PORT, hostPort } from '../transport/address.js';
+import { badDialAddress, bracketHint, DEFAULT_PROXY_PORT, dialAddress, hostPort } from '../transport/address.js';
 import { UsageError } from '../transport/errors.js';
 import { tlsFromFlags, type LoadedCert } from '../config/files.js';
 import { expiryWarning } from '../transport/tls.js';
@@ -189,7 +189,19 @@ export const tlsOptions = (): Option[] => [
 ];
 
 /** `--registry etcd://...` and etcd's own options, on server, proxy and client. */
-export const registryOptions = (opts: { ttl?: boolean; advertise?: string } = {}): Option[] => [
+/**
+ * `--advertise`: the address peers dial, as `badDialAddress` takes it (an IPv6 one bare or in brackets,
+ * kept without them); `portFlag` is the command's flag for the port, which goes into the entry apart.
+ */
+export function advertiseParser(portFlag: string): (value: string) => string {
+  return (value) => {
+    const bad = badDialAddress(value, `give the port with ${portFlag}`);
+    if (bad) throw new InvalidArgumentError(`--advertise takes the address peers dial to reach this machine, without a port, got '${value}': ${bad}`);
+    return dialAddress(value);
+  };
+}
+
+export const registryOptions = (opts: { ttl?: boolean; advertise?: { help: string; portFlag: string } } = {}): Option[] => [
   new Option('--registry <url>', 'the registry: etcd://HOST:PORT (a comma-separated list for several etcd members; etcds:// for TLS)').argParser((v) => {
     try {
       parseRegistryUrl(v);
@@ -200,7 +212,7 @@ export const registryOptions = (opts: { ttl?: boolean; advertise?: string } = {}
   }),
   new Option('--registry-prefix <prefix>', `the key prefix the fleet shares in etcd (default: ${REGISTRY_DEFAULTS.prefix})`),
   ...(opts.ttl ? [new Option('--registry-ttl <s>', `lease TTL in seconds: gone from etcd this long after dying (default: ${REGISTRY_DEFAULTS.ttlSeconds})`).argParser(parseIntOption('--registry-ttl', 1))] : []),
-  ...(opts.advertise ? [new Option('--advertise <host>', opts.advertise)] : []),
+  ...(opts.advertise ? [new Option('--advertise <host>', opts.advertise.help).argParser(advertiseParser(opts.advertise.portFlag))] : []),
   new Option('--registry-user <name>', "etcd's user, when etcd has authentication on"),
   new Option('--registry-password <secret>', "that user's password (prefer the environment variable)").env('REVPROXY_REGISTRY_PASSWORD'),
   new Option('--registry-ca <file>', "PEM CA that signed etcd's certificate (TLS to etcd)"),

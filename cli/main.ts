@@ -71,7 +71,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
 
   program.addCommand(proxyCommand(setExit));
 
-  withOptions(registryOptions({ ttl: true, advertise: 'with --registry: the address proxies dial to reach this server (default: --host)' }), withTlsOptions(withLogOptions(withInspectOptions(
+  withOptions(registryOptions({ ttl: true, advertise: { help: 'with --registry: the address proxies dial to reach this server, without a port (default: --host); an IPv6 one bare or in brackets', portFlag: '--listen' } }), withTlsOptions(withLogOptions(withInspectOptions(
     program
       .command('server')
       .description('run a server of one privacy policy, registered with the reverse proxy')

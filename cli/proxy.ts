@@ -72,7 +72,7 @@ function proxyOptions(): Option[] {
     new Option('--admin-token <secret>', 'bearer token /metrics requires (the health checks stay open)').env('REVPROXY_ADMIN_TOKEN'),
     new Option('--ready-policies <policies>', 'with --admin: /readyz answers 503 while any of these privacy policies (comma-separated) has no server serving, naming each; for rolling restarts with direct registration (default: off)').argParser(parseList('--ready-policies', 'privacy policies', '111,222', badPolicy)),
     ...tlsOptions(),
-    ...registryOptions({ ttl: true, advertise: 'with --registry: the address clients dial to reach this proxy (default: --host)' }),
+    ...registryOptions({ ttl: true, advertise: { help: 'with --registry: the address clients dial to reach this proxy, without a port (default: --host); an IPv6 one bare or in brackets', portFlag: '--port' } }),
     ...inspectOptions(),
   ];
 }
@@ -119,6 +119,11 @@ function configFromFlags(cmd: Command): ProxyConfig {
     setKey(c, keyOfFlag(flag), convert ? convert(o[name]) : o[name]);
   }
   return c as ProxyConfig;
+}
+
+/** The settings a config sets: a section's each (`registry: {url, ttl}` is 2), `tokens` one, a list one. It counted sections as one. */
+function settingCount(c: object): number {
+  return Object.entries(c).reduce((n, [k, v]) => n + (v === undefined ? 0 : v && typeof v === 'object' && !Array.isArray(v) && k !== 'tokens' ? settingCount(v as object) : 1), 0);
 }
 
 /** `proxy --help`'s words for the flags whose key is not their name with _ for - (config/proxy.ts, FLAG_KEYS), beyond a section's. */
@@ -228,7 +233,7 @@ Example:
       const listen = await Promise.all([listenWarning('host', resolved.host), rt.admin ? listenWarning('the admin endpoint\'s host', rt.admin.host) : undefined]);
       const warnings = [...listen, files?.message, memory?.level === 'warn' ? memory.message : undefined, rt.admin && adminInsecure(rt.admin), ...rt.certs.map((c) => expiryWarning(c.role, c.file, c))].filter(Boolean);
       for (const w of warnings) process.stderr.write(`revproxy: warning: ${w}\n`);
-      process.stdout.write(`revproxy: ${file ? `the configuration file ${file}` : 'the configuration'} is valid (${Object.values(cfg).filter((v) => v !== undefined).length} setting(s); the files it names can be used)\n`);
+      process.stdout.write(`revproxy: ${file ? `the configuration file ${file}` : 'the configuration'} is valid (${settingCount(cfg)} setting(s); the files it names can be used)\n`);
       setExit(0);
       return;
     }

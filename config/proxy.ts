@@ -18,7 +18,7 @@ import { RETRY_CONDITIONS, type RetryCondition } from '../actors/link.js';
 import { badTrustedSource } from '../actors/port-limits.js';
 import { badWholeNumbers } from '../actors/server.js';
 import { HEAP_PER_CONNECTION, HEAP_RESERVE, MIN_DEFAULT_CONNECTIONS } from '../actors/memory-limit.js';
-import { bracketHint, hostPort as hostAndPort, isEveryAddress } from '../transport/address.js';
+import { badDialAddress, bracketHint, dialAddress, hostPort as hostAndPort, isEveryAddress } from '../transport/address.js';
 import { FileError, LocalCode } from '../transport/errors.js';
 import { MAX_TIMER_MS } from '../transport/clock.js';
 import { MAX_ID_LENGTH } from '../transport/messages.js';
@@ -167,6 +167,18 @@ const listenHost: Schema<string> = {
   },
 };
 
+/** `registry.advertise`: an address peers dial (`badDialAddress`), its IPv6 brackets taken off. */
+const advertiseHost: Schema<string> = {
+  expected: 'the address clients dial',
+  read(node, at, ctx) {
+    const v = refine(text, (t) => {
+      const bad = badDialAddress(t, 'give the port with port (--port)');
+      return bad && `expected the address clients dial to reach this proxy, without a port, got '${t}': ${bad}`;
+    }).read(node, at, ctx);
+    return v === INVALID ? v : dialAddress(v);
+  },
+};
+
 const secret = refine(text, (t) => (t.length < 8 ? 'a secret needs at least 8 characters: a short secret is easy to guess' : undefined));
 const path = refine(text, (t) => (t.length === 0 ? 'expected a file path, got an empty string' : undefined));
 
@@ -244,7 +256,7 @@ const otherFields = {
     url: req(etcdUrl, 'etcd://HOST:PORT: take servers from the registry, and advertise this proxy there for clients (--registry)'),
     prefix: opt(text, `the key prefix the fleet shares (default ${REGISTRY_DEFAULTS.prefix})`),
     ttl: opt(whole('seconds', 1), `lease TTL of this proxy's own key, in seconds (default ${REGISTRY_DEFAULTS.ttlSeconds})`),
-    advertise: opt(text, 'the address clients dial to reach this proxy (default: host)'),
+    advertise: opt(advertiseHost, 'the address clients dial to reach this proxy, without a port (default: host); an IPv6 one bare or in brackets'),
     username: opt(text, "etcd's user, when etcd has authentication on"),
     password: opt(text, "that user's password (REVPROXY_REGISTRY_PASSWORD overrides it)"),
     tls: opt(object('registry.tls', {
@@ -451,7 +463,7 @@ export function toRuntime(c: ProxyConfig): Runtime {
   if (tls?.cert) options.tls = tls;
   if (tls?.ca) options.upstreamTls = tls;
   const log = c.log ?? {};
-  const clashes = portClashes(c);
+  const clashes = [...portClashes(c), ...unadvertisable(c)];
   if (clashes.length) throw new ConfigError('the configuration', clashes);
   const registry = toRegistry(c.registry);
   return {
@@ -486,6 +498,17 @@ function portClashes(c: ProxyConfig): Issue[] {
     issues.push({ line: 0, col: 0, path: b.path, message: `${b.names}, ${hostAndPort(b.host, b.port)}, and ${a.names}, ${hostAndPort(a.host, a.port)}, are ${overlap}: one process cannot listen there twice; give each its own port` });
   }
   return issues;
+}
+
+/**
+ * A registry proxy listening on every address with no `registry.advertise`: it would advertise the
+ * wildcard, which no client can dial. The start refused it; --check passed it (a systemd unit's
+ * ExecStartPre, then a failed start).
+ */
+function unadvertisable(c: ProxyConfig): Issue[] {
+  const host = c.host ?? DEFAULT_LISTEN_HOST;
+  if (!c.registry || c.registry.advertise !== undefined || !isEveryAddress(host)) return [];
+  return [{ line: 0, col: 0, path: 'host', message: `the proxy listens on ${host}, every address, and advertises itself in the registry: say which address clients should dial to reach it (registry.advertise, --advertise HOST)` }];
 }
 
 function toAdmin(a: ProxyConfig['admin']): Runtime['admin'] {

@@ -256,6 +256,36 @@ cli('an IPv6 address given with a port but without brackets (::1:2100), or an ad
   await usage(['proxy', '--check', '--config', join(dir, 'p.yaml')], /p\.yaml:3:11: admin\.listen: expected HOST:PORT .*, got "::1:9100": an IPv6 address goes in brackets before its port: \[::1\]:9100/, 1);
 });
 
+cli('--advertise (and registry.advertise) takes only an address peers can dial: one with a port, a URL, a wildcard, an empty one or a stray character is refused, as --check refuses a registry proxy on every address with none', async () => {
+  // Each was written to etcd as given ('[::1]' as [[::1]]:PORT, ENOTFOUND at every dial) while the proxy said
+  // it was advertised and /readyz 200; --advertise :: passed --check and failed the start, naming --host.
+  const usage = async (args: string[], said: RegExp, status = 2): Promise<void> => {
+    const p = revproxy(args);
+    assert.is(await p.exited, status, `${args.join(' ')}: ${p.out.join('\n')}`);
+    assert.match(p.out.join('\n'), said, args.join(' '));
+  };
+  const reg = ['--registry', 'etcd://127.0.0.1:1'];
+  const refused = (value: string, why: string, port = '--port') => new RegExp(`--advertise takes the address peers dial to reach this machine, without a port, got '${value.replace(/[[\].*:/]/g, '\\$&')}': ${why.replace(/[()?.]/g, '\\$&')}${why.startsWith('it has a port') ? `, and give the port with ${port}` : ''}`);
+  await usage(['proxy', ...reg, '--advertise', '10.0.0.1:2100', '--check'], refused('10.0.0.1:2100', 'it has a port: give the address alone'));
+  await usage(['server', '--id', '1', '--pp', '1', ...reg, '--advertise', '[::1]:2100'], refused('[::1]:2100', 'it has a port: give the address alone', '--listen'));
+  await usage(['proxy', ...reg, '--advertise', 'http://10.0.0.1', '--check'], refused('http://10.0.0.1', 'it is a URL: give its host alone'));
+  await usage(['proxy', ...reg, '--advertise', '::', '--check'], refused('::', ':: is every address of this machine, which no peer can dial'));
+  await usage(['server', '--id', '1', '--pp', '1', ...reg, '--advertise', ''], refused('', 'it is empty (an unset variable?)'));
+  for (const odd of ['*', 'bad host', '[10.0.0.1]']) await usage(['proxy', ...reg, '--advertise', odd, '--check'], /--advertise takes the address peers dial .*: (it is neither an IP address nor a host name|brackets hold an IPv6 address alone)/);
+  // Accepted: an IPv6 address in brackets (as --host takes it), a name with an underscore (Docker Compose's).
+  for (const fine of ['[::1]', 'fd00::5', 'svc_proxy_1', 'proxy.internal']) await usage(['proxy', ...reg, '--advertise', fine, '--check'], /the configuration is valid/, 0);
+  // On every address with no advertise: --check says so (the start did), naming --advertise.
+  await usage(['proxy', ...reg, '--host', '0.0.0.0', '--check'], /the proxy listens on 0\.0\.0\.0, every address, and advertises itself in the registry: say which address clients should dial to reach it \(registry\.advertise, --advertise HOST\)/);
+  const dir = tempDir('advertise-');
+  writeFileSync(join(dir, 'p.yaml'), 'port: 0\nregistry:\n  url: etcd://127.0.0.1:1\n  advertise: "10.0.0.1:2100"\n');
+  await usage(['proxy', '--check', '--config', join(dir, 'p.yaml')], /p\.yaml:4:14: registry\.advertise: expected the address clients dial to reach this proxy, without a port, got '10\.0\.0\.1:2100': it has a port: give the address alone, and give the port with port \(--port\)/, 1);
+  writeFileSync(join(dir, 'w.yaml'), 'host: "::"\nport: 0\nregistry:\n  url: etcd://127.0.0.1:1\n  ttl: 5\nlog: { level: warn }\n');
+  await usage(['proxy', '--check', '--config', join(dir, 'w.yaml')], /w\.yaml:1:7: host: the proxy listens on ::, every address, and advertises itself in the registry/, 1);
+  // A section's settings are counted each (it said 3 for this file's 5).
+  writeFileSync(join(dir, 'ok.yaml'), 'host: "::"\nport: 0\nregistry:\n  url: etcd://127.0.0.1:1\n  advertise: "[::1]"\nlog: { level: warn }\n');
+  await usage(['proxy', '--check', '--config', join(dir, 'ok.yaml')], /the configuration file .*ok\.yaml is valid \(5 setting\(s\)/, 0);
+});
+
 cli('an empty listen address is refused, not taken as every address (--host "$UNSET", host: "")', async () => {
   // A process that started anyway is stopped, so the spec fails instead of waiting for it.
   const exited = (p: ReturnType<typeof revproxy>): Promise<number> => {

@@ -45,6 +45,35 @@ export function isEveryAddress(host: string): boolean {
   return host === '0.0.0.0' || host === '::' || host === '[::]';
 }
 
+/** A host name as a resolver takes it: dot-separated labels of letters, digits, `-` and `_` (Docker Compose's names have one). */
+const HOST_NAME = /^(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$/;
+
+/**
+ * Why `value` is no address for peers to dial - an advertised one (`--advertise`, `registry.advertise`),
+ * which goes into the registry as it is written and is dialed by every proxy or client that reads it -
+ * or undefined when it is one: an IPv4 address, an IPv6 one (bare or in brackets, a zone allowed) or a
+ * host name. Said as the end of a sentence "... got 'X': <why>". `portSays` says where the port is given (`give the port with --port`).
+ * Anything else was written to etcd and failed every dial (`[::1]` became `[[::1]]:PORT`, ENOTFOUND)
+ * while its owner said it was registered.
+ */
+export function badDialAddress(value: string, portSays: string): string | undefined {
+  if (value === '') return 'it is empty (an unset variable?)';
+  if (value.trim() !== value) return 'it has spaces around it';
+  if (isEveryAddress(value)) return `${value} is every address of this machine, which no peer can dial: give the one peers reach it at`;
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(value)) return 'it is a URL: give its host alone';
+  if (/^\[[^\]]*\]:\d*$/.test(value) || /^[^:[\]]+:\d*$/.test(value)) return `it has a port: give the address alone, and ${portSays}`;
+  if (value.startsWith('[') || value.endsWith(']')) {
+    return value.startsWith('[') && value.endsWith(']') && isIPv6(value.slice(1, -1)) ? undefined : 'brackets hold an IPv6 address alone, as [::1]';
+  }
+  if (isIPv4(value) || isIPv6(value) || HOST_NAME.test(value)) return undefined;
+  return 'it is neither an IP address nor a host name (letters, digits, - and _, in labels separated by dots)';
+}
+
+/** An address `badDialAddress` takes, as peers dial it: an IPv6 one without its brackets (the registry's entries write it so). */
+export function dialAddress(value: string): string {
+  return value.startsWith('[') && value.endsWith(']') ? value.slice(1, -1) : value;
+}
+
 /**
  * Whether `host` is this machine only, exactly as written: `localhost`, `::1` or a `127.x.x.x`
  * address (IPv4-mapped too, `::ffff:127.0.0.1`; IPv6 in brackets too, as a URL or a `Host` header
