@@ -8,6 +8,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { AnyActorRef } from 'xstate';
 import { ErrorCode } from '../transport/errors.js';
+import { hostPort, isEveryAddress, isLoopback, isThisMachine } from '../transport/address.js';
 import { errorMsg, MsgType, type SetupMsg } from '../transport/messages.js';
 import { startChild } from './children.js';
 import type { LinkInput, LinkPort, Peer } from './link.js';
@@ -232,9 +233,20 @@ export function admit(context: ProxyContext, peer: Peer, s: SetupMsg): void {
     return;
   }
   const held = context.servers.get(s.id);
-  // An old server that restarts sends its setup again, and cannot read a refusal: take the new one.
-  if (held && held.wire === 'json' && conn.wire === 'json') removeServer(context, held, 'it sent a new setup message');
-  else if (held) {
+  const host = conn.remoteAddress;
+  if (conn.wire === 'json') {
+    // An old server's setup names only a port: the proxy dials the address it came from. One naming this
+    // proxy's own client port from this machine had the proxy send its requests into itself, round and round.
+    const loop = ownClientPort(context, host, s.listenport);
+    if (loop) return void refuseJson(context, peer, s, 'register_refused', `${loop}: requests sent there would come back into this proxy. Give the server's own listen port (-listen)`);
+  }
+  // An old server that restarts sends its setup again, and cannot read a refusal: take the new one - from the
+  // address the held one came from, or when the held one's link is down (it moved). Any peer took a live
+  // old server's id, and with it every request of its policy.
+  if (held && held.wire === 'json' && conn.wire === 'json') {
+    if (held.host === host || held.downSince !== undefined) removeServer(context, held, held.host === host ? 'it sent a new setup message' : `it sent a new setup message from ${host}, and its link to ${hostPort(held.host, held.port)} is down`);
+    else return void refuseJson(context, peer, s, 'register_refused', `server id ${s.id} is held by a live old server at ${hostPort(held.host, held.port)}, and this setup came from another address: a peer may not take a live server's id. An old server that moved is taken once its old address stops answering (restart it then), or use ids each host keeps to itself`, ErrorCode.DUPLICATE_ID);
+  } else if (held) {
     // A flood of them must not become a flood of lines: one, then one per interval with a count (as for UNAUTHORIZED).
     log.repeated('warn', 'register_refused', `${conn.remoteAddress}\0${ErrorCode.DUPLICATE_ID}`, 1, (n, span) => `Refused setup from ${conn.describe()}: server id ${s.id} is already registered${span ? ` (${n} times ${span})` : ''}`, {
       id: s.id, peer: conn.describe(), code: ErrorCode.DUPLICATE_ID,
@@ -242,7 +254,6 @@ export function admit(context: ProxyContext, peer: Peer, s: SetupMsg): void {
     conn.endWith(errorMsg(ErrorCode.DUPLICATE_ID, `server id ${s.id} is already registered by a live server; pick another id`));
     return;
   }
-  const host = conn.remoteAddress;
   const tooMany = (held ? undefined : checkOpenLimits(context, s.privPolyId, host)) ?? context.linkSockets.noRoomForLink();
   if (tooMany) {
     log.repeated('warn', 'register_refused', `${conn.remoteAddress}\0${ErrorCode.OVERLOADED}`, 1, (n, span) => `Refused setup from ${conn.describe()} for server id ${s.id}: ${tooMany}${span ? ` (${n} times ${span})` : ''}`, { id: s.id, policy: s.privPolyId, peer: conn.describe(), code: ErrorCode.OVERLOADED });
@@ -260,6 +271,27 @@ export function admit(context: ProxyContext, peer: Peer, s: SetupMsg): void {
   const member = new Member(s.id, s.privPolyId, host, s.listenport, conn.wire, registration, context.opts.probeInitialMs);
   member.token = s.token;
   addServer(context, member);
+}
+
+/**
+ * Why an old server's setup from `host` naming `port` names this proxy's own client port (undefined when it
+ * does not): the port it listens on, at an address of it - the one it listens on, or any of this machine's
+ * when it listens on every address.
+ */
+function ownClientPort(context: ProxyContext, host: string, port: number): string | undefined {
+  if (port !== context.port) return undefined;
+  const own = context.opts.host;
+  const mine = isEveryAddress(own) ? isThisMachine(host) : own === host || (own === 'localhost' && isLoopback(host));
+  return mine ? `its listen port ${port} at ${host} is this proxy's own client port` : undefined;
+}
+
+/** An old server's setup refused: said once, then counted an interval (a flood of them is a few lines); the old server cannot read the refusal, its connection is closed. */
+function refuseJson(context: ProxyContext, peer: Peer, s: SetupMsg, event: string, why: string, code: ErrorCode = ErrorCode.BAD_REQUEST): void {
+  const conn = peer.conn;
+  context.logger.repeated('warn', event, `${conn.remoteAddress}\0${code}`, 1, (n, span) => `Refused setup from ${conn.describe()} for server id ${s.id} privacy policy ${s.privPolyId}: ${why}${span ? ` (${n} times ${span})` : ''}`, {
+    id: s.id, policy: s.privPolyId, port: s.listenport, peer: conn.describe(), code,
+  });
+  conn.endWith(errorMsg(code, `registration refused: ${why}`));
 }
 
 /** The proxy's own decision to remove a server that registered on `peer`: it is told why (REMOVED) and its registration closed, so it registers again as soon as it can. */

@@ -28,7 +28,7 @@ import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/
 import { monotonicEpoch } from '../inspector/hub.js';
 import type { PoolView } from '../inspector/views.js';
 import { systemClock } from '../transport/clock.js';
-import { bracketHint, isLoopback } from '../transport/address.js';
+import { bracketHint, isLoopback, isThisMachine } from '../transport/address.js';
 import { ErrorCode } from '../transport/errors.js';
 import { RETRY_CONDITIONS } from '../actors/link.js';
 import { dial, expiryWarning, type TlsMaterial } from '../transport/tls.js';
@@ -593,8 +593,8 @@ export async function listenWarning(what: string, host: string): Promise<string 
     if (lookedUp instanceof Error) return `${what} ${host} does not resolve here (${lookedUp.code ?? lookedUp.message}): a start here fails to listen; give an address of this machine, or 0.0.0.0 or :: for every address`;
     addresses = lookedUp;
   }
+  if (addresses.some(isThisMachine)) return undefined;
   const mine = new Set(Object.values(networkInterfaces()).flatMap((list) => (list ?? []).map((a) => a.address)));
-  if (addresses.some((a) => isLoopback(a) || mine.has(a))) return undefined;
   return `${what} ${host}${addresses[0] === host ? '' : ` (${addresses.join(', ')})`} is not an address of this machine: a start here fails to listen (EADDRNOTAVAIL); give one of its addresses (${[...mine].join(', ')}), or 0.0.0.0 or :: for every address`;
 }
 

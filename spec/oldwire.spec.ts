@@ -29,7 +29,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { writeFileSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
+import { connect as netConnect, createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { Logger, memorySink, runClient, sha1Hex, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { JsonDecoder } from '../transport/json.js';
@@ -381,6 +381,66 @@ oldThroughOurs('an old server stopped with Ctrl-C (or killed) starts again at on
     await again.exited;
     await eventually(() => !members('R').includes('7'), 5000, 'server 7 removed again');
   }
+});
+
+/** Send an old server's setup message from `from` (a loopback address of this machine), as a peer that never listens would. */
+async function jsonSetup(from: string, setup: { id: string; privPolyId: string; listenport: number }): Promise<void> {
+  const sock = netConnect({ host: LOCAL, port: ctx.proxy.port, localAddress: from });
+  await new Promise<void>((resolve, reject) => sock.once('connect', resolve).once('error', reject));
+  sock.on('error', () => {}).resume();
+  sock.end(JSON.stringify({ type: '1', id: setup.id, privPolyId: setup.privPolyId, listenport: String(setup.listenport) }));
+  // The proxy closes it after a refusal (read: a paused socket never sees the FIN); an old server closes it itself.
+  await Promise.race([new Promise((r) => sock.once('close', r)), sleep(1000)]);
+  sock.destroy();
+}
+
+oldThroughOurs("a live old server's id is not taken by a setup from another address: refused DUPLICATE_ID, its policy's requests keep going to it; a setup from its own address still replaces it (a restart)", async () => {
+  // Any peer's one setup naming a live old server's id took it: every request of its policy went to the
+  // peer's port (a probe: 503 of 503 answers wrong).
+  const real = await oldServer('old1', 'good');
+  const taken: string[] = [];
+  const thief = createServer((c) => c.on('data', (d) => taken.push(String(d))).on('error', () => {}));
+  await new Promise<void>((r) => thief.listen(0, '127.0.0.2', r));
+  ctx.closers.push(() => thief.close());
+  await jsonSetup('127.0.0.2', { id: 'old1', privPolyId: 'good', listenport: (thief.address() as AddressInfo).port });
+  const refusal = (): LogRecord | undefined => ctx.logs.find((l) => l.event === 'register_refused' && l.id === 'old1');
+  await eventually(() => refusal() !== undefined, 3000, 'the setup refused');
+  const refused = refusal()!;
+  assert.is(refused.code, 'DUPLICATE_ID');
+  assert.match(String(refused.msg), /^Refused setup from 127\.0\.0\.2:\d+ for server id old1 privacy policy good: server id old1 is held by a live old server at 127\.0\.0\.1:\d+, and this setup came from another address: a peer may not take a live server's id/);
+  const r = await oldClient(['-id', '1', '-pkt', packetFile({ srcid: '1', privPoliId: 'good', payload: 'mine' }), '-repeat', '3']);
+  assert.is(r.correct, 3, r.text);
+  assert.equal(r.servers, ['old1', 'old1', 'old1']);
+  assert.equal(taken, [], 'nothing reached the other address');
+  assert.not.ok(ctx.logs.some((l) => l.event === 'deregister' && l.id === 'old1'), 'old1 never left');
+  // Its own address (a restart) still takes the id.
+  real.kill('SIGKILL');
+  await real.exited;
+  await oldServer('old1', 'good');
+  assert.is((await oldClient(['-id', '1', '-pkt', packetFile({ srcid: '1', privPoliId: 'good', payload: 'again' })])).correct, 1);
+});
+
+oldThroughOurs("an old server's setup naming this proxy's own client port is refused: the proxy does not send requests into itself", async () => {
+  // Admitted, such a member took its share of requests and sent each back into the proxy as an old client
+  // would: 20 of them took a good client's p50 from 1.7 ms to 3.3 s (a probe).
+  await oldServer('ok', 'P');
+  await jsonSetup(LOCAL, { id: 'loop', privPolyId: 'P', listenport: ctx.proxy.port });
+  const refusal = (): LogRecord | undefined => ctx.logs.find((l) => l.event === 'register_refused' && l.id === 'loop');
+  await eventually(() => refusal() !== undefined, 3000, 'the setup refused');
+  const refused = refusal()!;
+  assert.is(refused.code, 'BAD_REQUEST');
+  assert.match(String(refused.msg), new RegExp(`: its listen port ${ctx.proxy.port} at 127\\.0\\.0\\.1 is this proxy's own client port: requests sent there would come back into this proxy\\. Give the server's own listen port`));
+  assert.equal(members('P'), ['ok']);
+  const r = await oldClient(['-id', '1', '-pkt', packetFile({ srcid: '1', privPoliId: 'P', payload: 'x' }), '-repeat', '4']);
+  assert.is(r.correct, 4, r.text);
+  // From another address of this machine too, when the proxy listens on every address.
+  const wide = await startProxy({ port: 0, host: '0.0.0.0', logger: new Logger('proxy', memorySink(ctx.logs), 'info') });
+  ctx.closers.push(() => void wide.stop());
+  const sock = netConnect({ host: '127.0.0.1', port: wide.port, localAddress: '127.0.0.3' });
+  await new Promise((r) => sock.once('connect', r));
+  sock.end(JSON.stringify({ type: '1', id: 'loop2', privPolyId: 'P', listenport: String(wide.port) }));
+  await eventually(() => ctx.logs.some((l) => l.event === 'register_refused' && l.id === 'loop2'), 3000, 'the setup refused on every address');
+  assert.equal(wide.pools().P?.members ?? [], []);
 });
 
 oldThroughOurs('old servers killed one after the other: a request that only waited in a link for a free connection was never sent there, and is not counted against max_resets', async () => {

@@ -4,6 +4,7 @@
  * and how a peer's address is read off its socket (`peerAddress`), the one place that is done.
  */
 import { isIPv4, isIPv6 } from 'node:net';
+import { networkInterfaces } from 'node:os';
 
 /**
  * The reverse proxy's port when none is given, the old system's (`reverse_proxy.py -port 2100`): the
@@ -84,6 +85,12 @@ export function dialAddress(value: string): string {
 export function isLoopback(host: string): boolean {
   const bare = plainIPv4(host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host);
   return bare === 'localhost' || bare === '::1' || (isIPv4(bare) && bare.startsWith('127.'));
+}
+
+/** Whether `address` (an IP) is one of this machine's: loopback, or an address of one of its interfaces as they are now. */
+export function isThisMachine(address: string): boolean {
+  if (isLoopback(address)) return true;
+  return Object.values(networkInterfaces()).some((list) => (list ?? []).some((a) => a.address === address));
 }
 
 /**
