@@ -776,8 +776,13 @@ lib('registering in the registry while listening on every address (0.0.0.0, ::, 
     assert.instance(s, StartError, host);
     assert.match(s!.message, new RegExp(`^server x listens on ${host.replace(/\./g, '\\.')}, every address: say which address proxies should dial`), host);
   }
-  const bracketed = await startProxy({ port: 0, registry: { ...registry, advertise: '[::]' } }).then((h) => (void h.kill(), undefined), (err: unknown) => err as Error);
-  assert.match(String(bracketed), /every address: say which address clients should dial/);
+  // An advertised wildcard, or an address no peer can dial, is refused naming registry.advertise (it went into etcd as given).
+  const refused = async (advertise: string, server = false): Promise<string> => String(await (server
+    ? startServer({ id: 'x', policy: 'P', registry: { ...registry, advertise } })
+    : startProxy({ port: 0, registry: { ...registry, advertise } })).then((h) => (void h.kill(), undefined), (err: unknown) => err as Error));
+  assert.match(await refused('[::]'), /StartError: registry\.advertise is the address clients dial to reach this machine, without a port, got '\[::\]': \[::\] is every address of this machine, which no peer can dial/);
+  assert.match(await refused('10.0.0.1:2100'), /got '10\.0\.0\.1:2100': it has a port: give the address alone, and give the port with port$/);
+  assert.match(await refused('[::1]:2100', true), /registry\.advertise is the address proxies dial .*got '\[::1\]:2100': it has a port: give the address alone, and give the port with listenPort$/);
 });
 
 lib('proxy.kill() closes its connections to the servers too, as SIGKILL would', async () => {
