@@ -341,6 +341,21 @@ export function releaseEarlySignals({ resend = true } = {}): void {
   if (resend) for (const signal of new Set(pending)) process.kill(process.pid, signal);
 }
 
+/**
+ * What a proxy or server running as PID 1 (a container's first process, `docker run` without
+ * `--init`, a pod without `shareProcessNamespace`) says at start. The kernel hands PID 1 every
+ * orphaned process of its namespace - the children of an exec probe or of `docker exec` that
+ * outlive their shell - for it to reap, and Node reaps only the children it started itself: they
+ * stay zombies for the container's life, each holding a process slot (a probe: 20 of 20 after a
+ * few exec calls). The Node Docker best practices' advice: an init as PID 1.
+ */
+export const PID1_WARNING = 'Running as PID 1 (a container\'s first process): orphaned processes this namespace hands to PID 1 (the children of exec probes and of `docker exec` that outlive them) are not reaped, since Node reaps only its own children, and stay zombies; run it under an init: `docker run --init`, tini as the entrypoint (ENTRYPOINT ["tini", "--", ...]), or Kubernetes\' `shareProcessNamespace: true` (the pause container reaps them)';
+
+/** The `pid1` warn line, when this process is PID 1 (`PID1_WARNING`): at start, by the proxy and a server. */
+export function warnIfPid1(logger: Logger, pid = process.pid): void {
+  if (pid === 1) logger.warn('pid1', PID1_WARNING, { pid });
+}
+
 /** A warn line for each certificate that ends soon (`expiryWarning`): at start and at each reload, by the proxy and a server. */
 export function warnExpiring(logger: Logger, certs: readonly LoadedCert[]): void {
   for (const c of certs) {

@@ -19,7 +19,7 @@ import { runDemo } from './demo.js';
 import { scenarioCommand } from './scenario.js';
 import { inspectCommand, inspectOptions, startInspection, type InspectFlags } from './inspect.js';
 import {
-  FileError, ignoreUserSignals, logProcessWarnings, logStartFailuresTo, startFailureLog, loadedCerts, releaseEarlySignals, takeEarlySignals, loadPackets, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, hostParser, parseIntOption, parsePort, registryFromFlags, registryOptions, runUntilStopped, tlsFromFlags, tlsOptions, UsageError, warnExpiring,
+  FileError, ignoreUserSignals, logProcessWarnings, logStartFailuresTo, startFailureLog, loadedCerts, releaseEarlySignals, takeEarlySignals, loadPackets, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, hostParser, parseIntOption, parsePort, registryFromFlags, registryOptions, runUntilStopped, tlsFromFlags, tlsOptions, UsageError, warnExpiring, warnIfPid1,
   wireOption, type FlagTable, type LogFlags, type RegistryFlags, type TlsFlags,
 } from './common.js';
 import { isRegistryUrl } from '../registry/options.js';
@@ -113,6 +113,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     const logger = makeLogger(`server ${o.id}`, o);
     const unwarn = logProcessWarnings(logger);
     logStartFailuresTo(`server ${o.id}`, o.logFormat);
+    warnIfPid1(logger);
     const tls = tlsFromFlags(o);
     // etcd's client certificate and CA (--registry-cert, --registry-ca) are read again on SIGHUP as the server's own are.
     const registryFiles = o.registryCert || o.registryCa ? { cert: o.registryCert, ca: o.registryCa } : undefined;

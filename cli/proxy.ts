@@ -33,7 +33,7 @@ import { ErrorCode } from '../transport/errors.js';
 import { RETRY_CONDITIONS } from '../actors/link.js';
 import { dial, expiryWarning, type TlsMaterial } from '../transport/tls.js';
 import type { LoadedCert } from '../config/files.js';
-import { FileError, hostParser, ignoreUserSignals, logProcessWarnings, logStartFailuresTo, releaseEarlySignals, takeEarlySignals, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, useColor, warnExpiring } from './common.js';
+import { FileError, hostParser, ignoreUserSignals, logProcessWarnings, logStartFailuresTo, releaseEarlySignals, takeEarlySignals, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, useColor, warnExpiring, warnIfPid1 } from './common.js';
 import { checkInspectToken, inspectOptions, startInspection } from './inspect.js';
 
 
@@ -278,6 +278,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
   const logger = new Logger('proxy', new LogStream(stdout, { format: rt.log.format, color: useColor(rt.log.color) }), rt.log.level, { summaryMs: rt.log.summaryMs });
   const unwarn = logProcessWarnings(logger);
   logStartFailuresTo('proxy', rt.log.format);
+  warnIfPid1(logger);
   // Until the proxy is up (its registry client loading, its admin and inspector ports opening), a
   // reload has nothing to apply to: it is remembered, and done once the proxy listens (a deploy
   // script or logrotate sending SIGHUP just after a start must not be lost, nor end the process).

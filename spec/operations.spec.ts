@@ -23,8 +23,8 @@ import { OTHER } from '../inspector/metrics.js';
 import { ERROR_CODES } from '../transport/errors.js';
 import { eventually, LOCAL, rawConnect, sleep } from './helpers.js';
 import { runLoad } from './load.js';
-import { freePort } from '../bench/procs.js';
-import { freshSuite, revproxy, ROOT, type Fresh, type Proc } from './procs.js';
+import { freePort, nodeFlags } from '../bench/procs.js';
+import { BIN, freshSuite, revproxy, ROOT, start, type Fresh, type Proc } from './procs.js';
 import { SAME_SIGNAL_MS } from '../cli/common.js';
 
 const EXAMPLE = join(ROOT, 'docs/revproxy.example.yaml');
@@ -552,6 +552,48 @@ reload('a signal sent while the CLI loads, before the proxy has a handler: SIGHU
   await usr1.waitFor(/Running the reverse proxy/);
   await eventually(() => usr1.out.some((l) => /SIGUSR1/.test(l)), 3000, 'the SIGUSR1 handled');
   assert.not.ok(usr1.out.some((l) => /Debugger listening/.test(l)), usr1.out.join('\n'));
+});
+
+/** Why a process cannot be started as PID 1 of a new PID namespace here (`unshare --fork --pid`, root only), or undefined. */
+function noPidNamespace(): string | undefined {
+  const r = spawnSync('unshare', ['--fork', '--pid', '--mount-proc', 'true'], { stdio: 'ignore' });
+  return r.error ? `unshare is not installed (${(r.error as NodeJS.ErrnoException).code})` : r.status !== 0 ? `unshare --fork --pid --mount-proc fails here (status ${r.status}: not root, or PID namespaces not allowed)` : undefined;
+}
+
+/** `revproxy ARGS` as PID 1 of a new PID namespace (a container without an init), and its process id outside it once it runs. */
+async function asPid1(args: string[]): Promise<{ proc: Proc; pid: () => number }> {
+  const proc = start('unshare', ['--fork', '--pid', '--mount-proc', process.execPath, ...nodeFlags(BIN), BIN, ...args]);
+  // unshare --fork waits for its child, ignoring SIGTERM itself: the signal goes to the child.
+  const child = (): number => Number(readFileSync(`/proc/${proc.child.pid}/task/${proc.child.pid}/children`, 'utf8').trim().split(/\s+/)[0]);
+  return { proc, pid: child };
+}
+
+reload('as PID 1 (a container without an init): the proxy and a server each say once at start that orphans are not reaped and to run under an init, and drain and exit 0 on SIGTERM', async () => {
+  const why = noPidNamespace();
+  if (why) {
+    console.log(`  skipped (PID 1): ${why}`);
+    return;
+  }
+  const px = await asPid1(['proxy', '--port', '0']);
+  const port = Number((await px.proc.waitFor(/Running the reverse proxy on port (\d+)/))[1]);
+  const srv = await asPid1(['server', '--id', 'p1', '--pp', '111', '--revproc', String(port)]);
+  await srv.proc.waitFor(/Registered with the reverse proxy/);
+  for (const { proc } of [px, srv]) {
+    const lines = proc.out.filter((l) => /\bpid1\b|PID 1/.test(l));
+    assert.is(lines.length, 1, proc.out.join('\n'));
+    assert.match(lines[0]!, /warn.*Running as PID 1 .*not reaped.*docker run --init.*tini.*shareProcessNamespace/);
+  }
+  for (const { proc, pid } of [srv, px]) {
+    process.kill(pid(), 'SIGTERM');
+    assert.is(await proc.exited, 0, proc.out.join('\n'));
+    assert.match(proc.out.join('\n'), /Draining[^]*stopped/);
+  }
+  // Not PID 1 (every other spec's process): no such line.
+  const plain = revproxy(['proxy', '--port', '0']);
+  await plain.waitFor(/Running the reverse proxy/);
+  assert.not.ok(plain.out.some((l) => /PID 1/.test(l)), plain.out.join('\n'));
+  plain.kill();
+  await plain.exited;
 });
 
 reload('--pid-file: the process id to signal (logrotate: kill -USR1 $(cat FILE)), removed when the proxy stops; a file it cannot write stops the start', async () => {
