@@ -19,7 +19,7 @@ import type { ProxyRegistryOptions } from '../registry/proxy-registry.js';
 import type { RegistryOptions } from '../registry/options.js';
 import type { RegistryStatus } from '../registry/events.js';
 import type { EtcdClient, Renewal } from '../registry/etcd-client.js';
-import { badId, badIdentity, badLimit, serverMachine, type ServerActor, type ServerOptions } from './server.js';
+import { badId, badIdentity, badLimit, badProxies, serverMachine, type ServerActor, type ServerOptions } from './server.js';
 import { dial, TlsConfigError, type TlsMaterial } from '../transport/tls.js';
 import { renewed } from './renew-tls.js';
 
@@ -260,7 +260,7 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
   // An id that is no id cannot name the server in its own error: the call is named instead.
   const noId = badId('id', opts.id);
   if (noId) throw new StartError(`startServer: ${noId}`);
-  const bad = badIdentity(opts) ?? badLimit(opts) ?? badLogger(opts.logger);
+  const bad = badIdentity(opts) ?? badProxies(opts.proxies) ?? badLimit(opts) ?? badLogger(opts.logger);
   if (bad) throw new StartError(`server ${opts.id}: ${bad}`);
   let machine = opts.wire === 'json' ? serverMachine.provide({ actors: { registrations: jsonRegistrations } }) : serverMachine;
   let etcd: EtcdClient | undefined;

@@ -19,7 +19,7 @@
  */
 import { isIP, type Socket } from 'node:net';
 import { assertEvent, assign, fromCallback, sendTo, setup, type ActorRefFrom } from 'xstate';
-import { DEFAULT_PROXY_PORT, hostPort, plainIPv4 } from '../transport/address.js';
+import { DEFAULT_PROXY_PORT, hostPort, plainIPv4, repeatedEndpoint } from '../transport/address.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type DataMsg, type ErrorMsg, type Message, type PongMsg, type SetupMsg } from '../transport/messages.js';
@@ -173,6 +173,12 @@ export type ServerEvent =
   | { type: 'REGISTRATION_LOST'; proxy: string; error: string; retryInMs: number; repeat?: boolean }
   /** One of several proxies refused the registration for good (UNAUTHORIZED, DUPLICATE_ID): the others' stand; it is asked again after the longest backoff. */
   | { type: 'REGISTRATION_REFUSED'; proxy: string; code: string; message: string; retryInMs: number }
+  /**
+   * `proxies` names one proxy twice under two names (`127.0.0.1:2100` and `localhost:2100`): `proxy` reached
+   * the same address and port (`address`) as `twin`, where this server is registered, and that proxy refused the
+   * second registration its own id (DUPLICATE_ID). `proxy` is not dialled again; `twin`'s registration stands.
+   */
+  | { type: 'DUPLICATE_ENTRY'; proxy: string; twin: string; address: string }
   | { type: 'DEREGISTER_ALL' }
   /** The drain could not tell a registry that this server is leaving (etcd away): its proxies keep their links. */
   | { type: 'DEREGISTER_FAILED'; proxy: string; error: string }
@@ -377,6 +383,12 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
   const refusedForGood = new Set<string>();
   const timers = new Set<Timer>();
   const namesSaid = new Map<string, string>();
+  /** The address and port each connected registration reached (`plainIPv4`), by its entry's key: two entries reaching one are one proxy. */
+  const reached = new Map<string, string>();
+  /** The entries whose registration the proxy accepted, and holds now. */
+  const held = new Set<string>();
+  /** Entries given up for good as another's duplicate (`DUPLICATE_ENTRY`). */
+  const dropped = new Set<string>();
   /**
    * The registrations still being dialled, each one's way to give up. A server stopped before its
    * dial connected (a SIGTERM as it started) had its dial connect after the stop, send SETUP and stay
@@ -411,11 +423,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
      */
     const lost = (error: string, backoff?: number, refusal?: { code: string; message: string }): void => {
       if (over) return;
-      over = true;
-      dialling.delete(giveUp);
-      slow.cancel();
-      acceptance?.cancel();
-      live.delete(key);
+      end();
       conn.destroy();
       if (stopping) return;
       // Up to a fifth early, at random: a fleet that lost its proxy together would otherwise dial it
@@ -433,6 +441,16 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
       }, wait);
       timers.add(t);
     };
+    /** This attempt is over: nothing more is awaited of it. */
+    const end = (): void => {
+      over = true;
+      dialling.delete(giveUp);
+      slow.cancel();
+      acceptance?.cancel();
+      live.delete(key);
+      reached.delete(key);
+      held.delete(key);
+    };
     const giveUp = (): void => lost('the server is stopping');
     dialling.add(giveUp);
     let accepted = false;
@@ -442,6 +460,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
       // end waiting for a reader, and the stop's check called it a bug (`revproxy itself left it`).
       slow.cancel();
       live.set(key, conn);
+      if (socket.remoteAddress) reached.set(key, hostPort(plainIPv4(socket.remoteAddress), socket.remotePort ?? 0));
       logDialBackProblem(input, key, socket.localAddress);
       conn.send(input.setup);
       // A proxy that took the connection and says nothing (stopped with SIGSTOP: the kernel completes
@@ -467,6 +486,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
               dialling.delete(giveUp);
               acceptance?.cancel();
               refusedForGood.delete(key);
+              held.add(key);
               sendBack({ type: 'REGISTERED', proxy: key, again: registered });
               registered = true;
               acceptedAt = input.clock.now();
@@ -476,6 +496,19 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
             const why = `${m.code}: ${m.message}`;
             // A duplicate id right after we lost the proxy is our own stale registration: retry.
             if (m.code === ErrorCode.DUPLICATE_ID && everRegistered) lost(why);
+            // Our own registration through another entry naming the same proxy (`localhost:2100` beside
+            // `127.0.0.1:2100`): both reached one address and port. Accepted there, this entry is dropped,
+            // said once; not yet accepted there, this one is tried again soon, when the other's fate is known.
+            else if (m.code === ErrorCode.DUPLICATE_ID && twinOf(key) !== undefined) {
+              const twin = twinOf(key)!;
+              if (!held.has(twin)) lost(why);
+              else {
+                end();
+                conn.destroy();
+                dropped.add(key);
+                sendBack({ type: 'DUPLICATE_ENTRY', proxy: key, twin, address: reached.get(twin)! });
+              }
+            }
             // A proxy shutting down, or one that took us out of its pool (we missed its PINGs while stopped, say): register again.
             else if (m.code === ErrorCode.SHUTTING_DOWN || m.code === ErrorCode.REMOVED) lost(why);
             // Refused for good (a wrong token, an id a live server holds): the operator must act. With this
@@ -485,12 +518,12 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
             // once every proxy has refused it so.
             else if (m.code === ErrorCode.UNAUTHORIZED || m.code === ErrorCode.DUPLICATE_ID) {
               refusedForGood.add(key);
-              if (refusedForGood.size < input.proxies.length) lost(why, input.maxMs, { code: m.code, message: m.message });
+              // Our own registration, perhaps, through another entry naming this proxy under a name that reaches it at another address (`localhost` as ::1 beside 127.0.0.1).
+              const mine = m.code === ErrorCode.DUPLICATE_ID ? [...held].filter((k) => k !== key) : [];
+              const message = mine.length ? `${m.message}; or this id is this server's own registration through another entry of --revproc naming the same proxy: it is registered with ${mine.join(' and ')}, which may be the proxy at ${key} by another name or address; if so, list that proxy once` : m.message;
+              if (refusedForGood.size < input.proxies.length - dropped.size) lost(why, input.maxMs, { code: m.code, message });
               else {
-                over = true;
-                slow.cancel();
-                acceptance?.cancel();
-                live.delete(key);
+                end();
                 sendBack({ type: 'REFUSED', proxy: key, code: m.code, message: m.message });
               }
             }
@@ -515,6 +548,12 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
         : describeDialError(err, ep.host)),
       complete: () => lost('the reverse proxy closed the registration connection'),
     });
+  };
+
+  /** Another entry whose registration reached the address and port `key`'s did (the same proxy), if any. */
+  const twinOf = (key: string): string | undefined => {
+    const at = reached.get(key);
+    return at === undefined ? undefined : [...reached].find(([k, a]) => k !== key && a === at)?.[0];
   };
 
   for (const ep of input.proxies) attempt(ep, input.initialMs, false);
@@ -618,6 +657,16 @@ function registrar(proxy: string): { within: string; who: string } {
  */
 export function badIdentity(opts: ServerOptions): string | undefined {
   return badId('id', opts.id) ?? badId('policy', opts.policy) ?? badHandler(opts.handler);
+}
+
+/**
+ * Why the server's proxies cannot be its list, if so: one proxy given twice, however written
+ * (`2100` and `127.0.0.1:2100`: `endpointKey`). It registered with that proxy twice, and the second
+ * registration was refused its own id (DUPLICATE_ID) every few seconds, with advice to pick another.
+ */
+export function badProxies(proxies: readonly Endpoint[] | undefined): string | undefined {
+  const twice = proxies && repeatedEndpoint(proxies);
+  return twice && `proxies lists the reverse proxy at ${twice.key} twice (entries ${twice.first + 1} and ${twice.again + 1}): list each proxy once`;
 }
 
 /** Why `v` cannot be the server's `name` (its id or policy), if so. */
@@ -768,6 +817,12 @@ export const serverMachine = setup({
         : `${who} refused the registration (${code}): ${message}; this server keeps its registrations with the ${others} other prox${others === 1 ? 'y' : 'ies'} and asks it again in ${retryInMs} ms`,
       { proxy, code, retryInMs });
     },
+    logDuplicateEntry: ({ context, event }) => {
+      assertEvent(event, 'DUPLICATE_ENTRY');
+      context.logger.warn('revproc_duplicate', `--revproc lists the proxy at ${event.address} twice (as ${event.twin} and ${event.proxy}): this server is registered with it through ${event.twin}, and it refused the second registration through ${event.proxy} as server id ${context.opts.id} already registered (DUPLICATE_ID), this server's own; ${event.proxy} is not dialled again: list each proxy once`, {
+        proxy: event.proxy, twin: event.twin, address: event.address,
+      });
+    },
     lost: assign(({ context, event }) => {
       assertEvent(event, ['REGISTRATION_LOST', 'REGISTRATION_REFUSED']);
       const why = event.type === 'REGISTRATION_LOST' ? event.error : `${event.code}: ${event.message}`;
@@ -905,6 +960,7 @@ export const serverMachine = setup({
         REGISTERED: { actions: ['logRegistered', 'registered'] },
         REGISTRATION_LOST: { actions: ['logLost', 'lost'] },
         REGISTRATION_REFUSED: { actions: ['logRefusedOne', 'lost'] },
+        DUPLICATE_ENTRY: { actions: 'logDuplicateEntry' },
         REFUSED: { target: 'failed', actions: ['setError', 'logError'] },
       },
       initial: 'serving',

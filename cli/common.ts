@@ -3,7 +3,7 @@ import { isIP } from 'node:net';
 import { InvalidArgumentError, Option } from 'commander';
 import { Destination, jsonSink, LEVELS, Logger, LogStream, textSink, type Level, type LogSink } from '../actors/logger.js';
 import type { Endpoint } from '../actors/server.js';
-import { badDialAddress, bracketHint, DEFAULT_PROXY_PORT, dialAddress, hostPort } from '../transport/address.js';
+import { badDialAddress, bracketHint, DEFAULT_PROXY_PORT, dialAddress, hostPort, repeatedEndpoint } from '../transport/address.js';
 import { UsageError } from '../transport/errors.js';
 import { tlsFromFlags, type LoadedCert } from '../config/files.js';
 import { expiryWarning } from '../transport/tls.js';
@@ -162,11 +162,21 @@ export function parseList(flag: string, what: string, example: string, bad: (ent
   };
 }
 
-/** A comma-separated list of endpoints: `2100,2200` or `a:2100,b:2100`. */
+/**
+ * A comma-separated list of endpoints: `2100,2200` or `a:2100,b:2100`; one given twice, however
+ * written (`2100,127.0.0.1:2100`: `endpointKey`), is refused: a server registered with that proxy
+ * twice and was refused its own id every few seconds.
+ */
 export function parseEndpoints(value: string): Endpoint[] {
   const parts = value.split(',').map((p) => p.trim()).filter(Boolean);
   if (parts.length === 0) throw new InvalidArgumentError('give at least one PORT or HOST:PORT');
-  return parts.map(parseEndpoint);
+  const eps = parts.map(parseEndpoint);
+  const twice = repeatedEndpoint(eps);
+  if (twice) {
+    const [a, b] = [parts[twice.first]!, parts[twice.again]!];
+    throw new InvalidArgumentError(`'${value}' lists the reverse proxy at ${twice.key} twice${a === b ? '' : ` (as '${a}' and '${b}')`}: list each proxy once`);
+  }
+  return eps;
 }
 
 /** `2100`, `host:2100` or `[::1]:2100`. */

@@ -83,7 +83,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
       })
       .addOption(new Option('--listen <port>', 'port to listen on for the proxy\'s requests (0 picks a free one)').default(0).argParser((v) => parsePort(v)))
       .addOption(new Option('--host <address>', 'address to listen on').default(DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_HOST).argParser(hostParser('--listen')))
-      .addOption(new Option('--revproc <endpoints>', 'the reverse proxy or proxies to register with: PORT or HOST:PORT, comma-separated').default([{ ...DEFAULT_PROXY }], String(DEFAULT_PROXY_PORT)).argParser(parseEndpoints))
+      .addOption(new Option('--revproc <endpoints>', 'the reverse proxy or proxies to register with: PORT or HOST:PORT, comma-separated, each once').default([{ ...DEFAULT_PROXY }], String(DEFAULT_PROXY_PORT)).argParser(parseEndpoints))
       .addOption(new Option('--behaviour <kind>', 'normal answers; silent accepts requests and never answers; fail answers every request with an error (for fault tests)').choices(['normal', 'silent', 'fail']).default('normal'))
       .option('--handler <module>', 'an ES module whose default export answers each request: async (payload, ctx) => answer (default: the SHA1 hex of the payload)')
       .addOption(new Option('--concurrency <n>', 'requests the handler runs at once; more wait (default: no limit)').argParser(parseIntOption('--concurrency', 1)))

@@ -256,6 +256,21 @@ cli('an IPv6 address given with a port but without brackets (::1:2100), or an ad
   await usage(['proxy', '--check', '--config', join(dir, 'p.yaml')], /p\.yaml:3:11: admin\.listen: expected HOST:PORT .*, got "::1:9100": an IPv6 address goes in brackets before its port: \[::1\]:9100/, 1);
 });
 
+/** Runs `revproxy ARGS`, which must exit with `status` (2: a usage error) having said `said`. */
+async function refused(args: string[], said: RegExp, status = 2): Promise<void> {
+  const p = revproxy(args);
+  assert.is(await p.exited, status, `${args.join(' ')}: ${p.out.join('\n')}`);
+  assert.match(p.out.join('\n'), said, args.join(' '));
+}
+
+cli('a proxy listed twice in --revproc, however written (2100,2100; 2100,127.0.0.1:2100; [::1]:2100,[0:0:0:0:0:0:0:1]:2100), is a usage error naming it: server, client and load', async () => {
+  // A server given one proxy twice registered with it twice and was refused its own id every 5 s, told to pick another.
+  await refused(['server', '--id', 's1', '--pp', '1', '--revproc', '45160,45160'], /'45160,45160' lists the reverse proxy at 127\.0\.0\.1:45160 twice: list each proxy once/);
+  await refused(['server', '--id', 's1', '--pp', '1', '--revproc', '45160, 127.0.0.1:45160'], /lists the reverse proxy at 127\.0\.0\.1:45160 twice \(as '45160' and '127\.0\.0\.1:45160'\): list each proxy once/);
+  await refused(['client', '--revproc', '[::1]:45160,[0:0:0:0:0:0:0:1]:45160', '--pkt', 'pktfiles'], /lists the reverse proxy at \[::1\]:45160 twice \(as '\[::1\]:45160' and '\[0:0:0:0:0:0:0:1\]:45160'\)/);
+  await refused(['load', '--revproc', 'LOCALHOST:45160,localhost:45160', '-n', '1'], /lists the reverse proxy at localhost:45160 twice/);
+});
+
 cli('--advertise (and registry.advertise) takes only an address peers can dial: one with a port, a URL, a wildcard, an empty one or a stray character is refused, as --check refuses a registry proxy on every address with none', async () => {
   // Each was written to etcd as given ('[::1]' as [[::1]]:PORT, ENOTFOUND at every dial) while the proxy said
   // it was advertised and /readyz 200; --advertise :: passed --check and failed the start, naming --host.

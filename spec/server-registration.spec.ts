@@ -6,7 +6,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createServer, type Server, type Socket } from 'node:net';
-import { Logger, ManualClock, memorySink, startServer, type LogRecord, type ServerHandle, type StartServerOptions } from '../actors/index.js';
+import { Logger, ManualClock, memorySink, startProxy, startServer, StartError, type LogRecord, type ServerHandle, type StartServerOptions } from '../actors/index.js';
 import { FrameDecoder } from '../transport/frame.js';
 import { MsgType, type Message } from '../transport/messages.js';
 import { eventually, frame, LOCAL } from './helpers.js';
@@ -251,6 +251,35 @@ reg('a stop while a proxy has not accepted the registration (it took the connect
     assert.not.match(proc.out.join('\n'), /Still running/, proc.out.join('\n'));
   } finally {
     proc.kill('SIGKILL');
+  }
+});
+
+reg('one proxy given twice: written twice (2100 and 127.0.0.1:2100) startServer refuses it; by two names reaching one address (127.0.0.1 and localhost), the second registration refused DUPLICATE_ID is said as --revproc listing it twice and not dialled again; at two addresses of one proxy, the refusal says the id may be this server\'s own', async () => {
+  const err = await startServer({ id: 'd0', policy: 'P', proxies: [{ host: '[::ffff:127.0.0.1]', port: 2100 }, { host: LOCAL, port: 2100 }] }).then(() => undefined, (e: unknown) => e);
+  assert.instance(err, StartError);
+  assert.match((err as Error).message, /server d0: proxies lists the reverse proxy at 127\.0\.0\.1:2100 twice \(entries 1 and 2\): list each proxy once/);
+  const proxy = await startProxy({ port: 0, host: '::' });
+  try {
+    // localhost may resolve to ::1 first: both names reach the proxy on every address, at ::1 or 127.0.0.1.
+    const hosts = (await import('node:dns/promises')).lookup('localhost');
+    const local = (await hosts).address === '::1' ? '::1' : LOCAL;
+    await server([], { id: 'd1', proxies: [{ host: local, port: proxy.port }, { host: 'localhost', port: proxy.port }], reconnectInitialMs: 100, reconnectMaxMs: 300 });
+    await eventually(() => ctx.logs.some((r) => r.event === 'revproc_duplicate'), 5000, 'the duplicate said');
+    const said = ctx.logs.find((r) => r.event === 'revproc_duplicate')!;
+    assert.is(said.level, 'warn');
+    assert.match(said.msg, /^--revproc lists the proxy at \S+ twice \(as \S+ and localhost:\d+\): this server is registered with it through \S+, .*DUPLICATE_ID.*this server's own; localhost:\d+ is not dialled again: list each proxy once/);
+    // Not dialled again: no refusal, no retry, one registration, said once.
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.is(ctx.logs.filter((r) => r.event === 'revproc_duplicate').length, 1);
+    assert.not.ok(ctx.logs.some((r) => r.event === 'registration_refused' || /pick another id/.test(r.msg)), ctx.logs.map((r) => r.msg).join('\n'));
+    assert.is(proxy.pools()['P']?.members.length, 1);
+    // By two addresses of one dual-stack proxy (127.0.0.1 and ::1), nothing tells them apart: the refusal says the id may be this server's own.
+    await server([], { id: 'd2', listenHost: '::', proxies: [{ host: LOCAL, port: proxy.port }, { host: '::1', port: proxy.port }], reconnectInitialMs: 100, reconnectMaxMs: 300 });
+    await eventually(() => ctx.logs.some((r) => r.event === 'registration_refused'), 5000, 'the refusal');
+    assert.match(ctx.logs.find((r) => r.event === 'registration_refused')!.msg, /DUPLICATE_ID\): server id d2 is already registered by a live server; pick another id; or this id is this server's own registration through another entry of --revproc naming the same proxy: it is registered with (127\.0\.0\.1|\[::1\]):\d+, which may be the proxy at \S+ by another name or address; if so, list that proxy once/);
+  } finally {
+    for (const s of ctx.servers.splice(0)) await s.stop();
+    await proxy.stop();
   }
 });
 

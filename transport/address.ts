@@ -133,3 +133,37 @@ export function peerAddress(socket: { remoteAddress?: string }, named?: string):
   const addr = named ?? socket.remoteAddress;
   return addr === undefined ? UNKNOWN_PEER : plainIPv4(addr);
 }
+
+/**
+ * An endpoint as one key whatever way it is written: the host lowercased, without brackets, an
+ * IPv4-mapped address as its IPv4 one, an IPv6 one in its shortest form (`0:0:0:0:0:0:0:1` is
+ * `::1`), then `hostPort`. `2100` (127.0.0.1), `127.0.0.1:2100` and `::ffff:127.0.0.1:2100` are one
+ * key; `localhost:2100` is another, as only a resolver could say it is the same.
+ */
+export function endpointKey(ep: { host: string; port: number }): string {
+  const given = String(ep.host);
+  let host = plainIPv4((given.startsWith('[') && given.endsWith(']') ? given.slice(1, -1) : given).toLowerCase());
+  if (isIPv6(host) && !host.includes('%')) {
+    try {
+      host = new URL(`http://[${host}]/`).hostname.slice(1, -1);
+    } catch {
+      // kept as written
+    }
+  }
+  return hostPort(host, ep.port);
+}
+
+/**
+ * The first endpoint of `list` given again (`endpointKey`), as the indexes of both and their key, or
+ * undefined. A server given one proxy twice registered with it twice, and was refused its own id.
+ */
+export function repeatedEndpoint(list: ReadonlyArray<{ host: string; port: number }>): { first: number; again: number; key: string } | undefined {
+  const seen = new Map<string, number>();
+  for (const [i, ep] of list.entries()) {
+    const key = endpointKey(ep);
+    const first = seen.get(key);
+    if (first !== undefined) return { first, again: i, key };
+    seen.set(key, i);
+  }
+  return undefined;
+}
