@@ -5,7 +5,7 @@ import { Destination, jsonSink, LEVELS, Logger, LogStream, textSink, type Level,
 import type { Endpoint } from '../actors/server.js';
 import { badDialAddress, bracketHint, DEFAULT_PROXY_PORT, dialAddress, hostPort, repeatedEndpoint } from '../transport/address.js';
 import { UsageError } from '../transport/errors.js';
-import { tlsFromFlags, type LoadedCert } from '../config/files.js';
+import { badSecretText, tlsFromFlags, type LoadedCert } from '../config/files.js';
 import { expiryWarning } from '../transport/tls.js';
 import { badListenHost, EMPTY_HOST_HINT, listenAddress, unbracket } from '../config/proxy.js';
 import { nearest } from '../config/schema.js';
@@ -52,6 +52,30 @@ export function normaliseArgv(argv: string[], flags: FlagTable = { takesValue: (
     } else out.push(a);
   }
   return out;
+}
+
+/**
+ * The secrets a command was given (every option written `<secret>`: --token, --admin-token,
+ * --inspect-token, --registry-password, each also an environment variable), checked by one rule on
+ * every command (`badSecretText`): an empty one is refused, not taken as none - a blank
+ * `REVPROXY_TOKEN=` line in an EnvironmentFile is a secret that did not arrive, and as none it made
+ * a server register without one, saying nothing (the proxy refused it as too short) - and so is
+ * one with white space at an end, naming the variable or the flag it came from. The value is
+ * never shown. A usage error (exit 2).
+ */
+export function checkSecrets(cmd: { options: readonly Option[]; getOptionValue(key: string): unknown; getOptionValueSource(key: string): string | undefined }): void {
+  for (const o of cmd.options) {
+    if (!o.flags.includes('<secret>')) continue;
+    const value = cmd.getOptionValue(o.attributeName());
+    if (typeof value !== 'string') continue;
+    const bad = badSecretText(value);
+    if (!bad) continue;
+    const env = cmd.getOptionValueSource(o.attributeName()) === 'env' ? o.envVar : undefined;
+    if (bad !== 'is empty') throw new UsageError(`${env ?? o.long} ${bad}`);
+    throw new UsageError(env
+      ? `${env} is set but empty (a blank line in an EnvironmentFile or .env file, a secret with no value?): give the secret, or unset the variable (remove the line) to go without one`
+      : `${o.long} is empty (an unset shell variable, as --token "$TOKEN"?): give the secret, or leave ${o.long} out to go without one`);
+  }
 }
 
 /** `--log-level`, `--log-format`, `--no-color`; `level` is the default level (the demo prints per-request lines, at debug). */

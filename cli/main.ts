@@ -19,7 +19,7 @@ import { runDemo } from './demo.js';
 import { scenarioCommand } from './scenario.js';
 import { inspectCommand, inspectOptions, startInspection, type InspectFlags } from './inspect.js';
 import {
-  FileError, ignoreUserSignals, logProcessWarnings, logStartFailuresTo, startFailureLog, loadedCerts, releaseEarlySignals, takeEarlySignals, loadPackets, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, hostParser, parseIntOption, parsePort, registryFromFlags, registryOptions, runUntilStopped, tlsFromFlags, tlsOptions, UsageError, warnExpiring, warnIfPid1,
+  checkSecrets, FileError, ignoreUserSignals, logProcessWarnings, logStartFailuresTo, startFailureLog, loadedCerts, releaseEarlySignals, takeEarlySignals, loadPackets, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, hostParser, parseIntOption, parsePort, registryFromFlags, registryOptions, runUntilStopped, tlsFromFlags, tlsOptions, UsageError, warnExpiring, warnIfPid1,
   wireOption, type FlagTable, type LogFlags, type RegistryFlags, type TlsFlags,
 } from './common.js';
 import { isRegistryUrl } from '../registry/options.js';
@@ -309,6 +309,7 @@ export async function main(argv: string[]): Promise<number> {
   // their handlers; every other command has Node's defaults back as it starts.
   program.hook('preAction', (_, action) => {
     if (!SIGNAL_TAKERS.includes(action.name())) releaseEarlySignals();
+    checkSecrets(action);
   });
   try {
     await program.parseAsync(normaliseArgv(argv, flagTable(program)), { from: 'user' });

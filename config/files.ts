@@ -110,6 +110,25 @@ export function loadPackets(paths: string[], defaultSrcid: string, hint = PKT_HI
 
 export const TOKENS_HINT = '--tokens takes a YAML file that maps each privacy policy to its secret (8 or more characters), e.g. "111": secret-of-111, or to a list of secrets each accepted ("111": [old-secret, new-secret])';
 
+/** Why a secret with white space at an end is refused, and how a newline at its end probably got there: said wherever one is refused. */
+export const SECRET_SPACE_HINT = "a secret never starts or ends with white space here (the other side's would not match, and nothing would say why)";
+const ECHO_HINT = "it probably came from a file made with echo, or a Kubernetes secret made from one (--from-file keeps the newline): make the file with printf '%s' SECRET (or echo -n), or strip it";
+
+/**
+ * What is wrong with a secret as given (a flag, an environment variable, a file), said as the end of
+ * "<where> ...", or undefined: empty, or white space at an end (`SECRET_SPACE_HINT`). One rule for every
+ * secret - the registration token on both sides, the admin and inspector tokens, the tokens file, etcd's
+ * password: a token with a newline was taken by the proxy as it was, and servers given it trimmed were
+ * refused UNAUTHORIZED with nothing pointing at the newline.
+ */
+export function badSecretText(value: string): string | undefined {
+  if (value === '') return 'is empty';
+  if (value.endsWith('\n')) return `ends with a newline: ${SECRET_SPACE_HINT}; ${ECHO_HINT}`;
+  if (value.endsWith('\r')) return `ends with a carriage return (a file saved with Windows line ends?): ${SECRET_SPACE_HINT}; strip it`;
+  const at = /\s$/.test(value) ? 'ends' : /^\s/.test(value) ? 'starts' : undefined;
+  return at && `${at} with ${/^ | $/.test(value) ? 'a space' : 'white space'}: ${SECRET_SPACE_HINT}; strip it`;
+}
+
 /**
  * A per-policy tokens file: YAML (or JSON) mapping each privacy policy to
  * its registration secret, e.g. `"111": s3cret-for-111`.
@@ -132,6 +151,8 @@ export function loadTokens(path: string): Record<string, string | string[]> {
     // A list: each accepted, while the policy's servers move from one secret to the next.
     const list = Array.isArray(given) ? given : [given];
     if (list.length === 0 || list.some((secret) => typeof secret !== 'string')) throw new FileError(`the tokens file '${path}': the secret of policy '${policy}' must be a string, or a list of them; ${TOKENS_HINT}`);
+    const spaced = list.map((secret) => badSecretText(String(secret))).find((why) => why && why !== 'is empty');
+    if (spaced) throw new FileError(`the tokens file '${path}': a secret of policy '${policy}' ${spaced}`);
     if (list.some((secret) => String(secret).length < 8)) throw new FileError(`the tokens file '${path}': a secret of policy '${policy}' is shorter than 8 characters: a short secret is easy to guess`);
     out[policy] = Array.isArray(given) ? list.map(String) : String(given);
   }

@@ -23,7 +23,7 @@ import { FileError, LocalCode } from '../transport/errors.js';
 import { MAX_TIMER_MS } from '../transport/clock.js';
 import { MAX_ID_LENGTH } from '../transport/messages.js';
 import { BUDGET_UNDER_A_LIMIT } from '../transport/budget.js';
-import { loadedCerts, loadTokens, tlsFileHint, tlsFromFlags, TOKENS_HINT, readYamlFile, whyUnreadable, type LoadedCert } from './files.js';
+import { badSecretText, loadedCerts, loadTokens, tlsFileHint, tlsFromFlags, TOKENS_HINT, readYamlFile, whyUnreadable, type LoadedCert } from './files.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 import {
   dict, flag, INVALID, IssuesError, list, name, object, oneOf, oneOrList, opt, readYaml, refine, req, scalar, text, whole, yaml, type Field, type Infer, type Issue, type Schema,
@@ -179,7 +179,12 @@ const advertiseHost: Schema<string> = {
   },
 };
 
-const secret = refine(text, (t) => (t.length < 8 ? 'a secret needs at least 8 characters: a short secret is easy to guess' : undefined));
+/** A secret's text: white space at an end is refused as every secret's is (`badSecretText`); an empty one is refused by `secret`'s length, or as empty. */
+const secretText = refine(text, (t) => {
+  const bad = badSecretText(t);
+  return bad && `a secret that ${bad}`;
+});
+const secret = refine(secretText, (t) => (t.length < 8 ? 'a secret needs at least 8 characters: a short secret is easy to guess' : undefined));
 const path = refine(text, (t) => (t.length === 0 ? 'expected a file path, got an empty string' : undefined));
 
 /** `HOST:PORT`, `[::1]:PORT` or `PORT` (127.0.0.1). */
@@ -258,7 +263,7 @@ const otherFields = {
     ttl: opt(whole('seconds', 1), `lease TTL of this proxy's own key, in seconds (default ${REGISTRY_DEFAULTS.ttlSeconds})`),
     advertise: opt(advertiseHost, 'the address clients dial to reach this proxy, without a port (default: host); an IPv6 one bare or in brackets'),
     username: opt(text, "etcd's user, when etcd has authentication on"),
-    password: opt(text, "that user's password (REVPROXY_REGISTRY_PASSWORD overrides it)"),
+    password: opt(secretText, "that user's password (REVPROXY_REGISTRY_PASSWORD overrides it)"),
     tls: opt(object('registry.tls', {
       ca: opt(path, "PEM CA that signed etcd's certificate"),
       cert: opt(path, 'PEM client certificate for etcd (with key)'),

@@ -7,7 +7,7 @@ import { createServer as httpServer } from 'node:http';
 import { createServer as netServer, type AddressInfo } from 'node:net';
 import { makePki } from './certs.js';
 import { killAll, revproxy, ROOT, start } from './procs.js';
-import { collector, frame, rawConnect, tempDir } from './helpers.js';
+import { collector, frame, rawConnect, sleep, tempDir } from './helpers.js';
 import type { AckMsg } from '../transport/messages.js';
 import { createActor, setup } from 'xstate';
 import { normaliseArgv, OLD_FLAGS, parseIntOption, runUntilStopped, UsageError, type FlagTable } from '../cli/common.js';
@@ -256,12 +256,47 @@ cli('an IPv6 address given with a port but without brackets (::1:2100), or an ad
   await usage(['proxy', '--check', '--config', join(dir, 'p.yaml')], /p\.yaml:3:11: admin\.listen: expected HOST:PORT .*, got "::1:9100": an IPv6 address goes in brackets before its port: \[::1\]:9100/, 1);
 });
 
-/** Runs `revproxy ARGS`, which must exit with `status` (2: a usage error) having said `said`. */
-async function refused(args: string[], said: RegExp, status = 2): Promise<void> {
-  const p = revproxy(args);
-  assert.is(await p.exited, status, `${args.join(' ')}: ${p.out.join('\n')}`);
-  assert.match(p.out.join('\n'), said, args.join(' '));
+/**
+ * Runs `revproxy ARGS` (with `env`), which must exit with `status` (2: a usage error) within 10 s having
+ * said `said`; returns what it printed. One that runs on is killed, and fails.
+ */
+async function refused(args: string[], said: RegExp, status = 2, env: Record<string, string> = {}): Promise<string> {
+  const p = revproxy(args, { env });
+  const code = await Promise.race([p.exited, sleep(10_000).then(() => 'still running')]);
+  if (code === 'still running') p.kill('SIGKILL');
+  const what = `${Object.entries(env).map(([k, v]) => `${k}=${JSON.stringify(v)} `).join('')}${args.join(' ')}`;
+  assert.is(code, status, `${what}: ${p.out.join('\n')}`);
+  assert.match(p.out.join('\n'), said, what);
+  return p.out.join('\n');
 }
+
+cli('secrets (--token, --admin-token, --inspect-token, --registry-password and their REVPROXY_* variables; the file\'s, the tokens file\'s), one rule on every command: an empty one is refused, not taken as none; white space at an end is refused naming where it came from and how it got there, the value never shown', async () => {
+  // A blank EnvironmentFile line: the proxy said "must be at least 8 characters", a server started without a token and said nothing.
+  const empty = (name: string) => new RegExp(`${name} is set but empty \\(a blank line in an EnvironmentFile .*unset the variable \\(remove the line\\) to go without one`);
+  await refused(['proxy', '--check', '--port', '45170'], empty('REVPROXY_TOKEN'), 2, { REVPROXY_TOKEN: '' });
+  await refused(['server', '--id', 'e1', '--pp', '1', '--revproc', '45171'], empty('REVPROXY_TOKEN'), 2, { REVPROXY_TOKEN: '' });
+  await refused(['proxy', '--check', '--port', '45170', '--admin', '45172'], empty('REVPROXY_ADMIN_TOKEN'), 2, { REVPROXY_ADMIN_TOKEN: '' });
+  await refused(['client', '--revproc', '45171', '--pkt', 'pktfiles'], empty('REVPROXY_INSPECT_TOKEN'), 2, { REVPROXY_INSPECT_TOKEN: '' });
+  await refused(['server', '--id', 'e1', '--pp', '1', '--registry', 'etcd://127.0.0.1:45173', '--registry-user', 'u'], empty('REVPROXY_REGISTRY_PASSWORD'), 2, { REVPROXY_REGISTRY_PASSWORD: '' });
+  await refused(['server', '--id', 'e1', '--pp', '1', '--revproc', '45171', '--token', ''], /--token is empty \(an unset shell variable.*leave --token out to go without one/);
+  // A Kubernetes secret made with echo: the proxy took the newline as part of its token, servers with the trimmed one were refused UNAUTHORIZED.
+  const newline = /REVPROXY_TOKEN ends with a newline: a secret never starts or ends with white space here .*made with echo.*printf '%s' SECRET \(or echo -n\), or strip it/;
+  for (const cmd of [['proxy', '--check', '--port', '45170'], ['server', '--id', 'e1', '--pp', '1', '--revproc', '45171']]) {
+    const out = await refused(cmd, newline, 2, { REVPROXY_TOKEN: 'sekrit-123456\n' });
+    assert.not.ok(out.includes('sekrit'), out);
+  }
+  await refused(['server', '--id', 'e1', '--pp', '1', '--revproc', '45171', '--token', 'sekrit-123456 '], /--token ends with a space: .*strip it/);
+  await refused(['proxy', '--check', '--port', '45170', '--admin', '45172', '--admin-token', '\tsekrit-123456'], /--admin-token starts with white space/);
+  await refused(['proxy', '--check', '--port', '45170'], /REVPROXY_TOKEN ends with a carriage return \(a file saved with Windows line ends\?\)/, 2, { REVPROXY_TOKEN: 'sekrit-123456\r' });
+  // In the file, and in the tokens file (a quoted or block scalar keeps the newline): at --check, with where.
+  const dir = tempDir('secrets-');
+  writeFileSync(join(dir, 'p.yaml'), 'port: 0\ntoken: "sekrit-123456\\n"\n');
+  await refused(['proxy', '--check', '--config', join(dir, 'p.yaml')], /p\.yaml:2:8: token: a secret that ends with a newline: .*printf/, 1);
+  writeFileSync(join(dir, 't.yaml'), '"111": |\n  sekrit-123456\n');
+  await refused(['proxy', '--check', '--port', '45170', '--tokens', join(dir, 't.yaml')], /the tokens file '.*t\.yaml': a secret of policy '111' ends with a newline/, 1);
+  // A good one still passes.
+  await refused(['proxy', '--check', '--port', '45170'], /is valid/, 0, { REVPROXY_TOKEN: 'sekrit-123456' });
+});
 
 cli('a proxy listed twice in --revproc, however written (2100,2100; 2100,127.0.0.1:2100; [::1]:2100,[0:0:0:0:0:0:0:1]:2100), is a usage error naming it: server, client and load', async () => {
   // A server given one proxy twice registered with it twice and was refused its own id every 5 s, told to pick another.
@@ -738,9 +773,9 @@ cli("every --option README.md and docs/ name is one a revproxy command's --help 
   }));
   const optionsIn = (text: string): string[] => [...text.matchAll(/(?:^|[^a-z0-9-])(--[a-z][a-z0-9-]*)/gm)].map((m) => m[1]!);
   const known = new Set([...optionsIn(helps.join('\n')), ...optionsIn(/const USAGE = `([^`]*)`/.exec(readFileSync(join(ROOT, 'bench/soak.ts'), 'utf8'))![1]!)]);
-  // Other programs' options the docs show beside revproxy's: Node's (--disable-sigusr1 of a later Node), etcd's and etcdctl's, Docker's (--init), systemctl's, npm's, certbot's, GNU timeout's.
+  // Other programs' options the docs show beside revproxy's: Node's (--disable-sigusr1 of a later Node), etcd's and etcdctl's, Docker's (--init), kubectl's (--from-file), systemctl's, npm's, certbot's, GNU timeout's.
   const others = ['--import', '--require', '--cpu-prof', '--trace-gc', '--trace-gc-nvp', '--max-semi-space-size', '--min-semi-space-size', '--initial-heap-size', '--heap-growing-percent', '--no-allocation-site-pretenuring', '--trace-pretenuring-statistics', '--perf-basic-prof', '--single-threaded-gc', '--v8-pool-size', '--maglev', '--trace-warnings', '--trace-deprecation', '--disable-sigusr1',
-    '--auto-compaction-retention', '--client-cert-auth', '--quota-backend-bytes', '--trusted-ca-file', '--cert-file', '--consistency', '--lease', '--prefix', '--memory', '--ulimit', '--now', '--no-save', '--deploy-hook', '--foreground', '--init'];
+    '--auto-compaction-retention', '--client-cert-auth', '--quota-backend-bytes', '--trusted-ca-file', '--cert-file', '--consistency', '--lease', '--prefix', '--memory', '--ulimit', '--now', '--no-save', '--deploy-hook', '--foreground', '--init', '--from-file'];
   // Misspellings the docs show on purpose (what a typo is told).
   const misspelt = ['--timout'];
   const unknown = [...new Set(optionsIn(docsText()))].filter((o) => !known.has(o) && !others.includes(o) && !misspelt.includes(o));
