@@ -7,7 +7,7 @@ import { badDialAddress, bracketHint, DEFAULT_PROXY_PORT, dialAddress, hostPort,
 import { UsageError } from '../transport/errors.js';
 import { badSecretText, tlsFromFlags, type LoadedCert } from '../config/files.js';
 import { expiryWarning } from '../transport/tls.js';
-import { badListenHost, EMPTY_HOST_HINT, listenAddress, unbracket } from '../config/proxy.js';
+import { listenAddress, listenHostProblem, unbracket } from '../config/proxy.js';
 import { nearest } from '../config/schema.js';
 import { isRegistryUrl, parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 
@@ -149,14 +149,14 @@ export function parsePort(value: string, what = 'port'): number {
 
 /**
  * `--host`: an address to listen on, an IPv6 one bracketed or not (`[::1]`, `::1`); an empty one (an
- * unset variable) is refused, not taken as every address, and so is one with a port in it, which
- * Node took for a host name that does not resolve. `portFlag` is the command's flag for the port.
+ * unset variable) is refused, not taken as every address, and so is one with a port in it (`::1:80`
+ * too), which Node took for a host name that does not resolve, and one that is no address (spaces
+ * around it, a bracket alone: `badListenHost`). `portFlag` is the command's flag for the port.
  */
 export function hostParser(portFlag: string): (value: string) => string {
   return (value) => {
-    const bad = badListenHost(value);
-    if (bad === 'empty') throw new InvalidArgumentError(`--host takes an address to listen on, got an empty one: ${EMPTY_HOST_HINT}`);
-    if (bad === 'port') throw new InvalidArgumentError(`--host takes an address without a port, got '${value}': give the port with ${portFlag}`);
+    const bad = listenHostProblem(value, portFlag);
+    if (bad) throw new InvalidArgumentError(`--host takes an address ${bad}`);
     return listenAddress(value);
   };
 }

@@ -28,7 +28,7 @@ import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/
 import { monotonicEpoch } from '../inspector/hub.js';
 import type { PoolView } from '../inspector/views.js';
 import { systemClock } from '../transport/clock.js';
-import { bracketHint, isLoopback, isThisMachine } from '../transport/address.js';
+import { bracketHint, hostPort as hostAndPort, isLoopback, isThisMachine } from '../transport/address.js';
 import { ErrorCode } from '../transport/errors.js';
 import { RETRY_CONDITIONS } from '../actors/link.js';
 import { dial, expiryWarning, type TlsMaterial } from '../transport/tls.js';
@@ -596,7 +596,10 @@ export async function listenWarning(what: string, host: string): Promise<string 
   }
   if (addresses.some(isThisMachine)) return undefined;
   const mine = new Set(Object.values(networkInterfaces()).flatMap((list) => (list ?? []).map((a) => a.address)));
-  return `${what} ${host}${addresses[0] === host ? '' : ` (${addresses.join(', ')})`} is not an address of this machine: a start here fails to listen (EADDRNOTAVAIL); give one of its addresses (${[...mine].join(', ')}), or 0.0.0.0 or :: for every address`;
+  // `::1:2100` is an IPv6 address of its own, and the port it may have meant is said.
+  const at = host.lastIndexOf(':');
+  const port = bracketHint(host) ? `; if :${host.slice(at + 1)} is a port, write ${hostAndPort(host.slice(0, at), host.slice(at + 1))}` : '';
+  return `${what} ${host}${addresses[0] === host ? '' : ` (${addresses.join(', ')})`} is not an address of this machine: a start here fails to listen (EADDRNOTAVAIL); give one of its addresses (${[...mine].join(', ')}), or 0.0.0.0 or :: for every address${port}`;
 }
 
 /** How long `--check` waits for a listen address's name to resolve (`listenWarning`). */

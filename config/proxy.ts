@@ -10,6 +10,7 @@
  * defaults. Paths in the file are relative to the file's folder.
  */
 import { accessSync, closeSync, constants, existsSync, openSync, readFileSync, statSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { LEVELS, SUMMARY_INTERVAL_MS, type Level } from '../actors/logger.js';
 import { ACCESS_LOG_HOLD } from '../admin/access-log.js';
@@ -143,26 +144,44 @@ export function unbracket(host: string): string {
 }
 
 /**
- * Why `host` is not an address to listen on, or undefined: 'empty' (an unset variable), or 'port': a
- * port in it (`127.0.0.1:80`, `[::1]:80`), which Node took for a host name and failed to resolve
- * ("cannot listen on [127.0.0.1:80]:2100"). A bare IPv6 address (::1, fe80::1) has colons of its own.
+ * Why `host` is not an address to listen on, or undefined: `empty` (an unset variable); `port`, a
+ * port in it (`127.0.0.1:80`, `[::1]:80`, which Node took for a host name and failed to resolve:
+ * "cannot listen on [127.0.0.1:80]:2100"; `::1:80`, an IPv6 one without its brackets, with `hint`
+ * saying how to write it: it failed as a name that does not resolve, ENOTFOUND); or `form`, `why`
+ * it is no address - spaces around it (` 127.0.0.1` was looked up as a host name), a bracket alone
+ * (`[::1`, `::1]`), brackets around what is not an IPv6 address, a URL, a character no host name has -
+ * by the rules of an address peers dial (`badDialAddress`). `*`, `0.0.0.0`, `::` and `[::]` are every
+ * address; a bare IPv6 address (::1, fe80::1) has colons of its own.
  */
-export function badListenHost(host: string): 'empty' | 'port' | undefined {
-  const h = host.trim();
-  if (h === '') return 'empty';
-  if (/^\[[^\]]*\]:\d*$/.test(h) || /^[^:[\]]+:\d*$/.test(h)) return 'port';
-  return undefined;
+export function badListenHost(host: string): { kind: 'empty' } | { kind: 'port'; hint?: string } | { kind: 'form'; why: string } | undefined {
+  if (host.trim() === '') return { kind: 'empty' };
+  if (host === '*' || isEveryAddress(host)) return undefined;
+  if (/^\[[^\]]*\]:\d*$/.test(host) || /^[^:[\]\s]+:\d*$/.test(host)) return { kind: 'port' };
+  const v6 = isIP(host) === 0 ? bracketHint(host) : undefined;
+  if (v6) return { kind: 'port', hint: v6 };
+  const why = badDialAddress(host, 'give the port on its own');
+  return why ? { kind: 'form', why } : undefined;
+}
+
+/**
+ * What is wrong with `host` as an address to listen on (`badListenHost`), said after "<what> ",
+ * or undefined: `portSays` names where the port goes (`--port`, `port (--port)`).
+ */
+export function listenHostProblem(host: string, portSays: string): string | undefined {
+  const bad = badListenHost(host);
+  if (bad?.kind === 'empty') return `to listen on, got an empty one: ${EMPTY_HOST_HINT}`;
+  if (bad?.kind === 'port') return `without a port, got '${host}'${bad.hint ? ` (${bad.hint}): give the address alone, and the port with ${portSays}` : `: give the port with ${portSays}`}`;
+  return bad && `to listen on, got '${host}': ${bad.why}`;
 }
 
 /** `host`: an address to listen on, its IPv6 brackets taken off. */
 const listenHost: Schema<string> = {
   expected: 'an address to listen on',
   read(node, at, ctx) {
-    const why = (t: string): string | undefined => {
-      const bad = badListenHost(t);
-      return bad === 'empty' ? `expected an address to listen on, got an empty string: ${EMPTY_HOST_HINT}` : bad === 'port' ? `expected an address without a port, got '${t}': give the port with port (--port)` : undefined;
-    };
-    const v = refine(text, why).read(node, at, ctx);
+    const v = refine(text, (t) => {
+      const bad = listenHostProblem(t, 'port (--port)');
+      return bad && `expected an address ${bad.replace(/^to listen on, got an empty one/, 'to listen on, got an empty string')}`;
+    }).read(node, at, ctx);
     return v === INVALID ? v : listenAddress(v);
   },
 };

@@ -298,6 +298,24 @@ cli('secrets (--token, --admin-token, --inspect-token, --registry-password and t
   await refused(['proxy', '--check', '--port', '45170'], /is valid/, 0, { REVPROXY_TOKEN: 'sekrit-123456' });
 });
 
+cli('--host (and the file\'s host) refuses what is no address to listen on: an IPv6 address with a port and no brackets (::1:2100), spaces around it, a bracket alone ([::1, ::1]), brackets around an IPv4 address, a URL', async () => {
+  // '::1:45020' failed to start ("does not resolve here (ENOTFOUND)"); ' 127.0.0.1', '[::1' and '::1]' passed --check as host names with a warning.
+  await refused(['proxy', '--check', '--port', '45180', '--host', '::1:45020'], /--host takes an address without a port, got '::1:45020' \(an IPv6 address goes in brackets before its port: \[::1\]:45020\): give the address alone, and the port with --port/);
+  await refused(['server', '--id', '1', '--pp', '1', '--host', 'fd00::5:45080'], /got 'fd00::5:45080' \(an IPv6 address goes in brackets before its port: \[fd00::5\]:45080\): give the address alone, and the port with --listen/);
+  await refused(['proxy', '--check', '--port', '45180', '--host', ' 127.0.0.1'], /--host takes an address to listen on, got ' 127\.0\.0\.1': it has spaces around it/);
+  for (const h of ['[::1', '::1]', '[127.0.0.1]']) await refused(['proxy', '--check', '--port', '45180', '--host', h], new RegExp(`--host takes an address to listen on, got '${h.replace(/[[\].]/g, '\\$&')}': brackets hold an IPv6 address alone, as \\[::1\\]`));
+  await refused(['proxy', '--check', '--port', '45180', '--host', 'http://0.0.0.0'], /got 'http:\/\/0\.0\.0\.0': it is a URL: give its host alone/);
+  const dir = tempDir('host-forms-');
+  writeFileSync(join(dir, 'p.yaml'), 'port: 0\nhost: "::1]"\n');
+  await refused(['proxy', '--check', '--config', join(dir, 'p.yaml')], /p\.yaml:2:7: host: expected an address to listen on, got '::1\]': brackets hold an IPv6 address alone/, 1);
+  writeFileSync(join(dir, 'p.yaml'), 'port: 0\nhost: "::1:45020"\n');
+  await refused(['proxy', '--check', '--config', join(dir, 'p.yaml')], /p\.yaml:2:7: host: expected an address without a port, got '::1:45020' \(an IPv6 address goes in brackets .*\[::1\]:45020\): give the address alone, and the port with port \(--port\)/, 1);
+  // '::1:2100' is itself an IPv6 address (2100 a group of it): taken, and --check says it is not this machine's, and how a port is written.
+  await refused(['proxy', '--check', '--port', '45180', '--host', '::1:2100'], /warning: host ::1:2100 is not an address of this machine.*if :2100 is a port, write \[::1\]:2100/, 0);
+  // Still taken: every address, a bare or bracketed IPv6 one, one that is itself an IPv6 address ending in digits.
+  for (const h of ['*', '::', '[::]', '::1', '[::1]', '::ffff:127.0.0.1', 'localhost']) await refused(['proxy', '--check', '--port', '45180', '--host', h], /is valid/, 0);
+});
+
 cli('a proxy listed twice in --revproc, however written (2100,2100; 2100,127.0.0.1:2100; [::1]:2100,[0:0:0:0:0:0:0:1]:2100), is a usage error naming it: server, client and load', async () => {
   // A server given one proxy twice registered with it twice and was refused its own id every 5 s, told to pick another.
   await refused(['server', '--id', 's1', '--pp', '1', '--revproc', '45160,45160'], /'45160,45160' lists the reverse proxy at 127\.0\.0\.1:45160 twice: list each proxy once/);
