@@ -76,6 +76,11 @@ export class Inflight<R> {
     if (this.count === 1) this.busy?.add(this);
   }
 
+  /** The seq handed out last (0 before any). */
+  get lastSeq(): number {
+    return this.seq;
+  }
+
   /** Whether `upSeq` was handed out by this table (in flight, answered or expired since), as against a seq it never gave. */
   wasSent(upSeq: number): boolean {
     return upSeq >= 1 && upSeq <= 0xffffffff && (this.wrapped || upSeq <= this.seq);

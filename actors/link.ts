@@ -47,6 +47,11 @@ export interface Peer {
   mixed: boolean;
   /** PINGs sent on a registration connection without a PONG since. */
   missedPings: number;
+  /**
+   * PINGs sent on a registration connection whose PONG has not come (a late one is still owed): a PONG
+   * beyond them answers nothing, and is refused as bad input (a server flooding them unasked cost the proxy CPU).
+   */
+  pongsOwed: number;
   /** On a registration connection: the id of the server it registered. */
   serverId?: string;
   /**
@@ -58,7 +63,7 @@ export interface Peer {
 }
 
 export function newPeer(conn: Connection): Peer {
-  return { conn, role: 'unknown', outstanding: 0, heldBytes: 0, throttled: false, queueHeld: false, policy: undefined, mixed: false, missedPings: 0 };
+  return { conn, role: 'unknown', outstanding: 0, heldBytes: 0, throttled: false, queueHeld: false, policy: undefined, mixed: false, missedPings: 0, pongsOwed: 0 };
 }
 
 /** A client request as it travels through the proxy. */

@@ -264,7 +264,10 @@ export function admit(context: ProxyContext, peer: Peer, s: SetupMsg): void {
     id: s.id, policy: s.privPolyId, port: s.listenport, host: conn.remoteAddress, wire: conn.wire,
   }, (n, span) => `${fmt(n)} more registration(s)${span ? ` ${span}` : ''}, past ${LIFE_LINES} registration lines an interval: not logged one by one`);
   // The first PING on a registration connection tells the server it was accepted (an old server has closed it already).
-  if (conn.wire !== 'json') conn.send({ type: MsgType.PING, seq: 0 });
+  if (conn.wire !== 'json') {
+    conn.send({ type: MsgType.PING, seq: 0 });
+    peer.pongsOwed++;
+  }
   // An old server's setup connection closes at once: it is not its presence.
   const registration = conn.wire === 'json' ? undefined : peer;
   if (registration) registration.serverId = s.id;

@@ -98,8 +98,10 @@ class AcceptedReads implements MessageSink {
         (data ??= []).push(m);
         continue;
       }
-      if (m.type === MsgType.PONG && peer.role === 'registration') {
-        peer.missedPings = 0; // liveness bookkeeping only: no event
+      // A PONG answering a PING of ours (a late one too): liveness bookkeeping only, no event. One beyond them is bad input (below).
+      if (m.type === MsgType.PONG && peer.role === 'registration' && m.seq === 0 && peer.pongsOwed > 0) {
+        peer.pongsOwed--;
+        peer.missedPings = 0;
         continue;
       }
       if (m.type === MsgType.PING && peer.role !== 'registration') {
@@ -127,7 +129,9 @@ class AcceptedReads implements MessageSink {
         core.sendBack({
           type: 'BAD_INPUT',
           peer,
-          error: new ProtocolError(ErrorCode.BAD_REQUEST, `message type ${m.type} is not allowed as ${what}`),
+          error: new ProtocolError(ErrorCode.BAD_REQUEST, m.type === MsgType.PONG && peer.role === 'registration'
+            ? `a PONG (seq ${m.seq}) that answers no PING of the proxy's (it PINGs with seq 0, and every PING it sent was answered already): a server sends one PONG per PING, with its seq`
+            : `message type ${m.type} is not allowed as ${what}`),
         });
         return;
       }
@@ -379,6 +383,7 @@ export const pinger = fromCallback<ProxyEvent, { servers: Map<string, Member>; c
         continue;
       }
       peer.missedPings++;
+      peer.pongsOwed++;
       peer.conn.send({ type: MsgType.PING, seq: 0 });
     }
   }, input.every);

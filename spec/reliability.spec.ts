@@ -364,7 +364,7 @@ r('a server that reads its link a little at a time holds no more of the proxy\'s
 });
 
 r('many servers that read their links too slowly hold no more of the proxy\'s memory together than the links\' part of the buffer budget, and the one that reads serves the clients', async () => {
-  // Each link may hold a 32nd of the budget unwritten; 24 servers that stopped reading (their PONGs keep them alive, and
+  // Each link may hold a 32nd of the budget unwritten; 24 servers that stopped reading (a late answer each 100 ms keeps them alive, and
   // they are never ejected here, as a server that answers a little is not) held 24 of them: nothing bounded the total.
   const budget = 16 * 1024 * 1024;
   const size = 100_000;
@@ -522,7 +522,9 @@ async function trickleServer(proxyPort: number, id: string, policy: string, perT
       while (!verified && (chunk = s.read()) !== null) feed(chunk);
     });
     const tick = setInterval(() => {
-      if (verified && perTick === 0) s.write(encodeFrame({ type: 5, seq: 0 }));
+      // Reading nothing, it keeps its link alive (a read each tick) with a late answer to its link's first request: an
+      // unasked PONG closes a link as a protocol violation (docs/PROTOCOL.md), a late answer does not.
+      if (verified && perTick === 0 && s.readableLength > 0) s.write(encodeFrame({ type: 2, seq: 1, srcid: id, destid: 'late', payload: 'ok', payloadsize: 2 }));
       const n = Math.min(perTick, s.readableLength);
       const chunk = verified && n > 0 ? (s.read(n) as Buffer | null) : null;
       if (chunk) feed(chunk);
