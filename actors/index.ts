@@ -3,7 +3,7 @@
  * helper returns once the actor is ready (or has failed with a clear error).
  */
 import { createActor, type InspectionEvent } from 'xstate';
-import { badDialAddress, dialAddress, hostPort, isEveryAddress } from '../transport/address.js';
+import { badDialAddress, hostPort, isEveryAddress, unbracket } from '../transport/address.js';
 import { systemClock, xstateClock } from '../transport/clock.js';
 import { StartError } from '../transport/errors.js';
 import { endpoints, type Revproc } from './connect.js';
@@ -384,5 +384,5 @@ function advertised(value: string | undefined, who: string, portSays: string): s
   if (value === undefined) return undefined;
   const bad = typeof value === 'string' ? badDialAddress(value, portSays) : `it is ${typeof value}, not a string`;
   if (bad) throw new StartError(`registry.advertise is the address ${who} dial to reach this machine, without a port, got '${String(value)}': ${bad}`);
-  return dialAddress(value);
+  return unbracket(value);
 }

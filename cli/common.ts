@@ -3,11 +3,11 @@ import { isIP } from 'node:net';
 import { InvalidArgumentError, Option } from 'commander';
 import { Destination, jsonSink, LEVELS, Logger, LogStream, textSink, type Level, type LogSink } from '../actors/logger.js';
 import type { Endpoint } from '../actors/server.js';
-import { badDialAddress, bracketHint, DEFAULT_PROXY_PORT, dialAddress, hostPort, repeatedEndpoint } from '../transport/address.js';
+import { badDialAddress, bracketHint, DEFAULT_PROXY_PORT, hostPort, repeatedEndpoint, unbracket } from '../transport/address.js';
 import { UsageError } from '../transport/errors.js';
 import { badSecretText, tlsFromFlags, type LoadedCert } from '../config/files.js';
 import { expiryWarning } from '../transport/tls.js';
-import { listenAddress, listenHostProblem, unbracket } from '../config/proxy.js';
+import { listenAddress, listenHostProblem } from '../config/proxy.js';
 import { nearest } from '../config/schema.js';
 import { isRegistryUrl, parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 
@@ -231,7 +231,7 @@ export function advertiseParser(portFlag: string): (value: string) => string {
   return (value) => {
     const bad = badDialAddress(value, `give the port with ${portFlag}`);
     if (bad) throw new InvalidArgumentError(`--advertise takes the address peers dial to reach this machine, without a port, got '${value}': ${bad}`);
-    return dialAddress(value);
+    return unbracket(value);
   };
 }
 

@@ -19,7 +19,7 @@ import { RETRY_CONDITIONS, type RetryCondition } from '../actors/link.js';
 import { badTrustedSource } from '../actors/port-limits.js';
 import { badWholeNumbers } from '../actors/server.js';
 import { HEAP_PER_CONNECTION, HEAP_RESERVE, MIN_DEFAULT_CONNECTIONS } from '../actors/memory-limit.js';
-import { badDialAddress, bracketHint, dialAddress, hostPort as hostAndPort, isEveryAddress } from '../transport/address.js';
+import { badDialAddress, bracketHint, hostPort as hostAndPort, isEveryAddress, unbracket } from '../transport/address.js';
 import { FileError, LocalCode } from '../transport/errors.js';
 import { MAX_TIMER_MS } from '../transport/clock.js';
 import { MAX_ID_LENGTH } from '../transport/messages.js';
@@ -138,11 +138,6 @@ export function listenAddress(host: string): string {
   return h.trim() === '*' ? '0.0.0.0' : h;
 }
 
-/** `[::1]` as the address it brackets (::1), as a URL writes it; anything else as it is. */
-export function unbracket(host: string): string {
-  return /^\[([^\]]+)\]$/.exec(host.trim())?.[1] ?? host;
-}
-
 /**
  * Why `host` is not an address to listen on, or undefined: `empty` (an unset variable); `port`, a
  * port in it (`127.0.0.1:80`, `[::1]:80`, which Node took for a host name and failed to resolve:
@@ -194,7 +189,7 @@ const advertiseHost: Schema<string> = {
       const bad = badDialAddress(t, 'give the port with port (--port)');
       return bad && `expected the address clients dial to reach this proxy, without a port, got '${t}': ${bad}`;
     }).read(node, at, ctx);
-    return v === INVALID ? v : dialAddress(v);
+    return v === INVALID ? v : unbracket(v);
   },
 };
 

@@ -70,9 +70,12 @@ export function badDialAddress(value: string, portSays: string): string | undefi
   return 'it is neither an IP address nor a host name (letters, digits, - and _, in labels separated by dots)';
 }
 
-/** An address `badDialAddress` takes, as peers dial it: an IPv6 one without its brackets (the registry's entries write it so). */
-export function dialAddress(value: string): string {
-  return value.startsWith('[') && value.endsWith(']') ? value.slice(1, -1) : value;
+/**
+ * `[::1]` as the address it brackets (::1), as a URL writes it; anything else as it is. An address
+ * `badDialAddress` takes goes into the registry so: its entries write an IPv6 address without brackets.
+ */
+export function unbracket(host: string): string {
+  return /^\[([^\]]+)\]$/.exec(host.trim())?.[1] ?? host;
 }
 
 /**
@@ -142,7 +145,7 @@ export function peerAddress(socket: { remoteAddress?: string }, named?: string):
  */
 export function endpointKey(ep: { host: string; port: number }): string {
   const given = String(ep.host);
-  let host = plainIPv4((given.startsWith('[') && given.endsWith(']') ? given.slice(1, -1) : given).toLowerCase());
+  let host = plainIPv4(unbracket(given).toLowerCase());
   if (isIPv6(host) && !host.includes('%')) {
     try {
       host = new URL(`http://[${host}]/`).hostname.slice(1, -1);
