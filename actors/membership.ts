@@ -238,14 +238,14 @@ export function admit(context: ProxyContext, peer: Peer, s: SetupMsg): void {
     // An old server's setup names only a port: the proxy dials the address it came from. One naming this
     // proxy's own client port from this machine had the proxy send its requests into itself, round and round.
     const loop = ownClientPort(context, host, s.listenport);
-    if (loop) return void refuseJson(context, peer, s, 'register_refused', `${loop}: requests sent there would come back into this proxy. Give the server's own listen port (-listen)`);
+    if (loop) return void refuseOldSetup(context, peer, s, `${loop}: requests sent there would come back into this proxy. Give the server's own listen port (-listen)`);
   }
   // An old server that restarts sends its setup again, and cannot read a refusal: take the new one - from the
   // address the held one came from, or when the held one's link is down (it moved). Any peer took a live
   // old server's id, and with it every request of its policy.
   if (held && held.wire === 'json' && conn.wire === 'json') {
     if (held.host === host || held.downSince !== undefined) removeServer(context, held, held.host === host ? 'it sent a new setup message' : `it sent a new setup message from ${host}, and its link to ${hostPort(held.host, held.port)} is down`);
-    else return void refuseJson(context, peer, s, 'register_refused', `server id ${s.id} is held by a live old server at ${hostPort(held.host, held.port)}, and this setup came from another address: a peer may not take a live server's id. An old server that moved is taken once its old address stops answering (restart it then), or use ids each host keeps to itself`, ErrorCode.DUPLICATE_ID);
+    else return void refuseOldSetup(context, peer, s, `server id ${s.id} is held by a live old server at ${hostPort(held.host, held.port)}, and this setup came from another address: a peer may not take a live server's id. An old server that moved is taken once its old address stops answering (restart it then), or use ids each host keeps to itself`, ErrorCode.DUPLICATE_ID);
   } else if (held) {
     // A flood of them must not become a flood of lines: one, then one per interval with a count (as for UNAUTHORIZED).
     log.repeated('warn', 'register_refused', `${conn.remoteAddress}\0${ErrorCode.DUPLICATE_ID}`, 1, (n, span) => `Refused setup from ${conn.describe()}: server id ${s.id} is already registered${span ? ` (${n} times ${span})` : ''}`, {
@@ -289,9 +289,9 @@ function ownClientPort(context: ProxyContext, host: string, port: number): strin
 }
 
 /** An old server's setup refused: said once, then counted an interval (a flood of them is a few lines); the old server cannot read the refusal, its connection is closed. */
-function refuseJson(context: ProxyContext, peer: Peer, s: SetupMsg, event: string, why: string, code: ErrorCode = ErrorCode.BAD_REQUEST): void {
+function refuseOldSetup(context: ProxyContext, peer: Peer, s: SetupMsg, why: string, code: ErrorCode = ErrorCode.BAD_REQUEST): void {
   const conn = peer.conn;
-  context.logger.repeated('warn', event, `${conn.remoteAddress}\0${code}`, 1, (n, span) => `Refused setup from ${conn.describe()} for server id ${s.id} privacy policy ${s.privPolyId}: ${why}${span ? ` (${n} times ${span})` : ''}`, {
+  context.logger.repeated('warn', 'register_refused', `${conn.remoteAddress}\0${code}`, 1, (n, span) => `Refused setup from ${conn.describe()} for server id ${s.id} privacy policy ${s.privPolyId}: ${why}${span ? ` (${n} times ${span})` : ''}`, {
     id: s.id, policy: s.privPolyId, port: s.listenport, peer: conn.describe(), code,
   });
   conn.endWith(errorMsg(code, `registration refused: ${why}`));
