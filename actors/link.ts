@@ -256,6 +256,11 @@ export interface LinkPort {
   readonly limit: number | undefined;
   /** When it last took a request (clock ms; -Infinity before any; Infinity where `stalled` keeps to the oldest request's wait alone). */
   readonly sentAt: number;
+  /**
+   * An old JSON server's link: whether its server holds one of the link's connections open now, which
+   * only a live process does (one that exits closes them all). Undefined on other links.
+   */
+  readonly serverHolds?: boolean;
   sendOne(req: ProxyRequest): void;
   /**
    * The pinger's round, for a member with no registration connection (found in the registry):

@@ -241,10 +241,13 @@ export function admit(context: ProxyContext, peer: Peer, s: SetupMsg): void {
     if (loop) return void refuseOldSetup(context, peer, s, `${loop}: requests sent there would come back into this proxy. Give the server's own listen port (-listen)`);
   }
   // An old server that restarts sends its setup again, and cannot read a refusal: take the new one - from the
-  // address the held one came from, or when the held one's link is down (it moved). Any peer took a live
-  // old server's id, and with it every request of its policy.
+  // address the held one came from once its process has exited (a live one holds a connection of its link
+  // open), or when the held one's link is down (it moved). Any peer took a live old server's id, and with it
+  // every request of its policy; any peer on its host did until the held one's connections were asked.
   if (held && held.wire === 'json' && conn.wire === 'json') {
-    if (held.host === host || held.downSince !== undefined) removeServer(context, held, held.host === host ? 'it sent a new setup message' : `it sent a new setup message from ${host}, and its link to ${hostPort(held.host, held.port)} is down`);
+    const restart = held.host === host && !held.traffic.serverHolds;
+    if (restart || held.downSince !== undefined) removeServer(context, held, restart ? 'it sent a new setup message' : `it sent a new setup message from ${host}, and its link to ${hostPort(held.host, held.port)} is down`);
+    else if (held.host === host) return void refuseOldSetup(context, peer, s, `server id ${s.id} is held by a live old server at ${hostPort(held.host, held.port)}, which holds this proxy's connection open: a second server may not take a live server's id. A server that restarts is taken once its old process has exited; give each server an id of its own`, ErrorCode.DUPLICATE_ID);
     else return void refuseOldSetup(context, peer, s, `server id ${s.id} is held by a live old server at ${hostPort(held.host, held.port)}, and this setup came from another address: a peer may not take a live server's id. An old server that moved is taken once its old address stops answering (restart it then), or use ids each host keeps to itself`, ErrorCode.DUPLICATE_ID);
   } else if (held) {
     // A flood of them must not become a flood of lines: one, then one per interval with a count (as for UNAUTHORIZED).

@@ -93,7 +93,13 @@ class JsonLinkPort implements LinkPort {
   constructor(
     readonly inflight: Inflight<ProxyRequest>,
     private readonly self: { send(e: LinkCommand): void },
+    /** The link's connections (its context's `slots`): each one the server accepted and has not closed. */
+    private readonly slots: ReadonlyMap<Connection, unknown>,
   ) {}
+
+  get serverHolds(): boolean {
+    return this.slots.size > 0;
+  }
 
   sendOne(req: ProxyRequest): void {
     this.self.send({ type: 'SEND', requests: [req] });
@@ -486,12 +492,13 @@ export const upstreamJsonMachine = setup({
   id: 'upstreamJson',
   context: ({ input, self }) => {
     const inflight = new Inflight<ProxyRequest>(input.busy, self);
+    const slots = new Map<Connection, Slot>();
     return {
       ...input,
-      traffic: new JsonLinkPort(inflight, self),
+      traffic: new JsonLinkPort(inflight, self, slots),
       limits: { ...OLD_SERVER_DEFAULTS, ...input.old },
       startedAt: input.clock.now(),
-      slots: new Map(),
+      slots,
       dialing: 1, // the socket actor dials the link's first connection at start
       wantStanding: false,
       retryPending: false,

@@ -420,6 +420,32 @@ oldThroughOurs("a live old server's id is not taken by a setup from another addr
   assert.is((await oldClient(['-id', '1', '-pkt', packetFile({ srcid: '1', privPoliId: 'good', payload: 'again' })])).correct, 1);
 });
 
+oldThroughOurs("a live old server's id is not taken by a setup from its own host naming another port: refused DUPLICATE_ID while the server holds the proxy's connection open", async () => {
+  // The rule above let a setup from the held server's address through (a restart), and with it any peer on
+  // the same host: a probe's one setup from 127.0.0.1 naming its own port took 503 of 503 answers.
+  const real = await oldServer('old1', 'good');
+  const taken: string[] = [];
+  const thief = createServer((c) => c.on('data', (d) => taken.push(String(d))).on('error', () => {}));
+  await new Promise<void>((r) => thief.listen(0, LOCAL, r));
+  ctx.closers.push(() => thief.close());
+  await jsonSetup(LOCAL, { id: 'old1', privPolyId: 'good', listenport: (thief.address() as AddressInfo).port });
+  const refusal = (): LogRecord | undefined => ctx.logs.find((l) => l.event === 'register_refused' && l.id === 'old1');
+  await eventually(() => refusal() !== undefined, 3000, 'the setup refused');
+  const refused = refusal()!;
+  assert.is(refused.code, 'DUPLICATE_ID');
+  assert.match(String(refused.msg), /^Refused setup from 127\.0\.0\.1:\d+ for server id old1 privacy policy good: server id old1 is held by a live old server at 127\.0\.0\.1:\d+, which holds this proxy's connection open: a second server may not take a live server's id/);
+  const r = await oldClient(['-id', '1', '-pkt', packetFile({ srcid: '1', privPoliId: 'good', payload: 'mine' }), '-repeat', '3']);
+  assert.is(r.correct, 3, r.text);
+  assert.equal(r.servers, ['old1', 'old1', 'old1']);
+  assert.equal(taken, [], 'nothing reached the other port');
+  assert.not.ok(ctx.logs.some((l) => l.event === 'deregister' && l.id === 'old1'), 'old1 never left');
+  // Once its process has exited, a setup from its host takes the id (a restart on another port).
+  real.kill('SIGKILL');
+  await real.exited;
+  await oldServer('old1', 'good');
+  assert.is((await oldClient(['-id', '1', '-pkt', packetFile({ srcid: '1', privPoliId: 'good', payload: 'again' })])).correct, 1);
+});
+
 oldThroughOurs("an old server's setup naming this proxy's own client port is refused: the proxy does not send requests into itself", async () => {
   // Admitted, such a member took its share of requests and sent each back into the proxy as an old client
   // would: 20 of them took a good client's p50 from 1.7 ms to 3.3 s (a probe).
