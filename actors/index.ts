@@ -11,6 +11,7 @@ import { jsonRegistrations } from './json-registration.js';
 import { logStopped, releaseAll } from './children.js';
 import type { PortClosed } from './port-closed.js';
 import { badTrustedSource } from './port-limits.js';
+import { badSecretOption } from '../config/files.js';
 import { badLogger } from './logger.js';
 import { proxyMachine, type ProxyActor } from './proxy.js';
 import { DEFAULT_LISTEN_HOST, type ProxyOptions } from './proxy-options.js';
@@ -121,6 +122,11 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
   // The rules the config file and the flags keep (config/proxy.ts owns them), for a caller of the library.
   const badNumber = (await import('../config/proxy.js')).badProxyNumber(opts) ?? badLogger(opts.logger);
   if (badNumber) throw new StartError(`startProxy: ${badNumber}`);
+  // Each secret by the rule the flags and the file keep: 8 characters or more, no white space at an end.
+  const badSecret = badSecretOption('token', opts.token, 8, true)
+    ?? Object.entries(opts.tokens ?? {}).map(([policy, v]) => badSecretOption(`tokens['${policy}']`, v, 8, true)).find(Boolean)
+    ?? badSecretOption('registry.password', opts.registry?.password, 0);
+  if (badSecret) throw new StartError(`startProxy: ${badSecret}`);
   const untrusted = (opts.proxyProtocolFrom ?? []).map(badTrustedSource).find(Boolean);
   if (untrusted) throw new StartError(`proxyProtocolFrom: ${untrusted}`);
   if (opts.registry) {
@@ -260,7 +266,9 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
   // An id that is no id cannot name the server in its own error: the call is named instead.
   const noId = badId('id', opts.id);
   if (noId) throw new StartError(`startServer: ${noId}`);
-  const bad = badIdentity(opts) ?? badProxies(opts.proxies) ?? badLimit(opts) ?? badLogger(opts.logger);
+  // A server's token is the proxy's to judge (a short one is never accepted); empty or with white space at an end, it is refused here.
+  const bad = badIdentity(opts) ?? badProxies(opts.proxies) ?? badLimit(opts) ?? badLogger(opts.logger)
+    ?? badSecretOption('token', opts.token, 0) ?? badSecretOption('registry.password', opts.registry?.password, 0);
   if (bad) throw new StartError(`server ${opts.id}: ${bad}`);
   let machine = opts.wire === 'json' ? serverMachine.provide({ actors: { registrations: jsonRegistrations } }) : serverMachine;
   let etcd: EtcdClient | undefined;

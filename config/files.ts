@@ -130,6 +130,32 @@ export function badSecretText(value: string): string | undefined {
 }
 
 /**
+ * What is wrong with `value` as a secret, said as the end of "<where> ...", or undefined: not text,
+ * `badSecretText`, or shorter than `least` characters (the proxy's secrets take 8).
+ */
+export function badSecretValue(value: unknown, least = 0): string | undefined {
+  if (typeof value !== 'string') return `is not text (got ${value === null ? 'null' : Array.isArray(value) ? 'a list' : typeof value})`;
+  return badSecretText(value) ?? (value.length < least ? `is shorter than ${least} characters: a short secret is easy to guess` : undefined);
+}
+
+/**
+ * A library caller's secret option (`token`, `tokens`' values, a registry password): one secret, or a
+ * list of them where `list` (each accepted), by the rule the flags and the file keep. The library took
+ * any: `token: ''` (an unset environment variable read as empty) started a proxy that asked servers for
+ * no secret at all, and `'secret\n'` one that refused every server given it trimmed.
+ */
+export function badSecretOption(name: string, value: unknown, least: number, list = false): string | undefined {
+  if (value === undefined) return undefined;
+  const many = list && Array.isArray(value);
+  if (many && value.length === 0) return `${name} is an empty list: give at least one secret, or leave ${name} out`;
+  for (const [i, secret] of (many ? value : [value]).entries()) {
+    const bad = badSecretValue(secret, least);
+    if (bad) return `${many ? `${name}[${i}]` : name} ${bad}${bad === 'is empty' ? `: give the secret, or leave ${name} out to go without one` : ''}`;
+  }
+  return undefined;
+}
+
+/**
  * A per-policy tokens file: YAML (or JSON) mapping each privacy policy to
  * its registration secret, e.g. `"111": s3cret-for-111`.
  */
@@ -151,9 +177,8 @@ export function loadTokens(path: string): Record<string, string | string[]> {
     // A list: each accepted, while the policy's servers move from one secret to the next.
     const list = Array.isArray(given) ? given : [given];
     if (list.length === 0 || list.some((secret) => typeof secret !== 'string')) throw new FileError(`the tokens file '${path}': the secret of policy '${policy}' must be a string, or a list of them; ${TOKENS_HINT}`);
-    const spaced = list.map((secret) => badSecretText(String(secret))).find((why) => why && why !== 'is empty');
-    if (spaced) throw new FileError(`the tokens file '${path}': a secret of policy '${policy}' ${spaced}`);
-    if (list.some((secret) => String(secret).length < 8)) throw new FileError(`the tokens file '${path}': a secret of policy '${policy}' is shorter than 8 characters: a short secret is easy to guess`);
+    const bad = list.map((secret) => badSecretValue(secret, 8)).find(Boolean);
+    if (bad) throw new FileError(`the tokens file '${path}': a secret of policy '${policy}' ${bad}`);
     out[policy] = Array.isArray(given) ? list.map(String) : String(given);
   }
   return out;

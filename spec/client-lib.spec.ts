@@ -737,6 +737,39 @@ lib('startProxy() refuses a numeric option out of the range its config key and f
   p.kill();
 });
 
+lib("the library's secrets keep the flags' rule: empty, white space at an end, or (the proxy's) under 8 characters is refused at start", async () => {
+  // The library took any: token '' (an environment variable read empty) started a proxy that asked no
+  // secret of anyone, and a token ending in a newline one that refused every server given it trimmed.
+  const proxyRefuses: Array<[NonNullable<Parameters<typeof startProxy>[0]>, RegExp]> = [
+    [{ token: '' }, /^startProxy: token is empty: give the secret, or leave token out to go without one$/],
+    [{ token: 'a-long-secret\n' }, /^startProxy: token ends with a newline: .*printf '%s' SECRET/],
+    [{ token: ' a-long-secret' }, /^startProxy: token starts with a space: /],
+    [{ token: 'short' }, /^startProxy: token is shorter than 8 characters: a short secret is easy to guess$/],
+    [{ token: ['a-long-secret', 'a-second\t'] }, /^startProxy: token\[1\] ends with white space: /],
+    [{ token: [] }, /^startProxy: token is an empty list: give at least one secret, or leave token out$/],
+    [{ token: 12345678 as never }, /^startProxy: token is not text \(got number\)$/],
+    [{ tokens: { 111: 'a-long-secret', 222: '' } }, /^startProxy: tokens\['222'\] is empty: /],
+    [{ tokens: { 111: ['a-long-secret', 'short'] } }, /^startProxy: tokens\['111'\]\[1\] is shorter than 8 characters/],
+    [{ registry: { endpoints: ['127.0.0.1:1'], username: 'revproxy', password: 'pw\r' } }, /^startProxy: registry\.password ends with a carriage return/],
+  ];
+  for (const [opts, why] of proxyRefuses) {
+    const err = await startProxy({ port: 0, ...opts }).then((h) => (h.kill(), undefined), (e: unknown) => e);
+    assert.instance(err, StartError, JSON.stringify(opts));
+    assert.match((err as StartError).message, why, JSON.stringify(opts));
+  }
+  const p = await proxy();
+  for (const [token, why] of [['', /^server x: token is empty: /], ['a-long-secret\n', /^server x: token ends with a newline: /]] as const) {
+    const err = await startServer({ id: 'x', policy: 'P', revproc: p.port, token }).then((h) => (void h.kill(), undefined), (e: unknown) => e);
+    assert.instance(err, StartError, JSON.stringify(token));
+    assert.match((err as StartError).message, why);
+  }
+  // What the flags take, the library takes: a list, per-policy secrets, and a server's short token (the proxy's to refuse).
+  const ok = await startProxy({ port: 0, token: ['a-long-secret', 'a-second-secret'], tokens: { 111: 'a-third-secret' } });
+  ok.kill();
+  const s = await startServer({ id: 'short', policy: 'P', revproc: p.port, token: 'short' });
+  await s.stop();
+});
+
 lib('a logger that is not a revproxy Logger (pino, console, a sink function) is refused at start, saying what to pass', async () => {
   // Unchecked, it failed at the first line an actor wrote, inside an action ("context.logger.repeated is not a function"),
   // far from the call that passed it: a proxy or server half started, a client's first request lost.
