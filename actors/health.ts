@@ -75,6 +75,16 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
     const at = hostPort(entry.host, entry.port);
     // A server that sent something not a valid message, or ended the link itself, is reachable: its author or its load is the cause, not the network.
     const cause = failure.closed !== undefined ? 'ended_by_server' : failure.invalid === undefined ? 'unreachable' : 'invalid_message';
+    // An invalid message again within an eject time of its return after the last (the probe that passed, or the end of
+    // the ejection that followed): a probe shows only that the server answers a PING, and re-admitted by each (about once
+    // a second) it took a request or two to fail on each time, for ever. It is ejected as an outlier is, longer each time
+    // in a row - unless no other server of its policy serves (a probe then, as before).
+    const lastInvalid = entry.invalidAt;
+    if (cause === 'invalid_message') entry.invalidAt = now;
+    const back = lastInvalid === undefined ? undefined : Math.max(lastInvalid, entry.ejectedUntil ?? lastInvalid);
+    const relapse = cause === 'invalid_message' && back !== undefined && now - back < context.opts.ejectBaseMs && anotherServing(context, entry);
+    const ejectedMs = relapse ? ejectionStarts(context, entry, now) : undefined;
+    if (relapse) entry.ejectedFor = undefined;
     if (again) {
       context.logger.debug('still_down', `Server id ${entry.id} is still unreachable at ${at} (${failure.message}); next probe in ${delay} ms`, { id: entry.id, policy: entry.policy, reason: failure.message, probeInMs: delay });
     } else {
@@ -83,8 +93,10 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
         ? `Server id ${entry.id} at ${at} ended its upstream link with ERROR ${failure.closed.code}: ${failure.closed.reason}; the requests in flight on it are retried, and it is out of rotation, next probe in ${delay} ms`
         : failure.invalid === undefined
         ? `Server id ${entry.id} is unreachable at ${at} (${failure.message}); out of rotation, next probe in ${delay} ms`
-        : `Server id ${entry.id} at ${at} sent a message that is not valid on its upstream link (${failure.invalid}); it was answered BAD_REQUEST and the link closed. Fix the server to send what docs/PROTOCOL.md describes; out of rotation, next probe in ${delay} ms`, {
-        id: entry.id, policy: entry.policy, code: failure.code, reason: failure.message, cause, probeInMs: delay,
+        : `Server id ${entry.id} at ${at} sent a message that is not valid on its upstream link (${failure.invalid}); it was answered BAD_REQUEST and the link closed. Fix the server to send what docs/PROTOCOL.md describes; ${ejectedMs === undefined
+          ? `out of rotation, next probe in ${delay} ms`
+          : `it did so ${Math.round((now - lastInvalid!) / 100) / 10} s ago too, and was let back in since: ejected for ${ejectedMs} ms (${entry.ejections} in a row)`}`, {
+        id: entry.id, policy: entry.policy, code: failure.code, reason: failure.message, cause, probeInMs: delay, ...(ejectedMs === undefined ? {} : { ejectedForMs: ejectedMs, ejections: entry.ejections }),
       }, (n, span) => `${fmt(n)} more server(s) went out of rotation, unreachable or ending their links${span ? ` ${span}` : ''}, past ${LIFE_LINES} such lines an interval: not logged one by one (revproxy_ejections_total counts them by reason)`);
     }
     context.observer?.ejected?.(entry.policy, entry.id, cause, false);
@@ -185,14 +197,7 @@ export function eject(context: ProxyContext, entry: Member, failures: number): v
   }
   entry.ejected = true;
   entry.ejectedFor = { failures, code: entry.lastFailure?.code ?? 'unknown' };
-  const base = context.opts.ejectBaseMs;
-  // Each ejection in a row lasts longer, up to the most (Envoy's max_ejection_time); one is forgotten for each
-  // eject time the member served since its last ejection ended. Counted for its whole life, a server with a
-  // hiccup an hour was out for 12 minutes at each after a day, and for hours within a month.
-  if (entry.ejectedUntil !== undefined && now > entry.ejectedUntil) entry.ejections = Math.max(0, entry.ejections - Math.floor((now - entry.ejectedUntil) / base));
-  entry.ejections++;
-  const ms = Math.min(base * entry.ejections, Math.max(context.opts.ejectMaxMs, base));
-  entry.ejectedUntil = now + ms;
+  const ms = ejectionStarts(context, entry, now);
   context.logger.warn('eject', `Ejected server id ${entry.id} from privacy policy ${entry.policy} for ${ms} ms after ${reason}`, {
     id: entry.id, policy: entry.policy, reason, ejectedForMs: ms, ejections: entry.ejections,
   });
@@ -201,6 +206,27 @@ export function eject(context: ProxyContext, entry: Member, failures: number): v
   entry.timer?.cancel();
   entry.timer = context.clock.setTimeout(() => self.send({ type: 'READMIT', member: entry.id }), ms);
   entry.timerDue = now + ms;
+}
+
+/**
+ * An ejection of `entry` starts `now`: how long it lasts (ms), its end kept in `ejectedUntil`. Each in a row lasts
+ * longer, up to the most (Envoy's max_ejection_time); one is forgotten for each eject time the member served since
+ * its last ejection ended. Counted for its whole life, a server with a hiccup an hour was out for 12 minutes at each
+ * after a day, and for hours within a month.
+ */
+function ejectionStarts(context: ProxyContext, entry: Member, now: number): number {
+  const base = context.opts.ejectBaseMs;
+  if (entry.ejectedUntil !== undefined && now > entry.ejectedUntil) entry.ejections = Math.max(0, entry.ejections - Math.floor((now - entry.ejectedUntil) / base));
+  entry.ejections++;
+  const ms = Math.min(base * entry.ejections, Math.max(context.opts.ejectMaxMs, base));
+  entry.ejectedUntil = now + ms;
+  return ms;
+}
+
+/** Whether a member of `entry`'s policy other than it is serving. */
+function anotherServing(context: ProxyContext, entry: Member): boolean {
+  for (const m of context.policies.get(entry.policy)?.members ?? []) if (m !== entry && m.state === 'serving') return true;
+  return false;
 }
 
 /** An ejection is over: the member takes requests again, with its failure count reset. */
@@ -216,8 +242,7 @@ export function drainMember(context: ProxyContext, member: string, by: string): 
   if (!entry) return unknownMember(context, 'drain', member, by);
   const already = entry.drained;
   entry.drained = true;
-  let othersServing = false;
-  for (const m of context.policies.get(entry.policy)?.members ?? []) if (m !== entry && m.state === 'serving') othersServing = true;
+  const othersServing = anotherServing(context, entry);
   const inflight = entry.traffic.inflight.size;
   context.logger.info('member_drain', already
     ? `Server id ${entry.id} of privacy policy ${entry.policy} is already drained (asked again by ${by})`

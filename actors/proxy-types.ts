@@ -72,6 +72,8 @@ export class Member {
   timerDue?: number;
   /** The last try that failed on it (clock ms; `inARow` as its link counted): why it was ejected or went down. */
   lastFailure?: Failure & { at: number; inARow: number };
+  /** When its link last closed for a message not valid there (clock ms): another soon after ejects it (health.ts, `linkDown`). */
+  invalidAt?: number;
   /** The last check of its link (connecting, or a probe), passed or failed (clock ms). */
   lastCheck?: { at: number; ok: boolean; message: string };
   /** The secret it registered with: checked again when a reload changes the secrets. */

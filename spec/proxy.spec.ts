@@ -346,7 +346,7 @@ faults('a server whose listen port refuses connections is out of rotation, probe
  * A stub server of policy P registered as `id`: it answers PINGs, writes what `answers(seq)` returns for
  * each DATA (the proxy's seq on the link), and keeps whatever else it is sent.
  */
-async function stubServer(id: string, answers: (seq: number) => Array<Record<string, unknown>>) {
+async function stubServer(id: string, answers: (seq: number) => Array<Record<string, unknown>>, answerPings = false) {
   const stub = { seen: [] as Array<{ type: number; code?: string; message?: string }>, closed: false };
   const server: Server = createServer((sock) => {
     sock.on('close', () => (stub.closed = true));
@@ -360,7 +360,7 @@ async function stubServer(id: string, answers: (seq: number) => Array<Record<str
       }
     });
   });
-  await registerStub(server, id);
+  await registerStub(server, id, answerPings);
   return stub;
 }
 
@@ -565,6 +565,52 @@ faults('a server that ends its link with an ERROR without a seq (its buffer budg
   assert.is(down[0]!.code, 'OVERLOADED');
   assert.is(down[0]!.cause, 'ended_by_server', 'its cause is the server, not the network');
   assert.not.ok(ctx.logs.some((l) => l.event === 'stray_answer'), 'not said as an answer dropped');
+});
+
+const relapse = fresh('a server sending invalid messages again and again', { timeoutMs: 600, probeInitialMs: 50, probeMaxMs: 200, ejectBaseMs: 2000 });
+
+relapse('a server that sends an invalid message again soon after a probe let it back in is ejected, longer each time in a row, not re-admitted by every probe', async () => {
+  // A probe only dials and PINGs, which such a server answers: re-admitted by each (about once a second), it took a
+  // request or two to fail on each time, for ever (a probe of hostile peers).
+  await addServer('other', 'P');
+  await stubServer('careless', (seq) => [{ type: MsgType.DATA, seq, srcid: 'careless', privPoliId: 'P', payload: 'x' }], true);
+  const state = (): string | undefined => ctx.proxy.pools().P?.states.careless;
+  const downs = (): LogRecord[] => ctx.logs.filter((l) => l.event === 'down' && l.id === 'careless');
+  const send = async (tag: string): Promise<void> => {
+    const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('P', 2, tag), timeoutMs: 3000 });
+    assert.ok(results.every((r) => r.correct && r.server === 'other'), JSON.stringify(results));
+  };
+  // The first: out, and back at the first probe, as before.
+  await send('a');
+  await eventually(() => downs().length === 1, 3000, 'down after the first');
+  assert.match(downs()[0]!.msg, /out of rotation, next probe in \d+ ms$/);
+  await eventually(() => state() === 'serving', 3000, 'back at the first probe');
+  // Again, soon after: ejected for an eject time; the probe that passes leaves it ejected.
+  await send('b');
+  await eventually(() => downs().length === 2, 3000, 'down again');
+  assert.match(downs()[1]!.msg, /Fix the server to send what docs\/PROTOCOL\.md describes; it did so [\d.]+ s ago too, and was let back in since: ejected for 2000 ms \(1 in a row\)$/);
+  assert.is(downs()[1]!.ejectedForMs, 2000);
+  await eventually(() => ctx.logs.some((l) => l.event === 'still_ejected' && l.id === 'careless'), 3000, 'the probe passes, and it stays ejected');
+  assert.is(state(), 'ejected');
+  await send('c');
+  await eventually(() => state() === 'serving', 4000, 'back when its ejection ends');
+  // Again, at once: twice as long.
+  await send('d');
+  await eventually(() => downs().length === 3, 3000, 'down a third time');
+  assert.match(downs()[2]!.msg, /ejected for 4000 ms \(2 in a row\)$/);
+});
+
+relapse('the only server of its policy sending invalid messages again and again is probed each time, not ejected: its policy has no other', async () => {
+  await stubServer('careless', (seq) => [{ type: MsgType.DATA, seq, srcid: 'careless', privPoliId: 'P', payload: 'x' }], true);
+  const downs = (): LogRecord[] => ctx.logs.filter((l) => l.event === 'down' && l.id === 'careless');
+  for (let i = 1; i <= 3; i++) {
+    const { sock } = await rawClient();
+    sock.write(frame({ type: 0, seq: 1, srcid: 'c', privPoliId: 'P', payload: 'x' }));
+    await eventually(() => downs().length === i, 3000, `down ${i}`);
+    assert.match(downs()[i - 1]!.msg, /out of rotation, next probe in \d+ ms$/);
+    await eventually(() => ctx.proxy.pools().P?.states.careless === 'serving', 3000, `back at probe ${i}`);
+    sock.destroy();
+  }
 });
 
 const deadLink = fresh('a link that goes dead', { timeoutMs: 600, probeInitialMs: 50, probeMaxMs: 200 });
@@ -1060,6 +1106,7 @@ floods("a server flooding PONGs that answer no PING on its registration connecti
 routing.run();
 badInput.run();
 faults.run();
+relapse.run();
 deadLink.run();
 polling.run();
 forever.run();
