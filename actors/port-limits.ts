@@ -6,7 +6,7 @@
  * logged.
  */
 import { readFileSync } from 'node:fs';
-import { createServer, type RequestListener, type Server as HttpServer } from 'node:http';
+import { createServer, type IncomingMessage, type RequestListener, type Server as HttpServer, type ServerResponse } from 'node:http';
 import { BlockList, isIP, type Server, type Socket } from 'node:net';
 import { Server as TlsServer } from 'node:tls';
 import type { BudgetHolder } from '../transport/budget.js';
@@ -365,11 +365,10 @@ export function logBadInput(logger: Logger, conn: Connection, err: { code: strin
 
 /**
  * Connections the process's own HTTP ports (the admin endpoint, the inspector) hold at once.
- * Probes, scrapes and a few inspector pages need far fewer; past it a new connection is closed
- * unread (a `conn_refused` warn line). Unbounded, 1,500 connections to the admin port that sent
- * nothing took every descriptor a proxy with `ulimit -n 1024` had - its clients' connections were
- * reset, servers could not register, `/healthz` did not answer, and no line said why - for as long
- * as their peer kept them: Node closes a connection that sends nothing never.
+ * Probes, scrapes and a few inspector pages need far fewer. Unbounded, 1,500 connections to the
+ * admin port that sent nothing took every descriptor a proxy with `ulimit -n 1024` had - its
+ * clients' connections were reset, servers could not register, `/healthz` did not answer, and no
+ * line said why - for as long as their peer kept them: Node closes a connection that sends nothing never.
  */
 export const HTTP_MAX_CONNECTIONS = 64;
 /** How long an HTTP connection may send nothing, or take to send its request's headers (a probe sends them at once). */
@@ -382,14 +381,43 @@ export const HTTP_IDLE_TIMEOUT_MS = 10_000;
  * begins only with a request's first bytes) or has not sent its headers within 10 s, or its request
  * within 30 s, is closed, checked every second (Node checks every 30 s); one idle between requests
  * after 5 s. A response that streams (the inspector's events) turns its connection's idle timeout off.
+ *
+ * Past the limit a new connection takes the place of the oldest one with no request under way (one
+ * that sent nothing yet, or only part of its headers, or idles between requests), which is closed
+ * (`conn_evicted`); only when every one has a request under way (streams) is the new one closed
+ * (`conn_refused`). Refusing the newest instead let one peer holding 64 connections that sent
+ * nothing take the port from every health probe: 19 of 20 `/healthz` probes failed in a probe,
+ * and a liveness probe failing so restarts the proxy.
  */
 export function httpPort(port: string, logger: Logger, listener: RequestListener): HttpServer {
   const server = createServer({ connectionsCheckingInterval: 1000, headersTimeout: HTTP_IDLE_TIMEOUT_MS, requestTimeout: 30_000, keepAliveTimeout: 5_000 }, listener);
   server.timeout = HTTP_IDLE_TIMEOUT_MS;
-  server.maxConnections = HTTP_MAX_CONNECTIONS;
-  server.on('drop', (from?: { remoteAddress?: string; remotePort?: number }) => {
-    const peer = from?.remoteAddress ? peerName(from.remoteAddress, from.remotePort ?? 0) : 'a peer';
-    logger.repeated('warn', 'conn_refused', port, 1, (n, span) => `Refused ${span ? `${fmt(n)} connection(s) to ${port} ${span}` : `a connection to ${port} from ${peer}`}: ${HTTP_MAX_CONNECTIONS} are open, the most it keeps (probes, scrapes and pages need a few; a connection that sends nothing is closed after ${HTTP_IDLE_TIMEOUT_MS / 1000} s). Look at what opens them`, { port, limit: HTTP_MAX_CONNECTIONS });
+  // Oldest first (a Set keeps the order things were added in), and those with a request under way.
+  const open = new Set<Socket>();
+  const busy = new Set<Socket>();
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    busy.add(req.socket);
+    res.once('close', () => busy.delete(req.socket));
+  });
+  const said = (sock: Socket): string => (sock.remoteAddress ? peerName(sock.remoteAddress, sock.remotePort ?? 0) : 'a peer');
+  server.on('connection', (sock: Socket) => {
+    if (open.size >= HTTP_MAX_CONNECTIONS) {
+      let idle: Socket | undefined;
+      for (const s of open) if (!busy.has(s)) { idle = s; break; }
+      if (!idle) {
+        logger.repeated('warn', 'conn_refused', port, 1, (n, span) => `Refused ${span ? `${fmt(n)} connection(s) to ${port} ${span}` : `a connection to ${port} from ${said(sock)}`}: ${HTTP_MAX_CONNECTIONS} are open, the most it keeps, each with a request under way (streams of the inspector's events?). Look at what opens them`, { port, limit: HTTP_MAX_CONNECTIONS });
+        sock.destroy();
+        return;
+      }
+      open.delete(idle);
+      logger.repeated('warn', 'conn_evicted', port, 1, (n, span) => `Closed ${span ? `${fmt(n)} idle connection(s) to ${port} ${span}` : `an idle connection to ${port} from ${said(idle!)}`} to take a new one: ${HTTP_MAX_CONNECTIONS} are open, the most it keeps, and the oldest with no request under way makes room (probes, scrapes and pages need a few; one that sends nothing is closed after ${HTTP_IDLE_TIMEOUT_MS / 1000} s anyway). Look at what opens them`, { port, limit: HTTP_MAX_CONNECTIONS });
+      idle.destroy();
+    }
+    open.add(sock);
+    sock.once('close', () => {
+      open.delete(sock);
+      busy.delete(sock);
+    });
   });
   return server;
 }

@@ -1115,7 +1115,7 @@ admin('revproxy_connections_refused_total counts the connections its port refuse
   }
 });
 
-admin('connections to the admin endpoint that send nothing cannot take the descriptors the proxy needs: past 64 they are closed at once (a warn line), the rest after 10 s idle, and its clients and servers are served meanwhile', async () => {
+admin('connections to the admin endpoint that send nothing cannot take the descriptors the proxy needs, nor the port from probes: past 64 the oldest idle one makes room (a warn line), the rest close after 10 s idle, and its clients, servers and health probes are served meanwhile', async () => {
   // Unbounded, and never closed by Node while they sent nothing, 400 of them took every descriptor a proxy with ulimit -n 256
   // had: its clients' connections were reset, servers could not register, /healthz did not answer, and no line said why.
   const file = write('crowd.yaml', 'port: 0\nadmin:\n  listen: 127.0.0.1:0\n');
@@ -1129,7 +1129,10 @@ admin('connections to the admin endpoint that send nothing cannot take the descr
   }
   try {
     await eventually(() => closed === 400 - 64, 10_000, `all but 64 closed at once (${closed})`);
-    await proc.waitFor(/warning: Refused a connection to the admin endpoint from 127\.0\.0\.1:\d+: 64 are open, the most it keeps/);
+    await proc.waitFor(/warning: Closed an idle connection to the admin endpoint from 127\.0\.0\.1:\d+ to take a new one: 64 are open, the most it keeps, and the oldest with no request under way makes room/);
+    // A probe is served while the crowd holds its 64: it takes the oldest one's place (the newest was refused, and 19 of
+    // 20 probes failed while a peer kept 64 open, reopening each one closed: a liveness probe failing so restarts the proxy).
+    for (let i = 0; i < 5; i++) assert.is((await get(`${url}healthz`)).status, 200, `probe ${i} while the crowd holds the port`);
     await server('s1', 'P', port);
     const results = await runClient({ id: 'c1', proxy: { host: LOCAL, port }, packets: Array.from({ length: 20 }, (_, i) => ({ srcid: 'c1', privPoliId: 'P', payload: `m${i}` })) });
     assert.is(results.filter((r) => r.correct).length, 20, 'the proxy serves its clients and a new server while the crowd holds its 64');
