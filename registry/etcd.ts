@@ -9,7 +9,7 @@
  * that notice an etcd that went silent. And etcd's errors in words.
  */
 import type { Interceptor, InterceptingCall as Call } from '@grpc/grpc-js';
-import type { Etcd3, IOptions } from 'etcd3';
+import type { Etcd3, IKeyValue, IOptions } from 'etcd3';
 import { validityOf } from '../transport/tls.js';
 import { HostBreakers } from './host-breaker.js';
 import { describeRegistry, type Resolved } from './options.js';
@@ -24,16 +24,18 @@ export async function openEtcd(o: Resolved): Promise<Etcd3> {
   etcd3 = mod;
   const { Etcd3, isRecoverableError } = mod;
   const leader = requireLeader(grpc.InterceptingCall);
-  const calls = [leader, noSpaceIsNoFault(grpc.InterceptingCall, grpc.status)];
-  const watch = [leader, watchInterceptor(grpc.InterceptingCall, grpc.status.DEADLINE_EXCEEDED, o.callTimeoutMs)];
+  const exhausted = exhaustedIsNoFault(grpc.InterceptingCall, grpc.status);
+  const calls = [leader, exhausted];
+  const watch = [leader, exhausted, watchInterceptor(grpc.InterceptingCall, grpc.status.DEADLINE_EXCEEDED, o.callTimeoutMs)];
   const breakers = new HostBreakers(Math.min(1000, o.retryMaxMs), (err) => err instanceof Error && isRecoverableError(err), BrokenCircuitError);
   const options: IOptions = {
     hosts: o.endpoints.map((e) => `${o.tls ? 'https' : 'http'}://${e}`),
     dialTimeout: o.callTimeoutMs,
     // gRPC takes a deadline as a wall-clock time and turns it into a timer (monotonic) when the call starts, a moment after this.
     defaultCallOptions: (ctx) => (ctx.isStream ? { interceptors: ctx.service === 'Watch' ? watch : [leader] } : { interceptors: calls, deadline: deadlineIn(o.callTimeoutMs) }),
-    // etcd's default --grpc-keepalive-min-time is 5 s: ping no more often than that.
-    grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': Math.max(1000, o.callTimeoutMs) },
+    // etcd's default --grpc-keepalive-min-time is 5 s: ping no more often than that. A message from
+    // etcd larger than MAX_RECEIVE_BYTES is refused (gRPC's default is 4 MiB): see there.
+    grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': Math.max(1000, o.callTimeoutMs), 'grpc.max_receive_message_length': MAX_RECEIVE_BYTES },
     faultHandling: {
       // etcd3's types want cockatiel's whole policy; it calls only `execute` (registry/host-breaker.ts).
       host: () => breakers.add() as never,
@@ -74,22 +76,43 @@ function requireLeader(InterceptingCall: typeof Call): Interceptor {
 }
 
 /**
- * What every call but a stream goes through besides: etcd out of space (its NOSPACE alarm, raised
- * when its database reached --quota-backend-bytes) refuses every write, a lease grant too, with
- * RESOURCE_EXHAUSTED. etcd3 takes that code for a failing member: it closed the member's
- * connection at each refusal, the watches on it with it, and its breaker stopped the reads too. A
- * proxy that could not write its own key read the whole registry again every 12 s, each time
- * saying etcd was unreachable (and /readyz with it) then back, though etcd answered every read.
- * The refusal is etcd's answer, not a fault: it is passed on as FAILED_PRECONDITION (what it is:
- * the write cannot be made in etcd's state), which etcd3 leaves to the caller, etcd's words kept.
+ * The largest message taken from etcd (bytes): gRPC's default, 4 MiB, is less than a read of a
+ * prefix of 16,000 entries of 250 bytes, or of four values of 1.4 MB that anyone who can write
+ * under the prefix may put there (etcd takes a request of up to its --max-request-bytes, 1.5 MiB
+ * by default). Reads of a prefix go in pages (`readPrefix`), each far below this; but etcd sends a
+ * watch all the events of one revision in one message (a delete of a prefix: an event per key,
+ * each with its key, up to 1.5 MiB) and, when a watch catches up, the events of up to 1000
+ * revisions together, so this is what one watch message may carry. etcd's own Go client takes up
+ * to 2 GiB. A larger message ends the call or the watch with RESOURCE_EXHAUSTED (gRPC refuses it
+ * from its length, before reading it), which costs a watch a read of the prefix again, not the
+ * registry.
  */
-function noSpaceIsNoFault(InterceptingCall: typeof Call, status: { RESOURCE_EXHAUSTED: number; FAILED_PRECONDITION: number }): Interceptor {
+const MAX_RECEIVE_BYTES = 32 << 20;
+
+/**
+ * What every call but a keepalive goes through besides: two RESOURCE_EXHAUSTEDs that are no fault
+ * of the member, which etcd3 would take for one (it closes the member's connection, the watches and
+ * keepalives on it with it, counts a failure against its breaker, and tries the call again twice).
+ *
+ * - etcd out of space (its NOSPACE alarm, raised when its database reached --quota-backend-bytes)
+ *   refuses every write, a lease grant too. A proxy that could not write its own key read the whole
+ *   registry again every 12 s, each time saying etcd was unreachable (and /readyz with it) then
+ *   back, though etcd answered every read.
+ * - A message larger than this client takes (MAX_RECEIVE_BYTES), which gRPC itself refuses: etcd3
+ *   would send a page of a prefix filled with large values twice more, close the connection each
+ *   time, and after three such pages the member's breaker (host-breaker.ts) would hold back the
+ *   smaller page asked next (`readPrefix`).
+ *
+ * Each is passed on as FAILED_PRECONDITION (what it is: the call cannot be made in this state),
+ * which etcd3 leaves to the caller, the words kept.
+ */
+function exhaustedIsNoFault(InterceptingCall: typeof Call, status: { RESOURCE_EXHAUSTED: number; FAILED_PRECONDITION: number }): Interceptor {
   return (options, next) =>
     new InterceptingCall(next(options), {
       start(metadata, listener, start) {
         start(metadata, {
           onReceiveStatus(s, next) {
-            next(s.code === status.RESOURCE_EXHAUSTED && NO_SPACE.test(s.details) ? { ...s, code: status.FAILED_PRECONDITION } : s);
+            next(s.code === status.RESOURCE_EXHAUSTED && (NO_SPACE.test(s.details) || TOO_LARGE.test(s.details)) ? { ...s, code: status.FAILED_PRECONDITION } : s);
           },
         });
       },
@@ -98,6 +121,88 @@ function noSpaceIsNoFault(InterceptingCall: typeof Call, status: { RESOURCE_EXHA
 
 /** etcd's words for a write it refuses while out of space (its ErrGRPCNoSpace). */
 const NO_SPACE = /database space exceeded/i;
+
+/** gRPC's words for a message over its receive limit, with its size and the limit. */
+const TOO_LARGE = /Received message larger than max \((\d+) vs\.? (\d+)\)/i;
+
+/** Whether `err` is a message from etcd over this client's receive limit (MAX_RECEIVE_BYTES). */
+function isTooLarge(err: unknown): boolean {
+  return TOO_LARGE.test(String((err as Error | undefined)?.message ?? err));
+}
+
+/** Most keys one page of `readPrefix` asks for. */
+const PAGE_KEYS = 1000;
+
+/** Keys the first page of `readPrefix` asks for, before it knows their sizes: etcd builds the whole answer before gRPC can refuse it, 150 MiB for 100 values of 1.5 MiB. */
+const FIRST_PAGE_KEYS = 100;
+
+/** About how many bytes (keys and values) a page of `readPrefix` asks for: each page's limit of keys is set by the sizes of the one before. */
+const PAGE_BYTES = 4 << 20;
+
+/** One page of `readPrefix`: keys in key order, read at `revision` (that of the first page). */
+export interface Page {
+  kvs: IKeyValue[];
+  revision: string;
+}
+
+/** The first key after every key that starts with `prefix` (etcd's range end for a prefix; a zero byte for "to the end"). */
+function prefixEnd(prefix: Buffer): Buffer {
+  const end = Buffer.from(prefix);
+  for (let i = end.length - 1; i >= 0; i--) {
+    if (end[i]! < 0xff) {
+      end[i]!++;
+      return end.subarray(0, i + 1);
+    }
+  }
+  return Buffer.from([0]);
+}
+
+/**
+ * Every key under `prefix`, a page at a time (each page a range with a limit, from just after the
+ * last key read), every page at the revision of the first, so the pages are one state, and a watch
+ * from that revision + 1 misses nothing. Read whole, in one answer, a prefix of 20,000 entries or
+ * of four values of 1.4 MB went over gRPC's receive limit, and no proxy could read the registry.
+ * A page's limit is set from the sizes of the keys and values of the one before (about PAGE_BYTES,
+ * at most PAGE_KEYS keys; FIRST_PAGE_KEYS for the first), and a page larger than MAX_RECEIVE_BYTES
+ * all the same is asked again with a quarter of its limit, down to one key. The caller takes each page and drops it before the next,
+ * so what is held is one page. Each page is a call of its own, within `callTimeoutMs`.
+ *
+ * A compaction past the revision between two pages fails the read with etcd's "required revision
+ * has been compacted" (`isCompactedRead`): it is read again from the start.
+ */
+export async function* readPrefix(client: Etcd3, prefix: string, callTimeoutMs: number): AsyncGenerator<Page> {
+  const end = prefixEnd(Buffer.from(prefix));
+  let start = Buffer.from(prefix);
+  let revision: string | undefined;
+  let limit = FIRST_PAGE_KEYS;
+  for (;;) {
+    const range = client.getAll().inRange({ start, end }).limit(limit);
+    if (revision !== undefined) range.revision(revision);
+    let res;
+    try {
+      res = await inCallTimeout(range.exec(), callTimeoutMs);
+    } catch (err) {
+      if (isTooLarge(err) && limit > 1) {
+        limit = Math.max(1, limit >> 2);
+        continue;
+      }
+      throw err;
+    }
+    revision ??= res.header.revision;
+    const { kvs } = res;
+    yield { kvs, revision };
+    if (!res.more || kvs.length === 0) return;
+    start = Buffer.concat([kvs[kvs.length - 1]!.key, Buffer.alloc(1)]);
+    let bytes = 0;
+    for (const kv of kvs) bytes += kv.key.length + kv.value.length;
+    limit = Math.max(1, Math.min(PAGE_KEYS, Math.floor((PAGE_BYTES * kvs.length) / Math.max(1, bytes))));
+  }
+}
+
+/** Whether a read at a revision failed because etcd compacted its history past it. */
+export function isCompactedRead(err: unknown): boolean {
+  return /required revision has been compacted/i.test(String((err as Error | undefined)?.message ?? err));
+}
 
 /**
  * What every watch stream goes through besides: etcd must make the watch within `ms`. A watch
@@ -265,8 +370,12 @@ export function describeEtcdError(err: unknown, o: Resolved): string {
   // gRPC's resolver, asked again at each reconnect: a member's name that does not resolve (or a DNS server that did not answer).
   const unresolved = /Name resolution failed for target dns:(\[[^\]]+\]|[^:\s]+)/.exec(msg);
   if (unresolved) return `etcd at ${where} cannot be reached: the name ${unresolved[1]} does not resolve to an address on this machine, or its DNS server did not answer (${msg}): check the name in --registry, and that its DNS or /etc/hosts lists it`;
-  // What etcd says itself, without gRPC's code (which noSpaceIsNoFault changed).
+  // What etcd (or gRPC) says itself, without gRPC's code (which exhaustedIsNoFault changed).
   if (NO_SPACE.test(msg)) return `etcd at ${where} is out of space and refuses every write (${msg.replace(/^\d+ [A-Z_]+: /, '')}): its database reached its quota (--quota-backend-bytes, 2 GB by default) and etcd raised its NOSPACE alarm. Free it: etcdctl compaction REVISION, etcdctl defrag (and perhaps a larger quota), then etcdctl alarm disarm; keys are written again as soon as it takes writes`;
+  const large = TOO_LARGE.exec(msg);
+  if (large) {
+    return `etcd at ${where} sent a message of ${large[1]} bytes, more than the ${large[2]} this client takes: something under ${o.prefix} is far larger than revproxy's own entries (each under 1 KiB), written by something else that can write there (etcdctl get --prefix --keys-only ${o.prefix} lists it); remove it, and give the prefix to the fleet's etcd user only (docs/SECURITY.md)`;
+  }
   if (/no leader/i.test(msg)) return `etcd at ${where} has no leader (${msg}): the members reached are cut off from the others, or the cluster lost quorum`;
   const tls = tlsRefusal(msg, where, expiredOn(o.tls?.cert));
   if (tls) return tls;

@@ -1,6 +1,7 @@
 /**
  * A mirror of every key under one prefix, kept current from etcd: read the
- * whole prefix, then watch it from that read's revision + 1, so no change
+ * whole prefix (in pages, all at one revision: registry/etcd.ts readPrefix),
+ * then watch it from that read's revision + 1, so no change
  * is missed and none is seen twice. When the watch breaks (etcd went away,
  * or a compaction cancelled it) the mirror reads the whole prefix again
  * and tells only what differs from what it held: a resync. While etcd cannot
@@ -13,7 +14,7 @@
 import type { IKeyValue } from 'etcd3';
 import { systemClock } from '../transport/clock.js';
 import type { Etcd3 } from './etcd.js';
-import { describeEtcdError, inCallTimeout, isRefusal } from './etcd.js';
+import { describeEtcdError, isCompactedRead, isRefusal, readPrefix } from './etcd.js';
 import { heldName, heldValue } from './keys.js';
 import type { Resolved } from './options.js';
 
@@ -134,38 +135,52 @@ export class PrefixMirror {
     const old = this.watcher;
     this.watcher = undefined;
     void old?.cancel().catch(() => undefined);
-    let res;
-    try {
-      res = await inCallTimeout(this.client.getAll().prefix(this.prefix).exec(), this.opts.callTimeoutMs);
-    } catch (err) {
-      if (gen === this.generation) this.lost(err, reason === 'start' ? 'start' : 'reconnect');
-      return;
+    const seen = new Set<string>();
+    let revision: string | undefined;
+    for (let tries = 1; revision === undefined; tries++) {
+      seen.clear();
+      let applied = 0;
+      let at: string | undefined;
+      try {
+        // A page at a time, each dropped once taken (registry/etcd.ts readPrefix): what a writer put
+        // under the prefix is held as the mirror holds it (keys.ts heldValue), never a whole read.
+        for await (const page of readPrefix(this.client, this.prefix, this.opts.callTimeoutMs)) {
+          if (gen !== this.generation || this.stopped) return;
+          at = page.revision;
+          for (const kv of page.kvs) {
+            // A slice at a time, the event loop running between: each new entry costs its owner a member
+            // and a link (about 2 ms of the proxy's time), and 500 at once held the proxy 1-2 s, its
+            // clients, PINGs and dials with it (dials to servers timed out, members went out of rotation).
+            if (++applied % SYNC_SLICE === 0) {
+              await new Promise((resolve) => setImmediate(resolve));
+              if (gen !== this.generation || this.stopped) return;
+            }
+            const name = heldName(kv.key, this.prefixBytes);
+            const value = heldValue(kv.value);
+            seen.add(name);
+            this.missing.delete(name);
+            this.leases.set(name, String(kv.lease));
+            if (this.held.get(name) !== value) {
+              this.held.set(name, value);
+              this.on.put(name, value);
+            }
+          }
+        }
+        revision = at;
+      } catch (err) {
+        if (gen !== this.generation) return;
+        // History compacted past the read's revision between two of its pages: read again from the start, at a new revision
+        // (what was told from the pages read is the newer state's or is told again; `seen` starts again).
+        if (at !== undefined && isCompactedRead(err) && tries < 3) continue;
+        this.lost(err, reason === 'start' ? 'start' : 'reconnect');
+        return;
+      }
     }
     if (gen !== this.generation || this.stopped) return;
-    const seen = new Set<string>();
-    let applied = 0;
-    for (const kv of res.kvs) {
-      // A slice at a time, the event loop running between: each new entry costs its owner a member
-      // and a link (about 2 ms of the proxy's time), and 500 at once held the proxy 1-2 s, its
-      // clients, PINGs and dials with it (dials to servers timed out, members went out of rotation).
-      if (++applied % SYNC_SLICE === 0) {
-        await new Promise((resolve) => setImmediate(resolve));
-        if (gen !== this.generation || this.stopped) return;
-      }
-      const name = heldName(kv.key, this.prefixBytes);
-      const value = heldValue(kv.value);
-      seen.add(name);
-      this.missing.delete(name);
-      this.leases.set(name, String(kv.lease));
-      if (this.held.get(name) !== value) {
-        this.held.set(name, value);
-        this.on.put(name, value);
-      }
-    }
     // An outage: etcd was said to be down, or it answers from before what this mirror has seen (its
     // revision went back: restarted without its data, restored from an older snapshot) - a check of a
     // broken watch may reach it before the watch said anything, since etcd came back at once.
-    const outage = this.state === 'down' || BigInt(res.header.revision) < this.revision;
+    const outage = this.state === 'down' || BigInt(revision) < this.revision;
     for (const name of [...this.held.keys()]) {
       if (seen.has(name)) continue;
       // Only after an outage: a read that checked a broken watch while etcd answered saw a real removal.
@@ -179,13 +194,13 @@ export class PrefixMirror {
         for (const name of [...this.missing]) this.forget(name);
       }, this.opts.ttlSeconds * 1000);
     }
-    this.revision = BigInt(res.header.revision);
+    this.revision = BigInt(revision);
     this.watch(gen);
     this.retryMs = this.opts.retryInitialMs;
     this.recheckUntil = undefined;
     const suspected = this.suspected;
     this.suspected = false;
-    this.on.synced({ keys: this.held.size, revision: res.header.revision, reason, ms: Math.round(systemClock.now() - started), kept: this.missing.size, outage, suspected });
+    this.on.synced({ keys: this.held.size, revision, reason, ms: Math.round(systemClock.now() - started), kept: this.missing.size, outage, suspected });
     if (this.state !== 'up') {
       this.state = 'up';
       this.on.health(true);

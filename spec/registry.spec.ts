@@ -5,10 +5,12 @@
  * them; the proof keeps out entries written without the policy's secret;
  * registry and direct registrations mix; drains and deaths; etcd going away
  * and coming back; a compaction under the watch; clients finding the
- * proxies. spec/fleet.spec.ts runs the same as real processes, under load.
+ * proxies; a prefix larger than one gRPC message, read in pages.
+ * spec/fleet.spec.ts runs the same as real processes, under load.
  */
 import { EventEmitter } from 'node:events';
 import { connect as netConnect, createServer, type Socket } from 'node:net';
+import type { IKeyValue } from 'etcd3';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { connect, Logger, memorySink, sha1Hex, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
@@ -628,6 +630,27 @@ reg_('etcd comes back without its data: the proxy keeps its servers for a lease 
   assert.equal(logs.filter((l) => l.event === 'deregister').map((l) => l.id), ['gone']);
 });
 
+/** `c`, whose reads run `between` once, after the first answer of a read and before the next read goes out. */
+function afterFirstAnswer(c: Etcd3, between: () => Promise<void>): Etcd3 {
+  const getAll = c.getAll.bind(c);
+  let first = true;
+  const wrapped = Object.create(c) as Etcd3;
+  wrapped.getAll = () => {
+    const b = getAll();
+    const exec = b.exec.bind(b);
+    (b as { exec: typeof b.exec }).exec = async () => {
+      const r = await exec();
+      if (first) {
+        first = false;
+        await between();
+      }
+      return r;
+    };
+    return b;
+  };
+  return wrapped;
+}
+
 reg_('a watch cancelled by a compaction reads the prefix again and misses nothing', async () => {
   const o = resolveRegistry(reg());
   const client = await openEtcd(o);
@@ -637,26 +660,14 @@ reg_('a watch cancelled by a compaction reads the prefix again and misses nothin
   const seen = new Map<string, string>();
   const reasons: SyncReason[] = [];
   // The first read returns; before the watch starts, the key changes and the history is compacted past it.
-  const getAll = client.getAll.bind(client);
-  let first = true;
-  (client as { getAll: typeof client.getAll }).getAll = () => {
-    const b = getAll();
-    const exec = b.exec.bind(b);
-    (b as { exec: typeof b.exec }).exec = async () => {
-      const r = await exec();
-      if (first) {
-        first = false;
-        await ctx.raw!.put(`${prefix}a`).value('2').exec();
-        await ctx.raw!.put(`${prefix}b`).value('3').exec();
-        const rev = (await ctx.raw!.put(`${prefix}z`).value('x').exec()).header.revision;
-        await ctx.raw!.delete().key(`${prefix}z`).exec();
-        await ctx.raw!.kv.compact({ revision: rev });
-      }
-      return r;
-    };
-    return b;
-  };
-  const m = new PrefixMirror(client, prefix, o, {
+  const reading = afterFirstAnswer(client, async () => {
+    await ctx.raw!.put(`${prefix}a`).value('2').exec();
+    await ctx.raw!.put(`${prefix}b`).value('3').exec();
+    const rev = (await ctx.raw!.put(`${prefix}z`).value('x').exec()).header.revision;
+    await ctx.raw!.delete().key(`${prefix}z`).exec();
+    await ctx.raw!.kv.compact({ revision: rev });
+  });
+  const m = new PrefixMirror(reading, prefix, o, {
     put: (k, v) => seen.set(k, v),
     delete: (k) => seen.delete(k),
     synced: (s) => reasons.push(s.reason),
@@ -773,7 +784,10 @@ reg_('a read that etcd3 keeps trying past the call timeout still fails in one: e
   ctx.closers.push(() => client.close());
   const stalled = Object.create(client) as Etcd3;
   let reads = 0;
-  stalled.getAll = (() => (reads++ === 0 ? client.getAll() : { prefix: () => ({ exec: () => new Promise<never>(() => undefined) }) })) as never;
+  // A range that never settles, whatever is asked of it (the mirror reads in pages: a range, a limit, a revision).
+  const never: Record<string, unknown> = { exec: () => new Promise<never>(() => undefined) };
+  for (const step of ['prefix', 'inRange', 'limit', 'revision']) never[step] = () => never;
+  stalled.getAll = (() => (reads++ === 0 ? client.getAll() : never)) as never;
   const watchers: EventEmitter[] = [];
   stalled.watch = (() => ({ prefix: () => ({ startRevision: () => ({ watcher: () => {
     const w = Object.assign(new EventEmitter(), { cancel: async () => undefined });
@@ -952,6 +966,177 @@ reg_('etcd hung for a moment: the proxy reads the registry again because its own
   await eventually(() => logs.some((l) => l.event === 'registry_resynced'), 5000, 'the proxy read the registry again');
   const line = logs.find((l) => l.event === 'registry_resynced')!.msg;
   assert.match(line, /^Read the registry again \(this proxy's registry key could not be kept alive, so the watch may have gone silent too; etcd answered at once\)/, line);
+});
+
+/*
+ * A prefix larger than one gRPC message (its default receive limit is 4 MiB): anyone who can write
+ * under the prefix can put four values of 1.4 MB there (each within etcd's own request limit, 1.5
+ * MiB), and a fleet of 16,000 servers reads as much. Read in one answer, no proxy could read the
+ * registry (`RESOURCE_EXHAUSTED: Received message larger than max`): not ready, not advertised,
+ * NO_SERVER for everything; nor could a client find the proxies. The prefix is read in pages at
+ * one revision now (registry/etcd.ts readPrefix), and a watch takes a message of up to 32 MiB.
+ */
+
+/** The test's prefix removed from etcd after it (what these tests write is large: the etcd serves the whole suite). */
+function dropPrefixAfter(): void {
+  const prefix = ctx.prefix;
+  ctx.closers.push(() => ctx.raw!.delete().prefix(prefix).exec());
+}
+
+/** Four values of 1.4 MB under `under` (each within etcd's 1.5 MiB request limit; together past gRPC's 4 MiB), shaped as a server's entry. */
+async function fourBigValues(under: string): Promise<void> {
+  dropPrefixAfter();
+  const pad = 'x'.repeat(1_400_000);
+  for (let i = 0; i < 4; i++) {
+    await ctx.raw!.put(`${ctx.prefix}${under}bogus${i}`).value(JSON.stringify({ v: 1, id: `bogus${i}`, policy: '111', address: '10.255.255.1', port: 9, wire: 'frames', proof: pad })).exec();
+  }
+}
+
+/** `n` bogus entries of about 250 bytes under `prefix`, 100 to a transaction. */
+async function manyEntries(prefix: string, n: number): Promise<void> {
+  dropPrefixAfter();
+  const pad = 'x'.repeat(130);
+  for (let i = 0; i < n; i += 100) {
+    const success = [];
+    for (let j = i; j < Math.min(n, i + 100); j++) {
+      const value = JSON.stringify({ v: 1, id: `bogus${j}`, policy: '111', address: '10.255.255.1', port: 9, wire: 'frames', proof: pad });
+      success.push({ request_put: { key: Buffer.from(`${prefix}bogus${String(j).padStart(5, '0')}`), value: Buffer.from(value) } });
+    }
+    await ctx.raw!.kv.txn({ compare: [], success, failure: [] });
+  }
+}
+
+/** A mirror of `prefix` on a client of its own (`client` changes the client it reads through): what it holds, and why it read the prefix each time. */
+async function mirrorOf(prefix: string, client?: (c: Etcd3) => Etcd3): Promise<{ m: PrefixMirror; reasons: SyncReason[]; synced: number[]; health: string[] }> {
+  const o = resolveRegistry(reg());
+  const c = await openEtcd(o);
+  ctx.closers.push(() => c.close());
+  const reasons: SyncReason[] = [];
+  const synced: number[] = [];
+  const health: string[] = [];
+  const m = new PrefixMirror(client ? client(c) : c, prefix, o, {
+    put: () => undefined,
+    delete: () => undefined,
+    synced: (s) => void (reasons.push(s.reason), synced.push(s.keys)),
+    health: (up, why) => void health.push(up ? 'up' : `down: ${why}`),
+  });
+  ctx.closers.push(() => m.stop());
+  m.start();
+  return { m, reasons, synced, health };
+}
+
+/** Every key under `prefix` and its value, read by etcdctl's way: a page of 1000 at a time. */
+async function etcdHolds(prefix: string): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  let start = prefix;
+  for (;;) {
+    const res = await ctx.raw!.getAll().inRange({ start, end: `${prefix.slice(0, -1)}${String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1)}` }).limit(1000).exec();
+    for (const kv of res.kvs as IKeyValue[]) out.set(kv.key.toString().slice(prefix.length), kv.value.toString());
+    if (!res.more) return out;
+    start = `${res.kvs[res.kvs.length - 1]!.key.toString()}\0`;
+  }
+}
+
+reg_('four values of 1.4 MB under servers/: a proxy reads the registry, is ready and advertised, serves the real server, and reads it again after etcd restarts', async () => {
+  await fourBigValues('servers/');
+  await server('real');
+  const logs: LogRecord[] = [];
+  const p = await proxy({ logs });
+  await eventually(() => p.registry()?.synced === true && serving(p).includes('real') && p.registry()?.advertised === true, 8000, `the proxy synced, serving the real server and advertised (${JSON.stringify(p.registry())}; ${logs.filter((l) => l.event === 'registry_down').map((l) => l.msg).join(' | ')})`);
+  assert.equal(serving(p), ['real']);
+  for (let i = 0; i < 4; i++) assert.ok(logs.some((l) => l.event === 'registry_refused' && l.id === `bogus${i}`), `bogus${i} refused`);
+  const c = await connect({ revproc: p.port, timeoutMs: 3000 });
+  ctx.closers.push(() => c.close());
+  assert.is(await c.request('111', 'hello'), sha1Hex('hello'));
+  // The watch breaks with etcd gone; the proxy reads the prefix again when it is back.
+  await ctx.etcd!.stop();
+  await eventually(() => p.registry()?.up === false, 8000, 'the proxy saw etcd go');
+  await ctx.etcd!.start();
+  await eventually(() => p.registry()?.up === true && (p.registry()?.syncs.reconnect ?? 0) >= 1, 10_000, `the proxy read the registry again (${logs.filter((l) => l.event === 'registry_down').map((l) => l.msg).join(' | ')})`);
+  assert.equal(serving(p), ['real']);
+  assert.is(await c.request('111', 'again'), sha1Hex('again'));
+});
+
+reg_('four values of 1.4 MB under proxies/: a client finds the proxy in the registry and is served', async () => {
+  await fourBigValues('proxies/');
+  await server('real');
+  const p = await proxy();
+  await eventually(() => p.registry()?.advertised === true && serving(p).includes('real'), 8000, 'the proxy advertised and serving');
+  const c = await connect({ registry: reg(), timeoutMs: 3000 });
+  ctx.closers.push(() => c.close());
+  assert.is(await c.request('111', 'found'), sha1Hex('found'));
+  const s2 = c.actor.getSnapshot().context;
+  assert.equal(s2.proxies.map((x) => x.port), [p.port], 'the bogus entries are not proxies');
+});
+
+reg_('20,000 entries of 250 bytes: a mirror reads them in pages at one revision; what changed during the read comes by the watch', async () => {
+  const prefix = `${ctx.prefix}servers/`;
+  await manyEntries(prefix, 20_000);
+  // After the first page: a key changed and one deleted in a later page, one added at the end. The read is at the
+  // first page's revision: it has none of them, and the watch from that revision + 1 brings all three.
+  const { m, reasons, synced, health } = await mirrorOf(prefix, (c) => afterFirstAnswer(c, async () => {
+    await ctx.raw!.put(`${prefix}bogus15000`).value('changed').exec();
+    await ctx.raw!.delete().key(`${prefix}bogus19999`).exec();
+    await ctx.raw!.put(`${prefix}zz-new`).value('new').exec();
+  }));
+  await eventually(() => reasons.length > 0 || health.some((h) => h !== 'up'), 20_000, 'the first read');
+  assert.equal(health, ['up']);
+  assert.equal(reasons, ['start']);
+  assert.is(synced[0], 20_000, 'the read holds the prefix as at its first page');
+  await eventually(() => m.entries.get('bogus15000') === 'changed' && !m.entries.has('bogus19999') && m.entries.get('zz-new') === 'new', 5000, 'the changes by the watch');
+  assert.equal(new Map(m.entries), await etcdHolds(prefix), 'the mirror holds what etcd does');
+});
+
+reg_('a compaction between two pages of a read: it reads again from the start and misses nothing', async () => {
+  const prefix = `${ctx.prefix}servers/`;
+  await manyEntries(prefix, 20_000);
+  const { m, reasons, health } = await mirrorOf(prefix, (c) => afterFirstAnswer(c, async () => {
+    await ctx.raw!.delete().key(`${prefix}bogus19998`).exec();
+    const rev = (await ctx.raw!.put(`${prefix}zz-new`).value('new').exec()).header.revision;
+    await ctx.raw!.kv.compact({ revision: rev });
+  }));
+  await eventually(() => reasons.length > 0 || health.some((h) => h !== 'up'), 20_000, 'the first read');
+  assert.equal(health, ['up'], 'etcd was not said to be down');
+  assert.equal(new Map(m.entries), await etcdHolds(prefix), 'the mirror holds what etcd does');
+  assert.is(m.entries.has('bogus19998'), false);
+});
+
+reg_('thirty values of 1.4 MB (42 MB, past the client\'s 32 MiB too): pages too large are asked again smaller, and the read succeeds', async () => {
+  const prefix = `${ctx.prefix}servers/`;
+  const value = 'v'.repeat(1_400_000);
+  dropPrefixAfter();
+  for (let i = 0; i < 30; i += 5) await Promise.all([0, 1, 2, 3, 4].map((j) => ctx.raw!.put(`${prefix}big${String(i + j).padStart(2, '0')}`).value(value).exec()));
+  await ctx.raw!.put(`${prefix}real`).value('1').exec();
+  const { m, reasons, synced, health } = await mirrorOf(prefix);
+  await eventually(() => reasons.length > 0 || health.some((h) => h !== 'up'), 20_000, 'the first read');
+  assert.equal(health, ['up']);
+  assert.equal(synced, [31]);
+  assert.is(m.entries.get('real'), '1');
+  assert.ok([...m.entries.values()].every((v) => v.length < 200), 'the big values are held as stand-ins');
+});
+
+reg_('a watch message over 4 MiB (a delete of four keys with names of 1.4 MB) is taken: the watch goes on, no read again', async () => {
+  const prefix = `${ctx.prefix}servers/`;
+  dropPrefixAfter();
+  await ctx.raw!.put(`${prefix}real`).value('1').exec();
+  const { m, reasons, health } = await mirrorOf(prefix);
+  await eventually(() => reasons.length === 1, 5000, 'the first read');
+  // Each put is one event of 1.4 MB; the delete of all four is one revision, its four events in one message of 5.6 MB.
+  for (let i = 0; i < 4; i++) await ctx.raw!.put(`${prefix}big${i}-${'k'.repeat(1_400_000)}`).value('x').exec();
+  await eventually(() => m.entries.size === 5, 5000, 'the four keys by the watch');
+  await ctx.raw!.delete().prefix(`${prefix}big`).exec();
+  await eventually(() => m.entries.size === 1, 5000, 'the four deletes');
+  assert.equal(reasons, ['start'], 'the watch was not broken and the prefix not read again');
+  assert.equal(health, ['up']);
+});
+
+reg_('a message over the client\'s limit is said as what it is, not as etcd unreachable', () => {
+  const o = resolveRegistry(reg());
+  for (const code of ['8 RESOURCE_EXHAUSTED', '9 FAILED_PRECONDITION']) {
+    const said = describeEtcdError(new Error(`${code}: Received message larger than max (5600565 vs 4194304)`), o);
+    assert.match(said, /^etcd at etcd:\/\/127\.0\.0\.1:\d+ sent a message of 5600565 bytes, more than the 4194304 this client takes: something under \/spec\d+\/ is far larger than revproxy's own entries/);
+    assert.not.match(said, /not reachable/);
+  }
 });
 
 reg_.run();
