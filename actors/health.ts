@@ -12,7 +12,7 @@ import { jittered } from '../transport/clock.js';
 import type { Failure, ProxyRequest, TryFailure } from './link.js';
 import { fmt } from './logger.js';
 import { clearlyBetter, RECENT_WINDOW_MS } from './recent-outcomes.js';
-import { current, joinPool, LIFE_LINES, removeServer, spawnLink } from './membership.js';
+import { anotherServing, current, joinPool, LIFE_LINES, removeServer, spawnLink } from './membership.js';
 import type { Member, ProxyContext } from './proxy-types.js';
 import { drainSoon, drainWaiting, endEjection, memberLost, retry, stalled } from './routing.js';
 
@@ -221,12 +221,6 @@ function ejectionStarts(context: ProxyContext, entry: Member, now: number): numb
   const ms = Math.min(base * entry.ejections, Math.max(context.opts.ejectMaxMs, base));
   entry.ejectedUntil = now + ms;
   return ms;
-}
-
-/** Whether a member of `entry`'s policy other than it is serving. */
-function anotherServing(context: ProxyContext, entry: Member): boolean {
-  for (const m of context.policies.get(entry.policy)?.members ?? []) if (m !== entry && m.state === 'serving') return true;
-  return false;
 }
 
 /** An ejection is over: the member takes requests again, with its failure count reset. */

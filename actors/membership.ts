@@ -146,7 +146,53 @@ export function addServer(context: ProxyContext, entry: Member): void {
   context.servers.set(entry.id, entry);
   entry.open = secretsFor(context.opts, entry.policy) === undefined;
   countOpen(context, entry, 1);
+  takeUpEjection(context, entry);
   if (entry.source !== 'registry') joinPool(context, entry);
+}
+
+/** Ejections kept for members that left (`keptEjections`): the oldest is forgotten past this many. */
+const KEPT_EJECTIONS = 1024;
+
+/** A member leaves while its ejections count (its last ended less than its count of eject times ago): kept for its return. */
+function keepEjection(context: ProxyContext, entry: Member): void {
+  const until = entry.ejectedUntil;
+  if (until === undefined || entry.ejections === 0 || context.clock.now() - until >= entry.ejections * context.opts.ejectBaseMs) return;
+  const kept = context.keptEjections;
+  kept.delete(entry.id);
+  kept.set(entry.id, { policy: entry.policy, host: entry.host, port: entry.port, until, ejections: entry.ejections });
+  if (kept.size > KEPT_EJECTIONS) kept.delete(kept.keys().next().value!);
+}
+
+/**
+ * The same server (id, policy, address and port) registering again takes up the ejection it left with: its count, so
+ * the next is longer, and what is left of it - it stays out of rotation until then, as a probe that passes leaves an
+ * ejected member (unless no other member of its policy serves: the last is never ejected). A server stalled past its
+ * PINGs (or restarted) while ejected left, and its new registration was in full rotation a second later, every time,
+ * its ejections never growing: the "30000 ms" of its eject line was false.
+ */
+function takeUpEjection(context: ProxyContext, entry: Member): void {
+  const kept = context.keptEjections.get(entry.id);
+  if (!kept) return;
+  context.keptEjections.delete(entry.id);
+  if (kept.policy !== entry.policy || kept.host !== entry.host || kept.port !== entry.port) return;
+  entry.ejections = kept.ejections;
+  entry.ejectedUntil = kept.until;
+  const now = context.clock.now();
+  if (kept.until <= now || !anotherServing(context, entry)) return;
+  entry.ejected = true;
+  const left = Math.ceil(kept.until - now);
+  context.logger.info('still_ejected', `Server id ${entry.id} registered again; it stays ejected from privacy policy ${entry.policy} for the ${left} ms left of its ejection`, {
+    id: entry.id, policy: entry.policy, ejectedForMs: left,
+  });
+  const self = context.self;
+  entry.timer = context.clock.setTimeout(() => self.send({ type: 'READMIT', member: entry.id }), left);
+  entry.timerDue = kept.until;
+}
+
+/** Whether a member of `entry`'s policy other than it is serving. */
+export function anotherServing(context: ProxyContext, entry: Member): boolean {
+  for (const m of context.policies.get(entry.policy)?.members ?? []) if (m !== entry && m.state === 'serving') return true;
+  return false;
 }
 
 /** The member enters its policy's rotation (once). */
@@ -161,6 +207,7 @@ export function removeServer(context: ProxyContext, entry: Member, reason: strin
   if (context.servers.get(entry.id) !== entry) return;
   context.servers.delete(entry.id);
   countOpen(context, entry, -1);
+  keepEjection(context, entry);
   entry.timer?.cancel();
   context.logger.settle(entry.id);
   context.logger.budgeted('info', 'deregister', '', LIFE_LINES, `Server id ${entry.id} left privacy policy ${entry.policy}: ${reason}`, {

@@ -112,6 +112,15 @@ export class Member {
   }
 }
 
+/** A member's ejection kept past its leaving: where it served, and its ejection's end and count (Member's `ejectedUntil`, `ejections`). */
+export interface KeptEjection {
+  policy: string;
+  host: string;
+  port: number;
+  until: number;
+  ejections: number;
+}
+
 /** Everything the proxy keeps for one privacy policy: its pool (the rotation), its members, and requests waiting for room. */
 export interface Policy {
   name: string;
@@ -163,6 +172,12 @@ export interface ProxyContext {
   registry?: RegistryStatus;
   /** Ids of registry entries refused for the open limits (registry-members.ts): one is offered again each time a member frees room. */
   overLimit: Set<string>;
+  /**
+   * The ejections of members that left while they counted (membership.ts `keepEjection`), by id, oldest first, at most
+   * KEPT_EJECTIONS: the same server registering again takes them up (a server stalled past its PINGs left while ejected,
+   * and came back in full rotation a second later, its ejection and its count gone).
+   */
+  keptEjections: Map<string, KeptEjection>;
   /** The port's connections as the proxy stops: closed by the listener, each client told; a stop waits for them. */
   portClosed: PortClosed;
 }

@@ -248,6 +248,7 @@ export const proxyMachine = setup({
       servers: new Map(),
       openRegistrations: { total: 0, byHost: new Map() },
       overLimit: new Set(),
+      keptEjections: new Map(),
       inflight: new InflightCount(),
       busy: new Set(),
       linkSeq: 0,

@@ -8,7 +8,7 @@ import { MsgType, type AckMsg, type ErrorMsg, type PongMsg } from '../transport/
 import { resolveOptions } from '../actors/proxy-options.js';
 import { FrameDecoder } from '../transport/frame.js';
 import { READ_SLICE } from '../transport/socket.js';
-import { collector, eventually, frame, LOCAL, rawConnect } from './helpers.js';
+import { collector, eventually, frame, LOCAL, rawConnect, sleep } from './helpers.js';
 
 interface Ctx {
   proxy: ProxyHandle;
@@ -953,6 +953,38 @@ panic('take requests again at once when the last server serving their policy lea
   assert.equal(r.map((x) => [x.server, x.correct]), [['a', true], ['a', true]], JSON.stringify(r));
 });
 
+const rejoin = fresh('an ejected server that registers again', { timeoutMs: 1500, tryTimeoutMs: 200, ejectAfter: 3, ejectBaseMs: 3000 });
+
+rejoin('a server that leaves while ejected and registers again stays ejected for what is left of it, and its next ejection is longer', async () => {
+  // Its ejection lived on its registration: a server stalled past its PINGs left while ejected, registered again and was
+  // in full rotation a second later, every time (an hour's load: eight "for 30000 ms", none longer, each over in ~4 s).
+  let hang = true;
+  const handler = (payload: unknown): string | Promise<string> => (hang ? new Promise<string>(() => {}) : sha1Hex(String(payload)));
+  await addServer('a', 'P');
+  const b = await startServer({ id: 'b', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, handlerTimeoutMs: 300, handler });
+  await eventually(() => ctx.proxy.pools().P?.serving.length === 2, 2000, 'a and b serving');
+  const ejections = (): LogRecord[] => ctx.logs.filter((l) => l.event === 'eject' && l.id === 'b');
+  await runClient({ id: 'c1', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('P', 12), window: 1, timeoutMs: 5000 });
+  await eventually(() => ejections().length === 1, 3000, 'b ejected');
+  assert.is(ejections()[0]!.ejectedForMs, 3000);
+  b.kill();
+  await eventually(() => !ctx.proxy.pools().P?.members.includes('b'), 3000, 'b left');
+  const again = await startServer({ id: 'b', policy: 'P', listenPort: b.port, proxy: { host: LOCAL, port: ctx.proxy.port }, handlerTimeoutMs: 300, handler });
+  ctx.servers.push(again);
+  await eventually(() => ctx.proxy.pools().P?.members.includes('b') ?? false, 3000, 'b registered again');
+  await sleep(300);
+  assert.is(ctx.proxy.pools().P?.states.b, 'ejected', 'still ejected');
+  assert.match(ctx.logs.find((l) => l.event === 'still_ejected' && l.id === 'b')!.msg, /^Server id b registered again; it stays ejected from privacy policy P for the \d+ ms left of its ejection$/);
+  const during = await runClient({ id: 'c2', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('P', 4, 'd'), window: 1, timeoutMs: 5000 });
+  assert.ok(during.every((r) => r.correct && r.server === 'a'), JSON.stringify(during));
+  await eventually(() => ctx.proxy.pools().P?.states.b === 'serving', 4000, 'back when its ejection ends');
+  // Failing again at once: its second ejection in a row, twice as long.
+  await runClient({ id: 'c3', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: packets('P', 12, 'e'), window: 1, timeoutMs: 5000 });
+  await eventually(() => ejections().length === 2, 3000, 'b ejected again');
+  assert.is(ejections()[1]!.ejectedForMs, 6000);
+  hang = false;
+});
+
 const unhedged = fresh('a try given up at its try timeout', { timeoutMs: 1500, hedgeOnTryTimeout: false });
 
 unhedged('with hedge_on_try_timeout off, three servers each slower than the try timeout answer nothing in time: TIMEOUT', async () => {
@@ -1118,6 +1150,7 @@ hedged.run();
 untried.run();
 keptAlone.run();
 panic.run();
+rejoin.run();
 unhedged.run();
 ipv6.run();
 floods.run();
