@@ -4,6 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Help, Option } from 'commander';
+import { VERSION_LINE } from './build.js';
 import { runClient, startServer, StartError, type ServerHandle } from '../actors/index.js';
 import { DEFAULT_CLIENT_TIMEOUT_MS } from '../actors/client.js';
 import { LocalCode, RevproxyError } from '../transport/errors.js';
@@ -31,7 +32,6 @@ import { DEFAULT_TCP_KEEPALIVE_MS } from '../transport/tls.js';
 import { BUDGET_UNDER_A_LIMIT, DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
 import type { Level } from '../actors/logger.js';
 
-const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
 
 function withLogOptions(cmd: Command, level?: Level): Command {
   for (const o of logOptions(level)) cmd.addOption(o);
@@ -59,12 +59,12 @@ function withInspectOptions(cmd: Command): Command {
 export function buildProgram(setExit: (code: number) => void): Command {
   const program = new Command('revproxy')
     .description(`Reverse proxy with policy-based round-robin load balancing.\nThe old system's single-dash flags (${OLD_FLAGS.map((f) => `-${f}`).join(', ')}) are accepted as well as --port, --id, ...`)
-    .version(pkg.version, '-V, --version', 'output the version number (also -v)')
+    .version(VERSION_LINE, '-V, --version', 'output the version number and the git revision it was built from (also -v)')
     // `revproxy -v`, as node -v and npm -v: it was an unknown option.
     .addOption(new Option('-v').hideHelp())
     .on('option:v', () => {
-      process.stdout.write(`${pkg.version}\n`);
-      throw new CommanderError(0, 'commander.version', pkg.version);
+      process.stdout.write(`${VERSION_LINE}\n`);
+      throw new CommanderError(0, 'commander.version', VERSION_LINE);
     })
     .showHelpAfterError('(add --help for usage)')
     .configureHelp({ showGlobalOptions: false });

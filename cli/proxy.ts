@@ -4,6 +4,7 @@
  * log, the admin endpoint, SIGHUP (reload the config, reopen the access
  * and inspection logs) and SIGUSR1 (reopen those logs only). SIGTERM, SIGINT and SIGQUIT drain.
  */
+import { REVISION, VERSION } from './build.js';
 import { accessSync, constants, lstatSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
@@ -263,8 +264,6 @@ Example:
   return cmd;
 }
 
-/** This build's version (package.json), for `revproxy_build_info`. */
-const PACKAGE_VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
 /** The file's settings as last read, and those of them the command line sets too (`overridden`). */
 type Overrides = () => { file: ProxyConfig; keys: string[] };
@@ -359,7 +358,8 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       maxConnections: () => conns!.limit,
       dropped: () => ({ main: logger.dropped, access: accessLog && accessLog.dest !== stdout ? accessLog.dropped : 0 }),
       reloads: () => reloads,
-      version: PACKAGE_VERSION,
+      version: VERSION,
+      revision: REVISION,
       certs: () => certs,
     });
     const readiness = new Readiness();

@@ -598,8 +598,9 @@ export interface OperationsSources {
   dropped(): Record<'main' | 'access', number>;
   /** Reloads so far: applied, or refused (invalid file); whether the last one was applied (true before any), and when the configuration running was last read (ms). */
   reloads(): Record<'applied' | 'refused', number> & { lastOk?: boolean; lastOkAt?: number };
-  /** This build's version, for `revproxy_build_info`. */
+  /** This build's version and git revision (cli/build.ts), for `revproxy_build_info`. */
   version?: string;
+  revision?: string;
   /** The certificate files in use, by the setting that names them (tls.cert, tls.ca, registry.tls.*): when each begins and ends (ms). */
   certs(): ReadonlyArray<{ role: string; file: string; notBefore: number; notAfter: number }>;
 }
@@ -664,7 +665,7 @@ export function addOperationsMetrics(registry: Registry, s: OperationsSources): 
   });
   if (s.version !== undefined) {
     // As prometheus_build_info: a constant 1 whose labels say which build runs (a rollout's version skew, at a glance).
-    new Gauge({ name: 'revproxy_build_info', help: 'The build running: version (package.json) and Node version; always 1', labelNames: ['version', 'node'], registers: [registry] }).set({ version: s.version, node: process.version }, 1);
+    new Gauge({ name: 'revproxy_build_info', help: 'The build running: version (package.json), git revision (unknown outside a checkout) and Node version; always 1', labelNames: ['version', 'revision', 'node'], registers: [registry] }).set({ version: s.version, revision: s.revision ?? 'unknown', node: process.version }, 1);
   }
   // As Traefik's traefik_tls_certs_not_after: one series per certificate file in use (a chain's leaf, a CA bundle's first to end).
   const validity = (name: string, help: string, at: 'notBefore' | 'notAfter') =>

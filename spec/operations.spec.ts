@@ -4,7 +4,7 @@
  * /metrics). The proxy runs as a real process (`revproxy proxy --config`);
  * servers and load run in this process.
  */
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Socket } from 'node:net';
@@ -856,7 +856,8 @@ reload('/metrics says whether the last reload was applied for as long as it matt
   const scrape = async (): Promise<string> => (await get(`${admin}metrics`)).body;
   const version = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
   let m = await scrape();
-  assert.match(m, new RegExp(`^revproxy_build_info\\{version="${version.replace(/\./g, '\\.')}",node="${process.version}"\\} 1$`, 'm'));
+  const revision = execFileSync('git', ['rev-parse', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim().slice(0, 12);
+  assert.match(m, new RegExp(`^revproxy_build_info\\{version="${version.replace(/\./g, '\\.')}",revision="${revision}",node="${process.version}"\\} 1$`, 'm'));
   assert.match(m, /^revproxy_config_last_reload_successful 1$/m);
   const started = Number(/^revproxy_config_last_reload_success_timestamp_seconds (\d+)$/m.exec(m)?.[1]);
   assert.ok(Math.abs(started - Date.now() / 1000) < 60, String(started));
@@ -1002,6 +1003,7 @@ admin('/healthz, /readyz (503 while draining) and /metrics (GET and HEAD): count
     result: (v) => v === 'applied' || v === 'refused',
     // revproxy_build_info's: one series, this build's.
     version: (v) => v === (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version,
+    revision: (v) => /^[0-9a-f]{12}$/.test(v),
     node: (v) => v === process.version,
     policy: (v) => ['P', 'NONE', OTHER].includes(v),
     server: (v) => ['', 's1', 's2', OTHER].includes(v),
