@@ -441,6 +441,8 @@ export interface DestinationOptions {
    * writes what it logged.
    */
   hold?: { bytes: number; ms: number };
+  /** The mode a file this creates gets (at start, and at a reopen after logrotate moved it), before the umask. Default 0o666. An existing file keeps its own. */
+  mode?: number;
 }
 
 /**
@@ -470,7 +472,7 @@ export class Destination {
     if (to === 1) void process.stdout;
     if (to === 2) void process.stderr;
     this.sonic = new SonicBoom({
-      ...(typeof to === 'number' ? { fd: to } : { dest: to, append: true, mkdir: false }),
+      ...(typeof to === 'number' ? { fd: to } : { dest: to, append: true, mkdir: false, mode: opts.mode }),
       maxLength: opts.maxBytes ?? LOG_BUFFER_BYTES,
       // Chunks of bytes, made by `write` and by producers that format their lines as bytes (the access log).
       contentMode: 'buffer',
@@ -582,7 +584,7 @@ export class Destination {
       this.flushPending(); // what was logged before the signal goes to the file it was logged for
       // Tried first: SonicBoom reports a failed reopen only as an 'error' event, and leaves behind
       // a listener that would close its current file a second time at the next reopen.
-      closeSync(openSync(this.opts.to, 'a'));
+      closeSync(openSync(this.opts.to, 'a', this.opts.mode));
       this.dropTornLine();
       this.sonic.reopen();
     }

@@ -108,6 +108,13 @@ export async function startInspector(opts: InspectorOptions = {}): Promise<Inspe
 }
 
 /**
+ * The mode of an inspection log file the process creates (at start, and at a reopen after logrotate moved
+ * the old one): its owner's only. It holds the events' payloads; it was made 0644, readable by every user
+ * of the machine. A file that exists keeps its mode (logrotate's `create 0640 ...`, say).
+ */
+const LOG_MODE = 0o600;
+
+/**
  * The inspection log: emptied (one run per file: `revproxy inspect` replays one process's actors),
  * then written as the access log is, bounded: under load it takes about 350 KB a second, and a
  * stream that buffered without bound grew the process on a slow disk, said nothing when the disk
@@ -115,11 +122,11 @@ export async function startInspector(opts: InspectorOptions = {}): Promise<Inspe
  */
 async function openLog(file: string, logger: Logger): Promise<Destination> {
   try {
-    closeSync(openSync(file, 'w'));
+    closeSync(openSync(file, 'w', LOG_MODE));
   } catch (err) {
     throw new Error(`cannot write the inspection log ${file}: ${(err as Error).message}`);
   }
-  const log = new Destination({ to: file });
+  const log = new Destination({ to: file, mode: LOG_MODE });
   await log.ready().catch((err: Error) => {
     throw new Error(`cannot write the inspection log ${file}: ${err.message}`);
   });

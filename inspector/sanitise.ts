@@ -3,6 +3,15 @@
  * sockets, Connection objects, functions, Maps, request batches and actor
  * refs: none of it may reach JSON.stringify raw (cycles, megabytes of
  * payloads). Everything shown by the inspector goes through `project`.
+ *
+ * Nor may a secret: the actors' inputs and contexts carry the registration
+ * secrets (`token`, `tokens`, a member's `token` and registry `proof`), the
+ * registry's `password`, TLS keys; the events carry them too (`xstate.init`'s
+ * `input`, a SETUP's `token`). Every projection (the page, `/api/state`,
+ * `/events`, `/api/history`, the `--inspect-log` file) shows `[redacted]` in
+ * their place (`isSecretKey`, `REDACTED`): the page is readable by any local
+ * process when no `--inspect-token` is set, and a log file is read by anyone
+ * it is given to.
  */
 import { peerName, UNKNOWN_PEER } from '../transport/address.js';
 import { Connection } from '../transport/socket.js';
@@ -60,6 +69,30 @@ function isActorRef(v: object): v is ActorLike {
   return typeof (v as ActorLike).sessionId === 'string' && typeof (v as ActorLike).send === 'function';
 }
 
+/** What a secret is shown as. */
+export const REDACTED = '[redacted]';
+
+/**
+ * Keys whose values are secrets wherever they stand: `token`, `tokens`, `inspectToken`, `adminToken`,
+ * `password`, `registryPassword`, a passphrase, a registry entry's `proof` (an HMAC under a policy's
+ * secret), a TLS `key` or `pfx`. A yes/no or a count under such a name (`hasToken`) is shown.
+ */
+const SECRET_KEY = /token|password|passwd|passphrase|secret|proof|credential|authori[sz]ation|^(key|pfx|privateKey)$/i;
+/** A PEM private key, under any name. */
+const PRIVATE_KEY_PEM = /-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----/;
+
+/** Whether a field of this name is shown as `[redacted]` (when it holds more than a yes/no or a number). */
+export function isSecretKey(key: string): boolean {
+  return SECRET_KEY.test(key);
+}
+
+/** The value of a field named `key`, or `[redacted]` when the name says it is a secret (undefined: project it as any other). */
+function redacted(key: string, v: unknown): string | undefined {
+  if (!isSecretKey(key)) return undefined;
+  if (v === null || v === undefined || typeof v === 'boolean' || typeof v === 'number' || typeof v === 'function' || typeof v === 'symbol') return undefined;
+  return REDACTED;
+}
+
 /** Keys that only ever hold plumbing (loggers, clocks, callbacks): left out of projections. */
 const SKIP = new Set(['logger', 'clock', 'connect', 'deliver', 'reply', 'eligible', 'observer', 'busy', 'toJSON']);
 
@@ -79,6 +112,7 @@ export function project(v: unknown, limits: ProjectLimits = CONTEXT_LIMITS, dept
 function projectValue(v: unknown, limits: ProjectLimits, depth: number): Json | typeof OMIT {
   switch (typeof v) {
     case 'string':
+      if (PRIVATE_KEY_PEM.test(v)) return REDACTED;
       return v.length > limits.chars ? `${v.slice(0, limits.chars)}…(${v.length})` : v;
     case 'number':
       return Number.isFinite(v) ? v : String(v);
@@ -99,6 +133,9 @@ function projectValue(v: unknown, limits: ProjectLimits, depth: number): Json | 
   if (isActorRef(o)) return `actor ${o.id}`;
   if (o instanceof Error) return `${o.name}: ${o.message}`;
   if (Buffer.isBuffer(o)) return `Buffer(${o.length})`;
+  // Bytes of any other kind (a key as a Uint8Array) are not walked index by index either.
+  if (ArrayBuffer.isView(o)) return `${o.constructor.name}(${o.byteLength})`;
+  if (o instanceof ArrayBuffer) return `ArrayBuffer(${o.byteLength})`;
   if (o instanceof Date) return o.toISOString();
   if (depth >= limits.depth) {
     if (Array.isArray(o)) return `[${o.length} items]`;
@@ -115,6 +152,7 @@ function projectValue(v: unknown, limits: ProjectLimits, depth: number): Json | 
         out['…'] = `${o.size - limits.items} more`;
         break;
       }
+      // A map's keys are data (policies, ids), not field names: a map of secrets stands under a secret's name.
       const p = projectValue(val, limits, depth + 1);
       if (p === OMIT) continue;
       out[String(k)] = p;
@@ -135,7 +173,8 @@ function projectValue(v: unknown, limits: ProjectLimits, depth: number): Json | 
       out['…'] = 'more keys';
       break;
     }
-    const p = projectValue((o as Record<string, unknown>)[k], limits, depth + 1);
+    const val = (o as Record<string, unknown>)[k];
+    const p = redacted(k, val) ?? projectValue(val, limits, depth + 1);
     if (p === OMIT) {
       omitted++;
       continue;
@@ -165,7 +204,7 @@ export function projectEvent(event: { type: string; [k: string]: unknown }): { [
   const out: { [k: string]: Json } = {};
   for (const k of Object.keys(event)) {
     if (k === 'type') continue;
-    const p = projectValue(event[k], EVENT_LIMITS, 1);
+    const p = redacted(k, event[k]) ?? projectValue(event[k], EVENT_LIMITS, 1);
     if (p !== OMIT) out[k] = p;
   }
   return out;

@@ -1,13 +1,13 @@
 /** The inspector's parts: ring, projections, charts, the hub's budget, recorded logs and the CLI. Issue #6. */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, Socket, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createActor, createMachine } from 'xstate';
 import { connect, poolMachine, runClient, serverMachine, startProxy, startServer, upstreamMachine } from '../actors/index.js';
-import { chartOf, Hub, project, Ring, serveRecorded, startInspector } from '../inspector/index.js';
+import { chartOf, Hub, project, projectEvent, Ring, serveRecorded, startInspector } from '../inspector/index.js';
 import { Connection } from '../transport/socket.js';
 import { newPeer } from '../actors/link.js';
 import { eventually, LOCAL, longInspectionLog, sleep, tempDir } from './helpers.js';
@@ -54,6 +54,30 @@ parts('projections turn sockets, maps, cycles and big batches into small JSON, a
   assert.match(JSON.stringify(out.requests), /more \(1000 in all\)/);
   assert.is(out.when, 'Error: boom');
   socket.destroy();
+});
+
+parts('projections show every secret as [redacted]: tokens, passwords, proofs, TLS keys, under any name a context or an event gives them', () => {
+  const pem = '-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\n-----END PRIVATE KEY-----\n';
+  const context = {
+    opts: { id: 's1', token: 'sekret-token-1234', tokens: { P: ['old-secret-1', 'new-secret-2'] }, port: 2100, registry: { username: 'ops', password: 'etcd-pass-5678', tls: { key: Buffer.from(pem), ca: Buffer.from('ca') } } },
+    member: { id: '1', proof: 'hmac-proof-abcdef', open: false, hasToken: true },
+    inspectToken: 'inspector-token-1', adminToken: 'admin-token-2', registryPassword: 'registry-pass-3',
+    material: { key: pem, pfx: new Uint8Array(Buffer.from('pfx-bytes-secret')) },
+    note: pem,
+  };
+  const text = JSON.stringify(project(context, { depth: 6, items: 20, chars: 200 }));
+  for (const secret of ['sekret-token-1234', 'old-secret-1', 'new-secret-2', 'etcd-pass-5678', 'hmac-proof-abcdef', 'inspector-token-1', 'admin-token-2', 'registry-pass-3', 'MIIEvQ', 'pfx-bytes']) {
+    assert.not.ok(text.includes(secret), `${secret} is not shown: ${text}`);
+  }
+  const out = project(context, { depth: 6, items: 20, chars: 200 }) as { opts: Record<string, unknown>; member: Record<string, unknown> };
+  assert.is(out.opts.token, '[redacted]');
+  assert.is(out.opts.port, 2100, 'what is no secret is shown as before');
+  assert.is(out.member.hasToken, true, 'a yes/no under a secret\'s name is no secret');
+  // XState's first event carries the actor's input: the proxy's `--token` was in every page's event log.
+  const init = projectEvent({ type: 'xstate.init', input: { port: 2100, token: 'sekret-token-1234', tls: { key: pem } } });
+  assert.not.match(JSON.stringify(init), /sekret|MIIE/);
+  const setup = projectEvent({ type: 'REGISTER', msg: { type: 3, id: '1', token: 'sekret-token-1234' } });
+  assert.not.match(JSON.stringify(setup), /sekret/);
 });
 
 parts('charts are read from the machine definition: states, nested states, transitions with event names', () => {
@@ -232,6 +256,52 @@ recorded('a log written with --inspect-log replays into the same page: pools, ac
   const history = await (await fetch(`${page.url}api/history?actor=${pool.sid}`)).json();
   assert.ok(history.length >= 2 && history[0].state === 'empty' && history.at(-1).state === 'serving', JSON.stringify(history.map((h: { state: string }) => h.state)));
   assert.is((await fetch(`${page.url}metrics`)).status, 404);
+});
+
+recorded('no secret of a proxy or a server reaches the page, its feeds or the inspection log, made for its owner only (0600): the token was in /api/state, /events and the log', async () => {
+  const secret = 'sekret-token-1234';
+  const perPolicy = 'per-policy-secret-99';
+  const dir = tempDir('insp-');
+  const file = join(dir, 'secrets.ndjson');
+  const insp = await startInspector({ port: 0, logFile: file, flushMs: 20 });
+  let closed = false;
+  cleanup.push(() => (closed ? undefined : insp.close()));
+  const proxy = await startProxy({ port: 0, token: secret, tokens: { Q: perPolicy }, inspect: insp.inspect, observer: insp.observer });
+  cleanup.push(() => proxy.stop());
+  const server = await startServer({ id: '1', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: proxy.port }, token: secret, inspect: insp.inspect });
+  cleanup.push(() => server.kill());
+  await eventually(() => proxy.pools().P?.serving.length === 1, 3000, 'the server serving');
+  const c = await connect({ revproc: proxy.port });
+  await c.send('P', 'hello');
+  await c.close();
+  await sleep(100);
+  const seen: Array<[string, string]> = [];
+  const get = async (path: string): Promise<string> => {
+    const text = await (await fetch(`${insp.url}${path}`)).text();
+    seen.push([path, text]);
+    return text;
+  };
+  const state = JSON.parse(await get('api/state')) as { actors: Array<{ sid: string; id: string }> };
+  await get('api/events?limit=5000');
+  for (const a of state.actors) await get(`api/history?actor=${encodeURIComponent(a.sid)}`);
+  // The first picture of a page's stream.
+  const stop = new AbortController();
+  const res = await fetch(`${insp.url}events`, { signal: stop.signal });
+  const reader = res.body!.getReader();
+  let stream = '';
+  while (!/^event: full\ndata: .*\n\n/m.test(stream)) stream += Buffer.from((await reader.read()).value!).toString();
+  stop.abort();
+  seen.push(['/events', stream]);
+  closed = true;
+  await insp.close();
+  seen.push([file, readFileSync(file, 'utf8')]);
+  assert.ok(state.actors.some((a) => a.id === 'server 1') && state.actors.some((a) => a.id === 'proxy'), 'a server and a proxy shown');
+  for (const [where, text] of seen) {
+    assert.not.ok(text.includes(secret), `the registration secret is not in ${where}`);
+    assert.not.ok(text.includes(perPolicy), `the policy's secret is not in ${where}`);
+  }
+  assert.match(seen[0]![1], /\[redacted\]/, 'shown as [redacted] where it stood');
+  assert.is(statSync(file).mode & 0o777, 0o600, 'the log is its owner\'s only');
 });
 
 recorded('a replay keeps every row of the log reachable, a page at a time and filtered by the server (only the last 2000 were), and says how many there are', async () => {
