@@ -25,6 +25,20 @@ const FILES: Record<string, { file: string; type: string }> = {
   '/style.css': { file: 'style.css', type: 'text/css; charset=utf-8' },
 };
 
+/**
+ * Sent with every answer, whatever its path or status. The page's buttons change the running proxy, so no
+ * other site may show it in a frame (`X-Frame-Options`, CSP `frame-ancestors`): a page framing it under a
+ * decoy drained a member with the operator's click. And its script comes from this origin only: no inline
+ * script or event handler runs (`script-src 'self'`), so markup that ever reached the page from a recorded
+ * log (page/app.js draws its charts without it) could run nothing.
+ */
+export const SECURITY_HEADERS: Readonly<Record<string, string>> = {
+  'x-frame-options': 'DENY',
+  'content-security-policy': "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+  'x-content-type-options': 'nosniff',
+  'referrer-policy': 'no-referrer',
+};
+
 /** Rows of the event log in one answer of `/api/events`: by default as many as the page shows, at most a few pages' worth. */
 const ROWS_PAGE = 1500;
 const MAX_ROWS_PAGE = 5000;
@@ -202,6 +216,7 @@ export function serveInspector(hub: Hub, metrics: Metrics | undefined, opts: Ser
 
   // Its pages' event streams (at most MAX_STREAMS) stay open; a crowd of other connections does not.
   const server: Server = httpPort('the inspector', log, (req, res) => {
+    for (const [k, v] of Object.entries(SECURITY_HEADERS)) res.setHeader(k, v);
     handler(req, res).catch((err: Error) => send(res, 500, 'text/plain', `inspector error: ${err.message}\n`));
   });
   return new Promise((resolve, reject) => {

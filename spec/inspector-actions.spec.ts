@@ -181,6 +181,38 @@ guard('drain and enable are POSTs with a JSON body; the proxy logs each with who
   assert.is((await raw(`${insp.url}api/members/drain`, 'POST', json, '{"member":')).status, 400);
 });
 
+guard('every answer forbids framing the inspector (X-Frame-Options, CSP frame-ancestors) and runs only its own script: a page on another origin framed it and a click drained a member', async () => {
+  const token = 'inspector-token-123';
+  const { insp } = await setUp([['1', 'normal']]);
+  const open = await startInspector({ port: 0, token });
+  ctx.cleanup.push(() => open.close());
+  const basic = { authorization: `Basic ${Buffer.from(`ops:${token}`).toString('base64')}` };
+  const answers: Array<[string, Awaited<ReturnType<typeof raw>>]> = [];
+  for (const path of ['', 'index.html', 'app.js', 'style.css', 'api/state', 'api/events', 'api/history?actor=x', 'metrics', 'favicon.ico', 'nowhere']) {
+    answers.push([path, await raw(`${insp.url}${path}`, 'GET', {})]);
+  }
+  answers.push(['a refused read', await raw(`${insp.url}api/state`, 'GET', { host: 'evil.example' })]);
+  answers.push(['an action by GET', await raw(`${insp.url}api/members/drain`, 'GET', {})]);
+  answers.push(['an action', await raw(`${insp.url}api/members/enable`, 'POST', json, drainBody)]);
+  answers.push(['without the token', await raw(`${open.url}`, 'GET', {})]);
+  answers.push(['with the token', await raw(`${open.url}`, 'GET', basic)]);
+  // An event stream: its headers only.
+  const stream = await new Promise<Record<string, unknown>>((resolve, reject) => {
+    const req = httpRequest(`${insp.url}events`, (res) => {
+      resolve(res.headers);
+      req.destroy();
+    });
+    req.on('error', reject).end();
+  });
+  answers.push(['events', { status: 200, headers: stream, body: '' }]);
+  for (const [what, r] of answers) {
+    assert.is(r.headers['x-frame-options'], 'DENY', `${what} (${r.status})`);
+    const csp = String(r.headers['content-security-policy']);
+    assert.match(csp, /frame-ancestors 'none'/, `${what} (${r.status})`);
+    assert.match(csp, /script-src 'self'(;|$)/, `${what}: no inline script`);
+  }
+});
+
 guard('actions from another origin, or naming another host (DNS rebinding), are refused and logged', async () => {
   const { insp, proxy } = await setUp([['1', 'normal'], ['2', 'normal']]);
   const port = insp.port!;

@@ -9,12 +9,14 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Socket } from 'node:net';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { connect, Logger, memorySink, runClient, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
-import { serveRecorded, startInspector, type Inspector, type PoolView } from '../inspector/index.js';
-import { eventually, LOCAL, longInspectionLog, sleep, sseReader } from './helpers.js';
+import { chartOf, serveRecorded, startInspector, type Inspector, type PoolView } from '../inspector/index.js';
+import { poolMachine } from '../actors/index.js';
+import { eventually, LOCAL, longInspectionLog, sleep, sseReader, tempDir } from './helpers.js';
 import { ROOT } from './procs.js';
 
 const CHROMIUM = { executablePath: '/usr/bin/chromium', args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'] };
@@ -622,6 +624,63 @@ many('a replayed log: its filters reach every recorded row, the list pages back 
     assert.match(await c3.page.textContent('#log-body .row:first-child') ?? '', /started/);
   } finally {
     await replay.close();
+  }
+});
+
+many('a recorded log\'s chart runs no script: its SVG is built again from what the inspector draws (an <img onerror> in a log ran on open), and the chart of a good log is drawn as before', async () => {
+  const { edgeOf: _e, machine: _m, ...good } = chartOf('pool', poolMachine.root as never);
+  const xss = (n: number) => `window.__xss=${n}`;
+  const evil = [
+    `<img src=x onerror="${xss(1)}">${good.svg}`,
+    good.svg.replace('<svg ', `<svg onload="${xss(2)}" `).replace('</svg>', `<script>${xss(3)}</script><foreignObject><img xmlns="http://www.w3.org/1999/xhtml" src="x" onerror="${xss(4)}"/></foreignObject><a href="javascript:${xss(5)}"><text class="name" x="5" y="5">click</text></a><image href="x" onerror="${xss(6)}"/></svg>`).replace('<g class="state', `<g onmouseover="${xss(7)}" class="state`),
+  ];
+  const recs: unknown[] = [{ k: 'chart', machine: 'pool', chart: good }];
+  const machines = ['pool', 'evil0', 'evil1'];
+  evil.forEach((svg, i) => recs.push({ k: 'chart', machine: `evil${i}`, chart: { ...good, svg } }));
+  machines.forEach((machine, i) => {
+    recs.push({ k: 'actor', t: 1, sid: `x:${i}`, id: `${machine}-actor`, machine });
+    recs.push({ k: 'state', t: 2, sid: `x:${i}`, state: 'serving', status: 'active', changed: true, context: null });
+  });
+  const file = join(tempDir('insp-xss-'), 'evil.ndjson');
+  writeFileSync(file, recs.map((r) => JSON.stringify(r)).join('\n') + '\n');
+  const replay = await serveRecorded(file, 0);
+  try {
+    await c3.page.goto(replay.url);
+    for (const machine of machines) {
+      await c3.page.click(`#tree .node:has(.name:text-is("${machine}-actor"))`);
+      await c3.page.waitForFunction((m) => document.getElementById('chart')!.dataset.machine === m, machine, { timeout: 10_000 });
+      await c3.page.hover('#chart').catch(() => undefined);
+      await sleep(300);
+    }
+    assert.is(await c3.page.evaluate(() => (window as unknown as { __xss?: number }).__xss), undefined, 'no script of the log ran');
+    await c3.page.click('#tree .node:has(.name:text-is("pool-actor"))');
+    await c3.page.waitForSelector('#chart svg [data-state="pool.serving"].current', { timeout: 10_000 });
+    assert.ok(await c3.page.$('#chart svg marker#arrow path'), 'the arrow head is drawn');
+    assert.ok((await c3.page.$$('#chart svg [data-edge]')).length > 3, 'the transitions are drawn');
+    await c3.page.click('#tree .node:has(.name:text-is("evil0-actor"))');
+    await c3.page.waitForFunction(() => /not shown/.test(document.getElementById('chart')!.textContent!), undefined, { timeout: 10_000 });
+    await c3.page.click('#tree .node:has(.name:text-is("evil1-actor"))');
+    await c3.page.waitForSelector('#chart svg [data-state="pool.serving"].current', { timeout: 10_000 });
+    assert.is(await c3.page.$$eval('#chart script, #chart foreignObject, #chart a, #chart image, #chart [onload], #chart [onmouseover]', (els) => els.length), 0, 'what the inspector does not draw is left out');
+  } finally {
+    await replay.close();
+  }
+});
+
+many('another site cannot show the inspector in a frame: a decoy page framed it, and a click on it drained a member', async () => {
+  const url = c3.insp.url!;
+  const framing = await c3.browser.newPage();
+  try {
+    await framing.setContent(`<title>decoy</title><iframe id="f" src="${url}" width="1200" height="900"></iframe>`);
+    await sleep(1500);
+    const shown: boolean[] = [];
+    for (const f of framing.frames()) {
+      if (f === framing.mainFrame()) continue;
+      shown.push(await f.evaluate(() => !!document.getElementById('pools')).catch(() => false));
+    }
+    assert.equal(shown, [false], 'the frame holds no inspector page');
+  } finally {
+    await framing.close();
   }
 });
 

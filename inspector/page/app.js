@@ -619,7 +619,8 @@ function renderActor() {
   } else {
     if (box.dataset.machine !== a.machine) {
       box.dataset.machine = a.machine;
-      box.innerHTML = chart.svg;
+      const svg = chartSvg(chart.svg);
+      box.replaceChildren(svg || el('p', { class: 'muted', text: 'this chart is not one the inspector draws: not shown' }));
     }
     const active = activeIds(chart.root.id, state);
     for (const g of box.querySelectorAll('[data-state]')) {
@@ -636,6 +637,48 @@ function renderActor() {
   $('step-pos').textContent = shown ? `state ${S.step + 1} of ${n}` : 'live';
   $('step-info').textContent = shown ? `${new Date(shown.t + S.toWall).toLocaleTimeString()} · after ${shown.event || '?'}${shown.changed ? ' · state changed' : ''}` : `${a.events} events${a.event ? ` · last ${a.event}` : ''}`;
   $('step-live').classList.toggle('on', !!shown);
+}
+
+// A chart's SVG came from the server, and a recorded log's from whoever wrote the file: it is never put into
+// the page as markup (a log's `<img onerror=...>` ran its script). It is read in an inert document, and only
+// what inspector/chart.ts draws is built again, element by element: its elements, its attributes, its text.
+const SVG_NS = 'http://www.w3.org/2000/svg';
+const CHART_ATTRS = {
+  svg: ['class', 'viewBox', 'width', 'height'],
+  defs: [],
+  marker: ['id', 'viewBox', 'refX', 'refY', 'markerWidth', 'markerHeight', 'orient'],
+  g: ['class', 'data-state'],
+  rect: ['x', 'y', 'width', 'height', 'rx'],
+  circle: ['class', 'cx', 'cy', 'r'],
+  path: ['class', 'd', 'marker-end', 'data-edge'],
+  text: ['class', 'x', 'y', 'text-anchor', 'data-edge'],
+};
+/** Attributes whose values are checked too: the only reference a chart makes is to its own arrow head. */
+const CHART_VALUES = { 'marker-end': /^url\(#arrow\)$/, id: /^arrow$/, d: /^[MLCZz0-9.,\s-]*$/ };
+
+function chartSvg(text) {
+  if (typeof text !== 'string') return null;
+  const doc = new DOMParser().parseFromString(text, 'image/svg+xml');
+  const root = doc.documentElement;
+  if (root.namespaceURI !== SVG_NS || root.localName !== 'svg' || doc.getElementsByTagName('parsererror').length) return null;
+  const copy = (node) => {
+    const allowed = CHART_ATTRS[node.localName];
+    if (node.namespaceURI !== SVG_NS || !allowed) return null;
+    const out = document.createElementNS(SVG_NS, node.localName);
+    for (const name of allowed) {
+      const v = node.getAttribute(name);
+      if (v !== null && (!CHART_VALUES[name] || CHART_VALUES[name].test(v))) out.setAttribute(name, v);
+    }
+    for (const kid of node.childNodes) {
+      if (kid.nodeType === Node.TEXT_NODE) out.append(document.createTextNode(kid.data));
+      else if (kid.nodeType === Node.ELEMENT_NODE) {
+        const k = copy(kid);
+        if (k) out.append(k);
+      }
+    }
+    return out;
+  };
+  return copy(root);
 }
 
 async function loadHistory() {
