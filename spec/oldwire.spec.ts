@@ -394,56 +394,45 @@ async function jsonSetup(from: string, setup: { id: string; privPolyId: string; 
   sock.destroy();
 }
 
-oldThroughOurs("a live old server's id is not taken by a setup from another address: refused DUPLICATE_ID, its policy's requests keep going to it; a setup from its own address still replaces it (a restart)", async () => {
-  // Any peer's one setup naming a live old server's id took it: every request of its policy went to the
-  // peer's port (a probe: 503 of 503 answers wrong).
+/**
+ * A live old server 'old1' of policy 'good', and a peer's setup from `from` naming its id and a port of the peer's
+ * own: refused DUPLICATE_ID in words `why` matches, every request still answered by old1, nothing at the peer's port;
+ * once old1's process has exited, a setup from its host takes the id (a restart).
+ */
+async function liveIdKept(from: string, why: RegExp): Promise<void> {
   const real = await oldServer('old1', 'good');
   const taken: string[] = [];
   const thief = createServer((c) => c.on('data', (d) => taken.push(String(d))).on('error', () => {}));
-  await new Promise<void>((r) => thief.listen(0, '127.0.0.2', r));
+  await new Promise<void>((r) => thief.listen(0, from, r));
   ctx.closers.push(() => thief.close());
-  await jsonSetup('127.0.0.2', { id: 'old1', privPolyId: 'good', listenport: (thief.address() as AddressInfo).port });
+  await jsonSetup(from, { id: 'old1', privPolyId: 'good', listenport: (thief.address() as AddressInfo).port });
   const refusal = (): LogRecord | undefined => ctx.logs.find((l) => l.event === 'register_refused' && l.id === 'old1');
   await eventually(() => refusal() !== undefined, 3000, 'the setup refused');
   const refused = refusal()!;
   assert.is(refused.code, 'DUPLICATE_ID');
-  assert.match(String(refused.msg), /^Refused setup from 127\.0\.0\.2:\d+ for server id old1 privacy policy good: server id old1 is held by a live old server at 127\.0\.0\.1:\d+, and this setup came from another address: a peer may not take a live server's id/);
-  const r = await oldClient(['-id', '1', '-pkt', packetFile({ srcid: '1', privPoliId: 'good', payload: 'mine' }), '-repeat', '3']);
-  assert.is(r.correct, 3, r.text);
-  assert.equal(r.servers, ['old1', 'old1', 'old1']);
-  assert.equal(taken, [], 'nothing reached the other address');
-  assert.not.ok(ctx.logs.some((l) => l.event === 'deregister' && l.id === 'old1'), 'old1 never left');
-  // Its own address (a restart) still takes the id.
-  real.kill('SIGKILL');
-  await real.exited;
-  await oldServer('old1', 'good');
-  assert.is((await oldClient(['-id', '1', '-pkt', packetFile({ srcid: '1', privPoliId: 'good', payload: 'again' })])).correct, 1);
-});
-
-oldThroughOurs("a live old server's id is not taken by a setup from its own host naming another port: refused DUPLICATE_ID while the server holds the proxy's connection open", async () => {
-  // The rule above let a setup from the held server's address through (a restart), and with it any peer on
-  // the same host: a probe's one setup from 127.0.0.1 naming its own port took 503 of 503 answers.
-  const real = await oldServer('old1', 'good');
-  const taken: string[] = [];
-  const thief = createServer((c) => c.on('data', (d) => taken.push(String(d))).on('error', () => {}));
-  await new Promise<void>((r) => thief.listen(0, LOCAL, r));
-  ctx.closers.push(() => thief.close());
-  await jsonSetup(LOCAL, { id: 'old1', privPolyId: 'good', listenport: (thief.address() as AddressInfo).port });
-  const refusal = (): LogRecord | undefined => ctx.logs.find((l) => l.event === 'register_refused' && l.id === 'old1');
-  await eventually(() => refusal() !== undefined, 3000, 'the setup refused');
-  const refused = refusal()!;
-  assert.is(refused.code, 'DUPLICATE_ID');
-  assert.match(String(refused.msg), /^Refused setup from 127\.0\.0\.1:\d+ for server id old1 privacy policy good: server id old1 is held by a live old server at 127\.0\.0\.1:\d+, which holds this proxy's connection open: a second server may not take a live server's id/);
+  assert.match(String(refused.msg), why);
   const r = await oldClient(['-id', '1', '-pkt', packetFile({ srcid: '1', privPoliId: 'good', payload: 'mine' }), '-repeat', '3']);
   assert.is(r.correct, 3, r.text);
   assert.equal(r.servers, ['old1', 'old1', 'old1']);
   assert.equal(taken, [], 'nothing reached the other port');
   assert.not.ok(ctx.logs.some((l) => l.event === 'deregister' && l.id === 'old1'), 'old1 never left');
-  // Once its process has exited, a setup from its host takes the id (a restart on another port).
+  // Its own address (a restart, on another port) still takes the id once its process has exited.
   real.kill('SIGKILL');
   await real.exited;
   await oldServer('old1', 'good');
   assert.is((await oldClient(['-id', '1', '-pkt', packetFile({ srcid: '1', privPoliId: 'good', payload: 'again' })])).correct, 1);
+}
+
+oldThroughOurs("a live old server's id is not taken by a setup from another address: refused DUPLICATE_ID, its policy's requests keep going to it; a setup from its own address still replaces it (a restart)", async () => {
+  // Any peer's one setup naming a live old server's id took it: every request of its policy went to the
+  // peer's port (a probe: 503 of 503 answers wrong).
+  await liveIdKept('127.0.0.2', /^Refused setup from 127\.0\.0\.2:\d+ for server id old1 privacy policy good: server id old1 is held by a live old server at 127\.0\.0\.1:\d+, and this setup came from another address: a peer may not take a live server's id/);
+});
+
+oldThroughOurs("a live old server's id is not taken by a setup from its own host naming another port: refused DUPLICATE_ID while the server holds the proxy's connection open", async () => {
+  // The rule above let a setup from the held server's address through (a restart), and with it any peer on
+  // the same host: a probe's one setup from 127.0.0.1 naming its own port took 503 of 503 answers.
+  await liveIdKept(LOCAL, /^Refused setup from 127\.0\.0\.1:\d+ for server id old1 privacy policy good: server id old1 is held by a live old server at 127\.0\.0\.1:\d+, which holds this proxy's connection open: a second server may not take a live server's id/);
 });
 
 oldThroughOurs("an old server's setup naming this proxy's own client port is refused: the proxy does not send requests into itself", async () => {
