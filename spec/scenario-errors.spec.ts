@@ -29,6 +29,12 @@ refused('malformed YAML names the file and line', () => {
   assert.match(msg, /^broken\.yaml:\d+:\d+: not valid YAML: /);
 });
 
+refused("a proxy's secret keeps the rule the flags keep: under 8 characters, or white space at an end, is refused at its line", () => {
+  // A short token ran in-process and failed the proxy's start, every step skipped; with --processes `revproxy proxy --token` refused it.
+  assert.match(refusal('name: x\nproxy: { token: right }\nsteps:\n  - wait: 1\n'), /^broken\.yaml:2:17: proxy\.token: a secret that is shorter than 8 characters: a short secret is easy to guess$/);
+  assert.match(refusal('name: x\nproxy: { tokens: { P: "a-long-secret " } }\nsteps:\n  - wait: 1\n'), /proxy\.tokens\.P: a secret that ends with a space: /);
+});
+
 refused('an unknown step names its line, the known steps and the nearest one', () => {
   const msg = refusal('name: x\nsteps:\n  - wait: 1\n  - sned: { client: "1", policy: P, payload: x }\n');
   assert.match(msg, /^broken\.yaml:4:5: steps\[1\]: unknown step 'sned'; expected one of: send, raw, start, kill, stop, wait, restart, expect_pool, parallel \(did you mean 'send'\?\)$/);
@@ -271,7 +277,7 @@ failing("expect_pool's `order: any` holds for the same servers in any order, whe
 
 failing('an action that cannot be done fails with the reason', async () => {
   // (A second start of a live id, the example here before, is refused at load now.)
-  const report = await runScenario(parseScenario('name: x\nproxy: { token: right }\nsteps:\n  - start: { server: { id: "1", policy: P, token: wrong } }\n', 'unauthorized.yaml'));
+  const report = await runScenario(parseScenario('name: x\nproxy: { token: right-secret }\nsteps:\n  - start: { server: { id: "1", policy: P, token: wrong } }\n', 'unauthorized.yaml'));
   const step = report.steps.find((s) => s.line === 4)!;
   assert.is(step.status, 'failed');
   assert.match(String(step.error), /the proxy refused server 1 \(UNAUTHORIZED\): /);
