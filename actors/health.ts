@@ -12,7 +12,7 @@ import { jittered } from '../transport/clock.js';
 import type { Failure, ProxyRequest, TryFailure } from './link.js';
 import { fmt } from './logger.js';
 import { clearlyBetter, RECENT_WINDOW_MS } from './recent-outcomes.js';
-import { anotherServing, current, joinPool, LIFE_LINES, removeServer, spawnLink } from './membership.js';
+import { anotherServing, current, joinPool, LIFE_LINES, removeServer, sitOutEjection, spawnLink } from './membership.js';
 import type { Member, ProxyContext } from './proxy-types.js';
 import { drainSoon, drainWaiting, endEjection, memberLost, retry, stalled } from './routing.js';
 
@@ -25,14 +25,7 @@ export function linkUp(context: ProxyContext, member: string, linkId: string): v
     // A probe dials a new connection and PINGs it: a server whose link was wedged answers that at once
     // (as one that stopped reading its link does), and readmitted here it took a window of requests per
     // probe, each held a try timeout, however many times it was ejected.
-    entry.ejected = true;
-    entry.timer?.cancel();
-    entry.timer = context.clock.setTimeout(() => context.self.send({ type: 'READMIT', member: entry.id }), entry.ejectedUntil - now);
-    entry.timerDue = entry.ejectedUntil;
-    const left = Math.ceil(entry.ejectedUntil - now);
-    context.logger.info('still_ejected', `Server id ${entry.id} answers a probe; it stays ejected from privacy policy ${entry.policy} for the ${left} ms left of its ejection`, {
-      id: entry.id, policy: entry.policy, ejectedForMs: left,
-    });
+    sitOutEjection(context, entry, now, 'answers a probe');
   } else if (entry.downSince !== undefined) {
     context.logger.info('readmit', `Server id ${entry.id} answers again; back in rotation for privacy policy ${entry.policy}`, {
       id: entry.id, policy: entry.policy, reason: 'probe succeeded',

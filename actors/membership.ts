@@ -179,14 +179,23 @@ function takeUpEjection(context: ProxyContext, entry: Member): void {
   entry.ejectedUntil = kept.until;
   const now = context.clock.now();
   if (kept.until <= now || !anotherServing(context, entry)) return;
+  sitOutEjection(context, entry, now, 'registered again');
+}
+
+/**
+ * `entry` sits out the rest of its ejection (`ejectedUntil`, later than `now`), and is READMITted then; said
+ * once (`still_ejected`), with `why` it is back to be kept out: it answers a probe, or it registered again.
+ */
+export function sitOutEjection(context: ProxyContext, entry: Member, now: number, why: string): void {
+  const until = entry.ejectedUntil!;
   entry.ejected = true;
-  const left = Math.ceil(kept.until - now);
-  context.logger.info('still_ejected', `Server id ${entry.id} registered again; it stays ejected from privacy policy ${entry.policy} for the ${left} ms left of its ejection`, {
+  entry.timer?.cancel();
+  entry.timer = context.clock.setTimeout(() => context.self.send({ type: 'READMIT', member: entry.id }), until - now);
+  entry.timerDue = until;
+  const left = Math.ceil(until - now);
+  context.logger.info('still_ejected', `Server id ${entry.id} ${why}; it stays ejected from privacy policy ${entry.policy} for the ${left} ms left of its ejection`, {
     id: entry.id, policy: entry.policy, ejectedForMs: left,
   });
-  const self = context.self;
-  entry.timer = context.clock.setTimeout(() => self.send({ type: 'READMIT', member: entry.id }), left);
-  entry.timerDue = kept.until;
 }
 
 /** Whether a member of `entry`'s policy other than it is serving. */
