@@ -198,7 +198,8 @@ const secretText = refine(text, (t) => {
   const bad = badSecretText(t);
   return bad && `a secret that ${bad}`;
 });
-const secret = refine(secretText, (t) => (t.length < 8 ? 'a secret needs at least 8 characters: a short secret is easy to guess' : undefined));
+/** A proxy's secret (8 characters or more), as the config file and a scenario's `proxy` take it. */
+export const secret = refine(secretText, (t) => (t.length < 8 ? 'a secret needs at least 8 characters: a short secret is easy to guess' : undefined));
 const path = refine(text, (t) => (t.length === 0 ? 'expected a file path, got an empty string' : undefined));
 
 /** `HOST:PORT`, `[::1]:PORT` or `PORT` (127.0.0.1). */

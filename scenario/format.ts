@@ -3,8 +3,7 @@
  * runner gets its types from it, and every refusal message names what these
  * schemas expect. docs/SCENARIOS.md describes the same format for people.
  */
-import { badSecretValue } from '../config/files.js';
-import { flagOfKey, NUMBERS, type NumberKey } from '../config/proxy.js';
+import { flagOfKey, NUMBERS, secret, type NumberKey } from '../config/proxy.js';
 import { CLIENT_CODES, ERROR_CODES, REGISTRATION_CODES, type Code } from '../transport/errors.js';
 import {
   anything, dict, flag, fraction, lazy, list, located, name, object, oneOf, opt, refine, req, scalar, tagged, text, whole,
@@ -39,20 +38,12 @@ const proxyFields = Object.fromEntries(
   Object.entries(PROXY_OPTIONS).map(([k, o]) => [k, opt(whole(`${o.doc}`, o.min), o.flag)]),
 ) as { [K in ProxyOptionKey]: Field<number, false> };
 
-/**
- * A proxy's secret, by the rule the flags, the config file and the library keep (`badSecretValue`): refused
- * at load, where a short `token` ran in-process and failed at the start of the proxy, every step skipped
- * (and `--processes` failed at `revproxy proxy --token`).
- */
-const proxySecret = refine(text, (t) => {
-  const bad = badSecretValue(t, 8);
-  return bad && `a secret that ${bad}`;
-});
-
 export const proxySpec = object('proxy', {
   ...proxyFields,
-  token: opt(proxySecret, 'registration secret every server must present (--token; 8 characters or more)'),
-  tokens: opt(dict(proxySecret), 'per-policy secrets (--tokens FILE; 8 characters or more each)'),
+  // The config file's rule (`secret`): a short token ran in-process and failed at the proxy's start, every step skipped
+  // (and `--processes` failed at `revproxy proxy --token`).
+  token: opt(secret, 'registration secret every server must present (--token; 8 characters or more)'),
+  tokens: opt(dict(secret), 'per-policy secrets (--tokens FILE; 8 characters or more each)'),
 });
 
 export const serverSpec = object('server', {

@@ -31,7 +31,7 @@ refused('malformed YAML names the file and line', () => {
 
 refused("a proxy's secret keeps the rule the flags keep: under 8 characters, or white space at an end, is refused at its line", () => {
   // A short token ran in-process and failed the proxy's start, every step skipped; with --processes `revproxy proxy --token` refused it.
-  assert.match(refusal('name: x\nproxy: { token: right }\nsteps:\n  - wait: 1\n'), /^broken\.yaml:2:17: proxy\.token: a secret that is shorter than 8 characters: a short secret is easy to guess$/);
+  assert.match(refusal('name: x\nproxy: { token: right }\nsteps:\n  - wait: 1\n'), /^broken\.yaml:2:17: proxy\.token: a secret needs at least 8 characters: a short secret is easy to guess$/);
   assert.match(refusal('name: x\nproxy: { tokens: { P: "a-long-secret " } }\nsteps:\n  - wait: 1\n'), /proxy\.tokens\.P: a secret that ends with a space: /);
 });
 
