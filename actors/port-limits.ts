@@ -17,14 +17,15 @@ import { proxiedClient, tcpUnder } from '../transport/proxied.js';
 import { systemClock, type Clock } from '../transport/clock.js';
 import type { Connection } from '../transport/socket.js';
 import type { TlsMaterial } from '../transport/tls.js';
+import type { HandshakeLimits } from './tls-handshakes.js';
 import { fmt, type Logger } from './logger.js';
 
 /** Why a listening port refused a connection as it came: past its limit in all, from an address holding its share, or from one opening them too fast (revproxy_connections_refused_total's reasons). */
-export const REFUSE_REASONS = ['max_connections', 'per_peer', 'conn_rate'] as const;
+export const REFUSE_REASONS = ['max_connections', 'per_peer', 'conn_rate', 'tls_handshakes'] as const;
 export type RefuseReason = (typeof REFUSE_REASONS)[number];
 
 /** The limits a listener reads (a reload may change them in place; `retune` applies them). */
-export interface ConnectionLimitsInput {
+export interface ConnectionLimitsInput extends HandshakeLimits {
   /** Connections open at once; past it Node closes each new one at once. */
   maxConnections: number;
   /** Whether the operator set `maxConnections` (else it is the default, which the open-files limit lowers quietly). */

@@ -14,7 +14,8 @@ import { errorMsg, MsgType, type DataMsg, type Message } from '../transport/mess
 import { encodeJson, startsJson } from '../transport/json.js';
 import { peerAddress } from '../transport/address.js';
 import { Connection, ConnectionTimeout, READ_SLICE, sendTogether, type MessageSink } from '../transport/socket.js';
-import { listenOn, listenServer, renewTls, type TlsMaterial } from '../transport/tls.js';
+import { listenOn, listenServer, renewTls, TLS_HANDSHAKE_TIMEOUT_MS, type TlsMaterial } from '../transport/tls.js';
+import { TlsHandshakes } from './tls-handshakes.js';
 import { encodeFrame, FORWARD_ROOM } from '../transport/frame.js';
 import { STALL_MS, type Clock } from '../transport/clock.js';
 import type { Inflight, InflightCount } from './inflight.js';
@@ -42,6 +43,8 @@ export interface ListenerInput {
   maxConnectionsPerPeer: number;
   /** New connections one address may open a second (0: no limit), checked before a TLS handshake. */
   maxConnRatePerPeer: number;
+  /** TLS handshakes under way at once (0: no limit; tls-handshakes.ts). */
+  maxTlsHandshakes: number;
   idleTimeoutMs: number;
   frameTimeoutMs: number;
   /** The balancers whose connections begin with a PROXY protocol header (addresses and networks). */
@@ -241,6 +244,8 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       socket.allowHalfOpen = false;
       return socket;
     };
+    // At most max_tls_handshakes under way, a sixteenth of them for one address: the rest wait their turn.
+    const handshakes = secure && new TlsHandshakes(secure, input, () => input.frameTimeoutMs || TLS_HANDSHAKE_TIMEOUT_MS, input.logger, 'max_tls_handshakes', () => input.observer?.refused?.('tls_handshakes'));
     // One check per connection, at accept: connections from anyone else are read (or handed to TLS) as they always were.
     let trusted = trustedSources(input.proxyProtocolFrom);
     const server: Server = listenServer(undefined, (socket: Socket) => {
@@ -250,7 +255,8 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       if (!trusts(trusted, socket.remoteAddress)) {
         // An address opening connections too fast is refused before its handshake costs anything.
         if (core.limits.tooFast(socket)) return;
-        return secure ? void secure.emit('connection', toTls(socket)) : accept(socket);
+        if (!secure) return accept(socket);
+        return handshakes!.begin(socket, peerAddress(socket), () => void secure.emit('connection', toTls(socket)));
       }
       awaitProxyHeader(socket, { timeoutMs: input.frameTimeoutMs, clock: input.clock }, (outcome) => {
         if ('header' in outcome) {
@@ -258,7 +264,8 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
           // A header naming no client (v2 LOCAL, v1 UNKNOWN) is the trusted balancer's own connection, its health
           // check (HAProxy's `check inter 100ms`: 10 a second): not a peer's flood, so not held to the rate.
           if (source && core.limits.tooFast(socket, source.address)) return;
-          return secure ? handOverToTls(secure, toTls(socket), source, rest) : accept(socket, source, rest);
+          if (!secure) return accept(socket, source, rest);
+          return handshakes!.begin(socket, peerAddress(socket, source?.address), () => handOverToTls(secure, toTls(socket), source, rest));
         }
         if ('error' in outcome) {
           logNoProxyHeader(input.logger, socket, outcome.error);
@@ -274,8 +281,8 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       if (e.type === 'STOP') server.close(); // stop accepting; open connections stay
       else if (e.type === 'RELOAD') {
         // New limits for the connections accepted from now on.
-        const { maxFrameBytes, maxConnections, maxConnectionsSet, maxConnectionsPerPeer, maxConnRatePerPeer, idleTimeoutMs, frameTimeoutMs, proxyProtocolFrom } = e.opts;
-        Object.assign(input, { maxFrameBytes, maxConnections, maxConnectionsSet, maxConnectionsPerPeer, maxConnRatePerPeer, idleTimeoutMs, frameTimeoutMs, proxyProtocolFrom });
+        const { maxFrameBytes, maxConnections, maxConnectionsSet, maxConnectionsPerPeer, maxConnRatePerPeer, maxTlsHandshakes, idleTimeoutMs, frameTimeoutMs, proxyProtocolFrom } = e.opts;
+        Object.assign(input, { maxFrameBytes, maxConnections, maxConnectionsSet, maxConnectionsPerPeer, maxConnRatePerPeer, maxTlsHandshakes, idleTimeoutMs, frameTimeoutMs, proxyProtocolFrom });
         core.limits.retune();
         trusted = trustedSources(proxyProtocolFrom);
       } else if (e.type === 'RENEW_TLS' && secure) {

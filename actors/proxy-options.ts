@@ -14,6 +14,7 @@ import type { Socket } from 'node:net';
 import { RETRY_CONDITIONS, type Peer, type ProxyRequest, type RetryCondition, type SocketFactory } from './link.js';
 import type { Logger } from './logger.js';
 import type { RefuseReason } from './port-limits.js';
+import { DEFAULT_MAX_TLS_HANDSHAKES } from './tls-handshakes.js';
 
 /** How the proxy treats servers of the old JSON wire. */
 export interface OldServerOptions {
@@ -126,6 +127,8 @@ export interface ProxyOptions {
   maxConnectionsPerPeer?: number;
   /** New connections one address may open a second, refused past it before a TLS handshake (0 = no limit). Default 0. */
   maxConnRatePerPeer?: number;
+  /** TLS handshakes under way at once, a sixteenth of them (at least 1) for one address; past either a connection waits its turn (tls-handshakes.ts) (0 = no limit). Default 256. */
+  maxTlsHandshakes?: number;
   /**
    * Addresses and networks (`10.0.0.5`, `10.0.0.0/8`, `fd00::/8`) of the L4
    * balancers in front of the proxy: a connection from one of them must begin
@@ -277,6 +280,7 @@ export function resolveOptions(input: ProxyOptions): Opts {
     frameTimeoutMs: input.frameTimeoutMs ?? 10000,
     maxConnectionsPerPeer: input.maxConnectionsPerPeer ?? defaultConnsPerPeer(host),
     maxConnRatePerPeer: input.maxConnRatePerPeer ?? 0,
+    maxTlsHandshakes: input.maxTlsHandshakes ?? DEFAULT_MAX_TLS_HANDSHAKES,
     proxyProtocolFrom: input.proxyProtocolFrom ?? [],
     busyPollUs: input.busyPollUs ?? 0,
     maxBufferedBytes,

@@ -19,7 +19,7 @@
  */
 import { isIP, type Socket } from 'node:net';
 import { assertEvent, assign, fromCallback, sendTo, setup, type ActorRefFrom } from 'xstate';
-import { DEFAULT_PROXY_PORT, hostPort, plainIPv4, repeatedEndpoint } from '../transport/address.js';
+import { DEFAULT_PROXY_PORT, hostPort, peerAddress, plainIPv4, repeatedEndpoint } from '../transport/address.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type DataMsg, type ErrorMsg, type Message, type PongMsg, type SetupMsg } from '../transport/messages.js';
@@ -31,6 +31,7 @@ import { budgetNote, connectionsNote, defaultMaxConnections, lazyTextFrom, memor
 import { badHandler, Caller, HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
 import { defaultConnsPerPeer, DEFAULT_LISTEN_HOST } from './proxy-options.js';
 import { ConnectionLimits, logAcceptErrors, logBadInput, logShed, logTlsRefusals, type ConnectionLimitsInput } from './port-limits.js';
+import { DEFAULT_MAX_TLS_HANDSHAKES, TlsHandshakes } from './tls-handshakes.js';
 import { fmt, silentLogger, type Logger } from './logger.js';
 
 export type { Behaviour } from './handler.js';
@@ -89,6 +90,8 @@ export interface ServerOptions {
   maxConnectionsPerPeer?: number;
   /** New connections one address may open a second, refused past it before a TLS handshake (0 = no limit; port-limits.ts `tooFast`). Default 0. */
   maxConnRatePerPeer?: number;
+  /** TLS handshakes under way at once, a sixteenth of them (at least 1) for one address; past either a connection waits its turn (tls-handshakes.ts) (0 = no limit). Default 256. */
+  maxTlsHandshakes?: number;
   /** `normal` answers; `silent` accepts requests and never answers; `fail` answers every request with an error (for fault tests). */
   behaviour?: Behaviour;
   /**
@@ -311,9 +314,11 @@ const requestListener = fromCallback<{ type: 'DRAIN' } | { type: 'REFUSE_NEW'; m
     // With TLS the listening server is TCP's and `secure` does the handshakes (as on the proxy's port),
     // so that an address opening connections too fast is refused before its handshake costs anything.
     const secure = input.tls?.cert ? listenServer(input.tls, accept, { handshakeTimeoutMs: FRAME_TIMEOUT_MS }) : undefined;
+    // At most --max-tls-handshakes under way, a sixteenth of them for one address: the rest wait their turn.
+    const handshakes = secure && new TlsHandshakes(secure, input, () => FRAME_TIMEOUT_MS, input.logger, '--max-tls-handshakes');
     const server = listenServer(undefined, (socket: Socket) => {
       if (limits.tooFast(socket)) return;
-      if (secure) secure.emit('connection', socket);
+      if (secure) handshakes!.begin(socket, peerAddress(socket), () => void secure.emit('connection', socket));
       else accept(socket);
     });
     limits.watch(server);
@@ -687,7 +692,7 @@ const DEFAULT_QUEUE_LIMIT = 1024;
 export function badLimit(opts: ServerOptions): string | undefined {
   return badWholeNumbers(opts, [
     ['concurrency', 1, ' (leave it out for no limit)'], ['queueLimit', 0, ''], ['queueTimeoutMs', 0, ' (0 = until the proxy\'s deadline)'], ['queueLifoAfterMs', 0, ' (0 = oldest first)'], ['handlerTimeoutMs', 0, ' (0 = never)'], ['delayMs', 0, ''],
-    ['drainTimeoutMs', 0, ''], ['tcpKeepAliveMs', 0, ' (0 = off)'], ['maxFrameBytes', 1024, ''], ['maxBufferedBytes', 0, ' (0 = no limit)'], ['maxConnections', 1, ''], ['maxConnectionsPerPeer', 0, ' (0 = no limit)'], ['maxConnRatePerPeer', 0, ' (0 = no limit)'],
+    ['drainTimeoutMs', 0, ''], ['tcpKeepAliveMs', 0, ' (0 = off)'], ['maxFrameBytes', 1024, ''], ['maxBufferedBytes', 0, ' (0 = no limit)'], ['maxConnections', 1, ''], ['maxConnectionsPerPeer', 0, ' (0 = no limit)'], ['maxConnRatePerPeer', 0, ' (0 = no limit)'], ['maxTlsHandshakes', 0, ' (0 = no limit)'],
   ]);
 }
 
@@ -922,6 +927,7 @@ export const serverMachine = setup({
       maxConnectionsSet: context.maxConnectionsSet,
       maxConnectionsPerPeer: context.opts.maxConnectionsPerPeer ?? defaultConnsPerPeer(context.opts.listenHost ?? DEFAULT_LISTEN_HOST),
       maxConnRatePerPeer: context.opts.maxConnRatePerPeer ?? 0,
+      maxTlsHandshakes: context.opts.maxTlsHandshakes ?? DEFAULT_MAX_TLS_HANDSHAKES,
     }),
   },
   // Renewed TLS files are taken in any state: for the listener's next handshakes and the registrations' next dials.

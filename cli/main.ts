@@ -31,6 +31,7 @@ import { HEAP_PER_CONNECTION, HEAP_RESERVE, MIN_DEFAULT_CONNECTIONS } from '../a
 import { DEFAULT_TCP_KEEPALIVE_MS } from '../transport/tls.js';
 import { BUDGET_UNDER_A_LIMIT, DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
 import type { Level } from '../actors/logger.js';
+import { DEFAULT_MAX_TLS_HANDSHAKES } from '../actors/tls-handshakes.js';
 
 
 function withLogOptions(cmd: Command, level?: Level): Command {
@@ -100,12 +101,13 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('--max-connections <n>', `connections kept open at once; past it each new one is closed at once (default: ${DEFAULT_MAX_CONNECTIONS}, or fewer when V8's heap is small: as many as it holds at ${HEAP_PER_CONNECTION / 1024} KiB each past ${HEAP_RESERVE / 1048576} MiB and half of --max-buffered-bytes, ${MIN_DEFAULT_CONNECTIONS} or more)`).argParser(parseIntOption('--max-connections', 1)))
       .addOption(new Option('--max-conns-per-peer <n>', 'connections from one address at once (0 = no limit; default: none on loopback, 1024 on any other address)').argParser(parseIntOption('--max-conns-per-peer', 0)))
       .addOption(new Option('--max-conn-rate-per-peer <n>', 'new connections one address may open a second; past it each is closed as it comes, before a TLS handshake, until the address slows down (0 = no limit)').default(0).argParser(parseIntOption('--max-conn-rate-per-peer', 0)))
+      .addOption(new Option('--max-tls-handshakes <n>', 'TLS handshakes under way at once, a sixteenth of them (at least 1) for one address; a connection past either waits its turn, closed if it waits longer than 10 s, or at once when too many wait (0 = no limit)').default(DEFAULT_MAX_TLS_HANDSHAKES).argParser(parseIntOption('--max-tls-handshakes', 0)))
       .addOption(new Option('--token <secret>', "the proxy's registration secret (prefer the environment variable to the command line)").env('REVPROXY_TOKEN'))
       .addOption(wireOption('register the old way (setup on its own connection, then closed), for the old Python proxy'))
       .addHelpText('after', '\nWith --registry etcd://HOST:PORT the server registers once, in etcd, instead of with each proxy:\nevery proxy watching the registry takes it (see README, "Running a fleet").\nA lost proxy is retried with backoff and the server registers again.\nSIGTERM, SIGINT or SIGQUIT drains: tells the proxies it is leaving, finishes requests in flight, exits 0.\nA second one stops it at once (the same signal within 100 ms is a copy of the first: GNU timeout sends two).\nSIGHUP reads the TLS files again (renewed certificates): new connections and registrations use them;\n--registry-cert, --registry-key and --registry-ca make a new etcd client, the registration moved to it on its lease.\nA handler that throws an error with a string code answers the client HANDLER_ERROR with that code\n(not retried elsewhere; Node\'s own, such as ENOENT, answer HANDLER_FAILED and are logged); ctx.signal aborts when the proxy stops waiting for the answer.\n\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100\n  revproxy server -id 100 -pp 111 -revproc 2100,2200\n  revproxy server -id 500 -pp 111 --handler examples/privacy-handler.js --concurrency 8\n  revproxy server -id 100 -pp 111 --registry etcd://127.0.0.1:2379'),
   )))).action(async function (this: Command, o: LogFlags & TlsFlags & InspectFlags & RegistryFlags & { token?: string } & {
     id: string; pp: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout?: number; delay: number; maxFrame: number; wire: 'frames' | 'json';
-    handler?: string; concurrency?: number; queueLimit: number; queueTimeout: number; queueLifoAfter: number; handlerTimeout: number; watchdog: number; tcpKeepalive: number; maxBufferedBytes?: number; maxConnections?: number; maxConnsPerPeer?: number; maxConnRatePerPeer: number;
+    handler?: string; concurrency?: number; queueLimit: number; queueTimeout: number; queueLifoAfter: number; handlerTimeout: number; watchdog: number; tcpKeepalive: number; maxBufferedBytes?: number; maxConnections?: number; maxConnsPerPeer?: number; maxConnRatePerPeer: number; maxTlsHandshakes: number;
   }) {
     const policy = o.pp;
     const registry = registryFromFlags(o);
@@ -165,7 +167,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     server = await startServer({
       id: o.id, policy, listenPort: o.listen, listenHost: o.host, proxies: o.revproc, behaviour: o.behaviour,
       drainTimeoutMs: o.drainTimeout, delayMs: o.delay, maxFrameBytes: o.maxFrame, logger, waitForRegistration: false, inspect: insp.attach.inspect,
-      token: o.token, tls, wire: o.wire, handler, concurrency: o.concurrency, queueLimit: o.queueLimit, queueTimeoutMs: o.queueTimeout, queueLifoAfterMs: o.queueLifoAfter, handlerTimeoutMs: o.handlerTimeout, tcpKeepAliveMs: o.tcpKeepalive, maxBufferedBytes: o.maxBufferedBytes, maxConnections: o.maxConnections, maxConnectionsPerPeer: o.maxConnsPerPeer, maxConnRatePerPeer: o.maxConnRatePerPeer, registry,
+      token: o.token, tls, wire: o.wire, handler, concurrency: o.concurrency, queueLimit: o.queueLimit, queueTimeoutMs: o.queueTimeout, queueLifoAfterMs: o.queueLifoAfter, handlerTimeoutMs: o.handlerTimeout, tcpKeepAliveMs: o.tcpKeepalive, maxBufferedBytes: o.maxBufferedBytes, maxConnections: o.maxConnections, maxConnectionsPerPeer: o.maxConnsPerPeer, maxConnRatePerPeer: o.maxConnRatePerPeer, maxTlsHandshakes: o.maxTlsHandshakes, registry,
     });
     if (reloadOnceUp) hup();
     planned = sayUnplannedExit(logger);

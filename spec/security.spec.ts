@@ -221,6 +221,52 @@ tls('max_conn_rate_per_peer: an address opening connections too fast is refused 
   assert.ok(await handshake('127.0.0.3'), 'let in again');
 });
 
+tls('max_tls_handshakes: an address holding handshakes half-begun has its share under way, the rest wait their turn (closed after the handshake timeout) or are refused past the waiting line; a burst waits and completes; another address is served meanwhile', async (ctx) => {
+  // 5,000 connections that each sent 3 bytes of a ClientHello held OpenSSL's state for each, outside every limit:
+  // the proxy went from 67 to 498 MB (a probe's slowtls.py), and a peer reopening each one closed kept it there.
+  const pki = makePki(['proxy', 'server']);
+  const reasons: string[] = [];
+  // 16 in all, 1 for one address; at most 16 of one address wait.
+  await proxyWith(ctx, { tls: loadTls(pki.cert('proxy'))!, upstreamTls: loadTls({ ...pki.cert('proxy'), ca: pki.ca }), maxTlsHandshakes: 16, frameTimeoutMs: 1500, observer: { refused: (r) => reasons.push(r) } });
+  await server(ctx, 's1', 'P', { tls: loadTls({ ...pki.cert('server'), ca: pki.ca }) });
+  await eventually(() => ctx.proxy!.pools().P?.serving.includes('s1') ?? false, 3000, 's1 serving');
+  const refusedFor = (): number => reasons.filter((r) => r === 'tls_handshakes').length;
+  const held = await Promise.all(Array.from({ length: 20 }, () => rawConnect(ctx.proxy!.port, '127.0.0.3')));
+  const closed = new Set<Socket>();
+  for (const s of held) {
+    s.on('error', () => {});
+    s.on('close', () => closed.add(s));
+    s.resume();
+    s.write(Buffer.from([0x16, 0x03, 0x01]));
+  }
+  // One under way, 16 waiting: the other 3 closed at once.
+  await eventually(() => refusedFor() === 3, 2000, '3 refused past the waiting line');
+  await sleep(100);
+  assert.is(closed.size, 3, `${closed.size} of 20 closed at once`);
+  const lines = (): LogRecord[] => ctx.logs.filter((l) => l.event === 'conn_refused');
+  assert.match(lines()[0]!.msg, /^Refused a TLS connection from 127\.0\.0\.3: 16 connections from that address wait to begin theirs, beside the 1 handshakes under way \(max_tls_handshakes 16, 1 for one address\)/);
+  const handshake = (localAddress: string): Promise<boolean> => new Promise((done) => {
+    const s = tlsConnect({ socket: connect({ host: LOCAL, port: ctx.proxy!.port, localAddress }), rejectUnauthorized: false }, () => {
+      s.end();
+      done(true);
+    });
+    s.on('error', () => done(false));
+    s.on('close', () => done(false));
+  });
+  // Another address begins its handshake at once, and a client is served.
+  assert.ok(await handshake('127.0.0.2'), 'another address completes its handshake');
+  const served = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy!.port }, packets: pkts('P', 2), tls: loadTls({ ca: pki.ca }) });
+  assert.ok(served.length === 2 && served.every((x) => x.correct), JSON.stringify(served));
+  // A burst of real handshakes from one address: one at a time, each waiting its turn, all done.
+  const burst = await Promise.all(Array.from({ length: 10 }, () => handshake('127.0.0.4')));
+  assert.is(burst.filter(Boolean).length, 10, 'every handshake of the burst done');
+  // The half-begun ones: the one under way times out, those waiting are closed after as long.
+  await eventually(() => closed.size === 20, 6000, 'every half-begun connection closed');
+  assert.ok(refusedFor() >= 3 + 14, `${refusedFor()} refused for the handshake limit`);
+  assert.ok(lines().some((l) => /its handshake could not begin within 1500 ms, the handshake timeout/.test(l.msg)), JSON.stringify(lines().map((l) => l.msg)));
+  assert.ok(ctx.logs.some((l) => l.event === 'tls_refused' && /timeout/i.test(String(l.reason))), 'the one under way timed out');
+});
+
 const badInput = inProcess('bad input');
 
 badInput('requests sent before bad bytes are answered, then the error, then the close: in the same read, and in flight at a server', async (ctx) => {

@@ -279,6 +279,38 @@ port('--max-conn-rate-per-peer: over TLS, an address opening connections too fas
   other!.destroy();
 });
 
+port('--max-tls-handshakes: an address holding handshakes half-begun has its share under way and a waiting line, the rest refused at once and logged; another address completes its handshake and is served', async () => {
+  // 4,200 connections that each sent 3 bytes of a ClientHello filled a server's --max-connections, each holding OpenSSL's state.
+  const pki = makePki(['server']);
+  const server = await lonely({ tls: loadTls(pki.cert('server')), maxTlsHandshakes: 32 });
+  const held = await Promise.all(Array.from({ length: 40 }, () => rawConnect(server.port, '127.0.0.3')));
+  let closed = 0;
+  for (const s of held) {
+    ctx.socks.push(s);
+    s.on('error', () => {});
+    s.on('close', () => closed++);
+    s.resume();
+    s.write(Buffer.from([0x16, 0x03, 0x01]));
+  }
+  // 2 under way (a sixteenth of 32), 32 waiting: 6 closed at once, logged once.
+  await eventually(() => closed === 6, 3000, '6 refused past the waiting line');
+  const lines = ctx.logs.filter((r) => r.event === 'conn_refused');
+  assert.is(lines.length, 1, 'once, then counted');
+  assert.match(lines[0]!.msg, /^Refused a TLS connection from 127\.0\.0\.3: 32 connections from that address wait to begin theirs, beside the 2 handshakes under way \(--max-tls-handshakes 32, 2 for one address\)/);
+  const other = await new Promise<TLSSocket | undefined>((done) => {
+    const s = tlsConnect({ socket: connect({ host: LOCAL, port: server.port, localAddress: '127.0.0.2' }), rejectUnauthorized: false }, () => done(s));
+    s.on('error', () => done(undefined));
+    s.on('close', () => done(undefined));
+  });
+  assert.ok(other, 'another address completes its handshake');
+  const got = collector(other!);
+  other!.write(frame({ type: 0, seq: 1, srcid: 'good', privPoliId: 'P', payload: 'quick' }));
+  await got.until(() => got.got.length === 1);
+  assert.is((got.got[0] as AckMsg).payload, 'fine');
+  other!.destroy();
+  assert.is(closed, 6, 'the others still wait their turn');
+});
+
 port('a quiet connection is not closed, before its first message or after it: a proxy\'s link may carry nothing for hours (to a --wire json server, nothing at all until a request)', async () => {
   const clock = new ManualClock();
   const server = await lonely({ clock });

@@ -283,6 +283,9 @@ export function listenOn(server: Server, port: number, host: string, listening: 
   }
 }
 
+/** A listener's TLS handshake timeout when none is given (Node's own default). */
+export const TLS_HANDSHAKE_TIMEOUT_MS = 120_000;
+
 /**
  * A listening server, TLS when `tls` has a certificate; with a CA it requires and verifies peers' certificates (mutual TLS).
  * With `allowHalfOpen` a peer's end leaves our side open to write: its owner ends it (`Connection.endWith`).
@@ -292,7 +295,7 @@ export function listenServer(tls: TlsMaterial | undefined, onSocket: (socket: So
   if (!tls?.cert) return netServer({ allowHalfOpen }, onSocket);
   const server = tlsServer({
     ...contextOf(tls), requestCert: Boolean(tls.ca), rejectUnauthorized: Boolean(tls.ca),
-    handshakeTimeout: opts.handshakeTimeoutMs || 120_000, allowHalfOpen,
+    handshakeTimeout: opts.handshakeTimeoutMs || TLS_HANDSHAKE_TIMEOUT_MS, allowHalfOpen,
   }, onSocket);
   // A handshake that fails or stalls past its timeout must not keep its socket (and a connection slot): Node reports it and leaves it open.
   server.on('tlsClientError', (_err: Error, socket: Socket) => socket.destroy());
