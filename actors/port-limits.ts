@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type RequestListener, type Server as HttpServer, type ServerResponse } from 'node:http';
 import { BlockList, isIP, type Server, type Socket } from 'node:net';
-import { Server as TlsServer } from 'node:tls';
+import { Server as TlsServer, type TLSSocket } from 'node:tls';
 import type { BudgetHolder } from '../transport/budget.js';
 import { peerAddress, peerName } from '../transport/address.js';
 import { ErrorCode } from '../transport/errors.js';
@@ -342,10 +342,12 @@ export function logTlsRefusals(server: Server, logger: Logger): void {
   // listener runs before Node's TLS one), and read it there (`tcpUnder`).
   server.prependListener('connection', (raw: Socket) => void raw.remoteAddress);
   server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {
-    const why = recogniseTlsRefusal(err.code)?.message ?? err.message;
+    // A peer certificate Node refused itself (expired, another CA's) is reported as a hang-up: its verification error says why.
+    const certificate = (socket as TLSSocket).authorizationError?.toString();
+    const why = recogniseTlsRefusal(err.code, certificate)?.message ?? err.message;
     // A socket a trusted balancer handed over names its client in its PROXY header: that is who was refused, not the balancer.
     const addr = peerAddress(socket.remoteAddress !== undefined ? socket : tcpUnder(socket) ?? socket, proxiedClient(socket)?.address);
-    logger.repeated('warn', 'tls_refused', addr, 1, (n, span) => `Refused ${span ? `${fmt(n)} TLS connection(s)` : 'a TLS connection'} from ${addr}${span ? ` ${span}` : ''}: ${why}`, { peer: addr, reason: err.message });
+    logger.repeated('warn', 'tls_refused', addr, 1, (n, span) => `Refused ${span ? `${fmt(n)} TLS connection(s)` : 'a TLS connection'} from ${addr}${span ? ` ${span}` : ''}: ${why}`, { peer: addr, reason: certificate ?? err.message });
   });
 }
 

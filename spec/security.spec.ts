@@ -5,6 +5,8 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import fc from 'fast-check';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { connect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { Packr } from 'msgpackr';
@@ -143,6 +145,27 @@ tls('a TLS 1.2 peer asking for renegotiation is refused: one handshake per conne
   ]);
   assert.ok(outcome === 'refused' || outcome === 'closed', outcome);
   c.destroy();
+});
+
+tls('a client certificate the proxy refuses (expired, another CA\'s) is logged with why, not as a peer that closed the connection', async (ctx) => {
+  // Node closes such a handshake itself and reports a hang-up: the line said "the peer closed the connection before its TLS handshake was done".
+  const pki = makePki(['proxy']);
+  const rogue = makePki(['client'], 'rogue CA');
+  const old = makePki(['client'], 'old CA', { days: 1, made: '-3d' });
+  const bundle = join(pki.dir, 'bundle.pem');
+  writeFileSync(bundle, readFileSync(pki.ca, 'utf8') + readFileSync(old.ca, 'utf8'));
+  await proxyWith(ctx, { tls: loadTls({ ...pki.cert('proxy'), ca: bundle })! });
+  const refusals = (): LogRecord[] => ctx.logs.filter((l) => l.event === 'tls_refused');
+  // From an address each: refusals are counted by address after the first.
+  for (const [from, localAddress] of [[rogue, '127.0.0.5'], [old, '127.0.0.6']] as const) {
+    const c = tlsConnect({ socket: connect({ host: LOCAL, port: ctx.proxy!.port, localAddress }), ca: readFileSync(pki.ca), cert: readFileSync(from.cert('client').cert), key: readFileSync(from.cert('client').key) });
+    c.on('error', () => {});
+    await new Promise((r) => c.once('close', r));
+  }
+  await eventually(() => refusals().length === 2, 3000, 'both refusals logged');
+  assert.match(refusals()[0]!.msg, /^Refused a TLS connection from 127\.0\.0\.5: the peer's TLS certificate is not signed by a CA this side trusts \(UNABLE_TO_VERIFY_LEAF_SIGNATURE\): give the peer a certificate signed by a CA in this side's --tls-ca/);
+  assert.is(refusals()[0]!.reason, 'UNABLE_TO_VERIFY_LEAF_SIGNATURE');
+  assert.match(refusals()[1]!.msg, /the peer's TLS certificate has expired \(CERT_HAS_EXPIRED\): give the peer a renewed one/);
 });
 
 tls('a refused handshake names its peer\'s address even when the peer reset the connection first', async (ctx) => {

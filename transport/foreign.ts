@@ -11,7 +11,7 @@
 export type ForeignKind =
   | 'http-server' | 'http-client' | 'tls-client' | 'tls' | 'tls-alert' | 'ssh' | 'redis' | 'banner' | 'json' | 'proxy-header'
   /** Seen by a TLS listener (recogniseTlsRefusal). */
-  | 'plain' | 'no-certificate' | 'closed';
+  | 'plain' | 'no-certificate' | 'bad-certificate' | 'closed';
 
 export interface ForeignPeer {
   /** What was recognised (stable; specs and callers may branch on it). */
@@ -101,9 +101,13 @@ export function recogniseForeign(bytes: Uint8Array): ForeignPeer | undefined {
  * What a peer refused by a TLS listener seems to be, from the TLS library's
  * error code: plain TCP or plain HTTP on a TLS port, or a peer without the
  * certificate mutual TLS asks for. Undefined for anything else (the library's
- * own message then says it best).
+ * own message then says it best). `certificate` is the peer certificate's
+ * verification error (a TLS socket's `authorizationError`): Node closes a
+ * handshake whose peer certificate it refuses itself, reported as a socket
+ * hang-up, so the verification error is what says why.
  */
-export function recogniseTlsRefusal(code: string | undefined): ForeignPeer | undefined {
+export function recogniseTlsRefusal(code: string | undefined, certificate?: string): ForeignPeer | undefined {
+  if (certificate) return { kind: 'bad-certificate', message: refusedCertificate(certificate) };
   switch (code) {
     case 'ERR_SSL_WRONG_VERSION_NUMBER':
     case 'ERR_SSL_PACKET_LENGTH_TOO_LONG':
@@ -125,5 +129,24 @@ export function recogniseTlsRefusal(code: string | undefined): ForeignPeer | und
       };
     default:
       return undefined;
+  }
+}
+
+/** Why a peer's TLS certificate was refused, from its verification error (OpenSSL's, as Node names it), and what to do. */
+function refusedCertificate(code: string): string {
+  switch (code) {
+    case 'CERT_HAS_EXPIRED':
+      return `the peer's TLS certificate has expired (${code}): give the peer a renewed one (its --tls-cert)`;
+    case 'CERT_NOT_YET_VALID':
+      return `the peer's TLS certificate is not valid yet (${code}): check this machine's clock and the peer's, or the certificate's start date`;
+    case 'UNABLE_TO_VERIFY_LEAF_SIGNATURE':
+    case 'UNABLE_TO_GET_ISSUER_CERT':
+    case 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY':
+    case 'SELF_SIGNED_CERT_IN_CHAIN':
+    case 'DEPTH_ZERO_SELF_SIGNED_CERT':
+    case 'CERT_SIGNATURE_FAILURE':
+      return `the peer's TLS certificate is not signed by a CA this side trusts (${code}): give the peer a certificate signed by a CA in this side's --tls-ca, or add the CA that signed it there`;
+    default:
+      return `the peer's TLS certificate was refused (${code}): check it against this side's --tls-ca (openssl verify -CAfile)`;
   }
 }
