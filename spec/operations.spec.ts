@@ -1081,7 +1081,7 @@ admin('revproxy_connections_refused_total counts the connections its port refuse
   const file = write('refused.yaml', 'port: 0\nmax_connections: 3\nmax_conns_per_peer: 2\nadmin:\n  listen: 127.0.0.1:0\n');
   const { proc, port, admin: url } = await proxyWithConfig(file);
   const refused = async (): Promise<string> => [...(await get(`${url}metrics`)).body.matchAll(/^revproxy_connections_refused_total\{reason="(\w+)"\} (\d+)$/gm)].map((m) => `${m[1]}=${m[2]}`).sort().join(' ');
-  assert.is(await refused(), 'conn_rate=0 max_connections=0 per_peer=0', 'every reason at 0 before any');
+  assert.is(await refused(), 'conn_rate=0 max_connections=0 per_peer=0 tls_handshakes=0', 'every reason at 0 before any');
   const open: Socket[] = [];
   const closedAtOnce = async (from: string): Promise<void> => {
     const s = await rawConnect(port, from);
@@ -1101,7 +1101,7 @@ admin('revproxy_connections_refused_total counts the connections its port refuse
     await eventually(async () => /^revproxy_connections\{role="unknown"\} 2$/m.test((await get(`${url}metrics`)).body), 3000, 'two open');
     await closedAtOnce('127.0.0.1');
     await proc.waitFor(/Refused a connection from 127\.0\.0\.1: it has 2 open \(max_conns_per_peer\)/);
-    assert.is(await refused(), 'conn_rate=0 max_connections=1 per_peer=1');
+    assert.is(await refused(), 'conn_rate=0 max_connections=1 per_peer=1 tls_handshakes=0');
     // A reload sets a rate: a third connection from one address within the second is closed as it comes.
     writeFileSync(file, 'port: 0\nmax_connections: 3\nmax_conns_per_peer: 2\nmax_conn_rate_per_peer: 2\nadmin:\n  listen: 127.0.0.1:0\n');
     proc.kill('SIGHUP');
@@ -1111,7 +1111,7 @@ admin('revproxy_connections_refused_total counts the connections its port refuse
     for (let i = 0; i < 2; i++) open.push(await rawConnect(port, '127.0.0.4'));
     await closedAtOnce('127.0.0.4');
     await proc.waitFor(/Refused a connection from 127\.0\.0\.4: it opens more than 2 a second \(max_conn_rate_per_peer\)/);
-    assert.is(await refused(), 'conn_rate=1 max_connections=1 per_peer=1');
+    assert.is(await refused(), 'conn_rate=1 max_connections=1 per_peer=1 tls_handshakes=0');
   } finally {
     for (const s of open) s.destroy();
   }

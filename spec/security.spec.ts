@@ -121,7 +121,11 @@ tls('a client and a server talk through the proxy over mutual TLS; a server with
   // Signed by another CA: the proxy's listener refuses the handshake, so it never registers.
   const refused = await server(ctx, 'rogue', 'P', { tls: loadTls({ ...rogue.cert('server'), ca: pki.ca }), registerTimeoutMs: 800 }).catch((e: unknown) => e);
   assert.instance(refused, StartError);
+  // TLS 1.3 tells the dialler nothing: a connection closed before its acceptance names the likely cause.
+  assert.match((refused as Error).message, /the reverse proxy closed the registration connection before accepting it: it may have refused this side's TLS certificate \(--tls-cert: signed by a CA not in its --tls-ca, or expired/);
   assert.not.ok(ctx.proxy!.pools().P!.members.includes('rogue'));
+  const stranger = await runClient({ id: 'r', proxy: { host: LOCAL, port: ctx.proxy!.port }, packets: pkts('P'), maxAttempts: 1, timeoutMs: 2000, tls: loadTls({ ...rogue.cert('server'), ca: pki.ca }) });
+  assert.match(String(stranger[0]!.message), /refused this side's TLS certificate/, JSON.stringify(stranger));
   assert.ok(ctx.logs.some((l) => l.event === 'tls_refused'), 'the refused handshake is logged');
   // A plain-TCP client gets nothing through a TLS listener.
   const plain = await runClient({ id: 'p', proxy: { host: LOCAL, port: ctx.proxy!.port }, packets: pkts('P'), maxAttempts: 1, timeoutMs: 500 });

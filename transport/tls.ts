@@ -368,8 +368,15 @@ export function describeDialError(err: NodeJS.ErrnoException, host: string): str
 export function closedAtOnce(also?: string): string {
   const first = 'check whether another program listens on that port, or the proxy wants TLS (--tls-ca, --tls-cert)';
   const limit = 'is at its connection limit (in all, from one address, or new ones a second: its conn_refused lines say which)';
-  return also ? `${first}, ${limit}, or ${also}` : `${first} or ${limit}`;
+  return also ? `${first}, ${CERT_REFUSED}, ${limit}, or ${also}` : `${first}, ${CERT_REFUSED} or ${limit}`;
 }
+
+/**
+ * A listener that refused the certificate a dialler presented (mutual TLS), as the dialler can tell
+ * it: in TLS 1.3 the dialler's handshake is done before the listener checks its certificate, and
+ * Node's listener then closes the connection without an alert.
+ */
+export const CERT_REFUSED = "refused this side's TLS certificate (--tls-cert: signed by a CA not in its --tls-ca, or expired: its tls_refused lines say which)";
 
 /** A TLS failure in words a person can act on. */
 export function describeTlsError(err: NodeJS.ErrnoException): string {
