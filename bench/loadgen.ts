@@ -312,7 +312,13 @@ class Run {
   }
 }
 
-/** One connection keeping up to `depth` requests in flight; seq mod depth is the slot. */
+/**
+ * One connection keeping up to `depth` requests in flight; seq mod depth is the slot, and seq div depth the
+ * slot's round: each use of a slot takes its next round, so a seq is not used again until every other round of
+ * its slot has been (about 4e9 / depth uses later). Taken from one round for all slots (until 2026-12-06), a
+ * slot freed was used again at once with the same seq: a second answer to a request (or a late one after a
+ * retry) was matched to the next request, counted as its answer, and no `unexpected` said so.
+ */
 class PipelinedConn {
   private readonly socket: Socket;
   private readonly decoder = new FrameDecoder({ validate: false });
@@ -321,7 +327,8 @@ class PipelinedConn {
   private readonly payloadOf: Uint16Array;
   private readonly free: Int32Array;
   private nFree: number;
-  private round = 0;
+  /** Each slot's round: the seq it was last used with, div depth. */
+  private readonly rounds: Uint32Array;
   private readonly maxRound: number;
   private readonly templates: Template[];
   private inflight = 0;
@@ -356,6 +363,7 @@ class PipelinedConn {
     this.sentAt = new Float64Array(depth);
     this.payloadOf = new Uint16Array(depth);
     this.free = new Int32Array(depth);
+    this.rounds = new Uint32Array(depth);
     for (let i = 0; i < depth; i++) this.free[i] = depth - 1 - i;
     this.nFree = depth;
     this.maxRound = Math.floor(MAX_SEQ / depth) - 1;
@@ -413,14 +421,15 @@ class PipelinedConn {
       const slot = this.free[--this.nFree]!;
       const p = run.nextPayload();
       const t = this.templates[p]!;
-      const seq = this.round * this.depth + slot;
+      const round = this.rounds[slot] === this.maxRound ? 0 : this.rounds[slot]! + 1;
+      this.rounds[slot] = round;
+      const seq = round * this.depth + slot;
       t.bytes.copy(out, at);
       out.writeUInt32BE(seq, at + t.seqAt);
       at += t.bytes.length;
       this.seqs[slot] = seq;
       this.sentAt[slot] = run.pace ? run.pace.due(this.index, this.issued++) : now;
       this.payloadOf[slot] = p;
-      if (slot === this.depth - 1) this.round = this.round >= this.maxRound ? 0 : this.round + 1;
     }
     this.inflight += n;
     run.inflight += n;

@@ -161,6 +161,26 @@ test('answers to no request in flight are counted apart from the requests, which
   assert.match(t.out, /NO_ANSWER 8: /);
 });
 
+test('a late second answer is not taken for another request: a slot freed is used again with a new seq', async () => {
+  // seq was round * depth + slot, the round moving on only when the last slot was used: while that slot's request
+  // waited, a slot freed was used again at once with the same seq, so an answer repeated 20 ms later was matched to
+  // the next request on that slot (counted as its answer, wrong when its payload differed), whose own answer then
+  // came to nothing. Odd seqs (the last of 2 slots, on the old code) are answered after 100 ms, even ones at once
+  // and again 20 ms later.
+  const late = await fakeTarget((m, s) => {
+    if (m.seq % 2 === 1) return void setTimeout(() => s.write(ack(m)), 100);
+    s.write(ack(m));
+    setTimeout(() => s.write(ack(m)), 20);
+  });
+  const d = await load(['--revproc', String(late.port), '-n', '200', '-c', '1', '-p', '2', '--json']);
+  assert.is(d.json!.sent, 200, d.out);
+  assert.is(d.json!.ok, 200, d.out);
+  assert.is(d.json!.wrongHash, 0, d.out);
+  assert.equal(d.json!.errors, {});
+  assert.ok(d.json!.unexpected > 0, d.out);
+  assert.match(d.json!.firstUnexpected, /^an ACK of seq \d+, which no request in flight has/);
+});
+
 test('a connection not made within --connect-timeout is given up, saying what was not answered: a TLS handshake to a plain listener, a port that drops SYNs', async () => {
   // load had no connect timeout: --tls-ca to a plain listener that waits for a request, or a full backlog, and it never ended, printing nothing.
   // The fake's silence is what a plain listener waiting for its first request does (a revproxy proxy instead refuses the TLS hello and closes).
