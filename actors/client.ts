@@ -137,6 +137,8 @@ export interface ClientRequest {
   srcid?: string;
   /** Default: the client's `timeoutMs`. */
   timeoutMs?: number;
+  /** The caller's signal: aborted while the request waits, it is not sent (its CANCEL settles it). */
+  signal?: AbortSignal;
   done: (outcome: Outcome) => void;
 }
 
@@ -419,14 +421,22 @@ export class RequestBook {
     this.bytesBy.clear();
   }
 
-  /** Send waiting requests while their policy's window and the bytes in flight have room, each policy's oldest first. */
+  /**
+   * Send waiting requests while their policy's window and the bytes in flight have room, each policy's oldest first.
+   * One its caller gave up on (its signal aborted, its time up) stays where it is, unsent: its CANCEL or EXPIRE,
+   * the next event, settles it. A slot freed by one such event sent the next waiting request, given up on too,
+   * whose own event came next: 1,000 requests aborted (or timed out) together went to the proxy all at once, past
+   * the window (902 handlers running at once behind a window of 4), each for a caller gone.
+   */
   sendMore(conn: Connection, client: string, log: Logger, port: number): void {
     if (this.draining) return;
     const verbose = log.enabled('debug');
+    const now = this.clock.now();
     for (const [policy, queue] of this.waiting) {
       let room = Math.min(this.window - (this.inflightBy.get(policy) ?? 0), this.total - this.inflight.size);
       if (room <= 0) continue;
       for (const entry of queue) {
+        if (entry.req.signal?.aborted || now - entry.arrived >= entry.req.timeoutMs!) continue;
         if (room-- <= 0 || !this.bytesFit(policy, entry.held)) break;
         this.unwait(entry);
         this.send(entry, conn, client, log, port, verbose);

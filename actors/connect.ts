@@ -140,7 +140,7 @@ export class Client {
         unwatch?.();
         resolve(o);
       };
-      this.actor.send({ type: 'REQUEST', requests: [{ req: { policy, payload, srcid: opts.srcid, timeoutMs: opts.timeoutMs, done }, handle }] });
+      this.actor.send({ type: 'REQUEST', requests: [{ req: { policy, payload, srcid: opts.srcid, timeoutMs: opts.timeoutMs, signal, done }, handle }] });
     });
     this.pending.add(p);
     void p.then(() => this.pending.delete(p));

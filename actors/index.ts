@@ -20,7 +20,7 @@ import type { ProxyRegistryOptions } from '../registry/proxy-registry.js';
 import type { RegistryOptions } from '../registry/options.js';
 import type { RegistryStatus } from '../registry/events.js';
 import type { EtcdClient, Renewal } from '../registry/etcd-client.js';
-import { badId, badIdentity, badLimit, badProxies, serverMachine, type ServerActor, type ServerOptions } from './server.js';
+import { badId, badIdentity, badLimit, badProxies, badWholeNumbers, serverMachine, type ServerActor, type ServerOptions } from './server.js';
 import { dial, TlsConfigError, type TlsMaterial } from '../transport/tls.js';
 import { renewed } from './renew-tls.js';
 
@@ -120,7 +120,8 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
   let machine = proxyMachine;
   let etcd: EtcdClient | undefined;
   // The rules the config file and the flags keep (config/proxy.ts owns them), for a caller of the library.
-  const badNumber = (await import('../config/proxy.js')).badProxyNumber(opts) ?? badLogger(opts.logger);
+  const { badProxyNumber, listenHostProblem } = await import('../config/proxy.js');
+  const badNumber = badProxyNumber(opts) ?? badLogger(opts.logger);
   if (badNumber) throw new StartError(`startProxy: ${badNumber}`);
   // Each secret by the rule the flags and the file keep: 8 characters or more, no white space at an end.
   const badSecret = badSecretOption('token', opts.token, 8, true)
@@ -129,6 +130,9 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
   if (badSecret) throw new StartError(`startProxy: ${badSecret}`);
   const untrusted = (opts.proxyProtocolFrom ?? []).map(badTrustedSource).find(Boolean);
   if (untrusted) throw new StartError(`proxyProtocolFrom: ${untrusted}`);
+  // As the flags and the file: an empty host (an unset variable) would have Node listen on every address.
+  const badHost = opts.host === undefined ? undefined : listenHostProblem(opts.host, 'port');
+  if (badHost) throw new StartError(`startProxy: host needs an address ${badHost}`);
   if (opts.registry) {
     const host = opts.host ?? DEFAULT_LISTEN_HOST;
     const advertise = advertised(opts.registry.advertise, 'clients', 'give the port with port') ?? host;
@@ -267,7 +271,9 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
   const noId = badId('id', opts.id);
   if (noId) throw new StartError(`startServer: ${noId}`);
   // A server's token is the proxy's to judge (a short one is never accepted); empty or with white space at an end, it is refused here.
-  const bad = badIdentity(opts) ?? badProxies(opts.proxies) ?? badLimit(opts) ?? badLogger(opts.logger)
+  const badHost = opts.listenHost === undefined ? undefined : (await import('../config/proxy.js')).listenHostProblem(opts.listenHost, 'listenPort');
+  const bad = badIdentity(opts) ?? badProxies(opts.proxies) ?? badLimit(opts) ?? badWholeNumbers(opts, [['registerTimeoutMs', 1, '']]) ?? badLogger(opts.logger)
+    ?? (badHost && `listenHost needs an address ${badHost}`)
     ?? badSecretOption('token', opts.token, 0) ?? badSecretOption('registry.password', opts.registry?.password, 0);
   if (bad) throw new StartError(`server ${opts.id}: ${bad}`);
   let machine = opts.wire === 'json' ? serverMachine.provide({ actors: { registrations: jsonRegistrations } }) : serverMachine;
@@ -332,7 +338,7 @@ function serverHandle(actor: ServerActor, id: string, etcd?: EtcdClient): Server
 
 interface Watchable<S> {
   getSnapshot(): S;
-  subscribe(o: { next: (s: S) => void; error?: (e: unknown) => void }): { unsubscribe(): void };
+  subscribe(o: { next: (s: S) => void; error?: (e: unknown) => void; complete?: () => void }): { unsubscribe(): void };
 }
 
 /**
@@ -363,7 +369,13 @@ async function stopGracefully(actor: { getSnapshot(): { status: string }; send(e
   await port?.closing;
 }
 
-/** Resolves when `pred` holds for the actor's snapshot; rejects after `timeoutMs` when given. */
+/**
+ * Resolves when `pred` holds for the actor's snapshot, or when the actor stops (the caller reads its
+ * last snapshot); rejects after `timeoutMs` when given. A stopped actor tells its observers
+ * `complete` only: without it, `kill()` during a drain left that drain's `stop()` pending for ever
+ * (a shutdown's `await server.stop()` after a grace's `kill()` never went on, and Node exited
+ * mid-shutdown when nothing else held it).
+ */
 export function waitUntil<S>(actor: Watchable<S>, pred: (s: S) => boolean, timeoutMs?: number): Promise<void> {
   return new Promise((resolve, reject) => {
     if (pred(actor.getSnapshot())) return resolve();
@@ -377,6 +389,10 @@ export function waitUntil<S>(actor: Watchable<S>, pred: (s: S) => boolean, timeo
         }
       },
       error: (e) => reject(e),
+      complete: () => {
+        clearTimeout(timer);
+        resolve();
+      },
     });
     if (timeoutMs !== undefined) {
       timer = setTimeout(() => {

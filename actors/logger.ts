@@ -87,9 +87,27 @@ class Core {
 
   emit(level: Emitting, actor: string, event: string, msg: string, fields?: Record<string, unknown>): void {
     const out = this.out;
-    if (out instanceof LogStream) out.write(level, actor, event, msg, fields);
+    if (out instanceof LogStream) return out.write(level, actor, event, msg, fields);
     // Keys in the order pino writes them (level, time, ...), as the proxy's and server's JSON lines have them.
-    else out({ level, time: new Date().toISOString(), actor, event, msg, ...fields });
+    try {
+      out({ level, time: new Date().toISOString(), actor, event, msg, ...fields });
+    } catch (err) {
+      this.sinkThrew(err);
+    }
+  }
+
+  /** Lines a caller's sink threw on (`sinkThrew`). */
+  sinkFailures = 0;
+
+  /**
+   * A caller's sink threw: the line is lost, not the process. Thrown inside an actor's action, it
+   * stopped the proxy, server or client with an uncaught exception (the host process exited 1 at a
+   * `no_server` line), and one at start left a listener open with no handle to close it. Said once,
+   * as a process warning (winston and pino report a failing destination as an event, not a throw).
+   */
+  private sinkThrew(err: unknown): void {
+    if (this.sinkFailures++ > 0) return;
+    process.emitWarning(`a revproxy log sink threw (${err instanceof Error ? err.message : String(err)}): its lines are lost while it throws, and this is said once`, { code: 'REVPROXY_LOG_SINK' });
   }
 
   repeated(level: Emitting, actor: string, event: string, key: string, count: number, describe: Describe, fields?: Record<string, unknown>): void {

@@ -194,6 +194,34 @@ export interface ProxyObserver {
   refused?(reason: RefuseReason): void;
 }
 
+/** The hooks a `ProxyObserver` may have: `combineObservers` and `guardObserver` go through them. */
+export const OBSERVER_HOOKS = ['answered', 'retried', 'retryRefused', 'poison', 'ejected', 'accepted', 'connectionLimit', 'refused'] as const satisfies ReadonlyArray<keyof ProxyObserver>;
+
+/**
+ * `observer` with each hook's throw caught and logged (`observer_failed`, once, then counted an
+ * interval): a caller's hook that threw, called from an action, stopped the proxy with an uncaught
+ * exception (the host process exited 1). The proxy goes on; the hook misses that event.
+ */
+export function guardObserver(observer: ProxyObserver, logger: Logger): ProxyObserver {
+  const guarded: ProxyObserver = {};
+  for (const name of OBSERVER_HOOKS) {
+    const hook = observer[name] as ((...args: unknown[]) => void) | undefined;
+    if (!hook) continue;
+    // Arguments by name, not rest parameters: `answered` runs for every request, and an array each time would be garbage.
+    (guarded as Record<string, unknown>)[name] = (a: unknown, b: unknown, c: unknown, d: unknown, e: unknown, f: unknown, g: unknown): void => {
+      try {
+        hook.call(observer, a, b, c, d, e, f, g);
+      } catch (err) {
+        const why = err instanceof Error ? err.message : String(err);
+        logger.repeated('error', 'observer_failed', name, 1, (n, span) => (span
+          ? `The observer's ${name} hook threw ${n} more time(s) ${span}`
+          : `The observer's ${name} hook threw (${why}): the proxy goes on, and the hook misses each event it throws on; fix the observer`), { hook: name });
+      }
+    };
+  }
+  return guarded;
+}
+
 /**
  * How a request ended, as the metrics and the access log count it: 'ok' for an ACK, else the error
  * code the client got - or `client_gone` when its answer could not be written because the client's

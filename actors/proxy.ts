@@ -35,7 +35,7 @@ import { silentLogger } from './logger.js';
 import { lazyTextFrom } from './memory-limit.js';
 import { drainWatch, linkHub, listener, noRegistry, pinger, PortClosed, sweeper } from './proxy-io.js';
 import { LinkSockets, logBadInput, logLinksFull, logShed } from './port-limits.js';
-import { proxyBudgetNote, proxyConnectionsNote, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
+import { guardObserver, proxyBudgetNote, proxyConnectionsNote, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
 import type { ProxyContext, ProxyEvent } from './proxy-types.js';
 import { drainMember, enableMember, linkDown, linkUp, probe, readmit, serverLeaving, triesFailed } from './health.js';
 import { admit, applyReload, evict, registeredBy, removeServer } from './membership.js';
@@ -237,12 +237,13 @@ export const proxyMachine = setup({
   context: ({ input, self }) => {
     const opts = resolveOptions(input);
     const logger = input.logger ?? silentLogger;
+    const observer = input.observer && guardObserver(input.observer, logger);
     const ctx: ProxyContext = {
       opts,
       logger,
       clock: input.clock ?? systemClock,
       linkSockets: new LinkSockets(input.connect ?? (input.upstreamTls ? (host, port) => dial(host, port, input.upstreamTls) : tcpConnect)),
-      observer: input.observer,
+      observer,
       port: opts.port,
       policies: new Map(),
       servers: new Map(),
@@ -257,7 +258,7 @@ export const proxyMachine = setup({
       probes: new Pacer(input.clock ?? systemClock, opts.probesPerSecond, (member) => self.send({ type: 'PROBE', member })),
       busyPoll: opts.busyPollUs ? new BusyPoll({ windowUs: opts.busyPollUs }) : undefined,
       budget: new BufferBudget(opts.maxBufferedBytes, logShed(logger, opts.maxBufferedBytes), logLinksFull(logger)),
-      portClosed: new PortClosed(logger, input.clock ?? systemClock, input.observer),
+      portClosed: new PortClosed(logger, input.clock ?? systemClock, observer),
     };
     ctx.reply = makeReply(ctx);
     return ctx;

@@ -18,7 +18,7 @@
  */
 import { escapeControls, type Destination } from '../actors/logger.js';
 import type { Peer, ProxyRequest } from '../actors/link.js';
-import type { Outcome, ProxyObserver } from '../actors/proxy-options.js';
+import { OBSERVER_HOOKS, type Outcome, type ProxyObserver } from '../actors/proxy-options.js';
 
 /** One request's record, as the JSON form writes it (an unset value is `-` in text, absent in JSON). */
 export interface AccessRecord {
@@ -229,16 +229,7 @@ export class AccessLog implements ProxyObserver {
 export function combineObservers(...list: Array<ProxyObserver | undefined>): ProxyObserver | undefined {
   const obs = list.filter((o): o is ProxyObserver => o !== undefined);
   if (obs.length <= 1) return obs[0];
-  return {
-    answered: hook(obs, 'answered'),
-    retried: hook(obs, 'retried'),
-    retryRefused: hook(obs, 'retryRefused'),
-    poison: hook(obs, 'poison'),
-    ejected: hook(obs, 'ejected'),
-    accepted: hook(obs, 'accepted'),
-    connectionLimit: hook(obs, 'connectionLimit'),
-    refused: hook(obs, 'refused'),
-  };
+  return Object.fromEntries(OBSERVER_HOOKS.map((name) => [name, hook(obs, name)])) as ProxyObserver;
 }
 
 type AnyHook = (...args: never[]) => void;

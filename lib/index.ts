@@ -20,13 +20,15 @@
  */
 export { startProxy, startServer, StartError } from '../actors/index.js';
 export type { ProxyHandle, ServerHandle, StartProxyOptions, StartServerOptions, PoolView, Inspect } from '../actors/index.js';
-export type { ProxyOptions } from '../actors/proxy-options.js';
+export type { ProxyOptions, ProxyObserver, Outcome as ProxyOutcome } from '../actors/proxy-options.js';
+/** The proxy's "stopped" line, for a caller that says it itself (`stoppedLine: 'caller'`). */
+export { logStopped } from '../actors/children.js';
 /** The failures `ProxyOptions.retryOn` may list (`--retry-on`). */
 export { RETRY_CONDITIONS, type RetryCondition } from '../actors/link.js';
 export type { Endpoint } from '../actors/server.js';
 
-export { connect, Client } from '../actors/connect.js';
-export type { ConnectOptions, RequestOptions, Reply, Revproc } from '../actors/connect.js';
+export { connect, Client, runClient } from '../actors/connect.js';
+export type { ConnectOptions, RequestOptions, Reply, Revproc, Packet, Result, RunOptions } from '../actors/connect.js';
 export { RequestError } from '../actors/client.js';
 
 export { HandlerError, sha1Handler } from '../actors/handler.js';
@@ -36,4 +38,4 @@ export { sha1Hex } from '../actors/sha1.js';
 export { ErrorCode, LocalCode, RevproxyError, type ClientCode, type Code } from '../transport/errors.js';
 export { TlsConfigError, type TlsMaterial } from '../transport/tls.js';
 export { ManualClock, systemClock, type Clock, type Timer } from '../transport/clock.js';
-export { Logger, jsonSink, textSink, type LogRecord, type Level } from '../actors/logger.js';
+export { Logger, jsonSink, textSink, type LogRecord, type LogSink, type Level } from '../actors/logger.js';

@@ -1386,6 +1386,99 @@ lib('hold: false fails what is pending after the quick round of dials, as before
   assert.is(e.code, 'CONNECTION_LOST');
   assert.match(e.message, /^no reverse proxy is listening/);
 });
+lib('stop() settles when kill() comes during its drain: a server\'s and a proxy\'s, with a request in flight or none', async () => {
+  // The wait for the drain's end heard only new snapshots, and a stopped actor sends none: `await stop()` after a
+  // grace's `kill()` never went on (Node exited mid-shutdown when nothing else held the process).
+  const p = await proxy();
+  const s = await startServer({ id: 'k1', policy: 'P', revproc: p.port, handler: () => new Promise((r) => setTimeout(() => r('late'), 3000)) });
+  ctx.servers.push(s);
+  await eventually(() => p.pools().P?.serving.includes('k1') ?? false, 3000, 'k1 serving');
+  const c = await client({ revproc: p.port });
+  void c.request('P', 'slow').catch(() => undefined);
+  await sleep(100);
+  const settled = async (stopping: Promise<void>): Promise<boolean> => Promise.race([stopping.then(() => true), sleep(2000).then(() => false)]);
+  const serverStopping = s.stop();
+  await sleep(100);
+  s.kill();
+  assert.ok(await settled(serverStopping), "the server's stop() settled after kill()");
+  const q = await startProxy({ port: 0 });
+  const proxyStopping = q.stop();
+  q.kill();
+  assert.ok(await settled(proxyStopping), "the proxy's stop() settled after kill()");
+});
+
+lib('requests given up on while they wait behind the window (aborted together, or timed out) are not sent: the window holds', async () => {
+  // Each CANCEL or EXPIRE freed a slot and sent the next waiting request, given up on too: 1,000 requests timed out
+  // together behind a window of 4 ran 1,000 handlers (902 at once), each for a caller gone.
+  const p = await proxy();
+  let calls = 0;
+  const s = await startServer({ id: 'w1', policy: 'P', revproc: p.port, handler: () => {
+    calls++;
+    return new Promise((r) => setTimeout(() => r('done'), 100));
+  } });
+  ctx.servers.push(s);
+  await eventually(() => p.pools().P?.serving.includes('w1') ?? false, 3000, 'w1 serving');
+  const c = await client({ revproc: p.port, window: 4 });
+  const timedOut = await Promise.all(Array.from({ length: 500 }, (_, i) => c.request('P', `t${i}`, { timeoutMs: 150 }).then(() => 'ok', (e: RequestError) => e.code)));
+  assert.is(timedOut.filter((x) => x === 'CLIENT_TIMEOUT').length + timedOut.filter((x) => x === 'ok').length, 500);
+  await sleep(300);
+  // Those whose time had not quite run out when a slot came (they arrived a few ms apart) go, and no others.
+  assert.ok(calls < 50, `${calls} handler calls for 500 requests timed out behind a window of 4`);
+  const before = calls;
+  const abort = new AbortController();
+  const aborted = Array.from({ length: 500 }, (_, i) => c.request('P', `a${i}`, { signal: abort.signal }).then(() => 'ok', (e: RequestError) => e.code));
+  setTimeout(() => abort.abort(), 150);
+  const codes = await Promise.all(aborted);
+  assert.is(codes.filter((x) => x === 'ABORTED').length + codes.filter((x) => x === 'ok').length, 500);
+  await sleep(300);
+  assert.ok(calls - before < 50, `${calls - before} handler calls for 500 requests aborted together behind a window of 4`);
+});
+
+lib('a log sink or an observer that throws costs its lines or its events, not the process: the proxy, a server and a client go on', async () => {
+  // A sink that threw inside an action was an uncaught exception: the host process exited 1 at the proxy's first
+  // no_server line, a server's draining line, a client's failover line; an observer's answered() alike.
+  const warnings: string[] = [];
+  const onWarning = (w: Error & { code?: string }): void => void warnings.push(`${w.code}: ${w.message}`);
+  process.on('warning', onWarning);
+  try {
+    const throwing = new Logger('proxy', () => {
+      throw new Error('sink down');
+    }, 'debug');
+    const records: LogRecord[] = [];
+    const p = await proxy({ logger: throwing, observer: { answered: () => { throw new Error('observer down'); } } });
+    const q = await proxy({ logger: new Logger('proxy', memorySink(records), 'info'), observer: { answered: () => { throw new Error('observer down'); } } });
+    await server('t1', [p.port, q.port]);
+    const c = await client({ revproc: p.port, logger: new Logger('client', () => { throw new Error('sink down'); }, 'debug') });
+    assert.is(await c.request('P', 'x'), createHash('sha1').update('x').digest('hex'));
+    assert.is(await c.request('nobody', 'x').then(() => 'ok', (e: RequestError) => e.code), 'NO_SERVER');
+    const d = await client({ revproc: q.port });
+    assert.is(await d.request('P', 'y'), createHash('sha1').update('y').digest('hex'));
+    assert.is(await d.request('P', 'z'), createHash('sha1').update('z').digest('hex'));
+    const failed = records.filter((r) => r.event === 'observer_failed');
+    assert.is(failed.length, 1, 'said once, then counted');
+    assert.match(failed[0]!.msg, /^The observer's answered hook threw \(observer down\): the proxy goes on/);
+    await eventually(() => warnings.some((w) => /^REVPROXY_LOG_SINK: a revproxy log sink threw \(sink down\)/.test(w)), 1000, 'a process warning');
+    assert.is(warnings.filter((w) => w.startsWith('REVPROXY_LOG_SINK')).length, 2, 'once for each logger core: the proxy\'s, the client\'s');
+  } finally {
+    process.off('warning', onWarning);
+  }
+});
+
+lib('the library refuses an empty listen host (Node would listen on every address) and a registerTimeoutMs that is no time, as the flags do', async () => {
+  const e1 = await startProxy({ port: 0, host: '' }).catch((e: unknown) => e);
+  assert.instance(e1, StartError);
+  assert.match((e1 as Error).message, /^startProxy: host needs an address to listen on, got an empty one: give 127\.0\.0\.1/);
+  const p = await proxy();
+  const e2 = await startServer({ id: 'h1', policy: 'P', revproc: p.port, listenHost: ' ' }).catch((e: unknown) => e);
+  assert.instance(e2, StartError);
+  assert.match((e2 as Error).message, /^server h1: listenHost needs an address to listen on, got an empty one/);
+  for (const bad of ['abc', -1, 1.5] as unknown[]) {
+    const e3 = await startServer({ id: 'h2', policy: 'P', revproc: p.port, registerTimeoutMs: bad as number }).catch((e: unknown) => e);
+    assert.instance(e3, StartError);
+    assert.match((e3 as Error).message, /^server h2: registerTimeoutMs must be a whole number of at least 1, got /);
+  }
+});
+
 lib.run();
 
 const noPings = suite('the proxies a client dials without a PING (NoPings)');
