@@ -4,20 +4,24 @@
  * instead (a `FileError`, exit code 1). The CLI's flags and the config file
  * (`config/proxy.ts`) both read their files here.
  */
-import { closeSync, openSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Packet } from '../actors/connect.js';
 import { FileError, UsageError } from '../transport/errors.js';
 import { MsgType, toMessage } from '../transport/messages.js';
 import { loadTls, TlsConfigError, validityOf, type TlsMaterial, type Validity } from '../transport/tls.js';
-import { yaml, type Issue } from './schema.js';
+import { ENV_REFERENCE, NOT_EXPANDED, yaml, type Issue } from './schema.js';
 
-/** Why a file could not be read, in words. */
-export function whyUnreadable(err: unknown): string {
+/**
+ * Why a file could not be read, in words. `file`, when given, is looked at for a symbolic link whose
+ * target is gone (a Kubernetes ConfigMap whose key was removed): "it does not exist" named the link,
+ * which does.
+ */
+export function whyUnreadable(err: unknown, file?: string): string {
   const e = err as NodeJS.ErrnoException;
   switch (e.code) {
     case 'ENOENT':
-      return 'it does not exist';
+      return danglingLink(file) ?? 'it does not exist';
     case 'EACCES':
     case 'EPERM':
       return 'permission denied';
@@ -30,12 +34,22 @@ export function whyUnreadable(err: unknown): string {
   }
 }
 
+/** What a symbolic link `file` points at, said when that is gone; undefined when `file` is no link. */
+function danglingLink(file: string | undefined): string | undefined {
+  try {
+    if (file === undefined || !lstatSync(file).isSymbolicLink()) return undefined;
+    return `it is a symbolic link to ${readlinkSync(file)}, which does not exist`;
+  } catch {
+    return undefined;
+  }
+}
+
 /** The text of a YAML file its loader checks next; one that cannot be read is refused as bad contents are, by `refuse`, at 1:1 ("cannot read WHAT: WHY"). */
 export function readYamlFile(file: string, what: string, refuse: (issues: Issue[]) => Error): string {
   try {
     return readFileSync(file, 'utf8');
   } catch (err) {
-    throw refuse([{ line: 1, col: 1, path: '', message: `cannot read ${what}: ${whyUnreadable(err)}` }]);
+    throw refuse([{ line: 1, col: 1, path: '', message: `cannot read ${what}: ${whyUnreadable(err, file)}` }]);
   }
 }
 
@@ -44,7 +58,7 @@ export function readGiven(path: string, what: string, todo: string): Buffer {
   try {
     return readFileSync(path);
   } catch (err) {
-    throw new FileError(`cannot read the ${what} '${path}': ${whyUnreadable(err)}; ${todo}`);
+    throw new FileError(`cannot read the ${what} '${path}': ${whyUnreadable(err, path)}; ${todo}`);
   }
 }
 
@@ -54,7 +68,7 @@ export function checkGiven(path: string, what: string, todo: string): void {
     if (statSync(path).isDirectory()) throw Object.assign(new Error('is a folder'), { code: 'EISDIR' });
     closeSync(openSync(path, 'r'));
   } catch (err) {
-    throw new FileError(`cannot read the ${what} '${path}': ${whyUnreadable(err)}; ${todo}`);
+    throw new FileError(`cannot read the ${what} '${path}': ${whyUnreadable(err, path)}; ${todo}`);
   }
 }
 
@@ -123,6 +137,8 @@ const ECHO_HINT = "it probably came from a file made with echo, or a Kubernetes 
  */
 export function badSecretText(value: string): string | undefined {
   if (value === '') return 'is empty';
+  // `token: ${REVPROXY_TOKEN}` passed --check and became the secret, letter for letter: servers given the real one were refused.
+  if (ENV_REFERENCE.test(value)) return `is '${value}', a reference to an environment variable: ${NOT_EXPANDED}`;
   if (value.endsWith('\n')) return `ends with a newline: ${SECRET_SPACE_HINT}; ${ECHO_HINT}`;
   if (value.endsWith('\r')) return `ends with a carriage return (a file saved with Windows line ends?): ${SECRET_SPACE_HINT}; strip it`;
   const at = /\s$/.test(value) ? 'ends' : /^\s/.test(value) ? 'starts' : undefined;

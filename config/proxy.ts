@@ -557,7 +557,7 @@ export function anchorIssues(err: unknown, file: string, flagOf: (path: string) 
     return err;
   }
   const lines = new (yaml().LineCounter)();
-  const doc = yaml().parseDocument(source, { lineCounter: lines });
+  const doc = yaml().parseDocument(source, { lineCounter: lines, uniqueKeys: false });
   const issues = err.issues.map((i) => {
     if (i.line !== 0) return i;
     const flag = flagOf(i.path);

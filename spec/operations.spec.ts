@@ -159,6 +159,59 @@ config('--check refuses a bad file with exit 1, naming file:line:col and what wa
   assert.match(b.out.join('\n'), /broken\.yaml:\d+:\d+: not valid YAML/);
 });
 
+config('a large file is read in time linear in its keys, a repeated key still placed at its line; a burst of SIGHUPs while one reload waits is one reload, and a reload to warn says so', async () => {
+  // yaml's own repeated-key check compares each key with every one before it: 2.4 s for 20,000 tokens, 67 s for
+  // 100,000, each reload blocking the proxy; 10 SIGHUPs in a second were 10 such reloads (27.6 s of stall).
+  const tokens = (n: number, from = 0): string => Array.from({ length: n }, (_, i) => `  "p${from + i}": token-secret-${String(from + i).padStart(8, '0')}\n`).join('');
+  const timed = (n: number): number => {
+    const text = `port: 0\ntokens:\n${tokens(n)}`;
+    const t0 = performance.now();
+    parseConfig(text, 'big.yaml');
+    return performance.now() - t0;
+  };
+  timed(2000);
+  const ratio = Math.min(timed(32000), timed(32000)) / Math.max(1, Math.min(timed(8000), timed(8000)));
+  // Linear: about 4; quadratic (the check before): about 16.
+  assert.ok(ratio < 8, `32,000 keys took ${ratio.toFixed(1)} times as long as 8,000`);
+  const dup = write('dup-big.yaml', `port: 0\ntokens:\n${tokens(5000)}  "p17": another-secret-1\n`);
+  const d = revproxy(['proxy', '--check', '--config', dup]);
+  assert.is(await d.exited, 1);
+  assert.match(d.out.join('\n'), /dup-big\.yaml:5003:3: not valid YAML: Map keys must be unique/);
+  // A burst: the first reload reads 20,000 tokens; the nine SIGHUPs after it, while it runs, are one more.
+  const file = write('burst.yaml', `port: 0\nlog:\n  level: info\ntokens:\n${tokens(20000)}`);
+  const { proc } = await proxyWithConfig(file);
+  writeFileSync(file, `port: 0\nlog:\n  level: warn\ntokens:\n${tokens(20000)}`);
+  for (let i = 0; i < 10; i++) {
+    proc.kill('SIGHUP');
+    await sleep(10);
+  }
+  await proc.waitFor(/Reloaded/);
+  await sleep(3000);
+  const lines = proc.out.filter((l) => /Reloaded/.test(l));
+  assert.ok(lines.length >= 1 && lines.length <= 3, `${lines.length} reloads for a burst of 10 SIGHUPs:\n${lines.join('\n')}`);
+  // The level was lowered to warn by the reload: its line is written all the same.
+  assert.match(lines[0]!, /Reloaded .*burst\.yaml: applied log\.level/);
+});
+
+config('what an operator may write by habit gets a clear word: ${VAR} (not expanded), `warning` for warn, a ConfigMap link whose target is gone', async () => {
+  const env = write('env.yaml', 'port: ${PORT}\ntoken: ${REVPROXY_TOKEN}\nadmin:\n  listen: 127.0.0.1:0\n  token: "${ADMIN_TOKEN}"\n');
+  const e = revproxy(['proxy', '--check', '--config', env], { env: { REVPROXY_TOKEN: 'the-real-token-1' } });
+  assert.is(await e.exited, 1);
+  const out = e.out.join('\n');
+  assert.match(out, /env\.yaml:1:7: port: expected a port .*, got "\$\{PORT\}": nothing here expands environment variables/);
+  assert.match(out, /env\.yaml:2:8: token: a secret that is '\$\{REVPROXY_TOKEN\}', a reference to an environment variable: nothing here expands environment variables/);
+  assert.match(out, /env\.yaml:5:10: admin\.token: a secret that is '\$\{ADMIN_TOKEN\}'/);
+  const level = write('warning.yaml', 'port: 0\nlog:\n  level: warning\n');
+  const w = revproxy(['proxy', '--check', '--config', level]);
+  assert.is(await w.exited, 1);
+  assert.match(w.out.join('\n'), /got "warning" \(did you mean 'warn'\?\)/);
+  const link = join(ctx.dir, 'cm-config.yaml');
+  execFileSync('ln', ['-sfn', join(ctx.dir, '..data', 'config.yaml'), link]);
+  const l = revproxy(['proxy', '--check', '--config', link]);
+  assert.is(await l.exited, 1);
+  assert.match(l.out.join('\n'), /cannot read the configuration file: it is a symbolic link to .*\.\.data\/config\.yaml, which does not exist/);
+});
+
 config('--check places a YAML syntax error at its line and column, not at 1:1', async () => {
   const dup = write('dup.yaml', 'port: 2100\nlog:\n  level: info\n  level: debug\n');
   const d = revproxy(['proxy', '--check', '--config', dup]);
