@@ -36,6 +36,19 @@ async function server(ctx: Ctx, id: string, policy: string, extra: Partial<Param
   return s;
 }
 
+/** A TLS handshake with `port` from `localAddress` (127.0.0.0/8 is all this machine's): whether it was done. */
+function handshakeFrom(port: number, localAddress: string): Promise<boolean> {
+  return new Promise((done) => {
+    const s = tlsConnect({ socket: connect({ host: LOCAL, port, localAddress }), rejectUnauthorized: false }, () => {
+      // Ended, not destroyed: its Finished is written first, so the proxy's side of the handshake completes.
+      s.end();
+      done(true);
+    });
+    s.on('error', () => done(false));
+    s.on('close', () => done(false));
+  });
+}
+
 /** A suite whose tests start their own proxy and servers, all killed after each test. */
 function inProcess(name: string) {
   const s = suite<Ctx>(name, { logs: [], servers: [] });
@@ -220,15 +233,7 @@ tls('max_conn_rate_per_peer: an address opening connections too fast is refused 
   await proxyWith(ctx, { tls: loadTls(pki.cert('proxy'))!, upstreamTls: loadTls({ ...pki.cert('proxy'), ca: pki.ca }), maxConnRatePerPeer: 5, observer: { refused: (r) => reasons.push(r) } });
   await server(ctx, 's1', 'P', { tls: loadTls({ ...pki.cert('server'), ca: pki.ca }) });
   await eventually(() => ctx.proxy!.pools().P?.serving.includes('s1') ?? false, 3000, 's1 serving');
-  const handshake = (localAddress: string): Promise<boolean> => new Promise((done) => {
-    const s = tlsConnect({ socket: connect({ host: LOCAL, port: ctx.proxy!.port, localAddress }), rejectUnauthorized: false }, () => {
-      // Ended, not destroyed: its Finished is written first, so the proxy's side of the handshake completes.
-      s.end();
-      done(true);
-    });
-    s.on('error', () => done(false));
-    s.on('close', () => done(false));
-  });
+  const handshake = (localAddress: string): Promise<boolean> => handshakeFrom(ctx.proxy!.port, localAddress);
   // From an address of its own: the server's registration came from 127.0.0.1 within the second.
   const burst = await Promise.all(Array.from({ length: 30 }, () => handshake('127.0.0.3')));
   const done = burst.filter(Boolean).length;
@@ -272,14 +277,7 @@ tls('max_tls_handshakes: an address holding handshakes half-begun has its share 
   assert.is(closed.size, 3, `${closed.size} of 20 closed at once`);
   const lines = (): LogRecord[] => ctx.logs.filter((l) => l.event === 'conn_refused');
   assert.match(lines()[0]!.msg, /^Refused a TLS connection from 127\.0\.0\.3: 16 connections from that address wait to begin theirs, beside the 1 handshakes under way \(max_tls_handshakes 16, 1 for one address\)/);
-  const handshake = (localAddress: string): Promise<boolean> => new Promise((done) => {
-    const s = tlsConnect({ socket: connect({ host: LOCAL, port: ctx.proxy!.port, localAddress }), rejectUnauthorized: false }, () => {
-      s.end();
-      done(true);
-    });
-    s.on('error', () => done(false));
-    s.on('close', () => done(false));
-  });
+  const handshake = (localAddress: string): Promise<boolean> => handshakeFrom(ctx.proxy!.port, localAddress);
   // Another address begins its handshake at once, and a client is served.
   assert.ok(await handshake('127.0.0.2'), 'another address completes its handshake');
   const served = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy!.port }, packets: pkts('P', 2), tls: loadTls({ ca: pki.ca }) });

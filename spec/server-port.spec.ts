@@ -45,6 +45,26 @@ async function lonely(opts: Partial<StartServerOptions> = {}): Promise<ServerHan
   return ctx.server;
 }
 
+/** A TLS connection to `port` from `localAddress`, once its handshake is done; undefined if it was not. */
+function tlsFrom(port: number, localAddress: string): Promise<TLSSocket | undefined> {
+  return new Promise((done) => {
+    const s = tlsConnect({ socket: connect({ host: LOCAL, port, localAddress }), rejectUnauthorized: false }, () => done(s));
+    s.on('error', () => done(undefined));
+    s.on('close', () => done(undefined));
+  });
+}
+
+/** A TLS connection from `localAddress` completes its handshake and gets a request answered. */
+async function servedFrom(port: number, localAddress: string): Promise<void> {
+  const other = await tlsFrom(port, localAddress);
+  assert.ok(other, 'another address completes its handshake');
+  const got = collector(other!);
+  other!.write(frame({ type: 0, seq: 1, srcid: 'good', privPoliId: 'P', payload: 'quick' }));
+  await got.until(() => got.got.length === 1);
+  assert.is((got.got[0] as AckMsg).payload, 'fine');
+  other!.destroy();
+}
+
 async function peer(p: number): Promise<Socket> {
   const s = await rawConnect(p);
   ctx.socks.push(s);
@@ -257,11 +277,7 @@ port('connections past --max-connections, or past --max-conns-per-peer from one 
 port('--max-conn-rate-per-peer: over TLS, an address opening connections too fast is refused before its handshake and logged once; another address completes its handshake and is served', async () => {
   const pki = makePki(['server']);
   const server = await lonely({ tls: loadTls(pki.cert('server')), maxConnRatePerPeer: 3 });
-  const handshake = (localAddress: string): Promise<TLSSocket | undefined> => new Promise((done) => {
-    const s = tlsConnect({ socket: connect({ host: LOCAL, port: server.port, localAddress }), rejectUnauthorized: false }, () => done(s));
-    s.on('error', () => done(undefined));
-    s.on('close', () => done(undefined));
-  });
+  const handshake = (localAddress: string): Promise<TLSSocket | undefined> => tlsFrom(server.port, localAddress);
   const burst = await Promise.all(Array.from({ length: 12 }, () => handshake('127.0.0.3')));
   const done = burst.filter(Boolean).length;
   assert.ok(done >= 3 && done <= 5, `${done} of 12 handshakes done`);
@@ -270,13 +286,7 @@ port('--max-conn-rate-per-peer: over TLS, an address opening connections too fas
   assert.is(ctx.logs.filter((r) => r.event === 'conn_refused').length, 1, 'once, then counted');
   assert.match(ctx.logs.find((r) => r.event === 'conn_refused')!.msg, /^Refused a connection from 127\.0\.0\.3: it opens more than 3 a second \(--max-conn-rate-per-peer\); it is let in again once it slows down/);
   assert.not.ok(ctx.logs.some((r) => r.event === 'tls_refused'), 'no handshake begun for a refused one');
-  const other = await handshake('127.0.0.2');
-  assert.ok(other, 'another address completes its handshake');
-  const got = collector(other!);
-  other!.write(frame({ type: 0, seq: 1, srcid: 'good', privPoliId: 'P', payload: 'quick' }));
-  await got.until(() => got.got.length === 1);
-  assert.is((got.got[0] as AckMsg).payload, 'fine');
-  other!.destroy();
+  await servedFrom(server.port, '127.0.0.2');
 });
 
 port('--max-tls-handshakes: an address holding handshakes half-begun has its share under way and a waiting line, the rest refused at once and logged; another address completes its handshake and is served', async () => {
@@ -297,17 +307,7 @@ port('--max-tls-handshakes: an address holding handshakes half-begun has its sha
   const lines = ctx.logs.filter((r) => r.event === 'conn_refused');
   assert.is(lines.length, 1, 'once, then counted');
   assert.match(lines[0]!.msg, /^Refused a TLS connection from 127\.0\.0\.3: 32 connections from that address wait to begin theirs, beside the 2 handshakes under way \(--max-tls-handshakes 32, 2 for one address\)/);
-  const other = await new Promise<TLSSocket | undefined>((done) => {
-    const s = tlsConnect({ socket: connect({ host: LOCAL, port: server.port, localAddress: '127.0.0.2' }), rejectUnauthorized: false }, () => done(s));
-    s.on('error', () => done(undefined));
-    s.on('close', () => done(undefined));
-  });
-  assert.ok(other, 'another address completes its handshake');
-  const got = collector(other!);
-  other!.write(frame({ type: 0, seq: 1, srcid: 'good', privPoliId: 'P', payload: 'quick' }));
-  await got.until(() => got.got.length === 1);
-  assert.is((got.got[0] as AckMsg).payload, 'fine');
-  other!.destroy();
+  await servedFrom(server.port, '127.0.0.2');
   assert.is(closed, 6, 'the others still wait their turn');
 });
 
