@@ -97,7 +97,7 @@ class Core {
   }
 
   /** Lines a caller's sink threw on (`sinkThrew`). */
-  sinkFailures = 0;
+  private sinkFailures = 0;
 
   /**
    * A caller's sink threw: the line is lost, not the process. Thrown inside an actor's action, it

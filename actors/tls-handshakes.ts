@@ -71,11 +71,6 @@ export class TlsHandshakes {
     });
   }
 
-  /** Handshakes under way, and connections waiting to begin theirs. */
-  get counts(): { underWay: number; waiting: number } {
-    return { underWay: this.underWay.size, waiting: this.waitingCount };
-  }
-
   /**
    * Begin the handshake of `socket` (a TCP socket just accepted from `addr`): `start` hands it to
    * the TLS server, now or when its turn comes. A socket closed before its turn is forgotten.
