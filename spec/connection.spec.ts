@@ -312,6 +312,36 @@ test('a message begun and not finished in time fails the stream with a Connectio
   server.close();
 });
 
+test('after this process was paused, the idle and frame timers let what the peer sent meanwhile be read first: a peer that kept sending is not closed as quiet or slow', async () => {
+  // Plain timers ran before the reads after a stall: a client that kept sending through a 74 s stall (a reload of a
+  // 100,000-key file) was closed "no message for 60000 ms", its messages waiting unread.
+  const { near, far, server } = await pair();
+  const clock = new ManualClock();
+  far.on('error', () => {});
+  const conn = new Connection(near, { idleTimeoutMs: 60_000, frameTimeoutMs: 10_000, clock });
+  const sink = recorder();
+  conn.listen(sink);
+  const whole = encodeFrame(data(1));
+  far.write(whole.subarray(0, 6));
+  while (conn.decoder.buffered === 0) await new Promise((r) => setTimeout(r, 5));
+  // The rest of the frame and another message come while this process is stopped for 74 s.
+  far.write(Buffer.concat([whole.subarray(6), encodeFrame(data(2))]));
+  clock.stall(74_000);
+  assert.equal(sink.log, [], 'neither timer closed it in the stall');
+  while (sink.batches.length < 1) await new Promise((r) => setTimeout(r, 5));
+  clock.advance(1);
+  await new Promise((r) => setTimeout(r, 30));
+  assert.equal(sink.batches.flat().map((m) => (m as { seq: number }).seq), [1, 2]);
+  assert.equal(sink.log, ['messages 2'], 'open: its messages were read');
+  // A peer really quiet through the stall and after it is still closed, one turn late.
+  clock.stall(61_000);
+  clock.advance(1);
+  await sink.done;
+  assert.equal(sink.log, ['messages 2', 'failed ConnectionTimeout', 'closed']);
+  far.destroy();
+  server.close();
+});
+
 test('a message begun is not timed while we hold the reads ourselves (pause): its rest waits in our receive queue; the timer starts afresh at resume and still cuts a peer that stalls', async () => {
   const { near, far, server } = await pair();
   const clock = new ManualClock();

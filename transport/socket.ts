@@ -6,7 +6,7 @@
 import { Socket as NetSocket, type Socket } from 'node:net';
 import { Observable } from 'rxjs';
 import type { BudgetHolder, BufferBudget } from './budget.js';
-import { systemClock, type Clock, type Timer } from './clock.js';
+import { setDeadline, systemClock, type Clock, type Timer } from './clock.js';
 import { ErrorCode, LocalCode, RevproxyError, type ProtocolError } from './errors.js';
 import { FrameBuffer, FrameDecoder, writeFrame, type Decoder } from './frame.js';
 import { jsonWire, type JsonEncoder } from './json.js';
@@ -426,7 +426,7 @@ export class Connection implements BudgetHolder {
    */
   private armFrameTimer(): void {
     if (this.frameTimer || !this.frameTimeoutMs || !this.listening || this.pauses > 0 || this.decoder.buffered === 0) return;
-    this.frameTimer = this.clock.setTimeout(() => this.frameExpired(), this.frameTimeoutMs);
+    this.frameTimer = setDeadline(this.clock, () => this.frameExpired(), this.frameTimeoutMs);
   }
 
   private frameExpired(): void {
@@ -491,8 +491,15 @@ export class Connection implements BudgetHolder {
     if (ms > 0 && !this.socket.destroyed) this.armIdle(ms);
   }
 
+  /**
+   * Both timers of a connection (idle, a frame begun) are deadlines (`setDeadline`): after this
+   * process was paused (SIGSTOP, a frozen VM, a reload that blocked it), a timer that comes late runs
+   * one turn later, once what the peer sent meanwhile is read. Plain timers ran before the reads:
+   * a client that kept sending through a 74 s stall was closed "no message for 60000 ms" with its
+   * messages waiting unread, and one mid-frame "a message begun 10000 ms ago is still incomplete".
+   */
   private armIdle(wait: number): void {
-    this.idleTimer = this.clock.setTimeout(() => {
+    this.idleTimer = setDeadline(this.clock, () => {
       const quiet = this.clock.now() - this.lastRead;
       if (quiet < this.idleMs) return this.armIdle(this.idleMs - quiet);
       if ((this.owed?.outstanding ?? 0) > 0) return this.armIdle(this.idleMs);
