@@ -132,20 +132,26 @@ export function recogniseTlsRefusal(code: string | undefined, certificate?: stri
   }
 }
 
-/** Why a peer's TLS certificate was refused, from its verification error (OpenSSL's, as Node names it), and what to do. */
+/**
+ * The verification errors (OpenSSL's, as Node names them) that say a certificate is not signed by a
+ * CA the verifying side trusts: said so by a listener of its peer's (`recogniseTlsRefusal`) and by a
+ * dialler of its listener's (tls.ts `describeTlsError`).
+ */
+export const UNTRUSTED_CA_CODES: ReadonlySet<string> = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'CERT_SIGNATURE_FAILURE',
+]);
+
+/** Why a peer's TLS certificate was refused, from its verification error, and what to do. */
 function refusedCertificate(code: string): string {
+  if (UNTRUSTED_CA_CODES.has(code)) {
+    return `the peer's TLS certificate is not signed by a CA this side trusts (${code}): give the peer a certificate signed by a CA in this side's --tls-ca, or add the CA that signed it there`;
+  }
   switch (code) {
     case 'CERT_HAS_EXPIRED':
       return `the peer's TLS certificate has expired (${code}): give the peer a renewed one (its --tls-cert)`;
     case 'CERT_NOT_YET_VALID':
       return `the peer's TLS certificate is not valid yet (${code}): check this machine's clock and the peer's, or the certificate's start date`;
-    case 'UNABLE_TO_VERIFY_LEAF_SIGNATURE':
-    case 'UNABLE_TO_GET_ISSUER_CERT':
-    case 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY':
-    case 'SELF_SIGNED_CERT_IN_CHAIN':
-    case 'DEPTH_ZERO_SELF_SIGNED_CERT':
-    case 'CERT_SIGNATURE_FAILURE':
-      return `the peer's TLS certificate is not signed by a CA this side trusts (${code}): give the peer a certificate signed by a CA in this side's --tls-ca, or add the CA that signed it there`;
     default:
       return `the peer's TLS certificate was refused (${code}): check it against this side's --tls-ca (openssl verify -CAfile)`;
   }

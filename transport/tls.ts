@@ -9,6 +9,7 @@ import { connect as netConnect, createServer as netServer, isIP, type Server, ty
 import { connect as tlsConnect, createSecureContext, createServer as tlsServer, TLSSocket, Server as TlsServer, type SecureContextOptions } from 'node:tls';
 import { LocalCode, RevproxyError } from './errors.js';
 import { hostPort } from './address.js';
+import { UNTRUSTED_CA_CODES } from './foreign.js';
 import { setDeadline, type Clock, type Timer } from './clock.js';
 
 export interface TlsFiles {
@@ -381,7 +382,7 @@ export const CERT_REFUSED = "refused this side's TLS certificate (--tls-cert: si
 /** A TLS failure in words a person can act on. */
 export function describeTlsError(err: NodeJS.ErrnoException): string {
   const code = err.code ?? '';
-  if (code === 'UNABLE_TO_VERIFY_LEAF_SIGNATURE' || code === 'SELF_SIGNED_CERT_IN_CHAIN' || code === 'DEPTH_ZERO_SELF_SIGNED_CERT' || code === 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY') {
+  if (UNTRUSTED_CA_CODES.has(code)) {
     return `the peer's TLS certificate is not signed by a trusted CA (${code}): give the CA that signed it with --tls-ca`;
   }
   if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return `the peer's TLS certificate does not name the address dialled: ${err.message}`;
