@@ -180,6 +180,8 @@ export type ClientEvent =
   | { type: 'REQUEST'; requests: Array<{ req: ClientRequest; handle: RequestHandle }> }
   | { type: 'CANCEL'; handle: RequestHandle; error: RequestError }
   | { type: 'EXPIRE'; handle: RequestHandle }
+  /** After CANCELs: send what waits, once the caller's own code (a loop of aborts, say) has run to its end. */
+  | { type: 'SEND_MORE' }
   | { type: 'CLOSE' }
   /** The live proxies changed (a registry's list): fail over among these from now on. */
   | { type: 'PROXIES'; proxies: ListedProxy[] }
@@ -228,6 +230,8 @@ export class RequestBook {
   private bounced: Entry[] = [];
   /** The client leaves this connection for a proxy that came and ranks first for it (rebalance): nothing more is sent on it. */
   moving = false;
+  /** A SEND_MORE is on its way (the machine's `sendSoon`): the CANCELs before it need no other. */
+  sendScheduled = false;
   /** Requests a proxy just reconnected to refused NO_SERVER (see `hold.ts`), to send again on it after a pause. */
   private parked: Entry[] = [];
   private readonly byHandle = new Map<RequestHandle, Entry>();
@@ -1043,6 +1047,20 @@ export const clientMachine = setup({
         context.book.add(req, handle, expire, context.opts.id);
       }
     },
+    /**
+     * A CANCEL frees a slot, and the next waiting request goes once the code that aborted it has run to its end (a
+     * microtask later), not at once: a caller aborting its requests one by one, each with its own AbortController,
+     * oldest first in one loop, had each next one sent before its own abort came (500 behind a window of 4: all 500 sent,
+     * each for a caller gone). A burst of CANCELs schedules one send.
+     */
+    sendSoon: ({ context, self }) => {
+      if (context.book.sendScheduled) return;
+      context.book.sendScheduled = true;
+      queueMicrotask(() => {
+        context.book.sendScheduled = false;
+        self.send({ type: 'SEND_MORE' });
+      });
+    },
     sendMore: ({ context }) => {
       if (!context.conn) return;
       context.book.sendMore(context.conn, context.opts.id, context.logger, context.proxies[context.proxyIndex]!.port);
@@ -1366,7 +1384,8 @@ export const clientMachine = setup({
             ANSWERS: { actions: ['receive', 'progress', 'sendMore', 'leaveIfDrained', 'scheduleUnpark'] },
             UNPARK: [{ guard: 'anotherProxy', actions: ['unparked', 'moveOn', 'leaveIfDrained'] }, { actions: ['unparked', 'unpark', 'sendMore'] }],
             EXPIRE: [{ guard: 'proxySilent', actions: ['expire', 'leaveSilentProxy'] }, { actions: ['expire', 'sendMore', 'leaveIfDrained'] }],
-            CANCEL: { actions: ['cancel', 'sendMore', 'leaveIfDrained'] },
+            CANCEL: { actions: ['cancel', 'sendSoon', 'leaveIfDrained'] },
+            SEND_MORE: { actions: 'sendMore' },
             PROXIES: [{ guard: 'proxyLeftSilent', actions: ['setProxies', 'leaveProxy'] }, { actions: ['rebalance', 'setProxies', 'leaveIfDrained'] }],
           },
         },
