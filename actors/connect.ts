@@ -6,9 +6,10 @@
  */
 import { defer, from, mergeMap, Observable, type ObservableInput } from 'rxjs';
 import { createActor, type InspectionEvent } from 'xstate';
-import { systemClock, xstateClock } from '../transport/clock.js';
+import { DEFAULT_PROXY_PORT } from '../transport/address.js';
 import { ErrorCode, LocalCode, StartError, type ClientCode } from '../transport/errors.js';
 import { TlsConfigError, type TlsMaterial } from '../transport/tls.js';
+import { actorOptions, badStartOptions } from './start-options.js';
 import { badClientOption, clientMachine, RequestError, whyUnreached, type ClientActor, type ClientOptions, type Outcome, type RequestHandle } from './client.js';
 import { show, type HandlerError, type Payload } from './handler.js';
 import type { Logger } from './logger.js';
@@ -235,7 +236,7 @@ export class Client {
  * await client.close();
  */
 export async function connect(opts: ConnectOptions = {}): Promise<Client> {
-  const bad = badClientOption(opts);
+  const bad = badStartOptions(opts, `{ revproc: ${DEFAULT_PROXY_PORT} }`) ?? badClientOption(opts);
   if (bad) throw new StartError(`connect(): ${bad}`);
   const found = await locate(opts).catch((err: Error) => {
     throw err instanceof StartError ? new StartError(`connect(): ${err.message}`) : new RequestError(LocalCode.CONNECT_FAILED, err.message);
@@ -262,7 +263,7 @@ export async function connect(opts: ConnectOptions = {}): Promise<Client> {
 }
 
 function startClient(opts: ClientOptions, inspect?: (event: InspectionEvent) => void, discovery?: Discovery): Client {
-  const actor = createActor(clientMachine, { input: opts, inspect, ...xstateClock(opts.clock ?? systemClock) });
+  const actor = createActor(clientMachine, { input: opts, ...actorOptions({ clock: opts.clock, inspect }) });
   actor.start();
   discovery?.onChange((proxies) => actor.send({ type: 'PROXIES', proxies }));
   return new Client(actor, opts.id, discovery);
@@ -377,7 +378,7 @@ const SHA1_SHAPE = /^[0-9a-f]{40}$/;
 
 /** Send every packet (at most `window` at a time), wait for every answer or failure, return the results in packet order. */
 export async function runClient(opts: RunOptions): Promise<Result[]> {
-  const bad = badClientOption(opts);
+  const bad = badStartOptions(opts, `{ proxy: { host: '127.0.0.1', port: ${DEFAULT_PROXY_PORT} }, packets }`) ?? badClientOption(opts);
   if (bad) throw new StartError(`runClient(): ${bad}`);
   let found: { proxies: Endpoint[]; discovery?: Discovery };
   try {

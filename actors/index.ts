@@ -3,8 +3,7 @@
  * helper returns once the actor is ready (or has failed with a clear error).
  */
 import { createActor, type InspectionEvent } from 'xstate';
-import { badDialAddress, hostPort, isEveryAddress, unbracket } from '../transport/address.js';
-import { systemClock, xstateClock } from '../transport/clock.js';
+import { badDialAddress, DEFAULT_PROXY_PORT, hostPort, isEveryAddress, unbracket } from '../transport/address.js';
 import { StartError } from '../transport/errors.js';
 import { endpoints, type Revproc } from './connect.js';
 import { jsonRegistrations } from './json-registration.js';
@@ -23,6 +22,7 @@ import type { EtcdClient, Renewal } from '../registry/etcd-client.js';
 import { badId, badIdentity, badLimit, badProxies, badWholeNumbers, serverMachine, type ServerActor, type ServerOptions } from './server.js';
 import { dial, TlsConfigError, type TlsMaterial } from '../transport/tls.js';
 import { renewed } from './renew-tls.js';
+import { actorOptions, badStartOptions } from './start-options.js';
 
 export { clientMachine, RequestError, type ClientOptions } from './client.js';
 export { StartError } from '../transport/errors.js';
@@ -117,6 +117,8 @@ export type StartProxyOptions = ProxyOptions & Inspect & {
  * await proxy.stop(); // drains: every request in flight is answered first
  */
 export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHandle> {
+  const badCall = badStartOptions(opts, `{ port: ${DEFAULT_PROXY_PORT} }`);
+  if (badCall) throw new StartError(`startProxy: ${badCall}`);
   let machine = proxyMachine;
   let etcd: EtcdClient | undefined;
   // The rules the config file and the flags keep (config/proxy.ts owns them), for a caller of the library.
@@ -152,7 +154,7 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
   if (opts.stoppedLine === 'caller' || lineAfterDrain) machine = machine.provide({ actions: { logStopped: () => {} } });
   const dialWith = opts.connect ?? dial;
   const input = { ...opts, connect: (host: string, port: number) => dialWith(host, port, running.upstreamTls) };
-  const actor = createActor(machine, { input, inspect: opts.inspect, ...xstateClock(opts.clock ?? systemClock) });
+  const actor = createActor(machine, { input, ...actorOptions(opts) });
   actor.start();
   await waitUntil(actor, (s) => s.value !== 'starting');
   const snap = actor.getSnapshot();
@@ -259,6 +261,8 @@ export type StartServerOptions = Omit<ServerOptions, 'listenPort'> & Inspect & {
  * await server.stop(); // leaves the pool, answers what it has, then stops
  */
 export async function startServer(options: StartServerOptions): Promise<ServerHandle> {
+  const badCall = badStartOptions(options, `{ id: 'a1', policy: '111', revproc: ${DEFAULT_PROXY_PORT}, handler }`);
+  if (badCall) throw new StartError(`startServer: ${badCall}`);
   const { revproc, ...rest } = options;
   let proxies = rest.proxies;
   try {
@@ -291,7 +295,7 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
     machine = serverMachine.provide({ actors: { registrations: registration.logic } });
     opts.proxies = [];
   }
-  const actor = createActor(machine, { input: opts, inspect: opts.inspect, ...xstateClock(opts.clock ?? systemClock) });
+  const actor = createActor(machine, { input: opts, ...actorOptions(opts) });
   actor.start();
   if (opts.waitForRegistration === false) {
     // Listening is enough: registrations keep being retried in the background.

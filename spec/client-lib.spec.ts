@@ -1497,6 +1497,41 @@ lib('the library refuses an empty listen host (Node would listen on every addres
   }
 });
 
+lib('each entry checks its options as a whole (an object, a clock with every method, an inspect function), and an inspect that throws costs its events, not the actor', async () => {
+  // startProxy(null) threw a TypeError from inside; a clock of {} started a proxy that ended the process at its first
+  // timer; an inspect that threw failed startProxy/startServer with its own plain Error.
+  const refused = async (call: () => Promise<unknown>, re: RegExp): Promise<void> => {
+    const e = await call().then(() => undefined, (err: unknown) => err);
+    assert.instance(e, StartError);
+    assert.match((e as Error).message, re);
+  };
+  await refused(() => startProxy(null as never), /^startProxy: the options must be an object \(\{ port: 2100 \}\), got null$/);
+  await refused(() => (startServer as (o?: unknown) => Promise<unknown>)(), /^startServer: the options must be an object .*, got undefined$/);
+  await refused(() => connect([] as never), /^connect\(\): the options must be an object .*, got an array$/);
+  await refused(() => runClient(5 as never), /^runClient\(\): the options must be an object .*, got number$/);
+  await refused(() => startProxy({ port: 0, clock: {} as Clock }), /^startProxy: clock must have now\(\), setTimeout\(\), setInterval\(\) .*; this one has no now\(\), setTimeout\(\), setInterval\(\)$/);
+  await refused(() => connect({ revproc: 1, clock: { now: () => 0 } as unknown as Clock }), /^connect\(\): clock must have .*this one has no setTimeout\(\), setInterval\(\)$/);
+  await refused(() => startProxy({ port: 0, inspect: 'yes' as never }), /^startProxy: inspect must be a function taking XState inspection events, got string$/);
+  const warnings: string[] = [];
+  const onWarning = (w: Error & { code?: string }): void => void warnings.push(`${w.code}: ${w.message}`);
+  process.on('warning', onWarning);
+  try {
+    const inspect = (): void => {
+      throw new Error('inspect down');
+    };
+    const p = await proxy({ inspect } as never);
+    const s = await startServer({ id: 'i1', policy: 'P', revproc: p.port, inspect });
+    ctx.servers.push(s);
+    await eventually(() => p.pools().P?.serving.includes('i1') ?? false, 3000, 'i1 serving');
+    const c = await client({ revproc: p.port, inspect });
+    for (const x of ['a', 'b', 'c']) assert.is(await c.request('P', x), createHash('sha1').update(x).digest('hex'));
+    await eventually(() => warnings.some((w) => /^REVPROXY_INSPECT: a revproxy inspect callback threw \(inspect down\)/.test(w)), 1000, 'a process warning');
+    assert.is(warnings.filter((w) => w.startsWith('REVPROXY_INSPECT')).length, 1, 'said once');
+  } finally {
+    process.off('warning', onWarning);
+  }
+});
+
 lib.run();
 
 const noPings = suite('the proxies a client dials without a PING (NoPings)');

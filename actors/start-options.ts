@@ -1,0 +1,55 @@
+/**
+ * What every entry of the library (`startProxy`, `startServer`, `connect`, `runClient`) checks
+ * alike before it starts an actor, and the options every actor is created with: one owner for
+ * both, so the four cannot drift apart.
+ */
+import type { InspectionEvent } from 'xstate';
+import { systemClock, xstateClock, type Clock } from '../transport/clock.js';
+
+/** The methods a `clock` option must have (`Clock`): a plain object without them started, and failed later, out of any caller's reach. */
+const CLOCK_METHODS = ['now', 'setTimeout', 'setInterval'] as const satisfies ReadonlyArray<keyof Clock>;
+
+/**
+ * What is wrong with a call's options as a whole, if anything (`example`: what it takes): they are an
+ * object; its `clock`, when given, has every `Clock` method; its `inspect` is a function. Unchecked,
+ * `startProxy(null)` threw a TypeError from inside, and a `clock` of `{}` started a proxy that
+ * ended the process with an uncaught TypeError at its first timer.
+ */
+export function badStartOptions(opts: unknown, example: string): string | undefined {
+  if (typeof opts !== 'object' || opts === null || Array.isArray(opts)) {
+    return `the options must be an object (${example}), got ${opts === null ? 'null' : Array.isArray(opts) ? 'an array' : typeof opts}`;
+  }
+  const { clock, inspect } = opts as { clock?: unknown; inspect?: unknown };
+  if (clock !== undefined) {
+    const missing = typeof clock === 'object' && clock !== null ? CLOCK_METHODS.filter((m) => typeof (clock as Record<string, unknown>)[m] !== 'function') : CLOCK_METHODS;
+    if (missing.length > 0) {
+      return `clock must have ${CLOCK_METHODS.map((m) => `${m}()`).join(', ')} (a Clock, as systemClock or a ManualClock, both exported by revproxy); this one has no ${missing.map((m) => `${m}()`).join(', ')}`;
+    }
+  }
+  if (inspect !== undefined && typeof inspect !== 'function') return `inspect must be a function taking XState inspection events, got ${inspect === null ? 'null' : typeof inspect}`;
+  return undefined;
+}
+
+let inspectWarned = false;
+
+/**
+ * `inspect` with its throw caught: called inside the actor's every step, a caller's inspect that
+ * threw failed the start with its own plain Error, or stopped a running actor. The actor goes on;
+ * the throw is said once as a process warning (`REVPROXY_INSPECT`), as a log sink's is.
+ */
+function guardInspect(inspect: (event: InspectionEvent) => void): (event: InspectionEvent) => void {
+  return (event) => {
+    try {
+      inspect(event);
+    } catch (err) {
+      if (inspectWarned) return;
+      inspectWarned = true;
+      process.emitWarning(`a revproxy inspect callback threw (${err instanceof Error ? err.message : String(err)}): it misses each event it throws on, and this is said once`, { code: 'REVPROXY_INSPECT' });
+    }
+  };
+}
+
+/** What each actor is created with: its clock (the caller's, or the system's) and the caller's inspect, guarded. */
+export function actorOptions(opts: { clock?: Clock; inspect?: (event: InspectionEvent) => void }): { inspect?: (event: InspectionEvent) => void; clock: ReturnType<typeof xstateClock>['clock'] } {
+  return { ...(opts.inspect && { inspect: guardInspect(opts.inspect) }), ...xstateClock(opts.clock ?? systemClock) };
+}
