@@ -4,7 +4,7 @@
  * the sweeper (requests past their deadline), the pinger (registration
  * liveness) and the drain watch. The proxy machine invokes them.
  */
-import type { Server, Socket } from 'node:net';
+import type { AddressInfo, Server, Socket } from 'node:net';
 import type { Server as TlsServer } from 'node:tls';
 import { fromCallback } from 'xstate';
 import type { BufferBudget } from '../transport/budget.js';
@@ -276,7 +276,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
     }, { allowHalfOpen: true });
     core.limits.watch(server);
     if (secure) logTlsRefusals(secure, input.logger);
-    listenOn(server, input.port, input.host, (port) => sendBack({ type: 'LISTENING', port }), (error) => sendBack({ type: 'LISTEN_FAILED', error }), logAcceptErrors(input.logger, 'max_connections'));
+    listenOn(server, input.port, input.host, (port) => sendBack({ type: 'LISTENING', port, address: (server.address() as AddressInfo | null)?.address }), (error) => sendBack({ type: 'LISTEN_FAILED', error }), logAcceptErrors(input.logger, 'max_connections'));
     receive((e) => {
       if (e.type === 'STOP') server.close(); // stop accepting; open connections stay
       else if (e.type === 'RELOAD') {

@@ -147,6 +147,8 @@ export interface ProxyContext {
   /** Dials servers (`linkSockets.connect`), counting the sockets the links hold open, which the listening port's limit leaves room for. */
   linkSockets: LinkSockets;
   port: number;
+  /** The address the listener bound: what `host` resolved to when it is a name (`localhost`: its first address only). */
+  listenAddress?: string;
   policies: Map<string, Policy>;
   servers: Map<string, Member>;
   /** Servers registered without a token, in total and per address (bounded by maxServers, maxServersPerPeer). */
@@ -189,7 +191,7 @@ export interface ForwardBatch {
 }
 
 export type ProxyEvent =
-  | { type: 'LISTENING'; port: number }
+  | { type: 'LISTENING'; port: number; address?: string }
   | { type: 'LISTEN_FAILED'; error: string }
   | { type: 'REGISTER'; peer: Peer; setup: SetupMsg }
   | { type: 'FORWARD'; batches: ForwardBatch[] }

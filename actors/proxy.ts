@@ -20,6 +20,7 @@
  * `ejected` (too many consecutive failures: out for a while) or `drained`
  * (by an operator, MEMBER_DRAIN: out until MEMBER_ENABLE).
  */
+import { isIP } from 'node:net';
 import { assertEvent, assign, sendTo, setup, type ActorRefFrom } from 'xstate';
 import { isEveryAddress, isLoopback } from '../transport/address.js';
 import { BufferBudget } from '../transport/budget.js';
@@ -56,11 +57,15 @@ export const proxyMachine = setup({
   actions: {
     setPort: assign(({ event }) => {
       assertEvent(event, 'LISTENING');
-      return { port: event.port };
+      return { port: event.port, listenAddress: event.address };
     }),
     logListening: ({ context }) => {
       const o = context.opts;
-      context.logger.info('listening', `Running the reverse proxy on port ${context.port} at ${o.host}${isEveryAddress(o.host) ? ' (every address)' : ''}`, { host: o.host, port: context.port, tls: Boolean(o.tls?.cert) });
+      // A name is said with the address it bound (its first: `localhost` as ::1 leaves 127.0.0.1 unheard), as a server says its own.
+      const bound = isIP(o.host) === 0 && context.listenAddress !== undefined ? ` (${context.listenAddress} only)` : '';
+      context.logger.info('listening', `Running the reverse proxy on port ${context.port} at ${o.host}${isEveryAddress(o.host) ? ' (every address)' : bound}`, {
+        host: o.host, port: context.port, tls: Boolean(o.tls?.cert), ...(context.listenAddress !== undefined && { address: context.listenAddress }),
+      });
       const memory = proxyBudgetNote(o);
       if (memory) context.logger[memory.level]('memory_limit', memory.message, memory.fields);
       const conns = proxyConnectionsNote(o);

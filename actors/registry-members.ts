@@ -11,6 +11,7 @@ import { ErrorCode } from '../transport/errors.js';
 import type { RegistryEvent, RegistryStatus, ServerEntry } from '../registry/events.js';
 import { Member, type ProxyContext } from './proxy-types.js';
 import { addServer, checkOpenLimits, checkProof, removeServer } from './membership.js';
+import { hostPort } from '../transport/address.js';
 
 /** The proxy machine's one action for the registry's events. */
 export function fromRegistry(context: ProxyContext, event: RegistryEvent): void {
@@ -31,11 +32,11 @@ export function registryJoin(context: ProxyContext, e: ServerEntry): void {
     }
     return;
   }
-  const where = `privacy policy ${e.policy} at ${e.address}:${e.port}`;
+  const where = `privacy policy ${e.policy} at ${hostPort(e.address, e.port)}`;
   const denied = checkProof(context.opts, e);
   if (denied) {
     log.repeated('warn', 'unauthorized', `registry\0${e.id}\0${denied}`, 1, (n, span) => `Refused server id ${e.id} (${where}) from the registry: ${denied}${span ? ` (${n} times ${span})` : ''}`, {
-      id: e.id, policy: e.policy, address: `${e.address}:${e.port}`, code: ErrorCode.UNAUTHORIZED, source: 'registry',
+      id: e.id, policy: e.policy, address: hostPort(e.address, e.port), code: ErrorCode.UNAUTHORIZED, source: 'registry',
     });
     if (held?.source === 'registry') removeServer(context, held, `its registry entry changed and is refused: ${denied}`);
     return;

@@ -19,7 +19,7 @@
  */
 import { isIP, type Socket } from 'node:net';
 import { assertEvent, assign, fromCallback, sendTo, setup, type ActorRefFrom } from 'xstate';
-import { DEFAULT_PROXY_PORT, hostPort, peerAddress, plainIPv4, repeatedEndpoint } from '../transport/address.js';
+import { canonicalHost, DEFAULT_PROXY_PORT, hostPort, peerAddress, plainIPv4, repeatedEndpoint } from '../transport/address.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type DataMsg, type ErrorMsg, type Message, type PongMsg, type SetupMsg } from '../transport/messages.js';
@@ -599,9 +599,10 @@ export function dialBackProblem(listenHost: string, local: string | undefined, p
   // A name (--host server.internal) is checked by the address the listener bound, which it resolved to.
   const named = isIP(listenHost) === 0 && bound !== undefined && isIP(bound) !== 0;
   const address = named ? bound : listenHost;
-  if (!local || isIP(address) === 0 || address === '::') return undefined;
+  if (!local || isIP(address) === 0) return undefined;
   const from = plainIPv4(local);
-  if (address === '0.0.0.0' ? isIP(from) === 4 : plainIPv4(address) === from) return undefined;
+  const canon = canonicalHost(address);
+  if (canon === '::' || (canon === '0.0.0.0' ? isIP(from) === 4 : canon === canonicalHost(from))) return undefined;
   return `it will dial ${hostPort(from, port)}, the address this registration comes from, but this server listens on ${named ? `${listenHost} (${address})` : address} only: `
     + `start it with --host ${from} (or --host :: for every address)${isIP(from) !== isIP(address) ? `, or give the proxy by an IPv${isIP(address)} address in --revproc` : ''}`;
 }

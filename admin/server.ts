@@ -19,7 +19,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
-import { hostHeaderIsLoopback, isLoopback } from '../transport/address.js';
+import { hostHeaderIsLoopback, hostPort, isLoopback, plainIPv4 } from '../transport/address.js';
 import { listenOn } from '../transport/tls.js';
 import { httpPort, logAcceptErrors } from '../actors/port-limits.js';
 import type { Metrics } from '../inspector/metrics.js';
@@ -122,7 +122,7 @@ export function startAdmin(opts: AdminOptions): Promise<AdminServer> {
         // fleet's policies, server ids and counts: such a request names its own host, not this machine.
         const host = req.headers.host;
         if (token === undefined && onLoopback && host !== undefined && !hostHeaderIsLoopback(host)) {
-          return send(res, head, 403, 'text/plain; charset=utf-8', `refused: the request names host '${host}', not this machine: scrape http://127.0.0.1:${req.socket.localPort}/metrics (or localhost), or set --admin-token to reach it under another name\n`);
+          return send(res, head, 403, 'text/plain; charset=utf-8', `refused: the request names host '${host}', not this machine: scrape http://${hostPort(plainIPv4(req.socket.localAddress ?? '127.0.0.1'), req.socket.localPort ?? 0)}/metrics (or localhost), or set --admin-token to reach it under another name\n`);
         }
         return send(res, head, 200, opts.metrics.contentType, await opts.metrics.scrape());
       }
@@ -140,7 +140,7 @@ export function startAdmin(opts: AdminOptions): Promise<AdminServer> {
   });
   return new Promise((resolve, reject) => {
     const failed = (why: string, err: NodeJS.ErrnoException): void =>
-      reject(new Error(err.code === 'EADDRINUSE' ? `the admin port ${opts.host}:${opts.port} is already in use: choose another with --admin HOST:PORT` : `the admin endpoint (--admin): ${why}`));
+      reject(new Error(err.code === 'EADDRINUSE' ? `the admin port ${hostPort(opts.host, opts.port)} is already in use: choose another with --admin HOST:PORT` : `the admin endpoint (--admin): ${why}`));
     listenOn(server, opts.port, opts.host, (port) => {
       const host = opts.host.includes(':') ? `[${opts.host}]` : opts.host;
       resolve({

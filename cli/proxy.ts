@@ -29,7 +29,7 @@ import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/
 import { monotonicEpoch } from '../inspector/hub.js';
 import type { PoolView } from '../inspector/views.js';
 import { systemClock } from '../transport/clock.js';
-import { bracketHint, hostPort as hostAndPort, isLoopback, isThisMachine } from '../transport/address.js';
+import { bracketHint, hostPort as hostAndPort, isEveryAddress, isLoopback, isThisMachine } from '../transport/address.js';
 import { ErrorCode } from '../transport/errors.js';
 import { RETRY_CONDITIONS } from '../actors/link.js';
 import { dial, expiryWarning, type TlsMaterial } from '../transport/tls.js';
@@ -591,7 +591,7 @@ function poolReadiness(policies: readonly string[], pools: ReturnType<ProxyHandl
  * may be checked on another machine than the one it is for.
  */
 export async function listenWarning(what: string, host: string): Promise<string | undefined> {
-  if (host === '0.0.0.0' || host === '::' || isLoopback(host) || host.includes('%')) return undefined;
+  if (isEveryAddress(host) || isLoopback(host) || host.includes('%')) return undefined;
   let addresses: string[];
   if (isIP(host) !== 0) addresses = [host];
   else {

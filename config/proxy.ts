@@ -19,7 +19,7 @@ import { RETRY_CONDITIONS, type RetryCondition } from '../actors/link.js';
 import { badTrustedSource } from '../actors/port-limits.js';
 import { badWholeNumbers } from '../actors/server.js';
 import { HEAP_PER_CONNECTION, HEAP_RESERVE, MIN_DEFAULT_CONNECTIONS } from '../actors/memory-limit.js';
-import { badDialAddress, bracketHint, hostPort as hostAndPort, isEveryAddress, unbracket } from '../transport/address.js';
+import { badDialAddress, bracketHint, canonicalHost, hostPort as hostAndPort, isEveryAddress, unbracket } from '../transport/address.js';
 import { FileError, LocalCode } from '../transport/errors.js';
 import { MAX_TIMER_MS } from '../transport/clock.js';
 import { MAX_ID_LENGTH } from '../transport/messages.js';
@@ -513,9 +513,11 @@ function portClashes(c: ProxyConfig): Issue[] {
   ];
   const issues: Issue[] = [];
   for (const [j, b] of listeners.entries()) {
-    const a = listeners.slice(0, j).find((x) => x.port !== 0 && x.port === b.port && (x.host === b.host || isEveryAddress(x.host) || isEveryAddress(b.host)));
+    // However each is spelt (`localhost.`, `[::ffff:127.0.0.1]`, `0:0:0:0:0:0:0:1`): only spellings that differ passed --check.
+    const same = (x: { host: string }): boolean => canonicalHost(x.host) === canonicalHost(b.host);
+    const a = listeners.slice(0, j).find((x) => x.port !== 0 && x.port === b.port && (same(x) || isEveryAddress(x.host) || isEveryAddress(b.host)));
     if (!a) continue;
-    const overlap = a.host === b.host ? 'the same address and port' : 'the same port, on addresses that overlap';
+    const overlap = same(a) ? 'the same address and port' : 'the same port, on addresses that overlap';
     issues.push({ line: 0, col: 0, path: b.path, message: `${b.names}, ${hostAndPort(b.host, b.port)}, and ${a.names}, ${hostAndPort(a.host, a.port)}, are ${overlap}: one process cannot listen there twice; give each its own port` });
   }
   return issues;

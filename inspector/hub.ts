@@ -18,6 +18,7 @@ import { Ring } from './ring.js';
 import { CONTEXT_LIMITS, connView, isPeer, project, projectEvent, stateName, type ConnView, type Json, type SeenConn } from './sanitise.js';
 import type { ProxyContext } from '../actors/proxy-types.js';
 import { byPolicy, mergePools, poolKey, poolView, proxyInflight, type Figures, type PoolView } from './views.js';
+import { hostPort } from '../transport/address.js';
 
 /** One line of the inspection log, and one item of the page's feed. */
 export type Rec =
@@ -683,9 +684,9 @@ export class Hub {
 function dialedBy(info: ActorInfo | undefined): string | undefined {
   const ctx = (info?.ref?.getSnapshot() as { context?: { host?: unknown; port?: unknown; proxies?: Array<{ host: string; port: number }>; proxyIndex?: number } } | undefined)?.context;
   if (!ctx) return undefined;
-  if (typeof ctx.host === 'string' && typeof ctx.port === 'number') return `${ctx.host}:${ctx.port}`;
+  if (typeof ctx.host === 'string' && typeof ctx.port === 'number') return hostPort(ctx.host, ctx.port);
   const p = ctx.proxies?.[ctx.proxyIndex ?? 0];
-  return p ? `${p.host}:${p.port}` : undefined;
+  return p ? hostPort(p.host, p.port) : undefined;
 }
 
 /** Root actors have only a session id; name them after what they run: `server 100`, `client 1`. */

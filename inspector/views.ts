@@ -11,6 +11,7 @@ import { pick } from '../actors/pool.js';
 import type { Member, MemberSource, ProxyContext } from '../actors/proxy-types.js';
 import { budgetRules, unavailable, type Unavailable } from '../actors/routing.js';
 import type { ConnView } from './sanitise.js';
+import { hostPort } from '../transport/address.js';
 
 /**
  * One member of a pool. `state` is the proxy's state of that server
@@ -159,7 +160,7 @@ export function poolView(src: PoolSource): PoolView {
 
 /** One member's card: `base` (its id and counts) with what the proxy knows of it. */
 export function memberView(base: MemberView, entry: Member, proxy: ProxyContext, toEpoch: (t: number) => number): MemberView {
-  const v: MemberView = { ...base, state: entry.state, address: `${entry.host}:${entry.port}`, source: entry.shownSource };
+  const v: MemberView = { ...base, state: entry.state, address: hostPort(entry.host, entry.port), source: entry.shownSource };
   if (entry.wire === 'json') v.wire = 'json';
   const inflight = entry.traffic.inflight;
   v.inflight = inflight.size;

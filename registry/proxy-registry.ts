@@ -32,6 +32,7 @@ import { KeptKey } from './kept-key.js';
 import { decodeServer, encodeProxy, proxyKey, SERVERS } from './keys.js';
 import { PrefixMirror } from './mirror.js';
 import { describeRegistry, resolveRegistry, type RegistryOptions, type Resolved } from './options.js';
+import { hostPort } from '../transport/address.js';
 
 export interface ProxyRegistryOptions extends RegistryOptions {
   /** The address clients should dial to reach this proxy (default: the address it listens on). */
@@ -184,8 +185,8 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
       up(again) {
         status.advertised = true;
         clearInterval(remindUnadvertised);
-        if (!again) log.info('advertised', `Advertised this proxy in the registry as ${entry.address}:${p}: clients given --registry ${url} find it`, { url, address: entry.address, port: p });
-        else if (status.unadvertised) log.info('advertised', `Advertised this proxy in the registry again as ${entry.address}:${p}: clients find it again`, { url, address: entry.address, port: p });
+        if (!again) log.info('advertised', `Advertised this proxy in the registry as ${hostPort(entry.address, p)}: clients given --registry ${url} find it`, { url, address: entry.address, port: p });
+        else if (status.unadvertised) log.info('advertised', `Advertised this proxy in the registry again as ${hostPort(entry.address, p)}: clients find it again`, { url, address: entry.address, port: p });
         status.unadvertised = undefined;
         report();
       },

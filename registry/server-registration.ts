@@ -22,6 +22,7 @@ import { KeptKey } from './kept-key.js';
 import { decodeServer, encodeServer, serverKey, type ServerEntry } from './keys.js';
 import { describeRegistry, resolveRegistry, type RegistryOptions } from './options.js';
 import { proofOf } from './proof.js';
+import { hostPort } from '../transport/address.js';
 
 /** While a registration keeps failing for the same reason, how often it is said (ms). */
 const REMIND_MS = 30_000;
@@ -79,7 +80,7 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
       },
       taken: (holder, retryInMs) => {
         const other = decodeServer(s.id, holder);
-        const at = typeof other === 'string' ? undefined : `${other.address}:${other.port}`;
+        const at = typeof other === 'string' ? undefined : hostPort(other.address, other.port);
         const who = at === undefined ? 'an entry this server did not write' : `a server at ${at}`;
         if (input.clock.now() - started < patience) {
           // Perhaps our own previous run, whose lease has not ended yet.

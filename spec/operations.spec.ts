@@ -269,6 +269,12 @@ config('--check refuses what a start cannot do: two of its listeners on one port
   const inspector = await run(['--port', '0', '--admin', '127.0.0.1:23567', '--inspect', '23567']);
   assert.is(inspector.code, 2, inspector.out);
   assert.match(inspector.out, /the inspector \(inspect, --inspect, on 127\.0\.0\.1\), 127\.0\.0\.1:23567, and the admin endpoint/);
+  // One address spelt two ways is one address (each pair passed --check and the start failed "already in use").
+  for (const [host, admin] of [['127.0.0.1', '[::ffff:127.0.0.1]'], ['::1', '[0:0:0:0:0:0:0:1]'], ['LOCALHOST', 'localhost'], ['::', '[::0]']]) {
+    const spelt = await run(['--port', '23569', '--host', host!, '--admin', `${admin!}:23569`]);
+    assert.is(spelt.code, 2, `${host} and ${admin}: ${spelt.out}`);
+    assert.match(spelt.out, /are the same address and port: one process cannot listen there twice/);
+  }
   // Port 0 is a free port for each; other addresses do not overlap.
   assert.is((await run(['--port', '0', '--admin', '127.0.0.1:0', '--inspect', '0'])).code, 0);
   assert.is((await run(['--port', '23568', '--host', '127.0.0.2', '--admin', '127.0.0.1:23568'])).code, 0);

@@ -15,6 +15,8 @@ import { encodeFrame, FORWARD_ROOM } from '../transport/frame.js';
 import { resolveOptions } from '../actors/proxy-options.js';
 import { checkListen } from '../inspector/guard.js';
 import { loadTls } from '../transport/tls.js';
+import { hostHeaderIsLoopback, isEveryAddress } from '../transport/address.js';
+import { dialBackProblem } from '../actors/server.js';
 import { makePki } from './certs.js';
 import { collector, eventually, frame, LOCAL, rawConnect, sleep } from './helpers.js';
 import { MsgType } from '../transport/messages.js';
@@ -89,6 +91,17 @@ tokens('the right token is accepted and served', async (ctx) => {
   assert.ok(r[0]!.correct);
 });
 
+tokens('a proxy given a name to listen on says the address it bound (a name listens on its first address only)', async (ctx) => {
+  // `--host localhost` with localhost as ::1 first listened on ::1 alone and said "at localhost": servers dialling 127.0.0.1 were refused.
+  await proxyWith(ctx, { host: 'localhost' });
+  const line = ctx.logs.find((l) => l.event === 'listening')!;
+  assert.match(line.msg, /^Running the reverse proxy on port \d+ at localhost \((127\.0\.0\.1|::1) only\)$/);
+  assert.ok(line.address === '127.0.0.1' || line.address === '::1', String(line.address));
+  ctx.proxy!.kill();
+  await proxyWith(ctx, { host: '127.0.0.1' });
+  assert.match(ctx.logs.find((l) => l.event === 'listening')!.msg, /^Running the reverse proxy on port \d+ at 127\.0\.0\.1$/);
+});
+
 tokens('per-policy tokens: each policy takes only its own secret; a policy not in the file takes none', async (ctx) => {
   await proxyWith(ctx, { tokens: { A: 'secret-of-A', B: 'secret-of-B' } });
   await server(ctx, 'a1', 'A', { token: 'secret-of-A' });
@@ -107,17 +120,27 @@ tokens('a proxy listening beyond loopback without any secret warns loudly at sta
   assert.match(w!.msg, /anyone who can connect can register/);
 });
 
-tokens('one rule says which listen address is loopback, for the proxy\'s warning and per-peer default and the inspector\'s token: localhost, ::1 and 127.x.x.x exactly, never a DNS name', () => {
+tokens('one rule says which listen address is loopback, for the proxy\'s warning and per-peer default and the inspector\'s token: localhost, ::1 and 127.x.x.x however spelt, never a DNS name; and one which is every address', () => {
   // The proxy read a host starting '127.' as loopback (127.example.com, resolving anywhere: no warning, no per-peer limit)
   // while the inspector's guard, rightly, did not; the guard refused ::ffff:127.0.0.1, which the proxy took as loopback.
-  const loopback = ['localhost', '127.0.0.1', '127.1.2.3', '::1', '[::1]', '::ffff:127.0.0.1'];
-  const other = ['127.example.com', '127.evil.example', '127.0.0.1.nip.io', '0.0.0.0', '::', '10.0.0.5', '::ffff:10.0.0.5', 'example.com'];
+  // However spelt: LOCALHOST, 0:0:0:0:0:0:0:1 and the like were taken for other machines (a warning, the per-peer limit, a 403 to Host: LOCALHOST).
+  const loopback = ['localhost', '127.0.0.1', '127.1.2.3', '::1', '[::1]', '::ffff:127.0.0.1', 'LOCALHOST', 'Localhost', 'localhost.', '0:0:0:0:0:0:0:1', '[0:0:0:0:0:0:0:1]', '::FFFF:127.0.0.1'];
+  const other = ['127.example.com', '127.evil.example', '127.0.0.1.nip.io', '0.0.0.0', '::', '10.0.0.5', '::ffff:10.0.0.5', 'example.com', 'localhost.example.com', 'notlocalhost'];
   for (const host of [...loopback, ...other]) {
     const yes = loopback.includes(host);
     assert.is(isLoopback(host), yes, host);
     assert.is(resolveOptions({ host }).maxConnectionsPerPeer, yes ? 0 : 1024, `${host}: per-peer default`);
     assert.is(checkListen({ host, port: 1 }) === undefined, yes, `${host}: inspector without a token`);
   }
+  for (const host of ['LOCALHOST', 'localhost.', '[0:0:0:0:0:0:0:1]']) assert.ok(hostHeaderIsLoopback(`${host}:8080`, 8080), `Host: ${host}:8080`);
+  // Every address, however spelt: `::0` passed as an address to advertise, and a server on it was told the proxy could not reach it.
+  for (const host of ['0.0.0.0', '::', '[::]', '::0', '0:0:0:0:0:0:0:0', '[0:0:0:0:0:0:0:0]']) {
+    assert.ok(isEveryAddress(host), host);
+    assert.is(dialBackProblem(host, '127.0.0.1', 1), undefined, `${host}: a server listening there is reached`);
+  }
+  for (const host of ['::1', '127.0.0.1', '0.0.0.1', '::2', 'localhost']) assert.not.ok(isEveryAddress(host), host);
+  assert.is(dialBackProblem('0:0:0:0:0:0:0:1', '::1', 1), undefined, 'listening on ::1 spelt long, registered from ::1');
+  assert.match(dialBackProblem('127.0.0.1', '::1', 1) ?? '', /it will dial \[::1\]:1/);
 });
 
 const tls = inProcess('mutual TLS');

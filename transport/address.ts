@@ -3,7 +3,7 @@
  * an IPv6 address in brackets, `[::1]:2100`, as in a URL - `::1:2100` reads as an address alone;
  * and how a peer's address is read off its socket (`peerAddress`), the one place that is done.
  */
-import { isIPv4, isIPv6 } from 'node:net';
+import { isIP, isIPv4, isIPv6 } from 'node:net';
 import { networkInterfaces } from 'node:os';
 
 /**
@@ -43,7 +43,28 @@ export function bracketHint(value: string): string | undefined {
  * a URL writes it): no address a peer could dial, and one that takes its port on every other address too.
  */
 export function isEveryAddress(host: string): boolean {
-  return host === '0.0.0.0' || host === '::' || host === '[::]';
+  const canon = canonicalHost(host);
+  return canon === '0.0.0.0' || canon === '::';
+}
+
+/**
+ * `host` as one spelling, whichever way it is written: without brackets, lowercased (host names and
+ * IPv6 hex alike), a trailing dot of a name dropped (`localhost.`), an IPv4-mapped address as its IPv4
+ * one, an IPv6 one in its shortest form (`0:0:0:0:0:0:0:1` and `::0` are `::1` and `::`). What tells two
+ * spellings of one address apart nowhere: every address and loopback (`isEveryAddress`, `isLoopback`),
+ * one endpoint (`endpointKey`), one listener (`--check`'s port clashes). A name stays a name: only a
+ * resolver could say `localhost` is `127.0.0.1`.
+ */
+export function canonicalHost(host: string): string {
+  let h = plainIPv4(unbracket(String(host)).toLowerCase());
+  if (isIPv6(h) && !h.includes('%')) {
+    try {
+      h = new URL(`http://[${h}]/`).hostname.slice(1, -1);
+    } catch {
+      // kept as written
+    }
+  } else if (h.length > 1 && h.endsWith('.') && isIP(h.slice(0, -1)) === 0) h = h.slice(0, -1);
+  return h;
 }
 
 /** A host name as a resolver takes it: dot-separated labels of letters, digits, `-` and `_` (Docker Compose's names have one). */
@@ -79,15 +100,15 @@ export function unbracket(host: string): string {
 }
 
 /**
- * Whether `host` is this machine only, exactly as written: `localhost`, `::1` or a `127.x.x.x`
- * address (IPv4-mapped too, `::ffff:127.0.0.1`; IPv6 in brackets too, as a URL or a `Host` header
- * writes it). A DNS name such as `127.example.com` is not, whatever it resolves to. The one rule
+ * Whether `host` is this machine only, however it is spelt (`canonicalHost`): `localhost`, `::1` or a
+ * `127.x.x.x` address (`LOCALHOST`, `localhost.`, `0:0:0:0:0:0:0:1`, `::ffff:127.0.0.1`, IPv6 in
+ * brackets as a URL or a `Host` header writes it). A DNS name such as `127.example.com` is not, whatever it resolves to. The one rule
  * for a listen address (the warnings of a proxy or admin endpoint open to other machines, the
  * per-peer limit's default, the inspector's token) and for the inspector's `Host` check.
  */
 export function isLoopback(host: string): boolean {
-  const bare = plainIPv4(host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host);
-  return bare === 'localhost' || bare === '::1' || (isIPv4(bare) && bare.startsWith('127.'));
+  const canon = canonicalHost(host);
+  return canon === 'localhost' || canon === '::1' || (isIPv4(canon) && canon.startsWith('127.'));
 }
 
 /** Whether `address` (an IP) is one of this machine's: loopback, or an address of one of its interfaces as they are now. */
@@ -144,16 +165,7 @@ export function peerAddress(socket: { remoteAddress?: string }, named?: string):
  * key; `localhost:2100` is another, as only a resolver could say it is the same.
  */
 export function endpointKey(ep: { host: string; port: number }): string {
-  const given = String(ep.host);
-  let host = plainIPv4(unbracket(given).toLowerCase());
-  if (isIPv6(host) && !host.includes('%')) {
-    try {
-      host = new URL(`http://[${host}]/`).hostname.slice(1, -1);
-    } catch {
-      // kept as written
-    }
-  }
-  return hostPort(host, ep.port);
+  return hostPort(canonicalHost(ep.host), ep.port);
 }
 
 /**
