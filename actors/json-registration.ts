@@ -14,7 +14,7 @@ import { hostPort } from '../transport/address.js';
 import { Connection } from '../transport/socket.js';
 import { describeDialError, dial, whenReady } from '../transport/tls.js';
 import type { Timer } from '../transport/clock.js';
-import { logDialBackProblem, logSeveralAddresses, type Endpoint, type RegistrationCommand, type RegistrationInput } from './server.js';
+import { logDialBackProblem, logSeveralAddresses, registrationSource, sourceDialError, type Endpoint, type RegistrationCommand, type RegistrationInput } from './server.js';
 
 export const jsonRegistrations = fromCallback<RegistrationCommand, RegistrationInput>(({ sendBack, receive, input }) => {
   let stopping = false;
@@ -24,7 +24,8 @@ export const jsonRegistrations = fromCallback<RegistrationCommand, RegistrationI
 
   const attempt = (ep: Endpoint, delay: number): void => {
     const key = hostPort(ep.host, ep.port);
-    const socket = dial(ep.host, ep.port, input.tls);
+    const from = registrationSource(input.listenHost, input.listenAddress, ep.host);
+    const socket = dial(ep.host, ep.port, input.tls, from);
     logSeveralAddresses(input, key, ep.host, socket, namesSaid);
     const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, wire: 'json', holdReadsWhenCongested: false });
     conns.add(conn);
@@ -37,7 +38,7 @@ export const jsonRegistrations = fromCallback<RegistrationCommand, RegistrationI
     });
     socket.once('error', (err: NodeJS.ErrnoException) => {
       if (stopping || socket.bytesWritten > 0) return;
-      const error = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${key}` : describeDialError(err, ep.host);
+      const error = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${key}` : sourceDialError(err, ep.host, from) ?? describeDialError(err, ep.host);
       sendBack({ type: 'REGISTRATION_LOST', proxy: key, error, retryInMs: delay });
       const t = input.clock.setTimeout(() => {
         timers.delete(t);

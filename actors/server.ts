@@ -19,7 +19,7 @@
  */
 import { isIP, type Socket } from 'node:net';
 import { assertEvent, assign, fromCallback, sendTo, setup, type ActorRefFrom } from 'xstate';
-import { canonicalHost, DEFAULT_PROXY_PORT, hostPort, peerAddress, plainIPv4, repeatedEndpoint } from '../transport/address.js';
+import { canonicalHost, DEFAULT_PROXY_PORT, hostPort, isEveryAddress, peerAddress, plainIPv4, repeatedEndpoint, unbracket } from '../transport/address.js';
 import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type DataMsg, type ErrorMsg, type Message, type PongMsg, type SetupMsg } from '../transport/messages.js';
@@ -403,7 +403,8 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
 
   const attempt = (ep: Endpoint, delay: number, everRegistered: boolean): void => {
     const key = hostPort(ep.host, ep.port);
-    const socket = dial(ep.host, ep.port, input.tls);
+    const from = registrationSource(input.listenHost, input.listenAddress, ep.host);
+    const socket = dial(ep.host, ep.port, input.tls, from);
     logSeveralAddresses(input, key, ep.host, socket, namesSaid);
     // A proxy that went away without a word (no FIN, no RST: a partition, a frozen host) sends no
     // PINGs, and the server sends nothing unasked: without probes of its own it would wait for ever,
@@ -550,7 +551,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
         err instanceof ConnectionTimeout ? `it stalled: ${err.message}`
         : err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${key}`
         : err.code === 'ETIMEDOUT' && accepted ? `the reverse proxy at ${key} stopped answering (TCP timed out: its keepalive probes or resent data got no reply): it is cut off or down`
-        : describeDialError(err, ep.host)),
+        : sourceDialError(err, ep.host, from) ?? describeDialError(err, ep.host)),
       // Before its acceptance, over mutual TLS, most likely for this server's certificate (TLS 1.3 tells the dialler nothing).
       complete: () => lost(`the reverse proxy closed the registration connection${!accepted && input.tls?.cert ? ` before accepting it: it may have ${CERT_REFUSED}` : ''}`),
     });
@@ -605,6 +606,37 @@ export function dialBackProblem(listenHost: string, local: string | undefined, p
   if (canon === '::' || (canon === '0.0.0.0' ? isIP(from) === 4 : canon === canonicalHost(from))) return undefined;
   return `it will dial ${hostPort(from, port)}, the address this registration comes from, but this server listens on ${named ? `${listenHost} (${address})` : address} only: `
     + `start it with --host ${from} (or --host :: for every address)${isIP(from) !== isIP(address) ? `, or give the proxy by an IPv${isIP(address)} address in --revproc` : ''}`;
+}
+
+/**
+ * The local address a registration to `host` leaves from: the address this server listens on, when it
+ * is one address (not every address) that can dial `host` (a name, or an address of its family). The
+ * proxy dials a server back at the address its registration comes from: left to the kernel, that was
+ * the route's own (127.0.0.1 for a proxy on 127.0.0.7; the address of another interface on a host with
+ * several), and a server listening on one address was registered and never reached, as HAProxy's
+ * `source` and nginx's `proxy_bind` would have it leave from that address. Undefined: the kernel's choice.
+ */
+export function registrationSource(listenHost: string, bound: string | undefined, host: string): string | undefined {
+  const address = isIP(listenHost) === 0 ? bound : listenHost;
+  if (address === undefined || isIP(address) === 0 || isEveryAddress(address) || address.includes('%')) return undefined;
+  const family = isIP(plainIPv4(unbracket(host)));
+  return family === 0 || family === isIP(address) ? address : undefined;
+}
+
+/**
+ * Why a registration dialled from `from` (`registrationSource`) failed, when that is the cause: the proxy is
+ * not reachable from that address (EINVAL: a loopback address and a proxy on another machine), or its name has
+ * no address of that family; else undefined.
+ */
+export function sourceDialError(err: NodeJS.ErrnoException, host: string, from: string | undefined): string | undefined {
+  if (from === undefined) return undefined;
+  const then = `the proxy dials a server back at the address its registration comes from, so this server registers from the one it listens on (--host ${from}): `
+    + 'start it with --host set to its address on the proxy\'s network (or --host :: for every address)';
+  if (err.code === 'EINVAL' || err.code === 'ENETUNREACH' || err.code === 'EADDRNOTAVAIL') return `it cannot be reached from ${from} (${err.code}): ${then}`;
+  if ((err.code === 'ENOTFOUND' || err.code === 'EAI_NODATA') && isIP(host) === 0) {
+    return `the name ${host} has no IPv${isIP(from)} address (or does not resolve: ${err.code}), and this server listens on ${from}, an IPv${isIP(from)} address: ${then}`;
+  }
+  return undefined;
 }
 
 /** Say, as a registration connects (frames or JSON), when the proxy at `key` will not reach this server (`dialBackProblem`). */

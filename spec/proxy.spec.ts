@@ -993,6 +993,31 @@ unhedged('with hedge_on_try_timeout off, three servers each slower than the try 
   assert.match(JSON.stringify(r instanceof Error ? r.message : r), /TIMEOUT/);
 });
 
+const alias = fresh('a proxy on another loopback address', { host: '127.0.0.7' });
+
+alias('a server listening on one address registers from it (frames or the JSON wire), so the proxy reaches it there; one that cannot reach the proxy from it is told why', async () => {
+  // Left to the kernel a registration to 127.0.0.7 left from 127.0.0.1: the proxy dialled the server back there,
+  // where it did not listen, and it was registered and never served (as on a host with several addresses).
+  const proxy = { host: '127.0.0.7', port: ctx.proxy.port };
+  const logs: LogRecord[] = [];
+  for (const [id, policy, wire] of [['a7', 'P', 'frames'], ['old7', 'Q', 'json']] as const) {
+    const s = await startServer({ id, policy, listenPort: 0, listenHost: '127.0.0.7', proxy, wire, logger: new Logger('server', memorySink(logs), 'info') });
+    ctx.servers.push(s);
+    await eventually(() => ctx.proxy.pools()[policy]?.serving.includes(id) ?? false, 3000, `${id} serving`);
+  }
+  for (const policy of ['P', 'Q']) {
+    const r = await runClient({ id: 'c', proxy, packets: packets(policy, 2) });
+    assert.equal(r.map((x) => x.correct), [true, true], policy);
+  }
+  assert.not.ok(logs.some((l) => l.level === 'error'), JSON.stringify(logs));
+  // A loopback address cannot reach another machine: said at once, with what to do, rather than registered unreachable.
+  const far: LogRecord[] = [];
+  const s = await startServer({ id: 'far', policy: 'P', listenPort: 0, waitForRegistration: false, proxy: { host: '10.255.255.1', port: 9 }, logger: new Logger('server', memorySink(far), 'info') });
+  ctx.servers.push(s);
+  await eventually(() => far.some((l) => l.event === 'registration_lost'), 2000, 'a registration_lost line');
+  assert.match(far.find((l) => l.event === 'registration_lost')!.msg, /at 10\.255\.255\.1:9: it cannot be reached from 127\.0\.0\.1 \(EINVAL\): the proxy dials a server back at the address its registration comes from, so this server registers from the one it listens on \(--host 127\.0\.0\.1\): start it with --host set to its address on the proxy's network/);
+});
+
 const ipv6 = fresh('a proxy on IPv6', { host: '::1' });
 
 ipv6('a server registering over IPv6 (frames or the JSON wire) while it listens on 127.0.0.1 (the default) is told the proxy cannot reach it and what to run; one listening on ::1 is served', async () => {
@@ -1152,6 +1177,7 @@ keptAlone.run();
 panic.run();
 rejoin.run();
 unhedged.run();
+alias.run();
 ipv6.run();
 floods.run();
 

@@ -226,10 +226,14 @@ export function dialDeadline(socket: Socket, host: string, port: number, ms: num
   return { cancel: () => timer.cancel() };
 }
 
-/** Dial host:port, over TLS when `tls` is given (verifying the peer against `tls.ca`, presenting `tls.cert` if any). */
-export function dial(host: string, port: number, tls?: TlsMaterial): Socket {
-  if (!tls) return netConnect({ host, port });
-  return tlsConnect({ host, port, ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: true, servername: isIP(host) !== 0 ? undefined : host });
+/**
+ * Dial host:port, over TLS when `tls` is given (verifying the peer against `tls.ca`, presenting `tls.cert` if any);
+ * from the local address `from` when given (a name then resolves to an address of `from`'s family only).
+ */
+export function dial(host: string, port: number, tls?: TlsMaterial, from?: string): Socket {
+  const source = from === undefined ? {} : { localAddress: from, family: isIP(from) };
+  if (!tls) return netConnect({ host, port, ...source });
+  return tlsConnect({ host, port, ...source, ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: true, servername: isIP(host) !== 0 ? undefined : host });
 }
 
 /** What to tell a person when a listen fails: the cause and what to do. */
