@@ -24,7 +24,7 @@ import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type DataMsg, type ErrorMsg, type Message, type PongMsg, type SetupMsg } from '../transport/messages.js';
 import { Connection, ConnectionTimeout } from '../transport/socket.js';
-import { CERT_REFUSED, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, listenOn, listenServer, whenReady, renewTls, type TlsMaterial } from '../transport/tls.js';
+import { CERT_REFUSED, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, certificateMissesAddress, describeDialError, dial, dialDeadline, listenOn, listenServer, whenReady, renewTls, type TlsMaterial } from '../transport/tls.js';
 import { jittered, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { BufferBudget, defaultBufferBudget } from '../transport/budget.js';
 import { budgetNote, connectionsNote, defaultMaxConnections, lazyTextFrom, memoryLimit } from './memory-limit.js';
@@ -643,6 +643,15 @@ export function sourceDialError(err: NodeJS.ErrnoException, host: string, from: 
 export function logDialBackProblem(input: RegistrationInput, key: string, local: string | undefined): void {
   const unreachable = dialBackProblem(input.listenHost, local, input.setup.listenport, input.listenAddress);
   if (unreachable) input.logger.error('unreachable_from_proxy', `The reverse proxy at ${key} cannot reach this server: ${unreachable}`, { proxy: key, listenHost: input.listenHost, from: local });
+  // Over TLS it checks this server's certificate against that address (it has no name for it): one naming
+  // only host names (an internal CA's usual kind) was refused at every dial, and this server heard only of
+  // a TLS connection closed before its handshake was done.
+  const from = local === undefined ? undefined : plainIPv4(local);
+  const misses = !unreachable && from !== undefined && input.tls?.cert ? certificateMissesAddress(input.tls.cert, from) : undefined;
+  if (misses) {
+    input.logger.error('certificate_not_for_address', `The reverse proxy at ${key} cannot reach this server over TLS: it dials it back at ${from}, the address this registration comes from, and checks that this server's certificate (--tls-cert) names that address: ${misses}: `
+      + `give this server a certificate with IP:${from} in its subjectAltName, or register through the registry (--registry), whose entries name --advertise, the name its certificate gives`, { proxy: key, from });
+  }
 }
 
 /**

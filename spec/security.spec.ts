@@ -168,6 +168,27 @@ tls('a client and a server talk through the proxy over mutual TLS; a server with
   assert.not.ok(plain[0]!.correct);
 });
 
+tls('a server whose certificate does not name the address the proxy dials it back at is told so as it registers', async (ctx) => {
+  // The proxy dials a server back at its registration's address and checks the certificate names it: one naming
+  // 127.0.0.1 and localhost, registering over IPv6, was refused at every dial, and the server heard only of a TLS
+  // connection closed before its handshake was done.
+  const pki = makePki(['proxy', 'server'], undefined, { sans: { proxy: 'IP:127.0.0.1,IP:::1' } });
+  const proxyTls = loadTls({ ...pki.cert('proxy'), ca: pki.ca })!;
+  await proxyWith(ctx, { host: '::1', tls: proxyTls, upstreamTls: proxyTls });
+  const logs: LogRecord[] = [];
+  await server(ctx, 'v6', 'P', { listenHost: '::1', proxy: { host: '::1', port: ctx.proxy!.port }, tls: loadTls({ ...pki.cert('server'), ca: pki.ca }), logger: new Logger('server', memorySink(logs), 'info') });
+  await eventually(() => logs.some((l) => l.event === 'certificate_not_for_address'), 2000, 'the error line');
+  assert.match(logs.find((l) => l.event === 'certificate_not_for_address')!.msg, /^The reverse proxy at \[::1\]:\d+ cannot reach this server over TLS: it dials it back at ::1, the address this registration comes from, and checks that this server's certificate \(--tls-cert\) names that address: the certificate names IP:127\.0\.0\.1, DNS:localhost, not ::1: give this server a certificate with IP:::1 in its subjectAltName/);
+  await eventually(() => ctx.logs.some((l) => l.event === 'down' && /IP: ::1 is not in the cert's list/.test(l.msg)), 3000, "the proxy's own line");
+  // A certificate that names the address: no such line.
+  const ok: LogRecord[] = [];
+  ctx.proxy!.kill();
+  await proxyWith(ctx, { tls: proxyTls, upstreamTls: proxyTls });
+  await server(ctx, 'v4', 'P', { tls: loadTls({ ...pki.cert('server'), ca: pki.ca }), logger: new Logger('server', memorySink(ok), 'info') });
+  await eventually(() => ctx.proxy!.pools().P?.serving.includes('v4') ?? false, 3000, 'v4 serving');
+  assert.not.ok(ok.some((l) => l.event === 'certificate_not_for_address'), JSON.stringify(ok));
+});
+
 tls('a TLS 1.2 peer asking for renegotiation is refused: one handshake per connection', async (ctx) => {
   // Each renegotiation cost a handshake's CPU, past the per-address connection rate and unlogged: 386 on one
   // connection in a probe (Node reports its own limit of 3 as an error and goes on).

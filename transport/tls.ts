@@ -66,6 +66,19 @@ function certificatesOf(pem: Buffer): X509Certificate[] {
   });
 }
 
+/**
+ * Why a peer that dials `address` (an IP, with no name: Node then checks the certificate's IP
+ * entries only) would refuse the certificate `pem` presents (its first), or undefined when it names
+ * that address, or cannot be read: `the certificate names DNS:server-a.internal, IP:10.0.0.7, not
+ * 127.0.0.1`.
+ */
+export function certificateMissesAddress(pem: Buffer, address: string): string | undefined {
+  const leaf = certificatesOf(pem)[0];
+  if (!leaf || leaf.checkIP(address) !== undefined) return undefined;
+  const names = leaf.subjectAltName?.replace(/IP Address:/g, 'IP:') ?? `no subjectAltName (its subject: ${leaf.subject.replace(/\n/g, ', ')})`;
+  return `the certificate names ${names}, not ${address}`;
+}
+
 /** When a file's certificates can be used (ms since the epoch, the wall clock's): a chain's is its leaf's, a CA bundle's its certificate that expires first. */
 export interface Validity {
   notBefore: number;
