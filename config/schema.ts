@@ -70,6 +70,11 @@ export const ENV_REFERENCE = /^\$(\{[A-Za-z_][A-Za-z0-9_]*(:?[-=?+][^}]*)?\}|[A-
 /** What to do instead of such a reference. */
 export const NOT_EXPANDED = 'nothing here expands environment variables (as a shell or compose would): write the value itself, or give it by its flag or environment variable (docs/CONFIG.md)';
 
+/** A line whose value is an IPv6 address, or starts with `[`, written without quotes (`host: ::`, `listen: [::1]:9100`): YAML reads no such value as text. */
+const UNQUOTED_ADDRESS = /^\s*(?:-\s+)?[\w.-]+:\s+(?:[0-9A-Fa-f]*::|\[)/;
+/** What to do about such a value. */
+const QUOTE_ADDRESS = "quote a value that is an IPv6 address or starts with '[' (host: '::', listen: '[::1]:9100'): YAML reads it as a mapping or a list";
+
 /**
  * Parse YAML text and read it with `schema`. Syntax errors and every value
  * that is not what the schema expects come back as issues, with line and column.
@@ -80,7 +85,8 @@ export function readYaml<T>(source: string, schema: Schema<T>): { value?: T; ctx
   const issues: Issue[] = doc.errors.map((e) => {
     // linePos is filled only with prettyErrors; the offset is always there.
     const pos = e.linePos?.[0] ?? (e.pos ? lines.linePos(e.pos[0]) : { line: 1, col: 1 });
-    return { line: pos.line, col: pos.col, path: '', message: `not valid YAML: ${e.message.split('\n')[0]}` };
+    const quote = UNQUOTED_ADDRESS.test(source.split('\n')[pos.line - 1] ?? '') ? `: ${QUOTE_ADDRESS}` : '';
+    return { line: pos.line, col: pos.col, path: '', message: `not valid YAML: ${e.message.split('\n')[0]}${quote}` };
   });
   if (!issues.length) issues.push(...repeatedKeys(doc, lines));
   const ctx: ReadContext = { doc, lines, issues };
@@ -166,7 +172,8 @@ export function scalar<T>(
       const isScalar = yaml().isScalar(n);
       const value = isScalar ? convert(n.value, written(n)) : undefined;
       if (value === undefined) {
-        const more = isScalar ? hint?.(n.value, written(n)) ?? (ENV_REFERENCE.test(written(n)) ? NOT_EXPANDED : undefined) : undefined;
+        // `host: [::1]` is a list of one item: the brackets of an IPv6 address are YAML's own.
+        const more = isScalar ? hint?.(n.value, written(n)) ?? (ENV_REFERENCE.test(written(n)) ? NOT_EXPANDED : undefined) : yaml().isSeq(n) && n.flow ? QUOTE_ADDRESS : undefined;
         const meant = isScalar && near && !more ? suggest(written(n), near) : '';
         return report(ctx, { ...at, offset: offsetOf(n, at.offset) }, `expected ${expected}, got ${shown(n, ctx)}${meant}${more ? `: ${more}` : ''}`);
       }

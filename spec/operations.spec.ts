@@ -212,7 +212,7 @@ config('what an operator may write by habit gets a clear word: ${VAR} (not expan
   assert.match(l.out.join('\n'), /cannot read the configuration file: it is a symbolic link to .*\.\.data\/config\.yaml, which does not exist/);
 });
 
-config('--check places a YAML syntax error at its line and column, not at 1:1', async () => {
+config('--check places a YAML syntax error at its line and column, not at 1:1, and says to quote an IPv6 address', async () => {
   const dup = write('dup.yaml', 'port: 2100\nlog:\n  level: info\n  level: debug\n');
   const d = revproxy(['proxy', '--check', '--config', dup]);
   assert.is(await d.exited, 1);
@@ -221,6 +221,17 @@ config('--check places a YAML syntax error at its line and column, not at 1:1', 
   const i = revproxy(['proxy', '--check', '--config', indent]);
   assert.is(await i.exited, 1);
   assert.match(i.out.join('\n'), /indent\.yaml:2:10: not valid YAML/);
+  assert.not.match(i.out.join('\n'), /quote a value/);
+  // An IPv6 address written bare is YAML's own syntax: said with what to write (it was "got a list", or yaml's words alone).
+  for (const [name, text, at] of [['v6host.yaml', 'host: ::\n', /v6host\.yaml:1:7: not valid YAML: .*: quote a value that is an IPv6 address or starts with '\['/],
+    ['v6list.yaml', 'host: [::1]\n', /v6list\.yaml:1:7: host: expected a string, got a list: quote a value that is an IPv6 address/],
+    ['v6admin.yaml', 'admin:\n  listen: [::1]:9100\n', /v6admin\.yaml:2:\d+: not valid YAML: .*: quote a value that is an IPv6 address/]] as const) {
+    const v = revproxy(['proxy', '--check', '--config', write(name, text)]);
+    assert.is(await v.exited, 1);
+    assert.match(v.out.join('\n'), at);
+  }
+  const quoted = revproxy(['proxy', '--check', '--config', write('v6ok.yaml', "host: '::'\nadmin:\n  listen: '[::1]:0'\n")]);
+  assert.is(await quoted.exited, 0, quoted.out.join('\n'));
 });
 
 config('--check opens the files a config names, as nginx -t does', async () => {
