@@ -177,7 +177,7 @@ Example:
   cmd.action(async () => {
     const flags = configFromFlags(cmd);
     const file = (cmd.opts() as Flags).config;
-    const source = file ?? 'the command line';
+    const source = file ?? COMMAND_LINE;
     // REVPROXY_REGISTRY_PASSWORD is ambient, like REVPROXY_TOKEN: a proxy with no registry ignores it (the flag is still refused without one).
     const envPassword = cmd.getOptionValueSource('registryPassword') === 'env';
     // REVPROXY_ADMIN_TOKEN likewise: a proxy with no admin endpoint ignores it (--admin-token without --admin is refused).
@@ -267,6 +267,9 @@ Example:
 
 /** The file's settings as last read, and those of them the command line sets too (`overridden`). */
 type Overrides = () => { file: ProxyConfig; keys: string[] };
+
+/** Where the settings come from without a config file: said in reload lines (`Reloaded the command line: ...`), where no file holds secrets to re-read. */
+const COMMAND_LINE = 'the command line';
 
 /** Start everything a config asks for, serve until SIGTERM/SIGINT, reload on SIGHUP. */
 async function run(read: () => ProxyConfig, source: string, setExit: (code: number) => void, onHup: (f: () => void) => void, flagOf: (key: FileKey) => string | undefined, explain: (err: unknown) => unknown, pidFile?: string, overrides: Overrides = () => ({ file: {}, keys: [] })): Promise<void> {
@@ -477,7 +480,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       reloads.applied++;
       reloads.lastOk = true;
       reloads.lastOkAt = monotonicEpoch();
-      logger.info('reload', `Reloaded ${source}: ${applied.length ? `applied ${applied.join(', ')}` : restart.length ? `nothing applied: ${restart.join(', ')} need${restart.length === 1 ? 's' : ''} a restart` : 'no setting changed'}; secrets re-read; ${revoked > 0 ? `revoked ${revoked} server registration(s) whose secret no longer passes (deregister lines name them)` : 'no connection closed'}`, { file: source, applied, revoked });
+      logger.info('reload', `Reloaded ${source}: ${applied.length ? `applied ${applied.join(', ')}` : restart.length ? `nothing applied: ${restart.join(', ')} need${restart.length === 1 ? 's' : ''} a restart` : 'no setting changed'}${source !== COMMAND_LINE || next.tokens_file !== undefined ? '; secrets re-read' : ''}; ${revoked > 0 ? `revoked ${revoked} server registration(s) whose secret no longer passes (deregister lines name them)` : 'no connection closed'}`, { file: source, applied, revoked });
       // After the line saying so: a reload to `warn` said nothing of itself (half of 100 reloads between info and warn went unsaid).
       logger.setLevel(nextRt.log.level);
       if (restart.length) {

@@ -397,8 +397,9 @@ export function loadConfigFile(file: string): ProxyConfig {
 /** Check a config given as text; `file` names it in messages and anchors relative paths. */
 export function parseConfig(source: string, file: string): ProxyConfig {
   const { value, ctx } = readYaml(source, proxyConfigSpec);
-  // An empty file is a valid config that sets nothing.
-  if (!value && ctx.issues.length === 0 && ctx.doc.contents === null) return {};
+  // An empty file, or one of comments only (the example with every line commented out), is a valid config that
+  // sets nothing, as a start without one: it was refused "expected a mapping ... got nothing", naming every key.
+  if (!value && ctx.doc.errors.length === 0 && ctx.doc.contents === null) return {};
   if (!value) throw new ConfigError(file, ctx.issues);
   return absolutePaths(value, dirname(resolve(file)));
 }

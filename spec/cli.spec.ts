@@ -423,6 +423,12 @@ cli('a port below the unprivileged range, as a user without privilege: the refus
   assert.match(why, new RegExp(`^no permission to listen on port 80: on this machine a port below ${first} needs privilege: choose a port of ${first} or above, or let the process bind it \\(AmbientCapabilities=CAP_NET_BIND_SERVICE in its systemd unit, or setcap cap_net_bind_service=\\+ep on the node binary\\)$`));
 });
 
+cli('a link-local IPv6 address without its interface is refused saying it needs one (it was Node\'s "listen EINVAL")', async () => {
+  const p = revproxy(['proxy', '--port', '0', '--host', 'fe80::1']);
+  assert.is(await p.exited, 1);
+  assert.match(p.out.join('\n'), /cannot listen on \[fe80::1\]:0: fe80::1 is a link-local IPv6 address, which needs its interface: give it as fe80::1%eth0/);
+});
+
 cli('SIGHUP does not end a server (a daemon\'s SIGHUP means reload): a warning says it has nothing to reload, and it goes on serving until SIGTERM drains it', async () => {
   const p = revproxy(['server', '--id', 'h1', '--pp', 'P', '--revproc', '1']);
   const port = Number((await p.waitFor(/Listening on port (\d+)/))[1]);

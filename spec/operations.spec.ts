@@ -298,11 +298,17 @@ config('--check refuses what a start cannot do: two of its listeners on one port
   assert.not.match(start.out.join('\n'), /already in use/);
 });
 
-config('--check counts the settings the file sets', async () => {
+config('--check counts the settings the file sets, none for an empty or commented-out file', async () => {
   const tokens = write('tokens.yaml', '"111": secret-of-111\n');
   const check = revproxy(['proxy', '--check', '--config', write('one.yaml', `tokens_file: ${tokens}\n`)]);
   assert.is(await check.exited, 0, check.out.join('\n'));
   assert.match(check.out.join('\n'), /one\.yaml is valid \(1 setting\(s\);/);
+  // An empty file, or the example with every line commented out, sets nothing: it was refused "got nothing", naming every key.
+  for (const [name, text] of [['empty.yaml', ''], ['commented.yaml', '# port: 2100\n# log:\n#   level: info\n']] as const) {
+    const none = revproxy(['proxy', '--check', '--config', write(name, text)]);
+    assert.is(await none.exited, 0, none.out.join('\n'));
+    assert.match(none.out.join('\n'), new RegExp(`${name.replace('.', '\\.')} is valid \\(0 setting\\(s\\);`));
+  }
 });
 
 config('--check and a start agree on a log whose folder does not exist: both refuse it, naming the folder, and --check creates nothing', async () => {
@@ -597,6 +603,8 @@ reload('a SIGHUP while the proxy starts (its registry client loading) is remembe
   proc.kill('SIGHUP');
   await eventually(() => reloaded() === 2, 5000, 'the second reload');
   assert.ok(proc.child.exitCode === null, 'SIGHUP did not end the process');
+  // No file holds a secret here: nothing of the kind is said to be re-read.
+  assert.not.ok(proc.out.some((l) => /Reloaded the command line: .*secrets re-read/.test(l)), proc.out.join('\n'));
 });
 
 reload('a signal sent while the CLI loads, before the proxy has a handler: SIGHUP is applied once it listens, SIGTERM and SIGINT drain (exit 0), SIGUSR1 opens no debugger', async () => {

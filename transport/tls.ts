@@ -8,7 +8,7 @@ import { constants as cryptoConstants } from 'node:crypto';
 import { connect as netConnect, createServer as netServer, isIP, type Server, type Socket } from 'node:net';
 import { connect as tlsConnect, createSecureContext, createServer as tlsServer, TLSSocket, Server as TlsServer, type SecureContextOptions } from 'node:tls';
 import { LocalCode, RevproxyError } from './errors.js';
-import { hostPort } from './address.js';
+import { hostPort, unbracket } from './address.js';
 import { UNTRUSTED_CA_CODES } from './foreign.js';
 import { setDeadline, type Clock, type Timer } from './clock.js';
 
@@ -258,6 +258,10 @@ export function describeListenError(err: NodeJS.ErrnoException, host: string, po
       + '(AmbientCapabilities=CAP_NET_BIND_SERVICE in its systemd unit, or setcap cap_net_bind_service=+ep on the node binary)';
   }
   if (err.code === 'EADDRNOTAVAIL') return `address ${host} is not on this machine: choose a local address`;
+  // A link-local IPv6 address is one per interface: without its zone the kernel cannot tell which (`listen EINVAL`).
+  if (err.code === 'EINVAL' && /^fe[89ab][0-9a-f]:/i.test(unbracket(host)) && !host.includes('%')) {
+    return `cannot listen on ${hostPort(host, port)}: ${host} is a link-local IPv6 address, which needs its interface: give it as ${unbracket(host)}%eth0 (the interface's name, ip -6 addr lists them), or another address`;
+  }
   if (err.code === 'ENOTFOUND' || err.code === 'EAI_AGAIN') return `cannot listen on ${hostPort(host, port)}: the host name does not resolve to an address: give an address of this machine (e.g. 127.0.0.1, or 0.0.0.0 for every one)`;
   return `cannot listen on ${hostPort(host, port)}: ${err.message}`;
 }
