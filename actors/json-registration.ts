@@ -38,7 +38,7 @@ export const jsonRegistrations = fromCallback<RegistrationCommand, RegistrationI
     });
     socket.once('error', (err: NodeJS.ErrnoException) => {
       if (stopping || socket.bytesWritten > 0) return;
-      const error = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${key}` : sourceDialError(err, ep.host, from) ?? describeDialError(err, ep.host);
+      const error = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${key}` : sourceDialError(err, from) ?? describeDialError(err, ep.host);
       sendBack({ type: 'REGISTRATION_LOST', proxy: key, error, retryInMs: delay });
       const t = input.clock.setTimeout(() => {
         timers.delete(t);

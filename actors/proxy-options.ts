@@ -4,13 +4,13 @@
  * (`Opts`, from `resolveOptions`).
  */
 import type { ErrorCode as Code } from '../transport/errors.js';
-import { DEFAULT_PROXY_PORT, DEFAULT_PROXY_TIMEOUT_MS, isLoopback } from '../transport/address.js';
+import { DEFAULT_PROXY_PORT, DEFAULT_PROXY_TIMEOUT_MS, isEveryAddress, isLoopback } from '../transport/address.js';
 import { defaultBufferBudget } from '../transport/budget.js';
 import { budgetNote, connectionsNote, defaultMaxConnections, memoryLimit } from './memory-limit.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import type { TlsMaterial } from '../transport/tls.js';
 import type { Clock } from '../transport/clock.js';
-import type { Socket } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import { RETRY_CONDITIONS, type Peer, type ProxyRequest, type RetryCondition, type SocketFactory } from './link.js';
 import type { Logger } from './logger.js';
 import type { RefuseReason } from './port-limits.js';
@@ -316,6 +316,18 @@ export function resolveOptions(input: ProxyOptions): Opts {
     maxServers: input.maxServers ?? 10000,
     maxServersPerPeer: input.maxServersPerPeer ?? 1000,
     slowAfterMs: input.slowAfterMs ?? Math.ceil(tryTimeoutMs / 4),
+  };
+}
+
+/**
+ * The line saying where the proxy listens: a name with the address it bound (its first only: `localhost` as ::1
+ * leaves 127.0.0.1 unheard, and it said "at localhost"), as a server says its own.
+ */
+export function proxyListeningNote(o: Opts, port: number, address: string | undefined): { message: string; fields: Record<string, unknown> } {
+  const bound = isIP(o.host) === 0 && address !== undefined ? ` (${address} only)` : '';
+  return {
+    message: `Running the reverse proxy on port ${port} at ${o.host}${isEveryAddress(o.host) ? ' (every address)' : bound}`,
+    fields: { host: o.host, port, tls: Boolean(o.tls?.cert), ...(address !== undefined && { address }) },
   };
 }
 

@@ -20,9 +20,8 @@
  * `ejected` (too many consecutive failures: out for a while) or `drained`
  * (by an operator, MEMBER_DRAIN: out until MEMBER_ENABLE).
  */
-import { isIP } from 'node:net';
 import { assertEvent, assign, sendTo, setup, type ActorRefFrom } from 'xstate';
-import { isEveryAddress, isLoopback } from '../transport/address.js';
+import { isLoopback } from '../transport/address.js';
 import { BufferBudget } from '../transport/budget.js';
 import { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode } from '../transport/errors.js';
@@ -36,7 +35,7 @@ import { silentLogger } from './logger.js';
 import { lazyTextFrom } from './memory-limit.js';
 import { drainWatch, linkHub, listener, noRegistry, pinger, PortClosed, sweeper } from './proxy-io.js';
 import { LinkSockets, logBadInput, logLinksFull, logShed } from './port-limits.js';
-import { guardObserver, proxyBudgetNote, proxyConnectionsNote, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
+import { guardObserver, proxyBudgetNote, proxyListeningNote, proxyConnectionsNote, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
 import type { ProxyContext, ProxyEvent } from './proxy-types.js';
 import { drainMember, enableMember, linkDown, linkUp, probe, readmit, serverLeaving, triesFailed } from './health.js';
 import { admit, applyReload, evict, registeredBy, removeServer } from './membership.js';
@@ -61,11 +60,8 @@ export const proxyMachine = setup({
     }),
     logListening: ({ context }) => {
       const o = context.opts;
-      // A name is said with the address it bound (its first: `localhost` as ::1 leaves 127.0.0.1 unheard), as a server says its own.
-      const bound = isIP(o.host) === 0 && context.listenAddress !== undefined ? ` (${context.listenAddress} only)` : '';
-      context.logger.info('listening', `Running the reverse proxy on port ${context.port} at ${o.host}${isEveryAddress(o.host) ? ' (every address)' : bound}`, {
-        host: o.host, port: context.port, tls: Boolean(o.tls?.cert), ...(context.listenAddress !== undefined && { address: context.listenAddress }),
-      });
+      const listening = proxyListeningNote(o, context.port, context.listenAddress);
+      context.logger.info('listening', listening.message, listening.fields);
       const memory = proxyBudgetNote(o);
       if (memory) context.logger[memory.level]('memory_limit', memory.message, memory.fields);
       const conns = proxyConnectionsNote(o);

@@ -24,7 +24,7 @@ import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type DataMsg, type ErrorMsg, type Message, type PongMsg, type SetupMsg } from '../transport/messages.js';
 import { Connection, ConnectionTimeout } from '../transport/socket.js';
-import { CERT_REFUSED, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, certificateMissesAddress, describeDialError, dial, dialDeadline, listenOn, listenServer, whenReady, renewTls, type TlsMaterial } from '../transport/tls.js';
+import { CERT_REFUSED, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, certificateMissesAddress, describeDialError, dial, NO_ADDRESS_OF_FAMILY, dialDeadline, listenOn, listenServer, whenReady, renewTls, type TlsMaterial } from '../transport/tls.js';
 import { jittered, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { BufferBudget, defaultBufferBudget } from '../transport/budget.js';
 import { budgetNote, connectionsNote, defaultMaxConnections, lazyTextFrom, memoryLimit } from './memory-limit.js';
@@ -551,7 +551,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
         err instanceof ConnectionTimeout ? `it stalled: ${err.message}`
         : err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${key}`
         : err.code === 'ETIMEDOUT' && accepted ? `the reverse proxy at ${key} stopped answering (TCP timed out: its keepalive probes or resent data got no reply): it is cut off or down`
-        : sourceDialError(err, ep.host, from) ?? describeDialError(err, ep.host)),
+        : sourceDialError(err, from) ?? describeDialError(err, ep.host)),
       // Before its acceptance, over mutual TLS, most likely for this server's certificate (TLS 1.3 tells the dialler nothing).
       complete: () => lost(`the reverse proxy closed the registration connection${!accepted && input.tls?.cert ? ` before accepting it: it may have ${CERT_REFUSED}` : ''}`),
     });
@@ -626,16 +626,15 @@ export function registrationSource(listenHost: string, bound: string | undefined
 /**
  * Why a registration dialled from `from` (`registrationSource`) failed, when that is the cause: the proxy is
  * not reachable from that address (EINVAL: a loopback address and a proxy on another machine), or its name has
- * no address of that family; else undefined.
+ * addresses of the other family only (`NO_ADDRESS_OF_FAMILY`); else undefined (a name that does not resolve
+ * at all is said as ever).
  */
-export function sourceDialError(err: NodeJS.ErrnoException, host: string, from: string | undefined): string | undefined {
+export function sourceDialError(err: NodeJS.ErrnoException, from: string | undefined): string | undefined {
   if (from === undefined) return undefined;
   const then = `the proxy dials a server back at the address its registration comes from, so this server registers from the one it listens on (--host ${from}): `
     + 'start it with --host set to its address on the proxy\'s network (or --host :: for every address)';
   if (err.code === 'EINVAL' || err.code === 'ENETUNREACH' || err.code === 'EADDRNOTAVAIL') return `it cannot be reached from ${from} (${err.code}): ${then}`;
-  if ((err.code === 'ENOTFOUND' || err.code === 'EAI_NODATA') && isIP(host) === 0) {
-    return `the name ${host} has no IPv${isIP(from)} address (or does not resolve: ${err.code}), and this server listens on ${from}, an IPv${isIP(from)} address: ${then}`;
-  }
+  if (err.code === NO_ADDRESS_OF_FAMILY) return `${err.message}, and this server listens on ${from}, an IPv${isIP(from)} address: ${then}`;
   return undefined;
 }
 

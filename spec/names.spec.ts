@@ -10,7 +10,8 @@ import * as assert from 'uvu/assert';
 import { freePort } from '../bench/procs.js';
 import { killEtcds, startEtcd, type Etcd } from '../scenario/etcd.js';
 import { cannotMakeHosts, hostNames, type Names } from './hosts.js';
-import { killAll } from './procs.js';
+import { killAll, ROOT } from './procs.js';
+import { join } from 'node:path';
 
 const names = suite('peers given by name');
 let hosts: Names | undefined;
@@ -126,20 +127,21 @@ names('a proxy whose resolver takes seconds reaches a registry server by name: i
   });
 });
 
-names('a server whose --host is a name the proxy will not dial back says so, naming the address the name resolved to', async () => {
-  hosts = hostNames({ 'server.test': ['127.0.0.3'], 'proxy.test': ['127.0.0.1'] });
+names('a server whose --host is a name registers from the address it resolved to, so the proxy reaches it there; one whose proxy has no address of its family says so', async () => {
+  hosts = hostNames({ 'server.test': ['127.0.0.3'], 'proxy.test': ['127.0.0.1'], 'server6.test': ['::1'] });
   const proxy = hosts.revproxy(['proxy', '--port', '0']);
   const port = (await proxy.waitFor(/Running the reverse proxy on port (\d+)/))[1]!;
-  // Registrations to 127.0.0.1 leave from 127.0.0.1; the proxy dials that back, where this server does not listen.
-  const server = hosts.revproxy(['server', '--id', 'n1', '--pp', 'P', '--host', 'server.test', '--revproc', `proxy.test:${port}`]);
-  await server.waitFor(/error: The reverse proxy at proxy\.test:\d+ cannot reach this server: it will dial 127\.0\.0\.1:\d+, the address this registration comes from, but this server listens on server\.test \(127\.0\.0\.3\) only: start it with --host 127\.0\.0\.1/);
-  await proxy.waitFor(/Server id n1 is unreachable at 127\.0\.0\.1:\d+ \(connection refused\)/);
-  // A name that resolves to the address the registration comes from is fine: no such line.
-  hosts.set({ 'server.test': ['127.0.0.1'], 'proxy.test': ['127.0.0.1'] });
-  const good = hosts.revproxy(['server', '--id', 'n2', '--pp', 'P', '--host', 'server.test', '--revproc', `proxy.test:${port}`]);
-  await proxy.waitFor(/Received setup message from server id n2/);
-  await good.waitFor(/Registered with the reverse proxy at proxy\.test/);
-  assert.not.ok(good.out.some((l) => l.includes('cannot reach this server')), good.out.join('\n'));
+  // Left to the kernel, a registration to 127.0.0.1 left from 127.0.0.1, and the proxy dialled the server back there,
+  // where it did not listen: now it leaves from 127.0.0.3, the address server.test resolved to.
+  const server = hosts.revproxy(['server', '--id', 'n1', '--pp', '111', '--host', 'server.test', '--revproc', `proxy.test:${port}`]);
+  await server.waitFor(/Registered with the reverse proxy at proxy\.test/);
+  await proxy.waitFor(/Received setup message from server id n1 /);
+  const answers = hosts.revproxy(['client', '--id', 'c1', '--revproc', `proxy.test:${port}`, '--pkt', join(ROOT, 'pktfiles', '1.json')]);
+  assert.is(await answers.exited, 0, answers.out.join('\n'));
+  assert.not.ok(server.out.some((l) => l.includes('cannot reach this server')), server.out.join('\n'));
+  // Listening on ::1 and given a proxy with IPv4 addresses only: it cannot register from where it listens, and says so.
+  const v6 = hosts.revproxy(['server', '--id', 'n2', '--pp', 'P', '--host', 'server6.test', '--revproc', `proxy.test:${port}`]);
+  await v6.waitFor(/Not registered with the reverse proxy at proxy\.test:\d+: proxy\.test has no IPv6 address \(it resolves to 127\.0\.0\.1\), and this server listens on ::1, an IPv6 address: the proxy dials a server back at the address its registration comes from/);
 });
 
 names('a proxy name with several addresses is one proxy to a server: it registers with the first that answers, and says the others get none', async () => {

@@ -5,7 +5,8 @@
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { constants as cryptoConstants } from 'node:crypto';
-import { connect as netConnect, createServer as netServer, isIP, type Server, type Socket } from 'node:net';
+import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
+import { connect as netConnect, createServer as netServer, isIP, type LookupFunction, type Server, type Socket } from 'node:net';
 import { connect as tlsConnect, createSecureContext, createServer as tlsServer, TLSSocket, Server as TlsServer, type SecureContextOptions } from 'node:tls';
 import { LocalCode, RevproxyError } from './errors.js';
 import { hostPort, unbracket } from './address.js';
@@ -239,12 +240,35 @@ export function dialDeadline(socket: Socket, host: string, port: number, ms: num
   return { cancel: () => timer.cancel() };
 }
 
+/** A lookup error: the name resolves, to no address of the family dialled from (`dial`'s `from`). */
+export const NO_ADDRESS_OF_FAMILY = 'ENOADDRESSOFFAMILY';
+
+/**
+ * `dns.lookup` keeping the addresses of one family: a socket bound to an address of that family can dial
+ * no other (EINVAL). A name with addresses of the other family only fails `NO_ADDRESS_OF_FAMILY`, naming
+ * them; one with none fails as it would (ENOTFOUND), so its words stay the usual ones.
+ */
+function lookupIn(family: 4 | 6): LookupFunction {
+  return (hostname, options, callback) => {
+    dnsLookup(hostname, { ...options, family: 0, all: true }, (err, addresses) => {
+      if (err) return callback(err, '', 0);
+      const mine = addresses.filter((a) => a.family === family);
+      if (mine.length === 0) {
+        const other = addresses.map((a) => a.address).join(', ');
+        return callback(Object.assign(new Error(`${hostname} has no IPv${family} address (it resolves to ${other})`), { code: NO_ADDRESS_OF_FAMILY }), '', 0);
+      }
+      if (options.all) (callback as unknown as (e: null, a: LookupAddress[]) => void)(null, mine);
+      else callback(null, mine[0]!.address, family);
+    });
+  };
+}
+
 /**
  * Dial host:port, over TLS when `tls` is given (verifying the peer against `tls.ca`, presenting `tls.cert` if any);
  * from the local address `from` when given (a name then resolves to an address of `from`'s family only).
  */
 export function dial(host: string, port: number, tls?: TlsMaterial, from?: string): Socket {
-  const source = from === undefined ? {} : { localAddress: from, family: isIP(from) };
+  const source = from === undefined ? {} : { localAddress: from, lookup: lookupIn(isIP(from) as 4 | 6) };
   if (!tls) return netConnect({ host, port, ...source });
   return tlsConnect({ host, port, ...source, ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: true, servername: isIP(host) !== 0 ? undefined : host });
 }
