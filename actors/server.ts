@@ -597,15 +597,23 @@ function setupMsg(context: ServerContext): SetupMsg {
  * undefined. The proxy would only report the server unreachable, its connection refused.
  */
 export function dialBackProblem(listenHost: string, local: string | undefined, port: number, bound?: string): string | undefined {
-  // A name (--host server.internal) is checked by the address the listener bound, which it resolved to.
-  const named = isIP(listenHost) === 0 && bound !== undefined && isIP(bound) !== 0;
-  const address = named ? bound : listenHost;
-  if (!local || isIP(address) === 0) return undefined;
+  const address = listenAddressOf(listenHost, bound);
+  if (!local || address === undefined) return undefined;
+  const named = address !== listenHost;
   const from = plainIPv4(local);
   const canon = canonicalHost(address);
   if (canon === '::' || (canon === '0.0.0.0' ? isIP(from) === 4 : canon === canonicalHost(from))) return undefined;
   return `it will dial ${hostPort(from, port)}, the address this registration comes from, but this server listens on ${named ? `${listenHost} (${address})` : address} only: `
     + `start it with --host ${from} (or --host :: for every address)${isIP(from) !== isIP(address) ? `, or give the proxy by an IPv${isIP(address)} address in --revproc` : ''}`;
+}
+
+/**
+ * The address this server listens on, as an IP: `--host` itself, or for a name (--host server.internal) the
+ * address the listener bound, which the name resolved to; undefined while that is not known.
+ */
+function listenAddressOf(listenHost: string, bound: string | undefined): string | undefined {
+  const address = isIP(listenHost) === 0 ? bound : listenHost;
+  return address !== undefined && isIP(address) !== 0 ? address : undefined;
 }
 
 /**
@@ -617,8 +625,8 @@ export function dialBackProblem(listenHost: string, local: string | undefined, p
  * `source` and nginx's `proxy_bind` would have it leave from that address. Undefined: the kernel's choice.
  */
 export function registrationSource(listenHost: string, bound: string | undefined, host: string): string | undefined {
-  const address = isIP(listenHost) === 0 ? bound : listenHost;
-  if (address === undefined || isIP(address) === 0 || isEveryAddress(address) || address.includes('%')) return undefined;
+  const address = listenAddressOf(listenHost, bound);
+  if (address === undefined || isEveryAddress(address) || address.includes('%')) return undefined;
   const family = isIP(plainIPv4(unbracket(host)));
   return family === 0 || family === isIP(address) ? address : undefined;
 }

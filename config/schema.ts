@@ -85,7 +85,9 @@ export function readYaml<T>(source: string, schema: Schema<T>): { value?: T; ctx
   const issues: Issue[] = doc.errors.map((e) => {
     // linePos is filled only with prettyErrors; the offset is always there.
     const pos = e.linePos?.[0] ?? (e.pos ? lines.linePos(e.pos[0]) : { line: 1, col: 1 });
-    const quote = UNQUOTED_ADDRESS.test(source.split('\n')[pos.line - 1] ?? '') ? `: ${QUOTE_ADDRESS}` : '';
+    // The error's own line, by the offsets the line counter keeps (not the whole file split again for each error).
+    const line = source.slice(lines.lineStarts[pos.line - 1] ?? 0, lines.lineStarts[pos.line] ?? source.length);
+    const quote = UNQUOTED_ADDRESS.test(line) ? `: ${QUOTE_ADDRESS}` : '';
     return { line: pos.line, col: pos.col, path: '', message: `not valid YAML: ${e.message.split('\n')[0]}${quote}` };
   });
   if (!issues.length) issues.push(...repeatedKeys(doc, lines));
