@@ -14,6 +14,7 @@ import { errorMsg, MsgType, type DataMsg, type Message } from '../transport/mess
 import { encodeJson, startsJson } from '../transport/json.js';
 import { peerAddress } from '../transport/address.js';
 import { Connection, ConnectionTimeout, READ_SLICE, sendTogether, type MessageSink } from '../transport/socket.js';
+import { lifecycle } from '../transport/lane.js';
 import { listenOn, listenServer, renewTls, TLS_HANDSHAKE_TIMEOUT_MS, type TlsMaterial } from '../transport/tls.js';
 import { TlsHandshakes } from './tls-handshakes.js';
 import { encodeFrame, FORWARD_ROOM } from '../transport/frame.js';
@@ -124,12 +125,12 @@ class AcceptedReads implements MessageSink {
         conn.holdReadsWhenCongested = false;
         // Its liveness is the pinger's to judge (a busy server's link answers for it): no idle timeout.
         conn.setIdleTimeout(0);
-        core.sendBack({ type: 'REGISTER', peer, setup: m });
+        registrationEvent(core, { type: 'REGISTER', peer, setup: m });
       } else if (m.type === MsgType.DEREGISTER && peer.role === 'registration') {
-        core.sendBack({ type: 'DEREGISTER', peer, reason: 'the server is draining' });
+        registrationEvent(core, { type: 'DEREGISTER', peer, reason: 'the server is draining' });
       } else {
         const what = peer.role === 'unknown' ? 'a first message' : `a ${peer.role} connection`;
-        core.sendBack({
+        (peer.role === 'registration' ? registrationEvent : sendNow)(core, {
           type: 'BAD_INPUT',
           peer,
           error: new ProtocolError(ErrorCode.BAD_REQUEST, m.type === MsgType.PONG && peer.role === 'registration'
@@ -169,6 +170,20 @@ class AcceptedReads implements MessageSink {
     this.core.limits.left(this.addr);
     this.core.input.portClosed?.gone(this.conn);
   }
+}
+
+/**
+ * A registration's events go to the proxy through the lifecycle lane, as connections' ends do: a
+ * storm of thousands of servers registering at once (a host's fleet restarted) is taken a few dozen
+ * a turn, each costing a member, a link and its dial, while clients' requests are read between
+ * them; in the lane, a registration's end comes after its REGISTER, as it was read.
+ */
+function registrationEvent(core: ListenerCore, event: ProxyEvent): void {
+  lifecycle.run(() => core.sendBack(event));
+}
+
+function sendNow(core: ListenerCore, event: ProxyEvent): void {
+  core.sendBack(event);
 }
 
 export const listener = fromCallback<ProxyEvent, ListenerInput>(
@@ -377,7 +392,9 @@ export const pinger = fromCallback<ProxyEvent, { servers: Map<string, Member>; c
       if (peer.conn.closed) continue;
       if (quiet && entry.traffic.phase === 'down') continue;
       if (peer.missedPings >= input.misses) {
-        sendBack({ type: 'MISSED_PINGS', peer, misses: peer.missedPings });
+        const misses = peer.missedPings;
+        // Thousands at once when a network between goes: through the lane, as their registrations came.
+        lifecycle.run(() => sendBack({ type: 'MISSED_PINGS', peer, misses }));
         peer.missedPings = -Infinity; // reported once
         continue;
       }

@@ -12,6 +12,7 @@ import { FrameBuffer, FrameDecoder, writeFrame, type Decoder } from './frame.js'
 import { jsonWire, type JsonEncoder } from './json.js';
 import { errorMsg, type Message } from './messages.js';
 import { SniffDecoder, type Wire } from './sniff.js';
+import { lifecycle } from './lane.js';
 import { peerAddress, peerName } from './address.js';
 
 /**
@@ -130,7 +131,8 @@ export function sendTogether(work: () => void): void {
 
 /**
  * Who reads a connection's messages (`Connection.listen`): told of each
- * read's batch, then once of how the stream ended. `messages$` is this as an
+ * read's batch, then once of how the stream ended (in the lifecycle lane,
+ * `transport/lane.ts`: at once, unless a storm of ends waits before it). `messages$` is this as an
  * RxJS stream; a listener with thousands of connections gives one small
  * object per connection instead (no closures, no subscriber chain).
  */
@@ -435,7 +437,7 @@ export class Connection implements BudgetHolder {
     this.socket.destroy();
   }
 
-  /** @internal The stream is over: with `err` it failed, without it the peer closed. The sink is told once. */
+  /** @internal The stream is over: with `err` it failed, without it the peer closed. The sink is told once, in the lifecycle lane (lane.ts). */
   finish(err?: Error): void {
     if (!this.listening || !this.sink) return;
     // What a read left for later turns came before this end, and the bad bytes after them before it too.
@@ -444,8 +446,9 @@ export class Connection implements BudgetHolder {
     if (!this.listening || !sink) return;
     this.stopListening();
     this.sink = sink; // kept for `closed`
-    if (err) sink.failed(err);
-    else sink.ended();
+    // Read no more now; the owner hears of it in the lifecycle lane's turn (a storm of ends is spread over turns).
+    const failure = err;
+    lifecycle.run(failure ? () => sink.failed(failure) : () => sink.ended());
   }
 
   /**
@@ -471,7 +474,8 @@ export class Connection implements BudgetHolder {
     this.finish();
     const sink = this.sink;
     this.sink = undefined;
-    sink?.closed?.();
+    // After its `ended` or `failed`, which may wait in the lane.
+    if (sink?.closed) lifecycle.run(() => sink.closed!());
   }
 
   /** The wire this connection speaks; with `sniff`, `frames` until the first byte says otherwise. */
