@@ -238,6 +238,27 @@ test('a frame of more values than a message holds, or of a library\'s own extens
   assert.match(hot.error?.message ?? '', /value 1025 is at byte/, 'a flat DATA of 605 fields');
 });
 
+test("a field set to JavaScript's undefined in a peer written with msgpackr is said so, by name, with what to do", () => {
+  // msgpackr writes undefined as d4 00 00 (an extension of type 0): a SETUP whose listenport was undefined was refused
+  // "holds a MessagePack extension value (type 0) at byte 47", which names neither the field nor the cause.
+  const packr = new Packr({ useRecords: false });
+  const framed = (msg: Record<string, unknown>): Buffer => {
+    const body = packr.pack(msg);
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(body.length);
+    return Buffer.concat([len, body]);
+  };
+  const setup = new FrameDecoder().push(framed({ type: 1, id: 's1', privPolyId: 'P', listenport: undefined }));
+  assert.is(setup.error?.code, ErrorCode.BAD_REQUEST);
+  assert.match(setup.error!.message, /holds JavaScript's undefined as msgpackr writes it \(d4 00 00, an extension value of type 0\) in field "listenport" at byte \d+: messages hold no undefined; leave the field out$/);
+  const data = new FrameDecoder().push(framed({ type: 0, seq: 1, srcid: 'a', privPoliId: 'P', payload: 'x', trace: undefined }));
+  assert.match(data.error?.message ?? '', /undefined as msgpackr writes it .* in field "trace"/);
+  // Another extension after a key is named by it too (msgpackr's Set, with moreTypes).
+  const more = new Packr({ useRecords: false, moreTypes: true }).pack({ type: 0, seq: 1, srcid: 'a', privPoliId: 'P', payload: 'x', tags: new Set([1]) });
+  const set = new FrameDecoder().push(Buffer.concat([Buffer.from([0, 0, 0, more.length]), more]));
+  assert.match(set.error?.message ?? '', /extension value \(type 115\) in field "tags" at byte \d+: messages hold none but timestamps$/);
+});
+
 test("a body cut inside an extension's head is refused as cut, not by the next frame's bytes read as its type", () => {
   // 81 a1 61 d4: a map whose value is a fixext with neither type nor data. The extension check read
   // the byte after the body (the next frame's length, 00) as its type and refused "type 0".

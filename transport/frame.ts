@@ -10,7 +10,7 @@ import { asRead, asReadSize, decodeHot, encodeAsRead, encodeHot, hotSize } from 
 import { recogniseForeign } from './foreign.js';
 import { MAX_VALUES, MsgType, TEXT_BYTES, toMessage, WIRE, type AckMsg, type DataMsg, type ErrorMsg, type Message, type WireBytes } from './messages.js';
 import { describeBadText, findBadText, mayHoldBadText } from './utf8.js';
-import { head, valueHead } from './valuehead.js';
+import { head, Kind, valueHead } from './valuehead.js';
 
 export const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024;
 
@@ -360,10 +360,18 @@ const TIMESTAMP = 0xff;
  */
 function refuseUnread(buf: Buffer, start: number, end: number): string | undefined {
   let pos = start;
+  // The string value before this one: in a message's flat map, the key of the value that follows it.
+  let key: string | undefined;
   for (let n = 0; pos < end; n++) {
     if (n === MAX_VALUES) return `holds more than ${MAX_VALUES} MessagePack values (a message is one flat map of a few fields): value ${n + 1} is at byte ${pos - start}`;
     if (!valueHead(buf, pos, end)) return undefined;
-    if (head.ext >= 0 && head.ext !== TIMESTAMP) return `holds a MessagePack extension value (type ${head.ext}) at byte ${pos - start}: messages hold none but timestamps`;
+    if (head.ext >= 0 && head.ext !== TIMESTAMP) {
+      const field = key === undefined ? '' : ` in field ${JSON.stringify(key)}`;
+      // msgpackr writes JavaScript's undefined so (d4 00 00): a field set to undefined in a peer written with it.
+      if (head.ext === 0 && buf[pos] === 0xd4 && buf[head.data] === 0) return `holds JavaScript's undefined as msgpackr writes it (d4 00 00, an extension value of type 0)${field} at byte ${pos - start}: messages hold no undefined; leave the field out`;
+      return `holds a MessagePack extension value (type ${head.ext})${field} at byte ${pos - start}: messages hold none but timestamps`;
+    }
+    key = head.kind === Kind.STR && head.next - head.data <= 64 && head.next <= end ? buf.toString('utf8', head.data, head.next) : undefined;
     pos = head.next;
   }
   return undefined;
