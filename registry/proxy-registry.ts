@@ -33,6 +33,7 @@ import { decodeServer, encodeProxy, proxyKey, SERVERS } from './keys.js';
 import { PrefixMirror } from './mirror.js';
 import { describeRegistry, resolveRegistry, type RegistryOptions, type Resolved } from './options.js';
 import { hostPort } from '../transport/address.js';
+import { lifecycle } from '../transport/lane.js';
 
 export interface ProxyRegistryOptions extends RegistryOptions {
   /** The address clients should dial to reach this proxy (default: the address it listens on). */
@@ -60,7 +61,10 @@ export interface ProxyRegistryInput {
 export async function proxyRegistry(options: ProxyRegistryOptions) {
   const o = resolveRegistry(options);
   const etcd = await EtcdClient.open(o);
-  return { etcd, logic: fromCallback<RegistryCommand, ProxyRegistryInput>(({ sendBack, receive, input }) => run(etcd, o, options, input, (e: RegistryEvent) => sendBack(e), receive)) };
+  // What the registry says goes to the proxy through the lifecycle lane (transport/lane.ts), as direct
+  // registrations do: thousands of entries written at once (a host's fleet restarted) come in a few watch
+  // events, each a member and a link dialled, and are taken a few dozen a turn, in the order they came.
+  return { etcd, logic: fromCallback<RegistryCommand, ProxyRegistryInput>(({ sendBack, receive, input }) => run(etcd, o, options, input, (e: RegistryEvent) => lifecycle.run(() => sendBack(e)), receive)) };
 }
 
 function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input: ProxyRegistryInput, send: (e: RegistryEvent) => void, receive: (fn: (c: RegistryCommand) => void) => void): () => void {
@@ -137,7 +141,8 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
       // SIGSTOPped for 15 s lost every key this way - or etcd lost its data; either way their servers are about to write them again.
       if (kept > 0) log.warn('registry_missing', `${fmt(kept)} server entr${kept === 1 ? 'y' : 'ies'} this proxy held ${kept === 1 ? 'is' : 'are'} missing from the registry after etcd came back: their leases ran out while etcd was away (no keepalive reached it within the TTL), or etcd lost its data; kept in rotation for ${o.ttlSeconds} s (the lease TTL), for their servers to write them again; then removed, or kept unlisted while their links answer if their leases are gone`, { url, missing: kept, graceS: o.ttlSeconds });
       report();
-      maybeAdvertise();
+      // After the entries told before it, which may wait in the lane: the members it checks exist by then.
+      lifecycle.run(maybeAdvertise);
     },
     health(up, why) {
       status.up = up;
@@ -233,7 +238,7 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
   receive((c) => {
     if (c.type === 'LISTENING') {
       port = c.port;
-      maybeAdvertise();
+      lifecycle.run(maybeAdvertise);
     } else if (c.type === 'DRAIN') {
       draining = true;
       clearTimeout(settle);

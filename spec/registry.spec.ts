@@ -26,6 +26,7 @@ import { killEtcds, startEtcd, type Etcd, type EtcdMember } from '../scenario/et
 import { freePort } from '../bench/procs.js';
 import { revproxy } from './procs.js';
 import { eventually, sleep } from './helpers.js';
+import { lifecycle } from '../transport/lane.js';
 
 interface Ctx {
   etcd?: Etcd;
@@ -244,6 +245,52 @@ reg_('changes made in one etcd revision (a transaction; etcdctl del --prefix) al
   await c.delete().prefix(`${ctx.prefix}servers/`).exec();
   await eventually(() => (p.pools()['111']?.members ?? []).length === 0, 3000, 'every deleted entry gone from the proxy');
   await eventually(() => p.registry()?.entries === 0, 3000, 'revproxy_registry_entries back to 0');
+});
+
+reg_('a hundred entries written in one revision, then deleted in one, reach the proxy a lane budget a turn (transport/lane.ts): every one serving, then every one gone', async () => {
+  // One watch response carries every event of a revision, and each entry costs a member and a link dialled: a
+  // fleet of 3,000 written at once held the proxy's loop 700-1,100 ms before the lane.
+  let turn = 0;
+  let turning = true;
+  const spin = (): void => {
+    turn++;
+    if (turning) setImmediate(spin);
+  };
+  setImmediate(spin);
+  ctx.closers.push(() => void (turning = false));
+  const at = { REGISTRY_JOIN: [] as number[], REGISTRY_LEAVE: [] as number[] };
+  const p = await startProxy({
+    port: 0, timeoutMs: 2000, probeInitialMs: 100, registry: reg(),
+    inspect: (ev) => {
+      const type = ev.type === '@xstate.event' ? (ev.event as { type: string }).type : '';
+      if (type === 'REGISTRY_JOIN' || type === 'REGISTRY_LEAVE') at[type].push(turn);
+    },
+  });
+  ctx.proxies.push(p);
+  await eventually(() => p.registry()?.synced === true, 3000, 'the proxy watching the registry');
+  // Where every entry's link goes: a server that answers the link's PINGs, which a registry member's link waits for to join.
+  const links = createServer((sock) => {
+    const d = new FrameDecoder({ validate: false });
+    sock.on('error', () => undefined);
+    sock.on('data', (chunk: Buffer) => {
+      for (const m of d.push(chunk).messages) if (m.type === MsgType.PING) sock.write(encodeFrame({ type: MsgType.PONG, seq: m.seq }));
+    });
+  });
+  await new Promise<void>((r) => links.listen(0, '127.0.0.1', r));
+  ctx.closers.push(() => void links.close());
+  const port = (links.address() as { port: number }).port;
+  const n = 100;
+  const c = ctx.raw!;
+  const puts = Array.from({ length: n }, (_, i) => c.put(serverKey(ctx.prefix, `w${i}`)).value(encodeServer({ id: `w${i}`, policy: 'wave', address: '127.0.0.1', port, wire: 'frames' })));
+  await c.if(serverKey(ctx.prefix, 'w0'), 'Create', '==', 0).then(...puts).commit();
+  await eventually(() => serving(p, 'wave').length === n, 10000, `all ${n} serving`);
+  const most = (ts: number[]): number => Math.max(...[...ts.reduce((m, t) => m.set(t, (m.get(t) ?? 0) + 1), new Map<number, number>()).values()]);
+  assert.is(at.REGISTRY_JOIN.length, n);
+  assert.ok(most(at.REGISTRY_JOIN) <= lifecycle.perTurn, `${most(at.REGISTRY_JOIN)} entries joined in one turn (the lane's budget is ${lifecycle.perTurn})`);
+  await c.delete().prefix(`${ctx.prefix}servers/`).exec();
+  await eventually(() => (p.pools().wave?.members ?? []).length === 0, 10000, 'every deleted entry gone from the proxy');
+  assert.is(at.REGISTRY_LEAVE.length, n);
+  assert.ok(most(at.REGISTRY_LEAVE) <= lifecycle.perTurn, `${most(at.REGISTRY_LEAVE)} entries left in one turn (the lane's budget is ${lifecycle.perTurn})`);
 });
 
 reg_("keys deleted (an operator's etcdctl del --prefix) or overwritten under their owners while their leases live are written again at once: every proxy takes the servers back, clients find the proxy again, and each owner says so", async () => {
