@@ -107,3 +107,25 @@ export function longInspectionLog(quiet: number): string {
   writeFileSync(file, lines.join('\n') + '\n');
   return file;
 }
+
+/**
+ * Counts the turns of the event loop until stopped: a setImmediate that schedules itself again, one count a turn
+ * of this process's loop (which a proxy started in the spec shares).
+ */
+export function turns() {
+  let turn = 0;
+  let on = true;
+  const spin = (): void => {
+    turn++;
+    if (on) setImmediate(spin);
+  };
+  setImmediate(spin);
+  return { now: () => turn, stop: () => void (on = false) };
+}
+
+/** How many of `at` (the turn each job or event came in) fell in each turn, the largest first. */
+export function perTurn(at: number[]): number[] {
+  const n = new Map<number, number>();
+  for (const t of at) n.set(t, (n.get(t) ?? 0) + 1);
+  return [...n.values()].sort((a, b) => b - a);
+}

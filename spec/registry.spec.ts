@@ -25,7 +25,7 @@ import { proofOf } from '../registry/proof.js';
 import { killEtcds, startEtcd, type Etcd, type EtcdMember } from '../scenario/etcd.js';
 import { freePort } from '../bench/procs.js';
 import { revproxy } from './procs.js';
-import { eventually, sleep } from './helpers.js';
+import { eventually, perTurn, sleep, turns } from './helpers.js';
 import { lifecycle } from '../transport/lane.js';
 
 interface Ctx {
@@ -250,20 +250,14 @@ reg_('changes made in one etcd revision (a transaction; etcdctl del --prefix) al
 reg_('a hundred entries written in one revision, then deleted in one, reach the proxy a lane budget a turn (transport/lane.ts): every one serving, then every one gone', async () => {
   // One watch response carries every event of a revision, and each entry costs a member and a link dialled: a
   // fleet of 3,000 written at once held the proxy's loop 700-1,100 ms before the lane.
-  let turn = 0;
-  let turning = true;
-  const spin = (): void => {
-    turn++;
-    if (turning) setImmediate(spin);
-  };
-  setImmediate(spin);
-  ctx.closers.push(() => void (turning = false));
+  const t = turns();
+  ctx.closers.push(() => t.stop());
   const at = { REGISTRY_JOIN: [] as number[], REGISTRY_LEAVE: [] as number[] };
   const p = await startProxy({
     port: 0, timeoutMs: 2000, probeInitialMs: 100, registry: reg(),
     inspect: (ev) => {
       const type = ev.type === '@xstate.event' ? (ev.event as { type: string }).type : '';
-      if (type === 'REGISTRY_JOIN' || type === 'REGISTRY_LEAVE') at[type].push(turn);
+      if (type === 'REGISTRY_JOIN' || type === 'REGISTRY_LEAVE') at[type].push(t.now());
     },
   });
   ctx.proxies.push(p);
@@ -284,7 +278,7 @@ reg_('a hundred entries written in one revision, then deleted in one, reach the 
   const puts = Array.from({ length: n }, (_, i) => c.put(serverKey(ctx.prefix, `w${i}`)).value(encodeServer({ id: `w${i}`, policy: 'wave', address: '127.0.0.1', port, wire: 'frames' })));
   await c.if(serverKey(ctx.prefix, 'w0'), 'Create', '==', 0).then(...puts).commit();
   await eventually(() => serving(p, 'wave').length === n, 10000, `all ${n} serving`);
-  const most = (ts: number[]): number => Math.max(...[...ts.reduce((m, t) => m.set(t, (m.get(t) ?? 0) + 1), new Map<number, number>()).values()]);
+  const most = (ts: number[]): number => perTurn(ts)[0]!;
   assert.is(at.REGISTRY_JOIN.length, n);
   assert.ok(most(at.REGISTRY_JOIN) <= lifecycle.perTurn, `${most(at.REGISTRY_JOIN)} entries joined in one turn (the lane's budget is ${lifecycle.perTurn})`);
   await c.delete().prefix(`${ctx.prefix}servers/`).exec();

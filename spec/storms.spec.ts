@@ -12,26 +12,7 @@ import { startProxy, type ProxyHandle } from '../actors/index.js';
 import { Lane, lifecycle } from '../transport/lane.js';
 import { MsgType } from '../transport/messages.js';
 import { FrameDecoder } from '../transport/frame.js';
-import { eventually, frame, LOCAL, rawConnect, sleep } from './helpers.js';
-
-/** Counts the turns of the event loop until stopped. */
-function turns() {
-  let turn = 0;
-  let on = true;
-  const spin = (): void => {
-    turn++;
-    if (on) setImmediate(spin);
-  };
-  setImmediate(spin);
-  return { now: () => turn, stop: () => void (on = false) };
-}
-
-/** How many of `at` (the turn each job or event came in) fell in each turn, the largest first. */
-function perTurn(at: number[]): number[] {
-  const n = new Map<number, number>();
-  for (const t of at) n.set(t, (n.get(t) ?? 0) + 1);
-  return [...n.values()].sort((a, b) => b - a);
-}
+import { eventually, frame, LOCAL, perTurn, rawConnect, sleep, turns } from './helpers.js';
 
 const lane = suite('lane');
 
