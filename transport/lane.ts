@@ -72,7 +72,9 @@ export class Lane {
 }
 
 /**
- * Jobs of connections' ends (every `Connection`'s) and of servers' registrations (the proxy's
- * listener): one lane for the process, since the loop they would hold is one.
+ * Jobs of connections' ends (every `Connection`'s), of servers' registrations at the proxy (its
+ * listener's REGISTER, DEREGISTER and bad input, its pinger's MISSED_PINGS) and of what the
+ * registry tells the proxy (`registry/proxy-registry.ts`): one lane for the process, since the loop
+ * they would hold is one.
  */
 export const lifecycle = new Lane(32);
