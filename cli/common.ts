@@ -3,7 +3,7 @@ import { isIP } from 'node:net';
 import { InvalidArgumentError, Option } from 'commander';
 import { Destination, jsonSink, LEVELS, Logger, LogStream, textSink, type Level, type LogSink } from '../actors/logger.js';
 import type { Endpoint } from '../actors/server.js';
-import { badDialAddress, bracketHint, DEFAULT_PROXY_PORT, hostPort, repeatedEndpoint, unbracket } from '../transport/address.js';
+import { badDialAddress, bracketHint, DEFAULT_PROXY_PORT, hostPort, numericHostProblem, repeatedEndpoint, unbracket } from '../transport/address.js';
 import { UsageError } from '../transport/errors.js';
 import { badSecretText, tlsFromFlags, type LoadedCert } from '../config/files.js';
 import { expiryWarning } from '../transport/tls.js';
@@ -213,6 +213,8 @@ export function parseEndpoint(value: string): Endpoint {
   if (!m && !/^\d+$/.test(value) && (isIP(unbracket(value)) !== 0 || /^[a-z][\w.-]*$/i.test(value))) throw new InvalidArgumentError(`'${value}' has no port: give HOST:PORT (${hostPort(unbracket(value), DEFAULT_PROXY_PORT)})`);
   const ep = m ? { host: m[1] ?? m[2]!, port: parsePort(m[3]!, `port in '${value}'`) } : { host: '127.0.0.1', port: parsePort(value, 'the reverse proxy port') };
   if (ep.port === 0) throw new InvalidArgumentError(`'${value}': port 0 cannot be dialled; give the port the reverse proxy listens on`);
+  const numeric = numericHostProblem(ep.host);
+  if (numeric) throw new InvalidArgumentError(`'${value}': ${numeric}`);
   return ep;
 }
 

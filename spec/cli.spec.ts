@@ -319,6 +319,26 @@ cli('--host (and the file\'s host) refuses what is no address to listen on: an I
   for (const h of ['*', '::', '[::]', '::1', '[::1]', '::ffff:127.0.0.1', 'localhost']) await refused(['proxy', '--check', '--port', '45180', '--host', h], /is valid/, 0);
 });
 
+cli("an address of numbers that is no IPv4 address as written (0127.0.0.1, 127.1) is refused, saying what the system's resolver would reach: --revproc, --host, --advertise, a config file's host", async () => {
+  // Node took each for a name and the resolver (inet_aton) read it: 0127.0.0.1 dialled 87.0.0.1 (octal), 127.1 127.0.0.1.
+  const refused = async (args: string[], said: RegExp, status = 2): Promise<void> => {
+    const p = revproxy(args);
+    assert.is(await p.exited, status, `${args.join(' ')}: ${p.out.join('\n')}`);
+    assert.match(p.out.join('\n'), said, args.join(' '));
+  };
+  const octal = /0127\.0\.0\.1 is no IPv4 address as written: the system's resolver reads it as 87\.0\.0\.1 \(a leading 0 makes a number octal, 0x hex, and fewer than four numbers fill the last\): write 87\.0\.0\.1 if that is the address meant/;
+  await refused(['server', '--id', 's1', '--pp', '1', '--revproc', '0127.0.0.1:45160'], octal);
+  await refused(['client', '--revproc', '127.1:45160', '--pkt', 'pktfiles'], /127\.1 is no IPv4 address as written: the system's resolver reads it as 127\.0\.0\.1 .*: write 127\.0\.0\.1 if that is the address meant/);
+  await refused(['proxy', '--check', '--host', '0127.0.0.1'], octal);
+  await refused(['proxy', '--check', '--registry', 'etcd://127.0.0.1:1', '--advertise', '10.1'], /10\.1 is no IPv4 address as written: the system's resolver reads it as 10\.0\.0\.1/);
+  await refused(['load', '--revproc', '10.0.0.256:45160', '-n', '1'], /10\.0\.0\.256 is no IPv4 address \(four numbers 0-255 in decimal, as 127\.0\.0\.1\) nor a host name/);
+  const dir = tempDir('numeric-');
+  writeFileSync(join(dir, 'p.yaml'), 'port: 0\nhost: 0127.0.0.1\n');
+  await refused(['proxy', '--check', '--config', join(dir, 'p.yaml')], /p\.yaml:2:7: host: .*0127\.0\.0\.1 is no IPv4 address as written: the system's resolver reads it as 87\.0\.0\.1/, 1);
+  // Names with numbers in them, and IPv4 addresses as written, are as before.
+  for (const fine of ['127.0.0.1', 'host-1.example', '1a.example']) await refused(['proxy', '--check', '--registry', 'etcd://127.0.0.1:1', '--advertise', fine], /the configuration is valid/, 0);
+});
+
 cli('a proxy listed twice in --revproc, however written (2100,2100; 2100,127.0.0.1:2100; [::1]:2100,[0:0:0:0:0:0:0:1]:2100), is a usage error naming it: server, client and load', async () => {
   // A server given one proxy twice registered with it twice and was refused its own id every 5 s, told to pick another.
   await refused(['server', '--id', 's1', '--pp', '1', '--revproc', '45160,45160'], /'45160,45160' lists the reverse proxy at 127\.0\.0\.1:45160 twice: list each proxy once/);

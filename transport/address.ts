@@ -71,6 +71,26 @@ export function canonicalHost(host: string): string {
 const HOST_NAME = /^(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$/;
 
 /**
+ * Why `host`, written as numbers and dots, is no IPv4 address as written (undefined when it is one,
+ * or a name): the system's resolver (inet_aton, under getaddrinfo) reads a number with a leading 0 as
+ * octal and 0x as hex, and fewer than four numbers as filling the last, so `0127.0.0.1` dialled
+ * 87.0.0.1 and `127.1` 127.0.0.1, where Node took both for names. No host name is all numbers (RFC
+ * 1123): such a value is a typing slip or a shorthand, said with the address it would have reached.
+ */
+export function numericHostProblem(host: string): string | undefined {
+  const parts = host.split('.');
+  if (!parts.every((p) => /^(?:0x[0-9a-f]*|\d+)$/i.test(p)) || isIPv4(host)) return undefined;
+  const none = `${host} is no IPv4 address (four numbers 0-255 in decimal, as 127.0.0.1) nor a host name`;
+  if (parts.length > 4) return none;
+  const nums = parts.map((p) => (/^0x/i.test(p) ? (p.length > 2 ? parseInt(p.slice(2), 16) : 0) : /^0[0-7]+$/.test(p) ? parseInt(p, 8) : /^0\d/.test(p) ? NaN : Number(p)));
+  const last = 2 ** (8 * (5 - parts.length)) - 1;
+  if (nums.some((n, i) => Number.isNaN(n) || n > (i === nums.length - 1 ? last : 255))) return none;
+  const value = nums.slice(0, -1).reduce((v, n, i) => v + n * 2 ** (24 - 8 * i), 0) + nums[nums.length - 1]!;
+  const reached = [24, 16, 8, 0].map((shift) => Math.floor(value / 2 ** shift) % 256).join('.');
+  return `${host} is no IPv4 address as written: the system's resolver reads it as ${reached} (a leading 0 makes a number octal, 0x hex, and fewer than four numbers fill the last): write ${reached} if that is the address meant`;
+}
+
+/**
  * Why `value` is no address for peers to dial - an advertised one (`--advertise`, `registry.advertise`),
  * which goes into the registry as it is written and is dialed by every proxy or client that reads it -
  * or undefined when it is one: an IPv4 address, an IPv6 one (bare or in brackets, a zone allowed) or a
@@ -87,6 +107,8 @@ export function badDialAddress(value: string, portSays: string): string | undefi
   if (value.startsWith('[') || value.endsWith(']')) {
     return value.startsWith('[') && value.endsWith(']') && isIPv6(value.slice(1, -1)) ? undefined : 'brackets hold an IPv6 address alone, as [::1]';
   }
+  const numeric = numericHostProblem(value);
+  if (numeric) return numeric;
   if (isIPv4(value) || isIPv6(value) || HOST_NAME.test(value)) return undefined;
   return 'it is neither an IP address nor a host name (letters, digits, - and _, in labels separated by dots)';
 }
