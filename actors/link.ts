@@ -47,6 +47,8 @@ export interface Peer {
   mixed: boolean;
   /** PINGs sent on a registration connection without a PONG since. */
   missedPings: number;
+  /** Its registration's events waiting in the lifecycle lane (proxy-io.ts `registrationEvent`). */
+  inLane: number;
   /**
    * PINGs sent on a registration connection whose PONG has not come (a late one is still owed): a PONG
    * beyond them answers nothing, and is refused as bad input (a server flooding them unasked cost the proxy CPU).
@@ -63,7 +65,7 @@ export interface Peer {
 }
 
 export function newPeer(conn: Connection): Peer {
-  return { conn, role: 'unknown', outstanding: 0, heldBytes: 0, throttled: false, queueHeld: false, policy: undefined, mixed: false, missedPings: 0, pongsOwed: 0 };
+  return { conn, role: 'unknown', outstanding: 0, heldBytes: 0, throttled: false, queueHeld: false, policy: undefined, mixed: false, missedPings: 0, inLane: 0, pongsOwed: 0 };
 }
 
 /** A client request as it travels through the proxy. */

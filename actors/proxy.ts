@@ -287,7 +287,7 @@ export const proxyMachine = setup({
         {
           id: 'pinger',
           src: 'pinger',
-          input: ({ context }) => ({ servers: context.servers, clock: context.clock, every: context.opts.pingIntervalMs, misses: context.opts.pingMisses }),
+          input: ({ context }) => ({ servers: context.servers, clock: context.clock, every: context.opts.pingIntervalMs, misses: context.opts.pingMisses, proxy: context.self }),
         },
       ],
       on: {

@@ -192,6 +192,8 @@ const jsonSockets = fromCallback<{ type: 'DIAL' } | { type: 'WAKE_LATER'; ms: nu
     }, input.tryTimeoutMs);
     whenReady(socket, () => {
       connected = true;
+      // The server closing first: a FIN of ours would leave its port in TIME_WAIT (`resetAfterPeerEnd`, done as its end is read).
+      conn.resetOnPeerEnd = true;
       connectTimer.cancel();
       if (!stopped) sendBack({ type: 'CONN_UP', conn });
     });
@@ -201,10 +203,7 @@ const jsonSockets = fromCallback<{ type: 'DIAL' } | { type: 'WAKE_LATER'; ms: nu
       },
       error: (err: NodeJS.ErrnoException) => down(describeLinkError(err, input.host), err.code === 'ECONNREFUSED'),
       complete: () => {
-        // The server has closed its side. When it closed first, a FIN of ours would leave its port in TIME_WAIT
-        // (see resetAfterPeerEnd); after our FIN, the reset only ends the connection (no reader is left), and
-        // with our FIN still queued (the link stopped in this turn) the socket is closed instead.
-        if (connected) conn.resetAfterPeerEnd();
+        // The server has closed its side; the connection reset it already (`resetOnPeerEnd`).
         down(connected ? 'connection closed by the server' : 'connection closed before it was established');
       },
     });

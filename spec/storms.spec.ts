@@ -7,8 +7,12 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { createServer, type Server, type Socket } from 'node:net';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { execFileSync } from 'node:child_process';
 import { startProxy, type ProxyHandle } from '../actors/index.js';
+import { resolveOptions } from '../actors/proxy-options.js';
+import { systemClock, type Clock } from '../transport/clock.js';
+import { Connection } from '../transport/socket.js';
 import { Lane, lifecycle } from '../transport/lane.js';
 import { MsgType } from '../transport/messages.js';
 import { FrameDecoder } from '../transport/frame.js';
@@ -48,17 +52,36 @@ lane('jobs run in the order given, a job given by a job too: after what waits, o
   });
   l.run(() => ran.push('c'));
   assert.equal(ran, ['a', 'b']);
-  // The next turn runs b2 and c; in the same turn, with nothing waiting and none of the budget left, d waits a turn.
-  await new Promise((r) => setImmediate(r));
+  await eventually(() => ran.length === 4, 1000, 'b2 and c run');
   assert.equal(ran, ['a', 'b', 'b2', 'c']);
+  // Turns later, nothing waiting and the budget new: at once.
+  for (let i = 0; i < 3; i++) await new Promise((r) => setImmediate(r));
   l.run(() => ran.push('d'));
-  assert.equal(ran, ['a', 'b', 'b2', 'c']);
-  await eventually(() => ran.length === 5, 1000, 'd run');
-  // A turn later, nothing waiting and the budget new: at once.
-  await new Promise((r) => setImmediate(r));
-  await new Promise((r) => setImmediate(r));
-  l.run(() => ran.push('e'));
-  assert.equal(ran, ['a', 'b', 'b2', 'c', 'd', 'e']);
+  assert.equal(ran, ['a', 'b', 'b2', 'c', 'd']);
+});
+
+lane('the budget is a turn\'s, poll phase and check phase together: jobs run at once as sockets are read leave the rest of the turn that much less', async () => {
+  // The lane's tick (the check phase) gave itself a new budget: 32 run as a storm was read, then 32 more before the next poll.
+  const l = new Lane(8);
+  let ran = 0;
+  const seen = await new Promise<{ inPoll: number; byCheck: number }>((resolve) => {
+    const server = createServer((s) => s.on('data', () => {
+      for (let i = 0; i < 20; i++) l.run(() => void ran++);
+      const inPoll = ran;
+      // Scheduled after the lane's tick: runs in this turn's check phase, before the next poll.
+      setImmediate(() => {
+        resolve({ inPoll, byCheck: ran });
+        s.destroy();
+        server.close();
+      });
+    }));
+    server.listen(0, LOCAL, () => {
+      const c = createConnection((server.address() as { port: number }).port, LOCAL, () => c.end('x'));
+      c.on('error', () => undefined);
+    });
+  });
+  assert.equal(seen, { inPoll: 8, byCheck: 8 });
+  await eventually(() => ran === 20, 1000, 'the rest run in the turns after');
 });
 
 lane.run();
@@ -123,6 +146,86 @@ storm('200 servers registering in one turn, then leaving in one, reach the proxy
   } finally {
     t.stop();
   }
+});
+
+storm('a registration\'s DEREGISTER frames while its REGISTER waits in the lane are one job, not one each: the lane does not grow with them', async () => {
+  // Each was a job: one connection sending DEREGISTER frames had 300,000 waiting after 4 s, every registration and end behind them.
+  const links = (sctx.links = createServer((s) => s.on('error', () => undefined)));
+  await new Promise<void>((r) => links.listen(0, LOCAL, r));
+  const proxy = (sctx.proxy = await startProxy({ port: 0 }));
+  const sock = await rawConnect(proxy.port);
+  sctx.socks = [sock];
+  const frames = [frame({ type: MsgType.SETUP, id: 'd1', privPolyId: 'dp', listenport: (links.address() as { port: number }).port })];
+  for (let i = 0; i < 2000; i++) frames.push(frame({ type: MsgType.DEREGISTER, id: 'd1' }));
+  const most = { waiting: 0 };
+  let sampling = true;
+  const sample = (): void => {
+    most.waiting = Math.max(most.waiting, lifecycle.waiting);
+    if (sampling) setImmediate(sample);
+  };
+  // Another storm's jobs fill the lane, so the REGISTER waits while the frames are read (64 a turn).
+  for (let i = 0; i < 200; i++) lifecycle.run(() => undefined);
+  sample();
+  sock.write(Buffer.concat(frames));
+  await eventually(() => lifecycle.waiting === 0 && most.waiting > 0, 5000, 'the lane empty again');
+  await sleep(50);
+  sampling = false;
+  assert.ok(most.waiting <= 200 + 2, `${most.waiting} jobs waiting at most (200 of the other storm, then the REGISTER and one DEREGISTER)`);
+});
+
+storm('a MISSED_PINGS waiting in the lane reaches the proxy across a reload, which restarts the pinger: the silent server is removed', async () => {
+  // Sent back by the pinger, it was dropped (the pinger stopped), and the server, marked reported, stayed for good.
+  const opts = { port: 0, pingIntervalMs: 100, pingMisses: 2 };
+  let reloaded = false;
+  const clock: Clock = {
+    ...systemClock,
+    setInterval(fn, ms) {
+      if (ms !== opts.pingIntervalMs) return systemClock.setInterval(fn, ms);
+      return systemClock.setInterval(() => {
+        // Another storm's jobs fill this turn's budget: what the pinger gives waits.
+        for (let i = 0; i < lifecycle.perTurn + 1; i++) lifecycle.run(() => undefined);
+        fn();
+        const m = sctx.proxy?.actor.getSnapshot().context.servers.get('quiet');
+        if (!reloaded && m?.registration?.missedPings === -Infinity) {
+          reloaded = true;
+          sctx.proxy!.actor.send({ type: 'RELOAD', opts: resolveOptions(opts) });
+        }
+      }, ms);
+    },
+  };
+  const links = (sctx.links = createServer((s) => s.on('error', () => undefined)));
+  await new Promise<void>((r) => links.listen(0, LOCAL, r));
+  const proxy = (sctx.proxy = await startProxy({ ...opts, clock }));
+  const sock = await rawConnect(proxy.port);
+  sctx.socks = [sock];
+  // It never answers a PING.
+  sock.write(frame({ type: MsgType.SETUP, id: 'quiet', privPolyId: 'qp', listenport: (links.address() as { port: number }).port }));
+  await eventually(() => reloaded, 3000, 'the reload while its MISSED_PINGS waits');
+  await eventually(() => !proxy.actor.getSnapshot().context.servers.has('quiet'), 3000, 'the silent server removed');
+});
+
+storm("an old server's close is answered with a reset, so its port holds no TIME_WAIT, with the lane busy too", async () => {
+  // The reset came with the link's end, which a busy lane held a turn: Node's own FIN went first, and server.py,
+  // which binds without SO_REUSEADDR, could not start again on its port for 60 s.
+  const server = (sctx.links = createServer((s) => {
+    s.on('error', () => undefined);
+    setTimeout(() => s.end(), 20);
+  }));
+  await new Promise<void>((r) => server.listen(0, LOCAL, r));
+  const port = (server.address() as { port: number }).port;
+  for (let i = 0; i < 3; i++) {
+    const socket = createConnection(port, LOCAL);
+    // As the server's end is read, another storm fills the lane's budget.
+    socket.on('end', () => {
+      for (let j = 0; j < lifecycle.perTurn + 1; j++) lifecycle.run(() => undefined);
+    });
+    const conn = new Connection(socket, { wire: 'json' });
+    socket.once('connect', () => (conn.resetOnPeerEnd = true));
+    await new Promise<void>((done) => conn.messages$.subscribe({ error: () => done(), complete: () => done() }));
+  }
+  await sleep(100);
+  const timeWait = execFileSync('ss', ['-tanH', 'state', 'time-wait', `( sport = :${port} )`]).toString().trim();
+  assert.is(timeWait, '', `TIME_WAIT on the old server's port:\n${timeWait}`);
 });
 
 storm.run();

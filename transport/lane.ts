@@ -6,7 +6,7 @@
  * are nothing; by the thousand they arrive in one poll phase (libuv reads every socket that is
  * ready before the loop turns), and ran there: 3,000 servers of one process killed at once held
  * the proxy's loop 550-650 ms, its clients' requests with it. Through a lane, at most `perTurn`
- * jobs run between two turns; the rest wait, in order, for the turns after, while the clients'
+ * jobs run a turn of the loop; the rest wait, in order, for the turns after, while the clients'
  * reads are served between them (HAProxy bounds its accepts a turn with `tune.maxaccept`, Envoy
  * with `max_connections_to_accept_per_socket_event`).
  *
@@ -17,7 +17,7 @@
 export class Lane {
   private queue: Array<(() => void) | undefined> = [];
   private head = 0;
-  /** Jobs run since the last tick. */
+  /** Jobs run in this turn of the loop: since the last tick, which ends a turn (it runs in the check phase). */
   private used = 0;
   private ticking = false;
 
@@ -45,10 +45,13 @@ export class Lane {
     setImmediate(this.tick);
   }
 
-  /** A new budget, spent first on the jobs waiting; what remains waits for the next turn. */
+  /**
+   * The end of a turn (the check phase, after the poll): what is left of its budget goes to the jobs
+   * waiting, and the next turn has a new one; what remains waits for it. The jobs run at once in
+   * this turn's poll phase count: reset here, the budget let 32 run there and 32 more here.
+   */
   private readonly tick = (): void => {
     this.ticking = false;
-    this.used = 0;
     try {
       while (this.head < this.queue.length && this.used < this.perTurn) {
         const job = this.queue[this.head]!;
@@ -57,6 +60,7 @@ export class Lane {
         job();
       }
     } finally {
+      this.used = 0;
       if (this.head >= this.queue.length) {
         this.queue = [];
         this.head = 0;

@@ -143,7 +143,7 @@ export interface MessageSink {
   failed(err: Error): void;
   /** The peer closed its side (or the socket closed). Nothing follows. */
   ended(): void;
-  /** The socket closed, after `ended` or `failed` (a resource held for the connection can be let go now). */
+  /** The socket closed (a resource held for the connection can be let go now): at once, before `ended` or `failed` when those wait in the lifecycle lane. */
   closed?(): void;
 }
 
@@ -197,6 +197,13 @@ export class Connection implements BudgetHolder {
   remotePort: number;
   /** Set once the connection is closing or closed: nothing more is sent on it. */
   closed = false;
+  /**
+   * Answer the peer's end with a reset (`resetAfterPeerEnd`) as it is read, before the sink hears of
+   * it: set by an owner that dialed the connection to an old server. Done when the sink heard, in
+   * the lifecycle lane, the reset came after Node's own FIN once the lane was busy, and the server's
+   * port held TIME_WAIT again.
+   */
+  resetOnPeerEnd = false;
   /** The backpressure rule (see the option); the owner may change it once it knows what the connection is for. */
   holdReadsWhenCongested: boolean;
   /** Reads so far: a cheap sign of life (a link that answers needs no PING to prove its server alive). */
@@ -458,6 +465,8 @@ export class Connection implements BudgetHolder {
    */
   peerEnded(): void {
     if (!this.socket.allowHalfOpen) this.closed = true;
+    // In the turn the peer's end is read: Node sends our FIN in the next, and the sink may hear of the end turns later.
+    if (this.resetOnPeerEnd && this.listening) this.resetAfterPeerEnd();
     this.finish();
   }
 
@@ -474,8 +483,9 @@ export class Connection implements BudgetHolder {
     this.finish();
     const sink = this.sink;
     this.sink = undefined;
-    // After its `ended` or `failed`, which may wait in the lane.
-    if (sink?.closed) lifecycle.run(() => sink.closed!());
+    // At once, so the owner's counts follow the kernel's (a connection limit released a storm's worth of turns late refused
+    // clients that came back): before its `ended` or `failed` when those wait in the lane.
+    sink?.closed?.();
   }
 
   /** The wire this connection speaks; with `sniff`, `frames` until the first byte says otherwise. */
@@ -729,6 +739,7 @@ export class Connection implements BudgetHolder {
    * FIN goes out; the server's port holds TIME_WAIT, as when both sides close at once).
    */
   resetAfterPeerEnd(): void {
+    if (this.socket.destroyed) return;
     if (!this.reclaims || (this.socket.writableEnded && !this.socket.writableFinished)) return this.destroy();
     this.dropUnsent();
     this.socket.resetAndDestroy();
