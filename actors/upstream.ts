@@ -138,7 +138,10 @@ export class LinkTraffic implements LinkPort {
   /** Write one request now (the pool's hot path: it hands requests over one by one, in turn). */
   sendOne(req: ProxyRequest): void {
     const conn = this.conn;
-    if (!conn) {
+    // No connection yet, or one that has ended (its server's close read, the link told of it a turn or more later, in the
+    // lifecycle lane): the request waits in the queue, handed back unsent as the link goes down - never written, so
+    // sent again whatever --retry-on says. Written to the closed connection, it was dropped, and failed as a reset.
+    if (!conn || conn.closed) {
       this.link.queue.push(req);
       return;
     }

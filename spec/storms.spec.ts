@@ -9,7 +9,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { execFileSync } from 'node:child_process';
-import { startProxy, type ProxyHandle } from '../actors/index.js';
+import { connect, startProxy, startServer, type ProxyHandle } from '../actors/index.js';
 import { resolveOptions } from '../actors/proxy-options.js';
 import { systemClock, type Clock } from '../transport/clock.js';
 import { Connection } from '../transport/socket.js';
@@ -90,11 +90,13 @@ interface StormCtx {
   proxy?: ProxyHandle;
   links?: Server;
   socks: Socket[];
+  closers: Array<() => void>;
 }
-const sctx: StormCtx = { socks: [] };
+const sctx: StormCtx = { socks: [], closers: [] };
 const storm = suite<StormCtx>('storms at the proxy', sctx);
 
 storm.after.each(() => {
+  for (const c of sctx.closers.splice(0)) c();
   for (const s of sctx.socks) s.destroy();
   sctx.socks = [];
   sctx.links?.close();
@@ -224,8 +226,43 @@ storm("an old server's close is answered with a reset, so its port holds no TIME
     await new Promise<void>((done) => conn.messages$.subscribe({ error: () => done(), complete: () => done() }));
   }
   await sleep(100);
-  const timeWait = execFileSync('ss', ['-tanH', 'state', 'time-wait', `( sport = :${port} )`]).toString().trim();
+  const timeWait = execFileSync('ss', ['-tanH', 'state', 'time-wait', `( src 127.0.0.1:${port} )`]).toString().trim();
   assert.is(timeWait, '', `TIME_WAIT on the old server's port:\n${timeWait}`);
+});
+
+storm('requests routed to a link whose server closed it, while the link hears of it in a busy lane, go to another server as never sent', async () => {
+  // Written to the closed connection they were dropped, then failed as a reset: with --retry-on without reset, errors
+  // for requests no server ever saw.
+  // b's side of its links: PINGs answered (a new link is checked with one), requests never.
+  const linkSocks: Socket[] = [];
+  const links = (sctx.links = createServer((s) => {
+    s.on('error', () => undefined);
+    linkSocks.push(s);
+    const d = new FrameDecoder({ validate: false });
+    s.on('data', (chunk: Buffer) => {
+      for (const m of d.push(chunk).messages) if (m.type === MsgType.PING) s.write(frame({ type: MsgType.PONG, seq: m.seq }));
+    });
+  }));
+  await new Promise<void>((r) => links.listen(0, LOCAL, r));
+  const proxy = (sctx.proxy = await startProxy({ port: 0, retryOn: ['try-timeout'] }));
+  const a = await startServer({ id: 'a', policy: 'P', revproc: proxy.port });
+  sctx.closers.push(() => a.kill());
+  const reg = await rawConnect(proxy.port);
+  sctx.socks = [reg];
+  const pings = new FrameDecoder({ validate: false });
+  reg.on('data', (chunk: Buffer) => {
+    for (const m of pings.push(chunk).messages) if (m.type === MsgType.PING) reg.write(frame({ type: MsgType.PONG, seq: m.seq }));
+  });
+  reg.write(frame({ type: MsgType.SETUP, id: 'b', privPolyId: 'P', listenport: (links.address() as { port: number }).port }));
+  await eventually(() => proxy.pools().P?.serving.length === 2, 3000, 'a and b serving');
+  const client = await connect({ revproc: proxy.port });
+  sctx.closers.push(() => void client.close());
+  // Another storm's jobs wait in the lane for ten turns; b closes its link, and requests come at once.
+  for (let i = 0; i < 10 * lifecycle.perTurn; i++) lifecycle.run(() => undefined);
+  for (const s of linkSocks) s.end();
+  const outcomes = await Promise.all(Array.from({ length: 20 }, (_, i) => client.send('P', `m${i}`)));
+  const failed = outcomes.filter((o) => !o.ok).map((o) => (o.ok ? '' : o.error.code));
+  assert.equal(failed, [], `${failed.length} of 20 failed`);
 });
 
 storm.run();
