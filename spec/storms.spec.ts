@@ -165,7 +165,9 @@ storm('a registration\'s DEREGISTER frames while its REGISTER waits in the lane 
     most.waiting = Math.max(most.waiting, lifecycle.waiting);
     if (sampling) setImmediate(sample);
   };
-  // Another storm's jobs fill the lane, so the REGISTER waits while the frames are read (64 a turn).
+  // The last test's ends (its proxy's links, closed as it was killed) gone from the lane first; then another storm's
+  // jobs fill it, so the REGISTER waits while the frames are read (64 a turn).
+  await eventually(() => lifecycle.waiting === 0, 5000, 'the lane empty');
   for (let i = 0; i < 200; i++) lifecycle.run(() => undefined);
   sample();
   sock.write(Buffer.concat(frames));
