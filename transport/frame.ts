@@ -361,18 +361,22 @@ const TIMESTAMP = 0xff;
  */
 function refuseUnread(buf: Buffer, start: number, end: number): string | undefined {
   let pos = start;
-  // The string value before this one: in a message's flat map, the key of the value that follows it.
-  let key: string | undefined;
+  // Where the string value before this one lies: in a message's flat map, the key of the value that follows it.
+  // Made a string only for the message: this walk is every frame's the hot decoder does not take.
+  let keyFrom = -1;
+  let keyTo = -1;
   for (let n = 0; pos < end; n++) {
     if (n === MAX_VALUES) return `holds more than ${MAX_VALUES} MessagePack values (a message is one flat map of a few fields): value ${n + 1} is at byte ${pos - start}`;
     if (!valueHead(buf, pos, end)) return undefined;
     // msgpackr writes JavaScript's undefined as d4 00 00 (an extension of type 0), and reads it back as undefined: a
     // field a peer written with it set to undefined (`token: process.env.TOKEN`) is a field left out, as msgpackr says.
     if (head.ext >= 0 && head.ext !== TIMESTAMP && !(head.ext === 0 && buf[pos] === 0xd4 && buf[head.data] === 0)) {
-      const field = key === undefined ? '' : ` in field ${JSON.stringify(key)}`;
+      const field = keyFrom < 0 ? '' : ` in field ${JSON.stringify(buf.toString('utf8', keyFrom, keyTo))}`;
       return `holds a MessagePack extension value (type ${head.ext})${field} at byte ${pos - start}: messages hold none but timestamps`;
     }
-    key = head.kind === Kind.STR && head.next - head.data <= 64 && head.next <= end ? buf.toString('utf8', head.data, head.next) : undefined;
+    const isKey = head.kind === Kind.STR && head.next - head.data <= 64 && head.next <= end;
+    keyFrom = isKey ? head.data : -1;
+    keyTo = head.next;
     pos = head.next;
   }
   return undefined;
