@@ -5,10 +5,10 @@
  * port, say), probing costs a bounded share of the proxy's time.
  */
 import type { Clock, Timer } from '../transport/clock.js';
+import { Fifo } from '../transport/fifo.js';
 
 export class Pacer<T> {
-  private queue: T[] = [];
-  private head = 0;
+  private readonly queue = new Fifo<T>();
   private timer?: Timer;
   private readonly perTick: number;
 
@@ -23,7 +23,7 @@ export class Pacer<T> {
 
   /** Jobs waiting for their turn. */
   get waiting(): number {
-    return this.queue.length - this.head;
+    return this.queue.size;
   }
 
   add(job: T): void {
@@ -34,21 +34,14 @@ export class Pacer<T> {
   stop(): void {
     this.timer?.cancel();
     this.timer = undefined;
-    this.queue = [];
-    this.head = 0;
+    this.queue.clear();
   }
 
   private readonly tick = (): void => {
-    const end = Math.min(this.queue.length, this.head + this.perTick);
-    while (this.head < end) this.run(this.queue[this.head++]!);
-    if (this.head >= this.queue.length) {
-      this.queue = [];
-      this.head = 0;
+    for (let n = 0; n < this.perTick && this.queue.size > 0; n++) this.run(this.queue.shift()!);
+    if (this.queue.size === 0) {
       this.timer?.cancel();
       this.timer = undefined;
-    } else if (this.head > 1024 && this.head * 2 > this.queue.length) {
-      this.queue = this.queue.slice(this.head);
-      this.head = 0;
     }
   };
 }

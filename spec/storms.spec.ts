@@ -14,6 +14,7 @@ import { resolveOptions } from '../actors/proxy-options.js';
 import { systemClock, type Clock } from '../transport/clock.js';
 import { Connection } from '../transport/socket.js';
 import { Lane, lifecycle } from '../transport/lane.js';
+import { Fifo } from '../transport/fifo.js';
 import { MsgType } from '../transport/messages.js';
 import { FrameDecoder } from '../transport/frame.js';
 import { eventually, frame, LOCAL, perTurn, rawConnect, sleep, turns } from './helpers.js';
@@ -82,6 +83,27 @@ lane('the budget is a turn\'s, poll phase and check phase together: jobs run at 
   });
   assert.equal(seen, { inPoll: 8, byCheck: 8 });
   await eventually(() => ran === 20, 1000, 'the rest run in the turns after');
+});
+
+lane('the queue behind the lane and the probe pacer gives items in the order pushed, across its compaction, and lets go of what it gave', () => {
+  const q = new Fifo<{ n: number }>();
+  const taken: number[] = [];
+  let next = 0;
+  // Past 1,024 taken with more than half the array behind the head, what is left moves down: push while taking, so it does.
+  for (let round = 0; round < 5; round++) {
+    for (let i = 0; i < 1500; i++) q.push({ n: next++ });
+    for (let i = 0; i < 1200; i++) taken.push(q.shift()!.n);
+  }
+  assert.equal(q.size, next - taken.length);
+  while (q.size > 0) taken.push(q.shift()!.n);
+  assert.equal(q.shift(), undefined);
+  assert.equal(taken, Array.from({ length: next }, (_, i) => i));
+  // A slot taken is cleared: the queue holds nothing of what it gave.
+  const one = { n: -1 };
+  q.push(one);
+  q.push({ n: -2 });
+  q.shift();
+  assert.equal((q as unknown as { items: unknown[] }).items.includes(one), false, 'the item given is no longer held');
 });
 
 lane.run();

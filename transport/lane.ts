@@ -1,3 +1,5 @@
+import { Fifo } from './fifo.js';
+
 /**
  * Work that comes in storms, run a bounded number of jobs a turn of the event loop.
  *
@@ -15,8 +17,7 @@
  * none wait and the turn's budget lasts runs at once, as if there were no lane.
  */
 export class Lane {
-  private queue: Array<(() => void) | undefined> = [];
-  private head = 0;
+  private readonly queue = new Fifo<() => void>();
   /** Jobs run in this turn of the loop: since the last tick, which ends a turn (it runs in the check phase). */
   private used = 0;
   private ticking = false;
@@ -25,12 +26,12 @@ export class Lane {
 
   /** Jobs waiting for a later turn. */
   get waiting(): number {
-    return this.queue.length - this.head;
+    return this.queue.size;
   }
 
   /** Run `job` now if the turn's budget lasts and nothing waits, or after what waits, in a later turn. */
   run(job: () => void): void {
-    if (this.head === this.queue.length && this.used < this.perTurn) {
+    if (this.queue.size === 0 && this.used < this.perTurn) {
       this.used++;
       this.schedule();
       return job();
@@ -53,24 +54,14 @@ export class Lane {
   private readonly tick = (): void => {
     this.ticking = false;
     try {
-      while (this.head < this.queue.length && this.used < this.perTurn) {
-        const job = this.queue[this.head]!;
-        this.queue[this.head++] = undefined;
+      while (this.queue.size > 0 && this.used < this.perTurn) {
+        const job = this.queue.shift()!;
         this.used++;
         job();
       }
     } finally {
       this.used = 0;
-      if (this.head >= this.queue.length) {
-        this.queue = [];
-        this.head = 0;
-      } else {
-        if (this.head > 1024 && this.head * 2 > this.queue.length) {
-          this.queue = this.queue.slice(this.head);
-          this.head = 0;
-        }
-        this.schedule();
-      }
+      if (this.queue.size > 0) this.schedule();
     }
   };
 }
