@@ -30,9 +30,6 @@ export interface MirrorHandlers {
   health(up: boolean, why?: string, refused?: boolean): void;
 }
 
-/** Entries of a whole read told to the owner in one turn of the event loop. */
-const SYNC_SLICE = 32;
-
 /** Why the whole prefix was read: the first time, after etcd came back, after a compaction cancelled the watch. */
 export type SyncReason = 'start' | 'reconnect' | 'compacted';
 
@@ -139,7 +136,6 @@ export class PrefixMirror {
     let revision: string | undefined;
     for (let tries = 1; revision === undefined; tries++) {
       seen.clear();
-      let applied = 0;
       let at: string | undefined;
       try {
         // A page at a time, each dropped once taken (registry/etcd.ts readPrefix): what a writer put
@@ -147,14 +143,9 @@ export class PrefixMirror {
         for await (const page of readPrefix(this.client, this.prefix, this.opts.callTimeoutMs)) {
           if (gen !== this.generation || this.stopped) return;
           at = page.revision;
+          // Told as read, a page in one turn: what an entry costs its owner is the owner's to pace (the proxy's
+          // members and links are made a lane budget a turn, transport/lane.ts, as the watch's events are).
           for (const kv of page.kvs) {
-            // A slice at a time, the event loop running between: each new entry costs its owner a member
-            // and a link (about 2 ms of the proxy's time), and 500 at once held the proxy 1-2 s, its
-            // clients, PINGs and dials with it (dials to servers timed out, members went out of rotation).
-            if (++applied % SYNC_SLICE === 0) {
-              await new Promise((resolve) => setImmediate(resolve));
-              if (gen !== this.generation || this.stopped) return;
-            }
             const name = heldName(kv.key, this.prefixBytes);
             const value = heldValue(kv.value);
             seen.add(name);
