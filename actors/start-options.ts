@@ -5,13 +5,15 @@
  */
 import type { InspectionEvent } from 'xstate';
 import { systemClock, xstateClock, type Clock } from '../transport/clock.js';
+import { badRegistryOption } from '../registry/options.js';
 
 /** The methods a `clock` option must have (`Clock`): a plain object without them started, and failed later, out of any caller's reach. */
 const CLOCK_METHODS = ['now', 'setTimeout', 'setInterval'] as const satisfies ReadonlyArray<keyof Clock>;
 
 /**
  * What is wrong with a call's options as a whole, if anything (`example`: what it takes): they are an
- * object; its `clock`, when given, has every `Clock` method; its `inspect` is a function. Unchecked,
+ * object; its `clock`, when given, has every `Clock` method; its `inspect` is a function; its `registry`
+ * names etcd's endpoints as `HOST:PORT` (registry/options.ts `badRegistryOption`). Unchecked,
  * `startProxy(null)` threw a TypeError from inside, and a `clock` of `{}` started a proxy that
  * ended the process with an uncaught TypeError at its first timer.
  */
@@ -27,7 +29,8 @@ export function badStartOptions(opts: unknown, example: string): string | undefi
     }
   }
   if (inspect !== undefined && typeof inspect !== 'function') return `inspect must be a function taking XState inspection events, got ${inspect === null ? 'null' : typeof inspect}`;
-  return undefined;
+  const { registry } = opts as { registry?: unknown };
+  return registry === undefined ? undefined : badRegistryOption(registry);
 }
 
 let inspectWarned = false;

@@ -5,7 +5,7 @@
  * and the client; the defaults are written here once.
  */
 import type { TlsMaterial } from '../transport/tls.js';
-import { bracketHint } from '../transport/address.js';
+import { bracketHint, numericHostProblem } from '../transport/address.js';
 
 export interface RegistryOptions {
   /** etcd's client endpoints, `host:port` each (from `etcd://a:2379,b:2379`). */
@@ -58,11 +58,52 @@ export function parseRegistryUrl(value: string): { endpoints: string[]; tls: boo
   const endpoints = m[2]!.replace(/\/+$/, '').split(',').map((s) => s.trim()).filter(Boolean);
   if (endpoints.length === 0) throw new TypeError(expected);
   for (const e of endpoints) {
-    const hp = /^(?:\[[^\]]+\]|[^:/\s]+):(\d{1,5})$/.exec(e);
-    const v6 = hp ? undefined : bracketHint(e);
-    if (!hp || Number(hp[1]) < 1 || Number(hp[1]) > 65535) throw new TypeError(`'${e}' in ${value} is not HOST:PORT${v6 ? ` (${v6})` : ''}; ${expected}`);
+    const why = endpointProblem(e);
+    if (why) throw new TypeError(`'${e}' in ${value} ${why}; ${expected}`);
   }
   return { endpoints, tls: m[1]!.toLowerCase() === 'etcds' };
+}
+
+/**
+ * Why `e` is no etcd endpoint (`HOST:PORT`, an IPv6 host in brackets), said as the end of a sentence "'e' ...",
+ * or undefined. etcd's own tools take URLs (`etcdctl --endpoints http://127.0.0.1:2379`), and a library caller
+ * who gave one waited out the registration's timeout for "the name http does not resolve"; an address
+ * like 0127.0.0.1 reached 87.0.0.1 (`numericHostProblem`).
+ */
+export function endpointProblem(e: string): string | undefined {
+  const url = /^(https?):\/\/([^/?#]+)\/*$/i.exec(e.trim());
+  if (url) {
+    const tls = url[1]!.toLowerCase() === 'https' ? ', with TLS as the tls option (etcds:// in a URL)' : '';
+    return `is a URL: an endpoint is etcd's host and port alone, '${url[2]}'${tls}`;
+  }
+  const hp = /^(?:\[([^\]]+)\]|([^:/\s]+)):(\d{1,5})$/.exec(e);
+  if (!e.includes(':') && e.trim() !== '') return `has no port: give HOST:PORT (${e.trim()}:2379, etcd's client port by default)`;
+  if (!hp || Number(hp[3]) < 1 || Number(hp[3]) > 65535) {
+    const v6 = bracketHint(e);
+    return `is not HOST:PORT${v6 ? ` (${v6})` : ''}`;
+  }
+  const numeric = hp[2] === undefined ? undefined : numericHostProblem(hp[2]);
+  return numeric && `names no address: ${numeric}`;
+}
+
+/**
+ * What is wrong with a library caller's `registry` option, if anything: an object whose `endpoints` is a
+ * list of `HOST:PORT`. Unchecked, a string of endpoints failed with "o.endpoints.map is not a function" and an
+ * empty list with etcd3's "Cannot construct an etcd client with no hosts specified", neither with a code.
+ */
+export function badRegistryOption(r: unknown): string | undefined {
+  const example = "{ endpoints: ['127.0.0.1:2379'] }";
+  if (typeof r !== 'object' || r === null || Array.isArray(r)) return `registry must be an object (${example}), got ${r === null ? 'null' : Array.isArray(r) ? 'an array' : typeof r}`;
+  const { endpoints } = r as { endpoints?: unknown };
+  if (!Array.isArray(endpoints) || endpoints.length === 0) {
+    const got = endpoints === undefined ? 'none' : Array.isArray(endpoints) ? 'an empty list' : typeof endpoints === 'string' ? `the string '${endpoints}' (a list is [${endpoints.split(',').map((x) => `'${x.trim()}'`).join(', ')}])` : typeof endpoints;
+    return `registry.endpoints must be a list of etcd's client addresses, HOST:PORT each (${example}), got ${got}`;
+  }
+  for (const e of endpoints) {
+    const why = typeof e === 'string' ? endpointProblem(e) : `is a ${e === null ? 'null' : typeof e}, not a string HOST:PORT`;
+    if (why) return `registry.endpoints: '${String(e)}' ${why}`;
+  }
+  return undefined;
 }
 
 /** The endpoints as a URL again, for messages. */

@@ -319,7 +319,7 @@ cli('--host (and the file\'s host) refuses what is no address to listen on: an I
   for (const h of ['*', '::', '[::]', '::1', '[::1]', '::ffff:127.0.0.1', 'localhost']) await refused(['proxy', '--check', '--port', '45180', '--host', h], /is valid/, 0);
 });
 
-cli("an address of numbers that is no IPv4 address as written (0127.0.0.1, 127.1) is refused, saying what the system's resolver would reach: --revproc, --host, --advertise, a config file's host", async () => {
+cli("an address of numbers that is no IPv4 address as written (0127.0.0.1, 127.1) is refused, saying what the system's resolver would reach: --revproc, --host, --advertise, --registry, a config file's host", async () => {
   // Node took each for a name and the resolver (inet_aton) read it: 0127.0.0.1 dialled 87.0.0.1 (octal), 127.1 127.0.0.1.
   const refused = async (args: string[], said: RegExp, status = 2): Promise<void> => {
     const p = revproxy(args);
@@ -332,6 +332,9 @@ cli("an address of numbers that is no IPv4 address as written (0127.0.0.1, 127.1
   await refused(['proxy', '--check', '--host', '0127.0.0.1'], octal);
   await refused(['proxy', '--check', '--registry', 'etcd://127.0.0.1:1', '--advertise', '10.1'], /10\.1 is no IPv4 address as written: the system's resolver reads it as 10\.0\.0\.1/);
   await refused(['load', '--revproc', '10.0.0.256:45160', '-n', '1'], /10\.0\.0\.256 is no IPv4 address \(four numbers 0-255 in decimal, as 127\.0\.0\.1\) nor a host name/);
+  // And etcd's addresses in a registry URL: it dialled the resolver's reading too.
+  await refused(['server', '--id', 's1', '--pp', '1', '--registry', 'etcd://127.0.0.1:2379,0127.0.0.1:2379'], /'0127\.0\.0\.1:2379' in etcd:\/\/127\.0\.0\.1:2379,0127\.0\.0\.1:2379 names no address: 0127\.0\.0\.1 is no IPv4 address as written: the system's resolver reads it as 87\.0\.0\.1/);
+  await refused(['proxy', '--check', '--registry', 'etcd://http://127.0.0.1:2379'], /'http:\/\/127\.0\.0\.1:2379' in etcd:\/\/http:\/\/127\.0\.0\.1:2379 is a URL: an endpoint is etcd's host and port alone, '127\.0\.0\.1:2379'/);
   const dir = tempDir('numeric-');
   writeFileSync(join(dir, 'p.yaml'), 'port: 0\nhost: 0127.0.0.1\n');
   await refused(['proxy', '--check', '--config', join(dir, 'p.yaml')], /p\.yaml:2:7: host: .*0127\.0\.0\.1 is no IPv4 address as written: the system's resolver reads it as 87\.0\.0\.1/, 1);

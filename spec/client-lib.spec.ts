@@ -1497,6 +1497,30 @@ lib('the library refuses an empty listen host (Node would listen on every addres
   }
 });
 
+lib("each entry checks its registry's endpoints at once: a URL as etcd's own tools write it, no port, a string for a list, an empty list, an address like 0127.0.0.1", async () => {
+  // A URL ('http://127.0.0.1:2379', as etcdctl --endpoints takes) made startServer wait its registration's timeout, 5 s,
+  // for "the name http does not resolve"; startProxy started, its registry never reachable; a string of endpoints
+  // failed with "o.endpoints.map is not a function", an empty list with etcd3's words, neither with a code.
+  const refused = async (call: () => Promise<unknown>, re: RegExp): Promise<void> => {
+    const t0 = Date.now();
+    const e = await call().then(() => undefined, (err: unknown) => err);
+    assert.instance(e, StartError);
+    assert.is((e as StartError).code, 'START_FAILED');
+    assert.match((e as Error).message, re);
+    assert.ok(Date.now() - t0 < 1000, 'refused at once, no etcd dialled');
+  };
+  const url = /registry\.endpoints: 'http:\/\/127\.0\.0\.1:2379' is a URL: an endpoint is etcd's host and port alone, '127\.0\.0\.1:2379'$/;
+  await refused(() => startProxy({ port: 0, registry: { endpoints: ['http://127.0.0.1:2379'] } }), new RegExp(`^startProxy: ${url.source}`));
+  await refused(() => startServer({ id: 'r1', policy: 'P', registry: { endpoints: ['http://127.0.0.1:2379'] } }), new RegExp(`^startServer: ${url.source}`));
+  await refused(() => connect({ registry: { endpoints: ['https://etcd.internal:2379/'] } }), /^connect\(\): registry\.endpoints: 'https:\/\/etcd\.internal:2379\/' is a URL: .*'etcd\.internal:2379', with TLS as the tls option/);
+  await refused(() => connect({ registry: { endpoints: ['127.0.0.1'] } }), /'127\.0\.0\.1' has no port: give HOST:PORT \(127\.0\.0\.1:2379, etcd's client port by default\)$/);
+  await refused(() => startServer({ id: 'r2', policy: 'P', registry: { endpoints: '127.0.0.1:2379,127.0.0.1:2380' as never } }), /registry\.endpoints must be a list .*, got the string '127\.0\.0\.1:2379,127\.0\.0\.1:2380' \(a list is \['127\.0\.0\.1:2379', '127\.0\.0\.1:2380'\]\)$/);
+  await refused(() => startProxy({ port: 0, registry: { endpoints: [] } }), /^startProxy: registry\.endpoints must be a list .*, got an empty list$/);
+  await refused(() => startProxy({ port: 0, registry: 'etcd://127.0.0.1:2379' as never }), /^startProxy: registry must be an object \(\{ endpoints: \['127\.0\.0\.1:2379'\] \}\), got string$/);
+  await refused(() => connect({ registry: { endpoints: ['0127.0.0.1:2379'] } }), /'0127\.0\.0\.1:2379' names no address: 0127\.0\.0\.1 is no IPv4 address as written: the system's resolver reads it as 87\.0\.0\.1/);
+  await refused(() => connect({ registry: { endpoints: ['::1:2379'] } }), /'::1:2379' is not HOST:PORT \(an IPv6 address goes in brackets before its port: \[::1\]:2379\)$/);
+});
+
 lib('each entry checks its options as a whole (an object, a clock with every method, an inspect function), and an inspect that throws costs its events, not the actor', async () => {
   // startProxy(null) threw a TypeError from inside; a clock of {} started a proxy that ended the process at its first
   // timer; an inspect that threw failed startProxy/startServer with its own plain Error.
