@@ -11,12 +11,13 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
 import { execFileSync } from 'node:child_process';
 import { connect, startProxy, startServer, type ProxyHandle } from '../actors/index.js';
 import { resolveOptions } from '../actors/proxy-options.js';
-import { systemClock, type Clock } from '../transport/clock.js';
+import { PING_SLOTS } from '../actors/proxy-io.js';
+import { ManualClock, systemClock, type Clock } from '../transport/clock.js';
 import { Connection } from '../transport/socket.js';
 import { Lane, lifecycle } from '../transport/lane.js';
 import { Fifo } from '../transport/fifo.js';
 import { MsgType } from '../transport/messages.js';
-import { FrameDecoder } from '../transport/frame.js';
+import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import { eventually, frame, LOCAL, perTurn, rawConnect, sleep, turns } from './helpers.js';
 
 const lane = suite('lane');
@@ -206,7 +207,7 @@ storm('a MISSED_PINGS waiting in the lane reaches the proxy across a reload, whi
   const clock: Clock = {
     ...systemClock,
     setInterval(fn, ms) {
-      if (ms !== opts.pingIntervalMs) return systemClock.setInterval(fn, ms);
+      if (ms !== opts.pingIntervalMs / PING_SLOTS) return systemClock.setInterval(fn, ms);  // the pinger's tick
       return systemClock.setInterval(() => {
         // Another storm's jobs fill this turn's budget: what the pinger gives waits.
         for (let i = 0; i < lifecycle.perTurn + 1; i++) lifecycle.run(() => undefined);
@@ -287,6 +288,51 @@ storm('requests routed to a link whose server closed it, while the link hears of
   const outcomes = await Promise.all(Array.from({ length: 20 }, (_, i) => client.send('P', `m${i}`)));
   const failed = outcomes.filter((o) => !o.ok).map((o) => (o.ok ? '' : o.error.code));
   assert.equal(failed, [], `${failed.length} of 20 failed`);
+});
+
+storm("the pinger takes a round a slot at a time: a tenth of the idle registrations PINGed each tenth of the interval, each once a round", async () => {
+  // 3,000 idle registrations PINGed in one turn held the proxy's loop 20-38 ms every second (one flush, then their PONGs in one poll phase).
+  const n = 40;
+  const every = 1000;
+  const clock = new ManualClock();
+  // The links answer PINGs, as a server's do: every link open, no server down.
+  const links = (sctx.links = createServer((sock) => {
+    const d = new FrameDecoder({ validate: false });
+    sock.on('error', () => undefined);
+    sock.on('data', (chunk: Buffer) => {
+      for (const m of d.push(chunk).messages) if (m.type === MsgType.PING) sock.write(encodeFrame({ type: MsgType.PONG, seq: m.seq }));
+    });
+  }));
+  await new Promise<void>((r) => links.listen(0, LOCAL, r));
+  const proxy = (sctx.proxy = await startProxy({ port: 0, pingIntervalMs: every, pingMisses: 1000, clock }));
+  const socks = (sctx.socks = await Promise.all(Array.from({ length: n }, () => rawConnect(proxy.port))));
+  const pings = new Array<number>(n).fill(0);
+  socks.forEach((s, i) => {
+    const d = new FrameDecoder({ validate: false });
+    s.on('data', (chunk: Buffer) => {
+      for (const m of d.push(chunk).messages) {
+        if (m.type !== MsgType.PING) continue;
+        pings[i]!++;
+        s.write(encodeFrame({ type: MsgType.PONG, seq: m.seq }));
+      }
+    });
+    s.write(frame({ type: MsgType.SETUP, id: `pg${i}`, privPolyId: 'pinged', listenport: (links.address() as { port: number }).port }));
+  });
+  // Taken (the first PING), and every link open.
+  await eventually(() => pings.every((p) => p === 1) && (proxy.pools().pinged?.serving.length ?? 0) === n, 5000, `all ${n} registered and serving`);
+  const perTick: number[] = [];
+  // The first round PINGs none: each link was read from (its PONG) since the last, which says its server is alive.
+  for (let round = 0; round < 4; round++) {
+    const atStart = [...pings];
+    for (let tick = 0; tick < PING_SLOTS; tick++) {
+      const before = pings.reduce((a, b) => a + b, 0);
+      clock.advance(every / PING_SLOTS);
+      await sleep(15); // the PINGs written, read here
+      if (round > 0) perTick.push(pings.reduce((a, b) => a + b, 0) - before);
+    }
+    if (round > 0) assert.ok(pings.every((p, i) => p === atStart[i]! + 1), `round ${round + 1}: each registration PINGed once (${pings.map((p, i) => p - atStart[i]!).join(' ')})`);
+  }
+  assert.ok(Math.max(...perTick) <= Math.ceil(n / PING_SLOTS), `PINGs a tick: ${perTick.join(' ')} (at most ${Math.ceil(n / PING_SLOTS)})`);
 });
 
 storm.run();
