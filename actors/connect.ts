@@ -9,7 +9,7 @@ import { createActor, type InspectionEvent } from 'xstate';
 import { DEFAULT_PROXY_PORT } from '../transport/address.js';
 import { ErrorCode, LocalCode, StartError, type ClientCode } from '../transport/errors.js';
 import { TlsConfigError, type TlsMaterial } from '../transport/tls.js';
-import { actorOptions, badStartOptions } from './start-options.js';
+import { actorOptions, badStartOptions, checkTlsOptions } from './start-options.js';
 import { badClientOption, clientMachine, RequestError, whyUnreached, type ClientActor, type ClientOptions, type Outcome, type RequestHandle } from './client.js';
 import { show, type HandlerError, type Payload } from './handler.js';
 import type { Logger } from './logger.js';
@@ -238,6 +238,7 @@ export class Client {
 export async function connect(opts: ConnectOptions = {}): Promise<Client> {
   const bad = badStartOptions(opts, `{ revproc: ${DEFAULT_PROXY_PORT} }`) ?? badClientOption(opts);
   if (bad) throw new StartError(`connect(): ${bad}`);
+  checkTlsOptions(opts, 'connect()', false);
   const found = await locate(opts).catch((err: Error) => {
     throw err instanceof StartError ? new StartError(`connect(): ${err.message}`) : new RequestError(LocalCode.CONNECT_FAILED, err.message);
   });
@@ -380,6 +381,7 @@ const SHA1_SHAPE = /^[0-9a-f]{40}$/;
 export async function runClient(opts: RunOptions): Promise<Result[]> {
   const bad = badStartOptions(opts, `{ proxy: { host: '127.0.0.1', port: ${DEFAULT_PROXY_PORT} }, packets }`) ?? badClientOption(opts);
   if (bad) throw new StartError(`runClient(): ${bad}`);
+  checkTlsOptions(opts, 'runClient()', false);
   let found: { proxies: Endpoint[]; discovery?: Discovery };
   try {
     found = await locate(opts);

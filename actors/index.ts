@@ -22,7 +22,7 @@ import type { EtcdClient, Renewal } from '../registry/etcd-client.js';
 import { badId, badIdentity, badLimit, badProxies, badWholeNumbers, serverMachine, type ServerActor, type ServerOptions } from './server.js';
 import { dial, TlsConfigError, type TlsMaterial } from '../transport/tls.js';
 import { renewed } from './renew-tls.js';
-import { actorOptions, badStartOptions } from './start-options.js';
+import { actorOptions, badStartOptions, checkTlsOptions } from './start-options.js';
 
 export { clientMachine, RequestError, type ClientOptions } from './client.js';
 export { StartError } from '../transport/errors.js';
@@ -119,6 +119,7 @@ export type StartProxyOptions = ProxyOptions & Inspect & {
 export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHandle> {
   const badCall = badStartOptions(opts, `{ port: ${DEFAULT_PROXY_PORT} }`);
   if (badCall) throw new StartError(`startProxy: ${badCall}`);
+  checkTlsOptions(opts, 'startProxy', true);
   let machine = proxyMachine;
   let etcd: EtcdClient | undefined;
   // The rules the config file and the flags keep (config/proxy.ts owns them), for a caller of the library.
@@ -263,6 +264,7 @@ export type StartServerOptions = Omit<ServerOptions, 'listenPort'> & Inspect & {
 export async function startServer(options: StartServerOptions): Promise<ServerHandle> {
   const badCall = badStartOptions(options, `{ id: 'a1', policy: '111', revproc: ${DEFAULT_PROXY_PORT}, handler }`);
   if (badCall) throw new StartError(`startServer: ${badCall}`);
+  checkTlsOptions(options, 'startServer', false);
   const { revproc, ...rest } = options;
   let proxies = rest.proxies;
   try {

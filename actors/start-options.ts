@@ -6,6 +6,7 @@
 import type { InspectionEvent } from 'xstate';
 import { systemClock, xstateClock, type Clock } from '../transport/clock.js';
 import { badRegistryOption } from '../registry/options.js';
+import { checkStartTls, TlsConfigError } from '../transport/tls.js';
 
 /** The methods a `clock` option must have (`Clock`): a plain object without them started, and failed later, out of any caller's reach. */
 const CLOCK_METHODS = ['now', 'setTimeout', 'setInterval'] as const satisfies ReadonlyArray<keyof Clock>;
@@ -31,6 +32,21 @@ export function badStartOptions(opts: unknown, example: string): string | undefi
   if (inspect !== undefined && typeof inspect !== 'function') return `inspect must be a function taking XState inspection events, got ${inspect === null ? 'null' : typeof inspect}`;
   const { registry } = opts as { registry?: unknown };
   return registry === undefined ? undefined : badRegistryOption(registry);
+}
+
+/**
+ * Each TLS option of a library entry (`who`: startProxy, startServer, connect(), runClient()) checked at start
+ * (transport/tls.ts `checkStartTls`), a TlsConfigError naming it when it cannot be used; `serves`: the entry's
+ * `tls` is a listener's, which needs a certificate (a proxy's; a server's serves TLS only when given one).
+ */
+export function checkTlsOptions(opts: { tls?: unknown; upstreamTls?: unknown; registry?: { tls?: unknown } }, who: string, serves: boolean): void {
+  try {
+    checkStartTls('tls', opts.tls, serves);
+    checkStartTls('upstreamTls', opts.upstreamTls, false);
+    checkStartTls('registry.tls', opts.registry?.tls, false);
+  } catch (err) {
+    throw err instanceof TlsConfigError ? new TlsConfigError(`${who}: ${err.message}`, err.kind) : err;
+  }
 }
 
 let inspectWarned = false;

@@ -9,7 +9,7 @@ import { createServer as tlsServer, type TLSSocket } from 'node:tls';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { connect, RevproxyError, startProxy, startServer, type Client, type ProxyHandle, type ServerHandle } from '../lib/index.js';
-import { loadTls, type TlsMaterial } from '../transport/tls.js';
+import { loadTls, TlsConfigError, type TlsMaterial } from '../transport/tls.js';
 import { handshake, makePki, presented, type Pki } from './certs.js';
 import { frame, LOCAL } from './helpers.js';
 import { MsgType } from '../transport/messages.js';
@@ -141,6 +141,41 @@ renew("client.renewTls: the client's next dial presents the renewed certificate;
   kept.renewTls(material(pki, 'renewed'));
   assert.is(await kept.request('P', 'y'), 'ok');
   assert.ok(conn && kept.actor.getSnapshot().context.conn === conn, 'the connection open before the renewal carries on');
+});
+
+renew('the TLS options at start are checked as the files are: a key not the certificate\'s, a path for the contents, a listener without a certificate, each a TlsConfigError naming the option, and the process goes on', async () => {
+  // The first two rejected the start with OpenSSL's own error and then ended the process from inside the actor (an
+  // uncaught exception); tls: {} and tls: { ca } on a proxy served plain TCP without a word.
+  const a = makePki(['proxy-a', 'other'], 'CA A');
+  const good = material(a, 'proxy-a');
+  const otherKey = material(a, 'other').key!;
+  const uncaught: unknown[] = [];
+  const onUncaught = (err: unknown): void => void uncaught.push(err);
+  process.on('uncaughtException', onUncaught);
+  try {
+    const refused = async (start: () => Promise<unknown>, said: RegExp): Promise<void> => {
+      const err = await start().then(() => undefined, (e: unknown) => e);
+      assert.instance(err, TlsConfigError);
+      assert.is((err as TlsConfigError).code, 'TLS_CONFIG');
+      assert.match((err as Error).message, said);
+    };
+    await refused(() => startProxy({ port: 0, tls: { cert: good.cert, key: otherKey } }), /^startProxy: tls\.key is not the private key of tls\.cert/);
+    const path = a.cert('proxy-a').cert;
+    await refused(() => startProxy({ port: 0, tls: { cert: path, key: a.cert('proxy-a').key } as never }), new RegExp(`^startProxy: tls\\.cert is '${path.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}', which is no PEM text: give the file's contents \\(readFileSync\\(`));
+    await refused(() => startProxy({ port: 0, tls: {} }), /^startProxy: tls has no tls\.cert or tls\.key: the listener serves TLS with them \(leave tls out to serve plain TCP\)$/);
+    await refused(() => startProxy({ port: 0, tls: { ca: good.ca } }), /^startProxy: tls has no tls\.cert or tls\.key/);
+    await refused(() => startProxy({ port: 0, upstreamTls: { cert: good.cert, key: otherKey } }), /^startProxy: upstreamTls\.key is not the private key of upstreamTls\.cert/);
+    await refused(() => startServer({ id: 's1', policy: 'P', revproc: 1, tls: { cert: good.cert, key: otherKey } }), /^startServer: tls\.key is not the private key of tls\.cert/);
+    await refused(() => connect({ revproc: 1, tls: { ca: Buffer.from('not a certificate') } }), /^connect\(\): tls\.ca holds no PEM certificate/);
+    await refused(() => connect({ revproc: 1, tls: 'on' as never }), /^connect\(\): tls must be \{ cert, key, ca \}, each a PEM Buffer .*, got string$/);
+    // What each takes still starts: a pair as Buffers or PEM strings, a dialling side's {} (the system's CAs).
+    const p = await startProxy({ port: 0, tls: { cert: good.cert!.toString(), key: good.key!.toString() } as never, upstreamTls: {} });
+    ctx.proxies.push(p);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(uncaught, [], 'nothing thrown out of reach');
+  } finally {
+    process.off('uncaughtException', onUncaught);
+  }
 });
 
 renew.run();

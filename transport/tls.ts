@@ -139,6 +139,36 @@ export function checkTls(material: TlsMaterial, names: { cert: string; key: stri
   return checkMaterial(material, (role) => names[role], names, false);
 }
 
+/**
+ * A library caller's TLS option as a start takes it (`setting`: its name, `tls`, `upstreamTls`, `registry.tls`),
+ * checked as the CLI's files are (`loadTls`): an object of PEM Buffers or strings; the certificate and key
+ * together, each what it says, and a pair; with `serves`, a certificate to serve (a proxy's listener). `{}` alone
+ * is TLS with the system's CAs, where this side only dials. Unchecked, a key that was not the certificate's
+ * rejected the start with OpenSSL's own error and then ended the process from inside the actor; a file's path
+ * given for its contents did the same, and `{}` on a listener served plain TCP without a word.
+ */
+export function checkStartTls(setting: string, material: unknown, serves: boolean): TlsMaterial | undefined {
+  if (material === undefined) return undefined;
+  const names = { cert: `${setting}.cert`, key: `${setting}.key`, ca: `${setting}.ca` };
+  const shape = `${setting} must be { cert, key, ca }, each a PEM Buffer (readFileSync of the file) or string`;
+  if (typeof material !== 'object' || material === null || Array.isArray(material)) {
+    throw new TlsConfigError(`${shape}, got ${material === null ? 'null' : Array.isArray(material) ? 'an array' : typeof material}`, 'usage');
+  }
+  const m = material as Record<'cert' | 'key' | 'ca', unknown>;
+  for (const role of ['cert', 'key', 'ca'] as const) {
+    const v = m[role];
+    if (v === undefined || Buffer.isBuffer(v)) continue;
+    if (typeof v !== 'string') throw new TlsConfigError(`${shape}; ${names[role]} is ${v === null ? 'null' : typeof v}`, 'usage');
+    if (!v.includes('-----BEGIN')) throw new TlsConfigError(`${names[role]} is '${v.length > 80 ? `${v.slice(0, 80)}...` : v}', which is no PEM text: give the file's contents (readFileSync('${v.length > 80 ? '...' : v}')), not its path`, 'usage');
+  }
+  if (serves && !m.cert) {
+    throw new TlsConfigError(`${setting} has no ${names.cert}${m.key ? '' : ` or ${names.key}`}: the listener serves TLS with them (leave ${setting} out to serve plain TCP)`, 'usage');
+  }
+  if (!m.cert && !m.key && !m.ca) return material as TlsMaterial;
+  if (Boolean(m.cert) !== Boolean(m.key)) throw new TlsConfigError(`${names.cert} and ${names.key} go together: give both or neither`, 'usage');
+  return checkMaterial(material as TlsMaterial, (role) => names[role], names, false);
+}
+
 /** The checks of `loadTls` and `checkTls`: `what(role)` names the file or setting in the errors. */
 function checkMaterial(material: TlsMaterial, what: (role: 'cert' | 'key' | 'ca') => string, names: { cert: string; key: string; ca: string }, files: boolean): TlsMaterial {
   // Check the contents now, so a bad file is a clear error at start rather than a failed handshake later.
