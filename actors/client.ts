@@ -32,7 +32,8 @@ import { setDeadline, systemClock, type Clock, type Timer } from '../transport/c
 import { HandlerError, show, type Payload } from './handler.js';
 import { badLogger, fmt, silentLogger, type Logger } from './logger.js';
 import { DEFAULT_RECONNECT_MAX_DELAY_MS, NO_SERVER_GRACE_MS, parkDelay, reconnectDelay, stillNoServer, stillShuttingDown, unreachable } from './hold.js';
-import { badWholeNumbers, DEFAULT_PROXY, type Endpoint } from './server.js';
+import { badId, badWholeNumbers, DEFAULT_PROXY, type Endpoint } from './server.js';
+import { badKinds } from './start-options.js';
 import { Liveness, NoPings, PING_AFTER_MS, PONG_WITHIN_MS } from './liveness.js';
 
 /**
@@ -941,7 +942,8 @@ export function badClientOption(opts: Partial<ClientOptions>): string | undefine
     ['timeoutMs', 1, ' (Infinity: none)'], ['window', 1, ''], ['maxQueued', 1, ''], ['maxBytesInFlight', 1, ' (Infinity: no limit)'],
     ['maxFrameBytes', 1024, ''], ['maxAttempts', 1, ''], ['failoverDelayMs', 0, ''], ['reconnectMaxDelayMs', 0, ''],
     ['connectTimeoutMs', 1, ''], ['tcpKeepAliveMs', 0, ' (0 = off)'],
-  ]) ?? badLogger(opts.logger);
+  ]) ?? badLogger(opts.logger) ?? (opts.id === undefined ? undefined : badId('id', opts.id))
+    ?? badKinds(opts, [['wire', { oneOf: ['frames', 'json'] }], ['hold', 'boolean']]);
 }
 
 function windowOf(opts: ClientOptions): number {

@@ -4,7 +4,7 @@
  * stream; `runClient` sends a list of packets and checks the answers, as the
  * `client` command does.
  */
-import { defer, from, mergeMap, Observable, type ObservableInput } from 'rxjs';
+import { defer, from, mergeMap, Observable, throwError, type ObservableInput } from 'rxjs';
 import { createActor, type InspectionEvent } from 'xstate';
 import { DEFAULT_PROXY_PORT } from '../transport/address.js';
 import { ErrorCode, LocalCode, StartError, type ClientCode } from '../transport/errors.js';
@@ -111,6 +111,10 @@ export class Client {
    */
   requests(policy: string, payloads$: ObservableInput<Payload>, opts: { concurrency?: number; timeoutMs?: number; srcid?: string } = {}): Observable<Reply> {
     const concurrency = opts.concurrency ?? this.actor.getSnapshot().context.opts.window ?? 64;
+    // mergeMap takes 0 (or -1) and runs none: the stream waited for ever, with nothing said.
+    if (!(concurrency === Infinity || (Number.isInteger(concurrency) && concurrency >= 1))) {
+      return throwError(() => new RequestError(ErrorCode.BAD_REQUEST, `concurrency must be a whole number of at least 1 (Infinity: no limit), got ${typeof concurrency === 'string' ? `'${concurrency}'` : String(concurrency)}`));
+    }
     return from(payloads$).pipe(
       mergeMap((payload, index) => defer(() => {
         const abort = new AbortController();
@@ -362,7 +366,11 @@ export interface Result {
   latencyMs?: number;
 }
 
-export interface RunOptions extends ClientOptions {
+export interface RunOptions extends Omit<ClientOptions, 'id'> {
+  /** The client's id, the `srcid` of its packets unless one names another (default `client`, as `connect`'s). */
+  id?: string;
+  /** The proxy or proxies, as `connect` takes them (or `proxy`, `proxies`); `etcd://HOST:PORT` finds them in the registry. */
+  revproc?: Revproc;
   packets: Packet[];
   /** Find the proxies in the registry (etcd) instead of `proxies`. */
   registry?: RegistryOptions;
@@ -386,13 +394,16 @@ export async function runClient(opts: RunOptions): Promise<Result[]> {
   try {
     found = await locate(opts);
   } catch (err) {
+    if (err instanceof StartError) throw new StartError(`runClient(): ${err.message}`);
     // No proxy to send to: every packet fails the way a client that cannot connect fails.
     const message = (err as Error).message;
     opts.logger?.error('connection', `${message}: ${opts.packets.length} request(s) unanswered`, { code: LocalCode.CONNECT_FAILED, count: opts.packets.length });
     return opts.packets.map((packet) => ({ packet, error: LocalCode.CONNECT_FAILED, message }));
   }
-  // Without a registry the options say where the proxies are (`proxy` or `proxies`), as they always did.
-  const client = startClient(found.discovery ? { ...opts, proxies: found.proxies } : opts, opts.inspect, found.discovery);
+  // Without a registry or `revproc` the options say where the proxies are (`proxy` or `proxies`), as they always did;
+  // `revproc` was not read at all, and the client dialled 127.0.0.1:2100.
+  const where = found.discovery || opts.revproc !== undefined ? { proxies: found.proxies } : {};
+  const client = startClient({ ...opts, id: opts.id ?? 'client', ...where }, opts.inspect, found.discovery);
   const log = client.actor.getSnapshot().context.logger;
   const verify = opts.verify ?? 'auto';
   const window = opts.wire === 'json' ? 1 : opts.window ?? 64;

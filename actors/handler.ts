@@ -138,7 +138,8 @@ function suggestAppCode(code: string): string {
   return code.replace(/[^A-Za-z0-9_.:-]/g, '_').slice(0, 64) || 'NOT_FOUND';
 }
 
-export type Behaviour = 'normal' | 'silent' | 'fail';
+export const BEHAVIOURS = ['normal', 'silent', 'fail'] as const;
+export type Behaviour = (typeof BEHAVIOURS)[number];
 
 export interface RunnerOptions {
   serverId: string;

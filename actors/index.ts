@@ -10,6 +10,7 @@ import { jsonRegistrations } from './json-registration.js';
 import { logStopped, releaseAll } from './children.js';
 import type { PortClosed } from './port-closed.js';
 import { badTrustedSource } from './port-limits.js';
+import { RETRY_CONDITIONS } from './link.js';
 import { badSecretOption } from '../config/files.js';
 import { badLogger } from './logger.js';
 import { proxyMachine, type ProxyActor } from './proxy.js';
@@ -22,12 +23,13 @@ import type { EtcdClient, Renewal } from '../registry/etcd-client.js';
 import { badId, badIdentity, badLimit, badProxies, badWholeNumbers, serverMachine, type ServerActor, type ServerOptions } from './server.js';
 import { dial, TlsConfigError, type TlsMaterial } from '../transport/tls.js';
 import { renewed } from './renew-tls.js';
-import { actorOptions, badStartOptions, checkTlsOptions } from './start-options.js';
+import { actorOptions, badKinds, badStartOptions, checkTlsOptions } from './start-options.js';
 
 export { clientMachine, RequestError, type ClientOptions } from './client.js';
 export { StartError } from '../transport/errors.js';
 export { Client, connect, endpoints, runClient, type ConnectOptions, type Packet, type Reply, type RequestOptions, type Result, type Revproc, type RunOptions } from './connect.js';
 export { HandlerError, sha1Handler, type Answer, type Handler, type HandlerContext, type Payload } from './handler.js';
+import { BEHAVIOURS } from './handler.js';
 export { systemClock, ManualClock, type Clock } from '../transport/clock.js';
 export { Logger, textSink, jsonSink, memorySink, silentLogger, type LogRecord, type Level } from './logger.js';
 export { poolMachine, join, leave, pick, type Rotation } from './pool.js';
@@ -124,7 +126,10 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
   let etcd: EtcdClient | undefined;
   // The rules the config file and the flags keep (config/proxy.ts owns them), for a caller of the library.
   const { badProxyNumber, listenHostProblem } = await import('../config/proxy.js');
-  const badNumber = badProxyNumber(opts) ?? badLogger(opts.logger);
+  const badNumber = badProxyNumber(opts) ?? badLogger(opts.logger) ?? badKinds(opts, [
+    ['host', 'string'], ['hedgeOnTryTimeout', 'boolean'], ['retryOn', { listOf: RETRY_CONDITIONS }], ['proxyProtocolFrom', 'strings'],
+    ['stoppedLine', { oneOf: ['proxy', 'caller'] }], ['connect', 'function'], ['observer', 'object'], ['oldServers', 'object'],
+  ]);
   if (badNumber) throw new StartError(`startProxy: ${badNumber}`);
   // Each secret by the rule the flags and the file keep: 8 characters or more, no white space at an end.
   const badSecret = badSecretOption('token', opts.token, 8, true)
@@ -276,9 +281,11 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
   // An id that is no id cannot name the server in its own error: the call is named instead.
   const noId = badId('id', opts.id);
   if (noId) throw new StartError(`startServer: ${noId}`);
+  const badKind = badKinds(opts, [['listenHost', 'string'], ['wire', { oneOf: ['frames', 'json'] }], ['behaviour', { oneOf: BEHAVIOURS }], ['waitForRegistration', 'boolean']]);
+  if (badKind) throw new StartError(`server ${opts.id}: ${badKind}`);
   // A server's token is the proxy's to judge (a short one is never accepted); empty or with white space at an end, it is refused here.
   const badHost = opts.listenHost === undefined ? undefined : (await import('../config/proxy.js')).listenHostProblem(opts.listenHost, 'listenPort');
-  const bad = badIdentity(opts) ?? badProxies(opts.proxies) ?? badLimit(opts) ?? badWholeNumbers(opts, [['registerTimeoutMs', 1, '']]) ?? badLogger(opts.logger)
+  const bad = badIdentity(opts) ?? badProxies(opts.proxies) ?? badLimit(opts) ?? badWholeNumbers(opts, [['registerTimeoutMs', 1, ''], ['listenPort', 0, ' (0: any free port)', 65535]]) ?? badLogger(opts.logger)
     ?? (badHost && `listenHost needs an address ${badHost}`)
     ?? badSecretOption('token', opts.token, 0) ?? badSecretOption('registry.password', opts.registry?.password, 0);
   if (bad) throw new StartError(`server ${opts.id}: ${bad}`);

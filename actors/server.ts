@@ -726,7 +726,7 @@ export function badProxies(proxies: readonly Endpoint[] | undefined): string | u
 
 /** Why `v` cannot be the server's `name` (its id or policy), if so. */
 export function badId(name: 'id' | 'policy', v: unknown): string | undefined {
-  if (!isIdValue(v)) return `${name} must be a string of 1 to ${MAX_ID_LENGTH} characters, got ${typeof v === 'string' ? 'an empty string' : String(v)}`;
+  if (!isIdValue(v)) return `${name} must be a string of 1 to ${MAX_ID_LENGTH} characters, got ${typeof v !== 'string' ? String(v) : v === '' ? 'an empty string' : `one of ${v.length}`}`;
   // UTF-8 cannot carry a lone surrogate: the encoder sent U+FFFD in its place, and the server registered as another id.
   const lone = typeof v === 'string' ? loneSurrogateIn(v) : undefined;
   return lone ? `${name} has ${lone}, which UTF-8 cannot carry: use well-formed text` : undefined;

@@ -49,6 +49,38 @@ export function checkTlsOptions(opts: { tls?: unknown; upstreamTls?: unknown; re
   }
 }
 
+/** What an option must be, when it is not a number (those are `badWholeNumbers`'): a kind, one of some words, or a list. */
+export type Kind = 'boolean' | 'function' | 'object' | 'string' | 'strings' | { oneOf: readonly string[] } | { listOf: readonly string[] };
+
+/** `v` as an error message shows it: a string quoted, anything else by its kind. */
+function shown(v: unknown): string {
+  return typeof v === 'string' ? `'${v}'` : v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v === 'object' ? 'an object' : typeof v === 'function' ? 'a function' : `${typeof v} ${String(v)}`;
+}
+
+/**
+ * What is wrong with the options of `kinds` in `opts` (each left out, or of its kind), if anything. Unchecked, a
+ * library caller's `host: 127` failed with "host.trim is not a function", `proxyProtocolFrom: 'abc'` with
+ * "(...).map is not a function", both without a code; `wire: 'xml'`, `hold: 'no'`, `retryOn: ['bogus']` and
+ * a `connect` that was no function started without a word, the last making every request wait out its timeout.
+ */
+export function badKinds(opts: object, kinds: ReadonlyArray<readonly [string, Kind]>): string | undefined {
+  for (const [name, kind] of kinds) {
+    const v = (opts as Record<string, unknown>)[name];
+    if (v === undefined) continue;
+    if (typeof kind === 'object' && 'oneOf' in kind) {
+      if (!kind.oneOf.includes(v as string)) return `${name} must be ${kind.oneOf.map((w) => `'${w}'`).join(' or ')}, got ${shown(v)}`;
+    } else if (typeof kind === 'object') {
+      const odd = Array.isArray(v) ? (v as unknown[]).find((w) => !kind.listOf.includes(w as string)) : v;
+      if (!Array.isArray(v) || odd !== undefined) return `${name} must be a list of ${kind.listOf.map((w) => `'${w}'`).join(', ')}, got ${Array.isArray(v) ? `${shown(odd)} in it` : shown(v)}`;
+    } else if (kind === 'strings') {
+      if (!Array.isArray(v) || v.some((w) => typeof w !== 'string')) return `${name} must be a list of strings, got ${shown(v)}`;
+    } else if (kind === 'object' ? typeof v !== 'object' || v === null || Array.isArray(v) : typeof v !== kind) {
+      return `${name} must be ${kind === 'object' ? 'an object' : `a ${kind}`}, got ${shown(v)}`;
+    }
+  }
+  return undefined;
+}
+
 let inspectWarned = false;
 
 /**

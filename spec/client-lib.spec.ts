@@ -897,9 +897,8 @@ lib('a request the proxy would refuse is refused alone, with BAD_REQUEST, and th
     assert.is(((await reject(c.request('P', 'a\udc00b'))) as Error).message, "the payload has a lone surrogate (U+DC00 at index 1), which UTF-8 cannot carry (it would arrive as U+FFFD): send well-formed text, or bytes");
     assert.is(await c.request('P', 'a\ud83d\ude00b'), createHash('sha1').update('a\u{1F600}b').digest('hex'), 'a pair is well-formed');
     assert.is(await c.request('P', 'x', { timeoutMs: Infinity, signal: AbortSignal.timeout(2000) }), createHash('sha1').update('x').digest('hex'));
-    const nameless = await client({ revproc: p.port, id: '' });
-    const e = await within(reject(nameless.request('P', 'x')));
-    assert.is((e as RequestError).code, 'BAD_REQUEST', `an empty client id: ${String(e)}`);
+    // An empty client id is refused by connect() itself now (StartError; "options of the wrong kind" below), as the
+    // request it made would be by the proxy.
     const answers = await within(Promise.all(others));
     assert.ok(Array.isArray(answers), String(answers));
     assert.ok((answers as unknown[]).every((x) => typeof x === 'string' && x.length === 40), String(answers));
@@ -1519,6 +1518,44 @@ lib("each entry checks its registry's endpoints at once: a URL as etcd's own too
   await refused(() => startProxy({ port: 0, registry: 'etcd://127.0.0.1:2379' as never }), /^startProxy: registry must be an object \(\{ endpoints: \['127\.0\.0\.1:2379'\] \}\), got string$/);
   await refused(() => connect({ registry: { endpoints: ['0127.0.0.1:2379'] } }), /'0127\.0\.0\.1:2379' names no address: 0127\.0\.0\.1 is no IPv4 address as written: the system's resolver reads it as 87\.0\.0\.1/);
   await refused(() => connect({ registry: { endpoints: ['::1:2379'] } }), /'::1:2379' is not HOST:PORT \(an IPv6 address goes in brackets before its port: \[::1\]:2379\)$/);
+});
+
+lib("options of the wrong kind are refused by name at start (StartError), not failed on inside or run as nobody meant; requests() refuses a concurrency that runs none; runClient takes revproc", async () => {
+  // host: 127 and proxyProtocolFrom: 'abc' failed with TypeErrors from inside ("host.trim is not a function"); wire: 'xml',
+  // hold: 'no', retryOn: ['bogus'], connect: 5 (every request then waited out its timeout) and an id of '' started;
+  // requests(p, xs, { concurrency: 0 }) never emitted nor ended; runClient({ revproc }) dialled 127.0.0.1:2100.
+  const refused = async (call: () => Promise<unknown>, re: RegExp): Promise<void> => {
+    const e = await call().then(() => undefined, (err: unknown) => err);
+    assert.instance(e, StartError, String(re));
+    assert.match((e as Error).message, re);
+  };
+  await refused(() => startProxy({ port: 0, host: 127 as never }), /^startProxy: host must be a string, got number 127$/);
+  await refused(() => startProxy({ port: 0, proxyProtocolFrom: 'abc' as never }), /^startProxy: proxyProtocolFrom must be a list of strings, got 'abc'$/);
+  await refused(() => startProxy({ port: 0, retryOn: ['reset', 'bogus'] as never }), /^startProxy: retryOn must be a list of 'reset', 'try-timeout', .*, got 'bogus' in it$/);
+  await refused(() => startProxy({ port: 0, connect: 5 as never }), /^startProxy: connect must be a function, got number 5$/);
+  await refused(() => startProxy({ port: 0, stoppedLine: 'nobody' as never }), /^startProxy: stoppedLine must be 'proxy' or 'caller', got 'nobody'$/);
+  await refused(() => startServer({ id: 's1', policy: 'P', revproc: 1, wire: 'xml' as never }), /^server s1: wire must be 'frames' or 'json', got 'xml'$/);
+  await refused(() => startServer({ id: 's1', policy: 'P', revproc: 1, behaviour: 'weird' as never }), /^server s1: behaviour must be 'normal' or 'silent' or 'fail', got 'weird'$/);
+  await refused(() => startServer({ id: 's1', policy: 'P', revproc: 1, listenHost: 5 as never }), /^server s1: listenHost must be a string, got number 5$/);
+  await refused(() => startServer({ id: 's1', policy: 'P', revproc: 1, listenPort: '54013' as never }), /^server s1: listenPort must be a whole number from 0 to 65535 \(0: any free port\), got '54013'$/);
+  await refused(() => startServer({ id: 'y'.repeat(300), policy: 'P', revproc: 1 }), /^startServer: id must be a string of 1 to 256 characters, got one of 300$/);
+  await refused(() => connect({ revproc: 1, wire: 'xml' as never }), /^connect\(\): wire must be 'frames' or 'json', got 'xml'$/);
+  await refused(() => connect({ revproc: 1, hold: 'no' as never }), /^connect\(\): hold must be a boolean, got 'no'$/);
+  await refused(() => connect({ revproc: 1, id: '' }), /^connect\(\): id must be a string of 1 to 256 characters, got an empty string$/);
+  await refused(() => runClient({ revproc: 'no port here', packets: [] }), /^runClient\(\): revproc 'no port here' is not PORT or HOST:PORT$/);
+
+  const p = await proxy();
+  await server('k1', [p.port]);
+  const c = await client({ revproc: p.port });
+  for (const concurrency of [0, -1, 1.5]) {
+    const err = await lastValueFrom(c.requests('P', from(['a', 'b']), { concurrency }).pipe(toArray())).then(() => undefined, (e: unknown) => e);
+    assert.instance(err, RequestError);
+    assert.is((err as RequestError).code, 'BAD_REQUEST');
+    assert.match((err as Error).message, /^concurrency must be a whole number of at least 1 \(Infinity: no limit\), got /);
+  }
+  assert.is((await lastValueFrom(c.requests('P', from(['a', 'b']), { concurrency: Infinity }).pipe(toArray()))).length, 2);
+  const [r] = await runClient({ revproc: p.port, packets: [{ srcid: '1', privPoliId: 'P', payload: 'xyz' }] });
+  assert.is(r!.answer, createHash('sha1').update('xyz').digest('hex'), JSON.stringify(r));
 });
 
 lib('each entry checks its options as a whole (an object, a clock with every method, an inspect function), and an inspect that throws costs its events, not the actor', async () => {
