@@ -66,19 +66,19 @@ export interface ClientOptions {
   /** The client's id: the `srcid` of its requests unless a request names another. */
   id: string;
   /** The proxy to send through (or use `proxies`). */
-  proxy?: Endpoint;
+  proxy?: Endpoint | undefined;
   /** Several proxies: the client uses the first and fails over to the next when one is down. */
-  proxies?: Endpoint[];
+  proxies?: Endpoint[] | undefined;
   /** Per-request timeout in ms, unless a request says otherwise (default 6000, a second past the proxy's default timeout, so the proxy's `TIMEOUT`, which names the server, arrives first; `Infinity`: none of the client's own, the proxy's `TIMEOUT` still comes). */
-  timeoutMs?: number;
+  timeoutMs?: number | undefined;
   /**
    * Requests of one privacy policy in flight at once on the connection (default 64; always 1 request
    * in all on the json wire): each policy has its own, so a slow policy's requests do not hold up
    * another's.
    */
-  window?: number;
+  window?: number | undefined;
   /** Requests that may wait for room in the window; past it a request is refused with CLIENT_OVERLOADED (default 100,000). */
-  maxQueued?: number;
+  maxQueued?: number | undefined;
   /**
    * Bytes the connection's requests in flight may hold at the proxy, as its buffer budget counts
    * them (the payload; a text one under 64 KiB twice, with its frame). Default: under the share the
@@ -89,31 +89,31 @@ export interface ClientOptions {
    * requests to slow servers leave room for the others'. A request larger than this is sent alone.
    * Given, it is kept whatever the proxy states.
    */
-  maxBytesInFlight?: number;
+  maxBytesInFlight?: number | undefined;
   /** `frames` (default), or `json`: the old wire, one request at a time, for the old Python proxy. */
-  wire?: 'frames' | 'json';
+  wire?: 'frames' | 'json' | undefined;
   /** Largest frame the proxy takes (its `--max-frame`, default 1 MiB): a request that would not fit is refused here, alone, with BAD_REQUEST before it is sent. */
-  maxFrameBytes?: number;
+  maxFrameBytes?: number | undefined;
   /** Consecutive failed connection attempts before giving up on what is pending (default: 2 per proxy). */
-  maxAttempts?: number;
+  maxAttempts?: number | undefined;
   /** Pause before trying the next proxy (ms, default 100). */
-  failoverDelayMs?: number;
+  failoverDelayMs?: number | undefined;
   /**
    * Hold requests while no proxy answers, once the client has been connected (default true):
    * dial again with backoff (the failover delay doubling up to `reconnectMaxDelayMs`) until a
    * proxy is back or each request's own timeout or abort ends it. `false`: fail what is pending
    * after `maxAttempts` dials, as before.
    */
-  hold?: boolean;
+  hold?: boolean | undefined;
   /** The longest pause between dials while requests are held (ms, default 1000). */
-  reconnectMaxDelayMs?: number;
+  reconnectMaxDelayMs?: number | undefined;
   /**
    * Longest wait for a connection (TCP, and TLS's handshake), and then for the proxy's answer to
    * the PING the client sends first, before the next proxy is tried (ms, default 2000: well within
    * a request's default timeout). A peer that accepts the connection and answers no PING in that
    * time (a wrong port, a stopped or hung proxy) counts as a failed dial.
    */
-  connectTimeoutMs?: number;
+  connectTimeoutMs?: number | undefined;
   /**
    * TCP keepalive on the connection to the proxy: probes after this long without traffic (ms;
    * 0 = off), one a second, ten unanswered end it. An idle connection whose path died without a
@@ -121,13 +121,13 @@ export interface ClientOptions {
    * again before a request is lost on it, and the probes keep a NAT's or firewall's idle flow
    * alive. Default 15000, as a server's registrations.
    */
-  tcpKeepAliveMs?: number;
+  tcpKeepAliveMs?: number | undefined;
   /** TLS to the proxy: the CA that signed its certificate, and a client certificate for mutual TLS. */
-  tls?: TlsMaterial;
+  tls?: TlsMaterial | undefined;
   /** Where the client says what happens to it (failovers, holding, a proxy gone quiet): nothing is logged without one. */
-  logger?: Logger;
+  logger?: Logger | undefined;
   /** The clock its timers and timeouts run on (default: the system's monotonic clock); a manual one in tests. */
-  clock?: Clock;
+  clock?: Clock | undefined;
 }
 
 /** One request as the client machine takes it. `done` is called exactly once. */

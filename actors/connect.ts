@@ -28,22 +28,22 @@ type PassedOn = 'timeoutMs' | 'window' | 'maxQueued' | 'maxBytesInFlight' | 'max
 
 export interface ConnectOptions extends Pick<ClientOptions, PassedOn> {
   /** The proxy, or proxies in failover order. Default 2100 on 127.0.0.1. `etcd://HOST:PORT` finds them in the registry instead. */
-  revproc?: Revproc;
+  revproc?: Revproc | undefined;
   /** Find the live proxies in the registry (etcd) and fail over between them, following it as proxies come and go. */
-  registry?: RegistryOptions;
+  registry?: RegistryOptions | undefined;
   /** The client's id, sent as `srcid` (default `client`). */
-  id?: string;
+  id?: string | undefined;
   /** XState inspection of the client machine (the inspector's `attach.inspect`). */
-  inspect?: (event: InspectionEvent) => void;
+  inspect?: ((event: InspectionEvent) => void) | undefined;
 }
 
 export interface RequestOptions {
   /** Abort the request: it rejects with a `RequestError` coded `ABORTED`, its `cause` the signal's `reason` (an answer arriving later is dropped). */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /** This request's timeout (ms); it rejects with `CLIENT_TIMEOUT` when it passes. Default: the client's. `Infinity`: none. */
-  timeoutMs?: number;
+  timeoutMs?: number | undefined;
   /** The `srcid` to send instead of the client's id. */
-  srcid?: string;
+  srcid?: string | undefined;
 }
 
 /** One answered (or failed) request of a stream: what was sent, and what came back. */
@@ -368,19 +368,19 @@ export interface Result {
 
 export interface RunOptions extends Omit<ClientOptions, 'id'> {
   /** The client's id, the `srcid` of its packets unless one names another (default `client`, as `connect`'s). */
-  id?: string;
+  id?: string | undefined;
   /** The proxy or proxies, as `connect` takes them (or `proxy`, `proxies`); `etcd://HOST:PORT` finds them in the registry. */
-  revproc?: Revproc;
+  revproc?: Revproc | undefined;
   packets: Packet[];
   /** Find the proxies in the registry (etcd) instead of `proxies`. */
-  registry?: RegistryOptions;
+  registry?: RegistryOptions | undefined;
   /**
    * Check each answer against the SHA1 of its payload: `true` checks every
    * answer, `false` none, `auto` (default) those shaped like a SHA1 (40
    * lowercase hex digits), so a custom handler's answers are printed, not failed.
    */
-  verify?: boolean | 'auto';
-  inspect?: (event: InspectionEvent) => void;
+  verify?: boolean | 'auto' | undefined;
+  inspect?: ((event: InspectionEvent) => void) | undefined;
 }
 
 const SHA1_SHAPE = /^[0-9a-f]{40}$/;

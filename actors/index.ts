@@ -43,7 +43,7 @@ export { upstreamMachine } from './upstream.js';
 export { upstreamJsonMachine } from './upstream-json.js';
 
 export interface Inspect {
-  inspect?: (event: InspectionEvent) => void;
+  inspect?: ((event: InspectionEvent) => void) | undefined;
 }
 
 export interface PoolView {
@@ -99,14 +99,14 @@ export interface ProxyHandle {
 /** What `startProxy` takes: the proxy's options, and a registry (etcd) to take servers from and advertise itself in. */
 export type StartProxyOptions = ProxyOptions & Inspect & {
   /** Watch etcd for servers, and advertise this proxy there for clients. `advertise` defaults to `host` (which must then not be a wildcard address). */
-  registry?: Omit<ProxyRegistryOptions, 'advertise' | 'servesTls'> & { advertise?: string };
+  registry?: (Omit<ProxyRegistryOptions, 'advertise' | 'servesTls'> & { advertise?: string | undefined }) | undefined;
   /**
    * Who logs the last line, "Reverse proxy stopped": the proxy as it stops (the default; with a
    * registry, `stop()` once its key is withdrawn), or the caller, with `logStopped`, once it has
    * closed what it keeps beside the proxy (an access log whose lost lines it warns of): a warning
    * after "stopped" reads as if the proxy still ran.
    */
-  stoppedLine?: 'proxy' | 'caller';
+  stoppedLine?: 'proxy' | 'caller' | undefined;
 };
 
 /**
@@ -237,19 +237,19 @@ export interface ServerHandle {
 /** What `startServer` takes: the server's options, with the proxies as `revproc` if you like and a free listen port by default. */
 export type StartServerOptions = Omit<ServerOptions, 'listenPort'> & Inspect & {
   /** Port to listen on for the proxies' requests (default 0: a free one). */
-  listenPort?: number;
+  listenPort?: number | undefined;
   /** The proxies to register with, as `connect()` takes them (instead of `proxy`/`proxies`). */
-  revproc?: Revproc;
+  revproc?: Revproc | undefined;
   /** How long to wait for the first registration (ms, default 5000). */
-  registerTimeoutMs?: number;
+  registerTimeoutMs?: number | undefined;
   /** Resolve once listening, without waiting to be registered (default: wait). */
-  waitForRegistration?: boolean;
+  waitForRegistration?: boolean | undefined;
   /**
    * Register once in the registry (etcd) instead of with each proxy: every
    * proxy watching it takes this server. `advertise` is the address proxies
    * dial (default: `listenHost`, which must then not be a wildcard address).
    */
-  registry?: RegistryOptions & { advertise?: string };
+  registry?: (RegistryOptions & { advertise?: string | undefined }) | undefined;
 };
 
 /**

@@ -19,63 +19,63 @@ import { DEFAULT_MAX_TLS_HANDSHAKES } from './tls-handshakes.js';
 /** How the proxy treats servers of the old JSON wire. */
 export interface OldServerOptions {
   /** Connections to one old server at most (each carries one request at a time); it gets more than one only once it has answered that many at once. Default 8. */
-  connections?: number;
+  connections?: number | undefined;
   /** Tries in a row that time out, with no answer from the server meanwhile, before it counts as gone. Default 3. */
-  missesToLeave?: number;
+  missesToLeave?: number | undefined;
   /** An old server sends its setup before it listens: refused dials this long after its registration are retried with backoff (ms). Default 5000. */
-  registrationWindowMs?: number;
+  registrationWindowMs?: number | undefined;
 }
 
 export const OLD_SERVER_DEFAULTS: Required<OldServerOptions> = { connections: 8, missesToLeave: 3, registrationWindowMs: 5000 };
 
 export interface ProxyOptions {
   /** Port to listen on; 0 picks a free one. Default 2100. */
-  port?: number;
+  port?: number | undefined;
   /** Address to listen on. Default 127.0.0.1. */
-  host?: string;
+  host?: string | undefined;
   /** Whole-request timeout in ms: every request is answered within it. Default 5000. */
-  timeoutMs?: number;
+  timeoutMs?: number | undefined;
   /** Retries of a failed try on other members of the pool. Default 2. */
-  retries?: number;
+  retries?: number | undefined;
   /** Timeout of one try, in ms. Default: the request timeout divided by (retries + 1). */
-  tryTimeoutMs?: number;
+  tryTimeoutMs?: number | undefined;
   /**
    * A try given up at the try timeout stays in flight until the request's deadline, on a server of
    * this project's (frames) wire: whichever of it and the tries after it answers first answers the
    * client (Envoy's `hedge_on_per_try_timeout`). Default true.
    */
-  hedgeOnTryTimeout?: boolean;
+  hedgeOnTryTimeout?: boolean | undefined;
   /** A policy's retries of failed tries over the last 10 s may be this percentage of its requests over them, plus `minRetryRate` a second (retry-budget.ts). Default 20. */
-  retryBudget?: number;
+  retryBudget?: number | undefined;
   /** Retries a second a policy may always make, whatever its retry budget. Default 10. */
-  minRetryRate?: number;
+  minRetryRate?: number | undefined;
   /** How a try may have failed for the request to be retried (`RETRY_CONDITIONS`). Default: all of them. */
-  retryOn?: readonly RetryCondition[];
+  retryOn?: readonly RetryCondition[] | undefined;
   /**
    * Servers whose link may go down while they hold one request (its tries ended `reset`) before it
    * is not sent to another: a request its handler crashes on ends every server it reaches, and
    * each retry would take down one more. 0: no limit. Default 2.
    */
-  maxResets?: number;
+  maxResets?: number | undefined;
   /** Largest frame accepted from any peer. Default 1 MiB. */
-  maxFrameBytes?: number;
+  maxFrameBytes?: number | undefined;
   /** Unanswered requests one client connection may have before its reads pause. Default 4096. */
-  maxClientInflight?: number;
+  maxClientInflight?: number | undefined;
   /** Requests in flight to one server; past it the server takes no more until answers come. Default 1024. */
-  maxServerInflight?: number;
+  maxServerInflight?: number | undefined;
   /**
    * Requests a server that states its `--concurrency` (its first PONG) is sent beyond it, to wait in its own
    * queue; past them a policy's requests wait in the proxy's, fair between clients. Default: its concurrency.
    */
-  maxServerQueue?: number;
+  maxServerQueue?: number | undefined;
   /** Requests one pool may hold waiting for a member with room; past it, OVERLOADED. Default 1024. */
-  queueLimit?: number;
+  queueLimit?: number | undefined;
   /**
    * The longest a request waits in a policy's queue for a member with room (ms), as HAProxy's
    * `timeout queue`; past it the request is answered OVERLOADED, unsent (one back from a failed
    * try: that try's answer). Default: the request timeout (then TIMEOUT).
    */
-  queueTimeoutMs?: number;
+  queueTimeoutMs?: number | undefined;
   /**
    * Adaptive LIFO: once a policy's queue has not been empty for this long (ms), a member with room
    * is given the newest waiting request first (each client's newest, clients still in turn), and the
@@ -83,86 +83,86 @@ export interface ProxyOptions {
    * promptly instead of every one after most of the queue timeout; a burst shorter than this is
    * served oldest first. Default 0: always oldest first.
    */
-  queueLifoAfterMs?: number;
+  queueLifoAfterMs?: number | undefined;
   /** Connections the proxy accepts at once (clients and servers); at most what the process's open-files limit leaves room for (docs/CONFIG.md). Default 20000. */
-  maxConnections?: number;
+  maxConnections?: number | undefined;
   /** PING every registration connection this often (ms). Default 1000. */
-  pingIntervalMs?: number;
+  pingIntervalMs?: number | undefined;
   /** Missed PONGs after which a server is removed. Default 3. */
-  pingMisses?: number;
+  pingMisses?: number | undefined;
   /** First delay before probing a server that went down (ms); doubles per failed probe. Default 1000. */
-  probeInitialMs?: number;
+  probeInitialMs?: number | undefined;
   /** Longest delay between probes (ms). Default 30000. */
-  probeMaxMs?: number;
+  probeMaxMs?: number | undefined;
   /** Probes started per second at most, across all servers that are down (probes past it wait their turn). Default 200. */
-  probesPerSecond?: number;
+  probesPerSecond?: number | undefined;
   /** Consecutive failures (try timeouts, error answers) that eject a server. Default 5. */
-  ejectAfter?: number;
+  ejectAfter?: number | undefined;
   /** An ejected server stays out this long times the number of its ejections in a row (ms); one is forgotten for each such time it serves. Default 30000. */
-  ejectBaseMs?: number;
+  ejectBaseMs?: number | undefined;
   /** The longest an ejection lasts (ms), however many came in a row (`ejectBaseMs` when that is longer). Default 300000. */
-  ejectMaxMs?: number;
+  ejectMaxMs?: number | undefined;
   /**
    * On STOP, how long to wait for requests in flight before answering them SHUTTING_DOWN (ms).
    * Default: `timeoutMs`, by which every request is answered anyway, so a drain cuts nothing off.
    */
-  drainTimeoutMs?: number;
+  drainTimeoutMs?: number | undefined;
   /**
    * Registration secret every server must present (unless `tokens` names its policy). A list: each
    * is accepted, to change the secret without an outage (the proxies take old and new, then the
    * servers move to the new one, then the proxies drop the old: README, "Changing a secret").
    */
-  token?: Secrets;
+  token?: Secrets | undefined;
   /** Per-policy registration secrets (each one, or a list as `token`). When given, a policy it does not name takes `token`, or no registrations at all. */
-  tokens?: Record<string, Secrets>;
+  tokens?: Record<string, Secrets> | undefined;
   /** TLS for the listener (clients and servers connect over it); with a CA, peers must present certificates it signed. */
-  tls?: TlsMaterial;
+  tls?: TlsMaterial | undefined;
   /** TLS for the proxy's connections to servers: the CA that signed servers' certificates, and the proxy's own certificate for mutual TLS. */
-  upstreamTls?: TlsMaterial;
+  upstreamTls?: TlsMaterial | undefined;
   /** Close a client or registration connection after this long without bytes from it (ms; 0 = never). Default 60000. */
-  idleTimeoutMs?: number;
+  idleTimeoutMs?: number | undefined;
   /** A frame begun must be complete within this long (ms; 0 = no limit). Default 10000. */
-  frameTimeoutMs?: number;
+  frameTimeoutMs?: number | undefined;
   /** Connections from one address at once (0 = no limit). Default: none on loopback, 1024 on any other address. */
-  maxConnectionsPerPeer?: number;
+  maxConnectionsPerPeer?: number | undefined;
   /** New connections one address may open a second, refused past it before a TLS handshake (0 = no limit). Default 0. */
-  maxConnRatePerPeer?: number;
+  maxConnRatePerPeer?: number | undefined;
   /** TLS handshakes under way at once, a sixteenth of them (at least 1) for one address; past either a connection waits its turn (tls-handshakes.ts) (0 = no limit). Default 256. */
-  maxTlsHandshakes?: number;
+  maxTlsHandshakes?: number | undefined;
   /**
    * Addresses and networks (`10.0.0.5`, `10.0.0.0/8`, `fd00::/8`) of the L4
    * balancers in front of the proxy: a connection from one of them must begin
    * with a PROXY protocol header (v1 or v2), whose client address then stands
    * for the connection's everywhere. Default none (no header is read from anyone).
    */
-  proxyProtocolFrom?: string[];
+  proxyProtocolFrom?: string[] | undefined;
   /**
    * Bytes the proxy holds for all its peers together: messages begun and not
    * yet complete, answers not yet read (0 = no limit). Past it, the
    * connections holding the most are closed with OVERLOADED. Default 256 MiB.
    */
-  maxBufferedBytes?: number;
+  maxBufferedBytes?: number | undefined;
   /** Servers registered without a token (no secret is set for their policy), in total (0 = no limit). Default 10000. */
-  maxServers?: number;
+  maxServers?: number | undefined;
   /** Servers registered without a token from one address (0 = no limit). Default 1000. */
-  maxServersPerPeer?: number;
+  maxServersPerPeer?: number | undefined;
   /** A member whose oldest unanswered request has waited this long (ms) gets no new ones until it answers (0 = off). Default: a quarter of the try timeout. */
-  slowAfterMs?: number;
+  slowAfterMs?: number | undefined;
   /**
    * After traffic, keep polling the sockets this long instead of sleeping
    * (microseconds; 0 = off, the default). Lower one-at-a-time latency on
    * virtual machines, for up to one core of CPU while traffic flows
    * (transport/busy-poll.ts).
    */
-  busyPollUs?: number;
-  logger?: Logger;
-  clock?: Clock;
+  busyPollUs?: number | undefined;
+  logger?: Logger | undefined;
+  clock?: Clock | undefined;
   /** How the proxy dials servers (tests inject failures here). */
-  connect?: SocketFactory;
+  connect?: SocketFactory | undefined;
   /** Told of every answer, retry and ejection: feeds metrics and the inspector. */
-  observer?: ProxyObserver;
+  observer?: ProxyObserver | undefined;
   /** Servers that registered over the old JSON wire: connections per server, timeouts before one leaves. */
-  oldServers?: OldServerOptions;
+  oldServers?: OldServerOptions | undefined;
 }
 
 /**

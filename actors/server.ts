@@ -50,30 +50,30 @@ export interface ServerOptions {
   /** Port to listen on for the proxy's requests; 0 picks a free one. */
   listenPort: number;
   /** Address to listen on. Default 127.0.0.1 (`DEFAULT_LISTEN_HOST`). */
-  listenHost?: string;
+  listenHost?: string | undefined;
   /** The proxy to register with (or use `proxies`). */
-  proxy?: Endpoint;
+  proxy?: Endpoint | undefined;
   /** Several proxies: the server registers with each of them. */
-  proxies?: Endpoint[];
+  proxies?: Endpoint[] | undefined;
   /** What answers each request: `async (payload, ctx) => answer`. Default: the SHA1 hex of the payload. */
-  handler?: Handler;
+  handler?: Handler | undefined;
   /** Requests the handler runs at once; more wait (see `queueLimit`). Default: no limit. */
-  concurrency?: number;
+  concurrency?: number | undefined;
   /** Requests waiting for one of the `concurrency` slots; past it the server answers OVERLOADED. Default 1024. */
-  queueLimit?: number;
+  queueLimit?: number | undefined;
   /**
    * The longest a request waits for one of the `concurrency` slots (ms); past it the server answers
    * OVERLOADED, not run, and the proxy sends it to another server (0: it waits until the proxy's
    * deadline for the try, then TIMEOUT). Default 0.
    */
-  queueTimeoutMs?: number;
+  queueTimeoutMs?: number | undefined;
   /**
    * Adaptive LIFO: once the queue for the `concurrency` slots has not been empty for this long (ms),
    * a free slot takes the newest waiting request, and the oldest wait out `queueTimeoutMs` (set it
    * too). Default 0: always the oldest.
    */
-  queueLifoAfterMs?: number;
-  maxFrameBytes?: number;
+  queueLifoAfterMs?: number | undefined;
+  maxFrameBytes?: number | undefined;
   /**
    * Bytes the server holds for all its peers together (0 = no limit):
    * messages begun and not yet complete, answers not yet read, and requests
@@ -83,36 +83,36 @@ export interface ServerOptions {
    * 32nd (then it is read no more until answers bring it down), as on the
    * proxy's port. Default 256 MiB.
    */
-  maxBufferedBytes?: number;
+  maxBufferedBytes?: number | undefined;
   /** Connections the server keeps open at once (at most what the open-files limit leaves room for); past it each new one is closed at once. Default 4096. */
-  maxConnections?: number;
+  maxConnections?: number | undefined;
   /** Connections from one address at once (0 = no limit). Default: none when listening on loopback, 1024 on any other address. */
-  maxConnectionsPerPeer?: number;
+  maxConnectionsPerPeer?: number | undefined;
   /** New connections one address may open a second, refused past it before a TLS handshake (0 = no limit; port-limits.ts `tooFast`). Default 0. */
-  maxConnRatePerPeer?: number;
+  maxConnRatePerPeer?: number | undefined;
   /** TLS handshakes under way at once, a sixteenth of them (at least 1) for one address; past either a connection waits its turn (tls-handshakes.ts) (0 = no limit). Default 256. */
-  maxTlsHandshakes?: number;
+  maxTlsHandshakes?: number | undefined;
   /** `normal` answers; `silent` accepts requests and never answers; `fail` answers every request with an error (for fault tests). */
-  behaviour?: Behaviour;
+  behaviour?: Behaviour | undefined;
   /**
    * How to register: `frames` (default) on connections kept open; `json` the
    * old way, for the old Python proxy (see json-registration.ts). Requests are
    * read in either wire, decided by their first byte.
    */
-  wire?: 'frames' | 'json';
+  wire?: 'frames' | 'json' | undefined;
   /** Every request waits this long (ms) before its handler runs, inside its concurrency slot (for drain, timeout and one-at-a-time tests). Default 0. */
-  delayMs?: number;
+  delayMs?: number | undefined;
   /**
    * A handler whose promise has not settled this long (ms) after it started
    * is given up on: its request is answered TIMEOUT, its `ctx.signal` is
    * aborted and its concurrency slot goes to the next request (0: never).
    * Default 30000.
    */
-  handlerTimeoutMs?: number;
+  handlerTimeoutMs?: number | undefined;
   /** First delay before re-registering with a proxy that went away (ms); doubles up to `reconnectMaxMs`. Default 200. */
-  reconnectInitialMs?: number;
+  reconnectInitialMs?: number | undefined;
   /** Default 5000. */
-  reconnectMaxMs?: number;
+  reconnectMaxMs?: number | undefined;
   /**
    * TCP keepalive on each registration connection: probes start after this
    * long without traffic (ms; 0 = off), one a second, ten unanswered end it.
@@ -121,20 +121,20 @@ export interface ServerOptions {
    * while the two could not reach each other: the server registers again.
    * Default 15000 (Go's default for every connection it dials).
    */
-  tcpKeepAliveMs?: number;
+  tcpKeepAliveMs?: number | undefined;
   /**
    * On STOP, the longest wait for the proxies to let go (ms): requests still
    * running then are cut off. Default: the handler timeout plus 5 s (35000),
    * so a drain lets every request run for as long as the handler timeout
    * allows it (with no handler timeout, 35000 as well).
    */
-  drainTimeoutMs?: number;
+  drainTimeoutMs?: number | undefined;
   /** Registration secret, when the proxy requires one. */
-  token?: string;
+  token?: string | undefined;
   /** TLS: the listener's certificate (and, with a CA, mutual TLS: proxies must present certificates it signed); the CA also verifies the proxies this server registers with. */
-  tls?: TlsMaterial;
-  logger?: Logger;
-  clock?: Clock;
+  tls?: TlsMaterial | undefined;
+  logger?: Logger | undefined;
+  clock?: Clock | undefined;
 }
 
 export interface ServerContext {

@@ -11,20 +11,20 @@ export interface RegistryOptions {
   /** etcd's client endpoints, `host:port` each (from `etcd://a:2379,b:2379`). */
   endpoints: string[];
   /** Every key lives under it (default `/revproxy/`). Proxies and servers of one fleet share it. */
-  prefix?: string;
+  prefix?: string | undefined;
   /** Lease TTL in whole seconds (default 5): a server or proxy that dies is gone from etcd this long after. */
-  ttlSeconds?: number;
+  ttlSeconds?: number | undefined;
   /** etcd's authentication (etcd's own users; `etcdctl auth enable`). */
-  username?: string;
-  password?: string;
+  username?: string | undefined;
+  password?: string | undefined;
   /** TLS to etcd: its CA, and a client certificate when etcd asks for one (`--client-cert-auth`). */
-  tls?: TlsMaterial;
+  tls?: TlsMaterial | undefined;
   /** How long one call to etcd may take (ms, default 2000). */
-  callTimeoutMs?: number;
+  callTimeoutMs?: number | undefined;
   /** While etcd cannot be reached, try again this often at first (ms, default 250), doubling up to `retryMaxMs`. */
-  retryInitialMs?: number;
+  retryInitialMs?: number | undefined;
   /** Default 2000. */
-  retryMaxMs?: number;
+  retryMaxMs?: number | undefined;
 }
 
 export type Resolved = Required<Omit<RegistryOptions, 'username' | 'password' | 'tls'>> & Pick<RegistryOptions, 'username' | 'password' | 'tls'>;

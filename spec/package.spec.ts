@@ -114,6 +114,14 @@ const renew = (proxy: ProxyHandle, server: ServerHandle, tls: TlsMaterial): void
 const clock: Clock = new ManualClock();
 const timed = (): Promise<unknown> => connect({ revproc: 2100, clock });
 void handler, answer, renew, timed;
+// Options read from the environment are often undefined: the option types take it, as @types packages' do, under
+// exactOptionalPropertyTypes too (they refused a signal, a logger, a timeout or TLS that might be undefined).
+const maybe = <T>(v: T): T | undefined => (process.env.NEVER_SET ? v : undefined);
+const loose = (): Promise<unknown> => connect({ revproc: 2100, timeoutMs: maybe(100), tls: maybe<TlsMaterial>({}), registry: maybe({ endpoints: ['127.0.0.1:2379'], prefix: maybe('/x/') }) });
+const looseServer: StartServerOptions = { id: 's', policy: '111', handler, listenPort: maybe(0), token: maybe('secret-1234'), registry: maybe({ endpoints: ['127.0.0.1:2379'], advertise: maybe('10.0.0.1') }) };
+const looseProxy: StartProxyOptions = { port: maybe(0), tls: maybe<TlsMaterial>({ cert: maybe(Buffer.from('')) }), stoppedLine: maybe('caller' as const), inspect: maybe(() => undefined) };
+void client.request('111', 'x', { signal: maybe(AbortSignal.timeout(50)), timeoutMs: maybe(10) });
+void loose, looseServer, looseProxy;
 `;
 
 pkg('npm pack, installed from the tarball into another package, imported by name with plain node and type-checked', async () => {
@@ -151,7 +159,7 @@ pkg('npm pack, installed from the tarball into another package, imported by name
   // A CommonJS file in a project type-checked with "module": "NodeNext", as README says (TypeScript 5.8 and later).
   writeFileSync(join(dir, 'required.cts'), "import { connect, type Handler } from 'revproxy';\nconst h: Handler = (p) => String(p);\nvoid connect, h;\n");
   writeFileSync(join(dir, 'tsconfig.json'), JSON.stringify({
-    compilerOptions: { target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, noEmit: true, skipLibCheck: true, types: ['node'], typeRoots: [join(ROOT, 'node_modules/@types')] },
+    compilerOptions: { target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, exactOptionalPropertyTypes: true, noEmit: true, skipLibCheck: true, types: ['node'], typeRoots: [join(ROOT, 'node_modules/@types')] },
     files: ['typed.ts', 'required.cts'],
   }));
   await run(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.json'], dir);

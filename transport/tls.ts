@@ -23,9 +23,9 @@ export interface TlsFiles {
 }
 
 export interface TlsMaterial {
-  cert?: Buffer;
-  key?: Buffer;
-  ca?: Buffer;
+  cert?: Buffer | undefined;
+  key?: Buffer | undefined;
+  ca?: Buffer | undefined;
 }
 
 /** TLS options or files that cannot be used: named, with what is wrong with them. */
