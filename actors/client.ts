@@ -27,7 +27,7 @@ import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { heldEstimate, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message, type PongMsg } from '../transport/messages.js';
 import { DEFAULT_BUFFER_BUDGET, PEER_SHARE } from '../transport/budget.js';
 import { Connection } from '../transport/socket.js';
-import { closedAtOnce, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, whenReady, type TlsMaterial } from '../transport/tls.js';
+import { closedAtOnce, PLAIN_TO_TLS, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, whenReady, type TlsMaterial } from '../transport/tls.js';
 import { setDeadline, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { HandlerError, show, type Payload } from './handler.js';
 import { badLogger, fmt, silentLogger, type Logger } from './logger.js';
@@ -968,7 +968,7 @@ function lastTry(context: ClientContext, shutting: NonNullable<ClientContext['sh
 function sentInvalid(proxy: Endpoint, detail: string, unproven: boolean): string {
   return `the reverse proxy at ${hostPort(proxy.host, proxy.port)} sent an invalid message (${detail}); the client closed the connection`
     // The decoder named what it is (`the peer is an SSH server ...`, foreign.ts), and what to check.
-    + (unproven && !detail.startsWith('the peer ') ? ': check that a revproxy proxy listens on that port (not another program), and whether it wants TLS (--tls-ca, --tls-cert)' : '');
+    + (unproven && !detail.startsWith('the peer ') ? `: ${PLAIN_TO_TLS}` : '');
 }
 
 /** A request's own timeout ran out with no answer. */

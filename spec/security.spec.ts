@@ -163,6 +163,11 @@ tls('a client and a server talk through the proxy over mutual TLS; a server with
   const stranger = await runClient({ id: 'r', proxy: { host: LOCAL, port: ctx.proxy!.port }, packets: pkts('P'), maxAttempts: 1, timeoutMs: 2000, tls: loadTls({ ...rogue.cert('server'), ca: pki.ca }) });
   assert.match(String(stranger[0]!.message), /refused this side's TLS certificate/, JSON.stringify(stranger));
   assert.ok(ctx.logs.some((l) => l.event === 'tls_refused'), 'the refused handshake is logged');
+  // A plain-TCP server is closed by the TLS listener as it sends its setup: it said only that the proxy closed the
+  // connection, where a plain client was told to check whether the proxy wants TLS.
+  const plainServer = await server(ctx, 'plain', 'P', { registerTimeoutMs: 800 }).catch((e: unknown) => e);
+  assert.instance(plainServer, StartError);
+  assert.match((plainServer as Error).message, /the reverse proxy closed the registration connection before accepting it: check that a revproxy proxy listens on that port \(not another program\), and whether it wants TLS \(--tls-ca, --tls-cert; tls in the library\)/);
   // A plain-TCP client gets nothing through a TLS listener.
   const plain = await runClient({ id: 'p', proxy: { host: LOCAL, port: ctx.proxy!.port }, packets: pkts('P'), maxAttempts: 1, timeoutMs: 500 });
   assert.not.ok(plain[0]!.correct);

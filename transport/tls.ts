@@ -454,6 +454,9 @@ export function closedAtOnce(also?: string): string {
  */
 export const CERT_REFUSED = "refused this side's TLS certificate (--tls-cert: signed by a CA not in its --tls-ca, or expired: its tls_refused lines say which)";
 
+/** Why a peer dialled without TLS is closed before any answer, most likely: said by a server registering and a client alike. */
+export const PLAIN_TO_TLS = 'check that a revproxy proxy listens on that port (not another program), and whether it wants TLS (--tls-ca, --tls-cert; tls in the library)';
+
 /** A TLS failure in words a person can act on. */
 export function describeTlsError(err: NodeJS.ErrnoException): string {
   const code = err.code ?? '';
