@@ -625,8 +625,18 @@ export function addOperationsMetrics(registry: Registry, s: OperationsSources): 
         for (const key of keys) (this as Gauge<string>).inc({ [label]: key }, values[key]);
       },
     });
+  // One pass over the open sockets a scrape, for the four metrics that read them: a proxy of 3,000 servers holds
+  // 6,000 (their registrations and links), read four times in each scrape, about 15 ms of it.
+  let taken: ConnSnapshot | undefined;
+  const conns = (): ConnSnapshot => {
+    if (!taken) {
+      taken = s.conns();
+      setImmediate(() => (taken = undefined));
+    }
+    return taken;
+  };
   const byRole = (name: string, help: string, pick: (c: ConnSnapshot) => Record<Role, number>, Kind: typeof Gauge | typeof Counter) =>
-    labelled(name, help, 'role', ROLES, () => pick(s.conns()), Kind);
+    labelled(name, help, 'role', ROLES, () => pick(conns()), Kind);
   byRole('revproxy_connections', 'Connections open now, by role (client, registration, unknown: no message yet, upstream: to servers)', (c) => c.open, Gauge);
   new Gauge({
     name: 'revproxy_max_connections',
@@ -638,7 +648,7 @@ export function addOperationsMetrics(registry: Registry, s: OperationsSources): 
       else this.set(limit);
     },
   });
-  labelled('revproxy_connections_refused_total', 'Connections the proxy\'s port refused as they came, by reason (max_connections: past revproxy_max_connections; per_peer: from an address with max_conns_per_peer open; conn_rate: from an address opening more than max_conn_rate_per_peer a second; tls_handshakes: a TLS connection that waited too long to begin its handshake, or found too many waiting, max_tls_handshakes), as HAProxy\'s denied connections and Envoy\'s downstream_cx_overflow', 'reason', REFUSE_REASONS, () => s.conns().refused, Counter);
+  labelled('revproxy_connections_refused_total', 'Connections the proxy\'s port refused as they came, by reason (max_connections: past revproxy_max_connections; per_peer: from an address with max_conns_per_peer open; conn_rate: from an address opening more than max_conn_rate_per_peer a second; tls_handshakes: a TLS connection that waited too long to begin its handshake, or found too many waiting, max_tls_handshakes), as HAProxy\'s denied connections and Envoy\'s downstream_cx_overflow', 'reason', REFUSE_REASONS, () => conns().refused, Counter);
   byRole('revproxy_received_bytes_total', 'Bytes read from peers, by role', (c) => c.received, Counter);
   byRole('revproxy_sent_bytes_total', 'Bytes written to peers, by role', (c) => c.sent, Counter);
   labelled('revproxy_log_lines_dropped_total', 'Log lines dropped because the log\'s reader (or disk) was slower than the log, by log (main, access)', 'log', ['main', 'access'], () => s.dropped(), Counter);

@@ -417,6 +417,28 @@ hooks('a policy no pool holds and no request names for DEPARTED_POLICY_SERIES_MS
   assert.is(sample(text, 'revproxy_pool_members', { policy: 'retired', state: 'serving' }), 1);
 });
 
+hooks('a scrape reads the open connections once, for the four metrics made of them (by role open, received, sent; refused), and the next scrape reads them anew', async () => {
+  // Each read every open socket: 6,000 of a proxy of 3,000 servers, four times a scrape, about 15 ms of it.
+  const m = new Metrics({ pools: () => [], inflight: () => 0, actorCounts: () => [] });
+  let reads = 0;
+  let open = 1;
+  const roles = (n: number) => ({ client: n, registration: 0, unknown: 0, upstream: 0 });
+  const conns = () => {
+    reads++;
+    return { open: roles(open), received: roles(10), sent: roles(20), refused: { max_connections: 0, per_peer: 0, conn_rate: 0, tls_handshakes: 0 } };
+  };
+  addOperationsMetrics(m.registry, { conns, maxConnections: () => undefined, dropped: () => ({ main: 0, access: 0 }), reloads: () => ({ applied: 0, refused: 0 }), certs: () => [] });
+  let text = await m.text();
+  assert.is(reads, 1, 'one read for the scrape');
+  assert.is(sample(text, 'revproxy_connections', { role: 'client' }), 1);
+  assert.is(sample(text, 'revproxy_sent_bytes_total', { role: 'client' }), 20);
+  open = 2;
+  await new Promise((r) => setImmediate(r));
+  text = await m.text();
+  assert.is(reads, 2, 'the next scrape reads them again');
+  assert.is(sample(text, 'revproxy_connections', { role: 'client' }), 2);
+});
+
 const docs = suite('the metrics README.md and docs/ name');
 
 docs('every revproxy_ metric the docs name is one the proxy registers, with the labels they give it, and every one it registers is named', () => {
