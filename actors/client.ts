@@ -92,7 +92,10 @@ export interface ClientOptions {
   maxBytesInFlight?: number | undefined;
   /** `frames` (default), or `json`: the old wire, one request at a time, for the old Python proxy. */
   wire?: 'frames' | 'json' | undefined;
-  /** Largest frame the proxy takes (its `--max-frame`, default 1 MiB): a request that would not fit is refused here, alone, with BAD_REQUEST before it is sent. */
+  /**
+   * Largest frame the proxy takes (its `--max-frame`, default 1 MiB): a request that would not fit is refused here, alone, with
+   * BAD_REQUEST before it is sent. A proxy that states a smaller one in its PONG (`maxFrame`) is kept to that one.
+   */
   maxFrameBytes?: number | undefined;
   /** Consecutive failed connection attempts before giving up on what is pending (default: 2 per proxy). */
   maxAttempts?: number | undefined;
@@ -160,6 +163,8 @@ interface Entry {
   timer?: Timer;
   /** Its seq on the current connection while in flight there. */
   seq?: number;
+  /** Its place in the order the client sent requests in (RequestBook.failRefused). */
+  sentNo?: number;
   /** When it was sent on the current connection (the clock's ms). */
   sentAt?: number;
   /** What a proxy just reconnected to said when it refused it NO_SERVER (its servers may still be registering again): held to send again. */
@@ -190,8 +195,8 @@ export type ClientEvent =
   | { type: 'RENEW_TLS'; tls: TlsMaterial }
   /** `probing`: a PING went to the proxy first, requests go out behind it; PROBED says how it went (connect() resolves then). */
   | { type: 'CONNECTED'; conn: Connection; probing: boolean }
-  /** The proxy answered that PING (its PONG says its `share`): a silent cut is found by PINGs from now on (liveness.ts). */
-  | { type: 'PROBED'; share?: number }
+  /** The proxy answered that PING (its PONG says its `share` and `maxFrame`): a silent cut is found by PINGs from now on (liveness.ts). */
+  | { type: 'PROBED'; share?: number; maxFrame?: number }
   /** The proxy refused that PING (one from before client PINGs: BAD_REQUEST, the connection closed, nothing after the PING read): dial it again without. */
   | { type: 'PINGS_REFUSED'; error: string }
   /** Send the requests parked after a NO_SERVER again (see hold.ts). */
@@ -199,8 +204,11 @@ export type ClientEvent =
   /** `invalid`: the proxy sent something that is not a valid message, and the client closed the connection. */
   | { type: 'CONNECT_FAILED'; error: string; invalid?: boolean }
   | { type: 'ANSWERS'; messages: Message[] }
-  /** `silent`: the client leaves a proxy that stopped answering (cut off, stalled, gone from the registry). */
-  | { type: 'CLOSED'; error: string; silent?: boolean; invalid?: boolean };
+  /**
+   * `silent`: the client leaves a proxy that stopped answering (cut off, stalled, gone from the registry). `refused`:
+   * the proxy ended the connection refusing what it read, `BAD_REQUEST: ...` (its words): a request of ours (failRefused).
+   */
+  | { type: 'CLOSED'; error: string; silent?: boolean; invalid?: boolean; refused?: string };
 
 /**
  * Every request the client holds, waiting or in flight, with the window
@@ -253,6 +261,15 @@ export class RequestBook {
    * has heard nothing for a minute from a proxy that owes it nothing.
    */
   private unheardSince?: number;
+  /** The largest frame the connection's proxy takes, as its PONG said (`maxFrame`), and that proxy: none until one says (a proxy before 2026-12-06 says none). */
+  private stated?: { max: number; proxy: string };
+  /** Requests sent so far (`Entry.sentNo`). */
+  private sends = 0;
+  /**
+   * Requests in flight on this connection that their callers gave up on (aborted, timed out), their answers not come
+   * yet: seq -> sentNo. The proxy may have refused one of them (failRefused).
+   */
+  private readonly abandoned = new Map<number, number>();
 
   constructor(
     private readonly clock: Clock,
@@ -277,6 +294,27 @@ export class RequestBook {
   proxyShare(share: number | undefined): void {
     if (this.maxBytesSet !== undefined) return;
     this.maxBytes = share === undefined ? DEFAULT_MAX_BYTES_IN_FLIGHT : underShare(share);
+  }
+
+  /**
+   * The connection's proxy said the largest frame it takes (its PONG's `maxFrame`: its max_frame), or said none (a
+   * proxy before 2026-12-06): a request that would not fit is refused here from now on, `BAD_REQUEST`, unsent. Sent,
+   * the proxy refuses it and ends the connection (failRefused).
+   */
+  proxyMaxFrame(max: number | undefined, proxy: string): void {
+    this.stated = max === undefined ? undefined : { max, proxy };
+  }
+
+  /** A connection to `proxy` is open: what another proxy said of its frames is not this one's. */
+  connectedTo(proxy: string): void {
+    if (this.stated?.proxy !== proxy) this.stated = undefined;
+  }
+
+  /** Why a payload of `size` bytes is over the frames the proxy said it takes, if it is (the client's own maxFrameBytes let it through). */
+  private overStated(size: number): string | undefined {
+    const s = this.stated;
+    if (!s || size + FRAME_ROOM <= s.max) return undefined;
+    return `the payload is ${size} bytes, over the ${s.max - FRAME_ROOM} a request may carry through the reverse proxy at ${s.proxy}: it takes frames of at most ${s.max} bytes (its max_frame, --max-frame), ${FRAME_ROOM} of them kept for the request's other fields; send a smaller payload, or raise the proxy's max_frame (--max-frame), and maxFrameBytes here with it`;
   }
 
   /** Since when the proxy's silence counts against it (liveness.ts): the first request sent since it last said anything, or when it did. */
@@ -339,7 +377,7 @@ export class RequestBook {
     const size = typeof payload === 'string' ? Buffer.byteLength(payload) : payload instanceof Uint8Array ? payload.length : -1;
     const entry: Entry = { req, handle, arrived: this.clock.now(), size, held: heldEstimate(size, typeof payload === 'string'), settled: false };
     // The proxy closes a connection that sends a message it cannot take, failing every request in flight on it.
-    const refused = refusal(req, size, this.maxFrameBytes, clientId);
+    const refused = refusal(req, size, this.maxFrameBytes, clientId) ?? this.overStated(size);
     if (refused) {
       this.settle(entry, { ok: false, error: new RequestError(ErrorCode.BAD_REQUEST, refused), latencyMs: 0 });
       return;
@@ -421,6 +459,7 @@ export class RequestBook {
   /** Nothing is in flight any more (the connection is gone, or the client gave up). */
   private landedAll(): void {
     this.inflight.clear();
+    this.abandoned.clear();
     this.inflightBy.clear();
     this.bytesInFlight = 0;
     this.bytesBy.clear();
@@ -442,6 +481,11 @@ export class RequestBook {
       if (room <= 0) continue;
       for (const entry of queue) {
         if (entry.req.signal?.aborted || now - entry.arrived >= entry.req.timeoutMs!) continue;
+        // It waited while the proxy said a smaller frame than the client's own: sent, it would cost the connection.
+        if (this.stated && entry.size + FRAME_ROOM > this.stated.max) {
+          this.settle(entry, { ok: false, error: new RequestError(ErrorCode.BAD_REQUEST, this.overStated(entry.size)!), latencyMs: now - entry.arrived });
+          continue;
+        }
         if (room-- <= 0 || !this.bytesFit(policy, entry.held)) break;
         this.unwait(entry);
         this.send(entry, conn, client, log, port, verbose);
@@ -479,6 +523,7 @@ export class RequestBook {
     }
     const msg: DataMsg = { type: MsgType.DATA, seq, srcid, privPoliId: req.policy, payload: req.payload, payloadsize: size };
     entry.seq = seq;
+    entry.sentNo = this.sends++;
     entry.sentAt = this.clock.now();
     this.unheardSince ??= entry.sentAt;
     this.inflight.set(seq, entry);
@@ -509,7 +554,10 @@ export class RequestBook {
         continue;
       }
       const entry = seq === undefined ? undefined : this.inflight.get(seq);
-      if (!entry) continue;
+      if (!entry) {
+        if (this.abandoned.size > 0) this.abandoned.delete(seq!);
+        continue;
+      }
       this.answers++;
       this.landed(seq!, entry);
       if (elsewhere && m.type === MsgType.ERROR && m.code === ErrorCode.SHUTTING_DOWN) {
@@ -583,8 +631,29 @@ export class RequestBook {
   fail(handle: RequestHandle, error: RequestError): void {
     const entry = this.byHandle.get(handle);
     if (!entry) return;
-    if (entry.seq !== undefined) this.landed(entry.seq, entry);
+    if (entry.seq !== undefined) {
+      this.abandoned.set(entry.seq, entry.sentNo!);
+      this.landed(entry.seq, entry);
+    }
     this.settle(entry, { ok: false, error, latencyMs: this.clock.now() - entry.arrived });
+  }
+
+  /**
+   * The proxy at `proxy` ended the connection refusing what it read, `BAD_REQUEST` (`said`, its words). It answers
+   * every request it read before the bad bytes first and reads nothing after them, so what it refused is the oldest
+   * request still unanswered: that one fails `BAD_REQUEST`, not sent again. It was sent again on every new
+   * connection and refused again, every request behind it with it, until each one's timeout ended it CONNECT_FAILED
+   * ("no reverse proxy could be reached ... check that the proxy runs"). Returns it; none when that is not known (a
+   * request its caller gave up on was sent before it and not answered: the proxy may have refused that one).
+   */
+  failRefused(said: string, proxy: string): { policy: string; size: number } | undefined {
+    const first = this.inflight.values().next().value;
+    if (!first) return undefined;
+    for (const n of this.abandoned.values()) if (n < first.sentNo!) return undefined;
+    this.answers++;
+    this.landed(first.seq!, first);
+    this.settle(first, { ok: false, error: new RequestError(ErrorCode.BAD_REQUEST, refusedRequest(proxy, said, first.size)), latencyMs: this.clock.now() - first.arrived });
+    return { policy: first.req.policy, size: first.size };
   }
 
   /**
@@ -650,6 +719,20 @@ export class RequestBook {
 /** Message types by number, for lines about them. */
 const MSG_NAMES: Record<number, string> = Object.fromEntries(Object.entries(MsgType).map(([name, n]) => [n, name]));
 
+/** What a request's frame holds besides its payload, at most (the server bounds its answers the same way). */
+const FRAME_ROOM = 1024;
+
+/** A proxy's words refusing a frame over its limit (frame.ts FrameDecoder). */
+const FRAME_OVER = /over the limit of \d+/;
+
+/** The request the proxy refused as it ended the connection (RequestBook.failRefused), in words: what to do about it. */
+function refusedRequest(proxy: string, said: string, size: number): string {
+  const base = `the reverse proxy at ${proxy} refused the request and ended the connection, saying ${said}`;
+  return FRAME_OVER.test(said)
+    ? `${base}: the request (a payload of ${size} bytes) is over the proxy's frame limit; send a smaller payload, or raise the proxy's max_frame (--max-frame), and maxFrameBytes here with it`
+    : `${base}; it was not sent again`;
+}
+
 /** Why the proxy would refuse this request, if it would. */
 function refusal(req: ClientRequest, size: number, maxFrameBytes: number, clientId: string): string | undefined {
   if (size < 0) return `a payload is a string or a Uint8Array (a Buffer is one), not ${describe(req.payload)}${isArrayBuffer(req.payload) ? ': pass a view of it, new Uint8Array(buffer)' : ''}`;
@@ -661,9 +744,9 @@ function refusal(req: ClientRequest, size: number, maxFrameBytes: number, client
   // A timeout of -1 or NaN failed CLIENT_TIMEOUT at once, as if the proxy were slow; '100' ran as 100 by chance.
   const ms = req.timeoutMs;
   if (typeof ms !== 'number' || !(ms > 0)) return `timeoutMs is a number of milliseconds above 0 (Infinity for no timeout of the client's own), not ${describe(ms)}`;
-  // The DATA's other fields take well under 1 KiB (the server bounds its answers the same way).
-  if (size + 1024 > maxFrameBytes) {
-    return `the payload is ${size} bytes, over the ${maxFrameBytes - 1024} a request may carry: its frame is at most ${maxFrameBytes} bytes, 1024 of them kept for its other fields (the proxy's --max-frame: raise maxFrameBytes here with it, or send less)`;
+  // The DATA's other fields take well under 1 KiB (FRAME_ROOM).
+  if (size + FRAME_ROOM > maxFrameBytes) {
+    return `the payload is ${size} bytes, over the ${maxFrameBytes - FRAME_ROOM} a request may carry: its frame is at most ${maxFrameBytes} bytes, ${FRAME_ROOM} of them kept for its other fields (the proxy's --max-frame: raise maxFrameBytes here with it, or send less)`;
   }
   return undefined;
 }
@@ -747,6 +830,12 @@ export interface ClientContext {
   tried: Array<{ proxy: string; why: string }>;
   /** The last connection was closed by the client because the proxy sent an invalid message (lastError says which): BAD_REQUEST, not an outage. */
   lastInvalid?: boolean;
+  /**
+   * The last connection ended with its proxy refusing a request of ours `BAD_REQUEST` (a frame over its limit,
+   * say), which failed (RequestBook.failRefused): the proxy is up, and is dialled again at once, no failed
+   * attempt and no outage, for the requests behind it. Not while the client was leaving that proxy anyway.
+   */
+  redial?: { policy: string; size: number };
   /** A proxy was reached at least once (reached()): requests are held from then on (hold.ts). */
   connectedOnce: boolean;
   /** Since when no proxy has been connected (the clock's ms), after a connection or dial failed. */
@@ -787,7 +876,10 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
   // The proxy sends nothing unasked: without probes an idle connection whose path died silently looks open, and the next request is lost on it.
   if (input.keepAliveMs > 0) socket.setKeepAlive(true, input.keepAliveMs);
   // On the json wire answers carry no seq: the connection gives each the seq of the oldest unanswered request.
-  const conn = new Connection(socket, { wire: input.wire });
+  // Its answers are read while its requests wait to be written, as every dialling side's are: a proxy that stopped
+  // reading (a frame over its limit refused, the connection ended) was heard only when its 2 s close reset the
+  // socket, after the first PING's deadline or the watch's had taken it for silent.
+  const conn = new Connection(socket, { wire: input.wire, holdReadsWhenCongested: false });
   let connected = false;
   /** The PONG's deadline while the PING sent before any request waits for it. */
   let probing: Timer | undefined;
@@ -822,7 +914,7 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
       if (pong) {
         probing?.cancel();
         probing = undefined;
-        send({ type: 'PROBED', share: pong.share });
+        send({ type: 'PROBED', share: pong.share, maxFrame: pong.maxFrame });
       }
       if (probed) {
         // Answers to the requests sent behind the PING may come before its PONG. An ERROR without a seq is in `said`: a
@@ -841,14 +933,15 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
         const why = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${hostPort(input.proxy.host, input.proxy.port)}` : describeDialError(err, input.proxy.host);
         send({ type: 'CONNECT_FAILED', error: why });
       } else if (!said && probing) send({ type: 'CLOSED', error: closedUnanswered(input.proxy, err.message) });
-      else if (said) send({ type: 'CLOSED', error: refusedBy(input.proxy, said) });
+      else if (said) send({ type: 'CLOSED', error: refusedBy(input.proxy, said), refused: badRequest(said) });
       else if (err.code === 'ETIMEDOUT') send({ type: 'CLOSED', error: `the reverse proxy at ${hostPort(input.proxy.host, input.proxy.port)} stopped acknowledging anything (${err.message}: keepalive probes or resent data went unanswered): the path to it died without a word` });
       else send({ type: 'CLOSED', error: err.message });
     },
-    complete: () => refusedPing() || send({
-      type: connected ? 'CLOSED' : 'CONNECT_FAILED',
-      error: said ? refusedBy(input.proxy, said) : probing ? closedUnanswered(input.proxy) : 'the reverse proxy closed the connection',
-    }),
+    complete: () => {
+      if (refusedPing()) return;
+      const error = said ? refusedBy(input.proxy, said) : probing ? closedUnanswered(input.proxy) : 'the reverse proxy closed the connection';
+      send(connected ? { type: 'CLOSED', error, refused: badRequest(said) } : { type: 'CONNECT_FAILED', error });
+    },
   });
   function refusedPing(): boolean {
     if (!probing || !said?.startsWith(`${ErrorCode.BAD_REQUEST}: `)) return false;
@@ -981,6 +1074,11 @@ function refusedShutting(s: { proxy: string; message: string }): string {
   return `the reverse proxy at ${s.proxy} refused the request ${ErrorCode.SHUTTING_DOWN}: ${s.message}`;
 }
 
+/** What the proxy said as it ended the connection (`CODE: message`), when it refused what the client sent: BAD_REQUEST. */
+function badRequest(said: string | undefined): string | undefined {
+  return said?.startsWith(`${ErrorCode.BAD_REQUEST}: `) ? said : undefined;
+}
+
 /** A proxy that ended the connection with an ERROR (a proxy older than this client refusing a binary payload, say), in words. */
 function refusedBy(proxy: Endpoint, said: string): string {
   return `the reverse proxy at ${hostPort(proxy.host, proxy.port)} ended the connection saying ${said}`;
@@ -1034,7 +1132,7 @@ export const clientMachine = setup({
   },
   actors: { clientSocket },
   delays: {
-    failoverDelay: ({ context }) => (context.rebalance ? 0 : context.opts.failoverDelayMs ?? 100),
+    failoverDelay: ({ context }) => (context.rebalance || context.redial ? 0 : context.opts.failoverDelayMs ?? 100),
     reconnectDelay: ({ context }) => reconnectDelay(context.attempts - maxAttempts(context), context.opts.failoverDelayMs ?? 100,
       context.opts.reconnectMaxDelayMs ?? DEFAULT_RECONNECT_MAX_DELAY_MS),
   },
@@ -1076,6 +1174,7 @@ export const clientMachine = setup({
       context.book.pingsOwed = 0;
       // A new proxy: its share comes with its PONG (probed); until then, the default one's.
       context.book.proxyShare(undefined);
+      context.book.connectedTo(currentProxy(context));
       const { conn } = event;
       const { logger, book } = context;
       // Without PINGs until the proxy answers one (probed). Its callbacks hold no `context`: this one's holds
@@ -1094,15 +1193,19 @@ export const clientMachine = setup({
       assertEvent(event, 'PROBED');
       const first = context.probing ? reached(context) : {};
       if (event.share !== undefined) context.book.proxyShare(event.share);
-      context.liveness?.pinged();
       const proxy = currentProxy(context);
+      context.book.proxyMaxFrame(event.maxFrame, proxy);
+      context.liveness?.pinged();
       if (context.noPings.answered(proxy)) {
         context.logger.info('pings', `The reverse proxy at ${proxy} answers PINGs now (upgraded): a connection to it cut without a word is found within about ${(PING_AFTER_MS + PONG_WITHIN_MS) / 1000} s again`, { proxy });
       }
       return { ...first, probing: false };
     }),
     /** A connection lost, or a dial failed: a proxy dialled without PINGs may have been restarted, upgraded: the next connection PINGs it again. */
-    pingAgain: ({ context }) => context.noPings.lost(currentProxy(context)),
+    pingAgain: ({ context }) => {
+      // Not after a refused request: that proxy was not lost, nor restarted.
+      if (!context.redial) context.noPings.lost(currentProxy(context));
+    },
     stopLiveness: ({ context }) => context.liveness?.stop(),
     /**
      * The proxy is older than client PINGs: it is dialled again at once, without a PING until that
@@ -1194,10 +1297,24 @@ export const clientMachine = setup({
       assertEvent(event, 'CANCEL');
       context.book.fail(event.handle, event.error);
     },
+    /** The proxy ended the connection refusing a request of ours BAD_REQUEST: that request fails, and is not sent again. */
+    failRefused: assign(({ context, event }) => {
+      assertEvent(event, ['CONNECT_FAILED', 'CLOSED']);
+      const failed = event.type === 'CLOSED' && event.refused !== undefined ? context.book.failRefused(event.refused, currentProxy(context)) : undefined;
+      const leavingAnyway = context.rebalance || context.unlisted || context.leaving !== undefined || context.book.draining;
+      return { redial: leavingAnyway ? undefined : failed };
+    }),
     /** Requests sent on the lost connection go out again, first, on the next one. */
     unsend: ({ context, event }) => {
       assertEvent(event, ['CONNECT_FAILED', 'CLOSED']);
       const resend = context.book.unsend(event.type === 'CLOSED' && event.silent === true);
+      const { redial } = context;
+      if (redial) {
+        context.logger.warn('refused', `${event.error}: the request it refused (policy ${redial.policy}, a payload of ${redial.size} bytes) failed ${ErrorCode.BAD_REQUEST} and is not sent again; dialling the proxy again at once${resend ? ` and sending the ${resend} other unanswered request(s) again` : ''}`, {
+          reason: event.error, policy: redial.policy, size: redial.size, resend,
+        });
+        return;
+      }
       const next = context.rebalance ? 0 : (context.proxyIndex + 1) % context.proxies.length;
       if (context.attempts + 1 < maxAttempts(context)) {
         const target = context.proxies[next]!;
@@ -1213,6 +1330,8 @@ export const clientMachine = setup({
     },
     failover: assign(({ context, event }) => {
       assertEvent(event, ['CONNECT_FAILED', 'CLOSED']);
+      // The proxy refused a request and is up (it answered what it read before): the same one again, no failed attempt, no outage.
+      if (context.redial) return { conn: undefined, attempts: 0 };
       // Each proxy keeps its place in the order first tried, with its latest failure.
       const proxy = currentProxy(context);
       const known = context.tried.some((t) => t.proxy === proxy);
@@ -1366,8 +1485,8 @@ export const clientMachine = setup({
       on: {
         // Nothing sent on that connection was read: dial the same proxy again at once, not counted as a failed attempt.
         PINGS_REFUSED: { target: 'session', reenter: true, actions: 'noPings' },
-        CONNECT_FAILED: { target: 'lost', actions: ['unsend', 'pingAgain', 'failover'] },
-        CLOSED: { target: 'lost', actions: ['unsend', 'pingAgain', 'failover'] },
+        CONNECT_FAILED: { target: 'lost', actions: ['failRefused', 'unsend', 'pingAgain', 'failover'] },
+        CLOSED: { target: 'lost', actions: ['failRefused', 'unsend', 'pingAgain', 'failover'] },
       },
       initial: 'connecting',
       states: {

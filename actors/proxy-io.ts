@@ -88,6 +88,8 @@ class AcceptedReads implements MessageSink {
     private readonly conn: Connection,
     private readonly peer: Peer,
     private readonly addr: string,
+    /** The largest frame this connection's reads take (max_frame as it was accepted: a reload changes it for new connections), stated in its PONGs. */
+    private readonly maxFrame: number,
   ) {}
 
   messages(messages: Message[]): void {
@@ -110,9 +112,11 @@ class AcceptedReads implements MessageSink {
       }
       if (m.type === MsgType.PING && peer.role !== 'registration') {
         // A client asking whether we are alive (a silent cut is found by its PONG not coming): answered here, never routed,
-        // with the bytes its requests may hold before we stop reading it (the library's client keeps under them).
+        // with the bytes its requests may hold before we stop reading it, and the largest frame we take from it (the
+        // library's client keeps under both: a request over the frame would cost the connection, every request on it).
         const share = core.input.budget.requestsPerPeer;
-        conn.send(share === Infinity ? { type: MsgType.PONG, seq: m.seq } : { type: MsgType.PONG, seq: m.seq, share: Math.floor(share) });
+        const maxFrame = this.maxFrame;
+        conn.send(share === Infinity ? { type: MsgType.PONG, seq: m.seq, maxFrame } : { type: MsgType.PONG, seq: m.seq, share: Math.floor(share), maxFrame });
         continue;
       }
       if (data) core.forwardLater(peer, data);
@@ -242,7 +246,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       conn.owed = peer;
       conns.add(conn);
       input.observer?.accepted?.(peer, socket);
-      conn.listen(new AcceptedReads(core, conn, peer, addr));
+      conn.listen(new AcceptedReads(core, conn, peer, addr, input.maxFrameBytes));
       // The bytes that came with the header are the client's first: the wire sniffer sees them first.
       if (rest && rest.length > 0) conn.read(rest);
     };

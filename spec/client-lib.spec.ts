@@ -920,6 +920,88 @@ lib('maxFrameBytes raises the client\'s bound with the proxy\'s: a 2 MiB payload
   assert.match(over.message, `the payload is ${max - 100} bytes, over the ${max - 1024} a request may carry: its frame is at most ${max} bytes`);
 });
 
+lib("a request over the proxy's frame (maxFrameBytes above its max_frame) fails alone BAD_REQUEST, saying what to do; the others, of its policy and another, are answered", async () => {
+  // All three ended CONNECT_FAILED after 6 s ("no reverse proxy could be reached for 77 ms (... ended the connection saying
+  // BAD_REQUEST: frame ... over the limit of 1048512) ... check that the proxy runs"), no handler run: the client sent the
+  // 2 MiB request again on every new connection, each refused and closed with the others on it.
+  const p = await proxy();
+  await server('s', [p.port]);
+  const q = await startServer({ id: 'q', policy: 'Q', revproc: p.port });
+  ctx.servers.push(q);
+  await eventually(() => p.pools().Q?.serving.includes('q') ?? false, 3000, 'q serving');
+  const started = Date.now();
+  const c = await client({ revproc: p.port, maxFrameBytes: 4 * 1024 * 1024 });
+  const big = new Uint8Array(2 * 1024 * 1024);
+  const [over, mine, other] = await Promise.allSettled([c.request('P', big), c.request('P', 'small'), c.request('Q', 'other')]);
+  assert.is(mine.status === 'fulfilled' && mine.value, createHash('sha1').update('small').digest('hex'), String(mine.status === 'rejected' && mine.reason));
+  assert.is(other.status === 'fulfilled' && other.value, createHash('sha1').update('other').digest('hex'), String(other.status === 'rejected' && other.reason));
+  assert.is(over.status, 'rejected');
+  const e = (over as PromiseRejectedResult).reason as RequestError;
+  assert.instance(e, RequestError);
+  assert.is(e.code, 'BAD_REQUEST', e.message);
+  // The proxy's PONG says its frame (connect() resolved on it): refused in the client, unsent.
+  assert.is(e.message, `the payload is ${big.length} bytes, over the 1047552 a request may carry through the reverse proxy at 127.0.0.1:${p.port}: it takes frames of at most 1048576 bytes (its max_frame, --max-frame), 1024 of them kept for the request's other fields; send a smaller payload, or raise the proxy's max_frame (--max-frame), and maxFrameBytes here with it`);
+  assert.ok(Date.now() - started < 2000, `${Date.now() - started} ms`);
+
+  // runClient (revproxy client) sends behind the first PING, before the PONG: the proxy refuses the first large request and
+  // ends the connection; that one fails in the proxy's words, not sent again, and the second is refused in the client. Two
+  // large ones behind the PING also filled the socket: its answers unread while its requests waited to be written, the client
+  // heard the proxy only when the proxy's close reset the connection, after the PING's deadline (CONNECT_FAILED for all five).
+  const text = 'x'.repeat(2 * 1024 * 1024);
+  const records: LogRecord[] = [];
+  const results = await runClient({
+    id: 'c', proxy: { host: '127.0.0.1', port: p.port }, maxFrameBytes: 4 * 1024 * 1024, hold: false, timeoutMs: 3000, logger: new Logger('client', memorySink(records), 'warn'),
+    packets: [['P', 'a'], ['P', text], ['P', text], ['P', 'b'], ['Q', 'c']].map(([pp, payload]) => ({ srcid: 'c', privPoliId: pp!, payload: payload! })),
+  });
+  assert.equal(results.map((r) => r.error ?? r.correct), [true, 'BAD_REQUEST', 'BAD_REQUEST', true, true], results.map((r) => r.message).join('\n'));
+  assert.match(results[1]!.message!, new RegExp(`^the reverse proxy at 127\\.0\\.0\\.1:${p.port} refused the request and ended the connection, saying BAD_REQUEST: frame at byte \\d+ declares \\d+ bytes, over the limit of 1048512: the request \\(a payload of ${text.length} bytes\\) is over the proxy's frame limit; send a smaller payload, or raise the proxy's max_frame \\(--max-frame\\), and maxFrameBytes here with it$`));
+  assert.match(results[2]!.message!, /^the payload is 2097152 bytes, over the 1047552 a request may carry through the reverse proxy at /);
+  const refused = records.filter((r) => r.msg.includes('the request it refused (policy P, a payload of 2097152 bytes) failed BAD_REQUEST and is not sent again; dialling the proxy again at once'));
+  assert.is(refused.length, 1, records.map((r) => r.msg).join('\n'));
+  assert.not.ok(records.some((r) => /CONNECT_FAILED|could be reached|holding/.test(r.msg)), records.map((r) => r.msg).join('\n'));
+});
+
+lib("a proxy that refuses a request and ends the connection, when a request given up on was sent before it: the client cannot tell which it refused, and fails neither of the others", async () => {
+  // The proxy answers what it read before the bad bytes, then refuses: the oldest request unanswered is the one. Unless
+  // an older one was given up on by its caller (its timeout, its abort) and never answered: that one may be it, and the
+  // client sends the others again rather than fail an innocent one with the proxy's words. A stand-in proxy of an older
+  // build (its PONG states no frame) refuses 'bad' 300 ms after it reads it, reading nothing after it.
+  const dials: number[] = [];
+  const stub = createServer((sock) => {
+    dials.push(dials.length);
+    const decoder = new FrameDecoder();
+    let refusing = false;
+    sock.on('data', (chunk: Buffer) => {
+      for (const m of decoder.push(chunk).messages) {
+        if (refusing) return;
+        if (m.type === MsgType.PING) sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
+        if (m.type !== MsgType.DATA) continue;
+        if (m.payload === 'bad') {
+          refusing = true;
+          setTimeout(() => sock.end(frame({ type: MsgType.ERROR, code: 'BAD_REQUEST', message: 'field \'payload\' is bad' })), 300);
+        } else sock.write(frame({ type: MsgType.ACK, seq: m.seq, srcid: 'stub', destid: m.srcid, payload: `answer to ${String(m.payload)}` }));
+      }
+    });
+    sock.on('error', () => {});
+  }).listen(0, '127.0.0.1');
+  await once(stub, 'listening');
+  try {
+    const port = (stub.address() as AddressInfo).port;
+    const c = await client({ revproc: port });
+    const said = (o: PromiseSettledResult<unknown>): string => (o.status === 'fulfilled' ? String(o.value) : `${(o.reason as RequestError).code}: ${(o.reason as Error).message}`);
+    const [given, good] = await Promise.allSettled([c.request('P', 'bad', { timeoutMs: 100 }), c.request('P', 'good')]);
+    assert.match(said(given), /^CLIENT_TIMEOUT: /);
+    assert.is(said(good), 'answer to good', 'sent again on the next connection, not failed for the request given up on');
+    assert.is(dials.length, 2);
+    // With nothing given up on, the oldest unanswered request is the refused one: it fails, in the proxy's words, alone.
+    const [bad, after] = await Promise.allSettled([c.request('P', 'bad'), c.request('P', 'after')]);
+    assert.is(said(bad), `BAD_REQUEST: the reverse proxy at 127.0.0.1:${port} refused the request and ended the connection, saying BAD_REQUEST: field 'payload' is bad; it was not sent again`);
+    assert.is(said(after), 'answer to after');
+  } finally {
+    stub.close();
+  }
+});
+
 lib('the old JSON wire takes text only: bytes are refused before anything is sent', async () => {
   const p = await proxy();
   await server('s', [p.port]);

@@ -144,6 +144,8 @@ routing("a PING on a client connection, first or between requests, is answered w
   const share = ctx.proxy.actor.getSnapshot().context.budget.requestsPerPeer;
   assert.equal(c.got.slice(0, 2).map((m) => (m as PongMsg).share), [share, share]);
   assert.ok(Number.isInteger(share) && share > 0, String(share));
+  // And the largest frame it takes from it, its max_frame (1 MiB by default): the client refuses a larger request itself.
+  assert.equal(c.got.slice(0, 2).map((m) => (m as PongMsg).maxFrame), [1024 * 1024, 1024 * 1024]);
   assert.not.ok(c.closed);
   assert.is(ctx.logs.filter((l) => l.level === 'warn' || l.level === 'error').length, 0, ctx.logs.map((l) => l.msg).join('\n'));
 });

@@ -115,6 +115,13 @@ export interface PongMsg {
    */
   share?: number;
   /**
+   * From a proxy to a client: the largest frame it takes on this connection (its `max_frame`,
+   * `--max-frame`, as the connection was accepted; it reads frames up to this less frame.ts `FORWARD_ROOM`).
+   * The library's client refuses a request that would not fit before sending it: sent, the proxy
+   * refuses it `BAD_REQUEST` and closes the connection. Absent from proxies before 2026-12-06.
+   */
+  maxFrame?: number;
+  /**
    * From a revproxy server on a proxy's link: the server's id and the privacy policy it serves. A
    * proxy checks them on the link to a member it found in the registry: an address can outlive
    * the server its entry names, and another server may listen there since. Absent from servers
@@ -415,6 +422,8 @@ export function toMessage(value: unknown, opts: ValidateOptions = {}): Message {
       const m: PongMsg = { type: 5, seq: intField(o, 'seq', 0, MAX_SEQ, true) };
       const share = intField(o, 'share', 0, Number.MAX_SAFE_INTEGER, false);
       if (share !== undefined) m.share = share;
+      const maxFrame = intField(o, 'maxFrame', 1, Number.MAX_SAFE_INTEGER, false);
+      if (maxFrame !== undefined) m.maxFrame = maxFrame;
       if (own(o, 'id') !== undefined) m.id = idField(o, 'id');
       if (own(o, 'privPolyId') !== undefined) m.privPolyId = idField(o, 'privPolyId');
       const concurrency = intField(o, 'concurrency', 1, Number.MAX_SAFE_INTEGER, false);
