@@ -870,7 +870,7 @@ export interface ClientContext {
  * sent behind it ran: PINGS_REFUSED. One that says nothing within `connectTimeoutMs` is no proxy
  * reached: CONNECT_FAILED, and the next proxy is tried (unanswered).
  */
-const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMaterial; wire?: 'frames' | 'json'; clock: Clock; connectTimeoutMs: number; keepAliveMs: number; probe: boolean }>(({ sendBack, input }) => {
+const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMaterial | undefined; wire?: 'frames' | 'json' | undefined; maxFrameBytes?: number | undefined; clock: Clock; connectTimeoutMs: number; keepAliveMs: number; probe: boolean }>(({ sendBack, input }) => {
   const send = (e: ClientEvent): void => sendBack(e);
   const socket = dial(input.proxy.host, input.proxy.port, input.tls);
   // The proxy sends nothing unasked: without probes an idle connection whose path died silently looks open, and the next request is lost on it.
@@ -879,7 +879,9 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
   // Its answers are read while its requests wait to be written, as every dialling side's are: a proxy that stopped
   // reading (a frame over its limit refused, the connection ended) was heard only when its 2 s close reset the
   // socket, after the first PING's deadline or the watch's had taken it for silent.
-  const conn = new Connection(socket, { wire: input.wire, holdReadsWhenCongested: false });
+  // Answers as large as the requests it may send: read with the default 1 MiB bound, a 2 MiB answer through a fleet of
+  // 4 MiB frames was taken for an invalid message, the connection closed and the request sent again, until its timeout.
+  const conn = new Connection(socket, { wire: input.wire, maxFrameBytes: input.maxFrameBytes, holdReadsWhenCongested: false });
   let connected = false;
   /** The PONG's deadline while the PING sent before any request waits for it. */
   let probing: Timer | undefined;
@@ -1477,7 +1479,7 @@ export const clientMachine = setup({
         id: 'socket',
         src: 'clientSocket',
         input: ({ context }) => ({
-          proxy: context.proxies[context.proxyIndex]!, tls: context.opts.tls, wire: context.opts.wire, clock: context.clock, connectTimeoutMs: context.opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
+          proxy: context.proxies[context.proxyIndex]!, tls: context.opts.tls, wire: context.opts.wire, maxFrameBytes: context.opts.maxFrameBytes, clock: context.clock, connectTimeoutMs: context.opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
           keepAliveMs: context.opts.tcpKeepAliveMs ?? DEFAULT_TCP_KEEPALIVE_MS,
           probe: context.opts.wire !== 'json' && !context.noPings.skips(currentProxy(context)),
         }),

@@ -914,6 +914,15 @@ lib('maxFrameBytes raises the client\'s bound with the proxy\'s: a 2 MiB payload
   const c = await client({ revproc: p.port, maxFrameBytes: max });
   const payload = new Uint8Array(2 * 1024 * 1024).fill(7);
   assert.is(await c.request('P', payload), createHash('sha1').update(payload).digest('hex'));
+  // And an answer as large: read with the default 1 MiB bound, it was taken for an invalid message, the connection
+  // closed and the request sent again (the handler run again) until its timeout.
+  let runs = 0;
+  const echo = await startServer({ id: 'echo', policy: 'E', revproc: p.port, maxFrameBytes: max, handler: async (x) => (runs++, x) });
+  ctx.servers.push(echo);
+  await eventually(() => p.pools().E?.serving.includes('echo') ?? false, 3000, 'echo serving');
+  const back = await c.request('E', payload, { timeoutMs: 3000 });
+  assert.ok(back instanceof Uint8Array && Buffer.from(back).equals(Buffer.from(payload)), 'the 2 MiB answer, whole');
+  assert.is(runs, 1, 'the handler ran once');
   // Past the bound, the refusal names the most a payload may be: it quoted the frame's size, above the payload's.
   const over = await reject(c.request('P', new Uint8Array(max - 100)));
   assert.is(over.code, 'BAD_REQUEST');
