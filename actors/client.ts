@@ -305,9 +305,13 @@ export class RequestBook {
     this.stated = max === undefined ? undefined : { max, proxy };
   }
 
-  /** A connection to `proxy` is open: what another proxy said of its frames is not this one's. */
-  connectedTo(proxy: string): void {
-    if (this.stated?.proxy !== proxy) this.stated = undefined;
+  /**
+   * A connection is open, or was lost: what a proxy said of its frames is that connection's (a proxy restarted on its port
+   * may take larger ones), known again from the new connection's PONG. Kept across connections, a 4 MiB request was
+   * refused by the 1 MiB a proxy had said before its restart with 4 MiB.
+   */
+  forgetMaxFrame(): void {
+    this.stated = undefined;
   }
 
   /** Why a payload of `size` bytes is over the frames the proxy said it takes, if it is (the client's own maxFrameBytes let it through). */
@@ -879,9 +883,10 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
   // Its answers are read while its requests wait to be written, as every dialling side's are: a proxy that stopped
   // reading (a frame over its limit refused, the connection ended) was heard only when its 2 s close reset the
   // socket, after the first PING's deadline or the watch's had taken it for silent.
-  // Answers as large as the requests it may send: read with the default 1 MiB bound, a 2 MiB answer through a fleet of
-  // 4 MiB frames was taken for an invalid message, the connection closed and the request sent again, until its timeout.
-  const conn = new Connection(socket, { wire: input.wire, maxFrameBytes: input.maxFrameBytes, holdReadsWhenCongested: false });
+  // Answers as large as the requests it may send, and never less than the default 1 MiB (maxFrameBytes bounds what it
+  // sends): read with the default bound, a 2 MiB answer through a fleet of 4 MiB frames was taken for an invalid message,
+  // the connection closed and the request sent again, until its timeout.
+  const conn = new Connection(socket, { wire: input.wire, maxFrameBytes: Math.max(input.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_FRAME_BYTES), holdReadsWhenCongested: false });
   let connected = false;
   /** The PONG's deadline while the PING sent before any request waits for it. */
   let probing: Timer | undefined;
@@ -907,9 +912,21 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
   // What the proxy said as it closed the connection (an ERROR without a seq): an older proxy refusing
   // what it cannot read says why here, and 'closed the connection' alone would hide it.
   let said: string | undefined;
+  /** The proxy answered something on this connection before any closing ERROR (the first PING's PONG, an answer): it reads what we send. */
+  let heard = false;
+  /**
+   * The refusal, when it can be a request's: after the proxy answered something (it read our bytes before the bad ones), or
+   * naming a frame over its limit. Nothing heard first, it may be the connection's (a proxy wanting a PROXY header refuses
+   * every connection from some addresses, `BAD_REQUEST`, before it reads any): the client fails over as after a lost
+   * connection. Taken for a request's, such a proxy failed every request in turn while another proxy could answer them.
+   */
+  const blamed = (s: string | undefined): string | undefined => (heard || (s !== undefined && FRAME_OVER.test(s)) ? badRequest(s) : undefined);
   const sub = conn.messages$.subscribe({
     next: (messages) => {
-      for (const m of messages) if (m.type === MsgType.ERROR && m.seq === undefined) said = `${m.code}: ${m.message}`;
+      for (const m of messages) {
+        if (m.type === MsgType.ERROR && m.seq === undefined) said = `${m.code}: ${m.message}`;
+        else if (said === undefined) heard = true;
+      }
       const probed = probing !== undefined;
       // The first PING's PONG: the proxy answers PINGs, and says its share.
       const pong = probed ? messages.find((m): m is PongMsg => m.type === MsgType.PONG) : undefined;
@@ -935,14 +952,14 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
         const why = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${hostPort(input.proxy.host, input.proxy.port)}` : describeDialError(err, input.proxy.host);
         send({ type: 'CONNECT_FAILED', error: why });
       } else if (!said && probing) send({ type: 'CLOSED', error: closedUnanswered(input.proxy, err.message) });
-      else if (said) send({ type: 'CLOSED', error: refusedBy(input.proxy, said), refused: badRequest(said) });
+      else if (said) send({ type: 'CLOSED', error: refusedBy(input.proxy, said), refused: blamed(said) });
       else if (err.code === 'ETIMEDOUT') send({ type: 'CLOSED', error: `the reverse proxy at ${hostPort(input.proxy.host, input.proxy.port)} stopped acknowledging anything (${err.message}: keepalive probes or resent data went unanswered): the path to it died without a word` });
       else send({ type: 'CLOSED', error: err.message });
     },
     complete: () => {
       if (refusedPing()) return;
       const error = said ? refusedBy(input.proxy, said) : probing ? closedUnanswered(input.proxy) : 'the reverse proxy closed the connection';
-      send(connected ? { type: 'CLOSED', error, refused: badRequest(said) } : { type: 'CONNECT_FAILED', error });
+      send(connected ? { type: 'CLOSED', error, refused: blamed(said) } : { type: 'CONNECT_FAILED', error });
     },
   });
   function refusedPing(): boolean {
@@ -1176,7 +1193,7 @@ export const clientMachine = setup({
       context.book.pingsOwed = 0;
       // A new proxy: its share comes with its PONG (probed); until then, the default one's.
       context.book.proxyShare(undefined);
-      context.book.connectedTo(currentProxy(context));
+      context.book.forgetMaxFrame();
       const { conn } = event;
       const { logger, book } = context;
       // Without PINGs until the proxy answers one (probed). Its callbacks hold no `context`: this one's holds
@@ -1309,6 +1326,7 @@ export const clientMachine = setup({
     /** Requests sent on the lost connection go out again, first, on the next one. */
     unsend: ({ context, event }) => {
       assertEvent(event, ['CONNECT_FAILED', 'CLOSED']);
+      context.book.forgetMaxFrame();
       const resend = context.book.unsend(event.type === 'CLOSED' && event.silent === true);
       const { redial } = context;
       if (redial) {

@@ -392,6 +392,15 @@ const DOWN_PING_EVERY = 4;
 export const PING_SLOTS = 10;
 
 /**
+ * The slots a round of `every` ms is taken in: the most, up to `PING_SLOTS`, that divide it into whole milliseconds
+ * (timers run in whole ones: a round of 15 ms in ticks of 1.5 ran in ticks of 1, and PINGed half as often again).
+ */
+export function pingSlots(every: number): number {
+  for (let n = PING_SLOTS; n > 1; n--) if (every % n === 0) return n;
+  return 1;
+}
+
+/**
  * Liveness: PING each registration connection; a server that misses too many PONGs is removed. A
  * member found in the registry has none: its link is PINGed while idle (`LinkPort.heartbeat`), and
  * ended past as many misses, the member probed. It was judged only by the requests sent it: a
@@ -401,15 +410,16 @@ export const PING_SLOTS = 10;
 export const pinger = fromCallback<ProxyEvent, { servers: Map<string, Member>; clock: Clock; every: number; misses: number; proxy: { send(event: ProxyEvent): void } }>(({ input }) => {
   let tick = 0;
   let given = 0;
+  const n = pingSlots(input.every);
   const slots = new WeakMap<Member, number>();
   const timer = input.clock.setInterval(() => {
-    const slot = tick % PING_SLOTS;
+    const slot = tick % n;
     // A server that is down takes no traffic whatever its registration says: its registration is checked every fourth round only.
-    const quiet = Math.floor(tick / PING_SLOTS) % DOWN_PING_EVERY !== 0;
+    const quiet = Math.floor(tick / n) % DOWN_PING_EVERY !== 0;
     tick++;
     for (const entry of input.servers.values()) {
       let mine = slots.get(entry);
-      if (mine === undefined) slots.set(entry, (mine = given++ % PING_SLOTS));
+      if (mine === undefined) slots.set(entry, (mine = given++ % n));
       if (mine !== slot) continue;
       const peer = entry.registration;
       if (!peer) {
@@ -439,7 +449,7 @@ export const pinger = fromCallback<ProxyEvent, { servers: Map<string, Member>; c
       peer.pongsOwed++;
       peer.conn.send({ type: MsgType.PING, seq: 0 });
     }
-  }, input.every / PING_SLOTS);
+  }, input.every / n);
   return () => timer.cancel();
 });
 

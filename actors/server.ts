@@ -24,7 +24,7 @@ import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type DataMsg, type ErrorMsg, type Message, type PongMsg, type SetupMsg } from '../transport/messages.js';
 import { Connection, ConnectionTimeout } from '../transport/socket.js';
-import { CERT_REFUSED, PLAIN_TO_TLS, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, certificateMissesAddress, describeDialError, dial, NO_ADDRESS_OF_FAMILY, dialDeadline, listenOn, listenServer, whenReady, renewTls, type TlsMaterial } from '../transport/tls.js';
+import { CERT_REFUSED, CLOSED_UNACCEPTED, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, certificateMissesAddress, describeDialError, dial, NO_ADDRESS_OF_FAMILY, dialDeadline, listenOn, listenServer, whenReady, renewTls, type TlsMaterial } from '../transport/tls.js';
 import { jittered, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { BufferBudget, defaultBufferBudget } from '../transport/budget.js';
 import { budgetNote, connectionsNote, defaultMaxConnections, lazyTextFrom, memoryLimit } from './memory-limit.js';
@@ -554,7 +554,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
         : sourceDialError(err, from) ?? describeDialError(err, ep.host)),
       // Before its acceptance, over mutual TLS, most likely for this server's certificate (TLS 1.3 tells the dialler nothing).
       // Without TLS, before its acceptance: most likely a TLS listener, which takes the setup for a bad handshake and closes.
-      complete: () => lost(`the reverse proxy closed the registration connection${accepted ? '' : input.tls?.cert ? ` before accepting it: it may have ${CERT_REFUSED}` : input.tls ? '' : ` before accepting it: ${PLAIN_TO_TLS}`}`),
+      complete: () => lost(`the reverse proxy closed the registration connection${accepted ? '' : input.tls?.cert ? ` before accepting it: it may have ${CERT_REFUSED}` : input.tls ? '' : ` before accepting it, without a word: ${CLOSED_UNACCEPTED}`}`),
     });
   };
 

@@ -11,7 +11,8 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
 import { execFileSync } from 'node:child_process';
 import { connect, startProxy, startServer, type ProxyHandle } from '../actors/index.js';
 import { resolveOptions } from '../actors/proxy-options.js';
-import { PING_SLOTS } from '../actors/proxy-io.js';
+import { PING_SLOTS, pinger, pingSlots } from '../actors/proxy-io.js';
+import { createActor } from 'xstate';
 import { ManualClock, systemClock, type Clock } from '../transport/clock.js';
 import { Connection } from '../transport/socket.js';
 import { Lane, lifecycle } from '../transport/lane.js';
@@ -333,6 +334,18 @@ storm("the pinger takes a round a slot at a time: a tenth of the idle registrati
     if (round > 0) assert.ok(pings.every((p, i) => p === atStart[i]! + 1), `round ${round + 1}: each registration PINGed once (${pings.map((p, i) => p - atStart[i]!).join(' ')})`);
   }
   assert.ok(Math.max(...perTick) <= Math.ceil(n / PING_SLOTS), `PINGs a tick: ${perTick.join(' ')} (at most ${Math.ceil(n / PING_SLOTS)})`);
+});
+
+storm("the pinger's ticks are whole milliseconds that make up the interval: a round of 15 ms in ticks of 1.5 ran in ticks of 1 (timers take whole ones), PINGing half as often again", () => {
+  assert.equal([1000, 500, 100, 30, 15, 25, 12, 13, 10].map(pingSlots), [10, 10, 10, 10, 5, 5, 6, 1, 10]);
+  for (const every of [10, 13, 15, 25, 99, 100, 1000, 1234]) {
+    const asked: number[] = [];
+    const clock: Clock = { ...systemClock, setInterval: (fn, ms) => (asked.push(ms), systemClock.setInterval(fn, ms)) };
+    const a = createActor(pinger, { input: { servers: new Map(), clock, every, misses: 3, proxy: { send() {} } } }).start();
+    a.stop();
+    assert.is(asked.length, 1);
+    assert.ok(Number.isInteger(asked[0]) && every % asked[0]! === 0, `ping_interval ${every}: a tick of ${asked[0]} ms`);
+  }
 });
 
 storm.run();

@@ -457,6 +457,12 @@ export const CERT_REFUSED = "refused this side's TLS certificate (--tls-cert: si
 /** Why a peer dialled without TLS is closed before any answer, most likely: said by a server registering and a client alike. */
 export const PLAIN_TO_TLS = 'check that a revproxy proxy listens on that port (not another program), and whether it wants TLS (--tls-ca, --tls-cert; tls in the library)';
 
+/**
+ * Why a proxy closed a plain registration before accepting it, without a word: it may serve TLS (the setup read as a
+ * bad handshake), be another program, or have refused the address at its connection limits (it closes those unread).
+ */
+export const CLOSED_UNACCEPTED = 'it may want TLS (--tls-ca, --tls-cert; tls in the library), be another program than a revproxy proxy, or have refused this address at its connection limits (max_conns_per_peer, max_conn_rate_per_peer: its log says)';
+
 /** A TLS failure in words a person can act on. */
 export function describeTlsError(err: NodeJS.ErrnoException): string {
   const code = err.code ?? '';
