@@ -346,6 +346,15 @@ export function isTlsRefusal(err: unknown): boolean {
 /** What describeEtcdError adds for a call the breaker held back: the same failure as the one that opened it. */
 export const HELD_BACK = ' (it failed several calls in a row; trying again shortly)';
 
+/**
+ * gRPC's words for a call made while its channel has no connection and kept no reason for it ("14 UNAVAILABLE: No
+ * connection established. Last error: null."): seen between two "connection refused" while etcd was stopped. It says
+ * nothing new of why etcd is out of reach: a reason already said stands (a server said "Not registered" again for it).
+ */
+export function saysNoReason(why: string): boolean {
+  return /No connection established\. Last error: null/.test(why);
+}
+
 /** What went wrong talking to etcd, in words, with what to do when it is a common mistake. */
 export function describeEtcdError(err: unknown, o: Resolved): string {
   const e = err as Error;

@@ -17,7 +17,7 @@ import { fromCallback } from 'xstate';
 import { ErrorCode } from '../transport/errors.js';
 import type { RegistrationCommand, RegistrationInput, ServerEvent } from '../actors/server.js';
 import { EtcdClient } from './etcd-client.js';
-import { HELD_BACK } from './etcd.js';
+import { HELD_BACK, saysNoReason } from './etcd.js';
 import { KeptKey } from './kept-key.js';
 import { decodeServer, encodeServer, serverKey, type ServerEntry } from './keys.js';
 import { describeRegistry, resolveRegistry, type RegistryOptions } from './options.js';
@@ -62,7 +62,9 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
       down: (why, retryInMs) => {
         const now = input.clock.now();
         // A call the breaker held back fails for the same reason as the one before it.
-        const same = said !== undefined && said.why.replace(HELD_BACK, '') === why.replace(HELD_BACK, '');
+        const same = said !== undefined && (said.why.replace(HELD_BACK, '') === why.replace(HELD_BACK, '') || saysNoReason(why));
+        // A try that failed with no reason of its own is said by the reason already said.
+        if (said !== undefined && saysNoReason(why)) why = said.why;
         if (same && now - said!.at < REMIND_MS) {
           said!.tries++;
           return send({ type: 'REGISTRATION_LOST', proxy: label, error: why, retryInMs, repeat: true });
