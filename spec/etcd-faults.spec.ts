@@ -60,7 +60,12 @@ full('a proxy whose key etcd refuses for want of space says so once, with what t
   await early.waitFor(/Registered in the registry/);
   const value = 'x'.repeat(100_000);
   let filled = false;
-  for (let i = 0; i < 100 && !filled; i++) await ctx.raw!.put(`/filler/${i}`).value(value).exec().catch(() => (filled = true));
+  // etcd checks its quota against its database as last committed (every 100 ms, --backend-batch-interval): on a quick
+  // machine a hundred puts all went in before a commit, and none was refused. Written a few at a time, room for commits.
+  for (let i = 0; i < 1000 && !filled; i++) {
+    await ctx.raw!.put(`/filler/${i}`).value(value).exec().catch(() => (filled = true));
+    if (i % 10 === 9) await sleep(50);
+  }
   assert.ok(filled, 'etcd refused a write: out of space');
   const { proc, admin } = await proxyProc(ctx.etcd!.url, prefix);
   const server = revproxy(['server', '--id', 'b', '--pp', '111', ...flags]);
