@@ -13,7 +13,7 @@ import { actorOptions, badStartOptions, checkTlsOptions } from './start-options.
 import { badClientOption, clientMachine, RequestError, whyUnreached, type ClientActor, type ClientOptions, type Outcome, type RequestHandle } from './client.js';
 import { show, type HandlerError, type Payload } from './handler.js';
 import type { Logger } from './logger.js';
-import { DEFAULT_PROXY, type Endpoint } from './server.js';
+import { badWholeNumbers, DEFAULT_PROXY, type Endpoint } from './server.js';
 import { sha1Hex } from './sha1.js';
 import { renewed } from './renew-tls.js';
 import { isRegistryUrl, parseRegistryUrl, type RegistryOptions } from '../registry/options.js';
@@ -112,9 +112,8 @@ export class Client {
   requests(policy: string, payloads$: ObservableInput<Payload>, opts: { concurrency?: number; timeoutMs?: number; srcid?: string } = {}): Observable<Reply> {
     const concurrency = opts.concurrency ?? this.actor.getSnapshot().context.opts.window ?? 64;
     // mergeMap takes 0 (or -1) and runs none: the stream waited for ever, with nothing said.
-    if (!(concurrency === Infinity || (Number.isInteger(concurrency) && concurrency >= 1))) {
-      return throwError(() => new RequestError(ErrorCode.BAD_REQUEST, `concurrency must be a whole number of at least 1 (Infinity: no limit), got ${typeof concurrency === 'string' ? `'${concurrency}'` : String(concurrency)}`));
-    }
+    const bad = badWholeNumbers({ concurrency }, [['concurrency', 1, ' (Infinity: no limit)']]);
+    if (bad) return throwError(() => new RequestError(ErrorCode.BAD_REQUEST, bad));
     return from(payloads$).pipe(
       mergeMap((payload, index) => defer(() => {
         const abort = new AbortController();

@@ -7,6 +7,7 @@ import type { InspectionEvent } from 'xstate';
 import { systemClock, xstateClock, type Clock } from '../transport/clock.js';
 import { badRegistryOption } from '../registry/options.js';
 import { checkStartTls, TlsConfigError } from '../transport/tls.js';
+import { isPlainObject, kindOf } from '../transport/errors.js';
 
 /** The methods a `clock` option must have (`Clock`): a plain object without them started, and failed later, out of any caller's reach. */
 const CLOCK_METHODS = ['now', 'setTimeout', 'setInterval'] as const satisfies ReadonlyArray<keyof Clock>;
@@ -19,8 +20,8 @@ const CLOCK_METHODS = ['now', 'setTimeout', 'setInterval'] as const satisfies Re
  * ended the process with an uncaught TypeError at its first timer.
  */
 export function badStartOptions(opts: unknown, example: string): string | undefined {
-  if (typeof opts !== 'object' || opts === null || Array.isArray(opts)) {
-    return `the options must be an object (${example}), got ${opts === null ? 'null' : Array.isArray(opts) ? 'an array' : typeof opts}`;
+  if (!isPlainObject(opts)) {
+    return `the options must be an object (${example}), got ${kindOf(opts)}`;
   }
   const { clock, inspect } = opts as { clock?: unknown; inspect?: unknown };
   if (clock !== undefined) {
@@ -74,7 +75,7 @@ export function badKinds(opts: object, kinds: ReadonlyArray<readonly [string, Ki
       if (!Array.isArray(v) || odd !== undefined) return `${name} must be a list of ${kind.listOf.map((w) => `'${w}'`).join(', ')}, got ${Array.isArray(v) ? `${shown(odd)} in it` : shown(v)}`;
     } else if (kind === 'strings') {
       if (!Array.isArray(v) || v.some((w) => typeof w !== 'string')) return `${name} must be a list of strings, got ${shown(v)}`;
-    } else if (kind === 'object' ? typeof v !== 'object' || v === null || Array.isArray(v) : typeof v !== kind) {
+    } else if (kind === 'object' ? !isPlainObject(v) : typeof v !== kind) {
       return `${name} must be ${kind === 'object' ? 'an object' : `a ${kind}`}, got ${shown(v)}`;
     }
   }

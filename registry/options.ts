@@ -6,6 +6,7 @@
  */
 import type { TlsMaterial } from '../transport/tls.js';
 import { bracketHint, numericHostProblem } from '../transport/address.js';
+import { isPlainObject, kindOf } from '../transport/errors.js';
 
 export interface RegistryOptions {
   /** etcd's client endpoints, `host:port` each (from `etcd://a:2379,b:2379`). */
@@ -93,7 +94,7 @@ export function endpointProblem(e: string): string | undefined {
  */
 export function badRegistryOption(r: unknown): string | undefined {
   const example = "{ endpoints: ['127.0.0.1:2379'] }";
-  if (typeof r !== 'object' || r === null || Array.isArray(r)) return `registry must be an object (${example}), got ${r === null ? 'null' : Array.isArray(r) ? 'an array' : typeof r}`;
+  if (!isPlainObject(r)) return `registry must be an object (${example}), got ${kindOf(r)}`;
   const { endpoints } = r as { endpoints?: unknown };
   if (!Array.isArray(endpoints) || endpoints.length === 0) {
     const got = endpoints === undefined ? 'none' : Array.isArray(endpoints) ? 'an empty list' : typeof endpoints === 'string' ? `the string '${endpoints}' (a list is [${endpoints.split(',').map((x) => `'${x.trim()}'`).join(', ')}])` : typeof endpoints;

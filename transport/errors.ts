@@ -179,6 +179,16 @@ export class FileError extends RevproxyError<typeof LocalCode.BAD_FILE> {
   }
 }
 
+/** Whether `v` is an options object: an object, not null nor an array (what each library entry and option of objects takes). */
+export function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** What `v` is, for an error that says what it got instead of an object: `null`, `an array`, or its `typeof`. */
+export function kindOf(v: unknown): string {
+  return v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v;
+}
+
 /** Shorten and hex-encode bytes for error messages. */
 export function hexPreview(bytes: Uint8Array, max = 16): string {
   const head = Buffer.from(bytes.subarray(0, max)).toString('hex').replace(/(..)/g, '$1 ').trim();

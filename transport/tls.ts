@@ -8,7 +8,7 @@ import { constants as cryptoConstants } from 'node:crypto';
 import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
 import { connect as netConnect, createServer as netServer, isIP, type LookupFunction, type Server, type Socket } from 'node:net';
 import { connect as tlsConnect, createSecureContext, createServer as tlsServer, TLSSocket, Server as TlsServer, type SecureContextOptions } from 'node:tls';
-import { LocalCode, RevproxyError } from './errors.js';
+import { isPlainObject, kindOf, LocalCode, RevproxyError } from './errors.js';
 import { hostPort, unbracket } from './address.js';
 import { UNTRUSTED_CA_CODES } from './foreign.js';
 import { setDeadline, type Clock, type Timer } from './clock.js';
@@ -151,8 +151,8 @@ export function checkStartTls(setting: string, material: unknown, serves: boolea
   if (material === undefined) return undefined;
   const names = { cert: `${setting}.cert`, key: `${setting}.key`, ca: `${setting}.ca` };
   const shape = `${setting} must be { cert, key, ca }, each a PEM Buffer (readFileSync of the file) or string`;
-  if (typeof material !== 'object' || material === null || Array.isArray(material)) {
-    throw new TlsConfigError(`${shape}, got ${material === null ? 'null' : Array.isArray(material) ? 'an array' : typeof material}`, 'usage');
+  if (!isPlainObject(material)) {
+    throw new TlsConfigError(`${shape}, got ${kindOf(material)}`, 'usage');
   }
   const m = material as Record<'cert' | 'key' | 'ca', unknown>;
   for (const role of ['cert', 'key', 'ca'] as const) {
@@ -164,9 +164,8 @@ export function checkStartTls(setting: string, material: unknown, serves: boolea
   if (serves && !m.cert) {
     throw new TlsConfigError(`${setting} has no ${names.cert}${m.key ? '' : ` or ${names.key}`}: the listener serves TLS with them (leave ${setting} out to serve plain TCP)`, 'usage');
   }
-  if (!m.cert && !m.key && !m.ca) return material as TlsMaterial;
-  if (Boolean(m.cert) !== Boolean(m.key)) throw new TlsConfigError(`${names.cert} and ${names.key} go together: give both or neither`, 'usage');
-  return checkMaterial(material as TlsMaterial, (role) => names[role], names, false);
+  // `{}` is TLS with the system's CAs; anything more is checked as renewed material is.
+  return !m.cert && !m.key && !m.ca ? (material as TlsMaterial) : checkTls(material as TlsMaterial, names);
 }
 
 /** The checks of `loadTls` and `checkTls`: `what(role)` names the file or setting in the errors. */
@@ -454,7 +453,7 @@ export function closedAtOnce(also?: string): string {
  */
 export const CERT_REFUSED = "refused this side's TLS certificate (--tls-cert: signed by a CA not in its --tls-ca, or expired: its tls_refused lines say which)";
 
-/** Why a peer dialled without TLS is closed before any answer, most likely: said by a server registering and a client alike. */
+/** Why a client's connection dialled without TLS is closed before any answer, most likely (a server's registration says `CLOSED_UNACCEPTED`). */
 export const PLAIN_TO_TLS = 'check that a revproxy proxy listens on that port (not another program), and whether it wants TLS (--tls-ca, --tls-cert; tls in the library)';
 
 /**
