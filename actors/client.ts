@@ -205,6 +205,11 @@ export type ClientEvent =
   | { type: 'CONNECT_FAILED'; error: string; invalid?: boolean }
   | { type: 'ANSWERS'; messages: Message[] }
   /**
+   * The proxy said why it will close the connection (an ERROR without a seq), before the answers it still owes on it:
+   * nothing more is sent on it, and its silence to PINGs (it reads nothing more) is not taken for a dead connection.
+   */
+  | { type: 'CLOSING' }
+  /**
    * `silent`: the client leaves a proxy that stopped answering (cut off, stalled, gone from the registry). `refused`:
    * the proxy ended the connection refusing what it read, `BAD_REQUEST: ...` (its words): a request of ours (failRefused).
    */
@@ -370,6 +375,9 @@ export class RequestBook {
     return entry?.seq === undefined ? entry?.refused : undefined;
   }
 
+  /** The proxy said it will close this connection (CLOSING): nothing more is sent on it. */
+  closing = false;
+
   /** The proxy said it is shutting down: nothing more is sent on this connection. */
   get draining(): boolean {
     return this.bounced.length > 0 || this.moving;
@@ -477,7 +485,7 @@ export class RequestBook {
    * the window (902 handlers running at once behind a window of 4), each for a caller gone.
    */
   sendMore(conn: Connection, client: string, log: Logger, port: number): void {
-    if (this.draining) return;
+    if (this.draining || this.closing) return;
     const verbose = log.enabled('debug');
     const now = this.clock.now();
     for (const [policy, queue] of this.waiting) {
@@ -923,9 +931,12 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
   const blamed = (s: string | undefined): string | undefined => (heard || (s !== undefined && FRAME_OVER.test(s)) ? badRequest(s) : undefined);
   const sub = conn.messages$.subscribe({
     next: (messages) => {
+      let closing = false;
       for (const m of messages) {
-        if (m.type === MsgType.ERROR && m.seq === undefined) said = `${m.code}: ${m.message}`;
-        else if (said === undefined) heard = true;
+        if (m.type === MsgType.ERROR && m.seq === undefined) {
+          said = `${m.code}: ${m.message}`;
+          closing = true;
+        } else if (said === undefined) heard = true;
       }
       const probed = probing !== undefined;
       // The first PING's PONG: the proxy answers PINGs, and says its share.
@@ -939,9 +950,11 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
         // Answers to the requests sent behind the PING may come before its PONG. An ERROR without a seq is in `said`: a
         // refused PING (refusedPing) or the reason the connection closes, as before the PONG nothing else is.
         messages = messages.filter((m) => m.type !== MsgType.PONG && !(m.type === MsgType.ERROR && m.seq === undefined));
-        if (messages.length === 0) return;
       }
-      send({ type: 'ANSWERS', messages });
+      if (messages.length > 0) send({ type: 'ANSWERS', messages });
+      // The proxy's reason to close comes before the answers it still owes (a request of ours it refused, behind others
+      // it is answering): it reads nothing more on this connection.
+      if (closing) send({ type: 'CLOSING' });
     },
     error: (err: NodeJS.ErrnoException) => {
       if (refusedPing()) return;
@@ -1191,6 +1204,7 @@ export const clientMachine = setup({
       const now = context.clock.now();
       context.book.heardAt = now;
       context.book.pingsOwed = 0;
+      context.book.closing = false;
       // A new proxy: its share comes with its PONG (probed); until then, the default one's.
       context.book.proxyShare(undefined);
       context.book.forgetMaxFrame();
@@ -1226,6 +1240,11 @@ export const clientMachine = setup({
       if (!context.redial) context.noPings.lost(currentProxy(context));
     },
     stopLiveness: ({ context }) => context.liveness?.stop(),
+    /** The proxy said it will close the connection once it has answered what it read: nothing more goes on it, and it is not PINGed. */
+    proxyClosing: ({ context }) => {
+      context.book.closing = true;
+      context.liveness?.closing();
+    },
     /**
      * The proxy is older than client PINGs: it is dialled again at once, without a PING until that
      * connection is lost (NoPings), and what was sent behind the PING goes again on it (that proxy
@@ -1521,6 +1540,7 @@ export const clientMachine = setup({
           exit: 'stopLiveness',
           on: {
             PROBED: { actions: ['probed', 'sendMore'] },
+            CLOSING: { actions: 'proxyClosing' },
             REQUEST: { actions: ['enqueue', 'sendMore'] },
             ANSWERS: { actions: ['receive', 'progress', 'sendMore', 'leaveIfDrained', 'scheduleUnpark'] },
             UNPARK: [{ guard: 'anotherProxy', actions: ['unparked', 'moveOn', 'leaveIfDrained'] }, { actions: ['unparked', 'unpark', 'sendMore'] }],

@@ -58,7 +58,7 @@ export interface Peer {
   serverId?: string;
   /**
    * Set once the connection is to end after its last answer: a client that
-   * sent bad input (`error`, sent before the end) or that ended its side
+   * sent bad input (`error`, sent before the end on the JSON wire; on the frames wire it went at once) or that ended its side
    * (half-closed: it reads its answers, then gets our end).
    */
   closing?: { error?: ErrorMsg };

@@ -90,6 +90,17 @@ export class Liveness {
   }
 
   /**
+   * The proxy said it will close the connection once it has answered what it read (client.ts CLOSING): it reads
+   * nothing more, PINGs neither, so its silence is judged as a proxy's that answers none, when a request's own
+   * timeout ends on it (it answers within its `--timeout`, then closes).
+   */
+  closing(): void {
+    this.pings = false;
+    this.pingAt = undefined;
+    this.stop();
+  }
+
+  /**
    * A request in flight on this connection ran out of its own time: why the connection is dead, if
    * it is (a proxy that answers no PING, silent SILENT_PROXY_MS); undefined if not. A proxy that
    * answers PINGs is judged by them alone: a request's timeout says nothing of it.

@@ -311,12 +311,21 @@ export function holdRequest(context: ProxyContext, peer: Peer, msg: DataMsg, now
 
 /**
  * End a client's connection once what it asked is answered (`makeReply`), at
- * once when nothing is in flight; `error` (its bad input) goes last. Also for
+ * once when nothing is in flight; `error` (its bad input) goes first on the frames wire, last on
+ * the JSON one. Also for
  * a client that ended its side, as HAProxy and Envoy let a half-closed client
  * read its answers.
  */
 export function closeAfterAnswers(peer: Peer, error?: ErrorMsg): void {
   if (peer.outstanding === 0) return peer.conn.endWith(error);
+  // On the frames wire the error goes at once, before the answers still owed (as HTTP/2's GOAWAY): the client sends
+  // nothing more on the connection, nor takes our silence to its PINGs (nothing after the bad bytes is read, its PINGs
+  // neither) for a dead connection, which sent again the requests being answered: a slow one ran twice. A JSON client
+  // (the old client.py) takes the next reply for its request's: the error last.
+  if (error && peer.conn.wire === 'frames') {
+    peer.conn.send(error);
+    error = undefined;
+  }
   peer.closing = { error };
   peer.conn.pause();
 }

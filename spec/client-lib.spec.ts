@@ -1017,6 +1017,35 @@ lib("a request over the proxy's frame (maxFrameBytes above its max_frame) fails 
   assert.not.ok(records.some((r) => /CONNECT_FAILED|could be reached|holding/.test(r.msg)), records.map((r) => r.msg).join('\n'));
 });
 
+lib("a request over the proxy's frame sent behind a slow one: the slow one runs once, answered on its connection, which the proxy said it would close", async () => {
+  // The proxy reads nothing after the bad frame (it cannot find the next one), the client's PINGs behind it too: it
+  // answered what it read before, then refused and closed. The client took its silence for a dead connection after 3 s
+  // (a PING unanswered) and sent the slow request again on a new one: its handler ran twice. The proxy says at once that
+  // it will close (the ERROR without a seq first, as HTTP/2's GOAWAY): the client sends nothing more on that connection
+  // and does not PING it, and the close fails the refused request alone.
+  const p = await proxy();
+  let runs = 0;
+  const s = await startServer({ id: 'slow', policy: 'P', revproc: p.port, handler: async (x) => {
+    if (typeof x === 'string' && x === 'slow') {
+      runs++;
+      await sleep(4500);
+    }
+    return createHash('sha1').update(x).digest('hex');
+  } });
+  ctx.servers.push(s);
+  await eventually(() => p.pools().P?.serving.includes('slow') ?? false, 3000, 'slow serving');
+  const records: LogRecord[] = [];
+  const text = 'x'.repeat(2 * 1024 * 1024);
+  const results = await runClient({
+    id: 'c', proxy: { host: '127.0.0.1', port: p.port }, maxFrameBytes: 4 * 1024 * 1024, hold: false, timeoutMs: 10_000, logger: new Logger('client', memorySink(records), 'info'),
+    packets: [['P', 'slow'], ['P', text], ['P', 'after']].map(([pp, payload]) => ({ srcid: 'c', privPoliId: pp!, payload: payload! })),
+  });
+  const lines = records.map((r) => r.msg).join('\n');
+  assert.equal(results.map((r) => r.error ?? r.correct), [true, 'BAD_REQUEST', true], results.map((r) => r.message).join('\n'));
+  assert.is(runs, 1, lines);
+  assert.not.ok(records.some((r) => /said nothing within/.test(r.msg)), lines);
+});
+
 lib("a proxy that refuses a request and ends the connection, when a request given up on was sent before it: the client cannot tell which it refused, and fails neither of the others", async () => {
   // The proxy answers what it read before the bad bytes, then refuses: the oldest request unanswered is the one. Unless
   // an older one was given up on by its caller (its timeout, its abort) and never answered: that one may be it, and the

@@ -238,6 +238,21 @@ badInput('garbage bytes on one connection get BAD_REQUEST and a close, while ano
   assert.ok(results.every((r) => r.correct), 'the other client got every answer');
 });
 
+badInput('bad input behind a request in flight: the BAD_REQUEST comes at once, then that answer, then the close; nothing after the bad bytes is read', async () => {
+  // As HTTP/2's GOAWAY: the client learns at once that the connection ends, and sends nothing more there. The error came
+  // after the answers: a client PINGing the connection meanwhile (the PING is behind the bad bytes, never read) took it
+  // for dead 3 s on and sent the slow request again on a new one.
+  await addServer('1', 'P', 'normal', 300);
+  const { sock, c } = await rawClient();
+  sock.write(Buffer.concat([
+    frame({ type: MsgType.DATA, seq: 1, srcid: 'c', privPoliId: 'P', payload: 'slow' }),
+    Buffer.from([0, 0, 0, 4, 0xc1, 0xff, 0x00, 0x13]),
+    frame({ type: MsgType.PING, seq: 0 }),
+  ]));
+  await c.until(() => c.closed, 3000);
+  assert.equal(c.got.map((m) => [m.type, (m as ErrorMsg).code, m.seq]), [[MsgType.ERROR, 'BAD_REQUEST', undefined], [MsgType.ACK, undefined, 1]], JSON.stringify(c.got));
+});
+
 const badCases: Array<[string, Buffer, RegExp]> = [
   ['a length prefix over the limit', Buffer.from([0x7f, 0xff, 0xff, 0xff]), /over the limit/],
   ['an unknown message type', frame({ type: 42, seq: 1 }), /unknown message type 42/],
