@@ -250,7 +250,7 @@ badInput('bad input behind a request in flight: the BAD_REQUEST comes at once, t
     frame({ type: MsgType.PING, seq: 0 }),
   ]));
   await c.until(() => c.closed, 3000);
-  assert.equal(c.got.map((m) => [m.type, (m as ErrorMsg).code, m.seq]), [[MsgType.ERROR, 'BAD_REQUEST', undefined], [MsgType.ACK, undefined, 1]], JSON.stringify(c.got));
+  assert.equal(c.got.map((m) => [m.type, (m as ErrorMsg).code, (m as ErrorMsg | AckMsg).seq]), [[MsgType.ERROR, 'BAD_REQUEST', undefined], [MsgType.ACK, undefined, 1]], JSON.stringify(c.got));
 });
 
 const badCases: Array<[string, Buffer, RegExp]> = [
