@@ -261,6 +261,16 @@ function couldServe(policy: Policy | undefined, req?: ProxyRequest): boolean {
 }
 
 /**
+ * Why a request of policy `name` finds no server: none registered, or what its registered ones are (drained,
+ * ejected, down: `its one server, 'a', is drained`). It said only "no live server", and a client's author
+ * (and `revproxy load`) read that as no server registered, with servers registered and drained.
+ */
+function noServer(name: string, policy: Policy | undefined): string {
+  const base = `no live server serves privacy policy ${name}`;
+  return policy && policy.members.size > 0 ? `${base}: ${membersWhy(policy, 'is')}` : base;
+}
+
+/**
  * Answer a request that failed on every member of its policy that could take it, with its last
  * try's code and, briefly, why it failed: a client's author can tell a broken server from a dead one.
  */
@@ -443,19 +453,21 @@ function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
   const reply = context.reply;
   const limit = context.opts.queueLimit;
   let overloaded = 0;
-  let noServer = 0;
+  let noServers = 0;
   let refused: Set<Peer> | undefined;
   // The two refusals, made once a batch (a flood of a full policy is refused by the million).
   let full: ErrorMsg | undefined;
   let fullMost: ErrorMsg | undefined;
   let now: number | undefined;
+  // Made once a batch too: a flood of a policy whose servers are all out is refused by the million.
+  let none: ErrorMsg | undefined;
   const overload = (whose: string): ErrorMsg => errorMsg(ErrorCode.OVERLOADED, `every server of privacy policy ${name} is at its limit and ${limit} requests are waiting${whose}; try again later`);
   for (const req of reqs) {
     if (!couldServe(policy, req)) {
       if (req.tried?.length) answerTriedAll(context, req, name);
       else {
-        reply(req, errorMsg(ErrorCode.NO_SERVER, `no live server serves privacy policy ${name}`));
-        noServer++;
+        reply(req, (none ??= errorMsg(ErrorCode.NO_SERVER, noServer(name, policy))));
+        noServers++;
       }
       continue;
     }
@@ -475,8 +487,8 @@ function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
     (refused ??= new Set()).add(away.client);
   }
   if (refused) holdRefused(refused);
-  if (noServer) {
-    context.logger.repeated('warn', 'no_server', `${name}\0live`, noServer,
+  if (noServers) {
+    context.logger.repeated('warn', 'no_server', `${name}\0live`, noServers,
       (n, span) => `No live server serves privacy policy ${name}; refused ${fmt(n)} request(s)${span ? ` ${span}` : ''}`, { policy: name, code: ErrorCode.NO_SERVER });
   }
   if (overloaded) {
@@ -633,12 +645,16 @@ const NAMED_PER_STATE = 3;
  * registered and never listened timed its requests out for 5 s as if its server were busy.
  */
 export function roomlessWhy(policy: Policy): string {
+  return policy.members.size === 0 ? 'it has no server now' : membersWhy(policy, 'was');
+}
+
+/** What the members of `policy` (one at least) are doing, `verb` ('was', 'is') for one alone: `roomlessWhy`. */
+function membersWhy(policy: Policy, verb: string): string {
   const doing = (state: MemberState): string => (state === 'serving' ? 'serving with no room' : state);
-  if (policy.members.size === 0) return 'it has no server now';
   if (policy.members.size === 1) {
     const [m] = policy.members as Iterable<Member> as [Member];
     // Connecting: where to (an old server listens only after its setup; a registered port may be wrong).
-    return `its one server, ${quoted(m.id)}, was ${doing(m.state)}${m.state === 'connecting' ? ` to ${hostPort(m.host, m.port)}` : ''}`;
+    return `its one server, ${quoted(m.id)}, ${verb} ${doing(m.state)}${m.state === 'connecting' ? ` to ${hostPort(m.host, m.port)}` : ''}`;
   }
   const by = new Map<MemberState, string[]>();
   for (const m of policy.members) {

@@ -28,6 +28,7 @@ import { CERT_REFUSED, CLOSED_UNACCEPTED, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TC
 import { jittered, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { BufferBudget, defaultBufferBudget } from '../transport/budget.js';
 import { budgetNote, connectionsNote, defaultMaxConnections, lazyTextFrom, memoryLimit } from './memory-limit.js';
+import { SaidAgain } from './said-again.js';
 import { badHandler, Caller, HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
 import { defaultConnsPerPeer, DEFAULT_LISTEN_HOST } from './proxy-options.js';
 import { ConnectionLimits, logAcceptErrors, logBadInput, logShed, logTlsRefusals, type ConnectionLimitsInput } from './port-limits.js';
@@ -172,7 +173,7 @@ export type ServerEvent =
   | { type: 'REQUESTS'; caller: Caller; requests: DataMsg[] }
   | { type: 'REGISTERED'; proxy: string; again: boolean }
   | { type: 'REFUSED'; proxy: string; code: string; message: string }
-  /** `repeat`: the same failure as the one said last, said at debug (a registry registration says a lasting one every 30 s). */
+  /** `repeat`: the same failure as the one said last, said at debug (a lasting one is said every 30 s: said-again.ts). */
   | { type: 'REGISTRATION_LOST'; proxy: string; error: string; retryInMs: number; repeat?: boolean }
   /** One of several proxies refused the registration for good (UNAUTHORIZED, DUPLICATE_ID): the others' stand; it is asked again after the longest backoff. */
   | { type: 'REGISTRATION_REFUSED'; proxy: string; code: string; message: string; retryInMs: number }
@@ -400,6 +401,8 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
    * open: the proxy took a server whose port was closed, and the process was held by the socket.
    */
   const dialling = new Set<() => void>();
+  /** Each proxy's failure said last, while its registration keeps failing (said again only now and then). */
+  const said = new Map<string, SaidAgain>();
 
   const attempt = (ep: Endpoint, delay: number, everRegistered: boolean): void => {
     const key = hostPort(ep.host, ep.port);
@@ -440,7 +443,11 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
       const step = backoff ?? (acceptedAt >= 0 && input.clock.now() - acceptedAt >= input.maxMs ? input.initialMs : delay);
       const wait = jittered(step);
       if (refusal) sendBack({ type: 'REGISTRATION_REFUSED', proxy: key, ...refusal, retryInMs: wait });
-      else sendBack({ type: 'REGISTRATION_LOST', proxy: key, error, retryInMs: wait });
+      else {
+        let failures = said.get(key);
+        if (!failures) said.set(key, (failures = new SaidAgain(input.clock)));
+        sendBack({ type: 'REGISTRATION_LOST', proxy: key, retryInMs: wait, ...failures.say(error) });
+      }
       const t = input.clock.setTimeout(() => {
         timers.delete(t);
         if (!stopping) attempt(ep, Math.min(step * 2, input.maxMs), registered);
@@ -492,6 +499,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
               dialling.delete(giveUp);
               acceptance?.cancel();
               refusedForGood.delete(key);
+              said.delete(key);
               held.add(key);
               sendBack({ type: 'REGISTERED', proxy: key, again: registered });
               registered = true;

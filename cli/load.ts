@@ -135,8 +135,12 @@ function hint(code: string, f: LoadFlags, first = '', unreachable: string[] = []
       return `could not connect to ${unreachable.length ? unreachable.join(', ') : at}: start the proxy there (revproxy proxy --port ${unreachable[0]?.split(':').pop() ?? port}) or give its address with --revproc HOST:PORT`;
     case 'NO_SERVER': {
       // Of several policies, the one the proxy named (it was always the first given, which may be served).
-      const policy = /^no server is registered for privacy policy (.+)$/.exec(first)?.[1] ?? f.policy[0];
-      return `no server of ${f.policy.length > 1 ? `policy ${policy}` : 'the policy'} is registered with the proxy: start one (revproxy server --id 100 --pp ${policy} --revproc ${target.host === '127.0.0.1' ? port : hostPort(target.host, port)}) or name another --policy`;
+      // The proxy's words (routing.ts: `route` for a policy it has never had, `noServer`): the policy, then what its servers are, when it has some.
+      const said = /^no (?:server is registered for|live server serves) privacy policy (.+?)(?:: (its (?:one server, |\d+ servers: ).*))?$/s.exec(first);
+      const policy = said?.[1] ?? f.policy[0];
+      const which = f.policy.length > 1 ? `policy ${policy}` : 'the policy';
+      if (said?.[2]) return `no server of ${which} takes requests now, though the proxy has some (${said[2]}): a drained one is put back with the inspector's enable (or POST /api/members/enable on its --inspect port), an ejected or down one once it answers again (the proxy's log says why each went)`;
+      return `no server of ${which} is registered with the proxy: start one (revproxy server --id 100 --pp ${policy} --revproc ${target.host === '127.0.0.1' ? port : hostPort(target.host, port)}) or name another --policy`;
     }
     case 'OVERLOADED':
       return "the proxy refused requests at one of its limits (--queue-limit, --max-server-inflight): ask for less (--connections, --inflight, --rate) or raise the proxy's limits";

@@ -23,9 +23,7 @@ import { decodeServer, encodeServer, serverKey, type ServerEntry } from './keys.
 import { describeRegistry, resolveRegistry, type RegistryOptions } from './options.js';
 import { proofOf } from './proof.js';
 import { hostPort } from '../transport/address.js';
-
-/** While a registration keeps failing for the same reason, how often it is said (ms). */
-const REMIND_MS = 30_000;
+import { SaidAgain } from '../actors/said-again.js';
 
 export interface ServerRegistrationOptions extends RegistryOptions {
   /** The address proxies dial to reach this server. */
@@ -50,28 +48,20 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
     let refused = false;
     /**
      * The failure said last: while the same one goes on (etcd away, out of space), it is said again only every
-     * REMIND_MS, with how many tries failed since, and each try between at debug. Every try was a warn line (up to
-     * 2 s apart): 13 a server in a 30 s outage, all alike.
+     * REMIND_MS. Every try was a warn line (up to 2 s apart): 13 a server in a 30 s outage, all alike. A call the
+     * breaker held back fails for the same reason as the one before it, and one with no reason of its own too.
      */
-    let said: { why: string; at: number; since: number; tries: number } | undefined;
+    const said = new SaidAgain(input.clock, (last, why) => last.replace(HELD_BACK, '') === why.replace(HELD_BACK, '') || saysNoReason(why));
     const kept = etcd.use((client) => new KeptKey(client, key, encodeServer(entry), o, {
       up: (again) => {
-        said = undefined;
+        said.clear();
         send({ type: 'REGISTERED', proxy: label, again });
       },
       down: (why, retryInMs) => {
-        const now = input.clock.now();
-        // A call the breaker held back fails for the same reason as the one before it.
-        const same = said !== undefined && (said.why.replace(HELD_BACK, '') === why.replace(HELD_BACK, '') || saysNoReason(why));
         // A try that failed with no reason of its own is said by the reason already said.
-        if (said !== undefined && saysNoReason(why)) why = said.why;
-        if (same && now - said!.at < REMIND_MS) {
-          said!.tries++;
-          return send({ type: 'REGISTRATION_LOST', proxy: label, error: why, retryInMs, repeat: true });
-        }
-        const error = same ? `${why} (${said!.tries + 1} tries failed so in ${Math.round((now - said!.since) / 1000)} s; said again every ${REMIND_MS / 1000} s while it lasts)` : why;
-        said = same ? { ...said!, at: now, tries: said!.tries + 1 } : { why, at: now, since: now, tries: 1 };
-        send({ type: 'REGISTRATION_LOST', proxy: label, error, retryInMs });
+        const last = said.last;
+        if (last !== undefined && saysNoReason(why)) why = last;
+        send({ type: 'REGISTRATION_LOST', proxy: label, retryInMs, ...said.say(why) });
       },
       // Every proxy reading etcd took this server out at the delete, and takes it back at the write (its link checked again).
       restored: (how) => input.logger.warn('registry_key_restored', `This server's registry key ${key} was ${how} while its lease was alive (an operator's etcdctl?); written again as this server writes it${how === 'deleted' ? ': every proxy reading the registry took this server out at the delete, and takes it back now' : ''}. To take a server out of the fleet, stop it (SIGTERM drains it)`, { proxy: label, key, how }),

@@ -293,7 +293,7 @@ inproc('servers that lost their proxy together do not dial it again in step: eac
   ctx.proxy = undefined as never;
   const port = await freePort();
   const logs: LogRecord[] = [];
-  const logger = new Logger('server', memorySink(logs), 'warn');
+  const logger = new Logger('server', memorySink(logs), 'debug');
   ctx.servers = await Promise.all(Array.from({ length: 20 }, (_, i) => startServer({ id: `herd-${i}`, policy: 'P', listenPort: 0, proxy: { host: LOCAL, port }, waitForRegistration: false, reconnectInitialMs: 100, reconnectMaxMs: 400, logger })));
   const waits = (): number[] => logs.filter((l) => l.event === 'registration_lost').map((l) => l.retryInMs as number);
   await eventually(() => waits().length >= 60, 5000, 'three tries each');

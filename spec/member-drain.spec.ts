@@ -74,6 +74,8 @@ d('with every member drained, requests are refused NO_SERVER until one is enable
   assert.match(ctx.logs.find((l) => l.event === 'member_drain')!.msg, /no other server of privacy policy P is serving/);
   const refused = await send('x', 3);
   assert.equal(refused.map((r) => r.error), ['NO_SERVER', 'NO_SERVER', 'NO_SERVER']);
+  // It said "no live server serves privacy policy P" alone: read as no server registered (revproxy load said to start one).
+  assert.is(refused[0]!.message, "no live server serves privacy policy P: its one server, a, is drained");
   proxy.actor.send({ type: 'MEMBER_DRAIN', member: 'nobody', by: 'spec' });
   const unknown = ctx.logs.find((l) => l.event === 'member_unknown')!;
   assert.is(unknown.level, 'warn');

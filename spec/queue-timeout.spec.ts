@@ -490,7 +490,9 @@ live("the requests waiting for a policy's only server are answered NO_SERVER at 
   const { clock, records, next } = await oneWaiting(ctx, { timeoutMs: 60_000 });
   ctx.servers[0]!.kill();
   await eventually(() => next.done !== undefined, 3000, `the waiting request answered with the clock at ${clock.now()} ms`);
-  assert.equal(next.done, gone);
+  // Its link lost: down until its registration's end removes it (then it has no server).
+  assert.is(next.done!.code, gone.code);
+  assert.match(next.done!.message ?? "", /^no live server serves privacy policy P(: its one server, s, is down)?$/);
   assert.is(clock.now(), 0, 'no time passed');
   const fresh = outcome(ctx.clients[0]!.request('P', 'fresh', { timeoutMs: 60_000 }));
   await eventually(() => fresh.done !== undefined, 3000, 'a new request answered');
@@ -510,7 +512,8 @@ live("an operator's drain of a policy's only server answers its waiting requests
   const { next } = await oneWaiting(ctx, { timeoutMs: 60_000 });
   ctx.proxy!.actor.send({ type: 'MEMBER_DRAIN', member: 's', by: 'spec' });
   await eventually(() => next.done !== undefined, 3000, 'the waiting request answered');
-  assert.equal(next.done, gone);
+  // Saying what its server is: registered, and drained.
+  assert.equal(next.done, { ...gone, message: `${gone.message}: its one server, s, is drained` });
 });
 
 live('requests waiting for room keep waiting when one of two servers dies, and go to the other when it has room', async (ctx) => {

@@ -61,6 +61,42 @@ async function server(ports: number[], opts: Partial<StartServerOptions> = {}): 
 
 const lines = (event: string): string[] => ctx.logs.filter((r) => r.event === event).map((r) => r.msg);
 
+reg('a proxy that stays down is said once, then every 30 s with how many tries failed; each try between is debug; registered, the next loss is said at once', async () => {
+  // Every try was a warn line, up to 5 s apart: 720 an hour for a server whose proxy was down (the registry's path said
+  // a lasting failure every 30 s already).
+  const clock = new ManualClock();
+  const free = createServer();
+  await new Promise<void>((r) => free.listen(0, LOCAL, r));
+  const port = (free.address() as { port: number }).port;
+  free.close();
+  await server([port], { clock, reconnectInitialMs: 1000, reconnectMaxMs: 1000, logger: new Logger('server', memorySink(ctx.logs), 'debug') });
+  const lost = (level: string): string[] => ctx.logs.filter((r) => r.event === 'registration_lost' && r.level === level).map((r) => r.msg);
+  const tries = (): number => ctx.logs.filter((r) => r.event === 'registration_lost').length;
+  await eventually(() => tries() === 1, 3000, 'the first try failed');
+  // 35 s of the server's clock, a try a second (each dial refused at once, for real).
+  for (let s = 1; s <= 35; s++) {
+    clock.advance(1000);
+    await eventually(() => tries() === s + 1, 3000, `try ${s + 1} failed`);
+  }
+  const warns = lost('warn');
+  assert.is(warns.length, 2, warns.join('\n'));
+  assert.match(warns[0]!, new RegExp(`^Not registered with the reverse proxy at 127\\.0\\.0\\.1:${port}: .*; retrying in \\d+ ms$`));
+  assert.match(warns[1]!, /\(3\d tries failed so in 3\d s; said again every 30 s while it lasts\); retrying in \d+ ms$/);
+  assert.is(lost('debug').length, 34);
+  // Registered, then lost again: said at once.
+  const back = createServer((sock) => {
+    ctx.socks.push(sock);
+    sock.on('error', () => {});
+    sock.write(frame({ type: MsgType.PING, seq: 0 }));
+    setTimeout(() => sock.destroy(), 50);
+  });
+  await new Promise<void>((r) => back.listen(port, LOCAL, r));
+  ctx.fakes.push(back);
+  clock.advance(1000);
+  await eventually(() => lines('registered').length === 1, 3000, 'registered');
+  await eventually(() => lost('warn').length === 3, 3000, 'the loss after it said at once');
+});
+
 reg('a proxy that floods PINGs and reads none of the PONGs is cut as misbehaving past a bound, said, and registered with again after the longest backoff', async () => {
   // The registration's reads are never held (a deadlock of two full buffers): its PONGs piled up unread, 781 MB in 50 s.
   const ping = frame({ type: MsgType.PING, seq: 7 });
