@@ -31,7 +31,7 @@ import { EtcdClient } from './etcd-client.js';
 import { KeptKey } from './kept-key.js';
 import { decodeServer, encodeProxy, proxyKey, SERVERS } from './keys.js';
 import { PrefixMirror } from './mirror.js';
-import { describeRegistry, resolveRegistry, type RegistryOptions, type Resolved } from './options.js';
+import { describeRegistry, REGISTRY_DEFAULTS, resolveRegistry, type RegistryOptions, type Resolved } from './options.js';
 import { hostPort } from '../transport/address.js';
 import { lifecycle } from '../transport/lane.js';
 
@@ -190,7 +190,9 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
       up(again) {
         status.advertised = true;
         clearInterval(remindUnadvertised);
-        if (!again) log.info('advertised', `Advertised this proxy in the registry as ${hostPort(entry.address, p)}: clients given --registry ${url} find it`, { url, address: entry.address, port: p });
+        // Clients given the URL alone read the default prefix: another fleet's, when this one has its own.
+        const given = o.prefix === REGISTRY_DEFAULTS.prefix ? `--registry ${url}` : `--registry ${url} --registry-prefix ${o.prefix}`;
+        if (!again) log.info('advertised', `Advertised this proxy in the registry as ${hostPort(entry.address, p)}: clients given ${given} find it`, { url, address: entry.address, port: p });
         else if (status.unadvertised) log.info('advertised', `Advertised this proxy in the registry again as ${hostPort(entry.address, p)}: clients find it again`, { url, address: entry.address, port: p });
         status.unadvertised = undefined;
         report();

@@ -1021,6 +1021,9 @@ reg_('etcd hung for a moment: the proxy reads the registry again because its own
   const logs: LogRecord[] = [];
   await proxy({ logs });
   await eventually(() => logs.some((l) => l.event === 'advertised'), 5000, 'the proxy advertised');
+  // The fleet's own prefix is named: a client given the URL alone reads the default one, another fleet's.
+  const advertised = logs.find((l) => l.event === 'advertised')!.msg;
+  assert.ok(advertised.endsWith(` --registry-prefix ${ctx.prefix} find it`), advertised);
   // Longer than a keepalive's deadline (a third of the 2 s TTL, halved), shorter than the read that follows may wait (2 s): the watch sees nothing.
   const etcd = ctx.etcd as EtcdMember;
   etcd.pause();
