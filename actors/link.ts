@@ -354,8 +354,9 @@ export interface Tally {
  * One server answer to one request: an ACK, or an application error (the
  * handler's own `HANDLER_ERROR`: an answer, not a fault of the server), goes
  * to the client now; any other ERROR is kept in the tally for a retry.
+ * `early`: it came in less than half the time the server was given for it.
  */
-export function settle(link: Pick<LinkInput, 'member' | 'logger' | 'reply'>, req: ProxyRequest, m: AckMsg | ErrorMsg, tally: Tally, kept = false): void {
+export function settle(link: Pick<LinkInput, 'member' | 'logger' | 'reply'>, req: ProxyRequest, m: AckMsg | ErrorMsg, tally: Tally, kept = false, early = false): void {
   if (kept) req.kept!--;
   if (req.answered) {
     // Another try of it answered first (one kept past its try timeout, or the retry that went on meanwhile).
@@ -392,7 +393,10 @@ export function settle(link: Pick<LinkInput, 'member' | 'logger' | 'reply'>, req
     // answer does not count towards ejecting the server. Counted, an overloaded policy lost its servers one by one,
     // each ejected by its first run of them and its load sent to the others (Google's SRE book, "Addressing Cascading
     // Failures", warns of the same).
-    if (m.code !== ErrorCode.OVERLOADED && m.code !== ErrorCode.TIMEOUT) {
+    // A TIMEOUT in less than half the time the server was given (`early`) is no deadline that passed: a broken or
+    // hostile server answering every request so at once was never ejected, and failed a tenth of its policy's requests
+    // once the retry budget was spent.
+    if ((m.code !== ErrorCode.OVERLOADED && m.code !== ErrorCode.TIMEOUT) || (early && m.code === ErrorCode.TIMEOUT)) {
       tally.failures++;
       tally.faults = (tally.faults ?? 0) + 1;
     }

@@ -249,6 +249,8 @@ export class LinkTraffic implements LinkPort {
     const tally: Tally = { answered: 0, failures: this.failures };
     // When the newest request this read answered went (`overtakenAt`).
     let newest = -Infinity;
+    /** The clock when a TIMEOUT was read (read once, for those only). */
+    let readAt: number | undefined;
     for (let i = 0; i < messages.length; i++) {
       const m = messages[i]!;
       if (m.type !== MsgType.ACK && m.type !== MsgType.ERROR) {
@@ -282,7 +284,9 @@ export class LinkTraffic implements LinkPort {
         logLate(link, m);
         continue;
       }
-      settle(link, p.req, m, tally, kept);
+      // The server was given at least until the try's deadline (`timeoutms`): a TIMEOUT in less than half of that is none.
+      const early = m.type === MsgType.ERROR && m.code === ErrorCode.TIMEOUT && (readAt ??= link.clock.now()) - p.sentAt < (p.deadline - p.sentAt) / 2;
+      settle(link, p.req, m, tally, kept, early);
       if (p.sentAt > newest) newest = p.sentAt;
     }
     this.answered += tally.answered;

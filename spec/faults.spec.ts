@@ -227,6 +227,22 @@ inproc('a server shedding load is not ejected for it: what it refuses OVERLOADED
   assert.is(ctx.proxy.pools().P!.states.busy, 'serving');
 });
 
+inproc('a server that answers TIMEOUT at once is ejected: that is no deadline passed, but a server failing every request', async (ctx) => {
+  // TIMEOUT is a server shedding load when its request waited out the time it was given. One answering it in a
+  // millisecond (here its handler timeout, 1 ms: a broken config, or a hostile server) was never ejected, and failed
+  // a tenth of its policy's requests once the retry budget was spent.
+  const add = await setup(ctx, { ejectAfter: 3 });
+  await add('good');
+  const quick = await startServer({ id: 'quick', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, handlerTimeoutMs: 1, handler: () => new Promise((r) => setTimeout(() => r('late'), 50)) });
+  ctx.servers.push(quick);
+  await eventually(() => ctx.proxy.pools().P?.serving.includes('quick') ?? false, 2000, 'quick serving');
+  const results = await runClient({ id: 'c', proxy: { host: LOCAL, port: ctx.proxy.port }, packets: pkts(12), window: 1 });
+  assert.ok(results.every((r) => r.correct && r.server === 'good'), JSON.stringify(results.filter((r) => !r.correct)));
+  assert.ok(ctx.logs.some((l) => l.event === 'retry' && /answered TIMEOUT/.test(l.msg)), 'quick answered TIMEOUT');
+  await eventually(() => ctx.logs.some((l) => l.event === 'eject' && l.id === 'quick'), 1000, 'ejection');
+  assert.is(ctx.proxy.pools().P!.states.quick, 'ejected');
+});
+
 inproc('an outlier is ejected while the others of its policy fail less than half as often', async (ctx) => {
   const add = await setup(ctx, { ejectAfter: 3, retries: 0 });
   await add('bad', 'fail');
