@@ -341,6 +341,19 @@ export function proxyConnectionsNote(o: Opts): ReturnType<typeof connectionsNote
   return connectionsNote(o.maxConnections, o.maxConnectionsSet, DEFAULT_PROXY_MAX_CONNECTIONS, 'max_connections (--max-connections)', o.maxBufferedBytes);
 }
 
+/**
+ * What a start (and `--check`, as nginx -t prints its warnings) says of a port other machines can reach
+ * with no registration secret (`insecure`), or undefined. `--check` printed the admin endpoint's like
+ * warning and not this one.
+ */
+export function proxyInsecureNote(o: Pick<Opts, 'host' | 'token' | 'tokens'>): { message: string; fields: Record<string, unknown> } | undefined {
+  if (isLoopback(o.host) || o.token !== undefined || o.tokens !== undefined) return undefined;
+  return {
+    message: `listening on ${o.host}, reachable from other machines, with no registration secret: anyone who can connect can register as a server of any privacy policy and receive its clients' data. Set --token (or REVPROXY_TOKEN) or --tokens FILE.`,
+    fields: { host: o.host },
+  };
+}
+
 /** How often the sweeper looks for requests past their deadline: a twentieth of a try, or of the queue timeout when shorter, within 5-100 ms. */
 export function sweepInterval(o: Pick<Opts, 'tryTimeoutMs' | 'queueTimeoutMs'>): number {
   return Math.max(5, Math.min(100, Math.floor(Math.min(o.tryTimeoutMs, o.queueTimeoutMs) / 20)));

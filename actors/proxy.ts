@@ -21,7 +21,6 @@
  * (by an operator, MEMBER_DRAIN: out until MEMBER_ENABLE).
  */
 import { assertEvent, assign, sendTo, setup, type ActorRefFrom } from 'xstate';
-import { isLoopback } from '../transport/address.js';
 import { BufferBudget } from '../transport/budget.js';
 import { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode } from '../transport/errors.js';
@@ -35,7 +34,7 @@ import { silentLogger } from './logger.js';
 import { lazyTextFrom } from './memory-limit.js';
 import { drainWatch, linkHub, listener, noRegistry, pinger, PortClosed, sweeper } from './proxy-io.js';
 import { LinkSockets, logBadInput, logLinksFull, logShed } from './port-limits.js';
-import { guardObserver, proxyBudgetNote, proxyListeningNote, proxyConnectionsNote, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
+import { guardObserver, proxyBudgetNote, proxyInsecureNote, proxyListeningNote, proxyConnectionsNote, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
 import type { ProxyContext, ProxyEvent } from './proxy-types.js';
 import { drainMember, enableMember, linkDown, linkUp, probe, readmit, serverLeaving, triesFailed } from './health.js';
 import { admit, applyReload, evict, registeredBy, removeServer } from './membership.js';
@@ -66,9 +65,8 @@ export const proxyMachine = setup({
       if (memory) context.logger[memory.level]('memory_limit', memory.message, memory.fields);
       const conns = proxyConnectionsNote(o);
       if (conns) context.logger.info('connection_limit', conns.message, conns.fields);
-      if (!isLoopback(o.host) && o.token === undefined && o.tokens === undefined) {
-        context.logger.warn('insecure', `listening on ${o.host}, reachable from other machines, with no registration secret: anyone who can connect can register as a server of any privacy policy and receive its clients' data. Set --token (or REVPROXY_TOKEN) or --tokens FILE.`, { host: o.host });
-      }
+      const open = proxyInsecureNote(o);
+      if (open) context.logger.warn('insecure', open.message, open.fields);
     },
     setError: assign(({ event }) => {
       assertEvent(event, 'LISTEN_FAILED');

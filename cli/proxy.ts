@@ -15,14 +15,14 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { startProxy, type ProxyHandle } from '../actors/index.js';
 import { logStopped } from '../actors/children.js';
 import { Destination, fmt, Logger, LogStream, LEVELS, LOG_BUFFER_BYTES, SUMMARY_INTERVAL_MS } from '../actors/logger.js';
-import { DEFAULT_LISTEN_HOST, OLD_SERVER_DEFAULTS, proxyBudgetNote, proxyConnectionsNote, resolveOptions } from '../actors/proxy-options.js';
+import { DEFAULT_LISTEN_HOST, OLD_SERVER_DEFAULTS, proxyBudgetNote, proxyConnectionsNote, proxyInsecureNote, resolveOptions, type Opts } from '../actors/proxy-options.js';
 import { badTrustedSource, fileLimitWarning } from '../actors/port-limits.js';
 import { ACCESS_LOG_HOLD, AccessLog, accessLogHold, combineObservers } from '../admin/access-log.js';
 import { ConnStats } from '../admin/conn-stats.js';
 import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin/server.js';
 import type { RegistryStatus } from '../registry/events.js';
 import {
-  anchorIssues, badPolicy, changes, ConfigError, FLAG_KEYS, flagOfKey, flagWords, keyOfFlag, PROXY_PROTOCOL_FROM_DOC, RETRY_ON_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, overridden, parseHostPort, RuntimeProblems, toRuntime,
+  anchorIssues, badPolicy, changes, checkListenNames, ConfigError, FLAG_KEYS, flagOfKey, flagWords, hostPortProblem, keyOfFlag, PROXY_PROTOCOL_FROM_DOC, RETRY_ON_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, overridden, parseHostPort, RuntimeProblems, setsNothing, setsNothingWarning, toRuntime,
   assertWritable, whyNotWritable, type FileKey, type NumberKey, type ProxyConfig, type Runtime,
 } from '../config/proxy.js';
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
@@ -66,8 +66,8 @@ function proxyOptions(): Option[] {
     new Option('--access-log <file>', "one line per request (time, client and address, policy, server, seq, tries, latency, outcome): '-' for stdout, or a file, reopened on SIGUSR1 (logrotate) and SIGHUP (default: off)"),
     new Option('--access-log-flush <ms>', `a file access log holds its lines for fewer, larger writes: it writes at least this often, and whenever ${ACCESS_LOG_HOLD.bytes / 1024} KiB wait; 0 writes every turn of the event loop (default: ${ACCESS_LOG_HOLD.ms})`).argParser(parseIntOption('--access-log-flush', 0)),
     new Option('--admin <host:port>', 'serve /healthz, /readyz and /metrics on HOST:PORT (default: off)').argParser((v) => {
-      const v6 = bracketHint(v);
-      if (!parseHostPort(v)) throw new InvalidArgumentError(`--admin takes HOST:PORT (e.g. 127.0.0.1:9100) or a port, got '${v}'${v6 ? `: ${v6}` : ''}`);
+      const why = hostPortProblem(v);
+      if (!parseHostPort(v)) throw new InvalidArgumentError(`--admin takes HOST:PORT (e.g. 127.0.0.1:9100) or a port, got '${v}'${why ? `: ${why}` : ''}`);
       return v;
     }),
     new Option('--admin-token <secret>', 'bearer token /metrics requires (the health checks stay open)').env('REVPROXY_ADMIN_TOKEN'),
@@ -184,8 +184,9 @@ Example:
     const envAdminToken = cmd.getOptionValueSource('adminToken') === 'env';
     // What the file last said, and the settings the command line takes from it (said at start and at each reload).
     let fromFile: ProxyConfig = {};
-    const read = (): ProxyConfig => {
-      fromFile = file ? loadConfigFile(resolvePath(file)) : {};
+    // A reload refuses a file that sets nothing (config/proxy.ts, loadConfigFile); a start and --check take it.
+    const read = (reload = false): ProxyConfig => {
+      fromFile = file ? loadConfigFile(resolvePath(file), { reload }) : {};
       const c = merge(fromFile, flags);
       if (envAdminToken) c.admin = withoutAmbient(c.admin, 'token', 'listen');
       if (envPassword) c.registry = withoutAmbient(c.registry, 'password', 'url');
@@ -225,6 +226,10 @@ Example:
       const pid = pidFile ? pidFileProblem(pidFile) : undefined;
       if (pid) problems = problems instanceof RuntimeProblems ? new RuntimeProblems(problems.file, problems.issues, [...problems.given, pid]) : (problems ?? new FileError(pid));
       if (problems || !rt) throw explain(problems);
+      // Its listeners, their names resolved as a start resolves them.
+      await checkListenNames(cfg).catch((err: unknown) => {
+        throw explain(err);
+      });
       // What a start would warn of, where an operator runs the check (CI, a deploy), as nginx -t warns; still valid (exit 0).
       const resolved = resolveOptions(rt.options);
       const files = fileLimitWarning(resolved.maxConnections, resolved.maxConnectionsSet, 'max_connections');
@@ -232,7 +237,10 @@ Example:
       const conns = proxyConnectionsNote(resolved);
       if (conns) process.stdout.write(`revproxy: ${conns.message}\n`);
       const listen = await Promise.all([listenWarning('host', resolved.host), rt.admin ? listenWarning('the admin endpoint\'s host', rt.admin.host) : undefined]);
-      const warnings = [...listen, files?.message, memory?.level === 'warn' ? memory.message : undefined, rt.admin && adminInsecure(rt.admin), ...rt.certs.map((c) => expiryWarning(c.role, c.file, c))].filter(Boolean);
+      const warnings = [
+        file && setsNothing(fromFile) ? setsNothingWarning(file) : undefined, ...listen, files?.message, memory?.level === 'warn' ? memory.message : undefined,
+        proxyInsecureNote(resolved)?.message, rt.admin && adminInsecure(rt.admin), ...rt.certs.map((c) => expiryWarning(c.role, c.file, c)),
+      ].filter(Boolean);
       for (const w of warnings) process.stderr.write(`revproxy: warning: ${w}\n`);
       process.stdout.write(`revproxy: ${file ? `the configuration file ${file}` : 'the configuration'} is valid (${settingCount(cfg)} setting(s); the files it names can be used)\n`);
       setExit(0);
@@ -272,10 +280,11 @@ type Overrides = () => { file: ProxyConfig; keys: string[] };
 const COMMAND_LINE = 'the command line';
 
 /** Start everything a config asks for, serve until SIGTERM/SIGINT, reload on SIGHUP. */
-async function run(read: () => ProxyConfig, source: string, setExit: (code: number) => void, onHup: (f: () => void) => void, flagOf: (key: FileKey) => string | undefined, explain: (err: unknown) => unknown, pidFile?: string, overrides: Overrides = () => ({ file: {}, keys: [] })): Promise<void> {
+async function run(read: (reload?: boolean) => ProxyConfig, source: string, setExit: (code: number) => void, onHup: (f: () => void) => void, flagOf: (key: FileKey) => string | undefined, explain: (err: unknown) => unknown, pidFile?: string, overrides: Overrides = () => ({ file: {}, keys: [] })): Promise<void> {
   let running = read();
-  // Checked as --check checks it: every problem at once, the file's at their lines.
+  // Checked as --check checks it: every problem at once, the file's at their lines; then its listeners, by the addresses its names resolve to.
   const rt = checkRuntime(running, source, flagOf);
+  await checkListenNames(running);
   const stdout = new Destination({ to: '-' });
   const logger = new Logger('proxy', new LogStream(stdout, { format: rt.log.format, color: useColor(rt.log.color) }), rt.log.level, { summaryMs: rt.log.summaryMs });
   const unwarn = logProcessWarnings(logger);
@@ -354,6 +363,8 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
   const conns = rt.admin ? new ConnStats() : undefined;
   // A reload changes it at once.
   let readyPolicies = rt.admin?.readyPolicies ?? [];
+  // The token the admin endpoint asks for now.
+  let adminToken: string | undefined;
   if (rt.admin) {
     metrics = new Metrics({ pools: () => (proxy ? poolViews(proxy, readyPolicies) : []), inflight: () => proxy?.actor.getSnapshot().context.inflight.size ?? 0, actorCounts: () => [] }, 200, { defaults: true });
     addOperationsMetrics(metrics.registry, {
@@ -379,6 +390,7 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
     }
     readiness.add('pool', () => poolReadiness(readyPolicies, proxy?.pools() ?? {}));
     admin = await startAdmin({ host: rt.admin.host, port: rt.admin.port, token: rt.admin.token, metrics, readiness, logger });
+    adminToken = rt.admin.token;
     logger.info('admin', `Admin endpoint on ${admin.url} (/healthz, /readyz, /metrics)`, { url: admin.url });
     const open = adminInsecure(rt.admin);
     if (open) logger.warn('admin_insecure', open, { host: rt.admin.host });
@@ -422,9 +434,10 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       let next: ProxyConfig;
       let nextRt: Runtime;
       try {
-        next = read();
+        next = read(true);
         // Checked as at start: every problem at once, the file's at their lines (its log files aside: reopened below).
         nextRt = checkRuntime(next, source, flagOf, { logs: false });
+        await checkListenNames(next);
       } catch (err) {
         refusedOne();
         // Pointed at the file's lines, as at start.
@@ -473,16 +486,27 @@ async function run(read: () => ProxyConfig, source: string, setExit: (code: numb
       // Defaults computed from a setting that needs a restart (max_conns_per_peer's from host) follow its running value.
       // A secret no longer accepted revokes its servers' registrations, in the RELOAD itself: counted for the line below.
       const registered = handle.actor.getSnapshot().context.servers.size;
+      const wasOpts = handle.actor.getSnapshot().context.opts;
       handle.actor.send({ type: 'RELOAD', opts: resolveOptions({ ...nextRt.options, host: rt.options.host, maxBufferedBytes: rt.options.maxBufferedBytes }) });
+      const nowOpts = handle.actor.getSnapshot().context.opts;
       const revoked = registered - handle.actor.getSnapshot().context.servers.size;
-      if (!restart.includes('admin.listen')) admin?.setToken(nextRt.admin?.token);
-      if (admin) readyPolicies = nextRt.admin?.readyPolicies ?? [];
+      // The endpoint's token and ready policies change at once, unless the endpoint itself changed (a restart: config/proxy.ts, `changes`).
+      const adminWas = adminToken;
+      if (admin && !restart.includes('admin.token')) admin.setToken((adminToken = nextRt.admin?.token));
+      if (admin && !restart.includes('admin.ready_policies')) readyPolicies = nextRt.admin?.readyPolicies ?? [];
       reloads.applied++;
       reloads.lastOk = true;
       reloads.lastOkAt = monotonicEpoch();
       logger.info('reload', `Reloaded ${source}: ${applied.length ? `applied ${applied.join(', ')}` : restart.length ? `nothing applied: ${restart.join(', ')} need${restart.length === 1 ? 's' : ''} a restart` : 'no setting changed'}${source !== COMMAND_LINE || next.tokens_file !== undefined ? '; secrets re-read' : ''}; ${revoked > 0 ? `revoked ${revoked} server registration(s) whose secret no longer passes (deregister lines name them)` : 'no connection closed'}`, { file: source, applied, revoked });
       // After the line saying so: a reload to `warn` said nothing of itself (half of 100 reloads between info and warn went unsaid).
       logger.setLevel(nextRt.log.level);
+      // A secret removed opens what it protected: said plainly, whatever else the reload did (an empty file took every default and said only "applied token, admin.token").
+      if (!hasSecrets(nowOpts) && hasSecrets(wasOpts)) {
+        logger.warn('secret_removed', `this reload removed every registration secret (token, tokens): any peer that can connect to ${hostAndPort(nowOpts.host, handle.port)} can now register as a server of any privacy policy and receive its clients' data; if that is not meant, put the secret back and reload`, { file: source, key: 'token' });
+      }
+      if (admin && adminWas !== undefined && adminToken === undefined) {
+        logger.warn('secret_removed', `this reload removed admin.token: /metrics on ${admin.url} now answers anyone who can connect, with no token; if that is not meant, put the token back and reload`, { file: source, key: 'admin.token' });
+      }
       if (restart.length) {
         logger.warn('reload_restart_needed', `${restart.join(', ')} changed in ${source} but take${restart.length === 1 ? 's' : ''} effect only after a restart; running with the previous value${restart.length === 1 ? '' : 's'}`, { file: source, restart });
       }
@@ -687,6 +711,11 @@ function removePidFile(path: string): void {
   } catch {
     // already gone
   }
+}
+
+/** Whether the proxy asks registering servers for a secret: a `token`, or `tokens` (a policy they do not name takes no registration). */
+function hasSecrets(o: Pick<Opts, 'token' | 'tokens'>): boolean {
+  return o.token !== undefined || o.tokens !== undefined;
 }
 
 /** Whether two sets of TLS files hold the same bytes. */

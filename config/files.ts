@@ -10,7 +10,7 @@ import type { Packet } from '../actors/connect.js';
 import { FileError, UsageError } from '../transport/errors.js';
 import { MsgType, toMessage } from '../transport/messages.js';
 import { loadTls, TlsConfigError, validityOf, type TlsMaterial, type Validity } from '../transport/tls.js';
-import { ENV_REFERENCE, NOT_EXPANDED, yaml, type Issue } from './schema.js';
+import { ENV_REFERENCE, NOT_EXPANDED, yaml, yamlErrorWords, type Issue } from './schema.js';
 
 /**
  * Why a file could not be read, in words. `file`, when given, is looked at for a symbolic link whose
@@ -183,7 +183,9 @@ export function loadTokens(path: string): Record<string, string | string[]> {
     // a secret `0123456789` as the number 123456789, a secret the servers do not have.
     doc = yaml().parse(text, { schema: 'failsafe' });
   } catch (err) {
-    throw new FileError(`the tokens file '${path}' is not valid YAML (${firstLine(err)}); ${TOKENS_HINT}`);
+    const e = err as { code?: string; linePos?: Array<{ line: number }> };
+    const why = e.code === 'MULTIPLE_DOCS' ? `line ${e.linePos?.[0]?.line ?? 1}: ${yamlErrorWords(e as Error)}` : firstLine(err);
+    throw new FileError(`the tokens file '${path}' is not valid YAML (${why}); ${TOKENS_HINT}`);
   }
   if (!doc || typeof doc !== 'object' || Array.isArray(doc)) {
     throw new FileError(`the tokens file '${path}' is not a map of policies to secrets; ${TOKENS_HINT}`);

@@ -10,6 +10,8 @@
  * defaults. Paths in the file are relative to the file's folder.
  */
 import { accessSync, closeSync, constants, existsSync, openSync, readFileSync, statSync } from 'node:fs';
+import { lookup } from 'node:dns/promises';
+import { setTimeout as wait } from 'node:timers/promises';
 import { isIP } from 'node:net';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { LEVELS, SUMMARY_INTERVAL_MS, type Level } from '../actors/logger.js';
@@ -203,11 +205,30 @@ const secretText = refine(text, (t) => {
 export const secret = refine(secretText, (t) => (t.length < 8 ? 'a secret needs at least 8 characters: a short secret is easy to guess' : undefined));
 const path = refine(text, (t) => (t.length === 0 ? 'expected a file path, got an empty string' : undefined));
 
-/** `HOST:PORT`, `[::1]:PORT` or `PORT` (127.0.0.1). */
+/** `HOST:PORT`, `[::1]:PORT` or `PORT`: the host as written (brackets kept), and the port. */
+function splitHostPort(value: string): { host?: string; port: string } | undefined {
+  const m = /^(?:(\[[^\]]+\])|([^:\s]+)):(\d{1,5})$/.exec(value) ?? /^()()(\d{1,5})$/.exec(value);
+  return m ? { host: m[1] || m[2] || undefined, port: m[3]! } : undefined;
+}
+
+/**
+ * Why `value` is not `HOST:PORT` (the admin endpoint's), said after "got 'VALUE': ", or undefined when
+ * it is one, or when there are no better words than what is expected. Its host follows the rule of
+ * `host` (`badListenHost`, the one owner): `127.1`, `0127.0.0.1` and `[127.0.0.1]` passed here, where
+ * `--host` refused them, and a loopback one was warned of as reachable from other machines.
+ */
+export function hostPortProblem(value: string): string | undefined {
+  const split = splitHostPort(value);
+  if (!split) return bracketHint(value);
+  const bad = split.host === undefined ? undefined : badListenHost(split.host);
+  return bad?.kind === 'form' ? bad.why : undefined;
+}
+
+/** `HOST:PORT`, `[::1]:PORT` or `PORT` (127.0.0.1), its host an address to listen on (`hostPortProblem`). */
 export function parseHostPort(value: string): { host: string; port: number } | undefined {
-  const m = /^(?:\[([^\]]+)\]|([^:\s]+)):(\d{1,5})$/.exec(value) ?? /^()()(\d{1,5})$/.exec(value);
-  if (!m || Number(m[3]) > 65535) return undefined;
-  return { host: listenAddress(m[1] || m[2] || '127.0.0.1'), port: Number(m[3]) };
+  const split = splitHostPort(value);
+  if (!split || Number(split.port) > 65535 || (split.host !== undefined && badListenHost(split.host))) return undefined;
+  return { host: listenAddress(split.host ?? '127.0.0.1'), port: Number(split.port) };
 }
 const etcdUrl = scalar('etcd://HOST:PORT (a comma-separated list for several etcd members; etcds:// for TLS)', (v) => {
   try {
@@ -233,7 +254,7 @@ export const RETRY_ON_DOC = `how a try may have failed for its request to be sen
 /** What `proxy_protocol_from` (`--proxy-protocol-from`) does, for the help text and docs/CONFIG.md. */
 export const PROXY_PROTOCOL_FROM_DOC = 'addresses or networks (10.0.0.0/8) of the L4 balancers in front of the proxy: their connections must begin with a PROXY protocol header (v1 or v2), whose client address the limits, logs and access log then use; anyone else is read as without it (default: none)';
 
-const hostPort = scalar('HOST:PORT (e.g. 127.0.0.1:9100), or a port on 127.0.0.1', (v) => parseHostPort(String(v)), (v) => bracketHint(String(v)));
+const hostPort = scalar('HOST:PORT (e.g. 127.0.0.1:9100), or a port on 127.0.0.1', (v) => parseHostPort(String(v)), (v) => hostPortProblem(String(v)));
 
 const UNIT_WORDS: Record<string, string> = { ms: 'milliseconds', us: 'microseconds', n: 'a count', bytes: 'bytes', port: 'a port' };
 
@@ -389,9 +410,39 @@ export class ConfigError extends IssuesError<typeof LocalCode.BAD_FILE> {
   }
 }
 
-/** Read and check a config file; paths in it become absolute (relative to its folder). */
-export function loadConfigFile(file: string): ProxyConfig {
-  return parseConfig(readYamlFile(file, 'the configuration file', (issues) => new ConfigError(file, issues)), file);
+/** Marks the config of a file that sets nothing (`setsNothing`). */
+const NOTHING = Symbol('sets nothing');
+
+/** Whether `c` was read from a file that sets nothing: empty, or only comments and white space (`{}` sets every setting to its default). */
+export function setsNothing(c: ProxyConfig): boolean {
+  return (c as { [NOTHING]?: boolean })[NOTHING] === true;
+}
+
+/** What a file that sets nothing is, in the words of the reload that refuses it and of `--check`, which warns of it. */
+const SETS_NOTHING = 'the file sets nothing (it is empty, or only comments)';
+const WRITE_BRACES = 'write {} for every setting at its default';
+
+/**
+ * `--check`'s warning for a file that sets nothing: valid at start (every setting from the flags and the
+ * defaults), refused by a reload (`loadConfigFile`).
+ */
+export function setsNothingWarning(file: string): string {
+  return `${file} sets nothing (it is empty, or only comments): a start takes every setting from the flags and defaults, but a reload (SIGHUP) refuses such a file and keeps the running settings, as it is what a writer leaves for a moment before it writes; ${WRITE_BRACES}`;
+}
+
+/**
+ * Read and check a config file; paths in it become absolute (relative to its folder). A file that sets
+ * nothing is valid at start; `reload` refuses it (at 1:1), keeping the running settings: it is what an
+ * editor or a script that truncates the file, then writes it, leaves for a moment, and a reload then
+ * took every default - the registration and admin secrets dropped, with no warning - while an empty
+ * tokens file was refused.
+ */
+export function loadConfigFile(file: string, opts: { reload?: boolean } = {}): ProxyConfig {
+  const c = parseConfig(readYamlFile(file, 'the configuration file', (issues) => new ConfigError(file, issues)), file);
+  if (opts.reload && setsNothing(c)) {
+    throw new ConfigError(file, [{ line: 1, col: 1, path: '', message: `${SETS_NOTHING}: a reload refuses it, as what a writer leaves for a moment before it writes; ${WRITE_BRACES}, and write the file atomically (a temporary file renamed over it), then reload again` }]);
+  }
+  return c;
 }
 
 /** Check a config given as text; `file` names it in messages and anchors relative paths. */
@@ -399,7 +450,7 @@ export function parseConfig(source: string, file: string): ProxyConfig {
   const { value, ctx } = readYaml(source, proxyConfigSpec);
   // An empty file, or one of comments only (the example with every line commented out), is a valid config that
   // sets nothing, as a start without one: it was refused "expected a mapping ... got nothing", naming every key.
-  if (!value && ctx.doc.errors.length === 0 && ctx.doc.contents === null) return {};
+  if (!value && ctx.doc.errors.length === 0 && ctx.doc.contents === null) return Object.defineProperty({}, NOTHING, { value: true });
   if (!value) throw new ConfigError(file, ctx.issues);
   return absolutePaths(value, dirname(resolve(file)));
 }
@@ -506,22 +557,47 @@ export function toRuntime(c: ProxyConfig): Runtime {
  * "port P on H is already in use: stop what holds it", blaming another program, and --check passed
  * it. Port 0 (a free one each) never clashes. Each clash is named on the later setting, saying both.
  */
-function portClashes(c: ProxyConfig): Issue[] {
+function portClashes(c: ProxyConfig, addressOf: ReadonlyMap<string, string> = new Map()): Issue[] {
   const listeners = [
     { path: 'port', names: "the proxy's port (port, --port)", host: c.host ?? DEFAULT_LISTEN_HOST, port: c.port ?? DEFAULTS.port },
     ...(c.admin?.listen ? [{ path: 'admin.listen', names: 'the admin endpoint (admin.listen, --admin)', host: c.admin.listen.host, port: c.admin.listen.port }] : []),
     ...(c.inspect !== undefined ? [{ path: 'inspect', names: 'the inspector (inspect, --inspect, on 127.0.0.1)', host: '127.0.0.1', port: c.inspect }] : []),
   ];
   const issues: Issue[] = [];
+  // A name as the start resolved it (`resolveListenNames`), said beside it: `localhost:2100 (127.0.0.1)`.
+  const address = (x: { host: string }): string => addressOf.get(x.host) ?? x.host;
+  const said = (x: { host: string; port: number }): string => `${hostAndPort(x.host, x.port)}${addressOf.has(x.host) ? ` (${address(x)})` : ''}`;
   for (const [j, b] of listeners.entries()) {
     // However each is spelt (`localhost.`, `[::ffff:127.0.0.1]`, `0:0:0:0:0:0:0:1`): only spellings that differ passed --check.
-    const same = (x: { host: string }): boolean => canonicalHost(x.host) === canonicalHost(b.host);
-    const a = listeners.slice(0, j).find((x) => x.port !== 0 && x.port === b.port && (same(x) || isEveryAddress(x.host) || isEveryAddress(b.host)));
+    const same = (x: { host: string }): boolean => canonicalHost(address(x)) === canonicalHost(address(b));
+    const a = listeners.slice(0, j).find((x) => x.port !== 0 && x.port === b.port && (same(x) || isEveryAddress(address(x)) || isEveryAddress(address(b))));
     if (!a) continue;
     const overlap = same(a) ? 'the same address and port' : 'the same port, on addresses that overlap';
-    issues.push({ line: 0, col: 0, path: b.path, message: `${b.names}, ${hostAndPort(b.host, b.port)}, and ${a.names}, ${hostAndPort(a.host, a.port)}, are ${overlap}: one process cannot listen there twice; give each its own port` });
+    issues.push({ line: 0, col: 0, path: b.path, message: `${b.names}, ${said(b)}, and ${a.names}, ${said(a)}, are ${overlap}: one process cannot listen there twice; give each its own port` });
   }
   return issues;
+}
+
+/** How long a listen name's lookup may take before it is compared as written (`checkListenNames`). */
+const LISTEN_LOOKUP_MS = 3000;
+
+/**
+ * The proxy's own listeners that share a port once their names are resolved as a start resolves them
+ * (the first address of a lookup, as Node's listen takes it), thrown as `toRuntime` throws those it sees as written: `host: localhost` beside `admin.listen:
+ * 127.0.0.1:P` passed `--check`, then the start failed "port P on localhost is already in use: stop what
+ * holds it", the admin endpoint holding it. `--check`, a start (before it listens) and a reload ask.
+ * A name that does not resolve in time is compared as written (`--check` warns of it on its own).
+ */
+export async function checkListenNames(c: ProxyConfig): Promise<void> {
+  const hosts = [c.host, c.admin?.listen?.host].filter((h): h is string => h !== undefined && isIP(h) === 0 && !isEveryAddress(h));
+  if (!hosts.length) return;
+  const addressOf = new Map<string, string>();
+  await Promise.all(hosts.map(async (host) => {
+    const found = await Promise.race([lookup(host).then((a) => a.address, () => undefined), wait(LISTEN_LOOKUP_MS, undefined, { ref: false })]);
+    if (found !== undefined) addressOf.set(host, found);
+  }));
+  const clashes = portClashes(c, addressOf);
+  if (clashes.length) throw new ConfigError('the configuration', clashes);
 }
 
 /**
@@ -793,9 +869,14 @@ export function changes(was: ProxyConfig, next: ProxyConfig): Change[] {
     const reload = key in NUMBERS ? NUMBERS[key as NumberKey].reload : OTHER_RELOAD[key as keyof typeof otherFields];
     // Within a section, some settings apply at once and some need a restart.
     if (key === 'admin') {
-      if (JSON.stringify(before.admin?.listen) !== JSON.stringify(after.admin?.listen)) out.push({ key: 'admin.listen', reload: 'restart' });
-      if (before.admin?.token !== after.admin?.token) out.push({ key: 'admin.token', reload: 'live' });
-      if (JSON.stringify(before.admin?.ready_policies ?? []) !== JSON.stringify(after.admin?.ready_policies ?? [])) out.push({ key: 'admin.ready_policies', reload: 'live' });
+      // The token and the ready policies are the running endpoint's, and change at once; with the endpoint itself
+      // changed (moved, added, or the section removed: a restart) they go with it, and it keeps its own until then.
+      // Removing the section said "applied admin.token" while /metrics kept asking for it.
+      const moved = JSON.stringify(before.admin?.listen) !== JSON.stringify(after.admin?.listen);
+      const reload = moved ? 'restart' : 'live';
+      if (moved) out.push({ key: 'admin.listen', reload });
+      if (before.admin?.token !== after.admin?.token) out.push({ key: 'admin.token', reload });
+      if (JSON.stringify(before.admin?.ready_policies ?? []) !== JSON.stringify(after.admin?.ready_policies ?? [])) out.push({ key: 'admin.ready_policies', reload });
     } else if (key === 'tls') {
       // Other files in the same roles are swapped in on a reload (as renewed ones at the same paths are);
       // TLS turned on or off, or mutual TLS (a CA), is how the listener was made: a restart.

@@ -76,6 +76,16 @@ const UNQUOTED_ADDRESS = /^\s*(?:-\s+)?[\w.-]+:\s+(?:[0-9A-Fa-f]*::|\[)/;
 const QUOTE_ADDRESS = "quote a value that is an IPv6 address or starts with '[' (host: '::', listen: '[::1]:9100'): YAML reads it as a mapping or a list";
 
 /**
+ * What yaml says of an error, in the words of a file's author: its first line, but for two documents in
+ * one file, which yaml said to its caller ("Source contains multiple documents; please use
+ * YAML.parseAllDocuments()"). A config, a scenario and a tokens file are each one document.
+ */
+export function yamlErrorWords(e: { code?: string; message: string }): string {
+  if (e.code === 'MULTIPLE_DOCS') return 'a second document begins here (---): the file holds one document; remove this line to join the two, or keep one of them';
+  return e.message.split('\n')[0]!;
+}
+
+/**
  * Parse YAML text and read it with `schema`. Syntax errors and every value
  * that is not what the schema expects come back as issues, with line and column.
  */
@@ -88,7 +98,7 @@ export function readYaml<T>(source: string, schema: Schema<T>): { value?: T; ctx
     // The error's own line, by the offsets the line counter keeps (not the whole file split again for each error).
     const line = source.slice(lines.lineStarts[pos.line - 1] ?? 0, lines.lineStarts[pos.line] ?? source.length);
     const quote = UNQUOTED_ADDRESS.test(line) ? `: ${QUOTE_ADDRESS}` : '';
-    return { line: pos.line, col: pos.col, path: '', message: `not valid YAML: ${e.message.split('\n')[0]}${quote}` };
+    return { line: pos.line, col: pos.col, path: '', message: `not valid YAML: ${yamlErrorWords(e)}${quote}` };
   });
   if (!issues.length) issues.push(...repeatedKeys(doc, lines));
   const ctx: ReadContext = { doc, lines, issues };
@@ -145,6 +155,8 @@ export function shown(node: unknown, ctx: ReadContext): string {
   if (yaml().isMap(n)) return 'a mapping';
   if (yaml().isSeq(n)) return 'a list';
   if (yaml().isScalar(n)) {
+    // `.inf` and `.nan` as written: JSON has no such numbers, and said them as null.
+    if (typeof n.value === 'number' && !Number.isFinite(n.value)) return written(n);
     const text = JSON.stringify(n.value);
     return text === undefined ? String(n.value) : text.length > 40 ? `${text.slice(0, 37)}...` : text;
   }

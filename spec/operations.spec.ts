@@ -70,6 +70,10 @@ config('docs/revproxy.example.yaml is valid, shows every key the format has (set
   const check = revproxy(['proxy', '--check', '--config', EXAMPLE]);
   assert.is(await check.exited, 0, check.out.join('\n'));
   assert.match(check.out.join('\n'), /revproxy\.example\.yaml is valid/);
+  // What it says of when the admin endpoint's settings change is what a reload does (it said "a change needs a restart" of them all).
+  const adminNote = /^# The admin endpoint.*$/m.exec(text)?.[0] ?? '';
+  assert.not.match(adminNote, /a change needs a restart/);
+  assert.match(adminNote, /token and ready_policies change at once/);
 });
 
 config('docs/revproxy.example.yaml sets each number to its default, and leaves commented those that follow another setting', () => {
@@ -298,6 +302,34 @@ config('--check refuses what a start cannot do: two of its listeners on one port
   assert.not.match(start.out.join('\n'), /already in use/);
 });
 
+config('two of the proxy\'s own listeners on one address, one written as a name: refused at --check and at start as its own two listeners (the start failed "already in use: stop what holds it")', async () => {
+  // A name is resolved as the start resolves it: here localhost is 127.0.0.1 (spec/hosts.ts gives processes no other /etc/hosts).
+  const { lookup } = await import('node:dns/promises');
+  const local = (await lookup('localhost')).address;
+  if (local !== '127.0.0.1') throw new Error(`this spec needs localhost to resolve to 127.0.0.1 first here, got ${local}`);
+  const cases: Array<[string[], RegExp]> = [
+    [['--host', 'localhost', '--port', '63714', '--admin', '127.0.0.1:63714'], /the admin endpoint \(admin\.listen, --admin\), 127\.0\.0\.1:63714, and the proxy's port \(port, --port\), localhost:63714 \(127\.0\.0\.1\), are the same address and port/],
+    [['--port', '63714', '--admin', 'LOCALHOST:63714'], /the admin endpoint \(admin\.listen, --admin\), LOCALHOST:63714 \(127\.0\.0\.1\), and the proxy's port \(port, --port\), 127\.0\.0\.1:63714, are the same address and port/],
+    [['--host', 'localhost', '--port', '63714', '--inspect', '63714'], /the inspector \(inspect, --inspect, on 127\.0\.0\.1\), 127\.0\.0\.1:63714, and the proxy's port \(port, --port\), localhost:63714 \(127\.0\.0\.1\), are the same address and port/],
+  ];
+  for (const [args, said] of cases) {
+    const check = revproxy(['proxy', '--check', ...args]);
+    assert.is(await check.exited, 2, `--check ${args.join(' ')}: ${check.out.join('\n')}`);
+    assert.match(check.out.join('\n'), said);
+  }
+  const file = revproxy(['proxy', '--check', '--config', write('byname.yaml', 'host: localhost\nport: 63714\nadmin:\n  listen: 127.0.0.1:63714\n')]);
+  assert.is(await file.exited, 1, file.out.join('\n'));
+  assert.match(file.out.join('\n'), /byname\.yaml:4:11: admin\.listen: the admin endpoint .*, and the proxy's port .*localhost:63714 \(127\.0\.0\.1\), are the same address and port: one process cannot listen there twice/);
+  // Other names and addresses that do not meet still pass.
+  const apart = revproxy(['proxy', '--check', '--host', 'localhost', '--port', '63714', '--admin', '127.0.0.2:63714']);
+  assert.is(await apart.exited, 0, apart.out.join('\n'));
+  // The start says the same, before it listens anywhere: not that another program holds the port.
+  const start = revproxy(['proxy', '--host', 'localhost', '--port', '63714', '--admin', '127.0.0.1:63714']);
+  assert.is(await start.exited, 2, start.out.join('\n'));
+  assert.not.match(start.out.join('\n'), /already in use|Admin endpoint on/);
+  assert.match(start.out.join('\n'), /the admin endpoint .* and the proxy's port .* are the same address and port: one process cannot listen there twice/);
+});
+
 config('--check counts the settings the file sets, none for an empty or commented-out file', async () => {
   const tokens = write('tokens.yaml', '"111": secret-of-111\n');
   const check = revproxy(['proxy', '--check', '--config', write('one.yaml', `tokens_file: ${tokens}\n`)]);
@@ -308,7 +340,29 @@ config('--check counts the settings the file sets, none for an empty or commente
     const none = revproxy(['proxy', '--check', '--config', write(name, text)]);
     assert.is(await none.exited, 0, none.out.join('\n'));
     assert.match(none.out.join('\n'), new RegExp(`${name.replace('.', '\\.')} is valid \\(0 setting\\(s\\);`));
+    // Valid at start, but a reload refuses it (what a writer that truncates leaves for a moment): said here, where systemd's ExecReload runs it.
+    assert.match(none.out.join('\n'), new RegExp(`revproxy: warning: .*${name.replace('.', '\\.')} sets nothing \\(it is empty, or only comments\\): a start takes every setting from the flags and defaults, but a reload \\(SIGHUP\\) refuses such a file.*write \\{\\}`));
   }
+  // `{}` says "every setting at its default" on purpose: no warning.
+  const braces = revproxy(['proxy', '--check', '--config', write('braces.yaml', '{}\n')]);
+  assert.is(await braces.exited, 0, braces.out.join('\n'));
+  assert.not.match(braces.out.join('\n'), /warning/);
+});
+
+config('--check says in the file\'s terms what yaml says to a developer: two documents in one file (a second ---), a number YAML reads as infinity or not-a-number', async () => {
+  const two = revproxy(['proxy', '--check', '--config', write('two.yaml', '---\ntimeout: 5000\n---\nretries: 2\n')]);
+  assert.is(await two.exited, 1, two.out.join('\n'));
+  assert.not.match(two.out.join('\n'), /parseAllDocuments/);
+  assert.match(two.out.join('\n'), /two\.yaml:3:1: not valid YAML: a second document begins here \(---\): the file holds one document; remove this line/);
+  const tokens = write('two-tokens.yaml', '"111": secret-of-111\n---\n"222": secret-of-222\n');
+  const t = revproxy(['proxy', '--check', '--port', '0', '--tokens', tokens]);
+  assert.is(await t.exited, 1, t.out.join('\n'));
+  assert.not.match(t.out.join('\n'), /parseAllDocuments/);
+  assert.match(t.out.join('\n'), /two-tokens\.yaml' is not valid YAML \(line 2: a second document begins here \(---\)/);
+  const inf = revproxy(['proxy', '--check', '--config', write('inf.yaml', 'admin:\n  listen: 127.0.0.1:0\n  ready_policies: [.inf, .nan]\n')]);
+  assert.is(await inf.exited, 1, inf.out.join('\n'));
+  assert.match(inf.out.join('\n'), /inf\.yaml:3:20: admin\.ready_policies\[0\]: expected a string or a whole number, got \.inf/);
+  assert.match(inf.out.join('\n'), /inf\.yaml:3:26: admin\.ready_policies\[1\]: expected a string or a whole number, got \.nan/);
 });
 
 config('--check and a start agree on a log whose folder does not exist: both refuse it, naming the folder, and --check creates nothing', async () => {
@@ -332,6 +386,37 @@ config('--check prints the warning a start logs for an admin endpoint other mach
   const quiet = revproxy(['proxy', '--check', '--port', '0', '--admin', '127.0.0.1:0']);
   assert.is(await quiet.exited, 0);
   assert.not.match(quiet.out.join('\n'), /admin endpoint listens/);
+});
+
+config('--check prints the warning a start logs for a proxy port other machines can reach with no registration secret', async () => {
+  const open = revproxy(['proxy', '--check', '--host', '0.0.0.0', '--port', '63711']);
+  assert.is(await open.exited, 0, open.out.join('\n'));
+  assert.match(open.out.join('\n'), /revproxy: warning: listening on 0\.0\.0\.0, reachable from other machines, with no registration secret: anyone who can connect can register/);
+  const file = revproxy(['proxy', '--check', '--config', write('open.yaml', "host: 0.0.0.0\nport: 63711\nadmin:\n  listen: '0.0.0.0:63712'\n")]);
+  assert.is(await file.exited, 0, file.out.join('\n'));
+  assert.match(file.out.join('\n'), /revproxy: warning: listening on 0\.0\.0\.0, reachable from other machines, with no registration secret/);
+  for (const args of [['--token', 'a-long-secret'], ['--host', '127.0.0.1']]) {
+    const quiet = revproxy(['proxy', '--check', '--host', '0.0.0.0', '--port', '63711', ...args]);
+    assert.is(await quiet.exited, 0);
+    assert.not.match(quiet.out.join('\n'), /registration secret/, args.join(' '));
+  }
+});
+
+config('admin.listen takes an address by the rule host does: 127.1, 127.000.000.001 and 0127.0.0.1 are refused there too (they passed, and loopback was said to be reachable from other machines)', async () => {
+  for (const host of ['127.1', '127.000.000.001', '0127.0.0.1']) {
+    const flag = revproxy(['proxy', '--check', '--port', '0', '--admin', `${host}:63713`]);
+    assert.is(await flag.exited, 2, `--admin ${host}: ${flag.out.join('\n')}`);
+    assert.match(flag.out.join('\n'), new RegExp(`--admin takes HOST:PORT .*'${host.replace(/\./g, '\\.')}:63713': ${host.replace(/\./g, '\\.')} is no IPv4 address as written`));
+    assert.not.match(flag.out.join('\n'), /reachable from other machines/);
+    const file = revproxy(['proxy', '--check', '--config', write('a.yaml', `port: 0\nadmin:\n  listen: ${host}:63713\n`)]);
+    assert.is(await file.exited, 1, `admin.listen ${host}: ${file.out.join('\n')}`);
+    assert.match(file.out.join('\n'), new RegExp(`a\\.yaml:3:11: admin\\.listen: .*${host.replace(/\./g, '\\.')} is no IPv4 address as written`));
+  }
+  // What host takes, admin.listen takes: a name, an IPv6 address in brackets, '*', a port alone.
+  for (const listen of ['localhost:0', '[::1]:0', '*:0', '0', '127.0.0.1:0']) {
+    const ok = revproxy(['proxy', '--check', '--port', '0', '--admin', listen, '--admin-token', 'a-long-secret']);
+    assert.is(await ok.exited, 0, `--admin ${listen}: ${ok.out.join('\n')}`);
+  }
 });
 
 config("'*' listens on every IPv4 address, as HAProxy's bind *:80 and nginx's listen *:80 mean it (the proxy, its admin endpoint, a server); --check warns of a listen address this machine does not have or cannot resolve, and still passes", async () => {
@@ -823,6 +908,69 @@ reload('without a config file, SIGHUP re-reads the tokens file; a changed listen
   const reloaded = p2.out.find((l) => /Reloaded/.test(l)) ?? '';
   assert.not.match(reloaded, /no setting changed/, 'the info line does not contradict the warning');
   assert.match(reloaded, /nothing applied: host needs a restart/);
+});
+
+reload('an empty file at SIGHUP (a writer that truncates, then writes) is refused and the running secrets stay; a reload that removes a secret says plainly what is open now', async () => {
+  const file = write('e.yaml', 'port: 0\ntoken: a-long-registration-secret\nadmin:\n  listen: 127.0.0.1:0\n  token: a-long-admin-secret\n');
+  const { proc, port, admin: url } = await proxyWithConfig(file);
+  const refused = (): number => proc.out.filter((l) => /Reload refused/.test(l)).length;
+  for (const [n, text] of [[1, ''], [2, '# being rewritten\n\n  \n']] as const) {
+    writeFileSync(file, text);
+    proc.kill('SIGHUP');
+    await eventually(() => refused() === n, 5000, `reload ${n} refused:\n${proc.out.join('\n')}`);
+    const line = proc.out.filter((l) => /Reload refused/.test(l))[n - 1]!;
+    assert.match(line, /Reload refused, still running the previous configuration: .*e\.yaml:1:1: the file sets nothing \(it is empty, or only comments\)/);
+    assert.match(line, /write \{\} for every setting at its default/);
+    assert.match(line, /write the file atomically \(a temporary file renamed over it\)/);
+  }
+  assert.not.ok(proc.out.some((l) => /Reloaded/.test(l)), proc.out.join('\n'));
+  assert.is((await get(`${url}metrics`)).status, 401, 'the admin token stays');
+  const intruder = await server('intruder', '111', port).then(() => 'registered', (err: Error) => err.message);
+  assert.match(intruder, /refused the registration \(UNAUTHORIZED\)/, 'a server with no token is refused');
+  // Every secret removed on purpose: applied, and said plainly, each.
+  writeFileSync(file, 'port: 0\nadmin:\n  listen: 127.0.0.1:0\n');
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reloaded .*e\.yaml: applied token, admin\.token/);
+  await proc.waitFor(/this reload removed every registration secret \(token, tokens\): any peer that can connect to 127\.0\.0\.1:\d+ can now register as a server of any privacy policy/);
+  await proc.waitFor(/this reload removed admin\.token: \/metrics on http:\/\/127\.0\.0\.1:\d+\/ now answers anyone who can connect, with no token/);
+  assert.is((await get(`${url}metrics`)).status, 200);
+  // A reload that keeps them open says nothing more.
+  const warned = proc.out.filter((l) => /this reload removed/.test(l)).length;
+  writeFileSync(file, 'port: 0\ntimeout: 4000\nadmin:\n  listen: 127.0.0.1:0\n');
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reloaded .*applied timeout/);
+  await sleep(50);
+  assert.is(proc.out.filter((l) => /this reload removed/.test(l)).length, warned);
+});
+
+reload('removing the admin: section on SIGHUP: the reload line says what it applied and what waits for a restart, and /metrics does what it says', async () => {
+  const file = write('a.yaml', 'port: 0\nadmin:\n  listen: 127.0.0.1:0\n  token: a-long-admin-secret\n');
+  const { proc, admin: url } = await proxyWithConfig(file);
+  const auth = { headers: { authorization: 'Bearer a-long-admin-secret' } };
+  const hup = async (text: string): Promise<string> => {
+    const n = proc.out.filter((l) => /Reloaded/.test(l)).length;
+    writeFileSync(file, text);
+    proc.kill('SIGHUP');
+    await eventually(() => proc.out.filter((l) => /Reloaded/.test(l)).length === n + 1, 5000, 'the reload');
+    await sleep(50); // its warn lines, written just after
+    return proc.out.filter((l) => /Reloaded/.test(l))[n]!;
+  };
+  // The endpoint stays until a restart, and keeps its token meanwhile: it said "applied admin.token" and kept demanding it.
+  const removed = await hup('port: 0\n');
+  assert.not.match(removed, /applied .*admin\.token/, removed);
+  assert.match(removed, /nothing applied: admin\.listen, admin\.token need a restart/);
+  assert.ok(proc.out.some((l) => /admin\.listen, admin\.token changed in .*a\.yaml but take effect only after a restart/.test(l)), proc.out.join('\n'));
+  assert.is((await get(`${url}metrics`)).status, 401);
+  assert.is((await get(`${url}metrics`, auth)).status, 200);
+  // Back, without its token: that is a change, applied now (it said "no setting changed" and opened /metrics).
+  const back = await hup('port: 0\nadmin:\n  listen: 127.0.0.1:0\n');
+  assert.match(back, /applied admin\.token/, back);
+  assert.is((await get(`${url}metrics`)).status, 200);
+  assert.ok(proc.out.some((l) => /this reload removed admin\.token/.test(l)), proc.out.join('\n'));
+  // With a token again: applied at once.
+  assert.match(await hup('port: 0\nadmin:\n  listen: 127.0.0.1:0\n  token: another-admin-secret\n'), /applied admin\.token/);
+  assert.is((await get(`${url}metrics`)).status, 401);
+  assert.is((await get(`${url}metrics`, { headers: { authorization: 'Bearer another-admin-secret' } })).status, 200);
 });
 
 reload('a secret changes with no outage: the proxy accepts the old and the new one (a list), the servers move, the old is dropped; a reload that revokes a whole policy says so', async () => {
