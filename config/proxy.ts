@@ -427,7 +427,7 @@ const WRITE_BRACES = 'write {} for every setting at its default';
  * defaults), refused by a reload (`loadConfigFile`).
  */
 export function setsNothingWarning(file: string): string {
-  return `${file} sets nothing (it is empty, or only comments): a start takes every setting from the flags and defaults, but a reload (SIGHUP) refuses such a file and keeps the running settings, as it is what a writer leaves for a moment before it writes; ${WRITE_BRACES}`;
+  return `${file} sets nothing (it is empty, or only comments): a start takes every setting from the flags and defaults, but a reload (SIGHUP) refuses such a file and keeps the running settings, as such a file is what a writer leaves for a moment before it writes; ${WRITE_BRACES}`;
 }
 
 /**
@@ -440,7 +440,7 @@ export function setsNothingWarning(file: string): string {
 export function loadConfigFile(file: string, opts: { reload?: boolean } = {}): ProxyConfig {
   const c = parseConfig(readYamlFile(file, 'the configuration file', (issues) => new ConfigError(file, issues)), file);
   if (opts.reload && setsNothing(c)) {
-    throw new ConfigError(file, [{ line: 1, col: 1, path: '', message: `${SETS_NOTHING}: a reload refuses it, as what a writer leaves for a moment before it writes; ${WRITE_BRACES}, and write the file atomically (a temporary file renamed over it), then reload again` }]);
+    throw new ConfigError(file, [{ line: 1, col: 1, path: '', message: `${SETS_NOTHING}: a reload refuses it and keeps the running settings, as such a file is what a writer leaves for a moment before it writes; ${WRITE_BRACES}, and write the file atomically (a temporary file renamed over it), then reload again` }]);
   }
   return c;
 }
