@@ -8,7 +8,6 @@ import { StartError } from '../transport/errors.js';
 import { endpoints, type Revproc } from './connect.js';
 import { jsonRegistrations } from './json-registration.js';
 import { logStopped, releaseAll } from './children.js';
-import type { PortClosed } from './port-closed.js';
 import { badTrustedSource } from './port-limits.js';
 import { RETRY_CONDITIONS } from './link.js';
 import { badSecretOption } from '../config/files.js';
@@ -169,7 +168,7 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
     actor,
     port: snap.context.port,
     stop: once(async () => {
-      await stopGracefully(actor, etcd, snap.context.portClosed);
+      await stopGracefully(actor, etcd, () => snap.context.portClosed.closing);
       if (lineAfterDrain && actor.getSnapshot().value === 'stopped') logStopped(snap.context.logger, snap.context.port);
     }),
     kill: () => {
@@ -339,7 +338,7 @@ function serverHandle(actor: ServerActor, id: string, etcd?: EtcdClient): Server
     actor,
     port: actor.getSnapshot().context.port,
     id,
-    stop: once(() => stopGracefully(actor, etcd)),
+    stop: once(() => stopGracefully(actor, etcd, () => actor.getSnapshot().context.closing.closed)),
     kill: () => actor.stop(),
     renewTls(next) {
       const { tls } = actor.getSnapshot().context.opts;
@@ -369,17 +368,18 @@ function once(f: () => Promise<void>): () => Promise<void> {
 /**
  * Send STOP (the machine drains), wait for its final state, then stop the actor; then, with a
  * registry, wait for its etcd client to close after the drain's last writes (`EtcdClient.closing`:
- * the key gone, bounded by two call timeouts); and, for a proxy, for its port's connections to
- * close (`PortClosed.closing`: each within 2 s), so a process that exits after it loses no answer.
+ * the key gone, bounded by two call timeouts); and for its connections to close (`closed`, read once
+ * the actor has stopped: a proxy's port, `PortClosed.closing`; a server's, `Closing.closed`; each
+ * within 2 s), so a process that exits after it loses no answer and leaves no socket open.
  */
-async function stopGracefully(actor: { getSnapshot(): { status: string }; send(e: { type: 'STOP' }): void; stop(): void } & Watchable<{ status: string }>, etcd?: EtcdClient, port?: PortClosed): Promise<void> {
+async function stopGracefully(actor: { getSnapshot(): { status: string }; send(e: { type: 'STOP' }): void; stop(): void } & Watchable<{ status: string }>, etcd: EtcdClient | undefined, closed: () => Promise<void> | undefined): Promise<void> {
   if (actor.getSnapshot().status === 'active') {
     actor.send({ type: 'STOP' });
     await waitUntil(actor, (s) => s.status !== 'active');
   }
   actor.stop();
   await etcd?.closing;
-  await port?.closing;
+  await closed();
 }
 
 /**

@@ -158,6 +158,8 @@ export interface ServerContext {
   maxConnectionsSet: boolean;
   /** Proxies we are registered with now (`host:port`). */
   registered: string[];
+  /** Its sockets closing as it stops: `stop()` waits for them. */
+  closing: Closing;
   /**
    * Why the last registration with each proxy that lost or refused one failed (`host:port`: why): a
    * start that registers with none says so for each. It said "could not register with any reverse proxy
@@ -190,6 +192,8 @@ export type ServerEvent =
   | { type: 'DEREGISTERED'; proxy: string }
   | { type: 'DRAIN' }
   | { type: 'DRAINED' }
+  /** The drain's proxies told, this server holding none of their requests, their connections stayed open `ms` (`UNANSWERED_MS`): they were cut. */
+  | { type: 'UNANSWERED'; peers: string[]; count: number; ms: number }
   | { type: 'STOP' }
   | RenewTls;
 
@@ -219,6 +223,35 @@ export const REGISTRATION_UNREAD_BYTES = 256 * 1024;
  */
 export const ACCEPT_TIMEOUT_MS = 10_000;
 
+/**
+ * The server's sockets as it stops: its listener's and its registrations' connections, each closed with `endWith` (its
+ * answers written first) and added here. `closed` settles once every one has closed: a peer that does not answer our close
+ * (a proxy SIGSTOPped or cut off) is cut 2 s after it (`Connection.endWith`). `stop()` waits for it, so a process that
+ * exits once it resolves leaves no socket behind: `revproxy server`'s check 1 s after the stop found two such sockets of a
+ * hung proxy still open, and called them revproxy's bug.
+ */
+export class Closing {
+  private readonly waits: Promise<void>[] = [];
+  /** Addresses of proxies that did not answer (`UNANSWERED`): a connection to one is cut, not waited for. */
+  private readonly silent = new Set<string>();
+
+  /** The proxies at `addresses` do not answer: their connections still open are cut as they are added. */
+  cut(addresses: Iterable<string>): void {
+    for (const a of addresses) this.silent.add(a);
+  }
+
+  /** `conn`, closed by its owner (`endWith`): waited for. */
+  add(conn: Connection): void {
+    const socket = conn.socket;
+    if (this.silent.has(conn.remoteAddress)) conn.destroy();
+    if (!socket.closed) this.waits.push(new Promise((resolve) => socket.once('close', () => resolve())));
+  }
+
+  get closed(): Promise<void> {
+    return Promise.all(this.waits).then(() => undefined);
+  }
+}
+
 const MSG_NAMES: Record<number, string> = { [MsgType.DATA]: 'DATA', [MsgType.SETUP]: 'SETUP', [MsgType.ACK]: 'ACK', [MsgType.PONG]: 'PONG', [MsgType.DEREGISTER]: 'DEREGISTER' };
 
 interface ListenerInput extends ConnectionLimitsInput {
@@ -238,10 +271,21 @@ interface ListenerInput extends ConnectionLimitsInput {
   budget: BufferBudget;
   clock: Clock;
   tls?: TlsMaterial;
+  /** The server's sockets as it stops, for its `stop()` to wait for. */
+  closing: Closing;
 }
 
-/** Accepts the proxies' connections; each read becomes one REQUESTS batch. Stopped, it aborts the handlers still running. */
-const requestListener = fromCallback<{ type: 'DRAIN' } | { type: 'REFUSE_NEW'; message: string; leaving: string } | RenewTls, ListenerInput>(
+/**
+ * What the server machine tells its listener: the drain began (`told`: its proxies have its DEREGISTER; a registry
+ * server's are told by `REFUSE_NEW`'s PONG instead), new requests are refused, new TLS files.
+ */
+type ListenerCommand = { type: 'DRAIN'; told: boolean } | { type: 'REFUSE_NEW'; message: string; leaving: string } | RenewTls;
+
+/**
+ * Accepts the proxies' connections; each read becomes one REQUESTS batch. Stopped, it aborts the handlers still
+ * running and closes the connections, each added to `closing`.
+ */
+const requestListener = fromCallback<ListenerCommand, ListenerInput>(
   ({ sendBack, receive, input }) => {
     const send = (e: ServerEvent): void => sendBack(e);
     const limits = new ConnectionLimits(input, input.logger, { total: '--max-connections', perPeer: '--max-conns-per-peer', connRate: '--max-conn-rate-per-peer' });
@@ -260,6 +304,30 @@ const requestListener = fromCallback<{ type: 'DRAIN' } | { type: 'REFUSE_NEW'; m
     const checkDrained = (): void => {
       if (draining && conns.size === 0) send({ type: 'DRAINED' });
     };
+    /** Whether anything was read since the unanswered check began (`watchUnanswered`). */
+    let heard = false;
+    let unanswered: Timer | undefined;
+    /**
+     * Once the proxies are told this server leaves: a proxy reads that, stops sending, and closes its connections here
+     * as soon as it has its answers (milliseconds). Connections still open `UNANSWERED_MS` after the last request was
+     * answered, with nothing read from them meanwhile, are a proxy's that does not answer (SIGSTOPped, hung, cut off):
+     * with nothing in flight, the drain waited its whole timeout for it (35 s by default), then left its sockets open
+     * past the stop. They are cut (nothing they carry is awaited) and the machine told.
+     */
+    const watchUnanswered = (): void => {
+      unanswered?.cancel();
+      heard = false;
+      unanswered = input.clock.setTimeout(() => {
+        if (conns.size === 0) return;
+        if (heard || input.runner.held > 0) return watchUnanswered();
+        const open = [...conns];
+        const peers = [...new Set(open.map((c) => c.remoteAddress))];
+        // Their registrations too (the same proxies, most likely), as the server stops: not waited for.
+        input.closing.cut(peers);
+        for (const c of open) c.destroy();
+        send({ type: 'UNANSWERED', peers, count: open.length, ms: UNANSWERED_MS });
+      }, UNANSWERED_MS);
+    };
     const accept = (socket: Socket): void => {
       const addr = limits.admit(socket);
       if (addr === undefined) return;
@@ -277,6 +345,7 @@ const requestListener = fromCallback<{ type: 'DRAIN' } | { type: 'REFUSE_NEW'; m
       };
       conn.messages$.subscribe({
         next: (messages) => {
+          heard = true;
           const requests: DataMsg[] = [];
           for (const m of messages) {
             if (m.type === MsgType.DATA) {
@@ -333,6 +402,7 @@ const requestListener = fromCallback<{ type: 'DRAIN' } | { type: 'REFUSE_NEW'; m
         // SHUTTING_DOWN stayed open, and the drain waited for it until its timeout.
         pong.leaving = e.leaving;
         for (const c of conns) if (pinged.has(c) && !c.closed) c.send({ ...pong, seq: 0 });
+        watchUnanswered();
         return;
       }
       // DRAIN: no new connections; the proxies close theirs once they have their answers.
@@ -341,12 +411,17 @@ const requestListener = fromCallback<{ type: 'DRAIN' } | { type: 'REFUSE_NEW'; m
       // The old JSON wire has no deregistration: a proxy keeping a JSON connection open would
       // hold the drain to its timeout. Answers are written as requests arrive (unless --delay), so close them.
       for (const c of conns) if (c.wire === 'json') c.endWith();
+      if (e.told) watchUnanswered();
       checkDrained();
     });
     return () => {
+      unanswered?.cancel();
       input.runner.abortAll(`server stopped`);
       server.close();
-      for (const c of conns) c.endWith();
+      for (const c of conns) {
+        c.endWith();
+        input.closing.add(c);
+      }
     };
   },
 );
@@ -375,6 +450,8 @@ export interface RegistrationInput {
   /** The address its listener bound (what `listenHost` resolved to, when it is a name). */
   listenAddress?: string;
   logger: Logger;
+  /** The server's sockets as it stops: a registration's connections are added as they close. */
+  closing: Closing;
 }
 
 /**
@@ -588,7 +665,10 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
   });
   return () => {
     stopDialling();
-    for (const conn of live.values()) conn.endWith();
+    for (const conn of live.values()) {
+      conn.endWith();
+      input.closing.add(conn);
+    }
   };
 });
 
@@ -703,12 +783,15 @@ export function logSeveralAddresses(input: RegistrationInput, key: string, host:
   });
 }
 
+/** Whether `proxy` (a registration's name: `registered`, an event's `proxy`) is the registry's rather than a proxy's. */
+const viaRegistry = (proxy: string): boolean => proxy.startsWith('registry ');
+
 /**
  * How log lines name where a server registers: a proxy (`HOST:PORT`), or the
  * registry (`registry etcd://... (key)`), which every proxy watching it reads.
  */
 function registrar(proxy: string): { within: string; who: string } {
-  return proxy.startsWith('registry ')
+  return viaRegistry(proxy)
     ? { within: `in the ${proxy}`, who: `the ${proxy}` }
     : { within: `with the reverse proxy at ${proxy}`, who: `the reverse proxy at ${proxy}` };
 }
@@ -786,6 +869,15 @@ export const DEFAULT_HANDLER_TIMEOUT_MS = 30_000;
  * and 0.42 s with no proxy cut off (its requests in flight were done before the grace was).
  */
 export const LEAVING_GRACE_MS = 1000;
+/**
+ * How long a drain waits for a proxy told this server leaves to close its connections here once none of its requests is
+ * left to answer (ms): one that heard closes them at once (a proxy reading the DEREGISTER retires its link, closed at its
+ * last answer), so one whose connections stay open this long, nothing read from them, is taken for not answering (stopped
+ * with SIGSTOP, hung, cut off) and its connections are cut. Three of its PING intervals (1 s by default): a proxy busy for
+ * longer than that is missing its own PINGs. Without it, a server with nothing in flight waited out its whole drain timeout
+ * (35 s) for such a proxy.
+ */
+export const UNANSWERED_MS = 3000;
 /** What a drain allows beyond the handler timeout: for the last answers to reach the proxies and for them to let go (ms). */
 const DRAIN_MARGIN_MS = 5000;
 
@@ -807,6 +899,10 @@ export const serverMachine = setup({
     input: {} as ServerOptions,
   },
   actors: { requestListener, registrations },
+  guards: {
+    /** The registry is being told this server leaves (its registration is a registry's): DEREGISTERED or DEREGISTER_FAILED will come. */
+    registryTold: ({ context }) => context.registered.some(viaRegistry),
+  },
   delays: {
     drainTimeout: ({ context }) => drainTimeoutOf(context.opts),
     leavingGrace: LEAVING_GRACE_MS,
@@ -858,7 +954,7 @@ export const serverMachine = setup({
       const where = registrar(event.proxy).within;
       if (event.again) context.logger.info('reregistered', `Registered again ${where}`, { proxy: event.proxy });
       // The registry takes any entry: each proxy checks its proof, and only the proxies can say they refused it.
-      else if (event.proxy.startsWith('registry ')) context.logger.info('registered', `Registered ${where}: each proxy reading it admits this server once its link answers and its proof holds under that proxy's secret for privacy policy ${context.opts.policy} (a wrong or missing --token is said only in the proxies' logs, as unauthorized lines)`, { proxy: event.proxy });
+      else if (viaRegistry(event.proxy)) context.logger.info('registered', `Registered ${where}: each proxy reading it admits this server once its link answers and its proof holds under that proxy's secret for privacy policy ${context.opts.policy} (a wrong or missing --token is said only in the proxies' logs, as unauthorized lines)`, { proxy: event.proxy });
       else context.logger.info('registered', `Registered ${where}`, { proxy: event.proxy });
     },
     registered: assign(({ context, event }) => {
@@ -901,20 +997,34 @@ export const serverMachine = setup({
       // Whom it tells: each proxy it is registered with now (its DEREGISTER is written), or the registry
       // (being written: etcd may not take it, then deregister_failed says so); with none, nobody.
       const told = context.registered.map((p) => registrar(p).who);
-      const direct = told.filter((who) => !who.startsWith('the registry '));
-      const registry = told.filter((who) => who.startsWith('the registry '));
+      const direct = context.registered.filter((p) => !viaRegistry(p)).map((p) => registrar(p).who);
+      const registry = context.registered.filter(viaRegistry).map((p) => registrar(p).who);
       // The old JSON wire has no deregistration: its proxies learn it when this server stops taking their connections.
       const what = !told.length ? 'registered nowhere, so nobody to tell'
         : context.opts.wire === 'json' ? `the old JSON wire cannot tell ${told.join(' and ')} (it has no deregistration): no new connections are taken, so they see this server gone`
-        : [direct.length ? `told ${direct.join(' and ')}` : '', registry.length ? `telling ${registry.join(' and ')}` : ''].filter(Boolean).join(', and ') + ' that we are leaving';
+        // Sent, not told: whether a proxy read it, its connections closing say (or `drain_unanswered` that they did not).
+        : [direct.length ? `sent ${direct.join(' and ')} a DEREGISTER, saying we are leaving` : '', registry.length ? `telling ${registry.join(' and ')} that we are leaving` : ''].filter(Boolean).join(', and ');
       const ms = drainTimeoutOf(context.opts);
-      context.logger.info('draining', `Draining: ${what}; finishing requests in flight (at most ${ms} ms)`, { id: context.opts.id, registered: context.registered, drainTimeoutMs: ms });
+      const unanswered = context.opts.wire === 'json' ? '' : `; a proxy that keeps its connections here ${UNANSWERED_MS} ms after the last of them is answered is taken for not answering`;
+      context.logger.info('draining', `Draining: ${what}; finishing requests in flight (at most ${ms} ms${unanswered})`, { id: context.opts.id, registered: context.registered, drainTimeoutMs: ms });
     },
-    /** The drain's line said the registry is told; it was not: the proxies keep sending, and the drain waits for their links to close. */
-    logUntold: ({ context, event }) => {
+    /** The proxies told, this server holding nothing of theirs, kept their connections open: they do not answer, and were cut (`watchUnanswered`). */
+    logUnanswered: ({ context, event }) => {
+      assertEvent(event, 'UNANSWERED');
+      const { peers, count, ms } = event;
+      const one = peers.length === 1;
+      const drain = drainTimeoutOf(context.opts);
+      context.logger.warn('drain_unanswered', `The reverse prox${one ? 'y' : 'ies'} at ${peers.join(', ')} did not answer: ${one ? 'its' : 'their'} ${count} connection(s) here stayed open ${ms} ms after ${one ? 'it was' : 'they were'} told this server is leaving, with none of ${one ? 'its' : 'their'} requests left to answer and nothing read (a proxy that heard closes them at once). Stopped (SIGSTOP), hung or cut off, ${one ? 'it' : 'they'} may not have heard; cut them, and stopping now rather than at the drain timeout (${drain} ms)`, { peers, count, ms });
+    },
+    /**
+     * The drain's line said the registry is told; it was not: the proxies keep sending, and the drain waits for their links to
+     * close. `drained`: none was open (the drain waited for etcd's answer only, to say this): the server stops now.
+     */
+    logUntold: ({ context, event }, params?: { drained: boolean }) => {
       assertEvent(event, 'DEREGISTER_FAILED');
       const ms = drainTimeoutOf(context.opts);
-      context.logger.warn('deregister_failed', `Could not tell the ${event.proxy} that this server is leaving: ${event.error}. Its proxies keep its entry until its lease ends and they reach etcd again: their links are told it is leaving (in its PONGs), and each request they send from now is answered SHUTTING_DOWN and not run, which takes this server out of a proxy's rotation (a proxy of this build or later; an older one keeps the link until the drain ends) and the request to another server; the drain waits for their links to close, at most ${ms} ms (--drain-timeout)`, { proxy: event.proxy, error: event.error, drainTimeoutMs: ms });
+      const then = params?.drained ? 'no proxy has a link to this server open, so it stops now' : `the drain waits for their links to close, at most ${ms} ms (--drain-timeout)`;
+      context.logger.warn('deregister_failed', `Could not tell the ${event.proxy} that this server is leaving: ${event.error}. Its proxies keep its entry until its lease ends and they reach etcd again: their links are told it is leaving (in its PONGs), and each request they send from now is answered SHUTTING_DOWN and not run, which takes this server out of a proxy's rotation (a proxy of this build or later; an older one keeps the link until the drain ends) and the request to another server; ${then}`, { proxy: event.proxy, error: event.error, drainTimeoutMs: ms });
     },
     logDrainTimedOut: ({ context }) => {
       // Said, not left to the stop line's count: the proxies retry these elsewhere or fail them, and a deploy should know.
@@ -964,6 +1074,7 @@ export const serverMachine = setup({
       }),
       registered: [],
       unregistered: {},
+      closing: new Closing(),
     };
   },
   invoke: {
@@ -982,6 +1093,7 @@ export const serverMachine = setup({
       budget: context.budget,
       clock: context.clock,
       tls: context.opts.tls,
+      closing: context.closing,
       maxConnections: context.maxConnections,
       maxConnectionsSet: context.maxConnectionsSet,
       maxConnectionsPerPeer: context.opts.maxConnectionsPerPeer ?? defaultConnsPerPeer(context.opts.listenHost ?? DEFAULT_LISTEN_HOST),
@@ -1017,6 +1129,7 @@ export const serverMachine = setup({
           listenHost: context.opts.listenHost ?? DEFAULT_LISTEN_HOST,
           listenAddress: context.listenAddress,
           logger: context.logger,
+          closing: context.closing,
         }),
       },
       on: {
@@ -1034,10 +1147,16 @@ export const serverMachine = setup({
           on: { STOP: 'draining' },
         },
         draining: {
-          entry: ['logDraining', sendTo('registrations', { type: 'DEREGISTER_ALL' }), sendTo('listener', { type: 'DRAIN' })],
+          entry: [
+            'logDraining',
+            sendTo('registrations', { type: 'DEREGISTER_ALL' }),
+            // `told`: a proxy has this server's DEREGISTER (a registry server's are told by REFUSE_NEW; the old JSON wire has none).
+            sendTo('listener', ({ context }) => ({ type: 'DRAIN' as const, told: context.opts.wire !== 'json' && context.registered.some((p) => !viaRegistry(p)) })),
+          ],
           after: { drainTimeout: { target: '#server.stopped', actions: 'logDrainTimedOut' } },
           on: {
             DRAINED: '#server.stopped',
+            UNANSWERED: { target: '#server.stopped', actions: 'logUnanswered' },
             STOP: '#server.stopped',
           },
           // A server registered directly (or on the old JSON wire) stays in `telling`: each proxy has its DEREGISTER on
@@ -1049,6 +1168,9 @@ export const serverMachine = setup({
           states: {
             telling: {
               on: {
+                // Nothing left to finish, but etcd's answer still to come (at most two call timeouts: kept-key.ts `stop`): awaited,
+                // so that the log says whether etcd took this server's leaving. The server stopped at once, and said nothing of it.
+                DRAINED: { guard: 'registryTold', target: 'answerAwaited' },
                 DEREGISTERED: 'told',
                 DEREGISTER_FAILED: { target: 'refusing', actions: ['logUntold', { type: 'refuseNew', params: { entry: 'could not say it is leaving' } }] },
               },
@@ -1057,6 +1179,12 @@ export const serverMachine = setup({
               after: { leavingGrace: { target: 'refusing', actions: { type: 'refuseNew', params: { entry: `has said it is leaving for ${LEAVING_GRACE_MS} ms` } } } },
             },
             refusing: {},
+            answerAwaited: {
+              on: {
+                DEREGISTERED: '#server.stopped',
+                DEREGISTER_FAILED: { target: '#server.stopped', actions: { type: 'logUntold', params: { drained: true } } },
+              },
+            },
           },
         },
       },

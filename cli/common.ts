@@ -460,8 +460,10 @@ export function runUntilStopped(actor: { getSnapshot(): { status: string; error?
         off();
         if (snap.status === 'error') reject(snap.error instanceof Error ? snap.error : new Error(String(snap.error)));
         // Resolved once the drain is over, not only the actor: the caller's last line ("Reverse proxy stopped") came
-        // before the registry's ("Withdrew this proxy from the registry"), though the key went first.
-        else void (stopping ?? Promise.resolve()).catch(() => undefined).then(() => resolve());
+        // before the registry's ("Withdrew this proxy from the registry"), though the key went first. `stopping` is read a
+        // microtask later: a drain with nothing to wait for ends inside `stop()`, before `onSignal` has its promise, and a
+        // server's exit check then ran while its etcd client still closed (`revproxy itself left it`).
+        else void Promise.resolve().then(() => stopping).catch(() => undefined).then(() => resolve());
       }
     };
     actor.subscribe({ next: check, complete: check, error: check });

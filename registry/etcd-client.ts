@@ -11,7 +11,7 @@
  * etcd's) is refused and the running client kept.
  */
 import type { Etcd3 } from './etcd.js';
-import { describeEtcdError, inCallTimeout, isRefusal, isTlsRefusal, openEtcd } from './etcd.js';
+import { describeEtcdError, inCallTimeout, isRefusal, isTlsRefusal, openEtcd, released } from './etcd.js';
 import { describeRegistry, type Resolved } from './options.js';
 import { renewed } from '../actors/renew-tls.js';
 import { TlsConfigError, type TlsMaterial } from '../transport/tls.js';
@@ -107,11 +107,17 @@ export class EtcdClient {
 
   /**
    * Close once `last` settles (a drain's last writes: a key's farewell, delete and revoke, bounded
-   * by kept-key.ts), at once without it. `closing` settles then: a handle's stop() waits for it, so
-   * a program that exits as soon as stop() resolves leaves no key behind.
+   * by kept-key.ts), at once without it. `closing` settles once the client is closed and has let the
+   * process go (`released`: at most etcd3's wait before a watch's next try, `retryMaxMs`): a handle's
+   * stop() waits for it, so a program that exits as soon as stop() resolves leaves no key behind,
+   * nor anything of etcd's open.
    */
   closeAfter(last?: Promise<unknown>): void {
-    this.ended = (last ?? Promise.resolve()).then(() => undefined).finally(() => this.close());
+    this.ended = (last ?? Promise.resolve()).then(() => undefined, () => undefined).then(() => {
+      const clients = [this.client, ...this.retiring.keys()];
+      this.close();
+      return Promise.all(clients.map(released)).then(() => undefined);
+    });
   }
 
   /** Settles once the client is closed after `closeAfter` (at once before it is called). */

@@ -11,6 +11,7 @@
 import type { Interceptor, InterceptingCall as Call } from '@grpc/grpc-js';
 import type { Etcd3, IKeyValue, IOptions } from 'etcd3';
 import { validityOf } from '../transport/tls.js';
+import { systemClock } from '../transport/clock.js';
 import { HostBreakers } from './host-breaker.js';
 import { describeRegistry, type Resolved } from './options.js';
 
@@ -23,31 +24,127 @@ export async function openEtcd(o: Resolved): Promise<Etcd3> {
   const [mod, { BrokenCircuitError, ExponentialBackoff }, grpc] = await Promise.all([import('etcd3'), import('cockatiel'), import('@grpc/grpc-js')]);
   etcd3 = mod;
   const { Etcd3, isRecoverableError } = mod;
+  const left = new Leftovers(grpc.InterceptingCall, grpc.status.CANCELLED);
   const leader = requireLeader(grpc.InterceptingCall);
   const exhausted = exhaustedIsNoFault(grpc.InterceptingCall, grpc.status);
-  const calls = [leader, exhausted];
-  const watch = [leader, exhausted, watchInterceptor(grpc.InterceptingCall, grpc.status.DEADLINE_EXCEEDED, o.callTimeoutMs)];
+  const calls = [left.interceptor, leader, exhausted];
+  const streams = [left.interceptor, leader];
+  const watch = [...calls, watchInterceptor(grpc.InterceptingCall, grpc.status.DEADLINE_EXCEEDED, o.callTimeoutMs)];
   const breakers = new HostBreakers(Math.min(1000, o.retryMaxMs), (err) => err instanceof Error && isRecoverableError(err), BrokenCircuitError);
   const options: IOptions = {
     hosts: o.endpoints.map((e) => `${o.tls ? 'https' : 'http'}://${e}`),
     dialTimeout: o.callTimeoutMs,
     // gRPC takes a deadline as a wall-clock time and turns it into a timer (monotonic) when the call starts, a moment after this.
-    defaultCallOptions: (ctx) => (ctx.isStream ? { interceptors: ctx.service === 'Watch' ? watch : [leader] } : { interceptors: calls, deadline: deadlineIn(o.callTimeoutMs) }),
+    defaultCallOptions: (ctx) => (ctx.isStream ? { interceptors: ctx.service === 'Watch' ? watch : streams } : { interceptors: calls, deadline: deadlineIn(o.callTimeoutMs) }),
     // etcd's default --grpc-keepalive-min-time is 5 s: ping no more often than that. A message from
     // etcd larger than MAX_RECEIVE_BYTES is refused (gRPC's default is 4 MiB): see there.
     grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': Math.max(1000, o.callTimeoutMs), 'grpc.max_receive_message_length': MAX_RECEIVE_BYTES },
     faultHandling: {
       // etcd3's types want cockatiel's whole policy; it calls only `execute` (registry/host-breaker.ts).
       host: () => breakers.add() as never,
-      // etcd3's types say a backoff, its code calls `.next()` on a factory (its own default is one).
-      watchBackoff: new ExponentialBackoff({ initialDelay: o.retryInitialMs, maxDelay: o.retryMaxMs }) as never,
+      // etcd3's types say a backoff, its code calls `.next()` on a factory (its own default is one); `Leftovers` sees its waits.
+      watchBackoff: left.backoffs(new ExponentialBackoff({ initialDelay: o.retryInitialMs, maxDelay: o.retryMaxMs })) as never,
     },
   };
   if (o.username !== undefined) options.auth = { username: o.username, password: o.password ?? '' };
   if (o.tls && (o.tls.ca || o.tls.cert)) {
     options.credentials = { rootCertificate: o.tls.ca ?? Buffer.alloc(0), privateKey: o.tls.key, certChain: o.tls.cert };
   }
-  return new Etcd3(options);
+  const client = new (class extends Etcd3 {
+    override close(): void {
+      // A channel still connecting is closed at once, not a second later (etcd3's workaround for grpc-node#1487): that second held the process.
+      for (const host of (this.pool as unknown as { hosts: Array<{ cachedServices: Record<string, { close(): void } | undefined> }> }).hosts) {
+        for (const service of Object.values(host.cachedServices)) service?.close();
+      }
+      super.close();
+      left.close();
+    }
+  })(options);
+  leftovers.set(client, left);
+  return client;
+}
+
+/** Each client's `Leftovers`, for `released`. */
+const leftovers = new WeakMap<Etcd3, Leftovers>();
+
+/**
+ * Settles once `client`, closed, holds the process no more: its calls cancelled at the close, and etcd3's last wait before
+ * trying a watch again (at most `retryMaxMs`) over. A stop that exits when it settles leaves nothing of etcd's open.
+ */
+export function released(client: Etcd3): Promise<void> {
+  return leftovers.get(client)?.released() ?? Promise.resolve();
+}
+
+/** What etcd3 reads of a watch's backoff (made by its factory's `next()`): the wait before its next try, and the backoff after it. */
+interface Backoff {
+  readonly duration: number;
+  next(context: undefined): Backoff;
+}
+
+/**
+ * What of one etcd client could hold the process once it is closed, cut or waited for. etcd3's `close()` closes the gRPC
+ * channels and grpc-js lets the calls on them run on: a watch (whose cancel waits for etcd's answer) kept its connection to an
+ * etcd that had hung (SIGSTOP, a frozen VM) until gRPC's keepalive gave the connection up, 3-10 s later, and the process
+ * with it (a proxy stopped while etcd hung exited up to 10.4 s after its last line; a server's exit check, 1 s after its
+ * stop, called the socket revproxy's bug). So every call is seen (`interceptor`) and those still open are cancelled at the
+ * close: every other call has a deadline anyway. And etcd3 waits between a watch's tries (its backoff, up to retryMaxMs)
+ * on a timer of its own, set as the cancelled stream fails or before: once closed, it waits nothing, and `released` waits
+ * for the wait set before (etcd3 then finds the watchers gone, each cancelled before the close, and stops).
+ */
+class Leftovers {
+  private readonly calls = new Set<Call>();
+  readonly interceptor: Interceptor;
+  private closed = false;
+  /** When etcd3's last wait before a watch's next try ends (`systemClock` ms). */
+  private waitEnds = 0;
+
+  constructor(InterceptingCall: typeof Call, private readonly cancelled: number) {
+    this.interceptor = (options, next) => {
+      const call: Call = new InterceptingCall(next(options), {
+        start: (metadata, _listener, start) => {
+          this.calls.add(call);
+          start(metadata, {
+            onReceiveStatus: (status, next) => {
+              this.calls.delete(call);
+              next(status);
+            },
+          });
+        },
+      });
+      return call;
+    };
+  }
+
+  /** The backoffs `factory` makes, as etcd3 reads them: each wait read is a timer etcd3 sets now. */
+  backoffs(factory: { next(context: undefined): Backoff }): { next(context: undefined): Backoff } {
+    const waitFor = (ms: number): number => this.waitFor(ms);
+    const seen = (b: Backoff): Backoff => ({
+      get duration() {
+        return waitFor(b.duration);
+      },
+      next: () => seen(b.next(undefined)),
+    });
+    return { next: () => seen(factory.next(undefined)) };
+  }
+
+  private waitFor(ms: number): number {
+    if (this.closed) return 0;
+    this.waitEnds = Math.max(this.waitEnds, systemClock.now() + ms);
+    return ms;
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const call of [...this.calls]) call.cancelWithStatus(this.cancelled, 'the etcd client is closed');
+    this.calls.clear();
+  }
+
+  released(): Promise<void> {
+    const ms = this.waitEnds - systemClock.now();
+    // etcd3's timer is Node's, on the system's time, and holds the process: so does this wait (one that did not, with
+    // nothing else left, ended the process mid-stop: exit 13, an unsettled top-level await).
+    return ms > 0 ? new Promise((resolve) => setTimeout(resolve, ms + 1)) : Promise.resolve();
+  }
 }
 
 /**

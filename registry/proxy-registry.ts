@@ -245,9 +245,15 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
       draining = true;
       clearTimeout(settle);
       clearInterval(remindUnadvertised);
+      const key = own?.key;
       withdrawn = own?.stop();
-      void withdrawn?.then(() => {
-        if (status.advertised) log.info('withdrawn', 'Withdrew this proxy from the registry (draining): clients stop choosing it', { url });
+      void withdrawn?.then((taken) => {
+        // `false`: etcd did not take the delete (it is away or hung): the key stays until its lease ends, and says nothing was withdrawn.
+        if (taken && status.advertised) log.info('withdrawn', 'Withdrew this proxy from the registry (draining): clients stop choosing it', { url });
+        else if (!taken) {
+          const why = own?.stopError ?? `no answer within ${2 * o.callTimeoutMs} ms`;
+          log.warn('withdraw_failed', `Could not withdraw this proxy from the registry: etcd did not take the delete of its key ${key} (${why}). The key stays until its lease expires, within ${o.ttlSeconds} s (--registry-ttl) of the last keepalive etcd took: until then clients that find their proxies in etcd may choose this proxy, find its port closed, and go to another`, { url, key, reason: why, ttlS: o.ttlSeconds });
+        }
         status.advertised = false;
         report();
       });

@@ -1,0 +1,129 @@
+/**
+ * Stopping (SIGTERM) beside a peer that hung: a proxy or an etcd stopped with SIGSTOP, as a frozen VM
+ * is (its sockets open, the kernel taking what is written, nothing answered). The stop must end within
+ * a bounded time it states, leave nothing open behind it (the server's exit check called what was left
+ * revproxy's bug), and say what happened: not "told" or "withdrew" what a hung peer cannot have taken.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { killEtcds, startEtcdCluster, type EtcdCluster } from '../scenario/etcd.js';
+import { sleep } from './helpers.js';
+import { adminOnFreePort, killAll, proxyProcess, revproxy, serving, type Proc } from './procs.js';
+
+/** The process's exit code, or undefined when it has not exited within `ms`. */
+async function exitWithin(p: Proc, ms: number): Promise<number | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const code = await Promise.race([p.exited, new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), ms)))]);
+  clearTimeout(timer);
+  return code;
+}
+
+/** The time (ms since the epoch) of the first log line matching `re`. */
+function timeOf(p: Proc, re: RegExp): number {
+  const line = p.out.find((l) => re.test(l));
+  assert.ok(line, `no line matching ${re}:\n${p.out.join('\n')}`);
+  return Date.parse(line!.slice(0, 24));
+}
+
+const LEFT_OPEN = /Still running|revproxy itself left it/;
+
+const hungProxy = suite('a server stopped while its proxy hangs');
+hungProxy.after.each(() => killAll());
+
+hungProxy('with nothing in flight, the server does not wait out its drain timeout: it says the proxy did not answer, and exits 0 with nothing left open', async () => {
+  const admin = await adminOnFreePort();
+  const { proc: proxy, port } = await proxyProcess(admin.args);
+  // A drain timeout far longer than the test waits: a stop that waits it out fails here.
+  const server = revproxy(['server', '--id', 'h1', '--pp', '111', '--revproc', String(port), '--drain-timeout', '120000']);
+  await server.waitFor(/Registered with the reverse proxy/);
+  // Its link is up (the proxy dialled the server back): a connection the drain waits for.
+  await serving(admin.url, '111', 1);
+  proxy.kill('SIGSTOP');
+  try {
+    await sleep(300);
+    const asked = Date.now();
+    server.kill('SIGTERM');
+    const code = await exitWithin(server, 30_000);
+    const took = Date.now() - asked;
+    const out = server.out.join('\n');
+    assert.is(code, 0, `exited ${code} after ${took} ms:\n${out}`);
+    // Well under the drain timeout (120 s): bounded by what the server states, a few seconds.
+    assert.ok(took < 20_000, `${took} ms:\n${out}`);
+    assert.not.ok(LEFT_OPEN.test(out), out);
+    // Nothing claims the proxy heard: the drain line says what was sent, the next what came of it.
+    assert.not.match(out, /told the reverse proxy/, out);
+    assert.match(out, /did not answer|not answering/, out);
+    assert.match(out, /Server h1 stopped/, out);
+  } finally {
+    proxy.kill('SIGCONT');
+  }
+});
+
+hungProxy.run();
+
+const hungEtcd = suite('stopped while etcd hangs');
+const ctx: { etcd?: EtcdCluster } = {};
+hungEtcd.before(async () => {
+  ctx.etcd = await startEtcdCluster(1);
+});
+hungEtcd.after.each(() => {
+  ctx.etcd?.members[0]!.resume();
+  killAll();
+});
+hungEtcd.after(async () => {
+  await ctx.etcd?.remove();
+  killEtcds();
+});
+
+hungEtcd('a registry server says etcd did not take its leaving and exits 0 with nothing left open', async () => {
+  const etcd = ctx.etcd!.members[0]!;
+  const server = revproxy(['server', '--id', 'e1', '--pp', '111', '--registry', ctx.etcd!.url, '--registry-prefix', '/hung-server/', '--registry-ttl', '3']);
+  await server.waitFor(/Registered in the registry/);
+  etcd.pause();
+  await sleep(1000);
+  const asked = Date.now();
+  server.kill('SIGTERM');
+  const code = await exitWithin(server, 30_000);
+  const took = Date.now() - asked;
+  const out = server.out.join('\n');
+  assert.is(code, 0, `exited ${code} after ${took} ms:\n${out}`);
+  assert.ok(took < 15_000, `${took} ms:\n${out}`);
+  assert.match(out, /Could not tell the registry/, out);
+  assert.not.ok(LEFT_OPEN.test(out), out);
+});
+
+hungEtcd('a registry server that could not register yet (etcd hung since it started) exits 0 with nothing left open', async () => {
+  const etcd = ctx.etcd!.members[0]!;
+  etcd.pause();
+  const server = revproxy(['server', '--id', 'e2', '--pp', '111', '--registry', ctx.etcd!.url, '--registry-prefix', '/hung-server/', '--registry-ttl', '3']);
+  // Its first tries failed: its watch and its calls to etcd are retried on etcd3's timers.
+  await server.waitFor(/Not registered in the registry/, 15_000);
+  await sleep(1500);
+  server.kill('SIGTERM');
+  const code = await exitWithin(server, 30_000);
+  const out = server.out.join('\n');
+  assert.is(code, 0, `exited ${code}:\n${out}`);
+  assert.not.ok(LEFT_OPEN.test(out), out);
+});
+
+hungEtcd('a registry proxy says its key could not be withdrawn (it expires with its lease), and exits soon after its last line', async () => {
+  const etcd = ctx.etcd!.members[0]!;
+  const proxy = revproxy(['proxy', '--port', '0', '--registry', ctx.etcd!.url, '--registry-prefix', '/hung-proxy/', '--registry-ttl', '3']);
+  await proxy.waitFor(/Advertised this proxy in the registry/, 15_000);
+  etcd.pause();
+  await sleep(1000);
+  proxy.kill('SIGTERM');
+  const code = await exitWithin(proxy, 30_000);
+  const exited = Date.now();
+  const out = proxy.out.join('\n');
+  assert.is(code, 0, `exited ${code}:\n${out}`);
+  // etcd took no delete: the key stays until its lease ends, and the log says so, not that it withdrew it.
+  assert.not.match(out, /Withdrew this proxy from the registry/, out);
+  assert.match(out, /Could not withdraw this proxy from the registry[^\n]*lease/, out);
+  // What held the process after its last line was the etcd client's watch to the hung etcd (until gRPC's
+  // keepalive gave it up: 3-10 s); now the client's calls are cancelled as it closes.
+  const after = exited - timeOf(proxy, /Reverse proxy stopped/);
+  assert.ok(after < 3000, `exited ${after} ms after its last line:\n${out}`);
+});
+
+hungEtcd.run();
