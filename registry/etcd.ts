@@ -53,8 +53,9 @@ export async function openEtcd(o: Resolved): Promise<Etcd3> {
   const client = new (class extends Etcd3 {
     override close(): void {
       // A channel still connecting is closed at once, not a second later (etcd3's workaround for grpc-node#1487): that second held the process.
-      for (const host of (this.pool as unknown as { hosts: Array<{ cachedServices: Record<string, { close(): void } | undefined> }> }).hosts) {
-        for (const service of Object.values(host.cachedServices)) service?.close();
+      // etcd3's own fields (1.1's ConnectionPool and Host), read with care: another version without them closes as etcd3 does.
+      for (const host of (this.pool as unknown as { hosts?: Array<{ cachedServices?: Record<string, { close?(): void } | undefined> }> }).hosts ?? []) {
+        for (const service of Object.values(host.cachedServices ?? {})) service?.close?.();
       }
       super.close();
       left.close();
