@@ -67,6 +67,22 @@ test('an object split across three reads at every pair of cut points decodes onc
   }
 });
 
+test('long text between quotes and escapes is skipped to them, not past them: two objects split at every cut point decode once each', () => {
+  // A string's text is skipped natively to its next quote or backslash (a byte at a time, a 1 MiB payload held the
+  // proxy's loop 10-18 ms): what sits past a long stretch - an escaped quote, braces, a backslash, the closing quote -
+  // must still be found, wherever a read ends.
+  const text = `${'x'.repeat(40)}\\"${'y'.repeat(17)}}{[${'z'.repeat(16)}\\\\${'w'.repeat(50)}\\u00e9${'v'.repeat(33)}`;
+  const payload = JSON.parse(`"${text}"`) as string;
+  const obj = `{"type": "0", "srcid": "${'s'.repeat(20)}", "privPoliId": "P", "payload": "${text}"}`;
+  const both = Buffer.from(`${obj}  ${obj}`);
+  const want = { type: 0, seq: 0, srcid: 's'.repeat(20), privPoliId: 'P', payload };
+  assert.equal(decodeAll(new JsonDecoder(), [both]), [want, want]);
+  for (let a = 1; a < both.length; a++) {
+    assert.equal(decodeAll(new JsonDecoder(), [both.subarray(0, a), both.subarray(a)]), [want, want], `cut at ${a}`);
+  }
+  assert.equal(decodeAll(new JsonDecoder(), [...both].map((b) => Buffer.from([b]))), [want, want]);
+});
+
 test('a numbering decoder gives requests and answers the connection\'s own order, whatever seq they carried', () => {
   const d = new JsonDecoder({ number: true });
   const out = decodeAll(d, [Buffer.from(`${data}{"type": "0", "seq": 77, "srcid": "1", "privPoliId": "1", "payload": "b"}${setup}${ack}`)]);

@@ -26,6 +26,15 @@ const COLON = 0x3a; // :
 /** Messages are flat maps; anything nested deeper is not one of ours. */
 const MAX_DEPTH = 32;
 
+/** How far into a string's text the decoder looks a byte at a time before it asks `indexOf` (json.ts `scan`). */
+const NEAR = 16;
+
+/** Where `byte` is next in `chunk` from `from` on, or `chunk.length` when it is not. */
+function nextIndex(chunk: Buffer, byte: number, from: number): number {
+  const at = chunk.indexOf(byte, from);
+  return at === -1 ? chunk.length : at;
+}
+
 function isSpace(b: number): boolean {
   return b === 0x20 || b === 0x0a || b === 0x0d || b === 0x09;
 }
@@ -100,6 +109,11 @@ export class JsonDecoder implements Decoder {
   private scan(chunk: Buffer, out: Message[]): void {
     // Start of the current object inside this chunk (0 when it began in an earlier one).
     let start = 0;
+    // The next quote and backslash at or after where they were last looked for (chunk.length: none): a string's body
+    // is skipped to the first of them natively. Read a byte at a time here, a 1 MiB payload held the proxy's loop
+    // 10-18 ms, about 140 times what the same bytes cost as a frame. Each is looked for again only once passed: O(n).
+    let quote = -1;
+    let backslash = -1;
     for (let i = 0; i < chunk.length; i++) {
       const b = chunk[i]!;
       if (this.depth === 0) {
@@ -119,6 +133,19 @@ export class JsonDecoder implements Decoder {
         if (this.escaped) this.escaped = false;
         else if (b === BACKSLASH) this.escaped = true;
         else if (b === QUOTE) this.inString = false;
+        else {
+          // Text: the next few bytes here (escapes come close together: a native call each cost more than this), then
+          // natively to the next quote or backslash. The loop's step lands on it.
+          const near = Math.min(i + NEAR, chunk.length);
+          let j = i + 1;
+          while (j < near && chunk[j] !== QUOTE && chunk[j] !== BACKSLASH) j++;
+          if (j === near && near < chunk.length) {
+            if (quote < j) quote = nextIndex(chunk, QUOTE, j);
+            if (backslash < j) backslash = nextIndex(chunk, BACKSLASH, j);
+            j = Math.min(quote, backslash);
+          }
+          i = j - 1;
+        }
         continue;
       }
       if (b === QUOTE) this.inString = true;
