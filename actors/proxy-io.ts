@@ -133,13 +133,13 @@ class AcceptedReads implements MessageSink {
       } else if (m.type === MsgType.DEREGISTER && peer.role === 'registration') {
         registrationEvent(core, peer, { type: 'DEREGISTER', peer, reason: 'the server is draining' });
       } else {
-        const what = peer.role === 'unknown' ? 'a first message' : `a ${peer.role} connection`;
+        const what = peer.role === 'unknown' ? 'as a first message' : `on a ${peer.role} connection`;
         registrationEvent(core, peer, {
           type: 'BAD_INPUT',
           peer,
           error: new ProtocolError(ErrorCode.BAD_REQUEST, m.type === MsgType.PONG && peer.role === 'registration'
             ? `a PONG (seq ${m.seq}) that answers no PING of the proxy's (it PINGs with seq 0, and every PING it sent was answered already): a server sends one PONG per PING, with its seq`
-            : `message type ${m.type} is not allowed as ${what}`),
+            : `message type ${m.type} is not allowed ${what}`),
         });
         return;
       }

@@ -272,6 +272,17 @@ for (const [name, bytes, re] of badCases) {
   });
 }
 
+badInput('a message a client may not send on its connection is named so: "not allowed on a client connection"', async () => {
+  const sock = await rawConnect(ctx.proxy.port);
+  ctx.extra.push({ close: () => sock.destroy() });
+  const c = collector(sock);
+  sock.write(Buffer.concat([frame({ type: 0, seq: 1, srcid: 'x', privPoliId: 'P', payload: 'z' }), frame({ type: 2, seq: 1, srcid: 'x', destid: 'y', payload: 'z', payloadsize: 1 })]));
+  await c.until(() => c.closed);
+  const err = c.got.find((m) => m.type === MsgType.ERROR && (m as ErrorMsg).seq === undefined) as ErrorMsg | undefined;
+  // It said "not allowed as a client connection".
+  assert.is(err?.message, 'message type 2 is not allowed on a client connection', JSON.stringify(c.got));
+});
+
 // The proxy's time is a manual clock here: a try times out, a probe is due, when the test moves the clock.
 let clock = new ManualClock();
 const faults = fresh('faults', () => ({ timeoutMs: 600, probeInitialMs: 50, probeMaxMs: 200, clock: (clock = new ManualClock()) }));
