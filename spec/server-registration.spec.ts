@@ -97,6 +97,25 @@ reg('a proxy that stays down is said once, then every 30 s with how many tries f
   await eventually(() => lost('warn').length === 3, 3000, 'the loss after it said at once');
 });
 
+reg('on the old JSON wire too, a proxy that stays down is said once, then every 30 s', async () => {
+  // `revproxy server --wire json` wrote a warn line at every try (the real reverse_proxy.py not started yet: 7 in 10 s).
+  const clock = new ManualClock();
+  const free = createServer();
+  await new Promise<void>((r) => free.listen(0, LOCAL, r));
+  const port = (free.address() as { port: number }).port;
+  free.close();
+  await server([port], { clock, wire: 'json', reconnectInitialMs: 1000, reconnectMaxMs: 1000, logger: new Logger('server', memorySink(ctx.logs), 'debug') });
+  const lost = (level: string): string[] => ctx.logs.filter((r) => r.event === 'registration_lost' && r.level === level).map((r) => r.msg);
+  const tries = (): number => ctx.logs.filter((r) => r.event === 'registration_lost').length;
+  await eventually(() => tries() === 1, 3000, 'the first try failed');
+  for (let s = 1; s <= 35; s++) {
+    clock.advance(1000);
+    await eventually(() => tries() === s + 1, 3000, `try ${s + 1} failed`);
+  }
+  assert.is(lost('warn').length, 2, lost('warn').join('\n'));
+  assert.match(lost('warn')[1]!, /\(3\d tries failed so in 3\d s; said again every 30 s while it lasts\)/);
+});
+
 reg('a proxy that floods PINGs and reads none of the PONGs is cut as misbehaving past a bound, said, and registered with again after the longest backoff', async () => {
   // The registration's reads are never held (a deadlock of two full buffers): its PONGs piled up unread, 781 MB in 50 s.
   const ping = frame({ type: MsgType.PING, seq: 7 });
