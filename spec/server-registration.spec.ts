@@ -61,23 +61,33 @@ async function server(ports: number[], opts: Partial<StartServerOptions> = {}): 
 
 const lines = (event: string): string[] => ctx.logs.filter((r) => r.event === event).map((r) => r.msg);
 
-reg('a proxy that stays down is said once, then every 30 s with how many tries failed; each try between is debug; registered, the next loss is said at once', async () => {
-  // Every try was a warn line, up to 5 s apart: 720 an hour for a server whose proxy was down (the registry's path said
-  // a lasting failure every 30 s already).
+/** The registration_lost lines said at `level`. */
+const lost = (level: string): string[] => ctx.logs.filter((r) => r.event === 'registration_lost' && r.level === level).map((r) => r.msg);
+
+/**
+ * A server (of `wire`) whose proxy's port is closed, on a manual clock: 35 s of it, a try a second (each dial refused at
+ * once, for real). Returns the clock and the port.
+ */
+async function downFor35s(wire: 'frames' | 'json'): Promise<{ clock: ManualClock; port: number }> {
   const clock = new ManualClock();
   const free = createServer();
   await new Promise<void>((r) => free.listen(0, LOCAL, r));
   const port = (free.address() as { port: number }).port;
   free.close();
-  await server([port], { clock, reconnectInitialMs: 1000, reconnectMaxMs: 1000, logger: new Logger('server', memorySink(ctx.logs), 'debug') });
-  const lost = (level: string): string[] => ctx.logs.filter((r) => r.event === 'registration_lost' && r.level === level).map((r) => r.msg);
+  await server([port], { clock, wire, reconnectInitialMs: 1000, reconnectMaxMs: 1000, logger: new Logger('server', memorySink(ctx.logs), 'debug') });
   const tries = (): number => ctx.logs.filter((r) => r.event === 'registration_lost').length;
   await eventually(() => tries() === 1, 3000, 'the first try failed');
-  // 35 s of the server's clock, a try a second (each dial refused at once, for real).
   for (let s = 1; s <= 35; s++) {
     clock.advance(1000);
     await eventually(() => tries() === s + 1, 3000, `try ${s + 1} failed`);
   }
+  return { clock, port };
+}
+
+reg('a proxy that stays down is said once, then every 30 s with how many tries failed; each try between is debug; registered, the next loss is said at once', async () => {
+  // Every try was a warn line, up to 5 s apart: 720 an hour for a server whose proxy was down (the registry's path said
+  // a lasting failure every 30 s already).
+  const { clock, port } = await downFor35s('frames');
   const warns = lost('warn');
   assert.is(warns.length, 2, warns.join('\n'));
   assert.match(warns[0]!, new RegExp(`^Not registered with the reverse proxy at 127\\.0\\.0\\.1:${port}: .*; retrying in \\d+ ms$`));
@@ -99,19 +109,7 @@ reg('a proxy that stays down is said once, then every 30 s with how many tries f
 
 reg('on the old JSON wire too, a proxy that stays down is said once, then every 30 s', async () => {
   // `revproxy server --wire json` wrote a warn line at every try (the real reverse_proxy.py not started yet: 7 in 10 s).
-  const clock = new ManualClock();
-  const free = createServer();
-  await new Promise<void>((r) => free.listen(0, LOCAL, r));
-  const port = (free.address() as { port: number }).port;
-  free.close();
-  await server([port], { clock, wire: 'json', reconnectInitialMs: 1000, reconnectMaxMs: 1000, logger: new Logger('server', memorySink(ctx.logs), 'debug') });
-  const lost = (level: string): string[] => ctx.logs.filter((r) => r.event === 'registration_lost' && r.level === level).map((r) => r.msg);
-  const tries = (): number => ctx.logs.filter((r) => r.event === 'registration_lost').length;
-  await eventually(() => tries() === 1, 3000, 'the first try failed');
-  for (let s = 1; s <= 35; s++) {
-    clock.advance(1000);
-    await eventually(() => tries() === s + 1, 3000, `try ${s + 1} failed`);
-  }
+  await downFor35s('json');
   assert.is(lost('warn').length, 2, lost('warn').join('\n'));
   assert.match(lost('warn')[1]!, /\(3\d tries failed so in 3\d s; said again every 30 s while it lasts\)/);
 });

@@ -27,6 +27,19 @@ function timeOf(p: Proc, re: RegExp): number {
 
 const LEFT_OPEN = /Still running|revproxy itself left it/;
 
+/** SIGTERM `p`: it exits 0 within `withinMs` (when given) and leaves nothing open; its log, and how long the stop took. */
+async function stopsCleanly(p: Proc, withinMs?: number): Promise<{ out: string; took: number }> {
+  const asked = Date.now();
+  p.kill('SIGTERM');
+  const code = await exitWithin(p, 30_000);
+  const took = Date.now() - asked;
+  const out = p.out.join('\n');
+  assert.is(code, 0, `exited ${code} after ${took} ms:\n${out}`);
+  if (withinMs !== undefined) assert.ok(took < withinMs, `${took} ms:\n${out}`);
+  assert.not.ok(LEFT_OPEN.test(out), out);
+  return { out, took };
+}
+
 const hungProxy = suite('a server stopped while its proxy hangs');
 hungProxy.after.each(() => killAll());
 
@@ -41,15 +54,8 @@ hungProxy('with nothing in flight, the server does not wait out its drain timeou
   proxy.kill('SIGSTOP');
   try {
     await sleep(300);
-    const asked = Date.now();
-    server.kill('SIGTERM');
-    const code = await exitWithin(server, 30_000);
-    const took = Date.now() - asked;
-    const out = server.out.join('\n');
-    assert.is(code, 0, `exited ${code} after ${took} ms:\n${out}`);
     // Well under the drain timeout (120 s): bounded by what the server states, a few seconds.
-    assert.ok(took < 20_000, `${took} ms:\n${out}`);
-    assert.not.ok(LEFT_OPEN.test(out), out);
+    const { out } = await stopsCleanly(server, 20_000);
     // Nothing claims the proxy heard: the drain line says what was sent, the next what came of it.
     assert.not.match(out, /told the reverse proxy/, out);
     assert.match(out, /did not answer|not answering/, out);
@@ -81,15 +87,8 @@ hungEtcd('a registry server says etcd did not take its leaving and exits 0 with 
   await server.waitFor(/Registered in the registry/);
   etcd.pause();
   await sleep(1000);
-  const asked = Date.now();
-  server.kill('SIGTERM');
-  const code = await exitWithin(server, 30_000);
-  const took = Date.now() - asked;
-  const out = server.out.join('\n');
-  assert.is(code, 0, `exited ${code} after ${took} ms:\n${out}`);
-  assert.ok(took < 15_000, `${took} ms:\n${out}`);
+  const { out } = await stopsCleanly(server, 15_000);
   assert.match(out, /Could not tell the registry/, out);
-  assert.not.ok(LEFT_OPEN.test(out), out);
 });
 
 hungEtcd('a registry server that could not register yet (etcd hung since it started) exits 0 with nothing left open', async () => {
@@ -99,11 +98,7 @@ hungEtcd('a registry server that could not register yet (etcd hung since it star
   // Its first tries failed: its watch and its calls to etcd are retried on etcd3's timers.
   await server.waitFor(/Not registered in the registry/, 15_000);
   await sleep(1500);
-  server.kill('SIGTERM');
-  const code = await exitWithin(server, 30_000);
-  const out = server.out.join('\n');
-  assert.is(code, 0, `exited ${code}:\n${out}`);
-  assert.not.ok(LEFT_OPEN.test(out), out);
+  await stopsCleanly(server);
 });
 
 hungEtcd('a registry proxy says its key could not be withdrawn (it expires with its lease), and exits soon after its last line', async () => {
