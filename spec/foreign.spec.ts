@@ -140,6 +140,7 @@ foreign('SSH, Redis, SMTP/FTP banners and the old JSON wire, as their specificat
     ['220 mail.example.com ESMTP Postfix\r\n', 'banner', /a mail \(SMTP\) or FTP server/],
     ['220-FileZilla Server\r\n', 'banner', /FTP server/],
     ['{"type": "3", "code": "BAD_REQUEST", "message": "x"}', 'json', /the old JSON wire .*--wire json/],
+    ['[1,2]', 'json-value', /^the peer sent JSON that is not an object \(it sent "\[1,2\]"\): a revproxy peer speaks frames, or the old JSON wire's one object \(\{\.\.\.\}\) per message$/],
   ];
   for (const [text, kind, message] of cases) {
     const r = recogniseForeign(Buffer.from(text, 'latin1'));

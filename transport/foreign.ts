@@ -9,7 +9,7 @@
  */
 
 export type ForeignKind =
-  | 'http-server' | 'http-client' | 'tls-client' | 'tls' | 'tls-alert' | 'ssh' | 'redis' | 'banner' | 'json' | 'proxy-header'
+  | 'http-server' | 'http-client' | 'tls-client' | 'tls' | 'tls-alert' | 'ssh' | 'redis' | 'banner' | 'json' | 'json-value' | 'proxy-header'
   /** Seen by a TLS listener (recogniseTlsRefusal). */
   | 'plain' | 'no-certificate' | 'bad-certificate' | 'closed';
 
@@ -92,6 +92,13 @@ export function recogniseForeign(bytes: Uint8Array): ForeignPeer | undefined {
     return {
       kind: 'json',
       message: `the peer speaks the old JSON wire (it sent "${firstLine(bytes)}"): it is one of the old programs; talk to it with --wire json`,
+    };
+  }
+  // A JSON array: said "frame at byte 0 declares 1529949234 bytes" ('[1,2').
+  if (b0 === 0x5b) {
+    return {
+      kind: 'json-value',
+      message: `the peer sent JSON that is not an object (it sent "${firstLine(bytes)}"): a revproxy peer speaks frames, or the old JSON wire's one object ({...}) per message`,
     };
   }
   return undefined;
