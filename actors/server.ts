@@ -192,7 +192,7 @@ export type ServerEvent =
   | { type: 'DEREGISTERED'; proxy: string }
   | { type: 'DRAIN' }
   | { type: 'DRAINED' }
-  /** The drain's proxies told, this server holding none of their requests, their connections stayed open `ms` (`UNANSWERED_MS`): they were cut. */
+  /** The drain's proxies told, this server running none of their requests, `count` of their connections stayed silent `ms` (`UNANSWERED_MS`): they were cut. */
   | { type: 'UNANSWERED'; peers: string[]; count: number; ms: number }
   | { type: 'STOP' }
   | RenewTls;
@@ -232,18 +232,10 @@ export const ACCEPT_TIMEOUT_MS = 10_000;
  */
 export class Closing {
   private readonly waits: Promise<void>[] = [];
-  /** Addresses of proxies that did not answer (`UNANSWERED`): a connection to one is cut, not waited for. */
-  private readonly silent = new Set<string>();
-
-  /** The proxies at `addresses` do not answer: their connections still open are cut as they are added. */
-  cut(addresses: Iterable<string>): void {
-    for (const a of addresses) this.silent.add(a);
-  }
 
   /** `conn`, closed by its owner (`endWith`): waited for. */
   add(conn: Connection): void {
     const socket = conn.socket;
-    if (this.silent.has(conn.remoteAddress)) conn.destroy();
     if (!socket.closed) this.waits.push(new Promise((resolve) => socket.once('close', () => resolve())));
   }
 
@@ -304,28 +296,30 @@ const requestListener = fromCallback<ListenerCommand, ListenerInput>(
     const checkDrained = (): void => {
       if (draining && conns.size === 0) send({ type: 'DRAINED' });
     };
-    /** Whether anything was read since the unanswered check began (`watchUnanswered`). */
-    let heard = false;
+    /** Connections something was read from since the unanswered watch last looked (`watchUnanswered`). */
+    const heardFrom = new Set<Connection>();
     let unanswered: Timer | undefined;
     /**
      * Once the proxies are told this server leaves: a proxy reads that, stops sending, and closes its connections here
-     * as soon as it has its answers (milliseconds). Connections still open `UNANSWERED_MS` after the last request was
-     * answered, with nothing read from them meanwhile, are a proxy's that does not answer (SIGSTOPped, hung, cut off):
-     * with nothing in flight, the drain waited its whole timeout for it (35 s by default), then left its sockets open
-     * past the stop. They are cut (nothing they carry is awaited) and the machine told.
+     * as soon as it has its answers (milliseconds). A connection still open `UNANSWERED_MS` on, with no handler running,
+     * nothing read from it meanwhile and nothing left to write to it, is a proxy's that does not answer (SIGSTOPped, hung,
+     * cut off): with nothing in flight, the drain waited its whole timeout for it (35 s by default), then left its sockets
+     * open past the stop. Each such connection is cut and the machine told; the others are watched on. One with an answer
+     * still leaving is waited for (to the drain timeout at most): a proxy reading a large answer slowly had it cut in the
+     * middle (a review; Node tells no progress of one large write, so it is not judged by it).
      */
     const watchUnanswered = (): void => {
       unanswered?.cancel();
-      heard = false;
+      heardFrom.clear();
       unanswered = input.clock.setTimeout(() => {
+        unanswered = undefined;
         if (conns.size === 0) return;
-        if (heard || input.runner.held > 0) return watchUnanswered();
-        const open = [...conns];
-        const peers = [...new Set(open.map((c) => c.remoteAddress))];
-        // Their registrations too (the same proxies, most likely), as the server stops: not waited for.
-        input.closing.cut(peers);
-        for (const c of open) c.destroy();
-        send({ type: 'UNANSWERED', peers, count: open.length, ms: UNANSWERED_MS });
+        const silent = input.runner.held > 0 ? [] : [...conns].filter((c) => !heardFrom.has(c) && c.pendingBytes === 0);
+        if (silent.length > 0) {
+          for (const c of silent) c.destroy();
+          send({ type: 'UNANSWERED', peers: [...new Set(silent.map((c) => c.remoteAddress))], count: silent.length, ms: UNANSWERED_MS });
+        }
+        if (conns.size > silent.length) watchUnanswered();
       }, UNANSWERED_MS);
     };
     const accept = (socket: Socket): void => {
@@ -345,7 +339,7 @@ const requestListener = fromCallback<ListenerCommand, ListenerInput>(
       };
       conn.messages$.subscribe({
         next: (messages) => {
-          heard = true;
+          if (unanswered) heardFrom.add(conn);
           const requests: DataMsg[] = [];
           for (const m of messages) {
             if (m.type === MsgType.DATA) {
@@ -1005,7 +999,8 @@ export const serverMachine = setup({
         // Sent, not told: whether a proxy read it, its connections closing say (or `drain_unanswered` that they did not).
         : [direct.length ? `sent ${direct.join(' and ')} a DEREGISTER, saying we are leaving` : '', registry.length ? `telling ${registry.join(' and ')} that we are leaving` : ''].filter(Boolean).join(', and ');
       const ms = drainTimeoutOf(context.opts);
-      const unanswered = context.opts.wire === 'json' ? '' : `; a proxy that keeps its connections here ${UNANSWERED_MS} ms after the last of them is answered is taken for not answering`;
+      // The watch runs once a proxy is told (its DEREGISTER, or a registry server's PONGs once etcd took the leaving).
+      const unanswered = context.opts.wire === 'json' || !told.length ? '' : `; a proxy told that then keeps a connection here silent ${UNANSWERED_MS} ms (nothing read, nothing left to write to it, no handler running) is taken for not answering and that connection cut`;
       context.logger.info('draining', `Draining: ${what}; finishing requests in flight (at most ${ms} ms${unanswered})`, { id: context.opts.id, registered: context.registered, drainTimeoutMs: ms });
     },
     /** The proxies told, this server holding nothing of theirs, kept their connections open: they do not answer, and were cut (`watchUnanswered`). */
@@ -1014,7 +1009,7 @@ export const serverMachine = setup({
       const { peers, count, ms } = event;
       const one = peers.length === 1;
       const drain = drainTimeoutOf(context.opts);
-      context.logger.warn('drain_unanswered', `The reverse prox${one ? 'y' : 'ies'} at ${peers.join(', ')} did not answer: ${one ? 'its' : 'their'} ${count} connection(s) here stayed open ${ms} ms after ${one ? 'it was' : 'they were'} told this server is leaving, with none of ${one ? 'its' : 'their'} requests left to answer and nothing read (a proxy that heard closes them at once). Stopped (SIGSTOP), hung or cut off, ${one ? 'it' : 'they'} may not have heard; cut them, and stopping now rather than at the drain timeout (${drain} ms)`, { peers, count, ms });
+      context.logger.warn('drain_unanswered', `The reverse prox${one ? 'y' : 'ies'} at ${peers.join(', ')} did not answer: ${one ? 'its' : 'their'} ${count} connection(s) here stayed open ${ms} ms after ${one ? 'it was' : 'they were'} told this server is leaving, with no request of ${one ? 'its' : 'theirs'} running here, nothing read and nothing left to write (a proxy that heard closes them once it has its answers). Stopped (SIGSTOP), hung or cut off, ${one ? 'it' : 'they'} may not have heard; cut them: the drain ends once no connection is left, not at its timeout (${drain} ms)`, { peers, count, ms });
     },
     /**
      * The drain's line said the registry is told; it was not: the proxies keep sending, and the drain waits for their links to
@@ -1156,7 +1151,8 @@ export const serverMachine = setup({
           after: { drainTimeout: { target: '#server.stopped', actions: 'logDrainTimedOut' } },
           on: {
             DRAINED: '#server.stopped',
-            UNANSWERED: { target: '#server.stopped', actions: 'logUnanswered' },
+            // The silent connections are cut: the drain ends at their close (DRAINED), or goes on for the others.
+            UNANSWERED: { actions: 'logUnanswered' },
             STOP: '#server.stopped',
           },
           // A server registered directly (or on the old JSON wire) stays in `telling`: each proxy has its DEREGISTER on

@@ -284,8 +284,9 @@ export class LinkTraffic implements LinkPort {
         logLate(link, m);
         continue;
       }
-      // The server was given at least until the try's deadline (`timeoutms`): a TIMEOUT in less than half of that is none.
-      const early = m.type === MsgType.ERROR && m.code === ErrorCode.TIMEOUT && (readAt ??= link.clock.now()) - p.sentAt < (p.deadline - p.sentAt) / 2;
+      // A TIMEOUT in less than half the time the server was given (`timeoutms`, as `send` wrote it: to the request's deadline
+      // with `hedge`, else to the try's) is none.
+      const early = m.type === MsgType.ERROR && m.code === ErrorCode.TIMEOUT && (readAt ??= link.clock.now()) - p.sentAt < ((link.hedge ? requestDeadline(link, p.req) : p.deadline) - p.sentAt) / 2;
       settle(link, p.req, m, tally, kept, early);
       if (p.sentAt > newest) newest = p.sentAt;
     }

@@ -564,7 +564,7 @@ function portClashes(c: ProxyConfig, addressOf: ReadonlyMap<string, string> = ne
     ...(c.inspect !== undefined ? [{ path: 'inspect', names: 'the inspector (inspect, --inspect, on 127.0.0.1)', host: '127.0.0.1', port: c.inspect }] : []),
   ];
   const issues: Issue[] = [];
-  // A name as the start resolved it (`resolveListenNames`), said beside it: `localhost:2100 (127.0.0.1)`.
+  // A name as the start resolved it (`checkListenNames`), said beside it: `localhost:2100 (127.0.0.1)`.
   const address = (x: { host: string }): string => addressOf.get(x.host) ?? x.host;
   const said = (x: { host: string; port: number }): string => `${hostAndPort(x.host, x.port)}${addressOf.has(x.host) ? ` (${address(x)})` : ''}`;
   for (const [j, b] of listeners.entries()) {

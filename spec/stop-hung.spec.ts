@@ -7,7 +7,9 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { killEtcds, startEtcdCluster, type EtcdCluster } from '../scenario/etcd.js';
-import { sleep } from './helpers.js';
+import { frame, rawConnect, sleep } from './helpers.js';
+import { Logger, memorySink, startProxy, startServer, type LogRecord } from '../actors/index.js';
+import { MsgType } from '../transport/messages.js';
 import { adminOnFreePort, killAll, proxyProcess, revproxy, serving, type Proc } from './procs.js';
 
 /** The process's exit code, or undefined when it has not exited within `ms`. */
@@ -62,6 +64,37 @@ hungProxy('with nothing in flight, the server does not wait out its drain timeou
     assert.match(out, /Server h1 stopped/, out);
   } finally {
     proxy.kill('SIGCONT');
+  }
+});
+
+hungProxy('a proxy still reading a large answer slowly when the server drains is not taken for silent: the answer goes out whole', async () => {
+  // The 3 s rule looked at reads only: a link whose proxy pulled a 24 MiB answer at 1 MiB/s had it cut in the middle
+  // (6.8 MB read) and was called stopped, hung or cut off (a review). Now a connection whose answers are still being
+  // taken is not silent; one that takes nothing for 3 s is.
+  const proxy = await startProxy({ port: 0 });
+  const logs: LogRecord[] = [];
+  const big = 12 * 1024 * 1024;
+  const server = await startServer({ id: 'big', policy: 'P', revproc: proxy.port, maxFrameBytes: 16 * 1024 * 1024, logger: new Logger('server', memorySink(logs), 'info'), handler: async () => 'y'.repeat(big) });
+  try {
+    // A link of our own, reading 2 MiB a second.
+    const link = await rawConnect(server.port);
+    link.pause();
+    let read = 0;
+    const pull = setInterval(() => {
+      let chunk: Buffer | null;
+      for (let n = 0; n < 200 * 1024 && (chunk = link.read(64 * 1024) ?? link.read()) !== null; n += chunk.length) read += chunk.length;
+    }, 100);
+    const closed = new Promise<void>((r) => link.once('close', () => r()));
+    link.write(frame({ type: MsgType.DATA, seq: 1, srcid: 'c', privPoliId: 'P', payload: 'x', timeoutms: 60_000 }));
+    await sleep(300);
+    const stopped = server.stop();
+    await closed;
+    clearInterval(pull);
+    await stopped;
+    assert.ok(read >= big, `read ${read} of ${big}+ bytes before the server closed the link: ${logs.map((l) => l.msg).join('\n')}`);
+  } finally {
+    server.kill();
+    await proxy.stop();
   }
 });
 
