@@ -108,7 +108,8 @@ test('the default limit is the frames\' 1 MiB', () => {
 
 const bad: Array<[string, string, RegExp]> = [
   ['garbage between objects', `${data}xx`, /byte 67 is not the start of a JSON object/],
-  ['an array at the top', '[1, 2]', /byte 0 is not the start of a JSON object/],
+  ['an array at the top', '[1, 2]', /^the peer sent JSON that is not an object \(it sent "\[1, 2\]"\)/],
+  ['an array after an object', `${data}[1, 2]`, /^byte 67 is not the start of a JSON object/],
   ['broken JSON inside the braces', '{"type": "0" "srcid": "1"}', /not valid JSON/],
   ['mismatched brackets', '{"a": [1}]', /not valid JSON/],
   ['deep nesting', `{"a": ${'['.repeat(40)}`, /nested deeper than 32/],

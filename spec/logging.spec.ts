@@ -59,7 +59,7 @@ inproc('a server that drains says whom it told: each proxy it is registered with
   await a.stop();
   const drain = logs.find((l) => l.event === 'draining')!;
   // Sent, not told: whether the proxy heard, its connections closing say (or a drain_unanswered line that they did not).
-  assert.is(drain.msg, `Draining: sent the reverse proxy at 127.0.0.1:${a.port} a DEREGISTER, saying we are leaving; finishing requests in flight (at most 35000 ms; a proxy that keeps its connections here 3000 ms after the last of them is answered is taken for not answering)`);
+  assert.is(drain.msg, `Draining: sent the reverse proxy at 127.0.0.1:${a.port} a DEREGISTER, saying we are leaving; finishing requests in flight (at most 35000 ms; a proxy told that then keeps a connection here silent 3000 ms (nothing read, nothing left to write to it, no handler running) is taken for not answering and that connection cut)`);
 });
 
 inproc('a --wire json server that drains does not claim it told its proxy: the old wire has no deregistration', async () => {
