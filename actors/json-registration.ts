@@ -14,7 +14,7 @@ import { hostPort } from '../transport/address.js';
 import { Connection } from '../transport/socket.js';
 import { describeDialError, dial, whenReady } from '../transport/tls.js';
 import type { Timer } from '../transport/clock.js';
-import { SaidAgain } from './said-again.js';
+import { SaidAgainPerProxy } from './said-again.js';
 import { logDialBackProblem, logSeveralAddresses, registrationSource, sourceDialError, type Endpoint, type RegistrationCommand, type RegistrationInput } from './server.js';
 
 export const jsonRegistrations = fromCallback<RegistrationCommand, RegistrationInput>(({ sendBack, receive, input }) => {
@@ -23,7 +23,7 @@ export const jsonRegistrations = fromCallback<RegistrationCommand, RegistrationI
   const conns = new Set<Connection>();
   const namesSaid = new Map<string, string>();
   /** Each proxy's failure said last, while its registration keeps failing (said again only now and then, as on the frames wire). */
-  const said = new Map<string, SaidAgain>();
+  const said = new SaidAgainPerProxy(input.clock);
 
   const attempt = (ep: Endpoint, delay: number): void => {
     const key = hostPort(ep.host, ep.port);
@@ -37,15 +37,13 @@ export const jsonRegistrations = fromCallback<RegistrationCommand, RegistrationI
       // The old proxy dials the server back at the address this comes from, as the new one does.
       logDialBackProblem(input, key, socket.localAddress);
       conn.endWith(input.setup);
-      said.delete(key);
+      said.clear(key);
       sendBack({ type: 'REGISTERED', proxy: key, again: false });
     });
     socket.once('error', (err: NodeJS.ErrnoException) => {
       if (stopping || socket.bytesWritten > 0) return;
       const error = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${key}` : sourceDialError(err, from) ?? describeDialError(err, ep.host);
-      let failures = said.get(key);
-      if (!failures) said.set(key, (failures = new SaidAgain(input.clock)));
-      sendBack({ type: 'REGISTRATION_LOST', proxy: key, retryInMs: delay, ...failures.say(error) });
+      sendBack({ type: 'REGISTRATION_LOST', proxy: key, retryInMs: delay, ...said.say(key, error) });
       const t = input.clock.setTimeout(() => {
         timers.delete(t);
         if (!stopping) attempt(ep, Math.min(delay * 2, input.maxMs));

@@ -341,13 +341,18 @@ export function proxyConnectionsNote(o: Opts): ReturnType<typeof connectionsNote
   return connectionsNote(o.maxConnections, o.maxConnectionsSet, DEFAULT_PROXY_MAX_CONNECTIONS, 'max_connections (--max-connections)', o.maxBufferedBytes);
 }
 
+/** Whether the proxy asks registering servers for a secret: a `token`, or `tokens` (a policy they do not name takes no registration). */
+export function hasSecrets(o: Pick<Opts, 'token' | 'tokens'>): boolean {
+  return o.token !== undefined || o.tokens !== undefined;
+}
+
 /**
  * What a start (and `--check`, as nginx -t prints its warnings) says of a port other machines can reach
  * with no registration secret (`insecure`), or undefined. `--check` printed the admin endpoint's like
  * warning and not this one.
  */
 export function proxyInsecureNote(o: Pick<Opts, 'host' | 'token' | 'tokens'>): { message: string; fields: Record<string, unknown> } | undefined {
-  if (isLoopback(o.host) || o.token !== undefined || o.tokens !== undefined) return undefined;
+  if (isLoopback(o.host) || hasSecrets(o)) return undefined;
   return {
     message: `listening on ${o.host}, reachable from other machines, with no registration secret: anyone who can connect can register as a server of any privacy policy and receive its clients' data. Set --token (or REVPROXY_TOKEN) or --tokens FILE.`,
     fields: { host: o.host },

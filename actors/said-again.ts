@@ -42,3 +42,22 @@ export class SaidAgain {
     return { error, repeat: false };
   }
 }
+
+/** A `SaidAgain` for each proxy a server registers with (its `host:port`), made at its first failure. */
+export class SaidAgainPerProxy {
+  private readonly each = new Map<string, SaidAgain>();
+
+  constructor(private readonly clock: Clock) {}
+
+  /** `proxy`'s registration failed, `why`: as `SaidAgain.say`. */
+  say(proxy: string, why: string): { error: string; repeat: boolean } {
+    let failures = this.each.get(proxy);
+    if (!failures) this.each.set(proxy, (failures = new SaidAgain(this.clock)));
+    return failures.say(why);
+  }
+
+  /** `proxy` took the registration: its next failure is said at once. */
+  clear(proxy: string): void {
+    this.each.delete(proxy);
+  }
+}

@@ -28,7 +28,7 @@ import { CERT_REFUSED, CLOSED_UNACCEPTED, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TC
 import { jittered, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { BufferBudget, defaultBufferBudget } from '../transport/budget.js';
 import { budgetNote, connectionsNote, defaultMaxConnections, lazyTextFrom, memoryLimit } from './memory-limit.js';
-import { SaidAgain } from './said-again.js';
+import { SaidAgainPerProxy } from './said-again.js';
 import { badHandler, Caller, HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
 import { defaultConnsPerPeer, DEFAULT_LISTEN_HOST } from './proxy-options.js';
 import { ConnectionLimits, logAcceptErrors, logBadInput, logShed, logTlsRefusals, type ConnectionLimitsInput } from './port-limits.js';
@@ -473,7 +473,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
    */
   const dialling = new Set<() => void>();
   /** Each proxy's failure said last, while its registration keeps failing (said again only now and then). */
-  const said = new Map<string, SaidAgain>();
+  const said = new SaidAgainPerProxy(input.clock);
 
   const attempt = (ep: Endpoint, delay: number, everRegistered: boolean): void => {
     const key = hostPort(ep.host, ep.port);
@@ -514,11 +514,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
       const step = backoff ?? (acceptedAt >= 0 && input.clock.now() - acceptedAt >= input.maxMs ? input.initialMs : delay);
       const wait = jittered(step);
       if (refusal) sendBack({ type: 'REGISTRATION_REFUSED', proxy: key, ...refusal, retryInMs: wait });
-      else {
-        let failures = said.get(key);
-        if (!failures) said.set(key, (failures = new SaidAgain(input.clock)));
-        sendBack({ type: 'REGISTRATION_LOST', proxy: key, retryInMs: wait, ...failures.say(error) });
-      }
+      else sendBack({ type: 'REGISTRATION_LOST', proxy: key, retryInMs: wait, ...said.say(key, error) });
       const t = input.clock.setTimeout(() => {
         timers.delete(t);
         if (!stopping) attempt(ep, Math.min(step * 2, input.maxMs), registered);
@@ -570,7 +566,7 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
               dialling.delete(giveUp);
               acceptance?.cancel();
               refusedForGood.delete(key);
-              said.delete(key);
+              said.clear(key);
               held.add(key);
               sendBack({ type: 'REGISTERED', proxy: key, again: registered });
               registered = true;

@@ -15,7 +15,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { startProxy, type ProxyHandle } from '../actors/index.js';
 import { logStopped } from '../actors/children.js';
 import { Destination, fmt, Logger, LogStream, LEVELS, LOG_BUFFER_BYTES, SUMMARY_INTERVAL_MS } from '../actors/logger.js';
-import { DEFAULT_LISTEN_HOST, OLD_SERVER_DEFAULTS, proxyBudgetNote, proxyConnectionsNote, proxyInsecureNote, resolveOptions, type Opts } from '../actors/proxy-options.js';
+import { DEFAULT_LISTEN_HOST, OLD_SERVER_DEFAULTS, proxyBudgetNote, proxyConnectionsNote, proxyInsecureNote, hasSecrets, resolveOptions } from '../actors/proxy-options.js';
 import { badTrustedSource, fileLimitWarning } from '../actors/port-limits.js';
 import { ACCESS_LOG_HOLD, AccessLog, accessLogHold, combineObservers } from '../admin/access-log.js';
 import { ConnStats } from '../admin/conn-stats.js';
@@ -711,11 +711,6 @@ function removePidFile(path: string): void {
   } catch {
     // already gone
   }
-}
-
-/** Whether the proxy asks registering servers for a secret: a `token`, or `tokens` (a policy they do not name takes no registration). */
-function hasSecrets(o: Pick<Opts, 'token' | 'tokens'>): boolean {
-  return o.token !== undefined || o.tokens !== undefined;
 }
 
 /** Whether two sets of TLS files hold the same bytes. */

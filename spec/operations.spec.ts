@@ -943,18 +943,21 @@ reload('an empty file at SIGHUP (a writer that truncates, then writes) is refuse
   assert.is(proc.out.filter((l) => /this reload removed/.test(l)).length, warned);
 });
 
+/** Write `text` to the proxy's config `file`, SIGHUP it, and return its reload line (its warn lines, written just after, come too). */
+async function hupWith(proc: Proc, file: string, text: string): Promise<string> {
+  const n = proc.out.filter((l) => /Reloaded/.test(l)).length;
+  writeFileSync(file, text);
+  proc.kill('SIGHUP');
+  await eventually(() => proc.out.filter((l) => /Reloaded/.test(l)).length === n + 1, 5000, 'the reload');
+  await sleep(50);
+  return proc.out.filter((l) => /Reloaded/.test(l))[n]!;
+}
+
 reload('removing the admin: section on SIGHUP: the reload line says what it applied and what waits for a restart, and /metrics does what it says', async () => {
   const file = write('a.yaml', 'port: 0\nadmin:\n  listen: 127.0.0.1:0\n  token: a-long-admin-secret\n');
   const { proc, admin: url } = await proxyWithConfig(file);
   const auth = { headers: { authorization: 'Bearer a-long-admin-secret' } };
-  const hup = async (text: string): Promise<string> => {
-    const n = proc.out.filter((l) => /Reloaded/.test(l)).length;
-    writeFileSync(file, text);
-    proc.kill('SIGHUP');
-    await eventually(() => proc.out.filter((l) => /Reloaded/.test(l)).length === n + 1, 5000, 'the reload');
-    await sleep(50); // its warn lines, written just after
-    return proc.out.filter((l) => /Reloaded/.test(l))[n]!;
-  };
+  const hup = (text: string): Promise<string> => hupWith(proc, file, text);
   // The endpoint stays until a restart, and keeps its token meanwhile: it said "applied admin.token" and kept demanding it.
   const removed = await hup('port: 0\n');
   assert.not.match(removed, /applied .*admin\.token/, removed);
@@ -1110,14 +1113,7 @@ reload('a reload compares the settings as they run, defaults applied: a default 
   const file = write('p.yaml', 'port: 0\nlog:\n  access_log: a.log\n');
   const { proc } = await proxyWithConfig(file);
   const reloads = (): string[] => proc.out.filter((l) => /Reloaded|changed in/.test(l));
-  const hup = async (text: string): Promise<string> => {
-    const n = proc.out.filter((l) => /Reloaded/.test(l)).length;
-    writeFileSync(file, text);
-    proc.kill('SIGHUP');
-    await eventually(() => proc.out.filter((l) => /Reloaded/.test(l)).length === n + 1, 5000, 'the reload');
-    await sleep(50); // its warn line, written just after
-    return proc.out.filter((l) => /Reloaded/.test(l))[n]!;
-  };
+  const hup = (text: string): Promise<string> => hupWith(proc, file, text);
   // The value already running, written out (it said "log.format needs a restart").
   assert.match(await hup('port: 0\nlog:\n  access_log: a.log\n  format: text\n'), /no setting changed/);
   assert.match(await hup('port: 0\nlog:\n  access_log: b.log\n  format: json\n'), /nothing applied: log\.format, log\.access_log need a restart/);
