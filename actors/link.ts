@@ -45,6 +45,11 @@ export interface Peer {
    * which would hold its requests to the other policies too (`holdRefused`).
    */
   mixed: boolean;
+  /** The proxy's own refusals of its requests in the window ending at `refusalsUntil` (refusal-budget.ts). */
+  refusals: number;
+  refusalsUntil: number;
+  /** Whether its reads are paused for the rest of that window: it was refused more than its budget in it. */
+  refusalHold: boolean;
   /** PINGs sent on a registration connection without a PONG since. */
   missedPings: number;
   /** Its registration's events waiting in the lifecycle lane (proxy-io.ts `registrationEvent`). */
@@ -65,7 +70,7 @@ export interface Peer {
 }
 
 export function newPeer(conn: Connection): Peer {
-  return { conn, role: 'unknown', outstanding: 0, heldBytes: 0, throttled: false, queueHeld: false, policy: undefined, mixed: false, missedPings: 0, inLane: 0, pongsOwed: 0 };
+  return { conn, role: 'unknown', outstanding: 0, heldBytes: 0, throttled: false, queueHeld: false, policy: undefined, mixed: false, refusals: 0, refusalsUntil: 0, refusalHold: false, missedPings: 0, inLane: 0, pongsOwed: 0 };
 }
 
 /** A client request as it travels through the proxy. */

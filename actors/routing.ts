@@ -15,6 +15,7 @@ import { FairQueue } from './fair-queue.js';
 import { deadline, endStay, quoted, type Failure, type Peer, type ProxyRequest, type Reply, type TryCause } from './link.js';
 import { fmt } from './logger.js';
 import { poolMachine } from './pool.js';
+import { countRefusal } from './refusal-budget.js';
 import { RETRY_BUDGET_WINDOW_MS, RetryBudget, type RetryBudgetRules } from './retry-budget.js';
 import { CLIENT_GONE, type Opts } from './proxy-options.js';
 import { MEMBER_STATES, type Member, type MemberState, type Policy, type ProxyContext } from './proxy-types.js';
@@ -761,6 +762,10 @@ export function makeReply(context: ProxyContext): Reply {
     if (client.queueHeld) {
       client.queueHeld = false;
       client.conn.releaseSocket();
+    }
+    // Refused by the proxy itself, no server having had it: counted against the connection's budget of refusals.
+    if (member === undefined && answer.type === MsgType.ERROR && req.tried === undefined && (answer.code === ErrorCode.NO_SERVER || answer.code === ErrorCode.OVERLOADED)) {
+      countRefusal(client, clock, context.logger);
     }
     if (client.throttled && client.outstanding <= context.opts.maxClientInflight >> 1 && client.heldBytes <= context.budget.requestsPerPeer / 2) {
       client.throttled = false;

@@ -11,6 +11,7 @@ import { connect, Logger, ManualClock, memorySink, startProxy, startServer, type
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import { MsgType } from '../transport/messages.js';
 import { resolveOptions, type ProxyOptions } from '../actors/proxy-options.js';
+import { REFUSAL_WINDOW_MS, REFUSALS_PER_WINDOW } from '../actors/refusal-budget.js';
 import { collector, eventually, frame, LOCAL, rawConnect, sleep } from './helpers.js';
 import { adminOnFreePort, killAll, proxyProcess, revproxy, serving, type Proc } from './procs.js';
 
@@ -231,6 +232,40 @@ deadlines("a connection whose requests named two policies is not held for one's 
   } finally {
     q.kill();
   }
+});
+
+deadlines("a connection the proxy refuses more than REFUSALS_PER_WINDOW times in REFUSAL_WINDOW_MS is not read for the rest of the window, whatever policies it names, and loses nothing: on main 1,000 requests to policies without a server were read and refused NO_SERVER at once, a closed loop refused as fast as the proxy could", async (ctx) => {
+  // Manual clock: the window ends only when the test says. Q's one server answers at once; N1 and N2 have none.
+  const clock = new ManualClock();
+  const logs: LogRecord[] = [];
+  ctx.proxy = await startProxy({ port: 0, clock, timeoutMs: 60000, logger: new Logger('proxy', memorySink(logs), 'warn') });
+  ctx.server = await startServer({ id: 'q', policy: 'Q', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port } });
+  await eventually(() => ctx.proxy!.pools().Q?.serving.includes('q') ?? false, 3000, 'q serving');
+  const a = await rawConnect(ctx.proxy.port);
+  ctx.sockets.push(a);
+  const got = collector(a);
+  // 1,000 refused (two policies: a mixed connection, which a full queue does not hold), then one to Q behind them.
+  const refused = Array.from({ length: 1000 }, (_, seq) => frame({ type: MsgType.DATA, seq, srcid: 'a', privPoliId: seq % 2 ? 'N1' : 'N2', payload: `n${seq}` }));
+  a.write(Buffer.concat([...refused, frame({ type: MsgType.DATA, seq: 1000, srcid: 'a', privPoliId: 'Q', payload: 'q' })]));
+  await got.until(() => got.got.length > REFUSALS_PER_WINDOW);
+  await sleep(200);
+  const first = got.got.length;
+  // The refusal past the budget pauses the reads; the read slice being handed over goes on (READ_SLICE, 64).
+  assert.ok(first <= REFUSALS_PER_WINDOW + 64, `${first} answered before the window ended`);
+  assert.ok(logs.some((l) => l.event === 'refusals_paused' && /Paused reading client .* for up to 100 ms: the proxy refused more than 100 of its requests in 100 ms/.test(l.msg)), JSON.stringify(logs.map((l) => l.msg)));
+  clock.advance(REFUSAL_WINDOW_MS);
+  await got.until(() => got.got.length > first);
+  await sleep(100);
+  assert.ok(got.got.length < 1001, `a second window: ${got.got.length} answered`);
+  for (let i = 0; i < 20 && got.got.length < 1001; i++) {
+    clock.advance(REFUSAL_WINDOW_MS);
+    await sleep(50);
+  }
+  await got.until(() => got.got.length === 1001);
+  const answers = got.got as { seq: number; type: number; code?: string }[];
+  assert.equal(new Set(answers.map((m) => m.seq)).size, 1001, 'each answered once');
+  assert.ok(answers.filter((m) => m.seq < 1000).every((m) => m.code === 'NO_SERVER'));
+  assert.is(answers.find((m) => m.seq === 1000)!.type, MsgType.ACK, "Q's request behind them is read and answered");
 });
 
 deadlines("a reload that lowers queue_limit below what waits refuses the excess of the client holding the most: on main it kept the oldest and refused the client that came last", async (ctx) => {
