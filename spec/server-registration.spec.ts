@@ -10,6 +10,7 @@ import { Logger, ManualClock, memorySink, startProxy, startServer, StartError, t
 import { FrameDecoder } from '../transport/frame.js';
 import { MsgType, type Message } from '../transport/messages.js';
 import { eventually, frame, LOCAL } from './helpers.js';
+import { SaidAgain } from '../actors/said-again.js';
 import { revproxy } from './procs.js';
 
 interface Ctx {
@@ -105,6 +106,28 @@ reg('a proxy that stays down is said once, then every 30 s with how many tries f
   clock.advance(1000);
   await eventually(() => lines('registered').length === 1, 3000, 'registered');
   await eventually(() => lost('warn').length === 3, 3000, 'the loss after it said at once');
+});
+
+reg('a failure whose reason alternates (etcd without its quorum: "connection refused" from a member down, "no leader" from one up) is said once a reason, then each every 30 s, with the tries since the failure began', () => {
+  // Only the reason said last was remembered: each change of reason was said at once, and a server wrote 11-17 warn lines a minute.
+  const clock = new ManualClock();
+  const said = new SaidAgain(clock);
+  const out: { error: string; repeat: boolean }[] = [];
+  for (let s = 0; s <= 60; s++) {
+    out.push(said.say(s % 2 ? 'no leader' : 'connection refused'));
+    clock.advance(1000);
+  }
+  const warned = out.filter((r) => !r.repeat).map((r) => r.error);
+  assert.equal(warned, [
+    'connection refused',
+    'no leader',
+    'connection refused (31 tries failed so in 30 s; said again every 30 s while it lasts)',
+    'no leader (32 tries failed so in 31 s; said again every 30 s while it lasts)',
+    'connection refused (61 tries failed so in 60 s; said again every 30 s while it lasts)',
+  ]);
+  assert.is(said.last, 'connection refused', 'the reason of the last try');
+  said.clear();
+  assert.equal(said.say('no leader'), { error: 'no leader', repeat: false }, 'a failure after a success is said at once');
 });
 
 reg('on the old JSON wire too, a proxy that stays down is said once, then every 30 s', async () => {
