@@ -45,6 +45,12 @@ export interface KeptKeyHandlers {
    * Once per outage; `up(true)` follows if a keepalive is answered again, on this lease or a new one.
    */
   lapsed?(why: string): void;
+  /**
+   * etcd answered that the lease is gone (it let it expire while no keepalive reached it: this process frozen, or
+   * cut off from etcd for more than a TTL, or etcd's data lost): the key went with it. `down` follows, and the key is
+   * written again under a new lease.
+   */
+  ended?(why: string): void;
   /** etcd refused who we are (user, password, role): with this handler the key stops trying; without it, it keeps trying. */
   refused?(why: string): void;
   /** The key was deleted or overwritten while its lease lived, by someone else (`how`: what was done, in words), and is written again as it was (under the same lease). */
@@ -200,7 +206,10 @@ export class KeptKey {
         if (!live()) return;
         const err = caught instanceof AggregateError ? caught.errors[0] : caught;
         // etcd says the lease is gone (it expired while etcd was away, or was revoked): write the key again under a new one.
-        if ((err as Error)?.name === 'EtcdLeaseInvalidError' || (err as Error)?.constructor?.name === 'EtcdLeaseInvalidError') return this.failed(err, gen);
+        if ((err as Error)?.name === 'EtcdLeaseInvalidError' || (err as Error)?.constructor?.name === 'EtcdLeaseInvalidError') {
+          this.on.ended?.(describeEtcdError(err, this.opts));
+          return this.failed(err, gen);
+        }
         if (!this.suspected) {
           this.suspected = true;
           this.on.suspect?.(err);

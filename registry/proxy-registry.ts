@@ -84,6 +84,8 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
   let remind: NodeJS.Timeout | undefined;
   /** Says again, while it lasts, that etcd refuses to write this proxy's key. */
   let remindUnadvertised: NodeJS.Timeout | undefined;
+  /** Since when this proxy's key is gone from the registry, etcd said (`ended`), until it is written again: said, and its return. */
+  let lapsedSince: number | undefined;
   /** Ids whose entry could not be read (sent as leaves; told again only when they change). */
   const refused = new Map<string, string>();
   /** Deleted keys whose lease is being checked (one check per id: a newer event for it drops the older check). */
@@ -193,8 +195,14 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
         // Clients given the URL alone read the default prefix: another fleet's, when this one has its own.
         const given = o.prefix === REGISTRY_DEFAULTS.prefix ? `--registry ${url}` : `--registry ${url} --registry-prefix ${o.prefix}`;
         if (!again) log.info('advertised', `Advertised this proxy in the registry as ${hostPort(entry.address, p)}: clients given ${given} find it`, { url, address: entry.address, port: p });
-        else if (status.unadvertised) log.info('advertised', `Advertised this proxy in the registry again as ${hostPort(entry.address, p)}: clients find it again`, { url, address: entry.address, port: p });
+        else if (status.unadvertised || lapsedSince !== undefined) {
+          // How long since etcd said the key was gone (a frozen proxy hears it only once it runs again).
+          const s = lapsedSince === undefined ? 0 : Math.round((input.clock.now() - lapsedSince) / 1000);
+          const away = s > 0 ? ` after ${s} s` : '';
+          log.info('advertised', `Advertised this proxy in the registry again as ${hostPort(entry.address, p)}${away}: clients find it again`, { url, address: entry.address, port: p });
+        }
         status.unadvertised = undefined;
+        lapsedSince = undefined;
         report();
       },
       down(why, retryInMs, refused) {
@@ -220,10 +228,18 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
         log.warn('registry_key_restored', `This proxy's registry key ${key} was ${how} while its lease was alive (an operator's etcdctl?); written again as this proxy writes it${how === 'deleted' ? ': clients that find their proxies in etcd may have moved off it at the delete, and find it again now' : ''}`, { url, key, how });
       },
       // A TTL without a keepalive answered: etcd has let the key go, if it runs. /metrics said 1 for a second TTL, until the lease was given up.
+      // etcd away is said as such (registry_down): that the key may have gone with it, at debug.
       lapsed(why) {
         log.debug('advertise_lapsed', `This proxy's registry key may be gone (${why}); keeping its lease alive`, { reason: why });
         status.advertised = false;
         report();
+      },
+      // etcd answers, and says the key is gone (a restarted etcd keeps its leases: this proxy was frozen past its TTL, or
+      // cut off from etcd alone): clients that find their proxies in etcd do not find this one until it is written again.
+      // It was said at debug, as a lapse: such a proxy said nothing of it but the stall.
+      ended(why) {
+        lapsedSince ??= input.clock.now();
+        log.warn('advertise_ended', `This proxy's registry key ${key} is gone (${why}): clients that find their proxies in etcd do not find this one until it is written again. Serving on, and writing it again`, { url, key, reason: why });
       },
       // The lease could not be renewed: the watch may be silently dead too.
       suspect: (err) => mirror.suspect(err),

@@ -151,6 +151,17 @@ member('etcd stopped: the proxy reports its key gone (revproxy_registry_advertis
   assert.equal(lines(proc, /error|warn/i).filter((l) => /lapsed|may be gone/.test(l)), [], 'the lapse is said at debug only');
 });
 
+member('a proxy frozen past its TTL (SIGSTOP, a paused VM) says, once it runs again, that etcd let its key go and that it is advertised again: it said nothing of either but the stall', async () => {
+  const proc = revproxy(['proxy', '--port', '0', '--registry', ctx.etcd!.url, '--registry-prefix', '/frozen/', '--registry-ttl', TTL]);
+  await proc.waitFor(/Advertised this proxy in the registry as/);
+  proc.child.kill('SIGSTOP');
+  await sleep(Number(TTL) * 1000 + 3000).finally(() => proc.child.kill('SIGCONT'));
+  await proc.waitFor(/Advertised this proxy in the registry again/, 10_000);
+  const gone = lines(proc, /registry key/);
+  assert.is(gone.length, 1, gone.join('\n'));
+  assert.match(gone[0]!, /warning: This proxy's registry key \/frozen\/proxies\/\S+ is gone \(etcd at \S+ let the lease expire: .*\): clients that find their proxies in etcd do not find this one until it is written again\. Serving on, and writing it again$/);
+});
+
 member('a server that cannot reach etcd says so when the reason changes, then every 30 s, not at every try; back, it says it registered again', async () => {
   const server = revproxy(['server', '--id', 's', '--pp', '111', '--registry', ctx.etcd!.url, '--registry-prefix', '/away/', '--registry-ttl', TTL]);
   await server.waitFor(/Registered in the registry/);
