@@ -140,7 +140,7 @@ function hint(code: string, f: LoadFlags, first = '', unreachable: string[] = []
       const policy = said?.[1] ?? f.policy[0];
       const which = f.policy.length > 1 ? `policy ${policy}` : 'the policy';
       if (said?.[2]) return `no server of ${which} takes requests now, though the proxy has some (${said[2]}): a drained one is put back with the inspector's enable (or POST /api/members/enable on its --inspect port), an ejected or down one once it answers again (the proxy's log says why each went)`;
-      return `no server of ${which} is registered with the proxy: start one (revproxy server --id 100 --pp ${policy} --revproc ${target.host === '127.0.0.1' ? port : hostPort(target.host, port)}) or name another --policy`;
+      return `no server of ${which} is registered with the proxy: start one (revproxy server --id 100 --pp ${policy} --revproc ${target.host === '127.0.0.1' ? port : hostPort(target.host, port)}, or with the --registry its fleet's servers use) or name another --policy`;
     }
     case 'OVERLOADED':
       return "the proxy refused requests at one of its limits (--queue-limit, --max-server-inflight): ask for less (--connections, --inflight, --rate) or raise the proxy's limits";

@@ -138,6 +138,7 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
       const first = !status.synced;
       status.synced = true;
       if (first) log.info('registry_synced', `Read ${fmt(keys)} server entr${keys === 1 ? 'y' : 'ies'} from the registry at ${url} (revision ${revision}, ${ms} ms); watching ${prefix}`, { url, entries: keys, revision, ms });
+      if (first && keys === 0) void serversElsewhere();
       else log.info('registry_resynced', `Read the registry again (${reason === 'compacted' ? 'its history was compacted' : outage ? 'etcd is back' : suspected ? "this proxy's registry key could not be kept alive, so the watch may have gone silent too; etcd answered at once" : 'the watch broke, as when the etcd member it was on fails; etcd answered at once'}): ${fmt(keys - kept)} server entr${keys - kept === 1 ? 'y' : 'ies'} at revision ${revision}`, { url, entries: keys - kept, revision, reason });
       // etcd came back without keys it had: their leases ran out while the servers (or this proxy) could not reach etcd - an etcd
       // SIGSTOPped for 15 s lost every key this way - or etcd lost its data; either way their servers are about to write them again.
@@ -183,6 +184,25 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
       advertise(port!);
     };
     check();
+  }
+
+  /**
+   * None under this proxy's prefix at its start: servers under another prefix are named, with the flag that reads them. A
+   * proxy given another fleet's --registry-prefix (or none, where its fleet has one) said it read 0 entries, /readyz 200,
+   * and refused every request NO_SERVER. One read of at most 1,000 keys, names only; a role that may not read them is not told.
+   */
+  async function serversElsewhere(): Promise<void> {
+    const keys = await etcd.current.getAll().limit(1000).keys().catch(() => [] as string[]);
+    const found = new Map<string, number>();
+    for (const k of keys) {
+      const at = k.lastIndexOf(`/${SERVERS}`);
+      if (at < 0 || k.indexOf('/', at + 1 + SERVERS.length) >= 0) continue;
+      const other = k.slice(0, at + 1);
+      if (other !== o.prefix) found.set(other, (found.get(other) ?? 0) + 1);
+    }
+    if (found.size === 0 || stopped || mirror.entries.size > 0) return;
+    const list = [...found].sort((a, b) => b[1] - a[1]).slice(0, 3);
+    log.warn('registry_elsewhere', `No server entries under ${prefix}, but the registry holds some under ${list.map(([p, n]) => `${p}${SERVERS} (${fmt(n)})`).join(', ')}: if this proxy's servers are those, start it with --registry-prefix ${list[0]![0]} (registry.prefix)`, { url, prefix: o.prefix, elsewhere: Object.fromEntries(list) });
   }
 
   function advertise(p: number): void {

@@ -1033,6 +1033,19 @@ reg_('etcd hung for a moment: the proxy reads the registry again because its own
   assert.match(line, /^Read the registry again \(this proxy's registry key could not be kept alive, so the watch may have gone silent too; etcd answered at once\)/, line);
 });
 
+reg_('a proxy that reads no server entries under its prefix, where the registry holds some under another, names that prefix and the flag that reads it', async () => {
+  // Three entries under another prefix (more than any other test leaves: the hint names the fullest first).
+  const other = `${ctx.prefix}fleet-b/`;
+  dropPrefixAfter();
+  for (let i = 0; i < 3; i++) await ctx.raw!.put(`${other}servers/b${i}`).value(JSON.stringify({ v: 1, id: `b${i}`, policy: '111', address: '127.0.0.1', port: 9, wire: 'frames' })).exec();
+  const logs: LogRecord[] = [];
+  await proxy({ logs });
+  await eventually(() => logs.some((l) => l.event === 'registry_elsewhere'), 5000, 'the hint');
+  const line = logs.find((l) => l.event === 'registry_elsewhere')!.msg;
+  assert.match(line, new RegExp(`^No server entries under ${ctx.prefix}servers/, but the registry holds some under ${other}servers/ \\(3\\)`), line);
+  assert.match(line, /: if this proxy's servers are those, start it with --registry-prefix \S+ \(registry\.prefix\)$/, line);
+});
+
 /*
  * A prefix larger than one gRPC message (its default receive limit is 4 MiB): anyone who can write
  * under the prefix can put four values of 1.4 MB there (each within etcd's own request limit, 1.5
