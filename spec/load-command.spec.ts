@@ -345,7 +345,7 @@ test('a policy nobody serves on a proxy at another address: the words give that 
   const port = (await p.waitFor(/on port (\d+)/))[1]!;
   const t = await load(['--revproc', `[::1]:${port}`, '--policy', 'nobody', '-n', '5']);
   assert.is(t.code, 1, t.out);
-  assert.match(t.out, new RegExp(`NO_SERVER 5: .*start one \\(revproxy server --id 100 --pp nobody --revproc \\[::1\\]:${port}\\)`));
+  assert.match(t.out, new RegExp(`NO_SERVER 5: .*start one \\(revproxy server --id 100 --pp nobody --revproc \\[::1\\]:${port}, or with the --registry its fleet's servers use\\)`));
 });
 
 test('nothing listening: exit 1, CONNECT_FAILED with what the system said and what to do', async () => {
