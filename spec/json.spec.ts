@@ -3,8 +3,9 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import { ErrorCode } from '../transport/errors.js';
+import { LAZY_TEXT_BYTES } from '../transport/fastwire.js';
 import { encodeJson, JsonDecoder, jsonWire, orderedJsonEncoder } from '../transport/json.js';
-import { toMessage, type Message } from '../transport/messages.js';
+import { TEXT_BYTES, toMessage, type DataMsg, type Message } from '../transport/messages.js';
 import { SniffDecoder, type Wire } from '../transport/sniff.js';
 
 // Exactly as the old programs write them (Python json.dumps).
@@ -215,6 +216,160 @@ test('a JSON string holding half a surrogate pair (an escape alone) is refused, 
   const r = d.push(Buffer.from('{"type": "0", "srcid": "1", "privPoliId": "P\\udc00", "payload": "x"}'));
   assert.is(r.error?.code, ErrorCode.BAD_REQUEST);
   assert.match(r.error!.message, /^field 'privPoliId' of the JSON object at byte \d+ holds a lone surrogate \(U\+DC00 at index 1\)/);
+});
+
+// ---- a large payload written without escapes, kept as its bytes (JsonDecoderOptions.lazyTextFrom) ----
+
+const big = (n: number, unit = 'x'): string => unit.repeat(Math.ceil(n / Buffer.byteLength(unit))).slice(0, n);
+const request = (payload: string, before = '', after = ''): string => `{"type": "0", ${before}"srcid": "c1", "privPoliId": "111", "payload": "${payload}"${after}}`;
+
+/**
+ * What `text` (fed in reads cut at `cuts`) decodes to where large text is left unmade, checked to be what a decoder that
+ * makes all text gives, message for message and error for error; `unmade` is each message's `TEXT_BYTES` as decoded.
+ */
+function bothWays(text: string | Buffer, cuts: number[] = []): { messages: Message[]; error?: string; unmade: Array<number | undefined> } {
+  const bytes = Buffer.isBuffer(text) ? text : Buffer.from(text);
+  const run = (d: JsonDecoder): { messages: Message[]; error?: string } => {
+    const messages: Message[] = [];
+    let error: string | undefined;
+    for (const [from, to] of [0, ...cuts].map((c, i, all) => [c, all[i + 1] ?? bytes.length])) {
+      const r = d.push(bytes.subarray(from, to));
+      messages.push(...r.messages);
+      error ??= r.error?.message;
+    }
+    return { messages, error };
+  };
+  const lazy = run(new JsonDecoder({ number: true, lazyTextFrom: LAZY_TEXT_BYTES }));
+  const unmade = lazy.messages.map((m) => (m as DataMsg)[TEXT_BYTES]);
+  const made = run(new JsonDecoder({ number: true }));
+  assert.equal(lazy.messages, made.messages, 'the same messages');
+  assert.is(lazy.error, made.error, 'the same error');
+  return { ...lazy, unmade };
+}
+
+test('a request\'s payload of lazyTextFrom bytes or more without escapes is left unmade, and is the string JSON.parse made, byte for byte, forwarded as the same frame', () => {
+  for (const t of [big(LAZY_TEXT_BYTES - 1), big(LAZY_TEXT_BYTES), big(LAZY_TEXT_BYTES + 7, '😀é漢z'), big(1_000_000, 'ab\u2028\u2029\u007f c'), big(300_000, '\u0080')]) {
+    const bytes = Buffer.byteLength(t);
+    const r = bothWays(request(t));
+    assert.equal(r.unmade, [bytes >= LAZY_TEXT_BYTES ? bytes : undefined], `${bytes} bytes`);
+    const [m] = new JsonDecoder({ lazyTextFrom: LAZY_TEXT_BYTES }).push(Buffer.from(request(t))).messages as DataMsg[];
+    assert.ok(encodeFrame(m!).equals(encodeFrame({ type: 0, seq: 0, srcid: 'c1', privPoliId: '111', payload: t })), 'forwarded as the frame of the string');
+    assert.ok(Buffer.from(m!.payload as string).equals(Buffer.from(t)), 'byte for byte');
+    assert.is(m![TEXT_BYTES], undefined, 'made once read');
+  }
+  // The proxy's client port: the sniffing decoder passes its lazyTextFrom to the JSON wire.
+  const [m] = new SniffDecoder({ lazyTextFrom: LAZY_TEXT_BYTES }).push(Buffer.from(request(big(LAZY_TEXT_BYTES)))).messages as DataMsg[];
+  assert.is(m![TEXT_BYTES], LAZY_TEXT_BYTES);
+});
+
+test('a large payload that is not UTF-8, or holds a control character, is refused in the words it was', () => {
+  const text = big(LAZY_TEXT_BYTES + 40);
+  const head = Buffer.from(request('').slice(0, -2));
+  for (const bad of [[0xff], [0xc0, 0x80], [0xed, 0xa0, 0x80], [0xe6, 0xbc]]) {
+    for (const at of [0, 1, 2, 3, 1000, text.length - 1, text.length]) {
+      const bytes = Buffer.concat([head, Buffer.from(text.slice(0, at)), Buffer.from(bad), Buffer.from(text.slice(at)), Buffer.from('"}')]);
+      assert.match(bothWays(bytes).error ?? '', /is not valid UTF-8: byte 0x/);
+    }
+  }
+  for (const c of ['\u0000', '\t', '\n', '\u001f']) {
+    // Each of a word's four places, from each of the four alignments the object's bytes may have.
+    for (const at of [0, 1, 2, 3, 4, 5, 6, 7, 4000, text.length - 3, text.length - 1, text.length]) {
+      for (const shift of [0, 1, 2, 3]) {
+        const r = bothWays(`${' '.repeat(shift)}${request(`${text.slice(0, at)}${c}${text.slice(at)}`)}`);
+        assert.match(r.error ?? '', /is not valid JSON/, `${JSON.stringify(c)} at ${at}`);
+      }
+    }
+  }
+});
+
+test('a payload key inside a nested object or array is another field, and "payload" as a value is a value', () => {
+  const t = big(LAZY_TEXT_BYTES);
+  const cases: Array<[string, string | RegExp, number | undefined]> = [
+    [request('small', `"x": {"payload": "${t}"}, `), 'small', undefined],
+    [request(t, `"x": {"payload": "small", "y": ["payload", {"payload": 1}], "z": {"payload": {"payload": "${t}"}}}, `), t, t.length],
+    [request(t, '', `, "x": [{"payload": "small"}], "y": {"payload": null}`), t, t.length],
+    [request(t, '"x": {"k\\u0065y": ["v\\"w", {"payload": "\\u00e9"}]}, '), t, t.length],
+    [request(t, '"note": "payload", "privPolyId": "payload", '), t, t.length],
+    [`{"type": "0", "srcid": "1", "privPoliId": "P", "x": [{"payload": "${t}"}]}`, /missing field 'payload'/, undefined],
+    [`{"type": "0", "srcid": "1", "privPoliId": "P", "x": {"payload": "${t}"}}`, /missing field 'payload'/, undefined],
+  ];
+  for (const [text, want, unmade] of cases) {
+    const r = bothWays(text);
+    if (typeof want === 'string') {
+      assert.equal(r.unmade, [unmade]);
+      assert.is((r.messages[0] as DataMsg).payload, want);
+    } else assert.match(r.error ?? '', want);
+  }
+});
+
+test('a repeated payload key is the last one, as JSON.parse reads it', () => {
+  const t = big(LAZY_TEXT_BYTES, 'a');
+  const u = big(LAZY_TEXT_BYTES + 3, 'b');
+  const cases: Array<[string, string | RegExp, number | undefined]> = [
+    [request(u, `"payload": "${t}", `), u, u.length],
+    [request(t, '"payload": "small", '), t, t.length],
+    [request('small', `"payload": "${t}", `), 'small', undefined],
+    [request(u, `"payload": "${t.slice(10)}\\"${t.slice(10)}", `), u, u.length],
+    [request(t, '', ', "p\\u0061yload": "escaped key"'), 'escaped key', undefined],
+    [request(t, '', ', "n": 5, "b": true, "payload": "after a number"'), 'after a number', undefined],
+    [request(t, '', ', "o": {"a": [1, {}]}, "l": [], "payload": "after an object"'), 'after an object', undefined],
+    [request(t, '', ', "payload": 5'), /field 'payload' must be a string, got number/, undefined],
+    [request(t, '', ', "payload": null'), /field 'payload' must be a string, got null/, undefined],
+    [request(t, '', ', "payload": {"payload": "x"}'), /field 'payload' must be a string, got object/, undefined],
+    [request(t, '', ', "payload": ["x"]'), /field 'payload' must be a string, got an array/, undefined],
+  ];
+  for (const [text, want, unmade] of cases) {
+    const r = bothWays(text);
+    if (typeof want === 'string') {
+      assert.equal(r.unmade, [unmade], want.slice(0, 20));
+      assert.is((r.messages[0] as DataMsg).payload, want);
+    } else assert.match(r.error ?? '', want);
+  }
+});
+
+test('two objects of a large payload split in two reads at every cut point in a few places (the first\'s start, its text\'s ends and middle, the second\'s start) decode once each, unmade', () => {
+  // Multi-byte characters at the text's ends: reads cut inside them too.
+  const t = `é${big(LAZY_TEXT_BYTES + 1000)}©`;
+  const one = request(t, '"payloadsize": "5", ', ', "after": {"payload": "n"}');
+  const both = Buffer.from(`${one} ${one}`);
+  const want = bothWays(one).messages[0]!;
+  const from = Buffer.from(one).indexOf('é');
+  const to = from + Buffer.byteLength(t);
+  for (const [a, b] of [[1, 10], [from - 30, from + 20], [from + 30_000, from + 30_010], [to - 20, to + 50]]) {
+    for (let cut = a!; cut < b!; cut++) {
+      const r = bothWays(both, [cut]);
+      assert.equal(r.unmade, [Buffer.byteLength(t), Buffer.byteLength(t)], `cut at ${cut}`);
+      assert.equal(r.messages, [want, { ...want, seq: 1 }], `cut at ${cut}`);
+    }
+  }
+});
+
+test('a large payload with escapes is parsed as before, as are other messages with a large payload and refusals', () => {
+  const t = big(LAZY_TEXT_BYTES + 10);
+  for (const escaped of [`\\"${t}`, `${t}\\\\`, `${t.slice(0, 500)}\\u00e9${t}`, `${t}\\n`, '\\u00e9'.repeat(LAZY_TEXT_BYTES)]) {
+    const r = bothWays(request(escaped));
+    assert.equal(r.unmade, [undefined]);
+    assert.is((r.messages[0] as DataMsg).payload, JSON.parse(`"${escaped}"`));
+  }
+  // Only a DATA's text is left unmade: an ACK without payloadsize gets its payload's size, as before.
+  assert.is((bothWays(`{"type": "2", "srcid": "s", "destid": "c", "payload": "${t}"}`).messages[0] as { payloadsize: number }).payloadsize, t.length);
+  assert.equal(bothWays(`{"type": "1", "id": "s", "privPolyId": "P", "listenport": "1", "payload": "${t}"}`).messages, [{ type: 1, id: 's', privPolyId: 'P', listenport: 1 }]);
+  // A field the model has not is not looked at, half a surrogate pair or not.
+  assert.equal(bothWays(request(t, '', ', "x": "\\ud800"')).unmade, [t.length]);
+  const refused: Array<[string, RegExp]> = [
+    [request(t, '"seq": "\\ud800", '), /field 'seq' must be an integer, got string/],
+    [`{"type": "0", "srcid": "\\udc00", "privPoliId": "P", "payload": "${t}"}`, /field 'srcid' of the JSON object at byte 0 holds a lone surrogate/],
+    [`{"type": "0", "privPoliId": "P", "payload": "${t}"}`, /missing field 'srcid'/],
+    [`{"type": "9", "payload": "${t}"}`, /unknown message type 9/],
+    [`{"type": "0", "srcid": "1", "privPoliId": "P", "payload": "${t}" "x": 1}`, /is not valid JSON/],
+    [`{"type": "0", "srcid": "1", "privPoliId": "P", "payload": "${t}",}`, /is not valid JSON/],
+    [`{"type": "0", "srcid": "1", "privPoliId": "P", "payload": "${t}"]`, /is not valid JSON/],
+    [`{"type": "0", "srcid": "1", "privPoliId": "P", "payload": "${t}", "a": [1, }]`, /is not valid JSON/],
+    [`{"type": "0", "srcid": "1", "privPoliId": "P" "payload": "${t}"}`, /is not valid JSON/],
+    [`{"type": "0", "srcid": "1", "privPoliId": "P", "payload" "${t}"}`, /is not valid JSON/],
+    [`{"type": "0", "srcid": "1", "privPoliId": "P", "payload": "${t}"}}`, /not the start of a JSON object/],
+  ];
+  for (const [text, re] of refused) assert.match(bothWays(text).error ?? '', re, text.slice(0, 60));
 });
 
 test.run();

@@ -232,8 +232,8 @@ function bytes(buf: Uint8Array, end: number, len: number): Uint8Array | typeof F
  */
 export const LAZY_TEXT_BYTES = 64 * 1024;
 
-/** A text payload's UTF-8 bytes, `buf[at, at + len)`, valid, not made into a string yet. */
-class LazyText {
+/** A text payload's UTF-8 bytes, `buf[at, at + len)`, valid, not made into a string yet (a frame's, or a JSON request's: json.ts). */
+export class LazyText {
   constructor(readonly buf: Uint8Array, readonly at: number, readonly len: number) {}
 }
 
@@ -271,7 +271,7 @@ function payloadValue(buf: Uint8Array, end: number, lazyFrom: number): Scalar | 
  * Give `m` the text `t` as its payload, made into a string the first time it is read (and kept):
  * until then `m[TEXT_BYTES]` says its size. Setting `payload` sets it as any field.
  */
-function lazyText<M extends DataMsg | AckMsg>(m: M, t: LazyText): M {
+export function lazyText<M extends DataMsg | AckMsg>(m: M, t: LazyText): M {
   const settle = (v: string | Uint8Array): void => {
     Object.defineProperty(m, 'payload', { value: v, writable: true, enumerable: true, configurable: true });
     m[TEXT_BYTES] = undefined;

@@ -10,7 +10,7 @@ export type Wire = 'frames' | 'json';
 
 export interface SniffOptions {
   maxFrameBytes?: number;
-  /** For frames: `FrameDecoderOptions.lazyTextFrom` (the old JSON wire makes its text as it reads). */
+  /** `FrameDecoderOptions.lazyTextFrom`, and the old JSON wire's requests' (`JsonDecoderOptions.lazyTextFrom`). */
   lazyTextFrom?: number;
   /** The id this side answers as (a server's): its JSON ERRORs carry it as `srcid`, as its ACKs do (`encodeJson`). */
   answerAs?: string;
@@ -45,7 +45,7 @@ export class SniffDecoder implements Decoder {
     if (!this.inner) {
       if (chunk.length === 0) return { messages: [] };
       if (startsJson(chunk[0]!)) {
-        const w = jsonWire(this.opts.maxFrameBytes, 'answers', this.opts.answerAs);
+        const w = jsonWire(this.opts.maxFrameBytes, 'answers', this.opts.answerAs, this.opts.lazyTextFrom);
         this.inner = w.decoder;
         this.picked = 'json';
         this.jsonEncoder = w.encoder;

@@ -26,7 +26,7 @@ const FRAMES: WireEncoder = { wire: 'frames' };
 
 export interface ConnectionOptions {
   maxFrameBytes?: number;
-  /** Frames' text payloads of this many bytes or more are made into strings only when read (`FrameDecoderOptions.lazyTextFrom`; default: never). */
+  /** Text payloads of this many bytes or more (frames', and the old JSON wire's requests') are made into strings only when read (`FrameDecoderOptions.lazyTextFrom`; default: never). */
   lazyTextFrom?: number;
   /**
    * `frames` (default); the old `json` wire, on a connection this side dialed to
