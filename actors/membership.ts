@@ -313,9 +313,11 @@ export function admit(context: ProxyContext, peer: Peer, s: SetupMsg): void {
     conn.endWith(errorMsg(ErrorCode.DUPLICATE_ID, `server id ${s.id} is already registered by a live server; pick another id`));
     return;
   }
-  const tooMany = (held ? undefined : checkOpenLimits(context, s.privPolyId, host)) ?? context.linkSockets.noRoomForLink();
+  const limit = held ? undefined : checkOpenLimits(context, s.privPolyId, host);
+  const tooMany = limit ?? context.linkSockets.noRoomForLink();
   if (tooMany) {
-    log.repeated('warn', 'register_refused', `${conn.remoteAddress}\0${ErrorCode.OVERLOADED}`, 1, (n, span) => `Refused setup from ${conn.describe()} for server id ${s.id}: ${tooMany}${span ? ` (${n} times ${span})` : ''}`, { id: s.id, policy: s.privPolyId, peer: conn.describe(), code: ErrorCode.OVERLOADED });
+    // Counted by reason too (the limit's words; the descriptors' change with their counts), each with its own line.
+    log.repeated('warn', 'register_refused', `${conn.remoteAddress}\0${ErrorCode.OVERLOADED}\0${limit ?? 'descriptors'}`, 1, (n, span) => `Refused setup from ${conn.describe()} for server id ${s.id}: ${tooMany}${span ? ` (${n} times ${span})` : ''}`, { id: s.id, policy: s.privPolyId, peer: conn.describe(), code: ErrorCode.OVERLOADED });
     conn.endWith(errorMsg(ErrorCode.OVERLOADED, `registration refused: ${tooMany}`));
     return;
   }
@@ -347,10 +349,10 @@ function ownClientPort(context: ProxyContext, host: string, port: number): strin
   return mine ? `its listen port ${port} at ${host} is this proxy's own client port` : undefined;
 }
 
-/** An old server's setup refused: said once, then counted an interval (a flood of them is a few lines); the old server cannot read the refusal, its connection is closed. */
+/** An old server's setup refused: said once, then counted an interval per address and reason (a flood of them is a few lines); the old server cannot read the refusal, its connection is closed. */
 function refuseOldSetup(context: ProxyContext, peer: Peer, s: SetupMsg, why: string, code: ErrorCode = ErrorCode.BAD_REQUEST): void {
   const conn = peer.conn;
-  context.logger.repeated('warn', 'register_refused', `${conn.remoteAddress}\0${code}`, 1, (n, span) => `Refused setup from ${conn.describe()} for server id ${s.id} privacy policy ${s.privPolyId}: ${why}${span ? ` (${n} times ${span})` : ''}`, {
+  context.logger.repeated('warn', 'register_refused', `${conn.remoteAddress}\0${code}\0${why}`, 1, (n, span) => `Refused setup from ${conn.describe()} for server id ${s.id} privacy policy ${s.privPolyId}: ${why}${span ? ` (${n} times ${span})` : ''}`, {
     id: s.id, policy: s.privPolyId, port: s.listenport, peer: conn.describe(), code,
   });
   conn.endWith(errorMsg(code, `registration refused: ${why}`));

@@ -332,7 +332,7 @@ export function logLinksFull(logger: Logger) {
 /**
  * Log the TLS handshakes `server` refuses (a plain-TCP peer, an untrusted
  * certificate): a crowd of them must not become a log flood, so one line,
- * then one per interval with a count (per address).
+ * then one per interval with a count (per address and reason).
  */
 export function logTlsRefusals(server: Server, logger: Logger): void {
   if (!(server instanceof TlsServer)) return;
@@ -344,10 +344,12 @@ export function logTlsRefusals(server: Server, logger: Logger): void {
   server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     // A peer certificate Node refused itself (expired, another CA's) is reported as a hang-up: its verification error says why.
     const certificate = (socket as TLSSocket).authorizationError?.toString();
-    const why = recogniseTlsRefusal(err.code, certificate)?.message ?? err.message;
+    const refusal = recogniseTlsRefusal(err.code, certificate);
+    const why = refusal?.message ?? err.message;
     // A socket a trusted balancer handed over names its client in its PROXY header: that is who was refused, not the balancer.
     const addr = peerAddress(socket.remoteAddress !== undefined ? socket : tcpUnder(socket) ?? socket, proxiedClient(socket)?.address);
-    logger.repeated('warn', 'tls_refused', addr, 1, (n, span) => `Refused ${span ? `${fmt(n)} TLS connection(s)` : 'a TLS connection'} from ${addr}${span ? ` ${span}` : ''}: ${why}`, { peer: addr, reason: certificate ?? err.message });
+    // Counted by address and reason: keyed by address alone, plain HTTP refused after a plain frame was counted as plain TCP.
+    logger.repeated('warn', 'tls_refused', `${addr}\0${certificate ?? refusal?.kind ?? err.code ?? err.message}`, 1, (n, span) => `Refused ${span ? `${fmt(n)} TLS connection(s)` : 'a TLS connection'} from ${addr}${span ? ` ${span}` : ''}: ${why}`, { peer: addr, reason: certificate ?? err.message });
   });
 }
 

@@ -54,7 +54,7 @@ export function registryJoin(context: ProxyContext, e: ServerEntry): void {
   if (tooMany) {
     context.overLimit.add(e.id);
     // One line, then one per interval with a count, as for direct registrations over the limit (admit in membership.ts).
-    log.repeated('warn', 'register_refused', `registry\0${e.address}\0${ErrorCode.OVERLOADED}`, 1, (n, span) => `Refused server id ${e.id} (${where}) from the registry: ${tooMany}${span ? ` (${n} entries ${span})` : ''}`, {
+    log.repeated('warn', 'register_refused', `registry\0${e.address}\0${ErrorCode.OVERLOADED}\0${tooMany}`, 1, (n, span) => `Refused server id ${e.id} (${where}) from the registry: ${tooMany}${span ? ` (${n} entries ${span})` : ''}`, {
       id: e.id, policy: e.policy, code: ErrorCode.OVERLOADED, source: 'registry',
     });
     return;

@@ -81,7 +81,8 @@ export class TlsHandshakes {
     if (this.underWay.size < max && (this.perPeer.get(addr) ?? 0) < peerMax(max) && !this.waiting.has(addr)) return this.run(socket, addr, start);
     const queue = this.waiting.get(addr) ?? [];
     if (queue.length >= max || this.waitingCount >= max * WAITING_TIMES) {
-      return this.refuse(socket, addr, 'line', `${queue.length >= max ? `${fmt(queue.length)} connections from that address wait to begin theirs` : `${fmt(this.waitingCount)} connections wait to begin theirs`}, beside the ${fmt(this.underWay.size)} handshakes under way (${this.option} ${max}, ${peerMax(max)} for one address)`);
+      const own = queue.length >= max;
+      return this.refuse(socket, addr, own ? 'own-line' : 'line', `${own ? `${fmt(queue.length)} connections from that address wait to begin theirs` : `${fmt(this.waitingCount)} connections wait to begin theirs`}, beside the ${fmt(this.underWay.size)} handshakes under way (${this.option} ${max}, ${peerMax(max)} for one address)`);
     }
     // Paused, its reads stop at Node's high-water mark; TLS reads what it holds when it takes the socket over.
     socket.pause();
@@ -153,8 +154,8 @@ export class TlsHandshakes {
     return true;
   }
 
-  /** Close `socket`: past the waiting line (`line`), or after waiting too long (`wait`), each kind logged once an interval. */
-  private refuse(socket: Socket, addr: string, kind: 'line' | 'wait', why: string): void {
+  /** Close `socket`: past its address's waiting line (`own-line`) or every address's (`line`), or after waiting too long (`wait`), each kind logged once an interval. */
+  private refuse(socket: Socket, addr: string, kind: 'own-line' | 'line' | 'wait', why: string): void {
     socket.on('error', ignore);
     this.refused?.();
     this.logger.repeated('warn', 'conn_refused', `${addr}\0tls-${kind}`, 1, (k, span) => `Refused ${span ? `${fmt(k)} TLS connection(s)` : 'a TLS connection'} from ${addr}${span ? ` ${span}` : ''}: ${why}. Raise ${this.option} (0: no limit) if that address stands for many clients that connect at once`, {

@@ -113,6 +113,29 @@ tokens('per-policy tokens: each policy takes only its own secret; a policy not i
   assert.equal(Object.keys(ctx.proxy!.pools()), ['A']);
 });
 
+tokens('registrations from one address refused OVERLOADED by different limits each get their own line', async (ctx) => {
+  // Counted by address alone, one refused by max_servers after one by max_servers_per_peer was summed under the per-peer words.
+  await proxyWith(ctx, { maxServers: 2, maxServersPerPeer: 1 });
+  const open: Socket[] = [];
+  const setup = async (id: string, localAddress: string): Promise<string> => {
+    const sock = await rawConnect(ctx.proxy!.port, localAddress);
+    open.push(sock);
+    const c = collector(sock);
+    sock.write(frame({ type: MsgType.SETUP, id, privPolyId: 'P', listenport: 9 }));
+    await c.until(() => c.got.length > 0 || c.closed);
+    return c.got[0]?.type === MsgType.ERROR ? String((c.got[0] as { code?: string }).code) : 'registered';
+  };
+  try {
+    assert.equal([await setup('a', '127.0.0.1'), await setup('b', '127.0.0.1'), await setup('c', '127.0.0.2'), await setup('d', '127.0.0.1')], ['registered', 'OVERLOADED', 'registered', 'OVERLOADED']);
+    const lines = ctx.logs.filter((l) => l.event === 'register_refused').map((l) => l.msg);
+    assert.is(lines.length, 2, JSON.stringify(lines));
+    assert.match(lines[0]!, /for server id b: 1 servers from 127\.0\.0\.1 are registered without a token \(--max-servers-per-peer\)$/);
+    assert.match(lines[1]!, /for server id d: 2 servers are registered without a token \(--max-servers\)/);
+  } finally {
+    for (const s of open) s.destroy();
+  }
+});
+
 tokens('a proxy listening beyond loopback without any secret warns loudly at start', async (ctx) => {
   await proxyWith(ctx, { host: '0.0.0.0' });
   const w = ctx.logs.find((l) => l.event === 'insecure');
@@ -232,6 +255,33 @@ tls('a client certificate the proxy refuses (expired, another CA\'s) is logged w
   assert.match(refusals()[0]!.msg, /^Refused a TLS connection from 127\.0\.0\.5: the peer's TLS certificate is not signed by a CA this side trusts \(UNABLE_TO_VERIFY_LEAF_SIGNATURE\): give the peer a certificate signed by a CA in this side's --tls-ca/);
   assert.is(refusals()[0]!.reason, 'UNABLE_TO_VERIFY_LEAF_SIGNATURE');
   assert.match(refusals()[1]!.msg, /the peer's TLS certificate has expired \(CERT_HAS_EXPIRED\): give the peer a renewed one/);
+});
+
+tls('refusals from one address for different reasons are each counted under their own reason, not the first one\'s', async (ctx) => {
+  // The count an interval was kept by address: a certificate of another CA, then plain frames and two HTTP
+  // requests, were summed under the first line's words ("Refused 3 TLS connection(s) ... not signed by a CA this side trusts").
+  const pki = makePki(['proxy']);
+  const rogue = makePki(['client'], 'rogue CA');
+  const logs: LogRecord[] = [];
+  await proxyWith(ctx, { tls: loadTls({ ...pki.cert('proxy'), ca: pki.ca })!, logger: new Logger('proxy', memorySink(logs), 'info', { summaryMs: 1000 }) });
+  const closed = (s: Socket): Promise<unknown> => new Promise((r) => s.once('close', r));
+  const c = tlsConnect({ host: LOCAL, port: ctx.proxy!.port, ca: readFileSync(pki.ca), cert: readFileSync(rogue.cert('client').cert), key: readFileSync(rogue.cert('client').key) });
+  c.on('error', () => {});
+  await closed(c);
+  for (const bytes of [frame({ type: MsgType.DATA, seq: 1, srcid: 'c', privPoliId: 'P', payload: 'x' }), 'GET / HTTP/1.1\r\nHost: x\r\n\r\n', 'GET / HTTP/1.1\r\nHost: x\r\n\r\n']) {
+    const sock = await rawConnect(ctx.proxy!.port);
+    sock.on('error', () => {});
+    sock.write(bytes);
+    await closed(sock);
+  }
+  const refusals = (): LogRecord[] => logs.filter((l) => l.event === 'tls_refused');
+  const counted = (words: RegExp): number => refusals().filter((l) => words.test(l.msg)).reduce((n, l) => n + Number(l.count), 0);
+  // All four within the first interval: each reason's first line, then the second HTTP request in the summary.
+  await eventually(() => refusals().some((l) => l.summary), 3000, 'the summary line');
+  assert.is(counted(/plain HTTP request/), 2, JSON.stringify(refusals().map((l) => l.msg)));
+  assert.is(counted(/not signed by a CA this side trusts/), 1, 'one certificate refused');
+  assert.is(counted(/plain TCP/), 1, 'one plain frame');
+  assert.match(refusals().find((l) => l.summary)?.msg ?? '', /^Refused 1 TLS connection\(s\) from 127\.0\.0\.1 in the last \d+ m?s: the peer sent a plain HTTP request to this TLS port/);
 });
 
 tls('a refused handshake names its peer\'s address even when the peer reset the connection first', async (ctx) => {
