@@ -74,6 +74,14 @@ config('docs/revproxy.example.yaml is valid, shows every key the format has (set
   const adminNote = /^# The admin endpoint.*$/m.exec(text)?.[0] ?? '';
   assert.not.match(adminNote, /a change needs a restart/);
   assert.match(adminNote, /token and ready_policies change at once/);
+  // Each number is marked as a reload takes it (config/proxy.ts): the TLS section said "a change needs a restart", its files re-read at every reload.
+  const marks = Object.entries(NUMBERS).flatMap(([key, s]) => {
+    const line = new RegExp(`^#? ?${key}:.*$`, 'm').exec(text)?.[0] ?? '';
+    const shown = /\(restart\)/.test(line) ? 'restart' : /\(new connections\)/.test(line) ? 'new' : 'live';
+    return shown === s.reload ? [] : [`${key}: marked ${shown}, a reload takes it ${s.reload}`];
+  });
+  assert.equal(marks, [], 'numbers the example marks otherwise than a reload takes them');
+  assert.match(/^# TLS\..*\n(#.*\n)*/m.exec(text)?.[0] ?? '', /read again at\n# every reload/);
 });
 
 config('docs/revproxy.example.yaml sets each number to its default, and leaves commented those that follow another setting', () => {
