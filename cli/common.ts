@@ -318,10 +318,13 @@ const DEVELOPERS_WARNINGS = new Set(['DeprecationWarning', 'ExperimentalWarning'
  * `--trace-deprecation`), which a collector parsing JSON lines cannot read. Each is an `info`
  * (a deprecation, an experimental feature) or `warn` line, `node_warning`, once, then counted as a
  * repeated condition; with `--trace-warnings` (or `--trace-deprecation`) its `stack` is a field. A
- * silent logger leaves Node's own printing in place. Returns the undo.
+ * silent logger leaves Node's own printing in place. Returns the undo, which first lets the warnings
+ * already emitted reach the log: Node hands a warning to its listeners on the next tick, and one
+ * a command's last lines caused (Node's colour check, `FORCE_COLOR` beside `NO_COLOR`, at the
+ * client's first coloured line, its last) came after the undo, raw on stderr.
  */
-export function logProcessWarnings(logger: Logger): () => void {
-  if (logger.level === 'silent') return () => {};
+export function logProcessWarnings(logger: Logger): () => Promise<void> {
+  if (logger.level === 'silent') return async () => {};
   const nodes = process.listeners('warning');
   for (const f of nodes) process.off('warning', f);
   const onWarning = (w: Error & { code?: string }): void => {
@@ -332,7 +335,9 @@ export function logProcessWarnings(logger: Logger): () => void {
     logger.repeated(level, 'node_warning', what, 1, (n, span) => (span ? `${what} (${n} time(s) ${span})` : what), fields);
   };
   process.on('warning', onWarning);
-  return () => {
+  return async () => {
+    // After the ticks queued so far, those of the warnings emitted (process.emitWarning's).
+    await new Promise<void>((done) => process.nextTick(done));
     process.off('warning', onWarning);
     for (const f of nodes) process.on('warning', f);
   };

@@ -182,7 +182,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     await insp.close();
     // A piece of a line the handler module wrote last, without its end: a line of its own before the log ends.
     stdoutHeld?.();
-    unwarn();
+    await unwarn();
     await logger.end();
     const code = server.actor.getSnapshot().value === 'failed' ? 1 : 0;
     setExit(code);
@@ -230,7 +230,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     }
     setExit(ok === results.length ? 0 : 1);
     // The log ends first: its last lines (the summary) were printed after the inspector's "Ctrl-C exits".
-    unwarn();
+    await unwarn();
     await logger.end();
     await insp.hold();
     await insp.close();

@@ -559,7 +559,7 @@ async function run(read: (reload?: boolean) => ProxyConfig, source: string, setE
     }
     // Last, once the files beside it are closed and their warnings written.
     if (proxy?.actor.getSnapshot().value === 'stopped') logStopped(logger, proxy.port);
-    unwarn();
+    await unwarn();
     await logger.end();
   }
   setExit(0);

@@ -65,6 +65,17 @@ examples('`revproxy client` checks SHA1-shaped answers by default, and with --no
   assert.not.match(text, /Hash of payload is/);
 });
 
+examples('`revproxy client` logs a Node warning its own last lines cause as a node_warning line, not raw on stderr', async () => {
+  // FORCE_COLOR beside NO_COLOR: Node warns at the first coloured line, here the client's last
+  // (NO_SERVER), and hands the warning on the next tick - after the client had put Node's printing back.
+  const { port } = await proxyProcess();
+  const client = revproxy(['client', '--revproc', String(port), '--pkt', 'pktfiles/1.json'], { env: { FORCE_COLOR: '1', NO_COLOR: '1' } });
+  assert.is(await client.exited, 1, client.out.join('\n'));
+  const lines = client.out.map((l) => l.replace(/\x1b\[\d+m/g, ''));
+  assert.ok(lines.some((l) => / \| warning: Node warning: Warning: The 'NO_COLOR' env is ignored due to the 'FORCE_COLOR' env being set\.$/.test(l)), lines.join('\n'));
+  assert.not.ok(lines.some((l) => /^\(node:\d+\)|--trace-warnings/.test(l)), lines.join('\n'));
+});
+
 examples('a handler module that cannot be used stops the server with exit 1, naming the file', async () => {
   const missing = revproxy(['server', '--id', '1', '--pp', 'P', '--handler', 'examples/no-such-handler.js']);
   assert.is(await missing.exited, 1);
