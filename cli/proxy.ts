@@ -22,7 +22,7 @@ import { ConnStats } from '../admin/conn-stats.js';
 import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin/server.js';
 import type { RegistryStatus } from '../registry/events.js';
 import {
-  anchorIssues, badPolicy, changes, checkListenNames, ConfigError, FLAG_KEYS, flagOfKey, flagWords, hostPortProblem, keyOfFlag, PROXY_PROTOCOL_FROM_DOC, RETRY_ON_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, overridden, parseHostPort, RuntimeProblems, setsNothing, setsNothingWarning, toRuntime,
+  anchorIssues, badPolicy, changes, checkListenNames, ConfigError, flagOfKey, flagsNamedOtherwise, flagWords, hostPortProblem, keyOfFlag, PROXY_PROTOCOL_FROM_DOC, RETRY_ON_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, overridden, parseHostPort, RuntimeProblems, setsNothing, setsNothingWarning, toRuntime,
   assertWritable, whyNotWritable, type FileKey, type NumberKey, type ProxyConfig, type Runtime,
 } from '../config/proxy.js';
 import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
@@ -127,9 +127,9 @@ function settingCount(c: object): number {
   return Object.entries(c).reduce((n, [k, v]) => n + (v === undefined ? 0 : v && typeof v === 'object' && !Array.isArray(v) && k !== 'tokens' ? settingCount(v as object) : 1), 0);
 }
 
-/** `proxy --help`'s words for the flags whose key is not their name with _ for - (config/proxy.ts, FLAG_KEYS), beyond a section's. */
+/** `proxy --help`'s words for the flags whose key is not their name with _ for - (config/proxy.ts, flagsNamedOtherwise), beyond a section's. */
 function flagExceptions(): string {
-  const odd = Object.keys(FLAG_KEYS).filter((flag) => flag !== FLAG_KEYS[flag]!.replace(/[._]/g, '-'));
+  const odd = flagsNamedOtherwise();
   // Wrapped at 100 columns, as the rest of the text is.
   const lines: string[] = [];
   for (const words of odd.map((flag) => `--${flag} is ${flagWords(flag)}`)) {

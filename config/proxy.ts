@@ -346,6 +346,14 @@ export const FLAG_KEYS: Readonly<Record<string, string>> = {
   'registry-key': 'registry.tls.key',
 };
 
+/**
+ * The flags whose key is not their name with `_` for `-`, nor under their section as `--log-level`'s
+ * is (`--access-log-flush`, `--registry-ca`): `proxy --help` and docs/CONFIG.md list them.
+ */
+export function flagsNamedOtherwise(): string[] {
+  return Object.keys(FLAG_KEYS).filter((flag) => flag !== FLAG_KEYS[flag]!.replace(/[._]/g, '-'));
+}
+
 /** The key (a dotted path) a flag of `revproxy proxy` sets, the flag named without its dashes: `log-level` sets `log.level`. */
 export function keyOfFlag(flag: string): string {
   return Object.hasOwn(FLAG_KEYS, flag) ? FLAG_KEYS[flag]! : flag.replace(/-/g, '_');
