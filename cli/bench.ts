@@ -63,7 +63,7 @@ export function benchCommand(setExit: (code: number) => void): Command {
   return new Command('bench')
     .description('measure the proxy against the servers directly, HAProxy (TCP mode) and a bare Node relay, in rounds, on this machine')
     .option('--quick', 'a short run (about 5 minutes): 3 rounds of 1 s cells after 0.3 s warm-up')
-    .addOption(new Option('--rounds <n>', 'rounds per workload: every target once per round, the order rotated each round (default 5, quick 3)').argParser(parseIntOption('--rounds', 3)))
+    .addOption(new Option('--rounds <n>', 'rounds per workload, at least 3: every target once per round, the order rotated each round (default 5, quick 3)').argParser(parseIntOption('--rounds', 3)))
     .addOption(new Option('--duration <s>', 'measured seconds per cell (default 3, quick 1)').argParser(parseIntOption('--duration', 1)))
     .addOption(new Option('--warmup <ms>', 'warm-up before each cell, ms (default 1000, quick 300)').argParser(parseIntOption('--warmup', 0)))
     .addOption(new Option('-c, --connections <n>', 'pipelined workload: client connections').default(8).argParser(parseIntOption('--connections', 1)))

@@ -169,8 +169,11 @@ guard('drain and enable are POSTs with a JSON body; the proxy logs each with who
   const r = await raw(`${insp.url}api/members/drain`, 'POST', json, drainBody);
   assert.is(r.status, 200, r.body);
   assert.equal(JSON.parse(r.body).state, 'drained');
+  // `proxy` names the proxy that acted as /api/state does (its pools' proxy), which a request may name back.
+  const state = JSON.parse((await raw(`${insp.url}api/state`, 'GET', {})).body) as { pools: Array<{ policy: string; proxy?: string }> };
+  assert.is(JSON.parse(r.body).proxy, state.pools.find((p) => p.policy === 'P')?.proxy, r.body);
   assert.is(proxy.pools().P!.states['1'], 'drained');
-  const e = await raw(`${insp.url}api/members/enable`, 'POST', json, drainBody);
+  const e = await raw(`${insp.url}api/members/enable`, 'POST', json, JSON.stringify({ member: '1', proxy: JSON.parse(r.body).proxy }));
   assert.equal([e.status, JSON.parse(e.body).state], [200, 'serving']);
   const lines = ctx.logs.filter((l) => l.event === 'member_drain' || l.event === 'member_enable');
   assert.equal(lines.map((l) => [l.level, l.event]), [['info', 'member_drain'], ['info', 'member_enable']]);
