@@ -306,8 +306,8 @@ export function admit(context: ProxyContext, peer: Peer, s: SetupMsg): void {
     else if (held.host === host) return void refuseOldSetup(context, peer, s, `server id ${s.id} is held by a live old server at ${hostPort(held.host, held.port)}, which holds this proxy's connection open: a second server may not take a live server's id. A server that restarts is taken once its old process has exited; give each server an id of its own`, ErrorCode.DUPLICATE_ID);
     else return void refuseOldSetup(context, peer, s, `server id ${s.id} is held by a live old server at ${hostPort(held.host, held.port)}, and this setup came from another address: a peer may not take a live server's id. An old server that moved is taken once its old address stops answering (restart it then), or use ids each host keeps to itself`, ErrorCode.DUPLICATE_ID);
   } else if (held) {
-    // A flood of them must not become a flood of lines: one, then one per interval with a count (as for UNAUTHORIZED).
-    log.repeated('warn', 'register_refused', `${conn.remoteAddress}\0${ErrorCode.DUPLICATE_ID}`, 1, (n, span) => `Refused setup from ${conn.describe()}: server id ${s.id} is already registered${span ? ` (${n} times ${span})` : ''}`, {
+    // A flood of them must not become a flood of lines: one, then one per interval with a count, per id (as for UNAUTHORIZED).
+    log.repeated('warn', 'register_refused', `${conn.remoteAddress}\0${ErrorCode.DUPLICATE_ID}\0${s.id}`, 1, (n, span) => `Refused setup from ${conn.describe()}: server id ${s.id} is already registered${span ? ` (${n} times ${span})` : ''}`, {
       id: s.id, peer: conn.describe(), code: ErrorCode.DUPLICATE_ID,
     });
     conn.endWith(errorMsg(ErrorCode.DUPLICATE_ID, `server id ${s.id} is already registered by a live server; pick another id`));

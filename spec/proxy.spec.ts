@@ -187,6 +187,14 @@ routing('a second setup claiming a live id is refused with DUPLICATE_ID', async 
     await a.until(() => a.closed);
   }
   assert.is(ctx.logs.filter((l) => l.event === 'register_refused' && !l.summary).length, 1);
+  // Another id claimed from that address is a line of its own: it was counted under server id 1's.
+  await addServer('2', 'P');
+  const other = await rawConnect(ctx.proxy.port);
+  ctx.extra.push({ close: () => other.destroy() });
+  const o = collector(other);
+  other.write(frame({ type: 1, id: '2', privPolyId: 'P', listenport: 9 }));
+  await o.until(() => o.closed);
+  assert.equal(ctx.logs.filter((l) => l.event === 'register_refused' && !l.summary).map((l) => l.id), ['1', '2']);
 });
 
 routing('a client that sends without reading its answers is no longer read until it does: nothing piles up in the proxy', async () => {
