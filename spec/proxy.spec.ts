@@ -171,29 +171,23 @@ routing('a server that leaves is removed from its pool and the rest keep serving
 
 routing('a second setup claiming a live id is refused with DUPLICATE_ID', async () => {
   await addServer('1', 'P');
-  const sock = await rawConnect(ctx.proxy.port);
-  ctx.extra.push({ close: () => sock.destroy() });
-  const c = collector(sock);
-  sock.write(frame({ type: 1, id: '1', privPolyId: 'P', listenport: 9 }));
-  await c.until(() => c.closed);
-  assert.is((c.got[0] as ErrorMsg).code, 'DUPLICATE_ID');
+  /** A setup claiming `id` on a connection of its own: what the proxy sent before it closed it. */
+  const claim = async (id: string): Promise<unknown[]> => {
+    const sock = await rawConnect(ctx.proxy.port);
+    ctx.extra.push({ close: () => sock.destroy() });
+    const c = collector(sock);
+    sock.write(frame({ type: 1, id, privPolyId: 'P', listenport: 9 }));
+    await c.until(() => c.closed);
+    return c.got;
+  };
+  assert.is(((await claim('1'))[0] as ErrorMsg).code, 'DUPLICATE_ID');
   assert.equal(ctx.proxy.pools().P!.members, ['1']);
   // A flood of them is one line, then a count per interval (it was a line each: 3,000 for 3,000).
-  for (let i = 0; i < 20; i++) {
-    const again = await rawConnect(ctx.proxy.port);
-    ctx.extra.push({ close: () => again.destroy() });
-    const a = collector(again);
-    again.write(frame({ type: 1, id: '1', privPolyId: 'P', listenport: 9 }));
-    await a.until(() => a.closed);
-  }
+  for (let i = 0; i < 20; i++) await claim('1');
   assert.is(ctx.logs.filter((l) => l.event === 'register_refused' && !l.summary).length, 1);
   // Another id claimed from that address is a line of its own: it was counted under server id 1's.
   await addServer('2', 'P');
-  const other = await rawConnect(ctx.proxy.port);
-  ctx.extra.push({ close: () => other.destroy() });
-  const o = collector(other);
-  other.write(frame({ type: 1, id: '2', privPolyId: 'P', listenport: 9 }));
-  await o.until(() => o.closed);
+  await claim('2');
   assert.equal(ctx.logs.filter((l) => l.event === 'register_refused' && !l.summary).map((l) => l.id), ['1', '2']);
 });
 
