@@ -137,9 +137,10 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
       status.entries = keys;
       const first = !status.synced;
       status.synced = true;
-      if (first) log.info('registry_synced', `Read ${fmt(keys)} server entr${keys === 1 ? 'y' : 'ies'} from the registry at ${url} (revision ${revision}, ${ms} ms); watching ${prefix}`, { url, entries: keys, revision, ms });
-      if (first && keys === 0) void serversElsewhere();
-      else log.info('registry_resynced', `Read the registry again (${reason === 'compacted' ? 'its history was compacted' : outage ? 'etcd is back' : suspected ? "this proxy's registry key could not be kept alive, so the watch may have gone silent too; etcd answered at once" : 'the watch broke, as when the etcd member it was on fails; etcd answered at once'}): ${fmt(keys - kept)} server entr${keys - kept === 1 ? 'y' : 'ies'} at revision ${revision}`, { url, entries: keys - kept, revision, reason });
+      if (first) {
+        log.info('registry_synced', `Read ${fmt(keys)} server entr${keys === 1 ? 'y' : 'ies'} from the registry at ${url} (revision ${revision}, ${ms} ms); watching ${prefix}`, { url, entries: keys, revision, ms });
+        if (keys === 0) void serversElsewhere();
+      } else log.info('registry_resynced', `Read the registry again (${reason === 'compacted' ? 'its history was compacted' : outage ? 'etcd is back' : suspected ? "this proxy's registry key could not be kept alive, so the watch may have gone silent too; etcd answered at once" : 'the watch broke, as when the etcd member it was on fails; etcd answered at once'}): ${fmt(keys - kept)} server entr${keys - kept === 1 ? 'y' : 'ies'} at revision ${revision}`, { url, entries: keys - kept, revision, reason });
       // etcd came back without keys it had: their leases ran out while the servers (or this proxy) could not reach etcd - an etcd
       // SIGSTOPped for 15 s lost every key this way - or etcd lost its data; either way their servers are about to write them again.
       if (kept > 0) log.warn('registry_missing', `${fmt(kept)} server entr${kept === 1 ? 'y' : 'ies'} this proxy held ${kept === 1 ? 'is' : 'are'} missing from the registry after etcd came back: their leases ran out while etcd was away (no keepalive reached it within the TTL), or etcd lost its data; kept in rotation for ${o.ttlSeconds} s (the lease TTL), for their servers to write them again; then removed, or kept unlisted while their links answer if their leases are gone`, { url, missing: kept, graceS: o.ttlSeconds });
