@@ -46,6 +46,8 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
     const started = input.clock.now();
     const patience = o.ttlSeconds * 1000 + 2000;
     let refused = false;
+    /** This run has held its key (a lapse since - this server frozen, or cut off from etcd, past its TTL - let another take the id). */
+    let held = false;
     /**
      * The failure said last: while the same one goes on (etcd away, out of space), it is said again only every
      * REMIND_MS. Every try was a warn line (up to 2 s apart): 13 a server in a 30 s outage, all alike. A call the
@@ -54,6 +56,7 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
     const said = new SaidAgain(input.clock, (last, why) => last.replace(HELD_BACK, '') === why.replace(HELD_BACK, '') || saysNoReason(why));
     const kept = etcd.use((client) => new KeptKey(client, key, encodeServer(entry), o, {
       up: (again) => {
+        held = true;
         said.clear();
         send({ type: 'REGISTERED', proxy: label, again });
       },
@@ -74,14 +77,18 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
         const other = decodeServer(s.id, holder);
         const at = typeof other === 'string' ? undefined : hostPort(other.address, other.port);
         const who = at === undefined ? 'an entry this server did not write' : `a server at ${at}`;
-        if (input.clock.now() - started < patience) {
+        if (!held && input.clock.now() - started < patience) {
           // Perhaps our own previous run, whose lease has not ended yet.
           send({ type: 'REGISTRATION_LOST', proxy: label, error: `server id ${s.id} is held in the registry by ${who} whose lease lives: a server running, or one that stopped less than its TTL ago (this server's previous run?); waiting for the lease to end`, retryInMs });
           return;
         }
         refused = true;
         void kept.stop();
-        send({ type: 'REFUSED', proxy: label, code: ErrorCode.DUPLICATE_ID, message: `server id ${s.id} is registered by ${at === undefined ? who : `a live server at ${at}`} (its key ${key} stayed alive for more than ${patience} ms); pick another id` });
+        const message = held
+          // Its lease ended while it could not renew it, and a server configured with the same id wrote the key meanwhile.
+          ? `server id ${s.id} was taken by ${at === undefined ? who : `a live server at ${at}`} while this server's lease had lapsed (it could not renew it within its TTL: frozen, or cut off from etcd): two servers are configured with id ${s.id}; give one another id`
+          : `server id ${s.id} is registered by ${at === undefined ? who : `a live server at ${at}`} (its key ${key} stayed alive for more than ${patience} ms); pick another id`;
+        send({ type: 'REFUSED', proxy: label, code: ErrorCode.DUPLICATE_ID, message });
       },
     }, true));
     kept.start();

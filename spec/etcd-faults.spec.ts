@@ -162,6 +162,21 @@ member('a proxy frozen past its TTL (SIGSTOP, a paused VM) says, once it runs ag
   assert.match(gone[0]!, /warning: This proxy's registry key \/frozen\/proxies\/\S+ is gone \(etcd at \S+ let the lease expire: .*\): clients that find their proxies in etcd do not find this one until it is written again\. Serving on, and writing it again$/);
 });
 
+member("a server frozen past its TTL whose id another server took meanwhile says so when it runs again: two servers share the id (it said the other's key had stayed alive past the wait for a restart's)", async () => {
+  const flags = ['--registry', ctx.etcd!.url, '--registry-prefix', '/twins/', '--registry-ttl', TTL];
+  const first = revproxy(['server', '--id', 'twin', '--pp', '111', '--listen', '0', ...flags]);
+  await first.waitFor(/Registered in the registry/);
+  first.child.kill('SIGSTOP');
+  const second = revproxy(['server', '--id', 'twin', '--pp', '222', '--listen', '0', ...flags]);
+  try {
+    await second.waitFor(/Registered in the registry/, 15_000);
+  } finally {
+    first.child.kill('SIGCONT');
+  }
+  assert.is(await first.exited, 1, first.out.join('\n'));
+  assert.match(first.out.join('\n'), /DUPLICATE_ID\): server id twin was taken by a live server at \S+ while this server's lease had lapsed \(it could not renew it within its TTL: frozen, or cut off from etcd\): two servers are configured with id twin; give one another id/);
+});
+
 member('a server that cannot reach etcd says so when the reason changes, then every 30 s, not at every try; back, it says it registered again', async () => {
   const server = revproxy(['server', '--id', 's', '--pp', '111', '--registry', ctx.etcd!.url, '--registry-prefix', '/away/', '--registry-ttl', TTL]);
   await server.waitFor(/Registered in the registry/);
