@@ -13,6 +13,7 @@ import type { Etcd3, IKeyValue, IOptions } from 'etcd3';
 import { validityOf } from '../transport/tls.js';
 import { systemClock } from '../transport/clock.js';
 import { HostBreakers } from './host-breaker.js';
+import { Dials } from './etcd-dials.js';
 import { describeRegistry, type Resolved } from './options.js';
 
 export type { Etcd3 } from 'etcd3';
@@ -30,15 +31,18 @@ export async function openEtcd(o: Resolved): Promise<Etcd3> {
   const calls = [left.interceptor, leader, exhausted];
   const streams = [left.interceptor, leader];
   const watch = [...calls, watchInterceptor(grpc.InterceptingCall, grpc.status.DEADLINE_EXCEEDED, o.callTimeoutMs)];
+  // Each TCP connection to etcd: a connect timeout, and ended at the close (registry/etcd-dials.ts).
+  const dials = new Dials(grpc, o.callTimeoutMs);
   const breakers = new HostBreakers(Math.min(1000, o.retryMaxMs), (err) => err instanceof Error && isRecoverableError(err), BrokenCircuitError);
   const options: IOptions = {
     hosts: o.endpoints.map((e) => `${o.tls ? 'https' : 'http'}://${e}`),
+    // etcd3 1.1 does nothing with this: the dials' timeout is set by `dials`.
     dialTimeout: o.callTimeoutMs,
     // gRPC takes a deadline as a wall-clock time and turns it into a timer (monotonic) when the call starts, a moment after this.
     defaultCallOptions: (ctx) => (ctx.isStream ? { interceptors: ctx.service === 'Watch' ? watch : streams } : { interceptors: calls, deadline: deadlineIn(o.callTimeoutMs) }),
     // etcd's default --grpc-keepalive-min-time is 5 s: ping no more often than that. A message from
     // etcd larger than MAX_RECEIVE_BYTES is refused (gRPC's default is 4 MiB): see there.
-    grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': Math.max(1000, o.callTimeoutMs), 'grpc.max_receive_message_length': MAX_RECEIVE_BYTES },
+    grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': Math.max(1000, o.callTimeoutMs), 'grpc.max_receive_message_length': MAX_RECEIVE_BYTES, ...dials.channelOptions() },
     faultHandling: {
       // etcd3's types want cockatiel's whole policy; it calls only `execute` (registry/host-breaker.ts).
       host: () => breakers.add() as never,
@@ -59,6 +63,7 @@ export async function openEtcd(o: Resolved): Promise<Etcd3> {
       }
       super.close();
       left.close();
+      dials.close();
     }
   })(options);
   leftovers.set(client, left);

@@ -6,8 +6,9 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { killEtcds, startEtcdCluster, type EtcdCluster } from '../scenario/etcd.js';
+import { killEtcds, startEtcdCluster, type EtcdCluster, type EtcdMember } from '../scenario/etcd.js';
 import { frame, rawConnect, sleep } from './helpers.js';
+import { cannotMakeHosts, twoHosts, type Link } from './netns.js';
 import { Logger, memorySink, startProxy, startServer, type LogRecord } from '../actors/index.js';
 import { MsgType } from '../transport/messages.js';
 import { adminOnFreePort, killAll, proxyProcess, revproxy, serving, type Proc } from './procs.js';
@@ -155,3 +156,47 @@ hungEtcd('a registry proxy says its key could not be withdrawn (it expires with 
 });
 
 hungEtcd.run();
+
+const droppedEtcd = suite('stopped while an etcd member drops every packet');
+const cut: { link?: Link; etcd?: EtcdCluster } = {};
+droppedEtcd.before(() => {
+  const why = cannotMakeHosts();
+  if (why) throw new Error(`this suite runs hosts in network namespaces: ${why}`);
+});
+droppedEtcd.after.each(async () => {
+  killAll();
+  await cut.etcd?.remove();
+  killEtcds();
+  cut.link?.remove();
+  cut.etcd = undefined;
+  cut.link = undefined;
+});
+
+droppedEtcd('a proxy exits within seconds of SIGTERM and a server with nothing left open, though their dials to the member never got an answer', async () => {
+  // A member whose packets are dropped (a powered-off host; a firewall's DROP) answers no SYN: a dial to it waits
+  // for the kernel to give up, about 127 s. etcd3 drops a member's gRPC channels after each failed call, and gRPC
+  // its pending dial with them, never ended: a proxy stopped took 60-140 s to exit after its last line, a server
+  // said "revproxy itself left it" of a dozen dials, and the dials piled up (85-90 in SYN-SENT during a long cut).
+  cut.link = twoHosts();
+  const { a, b } = cut.link;
+  cut.etcd = await startEtcdCluster(3, { hosts: [a, a, a] });
+  const reg = ['--registry', cut.etcd.url, '--registry-prefix', '/dropped/', '--registry-ttl', '3'];
+  const proxy = b.revproxy(['proxy', '--host', b.addr, '--port', '2100', ...reg]);
+  const server = b.revproxy(['server', '--id', 'd1', '--pp', '111', '--host', b.addr, ...reg]);
+  await proxy.waitFor(/Advertised this proxy in the registry/, 15_000);
+  await server.waitFor(/Registered in the registry/, 15_000);
+  const member = cut.etcd.members[1] as EtcdMember;
+  const port = Number(member.endpoint.split(':')[1]);
+  cut.link.cut({ port });
+  // Long enough for each to call the member, time out and dial it again (the breaker tries it again each second).
+  await sleep(12_000);
+  // Each client dials a member once at a time, and gives a dial up within its call timeout (2 s).
+  const dialling = b.socketsTo(a).filter((l) => l.startsWith('SYN-SENT') && new RegExp(`\\s${a.addr.replace(/\./g, '\\.')}:${port}(\\s|$)`).test(l));
+  assert.ok(dialling.length <= 2, `${dialling.length} dials pending to the member:\n${dialling.join('\n')}`);
+  // The other two members answer: each withdraws, then exits (the proxy within its own stop, 0.4 s on a quiet one).
+  const [p, s] = await Promise.all([stopsCleanly(proxy, 5000), stopsCleanly(server, 5000)]);
+  assert.match(p.out, /Withdrew this proxy from the registry/, p.out);
+  assert.match(s.out, /Server d1 stopped/, s.out);
+});
+
+droppedEtcd.run();
