@@ -1,7 +1,9 @@
 /**
- * A client connection's budget of refusals: requests the proxy itself answered without any server
- * working on them (`NO_SERVER`, `OVERLOADED` from a full wait queue or the buffer budget, a request
- * it could not take). A connection refused more than `REFUSALS_PER_WINDOW` times in
+ * A client connection's budget of refusals: requests the proxy itself refused as they came, no
+ * server working on them (`NO_SERVER`, `OVERLOADED` from a full wait queue or the buffer budget;
+ * routing.ts counts them where it refuses them). Not a request that waited and was answered later
+ * (its queue timeout, its servers gone meanwhile): a client that sent a batch once is not in a loop
+ * of refusals. A connection refused more than `REFUSALS_PER_WINDOW` times in
  * `REFUSAL_WINDOW_MS` is not read for the rest of that window: what it sends meanwhile waits in
  * the kernel, and TCP holds it back. Its requests already in flight are answered as before.
  *

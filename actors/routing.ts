@@ -289,7 +289,12 @@ export function refuse(context: ProxyContext, reqs: ProxyRequest[], failure: Fai
   context.logger.repeated('warn', failure.code === ErrorCode.NO_SERVER ? 'no_server' : 'refused', `${policy}\0${failure.code}`, reqs.length,
     (n, span) => `${failure.message}; refused ${fmt(n)} request(s)${span ? ` ${span}` : ''}`, { policy, code: failure.code });
   const answer = errorMsg(failure.code, failure.message);
-  for (const r of reqs) reply(r, answer);
+  // Refused as they came (NO_SERVER, OVERLOADED): counted against their connections' budget of refusals; a drain's are not.
+  const counted = failure.code !== ErrorCode.SHUTTING_DOWN;
+  for (const r of reqs) {
+    reply(r, answer);
+    if (counted) countRefusal(r.client, context.clock, context.logger);
+  }
 }
 
 /**
@@ -468,6 +473,8 @@ function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
       if (req.tried?.length) answerTriedAll(context, req, name);
       else {
         reply(req, (none ??= errorMsg(ErrorCode.NO_SERVER, noServer(name, policy))));
+        // One that waited (its servers went meanwhile) was not refused as it came: not its client's doing.
+        if (req.queued === undefined) countRefusal(req.client, context.clock, context.logger);
         noServers++;
       }
       continue;
@@ -484,6 +491,8 @@ function unrouted(context: ProxyContext, reqs: ProxyRequest[]): void {
     if (away !== req) ownRead(req.msg);
     if (away === undefined) continue;
     reply(away, away === req ? (full ??= overload('')) : (fullMost ??= overload(', the most of them from this connection')));
+    // The new request, or the newest waiting one of the connection holding the most: refused for what it sends now.
+    countRefusal(away.client, context.clock, context.logger);
     overloaded++;
     (refused ??= new Set()).add(away.client);
   }
@@ -762,10 +771,6 @@ export function makeReply(context: ProxyContext): Reply {
     if (client.queueHeld) {
       client.queueHeld = false;
       client.conn.releaseSocket();
-    }
-    // Refused by the proxy itself, no server having had it: counted against the connection's budget of refusals.
-    if (member === undefined && answer.type === MsgType.ERROR && req.tried === undefined && (answer.code === ErrorCode.NO_SERVER || answer.code === ErrorCode.OVERLOADED)) {
-      countRefusal(client, clock, context.logger);
     }
     if (client.throttled && client.outstanding <= context.opts.maxClientInflight >> 1 && client.heldBytes <= context.budget.requestsPerPeer / 2) {
       client.throttled = false;

@@ -474,7 +474,7 @@ export function describeEtcdError(err: unknown, o: Resolved): string {
   // Ours, giving the lease up after two TTLs without a keepalive answered: said by why they were not (etcd stopped is no lease etcd let expire).
   const last = (e as { lastError?: unknown } | undefined)?.lastError;
   if (name === 'EtcdLeaseInvalidError' && last !== undefined) return `no keepalive reached etcd within two lease TTLs (${2 * o.ttlSeconds} s), so the lease is given up: ${describeEtcdError(last, o)}; the key is written again under a new lease once etcd answers`;
-  if (name === 'EtcdLeaseInvalidError') return `etcd at ${where} let the lease expire: it could not be kept alive within its TTL (${o.ttlSeconds} s), as when etcd is out of reach or stalled; the key is written again under a new lease`;
+  if (name === 'EtcdLeaseInvalidError') return `etcd at ${where} let the lease expire: it could not be kept alive within its TTL (${o.ttlSeconds} s), as when etcd is out of reach or stalled, or this process was paused; the key is written again under a new lease`;
   if (/ECONNREFUSED/.test(msg)) return `etcd is not reachable at ${where}: connection refused`;
   // gRPC's words when the connection a call was queued on ends before the call went out: seen as a proxy's first line when its
   // way to etcd stopped carrying anything (its forwarder SIGSTOPped: 3.4 s after, in a probe), gRPC's keepalive having given it up.

@@ -47,7 +47,7 @@ export interface KeptKeyHandlers {
   lapsed?(why: string): void;
   /**
    * etcd answered that the lease is gone (it let it expire while no keepalive reached it: this process frozen, or
-   * cut off from etcd for more than a TTL, or etcd's data lost): the key went with it. `down` follows, and the key is
+   * cut off from etcd for between one TTL and two - past two it gives the lease up itself -, or etcd's data lost): the key went with it. `down` follows, and the key is
    * written again under a new lease.
    */
   ended?(why: string): void;

@@ -256,7 +256,7 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
         report();
       },
       // etcd answers, and says the key is gone (a restarted etcd keeps its leases: this proxy was frozen past its TTL, or
-      // cut off from etcd alone): clients that find their proxies in etcd do not find this one until it is written again.
+      // cut off from etcd alone, back within two TTLs): clients that find their proxies in etcd do not find this one until it is written again.
       // It was said at debug, as a lapse: such a proxy said nothing of it but the stall.
       ended(why) {
         lapsedSince ??= input.clock.now();

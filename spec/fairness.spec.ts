@@ -169,7 +169,7 @@ deadlines.after.each((ctx) => {
  * test, and two raw clients: what each got, and `send` for their requests.
  */
 async function twoClients(ctx: InProc, opts: ProxyOptions) {
-  ctx.proxy = await startProxy({ ...opts, maxServerInflight: 1, logger: new Logger('proxy', memorySink([]), 'warn') });
+  ctx.proxy = await startProxy({ ...opts, maxServerInflight: 1, logger: opts.logger ?? new Logger('proxy', memorySink([]), 'warn') });
   ctx.server = await startServer({ id: 's', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port: ctx.proxy.port }, delayMs: 60000 });
   await eventually(() => ctx.proxy!.pools().P?.serving.includes('s') ?? false, 3000, 's serving');
   const a = await rawConnect(ctx.proxy.port);
@@ -266,6 +266,19 @@ deadlines("a connection the proxy refuses more than REFUSALS_PER_WINDOW times in
   assert.equal(new Set(answers.map((m) => m.seq)).size, 1001, 'each answered once');
   assert.ok(answers.filter((m) => m.seq < 1000).every((m) => m.code === 'NO_SERVER'));
   assert.is(answers.find((m) => m.seq === 1000)!.type, MsgType.ACK, "Q's request behind them is read and answered");
+});
+
+deadlines("requests that waited and were answered later (their queue timeout) are no refusals the connection is paced for: a client that sent 300 once was paused and told it sends again at once what is refused", async (ctx) => {
+  const clock = new ManualClock();
+  const logs: LogRecord[] = [];
+  const { a, got, send } = await twoClients(ctx, { port: 0, clock, timeoutMs: 60000, queueTimeoutMs: 300, logger: new Logger('proxy', memorySink(logs), 'warn') });
+  const waiting = (): number => ctx.proxy!.actor.getSnapshot().context.policies.get('P')?.waiting.length ?? 0;
+  send(a, Array.from({ length: 300 }, (_, seq) => seq)); // one to the server, 299 wait
+  await eventually(() => waiting() === 299, 3000, '299 waiting');
+  clock.advance(300);
+  await got.a.until(() => got.a.got.length === 299);
+  assert.ok(got.a.got.every((m) => (m as { code?: string }).code === 'OVERLOADED'), JSON.stringify(got.a.got.slice(0, 2)));
+  assert.equal(logs.filter((l) => l.event === 'refusals_paused').map((l) => l.msg), []);
 });
 
 deadlines("a reload that lowers queue_limit below what waits refuses the excess of the client holding the most: on main it kept the oldest and refused the client that came last", async (ctx) => {

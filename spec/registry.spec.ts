@@ -1258,7 +1258,7 @@ keptKey('a lease etcd let expire while out of reach is told in a sentence of our
   const o = resolveRegistry({ endpoints: ['127.0.0.1:2379'], ttlSeconds: 5 });
   const why = describeEtcdError(new EtcdLeaseInvalidError('We lost connection to etcd and our lease has expired.'), o);
   assert.not.match(why, /Lease We lost/);
-  assert.is(why, 'etcd at etcd://127.0.0.1:2379 let the lease expire: it could not be kept alive within its TTL (5 s), as when etcd is out of reach or stalled; the key is written again under a new lease');
+  assert.is(why, 'etcd at etcd://127.0.0.1:2379 let the lease expire: it could not be kept alive within its TTL (5 s), as when etcd is out of reach or stalled, or this process was paused; the key is written again under a new lease');
 });
 
 keptKey("gRPC's 'Channel closed before call started' is told in words, not as its code", () => {
