@@ -41,6 +41,13 @@ export interface ProxyEntry {
 }
 
 export const serverKey = (prefix: string, id: string): string => `${prefix}${SERVERS}${id}`;
+
+/** The prefix of `key` when it is laid out as a server's (`<prefix>servers/<id>`, an id without `/`), else undefined: `serverKey` read back. */
+export function serverKeyPrefix(key: string): string | undefined {
+  const at = key.lastIndexOf(`/${SERVERS}`);
+  if (at < 0 || key.indexOf('/', at + 1 + SERVERS.length) >= 0) return undefined;
+  return key.slice(0, at + 1);
+}
 export const proxyKey = (prefix: string, e: Pick<ProxyEntry, 'address' | 'port'>): string => `${prefix}${PROXIES}${e.address.includes(':') ? `[${e.address}]` : e.address}:${e.port}`;
 
 export function encodeServer(e: ServerEntry): string {

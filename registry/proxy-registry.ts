@@ -29,7 +29,7 @@ import type { RegistryCommand, RegistryEvent, RegistryStatus } from './events.js
 import { deadlineIn, type Etcd3 } from './etcd.js';
 import { EtcdClient } from './etcd-client.js';
 import { KeptKey } from './kept-key.js';
-import { decodeServer, encodeProxy, proxyKey, SERVERS } from './keys.js';
+import { decodeServer, encodeProxy, proxyKey, serverKeyPrefix, SERVERS } from './keys.js';
 import { PrefixMirror } from './mirror.js';
 import { describeRegistry, REGISTRY_DEFAULTS, resolveRegistry, type RegistryOptions, type Resolved } from './options.js';
 import { hostPort } from '../transport/address.js';
@@ -196,10 +196,8 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
     const keys = await etcd.current.getAll().limit(1000).keys().catch(() => [] as string[]);
     const found = new Map<string, number>();
     for (const k of keys) {
-      const at = k.lastIndexOf(`/${SERVERS}`);
-      if (at < 0 || k.indexOf('/', at + 1 + SERVERS.length) >= 0) continue;
-      const other = k.slice(0, at + 1);
-      if (other !== o.prefix) found.set(other, (found.get(other) ?? 0) + 1);
+      const other = serverKeyPrefix(k);
+      if (other !== undefined && other !== o.prefix) found.set(other, (found.get(other) ?? 0) + 1);
     }
     if (found.size === 0 || stopped || mirror.entries.size > 0) return;
     const list = [...found].sort((a, b) => b[1] - a[1]).slice(0, 3);

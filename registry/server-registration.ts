@@ -84,10 +84,11 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
         }
         refused = true;
         void kept.stop();
+        const live = at === undefined ? who : `a live server at ${at}`;
         const message = held
           // Its lease ended while it could not renew it, and a server configured with the same id wrote the key meanwhile.
-          ? `server id ${s.id} was taken by ${at === undefined ? who : `a live server at ${at}`} while this server's lease had lapsed (it could not renew it within its TTL: frozen, or cut off from etcd): two servers are configured with id ${s.id}; give one another id`
-          : `server id ${s.id} is registered by ${at === undefined ? who : `a live server at ${at}`} (its key ${key} stayed alive for more than ${patience} ms); pick another id`;
+          ? `server id ${s.id} was taken by ${live} while this server's lease had lapsed (it could not renew it within its TTL: frozen, or cut off from etcd): two servers are configured with id ${s.id}; give one another id`
+          : `server id ${s.id} is registered by ${live} (its key ${key} stayed alive for more than ${patience} ms); pick another id`;
         send({ type: 'REFUSED', proxy: label, code: ErrorCode.DUPLICATE_ID, message });
       },
     }, true));
