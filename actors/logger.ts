@@ -63,6 +63,15 @@ interface Repeat {
   fields?: Record<string, unknown>;
 }
 
+/**
+ * A repeated condition's fields keep only what every occurrence since its first gave alike: its summary
+ * line stands for all of them. The first's fields were kept whole, so a summary of 40 connections from
+ * one address refused said `peer` with the first one's port and `bytes` with what it held.
+ */
+function keepCommon(kept: Record<string, unknown>, fields: Record<string, unknown> | undefined): void {
+  for (const k in kept) if (fields === undefined || !Object.is(kept[k], fields[k])) delete kept[k];
+}
+
 /** What a logger and its children share: where lines go, the level, the repeated conditions. */
 class Core {
   rank: number;
@@ -115,6 +124,7 @@ class Core {
     const r = this.repeats.get(id);
     if (r) {
       r.count += count;
+      if (r.fields) keepCommon(r.fields, fields);
       return;
     }
     if (this.repeats.size >= MAX_REPEATED_KEYS) {
@@ -124,7 +134,7 @@ class Core {
       if (o.keys.size < 10_000) o.keys.add(key);
       return;
     }
-    this.repeats.set(id, { level, actor, event, count: 0, describe, fields });
+    this.repeats.set(id, { level, actor, event, count: 0, describe, fields: fields && { ...fields } });
     this.emit(level, actor, event, describe(count), { ...fields, count });
     this.arm();
   }

@@ -282,7 +282,7 @@ export function admit(context: ProxyContext, peer: Peer, s: SetupMsg): void {
   const log = context.logger;
   const denied = checkSecret(context.opts, s);
   if (denied) {
-    log.repeated('warn', 'unauthorized', `${conn.remoteAddress}\0${s.privPolyId}\0${s.id}\0${denied}`, 1, (n, span) => `Refused setup from ${conn.describe()} for server id ${s.id} privacy policy ${s.privPolyId}: ${denied}${span ? ` (${n} times ${span})` : ''}`, {
+    log.repeated('warn', 'unauthorized', `${conn.remoteAddress}\0${s.privPolyId}\0${s.id}\0${denied}`, 1, (n, span) => `Refused setup from ${span ? conn.remoteAddress : conn.describe()} for server id ${s.id} privacy policy ${s.privPolyId}: ${denied}${span ? ` (${n} times ${span})` : ''}`, {
       id: s.id, policy: s.privPolyId, peer: conn.describe(), code: ErrorCode.UNAUTHORIZED,
     });
     conn.endWith(errorMsg(ErrorCode.UNAUTHORIZED, `registration refused: ${denied}`));
@@ -307,7 +307,7 @@ export function admit(context: ProxyContext, peer: Peer, s: SetupMsg): void {
     else return void refuseOldSetup(context, peer, s, `server id ${s.id} is held by a live old server at ${hostPort(held.host, held.port)}, and this setup came from another address: a peer may not take a live server's id. An old server that moved is taken once its old address stops answering (restart it then), or use ids each host keeps to itself`, ErrorCode.DUPLICATE_ID);
   } else if (held) {
     // A flood of them must not become a flood of lines: one, then one per interval with a count, per id (as for UNAUTHORIZED).
-    log.repeated('warn', 'register_refused', `${conn.remoteAddress}\0${ErrorCode.DUPLICATE_ID}\0${s.id}`, 1, (n, span) => `Refused setup from ${conn.describe()}: server id ${s.id} is already registered${span ? ` (${n} times ${span})` : ''}`, {
+    log.repeated('warn', 'register_refused', `${conn.remoteAddress}\0${ErrorCode.DUPLICATE_ID}\0${s.id}`, 1, (n, span) => `Refused setup from ${span ? conn.remoteAddress : conn.describe()}: server id ${s.id} is already registered${span ? ` (${n} times ${span})` : ''}`, {
       id: s.id, peer: conn.describe(), code: ErrorCode.DUPLICATE_ID,
     });
     conn.endWith(errorMsg(ErrorCode.DUPLICATE_ID, `server id ${s.id} is already registered by a live server; pick another id`));
@@ -317,7 +317,9 @@ export function admit(context: ProxyContext, peer: Peer, s: SetupMsg): void {
   const tooMany = limit ?? context.linkSockets.noRoomForLink();
   if (tooMany) {
     // Counted by reason too (the limit's words; the descriptors' change with their counts), each with its own line.
-    log.repeated('warn', 'register_refused', `${conn.remoteAddress}\0${ErrorCode.OVERLOADED}\0${limit ?? 'descriptors'}`, 1, (n, span) => `Refused setup from ${conn.describe()} for server id ${s.id}: ${tooMany}${span ? ` (${n} times ${span})` : ''}`, { id: s.id, policy: s.privPolyId, peer: conn.describe(), code: ErrorCode.OVERLOADED });
+    log.repeated('warn', 'register_refused', `${conn.remoteAddress}\0${ErrorCode.OVERLOADED}\0${limit ?? 'descriptors'}`, 1, (n, span) => span
+      ? `Refused ${fmt(n)} setup(s) from ${conn.remoteAddress} ${span}: ${tooMany}`
+      : `Refused setup from ${conn.describe()} for server id ${s.id}: ${tooMany}`, { id: s.id, policy: s.privPolyId, peer: conn.describe(), code: ErrorCode.OVERLOADED });
     conn.endWith(errorMsg(ErrorCode.OVERLOADED, `registration refused: ${tooMany}`));
     return;
   }
@@ -352,7 +354,9 @@ function ownClientPort(context: ProxyContext, host: string, port: number): strin
 /** An old server's setup refused: said once, then counted an interval per address and reason (a flood of them is a few lines); the old server cannot read the refusal, its connection is closed. */
 function refuseOldSetup(context: ProxyContext, peer: Peer, s: SetupMsg, why: string, code: ErrorCode = ErrorCode.BAD_REQUEST): void {
   const conn = peer.conn;
-  context.logger.repeated('warn', 'register_refused', `${conn.remoteAddress}\0${code}\0${why}`, 1, (n, span) => `Refused setup from ${conn.describe()} for server id ${s.id} privacy policy ${s.privPolyId}: ${why}${span ? ` (${n} times ${span})` : ''}`, {
+  context.logger.repeated('warn', 'register_refused', `${conn.remoteAddress}\0${code}\0${why}`, 1, (n, span) => span
+    ? `Refused ${fmt(n)} setup(s) from ${conn.remoteAddress} ${span}: ${why}`
+    : `Refused setup from ${conn.describe()} for server id ${s.id} privacy policy ${s.privPolyId}: ${why}`, {
     id: s.id, policy: s.privPolyId, port: s.listenport, peer: conn.describe(), code,
   });
   conn.endWith(errorMsg(code, `registration refused: ${why}`));

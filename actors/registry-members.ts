@@ -7,6 +7,7 @@
  * once its link answers; an entry that goes takes its member out. Plain
  * functions over the proxy's context, as routing.ts's are.
  */
+import { fmt } from './logger.js';
 import { ErrorCode } from '../transport/errors.js';
 import type { RegistryEvent, RegistryStatus, ServerEntry } from '../registry/events.js';
 import { Member, type ProxyContext } from './proxy-types.js';
@@ -54,7 +55,9 @@ export function registryJoin(context: ProxyContext, e: ServerEntry): void {
   if (tooMany) {
     context.overLimit.add(e.id);
     // One line, then one per interval with a count, as for direct registrations over the limit (admit in membership.ts).
-    log.repeated('warn', 'register_refused', `registry\0${e.address}\0${ErrorCode.OVERLOADED}\0${tooMany}`, 1, (n, span) => `Refused server id ${e.id} (${where}) from the registry: ${tooMany}${span ? ` (${n} entries ${span})` : ''}`, {
+    log.repeated('warn', 'register_refused', `registry\0${e.address}\0${ErrorCode.OVERLOADED}\0${tooMany}`, 1, (n, span) => span
+      ? `Refused ${fmt(n)} server entries at ${e.address} from the registry ${span}: ${tooMany}`
+      : `Refused server id ${e.id} (${where}) from the registry: ${tooMany}`, {
       id: e.id, policy: e.policy, code: ErrorCode.OVERLOADED, source: 'registry',
     });
     return;

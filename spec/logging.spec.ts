@@ -173,6 +173,24 @@ inproc('a repeated condition gives one line, then one summary line per interval 
   for (const l of lines.slice(2)) assert.is(l.msg, 'no server is registered for privacy policy 999; refused 100 request(s) in the last 100 ms');
 });
 
+inproc("a summary line's fields are those every occurrence it counts gave alike (the first's whole: its peer's port, its bytes)", () => {
+  const logs: LogRecord[] = [];
+  const clock = new ManualClock();
+  const logger = new Logger('proxy', memorySink(logs), 'info', { summaryMs: 5000, clock });
+  const fields = [{ peer: '10.0.0.1:4000', bytes: 10, code: 'OVERLOADED' }, { peer: '10.0.0.1:4001', bytes: 10, code: 'OVERLOADED' }, { peer: '10.0.0.1:4002', bytes: 12, code: 'OVERLOADED' }];
+  for (const f of fields) logger.repeated('warn', 'budget_shed', '10.0.0.1', 1, (n, span) => (span ? `Closed ${n} ${span}` : 'Closed one'), f);
+  clock.advance(5000);
+  assert.equal(logs.map((l) => [l.msg, l.peer, l.bytes, l.code, l.count]), [
+    ['Closed one', '10.0.0.1:4000', 10, 'OVERLOADED', 1],
+    ['Closed 2 in the last 5 s', undefined, undefined, 'OVERLOADED', 2],
+  ]);
+  assert.equal(fields[0], { peer: '10.0.0.1:4000', bytes: 10, code: 'OVERLOADED' }, "the caller's fields are left as they were");
+  // The next interval counts from what is common still: nothing comes back.
+  logger.repeated('warn', 'budget_shed', '10.0.0.1', 1, (n, span) => (span ? `Closed ${n} ${span}` : 'Closed one'), fields[0]);
+  clock.advance(5000);
+  assert.equal([logs.at(-1)!.peer, logs.at(-1)!.code], [undefined, 'OVERLOADED']);
+});
+
 inproc("a server's pending summaries come before the line saying it left, not after it (\"kept in rotation (2 more time(s) ...)\" 3 s after it left)", () => {
   const logs: LogRecord[] = [];
   const clock = new ManualClock();

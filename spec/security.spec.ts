@@ -136,6 +136,34 @@ tokens('registrations from one address refused OVERLOADED by different limits ea
   }
 });
 
+tokens("the summary of registrations refused from one address names what they had in common, not the first one's port and server id", async (ctx) => {
+  // Its message named the first refused connection's port and server id, its fields the first's `peer` and `id`,
+  // for every setup it counted.
+  await proxyWith(ctx, { maxServersPerPeer: 1 });
+  const open: Socket[] = [];
+  const setup = async (id: string): Promise<void> => {
+    const sock = await rawConnect(ctx.proxy!.port);
+    open.push(sock);
+    const c = collector(sock);
+    sock.write(frame({ type: MsgType.SETUP, id, privPolyId: 'P', listenport: 9 }));
+    await c.until(() => c.got.length > 0 || c.closed);
+  };
+  try {
+    for (const id of ['a', 'b', 'c', 'd']) await setup(id);
+    await ctx.proxy!.stop(); // the pending summary is written before "stopped"
+    const refused = ctx.logs.filter((l) => l.event === 'register_refused');
+    assert.is(refused.length, 2, refused.map((l) => l.msg).join('\n'));
+    assert.match(refused[0]!.msg, /^Refused setup from 127\.0\.0\.1:\d+ for server id b: /);
+    assert.equal([refused[0]!.id, typeof refused[0]!.peer], ['b', 'string']);
+    const summary = refused[1]!;
+    assert.ok(summary.summary);
+    assert.match(summary.msg, /^Refused 2 setup\(s\) from 127\.0\.0\.1 in the last \d+ ms: 1 servers from 127\.0\.0\.1 are registered without a token \(--max-servers-per-peer\)$/);
+    assert.equal([summary.id, summary.peer, summary.policy, summary.code, summary.count], [undefined, undefined, 'P', 'OVERLOADED', 2]);
+  } finally {
+    for (const s of open) s.destroy();
+  }
+});
+
 tokens('a proxy listening beyond loopback without any secret warns loudly at start', async (ctx) => {
   await proxyWith(ctx, { host: '0.0.0.0' });
   const w = ctx.logs.find((l) => l.event === 'insecure');
