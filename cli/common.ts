@@ -5,8 +5,7 @@ import { Destination, jsonSink, LEVELS, Logger, LogStream, textSink, type Level,
 import type { Endpoint } from '../actors/server.js';
 import { badDialAddress, bracketHint, DEFAULT_PROXY_PORT, hostPort, numericHostProblem, repeatedEndpoint, unbracket } from '../transport/address.js';
 import { UsageError } from '../transport/errors.js';
-import { badSecretText, tlsFromFlags, type LoadedCert } from '../config/files.js';
-import { expiryWarning } from '../transport/tls.js';
+import { badSecretText, tlsFromFlags } from '../config/files.js';
 import { listenAddress, listenHostProblem } from '../config/proxy.js';
 import { nearest } from '../config/schema.js';
 import { isRegistryUrl, parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
@@ -395,14 +394,6 @@ export const PID1_WARNING = 'Running as PID 1 (a container\'s first process): or
 /** The `pid1` warn line, when this process is PID 1 (`PID1_WARNING`): at start, by the proxy and a server. */
 export function warnIfPid1(logger: Logger, pid = process.pid): void {
   if (pid === 1) logger.warn('pid1', PID1_WARNING, { pid });
-}
-
-/** A warn line for each certificate that ends soon (`expiryWarning`): at start and at each reload, by the proxy and a server. */
-export function warnExpiring(logger: Logger, certs: readonly LoadedCert[]): void {
-  for (const c of certs) {
-    const why = expiryWarning(c.role, c.file, c);
-    if (why) logger.warn('tls_cert_expiring', why, { setting: c.role, file: c.file, not_after: Math.floor(c.notAfter / 1000) });
-  }
 }
 
 /** The signals that drain (a second one stops at once). */

@@ -20,9 +20,10 @@ import { runDemo } from './demo.js';
 import { scenarioCommand } from './scenario.js';
 import { inspectCommand, inspectOptions, startInspection, type InspectFlags } from './inspect.js';
 import {
-  checkSecrets, FileError, ignoreUserSignals, logProcessWarnings, logStartFailuresTo, startFailureLog, loadedCerts, releaseEarlySignals, takeEarlySignals, loadPackets, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, hostParser, parseIntOption, parsePort, registryFromFlags, registryOptions, runUntilStopped, tlsFromFlags, tlsOptions, UsageError, warnExpiring, warnIfPid1,
+  checkSecrets, FileError, ignoreUserSignals, logProcessWarnings, logStartFailuresTo, startFailureLog, loadedCerts, releaseEarlySignals, takeEarlySignals, loadPackets, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, hostParser, parseIntOption, parsePort, registryFromFlags, registryOptions, runUntilStopped, tlsFromFlags, tlsOptions, UsageError, warnIfPid1,
   wireOption, type FlagTable, type LogFlags, type RegistryFlags, type TlsFlags,
 } from './common.js';
+import { ExpiryWatch } from './cert-expiry.js';
 import { isRegistryUrl } from '../registry/options.js';
 import { DEFAULT_HANDLER_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_PROXY, type Behaviour, type Endpoint } from '../actors/server.js';
 import { DEFAULT_PROXY_PORT } from '../transport/address.js';
@@ -120,7 +121,10 @@ export function buildProgram(setExit: (code: number) => void): Command {
     // etcd's client certificate and CA (--registry-cert, --registry-ca) are read again on SIGHUP as the server's own are.
     const registryFiles = o.registryCert || o.registryCa ? { cert: o.registryCert, ca: o.registryCa } : undefined;
     const certsOf = (own: typeof tls, etcd: typeof tls) => [...loadedCerts({ cert: o.tlsCert, ca: o.tlsCa }, own, { cert: '--tls-cert', ca: '--tls-ca' }), ...loadedCerts(registryFiles, etcd, { cert: '--registry-cert', ca: '--registry-ca' })];
-    warnExpiring(logger, certsOf(tls, registry?.tls));
+    let certs = certsOf(tls, registry?.tls);
+    // Said at start, at each reload, and as each comes within its warning window or ends while the server runs.
+    const expiry = new ExpiryWatch(logger, () => certs);
+    expiry.check();
     const files = [...(tls ? ['--tls-cert, --tls-key, --tls-ca'] : []), ...(registryFiles ? ['--registry-cert, --registry-key, --registry-ca'] : [])].join('; ');
     // A daemon's SIGHUP means reload: the TLS files (renewed certificates) for the next handshakes and dials, and etcd's.
     // Its other settings are its flags; Node's default would end the server without its drain.
@@ -139,7 +143,8 @@ export function buildProgram(setExit: (code: number) => void): Command {
         return logger.error('reload_refused', `Reload refused, still using the TLS files read before: ${(err as Error).message}`, {});
       }
       logger.info('reload', `Reloaded the TLS files (${files}): new connections and registrations use them, open ones keep theirs${etcd ? '; the registration moved to a new connection to etcd, its lease kept' : ''}`, {});
-      warnExpiring(logger, certsOf(next, etcd));
+      certs = certsOf(next, etcd);
+      expiry.check();
     };
     let reloading = Promise.resolve();
     // One sent while the CLI loaded (cli/early-signals.mjs) or the server started is done once it listens.
@@ -174,6 +179,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     try {
       await runUntilStopped(server.actor, server.stop, logger);
     } finally {
+      expiry.stop();
       planned();
       await watchdog?.stop();
     }

@@ -34,7 +34,8 @@ import { ErrorCode } from '../transport/errors.js';
 import { RETRY_CONDITIONS } from '../actors/link.js';
 import { dial, expiryWarning, type TlsMaterial } from '../transport/tls.js';
 import type { LoadedCert } from '../config/files.js';
-import { FileError, hostParser, ignoreUserSignals, logProcessWarnings, logStartFailuresTo, releaseEarlySignals, takeEarlySignals, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, useColor, warnExpiring, warnIfPid1 } from './common.js';
+import { FileError, hostParser, ignoreUserSignals, logProcessWarnings, logStartFailuresTo, releaseEarlySignals, takeEarlySignals, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, useColor, warnIfPid1 } from './common.js';
+import { ExpiryWatch, expiredError } from './cert-expiry.js';
 import { checkInspectToken, inspectOptions, startInspection } from './inspect.js';
 
 
@@ -351,7 +352,9 @@ async function run(read: (reload?: boolean) => ProxyConfig, source: string, setE
   };
   // The certificates the metrics and warnings describe; the proxy itself owns what it runs with (proxy.renewTls).
   let certs = rt.certs;
-  warnExpiring(logger, certs);
+  // Said at start, at each reload, and as each comes within its warning window or ends while the proxy runs.
+  const expiry = new ExpiryWatch(logger, () => certs);
+  expiry.check();
   // A file's setting the command line overrides is not the one running, and editing it then reloading
   // changed nothing, saying "no setting changed" (REVPROXY_TOKEN from the unit's environment file beside
   // a `token` in the file, say): said at start, and at a reload that changes it in the file.
@@ -389,6 +392,11 @@ async function run(read: (reload?: boolean) => ProxyConfig, source: string, setE
       readiness.add('registry', () => registryReadiness(proxy?.registry()));
     }
     readiness.add('pool', () => poolReadiness(readyPolicies, proxy?.pools() ?? {}));
+    // A proxy whose own certificate has expired is refused by every TLS client: not ready, as a load balancer should hear.
+    readiness.add('tls', () => {
+      const ended = expiry.ended('tls.cert');
+      return ended && { code: 'CERT_EXPIRED', message: expiredError(ended) };
+    });
     admin = await startAdmin({ host: rt.admin.host, port: rt.admin.port, token: rt.admin.token, metrics, readiness, logger });
     adminToken = rt.admin.token;
     logger.info('admin', `Admin endpoint on ${admin.url} (/healthz, /readyz, /metrics)`, { url: admin.url });
@@ -466,11 +474,24 @@ async function run(read: (reload?: boolean) => ProxyConfig, source: string, setE
         }
         if (!applied.includes('registry.tls')) applied.push('registry.tls');
       }
-      if (!restart.includes('tls')) {
+      // A change of TLS's shape (mutual TLS on or off) waits for a restart; the files running are read again all the same, so
+      // their renewal in place applies. It did not: after `ca` was added to the file, every later reload said "tls needs a
+      // restart", counted as applied, and served the old certificate to its end.
+      let tlsRt: Runtime | undefined = nextRt;
+      let tlsUnread: string | undefined;
+      if (restart.includes('tls')) {
+        try {
+          tlsRt = running.tls ? checkRuntime({ ...next, tls: running.tls }, source, flagOf, { logs: false }) : undefined;
+        } catch (err) {
+          tlsRt = undefined;
+          tlsUnread = (explain(err) as Error).message.replace(/\n/g, '; ');
+        }
+      }
+      if (tlsRt) {
         // Same paths, new contents (a renewed certificate) is a change too.
         const was = handle.tls();
-        if (!applied.includes('tls') && !sameTls(was.tls ?? was.upstreamTls, nextRt.options.tls ?? nextRt.options.upstreamTls)) applied.push('tls');
-        const { tls, upstreamTls } = nextRt.options;
+        if (!applied.includes('tls') && !sameTls(was.tls ?? was.upstreamTls, tlsRt.options.tls ?? tlsRt.options.upstreamTls)) applied.push('tls');
+        const { tls, upstreamTls } = tlsRt.options;
         try {
           if (tls?.cert || upstreamTls) handle.renewTls({ tls: tls?.cert ? tls : undefined, upstreamTls });
         } catch (err) {
@@ -482,7 +503,7 @@ async function run(read: (reload?: boolean) => ProxyConfig, source: string, setE
       }
       // What the metrics and warnings describe: the files in use, the new ones of each part a reload took.
       const ofRegistry = (c: LoadedCert): boolean => c.role.startsWith('registry.');
-      certs = [...(restart.includes('tls') ? certs : nextRt.certs).filter((c) => !ofRegistry(c)), ...(restart.includes('registry.tls') ? certs : nextRt.certs).filter(ofRegistry)];
+      certs = [...(tlsRt ? tlsRt.certs : certs).filter((c) => !ofRegistry(c)), ...(restart.includes('registry.tls') ? certs : nextRt.certs).filter(ofRegistry)];
       // Defaults computed from a setting that needs a restart (max_conns_per_peer's from host) follow its running value.
       // A secret no longer accepted revokes its servers' registrations, in the RELOAD itself: counted for the line below.
       const registered = handle.actor.getSnapshot().context.servers.size;
@@ -508,9 +529,12 @@ async function run(read: (reload?: boolean) => ProxyConfig, source: string, setE
         logger.warn('secret_removed', `this reload removed admin.token: /metrics on ${admin.url} now answers anyone who can connect, with no token; if that is not meant, put the token back and reload`, { file: source, key: 'admin.token' });
       }
       if (restart.length) {
-        logger.warn('reload_restart_needed', `${restart.join(', ')} changed in ${source} but take${restart.length === 1 ? 's' : ''} effect only after a restart; running with the previous value${restart.length === 1 ? '' : 's'}`, { file: source, restart });
+        const files = !restart.includes('tls') || !running.tls ? '' : tlsUnread
+          ? `; the running tls files could not be read again (${tlsUnread}): serving the certificate loaded before`
+          : applied.includes('tls') ? '; the running tls files were read again and their renewal applied' : '; the running tls files are read again at each reload, so their renewal applies';
+        logger.warn('reload_restart_needed', `${restart.join(', ')} changed in ${source} but take${restart.length === 1 ? 's' : ''} effect only after a restart; running with the previous value${restart.length === 1 ? '' : 's'}${files}`, { file: source, restart });
       }
-      warnExpiring(logger, certs);
+      expiry.check();
       // What needs a restart stays as it runs, so the next reload reports it again.
       const before = running;
       running = { ...next };
@@ -545,6 +569,7 @@ async function run(read: (reload?: boolean) => ProxyConfig, source: string, setE
       throw err;
     });
   } finally {
+    expiry.stop();
     unignore();
     process.off('SIGUSR1', usr1);
     if (pidFile) removePidFile(pidFile);

@@ -14,6 +14,10 @@ import { handshake, makePki, presented, type Pki } from './certs.js';
 import { eventually, LOCAL } from './helpers.js';
 import { freePort } from '../bench/procs.js';
 import { freshSuite, revproxy, type Fresh, type Proc } from './procs.js';
+import { ExpiryWatch } from '../cli/cert-expiry.js';
+import { Logger, memorySink, type LogRecord } from '../actors/logger.js';
+import { ManualClock } from '../transport/clock.js';
+import type { LoadedCert } from '../config/files.js';
 
 const ctx: Fresh = { dir: '', servers: [] };
 const renew = freshSuite('renewing certificates', 'revproxy-certs-', ctx);
@@ -94,6 +98,35 @@ renew('under load: SIGHUP after a renewal serves the renewed certificate to new 
   assert.match(text, /revproxy_reloads_total\{result="applied"\} 1/);
   assert.ok(text.includes(`revproxy_tls_cert_not_after_seconds{role="tls.cert",file="${at.cert}"} ${notAfter(pki.cert('renewed').cert)}`), text);
   assert.ok(text.includes(`revproxy_tls_cert_not_after_seconds{role="tls.ca",file="${at.ca}"} ${notAfter(pki.ca)}`), text);
+});
+
+renew("a reload whose tls change needs a restart (mutual TLS turned on) still reads the running files again: their renewal in place applies", async () => {
+  // After `ca` was added to the file, every reload said "nothing applied: tls needs a restart", counted as applied,
+  // and served the old certificate to its end: a certbot renewal after it did nothing until a restart.
+  const pki = makePki(['old', 'renewed']);
+  const at = install(pki, 'old');
+  const { proc, port, admin, file } = await tlsProxy(false);
+  writeFileSync(file, `${readFileSync(file, 'utf8')}  ca: ca.pem\n`);
+  proc.kill('SIGHUP');
+  const warned = await proc.waitFor(/tls changed in .*p\.yaml but takes effect only after a restart; running with the previous value; the running tls files are read again at each reload, so their renewal applies/);
+  assert.ok(warned);
+  assert.is(await presented(port, { ca: pki.ca }), 'old');
+  install(pki, 'renewed');
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reloaded .*p\.yaml: applied tls/);
+  await proc.waitFor(/tls changed in .*p\.yaml but takes effect only after a restart; running with the previous value; the running tls files were read again and their renewal applied/);
+  // A client with no certificate of its own: mutual TLS waits for the restart.
+  assert.is(await presented(port, { ca: pki.ca }), 'renewed', 'the renewed certificate serves new handshakes');
+  const text = await metrics(admin);
+  assert.ok(text.includes(`revproxy_tls_cert_not_after_seconds{role="tls.cert",file="${at.cert}"} ${notAfter(pki.cert('renewed').cert)}`), text);
+  // The file moved to new paths and the running ones removed while the change waits: said, and the certificate loaded before kept.
+  copyFileSync(at.cert, join(ctx.dir, 'next.pem'));
+  copyFileSync(at.key, join(ctx.dir, 'next.key'));
+  writeFileSync(file, readFileSync(file, 'utf8').replace('proxy.pem', 'next.pem').replace('proxy.key', 'next.key'));
+  rmSync(at.cert);
+  proc.kill('SIGHUP');
+  await proc.waitFor(/the running tls files could not be read again \(.*proxy\.pem: cannot read it: it does not exist.*\): serving the certificate loaded before/);
+  assert.is(await presented(port, { ca: pki.ca }), 'renewed');
 });
 
 renew('a new CA bundle (the old CA and the new, while peers move over) is taken on SIGHUP: peers with certificates of the new CA are let in', async () => {
@@ -200,6 +233,45 @@ renew("etcd's client certificates (registry.tls) are read again on SIGHUP: their
   await proc.waitFor(/The renewed registry\.tls could not be tried against etcd \(etcd is not reachable at etcds:\/\/127\.0\.0\.1:\d+: connection refused\): the proxy's etcd client uses it from now on/);
   await proc.waitFor(/Reloaded .*: applied registry\.tls/);
   assert.ok((await metrics(admin)).includes(`revproxy_tls_cert_not_after_seconds{role="registry.tls.ca",file="${ca}"} ${notAfter(renewed.ca)}`), 'the certificate etcd\'s client has now');
+});
+
+renew('a certificate that ends while the proxy runs: an error line as it does, once an hour after, /readyz not ready; one coming within its warning window while it runs is said then, once a day after', async () => {
+  // They were said at start and at a reload only: a proxy started 80 days into a 90-day certificate never said it,
+  // and after its end it said only that peers closed their handshakes, /readyz still ready.
+  const ending = makePki(['proxy'], 'revproxy test CA', { days: 1, made: '-86390' }); // ends about 10 s from now
+  install(ending, 'proxy');
+  const { proc, admin } = await tlsProxy(false);
+  await proc.waitFor(/warning: the tls\.cert certificate '.*proxy\.pem' expires on .*: renew it/);
+  assert.is((await fetch(`${admin}readyz`)).status, 200);
+  const line = (await proc.waitFor(/error: (the tls\.cert certificate '.*proxy\.pem' expired on [-\dT:.]+Z: peers refuse this side's new TLS handshakes; renew it, then send SIGHUP)/, 20_000))[1]!;
+  const ready = await fetch(`${admin}readyz`);
+  assert.is(ready.status, 503);
+  const body = await ready.text();
+  assert.ok(body.includes('CERT_EXPIRED') && body.includes(line.slice(0, 40)), body);
+
+  // On a manual clock, the schedule: a 90-day certificate 80 days in comes within its window (7 days) on day 83.
+  const logs: LogRecord[] = [];
+  const clock = new ManualClock();
+  const day = 24 * 3600 * 1000;
+  const start = Date.UTC(2026, 0, 1);
+  const cert: LoadedCert = { role: 'tls.cert', file: 'p.pem', notBefore: start - 80 * day, notAfter: start + 10 * day };
+  const watch = new ExpiryWatch(new Logger('proxy', memorySink(logs), 'info'), () => [cert], { clock, wallNow: () => start + clock.now() });
+  watch.check();
+  assert.equal(logs, [], 'nothing to say on day 80');
+  clock.advance(3 * day - 60_000);
+  assert.equal(logs, [], 'nor just before day 83');
+  clock.advance(62_000);
+  assert.equal(logs.map((l) => [l.level, l.event]), [['warn', 'tls_cert_expiring']], 'said as it comes within its window');
+  clock.advance(day);
+  assert.is(logs.length, 2, 'and once a day after');
+  clock.advance(6 * day);
+  assert.equal(logs.slice(2).map((l) => [l.level, l.event]), [['warn', 'tls_cert_expiring'], ['warn', 'tls_cert_expiring'], ['warn', 'tls_cert_expiring'], ['warn', 'tls_cert_expiring'], ['warn', 'tls_cert_expiring'], ['error', 'tls_cert_expired']]);
+  clock.advance(3 * 3600 * 1000 + 10_000);
+  assert.is(logs.filter((l) => l.event === 'tls_cert_expired').length, 4, 'the end said again once an hour');
+  assert.equal(watch.ended('tls.cert'), cert);
+  watch.stop();
+  clock.advance(day);
+  assert.is(logs.filter((l) => l.event === 'tls_cert_expired').length, 4, 'stopped: nothing more');
 });
 
 renew.run();

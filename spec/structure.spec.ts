@@ -93,6 +93,7 @@ shape('waits, deadlines and durations run on the monotonic clock (transport/cloc
     'admin/access-log.ts': "an access-log line's time",
     'inspector/http.ts': "the wall clock the inspector's page shows times of day by (its records are on monotonicEpoch)",
     'transport/tls.ts': "a certificate's validity, which is in wall-clock dates (as every TLS peer checks it)",
+    'cli/cert-expiry.ts': "whether a certificate in use has come within its warning window or ended (wall-clock dates); its waits run on the clock",
     'registry/etcd.ts': "gRPC's deadline (a wall-clock time by its API, made a timer as the call starts), and whether a client certificate has expired",
   };
   const found: string[] = [];

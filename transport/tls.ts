@@ -99,13 +99,17 @@ export function validityOf(pem: Buffer, role: 'cert' | 'ca'): Validity | undefin
  * RevproxyCertificateExpiresSoon is the same rule.
  */
 function expiresSoon(v: Validity, now: number): boolean {
-  return v.notAfter - now < Math.min(EXPIRY_WARNING_MS, (v.notAfter - v.notBefore) / 3);
+  return now > warningFrom(v);
 }
 const EXPIRY_WARNING_MS = 7 * 24 * 3600 * 1000;
 
+/** When `v` comes close enough to its end to be warned of (`expiresSoon`). */
+export function warningFrom(v: Validity): number {
+  return v.notAfter - Math.min(EXPIRY_WARNING_MS, (v.notAfter - v.notBefore) / 3);
+}
+
 /** What to say of the certificate in `file` (named by `setting`) when it ends soon (`expiresSoon`); undefined when it does not. */
-export function expiryWarning(setting: string, file: string, v: Validity): string | undefined {
-  const now = Date.now();
+export function expiryWarning(setting: string, file: string, v: Validity, now = Date.now()): string | undefined {
   if (!expiresSoon(v, now)) return undefined;
   return `the ${setting} certificate '${file}' expires on ${new Date(v.notAfter).toISOString()}, in ${timeLeft(v.notAfter, now)}: renew it, then send SIGHUP (systemctl reload) to load the renewed files`;
 }

@@ -1,0 +1,96 @@
+/**
+ * The certificates a proxy or a server runs with, watched while it runs: a warn line as one comes
+ * within its warning window (`expiryWarning`: a week, or a third of its life) and once a day after,
+ * an error line as it expires and once an hour after. They were said at start and at a reload only:
+ * a proxy started 80 days into a 90-day certificate never said it, and after the end it said only
+ * that peers closed their handshakes (a probe). The certificates' dates are wall-clock dates, as every
+ * TLS peer checks them; the waits between checks run on the injectable clock.
+ */
+import type { LoadedCert } from '../config/files.js';
+import type { Logger } from '../actors/logger.js';
+import { systemClock, type Clock, type Timer } from '../transport/clock.js';
+import { expiryWarning, warningFrom } from '../transport/tls.js';
+
+/** A certificate in its warning window is said again this often (ms). */
+export const EXPIRING_REMIND_MS = 24 * 3600 * 1000;
+/** An expired certificate is said again this often (ms). */
+export const EXPIRED_REMIND_MS = 3600 * 1000;
+/** The longest wait between two checks (ms): a stepped wall clock, or a sleep, is caught up within it. */
+const CHECK_MS = 3600 * 1000;
+/** A check comes this long after the moment it is for (ms), so that moment has passed by every clock's reckoning. */
+const LATE_MS = 1000;
+
+/** What to say of a certificate that has expired. */
+export function expiredError(c: LoadedCert): string {
+  const what = c.role.endsWith('ca') ? 'peers whose certificates it signed are refused (an expired CA verifies no one)' : "peers refuse this side's new TLS handshakes";
+  return `the ${c.role} certificate '${c.file}' expired on ${new Date(c.notAfter).toISOString()}: ${what}; renew it, then send SIGHUP (systemctl reload) to load the renewed files`;
+}
+
+export interface ExpiryWatchOptions {
+  clock?: Clock;
+  /** The wall clock, ms since the epoch (tests pass their own). */
+  wallNow?: () => number;
+}
+
+export class ExpiryWatch {
+  private readonly clock: Clock;
+  private readonly wallNow: () => number;
+  /** When each certificate (role, file and end) was last said, and as what. */
+  private readonly said = new Map<string, { as: 'expiring' | 'expired'; at: number }>();
+  private timer: Timer | undefined;
+  private stopped = false;
+
+  constructor(
+    private readonly logger: Logger,
+    /** The certificates in use now (a reload changes them). */
+    private readonly certs: () => readonly LoadedCert[],
+    opts: ExpiryWatchOptions = {},
+  ) {
+    this.clock = opts.clock ?? systemClock;
+    this.wallNow = opts.wallNow ?? (() => Date.now());
+  }
+
+  /** Says what is due now (at start, after a reload: a renewed certificate is a new one), then waits for the next moment one is due. */
+  check(): void {
+    if (this.stopped) return;
+    this.timer?.cancel();
+    const now = this.wallNow();
+    const certs = this.certs();
+    const keys = new Set<string>();
+    let next = now + CHECK_MS;
+    for (const c of certs) {
+      const key = `${c.role}\0${c.file}\0${c.notAfter}`;
+      keys.add(key);
+      const said = this.said.get(key);
+      if (now >= c.notAfter) {
+        if (said?.as !== 'expired' || now - said.at >= EXPIRED_REMIND_MS) {
+          this.logger.error('tls_cert_expired', expiredError(c), { setting: c.role, file: c.file, not_after: Math.floor(c.notAfter / 1000) });
+          this.said.set(key, { as: 'expired', at: now });
+        }
+        next = Math.min(next, this.said.get(key)!.at + EXPIRED_REMIND_MS);
+        continue;
+      }
+      const why = expiryWarning(c.role, c.file, c, now);
+      if (why && (said === undefined || now - said.at >= EXPIRING_REMIND_MS)) {
+        this.logger.warn('tls_cert_expiring', why, { setting: c.role, file: c.file, not_after: Math.floor(c.notAfter / 1000) });
+        this.said.set(key, { as: 'expiring', at: now });
+      }
+      // Next: its end; the day's reminder; or its window's beginning.
+      next = Math.min(next, c.notAfter, why ? this.said.get(key)!.at + EXPIRING_REMIND_MS : warningFrom(c));
+    }
+    // A certificate no longer in use (renewed, or its setting removed) is forgotten.
+    for (const key of this.said.keys()) if (!keys.has(key)) this.said.delete(key);
+    if (certs.length) this.timer = this.clock.setTimeout(() => this.check(), Math.max(0, next - now) + LATE_MS);
+  }
+
+  /** The certificate in use in `role` that has expired, if one has. */
+  ended(role: string): LoadedCert | undefined {
+    const now = this.wallNow();
+    return this.certs().find((c) => c.role === role && now >= c.notAfter);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.timer?.cancel();
+  }
+}
