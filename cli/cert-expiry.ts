@@ -50,8 +50,11 @@ export class ExpiryWatch {
     this.wallNow = opts.wallNow ?? (() => Date.now());
   }
 
-  /** Says what is due now (at start, after a reload: a renewed certificate is a new one), then waits for the next moment one is due. */
-  check(): void {
+  /**
+   * Says what is due now, then waits for the next moment one is due. `reload`: every certificate
+   * close to its end or past it is said again now, renewed or not (a reload that kept it should say so).
+   */
+  check(reload = false): void {
     if (this.stopped) return;
     this.timer?.cancel();
     const now = this.wallNow();
@@ -63,7 +66,7 @@ export class ExpiryWatch {
       keys.add(key);
       const said = this.said.get(key);
       if (now >= c.notAfter) {
-        if (said?.as !== 'expired' || now - said.at >= EXPIRED_REMIND_MS) {
+        if (reload || said?.as !== 'expired' || now - said.at >= EXPIRED_REMIND_MS) {
           this.logger.error('tls_cert_expired', expiredError(c), { setting: c.role, file: c.file, not_after: Math.floor(c.notAfter / 1000) });
           this.said.set(key, { as: 'expired', at: now });
         }
@@ -71,7 +74,7 @@ export class ExpiryWatch {
         continue;
       }
       const why = expiryWarning(c.role, c.file, c, now);
-      if (why && (said === undefined || now - said.at >= EXPIRING_REMIND_MS)) {
+      if (why && (reload || said === undefined || now - said.at >= EXPIRING_REMIND_MS)) {
         this.logger.warn('tls_cert_expiring', why, { setting: c.role, file: c.file, not_after: Math.floor(c.notAfter / 1000) });
         this.said.set(key, { as: 'expiring', at: now });
       }

@@ -144,7 +144,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
       }
       logger.info('reload', `Reloaded the TLS files (${files}): new connections and registrations use them, open ones keep theirs${etcd ? '; the registration moved to a new connection to etcd, its lease kept' : ''}`, {});
       certs = certsOf(next, etcd);
-      expiry.check();
+      expiry.check(true);
     };
     let reloading = Promise.resolve();
     // One sent while the CLI loaded (cli/early-signals.mjs) or the server started is done once it listens.

@@ -534,7 +534,7 @@ async function run(read: (reload?: boolean) => ProxyConfig, source: string, setE
           : applied.includes('tls') ? '; the running tls files were read again and their renewal applied' : '; the running tls files are read again at each reload, so their renewal applies';
         logger.warn('reload_restart_needed', `${restart.join(', ')} changed in ${source} but take${restart.length === 1 ? 's' : ''} effect only after a restart; running with the previous value${restart.length === 1 ? '' : 's'}${files}`, { file: source, restart });
       }
-      expiry.check();
+      expiry.check(true);
       // What needs a restart stays as it runs, so the next reload reports it again.
       const before = running;
       running = { ...next };
