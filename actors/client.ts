@@ -27,7 +27,7 @@ import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { heldEstimate, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message, type PongMsg } from '../transport/messages.js';
 import { DEFAULT_BUFFER_BUDGET, PEER_SHARE } from '../transport/budget.js';
 import { Connection } from '../transport/socket.js';
-import { closedAtOnce, PLAIN_TO_TLS, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, whenReady, type TlsMaterial } from '../transport/tls.js';
+import { closedAtOnce, peerAlert, PLAIN_TO_TLS, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, describeDialError, dial, dialDeadline, whenReady, type TlsMaterial } from '../transport/tls.js';
 import { setDeadline, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { HandlerError, show, type Payload } from './handler.js';
 import { badLogger, fmt, silentLogger, type Logger } from './logger.js';
@@ -1124,6 +1124,8 @@ const CLOSED_AT_ONCE = closedAtOnce('is the old proxy (--wire json)');
  * a proxy reached (the client does not count it as connected), and what an operator should look at.
  */
 function closedUnanswered(proxy: Endpoint, detail?: string): string {
+  const alert = detail === undefined ? undefined : peerAlert(detail);
+  if (alert) return `the reverse proxy at ${hostPort(proxy.host, proxy.port)} ended the connection before answering the client's first PING: ${alert}`;
   return `the reverse proxy at ${hostPort(proxy.host, proxy.port)} accepted the connection and closed it${detail ? ` (${detail})` : ''} before answering the client's first PING: ${CLOSED_AT_ONCE}`;
 }
 

@@ -23,17 +23,24 @@ function run(args: string[], cwd: string, env?: Record<string, string>): void {
  * or from `made` ago (a libfaketime offset such as `-3d` or `-60h`: an expired certificate, or one about to be);
  * `sans` gives a name other subjectAltName entries (`{ proxy: 'IP:127.0.0.1,IP:::1' }`).
  */
-export function makePki(names: string[], caName = 'revproxy test CA', { days = 2, made, sans = {} }: { days?: number; made?: string; sans?: Record<string, string> } = {}): Pki {
+export function makePki(names: string[], caName = 'revproxy test CA', { days = 2, made, sans = {}, leaves }: { days?: number; made?: string; sans?: Record<string, string>; leaves?: { days: number; made: string } } = {}): Pki {
   const dir = tempDir('revproxy-pki-');
-  const lib = made ? libfaketime() : undefined;
-  if (made && !lib) throw new Error('libfaketime is not installed (Debian: sudo apt-get install -y faketime)');
-  const env = lib ? { LD_PRELOAD: lib, FAKETIME: made! } : undefined;
-  const openssl = (args: string[], cwd: string): void => run(args, cwd, env);
+  const faked = (at: string | undefined): Record<string, string> | undefined => {
+    if (!at) return undefined;
+    const lib = libfaketime();
+    if (!lib) throw new Error('libfaketime is not installed (Debian: sudo apt-get install -y faketime)');
+    return { LD_PRELOAD: lib, FAKETIME: at };
+  };
+  const env = faked(made);
+  // `leaves`: the certificates the CA signs are made at another time, for another length (an expired leaf of a valid CA).
+  const leafEnv = leaves ? faked(leaves.made) : env;
+  const leafDays = leaves?.days ?? days;
+  const openssl = (args: string[], cwd: string, e = env): void => run(args, cwd, e);
   openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', String(days), '-subj', `/CN=${caName}`], dir);
   for (const n of names) {
     writeFileSync(join(dir, `${n}.ext`), `subjectAltName=${sans[n] ?? 'IP:127.0.0.1,DNS:localhost'}\nextendedKeyUsage=serverAuth,clientAuth\n`);
-    openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', `${n}.key`, '-out', `${n}.csr`, '-subj', `/CN=${n}`], dir);
-    openssl(['x509', '-req', '-in', `${n}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${n}.pem`, '-days', String(days), '-extfile', `${n}.ext`], dir);
+    openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', `${n}.key`, '-out', `${n}.csr`, '-subj', `/CN=${n}`], dir, leafEnv);
+    openssl(['x509', '-req', '-in', `${n}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${n}.pem`, '-days', String(leafDays), '-extfile', `${n}.ext`], dir, leafEnv);
   }
   return { dir, ca: join(dir, 'ca.pem'), cert: (n) => ({ cert: join(dir, `${n}.pem`), key: join(dir, `${n}.key`) }) };
 }

@@ -7,8 +7,9 @@ import * as assert from 'uvu/assert';
 import fc from 'fast-check';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { connect, type Socket } from 'node:net';
-import { connect as tlsConnect } from 'node:tls';
+import { connect, type AddressInfo, type Socket } from 'node:net';
+import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls';
+import { once } from 'node:events';
 import { Packr } from 'msgpackr';
 import { isLoopback, Logger, memorySink, runClient, startProxy, startServer, StartError, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { encodeFrame, FORWARD_ROOM } from '../transport/frame.js';
@@ -222,6 +223,35 @@ tls('a client and a server talk through the proxy over mutual TLS; a server with
   // A plain-TCP client gets nothing through a TLS listener.
   const plain = await runClient({ id: 'p', proxy: { host: LOCAL, port: ctx.proxy!.port }, packets: pkts('P'), maxAttempts: 1, timeoutMs: 500 });
   assert.not.ok(plain[0]!.correct);
+});
+
+tls("a client the proxy refuses in the handshake is told why in words: no certificate where mutual TLS asks for one, or the proxy's own certificate expired or not valid yet", async (ctx) => {
+  // Without a certificate it was told a list of five causes, OpenSSL's text and source path within; the proxy's expired
+  // certificate was Node's "certificate has expired", not whose.
+  const pki = makePki(['proxy', 'client']);
+  await proxyWith(ctx, { tls: loadTls({ ...pki.cert('proxy'), ca: pki.ca })! });
+  const port = ctx.proxy!.port;
+  const none = await runClient({ id: 'n', proxy: { host: LOCAL, port }, packets: pkts('P'), maxAttempts: 1, timeoutMs: 2000, tls: loadTls({ ca: pki.ca }) });
+  assert.match(String(none[0]!.message), new RegExp(`^the reverse proxy at 127\\.0\\.0\\.1:${port} ended the connection before answering the client's first PING: the peer refused the TLS handshake \\(its alert: certificate required\\): it asks for this side's certificate \\(mutual TLS\\) and none was given: give --tls-cert and --tls-key`), String(none[0]!.message));
+  assert.not.match(String(none[0]!.message), /deps\/openssl|another program/);
+  ctx.proxy!.kill();
+  for (const [what, made, said] of [
+    ['expired', { days: 30, made: '-5d', leaves: { days: 1, made: '-3d' } }, /the peer's TLS certificate has expired \(CERT_HAS_EXPIRED\): give the peer a renewed one/],
+    ['not valid yet', { days: 30, made: '-5d', leaves: { days: 2, made: '+1d' } }, /the peer's TLS certificate is not valid yet \(CERT_NOT_YET_VALID\)/],
+  ] as const) {
+    // A listener with such a certificate: a proxy refuses to start with one.
+    const ended = makePki(['proxy'], `revproxy ${what} CA`, made);
+    const listener = createTlsServer({ cert: readFileSync(ended.cert('proxy').cert), key: readFileSync(ended.cert('proxy').key) }, (sock) => sock.destroy());
+    listener.on('tlsClientError', () => {});
+    listener.listen(0, LOCAL);
+    await once(listener, 'listening');
+    try {
+      const r = await runClient({ id: 'e', proxy: { host: LOCAL, port: (listener.address() as AddressInfo).port }, packets: pkts('P'), maxAttempts: 1, timeoutMs: 2000, tls: { ca: readFileSync(ended.ca) } });
+      assert.match(String(r[0]!.message), said, `${what}: ${String(r[0]!.message)}`);
+    } finally {
+      listener.close();
+    }
+  }
 });
 
 tls('a server whose certificate does not name the address the proxy dials it back at is told so as it registers', async (ctx) => {

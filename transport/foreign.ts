@@ -149,8 +149,8 @@ export const UNTRUSTED_CA_CODES: ReadonlySet<string> = new Set([
   'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'CERT_SIGNATURE_FAILURE',
 ]);
 
-/** Why a peer's TLS certificate was refused, from its verification error, and what to do. */
-function refusedCertificate(code: string): string {
+/** Why a peer's TLS certificate was refused, from its verification error, and what to do (a listener of its peer's, a dialler of its listener's). */
+export function refusedCertificate(code: string): string {
   if (UNTRUSTED_CA_CODES.has(code)) {
     return `the peer's TLS certificate is not signed by a CA this side trusts (${code}): give the peer a certificate signed by a CA in this side's --tls-ca, or add the CA that signed it there`;
   }

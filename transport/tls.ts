@@ -10,7 +10,7 @@ import { connect as netConnect, createServer as netServer, isIP, type LookupFunc
 import { connect as tlsConnect, createSecureContext, createServer as tlsServer, TLSSocket, Server as TlsServer, type SecureContextOptions } from 'node:tls';
 import { isPlainObject, kindOf, LocalCode, RevproxyError } from './errors.js';
 import { hostPort, unbracket } from './address.js';
-import { UNTRUSTED_CA_CODES } from './foreign.js';
+import { refusedCertificate, UNTRUSTED_CA_CODES } from './foreign.js';
 import { setDeadline, type Clock, type Timer } from './clock.js';
 
 export interface TlsFiles {
@@ -476,8 +476,38 @@ export function describeTlsError(err: NodeJS.ErrnoException): string {
   if (/wrong version number|packet length too long|unknown protocol/i.test(err.message)) {
     return 'the peer does not speak TLS: start it with --tls-cert and --tls-key, or dial it without TLS (no --tls-ca here)';
   }
-  if (/certificate required|alert number 116|bad certificate|alert number 42/i.test(err.message)) {
-    return `the peer refused our TLS certificate (or wants one): give --tls-cert and --tls-key signed by a CA it trusts (${err.message})`;
+  if (CERT_CODES.has(code)) return refusedCertificate(code);
+  return peerAlert(err.message) ?? err.message;
+}
+
+/** Verification errors of the peer's certificate that `refusedCertificate` says in words (those of an untrusted CA aside). */
+const CERT_CODES: ReadonlySet<string> = new Set(['CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID', 'INVALID_PURPOSE']);
+
+/**
+ * The alert a TLS peer ended the handshake with (OpenSSL's `... alert certificate required ... SSL alert number 116`),
+ * in words a person can act on; undefined for another error. A client without the certificate a mutual-TLS proxy asks
+ * for was told a list of five causes with OpenSSL's source path in it (a TLS probe).
+ */
+export function peerAlert(message: string): string | undefined {
+  const n = Number(/SSL alert number (\d+)/.exec(message)?.[1] ?? NaN);
+  const name = /alert ([a-z ]+?)(?::|$)/i.exec(message)?.[1]?.trim() ?? `number ${n}`;
+  const said = (why: string): string => `the peer refused the TLS handshake (its alert: ${name}): ${why}`;
+  switch (n) {
+    case 116:
+      return said('it asks for this side\'s certificate (mutual TLS) and none was given: give --tls-cert and --tls-key (tls.cert and tls.key in the library) signed by a CA in its --tls-ca');
+    case 48:
+      return said('it does not trust the CA that signed this side\'s certificate: give a certificate signed by a CA in its --tls-ca, or add that CA there');
+    case 45:
+      return said('this side\'s certificate has expired: renew --tls-cert (and its key)');
+    case 42:
+    case 46:
+    case 43:
+      return said('it refused this side\'s certificate: give --tls-cert and --tls-key signed by a CA it trusts (its tls_refused lines say why)');
+    case 70:
+      return said('no TLS version both sides accept');
+    case 40:
+      return said('no cipher or parameters both sides accept');
+    default:
+      return undefined;
   }
-  return err.message;
 }
