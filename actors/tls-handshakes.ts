@@ -92,7 +92,8 @@ export class TlsHandshakes {
       socket, start,
       timer: (this.limits.clock ?? systemClock).setTimeout(() => {
         if (!this.unqueue(addr, waiter)) return;
-        this.refuse(socket, addr, 'wait', `its handshake could not begin within ${ms} ms, the handshake timeout: ${fmt(this.perPeer.get(addr) ?? 0)} of that address's handshakes and ${fmt(this.underWay.size)} in all were under way (${this.option} ${max}, ${peerMax(max)} for one address)`);
+        const own = (this.perPeer.get(addr) ?? 0) >= peerMax(max);
+        this.refuse(socket, addr, own ? 'own-wait' : 'wait', `its handshake could not begin within ${ms} ms, the handshake timeout: ${fmt(this.perPeer.get(addr) ?? 0)} of that address's handshakes and ${fmt(this.underWay.size)} in all were under way (${this.option} ${max}, ${peerMax(max)} for one address)`);
       }, ms),
     };
     queue.push(waiter);
@@ -154,14 +155,30 @@ export class TlsHandshakes {
     return true;
   }
 
-  /** Close `socket`: past its address's waiting line (`own-line`) or every address's (`line`), or after waiting too long (`wait`), each kind logged once an interval. */
-  private refuse(socket: Socket, addr: string, kind: 'own-line' | 'line' | 'wait', why: string): void {
+  /**
+   * Close `socket`: past its address's waiting line (`own-line`) or every address's (`line`), or after waiting too long, its
+   * address's share under way (`own-wait`) or the port's (`wait`); each kind logged once an interval, an address's own per address.
+   */
+  private refuse(socket: Socket, addr: string, kind: 'own-line' | 'line' | 'own-wait' | 'wait', why: string): void {
     socket.on('error', ignore);
     this.refused?.();
-    this.logger.repeated('warn', 'conn_refused', `${addr}\0tls-${kind}`, 1, (k, span) => `Refused ${span ? `${fmt(k)} TLS connection(s)` : 'a TLS connection'} from ${addr}${span ? ` ${span}` : ''}: ${why}. Raise ${this.option} (0: no limit) if that address stands for many clients that connect at once`, {
-      peer: addr, limit: this.limits.maxTlsHandshakes ?? DEFAULT_MAX_TLS_HANDSHAKES,
-    });
+    const limit = this.limits.maxTlsHandshakes ?? DEFAULT_MAX_TLS_HANDSHAKES;
+    if (kind === 'own-line' || kind === 'own-wait') {
+      this.logger.repeated('warn', 'conn_refused', `${addr}\0tls-${kind}`, 1, (k, span) => `Refused ${span ? `${fmt(k)} TLS connection(s)` : 'a TLS connection'} from ${addr}${span ? ` ${span}` : ''}: ${why}. Raise ${this.option} (0: no limit) if that address stands for many clients that connect at once`, { peer: addr, limit });
+    } else {
+      // The port's handshakes are all taken, by whatever addresses: one condition, not one per address it met (a
+      // slow-handshake flood from 40 addresses made 268 lines in 15 s), and not the address's doing, nor its limit's.
+      const many = this.perPeerCounts();
+      this.logger.repeated('warn', 'conn_refused', `\0tls-${kind}`, 1, (k, span) => `Refused ${span ? `${fmt(k)} TLS connection(s) ${span}` : `a TLS connection from ${addr}`}: ${why}. The port's handshakes are held by ${fmt(many.addresses)} address(es), ${fmt(many.most)} at most by one: peers that begin handshakes and do not finish them (a slow-handshake flood from many addresses), or that many clients connecting at once - then raise ${this.option} (0: no limit; each handshake under way holds 70-130 KB)`, { limit });
+    }
     socket.destroy();
+  }
+
+  /** How many addresses have handshakes under way, and the most one has. */
+  private perPeerCounts(): { addresses: number; most: number } {
+    let most = 0;
+    for (const n of this.perPeer.values()) if (n > most) most = n;
+    return { addresses: this.perPeer.size, most };
   }
 }
 

@@ -449,6 +449,40 @@ tls('max_tls_handshakes: an address holding handshakes half-begun has its share 
   assert.ok(ctx.logs.some((l) => l.event === 'tls_refused' && /timeout/i.test(String(l.reason))), 'the one under way timed out');
 });
 
+tls("max_tls_handshakes: when the port's handshakes are all taken by many addresses, the connections refused are one condition, said once an interval with who holds the handshakes, not once per address nor as that address's doing", async (ctx) => {
+  // A slow-handshake flood from 40 addresses made 268 lines in 15 s, each telling to raise the limit "if that address
+  // stands for many clients", to an address with one connection (a TLS probe).
+  const pki = makePki(['proxy']);
+  const logs: LogRecord[] = [];
+  await proxyWith(ctx, { tls: loadTls(pki.cert('proxy'))!, maxTlsHandshakes: 16, frameTimeoutMs: 5000, logger: new Logger('proxy', memorySink(logs), 'info', { summaryMs: 1000 }) });
+  const held: Socket[] = [];
+  try {
+    // 20 addresses x 5: 16 under way (1 an address), 64 waiting (four times 16), 20 refused at once.
+    for (let a = 10; a < 30; a++) {
+      for (let i = 0; i < 5; i++) {
+        const sock = await rawConnect(ctx.proxy!.port, `127.0.0.${a}`);
+        sock.on('error', () => {});
+        sock.write(Buffer.from([0x16, 0x03, 0x01]));
+        held.push(sock);
+      }
+    }
+    const stranger = await rawConnect(ctx.proxy!.port, '127.0.0.2');
+    stranger.on('error', () => {});
+    held.push(stranger);
+    await eventually(() => logs.filter((l) => l.event === 'conn_refused').length >= 1, 3000, 'the refusal said');
+    await sleep(300);
+    const lines = logs.filter((l) => l.event === 'conn_refused' && !l.summary);
+    assert.is(lines.length, 1, lines.map((l) => l.msg).join('\n'));
+    assert.match(lines[0]!.msg, /^Refused a TLS connection from 127\.0\.0\.26: 64 connections wait to begin theirs, beside the 16 handshakes under way \(max_tls_handshakes 16, 1 for one address\)\. The port's handshakes are held by 16 address\(es\), 1 at most by one: peers that begin handshakes and do not finish them/);
+    assert.not.match(lines[0]!.msg, /stands for many clients/);
+    await eventually(() => logs.some((l) => l.event === 'conn_refused' && l.summary), 3000, 'the summary');
+    const summary = logs.find((l) => l.event === 'conn_refused' && l.summary);
+    assert.match(String(summary?.msg), /^Refused 20 TLS connection\(s\) in the last \d+ m?s: /);
+  } finally {
+    for (const s of held) s.destroy();
+  }
+});
+
 const badInput = inProcess('bad input');
 
 badInput('requests sent before bad bytes are answered after the error (said at once, as HTTP/2\'s GOAWAY), then the close: in the same read, and in flight at a server', async (ctx) => {
