@@ -18,7 +18,7 @@
  * turn, with no timer and no AbortController unless it reads `ctx.signal`:
  * the default SHA1 handler costs what hashing costs.
  */
-import { ErrorCode, HANDLER_FAILED, RevproxyError } from '../transport/errors.js';
+import { ANSWER_TOO_LARGE, ErrorCode, HANDLER_FAILED, RevproxyError } from '../transport/errors.js';
 import { APP_CODE, errorMsg, loneSurrogateIn, MsgType, payloadSize, sliceWhole, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import type { BufferBudget } from '../transport/budget.js';
 import type { Connection } from '../transport/socket.js';
@@ -158,7 +158,10 @@ export interface RunnerOptions {
   /** A handler's promise not settled this long after it started (ms) is answered TIMEOUT, its signal aborted and its slot freed (0: never). */
   handlerTimeoutMs: number;
   behaviour: Behaviour;
-  /** Largest frame the proxy accepts: a bigger answer is refused here, not by the proxy's decoder. */
+  /**
+   * Largest frame this server reads (`--max-frame`); its answers are kept within it, or within the smaller frame a
+   * proxy's link states (`Caller.peerMaxFrame`): a bigger answer is refused here (ANSWER_TOO_LARGE), not by the proxy's decoder.
+   */
   maxFrameBytes: number;
   /** The server's buffer budget: every request holds its bytes against it until answered (`hold`). */
   budget: BufferBudget;
@@ -185,6 +188,11 @@ export class Caller {
   running = 0;
   /** Its parked requests wait for the next of its running ones to be answered (not for a drain). */
   wakeOnAnswer = false;
+  /**
+   * The largest frame the peer reads, as a proxy's PING on its link states it (`PingMsg.maxFrame`; a proxy before
+   * 2026-12-07 states none): answers on this connection are kept within the smaller of it and the server's own.
+   */
+  peerMaxFrame?: number;
   constructor(readonly conn: Connection) {}
 }
 
@@ -735,10 +743,16 @@ export class HandlerRunner {
       if (lone) return this.appError(job, 'BAD_ANSWER', `the handler of server ${id} answered text with ${lone}, which UTF-8 cannot carry; answer well-formed text, or bytes`);
     }
     const size = typeof answer === 'string' ? Buffer.byteLength(answer) : answer.length;
-    // The ACK's other fields take well under 1 KiB; the proxy would refuse the whole frame, and the link with it.
-    const most = this.opts.maxFrameBytes - 1024;
+    // The ACK's other fields take well under 1 KiB. Past the frame the proxy reads, an older proxy refused the whole
+    // frame and closed the link, every request on it with it (one of this build passes it over, ANSWER_TOO_LARGE).
+    const own = this.opts.maxFrameBytes;
+    const theirs = job.caller.peerMaxFrame ?? Infinity;
+    const most = Math.min(own, theirs) - 1024;
     if (size > most) {
-      return this.appError(job, 'ANSWER_TOO_LARGE', `the handler of server ${id} answered ${size} bytes; answers may be ${most} bytes at most (the server's --max-frame, maxFrameBytes to startServer, ${this.opts.maxFrameBytes} less 1024 for the rest of the frame)`);
+      const cap = theirs < own
+        ? `the reverse proxy it came through reads frames of at most ${theirs} bytes (its max_frame, --max-frame, as its link from ${job.caller.conn.describe()} states), less 1024 for the rest of the frame; this server's own --max-frame is ${own}`
+        : `the server's --max-frame, maxFrameBytes to startServer, ${own} less 1024 for the rest of the frame`;
+      return this.appError(job, ANSWER_TOO_LARGE, `the handler of server ${id} answered ${size} bytes; answers may be ${most} bytes at most (${cap})`);
     }
     const log = this.opts.logger;
     if (log.enabled('debug')) log.debug('answer', `Sending a message to the client ${msg.srcid} payload ${show(answer)}`, { client: msg.srcid, payload: show(answer) });

@@ -244,7 +244,7 @@ export class Closing {
   }
 }
 
-const MSG_NAMES: Record<number, string> = { [MsgType.DATA]: 'DATA', [MsgType.SETUP]: 'SETUP', [MsgType.ACK]: 'ACK', [MsgType.PONG]: 'PONG', [MsgType.DEREGISTER]: 'DEREGISTER' };
+const MSG_NAMES: Record<number, string> = { [MsgType.DATA]: 'DATA', [MsgType.SETUP]: 'SETUP', [MsgType.ACK]: 'ACK', [MsgType.ERROR]: 'ERROR', [MsgType.PONG]: 'PONG', [MsgType.DEREGISTER]: 'DEREGISTER' };
 
 interface ListenerInput extends ConnectionLimitsInput {
   /** The server's id: its JSON ERRORs carry it as `srcid` (the old proxy reads it from every answer); its PONGs on a link state it. */
@@ -354,11 +354,16 @@ const requestListener = fromCallback<ListenerCommand, ListenerInput>(
             }
             else if (m.type === MsgType.PING) {
               pinged.add(conn);
+              // A proxy's link states the largest frame it reads: answers on it are kept within it (handler.ts `ack`).
+              if (m.maxFrame !== undefined) caller.peerMaxFrame = m.maxFrame;
               conn.send({ ...pong, seq: m.seq });
             }
             else {
               if (requests.length) send({ type: 'REQUESTS', caller, requests: requests.splice(0) });
-              refuse(conn, new ProtocolError(ErrorCode.BAD_REQUEST, `message type ${m.type} is not a request`), input.logger);
+              // An ERROR without a seq is the proxy's last word on the connection (it refused something this server sent,
+              // and closes): said in its words, and not answered. It was refused in turn as "message type 3 is not a request".
+              if (m.type === MsgType.ERROR && m.seq === undefined) endedByPeer(conn, m, input.logger);
+              else refuse(conn, new ProtocolError(ErrorCode.BAD_REQUEST, `message type ${m.type}${MSG_NAMES[m.type] ? ` (${MSG_NAMES[m.type]})` : ''} is not a request: a proxy sends DATA and PING on a server's port`), input.logger);
               return;
             }
           }
@@ -419,6 +424,20 @@ const requestListener = fromCallback<ListenerCommand, ListenerInput>(
     };
   },
 );
+
+/**
+ * The peer ended the connection with an ERROR without a seq: a proxy refusing what this server sent on its link (an
+ * answer it could not take), with its reason. Said once per address and code, then counted; the connection is closed
+ * without an answer (the proxy reads nothing more from it).
+ */
+function endedByPeer(conn: Connection, m: ErrorMsg, logger: Logger): void {
+  const addr = conn.remoteAddress;
+  logger.repeated('warn', 'link_refused', `${addr}\0${m.code}`, 1, (n, span) => span
+    ? `${fmt(n)} more connection(s) from ${addr} ended by the peer with ERROR ${m.code} ${span}; the first said: ${m.message}`
+    : `The peer at ${conn.describe()} (a reverse proxy's link) ended its connection with ERROR ${m.code}: ${m.message}`,
+  { peer: conn.describe(), code: m.code });
+  conn.endWith();
+}
 
 function refuse(conn: Connection, err: ProtocolError, logger: Logger): void {
   // Garbage from a crowd of connections must not become a log flood: once, then counted (as the proxy's).

@@ -15,10 +15,11 @@ import { isIP } from 'node:net';
 import { assertEvent, assign, enqueueActions, fromCallback, sendParent, setup, type ActorRefFrom } from 'xstate';
 import type { BufferBudget } from '../transport/budget.js';
 import type { BusyPoll } from '../transport/busy-poll.js';
-import { ErrorCode, ProtocolError } from '../transport/errors.js';
+import { ANSWER_TOO_LARGE, ErrorCode, ProtocolError } from '../transport/errors.js';
 import { hostPort } from '../transport/address.js';
 import { errorMsg, MsgType, type AckMsg, type ErrorMsg, type Message, type PongMsg } from '../transport/messages.js';
 import type { Timer } from '../transport/clock.js';
+import type { SkippedFrame } from '../transport/oversized.js';
 import { Connection } from '../transport/socket.js';
 import { LOOKUP_TIMEOUT_MS, whenReady } from '../transport/tls.js';
 import { Inflight, type Pending } from './inflight.js';
@@ -86,7 +87,7 @@ export class LinkTraffic implements LinkPort {
   /** How many requests its server runs at once, as its first PONG stated (`concurrency`); undefined: not said. */
   limit: number | undefined;
 
-  constructor(private readonly link: Pick<UpstreamContext, 'inflight' | 'kept' | 'clock' | 'tryTimeoutMs' | 'timeoutMs' | 'hedge' | 'logger' | 'member' | 'policy' | 'reply' | 'queue' | 'budget' | 'registrationReads'>) {}
+  constructor(private readonly link: Pick<UpstreamContext, 'inflight' | 'kept' | 'clock' | 'tryTimeoutMs' | 'timeoutMs' | 'hedge' | 'logger' | 'member' | 'policy' | 'reply' | 'queue' | 'budget' | 'registrationReads' | 'maxFrameBytes'>) {}
 
   get inflight(): Inflight<ProxyRequest> {
     return this.link.inflight;
@@ -216,11 +217,35 @@ export class LinkTraffic implements LinkPort {
     this.ping(conn);
   }
 
-  /** PING the server on the link's connection: its PONG is owed from now on (`pongsOwed`). */
+  /**
+   * PING the server on the link's connection: its PONG is owed from now on (`pongsOwed`). Each PING states the largest
+   * frame the link reads (`maxFrame`): the first, which verifies the link, comes before any request, so a server of
+   * 2026-12-07 or later keeps every answer on the link within it.
+   */
   ping(conn = this.conn): void {
     if (!conn) return;
     this.pongsOwed++;
-    conn.send({ type: MsgType.PING, seq: PING_SEQ });
+    conn.send({ type: MsgType.PING, seq: PING_SEQ, maxFrame: this.link.maxFrameBytes });
+  }
+
+  /**
+   * A frame over the link's limit from the server, passed over unread (frame.ts `skipOversized`, none of it held). An
+   * answer - an ACK or ERROR whose seq was read - stands as its request's `HANDLER_ERROR` `ANSWER_TOO_LARGE`, as a
+   * server that knows the proxy's frame answers it itself: the handler's answer, too large to carry. Not retried
+   * (another server's handler would answer as much) and not held against the server, whose link reads on and whose
+   * other requests are answered. It failed the link: every request in flight on it was retried, the server out of
+   * rotation until a probe (0.9 s of NO_SERVER for a policy of one). Anything else (a seq not read, another type) is
+   * refused as before: undefined.
+   */
+  oversized(frame: SkippedFrame): ErrorMsg | undefined {
+    if (frame.seq === undefined || (frame.type !== MsgType.ACK && frame.type !== MsgType.ERROR)) return undefined;
+    const { member: id, logger, maxFrameBytes: max } = this.link;
+    logger.repeated('warn', 'answer_too_large', id, 1, (n, span) => span
+      ? `Passed over ${fmt(n)} more answer(s) from server id ${id} over the proxy's max_frame ${span}, each answered ANSWER_TOO_LARGE`
+      : `Server id ${id} answered with a frame of ${frame.bytes} bytes (seq ${frame.seq}), over the ${max} the proxy reads (its max_frame, --max-frame): passed over unread, its request answered HANDLER_ERROR ANSWER_TOO_LARGE, the link kept. A server of 2026-12-07 or later keeps its answers within the proxy's max_frame itself: upgrade it, or give it --max-frame ${max}`,
+    { server: id, seq: frame.seq, bytes: frame.bytes, max });
+    const message = `server ${id} answered with a frame of ${frame.bytes} bytes, over the ${max} the reverse proxy reads (its max_frame, --max-frame); answers may be ${max - 1024} bytes at most: have the handler answer less, or raise the proxy's max_frame (and the client's maxFrameBytes with it)`;
+    return { type: MsgType.ERROR, seq: frame.seq, code: ErrorCode.HANDLER_ERROR, appcode: ANSWER_TOO_LARGE, message };
   }
 
   /**
@@ -416,7 +441,8 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
     // Never hold this link's reads for its writes: the server may be waiting for us to read, too.
     // What it has not written are the requests it forwards, which hold their bytes against the budget
     // already (routing.ts `holdRequest`); the budget cuts clients, never this link (every request on it would fail).
-    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, lazyTextFrom: input.lazyTextFrom, holdReadsWhenCongested: false, budget: input.budget, forwarding: true });
+    // An answer over the limit is passed over, its request answered ANSWER_TOO_LARGE (`LinkTraffic.oversized`): the link reads on.
+    const conn = new Connection(socket, { maxFrameBytes: input.maxFrameBytes, lazyTextFrom: input.lazyTextFrom, holdReadsWhenCongested: false, budget: input.budget, forwarding: true, skipOversized: (f) => link.oversized(f) });
     let done = false;
     /** Set once the server was told why its link ends (bad input): the connection closes by `endWith`, its last frame not cut off. */
     let told = false;

@@ -1,13 +1,15 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Packr } from 'msgpackr';
+import fc from 'fast-check';
 import { readdirSync, readFileSync } from 'node:fs';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { encodeFrame, FrameDecoder, nativeAcceleration } from '../transport/frame.js';
 import { JsonDecoder } from '../transport/json.js';
 import { ERROR_CODES, ErrorCode, LocalCode } from '../transport/errors.js';
-import { MAX_VALUES, toMessage, type Message } from '../transport/messages.js';
+import { MAX_VALUES, MsgType, toMessage, type Message } from '../transport/messages.js';
+import type { SkippedFrame } from '../transport/oversized.js';
 
 const msgs: Message[] = [
   { type: 0, seq: 1, srcid: '1', privPoliId: '111', payload: 'xyz1' },
@@ -71,6 +73,99 @@ test('a declared length over the limit is refused from the header alone', () => 
   assert.is(r.error?.code, ErrorCode.BAD_REQUEST);
   assert.match(r.error!.message, /1001 bytes, over the limit of 1000/);
   assert.is(d.buffered, 0, 'nothing buffered');
+});
+
+/** A decoder that passes over frames over `max` (`skipOversized`), answering each with an ERROR naming what it learnt; `seen` are the frames it was told of. */
+function skipper(max: number) {
+  const seen: SkippedFrame[] = [];
+  const d = new FrameDecoder({
+    maxFrameBytes: max,
+    skipOversized: (f) => {
+      seen.push({ bytes: f.bytes, at: f.at, type: f.type, seq: f.seq, unread: f.unread });
+      return f.seq === undefined || f.type !== MsgType.ACK ? undefined : { type: 3, seq: f.seq, code: 'HANDLER_ERROR', appcode: 'ANSWER_TOO_LARGE', message: `${f.bytes} bytes` };
+    },
+  });
+  return { d, seen };
+}
+
+test('with skipOversized, a frame over the limit is passed over without holding it: the frames after it decode, wherever the reads cut it', () => {
+  const big = { type: 2, seq: 77, srcid: 'old', destid: 'c', payload: 'y'.repeat(3000), payloadsize: 3000 } as const;
+  const stream = Buffer.concat([encodeFrame(msgs[2]!), encodeFrame(big), encodeFrame(msgs[3]!)]);
+  const bigLen = encodeFrame(big).length - 4;
+  const at = encodeFrame(msgs[2]!).length;
+  const want = [msgs[2], { type: 3, seq: 77, code: 'HANDLER_ERROR', appcode: 'ANSWER_TOO_LARGE', message: `${bigLen} bytes` }, msgs[3]];
+  // In one read, a byte at a time, and cut at every point into two reads and into reads of 7 bytes.
+  const cuts: number[][] = [[], Array.from({ length: stream.length - 1 }, (_, i) => i + 1), Array.from({ length: Math.floor((stream.length - 1) / 7) }, (_, i) => 7 * (i + 1))];
+  for (let a = 1; a < stream.length; a += 13) cuts.push([a]);
+  for (const cut of cuts) {
+    const { d, seen } = skipper(1000);
+    const out: Message[] = [];
+    let most = 0;
+    let from = 0;
+    for (const to of [...cut, stream.length]) {
+      const r = d.push(stream.subarray(from, to));
+      from = to;
+      assert.is(r.error, undefined, `cut at ${cut.slice(0, 3).join(',')}: ${r.error?.message}`);
+      out.push(...r.messages);
+      most = Math.max(most, d.buffered);
+    }
+    assert.equal(out, want, `cut at ${cut.slice(0, 3).join(',')}...`);
+    assert.equal(seen, [{ bytes: bigLen, at, type: 2, seq: 77, unread: undefined }]);
+    assert.ok(most < 1000, `never more than a frame within the limit held: ${most}`);
+  }
+});
+
+test('with skipOversized, any answer over the limit - its fields in any order, of any encoder width, text or bytes, cut anywhere - is passed over and its seq read', () => {
+  const pk = new Packr({ useRecords: false });
+  const answer = fc.record({
+    seq: fc.oneof(fc.nat(200), fc.constantFrom(255, 256, 65535, 65536, 0xffffffff)),
+    srcid: fc.oneof(fc.string({ maxLength: 12 }), fc.string({ minLength: 250, maxLength: 300 })),
+    payload: fc.oneof(fc.integer({ min: 1001, max: 70000 }).map((n) => 'y'.repeat(n)), fc.integer({ min: 1001, max: 70000 }).map((n) => new Uint8Array(n))),
+    order: fc.shuffledSubarray(['type', 'seq', 'srcid', 'destid', 'payload', 'payloadsize'], { minLength: 6, maxLength: 6 }),
+    cuts: fc.array(fc.nat(80000), { maxLength: 6 }),
+  });
+  fc.assert(fc.property(answer, ({ seq, srcid, payload, order, cuts }) => {
+    const fields: Record<string, unknown> = { type: 2, seq, srcid, destid: 'c', payload, payloadsize: payload.length };
+    const body = pk.pack(Object.fromEntries(order.map((k) => [k, fields[k]])));
+    const header = Buffer.alloc(4);
+    header.writeUInt32BE(body.length);
+    const stream = Buffer.concat([encodeFrame(msgs[0]!), header, body, encodeFrame(msgs[3]!)]);
+    const { d, seen } = skipper(1000);
+    const out: Message[] = [];
+    let from = 0;
+    for (const to of [...new Set(cuts.map((c) => c % stream.length))].sort((a, b) => a - b).concat(stream.length)) {
+      const r = d.push(stream.subarray(from, to));
+      from = to;
+      if (r.error) throw r.error;
+      out.push(...r.messages);
+    }
+    assert.equal(out, [msgs[0], { type: 3, seq, code: 'HANDLER_ERROR', appcode: 'ANSWER_TOO_LARGE', message: `${body.length} bytes` }, msgs[3]]);
+    assert.equal(seen.map((f) => [f.type, f.seq, f.unread]), [[2, seq, undefined]]);
+  }), { numRuns: 200 });
+});
+
+test('with skipOversized, what cannot be passed over, or answers nothing, is refused as any frame over the limit', () => {
+  const over = (body: Buffer): Buffer => Buffer.concat([Buffer.from([0, 0, (body.length >> 8) & 0xff, body.length & 0xff]), body]);
+  const pk = new Packr({ useRecords: false });
+  const cases: Array<[Buffer, RegExp]> = [
+    // Not a map: no frame of this protocol (a stream out of step), refused from its header and first byte.
+    [over(Buffer.alloc(2000, 0x41)), /^frame at byte 0 declares 2000 bytes, over the limit of 1000$/],
+    // A map whose seq is not there, or not an ACK's: passed over, then refused, saying why.
+    [over(pk.pack({ type: 2, payload: 'y'.repeat(2000) })), /over the limit of 1000; passed over, but its seq could not be read, so it answers no request$/],
+    [over(pk.pack({ type: 5, seq: 1, pad: 'y'.repeat(2000) })), /over the limit of 1000; passed over, but it is a message of type 5, so it answers no request$/],
+    [over(pk.pack({ payload: 'y'.repeat(2000), nested: { seq: 1 } })), /passed over, but its seq could not be read \(field 'nested' holds a map\)/],
+  ];
+  for (const [bytes, why] of cases) {
+    for (const split of [bytes.length, 5, 100]) {
+      const { d } = skipper(1000);
+      const r1 = d.push(bytes.subarray(0, split));
+      const r = r1.error ? r1 : d.push(bytes.subarray(split));
+      assert.match(r.error?.message ?? 'no error', why);
+    }
+  }
+  // A declared length past SKIP_LIMIT is refused from the header, as without the option.
+  const head = Buffer.from([0x10, 0, 0, 1, 0x82]);
+  assert.match(skipper(1000).d.push(head).error?.message ?? 'no error', /declares 268435457 bytes, over the limit of 1000$/);
 });
 
 test('the default limit is 1 MiB', () => {

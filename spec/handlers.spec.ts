@@ -13,7 +13,9 @@ import {
   connect, HandlerError, Logger, ManualClock, memorySink, RequestError, sha1Hex, StartError, startProxy, startServer,
   type Client, type Handler, type HandlerContext, type LogRecord, type ProxyHandle, type ProxyOptions, type ServerHandle,
 } from '../actors/index.js';
-import { MsgType, type AckMsg, type ErrorMsg } from '../transport/messages.js';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
+import { encodeFrame, FrameDecoder } from '../transport/frame.js';
+import { MsgType, type AckMsg, type ErrorMsg, type Message } from '../transport/messages.js';
 import { collector, eventually, frame, LOCAL, rawConnect } from './helpers.js';
 import { freePort } from '../bench/procs.js';
 
@@ -504,6 +506,49 @@ limits('an answer UTF-8 cannot carry (a lone surrogate) is BAD_ANSWER, not U+FFF
   }
 });
 
+limits("a proxy's PING on its link states its frame (maxFrame): answers on that connection are kept within it, ANSWER_TOO_LARGE naming the proxy's max_frame; a connection without one keeps the server's own cap", async () => {
+  const server = await lonelyServer({ concurrency: 4, queueLimit: 4, handler: (p) => 'x'.repeat(Number(p)) });
+  const link = await rawConnect(server.port);
+  const other = await rawConnect(server.port);
+  const got = collector(link);
+  const got2 = collector(other);
+  try {
+    // As a proxy with --max-frame 65536 dials a link: its PING first, then requests.
+    link.write(Buffer.concat([frame({ type: 4, seq: 0, maxFrame: 65536 }), ...[64512, 64513].map((n, seq) => frame({ type: 0, seq, srcid: 'c', privPoliId: 'P', payload: String(n) }))]));
+    other.write(frame({ type: 0, seq: 0, srcid: 'c', privPoliId: 'P', payload: '64513' }));
+    await got.until(() => got.got.length === 3, 5000);
+    await got2.until(() => got2.got.length === 1, 5000);
+    const by = (seq: number) => got.got.find((m) => m.type !== MsgType.PONG && (m as ErrorMsg).seq === seq) as unknown as ErrorMsg & { payload?: string };
+    assert.is(by(0).type, MsgType.ACK, 'the cap itself fits: the proxy frame less 1024');
+    assert.equal([by(1).code, by(1).appcode], ['HANDLER_ERROR', 'ANSWER_TOO_LARGE']);
+    assert.match(by(1).message, /answered 64513 bytes; answers may be 64512 bytes at most \(the reverse proxy it came through reads frames of at most 65536 bytes \(its max_frame, --max-frame, as its link from 127\.0\.0\.1:\d+ states\), less 1024 for the rest of the frame; this server's own --max-frame is 1048576\)/);
+    assert.is(got2.got[0]!.type, MsgType.ACK, 'another connection, which stated no frame, keeps the server\'s own cap');
+  } finally {
+    link.destroy();
+    other.destroy();
+    await server.stop();
+  }
+});
+
+limits("an ERROR without a seq from the peer (a proxy ending its link) is said in its words, not refused as 'message type 3 is not a request'", async () => {
+  const logs: LogRecord[] = [];
+  const server = await lonelyServer({ concurrency: 1, queueLimit: 1, handler: () => 'ok', logger: new Logger('server', memorySink(logs), 'info') });
+  const sock = await rawConnect(server.port);
+  const got = collector(sock);
+  try {
+    sock.write(frame({ type: 3, code: 'BAD_REQUEST', message: 'a PONG (seq 3) that answers no PING' }));
+    await got.until(() => got.closed, 3000);
+    assert.equal(got.got, [], 'not answered: the proxy reads nothing more from it');
+    const line = logs.find((r) => r.event === 'link_refused');
+    assert.ok(line, JSON.stringify(logs.map((r) => r.msg)));
+    assert.match(line!.msg, /^The peer at 127\.0\.0\.1:\d+ \(a reverse proxy's link\) ended its connection with ERROR BAD_REQUEST: a PONG \(seq 3\) that answers no PING$/);
+    assert.not.ok(logs.some((r) => /is not a request/.test(r.msg)), JSON.stringify(logs.map((r) => r.msg)));
+  } finally {
+    sock.destroy();
+    await server.stop();
+  }
+});
+
 limits('with --concurrency 1, --delay is paid by each request in turn', async () => {
   const clock = new ManualClock();
   const server = await lonelyServer({ concurrency: 1, queueLimit: 10, delayMs: 100, clock, handler: (p) => `ok ${String(p)}` });
@@ -707,6 +752,97 @@ limits('a limit that would leave the server answering nothing is refused at star
 
 limits.run();
 
+// ---- answers over the frame between a server and its proxy ----
+
+const frames = withProxy('answers larger than the proxy takes');
+
+frames("a server whose --max-frame is bigger than its proxy's answers ANSWER_TOO_LARGE at the proxy's limit, and stays in rotation: its next requests are its own (the probe's case)", async () => {
+  const logs: LogRecord[] = [];
+  const s = await startServer({
+    id: 'wide', policy: 'W', revproc: ctx.proxy.port, maxFrameBytes: 4 * 1048576, logger: new Logger('server', memorySink(logs), 'info'),
+    handler: async (x) => (x === 'big' ? 'y'.repeat(2e6) : 'small'),
+  });
+  ctx.servers.push(s);
+  await eventually(() => ctx.proxy.pools()['W']?.serving.includes('wide') ?? false, 3000, 'wide serving');
+  const c = await client({ timeoutMs: 3000 });
+  for (let round = 0; round < 2; round++) {
+    const [big, small] = await Promise.allSettled([c.request('W', 'big'), c.request('W', 'small')]);
+    assert.is(big.status, 'rejected');
+    const err = (big as PromiseRejectedResult).reason as HandlerError;
+    assert.instance(err, HandlerError);
+    assert.equal([err.code, err.appCode], ['HANDLER_ERROR', 'ANSWER_TOO_LARGE'], String(err));
+    assert.match(err.message, /answered 2000000 bytes; answers may be 1047552 bytes at most \(the reverse proxy it came through reads frames of at most 1048576 bytes \(its max_frame, --max-frame/);
+    assert.equal(small, { status: 'fulfilled', value: 'small' }, `round ${round}: the request beside it is answered`);
+  }
+  // Right after: every request answered by that server, none NO_SERVER (it was out of rotation for 0.9 s).
+  const after = await Promise.allSettled(Array.from({ length: 20 }, () => c.request('W', 'small')));
+  assert.equal(after.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason)), []);
+  assert.equal(ctx.proxy.pools()['W']!.states, { wide: 'serving' });
+  assert.not.ok(ctx.logs.some((r) => r.event === 'down' || r.event === 'no_server'), JSON.stringify(ctx.logs.filter((r) => r.level === 'warn').map((r) => r.msg)));
+  assert.not.ok(logs.some((r) => r.event === 'bad_input' || r.event === 'link_refused'), JSON.stringify(logs.map((r) => r.msg)));
+});
+
+/**
+ * A server that does not keep its answers within the proxy's frame (an older build, another implementation): raw
+ * frames, answering `big` with a frame of `size` bytes of payload whatever the link's PING said. `pings` are the PINGs
+ * its link read.
+ */
+async function uncappedServer(id: string, policy: string, size: number): Promise<{ pings: Message[]; close(): void }> {
+  const pings: Message[] = [];
+  const socks = new Set<Socket>();
+  const srv = createServer((sock) => {
+    socks.add(sock);
+    const d = new FrameDecoder({ maxFrameBytes: 8 << 20 });
+    sock.on('error', () => {});
+    sock.on('data', (chunk) => {
+      for (const m of d.push(chunk).messages) {
+        if (m.type === MsgType.PING) {
+          pings.push(m);
+          sock.write(encodeFrame({ type: MsgType.PONG, seq: m.seq }));
+        } else if (m.type === MsgType.DATA) {
+          const payload = m.payload === 'big' ? 'y'.repeat(size) : `small ${String(m.payload)}`;
+          sock.write(encodeFrame({ type: MsgType.ACK, seq: m.seq, srcid: id, destid: m.srcid, payload, payloadsize: payload.length }));
+        }
+      }
+    });
+  });
+  await new Promise<void>((r) => srv.listen(0, LOCAL, r));
+  const reg = await rawConnect(ctx.proxy.port);
+  socks.add(reg);
+  const rd = new FrameDecoder();
+  reg.on('data', (chunk) => {
+    for (const m of rd.push(chunk).messages) if (m.type === MsgType.PING) reg.write(encodeFrame({ type: MsgType.PONG, seq: m.seq }));
+  });
+  reg.write(frame({ type: MsgType.SETUP, id, privPolyId: policy, listenport: (srv.address() as AddressInfo).port }));
+  await eventually(() => ctx.proxy.pools()[policy]?.serving.includes(id) ?? false, 3000, `server ${id} serving ${policy}`);
+  return { pings, close: () => { for (const so of socks) so.destroy(); srv.close(); } };
+}
+
+frames("an answer over the proxy's frame from a server that does not cap its answers is passed over: its request answered ANSWER_TOO_LARGE, the others on the link answered, the server kept in rotation", async () => {
+  const old = await uncappedServer('old', 'O', 2e6);
+  try {
+    const c = await client({ timeoutMs: 3000 });
+    for (let round = 0; round < 2; round++) {
+      // Sent together, so the oversized answer comes between the other two on the link.
+      const [before, big, after] = await Promise.allSettled([c.request('O', 'a'), c.request('O', 'big'), c.request('O', 'b')]);
+      const err = (big as PromiseRejectedResult).reason as HandlerError;
+      assert.instance(err, HandlerError, String(err));
+      assert.equal([err.code, err.appCode], ['HANDLER_ERROR', 'ANSWER_TOO_LARGE']);
+      assert.match(err.message, /server old answered with a frame of 2000062 bytes, over the 1048576 the reverse proxy reads \(its max_frame, --max-frame\); answers may be 1047552 bytes at most/);
+      assert.equal([before, after], [{ status: 'fulfilled', value: 'small a' }, { status: 'fulfilled', value: 'small b' }], `round ${round}: the answers around it on the link`);
+    }
+    assert.is(await c.request('O', 'next'), 'small next');
+    assert.equal(ctx.proxy.pools()['O']!.states, { old: 'serving' });
+    assert.not.ok(ctx.logs.some((r) => r.event === 'down'), JSON.stringify(ctx.logs.filter((r) => r.level === 'warn').map((r) => r.msg)));
+    const said = ctx.logs.filter((r) => r.event === 'answer_too_large');
+    assert.is(said.length, 1, 'said once, then counted');
+    assert.match(said[0]!.msg, /^Server id old answered with a frame of 2000062 bytes \(seq \d+\), over the 1048576 the proxy reads \(its max_frame, --max-frame\): passed over unread/);
+    assert.equal(old.pings[0], { type: MsgType.PING, seq: 0, maxFrame: 1048576 }, "the link's PING states the proxy's frame (which this server did not heed)");
+  } finally {
+    old.close();
+  }
+});
+
 // ---- payloads as bytes ----
 
 const bytes = withProxy('binary payloads and answers');
@@ -800,4 +936,5 @@ bytes('an old JSON client gets a binary answer as HANDLER_ERROR BINARY_ANSWER, a
   assert.equal([app!.code, app!.appcode, app!.message], ['HANDLER_ERROR', 'NOPE', 'not this one']);
 });
 
+frames.run();
 bytes.run();

@@ -48,6 +48,13 @@ export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
  */
 export const HANDLER_FAILED = 'HANDLER_FAILED';
 
+/**
+ * The `appcode` of a `HANDLER_ERROR` whose handler's answer was too large for the frames between the server and the
+ * proxy: said by the server (past the smaller of its own and its proxy's frame), or by the proxy for a server that
+ * sent it anyway (docs/PROTOCOL.md, "The largest answer"). An answer, not a fault: never retried, never held against the server.
+ */
+export const ANSWER_TOO_LARGE = 'ANSWER_TOO_LARGE';
+
 /** Every wire code: the set an ERROR frame's `code` is checked against. */
 export const ERROR_CODES: readonly ErrorCode[] = Object.values(ErrorCode);
 

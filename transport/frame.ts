@@ -8,6 +8,7 @@ import { Packr, Unpackr, isNativeAccelerationEnabled } from 'msgpackr';
 import { ErrorCode, ProtocolError, hexPreview } from './errors.js';
 import { asRead, asReadSize, decodeHot, encodeAsRead, encodeHot, hotSize } from './fastwire.js';
 import { recogniseForeign } from './foreign.js';
+import { OversizedFrame, SKIP_LIMIT, type SkippedFrame } from './oversized.js';
 import { MAX_VALUES, MsgType, TEXT_BYTES, toMessage, WIRE, type AckMsg, type DataMsg, type ErrorMsg, type Message, type WireBytes } from './messages.js';
 import { describeBadText, findBadText, mayHoldBadText } from './utf8.js';
 import { head, Kind, valueHead } from './valuehead.js';
@@ -409,6 +410,15 @@ export interface FrameDecoderOptions {
    * `LAZY_TEXT_BYTES` where the process may: memory-limit.ts `lazyTextFrom`). Default: never, each made as read.
    */
   lazyTextFrom?: number;
+  /**
+   * A frame over the limit whose body begins as a map, and declares at most `SKIP_LIMIT` bytes, is passed over
+   * rather than refused (oversized.ts): none of it is held, its bytes are counted as they come, and this is told
+   * its `type` and `seq` once it is past. What it returns is handed on in the frame's place; undefined refuses the
+   * frame as any over the limit is (the stream is not read past it). Default: every frame over the limit refused
+   * from its header. The proxy's links to servers (actors/upstream.ts): an answer over the proxy's frame is that
+   * request's `ANSWER_TOO_LARGE`, and the link reads on.
+   */
+  skipOversized?: (frame: SkippedFrame) => Message | undefined;
 }
 
 /**
@@ -429,11 +439,15 @@ export class FrameDecoder implements Decoder {
   private need = HEADER;
   private failed?: ProtocolError;
   private offset = 0;
+  private readonly skipOversized?: (frame: SkippedFrame) => Message | undefined;
+  /** A frame over the limit being passed over (`skipOversized`): the bytes of the next pushes are its, until it is done. */
+  private skipping?: OversizedFrame;
 
   constructor(opts: FrameDecoderOptions = {}) {
     this.max = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     this.validate = opts.validate ?? true;
     this.lazyTextFrom = opts.lazyTextFrom ?? Infinity;
+    this.skipOversized = opts.skipOversized;
   }
 
   get buffered(): number {
@@ -444,6 +458,16 @@ export class FrameDecoder implements Decoder {
     if (this.failed) return { messages: [], error: this.failed };
     const messages: Message[] = [];
     if (chunk.length === 0) return { messages };
+    if (this.skipping) {
+      const taken = this.skipping.feed(chunk, 0);
+      this.offset += taken;
+      if (!this.skipping.done) return { messages };
+      const passed = this.passed(this.skipping);
+      if (passed instanceof ProtocolError) return this.fail(passed, messages);
+      messages.push(passed);
+      if (taken === chunk.length) return { messages };
+      chunk = chunk.subarray(taken);
+    }
     const held = this.held;
     if (held.size + chunk.length < this.need) {
       held.add(chunk, this.need);
@@ -454,6 +478,26 @@ export class FrameDecoder implements Decoder {
     try {
       while (buf.length - pos >= HEADER) {
         const len = buf.readUInt32BE(pos);
+        if (len > this.max && this.skipOversized !== undefined && len <= SKIP_LIMIT && buf.length - pos === HEADER) {
+          // Whether it may be passed over is told by its body's first byte: the header waits for it.
+          this.need = HEADER + 1;
+          break;
+        }
+        if (len > this.max && this.skipOversized !== undefined && len <= SKIP_LIMIT && OversizedFrame.startsMap(buf[pos + HEADER]!)) {
+          // Passed over, none of it held: its bytes in this read now, the rest as they come (`skipping`).
+          const skip = new OversizedFrame(len, this.offset + pos);
+          pos += HEADER;
+          pos += skip.feed(buf, pos);
+          this.need = HEADER;
+          if (!skip.done) {
+            this.skipping = skip;
+            break;
+          }
+          const passed = this.passed(skip);
+          if (passed instanceof ProtocolError) throw passed;
+          messages.push(passed);
+          continue;
+        }
         if (len > this.max) {
           // A connection's first bytes that cannot start a frame may say what the peer is instead (foreign.ts).
           const foreign = this.offset + pos === 0 ? recogniseForeign(buf) : undefined;
@@ -496,10 +540,7 @@ export class FrameDecoder implements Decoder {
         messages.push(msg);
       }
     } catch (err) {
-      this.failed = err instanceof ProtocolError ? err : new ProtocolError(ErrorCode.BAD_REQUEST, String(err));
-      held.clear();
-      if (this.validate) holdLittle(messages, buf);
-      return { messages, error: this.failed };
+      return this.fail(err instanceof ProtocolError ? err : new ProtocolError(ErrorCode.BAD_REQUEST, String(err)), messages, buf);
     }
     // Unvalidated values are whatever the peer sent (nil, a number: holdLittle would read their fields) and never keep a view of the read (only decodeHot's do).
     if (this.validate) holdLittle(messages, buf);
@@ -507,5 +548,23 @@ export class FrameDecoder implements Decoder {
     // Keep only the unread tail (copied when small, so the big read buffer can be freed).
     if (pos < buf.length) held.add(buf.subarray(pos), this.need);
     return { messages };
+  }
+
+  /** The stream is refused from here: every later push returns the same error. */
+  private fail(error: ProtocolError, messages: Message[], buf?: Buffer): DecodeResult {
+    this.failed = error;
+    this.skipping = undefined;
+    this.held.clear();
+    if (this.validate && buf) holdLittle(messages, buf);
+    return { messages, error };
+  }
+
+  /** An oversized frame passed over: what its owner hands on in its place, or the refusal a frame over the limit gets. */
+  private passed(skip: OversizedFrame): Message | ProtocolError {
+    this.skipping = undefined;
+    const m = this.skipOversized!(skip);
+    if (m !== undefined) return m;
+    const which = skip.seq === undefined ? `its seq could not be read${skip.unread ? ` (${skip.unread})` : ''}` : `it is a message of type ${skip.type ?? '(not read)'}`;
+    return new ProtocolError(ErrorCode.BAD_REQUEST, `frame at byte ${skip.at} declares ${skip.bytes} bytes, over the limit of ${this.max}; passed over, but ${which}, so it answers no request`);
   }
 }

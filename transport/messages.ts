@@ -104,7 +104,17 @@ export interface ErrorMsg {
   appcode?: string;
 }
 /** Liveness on a registration connection. */
-export interface PingMsg { type: 4; seq: number }
+export interface PingMsg {
+  type: 4;
+  seq: number;
+  /**
+   * From a proxy on its link to a server: the largest frame it reads from the link (its `max_frame`, `--max-frame`,
+   * as the link was dialled). A revproxy server keeps its answers on that connection within the smaller of it and its
+   * own `--max-frame`, answering ANSWER_TOO_LARGE itself past it. Absent from proxies before 2026-12-07 (and on their
+   * PINGs anywhere else); a server from before ignores it.
+   */
+  maxFrame?: number;
+}
 export interface PongMsg {
   type: 5;
   seq: number;
@@ -267,6 +277,16 @@ function intField(o: Raw, key: string, min: number, max: number, required: boole
   return v;
 }
 
+/** What `read` gives, or undefined where it refuses the value (an optional field read only where it is valid). */
+function leniently<T>(read: () => T): T | undefined {
+  try {
+    return read();
+  } catch (err) {
+    if (err instanceof ProtocolError) return undefined;
+    throw err;
+  }
+}
+
 /** A request's `payloadsize` where it is advisory (`ValidateOptions.sizeAdvisory`): the size, or undefined when it is none. */
 function advisorySize(o: Raw): number | undefined {
   try {
@@ -416,8 +436,14 @@ export function toMessage(value: unknown, opts: ValidateOptions = {}): Message {
       }
       return m;
     }
-    case MsgType.PING:
-      return { type: 4, seq: intField(o, 'seq', 0, MAX_SEQ, true) };
+    case MsgType.PING: {
+      const m: PingMsg = { type: 4, seq: intField(o, 'seq', 0, MAX_SEQ, true) };
+      // Read where it is a frame's size, and passed by where it is none, as the field was before it meant anything (a
+      // peer's PING of another field by that name is not refused for it; a server then keeps its own cap).
+      const maxFrame = leniently(() => intField(o, 'maxFrame', 1, Number.MAX_SAFE_INTEGER, false));
+      if (maxFrame !== undefined) m.maxFrame = maxFrame;
+      return m;
+    }
     case MsgType.PONG: {
       const m: PongMsg = { type: 5, seq: intField(o, 'seq', 0, MAX_SEQ, true) };
       const share = intField(o, 'share', 0, Number.MAX_SAFE_INTEGER, false);

@@ -8,7 +8,7 @@ import { Observable } from 'rxjs';
 import type { BudgetHolder, BufferBudget } from './budget.js';
 import { setDeadline, systemClock, type Clock, type Timer } from './clock.js';
 import { ErrorCode, LocalCode, RevproxyError, type ProtocolError } from './errors.js';
-import { FrameBuffer, FrameDecoder, writeFrame, type Decoder } from './frame.js';
+import { FrameBuffer, FrameDecoder, writeFrame, type Decoder, type FrameDecoderOptions } from './frame.js';
 import { jsonWire, type JsonEncoder } from './json.js';
 import { errorMsg, type Message } from './messages.js';
 import { SniffDecoder, type Wire } from './sniff.js';
@@ -66,6 +66,8 @@ export interface ConnectionOptions {
    * not read meanwhile. Absent: each read whole, which batches best (a server's link from its proxy).
    */
   readSlice?: number;
+  /** On the frames wire: a frame over the limit passed over rather than refused, and what stands in its place (`FrameDecoderOptions.skipOversized`). */
+  skipOversized?: FrameDecoderOptions['skipOversized'];
 }
 
 /** Why a connection was closed by us rather than by the peer. */
@@ -270,7 +272,7 @@ export class Connection implements BudgetHolder {
       this.decoder = json.decoder;
       this.encoder = { wire: 'json', encode: json.encoder };
     } else if (opts.wire === 'sniff') this.decoder = new SniffDecoder({ maxFrameBytes: opts.maxFrameBytes, lazyTextFrom: opts.lazyTextFrom, answerAs: opts.answerAs });
-    else this.decoder = new FrameDecoder({ maxFrameBytes: opts.maxFrameBytes, lazyTextFrom: opts.lazyTextFrom });
+    else this.decoder = new FrameDecoder({ maxFrameBytes: opts.maxFrameBytes, lazyTextFrom: opts.lazyTextFrom, skipOversized: opts.skipOversized });
     this.holdReadsWhenCongested = opts.holdReadsWhenCongested ?? true;
     this.readSlice = opts.readSlice ?? Infinity;
     this.reclaims = socket instanceof NetSocket && (socket as { encrypted?: boolean }).encrypted !== true;
