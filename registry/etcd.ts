@@ -8,7 +8,7 @@
  * deadline on every call and on the making of every watch, gRPC keepalives
  * that notice an etcd that went silent. And etcd's errors in words.
  */
-import type { Interceptor, InterceptingCall as Call } from '@grpc/grpc-js';
+import type { CallOptions, Interceptor, InterceptingCall as Call, Metadata } from '@grpc/grpc-js';
 import type { Etcd3, IKeyValue, IOptions } from 'etcd3';
 import { validityOf } from '../transport/tls.js';
 import { systemClock } from '../transport/clock.js';
@@ -55,6 +55,11 @@ export async function openEtcd(o: Resolved): Promise<Etcd3> {
     options.credentials = { rootCertificate: o.tls.ca ?? Buffer.alloc(0), privateKey: o.tls.key, certChain: o.tls.cert };
   }
   const client = new (class extends Etcd3 {
+    constructor(options: IOptions) {
+      super(options);
+      authenticateOnHosts(this.pool, grpc.Metadata, mod.castGrpcError);
+    }
+
     override close(): void {
       // A channel still connecting is closed at once, not a second later (etcd3's workaround for grpc-node#1487): that second held the process.
       // etcd3's own fields (1.1's ConnectionPool and Host), read with care: another version without them closes as etcd3 does.
@@ -68,6 +73,41 @@ export async function openEtcd(o: Resolved): Promise<Etcd3> {
   })(options);
   leftovers.set(client, left);
   return client;
+}
+
+/** What `authenticateOnHosts` reads of etcd3 1.1's ConnectionPool: its Authenticator and its members (`Host`). */
+interface Pool {
+  authenticator?: { getCredentialsFromHost?: unknown };
+  hosts?: Array<{ host?: unknown; getServiceClient?(name: 'Auth'): AuthClient }>;
+}
+
+interface AuthClient {
+  authenticate(request: { name: string; password: string }, metadata: Metadata, options: CallOptions, callback: (err: Error | null, res?: { token: string }) => void): void;
+}
+
+/**
+ * With a user (`auth`), etcd3's Authenticator asks a member for a token through a gRPC client it makes for that one call
+ * (`new Auth(host, credentials)`), without the client's channel options and never closed: its dials were not ours
+ * (registry/etcd-dials.ts). A token asked of a member whose packets are dropped left a dial pending past the stop (a proxy
+ * had not exited 15 minutes after SIGTERM: the channel, never closed, dialled again after each SYN timeout; a server said
+ * "revproxy itself left it"), and one asked of a member that took the connection and said nothing held the process for
+ * good (grpc-js waits for a TLS handshake without a timeout). It was also one more connection to etcd. So the token is
+ * asked through the member's own Auth client (etcd3's `Host.getServiceClient`): made with the client's channel options
+ * (its dials under the policy, its connection the one the member's other services share) and closed with them. etcd3's
+ * fields, read with care: another version without them authenticates as etcd3 does.
+ */
+function authenticateOnHosts(pool: unknown, Metadata: new () => Metadata, castGrpcError: (err: Error) => Error): void {
+  const { authenticator, hosts } = pool as Pool;
+  if (typeof authenticator?.getCredentialsFromHost !== 'function' || !Array.isArray(hosts)) return;
+  const own = authenticator.getCredentialsFromHost as (address: string, ...rest: unknown[]) => Promise<string>;
+  authenticator.getCredentialsFromHost = (address: string, name: string, password: string, options: CallOptions | undefined, ...rest: unknown[]): Promise<string> => {
+    const host = hosts.find((h) => h.host === address);
+    if (typeof host?.getServiceClient !== 'function') return own.call(authenticator, address, name, password, options, ...rest);
+    return new Promise((resolve, reject) => {
+      // Throws ClientClosedError once the client is closed: a rejection, as etcd3's own call would fail then.
+      host.getServiceClient!('Auth').authenticate({ name, password }, new Metadata(), options ?? {}, (err, res) => (err || !res ? reject(castGrpcError(err ?? new Error('etcd sent no token'))) : resolve(res.token)));
+    });
+  };
 }
 
 /** Each client's `Leftovers`, for `released`. */
