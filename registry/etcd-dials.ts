@@ -14,14 +14,21 @@
  * the client's channel options, in front of gRPC's own pick_first): grpc-js hands the address to
  * `net.connect` as its options, and Node destroys a socket whose options' `signal` aborts. The mark
  * gives each dial a signal of its own, aborted by `close` (every dial and connection the client made),
- * and the dial is destroyed if it has not connected within `connectMs` (the socket is seen through
- * Node's `net.client.socket` diagnostics channel, published as `net.connect` made it). So a client
- * dials each member once at a time, for at most `connectMs`. Nothing of either library is patched; a
- * grpc-js or Node that no longer passes these on leaves the dials as they were, unmarked.
+ * and the dial is destroyed if it has not connected, and etcd said its first bytes on it, within
+ * `connectMs` (the socket is seen through Node's `net.client.socket` diagnostics channel, published as
+ * `net.connect` made it). Connected is not enough: grpc-js then waits, with no timeout either, for
+ * the TLS handshake and for HTTP/2's SETTINGS, which etcd sends at once. A member that takes the
+ * connection and says nothing (a listener that is not etcd, a TLS handshake that hangs, an etcd
+ * stopped with SIGSTOP, whose kernel still completes connections) held each such dial until the
+ * client closed, and etcd3's next channel dialled again: 8-9 of them open after 16 s (a proxy and a
+ * server, etcds:// or etcd://). So a client dials each member once at a time, for at most
+ * `connectMs`. Nothing of either library is patched; a grpc-js or Node that no longer passes these on
+ * leaves the dials as they were, unmarked.
  */
 import { subscribe } from 'node:diagnostics_channel';
 import type { Socket } from 'node:net';
 import type { ChannelOptions, experimental } from '@grpc/grpc-js';
+import { setDeadline, systemClock, type Timer } from '../transport/clock.js';
 
 type Grpc = typeof import('@grpc/grpc-js');
 type Experimental = Grpc['experimental'];
@@ -42,7 +49,7 @@ interface Dial {
   readonly dials: Dials;
   readonly controller: AbortController;
   readonly where: string;
-  timer?: NodeJS.Timeout;
+  timer?: Timer;
   socket?: Socket;
 }
 
@@ -97,22 +104,24 @@ export class Dials {
     return dial;
   }
 
-  /** `socket` was made for `dial`: it must connect within `connectMs`; it is let go once closed. */
+  /** `socket` was made for `dial`: it must connect, and etcd say its first bytes on it, within `connectMs`; it is let go once closed. */
   made(dial: Dial, socket: Socket): void {
     dial.socket = socket;
     socket.once('close', () => {
-      clearTimeout(dial.timer);
+      dial.timer?.cancel();
       this.live.delete(dial);
     });
-    // Published before net.connect starts the dial (`socket.connecting` is still false): it has `connectMs` from now.
+    // Published before net.connect starts the dial (`socket.connecting` is still false): it has `connectMs` from now. A
+    // deadline (unref'd, as the pending socket holds the process while it dials): after a pause of this process, looked at
+    // once what came meanwhile is read, not taken for no answer.
     if (this.closed) return;
-    socket.once('connect', () => clearTimeout(dial.timer));
-    dial.timer = setTimeout(() => {
+    dial.timer = setDeadline(systemClock, () => {
       // Node's own words for a connect that timed out: gRPC says them as the member's last error.
       if (socket.connecting) socket.destroy(Object.assign(new Error(`connect ETIMEDOUT ${dial.where} (no answer within ${this.connectMs} ms)`), { code: 'ETIMEDOUT' }));
+      // Connected, and nothing read: etcd answers a TLS ClientHello, and HTTP/2's preface, at once. The socket counts what TLS
+      // and HTTP/2 read through it; destroyed, it fails the handshake or the session that grpc-js made on it, and gRPC dials again.
+      else if (socket.bytesRead === 0) socket.destroy(Object.assign(new Error(`ETIMEDOUT: ${dial.where} took the connection but said nothing within ${this.connectMs} ms (no TLS handshake, no HTTP/2 greeting)`), { code: 'ETIMEDOUT' }));
     }, this.connectMs);
-    // The pending socket holds the process while it dials; the timer need not.
-    dial.timer.unref();
   }
 
   /** The client closed: every dial still pending is ended, and every connection it made (what gRPC left of them) closed. */
@@ -120,7 +129,7 @@ export class Dials {
     this.closed = true;
     open.delete(this.id);
     for (const dial of [...this.live]) {
-      clearTimeout(dial.timer);
+      dial.timer?.cancel();
       dial.controller.abort(new Error('the etcd client is closed'));
     }
     this.live.clear();

@@ -5,9 +5,12 @@
  * revproxy's bug), and say what happened: not "told" or "withdrew" what a hung peer cannot have taken.
  */
 import { execFileSync } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { killEtcds, startEtcdCluster, type EtcdCluster, type EtcdMember } from '../scenario/etcd.js';
+import { killEtcds, startEtcd, startEtcdCluster, type Etcd, type EtcdCluster, type EtcdMember } from '../scenario/etcd.js';
+import { makePki } from './certs.js';
 import { frame, rawConnect, sleep } from './helpers.js';
 import { cannotMakeHosts, twoHosts, type Link } from './netns.js';
 import { Logger, memorySink, startProxy, startServer, type LogRecord } from '../actors/index.js';
@@ -237,3 +240,56 @@ droppedEtcd('with etcd authentication on (--registry-user), the first member cut
 });
 
 droppedEtcd.run();
+
+const silentEtcd = suite('an etcd member that takes the connection and never answers');
+const silent: { etcd?: Etcd; pki?: string; listener?: Server } = {};
+silentEtcd.after.each(async () => {
+  killAll();
+  silent.listener?.close();
+  await silent.etcd?.remove();
+  killEtcds();
+  if (silent.pki) rmSync(silent.pki, { recursive: true, force: true });
+  Object.assign(silent, { etcd: undefined, pki: undefined, listener: undefined });
+});
+
+silentEtcd('over TLS with a user: each dial to it is given up within the call timeout, and a proxy and a server stop with nothing left open', async () => {
+  // A listener that is not etcd (or an etcd stopped with SIGSTOP: its kernel still completes connections) takes the TCP
+  // connection and never answers the TLS handshake. grpc-js waits for the handshake without a timeout: each of etcd3's
+  // reconnects left one more connection open until the client closed (8-9 after 16 s, a proxy and a server), and the one
+  // etcd3 made to ask it for a token held the proxy for good after SIGTERM.
+  const pki = makePki(['etcd', 'client']);
+  silent.pki = pki.dir;
+  silent.etcd = await startEtcd({ tls: { ...pki.cert('etcd'), ca: pki.ca } });
+  const endpoint = silent.etcd.endpoint;
+  const client = pki.cert('client');
+  const user = authOn((args) => execFileSync('etcdctl', ['--endpoints', `https://${endpoint}`, '--cacert', pki.ca, '--cert', client.cert, '--key', client.key, ...args], { stdio: 'pipe' }), '/silent/');
+  const open = new Map<Socket, number>();
+  let accepted = 0;
+  silent.listener = createServer((c) => {
+    accepted++;
+    open.set(c, Date.now());
+    // Read (and drop) what the client says, to see its close; answer nothing.
+    c.on('error', () => undefined).on('close', () => open.delete(c)).resume();
+  });
+  const port = await new Promise<number>((r) => silent.listener!.listen(0, '127.0.0.1', () => r((silent.listener!.address() as { port: number }).port)));
+  // It first: etcd3 asks the members for a token in this order.
+  const reg = ['--registry', `etcds://127.0.0.1:${port},${endpoint}`, '--registry-ca', pki.ca, '--registry-cert', client.cert, '--registry-key', client.key, '--registry-prefix', '/silent/', '--registry-ttl', '3', ...user];
+  const proxy = revproxy(['proxy', '--port', '0', ...reg]);
+  const server = revproxy(['server', '--id', 's1', '--pp', '111', ...reg]);
+  await proxy.waitFor(/Advertised this proxy in the registry/, 30_000);
+  await server.waitFor(/Registered in the registry/, 30_000);
+  let oldest = 0;
+  for (let i = 0; i < 32; i++) {
+    await sleep(250);
+    for (const since of open.values()) oldest = Math.max(oldest, Date.now() - since);
+  }
+  assert.ok(accepted > 0, 'the member was never dialled');
+  // The call timeout is 2 s: a timer's lateness under load aside.
+  assert.ok(oldest < 3500, `a connection to the silent member stayed open ${oldest} ms (${open.size} open, ${accepted} made)`);
+  // Each may first ask the silent member to withdraw (2 s), then another.
+  const [p, s] = await Promise.all([stopsCleanly(proxy, 10_000), stopsCleanly(server, 10_000)]);
+  assert.match(p.out, /Withdrew this proxy from the registry/, p.out);
+  assert.match(s.out, /Server s1 stopped/, s.out);
+});
+
+silentEtcd.run();
