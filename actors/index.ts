@@ -8,7 +8,7 @@ import { StartError } from '../transport/errors.js';
 import { endpoints, type Revproc } from './connect.js';
 import { jsonRegistrations } from './json-registration.js';
 import { logStopped, releaseAll } from './children.js';
-import { badTrustedSource } from './port-limits.js';
+import { badTrustedSource, closeRevoked } from './port-limits.js';
 import { RETRY_CONDITIONS } from './link.js';
 import { badSecretOption } from '../config/files.js';
 import { badLogger } from './logger.js';
@@ -76,10 +76,12 @@ export interface ProxyHandle {
   /**
    * Renewed certificates (or a new CA bundle), as Buffers like `startProxy`'s: `tls` for the
    * listener's next handshakes, `upstreamTls` for its next dials to servers; connections already
-   * open keep theirs. Checked first as the files are at start: a bad set throws a `TlsConfigError`
-   * (code TLS_CONFIG) and the running one stays. Only what the proxy started with can be renewed.
+   * open keep theirs, but for those whose peer's certificate a CRL of the renewed set (`crl`)
+   * revokes: those are closed, and their number returned. Checked first as the files are at start: a
+   * bad set throws a `TlsConfigError` (code TLS_CONFIG) and the running one stays. Only what the proxy
+   * started with can be renewed.
    */
-  renewTls(next: { tls?: TlsMaterial; upstreamTls?: TlsMaterial }): void;
+  renewTls(next: { tls?: TlsMaterial; upstreamTls?: TlsMaterial }): number;
   /** The TLS material the proxy runs with now: its start's, or the last `renewTls`'s. */
   tls(): { tls?: TlsMaterial; upstreamTls?: TlsMaterial };
   /** What the proxy's etcd client presents and trusts now (`registry.tls`, or the last `renewRegistryTls`'s); undefined without a registry over TLS. */
@@ -196,11 +198,17 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
       // Both checked before either is taken: a bad set changes nothing.
       const tls = next.tls && renewed('tls', running.tls, next.tls, true);
       const upstreamTls = next.upstreamTls && renewed('upstreamTls', running.upstreamTls, next.upstreamTls);
-      if (upstreamTls) running.upstreamTls = upstreamTls;
+      const closed = { connections: 0 };
+      if (upstreamTls) {
+        running.upstreamTls = upstreamTls;
+        // Its links to servers whose certificates the CRLs revoke: each link dials again, and is refused.
+        closed.connections += closeRevoked(actor.getSnapshot().context.linkSockets.sockets, upstreamTls, actor.getSnapshot().context.logger, 'tls.crl', 'link to the server at');
+      }
       if (tls) {
         running.tls = tls;
-        actor.send({ type: 'RENEW_TLS', tls });
+        actor.send({ type: 'RENEW_TLS', tls, closed });
       }
+      return closed.connections;
     },
     tls: () => ({ ...running }),
     registryTls: () => etcd?.tls,
@@ -224,7 +232,8 @@ export interface ServerHandle {
   kill(): void;
   /**
    * Renewed certificates (or a new CA bundle), as Buffers like `startServer`'s `tls`: the listener's
-   * next handshakes and the next registration dials use them; connections already open keep theirs.
+   * next handshakes and the next registration dials use them; connections already open keep theirs,
+   * but for those whose peer's certificate a CRL of `tls.crl` revokes, which the listener closes.
    * Checked first as the files are at start: a bad set throws a `TlsConfigError` (code TLS_CONFIG)
    * and the running one stays. A server started without `tls` has none to renew.
    */

@@ -8,15 +8,15 @@
 import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type RequestListener, type Server as HttpServer, type ServerResponse } from 'node:http';
 import { BlockList, isIP, type Server, type Socket } from 'node:net';
-import { Server as TlsServer, type TLSSocket } from 'node:tls';
+import { Server as TlsServer, TLSSocket } from 'node:tls';
 import type { BudgetHolder } from '../transport/budget.js';
 import { peerAddress, peerName } from '../transport/address.js';
 import { ErrorCode } from '../transport/errors.js';
-import { recogniseTlsRefusal } from '../transport/foreign.js';
+import { recogniseTlsRefusal, tlsFailureOf, type TlsFailure } from '../transport/foreign.js';
 import { proxiedClient, tcpUnder } from '../transport/proxied.js';
 import { systemClock, type Clock } from '../transport/clock.js';
 import type { Connection } from '../transport/socket.js';
-import type { TlsMaterial } from '../transport/tls.js';
+import { revokedBy, type TlsMaterial } from '../transport/tls.js';
 import type { HandshakeLimits } from './tls-handshakes.js';
 import { fmt, type Logger } from './logger.js';
 
@@ -108,7 +108,9 @@ export function fileLimitWarning(wanted: number, set: boolean, total: string, fi
  */
 export class LinkSockets {
   /** Link sockets open. */
-  open = 0;
+  get open(): number {
+    return this.sockets.size;
+  }
   /** The port's connections open (`ConnectionLimits` counts them). */
   connections = 0;
   /** The process's open-files limit, as `ConnectionLimits` read it last. */
@@ -117,14 +119,16 @@ export class LinkSockets {
   changed?: () => void;
   /** Dials a server with `dial` (link.ts's `SocketFactory`), its socket counted while open. */
   readonly connect: (host: string, port: number, tls?: TlsMaterial) => Socket;
+  /** The link sockets open (a renewed CRL closes those whose server's certificate it revokes: `closeRevoked`). */
+  readonly sockets = new Set<Socket>();
 
   constructor(dial: (host: string, port: number, tls?: TlsMaterial) => Socket) {
     this.connect = (host, port, tls) => {
       const socket = dial(host, port, tls);
-      this.open++;
+      this.sockets.add(socket);
       this.changed?.();
       socket.once('close', () => {
-        this.open--;
+        this.sockets.delete(socket);
         this.changed?.();
       });
       return socket;
@@ -332,9 +336,10 @@ export function logLinksFull(logger: Logger) {
 /**
  * Log the TLS handshakes `server` refuses (a plain-TCP peer, an untrusted
  * certificate): a crowd of them must not become a log flood, so one line,
- * then one per interval with a count (per address and reason).
+ * then one per interval with a count (per address and reason). `failed` is
+ * told each one, by its reason (`TLS_FAILURES`: the metric's).
  */
-export function logTlsRefusals(server: Server, logger: Logger): void {
+export function logTlsRefusals(server: Server, logger: Logger, failed?: (reason: TlsFailure) => void): void {
   if (!(server instanceof TlsServer)) return;
   // Node reports a handshake cut short (a reset, plain bytes then a reset) once its TLS socket is
   // destroyed, when that socket's address reads undefined. The accepted TCP socket keeps the
@@ -344,13 +349,42 @@ export function logTlsRefusals(server: Server, logger: Logger): void {
   server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     // A peer certificate Node refused itself (expired, another CA's) is reported as a hang-up: its verification error says why.
     const certificate = (socket as TLSSocket).authorizationError?.toString();
+    const failure = tlsFailureOf(err.code, certificate);
+    failed?.(failure);
     const refusal = recogniseTlsRefusal(err.code, certificate);
     const why = refusal?.message ?? err.message;
     // A socket a trusted balancer handed over names its client in its PROXY header: that is who was refused, not the balancer.
     const addr = peerAddress(socket.remoteAddress !== undefined ? socket : tcpUnder(socket) ?? socket, proxiedClient(socket)?.address);
     // Counted by address and reason: keyed by address alone, plain HTTP refused after a plain frame was counted as plain TCP.
-    logger.repeated('warn', 'tls_refused', `${addr}\0${certificate ?? refusal?.kind ?? err.code ?? err.message}`, 1, (n, span) => `Refused ${span ? `${fmt(n)} TLS connection(s)` : 'a TLS connection'} from ${addr}${span ? ` ${span}` : ''}: ${why}`, { peer: addr, reason: certificate ?? err.message });
+    logger.repeated('warn', 'tls_refused', `${addr}\0${certificate ?? refusal?.kind ?? err.code ?? err.message}`, 1, (n, span) => `Refused ${span ? `${fmt(n)} TLS connection(s)` : 'a TLS connection'} from ${addr}${span ? ` ${span}` : ''}: ${why}`, { peer: addr, reason: certificate ?? err.message, failure });
   });
+}
+
+/**
+ * Close the connections of `conns` (a listener's, over TLS) whose peer's certificate the CRLs of `tls`
+ * revoke, as a reload that brings a CRL listing it does: a new handshake would be refused, and a
+ * revoked certificate is most often a key that got out, so its connections open do not go on for as
+ * long as their peer likes (HAProxy and Envoy leave them; nginx too). Only a revocation closes one:
+ * a CRL that cannot vouch (past its nextUpdate, none from a CA) refuses new handshakes and leaves
+ * those open. Each is logged (`tls_revoked`, one line per address, then counted). Returns how many.
+ */
+export function closeRevoked(sockets: Iterable<Socket>, tls: TlsMaterial, logger: Logger, setting: string, what = 'connection from'): number {
+  const revoked = revokedBy(tls);
+  if (!revoked) return 0;
+  let closed = 0;
+  for (const socket of sockets) {
+    const peer = socket instanceof TLSSocket && !socket.destroyed ? socket.getPeerX509Certificate() : undefined;
+    const crl = peer && revoked(peer);
+    if (!crl) continue;
+    closed++;
+    const addr = peerAddress(socket, proxiedClient(socket)?.address);
+    const at = socket.remotePort === undefined ? addr : peerName(addr, socket.remotePort);
+    logger.repeated('warn', 'tls_revoked', addr, 1, (n, span) => (span
+      ? `Closed ${fmt(n)} more ${what} ${addr} ${span}: their peers' TLS certificates are revoked by ${setting}`
+      : `Closed the ${what} ${at}: its peer's TLS certificate (serial ${peer.serialNumber}, ${peer.subject.replace(/\n/g, ', ')}) is revoked by the CRL of ${crl.issuerName} in ${setting}`), { peer: at, serial: peer.serialNumber });
+    socket.destroy();
+  }
+  return closed;
 }
 
 /**

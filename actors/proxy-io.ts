@@ -23,7 +23,7 @@ import type { Inflight, InflightCount } from './inflight.js';
 import { newPeer, type Peer, type ProxyRequest } from './link.js';
 import { backFromTry, requestBytes, waitingDue } from './routing.js';
 import { fmt, type Logger } from './logger.js';
-import { ConnectionLimits, logAcceptErrors, type LinkSockets, logNoProxyHeader, logTlsRefusals, trustedSources, trusts } from './port-limits.js';
+import { closeRevoked, ConnectionLimits, logAcceptErrors, type LinkSockets, logNoProxyHeader, logTlsRefusals, trustedSources, trusts } from './port-limits.js';
 import { awaitProxyHeader, handOverToTls, proxiedClient } from '../transport/proxied.js';
 import type { Opts, ProxyObserver } from './proxy-options.js';
 import type { PortClosed } from './port-closed.js';
@@ -301,7 +301,7 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
       });
     }, { allowHalfOpen: true });
     core.limits.watch(server);
-    if (secure) logTlsRefusals(secure, input.logger);
+    if (secure) logTlsRefusals(secure, input.logger, (reason) => input.observer?.tlsFailed?.(reason));
     listenOn(server, input.port, input.host, (port) => sendBack({ type: 'LISTENING', port, address: (server.address() as AddressInfo | null)?.address }), (error) => sendBack({ type: 'LISTEN_FAILED', error }), logAcceptErrors(input.logger, 'max_connections'));
     receive((e) => {
       if (e.type === 'STOP') server.close(); // stop accepting; open connections stay
@@ -312,8 +312,10 @@ export const listener = fromCallback<ProxyEvent, ListenerInput>(
         core.limits.retune();
         trusted = trustedSources(proxyProtocolFrom);
       } else if (e.type === 'RENEW_TLS' && secure) {
-        // Renewed certificates (or a new CA bundle) for the handshakes from now on.
+        // Renewed certificates (or a new CA bundle) for the handshakes from now on; a CRL that revokes a peer closes its connections.
         renewTls(secure, (input.tls = e.tls));
+        const closed = closeRevoked([...conns].map((c) => c.socket), e.tls, input.logger, 'tls.crl');
+        if (e.closed) e.closed.connections += closed;
       }
     });
     return () => {

@@ -9,6 +9,7 @@ import { defaultBufferBudget } from '../transport/budget.js';
 import { budgetNote, connectionsNote, defaultMaxConnections, memoryLimit } from './memory-limit.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import type { TlsMaterial } from '../transport/tls.js';
+import type { TlsFailure } from '../transport/foreign.js';
 import type { Clock } from '../transport/clock.js';
 import { isIP, type Socket } from 'node:net';
 import { RETRY_CONDITIONS, type Peer, type ProxyRequest, type RetryCondition, type SocketFactory } from './link.js';
@@ -192,10 +193,12 @@ export interface ProxyObserver {
   connectionLimit?(limit: number): void;
   /** The listener refused a connection as it came: past its limit in all (max_connections, or the room the open-files limit leaves), from an address with max_conns_per_peer open, or from one opening more than max_conn_rate_per_peer a second. */
   refused?(reason: RefuseReason): void;
+  /** A TLS handshake on the listener failed (each a `tls_refused` line), by why (transport/foreign.ts `TLS_FAILURES`). */
+  tlsFailed?(reason: TlsFailure): void;
 }
 
 /** The hooks a `ProxyObserver` may have: `combineObservers` and `guardObserver` go through them. */
-export const OBSERVER_HOOKS = ['answered', 'retried', 'retryRefused', 'poison', 'ejected', 'accepted', 'connectionLimit', 'refused'] as const satisfies ReadonlyArray<keyof ProxyObserver>;
+export const OBSERVER_HOOKS = ['answered', 'retried', 'retryRefused', 'poison', 'ejected', 'accepted', 'connectionLimit', 'refused', 'tlsFailed'] as const satisfies ReadonlyArray<keyof ProxyObserver>;
 
 /**
  * `observer` with each hook's throw caught and logged (`observer_failed`, once, then counted an

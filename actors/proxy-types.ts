@@ -216,5 +216,6 @@ export type ProxyEvent =
   /** New options (SIGHUP): limits, timeouts, retries, health settings and secrets change at once. */
   | { type: 'RELOAD'; opts: Opts }
   /** Renewed listener certificates (ProxyHandle.renewTls): the next handshakes use them. */
-  | { type: 'RENEW_TLS'; tls: TlsMaterial }
+  /** `closed`, when given, is told how many connections the listener closed whose peers' certificates the renewed CRLs revoke. */
+  | { type: 'RENEW_TLS'; tls: TlsMaterial; closed?: { connections: number } }
   | { type: 'STOP' };

@@ -31,7 +31,7 @@ import { budgetNote, connectionsNote, defaultMaxConnections, lazyTextFrom, memor
 import { SaidAgainPerProxy } from './said-again.js';
 import { badHandler, Caller, HandlerRunner, sha1Handler, type Behaviour, type Handler } from './handler.js';
 import { defaultConnsPerPeer, DEFAULT_LISTEN_HOST } from './proxy-options.js';
-import { ConnectionLimits, logAcceptErrors, logBadInput, logShed, logTlsRefusals, type ConnectionLimitsInput } from './port-limits.js';
+import { closeRevoked, ConnectionLimits, logAcceptErrors, logBadInput, logShed, logTlsRefusals, type ConnectionLimitsInput } from './port-limits.js';
 import { DEFAULT_MAX_TLS_HANDSHAKES, TlsHandshakes } from './tls-handshakes.js';
 import { fmt, silentLogger, type Logger } from './logger.js';
 
@@ -394,7 +394,11 @@ const requestListener = fromCallback<ListenerCommand, ListenerInput>(
     if (secure) logTlsRefusals(secure, input.logger);
     listenOn(server, input.port, input.host, (port, address) => send({ type: 'LISTENING', port, address }), (error) => send({ type: 'LISTEN_FAILED', error }), logAcceptErrors(input.logger, '--max-connections'));
     receive((e) => {
-      if (e.type === 'RENEW_TLS') return secure && renewTls(secure, e.tls);
+      if (e.type === 'RENEW_TLS') {
+        if (secure) renewTls(secure, e.tls);
+        // A proxy whose certificate the renewed CRLs revoke has its connections here closed, as on the proxy's port.
+        return void closeRevoked([...conns].map((c) => c.socket), e.tls, input.logger, '--tls-crl');
+      }
       if (e.type === 'REFUSE_NEW') {
         refusing = errorMsg(ErrorCode.SHUTTING_DOWN, e.message);
         // Every PONG says it from now on, and each proxy's link is told now: one with no request to carry the

@@ -9,6 +9,7 @@ import type { Socket } from 'node:net';
 import type { Peer, SocketFactory } from '../actors/link.js';
 import { REFUSE_REASONS, type RefuseReason } from '../actors/port-limits.js';
 import type { ProxyObserver } from '../actors/proxy-options.js';
+import { TLS_FAILURES, type TlsFailure } from '../transport/foreign.js';
 
 /** The roles a connection can have: the label values of the connection metrics. */
 export const ROLES = ['client', 'registration', 'unknown', 'upstream'] as const;
@@ -22,17 +23,20 @@ export interface ConnSnapshot {
   sent: Record<Role, number>;
   /** Connections the listener refused as they came, by why, since the start. */
   refused: Record<RefuseReason, number>;
+  /** TLS handshakes the listener failed (each a tls_refused line), by why, since the start. */
+  tlsFailures: Record<TlsFailure, number>;
 }
 
 const zero = (): Record<Role, number> => ({ client: 0, registration: 0, unknown: 0, upstream: 0 });
 
-export class ConnStats implements Pick<ProxyObserver, 'accepted' | 'connectionLimit' | 'refused'> {
+export class ConnStats implements Pick<ProxyObserver, 'accepted' | 'connectionLimit' | 'refused' | 'tlsFailed'> {
   private readonly live = new Map<Socket, () => Role>();
   /** The listener's limit on connections open at once (client, registration and unknown ones), as last applied; undefined before it listens. */
   limit?: number;
   private readonly received = zero();
   private readonly sent = zero();
   private readonly refusedBy = Object.fromEntries(REFUSE_REASONS.map((r) => [r, 0])) as Record<RefuseReason, number>;
+  private readonly tlsFailedBy = Object.fromEntries(TLS_FAILURES.map((r) => [r, 0])) as Record<TlsFailure, number>;
 
   accepted(peer: Peer, socket: Socket): void {
     this.track(socket, () => peer.role);
@@ -44,6 +48,10 @@ export class ConnStats implements Pick<ProxyObserver, 'accepted' | 'connectionLi
 
   refused(reason: RefuseReason): void {
     this.refusedBy[reason]++;
+  }
+
+  tlsFailed(reason: TlsFailure): void {
+    this.tlsFailedBy[reason]++;
   }
 
   /** A socket factory whose sockets are counted as `upstream`. */
@@ -75,6 +83,6 @@ export class ConnStats implements Pick<ProxyObserver, 'accepted' | 'connectionLi
       received[r] += s.bytesRead;
       sent[r] += s.bytesWritten;
     }
-    return { open, received, sent, refused: { ...this.refusedBy } };
+    return { open, received, sent, refused: { ...this.refusedBy }, tlsFailures: { ...this.tlsFailedBy } };
   }
 }

@@ -221,6 +221,7 @@ export const tlsOptions = (): Option[] => [
   new Option('--tls-cert <file>', 'PEM certificate this side presents (with --tls-key): turns on TLS'),
   new Option('--tls-key <file>', 'PEM private key of --tls-cert'),
   new Option('--tls-ca <file>', "PEM CA that verifies the other side's certificate; on a listener, peers must present one it signed (mutual TLS)"),
+  new Option('--tls-crl <file>', 'PEM CRLs of the --tls-ca CAs (each needs its own): a peer whose certificate one revokes is refused; re-read on SIGHUP'),
 ];
 
 /** `--registry etcd://...` and etcd's own options, on server, proxy and client. */

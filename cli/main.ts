@@ -29,7 +29,7 @@ import { DEFAULT_HANDLER_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_PROXY, typ
 import { DEFAULT_PROXY_PORT } from '../transport/address.js';
 import { DEFAULT_LISTEN_HOST } from '../actors/proxy-options.js';
 import { HEAP_PER_CONNECTION, HEAP_RESERVE, MIN_DEFAULT_CONNECTIONS } from '../actors/memory-limit.js';
-import { DEFAULT_TCP_KEEPALIVE_MS } from '../transport/tls.js';
+import { crlWarnings, DEFAULT_TCP_KEEPALIVE_MS } from '../transport/tls.js';
 import { BUDGET_UNDER_A_LIMIT, DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
 import type { Level } from '../actors/logger.js';
 import { DEFAULT_MAX_TLS_HANDSHAKES } from '../actors/tls-handshakes.js';
@@ -125,7 +125,11 @@ export function buildProgram(setExit: (code: number) => void): Command {
     // Said at start, at each reload, and as each comes within its warning window or ends while the server runs.
     const expiry = new ExpiryWatch(logger, () => certs);
     expiry.check();
-    const files = [...(tls ? ['--tls-cert, --tls-key, --tls-ca'] : []), ...(registryFiles ? ['--registry-cert, --registry-key, --registry-ca'] : [])].join('; ');
+    const crlWarn = (material: typeof tls): void => {
+      for (const why of crlWarnings(material, { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }, o.tlsCrl)) logger.warn('tls_crl_problem', why, { setting: '--tls-crl' });
+    };
+    crlWarn(tls);
+    const files = [...(tls ? [`--tls-cert, --tls-key, --tls-ca${o.tlsCrl ? ', --tls-crl' : ''}`] : []), ...(registryFiles ? ['--registry-cert, --registry-key, --registry-ca'] : [])].join('; ');
     // A daemon's SIGHUP means reload: the TLS files (renewed certificates) for the next handshakes and dials, and etcd's.
     // Its other settings are its flags; Node's default would end the server without its drain.
     let server: ServerHandle | undefined;
@@ -142,9 +146,10 @@ export function buildProgram(setExit: (code: number) => void): Command {
       } catch (err) {
         return logger.error('reload_refused', `Reload refused, still using the TLS files read before: ${(err as Error).message}`, {});
       }
-      logger.info('reload', `Reloaded the TLS files (${files}): new connections and registrations use them, open ones keep theirs${etcd ? '; the registration moved to a new connection to etcd, its lease kept' : ''}`, {});
+      logger.info('reload', `Reloaded the TLS files (${files}): new connections and registrations use them, open ones keep theirs${o.tlsCrl ? ' (but a proxy\'s whose certificate --tls-crl now revokes, closed: tls_revoked lines)' : ''}${etcd ? '; the registration moved to a new connection to etcd, its lease kept' : ''}`, {});
       certs = certsOf(next, etcd);
       expiry.check(true);
+      crlWarn(next);
     };
     let reloading = Promise.resolve();
     // One sent while the CLI loaded (cli/early-signals.mjs) or the server started is done once it listens.

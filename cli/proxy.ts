@@ -240,7 +240,7 @@ Example:
       const listen = await Promise.all([listenWarning('host', resolved.host), rt.admin ? listenWarning('the admin endpoint\'s host', rt.admin.host) : undefined]);
       const warnings = [
         file && setsNothing(fromFile) ? setsNothingWarning(file) : undefined, ...listen, files?.message, memory?.level === 'warn' ? memory.message : undefined,
-        proxyInsecureNote(resolved)?.message, rt.admin && adminInsecure(rt.admin), ...rt.certs.map((c) => expiryWarning(c.role, c.file, c)),
+        proxyInsecureNote(resolved)?.message, rt.admin && adminInsecure(rt.admin), ...rt.certs.map((c) => expiryWarning(c.role, c.file, c)), ...rt.tlsWarnings,
       ].filter(Boolean);
       for (const w of warnings) process.stderr.write(`revproxy: warning: ${w}\n`);
       process.stdout.write(`revproxy: ${file ? `the configuration file ${file}` : 'the configuration'} is valid (${settingCount(cfg)} setting(s); the files it names can be used)\n`);
@@ -355,6 +355,7 @@ async function run(read: (reload?: boolean) => ProxyConfig, source: string, setE
   // Said at start, at each reload, and as each comes within its warning window or ends while the proxy runs.
   const expiry = new ExpiryWatch(logger, () => certs);
   expiry.check();
+  for (const why of rt.tlsWarnings) logger.warn('tls_crl_problem', why, { setting: 'tls.crl' });
   // A file's setting the command line overrides is not the one running, and editing it then reloading
   // changed nothing, saying "no setting changed" (REVPROXY_TOKEN from the unit's environment file beside
   // a `token` in the file, say): said at start, and at a reload that changes it in the file.
@@ -487,13 +488,15 @@ async function run(read: (reload?: boolean) => ProxyConfig, source: string, setE
           tlsUnread = (explain(err) as Error).message.replace(/\n/g, '; ');
         }
       }
+      // Connections closed because the renewed tls.crl revokes their peers' certificates.
+      let revokedClosed = 0;
       if (tlsRt) {
         // Same paths, new contents (a renewed certificate) is a change too.
         const was = handle.tls();
         if (!applied.includes('tls') && !sameTls(was.tls ?? was.upstreamTls, tlsRt.options.tls ?? tlsRt.options.upstreamTls)) applied.push('tls');
         const { tls, upstreamTls } = tlsRt.options;
         try {
-          if (tls?.cert || upstreamTls) handle.renewTls({ tls: tls?.cert ? tls : undefined, upstreamTls });
+          if (tls?.cert || upstreamTls) revokedClosed = handle.renewTls({ tls: tls?.cert ? tls : undefined, upstreamTls });
         } catch (err) {
           // The files passed the same checks as they were read, so this is not expected; but SIGHUP must never end the process.
           refusedOne();
@@ -518,7 +521,7 @@ async function run(read: (reload?: boolean) => ProxyConfig, source: string, setE
       reloads.applied++;
       reloads.lastOk = true;
       reloads.lastOkAt = monotonicEpoch();
-      logger.info('reload', `Reloaded ${source}: ${applied.length ? `applied ${applied.join(', ')}` : restart.length ? `nothing applied: ${restart.join(', ')} need${restart.length === 1 ? 's' : ''} a restart` : 'no setting changed'}${source !== COMMAND_LINE || next.tokens_file !== undefined ? '; secrets re-read' : ''}; ${revoked > 0 ? `revoked ${revoked} server registration(s) whose secret no longer passes (deregister lines name them)` : 'no connection closed'}`, { file: source, applied, revoked });
+      logger.info('reload', `Reloaded ${source}: ${applied.length ? `applied ${applied.join(', ')}` : restart.length ? `nothing applied: ${restart.join(', ')} need${restart.length === 1 ? 's' : ''} a restart` : 'no setting changed'}${source !== COMMAND_LINE || next.tokens_file !== undefined ? '; secrets re-read' : ''}; ${closedSaid(revoked, revokedClosed)}`, { file: source, applied, revoked, ...(revokedClosed ? { tls_revoked: revokedClosed } : {}) });
       // After the line saying so: a reload to `warn` said nothing of itself (half of 100 reloads between info and warn went unsaid).
       logger.setLevel(nextRt.log.level);
       // A secret removed opens what it protected: said plainly, whatever else the reload did (an empty file took every default and said only "applied token, admin.token").
@@ -535,6 +538,7 @@ async function run(read: (reload?: boolean) => ProxyConfig, source: string, setE
         logger.warn('reload_restart_needed', `${restart.join(', ')} changed in ${source} but take${restart.length === 1 ? 's' : ''} effect only after a restart; running with the previous value${restart.length === 1 ? '' : 's'}${files}`, { file: source, restart });
       }
       expiry.check(true);
+      for (const why of tlsRt?.tlsWarnings ?? []) logger.warn('tls_crl_problem', why, { setting: 'tls.crl' });
       // What needs a restart stays as it runs, so the next reload reports it again.
       const before = running;
       running = { ...next };
@@ -741,7 +745,16 @@ function removePidFile(path: string): void {
 /** Whether two sets of TLS files hold the same bytes. */
 function sameTls(a: TlsMaterial | undefined, b: TlsMaterial | undefined): boolean {
   const same = (x?: Buffer, y?: Buffer): boolean => (x === undefined || y === undefined ? x === y : x.equals(y));
-  return same(a?.cert, b?.cert) && same(a?.key, b?.key) && same(a?.ca, b?.ca);
+  return same(a?.cert, b?.cert) && same(a?.key, b?.key) && same(a?.ca, b?.ca) && same(a?.crl, b?.crl);
+}
+
+/** What a reload closed, for its line: registrations whose secret no longer passes, connections whose peers tls.crl revokes now. */
+function closedSaid(registrations: number, revokedPeers: number): string {
+  const said = [
+    ...(registrations > 0 ? [`revoked ${registrations} server registration(s) whose secret no longer passes (deregister lines name them)`] : []),
+    ...(revokedPeers > 0 ? [`closed ${revokedPeers} connection(s) whose peer's certificate tls.crl now revokes (tls_revoked lines name them)`] : []),
+  ];
+  return said.length ? said.join('; ') : 'no connection closed';
 }
 
 /**

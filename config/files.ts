@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import type { Packet } from '../actors/connect.js';
 import { FileError, UsageError } from '../transport/errors.js';
 import { MsgType, toMessage } from '../transport/messages.js';
-import { loadTls, TlsConfigError, validityOf, type TlsMaterial, type Validity } from '../transport/tls.js';
+import { crlName, loadTls, TlsConfigError, validityOf, type TlsMaterial, type TlsNames, type Validity } from '../transport/tls.js';
 import { ENV_REFERENCE, NOT_EXPANDED, yaml, yamlErrorWords, type Issue } from './schema.js';
 
 /**
@@ -206,27 +206,32 @@ export interface TlsFlags {
   tlsCert?: string;
   tlsKey?: string;
   tlsCa?: string;
+  tlsCrl?: string;
 }
 
-export function tlsFromFlags(o: TlsFlags, flag = { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }): TlsMaterial | undefined {
+export function tlsFromFlags(o: TlsFlags, flag: TlsNames = { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }): TlsMaterial | undefined {
   try {
-    return loadTls({ cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa }, flag);
+    return loadTls({ cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, crl: o.tlsCrl }, flag);
   } catch (err) {
     if (!(err instanceof TlsConfigError)) throw err;
     if (err.kind === 'usage') throw new UsageError(err.message);
     // Name the file that cannot be read, and why, in words.
-    for (const role of ['cert', 'key', 'ca'] as const) {
-      const path = { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa }[role];
-      if (path) readGiven(path, `${flag[role]} file`, tlsFileHint(flag, role));
+    const names = { ...flag, crl: crlName(flag) };
+    for (const role of ['cert', 'key', 'ca', 'crl'] as const) {
+      const path = { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, crl: o.tlsCrl }[role];
+      if (path) readGiven(path, `${names[role]} file`, tlsFileHint(names, role));
     }
     throw new FileError(err.message);
   }
 }
 
 /** What each TLS file is, for the sentence saying it cannot be read: "--tls-cert takes a PEM certificate (with --tls-key, its key)". */
-export function tlsFileHint(flag: { cert: string; key: string; ca: string }, role: 'cert' | 'key' | 'ca'): string {
-  const what = { cert: `a PEM certificate (with ${flag.key}, its key)`, key: `the PEM private key of ${flag.cert}`, ca: "the PEM certificate of the CA that signs the peers' certificates" }[role];
-  return `${flag[role]} takes ${what}`;
+export function tlsFileHint(flag: TlsNames, role: 'cert' | 'key' | 'ca' | 'crl'): string {
+  const what = {
+    cert: `a PEM certificate (with ${flag.key}, its key)`, key: `the PEM private key of ${flag.cert}`, ca: "the PEM certificate of the CA that signs the peers' certificates",
+    crl: `the PEM CRLs of the CAs in ${flag.ca}`,
+  }[role];
+  return `${role === 'crl' ? crlName(flag) : flag[role]} takes ${what}`;
 }
 
 /** A certificate file loaded: the setting that named it (tls.cert, --tls-ca...), the file, and when its certificate ends (`validityOf`). */

@@ -26,6 +26,7 @@ import { FileError, LocalCode } from '../transport/errors.js';
 import { MAX_TIMER_MS } from '../transport/clock.js';
 import { MAX_ID_LENGTH } from '../transport/messages.js';
 import { BUDGET_UNDER_A_LIMIT } from '../transport/budget.js';
+import { crlWarnings } from '../transport/tls.js';
 import { badSecretText, loadedCerts, loadTokens, tlsFileHint, tlsFromFlags, TOKENS_HINT, readYamlFile, whyUnreadable, type LoadedCert } from './files.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 import {
@@ -280,6 +281,7 @@ const otherFields = {
     cert: opt(path, 'PEM certificate the proxy presents (with key): turns TLS on'),
     key: opt(path, 'PEM private key of cert'),
     ca: opt(path, "PEM CA that verifies peers' certificates (mutual TLS) and servers'"),
+    crl: opt(path, 'PEM CRLs (one or more) of the CAs in ca: a peer whose certificate one revokes is refused (each CA in ca needs its own)'),
   }), 'TLS files'),
   log: opt(object('log', {
     level: opt(oneOf(LEVELS), 'least severe level written'),
@@ -335,6 +337,7 @@ export const FLAG_KEYS: Readonly<Record<string, string>> = {
   'tls-cert': 'tls.cert',
   'tls-key': 'tls.key',
   'tls-ca': 'tls.ca',
+  'tls-crl': 'tls.crl',
   registry: 'registry.url',
   'registry-prefix': 'registry.prefix',
   'registry-ttl': 'registry.ttl',
@@ -404,6 +407,7 @@ const MEANT: Record<string, string> = {
 export const proxyConfigSpec = object('proxy configuration', { ...numberFields, ...otherFields }, (c) => {
   if (c.tokens && c.tokens_file) return "give per-policy secrets as 'tokens' or in 'tokens_file', not both";
   if (c.tls && (c.tls.cert === undefined) !== (c.tls.key === undefined)) return 'tls needs both cert and key, or neither';
+  if (c.tls?.crl !== undefined && c.tls.ca === undefined) return "tls.crl goes with tls.ca: a CRL revokes certificates its CA signed, and only peers' certificates verified against tls.ca are checked against it";
   return undefined;
 }, undefined, MEANT);
 
@@ -469,7 +473,7 @@ function absolutePaths(c: ProxyConfig, dir: string): ProxyConfig {
     ...c,
     tokens_file: abs(c.tokens_file),
     inspect_log: abs(c.inspect_log),
-    tls: c.tls && { cert: abs(c.tls.cert), key: abs(c.tls.key), ca: abs(c.tls.ca) },
+    tls: c.tls && { cert: abs(c.tls.cert), key: abs(c.tls.key), ca: abs(c.tls.ca), crl: abs(c.tls.crl) },
     log: c.log && { ...c.log, access_log: abs(c.log.access_log) },
     registry: c.registry && { ...c.registry, tls: c.registry.tls && { ca: abs(c.registry.tls.ca), cert: abs(c.registry.tls.cert), key: abs(c.registry.tls.key) } },
   };
@@ -519,6 +523,8 @@ export interface Runtime {
   inspectToken?: string;
   /** Each certificate file loaded (tls, registry.tls): for the metric of their ends, and the warning before one. */
   certs: LoadedCert[];
+  /** What to warn of the TLS files that can be used but will refuse peers (tls.crl: `crlWarnings`): at start, by --check, at each reload. */
+  tlsWarnings: string[];
 }
 
 /**
@@ -540,7 +546,7 @@ export function toRuntime(c: ProxyConfig): Runtime {
   if (c.retry_on !== undefined) options.retryOn = retryOnOf(c.retry_on);
   if (c.hedge_on_try_timeout !== undefined) options.hedgeOnTryTimeout = c.hedge_on_try_timeout;
   if (c.old_server_connections !== undefined) options.oldServers = { connections: c.old_server_connections };
-  const tls = c.tls ? tlsFromFlags({ tlsCert: c.tls.cert, tlsKey: c.tls.key, tlsCa: c.tls.ca }) : undefined;
+  const tls = c.tls ? tlsFromFlags({ tlsCert: c.tls.cert, tlsKey: c.tls.key, tlsCa: c.tls.ca, tlsCrl: c.tls.crl }) : undefined;
   if (tls?.cert) options.tls = tls;
   if (tls?.ca) options.upstreamTls = tls;
   const log = c.log ?? {};
@@ -556,6 +562,7 @@ export function toRuntime(c: ProxyConfig): Runtime {
     inspectLog: c.inspect_log,
     inspectToken: c.inspect_token,
     certs: [...loadedCerts(c.tls, tls, { cert: 'tls.cert', ca: 'tls.ca' }), ...loadedCerts(c.registry?.tls, registry?.tls, { cert: 'registry.tls.cert', ca: 'registry.tls.ca' })],
+    tlsWarnings: crlWarnings(tls, { cert: 'tls.cert', key: 'tls.key', ca: 'tls.ca' }, c.tls?.crl),
   };
 }
 
@@ -717,7 +724,7 @@ export class RuntimeProblems extends ConfigError {
 }
 
 /** The settings naming a file the proxy reads or writes: each named by its flag when a flag gave it (`flagOf`). */
-export type FileKey = 'tokens_file' | 'tls.cert' | 'tls.key' | 'tls.ca' | 'registry.tls.cert' | 'registry.tls.key' | 'registry.tls.ca' | LogFileKey;
+export type FileKey = 'tokens_file' | 'tls.cert' | 'tls.key' | 'tls.ca' | 'tls.crl' | 'registry.tls.cert' | 'registry.tls.key' | 'registry.tls.ca' | LogFileKey;
 
 /**
  * What `--check` does beyond reading: the files a config names can be used
@@ -734,7 +741,7 @@ export function checkRuntime(c: ProxyConfig, source: string, flagOf: (key: FileK
     if (key === 'tokens_file') return TOKENS_HINT;
     const [section, role] = key.startsWith('registry.') ? ['registry.tls', key.slice(13)] : ['tls', key.slice(4)];
     const f = (r: string): string => flagOf(`${section}.${r}` as FileKey) ?? `${section}.${r}`;
-    return tlsFileHint({ cert: f('cert'), key: f('key'), ca: f('ca') }, role as 'cert' | 'key' | 'ca');
+    return tlsFileHint({ cert: f('cert'), key: f('key'), ca: f('ca'), crl: f('crl') }, role as 'cert' | 'key' | 'ca' | 'crl');
   };
   const readable = (key: FileKey, path: string | undefined): boolean => {
     if (path === undefined) return true;
@@ -763,15 +770,16 @@ export function checkRuntime(c: ProxyConfig, source: string, flagOf: (key: FileK
   const next: ProxyConfig = { ...c };
   if (c.tokens_file !== undefined && !(readable('tokens_file', c.tokens_file) && contents('tokens_file', c.tokens_file, () => loadTokens(c.tokens_file!)))) delete next.tokens_file;
   for (const section of ['tls', 'registry.tls'] as const) {
-    const files = section === 'tls' ? c.tls : c.registry?.tls;
+    const files: { cert?: string; key?: string; ca?: string; crl?: string } | undefined = section === 'tls' ? c.tls : c.registry?.tls;
     if (!files) continue;
-    const key = (role: 'cert' | 'key' | 'ca'): FileKey => `${section}.${role}`;
-    const names = { cert: flagOf(key('cert')) ?? key('cert'), key: flagOf(key('key')) ?? key('key'), ca: flagOf(key('ca')) ?? key('ca') };
+    const key = (role: 'cert' | 'key' | 'ca' | 'crl'): FileKey => `${section}.${role}` as FileKey;
+    const names = { cert: flagOf(key('cert')) ?? key('cert'), key: flagOf(key('key')) ?? key('key'), ca: flagOf(key('ca')) ?? key('ca'), crl: flagOf(key('crl')) ?? key('crl') };
+    const flags = { tlsCert: files.cert, tlsKey: files.key, tlsCa: files.ca, tlsCrl: files.crl };
     // A certificate without its key (or a key without its certificate) is said first, as before: settings that do not go together.
-    if (Boolean(files.cert) !== Boolean(files.key)) tlsFromFlags({ tlsCert: files.cert, tlsKey: files.key, tlsCa: files.ca }, names);
-    let ok = (['cert', 'key', 'ca'] as const).map((role) => readable(key(role), files[role])).every(Boolean);
-    // Readable: a certificate that does not match its key, or has expired, is said by the loader, naming its setting.
-    if (ok) ok = contents(key(files.cert ? 'cert' : 'ca'), files.cert ?? files.ca ?? '', () => tlsFromFlags({ tlsCert: files.cert, tlsKey: files.key, tlsCa: files.ca }, names));
+    if (Boolean(files.cert) !== Boolean(files.key)) tlsFromFlags(flags, names);
+    let ok = (['cert', 'key', 'ca', 'crl'] as const).map((role) => readable(key(role), files[role])).every(Boolean);
+    // Readable: a certificate that does not match its key, or has expired, is said by the loader, naming its setting (a CRL that is none, its own).
+    if (ok) ok = contents(key(files.cert ? 'cert' : 'ca'), files.cert ?? files.ca ?? '', () => tlsFromFlags({ ...flags, tlsCrl: undefined }, names)) && (files.crl === undefined || contents(key('crl'), files.crl, () => tlsFromFlags(flags, names)));
     if (ok) continue;
     if (section === 'tls') delete next.tls;
     else next.registry = { ...next.registry!, tls: undefined };

@@ -24,6 +24,7 @@ import { RecentLatency } from './latency.js';
 import type { Figures, PoolView, Tally } from './views.js';
 import { ROLES, type ConnSnapshot, type Role } from '../admin/conn-stats.js';
 import { REFUSE_REASONS } from '../actors/port-limits.js';
+import { TLS_FAILURES } from '../transport/foreign.js';
 
 // Loaded when the first metrics are made (an admin endpoint or the inspector): a proxy without either never loads it.
 const prom = lazyPackage<typeof PromClient>('prom-client');
@@ -649,6 +650,7 @@ export function addOperationsMetrics(registry: Registry, s: OperationsSources): 
     },
   });
   labelled('revproxy_connections_refused_total', 'Connections the proxy\'s port refused as they came, by reason (max_connections: past revproxy_max_connections; per_peer: from an address with max_conns_per_peer open; conn_rate: from an address opening more than max_conn_rate_per_peer a second; tls_handshakes: a TLS connection that waited too long to begin its handshake, or found too many waiting, max_tls_handshakes), as HAProxy\'s denied connections and Envoy\'s downstream_cx_overflow', 'reason', REFUSE_REASONS, () => conns().refused, Counter);
+  labelled('revproxy_tls_handshake_failures_total', 'TLS handshakes the proxy\'s port failed, each a tls_refused line, by reason (no_certificate; unknown_ca: signed by no CA in tls.ca; expired; not_yet_valid; revoked: listed by a CRL in tls.crl; crl: tls.crl cannot vouch - no CRL from the peer\'s CA, or one past its nextUpdate; bad_purpose: not a client/server certificate; plain_tcp; http; timeout; closed: the peer hung up mid-handshake; peer_alert: it sent a TLS alert; other), as Envoy\'s ssl.fail_verify_* and HAProxy\'s failed handshakes', 'reason', TLS_FAILURES, () => conns().tlsFailures, Counter);
   byRole('revproxy_received_bytes_total', 'Bytes read from peers, by role', (c) => c.received, Counter);
   byRole('revproxy_sent_bytes_total', 'Bytes written to peers, by role', (c) => c.sent, Counter);
   labelled('revproxy_log_lines_dropped_total', 'Log lines dropped because the log\'s reader (or disk) was slower than the log, by log (main, access)', 'log', ['main', 'access'], () => s.dropped(), Counter);

@@ -11,7 +11,7 @@ import * as assert from 'uvu/assert';
 import { connect, runClient, startServer } from '../actors/index.js';
 import { loadTls } from '../transport/tls.js';
 import { handshake, makePki, presented, type Pki } from './certs.js';
-import { eventually, LOCAL } from './helpers.js';
+import { eventually, LOCAL, rawConnect } from './helpers.js';
 import { freePort } from '../bench/procs.js';
 import { freshSuite, revproxy, type Fresh, type Proc } from './procs.js';
 import { ExpiryWatch } from '../cli/cert-expiry.js';
@@ -31,10 +31,10 @@ function install(pki: Pki, name: string): { cert: string; key: string; ca: strin
   return at;
 }
 
-/** `revproxy proxy --config` with the installed files, mutual TLS unless `mutual` is false, and the admin endpoint. */
-async function tlsProxy(mutual = true): Promise<{ proc: Proc; port: number; admin: string; file: string }> {
+/** `revproxy proxy --config` with the installed files, mutual TLS unless `mutual` is false (with `crl`, the CRL file in ctx.dir it names), and the admin endpoint. */
+async function tlsProxy(mutual = true, crl?: string): Promise<{ proc: Proc; port: number; admin: string; file: string }> {
   const file = join(ctx.dir, 'p.yaml');
-  writeFileSync(file, `port: 0\nadmin:\n  listen: 127.0.0.1:0\ntls:\n  cert: proxy.pem\n  key: proxy.key\n${mutual ? '  ca: ca.pem\n' : ''}`);
+  writeFileSync(file, `port: 0\nadmin:\n  listen: 127.0.0.1:0\ntls:\n  cert: proxy.pem\n  key: proxy.key\n${mutual ? '  ca: ca.pem\n' : ''}${crl ? `  crl: ${crl}\n` : ''}`);
   const proc = revproxy(['proxy', '--config', file]);
   const port = Number((await proc.waitFor(/Running the reverse proxy on port (\d+)/))[1]);
   const admin = proc.out.map((l) => /Admin endpoint on (http:\S+)/.exec(l)?.[1]).find(Boolean) ?? '';
@@ -272,6 +272,103 @@ renew('a certificate that ends while the proxy runs: an error line as it does, o
   watch.stop();
   clock.advance(day);
   assert.is(logs.filter((l) => l.event === 'tls_cert_expired').length, 4, 'stopped: nothing more');
+});
+
+const handshakeFailures = async (admin: string): Promise<string> => [...(await metrics(admin)).matchAll(/^revproxy_tls_handshake_failures_total\{reason="(\w+)"\} (\d+)$/gm)].filter((m) => m[2] !== '0').map((m) => `${m[1]}=${m[2]}`).sort().join(' ');
+
+renew('tls.crl renewed in place and SIGHUP: a client the new CRL revokes is refused at its next handshake and its open connection closed, the others kept and served; each refusal counted', async () => {
+  const pki = makePki(['proxy', 'server', 'kept', 'revoked']);
+  install(pki, 'proxy');
+  pki.crl([], { file: join(ctx.dir, 'ca.crl') });
+  const { proc, port, admin } = await tlsProxy(true, 'ca.crl');
+  ctx.servers.push(await startServer({ id: 's1', policy: 'P', listenPort: 0, proxy: { host: LOCAL, port }, tls: loadTls({ ...pki.cert('server'), ca: pki.ca }) }));
+  const files = (name: string) => ({ ...pki.cert(name), ca: pki.ca });
+  const kept = await connect({ revproc: { host: LOCAL, port }, id: 'kept', tls: loadTls(files('kept')), maxAttempts: 1 });
+  const doomed = await handshake(port, files('revoked'));
+  let doomedClosed = false;
+  doomed.on('close', () => (doomedClosed = true));
+  try {
+    assert.ok(await kept.request('P', 'before'));
+    // The CA revokes one certificate: its new CRL is written over the old one, then `systemctl reload`.
+    pki.crl(['revoked'], { file: join(ctx.dir, 'ca.crl') });
+    proc.kill('SIGHUP');
+    await proc.waitFor(/Reloaded .*p\.yaml: applied tls; secrets re-read; closed 1 connection\(s\) whose peer's certificate tls\.crl now revokes \(tls_revoked lines name them\)/);
+    assert.match(proc.out.find((l) => /Closed the connection from/.test(l)) ?? proc.out.join('\n'), /\| warning: Closed the connection from 127\.0\.0\.1:\d+: its peer's TLS certificate \(serial [0-9A-F]+, CN=revoked\) is revoked by the CRL of CN=revproxy test CA in tls\.crl/);
+    await eventually(() => doomedClosed, 3000, 'the revoked peer\'s open connection closed');
+    const again = await handshake(port, files('revoked')).then((s) => s.destroy(), (e: Error) => e);
+    assert.instance(again, Error, 'a new handshake with the revoked certificate is refused');
+    await proc.waitFor(/Refused a TLS connection from 127\.0\.0\.1: the peer's TLS certificate has been revoked \(CERT_REVOKED\): its CA lists it in this side's --tls-crl/);
+    assert.ok(await kept.request('P', 'after'), 'a connection the CRL does not revoke is kept, and served');
+    const [fresh] = await runClient({ id: 'c', proxy: { host: LOCAL, port }, tls: loadTls(files('kept')), packets: [{ srcid: 'c', privPoliId: 'P', payload: 'x' }] });
+    assert.ok(fresh!.correct, String(fresh!.error));
+    assert.ok(ctx.servers[0]!.actor.getSnapshot().status === 'active');
+    assert.is(await handshakeFailures(admin), 'revoked=1');
+  } finally {
+    doomed.destroy();
+    await kept.close();
+  }
+});
+
+renew("revproxy_tls_handshake_failures_total counts the proxy's failed handshakes by reason, as its tls_refused lines say them", async () => {
+  const pki = makePki(['proxy', 'client']);
+  const rogue = makePki(['client'], 'rogue CA');
+  install(pki, 'proxy');
+  const { proc, port, admin } = await tlsProxy();
+  assert.is(await handshakeFailures(admin), '', 'every reason at 0 before any');
+  assert.instance(await handshake(port, { ...rogue.cert('client'), ca: pki.ca }).catch((e: Error) => e), Error);
+  assert.instance(await handshake(port, { ca: pki.ca }).catch((e: Error) => e), Error);
+  for (const bytes of ['GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n', Buffer.from([0, 0, 0, 5, 1, 2, 3, 4, 5])]) {
+    const sock = await rawConnect(port);
+    sock.on('error', () => {});
+    sock.write(bytes);
+    await new Promise((r) => sock.once('close', r));
+  }
+  await eventually(async () => (await handshakeFailures(admin)) === 'http=1 no_certificate=1 plain_tcp=1 unknown_ca=1', 3000, 'each counted under its reason');
+  assert.is(proc.out.filter((l) => /Refused a TLS connection/.test(l)).length, 4, proc.out.join('\n'));
+});
+
+renew('tls.crl is checked at start, by --check and at each reload: a file that is no CRL is refused; one past its nextUpdate, one of no CA in tls.ca, or a CA without its CRL is a warning saying which peers will be refused', async () => {
+  const pki = makePki(['proxy', 'client']);
+  const other = makePki([], 'revproxy other CA');
+  install(pki, 'proxy');
+  const crl = join(ctx.dir, 'ca.crl');
+  const file = join(ctx.dir, 'p.yaml');
+  writeFileSync(file, 'port: 0\ntls:\n  cert: proxy.pem\n  key: proxy.key\n  ca: ca.pem\n  crl: ca.crl\n');
+  const check = async (): Promise<{ code: number | null; out: string }> => {
+    const c = revproxy(['proxy', '--config', file, '--check']);
+    return { code: await c.exited, out: c.out.join('\n') };
+  };
+  // The CA's certificate where its CRL goes: refused, naming the setting.
+  copyFileSync(pki.ca, crl);
+  let r = await check();
+  assert.is(r.code, 1, r.out);
+  assert.match(r.out, /tls\.crl: the tls\.crl file '.*ca\.crl' holds no PEM CRL \(-----BEGIN X509 CRL-----\): it holds a certificate \(a CA's certificate goes in the CA file, the CRL it issues here\): give the CRL of each CA in tls\.ca, in PEM/);
+  // Past its nextUpdate: valid, with a warning (TLS refuses every peer of that CA meanwhile).
+  pki.crl([], { file: crl, made: '-3d' });
+  r = await check();
+  assert.is(r.code, 0, r.out);
+  assert.match(r.out, /revproxy: warning: the CRL of CN=revproxy test CA in the tls\.crl file '.*ca\.crl' passed its nextUpdate on 20\d\d-[-\dT:.]+Z: TLS refuses every peer certificate that CA signed \(CRL_HAS_EXPIRED\)/);
+  // Another CA's CRL: both warnings, the CRL's and the CA's without one.
+  other.crl([], { file: crl });
+  r = await check();
+  assert.is(r.code, 0, r.out);
+  assert.match(r.out, /warning: the CRL of CN=revproxy other CA in the tls\.crl file '.*ca\.crl' was not issued by any CA in tls\.ca/);
+  assert.match(r.out, /warning: the CA CN=revproxy test CA in tls\.ca has no CRL in the tls\.crl file '.*ca\.crl': TLS refuses every peer certificate it signed \(UNABLE_TO_GET_CRL/);
+  // Started so, the proxy says it (and refuses such peers, saying why); a reload with a good CRL clears it; one with no CRL is refused, the running one kept.
+  const proc = revproxy(['proxy', '--config', file]);
+  const port = Number((await proc.waitFor(/Running the reverse proxy on port (\d+)/))[1]);
+  assert.ok(proc.out.some((l) => /\| warning: the CA CN=revproxy test CA in tls\.ca has no CRL/.test(l)), proc.out.join('\n'));
+  const client = { ...pki.cert('client'), ca: pki.ca };
+  assert.instance(await handshake(port, client).catch((e: Error) => e), Error);
+  await proc.waitFor(/Refused a TLS connection from 127\.0\.0\.1: the peer's TLS certificate could not be checked for revocation: this side's --tls-crl has no CRL from the CA that signed it \(UNABLE_TO_GET_CRL/);
+  pki.crl([], { file: crl });
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reloaded .*applied tls/);
+  (await handshake(port, client)).destroy();
+  writeFileSync(crl, 'not a CRL\n');
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reload refused, still running the previous configuration: .*tls\.crl: the tls\.crl file '.*ca\.crl' holds no PEM CRL/);
+  (await handshake(port, client)).destroy();
 });
 
 renew.run();

@@ -1,6 +1,6 @@
 /** Throw-away certificates for TLS specs, made with openssl in a temp folder. */
 import { execFileSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { loadTls, type TlsFiles } from '../transport/tls.js';
@@ -12,6 +12,12 @@ export interface Pki {
   ca: string;
   /** cert and key paths by name. */
   cert(name: string): { cert: string; key: string };
+  /**
+   * Make the CA's CRL (`openssl ca -gencrl`) at `file` (default ca.crl in `dir`), revoking the certificates
+   * of `revoke` (names given to makePki) and those of earlier calls; valid from now for `hours` (24), or made
+   * `made` ago (a libfaketime offset: `-3d` with `hours` 24 is one past its nextUpdate). Returns its path.
+   */
+  crl(revoke?: string[], opts?: { file?: string; hours?: number; made?: string }): string;
 }
 
 function run(args: string[], cwd: string, env?: Record<string, string>): void {
@@ -42,7 +48,21 @@ export function makePki(names: string[], caName = 'revproxy test CA', { days = 2
     openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', `${n}.key`, '-out', `${n}.csr`, '-subj', `/CN=${n}`], dir, leafEnv);
     openssl(['x509', '-req', '-in', `${n}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${n}.pem`, '-days', String(leafDays), '-extfile', `${n}.ext`], dir, leafEnv);
   }
-  return { dir, ca: join(dir, 'ca.pem'), cert: (n) => ({ cert: join(dir, `${n}.pem`), key: join(dir, `${n}.key`) }) };
+  const crl = (revoke: string[] = [], o: { file?: string; hours?: number; made?: string } = {}): string => {
+    // openssl ca's own database: the certificates revoked so far, and the CRL's number.
+    if (!existsSync(join(dir, 'index.txt'))) {
+      writeFileSync(join(dir, 'index.txt'), '');
+      writeFileSync(join(dir, 'crlnumber'), '01\n');
+      writeFileSync(join(dir, 'ca.cnf'), '[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\ncrlnumber = crlnumber\ndefault_md = sha256\ncertificate = ca.pem\nprivate_key = ca.key\n');
+    }
+    for (const n of revoke) run(['ca', '-config', 'ca.cnf', '-revoke', `${n}.pem`], dir);
+    const file = o.file ?? join(dir, 'ca.crl');
+    const faked = o.made ? libfaketime() : undefined;
+    if (o.made && !faked) throw new Error('libfaketime is not installed (Debian: sudo apt-get install -y faketime)');
+    run(['ca', '-config', 'ca.cnf', '-gencrl', '-crlhours', String(o.hours ?? 24), '-out', file], dir, faked ? { LD_PRELOAD: faked, FAKETIME: o.made! } : undefined);
+    return file;
+  };
+  return { dir, ca: join(dir, 'ca.pem'), cert: (n) => ({ cert: join(dir, `${n}.pem`), key: join(dir, `${n}.key`) }), crl };
 }
 
 /**

@@ -240,7 +240,7 @@ test('a plain load to a proxy that wants TLS says TLS may be why, as the client 
   for (const mode of [[], ['--connection-per-request']]) {
     const r = await load(['--revproc', String(tlsPort), '-n', '4', '-c', '2', ...mode]);
     assert.is(r.code, 1, r.out);
-    assert.match(r.out, /CONNECTION_LOST \d+: the target accepted connections and closed them before sending anything: check whether another program listens on that port, or the proxy wants TLS \(--tls-ca, --tls-cert\), refused this side's TLS certificate \(--tls-cert: signed by a CA not in its --tls-ca, or expired: its tls_refused lines say which\) or is at its connection limit/);
+    assert.match(r.out, /CONNECTION_LOST \d+: the target accepted connections and closed them before sending anything: check whether another program listens on that port, or the proxy wants TLS \(--tls-ca, --tls-cert\), refused this side's TLS certificate \(--tls-cert: signed by a CA not in its --tls-ca, or expired, or revoked by its --tls-crl: its tls_refused lines say which\) or is at its connection limit/);
   }
   const t = await load(['--revproc', String(proxyPort), '-n', '4', '-c', '2', '--tls-ca', pki.ca]);
   assert.is(t.code, 1, t.out);

@@ -12,6 +12,7 @@ import { ManualClock } from '../transport/clock.js';
 import { Readiness, startAdmin } from '../admin/server.js';
 import { eventually, LOCAL } from './helpers.js';
 import { ROOT } from './procs.js';
+import { TLS_FAILURES, type TlsFailure } from '../transport/foreign.js';
 
 /** `name{labels} value` lines of a Prometheus text body, summed per name and label subset. */
 function sample(text: string, name: string, labels: Record<string, string> = {}): number {
@@ -425,7 +426,7 @@ hooks('a scrape reads the open connections once, for the four metrics made of th
   const roles = (n: number) => ({ client: n, registration: 0, unknown: 0, upstream: 0 });
   const conns = () => {
     reads++;
-    return { open: roles(open), received: roles(10), sent: roles(20), refused: { max_connections: 0, per_peer: 0, conn_rate: 0, tls_handshakes: 0 } };
+    return { open: roles(open), received: roles(10), sent: roles(20), refused: { max_connections: 0, per_peer: 0, conn_rate: 0, tls_handshakes: 0 }, tlsFailures: Object.fromEntries(TLS_FAILURES.map((r) => [r, 0])) as Record<TlsFailure, number> };
   };
   addOperationsMetrics(m.registry, { conns, maxConnections: () => undefined, dropped: () => ({ main: 0, access: 0 }), reloads: () => ({ applied: 0, refused: 0 }), certs: () => [] });
   let text = await m.text();

@@ -15,7 +15,7 @@ import { isLoopback, Logger, memorySink, runClient, startProxy, startServer, Sta
 import { encodeFrame, FORWARD_ROOM } from '../transport/frame.js';
 import { resolveOptions } from '../actors/proxy-options.js';
 import { checkListen } from '../inspector/guard.js';
-import { loadTls } from '../transport/tls.js';
+import { describeTlsError, dial, listenServer, loadTls } from '../transport/tls.js';
 import { hostHeaderIsLoopback, isEveryAddress } from '../transport/address.js';
 import { dialBackProblem } from '../actors/server.js';
 import { makePki } from './certs.js';
@@ -251,6 +251,63 @@ tls("a client the proxy refuses in the handshake is told why in words: no certif
     } finally {
       listener.close();
     }
+  }
+});
+
+tls('tls.crl: a client or server whose certificate a CRL revokes is refused at its handshake, logged (tls_refused, CERT_REVOKED) and counted; the CRLs of two CAs in one file each apply', async (ctx) => {
+  // Node hands the TLS library only the first CRL of a PEM text: the second CA's revocations were ignored, its every peer refused UNABLE_TO_GET_CRL.
+  const pki = makePki(['proxy', 'server', 'client', 'revoked-client', 'revoked-server']);
+  const second = makePki(['client', 'revoked'], 'revproxy second CA');
+  const cas = join(pki.dir, 'cas.pem');
+  const crls = join(pki.dir, 'crls.pem');
+  writeFileSync(cas, readFileSync(pki.ca, 'utf8') + readFileSync(second.ca, 'utf8'));
+  writeFileSync(crls, readFileSync(pki.crl(['revoked-client', 'revoked-server']), 'utf8') + readFileSync(second.crl(['revoked']), 'utf8'));
+  const failed: string[] = [];
+  const proxyTls = loadTls({ ...pki.cert('proxy'), ca: cas, crl: crls })!;
+  await proxyWith(ctx, { tls: proxyTls, upstreamTls: proxyTls, observer: { tlsFailed: (reason) => failed.push(reason) } });
+  await server(ctx, 'ok', 'P', { tls: loadTls({ ...pki.cert('server'), ca: pki.ca }) });
+  await eventually(() => ctx.proxy!.pools().P?.serving.includes('ok') ?? false, 3000, 'ok serving');
+  const ask = (id: string, from: typeof pki, name: string) => runClient({ id, proxy: { host: LOCAL, port: ctx.proxy!.port }, packets: pkts('P'), maxAttempts: 1, timeoutMs: 2000, tls: loadTls({ ...from.cert(name), ca: pki.ca }) });
+  for (const [from, name] of [[pki, 'client'], [second, 'client']] as const) {
+    const [r] = await ask(name, from, name);
+    assert.ok(r!.correct, `a certificate no CRL revokes is served: ${String(r!.error)}`);
+  }
+  for (const [from, name] of [[pki, 'revoked-client'], [second, 'revoked']] as const) {
+    const [r] = await ask(name, from, name);
+    assert.not.ok(r!.correct, `${name}'s certificate is revoked`);
+  }
+  const refused = await server(ctx, 'revoked', 'P', { tls: loadTls({ ...pki.cert('revoked-server'), ca: pki.ca }), registerTimeoutMs: 800 }).catch((e: unknown) => e);
+  assert.instance(refused, StartError);
+  assert.equal(ctx.proxy!.pools().P!.members, ['ok']);
+  const revoked = ctx.logs.filter((l) => l.event === 'tls_refused' && l.reason === 'CERT_REVOKED');
+  // The first line from the address; the rest of the interval's are counted into its summary.
+  assert.ok(revoked.length >= 1, JSON.stringify(ctx.logs.filter((l) => l.event === 'tls_refused')));
+  assert.match(revoked[0]!.msg, /^Refused a TLS connection from 127\.0\.0\.1: the peer's TLS certificate has been revoked \(CERT_REVOKED\): its CA lists it in this side's --tls-crl; the peer needs a new certificate/);
+  assert.is(revoked[0]!.failure, 'revoked');
+  assert.ok(failed.length >= 3 && failed.every((r) => r === 'revoked'), failed.join(' '));
+});
+
+tls("a server's tls.crl (revproxy server --tls-crl) refuses a proxy whose certificate it revokes; the proxy's dials to servers check its CRL too", async (ctx) => {
+  const pki = makePki(['proxy', 'server']);
+  const crl = pki.crl(['proxy', 'server']);
+  const proxyTls = loadTls({ ...pki.cert('proxy'), ca: pki.ca })!;
+  await proxyWith(ctx, { tls: proxyTls, upstreamTls: proxyTls });
+  const refused = await server(ctx, 's', 'P', { tls: loadTls({ ...pki.cert('server'), ca: pki.ca, crl }), registerTimeoutMs: 800 }).catch((e: unknown) => e);
+  assert.instance(refused, StartError);
+  assert.match((refused as Error).message, /the peer's TLS certificate has been revoked \(CERT_REVOKED\): its CA lists it in this side's --tls-crl/);
+  // What the proxy's links dial with (transport/tls.ts dial, its upstreamTls): a server presenting a revoked certificate is refused.
+  const listener = listenServer(loadTls(pki.cert('server')), (s) => s.destroy());
+  await new Promise<void>((r) => listener.listen(0, LOCAL, r));
+  try {
+    const err = await new Promise<NodeJS.ErrnoException>((done) => {
+      const s = dial(LOCAL, (listener.address() as { port: number }).port, loadTls({ ca: pki.ca, crl }));
+      s.once('secureConnect', () => done(Object.assign(new Error('connected'), { code: 'CONNECTED' })));
+      s.once('error', done);
+    });
+    assert.is(err.code, 'CERT_REVOKED');
+    assert.match(describeTlsError(err), /the peer's TLS certificate has been revoked \(CERT_REVOKED\)/);
+  } finally {
+    listener.close();
   }
 });
 

@@ -149,17 +149,75 @@ export const UNTRUSTED_CA_CODES: ReadonlySet<string> = new Set([
   'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'CERT_SIGNATURE_FAILURE',
 ]);
 
+/**
+ * The verification errors that say this side's CRLs (--tls-crl) cannot vouch for a certificate, whatever
+ * the certificate: none from its CA, one past its nextUpdate or not valid yet, or one whose signature fails.
+ */
+export const CRL_CODES: ReadonlySet<string> = new Set([
+  'UNABLE_TO_GET_CRL', 'CRL_HAS_EXPIRED', 'CRL_NOT_YET_VALID', 'CRL_SIGNATURE_FAILURE', 'UNABLE_TO_DECRYPT_CRL_SIGNATURE',
+  'ERROR_IN_CRL_LAST_UPDATE_FIELD', 'ERROR_IN_CRL_NEXT_UPDATE_FIELD', 'UNABLE_TO_GET_CRL_ISSUER', 'KEYUSAGE_NO_CRL_SIGN',
+  'DIFFERENT_CRL_SCOPE', 'CRL_PATH_VALIDATION_ERROR', 'UNHANDLED_CRITICAL_CRL_EXTENSION',
+]);
+
+/** Why this side's CRLs could not vouch for a certificate (a `CRL_CODES` code), and what to do. */
+export function crlProblem(code: string): string {
+  const fix = 'install a fresh CRL of each CA in --tls-ca there, then reload (SIGHUP)';
+  switch (code) {
+    case 'UNABLE_TO_GET_CRL':
+      return `this side's --tls-crl has no CRL from the CA that signed it (${code}: with CRLs given, each CA of a chain needs its own): add that CA's CRL (an empty one when it revokes nothing), then reload (SIGHUP)`;
+    case 'CRL_HAS_EXPIRED':
+      return `the CRL of its CA in this side's --tls-crl is past its nextUpdate (${code}): ${fix}`;
+    case 'CRL_NOT_YET_VALID':
+      return `the CRL of its CA in this side's --tls-crl is not valid yet (${code}): check this machine's clock, or ${fix}`;
+    default:
+      return `the CRL of its CA in this side's --tls-crl cannot be used (${code}): ${fix}`;
+  }
+}
+
 /** Why a peer's TLS certificate was refused, from its verification error, and what to do (a listener of its peer's, a dialler of its listener's). */
 export function refusedCertificate(code: string): string {
   if (UNTRUSTED_CA_CODES.has(code)) {
     return `the peer's TLS certificate is not signed by a CA this side trusts (${code}): give the peer a certificate signed by a CA in this side's --tls-ca, or add the CA that signed it there`;
   }
+  if (CRL_CODES.has(code)) return `the peer's TLS certificate could not be checked for revocation: ${crlProblem(code)}`;
   switch (code) {
     case 'CERT_HAS_EXPIRED':
       return `the peer's TLS certificate has expired (${code}): give the peer a renewed one (its --tls-cert)`;
     case 'CERT_NOT_YET_VALID':
       return `the peer's TLS certificate is not valid yet (${code}): check this machine's clock and the peer's, or the certificate's start date`;
+    case 'CERT_REVOKED':
+      return `the peer's TLS certificate has been revoked (${code}): its CA lists it in this side's --tls-crl; the peer needs a new certificate (and key), or the CRL is not the one meant`;
+    case 'INVALID_PURPOSE':
+      return `the peer's TLS certificate is not for this use (${code}: its extendedKeyUsage lacks clientAuth, or serverAuth for a server this side dials): give the peer a certificate made for it`;
     default:
       return `the peer's TLS certificate was refused (${code}): check it against this side's --tls-ca (openssl verify -CAfile)`;
   }
+}
+
+/**
+ * Why a TLS listener's handshakes fail, as revproxy_tls_handshake_failures_total counts them: a fixed
+ * set, so a peer cannot make new series. `crl` is this side's CRLs failing (none from the peer's CA,
+ * one past its nextUpdate), not the peer's certificate; `closed`, a peer that hung up mid-handshake
+ * (a Node peer refusing this side's certificate does so without an alert); `peer_alert`, one that said
+ * why with a TLS alert.
+ */
+export const TLS_FAILURES = ['no_certificate', 'unknown_ca', 'expired', 'not_yet_valid', 'revoked', 'crl', 'bad_purpose', 'plain_tcp', 'http', 'timeout', 'closed', 'peer_alert', 'other'] as const;
+export type TlsFailure = (typeof TLS_FAILURES)[number];
+
+/** The `TLS_FAILURES` reason of a listener's failed handshake: the TLS library's error code, and the peer certificate's verification error if any. */
+export function tlsFailureOf(code: string | undefined, certificate?: string): TlsFailure {
+  if (certificate) {
+    if (UNTRUSTED_CA_CODES.has(certificate)) return 'unknown_ca';
+    if (CRL_CODES.has(certificate)) return 'crl';
+    const known: Record<string, TlsFailure> = { CERT_HAS_EXPIRED: 'expired', CERT_NOT_YET_VALID: 'not_yet_valid', CERT_REVOKED: 'revoked', INVALID_PURPOSE: 'bad_purpose' };
+    return known[certificate] ?? 'other';
+  }
+  const kind = recogniseTlsRefusal(code)?.kind;
+  if (kind === 'no-certificate') return 'no_certificate';
+  if (kind === 'plain') return 'plain_tcp';
+  if (kind === 'http-client') return 'http';
+  if (kind === 'closed') return 'closed';
+  if (code === 'ERR_TLS_HANDSHAKE_TIMEOUT') return 'timeout';
+  if (code && /^ERR_SSL_(SSLV3|TLSV1|TLSV13)_ALERT_/.test(code)) return 'peer_alert';
+  return 'other';
 }

@@ -10,8 +10,9 @@ import { connect as netConnect, createServer as netServer, isIP, type LookupFunc
 import { connect as tlsConnect, createSecureContext, createServer as tlsServer, TLSSocket, Server as TlsServer, type SecureContextOptions } from 'node:tls';
 import { isPlainObject, kindOf, LocalCode, RevproxyError } from './errors.js';
 import { hostPort, unbracket } from './address.js';
-import { refusedCertificate, UNTRUSTED_CA_CODES } from './foreign.js';
+import { CRL_CODES, refusedCertificate, UNTRUSTED_CA_CODES } from './foreign.js';
 import { setDeadline, type Clock, type Timer } from './clock.js';
+import { crlBlocks, issuedBy, namesOf, parseCrl, revoking, type Crl } from './crl.js';
 
 export interface TlsFiles {
   /** PEM certificate chain presented by this side. */
@@ -20,12 +21,29 @@ export interface TlsFiles {
   key?: string;
   /** PEM CA bundle: verifies the other side's certificate; on a listener it also asks peers for one (mutual TLS). */
   ca?: string;
+  /** PEM CRLs (one or more) of the CAs in `ca`: a peer certificate one of them revokes is refused. */
+  crl?: string;
 }
 
 export interface TlsMaterial {
   cert?: Buffer | undefined;
   key?: Buffer | undefined;
   ca?: Buffer | undefined;
+  /** PEM CRLs of the CAs in `ca` (transport/crl.ts): every CA there then needs its own, as OpenSSL checks a whole chain. */
+  crl?: Buffer | undefined;
+}
+
+/** What names each TLS setting in errors (`--tls-cert`, `tls.cert`); the CRL's is the CA's with `crl` for `ca` when not given. */
+export interface TlsNames {
+  cert: string;
+  key: string;
+  ca: string;
+  crl?: string;
+}
+
+/** The name of the CRL setting beside `names.ca` (`--tls-ca`: `--tls-crl`; `tls.ca`: `tls.crl`). */
+export function crlName(names: TlsNames): string {
+  return names.crl ?? names.ca.replace(/ca$/, 'crl');
 }
 
 /** TLS options or files that cannot be used: named, with what is wrong with them. */
@@ -122,25 +140,27 @@ function timeLeft(at: number, now: number): string {
 }
 
 /** Read the PEM files; undefined when none is given. */
-export function loadTls(files: TlsFiles, names: { cert: string; key: string; ca: string } = { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }): TlsMaterial | undefined {
-  if (!files.cert && !files.key && !files.ca) return undefined;
+export function loadTls(files: TlsFiles, names: TlsNames = { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }): TlsMaterial | undefined {
+  if (!files.cert && !files.key && !files.ca && !files.crl) return undefined;
   if (Boolean(files.cert) !== Boolean(files.key)) throw new TlsConfigError('--tls-cert and --tls-key go together: give both or neither', 'usage');
   const material = {
     cert: files.cert ? read(files.cert, '--tls-cert') : undefined,
     key: files.key ? read(files.key, '--tls-key') : undefined,
     ca: files.ca ? read(files.ca, '--tls-ca') : undefined,
+    crl: files.crl ? read(files.crl, crlName(names)) : undefined,
   };
-  return checkMaterial(material, (role) => `the ${names[role]} file '${files[role]}'`, names, true);
+  const all = { ...names, crl: crlName(names) };
+  return checkMaterial(material, (role) => `the ${all[role]} file '${files[role]}'`, names, true);
 }
 
 /**
  * Check TLS material already read (a library caller's buffers) as `loadTls` checks files: a TlsConfigError
  * naming the setting (`names`, e.g. tls.cert) when a certificate or key is not one, expired, or not the pair.
  */
-export function checkTls(material: TlsMaterial, names: { cert: string; key: string; ca: string }): TlsMaterial {
+export function checkTls(material: TlsMaterial, names: TlsNames): TlsMaterial {
   if (!material.cert && !material.key && !material.ca) throw new TlsConfigError(`no ${names.cert}, ${names.key} or ${names.ca} given: give the renewed files`, 'usage');
   if (Boolean(material.cert) !== Boolean(material.key)) throw new TlsConfigError(`${names.cert} and ${names.key} go together: give both or neither`, 'usage');
-  return checkMaterial(material, (role) => names[role], names, false);
+  return checkMaterial(material, (role) => (role === 'crl' ? crlName(names) : names[role]), names, false);
 }
 
 /**
@@ -153,13 +173,13 @@ export function checkTls(material: TlsMaterial, names: { cert: string; key: stri
  */
 export function checkStartTls(setting: string, material: unknown, serves: boolean): TlsMaterial | undefined {
   if (material === undefined) return undefined;
-  const names = { cert: `${setting}.cert`, key: `${setting}.key`, ca: `${setting}.ca` };
-  const shape = `${setting} must be { cert, key, ca }, each a PEM Buffer (readFileSync of the file) or string`;
+  const names = { cert: `${setting}.cert`, key: `${setting}.key`, ca: `${setting}.ca`, crl: `${setting}.crl` };
+  const shape = `${setting} must be { cert, key, ca, crl }, each a PEM Buffer (readFileSync of the file) or string`;
   if (!isPlainObject(material)) {
     throw new TlsConfigError(`${shape}, got ${kindOf(material)}`, 'usage');
   }
-  const m = material as Record<'cert' | 'key' | 'ca', unknown>;
-  for (const role of ['cert', 'key', 'ca'] as const) {
+  const m = material as Record<'cert' | 'key' | 'ca' | 'crl', unknown>;
+  for (const role of ['cert', 'key', 'ca', 'crl'] as const) {
     const v = m[role];
     if (v === undefined || Buffer.isBuffer(v)) continue;
     if (typeof v !== 'string') throw new TlsConfigError(`${shape}; ${names[role]} is ${v === null ? 'null' : typeof v}`, 'usage');
@@ -169,11 +189,11 @@ export function checkStartTls(setting: string, material: unknown, serves: boolea
     throw new TlsConfigError(`${setting} has no ${names.cert}${m.key ? '' : ` or ${names.key}`}: the listener serves TLS with them (leave ${setting} out to serve plain TCP)`, 'usage');
   }
   // `{}` is TLS with the system's CAs; anything more is checked as renewed material is.
-  return !m.cert && !m.key && !m.ca ? (material as TlsMaterial) : checkTls(material as TlsMaterial, names);
+  return !m.cert && !m.key && !m.ca && !m.crl ? (material as TlsMaterial) : checkTls(material as TlsMaterial, names);
 }
 
 /** The checks of `loadTls` and `checkTls`: `what(role)` names the file or setting in the errors. */
-function checkMaterial(material: TlsMaterial, what: (role: 'cert' | 'key' | 'ca') => string, names: { cert: string; key: string; ca: string }, files: boolean): TlsMaterial {
+function checkMaterial(material: TlsMaterial, what: (role: 'cert' | 'key' | 'ca' | 'crl') => string, names: TlsNames, files: boolean): TlsMaterial {
   // Check the contents now, so a bad file is a clear error at start rather than a failed handshake later.
   // Each file on its own first, to name the one that is wrong: a CA file with no certificate in it
   // passes createSecureContext (an empty CA store), and then every peer's certificate is refused.
@@ -201,16 +221,101 @@ function checkMaterial(material: TlsMaterial, what: (role: 'cert' | 'key' | 'ca'
   if (cas.length && cas.every((c) => Date.parse(c.validTo) <= now)) {
     throw new TlsConfigError(`every certificate in ${what('ca')} has expired (the last on ${new Date(Math.max(...cas.map((c) => Date.parse(c.validTo)))).toISOString()}): no peer's certificate could be verified: install the CA's renewed certificate there`);
   }
+  if (material.crl) {
+    if (!material.ca) throw new TlsConfigError(`${crlName(names)} goes with ${names.ca}: a CRL revokes certificates its CA signed, and only peers' certificates verified against ${names.ca} are checked against it`, 'usage');
+    crlsOf(material.crl, what('crl'), names);
+  }
   try {
-    createSecureContext({ cert: material.cert, key: material.key, ca: material.ca });
+    createSecureContext({ cert: material.cert, key: material.key, ca: material.ca, crl: material.crl && crlsOf(material.crl).map((c) => c.pem) });
   } catch (err) {
     const m = (err as Error).message;
     const which = /key values mismatch/.test(m) ? `${what('key')} is not the private key of ${what('cert')} (a renewed certificate comes with its own key: install both)`
+      : /CRL/.test(m) ? `${what('crl')} holds a CRL the TLS library cannot read`
       : /no start line|PEM|asn1|ASN1|bad base64|nested asn1/.test(m) ? `${files ? 'a --tls-cert, --tls-key or --tls-ca file' : `${names.cert}, ${names.key} or ${names.ca}`} is not a PEM certificate or key`
       : 'the TLS files were refused';
     throw new TlsConfigError(`${which}: ${m.trim()}`);
   }
   return material;
+}
+
+/** The CRLs of each PEM Buffer read so far: a dial reads them at each connection. */
+const crlCache = new WeakMap<Buffer, Crl[]>();
+
+/**
+ * The CRLs of a PEM file, each read (`parseCrl`): a TlsConfigError naming the file (`what`) when it holds
+ * none or one cannot be read. Without `what`, of material checked already.
+ */
+function crlsOf(pem: Buffer, what?: string, names?: TlsNames): Crl[] {
+  const known = crlCache.get(pem);
+  if (known) return known;
+  const blocks = crlBlocks(pem);
+  const give = `give the CRL of each CA in ${names?.ca ?? '--tls-ca'}, in PEM (openssl ca -gencrl makes one; openssl crl -inform DER -in FILE -out FILE.pem turns a DER one into PEM)`;
+  if (blocks.length === 0) {
+    const holds = /-----BEGIN (TRUSTED |X509 )?CERTIFICATE-----/.test(pem.toString('latin1')) ? ': it holds a certificate (a CA\'s certificate goes in the CA file, the CRL it issues here)' : '';
+    throw new TlsConfigError(`${what} holds no PEM CRL (-----BEGIN X509 CRL-----)${holds}: ${give}`);
+  }
+  const crls = blocks.map((block, i) => {
+    try {
+      return parseCrl(block);
+    } catch (err) {
+      throw new TlsConfigError(`${what} holds a CRL that cannot be read (the ${blocks.length > 1 ? `${ordinal(i + 1)} of ${blocks.length}` : 'only one'}: ${(err as Error).message}): ${give}`);
+    }
+  });
+  crlCache.set(pem, crls);
+  return crls;
+}
+
+const ordinal = (n: number): string => `${n}${n % 10 === 1 && n % 100 !== 11 ? 'st' : n % 10 === 2 && n % 100 !== 12 ? 'nd' : n % 10 === 3 && n % 100 !== 13 ? 'rd' : 'th'}`;
+
+/** The CRLs as the TLS library takes them: one PEM block an entry (of a text of several it reads only the first). */
+function crlOption(tls: TlsMaterial): string[] | undefined {
+  return tls.crl && crlsOf(tls.crl).map((c) => c.pem);
+}
+
+/**
+ * What to say of CRLs that can be read but will refuse peers (the setting `names.crl` in `file`), as
+ * OpenSSL checks them at each handshake; empty when none. Said at start, by `--check` and at each
+ * reload, as warnings: nginx and HAProxy load such files without a word, and the TLS library then
+ * refuses the peers (fail closed), each refusal a `tls_refused` line naming its cause. A CRL past
+ * its nextUpdate (its publisher late) refused at start would stop a restart, and refused at a reload
+ * every other change in it, while the handshakes fail the same either way.
+ */
+export function crlWarnings(material: TlsMaterial | undefined, names: TlsNames, file: string | undefined): string[] {
+  if (!material?.crl || !material.ca) return [];
+  const now = Date.now();
+  const setting = `the ${crlName(names)} file${file ? ` '${file}'` : ''}`;
+  const crls = crlsOf(material.crl);
+  const cas = certificatesOf(material.ca);
+  const out: string[] = [];
+  for (const crl of crls) {
+    const of = `the CRL of ${crl.issuerName} in ${setting}`;
+    if (!cas.some((ca) => issuedBy(crl, ca))) {
+      const named = cas.find((ca) => namesOf(ca).subject.equals(crl.issuer));
+      out.push(named
+        ? `${of} is not signed by the key of that CA in ${names.ca} (a CRL of a previous key of a CA re-keyed under the same name?): install the CRL its current key issued`
+        : `${of} was not issued by any CA in ${names.ca}: it is used only for the certificates of an intermediate CA of that name that peers present in their chains; if there is none, it is not the CRL meant (each CA in ${names.ca} needs its own)`);
+    }
+    if (crl.nextUpdate !== undefined && crl.nextUpdate <= now) {
+      out.push(`${of} passed its nextUpdate on ${new Date(crl.nextUpdate).toISOString()}: TLS refuses every peer certificate that CA signed (CRL_HAS_EXPIRED) until a fresh CRL is installed there and the process reloaded (SIGHUP); publish CRLs before their nextUpdate`);
+    } else if (crl.thisUpdate > now) {
+      out.push(`${of} is valid only from ${new Date(crl.thisUpdate).toISOString()} (its thisUpdate): TLS refuses every peer certificate that CA signed until then (CRL_NOT_YET_VALID): check this machine's clock`);
+    }
+  }
+  for (const ca of cas) {
+    if (Date.parse(ca.validTo) <= now || crls.some((crl) => issuedBy(crl, ca))) continue;
+    out.push(`the CA ${ca.subject.replace(/\n/g, ', ')} in ${names.ca} has no CRL in ${setting}: TLS refuses every peer certificate it signed (UNABLE_TO_GET_CRL: with CRLs given, each CA of a peer's chain needs its own); add that CA's CRL (an empty one when it revokes nothing)`);
+  }
+  return out;
+}
+
+/**
+ * Whether the CRLs of `tls` revoke a peer's certificate: a function answering, for each certificate,
+ * the CRL that lists it (its issuer's, with its serial number), or undefined without CRLs.
+ */
+export function revokedBy(tls: TlsMaterial): ((cert: X509Certificate) => Crl | undefined) | undefined {
+  if (!tls.crl) return undefined;
+  const crls = crlsOf(tls.crl);
+  return (cert) => revoking(crls, cert);
 }
 
 /**
@@ -303,7 +408,7 @@ function lookupIn(family: 4 | 6): LookupFunction {
 export function dial(host: string, port: number, tls?: TlsMaterial, from?: string): Socket {
   const source = from === undefined ? {} : { localAddress: from, lookup: lookupIn(isIP(from) as 4 | 6) };
   if (!tls) return netConnect({ host, port, ...source });
-  return tlsConnect({ host, port, ...source, ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: true, servername: isIP(host) !== 0 ? undefined : host });
+  return tlsConnect({ host, port, ...source, ca: tls.ca, cert: tls.cert, key: tls.key, crl: crlOption(tls), rejectUnauthorized: true, servername: isIP(host) !== 0 ? undefined : host });
 }
 
 /** What to tell a person when a listen fails: the cause and what to do. */
@@ -390,7 +495,7 @@ export function listenServer(tls: TlsMaterial | undefined, onSocket: (socket: So
  * HAProxy refuse client renegotiation too.
  */
 function contextOf(tls: TlsMaterial): SecureContextOptions {
-  return { cert: tls.cert, key: tls.key, ca: tls.ca, secureOptions: cryptoConstants.SSL_OP_NO_RENEGOTIATION };
+  return { cert: tls.cert, key: tls.key, ca: tls.ca, crl: crlOption(tls), secureOptions: cryptoConstants.SSL_OP_NO_RENEGOTIATION };
 }
 
 /**
@@ -455,7 +560,7 @@ export function closedAtOnce(also?: string): string {
  * it: in TLS 1.3 the dialler's handshake is done before the listener checks its certificate, and
  * Node's listener then closes the connection without an alert.
  */
-export const CERT_REFUSED = "refused this side's TLS certificate (--tls-cert: signed by a CA not in its --tls-ca, or expired: its tls_refused lines say which)";
+export const CERT_REFUSED = "refused this side's TLS certificate (--tls-cert: signed by a CA not in its --tls-ca, or expired, or revoked by its --tls-crl: its tls_refused lines say which)";
 
 /** Why a client's connection dialled without TLS is closed before any answer, most likely (a server's registration says `CLOSED_UNACCEPTED`). */
 export const PLAIN_TO_TLS = 'check that a revproxy proxy listens on that port (not another program), and whether it wants TLS (--tls-ca, --tls-cert; tls in the library)';
@@ -476,12 +581,12 @@ export function describeTlsError(err: NodeJS.ErrnoException): string {
   if (/wrong version number|packet length too long|unknown protocol/i.test(err.message)) {
     return 'the peer does not speak TLS: start it with --tls-cert and --tls-key, or dial it without TLS (no --tls-ca here)';
   }
-  if (CERT_CODES.has(code)) return refusedCertificate(code);
+  if (CERT_CODES.has(code) || CRL_CODES.has(code)) return refusedCertificate(code);
   return peerAlert(err.message) ?? err.message;
 }
 
 /** Verification errors of the peer's certificate that `refusedCertificate` says in words (those of an untrusted CA aside). */
-const CERT_CODES: ReadonlySet<string> = new Set(['CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID', 'INVALID_PURPOSE']);
+const CERT_CODES: ReadonlySet<string> = new Set(['CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID', 'INVALID_PURPOSE', 'CERT_REVOKED']);
 
 /**
  * The alert a TLS peer ended the handshake with (OpenSSL's `... alert certificate required ... SSL alert number 116`),
@@ -499,6 +604,8 @@ export function peerAlert(message: string): string | undefined {
       return said('it does not trust the CA that signed this side\'s certificate: give a certificate signed by a CA in its --tls-ca, or add that CA there');
     case 45:
       return said('this side\'s certificate has expired: renew --tls-cert (and its key)');
+    case 44:
+      return said('this side\'s certificate is revoked (its CA\'s CRL lists it): give --tls-cert and --tls-key newly issued');
     case 42:
     case 46:
     case 43:
