@@ -167,7 +167,7 @@ renew('the TLS options at start are checked as the files are: a key not the cert
     await refused(() => startProxy({ port: 0, upstreamTls: { cert: good.cert, key: otherKey } }), /^startProxy: upstreamTls\.key is not the private key of upstreamTls\.cert/);
     await refused(() => startServer({ id: 's1', policy: 'P', revproc: 1, tls: { cert: good.cert, key: otherKey } }), /^startServer: tls\.key is not the private key of tls\.cert/);
     await refused(() => connect({ revproc: 1, tls: { ca: Buffer.from('not a certificate') } }), /^connect\(\): tls\.ca holds no PEM certificate/);
-    await refused(() => connect({ revproc: 1, tls: 'on' as never }), /^connect\(\): tls must be \{ cert, key, ca \}, each a PEM Buffer .*, got string$/);
+    await refused(() => connect({ revproc: 1, tls: 'on' as never }), /^connect\(\): tls must be \{ cert, key, ca, crl \}, each a PEM Buffer .*, got string$/);
     // What each takes still starts: a pair as Buffers or PEM strings, a dialling side's {} (the system's CAs).
     const p = await startProxy({ port: 0, tls: { cert: good.cert!.toString(), key: good.key!.toString() } as never, upstreamTls: {} });
     ctx.proxies.push(p);

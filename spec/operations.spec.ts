@@ -13,6 +13,7 @@ import { runClient, sha1Handler, startServer, type Handler, type ServerHandle } 
 import { EJECT_REASONS, resolveOptions } from '../actors/proxy-options.js';
 import { MEMBER_STATES } from '../actors/proxy-types.js';
 import { clientRoom, fileRoom, REFUSE_REASONS } from '../actors/port-limits.js';
+import { TLS_FAILURES } from '../transport/foreign.js';
 import { describeLinkError } from '../actors/link.js';
 import { ROLES } from '../admin/conn-stats.js';
 import { changes, defaultOf, DEFAULTS, flagOfKey, flagsNamedOtherwise, keyOfFlag, NUMBERS, parseConfig, proxyConfigSpec, toRuntime } from '../config/proxy.js';
@@ -1227,7 +1228,7 @@ admin('/healthz, /readyz (503 while draining) and /metrics (GET and HEAD): count
   const known: Record<string, (v: string) => boolean> = {
     outcome: (v) => v === 'ok' || (ERROR_CODES as readonly string[]).includes(v),
     code: (v) => (ERROR_CODES as readonly string[]).includes(v),
-    reason: (v) => (EJECT_REASONS as readonly string[]).includes(v) || (REFUSE_REASONS as readonly string[]).includes(v),
+    reason: (v) => (EJECT_REASONS as readonly string[]).includes(v) || (REFUSE_REASONS as readonly string[]).includes(v) || (TLS_FAILURES as readonly string[]).includes(v),
     role: (v) => (ROLES as readonly string[]).includes(v),
     state: (v) => (MEMBER_STATES as readonly string[]).includes(v),
     source: (v) => v === 'direct' || v === 'registry',

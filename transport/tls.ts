@@ -158,7 +158,7 @@ export function loadTls(files: TlsFiles, names: TlsNames = { cert: '--tls-cert',
  * naming the setting (`names`, e.g. tls.cert) when a certificate or key is not one, expired, or not the pair.
  */
 export function checkTls(material: TlsMaterial, names: TlsNames): TlsMaterial {
-  if (!material.cert && !material.key && !material.ca) throw new TlsConfigError(`no ${names.cert}, ${names.key} or ${names.ca} given: give the renewed files`, 'usage');
+  if (!material.cert && !material.key && !material.ca && !material.crl) throw new TlsConfigError(`no ${names.cert}, ${names.key} or ${names.ca} given: give the renewed files`, 'usage');
   if (Boolean(material.cert) !== Boolean(material.key)) throw new TlsConfigError(`${names.cert} and ${names.key} go together: give both or neither`, 'usage');
   return checkMaterial(material, (role) => (role === 'crl' ? crlName(names) : names[role]), names, false);
 }
