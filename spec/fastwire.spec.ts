@@ -107,7 +107,7 @@ test('a text payload of LAZY_TEXT_BYTES or more, where the reader may (lazyFrom)
       }
       const bytes = Buffer.byteLength(t);
       const lazy = bytes >= LAZY_TEXT_BYTES;
-      assert.is(hot[TEXT_BYTES], lazy ? bytes : undefined);
+      assert.is(hot[TEXT_BYTES]?.length, lazy ? bytes : undefined);
       assert.is(payloadSize(hot), bytes);
       if (lazy) assert.ok(Object.getOwnPropertyDescriptor(hot, 'payload')!.get, 'not made into a string yet');
       if (o.type === 2) assert.is((hot as AckMsg).payloadsize, 3);
@@ -158,13 +158,49 @@ test('a frame decoder leaves large text unmade only when told to (lazyTextFrom),
     return got[0] as DataMsg;
   };
   const lazy = read(new FrameDecoder({ lazyTextFrom: LAZY_TEXT_BYTES }));
-  assert.is(lazy[TEXT_BYTES], 300_000);
+  assert.is(lazy[TEXT_BYTES]?.length, 300_000);
   assert.ok(lazy[WIRE], 'kept as its bytes, to forward unmade');
   assert.is(lazy.payload, o.payload);
   const made = read(new FrameDecoder());
   assert.is(made[TEXT_BYTES], undefined);
   assert.is(Object.getOwnPropertyDescriptor(made, 'payload')!.value, o.payload);
   assert.is(made[WIRE], undefined, 'a lone request made as read lets its frame go');
+});
+
+test('text not made into a string yet (TEXT_BYTES) is encoded from its bytes: hotSize and encodeHot never make the string, and write the bytes its string would be written as, ASCII or not', () => {
+  const texts = ['a'.repeat(LAZY_TEXT_BYTES), 'x'.repeat(1_000_000), '漢'.repeat(40000), '😀é\u0000z'.repeat(30000), '\u0080\u2028'.repeat(20000)];
+  for (const t of texts) {
+    for (const o of [{ type: 0, seq: 7, srcid: 'c1', privPoliId: '111', payload: t, payloadsize: 5 }, { type: 2, seq: 7, srcid: '100', destid: 'c1', payload: t, payloadsize: 3 }]) {
+      const body = encodeFrame(o as Message).subarray(4);
+      const hot = decodeHot(body, 0, body.length, LAZY_TEXT_BYTES)!;
+      // Encoded from its fields, as a message whose frame is not kept is (a request read from the old JSON wire), with a DATA's timeoutms.
+      hot[WIRE] = undefined;
+      if (hot.type === 0) hot.timeoutms = 1500;
+      const want = { ...o, ...(o.type === 0 ? { timeoutms: 1500 } : {}) } as DataMsg | AckMsg;
+      const unmade = (): boolean => Object.getOwnPropertyDescriptor(hot, 'payload')!.get !== undefined;
+      const room = hotSize(hot, 9);
+      assert.ok(unmade(), 'sized without the string');
+      assert.is(room, hotSize(want, 9) - 3 * t.length + Buffer.byteLength(t), 'room for its bytes');
+      const out = Buffer.alloc(room + 8, 0xee);
+      const end = encodeHot(hot, 9, out, 3);
+      assert.ok(unmade(), 'written without the string');
+      assert.ok(end - 3 <= room);
+      assert.is(payloadSize(hot), Buffer.byteLength(t));
+      const ref = Buffer.alloc(hotSize(want, 9));
+      assert.ok(out.subarray(3, end).equals(ref.subarray(0, encodeHot(want, 9, ref, 0))), `the bytes of the string's (${t.length} characters)`);
+      // And so the frame: as a connection writes it, and as one of its own.
+      const fb = new FrameBuffer();
+      writeFrame(hot, fb, 9);
+      assert.ok(fb.take().equals(encodeFrame(want, 9)));
+      assert.ok(encodeFrame(hot, 9).equals(encodeFrame(want, 9)));
+      assert.ok(unmade(), 'still not made');
+      assert.equal(unpackr.unpack(encodeFrame(hot, 9).subarray(4)), { ...want, seq: 9 });
+      // Made when read, the same message, encoded the same.
+      assert.is(hot.payload, t);
+      assert.is(hot[TEXT_BYTES], undefined);
+      assert.ok(encodeFrame(hot, 9).equals(encodeFrame(want, 9)));
+    }
+  }
 });
 
 /**

@@ -1,7 +1,8 @@
 /** The old JSON wire's codec and the first-byte sniffing, without sockets (issue 3). */
+import { createHash } from 'node:crypto';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { encodeFrame, FrameDecoder } from '../transport/frame.js';
+import { encodeFrame, FrameBuffer, FrameDecoder, writeFrame } from '../transport/frame.js';
 import { ErrorCode } from '../transport/errors.js';
 import { LAZY_TEXT_BYTES } from '../transport/fastwire.js';
 import { encodeJson, JsonDecoder, jsonWire, orderedJsonEncoder } from '../transport/json.js';
@@ -225,7 +226,7 @@ const request = (payload: string, before = '', after = ''): string => `{"type": 
 
 /**
  * What `text` (fed in reads cut at `cuts`) decodes to where large text is left unmade, checked to be what a decoder that
- * makes all text gives, message for message and error for error; `unmade` is each message's `TEXT_BYTES` as decoded.
+ * makes all text gives, message for message and error for error; `unmade` is the size of each message's `TEXT_BYTES` as decoded.
  */
 function bothWays(text: string | Buffer, cuts: number[] = []): { messages: Message[]; error?: string; unmade: Array<number | undefined> } {
   const bytes = Buffer.isBuffer(text) ? text : Buffer.from(text);
@@ -240,7 +241,7 @@ function bothWays(text: string | Buffer, cuts: number[] = []): { messages: Messa
     return { messages, error };
   };
   const lazy = run(new JsonDecoder({ number: true, lazyTextFrom: LAZY_TEXT_BYTES }));
-  const unmade = lazy.messages.map((m) => (m as DataMsg)[TEXT_BYTES]);
+  const unmade = lazy.messages.map((m) => (m as DataMsg)[TEXT_BYTES]?.length);
   const made = run(new JsonDecoder({ number: true }));
   assert.equal(lazy.messages, made.messages, 'the same messages');
   assert.is(lazy.error, made.error, 'the same error');
@@ -259,7 +260,37 @@ test('a request\'s payload of lazyTextFrom bytes or more without escapes is left
   }
   // The proxy's client port: the sniffing decoder passes its lazyTextFrom to the JSON wire.
   const [m] = new SniffDecoder({ lazyTextFrom: LAZY_TEXT_BYTES }).push(Buffer.from(request(big(LAZY_TEXT_BYTES)))).messages as DataMsg[];
-  assert.is(m![TEXT_BYTES], LAZY_TEXT_BYTES);
+  assert.is(m![TEXT_BYTES]?.length, LAZY_TEXT_BYTES);
+});
+
+test('a request kept as its bytes goes to a frames server as them, never made into a string: the frame the string would be, byte for byte, and the server hashes the bytes the client sent', () => {
+  const sha1 = (p: string | Uint8Array): string => createHash('sha1').update(p).digest('hex');
+  for (const t of [big(1_000_000 - 100), big(LAZY_TEXT_BYTES), big(700_000, '😀é漢z'), big(300_000, '\u0080'), big(500_000, 'ab\u2028\u2029\u007f c')]) {
+    const sent = Buffer.from(request(t));
+    // In a socket's reads of 64 KiB, as the proxy's client port reads it.
+    const d = new SniffDecoder({ lazyTextFrom: LAZY_TEXT_BYTES });
+    const got: Message[] = [];
+    for (let at = 0; at < sent.length; at += 65536) got.push(...d.push(sent.subarray(at, at + 65536)).messages);
+    const m = got[0] as DataMsg;
+    assert.is(got.length, 1);
+    const unmade = (): boolean => Object.getOwnPropertyDescriptor(m, 'payload')!.get !== undefined;
+    assert.ok(unmade(), 'kept as its bytes');
+    // Forwarded as a link does it: the proxy's timeoutms, its own seq, into the connection's batch.
+    m.timeoutms = 2500;
+    const batch = new FrameBuffer();
+    writeFrame(m, batch, 41);
+    const frame = batch.take();
+    assert.ok(unmade(), `not made into a string (${Buffer.byteLength(t)} bytes)`);
+    assert.ok(frame.equals(encodeFrame({ type: 0, seq: 41, srcid: 'c1', privPoliId: '111', payload: t, timeoutms: 2500 })), 'the frame of the string');
+    // The server reads it (its text left unmade too) and its handler hashes the payload: the SHA1 of the bytes sent.
+    const [atServer] = new FrameDecoder({ lazyTextFrom: LAZY_TEXT_BYTES }).push(frame).messages as DataMsg[];
+    assert.is(sha1(atServer!.payload), sha1(sent.subarray(sent.indexOf('"payload": "') + 12, sent.length - 2)));
+    assert.is(sha1(atServer!.payload), sha1(Buffer.from(t)));
+    // Where the string is needed (a log line, the old wire out), it is made: the same text.
+    assert.is(encodeJson(m).toString(), request(t));
+    assert.is(m.payload, t);
+    assert.is(m[TEXT_BYTES], undefined);
+  }
 });
 
 test('a large payload that is not UTF-8, or holds a control character, is refused in the words it was', () => {

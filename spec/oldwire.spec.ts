@@ -223,6 +223,33 @@ oldThroughOurs('answers to a JSON client are in order even when a later request 
   assert.equal(got.map((m) => [(m as { srcid: string }).srcid, (m as { payload: string }).payload]), [['1', sha1Hex('first')], ['2', sha1Hex('second')]]);
 });
 
+oldThroughOurs('a JSON request of about a megabyte, ASCII or not, reaches a new server as its bytes: the answer is the SHA1 of the bytes sent, whether the proxy logs its payload (debug) or not', async () => {
+  // ctx.proxy logs at debug, each payload in its lines (the string made); a quiet proxy forwards the text it kept as its bytes.
+  const quiet = await startProxy({ port: 0, logger: new Logger('proxy', memorySink([]), 'info') });
+  try {
+    await newServer('1', 'L');
+    const s = await startServer({ id: '2', policy: 'L', listenPort: 0, proxy: { host: LOCAL, port: quiet.port } });
+    ctx.servers.push(s);
+    await eventually(() => quiet.pools().L?.serving.length === 1, 3000, 'server 2 serving L at the quiet proxy');
+    for (const port of [ctx.proxy.port, quiet.port]) {
+      const sock = await rawConnect(port);
+      ctx.closers.push(() => sock.destroy());
+      const got = jsonCollector(sock);
+      const texts = ['x'.repeat(1_000_000), 'é漢😀z'.repeat(100_000), `${'ab c'.repeat(50_000)}\u2028\u0080`];
+      // One at a time: each a whole write of its own, as the old client sends.
+      for (const [i, t] of texts.entries()) {
+        sock.write(`{"type": "0", "srcid": "9", "privPoliId": "L", "payload": "${t}"}`);
+        await eventually(() => got.length > i, 5000, `answer ${i}`);
+        const a = got[i] as { type: number; payload: string };
+        assert.is(a.type, MsgType.ACK, JSON.stringify(a).slice(0, 200));
+        assert.is(a.payload, sha1Hex(Buffer.from(t)), `${Buffer.byteLength(t)} bytes to ${port === quiet.port ? 'the quiet proxy' : 'the debug one'}`);
+      }
+    }
+  } finally {
+    await quiet.stop();
+  }
+});
+
 oldThroughOurs('the old client of an unknown policy prints the reason (the error carries it as payload) and exits without a traceback', async () => {
   const r = await oldClient(['-id', '1', '-pkt', pkt('1')]);
   assert.is(r.code, 0, r.text);

@@ -34,8 +34,11 @@ export const WIRE: unique symbol = Symbol('revproxy.wire');
  * A DATA or ACK whose text payload was read from the wire and not yet made into a string
  * (fastwire.ts `lazyText`, where the process may: memory-limit.ts `lazyTextFrom`; a string of 128 KiB
  * or more costs V8 about 4 ms a megabyte to make, 40 times a shorter one's, and a proxy forwarding
- * the frame's bytes never needs it) holds here the
- * text's size in UTF-8 bytes, until its `payload` is set. Reading `payload` makes the string, once.
+ * the frame's bytes never needs it) holds here the text's UTF-8 bytes (a view of what it was read
+ * from: valid UTF-8, exactly the bytes of the string), until its `payload` is set. It is the same
+ * payload, carried as its bytes: its size is their length, and the frame encoder writes them as
+ * the `str` the string would be (fastwire.ts `encodeHot`), so a request read from the old JSON wire
+ * goes to a server without its string made. Reading `payload` makes the string, once.
  * Not enumerable: a copy (`{...m}`) does not carry it, and its payload is a string.
  */
 export const TEXT_BYTES: unique symbol = Symbol('revproxy.textBytes');
@@ -70,7 +73,7 @@ export interface DataMsg {
   /** Read from the wire: where its bytes are (see `WIRE`). */
   [WIRE]?: WireBytes;
   /** A text payload not made into a string yet: its UTF-8 bytes (see `TEXT_BYTES`). */
-  [TEXT_BYTES]?: number;
+  [TEXT_BYTES]?: Uint8Array;
 }
 /** Server -> proxy: announce id, policy and listen port. Sent on a connection kept open. */
 export interface SetupMsg {
@@ -92,7 +95,7 @@ export interface AckMsg {
   /** Read from the wire: where its bytes are (see `WIRE`). */
   [WIRE]?: WireBytes;
   /** A text payload not made into a string yet: its UTF-8 bytes (see `TEXT_BYTES`). */
-  [TEXT_BYTES]?: number;
+  [TEXT_BYTES]?: Uint8Array;
 }
 /** Anyone -> peer: a request failed, or the peer sent something wrong. */
 export interface ErrorMsg {
@@ -311,7 +314,7 @@ export function payloadBytes(payload: string | Uint8Array): number {
 
 /** `payloadBytes` of a message's payload, without making a text payload read from the wire into a string (`TEXT_BYTES`). */
 export function payloadSize(m: DataMsg | AckMsg): number {
-  return m[TEXT_BYTES] ?? payloadBytes(m.payload);
+  return m[TEXT_BYTES]?.length ?? payloadBytes(m.payload);
 }
 
 /**
