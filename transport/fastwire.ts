@@ -18,7 +18,10 @@
  * whichever buffer it writes to; msgpackr decodes the body as the same map
  * (not necessarily msgpackr's own bytes: string headers may be wider). It
  * writes an ERROR too, the answer a refusal is (a flood of a full policy is
- * refused a million times in seconds), as exactly msgpackr's bytes.
+ * refused a million times in seconds), as exactly msgpackr's bytes. A text
+ * payload a reader left unmade (`TEXT_BYTES`: a JSON request's, forwarded to a
+ * frames server) is written from its bytes, never made into a string: the
+ * bytes of the `str` its string would be.
  *
  * The limits and spellings checked here are the model's (messages.ts),
  * imported, never restated.
