@@ -595,26 +595,23 @@ const CERT_CODES: ReadonlySet<string> = new Set(['CERT_HAS_EXPIRED', 'CERT_NOT_Y
  */
 export function peerAlert(message: string): string | undefined {
   const n = Number(/SSL alert number (\d+)/.exec(message)?.[1] ?? NaN);
+  const why = PEER_ALERTS.get(n);
+  if (why === undefined) return undefined;
   const name = /alert ([a-z ]+?)(?::|$)/i.exec(message)?.[1]?.trim() ?? `number ${n}`;
-  const said = (why: string): string => `the peer refused the TLS handshake (its alert: ${name}): ${why}`;
-  switch (n) {
-    case 116:
-      return said('it asks for this side\'s certificate (mutual TLS) and none was given: give --tls-cert and --tls-key (tls.cert and tls.key in the library) signed by a CA in its --tls-ca');
-    case 48:
-      return said('it does not trust the CA that signed this side\'s certificate: give a certificate signed by a CA in its --tls-ca, or add that CA there');
-    case 45:
-      return said('this side\'s certificate has expired: renew --tls-cert (and its key)');
-    case 44:
-      return said('this side\'s certificate is revoked (its CA\'s CRL lists it): give --tls-cert and --tls-key newly issued');
-    case 42:
-    case 46:
-    case 43:
-      return said('it refused this side\'s certificate: give --tls-cert and --tls-key signed by a CA it trusts (its tls_refused lines say why)');
-    case 70:
-      return said('no TLS version both sides accept');
-    case 40:
-      return said('no cipher or parameters both sides accept');
-    default:
-      return undefined;
-  }
+  return `the peer refused the TLS handshake (its alert: ${name}): ${why}`;
 }
+
+/** The alerts of a certificate refused for a reason the dialler is not told. */
+const REFUSED_OURS = 'it refused this side\'s certificate: give --tls-cert and --tls-key signed by a CA it trusts (its tls_refused lines say why)';
+/** What a TLS alert (RFC 8446's numbers) the peer ended the handshake with says to do. */
+const PEER_ALERTS: ReadonlyMap<number, string> = new Map([
+  [116, 'it asks for this side\'s certificate (mutual TLS) and none was given: give --tls-cert and --tls-key (tls.cert and tls.key in the library) signed by a CA in its --tls-ca'],
+  [48, 'it does not trust the CA that signed this side\'s certificate: give a certificate signed by a CA in its --tls-ca, or add that CA there'],
+  [45, 'this side\'s certificate has expired: renew --tls-cert (and its key)'],
+  [44, 'this side\'s certificate is revoked (its CA\'s CRL lists it): give --tls-cert and --tls-key newly issued'],
+  [42, REFUSED_OURS],
+  [43, REFUSED_OURS],
+  [46, REFUSED_OURS],
+  [70, 'no TLS version both sides accept'],
+  [40, 'no cipher or parameters both sides accept'],
+]);
