@@ -20,6 +20,7 @@
  * keep us trying for ever); an answer is, but not a refusal SHUTTING_DOWN. connect.ts builds the promise and
  * RxJS forms on this machine.
  */
+import { Buffer } from 'node:buffer';
 import { assertEvent, assign, enqueueActions, fromCallback, raise, setup, type ActorRefFrom, type EventObject } from 'xstate';
 import { DEFAULT_PROXY_TIMEOUT_MS, hostPort } from '../transport/address.js';
 import { ErrorCode, HANDLER_FAILED, LocalCode, ProtocolError, RevproxyError, type ClientCode } from '../transport/errors.js';
@@ -35,6 +36,7 @@ import { DEFAULT_RECONNECT_MAX_DELAY_MS, NO_SERVER_GRACE_MS, parkDelay, reconnec
 import { badId, badWholeNumbers, DEFAULT_PROXY, type Endpoint } from './server.js';
 import { badKinds } from './start-options.js';
 import { Liveness, NoPings, PING_AFTER_MS, PONG_WITHIN_MS } from './liveness.js';
+import { NOT_QUEUED, PolicyQueue, type Queued } from './client-queue.js';
 
 /**
  * Why a request has no answer: the proxy's ERROR (its wire code: `NO_SERVER`,
@@ -151,8 +153,8 @@ export type Outcome =
   | { ok: true; answer: AckMsg; latencyMs: number }
   | { ok: false; error: RequestError | HandlerError; latencyMs: number };
 
-/** A request from its arrival to its outcome. */
-interface Entry {
+/** A request from its arrival to its outcome; waiting to be sent, it is linked into its policy's queue (client-queue.ts). */
+interface Entry extends Queued<Entry> {
   readonly req: ClientRequest;
   readonly handle: RequestHandle;
   readonly arrived: number;
@@ -228,8 +230,17 @@ export class RequestBook {
    * it, and the others' requests waited behind them in the client (1.8 s at the median where they
    * took 2-4 ms).
    */
-  private readonly waiting = new Map<string, Set<Entry>>();
+  private readonly waiting = new Map<string, PolicyQueue<Entry>>();
   private waitingCount = 0;
+  /** Queues made so far: the next one's `order`, its place in `waiting`'s order (a Map's: by insertion). */
+  private queuesMade = 0;
+  /**
+   * The queues `sendMore` looks at: every one with requests to look at and room in its policy's window, and
+   * perhaps others (it drops those it finds without either). A queue comes back as a request of its policy
+   * lands (its window has room again) or a request waits in it. Each `sendMore` looked at every policy's
+   * queue: with many policies whose windows were full, each answer, expiry and new request cost a look at all.
+   */
+  private readonly toLook = new Set<PolicyQueue<Entry>>();
   private readonly inflight = new Map<number, Entry>();
   /** Requests in flight, by privacy policy (policies with none are not kept). */
   private readonly inflightBy = new Map<string, number>();
@@ -387,7 +398,10 @@ export class RequestBook {
   add(req: ClientRequest, handle: RequestHandle, expire: (handle: RequestHandle, ms: number) => Timer, clientId: string): void {
     const { payload } = req;
     const size = typeof payload === 'string' ? Buffer.byteLength(payload) : payload instanceof Uint8Array ? payload.length : -1;
-    const entry: Entry = { req, handle, arrived: this.clock.now(), size, held: heldEstimate(size, typeof payload === 'string'), settled: false };
+    const entry: Entry = {
+      req, handle, arrived: this.clock.now(), size, held: heldEstimate(size, typeof payload === 'string'), settled: false,
+      qPrev: undefined, qNext: undefined, lPrev: undefined, lNext: undefined, queued: NOT_QUEUED,
+    };
     // The proxy closes a connection that sends a message it cannot take, failing every request in flight on it.
     const refused = refusal(req, size, this.maxFrameBytes, clientId) ?? this.overStated(size);
     if (refused) {
@@ -405,10 +419,16 @@ export class RequestBook {
     this.byHandle.set(handle, entry);
     // Infinity, or longer than a timer can wait, waits the longest there is (the clock's timerMs): no timeout of the client's own in practice.
     entry.timer = expire(handle, req.timeoutMs!);
-    let queue = this.waiting.get(req.policy);
-    if (!queue) this.waiting.set(req.policy, (queue = new Set()));
-    queue.add(entry);
+    this.queueOf(req.policy).push(entry);
     this.waitingCount++;
+  }
+
+  /** `policy`'s queue, made (last in `waiting`'s order) if it has none; `sendMore` looks at it. */
+  private queueOf(policy: string): PolicyQueue<Entry> {
+    let queue = this.waiting.get(policy);
+    if (!queue) this.waiting.set(policy, (queue = new PolicyQueue(policy, this.queuesMade++)));
+    this.toLook.add(queue);
+    return queue;
   }
 
   /**
@@ -420,17 +440,11 @@ export class RequestBook {
    * policy's requests were refused. Returns whether room was made.
    */
   private makeRoom(policy: string): boolean {
-    let most: Set<Entry> | undefined;
-    let mostPolicy = '';
-    for (const [p, queue] of this.waiting) {
-      if (!most || queue.size > most.size) {
-        most = queue;
-        mostPolicy = p;
-      }
-    }
+    let most: PolicyQueue<Entry> | undefined;
+    for (const queue of this.waiting.values()) if (!most || queue.size > most.size) most = queue;
     if (!most || (this.waiting.get(policy)?.size ?? 0) + 1 >= most.size) return false;
-    const oldest = most.values().next().value!;
-    const message = `${fmt(this.maxQueued)} requests were waiting to be sent, ${fmt(most.size)} of them to policy ${mostPolicy}, the most: its oldest was given up to make room for one to policy ${policy} (each policy keeps its share of maxQueued); slow down or raise maxQueued`;
+    const oldest = most.oldest!;
+    const message = `${fmt(this.maxQueued)} requests were waiting to be sent, ${fmt(most.size)} of them to policy ${most.policy}, the most: its oldest was given up to make room for one to policy ${policy} (each policy keeps its share of maxQueued); slow down or raise maxQueued`;
     this.settle(oldest, { ok: false, error: new RequestError(LocalCode.CLIENT_OVERLOADED, message), latencyMs: this.clock.now() - oldest.arrived });
     return true;
   }
@@ -443,16 +457,18 @@ export class RequestBook {
       if (list) list.push(e);
       else by.set(e.req.policy, [e]);
     }
-    for (const [policy, list] of by) this.waiting.set(policy, new Set([...list, ...(this.waiting.get(policy) ?? [])]));
+    for (const [policy, list] of by) this.queueOf(policy).unshift(list);
     this.waitingCount += entries.length;
   }
 
   /** A request waiting to be sent leaves the queue (sent, or settled). */
   private unwait(entry: Entry): void {
     const queue = this.waiting.get(entry.req.policy);
-    if (!queue?.delete(entry)) return;
+    if (!queue?.remove(entry)) return;
     this.waitingCount--;
-    if (queue.size === 0) this.waiting.delete(entry.req.policy);
+    if (queue.size > 0) return;
+    this.waiting.delete(entry.req.policy);
+    this.toLook.delete(queue);
   }
 
   /** The request in flight with `seq` is answered, settled or taken back: its policy's window has room for one more. */
@@ -466,6 +482,8 @@ export class RequestBook {
     const b = this.bytesBy.get(policy)! - entry.held;
     if (n > 0) this.bytesBy.set(policy, b);
     else this.bytesBy.delete(policy);
+    const queue = this.waiting.get(policy);
+    if (queue) this.toLook.add(queue);
   }
 
   /** Nothing is in flight any more (the connection is gone, or the client gave up). */
@@ -475,24 +493,40 @@ export class RequestBook {
     this.inflightBy.clear();
     this.bytesInFlight = 0;
     this.bytesBy.clear();
+    for (const queue of this.waiting.values()) this.toLook.add(queue);
   }
 
   /**
-   * Send waiting requests while their policy's window and the bytes in flight have room, each policy's oldest first.
+   * Send waiting requests while their policy's window and the bytes in flight have room, each policy's oldest first,
+   * the policies in the order their queues were made (`waiting`'s).
    * One its caller gave up on (its signal aborted, its time up) stays where it is, unsent: its CANCEL or EXPIRE,
    * the next event, settles it. A slot freed by one such event sent the next waiting request, given up on too,
    * whose own event came next: 1,000 requests aborted (or timed out) together went to the proxy all at once, past
-   * the window (902 handlers running at once behind a window of 4), each for a caller gone.
+   * the window (902 handlers running at once behind a window of 4), each for a caller gone. It is set aside
+   * (`PolicyQueue.setAside`), not looked at again: each EXPIRE of many at once walked past all the others, and
+   * 40,000 requests timing out together held the client's event loop 4-14 s (2 s after 10,000: 0.3-0.5 s).
    */
   sendMore(conn: Connection, client: string, log: Logger, port: number): void {
-    if (this.draining || this.closing) return;
+    // The old JSON wire's one request in flight: no policy has room.
+    if (this.draining || this.closing || this.inflight.size >= this.total || this.toLook.size === 0) return;
     const verbose = log.enabled('debug');
     const now = this.clock.now();
-    for (const [policy, queue] of this.waiting) {
-      let room = Math.min(this.window - (this.inflightBy.get(policy) ?? 0), this.total - this.inflight.size);
-      if (room <= 0) continue;
-      for (const entry of queue) {
-        if (entry.req.signal?.aborted || now - entry.arrived >= entry.req.timeoutMs!) continue;
+    const queues = this.toLook.size === 1 ? this.toLook : [...this.toLook].sort(byOrder);
+    for (const queue of queues) {
+      const { policy } = queue;
+      const free = this.window - (this.inflightBy.get(policy) ?? 0);
+      let room = Math.min(free, this.total - this.inflight.size);
+      // Under the total (the old JSON wire), with room in its window: looked at again once a request lands.
+      if (room <= 0) {
+        if (free <= 0) this.toLook.delete(queue);
+        continue;
+      }
+      for (let entry = queue.first, next; entry; entry = next) {
+        next = entry.lNext;
+        if (entry.req.signal?.aborted || now - entry.arrived >= entry.req.timeoutMs!) {
+          queue.setAside(entry);
+          continue;
+        }
         // It waited while the proxy said a smaller frame than the client's own: sent, it would cost the connection.
         if (this.stated && entry.size + FRAME_ROOM > this.stated.max) {
           this.settle(entry, { ok: false, error: new RequestError(ErrorCode.BAD_REQUEST, this.overStated(entry.size)!), latencyMs: now - entry.arrived });
@@ -502,6 +536,8 @@ export class RequestBook {
         this.unwait(entry);
         this.send(entry, conn, client, log, port, verbose);
       }
+      // Nothing left to look at, or no room: until a request waits or lands. Held back by the bytes in flight, it stays.
+      if (!queue.first || this.window - (this.inflightBy.get(policy) ?? 0) <= 0) this.toLook.delete(queue);
     }
   }
 
@@ -711,7 +747,9 @@ export class RequestBook {
     this.bounced = [];
     this.parked = [];
     this.waiting.clear();
+    this.toLook.clear();
     this.waitingCount = 0;
+    for (const e of all) e.queued = NOT_QUEUED;
     for (const e of all) this.settle(e, { ok: false, error: (e.refusedShutting && refused) || error, latencyMs: this.clock.now() - e.arrived });
     return all.length;
   }
@@ -727,6 +765,9 @@ export class RequestBook {
     entry.req.done(outcome);
   }
 }
+
+/** Queues in the order they were made (`RequestBook.waiting`'s). */
+const byOrder = (a: PolicyQueue<Entry>, b: PolicyQueue<Entry>): number => a.order - b.order;
 
 /** Message types by number, for lines about them. */
 const MSG_NAMES: Record<number, string> = Object.fromEntries(Object.entries(MsgType).map(([name, n]) => [n, name]));
