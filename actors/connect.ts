@@ -66,7 +66,14 @@ export interface Reply {
  */
 export class Client {
   private closing = false;
-  private readonly pending = new Set<Promise<unknown>>();
+  /**
+   * Requests sent and not settled yet, counted as they are made and as they settle (`done`), and what `close()`
+   * waits on for the last of them. A Set of their promises, each with a handler to leave it, cost every request a
+   * promise, a closure and a reaction more, kept as long as it waited.
+   */
+  private unsettled = 0;
+  private whenSettled?: Promise<void>;
+  private settledNow?: () => void;
   /**
    * The requests waiting on each signal, and the one listener the client keeps on it: a signal
    * shared by many requests (an application's shutdown signal) carries one listener, not one per
@@ -138,17 +145,16 @@ export class Client {
     }
     if (signal?.aborted) return Promise.resolve(aborted(signal));
     const handle: RequestHandle = {};
-    const p = new Promise<Outcome>((resolve) => {
+    this.unsettled++;
+    return new Promise<Outcome>((resolve) => {
       const unwatch = signal && this.watch(signal, handle);
       const done = (o: Outcome): void => {
         unwatch?.();
         resolve(o);
+        if (--this.unsettled === 0) this.settledNow?.();
       };
       this.actor.send({ type: 'REQUEST', requests: [{ req: { policy, payload, srcid: opts.srcid, timeoutMs: opts.timeoutMs, signal, done }, handle }] });
     });
-    this.pending.add(p);
-    void p.then(() => this.pending.delete(p));
-    return p;
   }
 
   /** Cancel `handle` when `signal` aborts; returns what stops watching it for this request. */
@@ -201,7 +207,7 @@ export class Client {
 
   /** Requests sent and not settled yet. */
   get inFlight(): number {
-    return this.pending.size;
+    return this.unsettled;
   }
 
   /**
@@ -213,7 +219,7 @@ export class Client {
    */
   async close(): Promise<void> {
     this.closing = true;
-    while (this.pending.size) await Promise.allSettled([...this.pending]);
+    if (this.unsettled > 0) await (this.whenSettled ??= new Promise<void>((resolve) => (this.settledNow = resolve)));
     this.destroy();
   }
 

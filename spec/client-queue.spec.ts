@@ -87,6 +87,23 @@ expiry('requests timing out together behind a full window are each looked at a b
   assert.ok(twice < 2.5 * once, `twice the requests cost ${(twice / once).toFixed(2)} times the looks (${once}, then ${twice})`);
 });
 
+expiry('close() waits for every request made, each call of it returns once they have settled, and inFlight counts them until then', async () => {
+  const clock = new ManualClock();
+  const c = await connect({ revproc: ctx.proxy!.port, clock, window: 2, timeoutMs: 1000 });
+  ctx.clients.push(c);
+  const all = Array.from({ length: 10 }, (_, i) => c.request('P', `c${i}`).catch((e: RequestError) => e.code));
+  assert.is(c.inFlight, 10);
+  let closed = 0;
+  const closing = [c.close().then(() => closed++), c.close().then(() => closed++)];
+  await eventually(() => c.actor.getSnapshot().context.book.inFlight === 2, 3000, 'the window of 2 in flight');
+  assert.equal([closed, c.inFlight], [0, 10]);
+  assert.is((await c.request('P', 'late').catch((e: RequestError) => e.code)), 'CLIENT_CLOSED');
+  clock.advance(1000);
+  await Promise.all(closing);
+  assert.equal([closed, c.inFlight], [2, 0]);
+  assert.equal(new Set(await Promise.all(all)), new Set(['CLIENT_TIMEOUT']));
+});
+
 expiry.run();
 
 const book = suite('the order of the client queue');
@@ -97,9 +114,9 @@ function request(policy: string, payload: string, outcomes: Map<string, Outcome>
 }
 
 /** A RequestBook on a manual clock whose connection writes into `sent` (the payloads, in order), and its answers. */
-function bookOn(window: number, maxQueued: number): { book: RequestBook; sent: DataMsg[]; add: (r: ReturnType<typeof request>) => void; more: () => void; ack: (...payloads: string[]) => void } {
+function bookOn(window: number, maxQueued: number, json = false): { book: RequestBook; sent: DataMsg[]; add: (r: ReturnType<typeof request>) => void; more: () => void; ack: (...payloads: string[]) => void } {
   const clock = new ManualClock();
-  const b = new RequestBook(clock, window, maxQueued, false, 1024 * 1024);
+  const b = new RequestBook(clock, window, maxQueued, json, 1024 * 1024);
   const sent: DataMsg[] = [];
   const conn = { send: (m: DataMsg) => sent.push(m) } as unknown as Connection;
   const more = (): void => b.sendMore(conn, 'c', silentLogger, 1);
@@ -152,6 +169,19 @@ book('a request given up on keeps its place while its own event is to come: a fu
   b.fail({}, new RequestError('ABORTED', 'late'));
   ack('p3');
   assert.equal(sent.map((m) => m.payload), ['p1', 'p3', 'q1', 'p4']);
+});
+
+book('on the old JSON wire (one request in flight in all) a policy held back by the other\'s request goes once it is answered, in the order they came', () => {
+  const outcomes = new Map<string, Outcome>();
+  const { sent, add, ack } = bookOn(64, 100, true);
+  add(request('A', 'a1', outcomes));
+  add(request('B', 'b1', outcomes));
+  add(request('A', 'a2', outcomes));
+  assert.equal(sent.map((m) => m.payload), ['a1']);
+  ack('a1');
+  assert.equal(sent.map((m) => m.payload), ['a1', 'b1']);
+  ack('b1');
+  assert.equal(sent.map((m) => m.payload), ['a1', 'b1', 'a2']);
 });
 
 book('sent, then taken back (a lost connection), requests wait first again in their order, and go before the others', () => {
