@@ -233,7 +233,7 @@ export class LinkTraffic implements LinkPort {
    * answer - an ACK or ERROR whose seq was read - stands as its request's `HANDLER_ERROR` `ANSWER_TOO_LARGE`, as a
    * server that knows the proxy's frame answers it itself: the handler's answer, too large to carry. Not retried
    * (another server's handler would answer as much) and not held against the server, whose link reads on and whose
-   * other requests are answered. It failed the link: every request in flight on it was retried, the server out of
+   * other requests are answered. Before, it failed the link: every request in flight on it was retried, the server out of
    * rotation until a probe (0.9 s of NO_SERVER for a policy of one). Anything else (a seq not read, another type) is
    * refused as before: undefined.
    */

@@ -115,6 +115,19 @@ test('with skipOversized, a frame over the limit is passed over without holding 
   }
 });
 
+test('with skipOversized, a frame being passed over counts as a frame under way (buffered > 0): its reads are activity, and a frame timeout applies to it as to any', () => {
+  // It read as nothing held (buffered 0): a connection passing over 200 MiB sent slowly counted none of it as a read.
+  const { d } = skipper(1024);
+  const big = encodeFrame({ type: 2, seq: 5, srcid: 's', destid: 'c', payload: 'y'.repeat(4096), payloadsize: 4096 });
+  assert.is(d.push(big.subarray(0, 4)).messages.length, 0);
+  assert.ok(d.buffered > 0, 'the header of a frame over the limit waits for its first byte');
+  d.push(big.subarray(4, 2000));
+  assert.ok(d.buffered > 0 && d.buffered < 1024, `a frame under way, none of it held: ${d.buffered}`);
+  const r = d.push(big.subarray(2000));
+  assert.equal(r.messages.map((m) => m.type), [3]);
+  assert.is(d.buffered, 0, 'passed over: nothing under way');
+});
+
 test('with skipOversized, any answer over the limit - its fields in any order, of any encoder width, text or bytes, cut anywhere - is passed over and its seq read', () => {
   const pk = new Packr({ useRecords: false });
   const answer = fc.record({

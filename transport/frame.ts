@@ -450,8 +450,9 @@ export class FrameDecoder implements Decoder {
     this.skipOversized = opts.skipOversized;
   }
 
+  /** Bytes held of frames not whole yet; an oversized frame being passed over (`skipOversized`) counts what it holds, at least 1: a frame under way, so its reads are activity and a frame timeout applies to it as to any. */
   get buffered(): number {
-    return this.held.size;
+    return this.held.size + (this.skipping?.holding ?? 0);
   }
 
   push(chunk: Buffer): DecodeResult {

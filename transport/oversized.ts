@@ -58,6 +58,11 @@ export class OversizedFrame implements SkippedFrame {
     this.left = bytes;
   }
 
+  /** What it holds of the frame now (a field not whole yet), at least 1 while it is not done: a frame under way, as a held one is. */
+  get holding(): number {
+    return this.done ? 0 : Math.max(1, this.carry.length);
+  }
+
   get done(): boolean {
     return this.left === 0;
   }
