@@ -67,7 +67,7 @@ export class ExpiryWatch {
       const said = this.said.get(key);
       if (now >= c.notAfter) {
         if (reload || said?.as !== 'expired' || now - said.at >= EXPIRED_REMIND_MS) {
-          this.logger.error('tls_cert_expired', expiredError(c), { setting: c.role, file: c.file, not_after: Math.floor(c.notAfter / 1000) });
+          this.logger.error('tls_cert_expired', expiredError(c), fieldsOf(c));
           this.said.set(key, { as: 'expired', at: now });
         }
         next = Math.min(next, this.said.get(key)!.at + EXPIRED_REMIND_MS);
@@ -75,7 +75,7 @@ export class ExpiryWatch {
       }
       const why = expiryWarning(c.role, c.file, c, now);
       if (why && (reload || said === undefined || now - said.at >= EXPIRING_REMIND_MS)) {
-        this.logger.warn('tls_cert_expiring', why, { setting: c.role, file: c.file, not_after: Math.floor(c.notAfter / 1000) });
+        this.logger.warn('tls_cert_expiring', why, fieldsOf(c));
         this.said.set(key, { as: 'expiring', at: now });
       }
       // Next: its end; the day's reminder; or its window's beginning.
@@ -96,4 +96,9 @@ export class ExpiryWatch {
     this.stopped = true;
     this.timer?.cancel();
   }
+}
+
+/** A certificate's fields on its lines: the setting, the file, its end in Unix seconds. */
+function fieldsOf(c: LoadedCert): Record<string, unknown> {
+  return { setting: c.role, file: c.file, not_after: Math.floor(c.notAfter / 1000) };
 }
