@@ -191,7 +191,7 @@ export class Client {
    */
   renewTls(tls: TlsMaterial): void {
     const running = this.actor.getSnapshot().context.opts.tls;
-    this.actor.send({ type: 'RENEW_TLS', tls: renewed('tls', running, tls) });
+    this.actor.send({ type: 'RENEW_TLS', tls: renewed('tls', running, tls, false, ['clientAuth']) });
   }
 
   /**
@@ -247,7 +247,7 @@ export class Client {
 export async function connect(opts: ConnectOptions = {}): Promise<Client> {
   const bad = badStartOptions(opts, `{ revproc: ${DEFAULT_PROXY_PORT} }`) ?? badClientOption(opts);
   if (bad) throw new StartError(`connect(): ${bad}`);
-  checkTlsOptions(opts, 'connect()', false);
+  checkTlsOptions(opts, 'connect()', false, ['clientAuth']);
   const found = await locate(opts).catch((err: Error) => {
     throw err instanceof StartError ? new StartError(`connect(): ${err.message}`) : new RequestError(LocalCode.CONNECT_FAILED, err.message);
   });
@@ -394,7 +394,7 @@ const SHA1_SHAPE = /^[0-9a-f]{40}$/;
 export async function runClient(opts: RunOptions): Promise<Result[]> {
   const bad = badStartOptions(opts, `{ proxy: { host: '127.0.0.1', port: ${DEFAULT_PROXY_PORT} }, packets }`) ?? badClientOption(opts);
   if (bad) throw new StartError(`runClient(): ${bad}`);
-  checkTlsOptions(opts, 'runClient()', false);
+  checkTlsOptions(opts, 'runClient()', false, ['clientAuth']);
   let found: { proxies: Endpoint[]; discovery?: Discovery };
   try {
     found = await locate(opts);

@@ -122,7 +122,7 @@ export type StartProxyOptions = ProxyOptions & Inspect & {
 export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHandle> {
   const badCall = badStartOptions(opts, `{ port: ${DEFAULT_PROXY_PORT} }`);
   if (badCall) throw new StartError(`startProxy: ${badCall}`);
-  checkTlsOptions(opts, 'startProxy', true);
+  checkTlsOptions(opts, 'startProxy', true, ['serverAuth']);
   let machine = proxyMachine;
   let etcd: EtcdClient | undefined;
   // The rules the config file and the flags keep (config/proxy.ts owns them), for a caller of the library.
@@ -196,7 +196,7 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
     registry: () => actor.getSnapshot().context.registry,
     renewTls(next) {
       // Both checked before either is taken: a bad set changes nothing.
-      const tls = next.tls && renewed('tls', running.tls, next.tls, true);
+      const tls = next.tls && renewed('tls', running.tls, next.tls, true, ['serverAuth']);
       const upstreamTls = next.upstreamTls && renewed('upstreamTls', running.upstreamTls, next.upstreamTls);
       const closed = { connections: 0 };
       if (upstreamTls) {
@@ -277,7 +277,7 @@ export type StartServerOptions = Omit<ServerOptions, 'listenPort'> & Inspect & {
 export async function startServer(options: StartServerOptions): Promise<ServerHandle> {
   const badCall = badStartOptions(options, `{ id: 'a1', policy: '111', revproc: ${DEFAULT_PROXY_PORT}, handler }`);
   if (badCall) throw new StartError(`startServer: ${badCall}`);
-  checkTlsOptions(options, 'startServer', false);
+  checkTlsOptions(options, 'startServer', false, ['serverAuth']);
   const { revproc, ...rest } = options;
   let proxies = rest.proxies;
   try {
@@ -351,7 +351,7 @@ function serverHandle(actor: ServerActor, id: string, etcd?: EtcdClient): Server
     kill: () => actor.stop(),
     renewTls(next) {
       const { tls } = actor.getSnapshot().context.opts;
-      actor.send({ type: 'RENEW_TLS', tls: renewed('tls', tls, next, Boolean(tls?.cert)) });
+      actor.send({ type: 'RENEW_TLS', tls: renewed('tls', tls, next, Boolean(tls?.cert), ['serverAuth']) });
     },
     renewRegistryTls: (tls) => renewRegistryTls(etcd, tls, `server ${id}`),
   };

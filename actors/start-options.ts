@@ -6,7 +6,7 @@
 import type { InspectionEvent } from 'xstate';
 import { systemClock, xstateClock, type Clock } from '../transport/clock.js';
 import { badRegistryOption } from '../registry/options.js';
-import { checkStartTls, TlsConfigError } from '../transport/tls.js';
+import { checkStartTls, TlsConfigError, type CertPurpose } from '../transport/tls.js';
 import { isPlainObject, kindOf } from '../transport/errors.js';
 
 /** The methods a `clock` option must have (`Clock`): a plain object without them started, and failed later, out of any caller's reach. */
@@ -38,13 +38,15 @@ export function badStartOptions(opts: unknown, example: string): string | undefi
 /**
  * Each TLS option of a library entry (`who`: startProxy, startServer, connect(), runClient()) checked at start
  * (transport/tls.ts `checkStartTls`), a TlsConfigError naming it when it cannot be used; `serves`: the entry's
- * `tls` is a listener's, which needs a certificate (a proxy's; a server's serves TLS only when given one).
+ * `tls` is a listener's, which needs a certificate (a proxy's; a server's serves TLS only when given one);
+ * `needs`: what the certificate of `tls` must be fit for (serverAuth where it serves, clientAuth for a client's).
+ * `registry.tls`'s is presented to etcd only (clientAuth); `upstreamTls`'s to servers that may not ask for it.
  */
-export function checkTlsOptions(opts: { tls?: unknown; upstreamTls?: unknown; registry?: { tls?: unknown } }, who: string, serves: boolean): void {
+export function checkTlsOptions(opts: { tls?: unknown; upstreamTls?: unknown; registry?: { tls?: unknown } }, who: string, serves: boolean, needs: readonly CertPurpose[]): void {
   try {
-    checkStartTls('tls', opts.tls, serves);
+    checkStartTls('tls', opts.tls, serves, needs);
     checkStartTls('upstreamTls', opts.upstreamTls, false);
-    checkStartTls('registry.tls', opts.registry?.tls, false);
+    checkStartTls('registry.tls', opts.registry?.tls, false, ['clientAuth']);
   } catch (err) {
     throw err instanceof TlsConfigError ? new TlsConfigError(`${who}: ${err.message}`, err.kind) : err;
   }

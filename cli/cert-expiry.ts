@@ -9,7 +9,7 @@
 import type { LoadedCert } from '../config/files.js';
 import type { Logger } from '../actors/logger.js';
 import { systemClock, type Clock, type Timer } from '../transport/clock.js';
-import { expiryWarning, warningFrom } from '../transport/tls.js';
+import { certificateNamed, expiryWarning, warningFrom } from '../transport/tls.js';
 
 /** A certificate in its warning window is said again this often (ms). */
 export const EXPIRING_REMIND_MS = 24 * 3600 * 1000;
@@ -23,7 +23,7 @@ const LATE_MS = 1000;
 /** What to say of a certificate that has expired. */
 export function expiredError(c: LoadedCert): string {
   const what = c.role.endsWith('ca') ? 'peers whose certificates it signed are refused (an expired CA verifies no one)' : "peers refuse this side's new TLS handshakes";
-  return `the ${c.role} certificate '${c.file}' expired on ${new Date(c.notAfter).toISOString()}: ${what}; renew it, then send SIGHUP (systemctl reload) to load the renewed files`;
+  return `${certificateNamed(c.role, c.file, c)} expired on ${new Date(c.notAfter).toISOString()}: ${what}; renew it, then send SIGHUP (systemctl reload) to load the renewed files`;
 }
 
 export interface ExpiryWatchOptions {

@@ -6,6 +6,7 @@ import type { Endpoint } from '../actors/server.js';
 import { badDialAddress, bracketHint, DEFAULT_PROXY_PORT, hostPort, numericHostProblem, repeatedEndpoint, unbracket } from '../transport/address.js';
 import { UsageError } from '../transport/errors.js';
 import { badSecretText, tlsFromFlags } from '../config/files.js';
+import type { TlsWarning } from '../transport/tls.js';
 import { listenAddress, listenHostProblem } from '../config/proxy.js';
 import { nearest } from '../config/schema.js';
 import { isRegistryUrl, parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
@@ -224,6 +225,11 @@ export const tlsOptions = (): Option[] => [
   new Option('--tls-crl <file>', 'PEM CRLs of the --tls-ca CAs (each needs its own): a peer whose certificate one revokes is refused; re-read on SIGHUP'),
 ];
 
+/** A warn line for each of `warnings` (transport/tls.ts `tlsWarnings`): at start and at each reload, by the proxy and a server. */
+export function warnTls(logger: Logger, warnings: readonly TlsWarning[]): void {
+  for (const w of warnings) logger.warn(w.event, w.message, { setting: w.setting });
+}
+
 /** `--registry etcd://...` and etcd's own options, on server, proxy and client. */
 /**
  * `--advertise`: the address peers dial, as `badDialAddress` takes it (an IPv6 one bare or in brackets,
@@ -268,6 +274,9 @@ export interface RegistryFlags {
   registryKey?: string;
 }
 
+/** The flags of etcd's TLS files, as the errors and warnings name them. */
+export const REGISTRY_FLAGS = { cert: '--registry-cert', key: '--registry-key', ca: '--registry-ca' };
+
 /** The registry the flags name, or undefined without --registry. */
 export function registryFromFlags(o: RegistryFlags): (RegistryOptions & { advertise?: string }) | undefined {
   if (o.registry === undefined) {
@@ -277,7 +286,8 @@ export function registryFromFlags(o: RegistryFlags): (RegistryOptions & { advert
   }
   const { endpoints, tls } = parseRegistryUrl(o.registry);
   if ((o.registryCert === undefined) !== (o.registryKey === undefined)) throw new UsageError('--registry-cert and --registry-key go together: give both or neither');
-  const material = tlsFromFlags({ tlsCert: o.registryCert, tlsKey: o.registryKey, tlsCa: o.registryCa }, { cert: '--registry-cert', key: '--registry-key', ca: '--registry-ca' });
+  // etcd is the only peer this certificate is presented to, as a client's.
+  const material = tlsFromFlags({ tlsCert: o.registryCert, tlsKey: o.registryKey, tlsCa: o.registryCa }, REGISTRY_FLAGS, ['clientAuth']);
   return {
     endpoints,
     prefix: o.registryPrefix,

@@ -20,7 +20,7 @@ import { runDemo } from './demo.js';
 import { scenarioCommand } from './scenario.js';
 import { inspectCommand, inspectOptions, startInspection, type InspectFlags } from './inspect.js';
 import {
-  checkSecrets, FileError, ignoreUserSignals, logProcessWarnings, logStartFailuresTo, startFailureLog, loadedCerts, releaseEarlySignals, takeEarlySignals, loadPackets, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, hostParser, parseIntOption, parsePort, registryFromFlags, registryOptions, runUntilStopped, tlsFromFlags, tlsOptions, UsageError, warnIfPid1,
+  checkSecrets, FileError, ignoreUserSignals, logProcessWarnings, logStartFailuresTo, startFailureLog, loadedCerts, releaseEarlySignals, takeEarlySignals, loadPackets, logOptions, makeLogger, normaliseArgv, OLD_FLAGS, parseEndpoints, hostParser, parseIntOption, parsePort, registryFromFlags, registryOptions, REGISTRY_FLAGS, runUntilStopped, tlsFromFlags, tlsOptions, UsageError, warnIfPid1, warnTls,
   wireOption, type FlagTable, type LogFlags, type RegistryFlags, type TlsFlags,
 } from './common.js';
 import { ExpiryWatch } from './cert-expiry.js';
@@ -29,7 +29,7 @@ import { DEFAULT_HANDLER_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_PROXY, typ
 import { DEFAULT_PROXY_PORT } from '../transport/address.js';
 import { DEFAULT_LISTEN_HOST } from '../actors/proxy-options.js';
 import { HEAP_PER_CONNECTION, HEAP_RESERVE, MIN_DEFAULT_CONNECTIONS } from '../actors/memory-limit.js';
-import { crlWarnings, DEFAULT_TCP_KEEPALIVE_MS } from '../transport/tls.js';
+import { crlWarnings, DEFAULT_TCP_KEEPALIVE_MS, tlsWarnings, type TlsMaterial } from '../transport/tls.js';
 import { BUDGET_UNDER_A_LIMIT, DEFAULT_BUFFER_BUDGET } from '../transport/budget.js';
 import type { Level } from '../actors/logger.js';
 import { DEFAULT_MAX_TLS_HANDSHAKES } from '../actors/tls-handshakes.js';
@@ -117,7 +117,10 @@ export function buildProgram(setExit: (code: number) => void): Command {
     const unwarn = logProcessWarnings(logger);
     logStartFailuresTo(`server ${o.id}`, o.logFormat);
     warnIfPid1(logger);
-    const tls = tlsFromFlags(o);
+    // Its certificate serves its port. It presents it too when it registers with a proxy (not through etcd), which asks
+    // for one when it has tls.ca (mutual TLS): fit for clientAuth, or warned of (`tlsWarnings`).
+    const ownTls = (): TlsMaterial | undefined => tlsFromFlags(o, undefined, ['serverAuth']);
+    const tls = ownTls();
     // etcd's client certificate and CA (--registry-cert, --registry-ca) are read again on SIGHUP as the server's own are.
     const registryFiles = o.registryCert || o.registryCa ? { cert: o.registryCert, ca: o.registryCa } : undefined;
     const certsOf = (own: typeof tls, etcd: typeof tls) => [...loadedCerts({ cert: o.tlsCert, ca: o.tlsCa }, own, { cert: '--tls-cert', ca: '--tls-ca' }), ...loadedCerts(registryFiles, etcd, { cert: '--registry-cert', ca: '--registry-ca' })];
@@ -129,6 +132,11 @@ export function buildProgram(setExit: (code: number) => void): Command {
       for (const why of crlWarnings(material, { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }, o.tlsCrl)) logger.warn('tls_crl_problem', why, { setting: '--tls-crl' });
     };
     crlWarn(tls);
+    const warningsOf = (own: typeof tls, etcd: typeof tls) => [
+      ...tlsWarnings(own, { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }, { paths: { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa }, mayPresent: !registry }),
+      ...tlsWarnings(etcd, REGISTRY_FLAGS, { paths: { cert: o.registryCert, key: o.registryKey, ca: o.registryCa } }),
+    ];
+    warnTls(logger, warningsOf(tls, registry?.tls));
     const files = [...(tls ? [`--tls-cert, --tls-key, --tls-ca${o.tlsCrl ? ', --tls-crl' : ''}`] : []), ...(registryFiles ? ['--registry-cert, --registry-key, --registry-ca'] : [])].join('; ');
     // A daemon's SIGHUP means reload: the TLS files (renewed certificates) for the next handshakes and dials, and etcd's.
     // Its other settings are its flags; Node's default would end the server without its drain.
@@ -136,7 +144,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     const reload = async (s: ServerHandle): Promise<void> => {
       let next, etcd;
       try {
-        next = tls && tlsFromFlags(o);
+        next = tls && ownTls();
         etcd = registryFiles && registryFromFlags(o)?.tls;
         // etcd's first, tried against etcd: a set it refuses refuses the reload, the server's own files with it.
         const renewal = etcd && (await s.renewRegistryTls(etcd));
@@ -150,6 +158,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
       certs = certsOf(next, etcd);
       expiry.check(true);
       crlWarn(next);
+      warnTls(logger, warningsOf(next, etcd));
     };
     let reloading = Promise.resolve();
     // One sent while the CLI loaded (cli/early-signals.mjs) or the server started is done once it listens.
@@ -228,7 +237,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     }
     const registry = registryFromFlags(o);
     const results = await runClient({
-      id, proxies: typeof o.revproc === 'string' ? undefined : o.revproc, registry, packets, tls: tlsFromFlags(o), timeoutMs: o.timeout, window: o.window, maxFrameBytes: o.maxFrame, wire: o.wire, logger,
+      id, proxies: typeof o.revproc === 'string' ? undefined : o.revproc, registry, packets, tls: tlsFromFlags(o, undefined, ['clientAuth']), timeoutMs: o.timeout, window: o.window, maxFrameBytes: o.maxFrame, wire: o.wire, logger,
       inspect: insp.attach.inspect, verify: o.verify ? 'auto' : false,
     });
     const ok = results.filter((r) => r.answer !== undefined && r.correct !== false).length;

@@ -34,7 +34,7 @@ import { ErrorCode } from '../transport/errors.js';
 import { RETRY_CONDITIONS } from '../actors/link.js';
 import { dial, expiryWarning, type TlsMaterial } from '../transport/tls.js';
 import type { LoadedCert } from '../config/files.js';
-import { FileError, hostParser, ignoreUserSignals, logProcessWarnings, logStartFailuresTo, releaseEarlySignals, takeEarlySignals, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, useColor, warnIfPid1 } from './common.js';
+import { FileError, hostParser, ignoreUserSignals, logProcessWarnings, logStartFailuresTo, releaseEarlySignals, takeEarlySignals, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, useColor, warnIfPid1, warnTls } from './common.js';
 import { ExpiryWatch, expiredError } from './cert-expiry.js';
 import { checkInspectToken, inspectOptions, startInspection } from './inspect.js';
 
@@ -240,7 +240,7 @@ Example:
       const listen = await Promise.all([listenWarning('host', resolved.host), rt.admin ? listenWarning('the admin endpoint\'s host', rt.admin.host) : undefined]);
       const warnings = [
         file && setsNothing(fromFile) ? setsNothingWarning(file) : undefined, ...listen, files?.message, memory?.level === 'warn' ? memory.message : undefined,
-        proxyInsecureNote(resolved)?.message, rt.admin && adminInsecure(rt.admin), ...rt.certs.map((c) => expiryWarning(c.role, c.file, c)), ...rt.tlsWarnings,
+        proxyInsecureNote(resolved)?.message, rt.admin && adminInsecure(rt.admin), ...rt.certs.map((c) => expiryWarning(c.role, c.file, c)), ...rt.tlsWarnings.map((w) => w.message),
       ].filter(Boolean);
       for (const w of warnings) process.stderr.write(`revproxy: warning: ${w}\n`);
       process.stdout.write(`revproxy: ${file ? `the configuration file ${file}` : 'the configuration'} is valid (${settingCount(cfg)} setting(s); the files it names can be used)\n`);
@@ -355,7 +355,7 @@ async function run(read: (reload?: boolean) => ProxyConfig, source: string, setE
   // Said at start, at each reload, and as each comes within its warning window or ends while the proxy runs.
   const expiry = new ExpiryWatch(logger, () => certs);
   expiry.check();
-  for (const why of rt.tlsWarnings) logger.warn('tls_crl_problem', why, { setting: 'tls.crl' });
+  warnTls(logger, rt.tlsWarnings);
   // A file's setting the command line overrides is not the one running, and editing it then reloading
   // changed nothing, saying "no setting changed" (REVPROXY_TOKEN from the unit's environment file beside
   // a `token` in the file, say): said at start, and at a reload that changes it in the file.
@@ -538,7 +538,7 @@ async function run(read: (reload?: boolean) => ProxyConfig, source: string, setE
         logger.warn('reload_restart_needed', `${restart.join(', ')} changed in ${source} but take${restart.length === 1 ? 's' : ''} effect only after a restart; running with the previous value${restart.length === 1 ? '' : 's'}${files}`, { file: source, restart });
       }
       expiry.check(true);
-      for (const why of tlsRt?.tlsWarnings ?? []) logger.warn('tls_crl_problem', why, { setting: 'tls.crl' });
+      warnTls(logger, tlsRt?.tlsWarnings ?? []);
       // What needs a restart stays as it runs, so the next reload reports it again.
       const before = running;
       running = { ...next };

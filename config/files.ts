@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import type { Packet } from '../actors/connect.js';
 import { FileError, UsageError } from '../transport/errors.js';
 import { MsgType, toMessage } from '../transport/messages.js';
-import { crlName, loadTls, TlsConfigError, validityOf, type TlsMaterial, type TlsNames, type Validity } from '../transport/tls.js';
+import { crlName, loadTls, TlsConfigError, validityOf, type CertPurpose, type TlsMaterial, type TlsNames, type Validity } from '../transport/tls.js';
 import { ENV_REFERENCE, NOT_EXPANDED, yaml, yamlErrorWords, type Issue } from './schema.js';
 
 /**
@@ -209,9 +209,10 @@ export interface TlsFlags {
   tlsCrl?: string;
 }
 
-export function tlsFromFlags(o: TlsFlags, flag: TlsNames = { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }): TlsMaterial | undefined {
+/** The TLS files the flags name, checked (`loadTls`; `needs`: what this side does with its certificate); a FileError or UsageError when they cannot be used. */
+export function tlsFromFlags(o: TlsFlags, flag: TlsNames = { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }, needs: readonly CertPurpose[] = []): TlsMaterial | undefined {
   try {
-    return loadTls({ cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, crl: o.tlsCrl }, flag);
+    return loadTls({ cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, crl: o.tlsCrl }, flag, needs);
   } catch (err) {
     if (!(err instanceof TlsConfigError)) throw err;
     if (err.kind === 'usage') throw new UsageError(err.message);
@@ -240,13 +241,19 @@ export interface LoadedCert extends Validity {
   file: string;
 }
 
-/** The certificate and CA files of `files`, with their validity (read from `material`, what was loaded), each named by `names`. */
+/**
+ * The certificate and CA files of `files`, with their validity (read from `material`, what was loaded), each named by `names`.
+ * Read as it is asked for (a scrape of the metric, a warning): in a CA bundle, once one CA has ended the one that matters
+ * is the next to end while any verifies peers (`validityOf`), and an old CA left in the bundle does not read as expired.
+ */
 export function loadedCerts(files: { cert?: string; ca?: string } | undefined, material: TlsMaterial | undefined, names: { cert: string; ca: string }): LoadedCert[] {
   const out: LoadedCert[] = [];
   for (const role of ['cert', 'ca'] as const) {
     const pem = material?.[role];
-    const v = pem && validityOf(pem, role);
-    if (v && files?.[role]) out.push({ role: names[role], file: files[role]!, ...v });
+    const file = files?.[role];
+    if (!pem || !file || !validityOf(pem, role)) continue;
+    const now = (): Validity => validityOf(pem, role)!;
+    out.push({ role: names[role], file, get notBefore() { return now().notBefore; }, get notAfter() { return now().notAfter; }, get subject() { return now().subject; } });
   }
   return out;
 }

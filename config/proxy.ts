@@ -26,7 +26,7 @@ import { FileError, LocalCode } from '../transport/errors.js';
 import { MAX_TIMER_MS } from '../transport/clock.js';
 import { MAX_ID_LENGTH } from '../transport/messages.js';
 import { BUDGET_UNDER_A_LIMIT } from '../transport/budget.js';
-import { crlWarnings } from '../transport/tls.js';
+import { crlWarnings, tlsWarnings, type CertPurpose, type TlsNames, type TlsWarning } from '../transport/tls.js';
 import { badSecretText, loadedCerts, loadTokens, tlsFileHint, tlsFromFlags, TOKENS_HINT, readYamlFile, whyUnreadable, type LoadedCert } from './files.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 import {
@@ -523,16 +523,30 @@ export interface Runtime {
   inspectToken?: string;
   /** Each certificate file loaded (tls, registry.tls): for the metric of their ends, and the warning before one. */
   certs: LoadedCert[];
-  /** What to warn of the TLS files that can be used but will refuse peers (tls.crl: `crlWarnings`): at start, by --check, at each reload. */
-  tlsWarnings: string[];
+  /** What the TLS files loaded hold that works, but not everywhere or not for long (`tlsWarnings`, and tls.crl's `crlWarnings`): warned of at start, at each reload and by --check. */
+  tlsWarnings: TlsWarning[];
+}
+
+/**
+ * What the proxy does with each section's certificate, which it must be fit for (`CertPurpose`): it serves
+ * `tls.cert` on its port, and presents `registry.tls.cert` to etcd and nowhere else. It presents `tls.cert` to
+ * servers too when it dials them (with `tls.ca`), but only a server with --tls-ca asks for it: warned of only.
+ */
+const CERT_NEEDS: Record<'tls' | 'registry.tls', readonly CertPurpose[]> = { tls: ['serverAuth'], 'registry.tls': ['clientAuth'] };
+
+/** A section's TLS settings as sentences name them: by the flag that gave each (`flagOf`), else by its key. */
+function keysOf(section: 'tls' | 'registry.tls', flagOf: (key: FileKey) => string | undefined = () => undefined): Required<TlsNames> {
+  const name = (role: 'cert' | 'key' | 'ca' | 'crl'): string => flagOf(`${section}.${role}` as FileKey) ?? `${section}.${role}`;
+  return { cert: name('cert'), key: name('key'), ca: name('ca'), crl: name('crl') };
 }
 
 /**
  * Turn a config into what the proxy runs with, reading the files it names
  * (tokens file, TLS files: a FileError names the file that cannot be used,
- * why, and what it should hold).
+ * why, and what it should hold). `flagOf`: the flag that gave a file's key,
+ * which names it in the TLS warnings.
  */
-export function toRuntime(c: ProxyConfig): Runtime {
+export function toRuntime(c: ProxyConfig, flagOf?: (key: FileKey) => string | undefined): Runtime {
   const options: Record<string, unknown> = {};
   for (const [k, s] of Object.entries(NUMBERS)) {
     const v = c[k as NumberKey];
@@ -546,7 +560,7 @@ export function toRuntime(c: ProxyConfig): Runtime {
   if (c.retry_on !== undefined) options.retryOn = retryOnOf(c.retry_on);
   if (c.hedge_on_try_timeout !== undefined) options.hedgeOnTryTimeout = c.hedge_on_try_timeout;
   if (c.old_server_connections !== undefined) options.oldServers = { connections: c.old_server_connections };
-  const tls = c.tls ? tlsFromFlags({ tlsCert: c.tls.cert, tlsKey: c.tls.key, tlsCa: c.tls.ca, tlsCrl: c.tls.crl }) : undefined;
+  const tls = c.tls ? tlsFromFlags({ tlsCert: c.tls.cert, tlsKey: c.tls.key, tlsCa: c.tls.ca, tlsCrl: c.tls.crl }, undefined, CERT_NEEDS.tls) : undefined;
   if (tls?.cert) options.tls = tls;
   if (tls?.ca) options.upstreamTls = tls;
   const log = c.log ?? {};
@@ -562,7 +576,12 @@ export function toRuntime(c: ProxyConfig): Runtime {
     inspectLog: c.inspect_log,
     inspectToken: c.inspect_token,
     certs: [...loadedCerts(c.tls, tls, { cert: 'tls.cert', ca: 'tls.ca' }), ...loadedCerts(c.registry?.tls, registry?.tls, { cert: 'registry.tls.cert', ca: 'registry.tls.ca' })],
-    tlsWarnings: crlWarnings(tls, { cert: 'tls.cert', key: 'tls.key', ca: 'tls.ca' }, c.tls?.crl),
+    // Clients dial `host` (unless it is every address) and, finding the proxy in etcd, its advertised address.
+    tlsWarnings: [
+      ...tlsWarnings(tls, keysOf('tls', flagOf), { paths: c.tls, mayPresent: Boolean(tls?.ca), dialledAs: [{ host: c.host ?? DEFAULT_LISTEN_HOST, setting: 'host, --host' }, ...(c.registry?.advertise ? [{ host: c.registry.advertise, setting: 'registry.advertise, --advertise' }] : [])] }),
+      ...tlsWarnings(registry?.tls, keysOf('registry.tls', flagOf), { paths: c.registry?.tls }),
+      ...crlWarnings(tls, { cert: 'tls.cert', key: 'tls.key', ca: 'tls.ca' }, c.tls?.crl).map((message) => ({ event: 'tls_crl_problem', setting: 'tls.crl', message })),
+    ],
   };
 }
 
@@ -667,7 +686,7 @@ function toRegistry(r: ProxyConfig['registry']): Runtime['registry'] {
   if (!r) return undefined;
   if (!r.url) throw new ConfigError('the configuration', [{ line: 0, col: 0, path: 'registry.url', message: 'registry settings were given without the registry itself: add --registry etcd://HOST:PORT (or registry.url in the file)' }]);
   const { endpoints, tls } = parseRegistryUrl(r.url);
-  const material = r.tls ? tlsFromFlags({ tlsCa: r.tls.ca, tlsCert: r.tls.cert, tlsKey: r.tls.key }, { ca: 'registry.tls.ca', cert: 'registry.tls.cert', key: 'registry.tls.key' }) : undefined;
+  const material = r.tls ? tlsFromFlags({ tlsCa: r.tls.ca, tlsCert: r.tls.cert, tlsKey: r.tls.key }, keysOf('registry.tls'), CERT_NEEDS['registry.tls']) : undefined;
   return { endpoints, prefix: r.prefix, ttlSeconds: r.ttl, advertise: r.advertise, username: r.username, password: r.password, tls: material ?? (tls ? {} : undefined) };
 }
 
@@ -773,13 +792,13 @@ export function checkRuntime(c: ProxyConfig, source: string, flagOf: (key: FileK
     const files: { cert?: string; key?: string; ca?: string; crl?: string } | undefined = section === 'tls' ? c.tls : c.registry?.tls;
     if (!files) continue;
     const key = (role: 'cert' | 'key' | 'ca' | 'crl'): FileKey => `${section}.${role}` as FileKey;
-    const names = { cert: flagOf(key('cert')) ?? key('cert'), key: flagOf(key('key')) ?? key('key'), ca: flagOf(key('ca')) ?? key('ca'), crl: flagOf(key('crl')) ?? key('crl') };
+    const names = keysOf(section, flagOf);
     const flags = { tlsCert: files.cert, tlsKey: files.key, tlsCa: files.ca, tlsCrl: files.crl };
     // A certificate without its key (or a key without its certificate) is said first, as before: settings that do not go together.
     if (Boolean(files.cert) !== Boolean(files.key)) tlsFromFlags(flags, names);
     let ok = (['cert', 'key', 'ca', 'crl'] as const).map((role) => readable(key(role), files[role])).every(Boolean);
     // Readable: a certificate that does not match its key, or has expired, is said by the loader, naming its setting (a CRL that is none, its own).
-    if (ok) ok = contents(key(files.cert ? 'cert' : 'ca'), files.cert ?? files.ca ?? '', () => tlsFromFlags({ ...flags, tlsCrl: undefined }, names)) && (files.crl === undefined || contents(key('crl'), files.crl, () => tlsFromFlags(flags, names)));
+    if (ok) ok = contents(key(files.cert ? 'cert' : 'ca'), files.cert ?? files.ca ?? '', () => tlsFromFlags({ ...flags, tlsCrl: undefined }, names, CERT_NEEDS[section])) && (files.crl === undefined || contents(key('crl'), files.crl, () => tlsFromFlags(flags, names, CERT_NEEDS[section])));
     if (ok) continue;
     if (section === 'tls') delete next.tls;
     else next.registry = { ...next.registry!, tls: undefined };
@@ -798,7 +817,7 @@ export function checkRuntime(c: ProxyConfig, source: string, flagOf: (key: FileK
   // The settings that clash, found with the rest (the files that failed left out: each is said once).
   let rt: Runtime | undefined;
   try {
-    rt = toRuntime(next);
+    rt = toRuntime(next, flagOf);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     issues.push(...err.issues);

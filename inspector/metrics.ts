@@ -679,7 +679,8 @@ export function addOperationsMetrics(registry: Registry, s: OperationsSources): 
     // As prometheus_build_info: a constant 1 whose labels say which build runs (a rollout's version skew, at a glance).
     new Gauge({ name: 'revproxy_build_info', help: 'The build running: version (package.json), git revision (unknown outside a checkout) and Node version; always 1', labelNames: ['version', 'revision', 'node'], registers: [registry] }).set({ version: s.version, revision: s.revision ?? 'unknown', node: process.version }, 1);
   }
-  // As Traefik's traefik_tls_certs_not_after: one series per certificate file in use (a chain's leaf, a CA bundle's first to end).
+  // As Traefik's traefik_tls_certs_not_after: one series per certificate file in use (config/files.ts `loadedCerts`: a chain's
+  // certificate that ends first, a CA bundle's first to end of those that have not ended, so an old CA left in it does not fire RevproxyCertificateExpired).
   const validity = (name: string, help: string, at: 'notBefore' | 'notAfter') =>
     new Gauge({
       name,

@@ -4,6 +4,7 @@
  * handshakes, a bad set is refused with the running one kept, and each certificate's end is a
  * metric and a warning before it comes. Real openssl-made certificates, the real `revproxy proxy`.
  */
+import { execFileSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { copyFileSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -197,6 +198,100 @@ renew('a certificate close to its end is a warn line at start, at each reload an
   assert.match(late.out.join('\n'), /holds a certificate that expired on/);
 });
 
+renew('a set that cannot work is refused by a reload (the running one kept), by --check and at start: a certificate not valid yet, an expired intermediate in its chain, one for clientAuth only, a leaf as tls.ca; an encrypted key and a chain out of order say what to do', async () => {
+  // Each was taken ("Reloaded ...: applied tls", --check valid), and peers then refused every handshake.
+  const pki = makePki(['old', 'client-only'], 'revproxy test CA', { usages: { 'client-only': 'clientAuth' } });
+  const future = makePki(['soon'], 'revproxy future CA', { made: '+1d' });
+  const lapsed = makePki(['chained'], 'revproxy lapsed CA', { days: 5, intermediate: { made: '-3d', days: 1 } });
+  const chain = makePki(['chained'], 'revproxy chain CA', { intermediate: {} });
+  const at = install(pki, 'old');
+  const { proc, port, admin, file } = await tlsProxy();
+  const put = (files: { cert: string; key: string }, ca = pki.ca): void => {
+    copyFileSync(files.cert, at.cert);
+    copyFileSync(files.key, at.key);
+    copyFileSync(ca, at.ca);
+  };
+  const bad: Array<[string, () => void, RegExp]> = [
+    ['a certificate not valid for a day yet', () => put(future.cert('soon')), /tls\.cert: the tls\.cert file '.*proxy\.pem' holds a certificate valid only from 20\d\d-[-\dT:.]+Z, in 2[34] hours: every peer would refuse it until then \("certificate is not yet valid"\): check this machine's clock and the CA's/],
+    ['a chain whose intermediate has expired', () => put(lapsed.cert('chained')), /tls\.cert: the tls\.cert file '.*proxy\.pem' holds the intermediate certificate CN=revproxy lapsed CA intermediate, which expired on 20\d\d-[-\dT:.]+Z: every peer would refuse the chain \("certificate has expired" at depth 1\): install the CA's renewed intermediate there/],
+    ['a certificate for clientAuth only', () => put(pki.cert('client-only')), /tls\.cert: the tls\.cert file '.*proxy\.pem' holds a certificate whose extended key usage is clientAuth only, without serverAuth: this side serves it on its port, and every peer that dials it checks it is a TLS server's, and refuses it \("unsuitable certificate purpose"\)/],
+    ['a leaf certificate as tls.ca', () => put(pki.cert('old'), pki.cert('client-only').cert), /the tls\.ca file '.*ca\.pem' holds no root CA certificate \(self-signed, valid now\) to verify peers with: CN=client-only is not a CA certificate \(a leaf, issued by CN=revproxy test CA\)/],
+    ['an encrypted key', () => {
+      put(pki.cert('old'));
+      execFileSync('openssl', ['pkey', '-in', pki.cert('old').key, '-out', at.key, '-aes256', '-passout', 'pass:secret-pass']);
+    }, /the tls\.key file '.*proxy\.key' is encrypted \(a passphrase protects it\), and revproxy needs the private key unencrypted: decrypt it with `openssl pkey -in \S*proxy\.key -out \S*proxy\.key\.plain`/],
+    ['a chain with its intermediate first', () => {
+      put(chain.cert('chained'), chain.ca);
+      writeFileSync(at.cert, Buffer.concat([readFileSync(chain.intermediate!), readFileSync(chain.leaf!('chained'))]));
+    }, /the tls\.cert file '.*proxy\.pem' begins with CN=revproxy chain CA intermediate, and the tls\.key file '.*proxy\.key' is the key of CN=chained, certificate 2 of 2 there: the leaf certificate \(the key's\) must come first, then the intermediates/],
+  ];
+  const client = { ...pki.cert('old'), ca: pki.ca };
+  for (const [i, [what, spoil, said]] of bad.entries()) {
+    put(pki.cert('old'));
+    spoil();
+    proc.kill('SIGHUP');
+    await eventually(() => proc.out.filter((l) => /Reload refused/.test(l)).length === i + 1, 5000, `the reload after ${what}`);
+    assert.match(proc.out.filter((l) => /Reload refused/.test(l)).at(-1)!, said, what);
+    assert.is(await presented(port, client), 'old', `${what}: the running certificate stays`);
+    const [check, start] = [revproxy(['proxy', '--config', file, '--check']), revproxy(['proxy', '--config', file])];
+    assert.is(await check.exited, 1, `${what}: --check refuses it: ${check.out.join('\n')}`);
+    assert.match(check.out.join('\n'), said, `${what}: --check`);
+    assert.is(await start.exited, 1, `${what}: a start refuses it: ${start.out.join('\n')}`);
+    assert.match(start.out.join('\n'), said, `${what}: a start`);
+  }
+  assert.match(await metrics(admin), /revproxy_reloads_total\{result="refused"\} 6/);
+});
+
+renew('what works, but not everywhere, is a warn line at start, at each reload and from --check: an expired old CA left in the bundle (named; its metric and the critical alert keep to the CA that verifies), a certificate without clientAuth the proxy presents to servers, one not naming the address clients dial', async () => {
+  const pki = makePki(['proxy', 'server-only', 'elsewhere'], 'revproxy test CA', { usages: { 'server-only': 'serverAuth' }, sans: { elsewhere: 'DNS:proxy.example' } });
+  const old = makePki([], 'revproxy old CA', { days: 1, made: '-3d' });
+  const at = install(pki, 'proxy');
+  writeFileSync(at.ca, Buffer.concat([readFileSync(old.ca), readFileSync(pki.ca)]));
+  const { proc, port, admin, file } = await tlsProxy();
+  // It said "expires on 2020-01-31..., in 0 minutes: renew it", not which of the bundle, and the metric read the old CA's end.
+  const oldCa = /warning: the tls\.ca file '.*ca\.pem' holds a CA certificate that has expired: CN=revproxy old CA expired on 20\d\d-[-\dT:.]+Z: peers whose certificates it signed are refused, while the file's other CA certificates verify theirs: remove it from the file once its peers have moved to the renewed CA/;
+  assert.ok(proc.out.some((l) => oldCa.test(l)), proc.out.join('\n'));
+  assert.not.ok(proc.out.some((l) => /expires on|in 0 minutes/.test(l)), proc.out.join('\n'));
+  assert.is(await presented(port, { ...pki.cert('proxy'), ca: pki.ca }), 'proxy', 'the CA that verifies lets its peers in');
+  const m = await metrics(admin);
+  assert.ok(m.includes(`revproxy_tls_cert_not_after_seconds{role="tls.ca",file="${at.ca}"} ${notAfter(pki.ca)}`), m);
+  assert.ok(notAfter(pki.ca) > Date.now() / 1000, 'so RevproxyCertificateExpired (not_after - time() <= 0) does not fire');
+
+  // Fit to serve, not to be presented to a server with --tls-ca: taken, and said.
+  copyFileSync(pki.cert('server-only').cert, at.cert);
+  copyFileSync(pki.cert('server-only').key, at.key);
+  proc.kill('SIGHUP');
+  const purpose = /warning: the tls\.cert file '.*proxy\.pem' holds a certificate whose extended key usage is serverAuth only, without clientAuth: this side presents it when it dials, and a peer that asks for a certificate \(mutual TLS: a server with --tls-ca, a proxy with tls\.ca\) refuses it/;
+  await proc.waitFor(purpose);
+  assert.ok(proc.out.some((l) => /Reloaded .*p\.yaml: applied tls/.test(l)), proc.out.join('\n'));
+  assert.is(proc.out.filter((l) => oldCa.test(l)).length, 2, 'the old CA said again at the reload');
+  assert.is(await presented(port, { ...pki.cert('proxy'), ca: pki.ca }), 'server-only');
+  const check = revproxy(['proxy', '--config', file, '--check']);
+  assert.is(await check.exited, 0, check.out.join('\n'));
+  for (const said of [oldCa, purpose]) assert.match(check.out.join('\n'), new RegExp(said.source.replace(/^warning: /, 'revproxy: warning: ')));
+
+  // A certificate for another name: clients dialling 127.0.0.1 or localhost refuse it. A warning: they may dial a name it lists.
+  copyFileSync(pki.cert('elsewhere').cert, at.cert);
+  copyFileSync(pki.cert('elsewhere').key, at.key);
+  const named = /warning: the tls\.cert file '.*proxy\.pem' is not for 127\.0\.0\.1 nor localhost \(host, --host\), which clients dial to reach this side: it names DNS:proxy\.example: they refuse it \(ERR_TLS_CERT_ALTNAME_INVALID\) unless they dial a name it lists/;
+  const elsewhere = revproxy(['proxy', '--config', file, '--check']);
+  assert.is(await elsewhere.exited, 0, elsewhere.out.join('\n'));
+  assert.match(elsewhere.out.join('\n'), new RegExp(named.source.replace(/^warning: /, 'revproxy: warning: ')));
+  proc.kill('SIGHUP');
+  await proc.waitFor(named);
+});
+
+renew('a chain whose intermediate ends before its leaf: the metric and the warning describe the intermediate, when the chain stops working', async () => {
+  // The metric read the leaf's end: the chain stopped verifying with nothing said and no alert.
+  const pki = makePki(['proxy'], 'revproxy test CA', { days: 5, intermediate: { made: '-60h', days: 3 } });
+  install(pki, 'proxy');
+  const { proc, admin } = await tlsProxy(false);
+  assert.match(proc.out.join('\n'), /warning: the tls\.cert certificate '.*proxy\.pem' \(CN=revproxy test CA intermediate, of the certificates in it\) expires on 20\d\d-[-\dT:.]+Z, in 1[12] hours: renew it/);
+  const m = await metrics(admin);
+  assert.ok(m.includes(`revproxy_tls_cert_not_after_seconds{role="tls.cert",file="${join(ctx.dir, 'proxy.pem')}"} ${notAfter(pki.intermediate!)}`), m);
+  assert.ok(notAfter(pki.intermediate!) < notAfter(pki.leaf!('proxy')));
+});
+
 renew('a server (revproxy server --tls-cert) reads its renewed files on SIGHUP for its next handshakes; a bad set is refused and the old one kept', async () => {
   const pki = makePki(['old', 'renewed', 'client']);
   const at = install(pki, 'old');
@@ -213,6 +308,29 @@ renew('a server (revproxy server --tls-cert) reads its renewed files on SIGHUP f
   proc.kill('SIGHUP');
   await proc.waitFor(/Reload refused, still using the TLS files read before: the --tls-key file '.*proxy\.key' is not the private key of the --tls-cert file '.*proxy\.pem'/);
   assert.is(await presented(port, proxyLike), 'renewed');
+  proc.kill('SIGTERM');
+  assert.is(await proc.exited, 0, proc.out.join('\n'));
+});
+
+renew('a server refuses at start a certificate for clientAuth only and a leaf as --tls-ca, and on SIGHUP one not valid yet (its own kept); one without clientAuth, which it presents as it registers, is a warn line', async () => {
+  const pki = makePki(['old', 'client-only', 'server-only'], 'revproxy test CA', { usages: { 'client-only': 'clientAuth', 'server-only': 'serverAuth' } });
+  const future = makePki(['soon'], 'revproxy future CA', { made: '+1d' });
+  const server = (files: { cert: string; key: string }, ca = pki.ca): Proc => revproxy(['server', '--id', 's1', '--pp', 'P', '--revproc', '1', '--tls-cert', files.cert, '--tls-key', files.key, '--tls-ca', ca]);
+  const clientOnly = server(pki.cert('client-only'));
+  assert.is(await clientOnly.exited, 1, clientOnly.out.join('\n'));
+  assert.match(clientOnly.out.join('\n'), /the --tls-cert file '.*client-only\.pem' holds a certificate whose extended key usage is clientAuth only, without serverAuth: this side serves it on its port/);
+  const leafCa = server(pki.cert('old'), pki.cert('old').cert);
+  assert.is(await leafCa.exited, 1, leafCa.out.join('\n'));
+  assert.match(leafCa.out.join('\n'), /the --tls-ca file '.*old\.pem' holds no root CA certificate \(self-signed, valid now\) to verify peers with: CN=old is not a CA certificate/);
+
+  const at = install(pki, 'server-only');
+  const proc = server(at, at.ca);
+  await proc.waitFor(/warning: the --tls-cert file '.*proxy\.pem' holds a certificate whose extended key usage is serverAuth only, without clientAuth: this side presents it when it dials/);
+  const port = Number((await proc.waitFor(/Listening on port (\d+)/))[1]);
+  install(future, 'soon');
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reload refused, still using the TLS files read before: the --tls-cert file '.*proxy\.pem' holds a certificate valid only from 20\d\d-[-\dT:.]+Z, in 2[34] hours/);
+  assert.is(await presented(port, { ...pki.cert('old'), ca: pki.ca }), 'server-only');
   proc.kill('SIGTERM');
   assert.is(await proc.exited, 0, proc.out.join('\n'));
 });

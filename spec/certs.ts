@@ -1,6 +1,6 @@
 /** Throw-away certificates for TLS specs, made with openssl in a temp folder. */
 import { execFileSync } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { loadTls, type TlsFiles } from '../transport/tls.js';
@@ -10,8 +10,11 @@ import { LOCAL, tempDir } from './helpers.js';
 export interface Pki {
   dir: string;
   ca: string;
-  /** cert and key paths by name. */
+  /** cert and key paths by name (with `intermediate`, cert is the chain: the leaf, then the intermediate). */
   cert(name: string): { cert: string; key: string };
+  /** With `intermediate`: its certificate, and each leaf's alone (no chain). */
+  intermediate?: string;
+  leaf?(name: string): string;
   /**
    * Make the CA's CRL (`openssl ca -gencrl`) at `file` (default ca.crl in `dir`), revoking the certificates
    * of `revoke` (names given to makePki) and those of earlier calls; valid from now for `hours` (24), or made
@@ -24,12 +27,31 @@ function run(args: string[], cwd: string, env?: Record<string, string>): void {
   execFileSync('openssl', args, { cwd, stdio: 'pipe', env: env && { ...process.env, ...env } });
 }
 
+/** What `makePki` makes beyond its defaults. */
+export interface PkiOptions {
+  /** How long each certificate is valid (2 days). */
+  days?: number;
+  /** When they were made: a libfaketime offset such as `-3d` or `-60h` (an expired certificate, or one about to be), `+1d` (one not valid yet). */
+  made?: string;
+  /** Other subjectAltName entries for a name (`{ proxy: 'IP:127.0.0.1,IP:::1' }`). */
+  sans?: Record<string, string>;
+  /** The certificates the CA signs made at another time, for another length (an expired leaf of a valid CA). */
+  leaves?: { days: number; made: string };
+  /** Another extendedKeyUsage for a name (`{ proxy: 'clientAuth' }`; '' for none at all). */
+  usages?: Record<string, string>;
+  /**
+   * Leaves signed by an intermediate CA the root signed, not by the root: it is `made` (default: the
+   * root's) and valid `days` (the root's), and the leaves are made when it is, valid the root's `days`.
+   */
+  intermediate?: { made?: string; days?: number };
+}
+
 /**
- * A CA and certificates it signs, each valid for 127.0.0.1 and localhost, for `days` (2) from now,
- * or from `made` ago (a libfaketime offset such as `-3d` or `-60h`: an expired certificate, or one about to be);
- * `sans` gives a name other subjectAltName entries (`{ proxy: 'IP:127.0.0.1,IP:::1' }`).
+ * A CA and certificates it signs, each valid for 127.0.0.1 and localhost, with extendedKeyUsage serverAuth
+ * and clientAuth, for `days` (2) from now, or from `made`; `sans` and `usages` change a name's
+ * (`PkiOptions`). With `intermediate`, each name's certificate file is its chain.
  */
-export function makePki(names: string[], caName = 'revproxy test CA', { days = 2, made, sans = {}, leaves }: { days?: number; made?: string; sans?: Record<string, string>; leaves?: { days: number; made: string } } = {}): Pki {
+export function makePki(names: string[], caName = 'revproxy test CA', { days = 2, made, sans = {}, leaves, usages = {}, intermediate }: PkiOptions = {}): Pki {
   const dir = tempDir('revproxy-pki-');
   const faked = (at: string | undefined): Record<string, string> | undefined => {
     if (!at) return undefined;
@@ -38,15 +60,25 @@ export function makePki(names: string[], caName = 'revproxy test CA', { days = 2
     return { LD_PRELOAD: lib, FAKETIME: at };
   };
   const env = faked(made);
-  // `leaves`: the certificates the CA signs are made at another time, for another length (an expired leaf of a valid CA).
-  const leafEnv = leaves ? faked(leaves.made) : env;
+  // An intermediate is made at its own time; the leaves when it is, or at `leaves.made`.
+  const interEnv = intermediate?.made ? faked(intermediate.made) : env;
+  const leafEnv = leaves ? faked(leaves.made) : intermediate ? interEnv : env;
   const leafDays = leaves?.days ?? days;
   const openssl = (args: string[], cwd: string, e = env): void => run(args, cwd, e);
-  openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', String(days), '-subj', `/CN=${caName}`], dir);
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  openssl(['req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.pem', '-days', String(days), '-subj', `/CN=${caName}`], dir);
+  const signer = intermediate ? 'inter' : 'ca';
+  if (intermediate) {
+    writeFileSync(join(dir, 'inter.ext'), 'basicConstraints=critical,CA:true\nkeyUsage=critical,keyCertSign,cRLSign\n');
+    openssl(['req', ...ec, '-keyout', 'inter.key', '-out', 'inter.csr', '-subj', `/CN=${caName} intermediate`], dir, interEnv);
+    openssl(['x509', '-req', '-in', 'inter.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'inter.pem', '-days', String(intermediate.days ?? days), '-extfile', 'inter.ext'], dir, interEnv);
+  }
   for (const n of names) {
-    writeFileSync(join(dir, `${n}.ext`), `subjectAltName=${sans[n] ?? 'IP:127.0.0.1,DNS:localhost'}\nextendedKeyUsage=serverAuth,clientAuth\n`);
-    openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', `${n}.key`, '-out', `${n}.csr`, '-subj', `/CN=${n}`], dir, leafEnv);
-    openssl(['x509', '-req', '-in', `${n}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${n}.pem`, '-days', String(leafDays), '-extfile', `${n}.ext`], dir, leafEnv);
+    const usage = usages[n] ?? 'serverAuth,clientAuth';
+    writeFileSync(join(dir, `${n}.ext`), `subjectAltName=${sans[n] ?? 'IP:127.0.0.1,DNS:localhost'}\n${usage ? `extendedKeyUsage=${usage}\n` : ''}`);
+    openssl(['req', ...ec, '-keyout', `${n}.key`, '-out', `${n}.csr`, '-subj', `/CN=${n}`], dir, leafEnv);
+    openssl(['x509', '-req', '-in', `${n}.csr`, '-CA', `${signer}.pem`, '-CAkey', `${signer}.key`, '-CAcreateserial', '-out', intermediate ? `${n}.leaf.pem` : `${n}.pem`, '-days', String(leafDays), '-extfile', `${n}.ext`], dir, leafEnv);
+    if (intermediate) writeFileSync(join(dir, `${n}.pem`), Buffer.concat([readFileSync(join(dir, `${n}.leaf.pem`)), readFileSync(join(dir, 'inter.pem'))]));
   }
   const crl = (revoke: string[] = [], o: { file?: string; hours?: number; made?: string } = {}): string => {
     // openssl ca's own database: the certificates revoked so far, and the CRL's number.
@@ -62,7 +94,13 @@ export function makePki(names: string[], caName = 'revproxy test CA', { days = 2
     run(['ca', '-config', 'ca.cnf', '-gencrl', '-crlhours', String(o.hours ?? 24), '-out', file], dir, faked ? { LD_PRELOAD: faked, FAKETIME: o.made! } : undefined);
     return file;
   };
-  return { dir, ca: join(dir, 'ca.pem'), cert: (n) => ({ cert: join(dir, `${n}.pem`), key: join(dir, `${n}.key`) }), crl };
+  return {
+    dir,
+    ca: join(dir, 'ca.pem'),
+    cert: (n) => ({ cert: join(dir, `${n}.pem`), key: join(dir, `${n}.key`) }),
+    crl,
+    ...(intermediate ? { intermediate: join(dir, 'inter.pem'), leaf: (n: string) => join(dir, `${n}.leaf.pem`) } : {}),
+  };
 }
 
 /**

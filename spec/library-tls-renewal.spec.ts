@@ -4,6 +4,7 @@
  * and a bad set is refused with a TlsConfigError, the running one kept. Real openssl-made
  * certificates (spec/certs.ts), the library's own handles.
  */
+import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createServer as tlsServer, type TLSSocket } from 'node:tls';
 import { suite } from 'uvu';
@@ -176,6 +177,33 @@ renew('the TLS options at start are checked as the files are: a key not the cert
   } finally {
     process.off('uncaughtException', onUncaught);
   }
+});
+
+renew('the library refuses as the CLI does, at start and on renewTls: a certificate unfit for what the side does with it, not valid yet, an expired intermediate, a leaf as the CA, an encrypted key', async () => {
+  const a = makePki(['proxy', 'client-only', 'server-only'], 'CA A', { usages: { 'client-only': 'clientAuth', 'server-only': 'serverAuth' } });
+  const future = makePki(['soon'], 'CA later', { made: '+1d' });
+  const lapsed = makePki(['chained'], 'CA lapsed', { days: 5, intermediate: { made: '-3d', days: 1 } });
+  const refused = async (start: () => Promise<unknown>, said: RegExp): Promise<void> => {
+    const err = await start().then(() => undefined, (e: unknown) => e);
+    assert.instance(err, TlsConfigError, String(err));
+    assert.match((err as Error).message, said);
+  };
+  const ca = readFileSync(a.ca);
+  // As read, unchecked (`material` checks them as the CLI's files).
+  const raw = (pki: Pki, name: string, trusted = ca): TlsMaterial => ({ cert: readFileSync(pki.cert(name).cert), key: readFileSync(pki.cert(name).key), ca: trusted });
+  await refused(() => startProxy({ port: 0, tls: raw(a, 'client-only') }), /^startProxy: tls\.cert holds a certificate whose extended key usage is clientAuth only, without serverAuth: this side serves it on its port/);
+  await refused(() => connect({ revproc: 1, tls: raw(a, 'server-only') }), /^connect\(\): tls\.cert holds a certificate whose extended key usage is serverAuth only, without clientAuth: this side presents it when it dials/);
+  await refused(() => startServer({ id: 's1', policy: 'P', revproc: 1, tls: raw(lapsed, 'chained') }), /^startServer: tls\.cert holds the intermediate certificate CN=CA lapsed intermediate, which expired on /);
+  await refused(() => startProxy({ port: 0, tls: raw(future, 'soon') }), /^startProxy: tls\.cert holds a certificate valid only from 20\d\d-[-\dT:.]+Z, in 2[34] hours/);
+  await refused(() => startProxy({ port: 0, tls: raw(a, 'proxy', readFileSync(a.cert('proxy').cert)) }), /^startProxy: tls\.ca holds no root CA certificate \(self-signed, valid now\) to verify peers with: CN=proxy is not a CA certificate/);
+  const encrypted = execFileSync('openssl', ['pkey', '-in', a.cert('proxy').key, '-aes256', '-passout', 'pass:secret-pass']);
+  await refused(() => startProxy({ port: 0, tls: { ...raw(a, 'proxy'), key: encrypted } }), /^startProxy: tls\.key is encrypted \(a passphrase protects it\), and revproxy needs the private key unencrypted: decrypt it with `openssl pkey -in key\.pem -out key\.pem\.plain`/);
+  // A running proxy keeps its own when handed one of them.
+  const proxy = await startProxy({ port: 0, tls: material(a, 'proxy') });
+  ctx.proxies.push(proxy);
+  assert.match(thrown(() => proxy.renewTls({ tls: raw(future, 'soon') })).message, /^tls\.cert holds a certificate valid only from/);
+  assert.match(thrown(() => proxy.renewTls({ tls: raw(a, 'client-only') })).message, /^tls\.cert holds a certificate whose extended key usage is clientAuth only/);
+  assert.is(await presented(proxy.port, { ...a.cert('proxy'), ca: a.ca }), 'proxy');
 });
 
 renew.run();

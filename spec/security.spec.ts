@@ -15,7 +15,7 @@ import { isLoopback, Logger, memorySink, runClient, startProxy, startServer, Sta
 import { encodeFrame, FORWARD_ROOM } from '../transport/frame.js';
 import { resolveOptions } from '../actors/proxy-options.js';
 import { checkListen } from '../inspector/guard.js';
-import { describeTlsError, dial, listenServer, loadTls } from '../transport/tls.js';
+import { describeDialError, describeTlsError, dial, listenServer, loadTls } from '../transport/tls.js';
 import { hostHeaderIsLoopback, isEveryAddress } from '../transport/address.js';
 import { dialBackProblem } from '../actors/server.js';
 import { makePki } from './certs.js';
@@ -367,9 +367,40 @@ tls('a client certificate the proxy refuses (expired, another CA\'s) is logged w
     await new Promise((r) => c.once('close', r));
   }
   await eventually(() => refusals().length === 2, 3000, 'both refusals logged');
-  assert.match(refusals()[0]!.msg, /^Refused a TLS connection from 127\.0\.0\.5: the peer's TLS certificate is not signed by a CA this side trusts \(UNABLE_TO_VERIFY_LEAF_SIGNATURE\): give the peer a certificate signed by a CA in this side's --tls-ca/);
+  assert.match(refusals()[0]!.msg, /^Refused a TLS connection from 127\.0\.0\.5: the peer's TLS certificate does not lead to a CA this side trusts \(UNABLE_TO_VERIFY_LEAF_SIGNATURE\): if an intermediate CA signed it, .*; if not, it is not signed by a CA this side trusts: give the peer a certificate signed by a CA in this side's --tls-ca/);
   assert.is(refusals()[0]!.reason, 'UNABLE_TO_VERIFY_LEAF_SIGNATURE');
   assert.match(refusals()[1]!.msg, /the peer's TLS certificate has expired \(CERT_HAS_EXPIRED\): give the peer a renewed one/);
+});
+
+tls('a certificate refused for its chain or its purpose says what to do: a client\'s leaf sent without its intermediate, one without clientAuth (the listener\'s line); a listener\'s without serverAuth, or without its intermediate (the dialler\'s words)', async (ctx) => {
+  // The first was "not signed by a CA this side trusts ... add the CA", where the peer had to send its chain; the others said
+  // "check it against this side's --tls-ca", or OpenSSL's "unsuitable certificate purpose", naming no extended key usage.
+  const pki = makePki(['proxy', 'server-only', 'client-only'], 'revproxy test CA', { usages: { 'server-only': 'serverAuth', 'client-only': 'clientAuth' } });
+  const chained = makePki(['client'], 'revproxy chain CA', { intermediate: {} });
+  const bundle = join(pki.dir, 'bundle.pem');
+  writeFileSync(bundle, readFileSync(pki.ca, 'utf8') + readFileSync(chained.ca, 'utf8'));
+  await proxyWith(ctx, { tls: loadTls({ ...pki.cert('proxy'), ca: bundle })! });
+  const refusals = (): LogRecord[] => ctx.logs.filter((l) => l.event === 'tls_refused');
+  for (const [files, localAddress] of [[{ cert: chained.leaf!('client'), key: chained.cert('client').key }, '127.0.0.7'], [pki.cert('server-only'), '127.0.0.8']] as const) {
+    const c = tlsConnect({ socket: connect({ host: LOCAL, port: ctx.proxy!.port, localAddress }), ca: readFileSync(pki.ca), cert: readFileSync(files.cert), key: readFileSync(files.key) });
+    c.on('error', () => {});
+    await new Promise((r) => c.once('close', r));
+  }
+  await eventually(() => refusals().length === 2, 3000, 'both refusals logged');
+  assert.match(refusals()[0]!.msg, /^Refused a TLS connection from 127\.0\.0\.7: the peer's TLS certificate does not lead to a CA this side trusts \(UNABLE_TO_VERIFY_LEAF_SIGNATURE\): if an intermediate CA signed it, the peer sends it without that intermediate's certificate: its --tls-cert file must hold its certificate, then the intermediate's \(the chain\); if not, .*add the CA that signed it there/);
+  assert.match(refusals()[1]!.msg, /^Refused a TLS connection from 127\.0\.0\.8: the peer's TLS certificate is not for a TLS client \(INVALID_PURPOSE: its extendedKeyUsage, or that of a CA of its chain, lacks clientAuth\): .*give the peer a certificate whose extendedKeyUsage has clientAuth/);
+  // The dialler's side, of a listener serving a certificate for clientAuth only, or its leaf without its intermediate.
+  for (const [files, ca, said] of [
+    [pki.cert('client-only'), pki.ca, /^the peer's TLS certificate is not for a TLS server \(INVALID_PURPOSE: its extendedKeyUsage, or that of a CA of its chain, lacks serverAuth\): give the peer a certificate whose extendedKeyUsage has serverAuth$/],
+    [{ cert: chained.leaf!('client'), key: chained.cert('client').key }, chained.ca, /^the peer's TLS certificate does not lead to a CA this side trusts \(UNABLE_TO_VERIFY_LEAF_SIGNATURE\): if an intermediate CA signed it, the peer sends it without that intermediate's certificate: .*give the CA that signed it with --tls-ca$/],
+  ] as const) {
+    const listener = createTlsServer({ cert: readFileSync(files.cert), key: readFileSync(files.key) }, (s) => s.end());
+    await new Promise<void>((r) => listener.listen(0, LOCAL, r));
+    const port = (listener.address() as { port: number }).port;
+    const err = await new Promise<NodeJS.ErrnoException>((r) => dial(LOCAL, port, { ca: readFileSync(ca) }).once('error', r));
+    listener.close();
+    assert.match(describeDialError(err, LOCAL), said);
+  }
 });
 
 tls('refusals from one address for different reasons are each counted under their own reason, not the first one\'s', async (ctx) => {

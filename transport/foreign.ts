@@ -174,11 +174,29 @@ export function crlProblem(code: string): string {
   }
 }
 
-/** Why a peer's TLS certificate was refused, from its verification error, and what to do (a listener of its peer's, a dialler of its listener's). */
+/**
+ * The verification errors of a chain that ends short of a CA the verifying side trusts: its last certificate's
+ * issuer is not in this side's CA file. Either the peer left out an intermediate CA's certificate (it sends its
+ * leaf alone: OpenSSL's "unable to verify the first certificate"), or no CA here signed it.
+ */
+const ISSUER_NOT_FOUND = new Set(['UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY']);
+
+/**
+ * What to say of a peer's certificate that does not lead to a CA this side trusts (`UNTRUSTED_CA_CODES`):
+ * `fix`, what to do when its CA is not one this side trusts; for an issuer not found, that the peer may
+ * have left out its intermediate, the likelier cause where peers come from one CA.
+ */
+export function untrustedCertificate(code: string, fix: string): string {
+  if (!ISSUER_NOT_FOUND.has(code)) return `the peer's TLS certificate is not signed by a CA this side trusts (${code}): ${fix}`;
+  return `the peer's TLS certificate does not lead to a CA this side trusts (${code}): if an intermediate CA signed it, the peer sends it without that intermediate's certificate: its --tls-cert file must hold its certificate, then the intermediate's (the chain); if not, it is not signed by a CA this side trusts: ${fix}`;
+}
+
+/**
+ * Why a peer's TLS certificate was refused, from its verification error, and what to do: a listener's of its peer's
+ * (a dialler's of its listener's says an untrusted CA and INVALID_PURPOSE its own way: tls.ts `describeTlsError`).
+ */
 export function refusedCertificate(code: string): string {
-  if (UNTRUSTED_CA_CODES.has(code)) {
-    return `the peer's TLS certificate is not signed by a CA this side trusts (${code}): give the peer a certificate signed by a CA in this side's --tls-ca, or add the CA that signed it there`;
-  }
+  if (UNTRUSTED_CA_CODES.has(code)) return untrustedCertificate(code, "give the peer a certificate signed by a CA in this side's --tls-ca, or add the CA that signed it there");
   if (CRL_CODES.has(code)) return `the peer's TLS certificate could not be checked for revocation: ${crlProblem(code)}`;
   switch (code) {
     case 'CERT_HAS_EXPIRED':
@@ -188,7 +206,8 @@ export function refusedCertificate(code: string): string {
     case 'CERT_REVOKED':
       return `the peer's TLS certificate has been revoked (${code}): its CA lists it in this side's --tls-crl; the peer needs a new certificate (and key), or the CRL is not the one meant`;
     case 'INVALID_PURPOSE':
-      return `the peer's TLS certificate is not for this use (${code}: its extendedKeyUsage lacks clientAuth, or serverAuth for a server this side dials): give the peer a certificate made for it`;
+      // This side asked for a certificate (mutual TLS): the peer's must be a TLS client's, as OpenSSL checks its extended key usage.
+      return `the peer's TLS certificate is not for a TLS client (${code}: its extendedKeyUsage, or that of a CA of its chain, lacks clientAuth): this side asks peers for a certificate (--tls-ca) and checks that: give the peer a certificate whose extendedKeyUsage has clientAuth (and serverAuth, for a server or proxy that also serves it)`;
     default:
       return `the peer's TLS certificate was refused (${code}): check it against this side's --tls-ca (openssl verify -CAfile)`;
   }

@@ -2,15 +2,15 @@
  * TLS on every link, when asked: certificate files in, socket factories
  * and server options out. Plain TCP when no TLS options are given.
  */
-import { createPrivateKey, X509Certificate } from 'node:crypto';
+import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { constants as cryptoConstants } from 'node:crypto';
 import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
 import { connect as netConnect, createServer as netServer, isIP, type LookupFunction, type Server, type Socket } from 'node:net';
-import { connect as tlsConnect, createSecureContext, createServer as tlsServer, TLSSocket, Server as TlsServer, type SecureContextOptions } from 'node:tls';
+import { checkServerIdentity, connect as tlsConnect, createSecureContext, createServer as tlsServer, TLSSocket, Server as TlsServer, type SecureContextOptions } from 'node:tls';
 import { isPlainObject, kindOf, LocalCode, RevproxyError } from './errors.js';
-import { hostPort, unbracket } from './address.js';
-import { CRL_CODES, refusedCertificate, UNTRUSTED_CA_CODES } from './foreign.js';
+import { hostPort, isEveryAddress, isLoopback, unbracket } from './address.js';
+import { CRL_CODES, refusedCertificate, untrustedCertificate, UNTRUSTED_CA_CODES } from './foreign.js';
 import { setDeadline, type Clock, type Timer } from './clock.js';
 import { crlBlocks, issuedBy, namesOf, parseCrl, revoking, type Crl } from './crl.js';
 
@@ -86,28 +86,139 @@ function certificatesOf(pem: Buffer): X509Certificate[] {
 }
 
 /**
- * Why a peer that dials `address` (an IP, with no name: Node then checks the certificate's IP
- * entries only) would refuse the certificate `pem` presents (its first), or undefined when it names
- * that address, or cannot be read: `the certificate names DNS:server-a.internal, IP:10.0.0.7, not
- * 127.0.0.1`.
+ * Why a peer that dials `address` would refuse the certificate `pem` presents (its first), or undefined
+ * when it names that address, or cannot be read: `the certificate names DNS:server-a.internal, IP:10.0.0.7,
+ * not 127.0.0.1`. Checked as Node's client checks it (`tls.checkServerIdentity`): an IP against the
+ * certificate's IP entries only, a name against its DNS entries (its subject's CN when it has none).
  */
 export function certificateMissesAddress(pem: Buffer, address: string): string | undefined {
   const leaf = certificatesOf(pem)[0];
-  if (!leaf || leaf.checkIP(address) !== undefined) return undefined;
-  const names = leaf.subjectAltName?.replace(/IP Address:/g, 'IP:') ?? `no subjectAltName (its subject: ${leaf.subject.replace(/\n/g, ', ')})`;
-  return `the certificate names ${names}, not ${address}`;
+  if (!leaf || checkServerIdentity(unbracket(address), leaf.toLegacyObject()) === undefined) return undefined;
+  return `the certificate names ${altNamesOf(leaf)}, not ${address}`;
 }
 
-/** When a file's certificates can be used (ms since the epoch, the wall clock's): a chain's is its leaf's, a CA bundle's its certificate that expires first. */
+/** The names a certificate is for, as peers check them: `DNS:server-a.internal, IP:10.0.0.7`. */
+function altNamesOf(leaf: X509Certificate): string {
+  return leaf.subjectAltName?.replace(/IP Address:/g, 'IP:') ?? `no subjectAltName (its subject: ${subjectOf(leaf)})`;
+}
+
+/** A certificate's subject on one line: `CN=proxy, O=Example`. */
+function subjectOf(c: X509Certificate): string {
+  return c.subject.replace(/\n/g, ', ');
+}
+
+/** Its issuer likewise. */
+function issuerOf(c: X509Certificate): string {
+  return c.issuer.replace(/\n/g, ', ');
+}
+
+/** Whether `issuer` signed `cert` (its name and key identifiers match, and the signature is its key's). */
+function issued(issuer: X509Certificate, cert: X509Certificate): boolean {
+  try {
+    return cert.checkIssued(issuer) && cert.verify(issuer.publicKey);
+  } catch {
+    return false;
+  }
+}
+
+const selfSigned = (c: X509Certificate): boolean => issued(c, c);
+const startOf = (c: X509Certificate): number => Date.parse(c.validFrom);
+const endOf = (c: X509Certificate): number => Date.parse(c.validTo);
+
+/**
+ * How far a certificate's start may be ahead of this machine's clock and still be taken (ms): a CA whose
+ * clock runs a little ahead issues certificates that peers take a moment later (Let's Encrypt backdates
+ * its own an hour for this). Further ahead, it is refused: every peer refuses it for now.
+ */
+export const CLOCK_SKEW_MS = 5 * 60 * 1000;
+
+/**
+ * The certificates a peer verifies of a chain file: its first (the leaf), then the issuer of each among
+ * the file's others, as OpenSSL builds a chain (one valid now first, when two could be), up to a self-signed
+ * one or the first whose issuer the file lacks (the peer's CA file then has it, or the chain is short).
+ */
+function chainOf(certs: readonly X509Certificate[], now: number): X509Certificate[] {
+  const chain = certs.slice(0, 1);
+  let rest = certs.slice(1);
+  for (let at = chain[0]; at && !selfSigned(at);) {
+    const cert: X509Certificate = at;
+    const issuers = rest.filter((c) => issued(c, cert));
+    const next = issuers.find((c) => startOf(c) <= now && now < endOf(c)) ?? issuers[0];
+    if (!next) break;
+    chain.push(next);
+    rest = rest.filter((c) => c !== next);
+    at = next;
+  }
+  return chain;
+}
+
+/** What is checked of a chain: its leaf, and the intermediates after it (a self-signed root a file may carry is the peers' to trust, from their own CA file). */
+function checkedOf(chain: readonly X509Certificate[]): Array<{ cert: X509Certificate; depth: number; which: string }> {
+  return chain.flatMap((cert, depth) => (depth > 0 && selfSigned(cert) ? [] : [{ cert, depth, which: depth === 0 ? 'a certificate' : `the intermediate certificate ${subjectOf(cert)}` }]));
+}
+
+/**
+ * What a certificate does in a handshake, as OpenSSL checks its extended key usage (`openssl x509 -purpose`):
+ * `serverAuth` for one a side serves on its port, `clientAuth` for one it presents when it dials (mutual TLS).
+ * A certificate without that extension is fit for both; the CAs on its chain are held to it too.
+ */
+export type CertPurpose = 'serverAuth' | 'clientAuth';
+
+const PURPOSE_OIDS: Record<CertPurpose, string> = { serverAuth: '1.3.6.1.5.5.7.3.1', clientAuth: '1.3.6.1.5.5.7.3.2' };
+const USAGE_NAMES: Record<string, string> = {
+  '1.3.6.1.5.5.7.3.1': 'serverAuth', '1.3.6.1.5.5.7.3.2': 'clientAuth', '1.3.6.1.5.5.7.3.3': 'codeSigning', '1.3.6.1.5.5.7.3.4': 'emailProtection',
+  '1.3.6.1.5.5.7.3.8': 'timeStamping', '1.3.6.1.5.5.7.3.9': 'OCSPSigning', '2.5.29.37.0': 'anyExtendedKeyUsage',
+};
+
+/** What the peer checking `purpose` does with a certificate (a sentence's middle). */
+const PURPOSE_USE: Record<CertPurpose, string> = {
+  serverAuth: 'this side serves it on its port, and every peer that dials it checks it is a TLS server\'s',
+  clientAuth: 'this side presents it when it dials, and a peer that asks for a certificate (mutual TLS) checks it is a TLS client\'s',
+};
+
+/** Why `cert` is not fit for `purpose` (`its extended key usage is clientAuth only, without serverAuth`), or undefined when it is. */
+function unfitFor(cert: X509Certificate, purpose: CertPurpose): string | undefined {
+  // Node's name for the extended key usage (undefined without the extension). anyExtendedKeyUsage alone is not taken by OpenSSL.
+  const usages = cert.keyUsage as string[] | undefined;
+  if (!usages || usages.includes(PURPOSE_OIDS[purpose])) return undefined;
+  return `extended key usage is ${usages.map((u) => USAGE_NAMES[u] ?? u).join(', ')}${usages.length === 1 ? ' only' : ''}, without ${purpose}`;
+}
+
+/** `ms` as a date in words (UTC, ISO 8601). */
+const dateOf = (ms: number): string => new Date(ms).toISOString();
+
+/**
+ * What keeps a certificate of a CA file from verifying peers: expired, not valid for a while yet, or not a CA
+ * (a leaf, which signs nothing: one the peer itself presents is taken only when self-signed, as a pin).
+ */
+function caProblem(c: X509Certificate, now: number): string | undefined {
+  if (endOf(c) <= now) return `${subjectOf(c)} expired on ${dateOf(endOf(c))}`;
+  if (startOf(c) > now + CLOCK_SKEW_MS) return `${subjectOf(c)} is valid only from ${dateOf(startOf(c))}`;
+  if (!c.ca && !selfSigned(c)) return `${subjectOf(c)} is not a CA certificate (a leaf, issued by ${issuerOf(c)})`;
+  return undefined;
+}
+
+/**
+ * When a file's certificates can be used (ms since the epoch, the wall clock's): a chain's is that of its
+ * certificate that ends first (the leaf, or an intermediate ending before it), a CA bundle's that of its
+ * certificate that ends first among those that have not ended (all of them once all have). `subject`
+ * names that certificate when it is not the file's only one or, for a chain, not its leaf.
+ */
 export interface Validity {
   notBefore: number;
   notAfter: number;
+  subject?: string;
 }
 
-/** The validity that matters of `pem`: `role` cert, the certificate presented (the first); ca, the first to expire of the bundle. */
-export function validityOf(pem: Buffer, role: 'cert' | 'ca'): Validity | undefined {
-  const certs = certificatesOf(pem).map((c) => ({ notBefore: Date.parse(c.validFrom), notAfter: Date.parse(c.validTo) }));
-  return role === 'cert' ? certs[0] : certs.sort((a, b) => a.notAfter - b.notAfter)[0];
+/** The validity that matters of `pem` (`Validity`), as of `now`: `role` cert, a chain this side presents; ca, a bundle. */
+export function validityOf(pem: Buffer, role: 'cert' | 'ca', now = Date.now()): Validity | undefined {
+  const certs = certificatesOf(pem);
+  const live = certs.filter((c) => endOf(c) > now);
+  const candidates = role === 'cert' ? chainOf(certs, now) : live.length ? live : certs;
+  const first = candidates.reduce<X509Certificate | undefined>((a, c) => (a && endOf(a) <= endOf(c) ? a : c), undefined);
+  if (!first) return undefined;
+  const named = role === 'cert' ? first !== certs[0] : certs.length > 1;
+  return { notBefore: startOf(first), notAfter: endOf(first), ...(named ? { subject: subjectOf(first) } : {}) };
 }
 
 /**
@@ -126,10 +237,18 @@ export function warningFrom(v: Validity): number {
   return v.notAfter - Math.min(EXPIRY_WARNING_MS, (v.notAfter - v.notBefore) / 3);
 }
 
-/** What to say of the certificate in `file` (named by `setting`) when it ends soon (`expiresSoon`); undefined when it does not. */
+/** What to say of the certificate in `file` (named by `setting`) when it ends soon (`expiresSoon`), or has ended; undefined when it does not. */
 export function expiryWarning(setting: string, file: string, v: Validity, now = Date.now()): string | undefined {
   if (!expiresSoon(v, now)) return undefined;
-  return `the ${setting} certificate '${file}' expires on ${new Date(v.notAfter).toISOString()}, in ${timeLeft(v.notAfter, now)}: renew it, then send SIGHUP (systemctl reload) to load the renewed files`;
+  const which = certificateNamed(setting, file, v);
+  const load = 'then send SIGHUP (systemctl reload) to load the renewed files';
+  if (v.notAfter <= now) return `${which} expired on ${dateOf(v.notAfter)}, ${timeLeft(now, v.notAfter)} ago: every handshake that needs it fails: renew it, ${load}`;
+  return `${which} expires on ${dateOf(v.notAfter)}, in ${timeLeft(v.notAfter, now)}: renew it, ${load}`;
+}
+
+/** A certificate in words: `the tls.ca certificate '/etc/ca.pem'`, with its subject when the file holds others (`Validity`). */
+export function certificateNamed(setting: string, file: string, v: Validity): string {
+  return `the ${setting} certificate '${file}'${v.subject ? ` (${v.subject}, of the certificates in it)` : ''}`;
 }
 
 /** How long until `at`, in words: "3 days", "5 hours", "12 minutes". */
@@ -139,8 +258,17 @@ function timeLeft(at: number, now: number): string {
   return `${Math.floor(n)} ${unit}`;
 }
 
-/** Read the PEM files; undefined when none is given. */
-export function loadTls(files: TlsFiles, names: TlsNames = { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }): TlsMaterial | undefined {
+/** How a file or setting is named in the sentences about it: the file with its setting, or the setting alone (a library caller's buffers). */
+function describer(names: TlsNames, paths?: TlsFiles): (role: keyof TlsFiles) => string {
+  const all = { ...names, crl: crlName(names) };
+  return (role) => (paths ? `the ${all[role]} file '${paths[role]}'` : all[role]);
+}
+
+/**
+ * Read the PEM files; undefined when none is given. `needs`: what this side does with its certificate
+ * (`CertPurpose`), which it must be fit for; any other use is only warned of (`tlsWarnings`).
+ */
+export function loadTls(files: TlsFiles, names: TlsNames = { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }, needs: readonly CertPurpose[] = []): TlsMaterial | undefined {
   if (!files.cert && !files.key && !files.ca && !files.crl) return undefined;
   if (Boolean(files.cert) !== Boolean(files.key)) throw new TlsConfigError('--tls-cert and --tls-key go together: give both or neither', 'usage');
   const material = {
@@ -149,18 +277,18 @@ export function loadTls(files: TlsFiles, names: TlsNames = { cert: '--tls-cert',
     ca: files.ca ? read(files.ca, '--tls-ca') : undefined,
     crl: files.crl ? read(files.crl, crlName(names)) : undefined,
   };
-  const all = { ...names, crl: crlName(names) };
-  return checkMaterial(material, (role) => `the ${all[role]} file '${files[role]}'`, names, true);
+  return checkMaterial(material, names, files, needs);
 }
 
 /**
  * Check TLS material already read (a library caller's buffers) as `loadTls` checks files: a TlsConfigError
- * naming the setting (`names`, e.g. tls.cert) when a certificate or key is not one, expired, or not the pair.
+ * naming the setting (`names`, e.g. tls.cert) when a certificate or key is not one, expired, not valid yet,
+ * not fit for `needs`, or not the pair, or when the CA file verifies no one.
  */
-export function checkTls(material: TlsMaterial, names: TlsNames): TlsMaterial {
+export function checkTls(material: TlsMaterial, names: TlsNames, needs: readonly CertPurpose[] = []): TlsMaterial {
   if (!material.cert && !material.key && !material.ca && !material.crl) throw new TlsConfigError(`no ${names.cert}, ${names.key} or ${names.ca} given: give the renewed files`, 'usage');
   if (Boolean(material.cert) !== Boolean(material.key)) throw new TlsConfigError(`${names.cert} and ${names.key} go together: give both or neither`, 'usage');
-  return checkMaterial(material, (role) => (role === 'crl' ? crlName(names) : names[role]), names, false);
+  return checkMaterial(material, names, undefined, needs);
 }
 
 /**
@@ -171,7 +299,7 @@ export function checkTls(material: TlsMaterial, names: TlsNames): TlsMaterial {
  * rejected the start with OpenSSL's own error and then ended the process from inside the actor; a file's path
  * given for its contents did the same, and `{}` on a listener served plain TCP without a word.
  */
-export function checkStartTls(setting: string, material: unknown, serves: boolean): TlsMaterial | undefined {
+export function checkStartTls(setting: string, material: unknown, serves: boolean, needs: readonly CertPurpose[] = []): TlsMaterial | undefined {
   if (material === undefined) return undefined;
   const names = { cert: `${setting}.cert`, key: `${setting}.key`, ca: `${setting}.ca`, crl: `${setting}.crl` };
   const shape = `${setting} must be { cert, key, ca, crl }, each a PEM Buffer (readFileSync of the file) or string`;
@@ -189,20 +317,43 @@ export function checkStartTls(setting: string, material: unknown, serves: boolea
     throw new TlsConfigError(`${setting} has no ${names.cert}${m.key ? '' : ` or ${names.key}`}: the listener serves TLS with them (leave ${setting} out to serve plain TCP)`, 'usage');
   }
   // `{}` is TLS with the system's CAs; anything more is checked as renewed material is.
-  return !m.cert && !m.key && !m.ca && !m.crl ? (material as TlsMaterial) : checkTls(material as TlsMaterial, names);
+  return !m.cert && !m.key && !m.ca && !m.crl ? (material as TlsMaterial) : checkTls(material as TlsMaterial, names, needs);
 }
 
-/** The checks of `loadTls` and `checkTls`: `what(role)` names the file or setting in the errors. */
-function checkMaterial(material: TlsMaterial, what: (role: 'cert' | 'key' | 'ca' | 'crl') => string, names: TlsNames, files: boolean): TlsMaterial {
+/** A PEM private key under a passphrase: PKCS#8's encrypted form, or OpenSSL's traditional one (`Proc-Type: 4,ENCRYPTED`). */
+const ENCRYPTED_KEY = /-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type:\s*4,\s*ENCRYPTED/;
+
+/** Whether `key` is the private key of `cert` (false for a key of another kind too). */
+function keyOf(cert: X509Certificate, key: KeyObject): boolean {
+  try {
+    return cert.checkPrivateKey(key);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The checks of `loadTls` and `checkTls`: each file is what it says; the chain presented (`chainOf`) is valid
+ * now (neither expired nor starting more than `CLOCK_SKEW_MS` ahead) and fit for `needs`, its leaf first; the
+ * CA file holds a root valid now. `paths`: the files read, named in the errors with their settings (`names`).
+ */
+function checkMaterial(material: TlsMaterial, names: TlsNames, paths: TlsFiles | undefined, needs: readonly CertPurpose[]): TlsMaterial {
+  const what = describer(names, paths);
   // Check the contents now, so a bad file is a clear error at start rather than a failed handshake later.
   // Each file on its own first, to name the one that is wrong: a CA file with no certificate in it
   // passes createSecureContext (an empty CA store), and then every peer's certificate is refused.
   if (material.cert && !holdsCertificate(material.cert)) {
     throw new TlsConfigError(`${what('cert')} holds no PEM certificate (-----BEGIN CERTIFICATE-----): give the certificate this side presents`);
   }
+  let key: KeyObject | undefined;
   if (material.key) {
+    // Node asks for no passphrase: it fails "interrupted or cancelled".
+    if (ENCRYPTED_KEY.test(material.key.toString('latin1'))) {
+      const file = paths?.key ?? 'key.pem';
+      throw new TlsConfigError(`${what('key')} is encrypted (a passphrase protects it), and revproxy needs the private key unencrypted: decrypt it with \`openssl pkey -in ${file} -out ${file}.plain\` (it asks for the passphrase), make that file readable by revproxy's user only (chmod 600), and give it as ${names.key}`);
+    }
     try {
-      createPrivateKey(material.key);
+      key = createPrivateKey(material.key);
     } catch (err) {
       throw new TlsConfigError(`${what('key')} is not a PEM private key (${(err as Error).message.trim()}): give the private key of ${names.cert}`);
     }
@@ -210,16 +361,39 @@ function checkMaterial(material: TlsMaterial, what: (role: 'cert' | 'key' | 'ca'
   if (material.ca && !holdsCertificate(material.ca)) {
     throw new TlsConfigError(`${what('ca')} holds no PEM certificate (-----BEGIN CERTIFICATE-----): give the certificate of the CA that signs the peers' certificates`);
   }
-  // An expired certificate fails every handshake (peers refuse it, or refuse the certificates it should verify): refused
-  // here, where it can still be fixed (at start, on a reload that keeps the previous one, by --check), not at each peer.
   const now = Date.now();
-  const leaf = material.cert && certificatesOf(material.cert)[0];
-  if (leaf && Date.parse(leaf.validTo) <= now) {
-    throw new TlsConfigError(`${what('cert')} holds a certificate that expired on ${new Date(leaf.validTo).toISOString()}: every peer would refuse it: install the renewed certificate (and its key) there`);
+  const certs = material.cert ? certificatesOf(material.cert) : [];
+  // A chain whose intermediate comes first: OpenSSL says only that the key does not match (the first certificate's).
+  const leaf = certs[0];
+  const at = leaf && key && !keyOf(leaf, key) ? certs.findIndex((c) => keyOf(c, key!)) : -1;
+  if (at > 0) {
+    throw new TlsConfigError(`${what('cert')} begins with ${subjectOf(leaf!)}, and ${what('key')} is the key of ${subjectOf(certs[at]!)}, certificate ${at + 1} of ${certs.length} there: the leaf certificate (the key's) must come first, then the intermediates, each after the one it signed (cat leaf.pem intermediate.pem > chain.pem)`);
+  }
+  // A certificate that is not valid now, or not for what this side does with it, fails every handshake that needs it (peers
+  // refuse it): refused here, where it can still be fixed (at start, on a reload that keeps the previous one, by --check), not at each peer.
+  for (const { cert, depth, which } of checkedOf(chainOf(certs, now))) {
+    if (endOf(cert) <= now) {
+      throw new TlsConfigError(depth === 0
+        ? `${what('cert')} holds a certificate that expired on ${dateOf(endOf(cert))}: every peer would refuse it: install the renewed certificate (and its key) there`
+        : `${what('cert')} holds ${which}, which expired on ${dateOf(endOf(cert))}: every peer would refuse the chain ("certificate has expired" at depth ${depth}): install the CA's renewed intermediate there, after the certificate`);
+    }
+    if (startOf(cert) > now + CLOCK_SKEW_MS) {
+      throw new TlsConfigError(`${what('cert')} holds ${which} valid only from ${dateOf(startOf(cert))}, in ${timeLeft(startOf(cert), now)}: every peer would refuse it until then ("certificate is not yet valid"): check this machine's clock and the CA's, or install a certificate valid now`);
+    }
+    for (const purpose of needs) {
+      const unfit = unfitFor(cert, purpose);
+      if (unfit) throw new TlsConfigError(`${what('cert')} holds ${which} whose ${unfit}: ${PURPOSE_USE[purpose]}, and refuses it ("unsuitable certificate purpose"): install one whose extendedKeyUsage has ${needs.join(' and ')} (or has no extendedKeyUsage)`);
+    }
   }
   const cas = material.ca ? certificatesOf(material.ca) : [];
-  if (cas.length && cas.every((c) => Date.parse(c.validTo) <= now)) {
-    throw new TlsConfigError(`every certificate in ${what('ca')} has expired (the last on ${new Date(Math.max(...cas.map((c) => Date.parse(c.validTo)))).toISOString()}): no peer's certificate could be verified: install the CA's renewed certificate there`);
+  if (cas.length && cas.every((c) => endOf(c) <= now)) {
+    throw new TlsConfigError(`every certificate in ${what('ca')} has expired (the last on ${dateOf(Math.max(...cas.map(endOf)))}): no peer's certificate could be verified: install the CA's renewed certificate there`);
+  }
+  // A peer's chain is verified up to a self-signed certificate of this file (Node sets no partial-chain flag): an
+  // intermediate alone, or a leaf (a peer's own certificate, not its CA's), verifies no one.
+  if (cas.length && !cas.some((c) => !caProblem(c, now) && selfSigned(c))) {
+    const each = cas.map((c) => caProblem(c, now) ?? `${subjectOf(c)} is an intermediate CA, issued by ${issuerOf(c)}`);
+    throw new TlsConfigError(`${what('ca')} holds no root CA certificate (self-signed, valid now) to verify peers with: ${each.join('; ')}: no peer's certificate could be verified: give the certificate of the root CA that signs the peers' certificates (the one named as issuer)`);
   }
   if (material.crl) {
     if (!material.ca) throw new TlsConfigError(`${crlName(names)} goes with ${names.ca}: a CRL revokes certificates its CA signed, and only peers' certificates verified against ${names.ca} are checked against it`, 'usage');
@@ -231,7 +405,7 @@ function checkMaterial(material: TlsMaterial, what: (role: 'cert' | 'key' | 'ca'
     const m = (err as Error).message;
     const which = /key values mismatch/.test(m) ? `${what('key')} is not the private key of ${what('cert')} (a renewed certificate comes with its own key: install both)`
       : /CRL/.test(m) ? `${what('crl')} holds a CRL the TLS library cannot read`
-      : /no start line|PEM|asn1|ASN1|bad base64|nested asn1/.test(m) ? `${files ? 'a --tls-cert, --tls-key or --tls-ca file' : `${names.cert}, ${names.key} or ${names.ca}`} is not a PEM certificate or key`
+      : /no start line|PEM|asn1|ASN1|bad base64|nested asn1/.test(m) ? `${paths ? `a ${names.cert}, ${names.key} or ${names.ca} file` : `${names.cert}, ${names.key} or ${names.ca}`} is not a PEM certificate or key`
       : 'the TLS files were refused';
     throw new TlsConfigError(`${which}: ${m.trim()}`);
   }
@@ -304,6 +478,49 @@ export function crlWarnings(material: TlsMaterial | undefined, names: TlsNames, 
   for (const ca of cas) {
     if (Date.parse(ca.validTo) <= now || crls.some((crl) => issuedBy(crl, ca))) continue;
     out.push(`the CA ${ca.subject.replace(/\n/g, ', ')} in ${names.ca} has no CRL in ${setting}: TLS refuses every peer certificate it signed (UNABLE_TO_GET_CRL: with CRLs given, each CA of a peer's chain needs its own); add that CA's CRL (an empty one when it revokes nothing)`);
+  }
+  return out;
+}
+
+/** Something in TLS material that works, but not everywhere or not for long: a warn line at start and at each reload, a warning of `--check`. */
+export interface TlsWarning {
+  /** The log line's event: `tls_cert_not_yet_valid`, `tls_ca_unusable`, `tls_cert_purpose`, `tls_cert_not_for_host`. */
+  event: string;
+  /** The setting that names the file (`names`'). */
+  setting: string;
+  message: string;
+}
+
+/**
+ * What to warn of in TLS material `checkMaterial` took (`names` and `paths` as `loadTls`'s): a certificate of the
+ * chain starting within `CLOCK_SKEW_MS`; a certificate of the CA file that verifies no one (expired, not valid
+ * yet, a leaf) beside one that does; with `mayPresent`, a certificate unfit for clientAuth that this side presents
+ * when it dials peers that may ask for one; and each of `dialledAs` (an address or name clients dial, and the
+ * setting that says it) the certificate does not name (a loopback one passes when it names `localhost`).
+ */
+export function tlsWarnings(material: TlsMaterial | undefined, names: TlsNames, opts: { paths?: TlsFiles; mayPresent?: boolean; dialledAs?: ReadonlyArray<{ host: string; setting: string }> } = {}): TlsWarning[] {
+  if (!material) return [];
+  const what = describer(names, opts.paths);
+  const now = Date.now();
+  const out: TlsWarning[] = [];
+  const warn = (event: string, role: 'cert' | 'ca', message: string): number => out.push({ event, setting: names[role], message });
+  const certs = material.cert ? certificatesOf(material.cert) : [];
+  for (const { cert, which } of checkedOf(chainOf(certs, now))) {
+    if (startOf(cert) > now) warn('tls_cert_not_yet_valid', 'cert', `${what('cert')} holds ${which} valid only from ${dateOf(startOf(cert))}, in ${timeLeft(startOf(cert), now)}: until then peers refuse it ("certificate is not yet valid"): check this machine's clock and the CA's`);
+    const unfit = opts.mayPresent && unfitFor(cert, 'clientAuth');
+    if (unfit) warn('tls_cert_purpose', 'cert', `${what('cert')} holds ${which} whose ${unfit}: this side presents it when it dials, and a peer that asks for a certificate (mutual TLS: a server with --tls-ca, a proxy with tls.ca) refuses it ("unsuitable certificate purpose"): install one whose extendedKeyUsage has serverAuth and clientAuth`);
+  }
+  for (const { host, setting } of certs.length ? opts.dialledAs ?? [] : []) {
+    if (isEveryAddress(host)) continue;
+    const alike = isLoopback(host) && unbracket(host) !== 'localhost' ? [host, 'localhost'] : [host];
+    if (alike.every((name) => certificateMissesAddress(material.cert!, name))) warn('tls_cert_not_for_host', 'cert', `${what('cert')} is not for ${host}${alike.length > 1 ? ' nor localhost' : ''} (${setting}), which clients dial to reach this side: it names ${altNamesOf(certs[0]!)}: they refuse it (ERR_TLS_CERT_ALTNAME_INVALID) unless they dial a name it lists: give it a certificate whose subjectAltName names ${host}, or have clients dial a name it lists`);
+  }
+  // `checkMaterial` took the file: another of its certificates verifies peers.
+  for (const c of material.ca ? certificatesOf(material.ca) : []) {
+    const others = "peers whose certificates it signed are refused, while the file's other CA certificates verify theirs";
+    if (endOf(c) <= now) warn('tls_ca_unusable', 'ca', `${what('ca')} holds a CA certificate that has expired: ${caProblem(c, now)}: ${others}: remove it from the file once its peers have moved to the renewed CA`);
+    else if (startOf(c) > now) warn('tls_ca_unusable', 'ca', `${what('ca')} holds a CA certificate not valid yet: ${subjectOf(c)} is valid only from ${dateOf(startOf(c))}, in ${timeLeft(startOf(c), now)}: until then ${others}: check this machine's clock and the CA's`);
+    else if (caProblem(c, now)) warn('tls_ca_unusable', 'ca', `${what('ca')} holds a certificate that is not a CA's: ${caProblem(c, now)}, which verifies no peer: remove it from the file (the CA that issued it is what verifies its peers)`);
   }
   return out;
 }
@@ -574,8 +791,9 @@ export const CLOSED_UNACCEPTED = 'it may want TLS (--tls-ca, --tls-cert; tls in 
 /** A TLS failure in words a person can act on. */
 export function describeTlsError(err: NodeJS.ErrnoException): string {
   const code = err.code ?? '';
-  if (UNTRUSTED_CA_CODES.has(code)) {
-    return `the peer's TLS certificate is not signed by a trusted CA (${code}): give the CA that signed it with --tls-ca`;
+  if (UNTRUSTED_CA_CODES.has(code)) return untrustedCertificate(code, 'give the CA that signed it with --tls-ca');
+  if (code === 'INVALID_PURPOSE') {
+    return `the peer's TLS certificate is not for a TLS server (${code}: its extendedKeyUsage, or that of a CA of its chain, lacks serverAuth): give the peer a certificate whose extendedKeyUsage has serverAuth`;
   }
   if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return `the peer's TLS certificate does not name the address dialled: ${err.message}`;
   if (/wrong version number|packet length too long|unknown protocol/i.test(err.message)) {
