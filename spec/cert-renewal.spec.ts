@@ -43,6 +43,16 @@ async function tlsProxy(mutual = true, crl?: string): Promise<{ proc: Proc; port
 }
 
 const metrics = async (admin: string): Promise<string> => (await fetch(`${admin}metrics`)).text();
+
+/** The exit code of a start expected to be refused: one still running after `ms` (it took the files) is stopped, and reads 0. */
+async function refusedStart(proc: Proc, ms = 10_000): Promise<number> {
+  const timer = setTimeout(() => proc.kill('SIGTERM'), ms);
+  try {
+    return await proc.exited;
+  } finally {
+    clearTimeout(timer);
+  }
+}
 const notAfter = (pem: string): number => Math.floor(Date.parse(new X509Certificate(readFileSync(pem)).validTo) / 1000);
 
 renew('under load: SIGHUP after a renewal serves the renewed certificate to new handshakes, open connections keep theirs, no request lost', async () => {
@@ -234,9 +244,9 @@ renew('a set that cannot work is refused by a reload (the running one kept), by 
     assert.match(proc.out.filter((l) => /Reload refused/.test(l)).at(-1)!, said, what);
     assert.is(await presented(port, client), 'old', `${what}: the running certificate stays`);
     const [check, start] = [revproxy(['proxy', '--config', file, '--check']), revproxy(['proxy', '--config', file])];
-    assert.is(await check.exited, 1, `${what}: --check refuses it: ${check.out.join('\n')}`);
+    assert.is(await refusedStart(check), 1, `${what}: --check refuses it: ${check.out.join('\n')}`);
     assert.match(check.out.join('\n'), said, `${what}: --check`);
-    assert.is(await start.exited, 1, `${what}: a start refuses it: ${start.out.join('\n')}`);
+    assert.is(await refusedStart(start), 1, `${what}: a start refuses it: ${start.out.join('\n')}`);
     assert.match(start.out.join('\n'), said, `${what}: a start`);
   }
   assert.match(await metrics(admin), /revproxy_reloads_total\{result="refused"\} 6/);
@@ -317,10 +327,10 @@ renew('a server refuses at start a certificate for clientAuth only and a leaf as
   const future = makePki(['soon'], 'revproxy future CA', { made: '+1d' });
   const server = (files: { cert: string; key: string }, ca = pki.ca): Proc => revproxy(['server', '--id', 's1', '--pp', 'P', '--revproc', '1', '--tls-cert', files.cert, '--tls-key', files.key, '--tls-ca', ca]);
   const clientOnly = server(pki.cert('client-only'));
-  assert.is(await clientOnly.exited, 1, clientOnly.out.join('\n'));
+  assert.is(await refusedStart(clientOnly), 1, clientOnly.out.join('\n'));
   assert.match(clientOnly.out.join('\n'), /the --tls-cert file '.*client-only\.pem' holds a certificate whose extended key usage is clientAuth only, without serverAuth: this side serves it on its port/);
   const leafCa = server(pki.cert('old'), pki.cert('old').cert);
-  assert.is(await leafCa.exited, 1, leafCa.out.join('\n'));
+  assert.is(await refusedStart(leafCa), 1, leafCa.out.join('\n'));
   assert.match(leafCa.out.join('\n'), /the --tls-ca file '.*old\.pem' holds no root CA certificate \(self-signed, valid now\) to verify peers with: CN=old is not a CA certificate/);
 
   const at = install(pki, 'server-only');
