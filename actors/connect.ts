@@ -284,7 +284,7 @@ function startClient(opts: ClientOptions, inspect?: (event: InspectionEvent) => 
  * (`registry`, or `revproc` given as `etcd://...`), followed from then on.
  * Rejects with the reason when the registry has none to offer.
  */
-async function locate(opts: { revproc?: Revproc; registry?: RegistryOptions; proxies?: Endpoint[]; timeoutMs?: number }): Promise<{ proxies: Endpoint[]; discovery?: Discovery }> {
+async function locate(opts: { revproc?: Revproc; registry?: RegistryOptions; proxies?: Endpoint[]; timeoutMs?: number; logger?: Logger | undefined }): Promise<{ proxies: Endpoint[]; discovery?: Discovery }> {
   let registry = opts.registry;
   if (!registry && typeof opts.revproc === 'string' && isRegistryUrl(opts.revproc)) {
     const { endpoints, tls } = parseRegistryUrl(opts.revproc);
@@ -294,6 +294,12 @@ async function locate(opts: { revproc?: Revproc; registry?: RegistryOptions; pro
   if (!registry) return { proxies: opts.proxies ?? (opts.revproc === undefined ? [{ ...DEFAULT_PROXY }] : endpoints(opts.revproc)) };
   const { discoverProxies } = await import('../registry/discovery.js');
   const discovery = await discoverProxies({ ...registry, waitMs: opts.timeoutMs });
+  // Started from a member's last view (etcd without its quorum): said once; the list follows etcd once it is read.
+  const { stale, proxies } = discovery;
+  if (stale) {
+    const n = proxies.length === 1 ? 'the proxy' : `the ${proxies.length} proxies`;
+    opts.logger?.warn('registry_stale', `Cannot read the registry (${stale.why}): starting with ${n} the etcd member at ${stale.member} last saw (read without a leader, so possibly out of date); the list follows the registry once it can be read`, { member: stale.member, proxies: proxies.length });
+  }
   return { proxies: discovery.proxies, discovery };
 }
 

@@ -4,15 +4,17 @@
  * the list by a hash of its own random seed and each proxy (rendezvous
  * hashing), so clients spread evenly over the proxies, and a proxy that
  * comes or goes moves only its own share of clients. While etcd cannot be
- * reached the client keeps the list it last saw.
+ * reached the client keeps the list it last saw; one that starts while etcd
+ * has lost its quorum starts with the list a member last saw (`staleProxies`).
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { LocalCode, RevproxyError } from '../transport/errors.js';
 import { EtcdClient, type Renewal } from './etcd-client.js';
+import { inCallTimeout, openEtcd, type Etcd3 } from './etcd.js';
 import type { TlsMaterial } from '../transport/tls.js';
-import { decodeProxy, PROXIES } from './keys.js';
+import { decodeProxy, heldName, heldValue, PROXIES } from './keys.js';
 import { PrefixMirror } from './mirror.js';
-import { describeRegistry, resolveRegistry, type RegistryOptions } from './options.js';
+import { describeRegistry, resolveRegistry, type RegistryOptions, type Resolved } from './options.js';
 
 export interface Found {
   host: string;
@@ -24,6 +26,11 @@ export interface Found {
 export interface Discovery {
   /** The live proxies, in this client's order (never empty: see `discoverProxies`). */
   readonly proxies: Found[];
+  /**
+   * Why the list to start with is not etcd's current one, when it is not: etcd could not be read (its quorum lost)
+   * and the list is what one member last saw (`staleProxies`). Until the registry is read, and the list followed.
+   */
+  readonly stale?: { why: string; member: string };
   /** Called with the new list whenever it changes (an empty list is not reported: the last one stays). */
   onChange(fn: (proxies: Found[]) => void): void;
   /** Renewed TLS material for etcd: the watch moves to a new etcd client made with it (`EtcdClient.renew`). */
@@ -54,10 +61,25 @@ export async function discoverProxies(options: RegistryOptions & { waitMs?: numb
   let listeners: Array<(p: Found[]) => void> = [];
   let current: Found[] = [];
   let lastError = '';
+  let stale: Discovery['stale'];
   let settle: (() => void) | undefined;
-  const compute = (): Found[] => {
+  let staleAsked = false;
+  /** etcd cannot be read, and no proxy is known yet: the list a member last saw, while the mirror tries on. */
+  const fallBack = async (): Promise<void> => {
+    if (staleAsked) return;
+    staleAsked = true;
+    const why = lastError;
+    const found = await staleProxies(o, prefix);
+    if (!found || current.length > 0 || !settle) return;
+    const next = compute(found.entries);
+    if (next.length === 0) return;
+    current = next;
+    stale = { why, member: found.endpoint };
+    settle();
+  };
+  const compute = (entries: Iterable<[string, string]> = mirror.entries): Found[] => {
     const out: Array<Found & { r: string }> = [];
-    for (const [name, value] of mirror.entries) {
+    for (const [name, value] of entries) {
       const e = decodeProxy(value);
       if (typeof e !== 'string') out.push({ host: e.address, port: e.port, ...(e.instance === undefined ? {} : { instance: e.instance }), r: rank(name) });
     }
@@ -78,6 +100,7 @@ export async function discoverProxies(options: RegistryOptions & { waitMs?: numb
     due = false;
     const next = compute();
     if (next.length === 0) return;
+    stale = undefined;
     if (JSON.stringify(next) === JSON.stringify(current)) return;
     current = next;
     settle?.();
@@ -91,6 +114,7 @@ export async function discoverProxies(options: RegistryOptions & { waitMs?: numb
       if (!up) lastError = why ?? 'unreachable';
       // A wrong user or password will not come right by waiting: fail now, not after waitMs.
       if (refused) settle?.();
+      else if (!up && current.length === 0) void fallBack();
     },
   }));
   mirror.start();
@@ -113,6 +137,9 @@ export async function discoverProxies(options: RegistryOptions & { waitMs?: numb
     get proxies() {
       return current;
     },
+    get stale() {
+      return stale;
+    },
     onChange: (fn) => void listeners.push(fn),
     renewTls: (tls) => etcd.renew(tls),
     close: () => {
@@ -121,4 +148,34 @@ export async function discoverProxies(options: RegistryOptions & { waitMs?: numb
       etcd.close();
     },
   };
+}
+
+/**
+ * The proxies under `prefix` as a member of etcd last saw them, leader or not: a serializable read, answered from
+ * the member's own data (every other read of the registry requires a leader: registry/etcd.ts `requireLeader`).
+ * What a client goes on when it starts while etcd has lost its quorum, as the proxies themselves serve on with the
+ * membership they last saw: without, it could not start until etcd had its quorum back. Every member is asked at
+ * once, each within the call timeout; the first to answer with any entry is taken. Undefined when none does.
+ */
+async function staleProxies(o: Resolved, prefix: string): Promise<{ entries: Array<[string, string]>; endpoint: string } | undefined> {
+  const prefixBytes = Buffer.byteLength(prefix);
+  const clients: Etcd3[] = [];
+  let done = false;
+  const ask = async (endpoint: string): Promise<{ entries: Array<[string, string]>; endpoint: string }> => {
+    const client = await openEtcd({ ...o, endpoints: [endpoint] }, { requireLeader: false });
+    // Made after another member answered: closed at once, as the others were.
+    if (done) client.close();
+    clients.push(client);
+    const res = await inCallTimeout(client.getAll().prefix(prefix).serializable(true).exec(), o.callTimeoutMs);
+    if (res.kvs.length === 0) throw new Error('no proxy');
+    return { entries: res.kvs.map((kv) => [heldName(kv.key, prefixBytes), heldValue(kv.value)]), endpoint };
+  };
+  try {
+    return await Promise.any(o.endpoints.map(ask));
+  } catch {
+    return undefined;
+  } finally {
+    done = true;
+    for (const c of clients) c.close();
+  }
 }

@@ -21,15 +21,20 @@ export type { Etcd3 } from 'etcd3';
 /** etcd3's module, once a client was made (`openEtcd` loads it): its errors, for `keepaliveOnce`. */
 let etcd3: typeof import('etcd3') | undefined;
 
-export async function openEtcd(o: Resolved): Promise<Etcd3> {
+/**
+ * `requireLeader`: whether every call asks etcd for a leader (`requireLeader` below: the default). Without, a
+ * serializable read is answered from a member's own data with or without a leader: what a client finding the
+ * proxies during a quorum loss reads (registry/discovery.ts `staleProxies`), nothing else.
+ */
+export async function openEtcd(o: Resolved, { requireLeader: leaderRequired = true }: { requireLeader?: boolean } = {}): Promise<Etcd3> {
   const [mod, { BrokenCircuitError, ExponentialBackoff }, grpc] = await Promise.all([import('etcd3'), import('cockatiel'), import('@grpc/grpc-js')]);
   etcd3 = mod;
   const { Etcd3, isRecoverableError } = mod;
   const left = new Leftovers(grpc.InterceptingCall, grpc.status.CANCELLED);
-  const leader = requireLeader(grpc.InterceptingCall);
+  const leader = leaderRequired ? [requireLeader(grpc.InterceptingCall)] : [];
   const exhausted = exhaustedIsNoFault(grpc.InterceptingCall, grpc.status);
-  const calls = [left.interceptor, leader, exhausted];
-  const streams = [left.interceptor, leader];
+  const calls = [left.interceptor, ...leader, exhausted];
+  const streams = [left.interceptor, ...leader];
   const watch = [...calls, watchInterceptor(grpc.InterceptingCall, grpc.status.DEADLINE_EXCEEDED, o.callTimeoutMs)];
   // Each TCP connection to etcd: a connect timeout, and ended at the close (registry/etcd-dials.ts).
   const dials = new Dials(grpc, o.callTimeoutMs);

@@ -11,7 +11,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { connect, Logger, memorySink, sha1Hex, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
-import { openEtcd, type Etcd3 } from '../registry/etcd.js';
+import { inCallTimeout, openEtcd, type Etcd3 } from '../registry/etcd.js';
 import { resolveRegistry } from '../registry/options.js';
 import { killEtcds, startEtcdCluster, type EtcdCluster } from '../scenario/etcd.js';
 import { eventually, sleep } from './helpers.js';
@@ -181,6 +181,32 @@ test('quorum lost (both followers hung for longer than two lease TTLs), then bac
   assert.is(l.tally.wrong, 0);
   assert.equal(fewest, serving, 'every server of each policy serving throughout');
   assert.equal(counts(), serving);
+});
+
+test('a client that starts while quorum is lost starts with the proxies a member last saw, says so, and is answered', async () => {
+  const leader = await ctx.cluster!.leader();
+  assert.ok(leader, 'the cluster has a leader');
+  const followers = ctx.cluster!.members.filter((m) => m !== leader);
+  const logs: LogRecord[] = [];
+  let client: Client | undefined;
+  try {
+    for (const m of followers) m.pause();
+    // The leader steps down once it hears from no follower (etcd's check-quorum): reads that need one fail from then.
+    await eventually(async () => (await inCallTimeout(ctx.raw!.get('x').exec(), 1000).then(() => false, () => true)), 20_000, 'a read needing a leader to fail');
+    // Before, this rejected: CONNECT_FAILED "cannot read the proxies from the registry: ... has no leader".
+    client = await connect({ registry: { endpoints: ctx.cluster!.endpoints, prefix: PREFIX, callTimeoutMs: 1000 }, timeoutMs: 5000, logger: new Logger('client', memorySink(logs), 'info') });
+    const o = await client.send('111', 'during the quorum loss');
+    assert.ok(o.ok, `answered: ${o.ok ? '' : o.error.message}`);
+    assert.is(o.ok && o.answer.payload, sha1Hex('during the quorum loss'));
+    const stale = logs.find((r) => r.event === 'registry_stale');
+    assert.ok(stale, 'a registry_stale line');
+    assert.match(stale!.msg, /Cannot read the registry \(.*\): starting with the proxy the etcd member at 127\.0\.0\.1:\d+ last saw \(read without a leader/);
+    assert.is(stale!.member, leader!.endpoint);
+  } finally {
+    for (const m of ctx.cluster!.members) m.resume();
+    client?.destroy();
+  }
+  await eventually(() => ctx.proxy!.registry()?.up === true && ctx.proxy!.registry()?.advertised === true, 20_000, 'the proxy to read etcd again');
 });
 
 test.run();
