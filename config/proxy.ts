@@ -578,7 +578,7 @@ export function toRuntime(c: ProxyConfig, flagOf?: (key: FileKey) => string | un
     certs: [...loadedCerts(c.tls, tls, { cert: 'tls.cert', ca: 'tls.ca' }), ...loadedCerts(c.registry?.tls, registry?.tls, { cert: 'registry.tls.cert', ca: 'registry.tls.ca' })],
     // Clients dial `host` (unless it is every address) and, finding the proxy in etcd, its advertised address.
     tlsWarnings: [
-      ...tlsWarnings(tls, keysOf('tls', flagOf), { paths: c.tls, mayPresent: Boolean(tls?.ca), dialledAs: [{ host: c.host ?? DEFAULT_LISTEN_HOST, setting: 'host, --host' }, ...(c.registry?.advertise ? [{ host: c.registry.advertise, setting: 'registry.advertise, --advertise' }] : [])] }),
+      ...tlsWarnings(tls, keysOf('tls', flagOf), { paths: c.tls, mayPresent: Boolean(tls?.ca), dialledAs: [{ host: c.host ?? DEFAULT_LISTEN_HOST, setting: 'host, --host', listening: true }, ...(c.registry?.advertise ? [{ host: c.registry.advertise, setting: 'registry.advertise, --advertise' }] : [])] }),
       ...tlsWarnings(registry?.tls, keysOf('registry.tls', flagOf), { paths: c.registry?.tls }),
       ...crlWarnings(tls, { cert: 'tls.cert', key: 'tls.key', ca: 'tls.ca' }, c.tls?.crl).map((message) => ({ event: 'tls_crl_problem', setting: 'tls.crl', message })),
     ],

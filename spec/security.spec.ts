@@ -15,7 +15,7 @@ import { isLoopback, Logger, memorySink, runClient, startProxy, startServer, Sta
 import { encodeFrame, FORWARD_ROOM } from '../transport/frame.js';
 import { resolveOptions } from '../actors/proxy-options.js';
 import { checkListen } from '../inspector/guard.js';
-import { describeDialError, describeTlsError, dial, listenServer, loadTls } from '../transport/tls.js';
+import { describeDialError, describeTlsError, dial, listenServer, loadTls, tlsWarnings } from '../transport/tls.js';
 import { hostHeaderIsLoopback, isEveryAddress } from '../transport/address.js';
 import { dialBackProblem } from '../actors/server.js';
 import { makePki } from './certs.js';
@@ -915,6 +915,22 @@ hostile('under an open-files limit (ulimit -n) too low for --max-connections, th
   const quiet = await proxyProcess(['--log-level', 'info'], { fileLimit: 160 });
   await quiet.proc.waitFor(/Running the reverse proxy/);
   assert.not.ok(quiet.proc.out.some((l) => /open-files|ulimit/.test(l)), quiet.proc.out.join('\n'));
+});
+
+tls('the warning that a certificate is not for the address clients dial: a non-loopback listening IP passes when it names hosts by name; an advertised one, or a name, does not', () => {
+  const pki = makePki(['byname', 'byip'], 'revproxy test CA', { sans: { byname: 'DNS:proxy.example', byip: 'IP:10.0.0.7' } });
+  const names = { cert: 'tls.cert', key: 'tls.key', ca: 'tls.ca' };
+  const warned = (who: string, dialledAs: Array<{ host: string; setting: string; listening?: boolean }>): string[] =>
+    tlsWarnings(loadTls(pki.cert(who)), names, { dialledAs }).filter((w) => w.event === 'tls_cert_not_for_host').map((w) => w.message);
+  // Clients reach 10.0.0.5 as proxy.example (a name resolving to it): not known here, so not warned of (before, a warning at every start and reload).
+  assert.equal(warned('byname', [{ host: '10.0.0.5', setting: 'host, --host', listening: true }]), []);
+  // Told to dial 10.0.0.5 (the address in etcd), clients refuse a certificate for proxy.example.
+  assert.match(warned('byname', [{ host: '10.0.0.5', setting: 'registry.advertise, --advertise' }])[0] ?? '', /is not for 10\.0\.0\.5 \(registry\.advertise, --advertise\), which clients dial to reach this side: it names DNS:proxy\.example/);
+  // Loopback is dialled as it is (or as localhost); a name listened on, likewise; a certificate of addresses only names them all.
+  assert.is(warned('byname', [{ host: '127.0.0.1', setting: 'host, --host', listening: true }]).length, 1);
+  assert.is(warned('byname', [{ host: 'proxy.internal', setting: 'host, --host', listening: true }]).length, 1);
+  assert.match(warned('byip', [{ host: '10.0.0.5', setting: 'host, --host', listening: true }])[0] ?? '', /is not for 10\.0\.0\.5 \(host, --host\).*it names IP:10\.0\.0\.7/);
+  assert.equal(warned('byip', [{ host: '10.0.0.7', setting: 'host, --host', listening: true }]), []);
 });
 
 tokens.run();

@@ -496,9 +496,12 @@ export interface TlsWarning {
  * chain starting within `CLOCK_SKEW_MS`; a certificate of the CA file that verifies no one (expired, not valid
  * yet, a leaf) beside one that does; with `mayPresent`, a certificate unfit for clientAuth that this side presents
  * when it dials peers that may ask for one; and each of `dialledAs` (an address or name clients dial, and the
- * setting that says it) the certificate does not name (a loopback one passes when it names `localhost`).
+ * setting that says it) the certificate does not name (a loopback one passes when it names `localhost`). A
+ * listening address (`listening`) that is an IP other than loopback passes when the certificate names hosts by
+ * name: clients reach such an address by a name that resolves to it (`proxy.example.com` on 10.0.0.5), which is
+ * not known here; an address clients are told to dial (registry.advertise) is dialled as it is.
  */
-export function tlsWarnings(material: TlsMaterial | undefined, names: TlsNames, opts: { paths?: TlsFiles; mayPresent?: boolean; dialledAs?: ReadonlyArray<{ host: string; setting: string }> } = {}): TlsWarning[] {
+export function tlsWarnings(material: TlsMaterial | undefined, names: TlsNames, opts: { paths?: TlsFiles; mayPresent?: boolean; dialledAs?: ReadonlyArray<{ host: string; setting: string; listening?: boolean }> } = {}): TlsWarning[] {
   if (!material) return [];
   const what = describer(names, opts.paths);
   const now = Date.now();
@@ -510,8 +513,9 @@ export function tlsWarnings(material: TlsMaterial | undefined, names: TlsNames, 
     const unfit = opts.mayPresent && unfitFor(cert, 'clientAuth');
     if (unfit) warn('tls_cert_purpose', 'cert', `${what('cert')} holds ${which} whose ${unfit}: this side presents it when it dials, and a peer that asks for a certificate (mutual TLS: a server with --tls-ca, a proxy with tls.ca) refuses it ("unsuitable certificate purpose"): install one whose extendedKeyUsage has serverAuth and clientAuth`);
   }
-  for (const { host, setting } of certs.length ? opts.dialledAs ?? [] : []) {
+  for (const { host, setting, listening } of certs.length ? opts.dialledAs ?? [] : []) {
     if (isEveryAddress(host)) continue;
+    if (listening && isIP(unbracket(host)) && !isLoopback(host) && /(^|, )DNS:/.test(certs[0]!.subjectAltName ?? '')) continue;
     const alike = isLoopback(host) && unbracket(host) !== 'localhost' ? [host, 'localhost'] : [host];
     if (alike.every((name) => certificateMissesAddress(material.cert!, name))) warn('tls_cert_not_for_host', 'cert', `${what('cert')} is not for ${host}${alike.length > 1 ? ' nor localhost' : ''} (${setting}), which clients dial to reach this side: it names ${altNamesOf(certs[0]!)}: they refuse it (ERR_TLS_CERT_ALTNAME_INVALID) unless they dial a name it lists: give it a certificate whose subjectAltName names ${host}, or have clients dial a name it lists`);
   }
