@@ -23,7 +23,7 @@
 import { Buffer } from 'node:buffer';
 import { assertEvent, assign, enqueueActions, fromCallback, raise, setup, type ActorRefFrom, type EventObject } from 'xstate';
 import { DEFAULT_PROXY_TIMEOUT_MS, hostPort } from '../transport/address.js';
-import { ErrorCode, HANDLER_FAILED, LocalCode, ProtocolError, RevproxyError, type ClientCode } from '../transport/errors.js';
+import { ErrorCode, HANDLER_FAILED, LocalCode, ProtocolError, RETRYABLE, RevproxyError, type ClientCode } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { heldEstimate, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message, type PongMsg } from '../transport/messages.js';
 import { DEFAULT_BUFFER_BUDGET, PEER_SHARE } from '../transport/budget.js';
@@ -46,12 +46,26 @@ import { NOT_QUEUED, PolicyQueue, type Queued } from './client-queue.js';
  *
  * @example
  * try { await client.request('111', 'hello'); }
- * catch (err) { if (err instanceof RequestError && err.code === 'NO_SERVER') ... }
+ * catch (err) {
+ *   if (err instanceof RequestError && err.retryable) setTimeout(sendAgain, 100); // no handler ran it
+ *   else if (err instanceof RequestError && err.code === 'TIMEOUT') ... // a handler may have run it
+ * }
  */
 export class RequestError extends RevproxyError<ErrorCode | ClientCode> {
-  constructor(code: ErrorCode | ClientCode, message: string, options?: { cause?: unknown }) {
-    super(code, message, options);
+  /**
+   * Whether sending the request again cannot run it twice and may succeed: no handler ran it (the proxy sent it to no
+   * server, `NO_SERVER`, or the client never sent it), as `RETRYABLE` says of its code. False when a handler may
+   * have run it: a `TIMEOUT` or `UPSTREAM_FAILED` after the proxy forwarded it, a connection lost with it in flight
+   * (`CONNECTION_LOST`), a `CLIENT_TIMEOUT` or an abort after it was sent - and for any code once the client had sent it
+   * on a connection lost unanswered (the client sends such a request again by itself: at least once). False too
+   * where the same request fails again (`BAD_REQUEST`). docs/PROTOCOL.md, "Sending a request again".
+   */
+  readonly retryable: boolean;
+  /** @param options.mayHaveRun the client had sent the request where a handler may have run it: never retryable. */
+  constructor(code: ErrorCode | ClientCode, message: string, options?: { cause?: unknown; mayHaveRun?: boolean }) {
+    super(code, message, options && 'cause' in options ? { cause: options.cause } : undefined);
     this.name = 'RequestError';
+    this.retryable = RETRYABLE[code] === true && options?.mayHaveRun !== true;
   }
 }
 
@@ -178,6 +192,12 @@ interface Entry extends Queued<Entry> {
    * (RequestBook.losses then): until the client sends it again or a dial fails, its own timeout ending is no answer, not an outage.
    */
   unansweredAt?: number;
+  /**
+   * A send of it before this one may have run at a server: it was in flight on a connection lost or left without its
+   * answer (but one whose proxy read nothing of it: unsend), or a draining proxy refused it SHUTTING_DOWN, which its
+   * drain timeout also answers requests at servers with. Whatever it ends with, it is not `retryable`.
+   */
+  ran?: boolean;
   settled: boolean;
 }
 
@@ -214,8 +234,9 @@ export type ClientEvent =
   /**
    * `silent`: the client leaves a proxy that stopped answering (cut off, stalled, gone from the registry). `refused`:
    * the proxy ended the connection refusing what it read, `BAD_REQUEST: ...` (its words): a request of ours (failRefused).
+   * `unread`: its last word was SHUTTING_DOWN (a stopped proxy's), which says it read nothing still unanswered on it.
    */
-  | { type: 'CLOSED'; error: string; silent?: boolean; invalid?: boolean; refused?: string };
+  | { type: 'CLOSED'; error: string; silent?: boolean; invalid?: boolean; refused?: string; unread?: boolean };
 
 /**
  * Every request the client holds, waiting or in flight, with the window
@@ -610,6 +631,7 @@ export class RequestBook {
       this.landed(seq!, entry);
       if (elsewhere && m.type === MsgType.ERROR && m.code === ErrorCode.SHUTTING_DOWN) {
         entry.seq = undefined;
+        entry.ran = true;
         this.bounced.push(entry);
         continue;
       }
@@ -622,10 +644,10 @@ export class RequestBook {
       const latencyMs = this.clock.now() - entry.arrived;
       if (m.type === MsgType.ACK) {
         log.debug('answer', `Receiving a response from the server payload: ${show(m.payload)}`, { server: m.srcid, payload: show(m.payload), seq });
-        this.settle(entry, { ok: true, answer: m, latencyMs });
+        this.settle(entry, { ok: true, answer: m, latencyMs }, true);
       } else {
         const error = m.code === ErrorCode.HANDLER_ERROR ? new HandlerError(m.appcode ?? HANDLER_FAILED, m.message) : new RequestError(m.code, m.message);
-        this.settle(entry, { ok: false, error, latencyMs });
+        this.settle(entry, { ok: false, error, latencyMs }, true);
       }
       settled++;
     }
@@ -700,7 +722,7 @@ export class RequestBook {
     for (const n of this.abandoned.values()) if (n < first.sentNo!) return undefined;
     this.answers++;
     this.landed(first.seq!, first);
-    this.settle(first, { ok: false, error: new RequestError(ErrorCode.BAD_REQUEST, refusedRequest(proxy, said, first.size)), latencyMs: this.clock.now() - first.arrived });
+    this.settle(first, { ok: false, error: new RequestError(ErrorCode.BAD_REQUEST, refusedRequest(proxy, said, first.size)), latencyMs: this.clock.now() - first.arrived }, true);
     return { policy: first.req.policy, size: first.size };
   }
 
@@ -715,11 +737,14 @@ export class RequestBook {
   /**
    * The connection is gone (`silent`: the client left it, the proxy having stopped answering), or a
    * dial failed: what was in flight on it, or refused SHUTTING_DOWN or NO_SERVER, waits again, first.
+   * What was in flight may have run at a server (`Entry.ran`), unless `unread`: the proxy said it read none of it
+   * (it refused the first PING, its last word closing the connection was SHUTTING_DOWN, it refused the request before them).
    */
-  unsend(silent = false): number {
+  unsend(silent = false, unread = false): number {
     this.losses++;
     this.moving = false;
     if (silent) for (const e of this.inflight.values()) e.unansweredAt = this.losses;
+    if (!unread) for (const e of this.inflight.values()) e.ran = true;
     for (const e of this.bounced) e.refusedShutting = true;
     const back = [...this.bounced, ...this.parked, ...this.inflight.values()].filter((e) => !e.settled);
     this.bounced = [];
@@ -754,8 +779,15 @@ export class RequestBook {
     return all.length;
   }
 
-  private settle(entry: Entry, outcome: Outcome): void {
+  /**
+   * `answered`: the proxy's answer settles it. Otherwise one in flight (sent, its answer not come: a timeout, an abort, the
+   * client giving up or closed) may have run at a server, and so may one sent before (`Entry.ran`): not `retryable`.
+   */
+  private settle(entry: Entry, outcome: Outcome, answered = false): void {
     if (entry.settled) return;
+    if (!outcome.ok && outcome.error instanceof RequestError && outcome.error.retryable && (entry.ran || (!answered && entry.seq !== undefined))) {
+      outcome = { ...outcome, error: mayHaveRun(outcome.error) };
+    }
     entry.settled = true;
     entry.timer?.cancel();
     this.byHandle.delete(entry.handle);
@@ -764,6 +796,11 @@ export class RequestBook {
     this.outcomes[key] = (this.outcomes[key] ?? 0) + 1;
     entry.req.done(outcome);
   }
+}
+
+/** `error` for a request a handler may have run: not `retryable` (one error may be shared by many requests: `failAll`). */
+function mayHaveRun(error: RequestError): RequestError {
+  return new RequestError(error.code, error.message, 'cause' in error ? { cause: error.cause, mayHaveRun: true } : { mayHaveRun: true });
 }
 
 /** Queues in the order they were made (`RequestBook.waiting`'s). */
@@ -1006,14 +1043,14 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
         const why = err.code === 'ECONNREFUSED' ? `no reverse proxy is listening on ${hostPort(input.proxy.host, input.proxy.port)}` : describeDialError(err, input.proxy.host);
         send({ type: 'CONNECT_FAILED', error: why });
       } else if (!said && probing) send({ type: 'CLOSED', error: closedUnanswered(input.proxy, err.message) });
-      else if (said) send({ type: 'CLOSED', error: refusedBy(input.proxy, said), refused: blamed(said) });
+      else if (said) send({ type: 'CLOSED', error: refusedBy(input.proxy, said), refused: blamed(said), unread: unread(said) });
       else if (err.code === 'ETIMEDOUT') send({ type: 'CLOSED', error: `the reverse proxy at ${hostPort(input.proxy.host, input.proxy.port)} stopped acknowledging anything (${err.message}: keepalive probes or resent data went unanswered): the path to it died without a word` });
       else send({ type: 'CLOSED', error: err.message });
     },
     complete: () => {
       if (refusedPing()) return;
       const error = said ? refusedBy(input.proxy, said) : probing ? closedUnanswered(input.proxy) : 'the reverse proxy closed the connection';
-      send(connected ? { type: 'CLOSED', error, refused: blamed(said) } : { type: 'CONNECT_FAILED', error });
+      send(connected ? { type: 'CLOSED', error, refused: blamed(said), unread: unread(said) } : { type: 'CONNECT_FAILED', error });
     },
   });
   function refusedPing(): boolean {
@@ -1145,6 +1182,14 @@ function noAnswer(timeoutMs: number): string {
 /** A draining proxy's refusal, in words. */
 function refusedShutting(s: { proxy: string; message: string }): string {
   return `the reverse proxy at ${s.proxy} refused the request ${ErrorCode.SHUTTING_DOWN}: ${s.message}`;
+}
+
+/**
+ * Whether what the proxy said as it ended the connection says it read nothing still unanswered on it: a stopped
+ * proxy's last word, SHUTTING_DOWN without a seq (docs/PROTOCOL.md, "Error codes"; port-closed.ts).
+ */
+function unread(said: string | undefined): boolean {
+  return said?.startsWith(`${ErrorCode.SHUTTING_DOWN}: `) === true;
 }
 
 /** What the proxy said as it ended the connection (`CODE: message`), when it refused what the client sent: BAD_REQUEST. */
@@ -1295,7 +1340,7 @@ export const clientMachine = setup({
      */
     noPings: assign(({ context, event }) => {
       assertEvent(event, 'PINGS_REFUSED');
-      const resend = context.book.unsend();
+      const resend = context.book.unsend(false, true);
       noPingsFrom(context, event.error, `dials it again at once without one${resend ? `, sending again the ${resend} request(s) sent behind the PING (that proxy read nothing after it)` : ''}`);
       return { conn: undefined, probing: false };
     }),
@@ -1389,8 +1434,9 @@ export const clientMachine = setup({
     unsend: ({ context, event }) => {
       assertEvent(event, ['CONNECT_FAILED', 'CLOSED']);
       context.book.forgetMaxFrame();
-      const resend = context.book.unsend(event.type === 'CLOSED' && event.silent === true);
       const { redial } = context;
+      // The proxy read none of what is unanswered: it refused the oldest (redial), or its last word was SHUTTING_DOWN.
+      const resend = context.book.unsend(event.type === 'CLOSED' && event.silent === true, redial !== undefined || (event.type === 'CLOSED' && event.unread === true));
       if (redial) {
         context.logger.warn('refused', `${event.error}: the request it refused (policy ${redial.policy}, a payload of ${redial.size} bytes) failed ${ErrorCode.BAD_REQUEST} and is not sent again; dialling the proxy again at once${resend ? ` and sending the ${resend} other unanswered request(s) again` : ''}`, {
           reason: event.error, policy: redial.policy, size: redial.size, resend,

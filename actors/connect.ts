@@ -343,7 +343,7 @@ function isAbortSignal(v: unknown): v is AbortSignal {
  * AbortSignal.timeout(), whatever abort(reason) was given), as fetch rejects with it; before, the
  * reason was lost but for its message.
  */
-function aborted(signal: AbortSignal): Outcome & { ok: false } {
+function aborted(signal: AbortSignal): Outcome & { ok: false; error: RequestError } {
   const r = signal.reason as { message?: unknown } | undefined;
   const error = new RequestError(LocalCode.ABORTED, `the request was aborted${typeof r?.message === 'string' ? `: ${r.message}` : ''}`, { cause: signal.reason });
   return { ok: false, error, latencyMs: 0 };

@@ -18,7 +18,7 @@
  * turn, with no timer and no AbortController unless it reads `ctx.signal`:
  * the default SHA1 handler costs what hashing costs.
  */
-import { ANSWER_TOO_LARGE, ErrorCode, HANDLER_FAILED, RevproxyError } from '../transport/errors.js';
+import { ANSWER_TOO_LARGE, ErrorCode, HANDLER_FAILED, RETRYABLE, RevproxyError } from '../transport/errors.js';
 import { APP_CODE, errorMsg, loneSurrogateIn, MsgType, payloadSize, sliceWhole, type AckMsg, type DataMsg, type ErrorMsg } from '../transport/messages.js';
 import type { BufferBudget } from '../transport/budget.js';
 import type { Connection } from '../transport/socket.js';
@@ -110,6 +110,8 @@ const MAX_APP_MESSAGE = 1024;
  */
 export class HandlerError extends RevproxyError<typeof ErrorCode.HANDLER_ERROR> {
   readonly appCode: string;
+  /** Always false: a handler ran the request (as `RequestError.retryable`, so either error of a request answers `err.retryable`). */
+  readonly retryable = RETRYABLE.HANDLER_ERROR;
   /**
    * @param appCode 1 to 64 letters, digits, `_ . : -` (docs/PROTOCOL.md, `appcode`); any other throws a
    *   `TypeError` saying so, as Node's own functions refuse an invalid argument. It became HANDLER_FAILED

@@ -33,14 +33,19 @@ export class PortClosed {
 
   constructor(private readonly logger: Logger, private readonly clock: Clock, private readonly observer?: ProxyObserver) {}
 
-  /** Close every connection: a client's with its last word. */
+  /**
+   * Close every connection: a client's with its last word, when it holds nothing of the client's unanswered. A proxy
+   * stopped before its drain ended (`kill()`: the actor stopped) has read requests it did not answer, which may
+   * have run at servers: that connection closes without a word, as under SIGKILL. The word said of them too that
+   * they were not read, and a client took them for never run (`RequestError.retryable`).
+   */
   closeAll(conns: Iterable<Connection>): void {
     this.waiting = new Set(conns);
     this.closing = new Promise<void>((resolve) => (this.finish = resolve));
     for (const c of this.waiting) {
       // `owed` is the connection's peer (the listener's `accept`).
       const peer = c.owed as Peer;
-      c.endWith(peer.role === 'client' && c.wire === 'frames' ? errorMsg(ErrorCode.SHUTTING_DOWN, CLOSING_WORDS) : undefined);
+      c.endWith(peer.role === 'client' && c.wire === 'frames' && peer.outstanding === 0 ? errorMsg(ErrorCode.SHUTTING_DOWN, CLOSING_WORDS) : undefined);
     }
     this.settle();
   }

@@ -385,7 +385,7 @@ test('docs/PROTOCOL.md has a row for every wire code and every local code, and n
   const section = (from: string, to: string) => doc.slice(doc.indexOf(from), doc.indexOf(to, doc.indexOf(from)));
   const rows = (text: string) => [...text.matchAll(/^\| `([A-Z_]+)` \| ([^|]*)\|/gm)];
   const wire = rows(section('\n## Error codes', '\n### Local codes'));
-  const local = rows(section('\n### Local codes', '\n## Compatibility'));
+  const local = rows(section('\n### Local codes', '\n### Sending a request again'));
   assert.equal(wire.map((r) => r[1]).sort(), [...ERROR_CODES].sort(), 'the wire codes of "Error codes" are ErrorCode (transport/errors.ts)');
   assert.equal(local.map((r) => r[1]).sort(), Object.values(LocalCode).sort(), 'the codes of "Local codes" are LocalCode (transport/errors.ts)');
   const sources = ['actors', 'transport', 'scenario', 'lib', 'cli'].flatMap((dir) => readdirSync(new URL(`../${dir}/`, import.meta.url)).filter((f) => f.endsWith('.ts')).map((f) => readFileSync(new URL(`../${dir}/${f}`, import.meta.url), 'utf8'))).join('\n');

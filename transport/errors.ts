@@ -116,6 +116,36 @@ export const CLIENT_CODES = [
 ] as const;
 export type ClientCode = (typeof CLIENT_CODES)[number];
 
+/**
+ * Whether a request that failed with each code may be sent again: `true` where the code leaves the request unrun
+ * by any handler and the failure may pass, `false` where a handler may have run it (or did), or where the same
+ * request would fail the same way. A `RequestError`'s `retryable` is this, and false besides for a request the
+ * client had sent to a proxy that never said it left it unrun (a connection lost with it in flight, a timeout or
+ * an abort after it went out). Decided from the paths that give each code, not from its name: docs/PROTOCOL.md,
+ * "Sending a request again", shows this table with the reason for each row (a spec holds the two together).
+ *
+ * @example
+ * catch (err) { if (err instanceof RequestError && err.retryable) sendAgainLater(); }
+ */
+export const RETRYABLE: Readonly<Record<ErrorCode | ClientCode, boolean>> = {
+  NO_SERVER: true,
+  BAD_REQUEST: false,
+  TIMEOUT: false,
+  UPSTREAM_FAILED: false,
+  OVERLOADED: false,
+  SHUTTING_DOWN: false,
+  UNAUTHORIZED: false,
+  DUPLICATE_ID: false,
+  HANDLER_ERROR: false,
+  REMOVED: false,
+  CLIENT_TIMEOUT: true,
+  CONNECTION_LOST: true,
+  CONNECT_FAILED: true,
+  ABORTED: true,
+  CLIENT_CLOSED: true,
+  CLIENT_OVERLOADED: true,
+};
+
 const localCodes: ReadonlySet<string> = new Set(Object.values(LocalCode));
 
 /** Whether `code` is a local code (so a peer that sends it is told so). */

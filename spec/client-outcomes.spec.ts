@@ -1,0 +1,198 @@
+/**
+ * What the library client's caller is told of a request that failed, as a caller used to nats.js, undici and
+ * MQTT.js reads it: whether it may be sent again without running twice (`retryable`, one table:
+ * transport/errors.ts RETRYABLE), checked against the real paths that give each code.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { connect, HandlerError, RequestError, startProxy, startServer, type Client, type Handler, type ProxyHandle, type ProxyOptions, type ServerHandle } from '../actors/index.js';
+import { CLIENT_CODES, ERROR_CODES, RETRYABLE } from '../transport/errors.js';
+import { eventually } from './helpers.js';
+import { ROOT } from './procs.js';
+
+interface Ctx {
+  proxies: ProxyHandle[];
+  servers: ServerHandle[];
+  clients: Client[];
+}
+const ctx = {} as Ctx;
+const retry = suite<Ctx>('whether a failed request may be sent again (retryable)', ctx);
+
+retry.before.each(() => {
+  ctx.proxies = [];
+  ctx.servers = [];
+  ctx.clients = [];
+});
+retry.after.each(async () => {
+  for (const c of ctx.clients) c.destroy();
+  for (const s of ctx.servers) s.kill();
+  for (const p of ctx.proxies) await p.stop();
+});
+
+async function proxy(opts: Omit<ProxyOptions, 'port'> = {}): Promise<ProxyHandle> {
+  const p = await startProxy({ port: 0, ...opts });
+  ctx.proxies.push(p);
+  return p;
+}
+
+async function server(id: string, ports: number[], handler: Handler, opts: { concurrency?: number } = {}): Promise<ServerHandle> {
+  const s = await startServer({ id, policy: 'P', revproc: ports, handler, ...opts });
+  ctx.servers.push(s);
+  for (const p of ctx.proxies) if (ports.includes(p.port)) await eventually(() => p.pools().P?.serving.includes(id) ?? false, 3000, `${id} serving`);
+  return s;
+}
+
+async function client(opts: Parameters<typeof connect>[0]): Promise<Client> {
+  const c = await connect(opts);
+  ctx.clients.push(c);
+  return c;
+}
+
+const reject = (p: Promise<unknown>): Promise<RequestError> => p.then(() => { throw new Error('resolved'); }, (e: RequestError) => e);
+
+/** A handler that records each payload it starts and answers only when `release()` is called (but `quick` at once). */
+function held(): { handler: Handler; ran: string[]; arrived: Promise<void>; release: () => void } {
+  const ran: string[] = [];
+  let release!: () => void;
+  let arrive!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  const arrived = new Promise<void>((r) => (arrive = r));
+  const handler: Handler = async (p) => {
+    if (p === 'quick') return 'done';
+    ran.push(String(p));
+    arrive();
+    await released;
+    return 'done';
+  };
+  return { handler, ran, arrived, release };
+}
+
+retry('docs/PROTOCOL.md\'s "Sending a request again" shows RETRYABLE: a row for every code a request can end with, and no other', () => {
+  const doc = readFileSync(join(ROOT, 'docs/PROTOCOL.md'), 'utf8');
+  const from = doc.indexOf('\n### Sending a request again');
+  assert.ok(from > 0, 'the section is there');
+  const section = doc.slice(from, doc.indexOf('\n## ', from + 1));
+  const rows = [...section.matchAll(/^\| `([A-Z_]+)` \| (yes|no) \|/gm)].map((m) => [m[1]!, m[2] === 'yes'] as const);
+  assert.equal(Object.fromEntries(rows), RETRYABLE);
+  assert.equal(Object.keys(RETRYABLE).sort(), [...ERROR_CODES, ...CLIENT_CODES].sort(), 'every wire code and client code');
+});
+
+retry('NO_SERVER from a proxy with no server for the policy is retryable; a request that reached a server and timed out is not (TIMEOUT, CLIENT_TIMEOUT)', async () => {
+  const p = await proxy({ timeoutMs: 300, retries: 0 });
+  const c = await client({ revproc: p.port });
+  const none = await reject(c.request('nobody', 'x'));
+  assert.equal([none.code, none.retryable], ['NO_SERVER', true]);
+  const h = held();
+  await server('slow', [p.port], h.handler);
+  const late = await reject(c.request('P', 'proxy times out'));
+  assert.equal([late.code, late.retryable, h.ran], ['TIMEOUT', false, ['proxy times out']], 'the handler ran it, the proxy gave up on it');
+  const mine = await reject(c.request('P', 'client times out', { timeoutMs: 100 }));
+  assert.equal([mine.code, mine.retryable], ['CLIENT_TIMEOUT', false]);
+  await eventually(() => h.ran.includes('client times out'), 1000, 'the server had it');
+  h.release();
+});
+
+retry('a request the client never sent is retryable, whatever ended it (its timeout, its abort, the client closed); one sent is not', async () => {
+  const p = await proxy();
+  const h = held();
+  await server('slow', [p.port], h.handler);
+  const c = await client({ revproc: p.port, window: 1 });
+  const first = reject(c.request('P', 'in flight', { timeoutMs: 2000 }));
+  await h.arrived;
+  // Behind the window of 1: never sent.
+  const waited = await reject(c.request('P', 'waits', { timeoutMs: 50 }));
+  assert.equal([waited.code, waited.retryable], ['CLIENT_TIMEOUT', true]);
+  const ac = new AbortController();
+  const aborted = reject(c.request('P', 'waits too', { signal: ac.signal }));
+  ac.abort();
+  assert.equal([(await aborted).code, (await aborted).retryable], ['ABORTED', true]);
+  assert.equal([(await reject(c.request('P', 'x', { signal: AbortSignal.abort() }))).retryable], [true], 'aborted before it was made');
+  const closedOut = reject(c.request('P', 'waits at close'));
+  const ac2 = new AbortController();
+  const sent = reject(c.request('P', 'y', { signal: ac2.signal }));
+  c.destroy();
+  assert.equal([(await closedOut).code, (await closedOut).retryable], ['CLIENT_CLOSED', true]);
+  assert.equal([(await first).code, (await first).retryable], ['CLIENT_CLOSED', false], 'the one in flight may have run');
+  assert.is((await sent).retryable, true);
+  // Aborted in flight: the server has it.
+  const c2 = await client({ revproc: p.port });
+  const ac3 = new AbortController();
+  const inFlight = reject(c2.request('P', 'aborted in flight', { signal: ac3.signal }));
+  await eventually(() => h.ran.includes('aborted in flight'), 1000, 'the server had it');
+  ac3.abort();
+  assert.equal([(await inFlight).code, (await inFlight).retryable], ['ABORTED', false]);
+  h.release();
+});
+
+retry('a connection lost with the request at the server: CONNECTION_LOST is not retryable, nor is the NO_SERVER the next proxy then answers it with', async () => {
+  const a = await proxy();
+  const b = await proxy();
+  const h = held();
+  await server('slow', [a.port], h.handler);
+  // hold: false: a lone proxy's loss fails what it had after the quick round, and a NO_SERVER is not held.
+  const alone = await client({ revproc: a.port, hold: false, failoverDelayMs: 10 });
+  const fleet = await client({ revproc: [a.port, b.port], hold: false, failoverDelayMs: 10 });
+  // Answered once: a connection lost later is CONNECTION_LOST (CONNECT_FAILED for a client never answered).
+  assert.is(await alone.request('P', 'quick'), 'done');
+  const lost = reject(alone.request('P', 'lost'));
+  const moved = reject(fleet.request('P', 'moved'));
+  await eventually(() => h.ran.length === 2, 2000, 'the server had both');
+  // kill(): the proxy's port closes at once, as under SIGKILL (its last word, that it read nothing unanswered, is not said).
+  a.kill();
+  assert.equal([(await lost).code, (await lost).retryable], ['CONNECTION_LOST', false]);
+  const e = await moved;
+  assert.equal([e.code, e.retryable], ['NO_SERVER', false], `sent again on b after a went, which has no server: ${e.message}`);
+  // The same refusal for a request sent only to b is retryable.
+  const fresh = await reject(fleet.request('P', 'fresh'));
+  assert.equal([fresh.code, fresh.retryable], ['NO_SERVER', true]);
+  h.release();
+});
+
+retry('OVERLOADED is not retryable: a request whose try timed out on one server (its handler ran) ends OVERLOADED when the retry finds the policy full', async () => {
+  // Each server runs one request at a time, the proxy keeps none waiting (queueLimit 0) and sends none past a server's concurrency.
+  const p = await proxy({ tryTimeoutMs: 200, timeoutMs: 1500, queueLimit: 0, maxServerQueue: 0 });
+  const h1 = held();
+  const h2 = held();
+  await server('s1', [p.port], h1.handler, { concurrency: 1 });
+  await server('s2', [p.port], h2.handler, { concurrency: 1 });
+  const c = await client({ revproc: p.port });
+  const both = [reject(c.request('P', 'one')), reject(c.request('P', 'two'))];
+  const ends = await Promise.all(both);
+  assert.equal([h1.ran.length, h2.ran.length], [1, 1], 'each server ran one');
+  // The first retried finds the other server busy and no room to wait (the second may then go where the first ran: TIMEOUT).
+  const overloaded = ends.find((e) => e.code === 'OVERLOADED');
+  assert.ok(overloaded, ends.map((e) => `${e.code}: ${e.message}`).join('; '));
+  assert.match(overloaded.message, /at its limit/);
+  assert.equal(ends.map((e) => e.retryable), [false, false]);
+  h1.release();
+  h2.release();
+});
+
+retry('SHUTTING_DOWN is not retryable: the drain timeout answers a request still at its server with it', async () => {
+  const p = await proxy({ drainTimeoutMs: 200 });
+  const h = held();
+  await server('slow', [p.port], h.handler);
+  const c = await client({ revproc: p.port, hold: false });
+  const r = reject(c.request('P', 'x'));
+  await h.arrived;
+  const stopped = p.stop();
+  const e = await r;
+  assert.equal([e.code, e.retryable, h.ran], ['SHUTTING_DOWN', false, ['x']], e.message);
+  h.release();
+  await stopped;
+});
+
+retry('a handler\'s own error is never retryable: it ran', async () => {
+  const p = await proxy();
+  await server('refuses', [p.port], async () => {
+    throw new HandlerError('NOPE', 'no');
+  });
+  const c = await client({ revproc: p.port });
+  const e = await c.request('P', 'x').then(() => undefined, (err: HandlerError) => err);
+  assert.ok(e instanceof HandlerError);
+  assert.is(e.retryable, false);
+});
+
+retry.run();
