@@ -44,6 +44,11 @@ import { NOT_QUEUED, PolicyQueue, type Queued } from './client-queue.js';
  * `CONNECT_FAILED`, ...). An application error from a handler is a
  * `HandlerError` instead.
  *
+ * A request its signal aborted (`ABORTED`) rejects with one named `AbortError`, its `cause` the signal's `reason`,
+ * as Node's own APIs reject (timers/promises, events.once, fs): `err.name === 'AbortError'` finds it as it finds
+ * fetch's and undici's aborts, and it is still a `RequestError` coded `ABORTED`. For `AbortSignal.timeout()` the
+ * cause is its `TimeoutError` (fetch rejects with that itself; Node's APIs, and this client, with it as the cause).
+ *
  * @example
  * try { await client.request('111', 'hello'); }
  * catch (err) {
@@ -64,7 +69,7 @@ export class RequestError extends RevproxyError<ErrorCode | ClientCode> {
   /** @param options.mayHaveRun the client had sent the request where a handler may have run it: never retryable. */
   constructor(code: ErrorCode | ClientCode, message: string, options?: { cause?: unknown; mayHaveRun?: boolean }) {
     super(code, message, options && 'cause' in options ? { cause: options.cause } : undefined);
-    this.name = 'RequestError';
+    this.name = code === LocalCode.ABORTED ? 'AbortError' : 'RequestError';
     this.retryable = RETRYABLE[code] === true && options?.mayHaveRun !== true;
   }
 }

@@ -38,7 +38,10 @@ export interface ConnectOptions extends Pick<ClientOptions, PassedOn> {
 }
 
 export interface RequestOptions {
-  /** Abort the request: it rejects with a `RequestError` coded `ABORTED`, its `cause` the signal's `reason` (an answer arriving later is dropped). */
+  /**
+   * Abort the request: it rejects with a `RequestError` coded `ABORTED` and named `AbortError` (as Node's own APIs name
+   * an abort: `err.name === 'AbortError'`), its `cause` the signal's `reason`; an answer arriving later is dropped.
+   */
   signal?: AbortSignal | undefined;
   /** This request's timeout (ms); it rejects with `CLIENT_TIMEOUT` when it passes. Default: the client's. `Infinity`: none. */
   timeoutMs?: number | undefined;
@@ -339,8 +342,8 @@ function isAbortSignal(v: unknown): v is AbortSignal {
 }
 
 /**
- * A request ended by its signal: ABORTED, its `cause` the signal's reason (a TimeoutError for
- * AbortSignal.timeout(), whatever abort(reason) was given), as fetch rejects with it; before, the
+ * A request ended by its signal: ABORTED, named AbortError (RequestError), its `cause` the signal's reason (a
+ * TimeoutError for AbortSignal.timeout(), whatever abort(reason) was given), as Node's own APIs reject; before, the
  * reason was lost but for its message.
  */
 function aborted(signal: AbortSignal): Outcome & { ok: false; error: RequestError } {

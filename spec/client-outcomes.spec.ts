@@ -1,14 +1,15 @@
 /**
  * What the library client's caller is told of a request that failed, as a caller used to nats.js, undici and
  * MQTT.js reads it: whether it may be sent again without running twice (`retryable`, one table:
- * transport/errors.ts RETRYABLE), checked against the real paths that give each code.
+ * transport/errors.ts RETRYABLE), checked against the real paths that give each code; an abort by its
+ * signal named `AbortError`, as Node's own APIs and fetch name theirs.
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, HandlerError, RequestError, startProxy, startServer, type Client, type Handler, type ProxyHandle, type ProxyOptions, type ServerHandle } from '../actors/index.js';
-import { CLIENT_CODES, ERROR_CODES, RETRYABLE } from '../transport/errors.js';
+import { CLIENT_CODES, ERROR_CODES, RETRYABLE, RevproxyError } from '../transport/errors.js';
 import { eventually } from './helpers.js';
 import { ROOT } from './procs.js';
 
@@ -196,3 +197,52 @@ retry('a handler\'s own error is never retryable: it ran', async () => {
 });
 
 retry.run();
+
+const abort = suite<Ctx>('an aborted request is an AbortError, still a RequestError coded ABORTED', ctx);
+abort.before.each(() => {
+  ctx.proxies = [];
+  ctx.servers = [];
+  ctx.clients = [];
+});
+abort.after.each(async () => {
+  for (const c of ctx.clients) c.destroy();
+  for (const s of ctx.servers) s.kill();
+  for (const p of ctx.proxies) await p.stop();
+});
+
+abort("aborted before it is made, while it waits behind the window, in flight, or by AbortSignal.timeout(): err.name === 'AbortError', the signal's reason its cause", async () => {
+  // It was named 'RequestError': a caller written for fetch, undici or Node's APIs (err.name === 'AbortError') took the
+  // client's own abort for a failure of the request.
+  const p = await proxy();
+  const h = held();
+  await server('slow', [p.port], h.handler);
+  const c = await client({ revproc: p.port, window: 1 });
+  const first = c.request('P', 'in flight');
+  await h.arrived;
+  const reason = new Error('user gave up');
+  const before = await reject(c.request('P', 'a', { signal: AbortSignal.abort(reason) }));
+  const ac = new AbortController();
+  const waiting = reject(c.request('P', 'b', { signal: ac.signal }));
+  const ac2 = new AbortController();
+  const c2 = await client({ revproc: p.port });
+  const inFlight = reject(c2.request('P', 'c', { signal: ac2.signal }));
+  await eventually(() => h.ran.includes('c'), 1000, 'the server had it');
+  ac.abort(reason);
+  ac2.abort(reason);
+  const timedOut = await reject(c2.request('P', 'd', { signal: AbortSignal.timeout(30) }));
+  for (const [what, e] of [['before', before], ['waiting', await waiting], ['in flight', await inFlight], ['timeout', timedOut]] as const) {
+    assert.is(e.name, 'AbortError', what);
+    assert.ok(e instanceof RequestError && e instanceof RevproxyError && e instanceof Error, what);
+    assert.is(e.code, 'ABORTED', what);
+    assert.ok(String(e).startsWith('AbortError: the request was aborted'), String(e));
+  }
+  assert.equal([before.cause, (await waiting).cause, (await inFlight).cause], [reason, reason, reason]);
+  assert.is((timedOut.cause as Error).name, 'TimeoutError', "AbortSignal.timeout()'s reason, as Node's APIs give it");
+  // Any other outcome keeps its name.
+  const other = await reject(c2.request('nobody', 'x'));
+  assert.equal([other.name, other.code], ['RequestError', 'NO_SERVER']);
+  h.release();
+  await first;
+});
+
+abort.run();
