@@ -28,7 +28,7 @@ export { RETRY_CONDITIONS, type RetryCondition } from '../actors/link.js';
 export type { Endpoint } from '../actors/server.js';
 
 export { connect, Client, runClient } from '../actors/connect.js';
-export type { ConnectOptions, RequestOptions, Reply, Revproc, Packet, Result, RunOptions } from '../actors/connect.js';
+export type { ClientEvents, ConnectOptions, Disconnected, Reconnected, RequestOptions, Reply, Revproc, Packet, Result, RunOptions } from '../actors/connect.js';
 export { RequestError } from '../actors/client.js';
 
 export { HandlerError, sha1Handler } from '../actors/handler.js';

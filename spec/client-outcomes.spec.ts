@@ -2,16 +2,18 @@
  * What the library client's caller is told of a request that failed, as a caller used to nats.js, undici and
  * MQTT.js reads it: whether it may be sent again without running twice (`retryable`, one table:
  * transport/errors.ts RETRYABLE), checked against the real paths that give each code; an abort by its
- * signal named `AbortError`, as Node's own APIs and fetch name theirs.
+ * signal named `AbortError`, as Node's own APIs and fetch name theirs; the connection's state as events
+ * (`disconnect`, `reconnect`, `close`), as nats.js's and MQTT.js's clients emit theirs.
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { readFileSync } from 'node:fs';
+import { on } from 'node:events';
 import { join } from 'node:path';
 import { connect, HandlerError, RequestError, startProxy, startServer, type Client, type Handler, type ProxyHandle, type ProxyOptions, type ServerHandle } from '../actors/index.js';
 import { CLIENT_CODES, ERROR_CODES, RETRYABLE, RevproxyError } from '../transport/errors.js';
 import { eventually } from './helpers.js';
-import { ROOT } from './procs.js';
+import { killAll, proxyProcess, ROOT } from './procs.js';
 
 interface Ctx {
   proxies: ProxyHandle[];
@@ -246,3 +248,80 @@ abort("aborted before it is made, while it waits behind the window, in flight, o
 });
 
 abort.run();
+
+const state = suite<Ctx>("the connection's state: disconnect, reconnect, close", ctx);
+state.before.each(() => {
+  ctx.proxies = [];
+  ctx.servers = [];
+  ctx.clients = [];
+});
+state.after.each(async () => {
+  killAll();
+  for (const c of ctx.clients) c.destroy();
+  for (const s of ctx.servers) s.kill();
+  for (const p of ctx.proxies) await p.stop();
+});
+
+/** `client`'s events as lines, in the order they came. */
+function record(c: Client): string[] {
+  const seen: string[] = [];
+  c.on('disconnect', ({ proxy, reason }) => seen.push(`disconnect ${proxy}: ${reason}`));
+  c.on('reconnect', ({ proxy, previous, downMs }) => {
+    assert.ok(downMs >= 0, `downMs ${downMs}`);
+    seen.push(`reconnect ${proxy} from ${previous}`);
+  });
+  c.on('close', () => seen.push('close'));
+  return seen;
+}
+
+state('a proxy killed (SIGKILL) and started again: the client says disconnect, then reconnect once it is back, before the request it held is answered, then close', async () => {
+  // There was nothing to listen to: an application learnt of an outage from its requests' errors or the log alone.
+  const slow = ['--timeout', '30000'];
+  const first = await proxyProcess(slow);
+  const { port } = first;
+  const at = `127.0.0.1:${port}`;
+  const s = await startServer({ id: 's', policy: 'P', revproc: port, handler: async (p) => String(p).toUpperCase() });
+  ctx.servers.push(s);
+  const c = await client({ revproc: port, timeoutMs: 20000, failoverDelayMs: 10 });
+  const seen = record(c);
+  assert.is(await c.request('P', 'warm'), 'WARM');
+  first.proc.kill('SIGKILL');
+  await first.proc.exited;
+  await eventually(() => seen.length > 0, 5000, 'disconnect');
+  assert.equal(seen, [`disconnect ${at}: the reverse proxy closed the connection`]);
+  // Held while no proxy listens, sent once one answers.
+  const held = c.request('P', 'held').then((a) => seen.push(`answer ${String(a)}`));
+  await eventually(() => c.actor.getSnapshot().matches('backoff'), 5000, 'the client holding');
+  await proxyProcess(slow, { port });
+  await held;
+  c.destroy();
+  assert.equal(seen, [`disconnect ${at}: the reverse proxy closed the connection`, `reconnect ${at} from ${at}`, 'answer HELD', 'close']);
+  c.destroy();
+  assert.is(seen.filter((x) => x === 'close').length, 1, 'close once');
+});
+
+state('a failover: the proxy in use killed, the client says disconnect from it and reconnect to the next, and an async iterator (events.on) reads them too', async () => {
+  const a = await proxy();
+  const b = await proxy();
+  const s = await startServer({ id: 's', policy: 'P', revproc: [a.port, b.port], handler: async (p) => String(p) });
+  ctx.servers.push(s);
+  for (const p of [a, b]) await eventually(() => p.pools().P?.serving.includes('s') ?? false, 3000, 's serving');
+  const c = await client({ revproc: [a.port, b.port], failoverDelayMs: 10 });
+  const seen = record(c);
+  const ac = new AbortController();
+  const iterated: string[] = [];
+  const reading = (async () => {
+    for await (const [e] of on(c, 'reconnect', { signal: ac.signal })) iterated.push((e as { proxy: string }).proxy);
+  })().catch((e: Error) => assert.is(e.name, 'AbortError'));
+  assert.is(await c.request('P', 'x'), 'x');
+  a.kill();
+  // A request after the loss goes to b (an idle client dials again at its next request).
+  assert.is(await c.request('P', 'y'), 'y');
+  // kill() closes an idle connection with the stopped proxy's last word.
+  assert.equal(seen, [`disconnect 127.0.0.1:${a.port}: the reverse proxy at 127.0.0.1:${a.port} ended the connection saying SHUTTING_DOWN: the proxy has stopped and closes this connection: a request sent on it and not answered was not read; send it to another proxy`, `reconnect 127.0.0.1:${b.port} from 127.0.0.1:${a.port}`]);
+  assert.equal(iterated, [`127.0.0.1:${b.port}`]);
+  ac.abort();
+  await reading;
+});
+
+state.run();
