@@ -220,6 +220,7 @@ abort("aborted before it is made, while it waits behind the window, in flight, o
   await server('slow', [p.port], h.handler);
   const c = await client({ revproc: p.port, window: 1 });
   const first = c.request('P', 'in flight');
+  first.catch(() => undefined); // a failure above must not leave it rejected unhandled when the client is destroyed
   await h.arrived;
   const reason = new Error('user gave up');
   const before = await reject(c.request('P', 'a', { signal: AbortSignal.abort(reason) }));
@@ -290,7 +291,7 @@ state('a proxy killed (SIGKILL) and started again: the client says disconnect, t
   await eventually(() => seen.length > 0, 5000, 'disconnect');
   assert.equal(seen, [`disconnect ${at}: the reverse proxy closed the connection`]);
   // Held while no proxy listens, sent once one answers.
-  const held = c.request('P', 'held').then((a) => seen.push(`answer ${String(a)}`));
+  const held = c.request('P', 'held').then((a) => seen.push(`answer ${String(a)}`), (e: RequestError) => seen.push(`failed ${e.code}`));
   await eventually(() => c.actor.getSnapshot().matches('backoff'), 5000, 'the client holding');
   await proxyProcess(slow, { port });
   await held;
