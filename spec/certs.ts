@@ -18,9 +18,21 @@ export interface Pki {
   /**
    * Make the CA's CRL (`openssl ca -gencrl`) at `file` (default ca.crl in `dir`), revoking the certificates
    * of `revoke` (names given to makePki) and those of earlier calls; valid from now for `hours` (24), or made
-   * `made` ago (a libfaketime offset: `-3d` with `hours` 24 is one past its nextUpdate). Returns its path.
+   * `made` ago (a libfaketime offset: `-3d` with `hours` 24 is one past its nextUpdate), or for `seconds`;
+   * `pss`: signed with RSA-PSS (an RSA CA's); `intermediate`: the intermediate CA's CRL (its own database), not the root's.
+   * A name may be a path without `.pem` (another PKI's certificate: a CRL of the same name under another key). Returns its path.
    */
-  crl(revoke?: string[], opts?: { file?: string; hours?: number; made?: string }): string;
+  crl(revoke?: string[], opts?: CrlOptions): string;
+}
+
+/** What `Pki.crl` makes beyond its defaults. */
+export interface CrlOptions {
+  file?: string;
+  hours?: number;
+  seconds?: number;
+  made?: string;
+  pss?: boolean;
+  intermediate?: boolean;
 }
 
 function run(args: string[], cwd: string, env?: Record<string, string>): void {
@@ -44,6 +56,8 @@ export interface PkiOptions {
    * root's) and valid `days` (the root's), and the leaves are made when it is, valid the root's `days`.
    */
   intermediate?: { made?: string; days?: number };
+  /** The keys' type (P-256 by default). */
+  key?: 'ec' | 'rsa' | 'ed25519';
 }
 
 /**
@@ -51,7 +65,7 @@ export interface PkiOptions {
  * and clientAuth, for `days` (2) from now, or from `made`; `sans` and `usages` change a name's
  * (`PkiOptions`). With `intermediate`, each name's certificate file is its chain.
  */
-export function makePki(names: string[], caName = 'revproxy test CA', { days = 2, made, sans = {}, leaves, usages = {}, intermediate }: PkiOptions = {}): Pki {
+export function makePki(names: string[], caName = 'revproxy test CA', { days = 2, made, sans = {}, leaves, usages = {}, intermediate, key = 'ec' }: PkiOptions = {}): Pki {
   const dir = tempDir('revproxy-pki-');
   const faked = (at: string | undefined): Record<string, string> | undefined => {
     if (!at) return undefined;
@@ -65,33 +79,37 @@ export function makePki(names: string[], caName = 'revproxy test CA', { days = 2
   const leafEnv = leaves ? faked(leaves.made) : intermediate ? interEnv : env;
   const leafDays = leaves?.days ?? days;
   const openssl = (args: string[], cwd: string, e = env): void => run(args, cwd, e);
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  openssl(['req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.pem', '-days', String(days), '-subj', `/CN=${caName}`], dir);
+  const newKey = { ec: ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'], rsa: ['-newkey', 'rsa:2048', '-nodes'], ed25519: ['-newkey', 'ed25519', '-nodes'] }[key];
+  openssl(['req', '-x509', ...newKey, '-keyout', 'ca.key', '-out', 'ca.pem', '-days', String(days), '-subj', `/CN=${caName}`], dir);
   const signer = intermediate ? 'inter' : 'ca';
   if (intermediate) {
     writeFileSync(join(dir, 'inter.ext'), 'basicConstraints=critical,CA:true\nkeyUsage=critical,keyCertSign,cRLSign\n');
-    openssl(['req', ...ec, '-keyout', 'inter.key', '-out', 'inter.csr', '-subj', `/CN=${caName} intermediate`], dir, interEnv);
+    openssl(['req', ...newKey, '-keyout', 'inter.key', '-out', 'inter.csr', '-subj', `/CN=${caName} intermediate`], dir, interEnv);
     openssl(['x509', '-req', '-in', 'inter.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'inter.pem', '-days', String(intermediate.days ?? days), '-extfile', 'inter.ext'], dir, interEnv);
   }
   for (const n of names) {
     const usage = usages[n] ?? 'serverAuth,clientAuth';
     writeFileSync(join(dir, `${n}.ext`), `subjectAltName=${sans[n] ?? 'IP:127.0.0.1,DNS:localhost'}\n${usage ? `extendedKeyUsage=${usage}\n` : ''}`);
-    openssl(['req', ...ec, '-keyout', `${n}.key`, '-out', `${n}.csr`, '-subj', `/CN=${n}`], dir, leafEnv);
+    openssl(['req', ...newKey, '-keyout', `${n}.key`, '-out', `${n}.csr`, '-subj', `/CN=${n}`], dir, leafEnv);
     openssl(['x509', '-req', '-in', `${n}.csr`, '-CA', `${signer}.pem`, '-CAkey', `${signer}.key`, '-CAcreateserial', '-out', intermediate ? `${n}.leaf.pem` : `${n}.pem`, '-days', String(leafDays), '-extfile', `${n}.ext`], dir, leafEnv);
     if (intermediate) writeFileSync(join(dir, `${n}.pem`), Buffer.concat([readFileSync(join(dir, `${n}.leaf.pem`)), readFileSync(join(dir, 'inter.pem'))]));
   }
-  const crl = (revoke: string[] = [], o: { file?: string; hours?: number; made?: string } = {}): string => {
-    // openssl ca's own database: the certificates revoked so far, and the CRL's number.
-    if (!existsSync(join(dir, 'index.txt'))) {
-      writeFileSync(join(dir, 'index.txt'), '');
-      writeFileSync(join(dir, 'crlnumber'), '01\n');
-      writeFileSync(join(dir, 'ca.cnf'), '[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\ncrlnumber = crlnumber\ndefault_md = sha256\ncertificate = ca.pem\nprivate_key = ca.key\n');
+  const crl = (revoke: string[] = [], o: CrlOptions = {}): string => {
+    // openssl ca's own database (one for each CA): the certificates revoked so far, and the CRL's number.
+    const by = o.intermediate ? 'inter' : 'ca';
+    const cnf = `${by}.cnf`;
+    if (!existsSync(join(dir, cnf))) {
+      writeFileSync(join(dir, `${by}.index.txt`), '');
+      writeFileSync(join(dir, `${by}.crlnumber`), '01\n');
+      writeFileSync(join(dir, cnf), `[ca]\ndefault_ca = d\n[d]\ndatabase = ${by}.index.txt\ncrlnumber = ${by}.crlnumber\ndefault_md = sha256\ncertificate = ${by}.pem\nprivate_key = ${by}.key\n`);
     }
-    for (const n of revoke) run(['ca', '-config', 'ca.cnf', '-revoke', `${n}.pem`], dir);
-    const file = o.file ?? join(dir, 'ca.crl');
+    for (const n of revoke) run(['ca', '-config', cnf, '-revoke', `${n}.pem`], dir);
+    const file = o.file ?? join(dir, `${by}.crl`);
     const faked = o.made ? libfaketime() : undefined;
     if (o.made && !faked) throw new Error('libfaketime is not installed (Debian: sudo apt-get install -y faketime)');
-    run(['ca', '-config', 'ca.cnf', '-gencrl', '-crlhours', String(o.hours ?? 24), '-out', file], dir, faked ? { LD_PRELOAD: faked, FAKETIME: o.made! } : undefined);
+    const lasts = o.seconds ? ['-crlsec', String(o.seconds)] : ['-crlhours', String(o.hours ?? 24)];
+    const pss = o.pss ? ['-sigopt', 'rsa_padding_mode:pss', '-sigopt', 'rsa_pss_saltlen:32'] : [];
+    run(['ca', '-config', cnf, '-gencrl', ...lasts, ...pss, '-out', file], dir, faked ? { LD_PRELOAD: faked, FAKETIME: o.made! } : undefined);
     return file;
   };
   return {

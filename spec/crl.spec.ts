@@ -1,0 +1,105 @@
+/**
+ * CRLs read with asn1.js (transport/crl.ts) from files openssl makes, as OpenSSL reads them.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { execFileSync } from 'node:child_process';
+import { sign, X509Certificate } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { crlBlocks, issuedBy, namesOf, parseCrl } from '../transport/crl.js';
+import { loadTls, TlsConfigError } from '../transport/tls.js';
+import { makePki } from './certs.js';
+import { tempDir } from './helpers.js';
+
+const crls = suite('CRLs');
+
+const certOf = (path: string): X509Certificate => new X509Certificate(readFileSync(path));
+const serialOf = (path: string): string => certOf(path).serialNumber.toUpperCase().replace(/^0+(?=.)/, '');
+/** A CRL's lastUpdate or nextUpdate as `openssl crl` prints it, in ms. */
+const opensslDate = (file: string, which: 'lastupdate' | 'nextupdate'): number => Date.parse(execFileSync('openssl', ['crl', '-in', file, '-noout', `-${which}`], { encoding: 'utf8' }).split('=')[1]!.trim());
+
+for (const key of ['ec', 'rsa', 'ed25519'] as const) {
+  crls(`a CRL of a ${key} CA that openssl made is read as OpenSSL reads it: its issuer, dates, revoked serial numbers and signature`, () => {
+    const pki = makePki(['a', 'b', 'kept'], `revproxy ${key} CA`, { key });
+    const file = pki.crl(['a', 'b']);
+    const [block, ...more] = crlBlocks(readFileSync(file));
+    assert.is(more.length, 0);
+    const crl = parseCrl(block!);
+    const ca = certOf(pki.ca);
+    assert.is(crl.issuerName, ca.subject.replace(/\n/g, ', '), "named as Node names the CA's subject");
+    assert.ok(crl.issuer.equals(namesOf(ca).subject), "its issuer's DER is the CA's subject's");
+    assert.ok(namesOf(certOf(pki.cert('a').cert)).issuer.equals(crl.issuer), "and the issuer's of the certificates the CA signed");
+    assert.equal([...crl.revoked].sort(), [serialOf(pki.cert('a').cert), serialOf(pki.cert('b').cert)].sort());
+    assert.is(crl.thisUpdate, opensslDate(file, 'lastupdate'));
+    assert.is(crl.nextUpdate, opensslDate(file, 'nextupdate'));
+    assert.ok(issuedBy(crl, ca), 'its CA signed it');
+    const rekeyed = makePki([], `revproxy ${key} CA`, { key });
+    assert.not.ok(issuedBy(crl, certOf(rekeyed.ca)), 'a CA of the same name under another key did not');
+  });
+}
+
+crls('a CRL of 5,000 entries is read whole (a parser for untrusted input stops at 10,000 elements: about 1,400 entries)', () => {
+  const pki = makePki([]);
+  pki.crl();
+  // openssl ca's database, written as `openssl ca -revoke` writes it: 5,000 serial numbers.
+  const serials = Array.from({ length: 5000 }, (_, i) => (0x1000 + i * 7919).toString(16).toUpperCase());
+  writeFileSync(join(pki.dir, 'ca.index.txt'), serials.map((s, i) => `R\t301231000000Z\t261201000000Z,keyCompromise\t${s.length % 2 ? `0${s}` : s}\tunknown\t/CN=c${i}\n`).join(''));
+  const crl = parseCrl(crlBlocks(readFileSync(pki.crl()))[0]!);
+  assert.is(crl.revoked.size, 5000);
+  assert.ok(serials.every((s) => crl.revoked.has(s)));
+  assert.ok(issuedBy(crl, certOf(pki.ca)));
+});
+
+crls('a CRL without nextUpdate (RFC 5280 makes it optional) is read, and has no nextUpdate', () => {
+  const pki = makePki([]);
+  const der = Buffer.from(readFileSync(pki.crl(), 'latin1').replace(/-----(BEGIN|END) X509 CRL-----/g, ''), 'base64');
+  // openssl always writes one: cut it out of what is signed, and sign that with the CA's key.
+  const tlv = (buf: Buffer, at: number): { start: number; end: number } => {
+    const len = buf[at + 1]!;
+    const n = len & 0x80 ? len & 0x7f : 0;
+    const size = n ? buf.subarray(at + 2, at + 2 + n).reduce((a, b) => a * 256 + b, 0) : len;
+    return { start: at + 2 + n, end: at + 2 + n + size };
+  };
+  const header = (tag: number, size: number): Buffer => Buffer.from(size < 128 ? [tag, size] : size < 256 ? [tag, 0x81, size] : [tag, 0x82, size >> 8, size & 0xff]);
+  const outer = tlv(der, 0);
+  const tbs = tlv(der, outer.start);
+  const fields: Array<{ at: number; end: number }> = [];
+  for (let at = tbs.start; at < tbs.end; at = fields.at(-1)!.end) fields.push({ at, end: tlv(der, at).end });
+  // version, signature, issuer, thisUpdate, nextUpdate, then the rest
+  const content = Buffer.concat(fields.filter((_, i) => i !== 4).map((f) => der.subarray(f.at, f.end)));
+  const signed = Buffer.concat([header(0x30, content.length), content]);
+  const algorithm = der.subarray(tbs.end, tlv(der, tbs.end).end);
+  const signature = Buffer.concat([Buffer.from([0]), sign('sha256', signed, readFileSync(join(pki.dir, 'ca.key')))]);
+  const list = Buffer.concat([signed, algorithm, header(0x03, signature.length), signature]);
+  const pem = `-----BEGIN X509 CRL-----\n${Buffer.concat([header(0x30, list.length), list]).toString('base64')}\n-----END X509 CRL-----\n`;
+  assert.match(execFileSync('openssl', ['crl', '-noout', '-nextupdate'], { input: pem, encoding: 'utf8' }), /nextUpdate=NONE/, 'openssl reads it so');
+  const crl = parseCrl(pem);
+  assert.is(crl.nextUpdate, undefined);
+  assert.ok(issuedBy(crl, certOf(pki.ca)), 'its signature verifies');
+});
+
+crls('a CRL block that is not a CRL is refused, naming the file and what is wrong', () => {
+  const pki = makePki([]);
+  const dir = tempDir('revproxy-crl-');
+  const refusal = (text: string): string => {
+    const file = join(dir, 'bad.crl');
+    writeFileSync(file, text);
+    try {
+      loadTls({ ca: pki.ca, crl: file });
+    } catch (err) {
+      assert.instance(err, TlsConfigError);
+      return (err as Error).message;
+    }
+    throw new Error('taken');
+  };
+  const block = (base64: string): string => `-----BEGIN X509 CRL-----\n${base64}\n-----END X509 CRL-----\n`;
+  assert.match(refusal(block('not*base64')), /^the --tls-crl file '.*bad\.crl' holds a CRL that cannot be read \(the only one: its base64 is broken\): give the CRL of each CA in --tls-ca, in PEM/);
+  // A certificate's DER between a CRL's markers: a SEQUENCE, not a CertificateList.
+  const cert = readFileSync(pki.ca, 'latin1').replace(/-----(BEGIN|END) CERTIFICATE-----/g, '').trim();
+  const good = readFileSync(pki.crl(), 'utf8');
+  assert.match(refusal(good + block(cert)), /holds a CRL that cannot be read \(the 2nd of 2: its DER is not a CRL's \(.+\)\): give the CRL/);
+  assert.match(refusal(block('MAMCAQE=')), /holds a CRL that cannot be read \(the only one: its DER is not a CRL's \(.+\)\)/);
+});
+
+crls.run();
