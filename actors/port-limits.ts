@@ -5,6 +5,7 @@
  * budget, a refused TLS handshake and a connection closed on bad input are
  * logged.
  */
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type RequestListener, type Server as HttpServer, type ServerResponse } from 'node:http';
 import { BlockList, isIP, type Server, type Socket } from 'node:net';
@@ -360,9 +361,18 @@ export function logTlsRefusals(server: Server, logger: Logger, failed?: (reason:
   });
 }
 
+/** The certificates above a TLS peer's own in the chain its handshake verified (its intermediates, then the CA), as Node reads them. */
+function chainOf(socket: TLSSocket): X509Certificate[] {
+  const out: X509Certificate[] = [];
+  // The last one names itself as its issuer.
+  for (let c = socket.getPeerCertificate(true).issuerCertificate; c?.raw && !out.some((x) => x.raw.equals(c!.raw)); c = c.issuerCertificate) out.push(new X509Certificate(c.raw));
+  return out;
+}
+
 /**
  * Close the connections of `conns` (a listener's, over TLS) whose peer's certificate the CRLs of `tls`
- * revoke, as a reload that brings a CRL listing it does: a new handshake would be refused, and a
+ * revoke (a CRL signed by the key that signed the certificate: one whose signature does not verify revokes
+ * nothing), as a reload that brings a CRL listing it does: a new handshake would be refused, and a
  * revoked certificate is most often a key that got out, so its connections open do not go on for as
  * long as their peer likes (HAProxy and Envoy leave them; nginx too). Only a revocation closes one:
  * a CRL that cannot vouch (past its nextUpdate, none from a CA) refuses new handshakes and leaves
@@ -374,7 +384,7 @@ export function closeRevoked(sockets: Iterable<Socket>, tls: TlsMaterial, logger
   let closed = 0;
   for (const socket of sockets) {
     const peer = socket instanceof TLSSocket && !socket.destroyed ? socket.getPeerX509Certificate() : undefined;
-    const crl = peer && revoked(peer);
+    const crl = peer && revoked(peer, () => chainOf(socket as TLSSocket));
     if (!crl) continue;
     closed++;
     const addr = peerAddress(socket, proxiedClient(socket)?.address);

@@ -437,6 +437,34 @@ renew('tls.crl renewed in place and SIGHUP: a client the new CRL revokes is refu
   }
 });
 
+renew("tls.crl at a reload: a CRL under its CA's name but another key closes no connection, though it lists the peer; its CA's own CRL then does", async () => {
+  const pki = makePki(['proxy', 'server', 'victim']);
+  const forger = makePki([], 'revproxy test CA');
+  install(pki, 'proxy');
+  const crl = join(ctx.dir, 'ca.crl');
+  pki.crl([], { file: crl });
+  const { proc, port } = await tlsProxy(true, 'ca.crl');
+  const victim = await handshake(port, { ...pki.cert('victim'), ca: pki.ca });
+  let closed = false;
+  victim.on('close', () => (closed = true));
+  try {
+    // Signed by another key: it names the CA and lists the victim's serial number, and was matched by its name alone.
+    forger.crl([join(pki.dir, 'victim')], { file: crl });
+    proc.kill('SIGHUP');
+    const line = (await proc.waitFor(/Reloaded .*p\.yaml: applied tls.*/))[0]!;
+    assert.match(line, /; no connection closed$/, line);
+    await proc.waitFor(/warning: the CRL of CN=revproxy test CA in the tls\.crl file '.*ca\.crl' is not signed by the key of that CA in tls\.ca/);
+    assert.not.ok(proc.out.some((l) => /Closed the connection/.test(l)), proc.out.join('\n'));
+    assert.not.ok(closed, 'the connection is open');
+    pki.crl(['victim'], { file: crl });
+    proc.kill('SIGHUP');
+    await proc.waitFor(/Reloaded .*p\.yaml: applied tls; secrets re-read; closed 1 connection\(s\) whose peer's certificate tls\.crl now revokes/);
+    await eventually(() => closed, 3000, "closed once its CA's CRL lists it");
+  } finally {
+    victim.destroy();
+  }
+});
+
 renew("revproxy_tls_handshake_failures_total counts the proxy's failed handshakes by reason, as its tls_refused lines say them", async () => {
   const pki = makePki(['proxy', 'client']);
   const rogue = makePki(['client'], 'rogue CA');

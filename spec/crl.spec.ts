@@ -1,5 +1,7 @@
 /**
- * CRLs read with asn1.js (transport/crl.ts) from files openssl makes, as OpenSSL reads them.
+ * CRLs read with asn1.js (transport/crl.ts) from files openssl makes, as OpenSSL reads them; and which
+ * CRL a reload takes to revoke an open connection's peer (only one signed by the key that signed the
+ * peer's certificate).
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -8,7 +10,7 @@ import { sign, X509Certificate } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { crlBlocks, issuedBy, namesOf, parseCrl } from '../transport/crl.js';
-import { loadTls, TlsConfigError } from '../transport/tls.js';
+import { crlWarnings, loadTls, revokedBy, TlsConfigError } from '../transport/tls.js';
 import { makePki } from './certs.js';
 import { tempDir } from './helpers.js';
 
@@ -18,6 +20,7 @@ const certOf = (path: string): X509Certificate => new X509Certificate(readFileSy
 const serialOf = (path: string): string => certOf(path).serialNumber.toUpperCase().replace(/^0+(?=.)/, '');
 /** A CRL's lastUpdate or nextUpdate as `openssl crl` prints it, in ms. */
 const opensslDate = (file: string, which: 'lastupdate' | 'nextupdate'): number => Date.parse(execFileSync('openssl', ['crl', '-in', file, '-noout', `-${which}`], { encoding: 'utf8' }).split('=')[1]!.trim());
+const NAMES = { cert: 'tls.cert', key: 'tls.key', ca: 'tls.ca' };
 
 for (const key of ['ec', 'rsa', 'ed25519'] as const) {
   crls(`a CRL of a ${key} CA that openssl made is read as OpenSSL reads it: its issuer, dates, revoked serial numbers and signature`, () => {
@@ -79,6 +82,17 @@ crls('a CRL without nextUpdate (RFC 5280 makes it optional) is read, and has no 
   assert.ok(issuedBy(crl, certOf(pki.ca)), 'its signature verifies');
 });
 
+crls('a CRL signed with RSA-PSS, whose signature is not checked here, is named by a warning: a reload closes no connection it revokes', () => {
+  const pki = makePki(['a'], 'revproxy rsa CA', { key: 'rsa' });
+  const file = pki.crl(['a'], { pss: true });
+  const crl = parseCrl(crlBlocks(readFileSync(file))[0]!);
+  assert.is(crl.algorithm, '1.2.840.113549.1.1.10');
+  assert.is(crl.digest, undefined);
+  const tls = loadTls({ ca: pki.ca, crl: file })!;
+  assert.equal(crlWarnings(tls, NAMES, file), [`the CRL of CN=revproxy rsa CA in the tls.crl file '${file}' is signed with an algorithm revproxy cannot check (1.2.840.113549.1.1.10, such as RSA-PSS): TLS checks it at each handshake, but a reload closes no open connection it revokes (only a CRL whose signature is checked here does)`]);
+  assert.is(revokedBy(tls)!(certOf(pki.cert('a').cert), () => [certOf(pki.ca)]), undefined);
+});
+
 crls('a CRL block that is not a CRL is refused, naming the file and what is wrong', () => {
   const pki = makePki([]);
   const dir = tempDir('revproxy-crl-');
@@ -100,6 +114,40 @@ crls('a CRL block that is not a CRL is refused, naming the file and what is wron
   const good = readFileSync(pki.crl(), 'utf8');
   assert.match(refusal(good + block(cert)), /holds a CRL that cannot be read \(the 2nd of 2: its DER is not a CRL's \(.+\)\): give the CRL/);
   assert.match(refusal(block('MAMCAQE=')), /holds a CRL that cannot be read \(the only one: its DER is not a CRL's \(.+\)\)/);
+});
+
+crls("at a reload, only a CRL signed by the key that signed the peer's certificate revokes it: not one of its CA's name under another key", () => {
+  const pki = makePki(['victim', 'kept']);
+  const victim = certOf(pki.cert('victim').cert);
+  const genuine = loadTls({ ca: pki.ca, crl: pki.crl(['victim']) })!;
+  assert.is(revokedBy(genuine)!(victim)?.issuerName, 'CN=revproxy test CA', "its CA's CRL revokes it");
+  assert.is(revokedBy(genuine)!(certOf(pki.cert('kept').cert)), undefined, 'and no other');
+  // Whoever holds another key may sign a CRL under the CA's name listing any serial number: it revokes nothing.
+  const forger = makePki([], 'revproxy test CA');
+  const forged = loadTls({ ca: pki.ca, crl: forger.crl([join(pki.dir, 'victim')]) })!;
+  assert.ok(parseCrl(crlBlocks(forged.crl!)[0]!).revoked.has(serialOf(pki.cert('victim').cert)), 'the forged CRL lists the victim');
+  assert.is(revokedBy(forged)!(victim), undefined);
+  assert.is(revokedBy(forged)!(victim, () => [certOf(forger.ca)]), undefined, 'nor with a certificate of the forger\'s key in the chain the peer presented: it did not sign the peer\'s');
+  assert.match(crlWarnings(forged, NAMES, 'ca.crl').join('\n'), /the CRL of CN=revproxy test CA in the tls\.crl file 'ca\.crl' is not signed by the key of that CA in tls\.ca/);
+});
+
+crls("an intermediate CA's CRL revokes the certificates it signed, checked with its key from the chain the peer presented", () => {
+  const pki = makePki(['leaf'], 'revproxy test CA', { intermediate: {} });
+  const dir = tempDir('revproxy-crl-');
+  const both = (inter: string): string => {
+    const file = join(dir, 'crls.pem');
+    writeFileSync(file, readFileSync(pki.crl([]), 'utf8') + readFileSync(inter, 'utf8'));
+    return file;
+  };
+  const leaf = certOf(pki.leaf!('leaf'));
+  const intermediate = certOf(pki.intermediate!);
+  const tls = loadTls({ ca: pki.ca, crl: both(pki.crl(['leaf'], { intermediate: true })) })!;
+  assert.is(revokedBy(tls)!(leaf, () => [intermediate, certOf(pki.ca)])?.issuerName, 'CN=revproxy test CA intermediate');
+  assert.is(revokedBy(tls)!(leaf), undefined, 'without the chain, the intermediate\'s key is not known here');
+  const forger = makePki([], 'revproxy test CA', { intermediate: {} });
+  const forged = loadTls({ ca: pki.ca, crl: both(forger.crl([join(pki.dir, 'leaf')], { intermediate: true })) })!;
+  assert.is(revokedBy(forged)!(leaf, () => [intermediate, certOf(pki.ca)]), undefined, 'an intermediate of that name under another key signed it');
+  assert.is(revokedBy(forged)!(leaf, () => [certOf(forger.intermediate!)]), undefined, 'and that one did not sign the leaf, whatever the peer presents');
 });
 
 crls.run();

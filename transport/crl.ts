@@ -229,9 +229,19 @@ export function issuedBy(crl: Crl, ca: X509Certificate): boolean {
   return namesOf(ca).subject.equals(crl.issuer) && signedBy(crl, ca) !== false;
 }
 
-/** The CRL of `crls` that revokes `cert` (its issuer's, listing its serial number), or undefined. */
-export function revoking(crls: readonly Crl[], cert: X509Certificate): Crl | undefined {
-  const { issuer } = namesOf(cert);
+/**
+ * The CRL of `crls` that revokes `cert`, or undefined: one naming its issuer, listing its serial number,
+ * and signed by the key of one of `signers()`, the certificates whose key signed `cert` (a CA that verifies
+ * peers, or an intermediate of the chain the peer presented: an intermediate's CRL is signed by its key),
+ * asked for only when a CRL lists it. A CRL whose signature does not verify (a forged one, or one of a
+ * previous key of the CA) revokes nothing here; nor one of an algorithm not known here (RSA-PSS), whose
+ * signature cannot be checked.
+ */
+export function revoking(crls: readonly Crl[], cert: X509Certificate, signers: () => readonly X509Certificate[]): Crl | undefined {
   const serial = cert.serialNumber.toUpperCase().replace(/^0+(?=.)/, '');
-  return crls.find((c) => c.issuer.equals(issuer) && c.revoked.has(serial));
+  const listing = crls.filter((c) => c.revoked.has(serial));
+  if (listing.length === 0) return undefined;
+  const { issuer } = namesOf(cert);
+  const keys = signers();
+  return listing.find((c) => c.issuer.equals(issuer) && keys.some((ca) => signedBy(c, ca) === true));
 }

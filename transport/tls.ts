@@ -469,6 +469,9 @@ export function crlWarnings(material: TlsMaterial | undefined, names: TlsNames, 
         ? `${of} is not signed by the key of that CA in ${names.ca} (a CRL of a previous key of a CA re-keyed under the same name?): install the CRL its current key issued`
         : `${of} was not issued by any CA in ${names.ca}: it is used only for the certificates of an intermediate CA of that name that peers present in their chains; if there is none, it is not the CRL meant (each CA in ${names.ca} needs its own)`);
     }
+    if (crl.digest === undefined) {
+      out.push(`${of} is signed with an algorithm revproxy cannot check (${crl.algorithm}, such as RSA-PSS): TLS checks it at each handshake, but a reload closes no open connection it revokes (only a CRL whose signature is checked here does)`);
+    }
     if (crl.nextUpdate !== undefined && crl.nextUpdate <= now) {
       out.push(`${of} passed its nextUpdate on ${new Date(crl.nextUpdate).toISOString()}: TLS refuses every peer certificate that CA signed (CRL_HAS_EXPIRED) until a fresh CRL is installed there and the process reloaded (SIGHUP); publish CRLs before their nextUpdate`);
     } else if (crl.thisUpdate > now) {
@@ -530,13 +533,16 @@ export function tlsWarnings(material: TlsMaterial | undefined, names: TlsNames, 
 }
 
 /**
- * Whether the CRLs of `tls` revoke a peer's certificate: a function answering, for each certificate,
- * the CRL that lists it (its issuer's, with its serial number), or undefined without CRLs.
+ * Whether the CRLs of `tls` revoke a peer's certificate: a function answering, for each certificate and
+ * the chain its peer presented (`chain()`, asked for only when a CRL lists the certificate), the CRL that
+ * lists it: its issuer's, with its serial number, signed by the key that signed the certificate (a CA of
+ * `tls.ca`, or an intermediate of the chain; `revoking`). Undefined without CRLs.
  */
-export function revokedBy(tls: TlsMaterial): ((cert: X509Certificate) => Crl | undefined) | undefined {
+export function revokedBy(tls: TlsMaterial): ((cert: X509Certificate, chain?: () => readonly X509Certificate[]) => Crl | undefined) | undefined {
   if (!tls.crl) return undefined;
   const crls = crlsOf(tls.crl);
-  return (cert) => revoking(crls, cert);
+  const cas = tls.ca ? certificatesOf(tls.ca) : [];
+  return (cert, chain = () => []) => revoking(crls, cert, () => [...cas, ...chain()].filter((c) => issued(c, cert)));
 }
 
 /**
