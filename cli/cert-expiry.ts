@@ -5,11 +5,13 @@
  * a proxy started 80 days into a 90-day certificate never said it, and after the end it said only
  * that peers closed their handshakes (a probe). The certificates' dates are wall-clock dates, as every
  * TLS peer checks them; the waits between checks run on the injectable clock.
+ * The CRLs of its CRL file likewise, by their nextUpdate (`tls_crl_expiring`, `tls_crl_expired`): past it,
+ * OpenSSL refuses every peer certificate of that CA at each handshake (CRL_HAS_EXPIRED), reload or not.
  */
 import type { LoadedCert } from '../config/files.js';
 import type { Logger } from '../actors/logger.js';
 import { systemClock, type Clock, type Timer } from '../transport/clock.js';
-import { certificateNamed, expiryWarning, warningFrom } from '../transport/tls.js';
+import { certificateNamed, crlDue, expiryWarning, warningFrom } from '../transport/tls.js';
 
 /** A certificate in its warning window is said again this often (ms). */
 export const EXPIRING_REMIND_MS = 24 * 3600 * 1000;
@@ -20,8 +22,9 @@ const CHECK_MS = 3600 * 1000;
 /** A check comes this long after the moment it is for (ms), so that moment has passed by every clock's reckoning. */
 const LATE_MS = 1000;
 
-/** What to say of a certificate that has expired. */
+/** What to say of a certificate that has expired (of a CRL, that it passed its nextUpdate). */
 export function expiredError(c: LoadedCert): string {
+  if (c.crl) return crlDue(c.role, c.file, c, c.notAfter);
   const what = c.role.endsWith('ca') ? 'peers whose certificates it signed are refused (an expired CA verifies no one)' : "peers refuse this side's new TLS handshakes";
   return `${certificateNamed(c.role, c.file, c)} expired on ${new Date(c.notAfter).toISOString()}: ${what}; renew it, then send SIGHUP (systemctl reload) to load the renewed files`;
 }
@@ -35,7 +38,7 @@ export interface ExpiryWatchOptions {
 export class ExpiryWatch {
   private readonly clock: Clock;
   private readonly wallNow: () => number;
-  /** When each certificate (role, file and end) was last said, and as what. */
+  /** When each certificate (role, file, subject and end) was last said, and as what. */
   private readonly said = new Map<string, { as: 'expiring' | 'expired'; at: number }>();
   private timer: Timer | undefined;
   private stopped = false;
@@ -62,12 +65,14 @@ export class ExpiryWatch {
     const keys = new Set<string>();
     let next = now + CHECK_MS;
     for (const c of certs) {
-      const key = `${c.role}\0${c.file}\0${c.notAfter}`;
+      // A CRL file's CRLs are told apart by their issuers (two CAs' published together end together).
+      const key = `${c.role}\0${c.file}\0${c.crl ? c.subject : ''}\0${c.notAfter}`;
+      const event = c.crl ? 'tls_crl' : 'tls_cert';
       keys.add(key);
       const said = this.said.get(key);
       if (now >= c.notAfter) {
         if (reload || said?.as !== 'expired' || now - said.at >= EXPIRED_REMIND_MS) {
-          this.logger.error('tls_cert_expired', expiredError(c), fieldsOf(c));
+          this.logger.error(`${event}_expired`, expiredError(c), fieldsOf(c));
           this.said.set(key, { as: 'expired', at: now });
         }
         next = Math.min(next, this.said.get(key)!.at + EXPIRED_REMIND_MS);
@@ -75,7 +80,7 @@ export class ExpiryWatch {
       }
       const why = expiryWarning(c.role, c.file, c, now);
       if (why && (reload || said === undefined || now - said.at >= EXPIRING_REMIND_MS)) {
-        this.logger.warn('tls_cert_expiring', why, fieldsOf(c));
+        this.logger.warn(`${event}_expiring`, why, fieldsOf(c));
         this.said.set(key, { as: 'expiring', at: now });
       }
       // Next: its end; the day's reminder; or its window's beginning.
@@ -98,7 +103,8 @@ export class ExpiryWatch {
   }
 }
 
-/** A certificate's fields on its lines: the setting, the file, its end in Unix seconds. */
+/** A certificate's fields on its lines: the setting, the file, its end in Unix seconds; a CRL's: its issuer and nextUpdate. */
 function fieldsOf(c: LoadedCert): Record<string, unknown> {
+  if (c.crl) return { setting: c.role, file: c.file, issuer: c.subject, next_update: Math.floor(c.notAfter / 1000) };
   return { setting: c.role, file: c.file, not_after: Math.floor(c.notAfter / 1000) };
 }

@@ -123,7 +123,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     const tls = ownTls();
     // etcd's client certificate and CA (--registry-cert, --registry-ca) are read again on SIGHUP as the server's own are.
     const registryFiles = o.registryCert || o.registryCa ? { cert: o.registryCert, ca: o.registryCa } : undefined;
-    const certsOf = (own: typeof tls, etcd: typeof tls) => [...loadedCerts({ cert: o.tlsCert, ca: o.tlsCa }, own, { cert: '--tls-cert', ca: '--tls-ca' }), ...loadedCerts(registryFiles, etcd, { cert: '--registry-cert', ca: '--registry-ca' })];
+    const certsOf = (own: typeof tls, etcd: typeof tls) => [...loadedCerts({ cert: o.tlsCert, ca: o.tlsCa, crl: o.tlsCrl }, own, { cert: '--tls-cert', ca: '--tls-ca', crl: '--tls-crl' }), ...loadedCerts(registryFiles, etcd, { cert: '--registry-cert', ca: '--registry-ca' })];
     let certs = certsOf(tls, registry?.tls);
     // Said at start, at each reload, and as each comes within its warning window or ends while the server runs.
     const expiry = new ExpiryWatch(logger, () => certs);

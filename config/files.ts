@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import type { Packet } from '../actors/connect.js';
 import { FileError, UsageError } from '../transport/errors.js';
 import { MsgType, toMessage } from '../transport/messages.js';
-import { crlName, loadTls, TlsConfigError, validityOf, type CertPurpose, type TlsMaterial, type TlsNames, type Validity } from '../transport/tls.js';
+import { crlName, crlValidities, loadTls, TlsConfigError, validityOf, type CertPurpose, type TlsMaterial, type TlsNames, type Validity } from '../transport/tls.js';
 import { ENV_REFERENCE, NOT_EXPANDED, yaml, yamlErrorWords, type Issue } from './schema.js';
 
 /**
@@ -235,7 +235,7 @@ export function tlsFileHint(flag: TlsNames, role: 'cert' | 'key' | 'ca' | 'crl')
   return `${role === 'crl' ? crlName(flag) : flag[role]} takes ${what}`;
 }
 
-/** A certificate file loaded: the setting that named it (tls.cert, --tls-ca...), the file, and when its certificate ends (`validityOf`). */
+/** A certificate file loaded: the setting that named it (tls.cert, --tls-ca...), the file, and when its certificate ends (`validityOf`); or a CRL of a CRL file (`crl`: when it was made and when its next is due). */
 export interface LoadedCert extends Validity {
   role: string;
   file: string;
@@ -245,8 +245,9 @@ export interface LoadedCert extends Validity {
  * The certificate and CA files of `files`, with their validity (read from `material`, what was loaded), each named by `names`.
  * Read as it is asked for (a scrape of the metric, a warning): in a CA bundle, once one CA has ended the one that matters
  * is the next to end while any verifies peers (`validityOf`), and an old CA left in the bundle does not read as expired.
+ * With `names.crl`, each CRL of the CRL file that has a nextUpdate too (`crlValidities`): TLS refuses its CA's peers past it.
  */
-export function loadedCerts(files: { cert?: string; ca?: string } | undefined, material: TlsMaterial | undefined, names: { cert: string; ca: string }): LoadedCert[] {
+export function loadedCerts(files: { cert?: string; ca?: string; crl?: string } | undefined, material: TlsMaterial | undefined, names: { cert: string; ca: string; crl?: string }): LoadedCert[] {
   const out: LoadedCert[] = [];
   for (const role of ['cert', 'ca'] as const) {
     const pem = material?.[role];
@@ -255,5 +256,6 @@ export function loadedCerts(files: { cert?: string; ca?: string } | undefined, m
     const now = (): Validity => validityOf(pem, role)!;
     out.push({ role: names[role], file, get notBefore() { return now().notBefore; }, get notAfter() { return now().notAfter; }, get subject() { return now().subject; } });
   }
+  if (names.crl && files?.crl && material?.crl) for (const v of crlValidities(material.crl)) out.push({ role: names.crl, file: files.crl, ...v });
   return out;
 }

@@ -521,7 +521,7 @@ export interface Runtime {
   inspect?: number;
   inspectLog?: string;
   inspectToken?: string;
-  /** Each certificate file loaded (tls, registry.tls): for the metric of their ends, and the warning before one. */
+  /** Each certificate file loaded (tls, registry.tls), and each CRL of tls.crl: for the metrics of their ends, and the warning before one. */
   certs: LoadedCert[];
   /** What the TLS files loaded hold that works, but not everywhere or not for long (`tlsWarnings`, and tls.crl's `crlWarnings`): warned of at start, at each reload and by --check. */
   tlsWarnings: TlsWarning[];
@@ -575,7 +575,7 @@ export function toRuntime(c: ProxyConfig, flagOf?: (key: FileKey) => string | un
     inspect: c.inspect,
     inspectLog: c.inspect_log,
     inspectToken: c.inspect_token,
-    certs: [...loadedCerts(c.tls, tls, { cert: 'tls.cert', ca: 'tls.ca' }), ...loadedCerts(c.registry?.tls, registry?.tls, { cert: 'registry.tls.cert', ca: 'registry.tls.ca' })],
+    certs: [...loadedCerts(c.tls, tls, { cert: 'tls.cert', ca: 'tls.ca', crl: 'tls.crl' }), ...loadedCerts(c.registry?.tls, registry?.tls, { cert: 'registry.tls.cert', ca: 'registry.tls.ca' })],
     // Clients dial `host` (unless it is every address) and, finding the proxy in etcd, its advertised address.
     tlsWarnings: [
       ...tlsWarnings(tls, keysOf('tls', flagOf), { paths: c.tls, mayPresent: Boolean(tls?.ca), dialledAs: [{ host: c.host ?? DEFAULT_LISTEN_HOST, setting: 'host, --host', listening: true }, ...(c.registry?.advertise ? [{ host: c.registry.advertise, setting: 'registry.advertise, --advertise' }] : [])] }),

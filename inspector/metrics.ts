@@ -602,8 +602,8 @@ export interface OperationsSources {
   /** This build's version and git revision (cli/build.ts), for `revproxy_build_info`. */
   version?: string;
   revision?: string;
-  /** The certificate files in use, by the setting that names them (tls.cert, tls.ca, registry.tls.*): when each begins and ends (ms). */
-  certs(): ReadonlyArray<{ role: string; file: string; notBefore: number; notAfter: number }>;
+  /** The certificate files in use, by the setting that names them (tls.cert, tls.ca, registry.tls.*): when each begins and ends (ms); and each CRL of tls.crl (`crl`, its issuer the subject): when it was made and its next is due. */
+  certs(): ReadonlyArray<{ role: string; file: string; notBefore: number; notAfter: number; subject?: string; crl?: true }>;
 }
 
 /**
@@ -681,19 +681,22 @@ export function addOperationsMetrics(registry: Registry, s: OperationsSources): 
   }
   // As Traefik's traefik_tls_certs_not_after: one series per certificate file in use (config/files.ts `loadedCerts`: a chain's
   // certificate that ends first, a CA bundle's first to end of those that have not ended, so an old CA left in it does not fire RevproxyCertificateExpired).
-  const validity = (name: string, help: string, at: 'notBefore' | 'notAfter') =>
+  // The CRLs of tls.crl likewise, one series per CRL (a file holds one for each CA): its issuer is a label of its own.
+  const validity = (name: string, help: string, at: 'notBefore' | 'notAfter', crl = false) =>
     new Gauge({
       name,
       help,
-      labelNames: ['role', 'file'],
+      labelNames: crl ? ['role', 'file', 'issuer'] : ['role', 'file'],
       registers: [registry],
       collect: function (this: Gauge<string>) {
         this.reset();
-        for (const c of s.certs()) this.set({ role: c.role, file: c.file }, Math.floor(c[at] / 1000));
+        for (const c of s.certs()) if (Boolean(c.crl) === crl) this.set({ role: c.role, file: c.file, ...(crl ? { issuer: c.subject ?? '' } : {}) }, Math.floor(c[at] / 1000));
       },
     });
   validity('revproxy_tls_cert_not_after_seconds', 'When each certificate in use ends (Unix time), by the setting that names its file (role: tls.cert, tls.ca, registry.tls.cert, registry.tls.ca) and the file; a renewal takes effect on SIGHUP', 'notAfter');
   validity('revproxy_tls_cert_not_before_seconds', 'When each certificate in use began (Unix time), by role and file as revproxy_tls_cert_not_after_seconds: the two give its lifetime', 'notBefore');
+  validity('revproxy_tls_crl_next_update_seconds', 'When each CRL in use is due to be replaced (its nextUpdate, Unix time), by the setting that names its file (role: tls.crl), the file and its issuer: past it TLS refuses every peer certificate that CA signed (CRL_HAS_EXPIRED); a fresh CRL takes effect on SIGHUP', 'notAfter', true);
+  validity('revproxy_tls_crl_this_update_seconds', 'When each CRL in use was made (its thisUpdate, Unix time), by role, file and issuer as revproxy_tls_crl_next_update_seconds: the two give its lifetime', 'notBefore', true);
 }
 
 /** What the registry metrics read when scraped: the registry as the proxy last heard of it. */

@@ -465,6 +465,27 @@ renew("tls.crl at a reload: a CRL under its CA's name but another key closes no 
   }
 });
 
+renew('a tls.crl that passes its nextUpdate while the proxy runs: a warning before, then an error, and each of its peers refused (CRL_HAS_EXPIRED) until a fresh one is loaded; its nextUpdate is a metric', async () => {
+  const pki = makePki(['proxy', 'client']);
+  install(pki, 'proxy');
+  const crl = join(ctx.dir, 'ca.crl');
+  // Due in 20 s: its last third (the warning window) begins 13 s after it was made.
+  pki.crl([], { file: crl, seconds: 20 });
+  const nextUpdate = Math.floor(Date.parse(execFileSync('openssl', ['crl', '-in', crl, '-noout', '-nextupdate'], { encoding: 'utf8' }).split('=')[1]!) / 1000);
+  const { proc, port, admin } = await tlsProxy(true, 'ca.crl');
+  const client = { ...pki.cert('client'), ca: pki.ca };
+  (await handshake(port, client)).destroy();
+  assert.ok((await metrics(admin)).includes(`revproxy_tls_crl_next_update_seconds{role="tls.crl",file="${crl}",issuer="CN=revproxy test CA"} ${nextUpdate}`));
+  await proc.waitFor(/warning: the CRL of CN=revproxy test CA in the tls\.crl file '.*ca\.crl' passes its nextUpdate on [-\dT:.]+Z, in \d+ minutes: TLS then refuses every peer certificate that CA signed \(CRL_HAS_EXPIRED\)/, 20_000);
+  await proc.waitFor(/error: the CRL of CN=revproxy test CA in the tls\.crl file '.*ca\.crl' passed its nextUpdate on [-\dT:.]+Z: TLS refuses every peer certificate that CA signed \(CRL_HAS_EXPIRED\)/, 20_000);
+  assert.instance(await handshake(port, client).catch((e: Error) => e), Error, 'refused at its handshake, with no reload');
+  await proc.waitFor(/Refused a TLS connection from 127\.0\.0\.1: the peer's TLS certificate could not be checked for revocation: the CRL of its CA in this side's --tls-crl is past its nextUpdate \(CRL_HAS_EXPIRED\)/);
+  pki.crl([], { file: crl });
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reloaded .*applied tls/);
+  (await handshake(port, client)).destroy();
+});
+
 renew("revproxy_tls_handshake_failures_total counts the proxy's failed handshakes by reason, as its tls_refused lines say them", async () => {
   const pki = makePki(['proxy', 'client']);
   const rogue = makePki(['client'], 'rogue CA');

@@ -1,7 +1,7 @@
 /**
- * CRLs read with asn1.js (transport/crl.ts) from files openssl makes, as OpenSSL reads them; and which
- * CRL a reload takes to revoke an open connection's peer (only one signed by the key that signed the
- * peer's certificate).
+ * CRLs read with asn1.js (transport/crl.ts) from files openssl makes, as OpenSSL reads them;
+ * which CRL a reload takes to revoke an open connection's peer (only one signed by the key that signed
+ * the peer's certificate); and their nextUpdate watched as certificates' ends are (cli/cert-expiry.ts).
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -11,6 +11,10 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { crlBlocks, issuedBy, namesOf, parseCrl } from '../transport/crl.js';
 import { crlWarnings, loadTls, revokedBy, TlsConfigError } from '../transport/tls.js';
+import { loadedCerts, type LoadedCert } from '../config/files.js';
+import { ExpiryWatch } from '../cli/cert-expiry.js';
+import { Logger, memorySink, type LogRecord } from '../actors/logger.js';
+import { ManualClock } from '../transport/clock.js';
 import { makePki } from './certs.js';
 import { tempDir } from './helpers.js';
 
@@ -54,7 +58,7 @@ crls('a CRL of 5,000 entries is read whole (a parser for untrusted input stops a
   assert.ok(issuedBy(crl, certOf(pki.ca)));
 });
 
-crls('a CRL without nextUpdate (RFC 5280 makes it optional) is read, and has no nextUpdate', () => {
+crls('a CRL without nextUpdate (RFC 5280 makes it optional) is read, and has no nextUpdate to watch', () => {
   const pki = makePki([]);
   const der = Buffer.from(readFileSync(pki.crl(), 'latin1').replace(/-----(BEGIN|END) X509 CRL-----/g, ''), 'base64');
   // openssl always writes one: cut it out of what is signed, and sign that with the CA's key.
@@ -80,6 +84,9 @@ crls('a CRL without nextUpdate (RFC 5280 makes it optional) is read, and has no 
   const crl = parseCrl(pem);
   assert.is(crl.nextUpdate, undefined);
   assert.ok(issuedBy(crl, certOf(pki.ca)), 'its signature verifies');
+  const file = join(tempDir('revproxy-crl-'), 'ca.crl');
+  writeFileSync(file, pem);
+  assert.equal(loadedCerts({ crl: file }, loadTls({ ca: pki.ca, crl: file }), { cert: 'tls.cert', ca: 'tls.ca', crl: 'tls.crl' }), []);
 });
 
 crls('a CRL signed with RSA-PSS, whose signature is not checked here, is named by a warning: a reload closes no connection it revokes', () => {
@@ -148,6 +155,41 @@ crls("an intermediate CA's CRL revokes the certificates it signed, checked with 
   const forged = loadTls({ ca: pki.ca, crl: both(forger.crl([join(pki.dir, 'leaf')], { intermediate: true })) })!;
   assert.is(revokedBy(forged)!(leaf, () => [intermediate, certOf(pki.ca)]), undefined, 'an intermediate of that name under another key signed it');
   assert.is(revokedBy(forged)!(leaf, () => [certOf(forger.intermediate!)]), undefined, 'and that one did not sign the leaf, whatever the peer presents');
+});
+
+crls("each CRL of the CRL file is watched by its nextUpdate: warned of in the certificates' window (a third of its life, at most a week), an error once past it", () => {
+  const pki = makePki([]);
+  const other = makePki([], 'revproxy other CA');
+  const file = join(tempDir('revproxy-crl-'), 'crls.pem');
+  writeFileSync(file, readFileSync(pki.crl(), 'utf8') + readFileSync(other.crl([], { file: join(other.dir, 'x.crl') }), 'utf8'));
+  const material = loadTls({ ca: pki.ca, crl: file })!;
+  const loaded = loadedCerts({ ca: pki.ca, crl: file }, material, { cert: 'tls.cert', ca: 'tls.ca', crl: 'tls.crl' });
+  const of = loaded.filter((c) => c.crl);
+  assert.equal(of.map((c) => [c.role, c.file, c.subject]), [['tls.crl', file, 'CN=revproxy test CA'], ['tls.crl', file, 'CN=revproxy other CA']]);
+  assert.is(of[0]!.notAfter, opensslDate(pki.dir + '/ca.crl', 'nextupdate'));
+  assert.is(of[0]!.notBefore, opensslDate(pki.dir + '/ca.crl', 'lastupdate'));
+  assert.is(loadedCerts({ ca: pki.ca, crl: file }, material, { cert: 'tls.cert', ca: 'tls.ca' }).filter((c) => c.crl).length, 0, 'only where a CRL setting is named');
+
+  // Two day-long CRLs published together: each said, by its issuer.
+  const logs: LogRecord[] = [];
+  const clock = new ManualClock();
+  const hour = 3600 * 1000;
+  const start = Date.UTC(2026, 0, 1);
+  const crl = (issuer: string): LoadedCert => ({ role: 'tls.crl', file: 'ca.crl', notBefore: start, notAfter: start + 24 * hour, subject: issuer, crl: true });
+  const watch = new ExpiryWatch(new Logger('proxy', memorySink(logs), 'info'), () => [crl('CN=a CA'), crl('CN=b CA')], { clock, wallNow: () => start + clock.now() });
+  watch.check();
+  clock.advance(16 * hour - 60_000);
+  assert.equal(logs, [], 'nothing before the last third of its life');
+  clock.advance(62_000);
+  assert.equal(logs.map((l) => [l.level, l.event, l.issuer]), [['warn', 'tls_crl_expiring', 'CN=a CA'], ['warn', 'tls_crl_expiring', 'CN=b CA']]);
+  assert.match(logs[0]!.msg, /^the CRL of CN=a CA in the tls\.crl file 'ca\.crl' passes its nextUpdate on 2026-01-02T00:00:00\.000Z, in 7 hours: TLS then refuses every peer certificate that CA signed \(CRL_HAS_EXPIRED\): install a fresh CRL there, then send SIGHUP/);
+  clock.advance(8 * hour);
+  assert.equal(logs.slice(2).map((l) => [l.level, l.event, l.issuer, l.next_update]), [['error', 'tls_crl_expired', 'CN=a CA', (start + 24 * hour) / 1000], ['error', 'tls_crl_expired', 'CN=b CA', (start + 24 * hour) / 1000]]);
+  assert.match(logs[2]!.msg, /^the CRL of CN=a CA in the tls\.crl file 'ca\.crl' passed its nextUpdate on 2026-01-02T00:00:00\.000Z: TLS refuses every peer certificate that CA signed \(CRL_HAS_EXPIRED\) until a fresh CRL is installed there and the process reloaded \(SIGHUP\)/);
+  clock.advance(hour + 10_000);
+  assert.is(logs.filter((l) => l.event === 'tls_crl_expired').length, 4, 'said again once an hour');
+  assert.is(watch.ended('tls.cert'), undefined, "a CRL is not this side's certificate");
+  watch.stop();
 });
 
 crls.run();

@@ -208,6 +208,8 @@ export interface Validity {
   notBefore: number;
   notAfter: number;
   subject?: string;
+  /** A CRL's dates instead (`crlValidities`): notBefore its thisUpdate, notAfter its nextUpdate, subject its issuer. */
+  crl?: true;
 }
 
 /** The validity that matters of `pem` (`Validity`), as of `now`: `role` cert, a chain this side presents; ca, a bundle. */
@@ -240,10 +242,21 @@ export function warningFrom(v: Validity): number {
 /** What to say of the certificate in `file` (named by `setting`) when it ends soon (`expiresSoon`), or has ended; undefined when it does not. */
 export function expiryWarning(setting: string, file: string, v: Validity, now = Date.now()): string | undefined {
   if (!expiresSoon(v, now)) return undefined;
+  if (v.crl) return crlDue(setting, file, v, now);
   const which = certificateNamed(setting, file, v);
   const load = 'then send SIGHUP (systemctl reload) to load the renewed files';
   if (v.notAfter <= now) return `${which} expired on ${dateOf(v.notAfter)}, ${timeLeft(now, v.notAfter)} ago: every handshake that needs it fails: renew it, ${load}`;
   return `${which} expires on ${dateOf(v.notAfter)}, in ${timeLeft(v.notAfter, now)}: renew it, ${load}`;
+}
+
+/**
+ * What to say of a CRL (`Validity`'s, of the setting `setting` in `file`) close to its nextUpdate or past it: OpenSSL then
+ * refuses every peer certificate its CA signed (CRL_HAS_EXPIRED), at each handshake, with no reload.
+ */
+export function crlDue(setting: string, file: string, v: Validity, now = Date.now()): string {
+  const of = `the CRL of ${v.subject} in the ${setting} file '${file}'`;
+  if (v.notAfter <= now) return `${of} passed its nextUpdate on ${dateOf(v.notAfter)}: TLS refuses every peer certificate that CA signed (CRL_HAS_EXPIRED) until a fresh CRL is installed there and the process reloaded (SIGHUP); publish CRLs before their nextUpdate`;
+  return `${of} passes its nextUpdate on ${dateOf(v.notAfter)}, in ${timeLeft(v.notAfter, now)}: TLS then refuses every peer certificate that CA signed (CRL_HAS_EXPIRED): install a fresh CRL there, then send SIGHUP (systemctl reload) to load it`;
 }
 
 /** A certificate in words: `the tls.ca certificate '/etc/ca.pem'`, with its subject when the file holds others (`Validity`). */
@@ -450,9 +463,10 @@ function crlOption(tls: TlsMaterial): string[] | undefined {
  * What to say of CRLs that can be read but will refuse peers (the setting `names.crl` in `file`), as
  * OpenSSL checks them at each handshake; empty when none. Said at start, by `--check` and at each
  * reload, as warnings: nginx and HAProxy load such files without a word, and the TLS library then
- * refuses the peers (fail closed), each refusal a `tls_refused` line naming its cause. A CRL past
- * its nextUpdate (its publisher late) refused at start would stop a restart, and refused at a reload
- * every other change in it, while the handshakes fail the same either way.
+ * refuses the peers (fail closed), each refusal a `tls_refused` line naming its cause. A CRL's
+ * nextUpdate is the expiry watch's (`crlValidities`, cli/cert-expiry.ts), said before it comes and
+ * after: a CRL past it (its publisher late) is taken, as refused at start it would stop a restart,
+ * and refused at a reload every other change in it, while the handshakes fail the same either way.
  */
 export function crlWarnings(material: TlsMaterial | undefined, names: TlsNames, file: string | undefined): string[] {
   if (!material?.crl || !material.ca) return [];
@@ -472,9 +486,7 @@ export function crlWarnings(material: TlsMaterial | undefined, names: TlsNames, 
     if (crl.digest === undefined) {
       out.push(`${of} is signed with an algorithm revproxy cannot check (${crl.algorithm}, such as RSA-PSS): TLS checks it at each handshake, but a reload closes no open connection it revokes (only a CRL whose signature is checked here does)`);
     }
-    if (crl.nextUpdate !== undefined && crl.nextUpdate <= now) {
-      out.push(`${of} passed its nextUpdate on ${new Date(crl.nextUpdate).toISOString()}: TLS refuses every peer certificate that CA signed (CRL_HAS_EXPIRED) until a fresh CRL is installed there and the process reloaded (SIGHUP); publish CRLs before their nextUpdate`);
-    } else if (crl.thisUpdate > now) {
+    if (crl.thisUpdate > now) {
       out.push(`${of} is valid only from ${new Date(crl.thisUpdate).toISOString()} (its thisUpdate): TLS refuses every peer certificate that CA signed until then (CRL_NOT_YET_VALID): check this machine's clock`);
     }
   }
@@ -543,6 +555,11 @@ export function revokedBy(tls: TlsMaterial): ((cert: X509Certificate, chain?: ()
   const crls = crlsOf(tls.crl);
   const cas = tls.ca ? certificatesOf(tls.ca) : [];
   return (cert, chain = () => []) => revoking(crls, cert, () => [...cas, ...chain()].filter((c) => issued(c, cert)));
+}
+
+/** The dates of the CRLs of a PEM file `checkMaterial` took that have a nextUpdate, each a `Validity` (`crl`), for the expiry watch and the metric. */
+export function crlValidities(pem: Buffer): Validity[] {
+  return crlsOf(pem).flatMap((c) => (c.nextUpdate === undefined ? [] : [{ notBefore: c.thisUpdate, notAfter: c.nextUpdate, subject: c.issuerName, crl: true as const }]));
 }
 
 /**
