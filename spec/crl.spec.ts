@@ -1,5 +1,5 @@
 /**
- * CRLs read with asn1.js (transport/crl.ts) from files openssl makes, as OpenSSL reads them;
+ * CRLs read by transport/crl.ts from files openssl makes, as OpenSSL reads them;
  * which CRL a reload takes to revoke an open connection's peer (only one signed by the key that signed
  * the peer's certificate); and their nextUpdate watched as certificates' ends are (cli/cert-expiry.ts).
  */

@@ -4,7 +4,7 @@
  * endpoint or a config file never loads pino, prom-client or yaml, and only
  * `load` and `bench` load hdr-histogram-js and cli-progress
  * (hdr-histogram-js also pages in ICU's data, for a number format it makes
- * when loaded), and only a process given CRLs asn1.js (transport/crl.ts). Together that is about 15 MB of every proxy's and server's
+ * when loaded). Together that is about 15 MB of every proxy's and server's
  * resident memory (measured with `/proc/PID/status`, idle, before and after).
  */
 import { createRequire } from 'node:module';
