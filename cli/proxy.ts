@@ -22,10 +22,10 @@ import { ConnStats } from '../admin/conn-stats.js';
 import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin/server.js';
 import type { RegistryStatus } from '../registry/events.js';
 import {
-  anchorIssues, badPolicy, changes, checkListenNames, ConfigError, flagOfKey, flagsNamedOtherwise, flagWords, hostPortProblem, keyOfFlag, PROXY_PROTOCOL_FROM_DOC, RETRY_ON_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, overridden, parseHostPort, RuntimeProblems, setsNothing, setsNothingWarning, toRuntime,
+  anchorIssues, badPolicy, changes, checkListenNames, ConfigError, flagOfKey, flagsNamedOtherwise, flagWords, hostPortProblem, keyOfFlag, METRICS_DEPARTED_DOC, PROXY_PROTOCOL_FROM_DOC, RETRY_ON_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, overridden, parseHostPort, RuntimeProblems, setsNothing, setsNothingWarning, toRuntime,
   assertWritable, whyNotWritable, type FileKey, type NumberKey, type ProxyConfig, type Runtime,
 } from '../config/proxy.js';
-import { addOperationsMetrics, addRegistryMetrics, Metrics } from '../inspector/metrics.js';
+import { addOperationsMetrics, addRegistryMetrics, MAX_DEPARTED_POLICIES, Metrics } from '../inspector/metrics.js';
 import { monotonicEpoch } from '../inspector/hub.js';
 import type { PoolView } from '../inspector/views.js';
 import { systemClock } from '../transport/clock.js';
@@ -72,6 +72,7 @@ function proxyOptions(): Option[] {
       return v;
     }),
     new Option('--admin-token <secret>', 'bearer token /metrics requires (the health checks stay open)').env('REVPROXY_ADMIN_TOKEN'),
+    new Option('--metrics-departed-policies <n>', `with --admin: ${METRICS_DEPARTED_DOC}`).argParser(parseIntOption('--metrics-departed-policies', 0, MAX_DEPARTED_POLICIES)),
     new Option('--ready-policies <policies>', 'with --admin: /readyz answers 503 while any of these privacy policies (comma-separated) has no server serving, naming each; for rolling restarts with direct registration (default: off)').argParser(parseList('--ready-policies', 'privacy policies', '111,222', badPolicy)),
     ...tlsOptions(),
     ...registryOptions({ ttl: true, advertise: { help: 'with --registry: the address clients dial to reach this proxy, without a port (default: --host); an IPv6 one bare or in brackets', portFlag: '--port' } }),
@@ -370,7 +371,7 @@ async function run(read: (reload?: boolean) => ProxyConfig, source: string, setE
   // The token the admin endpoint asks for now.
   let adminToken: string | undefined;
   if (rt.admin) {
-    metrics = new Metrics({ pools: () => (proxy ? poolViews(proxy, readyPolicies) : []), inflight: () => proxy?.actor.getSnapshot().context.inflight.size ?? 0, actorCounts: () => [] }, 200, { defaults: true });
+    metrics = new Metrics({ pools: () => (proxy ? poolViews(proxy, readyPolicies) : []), inflight: () => proxy?.actor.getSnapshot().context.inflight.size ?? 0, actorCounts: () => [] }, 200, { defaults: true, departedPolicies: rt.admin.departedPolicies, logger });
     addOperationsMetrics(metrics.registry, {
       conns: () => conns!.snapshot(),
       maxConnections: () => conns!.limit,
@@ -518,6 +519,7 @@ async function run(read: (reload?: boolean) => ProxyConfig, source: string, setE
       const adminWas = adminToken;
       if (admin && !restart.includes('admin.token')) admin.setToken((adminToken = nextRt.admin?.token));
       if (admin && !restart.includes('admin.ready_policies')) readyPolicies = nextRt.admin?.readyPolicies ?? [];
+      if (metrics && nextRt.admin && !restart.includes('admin.metrics_departed_policies')) metrics.setDepartedPolicies(nextRt.admin.departedPolicies);
       reloads.applied++;
       reloads.lastOk = true;
       reloads.lastOkAt = monotonicEpoch();

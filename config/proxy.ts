@@ -16,6 +16,7 @@ import { isIP } from 'node:net';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { LEVELS, SUMMARY_INTERVAL_MS, type Level } from '../actors/logger.js';
 import { ACCESS_LOG_HOLD } from '../admin/access-log.js';
+import { DEPARTED_POLICIES_KEPT, MAX_DEPARTED_POLICIES } from '../inspector/metrics.js';
 import { DEFAULT_LISTEN_HOST, resolveOptions, type Opts, type ProxyOptions } from '../actors/proxy-options.js';
 import { RETRY_CONDITIONS, type RetryCondition } from '../actors/link.js';
 import { badTrustedSource } from '../actors/port-limits.js';
@@ -255,6 +256,9 @@ export const RETRY_ON_DOC = `how a try may have failed for its request to be sen
 /** What `proxy_protocol_from` (`--proxy-protocol-from`) does, for the help text and docs/CONFIG.md. */
 export const PROXY_PROTOCOL_FROM_DOC = 'addresses or networks (10.0.0.0/8) of the L4 balancers in front of the proxy: their connections must begin with a PROXY protocol header (v1 or v2), whose client address the limits, logs and access log then use; anyone else is read as without it (default: none)';
 
+/** What `admin.metrics_departed_policies` (`--metrics-departed-policies`) does, for the help text and the schema. */
+export const METRICS_DEPARTED_DOC = `privacy policies that have left (no server now) whose series /metrics keeps - their requests, latencies and revproxy_pool_members zeros, each for up to an hour after its last request - the least recent going first once a scrape has shown it gone (counted in revproxy_departed_policies_dropped_total); 0 to ${MAX_DEPARTED_POLICIES} (default: ${DEPARTED_POLICIES_KEPT})`;
+
 const hostPort = scalar('HOST:PORT (e.g. 127.0.0.1:9100), or a port on 127.0.0.1', (v) => parseHostPort(String(v)), (v) => hostPortProblem(String(v)));
 
 const UNIT_WORDS: Record<string, string> = { ms: 'milliseconds', us: 'microseconds', n: 'a count', bytes: 'bytes', port: 'a port' };
@@ -295,6 +299,7 @@ const otherFields = {
     listen: opt(hostPort, 'HOST:PORT of /healthz, /readyz and /metrics'),
     token: opt(secret, 'bearer token /metrics requires (the health checks stay open)'),
     ready_policies: opt(list(policy), 'privacy policies that must each have a server serving for /readyz to answer 200 (--ready-policies)'),
+    metrics_departed_policies: opt(refine(whole('a count of policies', 0), (v) => (v > MAX_DEPARTED_POLICIES ? `expected at most ${MAX_DEPARTED_POLICIES} (as many as the policies /metrics labels), got ${v}` : undefined)), METRICS_DEPARTED_DOC),
   }), 'the admin endpoint'),
   registry: opt(object('registry', {
     url: req(etcdUrl, 'etcd://HOST:PORT: take servers from the registry, and advertise this proxy there for clients (--registry)'),
@@ -334,6 +339,7 @@ export const FLAG_KEYS: Readonly<Record<string, string>> = {
   admin: 'admin.listen',
   'admin-token': 'admin.token',
   'ready-policies': 'admin.ready_policies',
+  'metrics-departed-policies': 'admin.metrics_departed_policies',
   'tls-cert': 'tls.cert',
   'tls-key': 'tls.key',
   'tls-ca': 'tls.ca',
@@ -515,8 +521,8 @@ export interface Runtime {
   /** The proxy's own options (logger, observer and clock are the command's to add). */
   options: ProxyOptions;
   log: { level: Level; format: 'text' | 'json'; color: boolean; summaryMs?: number; accessLog?: string; accessLogFlushMs?: number };
-  /** `readyPolicies`: /readyz is 503 while one of them has no server serving (none: not checked). */
-  admin?: { host: string; port: number; token?: string; readyPolicies: string[] };
+  /** `readyPolicies`: /readyz is 503 while one of them has no server serving (none: not checked); `departedPolicies`: how many that left /metrics keeps the series of. */
+  admin?: { host: string; port: number; token?: string; readyPolicies: string[]; departedPolicies: number };
   registry?: RegistryOptions & { advertise?: string };
   inspect?: number;
   inspectLog?: string;
@@ -650,8 +656,9 @@ function toAdmin(a: ProxyConfig['admin']): Runtime['admin'] {
   if (a?.ready_policies?.length && !a.listen) issues.push({ line: 0, col: 0, path: 'admin.ready_policies', message: 'ready policies were given without the admin endpoint that reports them (/readyz): add --admin HOST:PORT (or admin.listen in the file)' });
   // A token with no endpoint protects nothing: the operator meant to serve /metrics and does not.
   if (a?.token !== undefined && !a.listen) issues.push({ line: 0, col: 0, path: 'admin.token', message: 'an admin token was given without the admin endpoint it protects (/metrics): add --admin HOST:PORT (or admin.listen in the file), or remove the token' });
+  if (a?.metrics_departed_policies !== undefined && !a.listen) issues.push({ line: 0, col: 0, path: 'admin.metrics_departed_policies', message: 'a bound on the departed policies /metrics keeps was given without the admin endpoint that serves /metrics: add --admin HOST:PORT (or admin.listen in the file), or remove it' });
   if (issues.length) throw new ConfigError('the configuration', issues);
-  return a?.listen ? { ...a.listen, token: a.token, readyPolicies: [...new Set(a.ready_policies ?? [])] } : undefined;
+  return a?.listen ? { ...a.listen, token: a.token, readyPolicies: [...new Set(a.ready_policies ?? [])], departedPolicies: a.metrics_departed_policies ?? DEPARTED_POLICIES_KEPT } : undefined;
 }
 
 /**
@@ -881,7 +888,7 @@ export function effective(c: ProxyConfig): ProxyConfig {
     level: log.level ?? 'info', format: log.format ?? 'text', color: log.color ?? true, summary_interval: log.summary_interval ?? SUMMARY_INTERVAL_MS,
     access_log: log.access_log, access_log_flush: log.access_log_flush ?? ACCESS_LOG_HOLD.ms,
   };
-  if (c.admin) out.admin = { ...c.admin, ready_policies: [...new Set(c.admin.ready_policies ?? [])] };
+  if (c.admin) out.admin = { ...c.admin, ready_policies: [...new Set(c.admin.ready_policies ?? [])], metrics_departed_policies: c.admin.metrics_departed_policies ?? DEPARTED_POLICIES_KEPT };
   if (c.registry) out.registry = { ...c.registry, prefix: c.registry.prefix ?? REGISTRY_DEFAULTS.prefix, ttl: c.registry.ttl ?? REGISTRY_DEFAULTS.ttlSeconds };
   return out as ProxyConfig;
 }
@@ -912,6 +919,7 @@ export function changes(was: ProxyConfig, next: ProxyConfig): Change[] {
       if (moved) out.push({ key: 'admin.listen', reload });
       if (before.admin?.token !== after.admin?.token) out.push({ key: 'admin.token', reload });
       if (JSON.stringify(before.admin?.ready_policies ?? []) !== JSON.stringify(after.admin?.ready_policies ?? [])) out.push({ key: 'admin.ready_policies', reload });
+      if ((before.admin?.metrics_departed_policies ?? DEPARTED_POLICIES_KEPT) !== (after.admin?.metrics_departed_policies ?? DEPARTED_POLICIES_KEPT)) out.push({ key: 'admin.metrics_departed_policies', reload });
     } else if (key === 'tls') {
       // Other files in the same roles are swapped in on a reload (as renewed ones at the same paths are);
       // TLS turned on or off, or mutual TLS (a CA), is how the listener was made: a restart.

@@ -20,6 +20,7 @@ import { ErrorCode } from '../transport/errors.js';
 import type { ProxyRequest } from '../actors/link.js';
 import { CLIENT_GONE, type EjectReason, type Outcome, type ProxyObserver } from '../actors/proxy-options.js';
 import { MEMBER_STATES } from '../actors/proxy-types.js';
+import type { Logger } from '../actors/logger.js';
 import { RecentLatency } from './latency.js';
 import type { Figures, PoolView, Tally } from './views.js';
 import { ROLES, type ConnSnapshot, type Role } from '../admin/conn-stats.js';
@@ -96,12 +97,19 @@ export interface MetricSources {
  */
 export const MAX_LABEL_VALUES = 1000;
 /**
- * Policies /metrics showed with members and no pool holds now, remembered so that their
- * revproxy_pool_members read 0 (an alert on `{state="serving"} == 0` fires, as it does for a
- * policy of --ready-policies): until a member comes back, or DEPARTED_POLICY_SERIES_MS passes
- * with no request for them, or this many policies left after them (the one that left first is
- * forgotten first), or the process ends.
+ * Policies that have left (no pool holds them) whose series /metrics keeps by default
+ * (`admin.metrics_departed_policies`, `--metrics-departed-policies`): their requests, latencies and
+ * revproxy_pool_members zeros (an alert on `{state="serving"} == 0` fires, as it does for a policy of
+ * --ready-policies), until a member comes back, or DEPARTED_POLICY_SERIES_MS passes with no request
+ * for them, or this many policies left (or were asked for) after them: the least recent goes first,
+ * once a scrape has shown it gone (revproxy_departed_policies_dropped_total counts them). It was
+ * 1000, and for the zeros only (the counts went when room was needed): policies churned through, each
+ * with 20 requests, peaked at 25,024 lines (1.9 MB; 25 series and 3-6 KB of heap a policy), each scrape
+ * rendered in one go, blocking the event loop 215-430 ms on a loaded 2-core machine (about 4 us a
+ * line on an idle one); now 2,766 lines, 13-30 ms. The 60-minute soak's churn had 5,403 lines.
  */
+export const DEPARTED_POLICIES_KEPT = 100;
+/** The most `admin.metrics_departed_policies` may keep: as many as the policies' label values. */
 export const MAX_DEPARTED_POLICIES = MAX_LABEL_VALUES;
 /** How often, at most, the label values of departed policies and servers are looked for when room is needed. */
 const MAKE_ROOM_EVERY_MS = 1000;
@@ -174,18 +182,37 @@ export class Metrics implements ProxyObserver {
   private lastRoomMade = -Infinity;
   /** Per `labelKey(policy, server)`: when a scrape first found that server in no pool. */
   private readonly goneSince = new Map<string, number>();
-  /** Per policy no pool holds: since when a scrape has found it so with this request count (a new request starts the time again). */
-  private readonly policyGoneSince = new Map<string, { since: number; count: number }>();
+  /**
+   * Per policy no pool holds (with series: a count, or zeros): since when a scrape has found it so with this request
+   * count (a new request starts the time again), and the scrape that first found it gone. In the order they left or
+   * were last asked for, the least recent first: the first to go past `departedKept`.
+   */
+  private readonly policyGoneSince = new Map<string, { since: number; count: number; scrape: number }>();
+  /** Scrapes so far (`text`): a policy found gone at one keeps its series at least until the next. */
+  private scrapeNo = 0;
+  /** How many departed policies keep their series (`admin.metrics_departed_policies`). */
+  private departedKept: number;
+  /** Departed policies whose series ended early, past `departedKept`. */
+  private departedDropped = 0;
+  /** Whether the bound has been said (once, and again after it changed). */
+  private boundSaid = false;
+  private readonly logger?: Pick<Logger, 'warn'>;
   /** The pools as the render under way read them once (`text`): the series made from them read the same, once a scrape. */
   private renderPools?: PoolView[];
 
   constructor(
     private readonly sources: MetricSources,
     private readonly tickMs = 200,
-    /** Also collect prom-client's process and Node metrics (process_cpu_seconds_total, ...); `clock` paces `makeRoom`. */
-    opts: { defaults?: boolean; clock?: Clock } = {},
+    /**
+     * Also collect prom-client's process and Node metrics (process_cpu_seconds_total, ...); `clock` paces `makeRoom` and
+     * times departures; `departedPolicies` (DEPARTED_POLICIES_KEPT) bounds the departed policies with series, said once to
+     * `logger` when reached.
+     */
+    opts: { defaults?: boolean; clock?: Clock; departedPolicies?: number; logger?: Pick<Logger, 'warn'> } = {},
   ) {
     this.clock = opts.clock ?? systemClock;
+    this.departedKept = opts.departedPolicies ?? DEPARTED_POLICIES_KEPT;
+    this.logger = opts.logger;
     this.scrapes = new Paced(() => this.text(), this.clock);
     const self = this;
     const { Counter, Gauge, collectDefaultMetrics } = prom();
@@ -255,29 +282,28 @@ export class Metrics implements ProxyObserver {
       registers: [this.registry],
       collect: function (this: Gauge<string>) {
         this.reset();
-        const shown = new Map<string, Set<string>>();
         const pools = self.pools();
-        self.forgetDeparted(pools);
         for (const p of pools) {
           const seen = new Set(p.members.map((m) => m.source ?? 'direct'));
-          if (seen.size > 0) shown.set(p.policy, seen);
-          else seen.add('direct');
-          self.departed.delete(p.policy);
+          if (seen.size === 0) seen.add('direct');
           // Every state reads, 0 included, while the policy is held: an alert on `{state="serving"} == 0`
           // or a ratio of ejected members needs the series there, not absent.
           for (const source of seen) for (const state of MEMBER_STATES) this.set({ policy: p.policy, state, source }, 0);
           for (const m of p.members) this.inc({ policy: p.policy, state: m.state, source: m.source ?? 'direct' });
         }
         // A policy whose last member left reads 0 too, rather than vanishing (no data, which no alert
-        // on `== 0` sees); the oldest departures are forgotten past the bound.
+        // on `== 0` sees), until its series end (`settle`).
         const held = new Set(pools.map((p) => p.policy));
-        for (const [policy, seen] of self.shown) {
-          if (held.has(policy)) continue;
-          self.departed.set(policy, seen);
-          if (self.departed.size > MAX_DEPARTED_POLICIES) self.departed.delete(self.departed.keys().next().value!);
-        }
-        self.shown = shown;
-        for (const [policy, seen] of self.departed) for (const source of seen) for (const state of MEMBER_STATES) this.set({ policy, state, source }, 0);
+        for (const [policy, seen] of self.departed) if (!held.has(policy)) for (const source of seen) for (const state of MEMBER_STATES) this.set({ policy, state, source }, 0);
+      },
+    });
+    new Counter({
+      name: 'revproxy_departed_policies_dropped_total',
+      help: 'Policies that had left whose series (requests, latencies, pool-member zeros) ended before their hour without a request was up, because more than admin.metrics_departed_policies (--metrics-departed-policies) policies left or were asked for after them; each had been shown gone by a scrape',
+      registers: [this.registry],
+      collect: function (this: Counter<string>) {
+        this.reset();
+        this.inc(self.departedDropped);
       },
     });
     new Gauge({
@@ -410,6 +436,21 @@ export class Metrics implements ProxyObserver {
   }
 
   /**
+   * Before each scrape renders: the policies that left since the last one (shown with members then, held by
+   * no pool now) keep their sources for their zeros, and the series that are over end (`forgetDeparted`),
+   * so every series of the scrape reads the same policies.
+   */
+  private settle(pools: readonly PoolView[]): void {
+    const held = new Set(pools.map((p) => p.policy));
+    for (const [policy, seen] of this.shown) if (!held.has(policy)) this.departed.set(policy, seen);
+    for (const policy of held) this.departed.delete(policy);
+    this.shown = new Map();
+    for (const p of pools) if (p.members.length > 0) this.shown.set(p.policy, new Set(p.members.map((m) => m.source ?? 'direct')));
+    this.scrapeNo++;
+    this.forgetDeparted(pools);
+  }
+
+  /**
    * At each scrape: the counts of servers no pool has held for DEPARTED_SERVER_SERIES_MS are
    * forgotten (their series end), and all series of policies no pool has held and no request
    * has named for DEPARTED_POLICY_SERIES_MS, so the series follow the fleet, not its history.
@@ -444,7 +485,9 @@ export class Metrics implements ProxyObserver {
       const count = this.policies.get(policy)?.count ?? 0;
       const gone = this.policyGoneSince.get(policy);
       if (gone === undefined || gone.count !== count) {
-        this.policyGoneSince.set(policy, { since: now, count });
+        // Found gone, or asked for since: the most recent now (last in the order).
+        this.policyGoneSince.delete(policy);
+        this.policyGoneSince.set(policy, { since: now, count, scrape: gone?.scrape ?? this.scrapeNo });
         return false;
       }
       return now - gone.since >= DEPARTED_POLICY_SERIES_MS;
@@ -452,14 +495,45 @@ export class Metrics implements ProxyObserver {
     const expired = new Set<string>();
     for (const policy of this.policies.keys()) if (quiet(policy)) expired.add(policy);
     for (const policy of this.departed.keys()) if (!this.policies.has(policy) && quiet(policy)) expired.add(policy);
+    for (const policy of this.policyGoneSince.keys()) {
+      if (held.has(policy) || expired.has(policy) || !(this.policies.has(policy) || this.departed.has(policy))) this.policyGoneSince.delete(policy);
+    }
+    // Past the bound, the least recent go first: each once a scrape before this one has shown it gone (its
+    // final counts, and its zeros), so a policy whose last server left is never read only as missing.
+    let over = this.policyGoneSince.size - this.departedKept;
+    let first: string | undefined;
+    for (const [policy, gone] of this.policyGoneSince) {
+      if (over <= 0) break;
+      if (gone.scrape >= this.scrapeNo) continue;
+      this.policyGoneSince.delete(policy);
+      expired.add(policy);
+      first ??= policy;
+      this.departedDropped++;
+      over--;
+    }
+    if (first !== undefined && !this.boundSaid) {
+      this.boundSaid = true;
+      this.logger?.warn('metrics_departed_bound', `/metrics keeps the series of at most ${this.departedKept} privacy policies that have left (admin.metrics_departed_policies, --metrics-departed-policies), and more have left or been asked for within the hour: the series of policy ${first} ended before their hour was up, and from now on the least recent go first, each counted in revproxy_departed_policies_dropped_total (said once). Raise the setting to keep more; list a policy that must alert for as long as it has no server in admin.ready_policies`, { kept: this.departedKept, policy: first });
+    }
+    if (expired.size === 0) return;
     for (const policy of expired) {
       this.policies.delete(policy);
       this.departed.delete(policy);
       this.cards.delete(policy);
     }
-    for (const policy of this.policyGoneSince.keys()) {
-      if (held.has(policy) || expired.has(policy) || !(this.policies.has(policy) || this.departed.has(policy))) this.policyGoneSince.delete(policy);
+    // Its servers' series too (retries, ejections), which would otherwise end DEPARTED_SERVER_SERIES_MS after they left.
+    for (const table of [this.retries, this.overBudget, this.ejections]) {
+      for (const k of table.keys()) if (expired.has(labelsOf(k)[0]!)) table.delete(k);
     }
+  }
+
+  /**
+   * How many departed policies keep their series (`admin.metrics_departed_policies`, a reload): the next
+   * scrape ends those past it. A new bound is said again when reached.
+   */
+  setDepartedPolicies(n: number): void {
+    if (n !== this.departedKept) this.boundSaid = false;
+    this.departedKept = n;
   }
 
   /** Answers and errors of one member (of the proxy whose session id is `proxy`, if named), for the pool view. */
@@ -526,8 +600,9 @@ export class Metrics implements ProxyObserver {
    * first awaits, so the snapshot is let go as soon as that call returns.
    */
   text(): Promise<string> {
-    this.renderPools = this.sources.pools();
+    const pools = (this.renderPools = this.sources.pools());
     try {
+      this.settle(pools);
       return this.registry.metrics();
     } finally {
       this.renderPools = undefined;

@@ -5,7 +5,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { runClient, startProxy, startServer, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { Metrics, startInspector, type Inspector } from '../inspector/index.js';
-import { addOperationsMetrics, addRegistryMetrics, DEPARTED_POLICY_SERIES_MS, DEPARTED_SERVER_SERIES_MS, MAX_DEPARTED_POLICIES, MAX_LABEL_VALUES } from '../inspector/metrics.js';
+import { addOperationsMetrics, addRegistryMetrics, DEPARTED_POLICIES_KEPT, DEPARTED_POLICY_SERIES_MS, DEPARTED_SERVER_SERIES_MS, MAX_LABEL_VALUES } from '../inspector/metrics.js';
 import { MEMBER_STATES } from '../actors/proxy-types.js';
 import type { PoolView } from '../inspector/views.js';
 import { ManualClock } from '../transport/clock.js';
@@ -357,25 +357,111 @@ hooks('servers that restart under new ids leave their series for DEPARTED_SERVER
   assert.is(sample(await m.text(), 'revproxy_requests_total', { policy: 'P', server: 'c58', outcome: 'ok' }), 2);
 });
 
-hooks('policies whose last member left read 0 until a member comes back, the oldest forgotten past MAX_DEPARTED_POLICIES: a churn of policies does not grow the series', async () => {
-  const pool = (policy: string): PoolView => ({ policy, state: 'serving', members: [{ id: 's', state: 'serving', answered: 0, errors: 0, source: 'registry' }], cursor: 0, routed: 0, gone: [] });
-  let pools: PoolView[] = Array.from({ length: MAX_DEPARTED_POLICIES + 5 }, (_, i) => pool(`p${i}`));
-  const m = new Metrics({ pools: () => pools, inflight: () => 0, actorCounts: () => [] });
+/** The policies a body shows `revproxy_pool_members` for. */
+const membersOf = (t: string): Set<string> => new Set([...t.matchAll(/^revproxy_pool_members\{policy="([^"]+)"/gm)].map((x) => x[1]!));
+/** The policies a body has any series of (requests, latencies, pool members, retries...). */
+const policiesOf = (t: string): Set<string> => new Set([...t.matchAll(/^revproxy_\w+\{policy="([^"]+)"/gm)].map((x) => x[1]!));
+const onePool = (policy: string, id = 's', source: 'direct' | 'registry' = 'registry'): PoolView => ({ policy, state: 'serving', members: [{ id, state: 'serving', answered: 0, errors: 0, source }], cursor: 0, routed: 0, gone: [] });
+
+hooks('policies whose last member left read 0 until a member comes back; past the bound (departedPolicies) the least recent go, once a scrape showed them gone, counted and said once', async () => {
+  const warns: Array<{ event: string; msg: string }> = [];
+  const kept = 10;
+  let pools: PoolView[] = Array.from({ length: kept + 5 }, (_, i) => onePool(`p${i}`));
+  const m = new Metrics({ pools: () => pools, inflight: () => 0, actorCounts: () => [] }, 200, { departedPolicies: kept, logger: { warn: (event, msg) => warns.push({ event, msg }) } });
+  for (const p of pools) m.answered(p.policy, 's', 'ok', 1);
   assert.is(sample(await m.text(), 'revproxy_pool_members', { policy: 'p0', state: 'serving', source: 'registry' }), 1);
   pools = [];
   let text = await m.text();
-  const policies = (t: string): Set<string> => new Set([...t.matchAll(/^revproxy_pool_members\{policy="([^"]+)"/gm)].map((x) => x[1]!));
-  assert.is(policies(text).size, MAX_DEPARTED_POLICIES, 'as many as are remembered');
-  assert.not.ok(policies(text).has('p4'), 'the first to leave are forgotten first');
-  assert.match(text, /^revproxy_pool_members\{policy="p5",state="serving",source="registry"\} 0$/m);
+  // The scrape that first finds them gone shows every one: its final counts and its zeros.
+  assert.is(membersOf(text).size, kept + 5, 'each shown gone once, however many left');
+  assert.match(text, /^revproxy_pool_members\{policy="p0",state="serving",source="registry"\} 0$/m);
+  assert.is(sample(text, 'revproxy_requests_total', { policy: 'p0', outcome: 'ok' }), 1);
+  assert.is(sample(text, 'revproxy_departed_policies_dropped_total'), 0);
+  assert.is(warns.length, 0);
+  text = await m.text();
+  assert.is(policiesOf(text).size, kept, 'as many as are kept, in every series');
+  assert.not.ok(policiesOf(text).has('p4'), 'the first to leave go first');
+  assert.ok(policiesOf(text).has('p5'));
+  assert.is(sample(text, 'revproxy_departed_policies_dropped_total'), 5);
+  assert.equal(warns.map((w) => w.event), ['metrics_departed_bound']);
+  assert.match(warns[0]!.msg, /at most 10 privacy policies that have left .*admin\.metrics_departed_policies.*policy p0 /);
   // One comes back and leaves again: it is now the latest to leave, and a new departure pushes out the oldest.
-  pools = [pool('p5'), pool('new')];
+  pools = [onePool('p5'), onePool('new')];
   assert.is(sample(await m.text(), 'revproxy_pool_members', { policy: 'p5', state: 'serving' }), 1);
   pools = [];
+  await m.text();
   text = await m.text();
-  assert.ok(policies(text).has('p5') && policies(text).has('new'));
-  assert.not.ok(policies(text).has('p6'), 'the oldest made room');
-  assert.is(policies(text).size, MAX_DEPARTED_POLICIES);
+  assert.ok(policiesOf(text).has('p5') && policiesOf(text).has('new'));
+  assert.not.ok(policiesOf(text).has('p6'), 'the oldest made room');
+  assert.is(policiesOf(text).size, kept);
+  // A request for one (refused NO_SERVER) makes it the most recent: the one left longest with none goes instead.
+  m.answered('p7', undefined, 'NO_SERVER', 0);
+  pools = [onePool('other')];
+  await m.text();
+  pools = [];
+  await m.text();
+  text = await m.text();
+  assert.ok(policiesOf(text).has('p7'), 'a policy clients still ask for stays');
+  assert.not.ok(policiesOf(text).has('p8'), 'the least recent went');
+  assert.is(sample(text, 'revproxy_requests_total', { policy: 'p7', outcome: 'NO_SERVER' }), 1);
+  assert.is(sample(text, 'revproxy_departed_policies_dropped_total'), 7);
+  assert.is(warns.length, 1, 'said once');
+  // A lower bound applies at the next scrape, and is said again when reached.
+  m.setDepartedPolicies(2);
+  text = await m.text();
+  assert.is(policiesOf(text).size, 2);
+  assert.is(sample(text, 'revproxy_departed_policies_dropped_total'), 15);
+  assert.is(warns.length, 2);
+});
+
+hooks('a policy that left between two scrapes is scraped with its final counts and zeros, even when no departed policy is kept; its series end at the scrape after', async () => {
+  const clock = new ManualClock();
+  let pools: PoolView[] = [onePool('stays'), onePool('goes', 'g', 'direct')];
+  const m = new Metrics({ pools: () => pools, inflight: () => 0, actorCounts: () => [] }, 200, { clock, departedPolicies: 0 });
+  m.answered('goes', 'g', 'ok', 1);
+  await m.text();
+  // Its last answers come after the last scrape that saw it held.
+  m.answered('goes', 'g', 'ok', 1);
+  m.answered('goes', 'g', 'SERVER_ERROR' as never, 1);
+  m.retried('goes', 'g', 'UPSTREAM_FAILED' as never);
+  pools = [onePool('stays')];
+  clock.advance(15_000);
+  let text = await m.text();
+  assert.is(sample(text, 'revproxy_requests_total', { policy: 'goes', server: 'g', outcome: 'ok' }), 2, 'its final count');
+  assert.is(sample(text, 'revproxy_request_duration_seconds_count', { policy: 'goes' }), 3);
+  assert.is(sample(text, 'revproxy_retries_total', { policy: 'goes' }), 1);
+  assert.match(text, /^revproxy_pool_members\{policy="goes",state="serving",source="direct"\} 0$/m, 'its zeros');
+  clock.advance(15_000);
+  text = await m.text();
+  assert.not.ok(policiesOf(text).has('goes'), 'gone at the next scrape, from every series');
+  assert.ok(policiesOf(text).has('stays'));
+  assert.is(sample(text, 'revproxy_departed_policies_dropped_total'), 1);
+});
+
+hooks('a peer registering under a new policy at each scrape, with a request each, for an hour: the series stay flat at the bound, not at 1000 policies', async () => {
+  // As a server with a valid token (or none configured) can: each policy held at one scrape (15 s apart), gone at the next.
+  const clock = new ManualClock();
+  let pools: PoolView[] = [onePool('live', 'a', 'direct')];
+  const m = new Metrics({ pools: () => pools, inflight: () => 0, actorCounts: () => [] }, 200, { clock });
+  const counts: number[] = [];
+  const kinds: number[] = [];
+  for (let i = 0; i < 240; i++) {
+    const policy = `x${i}-${(i * 7919).toString(36)}`;
+    pools = [onePool('live', 'a', 'direct'), onePool(policy, `s${i}`, i % 2 ? 'direct' : 'registry')];
+    m.answered(policy, `s${i}`, 'ok', 1);
+    m.answered('live', 'a', 'ok', 1);
+    clock.advance(15_000);
+    const text = await m.text();
+    counts.push(text.split('\n').filter((l) => l.startsWith('revproxy_')).length);
+    kinds.push(policiesOf(text).size);
+  }
+  const late = counts.slice(-100);
+  assert.ok(Math.max(...late) - Math.min(...late) <= 2, `the series are flat once the bound is reached: ${late.join(' ')}`);
+  assert.ok(Math.max(...kinds) <= DEPARTED_POLICIES_KEPT + 3, `policies with series: at most the bound, the one held, the one found gone and the live one (${Math.max(...kinds)})`);
+  assert.ok(kinds.at(-1)! > DEPARTED_POLICIES_KEPT, 'the bound is kept to, not undershot');
+  const text = await m.text();
+  assert.is(sample(text, 'revproxy_departed_policies_dropped_total'), 240 - DEPARTED_POLICIES_KEPT - 1);
+  assert.is(sample(text, 'revproxy_requests_total', { policy: 'live', outcome: 'ok' }), 240);
 });
 
 hooks('a policy no pool holds and no request names for DEPARTED_POLICY_SERIES_MS loses its series; one clients still ask for keeps them', async () => {

@@ -1482,6 +1482,47 @@ admin('admin.ready_policies in the file: a reload applies it at once; without ad
   assert.match(empty.out.join('\n'), /--ready-policies takes privacy policies separated by commas \(e\.g\. 111,222\): a privacy policy is 1 to 256 characters, got 0 in 'a,,b'/);
 });
 
+admin('admin.metrics_departed_policies: /metrics keeps that many policies that left, past it ends the least recent (counted, said once); a reload changes it at once; out of range or without admin.listen it is refused', async () => {
+  // The bound was 1000 policies, fixed: a peer registering under a new policy at each scrape held about 23,000 series.
+  const file = write('md.yaml', 'port: 0\nadmin:\n  listen: 127.0.0.1:0\n  metrics_departed_policies: 1\n');
+  const { proc, port, admin: url } = await proxyWithConfig(file);
+  const policies = ['d1', 'd2', 'd3'];
+  const held = await Promise.all(policies.map((p) => server(`${p}-s`, p, port)));
+  const serving = (body: string, policy: string): number => Number(new RegExp(`^revproxy_pool_members\\{policy="${policy}",state="serving",source="direct"\\} (\\d+)$`, 'm').exec(body)?.[1] ?? 0);
+  const shown = (body: string): string[] => policies.filter((p) => body.includes(`{policy="${p}",state="serving"`));
+  const dropped = (body: string): number => Number(/^revproxy_departed_policies_dropped_total (\d+)$/m.exec(body)?.[1]);
+  const scraped = async (want: number): Promise<boolean> => {
+    const body = (await get(`${url}metrics`)).body;
+    return policies.every((p) => serving(body, p) === want);
+  };
+  await eventually(() => scraped(1), 5000, 'each policy serving');
+  await Promise.all(held.map((s) => s.stop()));
+  // Once a scrape has found every one gone, the next keeps one: the latest to leave.
+  await eventually(() => scraped(0), 5000, 'a scrape finding each gone');
+  let body = (await get(`${url}metrics`)).body;
+  assert.is(shown(body).length, 1, `one departed policy kept: ${shown(body).join(', ')}`);
+  assert.is(dropped(body), 2);
+  await proc.waitFor(/warning: \/metrics keeps the series of at most 1 privacy policies that have left .*the series of policy d\d ended before their hour/);
+  writeFileSync(file, 'port: 0\nadmin:\n  listen: 127.0.0.1:0\n  metrics_departed_policies: 0\n');
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reloaded .*applied admin\.metrics_departed_policies/);
+  body = (await get(`${url}metrics`)).body;
+  assert.equal(shown(body), [], 'none kept now');
+  assert.is(dropped(body), 3);
+  for (const [text, why] of [
+    ['admin:\n  listen: 127.0.0.1:0\n  metrics_departed_policies: 1001\n', /md-bad\.yaml:3:\d+: admin\.metrics_departed_policies: expected at most 1000 \(as many as the policies \/metrics labels\), got 1001/],
+    ['admin:\n  listen: 127.0.0.1:0\n  metrics_departed_policies: -1\n', /md-bad\.yaml:3:\d+: admin\.metrics_departed_policies: expected a count of policies \(a whole number, at least 0\), got -1/],
+    ['admin:\n  metrics_departed_policies: 10\n', /admin\.metrics_departed_policies: a bound on the departed policies \/metrics keeps was given without the admin endpoint that serves \/metrics: add --admin HOST:PORT/],
+  ] as const) {
+    const check = revproxy(['proxy', '--check', '--config', write('md-bad.yaml', text)]);
+    assert.is(await check.exited, 1, text);
+    assert.match(check.out.join('\n'), why);
+  }
+  const flag = revproxy(['proxy', '--check', '--admin', '0', '--metrics-departed-policies', '1001']);
+  assert.is(await flag.exited, 2);
+  assert.match(flag.out.join('\n'), /--metrics-departed-policies must be at most 1000, got '1001'/);
+});
+
 /** Debian's promtool (package prometheus; .ci/run installs it): Prometheus's own check of the text format and its naming rules. */
 const PROMTOOL = '/usr/bin/promtool';
 
