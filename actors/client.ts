@@ -7,10 +7,16 @@
  * session.connecting --CONNECTED--> session.open --CLOSED--> lost --failover delay--> session (next proxy)
  *        \--CONNECT_FAILED--> lost                          lost --attempts used up--> offline --REQUEST--> session
  *                                     lost --attempts used up, requests held--> backoff --delay--> session
+ *                     lost --attempts used up by dials, nothing held--> reconnecting --delay (unref'd)--> session
+ *                                                                       reconnecting --REQUEST--> session (at once)
  *  (any) --CLOSE--> closed
  *
  * A client that has been connected holds its requests while no proxy answers (hold.ts): each
- * waits until a proxy is back, or its own timeout or abort ends it.
+ * waits until a proxy is back, or its own timeout or abort ends it. Holding none, it dials
+ * again in the background with the same backoff (reconnecting) once the quick round's dials
+ * found no proxy, so its `reconnect` comes when the proxy is back, not at its next request. A
+ * connection a proxy closed after answering on it (its idle timeout, say) is not chased: once
+ * the quick round is used up by such closes, the client goes offline, as before.
  *
  * When a connection is lost, the requests sent on it go out again, first,
  * on the next proxy (the work is idempotent). So do requests a draining
@@ -124,12 +130,14 @@ export interface ClientOptions {
   failoverDelayMs?: number | undefined;
   /**
    * Hold requests while no proxy answers, once the client has been connected (default true):
-   * dial again with backoff (the failover delay doubling up to `reconnectMaxDelayMs`) until a
-   * proxy is back or each request's own timeout or abort ends it. `false`: fail what is pending
-   * after `maxAttempts` dials, as before.
+   * dial again with backoff (the failover delay doubling up to `reconnectMaxDelayMs`, each pause
+   * up to a fifth early at random) until a proxy is back or each request's own timeout or abort
+   * ends it. A client holding no request dials so too, in the background, until a proxy answers
+   * (its `reconnect` event then), on a timer that keeps no process alive by itself. `false`: fail
+   * what is pending after `maxAttempts` dials, and dial again only for the next request, as before.
    */
   hold?: boolean | undefined;
-  /** The longest pause between dials while requests are held (ms, default 1000). */
+  /** The longest pause between dials while no proxy answers (ms, default 1000). */
   reconnectMaxDelayMs?: number | undefined;
   /**
    * Longest wait for a connection (TCP, and TLS's handshake), and then for the proxy's answer to
@@ -228,6 +236,8 @@ export type ClientEvent =
   | { type: 'PINGS_REFUSED'; error: string }
   /** Send the requests parked after a NO_SERVER again (see hold.ts). */
   | { type: 'UNPARK' }
+  /** An idle client's pause between background dials is over (reconnecting): dial. */
+  | { type: 'REDIAL' }
   /** `invalid`: the proxy sent something that is not a valid message, and the client closed the connection. */
   | { type: 'CONNECT_FAILED'; error: string; invalid?: boolean }
   | { type: 'ANSWERS'; messages: Message[] }
@@ -907,6 +917,16 @@ export interface ClientContext {
   /** Connection attempts in a row without an answer (a refusal SHUTTING_DOWN is none: the proxy takes nothing). */
   attempts: number;
   /**
+   * The last try was a dial no proxy answered (refused, timed out, closed before the PONG of the first PING), not a
+   * connection a proxy had answered on and then closed: with the quick round used up and nothing held, the proxies are
+   * down, and the client dials again in the background (reconnecting). After a connection closed, they may well be up:
+   * an idle connection the proxy closes (its `idle_timeout`, 60 s) looks the same as one lost to a proxy killed, and
+   * chased it would be dialled again each time for ever.
+   */
+  dialFailed: boolean;
+  /** The dial under way is an idle client's background one (reconnecting): answered, the outage is over, the quick round whole again. */
+  redialing: boolean;
+  /**
    * The draining proxy (host:port) that last refused a request SHUTTING_DOWN, and its words, while
    * no proxy has answered a request since: a held request whose timeout ends then, or a request
    * failed when the client gives up, gets that code and says so.
@@ -1120,7 +1140,10 @@ function noPingsFrom(context: ClientContext, why: string, now: string): void {
  */
 function reached(context: ClientContext): Partial<ClientContext> {
   const fresh = !context.hop && context.outageSince !== undefined;
-  return { connectedOnce: true, outageSince: undefined, tried: [], recoveredAt: fresh ? context.clock.now() : context.recoveredAt, hop: false, hops: fresh ? 0 : context.hops };
+  // A background dial answered: nothing was sent, so no request is at stake in counting it as progress, and the next
+  // loss gets its quick round (without, a proxy killed again under the idle client left it offline at once).
+  const redialed = context.redialing ? { attempts: 0, redialing: false } : {};
+  return { connectedOnce: true, outageSince: undefined, tried: [], recoveredAt: fresh ? context.clock.now() : context.recoveredAt, hop: false, hops: fresh ? 0 : context.hops, ...redialed };
 }
 
 function maxAttempts(context: ClientContext): number {
@@ -1131,6 +1154,22 @@ function maxAttempts(context: ClientContext): number {
 function holding(context: ClientContext): boolean {
   return context.opts.hold !== false && context.connectedOnce;
 }
+
+/** The pause before the next dial once the quick round is used up: its step the dials failed since (hold.ts reconnectDelay). */
+function backoffMs(context: ClientContext): number {
+  return reconnectDelay(context.attempts - maxAttempts(context), context.opts.failoverDelayMs ?? 100, context.opts.reconnectMaxDelayMs ?? DEFAULT_RECONNECT_MAX_DELAY_MS);
+}
+
+/**
+ * The pause before an idle client's next background dial, on the client's clock. The system clock's timers are unref'd:
+ * the wait keeps no process alive by itself, as no timer of an idle client did before (it went offline after the quick
+ * round), so a script that forgets `close()` ends as it did once its proxy is gone. XState's `after` timers keep the
+ * process alive: the held requests' backoff waits on one, as a request awaited must.
+ */
+const redialTimer = fromCallback<EventObject, { clock: Clock; ms: number }>(({ sendBack, input }) => {
+  const timer = input.clock.setTimeout(() => sendBack({ type: 'REDIAL' } satisfies ClientEvent), input.ms);
+  return () => timer.cancel();
+});
 
 /** What the requests in flight may hold under a proxy's `share` for one connection: less a read (64 KiB), or a 16th of a share under 1 MiB. */
 function underShare(share: number): number {
@@ -1255,11 +1294,10 @@ export const clientMachine = setup({
     events: {} as ClientEvent,
     input: {} as ClientOptions,
   },
-  actors: { clientSocket },
+  actors: { clientSocket, redialTimer },
   delays: {
     failoverDelay: ({ context }) => (context.rebalance || context.redial ? 0 : context.opts.failoverDelayMs ?? 100),
-    reconnectDelay: ({ context }) => reconnectDelay(context.attempts - maxAttempts(context), context.opts.failoverDelayMs ?? 100,
-      context.opts.reconnectMaxDelayMs ?? DEFAULT_RECONNECT_MAX_DELAY_MS),
+    reconnectDelay: ({ context }) => backoffMs(context),
   },
   actions: {
     enqueue: ({ context, event, self }) => {
@@ -1471,9 +1509,11 @@ export const clientMachine = setup({
       const tried = known ? context.tried.map((t) => (t.proxy === proxy ? { proxy, why: event.error } : t)) : [...context.tried, { proxy, why: event.error }];
       // Leaving a proxy that left the registry: it goes from the list (it was first; the next is the list's first).
       const moved = context.unlisted ? listed(context, context.proxies.slice(1), 0) : { proxyIndex: context.rebalance ? 0 : (context.proxyIndex + 1) % context.proxies.length };
+      // Closed before it answered the first PING, the proxy was not reached: a failed dial, as a refused one.
+      const dialFailed = event.type === 'CONNECT_FAILED' || context.probing;
       return {
         ...moved, conn: undefined, tried, attempts: context.rebalance ? context.attempts : context.attempts + 1, lastError: event.error, lastInvalid: event.invalid === true,
-        outageSince: context.outageSince ?? context.clock.now(),
+        outageSince: context.outageSince ?? context.clock.now(), dialFailed,
       };
     }),
     giveUp: ({ context }) => {
@@ -1535,7 +1575,14 @@ export const clientMachine = setup({
       const idle = context.book.inFlight === 0;
       return { type: 'CLOSED' as const, error: `the reverse proxy at ${hostPort(host, port)} left the registry${idle ? '' : ` and has not answered for ${context.clock.now() - context.book.heardAt} ms`}`, silent: true };
     }),
-    resetAttempts: assign({ attempts: 0 }),
+    resetAttempts: assign({ attempts: 0, redialing: false }),
+    redial: assign({ redialing: true }),
+    /** The first pause of an idle client's background dials in an outage says so; the next ones are only debug. */
+    noteReconnecting: ({ context }) => {
+      const first = context.attempts === maxAttempts(context);
+      const msg = `${context.lastError ?? 'no reverse proxy reached'}: no request is held; dialling again in the background with backoff (at most ${context.opts.reconnectMaxDelayMs ?? DEFAULT_RECONNECT_MAX_DELAY_MS} ms apart) until a reverse proxy answers, and at once for a request`;
+      context.logger[first ? 'info' : 'debug']('reconnecting', msg, { reason: context.lastError });
+    },
     closeAll: ({ context }) => {
       context.book.failAll(new RequestError(LocalCode.CLIENT_CLOSED, 'the client was closed before the answer came'));
     },
@@ -1549,6 +1596,11 @@ export const clientMachine = setup({
     /** The quick round of dials is used up with requests pending: they are held, not failed. */
     holds: ({ context }) => context.attempts >= maxAttempts(context) && holding(context) && context.book.size > 0,
     nothingHeld: ({ context }) => context.book.size === 0,
+    /**
+     * The quick round is used up by dials no proxy answered, nothing is held, and the client holds requests when it has
+     * some (`hold`, connected once): it dials again in the background (reconnecting), as nats.js and MQTT.js reconnect.
+     */
+    reconnectsIdle: ({ context }) => context.attempts >= maxAttempts(context) && context.book.size === 0 && holding(context) && context.dialFailed,
     /** Requests refused NO_SERVER in the grace are parked, and the client knows another proxy to send them to. */
     anotherProxy: ({ context }) => context.proxies.length > 1 && context.book.parkedWaiting,
     /** The request that ran out of time was in flight on a proxy the watch finds silent too long (liveness.ts). */
@@ -1579,6 +1631,8 @@ export const clientMachine = setup({
       proxyIndex: 0,
       unlisted: false,
       attempts: 0,
+      dialFailed: false,
+      redialing: false,
       connectedOnce: false,
       tried: [],
       unparking: false,
@@ -1647,14 +1701,27 @@ export const clientMachine = setup({
       },
     },
     lost: {
-      always: [{ guard: 'holds', target: 'backoff' }, { guard: 'givesUp', target: 'offline' }],
+      always: [{ guard: 'holds', target: 'backoff' }, { guard: 'reconnectsIdle', target: 'reconnecting' }, { guard: 'givesUp', target: 'offline' }],
       after: { failoverDelay: 'session' },
     },
     /** No proxy answered the quick round: the requests wait, and the client dials again after a pause that grows. */
     backoff: {
       entry: 'noteHold',
-      always: { guard: 'nothingHeld', target: 'offline' },
+      always: [{ guard: 'reconnectsIdle', target: 'reconnecting' }, { guard: 'nothingHeld', target: 'offline' }],
       after: { reconnectDelay: 'session' },
+    },
+    /**
+     * No proxy answered the quick round, and nothing is held: the client dials again in the background with the same
+     * backoff, each pause up to a fifth early at random (a thousand clients of a proxy restarted do not dial it in one
+     * millisecond), on a timer that keeps no process alive by itself (redialTimer). A request dials at once, as offline.
+     */
+    reconnecting: {
+      entry: 'noteReconnecting',
+      invoke: { src: 'redialTimer', input: ({ context }) => ({ clock: context.clock, ms: backoffMs(context) }) },
+      on: {
+        REDIAL: { target: 'session', actions: 'redial' },
+        REQUEST: { target: 'session', actions: ['enqueue', 'resetAttempts'] },
+      },
     },
     /** Gave up: everything pending has failed. The next request tries the proxies again. */
     offline: {

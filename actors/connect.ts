@@ -74,8 +74,10 @@ export interface Reconnected {
 export interface ClientEvents {
   /**
    * The connection to the proxy in use ended (lost, or left: a failover, a draining proxy, a rebalance). The client
-   * goes on dialling - the next proxy, then with backoff while it holds requests; an idle one dials again at its next
-   * request - and says `reconnect` once a proxy answers.
+   * goes on dialling - the next proxy, then with backoff, holding requests or not (an idle client in the background,
+   * on timers that keep no process alive) - and says `reconnect` once a proxy answers. A connection the proxy closed
+   * while idle (its `idle_timeout`) is dialled again once, in the quick round; once that round is used up by such
+   * closes, the client dials again only for its next request, and says `reconnect` then.
    */
   disconnect: [Disconnected];
   /** A proxy answered again (its first PING) after a `disconnect`: held requests go out now. */

@@ -7,6 +7,9 @@
  * failed every request after two dials per proxy within about 200 ms, each with seconds of its
  * own timeout left. As nats.js (reconnectTimeWait, jitter) and MQTT.js (reconnectPeriod, its
  * offline queue) do, it now dials again with backoff and sends what it holds once a proxy answers.
+ * A client holding no request dials with the same backoff, in the background, until a proxy
+ * answers (2026-12-07): it went offline after the quick round, and its first request after the
+ * outage paid the dial.
  */
 import { hostPort } from '../transport/address.js';
 import { jittered } from '../transport/clock.js';

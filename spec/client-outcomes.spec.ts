@@ -8,12 +8,13 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { readFileSync } from 'node:fs';
-import { on } from 'node:events';
+import { on, once } from 'node:events';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { connect, HandlerError, RequestError, startProxy, startServer, type Client, type Handler, type ProxyHandle, type ProxyOptions, type ServerHandle } from '../actors/index.js';
+import { connect, HandlerError, ManualClock, RequestError, startProxy, startServer, type Client, type Handler, type ProxyHandle, type ProxyOptions, type ServerHandle } from '../actors/index.js';
 import { CLIENT_CODES, ERROR_CODES, RETRYABLE, RevproxyError } from '../transport/errors.js';
-import { eventually } from './helpers.js';
-import { killAll, proxyProcess, ROOT } from './procs.js';
+import { eventually, sleep } from './helpers.js';
+import { killAll, proxyProcess, ROOT, start } from './procs.js';
 
 interface Ctx {
   proxies: ProxyHandle[];
@@ -316,13 +317,163 @@ state('a failover: the proxy in use killed, the client says disconnect from it a
   })().catch((e: Error) => assert.is(e.name, 'AbortError'));
   assert.is(await c.request('P', 'x'), 'x');
   a.kill();
-  // A request after the loss goes to b (an idle client dials again at its next request).
+  // The client fails over to b by itself (the quick round of dials), idle as it is; a request goes there.
   assert.is(await c.request('P', 'y'), 'y');
   // kill() closes an idle connection with the stopped proxy's last word.
   assert.equal(seen, [`disconnect 127.0.0.1:${a.port}: the reverse proxy at 127.0.0.1:${a.port} ended the connection saying SHUTTING_DOWN: the proxy has stopped and closes this connection: a request sent on it and not answered was not read; send it to another proxy`, `reconnect 127.0.0.1:${b.port} from 127.0.0.1:${a.port}`]);
   assert.equal(iterated, [`127.0.0.1:${b.port}`]);
   ac.abort();
   await reading;
+});
+
+state('an idle client whose proxy is killed (SIGKILL) and started again says reconnect once it is back, without a request, and its next request goes out on that connection', async () => {
+  // An idle client went offline after the quick round and dialled again only at its next request: its reconnect came
+  // then (8.8 s after the disconnect where the proxy had been back for 6 s), and that request paid the dial.
+  const slow = ['--timeout', '30000'];
+  const first = await proxyProcess(slow);
+  const { port } = first;
+  const at = `127.0.0.1:${port}`;
+  const s = await startServer({ id: 's', policy: 'P', revproc: port, handler: async (p) => String(p).toUpperCase() });
+  ctx.servers.push(s);
+  const c = await client({ revproc: port, timeoutMs: 20000, failoverDelayMs: 10, reconnectMaxDelayMs: 200 });
+  const seen = record(c);
+  assert.is(await c.request('P', 'warm'), 'WARM');
+  first.proc.kill('SIGKILL');
+  await first.proc.exited;
+  // The quick round over (two dials with one proxy), no proxy found: the idle client goes on dialling in the background.
+  await eventually(() => c.actor.getSnapshot().context.attempts >= 2, 5000, 'the quick round used up');
+  await proxyProcess(slow, { port });
+  await eventually(() => seen.length > 1, 5000, 'reconnect, no request made');
+  assert.equal(seen, [`disconnect ${at}: the reverse proxy closed the connection`, `reconnect ${at} from ${at}`]);
+  const conn = c.actor.getSnapshot().context.conn;
+  assert.ok(conn && c.actor.getSnapshot().matches({ session: 'open' }), 'connected');
+  // The server registers again within its own backoff: until then the proxy's NO_SERVER is held (hold.ts).
+  assert.is(await c.request('P', 'after'), 'AFTER');
+  assert.ok(c.actor.getSnapshot().context.conn === conn, 'the request went out on the connection made in the background');
+  assert.is(seen.length, 2, 'no other event');
+});
+
+state('a client closed while it dials again in the background (destroy(), close()) dials nothing more', async () => {
+  const first = await proxyProcess();
+  const { port } = first;
+  const opts = { revproc: port, failoverDelayMs: 10, reconnectMaxDelayMs: 100 };
+  const a = await client(opts);
+  const b = await client(opts);
+  first.proc.kill('SIGKILL');
+  await first.proc.exited;
+  for (const c of [a, b]) await eventually(() => c.actor.getSnapshot().matches('reconnecting'), 5000, 'dialling again in the background');
+  // Between two dials, or in one: either way nothing more may be dialled once closed.
+  await sleep(50);
+  const seen = [record(a), record(b)];
+  a.destroy();
+  await b.close();
+  assert.equal(seen, [['close'], ['close']]);
+  // The port listens again: a dial from either would be taken here.
+  let dials = 0;
+  const listener = createServer((sock) => {
+    dials++;
+    sock.destroy();
+  }).listen(port, '127.0.0.1');
+  await once(listener, 'listening');
+  try {
+    await sleep(1000); // ten of the longest pauses between dials
+  } finally {
+    listener.close();
+  }
+  assert.is(dials, 0, 'dials after close');
+  for (const c of [a, b]) assert.is.not(c.actor.getSnapshot().status, 'active');
+});
+
+state('a script that connects, sends and forgets close() runs while connected, and ends by itself once its proxy is gone: the background dials keep no process alive', async () => {
+  // Decided: the client's open connection keeps Node running, as any socket does (as before); its pauses between
+  // background dials do not (the system clock's timers are unref'd), so such a script ends once its proxy is gone,
+  // as it did when an idle client went offline after the quick round.
+  const first = await proxyProcess();
+  const script = start(process.execPath, ['--import', 'tsx', join(ROOT, 'spec/fixtures/forgetful-client.ts'), String(first.port)]);
+  try {
+    await script.waitFor(/^asked$/, 15000);
+    await sleep(300);
+    assert.is(script.child.exitCode, null, 'connected, it runs on');
+    first.proc.kill('SIGKILL');
+    await first.proc.exited;
+    const code = await Promise.race([script.exited, sleep(10000).then(() => 'still running 10 s after its proxy was killed')]);
+    assert.is(code, 0, script.out.join('\n'));
+  } finally {
+    script.kill('SIGKILL');
+  }
+});
+
+state('idle clients of a proxy killed and started again: their background dials keep to the backoff and its cap, and jitter spreads them (manual clock)', async () => {
+  // On the client's clock, so the spread is the clients' own, not the event loop's: with a fixed pause (MQTT.js's
+  // reconnectPeriod) every client would dial the restarted proxy in the same step.
+  const N = 40;
+  const STEP = 5;
+  const clock = new ManualClock();
+  const first = await proxyProcess();
+  const { port } = first;
+  const dials: number[][] = [];
+  const back: number[] = [];
+  const clients = await Promise.all(Array.from({ length: N }, async (_, i) => {
+    dials[i] = [];
+    const c = await client({
+      revproc: port, clock, failoverDelayMs: 100, reconnectMaxDelayMs: 1000,
+      inspect: (e) => {
+        if (e.type === '@xstate.event' && e.event.type === 'REDIAL') dials[i]!.push(clock.now());
+      },
+    });
+    c.on('reconnect', () => (back[i] = clock.now()));
+    return c;
+  }));
+  first.proc.kill('SIGKILL');
+  await first.proc.exited;
+  await eventually(() => clients.every((c) => c.actor.getSnapshot().matches('lost')), 5000, 'every client lost its proxy');
+  const lostAt = clock.now();
+  /** Move the clients' clock on, a step at a time, letting each dial's real connect end between steps. */
+  const drive = async (ms: number, done = (): boolean => false): Promise<void> => {
+    for (const end = clock.now() + ms; clock.now() < end && !done(); ) {
+      clock.advance(STEP);
+      await sleep(2);
+    }
+  };
+  await drive(2600); // past the quick round, and at the cap (200, 400, 800, then 1000 ms)
+  const restarted = clock.now();
+  await proxyProcess([], { port });
+  await drive(3000, () => back.filter((t) => t !== undefined).length === N);
+  assert.is(back.filter((t) => t !== undefined).length, N, 'every client said reconnect, no request made');
+  for (const d of dials) {
+    assert.ok(d.length >= 4, `dials ${d.map((t) => t - lostAt).join(', ')}`);
+    const gaps = d.slice(1).map((t, k) => t - d[k]!);
+    assert.ok(gaps.every((g) => g <= 1000 + STEP), `a pause past reconnectMaxDelayMs: ${gaps.join(', ')}`);
+    // The quick round's dial after the failover delay (100 ms), then pauses doubling from twice it, each up to a fifth
+    // early: 160-200, 320-400, 640-800, then 800-1000 (each dial's own connect may take a step of the clock).
+    const firstAfter = d[0]! - lostAt;
+    assert.ok(firstAfter >= 100 + 160 - STEP && firstAfter <= 100 + 200 + 2 * STEP, `the first background dial ${firstAfter} ms after the loss`);
+    assert.ok(gaps[0]! >= 320 - STEP && gaps[0]! <= 400 + STEP && gaps.at(-1)! >= 800 - STEP, `the backoff: ${gaps.join(', ')}`);
+  }
+  // The dials that found the proxy back, one a client: by step of the clock.
+  const found = dials.map((d) => d.find((t) => t >= restarted)!);
+  const perStep = new Map<number, number>();
+  for (const t of found) perStep.set(Math.floor(t / STEP), (perStep.get(Math.floor(t / STEP)) ?? 0) + 1);
+  const most = Math.max(...perStep.values());
+  assert.ok(most <= N / 4, `${most} of ${N} clients dialled the restarted proxy in one ${STEP} ms step`);
+  for (const c of clients) c.destroy();
+});
+
+state('an idle connection the proxy closes (its idle_timeout) is not chased: after the quick round\'s dial the client goes offline and dials again only for a request', async () => {
+  // The background dials are for a proxy that went away, not for one that closed an idle connection: chased, each idle
+  // client would hold a connection for ever, dialled again at every idle_timeout, which the proxy sets to let go of them.
+  const p = await proxy({ idleTimeoutMs: 200 });
+  const at = `127.0.0.1:${p.port}`;
+  const c = await client({ revproc: p.port, failoverDelayMs: 10, reconnectMaxDelayMs: 100 });
+  const seen = record(c);
+  await eventually(() => c.actor.getSnapshot().matches('offline'), 5000, 'offline');
+  await sleep(1000); // five idle timeouts
+  assert.equal(seen, [
+    `disconnect ${at}: the reverse proxy closed the connection`, `reconnect ${at} from ${at}`, `disconnect ${at}: the reverse proxy closed the connection`,
+  ]);
+  assert.ok(c.actor.getSnapshot().matches('offline'), 'still offline');
+  assert.instance(await c.request('P', 'x', { timeoutMs: 500 }).catch((e: unknown) => e), RequestError);
+  assert.is(seen[3], `reconnect ${at} from ${at}`, 'the request dialled');
 });
 
 state.run();
