@@ -269,7 +269,7 @@ export class Client extends EventEmitter<ClientEvents> {
    */
   renewTls(tls: TlsMaterial): void {
     const running = this.actor.getSnapshot().context.opts.tls;
-    this.actor.send({ type: 'RENEW_TLS', tls: renewed('tls', running, tls, false, ['clientAuth']) });
+    this.actor.send({ type: 'RENEW_TLS', tls: renewed('tls', running, tls) });
   }
 
   /**
@@ -328,7 +328,9 @@ export class Client extends EventEmitter<ClientEvents> {
 export async function connect(opts: ConnectOptions = {}): Promise<Client> {
   const bad = badStartOptions(opts, `{ revproc: ${DEFAULT_PROXY_PORT} }`) ?? badClientOption(opts);
   if (bad) throw new StartError(`connect(): ${bad}`);
-  checkTlsOptions(opts, 'connect()', false, ['clientAuth']);
+  // Its certificate is presented only to a proxy that asks for one (mutual TLS): not held to clientAuth here, or one that no
+  // proxy asks for would be refused (a peer that asks refuses it in the handshake, in words: transport/foreign.ts).
+  checkTlsOptions(opts, 'connect()', false, []);
   const found = await locate(opts).catch((err: Error) => {
     throw err instanceof StartError ? new StartError(`connect(): ${err.message}`) : new RequestError(LocalCode.CONNECT_FAILED, err.message);
   });
@@ -481,7 +483,7 @@ const SHA1_SHAPE = /^[0-9a-f]{40}$/;
 export async function runClient(opts: RunOptions): Promise<Result[]> {
   const bad = badStartOptions(opts, `{ proxy: { host: '127.0.0.1', port: ${DEFAULT_PROXY_PORT} }, packets }`) ?? badClientOption(opts);
   if (bad) throw new StartError(`runClient(): ${bad}`);
-  checkTlsOptions(opts, 'runClient()', false, ['clientAuth']);
+  checkTlsOptions(opts, 'runClient()', false, []);
   let found: { proxies: Endpoint[]; discovery?: Discovery };
   try {
     found = await locate(opts);

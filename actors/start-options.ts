@@ -46,7 +46,7 @@ export function checkTlsOptions(opts: { tls?: unknown; upstreamTls?: unknown; re
   try {
     checkStartTls('tls', opts.tls, serves, needs);
     checkStartTls('upstreamTls', opts.upstreamTls, false);
-    checkStartTls('registry.tls', opts.registry?.tls, false, ['clientAuth']);
+    checkStartTls('registry.tls', opts.registry?.tls, false);
   } catch (err) {
     throw err instanceof TlsConfigError ? new TlsConfigError(`${who}: ${err.message}`, err.kind) : err;
   }

@@ -286,8 +286,8 @@ export function registryFromFlags(o: RegistryFlags): (RegistryOptions & { advert
   }
   const { endpoints, tls } = parseRegistryUrl(o.registry);
   if ((o.registryCert === undefined) !== (o.registryKey === undefined)) throw new UsageError('--registry-cert and --registry-key go together: give both or neither');
-  // etcd is the only peer this certificate is presented to, as a client's.
-  const material = tlsFromFlags({ tlsCert: o.registryCert, tlsKey: o.registryKey, tlsCa: o.registryCa }, REGISTRY_FLAGS, ['clientAuth']);
+  // Presented to etcd only, when it asks for one (--client-cert-auth): not held to clientAuth here (warned of: tlsWarnings).
+  const material = tlsFromFlags({ tlsCert: o.registryCert, tlsKey: o.registryKey, tlsCa: o.registryCa }, REGISTRY_FLAGS);
   return {
     endpoints,
     prefix: o.registryPrefix,

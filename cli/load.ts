@@ -340,8 +340,8 @@ Examples:
       if (f.requests !== undefined && self.getOptionValueSource('warmup') === 'cli') throw new UsageError('--warmup goes with --duration: with --requests every request counts');
       if (f.connectionPerRequest && self.getOptionValueSource('inflight') === 'cli') throw new UsageError('--inflight does not go with --connection-per-request, which sends one request per connection: --connections sets how many at once');
       const requests = f.requests;
-      // Presented to a proxy (or a server) that asks for one: as a client's.
-      const tls = tlsFromFlags(f, undefined, ['clientAuth']);
+      // Presented only to a proxy (or a server) that asks for one: not held to clientAuth (that peer refuses it in words).
+      const tls = tlsFromFlags(f);
       const live: LiveCounters = { answered: 0, opened: 0, failed: 0 };
       const stop = new AbortController();
       let stoppedBy: string | null = null;

@@ -134,7 +134,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     crlWarn(tls);
     const warningsOf = (own: typeof tls, etcd: typeof tls) => [
       ...tlsWarnings(own, { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }, { paths: { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa }, mayPresent: !registry }),
-      ...tlsWarnings(etcd, REGISTRY_FLAGS, { paths: { cert: o.registryCert, key: o.registryKey, ca: o.registryCa } }),
+      ...tlsWarnings(etcd, REGISTRY_FLAGS, { paths: { cert: o.registryCert, key: o.registryKey, ca: o.registryCa }, mayPresent: true }),
     ];
     warnTls(logger, warningsOf(tls, registry?.tls));
     const files = [...(tls ? [`--tls-cert, --tls-key, --tls-ca${o.tlsCrl ? ', --tls-crl' : ''}`] : []), ...(registryFiles ? ['--registry-cert, --registry-key, --registry-ca'] : [])].join('; ');
@@ -237,7 +237,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     }
     const registry = registryFromFlags(o);
     const results = await runClient({
-      id, proxies: typeof o.revproc === 'string' ? undefined : o.revproc, registry, packets, tls: tlsFromFlags(o, undefined, ['clientAuth']), timeoutMs: o.timeout, window: o.window, maxFrameBytes: o.maxFrame, wire: o.wire, logger,
+      id, proxies: typeof o.revproc === 'string' ? undefined : o.revproc, registry, packets, tls: tlsFromFlags(o), timeoutMs: o.timeout, window: o.window, maxFrameBytes: o.maxFrame, wire: o.wire, logger,
       inspect: insp.attach.inspect, verify: o.verify ? 'auto' : false,
     });
     const ok = results.filter((r) => r.answer !== undefined && r.correct !== false).length;

@@ -535,10 +535,11 @@ export interface Runtime {
 
 /**
  * What the proxy does with each section's certificate, which it must be fit for (`CertPurpose`): it serves
- * `tls.cert` on its port, and presents `registry.tls.cert` to etcd and nowhere else. It presents `tls.cert` to
- * servers too when it dials them (with `tls.ca`), but only a server with --tls-ca asks for it: warned of only.
+ * `tls.cert` on its port. It presents `tls.cert` to servers too when it dials them (with `tls.ca`), but only a
+ * server with --tls-ca asks for it, and `registry.tls.cert` to etcd, which asks only with --client-cert-auth:
+ * a certificate without clientAuth there is warned of (`tlsWarnings`' mayPresent), not refused.
  */
-const CERT_NEEDS: Record<'tls' | 'registry.tls', readonly CertPurpose[]> = { tls: ['serverAuth'], 'registry.tls': ['clientAuth'] };
+const CERT_NEEDS: Record<'tls' | 'registry.tls', readonly CertPurpose[]> = { tls: ['serverAuth'], 'registry.tls': [] };
 
 /** A section's TLS settings as sentences name them: by the flag that gave each (`flagOf`), else by its key. */
 function keysOf(section: 'tls' | 'registry.tls', flagOf: (key: FileKey) => string | undefined = () => undefined): Required<TlsNames> {
@@ -585,7 +586,7 @@ export function toRuntime(c: ProxyConfig, flagOf?: (key: FileKey) => string | un
     // Clients dial `host` (unless it is every address) and, finding the proxy in etcd, its advertised address.
     tlsWarnings: [
       ...tlsWarnings(tls, keysOf('tls', flagOf), { paths: c.tls, mayPresent: Boolean(tls?.ca), dialledAs: [{ host: c.host ?? DEFAULT_LISTEN_HOST, setting: 'host, --host', listening: true }, ...(c.registry?.advertise ? [{ host: c.registry.advertise, setting: 'registry.advertise, --advertise' }] : [])] }),
-      ...tlsWarnings(registry?.tls, keysOf('registry.tls', flagOf), { paths: c.registry?.tls }),
+      ...tlsWarnings(registry?.tls, keysOf('registry.tls', flagOf), { paths: c.registry?.tls, mayPresent: true }),
       ...crlWarnings(tls, { cert: 'tls.cert', key: 'tls.key', ca: 'tls.ca' }, c.tls?.crl).map((message) => ({ event: 'tls_crl_problem', setting: 'tls.crl', message })),
     ],
   };

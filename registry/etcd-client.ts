@@ -73,8 +73,8 @@ export class EtcdClient {
 
   private async swap(next: TlsMaterial): Promise<Renewal> {
     if (this.closed) throw new TlsConfigError('cannot renew registry.tls: the registry is closed (the proxy or server has stopped)', 'usage');
-    // etcd is the only peer its certificate is presented to, as a client's.
-    const material = renewed('registry.tls', this.o.tls, next, false, ['clientAuth']);
+    // Presented to etcd only, when it asks (--client-cert-auth): not held to clientAuth, as at start.
+    const material = renewed('registry.tls', this.o.tls, next);
     const o: Resolved = { ...this.o, tls: material };
     const client = await openEtcd(o);
     let renewal: Renewal = { tried: true };

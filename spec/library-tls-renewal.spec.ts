@@ -179,7 +179,7 @@ renew('the TLS options at start are checked as the files are: a key not the cert
   }
 });
 
-renew('the library refuses as the CLI does, at start and on renewTls: a certificate unfit for what the side does with it, not valid yet, an expired intermediate, a leaf as the CA, an encrypted key', async () => {
+renew('the library refuses as the CLI does, at start and on renewTls: a certificate unfit for what the side does with it (a client certificate without clientAuth taken: only a proxy that asks is shown it), not valid yet, an expired intermediate, a leaf as the CA, an encrypted key', async () => {
   const a = makePki(['proxy', 'client-only', 'server-only'], 'CA A', { usages: { 'client-only': 'clientAuth', 'server-only': 'serverAuth' } });
   const future = makePki(['soon'], 'CA later', { made: '+1d' });
   const lapsed = makePki(['chained'], 'CA lapsed', { days: 5, intermediate: { made: '-3d', days: 1 } });
@@ -192,7 +192,12 @@ renew('the library refuses as the CLI does, at start and on renewTls: a certific
   // As read, unchecked (`material` checks them as the CLI's files).
   const raw = (pki: Pki, name: string, trusted = ca): TlsMaterial => ({ cert: readFileSync(pki.cert(name).cert), key: readFileSync(pki.cert(name).key), ca: trusted });
   await refused(() => startProxy({ port: 0, tls: raw(a, 'client-only') }), /^startProxy: tls\.cert holds a certificate whose extended key usage is clientAuth only, without serverAuth: this side serves it on its port/);
-  await refused(() => connect({ revproc: 1, tls: raw(a, 'server-only') }), /^connect\(\): tls\.cert holds a certificate whose extended key usage is serverAuth only, without clientAuth: this side presents it when it dials/);
+  // A client presents its certificate only to a proxy that asks for one (tls.ca): one without clientAuth is not refused
+  // before it dials (a proxy that asks refuses it in the handshake, in words); one that does not ask takes the client.
+  const oneWay = await startProxy({ port: 0, tls: { ...loadTls(a.cert('proxy'))! } });
+  ctx.proxies.push(oneWay);
+  const serverOnly = await connect({ revproc: oneWay.port, tls: { ...raw(a, 'server-only'), ca } });
+  serverOnly.destroy();
   await refused(() => startServer({ id: 's1', policy: 'P', revproc: 1, tls: raw(lapsed, 'chained') }), /^startServer: tls\.cert holds the intermediate certificate CN=CA lapsed intermediate, which expired on /);
   await refused(() => startProxy({ port: 0, tls: raw(future, 'soon') }), /^startProxy: tls\.cert holds a certificate valid only from 20\d\d-[-\dT:.]+Z, in 2[34] hours/);
   await refused(() => startProxy({ port: 0, tls: raw(a, 'proxy', readFileSync(a.cert('proxy').cert)) }), /^startProxy: tls\.ca holds no root CA certificate \(self-signed, valid now\) to verify peers with: CN=proxy is not a CA certificate/);
