@@ -8,7 +8,7 @@ import { StartError } from '../transport/errors.js';
 import { endpoints, type Revproc } from './connect.js';
 import { jsonRegistrations } from './json-registration.js';
 import { logStopped, releaseAll } from './children.js';
-import { badTrustedSource, closeRevoked } from './port-limits.js';
+import { badTrustedSource, closeNotAllowed, closeRevoked } from './port-limits.js';
 import { RETRY_CONDITIONS } from './link.js';
 import { badSecretOption } from '../config/files.js';
 import { badLogger } from './logger.js';
@@ -20,7 +20,7 @@ import type { RegistryOptions } from '../registry/options.js';
 import type { RegistryStatus } from '../registry/events.js';
 import type { EtcdClient, Renewal } from '../registry/etcd-client.js';
 import { badId, badIdentity, badLimit, badProxies, badWholeNumbers, serverMachine, type ServerActor, type ServerOptions } from './server.js';
-import { dial, TlsConfigError, type TlsMaterial } from '../transport/tls.js';
+import { checkAllowedNames, dial, TlsConfigError, type TlsMaterial, type UpstreamTlsMaterial } from '../transport/tls.js';
 import { renewed } from './renew-tls.js';
 import { actorOptions, badKinds, badStartOptions, checkTlsOptions } from './start-options.js';
 
@@ -75,15 +75,16 @@ export interface ProxyHandle {
   registry(): RegistryStatus | undefined;
   /**
    * Renewed certificates (or a new CA bundle), as Buffers like `startProxy`'s: `tls` for the
-   * listener's next handshakes, `upstreamTls` for its next dials to servers; connections already
-   * open keep theirs, but for those whose peer's certificate a CRL of the renewed set (`crl`)
-   * revokes: those are closed, and their number returned. Checked first as the files are at start: a
+   * listener's next handshakes, `upstreamTls` for its next dials to servers (its `names` too); connections
+   * already open keep theirs, but for those whose peer's certificate a CRL of the renewed set (`crl`)
+   * revokes, and the links to servers whose certificates the renewed `upstreamTls.names` no longer
+   * allows: those are closed, and their number returned. Checked first as the files are at start: a
    * bad set throws a `TlsConfigError` (code TLS_CONFIG) and the running one stays. Only what the proxy
    * started with can be renewed.
    */
-  renewTls(next: { tls?: TlsMaterial; upstreamTls?: TlsMaterial }): number;
+  renewTls(next: { tls?: TlsMaterial; upstreamTls?: UpstreamTlsMaterial }): number;
   /** The TLS material the proxy runs with now: its start's, or the last `renewTls`'s. */
-  tls(): { tls?: TlsMaterial; upstreamTls?: TlsMaterial };
+  tls(): { tls?: TlsMaterial; upstreamTls?: UpstreamTlsMaterial };
   /** What the proxy's etcd client presents and trusts now (`registry.tls`, or the last `renewRegistryTls`'s); undefined without a registry over TLS. */
   registryTls(): TlsMaterial | undefined;
   /**
@@ -197,12 +198,17 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
     renewTls(next) {
       // Both checked before either is taken: a bad set changes nothing.
       const tls = next.tls && renewed('tls', running.tls, next.tls, true, ['serverAuth']);
-      const upstreamTls = next.upstreamTls && renewed('upstreamTls', running.upstreamTls, next.upstreamTls);
+      const upstreamTls = next.upstreamTls && renewed('upstreamTls', running.upstreamTls, next.upstreamTls) as UpstreamTlsMaterial;
+      if (upstreamTls) checkAllowedNames('upstreamTls', upstreamTls.names);
       const closed = { connections: 0 };
       if (upstreamTls) {
         running.upstreamTls = upstreamTls;
-        // Its links to servers whose certificates the CRLs revoke: each link dials again, and is refused.
-        closed.connections += closeRevoked(actor.getSnapshot().context.linkSockets.sockets, upstreamTls, actor.getSnapshot().context.logger, 'tls.crl', 'link to the server at');
+        // Its links to servers whose certificates the CRLs revoke, or the names no longer allow: each link dials again, and is refused.
+        const { linkSockets, logger } = actor.getSnapshot().context;
+        // Named as the CLI's files are: tls.crl when upstream_tls is absent (the proxy dials with the tls files), else its own.
+        const crlSetting = upstreamTls.crl && running.tls?.crl && Buffer.from(upstreamTls.crl).equals(Buffer.from(running.tls.crl)) ? 'tls.crl' : 'upstream_tls.crl';
+        closed.connections += closeRevoked(linkSockets.sockets, upstreamTls, logger, crlSetting, 'link to the server at');
+        closed.connections += closeNotAllowed(linkSockets.sockets, upstreamTls.names, logger);
       }
       if (tls) {
         running.tls = tls;
@@ -289,8 +295,11 @@ export async function startServer(options: StartServerOptions): Promise<ServerHa
   // An id that is no id cannot name the server in its own error: the call is named instead.
   const noId = badId('id', opts.id);
   if (noId) throw new StartError(`startServer: ${noId}`);
-  const badKind = badKinds(opts, [['listenHost', 'string'], ['wire', { oneOf: ['frames', 'json'] }], ['behaviour', { oneOf: BEHAVIOURS }], ['waitForRegistration', 'boolean']]);
+  const badKind = badKinds(opts, [['listenHost', 'string'], ['wire', { oneOf: ['frames', 'json'] }], ['behaviour', { oneOf: BEHAVIOURS }], ['waitForRegistration', 'boolean'], ['plainRegistration', 'boolean']]);
   if (badKind) throw new StartError(`server ${opts.id}: ${badKind}`);
+  // Plain registration is a TLS listener's, registering with proxies: anything else registers as it would without it.
+  if (opts.plainRegistration && !opts.tls?.cert) throw new StartError(`server ${opts.id}: plainRegistration (--plain-registration) goes with tls.cert (--tls-cert): it registers in plain TCP a server whose port serves TLS, and without TLS files a server registers in plain TCP anyway`);
+  if (opts.plainRegistration && opts.registry) throw new StartError(`server ${opts.id}: plainRegistration (--plain-registration) is for registrations with proxies: through the registry a server dials no proxy (the proxies dial it, over TLS with their upstream_tls)`);
   // A server's token is the proxy's to judge (a short one is never accepted); empty or with white space at an end, it is refused here.
   const badHost = opts.listenHost === undefined ? undefined : (await import('../config/proxy.js')).listenHostProblem(opts.listenHost, 'listenPort');
   const bad = badIdentity(opts) ?? badProxies(opts.proxies) ?? badLimit(opts) ?? badWholeNumbers(opts, [['registerTimeoutMs', 1, ''], ['listenPort', 0, ' (0: any free port)', 65535]]) ?? badLogger(opts.logger)

@@ -55,7 +55,9 @@ export const jsonRegistrations = fromCallback<RegistrationCommand, RegistrationI
   for (const ep of input.proxies) attempt(ep, input.initialMs);
   // The old wire has nothing to deregister; renewed TLS files are for the next dials.
   receive((e) => {
-    if (e.type === 'RENEW_TLS') input.tls = e.tls;
+    if (e.type !== 'RENEW_TLS') return;
+    if (!input.plain) input.tls = e.tls;
+    input.served = e.tls.cert;
   });
   return () => {
     stopping = true;

@@ -11,7 +11,7 @@ import type { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode, HANDLER_FAILED, SERVER_ANSWER_CODES, type ErrorCode as WireCode } from '../transport/errors.js';
 import { MsgType, type AckMsg, type DataMsg, type ErrorMsg, type PongMsg } from '../transport/messages.js';
 import type { Connection } from '../transport/socket.js';
-import { describeLookupError, type TlsMaterial } from '../transport/tls.js';
+import { describeLookupError, describeUpstreamTlsError, type UpstreamTlsMaterial } from '../transport/tls.js';
 import { outOfDescriptors } from './port-limits.js';
 import type { Clock } from '../transport/clock.js';
 import type { Inflight } from './inflight.js';
@@ -180,15 +180,16 @@ export type TryFailure = Failure & { cause: TryCause };
 
 /**
  * Why a link's connection failed, in words (both links' one rule): refused; the server's name not
- * resolving; or this process out of descriptors, which is no fault of the server's.
+ * resolving; its TLS handshake failing (in the words of the proxy's upstream_tls); or this process out of
+ * descriptors, which is no fault of the server's.
  */
 export function describeLinkError(err: NodeJS.ErrnoException, host: string): string {
   if (err.code === 'ECONNREFUSED') return 'connection refused';
-  return describeLookupError(err, host) ?? outOfDescriptors(err, 'max_connections') ?? err.message;
+  return describeLookupError(err, host) ?? describeUpstreamTlsError(err) ?? outOfDescriptors(err, 'max_connections') ?? err.message;
 }
 
 /** Dials host:port; `tls`, when given, is what to dial over TLS with now (the proxy's upstreamTls, renewed by `renewTls`). */
-export type SocketFactory = (host: string, port: number, tls?: TlsMaterial) => Socket;
+export type SocketFactory = (host: string, port: number, tls?: UpstreamTlsMaterial) => Socket;
 export const tcpConnect: SocketFactory = (host, port) => netConnect({ host, port });
 
 /** What the proxy gives every link it spawns. */

@@ -288,13 +288,17 @@ export function admit(context: ProxyContext, peer: Peer, s: SetupMsg): void {
     conn.endWith(errorMsg(ErrorCode.UNAUTHORIZED, `registration refused: ${denied}`));
     return;
   }
+  // A server that says how its port serves, and not as this proxy dials: its link would fail at every dial, said only as
+  // a connection closed by the server (a plain dial to TLS) or OpenSSL's words (a TLS dial to plain TCP).
+  const mismatch = tlsMismatch(context, s);
+  if (mismatch) return void refuseSetup(context, peer, s, mismatch);
   const held = context.servers.get(s.id);
   const host = conn.remoteAddress;
   if (conn.wire === 'json') {
     // An old server's setup names only a port: the proxy dials the address it came from. One naming this
     // proxy's own client port from this machine had the proxy send its requests into itself, round and round.
     const loop = ownClientPort(context, host, s.listenport);
-    if (loop) return void refuseOldSetup(context, peer, s, `${loop}: requests sent there would come back into this proxy. Give the server's own listen port (-listen)`);
+    if (loop) return void refuseSetup(context, peer, s, `${loop}: requests sent there would come back into this proxy. Give the server's own listen port (-listen)`);
   }
   // An old server that restarts sends its setup again, and cannot read a refusal: take the new one - from the
   // address the held one came from once its process has exited (a live one holds a connection of its link
@@ -303,8 +307,8 @@ export function admit(context: ProxyContext, peer: Peer, s: SetupMsg): void {
   if (held && held.wire === 'json' && conn.wire === 'json') {
     const restart = held.host === host && !held.traffic.serverHolds;
     if (restart || held.downSince !== undefined) removeServer(context, held, restart ? 'it sent a new setup message' : `it sent a new setup message from ${host}, and its link to ${hostPort(held.host, held.port)} is down`);
-    else if (held.host === host) return void refuseOldSetup(context, peer, s, `server id ${s.id} is held by a live old server at ${hostPort(held.host, held.port)}, which holds this proxy's connection open: a second server may not take a live server's id. A server that restarts is taken once its old process has exited; give each server an id of its own`, ErrorCode.DUPLICATE_ID);
-    else return void refuseOldSetup(context, peer, s, `server id ${s.id} is held by a live old server at ${hostPort(held.host, held.port)}, and this setup came from another address: a peer may not take a live server's id. An old server that moved is taken once its old address stops answering (restart it then), or use ids each host keeps to itself`, ErrorCode.DUPLICATE_ID);
+    else if (held.host === host) return void refuseSetup(context, peer, s, `server id ${s.id} is held by a live old server at ${hostPort(held.host, held.port)}, which holds this proxy's connection open: a second server may not take a live server's id. A server that restarts is taken once its old process has exited; give each server an id of its own`, ErrorCode.DUPLICATE_ID);
+    else return void refuseSetup(context, peer, s, `server id ${s.id} is held by a live old server at ${hostPort(held.host, held.port)}, and this setup came from another address: a peer may not take a live server's id. An old server that moved is taken once its old address stops answering (restart it then), or use ids each host keeps to itself`, ErrorCode.DUPLICATE_ID);
   } else if (held) {
     // A flood of them must not become a flood of lines: one, then one per interval with a count, per id (as for UNAUTHORIZED).
     log.repeated('warn', 'register_refused', `${conn.remoteAddress}\0${ErrorCode.DUPLICATE_ID}\0${s.id}`, 1, (n, span) => `Refused setup from ${span ? conn.remoteAddress : conn.describe()}: server id ${s.id} is already registered${span ? ` (${n} times ${span})` : ''}`, {
@@ -351,8 +355,19 @@ function ownClientPort(context: ProxyContext, host: string, port: number): strin
   return mine ? `its listen port ${port} at ${host} is this proxy's own client port` : undefined;
 }
 
-/** An old server's setup refused: said once, then counted an interval per address and reason (a flood of them is a few lines); the old server cannot read the refusal, its connection is closed. */
-function refuseOldSetup(context: ProxyContext, peer: Peer, s: SetupMsg, why: string, code: ErrorCode = ErrorCode.BAD_REQUEST): void {
+/**
+ * Why a setup's `tls` (how its listen port serves) does not fit how this proxy dials its servers (`dialsTls`), or
+ * undefined: it fits, or the server did not say (a server from before, the old JSON wire).
+ */
+export function tlsMismatch(context: Pick<ProxyContext, 'dialsTls'>, s: SetupMsg): string | undefined {
+  if (s.tls === undefined || s.tls === context.dialsTls) return undefined;
+  return s.tls
+    ? `server id ${s.id} serves TLS on port ${s.listenport} (its setup says tls) and this proxy dials its servers in plain TCP: give the proxy upstream_tls (--upstream-tls-ca, the CA that signed the servers' certificates; upstreamTls in the library), or start the server without --tls-cert`
+    : `server id ${s.id} serves plain TCP on port ${s.listenport} (its setup says so) and this proxy dials its servers over TLS (its upstream_tls, or tls.ca without it): start the server with --tls-cert and --tls-key, a certificate that CA signed naming the address it registers from`;
+}
+
+/** A setup refused: said once, then counted an interval per address and reason (a flood of them is a few lines); the server is told why (an old server cannot read it) and its connection closed. */
+function refuseSetup(context: ProxyContext, peer: Peer, s: SetupMsg, why: string, code: ErrorCode = ErrorCode.BAD_REQUEST): void {
   const conn = peer.conn;
   context.logger.repeated('warn', 'register_refused', `${conn.remoteAddress}\0${code}\0${why}`, 1, (n, span) => span
     ? `Refused ${fmt(n)} setup(s) from ${conn.remoteAddress} ${span}: ${why}`

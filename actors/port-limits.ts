@@ -17,7 +17,7 @@ import { recogniseTlsRefusal, tlsFailureOf, type TlsFailure } from '../transport
 import { proxiedClient, tcpUnder } from '../transport/proxied.js';
 import { systemClock, type Clock } from '../transport/clock.js';
 import type { Connection } from '../transport/socket.js';
-import { revokedBy, type TlsMaterial } from '../transport/tls.js';
+import { notAllowedName, revokedBy, type TlsMaterial, type UpstreamTlsMaterial } from '../transport/tls.js';
 import type { HandshakeLimits } from './tls-handshakes.js';
 import { fmt, type Logger } from './logger.js';
 
@@ -119,11 +119,11 @@ export class LinkSockets {
   /** Told each time `open` changes (the port's limits). */
   changed?: () => void;
   /** Dials a server with `dial` (link.ts's `SocketFactory`), its socket counted while open. */
-  readonly connect: (host: string, port: number, tls?: TlsMaterial) => Socket;
+  readonly connect: (host: string, port: number, tls?: UpstreamTlsMaterial) => Socket;
   /** The link sockets open (a renewed CRL closes those whose server's certificate it revokes: `closeRevoked`). */
   readonly sockets = new Set<Socket>();
 
-  constructor(dial: (host: string, port: number, tls?: TlsMaterial) => Socket) {
+  constructor(dial: (host: string, port: number, tls?: UpstreamTlsMaterial) => Socket) {
     this.connect = (host, port, tls) => {
       const socket = dial(host, port, tls);
       this.sockets.add(socket);
@@ -392,6 +392,31 @@ export function closeRevoked(sockets: Iterable<Socket>, tls: TlsMaterial, logger
     logger.repeated('warn', 'tls_revoked', addr, 1, (n, span) => (span
       ? `Closed ${fmt(n)} more ${what} ${addr} ${span}: their peers' TLS certificates are revoked by ${setting}`
       : `Closed the ${what} ${at}: its peer's TLS certificate (serial ${peer.serialNumber}, ${peer.subject.replace(/\n/g, ', ')}) is revoked by the CRL of ${crl.issuerName} in ${setting}`), { peer: at, serial: peer.serialNumber });
+    socket.destroy();
+  }
+  return closed;
+}
+
+/**
+ * Close the proxy's links to servers (`sockets`, over TLS) whose server's certificate `names` (upstream_tls.names, as
+ * a reload renews it) no longer allows, as a renewed CRL closes the revoked ones (`closeRevoked`): a link lives as long
+ * as its server, and a narrowed restriction (a host taken out of the names) would otherwise reach it only once the
+ * link fails. Each link dials again and is refused. Each is logged (`tls_name_refused`, one line per address, then
+ * counted). Returns how many.
+ */
+export function closeNotAllowed(sockets: Iterable<Socket>, names: readonly string[] | undefined, logger: Logger): number {
+  if (!names?.length) return 0;
+  let closed = 0;
+  for (const socket of sockets) {
+    const peer = socket instanceof TLSSocket && !socket.destroyed ? socket.getPeerCertificate() : undefined;
+    const why = peer && Object.keys(peer).length ? notAllowedName(peer, names) : undefined;
+    if (!why) continue;
+    closed++;
+    const addr = peerAddress(socket);
+    const at = socket.remotePort === undefined ? addr : peerName(addr, socket.remotePort);
+    logger.repeated('warn', 'tls_name_refused', addr, 1, (n, span) => (span
+      ? `Closed ${fmt(n)} more link(s) to servers at ${addr} ${span}: their certificates name none of upstream_tls.names`
+      : `Closed the link to the server at ${at}: ${why}`), { peer: at });
     socket.destroy();
   }
   return closed;

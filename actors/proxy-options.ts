@@ -8,7 +8,7 @@ import { DEFAULT_PROXY_PORT, DEFAULT_PROXY_TIMEOUT_MS, isEveryAddress, isLoopbac
 import { defaultBufferBudget } from '../transport/budget.js';
 import { budgetNote, connectionsNote, defaultMaxConnections, memoryLimit } from './memory-limit.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
-import type { TlsMaterial } from '../transport/tls.js';
+import type { TlsMaterial, UpstreamTlsMaterial } from '../transport/tls.js';
 import type { TlsFailure } from '../transport/foreign.js';
 import type { Clock } from '../transport/clock.js';
 import { isIP, type Socket } from 'node:net';
@@ -118,8 +118,13 @@ export interface ProxyOptions {
   tokens?: Record<string, Secrets> | undefined;
   /** TLS for the listener (clients and servers connect over it); with a CA, peers must present certificates it signed. */
   tls?: TlsMaterial | undefined;
-  /** TLS for the proxy's connections to servers: the CA that signed servers' certificates, and the proxy's own certificate for mutual TLS. */
-  upstreamTls?: TlsMaterial | undefined;
+  /**
+   * TLS for the proxy's connections to servers: the CA that signed servers' certificates (`ca`, and `crl`), the proxy's
+   * own certificate for servers that ask for one (`cert`, `key`: mutual TLS), and `names`, what a server's certificate
+   * must name beyond the address dialled (exact names, `*.NAME`, addresses). `{}`: TLS with the system's CAs. Given,
+   * a server whose registration says it serves plain TCP is refused; absent, one that says it serves TLS is.
+   */
+  upstreamTls?: UpstreamTlsMaterial | undefined;
   /** Close a client or registration connection after this long without bytes from it (ms; 0 = never). Default 60000. */
   idleTimeoutMs?: number | undefined;
   /** A frame begun must be complete within this long (ms; 0 = no limit). Default 10000. */

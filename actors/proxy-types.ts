@@ -146,6 +146,11 @@ export interface ProxyContext {
   clock: Clock;
   /** Dials servers (`linkSockets.connect`), counting the sockets the links hold open, which the listening port's limit leaves room for. */
   linkSockets: LinkSockets;
+  /**
+   * Whether the proxy dials its servers over TLS (it was started with `upstreamTls`; a renewal never turns it on or
+   * off): a server whose setup says otherwise (`SetupMsg.tls`) is refused, its link would fail at every dial.
+   */
+  dialsTls: boolean;
   port: number;
   /** The address the listener bound: what `host` resolved to when it is a name (`localhost`: its first address only). */
   listenAddress?: string;

@@ -242,6 +242,7 @@ export const proxyMachine = setup({
       logger,
       clock: input.clock ?? systemClock,
       linkSockets: new LinkSockets(input.connect ?? (input.upstreamTls ? (host, port) => dial(host, port, input.upstreamTls) : tcpConnect)),
+      dialsTls: Boolean(input.upstreamTls),
       observer,
       port: opts.port,
       policies: new Map(),

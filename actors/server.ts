@@ -134,6 +134,13 @@ export interface ServerOptions {
   token?: string | undefined;
   /** TLS: the listener's certificate (and, with a CA, mutual TLS: proxies must present certificates it signed); the CA also verifies the proxies this server registers with. */
   tls?: TlsMaterial | undefined;
+  /**
+   * Register with the proxies over plain TCP while the listener serves TLS (`tls.cert`): for a proxy whose port serves
+   * plain TCP (behind a balancer that ends TLS, or on a network trusted for it) and that dials its servers over TLS (its
+   * `upstream_tls`). The registration, its secret included, then crosses the network in clear: the proxy's CA and
+   * `upstream_tls.names` are what keep a stranger who read the secret from being sent requests. Default false.
+   */
+  plainRegistration?: boolean | undefined;
   logger?: Logger | undefined;
   clock?: Clock | undefined;
 }
@@ -454,7 +461,12 @@ export type RegistrationCommand = { type: 'DEREGISTER_ALL' } | RenewTls;
 
 export interface RegistrationInput {
   proxies: Endpoint[];
+  /** What the registrations dial with (none: plain TCP); renewed by RENEW_TLS. */
   tls?: TlsMaterial;
+  /** Register in plain TCP whatever `tls` the server has (`ServerOptions.plainRegistration`): RENEW_TLS then renews `served` alone. */
+  plain?: boolean;
+  /** The certificate the listener serves, which the proxy checks against the address it dials back (`logDialBackProblem`). */
+  served?: Buffer;
   setup: SetupMsg;
   maxFrameBytes: number;
   clock: Clock;
@@ -671,7 +683,11 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
     for (const giveUp of [...dialling]) giveUp();
   };
   receive((e) => {
-    if (e.type === 'RENEW_TLS') return void (input.tls = e.tls);
+    if (e.type === 'RENEW_TLS') {
+      if (!input.plain) input.tls = e.tls;
+      input.served = e.tls.cert;
+      return;
+    }
     // DEREGISTER_ALL: the server is draining.
     stopDialling();
     for (const conn of live.values()) conn.send({ type: MsgType.DEREGISTER, id: input.setup.id });
@@ -688,6 +704,8 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
 function setupMsg(context: ServerContext): SetupMsg {
   const m: SetupMsg = { type: MsgType.SETUP, id: context.opts.id, privPolyId: context.opts.policy, listenport: context.port };
   if (context.opts.token !== undefined) m.token = context.opts.token;
+  // How its port serves, for a proxy to refuse a registration it could not dial (docs/PROTOCOL.md, SETUP); the JSON wire writes no such field.
+  m.tls = Boolean(context.opts.tls?.cert);
   return m;
 }
 
@@ -756,7 +774,7 @@ export function logDialBackProblem(input: RegistrationInput, key: string, local:
   // only host names (an internal CA's usual kind) was refused at every dial, and this server heard only of
   // a TLS connection closed before its handshake was done.
   const from = local === undefined ? undefined : plainIPv4(local);
-  const misses = !unreachable && from !== undefined && input.tls?.cert ? certificateMissesAddress(input.tls.cert, from) : undefined;
+  const misses = !unreachable && from !== undefined && input.served ? certificateMissesAddress(input.served, from) : undefined;
   if (misses) {
     input.logger.error('certificate_not_for_address', `The reverse proxy at ${key} cannot reach this server over TLS: it dials it back at ${from}, the address this registration comes from, and checks that this server's certificate (--tls-cert) names that address: ${misses}: `
       + `give this server a certificate with IP:${from} in its subjectAltName, or register through the registry (--registry), whose entries name --advertise, the name its certificate gives`, { proxy: key, from });
@@ -1133,7 +1151,8 @@ export const serverMachine = setup({
         src: 'registrations',
         input: ({ context }) => ({
           proxies: context.proxies,
-          tls: context.opts.tls,
+          ...(context.opts.plainRegistration ? { plain: true } : { tls: context.opts.tls }),
+          ...(context.opts.tls?.cert ? { served: context.opts.tls.cert } : {}),
           maxFrameBytes: context.opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
           setup: setupMsg(context),
           clock: context.clock,

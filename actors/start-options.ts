@@ -6,7 +6,7 @@
 import type { InspectionEvent } from 'xstate';
 import { systemClock, xstateClock, type Clock } from '../transport/clock.js';
 import { badRegistryOption } from '../registry/options.js';
-import { checkStartTls, TlsConfigError, type CertPurpose } from '../transport/tls.js';
+import { checkAllowedNames, checkStartTls, TlsConfigError, type CertPurpose } from '../transport/tls.js';
 import { isPlainObject, kindOf } from '../transport/errors.js';
 
 /** The methods a `clock` option must have (`Clock`): a plain object without them started, and failed later, out of any caller's reach. */
@@ -40,13 +40,16 @@ export function badStartOptions(opts: unknown, example: string): string | undefi
  * (transport/tls.ts `checkStartTls`), a TlsConfigError naming it when it cannot be used; `serves`: the entry's
  * `tls` is a listener's, which needs a certificate (a proxy's; a server's serves TLS only when given one);
  * `needs`: what the certificate of `tls` must be fit for (serverAuth where it serves, clientAuth for a client's).
- * `registry.tls`'s is presented to etcd only (clientAuth); `upstreamTls`'s to servers that may not ask for it.
+ * `registry.tls`'s is presented to etcd only (clientAuth); `upstreamTls`'s to servers that may not ask for it, and its
+ * `names` (what a server's certificate must name) are checked as `upstream_tls.names` in a file is.
  */
 export function checkTlsOptions(opts: { tls?: unknown; upstreamTls?: unknown; registry?: { tls?: unknown } }, who: string, serves: boolean, needs: readonly CertPurpose[]): void {
   try {
     checkStartTls('tls', opts.tls, serves, needs);
     checkStartTls('upstreamTls', opts.upstreamTls, false);
     checkStartTls('registry.tls', opts.registry?.tls, false);
+    checkAllowedNames('upstreamTls', (opts.upstreamTls as { names?: unknown } | undefined)?.names);
+    checkStartTls('registry.tls', opts.registry?.tls, false, ['clientAuth']);
   } catch (err) {
     throw err instanceof TlsConfigError ? new TlsConfigError(`${who}: ${err.message}`, err.kind) : err;
   }

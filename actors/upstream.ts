@@ -12,6 +12,7 @@
  * back to the proxy, which retries them on another member or answers them.
  */
 import { isIP } from 'node:net';
+import { TLSSocket } from 'node:tls';
 import { assertEvent, assign, enqueueActions, fromCallback, sendParent, setup, type ActorRefFrom } from 'xstate';
 import type { BufferBudget } from '../transport/budget.js';
 import type { BusyPoll } from '../transport/busy-poll.js';
@@ -21,7 +22,7 @@ import { errorMsg, MsgType, type AckMsg, type ErrorMsg, type Message, type PongM
 import type { Timer } from '../transport/clock.js';
 import type { SkippedFrame } from '../transport/oversized.js';
 import { Connection } from '../transport/socket.js';
-import { LOOKUP_TIMEOUT_MS, whenReady } from '../transport/tls.js';
+import { linkClosedUnanswered, LOOKUP_TIMEOUT_MS, whenReady } from '../transport/tls.js';
 import { Inflight, type Pending } from './inflight.js';
 import { fmt } from './logger.js';
 import { RecentOutcomes } from './recent-outcomes.js';
@@ -446,6 +447,8 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
     let done = false;
     /** Set once the server was told why its link ends (bad input): the connection closes by `endWith`, its last frame not cut off. */
     let told = false;
+    /** Set once the server sent anything: a close before it is likelier a dial it refused than a server that went (`linkClosedUnanswered`). */
+    let heard = false;
     const down = (error?: string, invalid?: boolean): void => {
       if (done) return;
       done = true;
@@ -462,6 +465,7 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
     whenReady(socket, () => sendBack({ type: 'CONNECTED', conn }));
     const sub = conn.messages$.subscribe({
       next: (messages) => {
+        heard = true;
         input.busyPoll?.kick();
         if (link.phase !== 'open') sendBack({ type: 'ANSWERS', messages });
         else {
@@ -477,9 +481,9 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
         // A server that sent something not a valid message is told what, as a client would be: its
         // author may never see the proxy's log.
         if (err instanceof ProtocolError) return refuse(err);
-        down(describeLinkError(err, input.host));
+        down(!heard && err.code === 'ECONNRESET' ? linkClosedUnanswered(socket instanceof TLSSocket) : describeLinkError(err, input.host));
       },
-      complete: () => down('connection closed by the server'),
+      complete: () => down(heard ? 'connection closed by the server' : linkClosedUnanswered(socket instanceof TLSSocket)),
     });
     return () => {
       done = true;

@@ -36,6 +36,6 @@ export type { Answer, Handler, HandlerContext, Payload } from '../actors/handler
 export { sha1Hex } from '../actors/sha1.js';
 
 export { ErrorCode, LocalCode, RETRYABLE, RevproxyError, type ClientCode, type Code } from '../transport/errors.js';
-export { TlsConfigError, type TlsMaterial } from '../transport/tls.js';
+export { TlsConfigError, type TlsMaterial, type UpstreamTlsMaterial } from '../transport/tls.js';
 export { ManualClock, systemClock, type Clock, type Timer } from '../transport/clock.js';
 export { Logger, jsonSink, textSink, type LogRecord, type LogSink, type Level } from '../actors/logger.js';

@@ -82,6 +82,13 @@ export interface SetupMsg {
   privPolyId: string;
   listenport: number;
   token?: string;
+  /**
+   * Whether `listenport` serves TLS (since 2026-12-07; a revproxy server writes it, true with --tls-cert): a proxy of
+   * this build refuses a setup that does not say how it dials its servers (its upstream_tls), BAD_REQUEST saying what
+   * to change, where its link failed at every dial. Absent (a server from before, another implementation): the proxy
+   * dials it as it dials every server.
+   */
+  tls?: boolean;
 }
 /** Server -> proxy -> client: the handler's answer (by default the SHA1 hex of the payload). */
 export interface AckMsg {
@@ -417,6 +424,11 @@ export function toMessage(value: unknown, opts: ValidateOptions = {}): Message {
       if (token !== undefined) {
         if (typeof token !== 'string') fail(`field 'token' must be a string, got ${describe(token)}`);
         m.token = token;
+      }
+      const tls = own(o, 'tls');
+      if (tls !== undefined) {
+        if (typeof tls !== 'boolean') fail(`field 'tls' must be true or false (whether listenport serves TLS), got ${describe(tls)}`);
+        m.tls = tls;
       }
       return m;
     }

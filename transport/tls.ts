@@ -7,9 +7,9 @@ import { readFileSync } from 'node:fs';
 import { constants as cryptoConstants } from 'node:crypto';
 import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
 import { connect as netConnect, createServer as netServer, isIP, type LookupFunction, type Server, type Socket } from 'node:net';
-import { checkServerIdentity, connect as tlsConnect, createSecureContext, createServer as tlsServer, TLSSocket, Server as TlsServer, type SecureContextOptions } from 'node:tls';
+import { checkServerIdentity, connect as tlsConnect, createSecureContext, createServer as tlsServer, TLSSocket, Server as TlsServer, type PeerCertificate, type SecureContextOptions } from 'node:tls';
 import { isPlainObject, kindOf, LocalCode, RevproxyError } from './errors.js';
-import { hostPort, isEveryAddress, isLoopback, unbracket } from './address.js';
+import { badDialAddress, canonicalHost, hostPort, isEveryAddress, isLoopback, unbracket } from './address.js';
 import { CRL_CODES, refusedCertificate, untrustedCertificate, UNTRUSTED_CA_CODES } from './foreign.js';
 import { setDeadline, type Clock, type Timer } from './clock.js';
 import { crlBlocks, issuedBy, namesOf, parseCrl, revoking, type Crl } from './crl.js';
@@ -31,6 +31,78 @@ export interface TlsMaterial {
   ca?: Buffer | undefined;
   /** PEM CRLs of the CAs in `ca` (transport/crl.ts): every CA there then needs its own, as OpenSSL checks a whole chain. */
   crl?: Buffer | undefined;
+}
+
+/**
+ * The proxy's TLS toward its servers (`upstreamTls`; `upstream_tls` in a config file): the files, as every side's,
+ * and `names`, what a server's certificate must name beyond the address dialled (Envoy's `match_subject_alt_names`):
+ * one of its subjectAltName entries is one of them (`allowedNameProblem` says what an entry may be).
+ */
+export interface UpstreamTlsMaterial extends TlsMaterial {
+  names?: readonly string[] | undefined;
+}
+
+/** How the names setting is said in the words a refusal ends with: the file's key, the flag, the library's option. */
+export const UPSTREAM_NAMES = 'upstream_tls.names (--upstream-tls-names; upstreamTls.names in the library)';
+
+/**
+ * Why `name` is not an entry of `names` (`UpstreamTlsMaterial`), said after "the name 'X': ", or undefined: an exact
+ * DNS name (`server-a.internal`), `*.NAME` for every name under NAME at any depth (`*.servers.internal`), or an IP
+ * address (matched against the certificate's `IP:` entries).
+ */
+export function allowedNameProblem(name: unknown): string | undefined {
+  if (typeof name !== 'string') return `it is ${kindOf(name)}, not text`;
+  const under = name.startsWith('*.');
+  const rest = under ? name.slice(2) : name;
+  if (rest.includes('*')) return 'it has a * that is not its first label: give an exact name (server-a.internal), or *.NAME for every name under NAME (*.servers.internal)';
+  if (isIP(unbracket(rest)) !== 0) return under ? 'it puts *. before an address: an address is matched whole (IP:10.0.0.7 in the certificate)' : undefined;
+  return badDialAddress(rest, 'leave the port out (a certificate names none)');
+}
+
+/** A certificate's subjectAltName as Node writes it (`DNS:a, IP Address:10.0.0.7`), each entry as its kind and value. */
+function altNameEntries(san: string | undefined): Array<{ kind: string; value: string }> {
+  return (san ?? '').split(/, (?=[A-Za-z ]+:)/).flatMap((entry) => {
+    const at = entry.indexOf(':');
+    return at < 0 ? [] : [{ kind: entry.slice(0, at), value: entry.slice(at + 1).replace(/^"|"$/g, '') }];
+  });
+}
+
+/** Whether the subjectAltName entry `kind:value` is one `name` allows (`allowedNameProblem`'s forms); DNS names compared without case. */
+function allows(name: string, kind: string, value: string): boolean {
+  if (isIP(unbracket(name)) !== 0) return kind === 'IP Address' && canonicalHost(value) === canonicalHost(name);
+  if (kind !== 'DNS') return false;
+  const v = value.toLowerCase().replace(/\.$/, '');
+  const n = name.toLowerCase().replace(/\.$/, '');
+  return n.startsWith('*.') ? v.length > n.length - 1 && v.endsWith(n.slice(1)) : v === n;
+}
+
+/**
+ * Why a server's certificate is not one `names` allows (none of its subjectAltName entries is one of them), or
+ * undefined when it is, or when `names` is empty. Its subject's CN is not looked at, as Envoy's
+ * `match_subject_alt_names` does not: a certificate without a subjectAltName names nothing here.
+ */
+export function notAllowedName(cert: { subjectaltname?: string; subject?: { CN?: string | string[] } }, names: readonly string[] | undefined): string | undefined {
+  if (!names?.length) return undefined;
+  const entries = altNameEntries(cert.subjectaltname);
+  if (names.some((name) => entries.some((e) => allows(name, e.kind, e.value)))) return undefined;
+  const has = entries.length ? `names ${entries.map((e) => `${e.kind === 'IP Address' ? 'IP' : e.kind}:${e.value}`).join(', ')}` : `has no subjectAltName (its subject's CN: ${String(cert.subject?.CN ?? 'none')})`;
+  return `the server's TLS certificate ${has}, none of the names ${UPSTREAM_NAMES} allows (${names.join(', ')}): give the server a certificate with one of them in its subjectAltName, or add a name it has there`;
+}
+
+/** The code of a dial refused for `notAllowedName`: what its error carries, as Node's own verification errors carry theirs. */
+export const CERT_NAME_NOT_ALLOWED = 'CERT_NAME_NOT_ALLOWED';
+
+/**
+ * `names` of an `upstreamTls` option (`setting` names it) checked: a list of entries `allowedNameProblem` takes; a
+ * TlsConfigError naming the first that is not. Undefined or empty: no restriction.
+ */
+export function checkAllowedNames(setting: string, names: unknown): void {
+  if (names === undefined) return;
+  if (!Array.isArray(names)) throw new TlsConfigError(`${setting}.names must be a list of names (['server-a.internal', '*.servers.internal']), got ${kindOf(names)}`, 'usage');
+  for (const [i, name] of names.entries()) {
+    const bad = allowedNameProblem(name);
+    if (bad) throw new TlsConfigError(`${setting}.names[${i}]${typeof name === 'string' ? ` '${name}'` : ''}: ${bad}`, 'usage');
+  }
 }
 
 /** What names each TLS setting in errors (`--tls-cert`, `tls.cert`); the CRL's is the CA's with `crl` for `ca` when not given. */
@@ -283,7 +355,7 @@ function describer(names: TlsNames, paths?: TlsFiles): (role: keyof TlsFiles) =>
  */
 export function loadTls(files: TlsFiles, names: TlsNames = { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }, needs: readonly CertPurpose[] = []): TlsMaterial | undefined {
   if (!files.cert && !files.key && !files.ca && !files.crl) return undefined;
-  if (Boolean(files.cert) !== Boolean(files.key)) throw new TlsConfigError('--tls-cert and --tls-key go together: give both or neither', 'usage');
+  if (Boolean(files.cert) !== Boolean(files.key)) throw new TlsConfigError(`${names.cert} and ${names.key} go together: give both or neither`, 'usage');
   const material = {
     cert: files.cert ? read(files.cert, '--tls-cert') : undefined,
     key: files.key ? read(files.key, '--tls-key') : undefined,
@@ -649,10 +721,18 @@ function lookupIn(family: 4 | 6): LookupFunction {
  * Dial host:port, over TLS when `tls` is given (verifying the peer against `tls.ca`, presenting `tls.cert` if any);
  * from the local address `from` when given (a name then resolves to an address of `from`'s family only).
  */
-export function dial(host: string, port: number, tls?: TlsMaterial, from?: string): Socket {
+export function dial(host: string, port: number, tls?: UpstreamTlsMaterial, from?: string): Socket {
   const source = from === undefined ? {} : { localAddress: from, lookup: lookupIn(isIP(from) as 4 | 6) };
   if (!tls) return netConnect({ host, port, ...source });
-  return tlsConnect({ host, port, ...source, ca: tls.ca, cert: tls.cert, key: tls.key, crl: crlOption(tls), rejectUnauthorized: true, servername: isIP(host) !== 0 ? undefined : host });
+  // With `names`, the certificate must also carry one of them (the proxy's upstream_tls.names), after Node's own check of the address.
+  const names = tls.names?.length ? tls.names : undefined;
+  const identity = names && ((hostname: string, cert: PeerCertificate): Error | undefined => {
+    const own = checkServerIdentity(hostname, cert);
+    if (own) return own;
+    const why = notAllowedName(cert, names);
+    return why === undefined ? undefined : Object.assign(new Error(why), { code: CERT_NAME_NOT_ALLOWED, host: hostname, cert });
+  });
+  return tlsConnect({ host, port, ...source, ca: tls.ca, cert: tls.cert, key: tls.key, crl: crlOption(tls), rejectUnauthorized: true, servername: isIP(host) !== 0 ? undefined : host, ...(identity ? { checkServerIdentity: identity } : {}) });
 }
 
 /** What to tell a person when a listen fails: the cause and what to do. */
@@ -828,6 +908,59 @@ export function describeTlsError(err: NodeJS.ErrnoException): string {
   }
   if (CERT_CODES.has(code) || CRL_CODES.has(code)) return refusedCertificate(code);
   return peerAlert(err.message) ?? err.message;
+}
+
+/** The proxy's files toward servers, as its words about a link name them: upstream_tls's, or tls's without it. */
+const UP = (role: 'ca' | 'cert' | 'crl'): string => `the proxy's upstream_tls.${role} (tls.${role} without upstream_tls)`;
+
+/** What a server's refusal of the proxy's certificate says to do, by the TLS alert it sent (RFC 8446's numbers). */
+const SERVER_ALERTS: ReadonlyMap<number, string> = new Map([
+  [116, `it asks for the proxy's certificate (its --tls-ca: mutual TLS) and the proxy presents none: give the proxy upstream_tls.cert and upstream_tls.key (--upstream-tls-cert, --upstream-tls-key), a certificate signed by a CA in the server's --tls-ca`],
+  [48, `it does not trust the CA that signed the certificate the proxy presents (${UP('cert')}): give the proxy one signed by a CA in the server's --tls-ca, or add that CA there`],
+  [45, `the certificate the proxy presents (${UP('cert')}) has expired: renew it (and its key), then reload the proxy (SIGHUP)`],
+  [44, `the certificate the proxy presents (${UP('cert')}) is revoked (the CRL of the server's --tls-crl lists it): give the proxy one newly issued`],
+  [42, `it refused the certificate the proxy presents (${UP('cert')}): the server's tls_refused lines say why`],
+  [43, `it refused the certificate the proxy presents (${UP('cert')}): the server's tls_refused lines say why`],
+  [46, `it refused the certificate the proxy presents (${UP('cert')}): the server's tls_refused lines say why`],
+  [70, 'no TLS version both sides accept'],
+  [40, 'no cipher or parameters both sides accept'],
+]);
+
+/**
+ * A failed TLS dial of the proxy's link to a server in words naming the proxy's settings toward servers (`upstream_tls`,
+ * or `tls` without it) and the server's (`--tls-cert`, `--tls-ca`), or undefined for an error that is not TLS's. The
+ * link said OpenSSL's text (`...:ssl3_read_bytes:tlsv13 alert certificate required:../deps/openssl/...`), or Node's.
+ */
+export function describeUpstreamTlsError(err: NodeJS.ErrnoException): string | undefined {
+  const code = err.code ?? '';
+  if (code === CERT_NAME_NOT_ALLOWED) return err.message;
+  if (UNTRUSTED_CA_CODES.has(code)) return untrustedCertificate(code, `add the CA that signed it to ${UP('ca')}, or give the server a certificate signed by a CA there`).replace(/^the peer's/, "the server's");
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return `the server's TLS certificate does not name the address the proxy dials (${err.message}): give the server a certificate with that address among its subjectAltName entries (IP:ADDRESS), as a server registering directly is dialled at the address its registration comes from`;
+  if (code === 'INVALID_PURPOSE') return `the server's TLS certificate is not for a TLS server (${code}: its extendedKeyUsage, or that of a CA of its chain, lacks serverAuth): give the server a certificate whose extendedKeyUsage has serverAuth`;
+  if (code === 'CERT_HAS_EXPIRED') return `the server's TLS certificate has expired (${code}): give the server a renewed one (its --tls-cert)`;
+  if (code === 'CERT_NOT_YET_VALID') return `the server's TLS certificate is not valid yet (${code}): check this machine's clock and the server's, or the certificate's start date`;
+  if (code === 'CERT_REVOKED') return `the server's TLS certificate has been revoked (${code}): its CA lists it in ${UP('crl')}; the server needs a new certificate (and key), or the CRL is not the one meant`;
+  if (CRL_CODES.has(code)) return `the server's TLS certificate could not be checked for revocation (${code}): ${UP('crl')} has no CRL from its CA, or one past its nextUpdate or not valid yet: install a fresh CRL of each CA in ${UP('ca')}, then reload (SIGHUP)`;
+  if (/wrong version number|packet length too long|unknown protocol/i.test(err.message)) {
+    return `the server does not speak TLS on its port, and the proxy dials its servers over TLS (its upstream_tls, or tls.ca without it): start the server with --tls-cert and --tls-key (a server of this build says how its port serves as it registers, and is refused then)`;
+  }
+  const n = Number(/SSL alert number (\d+)/.exec(err.message)?.[1] ?? NaN);
+  const why = SERVER_ALERTS.get(n);
+  if (why === undefined) return undefined;
+  const name = /alert ([a-z ]+?)(?::|$)/i.exec(err.message)?.[1]?.trim() ?? `number ${n}`;
+  return `the server refused the TLS handshake (its alert: ${name}): ${why}`;
+}
+
+/**
+ * A link closed by its server before the server answered anything (its first PING's PONG): `overTls`, what the proxy
+ * dialled with. A plain dial to a TLS port is closed so (the listener takes the PING for a bad handshake), and a TLS
+ * dial whose certificate the server refused (TLS 1.3 ends the proxy's handshake before the server checks it).
+ */
+export function linkClosedUnanswered(overTls: boolean): string {
+  const limits = 'or it is at its connection limits (its conn_refused lines say so)';
+  return overTls
+    ? `connection closed by the server before it answered anything: it may have refused the certificate the proxy presents (${UP('cert')}: its tls_refused lines say why), ${limits}`
+    : `connection closed by the server before it answered anything: if it serves TLS on that port (revproxy server --tls-cert), the proxy dials it in plain TCP: give the proxy upstream_tls (--upstream-tls-ca, the CA that signed the servers' certificates); ${limits}, or it is not a revproxy server`;
 }
 
 /** Verification errors of the peer's certificate that `refusedCertificate` says in words (those of an untrusted CA aside). */
