@@ -105,20 +105,23 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('--max-tls-handshakes <n>', 'TLS handshakes under way at once, a sixteenth of them (at least 1) for one address; a connection past either waits its turn, closed if it waits longer than 10 s, or at once when too many wait (0 = no limit)').default(DEFAULT_MAX_TLS_HANDSHAKES).argParser(parseIntOption('--max-tls-handshakes', 0)))
       .addOption(new Option('--token <secret>', "the proxy's registration secret (prefer the environment variable to the command line)").env('REVPROXY_TOKEN'))
       .addOption(wireOption('register the old way (setup on its own connection, then closed), for the old Python proxy'))
+      .addOption(new Option('--plain-registration', "with --tls-cert: register with the proxies over plain TCP while this server's port serves TLS, for a proxy whose own port serves plain TCP and that dials its servers over TLS (its upstream_tls); the registration and its --token then cross the network in clear"))
       .addHelpText('after', '\nWith --registry etcd://HOST:PORT the server registers once, in etcd, instead of with each proxy:\nevery proxy watching the registry takes it (see README, "Running a fleet").\nA lost proxy is retried with backoff and the server registers again.\nSIGTERM, SIGINT or SIGQUIT drains: tells the proxies it is leaving, finishes requests in flight, exits 0.\nA second one stops it at once (the same signal within 100 ms is a copy of the first: GNU timeout sends two).\nSIGHUP reads the TLS files again (renewed certificates): new connections and registrations use them;\n--registry-cert, --registry-key and --registry-ca make a new etcd client, the registration moved to it on its lease.\nA handler that throws an error with a string code answers the client HANDLER_ERROR with that code\n(not retried elsewhere; Node\'s own, such as ENOENT, answer HANDLER_FAILED and are logged); ctx.signal aborts when the proxy stops waiting for the answer.\n\nExample:\n  revproxy server -id 100 -pp 111 -listen 2105 -revproc 2100\n  revproxy server -id 100 -pp 111 -revproc 2100,2200\n  revproxy server -id 500 -pp 111 --handler examples/privacy-handler.js --concurrency 8\n  revproxy server -id 100 -pp 111 --registry etcd://127.0.0.1:2379'),
   )))).action(async function (this: Command, o: LogFlags & TlsFlags & InspectFlags & RegistryFlags & { token?: string } & {
-    id: string; pp: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout?: number; delay: number; maxFrame: number; wire: 'frames' | 'json';
+    id: string; pp: string; listen: number; host: string; revproc: Endpoint[]; behaviour: Behaviour; drainTimeout?: number; delay: number; maxFrame: number; wire: 'frames' | 'json'; plainRegistration?: boolean;
     handler?: string; concurrency?: number; queueLimit: number; queueTimeout: number; queueLifoAfter: number; handlerTimeout: number; watchdog: number; tcpKeepalive: number; maxBufferedBytes?: number; maxConnections?: number; maxConnsPerPeer?: number; maxConnRatePerPeer: number; maxTlsHandshakes: number;
   }) {
     const policy = o.pp;
     const registry = registryFromFlags(o);
     if (registry && this.getOptionValueSource('revproc') !== 'default') throw new UsageError('--revproc and --registry do not go together: with --registry the server registers in etcd, and every proxy watching it takes it');
+    if (o.plainRegistration && !o.tlsCert) throw new UsageError('--plain-registration goes with --tls-cert: it registers in plain TCP a server whose port serves TLS (without --tls-cert the server registers in plain TCP anyway)');
+    if (o.plainRegistration && registry) throw new UsageError('--plain-registration and --registry do not go together: through the registry the server dials no proxy (the proxies dial it, over TLS with their upstream_tls)');
     const logger = makeLogger(`server ${o.id}`, o);
     const unwarn = logProcessWarnings(logger);
     logStartFailuresTo(`server ${o.id}`, o.logFormat);
     warnIfPid1(logger);
-    // Its certificate serves its port. It presents it too when it registers with a proxy (not through etcd), which asks
-    // for one when it has tls.ca (mutual TLS): fit for clientAuth, or warned of (`tlsWarnings`).
+    // Its certificate serves its port. It presents it too when it registers with a proxy over TLS (not through etcd, nor with
+    // --plain-registration), which asks for one when it has tls.ca (mutual TLS): fit for clientAuth, or warned of (`tlsWarnings`).
     const ownTls = (): TlsMaterial | undefined => tlsFromFlags(o, undefined, ['serverAuth']);
     const tls = ownTls();
     // etcd's client certificate and CA (--registry-cert, --registry-ca) are read again on SIGHUP as the server's own are.
@@ -135,6 +138,8 @@ export function buildProgram(setExit: (code: number) => void): Command {
     const warningsOf = (own: typeof tls, etcd: typeof tls) => [
       ...tlsWarnings(own, { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }, { paths: { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa }, mayPresent: !registry }),
       ...tlsWarnings(etcd, REGISTRY_FLAGS, { paths: { cert: o.registryCert, key: o.registryKey, ca: o.registryCa }, mayPresent: true }),
+      ...tlsWarnings(own, { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }, { paths: { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa }, mayPresent: !registry && !o.plainRegistration }),
+      ...tlsWarnings(etcd, REGISTRY_FLAGS, { paths: { cert: o.registryCert, key: o.registryKey, ca: o.registryCa } }),
     ];
     warnTls(logger, warningsOf(tls, registry?.tls));
     const files = [...(tls ? [`--tls-cert, --tls-key, --tls-ca${o.tlsCrl ? ', --tls-crl' : ''}`] : []), ...(registryFiles ? ['--registry-cert, --registry-key, --registry-ca'] : [])].join('; ');
@@ -186,7 +191,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     server = await startServer({
       id: o.id, policy, listenPort: o.listen, listenHost: o.host, proxies: o.revproc, behaviour: o.behaviour,
       drainTimeoutMs: o.drainTimeout, delayMs: o.delay, maxFrameBytes: o.maxFrame, logger, waitForRegistration: false, inspect: insp.attach.inspect,
-      token: o.token, tls, wire: o.wire, handler, concurrency: o.concurrency, queueLimit: o.queueLimit, queueTimeoutMs: o.queueTimeout, queueLifoAfterMs: o.queueLifoAfter, handlerTimeoutMs: o.handlerTimeout, tcpKeepAliveMs: o.tcpKeepalive, maxBufferedBytes: o.maxBufferedBytes, maxConnections: o.maxConnections, maxConnectionsPerPeer: o.maxConnsPerPeer, maxConnRatePerPeer: o.maxConnRatePerPeer, maxTlsHandshakes: o.maxTlsHandshakes, registry,
+      token: o.token, tls, plainRegistration: o.plainRegistration, wire: o.wire, handler, concurrency: o.concurrency, queueLimit: o.queueLimit, queueTimeoutMs: o.queueTimeout, queueLifoAfterMs: o.queueLifoAfter, handlerTimeoutMs: o.handlerTimeout, tcpKeepAliveMs: o.tcpKeepalive, maxBufferedBytes: o.maxBufferedBytes, maxConnections: o.maxConnections, maxConnectionsPerPeer: o.maxConnsPerPeer, maxConnRatePerPeer: o.maxConnRatePerPeer, maxTlsHandshakes: o.maxTlsHandshakes, registry,
     });
     if (reloadOnceUp) hup();
     planned = sayUnplannedExit(logger);

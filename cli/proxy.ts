@@ -22,7 +22,7 @@ import { ConnStats } from '../admin/conn-stats.js';
 import { Readiness, startAdmin, type AdminServer, type NotReady } from '../admin/server.js';
 import type { RegistryStatus } from '../registry/events.js';
 import {
-  anchorIssues, badPolicy, changes, checkListenNames, ConfigError, flagOfKey, flagsNamedOtherwise, flagWords, hostPortProblem, keyOfFlag, METRICS_DEPARTED_DOC, PROXY_PROTOCOL_FROM_DOC, RETRY_ON_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, overridden, parseHostPort, RuntimeProblems, setsNothing, setsNothingWarning, toRuntime,
+  anchorIssues, badPolicy, changes, UPSTREAM_DOCS, checkListenNames, ConfigError, flagOfKey, flagsNamedOtherwise, flagWords, hostPortProblem, keyOfFlag, METRICS_DEPARTED_DOC, PROXY_PROTOCOL_FROM_DOC, RETRY_ON_DOC, checkRuntime, defaultOf, loadConfigFile, logFileIssue, maxOf, merge, NUMBERS, overridden, parseHostPort, RuntimeProblems, setsNothing, setsNothingWarning, toRuntime,
   assertWritable, whyNotWritable, type FileKey, type NumberKey, type ProxyConfig, type Runtime,
 } from '../config/proxy.js';
 import { addOperationsMetrics, addRegistryMetrics, MAX_DEPARTED_POLICIES, Metrics } from '../inspector/metrics.js';
@@ -32,7 +32,7 @@ import { systemClock } from '../transport/clock.js';
 import { bracketHint, hostPort as hostAndPort, isEveryAddress, isLoopback, isThisMachine } from '../transport/address.js';
 import { ErrorCode } from '../transport/errors.js';
 import { RETRY_CONDITIONS } from '../actors/link.js';
-import { dial, expiryWarning, type TlsMaterial } from '../transport/tls.js';
+import { allowedNameProblem, dial, expiryWarning, type UpstreamTlsMaterial } from '../transport/tls.js';
 import type { LoadedCert } from '../config/files.js';
 import { FileError, hostParser, ignoreUserSignals, logProcessWarnings, logStartFailuresTo, releaseEarlySignals, takeEarlySignals, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, useColor, warnIfPid1, warnTls } from './common.js';
 import { ExpiryWatch, expiredError } from './cert-expiry.js';
@@ -75,6 +75,14 @@ function proxyOptions(): Option[] {
     new Option('--metrics-departed-policies <n>', `with --admin: ${METRICS_DEPARTED_DOC}`).argParser(parseIntOption('--metrics-departed-policies', 0, MAX_DEPARTED_POLICIES)),
     new Option('--ready-policies <policies>', 'with --admin: /readyz answers 503 while any of these privacy policies (comma-separated) has no server serving, naming each; for rolling restarts with direct registration (default: off)').argParser(parseList('--ready-policies', 'privacy policies', '111,222', badPolicy)),
     ...tlsOptions(),
+    new Option('--upstream-tls-ca <file>', "PEM CA that signs the servers' certificates: the proxy dials its servers over TLS and verifies theirs against it, apart from --tls-ca (the other --upstream-tls-* flags need it; without them, --tls-ca does both)"),
+    new Option('--upstream-tls-cert <file>', 'PEM certificate the proxy presents to servers that ask for one (mutual TLS: a server with --tls-ca), with --upstream-tls-key'),
+    new Option('--upstream-tls-key <file>', 'PEM private key of --upstream-tls-cert'),
+    new Option('--upstream-tls-crl <file>', 'PEM CRLs of the --upstream-tls-ca CAs (each needs its own): a server whose certificate one revokes is refused; re-read on SIGHUP'),
+    new Option('--upstream-tls-names <names>', `comma-separated: ${UPSTREAM_DOCS.names.replace('; quote it in YAML', '')}`).argParser(parseList('--upstream-tls-names', 'names', 'server-a.internal,*.servers.internal', (e) => {
+      const bad = allowedNameProblem(e);
+      return bad && `the name '${e}': ${bad}`;
+    })),
     ...registryOptions({ ttl: true, advertise: { help: 'with --registry: the address clients dial to reach this proxy, without a port (default: --host); an IPv6 one bare or in brackets', portFlag: '--port' } }),
     ...inspectOptions(),
   ];
@@ -169,7 +177,9 @@ SIGUSR1 reopens those log files only (logrotate's postrotate: kill -USR1 $(cat P
 systemctl kill -s USR1 revproxy), reading no configuration, as nginx's USR1 does; SIGUSR2 is ignored. A SIGHUP sent while
 the proxy starts is applied once it listens; a SIGTERM then drains it as soon as it is up.
 TLS: --tls-cert/--tls-key serve TLS; --tls-ca requires peers' certificates (mutual TLS) and verifies servers'.
-The proxy dials servers over TLS when --tls-ca is given, presenting --tls-cert.
+Toward servers, --upstream-tls-ca (with --upstream-tls-cert/--upstream-tls-key for servers that ask for one,
+--upstream-tls-names to restrict their certificates' names) has the proxy dial them over TLS, whatever its port
+serves; without it, the proxy dials servers over TLS when --tls-ca is given, with the --tls-* files.
 
 Example:
   revproxy proxy -port 2100
@@ -476,26 +486,32 @@ async function run(read: (reload?: boolean) => ProxyConfig, source: string, setE
         }
         if (!applied.includes('registry.tls')) applied.push('registry.tls');
       }
-      // A change of TLS's shape (mutual TLS on or off) waits for a restart; the files running are read again all the same, so
-      // their renewal in place applies. It did not: after `ca` was added to the file, every later reload said "tls needs a
-      // restart", counted as applied, and served the old certificate to its end.
+      // A change of TLS's shape (mutual TLS on or off, TLS toward servers on or off) waits for a restart; the files running
+      // are read again all the same, so their renewal in place applies. It did not: after `ca` was added to the file, every
+      // later reload said "tls needs a restart", counted as applied, and served the old certificate to its end.
+      const reshaped = restart.includes('tls') || restart.includes('upstream_tls');
       let tlsRt: Runtime | undefined = nextRt;
       let tlsUnread: string | undefined;
-      if (restart.includes('tls')) {
+      // The configuration the TLS files are taken from: the shape running, with the rest of the file.
+      const kept: ProxyConfig = !reshaped ? next : { ...next, ...(restart.includes('tls') ? { tls: running.tls } : {}), ...(restart.includes('upstream_tls') ? { upstream_tls: running.upstream_tls } : {}) };
+      if (reshaped) {
         try {
-          tlsRt = running.tls ? checkRuntime({ ...next, tls: running.tls }, source, flagOf, { logs: false }) : undefined;
+          tlsRt = running.tls || running.upstream_tls ? checkRuntime(kept, source, flagOf, { logs: false }) : undefined;
         } catch (err) {
           tlsRt = undefined;
           tlsUnread = (explain(err) as Error).message.replace(/\n/g, '; ');
         }
       }
-      // Connections closed because the renewed tls.crl revokes their peers' certificates.
+      // Connections closed because the renewed CRLs revoke their peers' certificates, or upstream_tls.names no longer allows their servers'.
       let revokedClosed = 0;
       if (tlsRt) {
-        // Same paths, new contents (a renewed certificate) is a change too.
+        // Same paths, new contents (a renewed certificate) is a change too: the port's files (tls), and what the proxy dials
+        // servers with (upstream_tls's, or without it tls's, whose change is tls's).
         const was = handle.tls();
-        if (!applied.includes('tls') && !sameTls(was.tls ?? was.upstreamTls, tlsRt.options.tls ?? tlsRt.options.upstreamTls)) applied.push('tls');
         const { tls, upstreamTls } = tlsRt.options;
+        const upstreamKey = kept.upstream_tls ? 'upstream_tls' : 'tls';
+        if (!applied.includes('tls') && !sameTls(was.tls, tls?.cert ? tls : undefined)) applied.push('tls');
+        if (!applied.includes(upstreamKey) && !sameTls(was.upstreamTls, upstreamTls)) applied.push(upstreamKey);
         try {
           if (tls?.cert || upstreamTls) revokedClosed = handle.renewTls({ tls: tls?.cert ? tls : undefined, upstreamTls });
         } catch (err) {
@@ -523,7 +539,7 @@ async function run(read: (reload?: boolean) => ProxyConfig, source: string, setE
       reloads.applied++;
       reloads.lastOk = true;
       reloads.lastOkAt = monotonicEpoch();
-      logger.info('reload', `Reloaded ${source}: ${applied.length ? `applied ${applied.join(', ')}` : restart.length ? `nothing applied: ${restart.join(', ')} need${restart.length === 1 ? 's' : ''} a restart` : 'no setting changed'}${source !== COMMAND_LINE || next.tokens_file !== undefined ? '; secrets re-read' : ''}; ${closedSaid(revoked, revokedClosed)}`, { file: source, applied, revoked, ...(revokedClosed ? { tls_revoked: revokedClosed } : {}) });
+      logger.info('reload', `Reloaded ${source}: ${applied.length ? `applied ${applied.join(', ')}` : restart.length ? `nothing applied: ${restart.join(', ')} need${restart.length === 1 ? 's' : ''} a restart` : 'no setting changed'}${source !== COMMAND_LINE || next.tokens_file !== undefined ? '; secrets re-read' : ''}; ${closedSaid(revoked, revokedClosed, kept)}`, { file: source, applied, revoked, ...(revokedClosed ? { tls_revoked: revokedClosed } : {}) });
       // After the line saying so: a reload to `warn` said nothing of itself (half of 100 reloads between info and warn went unsaid).
       logger.setLevel(nextRt.log.level);
       // A secret removed opens what it protected: said plainly, whatever else the reload did (an empty file took every default and said only "applied token, admin.token").
@@ -534,9 +550,10 @@ async function run(read: (reload?: boolean) => ProxyConfig, source: string, setE
         logger.warn('secret_removed', `this reload removed admin.token: /metrics on ${admin.url} now answers anyone who can connect, with no token; if that is not meant, put the token back and reload`, { file: source, key: 'admin.token' });
       }
       if (restart.length) {
-        const files = !restart.includes('tls') || !running.tls ? '' : tlsUnread
-          ? `; the running tls files could not be read again (${tlsUnread}): serving the certificate loaded before`
-          : applied.includes('tls') ? '; the running tls files were read again and their renewal applied' : '; the running tls files are read again at each reload, so their renewal applies';
+        const runningFiles = [running.tls && 'tls', running.upstream_tls && 'upstream_tls'].filter(Boolean).join(' and ');
+        const files = !reshaped || !runningFiles ? '' : tlsUnread
+          ? `; the running ${runningFiles} files could not be read again (${tlsUnread}): serving the certificate loaded before`
+          : applied.includes('tls') || applied.includes('upstream_tls') ? `; the running ${runningFiles} files were read again and their renewal applied` : `; the running ${runningFiles} files are read again at each reload, so their renewal applies`;
         logger.warn('reload_restart_needed', `${restart.join(', ')} changed in ${source} but take${restart.length === 1 ? 's' : ''} effect only after a restart; running with the previous value${restart.length === 1 ? '' : 's'}${files}`, { file: source, restart });
       }
       expiry.check(true);
@@ -744,17 +761,24 @@ function removePidFile(path: string): void {
   }
 }
 
-/** Whether two sets of TLS files hold the same bytes. */
-function sameTls(a: TlsMaterial | undefined, b: TlsMaterial | undefined): boolean {
+/** Whether two sets of TLS files hold the same bytes (and, toward servers, the same names). */
+function sameTls(a: UpstreamTlsMaterial | undefined, b: UpstreamTlsMaterial | undefined): boolean {
   const same = (x?: Buffer, y?: Buffer): boolean => (x === undefined || y === undefined ? x === y : x.equals(y));
-  return same(a?.cert, b?.cert) && same(a?.key, b?.key) && same(a?.ca, b?.ca) && same(a?.crl, b?.crl);
+  return same(a?.cert, b?.cert) && same(a?.key, b?.key) && same(a?.ca, b?.ca) && same(a?.crl, b?.crl) && JSON.stringify(a?.names ?? []) === JSON.stringify(b?.names ?? []);
 }
 
-/** What a reload closed, for its line: registrations whose secret no longer passes, connections whose peers tls.crl revokes now. */
-function closedSaid(registrations: number, revokedPeers: number): string {
+/**
+ * What a reload closed, for its line: registrations whose secret no longer passes, connections whose peers a CRL of `c`
+ * (tls.crl, upstream_tls.crl) revokes now or, links to servers, whose certificates upstream_tls.names no longer allows.
+ */
+function closedSaid(registrations: number, revokedPeers: number, c: ProxyConfig): string {
+  const crls = [c.tls?.crl && 'tls.crl', c.upstream_tls?.crl && 'upstream_tls.crl'].filter(Boolean);
+  const names = Boolean(c.upstream_tls?.names?.length);
+  const why = [...(crls.length || !names ? [`${crls.join(' or ') || 'tls.crl'} now revokes`] : []), ...(names ? ['upstream_tls.names no longer allows'] : [])].join(', or ');
+  const lines = [...(crls.length || !names ? ['tls_revoked'] : []), ...(names ? ['tls_name_refused'] : [])].join(' and ');
   const said = [
     ...(registrations > 0 ? [`revoked ${registrations} server registration(s) whose secret no longer passes (deregister lines name them)`] : []),
-    ...(revokedPeers > 0 ? [`closed ${revokedPeers} connection(s) whose peer's certificate tls.crl now revokes (tls_revoked lines name them)`] : []),
+    ...(revokedPeers > 0 ? [`closed ${revokedPeers} connection(s) whose peer's certificate ${why} (${lines} lines name them)`] : []),
   ];
   return said.length ? said.join('; ') : 'no connection closed';
 }

@@ -27,11 +27,11 @@ import { FileError, LocalCode } from '../transport/errors.js';
 import { MAX_TIMER_MS } from '../transport/clock.js';
 import { MAX_ID_LENGTH } from '../transport/messages.js';
 import { BUDGET_UNDER_A_LIMIT } from '../transport/budget.js';
-import { crlWarnings, tlsWarnings, type CertPurpose, type TlsNames, type TlsWarning } from '../transport/tls.js';
+import { allowedNameProblem, crlWarnings, tlsWarnings, type CertPurpose, type TlsMaterial, type TlsNames, type TlsWarning, type UpstreamTlsMaterial } from '../transport/tls.js';
 import { badSecretText, loadedCerts, loadTokens, tlsFileHint, tlsFromFlags, TOKENS_HINT, readYamlFile, whyUnreadable, type LoadedCert } from './files.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 import {
-  dict, flag, INVALID, IssuesError, list, name, object, oneOf, oneOrList, opt, readYaml, refine, req, scalar, text, whole, yaml, type Field, type Infer, type Issue, type Schema,
+  dict, flag, INVALID, IssuesError, list, name, object, offsetOf, oneOf, oneOrList, opt, readYaml, refine, report, req, scalar, text, whole, yaml, type Field, type Infer, type Issue, type Schema,
 } from './schema.js';
 
 /** When a change of a setting takes effect. */
@@ -246,6 +246,29 @@ export function badPolicy(p: string): string | undefined {
 }
 const policy = refine(name, badPolicy);
 const trustedSource = refine(text, badTrustedSource);
+/**
+ * An entry of `upstream_tls.names` (`allowedNameProblem`, the one rule: the library's `upstreamTls.names` and the flag
+ * keep it too). `*.servers.internal` unquoted is a YAML alias (a `*` that begins a value), read as nothing: said so.
+ */
+const allowedName: Schema<string> = {
+  expected: 'a name',
+  read(node, at, ctx) {
+    if (yaml().isAlias(node)) return report(ctx, { ...at, offset: offsetOf(node, at.offset) }, `expected a name, got *${String(node.source)}, which YAML reads as an alias (a * that begins a value makes one): quote it, '*${String(node.source)}'`);
+    return refine(text, (t) => {
+      const bad = allowedNameProblem(t);
+      return bad && `the name '${t}': ${bad}`;
+    }).read(node, at, ctx);
+  },
+};
+
+/** What each key of `upstream_tls` (`--upstream-tls-*`) does: the schema's words and the flags' help. */
+export const UPSTREAM_DOCS = {
+  ca: "PEM CA that signs the servers' certificates (needed): the proxy dials its servers over TLS and verifies theirs against it, apart from tls.ca (without upstream_tls, tls.ca does both)",
+  cert: 'PEM certificate the proxy presents to servers that ask for one (mutual TLS: a server with --tls-ca), with key',
+  key: 'PEM private key of cert',
+  crl: 'PEM CRLs (one or more) of the CAs in ca: a server whose certificate one revokes is refused; re-read on SIGHUP',
+  names: "a server's certificate must carry one of these among its subjectAltName entries, beyond the address dialled (Envoy's match_subject_alt_names): an exact DNS name (server-a.internal), *.NAME for any name under NAME (*.servers.internal; quote it in YAML), or an IP address; a server whose certificate carries none is refused at every dial and never sent a request (default: any its CA signed)",
+} as const;
 
 /** What `hedge_on_try_timeout` (`--no-hedge-on-try-timeout`) does, for the help text and docs/CONFIG.md. */
 export const HEDGE_DOC = "a try given up at try_timeout stays in flight until the request's deadline while the request goes on to another server, and the first answer of either is the client's (Envoy's hedge_on_per_try_timeout); servers of this project's wire only (an old JSON server's try is given up)";
@@ -287,6 +310,13 @@ const otherFields = {
     ca: opt(path, "PEM CA that verifies peers' certificates (mutual TLS) and servers'"),
     crl: opt(path, 'PEM CRLs (one or more) of the CAs in ca: a peer whose certificate one revokes is refused (each CA in ca needs its own)'),
   }), 'TLS files'),
+  upstream_tls: opt(object('upstream_tls', {
+    ca: opt(path, UPSTREAM_DOCS.ca),
+    cert: opt(path, UPSTREAM_DOCS.cert),
+    key: opt(path, UPSTREAM_DOCS.key),
+    crl: opt(path, UPSTREAM_DOCS.crl),
+    names: opt(list(allowedName), UPSTREAM_DOCS.names),
+  }), "TLS toward the servers, apart from the port's (without it, tls with ca is used: its files toward servers too)"),
   log: opt(object('log', {
     level: opt(oneOf(LEVELS), 'least severe level written'),
     format: opt(oneOf(['text', 'json'] as const), 'text for people, json for machines'),
@@ -344,6 +374,11 @@ export const FLAG_KEYS: Readonly<Record<string, string>> = {
   'tls-key': 'tls.key',
   'tls-ca': 'tls.ca',
   'tls-crl': 'tls.crl',
+  'upstream-tls-ca': 'upstream_tls.ca',
+  'upstream-tls-cert': 'upstream_tls.cert',
+  'upstream-tls-key': 'upstream_tls.key',
+  'upstream-tls-crl': 'upstream_tls.crl',
+  'upstream-tls-names': 'upstream_tls.names',
   registry: 'registry.url',
   'registry-prefix': 'registry.prefix',
   'registry-ttl': 'registry.ttl',
@@ -414,6 +449,7 @@ export const proxyConfigSpec = object('proxy configuration', { ...numberFields, 
   if (c.tokens && c.tokens_file) return "give per-policy secrets as 'tokens' or in 'tokens_file', not both";
   if (c.tls && (c.tls.cert === undefined) !== (c.tls.key === undefined)) return 'tls needs both cert and key, or neither';
   if (c.tls?.crl !== undefined && c.tls.ca === undefined) return "tls.crl goes with tls.ca: a CRL revokes certificates its CA signed, and only peers' certificates verified against tls.ca are checked against it";
+  if (c.upstream_tls && (c.upstream_tls.cert === undefined) !== (c.upstream_tls.key === undefined)) return 'upstream_tls needs both cert and key, or neither';
   return undefined;
 }, undefined, MEANT);
 
@@ -480,6 +516,7 @@ function absolutePaths(c: ProxyConfig, dir: string): ProxyConfig {
     tokens_file: abs(c.tokens_file),
     inspect_log: abs(c.inspect_log),
     tls: c.tls && { cert: abs(c.tls.cert), key: abs(c.tls.key), ca: abs(c.tls.ca), crl: abs(c.tls.crl) },
+    upstream_tls: c.upstream_tls && { ...c.upstream_tls, cert: abs(c.upstream_tls.cert), key: abs(c.upstream_tls.key), ca: abs(c.upstream_tls.ca), crl: abs(c.upstream_tls.crl) },
     log: c.log && { ...c.log, access_log: abs(c.log.access_log) },
     registry: c.registry && { ...c.registry, tls: c.registry.tls && { ca: abs(c.registry.tls.ca), cert: abs(c.registry.tls.cert), key: abs(c.registry.tls.key) } },
   };
@@ -540,9 +577,17 @@ export interface Runtime {
  * a certificate without clientAuth there is warned of (`tlsWarnings`' mayPresent), not refused.
  */
 const CERT_NEEDS: Record<'tls' | 'registry.tls', readonly CertPurpose[]> = { tls: ['serverAuth'], 'registry.tls': [] };
+ * `tls.cert` on its port, and presents `registry.tls.cert` to etcd and `upstream_tls.cert` to servers, and nowhere
+ * else. Without `upstream_tls` it presents `tls.cert` to servers too when it dials them (with `tls.ca`), but only a
+ * server with --tls-ca asks for it: warned of only.
+ */
+const CERT_NEEDS: Record<TlsSection, readonly CertPurpose[]> = { tls: ['serverAuth'], upstream_tls: ['clientAuth'], 'registry.tls': ['clientAuth'] };
+
+/** The sections of TLS files. */
+type TlsSection = 'tls' | 'upstream_tls' | 'registry.tls';
 
 /** A section's TLS settings as sentences name them: by the flag that gave each (`flagOf`), else by its key. */
-function keysOf(section: 'tls' | 'registry.tls', flagOf: (key: FileKey) => string | undefined = () => undefined): Required<TlsNames> {
+function keysOf(section: TlsSection, flagOf: (key: FileKey) => string | undefined = () => undefined): Required<TlsNames> {
   const name = (role: 'cert' | 'key' | 'ca' | 'crl'): string => flagOf(`${section}.${role}` as FileKey) ?? `${section}.${role}`;
   return { cert: name('cert'), key: name('key'), ca: name('ca'), crl: name('crl') };
 }
@@ -569,10 +614,12 @@ export function toRuntime(c: ProxyConfig, flagOf?: (key: FileKey) => string | un
   if (c.old_server_connections !== undefined) options.oldServers = { connections: c.old_server_connections };
   const tls = c.tls ? tlsFromFlags({ tlsCert: c.tls.cert, tlsKey: c.tls.key, tlsCa: c.tls.ca, tlsCrl: c.tls.crl }, undefined, CERT_NEEDS.tls) : undefined;
   if (tls?.cert) options.tls = tls;
-  if (tls?.ca) options.upstreamTls = tls;
   const log = c.log ?? {};
-  const clashes = [...portClashes(c), ...unadvertisable(c)];
+  const clashes = [...portClashes(c), ...unadvertisable(c), ...upstreamClashes(c)];
   if (clashes.length) throw new ConfigError('the configuration', clashes);
+  // Toward the servers: upstream_tls when given, alone; else the tls files when they have a CA, as before upstream_tls was.
+  const up = upstreamOf(c, tls, flagOf);
+  if (up) options.upstreamTls = up;
   const registry = toRegistry(c.registry);
   return {
     options: options as ProxyOptions,
@@ -582,14 +629,56 @@ export function toRuntime(c: ProxyConfig, flagOf?: (key: FileKey) => string | un
     inspect: c.inspect,
     inspectLog: c.inspect_log,
     inspectToken: c.inspect_token,
-    certs: [...loadedCerts(c.tls, tls, { cert: 'tls.cert', ca: 'tls.ca', crl: 'tls.crl' }), ...loadedCerts(c.registry?.tls, registry?.tls, { cert: 'registry.tls.cert', ca: 'registry.tls.ca' })],
+    certs: [
+      ...loadedCerts(c.tls, tls, { cert: 'tls.cert', ca: 'tls.ca', crl: 'tls.crl' }),
+      ...(c.upstream_tls ? loadedCerts(c.upstream_tls, up, { cert: 'upstream_tls.cert', ca: 'upstream_tls.ca', crl: 'upstream_tls.crl' }) : []),
+      ...loadedCerts(c.registry?.tls, registry?.tls, { cert: 'registry.tls.cert', ca: 'registry.tls.ca' }),
+    ],
     // Clients dial `host` (unless it is every address) and, finding the proxy in etcd, its advertised address.
     tlsWarnings: [
       ...tlsWarnings(tls, keysOf('tls', flagOf), { paths: c.tls, mayPresent: Boolean(tls?.ca), dialledAs: [{ host: c.host ?? DEFAULT_LISTEN_HOST, setting: 'host, --host', listening: true }, ...(c.registry?.advertise ? [{ host: c.registry.advertise, setting: 'registry.advertise, --advertise' }] : [])] }),
       ...tlsWarnings(registry?.tls, keysOf('registry.tls', flagOf), { paths: c.registry?.tls, mayPresent: true }),
+      ...tlsWarnings(tls, keysOf('tls', flagOf), { paths: c.tls, mayPresent: Boolean(tls?.ca) && !c.upstream_tls, dialledAs: [{ host: c.host ?? DEFAULT_LISTEN_HOST, setting: 'host, --host', listening: true }, ...(c.registry?.advertise ? [{ host: c.registry.advertise, setting: 'registry.advertise, --advertise' }] : [])] }),
+      ...tlsWarnings(registry?.tls, keysOf('registry.tls', flagOf), { paths: c.registry?.tls }),
       ...crlWarnings(tls, { cert: 'tls.cert', key: 'tls.key', ca: 'tls.ca' }, c.tls?.crl).map((message) => ({ event: 'tls_crl_problem', setting: 'tls.crl', message })),
+      ...(c.upstream_tls ? [
+        ...tlsWarnings(up, keysOf('upstream_tls', flagOf), { paths: c.upstream_tls }),
+        ...crlWarnings(up, { cert: 'upstream_tls.cert', key: 'upstream_tls.key', ca: 'upstream_tls.ca' }, c.upstream_tls.crl).map((message) => ({ event: 'tls_crl_problem', setting: 'upstream_tls.crl', message })),
+      ] : []),
     ],
   };
+}
+
+/**
+ * What the proxy dials its servers with (`ProxyOptions.upstreamTls`), from a config: `upstream_tls`'s files and names
+ * when it is given, whatever `tls` holds (it wins: one CA for clients and another for servers); else `tls`'s files
+ * when they have a CA, as before `upstream_tls` was (mutual TLS on the port, and servers verified against the same
+ * CA); else nothing (plain TCP to servers).
+ */
+function upstreamOf(c: ProxyConfig, tls: TlsMaterial | undefined, flagOf?: (key: FileKey) => string | undefined): UpstreamTlsMaterial | undefined {
+  const u = c.upstream_tls;
+  if (!dialsTls(c)) return undefined;
+  if (!u) return tls;
+  const material = tlsFromFlags({ tlsCert: u.cert, tlsKey: u.key, tlsCa: u.ca, tlsCrl: u.crl }, keysOf('upstream_tls', flagOf), CERT_NEEDS.upstream_tls) ?? {};
+  return u.names?.length ? { ...material, names: [...new Set(u.names)] } : material;
+}
+
+/**
+ * `upstream_tls` that cannot be used, said as the settings that clash (the files' contents are the loader's): without
+ * `ca` it would verify servers against the system's CAs, which sign no server dialled at its address on a private
+ * network (and would take any certificate one of them signed); a certificate without its key, or a key without it.
+ */
+function upstreamClashes(c: ProxyConfig): Issue[] {
+  const u = c.upstream_tls;
+  if (!u) return [];
+  const issues: Issue[] = [];
+  if (u.ca === undefined) {
+    issues.push({ line: 0, col: 0, path: 'upstream_tls.ca', message: `upstream_tls needs ca (--upstream-tls-ca): the PEM CA that signs the servers' certificates, which the proxy verifies every server against (give tls.ca's file if the same CA signs both)${c.tls?.ca ? '; upstream_tls replaces tls toward servers, so tls.ca is not used there' : ''}` });
+  }
+  if ((u.cert === undefined) !== (u.key === undefined)) {
+    issues.push({ line: 0, col: 0, path: u.cert === undefined ? 'upstream_tls.cert' : 'upstream_tls.key', message: 'upstream_tls needs both cert and key (the certificate the proxy presents to servers that ask for one, and its key), or neither' });
+  }
+  return issues;
 }
 
 /**
@@ -751,7 +840,7 @@ export class RuntimeProblems extends ConfigError {
 }
 
 /** The settings naming a file the proxy reads or writes: each named by its flag when a flag gave it (`flagOf`). */
-export type FileKey = 'tokens_file' | 'tls.cert' | 'tls.key' | 'tls.ca' | 'tls.crl' | 'registry.tls.cert' | 'registry.tls.key' | 'registry.tls.ca' | LogFileKey;
+export type FileKey = 'tokens_file' | 'tls.cert' | 'tls.key' | 'tls.ca' | 'tls.crl' | 'upstream_tls.cert' | 'upstream_tls.key' | 'upstream_tls.ca' | 'upstream_tls.crl' | 'registry.tls.cert' | 'registry.tls.key' | 'registry.tls.ca' | LogFileKey;
 
 /**
  * What `--check` does beyond reading: the files a config names can be used
@@ -766,7 +855,7 @@ export function checkRuntime(c: ProxyConfig, source: string, flagOf: (key: FileK
   // A flag's file is said as before, with what the flag takes.
   const hintOf = (key: FileKey): string => {
     if (key === 'tokens_file') return TOKENS_HINT;
-    const [section, role] = key.startsWith('registry.') ? ['registry.tls', key.slice(13)] : ['tls', key.slice(4)];
+    const [section, role] = key.startsWith('registry.') ? ['registry.tls', key.slice(13)] : key.startsWith('upstream_tls.') ? ['upstream_tls', key.slice(13)] : ['tls', key.slice(4)];
     const f = (r: string): string => flagOf(`${section}.${r}` as FileKey) ?? `${section}.${r}`;
     return tlsFileHint({ cert: f('cert'), key: f('key'), ca: f('ca'), crl: f('crl') }, role as 'cert' | 'key' | 'ca' | 'crl');
   };
@@ -796,19 +885,26 @@ export function checkRuntime(c: ProxyConfig, source: string, flagOf: (key: FileK
   };
   const next: ProxyConfig = { ...c };
   if (c.tokens_file !== undefined && !(readable('tokens_file', c.tokens_file) && contents('tokens_file', c.tokens_file, () => loadTokens(c.tokens_file!)))) delete next.tokens_file;
-  for (const section of ['tls', 'registry.tls'] as const) {
-    const files: { cert?: string; key?: string; ca?: string; crl?: string } | undefined = section === 'tls' ? c.tls : c.registry?.tls;
+  for (const section of ['tls', 'upstream_tls', 'registry.tls'] as const) {
+    const files: { cert?: string; key?: string; ca?: string; crl?: string } | undefined = section === 'tls' ? c.tls : section === 'upstream_tls' ? c.upstream_tls : c.registry?.tls;
     if (!files) continue;
     const key = (role: 'cert' | 'key' | 'ca' | 'crl'): FileKey => `${section}.${role}` as FileKey;
     const names = keysOf(section, flagOf);
     const flags = { tlsCert: files.cert, tlsKey: files.key, tlsCa: files.ca, tlsCrl: files.crl };
-    // A certificate without its key (or a key without its certificate) is said first, as before: settings that do not go together.
-    if (Boolean(files.cert) !== Boolean(files.key)) tlsFromFlags(flags, names);
+    // A certificate without its key (or a key without its certificate) is said first, as before: settings that do not go
+    // together, named as the flags when a flag gave either (`--tls-cert and --tls-key go together`).
+    if (Boolean(files.cert) !== Boolean(files.key)) {
+      const byFlag = flagOf(key('cert')) !== undefined || flagOf(key('key')) !== undefined;
+      tlsFromFlags(flags, byFlag ? { ...names, cert: flagOfKey(key('cert')) ?? names.cert, key: flagOfKey(key('key')) ?? names.key } : names);
+    }
     let ok = (['cert', 'key', 'ca', 'crl'] as const).map((role) => readable(key(role), files[role])).every(Boolean);
+    // upstream_tls without its CA is said as the settings that clash (`upstreamClashes`), not as what its CRL goes with.
+    if (ok && section === 'upstream_tls' && files.ca === undefined) continue;
     // Readable: a certificate that does not match its key, or has expired, is said by the loader, naming its setting (a CRL that is none, its own).
     if (ok) ok = contents(key(files.cert ? 'cert' : 'ca'), files.cert ?? files.ca ?? '', () => tlsFromFlags({ ...flags, tlsCrl: undefined }, names, CERT_NEEDS[section])) && (files.crl === undefined || contents(key('crl'), files.crl, () => tlsFromFlags(flags, names, CERT_NEEDS[section])));
     if (ok) continue;
     if (section === 'tls') delete next.tls;
+    else if (section === 'upstream_tls') delete next.upstream_tls;
     else next.registry = { ...next.registry!, tls: undefined };
   }
   // A reload (logs: false) reopens the access log itself, and keeps the one open when it cannot.
@@ -858,6 +954,7 @@ const OTHER_RELOAD: Record<keyof typeof otherFields, Reload> = {
   hedge_on_try_timeout: 'live',
   old_server_connections: 'new',
   tls: 'new',
+  upstream_tls: 'new',
   log: 'live',
   admin: 'restart',
   registry: 'restart',
@@ -894,6 +991,11 @@ export function effective(c: ProxyConfig): ProxyConfig {
   return out as ProxyConfig;
 }
 
+/** Whether a config has the proxy dial its servers over TLS: with upstream_tls, or with tls's ca (`upstreamOf` takes the files). */
+export function dialsTls(c: ProxyConfig): boolean {
+  return Boolean(c.upstream_tls || c.tls?.ca);
+}
+
 /**
  * Which settings differ (tokens compared without ever being shown), each with when it takes effect:
  * their values as they run (`effective`), not as written.
@@ -926,6 +1028,10 @@ export function changes(was: ProxyConfig, next: ProxyConfig): Change[] {
       // TLS turned on or off, or mutual TLS (a CA), is how the listener was made: a restart.
       const shape = (t: ProxyConfig['tls']): string => `${Boolean(t?.cert)} ${Boolean(t?.ca)}`;
       out.push({ key, reload: shape(before.tls) === shape(after.tls) ? 'new' : 'restart' });
+    } else if (key === 'upstream_tls') {
+      // Other files or names are taken on a reload (the next dials use them); TLS toward servers turned on or off
+      // (upstream_tls added to or removed from a proxy whose tls has no ca) is how its links dial: a restart.
+      out.push({ key, reload: dialsTls(before) === dialsTls(after) ? 'new' : 'restart' });
     } else if (key === 'registry') {
       // etcd's TLS files (a renewed client certificate, a new CA bundle) are taken on a reload: a new etcd client is made
       // with them (registry/etcd-client.ts). TLS to etcd turned on or off, and the rest of the registry, need a restart.
