@@ -1,0 +1,226 @@
+/**
+ * TLS from the proxy toward its servers, set apart from its port's (`upstream_tls`, `--upstream-tls-*`; the
+ * library's `upstreamTls`): one-way TLS to clients with TLS servers, plain clients with TLS servers, a CA of
+ * its own for servers, the names a server's certificate must carry, and a server's registration saying how
+ * its port serves. Real openssl-made certificates (spec/certs.ts); the real `revproxy proxy` and `server`.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { connect as netConnect, createServer as netServer, type AddressInfo } from 'node:net';
+import { createServer as tlsServer } from 'node:tls';
+import { join } from 'node:path';
+import * as assert from 'uvu/assert';
+import { Logger, memorySink, runClient, sha1Handler, startProxy, startServer, StartError, type LogRecord, type ProxyHandle } from '../actors/index.js';
+import { changes, parseConfig, toRuntime } from '../config/proxy.js';
+import { encodeFrame } from '../transport/frame.js';
+import { loadTls } from '../transport/tls.js';
+import { makePki } from './certs.js';
+import { eventually, LOCAL } from './helpers.js';
+import { freshSuite, revproxy, type Fresh, type Proc } from './procs.js';
+
+const ctx: Fresh & { proxy?: ProxyHandle } = { dir: '', servers: [] };
+const up = freshSuite('TLS toward the servers', 'revproxy-upstream-', ctx);
+up.after.each(() => {
+  ctx.proxy?.kill();
+  ctx.proxy = undefined;
+});
+
+const pkts = (n: number) => Array.from({ length: n }, (_, i) => ({ srcid: 'c', privPoliId: 'P', payload: `u${i}` }));
+
+/** A proxy in this process, logging into `logs`. */
+async function proxyWith(logs: LogRecord[], opts: Parameters<typeof startProxy>[0]): Promise<ProxyHandle> {
+  ctx.proxy = await startProxy({ port: 0, logger: new Logger('proxy', memorySink(logs), 'debug'), ...opts });
+  return ctx.proxy;
+}
+
+/** A server in this process answering SHA1, counting what it was sent in `seen`. */
+async function countingServer(id: string, port: number, seen: Map<string, number>, extra: Partial<Parameters<typeof startServer>[0]> = {}) {
+  const s = await startServer({
+    id, policy: 'P', listenPort: 0, proxy: { host: LOCAL, port }, registerTimeoutMs: 3000,
+    handler: (payload, hctx) => {
+      seen.set(id, (seen.get(id) ?? 0) + 1);
+      return sha1Handler(payload, hctx);
+    },
+    ...extra,
+  });
+  ctx.servers.push(s);
+  return s;
+}
+
+/** `revproxy proxy` with `args` on a free port: the process and its port. */
+async function proxyProc(args: string[]): Promise<{ proc: Proc; port: number }> {
+  const proc = revproxy(['proxy', '--port', '0', ...args]);
+  const port = Number((await proc.waitFor(/Running the reverse proxy on port (\d+)/, 20_000))[1]);
+  return { proc, port };
+}
+
+up('a server whose certificate names none of upstream_tls.names is refused at every dial, said in its down line, and never sent a request; one naming one is served', async () => {
+  const servers = makePki(['good', 'bad'], 'servers CA', { sans: { good: 'IP:127.0.0.1,DNS:a.servers.internal', bad: 'IP:127.0.0.1,DNS:db.other.internal' } });
+  const logs: LogRecord[] = [];
+  // Its port serves plain TCP; its dials to servers are TLS, verified against the servers' CA and held to the names.
+  const proxy = await proxyWith(logs, { upstreamTls: { ca: readFileSync(servers.ca), names: ['*.servers.internal'] } });
+  const seen = new Map<string, number>();
+  await countingServer('good', proxy.port, seen, { tls: loadTls(servers.cert('good')), plainRegistration: true });
+  await countingServer('bad', proxy.port, seen, { tls: loadTls(servers.cert('bad')), plainRegistration: true });
+  await eventually(() => proxy.pools().P?.serving.includes('good') ?? false, 5000, 'good serving');
+  await eventually(() => logs.some((l) => l.event === 'down' && l.id === 'bad'), 5000, "bad's down line");
+  const r = await runClient({ id: 'c', proxy: { host: LOCAL, port: proxy.port }, packets: pkts(20) });
+  assert.ok(r.every((x) => x.correct), JSON.stringify(r.filter((x) => !x.correct)));
+  assert.is(seen.get('good'), 20);
+  assert.is(seen.get('bad') ?? 0, 0, 'the server whose certificate no name allows was sent nothing');
+  assert.not.ok(proxy.pools().P!.serving.includes('bad'));
+  const down = logs.find((l) => l.event === 'down' && l.id === 'bad')!;
+  assert.match(down.msg, /^Server id bad is unreachable at 127\.0\.0\.1:\d+ \(the server's TLS certificate names IP:127\.0\.0\.1, DNS:db\.other\.internal, none of the names upstream_tls\.names \(--upstream-tls-names; upstreamTls\.names in the library\) allows \(\*\.servers\.internal\): give the server a certificate with one of them in its subjectAltName, or add a name it has there\)/);
+  // A renewal that narrows the names closes the link open to a server they no longer allow, and its next dials are refused.
+  const closed = proxy.renewTls({ upstreamTls: { ca: readFileSync(servers.ca), names: ['b.servers.internal'] } });
+  assert.is(closed, 1, 'the link to good closed');
+  assert.match(logs.find((l) => l.event === 'tls_name_refused')?.msg ?? '', /^Closed the link to the server at 127\.0\.0\.1:\d+: the server's TLS certificate names IP:127\.0\.0\.1, DNS:a\.servers\.internal, none of the names/);
+  await eventually(() => !proxy.pools().P!.serving.includes('good'), 3000, 'good out of rotation');
+  const after = await runClient({ id: 'c2', proxy: { host: LOCAL, port: proxy.port }, packets: pkts(1), maxAttempts: 1, timeoutMs: 1500 });
+  assert.not.ok(after[0]!.correct, JSON.stringify(after));
+  assert.is(seen.get('good'), 20, 'nothing more reached it');
+});
+
+up("a server says whether its port serves TLS as it registers: one that does not fit how the proxy dials is refused BAD_REQUEST, both sides told what to change", async () => {
+  const pki = makePki(['proxy', 'server']);
+  const logs: LogRecord[] = [];
+  // One-way TLS to clients, and no upstream TLS: servers are dialled in plain TCP. A server with --tls-cert registered
+  // and was never reached, its link "closed by the server".
+  const proxy = await proxyWith(logs, { tls: loadTls(pki.cert('proxy'))! });
+  const refused = await countingServer('s', proxy.port, new Map(), { tls: loadTls({ ...pki.cert('server'), ca: pki.ca }) }).catch((e: unknown) => e);
+  assert.instance(refused, StartError);
+  assert.match((refused as Error).message, /BAD_REQUEST: registration refused: server id s serves TLS on port \d+ \(its setup says tls\) and this proxy dials its servers in plain TCP: give the proxy upstream_tls \(--upstream-tls-ca, the CA that signed the servers' certificates; upstreamTls in the library\), or start the server without --tls-cert/);
+  const line = logs.find((l) => l.event === 'register_refused');
+  assert.match(line?.msg ?? JSON.stringify(logs), /^Refused setup from 127\.0\.0\.1:\d+ for server id s privacy policy P: server id s serves TLS/);
+  assert.is(line!.code, 'BAD_REQUEST');
+  assert.equal(proxy.pools(), {}, 'never a member');
+  proxy.kill();
+  // The other way round: a proxy dialling over TLS, a server serving plain TCP.
+  const logs2: LogRecord[] = [];
+  const tlsDialler = await proxyWith(logs2, { upstreamTls: { ca: readFileSync(pki.ca) } });
+  const plain = await countingServer('p', tlsDialler.port, new Map()).catch((e: unknown) => e);
+  assert.instance(plain, StartError);
+  assert.match((plain as Error).message, /registration refused: server id p serves plain TCP on port \d+ \(its setup says so\) and this proxy dials its servers over TLS \(its upstream_tls, or tls\.ca without it\): start the server with --tls-cert and --tls-key/);
+});
+
+up("a server that does not say how its port serves (a build from before) is dialled as every server, and its link's failure says what to change in the proxy's words", async () => {
+  const pki = makePki(['server']);
+  // A setup without `tls`, naming a port where `listener` listens: a TLS port dialled in plain TCP, then a plain port dialled over TLS.
+  const register = (port: number, listenport: number) => {
+    const s = netConnect(port, LOCAL, () => s.write(encodeFrame({ type: 1, id: 'old', privPolyId: 'P', listenport })));
+    s.on('data', () => {});
+    s.on('error', () => {});
+    return s;
+  };
+  const tlsPort = tlsServer({ cert: readFileSync(pki.cert('server').cert), key: readFileSync(pki.cert('server').key) }, () => {});
+  tlsPort.on('tlsClientError', (_e, socket) => socket.destroy());
+  const plainPort = netServer((s) => s.on('data', () => s.end(encodeFrame({ type: 3, code: 'BAD_REQUEST', message: 'not a frame' }))));
+  for (const l of [tlsPort, plainPort]) await new Promise<void>((r) => l.listen(0, LOCAL, r));
+  try {
+    const logs: LogRecord[] = [];
+    const plainDialler = await proxyWith(logs, {});
+    const a = register(plainDialler.port, (tlsPort.address() as AddressInfo).port);
+    await eventually(() => logs.some((l) => l.event === 'down'), 5000, 'the down line');
+    a.destroy();
+    // It said only "connection closed by the server".
+    assert.match(logs.find((l) => l.event === 'down')!.msg, /\(connection closed by the server before it answered anything: if it serves TLS on that port \(revproxy server --tls-cert\), the proxy dials it in plain TCP: give the proxy upstream_tls \(--upstream-tls-ca, the CA that signed the servers' certificates\)/);
+    plainDialler.kill();
+    const logs2: LogRecord[] = [];
+    const tlsDialler = await proxyWith(logs2, { upstreamTls: { ca: readFileSync(pki.ca) } });
+    const b = register(tlsDialler.port, (plainPort.address() as AddressInfo).port);
+    await eventually(() => logs2.some((l) => l.event === 'down'), 5000, 'the down line');
+    b.destroy();
+    // It said OpenSSL's "...:ssl3_get_record:wrong version number:../deps/openssl/openssl/ssl/record/ssl3_record.c:350:".
+    const said = logs2.find((l) => l.event === 'down')!.msg;
+    assert.match(said, /\(the server does not speak TLS on its port, and the proxy dials its servers over TLS \(its upstream_tls, or tls\.ca without it\): start the server with --tls-cert and --tls-key/);
+    assert.not.match(said, /deps\/openssl/);
+  } finally {
+    tlsPort.close();
+    plainPort.close();
+  }
+});
+
+up("a server that asks for the proxy's certificate (its --tls-ca) is told none and the proxy's down line says to give upstream_tls.cert; given, it is served", async () => {
+  const pki = makePki(['proxy-client', 'server']);
+  const logs: LogRecord[] = [];
+  const proxy = await proxyWith(logs, { upstreamTls: { ca: readFileSync(pki.ca) } });
+  const seen = new Map<string, number>();
+  await countingServer('m', proxy.port, seen, { tls: loadTls({ ...pki.cert('server'), ca: pki.ca }), plainRegistration: true });
+  await eventually(() => logs.some((l) => l.event === 'down'), 5000, 'the down line');
+  const msg = logs.find((l) => l.event === 'down')!.msg;
+  assert.match(msg, /the server refused the TLS handshake \(its alert: certificate required\): it asks for the proxy's certificate \(its --tls-ca: mutual TLS\) and the proxy presents none: give the proxy upstream_tls\.cert and upstream_tls\.key/);
+  assert.not.match(msg, /deps\/openssl/);
+  proxy.kill();
+  for (const s of ctx.servers.splice(0)) s.kill();
+  const mutual = await proxyWith([], { upstreamTls: loadTls({ ...pki.cert('proxy-client'), ca: pki.ca }) });
+  await countingServer('m', mutual.port, seen, { tls: loadTls({ ...pki.cert('server'), ca: pki.ca }), plainRegistration: true });
+  const r = await runClient({ id: 'c', proxy: { host: LOCAL, port: mutual.port }, packets: pkts(3) });
+  assert.ok(r.every((x) => x.correct), JSON.stringify(r));
+  assert.is(seen.get('m'), 3);
+});
+
+up('revproxy proxy serving clients one-way TLS (tls.cert, no ca) dials TLS servers with its --upstream-tls-* files: a client verifying the proxy gets its answers', async () => {
+  // One CA for the proxy's port, another for the servers: the proxy presents its own client certificate to servers (mutual TLS toward them).
+  const front = makePki(['proxy']);
+  const back = makePki(['proxy-client', 'server'], 'servers CA', { sans: { server: 'IP:127.0.0.1,DNS:s1.servers.internal' } });
+  const { proc, port } = await proxyProc([
+    '--tls-cert', front.cert('proxy').cert, '--tls-key', front.cert('proxy').key,
+    '--upstream-tls-ca', back.ca, '--upstream-tls-cert', back.cert('proxy-client').cert, '--upstream-tls-key', back.cert('proxy-client').key, '--upstream-tls-names', '*.servers.internal',
+  ]);
+  // revproxy server over TLS to the proxy (verifying it against the front CA), its port asking proxies for a certificate of the back CA.
+  const ca = join(ctx.dir, 'both.pem');
+  writeFileSync(ca, readFileSync(front.ca, 'utf8') + readFileSync(back.ca, 'utf8'));
+  const server = revproxy(['server', '--id', 's1', '--pp', 'P', '--revproc', String(port), '--tls-cert', back.cert('server').cert, '--tls-key', back.cert('server').key, '--tls-ca', ca]);
+  await server.waitFor(/Registered with the reverse proxy/, 20_000);
+  await proc.waitFor(/Received setup message from server id s1/);
+  const r = await runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: pkts(5), tls: loadTls({ ca: front.ca }) });
+  assert.ok(r.every((x) => x.correct), `${JSON.stringify(r)}\n${proc.out.join('\n')}\n${server.out.join('\n')}`);
+  assert.not.ok(proc.out.some((l) => /unreachable|Refused/.test(l)), proc.out.join('\n'));
+});
+
+up('plain clients and TLS servers: revproxy proxy --upstream-tls-ca with revproxy server --plain-registration; a reload narrowing upstream_tls.names closes the link, and the server is refused after', async () => {
+  const back = makePki(['server'], 'servers CA', { sans: { server: 'IP:127.0.0.1,DNS:s1.servers.internal' } });
+  const file = join(ctx.dir, 'p.yaml');
+  const config = (names: string) => writeFileSync(file, `port: 0\nupstream_tls:\n  ca: ${back.ca}\n  names: [${names}]\n`);
+  config("'*.servers.internal'");
+  const proc = revproxy(['proxy', '--config', file]);
+  const port = Number((await proc.waitFor(/Running the reverse proxy on port (\d+)/, 20_000))[1]);
+  const server = revproxy(['server', '--id', 's1', '--pp', 'P', '--revproc', String(port), '--tls-cert', back.cert('server').cert, '--tls-key', back.cert('server').key, '--plain-registration']);
+  await server.waitFor(/Registered with the reverse proxy/, 20_000);
+  const r = await runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: pkts(5) });
+  assert.ok(r.every((x) => x.correct), `${JSON.stringify(r)}\n${proc.out.join('\n')}\n${server.out.join('\n')}`);
+  config("'other.servers.internal'");
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reloaded .*p\.yaml: applied upstream_tls; secrets re-read; closed 1 connection\(s\) whose peer's certificate upstream_tls\.names no longer allows \(tls_name_refused lines name them\)/);
+  await proc.waitFor(/Server id s1 is unreachable at 127\.0\.0\.1:\d+ \(the server's TLS certificate names IP:127\.0\.0\.1, DNS:s1\.servers\.internal, none of the names upstream_tls\.names/);
+  const after = await runClient({ id: 'c2', proxy: { host: LOCAL, port }, packets: pkts(1), maxAttempts: 1, timeoutMs: 2000 });
+  assert.not.ok(after[0]!.correct, JSON.stringify(after));
+});
+
+up('without upstream_tls nothing changes: tls with ca dials servers with the tls files, tls without ca in plain TCP; given, upstream_tls wins, and a reload takes it unless TLS toward servers turns on or off', () => {
+  const front = makePki(['proxy']);
+  const back = makePki(['proxy-client'], 'servers CA');
+  const rt = (yaml: string) => toRuntime(parseConfig(yaml, join(ctx.dir, 'p.yaml'))).options;
+  const mutual = `tls:\n  cert: ${front.cert('proxy').cert}\n  key: ${front.cert('proxy').key}\n  ca: ${front.ca}\n`;
+  const oneWay = `tls:\n  cert: ${front.cert('proxy').cert}\n  key: ${front.cert('proxy').key}\n`;
+  const upstream = `upstream_tls:\n  ca: ${back.ca}\n  cert: ${back.cert('proxy-client').cert}\n  key: ${back.cert('proxy-client').key}\n  names: ['*.servers.internal', '*.servers.internal', 10.0.0.7]\n`;
+  const before = rt(mutual);
+  assert.ok(before.upstreamTls === before.tls, 'tls with ca: the same files toward servers');
+  assert.is(rt(oneWay).upstreamTls, undefined, 'tls without ca: plain TCP toward servers');
+  assert.is(rt('port: 0\n').upstreamTls, undefined);
+  const both = rt(mutual + upstream);
+  assert.ok(both.upstreamTls!.ca!.equals(readFileSync(back.ca)), "upstream_tls's CA, not tls.ca");
+  assert.ok(both.upstreamTls!.cert!.equals(readFileSync(back.cert('proxy-client').cert)));
+  assert.equal(both.upstreamTls!.names, ['*.servers.internal', '10.0.0.7']);
+  assert.ok(both.tls!.ca!.equals(readFileSync(front.ca)), "the port's own stays");
+  assert.ok(rt(oneWay + upstream).upstreamTls, 'one-way TLS to clients, TLS toward servers');
+  // Without its CA it is refused, naming the setting.
+  assert.throws(() => rt(`upstream_tls:\n  names: [a.internal]\n`), /upstream_tls needs ca \(--upstream-tls-ca\)/);
+  // When a reload takes it: new files or names at once; TLS toward servers turned on or off only at a restart.
+  const reload = (a: string, b: string) => changes(parseConfig(a, 'a.yaml'), parseConfig(b, 'b.yaml')).find((c) => c.key === 'upstream_tls')?.reload;
+  assert.is(reload(oneWay + upstream, oneWay + upstream.replace('10.0.0.7', '10.0.0.8')), 'new');
+  assert.is(reload(mutual, mutual + upstream), 'new', 'beside tls.ca the dials only move to other files');
+  assert.is(reload(oneWay, oneWay + upstream), 'restart', 'from plain TCP toward servers to TLS');
+  assert.is(reload(oneWay + upstream, oneWay), 'restart');
+});
+
+up.run();
