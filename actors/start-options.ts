@@ -40,7 +40,7 @@ export function badStartOptions(opts: unknown, example: string): string | undefi
  * (transport/tls.ts `checkStartTls`), a TlsConfigError naming it when it cannot be used; `serves`: the entry's
  * `tls` is a listener's, which needs a certificate (a proxy's; a server's serves TLS only when given one);
  * `needs`: what the certificate of `tls` must be fit for (serverAuth where it serves, clientAuth for a client's).
- * `registry.tls`'s is presented to etcd only (clientAuth); `upstreamTls`'s to servers that may not ask for it, and its
+ * `registry.tls`'s is presented to etcd only, when it asks; `upstreamTls`'s to servers that may not ask for it, and its
  * `names` (what a server's certificate must name) are checked as `upstream_tls.names` in a file is.
  */
 export function checkTlsOptions(opts: { tls?: unknown; upstreamTls?: unknown; registry?: { tls?: unknown } }, who: string, serves: boolean, needs: readonly CertPurpose[]): void {
@@ -49,7 +49,6 @@ export function checkTlsOptions(opts: { tls?: unknown; upstreamTls?: unknown; re
     checkStartTls('upstreamTls', opts.upstreamTls, false);
     checkStartTls('registry.tls', opts.registry?.tls, false);
     checkAllowedNames('upstreamTls', (opts.upstreamTls as { names?: unknown } | undefined)?.names);
-    checkStartTls('registry.tls', opts.registry?.tls, false, ['clientAuth']);
   } catch (err) {
     throw err instanceof TlsConfigError ? new TlsConfigError(`${who}: ${err.message}`, err.kind) : err;
   }

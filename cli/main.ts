@@ -136,10 +136,8 @@ export function buildProgram(setExit: (code: number) => void): Command {
     };
     crlWarn(tls);
     const warningsOf = (own: typeof tls, etcd: typeof tls) => [
-      ...tlsWarnings(own, { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }, { paths: { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa }, mayPresent: !registry }),
-      ...tlsWarnings(etcd, REGISTRY_FLAGS, { paths: { cert: o.registryCert, key: o.registryKey, ca: o.registryCa }, mayPresent: true }),
       ...tlsWarnings(own, { cert: '--tls-cert', key: '--tls-key', ca: '--tls-ca' }, { paths: { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa }, mayPresent: !registry && !o.plainRegistration }),
-      ...tlsWarnings(etcd, REGISTRY_FLAGS, { paths: { cert: o.registryCert, key: o.registryKey, ca: o.registryCa } }),
+      ...tlsWarnings(etcd, REGISTRY_FLAGS, { paths: { cert: o.registryCert, key: o.registryKey, ca: o.registryCa }, mayPresent: true }),
     ];
     warnTls(logger, warningsOf(tls, registry?.tls));
     const files = [...(tls ? [`--tls-cert, --tls-key, --tls-ca${o.tlsCrl ? ', --tls-crl' : ''}`] : []), ...(registryFiles ? ['--registry-cert, --registry-key, --registry-ca'] : [])].join('; ');

@@ -572,16 +572,12 @@ export interface Runtime {
 
 /**
  * What the proxy does with each section's certificate, which it must be fit for (`CertPurpose`): it serves
- * `tls.cert` on its port. It presents `tls.cert` to servers too when it dials them (with `tls.ca`), but only a
- * server with --tls-ca asks for it, and `registry.tls.cert` to etcd, which asks only with --client-cert-auth:
- * a certificate without clientAuth there is warned of (`tlsWarnings`' mayPresent), not refused.
+ * `tls.cert` on its port, and presents `upstream_tls.cert` to servers (its one use: mutual TLS with them). It
+ * presents `registry.tls.cert` to etcd, which asks only with --client-cert-auth, and without `upstream_tls`
+ * `tls.cert` to servers when it dials them (with `tls.ca`), which only a server with --tls-ca asks for: a
+ * certificate without clientAuth there is warned of (`tlsWarnings`' mayPresent), not refused.
  */
-const CERT_NEEDS: Record<'tls' | 'registry.tls', readonly CertPurpose[]> = { tls: ['serverAuth'], 'registry.tls': [] };
- * `tls.cert` on its port, and presents `registry.tls.cert` to etcd and `upstream_tls.cert` to servers, and nowhere
- * else. Without `upstream_tls` it presents `tls.cert` to servers too when it dials them (with `tls.ca`), but only a
- * server with --tls-ca asks for it: warned of only.
- */
-const CERT_NEEDS: Record<TlsSection, readonly CertPurpose[]> = { tls: ['serverAuth'], upstream_tls: ['clientAuth'], 'registry.tls': ['clientAuth'] };
+const CERT_NEEDS: Record<TlsSection, readonly CertPurpose[]> = { tls: ['serverAuth'], upstream_tls: ['clientAuth'], 'registry.tls': [] };
 
 /** The sections of TLS files. */
 type TlsSection = 'tls' | 'upstream_tls' | 'registry.tls';
@@ -636,10 +632,8 @@ export function toRuntime(c: ProxyConfig, flagOf?: (key: FileKey) => string | un
     ],
     // Clients dial `host` (unless it is every address) and, finding the proxy in etcd, its advertised address.
     tlsWarnings: [
-      ...tlsWarnings(tls, keysOf('tls', flagOf), { paths: c.tls, mayPresent: Boolean(tls?.ca), dialledAs: [{ host: c.host ?? DEFAULT_LISTEN_HOST, setting: 'host, --host', listening: true }, ...(c.registry?.advertise ? [{ host: c.registry.advertise, setting: 'registry.advertise, --advertise' }] : [])] }),
-      ...tlsWarnings(registry?.tls, keysOf('registry.tls', flagOf), { paths: c.registry?.tls, mayPresent: true }),
       ...tlsWarnings(tls, keysOf('tls', flagOf), { paths: c.tls, mayPresent: Boolean(tls?.ca) && !c.upstream_tls, dialledAs: [{ host: c.host ?? DEFAULT_LISTEN_HOST, setting: 'host, --host', listening: true }, ...(c.registry?.advertise ? [{ host: c.registry.advertise, setting: 'registry.advertise, --advertise' }] : [])] }),
-      ...tlsWarnings(registry?.tls, keysOf('registry.tls', flagOf), { paths: c.registry?.tls }),
+      ...tlsWarnings(registry?.tls, keysOf('registry.tls', flagOf), { paths: c.registry?.tls, mayPresent: true }),
       ...crlWarnings(tls, { cert: 'tls.cert', key: 'tls.key', ca: 'tls.ca' }, c.tls?.crl).map((message) => ({ event: 'tls_crl_problem', setting: 'tls.crl', message })),
       ...(c.upstream_tls ? [
         ...tlsWarnings(up, keysOf('upstream_tls', flagOf), { paths: c.upstream_tls }),
