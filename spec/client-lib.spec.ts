@@ -20,28 +20,11 @@ import { FrameDecoder } from '../transport/frame.js';
 import { NoPings } from '../actors/liveness.js';
 import { MsgType } from '../transport/messages.js';
 import { freePort } from '../bench/procs.js';
-import { collector, eventually, frame, rawConnect, sleep } from './helpers.js';
+import { clientIn, collector, eventually, frame, librarySuite, rawConnect, rejection, sleep, type LibraryCtx } from './helpers.js';
 import { killAll, proxyProcess, python, ROOT } from './procs.js';
 
-interface Ctx {
-  proxies: ProxyHandle[];
-  servers: ServerHandle[];
-  clients: Client[];
-}
-const ctx = {} as Ctx;
-const lib = suite<Ctx>('the library client', ctx);
-
-lib.before.each(() => {
-  ctx.proxies = [];
-  ctx.servers = [];
-  ctx.clients = [];
-});
-lib.after.each(async () => {
-  killAll();
-  for (const c of ctx.clients) c.destroy();
-  for (const s of ctx.servers) s.kill();
-  for (const p of ctx.proxies) await p.stop();
-});
+const ctx = {} as LibraryCtx;
+const lib = librarySuite('the library client', ctx, killAll);
 
 async function proxy(opts: Omit<ProxyOptions, 'port'> = {}): Promise<ProxyHandle> {
   const p = await startProxy({ port: 0, ...opts });
@@ -56,13 +39,8 @@ async function server(id: string, ports: number[], opts: { behaviour?: 'silent';
   return s;
 }
 
-async function client(opts: Parameters<typeof connect>[0]): Promise<Client> {
-  const c = await connect(opts);
-  ctx.clients.push(c);
-  return c;
-}
-
-const reject = (p: Promise<unknown>): Promise<RequestError> => p.then(() => { throw new Error('resolved'); }, (e: RequestError) => e);
+const client = (opts: Parameters<typeof connect>[0]): Promise<Client> => clientIn(ctx, connect(opts));
+const reject = (p: Promise<unknown>): Promise<RequestError> => rejection<RequestError>(p);
 
 /**
  * Run `body` and fail if anything throws uncaught meanwhile. XState reports an exception

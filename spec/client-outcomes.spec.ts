@@ -5,7 +5,6 @@
  * signal named `AbortError`, as Node's own APIs and fetch name theirs; the connection's state as events
  * (`disconnect`, `reconnect`, `close`), as nats.js's and MQTT.js's clients emit theirs.
  */
-import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { readFileSync } from 'node:fs';
 import { on, once } from 'node:events';
@@ -13,27 +12,11 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { connect, HandlerError, ManualClock, RequestError, startProxy, startServer, type Client, type Handler, type ProxyHandle, type ProxyOptions, type ServerHandle } from '../actors/index.js';
 import { CLIENT_CODES, ERROR_CODES, RETRYABLE, RevproxyError } from '../transport/errors.js';
-import { eventually, sleep } from './helpers.js';
+import { clientIn, eventually, librarySuite, rejection, sleep, type LibraryCtx } from './helpers.js';
 import { killAll, proxyProcess, ROOT, start } from './procs.js';
 
-interface Ctx {
-  proxies: ProxyHandle[];
-  servers: ServerHandle[];
-  clients: Client[];
-}
-const ctx = {} as Ctx;
-const retry = suite<Ctx>('whether a failed request may be sent again (retryable)', ctx);
-
-retry.before.each(() => {
-  ctx.proxies = [];
-  ctx.servers = [];
-  ctx.clients = [];
-});
-retry.after.each(async () => {
-  for (const c of ctx.clients) c.destroy();
-  for (const s of ctx.servers) s.kill();
-  for (const p of ctx.proxies) await p.stop();
-});
+const ctx = {} as LibraryCtx;
+const retry = librarySuite('whether a failed request may be sent again (retryable)', ctx);
 
 async function proxy(opts: Omit<ProxyOptions, 'port'> = {}): Promise<ProxyHandle> {
   const p = await startProxy({ port: 0, ...opts });
@@ -48,13 +31,8 @@ async function server(id: string, ports: number[], handler: Handler, opts: { con
   return s;
 }
 
-async function client(opts: Parameters<typeof connect>[0]): Promise<Client> {
-  const c = await connect(opts);
-  ctx.clients.push(c);
-  return c;
-}
-
-const reject = (p: Promise<unknown>): Promise<RequestError> => p.then(() => { throw new Error('resolved'); }, (e: RequestError) => e);
+const client = (opts: Parameters<typeof connect>[0]): Promise<Client> => clientIn(ctx, connect(opts));
+const reject = (p: Promise<unknown>): Promise<RequestError> => rejection<RequestError>(p);
 
 /** A handler that records each payload it starts and answers only when `release()` is called (but `quick` at once). */
 function held(): { handler: Handler; ran: string[]; arrived: Promise<void>; release: () => void } {
@@ -201,17 +179,7 @@ retry('a handler\'s own error is never retryable: it ran', async () => {
 
 retry.run();
 
-const abort = suite<Ctx>('an aborted request is an AbortError, still a RequestError coded ABORTED', ctx);
-abort.before.each(() => {
-  ctx.proxies = [];
-  ctx.servers = [];
-  ctx.clients = [];
-});
-abort.after.each(async () => {
-  for (const c of ctx.clients) c.destroy();
-  for (const s of ctx.servers) s.kill();
-  for (const p of ctx.proxies) await p.stop();
-});
+const abort = librarySuite('an aborted request is an AbortError, still a RequestError coded ABORTED', ctx);
 
 abort("aborted before it is made, while it waits behind the window, in flight, or by AbortSignal.timeout(): err.name === 'AbortError', the signal's reason its cause", async () => {
   // It was named 'RequestError': a caller written for fetch, undici or Node's APIs (err.name === 'AbortError') took the
@@ -251,18 +219,18 @@ abort("aborted before it is made, while it waits behind the window, in flight, o
 
 abort.run();
 
-const state = suite<Ctx>("the connection's state: disconnect, reconnect, close", ctx);
-state.before.each(() => {
-  ctx.proxies = [];
-  ctx.servers = [];
-  ctx.clients = [];
-});
-state.after.each(async () => {
-  killAll();
-  for (const c of ctx.clients) c.destroy();
-  for (const s of ctx.servers) s.kill();
-  for (const p of ctx.proxies) await p.stop();
-});
+const state = librarySuite("the connection's state: disconnect, reconnect, close", ctx, killAll);
+
+/** A proxy process (`slow`: its flags) with one server of policy P, answering upper case, and a client of it whose events `seen` records. */
+async function killableProxy(clientOpts: Parameters<typeof connect>[0] = {}) {
+  const slow = ['--timeout', '30000'];
+  const first = await proxyProcess(slow);
+  const { port } = first;
+  const s = await startServer({ id: 's', policy: 'P', revproc: port, handler: async (p) => String(p).toUpperCase() });
+  ctx.servers.push(s);
+  const c = await client({ revproc: port, timeoutMs: 20000, failoverDelayMs: 10, ...clientOpts });
+  return { slow, first, port, at: `127.0.0.1:${port}`, c, seen: record(c) };
+}
 
 /** `client`'s events as lines, in the order they came. */
 function record(c: Client): string[] {
@@ -278,14 +246,7 @@ function record(c: Client): string[] {
 
 state('a proxy killed (SIGKILL) and started again: the client says disconnect, then reconnect once it is back, before the request it held is answered, then close', async () => {
   // There was nothing to listen to: an application learnt of an outage from its requests' errors or the log alone.
-  const slow = ['--timeout', '30000'];
-  const first = await proxyProcess(slow);
-  const { port } = first;
-  const at = `127.0.0.1:${port}`;
-  const s = await startServer({ id: 's', policy: 'P', revproc: port, handler: async (p) => String(p).toUpperCase() });
-  ctx.servers.push(s);
-  const c = await client({ revproc: port, timeoutMs: 20000, failoverDelayMs: 10 });
-  const seen = record(c);
+  const { slow, first, port, at, c, seen } = await killableProxy();
   assert.is(await c.request('P', 'warm'), 'WARM');
   first.proc.kill('SIGKILL');
   await first.proc.exited;
@@ -329,14 +290,7 @@ state('a failover: the proxy in use killed, the client says disconnect from it a
 state('an idle client whose proxy is killed (SIGKILL) and started again says reconnect once it is back, without a request, and its next request goes out on that connection', async () => {
   // An idle client went offline after the quick round and dialled again only at its next request: its reconnect came
   // then (8.8 s after the disconnect where the proxy had been back for 6 s), and that request paid the dial.
-  const slow = ['--timeout', '30000'];
-  const first = await proxyProcess(slow);
-  const { port } = first;
-  const at = `127.0.0.1:${port}`;
-  const s = await startServer({ id: 's', policy: 'P', revproc: port, handler: async (p) => String(p).toUpperCase() });
-  ctx.servers.push(s);
-  const c = await client({ revproc: port, timeoutMs: 20000, failoverDelayMs: 10, reconnectMaxDelayMs: 200 });
-  const seen = record(c);
+  const { slow, first, port, at, c, seen } = await killableProxy({ reconnectMaxDelayMs: 200 });
   assert.is(await c.request('P', 'warm'), 'WARM');
   first.proc.kill('SIGKILL');
   await first.proc.exited;

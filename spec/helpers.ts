@@ -5,6 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import type { Message } from '../transport/messages.js';
+import { suite } from 'uvu';
+import type { Client, ProxyHandle, ServerHandle } from '../actors/index.js';
 
 export const LOCAL = '127.0.0.1';
 
@@ -129,3 +131,37 @@ export function perTurn(at: number[]): number[] {
   for (const t of at) n.set(t, (n.get(t) ?? 0) + 1);
   return [...n.values()].sort((a, b) => b - a);
 }
+
+/** What a suite of the library's client starts in a test, stopped after it (`librarySuite`). */
+export interface LibraryCtx {
+  proxies: ProxyHandle[];
+  servers: ServerHandle[];
+  clients: Client[];
+}
+
+/** A suite whose tests start proxies, servers and clients in `ctx`, all ended after each test; `first` runs before that (spec/procs.ts killAll). */
+export function librarySuite(name: string, ctx: LibraryCtx, first?: () => void) {
+  const s = suite<LibraryCtx>(name, ctx);
+  s.before.each(() => {
+    ctx.proxies = [];
+    ctx.servers = [];
+    ctx.clients = [];
+  });
+  s.after.each(async () => {
+    first?.();
+    for (const c of ctx.clients) c.destroy();
+    for (const s of ctx.servers) s.kill();
+    for (const p of ctx.proxies) await p.stop();
+  });
+  return s;
+}
+
+/** A client `made` (connect()'s promise), ended after the test with the suite's (`librarySuite`). */
+export async function clientIn(ctx: LibraryCtx, made: Promise<Client>): Promise<Client> {
+  const c = await made;
+  ctx.clients.push(c);
+  return c;
+}
+
+/** What `p` rejects with (an Error 'resolved' when it resolves). */
+export const rejection = <E>(p: Promise<unknown>): Promise<E> => p.then(() => { throw new Error('resolved'); }, (e: E) => e);
