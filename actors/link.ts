@@ -262,6 +262,11 @@ export interface LinkPort {
   readonly answeredAt: number;
   /** How many requests its server says it runs at once (a revproxy server's `--concurrency`, in its link PONG); undefined: not said. */
   readonly limit: number | undefined;
+  /**
+   * For a server that states its `limit`: the time between its answers while it held that many or more (clock ms,
+   * smoothed), how long it takes to free a slot when busy; undefined before it was measured (`routing.ts` `serverQueue`).
+   */
+  readonly pace?: number;
   /** When it last took a request (clock ms; -Infinity before any; Infinity where `stalled` keeps to the oldest request's wait alone). */
   readonly sentAt: number;
   /**

@@ -66,7 +66,8 @@ export interface ProxyOptions {
   maxServerInflight?: number | undefined;
   /**
    * Requests a server that states its `--concurrency` (its first PONG) is sent beyond it, to wait in its own
-   * queue; past them a policy's requests wait in the proxy's, fair between clients. Default: its concurrency.
+   * queue; past them a policy's requests wait in the proxy's, fair between clients. Default: its concurrency,
+   * or for a server that answers quicker, as many as it answers in 5 ms when busy (`routing.ts` `serverQueue`).
    */
   maxServerQueue?: number | undefined;
   /** Requests one pool may hold waiting for a member with room; past it, OVERLOADED. Default 1024. */

@@ -87,6 +87,14 @@ export class LinkTraffic implements LinkPort {
   sentAt = -Infinity;
   /** How many requests its server runs at once, as its first PONG stated (`concurrency`); undefined: not said. */
   limit: number | undefined;
+  /**
+   * The time between the server's answers while it held `limit` requests or more, each read of answers moving it by an
+   * eighth of its difference (clock ms); undefined until measured. What it measures is the server's pace when busy:
+   * its slots all taken from one read to the next, the answers of the second came that far apart.
+   */
+  pace: number | undefined = undefined;
+  /** When the last read of answers left the link holding `limit` requests or more (clock ms): the server busy since; undefined when not. */
+  private busyFrom: number | undefined = undefined;
 
   constructor(private readonly link: Pick<UpstreamContext, 'inflight' | 'kept' | 'clock' | 'tryTimeoutMs' | 'timeoutMs' | 'hedge' | 'logger' | 'member' | 'policy' | 'reply' | 'queue' | 'budget' | 'registrationReads' | 'maxFrameBytes'>) {}
 
@@ -320,10 +328,26 @@ export class LinkTraffic implements LinkPort {
     this.failures = tally.failures;
     const inflight = link.inflight;
     const now = newest > -Infinity ? link.clock.now() : 0;
-    if (newest > -Infinity) this.answeredAt = now;
+    if (newest > -Infinity) {
+      this.answeredAt = now;
+      if (this.limit !== undefined) this.timePace(now, tally.answered, inflight.size);
+    }
     if (inflight.size > 0 && newest > inflight.oldestSentAt()!) this.overtakenAt = now;
     if (tally.answered || tally.faults) this.recent.add(now, tally.answered, tally.faults ?? 0);
     return answersReports(link.member, linkId, tally);
+  }
+
+  /**
+   * `answered` answers read at `now`, `held` requests left in flight: while the server held `limit` or more from the
+   * last read to this one, every slot of it was taken all that time, and these answers came `pace` apart.
+   */
+  private timePace(now: number, answered: number, held: number): void {
+    const from = this.busyFrom;
+    if (from !== undefined && answered > 0) {
+      const sample = (now - from) / answered;
+      this.pace = this.pace === undefined ? sample : this.pace + (sample - this.pace) / 8;
+    }
+    this.busyFrom = held >= this.limit! ? now : undefined;
   }
 }
 
