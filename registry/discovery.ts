@@ -61,6 +61,8 @@ export async function discoverProxies(options: RegistryOptions & { waitMs?: numb
   let listeners: Array<(p: Found[]) => void> = [];
   let current: Found[] = [];
   let lastError = '';
+  /** Whether etcd was read once: a wait that ends before then says so, not that no proxy is registered. */
+  let read = false;
   let stale: Discovery['stale'];
   let settle: (() => void) | undefined;
   let staleAsked = false;
@@ -109,7 +111,10 @@ export async function discoverProxies(options: RegistryOptions & { waitMs?: numb
   const mirror = etcd.use((client) => new PrefixMirror(client, prefix, o, {
     put: changed,
     delete: changed,
-    synced: changed,
+    synced: () => {
+      read = true;
+      changed();
+    },
     health: (up, why, refused) => {
       if (!up) lastError = why ?? 'unreachable';
       // A wrong user or password will not come right by waiting: fail now, not after waitMs.
@@ -131,7 +136,10 @@ export async function discoverProxies(options: RegistryOptions & { waitMs?: numb
   if (current.length === 0) {
     mirror.stop();
     etcd.close();
-    throw new DiscoveryError(lastError ? `cannot read the proxies from the registry: ${lastError}` : `no reverse proxy is registered in the registry at ${url} (under ${prefix}) after ${waitMs} ms: start one with --registry ${url}`);
+    // Its first read not answered within the wait (a name still resolving, a member slow): etcd was not read, so nothing
+    // is known of the proxies there. It said that none was registered.
+    const why = lastError || (read ? '' : `etcd at ${url} did not answer within ${waitMs} ms, the client's timeout`);
+    throw new DiscoveryError(why ? `cannot read the proxies from the registry: ${why}` : `no reverse proxy is registered in the registry at ${url} (under ${prefix}) after ${waitMs} ms: start one with --registry ${url}`);
   }
   return {
     get proxies() {

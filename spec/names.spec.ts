@@ -187,7 +187,9 @@ names('an etcd name that does not resolve: the proxy, the server and the client 
   const said = /etcd at etcd:\/\/etcd\.test:\d+ cannot be reached: the name etcd\.test does not resolve to an address on this machine, or its DNS server did not answer \(.*\): check the name in --registry/;
   const proxy = hosts.revproxy(['proxy', '--port', '0', '--registry', registry]);
   const server = hosts.revproxy(['server', '--id', 'n1', '--pp', 'P', '--registry', registry]);
-  const client = hosts.revproxy(['client', '--revproc', registry, '--pkt', 'pktfiles/1.json', '--timeout', '1000']);
+  // Its wait (--timeout) longer than the first read's failure can take (the call timeout, 2 s): under load a name's
+  // failure took over 1 s, and the client said only that etcd did not answer within its wait.
+  const client = hosts.revproxy(['client', '--revproc', registry, '--pkt', 'pktfiles/1.json', '--timeout', '3000']);
   assert.is(await client.exited, 1, client.out.join('\n'));
   assert.ok(client.out.some((l) => said.test(l)), client.out.join('\n'));
   await proxy.waitFor(/Cannot read the registry yet \(etcd at etcd:\/\/etcd\.test:\d+ cannot be reached: the name etcd\.test does not resolve/);

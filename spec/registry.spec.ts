@@ -929,6 +929,18 @@ reg_('clients find the proxies in etcd, spread over them, and follow the list as
   const none = await connect({ registry: { ...reg(), prefix: '/nothing-here/' }, timeoutMs: 300 }).then(() => undefined, (e: Error & { code?: string }) => e);
   assert.is(none?.code, 'CONNECT_FAILED');
   assert.match(String(none?.message), /no reverse proxy is registered in the registry/);
+  // A member that takes the connection and never answers, its first read still waiting when the wait ends: etcd was
+  // not read, and the client says so (it said that no proxy was registered there).
+  const silent = createServer(() => undefined).listen(0, '127.0.0.1');
+  await new Promise((r) => silent.once('listening', r));
+  try {
+    const endpoint = `127.0.0.1:${(silent.address() as { port: number }).port}`;
+    const unread = await connect({ registry: { endpoints: [endpoint] }, timeoutMs: 300 }).then(() => undefined, (e: Error & { code?: string }) => e);
+    assert.is(unread?.code, 'CONNECT_FAILED');
+    assert.match(String(unread?.message), new RegExp(`^cannot read the proxies from the registry: etcd at etcd://${endpoint} did not answer within 300 ms, the client's timeout`));
+  } finally {
+    silent.close();
+  }
 });
 
 reg_('a proxy that comes takes back the clients that rank it first: after a restart it is not left without clients', async () => {
