@@ -17,7 +17,7 @@ import { recogniseTlsRefusal, tlsFailureOf, type TlsFailure } from '../transport
 import { proxiedClient, tcpUnder } from '../transport/proxied.js';
 import { systemClock, type Clock } from '../transport/clock.js';
 import type { Connection } from '../transport/socket.js';
-import { notAllowedName, revokedBy, type TlsMaterial, type UpstreamTlsMaterial } from '../transport/tls.js';
+import { notAllowedName, revokedBy, subjectOf, type TlsMaterial, type UpstreamTlsMaterial } from '../transport/tls.js';
 import type { HandshakeLimits } from './tls-handshakes.js';
 import { fmt, type Logger } from './logger.js';
 
@@ -391,7 +391,7 @@ export function closeRevoked(sockets: Iterable<Socket>, tls: TlsMaterial, logger
     const at = socket.remotePort === undefined ? addr : peerName(addr, socket.remotePort);
     logger.repeated('warn', 'tls_revoked', addr, 1, (n, span) => (span
       ? `Closed ${fmt(n)} more ${what} ${addr} ${span}: their peers' TLS certificates are revoked by ${setting}`
-      : `Closed the ${what} ${at}: its peer's TLS certificate (serial ${peer.serialNumber}, ${peer.subject.replace(/\n/g, ', ')}) is revoked by the CRL of ${crl.issuerName} in ${setting}`), { peer: at, serial: peer.serialNumber });
+      : `Closed the ${what} ${at}: its peer's TLS certificate (serial ${peer.serialNumber}, ${subjectOf(peer)}) is revoked by the CRL of ${crl.issuerName} in ${setting}`), { peer: at, serial: peer.serialNumber });
     socket.destroy();
   }
   return closed;

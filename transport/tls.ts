@@ -175,7 +175,7 @@ function altNamesOf(leaf: X509Certificate): string {
 }
 
 /** A certificate's subject on one line: `CN=proxy, O=Example`. */
-function subjectOf(c: X509Certificate): string {
+export function subjectOf(c: X509Certificate): string {
   return c.subject.replace(/\n/g, ', ');
 }
 
@@ -564,7 +564,7 @@ export function crlWarnings(material: TlsMaterial | undefined, names: TlsNames, 
   }
   for (const ca of cas) {
     if (Date.parse(ca.validTo) <= now || crls.some((crl) => issuedBy(crl, ca))) continue;
-    out.push(`the CA ${ca.subject.replace(/\n/g, ', ')} in ${names.ca} has no CRL in ${setting}: TLS refuses every peer certificate it signed (UNABLE_TO_GET_CRL: with CRLs given, each CA of a peer's chain needs its own); add that CA's CRL (an empty one when it revokes nothing)`);
+    out.push(`the CA ${subjectOf(ca)} in ${names.ca} has no CRL in ${setting}: TLS refuses every peer certificate it signed (UNABLE_TO_GET_CRL: with CRLs given, each CA of a peer's chain needs its own); add that CA's CRL (an empty one when it revokes nothing)`);
   }
   return out;
 }
