@@ -10,7 +10,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { LocalCode, RevproxyError } from '../transport/errors.js';
 import { EtcdClient, type Renewal } from './etcd-client.js';
-import { inCallTimeout, openEtcd, type Etcd3 } from './etcd.js';
+import { inCallTimeout, isNoLeader, openEtcd, type Etcd3 } from './etcd.js';
 import type { TlsMaterial } from '../transport/tls.js';
 import { decodeProxy, heldName, heldValue, PROXIES } from './keys.js';
 import { PrefixMirror } from './mirror.js';
@@ -65,18 +65,38 @@ export async function discoverProxies(options: RegistryOptions & { waitMs?: numb
   let read = false;
   let stale: Discovery['stale'];
   let settle: (() => void) | undefined;
-  let staleAsked = false;
-  /** etcd cannot be read, and no proxy is known yet: the list a member last saw, while the mirror tries on. */
+  /** The stale read: one under way, or the timer of its next try, and the wait before that try (the client's backoff). */
+  let staleAsking = false;
+  let staleTimer: NodeJS.Timeout | undefined;
+  let staleWait = o.retryInitialMs;
+  /** The stale reads under way end with the wait: their etcd clients are closed then, not left to their call timeout. */
+  const staleEnd = new AbortController();
+  /** The last stale read failed because etcd takes this client's password only through a leader (`PASSWORD_NEEDS_LEADER`). */
+  let passwordNeedsLeader = false;
+  /**
+   * etcd cannot be read, and no proxy is known yet: the list a member last saw (`staleProxies`), while the mirror tries on.
+   * A read that finds none (every member failed: one slow, all out of reach for a moment) is made again after the client's
+   * backoff (retryInitialMs, doubling up to retryMaxMs), one at a time, for as long as the client waits; never once it has
+   * a list, nor once etcd is read (the mirror gives the list then, and nothing more is asked of etcd).
+   */
   const fallBack = async (): Promise<void> => {
-    if (staleAsked) return;
-    staleAsked = true;
+    if (staleAsking || staleTimer || !settle || current.length > 0 || mirror.connected) return;
+    staleAsking = true;
     const why = lastError;
-    const found = await staleProxies(o, prefix);
-    if (!found || current.length > 0 || !settle) return;
-    const next = compute(found.entries);
-    if (next.length === 0) return;
+    const seen = await staleProxies(o, prefix, staleEnd.signal).finally(() => (staleAsking = false));
+    if (!settle || current.length > 0 || mirror.connected) return;
+    const next = seen.entries ? compute(seen.entries) : [];
+    if (!seen.entries || next.length === 0) {
+      passwordNeedsLeader = !seen.entries && seen.passwordNeedsLeader;
+      staleTimer = setTimeout(() => {
+        staleTimer = undefined;
+        void fallBack();
+      }, staleWait);
+      staleWait = Math.min(2 * staleWait, o.retryMaxMs);
+      return;
+    }
     current = next;
-    stale = { why, member: found.endpoint };
+    stale = { why, member: seen.endpoint };
     settle();
   };
   const compute = (entries: Iterable<[string, string]> = mirror.entries): Found[] => {
@@ -132,6 +152,8 @@ export async function discoverProxies(options: RegistryOptions & { waitMs?: numb
   });
   // Left running, the wait would hold the process up to waitMs after its last answer.
   clearTimeout(waiting);
+  clearTimeout(staleTimer);
+  staleEnd.abort();
   settle = undefined;
   if (current.length === 0) {
     mirror.stop();
@@ -139,7 +161,8 @@ export async function discoverProxies(options: RegistryOptions & { waitMs?: numb
     // Its first read not answered within the wait (a name still resolving, a member slow): etcd was not read, so nothing
     // is known of the proxies there. It said that none was registered.
     const why = lastError || (read ? '' : `etcd at ${url} did not answer within ${waitMs} ms, the client's timeout`);
-    throw new DiscoveryError(why ? `cannot read the proxies from the registry: ${why}` : `no reverse proxy is registered in the registry at ${url} (under ${prefix}) after ${waitMs} ms: start one with --registry ${url}`);
+    const member = passwordNeedsLeader ? `; nor could a member be read without one: ${PASSWORD_NEEDS_LEADER}` : '';
+    throw new DiscoveryError(why ? `cannot read the proxies from the registry: ${why}${member}` : `no reverse proxy is registered in the registry at ${url} (under ${prefix}) after ${waitMs} ms: start one with --registry ${url}`);
   }
   return {
     get proxies() {
@@ -159,19 +182,39 @@ export async function discoverProxies(options: RegistryOptions & { waitMs?: numb
 }
 
 /**
+ * Why a client with a password for etcd (`registry.username`) cannot start while etcd has no leader. etcd applies its
+ * Authenticate call (a user's token) through raft: a member without a leader refuses it ("etcdserver: no leader", or
+ * held until "etcdserver: request timed out", 7 s, when not asked to require one; a wrong password is told the same), so
+ * no member can be read, leader or not. A token given before would still serve a serializable read (Debian's etcd
+ * 3.4.23, two members of three hung), but a client that starts has none. A client certificate is checked by the member
+ * itself (etcd --client-cert-auth: its CN is the user, no token asked for): a client that authenticates so starts.
+ */
+const PASSWORD_NEEDS_LEADER = "etcd takes a user's password (its Authenticate call) only through its leader, so a client given a registry user (--registry-user, registry.username) cannot start while etcd has none: for clients that must start during a quorum loss, make their etcd user a client certificate instead of a password (etcd --client-cert-auth, the certificate's CN as the user; --registry-cert and --registry-key, registry.tls; docs/SECURITY.md, \"The registry (etcd)\"), or give them the proxies' addresses (--revproc HOST:PORT)";
+
+/** What one stale read found: a member's entries, or none (`passwordNeedsLeader`: a member refused this client's password for want of a leader). */
+type StaleRead = { entries: Array<[string, string]>; endpoint: string } | { entries?: undefined; passwordNeedsLeader: boolean };
+
+/**
  * The proxies under `prefix` as a member of etcd last saw them, leader or not: a serializable read, answered from
  * the member's own data (every other read of the registry requires a leader: registry/etcd.ts `requireLeader`).
  * What a client goes on when it starts while etcd has lost its quorum, as the proxies themselves serve on with the
  * membership they last saw: without, it could not start until etcd had its quorum back. Every member is asked at
- * once, each within the call timeout; the first to answer with any entry is taken. Undefined when none does.
+ * once, each within the call timeout; the first to answer with any entry is taken. No entries when none does, or
+ * when `end` aborts (every etcd client made is closed then). With a password, each member is first asked for a token,
+ * which needs a leader (`PASSWORD_NEEDS_LEADER`): a member without one refuses it at once (registry/etcd.ts `openEtcd`).
  */
-async function staleProxies(o: Resolved, prefix: string): Promise<{ entries: Array<[string, string]>; endpoint: string } | undefined> {
+async function staleProxies(o: Resolved, prefix: string, end: AbortSignal): Promise<StaleRead> {
   const prefixBytes = Buffer.byteLength(prefix);
   const clients: Etcd3[] = [];
   let done = false;
-  const ask = async (endpoint: string): Promise<{ entries: Array<[string, string]>; endpoint: string }> => {
+  const closeAll = (): void => {
+    done = true;
+    for (const c of clients) c.close();
+  };
+  end.addEventListener('abort', closeAll);
+  const ask = async (endpoint: string): Promise<StaleRead> => {
     const client = await openEtcd({ ...o, endpoints: [endpoint] }, { requireLeader: false });
-    // Made after another member answered: closed at once, as the others were.
+    // Made after another member answered, or after the end: closed at once, as the others were.
     if (done) client.close();
     clients.push(client);
     const res = await inCallTimeout(client.getAll().prefix(prefix).serializable(true).exec(), o.callTimeoutMs);
@@ -179,11 +222,15 @@ async function staleProxies(o: Resolved, prefix: string): Promise<{ entries: Arr
     return { entries: res.kvs.map((kv) => [heldName(kv.key, prefixBytes), heldValue(kv.value)]), endpoint };
   };
   try {
+    if (end.aborted) return { passwordNeedsLeader: false };
     return await Promise.any(o.endpoints.map(ask));
-  } catch {
-    return undefined;
+  } catch (err) {
+    // The read itself asks for no leader: a member that refused for want of one refused the password's token
+    // (registry/etcd.ts `openEtcd`); the others may have been out of reach.
+    const errors = err instanceof AggregateError ? err.errors : [err];
+    return { passwordNeedsLeader: o.username !== undefined && errors.some(isNoLeader) };
   } finally {
-    done = true;
-    for (const c of clients) c.close();
+    end.removeEventListener('abort', closeAll);
+    closeAll();
   }
 }

@@ -24,17 +24,24 @@ let etcd3: typeof import('etcd3') | undefined;
 /**
  * `requireLeader`: whether every call asks etcd for a leader (`requireLeader` below: the default). Without, a
  * serializable read is answered from a member's own data with or without a leader: what a client finding the
- * proxies during a quorum loss reads (registry/discovery.ts `staleProxies`), nothing else.
+ * proxies during a quorum loss reads (registry/discovery.ts `staleProxies`), nothing else. The calls of etcd's Auth
+ * service (a user's token, `Authenticate`) ask for one all the same: etcd applies them through raft, so a member
+ * without a leader cannot answer them. Asked to require one, it refuses at once (14 UNAVAILABLE "etcdserver: no
+ * leader"); not asked, it held the call until its request timeout (7 s with etcd's defaults: 14 UNAVAILABLE
+ * "etcdserver: request timed out", a wrong password too) or the deadline (Debian's etcd 3.4.23, two members of
+ * three hung). `isNoLeader` tells such a refusal.
  */
 export async function openEtcd(o: Resolved, { requireLeader: leaderRequired = true }: { requireLeader?: boolean } = {}): Promise<Etcd3> {
   const [mod, { BrokenCircuitError, ExponentialBackoff }, grpc] = await Promise.all([import('etcd3'), import('cockatiel'), import('@grpc/grpc-js')]);
   etcd3 = mod;
   const { Etcd3, isRecoverableError } = mod;
   const left = new Leftovers(grpc.InterceptingCall, grpc.status.CANCELLED);
-  const leader = leaderRequired ? [requireLeader(grpc.InterceptingCall)] : [];
+  const leader = requireLeader(grpc.InterceptingCall);
   const exhausted = exhaustedIsNoFault(grpc.InterceptingCall, grpc.status);
-  const calls = [left.interceptor, ...leader, exhausted];
-  const streams = [left.interceptor, ...leader];
+  // etcd's Auth calls require a leader whether the others do or not (above).
+  const auth = [left.interceptor, leader, exhausted];
+  const calls = leaderRequired ? auth : [left.interceptor, exhausted];
+  const streams = leaderRequired ? [left.interceptor, leader] : [left.interceptor];
   const watch = [...calls, watchInterceptor(grpc.InterceptingCall, grpc.status.DEADLINE_EXCEEDED, o.callTimeoutMs)];
   // Each TCP connection to etcd: a connect timeout, and ended at the close (registry/etcd-dials.ts).
   const dials = new Dials(grpc, o.callTimeoutMs);
@@ -44,7 +51,7 @@ export async function openEtcd(o: Resolved, { requireLeader: leaderRequired = tr
     // etcd3 1.1 does nothing with this: the dials' timeout is set by `dials`.
     dialTimeout: o.callTimeoutMs,
     // gRPC takes a deadline as a wall-clock time and turns it into a timer (monotonic) when the call starts, a moment after this.
-    defaultCallOptions: (ctx) => (ctx.isStream ? { interceptors: ctx.service === 'Watch' ? watch : streams } : { interceptors: calls, deadline: deadlineIn(o.callTimeoutMs) }),
+    defaultCallOptions: (ctx) => (ctx.isStream ? { interceptors: ctx.service === 'Watch' ? watch : streams } : { interceptors: ctx.service === 'Auth' ? auth : calls, deadline: deadlineIn(o.callTimeoutMs) }),
     // etcd's default --grpc-keepalive-min-time is 5 s: ping no more often than that. A message from
     // etcd larger than MAX_RECEIVE_BYTES is refused (gRPC's default is 4 MiB): see there.
     grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': Math.max(1000, o.callTimeoutMs), 'grpc.max_receive_message_length': MAX_RECEIVE_BYTES, ...dials.channelOptions() },
@@ -434,6 +441,11 @@ export function isEtcdRefusal(err: unknown): boolean {
   return !(e as { isBrokenCircuitError?: boolean }).isBrokenCircuitError && e.name !== 'EtcdLeaseInvalidError' && /etcdserver:/.test(e.message);
 }
 
+/** Whether etcd refused a call for want of a leader ("etcdserver: no leader": a call that requires one, on a member that has none). */
+export function isNoLeader(err: unknown): boolean {
+  return /no leader/i.test(String((err as Error | undefined)?.message ?? err));
+}
+
 /** Whether etcd refused who we are (a wrong user or password, no role on the prefix): not something that trying again mends. */
 export function isRefusal(err: unknown): boolean {
   const e = err as Error;
@@ -533,7 +545,7 @@ export function describeEtcdError(err: unknown, o: Resolved): string {
   if (large) {
     return `etcd at ${where} sent a message of ${large[1]} bytes, more than the ${large[2]} this client takes: something under ${o.prefix} is far larger than revproxy's own entries (each under 1 KiB), written by something else that can write there (etcdctl get --prefix --keys-only ${o.prefix} lists it); remove it, and give the prefix to the fleet's etcd user only (docs/SECURITY.md)`;
   }
-  if (/no leader/i.test(msg)) return `etcd at ${where} has no leader (${msg}): the members reached are cut off from the others, or the cluster lost quorum`;
+  if (isNoLeader(msg)) return `etcd at ${where} has no leader (${msg}): the members reached are cut off from the others, or the cluster lost quorum`;
   const tls = tlsRefusal(msg, where, expiredOn(o.tls?.cert));
   if (tls) return tls;
   // An etcd without TLS ends a TLS client's connection at its first bytes: Node says so when the close is orderly, and only
