@@ -161,7 +161,7 @@ export async function discoverProxies(options: RegistryOptions & { waitMs?: numb
     // Its first read not answered within the wait (a name still resolving, a member slow): etcd was not read, so nothing
     // is known of the proxies there. It said that none was registered.
     const why = lastError || (read ? '' : `etcd at ${url} did not answer within ${waitMs} ms, the client's timeout`);
-    const member = passwordNeedsLeader ? `; nor could a member be read without one: ${PASSWORD_NEEDS_LEADER}` : '';
+    const member = passwordNeedsLeader ? `; and no member could be read without a leader either: ${PASSWORD_NEEDS_LEADER}` : '';
     throw new DiscoveryError(why ? `cannot read the proxies from the registry: ${why}${member}` : `no reverse proxy is registered in the registry at ${url} (under ${prefix}) after ${waitMs} ms: start one with --registry ${url}`);
   }
   return {

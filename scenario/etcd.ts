@@ -60,6 +60,21 @@ function healthOverTls(port: number, tls: EtcdTls): Promise<boolean> {
   });
 }
 
+/**
+ * A member's status over TLS, asked with etcdctl over gRPC (presenting etcd's own certificate): its HTTP gateway
+ * refuses a client certificate once etcd's authentication is on ("CommonName of client sending a request against
+ * gateway will be ignored"), gRPC's Status asks no user. The ids are read as text: they pass 2^53.
+ */
+function statusOverTls(endpoint: string, tls: EtcdTls): Promise<Status> {
+  const args = ['--endpoints', `https://${endpoint}`, '--cert', tls.cert, '--key', tls.key, ...(tls.ca ? ['--cacert', tls.ca] : []), '--dial-timeout', '1s', '--command-timeout', '1s', 'endpoint', 'status', '-w', 'json'];
+  return new Promise((resolve, reject) => {
+    execFile('etcdctl', args, { timeout: 3000 }, (err, out) => {
+      if (err) return reject(err);
+      resolve({ leader: /"leader":(\d+)/.exec(out)?.[1], header: { member_id: /"member_id":(\d+)/.exec(out)?.[1] } });
+    });
+  });
+}
+
 /** Where an etcd runs other than on this host's loopback: a network namespace (spec/netns.ts's hosts) and its address there. */
 export interface EtcdHost {
   ns: string;
@@ -103,13 +118,15 @@ export interface EtcdMember extends Etcd {
  * Start a cluster of `size` etcd members (`--initial-cluster`, state new) on free loopback ports;
  * resolves once every member answers /health (which etcd says only once the cluster has a leader).
  * With `hosts`, member i runs in network namespace `hosts[i]` (spec/netns.ts's hosts), its client
- * and peer URLs on that host's address, so a cut between hosts can split the cluster.
+ * and peer URLs on that host's address, so a cut between hosts can split the cluster. With `tls`,
+ * its clients speak TLS to every member (with `ca`, presenting a certificate it signed), as `startEtcd`'s.
  */
-export async function startEtcdCluster(size = 3, opts: { hosts?: EtcdHost[] } = {}): Promise<EtcdCluster> {
+export async function startEtcdCluster(size = 3, opts: { hosts?: EtcdHost[]; tls?: EtcdTls } = {}): Promise<EtcdCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'revproxy-etcd-cluster-'));
-  const ms = await startOnFreePorts(dir, size, (ports) => members(dir, ports, undefined, opts.hosts));
+  const { tls } = opts;
+  const ms = await startOnFreePorts(dir, size, (ports) => members(dir, ports, tls, opts.hosts));
   return {
-    url: `etcd://${ms.map((m) => m.endpoint).join(',')}`,
+    url: `${tls ? 'etcds' : 'etcd'}://${ms.map((m) => m.endpoint).join(',')}`,
     endpoints: ms.map((m) => m.endpoint),
     members: ms,
     dir,
@@ -118,8 +135,9 @@ export async function startEtcdCluster(size = 3, opts: { hosts?: EtcdHost[] } = 
       const said = await Promise.all(ms.map(async (m) => {
         if (!m.running || m.paused) return undefined;
         try {
+          if (tls) return await statusOverTls(m.endpoint, tls);
           const r = await fetch(`http://${m.endpoint}/v3/maintenance/status`, { method: 'POST', body: '{}', signal: AbortSignal.timeout(1000) });
-          return (await r.json()) as { leader?: string; header?: { member_id?: string } };
+          return (await r.json()) as Status;
         } catch {
           return undefined;
         }
@@ -129,6 +147,12 @@ export async function startEtcdCluster(size = 3, opts: { hosts?: EtcdHost[] } = 
     },
     remove: () => removeAll(dir, ms),
   };
+}
+
+/** What a member says of itself and its leader (etcd's maintenance status). */
+interface Status {
+  leader?: string;
+  header?: { member_id?: string };
 }
 
 async function removeAll(dir: string, ms: EtcdMember[]): Promise<void> {

@@ -11,10 +11,11 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { connect, Logger, memorySink, sha1Hex, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
-import { inCallTimeout, openEtcd, type Etcd3 } from '../registry/etcd.js';
+import { openEtcd, type Etcd3 } from '../registry/etcd.js';
 import { resolveRegistry } from '../registry/options.js';
 import { killEtcds, startEtcdCluster, type EtcdCluster } from '../scenario/etcd.js';
 import { eventually, sleep } from './helpers.js';
+import { withoutQuorum } from './etcd-helpers.js';
 
 interface Ctx {
   cluster?: EtcdCluster;
@@ -184,60 +185,51 @@ test('quorum lost (both followers hung for longer than two lease TTLs), then bac
 });
 
 test('a client that starts while quorum is lost starts with the proxies a member last saw, says so, and is answered', async () => {
-  const leader = await ctx.cluster!.leader();
-  assert.ok(leader, 'the cluster has a leader');
-  const followers = ctx.cluster!.members.filter((m) => m !== leader);
   const logs: LogRecord[] = [];
   let client: Client | undefined;
   try {
-    for (const m of followers) m.pause();
-    // The leader steps down once it hears from no follower (etcd's check-quorum): reads that need one fail from then.
-    await eventually(async () => (await inCallTimeout(ctx.raw!.get('x').exec(), 1000).then(() => false, () => true)), 20_000, 'a read needing a leader to fail');
-    // Before, this rejected: CONNECT_FAILED "cannot read the proxies from the registry: ... has no leader".
-    client = await connect({ registry: { endpoints: ctx.cluster!.endpoints, prefix: PREFIX, callTimeoutMs: 1000 }, timeoutMs: 5000, logger: new Logger('client', memorySink(logs), 'info') });
-    const o = await client.send('111', 'during the quorum loss');
-    assert.ok(o.ok, `answered: ${o.ok ? '' : o.error.message}`);
-    assert.is(o.ok && o.answer.payload, sha1Hex('during the quorum loss'));
-    const stale = logs.find((r) => r.event === 'registry_stale');
-    assert.ok(stale, 'a registry_stale line');
-    assert.match(stale!.msg, /Cannot read the registry \(.*\): starting with the proxy the etcd member at 127\.0\.0\.1:\d+ last saw \(read without a leader/);
-    assert.is(stale!.member, leader!.endpoint);
+    await withoutQuorum(ctx.cluster!, ctx.raw!, async (left) => {
+      // Before, this rejected: CONNECT_FAILED "cannot read the proxies from the registry: ... has no leader".
+      client = await connect({ registry: { endpoints: ctx.cluster!.endpoints, prefix: PREFIX, callTimeoutMs: 1000 }, timeoutMs: 5000, logger: new Logger('client', memorySink(logs), 'info') });
+      const o = await client.send('111', 'during the quorum loss');
+      assert.ok(o.ok, `answered: ${o.ok ? '' : o.error.message}`);
+      assert.is(o.ok && o.answer.payload, sha1Hex('during the quorum loss'));
+      const stale = logs.find((r) => r.event === 'registry_stale');
+      assert.ok(stale, 'a registry_stale line');
+      assert.match(stale!.msg, /Cannot read the registry \(.*\): starting with the proxy the etcd member at 127\.0\.0\.1:\d+ last saw \(read without a leader/);
+      assert.is(stale!.member, left.endpoint);
+    });
   } finally {
-    for (const m of ctx.cluster!.members) m.resume();
     client?.destroy();
   }
   await eventually(() => ctx.proxy!.registry()?.up === true && ctx.proxy!.registry()?.advertised === true, 20_000, 'the proxy to read etcd again');
 });
 
 test('a client whose first read without a leader fails too (the member left hung a moment as well) reads so again, and starts once that member answers', async () => {
-  const leader = await ctx.cluster!.leader();
-  assert.ok(leader, 'the cluster has a leader');
-  const followers = ctx.cluster!.members.filter((m) => m !== leader);
   const logs: LogRecord[] = [];
   let client: Client | undefined;
   try {
-    for (const m of followers) m.pause();
-    await eventually(async () => (await inCallTimeout(ctx.raw!.get('x').exec(), 1000).then(() => false, () => true)), 20_000, 'a read needing a leader to fail');
-    // Every member hung: the client's first read fails after a call timeout (1 s), then its first read without a leader
-    // after another; the member woken 4 s in, long after, answers the next. Before, that first was the only one: the
-    // client failed after its 15 s ("... did not answer within 1000 ms").
-    leader!.pause();
-    const began = Date.now();
-    const connecting = connect({ registry: { endpoints: ctx.cluster!.endpoints, prefix: PREFIX, callTimeoutMs: 1000, retryInitialMs: 100, retryMaxMs: 500 }, timeoutMs: 15_000, logger: new Logger('client', memorySink(logs), 'info') });
-    connecting.catch(() => undefined);
-    await sleep(4000);
-    leader!.resume();
-    client = await connecting;
-    const took = Date.now() - began;
-    assert.ok(took >= 4000 && took < 15_000, `started once the member answered, within the client's timeout (${took} ms)`);
-    const stale = logs.find((r) => r.event === 'registry_stale');
-    assert.ok(stale, 'a registry_stale line');
-    assert.is(stale!.member, leader!.endpoint);
-    const o = await client.send('222', 'after a second read without a leader');
-    assert.ok(o.ok, `answered: ${o.ok ? '' : o.error.message}`);
-    assert.is(o.ok && o.answer.payload, sha1Hex('after a second read without a leader'));
+    await withoutQuorum(ctx.cluster!, ctx.raw!, async (left) => {
+      // Every member hung: the client's first read fails after a call timeout (1 s), then its first read without a leader
+      // after another; the member woken 4 s in, long after, answers the next. Before, that first was the only one: the
+      // client failed after its 15 s ("... did not answer within 1000 ms").
+      left.pause();
+      const began = Date.now();
+      const connecting = connect({ registry: { endpoints: ctx.cluster!.endpoints, prefix: PREFIX, callTimeoutMs: 1000, retryInitialMs: 100, retryMaxMs: 500 }, timeoutMs: 15_000, logger: new Logger('client', memorySink(logs), 'info') });
+      connecting.catch(() => undefined);
+      await sleep(4000);
+      left.resume();
+      client = await connecting;
+      const took = Date.now() - began;
+      assert.ok(took >= 4000 && took < 15_000, `started once the member answered, within the client's timeout (${took} ms)`);
+      const stale = logs.find((r) => r.event === 'registry_stale');
+      assert.ok(stale, 'a registry_stale line');
+      assert.is(stale!.member, left.endpoint);
+      const o = await client.send('222', 'after a second read without a leader');
+      assert.ok(o.ok, `answered: ${o.ok ? '' : o.error.message}`);
+      assert.is(o.ok && o.answer.payload, sha1Hex('after a second read without a leader'));
+    });
   } finally {
-    for (const m of ctx.cluster!.members) m.resume();
     client?.destroy();
   }
   await eventually(() => ctx.proxy!.registry()?.up === true && ctx.proxy!.registry()?.advertised === true, 20_000, 'the proxy to read etcd again');
