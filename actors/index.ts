@@ -20,7 +20,7 @@ import type { RegistryOptions } from '../registry/options.js';
 import type { RegistryStatus } from '../registry/events.js';
 import type { EtcdClient, Renewal } from '../registry/etcd-client.js';
 import { badId, badIdentity, badLimit, badProxies, badWholeNumbers, serverMachine, type ServerActor, type ServerOptions } from './server.js';
-import { checkAllowedNames, dial, TlsConfigError, type TlsMaterial, type UpstreamTlsMaterial } from '../transport/tls.js';
+import { checkUpstreamNames, dial, TlsConfigError, type TlsMaterial, type UpstreamTlsMaterial } from '../transport/tls.js';
 import { renewed } from './renew-tls.js';
 import { actorOptions, badKinds, badStartOptions, checkTlsOptions } from './start-options.js';
 
@@ -75,7 +75,7 @@ export interface ProxyHandle {
   registry(): RegistryStatus | undefined;
   /**
    * Renewed certificates (or a new CA bundle), as Buffers like `startProxy`'s: `tls` for the
-   * listener's next handshakes, `upstreamTls` for its next dials to servers (its `names` too); connections
+   * listener's next handshakes, `upstreamTls` for its next dials to servers (its `names` and `serverName` too); connections
    * already open keep theirs, but for those whose peer's certificate a CRL of the renewed set (`crl`)
    * revokes, and the links to servers whose certificates the renewed `upstreamTls.names` no longer
    * allows: those are closed, and their number returned. Checked first as the files are at start: a
@@ -199,7 +199,7 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
       // Both checked before either is taken: a bad set changes nothing.
       const tls = next.tls && renewed('tls', running.tls, next.tls, true, ['serverAuth']);
       const upstreamTls = next.upstreamTls && renewed('upstreamTls', running.upstreamTls, next.upstreamTls) as UpstreamTlsMaterial;
-      if (upstreamTls) checkAllowedNames('upstreamTls', upstreamTls.names);
+      if (upstreamTls) checkUpstreamNames('upstreamTls', upstreamTls);
       const closed = { connections: 0 };
       if (upstreamTls) {
         running.upstreamTls = upstreamTls;
@@ -207,7 +207,7 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
         const { linkSockets, logger } = actor.getSnapshot().context;
         // Named as the CLI's files are: tls.crl when upstream_tls is absent (the proxy dials with the tls files), else its own.
         const crlSetting = upstreamTls.crl && running.tls?.crl && Buffer.from(upstreamTls.crl).equals(Buffer.from(running.tls.crl)) ? 'tls.crl' : 'upstream_tls.crl';
-        closed.connections += closeRevoked(linkSockets.sockets, upstreamTls, logger, crlSetting, 'link to the server at');
+        closed.connections += closeRevoked(linkSockets.sockets, upstreamTls, logger, crlSetting, true);
         closed.connections += closeNotAllowed(linkSockets.sockets, upstreamTls.names, logger);
       }
       if (tls) {

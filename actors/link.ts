@@ -11,7 +11,7 @@ import type { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode, HANDLER_FAILED, SERVER_ANSWER_CODES, type ErrorCode as WireCode } from '../transport/errors.js';
 import { MsgType, type AckMsg, type DataMsg, type ErrorMsg, type PongMsg } from '../transport/messages.js';
 import type { Connection } from '../transport/socket.js';
-import { describeLookupError, describeUpstreamTlsError, type UpstreamTlsMaterial } from '../transport/tls.js';
+import { CLOSED_BY_PROXY, describeLookupError, describeUpstreamTlsError, type UpstreamTlsMaterial } from '../transport/tls.js';
 import { outOfDescriptors } from './port-limits.js';
 import type { Clock } from '../transport/clock.js';
 import type { Inflight } from './inflight.js';
@@ -179,12 +179,13 @@ export interface Failure {
 export type TryFailure = Failure & { cause: TryCause };
 
 /**
- * Why a link's connection failed, in words (both links' one rule): refused; the server's name not
- * resolving; its TLS handshake failing (in the words of the proxy's upstream_tls); or this process out of
- * descriptors, which is no fault of the server's.
+ * Why a link's connection failed, in words (both links' one rule): refused; the proxy closing it itself (a renewal's
+ * CRL or names: `closedByProxy`, its reason); the server's name not resolving; its TLS handshake failing (in the words
+ * of the proxy's upstream_tls); or this process out of descriptors, which is no fault of the server's.
  */
 export function describeLinkError(err: NodeJS.ErrnoException, host: string): string {
   if (err.code === 'ECONNREFUSED') return 'connection refused';
+  if (err.code === CLOSED_BY_PROXY) return err.message;
   return describeLookupError(err, host) ?? describeUpstreamTlsError(err) ?? outOfDescriptors(err, 'max_connections') ?? err.message;
 }
 

@@ -17,7 +17,7 @@ import { recogniseTlsRefusal, tlsFailureOf, type TlsFailure } from '../transport
 import { proxiedClient, tcpUnder } from '../transport/proxied.js';
 import { systemClock, type Clock } from '../transport/clock.js';
 import type { Connection } from '../transport/socket.js';
-import { notAllowedName, revokedBy, subjectOf, type TlsMaterial, type UpstreamTlsMaterial } from '../transport/tls.js';
+import { closedByProxy, notAllowedName, revokedBy, subjectOf, type TlsMaterial, type UpstreamTlsMaterial } from '../transport/tls.js';
 import type { HandshakeLimits } from './tls-handshakes.js';
 import { fmt, type Logger } from './logger.js';
 
@@ -376,9 +376,11 @@ function chainOf(socket: TLSSocket): X509Certificate[] {
  * revoked certificate is most often a key that got out, so its connections open do not go on for as
  * long as their peer likes (HAProxy and Envoy leave them; nginx too). Only a revocation closes one:
  * a CRL that cannot vouch (past its nextUpdate, none from a CA) refuses new handshakes and leaves
- * those open. Each is logged (`tls_revoked`, one line per address, then counted). Returns how many.
+ * those open. Each is logged (`tls_revoked`, one line per address, then counted). `links`: `sockets` are the proxy's
+ * links to servers, each closed with its reason (`closedByProxy`), which its down line says. Returns how many.
  */
-export function closeRevoked(sockets: Iterable<Socket>, tls: TlsMaterial, logger: Logger, setting: string, what = 'connection from'): number {
+export function closeRevoked(sockets: Iterable<Socket>, tls: TlsMaterial, logger: Logger, setting: string, links = false): number {
+  const what = links ? 'link to the server at' : 'connection from';
   const revoked = revokedBy(tls);
   if (!revoked) return 0;
   let closed = 0;
@@ -392,7 +394,8 @@ export function closeRevoked(sockets: Iterable<Socket>, tls: TlsMaterial, logger
     logger.repeated('warn', 'tls_revoked', addr, 1, (n, span) => (span
       ? `Closed ${fmt(n)} more ${what} ${addr} ${span}: their peers' TLS certificates are revoked by ${setting}`
       : `Closed the ${what} ${at}: its peer's TLS certificate (serial ${peer.serialNumber}, ${subjectOf(peer)}) is revoked by the CRL of ${crl.issuerName} in ${setting}`), { peer: at, serial: peer.serialNumber });
-    socket.destroy();
+    // A link says why in its down line (`closedByProxy`): closed plainly, it said "connection closed by the server".
+    socket.destroy(links ? closedByProxy(setting, `the server's TLS certificate (serial ${peer.serialNumber}, ${subjectOf(peer)}) is revoked by the CRL of ${crl.issuerName} there`) : undefined);
   }
   return closed;
 }
@@ -402,7 +405,7 @@ export function closeRevoked(sockets: Iterable<Socket>, tls: TlsMaterial, logger
  * a reload renews it) no longer allows, as a renewed CRL closes the revoked ones (`closeRevoked`): a link lives as long
  * as its server, and a narrowed restriction (a host taken out of the names) would otherwise reach it only once the
  * link fails. Each link dials again and is refused. Each is logged (`tls_name_refused`, one line per address, then
- * counted). Returns how many.
+ * counted), and closed with its reason (`closedByProxy`), which its down line says. Returns how many.
  */
 export function closeNotAllowed(sockets: Iterable<Socket>, names: readonly string[] | undefined, logger: Logger): number {
   if (!names?.length) return 0;
@@ -417,7 +420,7 @@ export function closeNotAllowed(sockets: Iterable<Socket>, names: readonly strin
     logger.repeated('warn', 'tls_name_refused', addr, 1, (n, span) => (span
       ? `Closed ${fmt(n)} more link(s) to servers at ${addr} ${span}: their certificates name none of upstream_tls.names`
       : `Closed the link to the server at ${at}: ${why}`), { peer: at });
-    socket.destroy();
+    socket.destroy(closedByProxy('upstream_tls.names', why));
   }
   return closed;
 }

@@ -6,7 +6,7 @@
 import type { InspectionEvent } from 'xstate';
 import { systemClock, xstateClock, type Clock } from '../transport/clock.js';
 import { badRegistryOption } from '../registry/options.js';
-import { checkAllowedNames, checkStartTls, TlsConfigError, type CertPurpose } from '../transport/tls.js';
+import { checkStartTls, checkUpstreamNames, TlsConfigError, type CertPurpose } from '../transport/tls.js';
 import { isPlainObject, kindOf } from '../transport/errors.js';
 
 /** The methods a `clock` option must have (`Clock`): a plain object without them started, and failed later, out of any caller's reach. */
@@ -41,14 +41,15 @@ export function badStartOptions(opts: unknown, example: string): string | undefi
  * `tls` is a listener's, which needs a certificate (a proxy's; a server's serves TLS only when given one);
  * `needs`: what the certificate of `tls` must be fit for (serverAuth where it serves, clientAuth for a client's).
  * `registry.tls`'s is presented to etcd only, when it asks; `upstreamTls`'s to servers that may not ask for it, and its
- * `names` (what a server's certificate must name) are checked as `upstream_tls.names` in a file is.
+ * `names` (what a server's certificate must name) and `serverName` (the name sent and verified in place of the address
+ * dialled) are checked as `upstream_tls.names` and `upstream_tls.server_name` in a file are.
  */
 export function checkTlsOptions(opts: { tls?: unknown; upstreamTls?: unknown; registry?: { tls?: unknown } }, who: string, serves: boolean, needs: readonly CertPurpose[]): void {
   try {
     checkStartTls('tls', opts.tls, serves, needs);
     checkStartTls('upstreamTls', opts.upstreamTls, false);
     checkStartTls('registry.tls', opts.registry?.tls, false);
-    checkAllowedNames('upstreamTls', (opts.upstreamTls as { names?: unknown } | undefined)?.names);
+    checkUpstreamNames('upstreamTls', opts.upstreamTls);
   } catch (err) {
     throw err instanceof TlsConfigError ? new TlsConfigError(`${who}: ${err.message}`, err.kind) : err;
   }

@@ -32,7 +32,7 @@ import { systemClock } from '../transport/clock.js';
 import { bracketHint, hostPort as hostAndPort, isEveryAddress, isLoopback, isThisMachine } from '../transport/address.js';
 import { ErrorCode } from '../transport/errors.js';
 import { RETRY_CONDITIONS } from '../actors/link.js';
-import { allowedNameProblem, dial, expiryWarning, type UpstreamTlsMaterial } from '../transport/tls.js';
+import { allowedNameProblem, dial, expiryWarning, serverNameProblem, type UpstreamTlsMaterial } from '../transport/tls.js';
 import type { LoadedCert } from '../config/files.js';
 import { FileError, hostParser, ignoreUserSignals, logProcessWarnings, logStartFailuresTo, releaseEarlySignals, takeEarlySignals, parseIntOption, parseList, parsePort, registryOptions, runUntilStopped, tlsOptions, UsageError, useColor, warnIfPid1, warnTls } from './common.js';
 import { ExpiryWatch, expiredError } from './cert-expiry.js';
@@ -79,6 +79,11 @@ function proxyOptions(): Option[] {
     new Option('--upstream-tls-cert <file>', 'PEM certificate the proxy presents to servers that ask for one (mutual TLS: a server with --tls-ca), with --upstream-tls-key'),
     new Option('--upstream-tls-key <file>', 'PEM private key of --upstream-tls-cert'),
     new Option('--upstream-tls-crl <file>', 'PEM CRLs of the --upstream-tls-ca CAs (each needs its own): a server whose certificate one revokes is refused; re-read on SIGHUP'),
+    new Option('--upstream-tls-server-name <name>', UPSTREAM_DOCS.server_name).argParser((v) => {
+      const bad = serverNameProblem(v);
+      if (bad) throw new InvalidArgumentError(`--upstream-tls-server-name takes one DNS name (e.g. servers.internal): the server name '${v}': ${bad}`);
+      return v;
+    }),
     new Option('--upstream-tls-names <names>', `comma-separated: ${UPSTREAM_DOCS.names.replace('; quote it in YAML', '')}`).argParser(parseList('--upstream-tls-names', 'names', 'server-a.internal,*.servers.internal', (e) => {
       const bad = allowedNameProblem(e);
       return bad && `the name '${e}': ${bad}`;
@@ -178,7 +183,8 @@ systemctl kill -s USR1 revproxy), reading no configuration, as nginx's USR1 does
 the proxy starts is applied once it listens; a SIGTERM then drains it as soon as it is up.
 TLS: --tls-cert/--tls-key serve TLS; --tls-ca requires peers' certificates (mutual TLS) and verifies servers'.
 Toward servers, --upstream-tls-ca (with --upstream-tls-cert/--upstream-tls-key for servers that ask for one,
---upstream-tls-names to restrict their certificates' names) has the proxy dial them over TLS, whatever its port
+--upstream-tls-server-name to verify a DNS name of theirs in place of their address, --upstream-tls-names to
+restrict their certificates' names) has the proxy dial them over TLS, whatever its port
 serves; without it, the proxy dials servers over TLS when --tls-ca is given, with the --tls-* files.
 
 Example:
@@ -761,10 +767,10 @@ function removePidFile(path: string): void {
   }
 }
 
-/** Whether two sets of TLS files hold the same bytes (and, toward servers, the same names). */
+/** Whether two sets of TLS files hold the same bytes (and, toward servers, the same server name and names). */
 function sameTls(a: UpstreamTlsMaterial | undefined, b: UpstreamTlsMaterial | undefined): boolean {
   const same = (x?: Buffer, y?: Buffer): boolean => (x === undefined || y === undefined ? x === y : x.equals(y));
-  return same(a?.cert, b?.cert) && same(a?.key, b?.key) && same(a?.ca, b?.ca) && same(a?.crl, b?.crl) && JSON.stringify(a?.names ?? []) === JSON.stringify(b?.names ?? []);
+  return same(a?.cert, b?.cert) && same(a?.key, b?.key) && same(a?.ca, b?.ca) && same(a?.crl, b?.crl) && a?.serverName === b?.serverName && JSON.stringify(a?.names ?? []) === JSON.stringify(b?.names ?? []);
 }
 
 /**

@@ -27,7 +27,7 @@ import { FileError, LocalCode } from '../transport/errors.js';
 import { MAX_TIMER_MS } from '../transport/clock.js';
 import { MAX_ID_LENGTH } from '../transport/messages.js';
 import { BUDGET_UNDER_A_LIMIT } from '../transport/budget.js';
-import { allowedNameProblem, crlWarnings, tlsWarnings, type CertPurpose, type TlsMaterial, type TlsNames, type TlsWarning, type UpstreamTlsMaterial } from '../transport/tls.js';
+import { allowedNameProblem, crlWarnings, serverNameProblem, tlsWarnings, type CertPurpose, type TlsMaterial, type TlsNames, type TlsWarning, type UpstreamTlsMaterial } from '../transport/tls.js';
 import { badSecretText, loadedCerts, loadTokens, tlsFileHint, tlsFromFlags, TOKENS_HINT, readYamlFile, whyUnreadable, type LoadedCert } from './files.js';
 import { parseRegistryUrl, REGISTRY_DEFAULTS, type RegistryOptions } from '../registry/options.js';
 import {
@@ -267,7 +267,8 @@ export const UPSTREAM_DOCS = {
   cert: 'PEM certificate the proxy presents to servers that ask for one (mutual TLS: a server with --tls-ca), with key',
   key: 'PEM private key of cert',
   crl: 'PEM CRLs (one or more) of the CAs in ca: a server whose certificate one revokes is refused; re-read on SIGHUP',
-  names: "a server's certificate must carry one of these among its subjectAltName entries, beyond the address dialled (Envoy's match_subject_alt_names): an exact DNS name (server-a.internal), *.NAME for any name under NAME (*.servers.internal; quote it in YAML), or an IP address; a server whose certificate carries none is refused at every dial and never sent a request (default: any its CA signed)",
+  server_name: "a DNS name sent as SNI on every dial to a server and verified in its certificate (a DNS: entry, exact or a wildcard one label above it) in place of the address dialled, so servers may hold certificates for a shared name (servers.internal) instead of their IP: entries; names still applies beside it; no address (TLS sends none as SNI) (default: none: the address dialled is verified)",
+  names: "a server's certificate must carry one of these among its subjectAltName entries, beyond the address dialled (or server_name) (Envoy's match_subject_alt_names): an exact DNS name (server-a.internal), *.NAME for any name under NAME (*.servers.internal; quote it in YAML), an IP address, or URI: and a URI matched whole (a SPIFFE ID: URI:spiffe://example.org/ns/prod/sa/web); a server whose certificate carries none is refused at every dial and never sent a request (default: any its CA signed)",
 } as const;
 
 /** What `hedge_on_try_timeout` (`--no-hedge-on-try-timeout`) does, for the help text and docs/CONFIG.md. */
@@ -315,6 +316,10 @@ const otherFields = {
     cert: opt(path, UPSTREAM_DOCS.cert),
     key: opt(path, UPSTREAM_DOCS.key),
     crl: opt(path, UPSTREAM_DOCS.crl),
+    server_name: opt(refine(text, (t) => {
+      const bad = serverNameProblem(t);
+      return bad && `the server name '${t}': ${bad}`;
+    }), UPSTREAM_DOCS.server_name),
     names: opt(list(allowedName), UPSTREAM_DOCS.names),
   }), "TLS toward the servers, apart from the port's (without it, tls with ca is used: its files toward servers too)"),
   log: opt(object('log', {
@@ -379,6 +384,7 @@ export const FLAG_KEYS: Readonly<Record<string, string>> = {
   'upstream-tls-key': 'upstream_tls.key',
   'upstream-tls-crl': 'upstream_tls.crl',
   'upstream-tls-names': 'upstream_tls.names',
+  'upstream-tls-server-name': 'upstream_tls.server_name',
   registry: 'registry.url',
   'registry-prefix': 'registry.prefix',
   'registry-ttl': 'registry.ttl',
@@ -644,7 +650,7 @@ export function toRuntime(c: ProxyConfig, flagOf?: (key: FileKey) => string | un
 }
 
 /**
- * What the proxy dials its servers with (`ProxyOptions.upstreamTls`), from a config: `upstream_tls`'s files and names
+ * What the proxy dials its servers with (`ProxyOptions.upstreamTls`), from a config: `upstream_tls`'s files, server name and names
  * when it is given, whatever `tls` holds (it wins: one CA for clients and another for servers); else `tls`'s files
  * when they have a CA, as before `upstream_tls` was (mutual TLS on the port, and servers verified against the same
  * CA); else nothing (plain TCP to servers).
@@ -654,7 +660,7 @@ function upstreamOf(c: ProxyConfig, tls: TlsMaterial | undefined, flagOf?: (key:
   if (!dialsTls(c)) return undefined;
   if (!u) return tls;
   const material = tlsFromFlags({ tlsCert: u.cert, tlsKey: u.key, tlsCa: u.ca, tlsCrl: u.crl }, keysOf('upstream_tls', flagOf), CERT_NEEDS.upstream_tls) ?? {};
-  return u.names?.length ? { ...material, names: [...new Set(u.names)] } : material;
+  return { ...material, ...(u.server_name !== undefined ? { serverName: u.server_name } : {}), ...(u.names?.length ? { names: [...new Set(u.names)] } : {}) };
 }
 
 /**

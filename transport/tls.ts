@@ -34,41 +34,100 @@ export interface TlsMaterial {
 }
 
 /**
- * The proxy's TLS toward its servers (`upstreamTls`; `upstream_tls` in a config file): the files, as every side's,
- * and `names`, what a server's certificate must name beyond the address dialled (Envoy's `match_subject_alt_names`):
- * one of its subjectAltName entries is one of them (`allowedNameProblem` says what an entry may be).
+ * The proxy's TLS toward its servers (`upstreamTls`; `upstream_tls` in a config file): the files, as every side's;
+ * `serverName`, the name sent as SNI on every dial and verified in the server's certificate in place of the address
+ * dialled (`serverNameProblem` says what it may be); and `names`, what a server's certificate must name beyond that
+ * check (Envoy's `match_subject_alt_names`): one of its subjectAltName entries is one of them (`allowedNameProblem`
+ * says what an entry may be).
  */
 export interface UpstreamTlsMaterial extends TlsMaterial {
+  serverName?: string | undefined;
   names?: readonly string[] | undefined;
 }
 
 /** How the names setting is said in the words a refusal ends with: the file's key, the flag, the library's option. */
 export const UPSTREAM_NAMES = 'upstream_tls.names (--upstream-tls-names; upstreamTls.names in the library)';
 
+/** How the server name setting is said in the words a refusal ends with. */
+export const UPSTREAM_SERVER_NAME = 'upstream_tls.server_name (--upstream-tls-server-name; upstreamTls.serverName in the library)';
+
+/** A URI entry's kind in a certificate's subjectAltName as Node writes it, and in `names` (`URI:spiffe://example.org/web`). */
+const URI_KIND = 'URI:';
+
+/**
+ * Why `uri` (an entry of `names` after its `URI:`) is no URI to match a certificate's `URI:` entries against, or undefined:
+ * a scheme and what follows it, matched whole (Envoy's `uri` matcher, exact); a SPIFFE ID is `spiffe://TRUST-DOMAIN/PATH`.
+ */
+function uriProblem(uri: string): string | undefined {
+  const shape = 'give URI:SCHEME:..., as URI:spiffe://example.org/ns/prod/sa/web';
+  if (uri === '') return `it has nothing after URI: ${shape}`;
+  if (/\s/.test(uri)) return 'it has spaces in it: a URI has none';
+  if (uri.includes('*')) return 'it has a *: a URI is matched whole, character for character (no patterns): list each one';
+  if (!/^[A-Za-z][A-Za-z0-9+.-]*:./.test(uri)) return `it has no scheme: ${shape}`;
+  if (!/^spiffe:/i.test(uri)) return undefined;
+  // The SPIFFE ID spec: spiffe://, a lowercase trust domain, a path of segments; no port, user, query or fragment.
+  const spiffe = 'it is no SPIFFE ID: give spiffe://TRUST-DOMAIN/PATH (spiffe://example.org/ns/prod/sa/web)';
+  const id = /^spiffe:\/\/([^/?#]*)(\/[^?#]*)?$/.exec(uri);
+  if (!id) return `${spiffe}, lower case before the trust domain, without a query or fragment`;
+  if (!/^[a-z0-9._-]+$/.test(id[1]!)) return `${spiffe}: its trust domain '${id[1]}' is not lowercase letters, digits, ., - and _ alone (no port, no user)`;
+  if (!id[2] || id[2] === '/') return `${spiffe}: it has no path after its trust domain, as a workload's ID has`;
+  return undefined;
+}
+
 /**
  * Why `name` is not an entry of `names` (`UpstreamTlsMaterial`), said after "the name 'X': ", or undefined: an exact
- * DNS name (`server-a.internal`), `*.NAME` for every name under NAME at any depth (`*.servers.internal`), or an IP
- * address (matched against the certificate's `IP:` entries).
+ * DNS name (`server-a.internal`), `*.NAME` for every name under NAME at any depth (`*.servers.internal`), an IP
+ * address (matched against the certificate's `IP:` entries), or `URI:` and a URI (matched whole against its `URI:`
+ * entries: a SPIFFE ID, `URI:spiffe://example.org/ns/prod/sa/web`).
  */
 export function allowedNameProblem(name: unknown): string | undefined {
   if (typeof name !== 'string') return `it is ${kindOf(name)}, not text`;
+  if (name.startsWith(URI_KIND)) return uriProblem(name.slice(URI_KIND.length));
   const under = name.startsWith('*.');
   const rest = under ? name.slice(2) : name;
   if (rest.includes('*')) return 'it has a * that is not its first label: give an exact name (server-a.internal), or *.NAME for every name under NAME (*.servers.internal)';
   if (isIP(unbracket(rest)) !== 0) return under ? 'it puts *. before an address: an address is matched whole (IP:10.0.0.7 in the certificate)' : undefined;
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(rest)) return `it is a URI without its kind: give it as URI:${rest} (matched against the certificate's URI: entries)`;
+  const kind = /^(DNS|IP|IP Address|URI):/i.exec(rest)?.[1];
+  if (kind) return kind.toUpperCase() === 'URI' ? `write its kind as URI: (upper case), as certificates show it: URI:${rest.slice(4)}` : `leave its kind out: a DNS name or an address is given alone (${rest.slice(kind.length + 1)}); only a URI is given with its kind (URI:...)`;
   return badDialAddress(rest, 'leave the port out (a certificate names none)');
 }
 
-/** A certificate's subjectAltName as Node writes it (`DNS:a, IP Address:10.0.0.7`), each entry as its kind and value. */
+/**
+ * Why `name` cannot be `serverName` (`UpstreamTlsMaterial`), said after "the server name 'X': ", or undefined: one DNS
+ * name, sent as SNI and matched against the certificate's `DNS:` entries (a wildcard entry there, `*.servers.internal`,
+ * takes a name one label under it). No address: TLS sends none as SNI (RFC 6066; Node warns DEP0123 and will ignore it).
+ */
+export function serverNameProblem(name: unknown): string | undefined {
+  if (typeof name !== 'string') return `it is ${kindOf(name)}, not text`;
+  if (isIP(unbracket(name)) !== 0) return 'it is an IP address, which TLS does not send as a server name (RFC 6066; Node warns DEP0123 and will ignore it): leave server_name out for the proxy to verify the address it dials (the certificate\'s IP: entries), or give a DNS name the servers\' certificates carry';
+  if (name.includes('*')) return 'it has a *: the name sent is one name (servers.internal, or a.servers.internal for certificates carrying *.servers.internal)';
+  if (name.endsWith('.')) return `it ends with a dot: a server name is sent without it (${name.replace(/\.+$/, '')})`;
+  return badDialAddress(name, 'leave the port out (the proxy dials the port each server registered)');
+}
+
+/** A subjectAltName entry's value as Node writes it: quoted as JSON when it holds a comma, a quote or a control character (Node >= 17.3). */
+function altNameValue(raw: string): string {
+  if (!raw.startsWith('"')) return raw;
+  try {
+    const v: unknown = JSON.parse(raw);
+    return typeof v === 'string' ? v : raw;
+  } catch {
+    return raw.replace(/^"|"$/g, '');
+  }
+}
+
+/** A certificate's subjectAltName as Node writes it (`DNS:a, IP Address:10.0.0.7, URI:spiffe://x/y`), each entry as its kind and value. */
 function altNameEntries(san: string | undefined): Array<{ kind: string; value: string }> {
   return (san ?? '').split(/, (?=[A-Za-z ]+:)/).flatMap((entry) => {
     const at = entry.indexOf(':');
-    return at < 0 ? [] : [{ kind: entry.slice(0, at), value: entry.slice(at + 1).replace(/^"|"$/g, '') }];
+    return at < 0 ? [] : [{ kind: entry.slice(0, at), value: altNameValue(entry.slice(at + 1)) }];
   });
 }
 
-/** Whether the subjectAltName entry `kind:value` is one `name` allows (`allowedNameProblem`'s forms); DNS names compared without case. */
+/** Whether the subjectAltName entry `kind:value` is one `name` allows (`allowedNameProblem`'s forms); DNS names compared without case, URIs exactly. */
 function allows(name: string, kind: string, value: string): boolean {
+  if (name.startsWith(URI_KIND)) return kind === 'URI' && value === name.slice(URI_KIND.length);
   if (isIP(unbracket(name)) !== 0) return kind === 'IP Address' && canonicalHost(value) === canonicalHost(name);
   if (kind !== 'DNS') return false;
   const v = value.toLowerCase().replace(/\.$/, '');
@@ -76,27 +135,69 @@ function allows(name: string, kind: string, value: string): boolean {
   return n.startsWith('*.') ? v.length > n.length - 1 && v.endsWith(n.slice(1)) : v === n;
 }
 
+type NamedCert = { subjectaltname?: string; subject?: { CN?: string | string[] } };
+
+/** What a server's certificate names, in a refusal's words: `names IP:10.0.0.7, DNS:db.internal`, or that it has no subjectAltName. */
+function namedBy(cert: NamedCert): string {
+  const entries = altNameEntries(cert.subjectaltname);
+  return entries.length ? `names ${entries.map((e) => `${e.kind === 'IP Address' ? 'IP' : e.kind}:${e.value}`).join(', ')}` : `has no subjectAltName (its subject's CN: ${String(cert.subject?.CN ?? 'none')})`;
+}
+
 /**
  * Why a server's certificate is not one `names` allows (none of its subjectAltName entries is one of them), or
  * undefined when it is, or when `names` is empty. Its subject's CN is not looked at, as Envoy's
  * `match_subject_alt_names` does not: a certificate without a subjectAltName names nothing here.
  */
-export function notAllowedName(cert: { subjectaltname?: string; subject?: { CN?: string | string[] } }, names: readonly string[] | undefined): string | undefined {
+export function notAllowedName(cert: NamedCert, names: readonly string[] | undefined): string | undefined {
   if (!names?.length) return undefined;
   const entries = altNameEntries(cert.subjectaltname);
   if (names.some((name) => entries.some((e) => allows(name, e.kind, e.value)))) return undefined;
-  const has = entries.length ? `names ${entries.map((e) => `${e.kind === 'IP Address' ? 'IP' : e.kind}:${e.value}`).join(', ')}` : `has no subjectAltName (its subject's CN: ${String(cert.subject?.CN ?? 'none')})`;
-  return `the server's TLS certificate ${has}, none of the names ${UPSTREAM_NAMES} allows (${names.join(', ')}): give the server a certificate with one of them in its subjectAltName, or add a name it has there`;
+  return `the server's TLS certificate ${namedBy(cert)}, none of the names ${UPSTREAM_NAMES} allows (${names.join(', ')}): give the server a certificate with one of them in its subjectAltName, or add a name it has there`;
 }
 
-/** The code of a dial refused for `notAllowedName`: what its error carries, as Node's own verification errors carry theirs. */
+/**
+ * Why a server's certificate does not name `serverName` (`UpstreamTlsMaterial`), or undefined when it does: Node's
+ * rule for a host name (a `DNS:` entry, exact or a wildcard one label above it), its subject's CN not looked at (Node
+ * falls back to it when the certificate has no `DNS:` entry; `names` never looks at it either).
+ */
+export function notServerName(cert: NamedCert, serverName: string): string | undefined {
+  const own = checkServerIdentity(serverName, { subjectaltname: cert.subjectaltname, subject: {} } as unknown as PeerCertificate);
+  if (!own) return undefined;
+  const parent = serverName.includes('.') ? ` (or DNS:*.${serverName.slice(serverName.indexOf('.') + 1)})` : '';
+  return `the server's TLS certificate ${namedBy(cert)}, not ${serverName}, the name the proxy sends it and verifies (${UPSTREAM_SERVER_NAME}): give the server a certificate with DNS:${serverName}${parent} in its subjectAltName, or set the server name to one its certificate carries`;
+}
+
+/**
+ * The code of a dial refused for `notAllowedName` or `notServerName` (its certificate does not carry the names the
+ * proxy's upstream_tls asks for): what its error carries, as Node's own verification errors carry theirs.
+ */
 export const CERT_NAME_NOT_ALLOWED = 'CERT_NAME_NOT_ALLOWED';
 
 /**
- * `names` of an `upstreamTls` option (`setting` names it) checked: a list of entries `allowedNameProblem` takes; a
- * TlsConfigError naming the first that is not. Undefined or empty: no restriction.
+ * The code of a link to a server the proxy closed itself (`closedByProxy`): a renewal or reload whose CRL now revokes
+ * the server's certificate, or whose names no longer allow it. The link's `down` line says the proxy's reason.
  */
-export function checkAllowedNames(setting: string, names: unknown): void {
+export const CLOSED_BY_PROXY = 'CLOSED_BY_PROXY';
+
+/**
+ * The error a link's socket is destroyed with when the proxy closes it itself (`CLOSED_BY_PROXY`), at the renewal of
+ * `setting` (a reload's, or the library's `renewTls`), for `why`: its down line's words.
+ */
+export function closedByProxy(setting: string, why: string): Error {
+  return Object.assign(new Error(`the proxy closed its link at the renewal of ${setting}: ${why}`), { code: CLOSED_BY_PROXY });
+}
+
+/**
+ * `names` and `serverName` of an `upstreamTls` option (`setting` names it) checked: `names` a list of entries
+ * `allowedNameProblem` takes, `serverName` a name `serverNameProblem` takes; a TlsConfigError naming the first that
+ * is not. Either undefined (and `names` empty): no restriction.
+ */
+export function checkUpstreamNames(setting: string, upstreamTls: unknown): void {
+  const { names, serverName } = (isPlainObject(upstreamTls) ? upstreamTls : {}) as { names?: unknown; serverName?: unknown };
+  if (serverName !== undefined) {
+    const bad = serverNameProblem(serverName);
+    if (bad) throw new TlsConfigError(`${setting}.serverName${typeof serverName === 'string' ? ` '${serverName}'` : ''}: ${bad}`, 'usage');
+  }
   if (names === undefined) return;
   if (!Array.isArray(names)) throw new TlsConfigError(`${setting}.names must be a list of names (['server-a.internal', '*.servers.internal']), got ${kindOf(names)}`, 'usage');
   for (const [i, name] of names.entries()) {
@@ -724,15 +825,17 @@ function lookupIn(family: 4 | 6): LookupFunction {
 export function dial(host: string, port: number, tls?: UpstreamTlsMaterial, from?: string): Socket {
   const source = from === undefined ? {} : { localAddress: from, lookup: lookupIn(isIP(from) as 4 | 6) };
   if (!tls) return netConnect({ host, port, ...source });
-  // With `names`, the certificate must also carry one of them (the proxy's upstream_tls.names), after Node's own check of the address.
+  // With `serverName` it goes as SNI (a name dialled too, else nothing: Node sends no address), and the certificate must
+  // name it in place of the address dialled; with `names` it must also carry one of them (the proxy's upstream_tls.names).
   const names = tls.names?.length ? tls.names : undefined;
-  const identity = names && ((hostname: string, cert: PeerCertificate): Error | undefined => {
-    const own = checkServerIdentity(hostname, cert);
-    if (own) return own;
-    const why = notAllowedName(cert, names);
-    return why === undefined ? undefined : Object.assign(new Error(why), { code: CERT_NAME_NOT_ALLOWED, host: hostname, cert });
+  const { serverName } = tls;
+  const identity = (names || serverName !== undefined) && ((hostname: string, cert: PeerCertificate): Error | undefined => {
+    const refused = (why: string | undefined): Error | undefined => why === undefined ? undefined : Object.assign(new Error(why), { code: CERT_NAME_NOT_ALLOWED, host: hostname, cert });
+    // Without a server name, Node's own check of the address (or the name) dialled comes first.
+    if (serverName === undefined) return checkServerIdentity(hostname, cert) ?? refused(notAllowedName(cert, names));
+    return refused(notServerName(cert, serverName) ?? notAllowedName(cert, names));
   });
-  return tlsConnect({ host, port, ...source, ca: tls.ca, cert: tls.cert, key: tls.key, crl: crlOption(tls), rejectUnauthorized: true, servername: isIP(host) !== 0 ? undefined : host, ...(identity ? { checkServerIdentity: identity } : {}) });
+  return tlsConnect({ host, port, ...source, ca: tls.ca, cert: tls.cert, key: tls.key, crl: crlOption(tls), rejectUnauthorized: true, servername: serverName ?? (isIP(host) !== 0 ? undefined : host), ...(identity ? { checkServerIdentity: identity } : {}) });
 }
 
 /** What to tell a person when a listen fails: the cause and what to do. */
@@ -935,7 +1038,7 @@ export function describeUpstreamTlsError(err: NodeJS.ErrnoException): string | u
   const code = err.code ?? '';
   if (code === CERT_NAME_NOT_ALLOWED) return err.message;
   if (UNTRUSTED_CA_CODES.has(code)) return untrustedCertificate(code, `add the CA that signed it to ${UP('ca')}, or give the server a certificate signed by a CA there`).replace(/^the peer's/, "the server's");
-  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return `the server's TLS certificate does not name the address the proxy dials (${err.message}): give the server a certificate with that address among its subjectAltName entries (IP:ADDRESS), as a server registering directly is dialled at the address its registration comes from`;
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return `the server's TLS certificate does not name the address the proxy dials (${err.message}): give the server a certificate with that address among its subjectAltName entries (IP:ADDRESS), as a server registering directly is dialled at the address its registration comes from; or give the proxy upstream_tls.server_name (--upstream-tls-server-name), a DNS name the servers' certificates carry, to verify in its place`;
   if (code === 'INVALID_PURPOSE') return `the server's TLS certificate is not for a TLS server (${code}: its extendedKeyUsage, or that of a CA of its chain, lacks serverAuth): give the server a certificate whose extendedKeyUsage has serverAuth`;
   if (code === 'CERT_HAS_EXPIRED') return `the server's TLS certificate has expired (${code}): give the server a renewed one (its --tls-cert)`;
   if (code === 'CERT_NOT_YET_VALID') return `the server's TLS certificate is not valid yet (${code}): check this machine's clock and the server's, or the certificate's start date`;
