@@ -45,8 +45,11 @@ export interface PkiOptions {
   days?: number;
   /** When they were made: a libfaketime offset such as `-3d` or `-60h` (an expired certificate, or one about to be), `+1d` (one not valid yet). */
   made?: string;
-  /** Other subjectAltName entries for a name (`{ proxy: 'IP:127.0.0.1,IP:::1' }`). */
-  sans?: Record<string, string>;
+  /**
+   * Other subjectAltName entries for a name (`{ proxy: 'IP:127.0.0.1,IP:::1' }`); a list is written one entry a line,
+   * as openssl's section of them (`['URI:https://x.example/a,b']`: a value with a comma, which the inline form splits).
+   */
+  sans?: Record<string, string | string[]>;
   /** The certificates the CA signs made at another time, for another length (an expired leaf of a valid CA). */
   leaves?: { days: number; made: string };
   /** Another extendedKeyUsage for a name (`{ proxy: 'clientAuth' }`; '' for none at all). */
@@ -89,7 +92,10 @@ export function makePki(names: string[], caName = 'revproxy test CA', { days = 2
   }
   for (const n of names) {
     const usage = usages[n] ?? 'serverAuth,clientAuth';
-    writeFileSync(join(dir, `${n}.ext`), `subjectAltName=${sans[n] ?? 'IP:127.0.0.1,DNS:localhost'}\n${usage ? `extendedKeyUsage=${usage}\n` : ''}`);
+    const san = sans[n] ?? 'IP:127.0.0.1,DNS:localhost';
+    // A list: `subjectAltName=@alt` and its section last (what follows a section's header is the section's).
+    const section = Array.isArray(san) ? `[alt]\n${san.map((e, i) => `${e.slice(0, e.indexOf(':'))}.${i + 1} = ${e.slice(e.indexOf(':') + 1)}`).join('\n')}\n` : '';
+    writeFileSync(join(dir, `${n}.ext`), `subjectAltName=${Array.isArray(san) ? '@alt' : san}\n${usage ? `extendedKeyUsage=${usage}\n` : ''}${section}`);
     openssl(['req', ...newKey, '-keyout', `${n}.key`, '-out', `${n}.csr`, '-subj', `/CN=${n}`], dir, leafEnv);
     openssl(['x509', '-req', '-in', `${n}.csr`, '-CA', `${signer}.pem`, '-CAkey', `${signer}.key`, '-CAcreateserial', '-out', intermediate ? `${n}.leaf.pem` : `${n}.pem`, '-days', String(leafDays), '-extfile', `${n}.ext`], dir, leafEnv);
     if (intermediate) writeFileSync(join(dir, `${n}.pem`), Buffer.concat([readFileSync(join(dir, `${n}.leaf.pem`)), readFileSync(join(dir, 'inter.pem'))]));

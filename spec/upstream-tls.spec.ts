@@ -196,6 +196,94 @@ up('plain clients and TLS servers: revproxy proxy --upstream-tls-ca with revprox
   assert.not.ok(after[0]!.correct, JSON.stringify(after));
 });
 
+up('upstream_tls.server_name (--upstream-tls-server-name) is sent as SNI on every dial and verified in place of the address: servers whose certificates carry the name and no IP: entry are served, one carrying another name is refused saying so', async () => {
+  // The servers' certificates name servers.internal alone, as an internal CA issues them: no IP: entry for the address dialled.
+  const back = makePki(['named', 'other'], 'servers CA', { sans: { named: 'DNS:servers.internal', other: 'DNS:db.internal' } });
+  const { proc, port } = await proxyProc(['--upstream-tls-ca', back.ca, '--upstream-tls-server-name', 'servers.internal']);
+  const seen = new Map<string, number>();
+  await countingServer('named', port, seen, { tls: loadTls(back.cert('named')), plainRegistration: true });
+  await countingServer('other', port, seen, { tls: loadTls(back.cert('other')), plainRegistration: true });
+  // A TLS port that says which name it was sent, registered as a server of an older build does (its SETUP says nothing of TLS).
+  const sent: Array<string | false> = [];
+  const listener = tlsServer({ cert: readFileSync(back.cert('named').cert), key: readFileSync(back.cert('named').key) }, (s) => {
+    sent.push((s as unknown as { servername: string | false }).servername);
+    s.destroy();
+  });
+  await new Promise<void>((r) => listener.listen(0, LOCAL, r));
+  const reg = netConnect(port, LOCAL, () => reg.write(encodeFrame({ type: 1, id: 'sni', privPolyId: 'Q', listenport: (listener.address() as AddressInfo).port })));
+  reg.on('data', () => {});
+  reg.on('error', () => {});
+  try {
+    await proc.waitFor(/Server id other is unreachable at 127\.0\.0\.1:\d+ \(the server's TLS certificate names DNS:db\.internal, not servers\.internal, the name the proxy sends it and verifies \(upstream_tls\.server_name \(--upstream-tls-server-name; upstreamTls\.serverName in the library\)\): give the server a certificate with DNS:servers\.internal in its subjectAltName/, 10_000);
+    await eventually(() => sent.length > 0, 5000, 'a dial to the TLS port');
+    assert.is(sent[0], 'servers.internal', 'the name went as SNI (Node sends none for an address dialled)');
+    const r = await runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: pkts(10) });
+    assert.ok(r.every((x) => x.correct), `${JSON.stringify(r)}\n${proc.out.join('\n')}`);
+    assert.is(seen.get('named'), 10);
+    assert.is(seen.get('other') ?? 0, 0, 'the server whose certificate does not carry the name was sent nothing');
+  } finally {
+    reg.destroy();
+    listener.close();
+  }
+  // Without it the address is verified, as before: the same certificate is refused, and the line says server_name would take it.
+  const logs: LogRecord[] = [];
+  const byAddress = await proxyWith(logs, { upstreamTls: { ca: readFileSync(back.ca) } });
+  await countingServer('named2', byAddress.port, seen, { tls: loadTls(back.cert('named')), plainRegistration: true });
+  await eventually(() => logs.some((l) => l.event === 'down'), 5000, 'the down line');
+  assert.match(logs.find((l) => l.event === 'down')!.msg, /the server's TLS certificate does not name the address the proxy dials .*; or give the proxy upstream_tls\.server_name \(--upstream-tls-server-name\), a DNS name the servers' certificates carry, to verify in its place/);
+});
+
+up('upstream_tls.names takes URI: entries matched whole against a certificate\'s URI: subjectAltName entries (SPIFFE IDs), beside server_name; a server carrying another URI is refused, said in its down line', async () => {
+  const web = 'spiffe://example.org/ns/prod/sa/web';
+  // Node writes a value holding a comma quoted as JSON (URI:"https://x.example/a\u002cb"): read as the URI it is.
+  const back = makePki(['web', 'comma', 'db'], 'servers CA', { sans: {
+    web: ['DNS:servers.internal', `URI:${web}`],
+    comma: ['DNS:servers.internal', 'URI:https://x.example/a,b'],
+    db: ['DNS:servers.internal', 'URI:spiffe://example.org/ns/prod/sa/db'],
+  } });
+  const logs: LogRecord[] = [];
+  const proxy = await proxyWith(logs, { upstreamTls: { ca: readFileSync(back.ca), serverName: 'servers.internal', names: [`URI:${web}`, 'URI:https://x.example/a,b'] } });
+  const seen = new Map<string, number>();
+  for (const id of ['web', 'comma', 'db']) await countingServer(id, proxy.port, seen, { tls: loadTls(back.cert(id)), plainRegistration: true });
+  await eventually(() => ['web', 'comma'].every((id) => proxy.pools().P?.serving.includes(id)), 5000, 'web and comma serving');
+  await eventually(() => logs.some((l) => l.event === 'down' && l.id === 'db'), 5000, "db's down line");
+  assert.match(logs.find((l) => l.event === 'down' && l.id === 'db')!.msg, /\(the server's TLS certificate names DNS:servers\.internal, URI:spiffe:\/\/example\.org\/ns\/prod\/sa\/db, none of the names upstream_tls\.names \(--upstream-tls-names; upstreamTls\.names in the library\) allows \(URI:spiffe:\/\/example\.org\/ns\/prod\/sa\/web, URI:https:\/\/x\.example\/a,b\)/);
+  const r = await runClient({ id: 'c', proxy: { host: LOCAL, port: proxy.port }, packets: pkts(10) });
+  assert.ok(r.every((x) => x.correct), JSON.stringify(r));
+  assert.is((seen.get('web') ?? 0) + (seen.get('comma') ?? 0), 10);
+  assert.is(seen.get('db') ?? 0, 0);
+  // Each entry is checked as the others are: at start, in a file, and by the flag's parser (allowedNameProblem, serverNameProblem).
+  const refused = await startProxy({ port: 0, upstreamTls: { ca: readFileSync(back.ca), names: ['URI:spiffe://Example.org/web'] } }).catch((e: unknown) => e);
+  assert.is((refused as { code?: string }).code, 'TLS_CONFIG');
+  assert.match(String(refused), /startProxy: upstreamTls\.names\[0\] 'URI:spiffe:\/\/Example\.org\/web': it is no SPIFFE ID: give spiffe:\/\/TRUST-DOMAIN\/PATH .*its trust domain 'Example\.org' is not lowercase/);
+  const byIp = await startProxy({ port: 0, upstreamTls: { ca: readFileSync(back.ca), serverName: '10.0.0.7' } }).catch((e: unknown) => e);
+  assert.match(String(byIp), /upstreamTls\.serverName '10\.0\.0\.7': it is an IP address, which TLS does not send as a server name \(RFC 6066; Node warns DEP0123/);
+  const file = (u: string) => () => toRuntime(parseConfig(`upstream_tls:\n  ca: ${back.ca}\n${u}`, join(ctx.dir, 'p.yaml')));
+  assert.throws(file('  server_name: servers.internal:443\n'), /upstream_tls\.server_name: the server name 'servers\.internal:443': it has a port/);
+  assert.throws(file("  server_name: '*.servers.internal'\n"), /the server name '\*\.servers\.internal': it has a \*: the name sent is one name/);
+  assert.throws(file('  names: [spiffe://example.org/web]\n'), /the name 'spiffe:\/\/example\.org\/web': it is a URI without its kind: give it as URI:spiffe:\/\/example\.org\/web/);
+  assert.equal(file(`  server_name: servers.internal\n  names: ['URI:${web}']\n`)().options.upstreamTls?.serverName, 'servers.internal');
+});
+
+up("a link the proxy closes itself (a renewal's names no longer allow its server, its CRL now revokes it) says the proxy's reason in its down line, not 'connection closed by the server'", async () => {
+  const back = makePki(['a', 'b'], 'servers CA', { sans: { a: 'IP:127.0.0.1,DNS:a.servers.internal', b: 'IP:127.0.0.1,DNS:b.servers.internal' } });
+  const ca = readFileSync(back.ca);
+  const logs: LogRecord[] = [];
+  const proxy = await proxyWith(logs, { upstreamTls: { ca, names: ['*.servers.internal'] } });
+  for (const id of ['a', 'b']) await countingServer(id, proxy.port, new Map(), { tls: loadTls(back.cert(id)), plainRegistration: true });
+  await eventually(() => ['a', 'b'].every((id) => proxy.pools().P?.serving.includes(id)), 5000, 'both serving');
+  const downOf = (id: string) => logs.find((l) => l.event === 'down' && l.id === id)?.msg;
+  // Names that no longer take a's certificate.
+  assert.is(proxy.renewTls({ upstreamTls: { ca, names: ['b.servers.internal'] } }), 1);
+  await eventually(() => downOf('a') !== undefined, 3000, "a's down line");
+  assert.match(downOf('a')!, /^Server id a is unreachable at 127\.0\.0\.1:\d+ \(the proxy closed its link at the renewal of upstream_tls\.names: the server's TLS certificate names IP:127\.0\.0\.1, DNS:a\.servers\.internal, none of the names/);
+  // A CRL that now revokes b's certificate.
+  assert.is(proxy.renewTls({ upstreamTls: { ca, crl: readFileSync(back.crl(['b'])), names: ['b.servers.internal'] } }), 1);
+  await eventually(() => downOf('b') !== undefined, 3000, "b's down line");
+  assert.match(downOf('b')!, /^Server id b is unreachable at 127\.0\.0\.1:\d+ \(the proxy closed its link at the renewal of upstream_tls\.crl: the server's TLS certificate \(serial [0-9A-F]+, CN=b\) is revoked by the CRL of CN=servers CA there\)/);
+  assert.not.ok(logs.some((l) => /connection closed by the server/.test(l.msg)), logs.filter((l) => l.event === 'down').map((l) => l.msg).join('\n'));
+});
+
 up('without upstream_tls nothing changes: tls with ca dials servers with the tls files, tls without ca in plain TCP; given, upstream_tls wins, and a reload takes it unless TLS toward servers turns on or off', () => {
   const front = makePki(['proxy']);
   const back = makePki(['proxy-client'], 'servers CA');

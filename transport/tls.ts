@@ -163,7 +163,8 @@ export function notAllowedName(cert: NamedCert, names: readonly string[] | undef
 export function notServerName(cert: NamedCert, serverName: string): string | undefined {
   const own = checkServerIdentity(serverName, { subjectaltname: cert.subjectaltname, subject: {} } as unknown as PeerCertificate);
   if (!own) return undefined;
-  const parent = serverName.includes('.') ? ` (or DNS:*.${serverName.slice(serverName.indexOf('.') + 1)})` : '';
+  // Node takes a wildcard entry of three labels or more only (`*.internal` names nothing).
+  const parent = serverName.split('.').length > 2 ? ` (or DNS:*.${serverName.slice(serverName.indexOf('.') + 1)})` : '';
   return `the server's TLS certificate ${namedBy(cert)}, not ${serverName}, the name the proxy sends it and verifies (${UPSTREAM_SERVER_NAME}): give the server a certificate with DNS:${serverName}${parent} in its subjectAltName, or set the server name to one its certificate carries`;
 }
 
