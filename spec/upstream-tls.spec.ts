@@ -284,6 +284,23 @@ up("a link the proxy closes itself (a renewal's names no longer allow its server
   assert.not.ok(logs.some((l) => /connection closed by the server/.test(l.msg)), logs.filter((l) => l.event === 'down').map((l) => l.msg).join('\n'));
 });
 
+up('a reload that adds upstream_tls.server_name applies it to the next dials (applied upstream_tls): a server whose certificate names servers.internal alone, refused by its address before, is served after', async () => {
+  const back = makePki(['server'], 'servers CA', { sans: { server: 'DNS:servers.internal' } });
+  const file = join(ctx.dir, 'p.yaml');
+  writeFileSync(file, `port: 0\nupstream_tls:\n  ca: ${back.ca}\n`);
+  const proc = revproxy(['proxy', '--config', file]);
+  const port = Number((await proc.waitFor(/Running the reverse proxy on port (\d+)/, 20_000))[1]);
+  await countingServer('s1', port, new Map(), { tls: loadTls(back.cert('server')), plainRegistration: true });
+  await proc.waitFor(/Server id s1 is unreachable at 127\.0\.0\.1:\d+ \(the server's TLS certificate does not name the address the proxy dials/);
+  writeFileSync(file, `port: 0\nupstream_tls:\n  ca: ${back.ca}\n  server_name: servers.internal\n`);
+  proc.kill('SIGHUP');
+  await proc.waitFor(/Reloaded .*p\.yaml: applied upstream_tls/);
+  // The next probe dials with the name, and the server is back.
+  await proc.waitFor(/Server id s1 answers again; back in rotation/, 10_000);
+  const r = await runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: pkts(3) });
+  assert.ok(r.every((x) => x.correct), `${JSON.stringify(r)}\n${proc.out.join('\n')}`);
+});
+
 up('without upstream_tls nothing changes: tls with ca dials servers with the tls files, tls without ca in plain TCP; given, upstream_tls wins, and a reload takes it unless TLS toward servers turns on or off', () => {
   const front = makePki(['proxy']);
   const back = makePki(['proxy-client'], 'servers CA');
@@ -306,6 +323,7 @@ up('without upstream_tls nothing changes: tls with ca dials servers with the tls
   // When a reload takes it: new files or names at once; TLS toward servers turned on or off only at a restart.
   const reload = (a: string, b: string) => changes(parseConfig(a, 'a.yaml'), parseConfig(b, 'b.yaml')).find((c) => c.key === 'upstream_tls')?.reload;
   assert.is(reload(oneWay + upstream, oneWay + upstream.replace('10.0.0.7', '10.0.0.8')), 'new');
+  assert.is(reload(oneWay + upstream, `${oneWay + upstream}  server_name: servers.internal\n`), 'new', 'a server name, as the names');
   assert.is(reload(mutual, mutual + upstream), 'new', 'beside tls.ca the dials only move to other files');
   assert.is(reload(oneWay, oneWay + upstream), 'restart', 'from plain TCP toward servers to TLS');
   assert.is(reload(oneWay + upstream, oneWay), 'restart');
