@@ -772,12 +772,13 @@ export function logDialBackProblem(input: RegistrationInput, key: string, local:
   if (unreachable) input.logger.error('unreachable_from_proxy', `The reverse proxy at ${key} cannot reach this server: ${unreachable}`, { proxy: key, listenHost: input.listenHost, from: local });
   // Over TLS it checks this server's certificate against that address (it has no name for it): one naming
   // only host names (an internal CA's usual kind) was refused at every dial, and this server heard only of
-  // a TLS connection closed before its handshake was done.
+  // a TLS connection closed before its handshake was done. Unless the proxy verifies a name in its place
+  // (upstream_tls.server_name), which no registration tells this server: the line says so.
   const from = local === undefined ? undefined : plainIPv4(local);
   const misses = !unreachable && from !== undefined && input.served ? certificateMissesAddress(input.served, from) : undefined;
   if (misses) {
     input.logger.error('certificate_not_for_address', `The reverse proxy at ${key} cannot reach this server over TLS: it dials it back at ${from}, the address this registration comes from, and checks that this server's certificate (--tls-cert) names that address: ${misses}: `
-      + `give this server a certificate with IP:${from} in its subjectAltName, or register through the registry (--registry), whose entries name --advertise, the name its certificate gives`, { proxy: key, from });
+      + `give this server a certificate with IP:${from} in its subjectAltName, or have the proxy verify a DNS name the certificate carries in the address's place (its upstream_tls.server_name: this server cannot see it, and a proxy that has it reaches this server), or register through the registry (--registry), whose entries name --advertise, the name its certificate gives`, { proxy: key, from });
   }
 }
 
