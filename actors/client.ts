@@ -929,7 +929,8 @@ export interface ClientContext {
   /**
    * The draining proxy (host:port) that last refused a request SHUTTING_DOWN, and its words, while
    * no proxy has answered a request since: a held request whose timeout ends then, or a request
-   * failed when the client gives up, gets that code and says so.
+   * failed when the client gives up, gets that code and says so. Forgotten once no request it refused is held
+   * (forgetShutting: offline, reconnecting).
    */
   shutting?: { proxy: string; message: string };
   logger: Logger;
@@ -1529,7 +1530,11 @@ export const clientMachine = setup({
       const said = refused ? refused.message : why;
       if (failed) context.logger.error('connection', `${said}: ${failed} request(s) unanswered${refused || context.lastInvalid ? '' : hint(why, gotThrough)}`, { code: refused ? refused.code : code, count: failed });
     },
-    /** Reported (giveUp): a later request that cannot be sent is told what happens then. */
+    /**
+     * The refusal SHUTTING_DOWN is told to the requests it concerned: those held since (a held one's timeout ends
+     * SHUTTING_DOWN in the proxy's words) have ended - failed (giveUp, offline), or timed out while the client dialled
+     * (reconnecting: it holds nothing). A later request that cannot be sent is told what happens then, not that refusal.
+     */
     forgetShutting: assign({ shutting: undefined }),
     /**
      * A proxy came (it was not in the list) and ranks first for this client (rendezvous): the client
@@ -1716,7 +1721,8 @@ export const clientMachine = setup({
      * millisecond), on a timer that keeps no process alive by itself (redialTimer). A request dials at once, as offline.
      */
     reconnecting: {
-      entry: 'noteReconnecting',
+      // Nothing is held: a refusal SHUTTING_DOWN has been told to every request it concerned, as when the client goes offline.
+      entry: ['forgetShutting', 'noteReconnecting'],
       invoke: { src: 'redialTimer', input: ({ context }) => ({ clock: context.clock, ms: backoffMs(context) }) },
       on: {
         REDIAL: { target: 'session', actions: 'redial' },

@@ -8,11 +8,13 @@
 import * as assert from 'uvu/assert';
 import { readFileSync } from 'node:fs';
 import { on, once } from 'node:events';
-import { createServer } from 'node:net';
+import { createServer, type AddressInfo, type Server } from 'node:net';
 import { join } from 'node:path';
 import { connect, HandlerError, ManualClock, RequestError, startProxy, startServer, type Client, type Handler, type ProxyHandle, type ProxyOptions, type ServerHandle } from '../actors/index.js';
 import { CLIENT_CODES, ERROR_CODES, RETRYABLE, RevproxyError } from '../transport/errors.js';
-import { clientIn, eventually, librarySuite, rejection, sleep, type LibraryCtx } from './helpers.js';
+import { FrameDecoder } from '../transport/frame.js';
+import { MsgType } from '../transport/messages.js';
+import { clientIn, eventually, frame, librarySuite, rejection, sleep, type LibraryCtx } from './helpers.js';
 import { killAll, proxyProcess, ROOT, start } from './procs.js';
 
 const ctx = {} as LibraryCtx;
@@ -428,6 +430,57 @@ state('an idle connection the proxy closes (its idle_timeout) is not chased: aft
   assert.ok(c.actor.getSnapshot().matches('offline'), 'still offline');
   assert.instance(await c.request('P', 'x', { timeoutMs: 500 }).catch((e: unknown) => e), RequestError);
   assert.is(seen[3], `reconnect ${at} from ${at}`, 'the request dialled');
+});
+
+/**
+ * A stand-in proxy listening on `port` (0: a free one) that answers a PING with a PONG of its seq, as the real proxy
+ * does, and writes `onData(message)` for each request: a draining proxy's refusal, an ACK.
+ */
+async function stubProxy(port: number, onData: (m: { seq: number; payload: unknown }) => Buffer): Promise<Server & { port: number }> {
+  const stub = createServer((sock) => {
+    const decoder = new FrameDecoder();
+    sock.on('data', (chunk: Buffer) => {
+      for (const m of decoder.push(chunk).messages) {
+        if (m.type === MsgType.PING) sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
+        if (m.type === MsgType.DATA) sock.write(onData(m as { seq: number; payload: unknown }));
+      }
+    });
+    sock.on('error', () => {});
+  }).listen(port, '127.0.0.1');
+  await once(stub, 'listening');
+  return Object.assign(stub, { port: (stub.address() as AddressInfo).port });
+}
+
+/** The real proxy's words refusing a request while it drains (client-lib.spec.ts realDrain reads them from one). */
+const DRAINING = 'the proxy is shutting down and takes no new requests; try another proxy';
+
+state('an idle client that reconnects in the background forgets a drained proxy\'s SHUTTING_DOWN once the requests it refused have ended, as one that goes offline does', async () => {
+  // forgetShutting: the refusal is remembered while a request it refused is held (its timeout then ends SHUTTING_DOWN
+  // in the proxy's words), and forgotten once none is. Offline forgot it; reconnecting (nothing held, dialling in the
+  // background) kept it: connected again to the proxy started anew, the client still held "the reverse proxy at ...
+  // refused the request SHUTTING_DOWN" of the run before as its state (what the inspector shows of it), until an answer.
+  const draining = await stubProxy(0, (m) => {
+    draining.close(); // it stops listening as it drains: nothing answers a dial any more
+    return frame({ type: MsgType.ERROR, seq: m.seq, code: 'SHUTTING_DOWN', message: DRAINING });
+  });
+  const { port } = draining;
+  const at = `127.0.0.1:${port}`;
+  let restarted: Server | undefined;
+  try {
+    const c = await client({ revproc: port, failoverDelayMs: 10, reconnectMaxDelayMs: 50 });
+    const seen = record(c);
+    const e = await reject(c.request('P', 'refused', { timeoutMs: 400 }));
+    assert.is(e.code, 'SHUTTING_DOWN', e.message);
+    assert.ok(e.message.startsWith(`the reverse proxy at ${at} refused the request SHUTTING_DOWN: ${DRAINING}`), e.message);
+    await eventually(() => c.actor.getSnapshot().matches('reconnecting'), 5000, 'dialling again in the background, nothing held');
+    restarted = await stubProxy(port, (m) => frame({ type: MsgType.ACK, seq: m.seq, srcid: 'back', destid: 'client', payload: String(m.payload) }));
+    await eventually(() => seen.some((l) => l.startsWith('reconnect ')), 5000, 'reconnect in the background');
+    assert.is(c.actor.getSnapshot().context.shutting, undefined, 'the refusal of the run before is forgotten');
+    assert.is(await c.request('P', 'after'), 'after');
+  } finally {
+    draining.close();
+    restarted?.close();
+  }
 });
 
 state.run();
