@@ -29,7 +29,7 @@
 import { Buffer } from 'node:buffer';
 import { assertEvent, assign, enqueueActions, fromCallback, raise, setup, type ActorRefFrom, type EventObject } from 'xstate';
 import { DEFAULT_PROXY_TIMEOUT_MS, hostPort } from '../transport/address.js';
-import { ErrorCode, HANDLER_FAILED, LocalCode, ProtocolError, RETRYABLE, RevproxyError, type ClientCode } from '../transport/errors.js';
+import { ErrorCode, HANDLER_FAILED, isRetryable, LocalCode, ProtocolError, RevproxyError, type ClientCode } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { heldEstimate, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message, type PongMsg } from '../transport/messages.js';
 import { DEFAULT_BUFFER_BUDGET, PEER_SHARE } from '../transport/budget.js';
@@ -76,7 +76,7 @@ export class RequestError extends RevproxyError<ErrorCode | ClientCode> {
   constructor(code: ErrorCode | ClientCode, message: string, options?: { cause?: unknown; mayHaveRun?: boolean }) {
     super(code, message, options && 'cause' in options ? { cause: options.cause } : undefined);
     this.name = code === LocalCode.ABORTED ? 'AbortError' : 'RequestError';
-    this.retryable = RETRYABLE[code] === true && options?.mayHaveRun !== true;
+    this.retryable = isRetryable(code, options?.mayHaveRun === true);
   }
 }
 

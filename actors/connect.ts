@@ -456,6 +456,12 @@ export interface Result {
   error?: string;
   /** With HANDLER_ERROR: the handler's own code. */
   appCode?: string;
+  /**
+   * With `error`: whether the packet may be sent again without its handler running twice (`RequestError.retryable`,
+   * from transport/errors.ts `RETRYABLE`): true only when no handler can have run it - the proxy sent it to no server
+   * (`NO_SERVER`), or the client never sent it (`CONNECT_FAILED` before a proxy answered). docs/PROTOCOL.md, "Sending a request again".
+   */
+  retryable?: boolean;
   message?: string;
   latencyMs?: number;
 }
@@ -490,9 +496,9 @@ export async function runClient(opts: RunOptions): Promise<Result[]> {
   } catch (err) {
     if (err instanceof StartError) throw new StartError(`runClient(): ${err.message}`);
     // No proxy to send to: every packet fails the way a client that cannot connect fails.
-    const message = (err as Error).message;
-    opts.logger?.error('connection', `${message}: ${opts.packets.length} request(s) unanswered`, { code: LocalCode.CONNECT_FAILED, count: opts.packets.length });
-    return opts.packets.map((packet) => ({ packet, error: LocalCode.CONNECT_FAILED, message }));
+    const { code, message, retryable } = new RequestError(LocalCode.CONNECT_FAILED, (err as Error).message);
+    opts.logger?.error('connection', `${message}: ${opts.packets.length} request(s) unanswered`, { code, count: opts.packets.length, retryable });
+    return opts.packets.map((packet) => ({ packet, error: code, retryable, message }));
   }
   // Without a registry or `revproc` the options say where the proxies are (`proxy` or `proxies`), as they always did;
   // `revproc` was not read at all, and the client dialled 127.0.0.1:2100.
@@ -503,14 +509,15 @@ export async function runClient(opts: RunOptions): Promise<Result[]> {
   const window = opts.wire === 'json' ? 1 : opts.window ?? 64;
   const results: Result[] = opts.packets.map((packet) => ({ packet }));
   let next = 0;
-  // Once no proxy can be reached, the rest fail the same way without trying again for each.
+  // Once no proxy can be reached, the rest fail the same way without trying again for each: never sent, as retryable as
+  // their code is (the request that found no proxy may have been sent).
   let gaveUp: Outcome | undefined;
   const worker = async (): Promise<void> => {
     while (next < opts.packets.length) {
       const i = next++;
       const p = opts.packets[i]!;
       const o = gaveUp ?? await client.send(p.privPoliId, p.payload, { srcid: p.srcid });
-      if (!o.ok && (o.error.code === LocalCode.CONNECT_FAILED || o.error.code === LocalCode.CONNECTION_LOST)) gaveUp ??= { ...o, latencyMs: 0 };
+      if (!o.ok && (o.error.code === LocalCode.CONNECT_FAILED || o.error.code === LocalCode.CONNECTION_LOST)) gaveUp ??= { ok: false, error: new RequestError(o.error.code, o.error.message), latencyMs: 0 };
       check(results[i]!, o, verify, log, i);
     }
   };
@@ -528,8 +535,9 @@ function check(r: Result, o: Outcome, verify: boolean | 'auto', log: Logger, i: 
     r.message = e.message;
     const appCode = 'appCode' in e ? e.appCode : undefined;
     if (appCode !== undefined) r.appCode = appCode;
-    log.error('request_failed', `Request ${i} (policy ${p.privPoliId}) failed: ${e.code}${appCode ? ` (${appCode})` : ''}: ${e.message}`, {
-      seq: i, code: e.code, appcode: appCode, policy: p.privPoliId,
+    r.retryable = e.retryable;
+    log.error('request_failed', `Request ${i} (policy ${p.privPoliId}) failed: ${e.code} (${appCode ? `${appCode}, ` : ''}${e.retryable ? 'retryable' : 'not retryable'}): ${e.message}`, {
+      seq: i, code: e.code, appcode: appCode, retryable: e.retryable, policy: p.privPoliId,
     });
     return;
   }

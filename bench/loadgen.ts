@@ -18,6 +18,7 @@
 import { createHash } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { hostPort } from '../transport/address.js';
+import { isRetryable } from '../transport/errors.js';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import { MsgType, type Message } from '../transport/messages.js';
 import { systemClock, type Timer } from '../transport/clock.js';
@@ -520,6 +521,23 @@ function notAMap(v: unknown): string {
  */
 export function errorsOf(r: Pick<LoadResult, 'errors' | 'unexpected'>): Record<string, number> {
   return r.unexpected ? { ...r.errors, UNEXPECTED_ANSWER: (r.errors.UNEXPECTED_ANSWER ?? 0) + r.unexpected } : r.errors;
+}
+
+/**
+ * The codes `load` gives requests that were in flight, written to the target, when they failed without an answer of
+ * their own: the connection was lost (CONNECTION_LOST), none came in time (NO_ANSWER), the target sent what is not a
+ * frame (BAD_FRAME) or, with a connection per request, an answer that is neither an ACK nor an ERROR (UNEXPECTED_ANSWER).
+ */
+const IN_FLIGHT_CODES: ReadonlySet<string> = new Set(['CONNECTION_LOST', 'NO_ANSWER', 'BAD_FRAME', 'UNEXPECTED_ANSWER']);
+
+/**
+ * Whether the requests a run counted under `code` may be sent again without running twice (transport/errors.ts
+ * `isRetryable`): an answer's code as its row of `RETRYABLE` says (NO_SERVER yes; TIMEOUT, OVERLOADED, ... no; a code
+ * it has no row for, no); CONNECT_FAILED yes (nothing was sent); the codes of requests left unanswered in flight, no
+ * (a handler may have run them).
+ */
+export function retryableLoadCode(code: string): boolean {
+  return isRetryable(code, IN_FLIGHT_CODES.has(code));
 }
 
 /** The first CONNECTION_LOST's detail when the target closed a connection without sending a byte on it (cli/load.ts hints from it). */

@@ -5,7 +5,7 @@
  * Registered in cli/main.ts with one line.
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { CLOSED_UNHEARD, runLoad, type LiveCounters, type LoadResult } from '../bench/loadgen.js';
+import { CLOSED_UNHEARD, retryableLoadCode, runLoad, type LiveCounters, type LoadResult } from '../bench/loadgen.js';
 import { cliProgress } from '../bench/progress.js';
 import { DEFAULT_PROXY, type Endpoint } from '../actors/server.js';
 import { fileLimits } from '../actors/port-limits.js';
@@ -55,6 +55,13 @@ export interface LoadReport {
    * `sent` = `ok` + `wrongHash` + these (less CONNECT_FAILED of connections kept open).
    */
   errors: Record<string, number>;
+  /**
+   * For each code of `errors` (since 2026-12-07): whether its requests may be sent again without running twice
+   * (docs/PROTOCOL.md, "Sending a request again"): `NO_SERVER` and `CONNECT_FAILED` yes (no handler ran them); a code
+   * that leaves a request at a handler (`TIMEOUT`, `OVERLOADED`, ...) or unanswered in flight (`CONNECTION_LOST`,
+   * `NO_ANSWER`, `BAD_FRAME`), or fails it again the same way (`BAD_REQUEST`), no.
+   */
+  retryable: Record<string, boolean>;
   /** Answers to no request in flight (again to one answered already, to a seq never sent, a PONG unasked): counted apart from the requests; any makes the exit status 1. */
   unexpected: number;
   /** What the first of them was, or null. */
@@ -197,6 +204,7 @@ export function loadReport(r: LoadResult, f: LoadFlags, stoppedBy: string | null
     ok: r.ok,
     wrongHash: r.wrongHash,
     errors: r.errors,
+    retryable: Object.fromEntries(Object.keys(r.errors).map((code) => [code, retryableLoadCode(code)])),
     unexpected: r.unexpected,
     firstUnexpected: r.firstUnexpected ?? null,
     firstError: r.firstError,
@@ -245,7 +253,19 @@ function formatText(rep: LoadReport, f: LoadFlags): string {
     .map(([code, n]) => `${code} ${fmt(n)}${code === 'CONNECT_FAILED' && !perRequest ? ` connection(s) of ${fmt(rep.connections)}` : ''}: ${hint(code, f, rep.firstError[code], rep.unreachable)}${rep.firstError[code] ? ` (first: ${rep.firstError[code]})` : ''}`);
   if (rep.wrongHash) problems.unshift(`wrong hash ${fmt(rep.wrongHash)}: answers whose payload is not the SHA1 of what was sent: the server computes the wrong thing`);
   lines.push(...(problems.length ? problems.map((p, i) => `  ${i === 0 ? 'errors    ' : '          '}  ${p}`) : ['  errors      none']));
+  const retry = retryLine(rep.retryable);
+  if (retry) lines.push(`  retryable   ${retry}`);
   return lines.join('\n');
+}
+
+/** Which codes' requests may be sent again without running twice, and which not (`LoadReport.retryable`); none without errors. */
+function retryLine(retryable: Record<string, boolean>): string | undefined {
+  const codes = Object.keys(retryable);
+  if (codes.length === 0) return undefined;
+  const yes = codes.filter((c) => retryable[c]);
+  const no = codes.filter((c) => !retryable[c]);
+  const safe = yes.length ? `${yes.join(', ')} (no handler ran them: safe to send again)` : 'none';
+  return `${safe}${no.length ? `; not ${no.join(', ')} (a handler may have run them, or they would fail the same way again)` : ''}`;
 }
 
 /** A bar on a terminal's stderr: answered/failed counts, over the count or the time. */

@@ -319,7 +319,7 @@ function summarise(results: Result[], files: string[]) {
     results: results.map((r, i) => ({
       file: files[i], ...r.packet, payload: text(r.packet.payload), server: r.server, answer: text(r.answer),
       hash: r.correct === undefined ? undefined : r.answer, correct: r.correct ?? false, checked: r.correct !== undefined,
-      error: r.error, appcode: r.appCode, message: r.message,
+      error: r.error, appcode: r.appCode, retryable: r.retryable, message: r.message,
     })),
   };
 }

@@ -75,7 +75,12 @@ cli('the client exits 1 when an answer is missing, saying why', async () => {
   const port = (await proxy.waitFor(/port (\d+)/))[1]!;
   const client = revproxy(['client', '-id', '1', '-revproc', port, '-pkt', 'pktfiles/1.json']);
   assert.is(await client.exited, 1);
-  assert.match(client.out.join('\n'), /NO_SERVER/);
+  // And whether it may be sent again without running twice (RETRYABLE): the proxy sent it to no server.
+  assert.match(client.out.join('\n'), /Request 0 \(policy 111\) failed: NO_SERVER \(retryable\): /);
+  const json = revproxy(['client', '-id', '1', '-revproc', port, '-pkt', 'pktfiles/1.json', '--json']);
+  assert.is(await json.exited, 1);
+  const [r] = JSON.parse(json.out.find((l) => l.startsWith('{'))!).results;
+  assert.equal([r.error, r.retryable], ['NO_SERVER', true], JSON.stringify(r));
 });
 
 cli('the demo runs the seed topology and exits 0 with a table of who answered whom', async () => {

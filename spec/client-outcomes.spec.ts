@@ -10,12 +10,13 @@ import { readFileSync } from 'node:fs';
 import { on, once } from 'node:events';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { join } from 'node:path';
-import { connect, HandlerError, ManualClock, RequestError, startProxy, startServer, type Client, type Handler, type ProxyHandle, type ProxyOptions, type ServerHandle } from '../actors/index.js';
+import { connect, HandlerError, ManualClock, RequestError, runClient, startProxy, startServer, type Client, type Handler, type ProxyHandle, type ProxyOptions, type ServerHandle } from '../actors/index.js';
 import { CLIENT_CODES, ERROR_CODES, RETRYABLE, RevproxyError } from '../transport/errors.js';
 import { FrameDecoder } from '../transport/frame.js';
 import { MsgType } from '../transport/messages.js';
 import { clientIn, eventually, frame, librarySuite, rejection, sleep, type LibraryCtx } from './helpers.js';
 import { killAll, proxyProcess, ROOT, start } from './procs.js';
+import { freePort } from '../bench/procs.js';
 
 const ctx = {} as LibraryCtx;
 const retry = librarySuite('whether a failed request may be sent again (retryable)', ctx);
@@ -177,6 +178,23 @@ retry('a handler\'s own error is never retryable: it ran', async () => {
   const e = await c.request('P', 'x').then(() => undefined, (err: HandlerError) => err);
   assert.ok(e instanceof HandlerError);
   assert.is(e.retryable, false);
+});
+
+retry('runClient says it of each failed packet (Result.retryable, which revproxy client --json prints); the packets a client that found no proxy never sent are retryable', async () => {
+  // A Result had the code alone: `revproxy client` and a runClient caller could not tell a retryable NO_SERVER from
+  // a TIMEOUT whose handler ran without knowing the table.
+  const p = await proxy({ timeoutMs: 300 });
+  await server('s', [p.port], async (x) => {
+    if (x === 'slow') await sleep(1000);
+    if (x === 'bad') throw new HandlerError('BAD', 'no');
+    return String(x);
+  });
+  const packets = [['P', 'slow'], ['Q', 'none'], ['P', 'bad'], ['P', 'fine']].map(([privPoliId, payload]) => ({ srcid: 'c', privPoliId: privPoliId!, payload: payload! }));
+  const rs = await runClient({ revproc: p.port, packets, verify: false });
+  assert.equal(rs.map((r) => [r.error, r.retryable]), [['TIMEOUT', false], ['NO_SERVER', true], ['HANDLER_ERROR', false], [undefined, undefined]], JSON.stringify(rs));
+  const down = await freePort();
+  const none = await runClient({ revproc: down, packets, failoverDelayMs: 10 });
+  assert.equal(none.map((r) => [r.error, r.retryable]), packets.map(() => ['CONNECT_FAILED', true]), JSON.stringify(none));
 });
 
 retry.run();

@@ -253,12 +253,13 @@ test('a fixed count through the proxy: every request answered right, counted onc
   const j = r.json!;
   assert.equal(
     Object.keys(j).sort(),
-    ['answered', 'closedAllAfterS', 'closedAllBy', 'connected', 'connections', 'durationS', 'errors', 'firstError', 'firstUnexpected', 'inflight', 'latencyMs', 'mode', 'ok', 'policies', 'rate', 'requests', 'rps', 'seconds', 'sent', 'stoppedBy', 'targets', 'unexpected', 'unreachable', 'warmupS', 'wrongHash'].sort(),
+    ['answered', 'closedAllAfterS', 'closedAllBy', 'connected', 'connections', 'durationS', 'errors', 'firstError', 'firstUnexpected', 'inflight', 'latencyMs', 'mode', 'ok', 'policies', 'rate', 'requests', 'retryable', 'rps', 'seconds', 'sent', 'stoppedBy', 'targets', 'unexpected', 'unreachable', 'warmupS', 'wrongHash'].sort(),
   );
   assert.is(j.sent, 2000);
   assert.is(j.ok, 2000);
   assert.is(j.wrongHash, 0);
   assert.equal(j.errors, {});
+  assert.equal(j.retryable, {});
   assert.is(j.unexpected, 0);
   assert.is(j.firstUnexpected, null);
   assert.is(j.connected, 3);
@@ -329,6 +330,32 @@ test('a policy nobody serves: exit 1, NO_SERVER counted for every request, and t
   // It said "0 requests/s" and "no answers measured" beside 50 answers, all of them errors.
   assert.match(t.out, /throughput  0 requests\/s answered right over [\d.]+ s \(every answer failed: see errors\)/);
   assert.match(t.out, /latency     no right answer to measure \(latency is of right answers only\)/);
+});
+
+test('each failure code says whether its requests may be sent again without running twice (--json retryable, and a line of the text)', async () => {
+  // The errors by code did not say it: a user read NO_SERVER 2, TIMEOUT 2, CONNECTION_LOST 2 and had to know which of
+  // them no handler ran (RETRYABLE, transport/errors.ts; the library's err.retryable). A fake target, to have the three in
+  // one run: the proxy's answers NO_SERVER and TIMEOUT to two requests each, then the connection lost with two in flight.
+  let n = 0;
+  const error = (m: DataMsg, code: string): Buffer => encodeFrame({ type: MsgType.ERROR, seq: m.seq, code, message: `${code} from the fake` });
+  const fake = await fakeTarget((m, s) => {
+    const i = n++ % 6;
+    if (i < 2) s.write(error(m, 'NO_SERVER'));
+    else if (i < 4) s.write(error(m, 'TIMEOUT'));
+    else if (i === 5) s.destroy();
+  });
+  const j = await load(['--revproc', String(fake.port), '-n', '6', '-c', '1', '-p', '6', '--json']);
+  assert.is(j.code, 1, j.out);
+  assert.equal(j.json!.errors, { NO_SERVER: 2, TIMEOUT: 2, CONNECTION_LOST: 2 }, j.out);
+  assert.equal(j.json!.retryable, { NO_SERVER: true, TIMEOUT: false, CONNECTION_LOST: false });
+  const t = await load(['--revproc', String(fake.port), '-n', '6', '-c', '1', '-p', '6']);
+  assert.match(t.out, /\n  retryable   NO_SERVER \(no handler ran them: safe to send again\); not (TIMEOUT, CONNECTION_LOST|CONNECTION_LOST, TIMEOUT) \(a handler may have run them, or they would fail the same way again\)/);
+  // Nothing sent on a connection that could not be opened: CONNECT_FAILED is retryable.
+  const none = await fakeTarget(() => {});
+  const down = (none.server.address() as { port: number }).port;
+  await new Promise<void>((r) => none.server.close(() => r()));
+  const d = await load(['--revproc', String(down), '-n', '2', '-c', '1', '--json']);
+  assert.equal([d.json!.errors, d.json!.retryable], [{ CONNECT_FAILED: 1 }, { CONNECT_FAILED: true }], d.out);
 });
 
 test('of several policies, the one nobody serves is the one the NO_SERVER words name', async () => {

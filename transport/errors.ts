@@ -146,6 +146,16 @@ export const RETRYABLE: Readonly<Record<ErrorCode | ClientCode, boolean>> = {
   CLIENT_OVERLOADED: true,
 };
 
+/**
+ * Whether a request that failed with `code` may be sent again without running twice: its row of `RETRYABLE`, and
+ * false for a code the table has no row for (a newer peer's, a tool's own) or for a request sent where a handler may
+ * have run it and left unanswered (`mayHaveRun`). `RequestError.retryable`, `revproxy client --json` and `revproxy
+ * load --json` all read it here.
+ */
+export function isRetryable(code: string, mayHaveRun = false): boolean {
+  return !mayHaveRun && Object.hasOwn(RETRYABLE, code) && RETRYABLE[code as keyof typeof RETRYABLE];
+}
+
 const localCodes: ReadonlySet<string> = new Set(Object.values(LocalCode));
 
 /** Whether `code` is a local code (so a peer that sends it is told so). */
