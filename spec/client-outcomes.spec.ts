@@ -195,6 +195,18 @@ retry('runClient says it of each failed packet (Result.retryable, which revproxy
   const down = await freePort();
   const none = await runClient({ revproc: down, packets, failoverDelayMs: 10 });
   assert.equal(none.map((r) => [r.error, r.retryable]), packets.map(() => ['CONNECT_FAILED', true]), JSON.stringify(none));
+  // One window: the first packet at its handler when the proxy goes, the others never sent. They took the first's
+  // error, and with it its retryable: false, as if each had been at a handler.
+  const q = await proxy();
+  const h = held();
+  await server('held', [q.port], h.handler);
+  const lost = runClient({ revproc: q.port, packets: packets.slice(0, 3), window: 1, hold: false, failoverDelayMs: 10 });
+  await h.arrived;
+  q.kill();
+  const rl = await lost;
+  h.release();
+  // CONNECT_FAILED: lost before the client had any answer (README, "Whether a failed request may be sent again").
+  assert.equal(rl.map((r) => [r.error, r.retryable]), [['CONNECT_FAILED', false], ['CONNECT_FAILED', true], ['CONNECT_FAILED', true]], JSON.stringify(rl));
 });
 
 retry.run();
