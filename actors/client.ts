@@ -38,7 +38,7 @@ import { closedAtOnce, peerAlert, PLAIN_TO_TLS, DEFAULT_CONNECT_TIMEOUT_MS, DEFA
 import { setDeadline, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { HandlerError, show, type Payload } from './handler.js';
 import { badLogger, fmt, silentLogger, type Logger } from './logger.js';
-import { DEFAULT_RECONNECT_MAX_DELAY_MS, NO_SERVER_GRACE_MS, parkDelay, reconnectDelay, stillNoServer, stillShuttingDown, unreachable } from './hold.js';
+import { DEFAULT_FAILOVER_DELAY_MS, DEFAULT_RECONNECT_MAX_DELAY_MS, failoverDelay, NO_SERVER_GRACE_MS, parkDelay, reconnectDelay, stillNoServer, stillShuttingDown, unreachable } from './hold.js';
 import { badId, badWholeNumbers, DEFAULT_PROXY, type Endpoint } from './server.js';
 import { badKinds } from './start-options.js';
 import { Liveness, NoPings, PING_AFTER_MS, PONG_WITHIN_MS } from './liveness.js';
@@ -126,7 +126,7 @@ export interface ClientOptions {
   maxFrameBytes?: number | undefined;
   /** Consecutive failed connection attempts before giving up on what is pending (default: 2 per proxy). */
   maxAttempts?: number | undefined;
-  /** Pause before trying the next proxy (ms, default 100). */
+  /** Pause before trying the next proxy (ms, default 100), up to a fifth early at random, so the clients of a proxy that goes do not all dial the next one at once. */
   failoverDelayMs?: number | undefined;
   /**
    * Hold requests while no proxy answers, once the client has been connected (default true):
@@ -1158,7 +1158,7 @@ function holding(context: ClientContext): boolean {
 
 /** The pause before the next dial once the quick round is used up: its step the dials failed since (hold.ts reconnectDelay). */
 function backoffMs(context: ClientContext): number {
-  return reconnectDelay(context.attempts - maxAttempts(context), context.opts.failoverDelayMs ?? 100, context.opts.reconnectMaxDelayMs ?? DEFAULT_RECONNECT_MAX_DELAY_MS);
+  return reconnectDelay(context.attempts - maxAttempts(context), context.opts.failoverDelayMs ?? DEFAULT_FAILOVER_DELAY_MS, context.opts.reconnectMaxDelayMs ?? DEFAULT_RECONNECT_MAX_DELAY_MS);
 }
 
 /**
@@ -1297,7 +1297,8 @@ export const clientMachine = setup({
   },
   actors: { clientSocket, redialTimer },
   delays: {
-    failoverDelay: ({ context }) => (context.rebalance || context.redial ? 0 : context.opts.failoverDelayMs ?? 100),
+    // A move to a proxy that came, or a dial again of one that refused a request, is no loss: at once.
+    failoverDelay: ({ context }) => (context.rebalance || context.redial ? 0 : failoverDelay(context.opts.failoverDelayMs ?? DEFAULT_FAILOVER_DELAY_MS)),
     reconnectDelay: ({ context }) => backoffMs(context),
   },
   actions: {

@@ -15,6 +15,19 @@ import { hostPort } from '../transport/address.js';
 import { jittered } from '../transport/clock.js';
 import type { Endpoint } from './server.js';
 
+/** The pause before the client dials the next proxy after losing one, in the quick round (ms): `failoverDelayMs`'s default. */
+export const DEFAULT_FAILOVER_DELAY_MS = 100;
+
+/**
+ * The pause before the next dial of the quick round: the failover delay, up to a fifth early at random (as each pause
+ * of the backoff after it), so the clients of a proxy that goes do not all dial the next one in the same millisecond.
+ * Measured with 200 clients of a proxy killed (spec/client-outcomes.spec.ts, their own clock): all 200 dialled the
+ * next one in one millisecond, 100 ms after the loss; now spread over 80-100 ms, at most 14-18 in any one (three runs).
+ */
+export function failoverDelay(baseMs: number): number {
+  return jittered(baseMs);
+}
+
 /**
  * The longest pause between two dials while the client holds requests (ms). A proxy restarted
  * is back in about a second: a client finds it at most this long after it listens. One refused

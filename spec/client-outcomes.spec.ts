@@ -430,10 +430,11 @@ state('idle clients of a proxy killed and started again: their background dials 
     assert.ok(d.length >= 4, `dials ${d.map((t) => t - lostAt).join(', ')}`);
     const gaps = d.slice(1).map((t, k) => t - d[k]!);
     assert.ok(gaps.every((g) => g <= 1000 + STEP), `a pause past reconnectMaxDelayMs: ${gaps.join(', ')}`);
-    // The quick round's dial after the failover delay (100 ms), then pauses doubling from twice it, each up to a fifth
-    // early: 160-200, 320-400, 640-800, then 800-1000 (each dial's own connect may take a step of the clock).
+    // The quick round's dial after the failover delay (100 ms), then pauses doubling from twice it, each (the failover
+    // delay too) up to a fifth early: 80-100, then 160-200, 320-400, 640-800, then 800-1000 (each dial's own connect may
+    // take a step of the clock).
     const firstAfter = d[0]! - lostAt;
-    assert.ok(firstAfter >= 100 + 160 - STEP && firstAfter <= 100 + 200 + 2 * STEP, `the first background dial ${firstAfter} ms after the loss`);
+    assert.ok(firstAfter >= 80 + 160 - STEP && firstAfter <= 100 + 200 + 2 * STEP, `the first background dial ${firstAfter} ms after the loss`);
     assert.ok(gaps[0]! >= 320 - STEP && gaps[0]! <= 400 + STEP && gaps.at(-1)! >= 800 - STEP, `the backoff: ${gaps.join(', ')}`);
   }
   // The dials that found the proxy back, one a client: by step of the clock.
@@ -460,6 +461,38 @@ state('an idle connection the proxy closes (its idle_timeout) is not chased: aft
   assert.ok(c.actor.getSnapshot().matches('offline'), 'still offline');
   assert.instance(await c.request('P', 'x', { timeoutMs: 500 }).catch((e: unknown) => e), RequestError);
   assert.is(seen[3], `reconnect ${at} from ${at}`, 'the request dialled');
+});
+
+state('clients of a proxy that goes fail over spread over the failover delay\'s last fifth, not all in one millisecond (manual clock)', async () => {
+  // The failover delay (failoverDelayMs, 100 ms) had no jitter where the backoff after it has: every client of a proxy
+  // killed dialled the next proxy in the same millisecond. On the clients' own clock, so the spread is theirs, not the
+  // event loop's.
+  const N = 200;
+  const clock = new ManualClock();
+  const a = await proxy();
+  const b = await proxy();
+  const dialled: number[] = [];
+  const clients = await Promise.all(Array.from({ length: N }, () => client({
+    revproc: [a.port, b.port], clock, failoverDelayMs: 100,
+    inspect: (e) => {
+      if (e.type === '@xstate.event' && e.event.type.startsWith('xstate.after.failoverDelay')) dialled.push(clock.now());
+    },
+  })));
+  a.kill();
+  await eventually(() => clients.every((c) => c.actor.getSnapshot().matches('lost')), 5000, 'every client lost its proxy');
+  const lostAt = clock.now();
+  for (let t = 0; t < 110 && dialled.length < N; t++) {
+    clock.advance(1);
+    await sleep(1);
+  }
+  assert.is(dialled.length, N, 'every client dialled the next proxy');
+  const after = dialled.map((t) => t - lostAt);
+  assert.ok(after.every((ms) => ms >= 80 && ms <= 100), `each up to a fifth early, never late: ${Math.min(...after)}-${Math.max(...after)} ms`);
+  const perMs = new Map<number, number>();
+  for (const ms of after) perMs.set(ms, (perMs.get(ms) ?? 0) + 1);
+  const most = Math.max(...perMs.values());
+  assert.ok(most <= N / 4, `${most} of ${N} clients dialled the next proxy in one millisecond (over ${Math.max(...after) - Math.min(...after)} ms)`);
+  await eventually(() => clients.every((c) => c.actor.getSnapshot().matches({ session: 'open' })), 5000, 'every client on the next proxy');
 });
 
 /**
