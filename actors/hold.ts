@@ -62,8 +62,8 @@ function doubled(baseMs: number, times: number, maxMs: number): number {
 }
 
 /**
- * The pause before the next dial once the quick round of failovers is used up: the failover
- * delay doubled at each dial that fails (`step` 0 is the first), up to `maxMs`, each up to a fifth
+ * The pause before the next round of dials (each proxy once) once the quick round of failovers is used up: the
+ * failover delay doubled at each round that fails (`step` 0 is the first), up to `maxMs`, each up to a fifth
  * early at random, so clients that lost their proxy together do not dial it again all at once
  * (the servers' backoff does the same).
  */
