@@ -290,7 +290,7 @@ export function admit(context: ProxyContext, peer: Peer, s: SetupMsg): void {
   }
   // A server that says how its port serves, and not as this proxy dials: its link would fail at every dial, said only as
   // a connection closed by the server (a plain dial to TLS) or OpenSSL's words (a TLS dial to plain TCP).
-  const mismatch = tlsMismatch(context, s);
+  const mismatch = tlsMismatch(context.dialsTls, { id: s.id, port: s.listenport, tls: s.tls }, 'setup');
   if (mismatch) return void refuseSetup(context, peer, s, mismatch);
   const held = context.servers.get(s.id);
   const host = conn.remoteAddress;
@@ -356,14 +356,15 @@ function ownClientPort(context: ProxyContext, host: string, port: number): strin
 }
 
 /**
- * Why a setup's `tls` (how its listen port serves) does not fit how this proxy dials its servers (`dialsTls`), or
- * undefined: it fits, or the server did not say (a server from before, the old JSON wire).
+ * Why a server's word on how its listen port serves (`tls`: its SETUP's, or its registry entry's) does not fit how this
+ * proxy dials its servers (`dialsTls`), or undefined: it fits, or the server did not say (a server from before, the old
+ * JSON wire, an entry an older server wrote). The one owner of these words, for both ways in.
  */
-export function tlsMismatch(context: Pick<ProxyContext, 'dialsTls'>, s: SetupMsg): string | undefined {
-  if (s.tls === undefined || s.tls === context.dialsTls) return undefined;
+export function tlsMismatch(dialsTls: boolean, s: { id: string; port: number; tls?: boolean | undefined }, by: 'setup' | 'registry entry'): string | undefined {
+  if (s.tls === undefined || s.tls === dialsTls) return undefined;
   return s.tls
-    ? `server id ${s.id} serves TLS on port ${s.listenport} (its setup says tls) and this proxy dials its servers in plain TCP: give the proxy upstream_tls (--upstream-tls-ca, the CA that signed the servers' certificates; upstreamTls in the library), or start the server without --tls-cert`
-    : `server id ${s.id} serves plain TCP on port ${s.listenport} (its setup says so) and this proxy dials its servers over TLS (its upstream_tls, or tls.ca without it): start the server with --tls-cert and --tls-key, a certificate that CA signed naming the address it registers from`;
+    ? `server id ${s.id} serves TLS on port ${s.port} (its ${by} says tls) and this proxy dials its servers in plain TCP: give the proxy upstream_tls (--upstream-tls-ca, the CA that signed the servers' certificates; upstreamTls in the library), or start the server without --tls-cert`
+    : `server id ${s.id} serves plain TCP on port ${s.port} (its ${by} says so) and this proxy dials its servers over TLS (its upstream_tls, or tls.ca without it): start the server with --tls-cert and --tls-key, a certificate that CA signed naming the address ${by === 'setup' ? 'it registers from' : 'its entry gives (its --advertise)'}`;
 }
 
 /** A setup refused: said once, then counted an interval per address and reason (a flood of them is a few lines); the server is told why (an old server cannot read it) and its connection closed. */

@@ -179,6 +179,8 @@ export interface ProxyContext {
   registry?: RegistryStatus;
   /** Ids of registry entries refused for the open limits (registry-members.ts): one is offered again each time a member frees room. */
   overLimit: Set<string>;
+  /** Ids of registry entries passed over for how their port serves (registry-members.ts), with what was said: said once, again only when the entry changes. */
+  tlsMisfits: Map<string, string>;
   /**
    * The ejections of members that left while they counted (membership.ts `keepEjection`), by id, oldest first, at most
    * KEPT_EJECTIONS: the same server registering again takes them up (a server stalled past its PINGs left while ejected,

@@ -249,6 +249,7 @@ export const proxyMachine = setup({
       servers: new Map(),
       openRegistrations: { total: 0, byHost: new Map() },
       overLimit: new Set(),
+      tlsMisfits: new Map(),
       keptEjections: new Map(),
       inflight: new InflightCount(),
       busy: new Set(),

@@ -2,7 +2,8 @@
  * What the proxy does with the registry's news (registry/proxy-registry.ts
  * watches etcd and sends it): a server entry that appears is admitted with
  * the same secrets as a direct registration (its proof, checkProof in
- * routing.ts) and the same limits, and becomes a member without a
+ * routing.ts), the same limits and the same check of how its port serves
+ * (its `tls`, tlsMismatch in membership.ts), and becomes a member without a
  * registration connection - its presence is its key - that joins its pool
  * once its link answers; an entry that goes takes its member out. Plain
  * functions over the proxy's context, as routing.ts's are.
@@ -11,7 +12,7 @@ import { fmt } from './logger.js';
 import { ErrorCode } from '../transport/errors.js';
 import type { RegistryEvent, RegistryStatus, ServerEntry } from '../registry/events.js';
 import { Member, type ProxyContext } from './proxy-types.js';
-import { addServer, checkOpenLimits, checkProof, removeServer } from './membership.js';
+import { addServer, checkOpenLimits, checkProof, removeServer, tlsMismatch } from './membership.js';
 import { hostPort } from '../transport/address.js';
 
 /** The proxy machine's one action for the registry's events. */
@@ -25,8 +26,11 @@ export function fromRegistry(context: ProxyContext, event: RegistryEvent): void 
 export function registryJoin(context: ProxyContext, e: ServerEntry): void {
   const log = context.logger;
   const held = context.servers.get(e.id);
+  // Its port serves otherwise than this proxy dials (its entry says so): its link would fail at every dial, each said
+  // only as a connection closed by the server (a plain dial to TLS) or a TLS dial to plain TCP.
+  const misfit = tlsMismatch(context.dialsTls, e, 'registry entry');
   // A lease renewed or written again after an outage: nothing changed (a member kept unlisted is listed again).
-  if (held?.source === 'registry' && held.policy === e.policy && held.host === e.address && held.port === e.port && held.wire === e.wire && held.proof === e.proof) {
+  if (!misfit && held?.source === 'registry' && held.policy === e.policy && held.host === e.address && held.port === e.port && held.wire === e.wire && held.proof === e.proof) {
     if (held.unlisted) {
       held.unlisted = undefined;
       log.info('relisted', `Server id ${e.id} privacy policy ${e.policy} is in the registry again (${e.address}); an ordinary member again`, { id: e.id, policy: e.policy, source: 'registry' });
@@ -42,6 +46,19 @@ export function registryJoin(context: ProxyContext, e: ServerEntry): void {
     if (held?.source === 'registry') removeServer(context, held, `its registry entry changed and is refused: ${denied}`);
     return;
   }
+  if (misfit) {
+    if (held?.source === 'registry') removeServer(context, held, `its registry entry changed and is passed over: ${misfit}`);
+    context.overLimit.delete(e.id);
+    // One line per server, as a direct setup's refusal, and none again until its entry changes (a reload offers it again).
+    const said = `${where}\0${misfit}`;
+    if (context.tlsMisfits.get(e.id) === said) return;
+    context.tlsMisfits.set(e.id, said);
+    log.repeated('warn', 'register_refused', `registry\0${e.id}\0${misfit}`, 1, (n, span) => `Refused server id ${e.id} (${where}) from the registry: ${misfit}${span ? ` (${n} times ${span})` : ''}`, {
+      id: e.id, policy: e.policy, address: hostPort(e.address, e.port), code: ErrorCode.BAD_REQUEST, source: 'registry',
+    });
+    return;
+  }
+  context.tlsMisfits.delete(e.id);
   if (held && held.source !== 'registry') {
     log.warn('register_refused', `Ignored server id ${e.id} (${where}) from the registry: a server registered directly with this proxy holds that id`, {
       id: e.id, policy: e.policy, code: ErrorCode.DUPLICATE_ID, source: 'registry',
@@ -82,6 +99,7 @@ export function registryJoin(context: ProxyContext, e: ServerEntry): void {
  */
 export function registryLeave(context: ProxyContext, id: string, reason: string, unlisted = false): void {
   context.overLimit.delete(id);
+  context.tlsMisfits.delete(id);
   const held = context.servers.get(id);
   if (held?.source !== 'registry') return;
   if (!unlisted || held.state !== 'serving') return removeServer(context, held, held.lastCheck?.ok === false && held.state === 'down' ? `${reason}; its link was down (${held.lastCheck.message})` : reason);

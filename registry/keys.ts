@@ -1,7 +1,7 @@
 /**
  * The key layout in etcd, under the fleet's prefix (default `/revproxy/`):
  *
- *   <prefix>servers/<id>           {"v":1,"id","policy","address","port","wire","proof","leaving"}   on the server's lease
+ *   <prefix>servers/<id>           {"v":1,"id","policy","address","port","wire","tls","proof","leaving"}   on the server's lease
  *   <prefix>proxies/<host>:<port>  {"v":1,"address","port","tls","instance"}               on the proxy's lease
  *
  * Values are JSON. A server's key is its presence: it goes when the server
@@ -21,6 +21,13 @@ export interface ServerEntry {
   address: string;
   port: number;
   wire: 'frames' | 'json';
+  /**
+   * Whether its port serves TLS (since 2026-12-07; a revproxy server writes it, true with --tls-cert), as a SETUP's
+   * `tls`: a proxy that dials otherwise passes the entry over, saying what to change (actors/registry-members.ts).
+   * Absent (an older server's entry): the proxy dials it as it dials every server. Not in the proof: older proxies
+   * check the proof without it.
+   */
+  tls?: boolean;
   /** HMAC of id, policy, address and port under the policy's secret (proof.ts); absent when the server has no secret. */
   proof?: string;
   /** The server is draining: written just before its key is deleted, so proxies tell a drain from a lease that expired (docs/PROTOCOL.md). */
@@ -51,7 +58,7 @@ export function serverKeyPrefix(key: string): string | undefined {
 export const proxyKey = (prefix: string, e: Pick<ProxyEntry, 'address' | 'port'>): string => `${prefix}${PROXIES}${e.address.includes(':') ? `[${e.address}]` : e.address}:${e.port}`;
 
 export function encodeServer(e: ServerEntry): string {
-  return JSON.stringify({ v: 1, id: e.id, policy: e.policy, address: e.address, port: e.port, wire: e.wire, ...(e.proof === undefined ? {} : { proof: e.proof }), ...(e.leaving ? { leaving: true } : {}) });
+  return JSON.stringify({ v: 1, id: e.id, policy: e.policy, address: e.address, port: e.port, wire: e.wire, ...(e.tls === undefined ? {} : { tls: e.tls }), ...(e.proof === undefined ? {} : { proof: e.proof }), ...(e.leaving ? { leaving: true } : {}) });
 }
 
 export function encodeProxy(e: ProxyEntry): string {
@@ -122,8 +129,9 @@ export function decodeServer(idFromKey: string, value: string): ServerEntry | st
   if (!isPort(r.port)) return 'its port is not a number from 1 to 65535';
   const wire = r.wire ?? 'frames';
   if (wire !== 'frames' && wire !== 'json') return `its wire is ${JSON.stringify(wire)}; expected frames or json`;
+  if (r.tls !== undefined && typeof r.tls !== 'boolean') return `its tls is ${JSON.stringify(r.tls)}; expected true or false`;
   if (r.proof !== undefined && typeof r.proof !== 'string') return 'its proof is not a string';
-  return { id: r.id, policy: r.policy, address: r.address, port: r.port, wire, ...(r.proof === undefined ? {} : { proof: r.proof as string }), ...(r.leaving === true ? { leaving: true } : {}) };
+  return { id: r.id, policy: r.policy, address: r.address, port: r.port, wire, ...(r.tls === undefined ? {} : { tls: r.tls }), ...(r.proof === undefined ? {} : { proof: r.proof as string }), ...(r.leaving === true ? { leaving: true } : {}) };
 }
 
 /** The entry under `<prefix>proxies/...`, or why it cannot be used. */

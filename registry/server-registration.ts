@@ -2,7 +2,7 @@
  * A server's registration through the registry: the `registrations` actor
  * of the server machine (actors/server.ts), in place of one registration
  * connection per proxy. It writes `<prefix>servers/<id>` (policy, address,
- * port, wire, and the proof made with the server's secret) on a lease it
+ * port, wire, whether its port serves TLS, and the proof made with the server's secret) on a lease it
  * keeps alive; every proxy watching the prefix admits it. When etcd is away
  * long enough for the lease to be lost, the key is written again once etcd
  * answers; the server keeps serving meanwhile. On drain (DEREGISTER_ALL) the
@@ -39,6 +39,8 @@ export async function serverRegistration(options: ServerRegistrationOptions) {
     const send = (e: ServerEvent): void => sendBack(e);
     const s = input.setup;
     const entry: ServerEntry = { id: s.id, policy: s.privPolyId, address: options.advertise, port: s.listenport, wire: 'frames' };
+    // How its port serves, as its setup says it (docs/PROTOCOL.md): a proxy that dials otherwise passes the entry over, saying why.
+    if (s.tls !== undefined) entry.tls = s.tls;
     if (s.token !== undefined) entry.proof = proofOf(s.token, entry);
     const key = serverKey(o.prefix, s.id);
     const label = `registry ${url} (${key})`;
