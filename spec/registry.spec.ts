@@ -9,6 +9,7 @@
  * spec/fleet.spec.ts runs the same as real processes, under load.
  */
 import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { connect as netConnect, createServer, type Socket } from 'node:net';
 import type { IKeyValue } from 'etcd3';
 import { suite } from 'uvu';
@@ -28,6 +29,8 @@ import { freePort } from '../bench/procs.js';
 import { revproxy } from './procs.js';
 import { eventually, perTurn, sleep, turns } from './helpers.js';
 import { lifecycle } from '../transport/lane.js';
+import { loadTls, type UpstreamTlsMaterial } from '../transport/tls.js';
+import { makePki } from './certs.js';
 
 interface Ctx {
   etcd?: Etcd;
@@ -43,9 +46,9 @@ const SECRET = 'secret-of-111';
 
 const reg = (extra: Record<string, unknown> = {}) => ({ endpoints: [ctx.etcd!.endpoint], prefix: ctx.prefix, ttlSeconds: 2, retryInitialMs: 100, retryMaxMs: 500, ...extra });
 
-async function proxy(opts: { token?: string; logs?: LogRecord[]; maxServersPerPeer?: number } = {}): Promise<ProxyHandle> {
+async function proxy(opts: { token?: string; logs?: LogRecord[]; maxServersPerPeer?: number; upstreamTls?: UpstreamTlsMaterial } = {}): Promise<ProxyHandle> {
   const logger = opts.logs ? new Logger('proxy', memorySink(opts.logs), 'info') : undefined;
-  const p = await startProxy({ port: 0, timeoutMs: 2000, probeInitialMs: 100, token: opts.token, maxServersPerPeer: opts.maxServersPerPeer, logger, registry: reg() });
+  const p = await startProxy({ port: 0, timeoutMs: 2000, probeInitialMs: 100, token: opts.token, maxServersPerPeer: opts.maxServersPerPeer, upstreamTls: opts.upstreamTls, logger, registry: reg() });
   ctx.proxies.push(p);
   return p;
 }
@@ -229,6 +232,79 @@ reg_('an entry without a valid proof never gets traffic; a valid one does', asyn
   // The same server with a proof made with the policy's secret is admitted.
   await put('rogue', encodeServer({ id: 'rogue', ...at, wire: 'frames', proof: proofOf(SECRET, { id: 'rogue', ...at }) }));
   await eventually(() => serving(p).length === 2, 3000, 'the entry with a valid proof serving');
+});
+
+/** The lines `logs` holds for server `id`, by event. */
+const linesOf = (logs: LogRecord[], id: string, event: string): LogRecord[] => logs.filter((l) => l.id === id && l.event === event);
+
+reg_("a server's entry says whether its port serves TLS: a proxy dialling otherwise passes it over with one line in the words of a SETUP's refusal, and never dials it; a proxy dialling as it serves serves it", async () => {
+  const pki = makePki(['server']);
+  const plainLogs: LogRecord[] = [];
+  const tlsLogs: LogRecord[] = [];
+  const plainDialler = await proxy({ logs: plainLogs });
+  const tlsDialler = await proxy({ logs: tlsLogs, upstreamTls: { ca: readFileSync(pki.ca) } });
+  const serverLogs: LogRecord[] = [];
+  const secure = await startServer({ id: 'secure', policy: '111', tls: loadTls(pki.cert('server')), registry: reg(), logger: new Logger('server', memorySink(serverLogs), 'debug') });
+  ctx.servers.push(secure);
+  await server('plain');
+  const entry = async (id: string) => JSON.parse((await ctx.raw!.get(serverKey(ctx.prefix, id)))!) as Record<string, unknown>;
+  assert.is((await entry('secure')).tls, true);
+  assert.is((await entry('plain')).tls, false);
+  await eventually(() => serving(tlsDialler).includes('secure') && serving(plainDialler).includes('plain'), 5000, 'each proxy serving the server that fits it');
+  await eventually(() => linesOf(plainLogs, 'secure', 'register_refused').length > 0 && linesOf(tlsLogs, 'plain', 'register_refused').length > 0, 3000, 'the refusal lines');
+  // Long enough for a member's first dial and a few probes (probe_initial 100 ms): a member dialled was down in every one.
+  await sleep(1500);
+  const [toPlain] = linesOf(plainLogs, 'secure', 'register_refused');
+  assert.match(toPlain!.msg, /^Refused server id secure \(privacy policy 111 at 127\.0\.0\.1:\d+\) from the registry: server id secure serves TLS on port \d+ \(its registry entry says tls\) and this proxy dials its servers in plain TCP: give the proxy upstream_tls \(--upstream-tls-ca, the CA that signed the servers' certificates; upstreamTls in the library\), or start the server without --tls-cert$/);
+  assert.is(toPlain!.code, 'BAD_REQUEST');
+  assert.is(toPlain!.source, 'registry');
+  const [toTls] = linesOf(tlsLogs, 'plain', 'register_refused');
+  assert.match(toTls!.msg, /from the registry: server id plain serves plain TCP on port \d+ \(its registry entry says so\) and this proxy dials its servers over TLS \(its upstream_tls, or tls\.ca without it\): start the server with --tls-cert and --tls-key, a certificate that CA signed naming the address its entry gives \(its --advertise\)$/);
+  for (const [logs, id] of [[plainLogs, 'secure'], [tlsLogs, 'plain']] as const) {
+    assert.equal(logs.filter((l) => l.id === id).map((l) => l.event), ['register_refused'], `${id}: one line, no member, no link, no down line`);
+  }
+  const held = (p: ProxyHandle): string[] => [...p.actor.getSnapshot().context.servers.keys()];
+  assert.equal(held(plainDialler), ['plain']);
+  assert.equal(held(tlsDialler), ['secure']);
+  assert.equal(serverLogs.filter((l) => l.event === 'tls_refused'), [], 'the TLS server saw no plain dial');
+  assert.is(plainDialler.registry()!.entries, 2, 'held (revproxy_registry_entries), admitted or not');
+  // A reload offers every entry again: passed over again, without another line.
+  for (const p of [plainDialler, tlsDialler]) p.actor.send({ type: 'RELOAD', opts: p.actor.getSnapshot().context.opts });
+  await sleep(300);
+  assert.is(linesOf(plainLogs, 'secure', 'register_refused').length, 1);
+  assert.is(linesOf(tlsLogs, 'plain', 'register_refused').length, 1);
+  assert.equal(await ask(plainDialler.port, '111', 3), ['plain', 'plain', 'plain']);
+  assert.equal(await ask(tlsDialler.port, '111', 3), ['secure', 'secure', 'secure']);
+});
+
+reg_("an entry without tls (an older server's) is dialled as every server, as before; the same server's entry saying tls is passed over, its member taken out", async () => {
+  const pki = makePki(['server']);
+  const logs: LogRecord[] = [];
+  const p = await proxy({ logs });
+  // Live servers nobody registered: this spec writes their entries, as an older server wrote them.
+  const secure = await startServer({ id: 'old-secure', policy: '111', tls: loadTls(pki.cert('server')), proxies: [], waitForRegistration: false });
+  const plain = await startServer({ id: 'old-plain', policy: '111', proxies: [], waitForRegistration: false });
+  ctx.servers.push(secure, plain);
+  const put = (id: string, value: string) => ctx.raw!.put(serverKey(ctx.prefix, id)).value(value).exec();
+  const older = (id: string, port: number) => `{"v":1,"id":"${id}","policy":"111","address":"127.0.0.1","port":${port},"wire":"frames"}`;
+  await put('old-plain', older('old-plain', plain.port));
+  await put('old-secure', older('old-secure', secure.port));
+  await eventually(() => serving(p).includes('old-plain'), 3000, 'the older plain entry serving');
+  assert.equal(await ask(p.port, '111', 2), ['old-plain', 'old-plain']);
+  // Dialled, and down: its link closed by the TLS port, as before.
+  await eventually(() => linesOf(logs, 'old-secure', 'down').length > 0, 3000, "the older TLS entry's down line");
+  assert.match(linesOf(logs, 'old-secure', 'down')[0]!.msg, /connection closed by the server/);
+  assert.equal(logs.filter((l) => l.event === 'register_refused'), []);
+  const held = (): string[] => [...p.actor.getSnapshot().context.servers.keys()].sort();
+  assert.equal(held(), ['old-plain', 'old-secure'], 'a member, down');
+  // The same server's entry as this build writes it: its member leaves, and it is passed over.
+  await put('old-secure', JSON.stringify({ ...JSON.parse(older('old-secure', secure.port)), tls: true }));
+  await eventually(() => linesOf(logs, 'old-secure', 'register_refused').length === 1, 3000, 'the refusal line');
+  await eventually(() => !held().includes('old-secure'), 3000, 'its member out');
+  assert.match(linesOf(logs, 'old-secure', 'register_refused')[0]!.msg, /\(its registry entry says tls\) and this proxy dials its servers in plain TCP/);
+  const downs = linesOf(logs, 'old-secure', 'down').length;
+  await sleep(1000);
+  assert.is(linesOf(logs, 'old-secure', 'down').length, downs, 'not dialled again');
 });
 
 reg_('changes made in one etcd revision (a transaction; etcdctl del --prefix) all reach the proxy, not only the first', async () => {

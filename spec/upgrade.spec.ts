@@ -252,6 +252,20 @@ test("the etcd entries a real 94a8441 proxy and server wrote are read by this bu
   assert.ok(entries.some((e) => e.value.includes('"proof"')) && entries.some((e) => e.value.includes('"tls":true')), 'a proof and a TLS proxy among them');
 });
 
+test("a server's etcd entry says whether its port serves TLS (`tls`, after `wire`); an entry without it (an older server's) reads and writes back as it was; any other value is refused with a reason", () => {
+  const at = { id: '7', policy: '111', address: '10.0.0.7', port: 2107, wire: 'frames' as const };
+  for (const tls of [true, false]) {
+    const value = encodeServer({ ...at, tls, proof: 'ab' });
+    assert.is(value, `{"v":1,"id":"7","policy":"111","address":"10.0.0.7","port":2107,"wire":"frames","tls":${tls},"proof":"ab"}`);
+    assert.equal(decodeServer('7', value), { ...at, tls, proof: 'ab' });
+  }
+  // Builds from the registry's first (35a3758) to 94a8441 read it as the entry without the field: checked with their decodeServer.
+  const older = `{"v":1,"id":"7","policy":"111","address":"10.0.0.7","port":2107,"wire":"frames"}`;
+  assert.equal(decodeServer('7', older), at, 'no tls: dialled as every server');
+  assert.is(encodeServer(decodeServer('7', older) as typeof at), older);
+  assert.is(decodeServer('7', JSON.stringify({ ...at, v: 1, tls: 'yes' })), 'its tls is "yes"; expected true or false');
+});
+
 test("an etcd entry with fields a newer revproxy added under version 1 is read; one of another version is refused with a reason", () => {
   const newer = { v: 1, id: '7', policy: '111', address: '10.0.0.7', port: 2107, wire: 'frames', weight: 3, zone: 'b' };
   assert.equal(decodeServer('7', JSON.stringify(newer)), { id: '7', policy: '111', address: '10.0.0.7', port: 2107, wire: 'frames' });
