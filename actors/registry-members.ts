@@ -29,6 +29,7 @@ export function registryJoin(context: ProxyContext, e: ServerEntry): void {
   // Its port serves otherwise than this proxy dials (its entry says so): its link would fail at every dial, each said
   // only as a connection closed by the server (a plain dial to TLS) or a TLS dial to plain TCP.
   const misfit = tlsMismatch(context.dialsTls, e, 'registry entry');
+  if (!misfit) context.tlsMisfits.delete(e.id);
   // A lease renewed or written again after an outage: nothing changed (a member kept unlisted is listed again).
   if (!misfit && held?.source === 'registry' && held.policy === e.policy && held.host === e.address && held.port === e.port && held.wire === e.wire && held.proof === e.proof) {
     if (held.unlisted) {
@@ -44,6 +45,7 @@ export function registryJoin(context: ProxyContext, e: ServerEntry): void {
       id: e.id, policy: e.policy, address: hostPort(e.address, e.port), code: ErrorCode.UNAUTHORIZED, source: 'registry',
     });
     if (held?.source === 'registry') removeServer(context, held, `its registry entry changed and is refused: ${denied}`);
+    context.tlsMisfits.delete(e.id);
     return;
   }
   if (misfit) {
@@ -58,7 +60,6 @@ export function registryJoin(context: ProxyContext, e: ServerEntry): void {
     });
     return;
   }
-  context.tlsMisfits.delete(e.id);
   if (held && held.source !== 'registry') {
     log.warn('register_refused', `Ignored server id ${e.id} (${where}) from the registry: a server registered directly with this proxy holds that id`, {
       id: e.id, policy: e.policy, code: ErrorCode.DUPLICATE_ID, source: 'registry',
