@@ -457,9 +457,9 @@ export interface Result {
   /** With HANDLER_ERROR: the handler's own code. */
   appCode?: string;
   /**
-   * With `error`: whether the packet may be sent again without its handler running twice (`RequestError.retryable`,
-   * from transport/errors.ts `RETRYABLE`): true only when no handler can have run it - the proxy sent it to no server
-   * (`NO_SERVER`), or the client never sent it (`CONNECT_FAILED` before a proxy answered). docs/PROTOCOL.md, "Sending a request again".
+   * With `error`: whether the packet may be sent again without its handler running twice (`RequestError.retryable`:
+   * transport/errors.ts `isRetryable`, from its code and whether a handler may have run it). docs/PROTOCOL.md,
+   * "Sending a request again".
    */
   retryable?: boolean;
   message?: string;

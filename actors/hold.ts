@@ -29,7 +29,7 @@ export function failoverDelay(baseMs: number): number {
 }
 
 /**
- * The longest pause between two dials while the client holds requests (ms). A proxy restarted
+ * The longest pause between two rounds of dials (each proxy of the list once) while the client holds requests (ms). A proxy restarted
  * is back in about a second: a client finds it at most this long after it listens. One refused
  * dial a second costs next to nothing, where a longer pause would eat the requests' timeouts
  * (5 s by default) for nothing.

@@ -208,7 +208,7 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
         // Named as the CLI's files are: tls.crl when upstream_tls is absent (the proxy dials with the tls files), else its own.
         const crlSetting = upstreamTls.crl && running.tls?.crl && Buffer.from(upstreamTls.crl).equals(Buffer.from(running.tls.crl)) ? 'tls.crl' : 'upstream_tls.crl';
         closed.connections += closeRevoked(linkSockets.sockets, upstreamTls, logger, crlSetting, true);
-        closed.connections += closeNotAllowed(linkSockets.sockets, upstreamTls.names, logger);
+        closed.connections += closeNotAllowed(linkSockets.sockets, upstreamTls, logger);
       }
       if (tls) {
         running.tls = tls;

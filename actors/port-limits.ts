@@ -17,7 +17,7 @@ import { recogniseTlsRefusal, tlsFailureOf, type TlsFailure } from '../transport
 import { proxiedClient, tcpUnder } from '../transport/proxied.js';
 import { systemClock, type Clock } from '../transport/clock.js';
 import type { Connection } from '../transport/socket.js';
-import { closedByProxy, notAllowedName, revokedBy, subjectOf, type TlsMaterial, type UpstreamTlsMaterial } from '../transport/tls.js';
+import { closedByProxy, notAllowedName, notServerName, peerOf, revokedBy, subjectOf, type TlsMaterial, type UpstreamTlsMaterial } from '../transport/tls.js';
 import type { HandshakeLimits } from './tls-handshakes.js';
 import { fmt, type Logger } from './logger.js';
 
@@ -361,14 +361,6 @@ export function logTlsRefusals(server: Server, logger: Logger, failed?: (reason:
   });
 }
 
-/** The certificates above a TLS peer's own in the chain its handshake verified (its intermediates, then the CA), as Node reads them. */
-function chainOf(socket: TLSSocket): X509Certificate[] {
-  const out: X509Certificate[] = [];
-  // The last one names itself as its issuer.
-  for (let c = socket.getPeerCertificate(true).issuerCertificate; c?.raw && !out.some((x) => x.raw.equals(c!.raw)); c = c.issuerCertificate) out.push(new X509Certificate(c.raw));
-  return out;
-}
-
 /**
  * Close the connections of `conns` (a listener's, over TLS) whose peer's certificate the CRLs of `tls`
  * revoke (a CRL signed by the key that signed the certificate: one whose signature does not verify revokes
@@ -385,9 +377,10 @@ export function closeRevoked(sockets: Iterable<Socket>, tls: TlsMaterial, logger
   if (!revoked) return 0;
   let closed = 0;
   for (const socket of sockets) {
-    const peer = socket instanceof TLSSocket && !socket.destroyed ? socket.getPeerX509Certificate() : undefined;
-    const crl = peer && revoked(peer, () => chainOf(socket as TLSSocket));
-    if (!crl) continue;
+    const held = socket instanceof TLSSocket && !socket.destroyed ? peerOf(socket) : undefined;
+    const crl = held && revoked(held.cert, () => held.chain);
+    if (!held || !crl) continue;
+    const peer = held.cert;
     closed++;
     const addr = peerAddress(socket, proxiedClient(socket)?.address);
     const at = socket.remotePort === undefined ? addr : peerName(addr, socket.remotePort);
@@ -404,23 +397,29 @@ export function closeRevoked(sockets: Iterable<Socket>, tls: TlsMaterial, logger
  * Close the proxy's links to servers (`sockets`, over TLS) whose server's certificate `names` (upstream_tls.names, as
  * a reload renews it) no longer allows, as a renewed CRL closes the revoked ones (`closeRevoked`): a link lives as long
  * as its server, and a narrowed restriction (a host taken out of the names) would otherwise reach it only once the
- * link fails. Each link dials again and is refused. Each is logged (`tls_name_refused`, one line per address, then
- * counted), and closed with its reason (`closedByProxy`), which its down line says. Returns how many.
+ * link fails. Each link dials again and is refused. So for `serverName` (upstream_tls.server_name): a link whose
+ * server's certificate does not name the renewed one is closed, as a new dial would refuse it (a name moved off one
+ * that got out reaches the links open). Each is logged (`tls_name_refused`, one line per address, then counted), and
+ * closed with its reason (`closedByProxy`), which its down line says. Returns how many.
  */
-export function closeNotAllowed(sockets: Iterable<Socket>, names: readonly string[] | undefined, logger: Logger): number {
-  if (!names?.length) return 0;
+export function closeNotAllowed(sockets: Iterable<Socket>, { names, serverName }: Pick<UpstreamTlsMaterial, 'names' | 'serverName'>, logger: Logger): number {
+  if (!names?.length && serverName === undefined) return 0;
   let closed = 0;
   for (const socket of sockets) {
-    const peer = socket instanceof TLSSocket && !socket.destroyed ? socket.getPeerCertificate() : undefined;
-    const why = peer && Object.keys(peer).length ? notAllowedName(peer, names) : undefined;
+    // As its handshake ended (peerOf): read now, Node gives none for a link a moment old.
+    const x509 = socket instanceof TLSSocket && !socket.destroyed ? peerOf(socket)?.cert : undefined;
+    if (!x509) continue;
+    const peer = { subjectaltname: x509.subjectAltName, subject: { CN: /^CN=(.*)$/m.exec(x509.subject)?.[1] } };
+    const wrongName = serverName === undefined ? undefined : notServerName(peer, serverName);
+    const why = wrongName ?? notAllowedName(peer, names);
     if (!why) continue;
     closed++;
     const addr = peerAddress(socket);
     const at = socket.remotePort === undefined ? addr : peerName(addr, socket.remotePort);
     logger.repeated('warn', 'tls_name_refused', addr, 1, (n, span) => (span
-      ? `Closed ${fmt(n)} more link(s) to servers at ${addr} ${span}: their certificates name none of upstream_tls.names`
+      ? `Closed ${fmt(n)} more link(s) to servers at ${addr} ${span}: their certificates do not carry the names upstream_tls asks for (server_name, names)`
       : `Closed the link to the server at ${at}: ${why}`), { peer: at });
-    socket.destroy(closedByProxy('upstream_tls.names', why));
+    socket.destroy(closedByProxy(wrongName ? 'upstream_tls.server_name' : 'upstream_tls.names', why));
   }
   return closed;
 }

@@ -84,10 +84,7 @@ function proxyOptions(): Option[] {
       if (bad) throw new InvalidArgumentError(`--upstream-tls-server-name takes one DNS name (e.g. servers.internal): the server name '${v}': ${bad}`);
       return v;
     }),
-    new Option('--upstream-tls-names <names>', `comma-separated: ${UPSTREAM_DOCS.names.replace('; quote it in YAML', '')}`).argParser(parseList('--upstream-tls-names', 'names', 'server-a.internal,*.servers.internal', (e) => {
-      const bad = allowedNameProblem(e);
-      return bad && `the name '${e}': ${bad}`;
-    })),
+    new Option('--upstream-tls-names <names>', `comma-separated (a URI holding a comma goes in the config file's upstream_tls.names): ${UPSTREAM_DOCS.names.replace('; quote it in YAML', '')}`).argParser(upstreamNames),
     ...registryOptions({ ttl: true, advertise: { help: 'with --registry: the address clients dial to reach this proxy, without a port (default: --host); an IPv6 one bare or in brackets', portFlag: '--port' } }),
     ...inspectOptions(),
   ];
@@ -508,7 +505,7 @@ async function run(read: (reload?: boolean) => ProxyConfig, source: string, setE
           tlsUnread = (explain(err) as Error).message.replace(/\n/g, '; ');
         }
       }
-      // Connections closed because the renewed CRLs revoke their peers' certificates, or upstream_tls.names no longer allows their servers'.
+      // Connections closed because the renewed CRLs revoke their peers' certificates, or upstream_tls.names or server_name no longer allows their servers'.
       let revokedClosed = 0;
       if (tlsRt) {
         // Same paths, new contents (a renewed certificate) is a change too: the port's files (tls), and what the proxy dials
@@ -767,6 +764,22 @@ function removePidFile(path: string): void {
   }
 }
 
+/**
+ * `--upstream-tls-names`: names separated by commas, each as `allowedNameProblem` takes it. A URI holding a comma
+ * (`URI:https://x.example/a,b`) would be cut there, its rest taken as a name of its own - a single-label DNS name
+ * (`b`) that any certificate the CA signed with `DNS:b` carries: the restriction silently wider, the URI never
+ * matched. A piece after a `URI:` one with neither a dot nor a colon is refused so; the config file takes such a URI.
+ */
+function upstreamNames(value: string): string[] {
+  const pieces = value.split(',').map((e) => e.trim());
+  const cut = pieces.findIndex((e, i) => i > 0 && pieces[i - 1]!.startsWith('URI:') && e !== '' && !/[.:]/.test(e));
+  if (cut > 0) throw new InvalidArgumentError(`--upstream-tls-names: '${pieces[cut]}' after '${pieces[cut - 1]}' looks like the rest of a URI cut at its comma (commas separate the names here): give a URI holding a comma in the config file's upstream_tls.names, or give a DNS name with its domain`);
+  return parseList('--upstream-tls-names', 'names', 'server-a.internal,*.servers.internal', (e) => {
+    const bad = allowedNameProblem(e);
+    return bad && `the name '${e}': ${bad}`;
+  })(value);
+}
+
 /** Whether two sets of TLS files hold the same bytes (and, toward servers, the same server name and names). */
 function sameTls(a: UpstreamTlsMaterial | undefined, b: UpstreamTlsMaterial | undefined): boolean {
   const same = (x?: Buffer, y?: Buffer): boolean => (x === undefined || y === undefined ? x === y : x.equals(y));
@@ -775,12 +788,13 @@ function sameTls(a: UpstreamTlsMaterial | undefined, b: UpstreamTlsMaterial | un
 
 /**
  * What a reload closed, for its line: registrations whose secret no longer passes, connections whose peers a CRL of `c`
- * (tls.crl, upstream_tls.crl) revokes now or, links to servers, whose certificates upstream_tls.names no longer allows.
+ * (tls.crl, upstream_tls.crl) revokes now or, links to servers, whose certificates upstream_tls.names or server_name no longer allows.
  */
 function closedSaid(registrations: number, revokedPeers: number, c: ProxyConfig): string {
   const crls = [c.tls?.crl && 'tls.crl', c.upstream_tls?.crl && 'upstream_tls.crl'].filter(Boolean);
-  const names = Boolean(c.upstream_tls?.names?.length);
-  const why = [...(crls.length || !names ? [`${crls.join(' or ') || 'tls.crl'} now revokes`] : []), ...(names ? ['upstream_tls.names no longer allows'] : [])].join(', or ');
+  const held = [c.upstream_tls?.names?.length && 'upstream_tls.names', c.upstream_tls?.server_name !== undefined && 'upstream_tls.server_name'].filter(Boolean);
+  const names = held.length > 0;
+  const why = [...(crls.length || !names ? [`${crls.join(' or ') || 'tls.crl'} now revokes`] : []), ...(names ? [`${held.join(' or ')} no longer allows`] : [])].join(', or ');
   const lines = [...(crls.length || !names ? ['tls_revoked'] : []), ...(names ? ['tls_name_refused'] : [])].join(' and ');
   const said = [
     ...(registrations > 0 ? [`revoked ${registrations} server registration(s) whose secret no longer passes (deregister lines name them)`] : []),

@@ -265,23 +265,38 @@ up('upstream_tls.names takes URI: entries matched whole against a certificate\'s
   assert.equal(file(`  server_name: servers.internal\n  names: ['URI:${web}']\n`)().options.upstreamTls?.serverName, 'servers.internal');
 });
 
-up("a link the proxy closes itself (a renewal's names no longer allow its server, its CRL now revokes it) says the proxy's reason in its down line, not 'connection closed by the server'", async () => {
-  const back = makePki(['a', 'b'], 'servers CA', { sans: { a: 'IP:127.0.0.1,DNS:a.servers.internal', b: 'IP:127.0.0.1,DNS:b.servers.internal' } });
+up("a link the proxy closes itself (a renewal's names or server name no longer allow its server, its CRL now revokes it) says the proxy's reason in its down line, not 'connection closed by the server'", async () => {
+  const back = makePki(['a', 'b', 'c'], 'servers CA', { sans: { a: 'IP:127.0.0.1,DNS:a.servers.internal', b: 'IP:127.0.0.1,DNS:b.servers.internal', c: 'IP:127.0.0.1,DNS:c.servers.internal' } });
   const ca = readFileSync(back.ca);
   const logs: LogRecord[] = [];
   const proxy = await proxyWith(logs, { upstreamTls: { ca, names: ['*.servers.internal'] } });
-  for (const id of ['a', 'b']) await countingServer(id, proxy.port, new Map(), { tls: loadTls(back.cert(id)), plainRegistration: true });
-  await eventually(() => ['a', 'b'].every((id) => proxy.pools().P?.serving.includes(id)), 5000, 'both serving');
+  for (const id of ['a', 'b', 'c']) await countingServer(id, proxy.port, new Map(), { tls: loadTls(back.cert(id)), plainRegistration: true });
+  await eventually(() => ['a', 'b', 'c'].every((id) => proxy.pools().P?.serving.includes(id)), 5000, 'all three serving');
   const downOf = (id: string) => logs.find((l) => l.event === 'down' && l.id === id)?.msg;
   // Names that no longer take a's certificate.
-  assert.is(proxy.renewTls({ upstreamTls: { ca, names: ['b.servers.internal'] } }), 1);
+  assert.is(proxy.renewTls({ upstreamTls: { ca, names: ['b.servers.internal', 'c.servers.internal'] } }), 1);
   await eventually(() => downOf('a') !== undefined, 3000, "a's down line");
   assert.match(downOf('a')!, /^Server id a is unreachable at 127\.0\.0\.1:\d+ \(the proxy closed its link at the renewal of upstream_tls\.names: the server's TLS certificate names IP:127\.0\.0\.1, DNS:a\.servers\.internal, none of the names/);
   // A CRL that now revokes b's certificate.
-  assert.is(proxy.renewTls({ upstreamTls: { ca, crl: readFileSync(back.crl(['b'])), names: ['b.servers.internal'] } }), 1);
+  assert.is(proxy.renewTls({ upstreamTls: { ca, crl: readFileSync(back.crl(['b'])), names: ['b.servers.internal', 'c.servers.internal'] } }), 1);
   await eventually(() => downOf('b') !== undefined, 3000, "b's down line");
   assert.match(downOf('b')!, /^Server id b is unreachable at 127\.0\.0\.1:\d+ \(the proxy closed its link at the renewal of upstream_tls\.crl: the server's TLS certificate \(serial [0-9A-F]+, CN=b\) is revoked by the CRL of CN=servers CA there\)/);
+  // A server name c's certificate does not carry (moving off a shared name that got out): its link open is closed, as a
+  // new dial would be refused (before, it served on until the link failed).
+  assert.is(proxy.renewTls({ upstreamTls: { ca, serverName: 'x.servers.internal' } }), 1);
+  await eventually(() => downOf('c') !== undefined, 3000, "c's down line");
+  assert.match(downOf('c')!, /^Server id c is unreachable at 127\.0\.0\.1:\d+ \(the proxy closed its link at the renewal of upstream_tls\.server_name: the server's TLS certificate names IP:127\.0\.0\.1, DNS:c\.servers\.internal, not x\.servers\.internal/);
   assert.not.ok(logs.some((l) => /connection closed by the server/.test(l.msg)), logs.filter((l) => l.event === 'down').map((l) => l.msg).join('\n'));
+});
+
+up('--upstream-tls-names refuses a URI cut at its comma (the rest would be a single-label DNS name of its own, the restriction silently wider): such a URI goes in the config file', async () => {
+  const back = makePki([], 'servers CA');
+  const proc = revproxy(['proxy', '--port', '0', '--upstream-tls-ca', back.ca, '--upstream-tls-names', 'URI:https://x.example/a,b']);
+  assert.is(await proc.exited, 2, proc.out.join('\n'));
+  assert.match(proc.out.join('\n'), /--upstream-tls-names: 'b' after 'URI:https:\/\/x\.example\/a' looks like the rest of a URI cut at its comma .*give a URI holding a comma in the config file's upstream_tls\.names/);
+  // A URI followed by a name with its domain, or another URI, is taken.
+  const ok = revproxy(['proxy', '--port', '0', '--upstream-tls-ca', back.ca, '--upstream-tls-names', 'URI:spiffe://example.org/ns/a,b.servers.internal', '--check']);
+  assert.is(await ok.exited, 0, ok.out.join('\n'));
 });
 
 up('a reload that adds upstream_tls.server_name applies it to the next dials (applied upstream_tls): a server whose certificate names servers.internal alone, refused by its address before, is served after', async () => {

@@ -836,7 +836,41 @@ export function dial(host: string, port: number, tls?: UpstreamTlsMaterial, from
     if (serverName === undefined) return checkServerIdentity(hostname, cert) ?? refused(notAllowedName(cert, names));
     return refused(notServerName(cert, serverName) ?? notAllowedName(cert, names));
   });
-  return tlsConnect({ host, port, ...source, ca: tls.ca, cert: tls.cert, key: tls.key, crl: crlOption(tls), rejectUnauthorized: true, servername: serverName ?? (isIP(host) !== 0 ? undefined : host), ...(identity ? { checkServerIdentity: identity } : {}) });
+  const socket = tlsConnect({ host, port, ...source, ca: tls.ca, cert: tls.cert, key: tls.key, crl: crlOption(tls), rejectUnauthorized: true, servername: serverName ?? (isIP(host) !== 0 ? undefined : host), ...(identity ? { checkServerIdentity: identity } : {}) });
+  socket.once('secureConnect', () => {
+    const peer = livePeer(socket);
+    if (peer) HANDSHAKE_PEERS.set(socket, peer);
+  });
+  return socket;
+}
+
+/** A TLS peer's certificate and the chain above it that its handshake verified (its intermediates, then the CA). */
+export interface TlsPeer {
+  cert: X509Certificate;
+  chain: X509Certificate[];
+}
+
+/**
+ * The servers' certificates of the proxy's links, read as each handshake ends (`dial`). Read later, Node gave none:
+ * a link a second or two old answered getPeerX509Certificate() with undefined and getPeerCertificate() without
+ * subjectaltname (Node 20.20, OpenSSL 3, TLS 1.3: the client's side, as the session tickets the server sends after the
+ * handshake come in), so a reload whose CRL revoked a server's certificate, or whose names or server_name no longer
+ * allowed it, closed no link (`closeRevoked`, `closeNotAllowed`).
+ */
+const HANDSHAKE_PEERS = new WeakMap<TLSSocket, TlsPeer>();
+
+/** `socket`'s peer (`TlsPeer`): as its handshake ended when this process dialled it (`dial`), else as Node reads it now. */
+export function peerOf(socket: TLSSocket): TlsPeer | undefined {
+  return HANDSHAKE_PEERS.get(socket) ?? livePeer(socket);
+}
+
+function livePeer(socket: TLSSocket): TlsPeer | undefined {
+  const cert = socket.getPeerX509Certificate();
+  if (!cert) return undefined;
+  const chain: X509Certificate[] = [];
+  // The last one names itself as its issuer.
+  for (let c = socket.getPeerCertificate(true).issuerCertificate; c?.raw && !chain.some((x) => x.raw.equals(c!.raw)); c = c.issuerCertificate) chain.push(new X509Certificate(c.raw));
+  return { cert, chain };
 }
 
 /** What to tell a person when a listen fails: the cause and what to do. */
