@@ -702,10 +702,18 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
 });
 
 function setupMsg(context: ServerContext): SetupMsg {
-  const m: SetupMsg = { type: MsgType.SETUP, id: context.opts.id, privPolyId: context.opts.policy, listenport: context.port };
-  if (context.opts.token !== undefined) m.token = context.opts.token;
+  return serverSetup({ id: context.opts.id, policy: context.opts.policy, port: context.port, token: context.opts.token, tls: Boolean(context.opts.tls?.cert) });
+}
+
+/**
+ * The SETUP a revproxy server registers with: its id, policy and listen port, its token when it has one, and how
+ * its port serves (the bench's stand-ins register real servers with it, as the servers would themselves).
+ */
+export function serverSetup(s: { id: string; policy: string; port: number; token?: string | undefined; tls: boolean }): SetupMsg {
+  const m: SetupMsg = { type: MsgType.SETUP, id: s.id, privPolyId: s.policy, listenport: s.port };
+  if (s.token !== undefined) m.token = s.token;
   // How its port serves, for a proxy to refuse a registration it could not dial (docs/PROTOCOL.md, SETUP); the JSON wire writes no such field.
-  m.tls = Boolean(context.opts.tls?.cert);
+  m.tls = s.tls;
   return m;
 }
 

@@ -42,13 +42,14 @@ export function formatReport(rep: BenchReport, markdown = false): string {
   const withRelay = has('relay');
   const ratioHead = [
     'workload', 'req/s proxy/direct', 'req/s proxy/HAProxy', 'p50 proxy/direct', 'p50 proxy/HAProxy',
-    ...(withBase ? ['req/s proxy/baseline', 'p50 proxy/baseline'] : []),
+    ...(withBase ? ['req/s proxy/baseline', 'p50 proxy/baseline', 'CPU us/req proxy/baseline'] : []),
     ...(withRelay ? ['req/s proxy/relay', 'req/s relay/direct', 'req/s relay/HAProxy', 'p50 relay/HAProxy'] : []),
   ];
   const rps = (r: Row): number => r.result.rps;
   const p50 = (r: Row): number => r.result.latency.p50;
+  const cpuUs = (r: Row): number | undefined => r.cpuUs.underTest;
   const ratioRows = [...new Set(rep.rows.map((r) => r.workload))].map((w) => {
-    const q = (a: Subject, b: Subject, figure: (r: Row) => number): string => {
+    const q = (a: Subject, b: Subject, figure: (r: Row) => number | undefined): string => {
       const s = ratioSpread(rep.rows, w, a, b, figure);
       return s ? `${s.median.toFixed(2)}x (${s.min.toFixed(2)}-${s.max.toFixed(2)})` : '-';
     };
@@ -58,7 +59,7 @@ export function formatReport(rep: BenchReport, markdown = false): string {
       q('proxy', 'haproxy', rps),
       q('proxy', 'direct', p50),
       q('proxy', 'haproxy', p50),
-      ...(withBase ? [q('proxy', 'baseline', rps), q('proxy', 'baseline', p50)] : []),
+      ...(withBase ? [q('proxy', 'baseline', rps), q('proxy', 'baseline', p50), q('proxy', 'baseline', cpuUs)] : []),
       ...(withRelay ? [q('proxy', 'relay', rps), q('relay', 'direct', rps), q('relay', 'haproxy', rps), q('relay', 'haproxy', p50)] : []),
     ];
   });

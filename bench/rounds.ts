@@ -10,10 +10,20 @@
 import type { Row, Spread, Subject, Summary, Workload } from './types.js';
 import { errorsOf } from './loadgen.js';
 
-/** The subjects' order in each round: round r starts r places further on. */
-export function roundOrder<T>(subjects: readonly T[], rounds: number): T[][] {
-  const n = subjects.length;
-  return Array.from({ length: rounds }, (_, r) => Array.from({ length: n }, (_, k) => subjects[(r + k) % n]!));
+/**
+ * The subjects' order in each round: round r starts r places further on. A
+ * `pair` (a before/after run's two proxies) takes one place in that turn, its
+ * two measured one right after the other: the first of the pair first in even
+ * rounds, the second in odd ones, so over an even count of rounds each goes
+ * first (and starts first, `runRounds`) as often as the other.
+ */
+export function roundOrder<T>(subjects: readonly T[], rounds: number, pair?: readonly [T, T]): T[][] {
+  const paired = pair !== undefined && pair[0] !== pair[1] && subjects.includes(pair[0]) && subjects.includes(pair[1]);
+  const places = paired ? subjects.filter((s) => s !== pair[1]) : subjects;
+  const n = places.length;
+  return Array.from({ length: rounds }, (_, r) =>
+    Array.from({ length: n }, (_, k) => places[(r + k) % n]!).flatMap((s) => (paired && s === pair[0] ? (r % 2 ? [pair[1], pair[0]] : [pair[0], pair[1]]) : [s])),
+  );
 }
 
 /** Median (the mean of the middle two for an even count), lowest and highest; undefined for no values. */
@@ -78,22 +88,48 @@ export function summarise(rows: Row[]): Summary[] {
   });
 }
 
+/** Subjects whose processes start afresh in every round (a before/after run's two proxies, `ProxyPair`). */
+export interface Fresh<S> {
+  /** Two of them are a `roundOrder` pair, in this order (the first goes first in even rounds). */
+  subjects: readonly S[];
+  /** Start those still in the rounds, in the order the round measures them, before the first of their cells. */
+  start(order: S[], round: number): Promise<void>;
+}
+
 /**
  * Run `rounds` rounds over `subjects` in `roundOrder`, calling `cell` for
  * each. A subject whose cell throws is reported to `dropped` once and left
  * out of the rounds after (a variant that cannot run is not the whole run's
- * failure).
+ * failure). The `fresh` subjects are started before the first of their
+ * cells in each round; when that fails, each is dropped so.
  */
 export async function runRounds<S>(
   subjects: readonly S[],
   rounds: number,
   cell: (subject: S, round: number) => Promise<void>,
   dropped: (subject: S, err: unknown) => void,
+  fresh?: Fresh<S>,
 ): Promise<void> {
   const out = new Set<S>();
-  for (const [r, order] of roundOrder(subjects, rounds).entries()) {
+  const isFresh = (s: S): boolean => fresh?.subjects.includes(s) ?? false;
+  const pair = fresh?.subjects.length === 2 ? ([fresh.subjects[0]!, fresh.subjects[1]!] as const) : undefined;
+  for (const [r, order] of roundOrder(subjects, rounds, pair).entries()) {
+    let started = false;
     for (const s of order) {
       if (out.has(s)) continue;
+      if (isFresh(s) && !started) {
+        started = true;
+        const these = order.filter((x) => isFresh(x) && !out.has(x));
+        try {
+          await fresh!.start(these, r);
+        } catch (err) {
+          for (const x of these) {
+            out.add(x);
+            dropped(x, err);
+          }
+          continue;
+        }
+      }
       try {
         await cell(s, r);
       } catch (err) {

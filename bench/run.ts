@@ -16,14 +16,15 @@ import { fileLimits, findHaproxy, HAPROXY_INSTALL, haproxyVersion, revproxyOptio
 import { progress } from './progress.js';
 import { runRounds, summarise } from './rounds.js';
 import { poolRoutingRates } from './routing.js';
-import { endpoints, PROXY_FLAGS, startTopology, type Topology } from './topology.js';
+import { endpoints, PROXY_FLAGS, startTopology, type PairTarget, type ProxyPair, type Topology } from './topology.js';
 import type { BenchOptions, BenchReport, Row, RoutingRun } from './types.js';
 import { checks } from './verdicts.js';
 import { firstAndLast, accessLogMissing, planWorkload, slowServersMissing, targetName, type Capabilities } from './workloads.js';
 
 const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 300)); // let closed connections settle before the next cell
 
-export async function runBench(o: BenchOptions): Promise<BenchReport> {
+export async function runBench(options: BenchOptions): Promise<BenchReport> {
+  let o = options;
   const notes: string[] = [`The proxies run with ${PROXY_FLAGS.join(' ')} (the defaults refuse part of 10,000 concurrent requests with OVERLOADED).`];
   const limits = fileLimits();
   const haproxyBin = o.targets.includes('haproxy') ? findHaproxy() : undefined;
@@ -31,6 +32,11 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
     notes.push(`HAProxy is not installed, so its column is skipped. Install it with: ${HAPROXY_INSTALL}`);
   }
   const targets = o.targets.filter((t) => (t !== 'haproxy' || haproxyBin) && (t !== 'baseline' || o.baseline));
+  const pairTargets = targets.filter((t): t is PairTarget => t === 'proxy' || t === 'baseline');
+  if (o.baseline && pairTargets.length === 2 && o.rounds % 2) {
+    notes.push(`${o.rounds + 1} rounds per workload, not ${o.rounds}: with a baseline, which of the two proxies starts and is measured first alternates each round, so each does so as often as the other.`);
+    o = { ...o, rounds: o.rounds + 1 };
+  }
   if (haproxyBin && o.workloads.includes('many')) {
     const holds = Math.floor((limits.hard - 100) / 2);
     if (holds < o.many) notes.push(`HAProxy needs two descriptors per proxied connection: with a hard limit of ${limits.hard} open files it holds about ${holds.toLocaleString('en')} connections at once, fewer than ${o.many.toLocaleString('en')}.`);
@@ -49,11 +55,13 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
   let topo: Topology | undefined;
   try {
     bar.step('starting proxy, servers' + (haproxyBin ? ' and HAProxy' : ''));
-    topo = await startTopology({ haproxyBin, baselineDir: o.baseline, relay: targets.includes('relay'), slow: caps.concurrency && o.workloads.includes('slow-servers') });
+    topo = await startTopology({ haproxyBin, baselineDir: o.baseline, pairTargets, relay: targets.includes('relay'), slow: caps.concurrency && o.workloads.includes('slow-servers') });
+    const pair = topo.pair;
+    if (pair) notes.push(pairNote(pair));
     bar.advance();
-    // Warm every target's code paths (the JIT, connection set-up) so the first round is not all cold.
+    // Warm every target's code paths (the JIT, connection set-up) so the first round is not all cold (the pair's are warmed as each round starts them).
     bar.step('warming up every target');
-    for (const t of targets) {
+    for (const t of targets.filter((x) => !pair?.serves(x))) {
       await runLoad({ target: endpoints(t, topo), connections: o.connections, depth: o.depth, durationMs: 300 });
       await runLoad({ target: endpoints(t, topo), connections: 1, depth: 1, durationMs: 200 });
       await runLoad({ target: endpoints(t, topo), connections: 1, depth: 1, perRequest: true, durationMs: 200 });
@@ -77,8 +85,16 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
             }
           },
           (s, err) => notes.push(`${s.label} / ${targetName(s.target)}: left out of the rounds after a failure (${firstAndLast(err)}).`),
+          pair && {
+            subjects: plan.subjects.filter((s) => s.subject === s.target && pair.serves(s.target)),
+            start: async (order) => {
+              bar.step(`${plan.label}: starting ${order.map((s) => targetName(s.target)).join(' and ')} afresh`);
+              await pair.start(order.map((s) => s.target as PairTarget), o);
+            },
+          },
         );
       } finally {
+        await pair?.stop();
         await plan.close();
       }
     }
@@ -104,7 +120,7 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
   } finally {
     bar.stop();
     topo?.haproxy?.cleanup();
-    topo?.baseline?.close();
+    await topo?.pair?.stop();
     await stopAll();
     rmSync(tmpDir, { recursive: true, force: true });
   }
@@ -130,4 +146,11 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
   writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`);
   report.file = file;
   return report;
+}
+
+/** How a before/after run's two proxies ran, for the notes. */
+function pairNote(pair: ProxyPair): string {
+  const dropped = PROXY_FLAGS.filter((f, i) => i % 2 === 0 && !pair.flags.includes(f));
+  const flags = `${pair.flags.join(' ') || 'no proxy flags'}${dropped.length ? ` (not ${dropped.join(', ')}: a checkout lacks ${dropped.length === 1 ? 'it' : 'them'})` : ''}`;
+  return `${pair.targets.map(targetName).join(' and ')}: started afresh in every round of a workload, alike (stand-ins register every server with each as it would itself; ${flags}), each warmed, ${pair.targets.length === 2 ? 'measured one right after the other, which first alternating each round' : 'then measured'}; not the topology's proxy, which serves the variants and the routing comparison.`;
 }

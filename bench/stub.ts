@@ -1,12 +1,14 @@
 /**
  * Stubs for the bench and its spec: a bare answering server (no actors, so
- * the load generator can be checked on its own), and a registrar that
- * registers many server ids with a proxy, all pointing at a few real ports.
+ * the load generator can be checked on its own), a registrar that
+ * registers many server ids with a proxy, all pointing at a few real ports,
+ * and stand-ins that register running servers as they would themselves.
  */
 import { createHash } from 'node:crypto';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
-import { MsgType, type AckMsg } from '../transport/messages.js';
+import { MsgType, type AckMsg, type SetupMsg } from '../transport/messages.js';
+import { serverSetup } from '../actors/server.js';
 
 export interface StubServerOptions {
   id?: string;
@@ -87,6 +89,31 @@ export interface Registrar {
   close(): void;
 }
 
+/** Open a registration connection to the proxy at `proxyPort` and write `setup` on it; it answers the proxy's PINGs, as a real server does. */
+function register(proxyPort: number, setup: SetupMsg): Promise<Socket> {
+  return new Promise<Socket>((resolve, reject) => {
+    const s = connect({ host: '127.0.0.1', port: proxyPort }, () => {
+      s.write(encodeFrame(setup));
+      s.off('error', reject);
+      s.on('error', () => {});
+      answerPings(s);
+      resolve(s);
+    });
+    s.once('error', reject);
+  });
+}
+
+function registrar(sockets: Socket[]): Registrar {
+  return {
+    get count() {
+      return sockets.filter((s) => !s.destroyed).length;
+    },
+    close() {
+      for (const s of sockets) s.destroy();
+    },
+  };
+}
+
 /**
  * Register `n` server ids for `policy` with the proxy at `proxyPort`, each
  * announcing one of `ports` (round robin). Every id keeps its registration
@@ -96,28 +123,26 @@ export async function registerMany(proxyPort: number, policy: string, ports: num
   const sockets: Socket[] = [];
   const batch = 200;
   for (let i = 0; i < n; i += batch) {
-    const opened = Array.from({ length: Math.min(batch, n - i) }, (_, k) => {
-      const id = `${prefix}-${i + k}`;
-      return new Promise<Socket>((resolve, reject) => {
-        const s = connect({ host: '127.0.0.1', port: proxyPort }, () => {
-          s.write(encodeFrame({ type: MsgType.SETUP, id, privPolyId: policy, listenport: ports[(i + k) % ports.length]! }));
-          resolve(s);
-        });
-        s.once('error', reject);
-      });
-    });
-    for (const s of await Promise.all(opened)) {
-      s.on('error', () => {});
-      answerPings(s);
-      sockets.push(s);
-    }
+    const opened = Array.from({ length: Math.min(batch, n - i) }, (_, k) =>
+      register(proxyPort, { type: MsgType.SETUP, id: `${prefix}-${i + k}`, privPolyId: policy, listenport: ports[(i + k) % ports.length]! }));
+    sockets.push(...(await Promise.all(opened)));
   }
-  return {
-    get count() {
-      return sockets.filter((s) => !s.destroyed).length;
-    },
-    close() {
-      for (const s of sockets) s.destroy();
-    },
-  };
+  return registrar(sockets);
+}
+
+/**
+ * Stand-ins for running servers: register each with the proxy at `proxyPort`
+ * under its own id, policy and port, with the SETUP the server itself writes
+ * (`serverSetup`). What else a server states - how many requests it runs at
+ * once - it states itself, in its PONGs on the link the proxy dials to it.
+ */
+export async function standIns(proxyPort: number, servers: ReadonlyArray<{ id: string; policy: string; port: number }>): Promise<Registrar> {
+  const sockets: Socket[] = [];
+  try {
+    for (const s of servers) sockets.push(await register(proxyPort, serverSetup({ id: s.id, policy: s.policy, port: s.port, tls: false })));
+  } catch (err) {
+    registrar(sockets).close();
+    throw err;
+  }
+  return registrar(sockets);
 }

@@ -1,14 +1,15 @@
 /**
- * The bench's topology: the proxy and four servers as processes, HAProxy,
- * a baseline proxy and the bare relay beside them, the servers that work one
- * request at a time when the checkout has them, proxies started beside the
- * topology for one workload, and where each target's connections go.
+ * The bench's topology: the proxy and four servers as processes, HAProxy
+ * and the bare relay beside them, the servers that work one request at a
+ * time when the checkout has them, proxies started beside the topology for
+ * one workload, the pair of proxies a before/after run starts afresh each
+ * round, and where each target's connections go.
  */
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { LoadEndpoint } from './loadgen.js';
+import { runLoad, type LoadEndpoint } from './loadgen.js';
 import { freePort, HOST, probe, revproxyOptions, spawnChild, spawnRevproxy, startHaproxy, waitForPort, type Child } from './procs.js';
-import { registerMany } from './stub.js';
+import { standIns } from './stub.js';
 import type { Target } from './types.js';
 
 /** The demo's topology: two policies, two servers each. */
@@ -54,7 +55,8 @@ export interface Topology {
   slow: Server[];
   /** One frontend per policy (the slow policy's too). */
   haproxy?: { child: Child; ports: Map<string, number>; cleanup(): void };
-  baseline?: { child: Child; port: number; close(): void };
+  /** With a baseline: the targets `proxy` and `baseline`, started afresh each round (`ProxyPair`). */
+  pair?: ProxyPair;
   /** bench/bare-relay.mjs: the floor of a Node relay, for reference. */
   relay?: { child: Child; port: number };
 }
@@ -72,9 +74,12 @@ const policiesOf = (pool: Pool): string[] => (pool === 'demo' ? POLICIES : [SLOW
 export function endpoints(t: Target, topo: Topology, pool: Pool = 'demo'): (i: number) => LoadEndpoint {
   const policies = policiesOf(pool);
   const policyOf = (i: number): string => policies[i % policies.length]!;
+  if (topo.pair?.serves(t)) {
+    const { port } = topo.pair.running(t);
+    return (i) => ({ host: HOST, port, policy: policyOf(i) });
+  }
   if (t === 'proxy') return (i) => ({ host: HOST, port: topo.proxyPort, policy: policyOf(i) });
   if (t === 'haproxy') return (i) => ({ host: HOST, port: topo.haproxy!.ports.get(policyOf(i))!, policy: policyOf(i) });
-  if (t === 'baseline') return (i) => ({ host: HOST, port: topo.baseline!.port, policy: policyOf(i) });
   if (t === 'relay') return (i) => ({ host: HOST, port: topo.relay!.port, policy: policyOf(i) });
   if (pool === 'slow') return (i) => ({ host: HOST, port: topo.slow[i % topo.slow.length]!.port, policy: SLOW_POLICY });
   const byPolicy = new Map(POLICIES.map((p) => [p, topo.servers.filter((s) => s.policy === p)]));
@@ -87,7 +92,8 @@ export function endpoints(t: Target, topo: Topology, pool: Pool = 'demo'): (i: n
 
 /** The process under test for a target: the one whose CPU and memory are watched (none for direct). */
 export function watchedPid(t: Target, topo: Topology): number | undefined {
-  return t === 'proxy' ? topo.proxy.pid : t === 'haproxy' ? topo.haproxy!.child.pid : t === 'baseline' ? topo.baseline!.child.pid : t === 'relay' ? topo.relay!.child.pid : undefined;
+  if (topo.pair?.serves(t)) return topo.pair.running(t).child.pid;
+  return t === 'proxy' ? topo.proxy.pid : t === 'haproxy' ? topo.haproxy!.child.pid : t === 'relay' ? topo.relay!.child.pid : undefined;
 }
 
 /** The server processes a pool's requests reach. */
@@ -108,8 +114,10 @@ async function startServers(list: Array<{ id: string; policy: string }>, proxyPo
 
 export interface TopologyOptions {
   haproxyBin?: string;
-  /** Another checkout whose proxy runs as the `baseline` target. */
+  /** Another checkout whose proxy runs as the `baseline` target, with this checkout's as `proxy`: the two a `ProxyPair`. */
   baselineDir?: string;
+  /** Which of `proxy` and `baseline` the pair runs (with a baseline). */
+  pairTargets?: PairTarget[];
   relay: boolean;
   /** Start the servers that work one request at a time (the checkout's `server` has --concurrency). */
   slow: boolean;
@@ -133,11 +141,7 @@ export async function startTopology(o: TopologyOptions): Promise<Topology> {
     for (const port of ports.values()) await waitForPort(port, h.child);
     haproxy = { child: h.child, ports, cleanup: h.cleanup };
   }
-  let baseline: Topology['baseline'];
-  if (o.baselineDir) {
-    const side = await startSideProxy('baseline proxy', [], all, { bin: join(o.baselineDir, 'cli', 'revproxy.js') });
-    baseline = { child: side.child, port: side.port, close: side.unregister };
-  }
+  const pair = o.baselineDir ? proxyPair(o.baselineDir, all, o.pairTargets ?? ['proxy', 'baseline']) : undefined;
   let relay: Topology['relay'];
   if (o.relay) {
     const port = await freePort();
@@ -146,7 +150,7 @@ export async function startTopology(o: TopologyOptions): Promise<Topology> {
     await waitForPort(port, child);
     relay = { child, port };
   }
-  return { proxy, proxyPort, servers, slow, haproxy, baseline, relay };
+  return { proxy, proxyPort, servers, slow, haproxy, pair, relay };
 }
 
 export interface SideProxy {
@@ -160,17 +164,19 @@ export interface SideProxy {
 
 /**
  * A proxy process beside the topology, serving the same servers: stand-ins
- * register each one with it, pointing at the server's port (the data path is
- * the same as a server's own registration). Resolves once every policy answers.
+ * register each one with it as the server would itself (`standIns`: its id,
+ * policy and port; the data path is the same as a server's own registration).
+ * It runs with PROXY_FLAGS, those its checkout has (`proxyFlags` instead when
+ * given), then `flags`. Resolves once every policy answers.
  */
-export async function startSideProxy(name: string, flags: string[], servers: Server[], opts: { bin?: string; output?: string } = {}): Promise<SideProxy> {
+export async function startSideProxy(name: string, flags: string[], servers: Server[], opts: { bin?: string; output?: string; proxyFlags?: string[] } = {}): Promise<SideProxy> {
   const port = await freePort();
-  const child = spawnRevproxy(name, ['proxy', '--port', String(port), ...supported(PROXY_FLAGS, opts.bin), ...flags], opts.bin, opts.output);
+  const child = spawnRevproxy(name, ['proxy', '--port', String(port), ...(opts.proxyFlags ?? supported(PROXY_FLAGS, [opts.bin])), ...flags], opts.bin, opts.output);
   const regs: Array<{ close(): void }> = [];
   const unregister = (): void => regs.forEach((r) => r.close());
   try {
     await waitForPort(port, child);
-    for (const s of servers) regs.push(await registerMany(port, s.policy, [s.port], 1, `side${s.id}`));
+    regs.push(await standIns(port, servers));
     for (const p of new Set(servers.map((s) => s.policy))) await untilServed(port, p, servers.filter((s) => s.policy === p).length);
   } catch (err) {
     unregister();
@@ -189,15 +195,80 @@ export async function startSideProxy(name: string, flags: string[], servers: Ser
 }
 
 /**
- * The flag-value pairs of `flags` that the proxy of checkout `bin` has (an
- * older baseline may lack the newer bounds; it runs without them).
+ * The flag-value pairs of `flags` that the proxy of every checkout in `bins`
+ * has (undefined: this one, which has them all). An older baseline may lack
+ * the newer bounds: a before/after pair runs without them, both its proxies.
  */
-function supported(flags: string[], bin?: string): string[] {
-  if (!bin) return flags;
-  const has = revproxyOptions('proxy', bin);
+export function supported(flags: string[], bins: Array<string | undefined>): string[] {
+  const has = bins.filter((b): b is string => b !== undefined).map((b) => revproxyOptions('proxy', b));
   const out: string[] = [];
-  for (let i = 0; i < flags.length; i += 2) if (has.has(flags[i]!)) out.push(flags[i]!, flags[i + 1]!);
+  for (let i = 0; i < flags.length; i += 2) if (has.every((h) => h.has(flags[i]!))) out.push(flags[i]!, flags[i + 1]!);
   return out;
+}
+
+/** A short warm-up for a proxy started beside the topology (the topology's targets get one before the first workload). */
+export async function warm(endpoint: (i: number) => LoadEndpoint, o: { connections: number; depth: number }): Promise<void> {
+  await runLoad({ target: endpoint, connections: o.connections, depth: o.depth, durationMs: 300 });
+  await runLoad({ target: endpoint, connections: 1, depth: 1, durationMs: 200 });
+}
+
+/** The two targets a before/after run compares. */
+export type PairTarget = 'proxy' | 'baseline';
+
+/**
+ * A before/after run's two proxies: this checkout's (target `proxy`) and the
+ * baseline checkout's (target `baseline`), started alike - as side proxies,
+ * stand-ins registering every server as it would itself, with the proxy flags
+ * both checkouts have - and afresh for every round, in the order the round
+ * measures them (`roundOrder` alternates it), each warmed before the round's
+ * first cell. Two processes of one build differ (by up to a quarter in CPU
+ * per request on this machine), and a process keeps its difference for its
+ * life: new processes each round draw it again, and the alternation cancels
+ * what starting or being measured first does.
+ */
+export interface ProxyPair {
+  /** The pair's targets. */
+  readonly targets: PairTarget[];
+  /** The proxy flags both run with (PROXY_FLAGS less those a checkout lacks). */
+  readonly flags: string[];
+  serves(t: Target): t is PairTarget;
+  /** Stop the last round's proxies, then start `order`'s, one after the other, each warmed. */
+  start(order: PairTarget[], warmLoad: { connections: number; depth: number }): Promise<void>;
+  /** The process running now for `t` (after `start`). */
+  running(t: PairTarget): { child: Child; port: number };
+  /** Stop the proxies running now. */
+  stop(): Promise<void>;
+}
+
+function proxyPair(baselineDir: string, servers: Server[], targets: PairTarget[]): ProxyPair {
+  const bins: Record<PairTarget, string | undefined> = { proxy: undefined, baseline: join(baselineDir, 'cli', 'revproxy.js') };
+  const names: Record<PairTarget, string> = { proxy: 'proxy', baseline: 'baseline proxy' };
+  const flags = supported(PROXY_FLAGS, targets.map((t) => bins[t]));
+  const now = new Map<PairTarget, SideProxy>();
+  const stop = async (): Promise<void> => {
+    const up = [...now.values()];
+    now.clear();
+    for (const p of up) await p.stop();
+  };
+  return {
+    targets,
+    flags,
+    serves: (t): t is PairTarget => (targets as Target[]).includes(t),
+    async start(order, warmLoad) {
+      await stop();
+      for (const t of order) {
+        const p = await startSideProxy(names[t], [], servers, { bin: bins[t], proxyFlags: flags });
+        now.set(t, p);
+        await warm((i) => ({ host: HOST, port: p.port, policy: POLICIES[i % POLICIES.length]! }), warmLoad);
+      }
+    },
+    running(t) {
+      const p = now.get(t);
+      if (!p) throw new Error(`the ${names[t]} of this round is not running`);
+      return { child: p.child, port: p.port };
+    },
+    stop,
+  };
 }
 
 /** Wait until `members` servers answer for `policy` through the proxy on `port` (servers and stand-ins register on connections of their own). */

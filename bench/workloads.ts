@@ -8,11 +8,11 @@
  * for each of its cells alone.
  */
 import { join } from 'node:path';
-import { runLoad, type LoadEndpoint, type LoadOptions } from './loadgen.js';
+import type { LoadEndpoint, LoadOptions } from './loadgen.js';
 import { HOST, startHaproxy, waitForPort, freePort } from './procs.js';
 import { registerMany } from './stub.js';
 import {
-  endpoints, POLICIES, serverPids, startSideProxy, untilServed, watchedPid, type Pool, type SideProxy, type Topology,
+  endpoints, POLICIES, serverPids, startSideProxy, untilServed, warm, watchedPid, type Pool, type SideProxy, type Topology,
 } from './topology.js';
 import { VARIANT, type BenchOptions, type Subject, type Target, type Workload } from './types.js';
 
@@ -112,12 +112,6 @@ export function slowServersMissing(caps: Capabilities): string | undefined {
 /** Why the access-log row cannot run with this checkout, if it cannot. */
 export function accessLogMissing(caps: Capabilities): string | undefined {
   return caps.accessLog !== undefined ? undefined : "this checkout's `revproxy proxy` has no --access-log";
-}
-
-/** A short warm-up for a process started for a workload (the topology's get one before the first workload). */
-async function warm(endpoint: (i: number) => LoadEndpoint, o: BenchOptions): Promise<void> {
-  await runLoad({ target: endpoint, connections: o.connections, depth: o.depth, durationMs: 300 });
-  await runLoad({ target: endpoint, connections: 1, depth: 1, durationMs: 200 });
 }
 
 /** Connection i asks for the demo policies in turn. */

@@ -3,6 +3,8 @@
  * Registered in cli/main.ts with one line.
  */
 import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { Command, Option } from 'commander';
 import { formatReport } from '../bench/report.js';
 import { runBench } from '../bench/run.js';
@@ -59,6 +61,14 @@ function ensureFileLimit(need: number, argv: string[]): number | 'reran' {
   return soft;
 }
 
+/** The baseline checkout's folder, made absolute; a folder without a revproxy checkout ready to run is refused, saying what to give. */
+function baselineDir(dir: string): string {
+  const abs = resolve(dir);
+  const missing = ['cli/revproxy.js', 'node_modules'].filter((p) => !existsSync(join(abs, p)));
+  if (missing.length) throw new UsageError(`--baseline ${dir}: ${abs} has no ${missing.join(' and no ')}: give the folder of another revproxy checkout with its dependencies installed (git worktree add DIR REV, then npm ci there), or . for this one`);
+  return abs;
+}
+
 export function benchCommand(setExit: (code: number) => void): Command {
   return new Command('bench')
     .description('measure the proxy against the servers directly, HAProxy (TCP mode) and a bare Node relay, in rounds, on this machine')
@@ -77,7 +87,7 @@ export function benchCommand(setExit: (code: number) => void): Command {
     .option('--no-progress', 'no progress bar')
     .option('--markdown', 'also print the tables as Markdown (for the README)')
     .addOption(new Option('--busy-poll <us>', 'one at a time, also measure a proxy with --busy-poll this long and HAProxy with busy-polling, for information (0 = skip)').default(300).argParser(parseIntOption('--busy-poll', 0)))
-    .option('--baseline <dir>', 'another checkout of revproxy (with node_modules): its proxy runs as target "baseline", for before/after ratios in one run')
+    .option('--baseline <dir>', 'another checkout of revproxy (with node_modules; . for this one, to see what the bench can tell apart): its proxy runs as target "baseline" beside this one\'s, both started afresh each round, which first alternating (an even count of rounds), for before/after ratios in one run')
     .addHelpText(
       'after',
       `
@@ -99,6 +109,7 @@ Examples:
   revproxy bench --workloads pipelined,serial --targets proxy,haproxy --duration 10`,
     )
     .action(async (f: BenchFlags) => {
+      const baseline = f.baseline === undefined ? undefined : baselineDir(f.baseline);
       const workloads = list<Workload>(f.workloads, WORKLOADS, 'workload');
       const targets = list<Target>(f.targets, TARGETS, 'target');
       if (f.baseline && !targets.includes('baseline')) targets.push('baseline');
@@ -128,7 +139,7 @@ Examples:
           routing: f.routing,
           outDir: f.out,
           progress: f.progress,
-          baseline: f.baseline,
+          baseline,
           busyPollUs: f.busyPoll,
         });
         process.stdout.write(`${formatReport(report)}\n`);

@@ -148,6 +148,38 @@ rounds('runRounds measures in that order; a subject that fails is named once and
   assert.equal(dropped, ['B: B broke']);
 });
 
+rounds('a before/after pair takes one place in the turn, measured back to back, and which goes first alternates each round', () => {
+  const order = roundOrder(['direct', 'proxy', 'haproxy', 'baseline'], 4, ['proxy', 'baseline']);
+  assert.equal(order, [
+    ['direct', 'proxy', 'baseline', 'haproxy'],
+    ['baseline', 'proxy', 'haproxy', 'direct'],
+    ['haproxy', 'direct', 'proxy', 'baseline'],
+    ['direct', 'baseline', 'proxy', 'haproxy'],
+  ]);
+  // Over an even count of rounds each of the two goes first as often as the other, always next to the other.
+  const firsts = order.map((r) => r.find((s) => s === 'proxy' || s === 'baseline'));
+  assert.is(firsts.filter((s) => s === 'proxy').length, 2);
+  for (const r of order) assert.is(Math.abs(r.indexOf('proxy') - r.indexOf('baseline')), 1);
+  // Without both in the subjects, the plain turn.
+  assert.equal(roundOrder(['A', 'B', 'C'], 2, ['B', 'X']), roundOrder(['A', 'B', 'C'], 2));
+});
+
+rounds('runRounds starts the fresh subjects before the first of their cells in each round, in the order measured; a start that fails leaves both out, named once each', async () => {
+  const calls: string[] = [];
+  const dropped: string[] = [];
+  await runRounds(['D', 'P', 'B'], 4, async (s, r) => {
+    calls.push(`${s}${r}`);
+  }, (s, err) => dropped.push(`${s}: ${(err as Error).message}`), {
+    subjects: ['P', 'B'],
+    start: async (order, r) => {
+      calls.push(`start ${order.join('')}${r}`);
+      if (r === 2) throw new Error('no listen');
+    },
+  });
+  assert.equal(calls, ['D0', 'start PB0', 'P0', 'B0', 'start BP1', 'B1', 'P1', 'D1', 'D2', 'start PB2', 'D3']);
+  assert.equal(dropped, ['P: no listen', 'B: no listen']);
+});
+
 rounds('the median of an odd count is the middle value, of an even count the mean of the middle two; with the lowest and highest', () => {
   assert.equal(spread([3, 1, 2]), { median: 2, min: 1, max: 3, n: 3 });
   assert.equal(spread([4, 1, 3, 2]), { median: 2.5, min: 1, max: 4, n: 4 });
