@@ -16,7 +16,7 @@ import { fileLimits, findHaproxy, HAPROXY_INSTALL, haproxyVersion, revproxyOptio
 import { progress } from './progress.js';
 import { runRounds, summarise } from './rounds.js';
 import { poolRoutingRates } from './routing.js';
-import { endpoints, PROXY_FLAGS, startTopology, type PairTarget, type ProxyPair, type Topology } from './topology.js';
+import { demoPolicies, endpoints, PROXY_FLAGS, startTopology, type PairTarget, type ProxyPair, type Topology } from './topology.js';
 import type { BenchOptions, BenchReport, Row, RoutingRun } from './types.js';
 import { checks } from './verdicts.js';
 import { firstAndLast, accessLogMissing, planWorkload, slowServersMissing, targetName, type Capabilities } from './workloads.js';
@@ -61,10 +61,12 @@ export async function runBench(options: BenchOptions): Promise<BenchReport> {
     bar.advance();
     // Warm every target's code paths (the JIT, connection set-up) so the first round is not all cold (the pair's are warmed as each round starts them).
     bar.step('warming up every target');
-    for (const t of targets.filter((x) => !pair?.serves(x))) {
-      await runLoad({ target: endpoints(t, topo), connections: o.connections, depth: o.depth, durationMs: 300 });
-      await runLoad({ target: endpoints(t, topo), connections: 1, depth: 1, durationMs: 200 });
-      await runLoad({ target: endpoints(t, topo), connections: 1, depth: 1, perRequest: true, durationMs: 200 });
+    // The topology's proxy still serves the variants (the one-server policy) when the pair runs the target `proxy`.
+    const warmed = [...targets.filter((t) => !pair?.serves(t)).map((t) => endpoints(t, topo!)), ...(pair?.serves('proxy') ? [demoPolicies(topo.proxyPort)] : [])];
+    for (const target of warmed) {
+      await runLoad({ target, connections: o.connections, depth: o.depth, durationMs: 300 });
+      await runLoad({ target, connections: 1, depth: 1, durationMs: 200 });
+      await runLoad({ target, connections: 1, depth: 1, perRequest: true, durationMs: 200 });
     }
     bar.advance();
     for (const w of o.workloads) {

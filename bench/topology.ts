@@ -206,6 +206,9 @@ export function supported(flags: string[], bins: Array<string | undefined>): str
   return out;
 }
 
+/** Connection i asks for the demo policies in turn, of the proxy on `port`. */
+export const demoPolicies = (port: number) => (i: number): LoadEndpoint => ({ host: HOST, port, policy: POLICIES[i % POLICIES.length]! });
+
 /** A short warm-up for a proxy started beside the topology (the topology's targets get one before the first workload). */
 export async function warm(endpoint: (i: number) => LoadEndpoint, o: { connections: number; depth: number }): Promise<void> {
   await runLoad({ target: endpoint, connections: o.connections, depth: o.depth, durationMs: 300 });
@@ -220,8 +223,8 @@ export type PairTarget = 'proxy' | 'baseline';
  * baseline checkout's (target `baseline`), started alike - as side proxies,
  * stand-ins registering every server as it would itself, with the proxy flags
  * both checkouts have - and afresh for every round, in the order the round
- * measures them (`roundOrder` alternates it), each warmed before the round's
- * first cell. Two processes of one build differ (by up to a quarter in CPU
+ * measures them (`roundOrder` alternates it), each warmed, before the first
+ * of their cells. Two processes of one build differ (by up to a quarter in CPU
  * per request on this machine), and a process keeps its difference for its
  * life: new processes each round draw it again, and the alternation cancels
  * what starting or being measured first does.
@@ -259,7 +262,7 @@ function proxyPair(baselineDir: string, servers: Server[], targets: PairTarget[]
       for (const t of order) {
         const p = await startSideProxy(names[t], [], servers, { bin: bins[t], proxyFlags: flags });
         now.set(t, p);
-        await warm((i) => ({ host: HOST, port: p.port, policy: POLICIES[i % POLICIES.length]! }), warmLoad);
+        await warm(demoPolicies(p.port), warmLoad);
       }
     },
     running(t) {

@@ -12,7 +12,7 @@ import type { LoadEndpoint, LoadOptions } from './loadgen.js';
 import { HOST, startHaproxy, waitForPort, freePort } from './procs.js';
 import { registerMany } from './stub.js';
 import {
-  endpoints, POLICIES, serverPids, startSideProxy, untilServed, warm, watchedPid, type Pool, type SideProxy, type Topology,
+  demoPolicies, endpoints, POLICIES, serverPids, startSideProxy, untilServed, warm, watchedPid, type Pool, type SideProxy, type Topology,
 } from './topology.js';
 import { VARIANT, type BenchOptions, type Subject, type Target, type Workload } from './types.js';
 
@@ -113,9 +113,6 @@ export function slowServersMissing(caps: Capabilities): string | undefined {
 export function accessLogMissing(caps: Capabilities): string | undefined {
   return caps.accessLog !== undefined ? undefined : "this checkout's `revproxy proxy` has no --access-log";
 }
-
-/** Connection i asks for the demo policies in turn. */
-const demoPolicies = (port: number) => (i: number): LoadEndpoint => ({ host: HOST, port, policy: POLICIES[i % POLICIES.length]! });
 
 /** The plan of workload `w`, or undefined with a note when it cannot run here. */
 export async function planWorkload(w: Workload, ctx: PlanContext): Promise<WorkloadPlan | undefined> {
