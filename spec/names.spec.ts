@@ -43,7 +43,7 @@ names('a proxy name that does not resolve: the server says so, keeps trying, and
 
   const client = hosts.revproxy(['client', '--revproc', `proxy.test:${port}`, '--pkt', 'pktfiles/1.json']);
   assert.is(await client.exited, 1, client.out.join('\n'));
-  assert.ok(client.out.some((l) => /CONNECT_FAILED: the name proxy\.test does not resolve to an address on this machine \(ENOTFOUND\)/.test(l)), client.out.join('\n'));
+  assert.ok(client.out.some((l) => /CONNECT_FAILED \(retryable\): the name proxy\.test does not resolve to an address on this machine \(ENOTFOUND\)/.test(l)), client.out.join('\n'));
   noStack(client.out);
   const load = hosts.revproxy(['load', '--revproc', `proxy.test:${port}`, '-n', '1', '--no-progress']);
   assert.is(await load.exited, 1, load.out.join('\n'));
