@@ -378,8 +378,9 @@ export function closeRevoked(sockets: Iterable<Socket>, tls: TlsMaterial, logger
   let closed = 0;
   for (const socket of sockets) {
     const held = socket instanceof TLSSocket && !socket.destroyed ? peerOf(socket) : undefined;
-    const crl = held && revoked(held.cert, () => held.chain);
-    if (!held || !crl) continue;
+    if (!held) continue;
+    const crl = revoked(held.cert, held.chain);
+    if (!crl) continue;
     const peer = held.cert;
     closed++;
     const addr = peerAddress(socket, proxiedClient(socket)?.address);

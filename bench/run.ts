@@ -16,7 +16,7 @@ import { fileLimits, findHaproxy, HAPROXY_INSTALL, haproxyVersion, revproxyOptio
 import { progress } from './progress.js';
 import { runRounds, summarise } from './rounds.js';
 import { poolRoutingRates } from './routing.js';
-import { demoPolicies, endpoints, PROXY_FLAGS, startTopology, type PairTarget, type ProxyPair, type Topology } from './topology.js';
+import { demoPolicies, endpoints, PROXY_FLAGS, startTopology, warm, type PairTarget, type ProxyPair, type Topology } from './topology.js';
 import type { BenchOptions, BenchReport, Row, RoutingRun } from './types.js';
 import { checks } from './verdicts.js';
 import { firstAndLast, accessLogMissing, planWorkload, slowServersMissing, targetName, type Capabilities } from './workloads.js';
@@ -64,8 +64,7 @@ export async function runBench(options: BenchOptions): Promise<BenchReport> {
     // The topology's proxy still serves the variants (the one-server policy) when the pair runs the target `proxy`.
     const warmed = [...targets.filter((t) => !pair?.serves(t)).map((t) => endpoints(t, topo!)), ...(pair?.serves('proxy') ? [demoPolicies(topo.proxyPort)] : [])];
     for (const target of warmed) {
-      await runLoad({ target, connections: o.connections, depth: o.depth, durationMs: 300 });
-      await runLoad({ target, connections: 1, depth: 1, durationMs: 200 });
+      await warm(target, o);
       await runLoad({ target, connections: 1, depth: 1, perRequest: true, durationMs: 200 });
     }
     bar.advance();

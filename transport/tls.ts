@@ -839,15 +839,21 @@ export function dial(host: string, port: number, tls?: UpstreamTlsMaterial, from
   const socket = tlsConnect({ host, port, ...source, ca: tls.ca, cert: tls.cert, key: tls.key, crl: crlOption(tls), rejectUnauthorized: true, servername: serverName ?? (isIP(host) !== 0 ? undefined : host), ...(identity ? { checkServerIdentity: identity } : {}) });
   socket.once('secureConnect', () => {
     const peer = livePeer(socket);
-    if (peer) HANDSHAKE_PEERS.set(socket, peer);
+    if (!peer) return;
+    // Read now, while Node still has it: later the chain is gone too.
+    const chain = peer.chain();
+    HANDSHAKE_PEERS.set(socket, { cert: peer.cert, chain: () => chain });
   });
   return socket;
 }
 
-/** A TLS peer's certificate and the chain above it that its handshake verified (its intermediates, then the CA). */
+/**
+ * A TLS peer's certificate, and the chain above it that its handshake verified (its intermediates, then the CA): read
+ * only when asked (a CRL's signer is looked for there), as a reload reads every connection's peer.
+ */
 export interface TlsPeer {
   cert: X509Certificate;
-  chain: X509Certificate[];
+  chain(): readonly X509Certificate[];
 }
 
 /**
@@ -867,9 +873,12 @@ export function peerOf(socket: TLSSocket): TlsPeer | undefined {
 function livePeer(socket: TLSSocket): TlsPeer | undefined {
   const cert = socket.getPeerX509Certificate();
   if (!cert) return undefined;
-  const chain: X509Certificate[] = [];
-  // The last one names itself as its issuer.
-  for (let c = socket.getPeerCertificate(true).issuerCertificate; c?.raw && !chain.some((x) => x.raw.equals(c!.raw)); c = c.issuerCertificate) chain.push(new X509Certificate(c.raw));
+  const chain = (): X509Certificate[] => {
+    const out: X509Certificate[] = [];
+    // The last one names itself as its issuer.
+    for (let c = socket.getPeerCertificate(true).issuerCertificate; c?.raw && !out.some((x) => x.raw.equals(c!.raw)); c = c.issuerCertificate) out.push(new X509Certificate(c.raw));
+    return out;
+  };
   return { cert, chain };
 }
 
