@@ -21,8 +21,9 @@
  * connection and says nothing (a listener that is not etcd, a TLS handshake that hangs, an etcd
  * stopped with SIGSTOP, whose kernel still completes connections) held each such dial until the
  * client closed, and etcd3's next channel dialled again: 8-9 of them open after 16 s (a proxy and a
- * server, etcds:// or etcd://). So a client dials each member once at a time, for at most
- * `connectMs`. Nothing of either library is patched; a grpc-js or Node that no longer passes these on
+ * server, etcds:// or etcd://). So each of a client's gRPC channels dials a member once at a time, for at most
+ * `connectMs`: a few at once (a channel per etcd service it uses, and one etcd3 keeps a second after dropping it;
+ * a proxy was seen with two pending, a proxy and a server with three), never a pile. Nothing of either library is patched; a grpc-js or Node that no longer passes these on
  * leaves the dials as they were, unmarked.
  */
 import { subscribe } from 'node:diagnostics_channel';
