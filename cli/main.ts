@@ -243,15 +243,10 @@ export function buildProgram(setExit: (code: number) => void): Command {
       id, proxies: typeof o.revproc === 'string' ? undefined : o.revproc, registry, packets, tls: tlsFromFlags(o), timeoutMs: o.timeout, window: o.window, maxFrameBytes: o.maxFrame, wire: o.wire, logger,
       inspect: insp.attach.inspect, verify: o.verify ? 'auto' : false,
     });
-    const ok = results.filter((r) => r.answer !== undefined && r.correct !== false).length;
-    const checked = results.filter((r) => r.correct !== undefined).length;
+    const sum = clientSummary(results);
     if (o.json) process.stdout.write(`${JSON.stringify(summarise(results, packets.map((p) => p.file)))}\n`);
-    else if (results.length > 1 || ok < results.length) {
-      const verified = results.filter((r) => r.correct).length;
-      const line = checked === results.length ? `${verified}/${results.length} answers verified` : `${ok}/${results.length} answered${ok < results.length ? `, ${results.length - ok} failed` : ''}${checked ? `, ${verified} of ${checked} checked answers verified` : ok ? ' (answers not checked)' : ''}`;
-      logger.info('summary', line, { verified, answered: ok, total: results.length });
-    }
-    setExit(ok === results.length ? 0 : 1);
+    else if (results.length > 1 || sum.failed) logger.info('summary', sum.line, { verified: sum.verified, answered: sum.total - sum.failed, total: sum.total, failed: sum.failed, retryable: sum.retryable });
+    setExit(sum.failed ? 1 : 0);
     // The log ends first: its last lines (the summary) were printed after the inspector's "Ctrl-C exits".
     await unwarn();
     await logger.end();
@@ -309,13 +304,32 @@ function markRequired(cmd: Command): void {
   });
 }
 
+/**
+ * `revproxy client`'s counts, and its summary line: `2/5 answered, 3 failed (1 retryable), ...`. A request failed
+ * when it got no answer or a wrong one; `retryable` counts those the failure lines say `CODE (retryable)` of
+ * (`Result.retryable`: no handler ran them, so they may be sent again).
+ */
+export function clientSummary(results: readonly Result[]): { verified: number; total: number; failed: number; retryable: number; line: string } {
+  const total = results.length;
+  const ok = results.filter((r) => r.answer !== undefined && r.correct !== false).length;
+  const checked = results.filter((r) => r.correct !== undefined).length;
+  const verified = results.filter((r) => r.correct).length;
+  const failed = total - ok;
+  const retryable = results.filter((r) => r.retryable === true).length;
+  const line = checked === total ? `${verified}/${total} answers verified` : `${ok}/${total} answered${failed ? `, ${failed} failed (${retryable} retryable)` : ''}${checked ? `, ${verified} of ${checked} checked answers verified` : ok ? ' (answers not checked)' : ''}`;
+  return { verified, total, failed, retryable, line };
+}
+
 function summarise(results: Result[], files: string[]) {
   // Bytes print as base64, marked so they are not taken for text.
   const text = (p: Payload | undefined) => (p === undefined || typeof p === 'string' ? p : { base64: Buffer.from(p).toString('base64') });
+  const { verified, failed, retryable } = clientSummary(results);
   return {
-    verified: results.filter((r) => r.correct).length,
+    verified,
     answered: results.filter((r) => r.answer !== undefined).length,
     total: results.length,
+    failed,
+    retryable,
     results: results.map((r, i) => ({
       file: files[i], ...r.packet, payload: text(r.packet.payload), server: r.server, answer: text(r.answer),
       hash: r.correct === undefined ? undefined : r.answer, correct: r.correct ?? false, checked: r.correct !== undefined,

@@ -150,7 +150,7 @@ cli('client --inspect: the inspector is named for the client, its "Ctrl-C exits"
   await p.waitFor(/Ctrl-C exits/);
   const text = p.out.join('\n');
   assert.match(text, /Inspector for client 1 on http/);
-  assert.match(text, /0\/1 answered, 1 failed\nInspector still serving on http:\/\/127\.0\.0\.1:\d+\/; Ctrl-C exits\./);
+  assert.match(text, /0\/1 answered, 1 failed \(1 retryable\)\nInspector still serving on http:\/\/127\.0\.0\.1:\d+\/; Ctrl-C exits\./);
   p.kill('SIGINT');
   assert.is(await p.exited, 1, 'ended by the signal: the line was printed before the handler was installed');
 });

@@ -6,7 +6,7 @@
  * (`disconnect`, `reconnect`, `close`), as nats.js's and MQTT.js's clients emit theirs.
  */
 import * as assert from 'uvu/assert';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { on, once } from 'node:events';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import type { InspectionEvent } from 'xstate';
@@ -15,8 +15,8 @@ import { connect, HandlerError, ManualClock, RequestError, runClient, startProxy
 import { CLIENT_CODES, ERROR_CODES, RETRYABLE, RevproxyError } from '../transport/errors.js';
 import { FrameDecoder } from '../transport/frame.js';
 import { MsgType } from '../transport/messages.js';
-import { clientIn, eventually, frame, librarySuite, rejection, sleep, type LibraryCtx } from './helpers.js';
-import { killAll, proxyProcess, ROOT, start } from './procs.js';
+import { clientIn, eventually, frame, librarySuite, rejection, sleep, tempDir, type LibraryCtx } from './helpers.js';
+import { killAll, proxyProcess, revproxy, ROOT, start } from './procs.js';
 import { freePort } from '../bench/procs.js';
 
 const ctx = {} as LibraryCtx;
@@ -208,6 +208,31 @@ retry('runClient says it of each failed packet (Result.retryable, which revproxy
   h.release();
   // CONNECT_FAILED: lost before the client had any answer (README, "Whether a failed request may be sent again").
   assert.equal(rl.map((r) => [r.error, r.retryable]), [['CONNECT_FAILED', false], ['CONNECT_FAILED', true], ['CONNECT_FAILED', true]], JSON.stringify(rl));
+});
+
+retry("revproxy client's summary counts the failures that may be sent again, in the failure lines' words, and --json gives failed and retryable", async () => {
+  // The failure lines said `NO_SERVER (retryable)` of each, the summary only `1/3 answered, 2 failed`: how many to send again meant counting lines.
+  const p = await proxy({ timeoutMs: 300 });
+  await server('s', [p.port], async (x) => {
+    if (x === 'slow') await sleep(1000);
+    return String(x);
+  });
+  const dir = tempDir('pkt-');
+  for (const [i, [privPoliId, payload]] of [['P', 'slow'], ['Q', 'none'], ['P', 'fine']].entries()) writeFileSync(join(dir, `${i}.json`), JSON.stringify({ type: '0', srcid: 'c', privPoliId, payload }));
+  const text = revproxy(['client', '--revproc', String(p.port), '--pkt', dir, '--no-verify']);
+  assert.is(await text.exited, 1);
+  const out = text.out.join('\n');
+  assert.match(out, /failed: TIMEOUT \(not retryable\)/);
+  assert.match(out, /failed: NO_SERVER \(retryable\)/);
+  assert.match(out, /1\/3 answered, 2 failed \(1 retryable\) \(answers not checked\)$/m);
+  const json = revproxy(['client', '--revproc', String(p.port), '--pkt', dir, '--no-verify', '--json']);
+  assert.is(await json.exited, 1);
+  const report = JSON.parse(json.out.find((l) => l.startsWith('{'))!) as { answered: number; total: number; failed: number; retryable: number };
+  assert.equal([report.answered, report.total, report.failed, report.retryable], [1, 3, 2, 1]);
+  // None failed: no count of them.
+  const fine = revproxy(['client', '--revproc', String(p.port), '--pkt', join(dir, '2.json'), '--pkt', join(dir, '2.json'), '--no-verify']);
+  assert.is(await fine.exited, 0);
+  assert.match(fine.out.join('\n'), /2\/2 answered \(answers not checked\)$/m);
 });
 
 retry.run();
