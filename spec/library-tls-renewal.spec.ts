@@ -172,6 +172,9 @@ renew('the TLS options at start are checked as the files are: a key not the cert
     // What each takes still starts: a pair as Buffers or PEM strings, a dialling side's {} (the system's CAs).
     const p = await startProxy({ port: 0, tls: { cert: good.cert!.toString(), key: good.key!.toString() } as never, upstreamTls: {} });
     ctx.proxies.push(p);
+    // A CRL as a PEM string too: its start threw "Invalid value used as weak map key" (the CRLs were kept by their Buffer).
+    const revoking = await startProxy({ port: 0, tls: { cert: good.cert!.toString(), key: good.key!.toString(), ca: good.ca!.toString(), crl: readFileSync(a.crl(), 'utf8') } as never });
+    ctx.proxies.push(revoking);
     await new Promise((r) => setTimeout(r, 50));
     assert.equal(uncaught, [], 'nothing thrown out of reach');
   } finally {

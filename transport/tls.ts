@@ -13,6 +13,7 @@ import { badDialAddress, canonicalHost, hostPort, isEveryAddress, isLoopback, un
 import { CRL_CODES, refusedCertificate, untrustedCertificate, UNTRUSTED_CA_CODES } from './foreign.js';
 import { setDeadline, type Clock, type Timer } from './clock.js';
 import { crlBlocks, issuedBy, namesOf, parseCrl, revoking, type Crl } from './crl.js';
+import { byBytes } from './by-bytes.js';
 
 export interface TlsFiles {
   /** PEM certificate chain presented by this side. */
@@ -249,15 +250,13 @@ function holdsCertificate(pem: Buffer): boolean {
 }
 
 /** Every certificate of a PEM file, in order (X509Certificate alone reads only the first of a chain or a bundle). */
-function certificatesOf(pem: Buffer): X509Certificate[] {
-  return [...pem.toString('latin1').matchAll(/-----BEGIN (?:TRUSTED |X509 )?CERTIFICATE-----[^-]+-----END (?:TRUSTED |X509 )?CERTIFICATE-----/g)].flatMap((m) => {
-    try {
-      return [new X509Certificate(m[0])];
-    } catch {
-      return [];
-    }
-  });
-}
+const certificatesOf = byBytes((pem: Buffer): readonly X509Certificate[] => [...pem.toString('latin1').matchAll(/-----BEGIN (?:TRUSTED |X509 )?CERTIFICATE-----[^-]+-----END (?:TRUSTED |X509 )?CERTIFICATE-----/g)].flatMap((m) => {
+  try {
+    return [new X509Certificate(m[0])];
+  } catch {
+    return [];
+  }
+}));
 
 /**
  * Why a peer that dials `address` would refuse the certificate `pem` presents (its first), or undefined
@@ -599,32 +598,26 @@ function checkMaterial(material: TlsMaterial, names: TlsNames, paths: TlsFiles |
   return material;
 }
 
-/** The CRLs of each PEM Buffer read so far: a dial reads them at each connection. */
-const crlCache = new WeakMap<Buffer, Crl[]>();
-
 /**
  * The CRLs of a PEM file, each read (`parseCrl`): a TlsConfigError naming the file (`what`) when it holds
- * none or one cannot be read. Without `what`, of material checked already.
+ * none or one cannot be read. Without `what`, of material checked already. Read once while in use (`byBytes`):
+ * a dial reads them at each connection, and a reload reads the file again.
  */
-function crlsOf(pem: Buffer, what?: string, names?: TlsNames): Crl[] {
-  const known = crlCache.get(pem);
-  if (known) return known;
+const crlsOf = byBytes((pem: Buffer, what?: string, names?: TlsNames): Crl[] => {
   const blocks = crlBlocks(pem);
   const give = `give the CRL of each CA in ${names?.ca ?? '--tls-ca'}, in PEM (openssl ca -gencrl makes one; openssl crl -inform DER -in FILE -out FILE.pem turns a DER one into PEM)`;
   if (blocks.length === 0) {
     const holds = /-----BEGIN (TRUSTED |X509 )?CERTIFICATE-----/.test(pem.toString('latin1')) ? ': it holds a certificate (a CA\'s certificate goes in the CA file, the CRL it issues here)' : '';
     throw new TlsConfigError(`${what} holds no PEM CRL (-----BEGIN X509 CRL-----)${holds}: ${give}`);
   }
-  const crls = blocks.map((block, i) => {
+  return blocks.map((block, i) => {
     try {
       return parseCrl(block);
     } catch (err) {
       throw new TlsConfigError(`${what} holds a CRL that cannot be read (the ${blocks.length > 1 ? `${ordinal(i + 1)} of ${blocks.length}` : 'only one'}: ${(err as Error).message}): ${give}`);
     }
   });
-  crlCache.set(pem, crls);
-  return crls;
-}
+});
 
 const ordinal = (n: number): string => `${n}${n % 10 === 1 && n % 100 !== 11 ? 'st' : n % 10 === 2 && n % 100 !== 12 ? 'nd' : n % 10 === 3 && n % 100 !== 13 ? 'rd' : 'th'}`;
 
