@@ -2,7 +2,7 @@
  * What is read from a PEM text (a CRL file's CRLs, a certificate file's certificates), read once for as long as
  * it is in use. Found by the Buffer itself first - a dial, a metrics scrape, a `/readyz` probe read the same one
  * again and again - else by the bytes' SHA-256: a reload (SIGHUP, a renewal) reads each file again into a new
- * Buffer, and an unchanged one is not read again (a CRL of 20,000 entries took 57 ms to parse, its digest 1.6 ms).
+ * Buffer, and an unchanged one is not read again (a CRL of 20,000 entries, 1 MB, took 57 ms to parse, its digest 1.6 ms).
  * Nothing is kept for bytes no longer in use: an entry lives while a Buffer of those bytes does (the material
  * running holds it), then goes with it, so a CRL renewed every day leaves no old one behind. A PEM string (a
  * library caller's) has no Buffer to hold it: it is found by its digest, while the material read from an equal
