@@ -97,6 +97,12 @@ export class ExpiryWatch {
     return this.certs().find((c) => c.role === role && now >= c.notAfter);
   }
 
+  /** The CRLs in use past their nextUpdate (each CA's peers refused, CRL_HAS_EXPIRED). */
+  passedCrls(): LoadedCert[] {
+    const now = this.wallNow();
+    return this.certs().filter((c) => c.crl && now >= c.notAfter);
+  }
+
   stop(): void {
     this.stopped = true;
     this.timer?.cancel();

@@ -408,9 +408,15 @@ async function run(read: (reload?: boolean) => ProxyConfig, source: string, setE
     }
     readiness.add('pool', () => poolReadiness(readyPolicies, proxy?.pools() ?? {}));
     // A proxy whose own certificate has expired is refused by every TLS client: not ready, as a load balancer should hear.
+    // A CRL past its nextUpdate refuses its CA's peers alone (on the port, or the dials to servers), and every proxy
+    // reading the same published file at once: a warning, still ready, since taking them all out of rotation would turn
+    // one CA's refusals into a refusal of everyone (Envoy and HAProxy stay up too). The log says it as the watch does.
     readiness.add('tls', () => {
       const ended = expiry.ended('tls.cert');
-      return ended && { code: 'CERT_EXPIRED', message: expiredError(ended) };
+      return [
+        ...(ended ? [{ code: 'CERT_EXPIRED', message: expiredError(ended) }] : []),
+        ...expiry.passedCrls().map((c) => ({ code: 'CRL_EXPIRED', message: expiredError(c), warning: true })),
+      ];
     });
     admin = await startAdmin({ host: rt.admin.host, port: rt.admin.port, token: rt.admin.token, metrics, readiness, logger });
     adminToken = rt.admin.token;

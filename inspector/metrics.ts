@@ -770,7 +770,7 @@ export function addOperationsMetrics(registry: Registry, s: OperationsSources): 
     });
   validity('revproxy_tls_cert_not_after_seconds', 'When each certificate in use ends (Unix time), by the setting that names its file (role: tls.cert, tls.ca, registry.tls.cert, registry.tls.ca) and the file; a renewal takes effect on SIGHUP', 'notAfter');
   validity('revproxy_tls_cert_not_before_seconds', 'When each certificate in use began (Unix time), by role and file as revproxy_tls_cert_not_after_seconds: the two give its lifetime', 'notBefore');
-  validity('revproxy_tls_crl_next_update_seconds', 'When each CRL in use is due to be replaced (its nextUpdate, Unix time), by the setting that names its file (role: tls.crl), the file and its issuer: past it TLS refuses every peer certificate that CA signed (CRL_HAS_EXPIRED); a fresh CRL takes effect on SIGHUP', 'notAfter', true);
+  validity('revproxy_tls_crl_next_update_seconds', 'When each CRL in use is due to be replaced (its nextUpdate, Unix time), by the setting that names its file (role: tls.crl, upstream_tls.crl), the file and its issuer: past it TLS refuses every peer certificate that CA signed (CRL_HAS_EXPIRED); a fresh CRL takes effect on SIGHUP', 'notAfter', true);
   validity('revproxy_tls_crl_this_update_seconds', 'When each CRL in use was made (its thisUpdate, Unix time), by role, file and issuer as revproxy_tls_crl_next_update_seconds: the two give its lifetime', 'notBefore', true);
 }
 

@@ -465,7 +465,13 @@ renew("tls.crl at a reload: a CRL under its CA's name but another key closes no 
   }
 });
 
-renew('a tls.crl that passes its nextUpdate while the proxy runs: a warning before, then an error, and each of its peers refused (CRL_HAS_EXPIRED) until a fresh one is loaded; its nextUpdate is a metric', async () => {
+/** /readyz's status and body. */
+async function readyz(admin: string): Promise<{ status: number; body: { ready: boolean; reasons?: Array<{ check: string; code: string; message: string }>; warnings?: Array<{ check: string; code: string; message: string }> } }> {
+  const res = await fetch(`${admin}readyz`);
+  return { status: res.status, body: await res.json() as never };
+}
+
+renew('a tls.crl that passes its nextUpdate while the proxy runs: a warning before, then an error, and each of its peers refused (CRL_HAS_EXPIRED) until a fresh one is loaded; its nextUpdate is a metric, and a warning of /readyz, which stays ready', async () => {
   const pki = makePki(['proxy', 'client']);
   install(pki, 'proxy');
   const crl = join(ctx.dir, 'ca.crl');
@@ -476,14 +482,22 @@ renew('a tls.crl that passes its nextUpdate while the proxy runs: a warning befo
   const client = { ...pki.cert('client'), ca: pki.ca };
   (await handshake(port, client)).destroy();
   assert.ok((await metrics(admin)).includes(`revproxy_tls_crl_next_update_seconds{role="tls.crl",file="${crl}",issuer="CN=revproxy test CA"} ${nextUpdate}`));
+  assert.equal(await readyz(admin), { status: 200, body: { ready: true } });
   await proc.waitFor(/warning: the CRL of CN=revproxy test CA in the tls\.crl file '.*ca\.crl' passes its nextUpdate on [-\dT:.]+Z, in \d+ minutes: TLS then refuses every peer certificate that CA signed \(CRL_HAS_EXPIRED\)/, 20_000);
-  await proc.waitFor(/error: the CRL of CN=revproxy test CA in the tls\.crl file '.*ca\.crl' passed its nextUpdate on [-\dT:.]+Z: TLS refuses every peer certificate that CA signed \(CRL_HAS_EXPIRED\)/, 20_000);
+  const line = (await proc.waitFor(/error: (the CRL of CN=revproxy test CA in the tls\.crl file '.*ca\.crl' passed its nextUpdate on [-\dT:.]+Z: TLS refuses every peer certificate that CA signed \(CRL_HAS_EXPIRED\).*)$/, 20_000))[1]!;
   assert.instance(await handshake(port, client).catch((e: Error) => e), Error, 'refused at its handshake, with no reload');
   await proc.waitFor(/Refused a TLS connection from 127\.0\.0\.1: the peer's TLS certificate could not be checked for revocation: the CRL of its CA in this side's --tls-crl is past its nextUpdate \(CRL_HAS_EXPIRED\)/);
+  // /readyz ignored it: ready, with nothing said. Still ready (its CA's peers alone are refused, and every proxy reading the
+  // same published CRL with it: out of rotation together they would refuse everyone), with the error's words as a warning.
+  for (let i = 0; i < 5; i++) {
+    assert.equal(await readyz(admin), { status: 200, body: { ready: true, warnings: [{ check: 'tls', code: 'CRL_EXPIRED', message: line }] } });
+  }
+  assert.is(proc.out.filter((l) => /passed its nextUpdate/.test(l)).length, 1, 'said once in the log, not at each probe');
   pki.crl([], { file: crl });
   proc.kill('SIGHUP');
   await proc.waitFor(/Reloaded .*applied tls/);
   (await handshake(port, client)).destroy();
+  assert.equal(await readyz(admin), { status: 200, body: { ready: true } }, 'a fresh CRL loaded: nothing to say');
 });
 
 renew("revproxy_tls_handshake_failures_total counts the proxy's failed handshakes by reason, as its tls_refused lines say them", async () => {

@@ -195,7 +195,8 @@ crls("each CRL of the CRL file is watched by its nextUpdate: warned of in the ce
   const hour = 3600 * 1000;
   const start = Date.UTC(2026, 0, 1);
   const crl = (issuer: string): LoadedCert => ({ role: 'tls.crl', file: 'ca.crl', notBefore: start, notAfter: start + 24 * hour, subject: issuer, crl: true });
-  const watch = new ExpiryWatch(new Logger('proxy', memorySink(logs), 'info'), () => [crl('CN=a CA'), crl('CN=b CA')], { clock, wallNow: () => start + clock.now() });
+  const upstream: LoadedCert = { ...crl('CN=servers CA'), role: 'upstream_tls.crl', notAfter: start + 48 * hour };
+  const watch = new ExpiryWatch(new Logger('proxy', memorySink(logs), 'info'), () => [crl('CN=a CA'), crl('CN=b CA'), upstream], { clock, wallNow: () => start + clock.now() });
   watch.check();
   clock.advance(16 * hour - 60_000);
   assert.equal(logs, [], 'nothing before the last third of its life');
@@ -204,9 +205,13 @@ crls("each CRL of the CRL file is watched by its nextUpdate: warned of in the ce
   assert.match(logs[0]!.msg, /^the CRL of CN=a CA in the tls\.crl file 'ca\.crl' passes its nextUpdate on 2026-01-02T00:00:00\.000Z, in 7 hours: TLS then refuses every peer certificate that CA signed \(CRL_HAS_EXPIRED\): install a fresh CRL there, then send SIGHUP/);
   clock.advance(8 * hour);
   assert.equal(logs.slice(2).map((l) => [l.level, l.event, l.issuer, l.next_update]), [['error', 'tls_crl_expired', 'CN=a CA', (start + 24 * hour) / 1000], ['error', 'tls_crl_expired', 'CN=b CA', (start + 24 * hour) / 1000]]);
+  // What the proxy's /readyz lists as warnings: the CRLs past their nextUpdate, of either setting.
+  assert.equal(watch.passedCrls().map((c) => c.subject), ['CN=a CA', 'CN=b CA']);
   assert.match(logs[2]!.msg, /^the CRL of CN=a CA in the tls\.crl file 'ca\.crl' passed its nextUpdate on 2026-01-02T00:00:00\.000Z: TLS refuses every peer certificate that CA signed \(CRL_HAS_EXPIRED\) until a fresh CRL is installed there and the process reloaded \(SIGHUP\)/);
   clock.advance(hour + 10_000);
   assert.is(logs.filter((l) => l.event === 'tls_crl_expired').length, 4, 'said again once an hour');
+  clock.advance(24 * hour);
+  assert.equal(watch.passedCrls().map((c) => [c.role, c.subject]), [['tls.crl', 'CN=a CA'], ['tls.crl', 'CN=b CA'], ['upstream_tls.crl', 'CN=servers CA']]);
   assert.is(watch.ended('tls.cert'), undefined, "a CRL is not this side's certificate");
   watch.stop();
 });
