@@ -11,7 +11,7 @@ import { logStopped, releaseAll } from './children.js';
 import { badTrustedSource, closeNotAllowed, closeRevoked } from './port-limits.js';
 import { RETRY_CONDITIONS } from './link.js';
 import { badSecretOption } from '../config/files.js';
-import { badLogger } from './logger.js';
+import { badLogger, type Logger } from './logger.js';
 import { proxyMachine, type ProxyActor } from './proxy.js';
 import { DEFAULT_LISTEN_HOST, type ProxyOptions } from './proxy-options.js';
 import type { MemberSource, MemberState } from './proxy-types.js';
@@ -20,7 +20,7 @@ import type { RegistryOptions } from '../registry/options.js';
 import type { RegistryStatus } from '../registry/events.js';
 import type { EtcdClient, Renewal } from '../registry/etcd-client.js';
 import { badId, badIdentity, badLimit, badProxies, badWholeNumbers, serverMachine, type ServerActor, type ServerOptions } from './server.js';
-import { checkUpstreamNames, dial, TlsConfigError, type TlsMaterial, type UpstreamTlsMaterial } from '../transport/tls.js';
+import { checkUpstreamNames, dial, systemCasToward, TlsConfigError, type TlsMaterial, type UpstreamTlsMaterial } from '../transport/tls.js';
 import { renewed } from './renew-tls.js';
 import { actorOptions, badKinds, badStartOptions, checkTlsOptions } from './start-options.js';
 
@@ -167,6 +167,7 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
   await waitUntil(actor, (s) => s.value !== 'starting');
   const snap = actor.getSnapshot();
   if (snap.value === 'failed') throw new StartError(snap.context.error ?? 'the proxy failed to start');
+  warnSystemCas(snap.context.logger, 'startProxy', opts.upstreamTls);
   return {
     actor,
     port: snap.context.port,
@@ -203,6 +204,7 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
       const closed = { connections: 0 };
       if (upstreamTls) {
         running.upstreamTls = upstreamTls;
+        warnSystemCas(actor.getSnapshot().context.logger, 'renewTls', upstreamTls);
         // Its links to servers whose certificates the CRLs revoke, or the names no longer allow: each link dials again, and is refused.
         const { linkSockets, logger } = actor.getSnapshot().context;
         // Named as the CLI's files are: tls.crl when upstream_tls is absent (the proxy dials with the tls files), else its own.
@@ -220,6 +222,12 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
     registryTls: () => etcd?.tls,
     renewRegistryTls: (tls) => renewRegistryTls(etcd, tls, 'the proxy'),
   };
+}
+
+/** Says, once for the set given (at `startProxy`, at a `renewTls`), that `upstreamTls` without `ca` trusts the system's CAs (`systemCasToward`). */
+function warnSystemCas(logger: Logger, who: string, upstreamTls: UpstreamTlsMaterial | undefined): void {
+  const why = systemCasToward('upstreamTls', upstreamTls);
+  if (why) logger.warn('upstream_tls_system_cas', `${who}: ${why}`, { setting: 'upstreamTls' });
 }
 
 /** `EtcdClient.renew`, or a rejection saying there is no registry to renew. */

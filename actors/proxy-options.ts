@@ -122,7 +122,8 @@ export interface ProxyOptions {
   /**
    * TLS for the proxy's connections to servers: the CA that signed servers' certificates (`ca`, and `crl`), the proxy's
    * own certificate for servers that ask for one (`cert`, `key`: mutual TLS), and `names`, what a server's certificate
-   * must name beyond the address dialled (exact names, `*.NAME`, addresses). `{}`: TLS with the system's CAs. Given,
+   * must name beyond the address dialled (exact names, `*.NAME`, addresses). Without `ca` (`{}`): TLS with the system's
+   * CAs, which the CLI refuses (`upstream_tls` needs `ca`) and a `warn` line says (`upstream_tls_system_cas`). Given,
    * a server whose registration says it serves plain TCP is refused; absent, one that says it serves TLS is.
    */
   upstreamTls?: UpstreamTlsMaterial | undefined;

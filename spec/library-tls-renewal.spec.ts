@@ -9,7 +9,8 @@ import { readFileSync } from 'node:fs';
 import { createServer as tlsServer, type TLSSocket } from 'node:tls';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { connect, RevproxyError, startProxy, startServer, type Client, type ProxyHandle, type ServerHandle } from '../lib/index.js';
+import { connect, Logger, RevproxyError, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../lib/index.js';
+import { memorySink } from '../actors/logger.js';
 import { loadTls, TlsConfigError, type TlsMaterial } from '../transport/tls.js';
 import { handshake, makePki, presented, type Pki } from './certs.js';
 import { frame, LOCAL } from './helpers.js';
@@ -180,6 +181,25 @@ renew('the TLS options at start are checked as the files are: a key not the cert
   } finally {
     process.off('uncaughtException', onUncaught);
   }
+});
+
+renew("upstreamTls without ca: the library says, at start and at a renewal bringing such a set, that servers are verified against the system's CAs (the CLI refuses upstream_tls without ca); with ca, nothing", async () => {
+  // It took {} (or a certificate and key alone) silently: every server signed by a private CA refused at each dial,
+  // and any certificate a public CA issued for the name dialled taken.
+  const a = makePki(['proxy'], 'CA A');
+  const logs: LogRecord[] = [];
+  const said = (): string[] => logs.filter((l) => l.event === 'upstream_tls_system_cas').map((l) => `${l.level}: ${l.msg}`);
+  const p = await startProxy({ port: 0, upstreamTls: {}, logger: new Logger('proxy', memorySink(logs), 'info') });
+  ctx.proxies.push(p);
+  assert.equal(said(), ["warn: startProxy: upstreamTls has no upstreamTls.ca: the proxy verifies each server's TLS certificate against the system's CAs (Node's default list, and NODE_EXTRA_CA_CERTS), which the CLI never does (it refuses upstream_tls without ca): they sign no server dialled at its address on a private network, whose every dial is then refused, and they vouch for any certificate one of them issued for the name dialled: give upstreamTls.ca, the PEM CA that signs the servers' certificates, unless the servers hold a public CA's certificates for the names they are dialled by (upstreamTls.serverName)"]);
+  p.renewTls({ upstreamTls: material(a, 'proxy') });
+  assert.is(said().length, 1, 'a renewal with a CA: nothing more');
+  p.renewTls({ upstreamTls: loadTls(a.cert('proxy'))! });
+  assert.is(said().length, 2);
+  assert.match(said()[1]!, /^warn: renewTls: upstreamTls has no upstreamTls\.ca: /);
+  const withCa = await startProxy({ port: 0, upstreamTls: { ca: readFileSync(a.ca) }, logger: new Logger('proxy', memorySink(logs), 'info') });
+  ctx.proxies.push(withCa);
+  assert.is(said().length, 2, 'with ca: nothing said');
 });
 
 renew('the library refuses as the CLI does, at start and on renewTls: a certificate unfit for what the side does with it (a client certificate without clientAuth taken: only a proxy that asks is shown it), not valid yet, an expired intermediate, a leaf as the CA, an encrypted key', async () => {

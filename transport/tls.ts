@@ -506,6 +506,17 @@ export function checkStartTls(setting: string, material: unknown, serves: boolea
   return !m.cert && !m.key && !m.ca && !m.crl ? (material as TlsMaterial) : checkTls(material as TlsMaterial, names, needs);
 }
 
+/**
+ * What to say of the proxy's `upstreamTls` (a library caller's; `setting` names it) given without `ca`: every dial to
+ * a server then verifies its certificate against the system's CAs, where the CLI refuses `upstream_tls` without `ca`
+ * (config/proxy.ts `upstreamClashes`). A warn line at `startProxy` and at each `renewTls` that brings such a set, not a
+ * refusal: servers dialled by names a public CA certified (`serverName`) are served so. Undefined with a `ca`.
+ */
+export function systemCasToward(setting: string, material: TlsMaterial | undefined): string | undefined {
+  if (!material || material.ca) return undefined;
+  return `${setting} has no ${setting}.ca: the proxy verifies each server's TLS certificate against the system's CAs (Node's default list, and NODE_EXTRA_CA_CERTS), which the CLI never does (it refuses upstream_tls without ca): they sign no server dialled at its address on a private network, whose every dial is then refused, and they vouch for any certificate one of them issued for the name dialled: give ${setting}.ca, the PEM CA that signs the servers' certificates, unless the servers hold a public CA's certificates for the names they are dialled by (${setting}.serverName)`;
+}
+
 /** A PEM private key under a passphrase: PKCS#8's encrypted form, or OpenSSL's traditional one (`Proc-Type: 4,ENCRYPTED`). */
 const ENCRYPTED_KEY = /-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type:\s*4,\s*ENCRYPTED/;
 
