@@ -17,6 +17,7 @@ export function byBytes<T extends object, A extends unknown[] = []>(read: (pem: 
   const gone = new FinalizationRegistry<string>((digest) => {
     if (shared.get(digest)?.deref() === undefined) shared.delete(digest);
   });
+  // Held, never read: the last PEM string's result stays alive for its next call.
   let last: T | undefined;
   return (pem, ...args) => {
     const own = typeof pem === 'object' ? held.get(pem) : undefined;
