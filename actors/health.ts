@@ -35,6 +35,7 @@ export function linkUp(context: ProxyContext, member: string, linkId: string): v
     context.logger.debug('serving', `Server id ${entry.id} is reachable and serving privacy policy ${entry.policy}`, { id: entry.id, policy: entry.policy });
   }
   entry.downSince = undefined;
+  entry.refused = false;
   entry.lastCheck = { at: now, ok: true, message: 'connected and answered a PING' };
   entry.probeDelay = context.opts.probeInitialMs;
   // A registry member enters its pool once its link first answers.
@@ -62,12 +63,18 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
     const again = entry.downSince !== undefined && entry.lastCheck?.ok === false && entry.lastCheck.message === failure.message;
     entry.downSince ??= now;
     entry.lastCheck = { at: now, ok: false, message: failure.message };
+    // A server that sent something not a valid message, or ended the link itself, is reachable: its author or its load is the cause, not the network.
+    // So is one the proxy refused by its own upstream_tls (`byProxy`: the link closed at a renewal, its certificate refused at the handshake).
+    const cause = failure.closed !== undefined ? 'ended_by_server' : failure.byProxy ? 'closed_by_proxy' : failure.invalid === undefined ? 'unreachable' : 'invalid_message';
+    // Refused by policy, it is not down (`refused`), and no probe soon would find it otherwise: its certificate, or the
+    // settings, must change first. Probed at the slowest pace (probe_max), as a server whose certificate was renewed is
+    // then taken back, and at once at each renewal of upstream_tls (`probeRefused`). Probed at the backoff's start,
+    // it was dialled, and refused at its handshake, 1, 2, 4, 8, 16 s after, as if it were flaky.
+    entry.refused = cause === 'closed_by_proxy';
     // Up to a fifth early, at random: servers that went down together are not probed together.
-    const delay = jittered(entry.probeDelay);
+    const delay = jittered(entry.refused ? context.opts.probeMaxMs : entry.probeDelay);
     entry.probeDelay = Math.min(entry.probeDelay * 2, context.opts.probeMaxMs);
     const at = hostPort(entry.host, entry.port);
-    // A server that sent something not a valid message, or ended the link itself, is reachable: its author or its load is the cause, not the network.
-    const cause = failure.closed !== undefined ? 'ended_by_server' : failure.invalid === undefined ? 'unreachable' : 'invalid_message';
     // An invalid message again within an eject time of its return after the last (the probe that passed, or the end of
     // the ejection that followed): a probe shows only that the server answers a PING, and re-admitted by each (about once
     // a second) it took a request or two to fail on each time, for ever. It is ejected as an outlier is, longer each time
@@ -79,18 +86,20 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
     const ejectedMs = relapse ? ejectionStarts(context, entry, now) : undefined;
     if (relapse) entry.ejectedFor = undefined;
     if (again) {
-      context.logger.debug('still_down', `Server id ${entry.id} is still unreachable at ${at} (${failure.message}); next probe in ${delay} ms`, { id: entry.id, policy: entry.policy, reason: failure.message, probeInMs: delay });
+      context.logger.debug('still_down', `Server id ${entry.id} is still ${entry.refused ? 'refused by this proxy' : 'unreachable'} at ${at} (${failure.message}); next probe in ${delay} ms`, { id: entry.id, policy: entry.policy, reason: failure.message, cause, probeInMs: delay });
     } else {
       // Budgeted as registrations are: a peer registering in a loop with a port nobody listens on made one such line each (2,345 in 10 s).
       context.logger.budgeted('warn', 'down', '', LIFE_LINES, failure.closed !== undefined
         ? `Server id ${entry.id} at ${at} ended its upstream link with ERROR ${failure.closed.code}: ${failure.closed.reason}; the requests in flight on it are retried, and it is out of rotation, next probe in ${delay} ms`
+        : entry.refused
+        ? `Server id ${entry.id} at ${at} is refused by this proxy's upstream_tls (${failure.message}); out of rotation until its certificate, or upstream_tls, changes: next probe in ${delay} ms (probe_max), or at once at a reload of upstream_tls`
         : failure.invalid === undefined
         ? `Server id ${entry.id} is unreachable at ${at} (${failure.message}); out of rotation, next probe in ${delay} ms`
         : `Server id ${entry.id} at ${at} sent a message that is not valid on its upstream link (${failure.invalid}); it was answered BAD_REQUEST and the link closed. Fix the server to send what docs/PROTOCOL.md describes; ${ejectedMs === undefined
           ? `out of rotation, next probe in ${delay} ms`
           : `it did so ${Math.round((now - lastInvalid!) / 100) / 10} s ago too, and was let back in since: ejected for ${ejectedMs} ms (${entry.ejections} in a row)`}`, {
         id: entry.id, policy: entry.policy, code: failure.code, reason: failure.message, cause, probeInMs: delay, ...(ejectedMs === undefined ? {} : { ejectedForMs: ejectedMs, ejections: entry.ejections }),
-      }, (n, span) => `${fmt(n)} more server(s) went out of rotation, unreachable or ending their links${span ? ` ${span}` : ''}, past ${LIFE_LINES} such lines an interval: not logged one by one (revproxy_ejections_total counts them by reason)`);
+      }, (n, span) => `${fmt(n)} more server(s) went out of rotation, unreachable, refused or ending their links${span ? ` ${span}` : ''}, past ${LIFE_LINES} such lines an interval: not logged one by one (revproxy_ejections_total counts them by reason)`);
     }
     context.observer?.ejected?.(entry.policy, entry.id, cause, false);
     // The probe takes over from an ejection's timer (cancelled here); a new link that answers
@@ -139,6 +148,20 @@ export function serverLeaving(context: ProxyContext, member: string, linkId: str
   if (entry?.source === 'registry') removeServer(context, entry, `it is draining: ${why}; this proxy had read no registry entry saying so (etcd did not take it, or this proxy did not hear from etcd)`);
   else if (entry && !entry.drained) drainMember(context, member, `the server itself: ${why}`);
   retry(context, member, requests, { code: ErrorCode.UPSTREAM_FAILED, message: `server ${member} is draining and did not run it` }, 'unsent');
+}
+
+/**
+ * upstream_tls was renewed (a reload, the library's `renewTls`): the members it refused before (`refused`) are probed
+ * now, through the probe pacer, as the new settings or CRL may take them; each waited the slowest probe pace.
+ */
+export function probeRefused(context: ProxyContext): void {
+  for (const entry of context.servers.values()) {
+    if (!entry.refused || entry.traffic.phase !== 'down') continue;
+    entry.timer?.cancel();
+    entry.timer = undefined;
+    entry.timerDue = undefined;
+    context.probes.add(entry.id);
+  }
 }
 
 /** A probe is due (the pacer's turn came): a new link is dialed, unless the member came back or left meanwhile. */

@@ -211,6 +211,8 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
         const crlSetting = upstreamTls.crl && running.tls?.crl && Buffer.from(upstreamTls.crl).equals(Buffer.from(running.tls.crl)) ? 'tls.crl' : 'upstream_tls.crl';
         closed.connections += closeRevoked(linkSockets.sockets, upstreamTls, logger, crlSetting, true);
         closed.connections += closeNotAllowed(linkSockets.sockets, upstreamTls, logger);
+        // The members refused before are probed now: the new settings or CRL may take them (each waited probe_max).
+        actor.send({ type: 'UPSTREAM_TLS_RENEWED' });
       }
       if (tls) {
         running.tls = tls;

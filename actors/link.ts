@@ -173,6 +173,12 @@ export interface Failure {
    * pipe), not gone. It is probed, not removed: it sends its setup again only when it restarts.
    */
   stalled?: boolean;
+  /**
+   * Set when the link failed because the proxy refused its server by its own upstream_tls (`refusedByProxy`): it
+   * closed the link at a renewal, or refused the server's certificate at the handshake (names, server name or address,
+   * CRL). The server is reachable; the proxy will not have it until its certificate or the settings change.
+   */
+  byProxy?: boolean;
 }
 
 /** A failure of tries a link reports to be retried: it always says how they failed. */

@@ -242,8 +242,8 @@ export type Outcome = 'ok' | Code | typeof CLIENT_GONE;
 export const CLIENT_GONE = 'client_gone';
 
 /** Why a member left rotation or came back: codes, so a metric's label values stay few. */
-export type EjectReason = 'consecutive_failures' | 'unreachable' | 'invalid_message' | 'ended_by_server' | 'probe_succeeded' | 'ejection_over';
-export const EJECT_REASONS: readonly EjectReason[] = ['consecutive_failures', 'unreachable', 'invalid_message', 'ended_by_server', 'probe_succeeded', 'ejection_over'];
+export type EjectReason = 'consecutive_failures' | 'unreachable' | 'invalid_message' | 'ended_by_server' | 'closed_by_proxy' | 'probe_succeeded' | 'ejection_over';
+export const EJECT_REASONS: readonly EjectReason[] = ['consecutive_failures', 'unreachable', 'invalid_message', 'ended_by_server', 'closed_by_proxy', 'probe_succeeded', 'ejection_over'];
 
 /** A registration secret, or several accepted alike (while servers move from one to the next). */
 export type Secrets = string | readonly string[];

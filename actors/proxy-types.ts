@@ -24,7 +24,7 @@ import type { Opts, ProxyObserver } from './proxy-options.js';
 import type { RegistryEvent, RegistryStatus } from '../registry/events.js';
 
 /** Every state a pool member can be in: `revproxy_pool_members` reads each of them, 0 when no member is in it. */
-export const MEMBER_STATES = ['connecting', 'serving', 'down', 'ejected', 'drained'] as const;
+export const MEMBER_STATES = ['connecting', 'serving', 'down', 'refused', 'ejected', 'drained'] as const;
 export type MemberState = (typeof MEMBER_STATES)[number];
 /** Where a member came from: a registration connection, the registry, or the registry with its key gone and its link answering (registry-members.ts). */
 export type MemberSource = 'direct' | 'registry' | 'unlisted';
@@ -59,6 +59,12 @@ export class Member {
   ejectedUntil?: number;
   /** Taken out of rotation by an operator (MEMBER_DRAIN) until MEMBER_ENABLE: no new requests, what it has finishes, it stays registered. */
   drained = false;
+  /**
+   * Its link went down because the proxy refused it by its own upstream_tls (`Failure.byProxy`: closed at a renewal,
+   * or its certificate refused at the handshake), until a link to it answers again: `refused`, not `down`, as it is
+   * reachable (health.ts `linkDown`).
+   */
+  refused = false;
   probeDelay: number;
   /** Set while the member is down or being probed: when it went down. */
   downSince?: number;
@@ -108,7 +114,7 @@ export class Member {
     if (this.drained) return 'drained';
     if (this.ejected) return 'ejected';
     const phase = this.traffic.phase;
-    return phase === 'open' ? 'serving' : phase === 'connecting' ? 'connecting' : 'down';
+    return phase === 'open' ? 'serving' : phase === 'connecting' ? 'connecting' : this.refused ? 'refused' : 'down';
   }
 }
 
@@ -225,4 +231,6 @@ export type ProxyEvent =
   /** Renewed listener certificates (ProxyHandle.renewTls): the next handshakes use them. */
   /** `closed`, when given, is told how many connections the listener closed whose peers' certificates the renewed CRLs revoke. */
   | { type: 'RENEW_TLS'; tls: TlsMaterial; closed?: { connections: number } }
+  /** upstream_tls was renewed (ProxyHandle.renewTls): the members it refused are probed now (health.ts `probeRefused`). */
+  | { type: 'UPSTREAM_TLS_RENEWED' }
   | { type: 'STOP' };

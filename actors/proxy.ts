@@ -36,7 +36,7 @@ import { drainWatch, linkHub, listener, noRegistry, pinger, PortClosed, sweeper 
 import { LinkSockets, logBadInput, logLinksFull, logShed } from './port-limits.js';
 import { guardObserver, proxyBudgetNote, proxyInsecureNote, proxyListeningNote, proxyConnectionsNote, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
 import type { ProxyContext, ProxyEvent } from './proxy-types.js';
-import { drainMember, enableMember, linkDown, linkUp, probe, readmit, serverLeaving, triesFailed } from './health.js';
+import { drainMember, enableMember, linkDown, linkUp, probe, probeRefused, readmit, serverLeaving, triesFailed } from './health.js';
 import { admit, applyReload, evict, registeredBy, removeServer } from './membership.js';
 import { closeAfterAnswers, drainWaiting, expireWaiting, failRemaining, holdRequest, makeReply, namedPolicy, refuse, route } from './routing.js';
 import { fromRegistry } from './registry-members.js';
@@ -179,6 +179,8 @@ export const proxyMachine = setup({
       assertEvent(event, 'PROBE');
       probe(context, event.member);
     },
+
+    probeRefused: ({ context }) => probeRefused(context),
 
     readmit: ({ context, event }) => {
       assertEvent(event, 'READMIT');
@@ -328,6 +330,7 @@ export const proxyMachine = setup({
     READMIT: { actions: 'readmit' },
     MEMBER_DRAIN: { actions: 'memberDrain' },
     RENEW_TLS: { actions: ['renewTls', sendTo('listener', ({ event }) => event)] },
+    UPSTREAM_TLS_RENEWED: { actions: 'probeRefused' },
     MEMBER_ENABLE: { actions: 'memberEnable' },
     DRAIN_WAITING: { actions: 'drainWaitingQueue' },
     EXPIRE_WAITING: { actions: 'expireWaiting' },

@@ -22,7 +22,7 @@ import { errorMsg, MsgType, type AckMsg, type ErrorMsg, type Message, type PongM
 import type { Timer } from '../transport/clock.js';
 import type { SkippedFrame } from '../transport/oversized.js';
 import { Connection } from '../transport/socket.js';
-import { linkClosedUnanswered, LOOKUP_TIMEOUT_MS, whenReady } from '../transport/tls.js';
+import { linkClosedUnanswered, LOOKUP_TIMEOUT_MS, refusedByProxy, whenReady } from '../transport/tls.js';
 import { Inflight, type Pending } from './inflight.js';
 import { fmt } from './logger.js';
 import { RecentOutcomes } from './recent-outcomes.js';
@@ -448,7 +448,7 @@ export type UpstreamEvent =
   | { type: 'ANSWERS'; messages: Message[] }
   | { type: 'REPORT'; report: LinkReport }
   /** `invalid`: the server sent something that is not a valid message (what the check said); it was told so and the link closed. */
-  | { type: 'DISCONNECTED'; error?: string; invalid?: boolean }
+  | { type: 'DISCONNECTED'; error?: string; invalid?: boolean; refused?: boolean }
   /** The server's name resolved: the connection's own time starts. */
   | { type: 'RESOLVED' }
   | { type: 'TIMED_OUT' };
@@ -473,10 +473,10 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
     let told = false;
     /** Set once the server sent anything: a close before it is likelier a dial it refused than a server that went (`linkClosedUnanswered`). */
     let heard = false;
-    const down = (error?: string, invalid?: boolean): void => {
+    const down = (error?: string, invalid?: boolean, refused?: boolean): void => {
       if (done) return;
       done = true;
-      sendBack({ type: 'DISCONNECTED', error, invalid });
+      sendBack({ type: 'DISCONNECTED', error, invalid, refused });
     };
     const refuse = (err: ProtocolError): void => {
       if (done) return;
@@ -505,7 +505,7 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
         // A server that sent something not a valid message is told what, as a client would be: its
         // author may never see the proxy's log.
         if (err instanceof ProtocolError) return refuse(err);
-        down(!heard && err.code === 'ECONNRESET' ? linkClosedUnanswered(socket instanceof TLSSocket) : describeLinkError(err, input.host));
+        down(!heard && err.code === 'ECONNRESET' ? linkClosedUnanswered(socket instanceof TLSSocket) : describeLinkError(err, input.host), false, refusedByProxy(err));
       },
       complete: () => down(heard ? 'connection closed by the server' : linkClosedUnanswered(socket instanceof TLSSocket)),
     });
@@ -614,7 +614,7 @@ export const upstreamMachine = setup({
       if (event.invalid && event.error) {
         return { lastError: { code: ErrorCode.UPSTREAM_FAILED, message: `server ${context.member} sent a message that is not valid (${event.error})`, invalid: event.error } };
       }
-      return { lastError: { code: ErrorCode.UPSTREAM_FAILED, message: event.error ?? 'connection lost' } };
+      return { lastError: { code: ErrorCode.UPSTREAM_FAILED, message: event.error ?? 'connection lost', ...(event.refused ? { byProxy: true } : {}) } };
     }),
     resetFailures: ({ context }) => {
       context.traffic.failures = 0;

@@ -270,7 +270,7 @@ export class Metrics implements ProxyObserver {
     });
     new Counter({
       name: 'revproxy_ejections_total',
-      help: 'Members taken out of rotation (direction="out") or put back (direction="back"), by policy, server and reason (consecutive_failures, unreachable, invalid_message, ended_by_server, probe_succeeded, ejection_over)',
+      help: 'Members taken out of rotation (direction="out") or put back (direction="back"), by policy, server and reason (consecutive_failures, unreachable, invalid_message, ended_by_server, closed_by_proxy, probe_succeeded, ejection_over)',
       labelNames: ['policy', 'server', 'reason', 'direction'],
       registers: [this.registry],
       collect: tally(this.ejections, ['policy', 'server', 'reason', 'direction']),

@@ -15,7 +15,7 @@ import { hostPort } from '../transport/address.js';
 
 /**
  * One member of a pool. `state` is the proxy's state of that server
- * (`serving`, `connecting`, `down`, `ejected`, `drained`), or `gone` once it
+ * (`serving`, `connecting`, `down`, `refused`, `ejected`, `drained`), or `gone` once it
  * left. Times are epoch ms, so a view stays the same while nothing changes.
  */
 export interface MemberView {

@@ -69,7 +69,7 @@ up('a server whose certificate names none of upstream_tls.names is refused at ev
   assert.is(seen.get('bad') ?? 0, 0, 'the server whose certificate no name allows was sent nothing');
   assert.not.ok(proxy.pools().P!.serving.includes('bad'));
   const down = logs.find((l) => l.event === 'down' && l.id === 'bad')!;
-  assert.match(down.msg, /^Server id bad is unreachable at 127\.0\.0\.1:\d+ \(the server's TLS certificate names IP:127\.0\.0\.1, DNS:db\.other\.internal, none of the names upstream_tls\.names \(--upstream-tls-names; upstreamTls\.names in the library\) allows \(\*\.servers\.internal\): give the server a certificate with one of them in its subjectAltName, or add a name it has there\)/);
+  assert.match(down.msg, /^Server id bad at 127\.0\.0\.1:\d+ is refused by this proxy's upstream_tls \(the server's TLS certificate names IP:127\.0\.0\.1, DNS:db\.other\.internal, none of the names upstream_tls\.names \(--upstream-tls-names; upstreamTls\.names in the library\) allows \(\*\.servers\.internal\): give the server a certificate with one of them in its subjectAltName, or add a name it has there\)/);
   // A renewal that narrows the names closes the link open to a server they no longer allow, and its next dials are refused.
   const closed = proxy.renewTls({ upstreamTls: { ca: readFileSync(servers.ca), names: ['b.servers.internal'] } });
   assert.is(closed, 1, 'the link to good closed');
@@ -191,7 +191,7 @@ up('plain clients and TLS servers: revproxy proxy --upstream-tls-ca with revprox
   config("'other.servers.internal'");
   proc.kill('SIGHUP');
   await proc.waitFor(/Reloaded .*p\.yaml: applied upstream_tls; secrets re-read; closed 1 connection\(s\) whose peer's certificate upstream_tls\.names no longer allows \(tls_name_refused lines name them\)/);
-  await proc.waitFor(/Server id s1 is unreachable at 127\.0\.0\.1:\d+ \(the server's TLS certificate names IP:127\.0\.0\.1, DNS:s1\.servers\.internal, none of the names upstream_tls\.names/);
+  await proc.waitFor(/Server id s1 at 127\.0\.0\.1:\d+ is refused by this proxy's upstream_tls \(the proxy closed its link at the renewal of upstream_tls\.names: the server's TLS certificate names IP:127\.0\.0\.1, DNS:s1\.servers\.internal, none of the names upstream_tls\.names/);
   const after = await runClient({ id: 'c2', proxy: { host: LOCAL, port }, packets: pkts(1), maxAttempts: 1, timeoutMs: 2000 });
   assert.not.ok(after[0]!.correct, JSON.stringify(after));
 });
@@ -214,7 +214,7 @@ up('upstream_tls.server_name (--upstream-tls-server-name) is sent as SNI on ever
   reg.on('data', () => {});
   reg.on('error', () => {});
   try {
-    await proc.waitFor(/Server id other is unreachable at 127\.0\.0\.1:\d+ \(the server's TLS certificate names DNS:db\.internal, not servers\.internal, the name the proxy sends it and verifies \(upstream_tls\.server_name \(--upstream-tls-server-name; upstreamTls\.serverName in the library\)\): give the server a certificate with DNS:servers\.internal in its subjectAltName/, 10_000);
+    await proc.waitFor(/Server id other at 127\.0\.0\.1:\d+ is refused by this proxy's upstream_tls \(the server's TLS certificate names DNS:db\.internal, not servers\.internal, the name the proxy sends it and verifies \(upstream_tls\.server_name \(--upstream-tls-server-name; upstreamTls\.serverName in the library\)\): give the server a certificate with DNS:servers\.internal in its subjectAltName/, 10_000);
     await eventually(() => sent.length > 0, 5000, 'a dial to the TLS port');
     assert.is(sent[0], 'servers.internal', 'the name went as SNI (Node sends none for an address dialled)');
     const r = await runClient({ id: 'c', proxy: { host: LOCAL, port }, packets: pkts(10) });
@@ -276,17 +276,56 @@ up("a link the proxy closes itself (a renewal's names or server name no longer a
   // Names that no longer take a's certificate.
   assert.is(proxy.renewTls({ upstreamTls: { ca, names: ['b.servers.internal', 'c.servers.internal'] } }), 1);
   await eventually(() => downOf('a') !== undefined, 3000, "a's down line");
-  assert.match(downOf('a')!, /^Server id a is unreachable at 127\.0\.0\.1:\d+ \(the proxy closed its link at the renewal of upstream_tls\.names: the server's TLS certificate names IP:127\.0\.0\.1, DNS:a\.servers\.internal, none of the names/);
+  assert.match(downOf('a')!, /^Server id a at 127\.0\.0\.1:\d+ is refused by this proxy's upstream_tls \(the proxy closed its link at the renewal of upstream_tls\.names: the server's TLS certificate names IP:127\.0\.0\.1, DNS:a\.servers\.internal, none of the names/);
   // A CRL that now revokes b's certificate.
   assert.is(proxy.renewTls({ upstreamTls: { ca, crl: readFileSync(back.crl(['b'])), names: ['b.servers.internal', 'c.servers.internal'] } }), 1);
   await eventually(() => downOf('b') !== undefined, 3000, "b's down line");
-  assert.match(downOf('b')!, /^Server id b is unreachable at 127\.0\.0\.1:\d+ \(the proxy closed its link at the renewal of upstream_tls\.crl: the server's TLS certificate \(serial [0-9A-F]+, CN=b\) is revoked by the CRL of CN=servers CA there\)/);
+  assert.match(downOf('b')!, /^Server id b at 127\.0\.0\.1:\d+ is refused by this proxy's upstream_tls \(the proxy closed its link at the renewal of upstream_tls\.crl: the server's TLS certificate \(serial [0-9A-F]+, CN=b\) is revoked by the CRL of CN=servers CA there\)/);
   // A server name c's certificate does not carry (moving off a shared name that got out): its link open is closed, as a
   // new dial would be refused (before, it served on until the link failed).
   assert.is(proxy.renewTls({ upstreamTls: { ca, serverName: 'x.servers.internal' } }), 1);
   await eventually(() => downOf('c') !== undefined, 3000, "c's down line");
-  assert.match(downOf('c')!, /^Server id c is unreachable at 127\.0\.0\.1:\d+ \(the proxy closed its link at the renewal of upstream_tls\.server_name: the server's TLS certificate names IP:127\.0\.0\.1, DNS:c\.servers\.internal, not x\.servers\.internal/);
+  assert.match(downOf('c')!, /^Server id c at 127\.0\.0\.1:\d+ is refused by this proxy's upstream_tls \(the proxy closed its link at the renewal of upstream_tls\.server_name: the server's TLS certificate names IP:127\.0\.0\.1, DNS:c\.servers\.internal, not x\.servers\.internal/);
   assert.not.ok(logs.some((l) => /connection closed by the server/.test(l.msg)), logs.filter((l) => l.event === 'down').map((l) => l.msg).join('\n'));
+});
+
+up("a server the proxy refuses by its upstream_tls is counted closed_by_proxy and shown refused, not down or unreachable: probed at probe_max, not dialled again and again, and at once at a renewal, which may take it back", async () => {
+  const back = makePki(['a', 'b'], 'servers CA', { sans: { a: 'IP:127.0.0.1,DNS:a.servers.internal', b: 'IP:127.0.0.1,DNS:b.servers.internal' } });
+  const ca = readFileSync(back.ca);
+  const logs: LogRecord[] = [];
+  const ejections: string[] = [];
+  // The backoff would start at 100 ms; the slowest pace is a minute, which no probe of this test waits for.
+  const proxy = await proxyWith(logs, {
+    upstreamTls: { ca, names: ['*.servers.internal'] }, probeInitialMs: 100, probeMaxMs: 60_000,
+    observer: { ejected: (policy, member, reason, backIn) => ejections.push(`${member} ${reason} ${backIn ? 'back' : 'out'}`) },
+  });
+  for (const id of ['a', 'b']) await countingServer(id, proxy.port, new Map(), { tls: loadTls(back.cert(id)), plainRegistration: true });
+  await eventually(() => ['a', 'b'].every((id) => proxy.pools().P?.serving.includes(id)), 5000, 'both serving');
+  assert.is(proxy.renewTls({ upstreamTls: { ca, names: ['b.servers.internal'] } }), 1);
+  await eventually(() => logs.some((l) => l.event === 'down' && l.id === 'a'), 3000, "a's down line");
+  const down = logs.find((l) => l.event === 'down' && l.id === 'a')!;
+  assert.is(down.cause, 'closed_by_proxy', JSON.stringify(down));
+  assert.match(down.msg, /^Server id a at 127\.0\.0\.1:\d+ is refused by this proxy's upstream_tls \(the proxy closed its link at the renewal of upstream_tls\.names: .*\); out of rotation until its certificate, or upstream_tls, changes: next probe in \d+ ms \(probe_max\), or at once at a reload of upstream_tls$/);
+  // Up to a fifth early (jittered); it was the backoff's first step, 100 ms, then 200, 400...: a dial refused at each.
+  assert.ok(Number(down.probeInMs) >= 48_000, `next probe in ${String(down.probeInMs)} ms`);
+  assert.equal(ejections, ['a closed_by_proxy out'], 'counted as closed by the proxy, not unreachable');
+  assert.is(proxy.pools().P!.states.a, 'refused');
+  await new Promise((r) => setTimeout(r, 1500));
+  assert.is(logs.filter((l) => l.event === 'probe' && l.id === 'a').length, 0, 'not dialled again meanwhile');
+  // A renewal that takes it again probes it at once, and it serves.
+  proxy.renewTls({ upstreamTls: { ca, names: ['a.servers.internal', 'b.servers.internal'] } });
+  await eventually(() => proxy.pools().P?.serving.includes('a') ?? false, 3000, 'a back in rotation');
+  assert.equal(ejections, ['a closed_by_proxy out', 'a probe_succeeded back']);
+  // Refused at its handshake by a renewal's CRL: the same, its probe refused.
+  const revoking = { ca, crl: readFileSync(back.crl(['a'])), names: ['a.servers.internal', 'b.servers.internal'] };
+  proxy.renewTls({ upstreamTls: revoking });
+  await eventually(() => proxy.pools().P?.states.a === 'refused', 3000, 'a refused');
+  proxy.renewTls({ upstreamTls: revoking });
+  const refusedProbe = () => logs.find((l) => l.event === 'down' && l.id === 'a' && /has been revoked \(CERT_REVOKED\)/.test(l.msg));
+  await eventually(() => refusedProbe() !== undefined, 3000, 'its probe at the renewal, refused');
+  assert.is(refusedProbe()!.cause, 'closed_by_proxy');
+  assert.is(proxy.pools().P!.states.a, 'refused');
+  assert.equal(ejections.slice(2), ['a closed_by_proxy out', 'a closed_by_proxy out']);
 });
 
 up('--upstream-tls-names refuses a URI cut at its comma (the rest would be a single-label DNS name of its own, the restriction silently wider): such a URI goes in the config file', async () => {
@@ -306,7 +345,7 @@ up('a reload that adds upstream_tls.server_name applies it to the next dials (ap
   const proc = revproxy(['proxy', '--config', file]);
   const port = Number((await proc.waitFor(/Running the reverse proxy on port (\d+)/, 20_000))[1]);
   await countingServer('s1', port, new Map(), { tls: loadTls(back.cert('server')), plainRegistration: true });
-  await proc.waitFor(/Server id s1 is unreachable at 127\.0\.0\.1:\d+ \(the server's TLS certificate does not name the address the proxy dials/);
+  await proc.waitFor(/Server id s1 at 127\.0\.0\.1:\d+ is refused by this proxy's upstream_tls \(the server's TLS certificate does not name the address the proxy dials/);
   writeFileSync(file, `port: 0\nupstream_tls:\n  ca: ${back.ca}\n  server_name: servers.internal\n`);
   proc.kill('SIGHUP');
   await proc.waitFor(/Reloaded .*p\.yaml: applied upstream_tls/);

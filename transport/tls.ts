@@ -190,6 +190,19 @@ export function closedByProxy(setting: string, why: string): Error {
 }
 
 /**
+ * Whether a link's connection failed because the proxy refused its server by its own upstream_tls, not because the
+ * server could not be reached: the proxy closed the link at a renewal (`CLOSED_BY_PROXY`), or refused the server's
+ * certificate at the handshake for a name `names` or `serverName` does not allow (`CERT_NAME_NOT_ALLOWED`), for not
+ * naming the address dialled (`ERR_TLS_CERT_ALTNAME_INVALID`), or as one its CRL revokes (`CERT_REVOKED`). Such a
+ * server is refused until its certificate, or the proxy's settings, change: health.ts `linkDown` counts it
+ * `closed_by_proxy` and probes it at the slowest pace, and again at once at each renewal of upstream_tls.
+ */
+export function refusedByProxy(err: { code?: string | undefined }): boolean {
+  return err.code !== undefined && PROXY_REFUSALS.has(err.code);
+}
+const PROXY_REFUSALS: ReadonlySet<string> = new Set([CLOSED_BY_PROXY, CERT_NAME_NOT_ALLOWED, 'ERR_TLS_CERT_ALTNAME_INVALID', 'CERT_REVOKED']);
+
+/**
  * `names` and `serverName` of an `upstreamTls` option (`setting` names it) checked: `names` a list of entries
  * `allowedNameProblem` takes, `serverName` a name `serverNameProblem` takes; a TlsConfigError naming the first that
  * is not. Either undefined (and `names` empty): no restriction.

@@ -336,7 +336,9 @@ function whyText(m) {
     case 'drained': return `drained by an operator: no new requests${m.inflight ? `; finishing ${m.inflight}` : ''}`;
     // The count that ejected it, as the proxy's eject line says: its last error's count goes on after the ejection.
     case 'ejected': return `ejected${m.ejectedFor ? ` after ${m.ejectedFor.failures} failures in a row (${m.ejectedFor.code})` : ''}`;
-    case 'not_connected': return m.state === 'connecting' ? 'connecting: its link is not verified yet' : 'down: its link failed; probed until it answers';
+    case 'not_connected': return m.state === 'connecting' ? 'connecting: its link is not verified yet'
+      : m.state === 'refused' ? "refused by the proxy's upstream_tls (names, server name, CRL): probed every probe_max, and at each reload of upstream_tls"
+      : 'down: its link failed; probed until it answers';
     case 'full': return `at its in-flight limit (${m.inflight})`;
     case 'silent': return `silent: no answer for ${dur(now() - m.oldestAt)} (oldest of ${m.inflight} in flight)`;
     case 'backlogged': return 'backlogged: it reads its link too slowly; no new requests until it has read what waits unwritten';
