@@ -161,7 +161,7 @@ export async function startProxy(opts: StartProxyOptions = {}): Promise<ProxyHan
   const lineAfterDrain = opts.stoppedLine !== 'caller' && etcd !== undefined;
   if (opts.stoppedLine === 'caller' || lineAfterDrain) machine = machine.provide({ actions: { logStopped: () => {} } });
   const dialWith = opts.connect ?? dial;
-  const input = { ...opts, connect: (host: string, port: number) => dialWith(host, port, running.upstreamTls) };
+  const input = { ...opts, connect: (host: string, port: number) => dialWith(host, port, running.upstreamTls), upstreamTlsNow: () => running.upstreamTls };
   const actor = createActor(machine, { input, ...actorOptions(opts) });
   actor.start();
   await waitUntil(actor, (s) => s.value !== 'starting');

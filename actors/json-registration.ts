@@ -15,7 +15,7 @@ import { Connection } from '../transport/socket.js';
 import { describeDialError, dial, whenReady } from '../transport/tls.js';
 import type { Timer } from '../transport/clock.js';
 import { SaidAgainPerProxy } from './said-again.js';
-import { logDialBackProblem, logSeveralAddresses, registrationSource, sourceDialError, type Endpoint, type RegistrationCommand, type RegistrationInput } from './server.js';
+import { logCertificateProblem, logDialBackProblem, logSeveralAddresses, registrationSource, sourceDialError, type Endpoint, type RegistrationCommand, type RegistrationInput } from './server.js';
 
 export const jsonRegistrations = fromCallback<RegistrationCommand, RegistrationInput>(({ sendBack, receive, input }) => {
   let stopping = false;
@@ -35,7 +35,8 @@ export const jsonRegistrations = fromCallback<RegistrationCommand, RegistrationI
     socket.once('close', () => conns.delete(conn));
     whenReady(socket, () => {
       // The old proxy dials the server back at the address this comes from, as the new one does.
-      logDialBackProblem(input, key, socket.localAddress);
+      // It answers nothing: the certificate is checked against the address it dials, as it verifies no name.
+      if (!logDialBackProblem(input, key, socket.localAddress)) logCertificateProblem(input, key, socket.localAddress);
       conn.endWith(input.setup);
       said.clear(key);
       sendBack({ type: 'REGISTERED', proxy: key, again: false });

@@ -330,9 +330,11 @@ export function admit(context: ProxyContext, peer: Peer, s: SetupMsg): void {
   log.budgeted('info', 'register', '', LIFE_LINES, `Received setup message from server id ${s.id} privacy policy ${s.privPolyId} port ${s.listenport}`, {
     id: s.id, policy: s.privPolyId, port: s.listenport, host: conn.remoteAddress, wire: conn.wire,
   }, (n, span) => `${fmt(n)} more registration(s)${span ? ` ${span}` : ''}, past ${LIFE_LINES} registration lines an interval: not logged one by one`);
-  // The first PING on a registration connection tells the server it was accepted (an old server has closed it already).
+  // The first PING on a registration connection tells the server it was accepted (an old server has closed it already),
+  // and which name the proxy verifies in its certificate in place of its address, if it does (`PingMsg.serverName`).
   if (conn.wire !== 'json') {
-    conn.send({ type: MsgType.PING, seq: 0 });
+    const serverName = context.dialsTls ? context.upstreamTls()?.serverName : undefined;
+    conn.send(serverName === undefined ? { type: MsgType.PING, seq: 0 } : { type: MsgType.PING, seq: 0, serverName });
     peer.pongsOwed++;
   }
   // An old server's setup connection closes at once: it is not its presence.

@@ -17,7 +17,7 @@ import { recogniseTlsRefusal, tlsFailureOf, type TlsFailure } from '../transport
 import { proxiedClient, tcpUnder } from '../transport/proxied.js';
 import { systemClock, type Clock } from '../transport/clock.js';
 import type { Connection } from '../transport/socket.js';
-import { closedByProxy, notAllowedName, notServerName, peerOf, revokedBy, subjectOf, type TlsMaterial, type UpstreamTlsMaterial } from '../transport/tls.js';
+import { closedByProxy, namedCert, notAllowedName, notServerName, peerOf, revokedBy, subjectOf, type TlsMaterial, type UpstreamTlsMaterial } from '../transport/tls.js';
 import type { HandshakeLimits } from './tls-handshakes.js';
 import { fmt, type Logger } from './logger.js';
 
@@ -410,7 +410,7 @@ export function closeNotAllowed(sockets: Iterable<Socket>, { names, serverName }
     // As its handshake ended (peerOf): read now, Node gives none for a link a moment old.
     const x509 = socket instanceof TLSSocket && !socket.destroyed ? peerOf(socket)?.cert : undefined;
     if (!x509) continue;
-    const peer = { subjectaltname: x509.subjectAltName, subject: { CN: /^CN=(.*)$/m.exec(x509.subject)?.[1] } };
+    const peer = namedCert(x509);
     const wrongName = serverName === undefined ? undefined : notServerName(peer, serverName);
     const why = wrongName ?? notAllowedName(peer, names);
     if (!why) continue;

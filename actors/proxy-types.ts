@@ -9,7 +9,7 @@ import type { BusyPoll } from '../transport/busy-poll.js';
 import type { ProtocolError } from '../transport/errors.js';
 import type { DataMsg, SetupMsg } from '../transport/messages.js';
 import type { Wire } from '../transport/sniff.js';
-import type { TlsMaterial } from '../transport/tls.js';
+import type { TlsMaterial, UpstreamTlsMaterial } from '../transport/tls.js';
 import type { Clock, Timer } from '../transport/clock.js';
 import type { Inflight, InflightCount } from './inflight.js';
 import type { FairQueue } from './fair-queue.js';
@@ -157,6 +157,8 @@ export interface ProxyContext {
    * off): a server whose setup says otherwise (`SetupMsg.tls`) is refused, its link would fail at every dial.
    */
   dialsTls: boolean;
+  /** What the proxy dials its servers with now (the start's `upstreamTls`, or the last renewal's: `startProxy`'s `running` owns it). */
+  upstreamTls: () => UpstreamTlsMaterial | undefined;
   port: number;
   /** The address the listener bound: what `host` resolved to when it is a name (`localhost`: its first address only). */
   listenAddress?: string;

@@ -25,7 +25,7 @@ import { BufferBudget } from '../transport/budget.js';
 import { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode } from '../transport/errors.js';
 import { errorMsg } from '../transport/messages.js';
-import { dial } from '../transport/tls.js';
+import { dial, type UpstreamTlsMaterial } from '../transport/tls.js';
 import { systemClock } from '../transport/clock.js';
 import { InflightCount } from './inflight.js';
 import { Pacer } from './pacer.js';
@@ -42,11 +42,16 @@ import { closeAfterAnswers, drainWaiting, expireWaiting, failRemaining, holdRequ
 import { fromRegistry } from './registry-members.js';
 import { logStopped, releaseAll } from './children.js';
 
+/** What `startProxy` gives the machine beside the options: where the upstream TLS it dials with now is read (renewTls replaces it). */
+export interface ProxyMachineInput {
+  upstreamTlsNow?: () => UpstreamTlsMaterial | undefined;
+}
+
 export const proxyMachine = setup({
   types: {
     context: {} as ProxyContext,
     events: {} as ProxyEvent,
-    input: {} as ProxyOptions,
+    input: {} as ProxyOptions & ProxyMachineInput,
   },
   actors: { listener, sweeper, pinger, drainWatch, linkHub, registry: noRegistry },
   delays: {
@@ -245,6 +250,7 @@ export const proxyMachine = setup({
       clock: input.clock ?? systemClock,
       linkSockets: new LinkSockets(input.connect ?? (input.upstreamTls ? (host, port) => dial(host, port, input.upstreamTls) : tcpConnect)),
       dialsTls: Boolean(input.upstreamTls),
+      upstreamTls: input.upstreamTlsNow ?? (() => input.upstreamTls),
       observer,
       port: opts.port,
       policies: new Map(),

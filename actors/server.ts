@@ -24,7 +24,7 @@ import { ErrorCode, ProtocolError } from '../transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
 import { errorMsg, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type DataMsg, type ErrorMsg, type Message, type PongMsg, type SetupMsg } from '../transport/messages.js';
 import { Connection, ConnectionTimeout } from '../transport/socket.js';
-import { CERT_REFUSED, CLOSED_UNACCEPTED, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, certificateMissesAddress, describeDialError, dial, NO_ADDRESS_OF_FAMILY, dialDeadline, listenOn, listenServer, whenReady, renewTls, type TlsMaterial } from '../transport/tls.js';
+import { CERT_REFUSED, CLOSED_UNACCEPTED, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_TCP_KEEPALIVE_MS, certificateMissesAddress, certificateMissesName, describeDialError, dial, NO_ADDRESS_OF_FAMILY, dialDeadline, listenOn, listenServer, whenReady, renewTls, type TlsMaterial } from '../transport/tls.js';
 import { jittered, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { BufferBudget, defaultBufferBudget } from '../transport/budget.js';
 import { budgetNote, connectionsNote, defaultMaxConnections, lazyTextFrom, memoryLimit } from './memory-limit.js';
@@ -569,6 +569,9 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
     const giveUp = (): void => lost('the server is stopping');
     dialling.add(giveUp);
     let accepted = false;
+    /** The address this registration comes from, and whether the proxy cannot reach this server there (said as it connected). */
+    let local: string | undefined;
+    let unreachable = false;
     whenReady(socket, () => {
       // Still given up by a stop until the proxy accepts: one that never does (a SIGSTOPped proxy, a port
       // that takes connections and reads nothing) left the connection open past the server's stop, its
@@ -576,7 +579,8 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
       slow.cancel();
       live.set(key, conn);
       if (socket.remoteAddress) reached.set(key, hostPort(plainIPv4(socket.remoteAddress), socket.remotePort ?? 0));
-      logDialBackProblem(input, key, socket.localAddress);
+      local = socket.localAddress;
+      unreachable = logDialBackProblem(input, key, local);
       conn.send(input.setup);
       // A proxy that took the connection and says nothing (stopped with SIGSTOP: the kernel completes
       // the handshake; something else on the port) was waited on for ever, without a word.
@@ -603,6 +607,8 @@ const registrations = fromCallback<RegistrationCommand, RegistrationInput>(({ se
               refusedForGood.delete(key);
               said.clear(key);
               held.add(key);
+              // Checked once the proxy has said which name it verifies, if one (its acceptance PING), not as it connects.
+              if (!unreachable) logCertificateProblem(input, key, local, m.serverName);
               sendBack({ type: 'REGISTERED', proxy: key, again: registered });
               registered = true;
               acceptedAt = input.clock.now();
@@ -774,19 +780,37 @@ export function sourceDialError(err: NodeJS.ErrnoException, from: string | undef
   return undefined;
 }
 
-/** Say, as a registration connects (frames or JSON), when the proxy at `key` will not reach this server (`dialBackProblem`). */
-export function logDialBackProblem(input: RegistrationInput, key: string, local: string | undefined): void {
+/**
+ * Say, as a registration connects (frames or JSON), when the proxy at `key` will not reach this server
+ * (`dialBackProblem`): whether it said so (the certificate is then not looked at, `logCertificateProblem`).
+ */
+export function logDialBackProblem(input: RegistrationInput, key: string, local: string | undefined): boolean {
   const unreachable = dialBackProblem(input.listenHost, local, input.setup.listenport, input.listenAddress);
   if (unreachable) input.logger.error('unreachable_from_proxy', `The reverse proxy at ${key} cannot reach this server: ${unreachable}`, { proxy: key, listenHost: input.listenHost, from: local });
-  // Over TLS it checks this server's certificate against that address (it has no name for it): one naming
-  // only host names (an internal CA's usual kind) was refused at every dial, and this server heard only of
-  // a TLS connection closed before its handshake was done. Unless the proxy verifies a name in its place
-  // (upstream_tls.server_name), which no registration tells this server: the line says so.
+  return unreachable !== undefined;
+}
+
+/**
+ * Say when the proxy at `key` will refuse this server's certificate (`served`) as it dials it back over TLS: checked
+ * against `serverName` when the proxy said, as it accepted the registration, that it verifies that name in the
+ * address's place (`PingMsg.serverName`, its upstream_tls.server_name), with the proxy's own check and words; else
+ * against the address the registration comes from (`local`), which the proxy dials and verifies (it has no name for
+ * it). A certificate naming only host names (an internal CA's usual kind) was refused at every dial, and this server
+ * heard only of a TLS connection closed before its handshake was done. A proxy from before 2026-12-07 says nothing of
+ * its server_name, and this server checks the address: the address line says what such a proxy may verify instead.
+ */
+export function logCertificateProblem(input: RegistrationInput, key: string, local: string | undefined, serverName?: string): void {
+  if (!input.served) return;
+  if (serverName !== undefined) {
+    const refused = certificateMissesName(input.served, serverName);
+    if (refused) input.logger.error('certificate_not_for_name', `The reverse proxy at ${key} will refuse this server over TLS: it verifies the name ${serverName} in this server's certificate (--tls-cert), as it said accepting this registration: ${refused}`, { proxy: key, serverName });
+    return;
+  }
   const from = local === undefined ? undefined : plainIPv4(local);
-  const misses = !unreachable && from !== undefined && input.served ? certificateMissesAddress(input.served, from) : undefined;
+  const misses = from === undefined ? undefined : certificateMissesAddress(input.served, from);
   if (misses) {
     input.logger.error('certificate_not_for_address', `The reverse proxy at ${key} cannot reach this server over TLS: it dials it back at ${from}, the address this registration comes from, and checks that this server's certificate (--tls-cert) names that address: ${misses}: `
-      + `give this server a certificate with IP:${from} in its subjectAltName, or have the proxy verify a DNS name the certificate carries in the address's place (its upstream_tls.server_name: this server cannot see it, and a proxy that has it reaches this server), or register through the registry (--registry), whose entries name --advertise, the name its certificate gives`, { proxy: key, from });
+      + `give this server a certificate with IP:${from} in its subjectAltName, or have the proxy verify a DNS name the certificate carries in the address's place (its upstream_tls.server_name: a proxy of 2026-12-07 or later says so as it accepts the registration, and this line is then not said; one from before cannot), or register through the registry (--registry), whose entries name --advertise, the name its certificate gives`, { proxy: key, from });
   }
 }
 

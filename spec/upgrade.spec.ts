@@ -24,6 +24,8 @@ import { MsgType, type Message } from '../transport/messages.js';
 import { Logger, memorySink, type LogRecord } from '../actors/logger.js';
 import { eventually, frame, LOCAL, rawConnect } from './helpers.js';
 import { revproxy } from './procs.js';
+import { makePki } from './certs.js';
+import { loadTls } from '../transport/tls.js';
 
 const sha1 = (s: string): string => createHash('sha1').update(s).digest('hex');
 
@@ -280,6 +282,63 @@ test("a proxy's etcd entry names its start (instance, since 2026-12-06): written
   assert.equal(decodeProxy('{"v":1,"address":"10.0.0.1","port":2100,"tls":false}'), { address: '10.0.0.1', port: 2100, tls: false });
   // Not text: read as absent (the entry serves; only a restart goes untold).
   assert.equal(decodeProxy(JSON.stringify({ v: 1, address: '10.0.0.1', port: 2100, tls: false, instance: 7 })), { address: '10.0.0.1', port: 2100, tls: false });
+});
+
+/** The first frame a proxy sends on a registration connection after a SETUP (its acceptance PING), as bytes. */
+async function acceptance(port: number, id = 'reg'): Promise<Buffer> {
+  const reg = await rawConnect(port);
+  open.push({ close: () => reg.destroy() });
+  const first = new Promise<Buffer>((done) => reg.once('data', (d: Buffer) => done(d)));
+  reg.write(frame({ type: 1, id, privPolyId: 'P', listenport: 1 }));
+  return first;
+}
+
+test("a proxy verifying upstream_tls.server_name names it in the PING that accepts a registration (serverName, since 2026-12-07); one without it sends the PING a real 94a8441 proxy sent, byte for byte", async () => {
+  const plain = await startProxy({ port: 0 });
+  open.push({ close: () => plain.stop() });
+  const recordedPing = recorded['94a8441'].frames['proxy: registration connection']![0]!;
+  assert.is((await acceptance(plain.port)).toString('hex'), recordedPing, 'as before: {type: 4, seq: 0}');
+  assert.is(recorded.a992239.frames['proxy: registration connection']![0], recordedPing);
+  const pki = makePki([]);
+  const named = await startProxy({ port: 0, upstreamTls: { ca: readFileSync(pki.ca), serverName: 'servers.internal' } });
+  open.push({ close: () => named.stop() });
+  const ping = new FrameDecoder().push(await acceptance(named.port));
+  assert.equal(ping.messages, [{ type: MsgType.PING, seq: 0, serverName: 'servers.internal' }]);
+  // Its reload changes the name said to the registrations that follow.
+  named.renewTls({ upstreamTls: { ca: readFileSync(pki.ca), serverName: 'other.internal' } });
+  assert.equal(new FrameDecoder().push(await acceptance(named.port, 'reg2')).messages, [{ type: MsgType.PING, seq: 0, serverName: 'other.internal' }]);
+  // The PING decoders of a992239 and 94a8441 read `seq` alone (`case MsgType.PING: return { type: 4, seq }`): a real
+  // 94a8441 server registered with such a proxy and answered its PINGs (checked by hand). This build passes by a
+  // value that is no name, as it passes by a `maxFrame` that is no size.
+  for (const bad of ['', 7, 'x'.repeat(254)]) {
+    assert.equal(new FrameDecoder().push(frame({ type: MsgType.PING, seq: 0, serverName: bad })).messages, [{ type: MsgType.PING, seq: 0 }], String(bad));
+  }
+});
+
+test("a server of this build checks its certificate against the name a newer proxy says it verifies, and against its address with an older proxy (no serverName), as before", async () => {
+  // A certificate naming servers.internal alone (no IP: entry for 127.0.0.1, the address its registration comes from).
+  const back = makePki(['server'], 'servers CA', { sans: { server: 'DNS:servers.internal' } });
+  const standIn = (ping: Buffer) => peer((m, sock) => {
+    if (m.type === MsgType.SETUP) sock.write(ping);
+  });
+  const registered = async (ping: Buffer): Promise<LogRecord[]> => {
+    const proxy = await standIn(ping);
+    const logs: LogRecord[] = [];
+    const s = await startServer({ id: 's', policy: 'P', listenPort: 0, revproc: proxy.port, tls: loadTls(back.cert('server')), plainRegistration: true, logger: new Logger('server', memorySink(logs), 'info') });
+    open.push({ close: () => s.kill() });
+    assert.ok(logs.some((l) => l.event === 'registered'), JSON.stringify(logs));
+    return logs.filter((l) => /^certificate_not_for/.test(String(l.event)));
+  };
+  // An older proxy's acceptance, as 94a8441 sent it: it verifies the address, and the certificate does not name it.
+  const older = await registered(Buffer.from(recorded['94a8441'].frames['proxy: registration connection']![0]!, 'hex'));
+  assert.equal(older.map((l) => [l.event, l.level]), [['certificate_not_for_address', 'error']]);
+  assert.match(older[0]!.msg, /checks that this server's certificate \(--tls-cert\) names that address: the certificate names DNS:servers\.internal, not 127\.0\.0\.1/);
+  // A newer proxy saying it verifies servers.internal: the certificate carries it, and nothing is said (it said the address line, falsely).
+  assert.equal(await registered(frame({ type: MsgType.PING, seq: 0, serverName: 'servers.internal' })), []);
+  // One verifying another name: said at error, in the proxy's words.
+  const other = await registered(frame({ type: MsgType.PING, seq: 0, serverName: 'db.internal' }));
+  assert.equal(other.map((l) => [l.event, l.level]), [['certificate_not_for_name', 'error']]);
+  assert.match(other[0]!.msg, /it verifies the name db\.internal in this server's certificate \(--tls-cert\), as it said accepting this registration: the server's TLS certificate names DNS:servers\.internal, not db\.internal/);
 });
 
 test.run();

@@ -328,6 +328,29 @@ up("a server the proxy refuses by its upstream_tls is counted closed_by_proxy an
   assert.equal(ejections.slice(2), ['a closed_by_proxy out', 'a closed_by_proxy out']);
 });
 
+up("a proxy verifying upstream_tls.server_name says so as it accepts a registration: a server whose certificate carries the name, and not its address, says nothing false; one whose certificate would be refused says so at error in the proxy's words", async () => {
+  // Certificates for names alone, as an internal CA issues them: no IP: entry for the address the proxy dials.
+  const back = makePki(['exact', 'wild', 'other'], 'servers CA', { sans: { exact: 'DNS:a.servers.internal', wild: 'DNS:*.servers.internal', other: 'DNS:*.other.internal' } });
+  const proxy = await proxyWith([], { upstreamTls: { ca: readFileSync(back.ca), serverName: 'a.servers.internal' } });
+  const said = new Map<string, LogRecord[]>();
+  for (const id of ['exact', 'wild', 'other']) {
+    const logs: LogRecord[] = [];
+    said.set(id, logs);
+    await countingServer(id, proxy.port, new Map(), { tls: loadTls(back.cert(id)), plainRegistration: true, logger: new Logger('server', memorySink(logs), 'info') });
+  }
+  await eventually(() => ['exact', 'wild'].every((id) => proxy.pools().P?.serving.includes(id)), 5000, 'exact and wild serving');
+  const certLines = (id: string) => said.get(id)!.filter((l) => /^certificate_not_for/.test(String(l.event)));
+  // It said the proxy "cannot reach this server over TLS ... names that address", while the proxy served it.
+  assert.equal(certLines('exact'), [], 'the name carried exactly');
+  assert.equal(certLines('wild'), [], 'a wildcard one label above it');
+  const [refused, ...more] = certLines('other');
+  assert.is(more.length, 0);
+  assert.is(refused?.event, 'certificate_not_for_name', JSON.stringify(said.get('other')));
+  assert.is(refused!.level, 'error');
+  assert.match(refused!.msg, /^The reverse proxy at 127\.0\.0\.1:\d+ will refuse this server over TLS: it verifies the name a\.servers\.internal in this server's certificate \(--tls-cert\), as it said accepting this registration: the server's TLS certificate names DNS:\*\.other\.internal, not a\.servers\.internal, the name the proxy sends it and verifies .*: give the server a certificate with DNS:a\.servers\.internal \(or DNS:\*\.servers\.internal\) in its subjectAltName/);
+  assert.not.ok(proxy.pools().P!.serving.includes('other'), 'the proxy refuses it indeed');
+});
+
 up('--upstream-tls-names refuses a URI cut at its comma (the rest would be a single-label DNS name of its own, the restriction silently wider): such a URI goes in the config file', async () => {
   const back = makePki([], 'servers CA');
   const proc = revproxy(['proxy', '--port', '0', '--upstream-tls-ca', back.ca, '--upstream-tls-names', 'URI:https://x.example/a,b']);

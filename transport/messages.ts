@@ -124,6 +124,14 @@ export interface PingMsg {
    * PINGs anywhere else); a server from before ignores it.
    */
   maxFrame?: number;
+  /**
+   * From a proxy on a registration connection, in the PING that accepts a SETUP: the DNS name it verifies in the
+   * server's certificate in place of the address it dials back (its `upstream_tls.server_name`). A revproxy server then
+   * checks its certificate against that name, where it checked the address (`certificate_not_for_address`, false
+   * then). Absent: the proxy verifies the address, or dials plain TCP; proxies before 2026-12-07 never send it, and
+   * servers before it ignore it.
+   */
+  serverName?: string;
 }
 export interface PongMsg {
   type: 5;
@@ -173,6 +181,9 @@ export const MAX_SEQ = 0xffffffff;
 
 /** Longest id (srcid, destid, policy, server id) accepted, in characters. */
 export const MAX_ID_LENGTH = 256;
+
+/** Longest DNS name (RFC 1035): a PING's `serverName` longer than this is none. */
+const MAX_DNS_NAME = 253;
 
 /**
  * Most values (map keys, map values, array items, each counted) one message
@@ -457,6 +468,9 @@ export function toMessage(value: unknown, opts: ValidateOptions = {}): Message {
       // peer's PING of another field by that name is not refused for it; a server then keeps its own cap).
       const maxFrame = leniently(() => intField(o, 'maxFrame', 1, Number.MAX_SAFE_INTEGER, false));
       if (maxFrame !== undefined) m.maxFrame = maxFrame;
+      // Passed by when it is no name (not text, empty, longer than a DNS name may be), as a server from before passes it by.
+      const serverName = own(o, 'serverName');
+      if (typeof serverName === 'string' && serverName.length > 0 && serverName.length <= MAX_DNS_NAME) m.serverName = serverName;
       return m;
     }
     case MsgType.PONG: {

@@ -136,7 +136,12 @@ function allows(name: string, kind: string, value: string): boolean {
   return n.startsWith('*.') ? v.length > n.length - 1 && v.endsWith(n.slice(1)) : v === n;
 }
 
-type NamedCert = { subjectaltname?: string; subject?: { CN?: string | string[] } };
+export type NamedCert = { subjectaltname?: string; subject?: { CN?: string | string[] } };
+
+/** A certificate as `notAllowedName` and `notServerName` read it (as Node's handshake gives the peer's). */
+export function namedCert(x509: X509Certificate): NamedCert {
+  return { subjectaltname: x509.subjectAltName, subject: { CN: /^CN=(.*)$/m.exec(x509.subject)?.[1] } };
+}
 
 /** What a server's certificate names, in a refusal's words: `names IP:10.0.0.7, DNS:db.internal`, or that it has no subjectAltName. */
 function namedBy(cert: NamedCert): string {
@@ -281,6 +286,16 @@ export function certificateMissesAddress(pem: Buffer, address: string): string |
   const leaf = certificatesOf(pem)[0];
   if (!leaf || checkServerIdentity(unbracket(address), leaf.toLegacyObject()) === undefined) return undefined;
   return `the certificate names ${altNamesOf(leaf)}, not ${address}`;
+}
+
+/**
+ * Why a proxy that verifies `serverName` (its upstream_tls.server_name, which it says as it accepts a registration:
+ * `PingMsg.serverName`) would refuse the certificate `pem` presents (its first), or undefined when it names it, or
+ * cannot be read: the proxy's own check and words (`notServerName`).
+ */
+export function certificateMissesName(pem: Buffer, serverName: string): string | undefined {
+  const leaf = certificatesOf(pem)[0];
+  return leaf && notServerName(namedCert(leaf), serverName);
 }
 
 /** The names a certificate is for, as peers check them: `DNS:server-a.internal, IP:10.0.0.7`. */
