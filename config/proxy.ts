@@ -86,7 +86,7 @@ export const NUMBERS = {
   ping_interval: { option: 'pingIntervalMs', unit: 'ms', min: 10, reload: 'live', doc: 'PING each server on its registration connection this often' },
   ping_misses: { option: 'pingMisses', unit: 'n', min: 1, reload: 'live', doc: 'missed PONGs after which a server is removed' },
   probe_initial: { option: 'probeInitialMs', unit: 'ms', min: 1, reload: 'live', doc: 'first wait before probing a server that went down; doubles per failed probe' },
-  probe_max: { option: 'probeMaxMs', unit: 'ms', min: 1, reload: 'live', doc: 'longest wait between probes of a server that is down' },
+  probe_max: { option: 'probeMaxMs', unit: 'ms', min: 1, reload: 'live', doc: 'longest wait between probes of a server that is down; the wait between probes of one refused by upstream_tls' },
   eject_after: { option: 'ejectAfter', unit: 'n', min: 1, reload: 'live', doc: 'consecutive failures that eject a server for a while, while another server of its policy does clearly better (its handler failing, HANDLER_FAILED, counts; its own OVERLOADED and TIMEOUT answers do not)' },
   eject_time: { option: 'ejectBaseMs', unit: 'ms', min: 1, reload: 'live', doc: 'ejection time, times the number of ejections in a row (one is forgotten for each eject time the server serves), up to max_eject_time' },
   max_eject_time: { option: 'ejectMaxMs', unit: 'ms', min: 1, reload: 'live', doc: 'the longest an ejection lasts, however many came in a row (eject_time when that is longer)' },
