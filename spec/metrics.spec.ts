@@ -90,7 +90,7 @@ metrics('every member state of a held policy reads, 0 when no member is in it, a
   await eventually(() => ctx.proxy.pools().Q?.serving.length === 1, 3000, 'server q1 serving Q');
   const held = await scrape();
   assert.equal(MEMBER_STATES.map((state) => [state, new RegExp(`^revproxy_pool_members\\{policy="Q",state="${state}",source="direct"\\} (\\d+)$`, 'm').exec(held)?.[1]]),
-    [['connecting', '0'], ['serving', '1'], ['down', '0'], ['ejected', '0'], ['drained', '0']]);
+    [['connecting', '0'], ['serving', '1'], ['down', '0'], ['refused', '0'], ['ejected', '0'], ['drained', '0']]);
   server.kill();
   await eventually(() => ctx.proxy.pools().Q === undefined, 3000, 'pool Q gone');
   // Its series went with it: "no data", which an alert on `{state="serving"} == 0` does not see, so
