@@ -23,6 +23,11 @@ import type { PortClosed } from './port-closed.js';
 import type { Opts, ProxyObserver } from './proxy-options.js';
 import type { RegistryEvent, RegistryStatus } from '../registry/events.js';
 
+/** What `startProxy` gives the proxy machine beside the options: where the upstream TLS it dials with now is read (renewTls replaces it). */
+export interface ProxyMachineInput {
+  upstreamTlsNow?: () => UpstreamTlsMaterial | undefined;
+}
+
 /** Every state a pool member can be in: `revproxy_pool_members` reads each of them, 0 when no member is in it. */
 export const MEMBER_STATES = ['connecting', 'serving', 'down', 'refused', 'ejected', 'drained'] as const;
 export type MemberState = (typeof MEMBER_STATES)[number];

@@ -25,7 +25,7 @@ import { BufferBudget } from '../transport/budget.js';
 import { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode } from '../transport/errors.js';
 import { errorMsg } from '../transport/messages.js';
-import { dial, type UpstreamTlsMaterial } from '../transport/tls.js';
+import { dial } from '../transport/tls.js';
 import { systemClock } from '../transport/clock.js';
 import { InflightCount } from './inflight.js';
 import { Pacer } from './pacer.js';
@@ -35,17 +35,12 @@ import { lazyTextFrom } from './memory-limit.js';
 import { drainWatch, linkHub, listener, noRegistry, pinger, PortClosed, sweeper } from './proxy-io.js';
 import { LinkSockets, logBadInput, logLinksFull, logShed } from './port-limits.js';
 import { guardObserver, proxyBudgetNote, proxyInsecureNote, proxyListeningNote, proxyConnectionsNote, resolveOptions, sweepInterval, type ProxyOptions } from './proxy-options.js';
-import type { ProxyContext, ProxyEvent } from './proxy-types.js';
+import type { ProxyContext, ProxyEvent, ProxyMachineInput } from './proxy-types.js';
 import { drainMember, enableMember, linkDown, linkUp, probe, probeRefused, readmit, serverLeaving, triesFailed } from './health.js';
 import { admit, applyReload, evict, registeredBy, removeServer } from './membership.js';
 import { closeAfterAnswers, drainWaiting, expireWaiting, failRemaining, holdRequest, makeReply, namedPolicy, refuse, route } from './routing.js';
 import { fromRegistry } from './registry-members.js';
 import { logStopped, releaseAll } from './children.js';
-
-/** What `startProxy` gives the machine beside the options: where the upstream TLS it dials with now is read (renewTls replaces it). */
-export interface ProxyMachineInput {
-  upstreamTlsNow?: () => UpstreamTlsMaterial | undefined;
-}
 
 export const proxyMachine = setup({
   types: {
@@ -184,8 +179,6 @@ export const proxyMachine = setup({
       assertEvent(event, 'PROBE');
       probe(context, event.member);
     },
-
-    probeRefused: ({ context }) => probeRefused(context),
 
     readmit: ({ context, event }) => {
       assertEvent(event, 'READMIT');
@@ -336,7 +329,7 @@ export const proxyMachine = setup({
     READMIT: { actions: 'readmit' },
     MEMBER_DRAIN: { actions: 'memberDrain' },
     RENEW_TLS: { actions: ['renewTls', sendTo('listener', ({ event }) => event)] },
-    UPSTREAM_TLS_RENEWED: { actions: 'probeRefused' },
+    UPSTREAM_TLS_RENEWED: { actions: ({ context }) => probeRefused(context) },
     MEMBER_ENABLE: { actions: 'memberEnable' },
     DRAIN_WAITING: { actions: 'drainWaitingQueue' },
     EXPIRE_WAITING: { actions: 'expireWaiting' },
