@@ -90,7 +90,7 @@ export async function openEtcd(o: Resolved, { requireLeader: leaderRequired = tr
 /** What `authenticateOnHosts` reads of etcd3 1.1's ConnectionPool: its Authenticator and its members (`Host`). */
 interface Pool {
   authenticator?: { getCredentialsFromHost?: unknown };
-  hosts?: Array<{ host?: unknown; getServiceClient?(name: 'Auth'): AuthClient }>;
+  hosts?: Array<{ host?: unknown; getServiceClient?(name: 'Auth'): AuthClient; faultHandling?: { execute?<T>(fn: () => PromiseLike<T>): Promise<T> } }>;
 }
 
 interface AuthClient {
@@ -105,8 +105,17 @@ interface AuthClient {
  * "revproxy itself left it"), and one asked of a member that took the connection and said nothing held the process for
  * good (grpc-js waits for a TLS handshake without a timeout). It was also one more connection to etcd. So the token is
  * asked through the member's own Auth client (etcd3's `Host.getServiceClient`): made with the client's channel options
- * (its dials under the policy, its connection the one the member's other services share) and closed with them. etcd3's
- * fields, read with care: another version without them authenticates as etcd3 does.
+ * (its dials under the policy, its connection the one the member's other services share) and closed with them.
+ *
+ * And through the member's breaker (registry/host-breaker.ts, etcd3's `faultHandling.host`), as etcd3's pool sends its other
+ * calls: the Authenticator asks the members in the order of --registry, each in turn, so a first member that was down
+ * (SIGSTOPped, its packets dropped) cost every token ask a call timeout (2 s) before the second was asked, and a dial to
+ * it, at start and at every renewal (etcd's simple token expires after its --auth-token-ttl unused; etcd3 asks again on
+ * EtcdInvalidAuthTokenError), with every registry call waiting on it. A member its breaker holds back is now passed over
+ * at once (BrokenCircuitError: the Authenticator asks the next); a failed ask counts against the member as any failed
+ * call to it; a refusal (a wrong password) is an answer. When every member is held back the ask fails as other calls do,
+ * and is let through again after the breaker's base. etcd3's fields, read with care: another version without them
+ * authenticates as etcd3 does.
  */
 function authenticateOnHosts(pool: unknown, Metadata: new () => Metadata, castGrpcError: (err: Error) => Error): void {
   const { authenticator, hosts } = pool as Pool;
@@ -115,10 +124,13 @@ function authenticateOnHosts(pool: unknown, Metadata: new () => Metadata, castGr
   authenticator.getCredentialsFromHost = (address: string, name: string, password: string, options: CallOptions | undefined, ...rest: unknown[]): Promise<string> => {
     const host = hosts.find((h) => h.host === address);
     if (typeof host?.getServiceClient !== 'function') return own.call(authenticator, address, name, password, options, ...rest);
-    return new Promise((resolve, reject) => {
-      // Throws ClientClosedError once the client is closed: a rejection, as etcd3's own call would fail then.
-      host.getServiceClient!('Auth').authenticate({ name, password }, new Metadata(), options ?? {}, (err, res) => (err || !res ? reject(castGrpcError(err ?? new Error('etcd sent no token'))) : resolve(res.token)));
-    });
+    const ask = (): Promise<string> =>
+      new Promise((resolve, reject) => {
+        // Throws ClientClosedError once the client is closed: a rejection, as etcd3's own call would fail then.
+        host.getServiceClient!('Auth').authenticate({ name, password }, new Metadata(), options ?? {}, (err, res) => (err || !res ? reject(castGrpcError(err ?? new Error('etcd sent no token'))) : resolve(res.token)));
+      });
+    const breaker = host.faultHandling;
+    return typeof breaker?.execute === 'function' ? breaker.execute(ask) : ask();
   };
 }
 

@@ -119,12 +119,13 @@ export interface EtcdMember extends Etcd {
  * resolves once every member answers /health (which etcd says only once the cluster has a leader).
  * With `hosts`, member i runs in network namespace `hosts[i]` (spec/netns.ts's hosts), its client
  * and peer URLs on that host's address, so a cut between hosts can split the cluster. With `tls`,
- * its clients speak TLS to every member (with `ca`, presenting a certificate it signed), as `startEtcd`'s.
+ * its clients speak TLS to every member (with `ca`, presenting a certificate it signed), as `startEtcd`'s; `args` are
+ * more of etcd's flags for every member (`--auth-token-ttl`).
  */
-export async function startEtcdCluster(size = 3, opts: { hosts?: EtcdHost[]; tls?: EtcdTls } = {}): Promise<EtcdCluster> {
+export async function startEtcdCluster(size = 3, opts: { hosts?: EtcdHost[]; tls?: EtcdTls; args?: string[] } = {}): Promise<EtcdCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'revproxy-etcd-cluster-'));
   const { tls } = opts;
-  const ms = await startOnFreePorts(dir, size, (ports) => members(dir, ports, tls, opts.hosts));
+  const ms = await startOnFreePorts(dir, size, (ports) => members(dir, ports, tls, opts.hosts, opts.args));
   return {
     url: `${tls ? 'etcds' : 'etcd'}://${ms.map((m) => m.endpoint).join(',')}`,
     endpoints: ms.map((m) => m.endpoint),
