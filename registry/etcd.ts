@@ -453,9 +453,18 @@ export function isEtcdRefusal(err: unknown): boolean {
   return !(e as { isBrokenCircuitError?: boolean }).isBrokenCircuitError && e.name !== 'EtcdLeaseInvalidError' && /etcdserver:/.test(e.message);
 }
 
-/** Whether etcd refused a call for want of a leader ("etcdserver: no leader": a call that requires one, on a member that has none). */
+/**
+ * Whether etcd refused a call for want of a leader ("etcdserver: no leader": a call that requires one, on a member that has
+ * none), or the member's breaker held the call back for such refusals (its token asks too: `authenticateOnHosts`).
+ */
 export function isNoLeader(err: unknown): boolean {
-  return /no leader/i.test(String((err as Error | undefined)?.message ?? err));
+  const cause = heldBackFor(err);
+  return /no leader/i.test(String((err as Error | undefined)?.message ?? err)) || (cause !== undefined && isNoLeader(cause));
+}
+
+/** The failure that opened the breaker, for a call it held back (registry/host-breaker.ts); undefined for any other error. */
+function heldBackFor(err: unknown): unknown {
+  return (err as { isBrokenCircuitError?: boolean; cause?: unknown } | undefined)?.isBrokenCircuitError ? (err as { cause?: unknown }).cause : undefined;
 }
 
 /** Whether etcd refused who we are (a wrong user or password, no role on the prefix): not something that trying again mends. */
@@ -511,7 +520,7 @@ function expiredOn(cert: Buffer | undefined): number | undefined {
 /** Whether etcd and this client did not agree in TLS (`tlsRefusal`): new TLS files that meet this are refused. */
 export function isTlsRefusal(err: unknown): boolean {
   // A call the breaker held back (registry/host-breaker.ts) is refused for the failure that opened it.
-  const cause = (err as { isBrokenCircuitError?: boolean; cause?: unknown } | undefined)?.isBrokenCircuitError ? (err as { cause?: unknown }).cause : undefined;
+  const cause = heldBackFor(err);
   return tlsRefusal(String((err as Error)?.message ?? err), '') !== undefined || (cause !== undefined && isTlsRefusal(cause));
 }
 

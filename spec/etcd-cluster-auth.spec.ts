@@ -6,11 +6,15 @@
  * through its leader: a client with a password cannot start, and says so and what to do. A client whose etcd user is
  * its certificate (etcd --client-cert-auth: the CN is the user, no token asked for) is checked by the member itself,
  * and starts with the proxies that member last saw.
+ *
+ * And a token asked again while the first member of --registry does not answer: etcd3 asks the members in that order,
+ * and each ask went to it first, a call timeout each, though its breaker had long held it back from every other call.
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { connect, Logger, memorySink, sha1Hex, startProxy, startServer, type Client, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
 import { readFileSync } from 'node:fs';
+import { createServer as createH2Server, type Http2Server } from 'node:http2';
 import { openEtcd, type Etcd3 } from '../registry/etcd.js';
 import { resolveRegistry, type RegistryOptions } from '../registry/options.js';
 import { killEtcds, startEtcdCluster, type EtcdCluster } from '../scenario/etcd.js';
@@ -116,3 +120,78 @@ certificate('starts with the proxies the member left last saw, and is answered: 
 });
 
 certificate.run();
+
+/**
+ * A first member that takes gRPC calls and never answers them (a hung etcd, whose connections are up), counting what
+ * reaches it: every call, and the Authenticate calls (a token asked).
+ */
+interface HungMember {
+  endpoint: string;
+  calls: number;
+  ended: number;
+  tokenAsks: number;
+  close(): void;
+}
+
+async function hungMember(): Promise<HungMember> {
+  const server: Http2Server = createH2Server();
+  const m: HungMember = { endpoint: '', calls: 0, ended: 0, tokenAsks: 0, close: () => server.close() };
+  server.on('stream', (stream, headers) => {
+    m.calls++;
+    if (headers[':path'] === '/etcdserverpb.Auth/Authenticate') m.tokenAsks++;
+    // The client gives the call up at its deadline: one failure more for the member's breaker.
+    stream.on('error', () => undefined).on('close', () => m.ended++);
+  });
+  server.on('session', (session) => session.on('error', () => undefined));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  m.endpoint = `127.0.0.1:${(server.address() as { port: number }).port}`;
+  return m;
+}
+
+const tctx: Ctx & { hung?: HungMember; client?: Etcd3; admin?: Etcd3 } = { creds: { username: 'fleet', password: 'fleet-password-1' } };
+const token = clusterSuite('a token asked again while the first member of --registry hangs', tctx, async () => {
+  tctx.cluster = await startEtcdCluster(3);
+  const root = await openEtcd(resolveRegistry({ endpoints: tctx.cluster.endpoints }));
+  try {
+    await fleetUser(root, PREFIX);
+    await root.auth.authEnable();
+  } finally {
+    root.close();
+  }
+});
+token.after(() => {
+  tctx.client?.close();
+  tctx.admin?.close();
+  tctx.hung?.close();
+});
+
+token('goes past it while its breaker holds it back, instead of waiting out a call timeout there each time', async () => {
+  const hung = (tctx.hung = await hungMember());
+  const client = (tctx.client = await openEtcd(resolveRegistry({ endpoints: [hung.endpoint, ...tctx.cluster!.endpoints], prefix: PREFIX, username: 'fleet', password: 'fleet-password-1', callTimeoutMs: 1000 })));
+  const admin = (tctx.admin = await openEtcd(resolveRegistry({ endpoints: tctx.cluster!.endpoints, username: 'root', password: 'root-password-1' })));
+  // The token asks etcd3 makes, each starting at the first member (its Authenticator; a spy, wrapped around what it calls).
+  const authenticator = (client as unknown as { pool: { authenticator: { getCredentialsFromHost(address: string, ...rest: unknown[]): Promise<string> } } }).pool.authenticator;
+  const own = authenticator.getCredentialsFromHost.bind(authenticator);
+  let asked = 0;
+  authenticator.getCredentialsFromHost = (address, ...rest) => {
+    if (address === hung.endpoint) asked++;
+    return own(address, ...rest);
+  };
+  const read = () => client.get(`${PREFIX}x`).string();
+  // Calls until the member has failed five, each given up at its deadline (the first a token ask): its breaker holds it back.
+  await eventually(async () => (await read().catch(() => undefined), hung.ended >= 5), 60_000, 'five calls to the hung member given up');
+  const [asks, reached] = [asked, hung.tokenAsks];
+  // etcd drops a user's tokens when its password is set: each read after is refused (EtcdInvalidAuthTokenError), and etcd3 asks again.
+  const RENEWALS = 8;
+  for (let i = 0; i < RENEWALS; i++) {
+    await admin.user('fleet').setPassword('fleet-password-1');
+    assert.is(await read(), null);
+  }
+  assert.ok(asked - asks >= RENEWALS, `${asked - asks} token asks for ${RENEWALS} renewals: etcd did not drop the tokens`);
+  // Before, each went to the hung member first (8 of 8, a call timeout each). Now it is passed over while held back; let
+  // through again only when its hold ends (1, 2, 4 s ... after each failure) and a call reaches it before any other.
+  const got = hung.tokenAsks - reached;
+  assert.ok(got <= 2, `${got} of ${asked - asks} token asks reached the hung member (each waits its call timeout there); it had failed ${hung.ended} calls`);
+});
+
+token.run();
