@@ -830,7 +830,7 @@ cli("every --option README.md and docs/ name is one a revproxy command's --help 
   const known = new Set([...optionsIn(helps.join('\n')), ...optionsIn(/const USAGE = `([^`]*)`/.exec(readFileSync(join(ROOT, 'bench/soak.ts'), 'utf8'))![1]!)]);
   // Other programs' options the docs show beside revproxy's: Node's (--disable-sigusr1 of a later Node), etcd's and etcdctl's, Docker's (--init), kubectl's (--from-file), systemctl's, npm's, certbot's, GNU timeout's.
   const others = ['--import', '--require', '--cpu-prof', '--trace-gc', '--trace-gc-nvp', '--max-semi-space-size', '--min-semi-space-size', '--initial-heap-size', '--heap-growing-percent', '--no-allocation-site-pretenuring', '--trace-pretenuring-statistics', '--perf-basic-prof', '--single-threaded-gc', '--v8-pool-size', '--maglev', '--trace-warnings', '--trace-deprecation', '--disable-sigusr1',
-    '--auto-compaction-retention', '--client-cert-auth', '--quota-backend-bytes', '--trusted-ca-file', '--cert-file', '--consistency', '--lease', '--prefix', '--memory', '--ulimit', '--now', '--no-save', '--deploy-hook', '--foreground', '--init', '--from-file', '--network'];
+    '--auto-compaction-retention', '--auth-token-ttl', '--client-cert-auth', '--quota-backend-bytes', '--trusted-ca-file', '--cert-file', '--consistency', '--lease', '--prefix', '--memory', '--ulimit', '--now', '--no-save', '--deploy-hook', '--foreground', '--init', '--from-file', '--network'];
   // Misspellings the docs show on purpose (what a typo is told).
   const misspelt = ['--timout'];
   const unknown = [...new Set(optionsIn(docsText()))].filter((o) => !known.has(o) && !others.includes(o) && !misspelt.includes(o));
