@@ -114,7 +114,8 @@ interface AuthClient {
  * EtcdInvalidAuthTokenError), with every registry call waiting on it. A member its breaker holds back is now passed over
  * at once (BrokenCircuitError: the Authenticator asks the next); a failed ask counts against the member as any failed
  * call to it; a refusal (a wrong password) is an answer. When every member is held back the ask fails as other calls do,
- * and is let through again after the breaker's base. etcd3's fields, read with care: another version without them
+ * and is let through again after the breaker's base. A process's first ask still goes to the first member: its breaker
+ * knows nothing yet. etcd3's fields, read with care: another version without them
  * authenticates as etcd3 does.
  */
 function authenticateOnHosts(pool: unknown, Metadata: new () => Metadata, castGrpcError: (err: Error) => Error): void {
