@@ -71,8 +71,12 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
     // then taken back, and at once at each renewal of upstream_tls (`probeRefused`). Probed at the backoff's start,
     // it was dialled, and refused at its handshake, 1, 2, 4, 8, 16 s after, as if it were flaky.
     entry.refused = cause === 'closed_by_proxy';
+    // Refused at a handshake under settings a renewal has replaced since its link started (the probe under way as renewTls
+    // ran): the renewal's probe passed it by, so it is probed at the backoff's pace, under the settings now, not left out
+    // for probe_max. A link a renewal closed was refused by that renewal's settings.
+    const slowest = entry.refused && (failure.byProxy === 'closed' || entry.linkRenewals === context.upstreamTlsRenewals);
     // Up to a fifth early, at random: servers that went down together are not probed together.
-    const delay = jittered(entry.refused ? context.opts.probeMaxMs : entry.probeDelay);
+    const delay = jittered(slowest ? context.opts.probeMaxMs : entry.probeDelay);
     entry.probeDelay = Math.min(entry.probeDelay * 2, context.opts.probeMaxMs);
     const at = hostPort(entry.host, entry.port);
     // An invalid message again within an eject time of its return after the last (the probe that passed, or the end of
@@ -92,7 +96,7 @@ export function linkDown(context: ProxyContext, member: string, linkId: string, 
       context.logger.budgeted('warn', 'down', '', LIFE_LINES, failure.closed !== undefined
         ? `Server id ${entry.id} at ${at} ended its upstream link with ERROR ${failure.closed.code}: ${failure.closed.reason}; the requests in flight on it are retried, and it is out of rotation, next probe in ${delay} ms`
         : entry.refused
-        ? `Server id ${entry.id} at ${at} is refused by this proxy's upstream_tls (${failure.message}); out of rotation until its certificate, or upstream_tls, changes: next probe in ${delay} ms (probe_max), or at once at a reload of upstream_tls`
+        ? `Server id ${entry.id} at ${at} is refused by this proxy's upstream_tls (${failure.message}); out of rotation until its certificate, or upstream_tls, changes: next probe in ${delay} ms${slowest ? ' (probe_max)' : ''}, or at once at a reload of upstream_tls`
         : failure.invalid === undefined
         ? `Server id ${entry.id} is unreachable at ${at} (${failure.message}); out of rotation, next probe in ${delay} ms`
         : `Server id ${entry.id} at ${at} sent a message that is not valid on its upstream link (${failure.invalid}); it was answered BAD_REQUEST and the link closed. Fix the server to send what docs/PROTOCOL.md describes; ${ejectedMs === undefined
@@ -155,6 +159,7 @@ export function serverLeaving(context: ProxyContext, member: string, linkId: str
  * now, through the probe pacer, as the new settings or CRL may take them; each waited the slowest probe pace.
  */
 export function probeRefused(context: ProxyContext): void {
+  context.upstreamTlsRenewals++;
   for (const entry of context.servers.values()) {
     if (!entry.refused || entry.traffic.phase !== 'down') continue;
     entry.timer?.cancel();

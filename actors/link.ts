@@ -11,7 +11,7 @@ import type { BusyPoll } from '../transport/busy-poll.js';
 import { ErrorCode, HANDLER_FAILED, SERVER_ANSWER_CODES, type ErrorCode as WireCode } from '../transport/errors.js';
 import { MsgType, type AckMsg, type DataMsg, type ErrorMsg, type PongMsg } from '../transport/messages.js';
 import type { Connection } from '../transport/socket.js';
-import { CLOSED_BY_PROXY, describeLookupError, describeUpstreamTlsError, type UpstreamTlsMaterial } from '../transport/tls.js';
+import { CLOSED_BY_PROXY, describeLookupError, describeUpstreamTlsError, type RefusedBy, type UpstreamTlsMaterial } from '../transport/tls.js';
 import { outOfDescriptors } from './port-limits.js';
 import type { Clock } from '../transport/clock.js';
 import type { Inflight } from './inflight.js';
@@ -178,7 +178,7 @@ export interface Failure {
    * closed the link at a renewal, or refused the server's certificate at the handshake (names, server name or address,
    * CRL). The server is reachable; the proxy will not have it until its certificate or the settings change.
    */
-  byProxy?: boolean;
+  byProxy?: RefusedBy;
 }
 
 /** A failure of tries a link reports to be retried: it always says how they failed. */

@@ -106,6 +106,7 @@ export function current(context: ProxyContext, member: string, linkId: string): 
 /** Start a new link to `entry`'s server (at registration, and at each probe). */
 export function spawnLink(context: ProxyContext, entry: Member): void {
   const linkSeq = ++context.linkSeq;
+  entry.linkRenewals = context.upstreamTlsRenewals;
   const input: LinkInput & { old: Opts['oldServers'] } = {
     old: context.opts.oldServers,
     member: entry.id,

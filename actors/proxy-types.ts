@@ -70,6 +70,8 @@ export class Member {
    * reachable (health.ts `linkDown`).
    */
   refused = false;
+  /** `ProxyContext.upstreamTlsRenewals` when its current link was started: a refusal under settings renewed since is no verdict on them (health.ts `linkDown`). */
+  linkRenewals = 0;
   probeDelay: number;
   /** Set while the member is down or being probed: when it went down. */
   downSince?: number;
@@ -119,7 +121,9 @@ export class Member {
     if (this.drained) return 'drained';
     if (this.ejected) return 'ejected';
     const phase = this.traffic.phase;
-    return phase === 'open' ? 'serving' : phase === 'connecting' ? 'connecting' : this.refused ? 'refused' : 'down';
+    // A refused member being probed is still refused until its link answers (`linkUp` clears it): a scrape during the
+    // probe would otherwise see it gone from `refused` for a moment.
+    return phase === 'open' ? 'serving' : this.refused ? 'refused' : phase === 'connecting' ? 'connecting' : 'down';
   }
 }
 
@@ -177,6 +181,8 @@ export interface ProxyContext {
   busy: Set<Inflight<ProxyRequest>>;
   /** Links spawned so far: numbers each new link's id. */
   linkSeq: number;
+  /** Renewals of upstream_tls so far (health.ts `probeRefused` counts them): a member's link says under which it dialled (`Member.linkRenewals`). */
+  upstreamTlsRenewals: number;
   error?: string;
   /** The proxy actor itself: the parent of its links and pools, and the target of its timers. */
   self: AnyActorRef;

@@ -254,7 +254,7 @@ export const proxyMachine = setup({
       keptEjections: new Map(),
       inflight: new InflightCount(),
       busy: new Set(),
-      linkSeq: 0,
+      linkSeq: 0, upstreamTlsRenewals: 0,
       self,
       reply: () => {},
       probes: new Pacer(input.clock ?? systemClock, opts.probesPerSecond, (member) => self.send({ type: 'PROBE', member })),

@@ -103,7 +103,7 @@ export function registryLeave(context: ProxyContext, id: string, reason: string,
   context.tlsMisfits.delete(id);
   const held = context.servers.get(id);
   if (held?.source !== 'registry') return;
-  if (!unlisted || held.state !== 'serving') return removeServer(context, held, held.lastCheck?.ok === false && held.state === 'down' ? `${reason}; its link was down (${held.lastCheck.message})` : reason);
+  if (!unlisted || held.state !== 'serving') return removeServer(context, held, held.lastCheck?.ok === false && (held.state === 'down' || held.state === 'refused') ? `${reason}; its link was down (${held.lastCheck.message})` : reason);
   if (held.unlisted) return;
   held.unlisted = reason;
   context.logger.warn('unlisted', `Server id ${id} of privacy policy ${held.policy} is gone from the registry (${reason}) but its link answers; kept in rotation until its link fails or its key is written again`, {

@@ -22,7 +22,7 @@ import { errorMsg, MsgType, type AckMsg, type ErrorMsg, type Message, type PongM
 import type { Timer } from '../transport/clock.js';
 import type { SkippedFrame } from '../transport/oversized.js';
 import { Connection } from '../transport/socket.js';
-import { linkClosedUnanswered, LOOKUP_TIMEOUT_MS, refusedByProxy, whenReady } from '../transport/tls.js';
+import { linkClosedUnanswered, LOOKUP_TIMEOUT_MS, refusedByProxy, whenReady, type RefusedBy } from '../transport/tls.js';
 import { Inflight, type Pending } from './inflight.js';
 import { fmt } from './logger.js';
 import { RecentOutcomes } from './recent-outcomes.js';
@@ -448,7 +448,7 @@ export type UpstreamEvent =
   | { type: 'ANSWERS'; messages: Message[] }
   | { type: 'REPORT'; report: LinkReport }
   /** `invalid`: the server sent something that is not a valid message (what the check said); it was told so and the link closed. */
-  | { type: 'DISCONNECTED'; error?: string; invalid?: boolean; refused?: boolean }
+  | { type: 'DISCONNECTED'; error?: string; invalid?: boolean; refused?: RefusedBy | undefined }
   /** The server's name resolved: the connection's own time starts. */
   | { type: 'RESOLVED' }
   | { type: 'TIMED_OUT' };
@@ -473,7 +473,7 @@ const upstreamSocket = fromCallback<UpstreamEvent, { host: string; port: number;
     let told = false;
     /** Set once the server sent anything: a close before it is likelier a dial it refused than a server that went (`linkClosedUnanswered`). */
     let heard = false;
-    const down = (error?: string, invalid?: boolean, refused?: boolean): void => {
+    const down = (error?: string, invalid?: boolean, refused?: RefusedBy): void => {
       if (done) return;
       done = true;
       sendBack({ type: 'DISCONNECTED', error, invalid, refused });
@@ -614,7 +614,7 @@ export const upstreamMachine = setup({
       if (event.invalid && event.error) {
         return { lastError: { code: ErrorCode.UPSTREAM_FAILED, message: `server ${context.member} sent a message that is not valid (${event.error})`, invalid: event.error } };
       }
-      return { lastError: { code: ErrorCode.UPSTREAM_FAILED, message: event.error ?? 'connection lost', ...(event.refused ? { byProxy: true } : {}) } };
+      return { lastError: { code: ErrorCode.UPSTREAM_FAILED, message: event.error ?? 'connection lost', ...(event.refused ? { byProxy: event.refused } : {}) } };
     }),
     resetFailures: ({ context }) => {
       context.traffic.failures = 0;

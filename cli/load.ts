@@ -146,7 +146,7 @@ function hint(code: string, f: LoadFlags, first = '', unreachable: string[] = []
       const said = /^no (?:server is registered for|live server serves) privacy policy (.+?)(?:: (its (?:one server, |\d+ servers: ).*))?$/s.exec(first);
       const policy = said?.[1] ?? f.policy[0];
       const which = f.policy.length > 1 ? `policy ${policy}` : 'the policy';
-      if (said?.[2]) return `no server of ${which} takes requests now, though the proxy has some (${said[2]}): a drained one is put back with the inspector's enable (or POST /api/members/enable on its --inspect port), an ejected or down one once it answers again (the proxy's log says why each went)`;
+      if (said?.[2]) return `no server of ${which} takes requests now, though the proxy has some (${said[2]}): a drained one is put back with the inspector's enable (or POST /api/members/enable on its --inspect port), an ejected or down one once it answers again, a refused one once its certificate or the proxy's upstream_tls changes (the proxy's log says why each went)`;
       return `no server of ${which} is registered with the proxy: start one (revproxy server --id 100 --pp ${policy} --revproc ${target.host === '127.0.0.1' ? port : hostPort(target.host, port)}, or with the --registry its fleet's servers use) or name another --policy`;
     }
     case 'OVERLOADED':

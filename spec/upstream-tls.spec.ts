@@ -328,6 +328,36 @@ up("a server the proxy refuses by its upstream_tls is counted closed_by_proxy an
   assert.equal(ejections.slice(2), ['a closed_by_proxy out', 'a closed_by_proxy out']);
 });
 
+up("servers refused for the proxy's own CA or CRLs (a CA not in upstream_tls.ca, a CRL past its nextUpdate) are refused, not down: probed at probe_max, and at once at the renewal that mends it", async () => {
+  const back = makePki(['a'], 'servers CA', { sans: { a: 'IP:127.0.0.1' } });
+  const stranger = makePki([], 'another CA');
+  const ca = readFileSync(back.ca);
+  const logs: LogRecord[] = [];
+  const ejections: string[] = [];
+  // A CA rotation half done: the proxy trusts another CA than the one that signed the server's certificate.
+  const proxy = await proxyWith(logs, {
+    upstreamTls: { ca: readFileSync(stranger.ca) }, probeInitialMs: 100, probeMaxMs: 60_000,
+    observer: { ejected: (_policy, member, reason, backIn) => ejections.push(`${member} ${reason} ${backIn ? 'back' : 'out'}`) },
+  });
+  await countingServer('a', proxy.port, new Map(), { tls: loadTls(back.cert('a')), plainRegistration: true });
+  const downs = () => logs.filter((l) => l.event === 'down' && l.id === 'a');
+  await eventually(() => downs().length === 1, 5000, "a's down line");
+  // It was counted unreachable, shown down and dialled again at 100, 200, 400 ms ... each refused at its handshake.
+  assert.is(downs()[0]!.cause, 'closed_by_proxy', JSON.stringify(downs()[0]));
+  assert.ok(Number(downs()[0]!.probeInMs) >= 48_000, `next probe in ${String(downs()[0]!.probeInMs)} ms`);
+  assert.is(proxy.pools().P!.states.a, 'refused');
+  // The renewal that brings the right CA, with a CRL past its nextUpdate: probed at once, refused for the CRL.
+  proxy.renewTls({ upstreamTls: { ca, crl: readFileSync(back.crl([], { made: '-3d', hours: 24 })) } });
+  await eventually(() => downs().length === 2, 5000, 'its probe at the renewal, refused for the CRL');
+  assert.match(downs()[1]!.msg, /CRL_HAS_EXPIRED|has expired/, downs()[1]!.msg);
+  assert.is(downs()[1]!.cause, 'closed_by_proxy');
+  assert.is(proxy.pools().P!.states.a, 'refused');
+  // A fresh CRL: probed at once again, and it serves.
+  proxy.renewTls({ upstreamTls: { ca, crl: readFileSync(back.crl([])) } });
+  await eventually(() => proxy.pools().P?.serving.includes('a') ?? false, 5000, 'a back in rotation');
+  assert.equal(ejections, ['a closed_by_proxy out', 'a closed_by_proxy out', 'a probe_succeeded back']);
+});
+
 up("a proxy verifying upstream_tls.server_name says so as it accepts a registration: a server whose certificate carries the name, and not its address, says nothing false; one whose certificate would be refused says so at error in the proxy's words", async () => {
   // Certificates for names alone, as an internal CA issues them: no IP: entry for the address the proxy dials.
   const back = makePki(['exact', 'wild', 'other'], 'servers CA', { sans: { exact: 'DNS:a.servers.internal', wild: 'DNS:*.servers.internal', other: 'DNS:*.other.internal' } });

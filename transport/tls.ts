@@ -198,14 +198,20 @@ export function closedByProxy(setting: string, why: string): Error {
  * Whether a link's connection failed because the proxy refused its server by its own upstream_tls, not because the
  * server could not be reached: the proxy closed the link at a renewal (`CLOSED_BY_PROXY`), or refused the server's
  * certificate at the handshake for a name `names` or `serverName` does not allow (`CERT_NAME_NOT_ALLOWED`), for not
- * naming the address dialled (`ERR_TLS_CERT_ALTNAME_INVALID`), or as one its CRL revokes (`CERT_REVOKED`). Such a
- * server is refused until its certificate, or the proxy's settings, change: health.ts `linkDown` counts it
- * `closed_by_proxy` and probes it at the slowest pace, and again at once at each renewal of upstream_tls.
+ * naming the address dialled (`ERR_TLS_CERT_ALTNAME_INVALID`), as one its CRL revokes (`CERT_REVOKED`), as one its CRLs
+ * cannot vouch for (`CRL_CODES`: none from the server's CA, one past its nextUpdate - the proxy's own files) or as one
+ * that leads to no CA of its `ca` (`UNTRUSTED_CA_CODES`: a CA rotation half done). Such a server is refused until its
+ * certificate, or the proxy's settings, change: health.ts `linkDown` counts it `closed_by_proxy` and probes it at the
+ * slowest pace, and again at once at each renewal of upstream_tls. Which: `closed` (at a renewal), `handshake` (at a
+ * dial, under the settings of its time), or undefined when the proxy did not refuse it.
  */
-export function refusedByProxy(err: { code?: string | undefined }): boolean {
-  return err.code !== undefined && PROXY_REFUSALS.has(err.code);
+export function refusedByProxy(err: { code?: string | undefined }): RefusedBy | undefined {
+  if (err.code === undefined) return undefined;
+  if (err.code === CLOSED_BY_PROXY) return 'closed';
+  return PROXY_REFUSALS.has(err.code) || CRL_CODES.has(err.code) || UNTRUSTED_CA_CODES.has(err.code) ? 'handshake' : undefined;
 }
-const PROXY_REFUSALS: ReadonlySet<string> = new Set([CLOSED_BY_PROXY, CERT_NAME_NOT_ALLOWED, 'ERR_TLS_CERT_ALTNAME_INVALID', 'CERT_REVOKED']);
+export type RefusedBy = 'closed' | 'handshake';
+const PROXY_REFUSALS: ReadonlySet<string> = new Set([CERT_NAME_NOT_ALLOWED, 'ERR_TLS_CERT_ALTNAME_INVALID', 'CERT_REVOKED']);
 
 /**
  * `names` and `serverName` of an `upstreamTls` option (`setting` names it) checked: `names` a list of entries
