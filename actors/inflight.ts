@@ -16,10 +16,17 @@ export interface Pending<R> {
  * Seqs are handed out in order and mostly answered in order, so entries live
  * in a ring indexed by the low bits of their seq (no hashing, no rehashing as
  * a Map of ever-new keys needs); the rare entry whose slot is still taken by
- * an older one waits in a small Map beside it.
+ * an older one waits in a small Map beside it. An entry in the ring is no
+ * object: its request, seq and two times sit in arrays side by side, so a
+ * request sent and answered allocates nothing here (a `Pending` with its two
+ * times boxed was about 60 bytes a request); `Pending` objects are made only
+ * for the rare paths that hand entries out (`take`, `takeExpired`, ...).
  */
 export class Inflight<R> {
-  private slots: Array<Pending<R> | undefined> = new Array(16).fill(undefined);
+  private reqs: Array<R | undefined> = new Array(16).fill(undefined);
+  private seqs = new Float64Array(16);
+  private deadlines = new Float64Array(16);
+  private sentAts = new Float64Array(16);
   private mask = 15;
   private overflow = new Map<number, Pending<R>>();
   private count = 0;
@@ -30,6 +37,10 @@ export class Inflight<R> {
   private min = Infinity;
   /** No entry was sent before the one with this seq (the oldest may have been answered since: `oldestSentAt` moves it on). */
   private low = 1;
+  /** When the entry `takeReq` took last was sent (clock ms). */
+  takenSentAt = 0;
+  /** The deadline of the entry `takeReq` took last. */
+  takenDeadline = 0;
 
   /**
    * @param busy a set shared by all tables of one proxy: holds the tables
@@ -51,12 +62,9 @@ export class Inflight<R> {
       this.wrapped = true;
     } else this.seq++;
     const upSeq = this.seq;
-    if (this.count >= this.slots.length >> 1) this.grow();
+    if (this.count >= this.reqs.length >> 1) this.grow();
     if (this.count === 0) this.low = upSeq;
-    const p: Pending<R> = { upSeq, req, deadline, sentAt };
-    const i = upSeq & this.mask;
-    if (this.slots[i] === undefined) this.slots[i] = p;
-    else this.overflow.set(upSeq, p);
+    this.place(upSeq, req, deadline, sentAt);
     this.count++;
     if (deadline < this.min) this.min = deadline;
     if (this.count === 1) this.busy?.add(this);
@@ -69,8 +77,8 @@ export class Inflight<R> {
    * from its in-flight requests, which the slots and the stall rule count.
    */
   put(p: Pending<R>): void {
-    if (this.count >= this.slots.length >> 1) this.grow();
-    this.place(p);
+    if (this.count >= this.reqs.length >> 1) this.grow();
+    this.place(p.upSeq, p.req, p.deadline, p.sentAt);
     this.count++;
     if (p.deadline < this.min) this.min = p.deadline;
     if (this.count === 1) this.busy?.add(this);
@@ -88,21 +96,35 @@ export class Inflight<R> {
 
   /** The entry for `upSeq`, left in the table. */
   peek(upSeq: number): Pending<R> | undefined {
-    const p = this.slots[upSeq & this.mask];
-    return p !== undefined && p.upSeq === upSeq ? p : this.overflow.size ? this.overflow.get(upSeq) : undefined;
+    const i = upSeq & this.mask;
+    const req = this.reqs[i];
+    if (req !== undefined && this.seqs[i] === upSeq) return { upSeq, req, deadline: this.deadlines[i]!, sentAt: this.sentAts[i]! };
+    return this.overflow.size ? this.overflow.get(upSeq) : undefined;
+  }
+
+  /** The entry for `upSeq`, taken out of the table (its request; undefined when none has that seq), its times left in `takenSentAt` and `takenDeadline`: the answer's path, which allocates nothing. */
+  takeReq(upSeq: number): R | undefined {
+    const i = upSeq & this.mask;
+    let req = this.reqs[i];
+    if (req !== undefined && this.seqs[i] === upSeq) {
+      this.reqs[i] = undefined;
+      this.takenSentAt = this.sentAts[i]!;
+      this.takenDeadline = this.deadlines[i]!;
+    } else {
+      const p = this.overflow.size ? this.overflow.get(upSeq) : undefined;
+      if (p === undefined) return undefined;
+      this.overflow.delete(upSeq);
+      req = p.req;
+      this.takenSentAt = p.sentAt;
+      this.takenDeadline = p.deadline;
+    }
+    if (--this.count === 0) this.clear();
+    return req;
   }
 
   take(upSeq: number): Pending<R> | undefined {
-    const i = upSeq & this.mask;
-    let p = this.slots[i];
-    if (p !== undefined && p.upSeq === upSeq) this.slots[i] = undefined;
-    else {
-      p = this.overflow.size ? this.overflow.get(upSeq) : undefined;
-      if (p === undefined) return undefined;
-      this.overflow.delete(upSeq);
-    }
-    if (--this.count === 0) this.clear();
-    return p;
+    const req = this.takeReq(upSeq);
+    return req === undefined ? undefined : { upSeq, req, deadline: this.takenDeadline, sentAt: this.takenSentAt };
   }
 
   /**
@@ -113,16 +135,19 @@ export class Inflight<R> {
   oldestSentAt(): number | undefined {
     if (this.count === 0) return undefined;
     for (;;) {
-      const p = this.peek(this.low);
+      const low = this.low;
+      const i = low & this.mask;
+      if (this.reqs[i] !== undefined && this.seqs[i] === low) return this.sentAts[i];
+      const p = this.overflow.size ? this.overflow.get(low) : undefined;
       if (p) return p.sentAt;
-      this.low = this.low >= 0xffffffff ? 1 : this.low + 1;
+      this.low = low >= 0xffffffff ? 1 : low + 1;
     }
   }
 
   /** Whether any entry passes `test` (entries in no particular order). */
   some(test: (p: Pending<R>) => boolean): boolean {
     if (this.count === 0) return false;
-    for (const p of this.slots) if (p !== undefined && test(p)) return true;
+    for (let i = 0; i < this.reqs.length; i++) if (this.reqs[i] !== undefined && test(this.entryAt(i))) return true;
     for (const p of this.overflow.values()) if (test(p)) return true;
     return false;
   }
@@ -139,7 +164,7 @@ export class Inflight<R> {
       if (p.deadline <= now) out.push(p);
       else if (p.deadline < min) min = p.deadline;
     }
-    for (const p of out) this.take(p.upSeq);
+    for (const p of out) this.takeReq(p.upSeq);
     this.min = min;
     if (this.count === 0) this.clear();
     return out;
@@ -147,17 +172,22 @@ export class Inflight<R> {
 
   takeAll(): Array<Pending<R>> {
     const out = this.entries();
-    this.slots.fill(undefined);
+    this.reqs.fill(undefined);
     this.overflow.clear();
     this.count = 0;
     this.clear();
     return out;
   }
 
+  /** The ring's entry in slot `i` (taken) as a `Pending`. */
+  private entryAt(i: number): Pending<R> {
+    return { upSeq: this.seqs[i]!, req: this.reqs[i]!, deadline: this.deadlines[i]!, sentAt: this.sentAts[i]! };
+  }
+
   /** Every entry, oldest first. */
   private entries(): Array<Pending<R>> {
     const out: Array<Pending<R>> = [];
-    for (const p of this.slots) if (p !== undefined) out.push(p);
+    for (let i = 0; i < this.reqs.length; i++) if (this.reqs[i] !== undefined) out.push(this.entryAt(i));
     for (const p of this.overflow.values()) out.push(p);
     // Age from the newest seq back, across the wrap from 0xffffffff to 1.
     const newest = this.seq;
@@ -166,22 +196,25 @@ export class Inflight<R> {
 
   /** Twice the slots; entries move to their new slot, or stay beside the ring when it is taken. */
   private grow(): void {
-    const old = this.slots;
-    const size = old.length * 2;
-    this.slots = new Array(size).fill(undefined);
+    const old = this.entries();
+    const size = this.reqs.length * 2;
+    this.reqs = new Array(size).fill(undefined);
+    this.seqs = new Float64Array(size);
+    this.deadlines = new Float64Array(size);
+    this.sentAts = new Float64Array(size);
     this.mask = size - 1;
-    for (const p of old) if (p !== undefined) this.place(p);
-    if (this.overflow.size) {
-      const waiting = [...this.overflow.values()];
-      this.overflow.clear();
-      for (const p of waiting) this.place(p);
-    }
+    this.overflow.clear();
+    for (const p of old) this.place(p.upSeq, p.req, p.deadline, p.sentAt);
   }
 
-  private place(p: Pending<R>): void {
-    const i = p.upSeq & this.mask;
-    if (this.slots[i] === undefined) this.slots[i] = p;
-    else this.overflow.set(p.upSeq, p);
+  private place(upSeq: number, req: R, deadline: number, sentAt: number): void {
+    const i = upSeq & this.mask;
+    if (this.reqs[i] === undefined) {
+      this.reqs[i] = req;
+      this.seqs[i] = upSeq;
+      this.deadlines[i] = deadline;
+      this.sentAts[i] = sentAt;
+    } else this.overflow.set(upSeq, { upSeq, req, deadline, sentAt });
   }
 
   private clear(): void {

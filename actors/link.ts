@@ -281,7 +281,8 @@ export interface LinkPort {
    * only a live process does (one that exits closes them all). Undefined on other links.
    */
   readonly serverHolds?: boolean;
-  sendOne(req: ProxyRequest): void;
+  /** `now`: the clock as the batch it is in was routed (one reading for the batch), else read here. */
+  sendOne(req: ProxyRequest, now?: number): void;
   /**
    * The pinger's round, for a member with no registration connection (found in the registry):
    * its link is then the only sign of its life. A link that read nothing since the last round is

@@ -60,8 +60,8 @@ function pickIndex<R>(members: readonly string[], cursor: number, eligible?: (id
   return -1;
 }
 
-/** Hands one routed request to the member picked for it. */
-export type Deliver<R> = (member: string, req: R) => void;
+/** Hands one routed request to the member picked for it; `now` is the batch's clock reading, when its sender gave one. */
+export type Deliver<R> = (member: string, req: R, now?: number) => void;
 
 export interface PoolInput<R = unknown> {
   policy: string;
@@ -90,7 +90,8 @@ export interface PoolContext<R = unknown> extends Rotation {
 export type PoolEvent<R = unknown> =
   | { type: 'JOIN'; id: string }
   | { type: 'LEAVE'; id: string; reason?: string }
-  | { type: 'ROUTE'; requests: R[] };
+  /** `now`: when the batch was routed (one clock reading for all of it), handed to `deliver` with each request. */
+  | { type: 'ROUTE'; requests: R[]; now?: number };
 
 export const poolMachine = setup({
   types: {
@@ -120,7 +121,7 @@ export const poolMachine = setup({
     route: ({ context, event }) => {
       assertEvent(event, 'ROUTE');
       const { members, eligible, deliver } = context;
-      const requests = event.requests;
+      const { requests, now } = event;
       let cursor = context.cursor;
       let unrouted: unknown[] | undefined;
       for (let k = 0; k < requests.length; k++) {
@@ -131,7 +132,7 @@ export const poolMachine = setup({
           continue;
         }
         cursor = i + 1;
-        deliver(members[i]!, req);
+        deliver(members[i]!, req, now);
       }
       context.cursor = cursor;
       context.routed += requests.length;

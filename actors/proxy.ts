@@ -107,7 +107,7 @@ export const proxyMachine = setup({
           peer.conn.pause();
         }
       }
-      for (const [policy, reqs] of byPolicy) route(context, policy, reqs, now);
+      for (const [policy, reqs] of byPolicy) route(context, policy, reqs, now, true);
     },
 
     refuseNew: ({ context, event }) => {

@@ -91,14 +91,15 @@ export function endEjection(context: ProxyContext, entry: Member, why: string, e
 }
 
 /**
- * Hand requests to their policy's pool, or refuse them when nobody serves the policy. New
- * requests (`arrived`: when, not a retry) count towards the policy's retry budget.
+ * Hand requests to their policy's pool, or refuse them when nobody serves the policy. `now` is the
+ * batch's one clock reading (the pool hands it on with each request: `makeDeliver`). New requests
+ * (`arrived`, not a retry) count towards the policy's retry budget, at `now`.
  */
-export function route(context: ProxyContext, name: string, requests: ProxyRequest[], arrived?: number): void {
+export function route(context: ProxyContext, name: string, requests: ProxyRequest[], now: number, arrived = false): void {
   const policy = context.policies.get(name);
   if (policy) {
-    if (arrived !== undefined) policy.retryBudget.deposit(arrived, requests.length);
-    policy.pool.send({ type: 'ROUTE', requests });
+    if (arrived) policy.retryBudget.deposit(now, requests.length);
+    policy.pool.send({ type: 'ROUTE', requests, now });
   } else refuse(context, requests, { code: ErrorCode.NO_SERVER, message: `no server is registered for privacy policy ${name}` });
 }
 
@@ -183,7 +184,7 @@ export function retry(context: ProxyContext, member: string, requests: ProxyRequ
     context.logger.repeated(cause === 'unsent' ? 'info' : 'warn', 'retry', `${policy}\0${member}\0${failure.code}\0${cause}`, reqs.length,
       (n, span) => `Retrying ${fmt(n)} request(s) of privacy policy ${policy} on another server${span ? ` ${span}` : ''}: ${failure.message}`,
       { policy, server: member, code: failure.code, cause });
-    route(context, policy, reqs);
+    route(context, policy, reqs, now);
   }
   if (overBudget) {
     for (const [policy, { n }] of overBudget) {
@@ -431,7 +432,11 @@ export function stalled(context: ProxyContext, entry: Member): boolean {
   if (inflight.size === 0) return false;
   const full = traffic.limit !== undefined && inflight.size >= traffic.limit;
   const since = Math.max(full ? traffic.overtakenAt : traffic.answeredAt, inflight.oldestSentAt()!) + slowAfterMs;
-  return context.clock.now() >= since && traffic.sentAt >= since;
+  // A request sent at or after `since` was sent at a clock reading past it, so `now >= since` follows without a read of
+  // the clock (the pool asks this of a member for every request it routes). `sentAt` Infinity (the oldest request's wait
+  // alone counts) says nothing of the time: the clock is read then.
+  const sent = traffic.sentAt;
+  return sent >= since && (sent !== Infinity || context.clock.now() >= since);
 }
 
 /** Whether member `id` may take `req` now (the pool's `eligible`): `unavailable` has no reason against it. */
@@ -444,12 +449,14 @@ export function makeEligible(context: ProxyContext) {
  * checked that member, so it is registered and its link is open.
  */
 function makeDeliver(context: ProxyContext) {
-  return (member: string, request: unknown): void => {
+  return (member: string, request: unknown, routedAt?: number): void => {
     const req = request as ProxyRequest;
+    // The batch's one clock reading (every sender of ROUTE here gives one), not one a request.
+    const now = routedAt ?? context.clock.now();
     // A request that failed elsewhere is being sent again: a retry, counted as it goes.
     if (req.tried !== undefined) context.observer?.retried?.(req.msg.privPoliId, req.tried[req.tried.length - 1]!, req.last!.code);
     // Its wait for a member with room, if it had one, ends here (the access log's queue_ms).
-    if (req.queued !== undefined) endStay(req, context.clock.now());
+    if (req.queued !== undefined) endStay(req, now);
     // No retry could follow this try (its retries spent, or every other member tried or none): it runs to
     // the request's deadline. Members are counted, not looked at: one down or drained still counts, so
     // the rule is exact for a policy of one server, and costs nothing per request.
@@ -457,7 +464,7 @@ function makeDeliver(context: ProxyContext) {
     // On another try now: it no longer waits on its kept ones alone.
     if (req.keptOnly) req.keptOnly = false;
     req.finalTry = tried >= context.opts.retries || (context.policies.get(req.msg.privPoliId)?.members.size ?? 0) <= tried + 1;
-    context.servers.get(member)!.traffic.sendOne(req);
+    context.servers.get(member)!.traffic.sendOne(req, now);
   };
 }
 
@@ -636,7 +643,7 @@ function sendWaiting(context: ProxyContext, policy: Policy, reqs: ProxyRequest[]
       (n, span) => `Dropped ${fmt(n)} waiting request(s) of privacy policy ${name} whose client closed its connection, unsent (counted as outcome ${CLIENT_GONE})${span ? ` ${span}` : ''}`, { policy: name });
   }
   const out = send ?? reqs;
-  if (out.length) policy.pool.send({ type: 'ROUTE', requests: out });
+  if (out.length) policy.pool.send({ type: 'ROUTE', requests: out, now: context.clock.now() });
 }
 
 /**

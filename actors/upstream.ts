@@ -146,7 +146,7 @@ export class LinkTraffic implements LinkPort {
   }
 
   /** Write one request now (the pool's hot path: it hands requests over one by one, in turn). */
-  sendOne(req: ProxyRequest): void {
+  sendOne(req: ProxyRequest, at?: number): void {
     const conn = this.conn;
     // No connection yet, or one that has ended (its server's close read, the link told of it a turn or more later, in the
     // lifecycle lane): the request waits in the queue, handed back unsent as the link goes down - never written, so
@@ -156,7 +156,7 @@ export class LinkTraffic implements LinkPort {
       return;
     }
     const link = this.link;
-    const now = link.clock.now();
+    const now = at ?? link.clock.now();
     const deadline = tryDeadline(link, req, now);
     const upSeq = link.inflight.add(req, deadline, now);
     this.sentAt = now;
@@ -305,11 +305,16 @@ export class LinkTraffic implements LinkPort {
         this.said ??= closedByServer(link.member, m as ErrorMsg);
         continue;
       }
-      let p = link.inflight.take(m.seq);
+      // The request and its times, as the table took it out (no entry object: `takeReq`).
+      let from = link.inflight;
+      let req = from.takeReq(m.seq);
       let kept = false;
       // Off the hot path: only answers no request in flight waits for come here, a kept try's (`keepTry`) among them.
-      if (!p && link.kept.size > 0 && (p = link.kept.take(m.seq))) kept = true;
-      if (!p) {
+      if (req === undefined && link.kept.size > 0 && (req = link.kept.takeReq(m.seq)) !== undefined) {
+        kept = true;
+        from = link.kept;
+      }
+      if (req === undefined) {
         // An answer to a request never sent here is no server's slip of timing: the link is closed, as for a DATA.
         if (!link.inflight.wasSent(m.seq)) {
           this.wrong = neverSent(m, link.inflight.lastSeq);
@@ -320,9 +325,10 @@ export class LinkTraffic implements LinkPort {
       }
       // A TIMEOUT in less than half the time the server was given (`timeoutms`, as `send` wrote it: to the request's deadline
       // with `hedge`, else to the try's) is none.
-      const early = m.type === MsgType.ERROR && m.code === ErrorCode.TIMEOUT && (readAt ??= link.clock.now()) - p.sentAt < ((link.hedge ? requestDeadline(link, p.req) : p.deadline) - p.sentAt) / 2;
-      settle(link, p.req, m, tally, kept, early);
-      if (p.sentAt > newest) newest = p.sentAt;
+      const sentAt = from.takenSentAt;
+      const early = m.type === MsgType.ERROR && m.code === ErrorCode.TIMEOUT && (readAt ??= link.clock.now()) - sentAt < ((link.hedge ? requestDeadline(link, req) : from.takenDeadline) - sentAt) / 2;
+      settle(link, req, m, tally, kept, early);
+      if (sentAt > newest) newest = sentAt;
     }
     this.answered += tally.answered;
     this.failures = tally.failures;
