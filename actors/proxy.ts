@@ -85,6 +85,8 @@ export const proxyMachine = setup({
       const byPolicy = new Map<string, ProxyRequest[]>();
       const verbose = log.enabled('debug');
       const limit = context.opts.maxClientInflight;
+      let groupOf: string | undefined;
+      let group: ProxyRequest[] | undefined;
       for (const { peer, requests } of event.batches) {
         peer.outstanding += requests.length;
         context.inflight.add(requests.length);
@@ -97,9 +99,13 @@ export const proxyMachine = setup({
           if (!peer.mixed && msg.privPoliId !== peer.policy) namedPolicy(peer, msg.privPoliId);
           const req = holdRequest(context, peer, msg, now);
           if (!req) continue;
-          let group = byPolicy.get(msg.privPoliId);
-          if (!group) byPolicy.set(msg.privPoliId, (group = []));
-          group.push(req);
+          // A connection's requests mostly name one policy: its group is looked up again only when the name changes.
+          if (msg.privPoliId !== groupOf) {
+            groupOf = msg.privPoliId;
+            group = byPolicy.get(groupOf);
+            if (!group) byPolicy.set(groupOf, (group = []));
+          }
+          group!.push(req);
         }
         // A client at its limit of requests, or of the budget's share for one connection, is not read until answers bring it down.
         if (!peer.throttled && (peer.outstanding >= limit || peer.heldBytes >= context.budget.requestsPerPeer)) {

@@ -24,11 +24,13 @@ import { MEMBER_STATES, type Member, type MemberState, type Policy, type ProxyCo
 export function policyOf(context: ProxyContext, name: string): Policy {
   let policy = context.policies.get(name);
   if (!policy) {
+    const picked: Picked = { id: undefined, entry: undefined };
+    let made: Policy | undefined;
     const pool = startChild(context.self, poolMachine, {
       id: `pool:${name}`,
-      input: { policy: name, deliver: makeDeliver(context), unrouted: (requests: unknown[]) => unrouted(context, requests as ProxyRequest[]), eligible: makeEligible(context) },
+      input: { policy: name, deliver: makeDeliver(context, () => made!, picked), unrouted: (requests: unknown[]) => unrouted(context, requests as ProxyRequest[]), eligible: makeEligible(context, picked) },
     });
-    policy = { name, pool, members: new Set(), waiting: new FairQueue(), retryBudget: new RetryBudget() };
+    made = policy = { name, pool, members: new Set(), waiting: new FairQueue(), retryBudget: new RetryBudget() };
     context.policies.set(name, policy);
   }
   return policy;
@@ -320,7 +322,8 @@ export function holdRequest(context: ProxyContext, peer: Peer, msg: DataMsg, now
   const bytes = requestBytes(msg);
   if (context.budget.hold(bytes)) {
     peer.heldBytes += bytes;
-    return { client: peer, msg, arrived: now, bytes };
+    // Its fields the hot path sets later are in it from the start: one shape from here to its answer, no property added.
+    return { client: peer, msg, arrived: now, bytes, finalTry: false, answered: false };
   }
   refuse(context, [{ client: peer, msg, arrived: now }], { code: ErrorCode.OVERLOADED, message: `the proxy holds ${context.budget.limit / 2} bytes of requests not answered yet, half its buffer budget (--max-buffered-bytes); try again later` });
   return undefined;
@@ -439,16 +442,30 @@ export function stalled(context: ProxyContext, entry: Member): boolean {
   return sent >= since && (sent !== Infinity || context.clock.now() >= since);
 }
 
+/**
+ * The member the pool's `eligible` looked up last, for its `deliver`: the pool asks whether a member may take a request,
+ * then hands it that request at once, and the second lookup of the member by its id (a Map's, per request) is spared.
+ */
+interface Picked {
+  id: string | undefined;
+  entry: Member | undefined;
+}
+
 /** Whether member `id` may take `req` now (the pool's `eligible`): `unavailable` has no reason against it. */
-export function makeEligible(context: ProxyContext) {
-  return (id: string, req: unknown): boolean => unavailable(context, context.servers.get(id), req as ProxyRequest) === undefined;
+function makeEligible(context: ProxyContext, picked: Picked) {
+  return (id: string, req: unknown): boolean => {
+    const entry = context.servers.get(id);
+    picked.id = id;
+    picked.entry = entry;
+    return unavailable(context, entry, req as ProxyRequest) === undefined;
+  };
 }
 
 /**
- * The pool hands each request to the member it picked. `eligible` has just
- * checked that member, so it is registered and its link is open.
+ * The pool of `policy` hands each request to the member it picked. `eligible` has just
+ * checked that member (`picked`), so it is registered and its link is open.
  */
-function makeDeliver(context: ProxyContext) {
+function makeDeliver(context: ProxyContext, policy: () => Policy, picked: Picked) {
   return (member: string, request: unknown, routedAt?: number): void => {
     const req = request as ProxyRequest;
     // The batch's one clock reading (every sender of ROUTE here gives one), not one a request.
@@ -463,8 +480,9 @@ function makeDeliver(context: ProxyContext) {
     const tried = req.tried?.length ?? 0;
     // On another try now: it no longer waits on its kept ones alone.
     if (req.keptOnly) req.keptOnly = false;
-    req.finalTry = tried >= context.opts.retries || (context.policies.get(req.msg.privPoliId)?.members.size ?? 0) <= tried + 1;
-    context.servers.get(member)!.traffic.sendOne(req, now);
+    req.finalTry = tried >= context.opts.retries || policy().members.size <= tried + 1;
+    const entry = picked.id === member ? picked.entry! : context.servers.get(member)!;
+    entry.traffic.sendOne(req, now);
   };
 }
 

@@ -389,26 +389,39 @@ export function decodeHot(buf: Uint8Array, start: number, end: number, lazyFrom 
     const policy = ownSpellingFirst(poli, poly);
     if (!isIdValue(policy)) return undefined;
     if (timeout !== undefined && !isUint32(timeout)) return undefined;
-    const m: DataMsg = { type: 0, seq, srcid: idString(srcid), privPoliId: idString(policy), payload };
-    if (size !== undefined) m.payloadsize = size;
+    // Read as exactly the model's fields, each once (n keys, no other): forwarded as these bytes (the proxy adds its own timeoutms).
+    const w = (seen & ~DATA_KEYS) === 0 && n === (size === undefined ? 5 : 6) && b <= 0x8f && typeof srcid === 'string' && typeof poli === 'string'
+      ? wireAt(buf, start, seqAt, seqEnd, end) : undefined;
+    const s = idString(srcid);
+    const p = idString(policy);
+    // Made whole by one literal each (the fields a DATA read hot has, `WIRE` among them), not grown field by field: no
+    // property added after (a transition each), and the view of its bytes in the object itself, not in a store beside it.
+    const m: DataMsg = size === undefined
+      ? (w ? { type: 0, seq, srcid: s, privPoliId: p, payload, [WIRE]: w } : { type: 0, seq, srcid: s, privPoliId: p, payload })
+      : (w ? { type: 0, seq, srcid: s, privPoliId: p, payload, payloadsize: size, [WIRE]: w } : { type: 0, seq, srcid: s, privPoliId: p, payload, payloadsize: size });
     if (timeout !== undefined) m.timeoutms = timeout;
     if (lazy) lazyText(m, lazy);
-    // Read as exactly the model's fields, each once (n keys, no other): forwarded as these bytes (the proxy adds its own timeoutms).
-    if ((seen & ~DATA_KEYS) === 0 && n === (size === undefined ? 5 : 6) && b <= 0x8f && typeof srcid === 'string' && typeof poli === 'string') {
-      m[WIRE] = { msg: m, buf, start, seqAt, seqEnd, end };
-    }
+    if (w) (w as { msg: DataMsg | AckMsg }).msg = m;
     return m;
   }
   if (type === MsgType.ACK) {
     if (!isIdValue(destid)) return undefined;
-    const m: AckMsg = { type: 2, seq, srcid: idString(srcid), destid: idString(destid), payload, payloadsize: size ?? (lazy ? lazy.len : payloadBytes(payload)) };
+    const w = seen === ACK_KEYS && n === 6 && b <= 0x8f && typeof srcid === 'string' && typeof destid === 'string' ? wireAt(buf, start, seqAt, seqEnd, end) : undefined;
+    const s = idString(srcid);
+    const d = idString(destid);
+    const psize = size ?? (lazy ? lazy.len : payloadBytes(payload));
+    // One literal each, as a DATA's (above).
+    const m: AckMsg = w ? { type: 2, seq, srcid: s, destid: d, payload, payloadsize: psize, [WIRE]: w } : { type: 2, seq, srcid: s, destid: d, payload, payloadsize: psize };
     if (lazy) lazyText(m, lazy);
-    if (seen === ACK_KEYS && n === 6 && b <= 0x8f && typeof srcid === 'string' && typeof destid === 'string') {
-      m[WIRE] = { msg: m, buf, start, seqAt, seqEnd, end };
-    }
+    if (w) (w as { msg: DataMsg | AckMsg }).msg = m;
     return m;
   }
   return undefined;
+}
+
+/** Where a hot message's bytes are (`WIRE`), its `msg` set once the message is made (`decodeHot`). */
+function wireAt(buf: Uint8Array, start: number, seqAt: number, seqEnd: number, end: number): WireBytes {
+  return { msg: undefined as unknown as DataMsg, buf, start, seqAt, seqEnd, end };
 }
 
 /** The keys of a DATA as the model has it, and those an ACK has with every field (payloadsize included). */
