@@ -11,26 +11,35 @@ const op: fc.Arbitrary<Op> = fc.oneof(
   { weight: 1, arbitrary: fc.constant({ kind: 'all' as const }) },
 );
 
-test('the in-flight table behaves like a Map keyed by seq, in seq order, across growth and the seq wrap', () => {
+test('the in-flight table behaves like a Map keyed by seq, in seq order, across growth and the seq wrap, keeping each entry\'s times', () => {
   fc.assert(
     fc.property(fc.array(op, { minLength: 40, maxLength: 300, size: 'max' }), fc.constantFrom(0, 0xffffffff - 40), (ops, startSeq) => {
       const busy = new Set<Inflight<number>>();
       const t = new Inflight<number>(busy);
       (t as unknown as { seq: number }).seq = startSeq;
-      const model = new Map<number, { req: number; deadline: number }>();
+      const model = new Map<number, { req: number; deadline: number; sentAt: number }>();
       let n = 0;
       for (const o of ops) {
         if (o.kind === 'add') {
-          const seq = t.add(n, o.deadline);
+          // Times as the clock gives them: fractions of a millisecond.
+          const sentAt = n * 0.25 + 0.125;
+          const seq = t.add(n, o.deadline, sentAt);
           assert.ok(seq >= 1 && seq <= 0xffffffff && !model.has(seq));
-          model.set(seq, { req: n++, deadline: o.deadline });
+          model.set(seq, { req: n++, deadline: o.deadline, sentAt });
         } else if (o.kind === 'take') {
           const keys = [...model.keys()];
           // Mostly a live seq, sometimes one that is not (or no longer) there.
           const seq = keys.length && o.pick % 5 ? keys[o.pick % keys.length]! : (o.pick % 0xffffffff) + 1;
-          const p = t.take(seq);
           const m = model.get(seq);
-          assert.is(p?.req, m?.req);
+          if (o.pick % 2) {
+            const p = t.take(seq);
+            assert.is(p?.req, m?.req);
+            if (m) assert.equal(p, { upSeq: seq, req: m.req, deadline: m.deadline, sentAt: m.sentAt });
+          } else {
+            // The answer's path: the request, its times left in the table's two fields, no entry object.
+            assert.is(t.takeReq(seq), m?.req);
+            if (m) assert.equal([t.takenDeadline, t.takenSentAt], [m.deadline, m.sentAt]);
+          }
           model.delete(seq);
         } else if (o.kind === 'expire') {
           const got = t.takeExpired(o.now).map((p) => p.upSeq);
@@ -43,7 +52,10 @@ test('the in-flight table behaves like a Map keyed by seq, in seq order, across 
         }
         assert.is(t.size, model.size);
         assert.is(busy.has(t), model.size > 0);
-        for (const [k, v] of model) assert.is(t.peek(k)?.req, v.req);
+        for (const [k, v] of model) assert.equal(t.peek(k), { upSeq: k, ...v });
+        // The oldest unanswered request's send time: the lowest seq's, counting across the wrap.
+        const oldest = [...model.entries()].sort(([a], [b]) => ((a - startSeq - 1) >>> 0) - ((b - startSeq - 1) >>> 0))[0];
+        assert.is(t.oldestSentAt(), oldest?.[1].sentAt);
       }
     }),
     { numRuns: 300 },

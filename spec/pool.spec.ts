@@ -122,6 +122,16 @@ test('the pool machine is empty until a member joins and refuses with no member'
   pool.stop();
 });
 
+test('a batch routed with the clock read once hands that reading to every request it delivers', () => {
+  const delivered: Array<[string, unknown, number | undefined]> = [];
+  const pool = createActor(poolMachine, { input: { policy: 'p', deliver: (m, req, now) => delivered.push([m, req, now]), unrouted: () => undefined } }).start();
+  for (const id of ['1', '2']) pool.send({ type: 'JOIN', id });
+  pool.send({ type: 'ROUTE', requests: ['a', 'b', 'c'], now: 1234.5 });
+  pool.send({ type: 'ROUTE', requests: ['d'] });
+  assert.equal(delivered, [['1', 'a', 1234.5], ['2', 'b', 1234.5], ['1', 'c', 1234.5], ['2', 'd', undefined]]);
+  pool.stop();
+});
+
 test('a pool skips members its eligibility check refuses, and hands back what none can take', () => {
   const delivered: Array<[string, unknown]> = [];
   const unrouted: unknown[][] = [];

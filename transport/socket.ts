@@ -528,11 +528,12 @@ export class Connection implements BudgetHolder {
   /**
    * Queue one message; everything sent in one turn of the event loop leaves
    * in one write. With `seq`, the message goes out with that seq instead of
-   * its own (no copy of the message is made). Returns false once the
-   * socket's buffer is full.
+   * its own (no copy of the message is made). Whether the socket's buffer is
+   * full is `congested`'s to say: it returned that each time, read by no
+   * caller, four getters of the socket's for every message forwarded.
    */
-  send(msg: Message, seq?: number): boolean {
-    if (this.closed || this.socket.destroyed) return false;
+  send(msg: Message, seq?: number): void {
+    if (this.closed || this.socket.destroyed) return;
     if (this.queued++ === 0) {
       dirty.push(this);
       if (!flushScheduled && !together) {
@@ -551,7 +552,6 @@ export class Connection implements BudgetHolder {
       if (this.shielded) this.countUnwritten();
       else if (this.batch.length >= BATCH_COUNTED) this.account();
     }
-    return !this.congested;
   }
 
   /** Hand what `send` queued to the socket now, in one write. */
