@@ -360,7 +360,9 @@ export function decodeHot(buf: Uint8Array, start: number, end: number, lazyFrom 
     }
     pos += klen;
     const at = pos;
-    const v = key === K.PAYLOAD ? payloadValue(buf, end, lazyFrom) : scalar(buf, end);
+    // A positive fixint (a type, a payloadsize, a small seq) is read here, as `scalar` reads it, without the call.
+    const vb = buf[pos]!;
+    const v = vb <= 0x7f && pos < end ? (pos++, vb) : key === K.PAYLOAD ? payloadValue(buf, end, lazyFrom) : scalar(buf, end);
     if (v === FAIL) return undefined;
     seen |= 1 << key;
     if (key === K.SEQ) {
