@@ -38,7 +38,7 @@ import { guardObserver, proxyBudgetNote, proxyInsecureNote, proxyListeningNote, 
 import type { ProxyContext, ProxyEvent, ProxyMachineInput } from './proxy-types.js';
 import { drainMember, enableMember, linkDown, linkUp, probe, probeRefused, readmit, serverLeaving, triesFailed } from './health.js';
 import { admit, applyReload, evict, registeredBy, removeServer } from './membership.js';
-import { closeAfterAnswers, drainWaiting, expireWaiting, failRemaining, holdRequest, makeReply, namedPolicy, refuse, route } from './routing.js';
+import { closeAfterAnswers, drainWaiting, expireWaiting, failRemaining, forwardRead, makeReply, refuse } from './routing.js';
 import { fromRegistry } from './registry-members.js';
 import { logStopped, releaseAll } from './children.js';
 
@@ -80,40 +80,7 @@ export const proxyMachine = setup({
 
     forward: ({ context, event }) => {
       assertEvent(event, 'FORWARD');
-      const log = context.logger;
-      const now = context.clock.now();
-      const byPolicy = new Map<string, ProxyRequest[]>();
-      const verbose = log.enabled('debug');
-      const limit = context.opts.maxClientInflight;
-      let groupOf: string | undefined;
-      let group: ProxyRequest[] | undefined;
-      for (const { peer, requests } of event.batches) {
-        peer.outstanding += requests.length;
-        context.inflight.add(requests.length);
-        for (const msg of requests) {
-          if (verbose) {
-            log.debug('request', `Received a message from client ${msg.srcid} payload ${msg.payload}`, {
-              client: msg.srcid, policy: msg.privPoliId, payload: msg.payload,
-            });
-          }
-          if (!peer.mixed && msg.privPoliId !== peer.policy) namedPolicy(peer, msg.privPoliId);
-          const req = holdRequest(context, peer, msg, now);
-          if (!req) continue;
-          // A connection's requests mostly name one policy: its group is looked up again only when the name changes.
-          if (msg.privPoliId !== groupOf) {
-            groupOf = msg.privPoliId;
-            group = byPolicy.get(groupOf);
-            if (!group) byPolicy.set(groupOf, (group = []));
-          }
-          group!.push(req);
-        }
-        // A client at its limit of requests, or of the budget's share for one connection, is not read until answers bring it down.
-        if (!peer.throttled && (peer.outstanding >= limit || peer.heldBytes >= context.budget.requestsPerPeer)) {
-          peer.throttled = true;
-          peer.conn.pause();
-        }
-      }
-      for (const [policy, reqs] of byPolicy) route(context, policy, reqs, now, true);
+      forwardRead(context, event.batches);
     },
 
     refuseNew: ({ context, event }) => {

@@ -18,7 +18,7 @@ import { poolMachine } from './pool.js';
 import { countRefusal } from './refusal-budget.js';
 import { RETRY_BUDGET_WINDOW_MS, RetryBudget, type RetryBudgetRules } from './retry-budget.js';
 import { CLIENT_GONE, type Opts } from './proxy-options.js';
-import { MEMBER_STATES, type Member, type MemberState, type Policy, type ProxyContext } from './proxy-types.js';
+import { MEMBER_STATES, type ForwardBatch, type Member, type MemberState, type Policy, type ProxyContext } from './proxy-types.js';
 
 /** The policy's record, made with its pool machine when it is first needed. */
 export function policyOf(context: ProxyContext, name: string): Policy {
@@ -311,6 +311,48 @@ export function requestBytes(msg: DataMsg): number {
   const w = msg[WIRE];
   // A text payload not made into a string (`TEXT_BYTES`) is held as its frame's bytes alone, as a binary one is.
   return heldBytes(payloadSize(msg), msg[TEXT_BYTES] === undefined && typeof msg.payload === 'string', w === undefined ? 0 : w.end - w.start);
+}
+
+/**
+ * The requests read in one turn of the event loop (a FORWARD): each held against the budget and
+ * counted for its client, grouped by policy, and each group routed with the one clock reading of the
+ * turn. A client past its limit of requests, or of the budget's share for one connection, is not
+ * read until answers bring it down.
+ */
+export function forwardRead(context: ProxyContext, batches: readonly ForwardBatch[]): void {
+  const log = context.logger;
+  const now = context.clock.now();
+  const byPolicy = new Map<string, ProxyRequest[]>();
+  const verbose = log.enabled('debug');
+  const limit = context.opts.maxClientInflight;
+  let groupOf: string | undefined;
+  let group: ProxyRequest[] | undefined;
+  for (const { peer, requests } of batches) {
+    peer.outstanding += requests.length;
+    context.inflight.add(requests.length);
+    for (const msg of requests) {
+      if (verbose) {
+        log.debug('request', `Received a message from client ${msg.srcid} payload ${msg.payload}`, {
+          client: msg.srcid, policy: msg.privPoliId, payload: msg.payload,
+        });
+      }
+      if (!peer.mixed && msg.privPoliId !== peer.policy) namedPolicy(peer, msg.privPoliId);
+      const req = holdRequest(context, peer, msg, now);
+      if (!req) continue;
+      // A connection's requests mostly name one policy: its group is looked up again only when the name changes.
+      if (msg.privPoliId !== groupOf) {
+        groupOf = msg.privPoliId;
+        group = byPolicy.get(groupOf);
+        if (!group) byPolicy.set(groupOf, (group = []));
+      }
+      group!.push(req);
+    }
+    if (!peer.throttled && (peer.outstanding >= limit || peer.heldBytes >= context.budget.requestsPerPeer)) {
+      peer.throttled = true;
+      peer.conn.pause();
+    }
+  }
+  for (const [policy, reqs] of byPolicy) route(context, policy, reqs, now, true);
 }
 
 /**
