@@ -34,6 +34,7 @@ import { connect, type Socket } from 'node:net';
 import { encodeFrame, FrameDecoder } from '../transport/frame.js';
 import { MsgType } from '../transport/messages.js';
 import { errorsOf, runLoad } from './loadgen.js';
+import { spread } from './rounds.js';
 import { freePort, HOST, probe, spawnRevproxy, type Child } from './procs.js';
 
 export interface ChurnCounts {
@@ -396,20 +397,24 @@ export class Churn {
  * `allow` (absolute) and 10 %.
  */
 export function verdict(samples: Array<Sample & { rssMB: number }>): Array<{ figure: string; first: number; second: number; grew: boolean }> {
-  const s = samples.slice(1);
-  const half = Math.floor(s.length / 2);
-  const median = (xs: number[]): number => {
-    const v = [...xs].sort((a, b) => a - b);
-    return v.length ? (v[(v.length - 1) >> 1]! + v[v.length >> 1]!) / 2 : NaN;
-  };
-  const figures: Array<[string, (x: Sample & { rssMB: number }) => number, number]> = [
+  return growth(samples, [
     ['RSS MB', (x) => x.rssMB, 16],
     ['heap MB (lowest in window)', (x) => x.heapMB, 4],
     ['heap MB after full GC', (x) => x.heapAfterGcMB, 4],
     ['open fds', (x) => x.fds, 8],
     ['active handles', (x) => x.handles, 8],
     ['connections (all roles)', (x) => Object.values(x.conns).reduce((a, b) => a + b, 0), 8],
-  ];
+  ]);
+}
+
+/**
+ * Whether each figure grew over a run: its median over the second half of the samples (the first left out: a
+ * start-up) against the first half's, grown when by more than its allowance and by more than a tenth.
+ */
+export function growth<T>(samples: T[], figures: Array<[string, (x: T) => number, number]>): Array<{ figure: string; first: number; second: number; grew: boolean }> {
+  const s = samples.slice(1);
+  const half = Math.floor(s.length / 2);
+  const median = (xs: number[]): number => spread(xs)?.median ?? NaN;
   return figures.map(([figure, pick, allow]) => {
     const first = median(s.slice(0, half).map(pick));
     const second = median(s.slice(half).map(pick));

@@ -30,6 +30,18 @@
  * handles and connections, and the end a verdict on growth (the second
  * half's windows against the first's) and the figures once the churn has
  * stopped against those before it began; the soak exits 1 when any grew.
+ *
+ * With `--idle-clients N` (bench/idle-fleet.ts) the soak is another one: no
+ * steady load, but a fleet of two proxies and N idle library clients (in a
+ * process of their own, bench/idle-clients.ts) on both, each sending a
+ * request every `--request-every` seconds, while a proxy is killed every
+ * `--kill-proxy-every` seconds (SIGKILL, every third SIGTERM; every
+ * `--kill-both-every`-th kill both) and started again `--down` seconds later
+ * on its port. Per kill: how long until every client is back, their failed
+ * requests by code and `retryable`, their dials (the most in one
+ * millisecond); over the run the client process's RSS, heap, fds, handles,
+ * timers and listeners. It exits 1 on a request lost, a client not back, a
+ * storm of dials, or growth.
  */
 import { createReadStream, existsSync, mkdirSync, mkdtempSync, renameSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
@@ -38,6 +50,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { startEtcd, type Etcd } from '../scenario/etcd.js';
 import { Churn, verdict, type ChurnCounts, type Sample } from './churn.js';
+import { runFleet } from './idle-fleet.js';
 import { errorsOf, runLoad } from './loadgen.js';
 import { cpuSeconds, fdCount, freePort, HOST, probe, rssBytes, spawnRevproxy, stopAll, waitForPort } from './procs.js';
 
@@ -52,7 +65,14 @@ const USAGE = `usage: npx tsx bench/soak.ts [--minutes N] [--stall SECONDS] [--w
                 a bad peer every --bad seconds (default 5), /metrics and inspector readers, and every --flood seconds
                 (default 60; 0 = none) a 5 s flood of 4 x 4,096 requests in flight at a one-at-a-time server's policy
                 (every request answered: an ACK, OVERLOADED or TIMEOUT); reports heap, fds, handles and connections per
-                window and whether any grew`;
+                window and whether any grew
+       npx tsx bench/soak.ts --idle-clients N [--kill-proxy-every SECONDS] [--down SECONDS] [--kill-both-every K] [--request-every SECONDS] [--minutes N]
+  --idle-clients      instead of the load: N idle library clients (connect(), in a process of their own) on a fleet of two
+                      proxies, each sending one request every --request-every seconds (default 3)
+  --kill-proxy-every  seconds between kills (default 60): proxy A and B in turn, SIGKILL (every third SIGTERM), every
+                      --kill-both-every-th kill (default 4; 0 = never) both, each started again --down seconds later (default 3)
+                      on its port; reports per kill how long until every client was back, failed requests by code and
+                      retryable, dials (the most in one ms), and the client process's RSS, heap, fds, handles, timers, listeners`;
 
 function options(): { [k: string]: string | boolean | undefined } {
   try {
@@ -69,6 +89,11 @@ function options(): { [k: string]: string | boolean | undefined } {
         restart: { type: 'string', default: '20' },
         bad: { type: 'string', default: '5' },
         flood: { type: 'string', default: '60' },
+        'idle-clients': { type: 'string' },
+        'kill-proxy-every': { type: 'string', default: '60' },
+        down: { type: 'string', default: '3' },
+        'kill-both-every': { type: 'string', default: '4' },
+        'request-every': { type: 'string', default: '3' },
         help: { type: 'boolean', short: 'h', default: false },
       },
     }).values;
@@ -318,9 +343,28 @@ function churnColumns(row: Row): string {
   return `  ${(p ? p.heapMB.toFixed(1) : '-').padStart(8)} ${(p ? p.heapAfterGcMB.toFixed(1) : '-').padStart(9)} ${String(p?.fdsProc ?? '-').padStart(4)} ${String(p?.handles ?? '-').padStart(8)}  ${conns.padStart(14)}  ${`${c.clientAnswers}/${errs}`.padStart(12)}  ${String(c.restarts).padStart(8)}  ${flood.padStart(14)}  ${(p ? `${p.pools}/${p.series}` : '-').padStart(15)}`;
 }
 
-main()
-  .catch((err) => {
-    console.error(`soak failed: ${err instanceof Error ? err.message : String(err)}`);
-    process.exitCode = 1;
-  })
-  .finally(() => stopAll());
+if (values['idle-clients'] !== undefined) {
+  const fleet = { clients: Number(values['idle-clients']), killEveryS: Number(values['kill-proxy-every']), downS: Number(values.down), bothEvery: Number(values['kill-both-every']), everyS: Number(values['request-every']) };
+  if (!(Number.isInteger(fleet.clients) && fleet.clients > 0) || !(fleet.killEveryS > 0) || !(fleet.downS >= 0 && fleet.downS < fleet.killEveryS) || !(Number.isInteger(fleet.bothEvery) && fleet.bothEvery >= 0) || !(fleet.everyS > 0)) {
+    console.error(`--idle-clients takes a whole number above 0, --kill-proxy-every and --request-every seconds above 0, --down seconds less than --kill-proxy-every, --kill-both-every a whole number (0: never)\n${USAGE}`);
+    process.exit(2);
+  }
+  if (churning || values['access-log']) {
+    console.error(`--idle-clients is a soak of its own (no steady load): it does not go with --churn or --access-log\n${USAGE}`);
+    process.exit(2);
+  }
+  runFleet({ ...fleet, minutes, logs: mkdtempSync(join(tmpdir(), 'revproxy-soak-')) })
+    .then((r) => void (process.exitCode = r.ok ? 0 : 1))
+    .catch((err: Error) => {
+      console.error(`soak failed: ${err.message}`);
+      process.exitCode = 1;
+    })
+    .finally(() => stopAll());
+} else {
+  main()
+    .catch((err) => {
+      console.error(`soak failed: ${err instanceof Error ? err.message : String(err)}`);
+      process.exitCode = 1;
+    })
+    .finally(() => stopAll());
+}
