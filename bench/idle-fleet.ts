@@ -2,7 +2,7 @@
  * The soak's fleet mode (`bench/soak.ts --idle-clients N --kill-proxy-every S`): what an operator's fleet does to
  * idle library clients. Two proxies (A and B), two servers registered with both, and N library clients in a process
  * of their own (bench/idle-clients.ts), each given both proxies (half A first, half B first) and sending one request
- * every `everyS` seconds. Every S seconds the soak kills a proxy - A and B in turn, with SIGKILL, every third kill
+ * every `everyS` seconds. Every S seconds the soak kills a proxy - the one more clients are on, A and B in turn when as many are on each, with SIGKILL, every third kill
  * with SIGTERM (it drains), and every `bothEvery`-th kill both, the whole fleet down, so the clients' background
  * dials (their backoff) are soaked too - and starts it again `downS` seconds later on the same port.
  *
@@ -149,14 +149,15 @@ export async function runFleet(o: FleetOptions): Promise<{ ok: boolean; file: st
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
   const t0 = await ready;
   const on = (i: number): number => cur.filter((p) => p === at(i)).length;
-  console.log(`idle fleet: ${o.clients} library clients in process ${proc.pid}, each on proxies A (${at(0)}) and B (${at(1)}) (${on(0)} on A, ${on(1)} on B), one request every ${o.everyS} s each; a proxy killed every ${o.killEveryS} s (A and B in turn, every third with SIGTERM${o.bothEvery ? `, every ${o.bothEvery === 1 ? '' : `${ordinal(o.bothEvery)} `}kill both` : ''}), started again ${o.downS} s later; ${o.minutes} min; logs in ${o.logs}`);
+  console.log(`idle fleet: ${o.clients} library clients in process ${proc.pid}, each on proxies A (${at(0)}) and B (${at(1)}) (${on(0)} on A, ${on(1)} on B), one request every ${o.everyS} s each; a proxy killed every ${o.killEveryS} s (the one more clients are on, every third with SIGTERM${o.bothEvery ? `, every ${o.bothEvery === 1 ? '' : `${ordinal(o.bothEvery)} `}kill both` : ''}), started again ${o.downS} s later; ${o.minutes} min; logs in ${o.logs}`);
   console.log('  kill   at s  killed    signal   on it  back median/max ms  listening ms  requests  failed                   dials  to killed  peak 1 ms/10 ms  per client/s   RSS MB  heap MB  fds  handles  timers  sockets/listeners');
   const rows: KillRow[] = [];
   const endAt = t0 + o.minutes * 60_000;
   for (let n = 1; t0 + n * o.killEveryS * 1000 < endAt; n++) {
     await sleep(t0 + n * o.killEveryS * 1000 - Date.now());
     const both = o.bothEvery > 0 && n % o.bothEvery === 0;
-    const which = both ? [0, 1] : [(n - 1) % 2];
+    // One proxy: the one most clients are on (after the whole fleet was down they may all be on one), in turn when even.
+    const which = both ? [0, 1] : on(0) === on(1) ? [(n - 1) % 2] : [on(0) > on(1) ? 0 : 1];
     const signal = n % 3 === 0 ? 'SIGTERM' : 'SIGKILL';
     const before = stats.at(-1);
     const killAt = Date.now();
@@ -214,7 +215,8 @@ export async function runFleet(o: FleetOptions): Promise<{ ok: boolean; file: st
     ['heap MB after full GC', (x) => x.heapMB, 4],
     ['open fds', (x) => x.fds, 8],
     ['active handles', (x) => x.handles, 8],
-    ['timers on the clients\' clock', (x) => x.timers, 8],
+    // Each request waiting holds a timer (its timeout): as many as happen to be in flight, up to a few per client.
+    ['timers on the clients\' clock', (x) => x.timers, 8 + o.clients / 2],
     ['sockets', (x) => x.sockets, 8],
     ['listeners on sockets', (x) => x.socketListeners, 16],
     ['listeners on clients', (x) => x.clientListeners, 0],

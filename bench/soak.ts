@@ -69,7 +69,7 @@ const USAGE = `usage: npx tsx bench/soak.ts [--minutes N] [--stall SECONDS] [--w
        npx tsx bench/soak.ts --idle-clients N [--kill-proxy-every SECONDS] [--down SECONDS] [--kill-both-every K] [--request-every SECONDS] [--minutes N]
   --idle-clients      instead of the load: N idle library clients (connect(), in a process of their own) on a fleet of two
                       proxies, each sending one request every --request-every seconds (default 3)
-  --kill-proxy-every  seconds between kills (default 60): proxy A and B in turn, SIGKILL (every third SIGTERM), every
+  --kill-proxy-every  seconds between kills (default 60): the proxy most clients are on (A and B in turn when even), SIGKILL (every third SIGTERM), every
                       --kill-both-every-th kill (default 4; 0 = never) both, each started again --down seconds later (default 3)
                       on its port; reports per kill how long until every client was back, failed requests by code and
                       retryable, dials (the most in one ms), and the client process's RSS, heap, fds, handles, timers, listeners`;
