@@ -19,6 +19,7 @@
  */
 import { subscribe } from 'node:diagnostics_channel';
 import { readdirSync } from 'node:fs';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { Socket } from 'node:net';
 import { connect, RequestError, systemClock, type Client, type Clock, type Timer } from '../lib/index.js';
 
@@ -34,7 +35,7 @@ export interface IdleClientsConfig {
 export type FromClients =
   | { k: 'ready'; t: number; on: string[] }
   | { k: 'conn'; t: number; i: number; ev: 'disconnect' | 'reconnect'; proxy: string }
-  | { k: 'req'; t0: number; t: number; i: number; code?: string; retryable?: boolean }
+  | { k: 'req'; t0: number; t: number; i: number; code?: string; retryable?: boolean; message?: string }
   | { k: 'dial'; t: number; port: number; ok: boolean }
   | { k: 'stats'; t: number; stats: ClientStats }
   | { k: 'end'; t: number; sent: number; settled: number; pending: number };
@@ -52,6 +53,8 @@ export interface ClientStats {
   socketListeners: number;
   /** Listeners on the clients (the soak's own three each). */
   clientListeners: number;
+  /** The longest the event loop went without running since the last sample (ms): a reconnect slow because the process was. */
+  loopMaxMs: number;
 }
 
 const HOST = '127.0.0.1';
@@ -122,7 +125,10 @@ async function main(): Promise<void> {
     sent++;
     clients[i]!.request(cfg.policy, `idle-${i}-${sent}`).then(
       () => send({ k: 'req', t0, t: Date.now(), i }),
-      (err: unknown) => send({ k: 'req', t0, t: Date.now(), i, code: err instanceof RequestError ? err.code : (err as { code?: string }).code ?? String(err), retryable: err instanceof RequestError ? err.retryable : false }),
+      (err: unknown) => send({
+        k: 'req', t0, t: Date.now(), i, code: err instanceof RequestError ? err.code : (err as { code?: string }).code ?? String(err),
+        retryable: err instanceof RequestError ? err.retryable : false, message: (err as Error).message?.slice(0, 500),
+      }),
     ).finally(() => {
       settled++;
       if (stopping && settled === sent) lastSettled();
@@ -139,7 +145,11 @@ async function main(): Promise<void> {
       timers[i] = next();
     }, Math.random() * cfg.everyMs);
   });
+  const loop = monitorEventLoopDelay({ resolution: 10 });
+  loop.enable();
   const stats = (): ClientStats => {
+    const loopMaxMs = loop.max / 1e6;
+    loop.reset();
     (globalThis as { gc?: () => void }).gc?.();
     const m = process.memoryUsage();
     const resources: Record<string, number> = {};
@@ -150,7 +160,7 @@ async function main(): Promise<void> {
     for (const c of clients) for (const e of c.eventNames()) clientListeners += c.listenerCount(e);
     return {
       rssMB: m.rss / 1048576, heapMB: m.heapUsed / 1048576, fds: readdirSync('/proc/self/fd').length, resources,
-      timers: live(), sockets: sockets.size, socketListeners, clientListeners,
+      timers: live(), sockets: sockets.size, socketListeners, clientListeners, loopMaxMs,
     };
   };
   const statsTimer = setInterval(() => send({ k: 'stats', t: Date.now(), stats: stats() }), cfg.statsMs);
@@ -165,6 +175,7 @@ async function main(): Promise<void> {
       setTimeout(resolve, 15_000).unref();
     }).then(async () => {
       clearInterval(statsTimer);
+      loop.disable();
       const end: FromClients = { k: 'end', t: Date.now(), sent, settled, pending: sent - settled };
       await Promise.all(clients.map((c) => c.close()));
       process.send!(end, () => process.disconnect());

@@ -48,7 +48,8 @@ export interface KillRow {
   /** Which: A, B or A+B. */
   which: string;
   signal: 'SIGKILL' | 'SIGTERM';
-  /** Ms from the kill until the proxies listened again. */
+  /** Ms from the kill until the killed proxies had exited (a SIGTERM's drain), and until they listened again. */
+  exitMs: number;
   listenMs: number;
   /** Clients whose proxy was killed. */
   affected: number;
@@ -62,7 +63,11 @@ export interface KillRow {
   requests: number;
   answered: number;
   failed: Record<string, number>;
+  /** The first failure's message for each of `failed`. */
+  examples: Record<string, string>;
   slowestMs: number;
+  /** The longest the client process's event loop stood still in the window (ms). */
+  loopMaxMs: number;
   /** Dials in the window: all, to a killed proxy, refused, the most in one ms and in ten, and the most one client made in any second. */
   dials: number;
   dialsToKilled: number;
@@ -70,6 +75,8 @@ export interface KillRow {
   peak1ms: number;
   peak10ms: number;
   perClientPeakPerS: number;
+  /** Dials in each second from the kill until every client lost was back. */
+  dialsPerS: number[];
   /** The client process just before the kill. */
   stats?: ClientStats & { handles: number };
 }
@@ -150,7 +157,7 @@ export async function runFleet(o: FleetOptions): Promise<{ ok: boolean; file: st
   const t0 = await ready;
   const on = (i: number): number => cur.filter((p) => p === at(i)).length;
   console.log(`idle fleet: ${o.clients} library clients in process ${proc.pid}, each on proxies A (${at(0)}) and B (${at(1)}) (${on(0)} on A, ${on(1)} on B), one request every ${o.everyS} s each; a proxy killed every ${o.killEveryS} s (the one more clients are on, every third with SIGTERM${o.bothEvery ? `, every ${o.bothEvery === 1 ? '' : `${ordinal(o.bothEvery)} `}kill both` : ''}), started again ${o.downS} s later; ${o.minutes} min; logs in ${o.logs}`);
-  console.log('  kill   at s  killed    signal   on it  back median/max ms  listening ms  requests  failed                   dials  to killed  peak 1 ms/10 ms  per client/s   RSS MB  heap MB  fds  handles  timers  sockets/listeners');
+  console.log('  kill   at s  killed    signal   on it  back median/max ms  exited/listening ms  loop max ms  requests  failed                   dials  to killed  peak 1 ms/10 ms  per client/s   RSS MB  heap MB  fds  handles  timers  sockets/listeners');
   const rows: KillRow[] = [];
   const endAt = t0 + o.minutes * 60_000;
   for (let n = 1; t0 + n * o.killEveryS * 1000 < endAt; n++) {
@@ -164,6 +171,7 @@ export async function runFleet(o: FleetOptions): Promise<{ ok: boolean; file: st
     const affectedIds = cur.flatMap((p, i) => (which.some((w) => p === at(w)) ? [i] : []));
     for (const w of which) proxies[w]!.proc.kill(signal);
     await Promise.all(which.map((w) => (proxies[w]!.proc.exitCode === null && proxies[w]!.proc.signalCode === null ? new Promise((r) => proxies[w]!.proc.once('exit', r)) : undefined)));
+    const exitMs = Date.now() - killAt;
     await sleep(killAt + o.downS * 1000 - Date.now());
     await Promise.all(which.map((w) => startProxy(w)));
     const listenMs = Date.now() - killAt;
@@ -178,20 +186,30 @@ export async function runFleet(o: FleetOptions): Promise<{ ok: boolean; file: st
     const bystanders = new Set(inWindow(conns).filter((c) => c.ev === 'disconnect' && !affected.has(c.i)).map((c) => c.i));
     const sentIn = reqs.filter((r) => r.t0 >= killAt && r.t0 < windowEnd);
     const failed: Record<string, number> = {};
-    for (const r of sentIn) if (r.code) failed[`${r.code} (${r.retryable ? 'retryable' : 'not retryable'})`] = (failed[`${r.code} (${r.retryable ? 'retryable' : 'not retryable'})`] ?? 0) + 1;
+    const examples: Record<string, string> = {};
+    for (const r of sentIn) {
+      if (!r.code) continue;
+      const key = `${r.code} (${r.retryable ? 'retryable' : 'not retryable'})`;
+      failed[key] = (failed[key] ?? 0) + 1;
+      examples[key] ??= r.message ?? '';
+    }
+    const allBack = Math.max(0, ...backMs);
     const d = inWindow(dials);
     // A client's dials are not told apart by the channel: the most in any second over all, shared among the clients lost.
     const row: KillRow = {
-      n, atS: Math.round((killAt - t0) / 1000), killed, which: which.map((w) => names[w]).join('+'), signal, listenMs, affected: affectedIds.length,
-      backMedianMs: median(backMs), backMaxMs: Math.max(0, ...backMs), notBack: back.filter((t) => t === undefined).length, bystandersLost: bystanders.size,
-      requests: sentIn.length, answered: sentIn.filter((r) => !r.code).length, failed, slowestMs: Math.max(0, ...sentIn.map((r) => r.t - r.t0)),
+      n, atS: Math.round((killAt - t0) / 1000), killed, which: which.map((w) => names[w]).join('+'), signal, exitMs, listenMs, affected: affectedIds.length,
+      backMedianMs: median(backMs), backMaxMs: allBack, notBack: back.filter((t) => t === undefined).length, bystandersLost: bystanders.size,
+      requests: sentIn.length, answered: sentIn.filter((r) => !r.code).length, failed, examples, slowestMs: Math.max(0, ...sentIn.map((r) => r.t - r.t0)),
       dials: d.length, dialsToKilled: d.filter((x) => killed.includes(`${HOST}:${x.port}`)).length, refused: d.filter((x) => !x.ok).length,
       peak1ms: peakIn(d.map((x) => x.t), 1), peak10ms: peakIn(d.map((x) => x.t), 10),
       perClientPeakPerS: affectedIds.length ? peakIn(d.map((x) => x.t - killAt), 1000) / affectedIds.length : 0,
+      dialsPerS: Array.from({ length: Math.ceil(allBack / 1000) }, (_, s) => d.filter((x) => x.t - killAt >= s * 1000 && x.t - killAt < (s + 1) * 1000).length),
+      loopMaxMs: Math.max(0, ...stats.filter((x) => x.t > killAt && x.t <= windowEnd).map((x) => x.stats.loopMaxMs)),
       ...(before ? { stats: { ...before.stats, handles: Object.values(before.stats.resources).reduce((a, b) => a + b, 0) } } : {}),
     };
     rows.push(row);
     console.log(killLine(row));
+    for (const [k, m] of Object.entries(examples)) console.log(`         ${k}, the first: ${m}`);
   }
   proc.send({ k: 'stop' });
   await exited;
@@ -254,5 +272,5 @@ function statsLine(s: ClientStats): string {
 function killLine(r: KillRow): string {
   const failed = Object.entries(r.failed).map(([k, v]) => `${v} ${k}`).join(', ') || '0';
   const s = r.stats;
-  return `  ${String(r.n).padStart(4)} ${String(r.atS).padStart(6)}  ${r.which.padEnd(8)}  ${r.signal.padEnd(7)} ${String(r.affected).padStart(6)}  ${`${r.backMedianMs.toFixed(0)}/${r.backMaxMs}${r.notBack ? ` (${r.notBack} not back)` : ''}`.padStart(18)}  ${String(r.listenMs).padStart(12)}  ${String(r.requests).padStart(8)}  ${failed.padEnd(24)} ${String(r.dials).padStart(5)}  ${String(r.dialsToKilled).padStart(9)}  ${`${r.peak1ms}/${r.peak10ms}`.padStart(15)}  ${r.perClientPeakPerS.toFixed(1).padStart(12)}${s ? `  ${s.rssMB.toFixed(0).padStart(7)}  ${s.heapMB.toFixed(1).padStart(7)}  ${String(s.fds).padStart(3)}  ${String(s.handles).padStart(7)}  ${String(s.timers).padStart(6)}  ${`${s.sockets}/${s.socketListeners}`.padStart(17)}` : ''}`;
+  return `  ${String(r.n).padStart(4)} ${String(r.atS).padStart(6)}  ${r.which.padEnd(8)}  ${r.signal.padEnd(7)} ${String(r.affected).padStart(6)}  ${`${r.backMedianMs.toFixed(0)}/${r.backMaxMs}${r.notBack ? ` (${r.notBack} not back)` : ''}`.padStart(18)}  ${`${r.exitMs}/${r.listenMs}`.padStart(19)}  ${r.loopMaxMs.toFixed(0).padStart(11)}  ${String(r.requests).padStart(8)}  ${failed.padEnd(24)} ${String(r.dials).padStart(5)}  ${String(r.dialsToKilled).padStart(9)}  ${`${r.peak1ms}/${r.peak10ms}`.padStart(15)}  ${r.perClientPeakPerS.toFixed(1).padStart(12)}${s ? `  ${s.rssMB.toFixed(0).padStart(7)}  ${s.heapMB.toFixed(1).padStart(7)}  ${String(s.fds).padStart(3)}  ${String(s.handles).padStart(7)}  ${String(s.timers).padStart(6)}  ${`${s.sockets}/${s.socketListeners}`.padStart(17)}` : ''}`;
 }
