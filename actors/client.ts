@@ -1466,19 +1466,25 @@ export const clientMachine = setup({
       if (ms === undefined) return;
       const { book, clock } = context;
       const refused = book.refusedWith(event.handle);
+      const noServer = (): RequestError => new RequestError(ErrorCode.NO_SERVER, stillNoServer(refused!, clock.now() - (context.recoveredAt ?? clock.now()), ms));
       // A held request says why it was held: a proxy refusing it SHUTTING_DOWN, no proxy for so long, or a proxy just back without its servers.
       // One the client took off a proxy that went silent (the first of them to run out left it) has had no answer, as that first one.
       const error = book.unanswered(event.handle)
         ? new RequestError(LocalCode.CLIENT_TIMEOUT, noAnswer(ms))
         : context.shutting !== undefined && holding(context) && book.wasRefusedShutting(event.handle)
         ? new RequestError(ErrorCode.SHUTTING_DOWN, stillShuttingDown(refusedShutting(context.shutting), ms, lastTry(context, context.shutting)))
+        // Refused NO_SERVER and on its way to the next proxy (moveOn): the client left a proxy that answered, by its own
+        // choice, and has had no failed dial since, so no proxy is down. It said CONNECTION_LOST, "no reverse proxy could
+        // be reached for 31 ms ... check that the proxy runs", where the same request a moment later said NO_SERVER.
+        : refused !== undefined && context.hop && !context.dialFailed
+        ? noServer()
         : context.outageSince !== undefined && holding(context) && context.lastInvalid
         ? new RequestError(ErrorCode.BAD_REQUEST, `${context.lastError!} (the client held the request and dialled again with backoff until the request's timeout, ${ms} ms, ran out)`)
         : context.outageSince !== undefined && holding(context)
         ? new RequestError(book.answers > 0 ? LocalCode.CONNECTION_LOST : LocalCode.CONNECT_FAILED,
           unreachable(clock.now() - context.outageSince, context.proxies, context.lastError, ms) + hint(context.lastError ?? '', book.answers > 0))
         : refused !== undefined
-          ? new RequestError(ErrorCode.NO_SERVER, stillNoServer(refused, clock.now() - (context.recoveredAt ?? clock.now()), ms))
+          ? noServer()
           : new RequestError(LocalCode.CLIENT_TIMEOUT, noAnswer(ms));
       book.fail(event.handle, error);
     },

@@ -181,6 +181,8 @@ async function main(): Promise<void> {
       process.send!(end, () => process.disconnect());
     });
   });
+  // The soak gone (it failed, or was stopped), nothing is left to tell: its clients' timers would keep this process running.
+  process.once('disconnect', () => process.exit(process.exitCode ?? 0));
   send({ k: 'ready', t: Date.now(), on });
 }
 

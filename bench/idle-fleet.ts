@@ -108,7 +108,8 @@ export async function runFleet(o: FleetOptions): Promise<{ ok: boolean; file: st
     for (let tries = 0; ; tries++) {
       const p = spawnRevproxy(`proxy ${names[i]}`, ['proxy', '--port', String(ports[i]), '--log-level', 'info'], undefined, join(o.logs, `proxy-${names[i]}-${starts++}.log`));
       try {
-        await waitForPort(ports[i]!, p);
+        // A machine busy with other work may take seconds to start a Node process: a minute before giving up.
+        await waitForPort(ports[i]!, p, 60_000);
         proxies[i] = p;
         return;
       } catch (err) {
@@ -154,110 +155,118 @@ export async function runFleet(o: FleetOptions): Promise<{ ok: boolean; file: st
     proc.once('exit', (code) => reject(new Error(`the idle clients' process exited (${code}) before its clients were connected`)));
   });
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
-  const t0 = await ready;
-  const on = (i: number): number => cur.filter((p) => p === at(i)).length;
-  console.log(`idle fleet: ${o.clients} library clients in process ${proc.pid}, each on proxies A (${at(0)}) and B (${at(1)}) (${on(0)} on A, ${on(1)} on B), one request every ${o.everyS} s each; a proxy killed every ${o.killEveryS} s (the one more clients are on, every third with SIGTERM${o.bothEvery ? `, every ${o.bothEvery === 1 ? '' : `${ordinal(o.bothEvery)} `}kill both` : ''}), started again ${o.downS} s later; ${o.minutes} min; logs in ${o.logs}`);
-  console.log('  kill   at s  killed    signal   on it  back median/max ms  exited/listening ms  loop max ms  requests  failed                   dials  to killed  peak 1 ms/10 ms  per client/s   RSS MB  heap MB  fds  handles  timers  sockets/listeners');
-  const rows: KillRow[] = [];
-  const endAt = t0 + o.minutes * 60_000;
-  for (let n = 1; t0 + n * o.killEveryS * 1000 < endAt; n++) {
-    await sleep(t0 + n * o.killEveryS * 1000 - Date.now());
-    const both = o.bothEvery > 0 && n % o.bothEvery === 0;
-    // One proxy: the one most clients are on (after the whole fleet was down they may all be on one), in turn when even.
-    const which = both ? [0, 1] : on(0) === on(1) ? [(n - 1) % 2] : [on(0) > on(1) ? 0 : 1];
-    const signal = n % 3 === 0 ? 'SIGTERM' : 'SIGKILL';
-    const before = stats.at(-1);
-    const killAt = Date.now();
-    const affectedIds = cur.flatMap((p, i) => (which.some((w) => p === at(w)) ? [i] : []));
-    for (const w of which) proxies[w]!.proc.kill(signal);
-    await Promise.all(which.map((w) => (proxies[w]!.proc.exitCode === null && proxies[w]!.proc.signalCode === null ? new Promise((r) => proxies[w]!.proc.once('exit', r)) : undefined)));
-    const exitMs = Date.now() - killAt;
-    await sleep(killAt + o.downS * 1000 - Date.now());
-    await Promise.all(which.map((w) => startProxy(w)));
-    const listenMs = Date.now() - killAt;
-    // The window: until the next kill (or the end).
-    const windowEnd = Math.min(endAt, t0 + (n + 1) * o.killEveryS * 1000);
-    await sleep(windowEnd - Date.now() - 200);
-    const killed = which.map(at);
-    const inWindow = <T extends { t: number }>(xs: T[]): T[] => xs.filter((x) => x.t >= killAt && x.t < windowEnd);
-    const back = affectedIds.map((i) => conns.find((c) => c.i === i && c.ev === 'reconnect' && c.t >= killAt && c.t < windowEnd)?.t);
-    const backMs = back.flatMap((t) => (t === undefined ? [] : [t - killAt]));
-    const affected = new Set(affectedIds);
-    const bystanders = new Set(inWindow(conns).filter((c) => c.ev === 'disconnect' && !affected.has(c.i)).map((c) => c.i));
-    const sentIn = reqs.filter((r) => r.t0 >= killAt && r.t0 < windowEnd);
-    const failed: Record<string, number> = {};
-    const examples: Record<string, string> = {};
-    for (const r of sentIn) {
-      if (!r.code) continue;
-      const key = `${r.code} (${r.retryable ? 'retryable' : 'not retryable'})`;
-      failed[key] = (failed[key] ?? 0) + 1;
-      examples[key] ??= r.message ?? '';
-    }
-    const allBack = Math.max(0, ...backMs);
-    const d = inWindow(dials);
-    // A client's dials are not told apart by the channel: the most in any second over all, shared among the clients lost.
-    const row: KillRow = {
-      n, atS: Math.round((killAt - t0) / 1000), killed, which: which.map((w) => names[w]).join('+'), signal, exitMs, listenMs, affected: affectedIds.length,
-      backMedianMs: median(backMs), backMaxMs: allBack, notBack: back.filter((t) => t === undefined).length, bystandersLost: bystanders.size,
-      requests: sentIn.length, answered: sentIn.filter((r) => !r.code).length, failed, examples, slowestMs: Math.max(0, ...sentIn.map((r) => r.t - r.t0)),
-      dials: d.length, dialsToKilled: d.filter((x) => killed.includes(`${HOST}:${x.port}`)).length, refused: d.filter((x) => !x.ok).length,
-      peak1ms: peakIn(d.map((x) => x.t), 1), peak10ms: peakIn(d.map((x) => x.t), 10),
-      perClientPeakPerS: affectedIds.length ? peakIn(d.map((x) => x.t - killAt), 1000) / affectedIds.length : 0,
-      dialsPerS: Array.from({ length: Math.ceil(allBack / 1000) }, (_, s) => d.filter((x) => x.t - killAt >= s * 1000 && x.t - killAt < (s + 1) * 1000).length),
-      loopMaxMs: Math.max(0, ...stats.filter((x) => x.t > killAt && x.t <= windowEnd).map((x) => x.stats.loopMaxMs)),
-      ...(before ? { stats: { ...before.stats, handles: Object.values(before.stats.resources).reduce((a, b) => a + b, 0) } } : {}),
-    };
-    rows.push(row);
-    console.log(killLine(row));
-    for (const [k, m] of Object.entries(examples)) console.log(`         ${k}, the first: ${m}`);
+  try {
+    return await soak(await ready);
+  } finally {
+    // On a failure too: the clients' process ends with the soak.
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill();
   }
-  proc.send({ k: 'stop' });
-  await exited;
-  const last = stats.at(-1);
-  for (const s of servers) await s.stop();
-  for (const p of proxies) await p.stop();
 
-  // The verdict.
-  const problems: string[] = [];
-  const lost = end ? end.pending : NaN;
-  if (!end) problems.push("the idle clients' process ended without its counts");
-  else if (end.pending) problems.push(`${end.pending} of ${end.sent} requests never settled (each has a 6 s timeout): lost`);
-  for (const r of rows) {
-    if (r.notBack) problems.push(`kill ${r.n}: ${r.notBack} of ${r.affected} clients had not reconnected ${Math.round((o.killEveryS * 1000 - 200) / 1000)} s after it`);
-    if (r.peak1ms > Math.max(8, r.affected / 4)) problems.push(`kill ${r.n}: ${r.peak1ms} dials in one millisecond (of ${r.affected} clients lost): a reconnect storm`);
-    if (r.perClientPeakPerS > dialsAllowedPerS(ports.length)) problems.push(`kill ${r.n}: ${r.perClientPeakPerS.toFixed(1)} dials a second per client lost, past the backoff's ${dialsAllowedPerS(ports.length)}`);
+  async function soak(t0: number): Promise<{ ok: boolean; file: string }> {
+    const on = (i: number): number => cur.filter((p) => p === at(i)).length;
+    console.log(`idle fleet: ${o.clients} library clients in process ${proc.pid}, each on proxies A (${at(0)}) and B (${at(1)}) (${on(0)} on A, ${on(1)} on B), one request every ${o.everyS} s each; a proxy killed every ${o.killEveryS} s (the one more clients are on, every third with SIGTERM${o.bothEvery ? `, every ${o.bothEvery === 1 ? '' : `${ordinal(o.bothEvery)} `}kill both` : ''}), started again ${o.downS} s later; ${o.minutes} min; logs in ${o.logs}`);
+    console.log('  kill   at s  killed    signal   on it  back median/max ms  exited/listening ms  loop max ms  requests  failed                   dials  to killed  peak 1 ms/10 ms  per client/s   RSS MB  heap MB  fds  handles  timers  sockets/listeners');
+    const rows: KillRow[] = [];
+    const endAt = t0 + o.minutes * 60_000;
+    for (let n = 1; t0 + n * o.killEveryS * 1000 < endAt; n++) {
+      await sleep(t0 + n * o.killEveryS * 1000 - Date.now());
+      const both = o.bothEvery > 0 && n % o.bothEvery === 0;
+      // One proxy: the one most clients are on (after the whole fleet was down they may all be on one), in turn when even.
+      const which = both ? [0, 1] : on(0) === on(1) ? [(n - 1) % 2] : [on(0) > on(1) ? 0 : 1];
+      const signal = n % 3 === 0 ? 'SIGTERM' : 'SIGKILL';
+      const before = stats.at(-1);
+      const killAt = Date.now();
+      const affectedIds = cur.flatMap((p, i) => (which.some((w) => p === at(w)) ? [i] : []));
+      for (const w of which) proxies[w]!.proc.kill(signal);
+      await Promise.all(which.map((w) => (proxies[w]!.proc.exitCode === null && proxies[w]!.proc.signalCode === null ? new Promise((r) => proxies[w]!.proc.once('exit', r)) : undefined)));
+      const exitMs = Date.now() - killAt;
+      await sleep(killAt + o.downS * 1000 - Date.now());
+      await Promise.all(which.map((w) => startProxy(w)));
+      const listenMs = Date.now() - killAt;
+      // The window: until the next kill (or the end).
+      const windowEnd = Math.min(endAt, t0 + (n + 1) * o.killEveryS * 1000);
+      await sleep(windowEnd - Date.now() - 200);
+      const killed = which.map(at);
+      const inWindow = <T extends { t: number }>(xs: T[]): T[] => xs.filter((x) => x.t >= killAt && x.t < windowEnd);
+      const back = affectedIds.map((i) => conns.find((c) => c.i === i && c.ev === 'reconnect' && c.t >= killAt && c.t < windowEnd)?.t);
+      const backMs = back.flatMap((t) => (t === undefined ? [] : [t - killAt]));
+      const affected = new Set(affectedIds);
+      const bystanders = new Set(inWindow(conns).filter((c) => c.ev === 'disconnect' && !affected.has(c.i)).map((c) => c.i));
+      const sentIn = reqs.filter((r) => r.t0 >= killAt && r.t0 < windowEnd);
+      const failed: Record<string, number> = {};
+      const examples: Record<string, string> = {};
+      for (const r of sentIn) {
+        if (!r.code) continue;
+        const key = `${r.code} (${r.retryable ? 'retryable' : 'not retryable'})`;
+        failed[key] = (failed[key] ?? 0) + 1;
+        examples[key] ??= r.message ?? '';
+      }
+      const allBack = Math.max(0, ...backMs);
+      const d = inWindow(dials);
+      // A client's dials are not told apart by the channel: the most in any second over all, shared among the clients lost.
+      const row: KillRow = {
+        n, atS: Math.round((killAt - t0) / 1000), killed, which: which.map((w) => names[w]).join('+'), signal, exitMs, listenMs, affected: affectedIds.length,
+        backMedianMs: median(backMs), backMaxMs: allBack, notBack: back.filter((t) => t === undefined).length, bystandersLost: bystanders.size,
+        requests: sentIn.length, answered: sentIn.filter((r) => !r.code).length, failed, examples, slowestMs: Math.max(0, ...sentIn.map((r) => r.t - r.t0)),
+        dials: d.length, dialsToKilled: d.filter((x) => killed.includes(`${HOST}:${x.port}`)).length, refused: d.filter((x) => !x.ok).length,
+        peak1ms: peakIn(d.map((x) => x.t), 1), peak10ms: peakIn(d.map((x) => x.t), 10),
+        perClientPeakPerS: affectedIds.length ? peakIn(d.map((x) => x.t - killAt), 1000) / affectedIds.length : 0,
+        dialsPerS: Array.from({ length: Math.ceil(allBack / 1000) }, (_, s) => d.filter((x) => x.t - killAt >= s * 1000 && x.t - killAt < (s + 1) * 1000).length),
+        loopMaxMs: Math.max(0, ...stats.filter((x) => x.t > killAt && x.t <= windowEnd).map((x) => x.stats.loopMaxMs)),
+        ...(before ? { stats: { ...before.stats, handles: Object.values(before.stats.resources).reduce((a, b) => a + b, 0) } } : {}),
+      };
+      rows.push(row);
+      console.log(killLine(row));
+      for (const [k, m] of Object.entries(examples)) console.log(`         ${k}, the first: ${m}`);
+    }
+    proc.send({ k: 'stop' });
+    await exited;
+    const last = stats.at(-1);
+    for (const s of servers) await s.stop();
+    for (const p of proxies) await p.stop();
+
+    // The verdict.
+    const problems: string[] = [];
+    const lost = end ? end.pending : NaN;
+    if (!end) problems.push("the idle clients' process ended without its counts");
+    else if (end.pending) problems.push(`${end.pending} of ${end.sent} requests never settled (each has a 6 s timeout): lost`);
+    for (const r of rows) {
+      if (r.notBack) problems.push(`kill ${r.n}: ${r.notBack} of ${r.affected} clients had not reconnected ${Math.round((o.killEveryS * 1000 - 200) / 1000)} s after it`);
+      if (r.peak1ms > Math.max(8, r.affected / 4)) problems.push(`kill ${r.n}: ${r.peak1ms} dials in one millisecond (of ${r.affected} clients lost): a reconnect storm`);
+      if (r.perClientPeakPerS > dialsAllowedPerS(ports.length)) problems.push(`kill ${r.n}: ${r.perClientPeakPerS.toFixed(1)} dials a second per client lost, past the backoff's ${dialsAllowedPerS(ports.length)}`);
+    }
+    const samples = rows.flatMap((r) => (r.stats ? [r.stats] : []));
+    const grew = growth(samples, [
+      ['RSS MB', (x) => x.rssMB, 16],
+      ['heap MB after full GC', (x) => x.heapMB, 4],
+      ['open fds', (x) => x.fds, 8],
+      ['active handles', (x) => x.handles, 8],
+      // Each request waiting holds a timer (its timeout): as many as happen to be in flight, up to a few per client.
+      ['timers on the clients\' clock', (x) => x.timers, 8 + o.clients / 2],
+      ['sockets', (x) => x.sockets, 8],
+      ['listeners on sockets', (x) => x.socketListeners, 16],
+      ['listeners on clients', (x) => x.clientListeners, 0],
+    ]);
+    for (const g of grew) if (g.grew) problems.push(`${g.figure} grew: median ${g.first.toFixed(1)} over the first half of the kills, ${g.second.toFixed(1)} over the second`);
+    const failed: Record<string, number> = {};
+    for (const r of rows) for (const [k, v] of Object.entries(r.failed)) failed[k] = (failed[k] ?? 0) + v;
+    const summary = {
+      clients: o.clients, kills: rows.length, requests: end?.sent, settled: end?.settled, lost, failed,
+      backMaxMs: Math.max(0, ...rows.map((r) => r.backMaxMs)), notBack: rows.reduce((n, r) => n + r.notBack, 0),
+      peak1ms: Math.max(0, ...rows.map((r) => r.peak1ms)), peak10ms: Math.max(0, ...rows.map((r) => r.peak10ms)),
+      growth: grew, first: samples[0], last, problems,
+    };
+    console.log(`\n${rows.length} kills; ${end?.sent ?? '?'} requests, ${end?.settled ?? '?'} settled, failed: ${JSON.stringify(failed)}; every client back within ${summary.backMaxMs} ms of a kill at most${summary.notBack ? ` (${summary.notBack} not back)` : ''}; dials at most ${summary.peak1ms} in one ms, ${summary.peak10ms} in ten`);
+    for (const g of grew) console.log(`${g.figure}: median ${g.first.toFixed(1)} over the first half of the kills, ${g.second.toFixed(1)} over the second: ${g.grew ? 'GREW' : 'flat'}`);
+    if (last) console.log(`the client process at the end: ${statsLine(last.stats)}; active resources ${JSON.stringify(last.stats.resources)}`);
+    for (const p of problems) console.log(`FAIL: ${p}`);
+    const dir = join(import.meta.dirname, 'results');
+    mkdirSync(dir, { recursive: true });
+    const file = join(dir, `idle-soak-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+    writeFileSync(file, JSON.stringify({ options: o, summary, rows, stats }, null, 2));
+    console.log(`results: ${file}`);
+    return { ok: problems.length === 0, file };
   }
-  const samples = rows.flatMap((r) => (r.stats ? [r.stats] : []));
-  const grew = growth(samples, [
-    ['RSS MB', (x) => x.rssMB, 16],
-    ['heap MB after full GC', (x) => x.heapMB, 4],
-    ['open fds', (x) => x.fds, 8],
-    ['active handles', (x) => x.handles, 8],
-    // Each request waiting holds a timer (its timeout): as many as happen to be in flight, up to a few per client.
-    ['timers on the clients\' clock', (x) => x.timers, 8 + o.clients / 2],
-    ['sockets', (x) => x.sockets, 8],
-    ['listeners on sockets', (x) => x.socketListeners, 16],
-    ['listeners on clients', (x) => x.clientListeners, 0],
-  ]);
-  for (const g of grew) if (g.grew) problems.push(`${g.figure} grew: median ${g.first.toFixed(1)} over the first half of the kills, ${g.second.toFixed(1)} over the second`);
-  const failed: Record<string, number> = {};
-  for (const r of rows) for (const [k, v] of Object.entries(r.failed)) failed[k] = (failed[k] ?? 0) + v;
-  const summary = {
-    clients: o.clients, kills: rows.length, requests: end?.sent, settled: end?.settled, lost, failed,
-    backMaxMs: Math.max(0, ...rows.map((r) => r.backMaxMs)), notBack: rows.reduce((n, r) => n + r.notBack, 0),
-    peak1ms: Math.max(0, ...rows.map((r) => r.peak1ms)), peak10ms: Math.max(0, ...rows.map((r) => r.peak10ms)),
-    growth: grew, first: samples[0], last, problems,
-  };
-  console.log(`\n${rows.length} kills; ${end?.sent ?? '?'} requests, ${end?.settled ?? '?'} settled, failed: ${JSON.stringify(failed)}; every client back within ${summary.backMaxMs} ms of a kill at most${summary.notBack ? ` (${summary.notBack} not back)` : ''}; dials at most ${summary.peak1ms} in one ms, ${summary.peak10ms} in ten`);
-  for (const g of grew) console.log(`${g.figure}: median ${g.first.toFixed(1)} over the first half of the kills, ${g.second.toFixed(1)} over the second: ${g.grew ? 'GREW' : 'flat'}`);
-  if (last) console.log(`the client process at the end: ${statsLine(last.stats)}; active resources ${JSON.stringify(last.stats.resources)}`);
-  for (const p of problems) console.log(`FAIL: ${p}`);
-  const dir = join(import.meta.dirname, 'results');
-  mkdirSync(dir, { recursive: true });
-  const file = join(dir, `idle-soak-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  writeFileSync(file, JSON.stringify({ options: o, summary, rows, stats }, null, 2));
-  console.log(`results: ${file}`);
-  return { ok: problems.length === 0, file };
 }
 
 function ordinal(n: number): string {

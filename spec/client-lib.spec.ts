@@ -1476,6 +1476,39 @@ lib('a fleet where no proxy serves the policy: a request refused NO_SERVER in th
   assert.equal(moves.map((l) => l.level), ['warn', ...moves.slice(1).map(() => 'debug')], 'the first move is a warn line, the rest debug');
 });
 
+lib('a request refused NO_SERVER in the grace whose timeout ends while the client moves it to the next proxy ends NO_SERVER, not CONNECTION_LOST "no reverse proxy could be reached" (manual clock)', async () => {
+  // The soak's fleet mode (bench/idle-fleet.ts), both proxies killed and started again before their servers registered:
+  // of the requests refused NO_SERVER that timed out, those whose timeout fell in a move between the proxies (the
+  // failover delay, 80-100 ms a move) ended CONNECTION_LOST, "no reverse proxy could be reached for 31 ms ... check
+  // that the proxy runs", though both proxies ran and answered; the others NO_SERVER, "check that a server of this
+  // policy runs" (25 and 4 of them in two such kills).
+  const clock = new ManualClock();
+  const a = await proxy();
+  const b = await proxy();
+  const aPort = a.port;
+  const c = await client({ revproc: [a.port, b.port], clock, failoverDelayMs: 100 });
+  const on = (port: number): boolean => {
+    const s = c.actor.getSnapshot();
+    return s.matches({ session: 'open' }) && !s.context.probing && s.context.proxies[s.context.proxyIndex]!.port === port;
+  };
+  a.kill(); // the client goes to b after the failover delay: a reconnect, its NO_SERVER grace begins
+  ctx.proxies.push(await startProxy({ port: aPort }));
+  await eventually(() => c.actor.getSnapshot().matches('lost') || !on(aPort), 5000, 'the client lost a');
+  for (let i = 0; i < 50 && !on(b.port); i++) {
+    clock.advance(5);
+    await sleep(5);
+  }
+  assert.ok(on(b.port), 'on b');
+  const outcome = c.request('P', 'x', { timeoutMs: 300 }).then(() => 'answered', (e: RequestError) => `${e.code}: ${e.message}`);
+  await eventually(() => c.actor.getSnapshot().context.book.parkedCount === 1, 5000, 'b refused it NO_SERVER, the client holds it');
+  clock.advance(250); // the park's pause: the client leaves b for a with it
+  await eventually(() => c.actor.getSnapshot().context.hop && !c.actor.getSnapshot().matches({ session: 'open' }), 5000, 'moving to a');
+  clock.advance(60); // its timeout ends within the move's failover delay (80-100 ms)
+  const said = await outcome;
+  assert.match(said, /^NO_SERVER: no server is registered for privacy policy P \(the client reconnected to it \d+ ms before and held the request while its servers registered again/, said);
+  assert.not.match(said, /no reverse proxy could be reached/);
+});
+
 lib('a port where a program accepts the connection and closes it at once: connect() fails saying so; a client whose proxy it replaced holds, and says for how long and what to check', async () => {
   // Such a connection counted as the proxy reached: connect() resolved and its requests were held
   // until their timeouts, and each dial there ended the outage, so a held request said "no reverse
