@@ -72,7 +72,8 @@ const USAGE = `usage: npx tsx bench/soak.ts [--minutes N] [--stall SECONDS] [--w
   --kill-proxy-every  seconds between kills (default 60): the proxy most clients are on (A and B in turn when even), SIGKILL (every third SIGTERM), every
                       --kill-both-every-th kill (default 4; 0 = never) both, each started again --down seconds later (default 3)
                       on its port; reports per kill how long until every client was back, failed requests by code and
-                      retryable, dials (the most in one ms), and the client process's RSS, heap, fds, handles, timers, listeners`;
+                      retryable, dials (the most in one ms), and the client process's RSS, heap, fds, handles, timers, listeners;
+                      the kills are those due within --minutes, each waiting (a minute at most) for the clients of the last`;
 
 function options(): { [k: string]: string | boolean | undefined } {
   try {
