@@ -269,7 +269,7 @@ export async function runFleet(o: FleetOptions): Promise<{ ok: boolean; file: st
     const dir = join(import.meta.dirname, 'results');
     mkdirSync(dir, { recursive: true });
     const file = join(dir, `idle-soak-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-    writeFileSync(file, JSON.stringify({ options: o, summary, rows, stats }, null, 2));
+    writeFileSync(file, JSON.stringify({ options: o, summary, rows, stats, failures: reqs.filter((r) => r.code) }, null, 2));
     console.log(`results: ${file}`);
     return { ok: problems.length === 0, file };
   }
