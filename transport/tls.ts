@@ -208,10 +208,10 @@ export function closedByProxy(setting: string, why: string): Error {
 export function refusedByProxy(err: { code?: string | undefined }): RefusedBy | undefined {
   if (err.code === undefined) return undefined;
   if (err.code === CLOSED_BY_PROXY) return 'closed';
-  return PROXY_REFUSALS.has(err.code) || CRL_CODES.has(err.code) || UNTRUSTED_CA_CODES.has(err.code) ? 'handshake' : undefined;
+  return HANDSHAKE_REFUSALS.has(err.code) ? 'handshake' : undefined;
 }
 export type RefusedBy = 'closed' | 'handshake';
-const PROXY_REFUSALS: ReadonlySet<string> = new Set([CERT_NAME_NOT_ALLOWED, 'ERR_TLS_CERT_ALTNAME_INVALID', 'CERT_REVOKED']);
+const HANDSHAKE_REFUSALS: ReadonlySet<string> = new Set([CERT_NAME_NOT_ALLOWED, 'ERR_TLS_CERT_ALTNAME_INVALID', 'CERT_REVOKED', ...CRL_CODES, ...UNTRUSTED_CA_CODES]);
 
 /**
  * `names` and `serverName` of an `upstreamTls` option (`setting` names it) checked: `names` a list of entries
