@@ -709,6 +709,12 @@ export class RequestBook {
     return this.byHandle.get(handle)?.seq !== undefined;
   }
 
+  /** When the timeout of `handle` ran out (the clock's ms), if it waits in the client unsent (never sent, or taken back): undefined once sent or settled. */
+  dueUnsent(handle: RequestHandle): number | undefined {
+    const entry = this.byHandle.get(handle);
+    return entry && entry.seq === undefined ? entry.arrived + entry.req.timeoutMs! : undefined;
+  }
+
   /** The timeout `handle` was given (its own, or the client's), or undefined once it is settled. */
   timeoutOf(handle: RequestHandle): number | undefined {
     return this.byHandle.get(handle)?.req.timeoutMs;
@@ -958,6 +964,12 @@ export interface ClientContext {
   connectedOnce: boolean;
   /** Since when no proxy has been connected (the clock's ms), after a connection or dial failed. */
   outageSince?: number;
+  /**
+   * The outage that ended last (`outageSince`, and when a proxy was reached again): a request held unsent whose
+   * timeout ran out in it, its EXPIRE read only after the proxy was reached (a late timer runs a turn later,
+   * setDeadline), failed as one held in the outage does, not as one a proxy left unanswered (`outageAt`).
+   */
+  lastOutage?: { since: number; until: number };
   /** When a proxy was connected again after an outage: its NO_SERVER is held a while (NO_SERVER_GRACE_MS). */
   recoveredAt?: number;
   /** An UNPARK is on its way. */
@@ -1146,7 +1158,23 @@ function reached(context: ClientContext): Partial<ClientContext> {
   // A background dial answered: nothing was sent, so no request is at stake in counting it as progress, and the next
   // loss gets its quick round (without, a proxy killed again under the idle client left it offline at once).
   const redialed = context.redialing ? { attempts: 0, redialing: false } : {};
-  return { connectedOnce: true, outageSince: undefined, tried: [], recoveredAt: fresh ? context.clock.now() : context.recoveredAt, hop: false, hops: fresh ? 0 : context.hops, ...redialed };
+  const ended = context.outageSince === undefined ? {} : { lastOutage: { since: context.outageSince, until: context.clock.now() } };
+  return { connectedOnce: true, outageSince: undefined, tried: [], recoveredAt: fresh ? context.clock.now() : context.recoveredAt, hop: false, hops: fresh ? 0 : context.hops, ...ended, ...redialed };
+}
+
+/**
+ * The outage in effect when the timeout of `handle` ran out, as `since` and `until` (now, while it lasts), if there
+ * was one: the current one, or - for a request held unsent whose timeout ran out in the last one, its EXPIRE read
+ * only after a proxy was reached (a timer 500 ms late runs a turn later, setDeadline, so the sockets are read first) -
+ * that one. Such a request, past its time when the connection opened, was not sent there (sendMore): it ended
+ * CLIENT_TIMEOUT "no answer within the request's timeout", as if a proxy had left it unanswered, where one whose
+ * EXPIRE came a moment earlier said for how long no proxy could be reached (README's soak, 200 idle clients).
+ */
+function outageAt(context: ClientContext, handle: RequestHandle): { since: number; until: number } | undefined {
+  if (context.outageSince !== undefined) return { since: context.outageSince, until: context.clock.now() };
+  const due = context.book.dueUnsent(handle);
+  const last = context.lastOutage;
+  return last && due !== undefined && due >= last.since && due <= last.until ? last : undefined;
 }
 
 function maxAttempts(context: ClientContext): number {
@@ -1467,6 +1495,7 @@ export const clientMachine = setup({
       const { book, clock } = context;
       const refused = book.refusedWith(event.handle);
       const noServer = (): RequestError => new RequestError(ErrorCode.NO_SERVER, stillNoServer(refused!, clock.now() - (context.recoveredAt ?? clock.now()), ms));
+      const outage = outageAt(context, event.handle);
       // A held request says why it was held: a proxy refusing it SHUTTING_DOWN, no proxy for so long, or a proxy just back without its servers.
       // One the client took off a proxy that went silent (the first of them to run out left it) has had no answer, as that first one.
       const error = book.unanswered(event.handle)
@@ -1478,11 +1507,11 @@ export const clientMachine = setup({
         // be reached for 31 ms ... check that the proxy runs", where the same request a moment later said NO_SERVER.
         : refused !== undefined && context.hop && !context.dialFailed
         ? noServer()
-        : context.outageSince !== undefined && holding(context) && context.lastInvalid
+        : outage !== undefined && holding(context) && context.lastInvalid
         ? new RequestError(ErrorCode.BAD_REQUEST, `${context.lastError!} (the client held the request and dialled again with backoff until the request's timeout, ${ms} ms, ran out)`)
-        : context.outageSince !== undefined && holding(context)
+        : outage !== undefined && holding(context)
         ? new RequestError(book.answers > 0 ? LocalCode.CONNECTION_LOST : LocalCode.CONNECT_FAILED,
-          unreachable(clock.now() - context.outageSince, context.proxies, context.lastError, ms) + hint(context.lastError ?? '', book.answers > 0))
+          unreachable(outage.until - outage.since, context.proxies, context.lastError, ms) + hint(context.lastError ?? '', book.answers > 0))
         : refused !== undefined
           ? noServer()
           : new RequestError(LocalCode.CLIENT_TIMEOUT, noAnswer(ms));

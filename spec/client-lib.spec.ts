@@ -1509,6 +1509,42 @@ lib('a request refused NO_SERVER in the grace whose timeout ends while the clien
   assert.not.match(said, /no reverse proxy could be reached/);
 });
 
+lib('a held request whose timeout ends in the outage, its EXPIRE read only after the proxy is back (a stall of the client\'s event loop), ends CONNECTION_LOST "no reverse proxy could be reached", retryable, never sent - not CLIENT_TIMEOUT "no answer" (manual clock)', async () => {
+  // The soak's fleet mode (bench/idle-fleet.ts), both proxies down for longer than the requests' timeouts on a loaded
+  // machine: a timer that comes 500 ms late or more runs a turn later (setDeadline), so the dial that reached a proxy
+  // again was read first; the request, past its time, was not sent there (sendMore), and its timeout then ended
+  // CLIENT_TIMEOUT "no answer within the request's timeout", as if a proxy had been silent, where one ending a moment
+  // earlier said for how long no proxy could be reached.
+  const clock = new ManualClock();
+  const p = await proxy();
+  const { port } = p;
+  await server('held', [port]);
+  const records: LogRecord[] = [];
+  const c = await client({ revproc: port, clock, failoverDelayMs: 100, reconnectMaxDelayMs: 1000, logger: new Logger('client', memorySink(records), 'debug') });
+  assert.is((await c.request('P', 'warm')).length, 40); // answered: CONNECTION_LOST from now on, not CONNECT_FAILED
+  p.kill();
+  await eventually(() => !c.actor.getSnapshot().matches({ session: 'open' }), 5000, 'the client lost its proxy');
+  const outcome = c.request('P', 'held', { timeoutMs: 3000 }).then(() => undefined, (e: RequestError) => e);
+  for (let i = 0; i < 40 && !c.actor.getSnapshot().matches('backoff'); i++) {
+    clock.advance(25);
+    await sleep(5);
+  }
+  assert.ok(c.actor.getSnapshot().matches('backoff'), 'the quick round used up: the request is held');
+  ctx.proxies.push(await startProxy({ port }));
+  clock.stall(4000); // the client's process stops, waking a second past the request's timeout and the backoff's pause: its dial goes out as it wakes
+  await eventually(() => {
+    const s = c.actor.getSnapshot();
+    return s.matches({ session: 'open' }) && !s.context.probing;
+  }, 5000, 'the proxy reached again before the late EXPIRE');
+  clock.advance(0); // the EXPIRE, a turn late
+  const e = await outcome;
+  assert.ok(e, 'the request failed');
+  assert.is(e.code, 'CONNECTION_LOST', e.message);
+  assert.match(e.message, /^no reverse proxy could be reached for \d+ ms \(127\.0\.0\.1:\d+; the last try: no reverse proxy is listening on 127\.0\.0\.1:\d+\): the request's timeout \(3000 ms\) ran out while the client held it/);
+  assert.ok(e.retryable, 'never sent: retryable');
+  assert.not.ok(records.some((r) => r.event === 'send' && r.payload === 'held'), 'never written to a socket');
+});
+
 lib('a port where a program accepts the connection and closes it at once: connect() fails saying so; a client whose proxy it replaced holds, and says for how long and what to check', async () => {
   // Such a connection counted as the proxy reached: connect() resolved and its requests were held
   // until their timeouts, and each dial there ended the outage, so a held request said "no reverse
