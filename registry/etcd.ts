@@ -8,7 +8,7 @@
  * deadline on every call and on the making of every watch, gRPC keepalives
  * that notice an etcd that went silent. And etcd's errors in words.
  */
-import type { CallOptions, Interceptor, InterceptingCall as Call, Metadata } from '@grpc/grpc-js';
+import type { CallOptions, Interceptor, InterceptingCall as Call, Metadata, StatusObject } from '@grpc/grpc-js';
 import type { Etcd3, IKeyValue, IOptions } from 'etcd3';
 import { validityOf } from '../transport/tls.js';
 import { systemClock } from '../transport/clock.js';
@@ -42,7 +42,9 @@ export async function openEtcd(o: Resolved, { requireLeader: leaderRequired = tr
   const auth = [left.interceptor, leader, exhausted];
   const calls = leaderRequired ? auth : [left.interceptor, exhausted];
   const streams = leaderRequired ? [left.interceptor, leader] : [left.interceptor];
-  const watch = [...calls, watchInterceptor(grpc.InterceptingCall, grpc.status.DEADLINE_EXCEEDED, o.callTimeoutMs)];
+  // A watch etcd refuses for its token makes the stream again with a new one (`tokenRefused`): set once the client is made.
+  let tokenDropped: (used: string | undefined) => void = () => undefined;
+  const watch = [...calls, watchInterceptor(grpc.InterceptingCall, grpc.status.DEADLINE_EXCEEDED, o.callTimeoutMs), tokenRefused(grpc.InterceptingCall, grpc.status.UNAUTHENTICATED, (used) => tokenDropped(used))];
   // Each TCP connection to etcd: a connect timeout, and ended at the close (registry/etcd-dials.ts).
   const dials = new Dials(grpc, o.callTimeoutMs);
   const breakers = new HostBreakers(Math.min(1000, o.retryMaxMs), (err) => err instanceof Error && isRecoverableError(err), BrokenCircuitError);
@@ -70,6 +72,7 @@ export async function openEtcd(o: Resolved, { requireLeader: leaderRequired = tr
     constructor(options: IOptions) {
       super(options);
       authenticateOnHosts(this.pool, grpc.Metadata, mod.castGrpcError);
+      tokenDropped = forgetToken(this.pool);
     }
 
     override close(): void {
@@ -401,6 +404,71 @@ function watchInterceptor(InterceptingCall: typeof Call, deadlineExceeded: numbe
       },
     });
     return call;
+  };
+}
+
+/** etcd's words for a watch it refuses for the token the stream opened with (its cancel reason): dropped, or older than its auth store. */
+const TOKEN_REFUSED = /invalid auth token|revision of auth store is old/i;
+
+/**
+ * What every watch stream goes through besides, with a user (`auth`): a watch etcd refuses for the stream's token ends
+ * the stream, and the next is opened with a new token. etcd checks a user's simple token on each request, drops it after
+ * --auth-token-ttl (300 s by default) without one, and drops them all when it restarts; a lease keepalive and the events
+ * of a watch made already do not use it, so a quiet proxy or server holds a dropped one. etcd3 asks for a new token when a
+ * unary call is refused (EtcdInvalidAuthTokenError) but not for a stream: it opens a stream with the token it holds, and
+ * etcd then cancels each watch made on it ("etcdserver: invalid auth token": etcd checks the token the stream opened
+ * with, at each watch made). etcd3 takes that cancel as the watch's end, and its queue of watches to make waits for an
+ * answer to that one forever: a watch made after it on the stream was never sent, and told nothing (a proxy's mirror,
+ * made again after etcd restarted, saw no server register; Debian's etcd 3.4.23, --auth-token-ttl 3). So the refusal
+ * (`created` and `canceled`, in etcd's words) is not passed on: the token the stream opened with is forgotten (`dropped`,
+ * unless a newer one was asked meanwhile) and the stream ended as UNAUTHENTICATED; etcd3 then makes it again (its
+ * backoff), asking a new token, and makes each of its watches again from the revision it had reached: what etcd's Go
+ * client does (its watch's `shouldRetryWatch`: a new stream for the same two reasons).
+ */
+function tokenRefused(InterceptingCall: typeof Call, unauthenticated: number, dropped: (used: string | undefined) => void): Interceptor {
+  return (options, next) => {
+    const call: Call = new InterceptingCall(next(options), {
+      start(metadata, listener, start) {
+        const used = metadata.get('token')[0]?.toString();
+        // A listener of grpc-js's own form (one argument each, passing on itself): one with `next` callbacks holds the
+        // stream's status until the message in hand is passed on, and the refusal is not.
+        start(metadata, {
+          onReceiveMetadata: (md: Metadata) => listener.onReceiveMetadata(md),
+          onReceiveMessage: (message: { created?: boolean; canceled?: boolean; cancel_reason?: string } | undefined) => {
+            if (!(message?.created && message.canceled && TOKEN_REFUSED.test(message.cancel_reason ?? ''))) return listener.onReceiveMessage(message);
+            dropped(used);
+            call.cancelWithStatus(unauthenticated, `etcdserver: invalid auth token (etcd refused a watch: ${message.cancel_reason})`);
+          },
+          onReceiveStatus: (status: StatusObject) => listener.onReceiveStatus(status),
+        });
+      },
+    });
+    return call;
+  };
+}
+
+/** What `forgetToken` reads of etcd3 1.1's Authenticator: the token it holds (a promise of the calls' metadata), and how it forgets it. */
+interface HeldToken {
+  awaitingMetadata?: Promise<Metadata> | null;
+  invalidateMetadata?(): void;
+}
+
+/**
+ * Forgets the token etcd3's Authenticator holds if it is `used` (a stream's, which etcd refused): its next call asks a new
+ * one. A newer token (asked meanwhile, after a unary call was refused) is kept. etcd3's fields, read with care: without
+ * them nothing is forgotten (the stream made again has the same token, as before).
+ */
+function forgetToken(pool: unknown): (used: string | undefined) => void {
+  const authenticator = (pool as { authenticator?: HeldToken } | undefined)?.authenticator;
+  return (used) => {
+    const held = authenticator?.awaitingMetadata;
+    if (!held || typeof authenticator.invalidateMetadata !== 'function') return;
+    void held.then(
+      (metadata) => {
+        if (authenticator.awaitingMetadata === held && metadata.get('token')[0]?.toString() === used) authenticator.invalidateMetadata!();
+      },
+      () => undefined,
+    );
   };
 }
 
