@@ -71,7 +71,7 @@ export async function openEtcd(o: Resolved, { requireLeader: leaderRequired = tr
   const client = new (class extends Etcd3 {
     constructor(options: IOptions) {
       super(options);
-      authenticateOnHosts(this.pool, grpc.Metadata, mod.castGrpcError);
+      authenticateOnHosts(this.pool, grpc.Metadata, mod.castGrpcError, isRecoverableError);
       tokenDropped = forgetToken(this.pool);
     }
 
@@ -92,8 +92,8 @@ export async function openEtcd(o: Resolved, { requireLeader: leaderRequired = tr
 
 /** What `authenticateOnHosts` reads of etcd3 1.1's ConnectionPool: its Authenticator and its members (`Host`). */
 interface Pool {
-  authenticator?: { getCredentialsFromHost?: unknown };
-  hosts?: Array<{ host?: unknown; getServiceClient?(name: 'Auth'): AuthClient; faultHandling?: { execute?<T>(fn: () => PromiseLike<T>): Promise<T> } }>;
+  authenticator?: Asker & { getCredentialsFromHost?: unknown };
+  hosts?: Array<{ host?: unknown; getServiceClient?(name: 'Auth'): AuthClient; resetAllServices?(): void; faultHandling?: { execute?<T>(fn: () => PromiseLike<T>): Promise<T> } }>;
 }
 
 interface AuthClient {
@@ -117,25 +117,68 @@ interface AuthClient {
  * EtcdInvalidAuthTokenError), with every registry call waiting on it. A member its breaker holds back is now passed over
  * at once (BrokenCircuitError: the Authenticator asks the next); a failed ask counts against the member as any failed
  * call to it; a refusal (a wrong password) is an answer. When every member is held back the ask fails as other calls do,
- * and is let through again after the breaker's base. A process's first ask still goes to the first member: its breaker
- * knows nothing yet. etcd3's fields, read with care: another version without them
- * authenticates as etcd3 does.
+ * and is let through again after the breaker's base. A failed ask (recoverable, as etcd3 counts them) makes the member's
+ * channels again, as etcd3 does after any other call that failed so (`resetAllServices`): the next asks went over the same
+ * connection, and one gone silent (a NAT that forgot it) failed them all until gRPC's keepalive gave it up (a client of one
+ * member answered its first read 11.5 s after; now 1.1 s, the call's second try). The members are asked in an order drawn
+ * anew for each round (`shuffleTokenAsks`): a process's first ask, whose breakers know nothing yet, no longer always goes
+ * to the first of --registry. etcd3's fields, read with care: another version without them authenticates as etcd3 does.
  */
-function authenticateOnHosts(pool: unknown, Metadata: new () => Metadata, castGrpcError: (err: Error) => Error): void {
+function authenticateOnHosts(pool: unknown, Metadata: new () => Metadata, castGrpcError: (err: Error) => Error, isRecoverable: (err: Error) => boolean): void {
   const { authenticator, hosts } = pool as Pool;
   if (typeof authenticator?.getCredentialsFromHost !== 'function' || !Array.isArray(hosts)) return;
+  shuffleTokenAsks(authenticator);
   const own = authenticator.getCredentialsFromHost as (address: string, ...rest: unknown[]) => Promise<string>;
   authenticator.getCredentialsFromHost = (address: string, name: string, password: string, options: CallOptions | undefined, ...rest: unknown[]): Promise<string> => {
     const host = hosts.find((h) => h.host === address);
     if (typeof host?.getServiceClient !== 'function') return own.call(authenticator, address, name, password, options, ...rest);
     const ask = (): Promise<string> =>
-      new Promise((resolve, reject) => {
+      new Promise<string>((resolve, reject) => {
         // Throws ClientClosedError once the client is closed: a rejection, as etcd3's own call would fail then.
         host.getServiceClient!('Auth').authenticate({ name, password }, new Metadata(), options ?? {}, (err, res) => (err || !res ? reject(castGrpcError(err ?? new Error('etcd sent no token'))) : resolve(res.token)));
+      }).catch((err: Error) => {
+        // The member's channels made again, as etcd3 does after any other call that failed so (its `resetAllServices`).
+        if (isRecoverable(err)) host.resetAllServices?.();
+        throw err;
       });
     const breaker = host.faultHandling;
     return typeof breaker?.execute === 'function' ? breaker.execute(ask) : ask();
   };
+}
+
+/** What `shuffleTokenAsks` reads of etcd3 1.1's Authenticator: its options (the members it asks, in their order) and the token it holds. */
+interface Asker {
+  options?: { hosts?: string | string[] };
+  awaitingMetadata?: unknown;
+  getMetadata?(): Promise<Metadata>;
+}
+
+/**
+ * etcd3's Authenticator asks the members for a token in the order of --registry, the next only when one fails: a process's
+ * first ask went to the first member, and waited out a call timeout (2 s) there when it hung, before any call was made. So
+ * each round of asks goes through the members in an order drawn anew (as etcd3 sends its other calls, `shuffledHosts`; etcd's
+ * Go client asks through its balancer, whichever member it picks). A member its breaker holds back is still passed over at
+ * once (`authenticateOnHosts`). etcd3's fields, read with care: without them the order is --registry's.
+ */
+function shuffleTokenAsks(authenticator: Asker): void {
+  const own = authenticator.getMetadata;
+  const hosts = authenticator.options?.hosts;
+  if (typeof own !== 'function' || !Array.isArray(hosts) || hosts.length < 2) return;
+  authenticator.getMetadata = function (this: Asker) {
+    // A new round (no token held nor asked): etcd3 reads the members from its options as the round starts.
+    if (this.awaitingMetadata === null) this.options = { ...this.options, hosts: shuffled(hosts) };
+    return own.call(this);
+  };
+}
+
+/** `items` in a random order (Fisher-Yates). */
+function shuffled<T>(items: readonly T[]): T[] {
+  const out = [...items];
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [out[i], out[j]] = [out[j]!, out[i]!];
+  }
+  return out;
 }
 
 /** Each client's `Leftovers`, for `released`. */
