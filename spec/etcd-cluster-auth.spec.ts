@@ -170,13 +170,13 @@ token('goes past it while its breaker holds it back, instead of waiting out a ca
   const hung = (tctx.hung = await hungMember());
   const client = (tctx.client = await openEtcd(resolveRegistry({ endpoints: [hung.endpoint, ...tctx.cluster!.endpoints], prefix: PREFIX, username: 'fleet', password: 'fleet-password-1', callTimeoutMs: 1000 })));
   const admin = (tctx.admin = await openEtcd(resolveRegistry({ endpoints: tctx.cluster!.endpoints, username: 'root', password: 'root-password-1' })));
-  // The token asks etcd3 makes, each starting at the first member (its Authenticator; a spy, wrapped around what it calls).
+  // The token asks etcd3 makes, of any member (its Authenticator; a spy, wrapped around what it calls).
   const authenticator = (client as unknown as { pool: { authenticator: { getCredentialsFromHost(address: string, ...rest: unknown[]): Promise<string> } } }).pool.authenticator;
   const own = authenticator.getCredentialsFromHost.bind(authenticator);
   let asked = 0;
-  authenticator.getCredentialsFromHost = (address, ...rest) => {
-    if (address === hung.endpoint) asked++;
-    return own(address, ...rest);
+  authenticator.getCredentialsFromHost = (...args) => {
+    asked++;
+    return own(...args);
   };
   const read = () => client.get(`${PREFIX}x`).string();
   // Calls until the member has failed five, each given up at its deadline (the first a token ask): its breaker holds it back.
