@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import { growth } from './churn.js';
 import type { ClientStats, FromClients, IdleClientsConfig } from './idle-clients.js';
 import { spread } from './rounds.js';
-import { freePort, HOST, portTaken, probe, spawnRevproxy, waitForPort, type Child } from './procs.js';
+import { adoptChild, freePort, HOST, portTaken, probe, spawnRevproxy, waitForPort, type Child } from './procs.js';
 
 export interface FleetOptions {
   minutes: number;
@@ -133,6 +133,8 @@ export async function runFleet(o: FleetOptions): Promise<{ ok: boolean; file: st
   const proc: ChildProcess = fork(join(import.meta.dirname, 'idle-clients.ts'), [JSON.stringify(cfg)], {
     execArgv: ['--import', 'tsx', '--expose-gc'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env: { ...process.env, NO_COLOR: '1' },
   });
+  // Stopped with the proxies and servers when a signal ends the soak (it would end on its own once the IPC channel closed).
+  adoptChild('idle clients', proc);
   const conns: Array<Extract<FromClients, { k: 'conn' }>> = [];
   const reqs: Array<Extract<FromClients, { k: 'req' }>> = [];
   const dials: Array<Extract<FromClients, { k: 'dial' }>> = [];

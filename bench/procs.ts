@@ -6,7 +6,7 @@
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Server } from 'node:net';
-import { tmpdir } from 'node:os';
+import { constants as osConstants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { fileLimits as processFileLimits } from '../actors/port-limits.js';
@@ -117,12 +117,20 @@ export function spawnChild(name: string, cmd: string, args: string[], output?: s
   };
   proc.stdout?.on('data', keep);
   proc.stderr?.on('data', keep);
+  return adoptChild(name, proc, () => (output === undefined ? lines.join('\n') : lastLines(output, 20)));
+}
+
+/**
+ * A process this one started otherwise (a `fork`) kept with the spawned ones: `stopAll`, and so a
+ * signal that ends the run (`stopChildrenOnSignals`), stops it too.
+ */
+export function adoptChild(name: string, proc: ChildProcess, tail: () => string = () => ''): Child {
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
   const child: Child = {
     name,
     proc,
     pid: proc.pid!,
-    tail: () => (output === undefined ? lines.join('\n') : lastLines(output, 20)),
+    tail,
     async stop() {
       live.delete(child);
       if (proc.exitCode !== null || proc.signalCode !== null) return;
@@ -133,6 +141,7 @@ export function spawnChild(name: string, cmd: string, args: string[], output?: s
     },
   };
   live.add(child);
+  void exited.then(() => live.delete(child));
   return child;
 }
 
@@ -168,9 +177,51 @@ export function revproxyOptions(command: string, bin = BIN): Map<string, string>
   return out;
 }
 
-/** Stop every child still running (also on Ctrl-C). */
+/** Stop every child still running (also on a signal: `stopChildrenOnSignals`). */
 export async function stopAll(): Promise<void> {
   await Promise.all([...live].map((c) => c.stop()));
+}
+
+/** The signals that end a run: Ctrl-C (SIGINT), `kill`, GNU `timeout` or a CI runner (SIGTERM), the terminal closed (SIGHUP). */
+export const END_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
+/** The same signal again within this long is a copy of the first (GNU `timeout` signals the command, then its process group), not a second (ms). */
+const COPY_MS = 100;
+
+/** The exit status a shell reports for a process a signal ended: 128 + its number (SIGINT 130, SIGTERM 143, SIGHUP 129). */
+export function signalStatus(signal: NodeJS.Signals): number {
+  return 128 + (osConstants.signals[signal] ?? 0);
+}
+
+/**
+ * Until the returned function is called, SIGINT, SIGTERM or SIGHUP stops every child this process
+ * started (`stopAll`: SIGTERM, SIGKILL 2 s later; those it starts meanwhile too), and what `also`
+ * stops (an etcd of the run's own), then ends the process with `signalStatus`. A second signal meanwhile (not a copy of the first)
+ * kills the children (SIGKILL) and ends it at once. Before, the bench stopped them on SIGINT alone:
+ * `kill`, `timeout` or a closed terminal ended it and left its proxy, eight servers and HAProxy
+ * running (the servers ignore SIGHUP, the proxy reloads on it); the soak stopped them on none.
+ */
+export function stopChildrenOnSignals(also: () => unknown = () => undefined): () => void {
+  let first: { signal: NodeJS.Signals; at: number } | undefined;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    const now = performance.now();
+    if (first) {
+      if (signal === first.signal && now - first.at < COPY_MS) return;
+      for (const c of live) c.proc.kill('SIGKILL');
+      process.exit(signalStatus(signal));
+    }
+    first = { signal, at: now };
+    void (async () => {
+      await Promise.allSettled([stopAll(), Promise.resolve().then(also)]);
+      // What the run started meanwhile (the signal came while it started its processes) is stopped too.
+      while (live.size) await stopAll();
+      process.exit(signalStatus(signal));
+    })();
+  };
+  for (const s of END_SIGNALS) process.on(s, onSignal);
+  return () => {
+    for (const s of END_SIGNALS) process.off(s, onSignal);
+  };
 }
 
 /** Wait until something accepts connections on `port`. */

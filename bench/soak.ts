@@ -6,7 +6,11 @@
  * answers per second, errors by code, latency p99 and max, and the proxy's
  * RSS and CPU; at the end the totals. Not in CI (it takes minutes):
  *
- *   npx tsx bench/soak.ts [--minutes 10] [--stall 10] [--window 10]
+ *   npm run soak -- [--minutes 10] [--stall 10] [--window 10]
+ *
+ * (`npm run soak` execs `node --import tsx bench/soak.ts`: a signal npm passes on reaches the soak
+ * itself, not a shell that would end without it, nor tsx's CLI, which SIGKILLs a child whose event
+ * loop takes over 30 ms to answer its relay.)
  *
  * The proxy runs with its defaults (log level info), three servers of one
  * policy (`revproxy server`), four client connections with 32 requests in
@@ -48,13 +52,13 @@ import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { startEtcd, type Etcd } from '../scenario/etcd.js';
+import { killEtcds, startEtcd, type Etcd } from '../scenario/etcd.js';
 import { Churn, verdict, type ChurnCounts, type Sample } from './churn.js';
 import { runFleet } from './idle-fleet.js';
 import { errorsOf, runLoad } from './loadgen.js';
-import { cpuSeconds, fdCount, freePort, HOST, probe, rssBytes, spawnRevproxy, stopAll, waitForPort } from './procs.js';
+import { cpuSeconds, fdCount, freePort, HOST, probe, rssBytes, spawnRevproxy, stopAll, stopChildrenOnSignals, waitForPort } from './procs.js';
 
-const USAGE = `usage: npx tsx bench/soak.ts [--minutes N] [--stall SECONDS] [--window SECONDS] [--access-log [--rotate SECONDS]]
+const USAGE = `usage: npm run soak -- [--minutes N] [--stall SECONDS] [--window SECONDS] [--access-log [--rotate SECONDS]]
                           [--churn [--rate N] [--clients N] [--restart SECONDS] [--bad SECONDS] [--flood SECONDS]]
   --minutes     how long the load runs (default 10)
   --stall       seconds one server is stopped (SIGSTOP) in the middle (default 10; 0 = none)
@@ -66,14 +70,15 @@ const USAGE = `usage: npx tsx bench/soak.ts [--minutes N] [--stall SECONDS] [--w
                 (default 60; 0 = none) a 5 s flood of 4 x 4,096 requests in flight at a one-at-a-time server's policy
                 (every request answered: an ACK, OVERLOADED or TIMEOUT); reports heap, fds, handles and connections per
                 window and whether any grew
-       npx tsx bench/soak.ts --idle-clients N [--kill-proxy-every SECONDS] [--down SECONDS] [--kill-both-every K] [--request-every SECONDS] [--minutes N]
+       npm run soak -- --idle-clients N [--kill-proxy-every SECONDS] [--down SECONDS] [--kill-both-every K] [--request-every SECONDS] [--minutes N]
   --idle-clients      instead of the load: N idle library clients (connect(), in a process of their own) on a fleet of two
                       proxies, each sending one request every --request-every seconds (default 3)
   --kill-proxy-every  seconds between kills (default 60): the proxy most clients are on (A and B in turn when even), SIGKILL (every third SIGTERM), every
                       --kill-both-every-th kill (default 4; 0 = never) both, each started again --down seconds later (default 3)
                       on its port; reports per kill how long until every client was back, failed requests by code and
                       retryable, dials (the most in one ms), and the client process's RSS, heap, fds, handles, timers, listeners;
-                      the kills are those due within --minutes, each waiting (a minute at most) for the clients of the last`;
+                      the kills are those due within --minutes, each waiting (a minute at most) for the clients of the last
+SIGINT, SIGTERM or SIGHUP stops every process the soak started (and its etcd), then exits 128 + the signal's number.`;
 
 function options(): { [k: string]: string | boolean | undefined } {
   try {
@@ -182,13 +187,15 @@ async function countLines(file: string): Promise<{ lines: number; churn: number;
   return { lines, churn, whole, bad };
 }
 
+/** With --churn: an etcd of the soak's own (removed on a signal too). */
+let etcd: Etcd | undefined;
+
 async function main(): Promise<void> {
   const port = await freePort();
   // Each process's log goes to a file of its own, kept after the run: a soak that goes wrong is read there.
   const logs = mkdtempSync(join(tmpdir(), 'revproxy-soak-'));
   const accessLog = values['access-log'] ? join(logs, 'access.log') : undefined;
   // With --churn: an etcd of the soak's own, and the proxy's /metrics and inspector, read by the churn.
-  let etcd: Etcd | undefined;
   const churnPorts = churning ? { admin: await freePort(), inspect: await freePort() } : undefined;
   if (churning) etcd = await startEtcd();
   const churnFlags = churnPorts ? ['--admin', `${HOST}:${churnPorts.admin}`, '--inspect', String(churnPorts.inspect), '--registry', etcd!.url] : [];
@@ -344,6 +351,13 @@ function churnColumns(row: Row): string {
   return `  ${(p ? p.heapMB.toFixed(1) : '-').padStart(8)} ${(p ? p.heapAfterGcMB.toFixed(1) : '-').padStart(9)} ${String(p?.fdsProc ?? '-').padStart(4)} ${String(p?.handles ?? '-').padStart(8)}  ${conns.padStart(14)}  ${`${c.clientAnswers}/${errs}`.padStart(12)}  ${String(c.restarts).padStart(8)}  ${flood.padStart(14)}  ${(p ? `${p.pools}/${p.series}` : '-').padStart(15)}`;
 }
 
+// SIGINT, SIGTERM (`timeout`, `kill`, npm run passing it on) or SIGHUP (the terminal closed) stops every process the
+// soak started, then exits 128 + the signal's number: before, each ended the soak and left them running.
+stopChildrenOnSignals(() => {
+  // One still starting is not `etcd` yet.
+  killEtcds();
+  return etcd?.remove();
+});
 if (values['idle-clients'] !== undefined) {
   const fleet = { clients: Number(values['idle-clients']), killEveryS: Number(values['kill-proxy-every']), downS: Number(values.down), bothEvery: Number(values['kill-both-every']), everyS: Number(values['request-every']) };
   if (!(Number.isInteger(fleet.clients) && fleet.clients > 0) || !(fleet.killEveryS > 0) || !(fleet.downS >= 0 && fleet.downS < fleet.killEveryS) || !(Number.isInteger(fleet.bothEvery) && fleet.bothEvery >= 0) || !(fleet.everyS > 0)) {

@@ -9,7 +9,7 @@ import { Command, Option } from 'commander';
 import { formatReport } from '../bench/report.js';
 import { runBench } from '../bench/run.js';
 import { DEFAULT_RESULTS_DIR, TARGETS, WORKLOADS, type Target, type Workload } from '../bench/types.js';
-import { fileLimits, stopAll } from '../bench/procs.js';
+import { fileLimits, stopChildrenOnSignals } from '../bench/procs.js';
 import { parseIntOption, UsageError } from './common.js';
 
 interface BenchFlags {
@@ -122,8 +122,8 @@ Examples:
         process.stderr.write(`bench: the many-connections workload opens ${many} connections instead of ${f.many}\n`);
       }
       const quick = f.quick ?? false;
-      const onSignal = (): void => void stopAll().then(() => process.exit(130));
-      process.once('SIGINT', onSignal);
+      // SIGINT, SIGTERM (`kill`, `timeout`, a CI runner) or SIGHUP (the terminal closed) stops every process it started.
+      const release = stopChildrenOnSignals();
       try {
         const report = await runBench({
           quick,
@@ -146,7 +146,7 @@ Examples:
         if (f.markdown) process.stdout.write(`\n${formatReport(report, true)}\n`);
         setExit(0);
       } finally {
-        process.off('SIGINT', onSignal);
+        release();
       }
     });
 }
