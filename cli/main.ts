@@ -245,8 +245,8 @@ export function buildProgram(setExit: (code: number) => void): Command {
     });
     const sum = clientSummary(results);
     if (o.json) process.stdout.write(`${JSON.stringify(summarise(results, packets.map((p) => p.file)))}\n`);
-    else if (results.length > 1 || sum.failed) logger.info('summary', sum.line, { verified: sum.verified, answered: sum.total - sum.failed, total: sum.total, failed: sum.failed, retryable: sum.retryable });
-    setExit(sum.failed ? 1 : 0);
+    else if (results.length > 1 || sum.failed || sum.wrong) logger.info('summary', sum.line, { verified: sum.verified, answered: sum.answered, wrong: sum.wrong, total: sum.total, failed: sum.failed, retryable: sum.retryable });
+    setExit(sum.failed || sum.wrong ? 1 : 0);
     // The log ends first: its last lines (the summary) were printed after the inspector's "Ctrl-C exits".
     await unwarn();
     await logger.end();
@@ -305,28 +305,35 @@ function markRequired(cmd: Command): void {
 }
 
 /**
- * `revproxy client`'s counts, and its summary line: `2/5 answered, 3 failed (1 retryable), ...`. A request failed
- * when it got no answer or a wrong one; `retryable` counts those the failure lines say `CODE (retryable)` of
- * (`Result.retryable`: no handler ran them, so they may be sent again).
+ * `revproxy client`'s counts, and its summary line: `2/5 answered, 1 answered wrong, 2 failed (1 retryable), ...`.
+ * Each request counts once: `answered` (right, or not checked), `wrong` (an answer checked and found not the
+ * payload's SHA1) or `failed` (no answer), adding up to `total`; `retryable` counts the failed ones the failure lines
+ * say `CODE (retryable)` of (`Result.retryable`: no handler ran them, so they may be sent again). A wrong answer was
+ * counted both answered and failed (`--json`), and the text said only `1/2 answers verified`.
  */
-export function clientSummary(results: readonly Result[]): { verified: number; total: number; failed: number; retryable: number; line: string } {
+export function clientSummary(results: readonly Result[]): { verified: number; answered: number; wrong: number; total: number; failed: number; retryable: number; line: string } {
   const total = results.length;
-  const ok = results.filter((r) => r.answer !== undefined && r.correct !== false).length;
+  const wrong = results.filter((r) => r.answer !== undefined && r.correct === false).length;
+  const answered = results.filter((r) => r.answer !== undefined && r.correct !== false).length;
   const checked = results.filter((r) => r.correct !== undefined).length;
   const verified = results.filter((r) => r.correct).length;
-  const failed = total - ok;
+  const failed = total - answered - wrong;
   const retryable = results.filter((r) => r.retryable === true).length;
-  const line = checked === total ? `${verified}/${total} answers verified` : `${ok}/${total} answered${failed ? `, ${failed} failed (${retryable} retryable)` : ''}${checked ? `, ${verified} of ${checked} checked answers verified` : ok ? ' (answers not checked)' : ''}`;
-  return { verified, total, failed, retryable, line };
+  const wrongly = wrong ? `, ${wrong} answered wrong (not the payload's SHA1)` : '';
+  const line = checked === total
+    ? `${verified}/${total} answers verified${wrongly}`
+    : `${answered}/${total} answered${wrongly}${failed ? `, ${failed} failed (${retryable} retryable)` : ''}${checked ? `, ${verified} of ${checked} checked answers verified` : answered ? ' (answers not checked)' : ''}`;
+  return { verified, answered, wrong, total, failed, retryable, line };
 }
 
 function summarise(results: Result[], files: string[]) {
   // Bytes print as base64, marked so they are not taken for text.
   const text = (p: Payload | undefined) => (p === undefined || typeof p === 'string' ? p : { base64: Buffer.from(p).toString('base64') });
-  const { verified, failed, retryable } = clientSummary(results);
+  const { verified, answered, wrong, failed, retryable } = clientSummary(results);
   return {
     verified,
-    answered: results.filter((r) => r.answer !== undefined).length,
+    answered,
+    wrong,
     total: results.length,
     failed,
     retryable,

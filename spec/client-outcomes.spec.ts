@@ -6,6 +6,7 @@
  * (`disconnect`, `reconnect`, `close`), as nats.js's and MQTT.js's clients emit theirs.
  */
 import * as assert from 'uvu/assert';
+import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { on, once } from 'node:events';
 import { createServer, type AddressInfo, type Server } from 'node:net';
@@ -233,6 +234,25 @@ retry("revproxy client's summary counts the failures that may be sent again, in 
   const fine = revproxy(['client', '--revproc', String(p.port), '--pkt', join(dir, '2.json'), '--pkt', join(dir, '2.json'), '--no-verify']);
   assert.is(await fine.exited, 0);
   assert.match(fine.out.join('\n'), /2\/2 answered \(answers not checked\)$/m);
+});
+
+retry("revproxy client counts a wrong answer once, as wrong: --json's answered, wrong and failed add up to total, and the summary line says it", async () => {
+  // A wrong answer (not the payload's SHA1) counted in both answered and failed (--json: answered 2, failed 2 of 3), and the text said only how many were verified.
+  const p = await proxy();
+  await server('w', [p.port], async (x) => (x === 'bad' ? '0'.repeat(40) : createHash('sha1').update(String(x)).digest('hex')));
+  const dir = tempDir('pkt-');
+  for (const [i, [privPoliId, payload]] of [['P', 'fine'], ['P', 'bad'], ['Q', 'none']].entries()) writeFileSync(join(dir, `${i}.json`), JSON.stringify({ type: '0', srcid: 'c', privPoliId, payload }));
+  const json = revproxy(['client', '--revproc', String(p.port), '--pkt', dir, '--json']);
+  assert.is(await json.exited, 1);
+  const report = JSON.parse(json.out.find((l) => l.startsWith('{'))!) as { answered: number; wrong: number; failed: number; total: number; verified: number; retryable: number };
+  assert.equal({ answered: report.answered, wrong: report.wrong, failed: report.failed, total: report.total, verified: report.verified, retryable: report.retryable }, { answered: 1, wrong: 1, failed: 1, total: 3, verified: 1, retryable: 1 });
+  const text = revproxy(['client', '--revproc', String(p.port), '--pkt', dir]);
+  assert.is(await text.exited, 1);
+  assert.match(text.out.join('\n'), /1\/3 answered, 1 answered wrong \(not the payload's SHA1\), 1 failed \(1 retryable\), 1 of 2 checked answers verified$/m);
+  // Every answer checked, one wrong: no failure, and still the exit status 1.
+  const both = revproxy(['client', '--revproc', String(p.port), '--pkt', join(dir, '0.json'), '--pkt', join(dir, '1.json')]);
+  assert.is(await both.exited, 1);
+  assert.match(both.out.join('\n'), /1\/2 answers verified, 1 answered wrong \(not the payload's SHA1\)$/m);
 });
 
 retry.run();
