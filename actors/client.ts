@@ -32,7 +32,7 @@ import { Buffer } from 'node:buffer';
 import { assertEvent, assign, enqueueActions, fromCallback, raise, setup, type ActorRefFrom, type EventObject } from 'xstate';
 import { DEFAULT_PROXY_TIMEOUT_MS, hostPort } from '../transport/address.js';
 import { ErrorCode, HANDLER_FAILED, isRetryable, LocalCode, ProtocolError, RevproxyError, type ClientCode } from '../transport/errors.js';
-import { DEFAULT_MAX_FRAME_BYTES } from '../transport/frame.js';
+import { DEFAULT_MAX_FRAME_BYTES, FRAME_OVER } from '../transport/frame.js';
 import { heldEstimate, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message, type PongMsg } from '../transport/messages.js';
 import { DEFAULT_BUFFER_BUDGET, PEER_SHARE } from '../transport/budget.js';
 import { Connection } from '../transport/socket.js';
@@ -834,9 +834,6 @@ const MSG_NAMES: Record<number, string> = Object.fromEntries(Object.entries(MsgT
 
 /** What a request's frame holds besides its payload, at most (the server bounds its answers the same way). */
 const FRAME_ROOM = 1024;
-
-/** A proxy's words refusing a frame over its limit (frame.ts FrameDecoder). */
-const FRAME_OVER = /over the limit of \d+/;
 
 /** The request the proxy refused as it ended the connection (RequestBook.failRefused), in words: what to do about it. */
 function refusedRequest(proxy: string, said: string, size: number): string {

@@ -18,8 +18,8 @@
 import { createHash } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { hostPort } from '../transport/address.js';
-import { isRetryable } from '../transport/errors.js';
-import { encodeFrame, FrameDecoder } from '../transport/frame.js';
+import { ErrorCode, isRetryable } from '../transport/errors.js';
+import { encodeFrame, FRAME_OVER, FrameDecoder } from '../transport/frame.js';
 import { MsgType, type Message } from '../transport/messages.js';
 import { systemClock, type Timer } from '../transport/clock.js';
 import { dial, dialDeadline, type TlsMaterial } from '../transport/tls.js';
@@ -90,6 +90,8 @@ export interface LoadResult {
    * Failed requests by code: ERROR answers, and CONNECT_FAILED, CONNECTION_LOST, NO_ANSWER, BAD_FRAME (and
    * with `perRequest`, UNEXPECTED_ANSWER: a connection's one answer neither an ACK nor an ERROR). Each request
    * counts once: `sent` = `ok` + `wrongHash` + these (CONNECT_FAILED of a connection kept open is a connection's, not a request's).
+   * A connection the target closed after an ERROR naming no request: the one request it refused (BAD_REQUEST) under
+   * that code, and all of a stopped proxy's last word (SHUTTING_DOWN: not read); the others lost with it, CONNECTION_LOST.
    */
   errors: Record<string, number>;
   /**
@@ -341,11 +343,22 @@ class PipelinedConn {
   /** Whether any byte came from the target (one that closes before saying anything may want TLS, or be another program). */
   private heard = false;
   /**
-   * Why the connection is closing, when the target said (an ERROR naming no
-   * request) or the socket did: its requests in flight fail with this code,
-   * so each failed request is counted once, under its cause.
+   * Why the connection is closing, when the socket said (an error) or load did (BAD_FRAME): its
+   * requests in flight fail with this code, so each failed request is counted once, under its cause.
    */
   private closing?: { code: string; detail: string };
+  /**
+   * What the target said before it closed (an ERROR naming no request: about the connection).
+   * `refused`: it refuses one of the requests in flight (`BAD_REQUEST`, a frame over its limit or
+   * after answers: it answers what it read before the bad bytes, so the oldest unanswered, as the
+   * library's client takes it, RequestBook.failRefused). The others are lost to the close, not
+   * answered with its code: OVERLOADED 31 said 31 refusals of a server that cut a connection whose
+   * requests may have run. But SHUTTING_DOWN, a stopped proxy's last word, says that what it has not
+   * answered on the connection it did not read: those are its (port-closed.ts).
+   */
+  private said?: { code: string; message: string; refused: boolean };
+  /** Answers read (to requests of this connection). */
+  private answers = 0;
   private readonly maxFrame: number;
   /** Open loop: requests of this connection sent so far. */
   private issued = 0;
@@ -396,10 +409,16 @@ class PipelinedConn {
         run.closedAllAt = performance.now();
         run.gone.abort();
       }
-      const n = this.inflight;
+      let n = this.inflight;
       this.inflight = 0;
       this.nFree = 0;
-      run.lost(this.closing?.code ?? 'CONNECTION_LOST', n, this.closing?.detail ?? (this.heard ? undefined : CLOSED_UNHEARD));
+      const said = this.said;
+      if (said?.code === ErrorCode.SHUTTING_DOWN) return run.lost(said.code, n, said.message);
+      if (said?.refused && n > 0) {
+        run.lost(said.code, 1, said.message);
+        n--;
+      }
+      run.lost(this.closing?.code ?? 'CONNECTION_LOST', n, this.closing?.detail ?? (said ? `${CLOSED_AFTER} ${said.code}: ${said.message}` : this.heard ? undefined : CLOSED_UNHEARD));
     });
   }
 
@@ -474,8 +493,10 @@ class PipelinedConn {
     }
     if (typeof m.seq !== 'number') {
       // An ERROR that names no request is about the connection, which the target then closes.
-      if (m.type === MsgType.ERROR) this.closing ??= { code: String(m.code), detail: m.message };
-      else run.stray(m);
+      if (m.type === MsgType.ERROR) {
+        const code = String(m.code);
+        this.said ??= { code, message: m.message, refused: code === ErrorCode.BAD_REQUEST && (this.answers > 0 || FRAME_OVER.test(m.message)) };
+      } else run.stray(m);
       return true;
     }
     const slot = m.seq % this.depth;
@@ -484,6 +505,7 @@ class PipelinedConn {
       return true;
     }
     run.lastAt = now;
+    this.answers++;
     this.seqs[slot] = -1;
     this.free[this.nFree++] = slot;
     this.inflight--;
@@ -542,6 +564,9 @@ export function retryableLoadCode(code: string): boolean {
 
 /** The first CONNECTION_LOST's detail when the target closed a connection without sending a byte on it (cli/load.ts hints from it). */
 export const CLOSED_UNHEARD = 'closed by the target before it sent anything on the connection';
+
+/** How the first CONNECTION_LOST's detail starts when the target said why before it closed (an ERROR naming no request): its code and words follow. */
+export const CLOSED_AFTER = 'closed by the target after it said';
 
 /** What an answer to no request in flight was, in words (for the first one only: not on the hot path). */
 function describeStray(m: unknown): string {

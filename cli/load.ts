@@ -5,7 +5,7 @@
  * Registered in cli/main.ts with one line.
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { CLOSED_UNHEARD, retryableLoadCode, runLoad, type LiveCounters, type LoadResult } from '../bench/loadgen.js';
+import { CLOSED_AFTER, CLOSED_UNHEARD, retryableLoadCode, runLoad, type LiveCounters, type LoadResult } from '../bench/loadgen.js';
 import { cliProgress } from '../bench/progress.js';
 import { DEFAULT_PROXY, type Endpoint } from '../actors/server.js';
 import { fileLimits } from '../actors/port-limits.js';
@@ -165,6 +165,7 @@ function hint(code: string, f: LoadFlags, first = '', unreachable: string[] = []
     case 'CONNECTION_LOST':
       // As the client says of a proxy that closes before answering its first PING (actors/client.ts, CLOSED_AT_ONCE).
       if (first === CLOSED_UNHEARD) return `the target accepted connections and closed them before sending anything: ${closedAtOnce()}`;
+      if (first.startsWith(CLOSED_AFTER)) return 'the target said why it closes a connection (an ERROR naming no request, the first below), then closed it: the requests in flight there were not answered, and may have run';
       return "the target closed connections with requests in flight: its log says why (a limit such as --max-conns-per-peer, or it stopped)";
     case 'NO_ANSWER':
       return `requests still unanswered ${f.timeout} ms after the last answer: the target stopped answering (--timeout waits longer)`;
@@ -342,7 +343,11 @@ never answers the TLS handshake).
 Each request counts once: sent = answered right + wrong hash + failed (those
 still unanswered --timeout after the last answer fail NO_ANSWER). Answers to no
 request in flight (a second answer to a request, an answer to a seq never sent)
-are counted apart, as "unexpected", not as failed requests.
+are counted apart, as "unexpected", not as failed requests. When the target
+closes a connection after an ERROR about it (naming no request), the request it
+refused (BAD_REQUEST) counts under that code, and the others lost with the
+connection CONNECTION_LOST - but after a stopped proxy's last word,
+SHUTTING_DOWN, which says it did not read them, SHUTTING_DOWN.
 
 Exit status: 0 when every request was answered right, 1 when any failed or was
 answered wrong, or when any answer was unexpected (the target is broken), 2 on

@@ -424,17 +424,45 @@ test('usage errors exit 2 and say what to give', async () => {
   assert.match(depth.out, /--inflight does not go with --connection-per-request/);
 });
 
-test('payloads past the proxy\'s frame limit: each request fails once, under the cause, and the words say to lower --payload-size', async () => {
-  // The proxy answers one BAD_REQUEST naming no request, then closes the connection: that was
-  // counted as a failure of its own besides every request lost with the connection (18 failed of 16 sent).
+test('payloads past the proxy\'s frame limit: the request refused fails BAD_REQUEST, those lost with its connection CONNECTION_LOST, each once, and the words say to lower --payload-size', async () => {
+  // The proxy answers one BAD_REQUEST naming no request, then closes the connection: that was counted as a failure
+  // of its own besides every request lost with the connection (18 failed of 16 sent), then each of those as BAD_REQUEST.
   const j = await load(['--revproc', String(proxyPort), '-n', '20', '-c', '2', '-p', '4', '--payload-size', '2000000', '--json']);
   assert.is(j.code, 1);
   const { sent, ok, errors } = j.json!;
   assert.is(ok, 0);
-  assert.ok(sent > 0);
-  assert.equal(errors, { BAD_REQUEST: sent }, JSON.stringify(j.json));
+  assert.ok(sent > 2);
+  assert.equal(errors, { BAD_REQUEST: 2, CONNECTION_LOST: sent - 2 }, JSON.stringify(j.json));
   const t = await load(['--revproc', String(proxyPort), '-n', '4', '-c', '1', '-p', '4', '--payload-size', '2000000']);
-  assert.match(t.out, /BAD_REQUEST 4: the requests are larger than the target takes \(its --max-frame, 1 MiB by default\): lower --payload-size \(2000000\)/);
+  assert.match(t.out, /BAD_REQUEST 1: the requests are larger than the target takes \(its --max-frame, 1 MiB by default\): lower --payload-size \(2000000\)/);
+  assert.match(t.out, /CONNECTION_LOST 3: the target said why it closes a connection .*\(first: closed by the target after it said BAD_REQUEST: frame at byte 0 declares \d+ bytes, over the limit of \d+/);
+});
+
+test('a target that closes a connection after an ERROR about it: the requests lost count CONNECTION_LOST, not under its code; a stopped proxy\'s SHUTTING_DOWN, which says they were not read, under its own', async () => {
+  // A server cutting a connection at its buffer budget says OVERLOADED naming no request: its requests in flight were
+  // counted OVERLOADED, a refusal that runs none of the work, though they were at its handlers.
+  const cut = (code: string, message: string) => fakeTarget((() => {
+    const seen = new WeakMap<Socket, number>();
+    return (m: DataMsg, socket: Socket) => {
+      const n = (seen.get(socket) ?? 0) + 1;
+      seen.set(socket, n);
+      if (n === 1) socket.write(ack(m));
+      // The second request read: the word about the connection, and the close.
+      else if (n === 2) socket.end(encodeFrame({ type: MsgType.ERROR, code, message }));
+    };
+  })());
+  const overloaded = await cut('OVERLOADED', 'this connection holds the most of a full buffer budget: closed');
+  const o = await load(['--revproc', String(overloaded.port), '-n', '4', '-c', '1', '-p', '4', '--json']);
+  assert.equal([o.json!.sent, o.json!.ok, o.json!.errors], [4, 1, { CONNECTION_LOST: 3 }], o.out);
+  assert.equal(o.json!.firstError.CONNECTION_LOST, 'closed by the target after it said OVERLOADED: this connection holds the most of a full buffer budget: closed');
+  assert.equal(o.json!.retryable, { CONNECTION_LOST: false });
+  // A refusal after an answer is of the oldest request unanswered: one BAD_REQUEST, the rest lost.
+  const refused = await cut('BAD_REQUEST', 'not a request: closed');
+  const r = await load(['--revproc', String(refused.port), '-n', '4', '-c', '1', '-p', '4', '--json']);
+  assert.equal([r.json!.sent, r.json!.ok, r.json!.errors], [4, 1, { BAD_REQUEST: 1, CONNECTION_LOST: 2 }], r.out);
+  const stopped = await cut('SHUTTING_DOWN', 'the proxy has stopped and closes this connection: a request sent on it and not answered was not read; send it to another proxy');
+  const s = await load(['--revproc', String(stopped.port), '-n', '4', '-c', '1', '-p', '4', '--json']);
+  assert.equal([s.json!.sent, s.json!.ok, s.json!.errors], [4, 1, { SHUTTING_DOWN: 3 }], s.out);
 });
 
 test.run();

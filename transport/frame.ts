@@ -15,6 +15,9 @@ import { head, Kind, valueHead } from './valuehead.js';
 
 export const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024;
 
+/** The words of a refusal of a frame over the limit (`FrameDecoder`'s BAD_REQUEST), as a peer reads them in the ERROR that ends the connection. */
+export const FRAME_OVER = /over the limit of \d+/;
+
 /**
  * What forwarding a request may add to its frame: the proxy's own seq (up to 4
  * bytes longer than the client's), `timeoutms` (15), and ids a client wrote as
