@@ -102,7 +102,8 @@ over the rounds, ratios are taken inside each round (median and range), and
 the verdicts judge medians. Also prints CPU per request of the proxy, HAProxy,
 the relay, the servers and the load generator (from /proc), and writes every
 cell as JSON under bench/results/. The load generator is the one
-\`revproxy load\` runs.
+\`revproxy load\` runs. Ctrl-C, SIGTERM or SIGHUP stops every process it
+started, and it exits 128 + the signal's number (130, 143, 129).
 
 Examples:
   npm run bench -- --quick

@@ -223,7 +223,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
       .addOption(new Option('--timeout <ms>', 'time to wait for each answer').default(DEFAULT_CLIENT_TIMEOUT_MS).argParser(parseIntOption('--timeout', 1)))
       .addOption(new Option('--window <n>', 'requests in flight at once on the connection (with --wire json always 1)').default(64).argParser(parseIntOption('--window', 1)))
       .addOption(new Option('--max-frame <bytes>', "the proxy's --max-frame: a request that would not fit is refused here (BAD_REQUEST), not sent").default(DEFAULT_MAX_FRAME_BYTES).argParser(parseIntOption('--max-frame', 1024)))
-      .option('--json', 'print the results as one JSON object at the end')
+      .option('--json', 'print the results as one JSON object at the end: each packet\'s, and the counts answered, wrong (not the payload\'s SHA1) and failed (no answer), which add up to total')
       .option('--no-verify', 'print the answers without checking them against the SHA1 of the payload (answers not shaped like a SHA1 are never checked)')
       .addOption(wireOption('speak the old format, one request at a time, for the old Python proxy'))
       .addHelpText('after', '\nExit status: 0 when every request got an answer and every checked answer is correct, 1 otherwise.\nWith --inspect the page stays up after the answers are in, until Ctrl-C.\n\nExample:\n  revproxy client -id 1 -revproc 2100 -pkt pktfiles/1.json\n  revproxy client -id 1 --revproc etcd://127.0.0.1:2379 -pkt pktfiles/1.json'),
