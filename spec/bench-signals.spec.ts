@@ -8,7 +8,6 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { readdirSync, readFileSync } from 'node:fs';
-import { findHaproxy } from '../bench/procs.js';
 import { tempDir } from './helpers.js';
 import { BIN, killAll, listensOn, start, type Proc } from './procs.js';
 
@@ -111,19 +110,17 @@ async function signalWhenUp(proc: Proc, signal: NodeJS.Signals, ready: (procs: S
   return { code, started, left };
 }
 
-const haproxy = findHaproxy() !== undefined;
-
-/** `revproxy bench`, as small as it goes: one workload on the proxy (and HAProxy when installed), one server of each kind. */
+/** `revproxy bench`, as small as it goes: one workload, on the proxy alone (with its four servers). */
 function bench(): Proc {
-  return start(process.execPath, [BIN, 'bench', '--workloads', 'serial', '--targets', haproxy ? 'proxy,haproxy,relay' : 'proxy,relay', '--rounds', '3', '--duration', '1', '--warmup', '50', '--no-routing', '--busy-poll', '0', '--no-progress', '--out', tempDir('bench-out-')]);
+  return start(process.execPath, [BIN, 'bench', '--workloads', 'serial', '--targets', 'proxy', '--rounds', '3', '--duration', '1', '--warmup', '50', '--no-routing', '--busy-poll', '0', '--no-progress', '--out', tempDir('bench-out-')]);
 }
 
-/** Its proxy listens, and its servers (four of each policy but one-at-a-time ones, which need not be there) are started. */
-const benchUp = (procs: Seen[]): boolean => proxyListening(procs) && procs.filter((p) => /revproxy\.js server /.test(p.cmd)).length >= 4 && (!haproxy || procs.some((p) => /haproxy/.test(p.cmd)));
+/** Its proxy listens, and its four servers are started. */
+const benchUp = (procs: Seen[]): boolean => proxyListening(procs) && procs.filter((p) => /revproxy\.js server /.test(p.cmd)).length >= 4;
 
-test(`revproxy bench stopped with SIGTERM: its proxy, servers${haproxy ? ', HAProxy' : ''} and relay are gone, and it exits 143`, async () => {
+test('revproxy bench stopped with SIGTERM: its proxy and servers are gone, and it exits 143', async () => {
   const r = await signalWhenUp(bench(), 'SIGTERM', benchUp, 'the bench started its proxy and servers');
-  assert.ok(r.started.length >= 6, `the bench's processes were found: ${r.started.map((p) => p.cmd).join('\n')}`);
+  assert.ok(r.started.length >= 5, `the bench's processes were found: ${r.started.map((p) => p.cmd).join('\n')}`);
   assert.equal(r.left.map((p) => p.cmd), [], 'still running 5 s after SIGTERM');
   assert.is(r.code, 143);
 });
