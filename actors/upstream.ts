@@ -163,9 +163,10 @@ export class LinkTraffic implements LinkPort {
     if (link.logger.enabled('debug')) logForward(link, req);
     // The server learns how long its answer is waited for (its handler's signal fires then): time left, no shared
     // clock needed. A try kept past its try timeout (`hedge`, `keepTry`) is waited for until the request's deadline.
-    req.msg.timeoutms = Math.max(0, Math.floor((link.hedge ? requestDeadline(link, req) : deadline) - now));
+    // Written by the encoder, not set on the message: a property added to each request read was an allocation each.
+    const timeoutms = Math.max(0, Math.floor((link.hedge ? requestDeadline(link, req) : deadline) - now));
     const before = conn.pendingBytes;
-    conn.send(req.msg, upSeq);
+    conn.send(req.msg, upSeq, timeoutms);
     // While the links hold more than their part, each request is written at once, not at the turn's end: a link
     // whose server's side is full shows it (`backlogged`) after one request, not after a turn's worth of them.
     if (link.budget?.linksFull) conn.flush();

@@ -314,6 +314,46 @@ test('a frame the fast decoder keeps as bytes forwards, with a new seq (and time
   }
 });
 
+/**
+ * Forward `body` as the proxy does, its timeoutms given to the encoder (`writeFrame`'s last argument): the bytes
+ * are those of the message with the field set on it, as the proxy set it before, byte for byte - kept as bytes,
+ * from its fields (a copy), or packed by msgpackr - and the message is left as it was read.
+ */
+function timeoutGivenAsSet(body: Uint8Array, seq: number, timeoutms: number): boolean {
+  const given = decodeHot(body, 0, body.length) ?? general(body).msg;
+  const set = decodeHot(body, 0, body.length) ?? general(body).msg;
+  if (given?.type !== 0 || set?.type !== 0) return true;
+  const own = given.timeoutms;
+  set.timeoutms = timeoutms;
+  for (const [g, s] of [[given, set], [{ ...given }, { ...set }]] as const) {
+    const a = new FrameBuffer();
+    const b = new FrameBuffer();
+    writeFrame(g, a, seq, timeoutms);
+    writeFrame(s, b, seq);
+    assert.ok(a.take().equals(b.take()), `the same bytes for ${Buffer.from(body).toString('hex')}`);
+  }
+  assert.is(given.timeoutms, own, 'the message keeps its own timeoutms (none, as clients send)');
+  assert.is(Object.keys(given).length, Object.keys(set).length - (own === undefined ? 1 : 0), 'no field added to the message');
+  return true;
+}
+
+test('a DATA forwarded with the timeoutms given to the encoder is the bytes of the message with it set, and the message is not changed', () => {
+  fc.assert(fc.property(nearHot, u32, u32, (b, seq, t) => timeoutGivenAsSet(b, seq, t)), { numRuns: 3000 });
+  fc.assert(fc.property(frameLike, u32, u32, (o, seq, t) => timeoutGivenAsSet(packr.pack(o), seq, t)), { numRuns: 1000 });
+  // A request as a client sends it, kept as its bytes: its frame to the server, and a DATA packed by msgpackr (an extra key).
+  const body = encodeFrame({ type: 0, seq: 5, srcid: 'client-7', privPoliId: '111', payload: 'hello', payloadsize: 5 }).subarray(4);
+  const m = decodeHot(body, 0, body.length)!;
+  assert.ok(m[WIRE], 'kept as bytes');
+  const fb = new FrameBuffer();
+  writeFrame(m, fb, 70000, 1666);
+  assert.equal(unpackr.unpack(fb.take().subarray(4)), { type: 0, seq: 70000, srcid: 'client-7', privPoliId: '111', payload: 'hello', payloadsize: 5, timeoutms: 1666 });
+  assert.not.ok('timeoutms' in m);
+  const odd = { type: 0, seq: 1, srcid: 'c', privPoliId: 'p', payload: 'x', extra: [1] };
+  writeFrame(odd, fb, 9, 250);
+  assert.equal(unpackr.unpack(fb.take().subarray(4)), { ...odd, seq: 9, timeoutms: 250 });
+  assert.not.ok('timeoutms' in odd);
+});
+
 test('a message kept as bytes is encoded from its fields once it is copied or its keys change', () => {
   const ack = { type: 2, seq: 7, srcid: '100', destid: 'c1', payload: 'aaf4', payloadsize: 4 } as const;
   const read = (): AckMsg => {

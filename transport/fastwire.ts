@@ -434,10 +434,11 @@ const ACK_KEYS = (1 << K.TYPE) | (1 << K.SEQ) | (1 << K.SRCID) | (1 << K.DESTID)
  * The bytes `msg` was read from (`WIRE`), when it is the message they were
  * read as (a copy, which carries the same key, is encoded from its fields),
  * with the keys it was read with (one added or taken away since: from its
- * fields too), a DATA's `timeoutms`, if set since, one `encodeAsRead` can
- * add, and the seq to write (`seq`, else its own) one a frame can carry.
+ * fields too), a DATA's `timeoutms` to write (`timeoutms`, else its own, if
+ * set since) one `encodeAsRead` can add, and the seq to write (`seq`, else
+ * its own) one a frame can carry.
  */
-export function asRead(msg: Message | Record<string, unknown>, seq?: number): WireBytes | undefined {
+export function asRead(msg: Message | Record<string, unknown>, seq?: number, timeoutms?: number): WireBytes | undefined {
   const m = msg as DataMsg | AckMsg;
   const w = m[WIRE];
   if (w === undefined || w.msg !== m) return undefined;
@@ -445,9 +446,10 @@ export function asRead(msg: Message | Record<string, unknown>, seq?: number): Wi
   if (!(isUint32(s) && Number.isInteger(s))) return undefined;
   let keys = 6;
   if (m.type === MsgType.DATA) {
-    const t = m.timeoutms;
+    const own = m.timeoutms;
+    const t = timeoutms ?? own;
     if (t !== undefined && !(isUint32(t) && Number.isInteger(t))) return undefined;
-    keys = 5 + (m.payloadsize === undefined ? 0 : 1) + (t === undefined ? 0 : 1);
+    keys = 5 + (m.payloadsize === undefined ? 0 : 1) + (own === undefined ? 0 : 1);
   }
   return hasKeys(m, keys) ? w : undefined;
 }
@@ -459,12 +461,13 @@ export function asReadSize(w: WireBytes): number {
 
 /**
  * Write the body `w` holds (of a message `asRead` accepted) at `at`, with
- * `seq` in place of its own, and a DATA's `timeoutms` when the message has
- * one: the map header counts it, and it goes last. Returns where it ends.
+ * `seq` in place of its own, and a DATA's `timeoutms` (given, else the
+ * message's own, if it has one): the map header counts it, and it goes last.
+ * Returns where it ends.
  */
-export function encodeAsRead(w: WireBytes, seq: number, out: Buffer, at: number): number {
+export function encodeAsRead(w: WireBytes, seq: number, out: Buffer, at: number, timeoutms?: number): number {
   const b = w.buf;
-  const timeout = w.msg.type === MsgType.DATA ? w.msg.timeoutms : undefined;
+  const timeout = w.msg.type === MsgType.DATA ? timeoutms ?? w.msg.timeoutms : undefined;
   out[at] = b[w.start]! + (timeout === undefined ? 0 : 1);
   at = copyBytes(b, w.start + 1, w.seqAt, out, at + 1);
   at = uint(out, at, seq);
@@ -638,13 +641,14 @@ function keptText(out: Buffer, at: number, bytes: Uint8Array): number {
 
 /**
  * Room `encodeHot` may need for `msg` sent with `seq` in place of its own
+ * (and a DATA with `timeoutms`, when given, in place of its own or added)
  * (an upper bound), or -1 when that is not a message it writes: then pack it
  * the general way. It writes DATA and ACK in the model's shape - the model's
  * fields, of the model's types, and nothing else (a crafted value with another
  * key or without a seq is packed as it is, so nothing of it is lost or made up),
  * and ERROR (`errorSize`).
  */
-export function hotSize(msg: Message | Record<string, unknown>, seq?: number): number {
+export function hotSize(msg: Message | Record<string, unknown>, seq?: number, timeoutms?: number): number {
   const m = msg as { [K in Field]?: unknown };
   if (m.type === MsgType.ERROR) return errorSize(msg as Record<string, unknown>, seq);
   const { type, srcid, payloadsize } = m;
@@ -658,9 +662,10 @@ export function hotSize(msg: Message | Record<string, unknown>, seq?: number): n
   let keys: number;
   if (type === MsgType.DATA) {
     other = m.privPoliId;
-    const { timeoutms } = m;
-    if (timeoutms !== undefined && !(isUint32(timeoutms) && Number.isInteger(timeoutms))) return -1;
-    keys = 5 + (payloadsize === undefined ? 0 : 1) + (timeoutms === undefined ? 0 : 1);
+    const own = m.timeoutms;
+    const t = timeoutms ?? own;
+    if (t !== undefined && !(isUint32(t) && Number.isInteger(t))) return -1;
+    keys = 5 + (payloadsize === undefined ? 0 : 1) + (own === undefined ? 0 : 1);
   } else if (type === MsgType.ACK) {
     other = m.destid;
     if (payloadsize === undefined) return -1;
@@ -680,15 +685,17 @@ function hasKeys(o: object, n: number): boolean {
 }
 
 /**
- * Write the body of a DATA or ACK message (with `seq` in place of its own)
- * at `at`, in `hotSize(msg)` bytes or fewer; returns where it ends. Only for
- * messages `hotSize` accepted, and seqs 0..2^32-1.
+ * Write the body of a DATA or ACK message (with `seq` in place of its own,
+ * and a DATA's `timeoutms` when given) at `at`, in `hotSize(msg)` bytes or
+ * fewer; returns where it ends. Only for messages `hotSize` accepted, and
+ * seqs 0..2^32-1.
  */
-export function encodeHot(msg: DataMsg | AckMsg | ErrorMsg, seq: number | undefined, out: Buffer, at: number): number {
+export function encodeHot(msg: DataMsg | AckMsg | ErrorMsg, seq: number | undefined, out: Buffer, at: number, timeoutms?: number): number {
   if (msg.type === MsgType.ERROR) return encodeError(msg, seq, out, at);
   if (msg.type === MsgType.DATA) {
     const sized = msg.payloadsize !== undefined;
-    const timed = msg.timeoutms !== undefined;
+    const timeout = timeoutms ?? msg.timeoutms;
+    const timed = timeout !== undefined;
     out[at++] = 0x85 + (sized ? 1 : 0) + (timed ? 1 : 0);
     at = uint(out, DATA_HEAD(out, at), seq!);
     at = str(out, K_SRCID(out, at), msg.srcid);
@@ -698,7 +705,7 @@ export function encodeHot(msg: DataMsg | AckMsg | ErrorMsg, seq: number | undefi
     const kept = msg[TEXT_BYTES];
     at = kept === undefined ? payloadOf(out, K_PAYLOAD(out, at), msg.payload) : keptText(out, K_PAYLOAD(out, at), kept);
     if (sized) at = uint(out, K_SIZE(out, at), msg.payloadsize!);
-    if (timed) at = uint(out, K_TIMEOUT(out, at), msg.timeoutms!);
+    if (timed) at = uint(out, K_TIMEOUT(out, at), timeout);
     return at;
   }
   out[at++] = 0x86;

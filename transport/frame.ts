@@ -39,36 +39,42 @@ export const nativeAcceleration = isNativeAccelerationEnabled;
 
 /**
  * The frame encoder, the only one: writes `msg` as one frame at the end of
- * `out`, with `seq` in place of its own when given (the message itself is
- * never touched). A DATA or ACK read from the wire goes out as the bytes it
- * was read from, with the seq replaced (and a DATA's `timeoutms` added: see
- * `WIRE`); other DATA and ACK, and ERROR, go through the fast writer (no
- * intermediate body); anything else is packed by msgpackr and copied. The destination does
- * not change the bytes: `encodeFrame` is this function writing into a fresh
- * buffer, a connection's `send` is it writing into the connection's batch.
+ * `out`, with `seq` in place of its own when given, and a DATA's `timeoutms`
+ * when given (the message itself is never touched: the proxy sends the
+ * request it read with its own seq and the time it waits, and the message
+ * stays as it was read). A DATA or ACK read from the wire goes out as the
+ * bytes it was read from, with the seq replaced (and a DATA's `timeoutms`
+ * added: see `WIRE`); other DATA and ACK, and ERROR, go through the fast
+ * writer (no intermediate body); anything else is packed by msgpackr and
+ * copied. The destination does not change the bytes: `encodeFrame` is this
+ * function writing into a fresh buffer, a connection's `send` is it writing
+ * into the connection's batch. A `timeoutms` given writes the bytes the
+ * message would with that field set (in its place, or last when it had none).
  *
  * @example
  * const batch = new FrameBuffer();
  * writeFrame({ type: 4, seq: 1 }, batch);
  * socket.write(batch.take());
  */
-export function writeFrame(msg: Message | Record<string, unknown>, out: FrameBuffer, seq?: number): void {
+export function writeFrame(msg: Message | Record<string, unknown>, out: FrameBuffer, seq?: number, timeoutms?: number): void {
   // A DATA or ACK read from the wire and unchanged since goes out as its own bytes, with the seq replaced (fastwire.ts `asRead`).
-  const read = asRead(msg, seq);
+  const read = asRead(msg, seq, timeoutms);
   if (read !== undefined) {
     const at = out.reserve(HEADER + asReadSize(read));
-    out.commit(lengthFirst(out.buffer, at, encodeAsRead(read, seq ?? read.msg.seq, out.buffer, at + HEADER)));
+    out.commit(lengthFirst(out.buffer, at, encodeAsRead(read, seq ?? read.msg.seq, out.buffer, at + HEADER, timeoutms)));
     return;
   }
-  const room = hotSize(msg, seq);
+  const room = hotSize(msg, seq, timeoutms);
   if (room >= 0) {
     const at = out.reserve(HEADER + room);
     const hot = msg as DataMsg | AckMsg | ErrorMsg;
-    out.commit(lengthFirst(out.buffer, at, encodeHot(hot, seq ?? hot.seq, out.buffer, at + HEADER)));
+    out.commit(lengthFirst(out.buffer, at, encodeHot(hot, seq ?? hot.seq, out.buffer, at + HEADER, timeoutms)));
     return;
   }
-  // Not a hot message: a copy carries the seq (rare).
-  const body = packr.pack(seq === undefined ? msg : { ...msg, seq });
+  // Not a hot message: a copy carries the seq, and a DATA's timeout (rare).
+  let value = seq === undefined ? msg : { ...msg, seq };
+  if (timeoutms !== undefined && msg.type === MsgType.DATA) value = { ...value, timeoutms };
+  const body = packr.pack(value);
   const at = out.reserve(HEADER + body.length);
   const buf = out.buffer;
   buf.writeUInt32BE(body.length, at);

@@ -528,11 +528,14 @@ export class Connection implements BudgetHolder {
   /**
    * Queue one message; everything sent in one turn of the event loop leaves
    * in one write. With `seq`, the message goes out with that seq instead of
-   * its own (no copy of the message is made). Whether the socket's buffer is
+   * its own (no copy of the message is made), and a DATA with `timeoutms`
+   * (frames only: the old JSON wire has no such field) with that field, the
+   * message untouched: set on it, the field was a property added to each
+   * request forwarded, an allocation each. Whether the socket's buffer is
    * full is `congested`'s to say: it returned that each time, read by no
    * caller, four getters of the socket's for every message forwarded.
    */
-  send(msg: Message, seq?: number): void {
+  send(msg: Message, seq?: number, timeoutms?: number): void {
     if (this.closed || this.socket.destroyed) return;
     if (this.queued++ === 0) {
       dirty.push(this);
@@ -542,7 +545,7 @@ export class Connection implements BudgetHolder {
       }
     }
     const encoder = this.encoder;
-    if (encoder.wire === 'frames') writeFrame(msg, this.batch, seq);
+    if (encoder.wire === 'frames') writeFrame(msg, this.batch, seq, timeoutms);
     else {
       this.batch.append(encoder.encode(msg, seq));
       // Answers held for an earlier one are answers the peer cannot read yet: they count as unread ones.
