@@ -18,7 +18,7 @@ import { createHash } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { decodeHot } from '../transport/fastwire.js';
 import { encodeFrame, FrameBuffer, FrameDecoder, writeFrame } from '../transport/frame.js';
-import { MsgType, type DataMsg, type Message } from '../transport/messages.js';
+import { MsgType, type Message } from '../transport/messages.js';
 import { DEFAULT_PAYLOADS } from './loadgen.js';
 
 const { values } = parseArgs({ options: { rounds: { type: 'string', default: '5' }, frames: { type: 'string', default: '4096' } } });
@@ -86,10 +86,8 @@ function proxyWork(): void {
   const links = new FrameDecoder();
   for (let i = 0; i < proxyReads; i++) {
     const requests = clients.push(Buffer.from(dataRead)).messages;
-    for (let k = 0; k < requests.length; k++) {
-      (requests[k] as DataMsg).timeoutms = 1666;
-      writeFrame(requests[k]!, ups[k & 3]!, 5000 + k);
-    }
+    // With the proxy's seq and timeoutms, given to the encoder as the proxy gives them (the request read is not changed).
+    for (let k = 0; k < requests.length; k++) writeFrame(requests[k]!, ups[k & 3]!, 5000 + k, 1666);
     for (const up of ups) written += up.take().length;
     // Requests stay in flight for a while, answers are forwarded as they are read.
     held[i & 63] = requests;
