@@ -40,7 +40,7 @@ import { closedAtOnce, peerAlert, PLAIN_TO_TLS, DEFAULT_CONNECT_TIMEOUT_MS, DEFA
 import { setDeadline, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { HandlerError, show, type Payload } from './handler.js';
 import { badLogger, fmt, silentLogger, type Logger } from './logger.js';
-import { DEFAULT_FAILOVER_DELAY_MS, DEFAULT_RECONNECT_MAX_DELAY_MS, failoverDelay, NO_SERVER_GRACE_MS, parkDelay, reconnectDelay, stillNoServer, stillShuttingDown, unreachable } from './hold.js';
+import { DEFAULT_FAILOVER_DELAY_MS, DEFAULT_RECONNECT_MAX_DELAY_MS, failoverDelay, NO_SERVER_GRACE_MS, parkDelay, reconnectDelay, movedForNoServer, stillNoServer, stillShuttingDown, unreachable } from './hold.js';
 import { badId, badWholeNumbers, DEFAULT_PROXY, type Endpoint } from './server.js';
 import { badKinds } from './start-options.js';
 import { Liveness, NoPings, PING_AFTER_MS, PONG_WITHIN_MS } from './liveness.js';
@@ -402,13 +402,13 @@ export class RequestBook {
   /**
    * The parked requests go to the next proxy instead (the client knows another): as after a
    * SHUTTING_DOWN, nothing more is sent on this connection, left once what is in flight on it is
-   * answered. Returns how many.
+   * answered. Returns how many, and the first one's refusal (the proxy's words).
    */
-  moveParked(): number {
+  moveParked(): { count: number; said?: string } {
     const moving = this.parked.filter((e) => !e.settled);
     this.parked = [];
     this.bounced.push(...moving);
-    return moving.length;
+    return { count: moving.length, said: moving[0]?.refused };
   }
 
   /** The parked requests wait again, first, to be sent on this connection. */
@@ -966,7 +966,7 @@ export interface ClientContext {
    * timeout ran out in it, its EXPIRE read only after the proxy was reached (a late timer runs a turn later,
    * setDeadline), failed as one held in the outage does, not as one a proxy left unanswered (`outageAt`).
    */
-  lastOutage?: { since: number; until: number };
+  lastOutage?: { since: number; until: number; move?: Move };
   /** When a proxy was connected again after an outage: its NO_SERVER is held a while (NO_SERVER_GRACE_MS). */
   recoveredAt?: number;
   /** An UNPARK is on its way. */
@@ -978,6 +978,8 @@ export interface ClientContext {
   leaving?: string;
   /** The connection being made follows a move to the next proxy for a NO_SERVER: the grace still counts from the first reconnect. */
   hop: boolean;
+  /** The refusal the last move to the next proxy was for (moveOn): what a request held unsent in the move ends with (movingFor). */
+  move?: Move;
   /** Moves to the next proxy for a NO_SERVER since the reconnect (`parkDelay`): only the first is a warn line. */
   hops: number;
   /** The client is leaving its proxy for the list's first, a proxy that came (rebalance): it dials that one next, at once. */
@@ -1152,10 +1154,12 @@ function noPingsFrom(context: ClientContext, why: string, now: string): void {
  */
 function reached(context: ClientContext): Partial<ClientContext> {
   const fresh = !context.hop && context.outageSince !== undefined;
+  // The "outage" was a move for a NO_SERVER with no dial failed in it: every proxy tried had answered.
+  const move = context.hop && !context.dialFailed ? context.move : undefined;
   // A background dial answered: nothing was sent, so no request is at stake in counting it as progress, and the next
   // loss gets its quick round (without, a proxy killed again under the idle client left it offline at once).
   const redialed = context.redialing ? { attempts: 0, redialing: false } : {};
-  const ended = context.outageSince === undefined ? {} : { lastOutage: { since: context.outageSince, until: context.clock.now() } };
+  const ended = context.outageSince === undefined ? {} : { lastOutage: { since: context.outageSince, until: context.clock.now(), move } };
   return { connectedOnce: true, outageSince: undefined, tried: [], recoveredAt: fresh ? context.clock.now() : context.recoveredAt, hop: false, hops: fresh ? 0 : context.hops, ...ended, ...redialed };
 }
 
@@ -1172,6 +1176,27 @@ function outageAt(context: ClientContext, handle: RequestHandle): { since: numbe
   const due = context.book.dueUnsent(handle);
   const last = context.lastOutage;
   return last && due !== undefined && due >= last.since && due <= last.until ? last : undefined;
+}
+
+/** A proxy's NO_SERVER the client moved to the next proxy for (moveOn): the proxy (host:port) and its words. */
+interface Move {
+  proxy: string;
+  said: string;
+}
+
+/**
+ * The NO_SERVER the client was moving to the next proxy for when the timeout of `handle` ran out, if it held `handle`
+ * unsent then and no dial had failed in the move: the move under way (still on the proxy it leaves, or between the
+ * two), or - its EXPIRE read only once the next proxy was reached, a late timer - the last one. Such a request is held
+ * by the client's own choice, every proxy up: it ended CONNECTION_LOST, "no reverse proxy could be reached for 520 ms
+ * ... check that the proxy runs" (the soak's fleet mode), where the request refused said NO_SERVER.
+ */
+function movingFor(context: ClientContext, handle: RequestHandle): Move | undefined {
+  const due = context.book.dueUnsent(handle);
+  if (due === undefined) return undefined;
+  if (context.hop) return context.outageSince === undefined || !context.dialFailed ? context.move : undefined;
+  const last = context.lastOutage;
+  return last?.move && due >= last.since && due <= last.until ? last.move : undefined;
 }
 
 function maxAttempts(context: ClientContext): number {
@@ -1455,7 +1480,8 @@ export const clientMachine = setup({
     moveOn: assign(({ context }) => {
       const moved = context.book.moveParked();
       const ms = Math.round(context.clock.now() - (context.recoveredAt ?? context.clock.now()));
-      return { hop: true, hops: context.hops + 1, leaving: `the reverse proxy at ${currentProxy(context)} has no server yet for ${moved} request(s) it refused NO_SERVER (the client reconnected to it ${ms} ms before: its servers may still be registering again)` };
+      const proxy = currentProxy(context);
+      return { hop: true, hops: context.hops + 1, move: moved.said === undefined ? undefined : { proxy, said: moved.said }, leaving: `the reverse proxy at ${proxy} has no server yet for ${moved.count} request(s) it refused NO_SERVER (the client reconnected to it ${ms} ms before: its servers may still be registering again)` };
     }),
     unparked: assign({ unparking: false }),
     /** The first pause of an outage with requests held says so; the next ones are only debug. */
@@ -1491,19 +1517,22 @@ export const clientMachine = setup({
       if (ms === undefined) return;
       const { book, clock } = context;
       const refused = book.refusedWith(event.handle);
-      const noServer = (): RequestError => new RequestError(ErrorCode.NO_SERVER, stillNoServer(refused!, clock.now() - (context.recoveredAt ?? clock.now()), ms));
+      const noServer = (): RequestError => new RequestError(ErrorCode.NO_SERVER, stillNoServer(refused!, since, ms));
       const outage = outageAt(context, event.handle);
+      const move = movingFor(context, event.handle);
+      const since = clock.now() - (context.recoveredAt ?? clock.now());
       // A held request says why it was held: a proxy refusing it SHUTTING_DOWN, no proxy for so long, or a proxy just back without its servers.
       // One the client took off a proxy that went silent (the first of them to run out left it) has had no answer, as that first one.
       const error = book.unanswered(event.handle)
         ? new RequestError(LocalCode.CLIENT_TIMEOUT, noAnswer(ms))
         : context.shutting !== undefined && holding(context) && book.wasRefusedShutting(event.handle)
         ? new RequestError(ErrorCode.SHUTTING_DOWN, stillShuttingDown(refusedShutting(context.shutting), ms, lastTry(context, context.shutting)))
-        // Refused NO_SERVER and on its way to the next proxy (moveOn): the client left a proxy that answered, by its own
-        // choice, and has had no failed dial since, so no proxy is down. It said CONNECTION_LOST, "no reverse proxy could
-        // be reached for 31 ms ... check that the proxy runs", where the same request a moment later said NO_SERVER.
-        : refused !== undefined && context.hop && !context.dialFailed
-        ? noServer()
+        // Held unsent on its way to the next proxy for a NO_SERVER (moveOn): the client left a proxy that answered, by its
+        // own choice, and had no failed dial since, so no proxy is down. It said CONNECTION_LOST, "no reverse proxy could
+        // be reached for 31 ms ... check that the proxy runs", where the same request a moment later said NO_SERVER; one
+        // not refused itself, held while the client moved, says the refusal it moved for.
+        : move !== undefined
+        ? refused !== undefined ? noServer() : new RequestError(ErrorCode.NO_SERVER, movedForNoServer(move.said, move.proxy, since, ms))
         : outage !== undefined && holding(context) && context.lastInvalid
         ? new RequestError(ErrorCode.BAD_REQUEST, `${context.lastError!} (the client held the request and dialled again with backoff until the request's timeout, ${ms} ms, ran out)`)
         : outage !== undefined && holding(context)

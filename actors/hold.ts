@@ -86,6 +86,15 @@ export function stillNoServer(said: string, ms: number, timeoutMs: number): stri
 }
 
 /**
+ * What a request held unsent while the client moved to the next proxy for another request's NO_SERVER ends with:
+ * `said`, the words of that refusal by `proxy`, a proxy just reconnected to (`ms` before).
+ */
+export function movedForNoServer(said: string, proxy: string, ms: number, timeoutMs: number): string {
+  return `${said} (the reverse proxy at ${proxy} said so of another request; the client reconnected to it ${Math.round(ms)} ms before, and held this request, never sent, `
+    + `while it moved to the next proxy, until the request's timeout, ${timeoutMs} ms: check that a server of that policy runs and reaches the proxies)`;
+}
+
+/**
  * What a held request ends with when its timeout runs out after a proxy refused it SHUTTING_DOWN
  * (`refusal`: which proxy, and its words) and none took it since; `lastTry`: how the client's last
  * dial or connection failed, when it was not connected then.

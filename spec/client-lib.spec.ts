@@ -1509,6 +1509,43 @@ lib('a request refused NO_SERVER in the grace whose timeout ends while the clien
   assert.not.match(said, /no reverse proxy could be reached/);
 });
 
+lib('a request never sent, held only while the client moves to the next proxy for another request\'s NO_SERVER, whose timeout ends in the move ends NO_SERVER in that refusal\'s words, not CONNECTION_LOST "no reverse proxy could be reached" (manual clock)', async () => {
+  // The soak's fleet mode after the fix for the refused request itself: the other requests the client held unsent
+  // while it moved (the leaving proxy takes nothing more) still ended CONNECTION_LOST, "no reverse proxy could be
+  // reached for 520 ms ... check that the proxy runs", though both proxies ran and had answered.
+  const clock = new ManualClock();
+  const a = await proxy();
+  const b = await proxy();
+  const aPort = a.port;
+  const c = await client({ revproc: [a.port, b.port], clock, failoverDelayMs: 100 });
+  const on = (port: number): boolean => {
+    const s = c.actor.getSnapshot();
+    return s.matches({ session: 'open' }) && !s.context.probing && s.context.proxies[s.context.proxyIndex]!.port === port;
+  };
+  a.kill(); // the client goes to b after the failover delay: a reconnect, its NO_SERVER grace begins
+  ctx.proxies.push(await startProxy({ port: aPort }));
+  await eventually(() => c.actor.getSnapshot().matches('lost') || !on(aPort), 5000, 'the client lost a');
+  for (let i = 0; i < 50 && !on(b.port); i++) {
+    clock.advance(5);
+    await sleep(5);
+  }
+  assert.ok(on(b.port), 'on b');
+  const refused = c.request('P', 'x', { timeoutMs: 1000 }).then(() => 'answered', (e: RequestError) => `${e.code}: ${e.message}`);
+  await eventually(() => c.actor.getSnapshot().context.book.parkedCount === 1, 5000, 'b refused it NO_SERVER, the client holds it');
+  clock.advance(250); // the park's pause: the client leaves b for a with it
+  await eventually(() => c.actor.getSnapshot().context.hop && !c.actor.getSnapshot().matches({ session: 'open' }), 5000, 'moving to a');
+  const held = c.request('P', 'y', { timeoutMs: 40 }).then(() => 'answered', (e: RequestError) => e);
+  clock.advance(60); // its timeout ends within the move's failover delay (80-100 ms), before a is dialled
+  const e = await held;
+  assert.ok(e instanceof RequestError, String(e));
+  assert.is(e.code, 'NO_SERVER', e.message);
+  assert.match(e.message, new RegExp(`^no server is registered for privacy policy P \\(the reverse proxy at 127\\.0\\.0\\.1:${b.port} said so of another request; the client reconnected to it \\d+ ms before, and held this request, never sent, while it moved to the next proxy, until the request's timeout, 40 ms`), e.message);
+  assert.not.match(e.message, /no reverse proxy could be reached/);
+  assert.ok(e.retryable, 'never sent: retryable');
+  c.destroy();
+  await refused;
+});
+
 lib('a held request whose timeout ends in the outage, its EXPIRE read only after the proxy is back (a stall of the client\'s event loop), ends CONNECTION_LOST "no reverse proxy could be reached", retryable, never sent - not CLIENT_TIMEOUT "no answer" (manual clock)', async () => {
   // The soak's fleet mode (bench/idle-fleet.ts), both proxies down for longer than the requests' timeouts on a loaded
   // machine: a timer that comes 500 ms late or more runs a turn later (setDeadline), so the dial that reached a proxy
