@@ -40,7 +40,7 @@ import { closedAtOnce, peerAlert, PLAIN_TO_TLS, DEFAULT_CONNECT_TIMEOUT_MS, DEFA
 import { setDeadline, systemClock, type Clock, type Timer } from '../transport/clock.js';
 import { HandlerError, show, type Payload } from './handler.js';
 import { badLogger, fmt, silentLogger, type Logger } from './logger.js';
-import { DEFAULT_FAILOVER_DELAY_MS, DEFAULT_RECONNECT_MAX_DELAY_MS, failoverDelay, NO_SERVER_GRACE_MS, parkDelay, reconnectDelay, movedForNoServer, stillNoServer, stillShuttingDown, unreachable } from './hold.js';
+import { DEFAULT_FAILOVER_DELAY_MS, DEFAULT_RECONNECT_MAX_DELAY_MS, failoverDelay, movedForNoServer, NO_SERVER_GRACE_MS, parkDelay, reconnectDelay, stillNoServer, stillShuttingDown, unreachable } from './hold.js';
 import { badId, badWholeNumbers, DEFAULT_PROXY, type Endpoint } from './server.js';
 import { badKinds } from './start-options.js';
 import { Liveness, NoPings, PING_AFTER_MS, PONG_WITHIN_MS } from './liveness.js';

@@ -1509,10 +1509,12 @@ lib('a request refused NO_SERVER in the grace whose timeout ends while the clien
   assert.not.match(said, /no reverse proxy could be reached/);
 });
 
-lib('a request never sent, held only while the client moves to the next proxy for another request\'s NO_SERVER, whose timeout ends in the move ends NO_SERVER in that refusal\'s words, not CONNECTION_LOST "no reverse proxy could be reached" (manual clock)', async () => {
-  // The soak's fleet mode after the fix for the refused request itself: the other requests the client held unsent
-  // while it moved (the leaving proxy takes nothing more) still ended CONNECTION_LOST, "no reverse proxy could be
-  // reached for 520 ms ... check that the proxy runs", though both proxies ran and had answered.
+/**
+ * A fleet whose proxy b, just reconnected to, refuses a request NO_SERVER: the client moves to a with it, and a request
+ * of the same policy made meanwhile (held unsent: nothing more goes to the proxy left) runs out of time in the move.
+ * `late`: its timer comes a stall late, so its EXPIRE is read only once a is reached.
+ */
+async function heldInMove(late: boolean): Promise<void> {
   const clock = new ManualClock();
   const a = await proxy();
   const b = await proxy();
@@ -1530,12 +1532,18 @@ lib('a request never sent, held only while the client moves to the next proxy fo
     await sleep(5);
   }
   assert.ok(on(b.port), 'on b');
-  const refused = c.request('P', 'x', { timeoutMs: 1000 }).then(() => 'answered', (e: RequestError) => `${e.code}: ${e.message}`);
+  const refused = c.request('P', 'x', { timeoutMs: 2000 }).then(() => 'answered', (e: RequestError) => `${e.code}: ${e.message}`);
   await eventually(() => c.actor.getSnapshot().context.book.parkedCount === 1, 5000, 'b refused it NO_SERVER, the client holds it');
   clock.advance(250); // the park's pause: the client leaves b for a with it
   await eventually(() => c.actor.getSnapshot().context.hop && !c.actor.getSnapshot().matches({ session: 'open' }), 5000, 'moving to a');
   const held = c.request('P', 'y', { timeoutMs: 40 }).then(() => 'answered', (e: RequestError) => e);
-  clock.advance(60); // its timeout ends within the move's failover delay (80-100 ms), before a is dialled
+  if (late) {
+    clock.stall(600); // the client's process stops, waking past the request's timeout and the move's pause: its dial goes out as it wakes
+    await eventually(() => on(aPort), 5000, 'a reached before the late EXPIRE');
+    clock.advance(0); // the EXPIRE, a turn late
+  } else {
+    clock.advance(60); // its timeout ends within the move's failover delay (80-100 ms), before a is dialled
+  }
   const e = await held;
   assert.ok(e instanceof RequestError, String(e));
   assert.is(e.code, 'NO_SERVER', e.message);
@@ -1544,6 +1552,17 @@ lib('a request never sent, held only while the client moves to the next proxy fo
   assert.ok(e.retryable, 'never sent: retryable');
   c.destroy();
   await refused;
+}
+
+lib('a request never sent, held only while the client moves to the next proxy for another request\'s NO_SERVER, whose timeout ends in the move ends NO_SERVER in that refusal\'s words, not CONNECTION_LOST "no reverse proxy could be reached" (manual clock)', async () => {
+  // The soak's fleet mode after the fix for the refused request itself: the other requests the client held unsent
+  // while it moved (the leaving proxy takes nothing more) still ended CONNECTION_LOST, "no reverse proxy could be
+  // reached for 520 ms ... check that the proxy runs", though both proxies ran and had answered.
+  await heldInMove(false);
+});
+
+lib('such a request whose timer comes a stall late, its EXPIRE read once the next proxy is reached, ends NO_SERVER too, not CONNECTION_LOST naming the move as an outage (manual clock)', async () => {
+  await heldInMove(true);
 });
 
 lib('a held request whose timeout ends in the outage, its EXPIRE read only after the proxy is back (a stall of the client\'s event loop), ends CONNECTION_LOST "no reverse proxy could be reached", retryable, never sent - not CLIENT_TIMEOUT "no answer" (manual clock)', async () => {
