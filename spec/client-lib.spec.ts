@@ -1532,13 +1532,14 @@ async function heldInMove(late: boolean): Promise<void> {
     await sleep(5);
   }
   assert.ok(on(b.port), 'on b');
-  const refused = c.request('P', 'x', { timeoutMs: 2000 }).then(() => 'answered', (e: RequestError) => `${e.code}: ${e.message}`);
+  // Late, the refused request's timer comes late too (its EXPIRE read after a is reached): it ends NO_SERVER in its own words.
+  const refused = c.request('P', 'x', { timeoutMs: late ? 300 : 2000 }).then(() => 'answered', (e: RequestError) => `${e.code}: ${e.message}`);
   await eventually(() => c.actor.getSnapshot().context.book.parkedCount === 1, 5000, 'b refused it NO_SERVER, the client holds it');
   clock.advance(250); // the park's pause: the client leaves b for a with it
   await eventually(() => c.actor.getSnapshot().context.hop && !c.actor.getSnapshot().matches({ session: 'open' }), 5000, 'moving to a');
   const held = c.request('P', 'y', { timeoutMs: 40 }).then(() => 'answered', (e: RequestError) => e);
   if (late) {
-    clock.stall(600); // the client's process stops, waking past the request's timeout and the move's pause: its dial goes out as it wakes
+    clock.stall(600); // the client's process stops, waking past both requests' timeouts and the move's pause: its dial goes out as it wakes
     await eventually(() => on(aPort), 5000, 'a reached before the late EXPIRE');
     clock.advance(0); // the EXPIRE, a turn late
   } else {
@@ -1550,6 +1551,7 @@ async function heldInMove(late: boolean): Promise<void> {
   assert.match(e.message, new RegExp(`^no server is registered for privacy policy P \\(the reverse proxy at 127\\.0\\.0\\.1:${b.port} said so of another request; the client reconnected to it \\d+ ms before, and held this request, never sent, while it moved to the next proxy, until the request's timeout, 40 ms`), e.message);
   assert.not.match(e.message, /no reverse proxy could be reached/);
   assert.ok(e.retryable, 'never sent: retryable');
+  if (late) assert.match(await refused, /^NO_SERVER: no server is registered for privacy policy P \(the client reconnected to it \d+ ms before and held the request while its servers registered again/);
   c.destroy();
   await refused;
 }
