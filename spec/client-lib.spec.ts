@@ -1476,79 +1476,68 @@ lib('a fleet where no proxy serves the policy: a request refused NO_SERVER in th
   assert.equal(moves.map((l) => l.level), ['warn', ...moves.slice(1).map(() => 'debug')], 'the first move is a warn line, the rest debug');
 });
 
+/**
+ * A fleet of a and b on a manual clock: a is killed and started again, the client goes to b (a reconnect: its NO_SERVER
+ * grace begins), b refuses a request (`timeoutMs`) NO_SERVER, and after the park's pause the client moves to a with
+ * it, its dial not made yet (the failover delay, 80-100 ms). `refused`: that request's outcome, in words.
+ */
+async function movingToA(timeoutMs: number): Promise<{ clock: ManualClock; c: Client; on: (port: number) => boolean; aPort: number; bPort: number; refused: Promise<string> }> {
+  const clock = new ManualClock();
+  const a = await proxy();
+  const b = await proxy();
+  const aPort = a.port;
+  const c = await client({ revproc: [a.port, b.port], clock, failoverDelayMs: 100 });
+  const on = (port: number): boolean => {
+    const s = c.actor.getSnapshot();
+    return s.matches({ session: 'open' }) && !s.context.probing && s.context.proxies[s.context.proxyIndex]!.port === port;
+  };
+  a.kill(); // the client goes to b after the failover delay: a reconnect, its NO_SERVER grace begins
+  ctx.proxies.push(await startProxy({ port: aPort }));
+  await eventually(() => c.actor.getSnapshot().matches('lost') || !on(aPort), 5000, 'the client lost a');
+  for (let i = 0; i < 50 && !on(b.port); i++) {
+    clock.advance(5);
+    await sleep(5);
+  }
+  assert.ok(on(b.port), 'on b');
+  const refused = c.request('P', 'x', { timeoutMs }).then(() => 'answered', (e: RequestError) => `${e.code}: ${e.message}`);
+  await eventually(() => c.actor.getSnapshot().context.book.parkedCount === 1, 5000, 'b refused it NO_SERVER, the client holds it');
+  clock.advance(250); // the park's pause: the client leaves b for a with it
+  await eventually(() => c.actor.getSnapshot().context.hop && !c.actor.getSnapshot().matches({ session: 'open' }), 5000, 'moving to a');
+  return { clock, c, on, aPort, bPort: b.port, refused };
+}
+
 lib('a request refused NO_SERVER in the grace whose timeout ends while the client moves it to the next proxy ends NO_SERVER, not CONNECTION_LOST "no reverse proxy could be reached" (manual clock)', async () => {
   // The soak's fleet mode (bench/idle-fleet.ts), both proxies killed and started again before their servers registered:
   // of the requests refused NO_SERVER that timed out, those whose timeout fell in a move between the proxies (the
   // failover delay, 80-100 ms a move) ended CONNECTION_LOST, "no reverse proxy could be reached for 31 ms ... check
   // that the proxy runs", though both proxies ran and answered; the others NO_SERVER, "check that a server of this
   // policy runs" (25 and 4 of them in two such kills).
-  const clock = new ManualClock();
-  const a = await proxy();
-  const b = await proxy();
-  const aPort = a.port;
-  const c = await client({ revproc: [a.port, b.port], clock, failoverDelayMs: 100 });
-  const on = (port: number): boolean => {
-    const s = c.actor.getSnapshot();
-    return s.matches({ session: 'open' }) && !s.context.probing && s.context.proxies[s.context.proxyIndex]!.port === port;
-  };
-  a.kill(); // the client goes to b after the failover delay: a reconnect, its NO_SERVER grace begins
-  ctx.proxies.push(await startProxy({ port: aPort }));
-  await eventually(() => c.actor.getSnapshot().matches('lost') || !on(aPort), 5000, 'the client lost a');
-  for (let i = 0; i < 50 && !on(b.port); i++) {
-    clock.advance(5);
-    await sleep(5);
-  }
-  assert.ok(on(b.port), 'on b');
-  const outcome = c.request('P', 'x', { timeoutMs: 300 }).then(() => 'answered', (e: RequestError) => `${e.code}: ${e.message}`);
-  await eventually(() => c.actor.getSnapshot().context.book.parkedCount === 1, 5000, 'b refused it NO_SERVER, the client holds it');
-  clock.advance(250); // the park's pause: the client leaves b for a with it
-  await eventually(() => c.actor.getSnapshot().context.hop && !c.actor.getSnapshot().matches({ session: 'open' }), 5000, 'moving to a');
+  const { clock, refused } = await movingToA(300);
   clock.advance(60); // its timeout ends within the move's failover delay (80-100 ms)
-  const said = await outcome;
+  const said = await refused;
   assert.match(said, /^NO_SERVER: no server is registered for privacy policy P \(the client reconnected to it \d+ ms before and held the request while its servers registered again/, said);
   assert.not.match(said, /no reverse proxy could be reached/);
 });
 
 /**
- * A fleet whose proxy b, just reconnected to, refuses a request NO_SERVER: the client moves to a with it, and a request
- * of the same policy made meanwhile (held unsent: nothing more goes to the proxy left) runs out of time in the move.
- * `late`: its timer comes a stall late, so its EXPIRE is read only once a is reached.
+ * Moving to a (movingToA), a request of the same policy made meanwhile (held unsent: nothing more goes to the proxy
+ * left) runs out of time in the move. `late`: its timer comes a stall late, and the refused request's too, so their
+ * EXPIREs are read only once a is reached.
  */
 async function heldInMove(late: boolean): Promise<void> {
-  const clock = new ManualClock();
-  const a = await proxy();
-  const b = await proxy();
-  const aPort = a.port;
-  const c = await client({ revproc: [a.port, b.port], clock, failoverDelayMs: 100 });
-  const on = (port: number): boolean => {
-    const s = c.actor.getSnapshot();
-    return s.matches({ session: 'open' }) && !s.context.probing && s.context.proxies[s.context.proxyIndex]!.port === port;
-  };
-  a.kill(); // the client goes to b after the failover delay: a reconnect, its NO_SERVER grace begins
-  ctx.proxies.push(await startProxy({ port: aPort }));
-  await eventually(() => c.actor.getSnapshot().matches('lost') || !on(aPort), 5000, 'the client lost a');
-  for (let i = 0; i < 50 && !on(b.port); i++) {
-    clock.advance(5);
-    await sleep(5);
-  }
-  assert.ok(on(b.port), 'on b');
-  // Late, the refused request's timer comes late too (its EXPIRE read after a is reached): it ends NO_SERVER in its own words.
-  const refused = c.request('P', 'x', { timeoutMs: late ? 300 : 2000 }).then(() => 'answered', (e: RequestError) => `${e.code}: ${e.message}`);
-  await eventually(() => c.actor.getSnapshot().context.book.parkedCount === 1, 5000, 'b refused it NO_SERVER, the client holds it');
-  clock.advance(250); // the park's pause: the client leaves b for a with it
-  await eventually(() => c.actor.getSnapshot().context.hop && !c.actor.getSnapshot().matches({ session: 'open' }), 5000, 'moving to a');
+  const { clock, c, on, aPort, bPort, refused } = await movingToA(late ? 300 : 2000);
   const held = c.request('P', 'y', { timeoutMs: 40 }).then(() => 'answered', (e: RequestError) => e);
   if (late) {
     clock.stall(600); // the client's process stops, waking past both requests' timeouts and the move's pause: its dial goes out as it wakes
-    await eventually(() => on(aPort), 5000, 'a reached before the late EXPIRE');
-    clock.advance(0); // the EXPIRE, a turn late
+    await eventually(() => on(aPort), 5000, 'a reached before the late EXPIREs');
+    clock.advance(0); // the EXPIREs, a turn late
   } else {
     clock.advance(60); // its timeout ends within the move's failover delay (80-100 ms), before a is dialled
   }
   const e = await held;
   assert.ok(e instanceof RequestError, String(e));
   assert.is(e.code, 'NO_SERVER', e.message);
-  assert.match(e.message, new RegExp(`^no server is registered for privacy policy P \\(the reverse proxy at 127\\.0\\.0\\.1:${b.port} said so of another request; the client reconnected to it \\d+ ms before, and held this request, never sent, while it moved to the next proxy, until the request's timeout, 40 ms`), e.message);
+  assert.match(e.message, new RegExp(`^no server is registered for privacy policy P \\(the reverse proxy at 127\\.0\\.0\\.1:${bPort} said so of another request; the client reconnected to it \\d+ ms before, and held this request, never sent, while it moved to the next proxy, until the request's timeout, 40 ms`), e.message);
   assert.not.match(e.message, /no reverse proxy could be reached/);
   assert.ok(e.retryable, 'never sent: retryable');
   if (late) assert.match(await refused, /^NO_SERVER: no server is registered for privacy policy P \(the client reconnected to it \d+ ms before and held the request while its servers registered again/);
