@@ -1517,10 +1517,10 @@ export const clientMachine = setup({
       if (ms === undefined) return;
       const { book, clock } = context;
       const refused = book.refusedWith(event.handle);
+      const since = clock.now() - (context.recoveredAt ?? clock.now());
       const noServer = (): RequestError => new RequestError(ErrorCode.NO_SERVER, stillNoServer(refused!, since, ms));
       const outage = outageAt(context, event.handle);
       const move = movingFor(context, event.handle);
-      const since = clock.now() - (context.recoveredAt ?? clock.now());
       // A held request says why it was held: a proxy refusing it SHUTTING_DOWN, no proxy for so long, or a proxy just back without its servers.
       // One the client took off a proxy that went silent (the first of them to run out left it) has had no answer, as that first one.
       const error = book.unanswered(event.handle)
