@@ -404,11 +404,11 @@ export class RequestBook {
    * SHUTTING_DOWN, nothing more is sent on this connection, left once what is in flight on it is
    * answered. Returns how many, and the first one's refusal (the proxy's words).
    */
-  moveParked(): { count: number; said?: string } {
+  moveParked(): { count: number; said?: string; policy?: string } {
     const moving = this.parked.filter((e) => !e.settled);
     this.parked = [];
     this.bounced.push(...moving);
-    return { count: moving.length, said: moving[0]?.refused };
+    return { count: moving.length, said: moving[0]?.refused, policy: moving[0]?.req.policy };
   }
 
   /** The parked requests wait again, first, to be sent on this connection. */
@@ -710,6 +710,11 @@ export class RequestBook {
   }
 
   /** When the timeout of `handle` ran out (the clock's ms), if it waits in the client unsent (never sent, or taken back): undefined once sent or settled. */
+  /** The policy `handle` was sent for, or undefined once it is settled. */
+  policyOf(handle: RequestHandle): string | undefined {
+    return this.byHandle.get(handle)?.req.policy;
+  }
+
   dueUnsent(handle: RequestHandle): number | undefined {
     const entry = this.byHandle.get(handle);
     return entry && entry.seq === undefined ? entry.arrived + entry.req.timeoutMs! : undefined;
@@ -1178,10 +1183,11 @@ function outageAt(context: ClientContext, handle: RequestHandle): { since: numbe
   return last && due !== undefined && due >= last.since && due <= last.until ? last : undefined;
 }
 
-/** A proxy's NO_SERVER the client moved to the next proxy for (moveOn): the proxy (host:port) and its words. */
+/** A proxy's NO_SERVER the client moved to the next proxy for (moveOn): the proxy (host:port), its words and the policy refused. */
 interface Move {
   proxy: string;
   said: string;
+  policy?: string;
 }
 
 /**
@@ -1194,6 +1200,9 @@ interface Move {
 function movingFor(context: ClientContext, handle: RequestHandle): Move | undefined {
   const due = context.book.dueUnsent(handle);
   if (due === undefined) return undefined;
+  // Of another policy than the one refused, the refusal says nothing about it (left: it ends as before).
+  const move = context.hop ? context.move : context.lastOutage?.move;
+  if (move?.policy !== undefined && move.policy !== context.book.policyOf(handle)) return undefined;
   if (context.hop) return context.outageSince === undefined || !context.dialFailed ? context.move : undefined;
   const last = context.lastOutage;
   return last?.move && due >= last.since && due <= last.until ? last.move : undefined;
@@ -1481,7 +1490,7 @@ export const clientMachine = setup({
       const moved = context.book.moveParked();
       const ms = Math.round(context.clock.now() - (context.recoveredAt ?? context.clock.now()));
       const proxy = currentProxy(context);
-      return { hop: true, hops: context.hops + 1, move: moved.said === undefined ? undefined : { proxy, said: moved.said }, leaving: `the reverse proxy at ${proxy} has no server yet for ${moved.count} request(s) it refused NO_SERVER (the client reconnected to it ${ms} ms before: its servers may still be registering again)` };
+      return { hop: true, hops: context.hops + 1, move: moved.said === undefined ? undefined : { proxy, said: moved.said, policy: moved.policy }, leaving: `the reverse proxy at ${proxy} has no server yet for ${moved.count} request(s) it refused NO_SERVER (the client reconnected to it ${ms} ms before: its servers may still be registering again)` };
     }),
     unparked: assign({ unparking: false }),
     /** The first pause of an outage with requests held says so; the next ones are only debug. */

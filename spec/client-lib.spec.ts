@@ -1556,6 +1556,18 @@ lib('such a request whose timer comes a stall late, its EXPIRE read once the nex
   await heldInMove(true);
 });
 
+lib('a request of another policy held in such a move is not told the refused policy has no server (manual clock)', async () => {
+  // The move's NO_SERVER is about policy P; a request for Q held unsent meanwhile learnt nothing of Q's servers.
+  const { clock, c, refused } = await movingToA(2000);
+  const held = c.request('Q', 'z', { timeoutMs: 40 }).then(() => 'answered', (e: RequestError) => e);
+  clock.advance(60); // its timeout ends within the move's failover delay
+  const e = await held;
+  assert.ok(e instanceof RequestError, String(e));
+  assert.not.match(e.message, /privacy policy P/, e.message);
+  c.destroy();
+  await refused;
+});
+
 lib('a held request whose timeout ends in the outage, its EXPIRE read only after the proxy is back (a stall of the client\'s event loop), ends CONNECTION_LOST "no reverse proxy could be reached", retryable, never sent - not CLIENT_TIMEOUT "no answer" (manual clock)', async () => {
   // The soak's fleet mode (bench/idle-fleet.ts), both proxies down for longer than the requests' timeouts on a loaded
   // machine: a timer that comes 500 ms late or more runs a turn later (setDeadline), so the dial that reached a proxy
