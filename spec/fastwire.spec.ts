@@ -554,6 +554,31 @@ test('the frame encoder writes the same bytes into a buffer of its own as into a
   );
 });
 
+test('a batch buffer is written over only once every batch taken is done with (recycle), and never a slice of the shared pool', () => {
+  const fill = (fb: FrameBuffer, n: number, byte: number): Buffer => {
+    const at = fb.reserve(n);
+    fb.buffer.fill(byte, at, at + n);
+    fb.commit(at + n);
+    return fb.take();
+  };
+  const fb = new FrameBuffer();
+  const first = fill(fb, 200 * 1024, 1);
+  const second = fill(fb, 200 * 1024, 2);
+  assert.ok(first.buffer !== second.buffer, 'not recycled: a new buffer');
+  assert.ok(first.every((b) => b === 1), 'the first batch is left as it was');
+  fb.recycle();
+  const third = fill(fb, 200 * 1024, 3);
+  assert.ok(third.buffer === second.buffer, 'recycled: the buffer of the last batch taken');
+  assert.ok(first.every((b) => b === 1), 'a batch taken before the last one is not written over either');
+  const small = new FrameBuffer();
+  const pooled = fill(small, 100, 4);
+  assert.ok(pooled.buffer.byteLength > pooled.length, 'a small batch is a slice of the shared pool');
+  small.recycle();
+  const next = fill(small, 100, 5);
+  assert.ok(next.buffer !== pooled.buffer || next.byteOffset !== pooled.byteOffset, 'a pool slice is never written over');
+  assert.ok(pooled.every((b) => b === 4));
+});
+
 test('the codec builds no code from strings: it encodes and decodes under --disallow-code-generation-from-strings', () => {
   const script = `
     const { encodeFrame, FrameDecoder } = await import(${JSON.stringify(new URL('../transport/frame.ts', import.meta.url).href)});

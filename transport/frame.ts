@@ -138,7 +138,10 @@ export class FrameBuffer {
     const pending = this.end - this.start;
     const need = Math.max(this.hint, 2 * pending, pending + n);
     // Small batches come from Node's shared pool; big ones carve several batches from one buffer.
-    const grown = Buffer.allocUnsafe(need <= 2048 ? need : Math.max(need, Math.min(8 * need, MAX_SLAB)));
+    const size = need <= 2048 ? need : Math.max(need, Math.min(8 * need, MAX_SLAB));
+    const spare = this.spare;
+    this.spare = undefined;
+    const grown = spare !== undefined && spare.length >= size ? spare : Buffer.allocUnsafe(size);
     if (buf && pending) buf.copy(grown, 0, this.start, this.end);
     this.buf = grown;
     this.start = 0;
@@ -168,8 +171,30 @@ export class FrameBuffer {
     const out = buf.subarray(this.start, this.end);
     this.hint = Math.min(Math.max(512, out.length + (out.length >> 2)), MAX_SLAB);
     if (buf.length - this.end >= this.hint) this.start = this.end;
-    else this.clear();
+    else {
+      // Only a buffer of its own may be written again (`recycle`), never a slice of Node's shared pool.
+      this.left = buf.byteOffset === 0 && buf.buffer.byteLength === buf.length ? buf : undefined;
+      this.clear();
+    }
     return out;
+  }
+
+  /** The buffer the last batches taken came from, once nothing is written into it any more (`recycle`). */
+  private left?: Buffer;
+  /** A buffer whose bytes no one needs any more, for the next `reserve` that needs one. */
+  private spare?: Buffer;
+
+  /**
+   * Every batch taken so far is done with (written out by whoever took it):
+   * the buffer the last of them came from is written over by the next
+   * batches, instead of a new one being made. A writer that takes big
+   * batches and hands them on (a log file's 256 KiB chunks) then fills two
+   * buffers in turn: each new one is memory outside V8's heap that counts
+   * towards its next full collection.
+   */
+  recycle(): void {
+    if (this.left !== undefined) this.spare = this.left;
+    this.left = undefined;
   }
 
   /**
