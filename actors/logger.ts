@@ -551,7 +551,7 @@ export class Destination {
   // The lines of one event-loop turn go to SonicBoom as one chunk of bytes, written in place:
   // SonicBoom's utf8 mode measures its whole last chunk on every write (about 3.5 us a line at
   // 130 bytes), and a line joined from strings costs more to make and to collect than to copy.
-  private readonly pending = new FrameBuffer(16 * 1024);
+  private readonly pending = new FrameBuffer(16 * 1024, true);
   private lines = 0;
   private readonly flushPending = (): void => {
     const lines = this.lines;

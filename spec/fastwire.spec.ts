@@ -561,7 +561,7 @@ test('a batch buffer is written over only once every batch taken is done with (r
     fb.commit(at + n);
     return fb.take();
   };
-  const fb = new FrameBuffer();
+  const fb = new FrameBuffer(512, true);
   const first = fill(fb, 200 * 1024, 1);
   const second = fill(fb, 200 * 1024, 2);
   assert.ok(first.buffer !== second.buffer, 'not recycled: a new buffer');
@@ -570,13 +570,17 @@ test('a batch buffer is written over only once every batch taken is done with (r
   const third = fill(fb, 200 * 1024, 3);
   assert.ok(third.buffer === second.buffer, 'recycled: the buffer of the last batch taken');
   assert.ok(first.every((b) => b === 1), 'a batch taken before the last one is not written over either');
-  const small = new FrameBuffer();
+  const small = new FrameBuffer(512, true);
   const pooled = fill(small, 100, 4);
   assert.ok(pooled.buffer.byteLength > pooled.length, 'a small batch is a slice of the shared pool');
   small.recycle();
   const next = fill(small, 100, 5);
   assert.ok(next.buffer !== pooled.buffer || next.byteOffset !== pooled.byteOffset, 'a pool slice is never written over');
   assert.ok(pooled.every((b) => b === 4));
+  // A connection's batches (no `recycles`) keep no buffer after it is taken: 10,000 of them would each hold one.
+  const batch = new FrameBuffer();
+  fill(batch, 200 * 1024, 6);
+  assert.is((batch as unknown as { left?: Buffer }).left, undefined);
 });
 
 test('the codec builds no code from strings: it encodes and decodes under --disallow-code-generation-from-strings', () => {

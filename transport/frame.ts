@@ -118,8 +118,15 @@ export class FrameBuffer {
   private start = 0;
   private end = 0;
 
-  /** @param hint Room the first batch starts with; the size of each batch taken sets the next one's. */
-  constructor(private hint = 512) {}
+  /**
+   * @param hint Room the first batch starts with; the size of each batch taken sets the next one's.
+   * @param recycles Whether its owner says when the batches taken are done with (`recycle`): only
+   *   then does it keep the buffer they came from (a connection's batches would each keep one).
+   */
+  constructor(
+    private hint = 512,
+    private readonly recycles = false,
+  ) {}
 
   /** Bytes written and not yet taken. */
   get length(): number {
@@ -173,7 +180,7 @@ export class FrameBuffer {
     if (buf.length - this.end >= this.hint) this.start = this.end;
     else {
       // Only a buffer of its own may be written again (`recycle`), never a slice of Node's shared pool.
-      this.left = buf.byteOffset === 0 && buf.buffer.byteLength === buf.length ? buf : undefined;
+      this.left = this.recycles && buf.byteOffset === 0 && buf.buffer.byteLength === buf.length ? buf : undefined;
       this.clear();
     }
     return out;
