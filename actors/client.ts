@@ -709,12 +709,12 @@ export class RequestBook {
     return this.byHandle.get(handle)?.seq !== undefined;
   }
 
-  /** When the timeout of `handle` ran out (the clock's ms), if it waits in the client unsent (never sent, or taken back): undefined once sent or settled. */
   /** The policy `handle` was sent for, or undefined once it is settled. */
   policyOf(handle: RequestHandle): string | undefined {
     return this.byHandle.get(handle)?.req.policy;
   }
 
+  /** When the timeout of `handle` ran out (the clock's ms), if it waits in the client unsent (never sent, or taken back): undefined once sent or settled. */
   dueUnsent(handle: RequestHandle): number | undefined {
     const entry = this.byHandle.get(handle);
     return entry && entry.seq === undefined ? entry.arrived + entry.req.timeoutMs! : undefined;
@@ -1202,7 +1202,8 @@ function movingFor(context: ClientContext, handle: RequestHandle): Move | undefi
   if (due === undefined) return undefined;
   // Of another policy than the one refused, the refusal says nothing about it (left: it ends as before).
   const move = context.hop ? context.move : context.lastOutage?.move;
-  if (move?.policy !== undefined && move.policy !== context.book.policyOf(handle)) return undefined;
+  // A request refused itself (of any policy, moved with the others) keeps the move's verdict: its own words say it.
+  if (move?.policy !== undefined && move.policy !== context.book.policyOf(handle) && context.book.refusedWith(handle) === undefined) return undefined;
   if (context.hop) return context.outageSince === undefined || !context.dialFailed ? context.move : undefined;
   const last = context.lastOutage;
   return last?.move && due >= last.since && due <= last.until ? last.move : undefined;

@@ -418,7 +418,9 @@ class PipelinedConn {
         run.lost(said.code, 1, said.message);
         n--;
       }
-      run.lost(this.closing?.code ?? 'CONNECTION_LOST', n, this.closing?.detail ?? (said ? `${CLOSED_AFTER} ${said.code}: ${said.message}` : this.heard ? undefined : CLOSED_UNHEARD));
+      // After an ERROR about the connection, a reset as it closes (a frame left unread) says no more than the close.
+      if (said) return run.lost('CONNECTION_LOST', n, `${CLOSED_AFTER} ${said.code}: ${said.message}`);
+      run.lost(this.closing?.code ?? 'CONNECTION_LOST', n, this.closing?.detail ?? (this.heard ? undefined : CLOSED_UNHEARD));
     });
   }
 

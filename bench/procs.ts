@@ -132,7 +132,7 @@ export function adoptChild(name: string, proc: ChildProcess, tail: () => string 
     pid: proc.pid!,
     tail,
     async stop() {
-      live.delete(child);
+      // Kept in `live` until it has exited (below): a second signal meanwhile SIGKILLs it (stopChildrenOnSignals).
       if (proc.exitCode !== null || proc.signalCode !== null) return;
       proc.kill('SIGTERM');
       const t = setTimeout(() => proc.kill('SIGKILL'), 2000);

@@ -148,7 +148,7 @@ function authenticateOnHosts(pool: unknown, Metadata: new () => Metadata, castGr
 
 /** What `shuffleTokenAsks` reads of etcd3 1.1's Authenticator: its options (the members it asks, in their order) and the token it holds. */
 interface Asker {
-  options?: { hosts?: string | string[] };
+  options?: { hosts?: string | string[]; auth?: unknown };
   awaitingMetadata?: unknown;
   getMetadata?(): Promise<Metadata>;
 }
@@ -163,7 +163,8 @@ interface Asker {
 function shuffleTokenAsks(authenticator: Asker): void {
   const own = authenticator.getMetadata;
   const hosts = authenticator.options?.hosts;
-  if (typeof own !== 'function' || !Array.isArray(hosts) || hosts.length < 2) return;
+  // Without a user no token is asked: each call would copy the options and shuffle the members for nothing.
+  if (typeof own !== 'function' || !Array.isArray(hosts) || hosts.length < 2 || !authenticator.options?.auth) return;
   authenticator.getMetadata = function (this: Asker) {
     // A new round (no token held nor asked): etcd3 reads the members from its options as the round starts.
     if (this.awaitingMetadata === null) this.options = { ...this.options, hosts: shuffled(hosts) };
