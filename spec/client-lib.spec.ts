@@ -1481,7 +1481,7 @@ lib('a fleet where no proxy serves the policy: a request refused NO_SERVER in th
  * grace begins), b refuses a request (`timeoutMs`) NO_SERVER, and after the park's pause the client moves to a with
  * it, its dial not made yet (the failover delay, 80-100 ms). `refused`: that request's outcome, in words.
  */
-async function movingToA(timeoutMs: number): Promise<{ clock: ManualClock; c: Client; on: (port: number) => boolean; aPort: number; bPort: number; refused: Promise<string> }> {
+async function movingToA(timeoutMs: number, also?: { policy: string; timeoutMs: number }): Promise<{ clock: ManualClock; c: Client; on: (port: number) => boolean; aPort: number; bPort: number; refused: Promise<string>; alsoRefused?: Promise<string> }> {
   const clock = new ManualClock();
   const a = await proxy();
   const b = await proxy();
@@ -1501,9 +1501,12 @@ async function movingToA(timeoutMs: number): Promise<{ clock: ManualClock; c: Cl
   assert.ok(on(b.port), 'on b');
   const refused = c.request('P', 'x', { timeoutMs }).then(() => 'answered', (e: RequestError) => `${e.code}: ${e.message}`);
   await eventually(() => c.actor.getSnapshot().context.book.parkedCount === 1, 5000, 'b refused it NO_SERVER, the client holds it');
+  // `also`: a request of another policy refused too, moved with it.
+  const alsoRefused = also && c.request(also.policy, 'w', { timeoutMs: also.timeoutMs }).then(() => 'answered', (e: RequestError) => `${e.code}: ${e.message}`);
+  if (also) await eventually(() => c.actor.getSnapshot().context.book.parkedCount === 2, 5000, `b refused ${also.policy} NO_SERVER too`);
   clock.advance(250); // the park's pause: the client leaves b for a with it
   await eventually(() => c.actor.getSnapshot().context.hop && !c.actor.getSnapshot().matches({ session: 'open' }), 5000, 'moving to a');
-  return { clock, c, on, aPort, bPort: b.port, refused };
+  return { clock, c, on, aPort, bPort: b.port, refused, alsoRefused };
 }
 
 lib('a request refused NO_SERVER in the grace whose timeout ends while the client moves it to the next proxy ends NO_SERVER, not CONNECTION_LOST "no reverse proxy could be reached" (manual clock)', async () => {
@@ -1564,6 +1567,15 @@ lib('a request of another policy held in such a move is not told the refused pol
   const e = await held;
   assert.ok(e instanceof RequestError, String(e));
   assert.not.match(e.message, /privacy policy P/, e.message);
+  c.destroy();
+  await refused;
+});
+
+lib('a request of another policy refused NO_SERVER itself and moved with the others ends NO_SERVER in its own words when its timeout ends in the move (manual clock)', async () => {
+  const { clock, c, refused, alsoRefused } = await movingToA(2000, { policy: 'Q', timeoutMs: 300 });
+  clock.advance(60); // Q's timeout ends within the move's failover delay
+  const said = await alsoRefused!;
+  assert.match(said, /^NO_SERVER: no server is registered for privacy policy Q \(the client reconnected to it \d+ ms before and held the request while its servers registered again/, said);
   c.destroy();
   await refused;
 });
