@@ -1178,7 +1178,11 @@ function reached(context: ClientContext): Partial<ClientContext> {
  */
 function outageAt(context: ClientContext, handle: RequestHandle): { since: number; until: number } | undefined {
   if (context.outageSince !== undefined) return { since: context.outageSince, until: context.clock.now() };
-  const due = context.book.dueUnsent(handle);
+  return lastOutageAt(context, context.book.dueUnsent(handle));
+}
+
+/** The outage that ended last (`lastOutage`), if the timeout due at `due` ran out in it. */
+function lastOutageAt(context: ClientContext, due: number | undefined): ClientContext['lastOutage'] {
   const last = context.lastOutage;
   return last && due !== undefined && due >= last.since && due <= last.until ? last : undefined;
 }
@@ -1204,9 +1208,8 @@ function movingFor(context: ClientContext, handle: RequestHandle): Move | undefi
   const move = context.hop ? context.move : context.lastOutage?.move;
   // A request refused itself (of any policy, moved with the others) keeps the move's verdict: its own words say it.
   if (move?.policy !== undefined && move.policy !== context.book.policyOf(handle) && context.book.refusedWith(handle) === undefined) return undefined;
-  if (context.hop) return context.outageSince === undefined || !context.dialFailed ? context.move : undefined;
-  const last = context.lastOutage;
-  return last?.move && due >= last.since && due <= last.until ? last.move : undefined;
+  if (context.hop) return context.outageSince === undefined || !context.dialFailed ? move : undefined;
+  return lastOutageAt(context, due)?.move;
 }
 
 function maxAttempts(context: ClientContext): number {
