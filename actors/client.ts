@@ -32,7 +32,7 @@ import { Buffer } from 'node:buffer';
 import { assertEvent, assign, enqueueActions, fromCallback, raise, setup, type ActorRefFrom, type EventObject } from 'xstate';
 import { DEFAULT_PROXY_TIMEOUT_MS, hostPort } from '../transport/address.js';
 import { ErrorCode, HANDLER_FAILED, isRetryable, LocalCode, ProtocolError, RevproxyError, type ClientCode } from '../transport/errors.js';
-import { DEFAULT_MAX_FRAME_BYTES, FRAME_OVER } from '../transport/frame.js';
+import { DEFAULT_MAX_FRAME_BYTES, FRAME_OVER, refusesARequest } from '../transport/frame.js';
 import { heldEstimate, isIdValue, loneSurrogateIn, MAX_ID_LENGTH, MsgType, type AckMsg, type DataMsg, type Message, type PongMsg } from '../transport/messages.js';
 import { DEFAULT_BUFFER_BUDGET, PEER_SHARE } from '../transport/budget.js';
 import { Connection } from '../transport/socket.js';
@@ -1050,7 +1050,7 @@ const clientSocket = fromCallback<EventObject, { proxy: Endpoint; tls?: TlsMater
    * every connection from some addresses, `BAD_REQUEST`, before it reads any): the client fails over as after a lost
    * connection. Taken for a request's, such a proxy failed every request in turn while another proxy could answer them.
    */
-  const blamed = (s: string | undefined): string | undefined => (heard || (s !== undefined && FRAME_OVER.test(s)) ? badRequest(s) : undefined);
+  const blamed = (s: string | undefined): string | undefined => (refusesARequest(s, heard) ? badRequest(s) : undefined);
   const sub = conn.messages$.subscribe({
     next: (messages) => {
       let closing = false;

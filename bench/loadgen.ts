@@ -19,7 +19,7 @@ import { createHash } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { hostPort } from '../transport/address.js';
 import { ErrorCode, isRetryable } from '../transport/errors.js';
-import { encodeFrame, FRAME_OVER, FrameDecoder } from '../transport/frame.js';
+import { encodeFrame, FrameDecoder, refusesARequest } from '../transport/frame.js';
 import { MsgType, type Message } from '../transport/messages.js';
 import { systemClock, type Timer } from '../transport/clock.js';
 import { dial, dialDeadline, type TlsMaterial } from '../transport/tls.js';
@@ -497,7 +497,7 @@ class PipelinedConn {
       // An ERROR that names no request is about the connection, which the target then closes.
       if (m.type === MsgType.ERROR) {
         const code = String(m.code);
-        this.said ??= { code, message: m.message, refused: code === ErrorCode.BAD_REQUEST && (this.answers > 0 || FRAME_OVER.test(m.message)) };
+        this.said ??= { code, message: m.message, refused: code === ErrorCode.BAD_REQUEST && refusesARequest(m.message, this.answers > 0) };
       } else run.stray(m);
       return true;
     }

@@ -19,6 +19,15 @@ export const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024;
 export const FRAME_OVER = /over the limit of \d+/;
 
 /**
+ * Whether a BAD_REQUEST that ends a connection (naming no request) refuses one of its requests: after the peer
+ * answered something (it read the bytes before the bad ones), or naming a frame over its limit. Nothing heard
+ * first, it may be the connection's own (a proxy wanting a PROXY header refuses a connection before it reads any).
+ */
+export function refusesARequest(message: string | undefined, heard: boolean): boolean {
+  return heard || (message !== undefined && FRAME_OVER.test(message));
+}
+
+/**
  * What forwarding a request may add to its frame: the proxy's own seq (up to 4
  * bytes longer than the client's), `timeoutms` (15), and ids a client wrote as
  * integers written as text (9 each) - 37 bytes at most. A proxy reads frames
