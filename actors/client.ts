@@ -714,6 +714,11 @@ export class RequestBook {
     return this.byHandle.get(handle)?.req.policy;
   }
 
+  /** When `handle` came (the clock's ms), or undefined once it is settled. */
+  arrivedAt(handle: RequestHandle): number | undefined {
+    return this.byHandle.get(handle)?.arrived;
+  }
+
   /** When the timeout of `handle` ran out (the clock's ms), if it waits in the client unsent (never sent, or taken back): undefined once sent or settled. */
   dueUnsent(handle: RequestHandle): number | undefined {
     const entry = this.byHandle.get(handle);
@@ -972,6 +977,12 @@ export interface ClientContext {
    * setDeadline), failed as one held in the outage does, not as one a proxy left unanswered (`outageAt`).
    */
   lastOutage?: { since: number; until: number; move?: Move };
+  /**
+   * The open connection ended the last outage (`lastOutage`), made without a PING first (a proxy that answers none, the
+   * json wire), and its proxy has said nothing on it yet but, perhaps, why it closes it: a request held through that
+   * outage whose timeout ends now, within `connectTimeoutMs` of it, fails as in the outage (`outageAt`).
+   */
+  unheardSinceOutage: boolean;
   /** When a proxy was connected again after an outage: its NO_SERVER is held a while (NO_SERVER_GRACE_MS). */
   recoveredAt?: number;
   /** An UNPARK is on its way. */
@@ -1175,10 +1186,28 @@ function reached(context: ClientContext): Partial<ClientContext> {
  * that one. Such a request, past its time when the connection opened, was not sent there (sendMore): it ended
  * CLIENT_TIMEOUT "no answer within the request's timeout", as if a proxy had left it unanswered, where one whose
  * EXPIRE came a moment earlier said for how long no proxy could be reached (README's soak, 200 idle clients).
+ *
+ * The last one goes on, too, for a request held through it whose timeout runs out on the connection that ended it, a
+ * connection made without a PING first on which the proxy has said nothing yet (`unheardSinceOutage`), within
+ * `connectTimeoutMs`: as long as a PINGed proxy has to answer the first PING before its outage ends. Such a connection
+ * counts as reached at once, with nothing heard to say the proxy reads what it is sent; a proxy older than client PINGs
+ * that refuses the request ends it a moment later (the outage again), and the request's verdict was CLIENT_TIMEOUT "no
+ * answer" if its timeout ended in that moment, CONNECT_FAILED naming the refusal if it ended in the outage around it.
+ * A request sent after the reconnect, or a proxy that answered something there, or one silent there longer: the proxy's
+ * silence (CLIENT_TIMEOUT).
  */
 function outageAt(context: ClientContext, handle: RequestHandle): { since: number; until: number } | undefined {
-  if (context.outageSince !== undefined) return { since: context.outageSince, until: context.clock.now() };
+  const now = context.clock.now();
+  if (context.outageSince !== undefined) return { since: context.outageSince, until: now };
+  const last = context.lastOutage;
+  const arrived = context.book.arrivedAt(handle);
+  if (context.unheardSinceOutage && last && arrived !== undefined && arrived < last.until && now - last.until < connectTimeoutMs(context)) return { since: last.since, until: now };
   return lastOutageAt(context, context.book.dueUnsent(handle));
+}
+
+/** How long a dial, and the first PING's answer, may take (ClientOptions.connectTimeoutMs). */
+function connectTimeoutMs(context: ClientContext): number {
+  return context.opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
 }
 
 /** The outage that ended last (`lastOutage`), if the timeout due at `due` ran out in it. */
@@ -1431,9 +1460,9 @@ export const clientMachine = setup({
         conn.send({ type: MsgType.PING, seq: 0 });
       },
         (error) => self.send({ type: 'CLOSED', error, silent: true }), (late) => stalled(logger, late));
-      const opened = { conn, probing: event.probing, liveness, leaving: undefined, rebalance: false };
+      const opened = { conn, probing: event.probing, liveness, leaving: undefined, rebalance: false, unheardSinceOutage: false };
       // A proxy PINGed first is reached once it answers (PROBED): one that closes the connection before is not.
-      return event.probing ? opened : { ...opened, ...reached(context) };
+      return event.probing ? opened : { ...opened, ...reached(context), unheardSinceOutage: context.outageSince !== undefined };
     }),
     /** The PING sent first was answered: the proxy is reached, and the connection is watched with PINGs from now on. */
     probed: assign(({ context, event }) => {
@@ -1469,6 +1498,11 @@ export const clientMachine = setup({
       const resend = context.book.unsend(false, true);
       noPingsFrom(context, event.error, `dials it again at once without one${resend ? `, sending again the ${resend} request(s) sent behind the PING (that proxy read nothing after it)` : ''}`);
       return { conn: undefined, probing: false };
+    }),
+    /** The proxy said something on the connection other than why it closes it (an ERROR naming no request). */
+    heard: assign(({ context, event }) => {
+      assertEvent(event, 'ANSWERS');
+      return context.unheardSinceOutage && event.messages.some((m) => m.type !== MsgType.ERROR || m.seq !== undefined) ? { unheardSinceOutage: false } : {};
     }),
     receive: ({ context, event }) => {
       assertEvent(event, 'ANSWERS');
@@ -1596,7 +1630,7 @@ export const clientMachine = setup({
     failover: assign(({ context, event }) => {
       assertEvent(event, ['CONNECT_FAILED', 'CLOSED']);
       // The proxy refused a request and is up (it answered what it read before): the same one again, no failed attempt, no outage.
-      if (context.redial) return { conn: undefined, attempts: 0 };
+      if (context.redial) return { conn: undefined, attempts: 0, unheardSinceOutage: false };
       // Each proxy keeps its place in the order first tried, with its latest failure.
       const proxy = currentProxy(context);
       const known = context.tried.some((t) => t.proxy === proxy);
@@ -1606,7 +1640,7 @@ export const clientMachine = setup({
       // Closed before it answered the first PING, the proxy was not reached: a failed dial, as a refused one.
       const dialFailed = event.type === 'CONNECT_FAILED' || context.probing;
       return {
-        ...moved, conn: undefined, tried, attempts: context.rebalance ? context.attempts : context.attempts + 1, lastError: event.error, lastInvalid: event.invalid === true,
+        ...moved, conn: undefined, tried, attempts: context.rebalance ? context.attempts : context.attempts + 1, lastError: event.error, lastInvalid: event.invalid === true, unheardSinceOutage: false,
         outageSince: context.outageSince ?? context.clock.now(), dialFailed,
       };
     }),
@@ -1741,6 +1775,7 @@ export const clientMachine = setup({
       hops: 0,
       noPings: new NoPings(),
       probing: false,
+      unheardSinceOutage: false,
       logger: input.logger ?? silentLogger,
       clock,
       book: new RequestBook(clock, windowOf(input), input.maxQueued ?? 100_000, input.wire === 'json', input.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES, input.maxBytesInFlight),
@@ -1764,7 +1799,7 @@ export const clientMachine = setup({
         id: 'socket',
         src: 'clientSocket',
         input: ({ context }) => ({
-          proxy: context.proxies[context.proxyIndex]!, tls: context.opts.tls, wire: context.opts.wire, maxFrameBytes: context.opts.maxFrameBytes, clock: context.clock, connectTimeoutMs: context.opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
+          proxy: context.proxies[context.proxyIndex]!, tls: context.opts.tls, wire: context.opts.wire, maxFrameBytes: context.opts.maxFrameBytes, clock: context.clock, connectTimeoutMs: connectTimeoutMs(context),
           keepAliveMs: context.opts.tcpKeepAliveMs ?? DEFAULT_TCP_KEEPALIVE_MS,
           probe: context.opts.wire !== 'json' && !context.noPings.skips(currentProxy(context)),
         }),
@@ -1790,7 +1825,7 @@ export const clientMachine = setup({
             PROBED: { actions: ['probed', 'sendMore'] },
             CLOSING: { actions: 'proxyClosing' },
             REQUEST: { actions: ['enqueue', 'sendMore'] },
-            ANSWERS: { actions: ['receive', 'progress', 'sendMore', 'leaveIfDrained', 'scheduleUnpark'] },
+            ANSWERS: { actions: ['heard', 'receive', 'progress', 'sendMore', 'leaveIfDrained', 'scheduleUnpark'] },
             UNPARK: [{ guard: 'anotherProxy', actions: ['unparked', 'moveOn', 'leaveIfDrained'] }, { actions: ['unparked', 'unpark', 'sendMore'] }],
             EXPIRE: [{ guard: 'proxySilent', actions: ['expire', 'leaveSilentProxy'] }, { actions: ['expire', 'sendMore', 'leaveIfDrained'] }],
             CANCEL: { actions: ['cancel', 'sendSoon', 'leaveIfDrained'] },
