@@ -500,6 +500,32 @@ test("a dial's deadline tells an address from a name as net.connect does: '127.1
   name.socket.destroy();
 });
 
+test('a dial to a loopback address given up says to look at this process\'s event loop and the listener\'s backlog, not at a host down or a firewall; one to another host as before', () => {
+  // Dialling this machine, no host is down and no firewall drops the SYN (almost never): the connection was made and
+  // read late (this process's event loop stalled, under load), or the listener's full accept backlog drops the SYN.
+  const clock = new ManualClock();
+  const said = new Map<string, string[]>();
+  const sockets: Socket[] = [];
+  for (const host of ['127.0.0.1', '127.0.0.53', '::1', 'localhost', '192.0.2.1']) {
+    const socket = new Socket();
+    sockets.push(socket);
+    said.set(host, []);
+    dialDeadline(socket, host, 2100, 100, clock, (why) => said.get(host)!.push(why), 'connectTimeoutMs');
+    if (host === 'localhost') socket.emit('lookup', null, '127.0.0.1', 4, host);
+  }
+  clock.advance(100);
+  for (const [host, at] of [['127.0.0.1', '127.0.0.1:2100'], ['127.0.0.53', '127.0.0.53:2100'], ['::1', '[::1]:2100'], ['localhost', 'localhost:2100']]) {
+    const why = said.get(host!)!;
+    assert.is(why.length, 1, host);
+    assert.ok(why[0]!.startsWith(`no answer from ${at} within 100 ms (connectTimeoutMs): on this machine (a loopback address), so not a host down or a firewall`), why[0]);
+    assert.match(why[0]!, "was this process's event loop stalled");
+    assert.match(why[0]!, "is the listener's accept backlog full");
+    assert.not.match(why[0]!, 'is the host up');
+  }
+  for (const socket of sockets) socket.destroy();
+  assert.equal(said.get('192.0.2.1'), ['no answer from 192.0.2.1:2100 within 100 ms (connectTimeoutMs): is the host up, and does no firewall drop the connection?']);
+});
+
 test('a TLS dial whose TCP connection was made and whose handshake goes unanswered says so, not that the host may be down or firewalled', async () => {
   // It said "no answer from 127.0.0.1:PORT within 2000 ms (connectTimeoutMs): is the host up, and
   // does no firewall drop the connection?" though the host had accepted the connection. A real

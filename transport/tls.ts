@@ -789,9 +789,18 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 2000;
  */
 export const DEFAULT_TCP_KEEPALIVE_MS = 15_000;
 
-/** What to say of a dial to `host:port` given up after `ms` (`option`: the setting that chose `ms`). */
+/**
+ * What to say of a dial to `host:port` given up after `ms` (`option`: the setting that chose `ms`). To a loopback
+ * address (`isLoopback`: this machine) neither a host down nor a firewall is the likely cause: the dialling process's
+ * own event loop stalled (the connection was made, its callback run late), or the listener's accept backlog is full
+ * (a listener that stopped accepting, or a burst of connections): Linux drops the SYN then, and the dial waits.
+ */
 export function connectTimedOut(host: string, port: number, ms: number, option?: string): string {
-  return `no answer from ${hostPort(host, port)} within ${ms} ms${option ? ` (${option})` : ''}: is the host up, and does no firewall drop the connection?`;
+  const head = `no answer from ${hostPort(host, port)} within ${ms} ms${option ? ` (${option})` : ''}`;
+  if (!isLoopback(host)) return `${head}: is the host up, and does no firewall drop the connection?`;
+  return `${head}: on this machine (a loopback address), so not a host down or a firewall, most likely: was this process's event loop stalled `
+    + '(its load, a long synchronous task: the connection made in time but read late), or is the listener\'s accept backlog full '
+    + '(a listener that stopped accepting or a burst of connections: `ss -ltn` shows its Recv-Q at its Send-Q)?';
 }
 
 /**
