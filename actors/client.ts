@@ -1500,9 +1500,10 @@ export const clientMachine = setup({
       return { conn: undefined, probing: false };
     }),
     /** The proxy said something on the connection other than why it closes it (an ERROR naming no request). */
-    heard: assign(({ context, event }) => {
+    heard: enqueueActions(({ context, event, enqueue }) => {
       assertEvent(event, 'ANSWERS');
-      return context.unheardSinceOutage && event.messages.some((m) => m.type !== MsgType.ERROR || m.seq !== undefined) ? { unheardSinceOutage: false } : {};
+      // Assigned only when it changes: an assign on every batch of answers copied the context each time.
+      if (context.unheardSinceOutage && event.messages.some((m) => m.type !== MsgType.ERROR || m.seq !== undefined)) enqueue.assign({ unheardSinceOutage: false });
     }),
     receive: ({ context, event }) => {
       assertEvent(event, 'ANSWERS');
