@@ -50,6 +50,15 @@ export function checks(rows: Row[], routing: BenchReport['routing'], missing: Mi
   target('pipelined: requests/s proxy / bare Node relay >= 0.95', ratioSpread(rows, 'pipelined', 'proxy', 'relay', rps), (r) => r >= 0.95, undefined,
     cpus.length ? `; CPU per request: ${cpus.join(', ')}` : '');
 
+  // The proxy under test beside its twin at warn (the same build, started as the logging variants are), inside each round: two
+  // medians of CPU per request taken over different rounds differ with the machine's load at each cell, not with the proxies.
+  const twinRps = ratioSpread(rows, 'pipelined', 'proxy', VARIANT.logWarn, rps);
+  const twinCpu = ratioSpread(rows, 'pipelined', 'proxy', VARIANT.logWarn, (r) => r.cpuUs.underTest);
+  if (twinCpu) {
+    info('pipelined: CPU per request, proxy / its twin at warn beside it (the same build), inside each round', twinCpu,
+      `requests/s ${twinRps ? fmtSpread(twinRps) : '-'}; the medians over the rounds: ${[cpu('pipelined', 'proxy', 'proxy'), cpu('pipelined', VARIANT.logWarn, 'twin')].filter(Boolean).join(', ')}`);
+  }
+
   // 3. One at a time, like for like: HAProxy's one connection always reaches the same server, so the proxy on a one-server policy.
   target('one at a time, like for like (one-server policy): p50 proxy / HAProxy <= 1.1', ratioSpread(rows, 'serial', VARIANT.oneServer, 'haproxy', p50), (r) => r <= 1.1);
 

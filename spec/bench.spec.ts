@@ -284,6 +284,12 @@ verdicts("issue 20's five targets are judged on the median of the per-round rati
   // Without a proxy at warn beside it, the reference is the proxy under test.
   const alone = checks(run3().filter((r) => r.subject !== 'proxy:log-warn'), undefined);
   assert.is(alone.find((c) => c.what.startsWith('pipelined: requests/s proxy at --log-level info'))!.pass, false);
+  // The proxy under test against its twin at warn, inside each round (CPU 2.5/2.8, 2.6/2.8, 2.7/2.8; requests/s 900/470, 960/500, 990/520), for information.
+  const twin = by('pipelined: CPU per request, proxy / its twin at warn beside it');
+  assert.is(twin.pass, undefined);
+  assert.is(twin.ratio!.toFixed(3), (2.6 / 2.8).toFixed(3));
+  assert.match(twin.detail, '0.93x (0.89-0.96, 3 rounds): requests/s 1.91x (1.90-1.92, 3 rounds); the medians over the rounds: proxy 2.60 us, twin 2.80 us');
+  assert.not.ok(alone.some((c) => c.what.includes('its twin')), 'no twin, no row');
   const access = by('pipelined: requests/s proxy with --access-log / at warn');
   assert.is(access.pass, undefined);
   assert.is(access.detail, 'not measured: no --access-log here');
