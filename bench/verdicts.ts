@@ -51,12 +51,14 @@ export function checks(rows: Row[], routing: BenchReport['routing'], missing: Mi
     cpus.length ? `; CPU per request: ${cpus.join(', ')}` : '');
 
   // The proxy under test beside its twin at warn (the same build, started as the logging variants are), inside each round: two
-  // medians of CPU per request taken over different rounds differ with the machine's load at each cell, not with the proxies.
+  // medians of CPU per request taken over different rounds differ with the machine's load at each cell as much as with the proxies.
   const twinRps = ratioSpread(rows, 'pipelined', 'proxy', VARIANT.logWarn, rps);
   const twinCpu = ratioSpread(rows, 'pipelined', 'proxy', VARIANT.logWarn, (r) => r.cpuUs.underTest);
+  const twinRelay = ratioSpread(rows, 'pipelined', VARIANT.logWarn, 'relay', rps);
   if (twinCpu) {
     info('pipelined: CPU per request, proxy / its twin at warn beside it (the same build), inside each round', twinCpu,
-      `requests/s ${twinRps ? fmtSpread(twinRps) : '-'}; the medians over the rounds: ${[cpu('pipelined', 'proxy', 'proxy'), cpu('pipelined', VARIANT.logWarn, 'twin')].filter(Boolean).join(', ')}`);
+      `requests/s ${twinRps ? fmtSpread(twinRps) : '-'}; the medians over the rounds: ${[cpu('pipelined', 'proxy', 'proxy'), cpu('pipelined', VARIANT.logWarn, 'twin')].filter(Boolean).join(', ')}`
+      + (twinRelay ? `; requests/s twin / bare Node relay (target 2 on the other process) ${fmtSpread(twinRelay)}` : ''));
   }
 
   // 3. One at a time, like for like: HAProxy's one connection always reaches the same server, so the proxy on a one-server policy.

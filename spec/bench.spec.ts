@@ -288,7 +288,7 @@ verdicts("issue 20's five targets are judged on the median of the per-round rati
   const twin = by('pipelined: CPU per request, proxy / its twin at warn beside it');
   assert.is(twin.pass, undefined);
   assert.is(twin.ratio!.toFixed(3), (2.6 / 2.8).toFixed(3));
-  assert.match(twin.detail, '0.93x (0.89-0.96, 3 rounds): requests/s 1.91x (1.90-1.92, 3 rounds); the medians over the rounds: proxy 2.60 us, twin 2.80 us');
+  assert.match(twin.detail, '0.93x (0.89-0.96, 3 rounds): requests/s 1.91x (1.90-1.92, 3 rounds); the medians over the rounds: proxy 2.60 us, twin 2.80 us; requests/s twin / bare Node relay (target 2 on the other process) 0.50x (0.47-0.52, 3 rounds)');
   assert.not.ok(alone.some((c) => c.what.includes('its twin')), 'no twin, no row');
   const access = by('pipelined: requests/s proxy with --access-log / at warn');
   assert.is(access.pass, undefined);
