@@ -10,9 +10,11 @@
  * proxy listened again), the requests sent in the kill's window and those that failed, by code and whether
  * `retryable`, and every dial the clients' process made (Node's `net.client.socket` channel): how many, how many to
  * a killed proxy, and the most in one millisecond and in ten (a storm: all the clients of a proxy dialling at once).
- * The client process's figures just before each kill - RSS, heap after a full collection, fds, active handles by
- * type, timers live on the clients' clock, sockets and their listeners - and a verdict on growth (the second half of
- * the kills against the first). It fails (exit 1) on a request never settled, a client not back by the next kill, a
+ * The client process's figures before each kill, sampled once the fleet had settled after the kill before (every
+ * client back, settledSample) - RSS, heap after a full collection, fds, active handles by type, timers live on the
+ * clients' clock, sockets and their listeners - and a verdict on growth (the second half of the kills against the
+ * first). The clients log what they do to clients.log in the logs folder (IDLE_CLIENTS_LOG_LEVEL, info by default;
+ * debug adds every request sent and answered). It fails (exit 1) on a request never settled, a client not back by the next kill, a
  * storm, more dials than the backoff allows, or growth.
  */
 import { fork, type ChildProcess } from 'node:child_process';
@@ -77,11 +79,30 @@ export interface KillRow {
   perClientPeakPerS: number;
   /** Dials in each second from the kill until every client lost was back. */
   dialsPerS: number[];
-  /** The client process just before the kill. */
+  /** The client process just before the kill, once the fleet had settled after the kill before (settledSample); none when it had not. */
   stats?: ClientStats & { handles: number };
 }
 
 const median = (xs: number[]): number => spread(xs)?.median ?? NaN;
+
+/**
+ * How long after the last client of a kill said `reconnect` the fleet counts as settled: the requests it held are
+ * sent on the new connection and answered within milliseconds, their timers and the failed dials' sockets gone.
+ */
+export const SETTLE_MS = 500;
+
+/**
+ * The client process's figures a kill reports and the growth verdict reads: the latest sample taken once the fleet
+ * had settled (`settledAt`: the clients of the kill before all back, plus SETTLE_MS), none if no sample was taken
+ * since. The sample just before the kill was read instead: with a long `--down` the clients of the kill before were
+ * still reconnecting when it was taken (held requests' timers, failed dials' sockets), and the second half's figures,
+ * later kills' clients slower back, were reported GREW where nothing leaked.
+ */
+export function settledSample<T extends { t: number }>(samples: readonly T[], settledAt: number | undefined): T | undefined {
+  if (settledAt === undefined) return undefined;
+  const last = samples.at(-1);
+  return last !== undefined && last.t >= settledAt ? last : undefined;
+}
 const peakIn = (ts: number[], ms: number): number => {
   const per = new Map<number, number>();
   for (const t of ts) per.set(Math.floor(t / ms), (per.get(Math.floor(t / ms)) ?? 0) + 1);
@@ -129,7 +150,7 @@ export async function runFleet(o: FleetOptions): Promise<{ ok: boolean; file: st
     }
   }
   const statsMs = Math.min(5000, Math.max(500, (o.killEveryS * 1000) / 4));
-  const cfg: IdleClientsConfig = { ports, clients: o.clients, everyMs: o.everyS * 1000, policy: POLICY, statsMs };
+  const cfg: IdleClientsConfig = { ports, clients: o.clients, everyMs: o.everyS * 1000, policy: POLICY, statsMs, log: join(o.logs, 'clients.log'), ...(process.env.IDLE_CLIENTS_LOG_LEVEL ? { logLevel: process.env.IDLE_CLIENTS_LOG_LEVEL as IdleClientsConfig['logLevel'] } : {}) };
   const proc: ChildProcess = fork(join(import.meta.dirname, 'idle-clients.ts'), [JSON.stringify(cfg)], {
     execArgv: ['--import', 'tsx', '--expose-gc'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env: { ...process.env, NO_COLOR: '1' },
   });
@@ -173,13 +194,17 @@ export async function runFleet(o: FleetOptions): Promise<{ ok: boolean; file: st
     // back (at most a minute more), so a machine slow to start a proxy again lengthens the run rather than cutting it.
     const kills = Math.ceil((o.minutes * 60) / o.killEveryS) - 1;
     let nextKill = t0 + o.killEveryS * 1000;
+    // When the fleet settled after the kill before (the clients' first connections for the first): undefined while a client is not back.
+    let settledAt: number | undefined = t0;
     for (let n = 1; n <= kills; n++) {
       await sleep(nextKill - Date.now());
+      // The figures are read once the fleet has settled: a kill waits for a sample taken since (one statsMs at most, and a second more).
+      for (const late = Date.now() + statsMs + 1000; settledAt !== undefined && !settledSample(stats, settledAt) && Date.now() < late; ) await sleep(100);
       const both = o.bothEvery > 0 && n % o.bothEvery === 0;
       // One proxy: the one most clients are on (after the whole fleet was down they may all be on one), in turn when even.
       const which = both ? [0, 1] : on(0) === on(1) ? [(n - 1) % 2] : [on(0) > on(1) ? 0 : 1];
       const signal = n % 3 === 0 ? 'SIGTERM' : 'SIGKILL';
-      const before = stats.at(-1);
+      const before = settledSample(stats, settledAt);
       const killAt = Date.now();
       const affectedIds = cur.flatMap((p, i) => (which.some((w) => p === at(w)) ? [i] : []));
       for (const w of which) proxies[w]!.proc.kill(signal);
@@ -210,6 +235,7 @@ export async function runFleet(o: FleetOptions): Promise<{ ok: boolean; file: st
         examples[key] ??= r.message ?? '';
       }
       const allBack = Math.max(0, ...backMs);
+      settledAt = back.includes(undefined) ? undefined : killAt + allBack + SETTLE_MS;
       const d = inWindow(dials);
       // A client's dials are not told apart by the channel: the most in any second over all, shared among the clients lost.
       const row: KillRow = {

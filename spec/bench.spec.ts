@@ -13,6 +13,8 @@ import { histogramsReady, LatencyHistogram } from '../bench/histogram.js';
 import { startStubServer, type StubServer } from '../bench/stub.js';
 import { ROUTING_SPARE, routingRoom } from '../bench/cells.js';
 import { clientRoom, fileRoom } from '../actors/port-limits.js';
+import { growth } from '../bench/churn.js';
+import { SETTLE_MS, settledSample } from '../bench/idle-fleet.js';
 
 const stubs: StubServer[] = [];
 const test = suite('bench load generator');
@@ -334,3 +336,40 @@ room('registers only as many servers as the proxy keeps room for beside the load
 });
 
 room.run();
+
+const idle = suite('bench idle soak: figures read once the fleet settled');
+
+idle('a sample taken while the clients of the kill before still reconnected is not read; the latest one taken since they settled is', () => {
+  const samples = [{ t: 1000, timers: 60 }, { t: 6000, timers: 400 }];
+  // The last client back at 5800: the sample at 6000 came before the fleet settled.
+  assert.is(settledSample(samples, 5800 + SETTLE_MS), undefined);
+  assert.equal(settledSample([...samples, { t: 11_000, timers: 70 }], 5800 + SETTLE_MS), { t: 11_000, timers: 70 });
+  assert.equal(settledSample(samples, 1000), { t: 6000, timers: 400 }, 'the latest, not the first, once settled');
+  // A client not back: no settled sample at all.
+  assert.is(settledSample(samples, undefined), undefined);
+});
+
+idle("a long --down no longer reads as growth: the reconnecting clients' timers are not compared", () => {
+  // Per kill, the samples before it: taken while the clients of the kill before reconnected (their held requests'
+  // timers), and once all were back. With a long --down, the second half's clients came back later, and the sample
+  // at hand just before the kill (the old reading) caught them reconnecting.
+  const kills = [
+    { back: 4000, samples: [{ t: 2000, timers: 80 }, { t: 7000, timers: 80 }] },
+    { back: 4000, samples: [{ t: 2000, timers: 80 }, { t: 7000, timers: 80 }] },
+    { back: 4000, samples: [{ t: 2000, timers: 80 }, { t: 7000, timers: 80 }] },
+    { back: 8000, samples: [{ t: 2000, timers: 80 }, { t: 7000, timers: 300 }] },
+    { back: 8000, samples: [{ t: 2000, timers: 80 }, { t: 7000, timers: 300 }, { t: 9000, timers: 82 }] },
+    { back: 8000, samples: [{ t: 2000, timers: 80 }, { t: 7000, timers: 300 }, { t: 9000, timers: 81 }] },
+  ];
+  const figure: Array<[string, (x: { timers: number }) => number, number]> = [['timers', (x) => x.timers, 8 + 200 / 2]];
+  const atHand = kills.map((k) => k.samples.filter((s) => s.t <= 7000).at(-1)!);
+  assert.ok(growth(atHand, figure)[0]!.grew, 'the sample at hand before each kill reads as growth');
+  const settled = kills.flatMap((k) => {
+    const s = settledSample(k.samples, k.back + SETTLE_MS);
+    return s ? [s] : [];
+  });
+  assert.equal(settled.map((s) => s.timers), [80, 80, 80, 82, 81], 'the fourth kill has none (its clients were still reconnecting at its last sample)');
+  assert.not.ok(growth(settled, figure)[0]!.grew);
+});
+
+idle.run();
