@@ -222,7 +222,8 @@ export type RequestHandle = object;
 export type ClientEvent =
   | { type: 'REQUEST'; requests: Array<{ req: ClientRequest; handle: RequestHandle }> }
   | { type: 'CANCEL'; handle: RequestHandle; error: RequestError }
-  | { type: 'EXPIRE'; handle: RequestHandle }
+  /** `lateMs`: how late its timer ran, when STALL_MS or more (the client's process stalled). */
+  | { type: 'EXPIRE'; handle: RequestHandle; lateMs?: number }
   /** After CANCELs: send what waits, once the caller's own code (a loop of aborts, say) has run to its end. */
   | { type: 'SEND_MORE' }
   | { type: 'CLOSE' }
@@ -1416,7 +1417,13 @@ export const clientMachine = setup({
       assertEvent(event, 'REQUEST');
       const timeout = context.opts.timeoutMs ?? DEFAULT_CLIENT_TIMEOUT_MS;
       // A request whose timer comes late (the process was paused) expires only once what the proxy sent meanwhile is read.
-      const expire = (handle: RequestHandle, ms: number): Timer => setDeadline(context.clock, () => self.send({ type: 'EXPIRE', handle }), ms, (late) => stalled(context.logger, late));
+      const expire = (handle: RequestHandle, ms: number): Timer => {
+        let lateMs: number | undefined;
+        return setDeadline(context.clock, () => self.send({ type: 'EXPIRE', handle, lateMs }), ms, (late) => {
+          lateMs = late;
+          stalled(context.logger, late);
+        });
+      };
       for (const { req, handle } of event.requests) {
         if (req.timeoutMs === undefined) req.timeoutMs = timeout;
         context.book.add(req, handle, expire, context.opts.id);
@@ -1585,7 +1592,7 @@ export const clientMachine = setup({
         ? new RequestError(ErrorCode.BAD_REQUEST, `${context.lastError!} (the client held the request and dialled again with backoff until the request's timeout, ${ms} ms, ran out)`)
         : outage !== undefined && holding(context)
         ? new RequestError(book.answers > 0 ? LocalCode.CONNECTION_LOST : LocalCode.CONNECT_FAILED,
-          unreachable(outage.until - outage.since, context.proxies, context.lastError, ms) + hint(context.lastError ?? '', book.answers > 0))
+          unreachable(outage.until - outage.since, context.proxies, context.lastError, ms, event.lateMs) + hint(context.lastError ?? '', book.answers > 0))
         : refused !== undefined
           ? noServer()
           : new RequestError(LocalCode.CLIENT_TIMEOUT, noAnswer(ms));

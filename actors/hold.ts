@@ -12,7 +12,7 @@
  * outage paid the dial.
  */
 import { hostPort } from '../transport/address.js';
-import { jittered } from '../transport/clock.js';
+import { jittered, STALL_MS } from '../transport/clock.js';
 import type { Endpoint } from './server.js';
 
 /** The pause before the client dials the next proxy after losing one, in the quick round (ms): `failoverDelayMs`'s default. */
@@ -71,12 +71,20 @@ export function reconnectDelay(step: number, baseMs: number, maxMs: number): num
   return jittered(doubled(Math.max(1, baseMs), step + 1, maxMs));
 }
 
-/** What a held request's own timeout ends with: how long no proxy answered, which, and what to check. */
-export function unreachable(ms: number, proxies: Endpoint[], lastError: string | undefined, timeoutMs: number): string {
+/**
+ * What a held request's own timeout ends with: how long no proxy answered, which, and what to check. `lateMs`: how late
+ * the timeout's timer ran, a stall of the client's own process (STALL_MS or more) - the soak's clients at load 20 said
+ * only "no reverse proxy could be reached for 5140 ms ... check that the proxy runs", the other proxy up all along: the
+ * lost one's close had been read late, and the dial of the live one was under way, unread, when the late timer ran.
+ */
+export function unreachable(ms: number, proxies: Endpoint[], lastError: string | undefined, timeoutMs: number, lateMs = 0): string {
   const where = proxies.map((p) => hostPort(p.host, p.port)).join(', ');
+  const starved = lateMs >= STALL_MS
+    ? `the client's own event loop did not run for ${Math.round(lateMs)} ms as it ran out (the process was starved of CPU or blocked), so a proxy may have been up and its dial not yet read: check the load of the client's host, then `
+    : 'check ';
   return `no reverse proxy could be reached for ${Math.round(ms)} ms (${where}${lastError ? `; the last try: ${lastError}` : ''}): `
     + `the request's timeout (${timeoutMs} ms) ran out while the client held it and dialled again with backoff; `
-    + 'check that the proxy runs (systemctl status, its log) and listens where --revproc says';
+    + `${starved}that the proxy runs (systemctl status, its log) and listens where --revproc says`;
 }
 
 /** What a held request refused NO_SERVER by a proxy just reconnected to ends with. */

@@ -637,6 +637,55 @@ lib('after a pause of the client\'s process (SIGSTOP, a laptop asleep), an answe
   }
 });
 
+lib("a held request whose timeout fell in a stall of the client's own process says so, not only that no proxy could be reached", async () => {
+  // The idle soak at load 20: a proxy killed, the other up, 27 requests failed CONNECTION_LOST "no reverse proxy could be
+  // reached for 5140 ms (...; the last try: the reverse proxy closed the connection) ... check that the proxy runs". The
+  // clients' process had not run: the killed proxy's close read late, the dial of the live one under way and unread when
+  // the timeouts, late too, ran out. The words sent the operator to the proxies, which had been up.
+  const conns: Socket[] = [];
+  const clock = new ManualClock();
+  // A: answers the first PING and a first request, then dies with the next in flight. B: accepts, and has not answered
+  // yet (a starved host).
+  const stub = (dies: boolean): ReturnType<typeof createServer> => createServer((sock) => {
+    conns.push(sock);
+    const decoder = new FrameDecoder({ validate: false });
+    let answered = 0;
+    sock.on('data', (chunk: Buffer) => {
+      for (const m of decoder.push(chunk).messages) {
+        if (!dies) continue;
+        if (m.type === MsgType.PING) sock.write(frame({ type: MsgType.PONG, seq: m.seq }));
+        if (m.type !== MsgType.DATA) continue;
+        if (answered++ === 0) sock.write(frame({ type: MsgType.ACK, seq: m.seq, srcid: 'a', destid: m.srcid, payload: 'first' }));
+        else sock.destroy();
+      }
+    });
+  }).listen(0, '127.0.0.1');
+  const a = stub(true);
+  const b = stub(false);
+  await Promise.all([once(a, 'listening'), once(b, 'listening')]);
+  const portOf = (s: ReturnType<typeof createServer>): number => (s.address() as AddressInfo).port;
+  try {
+    const c = await client({ revproc: [portOf(a), portOf(b)], clock, failoverDelayMs: 100 });
+    assert.is(await c.request('P', 'first'), 'first');
+    const failed = reject(c.request('P', 'x', { timeoutMs: 1000 }));
+    await eventually(() => c.actor.getSnapshot().matches('lost'), 3000, 'A lost');
+    clock.advance(100);
+    await eventually(() => conns.length === 2 && c.actor.getSnapshot().context.conn !== undefined, 3000, 'B dialled, its PONG not come');
+    clock.stall(1500); // the client's process stops: the request's timeout (1000 ms) falls in it, B's first PING's deadline (2000 ms) does not
+    // A timer that ran late runs a turn later (setDeadline): that turn.
+    await sleep(20);
+    clock.advance(0);
+    const e = await failed;
+    assert.is(e.code, 'CONNECTION_LOST');
+    assert.match(e.message, /^no reverse proxy could be reached for \d+ ms \(.*; the last try: the reverse proxy closed the connection\)/);
+    assert.match(e.message, /the client's own event loop did not run for \d+ ms as it ran out \(the process was starved of CPU or blocked\)/);
+  } finally {
+    for (const sock of conns) sock.destroy();
+    a.close();
+    b.close();
+  }
+});
+
 lib('a connection made in time while the client\'s process was paused is taken, not given up after connectTimeoutMs', async () => {
   // The connect timer ran before the socket's connect event was read: a client paused (a laptop
   // asleep) as it dialled gave up a proxy that had accepted it ("no answer ... within 2000 ms").
