@@ -73,6 +73,7 @@ export async function openEtcd(o: Resolved, { requireLeader: leaderRequired = tr
       super(options);
       authenticateOnHosts(this.pool, grpc.Metadata, mod.castGrpcError, isRecoverableError);
       tokenDropped = forgetToken(this.pool);
+      refusedWatchesEnd(this);
     }
 
     override close(): void {
@@ -491,6 +492,41 @@ function tokenRefused(InterceptingCall: typeof Call, unauthenticated: number, dr
   };
 }
 
+/** What `refusedWatchesEnd` reads of etcd3 1.1's WatchManager (the client's `watchManager`) and of its queue of watches to make (`AttachQueue`). */
+interface WatchManager {
+  queue?: { queue?: unknown[]; readQueue?(): void };
+  handleCreatedResponse?(res: { canceled?: boolean }): void;
+  handleCancelResponse?(watcher: unknown, res: unknown): void;
+}
+
+/**
+ * A watch etcd refuses as it is made (`created` and `canceled`, with its reason: "etcdserver: permission denied" when the
+ * user's roles may no longer read the range, as after a role's permission was revoked) ends that watch only, and the watches
+ * made after it on the stream are made. etcd3 makes a stream's watches one at a time, each once etcd answered the one before
+ * (its AttachQueue); a refused one it ends (its watcher's `error`: "Watcher canceled: ..." in etcd's words) but it leaves it at
+ * the head of that queue, waiting for an answer that came: every watch made after it on the client was never sent, and nothing
+ * said so (a proxy whose role could not read servers/ for a moment, given it back, read the registry and said it watched it,
+ * and never saw a server come or go; Debian's etcd 3.4.23). etcd's Go client takes such an answer as the answer to the head of
+ * its queue, tells that watch (its channel's last response, canceled, with the reason) and sends the next (its watch.go `run`):
+ * so does this. What the refused watch's owner does then is its own: the mirror says it and tries again with backoff
+ * (registry/mirror.ts). A stale token (`tokenRefused`) ends the stream before this. etcd3's fields, read with care: another
+ * version without them makes watches as etcd3 does.
+ */
+function refusedWatchesEnd(client: unknown): void {
+  const manager = (client as { watchManager?: WatchManager } | undefined)?.watchManager;
+  const own = manager?.handleCreatedResponse;
+  if (!manager || typeof own !== 'function' || typeof manager.handleCancelResponse !== 'function') return;
+  manager.handleCreatedResponse = function (this: WatchManager, res) {
+    const queue = this.queue;
+    const head = queue?.queue?.[0];
+    if (!res.canceled || head === undefined || typeof queue?.readQueue !== 'function') return own.call(this, res);
+    queue.queue = queue.queue!.slice(1);
+    // The next watch is sent before the refused one is told: its owner may throw (an `error` nobody listens to).
+    queue.readQueue();
+    this.handleCancelResponse!(head, res);
+  };
+}
+
 /** What `forgetToken` reads of etcd3 1.1's Authenticator: the token it holds (a promise of the calls' metadata), and how it forgets it. */
 interface HeldToken {
   awaitingMetadata?: Promise<Metadata> | null;
@@ -649,6 +685,11 @@ export function saysNoReason(why: string): boolean {
   return /No connection established\. Last error: null/.test(why);
 }
 
+/** etcd's own words in a reason it gives (a watch's cancel_reason), without gRPC's wrapping ("rpc error: code = PermissionDenied desc = "). */
+function etcdWords(reason: string): string {
+  return reason.replace(/^rpc error: code = \w+ desc = /, '');
+}
+
 /** What went wrong talking to etcd, in words, with what to do when it is a common mistake. */
 export function describeEtcdError(err: unknown, o: Resolved): string {
   const e = err as Error;
@@ -658,6 +699,12 @@ export function describeEtcdError(err: unknown, o: Resolved): string {
   const msg = String(e?.message ?? err).replace(/\s*Resolution note:.*$/s, '').trim();
   const where = describeRegistry({ endpoints: o.endpoints, tls: o.tls !== undefined });
   if (name === 'EtcdAuthenticationFailedError' || name === 'EtcdUserNotFoundError' || /authentication failed|invalid user ID or password/i.test(msg)) return `etcd at ${where} refused the user name or password (${msg}): check --registry-user and REVPROXY_REGISTRY_PASSWORD`;
+  // etcd refused a watch as it was made, or ended one (etcd3's words: "Watcher canceled: " and etcd's reason; none for a compaction).
+  const watchRefused = /^Watcher canceled: (.+)$/s.exec(msg)?.[1];
+  if (watchRefused !== undefined && /permission denied/i.test(watchRefused)) {
+    return `etcd at ${where} refused a watch under ${o.prefix} (${etcdWords(watchRefused)}): the user's roles may not read that prefix (a permission revoked, a role taken from the user); give the user a role with readwrite on it (etcdctl role grant-permission ROLE --prefix=true readwrite ${o.prefix})`;
+  }
+  if (watchRefused !== undefined) return `etcd at ${where} refused a watch under ${o.prefix} (${etcdWords(watchRefused)})`;
   if (name === 'EtcdPermissionDeniedError' || name === 'EtcdRoleNotGrantedError' || name === 'GRPCUnauthenticatedError' || /permission denied|user name is empty/i.test(msg)) {
     return `etcd at ${where} denied access under ${o.prefix} (${msg}): give the user a role with readwrite on that prefix (etcdctl role grant-permission --prefix ...)`;
   }

@@ -84,6 +84,8 @@ export class KeptKey {
   private moves = 0;
   /** The watch of the key (see `watchKey`). */
   private watcher?: Watcher;
+  /** The wait before the key's watch is made again after etcd refused it (`watchKey`). */
+  private watchRetryMs: number;
 
   constructor(
     private client: Etcd3,
@@ -94,6 +96,7 @@ export class KeptKey {
     private readonly exclusive = false,
   ) {
     this.retryMs = opts.retryInitialMs;
+    this.watchRetryMs = opts.retryInitialMs;
   }
 
   /** Why `stop` could not tell etcd the key goes (its first call's failure, in words), when it could not. */
@@ -245,14 +248,22 @@ export class KeptKey {
       const over = this.overwrite(kv);
       if (over) void this.restore(over);
     });
-    w.on('error', () => {
+    // Made: a watch refused again is tried again soon.
+    w.on('connected', () => {
+      if (this.watcher === w) this.watchRetryMs = this.opts.retryInitialMs;
+    });
+    w.on('error', (err: Error) => {
       if (this.watcher !== w || this.stopped) return;
       this.watcher = undefined;
+      // A watch etcd refused (the user's roles may not read the key: a permission revoked) is tried again with backoff,
+      // which a grant heals. Not told here: a proxy's mirror, refused the same prefix, says it (registry/mirror.ts).
+      const wait = this.watchRetryMs;
+      if (isRefusal(err)) this.watchRetryMs = Math.min(2 * this.watchRetryMs, this.opts.retryMaxMs);
       setTimeout(() => {
         if (this.stopped || this.watcher !== undefined) return;
         this.watchKey();
         void this.lookAgain();
-      }, this.opts.retryInitialMs).unref();
+      }, wait).unref();
     });
   }
 

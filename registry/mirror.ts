@@ -54,6 +54,8 @@ export class PrefixMirror {
   /** When a failure while up was last checked with a read at once (monotonic ms). */
   private checkedAt = -Infinity;
   private stopped = false;
+  /** Why etcd was last said to be down. */
+  private told?: string;
   /** Revision of the state held: watch events below it are already in (those at it may be more keys of the same change). */
   private revision = 0n;
   /** Keys missing from the read after an outage, held until `graceTimer` unless they are written again. */
@@ -245,14 +247,17 @@ export class PrefixMirror {
    * wrong (killing each member of 3 in turn said it 4 times, with readiness warnings and
    * revproxy_registry_up 0). With several members the reads go on, every retryInitialMs, for up
    * to two call timeouts (a leader lost takes an election, 1-2 s, before reads are served again);
-   * with one there is no other to ask. Only then is etcd said to be down.
+   * with one there is no other to ask. Only then is etcd said to be down. A refusal (`isRefusal`: a watch or read the
+   * user's roles may not make) is said at once.
    */
   private lost(err: unknown, reason: SyncReason): void {
     if (this.stopped) return;
     const gen = ++this.generation;
     void this.watcher?.cancel().catch(() => undefined);
     this.watcher = undefined;
-    if (this.state === 'up') {
+    // etcd answered and refused (a watch its user's roles may not read, after a permission was revoked): no member answers
+    // otherwise, so it is said at once, and tried again with backoff, which a grant heals.
+    if (this.state === 'up' && !isRefusal(err)) {
       const now = systemClock.now();
       if (this.recheckUntil === undefined) {
         this.recheckUntil = now + (this.opts.endpoints.length > 1 ? 2 * this.opts.callTimeoutMs : 0);
@@ -273,9 +278,12 @@ export class PrefixMirror {
       }
     }
     this.recheckUntil = undefined;
-    if (this.state !== 'down') {
+    const why = describeEtcdError(err, this.opts);
+    // A refusal met while down (etcd back, and refusing what this user may read) is told too: what to do has changed.
+    if (this.state !== 'down' || (isRefusal(err) && why !== this.told)) {
       this.state = 'down';
-      this.on.health(false, describeEtcdError(err, this.opts), isRefusal(err));
+      this.told = why;
+      this.on.health(false, why, isRefusal(err));
     }
     const wait = this.retryMs;
     this.retryMs = Math.min(this.retryMs * 2, this.opts.retryMaxMs);

@@ -148,15 +148,18 @@ function run(etcd: EtcdClient, o: Resolved, options: ProxyRegistryOptions, input
       // After the entries told before it, which may wait in the lane: the members it checks exist by then.
       lifecycle.run(maybeAdvertise);
     },
-    health(up, why) {
+    health(up, why, refused) {
+      // Told again while down (etcd back and refusing this user): still down since the first time.
+      if (up || status.up !== false) status.since = input.clock.now();
       status.up = up;
-      status.since = input.clock.now();
       status.why = up ? undefined : why;
       clearInterval(remind);
       if (!up) {
         const members = (): number => mirror.entries.size;
-        if (status.synced) log.warn('registry_down', `The registry is unreachable (${why}); serving with the membership last seen (${fmt(members())} server entr${members() === 1 ? 'y' : 'ies'}) and retrying`, { url, reason: why, entries: members() });
-        else log.warn('registry_down', `Cannot read the registry yet (${why}); retrying. This proxy is not ready and not advertised until it has read its servers`, { url, reason: why });
+        // A refusal (the user's role may not read the prefix) is tried again all the same: a grant takes effect at the next try.
+        const retrying = refused ? `retrying every ${o.retryMaxMs} ms at most, so a grant takes effect at the next try` : 'retrying';
+        if (status.synced) log.warn('registry_down', `The registry ${refused ? 'refused this proxy' : 'is unreachable'} (${why}); serving with the membership last seen (${fmt(members())} server entr${members() === 1 ? 'y' : 'ies'}) and ${retrying}`, { url, reason: why, entries: members(), refused: refused === true });
+        else log.warn('registry_down', `Cannot read the registry yet (${why}); ${retrying}. This proxy is not ready and not advertised until it has read its servers`, { url, reason: why, refused: refused === true });
         remind = setInterval(() => {
           const s = Math.round((input.clock.now() - status.since) / 1000);
           log.warn('registry_down', `The registry has been unreachable for ${s} s (${status.why}); still serving with the membership last seen (${fmt(members())} server entries)`, { url, reason: status.why, downForS: s });
