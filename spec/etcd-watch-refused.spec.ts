@@ -8,7 +8,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Logger, memorySink, startProxy, startServer, type LogRecord, type ProxyHandle, type ServerHandle } from '../actors/index.js';
-import { openEtcd, type Etcd3 } from '../registry/etcd.js';
+import { describeEtcdError, openEtcd, type Etcd3 } from '../registry/etcd.js';
 import { resolveRegistry } from '../registry/options.js';
 import { killEtcds, startEtcd, type Etcd } from '../scenario/etcd.js';
 import { eventually, sleep } from './helpers.js';
@@ -53,14 +53,16 @@ refused('a watch refused for its permission ends alone, in etcd\'s words: a watc
   await permission(true, '/other/', 'Read');
   const first = await c.watch().prefix(`${PREFIX}w/`).create();
   await permission(false, '/other/', 'Read');
-  const errors: string[] = [];
+  const errors: Error[] = [];
   const denied = c.watch().prefix('/other/').watcher();
-  denied.on('error', (err: Error) => errors.push(err.message));
+  denied.on('error', (err: Error) => errors.push(err));
   const seen: string[] = [];
   const second = c.watch().prefix(`${PREFIX}w/`).watcher();
   second.on('put', (kv) => seen.push(kv.key.toString()));
   await eventually(() => errors.length > 0, 5000, 'the refused watch to be told');
-  assert.match(errors[0]!, /permission denied/);
+  assert.match(errors[0]!.message, /permission denied/);
+  // In words, with what to do (what the proxy's registry_down line says of a watch refused alone).
+  assert.match(describeEtcdError(errors[0], resolveRegistry(reg())), /refused a watch under \/refused\/ \(etcdserver: permission denied\): .*grant-permission ROLE --prefix=true readwrite \/refused\//);
   await ctx.root!.put(`${PREFIX}w/b`).value('1');
   await eventually(() => seen.includes(`${PREFIX}w/b`), 5000, 'the watch made after the refused one to see the put');
   await Promise.all([first.cancel(), second.cancel()]);
@@ -79,6 +81,7 @@ refused('a proxy whose role lost and got back its permission on the prefix says 
   await ctx.etcd!.start();
   await eventually(() => logs.some((r) => r.event === 'registry_down' && /grant-permission/.test(r.msg)), 10_000, 'the proxy to say etcd refused it, and what to do');
   const said = logs.filter((r) => r.event === 'registry_down').map((r) => r.msg);
+  assert.match(said[said.length - 1]!, /^The registry refused this proxy \(.*permission denied.*\).* retrying every 500 ms at most, so a grant takes effect at the next try$/);
   await permission(true, PREFIX);
   await eventually(() => p.registry()?.up === true, 10_000, 'the proxy to read the registry again once the role may');
   const b = await startServer({ id: 'b', policy: 'R', registry: reg() });
