@@ -61,10 +61,10 @@ refused('a watch refused for its permission ends alone, in etcd\'s words: a watc
   second.on('put', (kv) => seen.push(kv.key.toString()));
   await eventually(() => errors.length > 0, 5000, 'the refused watch to be told');
   assert.match(errors[0]!.message, /permission denied/);
-  // In words, with what to do (what the proxy's registry_down line says of a watch refused alone).
-  assert.match(describeEtcdError(errors[0], resolveRegistry(reg())), /refused a watch under \/refused\/ \(etcdserver: permission denied\): .*grant-permission ROLE --prefix=true readwrite \/refused\//);
   await ctx.root!.put(`${PREFIX}w/b`).value('1');
   await eventually(() => seen.includes(`${PREFIX}w/b`), 5000, 'the watch made after the refused one to see the put');
+  // In words, with what to do (what the proxy's registry_down line says of a watch refused alone).
+  assert.match(describeEtcdError(errors[0], resolveRegistry(reg())), /refused a watch under \/refused\/ \(etcdserver: permission denied\): .*grant-permission ROLE --prefix=true readwrite \/refused\//);
   await Promise.all([first.cancel(), second.cancel()]);
 });
 
