@@ -428,6 +428,14 @@ export class RequestBook {
   /** The proxy said it will close this connection (CLOSING): nothing more is sent on it. */
   closing = false;
 
+  /**
+   * The open connection ended the last outage, made without a PING first to a proxy that answers none (the binary
+   * wire; not a move for a NO_SERVER), and its proxy has said nothing on it yet but, perhaps, why it closes it: a
+   * request held through that outage whose timeout ends now, within `connectTimeoutMs` of it, fails as in the outage
+   * (`outageAt`). Kept here, not in the machine's context: `answer` clears it as it reads, with no action per batch.
+   */
+  unheardSinceOutage = false;
+
   /** The proxy said it is shutting down: nothing more is sent on this connection. */
   get draining(): boolean {
     return this.bounced.length > 0 || this.moving;
@@ -631,6 +639,8 @@ export class RequestBook {
     this.heardAt = this.clock.now();
     this.unheardSince = undefined;
     for (const m of messages) {
+      // Anything but why it closes the connection (an ERROR naming no request): the proxy reads what it is sent.
+      if (this.unheardSinceOutage && (m.type !== MsgType.ERROR || m.seq !== undefined)) this.unheardSinceOutage = false;
       if (m.type !== MsgType.ACK && m.type !== MsgType.ERROR) continue;
       const seq = m.seq;
       if (m.type === MsgType.ERROR && seq === undefined) {
@@ -978,12 +988,6 @@ export interface ClientContext {
    * setDeadline), failed as one held in the outage does, not as one a proxy left unanswered (`outageAt`).
    */
   lastOutage?: { since: number; until: number; move?: Move };
-  /**
-   * The open connection ended the last outage (`lastOutage`), made without a PING first (a proxy that answers none, the
-   * json wire), and its proxy has said nothing on it yet but, perhaps, why it closes it: a request held through that
-   * outage whose timeout ends now, within `connectTimeoutMs` of it, fails as in the outage (`outageAt`).
-   */
-  unheardSinceOutage: boolean;
   /** When a proxy was connected again after an outage: its NO_SERVER is held a while (NO_SERVER_GRACE_MS). */
   recoveredAt?: number;
   /** An UNPARK is on its way. */
@@ -1202,7 +1206,7 @@ function outageAt(context: ClientContext, handle: RequestHandle): { since: numbe
   if (context.outageSince !== undefined) return { since: context.outageSince, until: now };
   const last = context.lastOutage;
   const arrived = context.book.arrivedAt(handle);
-  if (context.unheardSinceOutage && last && arrived !== undefined && arrived < last.until && now - last.until < connectTimeoutMs(context)) return { since: last.since, until: now };
+  if (context.book.unheardSinceOutage && last && arrived !== undefined && arrived < last.until && now - last.until < connectTimeoutMs(context)) return { since: last.since, until: now };
   return lastOutageAt(context, context.book.dueUnsent(handle));
 }
 
@@ -1455,6 +1459,10 @@ export const clientMachine = setup({
       context.book.heardAt = now;
       context.book.pingsOwed = 0;
       context.book.closing = false;
+      // Made without a PING after an outage on the binary wire (a proxy older than client PINGs): see unheardSinceOutage.
+      // Not on the json wire (no PING on any of its connections, and no binary payload for an older proxy to refuse), nor
+      // after a move for a NO_SERVER (hop: its requests say the refusal they moved for, movingFor).
+      context.book.unheardSinceOutage = !event.probing && context.opts.wire !== 'json' && context.outageSince !== undefined && !context.hop;
       // A new proxy: its share comes with its PONG (probed); until then, the default one's.
       context.book.proxyShare(undefined);
       context.book.forgetMaxFrame();
@@ -1467,9 +1475,9 @@ export const clientMachine = setup({
         conn.send({ type: MsgType.PING, seq: 0 });
       },
         (error) => self.send({ type: 'CLOSED', error, silent: true }), (late) => stalled(logger, late));
-      const opened = { conn, probing: event.probing, liveness, leaving: undefined, rebalance: false, unheardSinceOutage: false };
+      const opened = { conn, probing: event.probing, liveness, leaving: undefined, rebalance: false };
       // A proxy PINGed first is reached once it answers (PROBED): one that closes the connection before is not.
-      return event.probing ? opened : { ...opened, ...reached(context), unheardSinceOutage: context.outageSince !== undefined };
+      return event.probing ? opened : { ...opened, ...reached(context) };
     }),
     /** The PING sent first was answered: the proxy is reached, and the connection is watched with PINGs from now on. */
     probed: assign(({ context, event }) => {
@@ -1505,12 +1513,6 @@ export const clientMachine = setup({
       const resend = context.book.unsend(false, true);
       noPingsFrom(context, event.error, `dials it again at once without one${resend ? `, sending again the ${resend} request(s) sent behind the PING (that proxy read nothing after it)` : ''}`);
       return { conn: undefined, probing: false };
-    }),
-    /** The proxy said something on the connection other than why it closes it (an ERROR naming no request). */
-    heard: enqueueActions(({ context, event, enqueue }) => {
-      assertEvent(event, 'ANSWERS');
-      // Assigned only when it changes: an assign on every batch of answers copied the context each time.
-      if (context.unheardSinceOutage && event.messages.some((m) => m.type !== MsgType.ERROR || m.seq !== undefined)) enqueue.assign({ unheardSinceOutage: false });
     }),
     receive: ({ context, event }) => {
       assertEvent(event, 'ANSWERS');
@@ -1637,8 +1639,9 @@ export const clientMachine = setup({
     },
     failover: assign(({ context, event }) => {
       assertEvent(event, ['CONNECT_FAILED', 'CLOSED']);
+      context.book.unheardSinceOutage = false;
       // The proxy refused a request and is up (it answered what it read before): the same one again, no failed attempt, no outage.
-      if (context.redial) return { conn: undefined, attempts: 0, unheardSinceOutage: false };
+      if (context.redial) return { conn: undefined, attempts: 0 };
       // Each proxy keeps its place in the order first tried, with its latest failure.
       const proxy = currentProxy(context);
       const known = context.tried.some((t) => t.proxy === proxy);
@@ -1648,7 +1651,7 @@ export const clientMachine = setup({
       // Closed before it answered the first PING, the proxy was not reached: a failed dial, as a refused one.
       const dialFailed = event.type === 'CONNECT_FAILED' || context.probing;
       return {
-        ...moved, conn: undefined, tried, attempts: context.rebalance ? context.attempts : context.attempts + 1, lastError: event.error, lastInvalid: event.invalid === true, unheardSinceOutage: false,
+        ...moved, conn: undefined, tried, attempts: context.rebalance ? context.attempts : context.attempts + 1, lastError: event.error, lastInvalid: event.invalid === true,
         outageSince: context.outageSince ?? context.clock.now(), dialFailed,
       };
     }),
@@ -1783,7 +1786,6 @@ export const clientMachine = setup({
       hops: 0,
       noPings: new NoPings(),
       probing: false,
-      unheardSinceOutage: false,
       logger: input.logger ?? silentLogger,
       clock,
       book: new RequestBook(clock, windowOf(input), input.maxQueued ?? 100_000, input.wire === 'json', input.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES, input.maxBytesInFlight),
@@ -1833,7 +1835,7 @@ export const clientMachine = setup({
             PROBED: { actions: ['probed', 'sendMore'] },
             CLOSING: { actions: 'proxyClosing' },
             REQUEST: { actions: ['enqueue', 'sendMore'] },
-            ANSWERS: { actions: ['heard', 'receive', 'progress', 'sendMore', 'leaveIfDrained', 'scheduleUnpark'] },
+            ANSWERS: { actions: ['receive', 'progress', 'sendMore', 'leaveIfDrained', 'scheduleUnpark'] },
             UNPARK: [{ guard: 'anotherProxy', actions: ['unparked', 'moveOn', 'leaveIfDrained'] }, { actions: ['unparked', 'unpark', 'sendMore'] }],
             EXPIRE: [{ guard: 'proxySilent', actions: ['expire', 'leaveSilentProxy'] }, { actions: ['expire', 'sendMore', 'leaveIfDrained'] }],
             CANCEL: { actions: ['cancel', 'sendSoon', 'leaveIfDrained'] },

@@ -18,10 +18,9 @@
  * says `end` with the counts: a request sent and never settled is one lost.
  */
 import { subscribe } from 'node:diagnostics_channel';
-import { readdirSync } from 'node:fs';
+import { createWriteStream, readdirSync } from 'node:fs';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { Socket } from 'node:net';
-import { createWriteStream } from 'node:fs';
 import { connect, jsonSink, Logger, RequestError, systemClock, type Client, type Clock, type Level, type Timer } from '../lib/index.js';
 
 export interface IdleClientsConfig {
@@ -108,7 +107,8 @@ async function main(): Promise<void> {
   const { clock, live } = countingClock();
   const clients: Client[] = [];
   const on: string[] = [];
-  const log = cfg.log === undefined ? undefined : new Logger('idle clients', jsonSink(createWriteStream(cfg.log, { flags: 'a' })), cfg.logLevel ?? 'info');
+  const file = cfg.log === undefined ? undefined : createWriteStream(cfg.log, { flags: 'a' });
+  const log = file === undefined ? undefined : new Logger('idle clients', jsonSink(file), cfg.logLevel ?? 'info');
   for (let i = 0; i < cfg.clients; i++) {
     const ports = i % 2 === 0 ? cfg.ports : [...cfg.ports].reverse();
     const c = await connect({ revproc: ports.map((p) => `${HOST}:${p}`).join(','), id: `idle-${i}`, clock, logger: log?.child(`client ${i}`) });
@@ -192,7 +192,12 @@ async function main(): Promise<void> {
     });
   });
   // The soak gone (it failed, or was stopped), nothing is left to tell: its clients' timers would keep this process running.
-  process.once('disconnect', () => process.exit(process.exitCode ?? 0));
+  // Its log written out first: process.exit drops what a stream still holds (the lines around the end, or a failure).
+  process.once('disconnect', () => {
+    const exit = (): never => process.exit(process.exitCode ?? 0);
+    if (file === undefined) exit();
+    else file.end(exit);
+  });
   send({ k: 'ready', t: Date.now(), on });
 }
 
