@@ -53,8 +53,10 @@ test('text lines in bytes read exactly as the same lines formatted by JavaScript
   const members = ['s1', 'server two', 'ünï', undefined];
   const outcomes = ['ok', 'TIMEOUT', 'NO_SERVER'] as const;
   const latencies = [0, 0.0004, 0.0005, 0.5, 1, 1.005, 2.675, 999.9995, 0.1 + 0.2, 12345678.9, 4e9 + 0.25];
+  // Either side of the 32-bit arithmetic's end (2^32 - 1 us), and every length of a fraction.
+  latencies.push(4294967.295, 4294967.296, 4294967.2954, 4294967.2956, 0.001, 0.01, 0.011, 0.1, 0.101, 0.11, 0.111, 9.99, 10.09, 1e21, 9007199254740.991);
   for (let i = 0; i < 3000; i++) latencies.push(Math.random() * 10 ** Math.floor(Math.random() * 8));
-  const seqs = [0, 1, 9, 10, 99, 100, 1000, 4294967295, 123456789];
+  const seqs = [0, 1, 9, 10, 99, 100, 1000, 4294967295, 123456789, 99999, 100000, 999999999, 1000000000, 2147483647, 2147483648, 4294967296];
   const want: string[] = [];
   for (let i = 0; i < latencies.length; i++) {
     const client = clients[i % 2]!;
@@ -151,6 +153,60 @@ test('the parts a text log keeps (per server id, per client connection) hold the
   assert.is(kept.length, 2 * ids);
   assert.ok(held <= parts, `${kept.length} kept parts of ${parts} bytes hold ${held} bytes of ${slabs.size} ArrayBuffers`);
   await dest.end();
+});
+
+test('a line says the wall clock at its answer, read again once the proxy\'s clock has moved a millisecond; the time as toISOString writes it', async ({ dir }) => {
+  // Each line's time was read once per turn of the event loop: the lines of a turn that took 5 ms all said its
+  // first millisecond. Within a second a text line rewrites only the milliseconds: every time must still read
+  // as toISOString's, across seconds, days, years, a wall clock stepped back, and years written longer.
+  const T = Date.UTC(2026, 11, 7, 23, 59, 59, 998);
+  // [the answer's time on the proxy's clock (arrived + latency), the wall clock then, the time the line says]
+  const steps: Array<[number, number, number]> = [
+    [0, T, T],
+    [0.5, T + 1, T], // the same millisecond of the proxy's clock: not read again
+    [1, T + 1, T + 1], // a millisecond on: read again, within the turn
+    [2, T + 2, T + 2], // a new second, minute, hour and day
+    [3, T + 2, T + 2],
+    [4, T + 12, T + 12],
+    [5, T + 102, T + 102],
+    [6, T + 1001, T + 1001],
+    [7, T + 1999, T + 1999],
+    [8, T - 3600_000, T - 3600_000], // the wall clock stepped back an hour
+    [8.2, T + 5, T - 3600_000],
+    [2, T + 7, T + 7], // the proxy's clock read back (another caller's time): read again
+    [9, Date.UTC(2026, 0, 1), Date.UTC(2026, 0, 1)],
+    [10, -1, -1], // 1969-12-31T23:59:59.999Z
+    [11, 0, 0],
+    [12, Date.UTC(10000, 0, 1, 0, 0, 0, 7), Date.UTC(10000, 0, 1, 0, 0, 0, 7)], // +010000-01-01T00:00:00.007Z
+    [13, Date.UTC(10000, 0, 1, 0, 0, 0, 8), Date.UTC(10000, 0, 1, 0, 0, 0, 8)],
+    [14, T + 3, T + 3],
+    [15, T + 4, T + 4],
+  ];
+  for (let i = 0; i < 200; i++) steps.push([16 + i, T + 5 + i * 37, T + 5 + i * 37]);
+  const realNow = Date.now;
+  try {
+    for (const format of ['text', 'json'] as const) {
+      const file = join(dir, `${format}.log`);
+      const dest = new Destination({ to: file });
+      await dest.ready();
+      const log = new AccessLog(dest, format);
+      const client = peer();
+      steps.forEach(([at, wall], i) => {
+        Date.now = () => wall;
+        const req = request(client, 'c', i);
+        req.arrived = at - 0.25;
+        log.answered('111', 's1', 'ok', 0.25, req, 1);
+      });
+      Date.now = realNow;
+      await dest.end();
+      const lines = readFileSync(file, 'latin1').split('\n');
+      lines.pop();
+      const times = lines.map((l) => (format === 'json' ? (JSON.parse(l) as { time: string }).time : l.slice(0, l.indexOf(' '))));
+      assert.equal(times, steps.map(([, , says]) => new Date(says).toISOString()), format);
+    }
+  } finally {
+    Date.now = realNow;
+  }
 });
 
 test('observers combined: a hook one of them has is its own, bound; a hook several have calls each in turn', () => {
