@@ -136,8 +136,11 @@ export function endStay(req: ProxyRequest, now: number): void {
   req.waited = (req.waited ?? 0) + (now - since);
 }
 
-/** Sends the one answer a request gets. */
-export type Reply = (req: ProxyRequest, answer: AckMsg | ErrorMsg, member?: string) => void;
+/**
+ * Sends the one answer a request gets. `at`: when its answer was read (clock ms), if the caller read the clock for
+ * it - the observer's latency ends there, as it starts where the request was read (`arrived`); else the clock is read.
+ */
+export type Reply = (req: ProxyRequest, answer: AckMsg | ErrorMsg, member?: string, at?: number) => void;
 
 /**
  * How a try failed, as `--retry-on` names the failures it retries (`RETRY_CONDITIONS`): the server's
@@ -375,7 +378,7 @@ export interface Tally {
  * to the client now; any other ERROR is kept in the tally for a retry.
  * `early`: it came in less than half the time the server was given for it.
  */
-export function settle(link: Pick<LinkInput, 'member' | 'logger' | 'reply'>, req: ProxyRequest, m: AckMsg | ErrorMsg, tally: Tally, kept = false, early = false): void {
+export function settle(link: Pick<LinkInput, 'member' | 'logger' | 'reply'>, req: ProxyRequest, m: AckMsg | ErrorMsg, tally: Tally, kept = false, early = false, at?: number): void {
   if (kept) req.kept!--;
   if (req.answered) {
     // Another try of it answered first (one kept past its try timeout, or the retry that went on meanwhile).
@@ -398,7 +401,7 @@ export function settle(link: Pick<LinkInput, 'member' | 'logger' | 'reply'>, req
       tally.failures = 0;
       tally.answered++;
     }
-    link.reply(req, m, link.member);
+    link.reply(req, m, link.member, at);
   } else if (kept && !lastKept(req)) {
     // A kept try that failed while another try of it goes on: that one answers it.
     return;

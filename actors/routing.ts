@@ -838,7 +838,7 @@ export function drainSoon(context: ProxyContext, name: string): void {
 export function makeReply(context: ProxyContext): Reply {
   const observer = context.observer?.answered ? context.observer : undefined;
   const clock = context.clock;
-  return (req: ProxyRequest, answer: AckMsg | ErrorMsg, member?: string): void => {
+  return (req: ProxyRequest, answer: AckMsg | ErrorMsg, member?: string, at?: number): void => {
     // Once: a try kept past its try timeout and the try after it may both answer (`keepTry`), and what still held it is then done with it.
     if (req.answered) return;
     req.answered = true;
@@ -846,7 +846,7 @@ export function makeReply(context: ProxyContext): Reply {
     if (observer) {
       const conn = client.conn;
       const outcome = !conn.closed ? (answer.type === MsgType.ACK ? 'ok' : answer.code) : conn.shedByBudget ? ErrorCode.OVERLOADED : CLIENT_GONE;
-      const now = clock.now();
+      const now = at ?? clock.now();
       // Answered while it waited (a queue timeout, a deadline, its client gone): that stay ends here.
       if (req.queued !== undefined) endStay(req, now);
       // Answered by the proxy after a try (a TIMEOUT at the deadline, the last of its retries failed): counted

@@ -284,7 +284,10 @@ export class LinkTraffic implements LinkPort {
     const tally: Tally = { answered: 0, failures: this.failures };
     // When the newest request this read answered went (`overtakenAt`).
     let newest = -Infinity;
-    /** The clock when a TIMEOUT was read (read once, for those only). */
+    /**
+     * The clock when this read's answers were taken, read once at the first: a TIMEOUT's earliness, the replies' time
+     * (the access log's latency, which read the clock again per answer) and the link's times of answers all read it.
+     */
     let readAt: number | undefined;
     for (let i = 0; i < messages.length; i++) {
       const m = messages[i]!;
@@ -327,14 +330,15 @@ export class LinkTraffic implements LinkPort {
       // A TIMEOUT in less than half the time the server was given (`timeoutms`, as `send` wrote it: to the request's deadline
       // with `hedge`, else to the try's) is none.
       const sentAt = from.takenSentAt;
-      const early = m.type === MsgType.ERROR && m.code === ErrorCode.TIMEOUT && (readAt ??= link.clock.now()) - sentAt < ((link.hedge ? requestDeadline(link, req) : from.takenDeadline) - sentAt) / 2;
-      settle(link, req, m, tally, kept, early);
+      const at = (readAt ??= link.clock.now());
+      const early = m.type === MsgType.ERROR && m.code === ErrorCode.TIMEOUT && at - sentAt < ((link.hedge ? requestDeadline(link, req) : from.takenDeadline) - sentAt) / 2;
+      settle(link, req, m, tally, kept, early, at);
       if (sentAt > newest) newest = sentAt;
     }
     this.answered += tally.answered;
     this.failures = tally.failures;
     const inflight = link.inflight;
-    const now = newest > -Infinity ? link.clock.now() : 0;
+    const now = readAt ?? 0;
     if (newest > -Infinity) {
       this.answeredAt = now;
       if (this.limit !== undefined) this.timePace(now, tally.answered, inflight.size);

@@ -12,10 +12,15 @@ import { join } from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { newPeer, type ProxyRequest } from '../actors/link.js';
+import { Inflight } from '../actors/inflight.js';
+import type { ProxyContext } from '../actors/proxy-types.js';
+import { makeReply } from '../actors/routing.js';
+import { LinkTraffic } from '../actors/upstream.js';
+import { ManualClock } from '../transport/clock.js';
 import { Destination } from '../actors/logger.js';
 import { AccessLog, accessLogHold, combineObservers } from '../admin/access-log.js';
 import { Connection } from '../transport/socket.js';
-import { MsgType, type DataMsg } from '../transport/messages.js';
+import { MsgType, type AckMsg, type DataMsg } from '../transport/messages.js';
 import { eventually, sleep, tempDir } from './helpers.js';
 
 const test = suite<{ dir: string }>('the access log', { dir: '' });
@@ -207,6 +212,53 @@ test('a line says the wall clock at its answer, read again once the proxy\'s clo
   } finally {
     Date.now = realNow;
   }
+});
+
+test('the answers of one read share one reading of the clock, where their latency ends: the reply reads none of its own', () => {
+  // Each reply read the clock again for the access log's latency (performance.now(), 50-60 ns a request), after
+  // the link had read it for the same read of answers.
+  class Counting extends ManualClock {
+    reads = 0;
+    override now(): number {
+      return 1000 + ++this.reads;
+    }
+  }
+  const clock = new Counting();
+  const replied: Array<{ seq: number; at: number | undefined }> = [];
+  const inflight = new Inflight<ProxyRequest>();
+  const link = { inflight, kept: new Inflight<ProxyRequest>(), clock, tryTimeoutMs: 1000, timeoutMs: 3000, hedge: false, logger: { enabled: () => false }, member: 's1', policy: '111', queue: [], reply: (req: ProxyRequest, _m: unknown, _member?: string, at?: number) => replied.push({ seq: req.msg.seq, at }) };
+  const traffic = new LinkTraffic(link as unknown as ConstructorParameters<typeof LinkTraffic>[0]);
+  const client = peer();
+  const acks: AckMsg[] = [];
+  for (let seq = 1; seq <= 32; seq++) {
+    const upSeq = inflight.add(request(client, 'c', seq), 5000, 500);
+    acks.push({ type: MsgType.ACK, seq: upSeq, srcid: 's1', destid: 'c', payload: 'h', payloadsize: 1 });
+  }
+  traffic.answer(acks, 'link');
+  assert.is(replied.length, 32);
+  assert.is(clock.reads, 1, 'one reading of the clock for the read of 32 answers');
+  assert.ok(replied.every((r) => r.at === 1001), 'each reply is given that reading');
+  assert.is(traffic.answeredAt, 1001);
+
+  // The reply gives the observer that time, less the request's arrival, and reads no clock of its own.
+  const got: number[] = [];
+  const context = {
+    observer: { answered: (_p: string, _m: string | undefined, _o: string, latencyMs: number) => got.push(latencyMs) },
+    clock,
+    self: { sessionId: 'proxy' },
+    budget: { release() {} },
+    opts: { maxClientInflight: 1024 },
+    policies: new Map(),
+    inflight: { done() {} },
+  } as unknown as ProxyContext;
+  const reply = makeReply(context);
+  const answeredClient = { ...peer(), outstanding: 2, conn: { closed: false, shedByBudget: false, send() {} } } as unknown as ProxyRequest['client'];
+  const req = { ...request(answeredClient, 'c', 1), arrived: 990 };
+  reply(req, acks[0]!, 's1', 1001);
+  assert.equal(got, [11]);
+  assert.is(clock.reads, 1, 'no reading of its own');
+  reply({ ...request(answeredClient, 'c', 2), arrived: 990 }, acks[1]!, 's1');
+  assert.equal(got, [11, 12], 'a reply given no time reads the clock');
 });
 
 test('observers combined: a hook one of them has is its own, bound; a hook several have calls each in turn', () => {
